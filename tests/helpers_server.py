@@ -1,0 +1,72 @@
+"""Run an ASGI app on a real hypercorn (trio worker) on 127.0.0.1 with a free port, for tests.
+
+Usage::
+
+    async with trio.open_nursery() as nursery:
+        base_url = await nursery.start(serve_app, app)   # "http://127.0.0.1:54321"
+        ...                                               # talk to it over real sockets
+        nursery.cancel_scope.cancel()                     # graceful stop, see below
+
+Quart's test client hides HEAD-body and Content-Length bugs (DESIGN trap 7); a real server
+on a real socket does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+
+def local_config(**settings: Any) -> Config:
+    """A hypercorn Config bound to 127.0.0.1 port 0, access log off, short grace.
+
+    ``settings`` are set as attributes afterwards (for example ``graceful_timeout=0.5``).
+    """
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.graceful_timeout = 2.0
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return config
+
+
+async def serve_app(
+    app: Any,
+    *,
+    config: Config | None = None,
+    stop_timeout: float = 5.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with ``hypercorn.trio.serve`` until cancelled; start with ``nursery.start``.
+
+    ``config`` defaults to :func:`local_config` (127.0.0.1:0). Reports the base URL of the
+    first bound socket (``http://127.0.0.1:PORT``, the real port, which hypercorn reads back
+    from the socket it bound) through ``task_status.started``, after the app's lifespan
+    startup has finished.
+
+    On cancellation the server is stopped through its ``shutdown_trigger`` so that hypercorn
+    runs its graceful shutdown and the app's lifespan shutdown (cancelling hypercorn's own
+    nursery would skip them). That shutdown runs shielded from the cancellation that caused
+    it, bounded by ``stop_timeout`` seconds after which it is cancelled hard. Errors of the
+    server (for example a failing lifespan startup) propagate from here.
+    """
+    config = local_config() if config is None else config
+    shutdown = trio.Event()
+    server_scope = trio.CancelScope(shield=True)
+
+    async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
+        with server_scope:
+            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(run_server)
+        task_status.started(binds[0])
+        try:
+            await trio.sleep_forever()
+        finally:
+            shutdown.set()
+            server_scope.deadline = trio.current_time() + stop_timeout

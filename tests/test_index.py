@@ -1,0 +1,94 @@
+"""The index: replace-per-target, drop, ranking and the best full/incremental rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import base58
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracker.index import Index, TargetKey
+from tracker.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+H = base58.b58encode(bytes(range(32))).decode()
+
+
+def infos(*names: str) -> list[SnapshotInfo]:
+    files = []
+    for n in names:
+        parsed = parse_archive_name(n.replace("H", H))
+        assert parsed is not None
+        files.append(SnapshotFile(parsed, parsed.file_name, url=f"http://x/{parsed.file_name}"))
+    return chains_from_files(files)
+
+
+def test_apply_replaces_and_drop_forgets() -> None:
+    index = Index()
+    a = TargetKey("g", "a")
+    index.apply(a, infos("snapshot-100-H.tar"), T0)
+    index.apply(a, infos("snapshot-200-H.tar"), T0)
+    assert [s.info.slot for s in index.sources("g")] == [200]
+    index.drop(a)
+    assert index.sources("g") == [] and index.best_full("g") is None
+
+
+def test_best_incremental_must_sit_on_best_full() -> None:
+    index = Index()
+    index.apply(TargetKey("g", "a"), infos("snapshot-100-H.tar", "snapshot-200-H.tar"), T0)
+    # A newer incremental on an older full is useless with the best full: not chosen.
+    index.apply(TargetKey("g", "b"), infos("incremental-snapshot-100-300-H.tar"), T0)
+    assert index.best_incremental("g") is None
+    index.apply(TargetKey("g", "c"), infos("incremental-snapshot-200-250-H.tar"), T0)
+    best = index.best_incremental("g")
+    assert best is not None and best.info.slot == 250 and best.key.target == "c"
+    full = index.best_full("g")
+    assert full is not None and full.info.slot == 200
+
+
+def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
+    index = Index()
+    index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)
+    index.apply(TargetKey("g", "new"), infos("snapshot-100-H.tar"), T0 + timedelta(seconds=5))
+    index.apply(TargetKey("g", "b-same"), infos("snapshot-100-H.tar"), T0)
+    assert [s.key.target for s in index.sources("g")] == ["new", "b-same", "old"]
+    found = index.find_file("g", f"snapshot-100-{H}.tar")
+    assert [s.key.target for _, s in found] == ["new", "b-same", "old"]
+
+
+def test_groups_are_separate_and_listed_by_name() -> None:
+    index = Index()
+    index.apply(TargetKey("z", "a"), infos("snapshot-300-H.tar"), T0)
+    index.apply(TargetKey("a", "a"), infos("snapshot-100-H.tar"), T0)
+    assert [s.key.group for s in index.sources()] == ["a", "z"]
+    assert index.best_full("a").info.slot == 100  # type: ignore[union-attr]
+
+
+slot_pairs = st.lists(
+    st.tuples(st.integers(1, 50), st.integers(0, 50), st.integers(0, 3)), min_size=1, max_size=30
+)
+
+
+@given(slot_pairs)
+def test_best_rule_matches_reference(entries: list[tuple[int, int, int]]) -> None:
+    index = Index()
+    names = []
+    for slot, base, target in entries:
+        name = f"snapshot-{slot}-H.tar" if base == 0 or base >= slot else (
+            f"incremental-snapshot-{base}-{slot}-H.tar"
+        )
+        names.append((name, target))
+    for t in range(4):
+        mine = [n for n, tt in names if tt == t]
+        if mine:
+            index.apply(TargetKey("g", str(t)), infos(*mine), T0)
+    all_infos = [s.info for s in index.sources("g")]
+    fulls = [i.slot for i in all_infos if i.is_full]
+    full = index.best_full("g")
+    assert (full.info.slot if full else None) == (max(fulls) if fulls else None)
+    incr = index.best_incremental("g")
+    expected = [i.slot for i in all_infos if not i.is_full and fulls and i.base_slot == max(fulls)]
+    assert (incr.info.slot if incr else None) == (max(expected) if expected else None)
+    keys = [s.rank_key() for s in index.sources("g")]
+    assert keys == sorted(keys, reverse=True)

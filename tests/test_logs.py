@@ -1,0 +1,172 @@
+"""Structured log lines: text and JSON formats, fields, exceptions, foreign records."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tracker.logs import format_time, log_event, setup_logging
+
+TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """setup_logging configures the root logger: put pytest's state back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    chatty = {
+        name: logging.getLogger(name).level for name in ("httpx", "httpcore", "hypercorn.access")
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in chatty.items():
+        logging.getLogger(name).setLevel(old)
+
+
+def capture(fmt: str, level: str = "info") -> io.StringIO:
+    stream = io.StringIO()
+    setup_logging(level, fmt, stream)  # type: ignore[arg-type]
+    return stream
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_text_line_has_time_level_event_and_logfmt_fields() -> None:
+    stream = capture("text")
+    log = logging.getLogger("tracker.test")
+    log_event(log, "info", "scrape_done", group="mainnet", took=0.25, ok=True, note="two words")
+    line = stream.getvalue()
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
+    assert re.fullmatch(
+        TIME_RE + r' INFO scrape_done group=mainnet took=0\.25 ok=true note="two words"\n', line
+    )
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_text_quotes_and_escapes_values_so_they_stay_on_one_line() -> None:
+    stream = capture("text")
+    log = logging.getLogger("tracker.test")
+    log_event(log, "warning", "odd", empty="", eq="a=b", nl="x\ny", q='say "hi"', none=None)
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert line.split(" ", 2)[2] == (
+        'odd empty="" eq="a=b" nl="x\\ny" q="say \\"hi\\"" none=null\n'
+    )
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_json_line_is_one_object_with_time_level_event_and_fields() -> None:
+    stream = capture("json")
+    log = logging.getLogger("tracker.test")
+    log_event(log, "error", "reload_refused", problems=["a: bad", "b: bad"], count=2, path=None)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert re.fullmatch(TIME_RE, obj.pop("time"))
+    assert obj == {
+        "level": "ERROR",
+        "event": "reload_refused",
+        "problems": ["a: bad", "b: bad"],
+        "count": 2,
+        "path": None,
+    }
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_fields_named_like_the_fixed_keys_do_not_overwrite_them() -> None:
+    stream = capture("json")
+    log_event(logging.getLogger("tracker.test"), "info", "evt", level="x", time="y")
+    obj = json.loads(stream.getvalue())
+    assert (obj["level"], obj["event"], obj["level_"], obj["time_"]) == ("INFO", "evt", "x", "y")
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_values_json_cannot_encode_are_rendered_with_str() -> None:
+    stream = capture("json")
+    log_event(logging.getLogger("tracker.test"), "info", "evt", value={1, 2} - {2})
+    assert json.loads(stream.getvalue())["value"] == "{1}"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.usefixtures("restore_root")
+def test_exception_is_one_line_with_error_and_traceback(fmt: str) -> None:
+    stream = capture(fmt)
+    log = logging.getLogger("tracker.test")
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError as exc:
+        log_event(log, "error", "crashed", exc_info=exc, group="g")
+    out = stream.getvalue()
+    assert out.count("\n") == 1
+    if fmt == "json":
+        obj = json.loads(out)
+        assert obj["error"] == "ValueError: boom\nsecond line"
+        assert obj["traceback"].startswith("Traceback (most recent call last):")
+        assert obj["group"] == "g"
+    else:
+        assert ' error="ValueError: boom\\nsecond line" ' in out
+        assert ' traceback="Traceback (most recent call last):\\n' in out
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_explicit_error_field_wins_over_the_exception_summary() -> None:
+    stream = capture("json")
+    try:
+        raise OSError("disk full")
+    except OSError:
+        log_event(logging.getLogger("tracker.t"), "error", "x", exc_info=True, error="no space")
+    obj = json.loads(stream.getvalue())
+    assert obj["error"] == "no space"
+    assert "OSError: disk full" in obj["traceback"]
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_records_of_other_libraries_get_the_logger_name_as_event() -> None:
+    stream = capture("text")
+    logging.getLogger("hypercorn.error").info("Running on %s (CTRL + C to quit)", "http://x")
+    assert stream.getvalue().split(" ", 1)[1] == (
+        'INFO hypercorn.error message="Running on http://x (CTRL + C to quit)"\n'
+    )
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_level_filters_and_chatty_libraries_are_quieted() -> None:
+    stream = capture("text", "warning")
+    log = logging.getLogger("tracker.test")
+    log_event(log, "info", "hidden")
+    log_event(log, logging.WARNING, "shown")
+    assert [line.split()[2] for line in stream.getvalue().splitlines()] == ["shown"]
+
+    stream = capture("text", "info")
+    logging.getLogger("httpx").info("HTTP Request: GET http://x 200")
+    assert stream.getvalue() == ""
+    stream = capture("text", "debug")
+    logging.getLogger("httpx").info("HTTP Request: GET http://x 200")
+    assert "HTTP Request" in stream.getvalue()
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_setup_twice_replaces_the_handler_instead_of_doubling_lines() -> None:
+    capture("text")
+    stream = capture("json")
+    log_event(logging.getLogger("tracker.test"), "info", "once")
+    assert len(stream.getvalue().splitlines()) == 1
+    assert len(logging.getLogger().handlers) == 1
+
+
+def test_unknown_level_or_format_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="log level"):
+        setup_logging("verbose", "text", io.StringIO())
+    with pytest.raises(ValueError, match="log format"):
+        setup_logging("info", "xml", io.StringIO())  # type: ignore[arg-type]
+
+
+def test_format_time_is_rfc3339_utc_with_milliseconds() -> None:
+    assert format_time(1795255200.1234) == "2026-11-21T10:00:00.123Z"

@@ -1,0 +1,158 @@
+"""Prometheus metrics: rendered, parsed back with prometheus-client's parser, values move."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tracker import __version__
+from tracker.metrics import Metrics
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(metrics: Metrics) -> Samples:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain; version=")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def names(found: Samples) -> set[str]:
+    return {name for name, _ in found}
+
+
+def test_every_name_has_the_prefix_and_known_outcomes_start_at_zero() -> None:
+    found = samples(Metrics(process=False))
+    assert all(name.startswith("snapshot_tracker_") for name in names(found))
+    assert value(found, "snapshot_tracker_build_info", version=__version__) == 1
+    for outcome in ("redirect", "proxy", "cache_hit", "cache_miss", "refresh_ok", "refresh_failed"):
+        assert value(found, "snapshot_tracker_archive_requests_total", outcome=outcome) == 0
+    for source in ("cache", "upstream", "local"):
+        assert value(found, "snapshot_tracker_served_bytes_total", source=source) == 0
+    assert value(found, "snapshot_tracker_active_streams") == 0
+    assert value(found, "snapshot_tracker_shared_readers_total") == 0
+    assert value(found, "snapshot_tracker_refresh_resumes_total") == 0
+
+
+def test_process_metrics_are_optional() -> None:
+    assert "process_open_fds" in names(samples(Metrics()))
+    assert "process_open_fds" not in names(samples(Metrics(process=False)))
+
+
+def test_two_instances_do_not_share_a_registry() -> None:
+    first, second = Metrics(process=False), Metrics(process=False)
+    first.count_shared_reader()
+    assert value(samples(first), "snapshot_tracker_shared_readers_total") == 1
+    assert value(samples(second), "snapshot_tracker_shared_readers_total") == 0
+
+
+def test_scrapes_are_timed_and_errors_counted_per_target() -> None:
+    metrics = Metrics(process=False)
+    metrics.observe_scrape("mainnet", "http://a:1", 0.02, ok=True)
+    metrics.observe_scrape("mainnet", "http://a:1", 3.0, ok=False)
+    metrics.observe_scrape("mainnet", "http://b:1", 0.5, ok=True)
+    found = samples(metrics)
+    a = {"group": "mainnet", "target": "http://a:1"}
+    b = {"group": "mainnet", "target": "http://b:1"}
+    assert value(found, "snapshot_tracker_scrape_duration_seconds_count", **a) == 2
+    assert value(found, "snapshot_tracker_scrape_duration_seconds_sum", **a) == 3.02
+    assert value(found, "snapshot_tracker_scrape_duration_seconds_bucket", **a, le="0.025") == 1
+    assert value(found, "snapshot_tracker_scrape_errors_total", **a) == 1
+    assert value(found, "snapshot_tracker_scrape_errors_total", **b) == 0
+
+
+def test_group_gauges_and_none_drops_the_series() -> None:
+    metrics = Metrics(process=False)
+    metrics.set_targets("testnet", up=2, total=3)
+    metrics.set_best_slots("testnet", full=300_000, incremental=300_150)
+    metrics.set_snapshot_age("testnet", 42)
+    found = samples(metrics)
+    assert value(found, "snapshot_tracker_targets", group="testnet") == 3
+    assert value(found, "snapshot_tracker_targets_up", group="testnet") == 2
+    assert value(found, "snapshot_tracker_best_full_slot", group="testnet") == 300_000
+    assert value(found, "snapshot_tracker_best_incremental_slot", group="testnet") == 300_150
+    assert value(found, "snapshot_tracker_snapshot_age_slots", group="testnet") == 42
+
+    metrics.set_best_slots("testnet", full=400_000, incremental=None)
+    metrics.set_snapshot_age("testnet", None)
+    found = samples(metrics)
+    assert value(found, "snapshot_tracker_best_full_slot", group="testnet") == 400_000
+    assert "snapshot_tracker_best_incremental_slot" not in names(found)
+    assert "snapshot_tracker_snapshot_age_slots" not in names(found)
+
+
+def test_request_outcome_and_byte_counters_move() -> None:
+    metrics = Metrics(process=False)
+    metrics.count_request("/v1/{name}", 303)
+    metrics.count_request("/v1/{name}", 303)
+    metrics.count_request("/v1/best_snapshots", 200)
+    metrics.count_outcome("redirect")
+    metrics.count_outcome("cache_hit")
+    metrics.add_served_bytes("cache", 1000)
+    metrics.add_served_bytes("cache", 24)
+    metrics.add_upstream_bytes("mainnet", "full", 5 * 2**30)
+    metrics.count_shared_reader()
+    metrics.count_refresh_resume()
+    metrics.set_cache_size(123_456)
+    found = samples(metrics)
+    assert (
+        value(found, "snapshot_tracker_http_requests_total", route="/v1/{name}", status="303") == 2
+    )
+    route = "/v1/best_snapshots"
+    assert value(found, "snapshot_tracker_http_requests_total", route=route, status="200") == 1
+    assert value(found, "snapshot_tracker_archive_requests_total", outcome="redirect") == 1
+    assert value(found, "snapshot_tracker_archive_requests_total", outcome="cache_hit") == 1
+    assert value(found, "snapshot_tracker_archive_requests_total", outcome="proxy") == 0
+    assert value(found, "snapshot_tracker_served_bytes_total", source="cache") == 1024
+    assert value(found, "snapshot_tracker_served_bytes_total", source="upstream") == 0
+    upstream = value(found, "snapshot_tracker_upstream_bytes_total", group="mainnet", kind="full")
+    assert upstream == 5 * 2**30
+    assert value(found, "snapshot_tracker_shared_readers_total") == 1
+    assert value(found, "snapshot_tracker_refresh_resumes_total") == 1
+    assert value(found, "snapshot_tracker_cache_size_bytes") == 123_456
+
+
+def test_active_streams_follow_the_with_block_even_on_error() -> None:
+    metrics = Metrics(process=False)
+    with metrics.stream(), metrics.stream():
+        assert value(samples(metrics), "snapshot_tracker_active_streams") == 2
+    try:
+        with metrics.stream():
+            raise RuntimeError("client went away")
+    except RuntimeError:
+        pass
+    assert value(samples(metrics), "snapshot_tracker_active_streams") == 0
+
+
+def test_remove_target_drops_only_that_targets_series() -> None:
+    metrics = Metrics(process=False)
+    metrics.observe_scrape("mainnet", "http://a:1", 0.1, ok=False)
+    metrics.observe_scrape("mainnet", "http://b:1", 0.1, ok=False)
+    metrics.remove_target("mainnet", "http://a:1")
+    metrics.remove_target("mainnet", "http://never-seen:1")  # no error for unknown targets
+    targets = {
+        dict(labels).get("target")
+        for name, labels in samples(metrics)
+        if name.startswith("snapshot_tracker_scrape_")
+    }
+    assert targets == {"http://b:1"}
+
+
+def test_remove_group_drops_the_group_and_its_targets() -> None:
+    metrics = Metrics(process=False)
+    for group in ("mainnet", "testnet"):
+        metrics.observe_scrape(group, "http://a:1", 0.1, ok=True)
+        metrics.set_targets(group, up=1, total=1)
+        metrics.set_best_slots(group, full=100, incremental=150)
+        metrics.set_snapshot_age(group, 10)
+        metrics.add_upstream_bytes(group, "incremental", 10)
+    metrics.remove_group("testnet")
+    groups = {dict(labels).get("group") for _, labels in samples(metrics)} - {None}
+    assert groups == {"mainnet"}

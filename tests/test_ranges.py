@@ -1,0 +1,402 @@
+"""Unit tests of tracker.ranges: Range parsing, preconditions and the planned response."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracker.ranges import (
+    UNSATISFIABLE,
+    ByteRange,
+    ResponsePlan,
+    etag_matches,
+    evaluate_preconditions,
+    http_date,
+    if_range_allows,
+    make_etag,
+    normalize_headers,
+    parse_http_date,
+    parse_range,
+    plan_file_response,
+)
+
+SIZE = 1000
+MTIME = 784111777.25  # Sun, 06 Nov 1994 08:49:37 GMT, plus a fraction
+LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
+ETAG = make_etag(SIZE, 784111777_250000000, 42)
+
+
+def plan(headers: dict[str, str] | None = None, method: str = "GET") -> ResponsePlan:
+    return plan_file_response(method, headers or {}, SIZE, MTIME, ETAG)
+
+
+# --- parse_range -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-99", ByteRange(0, 99)),
+        ("bytes=0-0", ByteRange(0, 0)),
+        ("bytes=999-999", ByteRange(999, 999)),
+        ("bytes=100-", ByteRange(100, 999)),
+        ("bytes=-100", ByteRange(900, 999)),
+        ("bytes=-1000", ByteRange(0, 999)),
+        ("bytes=-5000", ByteRange(0, 999)),  # a suffix longer than the file: the whole file
+        ("bytes=900-5000", ByteRange(900, 999)),  # end past the file: clamped
+        ("bytes=0-" + "9" * 5000, ByteRange(0, 999)),  # beyond int()'s digit limit
+        ("bytes=" + "0" * 5000 + "7-8", ByteRange(7, 8)),
+        (" bytes = 5 - 9 ", ByteRange(5, 9)),
+        ("BYTES=5-9", ByteRange(5, 9)),
+        ("bytes=5-9,", ByteRange(5, 9)),  # empty list elements do not count
+        ("bytes=, 5-9 ,,", ByteRange(5, 9)),
+    ],
+)
+def test_parse_range_satisfiable(header: str, expected: ByteRange) -> None:
+    assert parse_range(header, SIZE) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=1000-",
+        "bytes=1000-2000",
+        "bytes=5000-",
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=-0",
+        "bytes=-000",
+    ],
+)
+def test_parse_range_unsatisfiable(header: str) -> None:
+    assert parse_range(header, SIZE) is UNSATISFIABLE
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "bytes",
+        "bytes=",
+        "bytes=-",
+        "bytes=,",
+        "bytes=abc",
+        "bytes=1-2-3",
+        "bytes=9-5",  # last before first: invalid
+        "bytes=+5-9",
+        "bytes=0x10-20",
+        "bytes=½-9",
+        "bytes=\u0663-9",  # an Arabic-Indic digit is not a DIGIT
+        "items=0-9",
+        "0-9",
+        "bytes 0-9",
+        "bytes=0-1,5-6",  # several ranges: whole file
+        "bytes=0-1, -5",
+        "bytes=0-1,5000-",
+    ],
+)
+def test_parse_range_ignored(header: str | None) -> None:
+    assert parse_range(header, SIZE) is None
+
+
+def test_parse_range_empty_file() -> None:
+    assert parse_range("bytes=0-", 0) is UNSATISFIABLE
+    assert parse_range("bytes=-0", 0) is UNSATISFIABLE
+    assert parse_range("bytes=-5", 0) is None
+
+
+def test_parse_range_rejects_negative_size() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        parse_range("bytes=0-1", -1)
+
+
+def test_byte_range_length() -> None:
+    assert ByteRange(10, 19).length == 10
+
+
+# --- validators ------------------------------------------------------------------------------
+
+
+def test_make_etag_is_strong_and_changes_with_each_input() -> None:
+    etag = make_etag(10, 20, 30)
+    assert etag == '"14-a-1e"'
+    others = {make_etag(11, 20, 30), make_etag(10, 21, 30), make_etag(10, 20, 31)}
+    assert etag not in others
+    assert len(others) == 3
+    assert make_etag(1, -1, 2).count("-") == 2  # a pre-1970 mtime stays in hex digits
+
+
+def test_http_date_round_trip() -> None:
+    assert http_date(MTIME) == LAST_MODIFIED
+    assert parse_http_date(http_date(1_700_000_000)) == 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (LAST_MODIFIED, 784111777),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 784111777),  # RFC 850
+        ("Sun Nov  6 08:49:37 1994", 784111777),  # asctime
+        ("Sun, 06 Nov 1994 09:49:37 +0100", 784111777),
+        (None, None),
+        ("", None),
+        ("yesterday", None),
+        ("Sun, 06 Nov 1994 99:49:37 GMT", None),
+        ("Sun, 06 Nov 99999 08:49:37 GMT", None),
+        (f"{LAST_MODIFIED}, {LAST_MODIFIED}", None),  # a list of dates is ignored
+    ],
+)
+def test_parse_http_date(value: str | None, expected: int | None) -> None:
+    assert parse_http_date(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "weak", "expected"),
+    [
+        ("*", False, True),
+        (" * ", True, True),
+        (ETAG, False, True),
+        (ETAG, True, True),
+        (f"W/{ETAG}", True, True),
+        (f"W/{ETAG}", False, False),
+        (f'"x", {ETAG}', False, True),
+        (f'"x",W/{ETAG}', True, True),
+        ('"x", "y"', True, False),
+        (ETAG.strip('"'), True, False),  # unquoted: not an entity tag
+        ("", True, False),
+    ],
+)
+def test_etag_matches(header: str, weak: bool, expected: bool) -> None:
+    assert etag_matches(header, ETAG, weak=weak) is expected
+
+
+def test_etag_matches_against_a_weak_etag() -> None:
+    assert etag_matches('"a"', 'W/"a"', weak=True)
+    assert not etag_matches('"a"', 'W/"a"', weak=False)
+
+
+# --- evaluate_preconditions: RFC 9110 13.2.2 order ----------------------------------------------
+
+BEFORE = "Sun, 06 Nov 1994 08:49:36 GMT"
+AFTER = "Sun, 06 Nov 1994 08:49:38 GMT"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"if-match": ETAG}, None),
+        ({"if-match": "*"}, None),
+        ({"if-match": '"other"'}, 412),
+        ({"if-match": f"W/{ETAG}"}, 412),  # If-Match compares strongly
+        ({"if-unmodified-since": LAST_MODIFIED}, None),
+        ({"if-unmodified-since": AFTER}, None),
+        ({"if-unmodified-since": BEFORE}, 412),
+        ({"if-unmodified-since": "junk"}, None),
+        # If-Match present: If-Unmodified-Since is not looked at.
+        ({"if-match": ETAG, "if-unmodified-since": BEFORE}, None),
+        ({"if-none-match": ETAG}, 304),
+        ({"if-none-match": f"W/{ETAG}"}, 304),  # If-None-Match compares weakly
+        ({"if-none-match": "*"}, 304),
+        ({"if-none-match": '"other"'}, None),
+        ({"if-modified-since": LAST_MODIFIED}, 304),
+        ({"if-modified-since": AFTER}, 304),
+        ({"if-modified-since": BEFORE}, None),
+        ({"if-modified-since": "junk"}, None),
+        # If-None-Match present (and not matching): If-Modified-Since is not looked at.
+        ({"if-none-match": '"other"', "if-modified-since": AFTER}, None),
+        # 412 conditions come before 304 ones.
+        ({"if-match": '"other"', "if-none-match": ETAG}, 412),
+        ({"if-unmodified-since": BEFORE, "if-modified-since": AFTER}, 412),
+    ],
+)
+def test_evaluate_preconditions(headers: dict[str, str], expected: int | None) -> None:
+    assert evaluate_preconditions("GET", headers, ETAG, 784111777) == expected
+    assert evaluate_preconditions("HEAD", headers, ETAG, 784111777) == expected
+
+
+def test_preconditions_for_other_methods() -> None:
+    assert evaluate_preconditions("PUT", {"if-none-match": "*"}, ETAG, 0) == 412
+    assert evaluate_preconditions("PUT", {"if-modified-since": LAST_MODIFIED}, ETAG, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, True),
+        (ETAG, True),
+        (f" {ETAG} ", True),
+        ('"stale"', False),
+        (f"W/{ETAG}", False),  # a weak tag never matches If-Range
+        (LAST_MODIFIED, True),
+        (AFTER, False),  # a date must match exactly
+        (BEFORE, False),
+        ("junk", False),
+    ],
+)
+def test_if_range_allows(value: str | None, expected: bool) -> None:
+    assert if_range_allows(value, ETAG, 784111777) is expected
+
+
+def test_if_range_never_matches_a_weak_etag() -> None:
+    assert not if_range_allows('W/"a"', 'W/"a"', 0)
+    assert not if_range_allows('"a"', 'W/"a"', 0)
+
+
+def test_normalize_headers_lowercases_and_joins_repeats() -> None:
+    pairs = [("If-None-Match", '"a"'), ("if-none-match", '"b"'), ("Range", "bytes=0-1")]
+    assert normalize_headers(pairs) == {"if-none-match": '"a", "b"', "range": "bytes=0-1"}
+    assert normalize_headers({"RANGE": "x"}) == {"range": "x"}
+
+
+# --- plan_file_response ----------------------------------------------------------------------
+
+
+def validators() -> dict[str, str]:
+    return {"accept-ranges": "bytes", "etag": ETAG, "last-modified": LAST_MODIFIED}
+
+
+def test_plan_full_get() -> None:
+    assert plan() == ResponsePlan(
+        200,
+        0,
+        SIZE,
+        True,
+        {"content-type": "application/octet-stream", "content-length": "1000", **validators()},
+    )
+
+
+def test_plan_range() -> None:
+    result = plan({"Range": "bytes=-100"})
+    assert (result.status, result.offset, result.length, result.send_body) == (206, 900, 100, True)
+    assert result.headers == {
+        "content-type": "application/octet-stream",
+        "content-length": "100",
+        "content-range": "bytes 900-999/1000",
+        **validators(),
+    }
+
+
+def test_plan_unsatisfiable() -> None:
+    result = plan({"range": "bytes=1000-"})
+    assert result == ResponsePlan(
+        416,
+        0,
+        0,
+        False,
+        {"content-length": "0", "content-range": "bytes */1000", **validators()},
+    )
+
+
+def test_plan_ignored_ranges_send_everything() -> None:
+    for header in ("bytes=0-1,5-6", "lines=1-2", "bytes=x"):
+        result = plan({"range": header})
+        assert (result.status, result.offset, result.length) == (200, 0, SIZE)
+        assert "content-range" not in result.headers
+
+
+def test_plan_not_modified() -> None:
+    result = plan({"If-None-Match": ETAG, "Range": "bytes=0-1"})
+    assert result == ResponsePlan(304, 0, 0, False, validators())
+    assert plan({"if-modified-since": AFTER}).status == 304
+
+
+def test_plan_precondition_failed() -> None:
+    result = plan({"if-match": '"old"', "range": "bytes=0-1"})
+    assert result == ResponsePlan(412, 0, 0, False, {"content-length": "0", **validators()})
+
+
+@pytest.mark.parametrize(
+    ("if_range", "status"),
+    [(ETAG, 206), (LAST_MODIFIED, 206), ('"stale"', 200), (AFTER, 200), (f"W/{ETAG}", 200)],
+)
+def test_plan_if_range(if_range: str, status: int) -> None:
+    result = plan({"range": "bytes=10-19", "if-range": if_range})
+    assert result.status == status
+    assert result.length == (10 if status == 206 else SIZE)
+
+
+def test_plan_stale_if_range_beats_unsatisfiable_range() -> None:
+    assert plan({"range": "bytes=5000-", "if-range": '"stale"'}).status == 200
+
+
+def test_plan_head_has_get_headers_but_no_body() -> None:
+    result = plan(method="HEAD")
+    assert result.send_body is False
+    assert result.headers == plan().headers
+
+
+def test_plan_head_ignores_range() -> None:
+    for header in ("bytes=0-9", "bytes=5000-"):
+        result = plan({"range": header}, method="HEAD")
+        assert (result.status, result.headers["content-length"]) == (200, "1000")
+
+
+def test_plan_head_conditionals() -> None:
+    assert plan({"if-none-match": ETAG}, method="HEAD").status == 304
+    assert plan({"if-match": '"x"'}, method="HEAD").status == 412
+
+
+def test_plan_empty_file() -> None:
+    result = plan_file_response("GET", {"range": "bytes=-10"}, 0, MTIME, ETAG)
+    assert (result.status, result.length, result.headers["content-length"]) == (200, 0, "0")
+    assert plan_file_response("GET", {"range": "bytes=0-"}, 0, MTIME, ETAG).status == 416
+
+
+def test_plan_repeated_range_lines_are_ignored() -> None:
+    result = plan_file_response(
+        "GET", [("Range", "bytes=0-1"), ("Range", "bytes=2-3")], SIZE, MTIME, ETAG
+    )
+    assert result.status == 200
+
+
+def test_plan_rejects_other_methods_and_negative_sizes() -> None:
+    with pytest.raises(ValueError, match="POST"):
+        plan(method="POST")
+    with pytest.raises(ValueError, match="negative"):
+        plan_file_response("GET", {}, -1, MTIME, ETAG)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+
+@st.composite
+def size_and_range(draw: st.DrawFn) -> tuple[int, str, slice]:
+    """A file size, a valid single range header for it, and the reference slice it means."""
+    size = draw(st.integers(min_value=1, max_value=2**63))
+    kind = draw(st.sampled_from(["closed", "open", "suffix"]))
+    if kind == "suffix":
+        n = draw(st.integers(min_value=1, max_value=2 * size))
+        return size, f"bytes=-{n}", slice(max(0, size - n), size)
+    first = draw(st.integers(min_value=0, max_value=size - 1))
+    if kind == "open":
+        return size, f"bytes={first}-", slice(first, size)
+    last = draw(st.integers(min_value=first, max_value=2 * size))
+    return size, f"bytes={first}-{last}", slice(first, last + 1)
+
+
+@given(size_and_range())
+def test_planned_range_matches_reference_slice(case: tuple[int, str, slice]) -> None:
+    size, header, reference = case
+    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG)
+    expected = range(size)[reference]  # a lazy stand-in for the file's bytes
+    assert result.status == 206
+    assert 0 <= result.offset < result.offset + result.length <= size
+    assert range(result.offset, result.offset + result.length) == expected
+    last = result.offset + result.length - 1
+    assert result.headers["content-range"] == f"bytes {result.offset}-{last}/{size}"
+    assert result.headers["content-length"] == str(result.length)
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.text(max_size=40))
+def test_any_range_header_gives_a_consistent_plan(size: int, header: str) -> None:
+    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG)
+    assert result.status in (200, 206, 416)
+    assert result.offset >= 0
+    assert result.offset + result.length <= size
+    assert result.headers["accept-ranges"] == "bytes"
+    if result.status == 416:
+        assert result.headers["content-range"] == f"bytes */{size}"
+    else:
+        assert result.headers["content-length"] == str(result.length)

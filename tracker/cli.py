@@ -1,0 +1,85 @@
+"""The command line: ``serve``, ``check-config``, ``--version``.
+
+Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from tracker import __version__
+from tracker.config import Config, load_config, with_overrides
+from tracker.errors import ConfigError
+from tracker.logs import log_event, setup_logging
+from tracker.service import run_tracker
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("tracker.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
+    parser = argparse.ArgumentParser(
+        prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the tracker")
+    serve.add_argument("--config", required=True, metavar="PATH")
+    serve.add_argument("--listen", metavar="ADDR")
+    serve.add_argument("--internal-listen", metavar="ADDR")
+    serve.add_argument("--rpc", metavar="URL")
+    serve.add_argument("--max-snapshot-age", type=int, metavar="SLOTS")
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("--config", required=True, metavar="PATH")
+    return parser
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Load the config file and apply the command-line overrides (raises ConfigError)."""
+    config = load_config(args.config)
+    overrides = {
+        "listen": getattr(args, "listen", None),
+        "internal_listen": getattr(args, "internal_listen", None),
+        "rpc": getattr(args, "rpc", None),
+        "max_snapshot_age": getattr(args, "max_snapshot_age", None),
+    }
+    return with_overrides(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def report(exc: ConfigError, path: str) -> int:
+    """Print every config problem to stderr; the exit code for a config error."""
+    print(f"{path}: invalid config:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        return report(exc, args.config)
+    if args.command == "check-config":
+        print(f"{args.config}: OK")
+        return EXIT_OK
+    setup_logging(args.log_level, args.log_format)
+    try:
+        trio.run(partial(run_tracker, config, partial(load, args)))
+    except OSError as exc:
+        # Typically a listener that cannot be bound: one line, not a traceback.
+        log_event(log, "error", "startup_failed", error=str(exc))
+        return EXIT_FAILURE
+    return EXIT_OK

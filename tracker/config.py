@@ -1,0 +1,970 @@
+"""The config file: frozen attrs values, loaded from YAML and validated once, at load.
+
+:func:`load_config` reads the file with ``yaml.safe_load`` and structures it through a cattrs
+``Converter`` (``forbid_extra_keys``, ``detailed_validation``) whose hooks also check every
+value. Nothing stops at the first problem: every one is collected with its key path and raised
+together as :class:`~tracker.errors.ConfigError`, one ``key.path: reason`` line each, e.g.
+``target_groups[0].http_targets.targets[1]: not an absolute http(s) URL: 'foo'``.
+
+The format is a superset of the Go tracker's (rpcpool/solana-cluster, ``types/config.go``):
+
+- a key with an empty (null) value is the same as leaving the key out, as in Go;
+- ``tls_config`` also takes the keys yaml.v3 derives from the Go field names (``cafile``,
+  ``certfile``, ``keyfile``, ``insecureskipverify``): the Go struct has no yaml tags, so those
+  are the keys the Go tracker really accepts;
+- ``scheme: ""`` means ``http``; ``api_path`` is normalised to ``""`` or ``/a/b``;
+- static/file targets may omit the port (the scheme's default port), as they may in Go.
+
+Relative paths are resolved against the config file's directory and stored absolute. Secrets
+(``password_file``, ``token_file``) are read at load; they never appear in ``repr()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+from tracker.errors import ConfigError
+
+__all__ = [
+    "BasicAuth",
+    "BearerAuth",
+    "Config",
+    "ConsulSDConfig",
+    "FileTargets",
+    "HttpTargets",
+    "LocalTargets",
+    "StaticTargets",
+    "TLSConfig",
+    "TargetGroup",
+    "check_target",
+    "format_address",
+    "load_config",
+    "parse_address",
+    "parse_duration",
+    "parse_file_targets",
+    "with_overrides",
+]
+
+#: Field metadata marking values that are computed at load, never read from the YAML file.
+_NOT_YAML = {"yaml": False}
+
+
+@attrs.frozen
+class BasicAuth:
+    """RFC 7617 credentials sent to the group's own sources. ``password_file`` is read at load."""
+
+    username: str = ""
+    password: str = attrs.field(default="", repr=False)
+    password_file: str = ""
+    #: The content of ``password_file`` (one trailing newline stripped), read by load_config.
+    loaded_password: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
+
+    @property
+    def effective_password(self) -> str:
+        """The password to send: the file's content when ``password_file`` is set."""
+        return self.loaded_password if self.password_file else self.password
+
+
+@attrs.frozen
+class BearerAuth:
+    """A bearer token sent to the group's own sources. ``token_file`` is read at load."""
+
+    token: str = attrs.field(default="", repr=False)
+    token_file: str = ""
+    loaded_token: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
+
+    @property
+    def effective_token(self) -> str:
+        """The token to send: the file's content when ``token_file`` is set."""
+        return self.loaded_token if self.token_file else self.token
+
+
+@attrs.frozen
+class TLSConfig:
+    """TLS settings for the group's https sources; paths are absolute after load."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure_skip_verify: bool = False
+
+
+@attrs.frozen
+class StaticTargets:
+    """Sidecars given as ``host:port`` (the port may be left out)."""
+
+    targets: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class FileTargets:
+    """Sidecars listed in a file, one ``host:port`` a line, re-read on every scrape."""
+
+    path: str
+
+
+@attrs.frozen
+class HttpTargets:
+    """Validator RPC / snapshot HTTP servers, absolute http(s) URLs without a trailing slash."""
+
+    targets: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class LocalTargets:
+    """Directories on this machine holding snapshot archives (absolute after load)."""
+
+    paths: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ConsulSDConfig:
+    """Consul service discovery, accepted with the Go tracker's keys (``host`` = Consul address)."""
+
+    host: str = ""
+    token: str = attrs.field(default="", repr=False)
+    token_file: str = ""
+    datacenter: str = ""
+    service: str = ""
+    filter: str = ""
+    loaded_token: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
+
+
+@attrs.frozen
+class TargetGroup:
+    """One cluster/network: its sources and how to reach them."""
+
+    group: str
+    scheme: str = "http"
+    api_path: str = ""
+    basic_auth: BasicAuth | None = None
+    bearer_auth: BearerAuth | None = None
+    tls_config: TLSConfig | None = None
+    static_targets: StaticTargets | None = None
+    file_targets: FileTargets | None = None
+    consul_sd_config: ConsulSDConfig | None = None
+    http_targets: HttpTargets | None = None
+    local_targets: LocalTargets | None = None
+
+    @property
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value for this group's sources, or None.
+
+        With both ``basic_auth`` and ``bearer_auth`` the bearer token wins, as in the Go tracker
+        (it sets the header after the basic credentials).
+        """
+        if self.bearer_auth is not None:
+            return f"Bearer {self.bearer_auth.effective_token}"
+        if self.basic_auth is not None:
+            pair = f"{self.basic_auth.username}:{self.basic_auth.effective_password}"
+            return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        return None
+
+
+def _default_timeout(config: Config) -> float:
+    return min(10.0, config.scrape_interval)
+
+
+@attrs.frozen
+class Config:
+    """The whole config file. Durations are in seconds; paths are absolute after load."""
+
+    scrape_interval: float = 15.0
+    scrape_timeout: float = attrs.field(default=attrs.Factory(_default_timeout, takes_self=True))
+    listen: str = ":8458"
+    internal_listen: str = "127.0.0.1:8457"
+    # An RPC URL often carries an API key in its path or query: keep it out of repr().
+    rpc: str = attrs.field(default="", repr=False)
+    max_snapshot_age: int = 1000
+    default_group: str = ""
+    public_url: str = ""
+    proxy_snapshot_downloads: bool = False
+    proxy_snapshot_cache_dir: str = ""
+    cache_complete_on_disconnect: bool = True
+    max_target_failures: int = 3
+    scrape_concurrency: int = 64
+    shutdown_grace: float = 30.0
+    cache_share_inflight: bool = False
+    cache_prefetch: bool = False
+    cache_prefetch_concurrency: int = 1
+    target_groups: tuple[TargetGroup, ...] = ()
+    #: The absolute path the config was loaded from (set by load_config, not a YAML key).
+    config_path: str = attrs.field(default="", metadata=_NOT_YAML)
+    #: Things that are valid but probably unintended; the caller logs them.
+    warnings: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False, metadata=_NOT_YAML)
+
+    def group_named(self, name: str) -> TargetGroup | None:
+        """The group called ``name``, or None."""
+        return next((g for g in self.target_groups if g.group == name), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers, public because the CLI and the scraper use them too.
+
+_UNIT_SECONDS = {
+    "ns": Fraction(1, 10**9),
+    "us": Fraction(1, 10**6),
+    "µs": Fraction(1, 10**6),  # U+00B5 micro sign
+    "μs": Fraction(1, 10**6),  # U+03BC Greek mu; Go accepts both
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+# Longer units first so that "ms" is not read as "m" followed by garbage.
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
+_DURATION_HINT = "expected a duration like '500ms', '15s' or '1m30s', or a number of seconds"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``, ``"300us"``) or a number.
+
+    A number (int or float, not bool) is seconds. Raises ValueError for anything negative,
+    malformed, not finite, or a string without a unit (``"15"``: Go refuses it too).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_DURATION_HINT}, got {_describe(value)}")
+    if not isinstance(value, str):
+        if not math.isfinite(value):
+            raise ValueError(f"{_DURATION_HINT}, got {value!r}")
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return float(value)
+    negative, seconds = _parse_go_duration(value)
+    if negative and seconds > 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return float(seconds)
+
+
+def _parse_go_duration(text: str) -> tuple[bool, Fraction]:
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return False, Fraction(0)
+    total, pos = Fraction(0), 0
+    while pos < len(body) and (match := _DURATION_PART.match(body, pos)):
+        total += Fraction(match[1]) * _UNIT_SECONDS[match[2]]
+        pos = match.end()
+    if pos == 0 or pos != len(body):
+        if _PLAIN_NUMBER.fullmatch(body):
+            raise ValueError(f"missing unit in duration {text!r} (write e.g. '{body}s')")
+        raise ValueError(f"{_DURATION_HINT}, got {text!r}")
+    return text.startswith("-"), total
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_ADDRESS_HINT = "expected host:port, :port or [v6addr]:port"
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """Split ``host[:port]`` / ``[v6]:port``; the port is None when absent. ValueError on shape."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("malformed [v6addr]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host!r}") from None
+        return host, (rest[1:] if rest else None)
+    if text.count(":") > 1:
+        raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
+    host, colon, port = text.partition(":")
+    if host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"not a host name or IPv4 address: {host!r}")
+    return host, (port if colon else None)
+
+
+def _parse_port(text: str, lowest: int) -> int:
+    if not _PORT.fullmatch(text) or not lowest <= int(text) <= 65535:
+        raise ValueError(f"port must be a number from {lowest} to 65535")
+    return int(text)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse a listen address: ``host:port``, ``:port`` or ``[v6addr]:port``; port 0-65535.
+
+    ``:port`` (all interfaces) gives host ``""``; ``format_address`` turns the pair back into a
+    hypercorn bind string. Raises ValueError with the offending text.
+    """
+    try:
+        host, port = _split_host_port(text)
+        if port is None:
+            raise ValueError("missing port")
+        return host, _parse_port(port, 0)
+    except ValueError as exc:
+        raise ValueError(f"not a valid address ({exc}; {_ADDRESS_HINT}): {text!r}") from None
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of :func:`parse_address`: ``host:port``, ``[v6]:port`` or ``:port``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_target(text: str) -> str:
+    """Validate a sidecar target ``host[:port]`` (static or file targets); return it.
+
+    The port may be left out (the scheme's default port). Raises ValueError otherwise.
+    """
+    if "/" in text:
+        raise ValueError(
+            f"not a host:port target (the scheme comes from the group's 'scheme'; "
+            f"URLs belong in http_targets): {text!r}"
+        )
+    try:
+        host, port = _split_host_port(text)
+        if not host:
+            raise ValueError("missing host")
+        if port is not None:
+            _parse_port(port, 1)
+    except ValueError as exc:
+        raise ValueError(f"not a host:port target ({exc}): {text!r}") from None
+    return text
+
+
+def parse_file_targets(text: str) -> tuple[str, ...]:
+    """The targets of a ``file_targets`` file: one ``host:port`` a line.
+
+    Surrounding blanks are stripped; empty lines and lines starting with ``#`` are skipped.
+    Raises ValueError naming every bad line.
+    """
+    targets: list[str] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        try:
+            targets.append(check_target(entry))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of single values: each takes the raw YAML value, returns the stored value or raises
+# ValueError with the message shown after the key path.
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is an int subclass
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+)
+
+
+def _describe(value: object) -> str:
+    """How a YAML value reads in a message: ``an integer (5)``, ``a list``, ``null``."""
+    if value is None:
+        return "null"
+    kind = next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+    if isinstance(value, bool):
+        return f"{kind} ({str(value).lower()})"
+    return f"{kind} ({value!r})" if isinstance(value, int | float) else kind
+
+
+def _str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
+    raise ValueError(f"expected a string, got {_describe(value)}{hint}")
+
+
+# yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.
+_YAML11_TRUE = ("y", "Y", "yes", "Yes", "YES", "on", "On", "ON")
+_YAML11_FALSE = ("n", "N", "no", "No", "NO", "off", "Off", "OFF")
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in _YAML11_TRUE or value in _YAML11_FALSE:
+        return value in _YAML11_TRUE
+    raise ValueError(f"expected true or false, got {_describe(value)}")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected an integer, got {_describe(value)}")
+
+
+def _int_in(lowest: int, highest: int | None = None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        number = _int(value)
+        if number < lowest or (highest is not None and number > highest):
+            bounds = f"at least {lowest}" if highest is None else f"from {lowest} to {highest}"
+            raise ValueError(f"must be {bounds}, got {number}")
+        return number
+
+    return check
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _address(value: object) -> str:
+    parse_address(_str(value))
+    return _str(value)
+
+
+def _optional_address(value: object) -> str:
+    return "" if _str(value) == "" else _address(value)
+
+
+def _check_http_url(text: str) -> None:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"not an absolute http(s) URL: {text!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {text!r}")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"URL must not contain blanks: {text!r}")
+
+
+def _http_target(value: object) -> str:
+    text = _str(value)
+    _check_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError(f"URL must not have a query or fragment: {text!r}")
+    return text.rstrip("/")
+
+
+def _rpc_url(value: object) -> str:
+    text = _str(value)
+    if text == "":
+        return text
+    _check_http_url(text)
+    if "#" in text:
+        raise ValueError(f"URL must not have a fragment: {text!r}")
+    return text
+
+
+def _public_url(value: object) -> str:
+    text = _str(value)
+    if text == "":
+        return text
+    _check_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError(f"must be an origin with an optional path prefix, got {text!r}")
+    return text.rstrip("/")
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _group_name(value: object) -> str:
+    name = _str(value)
+    if not _GROUP_NAME.fullmatch(name):
+        raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
+    return name
+
+
+def _scheme(value: object) -> str:
+    scheme = _str(value).lower() or "http"  # "" is what Go gets from a missing key
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be 'http' or 'https', got {value!r}")
+    return scheme
+
+
+def _api_path(value: object) -> str:
+    text = _str(value)
+    if any(c in text for c in "?#") or any(c.isspace() for c in text):
+        raise ValueError(f"api_path must be a URL path like '/api', got {text!r}")
+    stripped = text.strip("/")
+    return f"/{stripped}" if stripped else ""
+
+
+_T = TypeVar("_T")
+
+
+def _list_of(item: Callable[[Any], _T]) -> Callable[[object], tuple[_T, ...]]:
+    """A YAML sequence, every item checked; every bad item is reported with its index."""
+
+    def check(value: object) -> tuple[_T, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {_describe(value)}")
+        result: list[_T] = []
+        errors: list[Exception] = []
+        for index, raw in enumerate(value):
+            try:
+                result.append(item(raw))
+            except Exception as exc:  # every failure is collected, reported with its index
+                exc.__notes__ = [*getattr(exc, "__notes__", []), _index_note(index)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid items", errors, tuple)
+        return tuple(result)
+
+    return check
+
+
+def _index_note(index: int) -> IterableValidationNote:
+    return IterableValidationNote(f"item {index}", index, object)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: a converter per load, because path checks need the config file's directory.
+
+_Path = tuple[str | int, ...]
+
+
+class _Problems(Exception):
+    """Problems found across the fields of one object, each with a path relative to it."""
+
+    def __init__(self, problems: list[tuple[_Path, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+#: Keys yaml.v3 derives from the Go TLSConfig field names (it has json tags but no yaml tags).
+_TLS_GO_KEYS = {
+    "cafile": "ca_file",
+    "certfile": "cert_file",
+    "keyfile": "key_file",
+    "insecureskipverify": "insecure_skip_verify",
+}
+
+
+class _Loader:
+    """Structures one config file; holds what its hooks need (directory, secrets read)."""
+
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
+        self.secrets: dict[str, str] = {}
+        self.converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+        self._register()
+
+    def _register(self) -> None:
+        for kind, check in ((str, _str), (bool, _bool), (int, _int)):
+            self.converter.register_structure_hook(kind, _ignore_type(check))
+        self._add(BasicAuth, {"password_file": self._secret_file}, self._finish_basic_auth)
+        self._add(BearerAuth, {"token_file": self._secret_file}, self._finish_bearer_auth)
+        self._add(ConsulSDConfig, {"token_file": self._secret_file}, self._finish_consul)
+        files = {name: self._readable_file for name in ("ca_file", "cert_file", "key_file")}
+        self._add(TLSConfig, files, _finish_tls, aliases=_TLS_GO_KEYS)
+        self._add(StaticTargets, {"targets": _list_of(_target)})
+        self._add(FileTargets, {"path": self._targets_file})
+        self._add(HttpTargets, {"targets": _list_of(_http_target)})
+        self._add(LocalTargets, {"paths": _list_of(self._directory)})
+        self._add(TargetGroup, {"group": _group_name, "scheme": _scheme, "api_path": _api_path})
+        self._add(Config, self._config_fields())
+
+    def _config_fields(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            "scrape_interval": _positive_duration,
+            "scrape_timeout": _positive_duration,
+            "shutdown_grace": _positive_duration,
+            "listen": _address,
+            "internal_listen": _optional_address,
+            "rpc": _rpc_url,
+            "public_url": _public_url,
+            "max_snapshot_age": _int_in(0),
+            "max_target_failures": _int_in(1),
+            "scrape_concurrency": _int_in(1, 10000),
+            "cache_prefetch_concurrency": _int_in(1),
+            "proxy_snapshot_cache_dir": self._cache_dir,
+            "target_groups": _list_of(lambda raw: self.converter.structure(raw, TargetGroup)),
+        }
+
+    def _add(
+        self,
+        cls: type[_T],
+        checks: Mapping[str, Callable[[Any], Any]],
+        finish: Callable[[_T], _T] | None = None,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        """Register the hook of one class: checks per field, then ``finish`` on the object."""
+        overrides = {name: override(struct_hook=_ignore_type(fn)) for name, fn in checks.items()}
+        for field in attrs.fields(cast("type[attrs.AttrsInstance]", cls)):
+            if not field.metadata.get("yaml", True):
+                overrides[field.name] = override(omit=True)
+        base = make_dict_structure_fn(cls, self.converter, **overrides)  # type: ignore[arg-type]
+
+        def hook(value: object, _type: object) -> _T:
+            obj = base(_as_mapping(value, aliases or {}), cls)
+            return finish(obj) if finish is not None else obj
+
+        self.converter.register_structure_hook(cls, hook)
+
+    def _resolve(self, value: object) -> str:
+        text = _str(value)
+        return os.path.abspath(os.path.join(self.base_dir, text)) if text else ""
+
+    def _readable_file(self, value: object) -> str:
+        path = self._resolve(value)
+        if path:
+            _read_text(path)
+        return path
+
+    def _secret_file(self, value: object) -> str:
+        path = self._resolve(value)
+        if path:
+            text = _read_text(path)
+            # Editors end files with a newline that is not part of the secret: drop one.
+            self.secrets[path] = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        return path
+
+    def _targets_file(self, value: object) -> str:
+        path = self._resolve(value)
+        if not path:
+            raise ValueError("must not be empty")
+        # A missing file is only a warning (it is re-read every scrape and may appear later);
+        # one that exists must be readable and well-formed now, so check-config catches it.
+        if os.path.lexists(path):
+            try:
+                parse_file_targets(_read_text(path))
+            except ValueError as exc:
+                raise ValueError(f"{path!r} {exc}") from None
+        return path
+
+    def _directory(self, value: object) -> str:
+        path = self._resolve(value)
+        if not path:
+            raise ValueError("must not be empty")
+        if not os.path.isdir(path):
+            what = "not a directory" if os.path.exists(path) else "no such directory"
+            raise ValueError(f"{what}: {path!r}")
+        return path
+
+    def _cache_dir(self, value: object) -> str:
+        path = self._resolve(value)
+        # The cache creates a missing directory; something else in its place is an error.
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"not a directory: {path!r}")
+        return path
+
+    def _finish_basic_auth(self, auth: BasicAuth) -> BasicAuth:
+        problems: list[tuple[_Path, str]] = []
+        if not auth.username:
+            problems.append((("username",), "basic_auth needs a username"))
+        if auth.password and auth.password_file:
+            problems.append(((), "set either password or password_file, not both"))
+        _raise_problems(problems)
+        return attrs.evolve(auth, loaded_password=self.secrets.get(auth.password_file, ""))
+
+    def _finish_bearer_auth(self, auth: BearerAuth) -> BearerAuth:
+        loaded = self.secrets.get(auth.token_file, "")
+        if auth.token and auth.token_file:
+            _raise_problems([((), "set either token or token_file, not both")])
+        if not auth.token and not auth.token_file:
+            _raise_problems([((), "set token or token_file")])
+        if auth.token_file and not loaded:
+            _raise_problems([(("token_file",), f"the token file {auth.token_file!r} is empty")])
+        return attrs.evolve(auth, loaded_token=loaded)
+
+    def _finish_consul(self, consul: ConsulSDConfig) -> ConsulSDConfig:
+        if consul.token and consul.token_file:
+            _raise_problems([((), "set either token or token_file, not both")])
+        return attrs.evolve(consul, loaded_token=self.secrets.get(consul.token_file, ""))
+
+
+def _target(value: object) -> str:
+    return check_target(_str(value))
+
+
+def _finish_tls(tls: TLSConfig) -> TLSConfig:
+    problems: list[tuple[_Path, str]] = []
+    if tls.cert_file and not tls.key_file:
+        problems.append((("key_file",), "required when cert_file is set"))
+    if tls.key_file and not tls.cert_file:
+        problems.append((("cert_file",), "required when key_file is set"))
+    _raise_problems(problems)
+    return tls
+
+
+def _raise_problems(problems: list[tuple[_Path, str]]) -> None:
+    if problems:
+        raise _Problems(problems)
+
+
+def _ignore_type(check: Callable[[Any], _T]) -> Callable[[Any, Any], _T]:
+    return lambda value, _type: check(value)
+
+
+def _as_mapping(value: object, aliases: Mapping[str, str]) -> dict[Any, Any]:
+    """The YAML mapping of one object, without null values (null = key absent, as in Go)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping, got {_describe(value)}")
+    mapping = {key: item for key, item in value.items() if item is not None}
+    for alias, key in aliases.items():
+        if alias in mapping:
+            if key in mapping:
+                raise _Problems([((alias,), f"same setting as {key!r}; give only one of them")])
+            mapping[key] = mapping.pop(alias)
+    return mapping
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path!r}: not UTF-8 text") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: cattrs' exception tree -> ["key.path: message", ...]
+
+
+def _flatten(exc: BaseException, path: _Path) -> list[tuple[_Path, str]]:
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        found: list[tuple[_Path, str]] = []
+        for sub in exc.exceptions:
+            found += _flatten(sub, path + _note_step(sub))
+        return found
+    if isinstance(exc, ForbiddenExtraKeysError):
+        keys = sorted(str(key) for key in exc.extra_fields)
+        return [((*path, key), _unknown_key(key, exc.cl)) for key in keys]
+    if isinstance(exc, _Problems):
+        return [(path + sub, message) for sub, message in exc.problems]
+    if isinstance(exc, KeyError):
+        return [(path, "required key missing")]
+    if isinstance(exc, ValueError | TypeError):
+        return [(path, str(exc))]
+    return [(path, f"invalid value ({exc!r})")]
+
+
+def _note_step(exc: BaseException) -> _Path:
+    for note in getattr(exc, "__notes__", []):
+        if isinstance(note, AttributeValidationNote):
+            return (note.name,)
+        if isinstance(note, IterableValidationNote) and isinstance(note.index, int):
+            return (note.index,)
+    return ()
+
+
+def _unknown_key(key: str, cls: type) -> str:
+    known = [f.name for f in attrs.fields(cls) if f.metadata.get("yaml", True)]
+    if cls is TLSConfig:
+        known += list(_TLS_GO_KEYS)
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
+def _format_path(path: _Path) -> str:
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
+    return text or "(top level)"
+
+
+def _lines(problems: Sequence[tuple[_Path, str]]) -> list[str]:
+    return [f"{_format_path(path)}: {message}" for path, message in problems]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks across keys, on the raw mapping so that they run even when other keys are invalid.
+
+
+def _cross_problems(raw: Mapping[Any, Any]) -> list[tuple[_Path, str]]:
+    problems = _group_name_problems(raw)
+    interval = _lenient(lambda: parse_duration(raw.get("scrape_interval", 15.0)))
+    timeout = _lenient(lambda: parse_duration(raw["scrape_timeout"]))
+    if interval is not None and timeout is not None and timeout > interval:
+        problems.append(
+            (
+                ("scrape_timeout",),
+                f"must not be longer than scrape_interval ({timeout:g}s > {interval:g}s)",
+            )
+        )
+    return problems
+
+
+def _group_name_problems(raw: Mapping[Any, Any]) -> list[tuple[_Path, str]]:
+    groups = raw.get("target_groups")
+    groups = groups if isinstance(groups, list) else []
+    first_index: dict[str, int] = {}
+    problems: list[tuple[_Path, str]] = []
+    for index, group in enumerate(groups):
+        name = group.get("group") if isinstance(group, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first_index:
+            message = f"duplicate group name {name!r} (also target_groups[{first_index[name]}])"
+            problems.append((("target_groups", index, "group"), message))
+        first_index.setdefault(name, index)
+    default = raw.get("default_group")
+    if isinstance(default, str) and default and default not in first_index:
+        problems.append((("default_group",), f"no target group is named {default!r}"))
+    return problems
+
+
+def _lenient(compute: Callable[[], float]) -> float | None:
+    try:
+        return compute()
+    except (KeyError, ValueError):
+        return None
+
+
+def _warnings(config: Config) -> list[str]:
+    found: list[str] = []
+    if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
+        found.append("proxy_snapshot_cache_dir: ignored while proxy_snapshot_downloads is false")
+    if not config.target_groups:
+        found.append("target_groups: none configured; the tracker will know no snapshots")
+    for index, group in enumerate(config.target_groups):
+        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group)]
+    return found
+
+
+def _group_warnings(group: TargetGroup) -> list[str]:
+    found: list[str] = []
+    sources = (group.static_targets, group.file_targets, group.http_targets, group.local_targets)
+    if all(source is None for source in sources):
+        found.append(": no static, file, http or local targets; the group stays empty")
+    if group.consul_sd_config is not None:
+        found.append(".consul_sd_config: accepted for compatibility, Consul is not queried")
+    if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
+        path = group.file_targets.path
+        found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
+    if group.basic_auth is not None and group.bearer_auth is not None:
+        found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
+    return found
+
+
+def _read_yaml(path: str) -> object:
+    """The parsed YAML document; ConfigError for unreadable files and YAML syntax errors."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    try:
+        return yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        where = exc.problem_mark or exc.context_mark
+        line = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([f"{path}: invalid YAML at {line}{reason}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (as in Go's yaml.v3)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str | int | float | bool):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and return the config file at ``path``.
+
+    Raises ConfigError listing every problem (``key.path: reason``): an unreadable file, invalid
+    YAML (with its line), a top level that is not a mapping, an empty file, and every invalid
+    key or value. ``Config.warnings`` lists what is valid but probably unintended.
+    """
+    file_path = os.path.abspath(os.fspath(path))
+    raw = _read_yaml(file_path)
+    if raw is None:
+        raise ConfigError([f"{file_path}: the config file is empty"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{file_path}: expected a mapping of settings, got {_describe(raw)}"])
+    loader = _Loader(os.path.dirname(file_path))
+    config: Config | None = None
+    problems: list[tuple[_Path, str]] = []
+    try:
+        config = loader.converter.structure(raw, Config)
+    except Exception as exc:  # the whole tree of problems is turned into lines below
+        problems = _flatten(exc, ())
+    problems += _cross_problems(_as_mapping(raw, {}))
+    if problems or config is None:
+        raise ConfigError(_lines(problems))
+    return _finish_config(config, file_path)
+
+
+def _finish_config(config: Config, file_path: str) -> Config:
+    default_group = config.default_group
+    if not default_group and config.target_groups:
+        default_group = config.target_groups[0].group
+    config = attrs.evolve(config, default_group=default_group, config_path=file_path)
+    return attrs.evolve(config, warnings=tuple(_warnings(config)))
+
+
+def _cli_int(value: object) -> int:
+    # The CLI may hand over the flag's text; the config file must use a YAML integer.
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        value = int(value)
+    return _int_in(0)(value)
+
+
+#: Command-line overrides: Config field -> (flag, check of the value).
+_OVERRIDES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "listen": ("--listen", _address),
+    "internal_listen": ("--internal-listen", _optional_address),
+    "rpc": ("--rpc", _rpc_url),
+    "max_snapshot_age": ("--max-snapshot-age", _cli_int),
+}
+
+
+def with_overrides(config: Config, **values: object) -> Config:
+    """``config`` with command-line values applied (``listen``, ``internal_listen``, ``rpc``,
+    ``max_snapshot_age``); None means "flag not given". Raises ConfigError naming each bad flag,
+    TypeError for an unknown name.
+    """
+    unknown = sorted(set(values) - set(_OVERRIDES))
+    if unknown:
+        raise TypeError(f"with_overrides() got unknown settings: {', '.join(unknown)}")
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag, check = _OVERRIDES[name]
+        try:
+            changes[name] = check(value)
+        except ValueError as exc:
+            problems.append(f"{flag}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return attrs.evolve(config, **changes)

@@ -1,0 +1,47 @@
+"""The exception tree of the tracker.
+
+Third-party exceptions (httpx, OSError, YAML, cattrs) are translated into these at the module
+boundary where they happen, so callers handle one family::
+
+    TrackerError
+    ├── ConfigError        the config file (or a reload) is invalid; carries every problem
+    ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
+    ├── RequestError       a client request is malformed or names nothing known (4xx)
+    ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
+    └── CacheError         the disk cache could not store a file (disk full, read-only, ...)
+"""
+
+from __future__ import annotations
+
+
+class TrackerError(Exception):
+    """Base class of every error the tracker raises on purpose."""
+
+
+class ConfigError(TrackerError):
+    """The config is invalid. ``problems`` lists one ``key.path: reason`` line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ProbeError(TrackerError):
+    """A probe of one target failed; ``str(exc)`` is a one-line reason for the operator."""
+
+
+class RequestError(TrackerError):
+    """A client request cannot be answered: ``status`` is the 4xx code, ``reason`` one line."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status}: {reason}")
+
+
+class UpstreamError(TrackerError):
+    """No upstream source delivered the requested bytes; the reason is one line."""
+
+
+class CacheError(TrackerError):
+    """The disk cache could not store a file; the reason is one line."""

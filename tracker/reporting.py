@@ -1,0 +1,55 @@
+"""What the scrape loop tells the outside world: metrics, the systemd status line, events."""
+
+from __future__ import annotations
+
+from tracker.index import Index
+from tracker.metrics import Metrics
+from tracker.notify import Notifier
+from tracker.scrape import Scraper, TargetHealth
+
+class ScrapeReporter:
+    """Turns probe results and finished rounds into metrics and a ``STATUS=`` line."""
+
+    def __init__(self, metrics: Metrics, notifier: Notifier) -> None:
+        self.metrics = metrics
+        self.notifier = notifier
+        self._known: set[tuple[str, str]] = set()
+
+    def probe_done(self, health: TargetHealth) -> None:
+        """Record one probe's duration and outcome."""
+        key = health.target.key
+        ok = health.health == "up"
+        self.metrics.observe_scrape(key.group, key.target, health.last_duration or 0.0, ok=ok)
+        self._known.add((key.group, key.target))
+
+    def round_done(self, scraper: Scraper) -> None:
+        """Refresh per-group gauges, drop series of retired targets, update the status line."""
+        index, config = scraper.index, scraper.config
+        current = {(k.group, k.target) for k in scraper.health}
+        for group, target in self._known - current:
+            self.metrics.remove_target(group, target)
+        self._known &= current
+        for group in config.target_groups:
+            name = group.group
+            states = [h for h in scraper.health.values() if h.target.key.group == name]
+            up = sum(h.health == "up" for h in states)
+            self.metrics.set_targets(name, up=up, total=len(states))
+            full, incr = index.best_full(name), index.best_incremental(name)
+            self.metrics.set_best_slots(
+                name,
+                full=full.info.slot if full else None,
+                incremental=incr.info.slot if incr else None,
+            )
+        self.notifier.status(status_line(scraper, index))
+
+
+def status_line(scraper: Scraper, index: Index) -> str:
+    """One line for ``systemctl status``: targets up/total and each group's best full slot."""
+    states = list(scraper.health.values())
+    up = sum(h.health == "up" for h in states)
+    parts = [f"{up}/{len(states)} targets up"]
+    for group in scraper.config.target_groups:
+        full = index.best_full(group.group)
+        parts.append(f"{group.group}: best full {full.info.slot if full else 'none'}")
+    return "; ".join(parts)
+

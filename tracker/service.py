@@ -1,0 +1,175 @@
+"""The daemon: one root nursery holding the listeners, the scrape loop and signal handling.
+
+::
+
+    run_tracker ─┬─ public listener   (hypercorn, create_app)
+                 ├─ internal listener (hypercorn, create_internal_app)   [optional]
+                 ├─ scrape loop       (Scraper.run)  ──► Index
+                 ├─ watchdog          (sd_notify WATCHDOG=1)              [under systemd]
+                 └─ signals           SIGTERM/SIGINT: graceful stop; SIGHUP: reload
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import attrs
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from tracker.api import ApiDeps, create_app
+from tracker.config import Config, parse_address
+from tracker.delivery import Delivery
+from tracker.errors import ConfigError
+from tracker.health import HealthChecker
+from tracker.index import Index
+from tracker.internal_api import create_internal_app
+from tracker.listeners import BACKLOG, INTERNAL, PUBLIC, bind_socket, hypercorn_bind, listen_fds
+from tracker.logs import log_event
+from tracker.metrics import Metrics
+from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.reporting import ScrapeReporter
+from tracker.scrape import Scraper
+
+log = logging.getLogger("tracker.service")
+Reload = Callable[[], Awaitable[None]]
+
+
+@attrs.define
+class Tracker:
+    """The live state shared by the listeners; ``config`` is swapped whole on reload."""
+
+    config: Config
+    index: Index = attrs.field(factory=Index)
+    metrics: Metrics = attrs.field(factory=Metrics)
+    stop: trio.Event = attrs.field(factory=trio.Event)
+
+    def current(self) -> Config:
+        """The config in force now (read per request: reloads apply at once)."""
+        return self.config
+
+
+def hypercorn_config(sock: socket.socket, grace: float) -> HypercornConfig:
+    """A hypercorn config for one listener: no read timeout, no access log on the hot path."""
+    cfg = HypercornConfig()
+    cfg.bind = [hypercorn_bind(sock)]
+    cfg.backlog = BACKLOG
+    cfg.graceful_timeout = grace
+    # A download sends nothing upstream for hours: no read timeout (DESIGN.md trap 3).
+    cfg.read_timeout = None
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.keep_alive_timeout = 75
+    return cfg
+
+
+def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
+    """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
+
+    Raises OSError when an address cannot be bound (in use, not local, ...).
+    """
+    sockets = listen_fds(environ)
+    if sockets:
+        return sockets
+    sockets = {PUBLIC: bind_socket(*parse_address(config.listen))}
+    if config.internal_listen:
+        sockets[INTERNAL] = bind_socket(*parse_address(config.internal_listen))
+    return sockets
+
+
+async def run_tracker(
+    config: Config,
+    reload_config: Callable[[], Config],
+    *,
+    environ: dict[str, str] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``Tracker.stop``), then stop gracefully and return.
+
+    ``reload_config`` loads and validates the config file again (raising ConfigError); it is
+    called on SIGHUP and ``POST /reload``. ``task_status.started`` gets the bound addresses
+    (public first) once the listeners are bound and the first scrape round has started, the
+    moment systemd is told ``READY=1``. Raises OSError when a listener cannot be bound.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    tracker = Tracker(config)
+    notifier = Notifier.from_env(environ)
+    reporter = ScrapeReporter(tracker.metrics, notifier)
+    scraper = Scraper(config, tracker.index, on_probe=reporter.probe_done)
+    scraper.on_round = reporter.round_done
+    sockets = open_listeners(config, environ)
+    async with httpx.AsyncClient(trust_env=False) as rpc_client:
+        delivery = Delivery(tracker.current, tracker.index)
+        health = HealthChecker(tracker.current, tracker.index, rpc_client)
+        app = create_app(ApiDeps(tracker.current, tracker.index, scraper, delivery, health))
+
+        async def reload() -> None:
+            new = reload_config()
+            tracker.config = new
+            scraper.update_config(new)
+            log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
+
+        apps = {PUBLIC: app, INTERNAL: create_internal_app(reload, tracker.metrics.render)}
+        try:
+            async with trio.open_nursery() as nursery:
+                addresses = []
+                for role, sock in sockets.items():
+                    cfg = hypercorn_config(sock, config.shutdown_grace)
+                    serve_one = partial(serve, apps[role], cfg, shutdown_trigger=tracker.stop.wait)
+                    addresses += await nursery.start(serve_one)
+                background = await nursery.start(
+                    _background, scraper, tracker, reload, notifier, environ
+                )
+                notifier.ready()
+                log_event(log, "info", "listening", addresses=",".join(addresses))
+                task_status.started(addresses)
+                await tracker.stop.wait()
+                notifier.stopping()
+                grace = tracker.config.shutdown_grace
+                log_event(log, "info", "stopping", grace_seconds=grace)
+                background.cancel()
+                # Listeners drain for up to `grace`; past that (plus a margin) nothing may
+                # hold the process, not even a client that stopped reading.
+                nursery.cancel_scope.deadline = trio.current_time() + grace + 2
+        finally:
+            with trio.CancelScope(shield=True):
+                await scraper.aclose()
+    log_event(log, "info", "stopped")
+
+
+async def _background(
+    scraper: Scraper,
+    tracker: Tracker,
+    reload: Reload,
+    notifier: Notifier,
+    environ: dict[str, str],
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scraper.run)
+            nursery.start_soon(_signals, tracker, reload)
+            interval = watchdog_interval(environ)
+            if interval:
+                await nursery.start(run_watchdog, notifier, interval)
+            task_status.started(scope)
+
+
+async def _signals(tracker: Tracker, reload: Reload) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                tracker.stop.set()
+                continue
+            try:
+                await reload()
+            except ConfigError as exc:
+                log_event(log, "error", "reload_refused", problems="; ".join(exc.problems))

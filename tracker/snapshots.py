@@ -1,0 +1,200 @@
+"""Pure values: archive names, snapshot files and infos, their order and their wire format.
+
+Nothing here does I/O. Every source kind turns what it finds into :class:`SnapshotInfo` values
+(a snapshot and the chain of files it needs), and the index ranks them with :func:`rank_key`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import base58
+
+#: Archive extensions a Solana validator writes, longest first so that matching is greedy.
+EXTENSIONS = (".tar.bz2", ".tar.gz", ".tar.zst", ".tar.lz4", ".tar.xz", ".tar")
+
+# Slots are u64 on the validator; 20 digits covers every u64 and rejects absurd inputs early.
+_SLOT = r"(0|[1-9][0-9]{0,19})"
+_HASH = r"([1-9A-HJ-NP-Za-km-z]{32,44})"
+_EXT = r"(\.tar(?:\.bz2|\.gz|\.zst|\.lz4|\.xz)?)"
+_FULL_RE = re.compile(rf"snapshot-{_SLOT}-{_HASH}{_EXT}")
+_INCR_RE = re.compile(rf"incremental-snapshot-{_SLOT}-{_SLOT}-{_HASH}{_EXT}")
+U64_MAX = 2**64 - 1
+
+
+def decode_hash(text: str) -> bytes | None:
+    """Return the 32 bytes of a base58 hash, or None when ``text`` is not one."""
+    if not 32 <= len(text) <= 44:
+        return None
+    try:
+        raw: bytes = base58.b58decode(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def is_valid_hash(text: str) -> bool:
+    """True when ``text`` is base58 and decodes to exactly 32 bytes."""
+    return decode_hash(text) is not None
+
+
+@attrs.frozen
+class ArchiveName:
+    """A parsed snapshot archive name. ``base_slot`` is 0 for a full snapshot."""
+
+    slot: int
+    base_slot: int
+    hash: str
+    ext: str
+
+    @property
+    def is_full(self) -> bool:
+        """True for a full snapshot archive."""
+        return self.base_slot == 0
+
+    @property
+    def file_name(self) -> str:
+        """The canonical file name, the inverse of :func:`parse_archive_name`."""
+        if self.is_full:
+            return f"snapshot-{self.slot}-{self.hash}{self.ext}"
+        return f"incremental-snapshot-{self.base_slot}-{self.slot}-{self.hash}{self.ext}"
+
+    def order_key(self) -> tuple[int, int, int, bytes, str]:
+        """Ascending total order: slot, full after incremental, base, hash, then extension."""
+        full = 1 if self.is_full else 0
+        return (self.slot, full, self.base_slot, decode_hash(self.hash) or b"", self.ext)
+
+
+def parse_archive_name(name: str) -> ArchiveName | None:
+    """Parse a bare archive file name; None when it is not a valid snapshot archive name.
+
+    An incremental needs ``slot > base``; a full needs ``slot > 0`` (a full at slot 0 could
+    not be told apart from an incremental's ``base_slot`` of 0 in the wire format).
+    """
+    if len(name) > 200:
+        return None
+    if m := _INCR_RE.fullmatch(name):
+        base, slot, hash_, ext = int(m[1]), int(m[2]), m[3], m[4]
+        if not 0 < base < slot <= U64_MAX:
+            return None
+    elif m := _FULL_RE.fullmatch(name):
+        base, slot, hash_, ext = 0, int(m[1]), m[2], m[3]
+        if not 0 < slot <= U64_MAX:
+            return None
+    else:
+        return None
+    if not is_valid_hash(hash_):
+        return None
+    return ArchiveName(slot=slot, base_slot=base, hash=hash_, ext=ext)
+
+
+def file_name_of(url_or_name: str) -> str:
+    """The last path segment of a URL or path (what HTTP sources advertise)."""
+    return url_or_name.rsplit("/", 1)[-1]
+
+
+@attrs.frozen
+class SnapshotFile:
+    """One archive as a source advertises it.
+
+    ``url`` is where the bytes are (absolute http(s) URL) for remote sources; ``path`` is the
+    file on disk for local sources. Neither is part of the wire format: ``file_name`` is.
+    """
+
+    name: ArchiveName
+    file_name: str
+    size: int = 0
+    mod_time: datetime | None = None
+    url: str = ""
+    path: str = ""
+
+    @property
+    def bare_name(self) -> str:
+        """The archive's own file name, whatever ``file_name`` holds (name or URL)."""
+        return self.name.file_name
+
+
+@attrs.frozen
+class SnapshotInfo:
+    """A snapshot and the files it needs: itself first, then down to its full snapshot."""
+
+    slot: int
+    base_slot: int
+    hash: str
+    files: tuple[SnapshotFile, ...]
+
+    @property
+    def size(self) -> int:
+        """Sum of the sizes of the chain's files (0 for unknown sizes)."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def is_full(self) -> bool:
+        """True when the snapshot is a full snapshot (its base is itself)."""
+        return self.base_slot == self.slot
+
+    def rank_key(self) -> tuple[int, int, int, bytes]:
+        """Ascending order of the ranking: slot, full over incremental, base slot, hash."""
+        full = 1 if self.is_full else 0
+        return (self.slot, full, self.base_slot, decode_hash(self.hash) or b"")
+
+
+def info_from_files(files: list[SnapshotFile]) -> SnapshotInfo:
+    """Build the info of the first file's snapshot, its chain ordered newest first."""
+    head = files[0].name
+    chain = sorted(files, key=lambda f: f.name.order_key(), reverse=True)
+    base = head.slot if head.is_full else head.base_slot
+    return SnapshotInfo(slot=head.slot, base_slot=base, hash=head.hash, files=tuple(chain))
+
+
+def chains_from_files(files: list[SnapshotFile]) -> list[SnapshotInfo]:
+    """Group a flat list of archives (as a directory or HTTP server yields) into infos.
+
+    Every full is an info of its own; every incremental is an info whose chain also holds
+    the full at its base slot when that full is in ``files``.
+    """
+    fulls = {f.name.slot: f for f in files if f.name.is_full}
+    infos = []
+    for f in files:
+        if f.name.is_full:
+            infos.append(info_from_files([f]))
+        else:
+            base = fulls.get(f.name.base_slot)
+            infos.append(info_from_files([f, base] if base else [f]))
+    return infos
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``; microseconds kept when present."""
+    text = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
+    """The wire form of a file (§6): zero ``base_slot``, ``mod_time``, ``size`` omitted."""
+    out: dict[str, Any] = {"file_name": file_name if file_name is not None else f.file_name}
+    out["slot"] = f.name.slot
+    if f.name.base_slot:
+        out["base_slot"] = f.name.base_slot
+    out["hash"] = f.name.hash
+    out["ext"] = f.name.ext
+    if f.mod_time is not None:
+        out["mod_time"] = format_time(f.mod_time)
+    if f.size:
+        out["size"] = f.size
+    return out
+
+
+def info_to_json(info: SnapshotInfo, file_names: list[str] | None = None) -> dict[str, Any]:
+    """The wire form of an info; ``file_names`` replaces each file's ``file_name`` in order."""
+    names = file_names or [f.file_name for f in info.files]
+    return {
+        "slot": info.slot,
+        "base_slot": info.base_slot,
+        "hash": info.hash,
+        "files": [file_to_json(f, file_name=n) for f, n in zip(info.files, names, strict=True)],
+        "size": info.size,
+    }
