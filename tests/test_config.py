@@ -24,7 +24,6 @@ from tracker.config import (
     load_config,
     parse_address,
     parse_duration,
-    parse_file_targets,
     with_overrides,
 )
 from tracker.errors import ConfigError
@@ -76,11 +75,11 @@ def test_go_example_config_loads() -> None:
     assert config.config_path == str(DATA / "go-example.yml")
 
 
-def test_go_consul_example_loads_with_a_warning() -> None:
+def test_go_consul_example_loads() -> None:
     config = load_config(DATA / "go-consul.yml")
     consul = config.target_groups[0].consul_sd_config
     assert consul == ConsulSDConfig(host="localhost:8500", service="solana-sidecar-mainnet")
-    assert any(w.startswith("target_groups[0].consul_sd_config: ") for w in config.warnings)
+    assert config.warnings == ()
 
 
 def test_every_go_key_loads_including_yaml_v3_tls_keys() -> None:
@@ -311,8 +310,8 @@ RULES = [
         "unknown key",
     ),
     (
-        GROUP + "    basic_auth: {username: u, loaded_password: x}\n",
-        "target_groups[0].basic_auth.loaded_password",
+        GROUP + "    basic_auth: {username: u, resolved_password: x}\n",
+        "target_groups[0].basic_auth.resolved_password",
         "unknown key",
     ),
     ("config_path: /x\n", "config_path", "unknown key"),
@@ -511,7 +510,7 @@ RULES = [
     (
         GROUP + "    file_targets: {path: bad-targets.txt}\n",
         "target_groups[0].file_targets.path",
-        "line 2: not a host:port target",
+        "bad-targets.txt line 2: not host:port",
     ),
     (
         GROUP + "    local_targets: {paths: [missing-dir]}\n",
@@ -672,6 +671,7 @@ def test_secret_files_are_read_at_load(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("p@ss\n\n")  # only one trailing newline is stripped
     (tmp_path / "token").write_bytes(b"abc\r\n")
     (tmp_path / "cr").write_bytes(b"pw\r")
+    (tmp_path / "acl").write_text("consul-acl\n")
     config = load(
         tmp_path,
         """
@@ -682,11 +682,14 @@ def test_secret_files_are_read_at_load(tmp_path: Path) -> None:
             bearer_auth: {token_file: token}
           - group: cr
             basic_auth: {username: u, password_file: cr}
+            consul_sd_config: {host: "localhost:8500", service: s, token_file: acl}
         """,
     )
     basic, bearer, cr = config.target_groups
+    assert cr.consul_sd_config is not None
+    assert cr.consul_sd_config.resolved_token == "consul-acl"
     assert cr.basic_auth is not None
-    assert cr.basic_auth.effective_password == "pw\r"
+    assert cr.basic_auth.resolved_password == "pw\r"
     assert basic.authorization == "Basic " + base64.b64encode(b"user:p@ss\n").decode()
     assert bearer.authorization == "Bearer abc"
 
@@ -701,6 +704,7 @@ def test_secrets_never_appear_in_repr(tmp_path: Path) -> None:
         target_groups:
           - group: a
             basic_auth: {username: user, password: inline-password-321}
+            consul_sd_config: {host: "localhost:8500", token_file: tok}
           - group: b
             basic_auth: {username: user, password_file: pw}
             bearer_auth: {token: inline-token-654}
@@ -722,10 +726,11 @@ def test_authorization_of_hand_built_groups() -> None:
     assert TargetGroup(group="g").authorization is None
     basic = TargetGroup(group="g", basic_auth=BasicAuth(username="a", password="b"))
     assert basic.authorization == "Basic YTpi"
-    from_file = BasicAuth(username="a", password_file="/f", loaded_password="c")
+    from_file = BasicAuth(username="a", password_file="/f", resolved_password="c")
     assert TargetGroup(group="g", basic_auth=from_file).authorization == "Basic YTpj"
     bearer = TargetGroup(group="g", bearer_auth=BearerAuth(token="t"))
     assert bearer.authorization == "Bearer t"
+    assert ConsulSDConfig(token="acl").resolved_token == "acl"
 
 
 def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
@@ -753,8 +758,11 @@ def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
     assert "does not exist yet" in config.warnings[1]
 
 
-def test_file_targets_file_is_checked_when_present(tmp_path: Path) -> None:
-    (tmp_path / "t.txt").write_text("# fleet\n\n  10.0.0.1:13080  \n[::1]:13080\nhost\n")
+@pytest.mark.parametrize(
+    "content", ["# fleet\n\n  10.0.0.1:13080  \n[::1]:13080\n", '["10.0.0.1:13080", "h:1"]\n']
+)
+def test_file_targets_file_is_checked_when_present(tmp_path: Path, content: str) -> None:
+    (tmp_path / "t.txt").write_text(content)
     config = load(tmp_path, "target_groups: [{group: g, file_targets: {path: t.txt}}]\n")
     assert config.warnings == ()
 
@@ -881,13 +889,6 @@ def test_check_target_accepts(text: str) -> None:
 def test_check_target_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a host:port target"):
         check_target(text)
-
-
-def test_parse_file_targets() -> None:
-    text = "# comment\n a:1 \n\nb:2\n"
-    assert parse_file_targets(text) == ("a:1", "b:2")
-    with pytest.raises(ValueError, match=r"line 2: .*'x:0'; line 3: .*'http://y'"):
-        parse_file_targets("a:1\nx:0\nhttp://y\n")
 
 
 # --- command-line overrides -------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -89,10 +90,8 @@ async def serve_raw(
     """
 
     async def guarded(stream: trio.SocketStream) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await handler(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, guarded, 0, host="127.0.0.1"))

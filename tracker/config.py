@@ -1,6 +1,7 @@
 """The config file: frozen attrs values, loaded from YAML and validated once, at load.
 
-:func:`load_config` reads the file with ``yaml.safe_load`` and structures it through a cattrs
+:func:`load_config` reads the file with a ``yaml.SafeLoader`` (that also refuses a key given
+twice, as Go's yaml.v3 does) and structures it through a cattrs
 ``Converter`` (``forbid_extra_keys``, ``detailed_validation``) whose hooks also check every
 value. Nothing stops at the first problem: every one is collected with its key path and raised
 together as :class:`~tracker.errors.ConfigError`, one ``key.path: reason`` line each, e.g.
@@ -13,7 +14,11 @@ The format is a superset of the Go tracker's (rpcpool/solana-cluster, ``types/co
   ``certfile``, ``keyfile``, ``insecureskipverify``): the Go struct has no yaml tags, so those
   are the keys the Go tracker really accepts;
 - ``scheme: ""`` means ``http``; ``api_path`` is normalised to ``""`` or ``/a/b``;
-- static/file targets may omit the port (the scheme's default port), as they may in Go.
+- ``static_targets`` may omit the port (the scheme's default port), as they may in Go;
+- durations may also be plain numbers of seconds; yaml.v3's ``y``/``on``/``no``... booleans work.
+
+Not accepted although Go's yaml.v3 would: a YAML number or boolean where a string is expected
+(``password: 1234``): PyYAML has already lost the original text, so quote such values.
 
 Relative paths are resolved against the config file's directory and stored absolute. Secrets
 (``password_file``, ``token_file``) are read at load; they never appear in ``repr()``.
@@ -44,7 +49,8 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, ProbeError
+from tracker.sources.targetfile import read_target_file
 
 __all__ = [
     "BasicAuth",
@@ -62,7 +68,6 @@ __all__ = [
     "load_config",
     "parse_address",
     "parse_duration",
-    "parse_file_targets",
     "with_overrides",
 ]
 
@@ -70,34 +75,44 @@ __all__ = [
 _NOT_YAML = {"yaml": False}
 
 
+def _inline_password(auth: BasicAuth) -> str:
+    return auth.password
+
+
+def _inline_token(auth: BearerAuth | ConsulSDConfig) -> str:
+    return auth.token
+
+
 @attrs.frozen
 class BasicAuth:
-    """RFC 7617 credentials sent to the group's own sources. ``password_file`` is read at load."""
+    """RFC 7617 credentials sent to the group's own sources."""
 
     username: str = ""
     password: str = attrs.field(default="", repr=False)
     password_file: str = ""
-    #: The content of ``password_file`` (one trailing newline stripped), read by load_config.
-    loaded_password: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
-
-    @property
-    def effective_password(self) -> str:
-        """The password to send: the file's content when ``password_file`` is set."""
-        return self.loaded_password if self.password_file else self.password
+    #: The password to send: ``password``, or the content of ``password_file`` read at load
+    #: (one trailing newline dropped).
+    resolved_password: str = attrs.field(
+        default=attrs.Factory(_inline_password, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
 
 
 @attrs.frozen
 class BearerAuth:
-    """A bearer token sent to the group's own sources. ``token_file`` is read at load."""
+    """A bearer token sent to the group's own sources."""
 
     token: str = attrs.field(default="", repr=False)
     token_file: str = ""
-    loaded_token: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
-
-    @property
-    def effective_token(self) -> str:
-        """The token to send: the file's content when ``token_file`` is set."""
-        return self.loaded_token if self.token_file else self.token
+    #: The token to send: ``token``, or the content of ``token_file`` read at load.
+    resolved_token: str = attrs.field(
+        default=attrs.Factory(_inline_token, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
 
 
 @attrs.frozen
@@ -112,14 +127,14 @@ class TLSConfig:
 
 @attrs.frozen
 class StaticTargets:
-    """Sidecars given as ``host:port`` (the port may be left out)."""
+    """Sidecars given as ``host:port`` (the port may be left out, as in the Go tracker)."""
 
     targets: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class FileTargets:
-    """Sidecars listed in a file, one ``host:port`` a line, re-read on every scrape."""
+    """Sidecars listed in a file (see ``tracker.sources.targetfile``), re-read every scrape."""
 
     path: str
 
@@ -148,7 +163,13 @@ class ConsulSDConfig:
     datacenter: str = ""
     service: str = ""
     filter: str = ""
-    loaded_token: str = attrs.field(default="", repr=False, kw_only=True, metadata=_NOT_YAML)
+    #: The ACL token to send: ``token``, or the content of ``token_file`` read at load.
+    resolved_token: str = attrs.field(
+        default=attrs.Factory(_inline_token, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
 
 
 @attrs.frozen
@@ -175,9 +196,9 @@ class TargetGroup:
         (it sets the header after the basic credentials).
         """
         if self.bearer_auth is not None:
-            return f"Bearer {self.bearer_auth.effective_token}"
+            return f"Bearer {self.bearer_auth.resolved_token}"
         if self.basic_auth is not None:
-            pair = f"{self.basic_auth.username}:{self.basic_auth.effective_password}"
+            pair = f"{self.basic_auth.username}:{self.basic_auth.resolved_password}"
             return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         return None
 
@@ -342,27 +363,6 @@ def check_target(text: str) -> str:
     except ValueError as exc:
         raise ValueError(f"not a host:port target ({exc}): {text!r}") from None
     return text
-
-
-def parse_file_targets(text: str) -> tuple[str, ...]:
-    """The targets of a ``file_targets`` file: one ``host:port`` a line.
-
-    Surrounding blanks are stripped; empty lines and lines starting with ``#`` are skipped.
-    Raises ValueError naming every bad line.
-    """
-    targets: list[str] = []
-    problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        try:
-            targets.append(check_target(entry))
-        except ValueError as exc:
-            problems.append(f"line {number}: {exc}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return tuple(targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,12 +643,12 @@ class _Loader:
         if not path:
             raise ValueError("must not be empty")
         # A missing file is only a warning (it is re-read every scrape and may appear later);
-        # one that exists must be readable and well-formed now, so check-config catches it.
+        # one that exists must pass the scraper's own reader now, so check-config catches it.
         if os.path.lexists(path):
             try:
-                parse_file_targets(_read_text(path))
-            except ValueError as exc:
-                raise ValueError(f"{path!r} {exc}") from None
+                read_target_file(path)
+            except ProbeError as exc:
+                raise ValueError(str(exc)) from None
         return path
 
     def _directory(self, value: object) -> str:
@@ -674,22 +674,26 @@ class _Loader:
         if auth.password and auth.password_file:
             problems.append(((), "set either password or password_file, not both"))
         _raise_problems(problems)
-        return attrs.evolve(auth, loaded_password=self.secrets.get(auth.password_file, ""))
+        if auth.password_file:
+            auth = attrs.evolve(auth, resolved_password=self.secrets[auth.password_file])
+        return auth
 
     def _finish_bearer_auth(self, auth: BearerAuth) -> BearerAuth:
-        loaded = self.secrets.get(auth.token_file, "")
+        problems: list[tuple[_Path, str]] = []
         if auth.token and auth.token_file:
-            _raise_problems([((), "set either token or token_file, not both")])
+            problems.append(((), "set either token or token_file, not both"))
         if not auth.token and not auth.token_file:
-            _raise_problems([((), "set token or token_file")])
-        if auth.token_file and not loaded:
-            _raise_problems([(("token_file",), f"the token file {auth.token_file!r} is empty")])
-        return attrs.evolve(auth, loaded_token=loaded)
+            problems.append(((), "set token or token_file"))
+        if auth.token_file and not self.secrets[auth.token_file]:
+            problems.append((("token_file",), f"the token file {auth.token_file!r} is empty"))
+        _raise_problems(problems)
+        return attrs.evolve(auth, resolved_token=self.secrets.get(auth.token_file, auth.token))
 
     def _finish_consul(self, consul: ConsulSDConfig) -> ConsulSDConfig:
         if consul.token and consul.token_file:
             _raise_problems([((), "set either token or token_file, not both")])
-        return attrs.evolve(consul, loaded_token=self.secrets.get(consul.token_file, ""))
+        token = self.secrets.get(consul.token_file, consul.token)
+        return attrs.evolve(consul, resolved_token=token)
 
 
 def _target(value: object) -> str:
@@ -730,7 +734,7 @@ def _as_mapping(value: object, aliases: Mapping[str, str]) -> dict[Any, Any]:
 
 def _read_text(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8", newline="") as file:  # secrets verbatim, no \r -> \n
             return file.read()
     except OSError as exc:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
@@ -845,11 +849,9 @@ def _warnings(config: Config) -> list[str]:
 
 def _group_warnings(group: TargetGroup) -> list[str]:
     found: list[str] = []
-    sources = (group.static_targets, group.file_targets, group.http_targets, group.local_targets)
-    if all(source is None for source in sources):
-        found.append(": no static, file, http or local targets; the group stays empty")
-    if group.consul_sd_config is not None:
-        found.append(".consul_sd_config: accepted for compatibility, Consul is not queried")
+    kinds = ("static_targets", "file_targets", "consul_sd_config", "http_targets", "local_targets")
+    if all(getattr(group, kind) is None for kind in kinds):
+        found.append(": no targets of any kind; the group stays empty")
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")

@@ -43,7 +43,7 @@ from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_respons
 #: Bytes read per ``os.pread``; large reads are what make a file response fast.
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
-# Names put in a Content-Disposition header verbatim: snapshot archive names are far inside it.
+# Names put in a Content-Disposition header verbatim (no quoting needed); archive names fit.
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 OnBytes = Callable[[int], None]
@@ -175,9 +175,10 @@ async def file_response(
 
     Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ...) when the file
     cannot be opened or is not a regular file; ValueError for a method other than GET/HEAD,
-    a non-positive ``chunk_size`` or an unsafe ``file_name``. Cancellation while opening
-    closes the descriptor. While the body streams, a file that shrinks under it raises
-    TrackerError into the server, which aborts the connection (never a silently short body).
+    a non-positive ``chunk_size`` or an unsafe ``file_name``. On cancellation the open, which
+    runs in a thread that is waited for, finishes first and its descriptor is closed. While
+    the body streams, a file that shrinks under it raises TrackerError into the server, which
+    aborts the connection (never a silently short body).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive: {chunk_size}")

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import attrs
 
-from tracker.snapshots import SnapshotFile, SnapshotInfo
+from tracker.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 
 
 @attrs.frozen(order=True)
@@ -56,6 +56,7 @@ class Index:
     def __init__(self) -> None:
         self._entries: dict[TargetKey, _Entry] = {}
         self._ranked: dict[str, list[SnapshotSource]] | None = None
+        self._fulls: dict[str, list[SnapshotSource]] = {}
 
     def apply(self, key: TargetKey, infos: Iterable[SnapshotInfo], updated_at: datetime) -> None:
         """Replace everything ``key`` reported before with ``infos``."""
@@ -87,6 +88,7 @@ class Index:
             for sources in ranked.values():
                 sources.sort(key=SnapshotSource.rank_key, reverse=True)
             self._ranked = ranked
+            self._fulls = {group: _full_sources(sources) for group, sources in ranked.items()}
         return self._ranked
 
     def sources(self, group: str | None = None) -> list[SnapshotSource]:
@@ -97,8 +99,14 @@ class Index:
         return [s for name in sorted(ranked) for s in ranked[name]]
 
     def best_full(self, group: str) -> SnapshotSource | None:
-        """The source of the group's highest full snapshot, or None."""
-        return next((s for s in self._rank().get(group, ()) if s.info.is_full), None)
+        """The source of the group's highest full snapshot, or None.
+
+        A full counts wherever it is advertised: as an info of its own or as the base of an
+        incremental's chain (a sidecar may list only the chain).
+        """
+        self._rank()
+        fulls = self._fulls.get(group)
+        return fulls[0] if fulls else None
 
     def best_incremental(self, group: str) -> SnapshotSource | None:
         """The highest incremental whose base is the best full's slot, or None.
@@ -135,3 +143,17 @@ class Index:
                     break
         found.sort(key=lambda fs: (not fs[0].path, -fs[1].updated_at.timestamp(), fs[1].key))
         return found
+
+
+def _full_sources(sources: list[SnapshotSource]) -> list[SnapshotSource]:
+    """Every full archive advertised by ``sources`` as a source of its own, best first."""
+    seen: set[tuple[TargetKey, str]] = set()
+    fulls: list[SnapshotSource] = []
+    for source in sources:
+        for f in source.info.files:
+            if f.name.is_full and (source.key, f.bare_name) not in seen:
+                seen.add((source.key, f.bare_name))
+                info = source.info if source.info.is_full else info_from_files([f])
+                fulls.append(SnapshotSource(info, source.key, source.updated_at))
+    fulls.sort(key=SnapshotSource.rank_key, reverse=True)
+    return fulls

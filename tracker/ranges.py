@@ -16,10 +16,10 @@ Decisions worth knowing (RFC 9110 section numbers in brackets):
 - A single range is served as 206. A start at or past the end, or a suffix of 0 bytes, is 416
   with ``content-range: bytes */size``. A malformed header or another unit is ignored (200).
 - A request for several ranges gets the whole file as 200, which [14.2] allows ("a server MAY
-  ignore the Range header field"). We do not generate ``multipart/byteranges``: no snapshot
-  client asks for several ranges (aria2c, curl, wget, agave and Firedancer each send one), the
-  multipart framing would need its own length arithmetic, and answering only the first range
-  would hand a client that asked for several parts a single-part 206 it may not expect.
+  ignore the Range header field"). We do not generate ``multipart/byteranges``: snapshot
+  downloaders (wget, aria2c, agave, Firedancer) ask for one range at most, the multipart
+  framing would need its own length arithmetic, and answering only the first range would
+  hand a client that asked for several parts a single-part 206 it may not expect.
 - 304 carries no ``content-length`` (as nginx does; [8.6] forbids any value but the length a
   200 would have, and the field is not among those [15.4.5] asks for). 412 and 416 carry
   ``content-length: 0`` and no body. Every plan carries ``accept-ranges: bytes``.

@@ -13,8 +13,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import MappingProxyType
 
 import httpx
@@ -59,14 +58,18 @@ def transport_reason(exc: Exception) -> str:
         return one_line(f"malformed HTTP answer: {exc}")
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
         return one_line(f"connection broken: {str(exc) or type(root).__name__}")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return one_line(f"invalid URL: {exc}")
     return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def _os_reason(exc: BaseException) -> str:
     """``Connection refused`` rather than trio's ``Error connecting to (...): ...``."""
-    if isinstance(exc, socket.gaierror) or not isinstance(exc, OSError):
-        return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else ""
-    return os.strerror(exc.errno) if exc.errno else str(exc.strerror or "")
+    if not isinstance(exc, OSError):
+        return ""
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return str(exc.strerror or "")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -84,7 +87,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def check_identity(response: httpx.Response, max_bytes: int) -> None:
+def _check_body_headers(response: httpx.Response, max_bytes: int) -> None:
     """Refuse a body declared larger than ``max_bytes`` or sent compressed.
 
     Compressed bodies are refused (we ask for ``identity``) because their decoded size is not
@@ -107,15 +110,31 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> bytearray:
     for a body that is too large or compressed; httpx errors while reading propagate for the
     caller to translate. Cancellation propagates.
     """
-    check_identity(response, max_bytes)
+    _check_body_headers(response, max_bytes)
     body = bytearray()
-    # aclosing: leaving the loop early must close httpx's generator now, not at GC time.
-    async with aclosing(response.aiter_raw()) as chunks:
-        async for chunk in chunks:
-            if len(body) + len(chunk) > max_bytes:
-                raise ProbeError(f"body exceeds the limit of {max_bytes} bytes")
-            body += chunk
+    chunks = response.aiter_raw()
+    async for chunk in chunks:
+        if len(body) + len(chunk) > max_bytes:
+            await _abandon(response, chunks)
+            raise ProbeError(f"body exceeds the limit of {max_bytes} bytes")
+        body += chunk
     return body
+
+
+async def _abandon(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Stop reading a body part way without draining the rest.
+
+    httpx 0.28 streams through a chain of async generators that closing the outer one does
+    not close (encode/httpx#3686), and trio warns when they are collected unfinished.
+    Closing the response first drops the connection, so the chain ends at once (after what
+    h11 already buffered) with a ReadError that finishes every generator in it.
+    """
+    await response.aclose()
+    try:
+        async for _ in chunks:
+            pass
+    except httpx.HTTPError:
+        pass
 
 
 async def error_snippet(response: httpx.Response, limit: int = 200) -> str:
@@ -124,12 +143,13 @@ async def error_snippet(response: httpx.Response, limit: int = 200) -> str:
     Reads at most one chunk past ``limit``; httpx errors while reading yield "".
     """
     data = bytearray()
+    chunks = response.aiter_raw()
     try:
-        async with aclosing(response.aiter_raw()) as chunks:
-            async for chunk in chunks:
-                data += chunk
-                if len(data) >= limit:
-                    break
+        async for chunk in chunks:
+            data += chunk
+            if len(data) >= limit:
+                await _abandon(response, chunks)
+                break
     except httpx.HTTPError:
         return ""
     text = data[:limit].decode("utf-8", "replace")
@@ -138,7 +158,9 @@ async def error_snippet(response: httpx.Response, limit: int = 200) -> str:
 
 def status_reason(response: httpx.Response, snippet: str = "") -> str:
     """``HTTP 500 Internal Server Error: <snippet>`` for an unexpected status."""
-    text = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    # HTTP/1.1 servers may send no reason phrase (hypercorn does not); name the status anyway.
+    phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
+    text = f"HTTP {response.status_code} {phrase}".rstrip()
     return one_line(f"{text}: {snippet}" if snippet else text)
 
 
@@ -190,14 +212,20 @@ def _decode_element(
         value, end = decoder.raw_decode(window)
     except RecursionError as exc:
         raise ProbeError(f"entry {index}: JSON nested too deeply") from exc
-    except ValueError as exc:  # JSONDecodeError, NaN, ints too long to convert
-        if pos + max_chars < len(text):
-            reason = f"entry {index}: invalid JSON or larger than {max_chars} characters"
+    except json.JSONDecodeError as exc:
+        if pos + max_chars < len(text) and _ran_out(exc, len(window)):
+            reason = f"entry {index}: larger than {max_chars} characters"
         else:
-            where = pos + getattr(exc, "pos", 0)
-            reason = f"invalid JSON at character {where}: {getattr(exc, 'msg', exc)}"
-        raise ProbeError(one_line(reason)) from exc
+            reason = f"invalid JSON at character {pos + exc.pos}: {exc.msg}"
+        raise ProbeError(reason) from exc
+    except ValueError as exc:  # NaN/Infinity, integers too long to convert
+        raise ProbeError(one_line(f"invalid JSON in entry {index}: {exc}")) from exc
     return value, pos + end
+
+
+def _ran_out(exc: json.JSONDecodeError, window: int) -> bool:
+    """True when decoding failed only because the element goes on past the window."""
+    return exc.pos >= window - 1 or exc.msg.startswith("Unterminated string")
 
 
 def _reject_constant(name: str) -> object:

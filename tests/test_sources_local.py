@@ -1,0 +1,93 @@
+"""Local-directory probe on a real directory: archives listed, everything else skipped."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from test_sources_fixtures import HASHES
+
+from tracker.errors import ProbeError
+from tracker.sources.local import scan_local
+
+FULL = f"snapshot-100-{HASHES[0]}.tar.zst"
+INCR = f"incremental-snapshot-100-150-{HASHES[1]}.tar.zst"
+OLD = f"snapshot-50-{HASHES[2]}.tar.bz2"
+T_FULL, T_INCR = 1_700_000_000, 1_700_000_600.25
+
+
+def write(path: Path, size: int, mtime: float = T_FULL) -> None:
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+
+
+def test_archives_are_listed_chained_with_size_and_mtime(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    write(ledger / FULL, 10)
+    write(ledger / INCR, 3, T_INCR)
+    write(ledger / OLD, 7)
+
+    incr, full, old = scan_local(str(ledger))
+
+    assert (incr.slot, incr.base_slot, incr.size) == (150, 100, 13)
+    assert [f.file_name for f in incr.files] == [INCR, FULL]
+    assert incr.files[0].path == str(ledger / INCR)
+    assert incr.files[0].mod_time == datetime.fromtimestamp(T_INCR, UTC)
+    assert incr.files[0].mod_time.tzinfo == UTC
+    assert (full.slot, full.base_slot, full.files[0].size) == (100, 100, 10)
+    assert (old.slot, old.files[0].name.ext) == (50, ".tar.bz2")
+    assert all(f.url == "" for info in (incr, full, old) for f in info.files)
+
+
+def test_everything_but_regular_archive_files_is_skipped(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    write(ledger / FULL, 10)
+    write(ledger / f".{FULL}", 1)  # hidden (the cache's temp files look like this)
+    write(ledger / f"{FULL}.tmp", 1)  # not an archive name
+    write(ledger / "snapshot.tar.bz2", 1)
+    (ledger / f"tmp-snapshot-archive-{FULL}").mkdir()  # the validator's work directory
+    as_dir = ledger / f"snapshot-200-{HASHES[3]}.tar.zst"
+    as_dir.mkdir()  # a directory with an archive's name
+    write(as_dir / f"snapshot-300-{HASHES[4]}.tar.zst", 1)  # not recursive
+    outside = tmp_path / f"snapshot-400-{HASHES[5]}.tar.zst"
+    write(outside, 1)
+    (ledger / outside.name).symlink_to(outside)  # a link out of the directory
+    (ledger / f"snapshot-500-{HASHES[6]}.tar.zst").symlink_to(ledger / FULL)
+    (ledger / f"snapshot-600-{HASHES[7]}.tar.zst").symlink_to(tmp_path / "dangling")
+
+    assert [[f.file_name for f in info.files] for info in scan_local(str(ledger))] == [[FULL]]
+
+
+def test_relative_directory_gives_absolute_paths(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "ledger").mkdir()
+    write(tmp_path / "ledger" / FULL, 1)
+    monkeypatch.chdir(tmp_path)
+    (info,) = scan_local("ledger")
+    assert info.files[0].path == str(tmp_path / "ledger" / FULL)
+
+
+def test_empty_directory_is_up_with_no_snapshots(tmp_path: Path) -> None:
+    assert scan_local(str(tmp_path)) == []
+
+
+def test_missing_or_unlistable_directory_is_a_probe_error(tmp_path: Path) -> None:
+    with pytest.raises(ProbeError, match=f"^cannot list {tmp_path}/nope: No such file or"):
+        scan_local(str(tmp_path / "nope"))
+    write(tmp_path / FULL, 1)
+    with pytest.raises(ProbeError, match=r"Not a directory$"):
+        scan_local(str(tmp_path / FULL))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
+def test_unreadable_directory_is_a_probe_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        with pytest.raises(ProbeError, match=r"Permission denied$"):
+            scan_local(str(locked))
+    finally:
+        locked.chmod(0o700)

@@ -1,0 +1,376 @@
+"""The disk cache of proxy mode: the newest full and incremental archive of each group (§8).
+
+Layout: ``{root}/{group}/{archive name}``; a refresh writes ``{root}/{group}/.tmp-{name}.{rand}``
+and renames it into place when complete. Names that come from requests are validated by
+:meth:`Cache.path_for` before any file system access, and the resolved path must lie inside
+``root``: nothing outside the cache directory is ever read or written.
+
+A refresh (one per file at a time, see :meth:`Cache.begin_refresh`) goes through::
+
+    begin_refresh ─► Refresh.open(size) ─► write(chunk)… ─► commit()   (promoted)
+                                  │                 │
+                                  └── None/False ───┴──────► abort()     (temp file removed)
+
+``abort`` is synchronous and idempotent, so it can sit in any ``finally``, under cancellation
+too. Blocking file work runs in worker threads that are not abandoned on cancellation: a
+descriptor is never closed while a thread still uses it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Callable
+
+import trio
+
+from tracker.errors import CacheError, RequestError
+from tracker.snapshots import ArchiveName, parse_archive_name
+
+log = logging.getLogger("tracker.cache")
+
+TEMP_PREFIX = ".tmp-"
+# A group name as the config allows it, minus names starting with a dot ("." and ".." match
+# [A-Za-z0-9_.-]+ and would leave the cache directory; dot files are our temp files).
+_GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+#: ``write(fd, data) -> bytes written``, as :func:`os.write`; injectable for fault tests.
+Writer = Callable[[int, bytes | memoryview], int]
+#: Free bytes of the file system holding a directory.
+FreeSpace = Callable[[str], int]
+
+
+def disk_free(path: str) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``path``."""
+    return shutil.disk_usage(path).free
+
+
+class Cache:
+    """Archives on disk under ``root``, one refresher per file.
+
+    ``free_space`` and ``write`` are injectable (tests simulate a full disk with them);
+    ``min_free`` bytes are kept free on top of a refresh's announced length;
+    ``on_size(total)`` is called with the bytes of archives cached after every change.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        free_space: FreeSpace = disk_free,
+        write: Writer = os.write,
+        min_free: int = 0,
+        on_size: Callable[[int], None] | None = None,
+    ) -> None:
+        if not os.path.isabs(root):
+            raise ValueError(f"cache root must be absolute: {root!r}")
+        self.root = os.path.realpath(root)
+        self._free_space = free_space
+        self._write = write
+        self._min_free = min_free
+        self._on_size = on_size
+        self._refreshing: dict[tuple[str, str], Refresh] = {}
+
+    # -- names and lookups ---------------------------------------------------------------
+
+    def group_dir(self, group: str) -> str:
+        """``{root}/{group}`` for a valid group name; RequestError(400) otherwise."""
+        if not _GROUP_RE.fullmatch(group):
+            raise RequestError(400, "malformed group name")
+        return self._inside(os.path.join(self.root, group))
+
+    def path_for(self, group: str, name: str) -> str:
+        """The cache path of archive ``name`` of ``group``, validated.
+
+        Raises RequestError: 400 for a malformed group, 404 for a name that is not a canonical
+        archive name; 400 if the path would resolve outside the root (a symlink planted in
+        the cache directory).
+        """
+        parsed = parse_archive_name(name)
+        if parsed is None or parsed.file_name != name:
+            raise RequestError(404, "not a snapshot archive name")
+        return self._inside(os.path.join(self.group_dir(group), name))
+
+    def _inside(self, path: str) -> str:
+        real = os.path.realpath(path)
+        if os.path.commonpath([self.root, real]) != self.root or real == self.root:
+            raise RequestError(400, "path outside the cache directory")
+        return real
+
+    def is_refreshing(self, group: str, name: str) -> bool:
+        """True while a refresh of ``name`` of ``group`` is running."""
+        return (group, name) in self._refreshing
+
+    # -- start-up and accounting ---------------------------------------------------------
+
+    def startup_cleanup(self) -> int:
+        """Create the root if missing and remove leftover temp files; return how many.
+
+        Called once before the cache is used (nothing else writes then). Errors are logged,
+        not raised: a cache that cannot be cleaned still serves what it holds.
+        """
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            groups = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            log.error("cache_unusable root=%s error=%s", self.root, exc)
+            return 0
+        removed = 0
+        for group in groups:
+            for entry in _scan(group.path):
+                if entry.name.startswith(TEMP_PREFIX) and _unlink(entry.path):
+                    removed += 1
+        if removed:
+            log.info("cache_temp_removed root=%s count=%d", self.root, removed)
+        self._report_size()
+        return removed
+
+    def total_size(self) -> int:
+        """Bytes of archives in the cache (temp files excluded)."""
+        total = 0
+        for group in _scan(self.root):
+            if group.is_dir(follow_symlinks=False):
+                for entry in _scan(group.path):
+                    if _is_archive_entry(entry):
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+    def _report_size(self) -> None:
+        if self._on_size is not None:
+            try:
+                self._on_size(self.total_size())
+            except OSError:  # a file vanished under the scan; the next change reports
+                pass
+
+    # -- refreshes -----------------------------------------------------------------------
+
+    def begin_refresh(self, group: str, name: str) -> Refresh | None:
+        """Register the single refresher of ``name`` of ``group``; None if one is running.
+
+        Synchronous, so a lookup followed by this call cannot race another request. The
+        returned :class:`Refresh` must end with ``commit()`` or ``abort()``.
+        """
+        key = (group, name)
+        if key in self._refreshing:
+            return None
+        refresh = Refresh(self, group, name, self.path_for(group, name))
+        self._refreshing[key] = refresh
+        return refresh
+
+    def _release(self, refresh: Refresh) -> None:
+        key = (refresh.group, refresh.name)
+        if self._refreshing.get(key) is refresh:
+            del self._refreshing[key]
+
+    def _reserved(self, exclude: Refresh) -> int:
+        """Bytes other running refreshes will still write (not yet taken from the disk)."""
+        return sum(r.remaining for r in self._refreshing.values() if r is not exclude)
+
+
+class Refresh:
+    """One refresh of one cached file: temp file, writes, then promotion or removal."""
+
+    def __init__(self, cache: Cache, group: str, name: str, final: str) -> None:
+        self.cache = cache
+        self.group = group
+        self.name = name
+        self.final = final
+        self.temp = ""
+        self.size = 0
+        self.written = 0
+        self._fd: int | None = None
+        self._done = False
+
+    @property
+    def remaining(self) -> int:
+        """Announced bytes not written yet."""
+        return max(0, self.size - self.written)
+
+    async def open(self, size: int) -> bool:
+        """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
+
+        Not enough free space (after removing stale files of the same group and kind) or a
+        cache directory that cannot be written end the refresh (it is released) and return
+        False. Cancellation aborts the refresh.
+        """
+        self.size = size
+        try:
+            self._fd = await trio.to_thread.run_sync(self._prepare, size)
+        except BaseException:
+            self.abort()
+            raise
+        if self._fd is None:
+            self.abort()
+            return False
+        return True
+
+    def _prepare(self, size: int) -> int | None:
+        directory = os.path.dirname(self.final)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            if not self._has_room(directory, size):
+                _evict(directory, self.name, _kind_of(self.name))
+                if not self._has_room(directory, size):
+                    log.warning("cache_no_space group=%s file=%s size=%d", self.group, self.name, size)
+                    return None
+            self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            return os.open(self.temp, flags, 0o644)
+        except OSError as exc:
+            log.error("cache_refresh_unwritable group=%s file=%s error=%s", self.group, self.name, exc)
+            self.temp = ""
+            return None
+
+    def _has_room(self, directory: str, size: int) -> bool:
+        available = self.cache._free_space(directory) - self.cache._reserved(self)
+        return available >= size + self.cache._min_free
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` to the temp file (worker thread). Raises CacheError (disk full,
+        I/O error); the caller then aborts."""
+        if self._fd is None:
+            raise CacheError("refresh is not open")
+        fd = self._fd
+        try:
+            await trio.to_thread.run_sync(_write_all, self.cache._write, fd, data)
+        except OSError as exc:
+            raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+        self.written += len(data)
+
+    async def commit(self, mtime: float | None = None) -> bool:
+        """Sync the temp file, rename it into place and remove older files of the same kind.
+
+        ``mtime`` (the upstream's Last-Modified) is set on the file when given. Returns False
+        when a newer file of the same group and kind was promoted meanwhile: this one is then
+        stale and removed instead. Raises CacheError on an I/O error (the refresh is aborted).
+        """
+        if self._fd is None or self._done:
+            raise CacheError("refresh is not open")
+        try:
+            promoted = await trio.to_thread.run_sync(self._promote, mtime)
+        except OSError as exc:
+            raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
+        finally:
+            # Promoted: only releases the refresh. Stale, failed or cancelled: also removes
+            # the temp file.
+            self.abort()
+            self.cache._report_size()
+        return promoted
+
+    def _promote(self, mtime: float | None) -> bool:
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        directory = os.path.dirname(self.final)
+        kind = _kind_of(self.name)
+        mine = _order(self.name)
+        if any(_order(other) > mine for other in _same_kind(directory, self.name, kind)):
+            return False  # a newer archive of this kind got here first: ours is stale
+        os.replace(self.temp, self.final)
+        self.temp, self._done = "", True
+        try:
+            _fsync_dir(directory)  # makes the rename durable; the file is in place either way
+        except OSError as exc:
+            log.warning("cache_dir_fsync_failed dir=%s error=%s", directory, exc)
+        _evict(directory, self.name, kind)
+        log.info("cache_promoted group=%s file=%s size=%d", self.group, self.name, self.written)
+        return True
+
+    def abort(self) -> None:
+        """Close and remove the temp file and release the refresh. Idempotent, never raises."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.temp:
+            _unlink(self.temp)
+            self.temp = ""
+        self.cache._release(self)
+
+
+def _write_all(write: Writer, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _kind_of(name: str) -> bool:
+    parsed = parse_archive_name(name)
+    return parsed is not None and parsed.is_full
+
+
+def _order(name: str) -> tuple[int, int, int, bytes, str]:
+    parsed = parse_archive_name(name)
+    return parsed.order_key() if parsed is not None else (0, 0, 0, b"", "")
+
+
+def _parse_entry(entry: os.DirEntry[str]) -> ArchiveName | None:
+    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+        return None
+    return parse_archive_name(entry.name)
+
+
+def _is_archive_entry(entry: os.DirEntry[str]) -> bool:
+    return _parse_entry(entry) is not None
+
+
+def _same_kind(directory: str, name: str, full: bool) -> list[str]:
+    """Cached archives of ``directory`` of the same kind as ``name``, other than ``name``."""
+    out = []
+    for entry in _scan(directory):
+        parsed = _parse_entry(entry)
+        if parsed is not None and parsed.is_full == full and entry.name != name:
+            out.append(entry.name)
+    return out
+
+
+def _evict(directory: str, keep: str, full: bool) -> None:
+    """Remove every cached archive of the kind ``full`` in ``directory`` except ``keep``."""
+    for other in _same_kind(directory, keep, full):
+        if _unlink(os.path.join(directory, other)):
+            log.info("cache_evicted dir=%s file=%s", directory, other)
+
+
+def _scan(directory: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _unlink(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cache_unlink_failed path=%s error=%s", path, exc)
+        return False
+    return True

@@ -1,0 +1,336 @@
+"""Proxy mode, upstream side: download clients, header filtering, failover across sources.
+
+What crosses the tracker in proxy mode is decided by two whitelists, in both directions:
+
+- to the upstream go only the client's ``Range``, ``If-Range`` and conditional headers
+  (:data:`FORWARDED_REQUEST_HEADERS`), plus the group's own ``Authorization`` — never the
+  client's cookies or credentials;
+- to the client go only :data:`PASSED_RESPONSE_HEADERS` of the upstream answer: hop-by-hop
+  headers, ``Set-Cookie``, ``Server`` and everything else stay behind.
+
+:func:`open_upstream` tries the sources advertising a file in order and returns the first
+usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
+(at most :attr:`ProxySettings.max_redirects`), and the group's credentials and TLS client
+settings are only used while the URL stays on the source's own origin.
+
+Download clients read the socket in large pieces (DESIGN trap 5): httpcore asks its network
+stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s; :class:`BigReadBackend`
+turns every read into a read of up to :attr:`ProxySettings.read_size` bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+import httpcore
+import httpx
+import trio
+
+from tracker.clients import ssl_context
+from tracker.config import TargetGroup, TLSConfig
+from tracker.errors import UpstreamError
+from tracker.index import SnapshotSource
+from tracker.snapshots import SnapshotFile
+from tracker.sources.limits import one_line, quoted, status_reason, transport_reason
+
+log = logging.getLogger("tracker.proxy")
+
+#: Client request headers sent on upstream (lower case). Everything else stays here.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "range",
+        "if-range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    }
+)
+#: Upstream response headers passed on to the client (lower case). Everything else is dropped.
+PASSED_RESPONSE_HEADERS = frozenset(
+    {"content-length", "content-range", "accept-ranges", "etag", "last-modified", "content-type"}
+)
+#: Upstream statuses that are answers for the client; anything else makes us try the next source.
+ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@attrs.frozen
+class ProxySettings:
+    """Tunables of the download path (seconds and bytes)."""
+
+    #: TCP (and TLS) connect timeout per source.
+    connect_timeout: float = 5.0
+    #: How long a source may take to answer with its status line and headers.
+    answer_timeout: float = 15.0
+    #: Longest wait for one socket read of the body: a stalled upstream fails after this.
+    read_timeout: float = 60.0
+    #: Connections per download client (one client per TLS setting).
+    max_connections: int = 512
+    #: Bytes asked of the socket per read (the size of chunks, at most).
+    read_size: int = 1024 * 1024
+    #: Chunks buffered between the upstream reader and the client writer, per stream.
+    queue_chunks: int = 4
+    #: How long a stream waits for the server to start sending its body before deciding that
+    #: the client went away (DESIGN trap 4).
+    drain_start_timeout: float = 30.0
+    max_redirects: int = 3
+
+
+class _BigReadStream(httpcore.AsyncNetworkStream):
+    """A network stream whose reads ask for at least ``read_size`` bytes."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, read_size: int) -> None:
+        self._inner = inner
+        self._read_size = read_size
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, self._read_size), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return _BigReadStream(tls, self._read_size)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class BigReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with reads of up to ``read_size`` bytes (public httpcore API)."""
+
+    def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._inner = inner if inner is not None else httpcore.TrioBackend()
+        self._read_size = read_size
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _BigReadStream(stream, self._read_size)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _BigReadStream(stream, self._read_size)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def download_client(tls: TLSConfig | None, settings: ProxySettings) -> httpx.AsyncClient:
+    """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline.
+
+    Separate from the probe clients: a download may last hours, so only each socket read is
+    bounded (``read_timeout``), and the pool is sized for many parallel downloads.
+    """
+    ctx = ssl_context(tls)
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=min(64, settings.max_connections),
+        keepalive_expiry=30.0,
+    )
+    transport = httpx.AsyncHTTPTransport(verify=ctx, limits=limits, trust_env=False)
+    # httpx has no public way to give its transport a network backend; its transport is a
+    # thin wrapper around ``_pool``, an httpcore pool, which does take one. The test
+    # test_download_client_uses_big_reads fails loudly if httpx stops working this way.
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport no longer wraps an httpcore pool in _pool")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ctx,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=BigReadBackend(settings.read_size),
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=settings.connect_timeout,
+        ),
+        headers={"accept-encoding": "identity", "user-agent": "solana-snapshot-tracker"},
+    )
+
+
+class DownloadClients:
+    """Download clients by TLS setting, made on first use and kept until :meth:`aclose`.
+
+    Groups with the same TLS setting share a client (credentials are per request). A URL on
+    another origin than its source (reached by a redirect) gets :meth:`foreign`: system CAs,
+    no client certificate.
+    """
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self._clients: dict[TLSConfig | None, httpx.AsyncClient] = {}
+
+    def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
+        """The client for sources of a group with TLS settings ``tls``."""
+        client = self._clients.get(tls)
+        if client is None:
+            client = self._clients[tls] = download_client(tls, self.settings)
+        return client
+
+    def foreign(self) -> httpx.AsyncClient:
+        """The client for origins that are not a group's own source."""
+        return self.for_tls(None)
+
+    async def aclose(self) -> None:
+        """Close every client (and the connections they pool)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def upstream_request_headers(
+    client_headers: Iterable[tuple[str, str]], authorization: str | None
+) -> dict[str, str]:
+    """The headers of the upstream request: the whitelisted client headers, then the group's
+    credentials. A repeated client header keeps its first value."""
+    out: dict[str, str] = {}
+    for name, value in client_headers:
+        key = name.lower()
+        if key in FORWARDED_REQUEST_HEADERS and key not in out:
+            out[key] = value
+    if authorization:
+        out["authorization"] = authorization
+    return out
+
+
+def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
+    """The upstream answer's headers that may reach the client, lower-case names."""
+    return {
+        name: value
+        for name, value in upstream.items()
+        if name.lower() in PASSED_RESPONSE_HEADERS
+    }
+
+
+@attrs.define
+class UpstreamAnswer:
+    """A usable upstream answer whose body has not been read; the caller must close it."""
+
+    response: httpx.Response
+    url: str
+    file: SnapshotFile
+    source: SnapshotSource
+
+    async def aclose(self) -> None:
+        """Close the answer (drops the connection when the body was not read to its end)."""
+        await self.response.aclose()
+
+
+class _SourceFailed(Exception):
+    """One source could not deliver; the message is a one-line reason."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+async def open_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
+    method: str,
+    headers: Mapping[str, str],
+) -> UpstreamAnswer:
+    """Ask each source in ``found`` in turn for the archive; return the first usable answer.
+
+    ``headers`` are the client's whitelisted headers (see :func:`upstream_request_headers`,
+    without credentials: they are added here, for the source's own origin only). A source
+    fails on a connection error, a timeout, a status that is not an answer (5xx, 404, ...)
+    or too many redirects; the next is then tried. Raises :class:`UpstreamError` with a
+    one-line reason when every source failed. Cancellation propagates; nothing stays open.
+    """
+    reasons: list[str] = []
+    for f, source in found:
+        if not f.url:
+            continue  # a local copy: Delivery serves it from disk, there is nothing to fetch
+        try:
+            response, url = await _ask_source(clients, group, f.url, method, headers)
+        except _SourceFailed as exc:
+            log.info("upstream_failed url=%s reason=%s", f.url, exc)
+            reasons.append(f"{source.key.target}: {exc}")
+            continue
+        return UpstreamAnswer(response, url, f, source)
+    if not reasons:
+        raise UpstreamError("no remote source advertises the file")
+    raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
+
+
+async def _ask_source(
+    clients: DownloadClients,
+    group: TargetGroup,
+    url: str,
+    method: str,
+    headers: Mapping[str, str],
+) -> tuple[httpx.Response, str]:
+    home = _origin(url)
+    settings = clients.settings
+    for _hop in range(settings.max_redirects + 1):
+        own = _origin(url) == home
+        client = clients.for_tls(group.tls_config) if own else clients.foreign()
+        request_headers = upstream_request_headers(headers.items(), group.authorization if own else None)
+        response = await _send(client, method, url, request_headers, settings.answer_timeout)
+        status = response.status_code
+        if status in ANSWER_STATUSES:
+            return response, url
+        location = response.headers.get("location")
+        await response.aclose()
+        if status not in _REDIRECTS or location is None:
+            raise _SourceFailed(status_reason(response))
+        url = _redirect_target(url, location)
+    raise _SourceFailed(f"more than {settings.max_redirects} redirects")
+
+
+def _redirect_target(url: str, location: str) -> str:
+    target = urljoin(url, location.strip())
+    if urlsplit(target).scheme.lower() not in ("http", "https"):
+        raise _SourceFailed(f"redirect to {quoted(location)} is not http(s)")
+    return target
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], timeout: float
+) -> httpx.Response:
+    try:
+        request = client.build_request(method, url, headers=headers)
+        with trio.fail_after(timeout):
+            return await client.send(request, stream=True)
+    except trio.TooSlowError:
+        raise _SourceFailed(f"no answer within {timeout:g}s") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _SourceFailed(transport_reason(exc)) from exc

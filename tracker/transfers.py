@@ -1,0 +1,359 @@
+"""Byte transfers of proxy mode: a pump task per stream, in a nursery the service owns.
+
+Each proxied response is moved by a *pump*, started with ``await transfers.start(pump, job)``
+in the long-lived :class:`Transfers` nursery rather than inside the request::
+
+    request handler ── transfers.start(pump) ──► pump: open upstream (failover)
+          ▲                                        │  started(Head) once it answered
+          └────────────── Head ◄───────────────────┘
+    response body (ChannelBody) ◄── bounded channel (queue_chunks) ◄── pump: read, write to
+                                                                     the cache, send on
+
+Why a task and not a generator (DESIGN trap 4): a response generator that never starts never
+runs its ``finally``, and a refresh must be able to outlive its client
+(``cache_complete_on_disconnect``). The pump owns the upstream connection and the cache temp
+file from start to end, so both are closed on every path: the client leaves (the body closes
+its end of the channel), the body never starts (``drain_start_timeout``), the upstream breaks,
+or the service stops (the nursery is cancelled after the grace period).
+
+Memory is bounded: at most ``queue_chunks`` chunks of at most ``read_size`` bytes wait in the
+channel; when the client reads slowly the pump blocks on the channel and stops reading the
+upstream socket (backpressure). Errors after the headers were sent make the body raise, so the
+server aborts the connection: a client never gets a silently short 200.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Literal
+
+import attrs
+import httpx
+import trio
+from quart.wrappers.response import ResponseBody
+
+from tracker.cache import Refresh
+from tracker.errors import CacheError, UpstreamError
+from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
+from tracker.ranges import parse_http_date
+from tracker.sources.limits import transport_reason
+
+log = logging.getLogger("tracker.transfers")
+
+RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space"]
+_CLOSE_TIMEOUT = 5.0
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@attrs.frozen
+class StreamEvents:
+    """Callbacks the pump reports through (metrics); all synchronous and cheap."""
+
+    upstream_bytes: Callable[[int], None] = _nothing
+    client_bytes: Callable[[int], None] = _nothing
+    refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
+    stream_started: Callable[[], None] = _nothing
+    stream_ended: Callable[[], None] = _nothing
+
+
+class Transfers:
+    """The nursery running every pump; owned by the service, outlives single requests.
+
+    ``run`` opens it; ``close(grace)`` refuses new transfers and gives running ones ``grace``
+    seconds before they are cancelled (each then removes its temp file and breaks its
+    client's stream).
+    """
+
+    def __init__(self) -> None:
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._grace = 0.0
+
+    @property
+    def accepting(self) -> bool:
+        """True while new transfers may start."""
+        return self._nursery is not None and not self._stop.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`close`, then until the transfers ended or ``grace`` passed.
+
+        Cancellation cancels every running transfer.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.deadline = trio.current_time() + self._grace
+        finally:
+            self._nursery = None
+
+    def close(self, grace: float) -> None:
+        """Refuse new transfers; running ones get ``grace`` seconds to finish."""
+        self._grace = grace
+        self._stop.set()
+
+    async def start(self, pump: Callable[..., Awaitable[None]], *args: Any) -> Any:
+        """``nursery.start(pump, *args)`` in the transfers nursery; returns what the pump
+        reported. Until then the pump runs as part of the caller (a cancelled caller cancels
+        it); its errors before ``started`` are raised here. UpstreamError when stopping."""
+        if self._nursery is None or self._stop.is_set():
+            raise UpstreamError("the tracker is stopping")
+        return await self._nursery.start(pump, *args)
+
+
+@attrs.define
+class _Flow:
+    """State shared by a pump and its response body."""
+
+    draining: trio.Event = attrs.field(factory=trio.Event)
+    complete: bool = False
+    error: str | None = None
+
+
+class ChannelBody(ResponseBody):
+    """The response body of a proxied stream: the chunks the pump sends, ``length`` in all.
+
+    Entering it tells the pump the server started sending; leaving it (end, error or client
+    gone) closes the channel, which the pump sees at its next send. If the stream ends short
+    or the pump failed, iteration raises :class:`UpstreamError` and the server aborts the
+    connection.
+    """
+
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[bytes],
+        length: int,
+        flow: _Flow,
+        events: StreamEvents,
+    ) -> None:
+        self.length = length
+        self._receive = receive
+        self._flow = flow
+        self._events = events
+        self._chunks: AsyncGenerator[bytes, None] | None = None
+
+    async def __aenter__(self) -> AsyncGenerator[bytes, None]:
+        self._flow.draining.set()
+        self._events.stream_started()
+        self._chunks = self._iterate()
+        return self._chunks
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._receive.close()
+        try:
+            if self._chunks is not None:
+                with trio.CancelScope(shield=True):
+                    await self._chunks.aclose()
+        finally:
+            self._events.stream_ended()
+
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
+        sent = 0
+        async for chunk in self._receive:
+            yield chunk
+            sent += len(chunk)
+            self._events.client_bytes(len(chunk))
+        if not self._flow.complete or sent != self.length:
+            reason = self._flow.error or f"stream ended after {sent} of {self.length} bytes"
+            raise UpstreamError(reason)
+
+
+@attrs.frozen
+class Head:
+    """What the client gets: status, headers, and a body when there is one to send."""
+
+    status: int
+    headers: dict[str, str]
+    body: ChannelBody | None
+
+
+@attrs.frozen
+class StreamJob:
+    """Everything a pump needs.
+
+    ``open`` asks the sources (raising UpstreamError when none answers); ``known_size`` is
+    the index's size of the file (0: unknown), used when a 200 comes without a length;
+    ``refresh`` is set when this stream also fills the cache; ``keep_on_disconnect`` lets that
+    refresh finish after its client left.
+    """
+
+    open: Callable[[], Awaitable[UpstreamAnswer]]
+    method: str
+    known_size: int
+    settings: ProxySettings
+    events: StreamEvents = StreamEvents()
+    refresh: Refresh | None = None
+    keep_on_disconnect: bool = True
+
+
+def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:
+    """The client's status and headers for an upstream answer, and the body length to send
+    (None: no body). Raises UpstreamError for a 200/206 whose length cannot be known: an
+    archive is never sent without ``content-length``."""
+    status = answer.response.status_code
+    headers = client_response_headers(answer.response.headers)
+    if status not in (200, 206):
+        if status == 304:
+            headers.pop("content-length", None)
+        else:
+            headers["content-length"] = "0"
+        return Head(status, headers, None), None
+    length = _digits(headers.get("content-length"))
+    if length is None and status == 206:
+        length = _range_length(headers.get("content-range"))
+    if length is None and status == 200 and known_size > 0:
+        length = known_size
+    if length is None:
+        raise UpstreamError(f"{answer.source.key.target}: answer without content-length")
+    headers["content-length"] = str(length)
+    headers.setdefault("content-type", "application/octet-stream")
+    body_length = length if method == "GET" and length > 0 else None
+    return Head(status, headers, None), body_length
+
+
+def _digits(value: str | None) -> int | None:
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
+
+
+def _range_length(value: str | None) -> int | None:
+    # "bytes first-last/size"
+    unit, _, spec = (value or "").strip().partition(" ")
+    first, _, rest = spec.partition("-")
+    last = rest.partition("/")[0]
+    start, end = _digits(first), _digits(last)
+    if unit.lower() != "bytes" or start is None or end is None or end < start:
+        return None
+    return end - start + 1
+
+
+async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
+    """Open the upstream, report the :class:`Head`, then move the body (see the module doc).
+
+    Before ``started``: UpstreamError when no source answers usably; the refresh (if any) is
+    aborted. After: never raises except Cancelled; failures end the body in error.
+    """
+    answer: UpstreamAnswer | None = None
+    refresh = job.refresh
+    outcome: RefreshOutcome = "refresh_failed"
+    try:
+        answer = await job.open()
+        head, length = plan_head(answer, job.method, job.known_size)
+        if length is None:
+            task_status.started(head)
+            return
+        if refresh is not None:
+            refresh, outcome = await _open_refresh(refresh, answer, length)
+        flow = _Flow()
+        send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
+        body = ChannelBody(receive, length, flow, job.events)
+        task_status.started(attrs.evolve(head, body=body))
+        with send:
+            promoted = await _move(job, answer, send, flow, length, refresh)
+        if promoted:
+            outcome = "refresh_ok"
+    finally:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+            if answer is not None:
+                await answer.aclose()
+        if job.refresh is not None:
+            job.refresh.abort()  # no-op after a promotion
+            job.events.refresh_outcome(outcome)
+
+
+async def _open_refresh(
+    refresh: Refresh, answer: UpstreamAnswer, length: int
+) -> tuple[Refresh | None, RefreshOutcome]:
+    if answer.response.status_code != 200:
+        refresh.abort()
+        return None, "refresh_failed"
+    if await refresh.open(length):
+        return refresh, "refresh_failed"
+    return None, "refresh_no_space" if refresh.no_space else "refresh_failed"
+
+
+async def _move(
+    job: StreamJob,
+    answer: UpstreamAnswer,
+    send: trio.MemorySendChannel[bytes],
+    flow: _Flow,
+    length: int,
+    refresh: Refresh | None,
+) -> bool:
+    """Copy the body; True when the refresh was promoted. Failures are recorded in ``flow``
+    (and logged), never raised; Cancelled (the service stopping) is re-raised."""
+    try:
+        return await _copy(job, answer, send, flow, length, refresh)
+    except trio.Cancelled:
+        flow.error = "the tracker is stopping"
+        raise
+    except (UpstreamError, CacheError) as exc:
+        flow.error = str(exc)
+    except httpx.HTTPError as exc:
+        flow.error = f"upstream broke: {transport_reason(exc)}"
+    except Exception as exc:  # a bug must not take the transfers nursery (the service) down
+        log.exception("stream_failed url=%s", answer.url)
+        flow.error = f"internal error: {type(exc).__name__}"
+    log.warning("stream_failed url=%s reason=%s", answer.url, flow.error)
+    return False
+
+
+async def _copy(
+    job: StreamJob,
+    answer: UpstreamAnswer,
+    send: trio.MemorySendChannel[bytes],
+    flow: _Flow,
+    length: int,
+    refresh: Refresh | None,
+) -> bool:
+    keep = refresh is not None and job.keep_on_disconnect
+    client = True
+    received = 0
+    async for chunk in answer.response.aiter_raw():
+        received += len(chunk)
+        if received > length:
+            raise UpstreamError(f"upstream sent more than {length} bytes")
+        job.events.upstream_bytes(len(chunk))
+        if refresh is not None:
+            await refresh.write(chunk)
+        if client:
+            client = await _deliver(send, chunk, flow, job.settings.drain_start_timeout)
+        if not client and not keep:
+            flow.error = "client went away"
+            return False
+    if received != length:
+        raise UpstreamError(f"upstream ended after {received} of {length} bytes")
+    flow.complete = True
+    send.close()  # the client has every byte: let it finish before the cache work
+    if refresh is None:
+        return False
+    mtime = parse_http_date(answer.response.headers.get("last-modified"))
+    return await refresh.commit(None if mtime is None else float(mtime))
+
+
+async def _deliver(
+    send: trio.MemorySendChannel[bytes], chunk: bytes, flow: _Flow, start_timeout: float
+) -> bool:
+    """Hand ``chunk`` to the response body; False once the client is gone."""
+    if not flow.draining.is_set():
+        with trio.move_on_after(start_timeout):
+            await flow.draining.wait()
+        if not flow.draining.is_set():
+            return False  # the server never started the body: the client left before it
+    try:
+        await send.send(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
