@@ -15,6 +15,11 @@ import quart
 from quart_trio import QuartTrio
 
 
+def lower_headers() -> dict[str, str]:
+    """The current request's headers with lower-case names."""
+    return {k.lower(): v for k, v in quart.request.headers.items()}
+
+
 def new_hash() -> str:
     """A random valid snapshot hash (base58 of 32 bytes)."""
     return base58.b58encode(os.urandom(32)).decode()
@@ -75,13 +80,13 @@ class Sidecar:
 
         @app.get("/v1/snapshots")
         async def snapshots() -> quart.Response:
-            self.requests.append(("GET", "/v1/snapshots", dict(quart.request.headers)))
+            self.requests.append(("GET", "/v1/snapshots", lower_headers()))
             data = self.body if isinstance(self.body, bytes | str) else quart.json.dumps(self.body)
             return quart.Response(data, status=self.status, content_type="application/json")
 
         @app.route("/v1/snapshot/<name>", methods=["GET", "HEAD"])
         async def snapshot(name: str) -> quart.Response:
-            self.requests.append((quart.request.method, name, dict(quart.request.headers)))
+            self.requests.append((quart.request.method, name, lower_headers()))
             if name not in self.files:
                 return quart.Response(b"", status=404)
             return quart.Response(self.files[name], content_type="application/octet-stream")

@@ -156,7 +156,9 @@ async def test_golden_local(nursery: trio.Nursery, tmp_path: Path, client: httpx
     (ledger / incr).write_bytes(b"I" * 30)
     (ledger / "not-a-snapshot.txt").write_text("x")
     base = await tracker_with(
-        nursery, tmp_path, target_groups=[{"group": "local", "local_targets": {"paths": ["ledger"]}}]
+        nursery,
+        tmp_path,
+        target_groups=[{"group": "local", "local_targets": {"paths": ["ledger"]}}],
     )
     await wait_for_snapshots(client, base, 2)
     [incr_src, full_src] = await snapshots_of(client, f"{base}/v1/best_snapshots")
@@ -332,8 +334,15 @@ async def test_targets_and_health(
     assert by_target[up]["health"] == "up" and by_target[up]["snapshots"] == 1
     dead = by_target["http://127.0.0.1:9"]
     assert dead["health"] in ("down", "unknown")
-    assert set(dead) >= {"group", "target", "health", "last_error", "last_scrape",
-                         "last_duration_ms", "snapshots"}
+    assert set(dead) >= {
+        "group",
+        "target",
+        "health",
+        "last_error",
+        "last_scrape",
+        "last_duration_ms",
+        "snapshots",
+    }
     health = await client.get(f"{base}/v1/health")
     assert health.status_code == 200
     assert health.json() == {"MaxSnapshot": 1000, "CurrentSlot": 1500, "Health": "healthy"}

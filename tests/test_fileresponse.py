@@ -112,7 +112,7 @@ async def wait_for_fds(path: Path, expected: int) -> None:
     """Poll until ``expected`` descriptors are open on ``path``; give up after 5 s."""
     with trio.fail_after(5):
         # Polling: /proc has nothing to wait on.
-        while open_fds(path) != expected:  # noqa: ASYNC110
+        while open_fds(path) != expected:
             await trio.sleep(0.01)
 
 

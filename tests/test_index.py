@@ -75,8 +75,10 @@ def test_best_rule_matches_reference(entries: list[tuple[int, int, int]]) -> Non
     index = Index()
     names = []
     for slot, base, target in entries:
-        name = f"snapshot-{slot}-H.tar" if base == 0 or base >= slot else (
-            f"incremental-snapshot-{base}-{slot}-H.tar"
+        name = (
+            f"snapshot-{slot}-H.tar"
+            if base == 0 or base >= slot
+            else (f"incremental-snapshot-{base}-{slot}-H.tar")
         )
         names.append((name, target))
     for t in range(4):

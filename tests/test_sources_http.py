@@ -165,9 +165,9 @@ async def test_transport_and_target_errors(client) -> None:
     refused = r"^(incremental-)?snapshot\.tar\.bz2: cannot connect: Connection refused$"
     with pytest.raises(ProbeError, match=refused):
         await probe_http(client, f"http://127.0.0.1:{port}")
-    with pytest.raises(ProbeError, match=r"^not an absolute http"):
+    with pytest.raises(ProbeError, match=r"^target is not an absolute http"):
         await probe_http(client, "rpc.example.org")
-    with pytest.raises(ProbeError, match=r"^not an absolute http"):
+    with pytest.raises(ProbeError, match=r"^target is not an absolute http"):
         await probe_http(client, "ftp://rpc.example.org")
     with pytest.raises(ProbeError, match=r"^invalid target URL"):
         await probe_http(client, "http://[::1")

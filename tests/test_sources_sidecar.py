@@ -224,6 +224,7 @@ async def test_status_redirect_and_encoding_errors(nursery, client) -> None:
             "/a/v1/snapshots": Answer(500, (), b"disk\non fire\x00"),
             "/b/v1/snapshots": Answer(301, (("location", "/elsewhere"),)),
             "/c/v1/snapshots": Answer(200, (("content-encoding", "gzip"),), b"[]"),
+            "/e/v1/snapshots": Answer(502, (), b"upstream down " * 100_000),
         }
     )
     base = await nursery.start(serve_app, app)
@@ -235,6 +236,9 @@ async def test_status_redirect_and_encoding_errors(nursery, client) -> None:
         await probe_sidecar(client, base + "/c")
     with pytest.raises(ProbeError, match=r"^HTTP 404 Not Found"):
         await probe_sidecar(client, base + "/d")
+    with pytest.raises(ProbeError) as info:  # only the start of a long error body is read
+        await probe_sidecar(client, base + "/e")
+    assert str(info.value) == "HTTP 502 Bad Gateway: " + ("upstream down " * 15)[:200].strip()
     assert "/elsewhere" not in app.paths()
 
 

@@ -78,7 +78,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
 
 def _is_json_route() -> bool:
     path = quart.request.path
-    return path.startswith("/v1/") and not ("." in path.rsplit("/", 1)[-1])
+    return path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]
 
 
 def _error(status: int, reason: str) -> quart.Response:
@@ -109,7 +109,8 @@ def _base_url(config: Config) -> str | None:
     if not config.proxy_snapshot_downloads:
         return None
     req = quart.request
-    return public_base(config.public_url, req.headers, req.scheme, req.host)
+    headers = {k.lower(): v for k, v in req.headers.items()}
+    return public_base(config.public_url, headers, req.scheme, req.host)
 
 
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:

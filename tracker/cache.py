@@ -18,6 +18,7 @@ descriptor is never closed while a thread still uses it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -142,10 +143,9 @@ class Cache:
 
     def _report_size(self) -> None:
         if self._on_size is not None:
-            try:
+            # A file vanishing under the scan raises OSError; the next change reports again.
+            with contextlib.suppress(OSError):
                 self._on_size(self.total_size())
-            except OSError:  # a file vanished under the scan; the next change reports
-                pass
 
     # -- refreshes -----------------------------------------------------------------------
 
@@ -183,6 +183,8 @@ class Refresh:
         self.temp = ""
         self.size = 0
         self.written = 0
+        #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
+        self.no_space = False
         self._fd: int | None = None
         self._done = False
 
@@ -216,13 +218,18 @@ class Refresh:
             if not self._has_room(directory, size):
                 _evict(directory, self.name, _kind_of(self.name))
                 if not self._has_room(directory, size):
-                    log.warning("cache_no_space group=%s file=%s size=%d", self.group, self.name, size)
+                    self.no_space = True
+                    log.warning(
+                        "cache_no_space group=%s file=%s size=%d", self.group, self.name, size
+                    )
                     return None
             self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             return os.open(self.temp, flags, 0o644)
         except OSError as exc:
-            log.error("cache_refresh_unwritable group=%s file=%s error=%s", self.group, self.name, exc)
+            log.error(
+                "cache_refresh_unwritable group=%s file=%s error=%s", self.group, self.name, exc
+            )
             self.temp = ""
             return None
 
@@ -290,10 +297,8 @@ class Refresh:
         """Close and remove the temp file and release the refresh. Idempotent, never raises."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         if self.temp:
             _unlink(self.temp)
             self.temp = ""

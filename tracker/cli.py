@@ -36,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--internal-listen", metavar="ADDR")
     serve.add_argument("--rpc", metavar="URL")
     serve.add_argument("--max-snapshot-age", type=int, metavar="SLOTS")
-    serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", required=True, metavar="PATH")
@@ -76,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK")
         return EXIT_OK
     setup_logging(args.log_level, args.log_format)
+    for warning in config.warnings:
+        log_event(log, "warning", "config_warning", problem=warning)
     try:
         trio.run(partial(run_tracker, config, partial(load, args)))
     except OSError as exc:

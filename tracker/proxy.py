@@ -82,6 +82,9 @@ class ProxySettings:
     max_redirects: int = 3
 
 
+# The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
+
+
 class _BigReadStream(httpcore.AsyncNetworkStream):
     """A network stream whose reads ask for at least ``read_size`` bytes."""
 
@@ -89,10 +92,10 @@ class _BigReadStream(httpcore.AsyncNetworkStream):
         self._inner = inner
         self._read_size = read_size
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         return await self._inner.read(max(max_bytes, self._read_size), timeout)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -102,7 +105,7 @@ class _BigReadStream(httpcore.AsyncNetworkStream):
         self,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore.AsyncNetworkStream:
         tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         return _BigReadStream(tls, self._read_size)
@@ -122,7 +125,7 @@ class BigReadBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -132,7 +135,7 @@ class BigReadBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
@@ -231,9 +234,7 @@ def upstream_request_headers(
 def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
     """The upstream answer's headers that may reach the client, lower-case names."""
     return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() in PASSED_RESPONSE_HEADERS
+        name: value for name, value in upstream.items() if name.lower() in PASSED_RESPONSE_HEADERS
     }
 
 
@@ -303,7 +304,9 @@ async def _ask_source(
     for _hop in range(settings.max_redirects + 1):
         own = _origin(url) == home
         client = clients.for_tls(group.tls_config) if own else clients.foreign()
-        request_headers = upstream_request_headers(headers.items(), group.authorization if own else None)
+        request_headers = upstream_request_headers(
+            headers.items(), group.authorization if own else None
+        )
         response = await _send(client, method, url, request_headers, settings.answer_timeout)
         status = response.status_code
         if status in ANSWER_STATUSES:
@@ -324,13 +327,13 @@ def _redirect_target(url: str, location: str) -> str:
 
 
 async def _send(
-    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], timeout: float
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], limit: float
 ) -> httpx.Response:
     try:
         request = client.build_request(method, url, headers=headers)
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             return await client.send(request, stream=True)
     except trio.TooSlowError:
-        raise _SourceFailed(f"no answer within {timeout:g}s") from None
+        raise _SourceFailed(f"no answer within {limit:g}s") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _SourceFailed(transport_reason(exc)) from exc

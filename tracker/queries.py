@@ -28,7 +28,7 @@ def parse_slot(text: str | None) -> int | None:
 
 
 def parse_max(text: str | None) -> int:
-    """``max=N``: absent or outside 1–25 → 25; not an integer → 400."""
+    """``max=N``: absent or outside 1 to 25 → 25; not an integer → 400."""
     if text is None or text == "":
         return MAX_BEST
     if not re.fullmatch(r"-?[0-9]{1,20}", text):

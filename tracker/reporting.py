@@ -7,6 +7,7 @@ from tracker.metrics import Metrics
 from tracker.notify import Notifier
 from tracker.scrape import Scraper, TargetHealth
 
+
 class ScrapeReporter:
     """Turns probe results and finished rounds into metrics and a ``STATUS=`` line."""
 
@@ -26,8 +27,8 @@ class ScrapeReporter:
         """Refresh per-group gauges, drop series of retired targets, update the status line."""
         index, config = scraper.index, scraper.config
         current = {(k.group, k.target) for k in scraper.health}
-        for group, target in self._known - current:
-            self.metrics.remove_target(group, target)
+        for group_name, target in self._known - current:
+            self.metrics.remove_target(group_name, target)
         self._known &= current
         for group in config.target_groups:
             name = group.group
@@ -52,4 +53,3 @@ def status_line(scraper: Scraper, index: Index) -> str:
         full = index.best_full(group.group)
         parts.append(f"{group.group}: best full {full.info.slot if full else 'none'}")
     return "; ".join(parts)
-

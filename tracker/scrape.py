@@ -98,7 +98,8 @@ class Scraper:
                 group,
                 connect_timeout=config.scrape_timeout,
                 read_timeout=config.scrape_timeout,
-                max_connections=config.scrape_concurrency,
+                # Two requests per HTTP target at once: no probe waits in the pool queue.
+                max_connections=2 * config.scrape_concurrency,
             )
         self._wakeup.set()
 
@@ -259,4 +260,5 @@ def health_json(health: TargetHealth, count: int) -> dict[str, object]:
         "last_scrape": last.isoformat().replace("+00:00", "Z") if last else None,
         "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
         "snapshots": count,
+        "consecutive_failures": health.failures,
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Literal
 
@@ -321,18 +322,20 @@ async def _copy(
     keep = refresh is not None and job.keep_on_disconnect
     client = True
     received = 0
-    async for chunk in answer.response.aiter_raw():
-        received += len(chunk)
-        if received > length:
-            raise UpstreamError(f"upstream sent more than {length} bytes")
-        job.events.upstream_bytes(len(chunk))
-        if refresh is not None:
-            await refresh.write(chunk)
-        if client:
-            client = await _deliver(send, chunk, flow, job.settings.drain_start_timeout)
-        if not client and not keep:
-            flow.error = "client went away"
-            return False
+    # aclosing: leaving the loop early must close httpx's generators now, not at collection.
+    async with aclosing(answer.response.aiter_raw()) as chunks:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > length:
+                raise UpstreamError(f"upstream sent more than {length} bytes")
+            job.events.upstream_bytes(len(chunk))
+            if refresh is not None:
+                await refresh.write(chunk)
+            if client:
+                client = await _deliver(send, chunk, flow, job.settings.drain_start_timeout)
+            if not client and not keep:
+                flow.error = "client went away"
+                return False
     if received != length:
         raise UpstreamError(f"upstream ended after {received} of {length} bytes")
     flow.complete = True

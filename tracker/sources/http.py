@@ -65,9 +65,10 @@ def _target_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ProbeError(f"invalid target URL {quoted(url)}: {exc}") from exc
+        raise ProbeError(f"invalid target URL: {exc}") from exc
+    # The URL itself stays out of the reason: it may carry an API key; the target names it.
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ProbeError(f"not an absolute http(s) URL: {quoted(url)}")
+        raise ProbeError("target is not an absolute http(s) URL")
     return parsed
 
 

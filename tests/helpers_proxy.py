@@ -1,0 +1,454 @@
+"""Fixtures for proxy-mode and cache tests: fake upstream servers and a tracker to test.
+
+- :class:`FakeUpstream` is a real HTTP/1.1 server on 127.0.0.1 (trio + h11), serving archives
+  by the last path segment with Range/HEAD/If-None-Match support, and faults on demand: rate
+  limits, a status, a connection dropped mid-body, a 200 shorter than its Content-Length, no
+  Content-Length, a redirect, extra headers. It records every request it got.
+- :func:`running_tracker` runs the public app (``create_app``) on a real hypercorn with a
+  :class:`ProxyStreamer` and its :class:`Transfers` nursery, an index fed by the test.
+- :func:`raw_request` talks HTTP over a plain socket to see the wire (framing, connection
+  close after a broken body).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import base58
+import h11
+import httpx
+import trio
+from helpers_server import serve_app
+
+from tracker.api import ApiDeps, create_app
+from tracker.config import BearerAuth, Config, TargetGroup
+from tracker.delivery import Delivery
+from tracker.health import HealthChecker
+from tracker.index import Index, TargetKey
+from tracker.metrics import Metrics
+from tracker.proxy import ProxySettings
+from tracker.scrape import Scraper
+from tracker.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.streamer import CacheFactory, ProxyStreamer
+from tracker.transfers import Transfers
+
+GROUP = "mainnet"
+TOKEN = "s3cret-token"
+MiB = 1024 * 1024
+UPSTREAM_ETAG = '"upstream-etag"'
+UPSTREAM_LAST_MODIFIED = "Sat, 21 Nov 2026 10:00:00 GMT"
+
+
+def archive_hash(seed: int) -> str:
+    """A valid base58 snapshot hash (32 bytes), deterministic."""
+    return str(base58.b58encode(hashlib.sha256(str(seed).encode()).digest()).decode())
+
+
+def full_name(slot: int, ext: str = ".tar.zst") -> str:
+    return f"snapshot-{slot}-{archive_hash(slot)}{ext}"
+
+
+def incremental_name(base: int, slot: int, ext: str = ".tar.zst") -> str:
+    return f"incremental-snapshot-{base}-{slot}-{archive_hash(slot * 7 + base)}{ext}"
+
+
+def archive_bytes(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@attrs.define
+class Behaviour:
+    """How a :class:`FakeUpstream` answers a file (defaults: a correct 200/206)."""
+
+    status: int | None = None
+    rate: float | None = None  # body bytes per second
+    drop_after: int | None = None  # close the connection after this many body bytes
+    short_by: int = 0  # announce the full length, send this many bytes less, then close
+    chunked: bool = False  # no content-length: chunked framing
+    redirect_to: str | None = None
+    headers: list[tuple[str, str]] = attrs.Factory(list)
+    pause_at: int | None = None  # body bytes after which sending waits for ``resume``
+    resume: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define
+class Seen:
+    """One request the upstream got."""
+
+    method: str
+    target: str
+    headers: dict[str, str]  # lower-case names; repeated names joined with ", "
+    body_sent: int = 0
+    aborted: bool = False  # the peer went away before the body was sent
+
+
+@attrs.define
+class FakeUpstream:
+    """A small HTTP/1.1 file server with faults. Start with ``nursery.start(up.run)``."""
+
+    files: dict[str, bytes] = attrs.Factory(dict)
+    behaviour: dict[str, Behaviour] = attrs.Factory(dict)
+    seen: list[Seen] = attrs.Factory(list)
+    base: str = ""
+    chunk: int = 64 * 1024
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/files/{name}"
+
+    def gets(self, name: str | None = None) -> list[Seen]:
+        return [
+            s for s in self.seen if s.method == "GET" and (name is None or s.target.endswith(name))
+        ]
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        task_status.started(self.base)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await _next_request(conn, stream)
+                if request is None:
+                    return
+                keep = await self._answer(conn, stream, request)
+                if not keep or conn.our_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        headers: dict[str, str] = {}
+        for name, value in req.headers:
+            key = name.decode().lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        seen = Seen(req.method.decode(), req.target.decode(), headers)
+        self.seen.append(seen)
+        name = seen.target.split("?")[0].rsplit("/", 1)[-1]
+        how = self.behaviour.get(name, Behaviour())
+        data = self.files.get(name)
+        if how.redirect_to is not None:
+            await _send(
+                conn,
+                stream,
+                h11.Response(
+                    status_code=302,
+                    headers=[("location", how.redirect_to), ("content-length", "0")],
+                ),
+            )
+            await _send(conn, stream, h11.EndOfMessage())
+            return True
+        if data is None or how.status is not None:
+            status = how.status or 404
+            body = f"status {status}\n".encode()
+            await _send(
+                conn,
+                stream,
+                h11.Response(
+                    status_code=status, headers=[("content-length", str(len(body))), *how.headers]
+                ),
+            )
+            await _send(conn, stream, h11.Data(data=body))
+            await _send(conn, stream, h11.EndOfMessage())
+            return True
+        status, start, length, extra = _plan(headers, len(data))
+        response_headers = [
+            ("etag", UPSTREAM_ETAG),
+            ("last-modified", UPSTREAM_LAST_MODIFIED),
+            ("accept-ranges", "bytes"),
+            ("content-type", "application/x-zstd"),
+            ("server", "fake-upstream"),
+            *extra,
+            *how.headers,
+        ]
+        if not how.chunked:
+            response_headers.append(("content-length", str(length)))
+        await _send(conn, stream, h11.Response(status_code=status, headers=response_headers))
+        if seen.method == "HEAD" or status in (304, 416):
+            await _send(conn, stream, h11.EndOfMessage())
+            return True
+        return await self._body(conn, stream, seen, how, data[start : start + length])
+
+    async def _body(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        seen: Seen,
+        how: Behaviour,
+        body: bytes,
+    ) -> bool:
+        limit = len(body) - how.short_by
+        if how.drop_after is not None:
+            limit = min(limit, how.drop_after)
+        try:
+            while seen.body_sent < limit:
+                if how.pause_at is not None and seen.body_sent >= how.pause_at:
+                    await how.resume.wait()
+                end = min(limit, seen.body_sent + self.chunk)
+                if how.pause_at is not None and seen.body_sent < how.pause_at:
+                    end = min(end, how.pause_at)
+                piece = body[seen.body_sent : end]
+                await _send(conn, stream, h11.Data(data=piece))
+                seen.body_sent = end
+                if how.rate:
+                    await trio.sleep(len(piece) / how.rate)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            seen.aborted = True
+            raise
+        if limit < len(body):
+            return False  # a fault: close without finishing the message
+        await _send(conn, stream, h11.EndOfMessage())
+        return True
+
+
+def _plan(headers: dict[str, str], size: int) -> tuple[int, int, int, list[tuple[str, str]]]:
+    if headers.get("if-none-match") == UPSTREAM_ETAG:
+        return 304, 0, 0, []
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("range", ""))
+    if match is None:
+        return 200, 0, size, []
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last) if last else size - 1, size - 1)
+    else:
+        start, end = max(0, size - int(last)), size - 1
+    if start >= size:
+        return 416, 0, 0, [("content-range", f"bytes */{size}")]
+    return 206, start, end - start + 1, [("content-range", f"bytes {start}-{end}/{size}")]
+
+
+async def _next_request(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    request = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _send(conn: h11.Connection, stream: trio.SocketStream, event: Any) -> None:
+    data = conn.send(event)
+    if data:
+        await stream.send_all(data)
+
+
+# -- the tracker under test ---------------------------------------------------------------
+
+
+@attrs.define
+class TrackerUnderTest:
+    """A running tracker: its base URL and everything a test may look at or change."""
+
+    base: str
+    holder: dict[str, Config]
+    index: Index
+    transfers: Transfers
+    streamer: ProxyStreamer
+    metrics: Metrics
+    app: Any
+
+    @property
+    def config(self) -> Config:
+        return self.holder["config"]
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        self.holder["config"] = value
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.proxy_snapshot_cache_dir)
+
+    def group_dir(self, group: str = GROUP) -> Path:
+        return self.cache_root / group
+
+    def cached(self, group: str = GROUP) -> list[str]:
+        """Names in the group's cache directory (temp files included), sorted."""
+        directory = self.group_dir(group)
+        return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+    def counter(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def outcome(self, outcome: str) -> float:
+        return self.counter("snapshot_tracker_archive_requests_total", outcome=outcome)
+
+    def url(self, name: str, group: str = GROUP) -> str:
+        return f"{self.base}/v1/{name}?group={group}"
+
+
+def make_config(cache_dir: Path | None, **overrides: Any) -> Config:
+    group = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN))
+    settings: dict[str, Any] = {
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(cache_dir) if cache_dir is not None else "",
+        "default_group": GROUP,
+        "target_groups": (group,),
+        "shutdown_grace": 1.0,
+    }
+    settings.update(overrides)
+    return Config(**settings)
+
+
+def advertise(
+    index: Index,
+    target: str,
+    files: list[tuple[str, str, int]],
+    *,
+    group: str = GROUP,
+    age: float = 0.0,
+) -> None:
+    """Make ``target`` advertise ``files`` as (name, url, size); ``age`` seconds old."""
+    snapshot_files = []
+    for name, url, size in files:
+        parsed = parse_archive_name(name)
+        assert parsed is not None, name
+        snapshot_files.append(SnapshotFile(name=parsed, file_name=url, size=size, url=url))
+    when = datetime.now(UTC) - timedelta(seconds=age)
+    index.apply(TargetKey(group, target), chains_from_files(snapshot_files), when)
+
+
+FAST = ProxySettings(connect_timeout=2.0, answer_timeout=5.0, read_timeout=10.0)
+
+
+@asynccontextmanager
+async def running_tracker(
+    config: Config,
+    *,
+    settings: ProxySettings = FAST,
+    cache_factory: CacheFactory | None = None,
+    index: Index | None = None,
+    app_config: dict[str, Any] | None = None,
+) -> AsyncIterator[TrackerUnderTest]:
+    """A tracker in proxy mode on 127.0.0.1:0; stopped (transfers cancelled) on exit."""
+    holder = {"config": config}
+    index = index if index is not None else Index()
+    metrics = Metrics(process=False)
+    transfers = Transfers()
+
+    def current() -> Config:
+        return holder["config"]
+
+    streamer = ProxyStreamer(
+        current, index, transfers, metrics=metrics, settings=settings, cache_factory=cache_factory
+    )
+    delivery = Delivery(current, index, streamer=streamer)
+    scraper = Scraper(config, index)
+    rpc = httpx.AsyncClient()
+    app = create_app(ApiDeps(current, index, scraper, delivery, HealthChecker(current, index, rpc)))
+    app.config.update(app_config or {})
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transfers.run)
+            streamer.cache()  # start-up cleanup, as the service does
+            base = await nursery.start(serve_app, app)
+            yield TrackerUnderTest(base, holder, index, transfers, streamer, metrics, app)
+            transfers.close(0)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await streamer.aclose()
+            await scraper.aclose()
+            await rpc.aclose()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` every 10 ms until true; fail after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+# -- the wire ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class Wire:
+    """A raw HTTP exchange: status line, header lines as sent, body bytes, how it ended."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool  # the server closed the connection
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+async def raw_request(
+    base: str,
+    target: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    read_limit: int | None = None,
+    idle: float = 0.3,
+) -> Wire:
+    """Send one request over a fresh socket and read until the server closes it, the body
+    announced by Content-Length is complete (then wait ``idle`` s for a close), or
+    ``read_limit`` bytes of body arrived (then close our side)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    lines = [f"{method} {target} HTTP/1.1", f"host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers or []]
+    await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = bytearray()
+    closed = False
+    async with stream:
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed before headers: {bytes(data)!r}")
+            data += chunk
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = [tuple(line.split(": ", 1)) for line in header_lines]
+        wire = Wire(int(status_line.split()[1]), [(k, v) for k, v in parsed], b"", False)
+        body = bytearray(rest)
+        length = wire.header("content-length")
+        expected = int(length) if length is not None and method != "HEAD" else None
+        if method == "HEAD" or wire.status in (304,):
+            expected = 0
+        while read_limit is None or len(body) < read_limit:
+            if expected is not None and len(body) >= expected:
+                with trio.move_on_after(idle):
+                    extra = await stream.receive_some(65536)
+                    body += extra
+                    closed = not extra
+                break
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                closed = True
+                break
+            body += chunk
+    wire.body = bytes(body)
+    wire.closed = closed
+    return wire

@@ -1,0 +1,147 @@
+"""The command line as an operator runs it: real subprocesses, real signals, real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+import tracker
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracker", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and tracker.__version__ in result.stdout
+
+
+def test_check_config_ok() -> None:
+    result = run_cli("check-config", "--config", str(EXAMPLES / "local.yml"))
+    assert result.returncode == 0
+    assert result.stdout.strip().endswith("OK") and len(result.stdout.strip().splitlines()) == 1
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "scrape_interval: 1s\nscrape_timeout: 5s\nbogus: 1\n"
+        "target_groups:\n  - group: a\n    http_targets: {targets: [foo]}\n"
+    )
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert "target_groups[0].http_targets.targets[0]" in result.stderr
+    assert "bogus" in result.stderr and "scrape_timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run_cli("serve").returncode == 2
+    assert run_cli("nonsense").returncode == 2
+    missing = run_cli("serve", "--config", str(tmp_path / "missing.yml"))
+    assert missing.returncode == 2 and "missing.yml" in missing.stderr
+    bad_flag = run_cli("serve", "--config", str(EXAMPLES / "local.yml"), "--listen", "nope")
+    assert bad_flag.returncode == 2 and "--listen" in bad_flag.stderr
+
+
+async def start_serve(*args: str) -> tuple[trio.Process, str]:
+    """Start ``serve`` with ``args``; return the process and its public base URL."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tracker", "serve", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert proc.stderr is not None
+    buffer = b""
+    with trio.fail_after(20):
+        while not (m := re.search(rb"addresses\W{1,4}(http://[0-9.:]+)", buffer)):
+            chunk = await proc.stderr.receive_some(4096)
+            assert chunk, buffer.decode()
+            buffer += chunk
+    return proc, m[1].decode()
+
+
+async def stop(proc: trio.Process) -> int:
+    proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        return await proc.wait()
+
+
+async def test_quickstart_serves_the_example_ledger() -> None:
+    proc, base = await start_serve(
+        "--config",
+        str(EXAMPLES / "local.yml"),
+        "--listen",
+        "127.0.0.1:0",
+        "--internal-listen",
+        "127.0.0.1:0",
+    )
+    try:
+        async with httpx.AsyncClient(follow_redirects=True, trust_env=False) as client:
+
+            async def listed() -> bool:
+                return len((await client.get(f"{base}/v1/snapshots")).json()) == 3
+
+            with trio.fail_after(15):
+                while not await listed():
+                    await trio.sleep(0.05)
+            response = await client.get(f"{base}/snapshot.tar.bz2")
+            assert response.status_code == 200
+            name = response.url.path.rsplit("/", 1)[-1]
+            on_disk = (EXAMPLES / "ledger" / name).read_bytes()
+            assert hashlib.sha256(response.content).digest() == hashlib.sha256(on_disk).digest()
+            incr = await client.get(f"{base}/incremental-snapshot.tar.bz2")
+            assert incr.url.path.startswith("/incremental-snapshot-1000-1200-")
+    finally:
+        assert await stop(proc) == 0
+
+
+async def test_sigint_stops_cleanly(tmp_path: Path) -> None:
+    proc, base = await start_serve(
+        "--config",
+        str(EXAMPLES / "local.yml"),
+        "--listen",
+        "127.0.0.1:0",
+        "--internal-listen",
+        "",
+        "--log-format",
+        "json",
+    )
+    async with httpx.AsyncClient(trust_env=False) as client:
+        assert (await client.get(f"{base}/v1/best_snapshots")).status_code == 200
+    proc.send_signal(signal.SIGINT)
+    with trio.fail_after(20):
+        assert await proc.wait() == 0
+
+
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--config",
+            str(EXAMPLES / "local.yml"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--internal-listen",
+            "",
+        )
+    assert result.returncode == 1
+    assert "startup_failed" in result.stderr and "Traceback" not in result.stderr

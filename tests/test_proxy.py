@@ -1,0 +1,343 @@
+"""Proxy mode without the disk cache, against a real hypercorn tracker and real upstreams.
+
+Upstreams are :class:`FakeUpstream` servers on 127.0.0.1:0; the tracker runs the public app
+with the proxy streamer. httpx checks what a client sees, :func:`raw_request` the wire.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    TOKEN,
+    UPSTREAM_ETAG,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    full_name,
+    incremental_name,
+    make_config,
+    raw_request,
+    running_tracker,
+    sha256,
+    wait_for,
+)
+
+NAME = full_name(1000)
+DATA = archive_bytes(3 * MiB, seed=1)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    up = FakeUpstream(files={NAME: DATA})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        yield up
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def tracker(upstream: FakeUpstream) -> AsyncIterator[TrackerUnderTest]:
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
+        yield t
+
+
+async def test_proxied_bytes_are_identical_with_content_length(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(tracker.url(NAME))
+    assert response.status_code == 200
+    assert sha256(response.content) == sha256(DATA)
+    wire = await raw_request(tracker.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.status == 200
+    assert wire.header("content-length") == str(len(DATA))
+    assert wire.header("transfer-encoding") is None
+    assert sha256(wire.body) == sha256(DATA)
+    assert not wire.closed  # a complete response keeps the connection
+    assert tracker.counter("snapshot_tracker_served_bytes_total", source="upstream") == 2 * len(
+        DATA
+    )
+    assert tracker.counter(
+        "snapshot_tracker_upstream_bytes_total", group=GROUP, kind="full"
+    ) == 2 * len(DATA)
+    assert tracker.outcome("proxy") == 2
+    assert tracker.counter("snapshot_tracker_active_streams") == 0
+
+
+async def test_head_sends_headers_only(tracker: TrackerUnderTest, upstream: FakeUpstream) -> None:
+    wire = await raw_request(tracker.base, f"/v1/{NAME}?group={GROUP}", method="HEAD")
+    assert wire.status == 200
+    assert wire.header("content-length") == str(len(DATA))
+    assert wire.header("transfer-encoding") is None
+    assert wire.body == b""
+    assert [s.method for s in upstream.seen] == ["HEAD"]
+
+
+async def test_short_endpoint_redirects_to_own_route(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    wire = await raw_request(tracker.base, "/v1/snapshot.tar.bz2", method="HEAD")
+    assert wire.status == 303
+    assert ("location", f"/v1/{NAME}?group={GROUP}") in wire.headers
+    wire = await raw_request(tracker.base, "/snapshot.tar.bz2")
+    assert ("location", f"/{NAME}") in wire.headers
+    assert upstream.seen == []
+
+
+async def test_credentials_go_upstream_client_secrets_do_not(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[NAME] = Behaviour(
+        headers=[
+            ("set-cookie", "session=upstream"),
+            ("x-upstream-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("connection", "keep-alive"),
+        ]
+    )
+    client_headers = [
+        ("authorization", "Basic Y2xpZW50OnNlY3JldA=="),
+        ("cookie", "session=client"),
+        ("x-custom", "client"),
+        ("proxy-authorization", "Basic eDp5"),
+        ("te", "trailers"),
+        ("if-modified-since", "Sat, 21 Nov 2020 10:00:00 GMT"),
+    ]
+    wire = await raw_request(tracker.base, f"/v1/{NAME}?group={GROUP}", headers=client_headers)
+    assert wire.status == 200
+    assert sha256(wire.body) == sha256(DATA)
+    [seen] = upstream.seen
+    assert seen.headers["authorization"] == f"Bearer {TOKEN}"
+    assert seen.headers["if-modified-since"] == "Sat, 21 Nov 2020 10:00:00 GMT"
+    for name in ("cookie", "x-custom", "proxy-authorization", "te"):
+        assert name not in seen.headers
+    names = {k.lower() for k, _ in wire.headers}
+    assert "set-cookie" not in names
+    assert "x-upstream-secret" not in names
+    assert "keep-alive" not in names
+    assert wire.header("server") != "fake-upstream"
+    assert wire.header("etag") == UPSTREAM_ETAG
+
+
+async def test_range_and_conditionals_are_forwarded(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    async with httpx.AsyncClient() as client:
+        part = await client.get(tracker.url(NAME), headers={"range": "bytes=100-199"})
+        suffix = await client.get(tracker.url(NAME), headers={"range": "bytes=-100"})
+        past = await client.get(tracker.url(NAME), headers={"range": f"bytes={len(DATA)}-"})
+        same = await client.get(tracker.url(NAME), headers={"if-none-match": UPSTREAM_ETAG})
+    assert part.status_code == 206
+    assert part.content == DATA[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(DATA)}"
+    assert suffix.status_code == 206
+    assert suffix.content == DATA[-100:]
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{len(DATA)}"
+    assert same.status_code == 304
+    assert same.content == b""
+    assert [s.headers.get("range") for s in upstream.seen[:3]] == [
+        "bytes=100-199",
+        "bytes=-100",
+        f"bytes={len(DATA)}-",
+    ]
+
+
+def _dead_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: connection refused
+    return f"http://127.0.0.1:{port}/files/{NAME}"
+
+
+async def test_failover_to_the_next_source_before_any_byte(upstream: FakeUpstream) -> None:
+    broken = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(status=503)})
+    missing = FakeUpstream()
+    async with trio.open_nursery() as nursery:
+        for up in (broken, missing):
+            await nursery.start(up.run)
+        async with running_tracker(make_config(None)) as t:
+            # Most recently scraped first: dead, then 503, then 404, then the good one.
+            advertise(t.index, "dead", [(NAME, _dead_url(), len(DATA))], age=0)
+            advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
+            advertise(t.index, missing.base, [(NAME, missing.url(NAME), len(DATA))], age=2)
+            advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))], age=3)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(t.url(NAME))
+            assert response.status_code == 200
+            assert sha256(response.content) == sha256(DATA)
+            assert len(broken.seen) == len(missing.seen) == len(upstream.seen) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_all_sources_failing_is_a_502_with_one_line() -> None:
+    broken = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(status=500)})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broken.run)
+        async with running_tracker(make_config(None)) as t:
+            advertise(t.index, "dead", [(NAME, _dead_url(), len(DATA))], age=0)
+            advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(t.url(NAME))
+            assert response.status_code == 502
+            assert response.headers["content-type"].startswith("text/plain")
+            text = response.text
+            assert text.endswith("\n") and text.count("\n") == 1
+            assert "cannot connect" in text and "HTTP 500" in text
+            assert t.outcome("upstream_failed") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_redirects_keep_credentials_on_the_same_origin_only(upstream: FakeUpstream) -> None:
+    hop = FakeUpstream()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hop.run)
+        # hop: /same/NAME -> /files/NAME on hop itself (has no file: 404 would fail) ...
+        hop.files[NAME] = DATA
+        hop.behaviour["first"] = Behaviour(redirect_to=f"/files/{NAME}")
+        # ... and upstream: /away/NAME -> another origin.
+        upstream.behaviour["away"] = Behaviour(redirect_to=hop.url("first"))
+        async with running_tracker(make_config(None)) as t:
+            advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/x/away", len(DATA))])
+            async with httpx.AsyncClient() as client:
+                response = await client.get(t.url(NAME))
+            assert response.status_code == 200
+            assert sha256(response.content) == sha256(DATA)
+        [first] = upstream.seen
+        assert first.headers["authorization"] == f"Bearer {TOKEN}"
+        assert [s.target for s in hop.seen] == ["/files/first", f"/files/{NAME}"]
+        assert all("authorization" not in s.headers for s in hop.seen)
+        nursery.cancel_scope.cancel()
+
+
+async def test_too_many_redirects_fail(upstream: FakeUpstream) -> None:
+    upstream.behaviour["loop"] = Behaviour(redirect_to="/files/loop")
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/files/loop", len(DATA))])
+        async with httpx.AsyncClient() as client:
+            response = await client.get(t.url(NAME))
+        assert response.status_code == 502
+        assert "more than 3 redirects" in response.text
+        assert len(upstream.seen) == 4
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [Behaviour(drop_after=1 * MiB), Behaviour(short_by=1000)],
+    ids=["drop-mid-body", "short-200"],
+)
+async def test_broken_upstream_body_breaks_the_client_connection(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+) -> None:
+    upstream.behaviour[NAME] = behaviour
+    wire = await raw_request(tracker.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.status == 200
+    assert wire.header("content-length") == str(len(DATA))
+    assert len(wire.body) < len(DATA)  # short ...
+    assert wire.closed  # ... and the connection closed: never a silently short 200
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with httpx.AsyncClient() as client:
+            await client.get(tracker.url(NAME))
+
+
+async def test_answer_without_length_uses_the_index_size(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[NAME] = Behaviour(chunked=True)
+    wire = await raw_request(tracker.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.header("content-length") == str(len(DATA))
+    assert wire.header("transfer-encoding") is None
+    assert sha256(wire.body) == sha256(DATA)
+
+
+async def test_answer_without_any_known_length_is_a_502(upstream: FakeUpstream) -> None:
+    upstream.behaviour[NAME] = Behaviour(chunked=True)
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), 0)])
+        async with httpx.AsyncClient() as client:
+            response = await client.get(t.url(NAME))
+        assert response.status_code == 502
+        assert "without content-length" in response.text
+
+
+async def test_index_size_that_lies_breaks_the_stream(upstream: FakeUpstream) -> None:
+    upstream.behaviour[NAME] = Behaviour(chunked=True)
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA) + 10)])
+        wire = await raw_request(t.base, f"/v1/{NAME}?group={GROUP}")
+        assert wire.header("content-length") == str(len(DATA) + 10)
+        assert len(wire.body) == len(DATA)
+        assert wire.closed
+
+
+async def test_slow_client_slows_the_upstream_read(upstream: FakeUpstream) -> None:
+    big = archive_bytes(48 * MiB, seed=2)
+    name = full_name(2000)
+    upstream.files[name] = big
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(name, upstream.url(name), len(big))])
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        await sock.connect((host, int(port)))
+        stream = trio.SocketStream(sock)
+        async with stream:
+            await stream.send_all(f"GET /v1/{name} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            await stream.receive_some(65536)
+            await wait_for(lambda: bool(upstream.gets(name)))
+            await trio.sleep(1.0)  # the client reads nothing meanwhile
+            sent = upstream.gets(name)[0].body_sent
+            # Socket buffers on both hops plus 4 chunks of 1 MiB: far less than the file.
+            assert sent < 24 * MiB, sent
+            received = 0
+            while received < 2 * MiB:
+                received += len(await stream.receive_some(65536))
+        # The client left: the upstream connection is closed, not drained.
+        await wait_for(lambda: upstream.gets(name)[0].aborted, timeout=5)
+        assert upstream.gets(name)[0].body_sent < len(big)
+        await wait_for(lambda: t.counter("snapshot_tracker_active_streams") == 0, timeout=5)
+
+
+async def test_client_leaving_before_the_body_closes_the_upstream(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    # The upstream answers its headers, then stalls: the client gives up meanwhile.
+    upstream.behaviour[NAME] = Behaviour(pause_at=0)
+    with trio.move_on_after(0.5):
+        async with httpx.AsyncClient() as client:
+            await client.get(tracker.url(NAME))
+    await wait_for(lambda: bool(upstream.seen))
+    upstream.behaviour[NAME].resume.set()
+    await wait_for(lambda: upstream.seen[0].aborted, timeout=5)
+
+
+async def test_no_framework_timeout_cuts_a_long_download(upstream: FakeUpstream) -> None:
+    upstream.behaviour[NAME] = Behaviour(rate=2 * MiB)  # 3 MiB: 1.5 s
+    async with running_tracker(make_config(None), app_config={"RESPONSE_TIMEOUT": 0.5}) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(t.url(NAME))
+        assert sha256(response.content) == sha256(DATA)
+
+
+async def test_incremental_counts_as_incremental_upstream_bytes(upstream: FakeUpstream) -> None:
+    name = incremental_name(1000, 1100)
+    upstream.files[name] = DATA[: 1 * MiB]
+    async with running_tracker(make_config(None)) as t:
+        advertise(t.index, upstream.base, [(name, upstream.url(name), 1 * MiB)])
+        async with httpx.AsyncClient() as client:
+            response = await client.get(t.url(name))
+        assert response.content == DATA[: 1 * MiB]
+        kind = t.counter("snapshot_tracker_upstream_bytes_total", group=GROUP, kind="incremental")
+        assert kind == 1 * MiB

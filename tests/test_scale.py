@@ -1,0 +1,57 @@
+"""Discovery at fleet scale: 500 HTTP targets on one local upstream in one scrape interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import quart
+import trio
+from fakes import full_name, incr_name
+from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
+from quart_trio import QuartTrio
+
+TARGETS = 500
+
+
+def many_validators() -> QuartTrio:
+    """``/{n}/snapshot.tar.bz2`` redirects to a full at slot 1000+n, with an incremental."""
+    app = QuartTrio(__name__)
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.route("/<int:n>/<kind>", methods=["HEAD", "GET"])
+    async def probe(n: int, kind: str) -> quart.Response:
+        slot = 1000 + n
+        name = full_name(slot) if kind == "snapshot.tar.bz2" else incr_name(slot, slot + 5)
+        response = quart.Response(b"", status=303)
+        response.headers["location"] = f"/{n}/{name}"
+        return response
+
+    return app
+
+
+async def test_500_http_targets_in_one_interval(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    up = await nursery.start(serve_app, many_validators())
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "5s",
+            "target_groups": [
+                {"group": "g", "http_targets": {"targets": [f"{up}/{n}" for n in range(TARGETS)]}}
+            ],
+        },
+    )
+    start = trio.current_time()
+    base = (await start_tracker(nursery, path))[0]
+
+    async def all_indexed() -> bool:
+        return len((await client.get(f"{base}/v1/snapshots")).json()) == 2 * TARGETS
+
+    await wait_until(all_indexed, timeout=5)
+    elapsed = trio.current_time() - start
+    print(f"\n{TARGETS} HTTP targets indexed in {elapsed:.2f} s")
+    best = (await client.get(f"{base}/v1/best_snapshots?max=1")).json()
+    assert best[0]["slot"] == 1000 + TARGETS - 1 + 5

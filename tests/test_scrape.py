@@ -1,0 +1,239 @@
+"""The scrape loop against real upstreams: failures, timeouts, bad sidecars, credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import quart
+import trio
+from fakes import Sidecar, Validator, full_name, incr_name, sidecar_info
+from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
+from quart_trio import QuartTrio
+
+
+async def targets(client: httpx.AsyncClient, base: str) -> dict[str, dict[str, Any]]:
+    return {t["target"]: t for t in (await client.get(f"{base}/v1/targets")).json()}
+
+
+def hanging_app(release: trio.Event) -> QuartTrio:
+    app = QuartTrio(__name__)
+
+    @app.get("/v1/snapshots")
+    async def hang() -> quart.Response:
+        await release.wait()
+        return quart.Response(b"[]", content_type="application/json")
+
+    return app
+
+
+async def test_dead_target_dropped_after_max_failures(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    sidecar = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    up = await nursery.start(serve_app, sidecar.app())
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "100ms",
+            "max_target_failures": 3,
+            "target_groups": [{"group": "g", "static_targets": {"targets": [up[7:]]}}],
+        },
+    )
+    base = (await start_tracker(nursery, path))[0]
+
+    async def listed() -> bool:
+        return len((await client.get(f"{base}/v1/snapshots")).json()) == 1
+
+    await wait_until(listed)
+    sidecar.status = 500
+    # The snapshot stays through failures 1 and 2, and is gone after the third in a row.
+    seen_kept = False
+    with trio.fail_after(10):
+        while (await client.get(f"{base}/v1/snapshots")).json():
+            t = (await targets(client, base))[up]
+            seen_kept |= t["health"] == "down"
+            await trio.sleep(0.01)
+    assert seen_kept, "the snapshot must survive the first failures"
+    t = (await targets(client, base))[up]
+    assert t["health"] == "down" and t["snapshots"] == 0 and "500" in t["last_error"]
+    assert t["consecutive_failures"] >= 3
+
+
+async def test_hanging_target_delays_nobody(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    release = trio.Event()
+    hang_up = await nursery.start(serve_app, hanging_app(release))
+    good = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    good_up = await nursery.start(serve_app, good.app())
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "3s",
+            "scrape_timeout": "2s",
+            "target_groups": [
+                {"group": "g", "static_targets": {"targets": [hang_up[7:], good_up[7:]]}}
+            ],
+        },
+    )
+    start = trio.current_time()
+    base = (await start_tracker(nursery, path))[0]
+
+    async def good_listed() -> bool:
+        with trio.fail_after(0.5):  # no API answer may wait for the hanging probe
+            return len((await client.get(f"{base}/v1/snapshots")).json()) == 1
+
+    await wait_until(good_listed, timeout=1.5)
+    assert trio.current_time() - start < 1.5
+
+    async def hang_timed_out() -> bool:
+        return (await targets(client, base))[hang_up]["health"] == "down"
+
+    await wait_until(hang_timed_out, timeout=5)
+    t = (await targets(client, base))[hang_up]
+    assert "timed out" in t["last_error"]
+    release.set()
+
+
+BAD_BODIES: dict[str, Any] = {
+    "invalid json": b"[{",
+    "wrong types": [{"slot": "1", "base_slot": 1, "hash": "x", "files": [], "size": 0}],
+    "invalid hash": [
+        {
+            **sidecar_info((full_name(100), 1)),
+            "hash": "0OIl" * 10,
+        }
+    ],
+    "a million entries": b"[" + b",".join([b"{}"] * 1_000_000) + b"]",
+    "not a list": {"slot": 1},
+}
+
+
+async def test_bad_sidecars_are_down_and_isolated(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    good = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    ups = {"good": await nursery.start(serve_app, good.app())}
+    for label, body in BAD_BODIES.items():
+        ups[label] = await nursery.start(serve_app, Sidecar(body=body).app())
+    huge_up = await nursery.start(serve_app, huge_body_app())
+    ups["huge"] = huge_up
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "1s",
+            "target_groups": [
+                {"group": "g", "static_targets": {"targets": [u[7:] for u in ups.values()]}}
+            ],
+        },
+    )
+    base = (await start_tracker(nursery, path))[0]
+
+    async def all_scraped() -> bool:
+        return all(t["health"] != "unknown" for t in (await targets(client, base)).values())
+
+    await wait_until(all_scraped)
+    state = await targets(client, base)
+    assert state[ups["good"]]["health"] == "up" and state[ups["good"]]["snapshots"] == 1
+    for label, up in ups.items():
+        if label == "good":
+            continue
+        assert state[up]["health"] == "down", label
+        assert state[up]["last_error"], label
+        assert "\n" not in state[up]["last_error"]
+    assert len((await client.get(f"{base}/v1/snapshots")).json()) == 1
+
+
+def huge_body_app() -> QuartTrio:
+    """Claims and streams a 1 GB JSON body: must be cut off, not buffered."""
+    app = QuartTrio(__name__)
+
+    @app.get("/v1/snapshots")
+    async def huge() -> quart.Response:
+        async def body() -> Any:
+            yield b"["
+            for _ in range(1024):
+                yield b" " * (1024 * 1024)
+
+        response = quart.Response(body(), content_type="application/json")
+        response.headers["content-length"] = str(1024 * 1024 * 1024 + 1)
+        return response
+
+    return app
+
+
+async def test_file_targets_reread_every_scrape(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    a = await nursery.start(serve_app, Sidecar(body=[sidecar_info((full_name(100), 1))]).app())
+    b = await nursery.start(serve_app, Sidecar(body=[sidecar_info((full_name(200), 1))]).app())
+    listing = tmp_path / "targets.txt"
+    listing.write_text(f"# fleet\n{a[7:]}\n\n")
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "100ms",
+            "target_groups": [{"group": "g", "file_targets": {"path": "targets.txt"}}],
+        },
+    )
+    base = (await start_tracker(nursery, path))[0]
+
+    async def slots(expected: list[int]) -> bool:
+        got = [s["slot"] for s in (await client.get(f"{base}/v1/snapshots")).json()]
+        return got == expected
+
+    await wait_until(lambda: slots([100]))
+    listing.write_text(f'["{b[7:]}"]')
+    await wait_until(lambda: slots([200]))
+
+
+async def test_credentials_go_to_own_group_only(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    secret = Sidecar(body=[])
+    other = Sidecar(body=[])
+    validator = Validator(full=full_name(5), incremental=incr_name(5, 6))
+    seen: list[dict[str, str]] = []
+    v_app = validator.app()
+
+    @v_app.before_request
+    async def record() -> None:
+        seen.append({k.lower(): v for k, v in quart.request.headers.items()})
+
+    s_up = await nursery.start(serve_app, secret.app())
+    o_up = await nursery.start(serve_app, other.app())
+    v_up = await nursery.start(serve_app, v_app)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "100ms",
+            "target_groups": [
+                {
+                    "group": "a",
+                    "bearer_auth": {"token_file": "token"},
+                    "static_targets": {"targets": [s_up[7:]]},
+                    "http_targets": {"targets": [v_up]},
+                },
+                {
+                    "group": "b",
+                    "basic_auth": {"username": "u", "password": "p"},
+                    "static_targets": {"targets": [o_up[7:]]},
+                },
+            ],
+        },
+    )
+    await start_tracker(nursery, path)
+
+    async def scraped() -> bool:
+        return bool(secret.requests and other.requests and seen)
+
+    await wait_until(scraped)
+    assert secret.requests[0][2].get("authorization") == "Bearer s3cret"
+    assert seen[0].get("authorization") == "Bearer s3cret"
+    assert other.requests[0][2].get("authorization") == "Basic dTpw"
+    del client
