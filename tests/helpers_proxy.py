@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import AsyncIterator, Callable
@@ -60,6 +61,34 @@ def incremental_name(base: int, slot: int, ext: str = ".tar.zst") -> str:
     return f"incremental-snapshot-{base}-{slot}-{archive_hash(slot * 7 + base)}{ext}"
 
 
+def sidecar_listing(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """A sidecar's ``/v1/snapshots`` answer for ``files`` (each incremental with its full)."""
+    described = {}
+    for name, data in files.items():
+        parsed = parse_archive_name(name)
+        assert parsed is not None, name
+        entry: dict[str, Any] = {"file_name": name, "slot": parsed.slot, "hash": parsed.hash}
+        entry.update({"ext": parsed.ext, "size": len(data)})
+        if parsed.base_slot:
+            entry["base_slot"] = parsed.base_slot
+        described[name] = (parsed, entry)
+    fulls = {p.slot: e for p, e in described.values() if p.is_full}
+    infos = []
+    for parsed, entry in described.values():
+        chain = [entry] if parsed.is_full else [entry, fulls[parsed.base_slot]]
+        base = parsed.slot if parsed.is_full else parsed.base_slot
+        infos.append(
+            {
+                "slot": parsed.slot,
+                "base_slot": base,
+                "hash": parsed.hash,
+                "files": chain,
+                "size": sum(f["size"] for f in chain),
+            }
+        )
+    return infos
+
+
 def archive_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -103,6 +132,8 @@ class FakeUpstream:
     seen: list[Seen] = attrs.Factory(list)
     base: str = ""
     chunk: int = 64 * 1024
+    #: When set, ``GET /v1/snapshots`` answers this JSON (a sidecar's listing).
+    listing: list[dict[str, Any]] | None = None
 
     def url(self, name: str) -> str:
         return f"{self.base}/files/{name}"
@@ -143,7 +174,24 @@ class FakeUpstream:
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         seen = Seen(req.method.decode(), req.target.decode(), headers)
         self.seen.append(seen)
-        name = seen.target.split("?")[0].rsplit("/", 1)[-1]
+        path = seen.target.split("?")[0]
+        if self.listing is not None and path.endswith("/v1/snapshots"):
+            body = json.dumps(self.listing).encode()
+            await _send(
+                conn,
+                stream,
+                h11.Response(
+                    status_code=200,
+                    headers=[
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                    ],
+                ),
+            )
+            await _send(conn, stream, h11.Data(data=body))
+            await _send(conn, stream, h11.EndOfMessage())
+            return True
+        name = path.rsplit("/", 1)[-1]
         how = self.behaviour.get(name, Behaviour())
         data = self.files.get(name)
         if how.redirect_to is not None:
@@ -202,7 +250,7 @@ class FakeUpstream:
         try:
             while seen.body_sent < limit:
                 if how.pause_at is not None and seen.body_sent >= how.pause_at:
-                    await how.resume.wait()
+                    await _pause(stream, how.resume)
                 end = min(limit, seen.body_sent + self.chunk)
                 if how.pause_at is not None and seen.body_sent < how.pause_at:
                     end = min(end, how.pause_at)
@@ -218,6 +266,29 @@ class FakeUpstream:
             return False  # a fault: close without finishing the message
         await _send(conn, stream, h11.EndOfMessage())
         return True
+
+
+async def _pause(stream: trio.SocketStream, resume: trio.Event) -> None:
+    """Wait for ``resume``; a peer closing the connection meanwhile ends the wait with
+    BrokenResourceError (a paused server still notices its client leaving)."""
+    closed = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal closed
+            try:
+                data = await stream.receive_some(1)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                closed = True
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await resume.wait()
+        nursery.cancel_scope.cancel()
+    if closed:
+        raise trio.BrokenResourceError("peer closed the connection")
 
 
 def _plan(headers: dict[str, str], size: int) -> tuple[int, int, int, list[tuple[str, str]]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import trio
+from helpers_process import start_serve
 
 import tracker
 
@@ -57,31 +57,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert bad_flag.returncode == 2 and "--listen" in bad_flag.stderr
 
 
-async def start_serve(*args: str) -> tuple[trio.Process, str]:
-    """Start ``serve`` with ``args``; return the process and its public base URL."""
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tracker", "serve", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    assert proc.stderr is not None
-    buffer = b""
-    with trio.fail_after(20):
-        while not (m := re.search(rb"addresses\W{1,4}(http://[0-9.:]+)", buffer)):
-            chunk = await proc.stderr.receive_some(4096)
-            assert chunk, buffer.decode()
-            buffer += chunk
-    return proc, m[1].decode()
-
-
-async def stop(proc: trio.Process) -> int:
-    proc.send_signal(signal.SIGTERM)
-    with trio.fail_after(20):
-        return await proc.wait()
-
-
 async def test_quickstart_serves_the_example_ledger() -> None:
-    proc, base = await start_serve(
+    serve = await start_serve(
         "--config",
         str(EXAMPLES / "local.yml"),
         "--listen",
@@ -89,6 +66,7 @@ async def test_quickstart_serves_the_example_ledger() -> None:
         "--internal-listen",
         "127.0.0.1:0",
     )
+    base = serve.base
     try:
         async with httpx.AsyncClient(follow_redirects=True, trust_env=False) as client:
 
@@ -106,11 +84,11 @@ async def test_quickstart_serves_the_example_ledger() -> None:
             incr = await client.get(f"{base}/incremental-snapshot.tar.bz2")
             assert incr.url.path.startswith("/incremental-snapshot-1000-1200-")
     finally:
-        assert await stop(proc) == 0
+        assert await serve.stop() == 0
 
 
 async def test_sigint_stops_cleanly(tmp_path: Path) -> None:
-    proc, base = await start_serve(
+    serve = await start_serve(
         "--config",
         str(EXAMPLES / "local.yml"),
         "--listen",
@@ -121,10 +99,8 @@ async def test_sigint_stops_cleanly(tmp_path: Path) -> None:
         "json",
     )
     async with httpx.AsyncClient(trust_env=False) as client:
-        assert (await client.get(f"{base}/v1/best_snapshots")).status_code == 200
-    proc.send_signal(signal.SIGINT)
-    with trio.fail_after(20):
-        assert await proc.wait() == 0
+        assert (await client.get(f"{serve.base}/v1/best_snapshots")).status_code == 200
+    assert await serve.stop(signal.SIGINT) == 0
 
 
 def test_port_in_use_exits_1(tmp_path: Path) -> None:

@@ -63,9 +63,17 @@ def source_json(source: SnapshotSource, base: str | None) -> dict[str, Any]:
     return out
 
 
-def create_app(deps: ApiDeps) -> QuartTrio:
-    """The public Quart app. Every route reads the live config through ``deps.config``."""
+def create_app(
+    deps: ApiDeps, *, on_response: Callable[[str, int], None] | None = None
+) -> QuartTrio:
+    """The public Quart app. Every route reads the live config through ``deps.config``.
+
+    ``on_response(route, status)`` is called for every answer (metrics); ``route`` is the
+    route's pattern, never the raw path, so that the number of series stays bounded.
+    """
     app = QuartTrio(__name__)
+    if on_response is not None:
+        _count_responses(app, on_response)
     # Downloads last hours; stalled clients are bounded at the socket level instead.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -74,6 +82,14 @@ def create_app(deps: ApiDeps) -> QuartTrio:
     _register_redirects(app, deps)
     _register_archives(app, deps)
     return app
+
+
+def _count_responses(app: QuartTrio, on_response: Callable[[str, int], None]) -> None:
+    @app.after_request
+    async def count(response: quart.Response) -> quart.Response:
+        rule = quart.request.url_rule
+        on_response(rule.rule if rule is not None else "unmatched", response.status_code)
+        return response
 
 
 def _is_json_route() -> bool:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Container, Mapping, Sequence
 
 from tracker.errors import ConfigError
 
@@ -153,3 +154,57 @@ def hypercorn_bind(sock: socket.socket) -> str:
 
 def _is_tcp(sock: socket.socket) -> bool:
     return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+
+
+def abort_connections(
+    local_ports: set[int], spare: Container[tuple[str, int]] = frozenset()
+) -> int:
+    """Shut down every connected TCP socket of this process on one of ``local_ports``.
+
+    Connections whose peer address is in ``spare`` are left alone (requests in flight).
+
+    The last step of a graceful stop: hypercorn sends response bytes in a shielded scope, so a
+    client that stopped reading (its kernel still acknowledging, its window zero) would hold
+    the process forever — no cancellation reaches that send. ``shutdown()`` on the socket does:
+    the blocked send fails and the transfer ends. Returns how many connections were shut down.
+    """
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        sock = _borrow_socket(int(name))
+        if sock is None:
+            continue
+        with sock:  # closes the duplicate only; shutdown() acts on the shared connection
+            try:
+                if _is_our_connection(sock, local_ports, spare):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    count += 1
+            except OSError:
+                continue  # gone meanwhile
+    return count
+
+
+def _borrow_socket(fd: int) -> socket.socket | None:
+    """A socket object on a duplicate of ``fd``, or None when ``fd`` is not a socket."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        dup = os.dup(fd)
+    except OSError:
+        return None  # closed meanwhile (the listdir descriptor, typically)
+    try:
+        return socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None
+
+
+def _is_our_connection(
+    sock: socket.socket, local_ports: set[int], spare: Container[tuple[str, int]]
+) -> bool:
+    if not _is_tcp(sock) or sock.getsockname()[1] not in local_ports:
+        return False
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return False  # a listening socket, not a connection
+    return (peer[0], peer[1]) not in spare

@@ -22,6 +22,7 @@ from tracker.clients import auth_headers, build_client
 from tracker.config import Config, TargetGroup
 from tracker.errors import ProbeError
 from tracker.index import Index, TargetKey
+from tracker.logs import log_event
 from tracker.snapshots import SnapshotInfo
 from tracker.sources.consul import discover_consul
 from tracker.sources.http import probe_http
@@ -131,7 +132,7 @@ class Scraper:
         try:
             self._file_hosts[path] = read_target_file(path)
         except ProbeError as exc:
-            log.warning("file_targets_unreadable path=%s error=%s", path, exc)
+            log_event(log, "warning", "file_targets_unreadable", path=path, error=str(exc))
         return self._file_hosts.get(path, [])
 
     async def _consul_targets(self, group: TargetGroup) -> list[str]:
@@ -149,7 +150,8 @@ class Scraper:
                     filter=sd.filter,
                 )
         except (ProbeError, trio.TooSlowError) as exc:
-            log.warning("consul_discovery_failed group=%s error=%s", group.group, exc or "timeout")
+            reason = str(exc) or "timed out"
+            log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)
         return self._file_hosts.get(key, [])
 
     def _retire(self, current: list[Target]) -> None:
@@ -210,7 +212,8 @@ class Scraper:
         health.failures += 1
         if health.failures >= self.config.max_target_failures:
             self.index.drop(health.target.key)
-        log.info("probe_failed target=%s error=%s", health.target.key.target, reason)
+        key = health.target.key
+        log_event(log, "info", "probe_failed", group=key.group, target=key.target, error=reason)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Scrape forever, a round every ``scrape_interval``; ready once the first round started.

@@ -24,6 +24,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tracker.activity import ActiveRequests
 from tracker.api import ApiDeps, create_app
 from tracker.config import Config, parse_address
 from tracker.delivery import Delivery
@@ -31,12 +32,22 @@ from tracker.errors import ConfigError
 from tracker.health import HealthChecker
 from tracker.index import Index
 from tracker.internal_api import create_internal_app
-from tracker.listeners import BACKLOG, INTERNAL, PUBLIC, bind_socket, hypercorn_bind, listen_fds
+from tracker.listeners import (
+    BACKLOG,
+    INTERNAL,
+    PUBLIC,
+    abort_connections,
+    bind_socket,
+    hypercorn_bind,
+    listen_fds,
+)
 from tracker.logs import log_event
 from tracker.metrics import Metrics
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.reporting import ScrapeReporter
 from tracker.scrape import Scraper
+from tracker.streamer import ProxyStreamer
+from tracker.transfers import Transfers
 
 log = logging.getLogger("tracker.service")
 Reload = Callable[[], Awaitable[None]]
@@ -106,9 +117,12 @@ async def run_tracker(
     scraper.on_round = reporter.round_done
     sockets = open_listeners(config, environ)
     async with httpx.AsyncClient(trust_env=False) as rpc_client:
-        delivery = Delivery(tracker.current, tracker.index)
+        transfers = Transfers()
+        streamer = ProxyStreamer(tracker.current, tracker.index, transfers, metrics=tracker.metrics)
+        delivery = Delivery(tracker.current, tracker.index, streamer=streamer)
         health = HealthChecker(tracker.current, tracker.index, rpc_client)
-        app = create_app(ApiDeps(tracker.current, tracker.index, scraper, delivery, health))
+        deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)
+        app = create_app(deps, on_response=tracker.metrics.count_request)
 
         async def reload() -> None:
             new = reload_config()
@@ -116,32 +130,71 @@ async def run_tracker(
             scraper.update_config(new)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
 
-        apps = {PUBLIC: app, INTERNAL: create_internal_app(reload, tracker.metrics.render)}
+        internal = create_internal_app(reload, tracker.metrics.render)
+        active = ActiveRequests(app)
+        apps = {PUBLIC: active, INTERNAL: ActiveRequests(internal)}
         try:
-            async with trio.open_nursery() as nursery:
-                addresses = []
-                for role, sock in sockets.items():
-                    cfg = hypercorn_config(sock, config.shutdown_grace)
-                    serve_one = partial(serve, apps[role], cfg, shutdown_trigger=tracker.stop.wait)
-                    addresses += await nursery.start(serve_one)
-                background = await nursery.start(
-                    _background, scraper, tracker, reload, notifier, environ
-                )
-                notifier.ready()
-                log_event(log, "info", "listening", addresses=",".join(addresses))
-                task_status.started(addresses)
-                await tracker.stop.wait()
-                notifier.stopping()
-                grace = tracker.config.shutdown_grace
-                log_event(log, "info", "stopping", grace_seconds=grace)
-                background.cancel()
-                # Listeners drain for up to `grace`; past that (plus a margin) nothing may
-                # hold the process, not even a client that stopped reading.
-                nursery.cancel_scope.deadline = trio.current_time() + grace + 2
+            async with trio.open_nursery() as guard:
+                async with trio.open_nursery() as nursery:
+                    # Proxied streams run here: they outlive their requests (SPEC §8).
+                    await nursery.start(transfers.run)
+                    streamer.cache()  # start-up: leftover temp files go before any request
+                    addresses = []
+                    for role, sock in sockets.items():
+                        cfg = hypercorn_config(sock, config.shutdown_grace)
+                        run = partial(serve, apps[role], cfg, shutdown_trigger=tracker.stop.wait)
+                        addresses += await nursery.start(run)
+                    background = await nursery.start(
+                        _background, scraper, tracker, reload, notifier, environ
+                    )
+                    notifier.ready()
+                    log_event(log, "info", "listening", addresses=",".join(addresses))
+                    task_status.started(addresses)
+                    await tracker.stop.wait()
+                    notifier.stopping()
+                    grace = tracker.config.shutdown_grace
+                    log_event(log, "info", "stopping", grace_seconds=grace)
+                    background.cancel()
+                    transfers.close(grace)
+                    # The listeners drain for up to `grace` (hypercorn's graceful timeout);
+                    # the guard then ends what a stalled client still holds.
+                    ports = {port_of(a) for a in addresses}
+                    guard.start_soon(_enforce_grace, grace, ports, apps, nursery.cancel_scope)
+                guard.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await scraper.aclose()
+                await streamer.aclose()
     log_event(log, "info", "stopped")
+
+
+def port_of(address: str) -> int:
+    """The port of a bound address as hypercorn reports it (``http://host:port``)."""
+    return int(address.rsplit(":", 1)[1])
+
+
+async def _enforce_grace(
+    grace: float,
+    ports: set[int],
+    apps: dict[str, ActiveRequests],
+    servers: trio.CancelScope,
+) -> None:
+    """Close idle connections during the grace period; past it, every connection left.
+
+    hypercorn keeps idle keep-alive connections for its whole graceful timeout, so they are
+    shut down here as soon as they have no request in flight. It also sends in a shielded
+    scope, so a client that stopped reading is immune to the cancellation of that timeout;
+    shutting its socket down is not. Cancelled as soon as the listeners have drained.
+    """
+    deadline = trio.current_time() + grace
+    while trio.current_time() < deadline:
+        busy = set().union(*(a.peers() for a in apps.values()))
+        abort_connections(ports, spare=busy)
+        await trio.sleep(0.1)
+    aborted = abort_connections(ports)
+    log_event(log, "warning", "connections_aborted", count=aborted, grace_seconds=grace)
+    await trio.sleep(2)
+    servers.cancel()
 
 
 async def _background(

@@ -216,14 +216,21 @@ def _with_refresh(job: StreamJob, cache: Cache, group: str, name: str) -> Stream
 
 
 def _cache_path(cache: Cache, group: str, name: str) -> str | None:
-    """The validated cache path; None for a configured group whose name cannot be a cache
-    directory (such as ``..``): that group is proxied uncached. A bad name is a 404."""
+    """The validated cache path of a request; None when this file cannot be cached here.
+
+    A name that is not a canonical archive name is a 404. A configured group whose name
+    cannot be a directory (such as ``..``), or a path leading out of the cache directory
+    through a symlink planted in it, makes the file streamed uncached: nothing outside the
+    cache directory is touched.
+    """
+    parsed = parse_archive_name(name)
+    if parsed is None or parsed.file_name != name:
+        raise RequestError(404, "not a snapshot archive name")
     try:
-        cache.group_dir(group)
-    except RequestError:
-        log.warning("cache_group_unusable group=%r: proxied uncached", group)
+        return cache.path_for(group, name)
+    except RequestError as exc:
+        log.warning("cache_path_refused group=%r file=%s reason=%s", group, name, exc.reason)
         return None
-    return cache.path_for(group, name)
 
 
 def _has_forwarded_headers(request: quart.Request) -> bool:

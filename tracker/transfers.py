@@ -25,8 +25,8 @@ server aborts the connection: a client never gets a silently short 200.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal
 
@@ -114,7 +114,15 @@ class _Flow:
 
     draining: trio.Event = attrs.field(factory=trio.Event)
     complete: bool = False
+    promoted: bool = False
     error: str | None = None
+    #: Cancelled when the client leaves early, if nothing else needs the upstream bytes.
+    on_leave: trio.CancelScope | None = None
+
+    def client_left(self) -> None:
+        """The response body was left (end, error or client gone)."""
+        if not self.complete and self.on_leave is not None:
+            self.on_leave.cancel()
 
 
 class ChannelBody(ResponseBody):
@@ -152,6 +160,7 @@ class ChannelBody(ResponseBody):
         tb: TracebackType | None,
     ) -> None:
         self._receive.close()
+        self._flow.client_left()
         try:
             if self._chunks is not None:
                 with trio.CancelScope(shield=True):
@@ -295,10 +304,20 @@ async def _move(
 ) -> bool:
     """Copy the body; True when the refresh was promoted. Failures are recorded in ``flow``
     (and logged), never raised; Cancelled (the service stopping) is re-raised."""
+    # Without a refresh that outlives its client, a client leaving stops the pump at once,
+    # even while it waits for a stalled upstream.
+    leave = trio.CancelScope()
+    if refresh is None or not job.keep_on_disconnect:
+        flow.on_leave = leave
     try:
-        return await _copy(job, answer, send, flow, length, refresh)
+        with leave:
+            await _copy(job, answer, send, flow, length, refresh)
+        if leave.cancelled_caught:
+            flow.error = "client went away"
+        return flow.promoted
     except trio.Cancelled:
         flow.error = "the tracker is stopping"
+        log.warning("stream_stopped url=%s reason=%s", answer.url, flow.error)
         raise
     except (UpstreamError, CacheError) as exc:
         flow.error = str(exc)
@@ -308,7 +327,7 @@ async def _move(
         log.exception("stream_failed url=%s", answer.url)
         flow.error = f"internal error: {type(exc).__name__}"
     log.warning("stream_failed url=%s reason=%s", answer.url, flow.error)
-    return False
+    return flow.promoted
 
 
 async def _copy(
@@ -318,12 +337,15 @@ async def _copy(
     flow: _Flow,
     length: int,
     refresh: Refresh | None,
-) -> bool:
+) -> None:
+    # The client gets each chunk once the next one (or the end) arrived: its last chunk
+    # waits until the upstream's end was checked and the refresh promoted, so a client that
+    # got every byte can rely on the next request being a cache hit.
     keep = refresh is not None and job.keep_on_disconnect
     client = True
     received = 0
-    # aclosing: leaving the loop early must close httpx's generators now, not at collection.
-    async with aclosing(answer.response.aiter_raw()) as chunks:
+    pending: bytes | None = None
+    async with _body_chunks(answer.response) as chunks:
         async for chunk in chunks:
             received += len(chunk)
             if received > length:
@@ -331,19 +353,54 @@ async def _copy(
             job.events.upstream_bytes(len(chunk))
             if refresh is not None:
                 await refresh.write(chunk)
-            if client:
-                client = await _deliver(send, chunk, flow, job.settings.drain_start_timeout)
+            if client and pending is not None:
+                client = await _deliver(send, pending, flow, job.settings.drain_start_timeout)
+            pending = chunk
             if not client and not keep:
                 flow.error = "client went away"
-                return False
+                return
     if received != length:
         raise UpstreamError(f"upstream ended after {received} of {length} bytes")
+    flow.promoted = await _commit(answer, refresh)
+    if client and pending is not None:
+        await _deliver(send, pending, flow, job.settings.drain_start_timeout)
     flow.complete = True
-    send.close()  # the client has every byte: let it finish before the cache work
+
+
+async def _commit(answer: UpstreamAnswer, refresh: Refresh | None) -> bool:
+    """Promote a complete refresh; a failure here costs the cache, never the client."""
     if refresh is None:
         return False
     mtime = parse_http_date(answer.response.headers.get("last-modified"))
-    return await refresh.commit(None if mtime is None else float(mtime))
+    try:
+        return await refresh.commit(None if mtime is None else float(mtime))
+    except CacheError as exc:
+        log.warning("cache_commit_failed file=%s reason=%s", refresh.name, exc)
+        return False
+
+
+@asynccontextmanager
+async def _body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
+    """``response.aiter_raw()``, unwound properly however the caller leaves it.
+
+    httpx and httpcore read a body through nested async generators that ``aclose()`` of the
+    outer one does not reach (encode/httpx#3686); left suspended, they are collected later
+    and trio warns. A read that is cancelled unwinds all of them through their own
+    ``except``/``finally`` clauses (httpcore then closes the connection), so leaving early
+    pulls once more under a cancelled scope: buffered data may come first (at most one
+    socket read), the first real read ends it.
+    """
+    chunks = response.aiter_raw()
+    try:
+        yield chunks
+    finally:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                while True:
+                    await chunks.__anext__()
+            except (StopAsyncIteration, httpx.HTTPError):
+                pass  # the generators ended, by exception or at the end of the body
 
 
 async def _deliver(

@@ -1,0 +1,82 @@
+"""Run ``snapshot-tracker serve`` as a real subprocess, the way an operator or systemd does."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import trio
+
+ADDRESS_RE = re.compile(rb"addresses\W{1,4}(http://[0-9.:]+)(?:,(http://[0-9.:]+))?")
+
+
+class Serve:
+    """A running ``serve`` process; ``base`` and ``internal`` are its listeners' URLs."""
+
+    def __init__(self, proc: trio.Process, log_path: str, base: str, internal: str | None):
+        self.proc = proc
+        self.log_path = log_path
+        self.base = base
+        self.internal = internal
+
+    @property
+    def log(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """Kill the process if it still runs (test teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        self.proc.send_signal(sig)
+        with trio.fail_after(timeout):
+            return await self.proc.wait()
+
+
+RUNNING: list[Serve] = []
+
+
+async def start_serve(
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    knock: tuple[str, int] | None = None,
+) -> Serve:
+    """Start ``serve`` with ``args``; returns once it logged its listening addresses.
+
+    ``knock``: an address to connect to once first (``systemd-socket-activate`` starts the
+    program when the first connection arrives).
+
+    stderr goes to a file, not a pipe: a pipe nobody reads would fill up and block the
+    daemon's logging.
+    """
+    command = [*prefix, sys.executable, "-m", "tracker", "serve", *args]
+    log = tempfile.NamedTemporaryFile(prefix="tracker-log-", delete=False)  # noqa: SIM115
+    proc = await trio.lowlevel.open_process(
+        command, stderr=log, stdout=subprocess.DEVNULL, env=env
+    )
+    log.close()
+    serve = Serve(proc, log.name, "", None)
+    RUNNING.append(serve)
+    if knock is not None:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*knock)
+        await stream.aclose()
+    with trio.fail_after(20):
+        while True:
+            with open(log.name, "rb") as f:
+                m = ADDRESS_RE.search(f.read())
+            if m:
+                break
+            assert proc.poll() is None, open(log.name).read()
+            await trio.sleep(0.02)
+    serve.base, serve.internal = m[1].decode(), m[2].decode() if m[2] else None
+    return serve

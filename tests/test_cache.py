@@ -1,0 +1,495 @@
+"""The disk cache of proxy mode (SPEC §8), end to end: real hypercorn tracker, real upstreams.
+
+Each test runs a :class:`FakeUpstream` and a tracker whose cache directory is a fresh
+``tmp_path``; the index is fed by the test. Faults come from the upstream (drops, statuses,
+short bodies, rate limits) and from the disk (a small tmpfs when this machine lets us mount
+one, else an injected writer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    full_name,
+    incremental_name,
+    make_config,
+    raw_request,
+    running_tracker,
+    sha256,
+    wait_for,
+)
+
+from tracker.cache import Cache
+
+FULL = full_name(5000)
+INCR = incremental_name(5000, 5100)
+FULL_DATA = archive_bytes(4 * MiB, seed=10)
+INCR_DATA = archive_bytes(1 * MiB, seed=11)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    up = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        yield up
+        nursery.cancel_scope.cancel()
+
+
+def advertise_pair(t: TrackerUnderTest, up: FakeUpstream) -> None:
+    advertise(
+        t.index,
+        up.base,
+        [(FULL, up.url(FULL), len(FULL_DATA)), (INCR, up.url(INCR), len(INCR_DATA))],
+    )
+
+
+@pytest.fixture
+async def tracker(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[TrackerUnderTest]:
+    async with running_tracker(make_config(tmp_path / "cache")) as t:
+        advertise_pair(t, upstream)
+        yield t
+
+
+async def get(url: str, **kwargs: object) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=20) as client:
+        return await client.get(url, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_first_get_fills_the_cache_then_no_upstream_requests(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    first = await get(tracker.url(FULL))
+    assert first.status_code == 200
+    assert sha256(first.content) == sha256(FULL_DATA)
+    assert tracker.cached() == [FULL]
+    assert sha256((tracker.group_dir() / FULL).read_bytes()) == sha256(FULL_DATA)
+    assert tracker.outcome("refresh_ok") == 1
+    requests = len(upstream.seen)
+
+    second = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
+    head = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}", method="HEAD")
+    assert second.status == 200
+    assert sha256(second.body) == sha256(FULL_DATA)
+    assert second.header("content-length") == str(len(FULL_DATA))
+    assert second.header("transfer-encoding") is None
+    assert second.header("accept-ranges") == "bytes"
+    assert second.header("etag") is not None
+    # The upstream's Last-Modified survives into the cache.
+    assert second.header("last-modified") == first.headers["last-modified"]
+    assert head.status == 200
+    assert head.body == b""
+    assert head.header("content-length") == str(len(FULL_DATA))
+    assert len(upstream.seen) == requests
+    assert tracker.outcome("cache_hit") == 2
+    assert tracker.counter("snapshot_tracker_served_bytes_total", source="cache") == len(FULL_DATA)
+    assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(FULL_DATA)
+
+
+async def test_ranges_and_conditionals_on_a_cached_file(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    await get(tracker.url(INCR))
+    assert tracker.cached() == [INCR]
+    requests = len(upstream.seen)
+    size = len(INCR_DATA)
+    url = tracker.url(INCR)
+    first = await get(url, headers={"range": "bytes=0-99"})
+    assert (first.status_code, first.content) == (206, INCR_DATA[:100])
+    assert first.headers["content-range"] == f"bytes 0-99/{size}"
+    suffix = await get(url, headers={"range": "bytes=-100"})
+    assert (suffix.status_code, suffix.content) == (206, INCR_DATA[-100:])
+    past = await get(url, headers={"range": f"bytes={size}-"})
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{size}"
+    multi = await get(url, headers={"range": "bytes=0-9,20-29"})
+    # Several ranges: the whole file (RFC 9110 allows ignoring Range; see tracker.ranges).
+    assert multi.status_code == 200
+    assert sha256(multi.content) == sha256(INCR_DATA)
+    etag = multi.headers["etag"]
+    same = await get(url, headers={"if-none-match": etag})
+    assert same.status_code == 304
+    assert same.content == b""
+    assert len(upstream.seen) == requests
+
+
+async def test_head_range_and_other_files_on_a_miss_are_not_cached(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    old = full_name(4000)
+    upstream.files[old] = archive_bytes(1 * MiB, seed=12)
+    advertise(tracker.index, "old-node", [(old, upstream.url(old), MiB)], age=5)
+    head = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}", method="HEAD")
+    assert head.header("content-length") == str(len(FULL_DATA))
+    part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
+    assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
+    other = await get(tracker.url(old))  # not the best full: proxied, never cached
+    assert sha256(other.content) == sha256(upstream.files[old])
+    assert [s.method for s in upstream.seen] == ["HEAD", "GET", "GET"]
+    assert tracker.cached() == []
+    assert tracker.outcome("cache_miss") == 3
+    assert tracker.outcome("refresh_ok") == 0
+
+
+async def test_one_refresher_while_concurrent_clients_stream_uncached(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(rate=8 * MiB)  # 4 MiB: about half a second
+    results: list[bytes] = []
+
+    async def fetch() -> None:
+        results.append((await get(tracker.url(FULL))).content)
+
+    cache = tracker.streamer.cache()
+    assert cache is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch)
+        await wait_for(lambda: cache.is_refreshing(GROUP, FULL))
+        for _ in range(3):
+            nursery.start_soon(fetch)
+    assert [sha256(r) for r in results] == [sha256(FULL_DATA)] * 4
+    assert len(upstream.gets(FULL)) == 4
+    assert tracker.cached() == [FULL]
+    assert tracker.outcome("refresh_ok") == 1
+    assert tracker.counter("snapshot_tracker_active_streams") == 0
+
+
+def sent(up: FakeUpstream, name: str) -> int:
+    """Body bytes the upstream sent for its first GET of ``name`` (-1: none yet)."""
+    gets = up.gets(name)
+    return gets[0].body_sent if gets else -1
+
+
+def assert_nothing_promoted(t: TrackerUnderTest) -> None:
+    assert t.cached() == []  # neither the archive nor a temp file
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [Behaviour(drop_after=1 * MiB), Behaviour(short_by=1)],
+    ids=["drop-mid-body", "200-shorter-than-content-length"],
+)
+async def test_broken_refresh_promotes_nothing_and_breaks_the_client(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+) -> None:
+    upstream.behaviour[FULL] = behaviour
+    wire = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
+    assert wire.status == 200
+    assert len(wire.body) < len(FULL_DATA)
+    assert wire.closed
+    await wait_for(lambda: tracker.outcome("refresh_failed") == 1)
+    assert_nothing_promoted(tracker)
+
+
+@pytest.mark.parametrize("status", [500, 404])
+async def test_refresh_against_an_error_status_is_a_502(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, status: int
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(status=status)
+    response = await get(tracker.url(FULL))
+    assert response.status_code == 502
+    assert f"HTTP {status}" in response.text
+    assert tracker.outcome("refresh_failed") == 1
+    assert_nothing_promoted(tracker)
+    # Nothing is stuck: the next request refreshes again once the upstream is back.
+    del upstream.behaviour[FULL]
+    response = await get(tracker.url(FULL))
+    assert sha256(response.content) == sha256(FULL_DATA)
+    assert tracker.cached() == [FULL]
+
+
+async def test_refresher_client_leaving_at_ten_percent_still_promotes(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(rate=16 * MiB)
+    wire = await raw_request(
+        tracker.base, f"/v1/{FULL}?group={GROUP}", read_limit=len(FULL_DATA) // 10
+    )
+    assert len(wire.body) < len(FULL_DATA)
+    await wait_for(lambda: tracker.cached() == [FULL])
+    assert sha256((tracker.group_dir() / FULL).read_bytes()) == sha256(FULL_DATA)
+    assert tracker.outcome("refresh_ok") == 1
+
+
+async def test_without_complete_on_disconnect_a_leaving_client_ends_the_refresh(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(rate=16 * MiB)
+    config = make_config(tmp_path / "cache", cache_complete_on_disconnect=False)
+    async with running_tracker(config) as t:
+        advertise_pair(t, upstream)
+        await raw_request(t.base, f"/v1/{FULL}?group={GROUP}", read_limit=len(FULL_DATA) // 10)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert_nothing_promoted(t)
+        await wait_for(lambda: upstream.gets(FULL)[0].aborted)
+
+
+async def test_stopping_during_a_refresh_removes_the_temp_file(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(pause_at=2 * MiB)
+    async with trio.open_nursery() as nursery:
+        wires = []
+
+        async def fetch() -> None:
+            wires.append(await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}"))
+
+        nursery.start_soon(fetch)
+        await wait_for(lambda: any(n.startswith(".tmp-") for n in tracker.cached()))
+        await wait_for(lambda: sent(upstream, FULL) == 2 * MiB)
+        tracker.transfers.close(0)  # the service stopping, no grace left
+    assert_nothing_promoted(tracker)
+    [wire] = wires
+    assert wire.closed
+    assert len(wire.body) < len(FULL_DATA)
+    assert tracker.outcome("refresh_failed") == 1
+    response = await get(tracker.url(INCR))
+    assert response.status_code == 503
+
+
+async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    await get(tracker.url(FULL))
+    await get(tracker.url(INCR))
+    assert tracker.cached() == sorted([FULL, INCR])  # side by side
+    newer = full_name(6000)
+    newer_data = archive_bytes(2 * MiB, seed=13)
+    upstream.files[newer] = newer_data
+    advertise(tracker.index, "new-node", [(newer, upstream.url(newer), len(newer_data))])
+    # The old full is still cached and served while the new one is not.
+    hit = await get(tracker.url(FULL))
+    assert sha256(hit.content) == sha256(FULL_DATA)
+    response = await get(tracker.url(newer))
+    assert sha256(response.content) == sha256(newer_data)
+    assert tracker.cached() == sorted([newer, INCR])
+    assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(newer_data) + len(INCR_DATA)
+
+
+async def test_startup_removes_temp_files_and_serves_cached_archives(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    group_dir = tmp_path / "cache" / GROUP
+    group_dir.mkdir(parents=True)
+    (group_dir / f".tmp-{FULL}.dead").write_bytes(b"partial")
+    (group_dir / INCR).write_bytes(INCR_DATA)
+    async with running_tracker(make_config(tmp_path / "cache")) as t:
+        advertise_pair(t, upstream)
+        assert t.cached() == [INCR]
+        response = await get(t.url(INCR))
+        assert sha256(response.content) == sha256(INCR_DATA)
+        assert upstream.seen == []
+
+
+async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    root = tmp_path / "cache"
+    stale = full_name(4000)
+    (root / GROUP).mkdir(parents=True)
+    (root / GROUP / stale).write_bytes(b"old full")
+    (root / GROUP / INCR).write_bytes(INCR_DATA)
+
+    def factory(path: str) -> Cache:
+        return Cache(path, free_space=lambda _dir: 1 * MiB)
+
+    async with running_tracker(make_config(root), cache_factory=factory) as t:
+        advertise_pair(t, upstream)
+        response = await get(t.url(FULL))
+        assert sha256(response.content) == sha256(FULL_DATA)
+        assert t.outcome("refresh_no_space") == 1
+        # The stale full went first; the incremental (another kind) stayed.
+        assert t.cached() == [INCR]
+
+
+class FailingWriter:
+    """``os.write`` until ``limit`` bytes were written, then ENOSPC."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.written = 0
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.written + len(data) > self.limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return os.write(fd, data)
+
+
+async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_path: Path) -> None:
+    def factory(path: str) -> Cache:
+        return Cache(path, write=FailingWriter(1 * MiB))
+
+    async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
+        advertise_pair(t, upstream)
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(FULL_DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert_nothing_promoted(t)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[None]:
+    """Mount a tmpfs at ``path``, or skip the test when this machine does not allow it."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    root = tmp_path / "small"
+    upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
+    with tmpfs(root, "size=6m"):
+        async with running_tracker(make_config(root)) as t:
+            advertise_pair(t, upstream)
+            async with trio.open_nursery() as nursery:
+                wires = []
+
+                async def fetch() -> None:
+                    wires.append(await raw_request(t.base, f"/v1/{FULL}?group={GROUP}"))
+
+                nursery.start_soon(fetch)
+                await wait_for(lambda: sent(upstream, FULL) == 1 * MiB)
+                # Something else fills the disk after the free-space check passed.
+                with contextlib.suppress(OSError):
+                    (root / "filler").write_bytes(b"\0" * (6 * MiB))
+                upstream.behaviour[FULL].resume.set()
+            [wire] = wires
+            assert wire.closed and len(wire.body) < len(FULL_DATA)
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)
+            assert_nothing_promoted(t)
+
+
+async def test_read_only_cache_directory_streams_uncached(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    root = tmp_path / "ro"
+    with tmpfs(root, "ro,size=1m"):
+        async with running_tracker(make_config(root)) as t:
+            advertise_pair(t, upstream)
+            response = await get(t.url(FULL))
+            assert sha256(response.content) == sha256(FULL_DATA)
+            assert t.outcome("refresh_failed") == 1
+            assert t.cached() == []
+
+
+async def test_path_traversal_never_leaves_the_cache(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Nothing outside the cache directory is read: a canary next to it keeps its atime on a
+    strictatime tmpfs (when one can be mounted) and its bytes never reach a client."""
+    base = tmp_path / "fs"
+    strict = True
+    try:
+        with tmpfs(base, "strictatime,size=16m"):
+            await _traversal(upstream, base, strict)
+    except pytest.skip.Exception:
+        strict = False
+        await _traversal(upstream, base, strict)
+
+
+async def _traversal(upstream: FakeUpstream, base: Path, strict: bool) -> None:
+    canary_text = b"CANARY-must-never-be-served"
+    (base / "etc").mkdir(parents=True, exist_ok=True)
+    canary = base / "etc" / "passwd"
+    canary.write_bytes(canary_text)
+    (base / FULL).write_bytes(canary_text)  # what `group=..` would reach
+    (base / "cache").mkdir(exist_ok=True)
+    os.utime(canary, (1_000_000, 1_000_000))
+    os.utime(base / FULL, (1_000_000, 1_000_000))
+    async with running_tracker(make_config(base / "cache")) as t:
+        advertise_pair(t, upstream)
+        targets = [
+            "/v1/..%2f..%2fetc%2fpasswd",
+            "/v1/..%2F..%2Fetc%2Fpasswd?group=mainnet",
+            "/..%2f..%2fetc%2fpasswd",
+            f"/v1/{FULL}?group=../..",
+            f"/v1/{FULL}?group=..",
+            f"/v1/{FULL}?group=..%2f..",
+            f"/v1/{FULL}?group=mainnet%2f..",
+            f"/v1/{FULL}?group=mainnet%00",
+            f"/v1/{FULL}%00?group=mainnet",
+            f"/v1/..%2f{FULL}?group=mainnet",
+            f"/v1/%2e%2e%2f{FULL}",
+            "/v1/%00",
+            "/v1/snapshot.tar.bz2?group=../..",
+        ]
+        async with httpx.AsyncClient() as client:
+            for target in targets:
+                wire = await raw_request(t.base, target, idle=0.01)
+                assert wire.status in (400, 404), (target, wire.status)
+                assert canary_text not in wire.body
+            # A group that exists in the index of an unconfigured name is still refused.
+            response = await client.get(f"{t.base}/v1/{FULL}", params={"group": "../.."})
+            assert response.status_code in (400, 404)
+    assert upstream.seen == []
+    if strict:
+        assert os.stat(canary).st_atime == 1_000_000
+        assert os.stat(base / FULL).st_atime == 1_000_000
+
+
+async def test_symlinks_planted_in_the_cache_are_not_followed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    canary = b"CANARY-outside-the-cache"
+    (outside / FULL).write_bytes(canary)
+    (outside / INCR).write_bytes(canary)
+    root = tmp_path / "cache"
+    (root / GROUP).mkdir(parents=True)
+    (root / GROUP / FULL).symlink_to(outside / FULL)  # a file leading out
+    async with running_tracker(make_config(root)) as t:
+        advertise_pair(t, upstream)
+        full = await get(t.url(FULL))
+        assert sha256(full.content) == sha256(FULL_DATA)  # from upstream, uncached
+        assert (outside / FULL).read_bytes() == canary
+        (root / GROUP / FULL).unlink()
+        (root / GROUP).rmdir()
+        (root / GROUP).symlink_to(outside, target_is_directory=True)  # a group leading out
+        incr = await get(t.url(INCR))
+        assert sha256(incr.content) == sha256(INCR_DATA)
+        assert sorted(p.name for p in outside.iterdir()) == sorted([FULL, INCR])
+        assert (outside / INCR).read_bytes() == canary
+    assert len(upstream.gets()) == 2
+
+
+async def test_a_group_named_dot_dot_is_proxied_uncached(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    from tracker.config import TargetGroup
+
+    config = make_config(tmp_path / "cache" / "sub", target_groups=(TargetGroup(group=".."),))
+    async with running_tracker(config) as t:
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FULL_DATA))], group="..")
+        response = await get(f"{t.base}/v1/{FULL}", params={"group": ".."})
+        assert sha256(response.content) == sha256(FULL_DATA)
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sub"]
+        assert list((tmp_path / "cache" / "sub").iterdir()) == []

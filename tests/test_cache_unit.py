@@ -1,0 +1,194 @@
+"""tracker.cache on its own: name validation, the refresh life cycle, eviction, start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers_proxy import full_name, incremental_name
+
+from tracker.cache import TEMP_PREFIX, Cache
+from tracker.errors import CacheError, RequestError
+
+FULL = full_name(300)
+OLDER = full_name(200)
+NEWER = full_name(400)
+INCR = incremental_name(300, 350)
+
+
+def make_cache(root: Path, free: int = 10**12) -> Cache:
+    return Cache(str(root), free_space=lambda _path: free)
+
+
+@pytest.mark.parametrize(
+    ("group", "status"),
+    [
+        ("..", 400),
+        (".", 400),
+        (".hidden", 400),
+        ("a/b", 400),
+        ("a\0b", 400),
+        ("", 400),
+        ("../etc", 400),
+        ("x" * 200, 400),
+    ],
+)
+def test_bad_group_names_are_refused(tmp_path: Path, group: str, status: int) -> None:
+    with pytest.raises(RequestError) as caught:
+        make_cache(tmp_path).path_for(group, FULL)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../" + FULL,
+        FULL + "/..",
+        "passwd",
+        FULL.replace(".tar.zst", ".tar.zst\0"),
+        FULL.replace("snapshot-300", "snapshot-0300"),  # not canonical
+        TEMP_PREFIX + FULL,
+        "",
+    ],
+)
+def test_bad_file_names_are_404(tmp_path: Path, name: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        make_cache(tmp_path).path_for("mainnet", name)
+    assert caught.value.status == 404
+
+
+def test_valid_names_map_inside_the_root(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    assert cache.path_for("main-net_1.x", FULL) == str(tmp_path / "main-net_1.x" / FULL)
+
+
+def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "root" / "mainnet").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RequestError):
+        make_cache(tmp_path / "root").path_for("mainnet", FULL)
+
+
+def test_relative_root_is_refused() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        Cache("relative/cache")
+
+
+def test_startup_cleanup_removes_only_temp_files(tmp_path: Path) -> None:
+    group = tmp_path / "root" / "mainnet"
+    group.mkdir(parents=True)
+    (group / f"{TEMP_PREFIX}{FULL}.abcd").write_bytes(b"x")
+    (group / f"{TEMP_PREFIX}dir").mkdir()
+    (group / FULL).write_bytes(b"full")
+    (group / "notes.txt").write_bytes(b"keep")
+    sizes: list[int] = []
+    cache = Cache(str(tmp_path / "root"), on_size=sizes.append)
+    assert cache.startup_cleanup() == 1
+    assert sorted(p.name for p in group.iterdir()) == sorted(
+        [f"{TEMP_PREFIX}dir", FULL, "notes.txt"]
+    )
+    assert sizes == [4]
+
+
+def test_startup_creates_a_missing_root(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path / "a" / "b")
+    assert cache.startup_cleanup() == 0
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+async def test_one_refresher_per_file(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    first = cache.begin_refresh("mainnet", FULL)
+    assert first is not None
+    assert cache.begin_refresh("mainnet", FULL) is None
+    other = cache.begin_refresh("mainnet", INCR)
+    assert other is not None
+    assert cache.is_refreshing("mainnet", FULL)
+    first.abort()
+    first.abort()  # idempotent
+    assert not cache.is_refreshing("mainnet", FULL)
+    again = cache.begin_refresh("mainnet", FULL)
+    assert again is not None and again is not first
+    first.abort()  # a stale handle does not release the new refresher
+    assert cache.is_refreshing("mainnet", FULL)
+    again.abort()
+    other.abort()
+
+
+async def test_refresh_writes_commits_and_evicts_older_of_the_same_kind(tmp_path: Path) -> None:
+    group = tmp_path / "mainnet"
+    group.mkdir()
+    (group / OLDER).write_bytes(b"older full")
+    (group / INCR).write_bytes(b"incremental")
+    cache = make_cache(tmp_path)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(6)
+    [temp] = [p for p in group.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    await refresh.write(b"abc")
+    await refresh.write(b"def")
+    assert await refresh.commit(mtime=1_000_000.0)
+    assert sorted(p.name for p in group.iterdir()) == sorted([FULL, INCR])
+    assert (group / FULL).read_bytes() == b"abcdef"
+    assert os.stat(group / FULL).st_mtime == 1_000_000
+    assert not temp.exists()
+    assert not cache.is_refreshing("mainnet", FULL)
+    with pytest.raises(CacheError):
+        await refresh.commit()
+
+
+async def test_a_refresh_overtaken_by_a_newer_file_is_dropped(tmp_path: Path) -> None:
+    group = tmp_path / "mainnet"
+    group.mkdir()
+    (group / NEWER).write_bytes(b"newer full")
+    cache = make_cache(tmp_path)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"abc")
+    assert not await refresh.commit()
+    assert [p.name for p in group.iterdir()] == [NEWER]
+    assert not cache.is_refreshing("mainnet", FULL)
+
+
+async def test_abort_removes_the_temp_file(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"ab")
+    refresh.abort()
+    assert list((tmp_path / "mainnet").iterdir()) == []
+    with pytest.raises(CacheError):
+        await refresh.write(b"c")
+
+
+async def test_free_space_counts_other_running_refreshes(tmp_path: Path) -> None:
+    group = tmp_path / "mainnet"
+    group.mkdir()
+    (group / OLDER).write_bytes(b"older full")
+    cache = make_cache(tmp_path, free=100)
+    incr = cache.begin_refresh("mainnet", INCR)
+    assert incr is not None
+    assert await incr.open(60)  # 60 of the 100 free bytes are now promised
+    full = cache.begin_refresh("mainnet", FULL)
+    assert full is not None
+    assert not await full.open(50)
+    assert full.no_space
+    assert not cache.is_refreshing("mainnet", FULL)
+    # Stale files of the same kind went first; the running refresh is untouched.
+    assert sorted(p.name for p in group.iterdir() if not p.name.startswith(".")) == []
+    await incr.write(b"x" * 60)
+    assert await incr.commit()
+
+
+async def test_unwritable_cache_directory_is_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "mainnet").write_bytes(b"a file where the group directory should be")
+    cache = make_cache(tmp_path)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert not await refresh.open(3)
+    assert not refresh.no_space
+    assert not cache.is_refreshing("mainnet", FULL)

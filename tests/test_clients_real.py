@@ -1,0 +1,108 @@
+"""Real download tools against the tracker in proxy mode: curl -L, wget, aria2c.
+
+Each tool must end up with exactly the archive's bytes. A tool that is not installed skips
+its test with the reason (CI installs curl, wget and aria2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from helpers_proxy import (
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    full_name,
+    incremental_name,
+    make_config,
+    running_tracker,
+    sha256,
+)
+
+FULL = full_name(9000)
+INCR = incremental_name(9000, 9050)
+FULL_DATA = archive_bytes(4 * MiB, seed=20)
+INCR_DATA = archive_bytes(1 * MiB, seed=21)
+# No proxy from the environment may stand between the tools and 127.0.0.1.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    return path
+
+
+async def run(*args: str, cwd: Path) -> None:
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            list(args),
+            cwd=cwd,
+            env=CLEAN_ENV,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+
+
+@pytest.fixture
+async def tracker(tmp_path: Path) -> AsyncIterator[tuple[TrackerUnderTest, FakeUpstream]]:
+    up = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        async with running_tracker(make_config(tmp_path / "cache")) as t:
+            advertise(
+                t.index,
+                up.base,
+                [(FULL, up.url(FULL), len(FULL_DATA)), (INCR, up.url(INCR), len(INCR_DATA))],
+            )
+            yield t, up
+        nursery.cancel_scope.cancel()
+
+
+async def test_curl_follows_the_short_redirect(
+    tracker: tuple[TrackerUnderTest, FakeUpstream], tmp_path: Path
+) -> None:
+    t, _up = tracker
+    curl = tool("curl")
+    await run(curl, "-fsSL", "-o", "full", f"{t.base}/v1/snapshot.tar.bz2", cwd=tmp_path)
+    await run(curl, "-fsSL", "-o", "incr", f"{t.base}/incremental-snapshot.tar.bz2", cwd=tmp_path)
+    assert sha256((tmp_path / "full").read_bytes()) == sha256(FULL_DATA)
+    assert sha256((tmp_path / "incr").read_bytes()) == sha256(INCR_DATA)
+
+
+async def test_wget_keeps_the_archive_name(
+    tracker: tuple[TrackerUnderTest, FakeUpstream], tmp_path: Path
+) -> None:
+    t, _up = tracker
+    wget = tool("wget")
+    out = tmp_path / "wget"
+    out.mkdir()
+    await run(wget, "-q", "--trust-server-names", f"{t.base}/snapshot.tar.bz2", cwd=out)
+    assert [p.name for p in out.iterdir()] == [FULL]
+    assert sha256((out / FULL).read_bytes()) == sha256(FULL_DATA)
+
+
+async def test_aria2c_with_four_connections_on_a_cached_file(
+    tracker: tuple[TrackerUnderTest, FakeUpstream], tmp_path: Path
+) -> None:
+    t, up = tracker
+    aria2c = tool("aria2c")
+    curl = tool("curl")
+    await run(curl, "-fsS", "-o", "warm", t.url(FULL), cwd=tmp_path)  # fills the cache
+    assert t.cached() == [FULL]
+    requests = len(up.seen)
+    args = ["-q", "-x4", "-s4", "--min-split-size=1M", "--allow-overwrite=true"]
+    await run(aria2c, *args, "-d", str(tmp_path), "-o", "aria", t.url(FULL), cwd=tmp_path)
+    assert sha256((tmp_path / "aria").read_bytes()) == sha256(FULL_DATA)
+    assert len(up.seen) == requests  # every range came from the disk cache
+    assert t.outcome("cache_hit") >= 2  # several connections, each a ranged hit

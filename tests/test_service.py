@@ -1,0 +1,246 @@
+"""The daemon under an operator's hands: systemd notify, reload, graceful stop, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+from fakes import Sidecar, full_name, sidecar_info
+from helpers_process import start_serve
+from helpers_server import serve_app
+from helpers_tracker import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def write(path: Path, settings: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def local_config(tmp_path: Path, **extra: Any) -> Path:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir(exist_ok=True)
+    settings = {
+        "scrape_interval": "200ms",
+        "listen": "127.0.0.1:0",
+        "internal_listen": "127.0.0.1:0",
+        "target_groups": [{"group": "g", "local_targets": {"paths": ["ledger"]}}],
+        **extra,
+    }
+    return write(tmp_path / "config.yml", settings)
+
+
+def big_archive(tmp_path: Path, size: int) -> tuple[str, bytes]:
+    name = full_name(100)
+    data = os.urandom(size)
+    (tmp_path / "ledger" / name).write_bytes(data)
+    return name, data
+
+
+async def test_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
+    path = local_config(tmp_path)
+    sock_path = str(tmp_path / "notify.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await listener.bind(sock_path)
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"}
+    serve = await start_serve("--config", str(path), env=env)
+    messages: list[str] = []
+
+    async def received(wanted: str) -> None:
+        with trio.fail_after(10):
+            while not any(wanted in m for m in messages):
+                messages.append((await listener.recv(4096)).decode())
+
+    await received("READY=1")
+    await received("STATUS=")
+    before = sum("WATCHDOG=1" in m for m in messages)
+    await trio.sleep(0.5)  # pings every 100 ms
+    await received("WATCHDOG=1")
+    with trio.move_on_after(0.3):
+        while True:
+            messages.append((await listener.recv(4096)).decode())
+    assert sum("WATCHDOG=1" in m for m in messages) >= before + 3
+    status = next(m for m in messages if "STATUS=" in m)
+    assert "targets up" in status and "best full" in status
+    serve.proc.send_signal(signal.SIGTERM)
+    await received("STOPPING=1")
+    with trio.fail_after(10):
+        assert await serve.proc.wait() == 0
+    listener.close()
+
+
+async def test_sighup_adds_a_target_and_keeps_the_index(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    a = await nursery.start(serve_app, Sidecar(body=[sidecar_info((full_name(100), 1))]).app())
+    b = await nursery.start(serve_app, Sidecar(body=[sidecar_info((full_name(200), 1))]).app())
+    settings: dict[str, Any] = {
+        "scrape_interval": "30s",  # only the first round and reloads scrape in this test
+        "listen": "127.0.0.1:0",
+        "internal_listen": "127.0.0.1:0",
+        "target_groups": [{"group": "g", "static_targets": {"targets": [a[7:]]}}],
+    }
+    path = write(tmp_path / "config.yml", settings)
+    serve = await start_serve("--config", str(path))
+
+    async def slots(expected: set[int]) -> bool:
+        got = {s["slot"] for s in (await client.get(f"{serve.base}/v1/snapshots")).json()}
+        return got == expected
+
+    await wait_until(lambda: slots({100}))
+    settings["target_groups"][0]["static_targets"]["targets"].append(b[7:])
+    write(path, settings)
+    serve.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: slots({100, 200}))
+    # An invalid file is refused whole: the process keeps serving with the old config.
+    path.write_text("scrape_interval: nope\ntarget_groups: 7\n")
+    serve.proc.send_signal(signal.SIGHUP)
+    assert serve.internal is not None
+    refused = await client.post(f"{serve.internal}/reload")
+    assert refused.status_code == 400
+    assert "scrape_interval" in refused.text and "target_groups" in refused.text
+    assert await slots({100, 200})
+    # A valid file through POST /reload drops a target that is no longer configured.
+    settings["target_groups"][0]["static_targets"]["targets"] = [b[7:]]
+    write(path, settings)
+    assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+    await wait_until(lambda: slots({200}))
+    assert await serve.stop() == 0
+
+
+class SlowReader:
+    """A raw HTTP/1.1 client that reads a download at a set pace (or not at all)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.body = b""
+        self.head = b""
+
+    @classmethod
+    async def open(cls, base: str, path: str) -> SlowReader:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        await sock.connect((host, int(port)))
+        stream = trio.SocketStream(sock)
+        request = f"GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n"
+        await stream.send_all(request.encode())
+        return cls(stream)
+
+    async def read(self, rate: float, limit: int) -> None:
+        """Read at ``rate`` bytes/s until ``limit`` bytes of head+body or EOF."""
+        data = b""
+        while len(data) < limit:
+            chunk = await self.stream.receive_some(64 * 1024)
+            if not chunk:
+                break
+            data += chunk
+            await trio.sleep(len(chunk) / rate)
+        self.head, _, self.body = data.partition(b"\r\n\r\n")
+
+
+async def test_sigterm_lets_a_slow_download_finish(tmp_path: Path) -> None:
+    path = local_config(tmp_path, shutdown_grace="20s")
+    name, data = big_archive(tmp_path, 8 * 1024 * 1024)
+    serve = await start_serve("--config", str(path))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(
+            lambda: _listed(client, serve.base),
+        )
+    reader = await SlowReader.open(serve.base, f"/{name}")
+    async with trio.open_nursery() as nursery:
+        # ~2.5 s at 4 MB/s: SIGTERM arrives while it runs.
+        nursery.start_soon(reader.read, 4e6, len(data) + 1024)
+        await trio.sleep(0.5)
+        serve.proc.send_signal(signal.SIGTERM)
+    await reader.stream.aclose()
+    assert hashlib.sha256(reader.body).digest() == hashlib.sha256(data).digest()
+    with trio.fail_after(10):
+        assert await serve.proc.wait() == 0
+
+
+async def test_stalled_client_cannot_hold_exit_past_grace(tmp_path: Path) -> None:
+    path = local_config(tmp_path, shutdown_grace="1s")
+    name, _ = big_archive(tmp_path, 64 * 1024 * 1024)
+    serve = await start_serve("--config", str(path))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+    reader = await SlowReader.open(serve.base, f"/{name}")
+    await reader.stream.receive_some(1024)  # the download started; now stop reading
+    await trio.sleep(0.5)
+    start = trio.current_time()
+    serve.proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(15):
+        code = await serve.proc.wait()
+    elapsed = trio.current_time() - start
+    assert code == 0
+    assert elapsed < 1 + 4, f"exit took {elapsed:.1f}s with a 1 s grace"
+    await reader.stream.aclose()
+
+
+async def _listed(client: httpx.AsyncClient, base: str) -> bool:
+    return bool((await client.get(f"{base}/v1/snapshots")).json())
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
+)
+async def test_socket_activation(tmp_path: Path) -> None:
+    path = local_config(tmp_path)
+    name, data = big_archive(tmp_path, 1000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = await start_serve(
+        "--config",
+        str(path),
+        prefix=["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=public"],
+        knock=("127.0.0.1", port),
+    )
+    assert serve.base == f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+        assert (await client.get(f"{serve.base}/{name}")).content == data
+    assert await serve.stop() == 0
+
+
+async def test_metrics_move_with_traffic(tmp_path: Path) -> None:
+    path = local_config(tmp_path)
+    name, data = big_archive(tmp_path, 100_000)
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+
+    def sample(text: str, metric: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+        before = (await client.get(f"{serve.internal}/metrics")).text
+        assert (await client.get(f"{serve.base}/{name}")).content == data
+        await client.get(f"{serve.base}/v1/snapshots")
+        after = (await client.get(f"{serve.internal}/metrics")).text
+        assert (await client.get(f"{serve.internal}/healthz")).status_code == 200
+    bytes_metric = "snapshot_tracker_served_bytes_total"
+    assert sample(after, bytes_metric, source="local") - sample(
+        before, bytes_metric, source="local"
+    ) == len(data)
+    assert sample(after, "snapshot_tracker_best_full_slot", group="g") == 100
+    assert sample(after, "snapshot_tracker_targets_up", group="g") == 1
+    requests = "snapshot_tracker_http_requests_total"
+    assert sample(after, requests, route="/v1/snapshots", status="200") > sample(
+        before, requests, route="/v1/snapshots", status="200"
+    )
+    assert await serve.stop() == 0
