@@ -60,23 +60,28 @@ async def start_serve(
     """
     command = [*prefix, sys.executable, "-m", "tracker", "serve", *args]
     log = tempfile.NamedTemporaryFile(prefix="tracker-log-", delete=False)  # noqa: SIM115
-    proc = await trio.lowlevel.open_process(
-        command, stderr=log, stdout=subprocess.DEVNULL, env=env
-    )
+    proc = await trio.lowlevel.open_process(command, stderr=log, stdout=subprocess.DEVNULL, env=env)
     log.close()
     serve = Serve(proc, log.name, "", None)
     RUNNING.append(serve)
     if knock is not None:
-        with trio.fail_after(10):
-            stream = await trio.open_tcp_stream(*knock)
-        await stream.aclose()
+        await _knock(*knock)
     with trio.fail_after(20):
-        while True:
-            with open(log.name, "rb") as f:
-                m = ADDRESS_RE.search(f.read())
-            if m:
-                break
-            assert proc.poll() is None, open(log.name).read()
+        while not (m := ADDRESS_RE.search(serve.log.encode())):
+            assert proc.poll() is None, serve.log
             await trio.sleep(0.02)
     serve.base, serve.internal = m[1].decode(), m[2].decode() if m[2] else None
     return serve
+
+
+async def _knock(host: str, port: int) -> None:
+    """Connect once to ``host:port``, retrying while nothing listens there yet."""
+    with trio.fail_after(10):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return

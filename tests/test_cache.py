@@ -98,6 +98,7 @@ async def test_first_get_fills_the_cache_then_no_upstream_requests(
     assert head.header("content-length") == str(len(FULL_DATA))
     assert len(upstream.seen) == requests
     assert tracker.outcome("cache_hit") == 2
+    await wait_for(lambda: tracker.counter("snapshot_tracker_active_streams") == 0)
     assert tracker.counter("snapshot_tracker_served_bytes_total", source="cache") == len(FULL_DATA)
     assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(FULL_DATA)
 
@@ -167,7 +168,7 @@ async def test_one_refresher_while_concurrent_clients_stream_uncached(
     assert len(upstream.gets(FULL)) == 4
     assert tracker.cached() == [FULL]
     assert tracker.outcome("refresh_ok") == 1
-    assert tracker.counter("snapshot_tracker_active_streams") == 0
+    await wait_for(lambda: tracker.counter("snapshot_tracker_active_streams") == 0)
 
 
 def sent(up: FakeUpstream, name: str) -> int:
@@ -222,9 +223,9 @@ async def test_refresher_client_leaving_at_ten_percent_still_promotes(
         tracker.base, f"/v1/{FULL}?group={GROUP}", read_limit=len(FULL_DATA) // 10
     )
     assert len(wire.body) < len(FULL_DATA)
-    await wait_for(lambda: tracker.cached() == [FULL])
+    await wait_for(lambda: tracker.outcome("refresh_ok") == 1)
+    assert tracker.cached() == [FULL]
     assert sha256((tracker.group_dir() / FULL).read_bytes()) == sha256(FULL_DATA)
-    assert tracker.outcome("refresh_ok") == 1
 
 
 async def test_without_complete_on_disconnect_a_leaving_client_ends_the_refresh(
@@ -282,6 +283,26 @@ async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
     assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(newer_data) + len(INCR_DATA)
 
 
+async def test_a_refresh_that_stopped_being_the_best_is_not_promoted(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
+    async with trio.open_nursery() as nursery:
+        results: list[bytes] = []
+
+        async def fetch() -> None:
+            results.append((await get(tracker.url(FULL))).content)
+
+        nursery.start_soon(fetch)
+        await wait_for(lambda: sent(upstream, FULL) == 1 * MiB)
+        newer = full_name(6000)
+        advertise(tracker.index, "new-node", [(newer, upstream.url(newer), 10)])
+        upstream.behaviour[FULL].resume.set()
+    assert [sha256(r) for r in results] == [sha256(FULL_DATA)]  # the client is served ...
+    assert_nothing_promoted(tracker)  # ... but a stale archive does not enter the cache
+    assert tracker.outcome("refresh_failed") == 1
+
+
 async def test_startup_removes_temp_files_and_serves_cached_archives(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -306,8 +327,10 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
     (root / GROUP / stale).write_bytes(b"old full")
     (root / GROUP / INCR).write_bytes(INCR_DATA)
 
+    sizes: list[int] = []
+
     def factory(path: str) -> Cache:
-        return Cache(path, free_space=lambda _dir: 1 * MiB)
+        return Cache(path, free_space=lambda _dir: 1 * MiB, on_size=sizes.append)
 
     async with running_tracker(make_config(root), cache_factory=factory) as t:
         advertise_pair(t, upstream)
@@ -316,6 +339,7 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
         assert t.outcome("refresh_no_space") == 1
         # The stale full went first; the incremental (another kind) stayed.
         assert t.cached() == [INCR]
+        assert sizes[-1] == len(INCR_DATA)  # reported right after the eviction
 
 
 class FailingWriter:
@@ -387,11 +411,27 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
             assert_nothing_promoted(t)
 
 
+@contextlib.contextmanager
+def read_only_directory(path: Path) -> Iterator[None]:
+    """A directory nobody may write to: a read-only tmpfs for root (who ignores modes, and
+    skips when mounting is refused), mode 0555 for anyone else."""
+    if os.geteuid() == 0:
+        with tmpfs(path, "ro,size=1m"):
+            yield
+        return
+    path.mkdir(parents=True)
+    path.chmod(0o555)
+    try:
+        yield
+    finally:
+        path.chmod(0o755)
+
+
 async def test_read_only_cache_directory_streams_uncached(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     root = tmp_path / "ro"
-    with tmpfs(root, "ro,size=1m"):
+    with read_only_directory(root):
         async with running_tracker(make_config(root)) as t:
             advertise_pair(t, upstream)
             response = await get(t.url(FULL))

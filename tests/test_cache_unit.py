@@ -129,7 +129,9 @@ async def test_refresh_writes_commits_and_evicts_older_of_the_same_kind(tmp_path
     [temp] = [p for p in group.iterdir() if p.name.startswith(TEMP_PREFIX)]
     await refresh.write(b"abc")
     await refresh.write(b"def")
-    assert await refresh.commit(mtime=1_000_000.0)
+    assert cache.lookup("mainnet", FULL) is None
+    await refresh.commit(mtime=1_000_000.0)
+    assert cache.lookup("mainnet", FULL) == str(group / FULL)
     assert sorted(p.name for p in group.iterdir()) == sorted([FULL, INCR])
     assert (group / FULL).read_bytes() == b"abcdef"
     assert os.stat(group / FULL).st_mtime == 1_000_000
@@ -139,17 +141,21 @@ async def test_refresh_writes_commits_and_evicts_older_of_the_same_kind(tmp_path
         await refresh.commit()
 
 
-async def test_a_refresh_overtaken_by_a_newer_file_is_dropped(tmp_path: Path) -> None:
+async def test_commit_replaces_every_other_file_of_the_kind(tmp_path: Path) -> None:
+    """The caller promotes only the current best: whatever else of its kind is stale, even a
+    file with a higher slot (its sources are gone, or it would be the best)."""
     group = tmp_path / "mainnet"
     group.mkdir()
-    (group / NEWER).write_bytes(b"newer full")
+    (group / NEWER).write_bytes(b"newer full, no longer advertised")
+    (group / OLDER).write_bytes(b"older full")
+    (group / INCR).write_bytes(b"incremental")
     cache = make_cache(tmp_path)
     refresh = cache.begin_refresh("mainnet", FULL)
     assert refresh is not None
     assert await refresh.open(3)
     await refresh.write(b"abc")
-    assert not await refresh.commit()
-    assert [p.name for p in group.iterdir()] == [NEWER]
+    await refresh.commit()
+    assert sorted(p.name for p in group.iterdir()) == sorted([FULL, INCR])
     assert not cache.is_refreshing("mainnet", FULL)
 
 
@@ -181,7 +187,8 @@ async def test_free_space_counts_other_running_refreshes(tmp_path: Path) -> None
     # Stale files of the same kind went first; the running refresh is untouched.
     assert sorted(p.name for p in group.iterdir() if not p.name.startswith(".")) == []
     await incr.write(b"x" * 60)
-    assert await incr.commit()
+    await incr.commit()
+    assert cache.lookup("mainnet", INCR) is not None
 
 
 async def test_unwritable_cache_directory_is_not_a_crash(tmp_path: Path) -> None:

@@ -103,6 +103,18 @@ class Cache:
             raise RequestError(400, "path outside the cache directory")
         return real
 
+    def lookup(self, group: str, name: str) -> str | None:
+        """The path of archive ``name`` of ``group`` when it is cached, else None.
+
+        Validates like :meth:`path_for` (and raises the same RequestError).
+        """
+        path = self.path_for(group, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return path if stat.S_ISREG(st.st_mode) else None
+
     def is_refreshing(self, group: str, name: str) -> bool:
         """True while a refresh of ``name`` of ``group`` is running."""
         return (group, name) in self._refreshing
@@ -201,26 +213,30 @@ class Refresh:
         False. Cancellation aborts the refresh.
         """
         self.size = size
+        # Read here, not in the worker thread: the registry changes in trio's thread.
+        needed = size + self.cache._min_free + self.cache._reserved(self)
         try:
-            self._fd = await trio.to_thread.run_sync(self._prepare, size)
+            self._fd = await trio.to_thread.run_sync(self._prepare, needed)
         except BaseException:
             self.abort()
             raise
+        self.cache._report_size()  # stale files may have been evicted to make room
         if self._fd is None:
             self.abort()
             return False
         return True
 
-    def _prepare(self, size: int) -> int | None:
+    def _prepare(self, needed: int) -> int | None:
         directory = os.path.dirname(self.final)
+        free_space = self.cache._free_space
         try:
             os.makedirs(directory, exist_ok=True)
-            if not self._has_room(directory, size):
+            if free_space(directory) < needed:
                 _evict(directory, self.name, _kind_of(self.name))
-                if not self._has_room(directory, size):
+                if free_space(directory) < needed:
                     self.no_space = True
                     log.warning(
-                        "cache_no_space group=%s file=%s size=%d", self.group, self.name, size
+                        "cache_no_space group=%s file=%s size=%d", self.group, self.name, self.size
                     )
                     return None
             self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
@@ -232,10 +248,6 @@ class Refresh:
             )
             self.temp = ""
             return None
-
-    def _has_room(self, directory: str, size: int) -> bool:
-        available = self.cache._free_space(directory) - self.cache._reserved(self)
-        return available >= size + self.cache._min_free
 
     async def write(self, data: bytes) -> None:
         """Append ``data`` to the temp file (worker thread). Raises CacheError (disk full,
@@ -249,27 +261,26 @@ class Refresh:
             raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
         self.written += len(data)
 
-    async def commit(self, mtime: float | None = None) -> bool:
-        """Sync the temp file, rename it into place and remove older files of the same kind.
+    async def commit(self, mtime: float | None = None) -> None:
+        """Sync the temp file, rename it into place, then remove every other file of the same
+        group and kind (the caller promotes only the group's current best of that kind).
 
-        ``mtime`` (the upstream's Last-Modified) is set on the file when given. Returns False
-        when a newer file of the same group and kind was promoted meanwhile: this one is then
-        stale and removed instead. Raises CacheError on an I/O error (the refresh is aborted).
+        ``mtime`` (the upstream's Last-Modified) is set on the file when given. Raises
+        CacheError on an I/O error; the temp file is then removed and nothing promoted.
         """
         if self._fd is None or self._done:
             raise CacheError("refresh is not open")
         try:
-            promoted = await trio.to_thread.run_sync(self._promote, mtime)
+            await trio.to_thread.run_sync(self._promote, mtime)
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         finally:
-            # Promoted: only releases the refresh. Stale, failed or cancelled: also removes
-            # the temp file.
+            # Promoted: only releases the refresh. Failed or cancelled: also removes the
+            # temp file.
             self.abort()
             self.cache._report_size()
-        return promoted
 
-    def _promote(self, mtime: float | None) -> bool:
+    def _promote(self, mtime: float | None) -> None:
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
@@ -279,19 +290,14 @@ class Refresh:
         finally:
             os.close(fd)
         directory = os.path.dirname(self.final)
-        kind = _kind_of(self.name)
-        mine = _order(self.name)
-        if any(_order(other) > mine for other in _same_kind(directory, self.name, kind)):
-            return False  # a newer archive of this kind got here first: ours is stale
         os.replace(self.temp, self.final)
         self.temp, self._done = "", True
         try:
             _fsync_dir(directory)  # makes the rename durable; the file is in place either way
         except OSError as exc:
             log.warning("cache_dir_fsync_failed dir=%s error=%s", directory, exc)
-        _evict(directory, self.name, kind)
+        _evict(directory, self.name, _kind_of(self.name))
         log.info("cache_promoted group=%s file=%s size=%d", self.group, self.name, self.written)
-        return True
 
     def abort(self) -> None:
         """Close and remove the temp file and release the refresh. Idempotent, never raises."""
@@ -325,11 +331,6 @@ def _fsync_dir(directory: str) -> None:
 def _kind_of(name: str) -> bool:
     parsed = parse_archive_name(name)
     return parsed is not None and parsed.is_full
-
-
-def _order(name: str) -> tuple[int, int, int, bytes, str]:
-    parsed = parse_archive_name(name)
-    return parsed.order_key() if parsed is not None else (0, 0, 0, b"", "")
 
 
 def _parse_entry(entry: os.DirEntry[str]) -> ArchiveName | None:

@@ -274,7 +274,9 @@ async def open_upstream(
     without credentials: they are added here, for the source's own origin only). A source
     fails on a connection error, a timeout, a status that is not an answer (5xx, 404, ...)
     or too many redirects; the next is then tried. Raises :class:`UpstreamError` with a
-    one-line reason when every source failed. Cancellation propagates; nothing stays open.
+    one-line reason when every source failed; it numbers the sources instead of naming them
+    (clients of proxy mode are not told where the archives come from: the log says).
+    Cancellation propagates; nothing stays open.
     """
     reasons: list[str] = []
     for f, source in found:
@@ -283,8 +285,8 @@ async def open_upstream(
         try:
             response, url = await _ask_source(clients, group, f.url, method, headers)
         except _SourceFailed as exc:
-            log.info("upstream_failed url=%s reason=%s", f.url, exc)
-            reasons.append(f"{source.key.target}: {exc}")
+            log.warning("upstream_failed url=%s reason=%s", f.url, exc)
+            reasons.append(f"source {len(reasons) + 1}: {exc}")
             continue
         return UpstreamAnswer(response, url, f, source)
     if not reasons:

@@ -119,7 +119,12 @@ async def run_tracker(
     async with httpx.AsyncClient(trust_env=False) as rpc_client:
         transfers = Transfers()
         streamer = ProxyStreamer(tracker.current, tracker.index, transfers, metrics=tracker.metrics)
-        delivery = Delivery(tracker.current, tracker.index, streamer=streamer)
+        delivery = Delivery(
+            tracker.current,
+            tracker.index,
+            streamer=streamer,
+            on_local_bytes=partial(tracker.metrics.add_served_bytes, "local"),
+        )
         health = HealthChecker(tracker.current, tracker.index, rpc_client)
         deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)
         app = create_app(deps, on_response=tracker.metrics.count_request)

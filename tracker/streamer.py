@@ -23,6 +23,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+import attrs
 import quart
 from quart.wrappers.response import ResponseBody
 
@@ -121,7 +122,7 @@ class ProxyStreamer:
             self._count("cache_miss")
         job = self._job(config, target_group, request, name, found)
         if cache is not None and cache_path is not None and self._may_refresh(request, group, name):
-            job = _with_refresh(job, cache, group, name)
+            job = _with_refresh(job, cache, group, name, partial(self._is_best, group, name))
         return await self._stream(job)
 
     async def _from_cache(self, path: str, request: quart.Request) -> quart.Response | None:
@@ -143,6 +144,10 @@ class ProxyStreamer:
     def _may_refresh(self, request: quart.Request, group: str, name: str) -> bool:
         if request.method != "GET" or _has_forwarded_headers(request):
             return False
+        return self._is_best(group, name)
+
+    def _is_best(self, group: str, name: str) -> bool:
+        """True when ``name`` is the group's current best full or best incremental."""
         best = (self._index.best_full(group), self._index.best_incremental(group))
         return any(s is not None and s.info.files[0].bare_name == name for s in best)
 
@@ -200,19 +205,13 @@ class ProxyStreamer:
             self._metrics.count_outcome(outcome)
 
 
-def _with_refresh(job: StreamJob, cache: Cache, group: str, name: str) -> StreamJob:
+def _with_refresh(
+    job: StreamJob, cache: Cache, group: str, name: str, still_wanted: Callable[[], bool]
+) -> StreamJob:
     refresh = cache.begin_refresh(group, name)
     if refresh is None:
         return job  # a refresh of this file is running: stream uncached
-    return StreamJob(
-        open=job.open,
-        method=job.method,
-        known_size=job.known_size,
-        settings=job.settings,
-        events=job.events,
-        refresh=refresh,
-        keep_on_disconnect=job.keep_on_disconnect,
-    )
+    return attrs.evolve(job, refresh=refresh, still_wanted=still_wanted)
 
 
 def _cache_path(cache: Cache, group: str, name: str) -> str | None:

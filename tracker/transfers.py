@@ -114,10 +114,18 @@ class _Flow:
 
     draining: trio.Event = attrs.field(factory=trio.Event)
     complete: bool = False
-    promoted: bool = False
     error: str | None = None
     #: Cancelled when the client leaves early, if nothing else needs the upstream bytes.
     on_leave: trio.CancelScope | None = None
+    #: What the refresh (if any) came to; reported once, as soon as it is known.
+    outcome: RefreshOutcome = "refresh_failed"
+    reported: bool = False
+
+    def report(self, events: StreamEvents) -> None:
+        """Report the refresh outcome (first call only)."""
+        if not self.reported:
+            self.reported = True
+            events.refresh_outcome(self.outcome)
 
     def client_left(self) -> None:
         """The response body was left (end, error or client gone)."""
@@ -195,7 +203,8 @@ class StreamJob:
     ``open`` asks the sources (raising UpstreamError when none answers); ``known_size`` is
     the index's size of the file (0: unknown), used when a 200 comes without a length;
     ``refresh`` is set when this stream also fills the cache; ``keep_on_disconnect`` lets that
-    refresh finish after its client left.
+    refresh finish after its client left; ``still_wanted`` is asked once the refresh is
+    complete: a file that stopped being its group's best meanwhile is not promoted.
     """
 
     open: Callable[[], Awaitable[UpstreamAnswer]]
@@ -205,6 +214,7 @@ class StreamJob:
     events: StreamEvents = StreamEvents()
     refresh: Refresh | None = None
     keep_on_disconnect: bool = True
+    still_wanted: Callable[[], bool] = lambda: True
 
 
 def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:
@@ -225,7 +235,8 @@ def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Hea
     if length is None and status == 200 and known_size > 0:
         length = known_size
     if length is None:
-        raise UpstreamError(f"{answer.source.key.target}: answer without content-length")
+        log.warning("upstream_without_length url=%s status=%d", answer.url, status)
+        raise UpstreamError(f"the source answered {status} without content-length")
     headers["content-length"] = str(length)
     headers.setdefault("content-type", "application/octet-stream")
     body_length = length if method == "GET" and length > 0 else None
@@ -256,7 +267,7 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
     """
     answer: UpstreamAnswer | None = None
     refresh = job.refresh
-    outcome: RefreshOutcome = "refresh_failed"
+    flow = _Flow()
     try:
         answer = await job.open()
         head, length = plan_head(answer, job.method, job.known_size)
@@ -264,15 +275,12 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
             task_status.started(head)
             return
         if refresh is not None:
-            refresh, outcome = await _open_refresh(refresh, answer, length)
-        flow = _Flow()
+            refresh, flow.outcome = await _open_refresh(refresh, answer, length)
         send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
         body = ChannelBody(receive, length, flow, job.events)
         task_status.started(attrs.evolve(head, body=body))
         with send:
-            promoted = await _move(job, answer, send, flow, length, refresh)
-        if promoted:
-            outcome = "refresh_ok"
+            await _move(job, answer, send, flow, length, refresh)
     finally:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
@@ -280,7 +288,7 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
                 await answer.aclose()
         if job.refresh is not None:
             job.refresh.abort()  # no-op after a promotion
-            job.events.refresh_outcome(outcome)
+            flow.report(job.events)
 
 
 async def _open_refresh(
@@ -301,9 +309,9 @@ async def _move(
     flow: _Flow,
     length: int,
     refresh: Refresh | None,
-) -> bool:
-    """Copy the body; True when the refresh was promoted. Failures are recorded in ``flow``
-    (and logged), never raised; Cancelled (the service stopping) is re-raised."""
+) -> None:
+    """Copy the body. Failures are recorded in ``flow`` (and logged), never raised;
+    Cancelled (the service stopping) is re-raised."""
     # Without a refresh that outlives its client, a client leaving stops the pump at once,
     # even while it waits for a stalled upstream.
     leave = trio.CancelScope()
@@ -314,7 +322,7 @@ async def _move(
             await _copy(job, answer, send, flow, length, refresh)
         if leave.cancelled_caught:
             flow.error = "client went away"
-        return flow.promoted
+        return
     except trio.Cancelled:
         flow.error = "the tracker is stopping"
         log.warning("stream_stopped url=%s reason=%s", answer.url, flow.error)
@@ -327,7 +335,6 @@ async def _move(
         log.exception("stream_failed url=%s", answer.url)
         flow.error = f"internal error: {type(exc).__name__}"
     log.warning("stream_failed url=%s reason=%s", answer.url, flow.error)
-    return flow.promoted
 
 
 async def _copy(
@@ -361,22 +368,29 @@ async def _copy(
                 return
     if received != length:
         raise UpstreamError(f"upstream ended after {received} of {length} bytes")
-    flow.promoted = await _commit(answer, refresh)
+    if await _commit(job, answer, refresh):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)  # before the client's last chunk: it may ask again at once
     if client and pending is not None:
         await _deliver(send, pending, flow, job.settings.drain_start_timeout)
     flow.complete = True
 
 
-async def _commit(answer: UpstreamAnswer, refresh: Refresh | None) -> bool:
+async def _commit(job: StreamJob, answer: UpstreamAnswer, refresh: Refresh | None) -> bool:
     """Promote a complete refresh; a failure here costs the cache, never the client."""
     if refresh is None:
         return False
+    if not job.still_wanted():
+        log.info("cache_refresh_stale file=%s: no longer the best of its kind", refresh.name)
+        refresh.abort()
+        return False
     mtime = parse_http_date(answer.response.headers.get("last-modified"))
     try:
-        return await refresh.commit(None if mtime is None else float(mtime))
+        await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
         log.warning("cache_commit_failed file=%s reason=%s", refresh.name, exc)
         return False
+    return True
 
 
 @asynccontextmanager
