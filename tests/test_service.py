@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import httpx
 import pytest
 import trio
 import yaml
-from fakes import Sidecar, full_name, sidecar_info
+from fakes import Rpc, Sidecar, full_name, sidecar_info
 from helpers_process import start_serve
 from helpers_server import serve_app
 from helpers_tracker import wait_until
@@ -136,15 +137,16 @@ class SlowReader:
         await stream.send_all(request.encode())
         return cls(stream)
 
-    async def read(self, rate: float, limit: int) -> None:
-        """Read at ``rate`` bytes/s until ``limit`` bytes of head+body or EOF."""
+    async def read(self, rate: float, body_size: int) -> None:
+        """Read at ``rate`` bytes/s until the head and ``body_size`` body bytes, or EOF."""
         data = b""
-        while len(data) < limit:
-            chunk = await self.stream.receive_some(64 * 1024)
-            if not chunk:
-                break
-            data += chunk
-            await trio.sleep(len(chunk) / rate)
+        with trio.fail_after(30):
+            while len(data.partition(b"\r\n\r\n")[2]) < body_size:
+                chunk = await self.stream.receive_some(64 * 1024)
+                if not chunk:
+                    break
+                data += chunk
+                await trio.sleep(len(chunk) / rate)
         self.head, _, self.body = data.partition(b"\r\n\r\n")
 
 
@@ -159,7 +161,7 @@ async def test_sigterm_lets_a_slow_download_finish(tmp_path: Path) -> None:
     reader = await SlowReader.open(serve.base, f"/{name}")
     async with trio.open_nursery() as nursery:
         # ~2.5 s at 4 MB/s: SIGTERM arrives while it runs.
-        nursery.start_soon(reader.read, 4e6, len(data) + 1024)
+        nursery.start_soon(reader.read, 4e6, len(data))
         await trio.sleep(0.5)
         serve.proc.send_signal(signal.SIGTERM)
     await reader.stream.aclose()
@@ -213,8 +215,9 @@ async def test_socket_activation(tmp_path: Path) -> None:
     assert await serve.stop() == 0
 
 
-async def test_metrics_move_with_traffic(tmp_path: Path) -> None:
-    path = local_config(tmp_path)
+async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) -> None:
+    rpc_url = await nursery.start(serve_app, Rpc(slot=150).app())
+    path = local_config(tmp_path, rpc=rpc_url)
     name, data = big_archive(tmp_path, 100_000)
     serve = await start_serve("--config", str(path))
     assert serve.internal is not None
@@ -239,8 +242,66 @@ async def test_metrics_move_with_traffic(tmp_path: Path) -> None:
     ) == len(data)
     assert sample(after, "snapshot_tracker_best_full_slot", group="g") == 100
     assert sample(after, "snapshot_tracker_targets_up", group="g") == 1
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def age_published() -> bool:
+            text = (await client.get(f"{serve.internal}/metrics")).text
+            return sample(text, "snapshot_tracker_snapshot_age_slots", group="g") == 50
+
+        await wait_until(age_published)
     requests = "snapshot_tracker_http_requests_total"
     assert sample(after, requests, route="/v1/snapshots", status="200") > sample(
         before, requests, route="/v1/snapshots", status="200"
     )
+    assert await serve.stop() == 0
+
+
+async def test_download_logs_one_json_line_at_its_end(tmp_path: Path) -> None:
+    path = local_config(tmp_path)
+    name, data = big_archive(tmp_path, 300_000)
+    serve = await start_serve("--config", str(path), "--log-format", "json")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+        assert (await client.get(f"{serve.base}/{name}")).content == data
+        assert (await client.head(f"{serve.base}/{name}")).status_code == 200
+    # The client that goes away mid-way is logged too, with what it got.
+    reader = await SlowReader.open(serve.base, f"/{name}")
+    await reader.stream.receive_some(1000)
+    await reader.stream.aclose()
+
+    def downloads() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in serve.log.splitlines() if line.startswith("{")]
+        return [e for e in lines if e["event"] == "download"]
+
+    async def two_logged() -> bool:
+        return len(downloads()) == 2
+
+    await wait_until(two_logged)
+    done, gone = downloads()
+    assert done["outcome"] == "complete" and done["bytes"] == len(data)
+    assert done["file"] == name and done["group"] == "g" and done["status"] == 200
+    assert {"time", "level", "seconds"} <= set(done)
+    assert gone["outcome"] in ("client_gone", "error") and gone["bytes"] < len(data)
+    assert await serve.stop() == 0
+
+
+async def test_reload_keeps_a_running_download(tmp_path: Path) -> None:
+    path = local_config(tmp_path, shutdown_grace="20s")
+    name, data = big_archive(tmp_path, 8 * 1024 * 1024)
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+        reader = await SlowReader.open(serve.base, f"/{name}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.read, 4e6, len(data))  # ~2 s
+            await trio.sleep(0.5)
+            settings = yaml.safe_load(path.read_text())
+            settings["scrape_interval"] = "300ms"
+            write(path, settings)
+            assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+            serve.proc.send_signal(signal.SIGHUP)
+        await reader.stream.aclose()
+    assert hashlib.sha256(reader.body).digest() == hashlib.sha256(data).digest()
+    assert serve.log.count("config_reloaded") == 2
     assert await serve.stop() == 0

@@ -14,6 +14,12 @@ A refresh (one per file at a time, see :meth:`Cache.begin_refresh`) goes through
 ``abort`` is synchronous and idempotent, so it can sit in any ``finally``, under cancellation
 too. Blocking file work runs in worker threads that are not abandoned on cancellation: a
 descriptor is never closed while a thread still uses it.
+
+A refresh also exposes its progress to readers of the growing temp file (shared in-flight
+downloads, :mod:`tracker.sharing`): ``written`` bytes so far of ``size``,
+:meth:`Refresh.wait_progress` to sleep until that changes, and how it ended (``ended`` is set
+by ``abort``, which ends every refresh; ``verified`` tells that every byte arrived and was
+checked, promoted or not).
 """
 
 from __future__ import annotations
@@ -197,6 +203,12 @@ class Refresh:
         self.written = 0
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
+        #: Set (by :meth:`mark_verified`) once all ``size`` bytes are written and the upstream
+        #: body was checked complete; readers may then send every byte, promoted or not.
+        self.verified = False
+        #: Set when the refresh is over, whatever its end (by :meth:`abort`).
+        self.ended = trio.Event()
+        self._progress = trio.Event()
         self._fd: int | None = None
         self._done = False
 
@@ -204,6 +216,38 @@ class Refresh:
     def remaining(self) -> int:
         """Announced bytes not written yet."""
         return max(0, self.size - self.written)
+
+    @property
+    def failed(self) -> bool:
+        """True once the refresh ended without all of its bytes."""
+        return self.ended.is_set() and not self.verified
+
+    def readable(self) -> int:
+        """How many bytes from the start a reader of the temp file may send now.
+
+        Everything once the refresh ended verified; before that, what was written except the
+        last byte: a reader's last byte waits until the end is known, so that it never
+        completes a body the refresh then finds broken, and a client that got every byte can
+        rely on the next request being a cache hit (when the refresh was promoted).
+        """
+        if self.verified and self.ended.is_set():
+            return self.size
+        return min(self.written, max(0, self.size - 1))
+
+    async def wait_progress(self) -> None:
+        """Sleep until more bytes were written or the refresh ended (returns at once if it
+        has ended). Cancellation just ends the wait."""
+        if not self.ended.is_set():
+            await self._progress.wait()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def mark_verified(self) -> None:
+        """Record that all ``size`` bytes were written and the upstream body is complete."""
+        if self.written == self.size:
+            self.verified = True
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
@@ -260,6 +304,7 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
         self.written += len(data)
+        self._notify()
 
     async def commit(self, mtime: float | None = None) -> None:
         """Sync the temp file, rename it into place, then remove every other file of the same
@@ -300,7 +345,10 @@ class Refresh:
         log.info("cache_promoted group=%s file=%s size=%d", self.group, self.name, self.written)
 
     def abort(self) -> None:
-        """Close and remove the temp file and release the refresh. Idempotent, never raises."""
+        """Close and remove the temp file, release the refresh and mark it ended (readers
+        wake up). Idempotent, never raises. Readers that opened the temp file keep reading
+        their descriptor: after a promotion it is the cached file (a rename keeps the inode).
+        """
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -309,6 +357,8 @@ class Refresh:
             _unlink(self.temp)
             self.temp = ""
         self.cache._release(self)
+        self.ended.set()
+        self._notify()
 
 
 def _write_all(write: Writer, fd: int, data: bytes) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import quart
 
 from tracker.config import Config
+from tracker.downloads import log_download
 from tracker.errors import RequestError
 from tracker.fileresponse import file_response
 from tracker.index import Index, SnapshotSource
@@ -73,7 +74,15 @@ class Delivery:
         return f.url
 
     async def serve(self, request: quart.Request, group: str, name: str) -> quart.Response:
-        """Answer a concrete archive request. Raises RequestError(404) when nobody has it."""
+        """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
+
+        Every archive body logs one ``download`` line at its end (bytes, duration, outcome).
+        """
+        response = await self._answer(request, group, name)
+        log_download(response, request, group=group, file=name)
+        return response
+
+    async def _answer(self, request: quart.Request, group: str, name: str) -> quart.Response:
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")

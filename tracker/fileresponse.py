@@ -25,6 +25,7 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,6 +34,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 
+import outcome
 import trio
 from quart import Request, Response
 from quart.wrappers.response import ResponseBody
@@ -41,7 +43,7 @@ from tracker.errors import TrackerError
 from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast.
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 
 # Names put in a Content-Disposition header verbatim (no quoting needed); archive names fit.
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -100,22 +102,65 @@ class _PreadBody(ResponseBody):
             self._descriptor.close()
 
     async def _read_chunks(self) -> AsyncGenerator[bytes, None]:
-        fd = self._descriptor.fd
         position, end = self._offset, self._offset + self._length
+        # Read-ahead: the next chunk is read in a worker thread while the server sends the
+        # current one, so the two copies (page cache -> chunk, chunk -> socket) overlap.
+        ahead: _Read | None = _Read(
+            self._descriptor, min(self._chunk_size, end - position), position
+        )
         try:
-            while position < end:
-                size = min(self._chunk_size, end - position)
-                # Not abandonable on cancel (trio's default): the descriptor is closed only
-                # after the thread has finished reading from it.
-                chunk = await trio.to_thread.run_sync(os.pread, fd, size, position)
+            while ahead is not None:
+                chunk = await ahead.result()
                 if not chunk:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
                 position += len(chunk)
+                ahead = None
+                if position < end:
+                    size = min(self._chunk_size, end - position)
+                    ahead = _Read(self._descriptor, size, position)
                 yield chunk
                 if self._on_bytes is not None:
                     self._on_bytes(len(chunk))
         finally:
+            if ahead is not None:
+                # The descriptor is closed only after the thread has finished reading.
+                await ahead.settle()
             self._descriptor.close()
+
+
+class _Read:
+    """One ``os.pread`` running in a worker thread, started at once, awaited later.
+
+    Not trio.to_thread.run_sync: that waits in the calling task, and the point is to read
+    while the generator is suspended at ``yield``. The thread holds the _Descriptor, so its
+    finalizer cannot close the fd under a running read.
+    """
+
+    def __init__(self, descriptor: _Descriptor, size: int, position: int) -> None:
+        self._done = trio.Event()
+        self._outcome: outcome.Outcome[bytes] | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def read() -> bytes:
+            return os.pread(descriptor.fd, size, position)
+
+        def deliver(result: outcome.Outcome[bytes]) -> None:
+            self._outcome = result
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._done.set)
+
+        trio.lowlevel.start_thread_soon(read, deliver)
+
+    async def result(self) -> bytes:
+        """The bytes read; raises the read's OSError. On cancellation the read goes on."""
+        await self._done.wait()
+        assert self._outcome is not None
+        return self._outcome.unwrap()
+
+    async def settle(self) -> None:
+        """Wait (shielded) until the thread is done with the descriptor; discard the result."""
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
 
 
 def _open_and_stat(path: str) -> tuple[int, os.stat_result]:

@@ -12,6 +12,8 @@ What crosses the tracker in proxy mode is decided by two whitelists, in both dir
 usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
 (at most :attr:`ProxySettings.max_redirects`), and the group's credentials and TLS client
 settings are only used while the URL stays on the source's own origin.
+:func:`resume_upstream` asks for the rest of a file whose download broke, checking that the
+answer really is that rest (``206`` and the exact ``Content-Range``).
 
 Download clients read the socket in large pieces (DESIGN trap 5): httpcore asks its network
 stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s; :class:`BigReadBackend`
@@ -80,6 +82,9 @@ class ProxySettings:
     #: the client went away (DESIGN trap 4).
     drain_start_timeout: float = 30.0
     max_redirects: int = 3
+    #: Waits before each attempt to resume a broken cache refresh with a Range request; as
+    #: many attempts per break as there are delays (an attempt that brought bytes resets it).
+    resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
 
 
 # The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
@@ -339,3 +344,68 @@ async def _send(
         raise _SourceFailed(f"no answer within {limit:g}s") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _SourceFailed(transport_reason(exc)) from exc
+
+
+async def resume_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
+    first: UpstreamAnswer,
+    offset: int,
+    size: int,
+) -> UpstreamAnswer:
+    """Ask for bytes ``offset`` to ``size - 1`` of the file ``first`` answered (a 200 of
+    ``size`` bytes), with ``Range: bytes={offset}-``.
+
+    The source of ``first`` is asked first, with ``If-Range`` when it gave a strong ETag (the
+    file must not have changed there); then every other source in ``found`` advertising the
+    file under the same name and not another size (an ETag is per server, so none is sent
+    there). An answer counts only as ``206`` with ``Content-Range: bytes
+    {offset}-{size-1}/{size}``. Raises :class:`UpstreamError` when no source gives one.
+    Cancellation propagates; nothing stays open.
+    """
+    headers = {"range": f"bytes={offset}-"}
+    etag = first.response.headers.get("etag", "")
+    reasons: list[str] = []
+    for f, source in _resume_order(found, first, size):
+        same = f.url == first.file.url
+        extra = {"if-range": etag} if same and etag.startswith('"') else {}
+        try:
+            answer = await open_upstream(clients, group, [(f, source)], "GET", headers | extra)
+        except UpstreamError as exc:
+            reasons.append(str(exc))
+            continue
+        problem = resume_problem(answer.response, offset, size)
+        if problem is None:
+            return answer
+        await answer.aclose()
+        log.warning("upstream_resume_refused url=%s reason=%s", answer.url, problem)
+        reasons.append(problem)
+    raise UpstreamError(one_line("cannot resume: " + ("; ".join(reasons) or "no source")))
+
+
+def _resume_order(
+    found: Iterable[tuple[SnapshotFile, SnapshotSource]], first: UpstreamAnswer, size: int
+) -> list[tuple[SnapshotFile, SnapshotSource]]:
+    same = [(first.file, first.source)]
+    others = [
+        (f, s)
+        for f, s in found
+        if f.url and f.url != first.file.url and f.size in (0, size)  # 0: size not advertised
+    ]
+    return same + others
+
+
+def resume_problem(response: httpx.Response, offset: int, size: int) -> str | None:
+    """Why ``response`` is not bytes ``offset``..``size - 1`` of a ``size``-byte file; None
+    when it is."""
+    if response.status_code != 206:
+        return f"answered {response.status_code} to a range request, not 206"
+    expected = f"bytes {offset}-{size - 1}/{size}"
+    got = " ".join(response.headers.get("content-range", "").split())
+    if got.lower() != expected:
+        return f"content-range {quoted(got)} is not {quoted(expected)}"
+    length = response.headers.get("content-length")
+    if length is not None and length.strip() != str(size - offset):
+        return f"content-length {quoted(length)} does not match the range"
+    return None

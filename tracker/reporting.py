@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import trio
+
+from tracker.config import Config
+from tracker.health import HealthChecker, RpcError
 from tracker.index import Index
 from tracker.metrics import Metrics
 from tracker.notify import Notifier
@@ -53,3 +59,25 @@ def status_line(scraper: Scraper, index: Index) -> str:
         full = index.best_full(group.group)
         parts.append(f"{group.group}: best full {full.info.slot if full else 'none'}")
     return "; ".join(parts)
+
+
+async def track_snapshot_age(
+    health: HealthChecker, metrics: Metrics, config: Callable[[], Config]
+) -> None:
+    """Every scrape interval, publish each group's snapshot age in slots (when ``rpc`` answers).
+
+    Runs until cancelled. An RPC failure removes the series rather than keeping a stale age.
+    """
+    while True:
+        current = config()
+        slot: int | None = None
+        if current.rpc:
+            try:
+                slot = await health.current_slot()
+            except RpcError:
+                slot = None
+        for group in current.target_groups:
+            newest = health.newest_slot(group.group)
+            age = None if slot is None or newest is None else max(0, slot - newest)
+            metrics.set_snapshot_age(group.group, age)
+        await trio.sleep(current.scrape_interval)

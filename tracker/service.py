@@ -44,7 +44,7 @@ from tracker.listeners import (
 from tracker.logs import log_event
 from tracker.metrics import Metrics
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
-from tracker.reporting import ScrapeReporter
+from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.scrape import Scraper
 from tracker.streamer import ProxyStreamer
 from tracker.transfers import Transfers
@@ -149,8 +149,9 @@ async def run_tracker(
                         cfg = hypercorn_config(sock, config.shutdown_grace)
                         run = partial(serve, apps[role], cfg, shutdown_trigger=tracker.stop.wait)
                         addresses += await nursery.start(run)
+                    age = partial(track_snapshot_age, health, tracker.metrics, tracker.current)
                     background = await nursery.start(
-                        _background, scraper, tracker, reload, notifier, environ
+                        _background, scraper, tracker, reload, notifier, environ, age
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))
@@ -208,13 +209,16 @@ async def _background(
     reload: Reload,
     notifier: Notifier,
     environ: dict[str, str],
-    *,
+    *tasks: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """The tasks that end when the tracker stops: scrape loop, signals, watchdog, ``tasks``."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(scraper.run)
             nursery.start_soon(_signals, tracker, reload)
+            for task in tasks:
+                nursery.start_soon(task)
             interval = watchdog_interval(environ)
             if interval:
                 await nursery.start(run_watchdog, notifier, interval)

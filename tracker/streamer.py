@@ -13,6 +13,13 @@ concrete archive request it
 
 "Plain" GET: no ``Range``, ``If-Range`` or conditional header. A conditional or partial
 answer from upstream could not fill the cache, and the request is served uncached instead.
+
+With ``cache_share_inflight`` a refresh is *detached* (it writes the temp file at the
+upstream's pace, :mod:`tracker.transfers`) and every GET of the file while it runs, its
+starter's included and ``Range`` requests too, reads the growing temp file
+(:mod:`tracker.sharing`) instead of opening another upstream stream. :meth:`prefetch` starts
+such a refresh with no client at all (``cache_prefetch``, :mod:`tracker.prefetch`). A
+refresh's broken upstream body is resumed with a Range request (:mod:`tracker.resume`).
 """
 
 from __future__ import annotations
@@ -37,9 +44,12 @@ from tracker.proxy import (
     FORWARDED_REQUEST_HEADERS,
     DownloadClients,
     ProxySettings,
+    UpstreamAnswer,
     open_upstream,
+    resume_upstream,
     upstream_request_headers,
 )
+from tracker.sharing import ReaderEvents, SharedRefresh, join
 from tracker.snapshots import SnapshotFile, parse_archive_name
 from tracker.transfers import Head, StreamEvents, StreamJob, Transfers, pump
 
@@ -47,6 +57,8 @@ log = logging.getLogger("tracker.streamer")
 
 CacheFactory = Callable[[str], Cache]
 Found = list[tuple[SnapshotFile, SnapshotSource]]
+#: A shared refresh's key: cache root, group, file name.
+SharedKey = tuple[str, str, str]
 
 
 class ProxyStreamer:
@@ -75,6 +87,7 @@ class ProxyStreamer:
         self._clients = DownloadClients(self.settings)
         self._cache_factory = cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
+        self._shared: dict[SharedKey, SharedRefresh] = {}
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
@@ -115,15 +128,57 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
         cache_path = _cache_path(cache, group, name) if cache is not None else None
+        sharing = config.cache_share_inflight
         if cache is not None and cache_path is not None:
             hit = await self._from_cache(cache_path, request)
             if hit is not None:
                 return hit
             self._count("cache_miss")
-        job = self._job(config, target_group, request, name, found)
-        if cache is not None and cache_path is not None and self._may_refresh(request, group, name):
+            if sharing:
+                shared = await self._shared_answer(config, target_group, cache, request, name)
+                if shared is not None:
+                    return shared
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._job(config, target_group, request.method, headers, name, found)
+        # With sharing on, a request that could not share a refresh is served uncached.
+        may_refresh = not sharing and self._may_refresh(request, group, name)
+        if cache is not None and cache_path is not None and may_refresh:
             job = _with_refresh(job, cache, group, name, partial(self._is_best, group, name))
         return await self._stream(job)
+
+    async def prefetch(self, group: str, name: str) -> bool:
+        """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
+
+        Does nothing (False) unless the file is its group's current best of its kind, is
+        not cached, has no refresh running and is advertised by a remote source only.
+        Otherwise runs a detached refresh (readers may join it with ``cache_share_inflight``)
+        and returns whether it was promoted. Never raises for upstream or cache failures
+        (they are logged). Cancellation (the service stopping) stops the refresh unless
+        clients are reading it, which then get the service's grace period.
+        """
+        config = self._config()
+        target_group = config.group_named(group)
+        cache = self.cache()
+        if cache is None or target_group is None or not self._is_best(group, name):
+            return False
+        found = self._index.find_file(group, name)
+        if not found or any(f.path for f, _ in found) or _cached(cache, group, name):
+            return False
+        started = await self._start_shared(
+            config, target_group, cache, name, keep=True, client=False
+        )
+        if not isinstance(started, SharedRefresh):
+            return False
+        log.info("cache_prefetch_started group=%s file=%s", group, name)
+        refresh = started.refresh
+        try:
+            await refresh.ended.wait()
+        except BaseException:
+            if started.readers == 0:
+                started.fail()
+                started.stop.cancel()  # nobody waits for this refresh
+            raise
+        return refresh.verified and not refresh.failed and _cached(cache, group, name)
 
     async def _from_cache(self, path: str, request: quart.Request) -> quart.Response | None:
         on_bytes = None
@@ -155,22 +210,31 @@ class ProxyStreamer:
         self,
         config: Config,
         group: TargetGroup,
-        request: quart.Request,
+        method: str,
+        headers: dict[str, str],
         name: str,
         found: Found,
     ) -> StreamJob:
-        headers = upstream_request_headers(request.headers.items(), None)
-        opener = partial(open_upstream, self._clients, group, found, request.method, headers)
+        opener = partial(open_upstream, self._clients, group, found, method, headers)
         return StreamJob(
             open=opener,
-            method=request.method,
+            method=method,
             known_size=found[0][0].size if found else 0,
             settings=self.settings,
             events=self._events(group.group, name),
             keep_on_disconnect=config.cache_complete_on_disconnect,
+            reopen=partial(self._reopen, group, name),
         )
 
-    async def _stream(self, job: StreamJob) -> quart.Response:
+    async def _reopen(
+        self, group: TargetGroup, name: str, first: UpstreamAnswer, offset: int, size: int
+    ) -> UpstreamAnswer:
+        """Resume a refresh: the rest of the file, from the sources advertising it now."""
+        found = self._index.find_file(group.group, name)
+        return await resume_upstream(self._clients, group, found, first, offset, size)
+
+    async def _start(self, job: StreamJob) -> Head | quart.Response:
+        """Start the pump; its Head, or the 502/503 answer when it could not start."""
         try:
             head: Head = await self._transfers.start(pump, job)
         except BaseException as exc:
@@ -184,8 +248,108 @@ class ProxyStreamer:
             self._count("upstream_failed")
             log.warning("proxy_failed reason=%s", exc)
             return _text(502, str(exc))
+        return head
+
+    async def _stream(self, job: StreamJob) -> quart.Response:
+        head = await self._start(job)
+        if isinstance(head, quart.Response):
+            return head
         self._count("proxy")
         return _response(head)
+
+    # -- shared refreshes ----------------------------------------------------------------
+
+    async def _shared_answer(
+        self,
+        config: Config,
+        group: TargetGroup,
+        cache: Cache,
+        request: quart.Request,
+        name: str,
+    ) -> quart.Response | None:
+        """Answer from a shared refresh of the file: join the running one, or start one for
+        a plain GET of the group's best. None: serve the request uncached."""
+        shared = self._running(cache, group.group, name)
+        joiner = shared is not None
+        if shared is None:
+            if not self._may_refresh(request, group.group, name):
+                return None
+            keep = config.cache_complete_on_disconnect
+            started = await self._start_shared(config, group, cache, name, keep=keep)
+            if not isinstance(started, SharedRefresh):
+                return started  # None (an unshared refresh runs), 502/503, or uncached
+            shared = started
+        elif not _may_join(request):
+            return None
+        response = await join(
+            shared, request.method, request.headers.get("range"), events=self._reader_events()
+        )
+        if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
+            path = _cache_path(cache, group.group, name)
+            response = await self._from_cache(path, request) if path is not None else None
+        if response is not None and joiner and self._metrics is not None:
+            self._metrics.count_shared_reader()
+        return response
+
+    def _running(self, cache: Cache, group: str, name: str) -> SharedRefresh | None:
+        """The shared refresh of a file still running (the registry drops ended ones)."""
+        for key in [k for k, s in self._shared.items() if s.refresh.ended.is_set()]:
+            del self._shared[key]
+        return self._shared.get((cache.root, group, name))
+
+    async def _start_shared(
+        self,
+        config: Config,
+        group: TargetGroup,
+        cache: Cache,
+        name: str,
+        *,
+        keep: bool,
+        client: bool = True,
+    ) -> SharedRefresh | quart.Response | None:
+        """Begin a detached refresh of ``name``; once it is open, the SharedRefresh.
+
+        None when a refresh of the file already runs, or (no ``client``) it could not open.
+        For a ``client``, a Response when the upstream failed (502/503) or the refresh could
+        not open (no room): the client is then streamed uncached.
+        """
+        refresh = cache.begin_refresh(group.group, name)
+        if refresh is None:
+            return None
+        found = self._index.find_file(group.group, name)
+        job = attrs.evolve(
+            self._job(config, group, "GET", {}, name, found),
+            refresh=refresh,
+            still_wanted=partial(self._is_best, group.group, name),
+            detached=True,
+            fallback=client,
+            keep_on_disconnect=keep,
+        )
+        shared = SharedRefresh(refresh, job.stop, keep=keep)
+        self._shared[(cache.root, group.group, name)] = shared
+        try:
+            head = await self._start(job)
+        except BaseException:
+            shared.fail()
+            raise
+        if isinstance(head, quart.Response) or head.refresh is None:
+            shared.fail()
+            if isinstance(head, quart.Response):
+                return head
+            self._count("proxy")
+            return _response(head) if head.body is not None else None
+        shared.announce(head.headers)
+        return shared
+
+    def _reader_events(self) -> ReaderEvents:
+        metrics = self._metrics
+        if metrics is None:
+            return ReaderEvents()
+        return ReaderEvents(
+            served_bytes=partial(metrics.add_served_bytes, "cache"),
+            stream_started=metrics.active_streams.inc,
+            stream_ended=metrics.active_streams.dec,
+        )
 
     def _events(self, group: str, name: str) -> StreamEvents:
         metrics = self._metrics
@@ -198,6 +362,7 @@ class ProxyStreamer:
             refresh_outcome=metrics.count_outcome,
             stream_started=metrics.active_streams.inc,
             stream_ended=metrics.active_streams.dec,
+            refresh_resumed=metrics.count_refresh_resume,
         )
 
     def _count(self, outcome: Outcome) -> None:
@@ -236,6 +401,21 @@ def _has_forwarded_headers(request: quart.Request) -> bool:
     return any(
         name.lower() in FORWARDED_REQUEST_HEADERS for name, _value in request.headers.items()
     )
+
+
+def _may_join(request: quart.Request) -> bool:
+    """A GET whose only forwarded header is ``Range`` may read a shared refresh."""
+    return request.method == "GET" and all(
+        name.lower() == "range" or name.lower() not in FORWARDED_REQUEST_HEADERS
+        for name, _value in request.headers.items()
+    )
+
+
+def _cached(cache: Cache, group: str, name: str) -> bool:
+    try:
+        return cache.lookup(group, name) is not None
+    except RequestError:
+        return True  # a name or group that cannot be cached: nothing to prefetch
 
 
 def _is_full(name: str) -> bool:

@@ -20,13 +20,20 @@ Memory is bounded: at most ``queue_chunks`` chunks of at most ``read_size`` byte
 channel; when the client reads slowly the pump blocks on the channel and stops reading the
 upstream socket (backpressure). Errors after the headers were sent make the body raise, so the
 server aborts the connection: a client never gets a silently short 200.
+
+A refresh resumes a broken upstream body with a Range request (:mod:`tracker.resume`); the
+client's stream goes on across it. A *detached* pump (``StreamJob.detached``: shared in-flight
+downloads and prefetch) sends no body: it writes the upstream bytes to the cache temp file at
+the upstream's pace and reports the refresh in its :class:`Head`; clients then read the temp
+file (:mod:`tracker.sharing`), each at its own pace, so no slow client slows the others.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
@@ -39,6 +46,7 @@ from tracker.cache import Refresh
 from tracker.errors import CacheError, UpstreamError
 from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.ranges import parse_http_date
+from tracker.resume import Reopen, UpstreamBody
 from tracker.sources.limits import transport_reason
 
 log = logging.getLogger("tracker.transfers")
@@ -60,6 +68,7 @@ class StreamEvents:
     refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
     stream_started: Callable[[], None] = _nothing
     stream_ended: Callable[[], None] = _nothing
+    refresh_resumed: Callable[[], None] = _nothing
 
 
 class Transfers:
@@ -72,6 +81,7 @@ class Transfers:
 
     def __init__(self) -> None:
         self._nursery: trio.Nursery | None = None
+        self._background: trio.Nursery | None = None
         self._stop = trio.Event()
         self._grace = 0.0
 
@@ -88,16 +98,32 @@ class Transfers:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._background = await nursery.start(_hold_nursery)
                 task_status.started()
                 await self._stop.wait()
+                self._background.cancel_scope.cancel()
                 nursery.cancel_scope.deadline = trio.current_time() + self._grace
         finally:
-            self._nursery = None
+            self._nursery = self._background = None
 
     def close(self, grace: float) -> None:
-        """Refuse new transfers; running ones get ``grace`` seconds to finish."""
+        """Refuse new transfers; running ones get ``grace`` seconds to finish, background
+        tasks (:meth:`spawn`) are cancelled at once."""
         self._grace = grace
         self._stop.set()
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
+
+    def spawn(self, task: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Run ``task(*args)`` in the background (prefetch); False when stopping.
+
+        The task must not raise (its errors would stop the transfers); it is cancelled as
+        soon as the service stops, without a grace period.
+        """
+        if self._background is None or self._stop.is_set():
+            return False
+        self._background.start_soon(task, *args)
+        return True
 
     async def start(self, pump: Callable[..., Awaitable[None]], *args: Any) -> Any:
         """``nursery.start(pump, *args)`` in the transfers nursery; returns what the pump
@@ -106,6 +132,12 @@ class Transfers:
         if self._nursery is None or self._stop.is_set():
             raise UpstreamError("the tracker is stopping")
         return await self._nursery.start(pump, *args)
+
+
+async def _hold_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 @attrs.define
@@ -194,6 +226,8 @@ class Head:
     status: int
     headers: dict[str, str]
     body: ChannelBody | None
+    #: A detached pump's refresh, open and being filled (clients read its temp file).
+    refresh: Refresh | None = None
 
 
 @attrs.frozen
@@ -205,6 +239,12 @@ class StreamJob:
     ``refresh`` is set when this stream also fills the cache; ``keep_on_disconnect`` lets that
     refresh finish after its client left; ``still_wanted`` is asked once the refresh is
     complete: a file that stopped being its group's best meanwhile is not promoted.
+
+    ``reopen`` resumes a refresh's broken upstream body (see :mod:`tracker.resume`). A
+    ``detached`` job writes the cache only (see the module doc) and runs inside ``stop``,
+    which its owner cancels when nobody needs the refresh any more; when the refresh cannot
+    be opened (no room) it streams to its requester as a plain job would if ``fallback``,
+    else it ends with a :class:`Head` without body or refresh.
     """
 
     open: Callable[[], Awaitable[UpstreamAnswer]]
@@ -215,6 +255,10 @@ class StreamJob:
     refresh: Refresh | None = None
     keep_on_disconnect: bool = True
     still_wanted: Callable[[], bool] = lambda: True
+    reopen: Reopen | None = None
+    detached: bool = False
+    fallback: bool = True
+    stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
 def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:
@@ -263,9 +307,11 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
     """Open the upstream, report the :class:`Head`, then move the body (see the module doc).
 
     Before ``started``: UpstreamError when no source answers usably; the refresh (if any) is
-    aborted. After: never raises except Cancelled; failures end the body in error.
+    aborted. After: never raises except Cancelled; failures end the body in error (or, for a
+    detached job, fail the refresh its readers follow).
     """
     answer: UpstreamAnswer | None = None
+    upstream: UpstreamBody | None = None
     refresh = job.refresh
     flow = _Flow()
     try:
@@ -276,19 +322,53 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
             return
         if refresh is not None:
             refresh, flow.outcome = await _open_refresh(refresh, answer, length)
+        upstream = _upstream_body(job, answer, length, resumable=refresh is not None)
+        if job.detached and (refresh is not None or not job.fallback):
+            task_status.started(attrs.evolve(head, refresh=refresh))
+            if refresh is not None:
+                fill = partial(_fill, job, upstream, refresh, flow)
+                await _guard(answer.url, flow, job.stop, fill, "no reader left")
+            return
         send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
         body = ChannelBody(receive, length, flow, job.events)
         task_status.started(attrs.evolve(head, body=body))
         with send:
-            await _move(job, answer, send, flow, length, refresh)
+            await _move(job, upstream, send, flow, refresh)
     finally:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-            if answer is not None:
-                await answer.aclose()
+            current = upstream.answer if upstream is not None else answer
+            if current is not None:
+                await current.aclose()
         if job.refresh is not None:
             job.refresh.abort()  # no-op after a promotion
             flow.report(job.events)
+            _log_refresh_end(job.refresh, upstream, flow)
+
+
+def _upstream_body(
+    job: StreamJob, answer: UpstreamAnswer, length: int, *, resumable: bool
+) -> UpstreamBody:
+    """The body to read; a refresh's resumes after a break (a plain stream's do not)."""
+    return UpstreamBody(
+        answer,
+        length,
+        reopen=job.reopen if resumable else None,
+        delays=job.settings.resume_delays,
+        on_resume=job.events.refresh_resumed,
+    )
+
+
+def _log_refresh_end(refresh: Refresh, upstream: UpstreamBody | None, flow: _Flow) -> None:
+    log.info(
+        "cache_refresh_ended group=%s file=%s outcome=%s size=%d upstream_bytes=%d resumes=%d",
+        refresh.group,
+        refresh.name,
+        flow.outcome,
+        refresh.size,
+        upstream.received if upstream is not None else 0,
+        upstream.resumes if upstream is not None else 0,
+    )
 
 
 async def _open_refresh(
@@ -302,47 +382,58 @@ async def _open_refresh(
     return None, "refresh_no_space" if refresh.no_space else "refresh_failed"
 
 
-async def _move(
-    job: StreamJob,
-    answer: UpstreamAnswer,
-    send: trio.MemorySendChannel[bytes],
+async def _guard(
+    url: str,
     flow: _Flow,
-    length: int,
-    refresh: Refresh | None,
+    scope: trio.CancelScope,
+    work: Callable[[], Awaitable[None]],
+    left: str,
 ) -> None:
-    """Copy the body. Failures are recorded in ``flow`` (and logged), never raised;
-    Cancelled (the service stopping) is re-raised."""
-    # Without a refresh that outlives its client, a client leaving stops the pump at once,
-    # even while it waits for a stalled upstream.
-    leave = trio.CancelScope()
-    if refresh is None or not job.keep_on_disconnect:
-        flow.on_leave = leave
+    """Run ``work`` inside ``scope``. Failures are recorded in ``flow`` (and logged), never
+    raised; ``scope`` being cancelled records ``left``; Cancelled from outside (the service
+    stopping) is re-raised."""
     try:
-        with leave:
-            await _copy(job, answer, send, flow, length, refresh)
-        if leave.cancelled_caught:
-            flow.error = "client went away"
+        with scope:
+            await work()
+        if scope.cancelled_caught:
+            flow.error = left
         return
     except trio.Cancelled:
         flow.error = "the tracker is stopping"
-        log.warning("stream_stopped url=%s reason=%s", answer.url, flow.error)
+        log.warning("stream_stopped url=%s reason=%s", url, flow.error)
         raise
     except (UpstreamError, CacheError) as exc:
         flow.error = str(exc)
     except httpx.HTTPError as exc:
         flow.error = f"upstream broke: {transport_reason(exc)}"
     except Exception as exc:  # a bug must not take the transfers nursery (the service) down
-        log.exception("stream_failed url=%s", answer.url)
+        log.exception("stream_failed url=%s", url)
         flow.error = f"internal error: {type(exc).__name__}"
-    log.warning("stream_failed url=%s reason=%s", answer.url, flow.error)
+    log.warning("stream_failed url=%s reason=%s", url, flow.error)
+
+
+async def _move(
+    job: StreamJob,
+    upstream: UpstreamBody,
+    send: trio.MemorySendChannel[bytes],
+    flow: _Flow,
+    refresh: Refresh | None,
+) -> None:
+    """Copy the body to the client (and the refresh); see :func:`_guard` for failures."""
+    # Without a refresh that outlives its client, a client leaving stops the pump at once,
+    # even while it waits for a stalled upstream.
+    leave = trio.CancelScope()
+    if refresh is None or not job.keep_on_disconnect:
+        flow.on_leave = leave
+    copy = partial(_copy, job, upstream, send, flow, refresh)
+    await _guard(upstream.first.url, flow, leave, copy, "client went away")
 
 
 async def _copy(
     job: StreamJob,
-    answer: UpstreamAnswer,
+    upstream: UpstreamBody,
     send: trio.MemorySendChannel[bytes],
     flow: _Flow,
-    length: int,
     refresh: Refresh | None,
 ) -> None:
     # The client gets each chunk once the next one (or the end) arrived: its last chunk
@@ -350,13 +441,9 @@ async def _copy(
     # got every byte can rely on the next request being a cache hit.
     keep = refresh is not None and job.keep_on_disconnect
     client = True
-    received = 0
     pending: bytes | None = None
-    async with _body_chunks(answer.response) as chunks:
+    async with aclosing(upstream.chunks()) as chunks:
         async for chunk in chunks:
-            received += len(chunk)
-            if received > length:
-                raise UpstreamError(f"upstream sent more than {length} bytes")
             job.events.upstream_bytes(len(chunk))
             if refresh is not None:
                 await refresh.write(chunk)
@@ -366,9 +453,7 @@ async def _copy(
             if not client and not keep:
                 flow.error = "client went away"
                 return
-    if received != length:
-        raise UpstreamError(f"upstream ended after {received} of {length} bytes")
-    if await _commit(job, answer, refresh):
+    if await _commit(job, upstream, refresh):
         flow.outcome = "refresh_ok"
         flow.report(job.events)  # before the client's last chunk: it may ask again at once
     if client and pending is not None:
@@ -376,45 +461,34 @@ async def _copy(
     flow.complete = True
 
 
-async def _commit(job: StreamJob, answer: UpstreamAnswer, refresh: Refresh | None) -> bool:
+async def _fill(job: StreamJob, upstream: UpstreamBody, refresh: Refresh, flow: _Flow) -> None:
+    """A detached refresh: upstream bytes to the temp file only, at the upstream's pace."""
+    async with aclosing(upstream.chunks()) as chunks:
+        async for chunk in chunks:
+            job.events.upstream_bytes(len(chunk))
+            await refresh.write(chunk)
+    if await _commit(job, upstream, refresh):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
+    flow.complete = True
+
+
+async def _commit(job: StreamJob, upstream: UpstreamBody, refresh: Refresh | None) -> bool:
     """Promote a complete refresh; a failure here costs the cache, never the client."""
     if refresh is None:
         return False
+    refresh.mark_verified()  # every byte arrived: readers may finish, whatever comes next
     if not job.still_wanted():
         log.info("cache_refresh_stale file=%s: no longer the best of its kind", refresh.name)
         refresh.abort()
         return False
-    mtime = parse_http_date(answer.response.headers.get("last-modified"))
+    mtime = parse_http_date(upstream.first.response.headers.get("last-modified"))
     try:
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
         log.warning("cache_commit_failed file=%s reason=%s", refresh.name, exc)
         return False
     return True
-
-
-@asynccontextmanager
-async def _body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
-    """``response.aiter_raw()``, unwound properly however the caller leaves it.
-
-    httpx and httpcore read a body through nested async generators that ``aclose()`` of the
-    outer one does not reach (encode/httpx#3686); left suspended, they are collected later
-    and trio warns. A read that is cancelled unwinds all of them through their own
-    ``except``/``finally`` clauses (httpcore then closes the connection), so leaving early
-    pulls once more under a cancelled scope: buffered data may come first (at most one
-    socket read), the first real read ends it.
-    """
-    chunks = response.aiter_raw()
-    try:
-        yield chunks
-    finally:
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            try:
-                while True:
-                    await chunks.__anext__()
-            except (StopAsyncIteration, httpx.HTTPError):
-                pass  # the generators ended, by exception or at the end of the body
 
 
 async def _deliver(

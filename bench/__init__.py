@@ -1,0 +1,1 @@
+"""Benchmark suite of solana-snapshot-tracker: ``python bench/run.py`` (see bench/README.md)."""

@@ -1,0 +1,154 @@
+"""A minimal HTTP/1.1 download client over plain blocking sockets.
+
+curl reads 16 KiB per ``recv``; at 2-3 GB/s that is the client's limit, not the server's.
+This client reads straight into a 4 MiB buffer (``recv_into``) and throws the bytes away,
+so the servers under test are what is measured. It never follows redirects, checks that the
+body is exactly ``content-length`` long, and bounds every wait (connect, each read, the whole
+download).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import attrs
+
+RECV_SIZE = 4 * 1024 * 1024
+HEADER_LIMIT = 64 * 1024
+
+
+class FetchError(Exception):
+    """A download failed: connection, status, framing or timeout."""
+
+
+@attrs.frozen
+class Fetch:
+    """One finished download."""
+
+    status: int
+    headers: dict[str, str]
+    body_bytes: int
+    started: float  # time.perf_counter() when the request was sent
+    ended: float  # ... when the last byte arrived
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+def fetch(
+    address: tuple[str, int],
+    path: str,
+    *,
+    read_timeout: float = 30.0,
+    deadline: float = 600.0,
+    expect: int | None = 200,
+) -> Fetch:
+    """GET ``path``; read and discard the whole body. Raises FetchError on any failure."""
+    host, port = address
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: sst-bench\r\n"
+        "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        with socket.create_connection(address, timeout=read_timeout) as sock:
+            started = time.perf_counter()
+            sock.sendall(request)
+            status, headers, got = _read_head(sock)
+            length = int(headers.get("content-length", "-1"))
+            if length < 0:
+                raise FetchError(f"{path}: no content-length (status {status})")
+            got = _read_body(sock, got, length, started + deadline)
+            ended = time.perf_counter()
+    except OSError as exc:
+        raise FetchError(f"{path}: {exc}") from exc
+    if expect is not None and status != expect:
+        raise FetchError(f"{path}: status {status}, expected {expect}")
+    return Fetch(status, headers, got, started, ended)
+
+
+def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], int]:
+    """Status, lower-case headers, and how many body bytes came along with the head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(HEADER_LIMIT)
+        if not chunk:
+            raise FetchError("connection closed before the response head")
+        data += chunk
+        if len(data) > HEADER_LIMIT:
+            raise FetchError("response head too large")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, len(rest)
+
+
+def _read_body(sock: socket.socket, got: int, length: int, deadline: float) -> int:
+    view = memoryview(bytearray(RECV_SIZE))
+    while got < length:
+        n = sock.recv_into(view, min(RECV_SIZE, length - got))
+        if n == 0:
+            raise FetchError(f"body ended after {got} of {length} bytes")
+        got += n
+        if time.perf_counter() > deadline:
+            raise FetchError(f"download not done within its deadline ({got} of {length} bytes)")
+    return got
+
+
+@attrs.frozen
+class Batch:
+    """Downloads run at once: their results and the wall time from first start to last end."""
+
+    fetches: list[Fetch]
+
+    @property
+    def body_bytes(self) -> int:
+        return sum(f.body_bytes for f in self.fetches)
+
+    @property
+    def seconds(self) -> float:
+        return max(f.ended for f in self.fetches) - min(f.started for f in self.fetches)
+
+    @property
+    def rate(self) -> float:
+        """Aggregate bytes per second."""
+        return self.body_bytes / self.seconds
+
+
+def fetch_many(
+    address: tuple[str, int],
+    paths: list[str],
+    *,
+    deadline: float = 600.0,
+    expect: int | None = 200,
+) -> Batch:
+    """Download every path at once, one thread each; raises the first FetchError, if any."""
+    results: list[Fetch | BaseException | None] = [None] * len(paths)
+    barrier = threading.Barrier(len(paths))
+
+    def one(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = fetch(address, paths[i], deadline=deadline, expect=expect)
+        except BaseException as exc:  # reported to the caller below
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline + 60)
+    fetches = []
+    for r in results:
+        if isinstance(r, BaseException):
+            raise FetchError(str(r)) from r
+        if r is None:
+            raise FetchError("a download thread did not finish")
+        fetches.append(r)
+    return Batch(fetches)

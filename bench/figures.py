@@ -1,0 +1,386 @@
+"""Each figure of the bench, measured once (``run.py`` repeats them and takes medians).
+
+A figure function returns a dict of plain numbers for one run; the tracker and its reference
+are always measured back to back in the same run (their order alternates between runs), so a
+ratio compares like with like even when the machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bench.client import Batch, Fetch, fetch, fetch_many
+from bench.procs import HOST, Procs, rss_kib
+from bench.profile import Profiler
+from bench.servers import (
+    GROUP,
+    Archives,
+    Nginx,
+    Tracker,
+    sidecar_group,
+    start_tracker,
+    tracker_config,
+)
+
+Result = dict[str, Any]
+# Never let a system-wide proxy setting reach 127.0.0.1.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@attrs.frozen
+class Options:
+    """Sizes and counts of one bench invocation."""
+
+    size: int
+    runs: int = 3
+    streams: int = 8
+    wrk_seconds: float = 10.0
+    wrk_connections: int = 32
+    memory_hits: int = 16
+    memory_proxied: int = 4
+    fanin_clients: int = 4
+    discovery_targets: int = 2000
+
+
+@attrs.define
+class Env:
+    """What every figure needs: the work dir, the children, the tools and the servers."""
+
+    work: Path
+    procs: Procs
+    tools: dict[str, str]
+    options: Options
+    archives: Archives
+    files: Nginx
+    proxy: Nginx
+    hit_tracker: Tracker | None = None
+    bare: tuple[str, int] | None = None
+    profiler: Profiler | None = None
+
+    def profile(self, label: str, tracker: Tracker) -> contextlib.AbstractContextManager[None]:
+        """Sample ``tracker`` with py-spy during the block when ``--profile`` was given."""
+        if self.profiler is None:
+            return contextlib.nullcontext()
+        return self.profiler.record(label, tracker.proc.pid)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def get(url: str, timeout: float = 10.0) -> bytes:
+    with _OPENER.open(url, timeout=timeout) as response:
+        return bytes(response.read())
+
+
+def post(url: str, timeout: float = 10.0) -> int:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with _OPENER.open(request, timeout=timeout) as response:
+        return int(response.status)
+
+
+def wait_indexed(tracker: Tracker, count: int, timeout: float = 30.0) -> None:
+    """Wait until the tracker's ``/v1/snapshots`` lists ``count`` snapshots."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        tracker.proc.check_alive()
+        with contextlib.suppress(OSError, ValueError):
+            if len(json.loads(get(f"{tracker.base}/v1/snapshots"))) >= count:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{tracker.proc.name}: {count} snapshots not indexed in {timeout:g}s")
+
+
+def tracker_path(name: str) -> str:
+    return f"/v1/{name}?group={GROUP}"
+
+
+def nginx_path(name: str) -> str:
+    return f"/v1/snapshot/{name}"
+
+
+def pair(run: int, tracker: Any, reference: Any) -> tuple[Any, Any]:
+    """Call both measurements, tracker first on even runs, reference first on odd ones."""
+    if run % 2:
+        ref = reference()
+        return tracker(), ref
+    first = tracker()
+    return first, reference()
+
+
+def start_proxy_tracker(env: Env, name: str, cache_dir: Path, **keys: Any) -> Tracker:
+    """A tracker in proxy mode with a disk cache, the files nginx as its sidecar."""
+    config = tracker_config(
+        scrape_interval="30s",
+        proxy_snapshot_downloads=True,
+        proxy_snapshot_cache_dir=str(cache_dir),
+        target_groups=[sidecar_group(env.files.port)],
+        **keys,
+    )
+    tracker = start_tracker(env.procs, name, env.work, config)
+    wait_indexed(tracker, 2)
+    return tracker
+
+
+def start_hit_tracker(env: Env, name: str) -> Tracker:
+    """A proxy-mode tracker whose cache holds the best archive (a hard link to it)."""
+    cache = env.work / f"cache-{name}"
+    (cache / GROUP).mkdir(parents=True)
+    (cache / GROUP / env.archives.best).hardlink_to(env.archives.best_path)
+    return start_proxy_tracker(env, name, cache)
+
+
+def stop(env: Env, tracker: Tracker, cache_dir: Path | None = None) -> None:
+    env.procs.stop(tracker.proc.name)
+    if cache_dir is not None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+# -- download figures -----------------------------------------------------------------------
+
+
+def cache_hit(env: Env, run: int, streams: int) -> Result:
+    """GET of the cached archive by ``streams`` clients at once: tracker vs nginx sendfile."""
+    assert env.hit_tracker is not None
+    best = env.archives.best
+    tracker = env.hit_tracker
+
+    def ours() -> Batch:
+        with env.profile(f"cache_hit_{streams}-run{run + 1}", tracker):
+            return fetch_many(tracker.address, [tracker_path(best)] * streams)
+
+    def nginx() -> Batch:
+        return fetch_many(env.files.address, [nginx_path(best)] * streams)
+
+    a, b = pair(run, ours, nginx)
+    return {"tracker": a.rate, "reference": b.rate}
+
+
+def proxy(env: Env, run: int) -> Result:
+    """One stream of an uncached archive through the tracker vs through nginx proxy_pass.
+
+    The tracker proxies the older archive, which is not its group's best: streamed from the
+    upstream, never written to the cache (SPEC §8).
+    """
+    assert env.hit_tracker is not None
+    old = env.archives.old
+    tracker = env.hit_tracker
+
+    def ours() -> Fetch:
+        with env.profile(f"proxy-run{run + 1}", tracker):
+            return fetch(tracker.address, tracker_path(old))
+
+    a, b = pair(run, ours, lambda: fetch(env.proxy.address, nginx_path(old)))
+    return {"tracker": a.body_bytes / a.seconds, "reference": b.body_bytes / b.seconds}
+
+
+def refresh(env: Env, run: int) -> Result:
+    """The first GET of the best archive on an empty cache (client + temp file at once) vs a
+    plain proxied GET on the same tracker right before or after."""
+    cache = env.work / f"cache-refresh-{run}"
+    tracker = start_proxy_tracker(env, f"tracker-refresh-{run}", cache)
+
+    def ours() -> Fetch:
+        with env.profile(f"refresh-run{run + 1}", tracker):
+            return fetch(tracker.address, tracker_path(env.archives.best))
+
+    try:
+        a, b = pair(run, ours, lambda: fetch(tracker.address, tracker_path(env.archives.old)))
+        cached = cache / GROUP / env.archives.best
+        if not cached.exists() or cached.stat().st_size != env.archives.size:
+            raise RuntimeError("the refresh did not leave the archive in the cache")
+    finally:
+        stop(env, tracker, cache)
+    return {"tracker": a.body_bytes / a.seconds, "reference": b.body_bytes / b.seconds}
+
+
+# -- redirects ------------------------------------------------------------------------------
+
+_WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_P99 = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses: \d+")
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(env: Env, address: tuple[str, int], path: str) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) of ``wrk`` on ``path``."""
+    seconds = env.options.wrk_seconds
+    argv = [env.tools["wrk"], "-t1", f"-c{env.options.wrk_connections}"]
+    argv += [f"-d{seconds:g}s", "--latency", f"http://{address[0]}:{address[1]}{path}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    rate, p99 = _WRK_RATE.search(done.stdout), _WRK_P99.search(done.stdout)
+    errors = _WRK_ERRORS.search(done.stdout)
+    if rate is None or p99 is None or errors is not None:
+        raise RuntimeError(f"wrk failed or saw errors:\n{done.stdout}{done.stderr}")
+    return float(rate[1]), float(p99[1]) * _UNIT[p99[2]]
+
+
+def redirects(env: Env, run: int) -> Result:
+    """wrk on ``/v1/snapshot.tar.bz2`` (303) vs the bare hello-world, back to back."""
+    assert env.hit_tracker is not None
+    assert env.bare is not None
+    tracker, bare = env.hit_tracker, env.bare
+    first = fetch(tracker.address, "/v1/snapshot.tar.bz2", expect=303)
+    if first.headers.get("location") != tracker_path(env.archives.best):
+        raise RuntimeError(f"unexpected redirect: {first.headers}")
+
+    def ours() -> tuple[float, float]:
+        with env.profile(f"redirects-run{run + 1}", tracker):
+            return wrk(env, tracker.address, "/v1/snapshot.tar.bz2")
+
+    (rate, p99), (bare_rate, bare_p99) = pair(run, ours, lambda: wrk(env, bare, "/"))
+    return {"tracker": rate, "reference": bare_rate, "p99_ms": p99, "reference_p99_ms": bare_p99}
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def memory(env: Env, run: int) -> Result:
+    """Peak RSS of a fresh tracker serving cache hits and proxied downloads all at once."""
+    tracker = start_hit_tracker(env, f"tracker-memory-{run}")
+    pid = tracker.proc.pid
+    peak = [rss_kib(pid)]
+    idle = peak[0]
+    stop_polling = threading.Event()
+
+    def poll() -> None:
+        while not stop_polling.wait(0.05):
+            with contextlib.suppress(OSError, RuntimeError):
+                peak.append(rss_kib(pid))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        paths = [tracker_path(env.archives.best)] * env.options.memory_hits
+        paths += [tracker_path(env.archives.old)] * env.options.memory_proxied
+        with env.profile(f"memory-run{run + 1}", tracker):
+            batch = fetch_many(tracker.address, paths)
+        hwm = rss_kib(pid, "VmHWM")
+    finally:
+        stop_polling.set()
+        poller.join(5)
+        stop(env, tracker, env.work / f"cache-{tracker.proc.name}")
+    return {
+        "peak_mb": max(hwm, *peak) * 1024 / 1e6,
+        "idle_mb": idle * 1024 / 1e6,
+        "aggregate": batch.rate,
+    }
+
+
+# -- fan-in (issue 6) -----------------------------------------------------------------------
+
+
+def share_supported(env: Env) -> str | None:
+    """None when the tracker accepts ``cache_share_inflight``, else why the figure is skipped."""
+    path = env.work / "check-share.yml"
+    config = tracker_config(
+        proxy_snapshot_downloads=True,
+        proxy_snapshot_cache_dir=str(env.work / "cache-check"),
+        cache_share_inflight=True,
+        target_groups=[sidecar_group(env.files.port)],
+    )
+    path.write_text(json.dumps(config))
+    argv = [sys.executable, "-m", "tracker", "check-config", "--config", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if done.returncode == 0:
+        return None
+    reason = (done.stdout + done.stderr).strip().splitlines()
+    return "tracker refuses cache_share_inflight: " + (reason[-1] if reason else "?")
+
+
+def fan_in(env: Env, run: int, share: bool) -> Result:
+    """Upstream bytes / archive size when ``fanin_clients`` cold clients GET the best archive
+    at once (empty cache), with ``cache_share_inflight`` on or off."""
+    name = f"tracker-fanin-{'on' if share else 'off'}-{run}"
+    cache = env.work / f"cache-{name}"
+    tracker = start_proxy_tracker(env, name, cache, cache_share_inflight=share)
+    try:
+        since = env.files.log_size()
+        paths = [tracker_path(env.archives.best)] * env.options.fanin_clients
+        batch = fetch_many(tracker.address, paths)
+        time.sleep(0.3)  # nginx logs a request when it has ended
+        upstream = env.files.sent_bytes(since, "/v1/snapshot/")
+        metrics = get(f"{tracker.internal}/metrics").decode()
+    finally:
+        stop(env, tracker, cache)
+    return {
+        "fan_in": upstream / env.archives.size,
+        "clients": env.options.fanin_clients,
+        "aggregate": batch.rate,
+        "shared_readers_metric": metric_sum(metrics, "snapshot_tracker_shared_readers_total"),
+        "upstream_bytes_metric": metric_sum(metrics, "snapshot_tracker_upstream_bytes_total"),
+    }
+
+
+def metric_sum(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` (any labels) in Prometheus text ``text``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def start_discovery_tracker(env: Env) -> Tracker:
+    """A tracker with ``discovery_targets`` HTTP targets, all on the files nginx."""
+    targets = [f"http://{HOST}:{env.files.port}/{n}" for n in range(env.options.discovery_targets)]
+    config = tracker_config(
+        scrape_interval="5m",
+        scrape_timeout="10s",
+        target_groups=[{"group": GROUP, "http_targets": {"targets": targets}}],
+    )
+    return start_tracker(env.procs, "tracker-discovery", env.work, config)
+
+
+def _round_span(tracker: Tracker, after: float, timeout: float) -> float | None:
+    """Once every target was scraped after ``after`` (epoch s): the round's span in seconds,
+    from the tracker's own timestamps (first probe start to last probe end)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        tracker.proc.check_alive()
+        time.sleep(0.5)
+        states = json.loads(get(f"{tracker.base}/v1/targets", timeout=30))
+        stamps = [
+            (datetime.fromisoformat(s["last_scrape"]).timestamp(), s["last_duration_ms"] / 1e3)
+            for s in states
+            if s.get("last_scrape")
+        ]
+        if len(stamps) == len(states) and all(t > after for t, _d in stamps):
+            if any(s["health"] != "up" for s in states):
+                down = [s for s in states if s["health"] != "up"]
+                raise RuntimeError(f"{len(down)} targets down, e.g. {down[0]}")
+            return max(t for t, _d in stamps) - min(t - d for t, d in stamps)
+    return None
+
+
+def first_round(tracker: Tracker) -> float:
+    """Wait for the round that starts with the tracker (cold connections); its span."""
+    span = _round_span(tracker, 0.0, timeout=120)
+    if span is None:
+        raise RuntimeError("first scrape round did not finish in 120 s")
+    return span
+
+
+def discovery(env: Env, tracker: Tracker, run: int) -> Result:
+    """A full scrape round of every target, started by ``POST /reload``."""
+    after = time.time()
+    post(f"{tracker.internal}/reload")
+    span = _round_span(tracker, after, timeout=120)
+    if span is None:
+        raise RuntimeError("scrape round did not finish in 120 s")
+    return {"seconds": span, "targets": env.options.discovery_targets}

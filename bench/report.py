@@ -1,0 +1,177 @@
+"""Medians, ratios, targets: the table printed at the end, its JSON, and a small SVG chart."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+Runs = list[dict[str, Any]]
+
+
+@attrs.frozen
+class Row:
+    """One line of the table. ``value`` is what is compared with ``target`` using ``op``."""
+
+    figure: str
+    how: str
+    tracker: str
+    reference: str
+    value: float | None
+    unit: str
+    op: str  # ">=", "<=", "<" or "" (no target)
+    target: float | None
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "SKIP"
+        if self.target is None:
+            return "info"
+        ok = {">=": self.value >= self.target, "<=": self.value <= self.target}.get(
+            self.op, self.value < self.target
+        )
+        return "PASS" if ok else "MISS"
+
+    def as_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "verdict": self.verdict}
+
+
+def median(runs: Runs, key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def median_ratio(runs: Runs) -> float:
+    """Median of the per-run ratios tracker/reference (paired: same run, back to back)."""
+    return statistics.median(r["tracker"] / r["reference"] for r in runs)
+
+
+def gbps(x: float) -> str:
+    return f"{x / 1e9:.2f} GB/s"
+
+
+def rps(x: float) -> str:
+    return f"{x:,.0f} req/s"
+
+
+def _ratio_row(
+    runs: Runs, figure: str, how: str, fmt: Callable[[float], str], target: float
+) -> Row:
+    return Row(
+        figure,
+        how,
+        fmt(median(runs, "tracker")),
+        fmt(median(runs, "reference")),
+        median_ratio(runs),
+        "x",
+        ">=",
+        target,
+    )
+
+
+def summarise(results: dict[str, Any]) -> list[Row]:
+    """The table rows for whatever figures ``results`` holds."""
+    rows: list[Row] = []
+    ratio_figures = {
+        "cache_hit_1": ("cache hit, one stream", "vs nginx sendfile", gbps, 0.8),
+        "cache_hit_8": ("cache hit, 8 streams", "aggregate, vs nginx sendfile", gbps, 0.8),
+        "proxy": ("proxy, one stream", "vs nginx proxy_pass", gbps, 1.5),
+        "refresh": ("refresh", "first GET filling the cache, vs plain proxy", gbps, 0.8),
+        "redirects": ("redirects", "wrk rate, vs bare quart-trio", rps, 0.85),
+    }
+    for key, (figure, how, fmt, target) in ratio_figures.items():
+        if results.get(key):
+            rows.append(_ratio_row(results[key], figure, how, fmt, target))
+    if results.get("redirects"):
+        runs = results["redirects"]
+        p99 = median(runs, "p99_ms")
+        bare = f"{median(runs, 'reference_p99_ms'):.1f} ms"
+        rows.append(Row("redirects p99", "wrk latency", f"{p99:.1f} ms", bare, p99, "ms", "<", 50))
+    if results.get("memory"):
+        runs = results["memory"]
+        peak = median(runs, "peak_mb")
+        idle = f"idle {median(runs, 'idle_mb'):.0f} MB"
+        how = "peak RSS, cache hits + proxied at once"
+        rows.append(Row("memory", how, f"{peak:.0f} MB", idle, peak, "MB", "<=", 150))
+    if results.get("discovery"):
+        runs = results["discovery"]
+        secs = median(runs, "seconds")
+        how = f"full scrape round, {runs[0]['targets']} HTTP targets"
+        first = results.get("discovery_first_round")
+        ref = f"first round {first:.2f} s" if first is not None else ""
+        rows.append(Row("discovery", how, f"{secs:.2f} s", ref, secs, "s", "<=", 5))
+    rows += _fan_in_rows(results)
+    return rows
+
+
+def _fan_in_rows(results: dict[str, Any]) -> list[Row]:
+    if "fan_in_skipped" in results:
+        note = results["fan_in_skipped"]
+        return [Row("fan-in", "upstream bytes / size", "", "", None, "x", "", None, note)]
+    rows = []
+    for share in ("off", "on"):
+        runs = results.get(f"fan_in_{share}")
+        if not runs:
+            continue
+        value = median(runs, "fan_in")
+        how = f"upstream bytes / size, {runs[0]['clients']} cold clients, sharing {share}"
+        shared = median(runs, "shared_readers_metric")
+        note = results.get("fan_in_note", "") if share == "on" else ""
+        ref = f"shared readers {shared:.0f}"
+        rows.append(Row("fan-in", how, f"{value:.2f}", ref, value, "x", "", None, note))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    header = ["figure", "how", "tracker", "reference", "value", "target", "result"]
+    lines = [header, ["---"] * len(header)]
+    for r in rows:
+        value = target = ""
+        suffix = "x" if r.unit == "x" else f" {r.unit}"
+        if r.value is not None:
+            value = f"{r.value:.2f}{suffix}"
+        if r.target is not None:
+            target = f"{r.op} {r.target:g}{suffix}"
+        verdict = r.verdict + (f" ({r.note})" if r.note else "")
+        lines.append([r.figure, r.how, r.tracker, r.reference, value, target, verdict])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def svg_chart(rows: list[Row]) -> str:
+    """Horizontal bars: each figure's value as a fraction of its target (1.0 = just met).
+
+    For "at most" targets the fraction is target/value, so longer is better for every bar.
+    """
+    bars = [r for r in rows if r.value is not None and r.target is not None]
+    width, left, bar_h, gap = 640, 190, 20, 10
+    scale = (width - left - 60) / 2.0  # 0..2x of the target
+    height = 30 + len(bars) * (bar_h + gap) + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        '<text x="10" y="18">measured / target (1.0 = target met; longer is better)</text>',
+    ]
+    for i, r in enumerate(bars):
+        assert r.value is not None
+        assert r.target is not None
+        value = max(r.value, 1e-9)
+        score = r.value / r.target if r.op == ">=" else r.target / value
+        y = 30 + i * (bar_h + gap)
+        color = "#3a7d44" if r.verdict == "PASS" else "#c0392b"
+        w = min(score, 2.0) * scale
+        parts += [
+            f'<text x="10" y="{y + 15}">{r.figure}</text>',
+            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>',
+            f'<text x="{left + w + 5:.1f}" y="{y + 15}">{score:.2f}</text>',
+        ]
+    x1 = left + scale
+    parts.append(
+        f'<line x1="{x1}" y1="25" x2="{x1}" y2="{height - 15}" stroke="#000" '
+        'stroke-dasharray="4 3"/>'
+    )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,133 @@
+"""The body of an upstream answer, resumed with a Range request when the connection breaks.
+
+A cache refresh of a 100 GB archive that loses its upstream connection at 60 % should not
+start over, nor fail every client reading along. :class:`UpstreamBody` yields the body's
+chunks; when the body breaks (a transport error, a read timeout, a body ending short) and a
+``reopen`` function is given, it waits a little (``delays``), asks for the rest
+(``Range: bytes={received}-``, see :func:`tracker.proxy.resume_upstream`) and goes on
+yielding, so the consumer sees one seamless stream. Each break gets ``len(delays)`` attempts;
+a resumed stream that delivered bytes before breaking again starts a fresh count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from tracker.errors import UpstreamError
+from tracker.proxy import UpstreamAnswer
+from tracker.sources.limits import one_line, transport_reason
+
+log = logging.getLogger("tracker.resume")
+
+#: ``reopen(first, offset, size)``: an answer carrying bytes ``offset``.. of the file ``first``
+#: answered; raises UpstreamError.
+Reopen = Callable[[UpstreamAnswer, int, int], Awaitable[UpstreamAnswer]]
+
+
+class UpstreamBody:
+    """``length`` body bytes of ``first`` (and, after breaks, of the answers resuming it).
+
+    ``answer`` is the answer being read; the owner closes it at the end (older ones are
+    closed here when replaced). ``received`` counts the body bytes yielded so far.
+    """
+
+    def __init__(
+        self,
+        first: UpstreamAnswer,
+        length: int,
+        *,
+        reopen: Reopen | None = None,
+        delays: tuple[float, ...] = (),
+        on_resume: Callable[[], None] | None = None,
+    ) -> None:
+        self.first = first
+        self.answer = first
+        self.length = length
+        self.received = 0
+        self.resumes = 0
+        self._reopen = reopen
+        self._delays = delays
+        self._on_resume = on_resume
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body, chunk by chunk; use under ``contextlib.aclosing``.
+
+        Raises UpstreamError when the body breaks for good (more bytes than announced, or a
+        break no resume could repair). Cancellation propagates.
+        """
+        failures = 0
+        while True:
+            start = self.received
+            try:
+                async with body_chunks(self.answer.response) as chunks:
+                    async for chunk in chunks:
+                        self.received += len(chunk)
+                        if self.received > self.length:
+                            raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                        yield chunk
+                if self.received == self.length:
+                    return
+                reason = f"upstream ended after {self.received} of {self.length} bytes"
+            except httpx.HTTPError as exc:
+                reason = f"upstream broke: {transport_reason(exc)}"
+            if self.received > start:
+                failures = 0
+            failures = await self._resume(reason, failures)
+
+    async def _resume(self, reason: str, failures: int) -> int:
+        """Replace the broken answer by one carrying the rest; return the failure count.
+        Raises UpstreamError(reason) once the attempts for this break are used up."""
+        log.warning(
+            "upstream_broke url=%s received=%d of=%d reason=%s",
+            self.answer.url,
+            self.received,
+            self.length,
+            reason,
+        )
+        await self.answer.aclose()
+        while self._reopen is not None and failures < len(self._delays):
+            await trio.sleep(self._delays[failures])
+            failures += 1
+            try:
+                answer = await self._reopen(self.first, self.received, self.length)
+            except UpstreamError as exc:
+                log.warning("upstream_resume_failed attempt=%d reason=%s", failures, exc)
+                continue
+            self.answer = answer
+            self.resumes += 1
+            if self._on_resume is not None:
+                self._on_resume()
+            log.info(
+                "upstream_resumed url=%s offset=%d attempt=%d", answer.url, self.received, failures
+            )
+            return failures
+        raise UpstreamError(one_line(reason))
+
+
+@asynccontextmanager
+async def body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
+    """``response.aiter_raw()``, unwound properly however the caller leaves it.
+
+    httpx and httpcore read a body through nested async generators that ``aclose()`` of the
+    outer one does not reach (encode/httpx#3686); left suspended, they are collected later
+    and trio warns. A read that is cancelled unwinds all of them through their own
+    ``except``/``finally`` clauses (httpcore then closes the connection), so leaving early
+    pulls once more under a cancelled scope: buffered data may come first (at most one
+    socket read), the first real read ends it.
+    """
+    chunks = response.aiter_raw()
+    try:
+        yield chunks
+    finally:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                while True:
+                    await chunks.__anext__()
+            except (StopAsyncIteration, httpx.HTTPError):
+                pass  # the generators ended, by exception or at the end of the body
