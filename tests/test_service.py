@@ -240,6 +240,8 @@ async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) 
     assert sample(after, bytes_metric, source="local") - sample(
         before, bytes_metric, source="local"
     ) == len(data)
+    outcomes = "snapshot_tracker_archive_requests_total"
+    assert sample(after, outcomes, outcome="local") == sample(before, outcomes, outcome="local") + 1
     assert sample(after, "snapshot_tracker_best_full_slot", group="g") == 100
     assert sample(after, "snapshot_tracker_targets_up", group="g") == 1
     async with httpx.AsyncClient(trust_env=False) as client:

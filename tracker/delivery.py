@@ -7,6 +7,7 @@ file the tracker reads itself (a local source), or the proxy with its disk cache
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from tracker.downloads import log_download
 from tracker.errors import RequestError
 from tracker.fileresponse import file_response
 from tracker.index import Index, SnapshotSource
+from tracker.metrics import Metrics, Outcome
 from tracker.snapshots import SnapshotFile
 
 
@@ -55,12 +57,12 @@ class Delivery:
         index: Index,
         *,
         streamer: ByteStreamer | None = None,
-        on_local_bytes: Callable[[int], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._index = index
         self._streamer = streamer
-        self._on_local_bytes = on_local_bytes
+        self._metrics = metrics
 
     def serves_bytes(self, f: SnapshotFile) -> bool:
         """True when the tracker answers for ``f`` itself (local file or proxy mode)."""
@@ -88,10 +90,17 @@ class Delivery:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         f = found[0][0]
         if f.path:
+            self._count("local")
+            on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
             try:
-                return await file_response(f.path, request, on_bytes=self._on_local_bytes)
+                return await file_response(f.path, request, on_bytes=on_bytes)
             except FileNotFoundError as exc:
                 raise RequestError(404, f"{name} is gone from its local directory") from exc
         if self._config().proxy_snapshot_downloads and self._streamer is not None:
             return await self._streamer.serve(request, group, name, found)
+        self._count("redirect")
         return redirect(f.url)
+
+    def _count(self, outcome: Outcome) -> None:
+        if self._metrics is not None:
+            self._metrics.count_outcome(outcome)

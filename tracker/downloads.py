@@ -40,11 +40,12 @@ class LoggedBody(ResponseBody):
         self._expected = expected
         self._sent = 0
         self._start = time.monotonic()
+        self._chunks: AsyncGenerator[bytes, None] | None = None
 
     async def __aenter__(self) -> AsyncIterable[bytes]:
         self._start = time.monotonic()
-        chunks = await self._inner.__aenter__()
-        return self._count(chunks)
+        self._chunks = self._count(await self._inner.__aenter__())
+        return self._chunks
 
     async def _count(self, chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
         async for chunk in chunks:
@@ -58,6 +59,11 @@ class LoggedBody(ResponseBody):
         tb: TracebackType | None,
     ) -> None:
         try:
+            if self._chunks is not None:
+                # Closed here, not by the garbage collector: the send may have been
+                # interrupted mid-iteration (shielded: we may be running under cancellation).
+                with trio.CancelScope(shield=True):
+                    await self._chunks.aclose()
             await self._inner.__aexit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
         finally:
             seconds = time.monotonic() - self._start

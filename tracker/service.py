@@ -123,7 +123,7 @@ async def run_tracker(
             tracker.current,
             tracker.index,
             streamer=streamer,
-            on_local_bytes=partial(tracker.metrics.add_served_bytes, "local"),
+            metrics=tracker.metrics,
         )
         health = HealthChecker(tracker.current, tracker.index, rpc_client)
         deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)
