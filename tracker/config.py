@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import base64
 import difflib
-import ipaddress
-import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from fractions import Fraction
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -51,6 +48,13 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from tracker.errors import ConfigError, ProbeError
 from tracker.sources.targetfile import read_target_file
+from tracker.values import (
+    check_target,
+    describe,
+    format_address,
+    parse_address,
+    parse_duration,
+)
 
 __all__ = [
     "BasicAuth",
@@ -241,160 +245,15 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Value parsers, public because the CLI and the scraper use them too.
-
-_UNIT_SECONDS = {
-    "ns": Fraction(1, 10**9),
-    "us": Fraction(1, 10**6),
-    "µs": Fraction(1, 10**6),  # U+00B5 micro sign
-    "μs": Fraction(1, 10**6),  # U+03BC Greek mu; Go accepts both
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-}
-# Longer units first so that "ms" is not read as "m" followed by garbage.
-_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
-_PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
-_DURATION_HINT = "expected a duration like '500ms', '15s' or '1m30s', or a number of seconds"
-
-
-def parse_duration(value: object) -> float:
-    """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``, ``"300us"``) or a number.
-
-    A number (int or float, not bool) is seconds. Raises ValueError for anything negative,
-    malformed, not finite, or a string without a unit (``"15"``: Go refuses it too).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{_DURATION_HINT}, got {_describe(value)}")
-    if not isinstance(value, str):
-        if not math.isfinite(value):
-            raise ValueError(f"{_DURATION_HINT}, got {value!r}")
-        if value < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
-        return float(value)
-    negative, seconds = _parse_go_duration(value)
-    if negative and seconds > 0:
-        raise ValueError(f"duration must not be negative: {value!r}")
-    return float(seconds)
-
-
-def _parse_go_duration(text: str) -> tuple[bool, Fraction]:
-    body = text[1:] if text[:1] in ("+", "-") else text
-    if body == "0":
-        return False, Fraction(0)
-    total, pos = Fraction(0), 0
-    while pos < len(body) and (match := _DURATION_PART.match(body, pos)):
-        total += Fraction(match[1]) * _UNIT_SECONDS[match[2]]
-        pos = match.end()
-    if pos == 0 or pos != len(body):
-        if _PLAIN_NUMBER.fullmatch(body):
-            raise ValueError(f"missing unit in duration {text!r} (write e.g. '{body}s')")
-        raise ValueError(f"{_DURATION_HINT}, got {text!r}")
-    return text.startswith("-"), total
-
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
-_PORT = re.compile(r"[0-9]{1,5}")
-_ADDRESS_HINT = "expected host:port, :port or [v6addr]:port"
-
-
-def _split_host_port(text: str) -> tuple[str, str | None]:
-    """Split ``host[:port]`` / ``[v6]:port``; the port is None when absent. ValueError on shape."""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError("malformed [v6addr]")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"not an IPv6 address: {host!r}") from None
-        return host, (rest[1:] if rest else None)
-    if text.count(":") > 1:
-        raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
-    host, colon, port = text.partition(":")
-    if host and not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"not a host name or IPv4 address: {host!r}")
-    return host, (port if colon else None)
-
-
-def _parse_port(text: str, lowest: int) -> int:
-    if not _PORT.fullmatch(text) or not lowest <= int(text) <= 65535:
-        raise ValueError(f"port must be a number from {lowest} to 65535")
-    return int(text)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """Parse a listen address: ``host:port``, ``:port`` or ``[v6addr]:port``; port 0-65535.
-
-    ``:port`` (all interfaces) gives host ``""``; ``format_address`` turns the pair back into a
-    hypercorn bind string. Raises ValueError with the offending text.
-    """
-    try:
-        host, port = _split_host_port(text)
-        if port is None:
-            raise ValueError("missing port")
-        return host, _parse_port(port, 0)
-    except ValueError as exc:
-        raise ValueError(f"not a valid address ({exc}; {_ADDRESS_HINT}): {text!r}") from None
-
-
-def format_address(host: str, port: int) -> str:
-    """The inverse of :func:`parse_address`: ``host:port``, ``[v6]:port`` or ``:port``."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_target(text: str) -> str:
-    """Validate a sidecar target ``host[:port]`` (static or file targets); return it.
-
-    The port may be left out (the scheme's default port). Raises ValueError otherwise.
-    """
-    if "/" in text:
-        raise ValueError(
-            f"not a host:port target (the scheme comes from the group's 'scheme'; "
-            f"URLs belong in http_targets): {text!r}"
-        )
-    try:
-        host, port = _split_host_port(text)
-        if not host:
-            raise ValueError("missing host")
-        if port is not None:
-            _parse_port(port, 1)
-    except ValueError as exc:
-        raise ValueError(f"not a host:port target ({exc}): {text!r}") from None
-    return text
-
-
-# ---------------------------------------------------------------------------------------------
 # Checks of single values: each takes the raw YAML value, returns the stored value or raises
 # ValueError with the message shown after the key path.
-
-
-_KINDS: tuple[tuple[type, str], ...] = (
-    (bool, "a boolean"),  # before int: bool is an int subclass
-    (int, "an integer"),
-    (float, "a number"),
-    (str, "a string"),
-    (list, "a list"),
-    (dict, "a mapping"),
-)
-
-
-def _describe(value: object) -> str:
-    """How a YAML value reads in a message: ``an integer (5)``, ``a list``, ``null``."""
-    if value is None:
-        return "null"
-    kind = next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
-    if isinstance(value, bool):
-        return f"{kind} ({str(value).lower()})"
-    return f"{kind} ({value!r})" if isinstance(value, int | float) else kind
 
 
 def _str(value: object) -> str:
     if isinstance(value, str):
         return value
     hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
-    raise ValueError(f"expected a string, got {_describe(value)}{hint}")
+    raise ValueError(f"expected a string, got {describe(value)}{hint}")
 
 
 # yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.
@@ -407,13 +266,13 @@ def _bool(value: object) -> bool:
         return value
     if value in _YAML11_TRUE or value in _YAML11_FALSE:
         return value in _YAML11_TRUE
-    raise ValueError(f"expected true or false, got {_describe(value)}")
+    raise ValueError(f"expected true or false, got {describe(value)}")
 
 
 def _int(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ValueError(f"expected an integer, got {_describe(value)}")
+    raise ValueError(f"expected an integer, got {describe(value)}")
 
 
 def _int_in(lowest: int, highest: int | None = None) -> Callable[[object], int]:
@@ -516,7 +375,7 @@ def _list_of(item: Callable[[Any], _T]) -> Callable[[object], tuple[_T, ...]]:
 
     def check(value: object) -> tuple[_T, ...]:
         if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {_describe(value)}")
+            raise ValueError(f"expected a list, got {describe(value)}")
         result: list[_T] = []
         errors: list[Exception] = []
         for index, raw in enumerate(value):
@@ -722,7 +581,7 @@ def _ignore_type(check: Callable[[Any], _T]) -> Callable[[Any, Any], _T]:
 def _as_mapping(value: object, aliases: Mapping[str, str]) -> dict[Any, Any]:
     """The YAML mapping of one object, without null values (null = key absent, as in Go)."""
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping, got {_describe(value)}")
+        raise ValueError(f"expected a mapping, got {describe(value)}")
     mapping = {key: item for key, item in value.items() if item is not None}
     for alias, key in aliases.items():
         if alias in mapping:
@@ -911,7 +770,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if raw is None:
         raise ConfigError([f"{file_path}: the config file is empty"])
     if not isinstance(raw, dict):
-        raise ConfigError([f"{file_path}: expected a mapping of settings, got {_describe(raw)}"])
+        raise ConfigError([f"{file_path}: expected a mapping of settings, got {describe(raw)}"])
     loader = _Loader(os.path.dirname(file_path))
     config: Config | None = None
     problems: list[tuple[_Path, str]] = []
