@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -189,6 +190,8 @@ def assert_nothing_promoted(t: TrackerUnderTest) -> None:
 async def test_broken_refresh_promotes_nothing_and_breaks_the_client(
     tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
 ) -> None:
+    # A break nothing repairs: no resume (resuming is tested in test_resume.py).
+    tracker.streamer.settings = attrs.evolve(tracker.streamer.settings, resume_delays=())
     upstream.behaviour[FULL] = behaviour
     wire = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
     assert wire.status == 200

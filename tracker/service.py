@@ -44,6 +44,7 @@ from tracker.listeners import (
 from tracker.logs import log_event
 from tracker.metrics import Metrics
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.prefetch import Prefetcher
 from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.scrape import Scraper
 from tracker.streamer import ProxyStreamer
@@ -119,6 +120,10 @@ async def run_tracker(
     async with httpx.AsyncClient(trust_env=False) as rpc_client:
         transfers = Transfers()
         streamer = ProxyStreamer(tracker.current, tracker.index, transfers, metrics=tracker.metrics)
+        # cache_prefetch: after each scrape round, new best archives are refreshed in the
+        # background (in the transfers nursery).
+        prefetcher = Prefetcher(tracker.current, tracker.index, streamer, transfers)
+        scraper.on_round = prefetcher.after(reporter.round_done)
         delivery = Delivery(
             tracker.current,
             tracker.index,

@@ -233,8 +233,9 @@ class ProxyStreamer:
         found = self._index.find_file(group.group, name)
         return await resume_upstream(self._clients, group, found, first, offset, size)
 
-    async def _start(self, job: StreamJob) -> Head | quart.Response:
-        """Start the pump; its Head, or the 502/503 answer when it could not start."""
+    async def _start(self, job: StreamJob, *, client: bool = True) -> Head | quart.Response:
+        """Start the pump; its Head, or the 502/503 answer when it could not start (counted
+        as an archive request's outcome for a ``client``, not for a prefetch)."""
         try:
             head: Head = await self._transfers.start(pump, job)
         except BaseException as exc:
@@ -245,8 +246,9 @@ class ProxyStreamer:
                 raise
             if not self._transfers.accepting:
                 return _text(503, str(exc))
-            self._count("upstream_failed")
-            log.warning("proxy_failed reason=%s", exc)
+            if client:
+                self._count("upstream_failed")
+            log.warning("%s reason=%s", "proxy_failed" if client else "cache_prefetch_failed", exc)
             return _text(502, str(exc))
         return head
 
@@ -328,18 +330,20 @@ class ProxyStreamer:
         shared = SharedRefresh(refresh, job.stop, keep=keep)
         self._shared[(cache.root, group.group, name)] = shared
         try:
-            head = await self._start(job)
+            head = await self._start(job, client=client)
         except BaseException:
             shared.fail()
             raise
-        if isinstance(head, quart.Response) or head.refresh is None:
-            shared.fail()
-            if isinstance(head, quart.Response):
-                return head
-            self._count("proxy")
-            return _response(head) if head.body is not None else None
-        shared.announce(head.headers)
-        return shared
+        if isinstance(head, Head) and head.refresh is not None:
+            shared.announce(head.headers)
+            return shared
+        shared.fail()
+        if not client:
+            return None
+        if isinstance(head, quart.Response):
+            return head
+        self._count("proxy")  # the refresh could not open (no room): streamed uncached
+        return _response(head)
 
     def _reader_events(self) -> ReaderEvents:
         metrics = self._metrics

@@ -1,0 +1,208 @@
+"""Prefetch (``cache_prefetch``): new best archives enter the cache with no client request.
+
+In-process: a real hypercorn tracker and :class:`FakeUpstream`, the index fed by the test, and
+a :class:`Prefetcher` whose ``check`` the test calls as the scrape loop's round hook would.
+Through the daemon: ``snapshot-tracker serve`` scraping a sidecar fills its cache by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from helpers_process import start_serve
+from helpers_proxy import (
+    GROUP,
+    TOKEN,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    full_name,
+    incremental_name,
+    make_config,
+    running_tracker,
+    sha256,
+    sidecar_listing,
+    wait_for,
+)
+
+from tracker.prefetch import Prefetcher
+
+FULL = full_name(10000)
+INCR = incremental_name(10000, 10100)
+FILES = {FULL: archive_bytes(4 * MiB, seed=60), INCR: archive_bytes(1 * MiB, seed=61)}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    up = FakeUpstream(files=dict(FILES))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        yield up
+        nursery.cancel_scope.cancel()
+
+
+def advertise_all(t: TrackerUnderTest, up: FakeUpstream, **kwargs: float) -> None:
+    advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in up.files.items()], **kwargs)
+
+
+def prefetcher(t: TrackerUnderTest) -> Prefetcher:
+    return Prefetcher(lambda: t.config, t.index, t.streamer, t.transfers)
+
+
+async def test_prefetch_fills_the_cache_with_no_client_request(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
+        advertise_all(t, upstream)
+        assert prefetcher(t).check() == 2
+        await wait_for(lambda: t.cached() == sorted(FILES))
+        await wait_for(lambda: t.outcome("refresh_ok") == 2)
+        for name, data in FILES.items():
+            assert sha256((t.group_dir() / name).read_bytes()) == sha256(data)
+            assert len(upstream.gets(name)) == 1
+            assert "range" not in upstream.gets(name)[0].headers
+        async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+            hit = await client.get(t.url(FULL))
+        assert sha256(hit.content) == sha256(FILES[FULL])
+        assert t.outcome("cache_hit") == 1
+        assert len(upstream.gets()) == 2
+
+
+async def test_prefetch_is_off_by_default(upstream: FakeUpstream, tmp_path: Path) -> None:
+    async with running_tracker(make_config(tmp_path / "cache")) as t:
+        advertise_all(t, upstream)
+        assert prefetcher(t).check() == 0
+        await trio.sleep(0.2)
+        assert upstream.seen == []
+        assert t.cached() == []
+
+
+async def test_prefetch_is_bounded_and_never_twice_the_same_file(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    for name, data in FILES.items():
+        upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
+    config = make_config(tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1)
+    async with running_tracker(config) as t:
+        advertise_all(t, upstream)
+        p = prefetcher(t)
+        assert p.check() == 2
+        await wait_for(lambda: len(upstream.gets()) == 1)
+        await trio.sleep(0.2)
+        assert p.check() == 0  # a round later: nothing new, nothing twice
+        assert len(upstream.gets()) == 1  # one at a time
+        [first] = upstream.gets()
+        upstream.behaviour[first.target.rsplit("/", 1)[-1]].resume.set()
+        await wait_for(lambda: len(upstream.gets()) == 2)
+        for how in upstream.behaviour.values():
+            how.resume.set()
+        await wait_for(lambda: t.cached() == sorted(FILES))
+        assert p.check() == 0
+        assert sorted(s.target.rsplit("/", 1)[-1] for s in upstream.gets()) == sorted(FILES)
+
+
+async def test_a_new_best_full_is_prefetched_and_replaces_the_old_one(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
+        advertise_all(t, upstream)
+        p = prefetcher(t)
+        p.check()
+        await wait_for(lambda: t.cached() == sorted(FILES))
+        newer = full_name(20000)
+        upstream.files[newer] = archive_bytes(2 * MiB, seed=62)
+        advertise(t.index, "new-node", [(newer, upstream.url(newer), 2 * MiB)])
+        assert p.check() == 1  # the new best full; its group has no incremental on it yet
+        # The old full is evicted; the incremental (another kind) stays until replaced.
+        await wait_for(lambda: t.cached() == sorted([newer, INCR]))
+        assert len(upstream.gets(newer)) == 1
+
+
+async def test_clients_join_a_running_prefetch_when_sharing_is_on(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
+    config = make_config(tmp_path / "cache", cache_prefetch=True, cache_share_inflight=True)
+    async with running_tracker(config) as t:
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
+        prefetcher(t).check()
+        await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
+        got: list[httpx.Response] = []
+        async with (
+            httpx.AsyncClient(timeout=20, trust_env=False) as client,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def get() -> None:
+                got.append(await client.get(t.url(FULL)))
+
+            nursery.start_soon(get)
+            await wait_for(lambda: t.counter("snapshot_tracker_shared_readers_total") == 1)
+            upstream.behaviour[FULL].resume.set()
+        [response] = got
+        assert sha256(response.content) == sha256(FILES[FULL])
+        assert len(upstream.gets(FULL)) == 1
+        assert t.cached() == [FULL]
+
+
+async def test_stopping_ends_a_prefetch_nobody_reads(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
+    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
+        prefetcher(t).check()
+        await wait_for(lambda: any(n.startswith(".tmp-") for n in t.cached()))
+        with trio.fail_after(2):  # no grace period for a refresh with no reader
+            t.transfers.close(30)
+            await wait_for(lambda: t.cached() == [])
+        assert t.outcome("refresh_failed") == 1
+
+
+async def test_the_daemon_prefetches_what_it_discovers(tmp_path: Path) -> None:
+    sidecar = FakeUpstream(files=dict(FILES), listing=sidecar_listing(FILES))
+    settings = {
+        "listen": "127.0.0.1:0",
+        "internal_listen": "",
+        "scrape_interval": "30s",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": "cache",
+        "cache_prefetch": True,
+        "shutdown_grace": "1s",
+        "target_groups": [
+            {
+                "group": GROUP,
+                "bearer_auth": {"token": TOKEN},
+                "static_targets": {"targets": [""]},
+            }
+        ],
+    }
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sidecar.run)
+        settings["target_groups"][0]["static_targets"]["targets"] = [  # type: ignore[index]
+            sidecar.base.removeprefix("http://")
+        ]
+        path = tmp_path / "config.yml"
+        path.write_text(json.dumps(settings))  # JSON is YAML
+        serve = await start_serve("--config", str(path))
+        group_dir = tmp_path / "cache" / GROUP
+
+        def cached() -> list[str]:
+            return sorted(p.name for p in group_dir.iterdir()) if group_dir.exists() else []
+
+        await wait_for(lambda: cached() == sorted(FILES), timeout=20)
+        for name, data in FILES.items():
+            assert sha256((group_dir / name).read_bytes()) == sha256(data)
+            [get] = sidecar.gets(name)
+            assert get.headers["authorization"] == f"Bearer {TOKEN}"
+        assert await serve.stop(timeout=10) == 0
+        assert "cache_prefetched" in serve.log
+        nursery.cancel_scope.cancel()

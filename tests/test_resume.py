@@ -1,0 +1,202 @@
+"""Resumable refresh: a refresh whose upstream connection breaks goes on with a Range request.
+
+Real hypercorn tracker, real :class:`FakeUpstream` servers on 127.0.0.1. The upstream drops the
+connection once at about half of the archive; the refresh asks for the rest (``Range:
+bytes={on disk}-``, ``If-Range`` with the ETag on the same source), checks the answer, and the
+client's stream goes on as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    UPSTREAM_ETAG,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    full_name,
+    make_config,
+    raw_request,
+    running_tracker,
+    sha256,
+    wait_for,
+)
+
+from tracker.proxy import resume_problem
+
+FULL = full_name(9100)
+DATA = archive_bytes(8 * MiB, seed=50)
+HALF = len(DATA) // 2
+QUICK = (0.05, 0.1, 0.2)
+
+
+async def start_upstream(nursery: trio.Nursery) -> FakeUpstream:
+    up = FakeUpstream(files={FULL: DATA})
+    await nursery.start(up.run)
+    return up
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as n:
+        yield n
+        n.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def tracker_for(
+    tmp_path: Path, *upstreams: FakeUpstream, **overrides: object
+) -> AsyncIterator[TrackerUnderTest]:
+    async with running_tracker(make_config(tmp_path / "cache", **overrides)) as t:
+        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=QUICK)
+        for age, up in enumerate(upstreams):  # the first one is the freshest: asked first
+            advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))], age=age)
+        yield t
+
+
+def after_first_get(nursery: trio.Nursery, up: FakeUpstream, then: Behaviour) -> None:
+    """Once the upstream got its first GET of the archive, answer later ones with ``then``
+    (the first keeps the behaviour it started with)."""
+
+    async def change() -> None:
+        await wait_for(lambda: len(up.gets(FULL)) >= 1)
+        up.behaviour[FULL] = then
+
+    nursery.start_soon(change)
+
+
+async def fetch(url: str) -> tuple[int, str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    async with (
+        httpx.AsyncClient(timeout=20, trust_env=False) as client,
+        client.stream("GET", url) as response,
+    ):
+        async for chunk in response.aiter_raw():
+            digest.update(chunk)
+            size += len(chunk)
+    return response.status_code, digest.hexdigest(), size
+
+
+def sent(up: FakeUpstream) -> int:
+    return sum(s.body_sent for s in up.gets(FULL))
+
+
+@pytest.mark.parametrize("sharing", [False, True], ids=["sharing-off", "sharing-on"])
+async def test_a_drop_at_half_resumes_and_promotes(
+    nursery: trio.Nursery, tmp_path: Path, sharing: bool
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, up, Behaviour())  # it drops once
+    async with tracker_for(tmp_path, up, cache_share_inflight=sharing) as t:
+        status, digest, size = await fetch(t.url(FULL))
+        ratio = sent(up) / len(DATA)
+        print(
+            f"\nresume ({'sharing on' if sharing else 'sharing off'}): upstream/size = {ratio:.3f}"
+        )
+        # The client's stream went on seamlessly across the break.
+        assert (status, digest, size) == (200, sha256(DATA), len(DATA))
+        first, second = up.gets(FULL)
+        assert first.body_sent == HALF
+        assert second.headers["range"] == f"bytes={HALF}-"
+        assert second.headers["if-range"] == UPSTREAM_ETAG
+        assert ratio <= 1.3
+        await wait_for(lambda: t.outcome("refresh_ok") == 1)
+        assert t.cached() == [FULL]
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(DATA)
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 1
+        assert t.counter("snapshot_tracker_upstream_bytes_total", group=GROUP, kind="full") == len(
+            DATA
+        )
+
+
+async def test_the_refresh_resumes_from_another_source_of_the_same_file(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    gone, other = await start_upstream(nursery), await start_upstream(nursery)
+    gone.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, gone, Behaviour(status=503))  # gone for good after the drop
+    async with tracker_for(tmp_path, gone, other) as t:
+        assert await fetch(t.url(FULL)) == (200, sha256(DATA), len(DATA))
+        [resumed] = other.gets(FULL)
+        assert resumed.headers["range"] == f"bytes={HALF}-"
+        assert "if-range" not in resumed.headers  # an ETag is per server
+        assert t.cached() == [FULL]
+        assert sent(gone) + sent(other) == len(DATA)
+
+
+async def test_a_resume_answer_that_is_not_the_rest_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    # Every later answer carries a second, contradicting content-range.
+    after_first_get(nursery, up, Behaviour(headers=[("content-range", "bytes 0-1/2")]))
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)  # never a short 200
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert len(up.gets(FULL)) == 1 + len(QUICK)  # three attempts, then it gave up
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 0
+
+
+async def test_a_resume_that_breaks_again_without_progress_gives_up(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(short_by=1)  # every answer ends one byte short
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert len(up.gets(FULL)) == 1 + len(QUICK)
+        assert t.cached() == []
+
+
+async def test_an_uncached_stream_is_not_resumed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF)
+    async with tracker_for(tmp_path, up) as t:
+        # A Range request is proxied uncached (SPEC §8): a break ends it, no resume.
+        wire = await raw_request(
+            t.base, f"/v1/{FULL}?group={GROUP}", headers=[("range", "bytes=0-")]
+        )
+        assert wire.status == 206
+        assert wire.closed and len(wire.body) <= HALF
+        assert len(up.gets(FULL)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "problem"),
+    [
+        (206, {"content-range": "bytes 100-999/1000", "content-length": "900"}, None),
+        (206, {"content-range": "bytes  100-999/1000"}, None),
+        (200, {"content-length": "1000"}, "answered 200"),
+        (206, {"content-range": "bytes 100-999/2000"}, "content-range"),
+        (206, {"content-range": "bytes 0-999/1000"}, "content-range"),
+        (206, {}, "content-range"),
+        (206, {"content-range": "bytes 100-999/1000", "content-length": "10"}, "content-length"),
+    ],
+)
+def test_resume_problem(status: int, headers: dict[str, str], problem: str | None) -> None:
+    response = httpx.Response(status, headers=headers)
+    found = resume_problem(response, 100, 1000)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
