@@ -14,7 +14,7 @@ from urllib.parse import quote
 import quart
 
 from tracker.config import Config
-from tracker.downloads import log_download
+from tracker.downloads import account_download
 from tracker.errors import RequestError
 from tracker.fileresponse import file_response
 from tracker.index import Index, SnapshotSource
@@ -78,10 +78,11 @@ class Delivery:
     async def serve(self, request: quart.Request, group: str, name: str) -> quart.Response:
         """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
 
-        Every archive body logs one ``download`` line at its end (bytes, duration, outcome).
+        Every archive body counts as an active stream while it is sent and logs one
+        ``download`` line at its end (bytes, duration, outcome).
         """
         response = await self._answer(request, group, name)
-        log_download(response, request, group=group, file=name)
+        account_download(response, request, self._metrics, group=group, file=name)
         return response
 
     async def _answer(self, request: quart.Request, group: str, name: str) -> quart.Response:

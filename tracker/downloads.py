@@ -1,90 +1,86 @@
-"""One log line per archive download, at its end: bytes, duration, outcome.
+"""Accounting around every archive download: one log line at its end, the active-streams gauge.
 
 Wraps the body of an archive response whatever produced it (a local file, the cache, the
-proxy): Quart sends a body as ``async with body as chunks: async for chunk in chunks``, so the
-wrapper sees the first byte, every chunk and how the sending ended.
+proxy, a shared refresh), so that this is written once for every byte path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable
-from types import TracebackType
 from typing import Any
 
 import quart
 import trio
 from quart.wrappers.response import ResponseBody
 
+from tracker.bodies import WrappedBody
 from tracker.logs import log_event
+from tracker.metrics import Metrics
 
 log = logging.getLogger("tracker.download")
 
 
-def outcome_of(sent: int, expected: int | None, exc: BaseException | None) -> str:
+def outcome_of(sent: int, expected: int | None, error: BaseException | None) -> str:
     """``complete``, ``client_gone`` (cancelled: the client went away) or ``error``."""
-    if exc is None:
+    if error is None:
         return "complete" if expected is None or sent == expected else "error"
-    if isinstance(exc, trio.Cancelled):
+    if isinstance(error, trio.Cancelled):
         return "client_gone"
     return "error"
 
 
-class LoggedBody(ResponseBody):
-    """A response body that logs one ``download`` event when sending ends."""
+class DownloadBody(WrappedBody):
+    """Counts the stream as active while it is sent and logs one ``download`` event at its end."""
 
-    def __init__(self, inner: ResponseBody, fields: dict[str, object], expected: int | None):
-        self._inner = inner
+    def __init__(
+        self,
+        inner: ResponseBody,
+        fields: dict[str, Any],
+        expected: int | None,
+        metrics: Metrics | None,
+    ) -> None:
+        super().__init__(inner)
         self._fields = fields
         self._expected = expected
+        self._metrics = metrics
         self._sent = 0
-        self._start = time.monotonic()
-        self._chunks: AsyncGenerator[bytes, None] | None = None
+        self._began = time.monotonic()
 
-    async def __aenter__(self) -> AsyncIterable[bytes]:
-        self._start = time.monotonic()
-        self._chunks = self._count(await self._inner.__aenter__())
-        return self._chunks
+    async def _start(self) -> None:
+        self._began = time.monotonic()
+        await super()._start()
+        if self._metrics is not None:
+            self._metrics.active_streams.inc()
 
-    async def _count(self, chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
-        async for chunk in chunks:
-            yield chunk
-            self._sent += len(chunk)
+    def _passed(self, size: int) -> None:
+        self._sent += size
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _finish(self, error: BaseException | None) -> None:
         try:
-            if self._chunks is not None:
-                # Closed here, not by the garbage collector: the send may have been
-                # interrupted mid-iteration (shielded: we may be running under cancellation).
-                with trio.CancelScope(shield=True):
-                    await self._chunks.aclose()
-            await self._inner.__aexit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
+            await super()._finish(error)
         finally:
-            seconds = time.monotonic() - self._start
-            outcome = outcome_of(self._sent, self._expected, exc_value)
+            if self._metrics is not None and self._inner_chunks is not None:
+                self._metrics.active_streams.dec()
+            outcome = outcome_of(self._sent, self._expected, error)
+            seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"
-            fields: dict[str, Any] = self._fields  # any field name may pass through
             log_event(
                 log,
                 level,
                 "download",
-                **fields,
+                **self._fields,
                 bytes=self._sent,
-                seconds=round(seconds, 3),
+                seconds=seconds,
                 outcome=outcome,
             )
 
 
-def log_download(response: quart.Response, request: quart.Request, **fields: object) -> None:
-    """Make ``response`` log its download at the end (GET answers with a body only)."""
+def account_download(
+    response: quart.Response, request: quart.Request, metrics: Metrics | None, **fields: Any
+) -> None:
+    """Make ``response`` count and log its download (GET answers with a body only)."""
     if request.method != "GET" or response.status_code not in (200, 206):
         return
-    expected = response.content_length
     fields = {"status": response.status_code, **fields}
-    response.response = LoggedBody(response.response, fields, expected)
+    response.response = DownloadBody(response.response, fields, response.content_length, metrics)

@@ -21,13 +21,12 @@ import contextlib
 import os
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
 
 import attrs
 import trio
 from quart import Response
-from quart.wrappers.response import ResponseBody
 
+from tracker.bodies import GeneratorBody
 from tracker.cache import Refresh
 from tracker.errors import UpstreamError
 from tracker.ranges import UNSATISFIABLE, parse_range
@@ -92,8 +91,6 @@ class ReaderEvents:
     """Callbacks of a reader's body (metrics); synchronous and cheap."""
 
     served_bytes: Callable[[int], None] = _nothing
-    stream_started: Callable[[], None] = _nothing
-    stream_ended: Callable[[], None] = _nothing
 
 
 async def join(
@@ -193,7 +190,7 @@ def _collected(fd: int, token: trio.lowlevel.TrioToken, left: Callable[[], None]
         token.run_sync_soon(left)
 
 
-class SharedBody(ResponseBody):
+class SharedBody(GeneratorBody):
     """``length`` bytes from ``offset`` of a refresh's temp file, sent as they arrive."""
 
     def __init__(
@@ -211,28 +208,11 @@ class SharedBody(ResponseBody):
         self._length = length
         self._chunk_size = chunk_size
         self._events = events
-        self._chunks: AsyncGenerator[bytes, None] | None = None
 
-    async def __aenter__(self) -> AsyncGenerator[bytes, None]:
-        self._events.stream_started()
-        self._chunks = self._read()
-        return self._chunks
+    async def _finish(self, error: BaseException | None) -> None:
+        self._lease.release()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self._chunks is not None:
-                with trio.CancelScope(shield=True):
-                    await self._chunks.aclose()
-        finally:
-            self._lease.release()
-            self._events.stream_ended()
-
-    async def _read(self) -> AsyncGenerator[bytes, None]:
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
         while position < end:
             limit = await _readable(self._refresh, position, end)

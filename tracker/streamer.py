@@ -27,8 +27,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
-from typing import Any
 
 import attrs
 import quart
@@ -192,8 +190,6 @@ class ProxyStreamer:
             log.warning("cache_unreadable path=%s error=%s", path, exc)
             return None
         self._count("cache_hit")
-        if isinstance(response.response, ResponseBody) and self._metrics is not None:
-            response.response = _CountedBody(response.response, self._metrics)
         return response
 
     def _may_refresh(self, request: quart.Request, group: str, name: str) -> bool:
@@ -351,8 +347,6 @@ class ProxyStreamer:
             return ReaderEvents()
         return ReaderEvents(
             served_bytes=partial(metrics.add_served_bytes, "cache"),
-            stream_started=metrics.active_streams.inc,
-            stream_ended=metrics.active_streams.dec,
         )
 
     def _events(self, group: str, name: str) -> StreamEvents:
@@ -364,8 +358,6 @@ class ProxyStreamer:
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
-            stream_started=metrics.active_streams.inc,
-            stream_ended=metrics.active_streams.dec,
             refresh_resumed=metrics.count_refresh_resume,
         )
 
@@ -439,27 +431,3 @@ def _response(head: Head) -> quart.Response:
     response.headers.update(head.headers)
     response.timeout = None  # downloads last hours (DESIGN trap 2)
     return response
-
-
-class _CountedBody(ResponseBody):
-    """Counts a cache response as an active stream while the server sends it."""
-
-    def __init__(self, inner: ResponseBody, metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-
-    async def __aenter__(self) -> Any:
-        chunks = await self._inner.__aenter__()
-        self._metrics.active_streams.inc()
-        return chunks
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._inner.__aexit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
-        finally:
-            self._metrics.active_streams.dec()

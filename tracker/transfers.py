@@ -34,14 +34,13 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
-from types import TracebackType
 from typing import Any, Literal
 
 import attrs
 import httpx
 import trio
-from quart.wrappers.response import ResponseBody
 
+from tracker.bodies import GeneratorBody
 from tracker.cache import Refresh
 from tracker.errors import CacheError, UpstreamError
 from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
@@ -66,8 +65,6 @@ class StreamEvents:
     upstream_bytes: Callable[[int], None] = _nothing
     client_bytes: Callable[[int], None] = _nothing
     refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
-    stream_started: Callable[[], None] = _nothing
-    stream_ended: Callable[[], None] = _nothing
     refresh_resumed: Callable[[], None] = _nothing
 
 
@@ -165,7 +162,7 @@ class _Flow:
             self.on_leave.cancel()
 
 
-class ChannelBody(ResponseBody):
+class ChannelBody(GeneratorBody):
     """The response body of a proxied stream: the chunks the pump sends, ``length`` in all.
 
     Entering it tells the pump the server started sending; leaving it (end, error or client
@@ -185,30 +182,15 @@ class ChannelBody(ResponseBody):
         self._receive = receive
         self._flow = flow
         self._events = events
-        self._chunks: AsyncGenerator[bytes, None] | None = None
 
-    async def __aenter__(self) -> AsyncGenerator[bytes, None]:
+    async def _start(self) -> None:
         self._flow.draining.set()
-        self._events.stream_started()
-        self._chunks = self._iterate()
-        return self._chunks
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _finish(self, error: BaseException | None) -> None:
         self._receive.close()
         self._flow.client_left()
-        try:
-            if self._chunks is not None:
-                with trio.CancelScope(shield=True):
-                    await self._chunks.aclose()
-        finally:
-            self._events.stream_ended()
 
-    async def _iterate(self) -> AsyncGenerator[bytes, None]:
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
         sent = 0
         async for chunk in self._receive:
             yield chunk
