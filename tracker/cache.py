@@ -37,6 +37,7 @@ from collections.abc import Callable
 import trio
 
 from tracker.errors import CacheError, RequestError
+from tracker.logs import log_event
 from tracker.snapshots import ArchiveName, parse_archive_name
 
 log = logging.getLogger("tracker.cache")
@@ -137,7 +138,7 @@ class Cache:
             os.makedirs(self.root, exist_ok=True)
             groups = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
         except OSError as exc:
-            log.error("cache_unusable root=%s error=%s", self.root, exc)
+            log_event(log, "error", "cache_unusable", root=self.root, error=exc)
             return 0
         removed = 0
         for group in groups:
@@ -145,7 +146,7 @@ class Cache:
                 if entry.name.startswith(TEMP_PREFIX) and _unlink(entry.path):
                     removed += 1
         if removed:
-            log.info("cache_temp_removed root=%s count=%d", self.root, removed)
+            log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)
         self._report_size()
         return removed
 
@@ -279,16 +280,26 @@ class Refresh:
                 _evict(directory, self.name, _kind_of(self.name))
                 if free_space(directory) < needed:
                     self.no_space = True
-                    log.warning(
-                        "cache_no_space group=%s file=%s size=%d", self.group, self.name, self.size
+                    log_event(
+                        log,
+                        "warning",
+                        "cache_no_space",
+                        group=self.group,
+                        file=self.name,
+                        size=self.size,
                     )
                     return None
             self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             return os.open(self.temp, flags, 0o644)
         except OSError as exc:
-            log.error(
-                "cache_refresh_unwritable group=%s file=%s error=%s", self.group, self.name, exc
+            log_event(
+                log,
+                "error",
+                "cache_refresh_unwritable",
+                group=self.group,
+                file=self.name,
+                error=exc,
             )
             self.temp = ""
             return None
@@ -340,9 +351,11 @@ class Refresh:
         try:
             _fsync_dir(directory)  # makes the rename durable; the file is in place either way
         except OSError as exc:
-            log.warning("cache_dir_fsync_failed dir=%s error=%s", directory, exc)
+            log_event(log, "warning", "cache_dir_fsync_failed", dir=directory, error=exc)
         _evict(directory, self.name, _kind_of(self.name))
-        log.info("cache_promoted group=%s file=%s size=%d", self.group, self.name, self.written)
+        log_event(
+            log, "info", "cache_promoted", group=self.group, file=self.name, size=self.written
+        )
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers
@@ -407,7 +420,7 @@ def _evict(directory: str, keep: str, full: bool) -> None:
     """Remove every cached archive of the kind ``full`` in ``directory`` except ``keep``."""
     for other in _same_kind(directory, keep, full):
         if _unlink(os.path.join(directory, other)):
-            log.info("cache_evicted dir=%s file=%s", directory, other)
+            log_event(log, "info", "cache_evicted", dir=directory, file=other)
 
 
 def _scan(directory: str) -> list[os.DirEntry[str]]:
@@ -427,6 +440,6 @@ def _unlink(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        log.warning("cache_unlink_failed path=%s error=%s", path, exc)
+        log_event(log, "warning", "cache_unlink_failed", path=path, error=exc)
         return False
     return True

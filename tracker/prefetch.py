@@ -20,6 +20,7 @@ import trio
 
 from tracker.config import Config
 from tracker.index import Index
+from tracker.logs import log_event
 from tracker.transfers import Transfers
 
 log = logging.getLogger("tracker.prefetch")
@@ -99,7 +100,7 @@ class Prefetcher:
             async with self._limiter:
                 done = await self._refresher.prefetch(group, name)
         except Exception:  # a bug must not take the transfers nursery (the service) down
-            log.exception("cache_prefetch_failed group=%s file=%s", group, name)
+            log_event(log, "error", "cache_prefetch_failed", group=group, file=name, exc_info=True)
             return
         if done:
-            log.info("cache_prefetched group=%s file=%s", group, name)
+            log_event(log, "info", "cache_prefetched", group=group, file=name)

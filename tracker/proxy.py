@@ -37,6 +37,7 @@ from tracker.clients import ssl_context
 from tracker.config import TargetGroup, TLSConfig
 from tracker.errors import UpstreamError
 from tracker.index import SnapshotSource
+from tracker.logs import log_event
 from tracker.snapshots import SnapshotFile
 from tracker.sources.limits import one_line, quoted, status_reason, transport_reason
 
@@ -290,7 +291,7 @@ async def open_upstream(
         try:
             response, url = await _ask_source(clients, group, f.url, method, headers)
         except _SourceFailed as exc:
-            log.warning("upstream_failed url=%s reason=%s", f.url, exc)
+            log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
             reasons.append(f"source {len(reasons) + 1}: {exc}")
             continue
         return UpstreamAnswer(response, url, f, source)
@@ -379,7 +380,7 @@ async def resume_upstream(
         if problem is None:
             return answer
         await answer.aclose()
-        log.warning("upstream_resume_refused url=%s reason=%s", answer.url, problem)
+        log_event(log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
         reasons.append(problem)
     raise UpstreamError(one_line("cannot resume: " + ("; ".join(reasons) or "no source")))
 

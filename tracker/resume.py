@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from tracker.errors import UpstreamError
+from tracker.logs import log_event
 from tracker.proxy import UpstreamAnswer
 from tracker.sources.limits import one_line, transport_reason
 
@@ -82,12 +83,14 @@ class UpstreamBody:
     async def _resume(self, reason: str, failures: int) -> int:
         """Replace the broken answer by one carrying the rest; return the failure count.
         Raises UpstreamError(reason) once the attempts for this break are used up."""
-        log.warning(
-            "upstream_broke url=%s received=%d of=%d reason=%s",
-            self.answer.url,
-            self.received,
-            self.length,
-            reason,
+        log_event(
+            log,
+            "warning",
+            "upstream_broke",
+            url=self.answer.url,
+            received=self.received,
+            of=self.length,
+            reason=reason,
         )
         await self.answer.aclose()
         while self._reopen is not None and failures < len(self._delays):
@@ -96,14 +99,19 @@ class UpstreamBody:
             try:
                 answer = await self._reopen(self.first, self.received, self.length)
             except UpstreamError as exc:
-                log.warning("upstream_resume_failed attempt=%d reason=%s", failures, exc)
+                log_event(log, "warning", "upstream_resume_failed", attempt=failures, reason=exc)
                 continue
             self.answer = answer
             self.resumes += 1
             if self._on_resume is not None:
                 self._on_resume()
-            log.info(
-                "upstream_resumed url=%s offset=%d attempt=%d", answer.url, self.received, failures
+            log_event(
+                log,
+                "info",
+                "upstream_resumed",
+                url=answer.url,
+                offset=self.received,
+                attempt=failures,
             )
             return failures
         raise UpstreamError(one_line(reason))

@@ -37,6 +37,7 @@ from tracker.config import Config, TargetGroup
 from tracker.errors import RequestError, UpstreamError
 from tracker.fileresponse import file_response
 from tracker.index import Index, SnapshotSource
+from tracker.logs import log_event
 from tracker.metrics import Kind, Metrics, Outcome
 from tracker.proxy import (
     FORWARDED_REQUEST_HEADERS,
@@ -167,7 +168,7 @@ class ProxyStreamer:
         )
         if not isinstance(started, SharedRefresh):
             return False
-        log.info("cache_prefetch_started group=%s file=%s", group, name)
+        log_event(log, "info", "cache_prefetch_started", group=group, file=name)
         refresh = started.refresh
         try:
             await refresh.ended.wait()
@@ -187,7 +188,7 @@ class ProxyStreamer:
         except FileNotFoundError:
             return None
         except OSError as exc:  # something else than a file at the path: not cached
-            log.warning("cache_unreadable path=%s error=%s", path, exc)
+            log_event(log, "warning", "cache_unreadable", path=path, error=exc)
             return None
         self._count("cache_hit")
         return response
@@ -244,7 +245,8 @@ class ProxyStreamer:
                 return _text(503, str(exc))
             if client:
                 self._count("upstream_failed")
-            log.warning("%s reason=%s", "proxy_failed" if client else "cache_prefetch_failed", exc)
+            event = "proxy_failed" if client else "cache_prefetch_failed"
+            log_event(log, "warning", event, reason=str(exc))
             return _text(502, str(exc))
         return head
 
@@ -389,7 +391,7 @@ def _cache_path(cache: Cache, group: str, name: str) -> str | None:
     try:
         return cache.path_for(group, name)
     except RequestError as exc:
-        log.warning("cache_path_refused group=%r file=%s reason=%s", group, name, exc.reason)
+        log_event(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
         return None
 
 

@@ -43,6 +43,7 @@ import trio
 from tracker.bodies import GeneratorBody
 from tracker.cache import Refresh
 from tracker.errors import CacheError, UpstreamError
+from tracker.logs import log_event
 from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.ranges import parse_http_date
 from tracker.resume import Reopen, UpstreamBody
@@ -261,7 +262,7 @@ def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Hea
     if length is None and status == 200 and known_size > 0:
         length = known_size
     if length is None:
-        log.warning("upstream_without_length url=%s status=%d", answer.url, status)
+        log_event(log, "warning", "upstream_without_length", url=answer.url, status=status)
         raise UpstreamError(f"the source answered {status} without content-length")
     headers["content-length"] = str(length)
     headers.setdefault("content-type", "application/octet-stream")
@@ -342,14 +343,16 @@ def _upstream_body(
 
 
 def _log_refresh_end(refresh: Refresh, upstream: UpstreamBody | None, flow: _Flow) -> None:
-    log.info(
-        "cache_refresh_ended group=%s file=%s outcome=%s size=%d upstream_bytes=%d resumes=%d",
-        refresh.group,
-        refresh.name,
-        flow.outcome,
-        refresh.size,
-        upstream.received if upstream is not None else 0,
-        upstream.resumes if upstream is not None else 0,
+    log_event(
+        log,
+        "info",
+        "cache_refresh_ended",
+        group=refresh.group,
+        file=refresh.name,
+        outcome=flow.outcome,
+        size=refresh.size,
+        upstream_bytes=upstream.received if upstream is not None else 0,
+        resumes=upstream.resumes if upstream is not None else 0,
     )
 
 
@@ -382,16 +385,16 @@ async def _guard(
         return
     except trio.Cancelled:
         flow.error = "the tracker is stopping"
-        log.warning("stream_stopped url=%s reason=%s", url, flow.error)
+        log_event(log, "warning", "stream_stopped", url=url, reason=flow.error)
         raise
     except (UpstreamError, CacheError) as exc:
         flow.error = str(exc)
     except httpx.HTTPError as exc:
         flow.error = f"upstream broke: {transport_reason(exc)}"
     except Exception as exc:  # a bug must not take the transfers nursery (the service) down
-        log.exception("stream_failed url=%s", url)
+        log_event(log, "error", "stream_failed", url=url, exc_info=True)
         flow.error = f"internal error: {type(exc).__name__}"
-    log.warning("stream_failed url=%s reason=%s", url, flow.error)
+    log_event(log, "warning", "stream_failed", url=url, reason=flow.error)
 
 
 async def _move(
@@ -461,14 +464,16 @@ async def _commit(job: StreamJob, upstream: UpstreamBody, refresh: Refresh | Non
         return False
     refresh.mark_verified()  # every byte arrived: readers may finish, whatever comes next
     if not job.still_wanted():
-        log.info("cache_refresh_stale file=%s: no longer the best of its kind", refresh.name)
+        log_event(
+            log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
+        )
         refresh.abort()
         return False
     mtime = parse_http_date(upstream.first.response.headers.get("last-modified"))
     try:
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
-        log.warning("cache_commit_failed file=%s reason=%s", refresh.name, exc)
+        log_event(log, "warning", "cache_commit_failed", file=refresh.name, reason=exc)
         return False
     return True
 
