@@ -69,6 +69,7 @@ class Env:
     hit_tracker: Tracker | None = None
     bare: tuple[str, int] | None = None
     profiler: Profiler | None = None
+    tracker_env: dict[str, str] = attrs.Factory(dict)
 
     def profile(self, label: str, tracker: Tracker) -> contextlib.AbstractContextManager[None]:
         """Sample ``tracker`` with py-spy during the block when ``--profile`` was given."""
@@ -129,7 +130,7 @@ def start_proxy_tracker(env: Env, name: str, cache_dir: Path, **keys: Any) -> Tr
         target_groups=[sidecar_group(env.files.port)],
         **keys,
     )
-    tracker = start_tracker(env.procs, name, env.work, config)
+    tracker = start_tracker(env.procs, name, env.work, config, env.tracker_env)
     wait_indexed(tracker, 2)
     return tracker
 
@@ -344,7 +345,7 @@ def start_discovery_tracker(env: Env) -> Tracker:
         scrape_timeout="10s",
         target_groups=[{"group": GROUP, "http_targets": {"targets": targets}}],
     )
-    return start_tracker(env.procs, "tracker-discovery", env.work, config)
+    return start_tracker(env.procs, "tracker-discovery", env.work, config, env.tracker_env)
 
 
 def _round_span(tracker: Tracker, after: float, timeout: float) -> float | None:
@@ -356,7 +357,10 @@ def _round_span(tracker: Tracker, after: float, timeout: float) -> float | None:
         time.sleep(0.5)
         states = json.loads(get(f"{tracker.base}/v1/targets", timeout=30))
         stamps = [
-            (datetime.fromisoformat(s["last_scrape"]).timestamp(), s["last_duration_ms"] / 1e3)
+            (
+                datetime.fromisoformat(s["last_scrape"]).timestamp(),
+                float(s["last_duration_ms"]) / 1e3,
+            )
             for s in states
             if s.get("last_scrape")
         ]
@@ -379,8 +383,9 @@ def first_round(tracker: Tracker) -> float:
 def discovery(env: Env, tracker: Tracker, run: int) -> Result:
     """A full scrape round of every target, started by ``POST /reload``."""
     after = time.time()
-    post(f"{tracker.internal}/reload")
-    span = _round_span(tracker, after, timeout=120)
+    with env.profile(f"discovery-run{run + 1}", tracker):
+        post(f"{tracker.internal}/reload")
+        span = _round_span(tracker, after, timeout=120)
     if span is None:
         raise RuntimeError("scrape round did not finish in 120 s")
     return {"seconds": span, "targets": env.options.discovery_targets}

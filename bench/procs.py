@@ -53,7 +53,13 @@ class Procs:
     log_dir: Path
     running: dict[str, Proc] = attrs.Factory(dict)
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Proc:
         """Start ``argv`` in a new session (its own process group); output to a log file.
 
         A log file, not a pipe: a pipe nobody reads would fill up and block the child.
@@ -69,6 +75,7 @@ class Procs:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=env,
+                cwd=cwd,
             )
         proc = self.running[name] = Proc(name, popen, log_path)
         return proc

@@ -41,12 +41,12 @@ class Row:
 
 
 def median(runs: Runs, key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    return float(statistics.median(float(r[key]) for r in runs))
 
 
 def median_ratio(runs: Runs) -> float:
     """Median of the per-run ratios tracker/reference (paired: same run, back to back)."""
-    return statistics.median(r["tracker"] / r["reference"] for r in runs)
+    return float(statistics.median(float(r["tracker"]) / r["reference"] for r in runs))
 
 
 def gbps(x: float) -> str:

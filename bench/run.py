@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=OUT, help="where results.json goes")
     p.add_argument("--no-install", action="store_true", help="fail instead of apt-get install")
     p.add_argument("--profile", action="store_true", help="py-spy the tracker: out/profiles/")
+    p.add_argument(
+        "--tracker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the tracker processes (repeatable)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--workdir", default=None, help="parent of the temp dir (default /tmp)")
     args = p.parse_args(argv)
@@ -87,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown figures: {', '.join(sorted(unknown))}")
     args.figures = only or list(FIGURES)
+    bad = [e for e in args.tracker_env if "=" not in e]
+    if bad:
+        p.error(f"--tracker-env wants NAME=VALUE: {bad[0]}")
+    args.tracker_env = dict(e.split("=", 1) for e in args.tracker_env)
     return args
 
 
@@ -220,7 +231,9 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from(args)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starting the bench in the background leaves SIGINT ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         tools = ensure(["nginx", "wrk"], install=not args.no_install)
     except ToolMissing as exc:
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = setup(work, procs, tools, options)
         env.profiler = profiler
+        env.tracker_env = args.tracker_env
         results = measure(env, args.figures)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     document = {
         "options": attrs.asdict(options),
+        "tracker_env": args.tracker_env,
         "machine": machine(),
         "started": started,
         "seconds": time.time() - started,

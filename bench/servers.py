@@ -248,14 +248,25 @@ def sidecar_group(upstream_port: int) -> dict[str, Any]:
 
 
 def start_tracker(
-    procs: Procs, name: str, work: Path, config: dict[str, Any], timeout: float = 30.0
+    procs: Procs,
+    name: str,
+    work: Path,
+    config: dict[str, Any],
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Tracker:
-    """Run ``python -m tracker serve`` with ``config`` (JSON is YAML); wait until it listens."""
+    """Run ``python -m tracker serve`` with ``config`` (JSON is YAML); wait until it listens.
+
+    ``env``: extra environment variables (``--tracker-env``), e.g. ``MALLOC_ARENA_MAX=1``, or
+    ``PYTHONPATH=DIR`` to measure another copy of the tracker package.
+    """
     path = work / f"{name}.yml"
     path.write_text(json.dumps(config, indent=2))
     # Default log level: the "listening" event that gives the ports is an info line.
     argv = [sys.executable, "-m", "tracker", "serve", "--config", str(path)]
-    proc = procs.start(name, argv)
+    # cwd: the work dir, so that `-m tracker` is the installed package (or PYTHONPATH's), not
+    # whatever directory the bench was started from.
+    proc = procs.start(name, argv, env={**os.environ, **env} if env else None, cwd=work)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         proc.check_alive()

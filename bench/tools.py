@@ -24,17 +24,19 @@ def find(tool: str) -> str | None:
     return shutil.which(tool, path=path)
 
 
-def ensure(tools: list[str], *, install: bool = True, log: bool = True) -> dict[str, str]:
+def ensure(
+    tools: list[str], *, install: bool = True, log: bool = True, timeout: float = 600.0
+) -> dict[str, str]:
     """Paths of ``tools``; missing ones are installed with apt-get (``apt-get update`` once).
 
     Raises ToolMissing when a tool is missing and cannot be installed (not root, no apt-get,
-    no network, or ``install`` false).
+    no network, ``install`` false, or apt-get taking longer than ``timeout`` per step).
     """
     missing = [t for t in tools if find(t) is None]
     if missing:
         if not install:
             raise ToolMissing(f"not installed: {', '.join(missing)}")
-        _apt_install([PACKAGES[t] for t in missing], log=log)
+        _apt_install([PACKAGES[t] for t in missing], log=log, timeout=timeout)
     paths = {t: find(t) for t in tools}
     still = [t for t, p in paths.items() if p is None]
     if still:
@@ -42,7 +44,7 @@ def ensure(tools: list[str], *, install: bool = True, log: bool = True) -> dict[
     return {t: p for t, p in paths.items() if p is not None}
 
 
-def _apt_install(packages: list[str], *, log: bool) -> None:
+def _apt_install(packages: list[str], *, log: bool, timeout: float) -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise ToolMissing(f"cannot install {' '.join(packages)}: needs root and apt-get")
     if log:
@@ -58,7 +60,7 @@ def _apt_install(packages: list[str], *, log: bool) -> None:
             ["apt-get", "update", "-qq"],
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
         ):
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
             if done.returncode != 0:
                 tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
                 raise ToolMissing(f"{' '.join(argv[:2])} failed: " + " | ".join(tail))
