@@ -25,7 +25,9 @@ checked, promoted or not).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import logging
 import os
 import re
@@ -33,6 +35,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable
+from typing import cast
 
 import trio
 
@@ -47,6 +50,8 @@ TEMP_PREFIX = ".tmp-"
 # [A-Za-z0-9_.-]+ and would leave the cache directory; dot files are our temp files).
 _GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
+#: Dirty bytes after which a refresh starts the kernel's writeback of what it wrote.
+WRITEBACK_EVERY = 32 * 1024 * 1024
 #: ``write(fd, data) -> bytes written``, as :func:`os.write`; injectable for fault tests.
 Writer = Callable[[int, bytes | memoryview], int]
 #: Free bytes of the file system holding a directory.
@@ -202,6 +207,7 @@ class Refresh:
         self.temp = ""
         self.size = 0
         self.written = 0
+        self._flushed = 0  # bytes handed to the kernel's writeback so far
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
         #: Set (by :meth:`mark_verified`) once all ``size`` bytes are written and the upstream
@@ -309,13 +315,23 @@ class Refresh:
         I/O error); the caller then aborts."""
         if self._fd is None:
             raise CacheError("refresh is not open")
-        fd = self._fd
+        fd, end = self._fd, self.written + len(data)
+        # Start the kernel's writeback every WRITEBACK_EVERY bytes instead of leaving a whole
+        # archive dirty in the page cache for the final fsync (seconds of stall per GiB).
+        flush_from = self._flushed if end - self._flushed >= WRITEBACK_EVERY else None
         try:
-            await trio.to_thread.run_sync(_write_all, self.cache._write, fd, data)
+            await trio.to_thread.run_sync(self._write_chunk, fd, data, flush_from, end)
         except OSError as exc:
             raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
-        self.written += len(data)
+        self.written = end
+        if flush_from is not None:
+            self._flushed = end
         self._notify()
+
+    def _write_chunk(self, fd: int, data: bytes, flush_from: int | None, end: int) -> None:
+        _write_all(self.cache._write, fd, data)
+        if flush_from is not None:
+            start_writeback(fd, flush_from, end - flush_from)
 
     async def commit(self, mtime: float | None = None) -> None:
         """Sync the temp file, rename it into place, then remove every other file of the same
@@ -372,6 +388,32 @@ class Refresh:
         self.cache._release(self)
         self.ended.set()
         self._notify()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` dirty bytes from ``offset`` (no waiting).
+
+    Only an optimisation: the final fsync is what makes the file durable, so a file system
+    that does not support it is fine.
+    """
+    sync_file_range = _libc_sync_file_range()
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: ignored
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+
+
+@functools.cache
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    # Python's os module has no sync_file_range; glibc has had it since 2.6.
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
 
 
 def _write_all(write: Writer, fd: int, data: bytes) -> None:

@@ -17,6 +17,7 @@ from tracker import __version__
 from tracker.config import Config, load_config, with_overrides
 from tracker.errors import ConfigError
 from tracker.logs import log_event, setup_logging
+from tracker.memory import limit_malloc_arenas
 from tracker.service import run_tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK")
         return EXIT_OK
     setup_logging(args.log_level, args.log_format)
+    limit_malloc_arenas()
     for warning in config.warnings:
         log_event(log, "warning", "config_warning", problem=warning)
     try:

@@ -28,11 +28,20 @@ def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
 
 
 def build_client(
-    group: TargetGroup, *, connect_timeout: float, read_timeout: float | None, max_connections: int
+    group: TargetGroup,
+    *,
+    connect_timeout: float,
+    read_timeout: float | None,
+    max_connections: int,
+    tls: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """A client for ``group``'s sources. HTTP/1.1 only (HTTP/2 is far slower for bulk bodies)."""
+    """A client for ``group``'s sources. HTTP/1.1 only (HTTP/2 is far slower for bulk bodies).
+
+    ``tls``: a context built by :func:`ssl_context` for this group, to share between clients
+    (loading the system's CA store costs milliseconds each time).
+    """
     return httpx.AsyncClient(
-        verify=ssl_context(group.tls_config),
+        verify=tls or ssl_context(group.tls_config),
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(connect_timeout, read=read_timeout, pool=connect_timeout),
