@@ -36,13 +36,13 @@ import re
 import stat
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
 
 import outcome
 import trio
 from quart import Request, Response
 from quart.wrappers.response import ResponseBody
 
+from tracker.bodies import GeneratorBody
 from tracker.errors import TrackerError
 from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 
@@ -69,7 +69,7 @@ class _Descriptor:
         self._finalizer()
 
 
-class _PreadBody(ResponseBody):
+class _PreadBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time."""
 
     def __init__(
@@ -85,28 +85,11 @@ class _PreadBody(ResponseBody):
         self._length = length
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
-        self._chunks: AsyncGenerator[bytes, None] | None = None
 
-    async def __aenter__(self) -> AsyncGenerator[bytes, None]:
-        self._chunks = self._read_chunks()
-        return self._chunks
+    async def _finish(self, error: BaseException | None) -> None:
+        self._descriptor.close()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self._chunks is not None:
-                # Usually a no-op (the generator finished or was unwound by the error that
-                # brought us here); shielded because we may be running under cancellation.
-                with trio.CancelScope(shield=True):
-                    await self._chunks.aclose()
-        finally:
-            self._descriptor.close()
-
-    async def _read_chunks(self) -> AsyncGenerator[bytes, None]:
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
         # Read-ahead: the next chunk is read in a worker thread while the server sends the
         # current one, so the two copies (page cache -> chunk, chunk -> socket) overlap.

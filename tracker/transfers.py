@@ -339,6 +339,9 @@ def _upstream_body(
         reopen=job.reopen if resumable else None,
         delays=job.settings.resume_delays,
         on_resume=job.events.refresh_resumed,
+        # Fewer, larger pieces cost far less per byte; but readers of a shared refresh follow
+        # the bytes on disk, which must not wait in memory for a piece to fill up.
+        min_chunk=1 if job.detached else job.settings.read_size,
     )
 
 
