@@ -359,3 +359,22 @@ async def test_targets_and_health(
         return (await client.get(f"{base}/v1/health")).status_code == 500
 
     await wait_until(emptied)
+
+
+async def test_redirect_headers_are_lower_case_on_the_wire(
+    two_groups: tuple[str, Sidecar, str],
+) -> None:
+    base = two_groups[0]
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"GET /snapshot.tar.bz2 HTTP/1.1\r\nhost: x\r\n\r\n")
+        raw = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in raw:
+                raw += await stream.receive_some(4096)
+    head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 303 "
+    names = [line.split(b":", 1)[0] for line in head[1:]]
+    assert b"location" in names
+    assert all(name == name.lower() for name in names), names

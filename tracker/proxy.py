@@ -78,7 +78,7 @@ class ProxySettings:
     #: Bytes asked of the socket per read (the size of chunks, at most).
     read_size: int = 1024 * 1024
     #: Chunks buffered between the upstream reader and the client writer, per stream.
-    queue_chunks: int = 4
+    queue_chunks: int = 2
     #: How long a stream waits for the server to start sending its body before deciding that
     #: the client went away (DESIGN trap 4).
     drain_start_timeout: float = 30.0
