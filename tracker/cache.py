@@ -35,13 +35,16 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
+import outcome
 import trio
 
 from tracker.errors import CacheError, RequestError
 from tracker.logs import log_event
 from tracker.snapshots import ArchiveName, parse_archive_name
+from tracker.threads import Background
 
 log = logging.getLogger("tracker.cache")
 
@@ -217,6 +220,7 @@ class Refresh:
         self.ended = trio.Event()
         self._progress = trio.Event()
         self._fd: int | None = None
+        self._writing: Background[None] | None = None
         self._done = False
 
     @property
@@ -311,27 +315,48 @@ class Refresh:
             return None
 
     async def write(self, data: bytes) -> None:
-        """Append ``data`` to the temp file (worker thread). Raises CacheError (disk full,
-        I/O error); the caller then aborts."""
+        """Append ``data`` to the temp file in a worker thread, overlapping the caller's next
+        upstream read: returns once the *previous* write has finished and this one started.
+        ``written`` grows (and readers wake) as each write completes. Raises CacheError (disk
+        full, I/O error) for the previous write; the caller then aborts."""
+        await self.flush()
         if self._fd is None:
             raise CacheError("refresh is not open")
-        fd, end = self._fd, self.written + len(data)
+        end = self.written + len(data)
         # Start the kernel's writeback every WRITEBACK_EVERY bytes instead of leaving a whole
         # archive dirty in the page cache for the final fsync (seconds of stall per GiB).
         flush_from = self._flushed if end - self._flushed >= WRITEBACK_EVERY else None
+        # The thread writes through its own descriptor: abort() may close ours meanwhile.
+        fd = os.dup(self._fd)
+        self._writing = Background(
+            partial(self._write_chunk, fd, data, flush_from, end),
+            on_done=partial(self._wrote, end, flush_from is not None),
+        )
+
+    async def flush(self) -> None:
+        """Wait for the write in flight (if any); raises CacheError when it failed."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
         try:
-            await trio.to_thread.run_sync(self._write_chunk, fd, data, flush_from, end)
+            await writing.result()
         except OSError as exc:
             raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
-        self.written = end
-        if flush_from is not None:
-            self._flushed = end
-        self._notify()
+
+    def _wrote(self, end: int, flushed: bool, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Value) and not self.ended.is_set():
+            self.written = end
+            if flushed:
+                self._flushed = end
+            self._notify()
 
     def _write_chunk(self, fd: int, data: bytes, flush_from: int | None, end: int) -> None:
-        _write_all(self.cache._write, fd, data)
-        if flush_from is not None:
-            start_writeback(fd, flush_from, end - flush_from)
+        try:
+            _write_all(self.cache._write, fd, data)
+            if flush_from is not None:
+                start_writeback(fd, flush_from, end - flush_from)
+        finally:
+            os.close(fd)
 
     async def commit(self, mtime: float | None = None) -> None:
         """Sync the temp file, rename it into place, then remove every other file of the same
@@ -343,6 +368,7 @@ class Refresh:
         if self._fd is None or self._done:
             raise CacheError("refresh is not open")
         try:
+            await self.flush()
             await trio.to_thread.run_sync(self._promote, mtime)
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc

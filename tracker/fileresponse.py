@@ -29,7 +29,6 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -37,7 +36,6 @@ import stat
 import weakref
 from collections.abc import AsyncGenerator, Callable
 
-import outcome
 import trio
 from quart import Request, Response
 from quart.wrappers.response import ResponseBody
@@ -45,6 +43,7 @@ from quart.wrappers.response import ResponseBody
 from tracker.bodies import GeneratorBody
 from tracker.errors import TrackerError
 from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
+from tracker.threads import Background
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
 #: holds two chunks at most (the one being sent, the one being read).
@@ -93,7 +92,7 @@ class _PreadBody(GeneratorBody):
         position, end = self._offset, self._offset + self._length
         # Read-ahead: the next chunk is read in a worker thread while the server sends the
         # current one, so the two copies (page cache -> chunk, chunk -> socket) overlap.
-        ahead: _Read | None = _Read(
+        ahead: Background[bytes] | None = _read(
             self._descriptor, min(self._chunk_size, end - position), position
         )
         try:
@@ -105,7 +104,7 @@ class _PreadBody(GeneratorBody):
                 ahead = None
                 if position < end:
                     next_size = min(self._chunk_size, end - position)
-                    ahead = _Read(self._descriptor, next_size, position)
+                    ahead = _read(self._descriptor, next_size, position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -118,41 +117,11 @@ class _PreadBody(GeneratorBody):
             self._descriptor.close()
 
 
-class _Read:
-    """One ``os.pread`` running in a worker thread, started at once, awaited later.
-
-    Not trio.to_thread.run_sync: that waits in the calling task, and the point is to read
-    while the generator is suspended at ``yield``. The thread holds the _Descriptor, so its
-    finalizer cannot close the fd under a running read. trio's thread limiter is not used
-    (acquiring it could hold up the chunk about to be sent): each stream has at most one read
-    in flight, so there are at most as many read threads as streams being sent.
-    """
-
-    def __init__(self, descriptor: _Descriptor, size: int, position: int) -> None:
-        self._done = trio.Event()
-        self._outcome: outcome.Outcome[bytes] | None = None
-        token = trio.lowlevel.current_trio_token()
-
-        def read() -> bytes:
-            return os.pread(descriptor.fd, size, position)
-
-        def deliver(result: outcome.Outcome[bytes]) -> None:
-            self._outcome = result
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._done.set)
-
-        trio.lowlevel.start_thread_soon(read, deliver)
-
-    async def result(self) -> bytes:
-        """The bytes read; raises the read's OSError. On cancellation the read goes on."""
-        await self._done.wait()
-        assert self._outcome is not None
-        return self._outcome.unwrap()
-
-    async def settle(self) -> None:
-        """Wait (shielded) until the thread is done with the descriptor; discard the result."""
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
+def _read(descriptor: _Descriptor, size: int, position: int) -> Background[bytes]:
+    """Start one ``os.pread`` in a worker thread. The closure holds the _Descriptor, so its
+    finalizer cannot close the fd under a running read; each stream has at most one read in
+    flight, so there are at most as many read threads as streams being sent."""
+    return Background(lambda: os.pread(descriptor.fd, size, position))
 
 
 def _open_and_stat(path: str) -> tuple[int, os.stat_result]:

@@ -465,6 +465,7 @@ async def _commit(job: StreamJob, upstream: UpstreamBody, refresh: Refresh | Non
     """Promote a complete refresh; a failure here costs the cache, never the client."""
     if refresh is None:
         return False
+    await refresh.flush()  # the last write may still be in flight (raises CacheError)
     refresh.mark_verified()  # every byte arrived: readers may finish, whatever comes next
     if not job.still_wanted():
         log_event(
