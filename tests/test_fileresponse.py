@@ -512,3 +512,17 @@ async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     with trio.fail_after(5), pytest.raises(OSError, match="not a regular file"):
         await file_response(str(fifo), ("GET", {}))
     assert open_fds(fifo) == 0
+
+
+def test_chunk_budget_shares_memory_between_streams() -> None:
+    from tracker.fileresponse import ChunkBudget
+
+    mib = 1024 * 1024
+    budget = ChunkBudget(total=32 * mib, smallest=mib, largest=2 * mib)
+    assert budget.chunk() == 2 * mib  # one stream reads big chunks
+    budget.streams = 8
+    assert budget.chunk() == 2 * mib
+    budget.streams = 16
+    assert budget.chunk() == mib
+    budget.streams = 200
+    assert budget.chunk() == mib  # never below the smallest useful read

@@ -16,7 +16,7 @@ import quart
 from tracker.config import Config
 from tracker.downloads import account_download
 from tracker.errors import RequestError
-from tracker.fileresponse import file_response
+from tracker.fileresponse import ChunkBudget, file_response
 from tracker.index import Index, SnapshotSource
 from tracker.metrics import Metrics, Outcome
 from tracker.snapshots import SnapshotFile
@@ -58,8 +58,10 @@ class Delivery:
         *,
         streamer: ByteStreamer | None = None,
         metrics: Metrics | None = None,
+        budget: ChunkBudget | None = None,
     ) -> None:
         self._config = config
+        self._budget = budget
         self._index = index
         self._streamer = streamer
         self._metrics = metrics
@@ -94,7 +96,7 @@ class Delivery:
             self._count("local")
             on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
             try:
-                return await file_response(f.path, request, on_bytes=on_bytes)
+                return await file_response(f.path, request, on_bytes=on_bytes, budget=self._budget)
             except FileNotFoundError as exc:
                 raise RequestError(404, f"{name} is gone from its local directory") from exc
         if self._config().proxy_snapshot_downloads and self._streamer is not None:

@@ -68,6 +68,30 @@ class _Descriptor:
         self._finalizer()
 
 
+class ChunkBudget:
+    """Read-ahead memory shared by every file stream of the process.
+
+    Each stream holds two chunks (the one being sent, the one being read), so a stream's
+    chunk is ``total / (2 * streams)``, clamped to ``[smallest, largest]``: one stream reads
+    big chunks (fast), many streams share a bounded amount of memory. Measured: 16 cache hits
+    + 4 proxied streams peaked at ~166 MB RSS with fixed 2 MiB chunks and ~132 MB with 1 MiB.
+    """
+
+    def __init__(
+        self,
+        total: int = 32 * 1024 * 1024,
+        smallest: int = 1024 * 1024,
+        largest: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.total, self.smallest, self.largest = total, smallest, largest
+        self.streams = 0
+
+    def chunk(self) -> int:
+        """The chunk size for a read now."""
+        share = self.total // (2 * max(1, self.streams))
+        return max(self.smallest, min(self.largest, share))
+
+
 class _PreadBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time."""
 
@@ -78,14 +102,26 @@ class _PreadBody(GeneratorBody):
         length: int,
         chunk_size: int,
         on_bytes: OnBytes | None,
+        budget: ChunkBudget | None = None,
     ) -> None:
         self._descriptor = descriptor
         self._offset = offset
         self._length = length
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
+        self._budget = budget
+
+    def _next_size(self, left: int) -> int:
+        size = self._budget.chunk() if self._budget is not None else self._chunk_size
+        return min(size, left)
+
+    async def _start(self) -> None:
+        if self._budget is not None:
+            self._budget.streams += 1
 
     async def _finish(self, error: BaseException | None) -> None:
+        if self._budget is not None:
+            self._budget.streams -= 1
         self._descriptor.close()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
@@ -93,7 +129,7 @@ class _PreadBody(GeneratorBody):
         # Read-ahead: the next chunk is read in a worker thread while the server sends the
         # current one, so the two copies (page cache -> chunk, chunk -> socket) overlap.
         ahead: Background[bytes] | None = _read(
-            self._descriptor, min(self._chunk_size, end - position), position
+            self._descriptor, self._next_size(end - position), position
         )
         try:
             while ahead is not None:
@@ -103,8 +139,7 @@ class _PreadBody(GeneratorBody):
                 position += len(chunk)
                 ahead = None
                 if position < end:
-                    next_size = min(self._chunk_size, end - position)
-                    ahead = _read(self._descriptor, next_size, position)
+                    ahead = _read(self._descriptor, self._next_size(end - position), position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -164,6 +199,7 @@ async def file_response(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     file_name: str | None = None,
     on_bytes: OnBytes | None = None,
+    budget: ChunkBudget | None = None,
 ) -> Response:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 
@@ -173,7 +209,8 @@ async def file_response(
     in ``chunk_size`` reads even if the path is replaced meanwhile. ``file_name``, when given,
     adds ``content-disposition: attachment; filename="..."`` (it must match
     ``[A-Za-z0-9._-]+``). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
-    handed to the server (metrics).
+    handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
+    ``chunk_size`` (see :class:`ChunkBudget`).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and
@@ -204,7 +241,7 @@ async def file_response(
         raise
     body: ResponseBody | bytes = b""
     if plan.send_body and plan.length > 0:
-        body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes)
+        body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, budget)
     else:
         descriptor.close()
     response = Response(body, status=plan.status)

@@ -29,6 +29,7 @@ from tracker.api import ApiDeps, create_app
 from tracker.config import Config, parse_address
 from tracker.delivery import Delivery
 from tracker.errors import ConfigError
+from tracker.fileresponse import ChunkBudget
 from tracker.health import HealthChecker
 from tracker.index import Index
 from tracker.internal_api import create_internal_app
@@ -119,7 +120,10 @@ async def run_tracker(
     sockets = open_listeners(config, environ)
     async with httpx.AsyncClient(trust_env=False) as rpc_client:
         transfers = Transfers()
-        streamer = ProxyStreamer(tracker.current, tracker.index, transfers, metrics=tracker.metrics)
+        budget = ChunkBudget()  # read-ahead memory shared by every file stream
+        streamer = ProxyStreamer(
+            tracker.current, tracker.index, transfers, metrics=tracker.metrics, budget=budget
+        )
         # cache_prefetch: after each scrape round, new best archives are refreshed in the
         # background (in the transfers nursery).
         prefetcher = Prefetcher(tracker.current, tracker.index, streamer, transfers)
@@ -129,6 +133,7 @@ async def run_tracker(
             tracker.index,
             streamer=streamer,
             metrics=tracker.metrics,
+            budget=budget,
         )
         health = HealthChecker(tracker.current, tracker.index, rpc_client)
         deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)

@@ -35,7 +35,7 @@ from quart.wrappers.response import ResponseBody
 from tracker.cache import Cache
 from tracker.config import Config, TargetGroup
 from tracker.errors import RequestError, UpstreamError
-from tracker.fileresponse import file_response
+from tracker.fileresponse import ChunkBudget, file_response
 from tracker.index import Index, SnapshotSource
 from tracker.logs import log_event
 from tracker.metrics import Kind, Metrics, Outcome
@@ -77,8 +77,10 @@ class ProxyStreamer:
         metrics: Metrics | None = None,
         settings: ProxySettings | None = None,
         cache_factory: CacheFactory | None = None,
+        budget: ChunkBudget | None = None,
     ) -> None:
         self._config = config
+        self._budget = budget
         self._index = index
         self._transfers = transfers
         self._metrics = metrics
@@ -184,7 +186,7 @@ class ProxyStreamer:
         if self._metrics is not None:
             on_bytes = partial(self._metrics.add_served_bytes, "cache")
         try:
-            response = await file_response(path, request, on_bytes=on_bytes)
+            response = await file_response(path, request, on_bytes=on_bytes, budget=self._budget)
         except FileNotFoundError:
             return None
         except OSError as exc:  # something else than a file at the path: not cached
