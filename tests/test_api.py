@@ -378,3 +378,22 @@ async def test_redirect_headers_are_lower_case_on_the_wire(
     names = [line.split(b":", 1)[0] for line in head[1:]]
     assert b"location" in names
     assert all(name == name.lower() for name in names), names
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/snapshots",
+        "/v1/best_snapshots",
+        "/v1/targets",
+        "/v1/health",
+        "/v1/snapshot.tar.bz2",
+        "/v1/incremental-snapshot.tar.zst",
+    ],
+)
+async def test_unknown_group_is_404_everywhere(
+    two_groups: tuple[str, Sidecar, str], client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(f"{two_groups[0]}{path}?group=nope")
+    assert response.status_code == 404
+    assert "nope" in response.text

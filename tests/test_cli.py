@@ -121,3 +121,17 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert "startup_failed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_invalid_file_before_binding(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bad = tmp_path / "bad.yml"
+    bad.write_text(f'listen: "127.0.0.1:{port}"\ntarget_groups:\n  - group: "a/b"\n')
+    result = run_cli("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert "target_groups[0].group" in result.stderr
+    assert "listening" not in result.stderr
