@@ -397,3 +397,20 @@ async def test_unknown_group_is_404_everywhere(
     response = await client.get(f"{two_groups[0]}{path}?group=nope")
     assert response.status_code == 404
     assert "nope" in response.text
+
+
+async def test_archive_answers_name_the_archive(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    full = full_name(50)
+    (ledger / full).write_bytes(b"F" * 100)
+    base = await tracker_with(
+        nursery, tmp_path, target_groups=[{"group": "l", "local_targets": {"paths": ["ledger"]}}]
+    )
+    await wait_for_snapshots(client, base)
+    response = await client.get(f"{base}/snapshot.tar.bz2", follow_redirects=True)
+    assert response.headers["content-disposition"] == f'attachment; filename="{full}"'
+    ranged = await client.get(f"{base}/{full}", headers={"range": "bytes=0-9"})
+    assert ranged.status_code == 206 and "content-disposition" in ranged.headers

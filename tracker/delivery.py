@@ -84,6 +84,10 @@ class Delivery:
         ``download`` line at its end (bytes, duration, outcome).
         """
         response = await self._answer(request, group, name)
+        if response.status_code in (200, 206) and "content-disposition" not in response.headers:
+            # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
+            # (often /snapshot.tar.bz2 before its redirect) the client started from.
+            response.headers["content-disposition"] = f'attachment; filename="{name}"'
         account_download(response, request, self._metrics, group=group, file=name)
         return response
 
