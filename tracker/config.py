@@ -32,7 +32,6 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -46,6 +45,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
+from tracker import values
 from tracker.errors import ConfigError, ProbeError
 from tracker.sources.targetfile import read_target_file
 from tracker.values import (
@@ -244,129 +244,6 @@ class Config:
         return next((g for g in self.target_groups if g.group == name), None)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks of single values: each takes the raw YAML value, returns the stored value or raises
-# ValueError with the message shown after the key path.
-
-
-def _str(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
-    raise ValueError(f"expected a string, got {describe(value)}{hint}")
-
-
-# yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.
-_YAML11_TRUE = ("y", "Y", "yes", "Yes", "YES", "on", "On", "ON")
-_YAML11_FALSE = ("n", "N", "no", "No", "NO", "off", "Off", "OFF")
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in _YAML11_TRUE or value in _YAML11_FALSE:
-        return value in _YAML11_TRUE
-    raise ValueError(f"expected true or false, got {describe(value)}")
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ValueError(f"expected an integer, got {describe(value)}")
-
-
-def _int_in(lowest: int, highest: int | None = None) -> Callable[[object], int]:
-    def check(value: object) -> int:
-        number = _int(value)
-        if number < lowest or (highest is not None and number > highest):
-            bounds = f"at least {lowest}" if highest is None else f"from {lowest} to {highest}"
-            raise ValueError(f"must be {bounds}, got {number}")
-        return number
-
-    return check
-
-
-def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be a positive duration, got {value!r}")
-    return seconds
-
-
-def _address(value: object) -> str:
-    parse_address(_str(value))
-    return _str(value)
-
-
-def _optional_address(value: object) -> str:
-    return "" if _str(value) == "" else _address(value)
-
-
-def _check_http_url(text: str) -> None:
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError:
-        raise ValueError(f"not an absolute http(s) URL: {text!r}") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an absolute http(s) URL: {text!r}")
-    if any(c.isspace() for c in text):
-        raise ValueError(f"URL must not contain blanks: {text!r}")
-
-
-def _http_target(value: object) -> str:
-    text = _str(value)
-    _check_http_url(text)
-    if "?" in text or "#" in text:
-        raise ValueError(f"URL must not have a query or fragment: {text!r}")
-    return text.rstrip("/")
-
-
-def _rpc_url(value: object) -> str:
-    text = _str(value)
-    if text == "":
-        return text
-    _check_http_url(text)
-    if "#" in text:
-        raise ValueError(f"URL must not have a fragment: {text!r}")
-    return text
-
-
-def _public_url(value: object) -> str:
-    text = _str(value)
-    if text == "":
-        return text
-    _check_http_url(text)
-    if "?" in text or "#" in text:
-        raise ValueError(f"must be an origin with an optional path prefix, got {text!r}")
-    return text.rstrip("/")
-
-
-_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _group_name(value: object) -> str:
-    name = _str(value)
-    if not _GROUP_NAME.fullmatch(name):
-        raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
-    return name
-
-
-def _scheme(value: object) -> str:
-    scheme = _str(value).lower() or "http"  # "" is what Go gets from a missing key
-    if scheme not in ("http", "https"):
-        raise ValueError(f"scheme must be 'http' or 'https', got {value!r}")
-    return scheme
-
-
-def _api_path(value: object) -> str:
-    text = _str(value)
-    if any(c in text for c in "?#") or any(c.isspace() for c in text):
-        raise ValueError(f"api_path must be a URL path like '/api', got {text!r}")
-    stripped = text.strip("/")
-    return f"/{stripped}" if stripped else ""
-
-
 _T = TypeVar("_T")
 
 
@@ -428,7 +305,7 @@ class _Loader:
         self._register()
 
     def _register(self) -> None:
-        for kind, check in ((str, _str), (bool, _bool), (int, _int)):
+        for kind, check in ((str, values.string), (bool, values.boolean), (int, values.integer)):
             self.converter.register_structure_hook(kind, _ignore_type(check))
         self._add(BasicAuth, {"password_file": self._secret_file}, self._finish_basic_auth)
         self._add(BearerAuth, {"token_file": self._secret_file}, self._finish_bearer_auth)
@@ -437,24 +314,27 @@ class _Loader:
         self._add(TLSConfig, files, _finish_tls, aliases=_TLS_GO_KEYS)
         self._add(StaticTargets, {"targets": _list_of(_target)})
         self._add(FileTargets, {"path": self._targets_file})
-        self._add(HttpTargets, {"targets": _list_of(_http_target)})
+        self._add(HttpTargets, {"targets": _list_of(values.http_target)})
         self._add(LocalTargets, {"paths": _list_of(self._directory)})
-        self._add(TargetGroup, {"group": _group_name, "scheme": _scheme, "api_path": _api_path})
+        self._add(
+            TargetGroup,
+            {"group": values.group_name, "scheme": values.scheme, "api_path": values.api_path},
+        )
         self._add(Config, self._config_fields())
 
     def _config_fields(self) -> dict[str, Callable[[Any], Any]]:
         return {
-            "scrape_interval": _positive_duration,
-            "scrape_timeout": _positive_duration,
-            "shutdown_grace": _positive_duration,
-            "listen": _address,
-            "internal_listen": _optional_address,
-            "rpc": _rpc_url,
-            "public_url": _public_url,
-            "max_snapshot_age": _int_in(0),
-            "max_target_failures": _int_in(1),
-            "scrape_concurrency": _int_in(1, 10000),
-            "cache_prefetch_concurrency": _int_in(1),
+            "scrape_interval": values.positive_duration,
+            "scrape_timeout": values.positive_duration,
+            "shutdown_grace": values.positive_duration,
+            "listen": values.address,
+            "internal_listen": values.optional_address,
+            "rpc": values.rpc_url,
+            "public_url": values.public_url,
+            "max_snapshot_age": values.integer_in(0),
+            "max_target_failures": values.integer_in(1),
+            "scrape_concurrency": values.integer_in(1, 10000),
+            "cache_prefetch_concurrency": values.integer_in(1),
             "proxy_snapshot_cache_dir": self._cache_dir,
             "target_groups": _list_of(lambda raw: self.converter.structure(raw, TargetGroup)),
         }
@@ -480,7 +360,7 @@ class _Loader:
         self.converter.register_structure_hook(cls, hook)
 
     def _resolve(self, value: object) -> str:
-        text = _str(value)
+        text = values.string(value)
         return os.path.abspath(os.path.join(self.base_dir, text)) if text else ""
 
     def _readable_file(self, value: object) -> str:
@@ -556,7 +436,7 @@ class _Loader:
 
 
 def _target(value: object) -> str:
-    return check_target(_str(value))
+    return check_target(values.string(value))
 
 
 def _finish_tls(tls: TLSConfig) -> TLSConfig:
@@ -796,14 +676,14 @@ def _cli_int(value: object) -> int:
     # The CLI may hand over the flag's text; the config file must use a YAML integer.
     if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
         value = int(value)
-    return _int_in(0)(value)
+    return values.integer_in(0)(value)
 
 
 #: Command-line overrides: Config field -> (flag, check of the value).
 _OVERRIDES: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "listen": ("--listen", _address),
-    "internal_listen": ("--internal-listen", _optional_address),
-    "rpc": ("--rpc", _rpc_url),
+    "listen": ("--listen", values.address),
+    "internal_listen": ("--internal-listen", values.optional_address),
+    "rpc": ("--rpc", values.rpc_url),
     "max_snapshot_age": ("--max-snapshot-age", _cli_int),
 }
 

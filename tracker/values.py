@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from fractions import Fraction
+from urllib.parse import urlsplit
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (bool, "a boolean"),  # before int: bool is an int subclass
@@ -151,3 +153,126 @@ def check_target(text: str) -> str:
     except ValueError as exc:
         raise ValueError(f"not a host:port target ({exc}): {text!r}") from None
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of single config values: each takes the raw YAML value, returns the stored value or
+# raises ValueError with the message shown after the key path.
+
+
+def string(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
+    raise ValueError(f"expected a string, got {describe(value)}{hint}")
+
+
+# yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.
+_YAML11_TRUE = ("y", "Y", "yes", "Yes", "YES", "on", "On", "ON")
+_YAML11_FALSE = ("n", "N", "no", "No", "NO", "off", "Off", "OFF")
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in _YAML11_TRUE or value in _YAML11_FALSE:
+        return value in _YAML11_TRUE
+    raise ValueError(f"expected true or false, got {describe(value)}")
+
+
+def integer(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected an integer, got {describe(value)}")
+
+
+def integer_in(lowest: int, highest: int | None = None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        number = integer(value)
+        if number < lowest or (highest is not None and number > highest):
+            bounds = f"at least {lowest}" if highest is None else f"from {lowest} to {highest}"
+            raise ValueError(f"must be {bounds}, got {number}")
+        return number
+
+    return check
+
+
+def positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def address(value: object) -> str:
+    parse_address(string(value))
+    return string(value)
+
+
+def optional_address(value: object) -> str:
+    return "" if string(value) == "" else address(value)
+
+
+def check_http_url(text: str) -> None:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"not an absolute http(s) URL: {text!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {text!r}")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"URL must not contain blanks: {text!r}")
+
+
+def http_target(value: object) -> str:
+    text = string(value)
+    check_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError(f"URL must not have a query or fragment: {text!r}")
+    return text.rstrip("/")
+
+
+def rpc_url(value: object) -> str:
+    text = string(value)
+    if text == "":
+        return text
+    check_http_url(text)
+    if "#" in text:
+        raise ValueError(f"URL must not have a fragment: {text!r}")
+    return text
+
+
+def public_url(value: object) -> str:
+    text = string(value)
+    if text == "":
+        return text
+    check_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError(f"must be an origin with an optional path prefix, got {text!r}")
+    return text.rstrip("/")
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def group_name(value: object) -> str:
+    name = string(value)
+    if not _GROUP_NAME.fullmatch(name):
+        raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
+    return name
+
+
+def scheme(value: object) -> str:
+    scheme = string(value).lower() or "http"  # "" is what Go gets from a missing key
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be 'http' or 'https', got {value!r}")
+    return scheme
+
+
+def api_path(value: object) -> str:
+    text = string(value)
+    if any(c in text for c in "?#") or any(c.isspace() for c in text):
+        raise ValueError(f"api_path must be a URL path like '/api', got {text!r}")
+    stripped = text.strip("/")
+    return f"/{stripped}" if stripped else ""
