@@ -1,4 +1,4 @@
-"""Parsers of single config values: Go-style durations, listen addresses, sidecar targets.
+"""Parsers and checks of single config values: durations, addresses, targets, URLs, names.
 
 Pure functions raising ValueError with a message meant for the operator; the config loader
 puts the key path in front of it.
