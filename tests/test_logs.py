@@ -170,3 +170,26 @@ def test_unknown_level_or_format_is_a_value_error() -> None:
 
 def test_format_time_is_rfc3339_utc_with_milliseconds() -> None:
     assert format_time(1795255200.1234) == "2026-11-21T10:00:00.123Z"
+
+
+def test_expected_errors_drop_only_their_tracebacks() -> None:
+    import sys
+
+    from tracker.errors import TrackerError, UpstreamError
+    from tracker.logs import ExpectedErrors
+
+    keep = ExpectedErrors((TrackerError,))
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            info = sys.exc_info()
+        return logging.LogRecord("hypercorn.error", logging.ERROR, "", 0, "Error", (), info)
+
+    assert not keep.filter(record(UpstreamError("upstream broke")))
+    assert not keep.filter(record(ExceptionGroup("g", [UpstreamError("x")])))
+    assert keep.filter(record(ExceptionGroup("g", [UpstreamError("x"), KeyError("bug")])))
+    assert keep.filter(record(RuntimeError("a bug")))
+    plain = logging.LogRecord("hypercorn.error", logging.INFO, "", 0, "Running", (), None)
+    assert keep.filter(plain)

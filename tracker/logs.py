@@ -154,3 +154,27 @@ def _text_value(value: object) -> str:
         return text
     # json.dumps quotes and escapes newlines, tabs and quotes: the value stays on one line.
     return json.dumps(text, ensure_ascii=False)
+
+
+class ExpectedErrors(logging.Filter):
+    """Drops a server's traceback for a response that ended on purpose in one of ``types``.
+
+    A failed upstream or cache write must break the client's connection (never a short 200),
+    which the server reports as an application error with a traceback. The tracker has
+    already logged that failure as one event line (``stream_failed``), so the traceback is
+    noise for an operator; any other exception is kept.
+    """
+
+    def __init__(self, types: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) when the record's exception is, or only groups, expected errors."""
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not self._expected(exc)
+
+    def _expected(self, exc: BaseException) -> bool:
+        if isinstance(exc, BaseExceptionGroup):
+            return all(self._expected(e) for e in exc.exceptions)
+        return isinstance(exc, self.types)

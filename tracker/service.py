@@ -28,7 +28,7 @@ from tracker.activity import ActiveRequests
 from tracker.api import ApiDeps, create_app
 from tracker.config import Config, parse_address
 from tracker.delivery import Delivery
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, TrackerError
 from tracker.fileresponse import ChunkBudget
 from tracker.health import HealthChecker
 from tracker.index import Index
@@ -42,7 +42,7 @@ from tracker.listeners import (
     hypercorn_bind,
     listen_fds,
 )
-from tracker.logs import log_event
+from tracker.logs import ExpectedErrors, log_event
 from tracker.metrics import Metrics
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.prefetch import Prefetcher
@@ -79,6 +79,9 @@ def hypercorn_config(sock: socket.socket, grace: float) -> HypercornConfig:
     cfg.read_timeout = None
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
+    if not any(isinstance(f, ExpectedErrors) for f in cfg.errorlog.filters):
+        # Deliberately broken streams were logged already, as one line each.
+        cfg.errorlog.addFilter(ExpectedErrors((TrackerError,)))
     cfg.keep_alive_timeout = 75
     return cfg
 
