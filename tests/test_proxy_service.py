@@ -99,3 +99,25 @@ async def test_daemon_proxies_caches_and_cleans_up_on_stop(
     assert isinstance(result, httpx.HTTPError)  # the client's stream broke, never a short 200
     assert sorted(p.name for p in group_dir.iterdir()) == [INCR]
     assert "stream_stopped" in serve.log
+    assert "Traceback" not in serve.log  # a stream broken on purpose is one log line
+
+
+async def test_a_stream_broken_on_purpose_is_one_log_line(
+    sidecar: FakeUpstream, tmp_path: Path
+) -> None:
+    serve = await start_serve("--config", str(write_config(tmp_path, sidecar)))
+    sidecar.behaviour[FULL] = Behaviour(drop_after=1 * MiB)
+    async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+
+        async def listed() -> bool:
+            return bool((await client.get(f"{serve.base}/v1/snapshots")).json())
+
+        with trio.fail_after(10):
+            while not await listed():
+                await trio.sleep(0.05)
+        # A Range request is proxied uncached (no resume): the upstream's drop breaks it.
+        with pytest.raises(httpx.HTTPError):
+            await client.get(f"{serve.base}/v1/{FULL}?group={GROUP}", headers={"range": "bytes=0-"})
+    await wait_for(lambda: "stream_failed" in serve.log)
+    assert await serve.stop(timeout=10) == 0
+    assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log
