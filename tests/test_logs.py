@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import trio
 
 from tracker.logs import format_time, log_event, setup_logging
 
@@ -191,5 +192,8 @@ def test_expected_errors_drop_only_their_tracebacks() -> None:
     assert not keep.filter(record(ExceptionGroup("g", [UpstreamError("x")])))
     assert keep.filter(record(ExceptionGroup("g", [UpstreamError("x"), KeyError("bug")])))
     assert keep.filter(record(RuntimeError("a bug")))
+    stopping = ExpectedErrors((TrackerError, trio.Cancelled))
+    cancelled = trio.Cancelled._create()
+    assert not stopping.filter(record(BaseExceptionGroup("g", [cancelled, UpstreamError("x")])))
     plain = logging.LogRecord("hypercorn.error", logging.INFO, "", 0, "Running", (), None)
     assert keep.filter(plain)

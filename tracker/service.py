@@ -80,8 +80,9 @@ def hypercorn_config(sock: socket.socket, grace: float) -> HypercornConfig:
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     if not any(isinstance(f, ExpectedErrors) for f in cfg.errorlog.filters):
-        # Deliberately broken streams were logged already, as one line each.
-        cfg.errorlog.addFilter(ExpectedErrors((TrackerError,)))
+        # Deliberately broken streams were logged already, as one line each (during a stop
+        # the server reports them grouped with the cancellation of the request).
+        cfg.errorlog.addFilter(ExpectedErrors((TrackerError, trio.Cancelled)))
     cfg.keep_alive_timeout = 75
     return cfg
 
