@@ -407,6 +407,20 @@ def advertise(
     index.apply(TargetKey(group, target), chains_from_files(snapshot_files), when)
 
 
+def advertise_files(index: Index, up: FakeUpstream, files: dict[str, bytes]) -> None:
+    """``up`` advertises every one of ``files`` (name -> bytes) at its own URL."""
+    advertise(index, up.base, [(name, up.url(name), len(data)) for name, data in files.items()])
+
+
+@asynccontextmanager
+async def serving(up: FakeUpstream) -> AsyncIterator[FakeUpstream]:
+    """Run ``up`` on 127.0.0.1 for the duration of the block."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        yield up
+        nursery.cancel_scope.cancel()
+
+
 FAST = ProxySettings(connect_timeout=2.0, answer_timeout=5.0, read_timeout=10.0)
 
 

@@ -26,12 +26,14 @@ from helpers_proxy import (
     MiB,
     TrackerUnderTest,
     advertise,
+    advertise_files,
     archive_bytes,
     full_name,
     incremental_name,
     make_config,
     raw_request,
     running_tracker,
+    serving,
     sha256,
     wait_for,
 )
@@ -46,19 +48,12 @@ INCR_DATA = archive_bytes(1 * MiB, seed=11)
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    up = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
+    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
         yield up
-        nursery.cancel_scope.cancel()
 
 
 def advertise_pair(t: TrackerUnderTest, up: FakeUpstream) -> None:
-    advertise(
-        t.index,
-        up.base,
-        [(FULL, up.url(FULL), len(FULL_DATA)), (INCR, up.url(INCR), len(INCR_DATA))],
-    )
+    advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
 
 
 @pytest.fixture

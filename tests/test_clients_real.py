@@ -17,12 +17,13 @@ from helpers_proxy import (
     FakeUpstream,
     MiB,
     TrackerUnderTest,
-    advertise,
+    advertise_files,
     archive_bytes,
     full_name,
     incremental_name,
     make_config,
     running_tracker,
+    serving,
     sha256,
 )
 
@@ -56,17 +57,13 @@ async def run(*args: str, cwd: Path) -> None:
 
 @pytest.fixture
 async def tracker(tmp_path: Path) -> AsyncIterator[tuple[TrackerUnderTest, FakeUpstream]]:
-    up = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
-        async with running_tracker(make_config(tmp_path / "cache")) as t:
-            advertise(
-                t.index,
-                up.base,
-                [(FULL, up.url(FULL), len(FULL_DATA)), (INCR, up.url(INCR), len(INCR_DATA))],
-            )
-            yield t, up
-        nursery.cancel_scope.cancel()
+    files = {FULL: FULL_DATA, INCR: INCR_DATA}
+    async with (
+        serving(FakeUpstream(files=files)) as up,
+        running_tracker(make_config(tmp_path / "cache")) as t,
+    ):
+        advertise_files(t.index, up, files)
+        yield t, up
 
 
 async def test_curl_follows_the_short_redirect(

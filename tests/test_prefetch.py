@@ -28,6 +28,7 @@ from helpers_proxy import (
     incremental_name,
     make_config,
     running_tracker,
+    serving,
     sha256,
     sidecar_listing,
     wait_for,
@@ -42,11 +43,8 @@ FILES = {FULL: archive_bytes(4 * MiB, seed=60), INCR: archive_bytes(1 * MiB, see
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    up = FakeUpstream(files=dict(FILES))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
+    async with serving(FakeUpstream(files=dict(FILES))) as up:
         yield up
-        nursery.cancel_scope.cancel()
 
 
 def advertise_all(t: TrackerUnderTest, up: FakeUpstream, **kwargs: float) -> None:

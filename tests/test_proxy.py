@@ -27,6 +27,7 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
+    serving,
     sha256,
     wait_for,
 )
@@ -37,11 +38,8 @@ DATA = archive_bytes(3 * MiB, seed=1)
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    up = FakeUpstream(files={NAME: DATA})
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
         yield up
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from helpers_proxy import (
     archive_bytes,
     full_name,
     incremental_name,
+    serving,
     sha256,
     sidecar_listing,
     wait_for,
@@ -32,11 +33,8 @@ FILES = {FULL: archive_bytes(4 * MiB, seed=30), INCR: archive_bytes(1 * MiB, see
 
 @pytest.fixture
 async def sidecar() -> AsyncIterator[FakeUpstream]:
-    up = FakeUpstream(files=dict(FILES), listing=sidecar_listing(FILES))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
+    async with serving(FakeUpstream(files=dict(FILES), listing=sidecar_listing(FILES))) as up:
         yield up
-        nursery.cancel_scope.cancel()
 
 
 def write_config(tmp_path: Path, sidecar: FakeUpstream) -> Path:

@@ -31,6 +31,7 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
+    serving,
     sha256,
     wait_for,
 )
@@ -47,11 +48,8 @@ CLIENTS = 8
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    up = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
-    async with trio.open_nursery() as nursery:
-        await nursery.start(up.run)
+    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
         yield up
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
