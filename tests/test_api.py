@@ -414,3 +414,38 @@ async def test_archive_answers_name_the_archive(
     assert response.headers["content-disposition"] == f'attachment; filename="{full}"'
     ranged = await client.get(f"{base}/{full}", headers={"range": "bytes=0-9"})
     assert ranged.status_code == 206 and "content-disposition" in ranged.headers
+
+
+async def test_health_caps_what_it_reads_from_the_rpc_node(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    from quart_trio import QuartTrio
+
+    huge = QuartTrio(__name__)
+
+    @huge.post("/")
+    async def endless() -> Any:
+        import quart
+
+        async def body() -> Any:
+            for _ in range(1024):  # 1 GiB claimed and streamed: must be cut off, not buffered
+                yield b" " * (1024 * 1024)
+
+        response = quart.Response(body(), content_type="application/json")
+        response.headers["content-length"] = str(1024 * 1024 * 1024)
+        return response
+
+    rpc_url = await nursery.start(serve_app, huge)
+    sidecar = Sidecar(body=[sidecar_info((full_name(1000), 1))])
+    up = await nursery.start(serve_app, sidecar.app())
+    base = await tracker_with(
+        nursery,
+        tmp_path,
+        rpc=rpc_url,
+        target_groups=[{"group": "g", "static_targets": {"targets": [up[7:]]}}],
+    )
+    await wait_for_snapshots(client, base)
+    with trio.fail_after(5):
+        health = await client.get(f"{base}/v1/health")
+    assert health.status_code == 502
+    assert "limit" in health.json()["Health"]

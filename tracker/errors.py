@@ -8,6 +8,7 @@ boundary where they happen, so callers handle one family::
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
     ├── RequestError       a client request is malformed or names nothing known (4xx)
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
+    ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     └── CacheError         the disk cache could not store a file (disk full, read-only, ...)
 """
 
@@ -41,6 +42,10 @@ class RequestError(TrackerError):
 
 class UpstreamError(TrackerError):
     """No upstream source delivered the requested bytes; the reason is one line."""
+
+
+class RpcError(TrackerError):
+    """The RPC node could not tell the current slot; the message is one line."""
 
 
 class CacheError(TrackerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,9 @@ import httpx
 import trio
 
 from tracker.config import Config
+from tracker.errors import ProbeError, RpcError
 from tracker.index import Index
+from tracker.sources.limits import read_capped
 
 RPC_TIMEOUT = 5.0
 MAX_RPC_BODY = 64 * 1024
@@ -57,25 +60,21 @@ class HealthChecker:
             "method": "getSlot",
             "params": [{"commitment": "finalized"}],
         }
+        headers = {"accept-encoding": "identity"}
         try:
             with trio.fail_after(RPC_TIMEOUT):
-                response = await self._client.post(url, json=payload)
-        except (httpx.HTTPError, trio.TooSlowError) as exc:
+                async with self._client.stream("POST", url, json=payload, headers=headers) as r:
+                    if r.status_code != 200:
+                        raise RpcError(f"HTTP {r.status_code}")
+                    body = await read_capped(r, MAX_RPC_BODY)
+        except (httpx.HTTPError, trio.TooSlowError, ProbeError) as exc:
             raise RpcError(str(exc) or type(exc).__name__) from exc
-        return _slot_from(response)
+        return _slot_from(bytes(body))
 
 
-class RpcError(Exception):
-    """The RPC node could not tell the current slot (internal to this module's callers)."""
-
-
-def _slot_from(response: httpx.Response) -> int:
-    if response.status_code != 200:
-        raise RpcError(f"HTTP {response.status_code}")
-    if len(response.content) > MAX_RPC_BODY:
-        raise RpcError("answer too large")
+def _slot_from(body: bytes) -> int:
     try:
-        slot = response.json()["result"]
+        slot = json.loads(body)["result"]
     except (ValueError, KeyError, TypeError) as exc:
         raise RpcError("not a getSlot answer") from exc
     if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import trio
 
 from tracker.config import Config
-from tracker.health import HealthChecker, RpcError
+from tracker.errors import RpcError
+from tracker.health import HealthChecker
 from tracker.index import Index
 from tracker.metrics import Metrics
 from tracker.notify import Notifier
