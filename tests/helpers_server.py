@@ -1,4 +1,7 @@
-"""Run an ASGI app on a real hypercorn (trio worker) on 127.0.0.1 with a free port, for tests.
+"""Run an ASGI app on a real server on 127.0.0.1 with a free port, for tests.
+
+The server is the tracker's own (:func:`tracker.server.serve`: hypercorn's connection handler
+with sendfile for file bodies), so every test that serves files exercises that path.
 
 Usage::
 
@@ -17,16 +20,19 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.trio import serve as hypercorn_serve
+
+from tracker.listeners import bind_socket
+from tracker.server import serve
+from tracker.zerocopy import Connections
 
 
 def local_config(**settings: Any) -> Config:
-    """A hypercorn Config bound to 127.0.0.1 port 0, access log off, short grace.
+    """A hypercorn Config for tests: access log off, short grace.
 
     ``settings`` are set as attributes afterwards (for example ``graceful_timeout=0.5``).
     """
     config = Config()
-    config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.graceful_timeout = 2.0
     for name, value in settings.items():
@@ -39,14 +45,17 @@ async def serve_app(
     *,
     config: Config | None = None,
     stop_timeout: float = 5.0,
+    connections: Connections | None = None,
+    plain: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` with ``hypercorn.trio.serve`` until cancelled; start with ``nursery.start``.
+    """Serve ``app`` on 127.0.0.1 (a free port) until cancelled; start with ``nursery.start``.
 
-    ``config`` defaults to :func:`local_config` (127.0.0.1:0). Reports the base URL of the
-    first bound socket (``http://127.0.0.1:PORT``, the real port, which hypercorn reads back
-    from the socket it bound) through ``task_status.started``, after the app's lifespan
-    startup has finished.
+    ``config`` defaults to :func:`local_config`. Reports the base URL
+    (``http://127.0.0.1:PORT``) through ``task_status.started``, after the app's lifespan
+    startup has finished. ``connections`` lets a test see the zero-copy pieces sent;
+    ``plain`` serves with hypercorn's own ``serve`` instead (no sendfile: file bodies are read
+    and sent as bytes).
 
     On cancellation the server is stopped through its ``shutdown_trigger`` so that hypercorn
     runs its graceful shutdown and the app's lifespan shutdown (cancelling hypercorn's own
@@ -60,7 +69,21 @@ async def serve_app(
 
     async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
         with server_scope:
-            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            if plain:
+                config.bind = ["127.0.0.1:0"]
+                await hypercorn_serve(
+                    app, config, shutdown_trigger=shutdown.wait, task_status=task_status
+                )
+                return
+            sock = bind_socket("127.0.0.1", 0, user_timeout=None)
+            await serve(
+                app,
+                config,
+                sock,
+                connections or Connections(),
+                shutdown_trigger=shutdown.wait,
+                task_status=task_status,
+            )
 
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(run_server)

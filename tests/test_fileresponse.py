@@ -1,4 +1,7 @@
-"""tracker.fileresponse against a real hypercorn (trio worker) on 127.0.0.1, over real sockets.
+"""tracker.fileresponse against a real server on 127.0.0.1, over real sockets.
+
+Every server test runs twice: on the tracker's server (bodies go out with sendfile, in
+pieces) and on plain hypercorn (bodies read with pread and sent as bytes, in chunks).
 
 httpx checks what a client sees; raw sockets check the wire itself (framing, header case, HEAD
 without a body) and let a test stall or drop a connection at a chosen moment. Open
@@ -12,6 +15,7 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -24,6 +28,7 @@ from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from tracker.fileresponse import file_response
+from tracker.zerocopy import Connections
 
 AnyResponse = Response | WerkzeugResponse
 CHUNK = 64 * 1024
@@ -42,6 +47,7 @@ class Served:
     data: bytes
     sent: list[int] = attrs.Factory(list)
     held: trio.Event = attrs.Factory(trio.Event)
+    connections: Connections | None = None  # None: plain hypercorn, no sendfile
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -78,14 +84,17 @@ def make_app(served: Served) -> QuartTrio:
     return app
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+@pytest.fixture(params=["sendfile", "pread"])
+async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     path = tmp_path / "snapshot-100-archive.tar.zst"
     data = os.urandom(3 * 1024 * 1024 + 12345)
     path.write_bytes(data)
     state = Served(url="", path=path, data=data)
+    if request.param == "sendfile":
+        state.connections = Connections()
+    serve = partial(serve_app, connections=state.connections, plain=state.connections is None)
     async with trio.open_nursery() as nursery:
-        state.url = await nursery.start(serve_app, make_app(state))
+        state.url = await nursery.start(serve, make_app(state))
         yield state
         nursery.cancel_scope.cancel()
 
@@ -212,7 +221,11 @@ async def test_get_whole_file(served: Served, client: httpx.AsyncClient) -> None
     assert "content-range" not in response.headers
     assert "content-disposition" not in response.headers
     assert sum(served.sent) == len(served.data)
-    assert max(served.sent) == CHUNK
+    if served.connections is None:
+        assert max(served.sent) == CHUNK
+    else:  # 2 MiB and 1 MiB pieces by sendfile, the last 12345 bytes (< 64 KiB) as bytes
+        assert served.sent == [2 * 1024 * 1024, 1024 * 1024, 12345]
+        assert served.connections.pieces == 2
     assert open_fds(served.path) == 0
 
 

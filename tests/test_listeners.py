@@ -16,17 +16,16 @@ import httpx
 import pytest
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from tracker.errors import ConfigError
 from tracker.listeners import (
-    BACKLOG,
     assign_roles,
     bind_socket,
-    hypercorn_bind,
     listen_fds,
 )
+from tracker.server import serve
+from tracker.zerocopy import Connections
 
 REPO = Path(__file__).resolve().parent.parent
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -133,7 +132,7 @@ def test_bind_socket_on_a_port_in_use_raises_oserror() -> None:
         bind_socket("127.0.0.1", sock.getsockname()[1])
 
 
-# --- hypercorn serving a socket handed over as fd:// ---------------------------------------------
+# --- tracker.server serving a socket bound here ---------------------------------------------------
 
 
 def tiny_app() -> QuartTrio:
@@ -146,19 +145,16 @@ def tiny_app() -> QuartTrio:
     return app
 
 
-async def test_hypercorn_trio_serves_a_listening_socket_passed_as_fd() -> None:
+async def test_server_serves_a_bound_socket_and_closes_it_on_stop() -> None:
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = Config()
-    config.bind = [hypercorn_bind(sock)]
-    config.backlog = BACKLOG
     config.accesslog = None
-    assert sock.fileno() == -1  # hypercorn owns the fd now
     stop = trio.Event()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                partial(serve, tiny_app(), config, shutdown_trigger=stop.wait)
+                partial(serve, tiny_app(), config, sock, Connections(), shutdown_trigger=stop.wait)
             )
             assert binds == [f"http://127.0.0.1:{port}"]
             async with httpx.AsyncClient() as client:
@@ -166,6 +162,7 @@ async def test_hypercorn_trio_serves_a_listening_socket_passed_as_fd() -> None:
             assert (response.status_code, response.text) == (200, "pong")
             stop.set()
     # serve() closed the listening socket when it returned: nothing listens any more.
+    assert sock.fileno() == -1
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 

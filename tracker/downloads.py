@@ -15,6 +15,7 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from tracker.bodies import WrappedBody
+from tracker.errors import ClientGone
 from tracker.logs import log_event
 from tracker.metrics import Metrics
 
@@ -25,7 +26,7 @@ def outcome_of(sent: int, expected: int | None, error: BaseException | None) -> 
     """``complete``, ``client_gone`` (cancelled: the client went away) or ``error``."""
     if error is None:
         return "complete" if expected is None or sent == expected else "error"
-    if isinstance(error, trio.Cancelled):
+    if isinstance(error, (trio.Cancelled, ClientGone)):
         return "client_gone"
     return "error"
 

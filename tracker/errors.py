@@ -9,7 +9,8 @@ boundary where they happen, so callers handle one family::
     ├── RequestError       a client request is malformed or names nothing known (4xx)
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
-    └── CacheError         the disk cache could not store a file (disk full, read-only, ...)
+    ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
+    └── ClientGone         the client's connection closed while a body was being sent
 """
 
 from __future__ import annotations
@@ -50,3 +51,7 @@ class RpcError(TrackerError):
 
 class CacheError(TrackerError):
     """The disk cache could not store a file; the reason is one line."""
+
+
+class ClientGone(TrackerError):
+    """The client's connection closed (or stalled out) while its body was being sent."""

@@ -44,6 +44,7 @@ from tracker.bodies import GeneratorBody
 from tracker.errors import TrackerError
 from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 from tracker.threads import Background
+from tracker.zerocopy import SCOPE_KEY, Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
 #: holds two chunks at most (the one being sent, the one being read).
@@ -152,6 +153,49 @@ class _PreadBody(GeneratorBody):
             self._descriptor.close()
 
 
+class _SendfileBody(GeneratorBody):
+    """``length`` bytes of an open file from ``offset``, sent by the server with sendfile.
+
+    Yields placeholders (see tracker/zerocopy.py) for pieces of 64 KiB to 8 MiB, and reads
+    the last bytes under 64 KiB itself. Holds no file data in memory.
+    """
+
+    def __init__(
+        self,
+        descriptor: _Descriptor,
+        offset: int,
+        length: int,
+        connection: Connection,
+        on_bytes: OnBytes | None,
+    ) -> None:
+        self._descriptor = descriptor
+        self._offset = offset
+        self._length = length
+        self._connection = connection
+        self._on_bytes = on_bytes
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self._descriptor.close()
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        position, end = self._offset, self._offset + self._length
+        while position < end:
+            size = piece_size(end - position)
+            if size:
+                piece = FilePiece(self._descriptor.fd, position, size)
+                yield self._connection.stage(piece)
+                self._connection.finish(piece)
+            else:
+                size = end - position
+                chunk = await _read(self._descriptor, size, position).result()
+                if len(chunk) != size:
+                    raise TrackerError(f"file shrank while being sent: ended at byte {position}")
+                yield chunk
+            position += size
+            if self._on_bytes is not None:
+                self._on_bytes(size)
+
+
 def _read(descriptor: _Descriptor, size: int, position: int) -> Background[bytes]:
     """Start one ``os.pread`` in a worker thread. The closure holds the _Descriptor, so its
     finalizer cannot close the fd under a running read; each stream has at most one read in
@@ -186,6 +230,14 @@ def _method_and_headers(
     return request.method, list(request.headers.items())
 
 
+def _zero_copy(request: Request | tuple[str, RequestHeaders]) -> Connection | None:
+    """The request's connection when the server can send file pieces with sendfile."""
+    if isinstance(request, tuple):
+        return None
+    connection = request.scope.get(SCOPE_KEY)
+    return connection if isinstance(connection, Connection) else None
+
+
 def _content_disposition(file_name: str) -> str:
     if not _SAFE_FILE_NAME.fullmatch(file_name):
         raise ValueError(f"file name not safe for content-disposition: {file_name!r}")
@@ -206,8 +258,9 @@ async def file_response(
     ``request`` is a Quart request or a ``(method, headers)`` pair. The file is opened once,
     in a worker thread; its size, mtime and inode (fstat of the open descriptor) give
     ``content-length``, ``last-modified`` and ``etag``, and the body streams that same inode
-    in ``chunk_size`` reads even if the path is replaced meanwhile. ``file_name``, when given,
-    adds ``content-disposition: attachment; filename="..."`` (it must match
+    in ``chunk_size`` reads even if the path is replaced meanwhile (on a connection served by
+    :mod:`tracker.server`: with ``sendfile``, no reads, no buffers). ``file_name``, when
+    given, adds ``content-disposition: attachment; filename="..."`` (it must match
     ``[A-Za-z0-9._-]+``). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
     handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
     ``chunk_size`` (see :class:`ChunkBudget`).
@@ -240,7 +293,10 @@ async def file_response(
         descriptor.close()
         raise
     body: ResponseBody | bytes = b""
-    if plan.send_body and plan.length > 0:
+    connection = _zero_copy(request)
+    if plan.send_body and plan.length > 0 and connection is not None:
+        body = _SendfileBody(descriptor, plan.offset, plan.length, connection, on_bytes)
+    elif plan.send_body and plan.length > 0:
         body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, budget)
     else:
         descriptor.close()

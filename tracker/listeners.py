@@ -1,11 +1,8 @@
 """Listening sockets: taken from systemd (socket activation) or bound here.
 
 The service gets its two listeners, ``public`` and ``internal``, from :func:`listen_fds` when
-systemd passed them, otherwise from :func:`bind_socket`, and hands each to its own hypercorn
-``serve()`` through :func:`hypercorn_bind`::
-
-    config.bind = [hypercorn_bind(sock)]
-    config.backlog = BACKLOG  # hypercorn calls listen(config.backlog) again on fd:// sockets
+systemd passed them, otherwise from :func:`bind_socket`, and hands each to its own
+:func:`tracker.server.serve`, which closes it when it returns.
 
 Both kinds get ``TCP_USER_TIMEOUT``: Linux copies it to every accepted connection, so a client
 that stops acknowledging data is dropped by the kernel after that long instead of holding a
@@ -139,17 +136,6 @@ def _listen(
 def set_user_timeout(sock: socket.socket, seconds: float) -> None:
     """Set ``TCP_USER_TIMEOUT`` (inherited by accepted sockets on Linux) to ``seconds``."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(seconds * 1000))
-
-
-def hypercorn_bind(sock: socket.socket) -> str:
-    """Hand ``sock`` over to hypercorn: return the ``fd://N`` bind string for its config.
-
-    hypercorn wraps the fd in a socket object of its own and closes it when ``serve()``
-    returns, so ``sock`` is detached here: afterwards it no longer owns the fd, which avoids
-    a double close of a number the process may already have reused. Use the string for one
-    ``serve()`` only.
-    """
-    return f"fd://{sock.detach()}"
 
 
 def _is_tcp(sock: socket.socket) -> bool:

@@ -2,8 +2,8 @@
 
 ::
 
-    run_tracker ─┬─ public listener   (hypercorn, create_app)
-                 ├─ internal listener (hypercorn, create_internal_app)   [optional]
+    run_tracker ─┬─ public listener   (tracker.server: hypercorn + sendfile, create_app)
+                 ├─ internal listener (tracker.server, create_internal_app)   [optional]
                  ├─ scrape loop       (Scraper.run)  ──► Index
                  ├─ watchdog          (sd_notify WATCHDOG=1)              [under systemd]
                  └─ signals           SIGTERM/SIGINT: graceful stop; SIGHUP: reload
@@ -22,7 +22,6 @@ import attrs
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from tracker.activity import ActiveRequests
 from tracker.api import ApiDeps, create_app
@@ -34,12 +33,10 @@ from tracker.health import HealthChecker
 from tracker.index import Index
 from tracker.internal_api import create_internal_app
 from tracker.listeners import (
-    BACKLOG,
     INTERNAL,
     PUBLIC,
     abort_connections,
     bind_socket,
-    hypercorn_bind,
     listen_fds,
 )
 from tracker.logs import ExpectedErrors, log_event
@@ -48,8 +45,10 @@ from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.prefetch import Prefetcher
 from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.scrape import Scraper
+from tracker.server import serve
 from tracker.streamer import ProxyStreamer
 from tracker.transfers import Transfers
+from tracker.zerocopy import Connections
 
 log = logging.getLogger("tracker.service")
 Reload = Callable[[], Awaitable[None]]
@@ -69,11 +68,9 @@ class Tracker:
         return self.config
 
 
-def hypercorn_config(sock: socket.socket, grace: float) -> HypercornConfig:
+def hypercorn_config(grace: float) -> HypercornConfig:
     """A hypercorn config for one listener: no read timeout, no access log on the hot path."""
     cfg = HypercornConfig()
-    cfg.bind = [hypercorn_bind(sock)]
-    cfg.backlog = BACKLOG
     cfg.graceful_timeout = grace
     # A download sends nothing upstream for hours: no read timeout (DESIGN.md trap 3).
     cfg.read_timeout = None
@@ -159,9 +156,17 @@ async def run_tracker(
                     await nursery.start(transfers.run)
                     streamer.cache()  # start-up: leftover temp files go before any request
                     addresses = []
+                    zero_copy = Connections()  # file bodies go out with sendfile
                     for role, sock in sockets.items():
-                        cfg = hypercorn_config(sock, config.shutdown_grace)
-                        run = partial(serve, apps[role], cfg, shutdown_trigger=tracker.stop.wait)
+                        cfg = hypercorn_config(config.shutdown_grace)
+                        run = partial(
+                            serve,
+                            apps[role],
+                            cfg,
+                            sock,
+                            zero_copy,
+                            shutdown_trigger=tracker.stop.wait,
+                        )
                         addresses += await nursery.start(run)
                     age = partial(track_snapshot_age, health, tracker.metrics, tracker.current)
                     background = await nursery.start(

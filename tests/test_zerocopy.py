@@ -1,0 +1,188 @@
+"""Zero-copy file bodies (tracker/zerocopy.py, tracker/server.py) over real sockets.
+
+tests/test_fileresponse.py runs every file-response case on this server too; here are the
+cases of the mechanism itself: pieces of every size, keep-alive framing after pieces, HTTP/1.0,
+concurrent streams, a stalled client, and the guard that a placeholder is never sent as zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_server import serve_app
+from quart import Response, request
+from quart_trio import QuartTrio
+
+import tracker.zerocopy
+from tracker.fileresponse import file_response
+from tracker.zerocopy import (
+    LARGEST_PIECE,
+    SCOPE_KEY,
+    SMALLEST_PIECE,
+    Connections,
+    FilePiece,
+    piece_size,
+)
+
+MiB = 1024 * 1024
+# Every piece size once (8 MiB down to 64 KiB) and a tail under 64 KiB.
+SIZE = 2 * LARGEST_PIECE - SMALLEST_PIECE + 4321
+
+
+@attrs.define
+class Server:
+    url: str
+    path: Path
+    data: bytes
+    connections: Connections
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+def file_app(path: Path) -> QuartTrio:
+    app = QuartTrio(__name__)
+
+    @app.route("/file")
+    async def whole() -> Response:
+        return await file_response(str(path), request)
+
+    return app
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    path = tmp_path / "snapshot-100-archive.tar.zst"
+    data = os.urandom(SIZE)
+    path.write_bytes(data)
+    connections = Connections()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve_app, file_app(path), connections=connections))
+        yield Server(url, path, data, connections)
+        nursery.cancel_scope.cancel()
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def test_piece_sizes() -> None:
+    assert piece_size(SMALLEST_PIECE - 1) == 0
+    assert piece_size(SMALLEST_PIECE) == SMALLEST_PIECE
+    assert piece_size(3 * MiB - 1) == 2 * MiB
+    assert piece_size(100 * LARGEST_PIECE) == LARGEST_PIECE
+    connection = Connections().open((("127.0.0.1", 1), ("127.0.0.1", 2)))
+    with pytest.raises(ValueError, match="not a piece size"):
+        connection.stage(FilePiece(0, 0, 3 * MiB))
+
+
+async def test_whole_file_and_ranges_over_one_keep_alive_connection(server: Server) -> None:
+    ranges = [(0, SIZE - 1), (1, 3 * MiB + 77), (SIZE - SMALLEST_PIECE - 10, SIZE - 1)]
+    async with httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_connections=1)) as c:
+        whole = await c.get("/file")
+        assert whole.status_code == 200
+        assert digest(whole.content) == digest(server.data)
+        for first, last in ranges:
+            part = await c.get("/file", headers={"range": f"bytes={first}-{last}"})
+            assert part.status_code == 206
+            assert part.content == server.data[first : last + 1]
+        again = await c.get("/file")
+        assert digest(again.content) == digest(server.data)
+    # The whole file twice (8 pieces each) and the ranges went out by sendfile.
+    assert server.connections.pieces >= 16
+
+
+async def test_http_1_0_client(server: Server) -> None:
+    # (hypercorn keeps an HTTP/1.0 connection open after the answer: read what is framed.)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /file HTTP/1.0\r\n\r\n")
+        received = bytearray()
+        while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < SIZE:
+            data = await trio.to_thread.run_sync(sock.recv, 4 * MiB)
+            assert data, "connection closed early"
+            received += data
+    head, body = bytes(received).split(b"\r\n\r\n", 1)
+    assert head.split(b" ")[1] == b"200"
+    assert f"content-length: {SIZE}".encode() in head.lower()
+    assert digest(body) == digest(server.data)
+
+
+async def test_eight_concurrent_streams(server: Server) -> None:
+    results: list[bytes] = []
+
+    async def fetch() -> None:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            results.append(digest((await client.get("/file")).content))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(fetch)
+    assert results == [digest(server.data)] * 8
+
+
+async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracker.zerocopy, "STALL_TIMEOUT", 0.5)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    with sock:
+        await sock.connect(("127.0.0.1", server.port))
+        await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n")
+        await trio.sleep(3)  # read nothing: the server's piece cannot progress
+        received = 0
+        with trio.fail_after(10):
+            while data := await sock.recv(MiB):
+                received += len(data)
+    # The connection ended (instead of waiting forever), short of head + SIZE.
+    assert received < SIZE
+
+
+def inject_connection(app: Any, connections: Connections) -> Any:
+    """An ASGI wrapper that hands the app a Connection no stream will ever take pieces for."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            key = (tuple(scope["client"]), tuple(scope["server"]))
+            scope = {**scope, SCOPE_KEY: connections.open(key)}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_a_placeholder_that_bypasses_the_stream_never_completes_a_response(
+    tmp_path: Path,
+) -> None:
+    # Plain hypercorn writes a placeholder as the zeros it holds; the body must notice its
+    # piece was not taken and abort the connection short of content-length.
+    path = tmp_path / "snapshot-100-archive.tar.zst"
+    path.write_bytes(os.urandom(3 * MiB))
+    app = inject_connection(file_app(path), Connections())
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve_app, app, plain=True))
+        received = await receive_until_broken(url)
+        nursery.cancel_scope.cancel()
+    assert 0 < received < 3 * MiB
+
+
+async def receive_until_broken(url: str) -> int:
+    """Bytes of body received before the server broke the connection (fails if it didn't)."""
+    received = 0
+    async with httpx.AsyncClient(base_url=url) as client, client.stream("GET", "/file") as response:
+        assert response.headers["content-length"] == str(3 * MiB)
+        try:
+            async for chunk in response.aiter_bytes():
+                received += len(chunk)
+        except httpx.RemoteProtocolError:
+            return received
+    raise AssertionError(f"a complete response of {received} bytes")

@@ -1,0 +1,268 @@
+"""Zero-copy file bodies: ``sendfile(2)`` from a file straight to a client's socket.
+
+Why: an archive sent with ``os.pread`` + ``send`` crosses Python twice, and the second copy
+runs in the event-loop thread for every stream at once (bench/README.md: on 2 cores, 8 cache
+hits reached ~0.55x nginx, whose ``sendfile`` copies nothing). ASGI has no way to hand a file
+to the server, and hypercorn has none either, so the tracker runs hypercorn's own connection
+handler over a socket stream of its own (:class:`ZeroCopyStream`, see tracker/server.py).
+
+How a body uses it: for each piece of the file it calls :meth:`Connection.stage` and yields
+the *placeholder* that returns, a preallocated zero-filled ``bytes`` object of the piece's
+size (a power of two). Every layer between the body and the socket passes an exact ``bytes``
+through untouched for a response with ``content-length`` (Quart's ASGI loop; hypercorn's
+``bytes(body)``; h11's ``Data`` and ``b"".join`` of one item), and h11 counts its length, so
+the framing stays right. The stream recognises the very object and sends the staged file range
+with ``os.sendfile`` in a worker thread instead of the placeholder's bytes. The worker thread
+keeps the event loop free (and a file not in the page cache blocks only that thread).
+
+A placeholder can never go out as zeros unnoticed: the stream refuses one that was not staged
+on its own connection, and the body checks after each piece that its stream took it
+(:meth:`Connection.finish`), so a library that started copying bodies would break every
+zero-copy download at its first piece (tests/test_zerocopy.py pins this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from tracker.errors import ClientGone, TrackerError
+
+#: Piece sizes: powers of two from 64 KiB to 8 MiB. A body sends its file in pieces of the
+#: largest size that fits, and anything under the smallest with ordinary bytes.
+SMALLEST_PIECE = 64 * 1024
+LARGEST_PIECE = 8 * 1024 * 1024
+
+#: A piece whose client takes nothing for this long breaks the connection.
+STALL_TIMEOUT = 300.0
+
+#: The ASGI scope key under which a connection that can take pieces is found.
+SCOPE_KEY = "tracker.zerocopy"
+
+Address = tuple[Any, ...]
+
+
+def _placeholders() -> dict[int, bytes]:
+    sizes: dict[int, bytes] = {}
+    size = SMALLEST_PIECE
+    while size <= LARGEST_PIECE:
+        # bytes(n) is calloc'ed: the kernel's zero pages, no resident memory until read,
+        # and a placeholder is never read (its piece goes out through sendfile).
+        sizes[size] = bytes(size)
+        size *= 2
+    return sizes
+
+
+def piece_size(left: int) -> int:
+    """The size of the next piece for ``left`` bytes still to send (0: send plain bytes)."""
+    if left < SMALLEST_PIECE:
+        return 0
+    return min(LARGEST_PIECE, 1 << (left.bit_length() - 1))
+
+
+@attrs.define
+class FilePiece:
+    """``count`` bytes of open file ``fd`` from ``offset``, staged to go out by sendfile."""
+
+    fd: int
+    offset: int
+    count: int
+    sent: bool = False
+    #: Why sending failed: None, or the file ended early (the client's loss is ``broken``).
+    file_error: str | None = None
+
+
+class Connection:
+    """One client connection's side of the handshake between a body and its stream."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._placeholders = connections.placeholders
+        self._staged: FilePiece | None = None
+        self.broken = False
+
+    def stage(self, piece: FilePiece) -> bytes:
+        """Stage ``piece`` and return the placeholder to yield for it.
+
+        Raises ValueError when ``piece.count`` is not a piece size (see :func:`piece_size`).
+        """
+        placeholder = self._placeholders.get(piece.count)
+        if placeholder is None:
+            raise ValueError(f"not a piece size: {piece.count}")
+        self._staged = piece
+        return placeholder
+
+    def finish(self, piece: FilePiece) -> None:
+        """After the placeholder of ``piece`` was handed to the server: check it went out.
+
+        Raises ClientGone when the connection broke meanwhile, TrackerError when the piece
+        never reached this connection's stream (a layer copied the body: a bug, never sent as
+        zeros because the connection is then aborted before its content-length is reached).
+        """
+        if piece.sent:
+            return
+        self._staged = None
+        if piece.file_error is not None:
+            raise TrackerError(piece.file_error)
+        if self.broken:
+            raise ClientGone("client connection closed during a zero-copy send")
+        raise TrackerError("zero-copy piece did not reach the connection's stream")
+
+    def is_placeholder(self, data: object) -> bool:
+        """True when ``data`` is one of the placeholder objects (identity, not equality)."""
+        size = len(data) if isinstance(data, bytes) else -1
+        return self._placeholders.get(size) is data
+
+    async def send_staged(self, sock: trio.socket.SocketType, data: bytes) -> None:
+        """Send the piece staged for placeholder ``data`` on ``sock`` (in a worker thread).
+
+        Raises trio.BrokenResourceError when nothing was staged for it, the client went away
+        or stalled past STALL_TIMEOUT, or the file ended early.
+        """
+        piece, self._staged = self._staged, None
+        if piece is None or piece.count != len(data):
+            self.broken = True
+            raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
+        try:
+            await trio.to_thread.run_sync(
+                _sendfile,
+                sock.fileno(),
+                piece.fd,
+                piece.offset,
+                piece.count,
+                limiter=self._connections.limiter,
+            )
+        except (EOFError, OSError) as exc:
+            # EOFError: the file ended early; OSError: the client's side (reset, timed out).
+            if isinstance(exc, EOFError):
+                piece.file_error = str(exc)
+            self.broken = True
+            # Part of the piece may be out: the connection must end, short of its
+            # content-length. hypercorn only marks it closed when send_all fails.
+            _shut_down(sock)
+            raise trio.BrokenResourceError(str(exc)) from exc
+        piece.sent = True
+        self._connections.pieces += 1
+
+
+def _shut_down(sock: trio.socket.SocketType) -> None:
+    with contextlib.suppress(OSError):  # gone already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _sendfile(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``sock_fd``.
+
+    Runs in a worker thread. The socket is the event loop's non-blocking one, so this waits
+    for room with poll(). It works on a duplicate of the descriptor: if the server closes the
+    connection meanwhile, the number cannot be reused under this thread.
+    """
+    out = os.dup(sock_fd)
+    try:
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        progress = time.monotonic()
+        while count:
+            try:
+                sent = os.sendfile(out, file_fd, offset, count)
+            except BlockingIOError:
+                if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
+                    raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
+                continue
+            if sent == 0:
+                raise EOFError(f"file ended at byte {offset} while being sent")
+            offset, count, progress = offset + sent, count - sent, time.monotonic()
+    finally:
+        os.close(out)
+
+
+class Connections:
+    """The client connections able to take zero-copy pieces, by (client, server) address."""
+
+    def __init__(self, threads: int = 256) -> None:
+        self.placeholders = _placeholders()
+        #: Bounds the worker threads sending pieces (a stalled client holds one).
+        self.limiter = trio.CapacityLimiter(threads)
+        #: Pieces sent with sendfile so far, on every connection.
+        self.pieces = 0
+        self._open: dict[tuple[Address, Address], Connection] = {}
+
+    def open(self, key: tuple[Address, Address]) -> Connection:
+        """Register a new connection (its stream calls this)."""
+        connection = Connection(self)
+        self._open[key] = connection
+        return connection
+
+    def close(self, key: tuple[Address, Address]) -> None:
+        """Forget a connection (its stream calls this when it closes)."""
+        self._open.pop(key, None)
+
+    def for_scope(self, scope: dict[str, Any]) -> Connection | None:
+        """The connection an HTTP/1.x request arrived on, when it can take pieces."""
+        if scope.get("type") != "http" or scope.get("http_version") not in ("1.0", "1.1"):
+            return None  # HTTP/2 frames bodies itself: a placeholder would be copied
+        client, server = scope.get("client"), scope.get("server")
+        if not client or not server:
+            return None
+        return self._open.get((tuple(client), tuple(server)))
+
+
+class ZeroCopyStream(trio.abc.HalfCloseableStream):
+    """A TCP socket stream that sends staged pieces with sendfile, everything else as is.
+
+    Only what hypercorn's TCPServer uses is provided: ``socket``, ``send_all``,
+    ``receive_some``, ``send_eof``, ``aclose``. It has no ``do_handshake`` on purpose:
+    TCPServer tells a plain stream from a TLS one by that AttributeError.
+    """
+
+    def __init__(self, stream: trio.SocketStream, connections: Connections) -> None:
+        self._stream = stream
+        self.socket = stream.socket
+        self._connections = connections
+        self._key = _addresses(stream.socket)
+        self._connection = connections.open(self._key) if self._key else None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``; a placeholder sends its staged piece instead."""
+        connection = self._connection
+        if connection is not None and connection.is_placeholder(data):
+            assert isinstance(data, bytes)
+            await connection.send_staged(self.socket, data)
+            return
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream's."""
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """As the wrapped stream's."""
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        """As the wrapped stream's."""
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        """Close the socket and forget the connection."""
+        if self._key:
+            self._connections.close(self._key)
+        await self._stream.aclose()
+
+
+def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address] | None:
+    """(client, server) as hypercorn puts them in the scope; None for non-TCP sockets."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None
+    return (peer[0], peer[1]), (local[0], local[1])
