@@ -199,7 +199,11 @@ def refresh(env: Env, run: int) -> Result:
 
     try:
         a, b = pair(run, ours, lambda: fetch(tracker.address, tracker_path(env.archives.old)))
+        # The client has every byte before the fsync and rename: wait for the promotion.
         cached = cache / GROUP / env.archives.best
+        deadline = time.monotonic() + 60
+        while not cached.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if not cached.exists() or cached.stat().st_size != env.archives.size:
             raise RuntimeError("the refresh did not leave the archive in the cache")
     finally:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -74,12 +75,13 @@ async def test_first_get_fills_the_cache_then_no_upstream_requests(
     first = await get(tracker.url(FULL))
     assert first.status_code == 200
     assert sha256(first.content) == sha256(FULL_DATA)
+    requests = len(upstream.seen)
+    # The client had its last byte before the fsync and rename; a request right after it
+    # waits for those and is a cache hit.
+    second = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
     assert tracker.cached() == [FULL]
     assert sha256((tracker.group_dir() / FULL).read_bytes()) == sha256(FULL_DATA)
     assert tracker.outcome("refresh_ok") == 1
-    requests = len(upstream.seen)
-
-    second = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
     head = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}", method="HEAD")
     assert second.status == 200
     assert sha256(second.body) == sha256(FULL_DATA)
@@ -99,11 +101,35 @@ async def test_first_get_fills_the_cache_then_no_upstream_requests(
     assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(FULL_DATA)
 
 
+async def test_the_client_does_not_wait_for_the_fsync_and_the_next_request_does(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    def slow_sync(fd: int) -> None:
+        time.sleep(1.5)  # a slow disk: the refresh's fsync takes its time
+        os.fsync(fd)
+
+    def factory(path: str) -> Cache:
+        return Cache(path, sync=slow_sync)
+
+    async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
+        advertise_pair(t, upstream)
+        first = await get(t.url(FULL))
+        assert sha256(first.content) == sha256(FULL_DATA)
+        assert FULL not in t.cached()  # every byte is out; the promotion is still running
+        began = time.monotonic()
+        second = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert time.monotonic() - began > 0.5  # it waited for the promotion ...
+        assert sha256(second.body) == sha256(FULL_DATA)
+        assert len(upstream.gets(FULL)) == 1  # ... and was a cache hit
+        assert t.outcome("cache_hit") == 1
+        assert t.cached() == [FULL]
+
+
 async def test_ranges_and_conditionals_on_a_cached_file(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
     await get(tracker.url(INCR))
-    assert tracker.cached() == [INCR]
+    await wait_for(lambda: tracker.cached() == [INCR])
     requests = len(upstream.seen)
     size = len(INCR_DATA)
     url = tracker.url(INCR)
@@ -162,8 +188,8 @@ async def test_one_refresher_while_concurrent_clients_stream_uncached(
             nursery.start_soon(fetch)
     assert [sha256(r) for r in results] == [sha256(FULL_DATA)] * 4
     assert len(upstream.gets(FULL)) == 4
-    assert tracker.cached() == [FULL]
-    assert tracker.outcome("refresh_ok") == 1
+    await wait_for(lambda: tracker.cached() == [FULL])
+    await wait_for(lambda: tracker.outcome("refresh_ok") == 1)
     await wait_for(lambda: tracker.counter("snapshot_tracker_active_streams") == 0)
 
 
@@ -210,7 +236,7 @@ async def test_refresh_against_an_error_status_is_a_502(
     del upstream.behaviour[FULL]
     response = await get(tracker.url(FULL))
     assert sha256(response.content) == sha256(FULL_DATA)
-    assert tracker.cached() == [FULL]
+    await wait_for(lambda: tracker.cached() == [FULL])
 
 
 async def test_refresher_client_leaving_at_ten_percent_still_promotes(
@@ -267,7 +293,7 @@ async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
 ) -> None:
     await get(tracker.url(FULL))
     await get(tracker.url(INCR))
-    assert tracker.cached() == sorted([FULL, INCR])  # side by side
+    await wait_for(lambda: tracker.cached() == sorted([FULL, INCR]))  # side by side
     newer = full_name(6000)
     newer_data = archive_bytes(2 * MiB, seed=13)
     upstream.files[newer] = newer_data
@@ -277,8 +303,9 @@ async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
     assert sha256(hit.content) == sha256(FULL_DATA)
     response = await get(tracker.url(newer))
     assert sha256(response.content) == sha256(newer_data)
-    assert tracker.cached() == sorted([newer, INCR])
-    assert tracker.counter("snapshot_tracker_cache_size_bytes") == len(newer_data) + len(INCR_DATA)
+    await wait_for(lambda: tracker.cached() == sorted([newer, INCR]))  # promoted after the GET
+    size = len(newer_data) + len(INCR_DATA)
+    await wait_for(lambda: tracker.counter("snapshot_tracker_cache_size_bytes") == size)
 
 
 async def test_a_refresh_that_stopped_being_the_best_is_not_promoted(

@@ -25,6 +25,7 @@ from helpers_proxy import (
     running_tracker,
     serving,
     sha256,
+    wait_for,
 )
 
 FULL = full_name(9000)
@@ -96,7 +97,7 @@ async def test_aria2c_with_four_connections_on_a_cached_file(
     aria2c = tool("aria2c")
     curl = tool("curl")
     await run(curl, "-fsS", "-o", "warm", t.url(FULL), cwd=tmp_path)  # fills the cache
-    assert t.cached() == [FULL]
+    await wait_for(lambda: t.cached() == [FULL])
     requests = len(up.seen)
     args = ["-q", "-x4", "-s4", "--min-split-size=1M", "--allow-overwrite=true"]
     await run(aria2c, *args, "-d", str(tmp_path), "-o", "aria", t.url(FULL), cwd=tmp_path)

@@ -148,7 +148,7 @@ async def test_clients_join_a_running_prefetch_when_sharing_is_on(
         [response] = got
         assert sha256(response.content) == sha256(FILES[FULL])
         assert len(upstream.gets(FULL)) == 1
-        assert t.cached() == [FULL]
+        await wait_for(lambda: t.cached() == [FULL])
 
 
 async def test_stopping_ends_a_prefetch_nobody_reads(

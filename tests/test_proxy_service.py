@@ -76,7 +76,7 @@ async def test_daemon_proxies_caches_and_cleans_up_on_stop(
         assert list(group_dir.iterdir()) == []  # start-up removed the temp file
         incr = await client.get(f"{serve.base}/v1/incremental-snapshot.tar.bz2")
         assert sha256(incr.content) == sha256(FILES[INCR])
-        assert sorted(p.name for p in group_dir.iterdir()) == [INCR]
+        await wait_for(lambda: sorted(p.name for p in group_dir.iterdir()) == [INCR])
         assert sidecar.gets(INCR)[0].headers["authorization"] == f"Bearer {TOKEN}"
 
         # A refresh of the full stalls half way; SIGTERM arrives meanwhile.

@@ -134,7 +134,7 @@ async def test_the_refresh_resumes_from_another_source_of_the_same_file(
         [resumed] = other.gets(FULL)
         assert resumed.headers["range"] == f"bytes={HALF}-"
         assert "if-range" not in resumed.headers  # an ETag is per server
-        assert t.cached() == [FULL]
+        await wait_for(lambda: t.cached() == [FULL])
         assert sent(gone) + sent(other) == len(DATA)
 
 

@@ -69,7 +69,8 @@ def disk_free(path: str) -> int:
 class Cache:
     """Archives on disk under ``root``, one refresher per file.
 
-    ``free_space`` and ``write`` are injectable (tests simulate a full disk with them);
+    ``free_space``, ``write`` and ``sync`` (the temp file's fsync) are injectable (tests
+    simulate a full disk or a slow one with them);
     ``min_free`` bytes are kept free on top of a refresh's announced length;
     ``on_size(total)`` is called with the bytes of archives cached after every change.
     """
@@ -80,6 +81,7 @@ class Cache:
         *,
         free_space: FreeSpace = disk_free,
         write: Writer = os.write,
+        sync: Callable[[int], None] = os.fsync,
         min_free: int = 0,
         on_size: Callable[[int], None] | None = None,
     ) -> None:
@@ -88,6 +90,7 @@ class Cache:
         self.root = os.path.realpath(root)
         self._free_space = free_space
         self._write = write
+        self._sync = sync
         self._min_free = min_free
         self._on_size = on_size
         self._refreshing: dict[tuple[str, str], Refresh] = {}
@@ -129,6 +132,18 @@ class Cache:
         except OSError:
             return None
         return path if stat.S_ISREG(st.st_mode) else None
+
+    async def wait_promotion(self, group: str, name: str, longest: float) -> None:
+        """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all
+        its bytes and is being synced and renamed into place.
+
+        Its clients got their last byte before that, so a request right after one of them
+        waits here and is then a cache hit, instead of starting a second upstream transfer.
+        """
+        refresh = self._refreshing.get((group, name))
+        if refresh is not None and refresh.verified:
+            with trio.move_on_after(longest):
+                await refresh.ended.wait()
 
     def is_refreshing(self, group: str, name: str) -> bool:
         """True while a refresh of ``name`` of ``group`` is running."""
@@ -221,6 +236,7 @@ class Refresh:
         self._progress = trio.Event()
         self._fd: int | None = None
         self._writing: Background[None] | None = None
+        self._writeback: Background[None] | None = None
         self._done = False
 
     @property
@@ -236,12 +252,13 @@ class Refresh:
     def readable(self) -> int:
         """How many bytes from the start a reader of the temp file may send now.
 
-        Everything once the refresh ended verified; before that, what was written except the
-        last byte: a reader's last byte waits until the end is known, so that it never
-        completes a body the refresh then finds broken, and a client that got every byte can
-        rely on the next request being a cache hit (when the refresh was promoted).
+        Everything once the refresh is verified (every byte written, the upstream body
+        checked complete); before that, what was written except the last byte: a reader's
+        last byte waits until the end is known, so that it never completes a body the refresh
+        then finds broken. It does not wait for the fsync and rename (a request arriving then
+        waits for them instead: :meth:`Cache.wait_promotion`).
         """
-        if self.verified and self.ended.is_set():
+        if self.verified:
             return self.size
         return min(self.written, max(0, self.size - 1))
 
@@ -259,6 +276,7 @@ class Refresh:
         """Record that all ``size`` bytes were written and the upstream body is complete."""
         if self.written == self.size:
             self.verified = True
+            self._notify()
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
@@ -322,16 +340,28 @@ class Refresh:
         await self.flush()
         if self._fd is None:
             raise CacheError("refresh is not open")
-        end = self.written + len(data)
-        # Start the kernel's writeback every WRITEBACK_EVERY bytes instead of leaving a whole
-        # archive dirty in the page cache for the final fsync (seconds of stall per GiB).
-        flush_from = self._flushed if end - self._flushed >= WRITEBACK_EVERY else None
+        self._start_writeback()
         # The thread writes through its own descriptor: abort() may close ours meanwhile.
         fd = os.dup(self._fd)
         self._writing = Background(
-            partial(self._write_chunk, fd, data, flush_from, end),
-            on_done=partial(self._wrote, end, flush_from is not None),
+            partial(self._write_chunk, fd, data),
+            on_done=partial(self._wrote, self.written + len(data)),
         )
+
+    def _start_writeback(self) -> None:
+        """Every WRITEBACK_EVERY bytes written, ask the kernel to start writing them out.
+
+        Otherwise a whole archive stays dirty in the page cache for the final fsync (seconds
+        per GiB). In a thread of its own, one at a time: sync_file_range blocks while the
+        disk's queue is full, and the writes (the client's pace) must not wait for the disk.
+        """
+        if self.written - self._flushed < WRITEBACK_EVERY or self._fd is None:
+            return
+        if self._writeback is not None and not self._writeback.done():
+            return
+        fd, start, length = os.dup(self._fd), self._flushed, self.written - self._flushed
+        self._flushed = self.written
+        self._writeback = Background(partial(_writeback_and_close, fd, start, length))
 
     async def flush(self) -> None:
         """Wait for the write in flight (if any); raises CacheError when it failed."""
@@ -343,18 +373,14 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
 
-    def _wrote(self, end: int, flushed: bool, result: outcome.Outcome[None]) -> None:
+    def _wrote(self, end: int, result: outcome.Outcome[None]) -> None:
         if isinstance(result, outcome.Value) and not self.ended.is_set():
             self.written = end
-            if flushed:
-                self._flushed = end
             self._notify()
 
-    def _write_chunk(self, fd: int, data: bytes, flush_from: int | None, end: int) -> None:
+    def _write_chunk(self, fd: int, data: bytes) -> None:
         try:
             _write_all(self.cache._write, fd, data)
-            if flush_from is not None:
-                start_writeback(fd, flush_from, end - flush_from)
         finally:
             os.close(fd)
 
@@ -382,7 +408,7 @@ class Refresh:
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
-            os.fsync(fd)
+            self.cache._sync(fd)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
         finally:
@@ -431,6 +457,13 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do n
 
 
 @functools.cache
+def _writeback_and_close(fd: int, offset: int, length: int) -> None:
+    try:
+        start_writeback(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
 def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     # Python's os module has no sync_file_range; glibc has had it since 2.6.
     try:

@@ -86,6 +86,9 @@ class ProxySettings:
     #: Waits before each attempt to resume a broken cache refresh with a Range request; as
     #: many attempts per break as there are delays (an attempt that brought bytes resets it).
     resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
+    #: How long a request waits for a refresh that has every byte to be synced and renamed
+    #: into place (to be a cache hit) before it is streamed uncached instead.
+    promotion_wait: float = 60.0
 
 
 # The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.

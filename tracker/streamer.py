@@ -131,6 +131,7 @@ class ProxyStreamer:
         cache_path = _cache_path(cache, group, name) if cache is not None else None
         sharing = config.cache_share_inflight
         if cache is not None and cache_path is not None:
+            await cache.wait_promotion(group, name, self.settings.promotion_wait)
             hit = await self._from_cache(cache_path, request)
             if hit is not None:
                 return hit

@@ -46,6 +46,10 @@ class Background(Generic[T]):
 
         trio.lowlevel.start_thread_soon(function, deliver)
 
+    def done(self) -> bool:
+        """True once the call has finished (and ``on_done`` ran)."""
+        return self._done.is_set()
+
     async def result(self) -> T:
         """The call's return value; raises its exception. On cancellation the call goes on."""
         await self._done.wait()

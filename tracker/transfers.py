@@ -425,8 +425,10 @@ async def _copy(
     refresh: Refresh | None,
 ) -> None:
     # The client gets each chunk once the next one (or the end) arrived: its last chunk
-    # waits until the upstream's end was checked and the refresh promoted, so a client that
-    # got every byte can rely on the next request being a cache hit.
+    # waits until the upstream's end was checked and every byte was written to the temp
+    # file (a write error still fails the client's stream), but not for the fsync and rename:
+    # the disk's pace is not the client's (a request arriving meanwhile waits for the
+    # promotion, see Cache.wait_promotion).
     keep = refresh is not None and job.keep_on_disconnect
     client = True
     pending: bytes | None = None
@@ -441,12 +443,16 @@ async def _copy(
             if not client and not keep:
                 flow.error = "client went away"
                 return
-    if await _commit(job, upstream, refresh):
-        flow.outcome = "refresh_ok"
-        flow.report(job.events)  # before the client's last chunk: it may ask again at once
+    if refresh is not None:
+        await refresh.flush()  # the last write may still be in flight (raises CacheError)
+        refresh.mark_verified()
     if client and pending is not None:
         await _deliver(send, pending, flow, job.settings.drain_start_timeout)
     flow.complete = True
+    send.close()  # the client's body ends here, whatever the promotion below takes
+    if await _commit(job, upstream, refresh):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
 
 
 async def _fill(job: StreamJob, upstream: UpstreamBody, refresh: Refresh, flow: _Flow) -> None:
