@@ -84,7 +84,7 @@ def test_piece_sizes() -> None:
     assert piece_size(100 * LARGEST_PIECE) == LARGEST_PIECE
     connection = Connections().open((("127.0.0.1", 1), ("127.0.0.1", 2)))
     with pytest.raises(ValueError, match="not a piece size"):
-        connection.stage(FilePiece(0, 0, 3 * MiB))
+        connection.stage(FilePiece(3 * MiB))
 
 
 async def test_whole_file_and_ranges_over_one_keep_alive_connection(server: Server) -> None:

@@ -44,7 +44,7 @@ from tracker.bodies import GeneratorBody
 from tracker.errors import TrackerError
 from tracker.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 from tracker.threads import Background
-from tracker.zerocopy import SCOPE_KEY, Connection, FilePiece, piece_size
+from tracker.zerocopy import Connection, FilePiece, piece_size, zero_copy_connection
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
 #: holds two chunks at most (the one being sent, the one being read).
@@ -182,7 +182,7 @@ class _SendfileBody(GeneratorBody):
         while position < end:
             size = piece_size(end - position)
             if size:
-                piece = FilePiece(self._descriptor.fd, position, size)
+                piece = FilePiece(size, fd=self._descriptor.fd, offset=position)
                 yield self._connection.stage(piece)
                 self._connection.finish(piece)
             else:
@@ -232,10 +232,7 @@ def _method_and_headers(
 
 def _zero_copy(request: Request | tuple[str, RequestHeaders]) -> Connection | None:
     """The request's connection when the server can send file pieces with sendfile."""
-    if isinstance(request, tuple):
-        return None
-    connection = request.scope.get(SCOPE_KEY)
-    return connection if isinstance(connection, Connection) else None
+    return None if isinstance(request, tuple) else zero_copy_connection(request.scope)
 
 
 def _content_disposition(file_name: str) -> str:

@@ -51,6 +51,7 @@ from tracker.proxy import (
 from tracker.sharing import ReaderEvents, SharedRefresh, join
 from tracker.snapshots import SnapshotFile, parse_archive_name
 from tracker.transfers import Head, StreamEvents, StreamJob, Transfers, pump
+from tracker.zerocopy import zero_copy_connection
 
 log = logging.getLogger("tracker.streamer")
 
@@ -142,6 +143,7 @@ class ProxyStreamer:
                     return shared
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(config, target_group, request.method, headers, name, found)
+        job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
         # With sharing on, a request that could not share a refresh is served uncached.
         may_refresh = not sharing and self._may_refresh(request, group, name)
         if cache is not None and cache_path is not None and may_refresh:

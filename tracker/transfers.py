@@ -26,6 +26,10 @@ client's stream goes on across it. A *detached* pump (``StreamJob.detached``: sh
 downloads and prefetch) sends no body: it writes the upstream bytes to the cache temp file at
 the upstream's pace and reports the refresh in its :class:`Head`; clients then read the temp
 file (:mod:`tracker.sharing`), each at its own pace, so no slow client slows the others.
+
+A plain stream (no cache) to a client connection that takes zero-copy pieces skips the
+channel: its body (:mod:`tracker.passthrough`) splices the upstream socket straight to the
+client's, while the pump holds the upstream answer open until that body has ended.
 """
 
 from __future__ import annotations
@@ -44,10 +48,12 @@ from tracker.bodies import GeneratorBody
 from tracker.cache import Refresh
 from tracker.errors import CacheError, UpstreamError
 from tracker.logs import log_event
-from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
+from tracker.passthrough import SpliceBody
+from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers, splice_socket
 from tracker.ranges import parse_http_date
 from tracker.resume import Reopen, UpstreamBody
 from tracker.sources.limits import transport_reason
+from tracker.zerocopy import Connection
 
 log = logging.getLogger("tracker.transfers")
 
@@ -208,7 +214,7 @@ class Head:
 
     status: int
     headers: dict[str, str]
-    body: ChannelBody | None
+    body: ChannelBody | SpliceBody | None
     #: A detached pump's refresh, open and being filled (clients read its temp file).
     refresh: Refresh | None = None
 
@@ -242,6 +248,8 @@ class StreamJob:
     detached: bool = False
     fallback: bool = True
     stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: The client's connection when it takes zero-copy pieces: a plain stream is then spliced.
+    zero_copy: Connection | None = None
 
 
 def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:
@@ -303,6 +311,10 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if length is None:
             task_status.started(head)
             return
+        sock = splice_socket(answer, length) if _may_splice(job) else None
+        if sock is not None:
+            await _splice(job, answer, sock, head, length, task_status)
+            return
         if refresh is not None:
             refresh, flow.outcome = await _open_refresh(refresh, answer, length)
         upstream = _upstream_body(job, answer, length, resumable=refresh is not None)
@@ -327,6 +339,32 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
             job.refresh.abort()  # no-op after a promotion
             flow.report(job.events)
             _log_refresh_end(job.refresh, upstream, flow)
+
+
+def _may_splice(job: StreamJob) -> bool:
+    """A plain stream (no cache) to a client connection that takes zero-copy pieces."""
+    return job.zero_copy is not None and job.refresh is None and not job.detached
+
+
+async def _splice(
+    job: StreamJob,
+    answer: UpstreamAnswer,
+    sock: trio.socket.SocketType,
+    head: Head,
+    length: int,
+    task_status: trio.TaskStatus[Head],
+) -> None:
+    """Report a Head whose body splices the upstream socket, and keep the upstream open
+    until that body has ended (or the server never started it: DESIGN trap 4)."""
+    assert job.zero_copy is not None
+    body = SpliceBody(job.zero_copy, sock, length, job.settings.read_timeout, job.events)
+    task_status.started(attrs.evolve(head, body=body))
+    with trio.move_on_after(job.settings.drain_start_timeout):
+        await body.started.wait()
+    if body.started.is_set():
+        await body.ended.wait()
+    if body.error is not None and not body.client_gone():
+        log_event(log, "warning", "stream_failed", url=answer.url, reason=str(body.error))
 
 
 def _upstream_body(

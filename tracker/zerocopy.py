@@ -24,16 +24,18 @@ zero-copy download at its first piece (tests/test_zerocopy.py pins this).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import trio
 
-from tracker.errors import ClientGone, TrackerError
+from tracker.errors import ClientGone, TrackerError, UpstreamError
 
 #: Piece sizes: powers of two from 64 KiB to 8 MiB. A body sends its file in pieces of the
 #: largest size that fits, and anything under the smallest with ordinary bytes.
@@ -67,16 +69,66 @@ def piece_size(left: int) -> int:
     return min(LARGEST_PIECE, 1 << (left.bit_length() - 1))
 
 
-@attrs.define
-class FilePiece:
-    """``count`` bytes of open file ``fd`` from ``offset``, staged to go out by sendfile."""
+class SourceFailed(Exception):
+    """Raised in a worker thread when a piece's source (file, upstream) failed; ``error`` is
+    what the body raises for it."""
 
-    fd: int
-    offset: int
+    def __init__(self, error: TrackerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@attrs.define
+class Piece:
+    """``count`` bytes staged to go out on a connection by a zero-copy system call."""
+
     count: int
     sent: bool = False
-    #: Why sending failed: None, or the file ended early (the client's loss is ``broken``).
-    file_error: str | None = None
+    #: Why the source failed (raised by :meth:`Connection.finish`); the client's loss shows
+    #: as the connection being ``broken`` instead.
+    source_error: TrackerError | None = None
+
+    def prepare(self) -> tuple[int, ...]:
+        """In the event-loop thread: duplicate the descriptors :meth:`transfer` uses, so
+        that none can be closed (and its number reused) under the worker thread."""
+        return ()
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """Blocking, in a worker thread: send the piece to socket ``out``. Raises
+        SourceFailed for the source's failure, OSError or TimeoutError for the client's."""
+        raise NotImplementedError
+
+
+@attrs.define
+class FilePiece(Piece):
+    """``count`` bytes of open file ``fd`` from ``offset``, sent with sendfile."""
+
+    fd: int = -1
+    offset: int = 0
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """See :meth:`Piece.transfer`."""
+        _sendfile(out, self.fd, self.offset, self.count)
+
+
+@attrs.define
+class SocketPiece(Piece):
+    """The next ``count`` bytes arriving on an upstream socket, spliced through a pipe."""
+
+    sock: trio.socket.SocketType | None = None
+    #: Longest wait for upstream bytes, seconds.
+    read_timeout: float = 60.0
+
+    def prepare(self) -> tuple[int, ...]:
+        """See :meth:`Piece.prepare`."""
+        assert self.sock is not None
+        if self.sock.fileno() < 0:
+            raise SourceFailed(UpstreamError("upstream connection closed"))
+        return (os.dup(self.sock.fileno()),)
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """See :meth:`Piece.transfer`."""
+        _splice(sources[0], out, self.count, self.read_timeout)
 
 
 class Connection:
@@ -85,10 +137,10 @@ class Connection:
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
         self._placeholders = connections.placeholders
-        self._staged: FilePiece | None = None
+        self._staged: Piece | None = None
         self.broken = False
 
-    def stage(self, piece: FilePiece) -> bytes:
+    def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
 
         Raises ValueError when ``piece.count`` is not a piece size (see :func:`piece_size`).
@@ -99,18 +151,19 @@ class Connection:
         self._staged = piece
         return placeholder
 
-    def finish(self, piece: FilePiece) -> None:
+    def finish(self, piece: Piece) -> None:
         """After the placeholder of ``piece`` was handed to the server: check it went out.
 
-        Raises ClientGone when the connection broke meanwhile, TrackerError when the piece
-        never reached this connection's stream (a layer copied the body: a bug, never sent as
-        zeros because the connection is then aborted before its content-length is reached).
+        Raises the piece's ``source_error`` when its source failed, ClientGone when the
+        connection broke meanwhile, TrackerError when the piece never reached this
+        connection's stream (a layer copied the body: a bug, never sent as zeros because the
+        connection is then aborted before its content-length is reached).
         """
         if piece.sent:
             return
         self._staged = None
-        if piece.file_error is not None:
-            raise TrackerError(piece.file_error)
+        if piece.source_error is not None:
+            raise piece.source_error
         if self.broken:
             raise ClientGone("client connection closed during a zero-copy send")
         raise TrackerError("zero-copy piece did not reach the connection's stream")
@@ -124,30 +177,33 @@ class Connection:
         """Send the piece staged for placeholder ``data`` on ``sock`` (in a worker thread).
 
         Raises trio.BrokenResourceError when nothing was staged for it, the client went away
-        or stalled past STALL_TIMEOUT, or the file ended early.
+        or stalled past STALL_TIMEOUT, or the piece's source failed; the connection is then
+        shut down (part of the piece may be out: it must end short of its content-length).
         """
         piece, self._staged = self._staged, None
         if piece is None or piece.count != len(data):
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
+        descriptors: list[int] = []
         try:
+            descriptors.append(os.dup(sock.fileno()))
+            descriptors += piece.prepare()
             await trio.to_thread.run_sync(
-                _sendfile,
-                sock.fileno(),
-                piece.fd,
-                piece.offset,
-                piece.count,
+                piece.transfer,
+                descriptors[0],
+                tuple(descriptors[1:]),
                 limiter=self._connections.limiter,
             )
-        except (EOFError, OSError) as exc:
-            # EOFError: the file ended early; OSError: the client's side (reset, timed out).
-            if isinstance(exc, EOFError):
-                piece.file_error = str(exc)
+        except (SourceFailed, OSError) as exc:
+            if isinstance(exc, SourceFailed):
+                piece.source_error = exc.error
             self.broken = True
-            # Part of the piece may be out: the connection must end, short of its
-            # content-length. hypercorn only marks it closed when send_all fails.
+            # hypercorn only marks the connection closed when send_all fails: end it here.
             _shut_down(sock)
             raise trio.BrokenResourceError(str(exc)) from exc
+        finally:
+            for fd in descriptors:
+                os.close(fd)
         piece.sent = True
         self._connections.pieces += 1
 
@@ -157,30 +213,105 @@ def _shut_down(sock: trio.socket.SocketType) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _sendfile(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
-    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``sock_fd``.
+def _sendfile(out: int, file_fd: int, offset: int, count: int) -> None:
+    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``.
 
-    Runs in a worker thread. The socket is the event loop's non-blocking one, so this waits
-    for room with poll(). It works on a duplicate of the descriptor: if the server closes the
-    connection meanwhile, the number cannot be reused under this thread.
+    The socket is the event loop's non-blocking one, so this waits for room with poll().
     """
-    out = os.dup(sock_fd)
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    progress = time.monotonic()
+    while count:
+        try:
+            sent = os.sendfile(out, file_fd, offset, count)
+        except BlockingIOError:
+            if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
+                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
+            continue
+        if sent == 0:
+            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
+        offset, count, progress = offset + sent, count - sent, time.monotonic()
+
+
+#: Bytes a splice pipe holds (Linux's default pipe-max-size allows 1 MiB unprivileged).
+PIPE_SIZE = 1024 * 1024
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+def _splice(src: int, out: int, count: int, read_timeout: float) -> None:
+    """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through a
+    pipe (splice(2): the bytes never enter user space). Both sockets are non-blocking."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
-        progress = time.monotonic()
-        while count:
-            try:
-                sent = os.sendfile(out, file_fd, offset, count)
-            except BlockingIOError:
-                if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
-                    raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
-                continue
-            if sent == 0:
-                raise EOFError(f"file ended at byte {offset} while being sent")
-            offset, count, progress = offset + sent, count - sent, time.monotonic()
+        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+        _Splicer(src, out, read_end, write_end, capacity).run(count, read_timeout)
     finally:
-        os.close(out)
+        os.close(read_end)
+        os.close(write_end)
+
+
+@attrs.define
+class _Splicer:
+    """Moves bytes socket -> pipe -> socket, waiting with poll() when neither side can move."""
+
+    src: int
+    out: int
+    read_end: int
+    write_end: int
+    capacity: int
+    buffered: int = 0
+
+    def run(self, count: int, read_timeout: float) -> None:
+        arrived = delivered = time.monotonic()
+        while count or self.buffered:
+            moved = False
+            if count and self.buffered < self.capacity:
+                got = self._fill(min(count, self.capacity - self.buffered))
+                if got > 0:
+                    count, moved, arrived = count - got, True, time.monotonic()
+            if self.buffered and self._drain() > 0:
+                moved, delivered = True, time.monotonic()
+            if moved:
+                continue
+            self._wait(want_in=count > 0 and self.buffered < self.capacity)
+            now = time.monotonic()
+            if count and not self.buffered and now - arrived > read_timeout:
+                reason = f"upstream sent nothing for {read_timeout:.0f} s"
+                raise SourceFailed(UpstreamError(reason))
+            if self.buffered and now - delivered > STALL_TIMEOUT:
+                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
+
+    def _fill(self, count: int) -> int:
+        try:
+            got = os.splice(self.src, self.write_end, count, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            raise SourceFailed(UpstreamError(f"upstream read failed: {exc.strerror}")) from exc
+        if got == 0:
+            raise SourceFailed(UpstreamError("upstream closed the connection mid-body"))
+        self.buffered += got
+        return got
+
+    def _drain(self) -> int:
+        try:
+            put = os.splice(self.read_end, self.out, self.buffered, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return -1
+        self.buffered -= put
+        return put
+
+    def _wait(self, *, want_in: bool) -> None:
+        poller = select.poll()
+        if want_in:
+            poller.register(self.src, select.POLLIN)
+        if self.buffered:
+            poller.register(self.out, select.POLLOUT)
+        poller.poll(1000)
 
 
 class Connections:
@@ -212,6 +343,12 @@ class Connections:
         if not client or not server:
             return None
         return self._open.get((tuple(client), tuple(server)))
+
+
+def zero_copy_connection(scope: Mapping[str, Any]) -> Connection | None:
+    """The request's connection (from its ASGI ``scope``) when it takes zero-copy pieces."""
+    connection = scope.get(SCOPE_KEY)
+    return connection if isinstance(connection, Connection) else None
 
 
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
