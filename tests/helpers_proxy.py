@@ -19,6 +19,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from tracker.scrape import Scraper
 from tracker.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.streamer import CacheFactory, ProxyStreamer
 from tracker.transfers import Transfers
+from tracker.zerocopy import Connections
 
 GROUP = "mainnet"
 TOKEN = "s3cret-token"
@@ -344,6 +346,8 @@ class TrackerUnderTest:
     streamer: ProxyStreamer
     metrics: Metrics
     app: Any
+    #: Zero-copy pieces sent (None: served by plain hypercorn, no zero-copy).
+    connections: Connections | None = None
 
     @property
     def config(self) -> Config:
@@ -432,8 +436,12 @@ async def running_tracker(
     cache_factory: CacheFactory | None = None,
     index: Index | None = None,
     app_config: dict[str, Any] | None = None,
+    plain: bool = False,
 ) -> AsyncIterator[TrackerUnderTest]:
-    """A tracker in proxy mode on 127.0.0.1:0; stopped (transfers cancelled) on exit."""
+    """A tracker in proxy mode on 127.0.0.1:0; stopped (transfers cancelled) on exit.
+
+    ``plain`` serves it with plain hypercorn: no sendfile or splice, every byte through
+    Python (the path of HTTP/2 clients and TLS upstreams)."""
     holder = {"config": config}
     index = index if index is not None else Index()
     metrics = Metrics(process=False)
@@ -454,8 +462,12 @@ async def running_tracker(
         async with trio.open_nursery() as nursery:
             await nursery.start(transfers.run)
             streamer.cache()  # start-up cleanup, as the service does
-            base = await nursery.start(serve_app, app)
-            yield TrackerUnderTest(base, holder, index, transfers, streamer, metrics, app)
+            connections = None if plain else Connections()
+            serve = partial(serve_app, connections=connections, plain=plain)
+            base = await nursery.start(serve, app)
+            yield TrackerUnderTest(
+                base, holder, index, transfers, streamer, metrics, app, connections
+            )
             transfers.close(0)
             nursery.cancel_scope.cancel()
     finally:

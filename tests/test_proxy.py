@@ -42,9 +42,13 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield up
 
 
-@pytest.fixture
-async def tracker(upstream: FakeUpstream) -> AsyncIterator[TrackerUnderTest]:
-    async with running_tracker(make_config(None)) as t:
+@pytest.fixture(params=["splice", "channel"])
+async def tracker(
+    upstream: FakeUpstream, request: pytest.FixtureRequest
+) -> AsyncIterator[TrackerUnderTest]:
+    # splice: the tracker's server, plain streams go socket to socket (tracker/passthrough.py);
+    # channel: plain hypercorn, every byte through the pump's channel.
+    async with running_tracker(make_config(None), plain=request.param == "channel") as t:
         advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
         yield t
 

@@ -238,6 +238,7 @@ PIPE_SIZE = 1024 * 1024
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+_CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 def _splice(src: int, out: int, count: int, read_timeout: float) -> None:
@@ -309,9 +310,12 @@ class _Splicer:
         poller = select.poll()
         if want_in:
             poller.register(self.src, select.POLLIN)
-        if self.buffered:
-            poller.register(self.out, select.POLLOUT)
-        poller.poll(1000)
+        # Always watch the client: one that leaves while the upstream stalls must end the
+        # transfer now, not after read_timeout (hypercorn too takes its FIN as leaving).
+        poller.register(self.out, _CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
+        for fd, events in poller.poll(1000):
+            if fd == self.out and events & _CLIENT_GONE:
+                raise ConnectionResetError("client closed the connection")
 
 
 class Connections:
