@@ -39,7 +39,7 @@ class ZeroCopyApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         connection = self._connections.for_scope(scope)
         if connection is not None:
-            scope = {**scope, SCOPE_KEY: connection}
+            scope[SCOPE_KEY] = connection  # each request's scope is its own dict
         await self.app(scope, receive, send)
 
 

@@ -373,7 +373,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``; a placeholder sends its staged piece instead."""
         connection = self._connection
-        if connection is not None and connection.is_placeholder(data):
+        # The size test first: it is all that most sends (heads, small bodies) cost.
+        if len(data) >= SMALLEST_PIECE and connection and connection.is_placeholder(data):
             assert isinstance(data, bytes)
             await connection.send_staged(self.socket, data)
             return
