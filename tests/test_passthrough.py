@@ -70,6 +70,17 @@ async def test_every_piece_size_arrives_byte_exact(upstream: FakeUpstream) -> No
         assert read == len(DATA)
 
 
+async def test_a_large_range_is_spliced_too(upstream: FakeUpstream) -> None:
+    first, last = 100, 5 * MiB + 99  # 206 of 5 MiB: pieces of 4 MiB and 1 MiB
+    async with proxying(upstream.base) as t:
+        async with httpx.AsyncClient(timeout=20) as client:
+            part = await client.get(t.url(NAME), headers={"range": f"bytes={first}-{last}"})
+        assert part.status_code == 206
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{len(DATA)}"
+        assert part.content == DATA[first : last + 1]
+        assert t.connections is not None and t.connections.pieces == 2
+
+
 async def test_a_client_leaving_during_an_upstream_stall_ends_both_at_once(
     upstream: FakeUpstream,
 ) -> None:
