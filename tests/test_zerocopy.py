@@ -23,7 +23,7 @@ from helpers_server import serve_app
 from quart import Response, request
 from quart_trio import QuartTrio
 
-import tracker.zerocopy
+import tracker.kernelcopy
 from tracker.fileresponse import file_response
 from tracker.zerocopy import (
     LARGEST_PIECE,
@@ -133,7 +133,7 @@ async def test_eight_concurrent_streams(server: Server) -> None:
 
 
 async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracker.zerocopy, "STALL_TIMEOUT", 0.5)
+    monkeypatch.setattr(tracker.kernelcopy, "STALL_TIMEOUT", 0.5)
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     with sock:

@@ -14,17 +14,13 @@ socket, and closes it once the body has ended, or when the server never started 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Callable
 
 import trio
 
 from tracker.bodies import GeneratorBody
 from tracker.errors import ClientGone, UpstreamError
 from tracker.zerocopy import Connection, SocketPiece, piece_size
-
-if TYPE_CHECKING:  # transfers.py imports this module
-    from tracker.transfers import StreamEvents
 
 #: The largest plain read of a body's last bytes (under the smallest piece).
 _TAIL_READ = 64 * 1024
@@ -34,9 +30,9 @@ class SpliceBody(GeneratorBody):
     """``length`` bytes of the upstream socket ``sock``, sent to the client's ``connection``.
 
     ``started`` is set when the server starts sending it, ``ended`` when it has ended (then
-    ``error`` tells why it ended early, None when complete). ``events`` hears of the bytes:
-    upstream bytes as each piece is handed to the server (before the client can have them
-    all), client bytes once it went out. An upstream that breaks or stalls (``read_timeout``) raises
+    ``error`` tells why it ended early, None when complete). ``on_upstream(n)`` is called as
+    each piece is handed to the server (before the client can have it all), ``on_client(n)``
+    once it went out. An upstream that breaks or stalls (``read_timeout``) raises
     UpstreamError: the server aborts the client's connection, short of its content-length.
     """
 
@@ -46,7 +42,8 @@ class SpliceBody(GeneratorBody):
         sock: trio.socket.SocketType,
         length: int,
         read_timeout: float,
-        events: StreamEvents,
+        on_upstream: Callable[[int], None],
+        on_client: Callable[[int], None],
     ) -> None:
         self._connection = connection
         self._sock = sock
@@ -56,7 +53,8 @@ class SpliceBody(GeneratorBody):
         self.ended = trio.Event()
         self.error: BaseException | None = None
         self.sent = 0
-        self._events = events
+        self._on_upstream = on_upstream
+        self._on_client = on_client
 
     async def _start(self) -> None:
         self.started.set()
@@ -74,16 +72,16 @@ class SpliceBody(GeneratorBody):
             size = piece_size(self.length - self.sent)
             if size:
                 piece = SocketPiece(size, sock=self._sock, read_timeout=self._read_timeout)
-                self._events.upstream_bytes(size)
+                self._on_upstream(size)
                 yield self._connection.stage(piece)
                 self._connection.finish(piece)
             else:
                 data = await self._receive(self.length - self.sent)
                 size = len(data)
-                self._events.upstream_bytes(size)
+                self._on_upstream(size)
                 yield data
             self.sent += size
-            self._events.client_bytes(size)
+            self._on_client(size)
 
     async def _receive(self, left: int) -> bytes:
         try:

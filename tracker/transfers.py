@@ -357,7 +357,15 @@ async def _splice(
     """Report a Head whose body splices the upstream socket, and keep the upstream open
     until that body has ended (or the server never started it: DESIGN trap 4)."""
     assert job.zero_copy is not None
-    body = SpliceBody(job.zero_copy, sock, length, job.settings.read_timeout, job.events)
+    events = job.events
+    body = SpliceBody(
+        job.zero_copy,
+        sock,
+        length,
+        job.settings.read_timeout,
+        events.upstream_bytes,
+        events.client_bytes,
+    )
     task_status.started(attrs.evolve(head, body=body))
     with trio.move_on_after(job.settings.drain_start_timeout):
         await body.started.wait()

@@ -1,4 +1,4 @@
-"""Zero-copy file bodies: ``sendfile(2)`` from a file straight to a client's socket.
+"""Zero-copy bodies: file or upstream bytes go to a client's socket without entering Python.
 
 Why: an archive sent with ``os.pread`` + ``send`` crosses Python twice, and the second copy
 runs in the event-loop thread for every stream at once (bench/README.md: on 2 cores, 8 cache
@@ -11,9 +11,11 @@ the *placeholder* that returns, a preallocated zero-filled ``bytes`` object of t
 size (a power of two). Every layer between the body and the socket passes an exact ``bytes``
 through untouched for a response with ``content-length`` (Quart's ASGI loop; hypercorn's
 ``bytes(body)``; h11's ``Data`` and ``b"".join`` of one item), and h11 counts its length, so
-the framing stays right. The stream recognises the very object and sends the staged file range
-with ``os.sendfile`` in a worker thread instead of the placeholder's bytes. The worker thread
-keeps the event loop free (and a file not in the page cache blocks only that thread).
+the framing stays right. The stream recognises the very object and sends the staged piece in
+a worker thread instead of the placeholder's bytes: a file range with ``sendfile``
+(:class:`FilePiece`) or the next bytes of an upstream socket with ``splice``
+(:class:`SocketPiece`, see tracker/passthrough.py); the loops are in tracker/kernelcopy.py.
+The worker thread keeps the event loop free (a file not in the page cache blocks only it).
 
 A placeholder can never go out as zeros unnoticed: the stream refuses one that was not staged
 on its own connection, and the body checks after each piece that its stream took it
@@ -24,11 +26,8 @@ zero-copy download at its first piece (tests/test_zerocopy.py pins this).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import select
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,14 +35,13 @@ import attrs
 import trio
 
 from tracker.errors import ClientGone, TrackerError, UpstreamError
+from tracker.kernelcopy import SourceFailed, send_file, splice_sockets
 
 #: Piece sizes: powers of two from 64 KiB to 8 MiB. A body sends its file in pieces of the
 #: largest size that fits, and anything under the smallest with ordinary bytes.
 SMALLEST_PIECE = 64 * 1024
 LARGEST_PIECE = 8 * 1024 * 1024
 
-#: A piece whose client takes nothing for this long breaks the connection.
-STALL_TIMEOUT = 300.0
 
 #: The ASGI scope key under which a connection that can take pieces is found.
 SCOPE_KEY = "tracker.zerocopy"
@@ -67,15 +65,6 @@ def piece_size(left: int) -> int:
     if left < SMALLEST_PIECE:
         return 0
     return min(LARGEST_PIECE, 1 << (left.bit_length() - 1))
-
-
-class SourceFailed(Exception):
-    """Raised in a worker thread when a piece's source (file, upstream) failed; ``error`` is
-    what the body raises for it."""
-
-    def __init__(self, error: TrackerError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @attrs.define
@@ -108,7 +97,7 @@ class FilePiece(Piece):
 
     def transfer(self, out: int, sources: tuple[int, ...]) -> None:
         """See :meth:`Piece.transfer`."""
-        _sendfile(out, self.fd, self.offset, self.count)
+        send_file(out, self.fd, self.offset, self.count)
 
 
 @attrs.define
@@ -128,7 +117,7 @@ class SocketPiece(Piece):
 
     def transfer(self, out: int, sources: tuple[int, ...]) -> None:
         """See :meth:`Piece.transfer`."""
-        _splice(sources[0], out, self.count, self.read_timeout)
+        splice_sockets(sources[0], out, self.count, self.read_timeout)
 
 
 class Connection:
@@ -177,8 +166,9 @@ class Connection:
         """Send the piece staged for placeholder ``data`` on ``sock`` (in a worker thread).
 
         Raises trio.BrokenResourceError when nothing was staged for it, the client went away
-        or stalled past STALL_TIMEOUT, or the piece's source failed; the connection is then
-        shut down (part of the piece may be out: it must end short of its content-length).
+        or stalled (tracker/kernelcopy.py), or the piece's source failed; the connection is
+        then shut down (part of the piece may be out: it must end short of its
+        content-length).
         """
         piece, self._staged = self._staged, None
         if piece is None or piece.count != len(data):
@@ -211,111 +201,6 @@ class Connection:
 def _shut_down(sock: trio.socket.SocketType) -> None:
     with contextlib.suppress(OSError):  # gone already
         sock.shutdown(socket.SHUT_RDWR)
-
-
-def _sendfile(out: int, file_fd: int, offset: int, count: int) -> None:
-    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``.
-
-    The socket is the event loop's non-blocking one, so this waits for room with poll().
-    """
-    poller = select.poll()
-    poller.register(out, select.POLLOUT)
-    progress = time.monotonic()
-    while count:
-        try:
-            sent = os.sendfile(out, file_fd, offset, count)
-        except BlockingIOError:
-            if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
-                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
-            continue
-        if sent == 0:
-            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
-        offset, count, progress = offset + sent, count - sent, time.monotonic()
-
-
-#: Bytes a splice pipe holds (Linux's default pipe-max-size allows 1 MiB unprivileged).
-PIPE_SIZE = 1024 * 1024
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-_CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-
-
-def _splice(src: int, out: int, count: int, read_timeout: float) -> None:
-    """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through a
-    pipe (splice(2): the bytes never enter user space). Both sockets are non-blocking."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
-            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
-        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
-        _Splicer(src, out, read_end, write_end, capacity).run(count, read_timeout)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-@attrs.define
-class _Splicer:
-    """Moves bytes socket -> pipe -> socket, waiting with poll() when neither side can move."""
-
-    src: int
-    out: int
-    read_end: int
-    write_end: int
-    capacity: int
-    buffered: int = 0
-
-    def run(self, count: int, read_timeout: float) -> None:
-        arrived = delivered = time.monotonic()
-        while count or self.buffered:
-            moved = False
-            if count and self.buffered < self.capacity:
-                got = self._fill(min(count, self.capacity - self.buffered))
-                if got > 0:
-                    count, moved, arrived = count - got, True, time.monotonic()
-            if self.buffered and self._drain() > 0:
-                moved, delivered = True, time.monotonic()
-            if moved:
-                continue
-            self._wait(want_in=count > 0 and self.buffered < self.capacity)
-            now = time.monotonic()
-            if count and not self.buffered and now - arrived > read_timeout:
-                reason = f"upstream sent nothing for {read_timeout:.0f} s"
-                raise SourceFailed(UpstreamError(reason))
-            if self.buffered and now - delivered > STALL_TIMEOUT:
-                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
-
-    def _fill(self, count: int) -> int:
-        try:
-            got = os.splice(self.src, self.write_end, count, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            return -1
-        except OSError as exc:
-            raise SourceFailed(UpstreamError(f"upstream read failed: {exc.strerror}")) from exc
-        if got == 0:
-            raise SourceFailed(UpstreamError("upstream closed the connection mid-body"))
-        self.buffered += got
-        return got
-
-    def _drain(self) -> int:
-        try:
-            put = os.splice(self.read_end, self.out, self.buffered, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            return -1
-        self.buffered -= put
-        return put
-
-    def _wait(self, *, want_in: bool) -> None:
-        poller = select.poll()
-        if want_in:
-            poller.register(self.src, select.POLLIN)
-        # Always watch the client: one that leaves while the upstream stalls must end the
-        # transfer now, not after read_timeout (hypercorn too takes its FIN as leaving).
-        poller.register(self.out, _CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
-        for fd, events in poller.poll(1000):
-            if fd == self.out and events & _CLIENT_GONE:
-                raise ConnectionResetError("client closed the connection")
 
 
 class Connections:

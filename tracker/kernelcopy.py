@@ -1,0 +1,138 @@
+"""Blocking zero-copy loops over non-blocking sockets, run in worker threads.
+
+:func:`send_file` (``sendfile(2)``: file -> socket) and :func:`splice_sockets` (``splice(2)``:
+socket -> pipe -> socket) move bytes without bringing them into user space. The sockets
+belong to the event loop and stay non-blocking, so these wait with ``poll()``, one second at
+a time, and give up on a client that takes nothing for STALL_TIMEOUT seconds or an upstream
+that sends nothing for its read timeout. Failures of the source raise :class:`SourceFailed`
+(carrying the error the response body raises); the client's raise OSError or TimeoutError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import time
+
+import attrs
+
+from tracker.errors import TrackerError, UpstreamError
+
+#: A piece whose client takes nothing for this long breaks the connection.
+STALL_TIMEOUT = 300.0
+
+
+class SourceFailed(Exception):
+    """Raised in a worker thread when a piece's source (file, upstream) failed; ``error`` is
+    what the body raises for it."""
+
+    def __init__(self, error: TrackerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def send_file(out: int, file_fd: int, offset: int, count: int) -> None:
+    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``.
+
+    The socket is the event loop's non-blocking one, so this waits for room with poll().
+    """
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    progress = time.monotonic()
+    while count:
+        try:
+            sent = os.sendfile(out, file_fd, offset, count)
+        except BlockingIOError:
+            if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
+                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
+            continue
+        if sent == 0:
+            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
+        offset, count, progress = offset + sent, count - sent, time.monotonic()
+
+
+#: Bytes a splice pipe holds (Linux's default pipe-max-size allows 1 MiB unprivileged).
+PIPE_SIZE = 1024 * 1024
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+_CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
+def splice_sockets(src: int, out: int, count: int, read_timeout: float) -> None:
+    """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through a
+    pipe (splice(2): the bytes never enter user space). Both sockets are non-blocking."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+        _Splicer(src, out, read_end, write_end, capacity).run(count, read_timeout)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@attrs.define
+class _Splicer:
+    """Moves bytes socket -> pipe -> socket, waiting with poll() when neither side can move."""
+
+    src: int
+    out: int
+    read_end: int
+    write_end: int
+    capacity: int
+    buffered: int = 0
+
+    def run(self, count: int, read_timeout: float) -> None:
+        arrived = delivered = time.monotonic()
+        while count or self.buffered:
+            moved = False
+            if count and self.buffered < self.capacity:
+                got = self._fill(min(count, self.capacity - self.buffered))
+                if got > 0:
+                    count, moved, arrived = count - got, True, time.monotonic()
+            if self.buffered and self._drain() > 0:
+                moved, delivered = True, time.monotonic()
+            if moved:
+                continue
+            self._wait(want_in=count > 0 and self.buffered < self.capacity)
+            now = time.monotonic()
+            if count and not self.buffered and now - arrived > read_timeout:
+                reason = f"upstream sent nothing for {read_timeout:.0f} s"
+                raise SourceFailed(UpstreamError(reason))
+            if self.buffered and now - delivered > STALL_TIMEOUT:
+                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
+
+    def _fill(self, count: int) -> int:
+        try:
+            got = os.splice(self.src, self.write_end, count, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            raise SourceFailed(UpstreamError(f"upstream read failed: {exc.strerror}")) from exc
+        if got == 0:
+            raise SourceFailed(UpstreamError("upstream closed the connection mid-body"))
+        self.buffered += got
+        return got
+
+    def _drain(self) -> int:
+        try:
+            put = os.splice(self.read_end, self.out, self.buffered, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return -1
+        self.buffered -= put
+        return put
+
+    def _wait(self, *, want_in: bool) -> None:
+        poller = select.poll()
+        if want_in:
+            poller.register(self.src, select.POLLIN)
+        # Always watch the client: one that leaves while the upstream stalls must end the
+        # transfer now, not after read_timeout (hypercorn too takes its FIN as leaving).
+        poller.register(self.out, _CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
+        for fd, events in poller.poll(1000):
+            if fd == self.out and events & _CLIENT_GONE:
+                raise ConnectionResetError("client closed the connection")
