@@ -121,6 +121,11 @@ class Batch:
         return self.body_bytes / self.seconds
 
 
+def fetch_sequence(address: tuple[str, int], path: str, count: int) -> Batch:
+    """Download ``path`` ``count`` times, one after the other, on fresh connections."""
+    return Batch([fetch(address, path) for _ in range(count)])
+
+
 def fetch_many(
     address: tuple[str, int],
     paths: list[str],
