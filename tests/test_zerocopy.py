@@ -7,6 +7,7 @@ concurrent streams, a stalled client, and the guard that a placeholder is never 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -130,6 +131,20 @@ async def test_eight_concurrent_streams(server: Server) -> None:
             for _ in range(8):
                 nursery.start_soon(fetch)
     assert results == [digest(server.data)] * 8
+
+
+async def test_a_file_system_without_sendfile_gets_the_same_bytes_copied(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_sendfile(*args: object) -> int:
+        raise OSError(errno.EINVAL, "sendfile not supported here")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        response = await client.get("/file")
+    assert response.status_code == 200
+    assert digest(response.content) == digest(server.data)
+    assert server.connections.pieces == 8  # still pieces, copied in the worker thread
 
 
 async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ that sends nothing for its read timeout. Failures of the source raise :class:`So
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -36,21 +37,66 @@ class SourceFailed(Exception):
 def send_file(out: int, file_fd: int, offset: int, count: int) -> None:
     """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``.
 
-    The socket is the event loop's non-blocking one, so this waits for room with poll().
+    The socket is the event loop's non-blocking one, so this waits for room with poll(). A
+    file system that cannot sendfile (some FUSE and network ones) gets the same bytes through
+    pread and write instead.
     """
-    poller = select.poll()
-    poller.register(out, select.POLLOUT)
-    progress = time.monotonic()
+    room = _Room(out)
     while count:
         try:
             sent = os.sendfile(out, file_fd, offset, count)
         except BlockingIOError:
-            if not poller.poll(1000) and time.monotonic() - progress > STALL_TIMEOUT:
-                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s") from None
+            room.wait()
             continue
+        except OSError as exc:
+            if exc.errno not in _NO_SENDFILE:
+                raise
+            _copy_file(room, file_fd, offset, count)
+            return
         if sent == 0:
             raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
-        offset, count, progress = offset + sent, count - sent, time.monotonic()
+        offset, count = offset + sent, count - sent
+        room.progressed()
+
+
+#: sendfile's errors for an input it cannot take (the socket side never raises these).
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+_COPY_CHUNK = 1024 * 1024
+
+
+def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> None:
+    while count:
+        data = os.pread(file_fd, min(count, _COPY_CHUNK), offset)
+        if not data:
+            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(room.out, view)
+            except BlockingIOError:
+                room.wait()
+                continue
+            view = view[written:]
+            room.progressed()
+        offset, count = offset + len(data), count - len(data)
+
+
+class _Room:
+    """Waits for room in the send buffer of socket ``out``; a client that takes nothing for
+    STALL_TIMEOUT seconds raises TimeoutError."""
+
+    def __init__(self, out: int) -> None:
+        self.out = out
+        self._poller = select.poll()
+        self._poller.register(out, select.POLLOUT)
+        self._progress = time.monotonic()
+
+    def progressed(self) -> None:
+        self._progress = time.monotonic()
+
+    def wait(self) -> None:
+        if not self._poller.poll(1000) and time.monotonic() - self._progress > STALL_TIMEOUT:
+            raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
 
 
 #: Bytes a splice pipe holds (Linux's default pipe-max-size allows 1 MiB unprivileged).
