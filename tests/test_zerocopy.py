@@ -25,6 +25,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import tracker.kernelcopy
+from tracker.bodies import WrappedBody
+from tracker.downloads import outcome_of
 from tracker.fileresponse import file_response
 from tracker.zerocopy import (
     LARGEST_PIECE,
@@ -52,12 +54,27 @@ class Server:
         return int(self.url.rsplit(":", 1)[1])
 
 
-def file_app(path: Path) -> QuartTrio:
+class Recorded(WrappedBody):
+    """Keeps why sending ended (None: complete)."""
+
+    endings: list[BaseException | None]
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self.endings.append(error)
+        await super()._finish(error)
+
+
+def file_app(path: Path, endings: list[BaseException | None] | None = None) -> QuartTrio:
     app = QuartTrio(__name__)
 
     @app.route("/file")
     async def whole() -> Response:
-        return await file_response(str(path), request)
+        response = await file_response(str(path), request)
+        if endings is not None and response.status_code == 200:
+            body = Recorded(response.response)
+            body.endings = endings
+            response.response = body
+        return response
 
     return app
 
@@ -145,6 +162,28 @@ async def test_a_file_system_without_sendfile_gets_the_same_bytes_copied(
     assert response.status_code == 200
     assert digest(response.content) == digest(server.data)
     assert server.connections.pieces == 8  # still pieces, copied in the worker thread
+
+
+async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot-100-archive.tar.zst"
+    path.write_bytes(os.urandom(64 * MiB))
+    endings: list[BaseException | None] = []
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_app, file_app(path, endings))
+        port = int(url.rsplit(":", 1)[1])
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n")
+            received = 0
+            while received < 10 * MiB:
+                received += len(await sock.recv(MiB))
+        with trio.fail_after(10):
+            while not endings:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    [error] = endings
+    assert outcome_of(received, 64 * MiB, error) == "client_gone", repr(error)
 
 
 async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

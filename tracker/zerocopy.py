@@ -279,6 +279,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         """Close the socket and forget the connection."""
+        if self._connection is not None:
+            # A body still sending learns that its client is gone (not a bug of ours).
+            self._connection.broken = True
         if self._key:
             self._connections.close(self._key)
         await self._stream.aclose()
