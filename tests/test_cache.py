@@ -368,17 +368,17 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
 
 
 class FailingWriter:
-    """``os.write`` until ``limit`` bytes were written, then ENOSPC."""
+    """``os.pwrite`` until ``limit`` bytes were written, then ENOSPC."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.written = 0
 
-    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+    def __call__(self, fd: int, data: bytes | memoryview, offset: int) -> int:
         if self.written + len(data) > self.limit:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.written += len(data)
-        return os.write(fd, data)
+        return os.pwrite(fd, data, offset)
 
 
 async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
+import trio
 from helpers_proxy import full_name, incremental_name
 
-from tracker.cache import TEMP_PREFIX, Cache
+from tracker.cache import TEMP_PREFIX, WRITE_WINDOW, Cache
 from tracker.errors import CacheError, RequestError
 
 FULL = full_name(300)
@@ -199,3 +201,38 @@ async def test_unwritable_cache_directory_is_not_a_crash(tmp_path: Path) -> None
     assert not await refresh.open(3)
     assert not refresh.no_space
     assert not cache.is_refreshing("mainnet", FULL)
+
+
+async def test_writes_overlap_up_to_the_window_and_count_in_order(tmp_path: Path) -> None:
+    first_may_finish = threading.Event()
+    finished: list[int] = []
+
+    def write(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if offset == 0:
+            first_may_finish.wait(10)  # the first write is slow (a page-cache stall, say)
+        written = os.pwrite(fd, data, offset)
+        finished.append(offset)
+        return written
+
+    cache = Cache(str(tmp_path / "cache"), free_space=lambda _path: 10**12, write=write)
+    refresh = cache.begin_refresh("g", FULL)
+    assert refresh is not None
+    assert await refresh.open(10 * (WRITE_WINDOW + 1))
+    for n in range(WRITE_WINDOW):
+        with trio.fail_after(2):  # room in the window: each returns once its write started
+            await refresh.write(bytes([n]) * 10)
+    with trio.fail_after(5):
+        while len(finished) < WRITE_WINDOW - 1:
+            await trio.sleep(0.01)
+    assert refresh.written == 0  # later writes are done, but the file has a hole at 0
+    with trio.move_on_after(0.3) as waited:
+        await refresh.write(b"x" * 10)  # the window is full: this waits for the first
+    assert waited.cancelled_caught
+    first_may_finish.set()
+    await refresh.write(bytes([WRITE_WINDOW]) * 10)
+    await refresh.flush()
+    assert refresh.written == 10 * (WRITE_WINDOW + 1)
+    data = b"".join(bytes([n]) * 10 for n in range(WRITE_WINDOW + 1))
+    with open(refresh.temp, "rb") as temp:  # noqa: ASYNC230 (a few bytes, test only)
+        assert temp.read() == data
+    refresh.abort()

@@ -24,6 +24,7 @@ checked, promoted or not).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import cast
 
+import attrs
 import outcome
 import trio
 
@@ -56,7 +58,10 @@ _GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 #: Dirty bytes after which a refresh starts the kernel's writeback of what it wrote.
 WRITEBACK_EVERY = 32 * 1024 * 1024
 #: ``write(fd, data) -> bytes written``, as :func:`os.write`; injectable for fault tests.
-Writer = Callable[[int, bytes | memoryview], int]
+#: ``os.pwrite``'s shape: (fd, data, offset) -> bytes written.
+Writer = Callable[[int, bytes | memoryview, int], int]
+#: Writes of one refresh in flight at once (each a chunk of up to ProxySettings.read_size).
+WRITE_WINDOW = 4
 #: Free bytes of the file system holding a directory.
 FreeSpace = Callable[[str], int]
 
@@ -80,7 +85,7 @@ class Cache:
         root: str,
         *,
         free_space: FreeSpace = disk_free,
-        write: Writer = os.write,
+        write: Writer = os.pwrite,
         sync: Callable[[int], None] = os.fsync,
         min_free: int = 0,
         on_size: Callable[[int], None] | None = None,
@@ -214,6 +219,15 @@ class Cache:
         return sum(r.remaining for r in self._refreshing.values() if r is not exclude)
 
 
+@attrs.define
+class _Write:
+    """One write of a refresh: where the file ends once it is done, and its thread."""
+
+    end: int
+    finished: bool = False
+    background: Background[None] = attrs.field(init=False)
+
+
 class Refresh:
     """One refresh of one cached file: temp file, writes, then promotion or removal."""
 
@@ -235,7 +249,10 @@ class Refresh:
         self.ended = trio.Event()
         self._progress = trio.Event()
         self._fd: int | None = None
-        self._writing: Background[None] | None = None
+        #: Writes in flight, oldest first (at most WRITE_WINDOW).
+        self._writes: collections.deque[_Write] = collections.deque()
+        self._queued = 0  # bytes handed to write threads so far
+        self._write_error: OSError | None = None
         self._writeback: Background[None] | None = None
         self._done = False
 
@@ -334,19 +351,25 @@ class Refresh:
 
     async def write(self, data: bytes) -> None:
         """Append ``data`` to the temp file in a worker thread, overlapping the caller's next
-        upstream read: returns once the *previous* write has finished and this one started.
-        ``written`` grows (and readers wake) as each write completes. Raises CacheError (disk
-        full, I/O error) for the previous write; the caller then aborts."""
-        await self.flush()
+        upstream reads: returns once this write started, waiting first while WRITE_WINDOW
+        writes are in flight (so a slow page cache or disk slows the caller, never costs
+        unbounded memory). ``written`` grows (and readers wake) as the writes complete, in
+        order. Raises CacheError (disk full, I/O error) for an earlier write; the caller then
+        aborts."""
+        while len(self._writes) >= WRITE_WINDOW:
+            await self._writes[0].background.wait()
+        self._raise_write_error()
         if self._fd is None:
             raise CacheError("refresh is not open")
         self._start_writeback()
+        offset, self._queued = self._queued, self._queued + len(data)
         # The thread writes through its own descriptor: abort() may close ours meanwhile.
         fd = os.dup(self._fd)
-        self._writing = Background(
-            partial(self._write_chunk, fd, data),
-            on_done=partial(self._wrote, self.written + len(data)),
+        entry = _Write(self._queued)
+        entry.background = Background(
+            partial(self._write_chunk, fd, data, offset), on_done=partial(self._wrote, entry)
         )
+        self._writes.append(entry)
 
     def _start_writeback(self) -> None:
         """Every WRITEBACK_EVERY bytes written, ask the kernel to start writing them out.
@@ -364,23 +387,33 @@ class Refresh:
         self._writeback = Background(partial(_writeback_and_close, fd, start, length))
 
     async def flush(self) -> None:
-        """Wait for the write in flight (if any); raises CacheError when it failed."""
-        writing, self._writing = self._writing, None
-        if writing is None:
-            return
-        try:
-            await writing.result()
-        except OSError as exc:
-            raise CacheError(f"cache write failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+        """Wait for every write in flight; raises CacheError when one failed."""
+        while self._writes:
+            await self._writes[0].background.wait()
+        self._raise_write_error()
 
-    def _wrote(self, end: int, result: outcome.Outcome[None]) -> None:
-        if isinstance(result, outcome.Value) and not self.ended.is_set():
-            self.written = end
+    def _raise_write_error(self) -> None:
+        if self._write_error is not None:
+            reason = os.strerror(self._write_error.errno or errno.EIO)
+            raise CacheError(f"cache write failed: {reason}") from self._write_error
+
+    def _wrote(self, entry: _Write, result: outcome.Outcome[None]) -> None:
+        """A write finished (in trio's thread): advance ``written`` over the finished prefix."""
+        entry.finished = True
+        if isinstance(result, outcome.Error) and self._write_error is None:
+            error = result.error
+            self._write_error = error if isinstance(error, OSError) else OSError(errno.EIO, "")
+        advanced = False
+        while self._writes and self._writes[0].finished:
+            end = self._writes.popleft().end
+            if self._write_error is None and not self.ended.is_set():
+                self.written, advanced = end, True
+        if advanced:
             self._notify()
 
-    def _write_chunk(self, fd: int, data: bytes) -> None:
+    def _write_chunk(self, fd: int, data: bytes, offset: int) -> None:
         try:
-            _write_all(self.cache._write, fd, data)
+            _write_all(self.cache._write, fd, data, offset)
         finally:
             os.close(fd)
 
@@ -475,13 +508,13 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return cast(Callable[[int, int, int, int], int], function)
 
 
-def _write_all(write: Writer, fd: int, data: bytes) -> None:
+def _write_all(write: Writer, fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = write(fd, view)
+        written = write(fd, view, offset)
         if written <= 0:
             raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
+        view, offset = view[written:], offset + written
 
 
 def _fsync_dir(directory: str) -> None:

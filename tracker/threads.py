@@ -46,6 +46,10 @@ class Background(Generic[T]):
 
         trio.lowlevel.start_thread_soon(function, deliver)
 
+    async def wait(self) -> None:
+        """Wait until the call has finished (its result stays for :meth:`result`)."""
+        await self._done.wait()
+
     def done(self) -> bool:
         """True once the call has finished (and ``on_done`` ran)."""
         return self._done.is_set()
