@@ -54,7 +54,7 @@ def _placeholders() -> dict[int, bytes]:
     size = SMALLEST_PIECE
     while size <= LARGEST_PIECE:
         # bytes(n) is calloc'ed: the kernel's zero pages, no resident memory until read,
-        # and a placeholder is never read (its piece goes out through sendfile).
+        # and a placeholder is never read (its piece goes out through sendfile or splice).
         sizes[size] = bytes(size)
         size *= 2
     return sizes
