@@ -132,7 +132,7 @@ class _BigReadStream(httpcore.AsyncNetworkStream):
             trio.TooSlowError: httpcore.ReadTimeout,
             OSError: httpcore.ReadError,
         }
-        with httpcore_errors(exc_map), trio.fail_after(math.inf if timeout is None else timeout):
+        with _httpcore_errors(exc_map), trio.fail_after(math.inf if timeout is None else timeout):
             peeked = await sock.recv(_HEAD_PEEK, socket.MSG_PEEK)
             seen = len(self._head)
             end = (self._head[-3:] + peeked).find(b"\r\n\r\n")
@@ -174,7 +174,7 @@ _HEAD_LIMIT = 64 * 1024
 
 
 @contextlib.contextmanager
-def httpcore_errors(mapping: dict[type[Exception], type[Exception]]) -> Iterator[None]:
+def _httpcore_errors(mapping: dict[type[Exception], type[Exception]]) -> Iterator[None]:
     """Raise exceptions of ``mapping``'s keys as its values (what httpcore's streams raise)."""
     try:
         yield
