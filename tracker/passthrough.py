@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 import trio
 
 from tracker.bodies import GeneratorBody
-from tracker.errors import ClientGone, UpstreamError
+from tracker.errors import UpstreamError
 from tracker.zerocopy import Connection, SocketPiece, piece_size
 
 #: The largest plain read of a body's last bytes (under the smallest piece).
@@ -62,10 +62,6 @@ class SpliceBody(GeneratorBody):
     async def _finish(self, error: BaseException | None) -> None:
         self.error = error
         self.ended.set()
-
-    def client_gone(self) -> bool:
-        """True when the body ended because the client left (not the upstream's fault)."""
-        return isinstance(self.error, (trio.Cancelled, ClientGone))
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         while self.sent < self.length:

@@ -46,6 +46,7 @@ import trio
 
 from tracker.bodies import GeneratorBody
 from tracker.cache import Refresh
+from tracker.downloads import outcome_of
 from tracker.errors import CacheError, UpstreamError
 from tracker.logs import log_event
 from tracker.passthrough import SpliceBody
@@ -371,7 +372,7 @@ async def _splice(
         await body.started.wait()
     if body.started.is_set():
         await body.ended.wait()
-    if body.error is not None and not body.client_gone():
+    if outcome_of(body.sent, body.length, body.error) == "error":
         log_event(log, "warning", "stream_failed", url=answer.url, reason=str(body.error))
 
 
