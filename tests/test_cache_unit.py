@@ -236,3 +236,30 @@ async def test_writes_overlap_up_to_the_window_and_count_in_order(tmp_path: Path
     with open(refresh.temp, "rb") as temp:  # noqa: ASYNC230 (a few bytes, test only)
         assert temp.read() == data
     refresh.abort()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_descriptors_stay_flat_over_many_refreshes(tmp_path: Path) -> None:
+    """Each writeback hint runs on a duplicate of the temp file's descriptor that it must
+    close: refreshes of the same size repeat the same (descriptor, offset, length), and a
+    memoised call would skip the close and pin every deleted archive on the disk."""
+    piece = 256 * 1024
+    cache = Cache(
+        str(tmp_path / "cache"), free_space=lambda _path: 10**12, writeback_every=4 * piece
+    )
+    baseline = open_descriptors()
+    for n in range(20):
+        refresh = cache.begin_refresh("g", full_name(1000 + n))
+        assert refresh is not None
+        assert await refresh.open(12 * piece)
+        for _ in range(12):
+            await refresh.write(b"x" * piece)
+            await refresh.flush()  # the same offsets every time: writeback at 1 and 2 MiB
+        await refresh.commit()
+        with trio.fail_after(5):  # the writeback threads close their duplicates
+            while open_descriptors() > baseline:
+                await trio.sleep(0.01)
+    assert os.listdir(tmp_path / "cache" / "g") == [full_name(1019)]

@@ -28,7 +28,6 @@ import collections
 import contextlib
 import ctypes
 import errno
-import functools
 import logging
 import os
 import re
@@ -77,6 +76,7 @@ class Cache:
     ``free_space``, ``write`` and ``sync`` (the temp file's fsync) are injectable (tests
     simulate a full disk or a slow one with them);
     ``min_free`` bytes are kept free on top of a refresh's announced length;
+    ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file;
     ``on_size(total)`` is called with the bytes of archives cached after every change.
     """
 
@@ -89,6 +89,7 @@ class Cache:
         sync: Callable[[int], None] = os.fsync,
         min_free: int = 0,
         on_size: Callable[[int], None] | None = None,
+        writeback_every: int = WRITEBACK_EVERY,
     ) -> None:
         if not os.path.isabs(root):
             raise ValueError(f"cache root must be absolute: {root!r}")
@@ -98,6 +99,7 @@ class Cache:
         self._sync = sync
         self._min_free = min_free
         self._on_size = on_size
+        self._writeback_every = writeback_every
         self._refreshing: dict[tuple[str, str], Refresh] = {}
 
     # -- names and lookups ---------------------------------------------------------------
@@ -378,7 +380,7 @@ class Refresh:
         per GiB). In a thread of its own, one at a time: sync_file_range blocks while the
         disk's queue is full, and the writes (the client's pace) must not wait for the disk.
         """
-        if self.written - self._flushed < WRITEBACK_EVERY or self._fd is None:
+        if self.written - self._flushed < self.cache._writeback_every or self._fd is None:
             return
         if self._writeback is not None and not self._writeback.done():
             return
@@ -489,7 +491,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
 
 
-@functools.cache
 def _writeback_and_close(fd: int, offset: int, length: int) -> None:
     try:
         start_writeback(fd, offset, length)
