@@ -103,6 +103,8 @@ class Delivery:
                 return await file_response(f.path, request, on_bytes=on_bytes, budget=self._budget)
             except FileNotFoundError as exc:
                 raise RequestError(404, f"{name} is gone from its local directory") from exc
+            except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
+                raise RequestError(404, f"{name} is not a regular file any more") from exc
         if self._config().proxy_snapshot_downloads and self._streamer is not None:
             return await self._streamer.serve(request, group, name, found)
         self._count("redirect")

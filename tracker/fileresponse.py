@@ -204,9 +204,11 @@ def _read(descriptor: _Descriptor, size: int, position: int) -> Background[bytes
 
 
 def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
-    # O_NONBLOCK keeps a FIFO put at the path from blocking the open; it changes nothing for
-    # the regular file we require.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    # O_NOFOLLOW: a name swapped for a symlink since it was listed would serve whatever the
+    # link points at (ELOOP instead). O_NONBLOCK keeps a FIFO put at the path from blocking
+    # the open; it changes nothing for the regular file we require.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
+    fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -266,8 +268,8 @@ async def file_response(
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and
     bodiless answers close it before returning.
 
-    Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ...) when the file
-    cannot be opened or is not a regular file; ValueError for a method other than GET/HEAD,
+    Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ELOOP for a
+    symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a method other than GET/HEAD,
     a non-positive ``chunk_size`` or an unsafe ``file_name``. On cancellation the open, which
     runs in a thread that is waited for, finishes first and its descriptor is closed. While
     the body streams, a file that shrinks under it raises TrackerError into the server, which
