@@ -269,11 +269,11 @@ async def file_response(
     bodiless answers close it before returning.
 
     Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ELOOP for a
-    symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a method other than GET/HEAD,
-    a non-positive ``chunk_size`` or an unsafe ``file_name``. On cancellation the open, which
-    runs in a thread that is waited for, finishes first and its descriptor is closed. While
-    the body streams, a file that shrinks under it raises TrackerError into the server, which
-    aborts the connection (never a silently short body).
+    symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a
+    method other than GET/HEAD, a non-positive ``chunk_size`` or an unsafe ``file_name``. On
+    cancellation the open, which runs in a thread that is waited for, finishes first and its
+    descriptor is closed. While the body streams, a file that shrinks under it raises
+    TrackerError into the server, which aborts the connection (never a silently short body).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive: {chunk_size}")
