@@ -364,6 +364,12 @@ RULES = [
         "must match [A-Za-z0-9_.-]+",
     ),
     ("target_groups:\n  - group: ''\n", "target_groups[0].group", "must match"),
+    # The group name is a directory of the cache: "." and ".." would leave it, and names
+    # starting with a dot are the cache's own temp files.
+    ("target_groups:\n  - group: '.'\n", "target_groups[0].group", "must not start with"),
+    ("target_groups:\n  - group: '..'\n", "target_groups[0].group", "must not start with"),
+    ("target_groups:\n  - group: .hidden\n", "target_groups[0].group", "must not start with"),
+    (f"target_groups:\n  - group: {'g' * 129}\n", "target_groups[0].group", "at most 128"),
     (
         GROUP + "  - group: g\n",
         "target_groups[1].group",

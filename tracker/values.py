@@ -260,6 +260,12 @@ def group_name(value: object) -> str:
     name = string(value)
     if not _GROUP_NAME.fullmatch(name):
         raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
+    # The name is a directory of the disk cache: "." and ".." would leave it, and dot files
+    # there are the cache's temp files.
+    if name.startswith("."):
+        raise ValueError(f"group name must not start with '.', got {name!r}")
+    if len(name) > 128:  # what requests may name (group=...)
+        raise ValueError(f"group name must be at most 128 characters, got {len(name)}")
     return name
 
 
