@@ -112,6 +112,8 @@ class Behaviour:
     headers: list[tuple[str, str]] = attrs.Factory(list)
     pause_at: int | None = None  # body bytes after which sending waits for ``resume``
     resume: trio.Event = attrs.Factory(trio.Event)
+    etag: str | None = UPSTREAM_ETAG  # None: no ETag header
+    last_modified: str | None = UPSTREAM_LAST_MODIFIED  # None: no Last-Modified header
 
 
 @attrs.define
@@ -221,9 +223,9 @@ class FakeUpstream:
             await _send(conn, stream, h11.EndOfMessage())
             return True
         status, start, length, extra = _plan(headers, len(data))
+        validators = [("etag", how.etag), ("last-modified", how.last_modified)]
         response_headers = [
-            ("etag", UPSTREAM_ETAG),
-            ("last-modified", UPSTREAM_LAST_MODIFIED),
+            *((k, v) for k, v in validators if v is not None),
             ("accept-ranges", "bytes"),
             ("content-type", "application/x-zstd"),
             ("server", "fake-upstream"),

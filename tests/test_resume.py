@@ -20,6 +20,7 @@ import trio
 from helpers_proxy import (
     GROUP,
     UPSTREAM_ETAG,
+    UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
     MiB,
@@ -34,7 +35,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.proxy import resume_problem
+from tracker.resume import resume_problem
 
 FULL = full_name(9100)
 DATA = archive_bytes(8 * MiB, seed=50)
@@ -123,19 +124,89 @@ async def test_a_drop_at_half_resumes_and_promotes(
         )
 
 
-async def test_the_refresh_resumes_from_another_source_of_the_same_file(
+async def test_a_resume_is_never_answered_by_another_source(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
+    """Archives of one slot made by different nodes differ: the rest of a broken refresh may
+    only come from the source that sent its start. The client's stream ends in error,
+    nothing is promoted, and the next request starts over from byte 0 on the other source."""
     gone, other = await start_upstream(nursery), await start_upstream(nursery)
+    other.files[FULL] = archive_bytes(len(DATA), seed=51)  # same name and size, other bytes
     gone.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
     after_first_get(nursery, gone, Behaviour(status=503))  # gone for good after the drop
     async with tracker_for(tmp_path, gone, other) as t:
-        assert await fetch(t.url(FULL)) == (200, sha256(DATA), len(DATA))
-        [resumed] = other.gets(FULL)
-        assert resumed.headers["range"] == f"bytes={HALF}-"
-        assert "if-range" not in resumed.headers  # an ETag is per server
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)  # never a complete, spliced 200
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert other.gets(FULL) == []  # never asked for the rest
+        # A full restart takes the other source's file whole.
+        assert await fetch(t.url(FULL)) == (200, sha256(other.files[FULL]), len(DATA))
+        [restart] = other.gets(FULL)
+        assert "range" not in restart.headers
         await wait_for(lambda: t.cached() == [FULL])
-        assert sent(gone) + sent(other) == len(DATA)
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(other.files[FULL])
+
+
+CHANGED = {
+    "etag": (Behaviour(), Behaviour(etag='"another-etag"')),
+    "last-modified": (
+        Behaviour(etag=None),
+        Behaviour(etag=None, last_modified="Sun, 22 Nov 2026 10:00:00 GMT"),
+    ),
+    "weak-etag-appears": (Behaviour(etag=None), Behaviour(etag='W/"x"')),
+}
+
+
+@pytest.mark.parametrize("sharing", [False, True], ids=["sharing-off", "sharing-on"])
+@pytest.mark.parametrize("change", list(CHANGED))
+async def test_a_resume_of_another_version_is_refused(
+    nursery: trio.Nursery, tmp_path: Path, change: str, sharing: bool
+) -> None:
+    """The same source answers the resume, but its validators show the file changed (it
+    ignores If-Range, as some servers do): the rest is not spliced onto the start."""
+    first, then = CHANGED[change]
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = attrs.evolve(first, drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, up, then)
+    async with tracker_for(tmp_path, up, cache_share_inflight=sharing) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 0
+        resumes = up.gets(FULL)[1:]
+        assert resumes and all(r.headers["range"] == f"bytes={HALF}-" for r in resumes)
+
+
+async def test_without_validators_a_break_is_not_resumed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No ETag and no Last-Modified: nothing could prove a 206 continues the same file."""
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB, etag=None, last_modified=None)
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert len(up.gets(FULL)) == 1  # not even asked
+        assert t.cached() == []
+
+
+async def test_without_an_etag_the_same_last_modified_resumes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB, etag=None)
+    after_first_get(nursery, up, Behaviour(etag=None))
+    async with tracker_for(tmp_path, up) as t:
+        assert await fetch(t.url(FULL)) == (200, sha256(DATA), len(DATA))
+        _, second = up.gets(FULL)
+        assert second.headers["if-range"] == UPSTREAM_LAST_MODIFIED
+        await wait_for(lambda: t.cached() == [FULL])
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(DATA)
 
 
 async def test_a_resume_answer_that_is_not_the_rest_is_refused(

@@ -12,8 +12,10 @@ What crosses the tracker in proxy mode is decided by two whitelists, in both dir
 usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
 (at most :attr:`ProxySettings.max_redirects`), and the group's credentials and TLS client
 settings are only used while the URL stays on the source's own origin.
-:func:`resume_upstream` asks for the rest of a file whose download broke, checking that the
-answer really is that rest (``206`` and the exact ``Content-Range``).
+An answer whose length contradicts the size the source advertised (``Content-Length`` of a
+200, the total of a 206's ``Content-Range``) fails that source: the tracker never serves or
+caches a file shorter or longer than the one announced. Resuming a broken body is
+:mod:`tracker.resume`'s job.
 
 Download clients read the socket in large pieces (DESIGN trap 5): httpcore asks its network
 stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s; :class:`BigReadBackend`
@@ -361,8 +363,10 @@ async def open_upstream(
     without credentials: they are added here, for the source's own origin only). A source
     fails on a connection error, a timeout, a status that is not an answer (5xx, 404, ...)
     or too many redirects; the next is then tried. Raises :class:`UpstreamError` with a
-    one-line reason when every source failed; it numbers the sources instead of naming them
-    (clients of proxy mode are not told where the archives come from: the log says).
+    one-line reason when every source failed (also an answer whose length contradicts the
+    size the source advertised, see :func:`size_problem`); it numbers the sources instead of
+    naming them (clients of proxy mode are not told where the archives come from: the log
+    says).
     Cancellation propagates; nothing stays open.
     """
     reasons: list[str] = []
@@ -371,6 +375,7 @@ async def open_upstream(
             continue  # a local copy: Delivery serves it from disk, there is nothing to fetch
         try:
             response, url = await _ask_source(clients, group, f.url, method, headers)
+            await _check_size(response, f.size)
         except _SourceFailed as exc:
             log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
             reasons.append(f"source {len(reasons) + 1}: {exc}")
@@ -428,66 +433,27 @@ async def _send(
         raise _SourceFailed(transport_reason(exc)) from exc
 
 
-async def resume_upstream(
-    clients: DownloadClients,
-    group: TargetGroup,
-    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
-    first: UpstreamAnswer,
-    offset: int,
-    size: int,
-) -> UpstreamAnswer:
-    """Ask for bytes ``offset`` to ``size - 1`` of the file ``first`` answered (a 200 of
-    ``size`` bytes), with ``Range: bytes={offset}-``.
-
-    The source of ``first`` is asked first, with ``If-Range`` when it gave a strong ETag (the
-    file must not have changed there); then every other source in ``found`` advertising the
-    file under the same name and not another size (an ETag is per server, so none is sent
-    there). An answer counts only as ``206`` with ``Content-Range: bytes
-    {offset}-{size-1}/{size}``. Raises :class:`UpstreamError` when no source gives one.
-    Cancellation propagates; nothing stays open.
-    """
-    headers = {"range": f"bytes={offset}-"}
-    etag = first.response.headers.get("etag", "")
-    reasons: list[str] = []
-    for f, source in _resume_order(found, first, size):
-        same = f.url == first.file.url
-        extra = {"if-range": etag} if same and etag.startswith('"') else {}
-        try:
-            answer = await open_upstream(clients, group, [(f, source)], "GET", headers | extra)
-        except UpstreamError as exc:
-            reasons.append(str(exc))
-            continue
-        problem = resume_problem(answer.response, offset, size)
-        if problem is None:
-            return answer
-        await answer.aclose()
-        log_event(log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
-        reasons.append(problem)
-    raise UpstreamError(one_line("cannot resume: " + ("; ".join(reasons) or "no source")))
+async def _check_size(response: httpx.Response, advertised: int) -> None:
+    """Raise _SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
+    problem = size_problem(response, advertised)
+    if problem is not None:
+        await response.aclose()
+        raise _SourceFailed(problem)
 
 
-def _resume_order(
-    found: Iterable[tuple[SnapshotFile, SnapshotSource]], first: UpstreamAnswer, size: int
-) -> list[tuple[SnapshotFile, SnapshotSource]]:
-    same = [(first.file, first.source)]
-    others = [
-        (f, s)
-        for f, s in found
-        if f.url and f.url != first.file.url and f.size in (0, size)  # 0: size not advertised
-    ]
-    return same + others
-
-
-def resume_problem(response: httpx.Response, offset: int, size: int) -> str | None:
-    """Why ``response`` is not bytes ``offset``..``size - 1`` of a ``size``-byte file; None
-    when it is."""
-    if response.status_code != 206:
-        return f"answered {response.status_code} to a range request, not 206"
-    expected = f"bytes {offset}-{size - 1}/{size}"
-    got = " ".join(response.headers.get("content-range", "").split())
-    if got.lower() != expected:
-        return f"content-range {quoted(got)} is not {quoted(expected)}"
-    length = response.headers.get("content-length")
-    if length is not None and length.strip() != str(size - offset):
-        return f"content-length {quoted(length)} does not match the range"
+def size_problem(response: httpx.Response, advertised: int) -> str | None:
+    """Why ``response`` cannot be the ``advertised``-byte file (0: size unknown); None when
+    it can. A 200's ``Content-Length`` and a 206's ``Content-Range`` total must equal it."""
+    if advertised <= 0:
+        return None
+    status = response.status_code
+    if status == 200:
+        length = response.headers.get("content-length")
+        if length is not None and length.strip() != str(advertised):
+            return f"content-length {quoted(length)} is not the advertised size {advertised}"
+    elif status == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+        if total != str(advertised):
+            got = response.headers.get("content-range", "")
+            return f"content-range {quoted(got)} is not of the advertised size {advertised}"
     return None

@@ -4,9 +4,18 @@ A cache refresh of a 100 GB archive that loses its upstream connection at 60 % s
 start over, nor fail every client reading along. :class:`UpstreamBody` yields the body's
 chunks; when the body breaks (a transport error, a read timeout, a body ending short) and a
 ``reopen`` function is given, it waits a little (``delays``), asks for the rest
-(``Range: bytes={received}-``, see :func:`tracker.proxy.resume_upstream`) and goes on
-yielding, so the consumer sees one seamless stream. Each break gets ``len(delays)`` attempts;
-a resumed stream that delivered bytes before breaking again starts a fresh count.
+(``Range: bytes={received}-``, see :func:`resume_upstream`) and goes on yielding, so the
+consumer sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream
+that delivered bytes before breaking again starts a fresh count.
+
+Bytes of two versions of a file are never spliced: archives of one slot and hash made by
+different nodes are not byte-identical, and a source may replace its file between two
+requests. So a resume asks the *same* source only, and is accepted only when the ``206``
+proves the same representation as the first answer (:func:`same_representation`): the same
+strong ``ETag``, or, when the first answer had none, the same ``Last-Modified``, with a
+``Content-Range`` that is exactly the rest of the file. A first answer with neither
+validator is not resumed at all (:func:`resumable`). When no resume is possible the body
+raises: every client stream it fed ends in error and nothing is promoted.
 """
 
 from __future__ import annotations
@@ -18,10 +27,11 @@ from contextlib import aclosing, asynccontextmanager
 import httpx
 import trio
 
+from tracker.config import TargetGroup
 from tracker.errors import UpstreamError
 from tracker.logs import log_event
-from tracker.proxy import UpstreamAnswer
-from tracker.sources.limits import one_line, transport_reason
+from tracker.proxy import DownloadClients, UpstreamAnswer, open_upstream
+from tracker.sources.limits import one_line, quoted, transport_reason
 
 log = logging.getLogger("tracker.resume")
 
@@ -164,3 +174,90 @@ async def body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[b
                     await chunks.__anext__()
             except (StopAsyncIteration, httpx.HTTPError):
                 pass  # the generators ended, by exception or at the end of the body
+
+
+def _validators(response: httpx.Response) -> tuple[str, str]:
+    """The answer's (ETag, Last-Modified) header values, blank when absent."""
+    headers = response.headers
+    return headers.get("etag", "").strip(), headers.get("last-modified", "").strip()
+
+
+def _if_range(first: httpx.Response) -> str | None:
+    """The validator that proves a later answer is the same file: the strong ETag, else
+    the Last-Modified date; None when the answer has neither."""
+    etag, modified = _validators(first)
+    if etag.startswith('"'):
+        return etag
+    return modified or None
+
+
+def resumable(first: httpx.Response) -> bool:
+    """True when a break in ``first``'s body may be resumed: it carries a strong ETag or a
+    Last-Modified date, so that a ``206`` can prove it continues the same file."""
+    return _if_range(first) is not None
+
+
+def same_representation(first: httpx.Response, resumed: httpx.Response) -> str | None:
+    """Why ``resumed`` is not provably the same file as ``first``; None when it is.
+
+    With a strong ETag on ``first``, ``resumed`` must carry the same one. Without, it must
+    carry the same ETag header (none, or the same weak one) and the same Last-Modified.
+    """
+    etag, modified = _validators(first)
+    new_etag, new_modified = _validators(resumed)
+    if _if_range(first) is None:
+        return "the first answer had neither a strong ETag nor a Last-Modified date"
+    if new_etag != etag:
+        return f"etag {quoted(new_etag)} is not the first answer's {quoted(etag)}"
+    if not etag.startswith('"') and new_modified != modified:
+        return f"last-modified {quoted(new_modified)} is not the first answer's {quoted(modified)}"
+    return None
+
+
+async def resume_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    first: UpstreamAnswer,
+    offset: int,
+    size: int,
+) -> UpstreamAnswer:
+    """Ask the source of ``first`` (a 200 of ``size`` bytes) for bytes ``offset`` to
+    ``size - 1``, with ``Range: bytes={offset}-`` and ``If-Range`` (its strong ETag, else its
+    Last-Modified date: a source whose file changed answers 200, which is refused).
+
+    Only that source: another source's copy of the same name may differ byte for byte. The
+    answer counts only as a ``206`` with ``Content-Range: bytes {offset}-{size-1}/{size}``
+    and the validators of ``first`` (:func:`same_representation`). Raises
+    :class:`UpstreamError` otherwise. Cancellation propagates; nothing stays open.
+    """
+    validator = _if_range(first.response)
+    if validator is None:
+        raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
+    headers = {"range": f"bytes={offset}-", "if-range": validator}
+    try:
+        answer = await open_upstream(clients, group, [(first.file, first.source)], "GET", headers)
+    except UpstreamError as exc:
+        raise UpstreamError(one_line(f"cannot resume: {exc}")) from exc
+    problem = resume_problem(answer.response, offset, size) or same_representation(
+        first.response, answer.response
+    )
+    if problem is None:
+        return answer
+    await answer.aclose()
+    log_event(log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
+    raise UpstreamError(one_line(f"cannot resume: {problem}"))
+
+
+def resume_problem(response: httpx.Response, offset: int, size: int) -> str | None:
+    """Why ``response`` is not bytes ``offset``..``size - 1`` of a ``size``-byte file; None
+    when it is."""
+    if response.status_code != 206:
+        return f"answered {response.status_code} to a range request, not 206"
+    expected = f"bytes {offset}-{size - 1}/{size}"
+    got = " ".join(response.headers.get("content-range", "").split())
+    if got.lower() != expected:
+        return f"content-range {quoted(got)} is not {quoted(expected)}"
+    length = response.headers.get("content-length")
+    if length is not None and length.strip() != str(size - offset):
+        return f"content-length {quoted(length)} does not match the range"
+    return None

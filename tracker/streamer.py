@@ -45,9 +45,9 @@ from tracker.proxy import (
     ProxySettings,
     UpstreamAnswer,
     open_upstream,
-    resume_upstream,
     upstream_request_headers,
 )
+from tracker.resume import resume_upstream
 from tracker.sharing import ReaderEvents, SharedRefresh, join
 from tracker.snapshots import SnapshotFile, parse_archive_name
 from tracker.transfers import Head, StreamEvents, StreamJob, Transfers, pump
@@ -225,15 +225,14 @@ class ProxyStreamer:
             settings=self.settings,
             events=self._events(group.group, name),
             keep_on_disconnect=config.cache_complete_on_disconnect,
-            reopen=partial(self._reopen, group, name),
+            reopen=partial(self._reopen, group),
         )
 
     async def _reopen(
-        self, group: TargetGroup, name: str, first: UpstreamAnswer, offset: int, size: int
+        self, group: TargetGroup, first: UpstreamAnswer, offset: int, size: int
     ) -> UpstreamAnswer:
-        """Resume a refresh: the rest of the file, from the sources advertising it now."""
-        found = self._index.find_file(group.group, name)
-        return await resume_upstream(self._clients, group, found, first, offset, size)
+        """Resume a refresh: the rest of the file, from the source that sent the start."""
+        return await resume_upstream(self._clients, group, first, offset, size)
 
     async def _start(self, job: StreamJob, *, client: bool = True) -> Head | quart.Response:
         """Start the pump; its Head, or the 502/503 answer when it could not start (counted

@@ -52,7 +52,7 @@ from tracker.logs import log_event
 from tracker.passthrough import SpliceBody
 from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers, splice_socket
 from tracker.ranges import parse_http_date
-from tracker.resume import Reopen, UpstreamBody
+from tracker.resume import Reopen, UpstreamBody, resumable
 from tracker.sources.limits import transport_reason
 from tracker.zerocopy import Connection
 
@@ -308,7 +308,7 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
     flow = _Flow()
     try:
         answer = await job.open()
-        head, length = plan_head(answer, job.method, job.known_size)
+        head, length = plan_head(answer, job.method, answer.file.size or job.known_size)
         if length is None:
             task_status.started(head)
             return
@@ -318,7 +318,11 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
             return
         if refresh is not None:
             refresh, flow.outcome = await _open_refresh(refresh, answer, length)
-        upstream = _upstream_body(job, answer, length, resumable=refresh is not None)
+        # A break is resumed only for a refresh (a client's own Range request is its own to
+        # repeat) and only when the answer carries a validator that can prove the rest is
+        # of the same file.
+        may_resume = refresh is not None and resumable(answer.response)
+        upstream = _upstream_body(job, answer, length, resumable=may_resume)
         if job.detached and (refresh is not None or not job.fallback):
             task_status.started(attrs.evolve(head, refresh=refresh))
             if refresh is not None:
