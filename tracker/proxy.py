@@ -414,8 +414,13 @@ async def _ask_source(
 
 
 def _redirect_target(url: str, location: str) -> str:
-    target = urljoin(url, location.strip())
-    if urlsplit(target).scheme.lower() not in ("http", "https"):
+    try:
+        target = urljoin(url, location.strip())
+        parts = urlsplit(target)
+        _ = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise _SourceFailed(f"redirect to {quoted(location)} is not a usable URL") from None
+    if parts.scheme.lower() not in ("http", "https"):
         raise _SourceFailed(f"redirect to {quoted(location)} is not http(s)")
     return target
 

@@ -1,0 +1,42 @@
+"""An upstream redirect that cannot be followed is a failed source (502), never a 500."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers_proxy import (
+    Behaviour,
+    FakeUpstream,
+    advertise,
+    full_name,
+    make_config,
+    running_tracker,
+    serving,
+)
+
+FULL = full_name(8800)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://127.0.0.1:99999/x",
+        "http://127.0.0.1:-1/x",
+        "http://[::1/x",
+        "ftp://127.0.0.1/x",
+        "http:///no-host",
+        "http://127.0.0.1:80:80/x",
+    ],
+)
+async def test_an_unusable_redirect_answers_502(tmp_path: Path, location: str) -> None:
+    up = FakeUpstream(files={FULL: b"x" * 100})
+    up.behaviour[FULL] = Behaviour(redirect_to=location)
+    async with serving(up), running_tracker(make_config(None)) as t:
+        advertise(t.index, up.base, [(FULL, up.url(FULL), 100)])
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            got = await client.get(t.url(FULL))
+        assert got.status_code == 502
+        assert "\n" not in got.text.strip()
+        assert "Traceback" not in got.text
