@@ -77,8 +77,9 @@ async def test_prefetch_fills_the_cache_with_no_client_request(
 async def test_prefetch_is_off_by_default(upstream: FakeUpstream, tmp_path: Path) -> None:
     async with running_tracker(make_config(tmp_path / "cache")) as t:
         advertise_all(t, upstream)
-        assert prefetcher(t).check() == 0
-        await trio.sleep(0.2)
+        p = prefetcher(t)
+        assert p.check() == 0  # nothing was started: nothing can happen later either
+        assert p.statistics() == (0, 0)
         assert upstream.seen == []
         assert t.cached() == []
 
@@ -94,7 +95,7 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
         p = prefetcher(t)
         assert p.check() == 2
         await wait_for(lambda: len(upstream.gets()) == 1)
-        await trio.sleep(0.2)
+        await wait_for(lambda: p.statistics() == (1, 1))  # the second waits for the slot
         assert p.check() == 0  # a round later: nothing new, nothing twice
         assert len(upstream.gets()) == 1  # one at a time
         [first] = upstream.gets()

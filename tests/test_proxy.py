@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -339,3 +340,42 @@ async def test_incremental_counts_as_incremental_upstream_bytes(upstream: FakeUp
         assert response.content == DATA[: 1 * MiB]
         kind = t.counter("snapshot_tracker_upstream_bytes_total", group=GROUP, kind="incremental")
         assert kind == 1 * MiB
+
+
+async def first_bytes_then_rest(url: str, pause: Behaviour, count: int) -> bytes:
+    """GET ``url``; the first ``count`` body bytes must arrive while the upstream is paused
+    after them (nothing else could push them out), then the rest after ``pause.resume``."""
+    got = bytearray()
+    async with (
+        httpx.AsyncClient(timeout=10, trust_env=False) as client,
+        client.stream("GET", url) as response,
+    ):
+        chunks = response.aiter_raw()
+        with trio.fail_after(3):
+            while len(got) < count:
+                got += await chunks.__anext__()
+        pause.resume.set()
+        async for chunk in chunks:
+            got += chunk
+    return bytes(got)
+
+
+async def test_body_bytes_go_out_as_soon_as_they_arrive(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    pause = Behaviour(pause_at=100 * 1024)
+    upstream.behaviour[NAME] = pause
+    got = await first_bytes_then_rest(tracker.url(NAME), pause, 100 * 1024)
+    assert sha256(got) == sha256(DATA)
+
+
+async def test_a_refresh_passes_body_bytes_on_as_soon_as_they_arrive(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    pause = Behaviour(pause_at=100 * 1024)
+    upstream.behaviour[NAME] = pause
+    async with running_tracker(make_config(tmp_path / "cache")) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
+        got = await first_bytes_then_rest(t.url(NAME), pause, 100 * 1024)
+        assert sha256(got) == sha256(DATA)
+        await wait_for(lambda: t.cached() == [NAME])

@@ -271,15 +271,3 @@ def test_resume_problem(status: int, headers: dict[str, str], problem: str | Non
         assert found is None
     else:
         assert found is not None and problem in found
-
-
-async def test_coalesced_joins_small_reads_into_pieces() -> None:
-    from tracker.resume import coalesced
-
-    async def reads() -> AsyncIterator[bytes]:
-        for n in (3, 4, 10, 1, 2):
-            yield b"x" * n
-
-    pieces = [len(p) async for p in coalesced(reads(), 6)]
-    assert pieces == [7, 10, 3]
-    assert [len(p) async for p in coalesced(reads(), 1)] == [3, 4, 10, 1, 2]

@@ -17,6 +17,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 from helpers_proxy import (
     GROUP,
     UPSTREAM_ETAG,
@@ -219,8 +220,11 @@ async def test_range_requests_read_what_is_on_disk_or_wait_for_it(
             waiting.append(await client.get(url, headers={"range": "bytes=-1000"}))
 
         n.start_soon(tail)
-        await trio.sleep(0.2)
-        assert waiting == []  # the last bytes are not on disk yet
+        # Joined (counted), then every task blocked: the paused upstream, and this reader
+        # waiting for bytes that are not on disk yet.
+        await wait_for(lambda: tracker.counter("snapshot_tracker_shared_readers_total") == 3)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert waiting == []
         upstream.behaviour[FULL].resume.set()
     [suffix] = waiting
     assert (suffix.status_code, suffix.content) == (206, FULL_DATA[-1000:])

@@ -55,6 +55,11 @@ class Prefetcher:
         self._seen: set[FileKey] = set()
         self._limiter = trio.CapacityLimiter(1)
 
+    def statistics(self) -> tuple[int, int]:
+        """(prefetches running, prefetches waiting for a slot) right now."""
+        stats = self._limiter.statistics()
+        return stats.borrowed_tokens, stats.tasks_waiting
+
     def after(self, hook: Callable[[T], None]) -> Callable[[T], None]:
         """A round hook that calls ``hook`` (the existing one), then :meth:`check`."""
 

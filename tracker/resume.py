@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import httpx
 import trio
@@ -40,26 +40,6 @@ log = logging.getLogger("tracker.resume")
 Reopen = Callable[[UpstreamAnswer, int, int], Awaitable[UpstreamAnswer]]
 
 
-async def coalesced(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Join consecutive chunks into pieces of at least ``size`` bytes (the last may be less).
-
-    Socket reads on a fast link return far less than asked (~90 KiB on loopback); every piece
-    costs a disk write in a worker thread, a channel hop and an ASGI send, so fewer, larger
-    pieces are much cheaper. Bytes held here when ``chunks`` fails are dropped: they were never
-    counted as received, so a resume asks for them again.
-    """
-    parts: list[bytes] = []
-    held = 0
-    async for chunk in chunks:
-        parts.append(chunk)
-        held += len(chunk)
-        if held >= size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
-            parts, held = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
 class UpstreamBody:
     """``length`` body bytes of ``first`` (and, after breaks, of the answers resuming it).
 
@@ -75,7 +55,6 @@ class UpstreamBody:
         reopen: Reopen | None = None,
         delays: tuple[float, ...] = (),
         on_resume: Callable[[], None] | None = None,
-        min_chunk: int = 1,
     ) -> None:
         self.first = first
         self.answer = first
@@ -85,7 +64,6 @@ class UpstreamBody:
         self._reopen = reopen
         self._delays = delays
         self._on_resume = on_resume
-        self._min_chunk = min_chunk
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, chunk by chunk; use under ``contextlib.aclosing``.
@@ -97,11 +75,8 @@ class UpstreamBody:
         while True:
             start = self.received
             try:
-                async with (
-                    body_chunks(self.answer.response) as raw,
-                    aclosing(coalesced(raw, self._min_chunk)) as pieces,
-                ):
-                    async for chunk in pieces:
+                async with body_chunks(self.answer.response) as chunks:
+                    async for chunk in chunks:
                         self.received += len(chunk)
                         if self.received > self.length:
                             raise UpstreamError(f"upstream sent more than {self.length} bytes")

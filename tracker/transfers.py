@@ -52,6 +52,7 @@ from tracker.logs import log_event
 from tracker.passthrough import SpliceBody
 from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers, splice_socket
 from tracker.ranges import parse_http_date
+from tracker.readahead import ReadAhead
 from tracker.resume import Reopen, UpstreamBody, resumable
 from tracker.sources.limits import transport_reason
 from tracker.zerocopy import Connection
@@ -390,9 +391,6 @@ def _upstream_body(
         reopen=job.reopen if resumable else None,
         delays=job.settings.resume_delays,
         on_resume=job.events.refresh_resumed,
-        # Fewer, larger pieces cost far less per byte; but readers of a shared refresh follow
-        # the bytes on disk, which must not wait in memory for a piece to fill up.
-        min_chunk=1 if job.detached else job.settings.read_size,
     )
 
 
@@ -475,35 +473,86 @@ async def _copy(
     flow: _Flow,
     refresh: Refresh | None,
 ) -> None:
-    # The client gets each chunk once the next one (or the end) arrived: its last chunk
-    # waits until the upstream's end was checked and every byte was written to the temp
-    # file (a write error still fails the client's stream), but not for the fsync and rename:
-    # the disk's pace is not the client's (a request arriving meanwhile waits for the
-    # promotion, see Cache.wait_promotion).
-    keep = refresh is not None and job.keep_on_disconnect
-    client = True
-    pending: bytes | None = None
-    async with aclosing(upstream.chunks()) as chunks:
-        async for chunk in chunks:
-            job.events.upstream_bytes(len(chunk))
-            if refresh is not None:
-                await refresh.write(chunk)
-            if client and pending is not None:
-                client = await _deliver(send, pending, flow, job.settings.drain_start_timeout)
-            pending = chunk
-            if not client and not keep:
-                flow.error = "client went away"
-                return
-    if refresh is not None:
-        await refresh.flush()  # the last write may still be in flight (raises CacheError)
-        refresh.mark_verified()
-    if client and pending is not None:
-        await _deliver(send, pending, flow, job.settings.drain_start_timeout)
+    # A reader task reads the upstream ahead while this task writes and delivers what has
+    # arrived so far (tracker/readahead.py): pieces grow while a write or a slow client
+    # keeps this task busy, and no byte waits for later ones to arrive.
+    ahead = ReadAhead(job.settings.read_size)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ahead, job, upstream, ahead)
+            try:
+                delivered = await _pass_on(job, upstream.length, ahead, send, flow, refresh)
+            finally:
+                nursery.cancel_scope.cancel()  # the reader, when this ended early
+    except BaseExceptionGroup as group:
+        # The reader hands its errors over, so only this task's own error (or the
+        # cancellation both got) comes out: raise it as itself, for _guard to tell apart.
+        raise _leading(group) from None
+    if not delivered:
+        return
     flow.complete = True
     send.close()  # the client's body ends here, whatever the promotion below takes
     if await _commit(job, upstream, refresh):
         flow.outcome = "refresh_ok"
         flow.report(job.events)
+
+
+def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of ``group`` that is not a cancellation, else its first one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
+
+
+async def _read_ahead(job: StreamJob, upstream: UpstreamBody, ahead: ReadAhead) -> None:
+    """Read the upstream body into ``ahead``; its end or break goes to the consumer."""
+    try:
+        async with aclosing(upstream.chunks()) as chunks:
+            async for chunk in chunks:
+                job.events.upstream_bytes(len(chunk))
+                await ahead.put(chunk)
+    except Exception as exc:  # re-raised by the consumer, in its own task (no group)
+        ahead.end(exc)
+    else:
+        ahead.end()
+
+
+async def _pass_on(
+    job: StreamJob,
+    length: int,
+    ahead: ReadAhead,
+    send: trio.MemorySendChannel[bytes],
+    flow: _Flow,
+    refresh: Refresh | None,
+) -> bool:
+    """Write (when refreshing) and deliver every piece; False when the client went away and
+    nothing is to be kept. The piece holding the last byte is delivered only once every
+    byte is written and the upstream body is known complete: a client's complete body
+    means a complete file (a write error still fails the client's stream). It does not
+    wait for the fsync and rename: the disk's pace is not the client's (a request arriving
+    meanwhile waits for the promotion, see Cache.wait_promotion)."""
+    keep = refresh is not None and job.keep_on_disconnect
+    client = True
+    taken = 0
+    while (piece := await ahead.take()) is not None:
+        taken += len(piece)
+        if refresh is not None:
+            await refresh.write(piece)
+            if taken == length:
+                await refresh.flush()  # the last write may still be in flight (CacheError)
+                refresh.mark_verified()
+        if client:
+            client = await _deliver(send, piece, flow, job.settings.drain_start_timeout)
+        if not client and not keep:
+            flow.error = "client went away"
+            return False
+    return True
 
 
 async def _fill(job: StreamJob, upstream: UpstreamBody, refresh: Refresh, flow: _Flow) -> None:

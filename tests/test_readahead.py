@@ -1,0 +1,67 @@
+"""tracker.readahead on its own: pieces join what arrived, never wait for more."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tracker.errors import UpstreamError
+from tracker.readahead import ReadAhead
+
+
+async def test_a_take_gets_everything_held_at_once() -> None:
+    ahead = ReadAhead(100)
+    for n in (3, 4, 10):
+        await ahead.put(b"x" * n)
+    assert ahead.held == 17
+    assert await ahead.take() == b"x" * 17
+    await ahead.put(b"y")
+    assert await ahead.take() == b"y"  # one chunk goes on alone, not waiting for more
+    ahead.end()
+    assert await ahead.take() is None
+
+
+async def test_a_take_waits_for_the_first_chunk_only() -> None:
+    ahead = ReadAhead(100)
+    got: list[bytes | None] = []
+    async with trio.open_nursery() as nursery:
+        taken = trio.Event()
+
+        async def consumer() -> None:
+            got.append(await ahead.take())
+            taken.set()
+
+        nursery.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        await ahead.put(b"abc")
+        with trio.fail_after(2):
+            await taken.wait()
+    assert got == [b"abc"]
+
+
+async def test_the_reader_waits_while_the_limit_is_held() -> None:
+    ahead = ReadAhead(10)
+    await ahead.put(b"x" * 10)
+    with trio.move_on_after(0.05) as waited:
+        await ahead.put(b"y")  # the consumer has not taken anything: backpressure
+    assert waited.cancelled_caught
+    assert await ahead.take() == b"x" * 10
+    with trio.fail_after(2):
+        await ahead.put(b"y")
+    assert await ahead.take() == b"y"
+
+
+async def test_a_break_comes_after_the_bytes_before_it() -> None:
+    ahead = ReadAhead(100)
+    await ahead.put(b"abc")
+    ahead.end(UpstreamError("upstream broke"))
+    assert await ahead.take() == b"abc"
+    with pytest.raises(UpstreamError, match="upstream broke"):
+        await ahead.take()
+
+
+def test_the_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ReadAhead(0)
