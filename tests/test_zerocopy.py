@@ -20,6 +20,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 from helpers_server import serve_app
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -34,6 +35,7 @@ from tracker.zerocopy import (
     SMALLEST_PIECE,
     Connections,
     FilePiece,
+    ZeroCopyStream,
     piece_size,
 )
 
@@ -240,3 +242,40 @@ async def receive_until_broken(url: str) -> int:
         except httpx.RemoteProtocolError:
             return received
     raise AssertionError(f"a complete response of {received} bytes")
+
+
+async def zero_copy_pair() -> tuple[ZeroCopyStream, ZeroCopyStream]:
+    """Two ends of one real TCP connection on 127.0.0.1, each a ZeroCopyStream."""
+    connections = Connections()
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = trio.socket.socket()
+    with listener:
+        await client.connect(listener.getsockname())
+        accepted, _ = await listener.accept()
+    return (
+        ZeroCopyStream(trio.SocketStream(client), connections),
+        ZeroCopyStream(trio.SocketStream(accepted), connections),
+    )
+
+
+async def clogged_zero_copy_pair() -> tuple[ZeroCopyStream, ZeroCopyStream]:
+    """A pair whose send buffers are full, so that ``send_all`` blocks."""
+    left, right = await zero_copy_pair()
+    for end in (left, right):
+        # Fill the kernel's buffers of this direction until it refuses more (nobody reads).
+        with socket.socket(fileno=os.dup(end.socket.fileno())) as raw:
+            raw.setblocking(False)
+            try:
+                while True:
+                    raw.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+    return left, right
+
+
+async def test_the_zero_copy_stream_is_a_well_behaved_half_closeable_stream() -> None:
+    """hypercorn drives the stream only through trio's stream interface: it must keep every
+    promise of that interface (trio's own conformance check)."""
+    await trio.testing.check_half_closeable_stream(zero_copy_pair, clogged_zero_copy_pair)
