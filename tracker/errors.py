@@ -7,6 +7,8 @@ boundary where they happen, so callers handle one family::
     ├── ConfigError        the config file (or a reload) is invalid; carries every problem
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
     ├── RequestError       a client request is malformed or names nothing known (4xx)
+    ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
+    │                      upstream refused, broke or answered something else than the file
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
@@ -30,6 +32,15 @@ class ConfigError(TrackerError):
 
 class ProbeError(TrackerError):
     """A probe of one target failed; ``str(exc)`` is a one-line reason for the operator."""
+
+
+class SourceFailed(TrackerError):
+    """One source of a file's bytes failed; ``str(exc)`` is a one-line reason.
+
+    Proxy mode then asks the next source of the file (none left: UpstreamError); a body that
+    already sent bytes raises it into the server, which aborts the connection short of its
+    content-length.
+    """
 
 
 class RequestError(TrackerError):

@@ -4,8 +4,9 @@
 socket -> pipe -> socket) move bytes without bringing them into user space. The sockets
 belong to the event loop and stay non-blocking, so these wait with ``poll()``, one second at
 a time, and give up on a client that takes nothing for STALL_TIMEOUT seconds or an upstream
-that sends nothing for its read timeout. Failures of the source raise :class:`SourceFailed`
-(carrying the error the response body raises); the client's raise OSError or TimeoutError.
+that sends nothing for its read timeout. Failures of the source raise
+:class:`~tracker.errors.SourceFailed` (which the response body raises in turn); the client's
+raise OSError or TimeoutError.
 """
 
 from __future__ import annotations
@@ -19,19 +20,10 @@ import time
 
 import attrs
 
-from tracker.errors import TrackerError, UpstreamError
+from tracker.errors import SourceFailed
 
 #: A piece whose client takes nothing for this long breaks the connection.
 STALL_TIMEOUT = 300.0
-
-
-class SourceFailed(Exception):
-    """Raised in a worker thread when a piece's source (file, upstream) failed; ``error`` is
-    what the body raises for it."""
-
-    def __init__(self, error: TrackerError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def send_file(out: int, file_fd: int, offset: int, count: int) -> None:
@@ -54,7 +46,7 @@ def send_file(out: int, file_fd: int, offset: int, count: int) -> None:
             _copy_file(room, file_fd, offset, count)
             return
         if sent == 0:
-            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
+            raise SourceFailed(f"file ended at byte {offset} while being sent")
         offset, count = offset + sent, count - sent
         room.progressed()
 
@@ -68,7 +60,7 @@ def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> None:
     while count:
         data = os.pread(file_fd, min(count, _COPY_CHUNK), offset)
         if not data:
-            raise SourceFailed(TrackerError(f"file ended at byte {offset} while being sent"))
+            raise SourceFailed(f"file ended at byte {offset} while being sent")
         view = memoryview(data)
         while view:
             try:
@@ -148,7 +140,7 @@ class _Splicer:
             now = time.monotonic()
             if count and not self.buffered and now - arrived > read_timeout:
                 reason = f"upstream sent nothing for {read_timeout:.0f} s"
-                raise SourceFailed(UpstreamError(reason))
+                raise SourceFailed(reason)
             if self.buffered and now - delivered > STALL_TIMEOUT:
                 raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
 
@@ -158,9 +150,9 @@ class _Splicer:
         except BlockingIOError:
             return -1
         except OSError as exc:
-            raise SourceFailed(UpstreamError(f"upstream read failed: {exc.strerror}")) from exc
+            raise SourceFailed(f"upstream read failed: {exc.strerror}") from exc
         if got == 0:
-            raise SourceFailed(UpstreamError("upstream closed the connection mid-body"))
+            raise SourceFailed("upstream closed the connection mid-body")
         self.buffered += got
         return got
 

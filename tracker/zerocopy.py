@@ -34,8 +34,8 @@ from typing import Any
 import attrs
 import trio
 
-from tracker.errors import ClientGone, TrackerError, UpstreamError
-from tracker.kernelcopy import SourceFailed, send_file, splice_sockets
+from tracker.errors import ClientGone, SourceFailed, TrackerError
+from tracker.kernelcopy import send_file, splice_sockets
 
 #: Piece sizes: powers of two from 64 KiB to 8 MiB. A body sends its file in pieces of the
 #: largest size that fits, and anything under the smallest with ordinary bytes.
@@ -112,7 +112,7 @@ class SocketPiece(Piece):
         """See :meth:`Piece.prepare`."""
         assert self.sock is not None
         if self.sock.fileno() < 0:
-            raise SourceFailed(UpstreamError("upstream connection closed"))
+            raise SourceFailed("upstream connection closed")
         return (os.dup(self.sock.fileno()),)
 
     def transfer(self, out: int, sources: tuple[int, ...]) -> None:
@@ -186,7 +186,7 @@ class Connection:
             )
         except (SourceFailed, OSError) as exc:
             if isinstance(exc, SourceFailed):
-                piece.source_error = exc.error
+                piece.source_error = exc
             self.broken = True
             # hypercorn only marks the connection closed when send_all fails: end it here.
             _shut_down(sock)
