@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,3 +25,41 @@ def _no_leftover_processes() -> Iterator[None]:
     yield
     while RUNNING:
         RUNNING.pop().kill()
+
+
+def _loopback(address: Any) -> bool:
+    """True for an address on this machine: 127.0.0.0/8, ::1 (also IPv4-mapped), a unix
+    socket path; a host name other than localhost is not (resolving it sends packets)."""
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX path
+    host = str(address[0]).split("%", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any test whose code (in this process) connects a socket off the machine.
+
+    The egress policy is tested by what the tracker refuses to do: a bug there must never
+    send a packet to another address, private or public. trio's sockets connect through the
+    standard library's ``socket.socket.connect``, so guarding it covers httpx and httpcore.
+    """
+
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(self: socket.socket, address: Any) -> Any:
+            if not _loopback(address):
+                raise AssertionError(f"a test tried to connect off the machine: {address!r}")
+            return method(self, address)
+
+        return checked
+
+    monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))

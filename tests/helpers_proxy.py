@@ -138,6 +138,8 @@ class FakeUpstream:
     chunk: int = 64 * 1024
     #: When set, ``GET /v1/snapshots`` answers this JSON (a sidecar's listing).
     listing: list[dict[str, Any]] | None = None
+    #: The loopback address to listen on (127.0.0.2, ... bind without any setup on Linux).
+    host: str = "127.0.0.1"
 
     def url(self, name: str) -> str:
         return f"{self.base}/files/{name}"
@@ -148,9 +150,9 @@ class FakeUpstream:
         ]
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
         port = listeners[0].socket.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
+        self.base = f"http://{self.host}:{port}"
         task_status.started(self.base)
         await trio.serve_listeners(self._connection, listeners)
 
@@ -204,7 +206,11 @@ class FakeUpstream:
                 stream,
                 h11.Response(
                     status_code=302,
-                    headers=[("location", how.redirect_to), ("content-length", "0")],
+                    headers=[
+                        ("location", how.redirect_to),
+                        ("content-length", "0"),
+                        *how.headers,
+                    ],
                 ),
             )
             await _send(conn, stream, h11.EndOfMessage())

@@ -157,7 +157,7 @@ async def test_head_range_and_other_files_on_a_miss_are_not_cached(
 ) -> None:
     old = full_name(4000)
     upstream.files[old] = archive_bytes(1 * MiB, seed=12)
-    advertise(tracker.index, "old-node", [(old, upstream.url(old), MiB)], age=5)
+    advertise(tracker.index, f"{upstream.base}/old-node", [(old, upstream.url(old), MiB)], age=5)
     head = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}", method="HEAD")
     assert head.header("content-length") == str(len(FULL_DATA))
     part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
@@ -297,7 +297,9 @@ async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
     newer = full_name(6000)
     newer_data = archive_bytes(2 * MiB, seed=13)
     upstream.files[newer] = newer_data
-    advertise(tracker.index, "new-node", [(newer, upstream.url(newer), len(newer_data))])
+    advertise(
+        tracker.index, f"{upstream.base}/new-node", [(newer, upstream.url(newer), len(newer_data))]
+    )
     # The old full is still cached and served while the new one is not.
     hit = await get(tracker.url(FULL))
     assert sha256(hit.content) == sha256(FULL_DATA)
@@ -321,7 +323,7 @@ async def test_a_refresh_that_stopped_being_the_best_is_not_promoted(
         nursery.start_soon(fetch)
         await wait_for(lambda: sent(upstream, FULL) == 1 * MiB)
         newer = full_name(6000)
-        advertise(tracker.index, "new-node", [(newer, upstream.url(newer), 10)])
+        advertise(tracker.index, f"{upstream.base}/new-node", [(newer, upstream.url(newer), 10)])
         upstream.behaviour[FULL].resume.set()
     assert [sha256(r) for r in results] == [sha256(FULL_DATA)]  # the client is served ...
     assert_nothing_promoted(tracker)  # ... but a stale archive does not enter the cache

@@ -118,7 +118,7 @@ async def test_a_new_best_full_is_prefetched_and_replaces_the_old_one(
         await wait_for(lambda: t.cached() == sorted(FILES))
         newer = full_name(20000)
         upstream.files[newer] = archive_bytes(2 * MiB, seed=62)
-        advertise(t.index, "new-node", [(newer, upstream.url(newer), 2 * MiB)])
+        advertise(t.index, f"{upstream.base}/new-node", [(newer, upstream.url(newer), 2 * MiB)])
         assert p.check() == 1  # the new best full; its group has no incremental on it yet
         # The old full is evicted; the incremental (another kind) stays until replaced.
         await wait_for(lambda: t.cached() == sorted([newer, INCR]))

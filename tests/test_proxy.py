@@ -33,6 +33,8 @@ from helpers_proxy import (
     wait_for,
 )
 
+from tracker.config import Egress
+
 NAME = full_name(1000)
 DATA = archive_bytes(3 * MiB, seed=1)
 
@@ -170,7 +172,8 @@ async def test_failover_to_the_next_source_before_any_byte(upstream: FakeUpstrea
             await nursery.start(up.run)
         async with running_tracker(make_config(None)) as t:
             # Most recently scraped first: dead, then 503, then 404, then the good one.
-            advertise(t.index, "dead", [(NAME, _dead_url(), len(DATA))], age=0)
+            dead = _dead_url()
+            advertise(t.index, dead.rsplit("/files/", 1)[0], [(NAME, dead, len(DATA))], age=0)
             advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
             advertise(t.index, missing.base, [(NAME, missing.url(NAME), len(DATA))], age=2)
             advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))], age=3)
@@ -187,7 +190,8 @@ async def test_all_sources_failing_is_a_502_with_one_line() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(broken.run)
         async with running_tracker(make_config(None)) as t:
-            advertise(t.index, "dead", [(NAME, _dead_url(), len(DATA))], age=0)
+            dead = _dead_url()
+            advertise(t.index, dead.rsplit("/files/", 1)[0], [(NAME, dead, len(DATA))], age=0)
             advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
             async with httpx.AsyncClient() as client:
                 response = await client.get(t.url(NAME))
@@ -210,7 +214,9 @@ async def test_redirects_keep_credentials_on_the_same_origin_only(upstream: Fake
         hop.behaviour["first"] = Behaviour(redirect_to=f"/files/{NAME}")
         # ... and upstream: /away/NAME -> another origin.
         upstream.behaviour["away"] = Behaviour(redirect_to=hop.url("first"))
-        async with running_tracker(make_config(None)) as t:
+        # Another origin is reachable only where the egress policy allows: loopback here.
+        config = make_config(None, egress=Egress(allow=("127.0.0.0/8",)))
+        async with running_tracker(config) as t:
             advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/x/away", len(DATA))])
             async with httpx.AsyncClient() as client:
                 response = await client.get(t.url(NAME))
@@ -230,8 +236,8 @@ async def test_too_many_redirects_fail(upstream: FakeUpstream) -> None:
         async with httpx.AsyncClient() as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 502
-        assert "more than 3 redirects" in response.text
-        assert len(upstream.seen) == 4
+        assert "more than 5 redirects" in response.text
+        assert len(upstream.seen) == 6
 
 
 @pytest.mark.parametrize(

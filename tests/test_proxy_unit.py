@@ -160,7 +160,10 @@ async def test_download_clients_are_shared_per_tls_setting() -> None:
     tls = TLSConfig(insecure_skip_verify=True)
     assert clients.for_tls(tls) is clients.for_tls(TLSConfig(insecure_skip_verify=True))
     assert clients.for_tls(tls) is not clients.foreign()
-    assert clients.foreign() is clients.for_tls(None)
+    # Other origins get a client of their own: it connects only where the egress policy
+    # allows, and it never presents a group's client certificate.
+    assert clients.foreign() is not clients.for_tls(None)
+    assert clients.foreign() is clients.foreign()
     await clients.aclose()
 
 

@@ -12,6 +12,7 @@ import trio
 from helpers_server import local_config, serve_app
 from test_sources_fixtures import HASHES, Answer, Request, ScriptedApp
 
+from tracker.egress import EgressPolicy
 from tracker.errors import ProbeError
 from tracker.sources.http import probe_http
 
@@ -41,7 +42,11 @@ async def test_redirects_name_archives_and_the_incremental_chains_to_its_full(
     )
     base = await nursery.start(serve_app, app)
 
-    full, incr = await probe_http(client, base, headers={"authorization": "Basic eDp5"})
+    # The other origin is on loopback: reachable only where the egress policy allows it.
+    loopback = EgressPolicy.from_lists(["127.0.0.0/8"], [])
+    full, incr = await probe_http(
+        client, base, headers={"authorization": "Basic eDp5"}, policy=loopback
+    )
 
     assert (full.slot, full.base_slot, full.hash, full.size) == (100, 100, H0, 0)
     assert full.files[0].file_name == full.files[0].url == f"{base}/{FULL}"

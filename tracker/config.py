@@ -61,6 +61,7 @@ __all__ = [
     "BearerAuth",
     "Config",
     "ConsulSDConfig",
+    "Egress",
     "FileTargets",
     "HttpTargets",
     "LocalTargets",
@@ -207,6 +208,20 @@ class TargetGroup:
         return None
 
 
+@attrs.frozen
+class Egress:
+    """Where connections to addresses that came from the network may go (CIDR lists).
+
+    Addresses the operator configured are trusted as typed; a ``Location`` answered by a
+    source, a redirect followed while proxying, a discovered node are checked after
+    resolution: public unicast addresses and ``allow`` pass, ``deny`` never does (see
+    :mod:`tracker.egress`).
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
 def _default_timeout(config: Config) -> float:
     return min(10.0, config.scrape_interval)
 
@@ -233,6 +248,7 @@ class Config:
     cache_share_inflight: bool = False
     cache_prefetch: bool = False
     cache_prefetch_concurrency: int = 1
+    egress: Egress = Egress()
     target_groups: tuple[TargetGroup, ...] = ()
     #: The absolute path the config was loaded from (set by load_config, not a YAML key).
     config_path: str = attrs.field(default="", metadata=_NOT_YAML)
@@ -316,6 +332,7 @@ class _Loader:
         self._add(FileTargets, {"path": self._targets_file})
         self._add(HttpTargets, {"targets": _list_of(values.http_target)})
         self._add(LocalTargets, {"paths": _list_of(self._directory)})
+        self._add(Egress, {"allow": _list_of(values.cidr), "deny": _list_of(values.cidr)})
         self._add(
             TargetGroup,
             {"group": values.group_name, "scheme": values.scheme, "api_path": values.api_path},

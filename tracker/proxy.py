@@ -10,8 +10,11 @@ What crosses the tracker in proxy mode is decided by two whitelists, in both dir
 
 :func:`open_upstream` tries the sources advertising a file in order and returns the first
 usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
-(at most :attr:`ProxySettings.max_redirects`), and the group's credentials and TLS client
-settings are only used while the URL stays on the source's own origin.
+(at most :attr:`ProxySettings.max_redirects`). The group's credentials (and the userinfo of
+the configured target URL) and its TLS client settings are only used on the origin of the
+*configured* source: a file URL that a probe's ``Location`` put on another origin, or a
+redirect to one, gets a client without them that connects only where the egress policy
+allows (:mod:`tracker.egress`). No client keeps cookies.
 An answer whose length contradicts the size the source advertised (``Content-Length`` of a
 200, the total of a 206's ``Content-Range``) fails that source: the tracker never serves or
 caches a file shorter or longer than the one announced. Resuming a broken body is
@@ -29,7 +32,7 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -38,9 +41,10 @@ import httpcore
 import httpx
 import trio
 
-from tracker.clients import ssl_context
+from tracker.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
 from tracker.config import TargetGroup, TLSConfig
-from tracker.errors import UpstreamError
+from tracker.egress import CheckingBackend, EgressPolicy, Resolver, resolve
+from tracker.errors import SourceFailed, UpstreamError
 from tracker.index import SnapshotSource
 from tracker.logs import log_event
 from tracker.snapshots import SnapshotFile
@@ -87,7 +91,9 @@ class ProxySettings:
     #: How long a stream waits for the server to start sending its body before deciding that
     #: the client went away (DESIGN trap 4).
     drain_start_timeout: float = 30.0
-    max_redirects: int = 3
+    #: Redirects followed per source, each checked by the egress policy when it leaves the
+    #: source's own origin.
+    max_redirects: int = 5
     #: Waits before each attempt to resume a broken cache refresh with a Range request; as
     #: many attempts per break as there are delays (an attempt that brought bytes resets it).
     resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
@@ -234,11 +240,18 @@ class BigReadBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def download_client(tls: TLSConfig | None, settings: ProxySettings) -> httpx.AsyncClient:
-    """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline.
+def download_client(
+    tls: TLSConfig | None,
+    settings: ProxySettings,
+    network: httpcore.AsyncNetworkBackend | None = None,
+) -> httpx.AsyncClient:
+    """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline, no
+    cookie jar.
 
     Separate from the probe clients: a download may last hours, so only each socket read is
     bounded (``read_timeout``), and the pool is sized for many parallel downloads.
+    ``network`` is the backend that opens connections (default: trio's; the egress policy's
+    :class:`~tracker.egress.CheckingBackend` for origins that came from the network).
     """
     ctx = ssl_context(tls)
     limits = httpx.Limits(
@@ -259,7 +272,7 @@ def download_client(tls: TLSConfig | None, settings: ProxySettings) -> httpx.Asy
         keepalive_expiry=limits.keepalive_expiry,
         http1=True,
         http2=False,
-        network_backend=BigReadBackend(settings.read_size),
+        network_backend=BigReadBackend(settings.read_size, network),
     )
     return httpx.AsyncClient(
         transport=transport,
@@ -272,6 +285,7 @@ def download_client(tls: TLSConfig | None, settings: ProxySettings) -> httpx.Asy
             pool=settings.connect_timeout,
         ),
         headers={"accept-encoding": "identity", "user-agent": "solana-snapshot-tracker"},
+        cookies=no_cookies(),
     )
 
 
@@ -279,13 +293,22 @@ class DownloadClients:
     """Download clients by TLS setting, made on first use and kept until :meth:`aclose`.
 
     Groups with the same TLS setting share a client (credentials are per request). A URL on
-    another origin than its source (reached by a redirect) gets :meth:`foreign`: system CAs,
-    no client certificate.
+    another origin than its configured source (named by a probe's ``Location`` or reached by
+    a redirect) gets :meth:`foreign`: system CAs, no client certificate, and connections only
+    to addresses the egress policy (``policy()``, read per connection) allows.
     """
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        policy: Callable[[], EgressPolicy] = EgressPolicy,
+        resolver: Resolver = resolve,
+    ) -> None:
         self.settings = settings
+        self._policy = policy
+        self._resolver = resolver
         self._clients: dict[TLSConfig | None, httpx.AsyncClient] = {}
+        self._foreign: httpx.AsyncClient | None = None
 
     def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
         """The client for sources of a group with TLS settings ``tls``."""
@@ -295,12 +318,18 @@ class DownloadClients:
         return client
 
     def foreign(self) -> httpx.AsyncClient:
-        """The client for origins that are not a group's own source."""
-        return self.for_tls(None)
+        """The client for origins that are not a group's own configured source."""
+        if self._foreign is None:
+            checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
+            self._foreign = download_client(None, self.settings, checking)
+        return self._foreign
 
     async def aclose(self) -> None:
         """Close every client (and the connections they pool)."""
         clients, self._clients = list(self._clients.values()), {}
+        if self._foreign is not None:
+            clients.append(self._foreign)
+            self._foreign = None
         for client in clients:
             await client.aclose()
 
@@ -341,15 +370,6 @@ class UpstreamAnswer:
         await self.response.aclose()
 
 
-class _SourceFailed(Exception):
-    """One source could not deliver; the message is a one-line reason."""
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
-
-
 async def open_upstream(
     clients: DownloadClients,
     group: TargetGroup,
@@ -374,9 +394,10 @@ async def open_upstream(
         if not f.url:
             continue  # a local copy: Delivery serves it from disk, there is nothing to fetch
         try:
-            response, url = await _ask_source(clients, group, f.url, method, headers)
+            home = source.key.target
+            response, url = await _ask_source(clients, group, home, f.url, method, headers)
             await _check_size(response, f.size)
-        except _SourceFailed as exc:
+        except SourceFailed as exc:
             log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
             reasons.append(f"source {len(reasons) + 1}: {exc}")
             continue
@@ -389,18 +410,25 @@ async def open_upstream(
 async def _ask_source(
     clients: DownloadClients,
     group: TargetGroup,
+    home: str,
     url: str,
     method: str,
     headers: Mapping[str, str],
 ) -> tuple[httpx.Response, str]:
-    home = _origin(url)
+    """Ask ``url`` (a file of the source configured as ``home``), following redirects.
+
+    Only a URL on ``home``'s own origin gets the group's credentials and TLS client settings;
+    any other origin (named by a probe's Location or by a redirect) gets the foreign client,
+    which connects only where the egress policy allows.
+    """
     settings = clients.settings
+    own_origin = origin(home)
+    credentials = authorization(group, home)
     for _hop in range(settings.max_redirects + 1):
-        own = _origin(url) == home
+        own = _origin_of(url) == own_origin
         client = clients.for_tls(group.tls_config) if own else clients.foreign()
-        request_headers = upstream_request_headers(
-            headers.items(), group.authorization if own else None
-        )
+        request_headers = upstream_request_headers(headers.items(), credentials if own else None)
+        url = without_userinfo(url)  # credentials go per origin, never from a URL
         response = await _send(client, method, url, request_headers, settings.answer_timeout)
         status = response.status_code
         if status in ANSWER_STATUSES:
@@ -408,9 +436,16 @@ async def _ask_source(
         location = response.headers.get("location")
         await response.aclose()
         if status not in _REDIRECTS or location is None:
-            raise _SourceFailed(status_reason(response))
+            raise SourceFailed(status_reason(response))
         url = _redirect_target(url, location)
-    raise _SourceFailed(f"more than {settings.max_redirects} redirects")
+    raise SourceFailed(f"more than {settings.max_redirects} redirects")
+
+
+def _origin_of(url: str) -> tuple[str, str, int | None]:
+    try:
+        return origin(url)
+    except ValueError:
+        raise SourceFailed(f"not a usable URL: {quoted(url)}") from None
 
 
 def _redirect_target(url: str, location: str) -> str:
@@ -419,9 +454,9 @@ def _redirect_target(url: str, location: str) -> str:
         parts = urlsplit(target)
         _ = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
     except ValueError:
-        raise _SourceFailed(f"redirect to {quoted(location)} is not a usable URL") from None
+        raise SourceFailed(f"redirect to {quoted(location)} is not a usable URL") from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise _SourceFailed(f"redirect to {quoted(location)} is not http(s)")
+        raise SourceFailed(f"redirect to {quoted(location)} is not http(s)")
     return target
 
 
@@ -433,17 +468,17 @@ async def _send(
         with trio.fail_after(limit):
             return await client.send(request, stream=True)
     except trio.TooSlowError:
-        raise _SourceFailed(f"no answer within {limit:g}s") from None
+        raise SourceFailed(f"no answer within {limit:g}s") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise _SourceFailed(transport_reason(exc)) from exc
+        raise SourceFailed(transport_reason(exc)) from exc
 
 
 async def _check_size(response: httpx.Response, advertised: int) -> None:
-    """Raise _SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
+    """Raise SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
     problem = size_problem(response, advertised)
     if problem is not None:
         await response.aclose()
-        raise _SourceFailed(problem)
+        raise SourceFailed(problem)
 
 
 def size_problem(response: httpx.Response, advertised: int) -> str | None:

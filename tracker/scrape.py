@@ -21,6 +21,7 @@ import trio
 
 from tracker.clients import auth_headers, build_client, ssl_context
 from tracker.config import Config, TargetGroup
+from tracker.egress import Resolver, policy_of, resolve
 from tracker.errors import ProbeError
 from tracker.index import Index, TargetKey
 from tracker.logs import log_event
@@ -77,8 +78,11 @@ class Scraper:
         *,
         on_round: Callable[[Scraper], None] | None = None,
         on_probe: Callable[[TargetHealth], None] | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.index = index
+        #: Looks up the hosts of Locations on other origins (the egress check).
+        self.resolver = resolver
         self.health: dict[TargetKey, TargetHealth] = {}
         self.on_round = on_round
         self.on_probe = on_probe
@@ -188,10 +192,14 @@ class Scraper:
         group = self.config.group_named(target.key.group)
         assert group is not None
         client = _shard(self._clients[group.group], target.key.target)
+        headers = auth_headers(group, target.location)
         if target.kind == "sidecar":
-            return probe_sidecar(client, target.location, headers=auth_headers(group))
+            return probe_sidecar(client, target.location, headers=headers)
         if target.kind == "http":
-            return probe_http(client, target.location, headers=auth_headers(group))
+            policy = policy_of(self.config.egress)
+            return probe_http(
+                client, target.location, headers=headers, policy=policy, resolver=self.resolver
+            )
         return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
 
     def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo]) -> None:

@@ -25,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from tracker.activity import ActiveRequests
 from tracker.api import ApiDeps, create_app
+from tracker.clients import no_cookies
 from tracker.config import Config, parse_address
 from tracker.delivery import Delivery
 from tracker.errors import ConfigError, TrackerError
@@ -119,7 +120,7 @@ async def run_tracker(
     scraper = Scraper(config, tracker.index, on_probe=reporter.probe_done)
     scraper.on_round = reporter.round_done
     sockets = open_listeners(config, environ)
-    async with httpx.AsyncClient(trust_env=False) as rpc_client:
+    async with httpx.AsyncClient(trust_env=False, cookies=no_cookies()) as rpc_client:
         transfers = Transfers()
         budget = ChunkBudget()  # read-ahead memory shared by every file stream
         streamer = ProxyStreamer(

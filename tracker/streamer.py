@@ -34,6 +34,7 @@ from quart.wrappers.response import ResponseBody
 
 from tracker.cache import Cache
 from tracker.config import Config, TargetGroup
+from tracker.egress import Resolver, policy_of, resolve
 from tracker.errors import RequestError, UpstreamError
 from tracker.fileresponse import ChunkBudget, file_response
 from tracker.index import Index, SnapshotSource
@@ -66,7 +67,8 @@ class ProxyStreamer:
 
     ``config`` returns the live config (the cache directory is read per request, so a reload
     that changes it takes effect; each directory gets its own :class:`Cache`, cleaned up on
-    first use). ``cache_factory`` builds a Cache for a directory (tests inject faults there).
+    first use). ``cache_factory`` builds a Cache for a directory (tests inject faults there);
+    ``resolver`` looks up host names that came from the network (tests inject their own).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class ProxyStreamer:
         settings: ProxySettings | None = None,
         cache_factory: CacheFactory | None = None,
         budget: ChunkBudget | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self._config = config
         self._budget = budget
@@ -86,7 +89,9 @@ class ProxyStreamer:
         self._transfers = transfers
         self._metrics = metrics
         self.settings = settings if settings is not None else ProxySettings()
-        self._clients = DownloadClients(self.settings)
+        self._clients = DownloadClients(
+            self.settings, policy=lambda: policy_of(self._config().egress), resolver=resolver
+        )
         self._cache_factory = cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
         self._shared: dict[SharedKey, SharedRefresh] = {}

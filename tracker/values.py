@@ -282,3 +282,13 @@ def api_path(value: object) -> str:
         raise ValueError(f"api_path must be a URL path like '/api', got {text!r}")
     stripped = text.strip("/")
     return f"/{stripped}" if stripped else ""
+
+
+def cidr(value: object) -> str:
+    """A network in CIDR notation (``10.0.0.0/8``, ``fd00::/8``) or a bare address."""
+    text = string(value).strip()
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not a CIDR network like '10.0.0.0/8' or 'fd00::/8': {text!r}") from None
+    return text

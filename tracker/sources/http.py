@@ -3,7 +3,10 @@
 A validator (or any snapshot server following its convention) answers these aliases with a
 redirect to the concrete archive, e.g. ``/snapshot-123-<hash>.tar.zst``. Redirects are not
 followed: the ``Location`` itself names the archive, and not following it keeps the group's
-credentials away from other origins.
+credentials away from other origins. A ``Location`` on another origin than the target's came
+from the network: its host is resolved and checked by the egress policy before the archive is
+accepted (clients would be sent there, or the tracker would fetch from there). The stored URL
+never carries userinfo: credentials belong to the configured target and go per request.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Mapping
 import httpx
 import trio
 
+from tracker.clients import origin
+from tracker.egress import EgressPolicy, EgressRefused, Resolver, checked_addresses, resolve
 from tracker.errors import ProbeError
 from tracker.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.sources.limits import NO_HEADERS, quoted, status_reason, transport_reason
@@ -25,7 +30,12 @@ _NONE = (202, 404)
 
 
 async def probe_http(
-    client: httpx.AsyncClient, url: str, *, headers: Mapping[str, str] = NO_HEADERS
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: Mapping[str, str] = NO_HEADERS,
+    policy: EgressPolicy | None = None,
+    resolver: Resolver = resolve,
 ) -> list[SnapshotInfo]:
     """The full and the incremental snapshot an HTTP server at ``url`` redirects to.
 
@@ -35,17 +45,21 @@ async def probe_http(
     ``url`` are that absolute URL (size unknown, 0). The incremental's info also lists the
     full when the full's slot is its base slot.
 
+    A ``Location`` on another origin must resolve to addresses ``policy`` allows (default: the
+    policy with no ``allow``/``deny``: public addresses only).
+
     Raises :class:`ProbeError` (one line, naming the alias) on a transport/TLS failure, any
-    other status, a missing or unparsable ``Location``. Cancellation propagates untouched; the
-    caller owns the timeout.
+    other status, a missing or unparsable ``Location``, or one the egress policy refuses.
+    Cancellation propagates untouched; the caller owns the timeout.
     """
     base = _target_url(url)
+    check = _Check(policy if policy is not None else EgressPolicy(), resolver, url)
     found: dict[str, SnapshotFile] = {}
     failures: list[ProbeError] = []
 
     async def head(alias: str) -> None:
         try:
-            file = await _head_alias(client, base, alias, headers)
+            file = await _head_alias(client, base, alias, headers, check)
         except ProbeError as exc:
             failures.append(exc)
             nursery.cancel_scope.cancel()  # the other answer no longer matters
@@ -69,11 +83,39 @@ def _target_url(url: str) -> httpx.URL:
     # The URL itself stays out of the reason: it may carry an API key; the target names it.
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ProbeError("target is not an absolute http(s) URL")
-    return parsed
+    # Its userinfo is the target's credentials: the caller sends them as a header, and no
+    # URL derived from it (a relative Location) may carry them.
+    return parsed.copy_with(username=None, password=None)
+
+
+class _Check:
+    """The egress check of a probe's ``Location`` values (other origins only)."""
+
+    def __init__(self, policy: EgressPolicy, resolver: Resolver, target: str) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._home = origin(target)
+
+    async def __call__(self, alias: str, url: httpx.URL) -> None:
+        scheme, host, port = origin(str(url))
+        if (scheme, host, port) == self._home:
+            return  # the target itself: configured by the operator, trusted as typed
+        if port is None:
+            raise ProbeError(f"{alias}: Location has no port for scheme {scheme!r}")
+        try:
+            await checked_addresses(self._policy, host, port, self._resolver)
+        except EgressRefused as exc:
+            raise ProbeError(f"{alias}: Location {exc}") from None
+        except OSError as exc:
+            raise ProbeError(f"{alias}: cannot resolve the Location's host {host}: {exc}") from None
 
 
 async def _head_alias(
-    client: httpx.AsyncClient, base: httpx.URL, alias: str, headers: Mapping[str, str]
+    client: httpx.AsyncClient,
+    base: httpx.URL,
+    alias: str,
+    headers: Mapping[str, str],
+    check: _Check,
 ) -> SnapshotFile | None:
     # Like Go's path.Join: "https://h", "https://h/" and "https://h/p/" all work; the query
     # (an RPC provider's API key, say) is kept.
@@ -92,7 +134,9 @@ async def _head_alias(
         raise ProbeError(f"{alias}: {status_reason(response)}")
     if location is None:
         raise ProbeError(f"{alias}: {status_reason(response, 'no Location header')}")
-    return _archive_at(request_url, location, alias)
+    found = _archive_at(request_url, location, alias)
+    await check(alias, httpx.URL(found.url))
+    return found
 
 
 def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFile:
@@ -107,5 +151,5 @@ def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFi
     if name.is_full != (alias == FULL_ALIAS):
         kind = "a full" if name.is_full else "an incremental"
         raise ProbeError(f"{alias}: Location {quoted(location)} names {kind} snapshot")
-    absolute = str(target)
+    absolute = str(target.copy_with(username=None, password=None))
     return SnapshotFile(name=name, file_name=absolute, url=absolute)
