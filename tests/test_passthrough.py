@@ -33,8 +33,10 @@ from helpers_proxy import (
     wait_for,
 )
 
+from tracker.errors import UpstreamError
+from tracker.passthrough import SpliceBody
 from tracker.proxy import ProxySettings, download_client
-from tracker.zerocopy import LARGEST_PIECE, SMALLEST_PIECE
+from tracker.zerocopy import LARGEST_PIECE, SMALLEST_PIECE, Connections
 
 NAME = full_name(1000)
 # Every piece size once (8 MiB down to 64 KiB) and a tail under 64 KiB.
@@ -170,5 +172,18 @@ async def test_download_client_leaves_the_body_in_the_socket() -> None:
                 waiting = await sock.recv(len(DATA), socket.MSG_PEEK)
             assert DATA.startswith(waiting) and waiting
             assert sha256(await response.aread()) == sha256(DATA)
+            assert not stream.body_unread  # read through httpcore: nothing left to splice
             await response.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_splice_refuses_a_socket_whose_body_was_read_meanwhile() -> None:
+    """Before every piece the body checks that the socket still holds the rest of it."""
+    left, right = trio.socket.socketpair()
+    with left, right:
+        connection = Connections().open((("a", 1), ("b", 2)))
+        body = SpliceBody(connection, left, lambda: False, 10, 1.0, print, print)
+        with pytest.raises(UpstreamError, match="read past its head"):
+            async for _ in body._generate():
+                pass
+        assert body.sent == 0

@@ -32,14 +32,17 @@ class SpliceBody(GeneratorBody):
     ``started`` is set when the server starts sending it, ``ended`` when it has ended (then
     ``error`` tells why it ended early, None when complete). ``on_upstream(n)`` is called as
     each piece is handed to the server (before the client can have it all), ``on_client(n)``
-    once it went out. An upstream that breaks or stalls (``read_timeout``) raises
-    UpstreamError: the server aborts the client's connection, short of its content-length.
+    once it went out. ``intact()`` tells that the socket still holds the rest of the body
+    (nothing read it meanwhile); it is checked before every piece. An upstream that breaks
+    or stalls (``read_timeout``) raises UpstreamError: the server aborts the client's
+    connection, short of its content-length.
     """
 
     def __init__(
         self,
         connection: Connection,
         sock: trio.socket.SocketType,
+        intact: Callable[[], bool],
         length: int,
         read_timeout: float,
         on_upstream: Callable[[int], None],
@@ -47,6 +50,7 @@ class SpliceBody(GeneratorBody):
     ) -> None:
         self._connection = connection
         self._sock = sock
+        self._intact = intact
         self.length = length
         self._read_timeout = read_timeout
         self.started = trio.Event()
@@ -65,6 +69,10 @@ class SpliceBody(GeneratorBody):
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         while self.sent < self.length:
+            if not self._intact():
+                # Something read body bytes out of the socket: what is left there is no
+                # longer the rest of this body, and must not be sent as if it were.
+                raise UpstreamError("upstream body was read past its head: cannot splice")
             size = piece_size(self.length - self.sent)
             if size:
                 piece = SocketPiece(size, sock=self._sock, read_timeout=self._read_timeout)

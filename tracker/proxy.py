@@ -27,13 +27,8 @@ turns every read into a read of up to :attr:`ProxySettings.read_size` bytes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import socket
-import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -49,6 +44,7 @@ from tracker.index import SnapshotSource
 from tracker.logs import log_event
 from tracker.snapshots import SnapshotFile
 from tracker.sources.limits import one_line, quoted, status_reason, transport_reason
+from tracker.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
 
@@ -102,144 +98,6 @@ class ProxySettings:
     promotion_wait: float = 60.0
 
 
-# The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
-
-
-class _BigReadStream(httpcore.AsyncNetworkStream):
-    """A network stream whose reads ask for at least ``read_size`` bytes.
-
-    With ``exact_heads`` (plain TCP), the response head that follows each request is read to
-    its last byte and no further (peeking first), so the body is still in the socket when
-    httpx returns the response: :func:`splice_socket` can then hand it to ``splice(2)``.
-    """
-
-    def __init__(
-        self, inner: httpcore.AsyncNetworkStream, read_size: int, *, exact_heads: bool = False
-    ) -> None:
-        self._inner = inner
-        self._read_size = read_size
-        self.exact_heads = exact_heads
-        #: The part of the response head read so far, while one is expected.
-        self._head: bytearray | None = None
-
-    @property
-    def body_unread(self) -> bool:
-        """True when the socket holds the body of the last response whole (nothing of it
-        was read into httpcore's buffers)."""
-        return self.exact_heads and self._head is None
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        if self._head is not None:
-            return await self._read_head(timeout)
-        return await self._inner.read(max(max_bytes, self._read_size), timeout)
-
-    async def _read_head(self, timeout: float | None) -> bytes:  # noqa: ASYNC109
-        assert self._head is not None
-        sock = self._inner.get_extra_info("socket")
-        exc_map: dict[type[Exception], type[Exception]] = {
-            trio.TooSlowError: httpcore.ReadTimeout,
-            OSError: httpcore.ReadError,
-        }
-        with _httpcore_errors(exc_map), trio.fail_after(math.inf if timeout is None else timeout):
-            peeked = await sock.recv(_HEAD_PEEK, socket.MSG_PEEK)
-            seen = len(self._head)
-            end = (self._head[-3:] + peeked).find(b"\r\n\r\n")
-            take = len(peeked) if end < 0 else end + 4 - min(3, seen)
-            data: bytes = await sock.recv(take) if peeked else b""
-        self._head += data
-        if end >= 0 and not self._head.startswith(b"HTTP/1.1 1"):
-            self._head = None  # the final head; a 1xx one is followed by another
-        elif end >= 0:
-            self._head = bytearray()
-        elif not data or len(self._head) > _HEAD_LIMIT:
-            self._head, self.exact_heads = None, False  # h11 will refuse it; stop peeking
-        return data
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-        if self.exact_heads and buffer:
-            self._head = bytearray()  # a request went out: its response head comes next
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore.AsyncNetworkStream:
-        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return _BigReadStream(tls, self._read_size)  # bytes come decrypted: no splice
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-#: Bytes peeked at once while reading a response head, and the longest head followed so.
-_HEAD_PEEK = 16 * 1024
-_HEAD_LIMIT = 64 * 1024
-
-
-@contextlib.contextmanager
-def _httpcore_errors(mapping: dict[type[Exception], type[Exception]]) -> Iterator[None]:
-    """Raise exceptions of ``mapping``'s keys as its values (what httpcore's streams raise)."""
-    try:
-        yield
-    except tuple(mapping) as exc:
-        for kind, replacement in mapping.items():
-            if isinstance(exc, kind):
-                raise replacement(str(exc) or type(exc).__name__) from exc
-        raise
-
-
-def splice_socket(answer: UpstreamAnswer, length: int) -> trio.socket.SocketType | None:
-    """The plain TCP socket holding ``answer``'s body, when that body can be spliced: all of
-    it still unread in the socket, exactly ``length`` bytes, no transfer or content coding."""
-    response = answer.response
-    stream = response.extensions.get("network_stream")
-    if not isinstance(stream, _BigReadStream) or not stream.body_unread:
-        return None
-    headers = response.headers
-    if "transfer-encoding" in headers or headers.get("content-encoding", "identity") != "identity":
-        return None
-    if headers.get("content-length", "").strip() != str(length):
-        return None
-    sock = stream.get_extra_info("socket")
-    return sock if isinstance(sock, trio.socket.SocketType) else None
-
-
-class BigReadBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's trio backend, with reads of up to ``read_size`` bytes (public httpcore API)."""
-
-    def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner if inner is not None else httpcore.TrioBackend()
-        self._read_size = read_size
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _BigReadStream(stream, self._read_size, exact_heads=True)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
-        return _BigReadStream(stream, self._read_size)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
 def download_client(
     tls: TLSConfig | None,
     settings: ProxySettings,
@@ -253,29 +111,17 @@ def download_client(
     ``network`` is the backend that opens connections (default: trio's; the egress policy's
     :class:`~tracker.egress.CheckingBackend` for origins that came from the network).
     """
-    ctx = ssl_context(tls)
-    limits = httpx.Limits(
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context(tls),
         max_connections=settings.max_connections,
         max_keepalive_connections=min(64, settings.max_connections),
         keepalive_expiry=30.0,
-    )
-    transport = httpx.AsyncHTTPTransport(verify=ctx, limits=limits, trust_env=False)
-    # httpx has no public way to give its transport a network backend; its transport is a
-    # thin wrapper around ``_pool``, an httpcore pool, which does take one. The test
-    # test_download_client_uses_big_reads fails loudly if httpx stops working this way.
-    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("httpx.AsyncHTTPTransport no longer wraps an httpcore pool in _pool")
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ctx,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
         http1=True,
         http2=False,
         network_backend=BigReadBackend(settings.read_size, network),
     )
     return httpx.AsyncClient(
-        transport=transport,
+        transport=PoolTransport(pool),
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(

@@ -50,11 +50,12 @@ from tracker.downloads import outcome_of
 from tracker.errors import CacheError, UpstreamError
 from tracker.logs import log_event
 from tracker.passthrough import SpliceBody
-from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers, splice_socket
+from tracker.proxy import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.ranges import parse_http_date
 from tracker.readahead import ReadAhead
 from tracker.resume import Reopen, UpstreamBody, resumable
 from tracker.sources.limits import transport_reason
+from tracker.transport import BigReadStream, splice_stream
 from tracker.zerocopy import Connection
 
 log = logging.getLogger("tracker.transfers")
@@ -313,9 +314,9 @@ async def pump(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if length is None:
             task_status.started(head)
             return
-        sock = splice_socket(answer, length) if _may_splice(job) else None
-        if sock is not None:
-            await _splice(job, answer, sock, head, length, task_status)
+        stream = splice_stream(answer.response, length) if _may_splice(job) else None
+        if stream is not None:
+            await _splice(job, answer, stream, head, length, task_status)
             return
         if refresh is not None:
             refresh, flow.outcome = await _open_refresh(refresh, answer, length)
@@ -355,7 +356,7 @@ def _may_splice(job: StreamJob) -> bool:
 async def _splice(
     job: StreamJob,
     answer: UpstreamAnswer,
-    sock: trio.socket.SocketType,
+    stream: BigReadStream,
     head: Head,
     length: int,
     task_status: trio.TaskStatus[Head],
@@ -366,7 +367,8 @@ async def _splice(
     events = job.events
     body = SpliceBody(
         job.zero_copy,
-        sock,
+        stream.get_extra_info("socket"),
+        lambda: stream.body_unread,
         length,
         job.settings.read_timeout,
         events.upstream_bytes,

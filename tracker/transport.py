@@ -1,0 +1,254 @@
+"""The network side of archive downloads: big socket reads, exact response heads, a pool.
+
+httpcore asks its network stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s;
+:class:`BigReadBackend` opens connections whose every read asks for up to ``read_size``
+bytes. On plain TCP its streams also read each response head to its last byte and no further
+(peeking first), so that when httpx returns a response its body is still in the socket:
+:func:`splice_socket` can then hand that socket to ``splice(2)``. Whether the body is still
+whole is an explicit flag (:attr:`BigReadStream.body_unread`): any read of body bytes through
+httpcore clears it, and the splice path checks it before every piece, so a read-ahead can
+never shift bytes under a correct ``content-length``.
+
+:class:`PoolTransport` is the httpx transport over an httpcore pool built with that backend
+(httpx has no public way to give its own transport a network backend).
+
+Everything here relies on httpcore's documented extension points (network backends and
+streams, the ``network_stream`` response extension) and on one behaviour of h11 that is
+pinned by a test: it does not read past a response head before handing the head over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+import trio
+
+# The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
+
+
+class BigReadStream(httpcore.AsyncNetworkStream):
+    """A network stream whose reads ask for at least ``read_size`` bytes.
+
+    With ``exact_heads`` (plain TCP), the response head that follows each request is read to
+    its last byte and no further (peeking first), so the body is still in the socket when
+    httpx returns the response: :func:`splice_socket` can then hand it to ``splice(2)``.
+    """
+
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, read_size: int, *, exact_heads: bool = False
+    ) -> None:
+        self._inner = inner
+        self._read_size = read_size
+        self.exact_heads = exact_heads
+        #: The part of the response head read so far, while one is expected.
+        self._head: bytearray | None = None
+        #: Set by any read after the last response head: body bytes left the socket.
+        self._body_read = False
+
+    @property
+    def body_unread(self) -> bool:
+        """True when the socket holds the body of the last response whole: its head was read
+        exactly, and nothing was read since (checked before every spliced piece)."""
+        return self.exact_heads and self._head is None and not self._body_read
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        if self._head is not None:
+            return await self._read_head(timeout)
+        self._body_read = True
+        return await self._inner.read(max(max_bytes, self._read_size), timeout)
+
+    async def _read_head(self, timeout: float | None) -> bytes:  # noqa: ASYNC109
+        assert self._head is not None
+        sock = self._inner.get_extra_info("socket")
+        exc_map: dict[type[Exception], type[Exception]] = {
+            trio.TooSlowError: httpcore.ReadTimeout,
+            OSError: httpcore.ReadError,
+        }
+        with _httpcore_errors(exc_map), trio.fail_after(math.inf if timeout is None else timeout):
+            peeked = await sock.recv(_HEAD_PEEK, socket.MSG_PEEK)
+            seen = len(self._head)
+            end = (self._head[-3:] + peeked).find(b"\r\n\r\n")
+            take = len(peeked) if end < 0 else end + 4 - min(3, seen)
+            data: bytes = await sock.recv(take) if peeked else b""
+        self._head += data
+        if end >= 0 and not self._head.startswith(b"HTTP/1.1 1"):
+            self._head = None  # the final head; a 1xx one is followed by another
+        elif end >= 0:
+            self._head = bytearray()
+        elif not data or len(self._head) > _HEAD_LIMIT:
+            self._head, self.exact_heads = None, False  # h11 will refuse it; stop peeking
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+        if self.exact_heads and buffer:
+            self._head = bytearray()  # a request went out: its response head comes next
+            self._body_read = False
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return BigReadStream(tls, self._read_size)  # bytes come decrypted: no splice
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+#: Bytes peeked at once while reading a response head, and the longest head followed so.
+_HEAD_PEEK = 16 * 1024
+_HEAD_LIMIT = 64 * 1024
+
+
+@contextlib.contextmanager
+def _httpcore_errors(mapping: dict[type[Exception], type[Exception]]) -> Iterator[None]:
+    """Raise exceptions of ``mapping``'s keys as its values (what httpcore's streams raise)."""
+    try:
+        yield
+    except tuple(mapping) as exc:
+        for kind, replacement in mapping.items():
+            if isinstance(exc, kind):
+                raise replacement(str(exc) or type(exc).__name__) from exc
+        raise
+
+
+def splice_stream(response: httpx.Response, length: int) -> BigReadStream | None:
+    """The stream of ``response`` when its body can be spliced: all of it still unread in a
+    plain TCP socket, exactly ``length`` bytes, no transfer or content coding."""
+    stream = response.extensions.get("network_stream")
+    if not isinstance(stream, BigReadStream) or not stream.body_unread:
+        return None
+    headers = response.headers
+    if "transfer-encoding" in headers or headers.get("content-encoding", "identity") != "identity":
+        return None
+    if headers.get("content-length", "").strip() != str(length):
+        return None
+    sock = stream.get_extra_info("socket")
+    return stream if isinstance(sock, trio.socket.SocketType) else None
+
+
+class BigReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with reads of up to ``read_size`` bytes (public httpcore API)."""
+
+    def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._inner = inner if inner is not None else httpcore.TrioBackend()
+        self._read_size = read_size
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return BigReadStream(stream, self._read_size, exact_heads=True)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return BigReadStream(stream, self._read_size)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+#: httpcore's exceptions and the httpx ones a client's callers expect, most specific first.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """httpcore's exceptions as the httpx exceptions of ``request``."""
+    try:
+        yield
+    except httpcore.ConnectionNotAvailable as exc:  # pragma: no cover - pool internals
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except Exception as exc:
+        for kind, replacement in _ERRORS:
+            if isinstance(exc, kind):
+                raise replacement(str(exc), request=request) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """An httpcore response body as an httpx byte stream, errors translated."""
+
+    def __init__(self, stream: AsyncIterable[bytes], request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors(self._request):
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends every request through the httpcore ``pool`` given."""
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; the body stays unread (streamed). Raises httpx's exceptions."""
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors(request):
+            response = await self._pool.handle_async_request(core_request)
+        assert isinstance(response.stream, AsyncIterable)  # an async pool's body
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool and every connection in it."""
+        await self._pool.aclose()
