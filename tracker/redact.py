@@ -69,18 +69,19 @@ def redact_userinfo(url: str) -> str:
     """
     if "@" not in url:
         return url
+    scheme = _SCHEME.match(url)
     try:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError:
         return redact_url(url)
-    if "@" in parts.path or "@" in parts.fragment:
+    if not scheme or "@" in parts.path + parts.fragment or any(c.isspace() for c in url):
         return redact_url(url)  # not a clean URL: mask generously
     if "@" not in parts.netloc:
         return url  # an "@" in the query only: not userinfo
-    authority = url.index(parts.netloc)
-    host = parts.netloc.rpartition("@")[2]
-    return f"{url[:authority]}{MASK}@{host}{url[authority + len(parts.netloc) :]}"
+    start = scheme.end()
+    at = url.rfind("@", start, start + len(parts.netloc))
+    return url[:start] + MASK + url[at:]
 
 
 def has_secrets(url: str) -> bool:
