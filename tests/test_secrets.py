@@ -216,3 +216,15 @@ async def test_redirect_mode_proxies_a_source_that_needs_credentials(
             response = await client.get(base + path)
             assert (response.status_code, response.headers["location"]) == (303, open_url)
         assert "authorization" not in {k for s in open_up.seen for k in s.headers}
+
+
+async def test_userinfo_in_public_url_is_not_handed_to_clients(client: httpx.AsyncClient) -> None:
+    name = full_name(800)
+    config = make_config(None, public_url=f"http://u:{SECRET}@127.0.0.1:9/pre")
+    async with serving(FakeUpstream(files={name: b"x"})) as up, running_tracker(config) as tracker:
+        advertise(tracker.index, up.base, [(name, up.url(name), 1)])
+        response = await client.get(f"{tracker.base}/v1/snapshots")
+        assert SECRET not in response.text
+        [source] = response.json()
+        assert source["target"] == "http://***@127.0.0.1:9/pre"
+        assert source["files"][0]["file_name"].startswith("http://***@127.0.0.1:9/pre/v1/")

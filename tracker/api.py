@@ -21,7 +21,7 @@ from tracker.errors import RequestError
 from tracker.health import HealthChecker
 from tracker.index import Index, SnapshotSource
 from tracker.queries import archive_name, group_filter, parse_max, parse_slot, resolve_group
-from tracker.redact import redact_text, redact_userinfo
+from tracker.redact import redact_text, redact_url, redact_userinfo
 from tracker.scrape import Scraper, health_json
 from tracker.snapshots import format_time, info_to_json
 from tracker.urls import public_base
@@ -140,7 +140,8 @@ def _base_url(config: Config) -> str | None:
 def _request_base(config: Config) -> str:
     req = quart.request
     headers = {k.lower(): v for k, v in req.headers.items()}
-    return public_base(config.public_url, headers, req.scheme, req.host)
+    # Userinfo in public_url would be handed to every client: masked like every configured URL.
+    return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
 
 
 def _listing(deps: ApiDeps, config: Config, sources: list[SnapshotSource]) -> quart.Response:
