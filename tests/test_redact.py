@@ -127,6 +127,7 @@ def test_local_directories_are_shown_as_they_are() -> None:
         ),
         (TargetGroup(group="g", tls_config=TLSConfig(ca_file="ca")), "https://h", False),
         (None, "http://h", True),
+        (TargetGroup(group="g", bearer_auth=BearerAuth(token="t")), "/mnt/ledger", False),
     ],
 )
 def test_needs_credentials(group: TargetGroup | None, target: str, needed: bool) -> None:

@@ -50,13 +50,15 @@ def needs_credentials(group: TargetGroup | None, target: str) -> bool:
     A local directory needs nothing. An unknown group (dropped by a reload) counts as needing
     them: nothing is known about it, so nothing is handed out.
     """
+    if "://" not in target:
+        return False  # a local directory: the tracker reads it itself
     if group is None:
         return True
     if group.basic_auth is not None or group.bearer_auth is not None:
         return True
     if group.tls_config is not None and group.tls_config.cert_file:
         return True
-    return "://" in target and has_secrets(target)
+    return has_secrets(target)
 
 
 def redirect(location: str) -> quart.Response:
