@@ -21,6 +21,7 @@ from tracker.errors import RequestError
 from tracker.health import HealthChecker
 from tracker.index import Index, SnapshotSource
 from tracker.queries import archive_name, group_filter, parse_max, parse_slot, resolve_group
+from tracker.redact import redact_text, redact_url, redact_userinfo
 from tracker.scrape import Scraper, health_json
 from tracker.snapshots import format_time, info_to_json
 from tracker.urls import public_base
@@ -50,14 +51,23 @@ def json_response(body: Any, status: int = 200) -> quart.Response:
     return quart.Response(data, status=status, content_type="application/json")
 
 
-def source_json(source: SnapshotSource, base: str | None) -> dict[str, Any]:
-    """The §6 wire form of a source; with ``base`` (proxy mode) URLs point at the tracker."""
+def source_json(
+    source: SnapshotSource, base: str | None, *, files_base: str | None = None
+) -> dict[str, Any]:
+    """The §6 wire form of a source; with ``base`` (proxy mode) URLs point at the tracker.
+
+    ``files_base`` (a source the tracker proxies in redirect mode because it needs
+    credentials) points only the files' URLs at the tracker. Userinfo and queries of the
+    configured target are masked; file URLs keep their query (a link the source handed out).
+    """
     info, group = source.info, source.key.group
-    names = None
-    if base is not None:
-        names = [base + tracker_path(f.bare_name, group, alias=False) for f in info.files]
+    files_base = base if base is not None else files_base
+    if files_base is not None:
+        names = [files_base + tracker_path(f.bare_name, group, alias=False) for f in info.files]
+    else:
+        names = [redact_userinfo(f.file_name) for f in info.files]
     out = info_to_json(info, names)
-    out["target"] = base if base is not None else source.key.target
+    out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
     return out
@@ -124,9 +134,23 @@ def _register_errors(app: QuartTrio) -> None:
 def _base_url(config: Config) -> str | None:
     if not config.proxy_snapshot_downloads:
         return None
+    return _request_base(config)
+
+
+def _request_base(config: Config) -> str:
     req = quart.request
     headers = {k.lower(): v for k, v in req.headers.items()}
-    return public_base(config.public_url, headers, req.scheme, req.host)
+    # Userinfo in public_url would be handed to every client: masked like every configured URL.
+    return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
+
+
+def _listing(deps: ApiDeps, config: Config, sources: list[SnapshotSource]) -> quart.Response:
+    """The JSON array of ``sources``; the files of proxied sources point at the tracker."""
+    base = _base_url(config)
+    here = _request_base(config) if base is None else base
+    proxied = deps.delivery.proxied
+    body = [source_json(s, base, files_base=here if proxied(s) else None) for s in sources]
+    return json_response(body)
 
 
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
@@ -138,8 +162,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         sources = deps.index.sources(group)
         if slot is not None:
             sources = [s for s in sources if s.info.base_slot == slot]
-        base = _base_url(config)
-        return json_response([source_json(s, base) for s in sources])
+        return _listing(deps, config, sources)
 
     @app.get("/v1/best_snapshots")
     async def best_snapshots() -> quart.Response:
@@ -149,8 +172,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         sources = deps.index.sources(group)
         if group is None:
             sources.sort(key=SnapshotSource.rank_key, reverse=True)
-        base = _base_url(config)
-        return json_response([source_json(s, base) for s in sources[:limit]])
+        return _listing(deps, config, sources[:limit])
 
     @app.get("/v1/targets")
     async def targets() -> quart.Response:

@@ -47,6 +47,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from tracker import values
 from tracker.errors import ConfigError, ProbeError
+from tracker.redact import redact_text
 from tracker.sources.targetfile import read_target_file
 from tracker.values import (
     check_target,
@@ -545,7 +546,8 @@ def _format_path(path: _Path) -> str:
 
 
 def _lines(problems: Sequence[tuple[_Path, str]]) -> list[str]:
-    return [f"{_format_path(path)}: {message}" for path, message in problems]
+    # Messages quote offending values; URLs in them never show their userinfo or query.
+    return [f"{_format_path(path)}: {redact_text(message)}" for path, message in problems]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,7 +724,7 @@ def with_overrides(config: Config, **values: object) -> Config:
         try:
             changes[name] = check(value)
         except ValueError as exc:
-            problems.append(f"{flag}: {exc}")
+            problems.append(f"{flag}: {redact_text(str(exc))}")
     if problems:
         raise ConfigError(problems)
     return attrs.evolve(config, **changes)

@@ -2,6 +2,11 @@
 
 An archive request is answered by exactly one of: a redirect to the source (redirect mode), a
 file the tracker reads itself (a local source), or the proxy with its disk cache (proxy mode).
+
+A source that needs credentials (the group's basic or bearer auth, a TLS client certificate,
+or userinfo or a query in its configured URL) is proxied in redirect mode too: a client sent
+to it would either fail without the credentials or have to be handed them. Its files then go
+through the plain proxy (the disk cache exists only with ``proxy_snapshot_downloads``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from urllib.parse import quote
 
 import quart
 
-from tracker.config import Config
+from tracker.config import Config, TargetGroup
 from tracker.downloads import account_download
 from tracker.errors import RequestError
 from tracker.fileresponse import ChunkBudget, file_response
 from tracker.index import Index, SnapshotSource
 from tracker.metrics import Metrics, Outcome
+from tracker.redact import has_secrets, redact_userinfo
 from tracker.snapshots import SnapshotFile
 
 
@@ -34,6 +40,25 @@ class ByteStreamer(Protocol):
     ) -> quart.Response:
         """Answer ``request`` for archive ``name`` of ``group`` from one of ``found``."""
         ...
+
+
+def needs_credentials(group: TargetGroup | None, target: str) -> bool:
+    """True when reaching ``target`` of ``group`` takes something a client must not be given.
+
+    That is the group's ``basic_auth`` or ``bearer_auth``, a client certificate in its
+    ``tls_config``, or userinfo or a query (an API key) in the configured URL ``target``.
+    A local directory needs nothing. An unknown group (dropped by a reload) counts as needing
+    them: nothing is known about it, so nothing is handed out.
+    """
+    if "://" not in target:
+        return False  # a local directory: the tracker reads it itself
+    if group is None:
+        return True
+    if group.basic_auth is not None or group.bearer_auth is not None:
+        return True
+    if group.tls_config is not None and group.tls_config.cert_file:
+        return True
+    return has_secrets(target)
 
 
 def redirect(location: str) -> quart.Response:
@@ -66,16 +91,22 @@ class Delivery:
         self._streamer = streamer
         self._metrics = metrics
 
-    def serves_bytes(self, f: SnapshotFile) -> bool:
-        """True when the tracker answers for ``f`` itself (local file or proxy mode)."""
-        return bool(f.path) or self._config().proxy_snapshot_downloads
+    def serves_bytes(self, f: SnapshotFile, source: SnapshotSource) -> bool:
+        """True when the tracker answers for ``f`` of ``source`` itself: a local file, proxy
+        mode, or a source that needs credentials."""
+        return bool(f.path) or self._config().proxy_snapshot_downloads or self.proxied(source)
+
+    def proxied(self, source: SnapshotSource) -> bool:
+        """True when ``source`` is proxied whatever the mode (it needs credentials)."""
+        key = source.key
+        return needs_credentials(self._config().group_named(key.group), key.target)
 
     def location(self, group: str, source: SnapshotSource, *, alias: bool) -> str:
         """The ``location`` of a short redirect to ``source``'s own archive."""
         f = source.info.files[0]
-        if self.serves_bytes(f):
+        if self.serves_bytes(f, source):
             return tracker_path(f.bare_name, group, alias=alias)
-        return f.url
+        return redact_userinfo(f.url)
 
     async def serve(self, request: quart.Request, group: str, name: str) -> quart.Response:
         """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
@@ -95,7 +126,7 @@ class Delivery:
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
-        f = found[0][0]
+        f, source = found[0]
         if f.path:
             self._count("local")
             on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
@@ -105,10 +136,12 @@ class Delivery:
                 raise RequestError(404, f"{name} is gone from its local directory") from exc
             except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
                 raise RequestError(404, f"{name} is not a regular file any more") from exc
-        if self._config().proxy_snapshot_downloads and self._streamer is not None:
+        if self._config().proxy_snapshot_downloads or self.proxied(source):
+            if self._streamer is None:
+                raise RequestError(502, f"{name} must be proxied and no proxy is running")
             return await self._streamer.serve(request, group, name, found)
         self._count("redirect")
-        return redirect(f.url)
+        return redirect(redact_userinfo(f.url))
 
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:

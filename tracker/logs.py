@@ -14,6 +14,10 @@ Records from other libraries (hypercorn, httpx) keep flowing through the same ha
 event is the logger name and their text goes into a ``message`` field, so every line has the
 same shape. An exception attached to a record becomes an ``error`` field (``Type: message``)
 plus a ``traceback`` field whose newlines are escaped, so it never spans several lines.
+
+Every URL in a line has its userinfo and query masked (``http://***@host/p?***``), whatever
+field, message or exception text it is in: call sites log URLs as they are and can never leak
+a password or an API key by forgetting to mask one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import sys
 import traceback
 from datetime import UTC, datetime
 from typing import IO, Literal
+
+from tracker.redact import redact_text
 
 #: Levels accepted by :func:`setup_logging` and :func:`log_event` (``--log-level``).
 LEVELS: dict[str, int] = {
@@ -112,7 +118,21 @@ def record_fields(record: logging.LogRecord) -> tuple[str, dict[str, object]]:
         exc = record.exc_info[1]
         out.setdefault("error", f"{type(exc).__name__}: {exc}")
         out["traceback"] = "".join(traceback.format_exception(exc)).rstrip("\n")
-    return event, out
+    return event, {key: _masked(value) for key, value in out.items()}
+
+
+def _masked(value: object) -> object:
+    """``value`` with the secrets of every URL in it masked; numbers, bools and None as they are,
+    lists and mappings item by item, anything else as its (masked) ``str()``."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return redact_text(str(value))
 
 
 def format_time(created: float) -> str:

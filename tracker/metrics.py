@@ -5,7 +5,9 @@ the cache; ``GET /metrics`` on the internal listener answers :meth:`Metrics.rend
 start with ``snapshot_tracker_`` and use base units (seconds, bytes). Labels are bounded:
 ``group`` and ``target`` come from the config file (and are removed with
 :meth:`Metrics.remove_target` / :meth:`Metrics.remove_group` when a reload drops them),
-``route`` is a route template, never a request path.
+``route`` is a route template, never a request path. A ``target`` label shows the configured
+URL with its userinfo and query masked (``http://***@host/``): two targets that differ only
+there share one series.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from tracker import __version__
+from tracker.redact import redact_text
 
 #: What happened to an archive request (label ``outcome``).
 Outcome = Literal[
@@ -62,7 +65,8 @@ class Metrics:
     def __init__(self, *, process: bool = True) -> None:
         """``process``: also export ``process_*``, ``python_gc_*`` and ``python_info``."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self._targets: dict[str, set[str]] = {}  # group -> targets with series, for removal
+        # group -> target label -> the targets sharing that series, for removal
+        self._targets: dict[str, dict[str, set[str]]] = {}
         reg = self.registry
         self.build_info = Info(PREFIX + "build", "Version of the tracker.", registry=reg)
         self.build_info.info({"version": __version__})
@@ -150,9 +154,10 @@ class Metrics:
 
     def observe_scrape(self, group: str, target: str, seconds: float, *, ok: bool) -> None:
         """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error."""
-        self._targets.setdefault(group, set()).add(target)
-        self.scrape_duration.labels(group, target).observe(seconds)
-        errors = self.scrape_errors.labels(group, target)  # present at 0 for healthy targets
+        label = redact_text(target)
+        self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        self.scrape_duration.labels(group, label).observe(seconds)
+        errors = self.scrape_errors.labels(group, label)  # present at 0 for healthy targets
         if not ok:
             errors.inc()
 
@@ -210,15 +215,21 @@ class Metrics:
 
     def remove_target(self, group: str, target: str) -> None:
         """Drop every series of ``target`` in ``group`` (no longer configured)."""
-        self.scrape_duration.remove(group, target)
-        self.scrape_errors.remove(group, target)
-        self._targets.get(group, set()).discard(target)
+        label = redact_text(target)
+        labels = self._targets.get(group, {})
+        sharing = labels.get(label, set())
+        sharing.discard(target)
+        if sharing:
+            return  # another target still reports under the same masked label
+        labels.pop(label, None)
+        self.scrape_duration.remove(group, label)
+        self.scrape_errors.remove(group, label)
 
     def remove_group(self, group: str) -> None:
         """Drop every series of ``group`` and of its targets (the group left the config)."""
-        for target in self._targets.pop(group, set()):
-            self.scrape_duration.remove(group, target)
-            self.scrape_errors.remove(group, target)
+        for label in self._targets.pop(group, {}):
+            self.scrape_duration.remove(group, label)
+            self.scrape_errors.remove(group, label)
         for gauge in (
             self.targets,
             self.targets_up,

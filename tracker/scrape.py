@@ -25,6 +25,7 @@ from tracker.egress import Resolver, policy_of, resolve
 from tracker.errors import ProbeError
 from tracker.index import Index, TargetKey
 from tracker.logs import log_event
+from tracker.redact import redact_text
 from tracker.snapshots import SnapshotInfo
 from tracker.sources.consul import discover_consul
 from tracker.sources.http import probe_http
@@ -280,15 +281,15 @@ def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
 
 
 def health_json(health: TargetHealth, count: int) -> dict[str, object]:
-    """The ``/v1/targets`` entry of one target."""
+    """The ``/v1/targets`` entry of one target (secrets in URLs masked)."""
     last = health.last_scrape
     duration = health.last_duration
     return {
         "group": health.target.key.group,
-        "target": health.target.key.target,
+        "target": redact_text(health.target.key.target),
         "kind": health.target.kind,
         "health": health.health,
-        "last_error": health.last_error,
+        "last_error": redact_text(health.last_error),
         "last_scrape": last.isoformat().replace("+00:00", "Z") if last else None,
         "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
         "snapshots": count,

@@ -1,7 +1,8 @@
 """Parsers and checks of single config values: durations, addresses, targets, URLs, names.
 
 Pure functions raising ValueError with a message meant for the operator; the config loader
-puts the key path in front of it.
+puts the key path in front of it. Messages that quote a URL mask its userinfo and query
+(:func:`tracker.redact.redact_url`): error output ends up in logs and terminals.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 from urllib.parse import urlsplit
+
+from tracker.redact import redact_url
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (bool, "a boolean"),  # before int: bool is an int subclass
@@ -142,7 +145,7 @@ def check_target(text: str) -> str:
     if "/" in text:
         raise ValueError(
             f"not a host:port target (the scheme comes from the group's 'scheme'; "
-            f"URLs belong in http_targets): {text!r}"
+            f"URLs belong in http_targets): {redact_url(text)!r}"
         )
     try:
         host, port = _split_host_port(text)
@@ -151,7 +154,7 @@ def check_target(text: str) -> str:
         if port is not None:
             _parse_port(port, 1)
     except ValueError as exc:
-        raise ValueError(f"not a host:port target ({exc}): {text!r}") from None
+        raise ValueError(f"not a host:port target ({exc}): {redact_url(text)!r}") from None
     return text
 
 
@@ -218,18 +221,18 @@ def check_http_url(text: str) -> None:
         parts = urlsplit(text)
         _ = parts.port  # raises ValueError for a port out of range
     except ValueError:
-        raise ValueError(f"not an absolute http(s) URL: {text!r}") from None
+        raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an absolute http(s) URL: {text!r}")
+        raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
     if any(c.isspace() for c in text):
-        raise ValueError(f"URL must not contain blanks: {text!r}")
+        raise ValueError(f"URL must not contain blanks: {redact_url(text)!r}")
 
 
 def http_target(value: object) -> str:
     text = string(value)
     check_http_url(text)
     if "?" in text or "#" in text:
-        raise ValueError(f"URL must not have a query or fragment: {text!r}")
+        raise ValueError(f"URL must not have a query or fragment: {redact_url(text)!r}")
     return text.rstrip("/")
 
 
@@ -239,7 +242,7 @@ def rpc_url(value: object) -> str:
         return text
     check_http_url(text)
     if "#" in text:
-        raise ValueError(f"URL must not have a fragment: {text!r}")
+        raise ValueError(f"URL must not have a fragment: {redact_url(text)!r}")
     return text
 
 
@@ -249,7 +252,8 @@ def public_url(value: object) -> str:
         return text
     check_http_url(text)
     if "?" in text or "#" in text:
-        raise ValueError(f"must be an origin with an optional path prefix, got {text!r}")
+        shown = redact_url(text)
+        raise ValueError(f"must be an origin with an optional path prefix, got {shown!r}")
     return text.rstrip("/")
 
 
@@ -279,7 +283,7 @@ def scheme(value: object) -> str:
 def api_path(value: object) -> str:
     text = string(value)
     if any(c in text for c in "?#") or any(c.isspace() for c in text):
-        raise ValueError(f"api_path must be a URL path like '/api', got {text!r}")
+        raise ValueError(f"api_path must be a URL path like '/api', got {redact_url(text)!r}")
     stripped = text.strip("/")
     return f"/{stripped}" if stripped else ""
 

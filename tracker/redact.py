@@ -1,0 +1,89 @@
+"""Masking secrets in URLs before they reach any public output (JSON, headers, metrics, logs).
+
+Operators put credentials into URLs (``http://user:password@host/``) and API keys into query
+strings (``https://rpc.example/?api-key=...``). Everything the tracker shows — listings,
+``location`` headers, metrics labels, log lines, config error messages — passes such text
+through these functions, which replace the userinfo and the query with ``***``. The real URL is
+kept where the tracker needs it (to reach the source); only what it shows is masked.
+
+The masking errs on the side of hiding: text that is not a well-formed URL (a password with an
+unescaped ``/``, ``#`` or ``?``, a URL without a scheme) is masked generously rather than
+parsed precisely, so that no part of a secret survives a typo.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+MASK = "***"
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# A URL inside free text: a scheme, then anything up to a blank, a double quote or an angle
+# bracket; a single quote ends it only where it closes a quoted URL ('http://…' in messages).
+_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s"<>]*?(?='?(?:[\s"<>]|$))""")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with its userinfo, query and fragment replaced by ``***``.
+
+    ``http://user:pw@host:8899/p?key=1`` becomes ``http://***@host:8899/p?***``; a URL with
+    none of them comes back unchanged. Userinfo is everything from the start of the authority
+    (or of the text, when it has no ``scheme://``) to the last ``@``; the query or fragment is
+    everything from the first ``?`` or ``#``. When an ``@`` follows that ``?`` or ``#`` (one in
+    the password, or an ``@`` in the query: the two cannot be told apart) everything after
+    ``scheme://`` is masked.
+    """
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    rest = text[start:]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@")
+    if at > cut:
+        return text[:start] + MASK
+    head = rest[:cut]
+    if at >= 0:
+        head = MASK + head[at:]
+    tail = rest[cut : cut + 1] + MASK if cut < len(rest) else ""
+    return text[:start] + head + tail
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``scheme://…`` URL in it passed through :func:`redact_url`.
+
+    For free text (error messages, log lines, exception texts) and for values that are either
+    a URL or something else (a target: a URL, or a local directory shown as it is).
+    """
+    if "://" not in text or not any(c in text for c in "@?#"):
+        return text  # nothing to hide; the common case, kept cheap for large listings
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m[0]), text)
+
+
+def redact_userinfo(url: str) -> str:
+    """``url`` with only its userinfo masked: for URLs handed to clients to download from.
+
+    The query of such a URL came from the source's redirect (a signed object-store link, say)
+    and is needed to fetch the file; a configured query never gets there, because a source
+    whose configured URL has one is proxied (:func:`has_secrets`). Text that does not parse
+    as a URL is masked whole (:func:`redact_url`).
+    """
+    if "@" not in url:
+        return url
+    scheme = _SCHEME.match(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return redact_url(url)
+    if not scheme or "@" in parts.path + parts.fragment or any(c.isspace() for c in url):
+        return redact_url(url)  # not a clean URL: mask generously
+    if "@" not in parts.netloc:
+        return url  # an "@" in the query only: not userinfo
+    start = scheme.end()
+    at = url.rfind("@", start, start + len(parts.netloc))
+    return url[:start] + MASK + url[at:]
+
+
+def has_secrets(url: str) -> bool:
+    """True when ``url`` carries userinfo, a query or a fragment: what :func:`redact_url` hides."""
+    return any(c in url for c in "@?#") and redact_url(url) != url
