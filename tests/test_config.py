@@ -542,6 +542,11 @@ RULES = [
     ("rpc: 'http://h/#x'\n", "rpc", "must not have a fragment"),
     ("public_url: tracker.example.org\n", "public_url", "not an absolute http(s) URL"),
     (
+        "public_url: 'https://ops:s3cret@t.example.org/'\n",
+        "public_url",
+        "must not carry credentials (user:password@), got 'https://***@t.example.org/'",
+    ),
+    (
         "public_url: 'https://t.example.org/?x=1'\n",
         "public_url",
         "must be an origin with an optional path",

@@ -254,6 +254,9 @@ def public_url(value: object) -> str:
     if "?" in text or "#" in text:
         shown = redact_url(text)
         raise ValueError(f"must be an origin with an optional path prefix, got {shown!r}")
+    if "@" in urlsplit(text).netloc:
+        # Every URL the listings hand out starts with it: credentials would go to clients.
+        raise ValueError(f"must not carry credentials (user:password@), got {redact_url(text)!r}")
     return text.rstrip("/")
 
 
