@@ -37,7 +37,7 @@ def incr_name(base: int, slot: int, hash_: str | None = None, ext: str = ".tar.z
 
 def sidecar_info(*names_and_sizes: tuple[str, int]) -> dict[str, Any]:
     """A sidecar's JSON info for a chain of files, as the sidecar would list it."""
-    from tracker.snapshots import parse_archive_name
+    from tracker.core.snapshots import parse_archive_name
 
     files = []
     for name, size in names_and_sizes:

@@ -30,18 +30,18 @@ import httpx
 import trio
 from helpers_server import serve_app
 
-from tracker.api import ApiDeps, create_app
-from tracker.config import BearerAuth, Config, TargetGroup
-from tracker.delivery import Delivery
-from tracker.health import HealthChecker
-from tracker.index import Index, TargetKey
-from tracker.metrics import Metrics
-from tracker.proxy import ProxySettings
-from tracker.scrape import Scraper
-from tracker.snapshots import SnapshotFile, chains_from_files, parse_archive_name
-from tracker.streamer import CacheFactory, ProxyStreamer
-from tracker.transfers import Transfers
-from tracker.zerocopy import Connections
+from tracker.core.config import BearerAuth, Config, TargetGroup
+from tracker.core.index import Index, TargetKey
+from tracker.core.metrics import Metrics
+from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.discovery.scrape import Scraper
+from tracker.proxy.streamer import CacheFactory, ProxyStreamer
+from tracker.proxy.transfers import Transfers
+from tracker.proxy.upstream import ProxySettings
+from tracker.web.api import ApiDeps, create_app
+from tracker.web.delivery import Delivery
+from tracker.web.health import HealthChecker
+from tracker.zerocopy.connection import Connections
 
 GROUP = "mainnet"
 TOKEN = "s3cret-token"

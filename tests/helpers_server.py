@@ -1,7 +1,7 @@
 """Run an ASGI app on a real server on 127.0.0.1 with a free port, for tests.
 
-The server is the tracker's own (:func:`tracker.server.serve`: hypercorn's connection handler
-with sendfile for file bodies), so every test that serves files exercises that path.
+The server is the tracker's own (:func:`tracker.zerocopy.server.serve`: hypercorn's connection
+handler with sendfile for file bodies), so every test that serves files exercises that path.
 
 Usage::
 
@@ -22,9 +22,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from tracker.listeners import bind_socket
-from tracker.server import serve
-from tracker.zerocopy import Connections
+from tracker.web.listeners import bind_socket
+from tracker.zerocopy.connection import Connections
+from tracker.zerocopy.server import serve
 
 
 def local_config(**settings: Any) -> Config:

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 import yaml
 
-from tracker.config import Config, load_config
+from tracker.core.config import Config, load_config
 from tracker.service import run_tracker
 
 

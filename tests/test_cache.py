@@ -39,7 +39,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.cache import Cache
+from tracker.cache.store import Cache
 
 FULL = full_name(5000)
 INCR = incremental_name(5000, 5100)
@@ -551,7 +551,7 @@ async def test_symlinks_planted_in_the_cache_are_not_followed(
 async def test_a_group_named_dot_dot_is_proxied_uncached(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    from tracker.config import TargetGroup
+    from tracker.core.config import TargetGroup
 
     config = make_config(tmp_path / "cache" / "sub", target_groups=(TargetGroup(group=".."),))
     async with running_tracker(config) as t:

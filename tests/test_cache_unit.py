@@ -1,4 +1,4 @@
-"""tracker.cache on its own: name validation, the refresh life cycle, eviction, start-up."""
+"""tracker.cache.store on its own: name validation, the refresh life cycle, eviction, start-up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import trio
 from helpers_proxy import full_name, incremental_name
 
-from tracker.cache import TEMP_PREFIX, WRITE_WINDOW, Cache
+from tracker.cache.store import TEMP_PREFIX, WRITE_WINDOW, Cache
 from tracker.errors import CacheError, RequestError
 
 FULL = full_name(300)

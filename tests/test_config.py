@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.config import (
+from tracker.core.config import (
     BasicAuth,
     BearerAuth,
     Config,

@@ -31,10 +31,10 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.config import BasicAuth, Config, Egress, HttpTargets, TargetGroup
-from tracker.index import Index
-from tracker.prefetch import Prefetcher
-from tracker.scrape import Scraper
+from tracker.core.config import BasicAuth, Config, Egress, HttpTargets, TargetGroup
+from tracker.core.index import Index
+from tracker.discovery.scrape import Scraper
+from tracker.proxy.prefetch import Prefetcher
 
 NAME = full_name(5100)
 DATA = archive_bytes(1 * MiB, seed=51)

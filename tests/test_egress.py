@@ -1,6 +1,6 @@
 """The egress policy on its own: which addresses a URL that came from the network may reach.
 
-Pure checks of :mod:`tracker.egress` and of the connection backend that applies them; no
+Pure checks of :mod:`tracker.net.egress` and of the connection backend that applies them; no
 test here sends a packet anywhere (addresses off the machine are refused before a connect,
 and the conftest guard would fail the test if one were attempted).
 """
@@ -16,7 +16,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.egress import (
+from tracker.net.egress import (
     CheckingBackend,
     EgressPolicy,
     EgressRefused,

@@ -1,4 +1,4 @@
-"""tracker.fileresponse against a real server on 127.0.0.1, over real sockets.
+"""tracker.files.fileresponse against a real server on 127.0.0.1, over real sockets.
 
 Every server test runs twice: on the tracker's server (bodies go out with sendfile, in
 pieces) and on plain hypercorn (bodies read with pread and sent as bytes, in chunks).
@@ -27,8 +27,8 @@ from quart import Response, after_this_request, request
 from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
-from tracker.fileresponse import file_response
-from tracker.zerocopy import Connections
+from tracker.files.fileresponse import file_response
+from tracker.zerocopy.connection import Connections
 
 AnyResponse = Response | WerkzeugResponse
 CHUNK = 64 * 1024
@@ -528,7 +528,7 @@ async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
 
 def test_chunk_budget_shares_memory_between_streams() -> None:
-    from tracker.fileresponse import ChunkBudget
+    from tracker.files.fileresponse import ChunkBudget
 
     mib = 1024 * 1024
     budget = ChunkBudget(total=32 * mib, smallest=mib, largest=2 * mib)

@@ -8,8 +8,8 @@ import base58
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.index import Index, TargetKey
-from tracker.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.core.index import Index, TargetKey
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 H = base58.b58encode(bytes(range(32))).decode()

@@ -19,13 +19,13 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 
 from tracker.errors import ConfigError
-from tracker.listeners import (
+from tracker.web.listeners import (
     assign_roles,
     bind_socket,
     listen_fds,
 )
-from tracker.server import serve
-from tracker.zerocopy import Connections
+from tracker.zerocopy.connection import Connections
+from tracker.zerocopy.server import serve
 
 REPO = Path(__file__).resolve().parent.parent
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -172,7 +172,7 @@ async def test_server_serves_a_bound_socket_and_closes_it_on_stop() -> None:
 # Runs under systemd-socket-activate: prints what listen_fds sees, answers one request on public.
 CHILD = """
 import json, os, socket
-from tracker.listeners import listen_fds
+from tracker.web.listeners import listen_fds
 
 socks = listen_fds(os.environ)
 print(json.dumps({

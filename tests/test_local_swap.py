@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers_proxy import GROUP, full_name, make_config, raw_request, running_tracker
 
-from tracker.index import TargetKey
-from tracker.sources.local import scan_local
+from tracker.core.index import TargetKey
+from tracker.discovery.local import scan_local
 
 FULL = full_name(4200)
 SECRET = b"root:$6$not-an-archive:19000:0:99999:7:::\n"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from tracker.logs import format_time, log_event, setup_logging
+from tracker.core.logs import format_time, log_event, setup_logging
 
 TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -176,8 +176,8 @@ def test_format_time_is_rfc3339_utc_with_milliseconds() -> None:
 def test_expected_errors_drop_only_their_tracebacks() -> None:
     import sys
 
+    from tracker.core.logs import ExpectedErrors
     from tracker.errors import TrackerError, UpstreamError
-    from tracker.logs import ExpectedErrors
 
     keep = ExpectedErrors((TrackerError,))
 

@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 import os, sys
-from tracker.memory import limit_malloc_arenas
+from tracker.core.memory import limit_malloc_arenas
 print(limit_malloc_arenas())
 """
 

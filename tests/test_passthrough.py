@@ -1,4 +1,4 @@
-"""Plain proxied streams spliced socket to socket (tracker/passthrough.py), over real sockets.
+"""Plain proxied streams spliced socket to socket (tracker/proxy/passthrough.py), over real sockets.
 
 tests/test_proxy.py runs its cases on both byte paths (splice and the pump's channel); these
 are the cases of the splice path itself: every piece size, a stall on either side, and
@@ -34,9 +34,9 @@ from helpers_proxy import (
 )
 
 from tracker.errors import UpstreamError
-from tracker.passthrough import SpliceBody
-from tracker.proxy import ProxySettings, download_client
-from tracker.zerocopy import LARGEST_PIECE, SMALLEST_PIECE, Connections
+from tracker.proxy.passthrough import SpliceBody
+from tracker.proxy.upstream import ProxySettings, download_client
+from tracker.zerocopy.connection import LARGEST_PIECE, SMALLEST_PIECE, Connections
 
 NAME = full_name(1000)
 # Every piece size once (8 MiB down to 64 KiB) and a tail under 64 KiB.

@@ -34,7 +34,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.prefetch import Prefetcher
+from tracker.proxy.prefetch import Prefetcher
 
 FULL = full_name(10000)
 INCR = incremental_name(10000, 10100)

@@ -33,7 +33,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.config import Egress
+from tracker.core.config import Egress
 
 NAME = full_name(1000)
 DATA = archive_bytes(3 * MiB, seed=1)
@@ -49,7 +49,8 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 async def tracker(
     upstream: FakeUpstream, request: pytest.FixtureRequest
 ) -> AsyncIterator[TrackerUnderTest]:
-    # splice: the tracker's server, plain streams go socket to socket (tracker/passthrough.py);
+    # splice: the tracker's server, plain streams go socket to socket
+    # (tracker/proxy/passthrough.py);
     # channel: plain hypercorn, every byte through the pump's channel.
     async with running_tracker(make_config(None), plain=request.param == "channel") as t:
         advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])

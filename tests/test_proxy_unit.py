@@ -1,5 +1,5 @@
-"""tracker.proxy and tracker.transfers pieces on their own: header whitelists, the head of a
-proxied answer, the download client's big reads (against a real server), Transfers."""
+"""tracker.proxy.upstream and tracker.proxy.transfers pieces on their own: header whitelists,
+the head of a proxied answer, the download client's big reads (against a real server), Transfers."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 import trio
 from helpers_proxy import FakeUpstream, MiB, archive_bytes, full_name
 
-from tracker.config import TLSConfig
+from tracker.core.config import TLSConfig
+from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
-from tracker.index import SnapshotSource, TargetKey
-from tracker.proxy import (
+from tracker.proxy.transfers import Transfers, plan_head
+from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,
     UpstreamAnswer,
@@ -21,8 +23,6 @@ from tracker.proxy import (
     download_client,
     upstream_request_headers,
 )
-from tracker.snapshots import SnapshotFile, info_from_files, parse_archive_name
-from tracker.transfers import Transfers, plan_head
 
 NAME = full_name(77)
 

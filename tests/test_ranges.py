@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.ranges import (
+from tracker.files.ranges import (
     UNSATISFIABLE,
     ByteRange,
     ResponsePlan,

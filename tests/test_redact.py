@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig, load_config
-from tracker.delivery import needs_credentials
+from tracker.core.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig, load_config
+from tracker.core.logs import log_event, setup_logging
+from tracker.core.metrics import Metrics
+from tracker.core.redact import has_secrets, redact_text, redact_url, redact_userinfo
 from tracker.errors import ConfigError
-from tracker.logs import log_event, setup_logging
-from tracker.metrics import Metrics
-from tracker.redact import has_secrets, redact_text, redact_url, redact_userinfo
+from tracker.web.delivery import needs_credentials
 
 # Secrets are built around markers that cannot occur in the generated hosts and paths
 # (lower case only), so "the marker is absent" means "no part of the secret survived".

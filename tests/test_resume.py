@@ -35,7 +35,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.resume import resume_problem
+from tracker.proxy.resume import resume_problem
 
 FULL = full_name(9100)
 DATA = archive_bytes(8 * MiB, seed=50)

@@ -30,7 +30,7 @@ from helpers_proxy import (
 )
 from helpers_server import serve_app
 
-from tracker.config import BasicAuth, TargetGroup
+from tracker.core.config import BasicAuth, TargetGroup
 
 SECRET = "PW-s3cr3t"
 API_KEY = "KEY-4p1k3y"

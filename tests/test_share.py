@@ -37,7 +37,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.cache import Cache
+from tracker.cache.store import Cache
 
 FULL = full_name(8000)
 INCR = incremental_name(8000, 8100)

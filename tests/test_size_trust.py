@@ -24,7 +24,7 @@ from helpers_proxy import (
     wait_for,
 )
 
-from tracker.proxy import size_problem
+from tracker.proxy.upstream import size_problem
 
 FULL = full_name(7300)
 DATA = archive_bytes(8 * MiB, seed=73)

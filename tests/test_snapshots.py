@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.snapshots import (
+from tracker.core.snapshots import (
     EXTENSIONS,
     U64_MAX,
     ArchiveName,

@@ -12,8 +12,8 @@ import pytest
 from helpers_server import serve_app
 from test_sources_fixtures import Answer, ScriptedApp
 
+from tracker.discovery.consul import discover_consul
 from tracker.errors import ProbeError
-from tracker.sources.consul import discover_consul
 
 CATALOG = "/v1/catalog/service/solana-sidecar"
 

@@ -12,9 +12,9 @@ import trio
 from helpers_server import local_config, serve_app
 from test_sources_fixtures import HASHES, Answer, Request, ScriptedApp
 
-from tracker.egress import EgressPolicy
+from tracker.discovery.http import probe_http
 from tracker.errors import ProbeError
-from tracker.sources.http import probe_http
+from tracker.net.egress import EgressPolicy
 
 H0, H1 = HASHES[:2]
 FULL = f"snapshot-100-{H0}.tar.zst"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_sources_fixtures import HASHES
 
+from tracker.discovery.local import scan_local
 from tracker.errors import ProbeError
-from tracker.sources.local import scan_local
 
 FULL = f"snapshot-100-{HASHES[0]}.tar.zst"
 INCR = f"incremental-snapshot-100-150-{HASHES[1]}.tar.zst"

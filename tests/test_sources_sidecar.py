@@ -16,10 +16,10 @@ import trio
 from helpers_server import serve_app
 from test_sources_fixtures import HASHES, Answer, ScriptedApp, read_head, serve_raw
 
+from tracker.core.snapshots import U64_MAX
+from tracker.discovery.sidecar import parse_snapshot_list, probe_sidecar
 from tracker.errors import ProbeError
-from tracker.snapshots import U64_MAX
-from tracker.sources.limits import iter_json_array
-from tracker.sources.sidecar import parse_snapshot_list, probe_sidecar
+from tracker.net.limits import iter_json_array
 
 H0, H1, H2 = HASHES[:3]
 MiB = 1024 * 1024

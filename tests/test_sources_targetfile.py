@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tracker.core.targetfile import is_host_port, read_target_file
 from tracker.errors import ProbeError
-from tracker.sources.targetfile import is_host_port, read_target_file
 
 
 def write(tmp_path: Path, data: str | bytes) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.listeners import INTERNAL, PUBLIC
+from tracker.web.listeners import INTERNAL, PUBLIC
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 NAMES = ["snapshot-tracker.service", "snapshot-tracker.socket", "snapshot-tracker-internal.socket"]

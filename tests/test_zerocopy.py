@@ -1,4 +1,5 @@
-"""Zero-copy file bodies (tracker/zerocopy.py, tracker/server.py) over real sockets.
+"""Zero-copy file bodies (tracker/zerocopy/connection.py, tracker/zerocopy/server.py) over real
+sockets.
 
 tests/test_fileresponse.py runs every file-response case on this server too; here are the
 cases of the mechanism itself: pieces of every size, keep-alive framing after pieces, HTTP/1.0,
@@ -25,11 +26,11 @@ from helpers_server import serve_app
 from quart import Response, request
 from quart_trio import QuartTrio
 
-import tracker.kernelcopy
-from tracker.bodies import WrappedBody
-from tracker.downloads import outcome_of
-from tracker.fileresponse import file_response
-from tracker.zerocopy import (
+import tracker.zerocopy.kernelcopy
+from tracker.files.bodies import WrappedBody
+from tracker.files.downloads import outcome_of
+from tracker.files.fileresponse import file_response
+from tracker.zerocopy.connection import (
     LARGEST_PIECE,
     SCOPE_KEY,
     SMALLEST_PIECE,
@@ -189,7 +190,7 @@ async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: 
 
 
 async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracker.kernelcopy, "STALL_TIMEOUT", 0.5)
+    monkeypatch.setattr(tracker.zerocopy.kernelcopy, "STALL_TIMEOUT", 0.5)
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     with sock:

@@ -14,10 +14,10 @@ from functools import partial
 import trio
 
 from tracker import __version__
-from tracker.config import Config, load_config, with_overrides
+from tracker.core.config import Config, load_config, with_overrides
+from tracker.core.logs import log_event, setup_logging
+from tracker.core.memory import limit_malloc_arenas
 from tracker.errors import ConfigError
-from tracker.logs import log_event, setup_logging
-from tracker.memory import limit_malloc_arenas
 from tracker.service import run_tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -21,35 +21,34 @@ from functools import partial
 import attrs
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
 
-from tracker.activity import ActiveRequests
-from tracker.api import ApiDeps, create_app
-from tracker.clients import no_cookies
-from tracker.config import Config, parse_address
-from tracker.delivery import Delivery
-from tracker.errors import ConfigError, TrackerError
-from tracker.fileresponse import ChunkBudget
-from tracker.health import HealthChecker
-from tracker.index import Index
-from tracker.internal_api import create_internal_app
-from tracker.listeners import (
+from tracker.core.config import Config, parse_address
+from tracker.core.index import Index
+from tracker.core.logs import log_event
+from tracker.core.metrics import Metrics
+from tracker.discovery.scrape import Scraper
+from tracker.errors import ConfigError
+from tracker.files.fileresponse import ChunkBudget
+from tracker.net.clients import no_cookies
+from tracker.proxy.prefetch import Prefetcher
+from tracker.proxy.streamer import ProxyStreamer
+from tracker.proxy.transfers import Transfers
+from tracker.web.activity import ActiveRequests
+from tracker.web.api import ApiDeps, create_app
+from tracker.web.delivery import Delivery
+from tracker.web.health import HealthChecker
+from tracker.web.internal_api import create_internal_app
+from tracker.web.listeners import (
     INTERNAL,
     PUBLIC,
     abort_connections,
     bind_socket,
     listen_fds,
 )
-from tracker.logs import ExpectedErrors, log_event
-from tracker.metrics import Metrics
-from tracker.notify import Notifier, run_watchdog, watchdog_interval
-from tracker.prefetch import Prefetcher
-from tracker.reporting import ScrapeReporter, track_snapshot_age
-from tracker.scrape import Scraper
-from tracker.server import serve
-from tracker.streamer import ProxyStreamer
-from tracker.transfers import Transfers
-from tracker.zerocopy import Connections
+from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.web.reporting import ScrapeReporter, track_snapshot_age
+from tracker.zerocopy.connection import Connections
+from tracker.zerocopy.server import hypercorn_config, serve
 
 log = logging.getLogger("tracker.service")
 Reload = Callable[[], Awaitable[None]]
@@ -67,22 +66,6 @@ class Tracker:
     def current(self) -> Config:
         """The config in force now (read per request: reloads apply at once)."""
         return self.config
-
-
-def hypercorn_config(grace: float) -> HypercornConfig:
-    """A hypercorn config for one listener: no read timeout, no access log on the hot path."""
-    cfg = HypercornConfig()
-    cfg.graceful_timeout = grace
-    # A download sends nothing upstream for hours: no read timeout (DESIGN.md trap 3).
-    cfg.read_timeout = None
-    cfg.accesslog = None
-    cfg.errorlog = logging.getLogger("hypercorn.error")
-    if not any(isinstance(f, ExpectedErrors) for f in cfg.errorlog.filters):
-        # Deliberately broken streams were logged already, as one line each (during a stop
-        # the server reports them grouped with the cancellation of the request).
-        cfg.errorlog.addFilter(ExpectedErrors((TrackerError, trio.Cancelled)))
-    cfg.keep_alive_timeout = 75
-    return cfg
 
 
 def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:

@@ -1,0 +1,12 @@
+"""The tracker's values: config, archive names, the index, metrics, log lines.
+
+Owns what every other package shares and nothing that talks to the network: the config
+schema and its loading (:mod:`tracker.core.config`), single-value checks
+(:mod:`~tracker.core.values`), archive names and snapshot values
+(:mod:`~tracker.core.snapshots`), the ranked in-memory index (:mod:`~tracker.core.index`),
+the Prometheus collectors (:mod:`~tracker.core.metrics`), structured log lines
+(:mod:`~tracker.core.logs`) and short texts for one-line reasons (:mod:`~tracker.core.text`).
+
+May import: :mod:`tracker.errors` and third-party libraries only (the import-linter contract
+in pyproject.toml checks it). No trio, no sockets: everything here is synchronous.
+"""

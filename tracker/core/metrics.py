@@ -1,0 +1,253 @@
+"""Prometheus metrics of the tracker, on a registry of their own (no global state).
+
+One :class:`Metrics` is made by the service and passed to the scraper, the API, the proxy and
+the cache; ``GET /metrics`` on the internal listener answers :meth:`Metrics.render`. Names
+start with ``snapshot_tracker_`` and use base units (seconds, bytes). Labels are bounded:
+``group`` and ``target`` come from the config file (and are removed with
+:meth:`Metrics.remove_target` / :meth:`Metrics.remove_group` when a reload drops them),
+``route`` is a route template, never a request path. A ``target`` label shows the configured
+URL with its userinfo and query masked (``http://***@host/``): two targets that differ only
+there share one series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from tracker import __version__
+from tracker.core.redact import redact_text
+
+#: What happened to an archive request (label ``outcome``).
+Outcome = Literal[
+    "redirect",  # 303 to a source
+    "proxy",  # bytes streamed from upstream, not cached
+    "local",  # bytes served from a local ledger directory
+    "cache_hit",  # bytes served from the disk cache
+    "cache_miss",  # the file was not cached (it is then proxied or refreshed)
+    "refresh_ok",  # a refresh completed and was promoted into the cache
+    "refresh_failed",  # a refresh ended in error; nothing was promoted
+    "refresh_no_space",  # not enough free disk even after eviction: streamed uncached
+    "upstream_failed",  # no source could deliver the bytes (502)
+    "not_found",  # no source advertises the file / no snapshot available
+]
+#: Where bytes sent to clients came from (label ``source``).
+ByteSource = Literal["cache", "upstream", "local"]
+#: Kind of archive (label ``kind``).
+Kind = Literal["full", "incremental"]
+
+PREFIX = "snapshot_tracker_"
+# Probes of one target: a fast sidecar answers in milliseconds, scrape_timeout defaults to 10 s.
+SCRAPE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every collector of the tracker on ``self.registry``; methods say what happened.
+
+    All methods are cheap, synchronous and thread-safe (prometheus-client locks), so they may
+    be called from request handlers and worker threads alike.
+    """
+
+    def __init__(self, *, process: bool = True) -> None:
+        """``process``: also export ``process_*``, ``python_gc_*`` and ``python_info``."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        # group -> target label -> the targets sharing that series, for removal
+        self._targets: dict[str, dict[str, set[str]]] = {}
+        reg = self.registry
+        self.build_info = Info(PREFIX + "build", "Version of the tracker.", registry=reg)
+        self.build_info.info({"version": __version__})
+
+        per_target = ["group", "target"]
+        self.scrape_duration = Histogram(
+            PREFIX + "scrape_duration_seconds",
+            "Duration of one probe of one target, successful or not.",
+            per_target,
+            buckets=SCRAPE_BUCKETS,
+            registry=reg,
+        )
+        self.scrape_errors = Counter(
+            PREFIX + "scrape_errors_total", "Failed probes of a target.", per_target, registry=reg
+        )
+        self.targets = Gauge(PREFIX + "targets", "Configured targets.", ["group"], registry=reg)
+        self.targets_up = Gauge(
+            PREFIX + "targets_up", "Targets whose last probe succeeded.", ["group"], registry=reg
+        )
+        self.best_full_slot = Gauge(
+            PREFIX + "best_full_slot", "Slot of the best full snapshot.", ["group"], registry=reg
+        )
+        self.best_incremental_slot = Gauge(
+            PREFIX + "best_incremental_slot",
+            "Slot of the best incremental snapshot on top of the best full one.",
+            ["group"],
+            registry=reg,
+        )
+        self.snapshot_age_slots = Gauge(
+            PREFIX + "snapshot_age_slots",
+            "Slots between the cluster's current slot and the group's newest snapshot.",
+            ["group"],
+            registry=reg,
+        )
+
+        self.http_requests = Counter(
+            PREFIX + "http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["route", "status"],
+            registry=reg,
+        )
+        self.archive_requests = Counter(
+            PREFIX + "archive_requests_total",
+            "What archive requests and cache refreshes came to.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.served_bytes = Counter(
+            PREFIX + "served_bytes_total",
+            "Archive bytes sent to clients, by where they came from.",
+            ["source"],
+            registry=reg,
+        )
+        self.active_streams = Gauge(
+            PREFIX + "active_streams", "Archive responses being sent now.", registry=reg
+        )
+        self.cache_size = Gauge(
+            PREFIX + "cache_size_bytes", "Bytes of archives in the disk cache.", registry=reg
+        )
+        self.upstream_bytes = Counter(
+            PREFIX + "upstream_bytes_total",
+            "Archive bytes read from upstream sources.",
+            ["group", "kind"],
+            registry=reg,
+        )
+        self.shared_readers = Counter(
+            PREFIX + "shared_readers_total",
+            "Clients that read a file while a cache refresh of it was running.",
+            registry=reg,
+        )
+        self.refresh_resumes = Counter(
+            PREFIX + "refresh_resumes_total",
+            "Cache refreshes resumed with a Range request after an upstream break.",
+            registry=reg,
+        )
+        # Known label values start at 0, so rate() and absent() work before the first event.
+        for outcome in get_args(Outcome):
+            self.archive_requests.labels(outcome)
+        for source in get_args(ByteSource):
+            self.served_bytes.labels(source)
+        if process:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
+
+    def observe_scrape(self, group: str, target: str, seconds: float, *, ok: bool) -> None:
+        """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error."""
+        label = redact_text(target)
+        self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        self.scrape_duration.labels(group, label).observe(seconds)
+        errors = self.scrape_errors.labels(group, label)  # present at 0 for healthy targets
+        if not ok:
+            errors.inc()
+
+    def set_targets(self, group: str, *, up: int, total: int) -> None:
+        """``up`` of the ``total`` configured targets of ``group`` answered their last probe."""
+        self.targets.labels(group).set(total)
+        self.targets_up.labels(group).set(up)
+
+    def set_best_slots(self, group: str, *, full: int | None, incremental: int | None) -> None:
+        """Slots of the group's best full and best incremental snapshot; None drops the series
+        (no snapshot is not slot 0)."""
+        _set_or_remove(self.best_full_slot, group, full)
+        _set_or_remove(self.best_incremental_slot, group, incremental)
+
+    def set_snapshot_age(self, group: str, slots: int | None) -> None:
+        """Age in slots of the group's newest snapshot; None (unknown) drops the series."""
+        _set_or_remove(self.snapshot_age_slots, group, slots)
+
+    def count_request(self, route: str, status: int) -> None:
+        """An HTTP request to ``route`` (a template such as ``/v1/{name}``) got ``status``."""
+        self.http_requests.labels(route, str(status)).inc()
+
+    def count_outcome(self, outcome: Outcome) -> None:
+        """An archive request or a cache refresh came to ``outcome``."""
+        self.archive_requests.labels(outcome).inc()
+
+    def add_served_bytes(self, source: ByteSource, count: int) -> None:
+        """``count`` archive bytes from ``source`` were sent to a client."""
+        self.served_bytes.labels(source).inc(count)
+
+    @contextmanager
+    def stream(self) -> Iterator[None]:
+        """Count an archive response as active for the duration of the ``with`` block."""
+        self.active_streams.inc()
+        try:
+            yield
+        finally:
+            self.active_streams.dec()
+
+    def set_cache_size(self, size: int) -> None:
+        """The disk cache now holds ``size`` bytes of archives."""
+        self.cache_size.set(size)
+
+    def add_upstream_bytes(self, group: str, kind: Kind, count: int) -> None:
+        """``count`` bytes of a ``kind`` archive of ``group`` were read from upstream."""
+        self.upstream_bytes.labels(group, kind).inc(count)
+
+    def count_shared_reader(self) -> None:
+        """A client joined a running cache refresh instead of starting its own download."""
+        self.shared_readers.inc()
+
+    def count_refresh_resume(self) -> None:
+        """A cache refresh resumed after an upstream break."""
+        self.refresh_resumes.inc()
+
+    def remove_target(self, group: str, target: str) -> None:
+        """Drop every series of ``target`` in ``group`` (no longer configured)."""
+        label = redact_text(target)
+        labels = self._targets.get(group, {})
+        sharing = labels.get(label, set())
+        sharing.discard(target)
+        if sharing:
+            return  # another target still reports under the same masked label
+        labels.pop(label, None)
+        self.scrape_duration.remove(group, label)
+        self.scrape_errors.remove(group, label)
+
+    def remove_group(self, group: str) -> None:
+        """Drop every series of ``group`` and of its targets (the group left the config)."""
+        for label in self._targets.pop(group, {}):
+            self.scrape_duration.remove(group, label)
+            self.scrape_errors.remove(group, label)
+        for gauge in (
+            self.targets,
+            self.targets_up,
+            self.best_full_slot,
+            self.best_incremental_slot,
+            self.snapshot_age_slots,
+        ):
+            gauge.remove(group)
+        for kind in get_args(Kind):
+            self.upstream_bytes.remove(group, kind)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric: ``(body, content type)``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _set_or_remove(gauge: Gauge, group: str, value: int | None) -> None:
+    if value is None:
+        gauge.remove(group)
+    else:
+        gauge.labels(group).set(value)

@@ -1,0 +1,96 @@
+"""``file_targets``: a file listing sidecar targets, re-read on every scrape.
+
+Two formats: a JSON array of ``"host:port"`` strings, or one ``host:port`` a line with blank
+lines and ``#`` comments ignored. One bad entry fails the whole file with an error naming the
+line (or array index): silently probing half a fleet would hide the typo.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+
+from tracker.core.text import one_line, quoted
+from tracker.errors import ProbeError
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+# A DNS name or IPv4 address; underscores allowed for container and service names.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
+
+
+def read_target_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[str]:
+    """The ``host:port`` targets listed in ``path``, in order, duplicates dropped.
+
+    Blocking: run it in a worker thread. Raises :class:`ProbeError` (one line) when the file
+    cannot be read, is larger than ``max_bytes``, is not UTF-8, is invalid JSON, or holds an
+    entry that is not ``host:port``.
+    """
+    text = _read(path, max_bytes)
+    if text.lstrip().startswith("["):
+        targets = _json_targets(text, path)
+    else:
+        targets = _line_targets(text, path)
+    return list(dict.fromkeys(targets))
+
+
+def is_host_port(text: str) -> bool:
+    """True for ``host:port`` or ``[v6addr]:port`` with a port in 1..65535."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        host_ok = _is_ipv6(host)
+    else:
+        host, sep, port = text.rpartition(":")
+        host_ok = _HOST.fullmatch(host) is not None
+    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+    return bool(sep) and host_ok and port_ok
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read(path: str, max_bytes: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise ProbeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise ProbeError(f"{path}: larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProbeError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+
+
+def _json_targets(text: str, path: str) -> list[str]:
+    try:
+        entries = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProbeError(one_line(f"{path}: invalid JSON: {exc}")) from exc
+    if not isinstance(entries, list):
+        raise ProbeError(f"{path}: not a JSON array of strings")
+    targets = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, str) or not is_host_port(entry):
+            raise ProbeError(f"{path}: [{index}]: not host:port: {quoted(entry)}")
+        targets.append(entry)
+    return targets
+
+
+def _line_targets(text: str, path: str) -> list[str]:
+    targets = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if not is_host_port(entry):
+            raise ProbeError(f"{path} line {number}: not host:port: {quoted(entry)}")
+        targets.append(entry)
+    return targets

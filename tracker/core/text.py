@@ -1,0 +1,18 @@
+"""Short texts for one-line reasons: what a log line, an error or a 502 body may quote."""
+
+from __future__ import annotations
+
+#: The longest one-line reason.
+MAX_REASON = 300
+
+
+def one_line(text: str, limit: int = MAX_REASON) -> str:
+    """Collapse whitespace (newlines included) and cut ``text`` to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def quoted(value: object, limit: int = 120) -> str:
+    """``repr`` of a peer-supplied value, shortened: safe to put in a one-line reason."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,301 @@
+"""Parsers and checks of single config values: durations, addresses, targets, URLs, names.
+
+Pure functions raising ValueError with a message meant for the operator; the config loader
+puts the key path in front of it. Messages that quote a URL mask its userinfo and query
+(:func:`tracker.core.redact.redact_url`): error output ends up in logs and terminals.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from fractions import Fraction
+from urllib.parse import urlsplit
+
+from tracker.core.redact import redact_url
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is an int subclass
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+)
+
+
+def describe(value: object) -> str:
+    """How a YAML value reads in a message: ``an integer (5)``, ``a list``, ``null``."""
+    if value is None:
+        return "null"
+    kind = next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+    if isinstance(value, bool):
+        return f"{kind} ({str(value).lower()})"
+    return f"{kind} ({value!r})" if isinstance(value, int | float) else kind
+
+
+_UNIT_SECONDS = {
+    "ns": Fraction(1, 10**9),
+    "us": Fraction(1, 10**6),
+    "µs": Fraction(1, 10**6),  # U+00B5 micro sign
+    "μs": Fraction(1, 10**6),  # U+03BC Greek mu; Go accepts both
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+# Longer units first so that "ms" is not read as "m" followed by garbage.
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
+_DURATION_HINT = "expected a duration like '500ms', '15s' or '1m30s', or a number of seconds"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``, ``"300us"``) or a number.
+
+    A number (int or float, not bool) is seconds. Raises ValueError for anything negative,
+    malformed, not finite, or a string without a unit (``"15"``: Go refuses it too).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_DURATION_HINT}, got {describe(value)}")
+    if not isinstance(value, str):
+        if not math.isfinite(value):
+            raise ValueError(f"{_DURATION_HINT}, got {value!r}")
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return float(value)
+    negative, seconds = _parse_go_duration(value)
+    if negative and seconds > 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return float(seconds)
+
+
+def _parse_go_duration(text: str) -> tuple[bool, Fraction]:
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return False, Fraction(0)
+    total, pos = Fraction(0), 0
+    while pos < len(body) and (match := _DURATION_PART.match(body, pos)):
+        total += Fraction(match[1]) * _UNIT_SECONDS[match[2]]
+        pos = match.end()
+    if pos == 0 or pos != len(body):
+        if _PLAIN_NUMBER.fullmatch(body):
+            raise ValueError(f"missing unit in duration {text!r} (write e.g. '{body}s')")
+        raise ValueError(f"{_DURATION_HINT}, got {text!r}")
+    return text.startswith("-"), total
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_ADDRESS_HINT = "expected host:port, :port or [v6addr]:port"
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """Split ``host[:port]`` / ``[v6]:port``; the port is None when absent. ValueError on shape."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("malformed [v6addr]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host!r}") from None
+        return host, (rest[1:] if rest else None)
+    if text.count(":") > 1:
+        raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
+    host, colon, port = text.partition(":")
+    if host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"not a host name or IPv4 address: {host!r}")
+    return host, (port if colon else None)
+
+
+def _parse_port(text: str, lowest: int) -> int:
+    if not _PORT.fullmatch(text) or not lowest <= int(text) <= 65535:
+        raise ValueError(f"port must be a number from {lowest} to 65535")
+    return int(text)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse a listen address: ``host:port``, ``:port`` or ``[v6addr]:port``; port 0-65535.
+
+    ``:port`` (all interfaces) gives host ``""``; ``format_address`` turns the pair back into a
+    hypercorn bind string. Raises ValueError with the offending text.
+    """
+    try:
+        host, port = _split_host_port(text)
+        if port is None:
+            raise ValueError("missing port")
+        return host, _parse_port(port, 0)
+    except ValueError as exc:
+        raise ValueError(f"not a valid address ({exc}; {_ADDRESS_HINT}): {text!r}") from None
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of :func:`parse_address`: ``host:port``, ``[v6]:port`` or ``:port``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_target(text: str) -> str:
+    """Validate a sidecar target ``host[:port]`` (static or file targets); return it.
+
+    The port may be left out (the scheme's default port). Raises ValueError otherwise.
+    """
+    if "/" in text:
+        raise ValueError(
+            f"not a host:port target (the scheme comes from the group's 'scheme'; "
+            f"URLs belong in http_targets): {redact_url(text)!r}"
+        )
+    try:
+        host, port = _split_host_port(text)
+        if not host:
+            raise ValueError("missing host")
+        if port is not None:
+            _parse_port(port, 1)
+    except ValueError as exc:
+        raise ValueError(f"not a host:port target ({exc}): {redact_url(text)!r}") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of single config values: each takes the raw YAML value, returns the stored value or
+# raises ValueError with the message shown after the key path.
+
+
+def string(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
+    raise ValueError(f"expected a string, got {describe(value)}{hint}")
+
+
+# yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.
+_YAML11_TRUE = ("y", "Y", "yes", "Yes", "YES", "on", "On", "ON")
+_YAML11_FALSE = ("n", "N", "no", "No", "NO", "off", "Off", "OFF")
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in _YAML11_TRUE or value in _YAML11_FALSE:
+        return value in _YAML11_TRUE
+    raise ValueError(f"expected true or false, got {describe(value)}")
+
+
+def integer(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected an integer, got {describe(value)}")
+
+
+def integer_in(lowest: int, highest: int | None = None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        number = integer(value)
+        if number < lowest or (highest is not None and number > highest):
+            bounds = f"at least {lowest}" if highest is None else f"from {lowest} to {highest}"
+            raise ValueError(f"must be {bounds}, got {number}")
+        return number
+
+    return check
+
+
+def positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def address(value: object) -> str:
+    parse_address(string(value))
+    return string(value)
+
+
+def optional_address(value: object) -> str:
+    return "" if string(value) == "" else address(value)
+
+
+def check_http_url(text: str) -> None:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"URL must not contain blanks: {redact_url(text)!r}")
+
+
+def http_target(value: object) -> str:
+    text = string(value)
+    check_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError(f"URL must not have a query or fragment: {redact_url(text)!r}")
+    return text.rstrip("/")
+
+
+def rpc_url(value: object) -> str:
+    text = string(value)
+    if text == "":
+        return text
+    check_http_url(text)
+    if "#" in text:
+        raise ValueError(f"URL must not have a fragment: {redact_url(text)!r}")
+    return text
+
+
+def public_url(value: object) -> str:
+    text = string(value)
+    if text == "":
+        return text
+    check_http_url(text)
+    if "?" in text or "#" in text:
+        shown = redact_url(text)
+        raise ValueError(f"must be an origin with an optional path prefix, got {shown!r}")
+    if "@" in urlsplit(text).netloc:
+        # Every URL the listings hand out starts with it: credentials would go to clients.
+        raise ValueError(f"must not carry credentials (user:password@), got {redact_url(text)!r}")
+    return text.rstrip("/")
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def group_name(value: object) -> str:
+    name = string(value)
+    if not _GROUP_NAME.fullmatch(name):
+        raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
+    # The name is a directory of the disk cache: "." and ".." would leave it, and dot files
+    # there are the cache's temp files.
+    if name.startswith("."):
+        raise ValueError(f"group name must not start with '.', got {name!r}")
+    if len(name) > 128:  # what requests may name (group=...)
+        raise ValueError(f"group name must be at most 128 characters, got {len(name)}")
+    return name
+
+
+def scheme(value: object) -> str:
+    scheme = string(value).lower() or "http"  # "" is what Go gets from a missing key
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be 'http' or 'https', got {value!r}")
+    return scheme
+
+
+def api_path(value: object) -> str:
+    text = string(value)
+    if any(c in text for c in "?#") or any(c.isspace() for c in text):
+        raise ValueError(f"api_path must be a URL path like '/api', got {redact_url(text)!r}")
+    stripped = text.strip("/")
+    return f"/{stripped}" if stripped else ""
+
+
+def cidr(value: object) -> str:
+    """A network in CIDR notation (``10.0.0.0/8``, ``fd00::/8``) or a bare address."""
+    text = string(value).strip()
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not a CIDR network like '10.0.0.0/8' or 'fd00::/8': {text!r}") from None
+    return text

@@ -1,0 +1,76 @@
+"""Consul service discovery: sidecar targets from the Consul catalog (``consul_sd_config``).
+
+Same meaning as the Go tracker (rpcpool/solana-cluster, internal/discovery/consul.go):
+``GET /v1/catalog/service/{service}`` with ``dc`` and ``filter`` when set and the token in
+``X-Consul-Token``; every registered instance is a target, healthy or not (the catalog does
+not look at health checks; a dead node is caught by its own probe failing), named
+``{node Address}:{ServicePort}``. IPv6 addresses are bracketed, which Go's ``%s:%d`` forgot.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+
+from tracker.core.targetfile import is_host_port
+from tracker.core.text import quoted
+from tracker.errors import ProbeError
+from tracker.net.limits import decode_text, fetch_capped, iter_json_array
+
+#: Where the Go Consul client looks when ``host`` is empty.
+DEFAULT_HOST = "127.0.0.1:8500"
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_ENTRIES = 10_000
+# Catalog entries carry node and service metadata: allow more per element than a sidecar's.
+_MAX_ENTRY_CHARS = 64 * 1024
+
+
+async def discover_consul(
+    client: httpx.AsyncClient,
+    host: str,
+    service: str,
+    *,
+    token: str = "",
+    datacenter: str = "",
+    filter: str = "",
+    max_body: int = DEFAULT_MAX_BODY,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+) -> list[str]:
+    """The ``host:port`` sidecar targets registered in Consul for ``service``, in catalog order.
+
+    ``host`` is ``host:port`` or ``http(s)://host:port`` (empty: ``127.0.0.1:8500``).
+    Raises :class:`ProbeError` (one line) on a transport/TLS failure, a non-200 status (with
+    the start of Consul's error text, e.g. ``ACL not found``), a body over ``max_body``,
+    more than ``max_entries`` instances, invalid JSON, or an instance without a usable
+    ``Address``/``ServicePort``. Cancellation propagates; the caller owns the timeout.
+    """
+    if not service:
+        raise ProbeError("no Consul service name")
+    url = f"{_origin(host)}/v1/catalog/service/{quote(service, safe='')}"
+    params = {key: value for key, value in (("dc", datacenter), ("filter", filter)) if value}
+    headers = {"x-consul-token": token} if token else {}
+    body = await fetch_capped(client, url, headers=headers, params=params, max_body=max_body)
+    entries = iter_json_array(
+        decode_text(body), max_items=max_entries, max_item_chars=_MAX_ENTRY_CHARS
+    )
+    return list(dict.fromkeys(_target(raw, index) for index, raw in enumerate(entries)))
+
+
+def _origin(host: str) -> str:
+    host = host.strip().rstrip("/") or DEFAULT_HOST
+    return host if "://" in host else f"http://{host}"
+
+
+def _target(raw: object, index: int) -> str:
+    if not isinstance(raw, dict):
+        raise ProbeError(f"entry {index}: not a JSON object: {quoted(raw)}")
+    address, port = raw.get("Address"), raw.get("ServicePort")
+    if type(port) is not int or not 0 < port < 65536:
+        raise ProbeError(f"entry {index}: ServicePort: not a port number: {quoted(port)}")
+    if not isinstance(address, str):
+        raise ProbeError(f"entry {index}: Address: not a string: {quoted(address)}")
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    if not is_host_port(target):
+        raise ProbeError(f"entry {index}: Address: not a host name or IP: {quoted(address)}")
+    return target

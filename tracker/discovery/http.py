@@ -1,0 +1,156 @@
+"""HTTP-server probe: ``HEAD {url}/snapshot.tar.bz2`` and ``{url}/incremental-snapshot.tar.bz2``.
+
+A validator (or any snapshot server following its convention) answers these aliases with a
+redirect to the concrete archive, e.g. ``/snapshot-123-<hash>.tar.zst``. Redirects are not
+followed: the ``Location`` itself names the archive, and not following it keeps the group's
+credentials away from other origins. A ``Location`` on another origin than the target's came
+from the network: its host is resolved and checked by the egress policy before the archive is
+accepted (clients would be sent there, or the tracker would fetch from there). The stored URL
+never carries userinfo: credentials belong to the configured target and go per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+import trio
+
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.core.text import quoted
+from tracker.errors import ProbeError
+from tracker.net.clients import origin
+from tracker.net.egress import EgressPolicy, EgressRefused, Resolver, checked_addresses, resolve
+from tracker.net.limits import NO_HEADERS, status_reason, transport_reason
+
+FULL_ALIAS = "snapshot.tar.bz2"
+INCREMENTAL_ALIAS = "incremental-snapshot.tar.bz2"
+
+# Statuses that mean "no snapshot of this kind" (the validator answers 404, sidecars 202).
+_NONE = (202, 404)
+
+
+async def probe_http(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: Mapping[str, str] = NO_HEADERS,
+    policy: EgressPolicy | None = None,
+    resolver: Resolver = resolve,
+) -> list[SnapshotInfo]:
+    """The full and the incremental snapshot an HTTP server at ``url`` redirects to.
+
+    Both aliases are asked concurrently. 404 or 202 means "none of that kind"; a 3xx with a
+    ``Location`` (relative or absolute, resolved against the request URL) whose last path
+    segment is an archive name of the right kind yields a file whose ``file_name`` and
+    ``url`` are that absolute URL (size unknown, 0). The incremental's info also lists the
+    full when the full's slot is its base slot.
+
+    A ``Location`` on another origin must resolve to addresses ``policy`` allows (default: the
+    policy with no ``allow``/``deny``: public addresses only).
+
+    Raises :class:`ProbeError` (one line, naming the alias) on a transport/TLS failure, any
+    other status, a missing or unparsable ``Location``, or one the egress policy refuses.
+    Cancellation propagates untouched; the caller owns the timeout.
+    """
+    base = _target_url(url)
+    check = _Check(policy if policy is not None else EgressPolicy(), resolver, url)
+    found: dict[str, SnapshotFile] = {}
+    failures: list[ProbeError] = []
+
+    async def head(alias: str) -> None:
+        try:
+            file = await _head_alias(client, base, alias, headers, check)
+        except ProbeError as exc:
+            failures.append(exc)
+            nursery.cancel_scope.cancel()  # the other answer no longer matters
+        else:
+            if file is not None:
+                found[alias] = file
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(head, FULL_ALIAS)
+        nursery.start_soon(head, INCREMENTAL_ALIAS)
+    if failures:
+        raise failures[0]
+    return chains_from_files([found[a] for a in (FULL_ALIAS, INCREMENTAL_ALIAS) if a in found])
+
+
+def _target_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ProbeError(f"invalid target URL: {exc}") from exc
+    # The URL itself stays out of the reason: it may carry an API key; the target names it.
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ProbeError("target is not an absolute http(s) URL")
+    # Its userinfo is the target's credentials: the caller sends them as a header, and no
+    # URL derived from it (a relative Location) may carry them.
+    return parsed.copy_with(username=None, password=None)
+
+
+class _Check:
+    """The egress check of a probe's ``Location`` values (other origins only)."""
+
+    def __init__(self, policy: EgressPolicy, resolver: Resolver, target: str) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._home = origin(target)
+
+    async def __call__(self, alias: str, url: httpx.URL) -> None:
+        scheme, host, port = origin(str(url))
+        if (scheme, host, port) == self._home:
+            return  # the target itself: configured by the operator, trusted as typed
+        if port is None:
+            raise ProbeError(f"{alias}: Location has no port for scheme {scheme!r}")
+        try:
+            await checked_addresses(self._policy, host, port, self._resolver)
+        except EgressRefused as exc:
+            raise ProbeError(f"{alias}: Location {exc}") from None
+        except OSError as exc:
+            raise ProbeError(f"{alias}: cannot resolve the Location's host {host}: {exc}") from None
+
+
+async def _head_alias(
+    client: httpx.AsyncClient,
+    base: httpx.URL,
+    alias: str,
+    headers: Mapping[str, str],
+    check: _Check,
+) -> SnapshotFile | None:
+    # Like Go's path.Join: "https://h", "https://h/" and "https://h/p/" all work; the query
+    # (an RPC provider's API key, say) is kept.
+    request_url = base.copy_with(path=base.path.rstrip("/") + "/" + alias)
+    try:
+        response = await client.head(request_url, headers=headers, follow_redirects=False)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise ProbeError(f"{alias}: {transport_reason(exc)}") from exc
+    if response.status_code in _NONE:
+        return None
+    location = response.headers.get("location")
+    if response.is_success:
+        hint = "expected a redirect to a named archive"
+        raise ProbeError(f"{alias}: {status_reason(response, hint)}")
+    if not 300 <= response.status_code < 400:
+        raise ProbeError(f"{alias}: {status_reason(response)}")
+    if location is None:
+        raise ProbeError(f"{alias}: {status_reason(response, 'no Location header')}")
+    found = _archive_at(request_url, location, alias)
+    await check(alias, httpx.URL(found.url))
+    return found
+
+
+def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFile:
+    """The archive a ``Location`` names, checked to be of the kind the alias asks for."""
+    try:
+        target = request_url.join(location).copy_with(fragment=None)
+    except httpx.InvalidURL as exc:
+        raise ProbeError(f"{alias}: invalid Location {quoted(location)}") from exc
+    name = parse_archive_name(target.path.rsplit("/", 1)[-1])
+    if target.scheme not in ("http", "https") or not target.host or name is None:
+        raise ProbeError(f"{alias}: Location {quoted(location)} does not name a snapshot archive")
+    if name.is_full != (alias == FULL_ALIAS):
+        kind = "a full" if name.is_full else "an incremental"
+        raise ProbeError(f"{alias}: Location {quoted(location)} names {kind} snapshot")
+    absolute = str(target.copy_with(username=None, password=None))
+    return SnapshotFile(name=name, file_name=absolute, url=absolute)

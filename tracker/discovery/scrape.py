@@ -1,0 +1,297 @@
+"""The scrape loop: which targets exist, probing them on an interval, and their health.
+
+Every ``scrape_interval`` the target set is rebuilt from the config (``file_targets`` files are
+re-read, Consul is asked), diffed against the running set, and every target is probed
+concurrently (at most ``scrape_concurrency`` at once, each under ``scrape_timeout``). Each
+result reaches the index as soon as its probe ends, so a hanging target delays nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import Index, TargetKey
+from tracker.core.logs import log_event
+from tracker.core.redact import redact_text
+from tracker.core.snapshots import SnapshotInfo
+from tracker.core.targetfile import read_target_file
+from tracker.discovery.consul import discover_consul
+from tracker.discovery.http import probe_http
+from tracker.discovery.local import scan_local
+from tracker.discovery.sidecar import probe_sidecar
+from tracker.errors import ProbeError
+from tracker.net.clients import auth_headers, build_client, ssl_context
+from tracker.net.egress import Resolver, policy_of, resolve
+
+log = logging.getLogger("tracker.scrape")
+
+Kind = Literal["sidecar", "http", "local"]
+
+
+@attrs.frozen
+class Target:
+    """One source to probe: ``location`` is a base URL (sidecar, http) or a directory."""
+
+    key: TargetKey
+    kind: Kind
+    location: str
+
+
+@attrs.define
+class TargetHealth:
+    """What the operator sees of a target in ``/v1/targets``."""
+
+    target: Target
+    health: Literal["up", "down", "unknown"] = "unknown"
+    last_error: str = ""
+    last_scrape: datetime | None = None
+    last_duration: float | None = None
+    failures: int = 0
+
+
+def sidecar_base(group: TargetGroup, host: str) -> str:
+    """The base URL of a sidecar's API for a ``host:port`` entry."""
+    return f"{group.scheme}://{host}{group.api_path}"
+
+
+def _sidecars(group: TargetGroup, hosts: list[str]) -> list[Target]:
+    urls = [sidecar_base(group, h) for h in hosts]
+    return [Target(TargetKey(group.group, u), "sidecar", u) for u in urls]
+
+
+class Scraper:
+    """Owns the target set, their health, and the loop that feeds the index."""
+
+    def __init__(
+        self,
+        config: Config,
+        index: Index,
+        *,
+        on_round: Callable[[Scraper], None] | None = None,
+        on_probe: Callable[[TargetHealth], None] | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self.index = index
+        #: Looks up the hosts of Locations on other origins (the egress check).
+        self.resolver = resolver
+        self.health: dict[TargetKey, TargetHealth] = {}
+        self.on_round = on_round
+        self.on_probe = on_probe
+        self._file_hosts: dict[str, list[str]] = {}
+        self._clients: dict[str, list[httpx.AsyncClient]] = {}
+        self._retired: list[httpx.AsyncClient] = []
+        self._wakeup = trio.Event()
+        self.rounds = 0
+        self.config = config
+        self.update_config(config)
+
+    def update_config(self, config: Config) -> None:
+        """Use ``config`` from the next round on; the index of remaining targets is kept."""
+        self.config = config
+        for clients in self._clients.values():
+            self._retired.extend(clients)
+        self._clients = {g.group: _probe_clients(g, config) for g in config.target_groups}
+        self._wakeup.set()
+
+    async def discover(self) -> list[Target]:
+        """The current target set of every group (files re-read, Consul asked)."""
+        targets: list[Target] = []
+        for group in self.config.target_groups:
+            targets.extend(await self._group_targets(group))
+        return targets
+
+    async def _group_targets(self, group: TargetGroup) -> list[Target]:
+        name = group.group
+        out: list[Target] = []
+        if group.static_targets:
+            out += _sidecars(group, list(group.static_targets.targets))
+        if group.file_targets:
+            out += _sidecars(group, self._read_file_targets(group.file_targets.path))
+        if group.consul_sd_config:
+            out += _sidecars(group, await self._consul_targets(group))
+        if group.http_targets:
+            out += [Target(TargetKey(name, u), "http", u) for u in group.http_targets.targets]
+        if group.local_targets:
+            out += [Target(TargetKey(name, p), "local", p) for p in group.local_targets.paths]
+        unique = {t.key: t for t in out}
+        return list(unique.values())
+
+    def _read_file_targets(self, path: str) -> list[str]:
+        # A broken file keeps the last good list: an operator's typo must not empty a group.
+        try:
+            self._file_hosts[path] = read_target_file(path)
+        except ProbeError as exc:
+            log_event(log, "warning", "file_targets_unreadable", path=path, error=str(exc))
+        return self._file_hosts.get(path, [])
+
+    async def _consul_targets(self, group: TargetGroup) -> list[str]:
+        sd = group.consul_sd_config
+        assert sd is not None
+        key = f"consul:{group.group}"
+        try:
+            with trio.fail_after(self.config.scrape_timeout):
+                self._file_hosts[key] = await discover_consul(
+                    self._clients[group.group][0],
+                    sd.host,
+                    sd.service,
+                    token=sd.resolved_token,
+                    datacenter=sd.datacenter,
+                    filter=sd.filter,
+                )
+        except (ProbeError, trio.TooSlowError) as exc:
+            reason = str(exc) or "timed out"
+            log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)
+        return self._file_hosts.get(key, [])
+
+    def _retire(self, current: list[Target]) -> None:
+        keys = {t.key for t in current}
+        for key in [k for k in self.health if k not in keys]:
+            del self.health[key]
+            self.index.drop(key)
+        for t in current:
+            if t.key not in self.health or self.health[t.key].target != t:
+                self.health[t.key] = TargetHealth(t)
+
+    async def scrape_round(self) -> None:
+        """Probe every target once; returns when every probe has finished or timed out."""
+        await self._close_retired()
+        targets = await self.discover()
+        self._retire(targets)
+        limiter = trio.CapacityLimiter(self.config.scrape_concurrency)
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(self._probe_one, self.health[target.key], limiter)
+        self.rounds += 1
+
+    async def _probe_one(self, health: TargetHealth, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            start = trio.current_time()
+            try:
+                with trio.fail_after(self.config.scrape_timeout):
+                    infos = await self._probe(health.target)
+            except trio.TooSlowError:
+                self._failed(health, f"timed out after {self.config.scrape_timeout:g}s")
+            except ProbeError as exc:
+                self._failed(health, str(exc))
+            else:
+                self._succeeded(health, infos)
+            health.last_duration = trio.current_time() - start
+        if self.on_probe:
+            self.on_probe(health)
+
+    def _probe(self, target: Target) -> Awaitable[list[SnapshotInfo]]:
+        group = self.config.group_named(target.key.group)
+        assert group is not None
+        client = _shard(self._clients[group.group], target.key.target)
+        headers = auth_headers(group, target.location)
+        if target.kind == "sidecar":
+            return probe_sidecar(client, target.location, headers=headers)
+        if target.kind == "http":
+            policy = policy_of(self.config.egress)
+            return probe_http(
+                client, target.location, headers=headers, policy=policy, resolver=self.resolver
+            )
+        return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
+
+    def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo]) -> None:
+        now = datetime.now(UTC)
+        health.health, health.last_error, health.failures = "up", "", 0
+        health.last_scrape = now
+        self.index.apply(health.target.key, infos, now)
+
+    def _failed(self, health: TargetHealth, reason: str) -> None:
+        health.health, health.last_error = "down", reason
+        health.last_scrape = datetime.now(UTC)
+        health.failures += 1
+        if health.failures >= self.config.max_target_failures:
+            self.index.drop(health.target.key)
+        key = health.target.key
+        log_event(log, "info", "probe_failed", group=key.group, target=key.target, error=reason)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Scrape forever, a round every ``scrape_interval``; ready once the first round started.
+
+        A reload (``update_config``) starts the next round at once. Cancellation stops the loop
+        between or inside rounds; probes in flight are cancelled with it.
+        """
+        started = False
+        while True:
+            self._wakeup = trio.Event()
+            deadline = trio.current_time() + self.config.scrape_interval
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.scrape_round)
+                if not started:
+                    task_status.started()
+                    started = True
+            if self.on_round:
+                self.on_round(self)
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
+
+    async def _close_retired(self) -> None:
+        # Clients replaced by a reload are closed here, between rounds: rounds never overlap,
+        # so no probe can still be using one.
+        retired, self._retired = self._retired, []
+        for client in retired:
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients (shielded: safe to call while being cancelled)."""
+        for clients in self._clients.values():
+            self._retired.extend(clients)
+        self._clients = {}
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self._close_retired()
+
+
+#: Probe clients per group. httpcore's pool scans all its connections for every queued
+#: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
+#: as fast as one pool of the same total size (bench/README.md, discovery).
+PROBE_SHARDS = 32
+
+
+def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient]:
+    # Two requests per HTTP target at once: no probe waits in a pool queue.
+    per_shard = max(2, -(-2 * config.scrape_concurrency // PROBE_SHARDS))
+    tls = ssl_context(group.tls_config)
+    return [
+        build_client(
+            group,
+            connect_timeout=config.scrape_timeout,
+            read_timeout=config.scrape_timeout,
+            max_connections=per_shard,
+            tls=tls,
+        )
+        for _ in range(PROBE_SHARDS)
+    ]
+
+
+def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
+    return clients[zlib.crc32(target.encode()) % len(clients)]
+
+
+def health_json(health: TargetHealth, count: int) -> dict[str, object]:
+    """The ``/v1/targets`` entry of one target (secrets in URLs masked)."""
+    last = health.last_scrape
+    duration = health.last_duration
+    return {
+        "group": health.target.key.group,
+        "target": redact_text(health.target.key.target),
+        "kind": health.target.kind,
+        "health": health.health,
+        "last_error": redact_text(health.last_error),
+        "last_scrape": last.isoformat().replace("+00:00", "Z") if last else None,
+        "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
+        "snapshots": count,
+        "consecutive_failures": health.failures,
+    }

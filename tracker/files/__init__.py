@@ -1,0 +1,12 @@
+"""Archives on this machine as HTTP answers: ranges, conditionals, file responses, bodies.
+
+:mod:`~tracker.files.ranges` parses ``Range`` and conditional headers and plans the answer
+(pure); :mod:`~tracker.files.fileresponse` answers a GET or HEAD of a regular file (opened
+once, ``O_NOFOLLOW``, sent with ``sendfile`` where the connection allows);
+:mod:`~tracker.files.bodies` is the base of every streamed response body;
+:mod:`~tracker.files.threads` runs blocking reads in worker threads;
+:mod:`~tracker.files.downloads` accounts for every archive body (metrics, one log line).
+
+May import: :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`,
+:mod:`tracker.errors`.
+"""

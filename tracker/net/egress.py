@@ -1,0 +1,219 @@
+"""Which addresses a URL that came from the network may reach (``egress`` in the config).
+
+What a source says is data, not authority: a ``Location`` it answers (at a probe or while
+proxying) could point at the tracker's own internal listener, a cloud metadata service
+(169.254.169.254) or anything else on the operator's private network. So an address that came
+from the network is checked *after* resolution and *before* any connection, and the
+connection goes to the very address that was checked (no second lookup a DNS server could
+answer differently):
+
+- refused: loopback, private (RFC 1918, RFC 4193), link-local, shared (CGNAT, RFC 6598),
+  multicast, unspecified, reserved and every other address that is not public unicast, also
+  in their IPv4-mapped, IPv4-compatible, 6to4 and NAT64 IPv6 forms;
+- unless listed in ``egress.allow`` (CIDRs); ``egress.deny`` (CIDRs) always refuses.
+
+Addresses the operator configured (targets, ``rpc``) are trusted as typed and never checked.
+:class:`CheckingBackend` applies the policy to every connection of an httpcore pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+
+import attrs
+import httpcore
+import trio
+
+from tracker.core.config import Egress
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: ``resolve(host, port)``: the addresses a host name stands for (tests inject their own).
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+class EgressRefused(Exception):
+    """A connection the egress policy refuses; ``str(exc)`` is a one-line reason."""
+
+
+def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs (``10.0.0.0/8``, ``::1/128``, or a bare address) as networks; ValueError names
+    the first one that is not."""
+    networks: list[IPNetwork] = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not a CIDR network: {text!r}") from None
+    return tuple(networks)
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def category(address: IPAddress) -> str | None:
+    """What kind of non-public address ``address`` is (``"loopback"``, ...); None for a
+    public unicast address."""
+    # An IPv6 form that carries an IPv4 address (mapped, 6to4, NAT64...) reaches that IPv4
+    # address: it is judged as that address (its IPv6 range alone reads as "reserved").
+    embedded = embedded_ipv4(address)
+    return _kind(embedded if embedded is not None else address)
+
+
+def _kind(address: IPAddress) -> str | None:
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
+        return "shared (CGNAT)"
+    if address.is_reserved:
+        return "reserved"
+    if address.is_private:
+        return "private"
+    if not address.is_global:
+        return "non-public"
+    return None
+
+
+@attrs.frozen
+class EgressPolicy:
+    """``allow`` and ``deny`` networks; see the module doc for the rule."""
+
+    allow: tuple[IPNetwork, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_lists(cls, allow: Iterable[str], deny: Iterable[str]) -> EgressPolicy:
+        """The policy of the config's ``egress.allow`` / ``egress.deny`` (valid CIDRs)."""
+        return cls(parse_networks(allow), parse_networks(deny))
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why ``address`` may not be reached (one line); None when it may."""
+        forms = [address, *filter(None, [embedded_ipv4(address)])]
+        if any(a in n for a in forms for n in self.deny if a.version == n.version):
+            return f"{address} is denied by egress.deny"
+        if any(a in n for a in forms for n in self.allow if a.version == n.version):
+            return None
+        kind = category(address)
+        return None if kind is None else f"{address} is a {kind} address"
+
+
+@functools.lru_cache(maxsize=8)
+def policy_of(egress: Egress) -> EgressPolicy:
+    """The policy of a config's ``egress`` section (parsed once per distinct section)."""
+    return EgressPolicy.from_lists(egress.allow, egress.deny)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to for a TCP connection (the system resolver)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def checked_addresses(
+    policy: EgressPolicy, host: str, port: int, resolver: Resolver = resolve
+) -> list[str]:
+    """The addresses of ``host`` that ``policy`` allows, in resolver order.
+
+    Raises EgressRefused when there is none (naming the host and why), OSError when the name
+    does not resolve. The caller bounds the time (cancellation ends the lookup).
+    """
+    literal = _literal(host)
+    addresses = [str(literal)] if literal is not None else await resolver(host, port)
+    allowed: list[str] = []
+    reasons: list[str] = []
+    for text in addresses:
+        reason = policy.refusal(ipaddress.ip_address(text.split("%", 1)[0]))
+        if reason is None:
+            allowed.append(text)
+        else:
+            reasons.append(reason)
+    if not allowed:
+        why = reasons[0] if reasons else "no address"
+        raise EgressRefused(f"{host} refused by the egress policy: {why}")
+    return allowed
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+# ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
+
+
+class CheckingBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to addresses the policy allows.
+
+    ``policy()`` is read per connection (a reload applies at once). The host name is resolved
+    once, every address is checked, and the connection goes to an allowed address (TLS still
+    verifies and sends the host name: httpcore passes it to ``start_tls`` separately). A
+    refused host raises ``httpcore.ConnectError`` with the reason; no packet is sent to it.
+    """
+
+    def __init__(
+        self,
+        policy: Callable[[], EgressPolicy],
+        inner: httpcore.AsyncNetworkBackend,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self._policy = policy
+        self._inner = inner
+        self._resolver = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with trio.fail_after(timeout if timeout is not None else 30.0):
+                addresses = await checked_addresses(self._policy(), host, port, self._resolver)
+        except EgressRefused as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        except trio.TooSlowError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        return await self._inner.connect_tcp(
+            addresses[0], port, timeout, local_address, socket_options
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not reachable from the network")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)

@@ -1,0 +1,14 @@
+"""Proxy mode: bytes fetched from the sources and passed on, cached on the way.
+
+:mod:`~tracker.proxy.upstream` asks the sources of a file in turn (failover, redirects,
+credentials only to their own origin, header whitelists); :mod:`~tracker.proxy.resume` resumes
+a broken refresh only when the source proves it is the same file;
+:mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns;
+:mod:`~tracker.proxy.streamer` picks cache hit, refresh or plain proxy for a request;
+:mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
+:mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks.
+
+May import: :mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.zerocopy`,
+:mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`. Not :mod:`tracker.discovery`:
+what the sources hold reaches this package through the index.
+"""

@@ -1,0 +1,100 @@
+"""Plain proxied streams whose body goes from the upstream socket to the client's by splice.
+
+A proxied stream that fills no cache needs none of its bytes in Python. When the client's
+connection takes zero-copy pieces (tracker/zerocopy/connection.py) and the upstream's body is still
+whole in a plain TCP socket (:func:`tracker.zerocopy.transport.splice_stream`), the body is
+sent as :class:`~tracker.zerocopy.connection.SocketPiece` pieces: ``splice(2)`` moves the
+bytes socket -> pipe -> socket in a worker thread, and the event loop only hands over one
+placeholder per piece. bench/README.md has the numbers; without it, every byte is received,
+buffered by h11 twice and sent again by the event-loop thread.
+
+The pump (tracker/proxy/transfers.py) keeps the upstream answer open while this body sends from its
+socket, and closes it once the body has ended, or when the server never started the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+
+import trio
+
+from tracker.errors import UpstreamError
+from tracker.files.bodies import GeneratorBody
+from tracker.zerocopy.connection import Connection, SocketPiece, piece_size
+
+#: The largest plain read of a body's last bytes (under the smallest piece).
+_TAIL_READ = 64 * 1024
+
+
+class SpliceBody(GeneratorBody):
+    """``length`` bytes of the upstream socket ``sock``, sent to the client's ``connection``.
+
+    ``started`` is set when the server starts sending it, ``ended`` when it has ended (then
+    ``error`` tells why it ended early, None when complete). ``on_upstream(n)`` is called as
+    each piece is handed to the server (before the client can have it all), ``on_client(n)``
+    once it went out. ``intact()`` tells that the socket still holds the rest of the body
+    (nothing read it meanwhile); it is checked before every piece. An upstream that breaks
+    or stalls (``read_timeout``) raises UpstreamError: the server aborts the client's
+    connection, short of its content-length.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        sock: trio.socket.SocketType,
+        intact: Callable[[], bool],
+        length: int,
+        read_timeout: float,
+        on_upstream: Callable[[int], None],
+        on_client: Callable[[int], None],
+    ) -> None:
+        self._connection = connection
+        self._sock = sock
+        self._intact = intact
+        self.length = length
+        self._read_timeout = read_timeout
+        self.started = trio.Event()
+        self.ended = trio.Event()
+        self.error: BaseException | None = None
+        self.sent = 0
+        self._on_upstream = on_upstream
+        self._on_client = on_client
+
+    async def _start(self) -> None:
+        self.started.set()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.ended.set()
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        while self.sent < self.length:
+            if not self._intact():
+                # Something read body bytes out of the socket: what is left there is no
+                # longer the rest of this body, and must not be sent as if it were.
+                raise UpstreamError("upstream body was read past its head: cannot splice")
+            size = piece_size(self.length - self.sent)
+            if size:
+                piece = SocketPiece(size, sock=self._sock, read_timeout=self._read_timeout)
+                self._on_upstream(size)
+                yield self._connection.stage(piece)
+                self._connection.finish(piece)
+            else:
+                data = await self._receive(self.length - self.sent)
+                size = len(data)
+                self._on_upstream(size)
+                yield data
+            self.sent += size
+            self._on_client(size)
+
+    async def _receive(self, left: int) -> bytes:
+        try:
+            with trio.fail_after(self._read_timeout):
+                data: bytes = await self._sock.recv(min(left, _TAIL_READ))
+        except trio.TooSlowError as exc:
+            raise UpstreamError(f"upstream sent nothing for {self._read_timeout:.0f} s") from exc
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise UpstreamError(f"upstream read failed: {exc}") from exc
+        if not data:
+            raise UpstreamError("upstream closed the connection mid-body")
+        return data

@@ -1,0 +1,111 @@
+"""Prefetch (``cache_prefetch``): refresh a group's new best archives before anyone asks.
+
+After each scrape round :meth:`Prefetcher.check` looks at every group's best full and best
+incremental; a file it has not seen yet gets a background task that waits for a slot (at
+most ``cache_prefetch_concurrency`` prefetches at once) and then asks the streamer to refresh
+it (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`: nothing happens when the file is cached,
+being refreshed, no longer the best, or local). Each file is tried once while it stays a best
+file: a prefetch that fails leaves the refresh to the next client. The tasks run in the
+transfers' background nursery and end, with their refresh unless clients read it, when the
+service stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import trio
+
+from tracker.core.config import Config
+from tracker.core.index import Index
+from tracker.core.logs import log_event
+from tracker.proxy.transfers import Transfers
+
+log = logging.getLogger("tracker.prefetch")
+
+#: A prefetched file: cache root, group, file name.
+FileKey = tuple[str, str, str]
+T = TypeVar("T")
+
+
+class Refresher(Protocol):
+    """What the prefetcher drives (the proxy streamer)."""
+
+    async def prefetch(self, group: str, name: str) -> bool:
+        """Refresh ``name`` of ``group`` into the cache; True when it was promoted."""
+        ...
+
+
+class Prefetcher:
+    """Starts background refreshes of new best files, a bounded number at a time."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        refresher: Refresher,
+        transfers: Transfers,
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._refresher = refresher
+        self._transfers = transfers
+        self._seen: set[FileKey] = set()
+        self._limiter = trio.CapacityLimiter(1)
+
+    def statistics(self) -> tuple[int, int]:
+        """(prefetches running, prefetches waiting for a slot) right now."""
+        stats = self._limiter.statistics()
+        return stats.borrowed_tokens, stats.tasks_waiting
+
+    def after(self, hook: Callable[[T], None]) -> Callable[[T], None]:
+        """A round hook that calls ``hook`` (the existing one), then :meth:`check`."""
+
+        def round_done(scraper: T) -> None:
+            hook(scraper)
+            self.check()
+
+        return round_done
+
+    def check(self) -> int:
+        """Start a prefetch for each best file not seen yet; return how many were started.
+
+        Synchronous and cheap (index lookups); does nothing unless proxy mode, a cache
+        directory and ``cache_prefetch`` are configured.
+        """
+        config = self._config()
+        root = config.proxy_snapshot_cache_dir
+        if not (config.cache_prefetch and config.proxy_snapshot_downloads and root):
+            return 0
+        self._limiter.total_tokens = config.cache_prefetch_concurrency
+        best = self._best_files(config, root)
+        self._seen &= best  # a file that stops being a best one is forgotten
+        started = 0
+        for key in sorted(best - self._seen):
+            if not self._transfers.spawn(self._prefetch, key):
+                break  # stopping
+            self._seen.add(key)
+            started += 1
+        return started
+
+    def _best_files(self, config: Config, root: str) -> set[FileKey]:
+        files = set()
+        for group in config.target_groups:
+            name = group.group
+            for source in (self._index.best_full(name), self._index.best_incremental(name)):
+                if source is not None:
+                    files.add((root, name, source.info.files[0].bare_name))
+        return files
+
+    async def _prefetch(self, key: FileKey) -> None:
+        _root, group, name = key
+        try:
+            async with self._limiter:
+                done = await self._refresher.prefetch(group, name)
+        except Exception:  # a bug must not take the transfers nursery (the service) down
+            log_event(log, "error", "cache_prefetch_failed", group=group, file=name, exc_info=True)
+            return
+        if done:
+            log_event(log, "info", "cache_prefetched", group=group, file=name)

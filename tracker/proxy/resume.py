@@ -1,0 +1,239 @@
+"""The body of an upstream answer, resumed with a Range request when the connection breaks.
+
+A cache refresh of a 100 GB archive that loses its upstream connection at 60 % should not
+start over, nor fail every client reading along. :class:`UpstreamBody` yields the body's
+chunks; when the body breaks (a transport error, a read timeout, a body ending short) and a
+``reopen`` function is given, it waits a little (``delays``), asks for the rest
+(``Range: bytes={received}-``, see :func:`resume_upstream`) and goes on yielding, so the
+consumer sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream
+that delivered bytes before breaking again starts a fresh count.
+
+Bytes of two versions of a file are never spliced: archives of one slot and hash made by
+different nodes are not byte-identical, and a source may replace its file between two
+requests. So a resume asks the *same* source only, and is accepted only when the ``206``
+proves the same representation as the first answer (:func:`same_representation`): the same
+strong ``ETag``, or, when the first answer had none, the same ``Last-Modified``, with a
+``Content-Range`` that is exactly the rest of the file. A first answer with neither
+validator is not resumed at all (:func:`resumable`). When no resume is possible the body
+raises: every client stream it fed ends in error and nothing is promoted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from tracker.core.config import TargetGroup
+from tracker.core.logs import log_event
+from tracker.core.text import one_line, quoted
+from tracker.errors import UpstreamError
+from tracker.net.limits import transport_reason
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, open_upstream
+
+log = logging.getLogger("tracker.resume")
+
+#: ``reopen(first, offset, size)``: an answer carrying bytes ``offset``.. of the file ``first``
+#: answered; raises UpstreamError.
+Reopen = Callable[[UpstreamAnswer, int, int], Awaitable[UpstreamAnswer]]
+
+
+class UpstreamBody:
+    """``length`` body bytes of ``first`` (and, after breaks, of the answers resuming it).
+
+    ``answer`` is the answer being read; the owner closes it at the end (older ones are
+    closed here when replaced). ``received`` counts the body bytes yielded so far.
+    """
+
+    def __init__(
+        self,
+        first: UpstreamAnswer,
+        length: int,
+        *,
+        reopen: Reopen | None = None,
+        delays: tuple[float, ...] = (),
+        on_resume: Callable[[], None] | None = None,
+    ) -> None:
+        self.first = first
+        self.answer = first
+        self.length = length
+        self.received = 0
+        self.resumes = 0
+        self._reopen = reopen
+        self._delays = delays
+        self._on_resume = on_resume
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body, chunk by chunk; use under ``contextlib.aclosing``.
+
+        Raises UpstreamError when the body breaks for good (more bytes than announced, or a
+        break no resume could repair). Cancellation propagates.
+        """
+        failures = 0
+        while True:
+            start = self.received
+            try:
+                async with body_chunks(self.answer.response) as chunks:
+                    async for chunk in chunks:
+                        self.received += len(chunk)
+                        if self.received > self.length:
+                            raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                        yield chunk
+                if self.received == self.length:
+                    return
+                reason = f"upstream ended after {self.received} of {self.length} bytes"
+            except httpx.HTTPError as exc:
+                reason = f"upstream broke: {transport_reason(exc)}"
+            if self.received > start:
+                failures = 0
+            failures = await self._resume(reason, failures)
+
+    async def _resume(self, reason: str, failures: int) -> int:
+        """Replace the broken answer by one carrying the rest; return the failure count.
+        Raises UpstreamError(reason) once the attempts for this break are used up."""
+        log_event(
+            log,
+            "warning",
+            "upstream_broke",
+            url=self.answer.url,
+            received=self.received,
+            of=self.length,
+            reason=reason,
+        )
+        await self.answer.aclose()
+        while self._reopen is not None and failures < len(self._delays):
+            await trio.sleep(self._delays[failures])
+            failures += 1
+            try:
+                answer = await self._reopen(self.first, self.received, self.length)
+            except UpstreamError as exc:
+                log_event(log, "warning", "upstream_resume_failed", attempt=failures, reason=exc)
+                continue
+            self.answer = answer
+            self.resumes += 1
+            if self._on_resume is not None:
+                self._on_resume()
+            log_event(
+                log,
+                "info",
+                "upstream_resumed",
+                url=answer.url,
+                offset=self.received,
+                attempt=failures,
+            )
+            return failures
+        raise UpstreamError(one_line(reason))
+
+
+@asynccontextmanager
+async def body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
+    """``response.aiter_raw()``, unwound properly however the caller leaves it.
+
+    httpx and httpcore read a body through nested async generators that ``aclose()`` of the
+    outer one does not reach (encode/httpx#3686); left suspended, they are collected later
+    and trio warns. A read that is cancelled unwinds all of them through their own
+    ``except``/``finally`` clauses (httpcore then closes the connection), so leaving early
+    pulls once more under a cancelled scope: buffered data may come first (at most one
+    socket read), the first real read ends it.
+    """
+    chunks = response.aiter_raw()
+    try:
+        yield chunks
+    finally:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                while True:
+                    await chunks.__anext__()
+            except (StopAsyncIteration, httpx.HTTPError):
+                pass  # the generators ended, by exception or at the end of the body
+
+
+def _validators(response: httpx.Response) -> tuple[str, str]:
+    """The answer's (ETag, Last-Modified) header values, blank when absent."""
+    headers = response.headers
+    return headers.get("etag", "").strip(), headers.get("last-modified", "").strip()
+
+
+def _if_range(first: httpx.Response) -> str | None:
+    """The validator that proves a later answer is the same file: the strong ETag, else
+    the Last-Modified date; None when the answer has neither."""
+    etag, modified = _validators(first)
+    if etag.startswith('"'):
+        return etag
+    return modified or None
+
+
+def resumable(first: httpx.Response) -> bool:
+    """True when a break in ``first``'s body may be resumed: it carries a strong ETag or a
+    Last-Modified date, so that a ``206`` can prove it continues the same file."""
+    return _if_range(first) is not None
+
+
+def same_representation(first: httpx.Response, resumed: httpx.Response) -> str | None:
+    """Why ``resumed`` is not provably the same file as ``first``; None when it is.
+
+    With a strong ETag on ``first``, ``resumed`` must carry the same one. Without, it must
+    carry the same ETag header (none, or the same weak one) and the same Last-Modified.
+    """
+    etag, modified = _validators(first)
+    new_etag, new_modified = _validators(resumed)
+    if _if_range(first) is None:
+        return "the first answer had neither a strong ETag nor a Last-Modified date"
+    if new_etag != etag:
+        return f"etag {quoted(new_etag)} is not the first answer's {quoted(etag)}"
+    if not etag.startswith('"') and new_modified != modified:
+        return f"last-modified {quoted(new_modified)} is not the first answer's {quoted(modified)}"
+    return None
+
+
+async def resume_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    first: UpstreamAnswer,
+    offset: int,
+    size: int,
+) -> UpstreamAnswer:
+    """Ask the source of ``first`` (a 200 of ``size`` bytes) for bytes ``offset`` to
+    ``size - 1``, with ``Range: bytes={offset}-`` and ``If-Range`` (its strong ETag, else its
+    Last-Modified date: a source whose file changed answers 200, which is refused).
+
+    Only that source: another source's copy of the same name may differ byte for byte. The
+    answer counts only as a ``206`` with ``Content-Range: bytes {offset}-{size-1}/{size}``
+    and the validators of ``first`` (:func:`same_representation`). Raises
+    :class:`UpstreamError` otherwise. Cancellation propagates; nothing stays open.
+    """
+    validator = _if_range(first.response)
+    if validator is None:
+        raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
+    headers = {"range": f"bytes={offset}-", "if-range": validator}
+    try:
+        answer = await open_upstream(clients, group, [(first.file, first.source)], "GET", headers)
+    except UpstreamError as exc:
+        raise UpstreamError(one_line(f"cannot resume: {exc}")) from exc
+    problem = resume_problem(answer.response, offset, size) or same_representation(
+        first.response, answer.response
+    )
+    if problem is None:
+        return answer
+    await answer.aclose()
+    log_event(log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
+    raise UpstreamError(one_line(f"cannot resume: {problem}"))
+
+
+def resume_problem(response: httpx.Response, offset: int, size: int) -> str | None:
+    """Why ``response`` is not bytes ``offset``..``size - 1`` of a ``size``-byte file; None
+    when it is."""
+    if response.status_code != 206:
+        return f"answered {response.status_code} to a range request, not 206"
+    expected = f"bytes {offset}-{size - 1}/{size}"
+    got = " ".join(response.headers.get("content-range", "").split())
+    if got.lower() != expected:
+        return f"content-range {quoted(got)} is not {quoted(expected)}"
+    length = response.headers.get("content-length")
+    if length is not None and length.strip() != str(size - offset):
+        return f"content-length {quoted(length)} does not match the range"
+    return None

@@ -1,0 +1,444 @@
+"""Proxy mode's byte path: cache hit, refresh, or plain proxy — the table of SPEC §8.
+
+:class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
+concrete archive request it
+
+1. serves the file from the disk cache when it is there (HEAD, Range and conditionals
+   included; no upstream request);
+2. otherwise, for a plain GET of the group's current best full or incremental with no refresh
+   of it running, becomes that file's refresher: the upstream bytes go to the client and to a
+   temp file at once (:mod:`tracker.proxy.transfers`, :mod:`tracker.cache.store`);
+3. otherwise streams from upstream without caching (HEAD, Range or conditional requests,
+   other files, a refresh already running, no cache configured).
+
+"Plain" GET: no ``Range``, ``If-Range`` or conditional header. A conditional or partial
+answer from upstream could not fill the cache, and the request is served uncached instead.
+
+With ``cache_share_inflight`` a refresh is *detached* (it writes the temp file at the
+upstream's pace, :mod:`tracker.proxy.transfers`) and every GET of the file while it runs, its
+starter's included and ``Range`` requests too, reads the growing temp file
+(:mod:`tracker.proxy.sharing`) instead of opening another upstream stream. :meth:`prefetch` starts
+such a refresh with no client at all (``cache_prefetch``, :mod:`tracker.proxy.prefetch`). A
+refresh's broken upstream body is resumed with a Range request (:mod:`tracker.proxy.resume`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import attrs
+import quart
+from quart.wrappers.response import ResponseBody
+
+from tracker.cache.store import Cache
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import Index, SnapshotSource
+from tracker.core.logs import log_event
+from tracker.core.metrics import Kind, Metrics, Outcome
+from tracker.core.snapshots import SnapshotFile, parse_archive_name
+from tracker.errors import RequestError, UpstreamError
+from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.proxy.resume import resume_upstream
+from tracker.proxy.sharing import ReaderEvents, SharedRefresh, join
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers, pump
+from tracker.proxy.upstream import (
+    FORWARDED_REQUEST_HEADERS,
+    DownloadClients,
+    ProxySettings,
+    UpstreamAnswer,
+    open_upstream,
+    upstream_request_headers,
+)
+from tracker.zerocopy.connection import zero_copy_connection
+
+log = logging.getLogger("tracker.streamer")
+
+CacheFactory = Callable[[str], Cache]
+Found = list[tuple[SnapshotFile, SnapshotSource]]
+#: A shared refresh's key: cache root, group, file name.
+SharedKey = tuple[str, str, str]
+
+
+class ProxyStreamer:
+    """Answers archive requests in proxy mode, with the disk cache when one is configured.
+
+    ``config`` returns the live config (the cache directory is read per request, so a reload
+    that changes it takes effect; each directory gets its own :class:`Cache`, cleaned up on
+    first use). ``cache_factory`` builds a Cache for a directory (tests inject faults there);
+    ``resolver`` looks up host names that came from the network (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        transfers: Transfers,
+        *,
+        metrics: Metrics | None = None,
+        settings: ProxySettings | None = None,
+        cache_factory: CacheFactory | None = None,
+        budget: ChunkBudget | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self._config = config
+        self._budget = budget
+        self._index = index
+        self._transfers = transfers
+        self._metrics = metrics
+        self.settings = settings if settings is not None else ProxySettings()
+        self._clients = DownloadClients(
+            self.settings, policy=lambda: policy_of(self._config().egress), resolver=resolver
+        )
+        self._cache_factory = cache_factory or self._default_cache
+        self._caches: dict[str, Cache] = {}
+        self._shared: dict[SharedKey, SharedRefresh] = {}
+
+    def _default_cache(self, root: str) -> Cache:
+        on_size = self._metrics.set_cache_size if self._metrics is not None else None
+        return Cache(root, on_size=on_size)
+
+    def cache(self) -> Cache | None:
+        """The cache of the current config (None without one); made and cleaned on first use.
+
+        The service calls it once at start-up so that leftover temp files go before any
+        request arrives.
+        """
+        config = self._config()
+        root = config.proxy_snapshot_cache_dir
+        if not (config.proxy_snapshot_downloads and root):
+            return None
+        cache = self._caches.get(root)
+        if cache is None:
+            cache = self._caches[root] = self._cache_factory(root)
+            cache.startup_cleanup()
+        return cache
+
+    async def aclose(self) -> None:
+        """Close the download clients (at service stop, after the transfers ended)."""
+        await self._clients.aclose()
+
+    async def serve(
+        self, request: quart.Request, group: str, name: str, found: Found
+    ) -> quart.Response:
+        """Answer a GET or HEAD of archive ``name`` of ``group`` (advertised by ``found``).
+
+        Raises RequestError (404/400) for a name or group that cannot be used. Upstream
+        failures answer 502 with a one-line reason; a stopping tracker answers 503.
+        Cancellation (client gone) before the upstream answered closes everything opened.
+        """
+        config = self._config()
+        target_group = config.group_named(group)
+        if target_group is None:
+            raise RequestError(404, f"unknown group {group!r}")
+        cache = self.cache()
+        cache_path = _cache_path(cache, group, name) if cache is not None else None
+        sharing = config.cache_share_inflight
+        if cache is not None and cache_path is not None:
+            await cache.wait_promotion(group, name, self.settings.promotion_wait)
+            hit = await self._from_cache(cache_path, request)
+            if hit is not None:
+                return hit
+            self._count("cache_miss")
+            if sharing:
+                shared = await self._shared_answer(config, target_group, cache, request, name)
+                if shared is not None:
+                    return shared
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._job(config, target_group, request.method, headers, name, found)
+        job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
+        # With sharing on, a request that could not share a refresh is served uncached.
+        may_refresh = not sharing and self._may_refresh(request, group, name)
+        if cache is not None and cache_path is not None and may_refresh:
+            job = _with_refresh(job, cache, group, name, partial(self._is_best, group, name))
+        return await self._stream(job)
+
+    async def prefetch(self, group: str, name: str) -> bool:
+        """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
+
+        Does nothing (False) unless the file is its group's current best of its kind, is
+        not cached, has no refresh running and is advertised by a remote source only.
+        Otherwise runs a detached refresh (readers may join it with ``cache_share_inflight``)
+        and returns whether it was promoted. Never raises for upstream or cache failures
+        (they are logged). Cancellation (the service stopping) stops the refresh unless
+        clients are reading it, which then get the service's grace period.
+        """
+        config = self._config()
+        target_group = config.group_named(group)
+        cache = self.cache()
+        if cache is None or target_group is None or not self._is_best(group, name):
+            return False
+        found = self._index.find_file(group, name)
+        if not found or any(f.path for f, _ in found) or _cached(cache, group, name):
+            return False
+        started = await self._start_shared(
+            config, target_group, cache, name, keep=True, client=False
+        )
+        if not isinstance(started, SharedRefresh):
+            return False
+        log_event(log, "info", "cache_prefetch_started", group=group, file=name)
+        refresh = started.refresh
+        try:
+            await refresh.ended.wait()
+        except BaseException:
+            if started.readers == 0:
+                started.fail()
+                started.stop.cancel()  # nobody waits for this refresh
+            raise
+        return refresh.verified and not refresh.failed and _cached(cache, group, name)
+
+    async def _from_cache(self, path: str, request: quart.Request) -> quart.Response | None:
+        on_bytes = None
+        if self._metrics is not None:
+            on_bytes = partial(self._metrics.add_served_bytes, "cache")
+        try:
+            response = await file_response(path, request, on_bytes=on_bytes, budget=self._budget)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # something else than a file at the path: not cached
+            log_event(log, "warning", "cache_unreadable", path=path, error=exc)
+            return None
+        self._count("cache_hit")
+        return response
+
+    def _may_refresh(self, request: quart.Request, group: str, name: str) -> bool:
+        if request.method != "GET" or _has_forwarded_headers(request):
+            return False
+        return self._is_best(group, name)
+
+    def _is_best(self, group: str, name: str) -> bool:
+        """True when ``name`` is the group's current best full or best incremental."""
+        best = (self._index.best_full(group), self._index.best_incremental(group))
+        return any(s is not None and s.info.files[0].bare_name == name for s in best)
+
+    def _job(
+        self,
+        config: Config,
+        group: TargetGroup,
+        method: str,
+        headers: dict[str, str],
+        name: str,
+        found: Found,
+    ) -> StreamJob:
+        opener = partial(open_upstream, self._clients, group, found, method, headers)
+        return StreamJob(
+            open=opener,
+            method=method,
+            known_size=found[0][0].size if found else 0,
+            settings=self.settings,
+            events=self._events(group.group, name),
+            keep_on_disconnect=config.cache_complete_on_disconnect,
+            reopen=partial(self._reopen, group),
+        )
+
+    async def _reopen(
+        self, group: TargetGroup, first: UpstreamAnswer, offset: int, size: int
+    ) -> UpstreamAnswer:
+        """Resume a refresh: the rest of the file, from the source that sent the start."""
+        return await resume_upstream(self._clients, group, first, offset, size)
+
+    async def _start(self, job: StreamJob, *, client: bool = True) -> Head | quart.Response:
+        """Start the pump; its Head, or the 502/503 answer when it could not start (counted
+        as an archive request's outcome for a ``client``, not for a prefetch)."""
+        try:
+            head: Head = await self._transfers.start(pump, job)
+        except BaseException as exc:
+            # start() raising means the pump ended (or never ran): the refresh is free.
+            if job.refresh is not None:
+                job.refresh.abort()
+            if not isinstance(exc, UpstreamError):
+                raise
+            if not self._transfers.accepting:
+                return _text(503, str(exc))
+            if client:
+                self._count("upstream_failed")
+            event = "proxy_failed" if client else "cache_prefetch_failed"
+            log_event(log, "warning", event, reason=str(exc))
+            return _text(502, str(exc))
+        return head
+
+    async def _stream(self, job: StreamJob) -> quart.Response:
+        head = await self._start(job)
+        if isinstance(head, quart.Response):
+            return head
+        self._count("proxy")
+        return _response(head)
+
+    # -- shared refreshes ----------------------------------------------------------------
+
+    async def _shared_answer(
+        self,
+        config: Config,
+        group: TargetGroup,
+        cache: Cache,
+        request: quart.Request,
+        name: str,
+    ) -> quart.Response | None:
+        """Answer from a shared refresh of the file: join the running one, or start one for
+        a plain GET of the group's best. None: serve the request uncached."""
+        shared = self._running(cache, group.group, name)
+        joiner = shared is not None
+        if shared is None:
+            if not self._may_refresh(request, group.group, name):
+                return None
+            keep = config.cache_complete_on_disconnect
+            started = await self._start_shared(config, group, cache, name, keep=keep)
+            if not isinstance(started, SharedRefresh):
+                return started  # None (an unshared refresh runs), 502/503, or uncached
+            shared = started
+        elif not _may_join(request):
+            return None
+        response = await join(
+            shared, request.method, request.headers.get("range"), events=self._reader_events()
+        )
+        if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
+            path = _cache_path(cache, group.group, name)
+            response = await self._from_cache(path, request) if path is not None else None
+        if response is not None and joiner and self._metrics is not None:
+            self._metrics.count_shared_reader()
+        return response
+
+    def _running(self, cache: Cache, group: str, name: str) -> SharedRefresh | None:
+        """The shared refresh of a file still running (the registry drops ended ones)."""
+        for key in [k for k, s in self._shared.items() if s.refresh.ended.is_set()]:
+            del self._shared[key]
+        return self._shared.get((cache.root, group, name))
+
+    async def _start_shared(
+        self,
+        config: Config,
+        group: TargetGroup,
+        cache: Cache,
+        name: str,
+        *,
+        keep: bool,
+        client: bool = True,
+    ) -> SharedRefresh | quart.Response | None:
+        """Begin a detached refresh of ``name``; once it is open, the SharedRefresh.
+
+        None when a refresh of the file already runs, or (no ``client``) it could not open.
+        For a ``client``, a Response when the upstream failed (502/503) or the refresh could
+        not open (no room): the client is then streamed uncached.
+        """
+        refresh = cache.begin_refresh(group.group, name)
+        if refresh is None:
+            return None
+        found = self._index.find_file(group.group, name)
+        job = attrs.evolve(
+            self._job(config, group, "GET", {}, name, found),
+            refresh=refresh,
+            still_wanted=partial(self._is_best, group.group, name),
+            detached=True,
+            fallback=client,
+            keep_on_disconnect=keep,
+        )
+        shared = SharedRefresh(refresh, job.stop, keep=keep)
+        self._shared[(cache.root, group.group, name)] = shared
+        try:
+            head = await self._start(job, client=client)
+        except BaseException:
+            shared.fail()
+            raise
+        if isinstance(head, Head) and head.refresh is not None:
+            shared.announce(head.headers)
+            return shared
+        shared.fail()
+        if not client:
+            return None
+        if isinstance(head, quart.Response):
+            return head
+        self._count("proxy")  # the refresh could not open (no room): streamed uncached
+        return _response(head)
+
+    def _reader_events(self) -> ReaderEvents:
+        metrics = self._metrics
+        if metrics is None:
+            return ReaderEvents()
+        return ReaderEvents(
+            served_bytes=partial(metrics.add_served_bytes, "cache"),
+        )
+
+    def _events(self, group: str, name: str) -> StreamEvents:
+        metrics = self._metrics
+        if metrics is None:
+            return StreamEvents()
+        kind: Kind = "full" if _is_full(name) else "incremental"
+        return StreamEvents(
+            upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
+            client_bytes=partial(metrics.add_served_bytes, "upstream"),
+            refresh_outcome=metrics.count_outcome,
+            refresh_resumed=metrics.count_refresh_resume,
+        )
+
+    def _count(self, outcome: Outcome) -> None:
+        if self._metrics is not None:
+            self._metrics.count_outcome(outcome)
+
+
+def _with_refresh(
+    job: StreamJob, cache: Cache, group: str, name: str, still_wanted: Callable[[], bool]
+) -> StreamJob:
+    refresh = cache.begin_refresh(group, name)
+    if refresh is None:
+        return job  # a refresh of this file is running: stream uncached
+    return attrs.evolve(job, refresh=refresh, still_wanted=still_wanted)
+
+
+def _cache_path(cache: Cache, group: str, name: str) -> str | None:
+    """The validated cache path of a request; None when this file cannot be cached here.
+
+    A name that is not a canonical archive name is a 404. A configured group whose name
+    cannot be a directory (such as ``..``), or a path leading out of the cache directory
+    through a symlink planted in it, makes the file streamed uncached: nothing outside the
+    cache directory is touched.
+    """
+    parsed = parse_archive_name(name)
+    if parsed is None or parsed.file_name != name:
+        raise RequestError(404, "not a snapshot archive name")
+    try:
+        return cache.path_for(group, name)
+    except RequestError as exc:
+        log_event(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
+        return None
+
+
+def _has_forwarded_headers(request: quart.Request) -> bool:
+    return any(
+        name.lower() in FORWARDED_REQUEST_HEADERS for name, _value in request.headers.items()
+    )
+
+
+def _may_join(request: quart.Request) -> bool:
+    """A GET whose only forwarded header is ``Range`` may read a shared refresh."""
+    return request.method == "GET" and all(
+        name.lower() == "range" or name.lower() not in FORWARDED_REQUEST_HEADERS
+        for name, _value in request.headers.items()
+    )
+
+
+def _cached(cache: Cache, group: str, name: str) -> bool:
+    try:
+        return cache.lookup(group, name) is not None
+    except RequestError:
+        return True  # a name or group that cannot be cached: nothing to prefetch
+
+
+def _is_full(name: str) -> bool:
+    parsed = parse_archive_name(name)
+    return parsed is not None and parsed.is_full
+
+
+def _text(status: int, reason: str) -> quart.Response:
+    return quart.Response(reason + "\n", status=status, content_type="text/plain")
+
+
+def _response(head: Head) -> quart.Response:
+    body: ResponseBody | bytes = head.body if head.body is not None else b""
+    response = quart.Response(body, status=head.status)
+    # Exactly the planned headers: not Quart's text/html default, not a derived length.
+    response.headers.clear()
+    response.headers.update(head.headers)
+    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    return response

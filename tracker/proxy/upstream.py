@@ -1,0 +1,346 @@
+"""Proxy mode, upstream side: download clients, header filtering, failover across sources.
+
+What crosses the tracker in proxy mode is decided by two whitelists, in both directions:
+
+- to the upstream go only the client's ``Range``, ``If-Range`` and conditional headers
+  (:data:`FORWARDED_REQUEST_HEADERS`), plus the group's own ``Authorization`` — never the
+  client's cookies or credentials;
+- to the client go only :data:`PASSED_RESPONSE_HEADERS` of the upstream answer: hop-by-hop
+  headers, ``Set-Cookie``, ``Server`` and everything else stay behind.
+
+:func:`open_upstream` tries the sources advertising a file in order and returns the first
+usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
+(at most :attr:`ProxySettings.max_redirects`). The group's credentials (and the userinfo of
+the configured target URL) and its TLS client settings are only used on the origin of the
+*configured* source: a file URL that a probe's ``Location`` put on another origin, or a
+redirect to one, gets a client without them that connects only where the egress policy
+allows (:mod:`tracker.net.egress`). No client keeps cookies.
+An answer whose length contradicts the size the source advertised (``Content-Length`` of a
+200, the total of a 206's ``Content-Range``) fails that source: the tracker never serves or
+caches a file shorter or longer than the one announced. Resuming a broken body is
+:mod:`tracker.proxy.resume`'s job.
+
+Download clients read the socket in large pieces (DESIGN trap 5): httpcore asks its network
+stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s; :class:`BigReadBackend`
+turns every read into a read of up to :attr:`ProxySettings.read_size` bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+import httpcore
+import httpx
+import trio
+
+from tracker.core.config import TargetGroup, TLSConfig
+from tracker.core.index import SnapshotSource
+from tracker.core.logs import log_event
+from tracker.core.snapshots import SnapshotFile
+from tracker.core.text import one_line, quoted
+from tracker.errors import SourceFailed, UpstreamError
+from tracker.net.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
+from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
+from tracker.net.limits import status_reason, transport_reason
+from tracker.zerocopy.transport import BigReadBackend, PoolTransport
+
+log = logging.getLogger("tracker.proxy")
+
+#: Client request headers sent on upstream (lower case). Everything else stays here.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "range",
+        "if-range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    }
+)
+#: Upstream response headers passed on to the client (lower case). Everything else is dropped.
+PASSED_RESPONSE_HEADERS = frozenset(
+    {"content-length", "content-range", "accept-ranges", "etag", "last-modified", "content-type"}
+)
+#: Upstream statuses that are answers for the client; anything else makes us try the next source.
+ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@attrs.frozen
+class ProxySettings:
+    """Tunables of the download path (seconds and bytes)."""
+
+    #: TCP (and TLS) connect timeout per source.
+    connect_timeout: float = 5.0
+    #: How long a source may take to answer with its status line and headers.
+    answer_timeout: float = 15.0
+    #: Longest wait for one socket read of the body: a stalled upstream fails after this.
+    read_timeout: float = 60.0
+    #: Connections per download client (one client per TLS setting).
+    max_connections: int = 512
+    #: Bytes asked of the socket per read (the size of chunks, at most).
+    read_size: int = 1024 * 1024
+    #: Chunks buffered between the upstream reader and the client writer, per stream.
+    queue_chunks: int = 2
+    #: How long a stream waits for the server to start sending its body before deciding that
+    #: the client went away (DESIGN trap 4).
+    drain_start_timeout: float = 30.0
+    #: Redirects followed per source, each checked by the egress policy when it leaves the
+    #: source's own origin.
+    max_redirects: int = 5
+    #: Waits before each attempt to resume a broken cache refresh with a Range request; as
+    #: many attempts per break as there are delays (an attempt that brought bytes resets it).
+    resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
+    #: How long a request waits for a refresh that has every byte to be synced and renamed
+    #: into place (to be a cache hit) before it is streamed uncached instead.
+    promotion_wait: float = 60.0
+
+
+def download_client(
+    tls: TLSConfig | None,
+    settings: ProxySettings,
+    network: httpcore.AsyncNetworkBackend | None = None,
+) -> httpx.AsyncClient:
+    """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline, no
+    cookie jar.
+
+    Separate from the probe clients: a download may last hours, so only each socket read is
+    bounded (``read_timeout``), and the pool is sized for many parallel downloads.
+    ``network`` is the backend that opens connections (default: trio's; the egress policy's
+    :class:`~tracker.net.egress.CheckingBackend` for origins that came from the network).
+    """
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context(tls),
+        max_connections=settings.max_connections,
+        max_keepalive_connections=min(64, settings.max_connections),
+        keepalive_expiry=30.0,
+        http1=True,
+        http2=False,
+        network_backend=BigReadBackend(settings.read_size, network),
+    )
+    return httpx.AsyncClient(
+        transport=PoolTransport(pool),
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=settings.connect_timeout,
+        ),
+        headers={"accept-encoding": "identity", "user-agent": "solana-snapshot-tracker"},
+        cookies=no_cookies(),
+    )
+
+
+class DownloadClients:
+    """Download clients by TLS setting, made on first use and kept until :meth:`aclose`.
+
+    Groups with the same TLS setting share a client (credentials are per request). A URL on
+    another origin than its configured source (named by a probe's ``Location`` or reached by
+    a redirect) gets :meth:`foreign`: system CAs, no client certificate, and connections only
+    to addresses the egress policy (``policy()``, read per connection) allows.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        policy: Callable[[], EgressPolicy] = EgressPolicy,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self.settings = settings
+        self._policy = policy
+        self._resolver = resolver
+        self._clients: dict[TLSConfig | None, httpx.AsyncClient] = {}
+        self._foreign: httpx.AsyncClient | None = None
+
+    def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
+        """The client for sources of a group with TLS settings ``tls``."""
+        client = self._clients.get(tls)
+        if client is None:
+            client = self._clients[tls] = download_client(tls, self.settings)
+        return client
+
+    def foreign(self) -> httpx.AsyncClient:
+        """The client for origins that are not a group's own configured source."""
+        if self._foreign is None:
+            checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
+            self._foreign = download_client(None, self.settings, checking)
+        return self._foreign
+
+    async def aclose(self) -> None:
+        """Close every client (and the connections they pool)."""
+        clients, self._clients = list(self._clients.values()), {}
+        if self._foreign is not None:
+            clients.append(self._foreign)
+            self._foreign = None
+        for client in clients:
+            await client.aclose()
+
+
+def upstream_request_headers(
+    client_headers: Iterable[tuple[str, str]], authorization: str | None
+) -> dict[str, str]:
+    """The headers of the upstream request: the whitelisted client headers, then the group's
+    credentials. A repeated client header keeps its first value."""
+    out: dict[str, str] = {}
+    for name, value in client_headers:
+        key = name.lower()
+        if key in FORWARDED_REQUEST_HEADERS and key not in out:
+            out[key] = value
+    if authorization:
+        out["authorization"] = authorization
+    return out
+
+
+def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
+    """The upstream answer's headers that may reach the client, lower-case names."""
+    return {
+        name: value for name, value in upstream.items() if name.lower() in PASSED_RESPONSE_HEADERS
+    }
+
+
+@attrs.define
+class UpstreamAnswer:
+    """A usable upstream answer whose body has not been read; the caller must close it."""
+
+    response: httpx.Response
+    url: str
+    file: SnapshotFile
+    source: SnapshotSource
+
+    async def aclose(self) -> None:
+        """Close the answer (drops the connection when the body was not read to its end)."""
+        await self.response.aclose()
+
+
+async def open_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
+    method: str,
+    headers: Mapping[str, str],
+) -> UpstreamAnswer:
+    """Ask each source in ``found`` in turn for the archive; return the first usable answer.
+
+    ``headers`` are the client's whitelisted headers (see :func:`upstream_request_headers`,
+    without credentials: they are added here, for the source's own origin only). A source
+    fails on a connection error, a timeout, a status that is not an answer (5xx, 404, ...)
+    or too many redirects; the next is then tried. Raises :class:`UpstreamError` with a
+    one-line reason when every source failed (also an answer whose length contradicts the
+    size the source advertised, see :func:`size_problem`); it numbers the sources instead of
+    naming them (clients of proxy mode are not told where the archives come from: the log
+    says).
+    Cancellation propagates; nothing stays open.
+    """
+    reasons: list[str] = []
+    for f, source in found:
+        if not f.url:
+            continue  # a local copy: Delivery serves it from disk, there is nothing to fetch
+        try:
+            home = source.key.target
+            response, url = await _ask_source(clients, group, home, f.url, method, headers)
+            await _check_size(response, f.size)
+        except SourceFailed as exc:
+            log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
+            reasons.append(f"source {len(reasons) + 1}: {exc}")
+            continue
+        return UpstreamAnswer(response, url, f, source)
+    if not reasons:
+        raise UpstreamError("no remote source advertises the file")
+    raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
+
+
+async def _ask_source(
+    clients: DownloadClients,
+    group: TargetGroup,
+    home: str,
+    url: str,
+    method: str,
+    headers: Mapping[str, str],
+) -> tuple[httpx.Response, str]:
+    """Ask ``url`` (a file of the source configured as ``home``), following redirects.
+
+    Only a URL on ``home``'s own origin gets the group's credentials and TLS client settings;
+    any other origin (named by a probe's Location or by a redirect) gets the foreign client,
+    which connects only where the egress policy allows.
+    """
+    settings = clients.settings
+    own_origin = origin(home)
+    credentials = authorization(group, home)
+    for _hop in range(settings.max_redirects + 1):
+        own = _origin_of(url) == own_origin
+        client = clients.for_tls(group.tls_config) if own else clients.foreign()
+        request_headers = upstream_request_headers(headers.items(), credentials if own else None)
+        url = without_userinfo(url)  # credentials go per origin, never from a URL
+        response = await _send(client, method, url, request_headers, settings.answer_timeout)
+        status = response.status_code
+        if status in ANSWER_STATUSES:
+            return response, url
+        location = response.headers.get("location")
+        await response.aclose()
+        if status not in _REDIRECTS or location is None:
+            raise SourceFailed(status_reason(response))
+        url = _redirect_target(url, location)
+    raise SourceFailed(f"more than {settings.max_redirects} redirects")
+
+
+def _origin_of(url: str) -> tuple[str, str, int | None]:
+    try:
+        return origin(url)
+    except ValueError:
+        raise SourceFailed(f"not a usable URL: {quoted(url)}") from None
+
+
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        target = urljoin(url, location.strip())
+        parts = urlsplit(target)
+        _ = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise SourceFailed(f"redirect to {quoted(location)} is not a usable URL") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise SourceFailed(f"redirect to {quoted(location)} is not http(s)")
+    return target
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], limit: float
+) -> httpx.Response:
+    try:
+        request = client.build_request(method, url, headers=headers)
+        with trio.fail_after(limit):
+            return await client.send(request, stream=True)
+    except trio.TooSlowError:
+        raise SourceFailed(f"no answer within {limit:g}s") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise SourceFailed(transport_reason(exc)) from exc
+
+
+async def _check_size(response: httpx.Response, advertised: int) -> None:
+    """Raise SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
+    problem = size_problem(response, advertised)
+    if problem is not None:
+        await response.aclose()
+        raise SourceFailed(problem)
+
+
+def size_problem(response: httpx.Response, advertised: int) -> str | None:
+    """Why ``response`` cannot be the ``advertised``-byte file (0: size unknown); None when
+    it can. A 200's ``Content-Length`` and a 206's ``Content-Range`` total must equal it."""
+    if advertised <= 0:
+        return None
+    status = response.status_code
+    if status == 200:
+        length = response.headers.get("content-length")
+        if length is not None and length.strip() != str(advertised):
+            return f"content-length {quoted(length)} is not the advertised size {advertised}"
+    elif status == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+        if total != str(advertised):
+            got = response.headers.get("content-range", "")
+            return f"content-range {quoted(got)} is not of the advertised size {advertised}"
+    return None

@@ -1,0 +1,13 @@
+"""The HTTP face of the tracker: Quart apps, routes, the choice of byte path, listeners.
+
+:mod:`~tracker.web.api` holds the public routes (JSON listings, short redirects, archive
+routes) and :mod:`~tracker.web.queries` parses their parameters;
+:mod:`~tracker.web.delivery` answers an archive request by redirect, local file or proxy;
+:mod:`~tracker.web.internal_api` serves metrics and reload; :mod:`~tracker.web.listeners`
+binds or inherits the sockets; :mod:`~tracker.web.notify` and :mod:`~tracker.web.reporting`
+tell systemd and Prometheus how things go.
+
+May import every package below it: :mod:`tracker.proxy`, :mod:`tracker.discovery`,
+:mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.zerocopy`, :mod:`tracker.net`,
+:mod:`tracker.core`, :mod:`tracker.errors`.
+"""

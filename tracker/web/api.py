@@ -1,0 +1,235 @@
+"""The public HTTP API (§7): JSON listings, short redirects and concrete archive routes.
+
+Routes only: parsing lives in :mod:`tracker.web.queries`, the byte path in
+:mod:`tracker.web.delivery`, the ranking in :mod:`tracker.core.index`. ``create_app`` takes
+every dependency; nothing is global.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import quart
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from tracker.core.config import Config
+from tracker.core.index import Index, SnapshotSource
+from tracker.core.redact import redact_text, redact_url, redact_userinfo
+from tracker.core.snapshots import format_time, info_to_json
+from tracker.discovery.scrape import Scraper, health_json
+from tracker.errors import RequestError
+from tracker.web.delivery import Delivery, redirect, tracker_path
+from tracker.web.health import HealthChecker
+from tracker.web.queries import archive_name, group_filter, parse_max, parse_slot, resolve_group
+from tracker.web.urls import public_base
+
+SHORT_NAMES = {
+    "snapshot.tar.bz2": "full",
+    "snapshot.tar.zst": "full",
+    "incremental-snapshot.tar.bz2": "incremental",
+    "incremental-snapshot.tar.zst": "incremental",
+}
+
+
+@attrs.define
+class ApiDeps:
+    """What the API reads: the live config (swapped on reload), the index, and helpers."""
+
+    config: Callable[[], Config]
+    index: Index
+    scraper: Scraper
+    delivery: Delivery
+    health: HealthChecker
+
+
+def json_response(body: Any, status: int = 200) -> quart.Response:
+    """Compact JSON with an explicit length."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return quart.Response(data, status=status, content_type="application/json")
+
+
+def source_json(
+    source: SnapshotSource, base: str | None, *, files_base: str | None = None
+) -> dict[str, Any]:
+    """The §6 wire form of a source; with ``base`` (proxy mode) URLs point at the tracker.
+
+    ``files_base`` (a source the tracker proxies in redirect mode because it needs
+    credentials) points only the files' URLs at the tracker. Userinfo and queries of the
+    configured target are masked; file URLs keep their query (a link the source handed out).
+    """
+    info, group = source.info, source.key.group
+    files_base = base if base is not None else files_base
+    if files_base is not None:
+        names = [files_base + tracker_path(f.bare_name, group, alias=False) for f in info.files]
+    else:
+        names = [redact_userinfo(f.file_name) for f in info.files]
+    out = info_to_json(info, names)
+    out["target"] = base if base is not None else redact_text(source.key.target)
+    out["group"] = group
+    out["updated_at"] = format_time(source.updated_at)
+    return out
+
+
+def create_app(
+    deps: ApiDeps, *, on_response: Callable[[str, int], None] | None = None
+) -> QuartTrio:
+    """The public Quart app. Every route reads the live config through ``deps.config``.
+
+    ``on_response(route, status)`` is called for every answer (metrics); ``route`` is the
+    route's pattern, never the raw path, so that the number of series stays bounded.
+    """
+    app = QuartTrio(__name__)
+    if on_response is not None:
+        _count_responses(app, on_response)
+    # Downloads last hours; stalled clients are bounded at the socket level instead.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    _register_errors(app)
+    _register_listings(app, deps)
+    _register_redirects(app, deps)
+    _register_archives(app, deps)
+    return app
+
+
+def _count_responses(app: QuartTrio, on_response: Callable[[str, int], None]) -> None:
+    @app.after_request
+    async def count(response: quart.Response) -> quart.Response:
+        rule = quart.request.url_rule
+        on_response(rule.rule if rule is not None else "unmatched", response.status_code)
+        return response
+
+
+def _is_json_route() -> bool:
+    path = quart.request.path
+    return path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]
+
+
+def _error(status: int, reason: str) -> quart.Response:
+    if _is_json_route():
+        return json_response({"error": reason}, status)
+    if status == 404 and not quart.request.path.startswith("/v1/"):
+        # The validator's own server answers an unknown archive with an empty 404.
+        return quart.Response(b"", status=404, content_type="text/plain")
+    return quart.Response(reason + "\n", status=status, content_type="text/plain")
+
+
+def _register_errors(app: QuartTrio) -> None:
+    @app.errorhandler(RequestError)
+    async def request_error(exc: RequestError) -> quart.Response:
+        return _error(exc.status, exc.reason)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> quart.Response:
+        return _error(exc.code or 500, (exc.name or "error").lower())
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> quart.Response:
+        app.logger.exception("unhandled error on %s", quart.request.path)
+        return _error(500, "internal error")
+
+
+def _base_url(config: Config) -> str | None:
+    if not config.proxy_snapshot_downloads:
+        return None
+    return _request_base(config)
+
+
+def _request_base(config: Config) -> str:
+    req = quart.request
+    headers = {k.lower(): v for k, v in req.headers.items()}
+    # Userinfo in public_url would be handed to every client: masked like every configured URL.
+    return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
+
+
+def _listing(deps: ApiDeps, config: Config, sources: list[SnapshotSource]) -> quart.Response:
+    """The JSON array of ``sources``; the files of proxied sources point at the tracker."""
+    base = _base_url(config)
+    here = _request_base(config) if base is None else base
+    proxied = deps.delivery.proxied
+    body = [source_json(s, base, files_base=here if proxied(s) else None) for s in sources]
+    return json_response(body)
+
+
+def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
+    @app.get("/v1/snapshots")
+    async def snapshots() -> quart.Response:
+        config = deps.config()
+        group = group_filter(config, quart.request.args)
+        slot = parse_slot(quart.request.args.get("slot"))
+        sources = deps.index.sources(group)
+        if slot is not None:
+            sources = [s for s in sources if s.info.base_slot == slot]
+        return _listing(deps, config, sources)
+
+    @app.get("/v1/best_snapshots")
+    async def best_snapshots() -> quart.Response:
+        config = deps.config()
+        group = group_filter(config, quart.request.args)
+        limit = parse_max(quart.request.args.get("max"))
+        sources = deps.index.sources(group)
+        if group is None:
+            sources.sort(key=SnapshotSource.rank_key, reverse=True)
+        return _listing(deps, config, sources[:limit])
+
+    @app.get("/v1/targets")
+    async def targets() -> quart.Response:
+        group = group_filter(deps.config(), quart.request.args)
+        # Plain string tuples sort far faster than attrs-generated comparisons.
+        entries = sorted(
+            deps.scraper.health.values(),
+            key=lambda h: (h.target.key.group, h.target.key.target),
+        )
+        body = [
+            health_json(h, deps.index.count(h.target.key))
+            for h in entries
+            if group is None or h.target.key.group == group
+        ]
+        return json_response(body)
+
+    @app.get("/v1/health")
+    async def health() -> quart.Response:
+        group = resolve_group(deps.config(), quart.request.args)
+        status, body = await deps.health.check(group)
+        return json_response(body, status)
+
+
+def _register_redirects(app: QuartTrio, deps: ApiDeps) -> None:
+    def best(group: str, kind: str) -> SnapshotSource | None:
+        if kind == "full":
+            return deps.index.best_full(group)
+        return deps.index.best_incremental(group)
+
+    for short, kind in SHORT_NAMES.items():
+
+        async def v1_short(kind: str = kind) -> quart.Response:
+            group = resolve_group(deps.config(), quart.request.args)
+            source = best(group, kind)
+            if source is None:
+                return quart.Response(b"no snapshot available\n", 202, content_type="text/plain")
+            return redirect(deps.delivery.location(group, source, alias=False))
+
+        async def root_short(kind: str = kind) -> quart.Response:
+            group = deps.config().default_group
+            source = best(group, kind)
+            if source is None:
+                return quart.Response(b"", 404, content_type="text/plain")
+            return redirect(deps.delivery.location(group, source, alias=True))
+
+        app.add_url_rule(f"/v1/{short}", f"v1_{short}", v1_short, methods=["GET", "HEAD"])
+        app.add_url_rule(f"/{short}", f"root_{short}", root_short, methods=["GET", "HEAD"])
+
+
+def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
+    @app.route("/v1/<name>", methods=["GET", "HEAD"])
+    async def v1_archive(name: str) -> quart.Response:
+        group = resolve_group(deps.config(), quart.request.args)
+        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
+
+    @app.route("/<name>", methods=["GET", "HEAD"])
+    async def root_archive(name: str) -> quart.Response:
+        group = deps.config().default_group
+        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)

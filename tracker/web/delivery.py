@@ -1,0 +1,148 @@
+"""Where a request's bytes come from: the one place that picks the byte path.
+
+An archive request is answered by exactly one of: a redirect to the source (redirect mode), a
+file the tracker reads itself (a local source), or the proxy with its disk cache (proxy mode).
+
+A source that needs credentials (the group's basic or bearer auth, a TLS client certificate,
+or userinfo or a query in its configured URL) is proxied in redirect mode too: a client sent
+to it would either fail without the credentials or have to be handed them. Its files then go
+through the plain proxy (the disk cache exists only with ``proxy_snapshot_downloads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
+from urllib.parse import quote
+
+import quart
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import Index, SnapshotSource
+from tracker.core.metrics import Metrics, Outcome
+from tracker.core.redact import has_secrets, redact_userinfo
+from tracker.core.snapshots import SnapshotFile
+from tracker.errors import RequestError
+from tracker.files.downloads import account_download
+from tracker.files.fileresponse import ChunkBudget, file_response
+
+
+class ByteStreamer(Protocol):
+    """What proxy mode plugs in: streams (and possibly caches) a remote archive."""
+
+    async def serve(
+        self,
+        request: quart.Request,
+        group: str,
+        name: str,
+        found: list[tuple[SnapshotFile, SnapshotSource]],
+    ) -> quart.Response:
+        """Answer ``request`` for archive ``name`` of ``group`` from one of ``found``."""
+        ...
+
+
+def needs_credentials(group: TargetGroup | None, target: str) -> bool:
+    """True when reaching ``target`` of ``group`` takes something a client must not be given.
+
+    That is the group's ``basic_auth`` or ``bearer_auth``, a client certificate in its
+    ``tls_config``, or userinfo or a query (an API key) in the configured URL ``target``.
+    A local directory needs nothing. An unknown group (dropped by a reload) counts as needing
+    them: nothing is known about it, so nothing is handed out.
+    """
+    if "://" not in target:
+        return False  # a local directory: the tracker reads it itself
+    if group is None:
+        return True
+    if group.basic_auth is not None or group.bearer_auth is not None:
+        return True
+    if group.tls_config is not None and group.tls_config.cert_file:
+        return True
+    return has_secrets(target)
+
+
+def redirect(location: str) -> quart.Response:
+    """A 303 with a lower-case ``location`` header and an empty body."""
+    response = quart.Response(b"", status=303, content_type="text/plain")
+    response.headers["location"] = location
+    return response
+
+
+def tracker_path(name: str, group: str, *, alias: bool) -> str:
+    """The tracker's own route for an archive: ``/{name}`` or ``/v1/{name}?group={group}``."""
+    return f"/{name}" if alias else f"/v1/{name}?group={quote(group, safe='')}"
+
+
+class Delivery:
+    """Chooses redirect, local file or proxy for each archive request."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        *,
+        streamer: ByteStreamer | None = None,
+        metrics: Metrics | None = None,
+        budget: ChunkBudget | None = None,
+    ) -> None:
+        self._config = config
+        self._budget = budget
+        self._index = index
+        self._streamer = streamer
+        self._metrics = metrics
+
+    def serves_bytes(self, f: SnapshotFile, source: SnapshotSource) -> bool:
+        """True when the tracker answers for ``f`` of ``source`` itself: a local file, proxy
+        mode, or a source that needs credentials."""
+        return bool(f.path) or self._config().proxy_snapshot_downloads or self.proxied(source)
+
+    def proxied(self, source: SnapshotSource) -> bool:
+        """True when ``source`` is proxied whatever the mode (it needs credentials)."""
+        key = source.key
+        return needs_credentials(self._config().group_named(key.group), key.target)
+
+    def location(self, group: str, source: SnapshotSource, *, alias: bool) -> str:
+        """The ``location`` of a short redirect to ``source``'s own archive."""
+        f = source.info.files[0]
+        if self.serves_bytes(f, source):
+            return tracker_path(f.bare_name, group, alias=alias)
+        return redact_userinfo(f.url)
+
+    async def serve(self, request: quart.Request, group: str, name: str) -> quart.Response:
+        """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
+
+        Every archive body counts as an active stream while it is sent and logs one
+        ``download`` line at its end (bytes, duration, outcome).
+        """
+        response = await self._answer(request, group, name)
+        if response.status_code in (200, 206) and "content-disposition" not in response.headers:
+            # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
+            # (often /snapshot.tar.bz2 before its redirect) the client started from.
+            response.headers["content-disposition"] = f'attachment; filename="{name}"'
+        account_download(response, request, self._metrics, group=group, file=name)
+        return response
+
+    async def _answer(self, request: quart.Request, group: str, name: str) -> quart.Response:
+        found = self._index.find_file(group, name)
+        if not found:
+            raise RequestError(404, f"no source of group {group!r} advertises {name}")
+        f, source = found[0]
+        if f.path:
+            self._count("local")
+            on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
+            try:
+                return await file_response(f.path, request, on_bytes=on_bytes, budget=self._budget)
+            except FileNotFoundError as exc:
+                raise RequestError(404, f"{name} is gone from its local directory") from exc
+            except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
+                raise RequestError(404, f"{name} is not a regular file any more") from exc
+        if self._config().proxy_snapshot_downloads or self.proxied(source):
+            if self._streamer is None:
+                raise RequestError(502, f"{name} must be proxied and no proxy is running")
+            return await self._streamer.serve(request, group, name, found)
+        self._count("redirect")
+        return redirect(redact_userinfo(f.url))
+
+    def _count(self, outcome: Outcome) -> None:
+        if self._metrics is not None:
+            self._metrics.count_outcome(outcome)

@@ -1,0 +1,82 @@
+"""``/v1/health``: is the newest snapshot of a group recent enough against the cluster's slot?"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import trio
+
+from tracker.core.config import Config
+from tracker.core.index import Index
+from tracker.errors import ProbeError, RpcError
+from tracker.net.limits import read_capped
+
+RPC_TIMEOUT = 5.0
+MAX_RPC_BODY = 64 * 1024
+
+
+class HealthChecker:
+    """Compares a group's newest snapshot slot with ``getSlot`` (finalized) from ``rpc``."""
+
+    def __init__(
+        self, config: Callable[[], Config], index: Index, client: httpx.AsyncClient
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._client = client
+
+    def newest_slot(self, group: str) -> int | None:
+        """The newest usable snapshot slot: best incremental, else best full."""
+        source = self._index.best_incremental(group) or self._index.best_full(group)
+        return source.info.slot if source else None
+
+    async def check(self, group: str) -> tuple[int, dict[str, Any]]:
+        """(status, body): 200 healthy, 500 no snapshot, 502 RPC unreachable, 503 too old."""
+        newest = self.newest_slot(group)
+        body: dict[str, Any] = {"MaxSnapshot": newest, "CurrentSlot": None}
+        if newest is None:
+            return 500, {**body, "Health": "no snapshots"}
+        try:
+            current = await self.current_slot()
+        except RpcError as exc:
+            return 502, {**body, "Health": f"rpc unreachable: {exc}"}
+        body["CurrentSlot"] = current
+        age = current - newest
+        if age > self._config().max_snapshot_age:
+            return 503, {**body, "Health": f"snapshot is {age} slots old"}
+        return 200, {**body, "Health": "healthy"}
+
+    async def current_slot(self) -> int:
+        """The cluster's finalized slot. Raises RpcError with a one-line reason."""
+        url = self._config().rpc
+        if not url:
+            raise RpcError("no rpc configured")
+        payload = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "getSlot",
+            "params": [{"commitment": "finalized"}],
+        }
+        headers = {"accept-encoding": "identity"}
+        try:
+            with trio.fail_after(RPC_TIMEOUT):
+                async with self._client.stream("POST", url, json=payload, headers=headers) as r:
+                    if r.status_code != 200:
+                        raise RpcError(f"HTTP {r.status_code}")
+                    body = await read_capped(r, MAX_RPC_BODY)
+        except (httpx.HTTPError, trio.TooSlowError, ProbeError) as exc:
+            raise RpcError(str(exc) or type(exc).__name__) from exc
+        return _slot_from(bytes(body))
+
+
+def _slot_from(body: bytes) -> int:
+    try:
+        slot = json.loads(body)["result"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RpcError("not a getSlot answer") from exc
+    if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+        raise RpcError("not a getSlot answer")
+    return slot

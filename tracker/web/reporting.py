@@ -1,0 +1,84 @@
+"""What the scrape loop tells the outside world: metrics, the systemd status line, events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from tracker.core.config import Config
+from tracker.core.index import Index
+from tracker.core.metrics import Metrics
+from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.errors import RpcError
+from tracker.web.health import HealthChecker
+from tracker.web.notify import Notifier
+
+
+class ScrapeReporter:
+    """Turns probe results and finished rounds into metrics and a ``STATUS=`` line."""
+
+    def __init__(self, metrics: Metrics, notifier: Notifier) -> None:
+        self.metrics = metrics
+        self.notifier = notifier
+        self._known: set[tuple[str, str]] = set()
+
+    def probe_done(self, health: TargetHealth) -> None:
+        """Record one probe's duration and outcome."""
+        key = health.target.key
+        ok = health.health == "up"
+        self.metrics.observe_scrape(key.group, key.target, health.last_duration or 0.0, ok=ok)
+        self._known.add((key.group, key.target))
+
+    def round_done(self, scraper: Scraper) -> None:
+        """Refresh per-group gauges, drop series of retired targets, update the status line."""
+        index, config = scraper.index, scraper.config
+        current = {(k.group, k.target) for k in scraper.health}
+        for group_name, target in self._known - current:
+            self.metrics.remove_target(group_name, target)
+        self._known &= current
+        for group in config.target_groups:
+            name = group.group
+            states = [h for h in scraper.health.values() if h.target.key.group == name]
+            up = sum(h.health == "up" for h in states)
+            self.metrics.set_targets(name, up=up, total=len(states))
+            full, incr = index.best_full(name), index.best_incremental(name)
+            self.metrics.set_best_slots(
+                name,
+                full=full.info.slot if full else None,
+                incremental=incr.info.slot if incr else None,
+            )
+        self.notifier.status(status_line(scraper, index))
+
+
+def status_line(scraper: Scraper, index: Index) -> str:
+    """One line for ``systemctl status``: targets up/total and each group's best full slot."""
+    states = list(scraper.health.values())
+    up = sum(h.health == "up" for h in states)
+    parts = [f"{up}/{len(states)} targets up"]
+    for group in scraper.config.target_groups:
+        full = index.best_full(group.group)
+        parts.append(f"{group.group}: best full {full.info.slot if full else 'none'}")
+    return "; ".join(parts)
+
+
+async def track_snapshot_age(
+    health: HealthChecker, metrics: Metrics, config: Callable[[], Config]
+) -> None:
+    """Every scrape interval, publish each group's snapshot age in slots (when ``rpc`` answers).
+
+    Runs until cancelled. An RPC failure removes the series rather than keeping a stale age.
+    """
+    while True:
+        current = config()
+        slot: int | None = None
+        if current.rpc:
+            try:
+                slot = await health.current_slot()
+            except RpcError:
+                slot = None
+        for group in current.target_groups:
+            newest = health.newest_slot(group.group)
+            age = None if slot is None or newest is None else max(0, slot - newest)
+            metrics.set_snapshot_age(group.group, age)
+        await trio.sleep(current.scrape_interval)

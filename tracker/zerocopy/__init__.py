@@ -1,0 +1,13 @@
+"""Bytes that never enter Python, and the one place that relies on library internals.
+
+:mod:`~tracker.zerocopy.server` runs hypercorn's connection handler over the tracker's own
+socket stream; :mod:`~tracker.zerocopy.connection` is that stream and the placeholder
+hand-shake that lets a body send a file range (``sendfile``) or an upstream socket's bytes
+(``splice``) instead of Python bytes; :mod:`~tracker.zerocopy.kernelcopy` holds the blocking
+system-call loops.
+
+This package is the only one allowed to use undocumented behaviour of hypercorn, h11, Quart
+and httpcore; README.md beside this file lists each assumption and the test that fails when a
+library changes it. May import: :mod:`tracker.net`, :mod:`tracker.core`,
+:mod:`tracker.errors`.
+"""

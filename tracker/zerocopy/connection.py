@@ -1,0 +1,299 @@
+"""Zero-copy bodies: file or upstream bytes go to a client's socket without entering Python.
+
+Why: an archive sent with ``os.pread`` + ``send`` crosses Python twice, and the second copy
+runs in the event-loop thread for every stream at once (bench/README.md: on 2 cores, 8 cache
+hits reached ~0.55x nginx, whose ``sendfile`` copies nothing). ASGI has no way to hand a file
+to the server, and hypercorn has none either, so the tracker runs hypercorn's own connection
+handler over a socket stream of its own (:class:`ZeroCopyStream`, see tracker/zerocopy/server.py).
+
+How a body uses it: for each piece of the file it calls :meth:`Connection.stage` and yields
+the *placeholder* that returns, a preallocated zero-filled ``bytes`` object of the piece's
+size (a power of two). Every layer between the body and the socket passes an exact ``bytes``
+through untouched for a response with ``content-length`` (Quart's ASGI loop; hypercorn's
+``bytes(body)``; h11's ``Data`` and ``b"".join`` of one item), and h11 counts its length, so
+the framing stays right. The stream recognises the very object and sends the staged piece in
+a worker thread instead of the placeholder's bytes: a file range with ``sendfile``
+(:class:`FilePiece`) or the next bytes of an upstream socket with ``splice``
+(:class:`SocketPiece`, see tracker/proxy/passthrough.py); the loops are in
+tracker/zerocopy/kernelcopy.py.
+The worker thread keeps the event loop free (a file not in the page cache blocks only it).
+
+A placeholder can never go out as zeros unnoticed: the stream refuses one that was not staged
+on its own connection, and the body checks after each piece that its stream took it
+(:meth:`Connection.finish`), so a library that started copying bodies would break every
+zero-copy download at its first piece (tests/test_zerocopy.py pins this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from tracker.errors import ClientGone, SourceFailed, TrackerError
+from tracker.zerocopy.kernelcopy import send_file, splice_sockets
+
+#: Piece sizes: powers of two from 64 KiB to 8 MiB. A body sends its file in pieces of the
+#: largest size that fits, and anything under the smallest with ordinary bytes.
+SMALLEST_PIECE = 64 * 1024
+LARGEST_PIECE = 8 * 1024 * 1024
+
+
+#: The ASGI scope key under which a connection that can take pieces is found.
+SCOPE_KEY = "tracker.zerocopy.connection"
+
+Address = tuple[Any, ...]
+
+
+def _placeholders() -> dict[int, bytes]:
+    sizes: dict[int, bytes] = {}
+    size = SMALLEST_PIECE
+    while size <= LARGEST_PIECE:
+        # bytes(n) is calloc'ed: the kernel's zero pages, no resident memory until read,
+        # and a placeholder is never read (its piece goes out through sendfile or splice).
+        sizes[size] = bytes(size)
+        size *= 2
+    return sizes
+
+
+def piece_size(left: int) -> int:
+    """The size of the next piece for ``left`` bytes still to send (0: send plain bytes)."""
+    if left < SMALLEST_PIECE:
+        return 0
+    return min(LARGEST_PIECE, 1 << (left.bit_length() - 1))
+
+
+@attrs.define
+class Piece:
+    """``count`` bytes staged to go out on a connection by a zero-copy system call."""
+
+    count: int
+    sent: bool = False
+    #: Why the source failed (raised by :meth:`Connection.finish`); the client's loss shows
+    #: as the connection being ``broken`` instead.
+    source_error: TrackerError | None = None
+
+    def prepare(self) -> tuple[int, ...]:
+        """In the event-loop thread: duplicate the descriptors :meth:`transfer` uses, so
+        that none can be closed (and its number reused) under the worker thread."""
+        return ()
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """Blocking, in a worker thread: send the piece to socket ``out``. Raises
+        SourceFailed for the source's failure, OSError or TimeoutError for the client's."""
+        raise NotImplementedError
+
+
+@attrs.define
+class FilePiece(Piece):
+    """``count`` bytes of open file ``fd`` from ``offset``, sent with sendfile."""
+
+    fd: int = -1
+    offset: int = 0
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """See :meth:`Piece.transfer`."""
+        send_file(out, self.fd, self.offset, self.count)
+
+
+@attrs.define
+class SocketPiece(Piece):
+    """The next ``count`` bytes arriving on an upstream socket, spliced through a pipe."""
+
+    sock: trio.socket.SocketType | None = None
+    #: Longest wait for upstream bytes, seconds.
+    read_timeout: float = 60.0
+
+    def prepare(self) -> tuple[int, ...]:
+        """See :meth:`Piece.prepare`."""
+        assert self.sock is not None
+        if self.sock.fileno() < 0:
+            raise SourceFailed("upstream connection closed")
+        return (os.dup(self.sock.fileno()),)
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+        """See :meth:`Piece.transfer`."""
+        splice_sockets(sources[0], out, self.count, self.read_timeout)
+
+
+class Connection:
+    """One client connection's side of the handshake between a body and its stream."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._placeholders = connections.placeholders
+        self._staged: Piece | None = None
+        self.broken = False
+
+    def stage(self, piece: Piece) -> bytes:
+        """Stage ``piece`` and return the placeholder to yield for it.
+
+        Raises ValueError when ``piece.count`` is not a piece size (see :func:`piece_size`).
+        """
+        placeholder = self._placeholders.get(piece.count)
+        if placeholder is None:
+            raise ValueError(f"not a piece size: {piece.count}")
+        self._staged = piece
+        return placeholder
+
+    def finish(self, piece: Piece) -> None:
+        """After the placeholder of ``piece`` was handed to the server: check it went out.
+
+        Raises the piece's ``source_error`` when its source failed, ClientGone when the
+        connection broke meanwhile, TrackerError when the piece never reached this
+        connection's stream (a layer copied the body: a bug, never sent as zeros because the
+        connection is then aborted before its content-length is reached).
+        """
+        if piece.sent:
+            return
+        self._staged = None
+        if piece.source_error is not None:
+            raise piece.source_error
+        if self.broken:
+            raise ClientGone("client connection closed during a zero-copy send")
+        raise TrackerError("zero-copy piece did not reach the connection's stream")
+
+    def is_placeholder(self, data: object) -> bool:
+        """True when ``data`` is one of the placeholder objects (identity, not equality)."""
+        size = len(data) if isinstance(data, bytes) else -1
+        return self._placeholders.get(size) is data
+
+    async def send_staged(self, sock: trio.socket.SocketType, data: bytes) -> None:
+        """Send the piece staged for placeholder ``data`` on ``sock`` (in a worker thread).
+
+        Raises trio.BrokenResourceError when nothing was staged for it, the client went away
+        or stalled (tracker/zerocopy/kernelcopy.py), or the piece's source failed; the connection is
+        then shut down (part of the piece may be out: it must end short of its
+        content-length).
+        """
+        piece, self._staged = self._staged, None
+        if piece is None or piece.count != len(data):
+            self.broken = True
+            raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
+        descriptors: list[int] = []
+        try:
+            descriptors.append(os.dup(sock.fileno()))
+            descriptors += piece.prepare()
+            await trio.to_thread.run_sync(
+                piece.transfer,
+                descriptors[0],
+                tuple(descriptors[1:]),
+                limiter=self._connections.limiter,
+            )
+        except (SourceFailed, OSError) as exc:
+            if isinstance(exc, SourceFailed):
+                piece.source_error = exc
+            self.broken = True
+            # hypercorn only marks the connection closed when send_all fails: end it here.
+            _shut_down(sock)
+            raise trio.BrokenResourceError(str(exc)) from exc
+        finally:
+            for fd in descriptors:
+                os.close(fd)
+        piece.sent = True
+        self._connections.pieces += 1
+
+
+def _shut_down(sock: trio.socket.SocketType) -> None:
+    with contextlib.suppress(OSError):  # gone already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class Connections:
+    """The client connections able to take zero-copy pieces, by (client, server) address."""
+
+    def __init__(self, threads: int = 256) -> None:
+        self.placeholders = _placeholders()
+        #: Bounds the worker threads sending pieces (a stalled client holds one).
+        self.limiter = trio.CapacityLimiter(threads)
+        #: Pieces sent with sendfile so far, on every connection.
+        self.pieces = 0
+        self._open: dict[tuple[Address, Address], Connection] = {}
+
+    def open(self, key: tuple[Address, Address]) -> Connection:
+        """Register a new connection (its stream calls this)."""
+        connection = Connection(self)
+        self._open[key] = connection
+        return connection
+
+    def close(self, key: tuple[Address, Address]) -> None:
+        """Forget a connection (its stream calls this when it closes)."""
+        self._open.pop(key, None)
+
+    def for_scope(self, scope: dict[str, Any]) -> Connection | None:
+        """The connection an HTTP/1.x request arrived on, when it can take pieces."""
+        if scope.get("type") != "http" or scope.get("http_version") not in ("1.0", "1.1"):
+            return None  # HTTP/2 frames bodies itself: a placeholder would be copied
+        client, server = scope.get("client"), scope.get("server")
+        if not client or not server:
+            return None
+        return self._open.get((tuple(client), tuple(server)))
+
+
+def zero_copy_connection(scope: Mapping[str, Any]) -> Connection | None:
+    """The request's connection (from its ASGI ``scope``) when it takes zero-copy pieces."""
+    connection = scope.get(SCOPE_KEY)
+    return connection if isinstance(connection, Connection) else None
+
+
+class ZeroCopyStream(trio.abc.HalfCloseableStream):
+    """A TCP socket stream that sends staged pieces with sendfile, everything else as is.
+
+    Only what hypercorn's TCPServer uses is provided: ``socket``, ``send_all``,
+    ``receive_some``, ``send_eof``, ``aclose``. It has no ``do_handshake`` on purpose:
+    TCPServer tells a plain stream from a TLS one by that AttributeError.
+    """
+
+    def __init__(self, stream: trio.SocketStream, connections: Connections) -> None:
+        self._stream = stream
+        self.socket = stream.socket
+        self._connections = connections
+        self._key = _addresses(stream.socket)
+        self._connection = connections.open(self._key) if self._key else None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``; a placeholder sends its staged piece instead."""
+        connection = self._connection
+        # The size test first: it is all that most sends (heads, small bodies) cost.
+        if len(data) >= SMALLEST_PIECE and connection and connection.is_placeholder(data):
+            assert isinstance(data, bytes)
+            await connection.send_staged(self.socket, data)
+            return
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream's."""
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """As the wrapped stream's."""
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        """As the wrapped stream's."""
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        """Close the socket and forget the connection."""
+        if self._connection is not None:
+            # A body still sending learns that its client is gone (not a bug of ours).
+            self._connection.broken = True
+        if self._key:
+            self._connections.close(self._key)
+        await self._stream.aclose()
+
+
+def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address] | None:
+    """(client, server) as hypercorn puts them in the scope; None for non-TCP sockets."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None
+    return (peer[0], peer[1]), (local[0], local[1])

@@ -1,0 +1,112 @@
+"""Serve an ASGI app on one listening socket with hypercorn's connection handler.
+
+This is hypercorn's ``trio.serve`` (hypercorn/trio/run.py ``worker_serve``) cut down to what
+the tracker uses — one plain TCP listener, lifespan, graceful stop — with one change: each
+accepted connection is wrapped in a :class:`tracker.zerocopy.connection.ZeroCopyStream` before
+hypercorn's ``TCPServer`` sees it, so file bodies can go out with ``sendfile``. hypercorn's
+``serve`` builds its listeners itself and offers no hook for that.
+
+It uses hypercorn's ``TCPServer``, ``Lifespan`` and ``WorkerContext``, which are not
+documented API: tests/test_zerocopy.py serves real downloads through this module and fails
+if their signatures or behaviour change.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+from tracker.core.logs import ExpectedErrors
+from tracker.errors import TrackerError
+from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream
+
+
+class ZeroCopyApp:
+    """Puts the request's :class:`~tracker.zerocopy.connection.Connection` in the scope."""
+
+    def __init__(self, app: Any, connections: Connections) -> None:
+        self.app = app
+        self._connections = connections
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        connection = self._connections.for_scope(scope)
+        if connection is not None:
+            scope[SCOPE_KEY] = connection  # each request's scope is its own dict
+        await self.app(scope, receive, send)
+
+
+async def serve(
+    app: Any,
+    config: HypercornConfig,
+    sock: socket.socket,
+    connections: Connections,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the listening TCP socket ``sock`` until ``shutdown_trigger`` returns.
+
+    Then stop accepting, give open connections ``config.graceful_timeout`` seconds to finish,
+    and run the app's lifespan shutdown. ``sock`` is closed on return. Starts with the bound
+    address (``http://host:port``) as hypercorn's ``serve`` does.
+    """
+    wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+
+    async def handle(stream: trio.SocketStream) -> None:
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(wrapped, config, context, state, ZeroCopyStream(stream, connections))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections_nursery:
+            async with listener, trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    partial(
+                        trio.serve_listeners,
+                        handle,
+                        [listener],
+                        handler_nursery=connections_nursery,
+                    )
+                )
+                task_status.started([bind])
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()
+            await context.terminated.set()
+            connections_nursery.cancel_scope.deadline = (
+                trio.current_time() + config.graceful_timeout
+            )
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+def hypercorn_config(grace: float) -> HypercornConfig:
+    """A hypercorn config for one listener: no read timeout, no access log on the hot path."""
+    cfg = HypercornConfig()
+    cfg.graceful_timeout = grace
+    # A download sends nothing upstream for hours: no read timeout .
+    cfg.read_timeout = None
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    if not any(isinstance(f, ExpectedErrors) for f in cfg.errorlog.filters):
+        # Deliberately broken streams were logged already, as one line each (during a stop
+        # the server reports them grouped with the cancellation of the request).
+        cfg.errorlog.addFilter(ExpectedErrors((TrackerError, trio.Cancelled)))
+    cfg.keep_alive_timeout = 75
+    return cfg
