@@ -124,8 +124,13 @@ async def run_tracker(
         deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)
         app = create_app(deps, on_response=tracker.metrics.count_request)
 
+        reloading = trio.Lock()
+
         async def reload() -> None:
-            new = reload_config()
+            # Parsed in a worker thread: a large file must not stall the API meanwhile.
+            # One reload at a time, so a storm of them parses the file once after another.
+            async with reloading:
+                new = await trio.to_thread.run_sync(reload_config)
             tracker.config = new
             scraper.update_config(new)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))

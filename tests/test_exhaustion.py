@@ -1,0 +1,96 @@
+"""Bounded work for hostile or careless input: config size, reloads off the event loop.
+
+A config file is read with a size cap and parsed in a worker thread on reload, so a wrong
+file (a log, an archive) is refused at once and a large valid one never stalls the API.
+Real ``serve`` and ``check-config`` subprocesses, real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+from helpers_process import start_serve
+
+from tracker.core.config import MAX_ALIASES, MAX_CONFIG_BYTES
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tracker", "check-config", "--config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.yml"
+    with path.open("w") as file:
+        file.write("target_groups: [{group: g}]\n")
+        file.write("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    done = check_config(path)
+    assert done.returncode == 2
+    size = path.stat().st_size
+    assert f"{path}: the config file is {size:,} bytes, more than the {MAX_CONFIG_BYTES}" in (
+        done.stderr
+    )
+
+
+def test_a_config_with_too_many_aliases_is_refused(tmp_path: Path) -> None:
+    """Nested aliases are a few lines that stand for billions of values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 12):
+        lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]")
+    path = tmp_path / "tracker.yml"
+    path.write_text("\n".join(lines) + "\ntarget_groups: [{group: g}]\n")
+    done = check_config(path)
+    assert done.returncode == 2
+    assert f"more than {MAX_ALIASES} aliases" in done.stderr
+
+
+def large_config(group_dir: Path) -> str:
+    """A valid config of ~1.4 MB that takes seconds to parse and changes nothing a scrape
+    does (80,000 denied networks)."""
+    deny = ",".join(f"'10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32'" for i in range(80000))
+    return (
+        f"target_groups: [{{group: g, local_targets: {{paths: ['{group_dir}']}}}}]\n"
+        f"internal_listen: 127.0.0.1:0\nlisten: 127.0.0.1:0\negress: {{deny: [{deny}]}}\n"
+    )
+
+
+async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    path = tmp_path / "tracker.yml"
+    path.write_text(
+        f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]\n"
+        "internal_listen: 127.0.0.1:0\nlisten: 127.0.0.1:0\n"
+    )
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+    path.write_text(large_config(ledger))
+    slowest = 0.0
+    polls = 0
+    reloaded = trio.Event()
+    async with (
+        httpx.AsyncClient(timeout=10, trust_env=False) as client,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def reload() -> None:
+            answer = await client.post(f"{serve.internal}/reload", timeout=60)
+            assert answer.status_code == 200, answer.text
+            reloaded.set()
+
+        nursery.start_soon(reload)
+        while not reloaded.is_set():
+            start = trio.current_time()
+            assert (await client.get(f"{serve.base}/v1/snapshots")).status_code == 200
+            slowest = max(slowest, trio.current_time() - start)
+            polls += 1
+            await trio.sleep(0.05)
+    size = path.stat().st_size
+    print(f"\nreload of a {size:,} byte config: {polls} polls, slowest {slowest:.3f}s")
+    assert polls >= 5  # the parse took a while: the API was asked throughout
+    assert slowest < 1.0  # parsing in the event loop stalled it for the whole parse
+    assert await serve.stop() == 0
