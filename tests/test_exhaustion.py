@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from helpers_process import start_serve
+from helpers_proxy import make_config, running_tracker
 
 from tracker.core.config import MAX_ALIASES, MAX_CONFIG_BYTES
 
@@ -94,3 +96,55 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
     assert polls >= 5  # the parse took a while: the API was asked throughout
     assert slowest < 1.0  # parsing in the event loop stalled it for the whole parse
     assert await serve.stop() == 0
+
+
+async def exchange(base: str, request: bytes) -> tuple[bytes, bool]:
+    """Send ``request`` on a fresh connection; (everything received, whether the server
+    closed the connection) once it closes or 2 s pass without anything more."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    received = b""
+    async with stream:
+        await stream.send_all(request)
+        while True:
+            with trio.move_on_after(2):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return received, True
+                received += chunk
+                continue
+            return received, False
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        b"GET /v1/snapshots HTTP/1.0\r\n\r\n",
+        b"HEAD /v1/snapshot.tar.bz2 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    ],
+    ids=["connection-close", "http-1.0", "head-connection-close"],
+)
+async def test_a_connection_the_client_closes_is_closed_after_the_answer(
+    request_line: bytes,
+) -> None:
+    async with running_tracker(make_config(None)) as t:
+        received, closed = await exchange(t.base, request_line)
+    head = received.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 20")
+    assert b"transfer-encoding" not in head
+    assert closed  # hypercorn's close ran in a cancelled task and stayed open
+
+
+async def test_content_length_with_transfer_encoding_is_refused() -> None:
+    request = (
+        b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/targets HTTP/1.1\r\nhost: t\r\n\r\n"
+    )
+    async with running_tracker(make_config(None)) as t:
+        received, closed = await exchange(t.base, request)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert body == b"content-length and transfer-encoding together\n"
+    assert closed
+    assert received.count(b"HTTP/1.1") == 1  # the request smuggled behind it was not served

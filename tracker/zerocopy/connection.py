@@ -274,18 +274,25 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """As the wrapped stream's."""
         return await self._stream.receive_some(max_bytes)
 
+    # hypercorn closes a connection that must not be kept (``Connection: close``, HTTP/1.0,
+    # an error) from the task that ran the request, which quart-trio cancels as soon as the
+    # response is complete: unshielded, that cancellation interrupts send_eof and aclose, and
+    # the socket stays open until the client gives up. Both are a system call each.
+
     async def send_eof(self) -> None:
-        """As the wrapped stream's."""
-        await self._stream.send_eof()
+        """As the wrapped stream's, whatever cancellation is pending."""
+        with trio.CancelScope(shield=True):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
-        """Close the socket and forget the connection."""
+        """Close the socket and forget the connection, whatever cancellation is pending."""
         if self._connection is not None:
             # A body still sending learns that its client is gone (not a bug of ours).
             self._connection.broken = True
         if self._key:
             self._connections.close(self._key)
-        await self._stream.aclose()
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
 
 
 def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address] | None:

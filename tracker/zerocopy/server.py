@@ -33,17 +33,40 @@ from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream
 
 
 class ZeroCopyApp:
-    """Puts the request's :class:`~tracker.zerocopy.connection.Connection` in the scope."""
+    """Puts the request's :class:`~tracker.zerocopy.connection.Connection` in the scope, and
+    refuses requests whose framing is ambiguous before the app sees them."""
 
     def __init__(self, app: Any, connections: Connections) -> None:
         self.app = app
         self._connections = connections
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and _ambiguous_length(scope.get("headers", ())):
+            await _refuse(send, b"content-length and transfer-encoding together\n")
+            return
         connection = self._connections.for_scope(scope)
         if connection is not None:
             scope[SCOPE_KEY] = connection  # each request's scope is its own dict
         await self.app(scope, receive, send)
+
+
+def _ambiguous_length(headers: Any) -> bool:
+    """A request with both ``Content-Length`` and ``Transfer-Encoding``: h11 obeys the
+    latter, a proxy in front of the tracker may have obeyed the former, and the two would
+    disagree on where the next request starts (request smuggling)."""
+    names = {bytes(name).lower() for name, _value in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def _refuse(send: Any, reason: bytes) -> None:
+    """A 400 with a one-line reason; ``connection: close`` ends the connection after it."""
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", str(len(reason)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": reason, "more_body": False})
 
 
 async def serve(
