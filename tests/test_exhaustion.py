@@ -18,6 +18,8 @@ from helpers_process import start_serve
 from helpers_proxy import make_config, running_tracker
 
 from tracker.core.config import MAX_ALIASES, MAX_CONFIG_BYTES
+from tracker.zerocopy.limit import effective_limit
+from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -100,7 +102,7 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
 
 async def exchange(base: str, request: bytes) -> tuple[bytes, bool]:
     """Send ``request`` on a fresh connection; (everything received, whether the server
-    closed the connection) once it closes or 2 s pass without anything more."""
+    closed the connection) once it closes (or resets) or 2 s pass without anything more."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     received = b""
@@ -108,7 +110,10 @@ async def exchange(base: str, request: bytes) -> tuple[bytes, bool]:
         await stream.send_all(request)
         while True:
             with trio.move_on_after(2):
-                chunk = await stream.receive_some(65536)
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:  # reset: unread bytes were left behind
+                    return received, True
                 if not chunk:
                     return received, True
                 received += chunk
@@ -136,15 +141,109 @@ async def test_a_connection_the_client_closes_is_closed_after_the_answer(
     assert closed  # hypercorn's close ran in a cancelled task and stayed open
 
 
+AMBIGUOUS = (
+    b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n"
+    b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+)
+
+
 async def test_content_length_with_transfer_encoding_is_refused() -> None:
-    request = (
-        b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n"
-        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/targets HTTP/1.1\r\nhost: t\r\n\r\n"
-    )
     async with running_tracker(make_config(None)) as t:
-        received, closed = await exchange(t.base, request)
+        received, closed = await exchange(t.base, AMBIGUOUS)
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert body == b"content-length and transfer-encoding together\n"
     assert closed
-    assert received.count(b"HTTP/1.1") == 1  # the request smuggled behind it was not served
+
+
+async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> None:
+    smuggled = AMBIGUOUS + b"GET /v1/targets HTTP/1.1\r\nhost: t\r\n\r\n"
+    async with running_tracker(make_config(None)) as t:
+        received, closed = await exchange(t.base, smuggled)
+    assert closed
+    # The refusal may be lost to the reset that closing with unread bytes causes; the
+    # request behind it is never answered either way.
+    assert received.count(b"HTTP/1.1") <= 1
+    assert b"HTTP/1.1 200" not in received
+
+
+def test_the_connection_limit_stays_below_the_descriptor_limit() -> None:
+    assert effective_limit(4096, descriptors=1 << 20) == 4096
+    assert effective_limit(4096, descriptors=256) == (256 - 32) // 2
+    assert effective_limit(10, descriptors=256) == 10
+    assert effective_limit(4096, descriptors=8) == 1
+
+
+def small_tracker(tmp_path: Path, **extra: str) -> Path:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir(exist_ok=True)
+    path = tmp_path / "tracker.yml"
+    settings = "".join(f"{key}: {value}\n" for key, value in extra.items())
+    path.write_text(
+        f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]\n"
+        f"listen: 127.0.0.1:0\ninternal_listen: ''\n{settings}"
+    )
+    return path
+
+
+async def test_idle_and_half_sent_connections_cannot_lock_the_api_out(tmp_path: Path) -> None:
+    """300 connections that send half a request head and then nothing, to a tracker that may
+    open 256 descriptors: the API still answers at once, and the log stays quiet."""
+    limit_fds = ["sh", "-c", 'ulimit -n 256 && exec "$@"', "sh"]
+    serve = await start_serve("--config", str(small_tracker(tmp_path)), prefix=limit_fds)
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    idle: list[trio.SocketStream] = []
+    try:
+        for _ in range(300):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n")  # no end
+            idle.append(stream)
+        start = trio.current_time()
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+            answer = await client.get(f"{serve.base}/v1/snapshots")
+        elapsed = trio.current_time() - start
+        assert answer.status_code == 200
+        assert elapsed < 1.0, f"the API took {elapsed:.2f}s"
+    finally:
+        for stream in idle:
+            await stream.aclose()
+    assert await serve.stop() == 0
+    lines = [line for line in serve.log.splitlines() if "connections_limited" in line]
+    assert len(lines) == 1, serve.log[-2000:]
+    assert "accept" not in serve.log.lower()
+
+
+async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
+    tmp_path: Path,
+) -> None:
+    path = small_tracker(tmp_path)
+    name = "snapshot-700-" + "3" * 44 + ".tar.zst"
+    data = bytes(range(256)) * (24 * 1024)  # 6 MiB
+    (tmp_path / "ledger" / name).write_bytes(data)
+    serve = await start_serve("--config", str(path))
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
+            await trio.sleep(0.05)
+    async with await trio.open_tcp_stream(host, int(port)) as keep_alive:
+        await keep_alive.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
+        start = trio.current_time()
+        with trio.fail_after(30):  # hypercorn's default kept it 75 s
+            while await keep_alive.receive_some(65536):
+                pass
+        idle_for = trio.current_time() - start
+    assert KEEP_ALIVE_TIMEOUT - 0.5 < idle_for < KEEP_ALIVE_TIMEOUT + 20
+    # A download whose client stops reading for longer than the idle timeout is not idle.
+    async with await trio.open_tcp_stream(host, int(port)) as download:
+        await download.send_all(f"GET /{name} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        received = await download.receive_some(65536)
+        paused = trio.current_time()
+        await trio.sleep(KEEP_ALIVE_TIMEOUT + 1)  # the client is busy elsewhere, on purpose
+        assert trio.current_time() - paused > KEEP_ALIVE_TIMEOUT
+        with trio.fail_after(30):
+            while len(received.partition(b"\r\n\r\n")[2]) < len(data):
+                chunk = await download.receive_some(1024 * 1024)
+                assert chunk, "the download was cut"
+                received += chunk
+    assert received.partition(b"\r\n\r\n")[2] == data
+    assert await serve.stop() == 0

@@ -48,6 +48,7 @@ from tracker.web.listeners import (
 from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.zerocopy.connection import Connections
+from tracker.zerocopy.limit import effective_limit
 from tracker.zerocopy.server import hypercorn_config, serve
 
 log = logging.getLogger("tracker.service")
@@ -146,6 +147,7 @@ async def run_tracker(
                     streamer.cache()  # start-up: leftover temp files go before any request
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
+                    limit = effective_limit(config.max_connections)
                     for role, sock in sockets.items():
                         cfg = hypercorn_config(config.shutdown_grace)
                         run = partial(
@@ -155,6 +157,7 @@ async def run_tracker(
                             sock,
                             zero_copy,
                             shutdown_trigger=tracker.stop.wait,
+                            max_connections=limit,
                         )
                         addresses += await nursery.start(run)
                     age = partial(track_snapshot_age, health, tracker.metrics, tracker.current)

@@ -245,6 +245,8 @@ class Config:
     cache_complete_on_disconnect: bool = True
     max_target_failures: int = 3
     scrape_concurrency: int = 64
+    #: Open client connections per listener (lowered below the descriptor limit at start).
+    max_connections: int = 4096
     shutdown_grace: float = 30.0
     cache_share_inflight: bool = False
     cache_prefetch: bool = False
@@ -352,6 +354,7 @@ class _Loader:
             "max_snapshot_age": values.integer_in(0),
             "max_target_failures": values.integer_in(1),
             "scrape_concurrency": values.integer_in(1, 10000),
+            "max_connections": values.integer_in(1, 1_000_000),
             "cache_prefetch_concurrency": values.integer_in(1),
             "proxy_snapshot_cache_dir": self._cache_dir,
             "target_groups": _list_of(lambda raw: self.converter.structure(raw, TargetGroup)),

@@ -129,6 +129,8 @@ class Connection:
         self._placeholders = connections.placeholders
         self._staged: Piece | None = None
         self.broken = False
+        #: Requests of this connection the app is answering now (see ZeroCopyApp).
+        self.requests = 0
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
@@ -255,9 +257,22 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self._connections = connections
         self._key = _addresses(stream.socket)
         self._connection = connections.open(self._key) if self._key else None
+        #: When bytes last came in or went out (trio's clock).
+        self.last_active = trio.current_time()
+
+    @property
+    def idle(self) -> bool:
+        """True when no request of this connection is being answered: between requests,
+        or before a complete request head arrived."""
+        return self._connection is None or self._connection.requests == 0
+
+    def shut_down(self) -> None:
+        """End the connection both ways; its handler then sees the end and closes it."""
+        _shut_down(self.socket)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``; a placeholder sends its staged piece instead."""
+        self.last_active = trio.current_time()
         connection = self._connection
         # The size test first: it is all that most sends (heads, small bodies) cost.
         if len(data) >= SMALLEST_PIECE and connection and connection.is_placeholder(data):
@@ -272,7 +287,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """As the wrapped stream's."""
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        self.last_active = trio.current_time()
+        return data
 
     # hypercorn closes a connection that must not be kept (``Connection: close``, HTTP/1.0,
     # an error) from the task that ran the request, which quart-trio cancels as soon as the

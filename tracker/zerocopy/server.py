@@ -30,6 +30,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
 from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream
+from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 
 
 class ZeroCopyApp:
@@ -44,10 +45,38 @@ class ZeroCopyApp:
         if scope.get("type") == "http" and _ambiguous_length(scope.get("headers", ())):
             await _refuse(send, b"content-length and transfer-encoding together\n")
             return
+        send = partial(_send_last_shielded, send)
         connection = self._connections.for_scope(scope)
-        if connection is not None:
-            scope[SCOPE_KEY] = connection  # each request's scope is its own dict
-        await self.app(scope, receive, send)
+        if connection is None:
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = connection  # each request's scope is its own dict
+        connection.requests += 1  # not idle: the connection limit never closes it now
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            connection.requests -= 1
+
+
+async def _send_last_shielded(send: Any, message: Any) -> None:
+    """``send(message)``; the last (small) message of a response shielded from cancellation.
+
+    Sending it makes hypercorn end the request and, in the same call, either close the
+    connection (``Connection: close``, HTTP/1.0) or start its idle timer. quart-trio cancels
+    the request's task as soon as hypercorn reports the request over, in the middle of that
+    call: unshielded, the connection then stayed open, with no idle timer, until the client
+    gave up. The message is at most a few bytes (Quart ends every body with an empty one).
+    """
+    last = message.get("type") == "http.response.body" and not message.get("more_body")
+    if last and len(message.get("body", b"")) <= _SHIELDED_BODY:
+        with trio.CancelScope(shield=True):
+            await send(message)
+    else:
+        await send(message)
+
+
+#: The largest last message of a response sent shielded (a few bytes in practice).
+_SHIELDED_BODY = 64 * 1024
 
 
 def _ambiguous_length(headers: Any) -> bool:
@@ -76,13 +105,16 @@ async def serve(
     connections: Connections,
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]],
+    max_connections: int = 4096,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening TCP socket ``sock`` until ``shutdown_trigger`` returns.
 
-    Then stop accepting, give open connections ``config.graceful_timeout`` seconds to finish,
-    and run the app's lifespan shutdown. ``sock`` is closed on return. Starts with the bound
-    address (``http://host:port``) as hypercorn's ``serve`` does.
+    At most ``max_connections`` client connections are open at once (see
+    :mod:`tracker.zerocopy.limit`). Then stop accepting, give open connections
+    ``config.graceful_timeout`` seconds to finish, and run the app's lifespan shutdown.
+    ``sock`` is closed on return. Starts with the bound address (``http://host:port``) as
+    hypercorn's ``serve`` does.
     """
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
@@ -91,9 +123,14 @@ async def serve(
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
-    async def handle(stream: trio.SocketStream) -> None:
+    limit = ConnectionLimit(max_connections)
+
+    async def handle(stream: ZeroCopyStream) -> None:
         state = ConnectionState(lifespan_state.copy())
-        await TCPServer(wrapped, config, context, state, ZeroCopyStream(stream, connections))  # type: ignore[arg-type]
+        try:
+            await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+        finally:
+            limit.release(stream)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -101,12 +138,7 @@ async def serve(
         async with trio.open_nursery() as connections_nursery:
             async with listener, trio.open_nursery() as accepting:
                 accepting.start_soon(
-                    partial(
-                        trio.serve_listeners,
-                        handle,
-                        [listener],
-                        handler_nursery=connections_nursery,
-                    )
+                    _accept, listener, connections, limit, handle, connections_nursery
                 )
                 task_status.started([bind])
                 await shutdown_trigger()
@@ -117,6 +149,43 @@ async def serve(
             )
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    connections: Connections,
+    limit: ConnectionLimit,
+    handle: Callable[[ZeroCopyStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections for ``handle`` within ``limit``, for ever (until cancelled).
+
+    trio's ``serve_listeners`` logs every accept() that fails for lack of descriptors, ten
+    times a second while it lasts; here such failures and refusals make one summary line a
+    minute (:class:`ConnectionLimit`) and the loop backs off a little.
+    """
+    while True:
+        try:
+            socket_stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in CAPACITY_ERRNOS:
+                raise
+            limit.exhausted(exc)
+            await trio.sleep(ACCEPT_BACKOFF)
+            continue
+        stream = ZeroCopyStream(socket_stream, connections)
+        if limit.admit(stream):
+            nursery.start_soon(handle, stream)
+        else:
+            await stream.aclose()
+
+
+#: Seconds accept() waits after failing for lack of descriptors.
+ACCEPT_BACKOFF = 0.1
+
+
+#: Seconds an idle client connection is kept open.
+KEEP_ALIVE_TIMEOUT = 5.0
 
 
 def hypercorn_config(grace: float) -> HypercornConfig:
@@ -131,5 +200,8 @@ def hypercorn_config(grace: float) -> HypercornConfig:
         # Deliberately broken streams were logged already, as one line each (during a stop
         # the server reports them grouped with the cancellation of the request).
         cfg.errorlog.addFilter(ExpectedErrors((TrackerError, trio.Cancelled)))
-    cfg.keep_alive_timeout = 75
+    # Idle connections (between requests, or before a request head is complete) are closed
+    # after this: a client that means to send another request does so at once, and each idle
+    # connection holds a descriptor. A request in flight (a download) is never idle.
+    cfg.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     return cfg
