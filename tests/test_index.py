@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 H = base58.b58encode(bytes(range(32))).decode()
@@ -94,3 +95,42 @@ def test_best_rule_matches_reference(entries: list[tuple[int, int, int]]) -> Non
     assert (incr.info.slot if incr else None) == (max(expected) if expected else None)
     keys = [s.rank_key() for s in index.sources("g")]
     assert keys == sorted(keys, reverse=True)
+
+
+def test_every_change_bumps_the_generation_and_the_ranking_across_groups() -> None:
+    index = Index()
+    before = index.generation
+    index.apply(TargetKey("b", "x"), infos("snapshot-100-H.tar"), T0)
+    index.apply(TargetKey("a", "y"), infos("snapshot-300-H.tar", "snapshot-200-H.tar"), T0)
+    assert index.generation == before + 2
+    assert [(s.key.group, s.info.slot) for s in index.ranked()] == [
+        ("a", 300),
+        ("a", 200),
+        ("b", 100),
+    ]
+    expected = sorted(index.sources(), key=lambda s: s.rank_key(), reverse=True)
+    assert index.ranked() == expected
+    index.drop(TargetKey("a", "y"))
+    assert index.generation == before + 3
+    assert [s.info.slot for s in index.ranked()] == [100]
+    index.drop(TargetKey("a", "y"))  # nothing to forget: no change
+    assert index.generation == before + 3
+
+
+def test_listings_are_rendered_once_per_generation() -> None:
+    index = Index()
+    cache = ListingCache(index, max_entries=2)
+    rendered: list[str] = []
+
+    def render(text: str) -> bytes:
+        rendered.append(text)
+        return text.encode()
+
+    assert cache.get("a", lambda: render("a1")) == b"a1"
+    assert cache.get("a", lambda: render("a2")) == b"a1"  # kept
+    index.apply(TargetKey("g", "t"), infos("snapshot-100-H.tar"), T0)
+    assert cache.get("a", lambda: render("a3")) == b"a3"  # the index changed
+    cache.get("b", lambda: render("b"))
+    cache.get("c", lambda: render("c"))  # over the size: the least recently used goes
+    assert cache.get("a", lambda: render("a4")) == b"a4"
+    assert rendered == ["a1", "a3", "b", "c", "a4"]

@@ -55,18 +55,25 @@ class Index:
 
     def __init__(self) -> None:
         self._entries: dict[TargetKey, _Entry] = {}
+        #: Bumped by every change: what was computed from an older generation is stale.
+        self.generation = 0
+        self._everything: list[SnapshotSource] | None = None
         self._ranked: dict[str, list[SnapshotSource]] | None = None
         self._fulls: dict[str, list[SnapshotSource]] = {}
 
     def apply(self, key: TargetKey, infos: Iterable[SnapshotInfo], updated_at: datetime) -> None:
         """Replace everything ``key`` reported before with ``infos``."""
         self._entries[key] = _Entry(tuple(infos), updated_at)
-        self._ranked = None
+        self._changed()
 
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
         if self._entries.pop(key, None) is not None:
-            self._ranked = None
+            self._changed()
+
+    def _changed(self) -> None:
+        self._ranked = self._everything = None
+        self.generation += 1
 
     def keys(self) -> list[TargetKey]:
         """Every target that currently contributes snapshots."""
@@ -97,6 +104,17 @@ class Index:
         if group is not None:
             return list(ranked.get(group, ()))
         return [s for name in sorted(ranked) for s in ranked[name]]
+
+    def ranked(self) -> list[SnapshotSource]:
+        """Every source of every group, best first (ties: group name, then as in a group).
+
+        Computed once per change, like the groups' own rankings; do not modify the list.
+        """
+        if self._everything is None:
+            everything = self.sources()
+            everything.sort(key=SnapshotSource.rank_key, reverse=True)
+            self._everything = everything
+        return self._everything
 
     def best_full(self, group: str) -> SnapshotSource | None:
         """The source of the group's highest full snapshot, or None.

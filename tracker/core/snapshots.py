@@ -6,6 +6,7 @@ Nothing here does I/O. Every source kind turns what it finds into :class:`Snapsh
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +26,13 @@ _INCR_RE = re.compile(rf"incremental-snapshot-{_SLOT}-{_SLOT}-{_HASH}{_EXT}")
 U64_MAX = 2**64 - 1
 
 
+@functools.lru_cache(maxsize=65536)
 def decode_hash(text: str) -> bytes | None:
-    """Return the 32 bytes of a base58 hash, or None when ``text`` is not one."""
+    """Return the 32 bytes of a base58 hash, or None when ``text`` is not one.
+
+    Memoised: ranking compares hashes on every sort, and base58 in pure Python costs tens of
+    microseconds a hash (10,000 snapshots took ~0.2 s a sort).
+    """
     if not 32 <= len(text) <= 44:
         return None
     try:

@@ -24,6 +24,7 @@ from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import RequestError
 from tracker.web.delivery import Delivery, redirect, tracker_path
 from tracker.web.health import HealthChecker
+from tracker.web.listings import ListingCache
 from tracker.web.queries import archive_name, group_filter, parse_max, parse_slot, resolve_group
 from tracker.web.urls import public_base
 
@@ -145,35 +146,60 @@ def _request_base(config: Config) -> str:
     return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
 
 
-def _listing(deps: ApiDeps, config: Config, sources: list[SnapshotSource]) -> quart.Response:
+def _listing_body(
+    deps: ApiDeps, sources: list[SnapshotSource], base: str | None, here: str
+) -> bytes:
     """The JSON array of ``sources``; the files of proxied sources point at the tracker."""
-    base = _base_url(config)
-    here = _request_base(config) if base is None else base
     proxied = deps.delivery.proxied
     body = [source_json(s, base, files_base=here if proxied(s) else None) for s in sources]
-    return json_response(body)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _listing(
+    deps: ApiDeps,
+    listings: ListingCache,
+    config: Config,
+    key: tuple[object, ...],
+    select: Callable[[], list[SnapshotSource]],
+) -> quart.Response:
+    """The listing of what ``select()`` picks, rendered once per index change (``key``: the
+    request's parameters)."""
+    base = _base_url(config)
+    here = _request_base(config) if base is None else base
+    body = listings.get(
+        (*key, base, here, config), lambda: _listing_body(deps, select(), base, here)
+    )
+    return quart.Response(body, content_type="application/json")
 
 
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
+    listings = ListingCache(deps.index)
+
     @app.get("/v1/snapshots")
     async def snapshots() -> quart.Response:
         config = deps.config()
         group = group_filter(config, quart.request.args)
         slot = parse_slot(quart.request.args.get("slot"))
-        sources = deps.index.sources(group)
-        if slot is not None:
-            sources = [s for s in sources if s.info.base_slot == slot]
-        return _listing(deps, config, sources)
+
+        def select() -> list[SnapshotSource]:
+            sources = deps.index.sources(group)
+            if slot is not None:
+                sources = [s for s in sources if s.info.base_slot == slot]
+            return sources
+
+        return _listing(deps, listings, config, ("snapshots", group, slot), select)
 
     @app.get("/v1/best_snapshots")
     async def best_snapshots() -> quart.Response:
         config = deps.config()
         group = group_filter(config, quart.request.args)
         limit = parse_max(quart.request.args.get("max"))
-        sources = deps.index.sources(group)
-        if group is None:
-            sources.sort(key=SnapshotSource.rank_key, reverse=True)
-        return _listing(deps, config, sources[:limit])
+
+        def select() -> list[SnapshotSource]:
+            ranked = deps.index.sources(group) if group is not None else deps.index.ranked()
+            return ranked[:limit]
+
+        return _listing(deps, listings, config, ("best", group, limit), select)
 
     @app.get("/v1/targets")
     async def targets() -> quart.Response:
