@@ -63,3 +63,25 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # Resolving a name asks a DNS server off the machine: only localhost and literal
+        # addresses (which the system resolves without asking anyone) may be looked up.
+        if isinstance(host, bytes):
+            host = host.decode()
+        if host is not None and host != "localhost" and not _literal(str(host)):
+            raise AssertionError(f"a test tried to resolve a host name: {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _literal(host: str) -> bool:
+    """True for an IP address literal (also in brackets, with a zone, or as an integer)."""
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.isdigit()  # "2130706433": the resolver reads it as a number, no lookup
+    return True

@@ -34,13 +34,10 @@ from tracker.core.config import BearerAuth, Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.metrics import Metrics
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
-from tracker.discovery.scrape import Scraper
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
-from tracker.web.api import ApiDeps, create_app
-from tracker.web.delivery import Delivery
-from tracker.web.health import HealthChecker
+from tracker.service import Components, Tracker, build
 from tracker.zerocopy.connection import Connections
 
 GROUP = "mainnet"
@@ -348,22 +345,37 @@ class TrackerUnderTest:
     """A running tracker: its base URL and everything a test may look at or change."""
 
     base: str
-    holder: dict[str, Config]
-    index: Index
-    transfers: Transfers
-    streamer: ProxyStreamer
-    metrics: Metrics
-    app: Any
+    parts: Components
     #: Zero-copy pieces sent (None: served by plain hypercorn, no zero-copy).
     connections: Connections | None = None
 
     @property
     def config(self) -> Config:
-        return self.holder["config"]
+        return self.parts.tracker.config
 
     @config.setter
     def config(self, value: Config) -> None:
-        self.holder["config"] = value
+        self.parts.tracker.config = value
+
+    @property
+    def index(self) -> Index:
+        return self.parts.tracker.index
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.parts.tracker.metrics
+
+    @property
+    def transfers(self) -> Transfers:
+        return self.parts.transfers
+
+    @property
+    def streamer(self) -> ProxyStreamer:
+        return self.parts.streamer
+
+    @property
+    def app(self) -> Any:
+        return self.parts.app
 
     @property
     def cache_root(self) -> Path:
@@ -446,43 +458,28 @@ async def running_tracker(
     app_config: dict[str, Any] | None = None,
     plain: bool = False,
 ) -> AsyncIterator[TrackerUnderTest]:
-    """A tracker in proxy mode on 127.0.0.1:0; stopped (transfers cancelled) on exit.
+    """The tracker's own components (:func:`tracker.service.build`, as the service builds
+    them) serving the public app on 127.0.0.1:0, with an index the test feeds (no scrape
+    loop); stopped (transfers cancelled) on exit.
 
     ``plain`` serves it with plain hypercorn: no sendfile or splice, every byte through
     Python (the path of HTTP/2 clients and TLS upstreams)."""
-    holder = {"config": config}
-    index = index if index is not None else Index()
-    metrics = Metrics(process=False)
-    transfers = Transfers()
-
-    def current() -> Config:
-        return holder["config"]
-
-    streamer = ProxyStreamer(
-        current, index, transfers, metrics=metrics, settings=settings, cache_factory=cache_factory
-    )
-    delivery = Delivery(current, index, streamer=streamer)
-    scraper = Scraper(config, index)
-    rpc = httpx.AsyncClient()
-    app = create_app(ApiDeps(current, index, scraper, delivery, HealthChecker(current, index, rpc)))
-    app.config.update(app_config or {})
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(transfers.run)
-            streamer.cache()  # start-up cleanup, as the service does
-            connections = None if plain else Connections()
-            serve = partial(serve_app, connections=connections, plain=plain)
-            base = await nursery.start(serve, app)
-            yield TrackerUnderTest(
-                base, holder, index, transfers, streamer, metrics, app, connections
-            )
-            transfers.close(0)
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await streamer.aclose()
-            await scraper.aclose()
-            await rpc.aclose()
+    tracker = Tracker(config, index=index or Index(), metrics=Metrics(process=False))
+    async with httpx.AsyncClient(trust_env=False) as rpc:
+        parts = build(tracker, rpc, settings=settings, cache_factory=cache_factory)
+        parts.app.config.update(app_config or {})
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(parts.transfers.run)
+                parts.streamer.cache()  # start-up cleanup, as the service does
+                connections = None if plain else Connections()
+                serve = partial(serve_app, connections=connections, plain=plain)
+                base = await nursery.start(serve, parts.app)
+                yield TrackerUnderTest(base, parts, connections)
+                parts.transfers.close(0)
+                nursery.cancel_scope.cancel()
+        finally:
+            await parts.aclose()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -153,3 +153,9 @@ def test_the_test_guard_refuses_connections_off_the_machine() -> None:
     """The conftest guard itself: a bug in the policy must never reach the network."""
     with socket.socket() as sock, pytest.raises(AssertionError, match="off the machine"):
         sock.connect(("192.0.2.1", 80))
+
+
+async def test_the_test_guard_refuses_name_lookups() -> None:
+    """Resolving a name sends a DNS query: tests inject a resolver instead."""
+    with pytest.raises(AssertionError, match="resolve a host name"):
+        await trio.socket.getaddrinfo("metadata.example", 80)

@@ -78,6 +78,8 @@ async def test_listings_with_10000_snapshots_under_16_clients(tmp_path: Path) ->
     assert len(every) == CLIENTS * ROUNDS * len(PATHS)
     # The contract is p99 < 100 ms, which a load generator in its own process measures here
     # (wrk: 32-60 ms). This client shares the machine's two cores with the server and, under
-    # xdist, with other tests: the bound below holds there and still fails by far on a
-    # tracker that sorts and serialises 10,000 snapshots per request (p50 was 1.3 s).
-    assert p99 < 0.5
+    # xdist, with other tests: the bounds below hold there and still fail by far on a
+    # tracker that sorts and serialises 10,000 snapshots per request (p50 1.0 s, p99 2.5 s).
+    median = statistics.median(every)
+    assert median < 0.25, f"p50 {median * 1000:.0f} ms"
+    assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms"

@@ -42,7 +42,8 @@ async def test_500_http_targets_in_one_round(
     path = write_config(
         tmp_path,
         {
-            "scrape_interval": "60s",
+            "scrape_interval": "120s",
+            "scrape_timeout": "60s",  # a loaded machine slows probes, not this test's point
             "target_groups": [
                 {"group": "g", "http_targets": {"targets": [f"{up}/{n}" for n in range(TARGETS)]}}
             ],
@@ -54,7 +55,7 @@ async def test_500_http_targets_in_one_round(
     async def all_indexed() -> bool:
         return len((await client.get(f"{base}/v1/snapshots")).json()) == 2 * TARGETS
 
-    await wait_until(all_indexed, timeout=30)
+    await wait_until(all_indexed, timeout=60)
     elapsed = trio.current_time() - start
     print(f"\n{TARGETS} HTTP targets indexed in {elapsed:.2f} s")
     best = (await client.get(f"{base}/v1/best_snapshots?max=1")).json()

@@ -21,18 +21,21 @@ from functools import partial
 import attrs
 import httpx
 import trio
+from quart_trio import QuartTrio
 
 from tracker.core.config import Config, parse_address
 from tracker.core.index import Index
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
-from tracker.discovery.scrape import Scraper
+from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
+from tracker.net.egress import Resolver, resolve
 from tracker.proxy.prefetch import Prefetcher
-from tracker.proxy.streamer import ProxyStreamer
+from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
+from tracker.proxy.upstream import ProxySettings
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import ApiDeps, create_app
 from tracker.web.delivery import Delivery
@@ -69,6 +72,65 @@ class Tracker:
         return self.config
 
 
+@attrs.define
+class Components:
+    """Everything one tracker is made of, wired together by :func:`build`."""
+
+    tracker: Tracker
+    scraper: Scraper
+    transfers: Transfers
+    streamer: ProxyStreamer
+    prefetcher: Prefetcher
+    delivery: Delivery
+    health: HealthChecker
+    #: The public Quart app.
+    app: QuartTrio
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients (shielded: safe while being cancelled)."""
+        with trio.CancelScope(shield=True):
+            await self.scraper.aclose()
+            await self.streamer.aclose()
+
+
+def build(
+    tracker: Tracker,
+    rpc_client: httpx.AsyncClient,
+    *,
+    settings: ProxySettings | None = None,
+    cache_factory: CacheFactory | None = None,
+    resolver: Resolver = resolve,
+    on_probe: Callable[[TargetHealth], None] | None = None,
+) -> Components:
+    """Build every component of a tracker over ``tracker``'s live state: the one place where
+    they are wired (the service and the tests use it alike).
+
+    ``settings`` (download tunables), ``cache_factory`` (the disk cache) and ``resolver``
+    (host names from the network) are for tests to inject; ``on_probe`` is told each probe's
+    result. Nothing runs yet: the caller starts ``transfers.run`` and the listeners.
+    """
+    current, index, metrics = tracker.current, tracker.index, tracker.metrics
+    scraper = Scraper(tracker.config, index, on_probe=on_probe, resolver=resolver)
+    transfers = Transfers()
+    budget = ChunkBudget()  # read-ahead memory shared by every file stream
+    streamer = ProxyStreamer(
+        current,
+        index,
+        transfers,
+        metrics=metrics,
+        settings=settings,
+        cache_factory=cache_factory,
+        budget=budget,
+        resolver=resolver,
+    )
+    prefetcher = Prefetcher(current, index, streamer, transfers)
+    delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
+    health = HealthChecker(current, index, rpc_client)
+    deps = ApiDeps(current, index, scraper, delivery, health)
+    app = create_app(deps, on_response=metrics.count_request)
+    return Components(tracker, scraper, transfers, streamer, prefetcher, delivery, health, app)
+
+
 def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
     """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
 
@@ -101,29 +163,19 @@ async def run_tracker(
     tracker = Tracker(config)
     notifier = Notifier.from_env(environ)
     reporter = ScrapeReporter(tracker.metrics, notifier)
-    scraper = Scraper(config, tracker.index, on_probe=reporter.probe_done)
-    scraper.on_round = reporter.round_done
     sockets = open_listeners(config, environ)
     async with httpx.AsyncClient(trust_env=False, cookies=no_cookies()) as rpc_client:
-        transfers = Transfers()
-        budget = ChunkBudget()  # read-ahead memory shared by every file stream
-        streamer = ProxyStreamer(
-            tracker.current, tracker.index, transfers, metrics=tracker.metrics, budget=budget
-        )
+        parts = build(tracker, rpc_client, on_probe=reporter.probe_done)
         # cache_prefetch: after each scrape round, new best archives are refreshed in the
         # background (in the transfers nursery).
-        prefetcher = Prefetcher(tracker.current, tracker.index, streamer, transfers)
-        scraper.on_round = prefetcher.after(reporter.round_done)
-        delivery = Delivery(
-            tracker.current,
-            tracker.index,
-            streamer=streamer,
-            metrics=tracker.metrics,
-            budget=budget,
+        parts.scraper.on_round = parts.prefetcher.after(reporter.round_done)
+        scraper, transfers, streamer, health = (
+            parts.scraper,
+            parts.transfers,
+            parts.streamer,
+            parts.health,
         )
-        health = HealthChecker(tracker.current, tracker.index, rpc_client)
-        deps = ApiDeps(tracker.current, tracker.index, scraper, delivery, health)
-        app = create_app(deps, on_response=tracker.metrics.count_request)
+        app = parts.app
 
         reloading = trio.Lock()
 
@@ -179,9 +231,7 @@ async def run_tracker(
                     guard.start_soon(_enforce_grace, grace, ports, apps, nursery.cancel_scope)
                 guard.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await scraper.aclose()
-                await streamer.aclose()
+            await parts.aclose()
     log_event(log, "info", "stopped")
 
 
