@@ -25,14 +25,14 @@ refresh's broken upstream body is resumed with a Range request (:mod:`tracker.pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
 import quart
 from quart.wrappers.response import ResponseBody
 
-from tracker.cache.store import Cache
+from tracker.cache.store import Cache, Refresh
 from tracker.core.config import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.logs import log_event
@@ -41,9 +41,11 @@ from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.errors import RequestError, UpstreamError
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.proxy.pumps import fill, relay
+from tracker.proxy.pumps import refresh as refresh_pump
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import ReaderEvents, SharedRefresh, join
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers, pump
+from tracker.proxy.transfers import Head, RefreshJob, StreamEvents, StreamJob, Transfers
 from tracker.proxy.upstream import (
     FORWARDED_REQUEST_HEADERS,
     DownloadClients,
@@ -147,13 +149,18 @@ class ProxyStreamer:
                 if shared is not None:
                     return shared
         headers = upstream_request_headers(request.headers.items(), None)
-        job = self._job(config, target_group, request.method, headers, name, found)
+        job = self._job(target_group, request.method, headers, name, found)
         job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
         # With sharing on, a request that could not share a refresh is served uncached.
         may_refresh = not sharing and self._may_refresh(request, group, name)
+        started = None
         if cache is not None and cache_path is not None and may_refresh:
-            job = _with_refresh(job, cache, group, name, partial(self._is_best, group, name))
-        return await self._stream(job)
+            started = cache.begin_refresh(group, name)  # None: one runs, stream uncached
+        if started is None:
+            return await self._stream(relay, job)
+        keep = config.cache_complete_on_disconnect
+        cache_job = RefreshJob(started, keep, partial(self._is_best, group, name))
+        return await self._stream(partial(refresh_pump, job, cache_job), refresh=started)
 
     async def prefetch(self, group: str, name: str) -> bool:
         """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
@@ -215,7 +222,6 @@ class ProxyStreamer:
 
     def _job(
         self,
-        config: Config,
         group: TargetGroup,
         method: str,
         headers: dict[str, str],
@@ -229,7 +235,6 @@ class ProxyStreamer:
             known_size=found[0][0].size if found else 0,
             settings=self.settings,
             events=self._events(group.group, name),
-            keep_on_disconnect=config.cache_complete_on_disconnect,
             reopen=partial(self._reopen, group),
         )
 
@@ -239,15 +244,23 @@ class ProxyStreamer:
         """Resume a refresh: the rest of the file, from the source that sent the start."""
         return await resume_upstream(self._clients, group, first, offset, size)
 
-    async def _start(self, job: StreamJob, *, client: bool = True) -> Head | quart.Response:
-        """Start the pump; its Head, or the 502/503 answer when it could not start (counted
-        as an archive request's outcome for a ``client``, not for a prefetch)."""
+    async def _start(
+        self,
+        pump: Callable[..., Awaitable[None]],
+        *,
+        refresh: Refresh | None = None,
+        client: bool = True,
+    ) -> Head | quart.Response:
+        """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
+        the 502/503 answer when it could not start (counted as an archive request's outcome
+        for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
+        given, released here when the pump never ran."""
         try:
-            head: Head = await self._transfers.start(pump, job)
+            head: Head = await self._transfers.start(pump)
         except BaseException as exc:
             # start() raising means the pump ended (or never ran): the refresh is free.
-            if job.refresh is not None:
-                job.refresh.abort()
+            if refresh is not None:
+                refresh.abort()
             if not isinstance(exc, UpstreamError):
                 raise
             if not self._transfers.accepting:
@@ -259,8 +272,10 @@ class ProxyStreamer:
             return _text(502, str(exc))
         return head
 
-    async def _stream(self, job: StreamJob) -> quart.Response:
-        head = await self._start(job)
+    async def _stream(
+        self, pump: Callable[..., Awaitable[None]], *args: object, refresh: Refresh | None = None
+    ) -> quart.Response:
+        head = await self._start(partial(pump, *args), refresh=refresh)
         if isinstance(head, quart.Response):
             return head
         self._count("proxy")
@@ -326,18 +341,13 @@ class ProxyStreamer:
         if refresh is None:
             return None
         found = self._index.find_file(group.group, name)
-        job = attrs.evolve(
-            self._job(config, group, "GET", {}, name, found),
-            refresh=refresh,
-            still_wanted=partial(self._is_best, group.group, name),
-            detached=True,
-            fallback=client,
-            keep_on_disconnect=keep,
-        )
-        shared = SharedRefresh(refresh, job.stop, keep=keep)
+        job = self._job(group, "GET", {}, name, found)
+        cache_job = RefreshJob(refresh, keep, partial(self._is_best, group.group, name))
+        shared = SharedRefresh(refresh, cache_job.stop, keep=keep)
         self._shared[(cache.root, group.group, name)] = shared
+        pump = partial(fill, job, cache_job, fallback=client)
         try:
-            head = await self._start(job, client=client)
+            head = await self._start(pump, refresh=refresh, client=client)
         except BaseException:
             shared.fail()
             raise
@@ -375,15 +385,6 @@ class ProxyStreamer:
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:
             self._metrics.count_outcome(outcome)
-
-
-def _with_refresh(
-    job: StreamJob, cache: Cache, group: str, name: str, still_wanted: Callable[[], bool]
-) -> StreamJob:
-    refresh = cache.begin_refresh(group, name)
-    if refresh is None:
-        return job  # a refresh of this file is running: stream uncached
-    return attrs.evolve(job, refresh=refresh, still_wanted=still_wanted)
 
 
 def _cache_path(cache: Cache, group: str, name: str) -> str | None:

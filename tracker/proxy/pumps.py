@@ -1,0 +1,403 @@
+"""The byte paths of proxy mode: one pump each, over shared open and close steps.
+
+=========  =================================================================================
+``relay``   a plain stream to one client, nothing cached: spliced socket to socket when the
+            client's connection and the upstream allow it (:mod:`tracker.proxy.passthrough`),
+            else through the bounded channel (:mod:`tracker.proxy.channel`)
+``refresh`` one client's stream that also fills the cache temp file; a break is resumed
+            (:mod:`tracker.proxy.resume`) and the client's stream goes on across it; when the
+            temp file cannot be opened (no room), the client is relayed uncached
+``fill``    a refresh with no client of its own (shared in-flight downloads, prefetch): the
+            upstream bytes go to the temp file only, at the upstream's pace, and readers
+            follow the file (:mod:`tracker.proxy.sharing`), each at its own pace
+=========  =================================================================================
+
+Each is started with ``await transfers.start(pump, job, ...)``: it opens the upstream
+(:func:`_opened`: failover inside, the answer closed on every path), reports the client's
+:class:`~tracker.proxy.transfers.Head` through ``task_status.started``, then moves the body.
+Before ``started`` a pump raises UpstreamError when no source answers usably; after it, it
+never raises but Cancelled: failures end the client's body in error (or fail the refresh its
+readers follow). A refresh always ends in :func:`_end_refresh`: promoted, or its temp file
+removed, its outcome counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from functools import partial
+
+import attrs
+import httpx
+import trio
+
+from tracker.cache.store import Refresh
+from tracker.core.logs import log_event
+from tracker.errors import CacheError, UpstreamError
+from tracker.files.downloads import outcome_of
+from tracker.files.ranges import parse_http_date
+from tracker.net.limits import transport_reason
+from tracker.proxy.channel import ChannelBody, Flow, hand_over
+from tracker.proxy.passthrough import SpliceBody
+from tracker.proxy.readahead import ReadAhead
+from tracker.proxy.resume import UpstreamBody, resumable
+from tracker.proxy.transfers import Head, RefreshJob, StreamJob, plan_head
+from tracker.proxy.upstream import UpstreamAnswer
+from tracker.zerocopy.transport import BigReadStream, splice_stream
+
+log = logging.getLogger("tracker.transfers")
+
+_CLOSE_TIMEOUT = 5.0
+
+
+# -- the three byte paths ---------------------------------------------------------------------
+
+
+async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
+    """A plain stream to one client (see the module doc)."""
+    async with _opened(job) as upstream:
+        head, length = _plan(job, upstream.first)
+        if length is None:
+            task_status.started(head)
+            return
+        stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
+        if stream is not None:
+            await _splice(job, upstream.first, stream, head, length, task_status)
+            return
+        await _channel(job, upstream.read(job, length), head, Flow(), None, task_status)
+
+
+async def refresh(job: StreamJob, cache: RefreshJob, *, task_status: trio.TaskStatus[Head]) -> None:
+    """One client's stream that also fills the cache (see the module doc)."""
+    flow = Flow()
+    upstream: _Upstream | None = None
+    try:
+        async with _opened(job) as upstream:
+            head, length = _plan(job, upstream.first)
+            if length is None:
+                task_status.started(head)
+                return
+            opened = await _open_temp_file(cache.refresh, upstream.first, length, flow)
+            body = upstream.read(job, length, resume=opened)
+            await _channel(job, body, head, flow, cache if opened else None, task_status)
+    finally:
+        _end_refresh(job, cache.refresh, upstream, flow)
+
+
+async def fill(
+    job: StreamJob, cache: RefreshJob, *, fallback: bool, task_status: trio.TaskStatus[Head]
+) -> None:
+    """A refresh with no client of its own (see the module doc). Its Head carries the
+    refresh once the temp file is open; when it cannot be opened, the requester is relayed
+    uncached if ``fallback``, else the Head has neither body nor refresh."""
+    flow = Flow()
+    upstream: _Upstream | None = None
+    try:
+        async with _opened(job) as upstream:
+            head, length = _plan(job, upstream.first)
+            if length is None:
+                task_status.started(head)
+                return
+            opened = await _open_temp_file(cache.refresh, upstream.first, length, flow)
+            if not opened and fallback:
+                body = upstream.read(job, length)
+                await _channel(job, body, head, flow, None, task_status)
+                return
+            task_status.started(attrs.evolve(head, refresh=cache.refresh if opened else None))
+            if opened:
+                body = upstream.read(job, length, resume=True)
+                to_disk = partial(_to_disk, job, body, cache, flow)
+                await _recorded(body.first.url, flow, cache.stop, to_disk, "no reader left")
+    finally:
+        _end_refresh(job, cache.refresh, upstream, flow)
+
+
+# -- shared steps: opening, closing, planning ---------------------------------------------------
+
+
+class _Upstream:
+    """The upstream answer a pump reads: closed at the end, also after a resume replaced it."""
+
+    def __init__(self, first: UpstreamAnswer) -> None:
+        self.first = first
+        self.body: UpstreamBody | None = None
+
+    def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
+        """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
+        resumed, when the answer carries a validator that can prove the rest is of the same
+        file; a plain stream's is not (a client's own Range request is its own to repeat)."""
+        may_resume = resume and resumable(self.first.response)
+        self.body = UpstreamBody(
+            self.first,
+            length,
+            reopen=job.reopen if may_resume else None,
+            delays=job.settings.resume_delays,
+            on_resume=job.events.refresh_resumed,
+        )
+        return self.body
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+            await (self.body.answer if self.body is not None else self.first).aclose()
+
+
+@asynccontextmanager
+async def _opened(job: StreamJob) -> AsyncIterator[_Upstream]:
+    """The upstream's answer (``job.open``: UpstreamError when no source answers usably),
+    closed when the block ends, whatever ends it."""
+    upstream = _Upstream(await job.open())
+    try:
+        yield upstream
+    finally:
+        await upstream.aclose()
+
+
+def _plan(job: StreamJob, answer: UpstreamAnswer) -> tuple[Head, int | None]:
+    """The client's Head and body length (None: no body) for ``answer``."""
+    return plan_head(answer, job.method, answer.file.size or job.known_size)
+
+
+async def _open_temp_file(
+    refresh: Refresh, answer: UpstreamAnswer, length: int, flow: Flow
+) -> bool:
+    """Open the refresh's temp file for a 200 of ``length`` bytes; False (the refresh is
+    over, ``flow.outcome`` says why) for another status, too little room or an unwritable
+    cache: the file is then not cached."""
+    if answer.response.status_code != 200:
+        refresh.abort()
+        return False
+    if await refresh.open(length):
+        return True
+    flow.outcome = "refresh_no_space" if refresh.no_space else "refresh_failed"
+    return False
+
+
+def _end_refresh(job: StreamJob, refresh: Refresh, upstream: _Upstream | None, flow: Flow) -> None:
+    """The last step of every refresh: nothing left behind, its outcome counted and logged."""
+    refresh.abort()  # no-op after a promotion
+    flow.report(job.events)
+    body = upstream.body if upstream is not None else None
+    log_event(
+        log,
+        "info",
+        "cache_refresh_ended",
+        group=refresh.group,
+        file=refresh.name,
+        outcome=flow.outcome,
+        size=refresh.size,
+        upstream_bytes=body.received if body is not None else 0,
+        resumes=body.resumes if body is not None else 0,
+    )
+
+
+async def _recorded(
+    url: str,
+    flow: Flow,
+    scope: trio.CancelScope,
+    work: Callable[[], Awaitable[None]],
+    left: str,
+) -> None:
+    """Run ``work`` inside ``scope``, recording how it failed in ``flow`` (and the log)
+    instead of raising: ``scope`` being cancelled records ``left``; Cancelled from outside
+    (the service stopping) is re-raised."""
+    try:
+        with scope:
+            await work()
+        if scope.cancelled_caught:
+            flow.error = left
+        return
+    except trio.Cancelled:
+        flow.error = "the tracker is stopping"
+        log_event(log, "warning", "stream_stopped", url=url, reason=flow.error)
+        raise
+    except (UpstreamError, CacheError) as exc:
+        flow.error = str(exc)
+    except httpx.HTTPError as exc:
+        flow.error = f"upstream broke: {transport_reason(exc)}"
+    except Exception as exc:  # a bug must not take the transfers nursery (the service) down
+        log_event(log, "error", "stream_failed", url=url, exc_info=True)
+        flow.error = f"internal error: {type(exc).__name__}"
+    log_event(log, "warning", "stream_failed", url=url, reason=flow.error)
+
+
+# -- the splice ------------------------------------------------------------------------------
+
+
+async def _splice(
+    job: StreamJob,
+    answer: UpstreamAnswer,
+    stream: BigReadStream,
+    head: Head,
+    length: int,
+    task_status: trio.TaskStatus[Head],
+) -> None:
+    """Report a Head whose body splices the upstream socket, and keep the upstream open
+    until that body has ended (or the server never started it)."""
+    assert job.zero_copy is not None
+    events = job.events
+    body = SpliceBody(
+        job.zero_copy,
+        stream.get_extra_info("socket"),
+        lambda: stream.body_unread,
+        length,
+        job.settings.read_timeout,
+        events.upstream_bytes,
+        events.client_bytes,
+    )
+    task_status.started(attrs.evolve(head, body=body))
+    with trio.move_on_after(job.settings.drain_start_timeout):
+        await body.started.wait()
+    if body.started.is_set():
+        await body.ended.wait()
+    if outcome_of(body.sent, body.length, body.error) == "error":
+        log_event(log, "warning", "stream_failed", url=answer.url, reason=str(body.error))
+
+
+# -- the channel: to the client, and to the temp file of a refresh ---------------------------
+
+
+async def _channel(
+    job: StreamJob,
+    body: UpstreamBody,
+    head: Head,
+    flow: Flow,
+    cache: RefreshJob | None,
+    task_status: trio.TaskStatus[Head],
+) -> None:
+    """Report a Head whose body is a channel, then pass the upstream body into it (and into
+    the temp file of ``cache``'s refresh). Without a refresh that outlives its client, the
+    client leaving stops the pump at once, even while it waits for a stalled upstream."""
+    send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
+    task_status.started(
+        attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.events))
+    )
+    leave = trio.CancelScope()
+    if cache is None or not cache.keep_on_disconnect:
+        flow.on_leave = leave
+    with send:
+        to_client = partial(_to_client, job, body, send, flow, cache)
+        await _recorded(body.first.url, flow, leave, to_client, "client went away")
+
+
+async def _to_client(
+    job: StreamJob,
+    body: UpstreamBody,
+    send: trio.MemorySendChannel[bytes],
+    flow: Flow,
+    cache: RefreshJob | None,
+) -> None:
+    # A reader task reads the upstream ahead while this task writes and sends what has
+    # arrived so far (tracker/proxy/readahead.py): pieces grow while a write or a slow client
+    # keeps this task busy, and no byte waits for later ones to arrive.
+    ahead = ReadAhead(job.settings.read_size)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ahead, job, body, ahead)
+            try:
+                delivered = await _write_and_send(job, body.length, ahead, send, flow, cache)
+            finally:
+                nursery.cancel_scope.cancel()  # the reader, when this ended early
+    except BaseExceptionGroup as group:
+        # The reader hands its errors over, so only this task's own error (or the
+        # cancellation both got) comes out: raise it as itself, for _recorded to tell apart.
+        raise _leading(group) from None
+    if not delivered:
+        return
+    flow.complete = True
+    send.close()  # the client's body ends here, whatever the promotion below takes
+    if cache is not None and await _promote(job, body, cache):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
+
+
+def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of ``group`` that is not a cancellation, else its first one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
+
+
+async def _read_ahead(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> None:
+    """Read the upstream body into ``ahead``; its end or break goes to the consumer."""
+    try:
+        async with aclosing(body.chunks()) as chunks:
+            async for chunk in chunks:
+                job.events.upstream_bytes(len(chunk))
+                await ahead.put(chunk)
+    except Exception as exc:  # re-raised by the consumer, in its own task (no group)
+        ahead.end(exc)
+    else:
+        ahead.end()
+
+
+async def _write_and_send(
+    job: StreamJob,
+    length: int,
+    ahead: ReadAhead,
+    send: trio.MemorySendChannel[bytes],
+    flow: Flow,
+    cache: RefreshJob | None,
+) -> bool:
+    """Write (when refreshing) and send every piece; False when the client went away and
+    nothing is to be kept. The piece holding the last byte is sent only once every byte is
+    written and the upstream body is known complete: a client's complete body means a
+    complete file (a write error still fails the client's stream). It does not wait for the
+    fsync and rename: the disk's pace is not the client's (a request arriving meanwhile
+    waits for the promotion, see Cache.wait_promotion)."""
+    refresh = cache.refresh if cache is not None else None
+    keep = cache is not None and cache.keep_on_disconnect
+    client = True
+    taken = 0
+    while (piece := await ahead.take()) is not None:
+        taken += len(piece)
+        if refresh is not None:
+            await refresh.write(piece)
+            if taken == length:
+                await refresh.flush()  # the last write may still be in flight (CacheError)
+                refresh.mark_verified()
+        if client:
+            client = await hand_over(send, piece, flow, job.settings.drain_start_timeout)
+        if not client and not keep:
+            flow.error = "client went away"
+            return False
+    return True
+
+
+async def _to_disk(job: StreamJob, body: UpstreamBody, cache: RefreshJob, flow: Flow) -> None:
+    """A refresh with no client of its own: upstream bytes to the temp file only."""
+    async with aclosing(body.chunks()) as chunks:
+        async for chunk in chunks:
+            job.events.upstream_bytes(len(chunk))
+            await cache.refresh.write(chunk)
+    if await _promote(job, body, cache):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
+    flow.complete = True
+
+
+async def _promote(job: StreamJob, body: UpstreamBody, cache: RefreshJob) -> bool:
+    """Promote a complete refresh; a failure here costs the cache, never the client."""
+    refresh = cache.refresh
+    await refresh.flush()  # the last write may still be in flight (raises CacheError)
+    refresh.mark_verified()  # every byte arrived: readers may finish, whatever comes next
+    if not cache.still_wanted():
+        log_event(
+            log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
+        )
+        refresh.abort()
+        return False
+    mtime = parse_http_date(body.first.response.headers.get("last-modified"))
+    try:
+        await refresh.commit(None if mtime is None else float(mtime))
+    except CacheError as exc:
+        log_event(log, "warning", "cache_commit_failed", file=refresh.name, reason=exc)
+        return False
+    return True
