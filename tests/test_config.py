@@ -21,11 +21,11 @@ from tracker.core.config import (
     TargetGroup,
     check_target,
     format_address,
-    load_config,
     parse_address,
     parse_duration,
-    with_overrides,
 )
+from tracker.core.loading import load_config
+from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "config"

@@ -17,7 +17,7 @@ import trio
 from helpers_process import start_serve
 from helpers_proxy import make_config, running_tracker
 
-from tracker.core.config import MAX_ALIASES, MAX_CONFIG_BYTES
+from tracker.core.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
 from tracker.zerocopy.limit import effective_limit
 from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
 

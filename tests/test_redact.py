@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig, load_config
+from tracker.core.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig
+from tracker.core.loading import load_config
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.metrics import Metrics
 from tracker.core.redact import has_secrets, redact_text, redact_url, redact_userinfo

@@ -14,9 +14,11 @@ from functools import partial
 import trio
 
 from tracker import __version__
-from tracker.core.config import Config, load_config, with_overrides
+from tracker.core.config import Config
+from tracker.core.loading import load_config
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.memory import limit_malloc_arenas
+from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 from tracker.service import run_tracker
 

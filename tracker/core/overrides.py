@@ -1,0 +1,53 @@
+"""Command-line overrides of config values (``--listen``, ``--rpc``, ...)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from tracker.core import values
+from tracker.core.config import Config
+from tracker.core.redact import redact_text
+from tracker.errors import ConfigError
+
+
+def _cli_int(value: object) -> int:
+    # The CLI may hand over the flag's text; the config file must use a YAML integer.
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        value = int(value)
+    return values.integer_in(0)(value)
+
+
+#: Command-line overrides: Config field -> (flag, check of the value).
+_OVERRIDES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "listen": ("--listen", values.address),
+    "internal_listen": ("--internal-listen", values.optional_address),
+    "rpc": ("--rpc", values.rpc_url),
+    "max_snapshot_age": ("--max-snapshot-age", _cli_int),
+}
+
+
+def with_overrides(config: Config, **values: object) -> Config:
+    """``config`` with command-line values applied (``listen``, ``internal_listen``, ``rpc``,
+    ``max_snapshot_age``); None means "flag not given". Raises ConfigError naming each bad flag,
+    TypeError for an unknown name.
+    """
+    unknown = sorted(set(values) - set(_OVERRIDES))
+    if unknown:
+        raise TypeError(f"with_overrides() got unknown settings: {', '.join(unknown)}")
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag, check = _OVERRIDES[name]
+        try:
+            changes[name] = check(value)
+        except ValueError as exc:
+            problems.append(f"{flag}: {redact_text(str(exc))}")
+    if problems:
+        raise ConfigError(problems)
+    return attrs.evolve(config, **changes)

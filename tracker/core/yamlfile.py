@@ -1,0 +1,87 @@
+"""Reading the config file's YAML: bounded in size and aliases, no key given twice.
+
+A fleet's file is a few KiB; a wrong file (a log, an archive) is refused before parsing, not
+after minutes and gigabytes, and a few nested aliases cannot stand for billions of values.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+from tracker.errors import ConfigError
+
+#: The largest config file read. A fleet's file is a few KiB (3,000 targets: ~150 KiB);
+#: parsing YAML costs ~1.5 s per MiB and ~30x its size in memory here, so a wrong file (a
+#: log, an archive) must be refused before it is parsed, not after minutes and gigabytes.
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+#: The most aliases (``*name``) a config may use: each one is a whole copy of its anchor for
+#: the checks that follow, so a few nested ones could stand for billions of values.
+MAX_ALIASES = 100
+
+
+def read_yaml(path: str) -> object:
+    """The parsed YAML document; ConfigError for unreadable, oversized files and YAML syntax
+    errors."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        size = _size_of(path)
+        raise ConfigError(
+            [f"{path}: the config file is {size} bytes, more than the {MAX_CONFIG_BYTES} read"]
+        )
+    try:
+        return yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        where = exc.problem_mark or exc.context_mark
+        line = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([f"{path}: invalid YAML at {line}{reason}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+
+
+def _size_of(path: str) -> str:
+    try:
+        return f"{os.stat(path).st_size:,}"
+    except OSError:
+        return "more than that"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (as in Go's yaml.v3), and
+    more than MAX_ALIASES aliases are refused."""
+
+    _aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases", mark
+                )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str | int | float | bool):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
