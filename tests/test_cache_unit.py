@@ -10,7 +10,8 @@ import pytest
 import trio
 from helpers_proxy import full_name, incremental_name
 
-from tracker.cache.store import TEMP_PREFIX, WRITE_WINDOW, Cache
+from tracker.cache.refresh import WRITE_WINDOW
+from tracker.cache.store import TEMP_PREFIX, Cache
 from tracker.errors import CacheError, RequestError
 
 FULL = full_name(300)

@@ -1,7 +1,9 @@
 """The tracker's values: config, archive names, the index, metrics, log lines.
 
 Owns what every other package shares and nothing that talks to the network: the config
-schema and its loading (:mod:`tracker.core.config`), single-value checks
+schema (:mod:`tracker.core.config`) and its loading (:mod:`~tracker.core.loading`, with
+:mod:`~tracker.core.yamlfile`, :mod:`~tracker.core.problems`, :mod:`~tracker.core.overrides`),
+URL redaction (:mod:`~tracker.core.redact`), single-value checks
 (:mod:`~tracker.core.values`), archive names and snapshot values
 (:mod:`~tracker.core.snapshots`), the ranked in-memory index (:mod:`~tracker.core.index`),
 the Prometheus collectors (:mod:`~tracker.core.metrics`), structured log lines

@@ -32,7 +32,7 @@ import attrs
 import httpx
 import trio
 
-from tracker.cache.store import Refresh
+from tracker.cache.refresh import Refresh
 from tracker.core.logs import log_event
 from tracker.errors import CacheError, UpstreamError
 from tracker.files.downloads import outcome_of

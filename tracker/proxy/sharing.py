@@ -26,7 +26,7 @@ import attrs
 import trio
 from quart import Response
 
-from tracker.cache.store import Refresh
+from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
 from tracker.files.bodies import GeneratorBody
 from tracker.files.ranges import UNSATISFIABLE, parse_range

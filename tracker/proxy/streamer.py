@@ -32,7 +32,8 @@ import attrs
 import quart
 from quart.wrappers.response import ResponseBody
 
-from tracker.cache.store import Cache, Refresh
+from tracker.cache.refresh import Refresh
+from tracker.cache.store import Cache
 from tracker.core.config import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.logs import log_event

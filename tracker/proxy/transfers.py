@@ -31,7 +31,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from tracker.cache.store import Refresh
+from tracker.cache.refresh import Refresh
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.proxy.resume import Reopen
