@@ -6,11 +6,9 @@ Each is a quart-trio app whose state the test changes between scrapes; serve it 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import attrs
-import base58
 import quart
 from quart_trio import QuartTrio
 
@@ -18,21 +16,6 @@ from quart_trio import QuartTrio
 def lower_headers() -> dict[str, str]:
     """The current request's headers with lower-case names."""
     return {k.lower(): v for k, v in quart.request.headers.items()}
-
-
-def new_hash() -> str:
-    """A random valid snapshot hash (base58 of 32 bytes)."""
-    return base58.b58encode(os.urandom(32)).decode()
-
-
-def full_name(slot: int, hash_: str | None = None, ext: str = ".tar.zst") -> str:
-    """A valid full snapshot archive name."""
-    return f"snapshot-{slot}-{hash_ or new_hash()}{ext}"
-
-
-def incr_name(base: int, slot: int, hash_: str | None = None, ext: str = ".tar.zst") -> str:
-    """A valid incremental snapshot archive name."""
-    return f"incremental-snapshot-{base}-{slot}-{hash_ or new_hash()}{ext}"
 
 
 def sidecar_info(*names_and_sizes: tuple[str, int]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import base58
 import h11
 import httpx
 import trio
@@ -45,19 +44,6 @@ TOKEN = "s3cret-token"
 MiB = 1024 * 1024
 UPSTREAM_ETAG = '"upstream-etag"'
 UPSTREAM_LAST_MODIFIED = "Sat, 21 Nov 2026 10:00:00 GMT"
-
-
-def archive_hash(seed: int) -> str:
-    """A valid base58 snapshot hash (32 bytes), deterministic."""
-    return str(base58.b58encode(hashlib.sha256(str(seed).encode()).digest()).decode())
-
-
-def full_name(slot: int, ext: str = ".tar.zst") -> str:
-    return f"snapshot-{slot}-{archive_hash(slot)}{ext}"
-
-
-def incremental_name(base: int, slot: int, ext: str = ".tar.zst") -> str:
-    return f"incremental-snapshot-{base}-{slot}-{archive_hash(slot * 7 + base)}{ext}"
 
 
 def sidecar_listing(files: dict[str, bytes]) -> list[dict[str, Any]]:

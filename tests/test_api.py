@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import Rpc, Sidecar, Validator, full_name, incr_name, sidecar_info
+from fakes import Rpc, Sidecar, Validator, sidecar_info
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from names import full_name, incremental_name
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
@@ -37,7 +38,7 @@ async def wait_for_snapshots(client: httpx.AsyncClient, base: str, count: int = 
 
 
 async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient):
-    full, incr = full_name(200), incr_name(200, 300)
+    full, incr = full_name(200), incremental_name(200, 300)
     # The sidecar lists the chain oldest first: the tracker must reorder it newest first.
     info = sidecar_info((incr, 1000), (full, 5000))
     info["files"].reverse()
@@ -91,7 +92,7 @@ async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: htt
 async def test_golden_http_target(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    full, incr = full_name(1000, ext=".tar.bz2"), incr_name(1000, 1100)
+    full, incr = full_name(1000, ext=".tar.bz2"), incremental_name(1000, 1100)
     validator = Validator(full=full, incremental=incr)
     upstream = await nursery.start(serve_app, validator.app())
     base = await tracker_with(
@@ -151,7 +152,7 @@ async def test_golden_http_target(
 async def test_golden_local(nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient):
     ledger = tmp_path / "ledger"
     ledger.mkdir()
-    full, incr = full_name(50), incr_name(50, 70)
+    full, incr = full_name(50), incremental_name(50, 70)
     (ledger / full).write_bytes(b"F" * 300)
     (ledger / incr).write_bytes(b"I" * 30)
     (ledger / "not-a-snapshot.txt").write_text("x")
@@ -182,7 +183,7 @@ async def test_golden_local(nursery: trio.Nursery, tmp_path: Path, client: httpx
 async def two_groups(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> tuple[str, Sidecar, str]:
-    full, incr = full_name(200), incr_name(200, 300)
+    full, incr = full_name(200), incremental_name(200, 300)
     old_full = full_name(100)
     sidecar = Sidecar(
         body=[

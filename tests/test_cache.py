@@ -29,8 +29,6 @@ from helpers_proxy import (
     advertise,
     advertise_files,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     raw_request,
     running_tracker,
@@ -38,6 +36,7 @@ from helpers_proxy import (
     sha256,
     wait_for,
 )
+from names import full_name, incremental_name
 
 from tracker.cache.store import Cache
 

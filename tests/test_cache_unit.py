@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers_proxy import full_name, incremental_name
+from names import full_name, incremental_name
 
 from tracker.cache.refresh import WRITE_WINDOW
 from tracker.cache.store import TEMP_PREFIX, Cache

@@ -19,14 +19,13 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise_files,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     running_tracker,
     serving,
     sha256,
     wait_for,
 )
+from names import full_name, incremental_name
 
 FULL = full_name(9000)
 INCR = incremental_name(9000, 9050)

@@ -22,14 +22,13 @@ from helpers_proxy import (
     MiB,
     advertise,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     running_tracker,
     serving,
     sha256,
     wait_for,
 )
+from names import full_name, incremental_name
 
 from tracker.core.config import BasicAuth, Config, Egress, HttpTargets, TargetGroup
 from tracker.core.index import Index

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_process import start_serve
-from helpers_proxy import FakeUpstream, full_name, serving
+from helpers_proxy import FakeUpstream, serving
+from names import full_name
 
 SNAPSHOTS = 10_000
 CLIENTS = 16

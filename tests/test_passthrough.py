@@ -24,7 +24,6 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise,
     archive_bytes,
-    full_name,
     make_config,
     raw_request,
     running_tracker,
@@ -32,6 +31,7 @@ from helpers_proxy import (
     sha256,
     wait_for,
 )
+from names import full_name
 
 from tracker.errors import UpstreamError
 from tracker.proxy.passthrough import SpliceBody

@@ -24,8 +24,6 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     running_tracker,
     serving,
@@ -33,6 +31,7 @@ from helpers_proxy import (
     sidecar_listing,
     wait_for,
 )
+from names import full_name, incremental_name
 
 from tracker.proxy.prefetch import Prefetcher
 

@@ -23,8 +23,6 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     raw_request,
     running_tracker,
@@ -32,6 +30,7 @@ from helpers_proxy import (
     sha256,
     wait_for,
 )
+from names import full_name, incremental_name
 
 from tracker.core.config import Egress
 

@@ -18,13 +18,12 @@ from helpers_proxy import (
     FakeUpstream,
     MiB,
     archive_bytes,
-    full_name,
-    incremental_name,
     serving,
     sha256,
     sidecar_listing,
     wait_for,
 )
+from names import full_name, incremental_name
 
 FULL = full_name(7000)
 INCR = incremental_name(7000, 7100)

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import trio
-from helpers_proxy import FakeUpstream, MiB, archive_bytes, full_name
+from helpers_proxy import FakeUpstream, MiB, archive_bytes
+from names import full_name
 
 from tracker.core.config import TLSConfig
 from tracker.core.index import SnapshotSource, TargetKey

@@ -27,13 +27,13 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise,
     archive_bytes,
-    full_name,
     make_config,
     raw_request,
     running_tracker,
     sha256,
     wait_for,
 )
+from names import full_name
 
 from tracker.proxy.resume import resume_problem
 

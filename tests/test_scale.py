@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import quart
 import trio
-from fakes import full_name, incr_name
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
 TARGETS = 500
@@ -27,7 +27,7 @@ def many_validators() -> QuartTrio:
     @app.route("/<int:n>/<kind>", methods=["HEAD", "GET"])
     async def probe(n: int, kind: str) -> quart.Response:
         slot = 1000 + n
-        name = full_name(slot) if kind == "snapshot.tar.bz2" else incr_name(slot, slot + 5)
+        name = full_name(slot) if kind == "snapshot.tar.bz2" else incremental_name(slot, slot + 5)
         response = quart.Response(b"", status=303)
         response.headers["location"] = f"/{n}/{name}"
         return response

@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import quart
 import trio
-from fakes import Sidecar, Validator, full_name, incr_name, sidecar_info
+from fakes import Sidecar, Validator, sidecar_info
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
 
@@ -195,7 +196,7 @@ async def test_credentials_go_to_own_group_only(
 ) -> None:
     secret = Sidecar(body=[])
     other = Sidecar(body=[])
-    validator = Validator(full=full_name(5), incremental=incr_name(5, 6))
+    validator = Validator(full=full_name(5), incremental=incremental_name(5, 6))
     seen: list[dict[str, str]] = []
     v_app = validator.app()
 

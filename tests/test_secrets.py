@@ -21,14 +21,13 @@ from helpers_proxy import (
     FakeUpstream,
     advertise,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     running_tracker,
     serving,
     sha256,
 )
 from helpers_server import serve_app
+from names import full_name, incremental_name
 
 from tracker.core.config import BasicAuth, TargetGroup
 

@@ -15,11 +15,12 @@ import httpx
 import pytest
 import trio
 import yaml
-from fakes import Rpc, Sidecar, full_name, sidecar_info
+from fakes import Rpc, Sidecar, sidecar_info
 from helpers_process import start_serve
 from helpers_proxy import wait_for
 from helpers_server import serve_app
 from helpers_tracker import wait_until
+from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
 
 

@@ -27,8 +27,6 @@ from helpers_proxy import (
     TrackerUnderTest,
     advertise,
     archive_bytes,
-    full_name,
-    incremental_name,
     make_config,
     raw_request,
     running_tracker,
@@ -36,6 +34,7 @@ from helpers_proxy import (
     sha256,
     wait_for,
 )
+from names import full_name, incremental_name
 
 from tracker.cache.store import Cache
 

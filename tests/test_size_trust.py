@@ -16,13 +16,13 @@ from helpers_proxy import (
     MiB,
     advertise,
     archive_bytes,
-    full_name,
     make_config,
     running_tracker,
     serving,
     sha256,
     wait_for,
 )
+from names import full_name
 
 from tracker.proxy.upstream import size_problem
 
