@@ -16,10 +16,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracker.errors import EgressRefused
 from tracker.net.egress import (
     CheckingBackend,
     EgressPolicy,
-    EgressRefused,
     category,
     checked_addresses,
     embedded_ipv4,

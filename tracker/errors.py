@@ -7,6 +7,7 @@ boundary where they happen, so callers handle one family::
     ├── ConfigError        the config file (or a reload) is invalid; carries every problem
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
     ├── RequestError       a client request is malformed or names nothing known (4xx)
+    ├── EgressRefused      the egress policy refuses every address of a host from the network
     ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
     │                      upstream refused, broke or answered something else than the file
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
@@ -32,6 +33,11 @@ class ConfigError(TrackerError):
 
 class ProbeError(TrackerError):
     """A probe of one target failed; ``str(exc)`` is a one-line reason for the operator."""
+
+
+class EgressRefused(TrackerError):
+    """A host that came from the network resolves to no address the egress policy allows;
+    ``str(exc)`` is a one-line reason naming the host and why."""
 
 
 class SourceFailed(TrackerError):

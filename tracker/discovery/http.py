@@ -18,9 +18,9 @@ import trio
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.text import quoted
-from tracker.errors import ProbeError
+from tracker.errors import EgressRefused, ProbeError
 from tracker.net.clients import origin
-from tracker.net.egress import EgressPolicy, EgressRefused, Resolver, checked_addresses, resolve
+from tracker.net.egress import EgressPolicy, Resolver, checked_addresses, resolve
 from tracker.net.limits import NO_HEADERS, status_reason, transport_reason
 
 FULL_ALIAS = "snapshot.tar.bz2"

@@ -28,6 +28,7 @@ import httpcore
 import trio
 
 from tracker.core.config import Egress
+from tracker.errors import EgressRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,10 +39,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-class EgressRefused(Exception):
-    """A connection the egress policy refuses; ``str(exc)`` is a one-line reason."""
 
 
 def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
