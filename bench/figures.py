@@ -105,7 +105,7 @@ def wait_indexed(tracker: Tracker, count: int, timeout: float = 30.0) -> None:
 
 
 def tracker_path(name: str) -> str:
-    return f"/v1/{name}?group={GROUP}"
+    return f"/v1/{GROUP}/{name}"
 
 
 def nginx_path(name: str) -> str:

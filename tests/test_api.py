@@ -170,7 +170,7 @@ async def test_golden_local(nursery: trio.Nursery, tmp_path: Path, client: httpx
     assert incr_src["size"] == 330 and full_src["slot"] == 50
     # Local files are served by the tracker itself: relative redirects.
     response = await client.get(f"{base}/v1/snapshot.tar.bz2")
-    assert response.headers["location"] == f"/v1/{full}?group=local"
+    assert response.headers["location"] == f"/v1/local/{full}"
     response = await client.get(f"{base}/snapshot.tar.bz2")
     assert response.headers["location"] == f"/{full}"
     response = await client.get(f"{base}/incremental-snapshot.tar.zst")
@@ -216,11 +216,19 @@ async def test_short_redirects(
 ) -> None:
     base, _, upstream = two_groups
     for path, slot in ((f"snapshot.{ext}", 200), (f"incremental-snapshot.{ext}", 300)):
-        for url in (f"{base}/v1/{path}", f"{base}/v1/{path}?group=main", f"{base}/{path}"):
+        for url in (f"{base}/v1/{path}", f"{base}/v1/{path}?group=main"):
             response = await client.request(method, url)
             assert response.status_code == 303, url
             assert f"-{slot}-" in response.headers["location"]
             assert response.headers["location"].startswith(f"{upstream}/v1/snapshot/")
+        # A root alias points at the tracker's own root concrete route (SPEC §9), which
+        # redirects to the source in redirect mode.
+        alias = await client.request(method, f"{base}/{path}")
+        location = alias.headers["location"]
+        assert alias.status_code == 303 and location.startswith("/") and f"-{slot}-" in location
+        concrete = await client.request(method, base + location)
+        assert concrete.status_code == 303
+        assert concrete.headers["location"] == f"{upstream}/v1/snapshot{location}"
         # A group with nothing: 202 on /v1/, 404 with an empty body on root aliases.
         none = await client.request(method, f"{base}/v1/{path}?group=empty")
         assert none.status_code == 202

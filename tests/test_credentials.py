@@ -251,5 +251,9 @@ async def test_cookies_are_never_kept_nor_replayed(source: FakeUpstream) -> None
     async with running_tracker(cfg, index=index) as t:
         for _ in range(2):
             assert (await get(t.url(NAME))).status_code == 200
-    assert len(source.seen) == 2 * 2 * 2 + 2  # both aliases, both groups, twice; two GETs
+    probes = [s for s in source.seen if not s.target.startswith("/files/")]
+    assert len(probes) == 2 * 2 * 2  # both aliases, both groups, twice
+    sizes = [s for s in source.seen if s.method == "HEAD" and s.target.startswith("/files/")]
+    assert 1 <= len(sizes) <= 2  # the archive's size, asked once (by each group at most)
+    assert len(source.gets()) == 2
     assert all("cookie" not in s.headers for s in source.seen)

@@ -91,7 +91,7 @@ async def test_short_endpoint_redirects_to_own_route(
 ) -> None:
     wire = await raw_request(tracker.base, "/v1/snapshot.tar.bz2", method="HEAD")
     assert wire.status == 303
-    assert ("location", f"/v1/{NAME}?group={GROUP}") in wire.headers
+    assert ("location", f"/v1/{GROUP}/{NAME}") in wire.headers
     wire = await raw_request(tracker.base, "/snapshot.tar.bz2")
     assert ("location", f"/{NAME}") in wire.headers
     assert upstream.seen == []

@@ -185,8 +185,8 @@ async def test_redirect_mode_proxies_a_source_that_needs_credentials(
         expected = {
             "/snapshot.tar.bz2": f"/{full}",
             "/incremental-snapshot.tar.bz2": f"/{incr}",
-            "/v1/snapshot.tar.zst": f"/v1/{full}?group={GROUP}",
-            f"/v1/incremental-snapshot.tar.bz2?group={GROUP}": f"/v1/{incr}?group={GROUP}",
+            "/v1/snapshot.tar.zst": f"/v1/{GROUP}/{full}",
+            f"/v1/incremental-snapshot.tar.bz2?group={GROUP}": f"/v1/{GROUP}/{incr}",
             f"/v1/{full}?group={GROUP}": None,  # the concrete route itself: no redirect
         }
         for path, location in expected.items():
@@ -205,8 +205,8 @@ async def test_redirect_mode_proxies_a_source_that_needs_credentials(
         listed: list[dict[str, Any]] = (await client.get(f"{base}/v1/snapshots")).json()
         by_group = {s["group"]: s for s in listed if s["slot"] in (750, 690)}
         assert [f["file_name"] for f in by_group[GROUP]["files"]] == [
-            f"{base}/v1/{incr}?group={GROUP}",
-            f"{base}/v1/{full}?group={GROUP}",
+            f"{base}/v1/{GROUP}/{incr}",
+            f"{base}/v1/{GROUP}/{full}",
         ]
         assert by_group[GROUP]["target"] == up.base
         assert by_group["open"]["files"][0]["file_name"] == open_url

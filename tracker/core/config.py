@@ -206,6 +206,12 @@ class Config:
     cache_share_inflight: bool = False
     cache_prefetch: bool = False
     cache_prefetch_concurrency: int = 1
+    #: A source that has not started its body within this many seconds is given up for the
+    #: next one advertising the same file (SPEC §9).
+    first_byte_timeout: float = 2.0
+    #: Clients whose User-Agent contains one of these get the bytes from the tracker on the
+    #: root concrete route even in redirect mode (they cannot follow a redirect elsewhere).
+    serve_user_agents: tuple[str, ...] = ("Firedancer",)
     egress: Egress = Egress()
     target_groups: tuple[TargetGroup, ...] = ()
     #: The absolute path the config was loaded from (set by load_config, not a YAML key).

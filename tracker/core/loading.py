@@ -118,6 +118,8 @@ class _Loader:
             "scrape_interval": values.positive_duration,
             "scrape_timeout": values.positive_duration,
             "shutdown_grace": values.positive_duration,
+            "first_byte_timeout": values.positive_duration,
+            "serve_user_agents": _list_of(values.user_agent_part),
             "listen": values.address,
             "internal_listen": values.optional_address,
             "rpc": values.rpc_url,

@@ -299,3 +299,13 @@ def cidr(value: object) -> str:
     except ValueError:
         raise ValueError(f"not a CIDR network like '10.0.0.0/8' or 'fd00::/8': {text!r}") from None
     return text
+
+
+def user_agent_part(value: object) -> str:
+    """A piece of a User-Agent to match (``serve_user_agents``): non-empty printable ASCII."""
+    text = string(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    if not (text.isascii() and text.isprintable()) or len(text) > 200:
+        raise ValueError("expected printable ASCII of at most 200 characters")
+    return text

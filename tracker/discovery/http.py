@@ -7,12 +7,20 @@ credentials away from other origins. A ``Location`` on another origin than the t
 from the network: its host is resolved and checked by the egress policy before the archive is
 accepted (clients would be sent there, or the tracker would fetch from there). The stored URL
 never carries userinfo: credentials belong to the configured target and go per request.
+
+The redirect carries no size, but the early head of proxy mode and the JSON need one (SPEC
+§9): each newly seen concrete URL on the target's own origin gets one ``HEAD``, whose
+``Content-Length`` is remembered (:class:`SizeMemo`) for as long as the URL is advertised.
+A URL on another origin is not asked (its size stays unknown): the probe client connects
+without the egress check, which the proxy's downloads of such URLs get.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
+import attrs
 import httpx
 import trio
 
@@ -30,6 +38,29 @@ INCREMENTAL_ALIAS = "incremental-snapshot.tar.bz2"
 _NONE = (202, 404)
 
 
+class SizeMemo:
+    """Sizes of concrete archive URLs learned by ``HEAD`` (0: the HEAD gave none), newest
+    ``limit`` kept: a URL is asked once, not at every scrape."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, url: str) -> int | None:
+        """The remembered size of ``url``; None when it was never asked."""
+        size = self._sizes.get(url)
+        if size is not None:
+            self._sizes.move_to_end(url)
+        return size
+
+    def put(self, url: str, size: int) -> None:
+        """Remember ``size`` for ``url`` (the oldest entry goes beyond the limit)."""
+        self._sizes[url] = size
+        self._sizes.move_to_end(url)
+        while len(self._sizes) > self._limit:
+            self._sizes.popitem(last=False)
+
+
 async def probe_http(
     client: httpx.AsyncClient,
     url: str,
@@ -37,14 +68,16 @@ async def probe_http(
     headers: Mapping[str, str] = NO_HEADERS,
     policy: EgressPolicy | None = None,
     resolver: Resolver = resolve,
+    sizes: SizeMemo | None = None,
 ) -> list[SnapshotInfo]:
     """The full and the incremental snapshot an HTTP server at ``url`` redirects to.
 
     Both aliases are asked concurrently. 404 or 202 means "none of that kind"; a 3xx with a
     ``Location`` (relative or absolute, resolved against the request URL) whose last path
     segment is an archive name of the right kind yields a file whose ``file_name`` and
-    ``url`` are that absolute URL (size unknown, 0). The incremental's info also lists the
-    full when the full's slot is its base slot.
+    ``url`` are that absolute URL. Its size is learned with one ``HEAD`` of that URL when it
+    is on the target's own origin and ``sizes`` has not seen it (else 0, unknown). The
+    incremental's info also lists the full when the full's slot is its base slot.
 
     A ``Location`` on another origin must resolve to addresses ``policy`` allows (default: the
     policy with no ``allow``/``deny``: public addresses only).
@@ -61,6 +94,8 @@ async def probe_http(
     async def head(alias: str) -> None:
         try:
             file = await _head_alias(client, base, alias, headers, check)
+            if file is not None and sizes is not None and check.is_home(file.url):
+                file = attrs.evolve(file, size=await _size_of(client, file.url, headers, sizes))
         except ProbeError as exc:
             failures.append(exc)
             nursery.cancel_scope.cancel()  # the other answer no longer matters
@@ -96,6 +131,10 @@ class _Check:
         self._policy = policy
         self._resolver = resolver
         self._home = origin(target)
+
+    def is_home(self, url: str) -> bool:
+        """True when ``url`` is on the configured target's own origin."""
+        return origin(url) == self._home
 
     async def __call__(self, alias: str, url: httpx.URL) -> None:
         scheme, host, port = origin(str(url))
@@ -138,6 +177,29 @@ async def _head_alias(
     found = _archive_at(request_url, location, alias)
     await check(alias, httpx.URL(found.url))
     return found
+
+
+async def _size_of(
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str], sizes: SizeMemo
+) -> int:
+    """The size of the archive at ``url`` (0: unknown), asked once per URL.
+
+    A HEAD that fails, redirects or gives no digits-only ``Content-Length`` leaves the size
+    unknown (remembered as such): it is a hint for the proxy, not a condition of the source.
+    """
+    known = sizes.get(url)
+    if known is not None:
+        return known
+    size = 0
+    try:
+        response = await client.head(url, headers=headers, follow_redirects=False)
+    except (httpx.HTTPError, httpx.InvalidURL):
+        return 0  # asked again at the next scrape: a transient failure is not remembered
+    length = response.headers.get("content-length", "").strip()
+    if response.status_code == 200 and length.isascii() and length.isdigit() and len(length) < 20:
+        size = int(length)
+    sizes.put(url, size)
+    return size
 
 
 def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFile:

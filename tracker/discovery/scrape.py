@@ -26,7 +26,7 @@ from tracker.core.redact import redact_text
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.targetfile import read_target_file
 from tracker.discovery.consul import discover_consul
-from tracker.discovery.http import probe_http
+from tracker.discovery.http import SizeMemo, probe_http
 from tracker.discovery.local import scan_local
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
@@ -91,6 +91,8 @@ class Scraper:
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
         self._wakeup = trio.Event()
+        #: Sizes of HTTP targets' archives, learned by one HEAD per new URL.
+        self.sizes = SizeMemo()
         self.rounds = 0
         self.config = config
         self.update_config(config)
@@ -199,7 +201,12 @@ class Scraper:
         if target.kind == "http":
             policy = policy_of(self.config.egress)
             return probe_http(
-                client, target.location, headers=headers, policy=policy, resolver=self.resolver
+                client,
+                target.location,
+                headers=headers,
+                policy=policy,
+                resolver=self.resolver,
+                sizes=self.sizes,
             )
         return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
 

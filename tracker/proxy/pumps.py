@@ -56,8 +56,15 @@ _CLOSE_TIMEOUT = 5.0
 
 async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
     """A plain stream to one client (see the module doc)."""
-    async with _opened(job) as upstream:
+    flow = Flow()
+    async with _opened(job, flow, task_status) as upstream:
+        if upstream is None:
+            return  # an early head answered a HEAD, or no source followed it
         head, length = _plan(job, upstream.first)
+        if upstream.early is not None:
+            if _keeps_promise(job, head, length, flow) and length is not None:
+                await _pass(job, upstream.read(job, length), upstream.early, flow, None)
+            return
         if length is None:
             task_status.started(head)
             return
@@ -65,7 +72,7 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if stream is not None:
             await _splice(job, upstream.first, stream, head, length, task_status)
             return
-        await _channel(job, upstream.read(job, length), head, Flow(), None, task_status)
+        await _channel(job, upstream.read(job, length), head, flow, None, task_status)
 
 
 async def refresh(job: StreamJob, cache: RefreshJob, *, task_status: trio.TaskStatus[Head]) -> None:
@@ -73,14 +80,23 @@ async def refresh(job: StreamJob, cache: RefreshJob, *, task_status: trio.TaskSt
     flow = Flow()
     upstream: _Upstream | None = None
     try:
-        async with _opened(job) as upstream:
+        async with _opened(job, flow, task_status) as upstream:
+            if upstream is None:
+                return  # an early head answered a HEAD, or no source followed it
             head, length = _plan(job, upstream.first)
+            early = upstream.early
+            if early is not None and not _keeps_promise(job, head, length, flow):
+                return
             if length is None:
                 task_status.started(head)
                 return
             opened = await _open_temp_file(cache.refresh, upstream.first, length, flow)
             body = upstream.read(job, length, resume=opened)
-            await _channel(job, body, head, flow, cache if opened else None, task_status)
+            filling = cache if opened else None
+            if early is not None:
+                await _pass(job, body, early, flow, filling)
+            else:
+                await _channel(job, body, head, flow, filling, task_status)
     finally:
         _end_refresh(job, cache.refresh, upstream, flow)
 
@@ -94,7 +110,8 @@ async def fill(
     flow = Flow()
     upstream: _Upstream | None = None
     try:
-        async with _opened(job) as upstream:
+        async with _opened(job, flow, None) as upstream:
+            assert upstream is not None  # no early head without a task_status to report it
             head, length = _plan(job, upstream.first)
             if length is None:
                 task_status.started(head)
@@ -119,9 +136,13 @@ async def fill(
 class _Upstream:
     """The upstream answer a pump reads: closed at the end, also after a resume replaced it."""
 
-    def __init__(self, first: UpstreamAnswer) -> None:
+    def __init__(
+        self, first: UpstreamAnswer, early: trio.MemorySendChannel[bytes] | None = None
+    ) -> None:
         self.first = first
         self.body: UpstreamBody | None = None
+        #: The body channel of an early head that went out before this answer came.
+        self.early = early
 
     def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
         """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
@@ -138,20 +159,120 @@ class _Upstream:
         return self.body
 
     async def aclose(self) -> None:
+        if self.early is not None:
+            self.early.close()  # unless the whole body went in, the client's body breaks
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
             await (self.body.answer if self.body is not None else self.first).aclose()
 
 
 @asynccontextmanager
-async def _opened(job: StreamJob) -> AsyncIterator[_Upstream]:
+async def _opened(
+    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head] | None
+) -> AsyncIterator[_Upstream | None]:
     """The upstream's answer (``job.open``: UpstreamError when no source answers usably),
-    closed when the block ends, whatever ends it."""
-    upstream = _Upstream(await job.open())
+    closed when the block ends, whatever ends it.
+
+    With ``job.early_size`` and a ``task_status``, a source that has not answered within
+    ``early_head_after`` gets the client an *early head* (SPEC §9): 200 with the index's
+    size, reported through ``task_status``. For a HEAD that is the whole answer, and the
+    block gets None. For a GET the answer carries the channel of that head's body
+    (``early``); when no source answers after all, the block gets None and the body breaks
+    (``flow.error``): never a short 200.
+    """
+    early: trio.MemorySendChannel[bytes] | None = None
+    answer: UpstreamAnswer | None = None
+    if job.early_size and task_status is not None:
+        answer, early, failure = await _open_or_head_early(job, flow, task_status)
+        if answer is None:
+            if early is not None:
+                flow.error = str(failure) if failure is not None else "no source answered"
+                early.close()  # the body raises: the client's connection breaks
+                log_event(log, "warning", "stream_failed", reason=flow.error)
+            yield None
+            return
+    else:
+        answer = await job.open()
+    upstream = _Upstream(answer, early)
     try:
         yield upstream
     finally:
         await upstream.aclose()
+
+
+async def _open_or_head_early(
+    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
+) -> tuple[UpstreamAnswer | None, trio.MemorySendChannel[bytes] | None, UpstreamError | None]:
+    """Open the upstream, reporting the early head if that takes ``early_head_after``.
+
+    Returns the answer (None: none came, or a HEAD was answered early), the early head's
+    body channel (None: no early head, or one without a body) and the failure. Raises the
+    UpstreamError when every source failed before any head went out (the client gets 502).
+    """
+    answer: UpstreamAnswer | None = None
+    failure: UpstreamError | None = None
+    early: trio.MemorySendChannel[bytes] | None = None
+    reported = False
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def opener() -> None:
+                nonlocal answer, failure
+                try:
+                    answer = await job.open()
+                except UpstreamError as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(opener)
+            await trio.sleep(job.settings.early_head_after)
+            reported = True
+            early = _report_early(job, flow, task_status)
+            if early is None:
+                nursery.cancel_scope.cancel()  # a HEAD: answered, the source no longer matters
+            else:
+                await trio.sleep_forever()  # until the opener ends
+    except BaseException:
+        if answer is not None:
+            await _close_answer(answer)
+        raise
+    if not reported and failure is not None:
+        raise failure
+    if reported and early is None and answer is not None:
+        await _close_answer(answer)
+        answer = None
+    return answer, early, failure
+
+
+def _report_early(
+    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
+) -> trio.MemorySendChannel[bytes] | None:
+    """Report the early head: 200, the index's size, no validators (none is known yet).
+    Returns its body's channel (None for a HEAD)."""
+    size = job.early_size
+    headers = {"content-length": str(size), "content-type": "application/octet-stream"}
+    if job.method != "GET":
+        task_status.started(Head(200, headers, None))
+        return None
+    send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
+    task_status.started(Head(200, headers, ChannelBody(receive, size, flow, job.events)))
+    return send
+
+
+def _keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -> bool:
+    """True when the answer can follow the early head (a 200 of the promised size); else
+    its body breaks. :func:`tracker.proxy.failover.open_upstream` already refuses others."""
+    if head.status == 200 and length == job.early_size:
+        return True
+    flow.error = f"the source answered {head.status} with {length} bytes after an early head"
+    log_event(log, "warning", "stream_failed", reason=flow.error)
+    return False
+
+
+async def _close_answer(answer: UpstreamAnswer) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+        await answer.aclose()
 
 
 def _plan(job: StreamJob, answer: UpstreamAnswer) -> tuple[Head, int | None]:
@@ -273,6 +394,18 @@ async def _channel(
     task_status.started(
         attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.events))
     )
+    await _pass(job, body, send, flow, cache)
+
+
+async def _pass(
+    job: StreamJob,
+    body: UpstreamBody,
+    send: trio.MemorySendChannel[bytes],
+    flow: Flow,
+    cache: RefreshJob | None,
+) -> None:
+    """Pass the upstream body into the client's channel ``send`` (and into the temp file of
+    ``cache``'s refresh); the channel is closed at the end, whatever ends it."""
     leave = trio.CancelScope()
     if cache is None or not cache.keep_on_disconnect:
         flow.on_leave = leave

@@ -32,7 +32,8 @@ from tracker.core.logs import log_event
 from tracker.core.text import one_line, quoted
 from tracker.errors import UpstreamError
 from tracker.net.limits import transport_reason
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, open_upstream
+from tracker.proxy.failover import open_upstream
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
 log = logging.getLogger("tracker.resume")
 

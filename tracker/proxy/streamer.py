@@ -42,6 +42,7 @@ from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.errors import RequestError, UpstreamError
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.proxy.failover import open_upstream
 from tracker.proxy.pumps import fill, relay
 from tracker.proxy.pumps import refresh as refresh_pump
 from tracker.proxy.resume import resume_upstream
@@ -52,7 +53,6 @@ from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,
     UpstreamAnswer,
-    open_upstream,
     upstream_request_headers,
 )
 from tracker.zerocopy.connection import zero_copy_connection
@@ -229,14 +229,30 @@ class ProxyStreamer:
         name: str,
         found: Found,
     ) -> StreamJob:
-        opener = partial(open_upstream, self._clients, group, found, method, headers)
+        # A plain request (no Range, no conditional) for a file of known size may be
+        # answered with an early head; only sources of that same size may then follow it.
+        size = found[0][0].size if found else 0
+        early = size if not headers and size > 0 else 0
+        if early:
+            found = [(f, s) for f, s in found if f.size in (0, early)]
+        opener = partial(
+            open_upstream,
+            self._clients,
+            group,
+            found,
+            method,
+            headers,
+            hedge_after=self._config().first_byte_timeout,
+            promised=early,
+        )
         return StreamJob(
             open=opener,
             method=method,
-            known_size=found[0][0].size if found else 0,
+            known_size=size,
             settings=self.settings,
             events=self._events(group.group, name),
             reopen=partial(self._reopen, group),
+            early_size=early,
         )
 
     async def _reopen(

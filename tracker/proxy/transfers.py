@@ -146,7 +146,8 @@ class StreamJob:
     the index's size of the file (0: unknown), used when a 200 comes without a length;
     ``reopen`` resumes a refresh's broken upstream body (see :mod:`tracker.proxy.resume`);
     ``zero_copy`` is the client's connection when it takes zero-copy pieces (a plain stream
-    is then spliced).
+    is then spliced); ``early_size`` (0: none) is the size of the whole file a plain request
+    may be promised in an early head when the source is slow to answer (SPEC §9).
     """
 
     open: Callable[[], Awaitable[UpstreamAnswer]]
@@ -156,6 +157,7 @@ class StreamJob:
     events: StreamEvents = StreamEvents()
     reopen: Reopen | None = None
     zero_copy: Connection | None = None
+    early_size: int = 0
 
 
 @attrs.frozen

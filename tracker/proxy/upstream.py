@@ -8,9 +8,10 @@ What crosses the tracker in proxy mode is decided by two whitelists, in both dir
 - to the client go only :data:`PASSED_RESPONSE_HEADERS` of the upstream answer: hop-by-hop
   headers, ``Set-Cookie``, ``Server`` and everything else stay behind.
 
-:func:`open_upstream` tries the sources advertising a file in order and returns the first
-usable answer (200/206/304/412/416) with its body still unread; redirects are followed by hand
-(at most :attr:`ProxySettings.max_redirects`). The group's credentials (and the userinfo of
+:func:`ask_source` asks one source for a file and returns a usable answer (200/206/304/412/416)
+with its body still unread; redirects are followed by hand (at most
+:attr:`ProxySettings.max_redirects`). Choosing among the sources that advertise a file is
+:mod:`tracker.proxy.failover`'s job. The group's credentials (and the userinfo of
 the configured target URL) and its TLS client settings are only used on the origin of the
 *configured* source: a file URL that a probe's ``Location`` put on another origin, or a
 redirect to one, gets a client without them that connects only where the egress policy
@@ -38,10 +39,9 @@ import trio
 
 from tracker.core.config import TargetGroup, TLSConfig
 from tracker.core.index import SnapshotSource
-from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
-from tracker.core.text import one_line, quoted
-from tracker.errors import SourceFailed, UpstreamError
+from tracker.core.text import quoted
+from tracker.errors import SourceFailed
 from tracker.net.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.limits import status_reason, transport_reason
@@ -75,8 +75,12 @@ class ProxySettings:
 
     #: TCP (and TLS) connect timeout per source.
     connect_timeout: float = 5.0
-    #: How long a source may take to answer with its status line and headers.
+    #: How long a source may take to answer with its status line and headers (and then to
+    #: start its body); ``first_byte_timeout`` asks the next source much sooner.
     answer_timeout: float = 15.0
+    #: When a plain request for a file of known size has no upstream answer after this long,
+    #: its head goes out anyway (Firedancer gives a peer 1 s for the whole head, SPEC §9).
+    early_head_after: float = 0.5
     #: Longest wait for one socket read of the body: a stalled upstream fails after this.
     read_timeout: float = 60.0
     #: Connections per download client (one client per TLS setting).
@@ -217,44 +221,7 @@ class UpstreamAnswer:
         await self.response.aclose()
 
 
-async def open_upstream(
-    clients: DownloadClients,
-    group: TargetGroup,
-    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
-    method: str,
-    headers: Mapping[str, str],
-) -> UpstreamAnswer:
-    """Ask each source in ``found`` in turn for the archive; return the first usable answer.
-
-    ``headers`` are the client's whitelisted headers (see :func:`upstream_request_headers`,
-    without credentials: they are added here, for the source's own origin only). A source
-    fails on a connection error, a timeout, a status that is not an answer (5xx, 404, ...)
-    or too many redirects; the next is then tried. Raises :class:`UpstreamError` with a
-    one-line reason when every source failed (also an answer whose length contradicts the
-    size the source advertised, see :func:`size_problem`); it numbers the sources instead of
-    naming them (clients of proxy mode are not told where the archives come from: the log
-    says).
-    Cancellation propagates; nothing stays open.
-    """
-    reasons: list[str] = []
-    for f, source in found:
-        if not f.url:
-            continue  # a local copy: Delivery serves it from disk, there is nothing to fetch
-        try:
-            home = source.key.target
-            response, url = await _ask_source(clients, group, home, f.url, method, headers)
-            await _check_size(response, f.size)
-        except SourceFailed as exc:
-            log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
-            reasons.append(f"source {len(reasons) + 1}: {exc}")
-            continue
-        return UpstreamAnswer(response, url, f, source)
-    if not reasons:
-        raise UpstreamError("no remote source advertises the file")
-    raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
-
-
-async def _ask_source(
+async def ask_source(
     clients: DownloadClients,
     group: TargetGroup,
     home: str,
@@ -320,7 +287,7 @@ async def _send(
         raise SourceFailed(transport_reason(exc)) from exc
 
 
-async def _check_size(response: httpx.Response, advertised: int) -> None:
+async def check_size(response: httpx.Response, advertised: int) -> None:
     """Raise SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
     problem = size_problem(response, advertised)
     if problem is not None:

@@ -25,7 +25,14 @@ from tracker.errors import RequestError
 from tracker.web.delivery import Delivery, redirect, tracker_path
 from tracker.web.health import HealthChecker
 from tracker.web.listings import ListingCache
-from tracker.web.queries import archive_name, group_filter, parse_max, parse_slot, resolve_group
+from tracker.web.queries import (
+    archive_name,
+    group_filter,
+    known_group,
+    parse_max,
+    parse_slot,
+    resolve_group,
+)
 from tracker.web.urls import public_base
 
 SHORT_NAMES = {
@@ -255,7 +262,15 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         group = resolve_group(deps.config(), quart.request.args)
         return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
 
+    @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
+    async def v1_group_archive(group: str, name: str) -> quart.Response:
+        # The query-free form redirects and proxy-mode JSON use (SPEC §9): clients save the
+        # file under the last path segment, which must be the archive's name.
+        group = known_group(deps.config(), group)
+        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
+
     @app.route("/<name>", methods=["GET", "HEAD"])
     async def root_archive(name: str) -> quart.Response:
         group = deps.config().default_group
-        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
+        name = archive_name(name).file_name
+        return await deps.delivery.serve(quart.request, group, name, root=True)

@@ -69,8 +69,19 @@ def redirect(location: str) -> quart.Response:
 
 
 def tracker_path(name: str, group: str, *, alias: bool) -> str:
-    """The tracker's own route for an archive: ``/{name}`` or ``/v1/{name}?group={group}``."""
-    return f"/{name}" if alias else f"/v1/{name}?group={quote(group, safe='')}"
+    """The tracker's own route for an archive: ``/{name}`` (the default group's, for the
+    validator-compatible aliases) or ``/v1/{group}/{name}``.
+
+    Never a query string: clients that save under the last path segment of the final URL
+    (``wget --trust-server-names``, aria2c) must get the archive's name (SPEC §9).
+    """
+    return f"/{name}" if alias else f"/v1/{quote(group, safe='')}/{name}"
+
+
+def wants_bytes(user_agent: str, parts: tuple[str, ...]) -> bool:
+    """True when ``user_agent`` contains one of ``parts`` (``serve_user_agents``): a client
+    that cannot follow a redirect to another host, served by the tracker itself."""
+    return any(part in user_agent for part in parts)
 
 
 class Delivery:
@@ -102,19 +113,29 @@ class Delivery:
         return needs_credentials(self._config().group_named(key.group), key.target)
 
     def location(self, group: str, source: SnapshotSource, *, alias: bool) -> str:
-        """The ``location`` of a short redirect to ``source``'s own archive."""
+        """The ``location`` of a short redirect to ``source``'s own archive.
+
+        A root alias (``alias``) always points at the tracker's own root concrete route,
+        ``/{name}``, as a validator does: Firedancer and solana-snapshot-finder accept only a
+        ``location`` starting with ``/`` and re-send it to the same address (SPEC §9); that
+        route then serves the bytes or redirects to the source.
+        """
         f = source.info.files[0]
-        if self.serves_bytes(f, source):
+        if alias or self.serves_bytes(f, source):
             return tracker_path(f.bare_name, group, alias=alias)
         return redact_userinfo(f.url)
 
-    async def serve(self, request: quart.Request, group: str, name: str) -> quart.Response:
+    async def serve(
+        self, request: quart.Request, group: str, name: str, *, root: bool = False
+    ) -> quart.Response:
         """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
 
-        Every archive body counts as an active stream while it is sent and logs one
-        ``download`` line at its end (bytes, duration, outcome).
+        ``root``: the validator-compatible route ``/{name}``, where clients named in
+        ``serve_user_agents`` get the bytes even in redirect mode. Every archive body counts
+        as an active stream while it is sent and logs one ``download`` line at its end
+        (bytes, duration, outcome).
         """
-        response = await self._answer(request, group, name)
+        response = await self._answer(request, group, name, root=root)
         if response.status_code in (200, 206) and "content-disposition" not in response.headers:
             # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
@@ -122,7 +143,9 @@ class Delivery:
         account_download(response, request, self._metrics, group=group, file=name)
         return response
 
-    async def _answer(self, request: quart.Request, group: str, name: str) -> quart.Response:
+    async def _answer(
+        self, request: quart.Request, group: str, name: str, *, root: bool
+    ) -> quart.Response:
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
@@ -136,7 +159,10 @@ class Delivery:
                 raise RequestError(404, f"{name} is gone from its local directory") from exc
             except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
                 raise RequestError(404, f"{name} is not a regular file any more") from exc
-        if self._config().proxy_snapshot_downloads or self.proxied(source):
+        config = self._config()
+        user_agent = request.headers.get("user-agent", "")
+        served = root and wants_bytes(user_agent, config.serve_user_agents)
+        if config.proxy_snapshot_downloads or served or self.proxied(source):
             if self._streamer is None:
                 raise RequestError(502, f"{name} must be proxied and no proxy is running")
             return await self._streamer.serve(request, group, name, found)

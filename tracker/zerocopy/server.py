@@ -30,6 +30,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
 from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream
+from tracker.zerocopy.headers import install as lower_case_headers
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 
 
@@ -116,6 +117,7 @@ async def serve(
     ``sock`` is closed on return. Starts with the bound address (``http://host:port``) as
     hypercorn's ``serve`` does.
     """
+    lower_case_headers()  # `connection: close` as the clients of SPEC §9 expect it
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

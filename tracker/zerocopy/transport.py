@@ -140,6 +140,23 @@ def splice_stream(response: httpx.Response, length: int) -> BigReadStream | None
     return stream if isinstance(sock, trio.socket.SocketType) else None
 
 
+async def body_started(response: httpx.Response) -> bool | None:
+    """Wait until the body of ``response`` has begun to arrive, without reading any of it.
+
+    True once a body byte is in the socket, False when the peer closed the connection
+    first; None when this cannot be watched (a TLS connection, or body bytes already read
+    past the exact head): the head is then all there is to wait for. Bound it with a
+    timeout; it reads nothing, so the body stays whole for the splice path.
+    """
+    stream = response.extensions.get("network_stream")
+    if not isinstance(stream, BigReadStream) or not stream.body_unread:
+        return None
+    sock = stream.get_extra_info("socket")
+    if not isinstance(sock, trio.socket.SocketType):
+        return None
+    return bool(await sock.recv(1, socket.MSG_PEEK))
+
+
 class BigReadBackend(httpcore.AsyncNetworkBackend):
     """httpcore's trio backend, with reads of up to ``read_size`` bytes (public httpcore API)."""
 

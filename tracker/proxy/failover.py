@@ -1,0 +1,173 @@
+"""Choosing the source of a proxied file: the first one whose body starts, with hedging.
+
+Several sources often advertise the same archive. :func:`open_upstream` asks the first; when
+it fails (refused, an error status, a wrong size) the next is asked at once, and when it has
+not *started its body* within ``hedge_after`` seconds (``first_byte_timeout``, SPEC §9) the
+next is asked as well, while the slow one keeps its chance: whichever starts its body first
+wins, every other attempt is cancelled and closed. A source that accepts connections and
+never answers therefore costs a client ``first_byte_timeout``, not the whole answer timeout.
+
+"Started" means a body byte is in the socket (peeked, not read: the body stays whole for the
+splice path, :func:`tracker.zerocopy.transport.body_started`); on a TLS connection the head
+is all that can be watched. Once an answer is returned no other source is ever used for that
+response: archives of one slot and hash made by different nodes are not byte-identical, so
+bytes of two sources are never spliced into one body.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.config import TargetGroup
+from tracker.core.index import SnapshotSource
+from tracker.core.logs import log_event
+from tracker.core.snapshots import SnapshotFile
+from tracker.core.text import one_line
+from tracker.errors import SourceFailed, UpstreamError
+from tracker.net.limits import transport_reason
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
+from tracker.zerocopy.transport import body_started
+
+log = logging.getLogger("tracker.proxy")
+
+_CLOSE_TIMEOUT = 5.0
+
+
+@attrs.define
+class _Race:
+    """The attempts of one request: the winner, and why each loser failed."""
+
+    scope: trio.CancelScope
+    reasons: dict[int, str] = attrs.Factory(dict)
+    winner: UpstreamAnswer | None = None
+
+
+async def open_upstream(
+    clients: DownloadClients,
+    group: TargetGroup,
+    found: Iterable[tuple[SnapshotFile, SnapshotSource]],
+    method: str,
+    headers: Mapping[str, str],
+    *,
+    hedge_after: float | None = None,
+    promised: int = 0,
+) -> UpstreamAnswer:
+    """The first usable answer of the sources in ``found`` (in order), body unread.
+
+    ``headers`` are the client's whitelisted headers (credentials are added per origin by
+    :func:`~tracker.proxy.upstream.ask_source`). A source fails on a connection error, a
+    timeout, a status that is not an answer, too many redirects, or a length that
+    contradicts its advertised size; when the client may be promised the whole file of
+    ``promised`` bytes (an early head), also on any status but 200 or any other length.
+    With ``hedge_after`` the next source is also asked when the previous one has not started
+    its body after that many seconds (see the module doc); without it, sources are asked one
+    after another. Raises :class:`UpstreamError` with a one-line reason when every source
+    failed; it numbers the sources instead of naming them (the log names them).
+    Cancellation propagates; nothing stays open.
+    """
+    candidates = [(f, source) for f, source in found if f.url]
+    if not candidates:
+        raise UpstreamError("no remote source advertises the file")
+    wait = hedge_after if hedge_after is not None else math.inf
+    race: _Race | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            race = _Race(nursery.cancel_scope)
+            for index, (f, source) in enumerate(candidates):
+                done = trio.Event()
+                args = (clients, group, f, source, method, headers, promised)
+                nursery.start_soon(_attempt, race, index, done, *args)
+                if index + 1 < len(candidates):
+                    with trio.move_on_after(wait):
+                        await done.wait()
+    except BaseException:
+        if race is not None and race.winner is not None:
+            await _close(race.winner)
+        raise
+    if race.winner is not None:
+        return race.winner
+    reasons = [f"source {i + 1}: {race.reasons[i]}" for i in sorted(race.reasons)]
+    raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
+
+
+async def _attempt(
+    race: _Race,
+    index: int,
+    done: trio.Event,
+    clients: DownloadClients,
+    group: TargetGroup,
+    f: SnapshotFile,
+    source: SnapshotSource,
+    method: str,
+    headers: Mapping[str, str],
+    promised: int,
+) -> None:
+    """One source's attempt: the winner when its body starts first, else closed."""
+    try:
+        answer = await _answer(clients, group, f, source, method, headers, promised)
+    except SourceFailed as exc:
+        log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
+        race.reasons[index] = str(exc)
+        done.set()
+        return
+    if race.winner is None:
+        race.winner = answer
+        race.scope.cancel()  # every other attempt, and the wait for the next one
+    else:
+        await _close(answer)  # another source started first
+    done.set()
+
+
+async def _answer(
+    clients: DownloadClients,
+    group: TargetGroup,
+    f: SnapshotFile,
+    source: SnapshotSource,
+    method: str,
+    headers: Mapping[str, str],
+    promised: int,
+) -> UpstreamAnswer:
+    """Ask one source; return once its answer is usable and its body (if any) started."""
+    home = source.key.target
+    response, url = await ask_source(clients, group, home, f.url, method, headers)
+    answer = UpstreamAnswer(response, url, f, source)
+    try:
+        await check_size(response, promised or f.size)
+        status = response.status_code
+        if promised and status != 200:
+            raise SourceFailed(f"answered {status} to a request for the whole file")
+        if method == "GET" and status in (200, 206):
+            await _body_start(response, clients.settings.answer_timeout)
+    except BaseException:
+        await _close(answer)
+        raise
+    return answer
+
+
+async def _body_start(response: httpx.Response, limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until the body of ``response`` starts to arrive."""
+    if response.headers.get("content-length", "").strip() == "0":
+        return
+    try:
+        with trio.fail_after(limit):
+            started = await body_started(response)
+    except trio.TooSlowError:
+        raise SourceFailed(f"no body within {limit:g}s of the answer") from None
+    except OSError as exc:
+        raise SourceFailed(f"connection broke before the body: {exc}") from None
+    except httpx.HTTPError as exc:  # pragma: no cover - body_started reads no body
+        raise SourceFailed(transport_reason(exc)) from exc
+    if started is False:
+        raise SourceFailed("closed the connection before the body")
+
+
+async def _close(answer: UpstreamAnswer) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+        await answer.aclose()
