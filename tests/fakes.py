@@ -85,6 +85,8 @@ class Validator:
     incremental: str | None = None
     absolute_base: str = ""  # when set, Location is absolute on this base
     status_when_none: int = 404
+    #: Sizes of the archives it serves, answered to a HEAD of ``/{name}`` (else 404).
+    sizes: dict[str, int] = attrs.Factory(dict)
 
     def app(self) -> QuartTrio:
         """The quart-trio app of this validator."""
@@ -104,6 +106,14 @@ class Validator:
         @app.route("/incremental-snapshot.tar.bz2", methods=["GET", "HEAD"])
         async def incremental() -> quart.Response:
             return answer(self.incremental)
+
+        @app.route("/<name>", methods=["HEAD"])
+        async def archive(name: str) -> quart.Response:
+            if name not in self.sizes:
+                return quart.Response(b"", status=404)
+            response = quart.Response(b"", status=200)
+            response.headers["content-length"] = str(self.sizes[name])
+            return response
 
         return app
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -97,6 +98,9 @@ class Behaviour:
     resume: trio.Event = attrs.Factory(trio.Event)
     etag: str | None = UPSTREAM_ETAG  # None: no ETag header
     last_modified: str | None = UPSTREAM_LAST_MODIFIED  # None: no Last-Modified header
+    delay: float = 0.0  # seconds before the response head (math.inf: never answer)
+    body_delay: float = 0.0  # seconds between the head and the first body byte
+    gzip_if_asked: bool = False  # a gzip-coded body for a client whose accept-encoding has gzip
 
 
 @attrs.define
@@ -183,6 +187,11 @@ class FakeUpstream:
         name = path.rsplit("/", 1)[-1]
         how = self.behaviour.get(name, Behaviour())
         data = self.files.get(name)
+        if how.delay:
+            await trio.sleep(how.delay)
+        if data is not None and how.gzip_if_asked and "gzip" in headers.get("accept-encoding", ""):
+            data = gzip.compress(data, compresslevel=1, mtime=0)
+            how = attrs.evolve(how, headers=[*how.headers, ("content-encoding", "gzip")])
         if how.redirect_to is not None:
             await _send(
                 conn,
@@ -227,6 +236,8 @@ class FakeUpstream:
         if seen.method == "HEAD" or status in (304, 416):
             await _send(conn, stream, h11.EndOfMessage())
             return True
+        if how.body_delay:
+            await trio.sleep(how.body_delay)
         return await self._body(conn, stream, seen, how, data[start : start + length])
 
     async def _body(

@@ -93,7 +93,8 @@ async def test_golden_http_target(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     full, incr = full_name(1000, ext=".tar.bz2"), incremental_name(1000, 1100)
-    validator = Validator(full=full, incremental=incr)
+    # Sizes come from one HEAD of each archive URL (SPEC §9): the full's is answered.
+    validator = Validator(full=full, incremental=incr, sizes={full: 96_636_764_160})
     upstream = await nursery.start(serve_app, validator.app())
     base = await tracker_with(
         nursery,
@@ -110,6 +111,7 @@ async def test_golden_http_target(
         "slot": 1000,
         "hash": fhash,
         "ext": ".tar.bz2",
+        "size": 96_636_764_160,
     }
     assert sources == [
         {
@@ -126,7 +128,7 @@ async def test_golden_http_target(
                 },
                 full_file,
             ],
-            "size": 0,
+            "size": 96_636_764_160,
             "target": upstream,
             "group": "testnet",
         },
@@ -135,7 +137,7 @@ async def test_golden_http_target(
             "base_slot": 1000,
             "hash": fhash,
             "files": [full_file],
-            "size": 0,
+            "size": 96_636_764_160,
             "target": upstream,
             "group": "testnet",
         },
@@ -458,3 +460,19 @@ async def test_health_caps_what_it_reads_from_the_rpc_node(
         health = await client.get(f"{base}/v1/health")
     assert health.status_code == 502
     assert "limit" in health.json()["Health"]
+
+
+async def test_query_free_archive_route(
+    two_groups: tuple[str, Sidecar, str], client: httpx.AsyncClient
+) -> None:
+    """``/v1/{group}/{name}`` answers like ``/v1/{name}?group={group}`` (SPEC §9)."""
+    base, sidecar, upstream = two_groups
+    name = sidecar.body[2]["files"][0]["file_name"]
+    response = await client.head(f"{base}/v1/main/{name}")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{upstream}/v1/snapshot/{name}"
+    assert (await client.get(f"{base}/v1/empty/{name}")).status_code == 404
+    unknown = await client.get(f"{base}/v1/nope/{name}")
+    assert (unknown.status_code, unknown.text) == (404, "unknown group 'nope'\n")
+    assert (await client.get(f"{base}/v1/a%00b/{name}")).status_code == 400
+    assert (await client.get(f"{base}/v1/main/not-an-archive.txt")).status_code == 404

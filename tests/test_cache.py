@@ -151,7 +151,7 @@ async def test_ranges_and_conditionals_on_a_cached_file(
     assert len(upstream.seen) == requests
 
 
-async def test_head_range_and_other_files_on_a_miss_are_not_cached(
+async def test_head_and_other_files_on_a_miss_are_not_cached(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
     old = full_name(4000)
@@ -159,14 +159,29 @@ async def test_head_range_and_other_files_on_a_miss_are_not_cached(
     advertise(tracker.index, f"{upstream.base}/old-node", [(old, upstream.url(old), MiB)], age=5)
     head = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}", method="HEAD")
     assert head.header("content-length") == str(len(FULL_DATA))
-    part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
-    assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
     other = await get(tracker.url(old))  # not the best full: proxied, never cached
     assert sha256(other.content) == sha256(upstream.files[old])
+    part = await get(tracker.url(old), headers={"range": "bytes=10-19"})
+    assert (part.status_code, part.content) == (206, upstream.files[old][10:20])
     assert [s.method for s in upstream.seen] == ["HEAD", "GET", "GET"]
     assert tracker.cached() == []
     assert tracker.outcome("cache_miss") == 3
     assert tracker.outcome("refresh_ok") == 0
+
+
+async def test_a_range_request_on_the_best_file_starts_a_background_refresh(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    """SPEC §9: the range is served from upstream, and the whole file is cached behind it
+    (clients that always send Range would otherwise never get it cached)."""
+    part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
+    assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
+    await wait_for(lambda: tracker.cached() == [FULL])
+    ranges = [g.headers.get("range") for g in upstream.gets(FULL)]
+    assert sorted(ranges, key=str) == [None, "bytes=10-19"]
+    again = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
+    assert (again.status_code, again.content) == (206, FULL_DATA[10:20])
+    assert len(upstream.gets(FULL)) == 2  # a cache hit
 
 
 async def test_one_refresher_while_concurrent_clients_stream_uncached(

@@ -358,6 +358,11 @@ RULES = [
         "must not be longer than scrape_interval (20s > 15s)",
     ),
     ("shutdown_grace: 0s\n", "shutdown_grace", "must be a positive duration"),
+    ("first_byte_timeout: 0s\n", "first_byte_timeout", "must be a positive duration"),
+    ("first_byte_timeout: '2'\n", "first_byte_timeout", "missing unit"),
+    ("serve_user_agents: Firedancer\n", "serve_user_agents", "expected a list"),
+    ("serve_user_agents: ['']\n", "serve_user_agents[0]", "must not be empty"),
+    ('serve_user_agents: [a, "b\\tc"]\n', "serve_user_agents[1]", "printable ASCII"),
     (
         "target_groups:\n  - group: 'main net'\n",
         "target_groups[0].group",
@@ -945,3 +950,16 @@ def test_invalid_overrides_name_their_flags() -> None:
 def test_unknown_override_is_a_programming_error() -> None:
     with pytest.raises(TypeError, match="scrape_interval"):
         with_overrides(Config(), scrape_interval=3)
+
+
+def test_client_settings_have_defaults_and_can_be_set(tmp_path: Path) -> None:
+    """SPEC §9: ``serve_user_agents`` defaults to Firedancer, ``[]`` turns it off;
+    ``first_byte_timeout`` defaults to 2 s."""
+    default = load(tmp_path, "target_groups: [{group: g}]\n")
+    assert default.serve_user_agents == ("Firedancer",)
+    assert default.first_byte_timeout == 2.0
+    custom = load(
+        tmp_path,
+        "first_byte_timeout: 750ms\nserve_user_agents: []\ntarget_groups: [{group: g}]\n",
+    )
+    assert (custom.first_byte_timeout, custom.serve_user_agents) == (0.75, ())

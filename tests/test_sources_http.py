@@ -12,7 +12,7 @@ import trio
 from helpers_server import local_config, serve_app
 from test_sources_fixtures import HASHES, Answer, Request, ScriptedApp
 
-from tracker.discovery.http import probe_http
+from tracker.discovery.http import SizeMemo, probe_http
 from tracker.errors import ProbeError
 from tracker.net.egress import EgressPolicy
 
@@ -176,3 +176,59 @@ async def test_transport_and_target_errors(client) -> None:
         await probe_http(client, "ftp://rpc.example.org")
     with pytest.raises(ProbeError, match=r"^invalid target URL"):
         await probe_http(client, "http://[::1")
+
+
+async def test_sizes_are_learned_by_one_head_of_each_new_archive_url(nursery, client) -> None:
+    """SPEC §9: the redirect carries no size; one HEAD of each newly seen concrete URL on the
+    target's own origin gives it (with the target's credentials); a URL on another origin is
+    not asked, and a URL already asked is not asked again."""
+    other_app = ScriptedApp({f"/dl/{INCR}": Answer(200, (("content-length", "77"),))})
+    other = await nursery.start(serve_app, other_app)
+    app = ScriptedApp(
+        {
+            FULL_PATH: redirect(f"/{FULL}"),
+            INCR_PATH: redirect(f"{other}/dl/{INCR}"),
+            f"/{FULL}": Answer(200, (("content-length", "123456789"),)),
+        }
+    )
+    base = await nursery.start(serve_app, app)
+    loopback = EgressPolicy.from_lists(["127.0.0.0/8"], [])
+    sizes = SizeMemo()
+    probe = partial(
+        probe_http, client, base, headers={"authorization": "Bearer t"}, policy=loopback
+    )
+    for _ in range(3):
+        full, incr = await probe(sizes=sizes)
+        assert full.files[0].size == 123456789
+        assert [f.size for f in incr.files] == [0, 123456789]  # the other origin: unknown
+    heads = [r for r in app.requests if r.path == f"/{FULL}"]
+    assert len(heads) == 1 and heads[0].method == "HEAD"
+    assert heads[0].headers.get("authorization") == "Bearer t"
+    assert other_app.requests == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(404),
+        Answer(200, (("content-length", "12x"),)),
+        Answer(302, (("location", "/elsewhere"), ("content-length", "5"))),
+    ],
+)
+async def test_a_head_without_a_usable_length_leaves_the_size_unknown(
+    nursery, client, answer: Answer
+) -> None:
+    app = ScriptedApp({FULL_PATH: redirect(f"/{FULL}"), f"/{FULL}": answer})
+    base = await nursery.start(serve_app, app)
+    sizes = SizeMemo()
+    for _ in range(2):
+        [full] = await probe_http(client, base, sizes=sizes)
+        assert full.files[0].size == 0
+    assert [r.path for r in app.requests].count(f"/{FULL}") == 1  # remembered as unknown
+
+
+def test_the_size_memo_is_bounded() -> None:
+    sizes = SizeMemo(limit=3)
+    for n in range(5):
+        sizes.put(f"u{n}", n)
+    assert [sizes.get(f"u{n}") for n in range(5)] == [None, None, 2, 3, 4]

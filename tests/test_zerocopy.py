@@ -280,3 +280,32 @@ async def test_the_zero_copy_stream_is_a_well_behaved_half_closeable_stream() ->
     """hypercorn drives the stream only through trio's stream interface: it must keep every
     promise of that interface (trio's own conformance check)."""
     await trio.testing.check_half_closeable_stream(zero_copy_pair, clogged_zero_copy_pair)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "extra", "added"),
+    [
+        (b"GET / HTTP/1.0", b"", b"connection: close"),
+        (b"GET / HTTP/1.1", b"Connection: close\r\n", b"connection: close"),
+        (b"GET / HTTP/1.1", b"", b"transfer-encoding: chunked"),
+    ],
+)
+def test_h11_writes_the_framing_headers_it_adds_in_lower_case(
+    request_line: bytes, extra: bytes, added: bytes
+) -> None:
+    """Canary of assumption 8 (tracker/zerocopy/headers.py): h11's connection module looks
+    ``set_comma_header`` up at call time, and the installed wrapper makes the headers h11
+    adds itself (``connection: close``, ``transfer-encoding: chunked``) lower case."""
+    import h11
+
+    from tracker.zerocopy.headers import install
+
+    install()
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(request_line + b"\r\nHost: x\r\n" + extra + b"\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    head = conn.send(h11.Response(status_code=200, headers=[("content-type", "text/plain")]))
+    assert head is not None
+    lines = head.split(b"\r\n")[1:]
+    assert added in lines, head
+    assert all(line == line.lower() for line in lines), head

@@ -124,6 +124,8 @@ def build(
         resolver=resolver,
     )
     prefetcher = Prefetcher(current, index, streamer, transfers)
+    # A Range request on a best file that nobody caches starts a background refresh (§9).
+    streamer.on_interest = prefetcher.wanted
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     health = HealthChecker(current, index, rpc_client)
     deps = ApiDeps(current, index, scraper, delivery, health)

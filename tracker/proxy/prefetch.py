@@ -5,7 +5,9 @@ incremental; a file it has not seen yet gets a background task that waits for a 
 most ``cache_prefetch_concurrency`` prefetches at once) and then asks the streamer to refresh
 it (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`: nothing happens when the file is cached,
 being refreshed, no longer the best, or local). Each file is tried once while it stays a best
-file: a prefetch that fails leaves the refresh to the next client. The tasks run in the
+file: a prefetch that fails leaves the refresh to the next client. :meth:`Prefetcher.wanted`
+starts the same background refresh for one file on demand (a ``Range`` request showed
+interest in it, whatever ``cache_prefetch`` says). The tasks run in the
 transfers' background nursery and end, with their refresh unless clients read it, when the
 service stops.
 """
@@ -53,6 +55,7 @@ class Prefetcher:
         self._refresher = refresher
         self._transfers = transfers
         self._seen: set[FileKey] = set()
+        self._wanted: set[FileKey] = set()
         self._limiter = trio.CapacityLimiter(1)
 
     def statistics(self) -> tuple[int, int]:
@@ -89,6 +92,26 @@ class Prefetcher:
             self._seen.add(key)
             started += 1
         return started
+
+    def wanted(self, group: str, name: str) -> bool:
+        """Start a background refresh of ``name`` of ``group`` unless one was asked for and
+        has not ended; False when none was started. The refresher decides whether there is
+        anything to do (the file may be cached meanwhile, or no longer the best)."""
+        config = self._config()
+        root = config.proxy_snapshot_cache_dir
+        key = (root, group, name)
+        if not (config.proxy_snapshot_downloads and root) or key in self._wanted:
+            return False
+        if not self._transfers.spawn(self._prefetch_wanted, key):
+            return False
+        self._wanted.add(key)
+        return True
+
+    async def _prefetch_wanted(self, key: FileKey) -> None:
+        try:
+            await self._prefetch(key)
+        finally:
+            self._wanted.discard(key)
 
     def _best_files(self, config: Config, root: str) -> set[FileKey]:
         files = set()

@@ -98,6 +98,9 @@ class ProxyStreamer:
         self._cache_factory = cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
         self._shared: dict[SharedKey, SharedRefresh] = {}
+        #: Told ``(group, name)`` when a Range request shows interest in a best file that is
+        #: neither cached nor being refreshed (the service plugs in the prefetcher, §9).
+        self.on_interest: Callable[[str, str], object] | None = None
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
@@ -147,8 +150,11 @@ class ProxyStreamer:
             self._count("cache_miss")
             if sharing:
                 shared = await self._shared_answer(config, target_group, cache, request, name)
-                if shared is not None:
-                    return shared
+            else:
+                shared = await self._behind_refresh(cache, request, group, name)
+            if shared is not None:
+                return shared
+            self._note_interest(cache, request, group, name)
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(target_group, request.method, headers, name, found)
         job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
@@ -209,6 +215,34 @@ class ProxyStreamer:
             log_event(log, "warning", "cache_unreadable", path=path, error=exc)
             return None
         self._count("cache_hit")
+        return response
+
+    def _note_interest(self, cache: Cache, request: quart.Request, group: str, name: str) -> None:
+        """A ``Range`` GET of the group's best file, not cached and not being refreshed,
+        starts a background refresh of the whole file: clients that always ask for ranges
+        (aria2c, axel, ``curl -C -``) would otherwise never get it cached (SPEC §9)."""
+        if self.on_interest is None or request.method != "GET" or "range" not in request.headers:
+            return
+        if cache.is_refreshing(group, name) or not self._is_best(group, name):
+            return
+        self.on_interest(group, name)
+
+    async def _behind_refresh(
+        self, cache: Cache, request: quart.Request, group: str, name: str
+    ) -> quart.Response | None:
+        """Without ``cache_share_inflight``: a ``Range`` GET whose first byte a background
+        refresh (prefetch, or one a Range request started) already wrote is read from its
+        temp file instead of asking the source again; a range further ahead is streamed
+        from upstream, in parallel. None: serve it another way."""
+        shared = self._running(cache, group, name)
+        if shared is None or not _may_join(request) or "range" not in request.headers:
+            return None
+        first = _first_byte_asked(request.headers.get("range", ""))
+        if first is None or first >= shared.refresh.written:
+            return None
+        response = await join(shared, "GET", request.headers.get("range"))
+        if response is not None and self._metrics is not None:
+            self._metrics.count_shared_reader()
         return response
 
     def _may_refresh(self, request: quart.Request, group: str, name: str) -> bool:
@@ -434,6 +468,16 @@ def _may_join(request: quart.Request) -> bool:
         name.lower() == "range" or name.lower() not in FORWARDED_REQUEST_HEADERS
         for name, _value in request.headers.items()
     )
+
+
+def _first_byte_asked(range_header: str) -> int | None:
+    """The first byte of a single ``bytes=N-[M]`` range; None for anything else."""
+    unit, _, spec = range_header.strip().partition("=")
+    first, dash, _last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        return None
+    first = first.strip()
+    return int(first) if first.isascii() and first.isdigit() and len(first) < 20 else None
 
 
 def _cached(cache: Cache, group: str, name: str) -> bool:
