@@ -46,7 +46,7 @@ from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archiv
 FULL = full_name(12_000)
 INCR = incremental_name(12_000, 12_040)
 FILES = {FULL: archive_bytes(3 * MiB, seed=31), INCR: archive_bytes(MiB // 2, seed=32)}
-MODES = ("redirect", "proxy", "cache", "local")
+MODES = ("redirect", "proxy", "cache", "share", "local")
 OPEN_GROUP = TargetGroup(group=GROUP)  # no credentials: redirect mode really redirects
 
 
@@ -59,9 +59,13 @@ class Setup:
 
 
 def config_for(mode: str, tmp_path: Path, **overrides: Any) -> Any:
-    proxy = mode in ("proxy", "cache")
-    cache = tmp_path / "cache" if mode == "cache" else None
+    """Redirect, proxy, proxy + cache ("cache", and "share" with ``cache_share_inflight``),
+    or redirect mode whose source is local ("local")."""
+    proxy = mode in ("proxy", "cache", "share")
+    cache = tmp_path / "cache" if mode in ("cache", "share") else None
     settings: dict[str, Any] = {"proxy_snapshot_downloads": proxy, "target_groups": (OPEN_GROUP,)}
+    if mode == "share":
+        settings["cache_share_inflight"] = True
     settings.update(overrides)
     return make_config(cache, **settings)
 
@@ -123,7 +127,7 @@ async def test_firedancer_is_sent_to_the_source_when_serve_user_agents_is_empty(
         assert not s.upstream.gets()
 
 
-@pytest.mark.parametrize("mode", ["proxy", "cache"])
+@pytest.mark.parametrize("mode", ["proxy", "cache", "share"])
 async def test_firedancer_gets_a_head_within_a_second_from_a_slow_source(
     mode: str, tmp_path: Path
 ) -> None:
@@ -134,7 +138,7 @@ async def test_firedancer_gets_a_head_within_a_second_from_a_slow_source(
         got = await firedancer(s.host, s.port)
         for name, data in got.values():
             assert sha256(data) == sha256(FILES[name])
-        if mode == "cache":
+        if mode != "proxy":
             await wait_for(lambda: sorted(s.tracker.cached()) == sorted(FILES))
 
 
@@ -249,6 +253,21 @@ async def test_a_source_dying_mid_body_breaks_the_connection_and_nothing_is_spli
         assert wire.body == FILES[FULL][: len(wire.body)]
         assert not healthy.gets(FULL)
         assert not t.cached()
+
+
+@pytest.mark.parametrize("mode", ["proxy", "cache", "share"])
+async def test_a_slow_source_that_fails_after_the_early_head_breaks_the_connection(
+    mode: str, tmp_path: Path
+) -> None:
+    """The head went out (200, the index's size); no source delivers after all: the body
+    breaks, never a short 200 that looks complete, and nothing is cached."""
+    failing = {FULL: Behaviour(delay=1.0, status=500)}
+    up = FakeUpstream(files=dict(FILES), behaviour=failing)
+    async with setup(mode, tmp_path, upstream=up) as s:
+        wire = await raw_request(s.tracker.base, f"/v1/{GROUP}/{FULL}")
+        assert wire.status == 200 and wire.header("content-length") == str(len(FILES[FULL]))
+        assert wire.closed and wire.body == b""
+        assert s.tracker.cached() == []
 
 
 async def test_every_source_failing_fast_is_still_a_502(tmp_path: Path) -> None:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import attrs
 import trio
 from quart import Response
+from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
@@ -237,3 +238,18 @@ async def _readable(refresh: Refresh, position: int, end: int) -> int:
         if limit > position:
             return limit
         await refresh.wait_progress()
+
+
+class LateBody(GeneratorBody):
+    """The body of an early head (SPEC §9) whose bytes are found only later: ``resolve``
+    waits for the shared refresh to open and returns the body to pass on, or raises
+    UpstreamError (the server then breaks the connection: never a short 200)."""
+
+    def __init__(self, resolve: Callable[[], Awaitable[ResponseBody]]) -> None:
+        self._resolve = resolve
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        inner = await self._resolve()
+        async with inner as chunks:
+            async for chunk in chunks:
+                yield chunk

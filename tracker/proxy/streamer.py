@@ -30,6 +30,7 @@ from functools import partial
 
 import attrs
 import quart
+import trio
 from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
@@ -46,7 +47,7 @@ from tracker.proxy.failover import open_upstream
 from tracker.proxy.pumps import fill, relay
 from tracker.proxy.pumps import refresh as refresh_pump
 from tracker.proxy.resume import resume_upstream
-from tracker.proxy.sharing import ReaderEvents, SharedRefresh, join
+from tracker.proxy.sharing import LateBody, ReaderEvents, SharedRefresh, join
 from tracker.proxy.transfers import Head, RefreshJob, StreamEvents, StreamJob, Transfers
 from tracker.proxy.upstream import (
     FORWARDED_REQUEST_HEADERS,
@@ -350,9 +351,13 @@ class ProxyStreamer:
             if not self._may_refresh(request, group.group, name):
                 return None
             keep = config.cache_complete_on_disconnect
-            started = await self._start_shared(config, group, cache, name, keep=keep)
+            size = self._index_size(group.group, name)
+            if size:
+                started = await self._start_shared_early(config, group, cache, name, keep, size)
+            else:
+                started = await self._start_shared(config, group, cache, name, keep=keep)
             if not isinstance(started, SharedRefresh):
-                return started  # None (an unshared refresh runs), 502/503, or uncached
+                return started  # None (an unshared refresh runs), 502/503, uncached, early
             shared = started
         elif not _may_join(request):
             return None
@@ -365,6 +370,70 @@ class ProxyStreamer:
         if response is not None and joiner and self._metrics is not None:
             self._metrics.count_shared_reader()
         return response
+
+    def _index_size(self, group: str, name: str) -> int:
+        found = self._index.find_file(group, name)
+        return found[0][0].size if found else 0
+
+    async def _start_shared_early(
+        self,
+        config: Config,
+        group: TargetGroup,
+        cache: Cache,
+        name: str,
+        keep: bool,
+        size: int,
+    ) -> SharedRefresh | quart.Response | None:
+        """:meth:`_start_shared` for a client that is sent an early head (SPEC §9) when the
+        refresh has not opened within ``early_head_after``: the start goes on in the
+        background, and the early head's body follows the refresh once it is open (or
+        breaks when it never does). A fast start answers as :meth:`_start_shared` does."""
+        begun = self._begin_shared(group, cache, name, keep=keep, client=True)
+        if begun is None:
+            return None
+        done = trio.Event()
+        outcome: list[SharedRefresh | quart.Response | None] = []
+
+        async def start() -> None:
+            try:
+                outcome.append(await self._open_shared(*begun, client=True))
+            except Exception:  # a bug must not take the transfers nursery down
+                log_event(log, "error", "stream_failed", file=name, exc_info=True)
+                outcome.append(None)
+            finally:
+                done.set()
+
+        if not self._transfers.spawn(start):
+            begun[0].fail()
+            begun[0].refresh.abort()
+            return _text(503, "the tracker is stopping")
+        with trio.move_on_after(self.settings.early_head_after):
+            await done.wait()
+        if done.is_set():
+            return outcome[0]
+
+        async def resolve() -> ResponseBody:
+            await done.wait()
+            return await self._follow(outcome[0], size)
+
+        return _early(size, LateBody(resolve))
+
+    async def _follow(
+        self, started: SharedRefresh | quart.Response | None, size: int
+    ) -> ResponseBody:
+        """The body that follows an early head of ``size`` bytes: the shared refresh's, or
+        the uncached stream's when the refresh could not open; UpstreamError otherwise."""
+        if isinstance(started, SharedRefresh):
+            response = await join(started, "GET", None, events=self._reader_events())
+        else:
+            response = started
+        if response is None:
+            raise UpstreamError("the cache refresh this download followed ended")
+        length = response.headers.get("content-length")
+        if response.status_code != 200 or length != str(size):
+            raise UpstreamError(f"the source answered {response.status_code} after an early head")
+        body: ResponseBody = response.response
+        return body
 
     def _running(self, cache: Cache, group: str, name: str) -> SharedRefresh | None:
         """The shared refresh of a file still running (the registry drops ended ones)."""
@@ -388,6 +457,16 @@ class ProxyStreamer:
         For a ``client``, a Response when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
+        begun = self._begin_shared(group, cache, name, keep=keep, client=client)
+        if begun is None:
+            return None
+        return await self._open_shared(*begun, client=client)
+
+    def _begin_shared(
+        self, group: TargetGroup, cache: Cache, name: str, *, keep: bool, client: bool
+    ) -> tuple[SharedRefresh, Callable[..., Awaitable[None]]] | None:
+        """Claim the refresh of ``name`` and register it for readers, synchronously (a
+        request arriving next finds it); its pump, still to start. None: one runs."""
         refresh = cache.begin_refresh(group.group, name)
         if refresh is None:
             return None
@@ -396,9 +475,14 @@ class ProxyStreamer:
         cache_job = RefreshJob(refresh, keep, partial(self._is_best, group.group, name))
         shared = SharedRefresh(refresh, cache_job.stop, keep=keep)
         self._shared[(cache.root, group.group, name)] = shared
-        pump = partial(fill, job, cache_job, fallback=client)
+        return shared, partial(fill, job, cache_job, fallback=client)
+
+    async def _open_shared(
+        self, shared: SharedRefresh, pump: Callable[..., Awaitable[None]], *, client: bool
+    ) -> SharedRefresh | quart.Response | None:
+        """Start a begun refresh's pump; see :meth:`_start_shared` for what it returns."""
         try:
-            head = await self._start(pump, refresh=refresh, client=client)
+            head = await self._start(pump, refresh=shared.refresh, client=client)
         except BaseException:
             shared.fail()
             raise
@@ -494,6 +578,17 @@ def _is_full(name: str) -> bool:
 
 def _text(status: int, reason: str) -> quart.Response:
     return quart.Response(reason + "\n", status=status, content_type="text/plain")
+
+
+def _early(size: int, body: ResponseBody) -> quart.Response:
+    """An early head: 200 with the index's size and no validator (none is known yet)."""
+    response = quart.Response(body, status=200)
+    response.headers.clear()
+    response.headers.update(
+        {"content-length": str(size), "content-type": "application/octet-stream"}
+    )
+    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    return response
 
 
 def _response(head: Head) -> quart.Response:
