@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``check-config``, ``--version``.
+"""The command line: ``serve``, ``check-config``, ``fetch``, ``--version``.
 
 Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 """
@@ -20,6 +20,7 @@ from tracker.core.logs import log_event, setup_logging
 from tracker.core.memory import limit_malloc_arenas
 from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
+from tracker.fetch.cli import add_fetch_parser, fetch_main
 from tracker.service import run_tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", required=True, metavar="PATH")
+    add_fetch_parser(commands)
     return parser
 
 
@@ -68,7 +70,10 @@ def report(exc: ConfigError, path: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        return fetch_main(args, parser)
     try:
         config = load(args)
     except ConfigError as exc:

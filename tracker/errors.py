@@ -72,3 +72,8 @@ class CacheError(TrackerError):
 
 class ClientGone(TrackerError):
     """The client's connection closed (or stalled out) while its body was being sent."""
+
+
+class FetchError(TrackerError):
+    """``snapshot-tracker fetch`` could not put the wanted archives into the ledger (one line:
+    tracker unreachable, nothing to fetch, no space, every source failed)."""

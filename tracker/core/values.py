@@ -309,3 +309,17 @@ def user_agent_part(value: object) -> str:
     if not (text.isascii() and text.isprintable()) or len(text) > 200:
         raise ValueError("expected printable ASCII of at most 200 characters")
     return text
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``10MiB``, ``512KiB``, ``1.5GB``, ``100M`` or ``4096`` (binary units for
+    ``Ki``/``Mi``/..., decimal for ``K``/``M``/...; a bare number is bytes)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a size like '10MiB', '512KiB' or '4096', got {text!r}")
+    number, unit, binary = match.groups()
+    power = " KMGT".index(unit.upper()) if unit else 0
+    return int(float(number) * (1024 if binary or not unit else 1000) ** power)

@@ -21,8 +21,7 @@ raises: every client stream it fed ends in error and nothing is promoted.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import httpx
 import trio
@@ -31,6 +30,7 @@ from tracker.core.config import TargetGroup
 from tracker.core.logs import log_event
 from tracker.core.text import one_line, quoted
 from tracker.errors import UpstreamError
+from tracker.net.bodies import body_chunks
 from tracker.net.limits import transport_reason
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
@@ -127,30 +127,6 @@ class UpstreamBody:
             )
             return failures
         raise UpstreamError(one_line(reason))
-
-
-@asynccontextmanager
-async def body_chunks(response: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
-    """``response.aiter_raw()``, unwound properly however the caller leaves it.
-
-    httpx and httpcore read a body through nested async generators that ``aclose()`` of the
-    outer one does not reach (encode/httpx#3686); left suspended, they are collected later
-    and trio warns. A read that is cancelled unwinds all of them through their own
-    ``except``/``finally`` clauses (httpcore then closes the connection), so leaving early
-    pulls once more under a cancelled scope: buffered data may come first (at most one
-    socket read), the first real read ends it.
-    """
-    chunks = response.aiter_raw()
-    try:
-        yield chunks
-    finally:
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            try:
-                while True:
-                    await chunks.__anext__()
-            except (StopAsyncIteration, httpx.HTTPError):
-                pass  # the generators ended, by exception or at the end of the body
 
 
 def _validators(response: httpx.Response) -> tuple[str, str]:

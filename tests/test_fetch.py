@@ -1,0 +1,408 @@
+"""``snapshot-tracker fetch`` (SPEC §12) against real trackers and upstreams on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+    sha256,
+    wait_for,
+)
+from names import full_name, incremental_name
+
+from tracker.core.config import TargetGroup
+from tracker.errors import FetchError
+from tracker.fetch.download import FetchSettings
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import FetchOptions, run_fetch
+
+FULL = full_name(20_000)
+INCR = incremental_name(20_000, 20_800)
+FILES = {FULL: archive_bytes(6 * MiB, seed=41), INCR: archive_bytes(MiB, seed=42)}
+OPEN_GROUP = TargetGroup(group=GROUP)
+FAST = FetchSettings(connections=4, piece_size=MiB, min_speed=0, request_timeout=3.0)
+
+
+def options(ledger: Path, tracker: str, **overrides: Any) -> FetchOptions:
+    settings = overrides.pop("settings", FAST)
+    return FetchOptions(
+        ledger=str(ledger), tracker=tracker, progress="none", settings=settings, **overrides
+    )
+
+
+def advertise_all(t: TrackerUnderTest, up: FakeUpstream, files: dict[str, bytes]) -> None:
+    advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in files.items()])
+
+
+@asynccontextmanager
+async def tracker_for(mode: str, tmp_path: Path) -> AsyncIterator[TrackerUnderTest]:
+    cache = tmp_path / "cache" if mode == "cache" else None
+    config = make_config(
+        cache, proxy_snapshot_downloads=mode != "redirect", target_groups=(OPEN_GROUP,)
+    )
+    async with running_tracker(config) as t:
+        yield t
+
+
+def ledger_of(tmp_path: Path) -> Path:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir(exist_ok=True)
+    return ledger
+
+
+def contents(ledger: Path) -> dict[str, str]:
+    return {p.name: sha256(p.read_bytes()) for p in ledger.iterdir()}
+
+
+@pytest.mark.parametrize("mode", ["redirect", "proxy", "cache"])
+async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
+    mode: str, tmp_path: Path
+) -> None:
+    ledger = ledger_of(tmp_path)
+    async with serving(FakeUpstream(files=dict(FILES))) as up, tracker_for(mode, tmp_path) as t:
+        advertise_all(t, up, FILES)
+        results = await run_fetch(options(ledger, t.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+
+
+async def test_a_ledger_with_the_full_fetches_only_the_incremental(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).write_bytes(FILES[FULL])
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        results = await run_fetch(options(ledger, t.base), NoProgress())
+        assert not up.gets(FULL)
+    assert [Path(r.path).name for r in results] == [INCR]
+
+
+async def test_min_slots_keeps_a_recent_enough_full(tmp_path: Path) -> None:
+    """A ledger full 100 slots older than the offered one (min_slots 500): only an
+    incremental on the ledger's own full is fetched."""
+    ledger = ledger_of(tmp_path)
+    older_full = full_name(19_900)
+    on_older = incremental_name(19_900, 20_700)
+    (ledger / older_full).write_bytes(b"x" * 1000)
+    files = {**FILES, on_older: archive_bytes(MiB, seed=43)}
+    async with (
+        serving(FakeUpstream(files=files)) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        advertise(t.index, f"{up.base}/b", [(older_full, up.url(older_full), 1000)])
+        advertise(t.index, f"{up.base}/c", [(on_older, up.url(on_older), len(files[on_older]))])
+        results = await run_fetch(options(ledger, t.base, min_slots=500), NoProgress())
+        assert not up.gets(FULL)
+    assert [Path(r.path).name for r in results] == [on_older]
+
+
+async def test_an_up_to_date_ledger_downloads_nothing(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    (ledger / INCR).write_bytes(FILES[INCR])
+    (ledger / FULL).write_bytes(FILES[FULL])
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        assert await run_fetch(options(ledger, t.base), NoProgress()) == []
+        assert not up.gets()
+
+
+@asynccontextmanager
+async def two_sources(
+    tmp_path: Path, first: FakeUpstream, second: FakeUpstream
+) -> AsyncIterator[TrackerUnderTest]:
+    async with serving(first), serving(second), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, first, FILES)
+        advertise_all(t, second, FILES)
+        yield t
+
+
+async def test_the_fast_source_carries_most_bytes(tmp_path: Path) -> None:
+    """Each connection of the slow source gets a tenth of the fast one's rate: pieces are
+    claimed as connections get free and the slow ones' tails are stolen."""
+    files = {FULL: archive_bytes(24 * MiB, seed=48)}
+    fast = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=40 * MiB)})
+    slow = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=4 * MiB)})
+    ledger = ledger_of(tmp_path)
+    async with serving(fast), serving(slow), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, slow, files)
+        advertise_all(t, fast, files)
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert contents(ledger) == {FULL: sha256(files[FULL])}
+    sent = {up.base: sum(s.body_sent for s in up.gets(FULL)) for up in (fast, slow)}
+    assert sent[fast.base] > 3 * sent[slow.base], sent
+
+
+async def test_a_source_that_dies_mid_way_is_dropped(tmp_path: Path) -> None:
+    dying = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(drop_after=300_000)})
+    good = FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with two_sources(tmp_path, dying, good) as t:
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert contents(ledger) == {FULL: sha256(FILES[FULL])}
+
+
+async def test_two_sources_with_other_bytes_are_never_mixed(tmp_path: Path) -> None:
+    """Same name, same size, other bytes (another node's archive of the slot): the result
+    is one source's file byte for byte."""
+    other = {FULL: archive_bytes(len(FILES[FULL]), seed=77), INCR: FILES[INCR]}
+    a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=other)
+    ledger = ledger_of(tmp_path)
+    async with two_sources(tmp_path, a, b) as t:
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+        assert not (a.gets(FULL) and b.gets(FULL) and _both_sent_ranges(a, b))
+    assert sha256((ledger / FULL).read_bytes()) in {sha256(FILES[FULL]), sha256(other[FULL])}
+
+
+def _both_sent_ranges(a: FakeUpstream, b: FakeUpstream) -> bool:
+    """True when both sent body bytes beyond the identity samples (64 KiB ranges)."""
+    return all(any(s.body_sent > 64 * 1024 for s in up.gets(FULL)) for up in (a, b))
+
+
+async def test_every_source_failing_is_a_one_line_error(tmp_path: Path) -> None:
+    broken = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(status=500)})
+    ledger = ledger_of(tmp_path)
+    async with serving(broken), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, broken, FILES)
+        with pytest.raises(FetchError, match="no source could deliver") as info:
+            await run_fetch(options(ledger, t.base), NoProgress())
+    assert "\n" not in str(info.value)
+
+
+async def test_an_unreachable_tracker_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match=re.escape("tracker http://127.0.0.1:9")):
+        await run_fetch(options(ledger_of(tmp_path), "http://127.0.0.1:9"), NoProgress())
+
+
+async def test_sources_without_a_tracker(tmp_path: Path) -> None:
+    """``--source URL``: validators' aliases probed directly."""
+    up = FakeUpstream(files=dict(FILES))
+    up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+    up.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    ledger = ledger_of(tmp_path)
+    async with serving(up):
+        opts = FetchOptions(ledger=str(ledger), sources=(up.base,), settings=FAST)
+        await run_fetch(opts, NoProgress())
+    assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+
+
+async def test_retention_keeps_the_newest(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    old = [full_name(10_000 + n) for n in range(3)]
+    for name in old:
+        (ledger / name).write_bytes(b"old")
+    (ledger / "notes.txt").write_text("not an archive")
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        await run_fetch(options(ledger, t.base, keep=2), NoProgress())
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, INCR, old[2], "notes.txt"])
+
+
+# -- killed and resumed ------------------------------------------------------------------------
+
+
+def fetch_command(ledger: Path, tracker: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tracker",
+        "fetch",
+        "--ledger",
+        str(ledger),
+        "--tracker",
+        tracker,
+        "--incremental=false",
+        "--connections",
+        "4",
+        "--min-speed",
+        "0",
+        *extra,
+    ]
+
+
+@attrs.define
+class Killed:
+    ledger: Path
+    size: int
+
+
+async def kill_half_way(ledger: Path, tracker: str, size: int) -> None:
+    """Start a fetch subprocess and SIGKILL it once about half the file is on disk."""
+    process = await trio.lowlevel.open_process(
+        fetch_command(ledger, tracker, "--progress", "none"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = ledger / f".tmp-{FULL}.state"
+
+    def half() -> bool:
+        try:
+            text = state.read_text()
+        except OSError:
+            return False
+        import json
+
+        try:
+            done = sum(e - s for s, e in json.loads(text)["done"])
+        except ValueError:
+            return False
+        return done >= size // 2
+
+    try:
+        await wait_for(half, timeout=60)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+
+async def run_cli(*command: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(120):
+        return await trio.run_process(
+            list(command), capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def test_a_killed_fetch_resumes(tmp_path: Path) -> None:
+    data = archive_bytes(24 * MiB, seed=44)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=6 * MiB)})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await kill_half_way(ledger, t.base, len(data))
+        up.behaviour[FULL] = Behaviour()
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    sent = sum(s.body_sent for s in up.gets(FULL))
+    assert sent <= 1.1 * len(data), sent / len(data)
+
+
+async def test_a_changed_file_behind_the_same_name_restarts(tmp_path: Path) -> None:
+    data = archive_bytes(24 * MiB, seed=45)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=6 * MiB)})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await kill_half_way(ledger, t.base, len(data))
+        changed = archive_bytes(len(data), seed=46)
+        up.files[FULL] = changed
+        up.behaviour[FULL] = Behaviour(etag='"another-etag"')
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+        assert done.returncode == 0, done.stderr
+    assert sha256((ledger / FULL).read_bytes()) == sha256(changed)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = await trio.run_process(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        async with (
+            serving(FakeUpstream(files=dict(FILES))) as up,
+            tracker_for("redirect", tmp_path) as t,
+        ):
+            advertise_all(t, up, FILES)
+            done = await run_cli(*fetch_command(small, t.base, "--progress", "none"))
+            assert not [s for s in up.gets(FULL) if s.body_sent > 1]
+        assert done.returncode == 1
+        assert b"not enough space" in done.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        await trio.run_process(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fetch", "--ledger", "x"],
+        ["fetch", "--ledger", "x", "--tracker", "http://t", "--source", "http://s"],
+        ["fetch", "--ledger", "x", "--tracker", "http://t", "--full=false", "--incremental=no"],
+        ["fetch", "--ledger", "x", "--tracker", "http://t", "--min-speed", "fast"],
+    ],
+)
+async def test_usage_errors_exit_2(args: list[str]) -> None:
+    done = await run_cli(sys.executable, "-m", "tracker", *args)
+    assert done.returncode == 2, done.stderr
+
+
+async def test_progress_bar_in_a_terminal_and_log_lines_without(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    data = archive_bytes(12 * MiB, seed=47)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=8 * MiB)})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        # Without a terminal: log lines (every 5 s: the download takes about 6 s at 2 MiB/s
+        # per connection... so the final summary line is what is certain).
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        done = await run_cli(*fetch_command(plain, t.base, "--progress", "log"))
+        assert done.returncode == 0, done.stderr
+        assert b"fetch_done" in done.stderr and b"\r" not in done.stderr
+        # In a pseudo-terminal: a tqdm bar (carriage returns, a percentage, a rate).
+        tty = tmp_path / "tty"
+        tty.mkdir()
+        controller, terminal = pty.openpty()
+        # A terminal of 24 rows and 100 columns (a fresh pty has 0x0, where tqdm hides bars).
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        process = await trio.lowlevel.open_process(
+            fetch_command(tty, t.base), stdin=terminal, stdout=terminal, stderr=terminal
+        )
+        os.close(terminal)
+        output = bytearray()
+        with trio.fail_after(60):
+            while True:
+                try:
+                    chunk = await trio.to_thread.run_sync(os.read, controller, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            await process.wait()
+        os.close(controller)
+    assert process.returncode == 0, bytes(output[-2000:])
+    assert b"\r" in output and b"100%" in output and b"B/s" in output

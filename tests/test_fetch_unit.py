@@ -1,0 +1,194 @@
+"""Pure parts of ``fetch``: the piece bookkeeping, the plan, sizes, file identity."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from names import full_name, incremental_name
+
+from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.core.values import parse_size
+from tracker.fetch.listing import RemoteFile, RemoteSnapshot
+from tracker.fetch.pieces import MIN_STEAL, Pieces
+from tracker.fetch.plan import plan
+from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
+
+MiB = 1024 * 1024
+
+
+def test_pieces_cover_the_file_once() -> None:
+    pieces = Pieces(10 * MiB + 5, MiB)
+    claims = []
+    while (claim := pieces.claim()) is not None and claim.start < 10 * MiB + 5:
+        claims.append(claim)
+        if len(claims) == 11:
+            break
+    assert [(c.start, c.end) for c in claims][-1] == (10 * MiB, 10 * MiB + 5)
+    for claim in claims:
+        pieces.advance(claim, claim.take(claim.end - claim.start))
+        pieces.finish(claim)
+    assert pieces.complete and pieces.done() == [(0, 10 * MiB + 5)]
+
+
+def test_an_idle_connection_steals_the_back_half_of_the_biggest_claim() -> None:
+    pieces = Pieces(8 * MiB, 8 * MiB)
+    slow = pieces.claim()
+    assert slow is not None
+    pieces.advance(slow, slow.take(MiB))  # 1 MiB written, 7 left
+    stolen = pieces.claim()
+    assert stolen is not None
+    assert (stolen.start, stolen.end) == (MiB + 7 * MiB // 2, 8 * MiB)
+    assert slow.end == stolen.start  # the slow one stops there
+    # A write in flight is never stolen: the reservation moves the middle.
+    pieces.advance(stolen, 0)
+    reserved = slow.take(2 * MiB)
+    assert reserved == 2 * MiB
+    again = pieces.claim()
+    assert again is not None and again.start >= slow.reserved
+
+
+def test_a_given_up_claim_returns_what_it_did_not_write() -> None:
+    pieces = Pieces(4 * MiB, 4 * MiB)
+    claim = pieces.claim()
+    assert claim is not None
+    pieces.advance(claim, claim.take(MiB))
+    pieces.finish(claim)  # its source failed
+    assert pieces.done() == [(0, MiB)]
+    rest = pieces.claim()
+    assert rest is not None and (rest.start, rest.end) == (MiB, 4 * MiB)
+
+
+def test_small_tails_are_not_stolen() -> None:
+    pieces = Pieces(2 * MIN_STEAL - 1, MiB)
+    assert pieces.claim() is not None
+    assert pieces.claim() is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 64 * MiB),
+    piece=st.integers(64 * 1024, 16 * MiB),
+    seed=st.integers(0, 2**32),
+)
+def test_any_interleaving_of_claims_steals_and_failures_covers_the_file(
+    size: int, piece: int, seed: int
+) -> None:
+    """Whatever order connections write, steal and fail in, the done bytes are exactly the
+    file once every claim ended, and no byte is claimed twice at a time."""
+    rng = random.Random(seed)
+    pieces = Pieces(size, piece)
+    running = []
+    for _ in range(10_000):
+        if pieces.complete and not running:
+            break
+        action = rng.random()
+        if action < 0.3 or not running:
+            claim = pieces.claim()
+            if claim is not None:
+                running.append(claim)
+            elif not running:
+                break
+            continue
+        claim = rng.choice(running)
+        if action < 0.9:
+            pieces.advance(claim, claim.take(rng.randint(1, 4 * MiB)))
+        if action >= 0.9 or claim.position >= claim.end:
+            running.remove(claim)
+            pieces.finish(claim)
+        spans = sorted((c.start, c.end) for c in running)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert pieces.complete and pieces.done() == [(0, size)]
+
+
+def remote(full_slot: int, incr_slot: int | None) -> RemoteSnapshot:
+    def file(name: str) -> RemoteFile:
+        parsed = parse_archive_name(name)
+        assert parsed is not None
+        return RemoteFile(parsed, 10, (f"http://t/{name}",))
+
+    incr = file(incremental_name(full_slot, incr_slot)) if incr_slot else None
+    return RemoteSnapshot(file(full_name(full_slot)), incr)
+
+
+def local(*names: str) -> list:  # type: ignore[type-arg]
+    files = []
+    for name in names:
+        parsed = parse_archive_name(name)
+        assert parsed is not None
+        files.append(SnapshotFile(name=parsed, file_name=name, size=1, path=f"/l/{name}"))
+    return chains_from_files(files)
+
+
+def test_plan_an_empty_ledger_gets_the_full_and_the_incremental() -> None:
+    chosen = plan([], [remote(1000, 1800)], min_slots=500)
+    assert chosen.full is not None and chosen.full.name.slot == 1000
+    assert chosen.incremental is not None and chosen.incremental.name.slot == 1800
+
+
+def test_plan_up_to_date_and_nothing_on_offer() -> None:
+    assert plan(local(full_name(1000)), [remote(1000, 1200)], min_slots=500).reason
+    nothing = plan([], [], min_slots=500)
+    assert nothing.failed and nothing.full is None
+
+
+def test_plan_with_the_full_or_a_recent_one() -> None:
+    same = plan(local(full_name(1000)), [remote(1000, 1800)], min_slots=500)
+    assert same.full is None and same.incremental is not None
+    recent = plan(local(full_name(900)), [remote(1000, 1800)], min_slots=500)
+    assert recent.full is None and recent.incremental_on == 900
+    old = plan(local(full_name(100)), [remote(1000, 1800)], min_slots=500)
+    assert old.full is not None
+
+
+def test_plan_flags() -> None:
+    only_full = plan([], [remote(1000, 1800)], min_slots=500, want_incremental=False)
+    assert only_full.full is not None and only_full.incremental is None
+    no_full = plan([], [remote(1000, 1800)], min_slots=500, want_full=False)
+    assert no_full.failed
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4096", 4096),
+        ("10MiB", 10 * MiB),
+        ("512KiB", 512 * 1024),
+        ("1.5GB", 1_500_000_000),
+        ("100M", 100_000_000),
+        ("0", 0),
+        ("2 GiB", 2 * 1024**3),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-1MiB", "10XB", "1e3"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_size(text)
+
+
+def test_identity_needs_a_validator_in_common() -> None:
+    a = Identity(10, '"e1"', "Mon")
+    assert a.same_file(Identity(10, '"e1"', "Tue"))
+    assert not a.same_file(Identity(10, '"e2"', "Mon"))
+    assert not a.same_file(Identity(11, '"e1"', "Mon"))
+    assert Identity(10, "", "Mon").same_file(Identity(10, "", "Mon"))
+    assert not Identity(10).same_file(Identity(10))  # nothing proves it
+
+
+def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
+    name = full_name(5)
+    state = State(name, Identity(100, '"e"'), ((0, 40), (60, 100)))
+    Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 100)
+    save_state(str(tmp_path), state)
+    assert load_state(str(tmp_path), name) == state
+    Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 50)  # shorter than claimed
+    assert load_state(str(tmp_path), name) is None
+    assert load_state(str(tmp_path), full_name(6)) is None

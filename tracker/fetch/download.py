@@ -1,0 +1,490 @@
+"""One archive into the ledger: parallel ``Range`` requests over the sources that hold it.
+
+:func:`download` inspects every candidate URL (a ``GET`` of byte 0, redirects followed:
+size, validators, whether ranges work), takes the first usable one as the reference and
+pools every other one that has the same size *and* the same bytes in a sample of ranges:
+archives of one slot and hash made by different nodes differ, so bytes of two of them are
+never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.pieces`), each
+from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a source
+that fails three times in a row, or is slower than ``min_speed`` while another is left, is
+dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`) is
+saved every second, so a killed fetch resumes. A complete file is synced, renamed into place
+and given the source's ``Last-Modified`` as its mtime. When every source of the pool failed,
+the next candidate that is not in the pool is tried from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from email.utils import parsedate_to_datetime
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.logs import log_event
+from tracker.errors import FetchError
+from tracker.fetch.pieces import Claim, Pieces
+from tracker.fetch.progress import Progress
+from tracker.fetch.state import (
+    Identity,
+    State,
+    load_state,
+    remove_state,
+    save_state,
+    temp_path,
+)
+from tracker.net.bodies import body_chunks
+from tracker.net.limits import transport_reason
+
+log = logging.getLogger("tracker.fetch")
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen
+class FetchSettings:
+    """Tunables of a download (seconds, bytes, bytes per second)."""
+
+    connections: int = 8
+    piece_size: int = 8 * MiB
+    #: Longest wait for a response head (connect included).
+    request_timeout: float = 3.0
+    #: Longest wait for one read of a body.
+    read_timeout: float = 30.0
+    #: A source slower than this (bytes/s, over ``speed_window``) is dropped when another is
+    #: left; 0 turns the check off.
+    min_speed: int = 10 * MiB
+    speed_window: float = 5.0
+    #: Ranges compared before two sources are used together, and their size.
+    samples: int = 3
+    sample_size: int = 64 * 1024
+    #: Seconds between two saves of the state file.
+    state_every: float = 1.0
+    #: Failures in a row after which a source is dropped.
+    max_failures: int = 3
+
+
+@attrs.define(eq=False)
+class Source:
+    """One URL of the file, as inspected, and what it delivered."""
+
+    url: str
+    identity: Identity
+    ranges: bool
+    sent: int = 0
+    failures: int = 0
+    dropped: str = ""
+    scopes: set[trio.CancelScope] = attrs.Factory(set)
+
+    def drop(self, reason: str) -> None:
+        """Stop using this source; its running requests are cancelled (their pieces return)."""
+        if not self.dropped:
+            self.dropped = reason
+            log_event(log, "warning", "fetch_source_dropped", url=self.url, reason=reason)
+        for scope in self.scopes:
+            scope.cancel()
+
+
+class SourceError(Exception):
+    """One request to a source failed (the piece goes back, the source may be dropped)."""
+
+
+@attrs.frozen
+class Result:
+    """A completed download."""
+
+    path: str
+    size: int
+    seconds: float
+    sources: tuple[Source, ...]
+
+
+async def download(
+    client: httpx.AsyncClient,
+    name: str,
+    urls: list[str],
+    ledger: str,
+    settings: FetchSettings,
+    progress: Progress,
+    *,
+    size: int = 0,
+) -> Result:
+    """Download archive ``name`` from ``urls`` (best first) into ``ledger``.
+
+    ``size`` (0: unknown) is what the listing said; a source announcing another size is not
+    used. Raises :class:`FetchError` with a one-line reason (no space, every source
+    failed); the temp file and state stay for a later resume unless there is no room.
+    """
+    inspected = await _inspect_all(client, urls, settings)
+    finals: dict[str, Source] = {}  # a redirect and the URL it leads to are one source
+    for s in inspected:
+        if isinstance(s, Source) and (not size or s.identity.size == size):
+            finals.setdefault(s.url, s)
+    usable = list(finals.values())
+    if not usable:
+        why = "; ".join(str(s) for s in inspected if not isinstance(s, Source))
+        raise FetchError(f"{name}: no source could deliver it ({why or 'wrong size'})")
+    reasons: list[str] = []
+    tried: set[str] = set()
+    for reference in usable:
+        if reference.url in tried:
+            continue
+        _check_space(ledger, reference.identity.size, name, reference.identity)
+        pool = [reference, *await _same_bytes(client, reference, usable, settings)]
+        tried.update(s.url for s in pool)
+        try:
+            return await _download_from(client, name, pool, ledger, settings, progress)
+        except SourceError as exc:
+            reasons.append(str(exc))
+    raise FetchError(f"{name}: every source failed: " + "; ".join(reasons))
+
+
+async def _inspect_all(
+    client: httpx.AsyncClient, urls: list[str], settings: FetchSettings
+) -> list[Source | SourceError]:
+    urls = list(dict.fromkeys(urls))
+    results: list[Source | SourceError] = [SourceError("not asked")] * len(urls)
+
+    async def one(index: int, url: str) -> None:
+        try:
+            results[index] = await _inspect(client, url, settings)
+        except SourceError as exc:
+            results[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index, url in enumerate(urls):
+            nursery.start_soon(one, index, url)
+    return results
+
+
+async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings) -> Source:
+    """Ask ``url`` for its first byte (a GET, as presigned URLs allow no HEAD): the final
+    URL after redirects, the size, the validators, and whether ranges are honoured."""
+    async with _request(client, url, {"range": "bytes=0-0"}, settings) as response:
+        status = response.status_code
+        if status == 206:
+            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+            if not total.isdigit():
+                raise SourceError(f"{url}: content-range without a total")
+            size, ranges = int(total), True
+        elif status == 200:
+            length = response.headers.get("content-length", "").strip()
+            if not length.isdigit():
+                raise SourceError(f"{url}: no content-length")
+            size, ranges = int(length), False
+        else:
+            raise SourceError(f"{url}: status {status}")
+        identity = Identity(
+            size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
+        )
+        return Source(str(response.url), identity, ranges)
+
+
+class _request:
+    """``async with _request(...) as response``: a streamed GET, its head within the
+    request timeout, errors as SourceError, closed at the end."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        settings: FetchSettings,
+    ) -> None:
+        self._client, self._url, self._headers, self._settings = client, url, headers, settings
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        request = self._client.build_request("GET", self._url, headers=self._headers)
+        try:
+            with trio.fail_after(self._settings.request_timeout):
+                self._response = await self._client.send(request, stream=True)
+        except trio.TooSlowError:
+            raise SourceError(
+                f"{self._url}: no answer within {self._settings.request_timeout:g}s"
+            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise SourceError(f"{self._url}: {transport_reason(exc)}") from exc
+        return self._response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            with trio.CancelScope(shield=True):
+                await self._response.aclose()
+
+
+async def _same_bytes(
+    client: httpx.AsyncClient, reference: Source, others: list[Source], settings: FetchSettings
+) -> list[Source]:
+    """The sources of ``others`` that may be used with ``reference``: same size, ranges,
+    and identical bytes in ``settings.samples`` ranges spread over the file."""
+    others = [
+        o for o in others if o is not reference and o.identity.size == reference.identity.size
+    ]
+    if not reference.ranges or not others:
+        return []
+    size = reference.identity.size
+    spots = sorted(
+        {
+            min(max(0, size - settings.sample_size), size * i // max(1, settings.samples - 1))
+            for i in range(settings.samples)
+        }
+    )
+    wanted = [(start, min(size, start + settings.sample_size)) for start in spots]
+    try:
+        expected = [await _sample(client, reference, s, e, settings) for s, e in wanted]
+    except SourceError:
+        return []
+    same = []
+    for other in others:
+        if other is reference or not other.ranges or other.identity.size != size:
+            continue
+        try:
+            got = [await _sample(client, other, s, e, settings) for s, e in wanted]
+        except SourceError as exc:
+            log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
+            continue
+        if got == expected:
+            same.append(other)
+        else:
+            log_event(log, "info", "fetch_source_unused", url=other.url, reason="other bytes")
+    return same
+
+
+async def _sample(
+    client: httpx.AsyncClient, source: Source, start: int, end: int, settings: FetchSettings
+) -> bytes:
+    headers = {"range": f"bytes={start}-{end - 1}"}
+    async with _request(client, source.url, headers, settings) as response:
+        _check_range(response, source, start, end)
+        data = bytearray()
+        with trio.fail_after(settings.read_timeout):
+            async with body_chunks(response) as chunks:
+                async for chunk in chunks:
+                    data += chunk
+                    if len(data) > end - start:
+                        break
+    if len(data) != end - start:
+        raise SourceError(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
+    return bytes(data)
+
+
+def _check_range(response: httpx.Response, source: Source, start: int, end: int) -> None:
+    """A 206 of exactly the bytes asked, of the file the source was inspected with."""
+    if response.status_code != 206:
+        raise SourceError(f"{source.url}: answered {response.status_code} to a range")
+    expected = f"bytes {start}-{end - 1}/{source.identity.size}"
+    got = response.headers.get("content-range", "").strip()
+    if got != expected:
+        raise SourceError(f"{source.url}: content-range {got!r}, expected {expected!r}")
+    if not _same_validators(response, source.identity):
+        raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
+
+
+def _same_validators(response: httpx.Response, identity: Identity) -> bool:
+    """False when the answer's validators say it is another file than ``identity``.
+
+    The same ``ETag``, or the same ``Last-Modified`` (a tracker serving a file from its
+    cache after proxying it gives it its own ETag but keeps the source's mtime), or none to
+    compare (the size is checked anyway). Checked on every answer rather than asked with
+    ``If-Range``, which such a change of ETag would turn into a whole-file 200.
+    """
+    etag: str = response.headers.get("etag", "")
+    modified: str = response.headers.get("last-modified", "")
+    if identity.etag and etag == identity.etag:
+        return True
+    if identity.last_modified and modified:
+        return modified == identity.last_modified
+    return not (identity.etag and etag)  # no validator on one side: the size decides
+
+
+async def _download_from(
+    client: httpx.AsyncClient,
+    name: str,
+    pool: list[Source],
+    ledger: str,
+    settings: FetchSettings,
+    progress: Progress,
+) -> Result:
+    reference = pool[0]
+    size = reference.identity.size
+    state = load_state(ledger, name)
+    done = (
+        list(state.done)
+        if state is not None and state.identity.same_file(reference.identity)
+        else []
+    )
+    if not done:
+        remove_state(ledger, name)
+    pieces = Pieces(size, settings.piece_size, done)
+    _check_space(ledger, size - pieces.done_bytes, name)
+    path = temp_path(ledger, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    started = trio.current_time()
+    progress.start(name, size, pieces.done_bytes)
+    try:
+        await trio.to_thread.run_sync(os.ftruncate, fd, size)
+
+        def save() -> None:
+            save_state(ledger, State(name, reference.identity, tuple(pieces.done())))
+
+        save()
+        connections = settings.connections if reference.ranges else 1
+        live = pool if reference.ranges else [reference]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_every, settings.state_every, save)
+            if settings.min_speed and len(live) > 1:
+                nursery.start_soon(_watch_speed, live, settings)
+            async with trio.open_nursery() as workers:
+                for index in range(connections):
+                    workers.start_soon(_worker, client, index, live, pieces, fd, settings, progress)
+            nursery.cancel_scope.cancel()
+        save()
+        if not pieces.complete:
+            reasons = "; ".join(f"{s.url}: {s.dropped or 'failed'}" for s in live)
+            raise SourceError(reasons)
+        await trio.to_thread.run_sync(os.fsync, fd)
+    finally:
+        os.close(fd)
+        progress.finish()
+    final = os.path.join(ledger, name)
+    os.replace(path, final)
+    remove_state(ledger, name)
+    _set_mtime(final, reference.identity.last_modified)
+    return Result(final, size, trio.current_time() - started, tuple(live))
+
+
+def _check_space(ledger: str, needed: int, name: str, identity: Identity | None = None) -> None:
+    """FetchError when ``ledger`` has less than ``needed`` bytes free (the bytes of a
+    resumable temp file of the same file count as there)."""
+    if identity is not None:
+        state = load_state(ledger, name)
+        if state is not None and state.identity.same_file(identity):
+            needed -= sum(end - start for start, end in state.done)
+    free = shutil.disk_usage(ledger).free
+    if free < needed:
+        raise FetchError(
+            f"{name}: not enough space in {ledger}: {needed} bytes needed, {free} free"
+        )
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        await trio.sleep(seconds)
+        action()
+
+
+async def _watch_speed(pool: list[Source], settings: FetchSettings) -> None:
+    """Drop a source slower than ``min_speed`` over a window while another one is left."""
+    last = {id(s): s.sent for s in pool}
+    while True:
+        await trio.sleep(settings.speed_window)
+        for source in pool:
+            rate = (source.sent - last[id(source)]) / settings.speed_window
+            last[id(source)] = source.sent
+            others = [s for s in pool if s is not source and not s.dropped]
+            if not source.dropped and others and rate < settings.min_speed:
+                source.drop(f"slower than {settings.min_speed} bytes/s ({rate:.0f})")
+
+
+async def _worker(
+    client: httpx.AsyncClient,
+    index: int,
+    pool: list[Source],
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Claim pieces and fetch them until none is left or no source is."""
+    while True:
+        live = [s for s in pool if not s.dropped]
+        if not live:
+            return
+        source = live[index % len(live)]
+        claim = pieces.claim()
+        if claim is None:
+            return
+        scope = trio.CancelScope()
+        source.scopes.add(scope)
+        try:
+            with scope:
+                await _fetch_claim(client, source, claim, pieces, fd, settings, progress)
+            source.failures = 0
+        except SourceError as exc:
+            source.failures += 1
+            log_event(log, "warning", "fetch_piece_failed", url=source.url, reason=str(exc))
+            if source.failures >= settings.max_failures:
+                source.drop(str(exc))
+        finally:
+            source.scopes.discard(scope)
+            pieces.finish(claim)
+
+
+async def _fetch_claim(
+    client: httpx.AsyncClient,
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Fetch the bytes of ``claim`` from ``source`` and write them at their offsets."""
+    headers = {}
+    if source.ranges:
+        headers["range"] = f"bytes={claim.position}-{claim.end - 1}"
+    async with _request(client, source.url, headers, settings) as response:
+        if source.ranges:
+            _check_range(response, source, claim.position, claim.end)
+        elif response.status_code != 200:
+            raise SourceError(f"{source.url}: status {response.status_code}")
+        try:
+            async with body_chunks(response) as chunks:
+                await _write_body(chunks, source, claim, pieces, fd, settings, progress)
+        except trio.TooSlowError:
+            raise SourceError(f"{source.url}: no data for {settings.read_timeout:g}s") from None
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{source.url}: {transport_reason(exc)}") from exc
+    if claim.position < claim.end:
+        raise SourceError(f"{source.url}: body ended at {claim.position} of {claim.end}")
+
+
+async def _write_body(
+    chunks: AsyncIterator[bytes],
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Write the body's bytes at their offsets until the claim's (possibly shrunk) end."""
+    while True:
+        with trio.fail_after(settings.read_timeout):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            return
+        count = claim.take(len(chunk))
+        if count:
+            piece = chunk[:count] if count < len(chunk) else chunk
+            await trio.to_thread.run_sync(os.pwrite, fd, piece, claim.reserved - count)
+            pieces.advance(claim, count)
+            source.sent += count
+            progress.add(count)
+        if count < len(chunk) or claim.position >= claim.end:
+            return  # the claim's end: the rest of this answer is someone else's (stolen)
+
+
+def _set_mtime(path: str, last_modified: str) -> None:
+    if not last_modified:
+        return
+    try:
+        when = parsedate_to_datetime(last_modified).timestamp()
+    except (TypeError, ValueError):
+        return
+    os.utime(path, (when, when))

@@ -1,0 +1,150 @@
+"""What the remote side offers: the tracker's JSON, or validators probed directly.
+
+Each archive comes with the URLs it can be fetched from, best first: the tracker's own
+query-free route ``{tracker}/v1/{group}/{name}`` (it redirects or serves), then the source
+URLs the JSON lists for that name. :mod:`tracker.fetch.download` uses those together only
+after they proved to hold the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
+from tracker.discovery.http import probe_http
+from tracker.errors import FetchError, ProbeError
+from tracker.net.limits import decode_text, fetch_capped, iter_json_array
+
+#: Bounds of what is read from the tracker.
+MAX_BODY = 16 * 1024 * 1024
+MAX_ENTRIES = 10_000
+
+
+@attrs.frozen
+class RemoteFile:
+    """One archive and where it can be fetched, best URL first; ``size`` 0: unknown."""
+
+    name: ArchiveName
+    size: int
+    urls: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        """The archive's bare name."""
+        return self.name.file_name
+
+
+@attrs.frozen
+class RemoteSnapshot:
+    """A snapshot on offer: its full archive and, for an incremental one, the archive itself."""
+
+    full: RemoteFile | None
+    incremental: RemoteFile | None = None
+
+    @property
+    def slot(self) -> int:
+        """The snapshot's slot (the incremental's when there is one)."""
+        head = self.incremental if self.incremental is not None else self.full
+        return head.name.slot if head is not None else 0
+
+
+async def from_tracker(
+    client: httpx.AsyncClient, tracker: str, group: str, *, slot: int | None = None
+) -> list[RemoteSnapshot]:
+    """The snapshots the tracker lists, best first: ``/v1/best_snapshots``, or the ones on
+    top of the full at ``slot`` (``/v1/snapshots?slot=``). Raises FetchError."""
+    base = tracker.rstrip("/")
+    params = {"group": group} if group else {}
+    if slot is not None:
+        params["slot"] = str(slot)
+    path = "/v1/snapshots" if slot is not None else "/v1/best_snapshots"
+    try:
+        body = await fetch_capped(client, base + path, headers={}, max_body=MAX_BODY, params=params)
+        entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
+    except (ProbeError, ValueError) as exc:
+        raise FetchError(f"tracker {base}: {exc}") from None
+    return _snapshots(base, entries)
+
+
+def _snapshots(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
+    urls: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    order: list[tuple[str | None, str | None]] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
+            continue
+        group = str(entry.get("group", ""))
+        names = []
+        for raw in entry["files"]:
+            if not isinstance(raw, dict) or not isinstance(raw.get("file_name"), str):
+                continue
+            name = file_name_of(raw["file_name"])
+            if parse_archive_name(name) is None:
+                continue
+            names.append(name)
+            found = urls.setdefault(name, [f"{base}/v1/{quote(group, safe='')}/{name}"])
+            if "://" in raw["file_name"] and raw["file_name"] not in found:
+                found.append(raw["file_name"])
+            size = raw.get("size")
+            if isinstance(size, int) and size > 0:
+                sizes.setdefault(name, size)
+        fulls = [n for n in names if _parsed(n).is_full]
+        heads = [n for n in names if not _parsed(n).is_full]
+        if fulls or heads:  # an incremental whose source does not list its full: alone
+            order.append((fulls[0] if fulls else None, heads[0] if heads else None))
+    return [
+        RemoteSnapshot(
+            _file(full, sizes, urls) if full is not None else None,
+            _file(head, sizes, urls) if head is not None else None,
+        )
+        for full, head in dict.fromkeys(order)
+    ]
+
+
+def _parsed(name: str) -> ArchiveName:
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    return parsed
+
+
+def _file(name: str, sizes: dict[str, int], urls: dict[str, list[str]]) -> RemoteFile:
+    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]))
+
+
+async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[RemoteSnapshot]:
+    """The snapshots validators at ``sources`` redirect their aliases to, newest first; an
+    archive several of them offer lists all their URLs. Raises FetchError when none
+    answered."""
+    found: list[tuple[str, list[Any]]] = []
+    failures: list[str] = []
+
+    async def probe(url: str) -> None:
+        try:
+            found.append((url, await probe_http(client, url)))
+        except ProbeError as exc:
+            failures.append(f"{url}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for url in sources:
+            nursery.start_soon(probe, url)
+    if not found:
+        raise FetchError("no source answered: " + "; ".join(failures))
+    urls: dict[str, list[str]] = {}
+    snapshots: dict[tuple[str, str | None], int] = {}
+    for _url, infos in found:
+        for info in infos:
+            for f in info.files:
+                urls.setdefault(f.bare_name, []).append(f.url)
+            full = info.files[-1].bare_name
+            head = info.files[0].bare_name if len(info.files) > 1 else None
+            snapshots[(full, head)] = info.slot
+    ranked = sorted(snapshots, key=lambda k: snapshots[k], reverse=True)
+    return [
+        RemoteSnapshot(_file(full, {}, urls), _file(head, {}, urls) if head else None)
+        for full, head in ranked
+    ]

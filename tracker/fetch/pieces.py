@@ -1,0 +1,122 @@
+"""Which bytes of a file are still to fetch, and who fetches which: pure bookkeeping.
+
+A file is cut into pieces; every connection *claims* the next piece and advances its
+position as bytes are written. When no unclaimed piece is left, an idle connection *steals*
+the back half of the claim with the most bytes left, so a slow source ends up with little
+and the last bytes do not wait for it. A claim given up (its source failed) returns what it
+had not written to the pool. What is done is a set of intervals, saved in the state file so
+that a killed fetch resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: A stolen part is at least this big (smaller tails are left to their claim's owner).
+MIN_STEAL = 128 * 1024
+
+
+@attrs.define(eq=False)
+class Claim:
+    """Bytes ``position`` to ``end`` (exclusive) of the file, being fetched by one connection.
+
+    ``end`` may shrink while it runs (the back part was stolen): the owner stops there.
+    ``reserved`` is how far the owner has taken bytes to write (a write in flight): a steal
+    never takes those.
+    """
+
+    start: int
+    position: int
+    end: int
+    reserved: int = 0
+
+    @property
+    def left(self) -> int:
+        """Bytes not yet taken by the owner."""
+        return max(0, self.end - max(self.position, self.reserved))
+
+    def take(self, available: int) -> int:
+        """Reserve up to ``available`` bytes to write next; how many (0: the claim is over)."""
+        begin = max(self.position, self.reserved)
+        count = max(0, min(available, self.end - begin))
+        self.reserved = begin + count
+        return count
+
+
+class Pieces:
+    """The pieces of a ``size``-byte file, ``done`` intervals already on disk."""
+
+    def __init__(
+        self, size: int, piece_size: int, done: list[tuple[int, int]] | None = None
+    ) -> None:
+        self.size = size
+        self._done: list[tuple[int, int]] = _merge(done or [])
+        self._todo: list[tuple[int, int]] = []
+        for start, end in _gaps(self._done, size):
+            self._todo += [(s, min(s + piece_size, end)) for s in range(start, end, piece_size)]
+        self._claims: set[Claim] = set()
+
+    @property
+    def complete(self) -> bool:
+        """True once every byte is done."""
+        return self._done == [(0, self.size)] or self.size == 0
+
+    @property
+    def done_bytes(self) -> int:
+        """Bytes on disk."""
+        return sum(end - start for start, end in self._done)
+
+    def done(self) -> list[tuple[int, int]]:
+        """The done intervals, including what running claims wrote so far (for the state)."""
+        partial = [(c.start, c.position) for c in self._claims if c.position > c.start]
+        return _merge(self._done + partial)
+
+    def claim(self) -> Claim | None:
+        """The next unclaimed piece, else the back half of the biggest claim (stolen), else
+        None (nothing left to hand out)."""
+        if self._todo:
+            start, end = self._todo.pop(0)
+            claim = Claim(start, start, end)
+            self._claims.add(claim)
+            return claim
+        victim = max(self._claims, key=lambda c: c.left, default=None)
+        if victim is None or victim.left < 2 * MIN_STEAL:
+            return None
+        middle = max(victim.position, victim.reserved) + victim.left // 2
+        claim = Claim(middle, middle, victim.end)
+        victim.end = middle
+        self._claims.add(claim)
+        return claim
+
+    def advance(self, claim: Claim, written: int) -> None:
+        """``written`` more bytes of ``claim`` are on disk."""
+        claim.position += written
+
+    def finish(self, claim: Claim) -> None:
+        """``claim`` ended: what it wrote is done, the rest goes back to the pool."""
+        self._claims.discard(claim)
+        if claim.position > claim.start:
+            self._done = _merge([*self._done, (claim.start, claim.position)])
+        if claim.position < claim.end:
+            self._todo.insert(0, (claim.position, claim.end))
+
+
+def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _gaps(done: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    gaps, position = [], 0
+    for start, end in done:
+        if start > position:
+            gaps.append((position, min(start, size)))
+        position = max(position, end)
+    if position < size:
+        gaps.append((position, size))
+    return gaps

@@ -1,0 +1,200 @@
+"""``snapshot-tracker fetch``: the best full (when the ledger needs it) and its incremental.
+
+The steps: what the ledger holds (:func:`tracker.discovery.local.scan_local`), what is on
+offer (the tracker's JSON or the validators' aliases, :mod:`tracker.fetch.listing`), what to
+download (:mod:`tracker.fetch.plan`), the downloads (:mod:`tracker.fetch.download`): the full
+first, then the newest incremental on it (asked again after the full, which takes long),
+then retention (``keep``). Everything fails with a one-line :class:`FetchError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.logs import log_event
+from tracker.core.snapshots import SnapshotInfo, parse_archive_name
+from tracker.discovery.local import scan_local
+from tracker.errors import FetchError, ProbeError
+from tracker.fetch.download import FetchSettings, Result, download
+from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
+from tracker.fetch.plan import plan
+from tracker.fetch.progress import Progress, progress_for
+from tracker.net.clients import no_cookies
+
+log = logging.getLogger("tracker.fetch")
+
+
+@attrs.frozen
+class FetchOptions:
+    """The command line of ``fetch`` (SPEC §12)."""
+
+    ledger: str
+    tracker: str = ""
+    sources: tuple[str, ...] = ()
+    group: str = ""
+    min_slots: int = 500
+    max_slots: int = 10_000
+    slot: int = 0
+    full: bool = True
+    incremental: bool = True
+    keep: int = 2
+    progress: str = "auto"
+    download_timeout: float = 600.0
+    settings: FetchSettings = attrs.field(factory=FetchSettings)
+
+
+async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> list[Result]:
+    """Bring the ledger up to date; the downloads made (none: it already was). Raises
+    FetchError, also when ``download_timeout`` passes."""
+    shown = progress if progress is not None else progress_for(options.progress)
+    try:
+        with trio.fail_after(options.download_timeout):
+            async with _client(options.settings) as client:
+                return await _run(client, options, shown)
+    except trio.TooSlowError:
+        raise FetchError(f"not done within {options.download_timeout:g}s") from None
+
+
+def _client(settings: FetchSettings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
+        max_redirects=5,
+        cookies=no_cookies(),
+        timeout=httpx.Timeout(
+            connect=settings.request_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=settings.read_timeout,
+        ),
+        limits=httpx.Limits(max_connections=4 * settings.connections + 8),
+        headers={"user-agent": "solana-snapshot-tracker-fetch", "accept-encoding": "identity"},
+    )
+
+
+async def _run(
+    client: httpx.AsyncClient, options: FetchOptions, progress: Progress
+) -> list[Result]:
+    local = await _local(options.ledger)
+    remote = await _offer(client, options, options.slot or None)
+    if options.slot:
+        await _check_age(client, options, remote)
+    what = plan(
+        local,
+        remote,
+        min_slots=options.min_slots,
+        want_full=options.full,
+        want_incremental=options.incremental,
+    )
+    incremental = what.incremental
+    if what.incremental_on:
+        on = await _offer(client, options, what.incremental_on)
+        incremental = next((s.incremental for s in on if s.incremental is not None), None)
+        if incremental is None:
+            raise FetchError(
+                f"no incremental snapshot on the ledger's full at {what.incremental_on}"
+            )
+    if what.full is None and incremental is None:
+        if what.failed:
+            raise FetchError(what.reason)
+        log_event(log, "info", "fetch_nothing_to_do", reason=what.reason)
+        return []
+    results = []
+    if what.full is not None:
+        results.append(await _download(client, options, what.full, progress))
+        if options.incremental:
+            # The full took a while: ask again for the newest incremental on it.
+            on = await _offer(client, options, what.full.name.slot)
+            newer = next((s.incremental for s in on if s.incremental is not None), None)
+            incremental = newer if newer is not None else incremental
+    if incremental is not None:
+        results.append(await _download(client, options, incremental, progress))
+    _retain(options.ledger, options.keep, {r.path for r in results})
+    return results
+
+
+async def _local(ledger: str) -> list[SnapshotInfo]:
+    try:
+        return await trio.to_thread.run_sync(scan_local, ledger)
+    except ProbeError as exc:
+        raise FetchError(f"the ledger directory: {exc}") from None
+
+
+async def _offer(
+    client: httpx.AsyncClient, options: FetchOptions, slot: int | None
+) -> list[RemoteSnapshot]:
+    if options.tracker:
+        return await from_tracker(client, options.tracker, options.group, slot=slot)
+    offered = await from_sources(client, list(options.sources))
+    if slot is None:
+        return offered
+    return [s for s in offered if s.full is not None and s.full.name.slot == slot]
+
+
+async def _check_age(
+    client: httpx.AsyncClient, options: FetchOptions, remote: list[RemoteSnapshot]
+) -> None:
+    """``--slot``: refuse a snapshot more than ``max_slots`` older than the newest."""
+    newest = await _offer(client, options, None)
+    if remote and newest and newest[0].slot - remote[0].slot > options.max_slots:
+        raise FetchError(
+            f"the snapshot at slot {remote[0].slot} is more than {options.max_slots} slots "
+            f"older than the newest ({newest[0].slot})"
+        )
+
+
+async def _download(
+    client: httpx.AsyncClient, options: FetchOptions, file: RemoteFile, progress: Progress
+) -> Result:
+    result = await download(
+        client,
+        file.file_name,
+        list(file.urls),
+        options.ledger,
+        options.settings,
+        progress,
+        size=file.size,
+    )
+    rate = result.size / max(result.seconds, 1e-9)
+    used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)
+    log_event(
+        log,
+        "info",
+        "fetch_done",
+        file=file.file_name,
+        bytes=result.size,
+        seconds=round(result.seconds, 2),
+        rate=f"{rate / 2**20:.1f}MiB/s",
+        sources=used or "none (already on disk)",
+    )
+    return result
+
+
+def _retain(ledger: str, keep: int, fresh: set[str]) -> None:
+    """Keep the ``keep`` newest full and incremental archives; remove older ones."""
+    if keep <= 0:
+        return
+    try:
+        names = os.listdir(ledger)
+    except OSError:
+        return
+    for full in (True, False):
+        archives = sorted(
+            (
+                (parsed.slot, name)
+                for name in names
+                if (parsed := parse_archive_name(name)) is not None and parsed.is_full == full
+            ),
+            reverse=True,
+        )
+        for _slot, name in archives[keep:]:
+            path = os.path.join(ledger, name)
+            if path in fresh or not os.path.isfile(path) or os.path.islink(path):
+                continue
+            os.unlink(path)
+            log_event(log, "info", "fetch_removed_old", file=name)
