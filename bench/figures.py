@@ -404,3 +404,67 @@ def discovery(env: Env, tracker: Tracker, run: int) -> Result:
     if span is None:
         raise RuntimeError("scrape round did not finish in 120 s")
     return {"seconds": span, "targets": env.options.discovery_targets}
+
+
+# -- fetch (issue 15) ---------------------------------------------------------------------------
+
+
+def _timed(command: list[str], cwd: Path) -> float:
+    """Seconds ``command`` took (it must succeed), as a user would time it."""
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, check=False, timeout=600)
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {done.stderr.decode()[-500:]}")
+    return seconds
+
+
+def _fresh(directory: Path) -> Path:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def fetch_vs_aria2c(env: Env, run: int) -> Result:
+    """``snapshot-tracker fetch --connections 8`` vs ``aria2c -x8 -s8``, each writing the
+    best archive into an empty directory: through the tracker (a cache hit), and from two
+    nginx sources of the same file (the files nginx and the proxy nginx in front of it)."""
+    assert env.hit_tracker is not None
+    aria2c = env.tools["aria2c"]
+    best, size = env.archives.best, env.options.size
+    tracker = env.hit_tracker
+    out = env.work / "fetch"
+    common = ["--incremental=false", "--connections", "8", "--min-speed", "0"]
+    common += ["--progress", "none", "--keep", "0", "--log-level", "warning"]
+    fetch = [sys.executable, "-m", "tracker", "fetch", *common]
+    aria = [aria2c, "-q", "-x8", "-s8", "--min-split-size=1M", "--allow-overwrite=true"]
+    sources = [f"http://{HOST}:{env.files.port}/src", f"http://{HOST}:{env.proxy.port}/src"]
+    mirrors = [f"{base.removesuffix('/src')}{nginx_path(best)}" for base in sources]
+
+    def ours_tracker() -> float:
+        ledger = _fresh(out / "ours")
+        return _timed([*fetch, "--ledger", str(ledger), "--tracker", tracker.base], out)
+
+    def aria_tracker() -> float:
+        target = _fresh(out / "aria")
+        url = f"{tracker.base}{tracker_path(best)}"
+        return _timed([*aria, "-d", str(target), "-o", best, url], out)
+
+    def ours_two() -> float:
+        ledger = _fresh(out / "ours")
+        flags = [x for s in sources for x in ("--source", s)]
+        return _timed([*fetch, "--ledger", str(ledger), *flags], out)
+
+    def aria_two() -> float:
+        target = _fresh(out / "aria")
+        return _timed([*aria, "-d", str(target), "-o", best, *mirrors], out)
+
+    a, b = pair(run, ours_tracker, aria_tracker)
+    c, d = pair(run, ours_two, aria_two)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "tracker": size / a,
+        "reference": size / b,
+        "two_sources": size / c,
+        "two_sources_reference": size / d,
+    }

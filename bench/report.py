@@ -104,6 +104,15 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         ref = f"first round {first:.2f} s" if first is not None else ""
         rows.append(Row("discovery", how, f"{secs:.2f} s", ref, secs, "s", "<=", 5))
     rows += _fan_in_rows(results)
+    if results.get("fetch"):
+        runs = results["fetch"]
+        how = "fetch --connections 8 vs aria2c -x8 -s8, through the tracker (cache hit)"
+        rows.append(_ratio_row(runs, "fetch", how, gbps, 1.0))
+        two = [
+            {"tracker": r["two_sources"], "reference": r["two_sources_reference"]} for r in runs
+        ]
+        how = "fetch vs aria2c, both given two nginx sources of the file"
+        rows.append(_ratio_row(two, "fetch, two sources", how, gbps, 1.0))
     return rows
 
 

@@ -53,6 +53,7 @@ FIGURES = (
     "memory",
     "fan_in",
     "discovery",
+    "fetch",
 )
 OUT = Path(__file__).resolve().parent / "out"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?", re.IGNORECASE)
@@ -172,6 +173,11 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
             _step(results, "memory", run, lambda r: figures.memory(env, r))
     if "fan_in" in wanted:
         _fan_in(env, results)
+    if "fetch" in wanted:
+        if env.hit_tracker is None:
+            env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")
+        for run in range(o.runs):
+            _step(results, "fetch", run, lambda r: figures.fetch_vs_aria2c(env, r))
     if "discovery" in wanted:
         tracker = figures.start_discovery_tracker(env)
         results["discovery_first_round"] = figures.first_round(tracker)
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
-        tools = ensure(["nginx", "wrk"], install=not args.no_install)
+        tools = ensure(["nginx", "wrk", "aria2c"], install=not args.no_install)
     except ToolMissing as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 3

@@ -141,7 +141,8 @@ def _nginx_http_common(work: Path, role: str) -> str:
 
 
 def files_nginx_conf(work: Path, port: int, archives: Archives, www: Path) -> str:
-    """nginx serving the archives (sendfile on), the sidecar JSON and discovery redirects."""
+    """nginx serving the archives (sendfile on), the sidecar JSON and discovery redirects;
+    ``/src/`` answers like a validator (its full alias redirects to the best archive)."""
     full, incr = full_name(1000), incremental_name(1000, 1005)
     return (
         _nginx_common(work, "files")
@@ -155,6 +156,8 @@ def files_nginx_conf(work: Path, port: int, archives: Archives, www: Path) -> st
     location /v1/snapshot/ {{ alias {archives.directory}/; }}
     location ~ ^/(\\d+)/snapshot\\.tar\\.bz2$ {{ return 303 /$1/{full}; }}
     location ~ ^/(\\d+)/incremental-snapshot\\.tar\\.bz2$ {{ return 303 /$1/{incr}; }}
+    location = /src/snapshot.tar.bz2 {{ return 303 /v1/snapshot/{archives.best}; }}
+    location = /src/incremental-snapshot.tar.bz2 {{ return 404; }}
   }}
 }}
 """

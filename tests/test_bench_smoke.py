@@ -38,7 +38,7 @@ def processes_mentioning(text: str) -> list[str]:
 def test_bench_quick_run(tmp_path: Path) -> None:
     try:
         # .ci/run installs them; a test never installs packages itself.
-        ensure(["nginx", "wrk"], install=False)
+        ensure(["nginx", "wrk", "aria2c"], install=False)
     except ToolMissing as exc:
         pytest.skip(f"bench tools unavailable: {exc}")
     out = tmp_path / "out"

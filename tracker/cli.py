@@ -21,7 +21,6 @@ from tracker.core.memory import limit_malloc_arenas
 from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 from tracker.fetch.cli import add_fetch_parser, fetch_main
-from tracker.service import run_tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("tracker.cli")
@@ -86,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         log_event(log, "warning", "config_warning", problem=warning)
     try:
+        # Imported here: `fetch` and `check-config` start without the server's libraries.
+        from tracker.service import run_tracker
+
         trio.run(partial(run_tracker, config, partial(load, args)))
     except OSError as exc:
         # Typically a listener that cannot be bound: one line, not a traceback.
