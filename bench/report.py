@@ -108,9 +108,7 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         runs = results["fetch"]
         how = "fetch --connections 8 vs aria2c -x8 -s8, through the tracker (cache hit)"
         rows.append(_ratio_row(runs, "fetch", how, gbps, 1.0))
-        two = [
-            {"tracker": r["two_sources"], "reference": r["two_sources_reference"]} for r in runs
-        ]
+        two = [{"tracker": r["two_sources"], "reference": r["two_sources_reference"]} for r in runs]
         how = "fetch vs aria2c, both given two nginx sources of the file"
         rows.append(_ratio_row(two, "fetch, two sources", how, gbps, 1.0))
     return rows
