@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import trio
 from helpers_proxy import (
     GROUP,
+    UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
     MiB,
@@ -85,6 +87,10 @@ async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
         results = await run_fetch(options(ledger, t.base), NoProgress())
     assert [Path(r.path).name for r in results] == [FULL, INCR]
     assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+    # The source's Last-Modified becomes the file's mtime (the cache keeps it too).
+    expected = parsedate_to_datetime(UPSTREAM_LAST_MODIFIED).timestamp()
+    assert all((ledger / name).stat().st_mtime == expected for name in FILES)
+    assert not [p for p in ledger.iterdir() if p.name.startswith(".")]
 
 
 async def test_a_ledger_with_the_full_fetches_only_the_incremental(tmp_path: Path) -> None:
@@ -157,6 +163,22 @@ async def test_the_fast_source_carries_most_bytes(tmp_path: Path) -> None:
     assert contents(ledger) == {FULL: sha256(files[FULL])}
     sent = {up.base: sum(s.body_sent for s in up.gets(FULL)) for up in (fast, slow)}
     assert sent[fast.base] > 3 * sent[slow.base], sent
+
+
+async def test_a_source_slower_than_min_speed_is_dropped(tmp_path: Path) -> None:
+    files = {FULL: archive_bytes(24 * MiB, seed=49)}
+    crawling = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=128 * 1024)})
+    fast = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=20 * MiB)})
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(FAST, min_speed=2 * MiB, speed_window=0.5)
+    async with serving(fast), serving(crawling), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, fast, files)
+        advertise_all(t, crawling, files)  # asked first
+        opts = options(ledger, t.base, incremental=False, settings=settings)
+        with trio.fail_after(30):
+            await run_fetch(opts, NoProgress())
+    assert contents(ledger) == {FULL: sha256(files[FULL])}
+    assert sum(s.body_sent for s in crawling.gets(FULL)) < 2 * MiB
 
 
 async def test_a_source_that_dies_mid_way_is_dropped(tmp_path: Path) -> None:
