@@ -54,6 +54,8 @@ async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: htt
     [source] = await snapshots_of(client, f"{base}/v1/snapshots")
     updated = source.pop("updated_at")
     assert TIME_RE.fullmatch(updated)
+    # The probe's duration, behind the ranking (SPEC §11; no throughput measured yet).
+    assert isinstance(source.pop("latency_ms"), int) and "throughput_bps" not in source
     parts = incr.split("-")
     assert source == {
         "slot": 300,
@@ -105,6 +107,7 @@ async def test_golden_http_target(
     sources = await snapshots_of(client, f"{base}/v1/snapshots?group=testnet")
     for s in sources:
         assert TIME_RE.fullmatch(s.pop("updated_at"))
+        assert isinstance(s.pop("latency_ms"), int)
     fhash, ihash = full.split("-")[2].split(".")[0], incr.split("-")[4].split(".")[0]
     full_file = {
         "file_name": f"{upstream}/{full}",

@@ -27,6 +27,7 @@ from tracker.core.config import Config, parse_address
 from tracker.core.index import Index
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
+from tracker.core.trust import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
@@ -110,6 +111,7 @@ def build(
     result. Nothing runs yet: the caller starts ``transfers.run`` and the listeners.
     """
     current, index, metrics = tracker.current, tracker.index, tracker.metrics
+    apply_trust(index, tracker.config)
     scraper = Scraper(tracker.config, index, on_probe=on_probe, resolver=resolver)
     transfers = Transfers()
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
@@ -131,6 +133,16 @@ def build(
     deps = ApiDeps(current, index, scraper, delivery, health)
     app = create_app(deps, on_response=metrics.count_request)
     return Components(tracker, scraper, transfers, streamer, prefetcher, delivery, health, app)
+
+
+def apply_trust(index: Index, config: Config) -> None:
+    """Give the index each group's trust settings (SPEC §11); on start and every reload."""
+    for group in config.target_groups:
+        trust = group.trust
+        policy = TrustPolicy(
+            frozenset(trust.known_sources), trust.min_agreeing_sources, trust.max_slot_ahead
+        )
+        index.set_policy(group.group, policy)
 
 
 def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
@@ -187,6 +199,7 @@ async def run_tracker(
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
             tracker.config = new
+            apply_trust(tracker.index, new)
             scraper.update_config(new)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
 
@@ -214,7 +227,13 @@ async def run_tracker(
                             max_connections=limit,
                         )
                         addresses += await nursery.start(run)
-                    age = partial(track_snapshot_age, health, tracker.metrics, tracker.current)
+                    age = partial(
+                        track_snapshot_age,
+                        health,
+                        tracker.metrics,
+                        tracker.current,
+                        tracker.index.set_cluster_slot,
+                    )
                     background = await nursery.start(
                         _background, scraper, tracker, reload, notifier, environ, age
                     )

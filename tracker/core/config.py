@@ -115,6 +115,27 @@ class LocalTargets:
 
 
 @attrs.frozen
+class ClusterDiscovery:
+    """Every RPC node of the cluster as an HTTP target (SPEC §11): ``getClusterNodes`` on
+    ``rpc`` (in turn until one answers) every ``interval`` seconds, at most ``max_targets``
+    nodes, those whose version matches one of ``versions`` (globs; empty: any)."""
+
+    rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
+    interval: float = 300.0
+    max_targets: int = 3000
+    versions: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Trust:
+    """Which advertised snapshots may be ranked (SPEC §11, :mod:`tracker.core.trust`)."""
+
+    known_sources: tuple[str, ...] = ()
+    min_agreeing_sources: int = 1
+    max_slot_ahead: int = 100
+
+
+@attrs.frozen
 class ConsulSDConfig:
     """Consul service discovery, accepted with the Go tracker's keys (``host`` = Consul address)."""
 
@@ -148,6 +169,8 @@ class TargetGroup:
     consul_sd_config: ConsulSDConfig | None = None
     http_targets: HttpTargets | None = None
     local_targets: LocalTargets | None = None
+    cluster_discovery: ClusterDiscovery | None = None
+    trust: Trust = Trust()
 
     @property
     def authorization(self) -> str | None:

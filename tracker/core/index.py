@@ -6,20 +6,28 @@ sees a consistent state because trio only switches tasks at ``await``.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
 from datetime import datetime
 
 import attrs
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
+from tracker.core.trust import TrustPolicy, screen
 
 
 @attrs.frozen(order=True)
 class TargetKey:
-    """A target's stable identity: its group and its display name (URL or path)."""
+    """A target's stable identity: its group and its display name (URL or path).
+
+    ``discovered``: a node found by cluster discovery (SPEC §11), not configured by the
+    operator: an address from the network, never given the group's credentials.
+    """
 
     group: str
     target: str
+    discovered: bool = False
 
 
 @attrs.frozen
@@ -29,14 +37,26 @@ class SnapshotSource:
     info: SnapshotInfo
     key: TargetKey
     updated_at: datetime
+    #: Bytes per second measured on transfers from this target (0: not measured).
+    throughput: float = 0.0
+    #: Seconds its last probe took (None: not measured, a local directory).
+    latency: float | None = None
 
-    def rank_key(self) -> tuple[tuple[int, int, int, bytes], datetime, str]:
+    def rank_key(self) -> tuple[tuple[int, int, int, bytes], float, float, datetime, str]:
         """Ascending ranking key; the best source has the largest key.
 
-        Between sources of the same snapshot the one scraped successfully most recently wins;
-        the target name makes the order total (deterministic answers).
+        Between sources of the same snapshot: the higher measured throughput, then the lower
+        probe latency, then the one scraped successfully most recently (SPEC §11); the target
+        name makes the order total (deterministic answers).
         """
-        return (self.info.rank_key(), self.updated_at, _reverse(self.key.target))
+        latency = -self.latency if self.latency is not None else -math.inf
+        return (
+            self.info.rank_key(),
+            self.throughput,
+            latency,
+            self.updated_at,
+            _reverse(self.key.target),
+        )
 
 
 def _reverse(text: str) -> str:
@@ -48,6 +68,11 @@ def _reverse(text: str) -> str:
 class _Entry:
     infos: tuple[SnapshotInfo, ...]
     updated_at: datetime
+    latency: float | None = None
+
+
+#: A throughput measurement loses half its weight every this many seconds.
+THROUGHPUT_HALF_LIFE = 600.0
 
 
 class Index:
@@ -60,14 +85,62 @@ class Index:
         self._everything: list[SnapshotSource] | None = None
         self._ranked: dict[str, list[SnapshotSource]] | None = None
         self._fulls: dict[str, list[SnapshotSource]] = {}
+        self._policies: dict[str, TrustPolicy] = {}
+        self._cluster_slot: int | None = None
+        self._mismatches: dict[TargetKey, str] = {}
+        #: Per target: (bytes per second, monotonic time of the measurement).
+        self._throughput: dict[TargetKey, tuple[float, float]] = {}
 
-    def apply(self, key: TargetKey, infos: Iterable[SnapshotInfo], updated_at: datetime) -> None:
-        """Replace everything ``key`` reported before with ``infos``."""
-        self._entries[key] = _Entry(tuple(infos), updated_at)
+    def apply(
+        self,
+        key: TargetKey,
+        infos: Iterable[SnapshotInfo],
+        updated_at: datetime,
+        latency: float | None = None,
+    ) -> None:
+        """Replace everything ``key`` reported before with ``infos`` (``latency``: seconds
+        the probe took)."""
+        self._entries[key] = _Entry(tuple(infos), updated_at, latency)
         self._changed()
+
+    def set_policy(self, group: str, policy: TrustPolicy) -> None:
+        """Use ``policy`` to screen what ``group``'s targets advertise (SPEC §11)."""
+        if self._policies.get(group) != policy:
+            self._policies[group] = policy
+            self._changed()
+
+    def set_cluster_slot(self, slot: int | None) -> None:
+        """The cluster's current slot (from ``rpc``): snapshots far above it are not ranked."""
+        if slot != self._cluster_slot:
+            self._cluster_slot = slot
+            self._changed()
+
+    def mismatch(self, key: TargetKey) -> str:
+        """Why some of ``key``'s snapshots are not ranked (a lost hash), or ``""``."""
+        self._rank()
+        return self._mismatches.get(key, "")
+
+    def record_transfer(self, key: TargetKey, size: int, seconds: float, now: float) -> None:
+        """A transfer of ``size`` bytes from ``key`` took ``seconds`` (at monotonic ``now``):
+        folded into its throughput, older measurements weighing less as they age."""
+        if seconds <= 0 or size <= 0:
+            return
+        rate = size / seconds
+        old = self.throughput(key, now)
+        self._throughput[key] = ((old + rate) / 2 if old else rate, now)
+        self._changed()
+
+    def throughput(self, key: TargetKey, now: float) -> float:
+        """``key``'s measured bytes per second, decayed by age (0: never measured)."""
+        measured = self._throughput.get(key)
+        if measured is None:
+            return 0.0
+        rate, at = measured
+        return float(rate * 0.5 ** (max(0.0, now - at) / THROUGHPUT_HALF_LIFE))
 
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
+        self._throughput.pop(key, None)
         if self._entries.pop(key, None) is not None:
             self._changed()
 
@@ -89,14 +162,40 @@ class Index:
         # outnumber scrape results.
         if self._ranked is None:
             ranked: dict[str, list[SnapshotSource]] = {}
-            for key, entry in self._entries.items():
-                group = ranked.setdefault(key.group, [])
-                group.extend(SnapshotSource(i, key, entry.updated_at) for i in entry.infos)
+            self._mismatches = {}
+            now = time.monotonic()
+            for group, entries in self._by_group().items():
+                screened = self._screen(group, entries)
+                sources = ranked.setdefault(group, [])
+                for key, entry in entries.items():
+                    speed, latency = self.throughput(key, now), entry.latency
+                    sources.extend(
+                        SnapshotSource(i, key, entry.updated_at, speed, latency)
+                        for i in screened.get(key, entry.infos)
+                    )
             for sources in ranked.values():
                 sources.sort(key=SnapshotSource.rank_key, reverse=True)
             self._ranked = ranked
             self._fulls = {group: _full_sources(sources) for group, sources in ranked.items()}
         return self._ranked
+
+    def _by_group(self) -> dict[str, dict[TargetKey, _Entry]]:
+        groups: dict[str, dict[TargetKey, _Entry]] = {}
+        for key, entry in self._entries.items():
+            groups.setdefault(key.group, {})[key] = entry
+        return groups
+
+    def _screen(
+        self, group: str, entries: dict[TargetKey, _Entry]
+    ) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
+        """What each target of ``group`` may contribute to the ranking (SPEC §11)."""
+        policy = self._policies.get(group, TrustPolicy())
+        if policy == TrustPolicy() and self._cluster_slot is None:
+            return {}  # trust everything: nothing to screen (the common, fast path)
+        advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
+        screened = screen(advertised, policy, self._cluster_slot)
+        self._mismatches.update(screened.mismatches)
+        return screened.infos
 
     def sources(self, group: str | None = None) -> list[SnapshotSource]:
         """Every source of ``group`` (or of all groups, by group name), best first."""
@@ -146,8 +245,9 @@ class Index:
     def find_file(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
         """Every source of ``group`` advertising the archive ``name``, best source first.
 
-        Best is a local copy first (no network at all), then the target scraped successfully
-        most recently, then the target name (a stable order for failover).
+        Best is a local copy first (no network at all), then the highest measured throughput,
+        the lowest probe latency, the target scraped successfully most recently, and the
+        target name (a stable order for failover).
         """
         found: list[tuple[SnapshotFile, SnapshotSource]] = []
         seen: set[TargetKey] = set()
@@ -159,8 +259,17 @@ class Index:
                     found.append((f, source))
                     seen.add(source.key)
                     break
-        found.sort(key=lambda fs: (not fs[0].path, -fs[1].updated_at.timestamp(), fs[1].key))
+        found.sort(key=_source_order)
         return found
+
+
+def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:
+    """Sources of one file: a local copy first, then the measured fastest, the quickest to
+    answer a probe, the most recently scraped, and the target name (SPEC §11)."""
+    f, source = found
+    latency = source.latency if source.latency is not None else math.inf
+    recency = -source.updated_at.timestamp()
+    return (not f.path, -source.throughput, latency, recency, source.key)
 
 
 def _full_sources(sources: list[SnapshotSource]) -> list[SnapshotSource]:

@@ -37,6 +37,7 @@ from tracker.core import values
 from tracker.core.config import (
     BasicAuth,
     BearerAuth,
+    ClusterDiscovery,
     Config,
     ConsulSDConfig,
     Egress,
@@ -46,6 +47,7 @@ from tracker.core.config import (
     StaticTargets,
     TargetGroup,
     TLSConfig,
+    Trust,
 )
 from tracker.core.problems import TLS_GO_KEYS, Path, Problems, flatten, lines, raise_problems
 from tracker.core.targetfile import read_target_file
@@ -107,6 +109,24 @@ class _Loader:
         self._add(HttpTargets, {"targets": _list_of(values.http_target)})
         self._add(LocalTargets, {"paths": _list_of(self._directory)})
         self._add(Egress, {"allow": _list_of(values.cidr), "deny": _list_of(values.cidr)})
+        self._add(
+            ClusterDiscovery,
+            {
+                "rpc": _list_of(values.rpc_url),
+                "interval": values.positive_duration,
+                "max_targets": values.integer_in(1, 100_000),
+                "versions": _list_of(values.user_agent_part),
+            },
+            _finish_discovery,
+        )
+        self._add(
+            Trust,
+            {
+                "known_sources": _list_of(values.string),
+                "min_agreeing_sources": values.integer_in(1, 1000),
+                "max_slot_ahead": values.integer_in(0),
+            },
+        )
         self._add(
             TargetGroup,
             {"group": values.group_name, "scheme": values.scheme, "api_path": values.api_path},
@@ -231,6 +251,12 @@ class _Loader:
 
 def _target(value: object) -> str:
     return check_target(values.string(value))
+
+
+def _finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:
+    if not discovery.rpc:
+        raise_problems([(("rpc",), "at least one RPC URL is needed to ask getClusterNodes")])
+    return discovery
 
 
 def _finish_tls(tls: TLSConfig) -> TLSConfig:

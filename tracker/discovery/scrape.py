@@ -25,13 +25,14 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.targetfile import read_target_file
+from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import discover_consul
 from tracker.discovery.http import SizeMemo, probe_http
 from tracker.discovery.local import scan_local
 from tracker.discovery.sidecar import probe_sidecar
-from tracker.errors import ProbeError
-from tracker.net.clients import auth_headers, build_client, ssl_context
-from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.errors import EgressRefused, ProbeError
+from tracker.net.clients import auth_headers, build_client, origin, ssl_context
+from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve
 
 log = logging.getLogger("tracker.scrape")
 
@@ -52,7 +53,8 @@ class TargetHealth:
     """What the operator sees of a target in ``/v1/targets``."""
 
     target: Target
-    health: Literal["up", "down", "unknown"] = "unknown"
+    #: ``blocked``: a discovered node the egress policy refuses (never connected to).
+    health: Literal["up", "down", "unknown", "blocked"] = "unknown"
     last_error: str = ""
     last_scrape: datetime | None = None
     last_duration: float | None = None
@@ -88,6 +90,8 @@ class Scraper:
         self.on_round = on_round
         self.on_probe = on_probe
         self._file_hosts: dict[str, list[str]] = {}
+        #: Per group: the nodes cluster discovery found last, and when it asked.
+        self._cluster: dict[str, tuple[float, list[str]]] = {}
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
         self._wakeup = trio.Event()
@@ -125,8 +129,33 @@ class Scraper:
             out += [Target(TargetKey(name, u), "http", u) for u in group.http_targets.targets]
         if group.local_targets:
             out += [Target(TargetKey(name, p), "local", p) for p in group.local_targets.paths]
+        if group.cluster_discovery:
+            configured = {t.key.target for t in out}
+            out += [
+                Target(TargetKey(name, u, discovered=True), "http", u)
+                for u in await self._cluster_targets(group)
+                if u not in configured
+            ]
         unique = {t.key: t for t in out}
         return list(unique.values())
+
+    async def _cluster_targets(self, group: TargetGroup) -> list[str]:
+        """The cluster's nodes, asked again once ``interval`` has passed; a failure keeps
+        the last list (nodes do not vanish because one RPC call failed)."""
+        discovery = group.cluster_discovery
+        assert discovery is not None
+        asked, nodes = self._cluster.get(group.group, (-math.inf, []))
+        now = trio.current_time()
+        if now - asked < discovery.interval:
+            return nodes
+        try:
+            nodes = await cluster_targets(self._clients[group.group][0], discovery)
+        except ProbeError as exc:
+            log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
+        else:
+            log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
+        self._cluster[group.group] = (now, nodes)
+        return nodes
 
     def _read_file_targets(self, path: str) -> list[str]:
         # A broken file keeps the last good list: an operator's typo must not empty a group.
@@ -176,6 +205,8 @@ class Scraper:
         self.rounds += 1
 
     async def _probe_one(self, health: TargetHealth, limiter: trio.CapacityLimiter) -> None:
+        if health.target.key.discovered and not await self._allowed(health):
+            return
         async with limiter:
             start = trio.current_time()
             try:
@@ -186,16 +217,33 @@ class Scraper:
             except ProbeError as exc:
                 self._failed(health, str(exc))
             else:
-                self._succeeded(health, infos)
+                self._succeeded(health, infos, trio.current_time() - start)
             health.last_duration = trio.current_time() - start
         if self.on_probe:
             self.on_probe(health)
+
+    async def _allowed(self, health: TargetHealth) -> bool:
+        """A discovered node is an address from the network: the egress policy decides
+        before any connection (SPEC §11, §13). A refused one is ``blocked``, not probed."""
+        _scheme, host, port = origin(health.target.location)
+        policy = policy_of(self.config.egress)
+        try:
+            await checked_addresses(policy, host, port or 80, self.resolver)
+        except (EgressRefused, OSError) as exc:
+            health.health, health.last_error = "blocked", str(exc)
+            health.last_scrape = datetime.now(UTC)
+            self.index.drop(health.target.key)
+            if self.on_probe:
+                self.on_probe(health)
+            return False
+        return True
 
     def _probe(self, target: Target) -> Awaitable[list[SnapshotInfo]]:
         group = self.config.group_named(target.key.group)
         assert group is not None
         client = _shard(self._clients[group.group], target.key.target)
-        headers = auth_headers(group, target.location)
+        # A discovered node is not the operator's: the group's credentials never go there.
+        headers = {} if target.key.discovered else auth_headers(group, target.location)
         if target.kind == "sidecar":
             return probe_sidecar(client, target.location, headers=headers)
         if target.kind == "http":
@@ -210,11 +258,11 @@ class Scraper:
             )
         return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
 
-    def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo]) -> None:
+    def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo], latency: float) -> None:
         now = datetime.now(UTC)
         health.health, health.last_error, health.failures = "up", "", 0
         health.last_scrape = now
-        self.index.apply(health.target.key, infos, now)
+        self.index.apply(health.target.key, infos, now, latency=latency)
 
     def _failed(self, health: TargetHealth, reason: str) -> None:
         health.health, health.last_error = "down", reason
@@ -287,16 +335,20 @@ def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
     return clients[zlib.crc32(target.encode()) % len(clients)]
 
 
-def health_json(health: TargetHealth, count: int) -> dict[str, object]:
-    """The ``/v1/targets`` entry of one target (secrets in URLs masked)."""
+def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[str, object]:
+    """The ``/v1/targets`` entry of one target (secrets in URLs masked). ``mismatch``: why
+    the index holds some of its snapshots back (a hash that lost, SPEC §11), shown as its
+    ``last_error`` when the probe itself succeeded."""
     last = health.last_scrape
     duration = health.last_duration
+    error = health.last_error or mismatch
     return {
         "group": health.target.key.group,
         "target": redact_text(health.target.key.target),
         "kind": health.target.kind,
+        "source": "discovered" if health.target.key.discovered else "configured",
         "health": health.health,
-        "last_error": redact_text(health.last_error),
+        "last_error": redact_text(error),
         "last_scrape": last.isoformat().replace("+00:00", "Z") if last else None,
         "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
         "snapshots": count,

@@ -134,8 +134,8 @@ async def _answer(
     promised: int,
 ) -> UpstreamAnswer:
     """Ask one source; return once its answer is usable and its body (if any) started."""
-    home = source.key.target
-    response, url = await ask_source(clients, group, home, f.url, method, headers)
+    home, trusted = source.key.target, not source.key.discovered
+    response, url = await ask_source(clients, group, home, f.url, method, headers, trusted=trusted)
     answer = UpstreamAnswer(response, url, f, source)
     try:
         await check_size(response, promised or f.size)

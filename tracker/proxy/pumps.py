@@ -70,7 +70,7 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
             return
         stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
         if stream is not None:
-            await _splice(job, upstream.first, stream, head, length, task_status)
+            await _splice(job, upstream, stream, head, length, task_status)
             return
         await _channel(job, upstream.read(job, length), head, flow, None, task_status)
 
@@ -143,6 +143,14 @@ class _Upstream:
         self.body: UpstreamBody | None = None
         #: The body channel of an early head that went out before this answer came.
         self.early = early
+        #: Body bytes moved by a splice (the channel path counts in ``body``).
+        self.spliced = 0
+        self.opened_at = trio.current_time()
+
+    @property
+    def moved(self) -> int:
+        """Body bytes that came from the source."""
+        return self.body.received if self.body is not None else self.spliced
 
     def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
         """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
@@ -198,6 +206,9 @@ async def _opened(
         yield upstream
     finally:
         await upstream.aclose()
+        # What this source delivered, and how fast: its throughput ranks it (SPEC §11).
+        elapsed = trio.current_time() - upstream.opened_at
+        job.events.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
 
 
 async def _open_or_head_early(
@@ -348,7 +359,7 @@ async def _recorded(
 
 async def _splice(
     job: StreamJob,
-    answer: UpstreamAnswer,
+    upstream: _Upstream,
     stream: BigReadStream,
     head: Head,
     length: int,
@@ -372,8 +383,9 @@ async def _splice(
         await body.started.wait()
     if body.started.is_set():
         await body.ended.wait()
+    upstream.spliced = body.sent
     if outcome_of(body.sent, body.length, body.error) == "error":
-        log_event(log, "warning", "stream_failed", url=answer.url, reason=str(body.error))
+        log_event(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
 
 
 # -- the channel: to the client, and to the temp file of a refresh ---------------------------

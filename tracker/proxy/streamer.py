@@ -36,7 +36,7 @@ from quart.wrappers.response import ResponseBody
 from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache
 from tracker.core.config import Config, TargetGroup
-from tracker.core.index import Index, SnapshotSource
+from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.metrics import Kind, Metrics, Outcome
 from tracker.core.snapshots import SnapshotFile, parse_archive_name
@@ -61,6 +61,8 @@ from tracker.zerocopy.connection import zero_copy_connection
 log = logging.getLogger("tracker.streamer")
 
 CacheFactory = Callable[[str], Cache]
+#: Transfers smaller than this say little about a source's throughput and are not counted.
+MIN_MEASURED_BYTES = 1024 * 1024
 Found = list[tuple[SnapshotFile, SnapshotSource]]
 #: A shared refresh's key: cache root, group, file name.
 SharedKey = tuple[str, str, str]
@@ -508,14 +510,20 @@ class ProxyStreamer:
     def _events(self, group: str, name: str) -> StreamEvents:
         metrics = self._metrics
         if metrics is None:
-            return StreamEvents()
+            return StreamEvents(source_transfer=self._measured)
         kind: Kind = "full" if _is_full(name) else "incremental"
         return StreamEvents(
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
+            source_transfer=self._measured,
         )
+
+    def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
+        """A transfer from ``key`` ended: big enough ones rank its sources (SPEC §11)."""
+        if size >= MIN_MEASURED_BYTES:
+            self._index.record_transfer(key, size, seconds, trio.current_time())
 
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:

@@ -32,6 +32,7 @@ import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
+from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.proxy.resume import Reopen
@@ -55,6 +56,8 @@ class StreamEvents:
     client_bytes: Callable[[int], None] = _nothing
     refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
     refresh_resumed: Callable[[], None] = _nothing
+    #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
+    source_transfer: Callable[[TargetKey, int, float], None] = _nothing
 
 
 class Transfers:

@@ -228,16 +228,19 @@ async def ask_source(
     url: str,
     method: str,
     headers: Mapping[str, str],
+    *,
+    trusted: bool = True,
 ) -> tuple[httpx.Response, str]:
     """Ask ``url`` (a file of the source configured as ``home``), following redirects.
 
     Only a URL on ``home``'s own origin gets the group's credentials and TLS client settings;
     any other origin (named by a probe's Location or by a redirect) gets the foreign client,
-    which connects only where the egress policy allows.
+    which connects only where the egress policy allows. A source that is not ``trusted``
+    (found by cluster discovery) has no own origin: every URL of it is foreign.
     """
     settings = clients.settings
-    own_origin = origin(home)
-    credentials = authorization(group, home)
+    own_origin = origin(home) if trusted else None
+    credentials = authorization(group, home) if trusted else None
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
         client = clients.for_tls(group.tls_config) if own else clients.foreign()

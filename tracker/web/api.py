@@ -8,6 +8,7 @@ every dependency; nothing is global.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,11 @@ def source_json(
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
+    # Measurements behind the ranking (SPEC §11), once there are some.
+    if source.latency is not None:
+        out["latency_ms"] = math.ceil(source.latency * 1000)
+    if source.throughput > 0:
+        out["throughput_bps"] = round(source.throughput)
     return out
 
 
@@ -216,8 +222,9 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
             deps.scraper.health.values(),
             key=lambda h: (h.target.key.group, h.target.key.target),
         )
+        index = deps.index
         body = [
-            health_json(h, deps.index.count(h.target.key))
+            health_json(h, index.count(h.target.key), index.mismatch(h.target.key))
             for h in entries
             if group is None or h.target.key.group == group
         ]

@@ -108,8 +108,11 @@ class Delivery:
         return bool(f.path) or self._config().proxy_snapshot_downloads or self.proxied(source)
 
     def proxied(self, source: SnapshotSource) -> bool:
-        """True when ``source`` is proxied whatever the mode (it needs credentials)."""
+        """True when ``source`` is proxied whatever the mode (it needs credentials). A node
+        found by cluster discovery never gets the group's credentials: it needs none."""
         key = source.key
+        if key.discovered:
+            return False
         return needs_credentials(self._config().group_named(key.group), key.target)
 
     def location(self, group: str, source: SnapshotSource, *, alias: bool) -> str:

@@ -63,11 +63,16 @@ def status_line(scraper: Scraper, index: Index) -> str:
 
 
 async def track_snapshot_age(
-    health: HealthChecker, metrics: Metrics, config: Callable[[], Config]
+    health: HealthChecker,
+    metrics: Metrics,
+    config: Callable[[], Config],
+    on_slot: Callable[[int], None] | None = None,
 ) -> None:
     """Every scrape interval, publish each group's snapshot age in slots (when ``rpc`` answers).
 
-    Runs until cancelled. An RPC failure removes the series rather than keeping a stale age.
+    ``on_slot`` is told the cluster's slot each time the RPC answers (the index's
+    ``max_slot_ahead`` check). Runs until cancelled. An RPC failure removes the series
+    rather than keeping a stale age.
     """
     while True:
         current = config()
@@ -77,6 +82,8 @@ async def track_snapshot_age(
                 slot = await health.current_slot()
             except RpcError:
                 slot = None
+            if slot is not None and on_slot is not None:
+                on_slot(slot)
         for group in current.target_groups:
             newest = health.newest_slot(group.group)
             age = None if slot is None or newest is None else max(0, slot - newest)
