@@ -162,7 +162,8 @@ async def test_the_fast_source_carries_most_bytes(tmp_path: Path) -> None:
         await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
     assert contents(ledger) == {FULL: sha256(files[FULL])}
     sent = {up.base: sum(s.body_sent for s in up.gets(FULL)) for up in (fast, slow)}
-    assert sent[fast.base] > 3 * sent[slow.base], sent
+    assert sent[fast.base] > 2 * sent[slow.base], sent  # "most": a claim that needs under
+    # 1 s more is left to its slow owner rather than wasting what its source already sent
 
 
 async def test_a_source_slower_than_min_speed_is_dropped(tmp_path: Path) -> None:
@@ -314,7 +315,9 @@ async def run_cli(*command: str) -> subprocess.CompletedProcess[bytes]:
 
 
 async def test_a_killed_fetch_resumes(tmp_path: Path) -> None:
-    data = archive_bytes(24 * MiB, seed=44)
+    """What is lost: the bytes in flight at the kill and those since the last state save
+    (0.25 s), a few MiB: 48 MiB keeps that well under a tenth."""
+    data = archive_bytes(48 * MiB, seed=44)
     up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=6 * MiB)})
     ledger = ledger_of(tmp_path)
     async with serving(up), tracker_for("redirect", tmp_path) as t:

@@ -64,7 +64,7 @@ def test_a_given_up_claim_returns_what_it_did_not_write() -> None:
 
 
 def test_small_tails_are_not_stolen() -> None:
-    pieces = Pieces(2 * MIN_STEAL - 1, MiB)
+    pieces = Pieces(2 * MIN_STEAL - 1, 4 * MiB)
     assert pieces.claim() is not None
     assert pieces.claim() is None
 

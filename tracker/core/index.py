@@ -41,6 +41,9 @@ class SnapshotSource:
     throughput: float = 0.0
     #: Seconds its last probe took (None: not measured, a local directory).
     latency: float | None = None
+    #: What the ranking assumes: the measured throughput, else the median of the group's
+    #: measured targets (an unmeasured source gets its chance; a slow one falls behind).
+    expected: float = 0.0
 
     def rank_key(self) -> tuple[tuple[int, int, int, bytes], float, float, datetime, str]:
         """Ascending ranking key; the best source has the largest key.
@@ -52,7 +55,7 @@ class SnapshotSource:
         latency = -self.latency if self.latency is not None else -math.inf
         return (
             self.info.rank_key(),
-            self.throughput,
+            self.expected,
             latency,
             self.updated_at,
             _reverse(self.key.target),
@@ -167,10 +170,13 @@ class Index:
             for group, entries in self._by_group().items():
                 screened = self._screen(group, entries)
                 sources = ranked.setdefault(group, [])
+                speeds = {key: self.throughput(key, now) for key in entries}
+                measured = sorted(v for v in speeds.values() if v > 0)
+                typical = measured[len(measured) // 2] if measured else 0.0
                 for key, entry in entries.items():
-                    speed, latency = self.throughput(key, now), entry.latency
+                    speed, latency = speeds[key], entry.latency
                     sources.extend(
-                        SnapshotSource(i, key, entry.updated_at, speed, latency)
+                        SnapshotSource(i, key, entry.updated_at, speed, latency, speed or typical)
                         for i in screened.get(key, entry.infos)
                     )
             for sources in ranked.values():
@@ -269,7 +275,7 @@ def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, .
     f, source = found
     latency = source.latency if source.latency is not None else math.inf
     recency = -source.updated_at.timestamp()
-    return (not f.path, -source.throughput, latency, recency, source.key)
+    return (not f.path, -source.expected, latency, recency, source.key)
 
 
 def _full_sources(sources: list[SnapshotSource]) -> list[SnapshotSource]:
@@ -281,6 +287,6 @@ def _full_sources(sources: list[SnapshotSource]) -> list[SnapshotSource]:
             if f.name.is_full and (source.key, f.bare_name) not in seen:
                 seen.add((source.key, f.bare_name))
                 info = source.info if source.info.is_full else info_from_files([f])
-                fulls.append(SnapshotSource(info, source.key, source.updated_at))
+                fulls.append(attrs.evolve(source, info=info))
     fulls.sort(key=SnapshotSource.rank_key, reverse=True)
     return fulls

@@ -64,7 +64,7 @@ class FetchSettings:
     samples: int = 3
     sample_size: int = 64 * 1024
     #: Seconds between two saves of the state file.
-    state_every: float = 1.0
+    state_every: float = 0.25
     #: Bytes gathered per ``pwrite`` (per connection), and asked of the socket per read.
     write_size: int = 2 * MiB
     write_delay: float = 0.05
@@ -414,9 +414,12 @@ async def _worker(
         if not live:
             return
         source = live[index % len(live)]
-        claim = pieces.claim()
+        claim = pieces.claim(trio.current_time())
         if claim is None:
-            return
+            if not pieces.active:
+                return
+            await trio.sleep(0.25)  # a claim may become worth stealing: look again
+            continue
         scope = trio.CancelScope()
         source.scopes.add(scope)
         try:

@@ -10,10 +10,16 @@ that a killed fetch resumes where it stopped.
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 #: A stolen part is at least this big (smaller tails are left to their claim's owner).
-MIN_STEAL = 128 * 1024
+MIN_STEAL = 1024 * 1024
+#: A claim is stolen from only when its owner would need longer than this for the rest: a
+#: fast one finishes sooner than a new request would, and the bytes its source already
+#: sent (socket buffers) would be wasted.
+STEAL_AFTER_SECONDS = 1.0
 
 
 @attrs.define(eq=False)
@@ -29,6 +35,15 @@ class Claim:
     position: int
     end: int
     reserved: int = 0
+    #: When the owner started it (monotonic seconds), to tell how fast it goes.
+    started: float = 0.0
+
+    def seconds_left(self, now: float) -> float:
+        """How long the owner needs for the rest at its pace so far (inf: no byte yet)."""
+        done, elapsed = self.position - self.start, now - self.started
+        if done <= 0 or elapsed <= 0:
+            return math.inf
+        return self.left / (done / elapsed)
 
     @property
     def left(self) -> int:
@@ -62,6 +77,11 @@ class Pieces:
         return self._done == [(0, self.size)] or self.size == 0
 
     @property
+    def active(self) -> bool:
+        """True while some claim runs (an idle connection may get part of it later)."""
+        return bool(self._claims)
+
+    @property
     def done_bytes(self) -> int:
         """Bytes on disk."""
         return sum(end - start for start, end in self._done)
@@ -71,19 +91,21 @@ class Pieces:
         partial = [(c.start, c.position) for c in self._claims if c.position > c.start]
         return _merge(self._done + partial)
 
-    def claim(self) -> Claim | None:
-        """The next unclaimed piece, else the back half of the biggest claim (stolen), else
-        None (nothing left to hand out)."""
+    def claim(self, now: float = 0.0) -> Claim | None:
+        """The next unclaimed piece, else the back half of the claim that needs longest
+        (stolen, if it needs longer than STEAL_AFTER_SECONDS), else None."""
         if self._todo:
             start, end = self._todo.pop(0)
-            claim = Claim(start, start, end)
+            claim = Claim(start, start, end, started=now)
             self._claims.add(claim)
             return claim
-        victim = max(self._claims, key=lambda c: c.left, default=None)
+        victim = max(self._claims, key=lambda c: (c.seconds_left(now), c.left), default=None)
         if victim is None or victim.left < 2 * MIN_STEAL:
             return None
+        if victim.seconds_left(now) < STEAL_AFTER_SECONDS:
+            return None
         middle = max(victim.position, victim.reserved) + victim.left // 2
-        claim = Claim(middle, middle, victim.end)
+        claim = Claim(middle, middle, victim.end, started=now)
         victim.end = middle
         self._claims.add(claim)
         return claim

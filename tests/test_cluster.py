@@ -1,0 +1,338 @@
+"""Cluster discovery, trust and measured ranking (SPEC §11), against real loopback nodes.
+
+The nodes are real listeners on 127.0.0.1 (distinct ports) and on a few other loopback
+addresses (127.0.0.x) for the egress cases; the private, link-local and metadata addresses
+listed by the fake RPC must never be connected to (``tests/conftest.py`` fails any test that
+connects off the machine; here they are also checked to show ``blocked``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    advertise,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+)
+from helpers_server import serve_app
+from names import archive_hash, full_name
+from test_sources_fixtures import Answer, Request, ScriptedApp
+
+from tracker.core.config import (
+    ClusterDiscovery,
+    Config,
+    Egress,
+    HttpTargets,
+    TargetGroup,
+    Trust,
+)
+from tracker.core.index import Index, TargetKey
+from tracker.discovery.cluster import cluster_targets, select
+from tracker.discovery.scrape import Scraper, health_json
+from tracker.errors import ProbeError
+from tracker.service import apply_trust
+
+SLOT = 5000
+
+
+async def get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+        return await client.get(url)
+
+
+DEFAULT_TRUST = Trust()
+
+
+@attrs.define
+class Node:
+    """A validator's snapshot server: its full alias redirects to ``full`` (None: 404)."""
+
+    full: str | None
+    size: int = 1000
+    connections: int = 0
+
+
+class Nodes:
+    """Many nodes, each a real listener, served by one handler (raw HTTP/1.1, keep-alive)."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[tuple[str, int], Node] = {}
+
+    async def serve(
+        self, nursery: trio.Nursery, nodes: list[Node], host: str = "127.0.0.1"
+    ) -> list[str]:
+        """Listen for each of ``nodes`` on ``host``; their ``ip:port`` addresses."""
+        addresses = []
+        listeners = []
+        for node in nodes:
+            [listener] = await trio.open_tcp_listeners(0, host=host)
+            port = listener.socket.getsockname()[1]
+            self.by_address[(host, port)] = node
+            listeners.append(listener)
+            addresses.append(f"{host}:{port}")
+        nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+        return addresses
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        host, port = stream.socket.getsockname()[:2]
+        node = self.by_address[(host, port)]
+        node.connections += 1
+        buffer = b""
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+                    await stream.send_all(_answer(node, path))
+
+
+def _answer(node: Node, path: str) -> bytes:
+    if path == "/snapshot.tar.bz2" and node.full is not None:
+        redirect = f"location: /{node.full}\r\ncontent-length: 0"
+        return f"HTTP/1.1 303 See Other\r\n{redirect}\r\n\r\n".encode()
+    if node.full is not None and path == f"/{node.full}":
+        return f"HTTP/1.1 200 OK\r\ncontent-length: {node.size}\r\n\r\n".encode()
+    return b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+
+def rpc_app(answers: list[list[dict[str, Any]]]) -> ScriptedApp:
+    """A JSON-RPC node answering ``getClusterNodes`` with ``answers[-1]`` (tests append)."""
+
+    async def handle(request: Request) -> Answer:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": answers[-1]}).encode()
+        return Answer(200, (("content-type", "application/json"),), body)
+
+    return ScriptedApp({"/": handle})
+
+
+def node_entry(n: int, rpc: str | None, version: str = "2.2.1") -> dict[str, Any]:
+    return {"pubkey": f"node{n:05d}", "gossip": "x", "rpc": rpc, "version": version}
+
+
+def config_for(
+    rpc: str,
+    *,
+    trust: Trust = DEFAULT_TRUST,
+    known: tuple[str, ...] = (),
+    deny: tuple[str, ...] = ("127.0.0.9/32",),
+    interval: float = 0.001,
+) -> Config:
+    group = TargetGroup(
+        group=GROUP,
+        cluster_discovery=ClusterDiscovery(rpc=(rpc,), interval=interval),
+        http_targets=HttpTargets(known) if known else None,
+        trust=trust,
+    )
+    return make_config(
+        None,
+        target_groups=(group,),
+        egress=Egress(allow=("127.0.0.0/8",), deny=deny),
+        scrape_timeout=10.0,
+        scrape_concurrency=256,
+    )
+
+
+@asynccontextmanager
+async def scraper_for(config: Config) -> AsyncIterator[tuple[Scraper, Index]]:
+    index = Index()
+    apply_trust(index, config)
+    scraper = Scraper(config, index)
+    try:
+        yield scraper, index
+    finally:
+        await scraper.aclose()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 8192):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+
+
+# -- the whole cluster --------------------------------------------------------------------------
+
+
+async def test_a_thousand_nodes_discovered_screened_and_ranked(nursery: trio.Nursery) -> None:
+    """1,000 nodes from getClusterNodes: most hold the good snapshot at SLOT, some hold
+    none, three advertise another hash at SLOT (marked), some a bogus slot far above the
+    cluster's (never ranked), some sit on denied or non-loopback addresses (blocked, never
+    connected to), some have a malformed rpc (skipped)."""
+    raise_fd_limit()
+    good, other = full_name(SLOT), full_name(SLOT, archive_hash(999))
+    bogus = full_name(10**9)
+    kinds = [good] * 900 + [None] * 80 + [other] * 3 + [bogus] * 5
+    nodes = Nodes()
+    served = [Node(full) for full in kinds]
+    addresses = await nodes.serve(nursery, served)
+    denied = [Node(good) for _ in range(4)]
+    denied_addresses = await nodes.serve(nursery, denied, host="127.0.0.9")
+    off_machine = ["10.1.2.3:8899", "169.254.169.254:80", "192.168.7.7:8899", "100.64.0.1:80"]
+    malformed = ["not-an-address", "1.2.3.4", "[::1]:99999", "host.example:8899"]
+    entries = [node_entry(n, a) for n, a in enumerate(addresses + denied_addresses)]
+    entries += [node_entry(2000 + n, a) for n, a in enumerate(off_machine + malformed)]
+    entries.append(node_entry(3000, None))  # no rpc at all
+    rpc = await nursery.start(serve_app, rpc_app([entries]))
+    config = config_for(rpc)
+    async with scraper_for(config) as (scraper, index):
+        index.set_cluster_slot(SLOT + 10)
+        start = trio.current_time()
+        await scraper.scrape_round()
+        took = trio.current_time() - start
+        health = {h.target.key.target: h for h in scraper.health.values()}
+        assert len(health) == len(addresses) + len(denied_addresses) + len(off_machine)
+        assert all(h.target.key.discovered for h in health.values())
+        best = index.best_full(GROUP)
+        assert best is not None and best.info.files[0].bare_name == good
+        for address, node in zip(addresses, served, strict=True):
+            h = health[f"http://{address}"]
+            assert h.health == "up", (address, h.last_error)
+            entry = health_json(h, index.count(h.target.key), index.mismatch(h.target.key))
+            assert entry["source"] == "discovered"
+            if node.full == other:
+                assert entry["last_error"] == f"hash mismatch at slot {SLOT}"
+            else:
+                assert entry["last_error"] == ""
+        for address in denied_addresses + off_machine:
+            h = health[f"http://{address}"]
+            assert h.health == "blocked" and "refused by the egress policy" in h.last_error
+        assert all(node.connections == 0 for node in denied)
+        ranked = [s.info.files[0].bare_name for s in index.sources(GROUP)]
+        assert bogus not in ranked and other not in ranked
+    print(f"\n1,000 discovered nodes: one round in {took:.2f} s")
+
+
+async def test_nodes_joining_and_leaving(nursery: trio.Nursery) -> None:
+    nodes = Nodes()
+    first = await nodes.serve(nursery, [Node(full_name(SLOT)) for _ in range(3)])
+    answers = [[node_entry(n, a) for n, a in enumerate(first)]]
+    rpc = await nursery.start(serve_app, rpc_app(answers))
+    async with scraper_for(config_for(rpc)) as (scraper, index):
+        await scraper.scrape_round()
+        assert len(index.keys()) == 3
+        joined = await nodes.serve(nursery, [Node(full_name(SLOT + 1))])
+        answers.append([node_entry(0, first[0]), node_entry(9, joined[0])])
+        await scraper.scrape_round()
+        targets = [k.target for k in index.keys()]  # noqa: SIM118 (an Index, not a dict)
+        assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], joined[0]))
+        best = index.best_full(GROUP)
+        assert best is not None and best.info.slot == SLOT + 1
+
+
+async def test_a_known_source_decides_the_hash(nursery: trio.Nursery) -> None:
+    """Two nodes advertise hash B, a known source (configured) and one node hash A: A wins."""
+    nodes = Nodes()
+    a_name, b_name = full_name(SLOT), full_name(SLOT, archive_hash(7))
+    addresses = await nodes.serve(nursery, [Node(b_name), Node(b_name), Node(a_name)])
+    [known] = await nodes.serve(nursery, [Node(a_name)])
+    rpc = await nursery.start(
+        serve_app, rpc_app([[node_entry(n, a) for n, a in enumerate(addresses)]])
+    )
+    known_url = f"http://{known}"
+    trust = Trust(known_sources=(known_url,))
+    async with scraper_for(config_for(rpc, trust=trust, known=(known_url,))) as (scraper, index):
+        await scraper.scrape_round()
+        best = index.best_full(GROUP)
+        assert best is not None and best.info.files[0].bare_name == a_name
+        keys = index.keys()
+        marked = [k.target for k in keys if index.mismatch(k)]
+        assert sorted(marked) == sorted(f"http://{a}" for a in addresses[:2])
+
+
+async def test_min_agreeing_sources(nursery: trio.Nursery) -> None:
+    """A snapshot only one node advertises is not ranked while two must agree."""
+    nodes = Nodes()
+    lone, agreed = full_name(SLOT + 5), full_name(SLOT)
+    addresses = await nodes.serve(nursery, [Node(lone), Node(agreed), Node(agreed)])
+    rpc = await nursery.start(
+        serve_app, rpc_app([[node_entry(n, a) for n, a in enumerate(addresses)]])
+    )
+    trust = Trust(min_agreeing_sources=2)
+    async with scraper_for(config_for(rpc, trust=trust)) as (scraper, index):
+        await scraper.scrape_round()
+        best = index.best_full(GROUP)
+        assert best is not None and best.info.files[0].bare_name == agreed
+
+
+# -- the RPC --------------------------------------------------------------------------------------
+
+
+async def test_the_rpc_list_fails_over_and_answers_are_bounded(nursery: trio.Nursery) -> None:
+    huge = ScriptedApp({"/": Answer(200, (), b"[" + b"1," * (8 * 1024 * 1024) + b"1]")})
+    silent = ScriptedApp({"/": _never})
+    good = rpc_app([[node_entry(1, "127.0.0.1:8899"), node_entry(2, "bad")]])
+    urls = [await nursery.start(serve_app, app) for app in (huge, silent, good)]
+    discovery = ClusterDiscovery(rpc=tuple(urls))
+    async with httpx.AsyncClient() as client:
+        nodes = await cluster_targets(client, discovery, rpc_timeout=1.0, max_answer=1 * MiB)
+        assert nodes == ["http://127.0.0.1:8899"]
+        only_bad = ClusterDiscovery(rpc=tuple(urls[:2]))
+        with pytest.raises(ProbeError) as info:
+            await cluster_targets(client, only_bad, rpc_timeout=1.0, max_answer=1 * MiB)
+    assert "exceeds the limit" in str(info.value) and "no answer within 1s" in str(info.value)
+
+
+async def _never(request: Request) -> Answer:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+def test_select_versions_limits_and_malformed_addresses() -> None:
+    nodes = [
+        node_entry(3, "127.0.0.3:80", "2.2.1"),
+        node_entry(1, "127.0.0.1:80", "2.1.0"),
+        node_entry(2, "[::1]:8899", "2.2.0"),
+        node_entry(4, "127.0.0.4:0", "2.2.0"),
+        node_entry(5, "localhost:80", "2.2.0"),
+        {"rpc": "127.0.0.6:80"},
+        "not a node",
+    ]
+    assert select(nodes, ["2.2.*"], 10) == ["http://[::1]:8899", "http://127.0.0.3:80"]
+    assert select(nodes, [], 2) == ["http://127.0.0.1:80", "http://[::1]:8899"]
+
+
+# -- measured throughput ---------------------------------------------------------------------------
+
+
+async def test_the_faster_source_ranks_first_after_one_download_from_each() -> None:
+    name = full_name(SLOT)
+    data = archive_bytes(4 * MiB, seed=61)
+    slow = FakeUpstream(files={name: data}, behaviour={name: Behaviour(rate=8 * MiB)})
+    fast = FakeUpstream(files={name: data})
+    config = make_config(None, target_groups=(TargetGroup(group=GROUP),))
+    async with serving(slow), serving(fast), running_tracker(config) as t:
+        advertise(t.index, slow.base, [(name, slow.url(name), len(data))])
+        assert (await get(t.url(name))).content == data  # the only source: measured slow
+        advertise(t.index, fast.base, [(name, fast.url(name), len(data))])
+        # Unmeasured, the new source is assumed typical and wins on recency: measured next.
+        assert t.index.find_file(GROUP, name)[0][1].key.target == fast.base
+        assert (await get(t.url(name))).content == data
+        order = [s.key.target for _f, s in t.index.find_file(GROUP, name)]
+        assert order == [fast.base, slow.base]
+        # The JSON (proxy mode: targets are the tracker) lists both, the faster first.
+        listing = (await get(f"{t.base}/v1/snapshots")).json()
+        speeds = [s["throughput_bps"] for s in listing]
+        assert len(speeds) == 2 and speeds[0] > speeds[1] > 0
+    keys = t.index.keys()
+    assert TargetKey(GROUP, fast.base) in keys
