@@ -23,14 +23,17 @@ from typing import Any
 import attrs
 
 from bench.client import Batch, Fetch, fetch, fetch_many, fetch_sequence
-from bench.procs import HOST, Procs, rss_kib
+from bench.procs import HOST, Procs, free_port, rss_kib
 from bench.profile import Profiler
 from bench.servers import (
     GROUP,
     Archives,
     Nginx,
     Tracker,
+    node_address,
+    nodes_nginx_conf,
     sidecar_group,
+    start_nginx,
     start_tracker,
     tracker_config,
 )
@@ -53,6 +56,7 @@ class Options:
     memory_proxied: int = 4
     fanin_clients: int = 4
     discovery_targets: int = 2000
+    cluster_nodes: int = 3000
 
 
 @attrs.define
@@ -467,4 +471,74 @@ def fetch_vs_aria2c(env: Env, run: int) -> Result:
         "reference": size / b,
         "two_sources": size / c,
         "two_sources_reference": size / d,
+    }
+
+
+# -- cluster discovery (issue 14) ------------------------------------------------------------------
+
+
+def start_cluster(env: Env) -> Tracker:
+    """``cluster_nodes`` validators (one nginx, a socket each on 127.1.x.y), a getClusterNodes
+    answer listing them (served by the files nginx), and a tracker discovering them."""
+    count = env.options.cluster_nodes
+    port = free_port()
+    conf = nodes_nginx_conf(env.work, port, count, env.archives)
+    start_nginx(
+        env.procs, env.tools["nginx"], env.work, "nodes", conf, port, node_address(count - 1)
+    )
+    nodes = [
+        {"pubkey": f"node{n:05d}", "rpc": f"{node_address(n)}:{port}", "version": "2.2.1"}
+        for n in range(count)
+    ]
+    (env.work / "www" / "rpc").write_text(json.dumps({"jsonrpc": "2.0", "id": 1, "result": nodes}))
+    discovery = {"rpc": [f"http://{HOST}:{env.files.port}/rpc"], "interval": "1h"}
+    config = tracker_config(
+        scrape_interval="15s",
+        scrape_timeout="10s",
+        egress={"allow": ["127.0.0.0/8"]},
+        target_groups=[{"group": GROUP, "cluster_discovery": discovery}],
+    )
+    return start_tracker(env.procs, "tracker-cluster", env.work, config, env.tracker_env)
+
+
+def _sample_latencies(tracker: Tracker, stop: threading.Event, out: list[float]) -> None:
+    """GET /v1/best_snapshots and /v1/targets in turn until ``stop``; each latency, seconds."""
+    paths = ["/v1/best_snapshots", "/v1/snapshots?max=1", "/v1/targets"]
+    n = 0
+    while not stop.is_set():
+        start = time.monotonic()
+        with contextlib.suppress(OSError):
+            get(f"{tracker.base}{paths[n % len(paths)]}", timeout=30)
+            out.append(time.monotonic() - start)
+        n += 1
+        time.sleep(0.02)
+
+
+def cluster(env: Env, tracker: Tracker, run: int) -> Result:
+    """A scrape round of every discovered node (started by ``POST /reload``; run 0 is the
+    first, cold round), with the API's latency sampled meanwhile and the tracker's memory."""
+    after = time.time() if run else 0.0
+    latencies: list[float] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_latencies, args=(tracker, stop, latencies))
+    sampler.start()
+    try:
+        with env.profile(f"cluster-run{run + 1}", tracker):
+            if run:
+                post(f"{tracker.internal}/reload")
+            span = _round_span(tracker, after, timeout=180)
+    finally:
+        stop.set()
+        sampler.join()
+    if span is None:
+        raise RuntimeError("cluster scrape round did not finish in 180 s")
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+    return {
+        "seconds": span,
+        "nodes": env.options.cluster_nodes,
+        "api_p99_ms": p99 * 1000,
+        "api_samples": len(latencies),
+        "rss_mb": rss_kib(tracker.proc.pid) / 1024,
+        "peak_mb": rss_kib(tracker.proc.pid, "VmHWM") / 1024,
     }

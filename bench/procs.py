@@ -115,12 +115,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(proc: Proc, port: int, timeout: float = 20.0) -> None:
-    """Wait until ``port`` accepts connections; raise if ``proc`` dies or time runs out."""
+def wait_for_port(proc: Proc, port: int, host: str = HOST, timeout: float = 20.0) -> None:
+    """Wait until ``host:port`` accepts connections; raise if ``proc`` dies or time runs out."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         proc.check_alive()
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         time.sleep(0.05)
     raise RuntimeError(f"{proc.name}: port {port} not accepting after {timeout:g}s")

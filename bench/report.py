@@ -104,6 +104,20 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         ref = f"first round {first:.2f} s" if first is not None else ""
         rows.append(Row("discovery", how, f"{secs:.2f} s", ref, secs, "s", "<=", 5))
     rows += _fan_in_rows(results)
+    if results.get("cluster"):
+        cold, *warm = results["cluster"]
+        runs = warm or [cold]
+        nodes = runs[0]["nodes"]
+        secs = median(runs, "seconds")
+        ref = f"first round {cold['seconds']:.2f} s"
+        how = f"scrape round of {nodes} discovered nodes (getClusterNodes)"
+        rows.append(Row("cluster discovery", how, f"{secs:.2f} s", ref, secs, "s", "<=", 15))
+        p99 = max(r["api_p99_ms"] for r in results["cluster"])
+        how = "/v1/* p99 latency during the rounds (worst round)"
+        rows.append(Row("cluster API", how, f"{p99:.1f} ms", "", p99, "ms", "<=", 50))
+        peak = max(r["peak_mb"] for r in results["cluster"])
+        how = f"peak RSS with {nodes} discovered nodes"
+        rows.append(Row("cluster memory", how, f"{peak:.0f} MB", "", peak, "MB", "", None))
     if results.get("fetch"):
         runs = results["fetch"]
         how = "fetch --connections 8 vs aria2c -x8 -s8, through the tracker (cache hit)"

@@ -54,6 +54,7 @@ FIGURES = (
     "fan_in",
     "discovery",
     "fetch",
+    "cluster",
 )
 OUT = Path(__file__).resolve().parent / "out"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?", re.IGNORECASE)
@@ -114,6 +115,7 @@ def options_from(args: argparse.Namespace) -> Options:
             memory_proxied=2,
             fanin_clients=2,
             discovery_targets=100,
+            cluster_nodes=100,
         )
     return Options(size=args.size or 1024**3, runs=args.runs or 3)
 
@@ -173,6 +175,10 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
             _step(results, "memory", run, lambda r: figures.memory(env, r))
     if "fan_in" in wanted:
         _fan_in(env, results)
+    if "cluster" in wanted:
+        tracker = figures.start_cluster(env)
+        for run in range(o.runs + 1):  # run 0: the first, cold round
+            _step(results, "cluster", run, lambda r: figures.cluster(env, tracker, r))
     if "fetch" in wanted:
         if env.hit_tracker is None:
             env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")

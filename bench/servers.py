@@ -158,6 +158,33 @@ def files_nginx_conf(work: Path, port: int, archives: Archives, www: Path) -> st
     location ~ ^/(\\d+)/incremental-snapshot\\.tar\\.bz2$ {{ return 303 /$1/{incr}; }}
     location = /src/snapshot.tar.bz2 {{ return 303 /v1/snapshot/{archives.best}; }}
     location = /src/incremental-snapshot.tar.bz2 {{ return 404; }}
+    location = /rpc {{ error_page 405 =200 $uri; default_type application/json; root {www}; }}
+  }}
+}}
+"""
+    )
+
+
+def node_address(n: int) -> str:
+    """The loopback address of cluster node ``n`` (127.1.x.y: nothing else listens there)."""
+    return f"127.1.{n // 250}.{n % 250 + 1}"
+
+
+def nodes_nginx_conf(work: Path, port: int, count: int, archives: Archives) -> str:
+    """nginx as ``count`` validators, one listening socket each (``node_address(n):port``),
+    each redirecting its full alias to the best archive (HEAD of which gives its size)."""
+    listens = "\n".join(f"    listen {node_address(n)}:{port};" for n in range(count))
+    return (
+        _nginx_common(work, "nodes").replace("worker_connections 4096", "worker_connections 32768")
+        + f"""worker_rlimit_nofile 65536;
+http {{
+{_nginx_http_common(work, "nodes")}
+  access_log off;
+  server {{
+{listens}
+    root {archives.directory};
+    location = /snapshot.tar.bz2 {{ return 303 /{archives.best}; }}
+    location = /incremental-snapshot.tar.bz2 {{ return 404; }}
   }}
 }}
 """
@@ -211,13 +238,15 @@ class Nginx:
         return total
 
 
-def start_nginx(procs: Procs, nginx: str, work: Path, role: str, conf: str, port: int) -> Nginx:
+def start_nginx(
+    procs: Procs, nginx: str, work: Path, role: str, conf: str, port: int, host: str = HOST
+) -> Nginx:
     """Write ``conf`` and run nginx in the foreground (``daemon off``) as a bench child."""
     path = work / f"nginx-{role}.conf"
     path.write_text(conf)
     argv = [nginx, "-c", str(path), "-p", str(work), "-e", str(work / f"nginx-{role}.err")]
     proc = procs.start(f"nginx-{role}", argv)
-    wait_for_port(proc, port)
+    wait_for_port(proc, port, host)
     return Nginx(proc, port, work / f"nginx-{role}.access.log")
 
 
@@ -285,5 +314,5 @@ def start_bare(procs: Procs, timeout: float = 30.0) -> tuple[Proc, tuple[str, in
     port = free_port()
     app = Path(__file__).with_name("bare_app.py")
     proc = procs.start("bare", [sys.executable, str(app), f"{HOST}:{port}"])
-    wait_for_port(proc, port, timeout)
+    wait_for_port(proc, port, timeout=timeout)
     return proc, (HOST, port)

@@ -6,10 +6,12 @@ sees a consistent state because trio only switches tasks at ``await``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -62,6 +64,7 @@ class SnapshotSource:
         )
 
 
+@functools.lru_cache(maxsize=65536)
 def _reverse(text: str) -> str:
     # Descending sort of the whole key must list equal-rank targets in ascending name order.
     return "".join(chr(0x10FFFF - ord(c)) for c in text)
@@ -93,6 +96,9 @@ class Index:
         self._mismatches: dict[TargetKey, str] = {}
         #: Per target: (bytes per second, monotonic time of the measurement).
         self._throughput: dict[TargetKey, tuple[float, float]] = {}
+        #: Per target: its ranked sources as last built, reused while nothing about the
+        #: target changed (a round of thousands of targets re-ranks several times a second).
+        self._built: dict[TargetKey, _Built] = {}
 
     def apply(
         self,
@@ -105,6 +111,18 @@ class Index:
         the probe took)."""
         self._entries[key] = _Entry(tuple(infos), updated_at, latency)
         self._changed()
+
+    def apply_many(
+        self, results: Iterable[tuple[TargetKey, Iterable[SnapshotInfo], datetime, float | None]]
+    ) -> None:
+        """:meth:`apply` for several targets at once: the ranking is rebuilt once, not once
+        per target (a scrape round of thousands of targets hands results over in batches)."""
+        changed = False
+        for key, infos, updated_at, latency in results:
+            self._entries[key] = _Entry(tuple(infos), updated_at, latency)
+            changed = True
+        if changed:
+            self._changed()
 
     def set_policy(self, group: str, policy: TrustPolicy) -> None:
         """Use ``policy`` to screen what ``group``'s targets advertise (SPEC §11)."""
@@ -167,22 +185,28 @@ class Index:
             ranked: dict[str, list[SnapshotSource]] = {}
             self._mismatches = {}
             now = time.monotonic()
+            built: dict[TargetKey, _Built] = {}
+            keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
             for group, entries in self._by_group().items():
                 screened = self._screen(group, entries)
-                sources = ranked.setdefault(group, [])
                 speeds = {key: self.throughput(key, now) for key in entries}
                 measured = sorted(v for v in speeds.values() if v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
+                pairs = keyed.setdefault(group, [])
                 for key, entry in entries.items():
-                    speed, latency = speeds[key], entry.latency
-                    sources.extend(
-                        SnapshotSource(i, key, entry.updated_at, speed, latency, speed or typical)
-                        for i in screened.get(key, entry.infos)
-                    )
-            for sources in ranked.values():
-                sources.sort(key=SnapshotSource.rank_key, reverse=True)
+                    infos = screened.get(key, entry.infos)
+                    speed = speeds[key]
+                    done = self._built.get(key)
+                    if done is None or not done.fits(entry, speed, speed or typical, infos):
+                        done = _Built.of(key, entry, speed, speed or typical, infos)
+                    built[key] = done
+                    pairs.extend(done.sources)
+            self._built = built
+            for group, pairs in keyed.items():
+                pairs.sort(key=_first, reverse=True)
+                ranked[group] = [source for _key, source in pairs]
             self._ranked = ranked
-            self._fulls = {group: _full_sources(sources) for group, sources in ranked.items()}
+            self._fulls = {group: _full_sources(pairs) for group, pairs in keyed.items()}
         return self._ranked
 
     def _by_group(self) -> dict[str, dict[TargetKey, _Entry]]:
@@ -278,15 +302,63 @@ def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, .
     return (not f.path, -source.expected, latency, recency, source.key)
 
 
-def _full_sources(sources: list[SnapshotSource]) -> list[SnapshotSource]:
-    """Every full archive advertised by ``sources`` as a source of its own, best first."""
+def _first(pair: tuple[Any, SnapshotSource]) -> Any:
+    return pair[0]
+
+
+@attrs.frozen(eq=False)
+class _Built:
+    """A target's sources with their ranking keys, and what they were built from."""
+
+    entry: _Entry
+    speed: float
+    expected: float
+    infos: tuple[SnapshotInfo, ...]
+    sources: list[tuple[Any, SnapshotSource]]
+
+    @classmethod
+    def of(
+        cls,
+        key: TargetKey,
+        entry: _Entry,
+        speed: float,
+        expected: float,
+        infos: tuple[SnapshotInfo, ...],
+    ) -> _Built:
+        """Build the sources of ``key`` (and their ranking keys)."""
+        made = [
+            SnapshotSource(i, key, entry.updated_at, speed, entry.latency, expected) for i in infos
+        ]
+        return cls(entry, speed, expected, infos, [(s.rank_key(), s) for s in made])
+
+    def fits(
+        self, entry: _Entry, speed: float, expected: float, infos: tuple[SnapshotInfo, ...]
+    ) -> bool:
+        """True when building again from these would give the same sources."""
+        return (
+            entry is self.entry
+            and speed == self.speed
+            and expected == self.expected
+            and (infos is self.infos or infos == self.infos)
+        )
+
+
+def _full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[SnapshotSource]:
+    """Every full archive advertised by the ranked ``pairs`` as a source of its own, best
+    first (a full's own info is reused as it is; a chain's base gets an info of its own)."""
     seen: set[tuple[TargetKey, str]] = set()
-    fulls: list[SnapshotSource] = []
-    for source in sources:
+    fulls: list[tuple[Any, SnapshotSource]] = []
+    for rank, source in pairs:
+        if source.info.is_full:
+            name = source.info.files[0].bare_name
+            if (source.key, name) not in seen:
+                seen.add((source.key, name))
+                fulls.append((rank, source))
+            continue
         for f in source.info.files:
             if f.name.is_full and (source.key, f.bare_name) not in seen:
                 seen.add((source.key, f.bare_name))
-                info = source.info if source.info.is_full else info_from_files([f])
-                fulls.append(attrs.evolve(source, info=info))
-    fulls.sort(key=SnapshotSource.rank_key, reverse=True)
-    return fulls
+                full = attrs.evolve(source, info=info_from_files([f]))
+                fulls.append((full.rank_key(), full))
+    fulls.sort(key=_first, reverse=True)
+    return [source for _rank, source in fulls]

@@ -92,6 +92,9 @@ class Scraper:
         self._file_hosts: dict[str, list[str]] = {}
         #: Per group: the nodes cluster discovery found last, and when it asked.
         self._cluster: dict[str, tuple[float, list[str]]] = {}
+        #: Probe results not handed to the index yet (a round hands them over in batches).
+        self._pending: dict[TargetKey, tuple[list[SnapshotInfo], datetime, float]] = {}
+        self._batching = False
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
         self._wakeup = trio.Event()
@@ -199,10 +202,30 @@ class Scraper:
         targets = await self.discover()
         self._retire(targets)
         limiter = trio.CapacityLimiter(self.config.scrape_concurrency)
-        async with trio.open_nursery() as nursery:
-            for target in targets:
-                nursery.start_soon(self._probe_one, self.health[target.key], limiter)
+        # Results reach the index every APPLY_EVERY seconds, not one by one: each change
+        # re-ranks the index on the next read, which with thousands of targets answering
+        # within a second would keep the API busy re-ranking (bench: cluster discovery).
+        self._batching = True
+        try:
+            async with trio.open_nursery() as flusher:
+                flusher.start_soon(self._flush_every, APPLY_EVERY)
+                async with trio.open_nursery() as nursery:
+                    for target in targets:
+                        nursery.start_soon(self._probe_one, self.health[target.key], limiter)
+                flusher.cancel_scope.cancel()
+        finally:
+            self._batching = False
+            self._flush()
         self.rounds += 1
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        self.index.apply_many((k, i, at, lat) for k, (i, at, lat) in pending.items())
 
     async def _probe_one(self, health: TargetHealth, limiter: trio.CapacityLimiter) -> None:
         if health.target.key.discovered and not await self._allowed(health):
@@ -232,6 +255,7 @@ class Scraper:
         except (EgressRefused, OSError) as exc:
             health.health, health.last_error = "blocked", str(exc)
             health.last_scrape = datetime.now(UTC)
+            self._pending.pop(health.target.key, None)
             self.index.drop(health.target.key)
             if self.on_probe:
                 self.on_probe(health)
@@ -262,13 +286,16 @@ class Scraper:
         now = datetime.now(UTC)
         health.health, health.last_error, health.failures = "up", "", 0
         health.last_scrape = now
-        self.index.apply(health.target.key, infos, now, latency=latency)
+        self._pending[health.target.key] = (infos, now, latency)
+        if not self._batching:
+            self._flush()
 
     def _failed(self, health: TargetHealth, reason: str) -> None:
         health.health, health.last_error = "down", reason
         health.last_scrape = datetime.now(UTC)
         health.failures += 1
         if health.failures >= self.config.max_target_failures:
+            self._pending.pop(health.target.key, None)
             self.index.drop(health.target.key)
         key = health.target.key
         log_event(log, "info", "probe_failed", group=key.group, target=key.target, error=reason)
@@ -308,6 +335,9 @@ class Scraper:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self._close_retired()
 
+
+#: Seconds between two hand-overs of probe results to the index during a round.
+APPLY_EVERY = 0.25
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import RequestError
 from tracker.web.delivery import Delivery, redirect, tracker_path
 from tracker.web.health import HealthChecker
-from tracker.web.listings import ListingCache
+from tracker.web.listings import Fragments, ListingCache
 from tracker.web.queries import (
     archive_name,
     group_filter,
@@ -160,11 +161,25 @@ def _request_base(config: Config) -> str:
 
 
 def _listing_body(
-    deps: ApiDeps, sources: list[SnapshotSource], base: str | None, here: str
+    deps: ApiDeps,
+    fragments: Fragments,
+    sources: list[SnapshotSource],
+    base: str | None,
+    here: str,
 ) -> bytes:
-    """The JSON array of ``sources``; the files of proxied sources point at the tracker."""
+    """The JSON array of ``sources``; the files of proxied sources point at the tracker.
+    Each source's JSON is kept between renderings (:class:`Fragments`)."""
     proxied = deps.delivery.proxied
-    body = [source_json(s, base, files_base=here if proxied(s) else None) for s in sources]
+    parts = []
+    for s in sources:
+        files_base = here if proxied(s) else None
+        render = partial(_source_bytes, s, base, files_base)
+        parts.append(fragments.get(s, (base, files_base), render))
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _source_bytes(source: SnapshotSource, base: str | None, files_base: str | None) -> bytes:
+    body = source_json(source, base, files_base=files_base)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -179,8 +194,10 @@ def _listing(
     request's parameters)."""
     base = _base_url(config)
     here = _request_base(config) if base is None else base
+    fragments = listings.fragments
     body = listings.get(
-        (*key, base, here, config), lambda: _listing_body(deps, select(), base, here)
+        (*key, base, here, config),
+        lambda: _listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")
 
