@@ -19,10 +19,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tracker.core.config import Config
-from tracker.core.index import Index, SnapshotSource
+from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.redact import redact_text, redact_url, redact_userinfo
 from tracker.core.snapshots import format_time, info_to_json
-from tracker.discovery.scrape import Scraper, health_json
+from tracker.discovery.scrape import Scraper, TargetHealth, health_json
 from tracker.errors import RequestError
 from tracker.web.delivery import Delivery, redirect, tracker_path
 from tracker.web.health import HealthChecker
@@ -202,8 +202,18 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
+def _sorted_health(health: dict[TargetKey, TargetHealth]) -> list[TargetHealth]:
+    # Plain string tuples sort far faster than attrs-generated comparisons.
+    return sorted(health.values(), key=lambda h: (h.target.key.group, h.target.key.target))
+
+
+def _health_bytes(health: TargetHealth, count: int, mismatch: str) -> bytes:
+    return json.dumps(health_json(health, count, mismatch), separators=(",", ":")).encode()
+
+
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     listings = ListingCache(deps.index)
+    target_fragments = Fragments()
 
     @app.get("/v1/snapshots")
     async def snapshots() -> quart.Response:
@@ -234,18 +244,21 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     @app.get("/v1/targets")
     async def targets() -> quart.Response:
         group = group_filter(deps.config(), quart.request.args)
-        # Plain string tuples sort far faster than attrs-generated comparisons.
-        entries = sorted(
-            deps.scraper.health.values(),
-            key=lambda h: (h.target.key.group, h.target.key.target),
-        )
         index = deps.index
-        body = [
-            health_json(h, index.count(h.target.key), index.mismatch(h.target.key))
-            for h in entries
-            if group is None or h.target.key.group == group
-        ]
-        return json_response(body)
+        parts = []
+        target_fragments.sweep()  # every target is asked for below: the gone ones go
+        for h in _sorted_health(deps.scraper.health):
+            key = h.target.key
+            if group is not None and key.group != group:
+                continue
+            count, mismatch = index.count(key), index.mismatch(key)
+            # A target's entry changes only when its probe does: its JSON is kept until then
+            # (thousands of discovered nodes, polled during a round).
+            state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)
+            render = partial(_health_bytes, h, count, mismatch)
+            parts.append(target_fragments.get(h, state, render))
+        body = b"[" + b",".join(parts) + b"]"
+        return quart.Response(body, content_type="application/json")
 
     @app.get("/v1/health")
     async def health() -> quart.Response:

@@ -35,6 +35,7 @@ class ListingCache:
         if self._generation != self._index.generation:
             self._bodies.clear()
             self._generation = self._index.generation
+            self.fragments.sweep()
         body = self._bodies.get(key)
         if body is None:
             body = self._bodies[key] = render()
@@ -45,31 +46,33 @@ class ListingCache:
         return body
 
 
-#: Rendered sources kept at most (then all are dropped and rendered again as needed).
-MAX_FRAGMENTS = 200_000
-
-
 class Fragments:
-    """The JSON of each source, kept while the source object lives in the index.
+    """The JSON of each source (or target), kept while it is still being asked for.
 
     The index reuses a target's source objects until something about that target changes,
     so after a change only the changed targets' JSON is rendered again: a listing of
     thousands of sources is then a join of kept fragments (about 40 ms become a few).
-    Each entry holds its source, so an object id is never reused while it is kept.
+    ``variant`` is what else the JSON depends on (base URLs; a mutable object's state).
+    Memory stays bounded by the working set: :meth:`sweep` drops what was not asked for
+    since the previous sweep. Each entry holds its object, so an id is never reused while
+    it is kept.
     """
 
-    def __init__(self, limit: int = MAX_FRAGMENTS) -> None:
-        self._limit = limit
-        self._kept: dict[tuple[int, Hashable], tuple[object, bytes]] = {}
+    def __init__(self) -> None:
+        self._new: dict[int, tuple[object, Hashable, bytes]] = {}
+        self._old: dict[int, tuple[object, Hashable, bytes]] = {}
 
     def get(self, source: object, variant: Hashable, render: Callable[[], bytes]) -> bytes:
-        """The JSON of ``source`` rendered for ``variant`` (base URLs), kept or made."""
-        key = (id(source), variant)
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is source:
-            return kept[1]
-        if len(self._kept) >= self._limit:
-            self._kept.clear()
+        """The JSON of ``source`` for ``variant``, kept or rendered now."""
+        key = id(source)
+        kept = self._new.get(key) or self._old.pop(key, None)
+        if kept is not None and kept[0] is source and kept[1] == variant:
+            self._new[key] = kept
+            return kept[2]
         body = render()
-        self._kept[key] = (source, body)
+        self._new[key] = (source, variant, body)
         return body
+
+    def sweep(self) -> None:
+        """Forget what was not asked for since the previous sweep."""
+        self._old, self._new = self._new, {}
