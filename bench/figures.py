@@ -57,6 +57,7 @@ class Options:
     fanin_clients: int = 4
     discovery_targets: int = 2000
     cluster_nodes: int = 3000
+    cluster_concurrency: int = 16
 
 
 @attrs.define
@@ -495,6 +496,7 @@ def start_cluster(env: Env) -> Tracker:
     config = tracker_config(
         scrape_interval="15s",
         scrape_timeout="10s",
+        scrape_concurrency=env.options.cluster_concurrency,
         egress={"allow": ["127.0.0.0/8"]},
         target_groups=[{"group": GROUP, "cluster_discovery": discovery}],
     )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tracker.core.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig
@@ -66,6 +66,7 @@ def test_urls_inside_messages_are_masked(url: str, query: str) -> None:
 
 
 @given(urls_with_secrets)
+@example("http://0:?SECRETPW@0/")  # a "?" in the password ends the authority for a parser
 def test_redact_userinfo_hides_the_password(url: str) -> None:
     assert SECRET not in redact_userinfo(url)
 

@@ -77,9 +77,15 @@ def redact_userinfo(url: str) -> str:
         return redact_url(url)
     if not scheme or "@" in parts.path + parts.fragment or any(c.isspace() for c in url):
         return redact_url(url)  # not a clean URL: mask generously
-    if "@" not in parts.netloc:
-        return url  # an "@" in the query only: not userinfo
     start = scheme.end()
+    if "@" not in parts.netloc:
+        # An "@" in the query only is not userinfo, unless no "/" comes before it: a
+        # password holding "?" or "#" ends the authority early for a URL parser, yet it is
+        # what was typed as userinfo ("http://u:p?w@host/"), so it is masked.
+        first = url.find("@", start)
+        if "/" in url[start:first]:
+            return url
+        return url[:start] + MASK + url[first:]
     at = url.rfind("@", start, start + len(parts.netloc))
     return url[:start] + MASK + url[at:]
 

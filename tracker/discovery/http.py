@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Protocol
 
 import attrs
 import httpx
@@ -36,6 +37,17 @@ INCREMENTAL_ALIAS = "incremental-snapshot.tar.bz2"
 
 # Statuses that mean "no snapshot of this kind" (the validator answers 404, sidecars 202).
 _NONE = (202, 404)
+
+
+class Heads(Protocol):
+    """What a probe needs of an HTTP client: ``HEAD`` without following redirects
+    (``httpx.AsyncClient``, or the leaner :class:`tracker.zerocopy.transport.HeadClient`)."""
+
+    async def head(
+        self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool
+    ) -> httpx.Response:
+        """The answer's status and headers."""
+        ...
 
 
 class SizeMemo:
@@ -62,7 +74,7 @@ class SizeMemo:
 
 
 async def probe_http(
-    client: httpx.AsyncClient,
+    client: Heads,
     url: str,
     *,
     headers: Mapping[str, str] = NO_HEADERS,
@@ -151,7 +163,7 @@ class _Check:
 
 
 async def _head_alias(
-    client: httpx.AsyncClient,
+    client: Heads,
     base: httpx.URL,
     alias: str,
     headers: Mapping[str, str],
@@ -179,9 +191,7 @@ async def _head_alias(
     return found
 
 
-async def _size_of(
-    client: httpx.AsyncClient, url: str, headers: Mapping[str, str], sizes: SizeMemo
-) -> int:
+async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: SizeMemo) -> int:
     """The size of the archive at ``url`` (0: unknown), asked once per URL.
 
     A HEAD that fails, redirects or gives no digits-only ``Content-Length`` leaves the size

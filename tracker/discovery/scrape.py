@@ -27,12 +27,13 @@ from tracker.core.snapshots import SnapshotInfo
 from tracker.core.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import discover_consul
-from tracker.discovery.http import SizeMemo, probe_http
+from tracker.discovery.http import Heads, SizeMemo, probe_http
 from tracker.discovery.local import scan_local
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.clients import auth_headers, build_client, origin, ssl_context
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve
+from tracker.zerocopy.transport import HeadClient
 
 log = logging.getLogger("tracker.scrape")
 
@@ -95,6 +96,8 @@ class Scraper:
         #: Probe results not handed to the index yet (a round hands them over in batches).
         self._pending: dict[TargetKey, tuple[list[SnapshotInfo], datetime, float]] = {}
         self._batching = False
+        #: The client of discovered nodes (plain HTTP, no credentials): made on first use.
+        self._lean: HeadClient | None = None
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
         self._wakeup = trio.Event()
@@ -272,8 +275,9 @@ class Scraper:
             return probe_sidecar(client, target.location, headers=headers)
         if target.kind == "http":
             policy = policy_of(self.config.egress)
+            heads: Heads = self._lean_client() if target.key.discovered else client
             return probe_http(
-                client,
+                heads,
                 target.location,
                 headers=headers,
                 policy=policy,
@@ -281,6 +285,15 @@ class Scraper:
                 sizes=self.sizes,
             )
         return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
+
+    def _lean_client(self) -> HeadClient:
+        """Thousands of discovered nodes are probed through a leaner client (see
+        :class:`HeadClient`); they are all plain HTTP with no credentials."""
+        if self._lean is None:
+            self._lean = HeadClient(
+                2 * self.config.scrape_concurrency + 8, self.config.scrape_timeout
+            )
+        return self._lean
 
     def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo], latency: float) -> None:
         now = datetime.now(UTC)
@@ -332,8 +345,11 @@ class Scraper:
         for clients in self._clients.values():
             self._retired.extend(clients)
         self._clients = {}
+        lean, self._lean = self._lean, None
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self._close_retired()
+            if lean is not None:
+                await lean.aclose()
 
 
 #: Seconds between two hand-overs of probe results to the index during a round.

@@ -23,6 +23,7 @@ import contextlib
 import math
 import socket
 import ssl
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -269,3 +270,60 @@ class PoolTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the pool and every connection in it."""
         await self._pool.aclose()
+
+
+class HeadClient:
+    """``HEAD`` requests straight through an httpcore pool, answered as httpx responses.
+
+    The probe of a node is two or three HEADs; through ``httpx.AsyncClient`` each costs about
+    1.7 ms of CPU on the development machine, through the pool directly about 1 ms (the
+    client's URL, auth and redirect layers are the difference), which decides whether a
+    scrape round of thousands of discovered nodes fits in one interval. It offers the one
+    call the probes make, ``head(url, headers=..., follow_redirects=False)`` (redirects are
+    never followed), and raises httpx's exceptions as a client would.
+    """
+
+    def __init__(self, max_connections: int, timeout: float, shards: int = 16) -> None:
+        # Several small pools: httpcore scans all of a pool's connections for each request.
+        per_shard = max(2, -(-max_connections // shards))
+        self._pools = [
+            httpcore.AsyncConnectionPool(
+                max_connections=per_shard,
+                max_keepalive_connections=per_shard,
+                keepalive_expiry=5.0,
+                http1=True,
+                http2=False,
+            )
+            for _ in range(shards)
+        ]
+        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+
+    async def head(
+        self,
+        url: httpx.URL | str,
+        *,
+        headers: Iterable[tuple[str, str]] | Any = (),
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        """``HEAD url``; the response carries status and headers (no body)."""
+        assert not follow_redirects
+        target = httpx.URL(url)
+        request = httpx.Request("HEAD", target)
+        items = headers.items() if hasattr(headers, "items") else headers
+        sent = [(b"host", target.netloc), (b"accept-encoding", b"identity")]
+        sent += [(b"user-agent", b"solana-snapshot-tracker")]
+        sent += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in items]
+        core_url = httpcore.URL(
+            scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
+        )
+        pool = self._pools[zlib.crc32(target.netloc) % len(self._pools)]
+        with _as_httpx_errors(request):
+            answer = await pool.request(
+                b"HEAD", core_url, headers=sent, extensions={"timeout": self._timeouts}
+            )
+        return httpx.Response(answer.status, headers=answer.headers, request=request)
+
+    async def aclose(self) -> None:
+        """Close the pools' connections."""
+        for pool in self._pools:
+            await pool.aclose()
