@@ -46,6 +46,7 @@ from tracker.discovery.cluster import cluster_targets, select
 from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import ProbeError
 from tracker.service import apply_trust
+from tracker.zerocopy.transport import HeadClient
 
 SLOT = 5000
 
@@ -336,3 +337,21 @@ async def test_the_faster_source_ranks_first_after_one_download_from_each() -> N
         assert len(speeds) == 2 and speeds[0] > speeds[1] > 0
     keys = t.index.keys()
     assert TargetKey(GROUP, fast.base) in keys
+
+
+async def test_the_lean_head_client_answers_and_fails_like_httpx(nursery: trio.Nursery) -> None:
+    """The probes of discovered nodes go through ``HeadClient``: status and headers as an
+    httpx response, headers sent as given, httpx's exceptions for transport failures."""
+    app = ScriptedApp({"/a": Answer(303, (("location", "/b"),))})
+    base = await nursery.start(serve_app, app)
+    client = HeadClient(4, timeout=2.0)
+    try:
+        response = await client.head(f"{base}/a", headers={"x-probe": "1"})
+        assert (response.status_code, response.headers["location"]) == (303, "/b")
+        [request] = app.requests
+        assert (request.method, request.headers["x-probe"]) == ("HEAD", "1")
+        assert request.headers["accept-encoding"] == "identity"
+        with pytest.raises(httpx.ConnectError):
+            await client.head("http://127.0.0.1:9/", headers={})
+    finally:
+        await client.aclose()
