@@ -344,7 +344,7 @@ async def test_the_lean_head_client_answers_and_fails_like_httpx(nursery: trio.N
     httpx response, headers sent as given, httpx's exceptions for transport failures."""
     app = ScriptedApp({"/a": Answer(303, (("location", "/b"),))})
     base = await nursery.start(serve_app, app)
-    client = HeadClient(4, timeout=2.0)
+    client = HeadClient(timeout=2.0)
     try:
         response = await client.head(f"{base}/a", headers={"x-probe": "1"})
         assert (response.status_code, response.headers["location"]) == (303, "/b")

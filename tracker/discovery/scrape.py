@@ -213,13 +213,28 @@ class Scraper:
             async with trio.open_nursery() as flusher:
                 flusher.start_soon(self._flush_every, APPLY_EVERY)
                 async with trio.open_nursery() as nursery:
-                    for target in targets:
+                    spacing = self._spacing(len(targets))
+                    begun = trio.current_time()
+                    for number, target in enumerate(targets):
+                        # On a schedule, not a sleep per start: a busy loop's late wake-ups
+                        # must not stretch the round (a late start catches up at once).
+                        if spacing:
+                            await trio.sleep_until(begun + number * spacing)
                         nursery.start_soon(self._probe_one, self.health[target.key], limiter)
                 flusher.cancel_scope.cancel()
         finally:
             self._batching = False
             self._flush()
         self.rounds += 1
+
+    def _spacing(self, count: int) -> float:
+        """Seconds between two probe starts: 0 (all at once, ``scrape_concurrency`` at a
+        time) unless there are many targets (a discovered cluster); those are spread over
+        PACED_SHARE of the interval, so the event loop keeps room for the API instead of
+        running flat out for the whole round (bench: cluster discovery)."""
+        if count <= PACE_ABOVE * self.config.scrape_concurrency:
+            return 0.0
+        return PACED_SHARE * self.config.scrape_interval / count
 
     async def _flush_every(self, seconds: float) -> None:
         while True:
@@ -290,9 +305,7 @@ class Scraper:
         """Thousands of discovered nodes are probed through a leaner client (see
         :class:`HeadClient`); they are all plain HTTP with no credentials."""
         if self._lean is None:
-            self._lean = HeadClient(
-                2 * self.config.scrape_concurrency + 8, self.config.scrape_timeout
-            )
+            self._lean = HeadClient(self.config.scrape_timeout)
         return self._lean
 
     def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo], latency: float) -> None:
@@ -354,6 +367,10 @@ class Scraper:
 
 #: Seconds between two hand-overs of probe results to the index during a round.
 APPLY_EVERY = 0.25
+#: Rounds of more than this many times ``scrape_concurrency`` targets are paced: their
+#: probes start evenly over this share of ``scrape_interval``.
+PACE_ABOVE = 8
+PACED_SHARE = 0.6
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice

@@ -23,10 +23,10 @@ import contextlib
 import math
 import socket
 import ssl
-import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
+import h11
 import httpcore
 import httpx
 import trio
@@ -273,57 +273,71 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
 
 class HeadClient:
-    """``HEAD`` requests straight through an httpcore pool, answered as httpx responses.
+    """``HEAD`` requests over plain TCP with h11, answered as httpx responses.
 
-    The probe of a node is two or three HEADs; through ``httpx.AsyncClient`` each costs about
-    1.7 ms of CPU on the development machine, through the pool directly about 1 ms (the
-    client's URL, auth and redirect layers are the difference), which decides whether a
-    scrape round of thousands of discovered nodes fits in one interval. It offers the one
-    call the probes make, ``head(url, headers=..., follow_redirects=False)`` (redirects are
-    never followed), and raises httpx's exceptions as a client would.
+    A discovered cluster is thousands of plain-HTTP nodes, each probed with two or three
+    HEADs every round. Through ``httpx.AsyncClient`` a probe costs about 3.5 ms of CPU on
+    the development machine, through an httpcore pool 2.0 ms, this way (a connection per
+    request, h11 for the wire) 0.9 ms: what decides whether a round of 3,000 nodes leaves
+    the event loop room for the API. It offers the one call the probes make,
+    ``head(url, headers=..., follow_redirects=False)`` (redirects are never followed), for
+    ``http`` URLs only, and raises httpx's exceptions as a client would. A response head is
+    read up to h11's limit (16 KiB); everything is bounded by ``timeout``.
     """
 
-    def __init__(self, max_connections: int, timeout: float, shards: int = 16) -> None:
-        # Several small pools: httpcore scans all of a pool's connections for each request.
-        per_shard = max(2, -(-max_connections // shards))
-        self._pools = [
-            httpcore.AsyncConnectionPool(
-                max_connections=per_shard,
-                max_keepalive_connections=per_shard,
-                keepalive_expiry=5.0,
-                http1=True,
-                http2=False,
-            )
-            for _ in range(shards)
-        ]
-        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
 
     async def head(
         self,
         url: httpx.URL | str,
         *,
-        headers: Iterable[tuple[str, str]] | Any = (),
+        headers: Any = (),
         follow_redirects: bool = False,
     ) -> httpx.Response:
         """``HEAD url``; the response carries status and headers (no body)."""
         assert not follow_redirects
         target = httpx.URL(url)
         request = httpx.Request("HEAD", target)
+        if target.scheme != "http":
+            raise httpx.UnsupportedProtocol("only http", request=request)
         items = headers.items() if hasattr(headers, "items") else headers
-        sent = [(b"host", target.netloc), (b"accept-encoding", b"identity")]
-        sent += [(b"user-agent", b"solana-snapshot-tracker")]
-        sent += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in items]
-        core_url = httpcore.URL(
-            scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
-        )
-        pool = self._pools[zlib.crc32(target.netloc) % len(self._pools)]
-        with _as_httpx_errors(request):
-            answer = await pool.request(
-                b"HEAD", core_url, headers=sent, extensions={"timeout": self._timeouts}
-            )
-        return httpx.Response(answer.status, headers=answer.headers, request=request)
+        sent = [("host", target.netloc.decode("ascii")), ("accept-encoding", "identity")]
+        sent += [("user-agent", "solana-snapshot-tracker"), ("connection", "close"), *items]
+        path = target.raw_path.decode("ascii")
+        port = target.port or 80
+        try:
+            with trio.fail_after(self._timeout):
+                status, answer = await _head(target.host, port, path, sent)
+        except trio.TooSlowError:
+            raise httpx.ReadTimeout(
+                f"no answer within {self._timeout:g}s", request=request
+            ) from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        except (h11.ProtocolError, trio.BrokenResourceError) as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        return httpx.Response(status, headers=answer, request=request)
 
     async def aclose(self) -> None:
-        """Close the pools' connections."""
-        for pool in self._pools:
-            await pool.aclose()
+        """Nothing is kept open between requests."""
+
+
+async def _head(
+    host: str, port: int, path: str, headers: list[tuple[str, str]]
+) -> tuple[int, list[tuple[bytes, bytes]]]:
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        data = conn.send(h11.Request(method="HEAD", target=path, headers=headers)) or b""
+        await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                chunk = await stream.receive_some(65536)
+                conn.receive_data(chunk)  # b"" (closed) makes h11 raise or end
+                continue
+            if isinstance(event, h11.Response):
+                return event.status_code, list(event.headers.raw_items())
+            if isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("closed before a response")
