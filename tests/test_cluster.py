@@ -12,6 +12,7 @@ import json
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -42,10 +43,13 @@ from tracker.core.config import (
     Trust,
 )
 from tracker.core.index import Index, TargetKey
+from tracker.core.metrics import Metrics
 from tracker.discovery.cluster import cluster_targets, select
 from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import ProbeError
 from tracker.service import apply_trust
+from tracker.web.health import HealthChecker
+from tracker.web.reporting import track_snapshot_age
 from tracker.zerocopy.transport import HeadClient
 
 SLOT = 5000
@@ -345,13 +349,43 @@ async def test_the_lean_head_client_answers_and_fails_like_httpx(nursery: trio.N
     app = ScriptedApp({"/a": Answer(303, (("location", "/b"),))})
     base = await nursery.start(serve_app, app)
     client = HeadClient(timeout=2.0)
-    try:
-        response = await client.head(f"{base}/a", headers={"x-probe": "1"})
-        assert (response.status_code, response.headers["location"]) == (303, "/b")
-        [request] = app.requests
-        assert (request.method, request.headers["x-probe"]) == ("HEAD", "1")
-        assert request.headers["accept-encoding"] == "identity"
-        with pytest.raises(httpx.ConnectError):
-            await client.head("http://127.0.0.1:9/", headers={})
-    finally:
-        await client.aclose()
+    response = await client.head(f"{base}/a", headers={"x-probe": "1"})
+    assert (response.status_code, response.headers["location"]) == (303, "/b")
+    [request] = app.requests
+    assert (request.method, request.headers["x-probe"]) == ("HEAD", "1")
+    assert request.headers["accept-encoding"] == "identity"
+    with pytest.raises(httpx.ConnectError):
+        await client.head("http://127.0.0.1:9/", headers={})
+
+
+async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nursery) -> None:
+    """With ``rpc`` set, the slot ``getSlot`` reports reaches the index every interval: a
+    snapshot more than ``max_slot_ahead`` above it is never ranked (SPEC §11)."""
+
+    async def get_slot(request: Request) -> Answer:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": SLOT}).encode()
+        return Answer(200, (("content-type", "application/json"),), body)
+
+    rpc = await nursery.start(serve_app, ScriptedApp({"/": get_slot}))
+    config = make_config(None, rpc=rpc, target_groups=(TargetGroup(group=GROUP),))
+    index = Index()
+    apply_trust(index, config)
+    good, bogus = full_name(SLOT - 10), full_name(SLOT + 101)
+    advertise(index, "http://127.0.0.1:1", [(good, "http://127.0.0.1:1/a", 10)])
+    advertise(index, "http://127.0.0.1:2", [(bogus, "http://127.0.0.1:2/b", 10)])
+    best = index.best_full(GROUP)
+    assert best is not None and best.info.files[0].bare_name == bogus  # no slot known yet
+    async with httpx.AsyncClient() as client:
+        health = HealthChecker(lambda: config, index, client)
+        track = partial(
+            track_snapshot_age,
+            health,
+            Metrics(process=False),
+            lambda: config,
+            index.set_cluster_slot,
+        )
+        nursery.start_soon(track)
+        with trio.fail_after(10):
+            while (best := index.best_full(GROUP)) is not None and best.info.slot != SLOT - 10:
+                await trio.sleep(0.01)
+    assert best is not None and best.info.files[0].bare_name == good

@@ -96,8 +96,6 @@ class Scraper:
         #: Probe results not handed to the index yet (a round hands them over in batches).
         self._pending: dict[TargetKey, tuple[list[SnapshotInfo], datetime, float]] = {}
         self._batching = False
-        #: The client of discovered nodes (plain HTTP, no credentials): made on first use.
-        self._lean: HeadClient | None = None
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
         self._wakeup = trio.Event()
@@ -113,6 +111,8 @@ class Scraper:
         for clients in self._clients.values():
             self._retired.extend(clients)
         self._clients = {g.group: _probe_clients(g, config) for g in config.target_groups}
+        #: The client of discovered nodes (plain HTTP, no credentials; holds nothing open).
+        self._lean = HeadClient(config.scrape_timeout)
         self._wakeup.set()
 
     async def discover(self) -> list[Target]:
@@ -290,7 +290,7 @@ class Scraper:
             return probe_sidecar(client, target.location, headers=headers)
         if target.kind == "http":
             policy = policy_of(self.config.egress)
-            heads: Heads = self._lean_client() if target.key.discovered else client
+            heads: Heads = self._lean if target.key.discovered else client
             return probe_http(
                 heads,
                 target.location,
@@ -300,13 +300,6 @@ class Scraper:
                 sizes=self.sizes,
             )
         return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
-
-    def _lean_client(self) -> HeadClient:
-        """Thousands of discovered nodes are probed through a leaner client (see
-        :class:`HeadClient`); they are all plain HTTP with no credentials."""
-        if self._lean is None:
-            self._lean = HeadClient(self.config.scrape_timeout)
-        return self._lean
 
     def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo], latency: float) -> None:
         now = datetime.now(UTC)
@@ -358,11 +351,8 @@ class Scraper:
         for clients in self._clients.values():
             self._retired.extend(clients)
         self._clients = {}
-        lean, self._lean = self._lean, None
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self._close_retired()
-            if lean is not None:
-                await lean.aclose()
 
 
 #: Seconds between two hand-overs of probe results to the index during a round.

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 
 import attrs
@@ -189,37 +190,25 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
         return Source(str(response.url), identity, ranges)
 
 
-class _request:
-    """``async with _request(...) as response``: a streamed GET, its head within the
-    request timeout, errors as SourceError, closed at the end."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        headers: dict[str, str],
-        settings: FetchSettings,
-    ) -> None:
-        self._client, self._url, self._headers, self._settings = client, url, headers, settings
-        self._response: httpx.Response | None = None
-
-    async def __aenter__(self) -> httpx.Response:
-        request = self._client.build_request("GET", self._url, headers=self._headers)
-        try:
-            with trio.fail_after(self._settings.request_timeout):
-                self._response = await self._client.send(request, stream=True)
-        except trio.TooSlowError:
-            raise SourceError(
-                f"{self._url}: no answer within {self._settings.request_timeout:g}s"
-            ) from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise SourceError(f"{self._url}: {transport_reason(exc)}") from exc
-        return self._response
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            with trio.CancelScope(shield=True):
-                await self._response.aclose()
+@asynccontextmanager
+async def _request(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: FetchSettings
+) -> AsyncIterator[httpx.Response]:
+    """A streamed GET, its head within the request timeout, errors as SourceError, closed
+    (shielded) when the block ends."""
+    request = client.build_request("GET", url, headers=headers)
+    try:
+        with trio.fail_after(settings.request_timeout):
+            response = await client.send(request, stream=True)
+    except trio.TooSlowError:
+        raise SourceError(f"{url}: no answer within {settings.request_timeout:g}s") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise SourceError(f"{url}: {transport_reason(exc)}") from exc
+    try:
+        yield response
+    finally:
+        with trio.CancelScope(shield=True):
+            await response.aclose()
 
 
 async def _same_bytes(
@@ -329,7 +318,6 @@ async def _download_from(
     # out the tails, so big pieces cost nothing at the end.
     piece_size = max(settings.piece_size, size // (4 * settings.connections) + 1)
     pieces = Pieces(size, piece_size, done)
-    _check_space(ledger, size - pieces.done_bytes, name)
     path = temp_path(ledger, name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     started = trio.current_time()

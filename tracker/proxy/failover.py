@@ -36,8 +36,6 @@ from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
 
-_CLOSE_TIMEOUT = 5.0
-
 
 @attrs.define
 class _Race:
@@ -88,7 +86,7 @@ async def open_upstream(
                         await done.wait()
     except BaseException:
         if race is not None and race.winner is not None:
-            await _close(race.winner)
+            await race.winner.aclose()
         raise
     if race.winner is not None:
         return race.winner
@@ -120,7 +118,7 @@ async def _attempt(
         race.winner = answer
         race.scope.cancel()  # every other attempt, and the wait for the next one
     else:
-        await _close(answer)  # another source started first
+        await answer.aclose()  # another source started first
     done.set()
 
 
@@ -145,7 +143,7 @@ async def _answer(
         if method == "GET" and status in (200, 206):
             await _body_start(response, clients.settings.answer_timeout)
     except BaseException:
-        await _close(answer)
+        await answer.aclose()
         raise
     return answer
 
@@ -165,9 +163,3 @@ async def _body_start(response: httpx.Response, limit: float) -> None:
         raise SourceFailed(transport_reason(exc)) from exc
     if started is False:
         raise SourceFailed("closed the connection before the body")
-
-
-async def _close(answer: UpstreamAnswer) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-        await answer.aclose()

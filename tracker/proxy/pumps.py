@@ -48,8 +48,6 @@ from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.transfers")
 
-_CLOSE_TIMEOUT = 5.0
-
 
 # -- the three byte paths ---------------------------------------------------------------------
 
@@ -169,9 +167,7 @@ class _Upstream:
     async def aclose(self) -> None:
         if self.early is not None:
             self.early.close()  # unless the whole body went in, the client's body breaks
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-            await (self.body.answer if self.body is not None else self.first).aclose()
+        await (self.body.answer if self.body is not None else self.first).aclose()
 
 
 @asynccontextmanager
@@ -245,12 +241,12 @@ async def _open_or_head_early(
                 await trio.sleep_forever()  # until the opener ends
     except BaseException:
         if answer is not None:
-            await _close_answer(answer)
+            await answer.aclose()
         raise
     if not reported and failure is not None:
         raise failure
     if reported and early is None and answer is not None:
-        await _close_answer(answer)
+        await answer.aclose()
         answer = None
     return answer, early, failure
 
@@ -278,12 +274,6 @@ def _keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -
     flow.error = f"the source answered {head.status} with {length} bytes after an early head"
     log_event(log, "warning", "stream_failed", reason=flow.error)
     return False
-
-
-async def _close_answer(answer: UpstreamAnswer) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-        await answer.aclose()
 
 
 def _plan(job: StreamJob, answer: UpstreamAnswer) -> tuple[Head, int | None]:

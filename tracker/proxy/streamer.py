@@ -42,6 +42,7 @@ from tracker.core.metrics import Kind, Metrics, Outcome
 from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.errors import RequestError, UpstreamError
 from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.files.ranges import ByteRange, parse_range
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.pumps import fill, relay
@@ -240,8 +241,9 @@ class ProxyStreamer:
         shared = self._running(cache, group, name)
         if shared is None or not _may_join(request) or "range" not in request.headers:
             return None
-        first = _first_byte_asked(request.headers.get("range", ""))
-        if first is None or first >= shared.refresh.written:
+        refresh = shared.refresh
+        wanted = parse_range(request.headers.get("range"), refresh.size)
+        if not isinstance(wanted, ByteRange) or wanted.start >= refresh.written:
             return None
         response = await join(shared, "GET", request.headers.get("range"))
         if response is not None and self._metrics is not None:
@@ -560,16 +562,6 @@ def _may_join(request: quart.Request) -> bool:
         name.lower() == "range" or name.lower() not in FORWARDED_REQUEST_HEADERS
         for name, _value in request.headers.items()
     )
-
-
-def _first_byte_asked(range_header: str) -> int | None:
-    """The first byte of a single ``bytes=N-[M]`` range; None for anything else."""
-    unit, _, spec = range_header.strip().partition("=")
-    first, dash, _last = spec.strip().partition("-")
-    if unit.strip().lower() != "bytes" or not dash or "," in spec:
-        return None
-    first = first.strip()
-    return int(first) if first.isascii() and first.isdigit() and len(first) < 20 else None
 
 
 def _cached(cache: Cache, group: str, name: str) -> bool:

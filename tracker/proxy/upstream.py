@@ -67,6 +67,8 @@ PASSED_RESPONSE_HEADERS = frozenset(
 #: Upstream statuses that are answers for the client; anything else makes us try the next source.
 ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Longest wait for an upstream answer to close (it may be closed while being cancelled).
+CLOSE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -217,8 +219,14 @@ class UpstreamAnswer:
     source: SnapshotSource
 
     async def aclose(self) -> None:
-        """Close the answer (drops the connection when the body was not read to its end)."""
-        await self.response.aclose()
+        """Close the answer (drops the connection when the body was not read to its end).
+
+        Shielded and bounded: an answer is closed on every path, also while the task that
+        owns it is being cancelled (the client left, the service stops).
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+            await self.response.aclose()
 
 
 async def ask_source(

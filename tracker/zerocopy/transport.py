@@ -319,9 +319,6 @@ class HeadClient:
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         return httpx.Response(status, headers=answer, request=request)
 
-    async def aclose(self) -> None:
-        """Nothing is kept open between requests."""
-
 
 async def _head(
     host: str, port: int, path: str, headers: list[tuple[str, str]]
