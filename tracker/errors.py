@@ -13,6 +13,8 @@ boundary where they happen, so callers handle one family::
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
+    ├── StoreError         the object store refused or could not be reached (one line)
+    │   └── StoreConflict  a conditional write lost (412/409): another replica was first
     └── ClientGone         the client's connection closed while a body was being sent
 """
 
@@ -68,6 +70,24 @@ class RpcError(TrackerError):
 
 class CacheError(TrackerError):
     """The disk cache could not store a file; the reason is one line."""
+
+
+class StoreError(TrackerError):
+    """The object store (SPEC §10) failed an operation; the message is one line naming the
+    operation and the store's answer, never a credential. ``down``: the store itself is
+    unusable (unreachable, wrong credentials, 5xx), not just this one object."""
+
+    def __init__(self, message: str, *, down: bool = True) -> None:
+        self.down = down
+        super().__init__(message)
+
+
+class StoreConflict(StoreError):
+    """A conditional write (``If-None-Match: *``, ``If-Match``) found another replica's
+    object: a lock is held or was taken over."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, down=False)
 
 
 class ClientGone(TrackerError):

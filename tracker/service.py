@@ -33,6 +33,9 @@ from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
 from tracker.net.egress import Resolver, resolve
+from tracker.objectstore.bucket import Bucket, StoreHealth
+from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
@@ -86,6 +89,8 @@ class Components:
     health: HealthChecker
     #: The public Quart app.
     app: QuartTrio
+    #: The object-store tier, None without one.
+    objects: ObjectPath | None = None
 
     async def aclose(self) -> None:
         """Close the HTTP clients (shielded: safe while being cancelled)."""
@@ -115,6 +120,7 @@ def build(
     scraper = Scraper(tracker.config, index, on_probe=on_probe, resolver=resolver)
     transfers = Transfers()
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
+    objects = object_path(tracker.config, metrics)
     streamer = ProxyStreamer(
         current,
         index,
@@ -124,15 +130,35 @@ def build(
         cache_factory=cache_factory,
         budget=budget,
         resolver=resolver,
+        objects=objects,
     )
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     health = HealthChecker(current, index, rpc_client)
-    deps = ApiDeps(current, index, scraper, delivery, health)
+    status = objects.tier.status if objects is not None else lambda: None
+    deps = ApiDeps(current, index, scraper, delivery, health, store_status=status)
     app = create_app(deps, on_response=metrics.count_request)
-    return Components(tracker, scraper, transfers, streamer, prefetcher, delivery, health, app)
+    return Components(
+        tracker, scraper, transfers, streamer, prefetcher, delivery, health, app, objects
+    )
+
+
+def object_path(config: Config, metrics: Metrics) -> ObjectPath | None:
+    """The object-store tier of ``config`` (SPEC §10), None without one. It is made once:
+    a reload that changes ``object_store`` takes effect at the next start."""
+    store = config.object_store
+    if store is None:
+        return None
+    health = StoreHealth(on_change=metrics.set_object_store_up)
+    metrics.set_object_store_up(True)
+    events = TierEvents(
+        upload=metrics.count_object_upload,
+        takeover=metrics.count_object_takeover,
+        error=metrics.count_object_error,
+    )
+    return ObjectPath(ObjectTier(store, Bucket(store, health), events))
 
 
 def apply_trust(index: Index, config: Config) -> None:
@@ -212,6 +238,8 @@ async def run_tracker(
                     # Proxied streams run here: they outlive their requests (SPEC §8).
                     await nursery.start(transfers.run)
                     streamer.cache()  # start-up: leftover temp files go before any request
+                    if parts.objects is not None:  # learns the bucket; requests need not wait
+                        transfers.spawn(parts.objects.tier.startup)
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
                     limit = effective_limit(config.max_connections)

@@ -23,6 +23,7 @@ __all__ = [
     "FileTargets",
     "HttpTargets",
     "LocalTargets",
+    "ObjectStore",
     "StaticTargets",
     "TLSConfig",
     "TargetGroup",
@@ -201,6 +202,54 @@ class Egress:
     deny: tuple[str, ...] = ()
 
 
+def _inline_key_id(store: ObjectStore) -> str:
+    return store.access_key_id
+
+
+def _inline_secret(store: ObjectStore) -> str:
+    return store.secret_access_key
+
+
+@attrs.frozen
+class ObjectStore:
+    """The S3-compatible bucket that replicas share as their cache (SPEC §10).
+
+    Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/…`` and
+    hand-out marks at ``{prefix}.handed/…``. Both credentials empty: the S3 library's default
+    chain (environment, shared files, instance roles). Durations are seconds.
+    """
+
+    endpoint: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = attrs.field(default="", repr=False)
+    access_key_id_file: str = ""
+    secret_access_key: str = attrs.field(default="", repr=False)
+    secret_access_key_file: str = ""
+    addressing_style: str = "path"
+    direct_serve: bool = True
+    direct_serve_ttl: float = 900.0
+    public_endpoint: str = ""
+    lock_ttl: float = 60.0
+    replica_url: str = ""
+    keep_previous: int = 1
+    #: The key id to use: ``access_key_id``, or the content of ``access_key_id_file``.
+    resolved_access_key_id: str = attrs.field(
+        default=attrs.Factory(_inline_key_id, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
+    #: The secret to use: ``secret_access_key``, or the content of ``secret_access_key_file``.
+    resolved_secret_access_key: str = attrs.field(
+        default=attrs.Factory(_inline_secret, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
+
+
 def _default_timeout(config: Config) -> float:
     return min(10.0, config.scrape_interval)
 
@@ -236,6 +285,8 @@ class Config:
     #: root concrete route even in redirect mode (they cannot follow a redirect elsewhere).
     serve_user_agents: tuple[str, ...] = ("Firedancer",)
     egress: Egress = Egress()
+    #: The shared bucket of several replicas (SPEC §10); None: no object-store tier.
+    object_store: ObjectStore | None = None
     target_groups: tuple[TargetGroup, ...] = ()
     #: The absolute path the config was loaded from (set by load_config, not a YAML key).
     config_path: str = attrs.field(default="", metadata=_NOT_YAML)

@@ -44,6 +44,7 @@ from tracker.core.config import (
     FileTargets,
     HttpTargets,
     LocalTargets,
+    ObjectStore,
     StaticTargets,
     TargetGroup,
     TLSConfig,
@@ -126,6 +127,24 @@ class _Loader:
                 "min_agreeing_sources": values.integer_in(1, 1000),
                 "max_slot_ahead": values.integer_in(0),
             },
+        )
+        self._add(
+            ObjectStore,
+            {
+                "endpoint": values.endpoint_url,
+                "bucket": values.bucket_name,
+                "prefix": values.object_prefix,
+                "addressing_style": values.addressing_style,
+                # SigV4 presigned URLs live at most 7 days.
+                "direct_serve_ttl": values.duration_in(1, 7 * 24 * 3600),
+                "public_endpoint": values.endpoint_url,
+                "lock_ttl": values.duration_in(1, 24 * 3600),
+                "replica_url": values.endpoint_url,
+                "keep_previous": values.integer_in(0, 1000),
+                "access_key_id_file": self._secret_file,
+                "secret_access_key_file": self._secret_file,
+            },
+            self._finish_object_store,
         )
         self._add(
             TargetGroup,
@@ -242,6 +261,22 @@ class _Loader:
         raise_problems(problems)
         return attrs.evolve(auth, resolved_token=self.secrets.get(auth.token_file, auth.token))
 
+    def _finish_object_store(self, store: ObjectStore) -> ObjectStore:
+        problems: list[tuple[Path, str]] = []
+        if not store.bucket:
+            problems.append((("bucket",), "the bucket's name is required"))
+        for key in ("access_key_id", "secret_access_key"):
+            if getattr(store, key) and getattr(store, key + "_file"):
+                problems.append(((), f"set either {key} or {key}_file, not both"))
+        key_id = self.secrets.get(store.access_key_id_file, store.access_key_id)
+        secret = self.secrets.get(store.secret_access_key_file, store.secret_access_key)
+        if bool(key_id) != bool(secret):
+            problems.append(
+                ((), "give both access_key_id and secret_access_key, or neither (default chain)")
+            )
+        raise_problems(problems)
+        return attrs.evolve(store, resolved_access_key_id=key_id, resolved_secret_access_key=secret)
+
     def _finish_consul(self, consul: ConsulSDConfig) -> ConsulSDConfig:
         if consul.token and consul.token_file:
             raise_problems([((), "set either token or token_file, not both")])
@@ -336,6 +371,17 @@ def _lenient(compute: Callable[[], float]) -> float | None:
         return None
 
 
+def _store_problems(config: Config) -> list[tuple[Path, str]]:
+    if config.object_store is None:
+        return []
+    if not (config.proxy_snapshot_downloads and config.proxy_snapshot_cache_dir):
+        # A bucket refresh is staged in the disk cache's temp file: readers on this replica
+        # and on the others follow it there, and memory stays bounded (SPEC §10).
+        reason = "needs proxy_snapshot_downloads: true and a proxy_snapshot_cache_dir"
+        return [(("object_store",), reason)]
+    return []
+
+
 def _warnings(config: Config) -> list[str]:
     found: list[str] = []
     if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
@@ -381,6 +427,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except Exception as exc:  # the whole tree of problems is turned into lines below
         problems = flatten(exc, ())
     problems += _cross_problems(_as_mapping(raw, {}))
+    if config is not None:
+        problems += _store_problems(config)
     if problems or config is None:
         raise ConfigError(lines(problems))
     return _finish_config(config, file_path)

@@ -44,9 +44,14 @@ Outcome = Literal[
     "refresh_no_space",  # not enough free disk even after eviction: streamed uncached
     "upstream_failed",  # no source could deliver the bytes (502)
     "not_found",  # no source advertises the file / no snapshot available
+    "object_redirect",  # 303 to a presigned URL of the object store (SPEC §10)
+    "object_store",  # bytes streamed from the object store through the tracker
+    "replica",  # bytes proxied from the replica refreshing the file into the bucket
 ]
+#: What became of an upload into the object store (label ``outcome``).
+UploadOutcome = Literal["ok", "failed"]
 #: Where bytes sent to clients came from (label ``source``).
-ByteSource = Literal["cache", "upstream", "local"]
+ByteSource = Literal["cache", "upstream", "local", "object_store", "replica"]
 #: Kind of archive (label ``kind``).
 Kind = Literal["full", "incremental"]
 
@@ -142,6 +147,30 @@ class Metrics:
             "Cache refreshes resumed with a Range request after an upstream break.",
             registry=reg,
         )
+        self.object_store_up = Gauge(
+            PREFIX + "object_store_up",
+            "1 when the object store answered its last call, 0 when it failed (SPEC §10).",
+            registry=reg,
+        )
+        self.object_uploads = Counter(
+            PREFIX + "object_uploads_total",
+            "Multipart uploads into the object store, by outcome.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.object_lock_takeovers = Counter(
+            PREFIX + "object_lock_takeovers_total",
+            "Refresh locks taken over from a replica that stopped renewing them.",
+            registry=reg,
+        )
+        self.object_store_errors = Counter(
+            PREFIX + "object_store_errors_total",
+            "Failed object-store operations, by operation.",
+            ["operation"],
+            registry=reg,
+        )
+        for upload in get_args(UploadOutcome):
+            self.object_uploads.labels(upload)
         # Known label values start at 0, so rate() and absent() work before the first event.
         for outcome in get_args(Outcome):
             self.archive_requests.labels(outcome)
@@ -204,6 +233,22 @@ class Metrics:
     def add_upstream_bytes(self, group: str, kind: Kind, count: int) -> None:
         """``count`` bytes of a ``kind`` archive of ``group`` were read from upstream."""
         self.upstream_bytes.labels(group, kind).inc(count)
+
+    def set_object_store_up(self, up: bool) -> None:
+        """The object store answered (``up``) or failed its last call."""
+        self.object_store_up.set(1 if up else 0)
+
+    def count_object_upload(self, outcome: str) -> None:
+        """An upload into the object store ended ("ok" or "failed")."""
+        self.object_uploads.labels("ok" if outcome == "ok" else "failed").inc()
+
+    def count_object_takeover(self) -> None:
+        """A stale refresh lock of another replica was taken over."""
+        self.object_lock_takeovers.inc()
+
+    def count_object_error(self, operation: str) -> None:
+        """An object-store ``operation`` (a fixed name, never a key) failed."""
+        self.object_store_errors.labels(operation).inc()
 
     def count_shared_reader(self) -> None:
         """A client joined a running cache refresh instead of starting its own download."""

@@ -16,3 +16,9 @@ def quoted(value: object, limit: int = 120) -> str:
     """``repr`` of a peer-supplied value, shortened: safe to put in a one-line reason."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def wants_bytes(user_agent: str, parts: tuple[str, ...]) -> bool:
+    """True when ``user_agent`` contains one of ``parts`` (``serve_user_agents``): a client
+    that cannot follow a redirect to another host, served by the tracker itself."""
+    return any(part in user_agent for part in parts)

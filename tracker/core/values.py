@@ -311,6 +311,60 @@ def user_agent_part(value: object) -> str:
     return text
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9_./-]*")
+
+
+def bucket_name(value: object) -> str:
+    """An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens."""
+    name = string(value)
+    if not _BUCKET.fullmatch(name) or ".." in name:
+        raise ValueError(f"not an S3 bucket name (3-63 of a-z 0-9 . -), got {name!r}")
+    return name
+
+
+def object_prefix(value: object) -> str:
+    """A key prefix inside the bucket: letters, digits and ``_ . / -``, no ``..`` segment and
+    no leading ``/``; a non-empty prefix ends with ``/`` (added when missing)."""
+    text = string(value)
+    if not _PREFIX.fullmatch(text) or len(text) > 256:
+        raise ValueError(f"must be at most 256 of A-Z a-z 0-9 _ . / -, got {text!r}")
+    if text.startswith("/") or ".." in text.split("/") or "//" in text:
+        raise ValueError(f"must be a relative key prefix like 'tracker/', got {text!r}")
+    return text if text == "" or text.endswith("/") else text + "/"
+
+
+def endpoint_url(value: object) -> str:
+    """An S3 endpoint or a replica's URL: ``""`` or an http(s) origin with an optional path,
+    no credentials, no query; stored without a trailing slash."""
+    text = string(value)
+    if text == "":
+        return text
+    check_http_url(text)
+    if "?" in text or "#" in text or "@" in urlsplit(text).netloc:
+        raise ValueError(f"must be an http(s) URL without credentials or query: {text!r}")
+    return text.rstrip("/")
+
+
+def addressing_style(value: object) -> str:
+    text = string(value).lower()
+    if text not in ("path", "virtual"):
+        raise ValueError(f"must be 'path' or 'virtual', got {value!r}")
+    return text
+
+
+def duration_in(lowest: float, highest: float) -> Callable[[object], float]:
+    """A duration of at least ``lowest`` and at most ``highest`` seconds."""
+
+    def check(value: object) -> float:
+        seconds = parse_duration(value)
+        if not lowest <= seconds <= highest:
+            raise ValueError(f"must be from {lowest:g}s to {highest:g}s, got {value!r}")
+        return seconds
+
+    return check
+
+
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
 
 

@@ -38,13 +38,15 @@ from tracker.cache.store import Cache
 from tracker.core.config import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import log_event
-from tracker.core.metrics import Kind, Metrics, Outcome
+from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.errors import RequestError, UpstreamError
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.files.ranges import ByteRange, parse_range
 from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy.failover import open_upstream
+from tracker.proxy.objects import ObjectPath
 from tracker.proxy.pumps import fill, relay
 from tracker.proxy.pumps import refresh as refresh_pump
 from tracker.proxy.resume import resume_upstream
@@ -89,8 +91,13 @@ class ProxyStreamer:
         cache_factory: CacheFactory | None = None,
         budget: ChunkBudget | None = None,
         resolver: Resolver = resolve,
+        objects: ObjectPath | None = None,
     ) -> None:
         self._config = config
+        #: The object-store tier (SPEC §10); None without one.
+        self._objects = objects
+        #: Files whose bucket lock this replica is asking for (a second request waits).
+        self._claiming: dict[SharedKey, trio.Event] = {}
         self._budget = budget
         self._index = index
         self._transfers = transfers
@@ -145,12 +152,23 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
         cache_path = _cache_path(cache, group, name) if cache is not None else None
-        sharing = config.cache_share_inflight
+        objects = self._objects if cache_path is not None else None
+        # The bucket's refresh is shared: readers here and on other replicas follow its file.
+        sharing = config.cache_share_inflight or objects is not None
         if cache is not None and cache_path is not None:
+            if objects is not None and request.method == "GET":
+                sent = await objects.redirect_or_head(config, request, group, name)
+                if sent is not None:
+                    self._count("object_redirect")
+                    return sent
             await cache.wait_promotion(group, name, self.settings.promotion_wait)
             hit = await self._from_cache(cache_path, request)
             if hit is not None:
                 return hit
+            if objects is not None:
+                from_bucket = await self._from_bucket(objects, config, request, group, name)
+                if from_bucket is not None:
+                    return from_bucket
             self._count("cache_miss")
             if sharing:
                 shared = await self._shared_answer(config, target_group, cache, request, name)
@@ -206,6 +224,45 @@ class ProxyStreamer:
                 started.stop.cancel()  # nobody waits for this refresh
             raise
         return refresh.verified and not refresh.failed and _cached(cache, group, name)
+
+    async def _from_bucket(
+        self, objects: ObjectPath, config: Config, request: quart.Request, group: str, name: str
+    ) -> quart.Response | None:
+        """Not on disk: a HEAD answered from the object's metadata, or the object streamed
+        from the bucket (Range and conditionals passed on). None: the bucket has no copy."""
+        if request.method == "HEAD":
+            return await objects.redirect_or_head(config, request, group, name)
+        source = await objects.stream_source(group, name)
+        if source is None:
+            return None
+        target_group, found = source
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._job(target_group, request.method, headers, name, found, origin="object_store")
+        job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
+        head = await self._start(partial(relay, job), client=False)
+        if isinstance(head, quart.Response):
+            return None  # the store failed: another path
+        self._count("object_store")
+        return _response(head)
+
+    async def _from_holder(
+        self, holder: Holder, request: quart.Request, group: TargetGroup, name: str
+    ) -> quart.Response | None:
+        """Proxied from the replica that holds the file's lock (its refresh in flight);
+        None when it cannot be followed or failed (then streamed from upstream uncached)."""
+        assert self._objects is not None
+        size = self._index_size(group.group, name)
+        source = self._objects.holder_source(request, holder, group.group, name, size)
+        if source is None:
+            return None
+        target_group, found = source
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._job(target_group, request.method, headers, name, found, origin="replica")
+        head = await self._start(partial(relay, job), client=False)
+        if isinstance(head, quart.Response):
+            return None
+        self._count("replica")
+        return _response(head)
 
     async def _from_cache(self, path: str, request: quart.Request) -> quart.Response | None:
         on_bytes = None
@@ -267,6 +324,8 @@ class ProxyStreamer:
         headers: dict[str, str],
         name: str,
         found: Found,
+        *,
+        origin: ByteSource = "upstream",
     ) -> StreamJob:
         # A plain request (no Range, no conditional) for a file of known size may be
         # answered with an early head; only sources of that same size may then follow it.
@@ -289,7 +348,7 @@ class ProxyStreamer:
             method=method,
             known_size=size,
             settings=self.settings,
-            events=self._events(group.group, name),
+            events=self._events(group.group, name, origin=origin),
             reopen=partial(self._reopen, group),
             early_size=early,
         )
@@ -349,17 +408,27 @@ class ProxyStreamer:
     ) -> quart.Response | None:
         """Answer from a shared refresh of the file: join the running one, or start one for
         a plain GET of the group's best. None: serve the request uncached."""
+        key = (cache.root, group.group, name)
+        while (claiming := self._claiming.get(key)) is not None:
+            await claiming.wait()  # another request here is asking for the bucket's lock
         shared = self._running(cache, group.group, name)
         joiner = shared is not None
         if shared is None:
             if not self._may_refresh(request, group.group, name):
                 return None
-            keep = config.cache_complete_on_disconnect
+            claimed = await self._claim(request, key)
+            if isinstance(claimed, Holder):
+                return await self._from_holder(claimed, request, group, name)
+            keep = config.cache_complete_on_disconnect or claimed is not None
             size = self._index_size(group.group, name)
             if size:
-                started = await self._start_shared_early(config, group, cache, name, keep, size)
+                started = await self._start_shared_early(
+                    config, group, cache, name, keep, size, lock=claimed
+                )
             else:
-                started = await self._start_shared(config, group, cache, name, keep=keep)
+                started = await self._start_shared(
+                    config, group, cache, name, keep=keep, lock=claimed
+                )
             if not isinstance(started, SharedRefresh):
                 return started  # None (an unshared refresh runs), 502/503, uncached, early
             shared = started
@@ -375,6 +444,18 @@ class ProxyStreamer:
             self._metrics.count_shared_reader()
         return response
 
+    async def _claim(self, request: quart.Request, key: SharedKey) -> Lock | Holder | None:
+        """The bucket's lock of a file about to be refreshed here (None: no bucket, or it
+        cannot be used), or its live holder. Other requests for the file wait meanwhile."""
+        if self._objects is None:
+            return None
+        self._claiming[key] = done = trio.Event()
+        try:
+            return await self._objects.claim(request, key[1], key[2])
+        finally:
+            del self._claiming[key]
+            done.set()
+
     def _index_size(self, group: str, name: str) -> int:
         found = self._index.find_file(group, name)
         return found[0][0].size if found else 0
@@ -387,12 +468,14 @@ class ProxyStreamer:
         name: str,
         keep: bool,
         size: int,
+        *,
+        lock: Lock | None = None,
     ) -> SharedRefresh | quart.Response | None:
         """:meth:`_start_shared` for a client that is sent an early head (SPEC §9) when the
         refresh has not opened within ``early_head_after``: the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`_start_shared` does."""
-        begun = self._begin_shared(group, cache, name, keep=keep, client=True)
+        begun = self._begin_shared(group, cache, name, keep=keep, client=True, lock=lock)
         if begun is None:
             return None
         done = trio.Event()
@@ -454,6 +537,7 @@ class ProxyStreamer:
         *,
         keep: bool,
         client: bool = True,
+        lock: Lock | None = None,
     ) -> SharedRefresh | quart.Response | None:
         """Begin a detached refresh of ``name``; once it is open, the SharedRefresh.
 
@@ -461,24 +545,41 @@ class ProxyStreamer:
         For a ``client``, a Response when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
-        begun = self._begin_shared(group, cache, name, keep=keep, client=client)
+        begun = self._begin_shared(group, cache, name, keep=keep, client=client, lock=lock)
         if begun is None:
             return None
         return await self._open_shared(*begun, client=client)
 
     def _begin_shared(
-        self, group: TargetGroup, cache: Cache, name: str, *, keep: bool, client: bool
+        self,
+        group: TargetGroup,
+        cache: Cache,
+        name: str,
+        *,
+        keep: bool,
+        client: bool,
+        lock: Lock | None = None,
     ) -> tuple[SharedRefresh, Callable[..., Awaitable[None]]] | None:
         """Claim the refresh of ``name`` and register it for readers, synchronously (a
-        request arriving next finds it); its pump, still to start. None: one runs."""
+        request arriving next finds it); its pump, still to start. None: one runs.
+
+        With the bucket's ``lock``, the refresh's file is also uploaded to the bucket
+        (:meth:`tracker.proxy.objects.ObjectPath.upload`, which releases the lock).
+        """
         refresh = cache.begin_refresh(group.group, name)
-        if refresh is None:
+        if refresh is None or (lock is not None and not self._transfers.accepting):
+            if refresh is not None:
+                refresh.abort()
+            if lock is not None:
+                self._transfers.spawn(lock.release)
             return None
         found = self._index.find_file(group.group, name)
         job = self._job(group, "GET", {}, name, found)
         cache_job = RefreshJob(refresh, keep, partial(self._is_best, group.group, name))
         shared = SharedRefresh(refresh, cache_job.stop, keep=keep)
         self._shared[(cache.root, group.group, name)] = shared
+        if lock is not None and self._objects is not None:
+            self._transfers.spawn(self._objects.upload, shared, lock, group.group, name)
         return shared, partial(fill, job, cache_job, fallback=client)
 
     async def _open_shared(
@@ -509,17 +610,22 @@ class ProxyStreamer:
             served_bytes=partial(metrics.add_served_bytes, "cache"),
         )
 
-    def _events(self, group: str, name: str) -> StreamEvents:
+    def _events(self, group: str, name: str, *, origin: ByteSource = "upstream") -> StreamEvents:
+        """Metrics callbacks of a stream from ``origin``; only a source of the index has its
+        transfers ranked (not the bucket, not a replica)."""
         metrics = self._metrics
+        ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
         if metrics is None:
-            return StreamEvents(source_transfer=self._measured)
+            return StreamEvents(source_transfer=ranked)
         kind: Kind = "full" if _is_full(name) else "incremental"
+        if origin != "upstream":
+            return StreamEvents(client_bytes=partial(metrics.add_served_bytes, origin))
         return StreamEvents(
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
-            source_transfer=self._measured,
+            source_transfer=ranked,
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:

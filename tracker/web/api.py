@@ -54,6 +54,8 @@ class ApiDeps:
     scraper: Scraper
     delivery: Delivery
     health: HealthChecker
+    #: The object store's status (SPEC §10), None without one.
+    store_status: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def json_response(body: Any, status: int = 200) -> quart.Response:
@@ -240,6 +242,13 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
             return ranked[:limit]
 
         return _listing(deps, listings, config, ("best", group, limit), select)
+
+    @app.get("/v1/store")
+    async def store() -> quart.Response:
+        status = deps.store_status()
+        if status is None:
+            raise RequestError(404, "no object_store is configured")
+        return json_response(status, 200 if status["up"] else 503)
 
     @app.get("/v1/targets")
     async def targets() -> quart.Response:

@@ -23,6 +23,7 @@ from tracker.core.index import Index, SnapshotSource
 from tracker.core.metrics import Metrics, Outcome
 from tracker.core.redact import has_secrets, redact_userinfo
 from tracker.core.snapshots import SnapshotFile
+from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
 from tracker.files.downloads import account_download
 from tracker.files.fileresponse import ChunkBudget, file_response
@@ -76,12 +77,6 @@ def tracker_path(name: str, group: str, *, alias: bool) -> str:
     (``wget --trust-server-names``, aria2c) must get the archive's name (SPEC §9).
     """
     return f"/{name}" if alias else f"/v1/{quote(group, safe='')}/{name}"
-
-
-def wants_bytes(user_agent: str, parts: tuple[str, ...]) -> bool:
-    """True when ``user_agent`` contains one of ``parts`` (``serve_user_agents``): a client
-    that cannot follow a redirect to another host, served by the tracker itself."""
-    return any(part in user_agent for part in parts)
 
 
 class Delivery:

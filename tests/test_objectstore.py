@@ -1,0 +1,281 @@
+"""The object-store tier in process (SPEC §10): a tracker over a real SeaweedFS bucket.
+
+The tracker's own components (``tracker.service.build``) on a real hypercorn, a real
+upstream on 127.0.0.1, a real S3 server (``weed mini``); the multi-replica cases with
+trackers as subprocesses are in ``test_replicas.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    MiB,
+    Behaviour,
+    FakeUpstream,
+    TrackerUnderTest,
+    advertise_files,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+    wait_for,
+)
+from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
+from names import full_name, incremental_name
+
+from tracker.core.config import ObjectStore
+
+FULL = full_name(9000)
+INCR = incremental_name(9000, 9100)
+FULL_DATA = archive_bytes(20 * MiB + 12345, seed=90)
+INCR_DATA = archive_bytes(3 * MiB, seed=91)
+
+
+def store_config(weed: Weed, **overrides: Any) -> ObjectStore:
+    settings: dict[str, Any] = {
+        "endpoint": weed.endpoint,
+        "bucket": "snapshots",
+        "prefix": f"t-{secrets.token_hex(4)}/",
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "lock_ttl": 3.0,
+    }
+    settings.update(overrides)
+    return ObjectStore(**settings)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
+        yield up
+
+
+@asynccontextmanager
+async def tracker_with(
+    weed: Weed, up: FakeUpstream, tmp_path: Path, **store: Any
+) -> AsyncIterator[TrackerUnderTest]:
+    config = make_config(tmp_path / "cache", object_store=store_config(weed, **store))
+    async with running_tracker(config) as t:
+        advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
+        yield t
+
+
+@pytest.fixture
+async def tracker(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> AsyncIterator[TrackerUnderTest]:
+    async with tracker_with(weed, upstream, tmp_path) as t:
+        yield t
+
+
+def prefix_of(t: TrackerUnderTest) -> str:
+    store = t.config.object_store
+    assert store is not None
+    return store.prefix
+
+
+async def uploaded(weed: Weed, t: TrackerUnderTest, name: str = FULL) -> None:
+    key = f"{prefix_of(t)}{GROUP}/{name}"
+    objects = t.parts.objects
+    assert objects is not None
+    await wait_for(lambda: key in weed.objects(prefix_of(t)), timeout=30)
+    await wait_for(lambda: objects.tier.uploads_running == 0, timeout=30)
+
+
+async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
+) -> None:
+    async with httpx.AsyncClient() as client:
+        first = await client.get(tracker.url(FULL))
+        assert first.status_code == 200 and first.content == FULL_DATA
+        await uploaded(weed, tracker)
+        key = f"{prefix_of(tracker)}{GROUP}/{FULL}"
+        assert weed.objects(prefix_of(tracker))[key] == len(FULL_DATA)
+        assert weed.uploads(prefix_of(tracker)) == []
+
+        hit = await client.get(tracker.url(FULL))
+        assert hit.status_code == 303
+        location = hit.headers["location"]
+        assert location.startswith(weed.endpoint + "/snapshots/")
+        assert ACCESS_KEY not in hit.text and SECRET_KEY not in location
+        followed = await client.get(location)
+        assert followed.status_code == 200 and followed.content == FULL_DATA
+        assert FULL in followed.headers["content-disposition"]
+        ranged = await client.get(location, headers={"range": "bytes=100-199"})
+        assert ranged.status_code == 206 and ranged.content == FULL_DATA[100:200]
+    assert len(upstream.gets(FULL)) == 1
+    assert tracker.outcome("object_redirect") == 1
+
+
+async def test_head_is_answered_from_the_object_without_the_store_get(
+    tracker: TrackerUnderTest, weed: Weed
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+        for path in tracker.group_dir().iterdir():
+            path.unlink()  # no disk copy: the answer must come from the bucket
+        head = await client.head(tracker.url(FULL))
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len(FULL_DATA))
+    assert FULL in head.headers["content-disposition"]
+
+
+PAUSE = 12 * MiB  # past the first 8 MiB part: the upload has parts when the refresh fails
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Behaviour(pause_at=PAUSE, drop_after=PAUSE + 1),
+        Behaviour(pause_at=PAUSE, short_by=len(FULL_DATA) - PAUSE - 1),
+        Behaviour(status=500),
+    ],
+    ids=["drop", "short", "500"],
+)
+async def test_a_failed_refresh_leaves_no_object_and_no_parts(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, fault: Behaviour
+) -> None:
+    upstream.behaviour[FULL] = fault
+    async with tracker_with(weed, upstream, tmp_path) as t:
+        prefix = prefix_of(t)
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            outcome: list[str] = []
+
+            async def download() -> None:
+                try:
+                    r = await client.get(t.url(FULL))
+                    outcome.append(f"status {r.status_code}, {len(r.content)} bytes")
+                except httpx.HTTPError as exc:
+                    outcome.append(f"broken: {type(exc).__name__}")
+
+            nursery.start_soon(download)
+            if fault.pause_at is not None:
+                await wait_for(lambda: weed.uploads(prefix) != [], timeout=20)
+                upstream.behaviour[FULL] = Behaviour(status=500)  # every resume fails too
+                fault.resume.set()
+        assert outcome[0] == "broken: RemoteProtocolError" or outcome[0].startswith("status 502")
+        await wait_for(lambda: objects.tier.uploads_running == 0, timeout=20)
+        assert weed.objects(prefix) == {}
+        assert weed.uploads(prefix) == []
+        if fault.pause_at is not None:
+            assert t.counter("snapshot_tracker_object_uploads_total", outcome="failed") == 1
+
+
+async def test_firedancer_gets_the_bytes_not_a_redirect(
+    tracker: TrackerUnderTest, weed: Weed
+) -> None:
+    async with httpx.AsyncClient(headers={"user-agent": "Firedancer/0.9"}) as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+        root = await client.get(f"{tracker.base}/{FULL}")
+    assert root.status_code == 200 and root.content == FULL_DATA
+    assert tracker.outcome("object_redirect") == 0
+
+
+async def test_without_direct_serve_the_object_is_streamed_with_ranges(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, direct_serve=False) as t:
+        async with httpx.AsyncClient() as client:
+            await client.get(t.url(FULL))
+            await uploaded(weed, t)
+            for path in t.group_dir().iterdir():
+                path.unlink()  # the disk copy is gone: the bucket's is streamed
+            whole = await client.get(t.url(FULL))
+            part = await client.get(t.url(FULL), headers={"range": "bytes=10-19"})
+        assert whole.status_code == 200 and whole.content == FULL_DATA
+        assert part.status_code == 206 and part.content == FULL_DATA[10:20]
+        assert len(upstream.gets(FULL)) == 1
+        assert t.outcome("object_store") == 2
+        assert t.counter("snapshot_tracker_served_bytes_total", source="object_store") > 0
+
+
+async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_down(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
+        async with httpx.AsyncClient() as client:
+            first = await client.get(t.url(FULL))
+            second = await client.get(t.url(FULL))
+            status = await client.get(f"{t.base}/v1/store")
+        assert first.content == FULL_DATA and second.content == FULL_DATA
+        assert second.status_code == 200  # from the disk cache
+        assert status.status_code == 503
+        body = status.json()
+        assert body["up"] is False and "403" in body["last_error"]
+        assert "wrong-secret" not in status.text
+        assert t.counter("snapshot_tracker_object_store_up") == 0
+        assert weed.objects(prefix_of(t)) == {}
+
+
+async def test_a_store_that_stops_and_comes_back(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    from helpers_s3 import start_weed
+
+    own = start_weed()
+    try:
+        async with tracker_with(own, upstream, tmp_path) as t:
+            async with httpx.AsyncClient() as client:
+                await client.get(t.url(FULL))
+                await uploaded(own, t)
+                assert (await client.get(t.url(FULL))).status_code == 303
+                own.stop()
+                objects = t.parts.objects
+                assert objects is not None
+                objects.tier._urls.clear()  # the URL cached for reuse must not hide the outage
+                down = await client.get(t.url(FULL))
+                assert down.status_code == 200 and down.content == FULL_DATA
+                assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
+                own.start()
+                objects.tier.bucket.health.retry_at = 0  # don't wait out RETRY_AFTER
+                back = await client.get(t.url(FULL))
+                assert back.status_code == 303
+                assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
+    finally:
+        own.stop()
+
+
+async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    newer = full_name(9500)
+    newer_data = archive_bytes(2 * MiB, seed=92)
+    upstream.files[newer] = newer_data
+    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=2.0, keep_previous=0) as t:
+        prefix = prefix_of(t)
+        async with httpx.AsyncClient() as client:
+            await client.get(t.url(FULL))
+            await uploaded(weed, t)
+            old_url = (await client.get(t.url(FULL))).headers["location"]
+            assert (await client.get(old_url)).status_code == 200
+            # A newer full: its upload's retention must keep FULL, handed out just now.
+            advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
+            await client.get(t.url(newer))
+            await uploaded(weed, t, newer)
+            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)
+            await trio.sleep(2.5)  # the URL's lifetime
+            assert (await client.get(old_url)).status_code == 403
+            fresh = (await client.get(t.url(FULL))).headers["location"]
+            assert fresh != old_url and (await client.get(fresh)).status_code == 200
+            objects = t.parts.objects
+            assert objects is not None
+            await objects.tier.retain(GROUP, full=True)
+            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)  # handed out again
+            await trio.sleep(2.0 + 5.5)  # direct_serve_ttl and the margin
+            await objects.tier.retain(GROUP, full=True)
+        assert f"{prefix}{GROUP}/{FULL}" not in weed.objects(prefix)
+        assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)

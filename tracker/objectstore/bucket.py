@@ -1,0 +1,342 @@
+"""The S3 client of the object-store tier and the store's health.
+
+boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so every call
+runs in a worker thread, at most :data:`THREADS` at once per bucket, each bounded by the
+client's connect and read timeouts and a single attempt more on a transient error. Presigning
+is local computation and runs inline. Why boto3: the reference S3 client, thread-safe clients,
+conditional writes (``IfNoneMatch``/``IfMatch``) and presigned GETs with response overrides;
+the asyncio-only clients (aiobotocore) do not run under trio.
+
+Every failure becomes a :class:`~tracker.errors.StoreError` with one line naming the operation
+and the store's answer; credentials never appear in it. :class:`StoreHealth` records whether
+the store answered the last call: a store that is down is asked again only after
+:data:`RETRY_AFTER` seconds, so requests do not each wait for its timeouts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import boto3
+import botocore.exceptions
+import trio
+from botocore.config import Config as BotoConfig
+
+from tracker.core.config import ObjectStore
+from tracker.core.logs import log_event
+from tracker.core.text import one_line
+from tracker.errors import StoreConflict, StoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("tracker.objectstore")
+
+_T = TypeVar("_T")
+
+#: Worker threads per bucket (the client's connection pool has as many connections).
+THREADS = 16
+#: Seconds between attempts to use a store that failed, while it is down.
+RETRY_AFTER = 5.0
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+#: Objects listed at most (start-up, retention): far more than a prefix ever holds.
+MAX_LISTED = 100_000
+#: Answers that mean "the store works, this object is not there / not as asked".
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+_CONFLICT = frozenset({"412", "409", "PreconditionFailed", "ConditionalRequestConflict"})
+
+
+@attrs.frozen
+class ObjectInfo:
+    """What the store says of one object."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    metadata: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class UploadInfo:
+    """An incomplete multipart upload."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@attrs.define
+class StoreHealth:
+    """Whether the store answered its last call; read by the status and metrics."""
+
+    up: bool = True
+    last_error: str = ""
+    #: trio time before which a down store is not asked again.
+    retry_at: float = 0.0
+    on_change: Callable[[bool], None] | None = None
+
+    def usable(self) -> bool:
+        """True when the store may be asked now (up, or down long enough to try again)."""
+        return self.up or trio.current_time() >= self.retry_at
+
+    def answered(self) -> None:
+        if not self.up:
+            log_event(log, "info", "object_store_up")
+        self._set(True)
+
+    def failed(self, reason: str) -> None:
+        if self.up:
+            log_event(log, "warning", "object_store_down", reason=reason)
+        self.last_error = reason
+        self.retry_at = trio.current_time() + RETRY_AFTER
+        self._set(False)
+
+    def _set(self, up: bool) -> None:
+        changed = up != self.up
+        self.up = up
+        if changed and self.on_change is not None:
+            self.on_change(up)
+
+
+def make_client(store: ObjectStore, endpoint: str) -> S3Client:
+    """A boto3 S3 client for ``endpoint`` ("" = AWS) with ``store``'s credentials and style."""
+    config = BotoConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": "virtual" if store.addressing_style == "virtual" else "path"},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"max_attempts": 2, "mode": "standard"},
+        max_pool_connections=THREADS,
+        # boto3 >= 1.36 adds CRC checksums to uploads; not every S3 server checks them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        region_name=store.region or None,
+        config=config,
+        # None: boto3's default chain (environment, shared files, instance roles).
+        aws_access_key_id=store.resolved_access_key_id or None,
+        aws_secret_access_key=store.resolved_secret_access_key or None,
+    )
+
+
+class Bucket:
+    """One bucket of one store; async methods run boto3 in worker threads.
+
+    ``client`` serves the tracker's own calls; ``signer`` (for ``public_endpoint``) only
+    presigns. ``health`` is updated by every call.
+    """
+
+    def __init__(self, store: ObjectStore, health: StoreHealth | None = None) -> None:
+        self.name = store.bucket
+        self.health = health if health is not None else StoreHealth()
+        self._client = make_client(store, store.endpoint)
+        public = store.public_endpoint
+        self._signer = make_client(store, public) if public else self._client
+        self._limiter = trio.CapacityLimiter(THREADS)
+
+    async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
+        """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
+        call = partial(fn, Bucket=self.name, **kwargs)
+        try:
+            result = await trio.to_thread.run_sync(
+                call, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except botocore.exceptions.ClientError as exc:
+            raise self._client_error(operation, exc) from None
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
+            self.health.failed(reason)
+            raise StoreError(reason) from None
+        self.health.answered()
+        return result
+
+    def _client_error(self, operation: str, exc: botocore.exceptions.ClientError) -> StoreError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        reason = f"{operation}: {code or 'error'} (HTTP {status})"
+        if code in _CONFLICT or status in (409, 412):
+            self.health.answered()
+            return StoreConflict(reason)
+        if code in _NOT_FOUND or status == 404:
+            self.health.answered()
+            return StoreError(reason, down=False)
+        self.health.failed(reason)  # 403 (credentials), 5xx, throttling: the store is unusable
+        return StoreError(reason)
+
+    # -- objects -------------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The object at ``key``, or None when there is none."""
+        found, _now = await self.head_dated(key)
+        return found
+
+    async def head_dated(self, key: str) -> tuple[ObjectInfo | None, datetime]:
+        """The object at ``key`` (or None) and the store's clock when it answered (the
+        ``Date`` header): lock ages are measured on the store's clock, not ours."""
+        try:
+            answer = await self._call("HEAD", self._client.head_object, Key=key)
+        except StoreError as exc:
+            if exc.down or isinstance(exc, StoreConflict):
+                raise
+            return None, datetime.now(UTC)
+        info = ObjectInfo(
+            key=key,
+            size=int(answer["ContentLength"]),
+            etag=answer.get("ETag", ""),
+            last_modified=answer["LastModified"],
+            metadata=dict(answer.get("Metadata", {})),
+        )
+        return info, _store_time(answer)
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        metadata: dict[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str = "",
+    ) -> str:
+        """Write a small object; its ETag. StoreConflict when the condition fails."""
+        extra: dict[str, Any] = {"Metadata": metadata or {}}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if if_match:
+            extra["IfMatch"] = if_match
+        answer = await self._call("PUT", self._client.put_object, Key=key, Body=body, **extra)
+        return answer.get("ETag", "")
+
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key`` (no error when it is gone already)."""
+        await self._call("DELETE", self._client.delete_object, Key=key)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix`` (at most :data:`MAX_LISTED`)."""
+        found: list[ObjectInfo] = []
+        token = ""
+        while len(found) < MAX_LISTED:
+            extra = {"ContinuationToken": token} if token else {}
+            page = await self._call(
+                "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
+            )
+            for item in page.get("Contents", []):
+                found.append(
+                    ObjectInfo(
+                        key=item["Key"],
+                        size=int(item["Size"]),
+                        etag=item.get("ETag", ""),
+                        last_modified=item["LastModified"],
+                    )
+                )
+            token = page.get("NextContinuationToken", "")
+            if not page.get("IsTruncated") or not token:
+                break
+        return found
+
+    # -- multipart uploads ---------------------------------------------------------------
+
+    async def create_upload(self, key: str, metadata: dict[str, str]) -> str:
+        """Begin a multipart upload of ``key``; its upload id."""
+        answer = await self._call(
+            "CreateMultipartUpload",
+            self._client.create_multipart_upload,
+            Key=key,
+            Metadata=metadata,
+            ContentType="application/octet-stream",
+        )
+        return answer["UploadId"]
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` (from 1); its ETag."""
+        answer = await self._call(
+            "UploadPart",
+            self._client.upload_part,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return answer["ETag"]
+
+    async def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """Make the object of the upload's parts (``etags`` in part order) appear."""
+        parts: list[Any] = [
+            {"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)
+        ]
+        await self._call(
+            "CompleteMultipartUpload",
+            self._client.complete_multipart_upload,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an upload: its parts are removed (no error when it is gone already)."""
+        try:
+            await self._call(
+                "AbortMultipartUpload",
+                self._client.abort_multipart_upload,
+                Key=key,
+                UploadId=upload_id,
+            )
+        except StoreError as exc:
+            if exc.down:
+                raise
+
+    async def list_uploads(self, prefix: str) -> list[UploadInfo]:
+        """The incomplete multipart uploads of keys under ``prefix``."""
+        found: list[UploadInfo] = []
+        key_marker = upload_marker = ""
+        while len(found) < MAX_LISTED:
+            extra = {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
+            page = await self._call(
+                "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
+            )
+            for item in page.get("Uploads", []) or []:
+                found.append(UploadInfo(item["Key"], item["UploadId"], item["Initiated"]))
+            key_marker = page.get("NextKeyMarker", "")
+            upload_marker = page.get("NextUploadIdMarker", "")
+            if not page.get("IsTruncated") or not key_marker:
+                break
+        return found
+
+    # -- presigning ----------------------------------------------------------------------
+
+    def presign_get(self, key: str, ttl: float, *, file_name: str = "", public: bool = True) -> str:
+        """A presigned GET URL of ``key`` valid ``ttl`` seconds, signed for the public
+        endpoint (``public``) or the tracker's own; with ``file_name``, the store answers
+        ``content-disposition: attachment; filename="…"``. Raises StoreError when signing
+        fails (no credentials found, say)."""
+        params: dict[str, str] = {"Bucket": self.name, "Key": key}
+        if file_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{file_name}"'
+        client = self._signer if public else self._client
+        try:
+            return client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=max(1, int(ttl))
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StoreError(f"presign: {one_line(str(exc))}", down=False) from None
+
+
+def _store_time(answer: Any) -> datetime:
+    """The store's clock from an answer's ``Date`` header (ours when it has none)."""
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
+    try:
+        return email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)

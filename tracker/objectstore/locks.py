@@ -1,0 +1,93 @@
+"""One refresher per file across every replica: lock objects in the bucket.
+
+The lock of ``{prefix}{group}/{name}`` is the object ``{prefix}.locks/{group}/{name}``; its
+metadata names the holder (``owner``, a random id per process) and how other replicas reach
+it (``replica``, its ``replica_url``). It is
+
+- taken with a conditional create (``If-None-Match: *``): of replicas racing, one wins;
+- renewed by its holder every ``lock_ttl / 3`` with a conditional replace (``If-Match`` of
+  the holder's last ETag): a holder that lost it (taken over) learns so;
+- stale when its ``Last-Modified`` is older than ``lock_ttl`` on the store's own clock (the
+  ``Date`` of the same answer), and then taken over with ``If-Match`` of the stale ETag, so
+  that of replicas racing for a stale lock one wins;
+- deleted by its holder when the refresh ends.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tracker.errors import StoreConflict, StoreError
+from tracker.objectstore.bucket import Bucket
+
+#: Conditional-create attempts when the lock vanishes between our create and our look at it.
+ATTEMPTS = 3
+
+
+@attrs.frozen
+class Holder:
+    """Another replica's live lock."""
+
+    owner: str
+    replica_url: str
+    age: float
+
+
+@attrs.define
+class Lock:
+    """A lock this replica holds; ``took_over``: it was another replica's stale lock."""
+
+    bucket: Bucket
+    key: str
+    owner: str
+    replica_url: str
+    etag: str
+    took_over: bool = False
+
+    def _metadata(self) -> dict[str, str]:
+        return {"owner": self.owner, "replica": self.replica_url}
+
+    async def renew(self) -> None:
+        """Prove this holder is alive. StoreConflict when the lock was taken over."""
+        self.etag = await self.bucket.put(
+            self.key, b"", metadata=self._metadata(), if_match=self.etag
+        )
+
+    async def release(self) -> None:
+        """Delete the lock if it is still ours (never raises StoreError)."""
+        try:
+            info = await self.bucket.head(self.key)
+            if info is not None and info.metadata.get("owner") == self.owner:
+                await self.bucket.delete(self.key)
+        except StoreError:
+            pass  # it expires after lock_ttl
+
+
+async def acquire(
+    bucket: Bucket, key: str, owner: str, replica_url: str, lock_ttl: float
+) -> Lock | Holder:
+    """Take the lock at ``key`` for ``owner``: the Lock, or the live Holder of it.
+
+    Raises StoreError when the store cannot be used.
+    """
+    lock = Lock(bucket, key, owner, replica_url, etag="")
+    for _attempt in range(ATTEMPTS):
+        try:
+            lock.etag = await bucket.put(key, b"", metadata=lock._metadata(), if_none_match=True)
+            return lock
+        except StoreConflict:
+            pass
+        info, now = await bucket.head_dated(key)
+        if info is None:
+            continue  # released meanwhile: try to create it again
+        age = (now - info.last_modified).total_seconds()
+        holder = Holder(info.metadata.get("owner", ""), info.metadata.get("replica", ""), age)
+        if age < lock_ttl:
+            return holder
+        try:
+            lock.etag = await bucket.put(key, b"", metadata=lock._metadata(), if_match=info.etag)
+        except StoreConflict:
+            continue  # another replica took it over first: look again
+        lock.took_over = True
+        return lock
+    raise StoreError(f"the lock {key} changed hands {ATTEMPTS} times in a row", down=False)

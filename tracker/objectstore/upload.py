@@ -1,0 +1,97 @@
+"""A multipart upload that follows a file while it is being written.
+
+The refresh of an archive writes a local temp file at the upstream's pace; the upload reads
+each part from that file once it is there (``os.pread`` of a descriptor the caller opened:
+a rename that promotes the file keeps it valid) and uploads the parts one after another.
+Memory is one part. The object appears only when the file ended *verified* (every announced
+byte written, the upstream body checked complete) and the store then reports exactly that
+length; on any failure, cancellation included, the upload is aborted so that no part stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Protocol
+
+import trio
+
+from tracker.core.logs import log_event
+from tracker.errors import StoreError
+from tracker.objectstore.bucket import Bucket, ObjectInfo
+
+log = logging.getLogger("tracker.objectstore")
+
+MIN_PART = 8 * 1024 * 1024
+#: S3 allows 10,000 parts; leave room.
+MAX_PARTS = 9_000
+#: Longest wait for an abort while the upload is being cancelled.
+ABORT_TIMEOUT = 30.0
+
+
+class Growing(Protocol):
+    """A file being written (:class:`tracker.cache.refresh.Refresh` is one)."""
+
+    size: int
+    verified: bool
+
+    @property
+    def failed(self) -> bool: ...
+
+    def readable(self) -> int: ...
+
+    async def wait_progress(self) -> None: ...
+
+
+def part_size(size: int) -> int:
+    """Bytes per part for a ``size``-byte object: at least 8 MiB, at most 9,000 parts."""
+    wanted = max(MIN_PART, math.ceil(size / MAX_PARTS))
+    mib = 1024 * 1024
+    return math.ceil(wanted / mib) * mib
+
+
+async def upload_following(
+    bucket: Bucket, key: str, fd: int, growing: Growing, metadata: dict[str, str]
+) -> ObjectInfo:
+    """Upload ``growing`` (read from ``fd``) to ``key`` as it is written; the object.
+
+    Raises StoreError when the store failed or the file ended unverified (the upload is then
+    aborted); cancellation aborts it too.
+    """
+    size = growing.size
+    step = part_size(size)
+    upload_id = await bucket.create_upload(key, metadata)
+    try:
+        etags: list[str] = []
+        for offset in range(0, size, step):
+            end = min(size, offset + step)
+            await _until_readable(growing, end)
+            data = await trio.to_thread.run_sync(os.pread, fd, end - offset, offset)
+            if len(data) != end - offset:
+                raise StoreError(f"the local file ended at byte {offset + len(data)}", down=False)
+            etags.append(await bucket.upload_part(key, upload_id, len(etags) + 1, data))
+        if size == 0:
+            raise StoreError("an empty archive is not uploaded", down=False)
+        await bucket.complete_upload(key, upload_id, etags)
+    except BaseException:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + ABORT_TIMEOUT
+            try:
+                await bucket.abort_upload(key, upload_id)
+            except StoreError as exc:
+                log_event(log, "warning", "object_upload_abort_failed", key=key, reason=str(exc))
+        raise
+    info = await bucket.head(key)
+    if info is None or info.size != size:
+        await bucket.delete(key)
+        raise StoreError(f"the store holds {info.size if info else 'no'} bytes, not {size}")
+    return info
+
+
+async def _until_readable(growing: Growing, end: int) -> None:
+    """Wait until bytes up to ``end`` may be read (the last one only once verified)."""
+    while growing.readable() < end:
+        if growing.failed:
+            raise StoreError("the refresh this upload followed failed", down=False)
+        await growing.wait_progress()

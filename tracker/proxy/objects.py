@@ -1,0 +1,213 @@
+"""Proxy mode with the object-store tier (SPEC §10): what the bucket answers, and filling it.
+
+For an archive request the streamer asks, in order:
+
+1. :meth:`ObjectPath.redirect_or_head`: a GET of a file the bucket holds gets a ``303`` to a
+   presigned URL (``direct_serve``, and not for ``serve_user_agents`` nor for another
+   tracker); a HEAD of it is answered from the object's metadata, without the store's GET;
+2. the disk cache (the streamed cases need no round trip to the store);
+3. :meth:`ObjectPath.stream_source`: the object streamed through the tracker, Range and
+   conditionals passed on to the store (a presigned URL for the tracker itself);
+4. on a miss, before a refresh starts, :meth:`ObjectPath.claim`: this replica takes the file's
+   lock and fills the bucket (:meth:`ObjectPath.upload`, a multipart upload following the
+   refresh's temp file), or the request is proxied from the holder's refresh in flight
+   (:meth:`ObjectPath.holder_source`), or, when the store is down, the disk cache alone works.
+
+Another tracker is known by its ``User-Agent`` (the download client's, ``solana-snapshot-
+tracker``): it always gets bytes and is never sent on to a third replica, so two replicas
+never forward a request to each other in a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+import quart
+import trio
+
+from tracker.core.config import Config, ObjectStore, TargetGroup
+from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.logs import log_event
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
+from tracker.core.text import wants_bytes
+from tracker.errors import StoreError
+from tracker.files.ranges import http_date
+from tracker.objectstore.bucket import ObjectInfo
+from tracker.objectstore.locks import Holder, Lock
+from tracker.objectstore.tier import ObjectTier
+from tracker.objectstore.upload import upload_following
+from tracker.proxy.sharing import SharedRefresh
+
+log = logging.getLogger("tracker.objectstore")
+
+#: What the tracker's own download client sends (:func:`tracker.proxy.upstream.download_client`).
+TRACKER_AGENT = "solana-snapshot-tracker"
+
+Found = list[tuple[SnapshotFile, SnapshotSource]]
+
+
+def from_tracker(request: quart.Request) -> bool:
+    """True for a request of another tracker (a replica following this one's refresh)."""
+    return request.headers.get("user-agent", "").startswith(TRACKER_AGENT)
+
+
+class ObjectPath:
+    """The bucket's part in answering archive requests; see the module doc."""
+
+    def __init__(self, tier: ObjectTier) -> None:
+        self.tier = tier
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.tier.store
+
+    async def redirect_or_head(
+        self, config: Config, request: quart.Request, group: str, name: str
+    ) -> quart.Response | None:
+        """A 303 to the object or a HEAD from its metadata; None: serve it another way."""
+        if not self.tier.usable:
+            return None
+        if request.method == "HEAD":
+            info = await self.tier.lookup(group, name)
+            return head_response(info) if info is not None else None
+        if request.method != "GET" or not self.store.direct_serve or from_tracker(request):
+            return None
+        if wants_bytes(request.headers.get("user-agent", ""), config.serve_user_agents):
+            return None
+        if await self.tier.lookup(group, name) is None:
+            return None
+        url = await self.tier.handout(group, name)
+        if url is None:
+            return None
+        response = quart.Response(b"", status=303, content_type="text/plain")
+        response.headers["location"] = url
+        return response
+
+    async def stream_source(self, group: str, name: str) -> tuple[TargetGroup, Found] | None:
+        """The object as a source to stream from (presigned for the tracker); None when the
+        bucket does not have it."""
+        info = await self.tier.lookup(group, name)
+        url = self.tier.internal_url(group, name) if info is not None else None
+        if info is None or url is None:
+            return None
+        return _source(group, name, url, info.size)
+
+    async def claim(self, request: quart.Request, group: str, name: str) -> Lock | Holder | None:
+        """Before a refresh of ``name``: this replica's lock, the live holder, or None (the
+        store is down: the disk cache alone)."""
+        claimed = await self.tier.claim(group, name)
+        if isinstance(claimed, Holder) and claimed.owner == self.tier.owner:
+            return None  # our own lock from a refresh that just ended: refresh locally
+        return claimed
+
+    def holder_source(
+        self, request: quart.Request, holder: Holder, group: str, name: str, size: int
+    ) -> tuple[TargetGroup, Found] | None:
+        """The holder's refresh in flight as a source; None when it cannot be followed (no
+        ``replica_url``, it is this replica's own, or the request came from a replica)."""
+        own = self.store.replica_url
+        if not holder.replica_url or holder.replica_url == own or from_tracker(request):
+            return None
+        url = f"{holder.replica_url}/v1/{quote(group, safe='')}/{name}"
+        return _source(group, name, url, size)
+
+    async def upload(self, shared: SharedRefresh, lock: Lock, group: str, name: str) -> None:
+        """Fill the bucket from ``shared``'s temp file while holding ``lock``; never raises
+        but Cancelled (failures are logged and counted; the upload is aborted, the lock
+        released)."""
+        tier = self.tier
+        tier.uploads_running += 1
+        try:
+            info = await self._upload(shared, lock, group, name)
+            if info is not None:
+                await tier.completed(group, name, info)
+        except (StoreError, OSError) as exc:
+            tier.events.upload("failed")
+            log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 10
+                await lock.release()
+            tier.uploads_running -= 1
+
+    async def _upload(
+        self, shared: SharedRefresh, lock: Lock, group: str, name: str
+    ) -> ObjectInfo | None:
+        """The upload with its lock kept renewed; None when the refresh never opened.
+        Raises StoreError (or OSError reading the file) when it failed."""
+        await shared.ready.wait()
+        refresh = shared.refresh
+        path = refresh.temp or (refresh.final if refresh.verified else "")
+        if not path or (not shared.joinable and not refresh.verified):
+            return None
+        tier = self.tier
+        fd = await trio.to_thread.run_sync(_open, path)
+        try:
+            failure: BaseException | None = None
+            info: ObjectInfo | None = None
+            lost = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.keep_renewed, lock, lost)
+                nursery.start_soon(_cancel_when, lost, nursery.cancel_scope)
+                try:
+                    key = tier.object_key(group, name)
+                    metadata = tier.upload_metadata(shared.headers)
+                    info = await upload_following(tier.bucket, key, fd, refresh, metadata)
+                except (StoreError, OSError) as exc:  # raised here, not as an ExceptionGroup
+                    failure = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(fd)
+        if failure is not None:
+            raise failure
+        if lost.is_set() or info is None:
+            raise StoreError("another replica took the refresh lock over", down=False)
+        return info
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+
+def head_response(info: ObjectInfo) -> quart.Response:
+    """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD)."""
+    response = quart.Response(b"", status=200)
+    response.headers.clear()
+    modified = info.metadata.get("upstream-last-modified") or http_date(
+        info.last_modified.astimezone(UTC).timestamp()
+    )
+    response.headers.update(
+        {
+            "content-length": str(info.size),
+            "content-type": "application/octet-stream",
+            "accept-ranges": "bytes",
+            "last-modified": modified,
+        }
+    )
+    if info.etag:
+        response.headers["etag"] = info.etag
+    return response
+
+
+def _source(group: str, name: str, url: str, size: int) -> tuple[TargetGroup, Found]:
+    """A one-source list for the proxy: ``url`` of ``name`` in a group with no credentials
+    (neither the store's nor the group's are ever sent there; the URL is presigned)."""
+    parsed = parse_archive_name(name)
+    if parsed is None:  # the streamer checked the name before
+        raise ValueError(f"not an archive name: {name!r}")
+    f = SnapshotFile(name=parsed, file_name=name, size=size, url=url)
+    info = SnapshotInfo(parsed.slot, parsed.base_slot or parsed.slot, parsed.hash, (f,))
+    # The source's own origin is the URL's: an address the operator configured (the store's
+    # endpoint, a replica's replica_url), not one from the network for the egress policy.
+    parts = urlsplit(url)
+    home = f"{parts.scheme}://{parts.netloc}"
+    source = SnapshotSource(info, TargetKey(group, home), datetime.now(UTC))
+    return TargetGroup(group=group), [(f, source)]
