@@ -13,15 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
 import pytest
 import trio
 from helpers_proxy import (
     GROUP,
-    MiB,
     Behaviour,
     FakeUpstream,
+    MiB,
     TrackerUnderTest,
     advertise_files,
     archive_bytes,
@@ -180,7 +179,9 @@ async def test_firedancer_gets_the_bytes_not_a_redirect(
     async with httpx.AsyncClient(headers={"user-agent": "Firedancer/0.9"}) as client:
         await client.get(tracker.url(FULL))
         await uploaded(weed, tracker)
+        alias = await client.get(f"{tracker.base}/snapshot.tar.zst")
         root = await client.get(f"{tracker.base}/{FULL}")
+    assert alias.status_code == 303 and alias.headers["location"] == f"/{FULL}"
     assert root.status_code == 200 and root.content == FULL_DATA
     assert tracker.outcome("object_redirect") == 0
 
@@ -221,30 +222,33 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
         assert weed.objects(prefix_of(t)) == {}
 
 
-async def test_a_store_that_stops_and_comes_back(
-    upstream: FakeUpstream, tmp_path: Path
-) -> None:
+async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_path: Path) -> None:
     from helpers_s3 import start_weed
 
     own = start_weed()
     try:
-        async with tracker_with(own, upstream, tmp_path) as t:
-            async with httpx.AsyncClient() as client:
-                await client.get(t.url(FULL))
-                await uploaded(own, t)
-                assert (await client.get(t.url(FULL))).status_code == 303
+        async with tracker_with(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
+            await client.get(t.url(FULL))
+            await uploaded(own, t)
+            assert (await client.get(t.url(FULL))).status_code == 303
+            objects = t.parts.objects
+            assert objects is not None
+            health = objects.tier.bucket.health
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(objects.tier.watch, 0.2)  # the service's health check
                 own.stop()
-                objects = t.parts.objects
-                assert objects is not None
-                objects.tier._urls.clear()  # the URL cached for reuse must not hide the outage
+                await wait_for(lambda: not health.up)
+                # The URL kept for reuse is not handed out for a store that is down.
                 down = await client.get(t.url(FULL))
                 assert down.status_code == 200 and down.content == FULL_DATA
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
                 own.start()
-                objects.tier.bucket.health.retry_at = 0  # don't wait out RETRY_AFTER
+                await wait_for(lambda: health.up)
                 back = await client.get(t.url(FULL))
                 assert back.status_code == 303
+                assert (await client.get(back.headers["location"])).content == FULL_DATA
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
+                nursery.cancel_scope.cancel()
     finally:
         own.stop()
 
@@ -279,3 +283,53 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
             await objects.tier.retain(GROUP, full=True)
         assert f"{prefix}{GROUP}/{FULL}" not in weed.objects(prefix)
         assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
+
+
+async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        prefix = prefix_of(t)
+        orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
+        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, "x.tar.zst"), Body=b"x")
+        s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
+        s3.create_multipart_upload(Bucket="snapshots", Key=alive)
+        await trio.sleep(2.1)  # both uploads are older than lock_ttl (and a second)
+        # INCR's refresher is alive: its lock is fresh.
+        s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
+        await tier.startup()
+        assert weed.uploads(prefix) == [alive]
+        assert tier.status()["objects_known"] == 1
+
+
+async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        key = tier.object_key(GROUP, FULL)
+        s3.put_object(
+            Bucket="snapshots",
+            Key=tier.lock_key(GROUP, FULL),
+            Body=b"",
+            Metadata={"owner": "dead", "replica": ""},
+        )
+        s3.create_multipart_upload(Bucket="snapshots", Key=key)
+        async with httpx.AsyncClient() as client:
+            # The lock is live: no replica_url to follow, so the bytes come uncached.
+            first = await client.get(t.url(FULL))
+            assert first.content == FULL_DATA
+            assert weed.objects(prefix_of(t)).get(key) is None
+            assert t.cached() == []
+            await trio.sleep(2.1)  # lock_ttl without renewal (and a second: HTTP dates)
+            second = await client.get(t.url(FULL))
+        assert second.status_code == 200, (second.status_code, second.text)
+        assert second.content == FULL_DATA
+        await uploaded(weed, t)
+        assert t.counter("snapshot_tracker_object_lock_takeovers_total") == 1
+        assert weed.uploads(prefix_of(t)) == []

@@ -240,6 +240,7 @@ async def run_tracker(
                     streamer.cache()  # start-up: leftover temp files go before any request
                     if parts.objects is not None:  # learns the bucket; requests need not wait
                         transfers.spawn(parts.objects.tier.startup)
+                        transfers.spawn(parts.objects.tier.watch)
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
                     limit = effective_limit(config.max_connections)

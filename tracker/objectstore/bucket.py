@@ -178,6 +178,10 @@ class Bucket:
 
     # -- objects -------------------------------------------------------------------------
 
+    async def check(self) -> None:
+        """Ask the store whether the bucket is there and ours (StoreError when not)."""
+        await self._call("HeadBucket", self._client.head_bucket)
+
     async def head(self, key: str) -> ObjectInfo | None:
         """The object at ``key``, or None when there is none."""
         found, _now = await self.head_dated(key)

@@ -7,8 +7,8 @@ it (``replica``, its ``replica_url``). It is
 - taken with a conditional create (``If-None-Match: *``): of replicas racing, one wins;
 - renewed by its holder every ``lock_ttl / 3`` with a conditional replace (``If-Match`` of
   the holder's last ETag): a holder that lost it (taken over) learns so;
-- stale when its ``Last-Modified`` is older than ``lock_ttl`` on the store's own clock (the
-  ``Date`` of the same answer), and then taken over with ``If-Match`` of the stale ETag, so
+- stale when its ``Last-Modified`` is older than ``lock_ttl`` (plus a second: both are HTTP
+  dates) on the store's own clock (the ``Date`` of the same answer), and then taken over with ``If-Match`` of the stale ETag, so
   that of replicas racing for a stale lock one wins;
 - deleted by its holder when the refresh ends.
 """
@@ -20,6 +20,9 @@ import attrs
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket
 
+#: Both times of an age are HTTP dates (whole seconds): a lock is stale only when it looks
+#: older than ``lock_ttl`` by this much more, never early.
+CLOCK_STEP = 1.0
 #: Conditional-create attempts when the lock vanishes between our create and our look at it.
 ATTEMPTS = 3
 
@@ -82,7 +85,7 @@ async def acquire(
             continue  # released meanwhile: try to create it again
         age = (now - info.last_modified).total_seconds()
         holder = Holder(info.metadata.get("owner", ""), info.metadata.get("replica", ""), age)
-        if age < lock_ttl:
+        if age < lock_ttl + CLOCK_STEP:
             return holder
         try:
             lock.etag = await bucket.put(key, b"", metadata=lock._metadata(), if_match=info.etag)

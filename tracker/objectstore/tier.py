@@ -28,11 +28,13 @@ from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
-from tracker.objectstore.locks import Holder, Lock, acquire
+from tracker.objectstore.locks import CLOCK_STEP, Holder, Lock, acquire
 from tracker.objectstore.retention import superseded
 
 log = logging.getLogger("tracker.objectstore")
 
+#: Seconds between checks of the store's health (:meth:`ObjectTier.watch`).
+CHECK_EVERY = 5.0
 KNOWN_FOR = 30.0
 MISSED_FOR = 1.0
 #: Slack on top of ``direct_serve_ttl`` before an object handed out may be deleted.
@@ -127,7 +129,7 @@ class ObjectTier:
         key = self.object_key(group, name)
         now = trio.current_time()
         cached = self._urls.get(key)
-        if cached is not None and now < cached.reuse_until:
+        if cached is not None and now < cached.reuse_until and self.bucket.health.up:
             self.events.redirect()
             return cached.url
         ttl = self.store.direct_serve_ttl
@@ -271,7 +273,18 @@ class ObjectTier:
         ttl = self.store.lock_ttl
         if (now - initiated.astimezone(UTC)).total_seconds() < ttl:
             return False
-        return lock is None or (now - lock.last_modified).total_seconds() >= ttl
+        return lock is None or (now - lock.last_modified).total_seconds() >= ttl + CLOCK_STEP
+
+    async def watch(self, every: float = CHECK_EVERY) -> None:
+        """Check the store every ``every`` seconds until cancelled, so that a store that went
+        down stops getting clients redirected to it (URLs are reused between calls) and one
+        that came back gets them again."""
+        while True:
+            try:
+                await self.bucket.check()
+            except StoreError as exc:
+                self._failed("check", exc)
+            await trio.sleep(every)
 
     # -- status --------------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""The object-store tier's pure parts: config checks, retention, part sizes, masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from names import full_name, incremental_name
+from test_config import load, problem_at, problems
+
+from tracker.objectstore.retention import superseded
+from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
+
+STORE = """
+proxy_snapshot_downloads: true
+proxy_snapshot_cache_dir: cache
+object_store:
+{body}
+"""
+
+
+def store(body: str) -> str:
+    return STORE.format(body="\n".join("  " + line for line in body.strip().splitlines()))
+
+
+def test_the_spec_example_loads_with_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("AKEXAMPLE\n")
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    config = load(
+        tmp_path,
+        store("""
+endpoint: "http://127.0.0.1:8333/"
+bucket: snapshots
+prefix: fleet
+region: eu-west-1
+access_key_id_file: key
+secret_access_key_file: secret
+addressing_style: virtual
+direct_serve: true
+direct_serve_ttl: 15m
+public_endpoint: "https://objects.example.org"
+lock_ttl: 60s
+replica_url: "http://10.0.0.5:8458/"
+keep_previous: 2
+"""),
+    )
+    s = config.object_store
+    assert s is not None
+    assert (s.endpoint, s.prefix, s.replica_url) == (
+        "http://127.0.0.1:8333",
+        "fleet/",
+        "http://10.0.0.5:8458",
+    )
+    assert (s.direct_serve_ttl, s.lock_ttl, s.keep_previous) == (900.0, 60.0, 2)
+    assert (s.resolved_access_key_id, s.resolved_secret_access_key) == ("AKEXAMPLE", "s3cr3t")
+    assert "s3cr3t" not in repr(config) and "AKEXAMPLE" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "says"),
+    [
+        ("bucket: Snap_shots", "object_store.bucket", "not an S3 bucket name"),
+        ("bucket: b1x\nprefix: /abs", "object_store.prefix", "relative key prefix"),
+        ("bucket: b1x\nprefix: a/../b", "object_store.prefix", "relative key prefix"),
+        ("bucket: b1x\nendpoint: ftp://x", "object_store.endpoint", "http(s) URL"),
+        ("bucket: b1x\npublic_endpoint: http://u:p@x", "object_store.public_endpoint", "creden"),
+        ("bucket: b1x\naddressing_style: dns", "object_store.addressing_style", "'path'"),
+        ("bucket: b1x\ndirect_serve_ttl: 169h", "object_store.direct_serve_ttl", "604800"),
+        ("bucket: b1x\nlock_ttl: 0s", "object_store.lock_ttl", "from 1s"),
+        ("bucket: b1x\nkeep_previous: -1", "object_store.keep_previous", "from 0"),
+        ("bucket: b1x\nsurprise: 1", "object_store.surprise", "unknown key"),
+        ("bucket: b1x\naccess_key_id: AK", "object_store", "both access_key_id"),
+        ("region: x", "object_store.bucket", "required"),
+    ],
+)
+def test_bad_settings_name_their_key(tmp_path: Path, body: str, path: str, says: str) -> None:
+    found = problems(tmp_path, store(body))
+    assert says in problem_at(found, path)
+    assert "AK" not in " ".join(f for f in found if "access_key_id" not in f)
+
+
+def test_the_store_needs_the_disk_cache_to_stage_its_refreshes(tmp_path: Path) -> None:
+    found = problems(tmp_path, "object_store: {bucket: snapshots}\n")
+    assert "proxy_snapshot_cache_dir" in problem_at(found, "object_store")
+
+
+def test_retention_keeps_the_newest_of_each_kind() -> None:
+    fulls = [full_name(slot) for slot in (100, 300, 200)]
+    incrementals = [incremental_name(300, slot) for slot in (310, 320)]
+    names = [*fulls, *incrementals, "notes.txt"]
+    assert superseded(names, full=True, keep_previous=1) == [full_name(100)]
+    assert superseded(names, full=True, keep_previous=0) == [full_name(200), full_name(100)]
+    assert superseded(names, full=False, keep_previous=0) == [incremental_name(300, 310)]
+    assert superseded(names, full=True, keep_previous=5) == []
+
+
+def test_parts_fit_the_store_limits() -> None:
+    assert part_size(1) == MIN_PART
+    for size in (1, 100 * 1024**3, 5 * 1024**4):  # 100 GiB, 5 TiB (S3's largest object)
+        step = part_size(size)
+        assert step >= MIN_PART and -(-size // step) <= MAX_PARTS
