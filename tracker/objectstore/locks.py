@@ -8,8 +8,8 @@ it (``replica``, its ``replica_url``). It is
 - renewed by its holder every ``lock_ttl / 3`` with a conditional replace (``If-Match`` of
   the holder's last ETag): a holder that lost it (taken over) learns so;
 - stale when its ``Last-Modified`` is older than ``lock_ttl`` (plus a second: both are HTTP
-  dates) on the store's own clock (the ``Date`` of the same answer), and then taken over with ``If-Match`` of the stale ETag, so
-  that of replicas racing for a stale lock one wins;
+  dates) on the store's own clock (the ``Date`` of the same answer), and then taken over
+  with ``If-Match`` of the stale ETag, so that of replicas racing for a stale lock one wins;
 - deleted by its holder when the refresh ends.
 """
 
