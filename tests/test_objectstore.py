@@ -333,3 +333,55 @@ async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
         await uploaded(weed, t)
         assert t.counter("snapshot_tracker_object_lock_takeovers_total") == 1
         assert weed.uploads(prefix_of(t)) == []
+
+
+async def test_urls_are_signed_for_the_public_endpoint(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    public = weed.endpoint.replace("127.0.0.1", "localhost")
+    async with (
+        tracker_with(weed, upstream, tmp_path, public_endpoint=public) as t,
+        httpx.AsyncClient() as client,
+    ):
+        await client.get(t.url(FULL))
+        await uploaded(weed, t)
+        location = (await client.get(t.url(FULL))).headers["location"]
+        assert location.startswith(public + "/snapshots/")
+        followed = await client.get(location)
+        assert followed.status_code == 200 and followed.content == FULL_DATA
+        # Signed for the public host: the same URL on another host is refused.
+        other = await client.get(location.replace(public, weed.endpoint))
+        assert other.status_code == 403
+
+
+async def test_a_url_that_cannot_be_signed_gets_the_bytes_streamed(
+    tracker: TrackerUnderTest, weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracker.errors import StoreError
+
+    objects = tracker.parts.objects
+    assert objects is not None
+    async with httpx.AsyncClient() as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+
+        def refuse(*_args: object, **_kwargs: object) -> str:
+            raise StoreError("presign: no credentials", down=False)
+
+        monkeypatch.setattr(objects.tier.bucket, "presign_get", refuse)
+        answer = await client.get(tracker.url(FULL))
+    assert answer.status_code == 200 and answer.content == FULL_DATA
+    assert tracker.outcome("object_redirect") == 0
+
+
+async def test_a_prefetch_fills_the_bucket_once(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
+) -> None:
+    assert await tracker.streamer.prefetch(GROUP, FULL) is True
+    await uploaded(weed, tracker)
+    for path in tracker.group_dir().iterdir():
+        path.unlink()
+    assert await tracker.streamer.prefetch(GROUP, FULL) is False  # the bucket has it
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(tracker.url(FULL))).status_code == 303
+    assert len(upstream.gets(FULL)) == 1

@@ -95,7 +95,7 @@ class ObjectPath:
             return None
         return _source(group, name, url, info.size)
 
-    async def claim(self, request: quart.Request, group: str, name: str) -> Lock | Holder | None:
+    async def claim(self, group: str, name: str) -> Lock | Holder | None:
         """Before a refresh of ``name``: this replica's lock, the live holder, or None (the
         store is down: the disk cache alone)."""
         claimed = await self.tier.claim(group, name)

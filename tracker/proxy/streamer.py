@@ -209,8 +209,16 @@ class ProxyStreamer:
         found = self._index.find_file(group, name)
         if not found or any(f.path for f, _ in found) or _cached(cache, group, name):
             return False
+        lock = None
+        if self._objects is not None:  # the bucket: one refresher in the whole fleet
+            if await self._objects.tier.lookup(group, name) is not None:
+                return False  # clients are sent to the bucket's copy
+            claimed = await self._claim((cache.root, group, name))
+            if isinstance(claimed, Holder):
+                return False  # another replica refreshes it
+            lock = claimed
         started = await self._start_shared(
-            config, target_group, cache, name, keep=True, client=False
+            config, target_group, cache, name, keep=True, client=False, lock=lock
         )
         if not isinstance(started, SharedRefresh):
             return False
@@ -416,7 +424,7 @@ class ProxyStreamer:
         if shared is None:
             if not self._may_refresh(request, group.group, name):
                 return None
-            claimed = await self._claim(request, key)
+            claimed = await self._claim(key)
             if isinstance(claimed, Holder):
                 return await self._from_holder(claimed, request, group, name)
             keep = config.cache_complete_on_disconnect or claimed is not None
@@ -444,14 +452,14 @@ class ProxyStreamer:
             self._metrics.count_shared_reader()
         return response
 
-    async def _claim(self, request: quart.Request, key: SharedKey) -> Lock | Holder | None:
+    async def _claim(self, key: SharedKey) -> Lock | Holder | None:
         """The bucket's lock of a file about to be refreshed here (None: no bucket, or it
         cannot be used), or its live holder. Other requests for the file wait meanwhile."""
         if self._objects is None:
             return None
         self._claiming[key] = done = trio.Event()
         try:
-            return await self._objects.claim(request, key[1], key[2])
+            return await self._objects.claim(key[1], key[2])
         finally:
             del self._claiming[key]
             done.set()
