@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +39,7 @@ from bench.servers import (
     start_tracker,
     tracker_config,
 )
+from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
 
 Result = dict[str, Any]
 # Never let a system-wide proxy setting reach 127.0.0.1.
@@ -543,4 +546,100 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
         "api_samples": len(latencies),
         "rss_mb": rss_kib(tracker.proc.pid) / 1024,
         "peak_mb": rss_kib(tracker.proc.pid, "VmHWM") / 1024,
+    }
+
+
+# -- object store ---------------------------------------------------------------------------
+
+STORE_PREFIX = "bench/"
+
+
+@attrs.define
+class StoreSetup:
+    """The object-store figure's servers: SeaweedFS and a replica whose bucket holds the
+    best archive."""
+
+    weed: Weed
+    tracker: Tracker
+
+
+def start_store(env: Env) -> StoreSetup:
+    """SeaweedFS on 127.0.0.1 and a proxy-mode tracker using it; the best archive is put in
+    the bucket by one GET through the tracker (a refresh with its upload)."""
+    weed = Weed(env.work / "weed")
+    weed.start()
+    store = {
+        "endpoint": weed.endpoint,
+        "bucket": BUCKET,
+        "prefix": STORE_PREFIX,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+    }
+    try:
+        tracker = start_proxy_tracker(
+            env, "tracker-store", env.work / "cache-store", object_store=store
+        )
+        best = env.archives.best
+        fetch(tracker.address, tracker_path(best))
+        key = f"{STORE_PREFIX}{GROUP}/{best}"
+        deadline = time.monotonic() + 120
+        while key not in weed.objects(STORE_PREFIX):  # the upload follows the refresh
+            if time.monotonic() > deadline:
+                raise RuntimeError("the archive did not reach the bucket in 120 s")
+            time.sleep(0.2)
+        time.sleep(1.5)  # the tracker looks at a missed object again after 1 s
+        fetch(tracker.address, tracker_path(best), expect=303)
+    except BaseException:
+        weed.stop()
+        raise
+    return StoreSetup(weed, tracker)
+
+
+def _split(url: str) -> tuple[tuple[str, int], str]:
+    parts = urllib.parse.urlsplit(url)
+    return (parts.hostname or HOST, parts.port or 80), f"{parts.path}?{parts.query}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def object_store(env: Env, setup: StoreSetup, run: int) -> Result:
+    """A direct-serve cache hit (GET the tracker, follow its 303 to SeaweedFS) vs the same
+    object fetched from SeaweedFS with a presigned URL of its own; the tracker's CPU per GiB
+    during the hits; wrk on the hit's 303 vs wrk on the short redirect, same tracker."""
+    tracker, best = setup.tracker, env.archives.best
+    presigned = setup.weed.client().generate_presigned_url(
+        "get_object", Params={"Bucket": BUCKET, "Key": f"{STORE_PREFIX}{GROUP}/{best}"}
+    )
+    cpu = [0.0]
+
+    def ours() -> float:
+        before = _cpu_seconds(tracker.proc.pid)
+        started = time.perf_counter()
+        hit = fetch(tracker.address, tracker_path(best), expect=303)
+        address, path = _split(hit.headers["location"])
+        body = fetch(address, path)
+        seconds = time.perf_counter() - started
+        cpu[0] = _cpu_seconds(tracker.proc.pid) - before
+        return body.body_bytes / seconds
+
+    def direct() -> float:
+        address, path = _split(presigned)
+        body = fetch(address, path)
+        return body.body_bytes / body.seconds
+
+    a, b = pair(run, ours, direct)
+    hits, hits_p99 = wrk(env, tracker.address, tracker_path(best))
+    short, short_p99 = wrk(env, tracker.address, "/v1/snapshot.tar.bz2")
+    return {
+        "tracker": a,
+        "reference": b,
+        "cpu_s_per_gib": cpu[0] / (env.archives.size / 1024**3),
+        "hit_rate": hits,
+        "short_rate": short,
+        "hit_p99_ms": hits_p99,
+        "short_p99_ms": short_p99,
     }

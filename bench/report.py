@@ -118,6 +118,17 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         peak = max(r["peak_mb"] for r in results["cluster"])
         how = f"peak RSS with {nodes} discovered nodes"
         rows.append(Row("cluster memory", how, f"{peak:.0f} MB", "", peak, "MB", "", None))
+    if results.get("object_store"):
+        runs = results["object_store"]
+        how = "GET the tracker, follow its 303 to SeaweedFS, vs SeaweedFS directly"
+        rows.append(_ratio_row(runs, "direct-serve hit", how, gbps, 0.95))
+        ratio = statistics.median(r["hit_rate"] / r["short_rate"] for r in runs)
+        how = "wrk -c32: 303 to a presigned URL vs the short redirect, same replica"
+        hit, short = rps(median(runs, "hit_rate")), rps(median(runs, "short_rate"))
+        rows.append(Row("direct-serve 303s", how, hit, short, ratio, "x", ">=", 0.9))
+        cpu = median(runs, "cpu_s_per_gib")
+        how = "tracker CPU per GiB a client got through a direct-serve hit"
+        rows.append(Row("direct-serve CPU", how, f"{cpu:.3f} s/GiB", "", cpu, "s", "", None))
     if results.get("fetch"):
         runs = results["fetch"]
         how = "fetch --connections 8 vs aria2c -x8 -s8, through the tracker (cache hit)"

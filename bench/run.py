@@ -55,6 +55,7 @@ FIGURES = (
     "discovery",
     "fetch",
     "cluster",
+    "object_store",
 )
 OUT = Path(__file__).resolve().parent / "out"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?", re.IGNORECASE)
@@ -184,6 +185,13 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
             env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")
         for run in range(o.runs):
             _step(results, "fetch", run, lambda r: figures.fetch_vs_aria2c(env, r))
+    if "object_store" in wanted:
+        setup = figures.start_store(env)
+        try:
+            for run in range(o.runs):
+                _step(results, "object_store", run, lambda r: figures.object_store(env, setup, r))
+        finally:
+            setup.weed.stop()
     if "discovery" in wanted:
         tracker = figures.start_discovery_tracker(env)
         results["discovery_first_round"] = figures.first_round(tracker)

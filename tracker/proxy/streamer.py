@@ -151,16 +151,19 @@ class ProxyStreamer:
         if target_group is None:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
+        objects = self._objects if cache is not None else None
+        if objects is not None and request.method == "GET":
+            _check_name(name)
+            # First: a hit leaves the data path before any file system work (SPEC §10).
+            sent = await objects.redirect_or_head(config, request, group, name)
+            if sent is not None:
+                self._count("object_redirect")
+                return sent
         cache_path = _cache_path(cache, group, name) if cache is not None else None
-        objects = self._objects if cache_path is not None else None
+        objects = objects if cache_path is not None else None
         # The bucket's refresh is shared: readers here and on other replicas follow its file.
         sharing = config.cache_share_inflight or objects is not None
         if cache is not None and cache_path is not None:
-            if objects is not None and request.method == "GET":
-                sent = await objects.redirect_or_head(config, request, group, name)
-                if sent is not None:
-                    self._count("object_redirect")
-                    return sent
             await cache.wait_promotion(group, name, self.settings.promotion_wait)
             hit = await self._from_cache(cache_path, request)
             if hit is not None:
@@ -646,6 +649,13 @@ class ProxyStreamer:
             self._metrics.count_outcome(outcome)
 
 
+def _check_name(name: str) -> None:
+    """RequestError(404) unless ``name`` is a canonical archive name."""
+    parsed = parse_archive_name(name)
+    if parsed is None or parsed.file_name != name:
+        raise RequestError(404, "not a snapshot archive name")
+
+
 def _cache_path(cache: Cache, group: str, name: str) -> str | None:
     """The validated cache path of a request; None when this file cannot be cached here.
 
@@ -654,9 +664,7 @@ def _cache_path(cache: Cache, group: str, name: str) -> str | None:
     through a symlink planted in it, makes the file streamed uncached: nothing outside the
     cache directory is touched.
     """
-    parsed = parse_archive_name(name)
-    if parsed is None or parsed.file_name != name:
-        raise RequestError(404, "not a snapshot archive name")
+    _check_name(name)
     try:
         return cache.path_for(group, name)
     except RequestError as exc:
