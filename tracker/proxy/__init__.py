@@ -6,9 +6,11 @@ a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns;
 :mod:`~tracker.proxy.streamer` picks cache hit, refresh or plain proxy for a request;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
-:mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks.
+:mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;
+:mod:`~tracker.proxy.objects` is the object store's part (303 to presigned URLs, the holder
+replica as a source, the upload beside a refresh).
 
-May import: :mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.zerocopy`,
+May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`, :mod:`tracker.zerocopy`,
 :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`. Not :mod:`tracker.discovery`:
 what the sources hold reaches this package through the index.
 """
