@@ -632,7 +632,8 @@ def object_store(env: Env, setup: StoreSetup, run: int) -> Result:
         return body.body_bytes / body.seconds
 
     a, b = pair(run, ours, direct)
-    hits, hits_p99 = wrk(env, tracker.address, tracker_path(best))
+    with env.profile(f"object_store_303-run{run + 1}", tracker):
+        hits, hits_p99 = wrk(env, tracker.address, tracker_path(best))
     short, short_p99 = wrk(env, tracker.address, "/v1/snapshot.tar.bz2")
     return {
         "tracker": a,

@@ -385,3 +385,42 @@ async def test_a_prefetch_fills_the_bucket_once(
     async with httpx.AsyncClient() as client:
         assert (await client.get(tracker.url(FULL))).status_code == 303
     assert len(upstream.gets(FULL)) == 1
+
+
+async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
+    """The lock protocol on the real store: of racing replicas one wins; a live lock is
+    held; a stale one is taken over by one replica; the old holder's renewal then fails."""
+    from tracker.errors import StoreConflict
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Holder, Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    got: list[Lock | Holder] = []
+    async with trio.open_nursery() as nursery:
+        for owner in ("a", "b", "c", "d"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 1.0))
+            )
+    winners = [g for g in got if isinstance(g, Lock)]
+    assert len(winners) == 1
+    assert {g.owner for g in got if isinstance(g, Holder)} == {winners[0].owner}
+    first = winners[0]
+    await first.renew()  # alive: renewal works
+    await trio.sleep(2.1)  # lock_ttl (1 s) and a second of HTTP-date slack, not renewed
+    got.clear()
+    async with trio.open_nursery() as nursery:
+        for owner in ("e", "f"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 1.0))
+            )
+    takers = [g for g in got if isinstance(g, Lock)]
+    assert len(takers) == 1 and takers[0].took_over
+    with pytest.raises(StoreConflict):
+        await first.renew()
+    await takers[0].release()
+    assert await bucket.head(key) is None
+
+
+async def _append(out: list[Any], value: Any) -> None:
+    out.append(await value)

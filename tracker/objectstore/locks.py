@@ -15,6 +15,8 @@ it (``replica``, its ``replica_url``). It is
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 
 from tracker.errors import StoreConflict, StoreError
@@ -53,7 +55,7 @@ class Lock:
     async def renew(self) -> None:
         """Prove this holder is alive. StoreConflict when the lock was taken over."""
         self.etag = await self.bucket.put(
-            self.key, b"", metadata=self._metadata(), if_match=self.etag
+            self.key, _body(self.owner), metadata=self._metadata(), if_match=self.etag
         )
 
     async def release(self) -> None:
@@ -76,7 +78,9 @@ async def acquire(
     lock = Lock(bucket, key, owner, replica_url, etag="")
     for _attempt in range(ATTEMPTS):
         try:
-            lock.etag = await bucket.put(key, b"", metadata=lock._metadata(), if_none_match=True)
+            lock.etag = await bucket.put(
+                key, _body(owner), metadata=lock._metadata(), if_none_match=True
+            )
             return lock
         except StoreConflict:
             pass
@@ -88,9 +92,18 @@ async def acquire(
         if age < lock_ttl + CLOCK_STEP:
             return holder
         try:
-            lock.etag = await bucket.put(key, b"", metadata=lock._metadata(), if_match=info.etag)
+            lock.etag = await bucket.put(
+                key, _body(owner), metadata=lock._metadata(), if_match=info.etag
+            )
         except StoreConflict:
             continue  # another replica took it over first: look again
         lock.took_over = True
         return lock
     raise StoreError(f"the lock {key} changed hands {ATTEMPTS} times in a row", down=False)
+
+
+def _body(owner: str) -> bytes:
+    """A lock object's content, different at every write: its ETag (the content's MD5 on
+    most stores) must change, or an ``If-Match`` of a stale lock would also match the lock
+    that took it over, and two replicas could take it over at once."""
+    return f"{owner} {secrets.token_hex(8)}\n".encode()

@@ -10,7 +10,7 @@ a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.objects` is the object store's part (303 to presigned URLs, the holder
 replica as a source, the upload beside a refresh).
 
-May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`, :mod:`tracker.zerocopy`,
-:mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`. Not :mod:`tracker.discovery`:
-what the sources hold reaches this package through the index.
+May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`,
+:mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.
+Not :mod:`tracker.discovery`: what the sources hold reaches this package through the index.
 """

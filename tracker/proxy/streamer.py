@@ -250,7 +250,7 @@ class ProxyStreamer:
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(target_group, request.method, headers, name, found, origin="object_store")
         job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
-        head = await self._start(partial(relay, job), client=False)
+        head = await self._start(partial(relay, job), client=False, failed="object_stream_failed")
         if isinstance(head, quart.Response):
             return None  # the store failed: another path
         self._count("object_store")
@@ -269,9 +269,9 @@ class ProxyStreamer:
         target_group, found = source
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(target_group, request.method, headers, name, found, origin="replica")
-        head = await self._start(partial(relay, job), client=False)
+        head = await self._start(partial(relay, job), client=False, failed="replica_unreachable")
         if isinstance(head, quart.Response):
-            return None
+            return None  # streamed from the source uncached instead
         self._count("replica")
         return _response(head)
 
@@ -376,11 +376,13 @@ class ProxyStreamer:
         *,
         refresh: Refresh | None = None,
         client: bool = True,
+        failed: str = "",
     ) -> Head | quart.Response:
         """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
         the 502/503 answer when it could not start (counted as an archive request's outcome
         for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
-        given, released here when the pump never ran."""
+        given, released here when the pump never ran. ``failed``: the event logged when it
+        could not start (default: by ``client``)."""
         try:
             head: Head = await self._transfers.start(pump)
         except BaseException as exc:
@@ -393,7 +395,7 @@ class ProxyStreamer:
                 return _text(503, str(exc))
             if client:
                 self._count("upstream_failed")
-            event = "proxy_failed" if client else "cache_prefetch_failed"
+            event = failed or ("proxy_failed" if client else "cache_prefetch_failed")
             log_event(log, "warning", event, reason=str(exc))
             return _text(502, str(exc))
         return head
