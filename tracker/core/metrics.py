@@ -172,8 +172,9 @@ class Metrics:
         for upload in get_args(UploadOutcome):
             self.object_uploads.labels(upload)
         # Known label values start at 0, so rate() and absent() work before the first event.
-        for outcome in get_args(Outcome):
-            self.archive_requests.labels(outcome)
+        # Children looked up once: labels() costs a lock and a dict walk per call.
+        self._outcomes = {o: self.archive_requests.labels(o) for o in get_args(Outcome)}
+        self._requests: dict[tuple[str, int], Counter] = {}
         for source in get_args(ByteSource):
             self.served_bytes.labels(source)
         if process:
@@ -207,11 +208,14 @@ class Metrics:
 
     def count_request(self, route: str, status: int) -> None:
         """An HTTP request to ``route`` (a template such as ``/v1/{name}``) got ``status``."""
-        self.http_requests.labels(route, str(status)).inc()
+        child = self._requests.get((route, status))
+        if child is None:  # routes are templates and statuses few: a bounded dict
+            child = self._requests[(route, status)] = self.http_requests.labels(route, str(status))
+        child.inc()
 
     def count_outcome(self, outcome: Outcome) -> None:
         """An archive request or a cache refresh came to ``outcome``."""
-        self.archive_requests.labels(outcome).inc()
+        self._outcomes[outcome].inc()
 
     def add_served_bytes(self, source: ByteSource, count: int) -> None:
         """``count`` archive bytes from ``source`` were sent to a client."""

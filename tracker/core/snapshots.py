@@ -74,11 +74,14 @@ class ArchiveName:
         return (self.slot, full, self.base_slot, decode_hash(self.hash) or b"", self.ext)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_archive_name(name: str) -> ArchiveName | None:
     """Parse a bare archive file name; None when it is not a valid snapshot archive name.
 
     An incremental needs ``slot > base``; a full needs ``slot > 0`` (a full at slot 0 could
     not be told apart from an incremental's ``base_slot`` of 0 in the wire format).
+    Memoised (bounded): every archive request parses its name, and checking the base58 hash
+    is most of a request's own work on a redirect.
     """
     if len(name) > 200:
         return None
