@@ -93,6 +93,35 @@ async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
     assert not [p for p in ledger.iterdir() if p.name.startswith(".")]
 
 
+async def test_through_the_object_store(weed: Any, tmp_path: Path) -> None:
+    """Object-store mode (SPEC §10): the first fetch fills the bucket (its Range requests
+    start the replica's refresh), the next one follows the tracker's 303s to presigned URLs
+    of the bucket: the same bytes, nothing more from the source."""
+    from test_objectstore import store_config
+
+    config = make_config(
+        tmp_path / "cache", object_store=store_config(weed), target_groups=(OPEN_GROUP,)
+    )
+    async with serving(FakeUpstream(files=dict(FILES))) as up, running_tracker(config) as t:
+        advertise_all(t, up, FILES)
+        await run_fetch(options(ledger_of(tmp_path), t.base), NoProgress())
+        objects = t.parts.objects
+        assert objects is not None
+        keys = [objects.tier.object_key(GROUP, name) for name in FILES]
+        prefix = objects.tier.store.prefix
+        await wait_for(lambda: set(keys) <= set(weed.objects(prefix)), timeout=30)
+        await wait_for(lambda: objects.tier.uploads_running == 0)
+        upstream_gets = len(up.seen)
+        second = tmp_path / "second"
+        second.mkdir()
+        results = await run_fetch(options(second, t.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert contents(second) == {name: sha256(data) for name, data in FILES.items()}
+    assert len(up.seen) == upstream_gets  # every byte came from the bucket
+    assert t.outcome("object_redirect") >= 2
+    assert not [p for p in second.iterdir() if p.name.startswith(".")]
+
+
 async def test_a_ledger_with_the_full_fetches_only_the_incremental(tmp_path: Path) -> None:
     ledger = ledger_of(tmp_path)
     (ledger / FULL).write_bytes(FILES[FULL])

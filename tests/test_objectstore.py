@@ -7,6 +7,7 @@ trackers as subprocesses are in ``test_replicas.py``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -205,8 +206,9 @@ async def test_without_direct_serve_the_object_is_streamed_with_ranges(
 
 
 async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_down(
-    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="tracker")
     async with tracker_with(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
         async with httpx.AsyncClient() as client:
             first = await client.get(t.url(FULL))
@@ -218,6 +220,9 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
         body = status.json()
         assert body["up"] is False and "403" in body["last_error"]
         assert "wrong-secret" not in status.text
+        logged = [str(vars(record)) for record in caplog.records]
+        assert any("object_store" in line for line in logged)  # the failure was logged…
+        assert not any("wrong-secret" in line for line in logged)  # …without the secret
         assert t.counter("snapshot_tracker_object_store_up") == 0
         assert weed.objects(prefix_of(t)) == {}
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+#: The User-Agent of the daemon's own requests (probes, proxy, refresh). Another replica
+#: recognises it exactly: such a request wants bytes, never a redirect (SPEC §10).
+TRACKER_AGENT = "solana-snapshot-tracker"
+
+#: The User-Agent of ``snapshot-tracker fetch``: a client like any other (it follows 303s).
+FETCH_AGENT = "solana-snapshot-tracker-fetch"
+
 #: The longest one-line reason.
 MAX_REASON = 300
 

@@ -19,6 +19,7 @@ import trio
 
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo, parse_archive_name
+from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
 from tracker.fetch.download import FetchSettings, Result, download
@@ -85,7 +86,7 @@ def _client(settings: FetchSettings) -> httpx.AsyncClient:
             write=settings.read_timeout,
             pool=settings.read_timeout,
         ),
-        headers={"user-agent": "solana-snapshot-tracker-fetch", "accept-encoding": "identity"},
+        headers={"user-agent": FETCH_AGENT, "accept-encoding": "identity"},
     )
 
 

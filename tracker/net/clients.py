@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from tracker.core.config import TargetGroup, TLSConfig
+from tracker.core.text import TRACKER_AGENT
 
 
 def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
@@ -73,7 +74,7 @@ def build_client(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=min(64, max_connections)
         ),
-        headers={"accept-encoding": "identity", "user-agent": "solana-snapshot-tracker"},
+        headers={"accept-encoding": "identity", "user-agent": TRACKER_AGENT},
         cookies=no_cookies(),
     )
 

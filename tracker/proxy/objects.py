@@ -32,7 +32,7 @@ from tracker.core.config import Config, ObjectStore, TargetGroup
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
-from tracker.core.text import wants_bytes
+from tracker.core.text import TRACKER_AGENT, wants_bytes
 from tracker.errors import StoreError
 from tracker.files.ranges import http_date
 from tracker.objectstore.bucket import ObjectInfo
@@ -43,15 +43,12 @@ from tracker.proxy.sharing import SharedRefresh
 
 log = logging.getLogger("tracker.objectstore")
 
-#: What the tracker's own download client sends (:func:`tracker.proxy.upstream.download_client`).
-TRACKER_AGENT = "solana-snapshot-tracker"
-
 Found = list[tuple[SnapshotFile, SnapshotSource]]
 
 
 def from_tracker(request: quart.Request) -> bool:
     """True for a request of another tracker (a replica following this one's refresh)."""
-    return request.headers.get("user-agent", "").startswith(TRACKER_AGENT)
+    return request.headers.get("user-agent", "") == TRACKER_AGENT
 
 
 class ObjectPath:

@@ -40,7 +40,7 @@ import trio
 from tracker.core.config import TargetGroup, TLSConfig
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile
-from tracker.core.text import quoted
+from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import SourceFailed
 from tracker.net.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
@@ -137,7 +137,7 @@ def download_client(
             write=settings.read_timeout,
             pool=settings.connect_timeout,
         ),
-        headers={"accept-encoding": "identity", "user-agent": "solana-snapshot-tracker"},
+        headers={"accept-encoding": "identity", "user-agent": TRACKER_AGENT},
         cookies=no_cookies(),
     )
 

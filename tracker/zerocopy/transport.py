@@ -31,6 +31,8 @@ import httpcore
 import httpx
 import trio
 
+from tracker.core.text import TRACKER_AGENT
+
 # The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
 
 
@@ -303,7 +305,7 @@ class HeadClient:
             raise httpx.UnsupportedProtocol("only http", request=request)
         items = headers.items() if hasattr(headers, "items") else headers
         sent = [("host", target.netloc.decode("ascii")), ("accept-encoding", "identity")]
-        sent += [("user-agent", "solana-snapshot-tracker"), ("connection", "close"), *items]
+        sent += [("user-agent", TRACKER_AGENT), ("connection", "close"), *items]
         path = target.raw_path.decode("ascii")
         port = target.port or 80
         try:
