@@ -45,13 +45,11 @@ def fetch(
     read_timeout: float = 30.0,
     deadline: float = 600.0,
     expect: int | None = 200,
+    extra: str = "",
 ) -> Fetch:
-    """GET ``path``; read and discard the whole body. Raises FetchError on any failure."""
-    host, port = address
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: sst-bench\r\n"
-        "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
-    ).encode()
+    """GET ``path``; read and discard the whole body. Raises FetchError on any failure.
+    ``extra``: more header lines, each ending in CRLF (e.g. a ``Range``)."""
+    request = _request(address, path, extra)
     try:
         with socket.create_connection(address, timeout=read_timeout) as sock:
             started = time.perf_counter()
@@ -67,6 +65,58 @@ def fetch(
     if expect is not None and status != expect:
         raise FetchError(f"{path}: status {status}, expected {expect}")
     return Fetch(status, headers, got, started, ended)
+
+
+def _request(address: tuple[str, int], path: str, extra: str = "", close: bool = True) -> bytes:
+    host, port = address
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: sst-bench\r\n"
+        f"Accept-Encoding: identity\r\n{connection}{extra}\r\n"
+    ).encode()
+
+
+def first_byte(address: tuple[str, int], path: str, *, timeout: float = 30.0) -> float:
+    """Seconds from sending a GET of ``path`` on a fresh connection to the first body byte
+    (the connection is then closed: the rest of the body is not wanted)."""
+    try:
+        with socket.create_connection(address, timeout=timeout) as sock:
+            started = time.perf_counter()
+            sock.sendall(_request(address, path))
+            status, _headers, got = _read_head(sock)
+            if status != 200:
+                raise FetchError(f"{path}: status {status}")
+            if not got and not sock.recv(1):
+                raise FetchError(f"{path}: no body")
+            return time.perf_counter() - started
+    except OSError as exc:
+        raise FetchError(f"{path}: {exc}") from exc
+
+
+def hold_keepalive(address: tuple[str, int], path: str, count: int) -> list[socket.socket]:
+    """Open ``count`` connections, each asking ``path`` (an answer without a body, such as a
+    redirect) and kept open afterwards; the caller closes them. Raises FetchError when a
+    connection fails or its server closed it."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(address, timeout=10)
+            socks.append(sock)
+            sock.sendall(_request(address, path, close=False))
+        for sock in socks:
+            _read_head(sock)
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    raise FetchError("the server closed a keep-alive connection")
+            except BlockingIOError:
+                pass  # open and idle: what is wanted
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], int]:
@@ -132,6 +182,7 @@ def fetch_many(
     *,
     deadline: float = 600.0,
     expect: int | None = 200,
+    extra: str = "",
 ) -> Batch:
     """Download every path at once, one thread each; raises the first FetchError, if any."""
     results: list[Fetch | BaseException | None] = [None] * len(paths)
@@ -140,7 +191,7 @@ def fetch_many(
     def one(i: int) -> None:
         try:
             barrier.wait(timeout=30)
-            results[i] = fetch(address, paths[i], deadline=deadline, expect=expect)
+            results[i] = fetch(address, paths[i], deadline=deadline, expect=expect, extra=extra)
         except BaseException as exc:  # reported to the caller below
             results[i] = exc
 

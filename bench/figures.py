@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -24,7 +25,8 @@ from typing import Any
 
 import attrs
 
-from bench.client import Batch, Fetch, fetch, fetch_many, fetch_sequence
+from bench.client import Fetch, fetch, fetch_many, first_byte, hold_keepalive
+from bench.curl import curl_get, curl_many
 from bench.procs import HOST, Procs, free_port, rss_kib
 from bench.profile import Profiler
 from bench.servers import (
@@ -55,8 +57,9 @@ class Options:
     streams: int = 8
     wrk_seconds: float = 10.0
     wrk_connections: int = 32
-    memory_hits: int = 16
-    memory_proxied: int = 4
+    memory_hits: int = 100
+    memory_proxied: int = 100
+    idle_connections: int = 2000
     fanin_clients: int = 4
     discovery_targets: int = 2000
     cluster_nodes: int = 3000
@@ -76,6 +79,9 @@ class Env:
     proxy: Nginx
     hit_tracker: Tracker | None = None
     bare: tuple[str, int] | None = None
+    #: nginx with proxy_cache (the refresh figure's yardstick) and its cache directory.
+    cache_proxy: Nginx | None = None
+    cache_proxy_dir: Path | None = None
     profiler: Profiler | None = None
     tracker_env: dict[str, str] = attrs.Factory(dict)
 
@@ -160,32 +166,96 @@ def stop(env: Env, tracker: Tracker, cache_dir: Path | None = None) -> None:
 # -- download figures -----------------------------------------------------------------------
 
 
-#: One stream of a cached GiB takes ~0.3 s on loopback, too short to stand out of the shared
-#: machine's noise (single ratios ranged 0.6-1.4x): each run measures this many GETs in a row.
-SINGLE_STREAM_GETS = 3
+#: Fresh-connection curl GETs of the cached archive per side and run (interleaved with the
+#: reference's): one GET of a GiB takes ~0.3 s here, and single GETs swing by ±40 % on this
+#: shared machine, so each run takes the median of a few.
+HIT_GETS = 3
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children (nginx: master and workers)."""
+    total = _cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == str(pid):
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += _cpu_seconds(int(entry.name))
+    return total
+
+
+@attrs.define
+class Side:
+    """One server of a paired cache-hit measurement: its URL and what it has cost."""
+
+    url: str
+    pid: int
+    rates: list[float] = attrs.Factory(list)
+    cpu: float = 0.0
+    served: int = 0
+
+    def get(self, env: Env, streams: int) -> None:
+        before = tree_cpu_seconds(self.pid)
+        size = env.archives.size
+        curl = env.tools["curl"]
+        if streams == 1:
+            self.rates.append(curl_get(curl, self.url, size=size).rate)
+        else:
+            self.rates.append(curl_many(curl, [self.url] * streams, size=size))
+        self.cpu += tree_cpu_seconds(self.pid) - before
+        self.served += size * streams
 
 
 def cache_hit(env: Env, run: int, streams: int) -> Result:
-    """GET of the cached archive by ``streams`` clients at once (one client: SINGLE_STREAM_GETS
-    GETs in a row): tracker vs nginx sendfile."""
+    """GETs of the cached archive with curl on fresh connections, ``streams`` at once,
+    HIT_GETS times, interleaved with the same GETs of nginx (sendfile); the median rate of
+    each side, and each server's CPU seconds per GiB served."""
     assert env.hit_tracker is not None
-    best = env.archives.best
     tracker = env.hit_tracker
+    ours = Side(_url(tracker.address, tracker_path(env.archives.best)), tracker.proc.pid)
+    nginx = Side(_url(env.files.address, nginx_path(env.archives.best)), env.files.proc.popen.pid)
+    with env.profile(f"cache_hit_{streams}-run{run + 1}", tracker):
+        for n in range(HIT_GETS):
+            for side in (ours, nginx) if (run + n) % 2 == 0 else (nginx, ours):
+                side.get(env, streams)
+    gib = 1024**3
+    return {
+        "tracker": statistics.median(ours.rates),
+        "reference": statistics.median(nginx.rates),
+        "tracker_cpu_per_gib": ours.cpu / (ours.served / gib),
+        "reference_cpu_per_gib": nginx.cpu / (nginx.served / gib),
+    }
 
-    def measure(address: tuple[str, int], path: str) -> Batch:
-        if streams == 1:
-            return fetch_sequence(address, path, SINGLE_STREAM_GETS)
-        return fetch_many(address, [path] * streams)
 
-    def ours() -> Batch:
-        with env.profile(f"cache_hit_{streams}-run{run + 1}", tracker):
-            return measure(tracker.address, tracker_path(best))
+def _url(address: tuple[str, int], path: str) -> str:
+    return f"http://{address[0]}:{address[1]}{path}"
 
-    def nginx() -> Batch:
-        return measure(env.files.address, nginx_path(best))
 
-    a, b = pair(run, ours, nginx)
-    return {"tracker": a.rate, "reference": b.rate}
+#: Proxied GETs per side and run whose first body byte is timed.
+FIRST_BYTE_GETS = 20
+
+
+def proxy_first_byte(env: Env, run: int) -> Result:
+    """Time to the first body byte of an uncached archive proxied by the tracker vs by nginx
+    ``proxy_pass`` (FIRST_BYTE_GETS fresh-connection GETs each, interleaved; p50 in ms)."""
+    assert env.hit_tracker is not None
+    tracker, old = env.hit_tracker, env.archives.old
+    ours: list[float] = []
+    nginx: list[float] = []
+    with env.profile(f"first_byte-run{run + 1}", tracker):
+        for n in range(FIRST_BYTE_GETS):
+            first, second = pair(
+                run + n,
+                lambda: first_byte(tracker.address, tracker_path(old)),
+                lambda: first_byte(env.proxy.address, nginx_path(old)),
+            )
+            ours.append(first)
+            nginx.append(second)
+    return {
+        "tracker_ms": statistics.median(ours) * 1000,
+        "reference_ms": statistics.median(nginx) * 1000,
+    }
 
 
 def proxy(env: Env, run: int) -> Result:
@@ -207,17 +277,24 @@ def proxy(env: Env, run: int) -> Result:
 
 
 def refresh(env: Env, run: int) -> Result:
-    """The first GET of the best archive on an empty cache (client + temp file at once) vs a
-    plain proxied GET on the same tracker right before or after."""
+    """The first GET of the best archive through a tracker with an empty cache (to the client
+    and into its cache at once) vs the same GET through nginx ``proxy_cache`` filling its
+    empty cache from the same upstream, on the same file system."""
+    nginx, nginx_cache = env.cache_proxy, env.cache_proxy_dir
+    assert nginx is not None
+    assert nginx_cache is not None
     cache = env.work / f"cache-refresh-{run}"
     tracker = start_proxy_tracker(env, f"tracker-refresh-{run}", cache)
+    for entry in nginx_cache.iterdir():  # empty before each run
+        shutil.rmtree(entry, ignore_errors=True)
+    nginx_url = f"{nginx_path(env.archives.best)}?fill={run}"  # a key never cached before
 
     def ours() -> Fetch:
         with env.profile(f"refresh-run{run + 1}", tracker):
             return fetch(tracker.address, tracker_path(env.archives.best))
 
     try:
-        a, b = pair(run, ours, lambda: fetch(tracker.address, tracker_path(env.archives.old)))
+        a, b = pair(run, ours, lambda: fetch(nginx.address, nginx_url))
         # The client has every byte before the fsync and rename: wait for the promotion.
         cached = cache / GROUP / env.archives.best
         deadline = time.monotonic() + 60
@@ -225,6 +302,8 @@ def refresh(env: Env, run: int) -> Result:
             time.sleep(0.05)
         if not cached.exists() or cached.stat().st_size != env.archives.size:
             raise RuntimeError("the refresh did not leave the archive in the cache")
+        if not any(p.is_file() for p in nginx_cache.rglob("*")):
+            raise RuntimeError("nginx proxy_cache did not cache the archive")
     finally:
         stop(env, tracker, cache)
     return {"tracker": a.body_bytes / a.seconds, "reference": b.body_bytes / b.seconds}
@@ -271,8 +350,14 @@ def redirects(env: Env, run: int) -> Result:
 # -- memory ---------------------------------------------------------------------------------
 
 
+#: Bytes each client of the memory figure asks for (a Range from 0): enough for every
+#: download to be in flight at once, without moving 200 GiB per run.
+MEMORY_RANGE = 256 * 1024 * 1024
+
+
 def memory(env: Env, run: int) -> Result:
-    """Peak RSS of a fresh tracker serving cache hits and proxied downloads all at once."""
+    """Peak RSS of a fresh tracker serving ``memory_hits`` cache hits and ``memory_proxied``
+    proxied downloads all at once (each a Range of MEMORY_RANGE bytes)."""
     tracker = start_hit_tracker(env, f"tracker-memory-{run}")
     pid = tracker.proc.pid
     peak = [rss_kib(pid)]
@@ -286,11 +371,12 @@ def memory(env: Env, run: int) -> Result:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    span = f"Range: bytes=0-{min(MEMORY_RANGE, env.archives.size) - 1}\r\n"
     try:
         paths = [tracker_path(env.archives.best)] * env.options.memory_hits
         paths += [tracker_path(env.archives.old)] * env.options.memory_proxied
         with env.profile(f"memory-run{run + 1}", tracker):
-            batch = fetch_many(tracker.address, paths)
+            batch = fetch_many(tracker.address, paths, expect=206, extra=span)
         hwm = rss_kib(pid, "VmHWM")
     finally:
         stop_polling.set()
@@ -300,6 +386,33 @@ def memory(env: Env, run: int) -> Result:
         "peak_mb": max(hwm, *peak) * 1024 / 1e6,
         "idle_mb": idle * 1024 / 1e6,
         "aggregate": batch.rate,
+        "downloads": len(paths),
+    }
+
+
+def idle_connections(env: Env, run: int) -> Result:
+    """RSS of a fresh tracker holding ``idle_connections`` keep-alive connections (each
+    answered one redirect) vs the same tracker idle before."""
+    tracker = start_hit_tracker(env, f"tracker-idle-{run}")
+    pid = tracker.proc.pid
+    try:
+        fetch(tracker.address, "/v1/snapshot.tar.bz2", expect=303)  # warm the route
+        idle = rss_kib(pid)
+        socks = hold_keepalive(
+            tracker.address, "/v1/snapshot.tar.bz2", env.options.idle_connections
+        )
+        try:
+            held = rss_kib(pid)
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        stop(env, tracker, env.work / f"cache-{tracker.proc.name}")
+    return {
+        "idle_mb": idle * 1024 / 1e6,
+        "held_mb": held * 1024 / 1e6,
+        "delta_mb": (held - idle) * 1024 / 1e6,
+        "connections": len(socks),
     }
 
 
@@ -608,7 +721,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def object_store(env: Env, setup: StoreSetup, run: int) -> Result:
     """A direct-serve cache hit (GET the tracker, follow its 303 to SeaweedFS) vs the same
-    object fetched from SeaweedFS with a presigned URL of its own, SINGLE_STREAM_GETS each in
+    object fetched from SeaweedFS with a presigned URL of its own, HIT_GETS each in
     a row on fresh connections; the tracker's CPU per GiB during the hits; wrk on the hit's
     303 vs wrk on the short redirect, same tracker, back to back."""
     tracker, best = setup.tracker, env.archives.best
@@ -620,16 +733,16 @@ def object_store(env: Env, setup: StoreSetup, run: int) -> Result:
     def ours() -> float:
         before = _cpu_seconds(tracker.proc.pid)
         started, got = time.perf_counter(), 0
-        for _ in range(SINGLE_STREAM_GETS):
+        for _ in range(HIT_GETS):
             hit = fetch(tracker.address, tracker_path(best), expect=303)
             got += fetch(*_split(hit.headers["location"])).body_bytes
         seconds = time.perf_counter() - started
-        cpu[0] = (_cpu_seconds(tracker.proc.pid) - before) / SINGLE_STREAM_GETS
+        cpu[0] = (_cpu_seconds(tracker.proc.pid) - before) / HIT_GETS
         return got / seconds
 
     def direct() -> float:
         started, got = time.perf_counter(), 0
-        for _ in range(SINGLE_STREAM_GETS):
+        for _ in range(HIT_GETS):
             got += fetch(*_split(presigned)).body_bytes
         return got / (time.perf_counter() - started)
 

@@ -35,6 +35,7 @@ from bench.procs import Procs, free_port
 from bench.profile import Profiler, find_py_spy, summary
 from bench.report import format_table, summarise, svg_chart
 from bench.servers import (
+    cache_nginx_conf,
     files_nginx_conf,
     make_archives,
     proxy_nginx_conf,
@@ -48,9 +49,11 @@ FIGURES = (
     "cache_hit_1",
     "cache_hit_8",
     "proxy",
+    "first_byte",
     "refresh",
     "redirects",
     "memory",
+    "idle_connections",
     "fan_in",
     "discovery",
     "fetch",
@@ -114,6 +117,7 @@ def options_from(args: argparse.Namespace) -> Options:
             wrk_seconds=1,
             memory_hits=4,
             memory_proxied=2,
+            idle_connections=50,
             fanin_clients=2,
             discovery_targets=100,
             cluster_nodes=100,
@@ -160,6 +164,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         "cache_hit_1": lambda run: figures.cache_hit(env, run, 1),
         "cache_hit_8": lambda run: figures.cache_hit(env, run, o.streams),
         "proxy": lambda run: figures.proxy(env, run),
+        "first_byte": lambda run: figures.proxy_first_byte(env, run),
         "refresh": lambda run: figures.refresh(env, run),
         "redirects": lambda run: figures.redirects(env, run),
     }
@@ -168,12 +173,23 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")
         if "redirects" in steady:
             env.bare = start_bare(env.procs)[1]
+        if "refresh" in steady:
+            env.cache_proxy_dir = env.work / "nginx-proxy-cache"
+            env.cache_proxy_dir.mkdir()
+            port = free_port()
+            conf = cache_nginx_conf(env.work, port, env.files.port, env.cache_proxy_dir)
+            env.cache_proxy = start_nginx(
+                env.procs, env.tools["nginx"], env.work, "cache", conf, port
+            )
         for run in range(o.runs):
             for name in steady:
                 _step(results, name, run, paired[name])
     if "memory" in wanted:
         for run in range(o.runs):
             _step(results, "memory", run, lambda r: figures.memory(env, r))
+    if "idle_connections" in wanted:
+        for run in range(o.runs):
+            _step(results, "idle_connections", run, lambda r: figures.idle_connections(env, r))
     if "fan_in" in wanted:
         _fan_in(env, results)
     if "cluster" in wanted:
@@ -255,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
-        tools = ensure(["nginx", "wrk", "aria2c"], install=not args.no_install)
+        tools = ensure(["nginx", "wrk", "aria2c", "curl"], install=not args.no_install)
     except ToolMissing as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 3

@@ -211,6 +211,35 @@ def proxy_nginx_conf(work: Path, port: int, upstream_port: int) -> str:
     )
 
 
+def cache_nginx_conf(work: Path, port: int, upstream_port: int, cache_dir: Path) -> str:
+    """nginx filling a ``proxy_cache`` from the files nginx: what an operator would run
+    instead of the tracker's disk cache. The cache is on the tracker's file system (the bench's
+    work dir) and written in place (``use_temp_path=off``); the query is part of the key, so
+    each run asks for a key never cached before."""
+    return (
+        _nginx_common(work, "cache")
+        + f"""http {{
+{_nginx_http_common(work, "cache")}
+  upstream files {{ server {HOST}:{upstream_port}; keepalive 32; }}
+  proxy_cache_path {cache_dir} levels=1:2 keys_zone=archives:10m max_size=100g inactive=1d
+                   use_temp_path=off;
+  server {{
+    listen {HOST}:{port};
+    location / {{
+      proxy_pass http://files;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache archives;
+      proxy_cache_key $uri$is_args$args;
+      proxy_cache_valid 200 1d;
+      proxy_cache_lock on;
+    }}
+  }}
+}}
+"""
+    )
+
+
 @attrs.frozen
 class Nginx:
     proc: Proc

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "aria2c": "aria2"}
+PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "aria2c": "aria2", "curl": "curl"}
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 # invoke-rc.d asks this before starting a service; 101 = "not allowed". Installing nginx
 # must not start a system nginx on port 80.

@@ -92,7 +92,11 @@ class Weed:
         while True:
             assert self.proc.poll() is None, (self.root / "weed.log").read_text()[-3000:]
             try:
+                # The bucket answers before the volume server has registered again after a
+                # restart; a write and a read go through it (objects stored before too).
                 s3.head_bucket(Bucket=BUCKET)
+                s3.put_object(Bucket=BUCKET, Key=".ready", Body=b"ready")
+                s3.get_object(Bucket=BUCKET, Key=".ready")["Body"].read()
                 return
             except Exception:
                 if time.monotonic() > deadline:

@@ -38,7 +38,7 @@ def processes_mentioning(text: str) -> list[str]:
 def test_bench_quick_run(tmp_path: Path) -> None:
     try:
         # .ci/run installs them; a test never installs packages itself.
-        ensure(["nginx", "wrk", "aria2c"], install=False)
+        ensure(["nginx", "wrk", "aria2c", "curl"], install=False)
     except ToolMissing as exc:
         pytest.skip(f"bench tools unavailable: {exc}")
     out = tmp_path / "out"
@@ -49,12 +49,13 @@ def test_bench_quick_run(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text())
     figures = {row["figure"] for row in results["table"]}
-    assert {"cache hit, one stream", "proxy, one stream", "redirects", "memory"} <= figures
-    assert {"discovery", "refresh", "fan-in"} <= figures
+    assert {"cache hit, one GET", "cache hit, 8 GETs", "cache hit CPU"} <= figures
+    assert {"proxy, one stream", "proxy first byte", "redirects", "redirects p99"} <= figures
+    assert {"memory", "idle connections", "discovery", "refresh", "fan-in"} <= figures
     assert set(FIGURES) - {"fan_in"} <= set(results["runs"])
     for row in results["table"]:
         assert row["verdict"] in {"PASS", "MISS", "info", "SKIP"}, row
-    assert "| cache hit, one stream |" in done.stdout
+    assert "| cache hit, one GET |" in done.stdout
     assert (out / "ratios.svg").read_text().startswith("<svg")
     # Everything the bench started lived under its work dir, which is gone with its processes.
     assert processes_mentioning(str(tmp_path)) == []

@@ -32,6 +32,7 @@ from tracker.files.downloads import outcome_of
 from tracker.files.fileresponse import file_response
 from tracker.zerocopy.connection import (
     LARGEST_PIECE,
+    LARGEST_SOCKET_PIECE,
     SCOPE_KEY,
     SMALLEST_PIECE,
     Connections,
@@ -41,8 +42,8 @@ from tracker.zerocopy.connection import (
 )
 
 MiB = 1024 * 1024
-# Every piece size once (8 MiB down to 64 KiB) and a tail under 64 KiB.
-SIZE = 2 * LARGEST_PIECE - SMALLEST_PIECE + 4321
+# Pieces of every size from 8 MiB down to 64 KiB once, and a tail under 64 KiB.
+SIZE = 2 * 8 * MiB - SMALLEST_PIECE + 4321
 
 
 @attrs.define
@@ -98,11 +99,26 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def resident_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_placeholders_cost_no_resident_memory() -> None:
+    """The placeholders of every piece size (255 MiB together) are zero pages never touched:
+    address space, not memory. A Python that filled them would cost every tracker 255 MiB."""
+    before = resident_kib()
+    connections = Connections()
+    assert sum(len(p) for p in connections.placeholders.values()) > 200 * MiB
+    assert resident_kib() - before < 16 * 1024
+
+
 def test_piece_sizes() -> None:
     assert piece_size(SMALLEST_PIECE - 1) == 0
     assert piece_size(SMALLEST_PIECE) == SMALLEST_PIECE
     assert piece_size(3 * MiB - 1) == 2 * MiB
-    assert piece_size(100 * LARGEST_PIECE) == LARGEST_PIECE
+    assert piece_size(100 * LARGEST_PIECE) == LARGEST_PIECE == 128 * MiB
+    assert piece_size(100 * LARGEST_PIECE, LARGEST_SOCKET_PIECE) == 8 * MiB
     connection = Connections().open((("127.0.0.1", 1), ("127.0.0.1", 2)))
     with pytest.raises(ValueError, match="not a piece size"):
         connection.stage(FilePiece(3 * MiB))

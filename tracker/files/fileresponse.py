@@ -156,7 +156,7 @@ class _PreadBody(GeneratorBody):
 class _SendfileBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, sent by the server with sendfile.
 
-    Yields placeholders (see tracker/zerocopy/connection.py) for pieces of 64 KiB to 8 MiB,
+    Yields placeholders (see tracker/zerocopy/connection.py) for pieces of 64 KiB to 128 MiB,
     and reads the last bytes under 64 KiB itself. Holds no file data in memory.
     """
 

@@ -20,7 +20,7 @@ import trio
 
 from tracker.errors import UpstreamError
 from tracker.files.bodies import GeneratorBody
-from tracker.zerocopy.connection import Connection, SocketPiece, piece_size
+from tracker.zerocopy.connection import LARGEST_SOCKET_PIECE, Connection, SocketPiece, piece_size
 
 #: The largest plain read of a body's last bytes (under the smallest piece).
 _TAIL_READ = 64 * 1024
@@ -73,7 +73,7 @@ class SpliceBody(GeneratorBody):
                 # Something read body bytes out of the socket: what is left there is no
                 # longer the rest of this body, and must not be sent as if it were.
                 raise UpstreamError("upstream body was read past its head: cannot splice")
-            size = piece_size(self.length - self.sent)
+            size = piece_size(self.length - self.sent, LARGEST_SOCKET_PIECE)
             if size:
                 piece = SocketPiece(size, sock=self._sock, read_timeout=self._read_timeout)
                 self._on_upstream(size)
