@@ -471,7 +471,7 @@ async def running_tracker(
                 parts.streamer.cache()  # start-up cleanup, as the service does
                 connections = None if plain else Connections()
                 serve = partial(serve_app, connections=connections, plain=plain)
-                base = await nursery.start(serve, parts.app)
+                base = await nursery.start(serve, parts.public)
                 yield TrackerUnderTest(base, parts, connections)
                 parts.transfers.close(0)
                 nursery.cancel_scope.cancel()

@@ -35,14 +35,8 @@ from tracker.web.queries import (
     parse_slot,
     resolve_group,
 )
+from tracker.web.shortcuts import SHORT_NAMES, best_source
 from tracker.web.urls import public_base
-
-SHORT_NAMES = {
-    "snapshot.tar.bz2": "full",
-    "snapshot.tar.zst": "full",
-    "incremental-snapshot.tar.bz2": "incremental",
-    "incremental-snapshot.tar.zst": "incremental",
-}
 
 
 @attrs.define
@@ -277,11 +271,9 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
 
 
 def _register_redirects(app: QuartTrio, deps: ApiDeps) -> None:
-    def best(group: str, kind: str) -> SnapshotSource | None:
-        if kind == "full":
-            return deps.index.best_full(group)
-        return deps.index.best_incremental(group)
-
+    # Served by tracker.web.shortcuts.ShortRedirects before Quart; these routes give the
+    # answers it leaves to Quart (errors) and the reference it is tested against.
+    best = partial(best_source, deps.index)
     for short, kind in SHORT_NAMES.items():
 
         async def v1_short(kind: str = kind) -> quart.Response:
