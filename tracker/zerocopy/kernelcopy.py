@@ -123,20 +123,29 @@ class _Splicer:
     write_end: int
     capacity: int
     buffered: int = 0
+    #: The pipe took nothing although the upstream had bytes: its slots are used up (a
+    #: pipe holds 256 segments, not 1 MiB of bytes; loopback segments can be small).
+    #: Until the client takes some, waiting for the upstream would return at once, for
+    #: ever: a busy loop burning a core while a slow client reads.
+    pipe_full: bool = False
 
     def run(self, count: int, read_timeout: float) -> None:
         arrived = delivered = time.monotonic()
+        readable = False
         while count or self.buffered:
             moved = False
-            if count and self.buffered < self.capacity:
+            if count and self.buffered < self.capacity and not self.pipe_full:
                 got = self._fill(min(count, self.capacity - self.buffered))
                 if got > 0:
                     count, moved, arrived = count - got, True, time.monotonic()
+                elif readable and self.buffered:
+                    self.pipe_full = True
             if self.buffered and self._drain() > 0:
-                moved, delivered = True, time.monotonic()
+                moved, delivered, self.pipe_full = True, time.monotonic(), False
             if moved:
                 continue
-            self._wait(want_in=count > 0 and self.buffered < self.capacity)
+            want_in = count > 0 and self.buffered < self.capacity and not self.pipe_full
+            readable = self._wait(want_in=want_in)
             now = time.monotonic()
             if count and not self.buffered and now - arrived > read_timeout:
                 reason = f"upstream sent nothing for {read_timeout:.0f} s"
@@ -164,13 +173,18 @@ class _Splicer:
         self.buffered -= put
         return put
 
-    def _wait(self, *, want_in: bool) -> None:
+    def _wait(self, *, want_in: bool) -> bool:
+        """Wait up to a second for the upstream (when ``want_in``) or the client; True when
+        the upstream has bytes to read."""
         poller = select.poll()
         if want_in:
             poller.register(self.src, select.POLLIN)
         # Always watch the client: one that leaves while the upstream stalls must end the
         # transfer now, not after read_timeout (hypercorn too takes its FIN as leaving).
         poller.register(self.out, _CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
+        readable = False
         for fd, events in poller.poll(1000):
             if fd == self.out and events & _CLIENT_GONE:
                 raise ConnectionResetError("client closed the connection")
+            readable = readable or (fd == self.src and bool(events & select.POLLIN))
+        return readable

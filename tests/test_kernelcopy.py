@@ -1,0 +1,77 @@
+"""The blocking zero-copy loops (tracker/zerocopy/kernelcopy.py) over real loopback sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tracker.zerocopy.kernelcopy import splice_sockets
+
+MiB = 1024 * 1024
+
+
+@contextmanager
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two connected TCP sockets on 127.0.0.1 (sender, receiver)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.socket()
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sender.connect(server.getsockname())
+        receiver, _ = server.accept()
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    with sender, receiver:
+        yield sender, receiver
+
+
+def test_a_slow_client_costs_no_cpu_while_the_pipe_is_full() -> None:
+    """The upstream sends in small segments (a pipe holds 256 segments, however small, so
+    it fills long before 1 MiB) and the client takes nothing for a while: the splicing
+    thread must wait for the client, not spin on an upstream that is always readable."""
+    data = os.urandom(6 * MiB)
+    pause = 1.0
+    # The upstream: a Unix stream socket, whose small writes stay separate segments (TCP on
+    # loopback may merge them, as it did not for the pieces of a file nginx sent).
+    up_tx, up_rx = socket.socketpair()
+    with up_tx, up_rx, tcp_pair() as (out_tx, out_rx):
+        up_rx.setblocking(False)
+        out_tx.setblocking(False)
+        # Small client buffers: the client's side is full within the first megabyte.
+        out_tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+
+        def upstream() -> None:
+            view = memoryview(data)
+            while view:
+                sent = up_tx.send(view[:1400])  # one small segment per send
+                view = view[sent:]
+
+        cpu: list[float] = []
+        errors: list[BaseException] = []
+
+        def splicer() -> None:
+            try:
+                splice_sockets(up_rx.fileno(), out_tx.fileno(), len(data), read_timeout=30)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            cpu.append(time.thread_time())
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (upstream, splicer)]
+        for thread in threads:
+            thread.start()
+        time.sleep(pause)  # the client takes nothing meanwhile
+        received = bytearray()
+        out_rx.settimeout(30)
+        while len(received) < len(data):
+            chunk = out_rx.recv(MiB)
+            assert chunk, "the splice ended early"
+            received += chunk
+        for thread in threads:
+            thread.join(30)
+    assert not errors, errors
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+    # Spinning, the thread burns about the whole pause; waiting, a few milliseconds.
+    assert cpu[0] < pause / 4, f"splicing thread used {cpu[0]:.2f} s of CPU"
