@@ -390,13 +390,21 @@ def memory(env: Env, run: int) -> Result:
     }
 
 
+#: Keep-alive connections opened and closed before the idle figure's baseline.
+IDLE_WARM_UP = 200
+
+
 def idle_connections(env: Env, run: int) -> Result:
     """RSS of a fresh tracker holding ``idle_connections`` keep-alive connections (each
     answered one redirect) vs the same tracker idle before."""
     tracker = start_hit_tracker(env, f"tracker-idle-{run}")
     pid = tracker.proc.pid
     try:
-        fetch(tracker.address, "/v1/snapshot.tar.bz2", expect=303)  # warm the route
+        # Warm up: the first few hundred connections also fill the allocator's pools and
+        # the libraries' caches once, which is not what each idle connection costs.
+        for sock in hold_keepalive(tracker.address, "/v1/snapshot.tar.bz2", IDLE_WARM_UP):
+            sock.close()
+        time.sleep(0.5)  # let the tracker close its ends
         idle = rss_kib(pid)
         socks = hold_keepalive(
             tracker.address, "/v1/snapshot.tar.bz2", env.options.idle_connections
