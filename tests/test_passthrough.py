@@ -36,11 +36,11 @@ from names import full_name
 from tracker.errors import UpstreamError
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.upstream import ProxySettings, download_client
-from tracker.zerocopy.connection import LARGEST_SOCKET_PIECE, SMALLEST_PIECE, Connections
+from tracker.zerocopy.connection import SMALLEST_PIECE, Connections
 
 NAME = full_name(1000)
-# Every piece size once (8 MiB down to 64 KiB) and a tail under 64 KiB.
-DATA = archive_bytes(2 * LARGEST_SOCKET_PIECE - SMALLEST_PIECE + 4321, seed=3)
+# Pieces of every size from 8 MiB down to 64 KiB once, and a tail under 64 KiB.
+DATA = archive_bytes(2 * 8 * MiB - SMALLEST_PIECE + 4321, seed=3)
 
 
 @asynccontextmanager
@@ -89,7 +89,7 @@ async def test_a_large_range_is_spliced_too(upstream: FakeUpstream) -> None:
 async def test_a_client_leaving_during_an_upstream_stall_ends_both_at_once(
     upstream: FakeUpstream,
 ) -> None:
-    upstream.behaviour[NAME] = Behaviour(pause_at=LARGEST_SOCKET_PIECE + 1 * MiB)  # never resumed
+    upstream.behaviour[NAME] = Behaviour(pause_at=9 * MiB)  # in the second piece; never resumed
     slow = attrs.evolve(FAST, read_timeout=60.0)
     async with proxying(upstream.base, settings=slow) as t:
         wire = await raw_request(t.base, f"/v1/{NAME}?group={GROUP}", read_limit=9 * MiB)

@@ -118,7 +118,7 @@ def test_piece_sizes() -> None:
     assert piece_size(SMALLEST_PIECE) == SMALLEST_PIECE
     assert piece_size(3 * MiB - 1) == 2 * MiB
     assert piece_size(100 * LARGEST_PIECE) == LARGEST_PIECE == 128 * MiB
-    assert piece_size(100 * LARGEST_PIECE, LARGEST_SOCKET_PIECE) == 8 * MiB
+    assert piece_size(100 * LARGEST_PIECE, LARGEST_SOCKET_PIECE) == 64 * MiB
     connection = Connections().open((("127.0.0.1", 1), ("127.0.0.1", 2)))
     with pytest.raises(ValueError, match="not a piece size"):
         connection.stage(FilePiece(3 * MiB))
