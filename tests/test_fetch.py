@@ -33,6 +33,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
+import tracker.fetch.download
 from tracker.core.config import TargetGroup
 from tracker.errors import FetchError
 from tracker.fetch.download import FetchSettings
@@ -79,8 +80,16 @@ def contents(ledger: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("mode", ["redirect", "proxy", "cache"])
 async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
-    mode: str, tmp_path: Path
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spliced: list[int] = []
+    real_splice = tracker.fetch.download.splice_to_file
+
+    def counting(*args: Any) -> int:
+        spliced.append(moved := real_splice(*args))
+        return moved
+
+    monkeypatch.setattr(tracker.fetch.download, "splice_to_file", counting)
     ledger = ledger_of(tmp_path)
     async with serving(FakeUpstream(files=dict(FILES))) as up, tracker_for(mode, tmp_path) as t:
         advertise_all(t, up, FILES)
@@ -91,6 +100,8 @@ async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
     expected = parsedate_to_datetime(UPSTREAM_LAST_MODIFIED).timestamp()
     assert all((ledger / name).stat().st_mtime == expected for name in FILES)
     assert not [p for p in ledger.iterdir() if p.name.startswith(".")]
+    # Plain HTTP: every body byte went from the socket to the file with splice(2).
+    assert sum(spliced) == sum(len(data) for data in FILES.values())
 
 
 async def test_through_the_object_store(weed: Any, tmp_path: Path) -> None:

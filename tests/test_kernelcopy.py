@@ -9,8 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from tracker.zerocopy.kernelcopy import splice_sockets
+import pytest
+
+from tracker.errors import SourceFailed
+from tracker.zerocopy.kernelcopy import splice_sockets, splice_to_file
 
 MiB = 1024 * 1024
 
@@ -75,3 +79,33 @@ def test_a_slow_client_costs_no_cpu_while_the_pipe_is_full() -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
     # Spinning, the thread burns about the whole pause; waiting, a few milliseconds.
     assert cpu[0] < pause / 4, f"splicing thread used {cpu[0]:.2f} s of CPU"
+
+
+def test_splice_to_file_writes_at_the_offset_and_reports_what_it_moved(tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 123)
+    path = tmp_path / "file"
+    path.write_bytes(b"\0" * (len(data) + 10))
+    with tcp_pair() as (tx, rx), open(path, "r+b") as f:
+        rx.setblocking(False)
+        sender = threading.Thread(target=tx.sendall, args=(data,), daemon=True)
+        sender.start()
+        moved = 0
+        while moved < len(data):  # as the fetch calls it: a bounded time per call
+            moved += splice_to_file(rx.fileno(), f.fileno(), 10 + moved, len(data) - moved, 5, 0.01)
+        sender.join(10)
+    assert path.read_bytes() == b"\0" * 10 + data
+
+
+def test_splice_to_file_fails_on_a_closed_or_silent_source(tmp_path: Path) -> None:
+    with tcp_pair() as (tx, rx), open(tmp_path / "file", "wb") as f:
+        rx.setblocking(False)
+        tx.sendall(b"x" * 1000)
+        tx.shutdown(socket.SHUT_WR)
+        with pytest.raises(SourceFailed, match="closed the connection mid-body"):
+            splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 5, 10)
+    with tcp_pair() as (tx, rx), open(tmp_path / "file", "wb") as f:
+        rx.setblocking(False)
+        started = time.monotonic()
+        with pytest.raises(SourceFailed, match="sent nothing"):
+            splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 0.5, 10)
+        assert time.monotonic() - started < 3

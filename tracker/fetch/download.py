@@ -27,7 +27,7 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
-from tracker.errors import FetchError
+from tracker.errors import FetchError, SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.state import (
@@ -40,6 +40,8 @@ from tracker.fetch.state import (
 )
 from tracker.net.bodies import body_chunks
 from tracker.net.limits import transport_reason
+from tracker.zerocopy.kernelcopy import splice_to_file
+from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.fetch")
 
@@ -444,9 +446,13 @@ async def _fetch_claim(
             _check_range(response, source, first, end)
         elif response.status_code != 200:
             raise SourceError(f"{source.url}: status {response.status_code}")
+        stream = splice_stream(response, end - first if source.ranges else pieces.size)
         try:
-            async with body_chunks(response) as chunks:
-                await _write_body(chunks, source, claim, pieces, fd, settings, progress)
+            if stream is not None:  # the rest of the body, if stolen, goes with the connection
+                await _splice_body(stream, source, claim, pieces, fd, settings, progress)
+            else:
+                async with body_chunks(response) as chunks:
+                    await _write_body(chunks, source, claim, pieces, fd, settings, progress)
         except trio.TooSlowError:
             raise SourceError(f"{source.url}: no data for {settings.read_timeout:g}s") from None
         except httpx.HTTPError as exc:
@@ -497,6 +503,46 @@ async def _write_body(
             return  # the claim's end: the rest of this answer is someone else's (stolen)
         if buffered >= settings.write_size or trio.current_time() - flushed > settings.write_delay:
             await flush()
+
+
+#: Longest a splice into the file runs before its progress is accounted (speed checks,
+#: state file, progress bar), seconds.
+SPLICE_SECONDS = 0.1
+
+
+async def _splice_body(
+    stream: BigReadStream,
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Move the body from the socket into the file with splice(2), up to the claim's
+    (possibly shrinking) end: no byte passes through Python (plain HTTP; httpx reads the
+    rest). Each call of the worker thread runs SPLICE_SECONDS at most."""
+    sock = stream.get_extra_info("socket")
+    while count := claim.take(settings.write_size * 8):
+        src = os.dup(sock.fileno())  # the event loop may close its own meanwhile
+        try:
+            moved = await trio.to_thread.run_sync(
+                splice_to_file,
+                src,
+                fd,
+                claim.position,
+                count,
+                settings.read_timeout,
+                SPLICE_SECONDS,
+            )
+        except SourceFailed as exc:
+            raise SourceError(f"{source.url}: {exc}") from exc
+        finally:
+            os.close(src)
+        claim.reserved = claim.position + moved  # what was taken but not moved goes back
+        pieces.advance(claim, moved)
+        source.sent += moved
+        progress.add(moved)
 
 
 def _write_all(fd: int, pieces: list[memoryview], offset: int) -> None:

@@ -188,3 +188,63 @@ class _Splicer:
                 raise ConnectionResetError("client closed the connection")
             readable = readable or (fd == self.src and bool(events & select.POLLIN))
         return readable
+
+
+def splice_to_file(
+    src: int, file_fd: int, offset: int, count: int, read_timeout: float, seconds: float
+) -> int:
+    """Blocking: move up to ``count`` bytes arriving on socket ``src`` into ``file_fd`` at
+    ``offset`` (splice(2) through a pipe: the bytes never enter user space); returns how many.
+
+    Returns early, with what is on disk so far, once ``seconds`` have passed (the caller
+    accounts progress between calls). Raises SourceFailed when the peer closes the connection
+    or sends nothing for ``read_timeout`` seconds, OSError when the file cannot be written.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+        return _to_file(
+            src, file_fd, offset, count, (read_end, write_end, capacity), read_timeout, seconds
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _to_file(
+    src: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    pipe: tuple[int, int, int],
+    read_timeout: float,
+    seconds: float,
+) -> int:
+    read_end, write_end, capacity = pipe
+    moved = 0
+    arrived = time.monotonic()
+    until = arrived + seconds
+    poller = select.poll()
+    poller.register(src, select.POLLIN)
+    while moved < count:
+        try:
+            got = os.splice(src, write_end, min(count - moved, capacity), flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            if not poller.poll(1000) and time.monotonic() - arrived > read_timeout:
+                raise SourceFailed(f"source sent nothing for {read_timeout:g} s") from None
+            continue
+        except OSError as exc:
+            raise SourceFailed(f"read failed: {exc.strerror}") from exc
+        if got == 0:
+            raise SourceFailed("source closed the connection mid-body")
+        arrived = time.monotonic()
+        while got:  # the pipe is drained into the file before anything else
+            put = os.splice(read_end, file_fd, got, offset_dst=offset + moved)
+            if put <= 0:
+                raise OSError(errno.EIO, "the file took no bytes")
+            moved, got = moved + put, got - put
+        if arrived > until:
+            break
+    return moved
