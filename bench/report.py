@@ -170,7 +170,7 @@ def _cpu_rows(results: dict[str, Any]) -> list[Row]:
         how = f"server CPU seconds per GiB served, cache hits ({streams}), vs nginx"
         rows.append(
             Row(
-                "cache hit CPU",
+                f"cache hit CPU, {streams}",
                 how,
                 f"{ours:.3f} s/GiB",
                 f"{nginx:.3f} s/GiB",

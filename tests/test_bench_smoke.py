@@ -49,7 +49,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text())
     figures = {row["figure"] for row in results["table"]}
-    assert {"cache hit, one GET", "cache hit, 8 GETs", "cache hit CPU"} <= figures
+    assert {"cache hit, one GET", "cache hit, 8 GETs", "cache hit CPU, one GET"} <= figures
     assert {"proxy, one stream", "proxy first byte", "redirects", "redirects p99"} <= figures
     assert {"memory", "idle connections", "discovery", "refresh", "fan-in"} <= figures
     assert set(FIGURES) - {"fan_in"} <= set(results["runs"])

@@ -26,11 +26,13 @@ from helpers_proxy import (
     advertise_files,
     archive_bytes,
     make_config,
+    raw_request,
     running_tracker,
     serving,
     wait_for,
 )
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
+from helpers_server import serve_app
 from names import full_name, incremental_name
 
 from tracker.core.config import ObjectStore
@@ -429,3 +431,43 @@ async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
 
 async def _append(out: list[Any], value: Any) -> None:
     out.append(await value)
+
+
+async def test_the_fast_path_answers_bucket_hits_as_quart_does(
+    tracker: TrackerUnderTest, weed: Weed
+) -> None:
+    """GETs the bucket answers with a 303 are answered before Quart
+    (:class:`tracker.web.shortcuts.FastRedirects`): same status, headers and body as the
+    Quart routes give, for every route and client; the others are left to Quart."""
+    t = tracker
+    async with httpx.AsyncClient() as client:
+        await client.get(t.url(FULL))  # fills the bucket
+    await uploaded(weed, t)
+    fast = t.parts.public
+    async with trio.open_nursery() as nursery:
+        quart_base = await nursery.start(serve_app, t.parts.app)
+        cases = [
+            ("GET", f"/v1/{GROUP}/{FULL}", "curl/8.0", True),
+            ("GET", f"/{FULL}", "Wget/1.21", True),
+            ("GET", f"/{FULL}", "Firedancer/0.1", False),  # bytes (SPEC §9)
+            ("GET", f"/v1/{GROUP}/{FULL}", "solana-snapshot-tracker", False),  # a replica
+            ("HEAD", f"/v1/{GROUP}/{FULL}", "curl/8.0", False),
+            ("GET", f"/v1/nobody/{FULL}", "curl/8.0", False),
+            ("GET", f"/v1/{GROUP}/not-an-archive", "curl/8.0", False),
+            ("GET", f"/v1/{GROUP}/{INCR}", "curl/8.0", False),  # not in the bucket
+        ]
+        for method, target, agent, answered_here in cases:
+            before = fast.answered
+            headers = [("user-agent", agent)]
+            ours = await raw_request(t.base, target, method=method, headers=headers, idle=0)
+            theirs = await raw_request(quart_base, target, method=method, headers=headers, idle=0)
+            assert ours.status == theirs.status, target
+            if ours.status == 303:
+                assert without_date(ours.headers) == without_date(theirs.headers), target
+            # (A streamed answer may differ: the first request started the file's refresh.)
+            assert (fast.answered > before) == answered_here, (method, target, agent)
+        nursery.cancel_scope.cancel()
+
+
+def without_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k.lower(), v) for k, v in headers if k.lower() != "date"]

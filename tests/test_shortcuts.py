@@ -1,6 +1,6 @@
 """The short redirects' fast path answers exactly as the Quart routes would (over HTTP).
 
-The tracker serves its public app behind :class:`tracker.web.shortcuts.ShortRedirects`; the
+The tracker serves its public app behind :class:`tracker.web.shortcuts.FastRedirects`; the
 same components' Quart app, served on a second listener, is the reference. Every short
 route, GET and HEAD, with and without a snapshot, in redirect and proxy mode, with the
 ``group`` query in its valid, blank, repeated, unknown and malformed forms: status, headers

@@ -54,7 +54,7 @@ from tracker.web.listeners import (
 )
 from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
-from tracker.web.shortcuts import ShortRedirects, best_source
+from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.zerocopy.connection import Connections
 from tracker.zerocopy.limit import effective_limit
 from tracker.zerocopy.server import hypercorn_config, serve
@@ -91,7 +91,7 @@ class Components:
     #: The public Quart app.
     app: QuartTrio
     #: What the public listener serves: ``app`` behind the short redirects' fast path.
-    public: ShortRedirects
+    public: FastRedirects
     #: The object-store tier, None without one.
     objects: ObjectPath | None = None
 
@@ -143,7 +143,7 @@ def build(
     status = objects.tier.status if objects is not None else lambda: None
     deps = ApiDeps(current, index, scraper, delivery, health, store_status=status)
     app = create_app(deps, on_response=metrics.count_request)
-    public = ShortRedirects(app, deps, partial(best_source, index), metrics.count_request)
+    public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     return Components(
         tracker, scraper, transfers, streamer, prefetcher, delivery, health, app, public, objects
     )

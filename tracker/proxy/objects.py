@@ -70,18 +70,26 @@ class ObjectPath:
         if request.method == "HEAD":
             info = await self.tier.lookup(group, name)
             return head_response(info) if info is not None else None
-        if request.method != "GET" or not self.store.direct_serve or from_tracker(request):
+        if request.method != "GET":
             return None
-        if wants_bytes(request.headers.get("user-agent", ""), config.serve_user_agents):
-            return None
-        if await self.tier.lookup(group, name) is None:
-            return None
-        url = await self.tier.handout(group, name)
+        url = await self.location(config, request.headers.get("user-agent", ""), group, name)
         if url is None:
             return None
         response = quart.Response(b"", status=303, content_type="text/plain")
         response.headers["location"] = url
         return response
+
+    async def location(self, config: Config, user_agent: str, group: str, name: str) -> str | None:
+        """Where a GET of ``name`` by ``user_agent`` is sent (a presigned URL of the object);
+        None when it is served another way (no direct serving, a client that wants bytes,
+        another tracker, not in the bucket, signing failed, the store down)."""
+        if not self.tier.usable or not self.store.direct_serve or user_agent == TRACKER_AGENT:
+            return None
+        if wants_bytes(user_agent, config.serve_user_agents):
+            return None
+        if await self.tier.lookup(group, name) is None:
+            return None
+        return await self.tier.handout(group, name)
 
     async def stream_source(self, group: str, name: str) -> tuple[TargetGroup, Found] | None:
         """The object as a source to stream from (presigned for the tracker); None when the

@@ -194,6 +194,23 @@ class ProxyStreamer:
         cache_job = RefreshJob(started, keep, partial(self._is_best, group, name))
         return await self._stream(partial(refresh_pump, job, cache_job), refresh=started)
 
+    async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
+        """The 303's location :meth:`serve` would answer a GET of ``name`` with from the
+        object store (counted as such), or None when it would answer otherwise (then call
+        :meth:`serve`). Never raises for a bad name or group: None."""
+        config = self._config()
+        objects = self._objects if self.cache() is not None else None
+        if objects is None or config.group_named(group) is None:
+            return None
+        try:
+            _check_name(name)
+        except RequestError:
+            return None
+        url = await objects.location(config, user_agent, group, name)
+        if url is not None:
+            self._count("object_redirect")
+        return url
+
     async def prefetch(self, group: str, name: str) -> bool:
         """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
 

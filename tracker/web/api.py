@@ -271,7 +271,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
 
 
 def _register_redirects(app: QuartTrio, deps: ApiDeps) -> None:
-    # Served by tracker.web.shortcuts.ShortRedirects before Quart; these routes give the
+    # Served by tracker.web.shortcuts.FastRedirects before Quart; these routes give the
     # answers it leaves to Quart (errors) and the reference it is tested against.
     best = partial(best_source, deps.index)
     for short, kind in SHORT_NAMES.items():

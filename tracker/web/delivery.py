@@ -42,6 +42,11 @@ class ByteStreamer(Protocol):
         """Answer ``request`` for archive ``name`` of ``group`` from one of ``found``."""
         ...
 
+    async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
+        """The location of the 303 to the object store :meth:`serve` would answer a GET
+        with; None when it would answer otherwise."""
+        ...
+
 
 def needs_credentials(group: TargetGroup | None, target: str) -> bool:
     """True when reaching ``target`` of ``group`` takes something a client must not be given.
@@ -166,6 +171,16 @@ class Delivery:
             return await self._streamer.serve(request, group, name, found)
         self._count("redirect")
         return redirect(redact_userinfo(f.url))
+
+    async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
+        """For a GET of archive ``name`` of ``group``: the location of the 303 to the object
+        store that :meth:`serve` would answer, or None when it would answer otherwise."""
+        found = self._index.find_file(group, name)
+        if self._streamer is None or not found or found[0][0].path:
+            return None
+        if not self._config().proxy_snapshot_downloads:
+            return None
+        return await self._streamer.bucket_location(group, name, user_agent)
 
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:

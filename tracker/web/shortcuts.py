@@ -1,13 +1,15 @@
-"""The short redirects answered before Quart: the API's hottest routes, at a fraction of the cost.
+"""Redirects answered before Quart: the API's hottest routes, at a fraction of the cost.
 
 Every validator that (re)starts, and every monitoring probe, asks ``/snapshot.tar.bz2`` and
 friends; the answer is a 303 computed from the index in microseconds, yet Quart's request
 machinery (request and app contexts, routing, signals, response object) cost more than the
 rest of the request together: a replica answered 0.66x the redirects of a bare quart-trio
-hello-world (bench/README.md). :class:`ShortRedirects` answers these routes itself, as plain
-ASGI, with the same status, headers and body as the Quart routes of :mod:`tracker.web.api`
-(tests/test_shortcuts.py compares the two byte for byte). Anything it would not answer the
-same way (a malformed or unknown ``group``, another method) goes on to Quart.
+hello-world (bench/README.md). The same holds for an archive the object store holds, whose
+GET is a 303 to a presigned URL (SPEC §10). :class:`FastRedirects` answers these itself, as
+plain ASGI, with the same status, headers and body as the Quart routes of
+:mod:`tracker.web.api` (tests/test_shortcuts.py and tests/test_objectstore.py compare the
+two byte for byte). Anything it would not answer the same way (a malformed or unknown
+``group``, another method, an archive served any other way) goes on to Quart.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from tracker.core.index import Index, SnapshotSource
+from tracker.core.snapshots import parse_archive_name
 from tracker.errors import RequestError
-from tracker.web.queries import resolve_group
+from tracker.web.queries import known_group, resolve_group
 
 if TYPE_CHECKING:
     from tracker.web.api import ApiDeps
@@ -42,8 +45,9 @@ def best_source(index: Index, group: str, kind: str) -> SnapshotSource | None:
     return index.best_full(group) if kind == "full" else index.best_incremental(group)
 
 
-class ShortRedirects:
-    """ASGI wrapper: answers GET and HEAD of the short redirect routes, passes the rest on.
+class FastRedirects:
+    """ASGI wrapper: answers GET and HEAD of the short redirect routes, and GETs of archives
+    the object store sends to a presigned URL; passes the rest on.
 
     ``best(group, kind)`` is the best source of a kind; ``location(group, source, alias)``
     the redirect's target (:meth:`tracker.web.delivery.Delivery.location`);
@@ -69,21 +73,47 @@ class ShortRedirects:
             self._routes[f"/{short}"] = (kind, True)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        route = self._routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        answer = None
-        if route is not None and scope.get("method") in ("GET", "HEAD"):
-            answer = self._answer(scope, *route)
+        answer, rule = None, ""
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
+            path = scope.get("path", "")
+            route = self._routes.get(path)
+            if route is not None:
+                answer, rule = self._answer(scope, *route), path
+            elif scope["method"] == "GET" and self._deps.config().object_store is not None:
+                answer, rule = await self._bucket(scope, path)
         if answer is None:
             await self.app(scope, receive, send)
             return
         status, headers, body = answer
         self.answered += 1
+        head = scope["method"] == "HEAD"  # HEAD: the GET's headers, no body (as Quart)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
+        await send({"type": "http.response.body", "body": b"" if head else body})
         if self._on_response is not None:
-            self._on_response(scope["path"], status)
+            self._on_response(rule, status)
+
+    async def _bucket(self, scope: Any, path: str) -> tuple[Answer | None, str]:
+        """A GET of ``/v1/{group}/{name}`` or ``/{name}`` that the object store answers with
+        a 303 (and the route's rule, for the metrics)."""
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "v1":
+            group, text, rule = parts[2], parts[3], "/v1/<group>/<name>"
+            try:
+                group = known_group(self._deps.config(), group)
+            except RequestError:
+                return None, ""
+        elif len(parts) == 2:
+            group, text, rule = self._deps.config().default_group, parts[1], "/<name>"
+        else:
+            return None, ""
+        parsed = parse_archive_name(text)
+        if parsed is None:
+            return None, ""
+        agent = _header(scope, b"user-agent")
+        location = await self._deps.delivery.bucket_location(group, parsed.file_name, agent)
+        if location is None:
+            return None, ""
+        return _redirect(location), rule
 
     def _answer(self, scope: Any, kind: str, alias: bool) -> Answer | None:
         """The answer, or None when Quart must give it (an error with its own wording)."""
@@ -101,12 +131,7 @@ class ShortRedirects:
                 return 404, [_TEXT, (b"content-length", b"0")], b""
             length = str(len(_NO_SNAPSHOT)).encode()
             return 202, [_TEXT, (b"content-length", length)], _NO_SNAPSHOT
-        location = self._deps.delivery.location(group, source, alias=alias)
-        try:
-            value = location.encode("latin-1")  # as werkzeug encodes header values
-        except UnicodeEncodeError:
-            return None
-        return 303, [_TEXT, (b"content-length", b"0"), (b"location", value)], b""
+        return _redirect(self._deps.delivery.location(group, source, alias=alias))
 
 
 def _first_values(query: bytes) -> dict[str, str]:
@@ -115,3 +140,21 @@ def _first_values(query: bytes) -> dict[str, str]:
     for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         values.setdefault(name, value)
     return values
+
+
+def _redirect(location: str) -> Answer | None:
+    """A 303 as :func:`tracker.web.delivery.redirect` makes it (None: not latin-1, which
+    werkzeug would refuse in its own words)."""
+    try:
+        value = location.encode("latin-1")  # as werkzeug encodes header values
+    except UnicodeEncodeError:
+        return None
+    return 303, [_TEXT, (b"content-length", b"0"), (b"location", value)], b""
+
+
+def _header(scope: Any, name: bytes) -> str:
+    """The first value of request header ``name`` (lower case), as werkzeug decodes it."""
+    for key, value in scope.get("headers", ()):
+        if bytes(key).lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
