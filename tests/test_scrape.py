@@ -238,3 +238,29 @@ async def test_credentials_go_to_own_group_only(
     assert seen[0].get("authorization") == "Bearer s3cret"
     assert other.requests[0][2].get("authorization") == "Basic dTpw"
     del client
+
+
+async def test_configured_targets_are_never_paced(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """More configured targets than 8 x ``scrape_concurrency`` are all probed at once in a
+    round: pacing (over 60 % of the interval) is for thousands of discovered nodes. Paced,
+    these 12 would take 0.6 x 60 s / 12 = 3 s apart."""
+    validator = Validator(full=full_name(100))
+    up = await nursery.start(serve_app, validator.app())
+    listed = [f"{up}/{n}" for n in range(12)]
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "60s",
+            "scrape_concurrency": 1,
+            "target_groups": [{"group": "g", "http_targets": {"targets": listed}}],
+        },
+    )
+    base = (await start_tracker(nursery, path))[0]
+
+    async def all_scraped() -> bool:
+        return all(t.get("last_scrape") for t in (await targets(client, base)).values())
+
+    with trio.fail_after(10):
+        await wait_until(all_scraped)

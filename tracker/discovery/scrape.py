@@ -213,13 +213,17 @@ class Scraper:
             async with trio.open_nursery() as flusher:
                 flusher.start_soon(self._flush_every, APPLY_EVERY)
                 async with trio.open_nursery() as nursery:
-                    spacing = self._spacing(len(targets))
-                    begun = trio.current_time()
-                    for number, target in enumerate(targets):
+                    # The operator's own targets go first, all at once; discovered nodes
+                    # (thousands) are paced over the interval.
+                    ordered = sorted(targets, key=lambda t: t.key.discovered)
+                    spacing = self._spacing(sum(t.key.discovered for t in targets))
+                    begun, number = trio.current_time(), 0
+                    for target in ordered:
                         # On a schedule, not a sleep per start: a busy loop's late wake-ups
                         # must not stretch the round (a late start catches up at once).
-                        if spacing:
+                        if spacing and target.key.discovered:
                             await trio.sleep_until(begun + number * spacing)
+                            number += 1
                         nursery.start_soon(self._probe_one, self.health[target.key], limiter)
                 flusher.cancel_scope.cancel()
         finally:
@@ -228,10 +232,12 @@ class Scraper:
         self.rounds += 1
 
     def _spacing(self, count: int) -> float:
-        """Seconds between two probe starts: 0 (all at once, ``scrape_concurrency`` at a
-        time) unless there are many targets (a discovered cluster); those are spread over
-        PACED_SHARE of the interval, so the event loop keeps room for the API instead of
-        running flat out for the whole round (bench: cluster discovery)."""
+        """Seconds between two starts of ``count`` discovered nodes' probes: 0 (all at once,
+        ``scrape_concurrency`` at a time) unless there are many (a cluster); those are spread
+        over PACED_SHARE of the interval, so the event loop keeps room for the API instead of
+        running flat out for the whole round (bench: cluster discovery). Targets the operator
+        listed are never paced: 2,000 of them took 5 s a round, paced 3 minutes at a 5 m
+        interval (bench: discovery)."""
         if count <= PACE_ABOVE * self.config.scrape_concurrency:
             return 0.0
         return PACED_SHARE * self.config.scrape_interval / count
