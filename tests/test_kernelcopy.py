@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tracker.errors import SourceFailed
-from tracker.zerocopy.kernelcopy import splice_sockets, splice_to_file
+from tracker.zerocopy.kernelcopy import send_file, splice_sockets, splice_to_file
 
 MiB = 1024 * 1024
 
@@ -109,3 +109,20 @@ def test_splice_to_file_fails_on_a_closed_or_silent_source(tmp_path: Path) -> No
         with pytest.raises(SourceFailed, match="sent nothing"):
             splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 0.5, 10)
         assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(("crowded", "mark"), [(False, 16 * 1024), (True, -1)])
+def test_the_low_water_mark_follows_the_crowd(tmp_path: Path, crowded: bool, mark: int) -> None:
+    """A file sent alone keeps trio's 16 KiB ``TCP_NOTSENT_LOWAT`` (the socket stays full);
+    sent while others are, none (fewer wake-ups of the threads sharing the CPU)."""
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(256 * 1024))
+    with tcp_pair() as (tx, rx), open(path, "rb") as f:
+        tx.setblocking(False)
+        reader = threading.Thread(
+            target=lambda: rx.recv(256 * 1024, socket.MSG_WAITALL), daemon=True
+        )
+        reader.start()
+        send_file(tx.fileno(), f.fileno(), 0, 256 * 1024, crowded=crowded)
+        reader.join(10)
+        assert tx.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == mark

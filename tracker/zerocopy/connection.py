@@ -111,10 +111,12 @@ class FilePiece(Piece):
 
     fd: int = -1
     offset: int = 0
+    #: Other pieces are being sent at the same time (set by the connection).
+    crowded: bool = False
 
     def transfer(self, out: int, sources: tuple[int, ...]) -> None:
         """See :meth:`Piece.transfer`."""
-        send_file(out, self.fd, self.offset, self.count)
+        send_file(out, self.fd, self.offset, self.count, crowded=self.crowded)
 
 
 @attrs.define
@@ -194,6 +196,10 @@ class Connection:
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
         descriptors: list[int] = []
+        connections = self._connections
+        if isinstance(piece, FilePiece):
+            piece.crowded = connections.sending > 0
+        connections.sending += 1
         try:
             descriptors.append(os.dup(sock.fileno()))
             descriptors += piece.prepare()
@@ -211,6 +217,7 @@ class Connection:
             _shut_down(sock)
             raise trio.BrokenResourceError(str(exc)) from exc
         finally:
+            connections.sending -= 1
             for fd in descriptors:
                 os.close(fd)
         piece.sent = True
@@ -231,6 +238,8 @@ class Connections:
         self.limiter = trio.CapacityLimiter(threads)
         #: Pieces sent with sendfile so far, on every connection.
         self.pieces = 0
+        #: Pieces being sent now, on every connection.
+        self.sending = 0
         self._open: dict[tuple[Address, Address], Connection] = {}
 
     def open(self, key: tuple[Address, Address]) -> Connection:
