@@ -17,7 +17,7 @@ from tracker import __version__
 from tracker.core.config import Config
 from tracker.core.loading import load_config
 from tracker.core.logs import log_event, setup_logging
-from tracker.core.memory import limit_malloc_arenas
+from tracker.core.memory import freeze_startup_objects, limit_malloc_arenas
 from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 from tracker.fetch.cli import add_fetch_parser, fetch_main
@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here: `fetch` and `check-config` start without the server's libraries.
         from tracker.service import run_tracker
 
+        freeze_startup_objects()
         trio.run(partial(run_tracker, config, partial(load, args)))
     except OSError as exc:
         # Typically a listener that cannot be bound: one line, not a traceback.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 
 _M_ARENA_MAX = -8  # <malloc.h>
@@ -25,3 +26,19 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then exempt every object alive now from future collections; returns
+    how many were frozen.
+
+    What exists at start-up (modules, classes, functions, the config: ~80,000 objects with
+    the server's libraries imported) lives as long as the process, yet each full collection
+    of the cyclic garbage collector walked all of it again, stopping the event loop for tens
+    of milliseconds (bench: cluster discovery). Frozen objects are still freed by reference
+    counting; only cycles among them would never be collected (there are none to speak of
+    in imported code). Call once, after the imports and before serving.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -21,7 +21,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
     generate_latest,
 )
@@ -30,6 +29,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from tracker import __version__
+from tracker.core.probemetrics import ProbeSeries
 from tracker.core.redact import redact_text
 
 #: What happened to an archive request (label ``outcome``).
@@ -76,17 +76,15 @@ class Metrics:
         self.build_info = Info(PREFIX + "build", "Version of the tracker.", registry=reg)
         self.build_info.info({"version": __version__})
 
-        per_target = ["group", "target"]
-        self.scrape_duration = Histogram(
+        # Per target: thousands of discovered nodes, kept compact (see the module).
+        self.probes = ProbeSeries(
             PREFIX + "scrape_duration_seconds",
             "Duration of one probe of one target, successful or not.",
-            per_target,
-            buckets=SCRAPE_BUCKETS,
-            registry=reg,
+            PREFIX + "scrape_errors_total",
+            "Failed probes of a target.",
+            SCRAPE_BUCKETS,
         )
-        self.scrape_errors = Counter(
-            PREFIX + "scrape_errors_total", "Failed probes of a target.", per_target, registry=reg
-        )
+        reg.register(self.probes)
         self.targets = Gauge(PREFIX + "targets", "Configured targets.", ["group"], registry=reg)
         self.targets_up = Gauge(
             PREFIX + "targets_up", "Targets whose last probe succeeded.", ["group"], registry=reg
@@ -186,10 +184,7 @@ class Metrics:
         """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error."""
         label = redact_text(target)
         self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
-        self.scrape_duration.labels(group, label).observe(seconds)
-        errors = self.scrape_errors.labels(group, label)  # present at 0 for healthy targets
-        if not ok:
-            errors.inc()
+        self.probes.observe(group, label, seconds, failed=not ok)  # errors present at 0
 
     def set_targets(self, group: str, *, up: int, total: int) -> None:
         """``up`` of the ``total`` configured targets of ``group`` answered their last probe."""
@@ -271,14 +266,12 @@ class Metrics:
         if sharing:
             return  # another target still reports under the same masked label
         labels.pop(label, None)
-        self.scrape_duration.remove(group, label)
-        self.scrape_errors.remove(group, label)
+        self.probes.remove(group, label)
 
     def remove_group(self, group: str) -> None:
         """Drop every series of ``group`` and of its targets (the group left the config)."""
         for label in self._targets.pop(group, {}):
-            self.scrape_duration.remove(group, label)
-            self.scrape_errors.remove(group, label)
+            self.probes.remove(group, label)
         for gauge in (
             self.targets,
             self.targets_up,
