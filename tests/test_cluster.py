@@ -96,21 +96,30 @@ class Nodes:
     async def _handle(self, stream: trio.SocketStream) -> None:
         host, port = stream.socket.getsockname()[:2]
         node = self.by_address[(host, port)]
+        # Counted at once: a denied node must see no connection at all, request or not.
         node.connections += 1
-        buffer = b""
         async with stream:
-            while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
+            try:
+                await self._answer_requests(stream, node)
+            except trio.BrokenResourceError:
+                return  # the tracker gave up on this node: fine for a fake node
+
+    async def _answer_requests(self, stream: trio.SocketStream, node: Node) -> None:
+        buffer = b""
+        while data := await stream.receive_some(65536):
+            buffer += data
+            while b"\r\n\r\n" in buffer:
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                request_line = head.split(b"\r\n", 1)[0].split(b" ")
+                if len(request_line) != 3:
+                    # Not an HTTP request (a stray connect from another test process that
+                    # had this port before): answer as a server would and close.
+                    await stream.send_all(_BAD_REQUEST)
                     return
-                if not data:
-                    return
-                buffer += data
-                while b"\r\n\r\n" in buffer:
-                    head, buffer = buffer.split(b"\r\n\r\n", 1)
-                    path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
-                    await stream.send_all(_answer(node, path))
+                await stream.send_all(_answer(node, request_line[1].decode()))
+
+
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 def _answer(node: Node, path: str) -> bytes:
