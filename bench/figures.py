@@ -627,27 +627,36 @@ def start_cluster(env: Env) -> Tracker:
     return start_tracker(env.procs, "tracker-cluster", env.work, config, env.tracker_env)
 
 
-def _sample_latencies(tracker: Tracker, stop: threading.Event, out: list[float]) -> None:
-    """GET /v1/best_snapshots and /v1/targets in turn until ``stop``; each latency, seconds."""
-    paths = ["/v1/best_snapshots", "/v1/snapshots?max=1", "/v1/targets"]
+API_PATHS = ("/v1/best_snapshots", "/v1/snapshots?max=1", "/v1/targets")
+
+
+def _sample_latencies(tracker: Tracker, stop: threading.Event, out: dict[str, list[float]]) -> None:
+    """GET each of ``API_PATHS`` in turn until ``stop``; each latency (seconds) by path."""
     n = 0
     while not stop.is_set():
+        path = API_PATHS[n % len(API_PATHS)]
         start = time.monotonic()
         with contextlib.suppress(OSError):
-            get(f"{tracker.base}{paths[n % len(paths)]}", timeout=30)
-            out.append(time.monotonic() - start)
+            get(f"{tracker.base}{path}", timeout=30)
+            out.setdefault(path, []).append(time.monotonic() - start)
         n += 1
         time.sleep(0.02)
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
 
 def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     """A scrape round of every discovered node (started by ``POST /reload``; run 0 is the
     first, cold round), with the API's latency sampled meanwhile and the tracker's memory."""
     after = time.time() if run else 0.0
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_latencies, args=(tracker, stop, latencies))
     sampler.start()
+    cpu_before = tree_cpu_seconds(tracker.proc.pid)
     try:
         with env.profile(f"cluster-run{run + 1}", tracker):
             if run:
@@ -656,15 +665,30 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     finally:
         stop.set()
         sampler.join()
+    cpu = tree_cpu_seconds(tracker.proc.pid) - cpu_before
     if span is None:
         raise RuntimeError("cluster scrape round did not finish in 180 s")
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+    # The same requests once the round is over: what the API costs without a round.
+    idle: dict[str, list[float]] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_latencies, args=(tracker, stop, idle))
+    sampler.start()
+    time.sleep(2)
+    stop.set()
+    sampler.join()
+    idle_every = [x for values in idle.values() for x in values]
+    every = [x for values in latencies.values() for x in values]
+    by_path = {path.split("?")[0]: _p99(values) * 1000 for path, values in latencies.items()}
     return {
         "seconds": span,
         "nodes": env.options.cluster_nodes,
-        "api_p99_ms": p99 * 1000,
-        "api_samples": len(latencies),
+        "cpu_share": cpu / span if span else 0.0,
+        "api_p99_ms": _p99(every) * 1000,
+        "api_p99_ms_by_path": by_path,
+        "api_p50_ms": statistics.median(every) * 1000 if every else 0.0,
+        "api_samples": len(every),
+        "idle_p50_ms": statistics.median(idle_every) * 1000 if idle_every else 0.0,
+        "idle_p99_ms": _p99(idle_every) * 1000,
         "rss_mb": rss_kib(tracker.proc.pid) / 1024,
         "peak_mb": rss_kib(tracker.proc.pid, "VmHWM") / 1024,
     }

@@ -245,7 +245,7 @@ async def test_configured_targets_are_never_paced(
 ) -> None:
     """More configured targets than 8 x ``scrape_concurrency`` are all probed at once in a
     round: pacing (over 60 % of the interval) is for thousands of discovered nodes. Paced,
-    these 12 would take 0.6 x 60 s / 12 = 3 s apart."""
+    these 12 would take 0.8 x 60 s / 12 = 4 s apart."""
     validator = Validator(full=full_name(100))
     up = await nursery.start(serve_app, validator.app())
     listed = [f"{up}/{n}" for n in range(12)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -19,12 +19,14 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 from tracker.core.trust import TrustPolicy, screen
 
 
-@attrs.frozen(order=True)
-class TargetKey:
+class TargetKey(NamedTuple):
     """A target's stable identity: its group and its display name (URL or path).
 
     ``discovered``: a node found by cluster discovery (SPEC §11), not configured by the
     operator: an address from the network, never given the group's credentials.
+
+    A named tuple, not an attrs class: keys are hashed and compared hundreds of thousands of
+    times a second while thousands of targets are ranked, and a tuple does both in C.
     """
 
     group: str
@@ -90,6 +92,7 @@ class Index:
         self.generation = 0
         self._everything: list[SnapshotSource] | None = None
         self._ranked: dict[str, list[SnapshotSource]] | None = None
+        self._keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
         self._fulls: dict[str, list[SnapshotSource]] = {}
         self._policies: dict[str, TrustPolicy] = {}
         self._cluster_slot: int | None = None
@@ -138,8 +141,13 @@ class Index:
 
     def mismatch(self, key: TargetKey) -> str:
         """Why some of ``key``'s snapshots are not ranked (a lost hash), or ``""``."""
+        return self.mismatches().get(key, "")
+
+    def mismatches(self) -> Mapping[TargetKey, str]:
+        """:meth:`mismatch` of every target that has one (do not keep: it is replaced on
+        the next change)."""
         self._rank()
-        return self._mismatches.get(key, "")
+        return self._mismatches
 
     def record_transfer(self, key: TargetKey, size: int, seconds: float, now: float) -> None:
         """A transfer of ``size`` bytes from ``key`` took ``seconds`` (at monotonic ``now``):
@@ -180,33 +188,41 @@ class Index:
 
     def _rank(self) -> dict[str, list[SnapshotSource]]:
         # Ranked lists are rebuilt lazily once per change, not per request: requests far
-        # outnumber scrape results.
+        # outnumber scrape results. Each target's part (its sources, ranking keys and fulls)
+        # is reused while nothing about it changed: a round of thousands of targets hands
+        # results over several times a second, each time a few dozen of them new.
         if self._ranked is None:
             ranked: dict[str, list[SnapshotSource]] = {}
+            keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
+            fulls: dict[str, list[SnapshotSource]] = {}
             self._mismatches = {}
             now = time.monotonic()
             built: dict[TargetKey, _Built] = {}
-            keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
             for group, entries in self._by_group().items():
                 screened = self._screen(group, entries)
-                speeds = {key: self.throughput(key, now) for key in entries}
-                measured = sorted(v for v in speeds.values() if v > 0)
+                speeds = {key: self.throughput(key, now) for key in self._throughput}
+                measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
-                pairs = keyed.setdefault(group, [])
+                pairs: list[tuple[Any, SnapshotSource]] = []
+                full_pairs: list[tuple[Any, SnapshotSource]] = []
                 for key, entry in entries.items():
                     infos = screened.get(key, entry.infos)
-                    speed = speeds[key]
+                    speed = speeds.get(key, 0.0)
                     done = self._built.get(key)
                     if done is None or not done.fits(entry, speed, speed or typical, infos):
                         done = _Built.of(key, entry, speed, speed or typical, infos)
                     built[key] = done
-                    pairs.extend(done.sources)
-            self._built = built
-            for group, pairs in keyed.items():
+                    pairs += done.sources
+                    full_pairs += done.fulls
                 pairs.sort(key=_first, reverse=True)
+                keyed[group] = pairs
                 ranked[group] = [source for _key, source in pairs]
+                full_pairs.sort(key=_first, reverse=True)
+                fulls[group] = [source for _key, source in full_pairs]
+            self._built = built
             self._ranked = ranked
-            self._fulls = {group: _full_sources(pairs) for group, pairs in keyed.items()}
+            self._keyed = keyed
+            self._fulls = fulls
         return self._ranked
 
     def _by_group(self) -> dict[str, dict[TargetKey, _Entry]]:
@@ -240,9 +256,14 @@ class Index:
         Computed once per change, like the groups' own rankings; do not modify the list.
         """
         if self._everything is None:
-            everything = self.sources()
-            everything.sort(key=SnapshotSource.rank_key, reverse=True)
-            self._everything = everything
+            ranked = self._rank()
+            if len(ranked) == 1:
+                [self._everything] = ranked.values()
+            else:
+                # The kept ranking keys, not rank_key() again: thousands of sources.
+                pairs = [pair for name in sorted(self._keyed) for pair in self._keyed[name]]
+                pairs.sort(key=_first, reverse=True)
+                self._everything = [source for _key, source in pairs]
         return self._everything
 
     def best_full(self, group: str) -> SnapshotSource | None:
@@ -315,6 +336,8 @@ class _Built:
     expected: float
     infos: tuple[SnapshotInfo, ...]
     sources: list[tuple[Any, SnapshotSource]]
+    #: Every full archive among them as a source of its own (see :func:`_full_sources`).
+    fulls: list[tuple[Any, SnapshotSource]]
 
     @classmethod
     def of(
@@ -329,7 +352,8 @@ class _Built:
         made = [
             SnapshotSource(i, key, entry.updated_at, speed, entry.latency, expected) for i in infos
         ]
-        return cls(entry, speed, expected, infos, [(s.rank_key(), s) for s in made])
+        sources = sorted(((s.rank_key(), s) for s in made), key=_first, reverse=True)
+        return cls(entry, speed, expected, infos, sources, _full_sources(sources))
 
     def fits(
         self, entry: _Entry, speed: float, expected: float, infos: tuple[SnapshotInfo, ...]
@@ -343,22 +367,22 @@ class _Built:
         )
 
 
-def _full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[SnapshotSource]:
-    """Every full archive advertised by the ranked ``pairs`` as a source of its own, best
-    first (a full's own info is reused as it is; a chain's base gets an info of its own)."""
-    seen: set[tuple[TargetKey, str]] = set()
+def _full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[tuple[Any, SnapshotSource]]:
+    """Every full archive advertised by one target's ``pairs`` (best first) as a source of
+    its own, with its ranking key (a full's own info is reused as it is; a chain's base gets
+    an info of its own)."""
+    seen: set[str] = set()
     fulls: list[tuple[Any, SnapshotSource]] = []
     for rank, source in pairs:
         if source.info.is_full:
             name = source.info.files[0].bare_name
-            if (source.key, name) not in seen:
-                seen.add((source.key, name))
+            if name not in seen:
+                seen.add(name)
                 fulls.append((rank, source))
             continue
         for f in source.info.files:
-            if f.name.is_full and (source.key, f.bare_name) not in seen:
-                seen.add((source.key, f.bare_name))
+            if f.name.is_full and f.bare_name not in seen:
+                seen.add(f.bare_name)
                 full = attrs.evolve(source, info=info_from_files([f]))
                 fulls.append((full.rank_key(), full))
-    fulls.sort(key=_first, reverse=True)
-    return [source for _rank, source in fulls]
+    return fulls

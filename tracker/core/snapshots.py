@@ -61,9 +61,10 @@ class ArchiveName:
         """True for a full snapshot archive."""
         return self.base_slot == 0
 
-    @property
+    @functools.cached_property
     def file_name(self) -> str:
-        """The canonical file name, the inverse of :func:`parse_archive_name`."""
+        """The canonical file name, the inverse of :func:`parse_archive_name` (kept: ranking
+        and lookups ask for it thousands of times a second during a cluster round)."""
         if self.is_full:
             return f"snapshot-{self.slot}-{self.hash}{self.ext}"
         return f"incremental-snapshot-{self.base_slot}-{self.slot}-{self.hash}{self.ext}"

@@ -36,6 +36,8 @@ K = TypeVar("K", bound=Hashable)
 class Screened(Generic[K]):
     """What may be ranked, per target, and why the others were held back."""
 
+    #: What each target holding something held back may contribute; a target not listed
+    #: keeps all it advertises.
     infos: dict[K, tuple[SnapshotInfo, ...]]
     #: Targets advertising a hash that lost, with the reason shown in ``/v1/targets``.
     mismatches: dict[K, str]
@@ -73,11 +75,16 @@ def screen(
             continue
         if pair in trusted or len(keys) >= policy.min_agreeing_sources:
             passed.add(pair)
+    # Only the targets holding something that did not pass are filtered: in a healthy
+    # cluster that is none of thousands.
+    affected = {key for pair, keys in holders.items() if pair not in passed for key in keys}
     kept = {
         key: tuple(
-            info for info in infos if all((f.name.slot, f.name.hash) in passed for f in info.files)
+            info
+            for info in advertised[key][0]
+            if all((f.name.slot, f.name.hash) in passed for f in info.files)
         )
-        for key, (infos, _target) in advertised.items()
+        for key in affected
     }
     return Screened(kept, mismatches)
 

@@ -88,6 +88,13 @@ class Scraper:
         #: Looks up the hosts of Locations on other origins (the egress check).
         self.resolver = resolver
         self.health: dict[TargetKey, TargetHealth] = {}
+        #: Bumped whenever a target comes or goes (what :meth:`in_order` keeps depends on it).
+        self.roster = 0
+        #: Bumped whenever what ``/v1/targets`` shows may have changed: after each probe,
+        #: but during a round once per batch (APPLY_EVERY), like the index; a listing of
+        #: thousands of targets is then rendered a few times a second, not per request.
+        self.shown = 0
+        self._ordered: tuple[int, list[TargetHealth]] = (-1, [])
         self.on_round = on_round
         self.on_probe = on_probe
         self._file_hosts: dict[str, list[str]] = {}
@@ -195,9 +202,22 @@ class Scraper:
         for key in [k for k in self.health if k not in keys]:
             del self.health[key]
             self.index.drop(key)
+            self.roster += 1
         for t in current:
             if t.key not in self.health or self.health[t.key].target != t:
                 self.health[t.key] = TargetHealth(t)
+                self.roster += 1
+
+    def in_order(self) -> list[TargetHealth]:
+        """Every target's health, by group and target name (``/v1/targets``' order); kept
+        until a target comes or goes: sorting thousands on every request showed in the
+        API's latency during a cluster round. Do not modify the list."""
+        roster, ordered = self._ordered
+        if roster != self.roster:
+            # Plain string tuples sort far faster than comparisons of whole keys.
+            ordered = sorted(self.health.values(), key=_display_order)
+            self._ordered = (self.roster, ordered)
+        return ordered
 
     async def scrape_round(self) -> None:
         """Probe every target once; returns when every probe has finished or timed out."""
@@ -248,6 +268,7 @@ class Scraper:
             self._flush()
 
     def _flush(self) -> None:
+        self.shown += 1
         pending, self._pending = self._pending, {}
         self.index.apply_many((k, i, at, lat) for k, (i, at, lat) in pending.items())
 
@@ -266,6 +287,11 @@ class Scraper:
             else:
                 self._succeeded(health, infos, trio.current_time() - start)
             health.last_duration = trio.current_time() - start
+        self._probed(health)
+
+    def _probed(self, health: TargetHealth) -> None:
+        if not self._batching:
+            self.shown += 1
         if self.on_probe:
             self.on_probe(health)
 
@@ -281,8 +307,7 @@ class Scraper:
             health.last_scrape = datetime.now(UTC)
             self._pending.pop(health.target.key, None)
             self.index.drop(health.target.key)
-            if self.on_probe:
-                self.on_probe(health)
+            self._probed(health)
             return False
         return True
 
@@ -364,9 +389,12 @@ class Scraper:
 #: Seconds between two hand-overs of probe results to the index during a round.
 APPLY_EVERY = 0.25
 #: Rounds of more than this many times ``scrape_concurrency`` targets are paced: their
-#: probes start evenly over this share of ``scrape_interval``.
+#: probes start evenly over this share of ``scrape_interval``. 0.8, not less: 3,000 nodes
+#: paced over 60 % of 15 s kept one core ~95 % busy and the API's p99 at 60-100 ms; over
+#: 80 % it is ~80 % busy and the p99 30-42 ms (bench: cluster), the round still within
+#: its interval.
 PACE_ABOVE = 8
-PACED_SHARE = 0.6
+PACED_SHARE = 0.8
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
@@ -392,6 +420,10 @@ def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient
 
 def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
     return clients[zlib.crc32(target.encode()) % len(clients)]
+
+
+def _display_order(health: TargetHealth) -> tuple[str, str]:
+    return (health.target.key.group, health.target.key.target)
 
 
 def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[str, object]:

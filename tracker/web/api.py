@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tracker.core.config import Config
-from tracker.core.index import Index, SnapshotSource, TargetKey
+from tracker.core.index import Index, SnapshotSource
 from tracker.core.redact import redact_text, redact_url, redact_userinfo
 from tracker.core.snapshots import format_time, info_to_json
 from tracker.discovery.scrape import Scraper, TargetHealth, health_json
@@ -198,18 +198,31 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
-def _sorted_health(health: dict[TargetKey, TargetHealth]) -> list[TargetHealth]:
-    # Plain string tuples sort far faster than attrs-generated comparisons.
-    return sorted(health.values(), key=lambda h: (h.target.key.group, h.target.key.target))
-
-
 def _health_bytes(health: TargetHealth, count: int, mismatch: str) -> bytes:
     return json.dumps(health_json(health, count, mismatch), separators=(",", ":")).encode()
+
+
+def _targets_body(scraper: Scraper, index: Index, fragments: Fragments, group: str | None) -> bytes:
+    """The JSON array of every target's health (of ``group``), in display order."""
+    parts = []
+    fragments.sweep()  # every target is asked for below: the gone ones go
+    mismatches = index.mismatches()
+    for h in scraper.in_order():
+        key = h.target.key
+        if group is not None and key.group != group:
+            continue
+        count, mismatch = index.count(key), mismatches.get(key, "")
+        # A target's entry changes only when its probe does: its JSON is kept until then
+        # (thousands of discovered nodes, polled during a round).
+        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)
+        parts.append(fragments.get(h, state, partial(_health_bytes, h, count, mismatch)))
+    return b"[" + b",".join(parts) + b"]"
 
 
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     listings = ListingCache(deps.index)
     target_fragments = Fragments()
+    kept_targets: dict[tuple[object, ...], bytes] = {}
 
     @app.get("/v1/snapshots")
     async def snapshots() -> quart.Response:
@@ -247,20 +260,13 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     @app.get("/v1/targets")
     async def targets() -> quart.Response:
         group = group_filter(deps.config(), quart.request.args)
-        index = deps.index
-        parts = []
-        target_fragments.sweep()  # every target is asked for below: the gone ones go
-        for h in _sorted_health(deps.scraper.health):
-            key = h.target.key
-            if group is not None and key.group != group:
-                continue
-            count, mismatch = index.count(key), index.mismatch(key)
-            # A target's entry changes only when its probe does: its JSON is kept until then
-            # (thousands of discovered nodes, polled during a round).
-            state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)
-            render = partial(_health_bytes, h, count, mismatch)
-            parts.append(target_fragments.get(h, state, render))
-        body = b"[" + b",".join(parts) + b"]"
+        scraper, index = deps.scraper, deps.index
+        # What the body shows changes only with these: kept until one of them moves.
+        state = (group, scraper.roster, scraper.shown, index.generation)
+        body = kept_targets.get(state)
+        if body is None:
+            kept_targets.clear()
+            body = kept_targets[state] = _targets_body(scraper, index, target_fragments, group)
         return quart.Response(body, content_type="application/json")
 
     @app.get("/v1/health")
