@@ -244,7 +244,7 @@ async def test_configured_targets_are_never_paced(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     """More configured targets than 8 x ``scrape_concurrency`` are all probed at once in a
-    round: pacing (over 60 % of the interval) is for thousands of discovered nodes. Paced,
+    round: pacing (over 80 % of the interval) is for thousands of discovered nodes. Paced,
     these 12 would take 0.8 x 60 s / 12 = 4 s apart."""
     validator = Validator(full=full_name(100))
     up = await nursery.start(serve_app, validator.app())
