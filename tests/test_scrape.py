@@ -14,6 +14,10 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
+from tracker.core.config import Config, HttpTargets, TargetGroup
+from tracker.core.index import Index
+from tracker.discovery.scrape import Scraper
+
 
 async def targets(client: httpx.AsyncClient, base: str) -> dict[str, dict[str, Any]]:
     return {t["target"]: t for t in (await client.get(f"{base}/v1/targets")).json()}
@@ -264,3 +268,18 @@ async def test_configured_targets_are_never_paced(
 
     with trio.fail_after(10):
         await wait_until(all_scraped)
+
+
+async def test_the_size_memo_has_room_for_every_url_of_a_round() -> None:
+    """1,100 HTTP targets name up to 2,200 archive URLs a round, and their successors: the
+    memo of their sizes must hold them all, else each is forgotten before it is asked again
+    and every round repeats every size HEAD."""
+    targets = tuple(f"http://127.0.0.1:1/{n}" for n in range(1100))  # port 1: refused
+    group = TargetGroup(group="g", http_targets=HttpTargets(targets))
+    scraper = Scraper(Config(target_groups=(group,), scrape_concurrency=256), Index())
+    try:
+        with trio.fail_after(30):
+            await scraper.scrape_round()
+    finally:
+        await scraper.aclose()
+    assert scraper.sizes.limit >= 4 * len(targets)

@@ -58,6 +58,17 @@ class SizeMemo:
         self._limit = limit
         self._sizes: OrderedDict[str, int] = OrderedDict()
 
+    @property
+    def limit(self) -> int:
+        """How many URLs are kept at most."""
+        return self._limit
+
+    def fit(self, targets: int) -> None:
+        """Keep room for ``targets`` HTTP targets' URLs (a full and an incremental each, and
+        the incrementals that replaced those): a memo smaller than what one round asks
+        forgets every URL before it is asked again (least recently used, in a cycle)."""
+        self._limit = max(self._limit, 4 * targets)
+
     def get(self, url: str) -> int | None:
         """The remembered size of ``url``; None when it was never asked."""
         size = self._sizes.get(url)

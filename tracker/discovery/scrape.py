@@ -199,6 +199,7 @@ class Scraper:
 
     def _retire(self, current: list[Target]) -> None:
         keys = {t.key for t in current}
+        self.sizes.fit(sum(t.kind == "http" for t in current))
         for key in [k for k in self.health if k not in keys]:
             del self.health[key]
             self.index.drop(key)
