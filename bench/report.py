@@ -136,7 +136,9 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         for r in results["cluster"]:
             for path, ms in r.get("api_p99_ms_by_path", {}).items():
                 worst[path] = max(ms, worst.get(path, 0.0))
-        each = ", ".join(f"{path.removeprefix('/v1/')} {ms:.0f}" for path, ms in worst.items())
+        each = "per path: " + ", ".join(
+            f"{path.removeprefix('/v1/')} {ms:.0f}" for path, ms in worst.items()
+        )
         rows.append(Row("cluster API", how, f"{p99:.1f} ms", each, p99, "ms", "<=", 50))
         peak = max(r["peak_mb"] for r in results["cluster"])
         how = f"peak RSS with {nodes} discovered nodes"
