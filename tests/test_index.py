@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.core.trust import TrustPolicy
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -134,3 +135,59 @@ def test_listings_are_rendered_once_per_generation() -> None:
     cache.get("c", lambda: render("c"))  # over the size: the least recently used goes
     assert cache.get("a", lambda: render("a4")) == b"a4"
     assert rendered == ["a1", "a3", "b", "c", "a4"]
+
+
+# -- the reuse of unchanged targets' parts between re-rankings --------------------------------
+
+NAMES = [
+    "snapshot-100-H.tar",
+    "snapshot-200-H.tar",
+    "incremental-snapshot-100-150-H.tar",
+    "incremental-snapshot-200-250-H.tar",
+    f"snapshot-200-{base58.b58encode(bytes(range(1, 33))).decode()}.tar",  # another hash
+]
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("apply"), st.integers(0, 5), st.sets(st.integers(0, len(NAMES) - 1))),
+        st.tuples(st.just("drop"), st.integers(0, 5), st.just(frozenset())),
+        st.tuples(st.just("slot"), st.integers(0, 400), st.just(frozenset())),
+    ),
+    max_size=25,
+)
+
+
+def _listing(index: Index) -> list[tuple[object, ...]]:
+    return [(s.key, s.info, s.updated_at, s.expected) for s in index.sources("g")]
+
+
+@given(operations)
+def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> None:
+    """A re-rank reuses each unchanged target's sources, keys and fulls: after any sequence
+    of changes (ranked after each one) the answers equal those of an index built afresh."""
+    index = Index()
+    index.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    applied: dict[TargetKey, tuple[list[SnapshotInfo], datetime]] = {}
+    slot: int | None = None
+    for n, (op, arg, chosen) in enumerate(ops):
+        key = TargetKey("g", f"t{arg}", discovered=arg % 2 == 1)
+        if op == "apply":
+            names = [NAMES[i] for i in sorted(chosen)]
+            applied[key] = (infos(*names), T0 + timedelta(seconds=n))
+            index.apply(key, *applied[key])
+        elif op == "drop":
+            applied.pop(key, None)
+            index.drop(key)
+        else:
+            slot = arg
+            index.set_cluster_slot(slot)
+        index.sources("g")  # ranked after each change: the next one reuses what it can
+    fresh = Index()
+    fresh.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    fresh.set_cluster_slot(slot)
+    for key, (its_infos, at) in applied.items():
+        fresh.apply(key, its_infos, at)
+    assert _listing(index) == _listing(fresh)
+    assert index.ranked() == fresh.ranked()
+    assert index.best_full("g") == fresh.best_full("g")
+    assert index.best_incremental("g") == fresh.best_incremental("g")
+    assert dict(index.mismatches()) == dict(fresh.mismatches())
