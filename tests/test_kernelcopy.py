@@ -101,14 +101,33 @@ def test_splice_to_file_fails_on_a_closed_or_silent_source(tmp_path: Path) -> No
         rx.setblocking(False)
         tx.sendall(b"x" * 1000)
         tx.shutdown(socket.SHUT_WR)
+        # What arrived before the end is on disk and counted first; the next call fails.
+        assert splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 5, 10) == 1000
         with pytest.raises(SourceFailed, match="closed the connection mid-body"):
-            splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 5, 10)
+            splice_to_file(rx.fileno(), f.fileno(), 1000, 1000, 5, 10)
     with tcp_pair() as (tx, rx), open(tmp_path / "file", "wb") as f:
         rx.setblocking(False)
         started = time.monotonic()
         with pytest.raises(SourceFailed, match="sent nothing"):
             splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 0.5, 10)
         assert time.monotonic() - started < 3
+
+
+def test_splice_to_file_returns_what_arrived_while_the_source_pauses(tmp_path: Path) -> None:
+    # A refresh accounts its progress between calls: readers of the growing file must see
+    # the bytes that arrived before the source paused, not wait for the pause to end.
+    with tcp_pair() as (tx, rx), open(tmp_path / "file", "wb") as f:
+        rx.setblocking(False)
+        tx.sendall(b"y" * 5000)
+        started = time.monotonic()
+        assert splice_to_file(rx.fileno(), f.fileno(), 0, 10_000, 30, 0.2) == 5000
+        assert time.monotonic() - started < 2
+        # Nothing more comes: the call still returns (the caller may have been cancelled:
+        # a stopping service waits for this thread), and the caller keeps the silence.
+        started = time.monotonic()
+        assert splice_to_file(rx.fileno(), f.fileno(), 5000, 5000, 30, 0.2) == 0
+        assert time.monotonic() - started < 2
+    assert (tmp_path / "file").read_bytes() == b"y" * 5000
 
 
 @pytest.mark.parametrize(("crowded", "mark"), [(False, 16 * 1024), (True, -1)])

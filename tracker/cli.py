@@ -17,7 +17,7 @@ from tracker import __version__
 from tracker.core.config import Config
 from tracker.core.loading import load_config
 from tracker.core.logs import log_event, setup_logging
-from tracker.core.memory import freeze_startup_objects, keep_freed_buffers, limit_malloc_arenas
+from tracker.core.memory import freeze_startup_objects, limit_malloc_arenas
 from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 from tracker.fetch.cli import add_fetch_parser, fetch_main
@@ -82,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     setup_logging(args.log_level, args.log_format)
     limit_malloc_arenas()
-    keep_freed_buffers()
     for warning in config.warnings:
         log_event(log, "warning", "config_warning", problem=warning)
     try:

@@ -25,6 +25,9 @@ TEMP_PREFIX = ".tmp-"
 WRITEBACK_EVERY = 32 * 1024 * 1024
 #: ``os.pwrite``'s shape: (fd, data, offset) -> bytes written; injectable for fault tests.
 Writer = Callable[[int, bytes | memoryview, int], int]
+#: ``splice_to_file``'s shape: (socket fd, file fd, offset, count, read timeout, seconds) ->
+#: bytes moved; injectable for fault tests.
+Splicer = Callable[[int, int, int, int, float, float], int]
 #: Free bytes of the file system holding a directory.
 FreeSpace = Callable[[str], int]
 

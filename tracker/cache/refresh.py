@@ -3,7 +3,9 @@
 See :mod:`tracker.cache.store` for the life cycle. Writes run in worker threads, up to
 :data:`WRITE_WINDOW` at once, each through its own duplicate of the temp file's descriptor
 (so that :meth:`Refresh.abort` may close the original meanwhile); ``written`` advances over
-the finished prefix, in order, and wakes readers of the growing file.
+the finished prefix, in order, and wakes readers of the growing file. An upstream body still
+whole in its socket is moved into the file by ``splice(2)`` instead (:meth:`Refresh.splice_from`):
+no byte of it passes through Python.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import errno
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -31,7 +34,7 @@ from tracker.cache.disk import (
     writeback_and_close,
 )
 from tracker.core.logs import log_event
-from tracker.errors import CacheError
+from tracker.errors import CacheError, SourceFailed
 from tracker.files.threads import Background
 
 if TYPE_CHECKING:
@@ -41,6 +44,9 @@ log = logging.getLogger("tracker.cache")
 
 #: Writes of one refresh in flight at once (each a chunk of up to ProxySettings.read_size).
 WRITE_WINDOW = 4
+#: Longest one splice into the temp file runs before ``written`` advances and readers of the
+#: growing file wake, seconds.
+SPLICE_SECONDS = 0.05
 
 
 @attrs.define
@@ -194,6 +200,55 @@ class Refresh:
             partial(self._write_chunk, fd, data, offset), on_done=partial(self._wrote, entry)
         )
         self._writes.append(entry)
+
+    async def splice_from(
+        self,
+        sock: trio.socket.SocketType,
+        count: int,
+        read_timeout: float,
+        on_moved: Callable[[int], None],
+    ) -> None:
+        """Move the next ``count`` bytes arriving on socket ``sock`` to the end of the temp
+        file with splice(2), in a worker thread, SPLICE_SECONDS at a time: after each,
+        ``written`` advances, readers wake and ``on_moved(n)`` is told.
+
+        Why: a refresh that receives, writes and sends every byte in Python filled its cache
+        at ~0.65x nginx ``proxy_cache`` on 2 cores; spliced, the only copy is the kernel's
+        into the page cache (bench: refresh). Writes queued before go first. Raises
+        SourceFailed when the upstream breaks, closes early or sends nothing for
+        ``read_timeout`` s (what arrived before is written and counted, so a resume asks
+        for the rest); CacheError when the file cannot be written. Cancellation waits for
+        the current slice.
+        """
+        await self.flush()
+        heard = trio.current_time()
+        while count:
+            if self._fd is None:
+                raise CacheError("refresh is not open")
+            if trio.current_time() - heard > read_timeout:
+                raise SourceFailed(f"upstream sent nothing for {read_timeout:g} s")
+            # Duplicates: the event loop may close either original meanwhile.
+            src, fd = os.dup(sock.fileno()), os.dup(self._fd)
+            try:
+                moved = await trio.to_thread.run_sync(
+                    self.cache._splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
+                )
+            except OSError as exc:
+                reason = os.strerror(exc.errno or errno.EIO)
+                raise CacheError(f"cache write failed: {reason}") from exc
+            finally:
+                os.close(src)
+                os.close(fd)
+            if not moved:
+                continue
+            heard = trio.current_time()
+            count -= moved
+            self._queued += moved
+            if not self.ended.is_set():
+                self.written = self._queued
+                self._notify()
+            on_moved(moved)
+            self._start_writeback()
 
     def _start_writeback(self) -> None:
         """Every WRITEBACK_EVERY bytes written, ask the kernel to start writing them out.

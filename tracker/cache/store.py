@@ -37,6 +37,7 @@ from tracker.cache.disk import (
     TEMP_PREFIX,
     WRITEBACK_EVERY,
     FreeSpace,
+    Splicer,
     Writer,
     disk_free,
     is_archive_entry,
@@ -47,6 +48,7 @@ from tracker.cache.refresh import Refresh
 from tracker.core.logs import log_event
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import RequestError
+from tracker.zerocopy.kernelcopy import splice_to_file
 
 __all__ = ["TEMP_PREFIX", "Cache"]
 
@@ -60,8 +62,9 @@ _GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 class Cache:
     """Archives on disk under ``root``, one refresher per file.
 
-    ``free_space``, ``write`` and ``sync`` (the temp file's fsync) are injectable (tests
-    simulate a full disk or a slow one with them);
+    ``free_space``, ``write``, ``splice`` (upstream socket into the temp file) and ``sync``
+    (the temp file's fsync) are injectable (tests simulate a full disk or a slow one with
+    them);
     ``min_free`` bytes are kept free on top of a refresh's announced length;
     ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file;
     ``on_size(total)`` is called with the bytes of archives cached after every change.
@@ -73,6 +76,7 @@ class Cache:
         *,
         free_space: FreeSpace = disk_free,
         write: Writer = os.pwrite,
+        splice: Splicer = splice_to_file,
         sync: Callable[[int], None] = os.fsync,
         min_free: int = 0,
         on_size: Callable[[int], None] | None = None,
@@ -83,6 +87,7 @@ class Cache:
         self.root = os.path.realpath(root)
         self._free_space = free_space
         self._write = write
+        self._splice = splice
         self._sync = sync
         self._min_free = min_free
         self._on_size = on_size

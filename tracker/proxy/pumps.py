@@ -4,12 +4,13 @@
 ``relay``   a plain stream to one client, nothing cached: spliced socket to socket when the
             client's connection and the upstream allow it (:mod:`tracker.proxy.passthrough`),
             else through the bounded channel (:mod:`tracker.proxy.channel`)
-``refresh`` one client's stream that also fills the cache temp file; a break is resumed
-            (:mod:`tracker.proxy.resume`) and the client's stream goes on across it; when the
-            temp file cannot be opened (no room), the client is relayed uncached
-``fill``    a refresh with no client of its own (shared in-flight downloads, prefetch): the
-            upstream bytes go to the temp file only, at the upstream's pace, and readers
-            follow the file (:mod:`tracker.proxy.sharing`), each at its own pace
+``fill``    a refresh of the cache: the upstream bytes go to the temp file only, at the
+            upstream's pace (spliced from the socket when it allows, see
+            :meth:`tracker.proxy.resume.UpstreamBody.into`; a break is resumed), and its
+            clients read the growing file (:mod:`tracker.proxy.sharing`), each at its own
+            pace: the one that started it, the joiners of a shared refresh, or nobody (a
+            prefetch); when the temp file cannot be opened (no room), the starter is
+            relayed uncached
 =========  =================================================================================
 
 Each is started with ``await transfers.start(pump, job, ...)``: it opens the upstream
@@ -61,7 +62,7 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         head, length = _plan(job, upstream.first)
         if upstream.early is not None:
             if _keeps_promise(job, head, length, flow) and length is not None:
-                await _pass(job, upstream.read(job, length), upstream.early, flow, None)
+                await _pass(job, upstream.read(job, length), upstream.early, flow)
             return
         if length is None:
             task_status.started(head)
@@ -70,41 +71,15 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if stream is not None:
             await _splice(job, upstream, stream, head, length, task_status)
             return
-        await _channel(job, upstream.read(job, length), head, flow, None, task_status)
-
-
-async def refresh(job: StreamJob, cache: RefreshJob, *, task_status: trio.TaskStatus[Head]) -> None:
-    """One client's stream that also fills the cache (see the module doc)."""
-    flow = Flow()
-    upstream: _Upstream | None = None
-    try:
-        async with _opened(job, flow, task_status) as upstream:
-            if upstream is None:
-                return  # an early head answered a HEAD, or no source followed it
-            head, length = _plan(job, upstream.first)
-            early = upstream.early
-            if early is not None and not _keeps_promise(job, head, length, flow):
-                return
-            if length is None:
-                task_status.started(head)
-                return
-            opened = await _open_temp_file(cache.refresh, upstream.first, length, flow)
-            body = upstream.read(job, length, resume=opened)
-            filling = cache if opened else None
-            if early is not None:
-                await _pass(job, body, early, flow, filling)
-            else:
-                await _channel(job, body, head, flow, filling, task_status)
-    finally:
-        _end_refresh(job, cache.refresh, upstream, flow)
+        await _channel(job, upstream.read(job, length), head, flow, task_status)
 
 
 async def fill(
     job: StreamJob, cache: RefreshJob, *, fallback: bool, task_status: trio.TaskStatus[Head]
 ) -> None:
-    """A refresh with no client of its own (see the module doc). Its Head carries the
-    refresh once the temp file is open; when it cannot be opened, the requester is relayed
-    uncached if ``fallback``, else the Head has neither body nor refresh."""
+    """A refresh of the cache; its clients read the temp file (see the module doc). Its Head
+    carries the refresh once the temp file is open; when it cannot be opened, the requester
+    is relayed uncached if ``fallback``, else the Head has neither body nor refresh."""
     flow = Flow()
     upstream: _Upstream | None = None
     try:
@@ -117,7 +92,7 @@ async def fill(
             opened = await _open_temp_file(cache.refresh, upstream.first, length, flow)
             if not opened and fallback:
                 body = upstream.read(job, length)
-                await _channel(job, body, head, flow, None, task_status)
+                await _channel(job, body, head, flow, task_status)
                 return
             task_status.started(attrs.evolve(head, refresh=cache.refresh if opened else None))
             if opened:
@@ -378,7 +353,7 @@ async def _splice(
         log_event(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
 
 
-# -- the channel: to the client, and to the temp file of a refresh ---------------------------
+# -- the channel: to the client --------------------------------------------------------------
 
 
 async def _channel(
@@ -386,65 +361,49 @@ async def _channel(
     body: UpstreamBody,
     head: Head,
     flow: Flow,
-    cache: RefreshJob | None,
     task_status: trio.TaskStatus[Head],
 ) -> None:
-    """Report a Head whose body is a channel, then pass the upstream body into it (and into
-    the temp file of ``cache``'s refresh). Without a refresh that outlives its client, the
+    """Report a Head whose body is a channel, then pass the upstream body into it. The
     client leaving stops the pump at once, even while it waits for a stalled upstream."""
     send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
     task_status.started(
         attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.events))
     )
-    await _pass(job, body, send, flow, cache)
+    await _pass(job, body, send, flow)
 
 
 async def _pass(
-    job: StreamJob,
-    body: UpstreamBody,
-    send: trio.MemorySendChannel[bytes],
-    flow: Flow,
-    cache: RefreshJob | None,
+    job: StreamJob, body: UpstreamBody, send: trio.MemorySendChannel[bytes], flow: Flow
 ) -> None:
-    """Pass the upstream body into the client's channel ``send`` (and into the temp file of
-    ``cache``'s refresh); the channel is closed at the end, whatever ends it."""
+    """Pass the upstream body into the client's channel ``send``; the channel is closed at
+    the end, whatever ends it."""
     leave = trio.CancelScope()
-    if cache is None or not cache.keep_on_disconnect:
-        flow.on_leave = leave
+    flow.on_leave = leave
     with send:
-        to_client = partial(_to_client, job, body, send, flow, cache)
+        to_client = partial(_to_client, job, body, send, flow)
         await _recorded(body.first.url, flow, leave, to_client, "client went away")
 
 
 async def _to_client(
-    job: StreamJob,
-    body: UpstreamBody,
-    send: trio.MemorySendChannel[bytes],
-    flow: Flow,
-    cache: RefreshJob | None,
+    job: StreamJob, body: UpstreamBody, send: trio.MemorySendChannel[bytes], flow: Flow
 ) -> None:
-    # A reader task reads the upstream ahead while this task writes and sends what has
-    # arrived so far (tracker/proxy/readahead.py): pieces grow while a write or a slow client
-    # keeps this task busy, and no byte waits for later ones to arrive.
+    # A reader task reads the upstream ahead while this task sends what has arrived so far
+    # (tracker/proxy/readahead.py): pieces grow while a slow client keeps this task busy,
+    # and no byte waits for later ones to arrive.
     ahead = ReadAhead(job.settings.read_size)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_ahead, job, body, ahead)
             try:
-                delivered = await _write_and_send(job, body.length, ahead, send, flow, cache)
+                delivered = await _send(job, ahead, send, flow)
             finally:
                 nursery.cancel_scope.cancel()  # the reader, when this ended early
     except BaseExceptionGroup as group:
         # The reader hands its errors over, so only this task's own error (or the
         # cancellation both got) comes out: raise it as itself, for _recorded to tell apart.
         raise _leading(group) from None
-    if not delivered:
-        return
-    flow.complete = True
-    send.close()  # the client's body ends here, whatever the promotion below takes
-    if cache is not None and await _promote(job, body, cache):
-        flow.outcome = "refresh_ok"
-        flow.report(job.events)
+    if delivered:
+        flow.complete = True
 
 
 def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -473,45 +432,21 @@ async def _read_ahead(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> N
         ahead.end()
 
 
-async def _write_and_send(
-    job: StreamJob,
-    length: int,
-    ahead: ReadAhead,
-    send: trio.MemorySendChannel[bytes],
-    flow: Flow,
-    cache: RefreshJob | None,
+async def _send(
+    job: StreamJob, ahead: ReadAhead, send: trio.MemorySendChannel[bytes], flow: Flow
 ) -> bool:
-    """Write (when refreshing) and send every piece; False when the client went away and
-    nothing is to be kept. The piece holding the last byte is sent only once every byte is
-    written and the upstream body is known complete: a client's complete body means a
-    complete file (a write error still fails the client's stream). It does not wait for the
-    fsync and rename: the disk's pace is not the client's (a request arriving meanwhile
-    waits for the promotion, see Cache.wait_promotion)."""
-    refresh = cache.refresh if cache is not None else None
-    keep = cache is not None and cache.keep_on_disconnect
-    client = True
-    taken = 0
+    """Send every piece; False when the client went away."""
     while (piece := await ahead.take()) is not None:
-        taken += len(piece)
-        if refresh is not None:
-            await refresh.write(piece)
-            if taken == length:
-                await refresh.flush()  # the last write may still be in flight (CacheError)
-                refresh.mark_verified()
-        if client:
-            client = await hand_over(send, piece, flow, job.settings.drain_start_timeout)
-        if not client and not keep:
+        if not await hand_over(send, piece, flow, job.settings.drain_start_timeout):
             flow.error = "client went away"
             return False
     return True
 
 
 async def _to_disk(job: StreamJob, body: UpstreamBody, cache: RefreshJob, flow: Flow) -> None:
-    """A refresh with no client of its own: upstream bytes to the temp file only."""
-    async with aclosing(body.chunks()) as chunks:
-        async for chunk in chunks:
-            job.events.upstream_bytes(len(chunk))
-            await cache.refresh.write(chunk)
+    """A refresh: upstream bytes to the temp file only, its readers follow the file
+    (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
+    await body.into(cache.refresh, job.events.upstream_bytes, job.settings.read_timeout)
     if await _promote(job, body, cache):
         flow.outcome = "refresh_ok"
         flow.report(job.events)

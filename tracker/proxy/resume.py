@@ -26,14 +26,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import httpx
 import trio
 
+from tracker.cache.refresh import Refresh
 from tracker.core.config import TargetGroup
 from tracker.core.logs import log_event
 from tracker.core.text import one_line, quoted
-from tracker.errors import UpstreamError
+from tracker.errors import SourceFailed, UpstreamError
 from tracker.net.bodies import body_chunks
 from tracker.net.limits import transport_reason
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
+from tracker.zerocopy.transport import splice_stream
 
 log = logging.getLogger("tracker.resume")
 
@@ -91,6 +93,55 @@ class UpstreamBody:
             if self.received > start:
                 failures = 0
             failures = await self._resume(reason, failures)
+
+    async def into(
+        self, refresh: Refresh, on_bytes: Callable[[int], None], read_timeout: float
+    ) -> None:
+        """Move the whole body into ``refresh``'s temp file, resuming breaks as
+        :meth:`chunks` does: spliced from the socket while an answer's body is whole in a
+        plain TCP socket (:meth:`Refresh.splice_from`), else chunk by chunk.
+        ``on_bytes(n)`` is told of every body byte that arrived.
+
+        Raises UpstreamError as :meth:`chunks`, CacheError when the file cannot be written.
+        Cancellation propagates (after the current splice slice).
+        """
+
+        def moved(count: int) -> None:
+            self.received += count
+            on_bytes(count)
+
+        failures = 0
+        while True:
+            start = self.received
+            try:
+                await self._move_answer(refresh, moved, read_timeout)
+                if self.received == self.length:
+                    return
+                reason = f"upstream ended after {self.received} of {self.length} bytes"
+            except httpx.HTTPError as exc:
+                reason = f"upstream broke: {transport_reason(exc)}"
+            except SourceFailed as exc:
+                reason = f"upstream broke: {exc}"
+            if self.received > start:
+                failures = 0
+            failures = await self._resume(reason, failures)
+
+    async def _move_answer(
+        self, refresh: Refresh, moved: Callable[[int], None], read_timeout: float
+    ) -> None:
+        """Move the current answer's body (the rest of the file) into ``refresh``."""
+        left = self.length - self.received
+        stream = splice_stream(self.answer.response, left)
+        if stream is not None:
+            stream.take_body()
+            await refresh.splice_from(stream.get_extra_info("socket"), left, read_timeout, moved)
+            return
+        async with body_chunks(self.answer.response) as chunks:
+            async for chunk in chunks:
+                if self.received + len(chunk) > self.length:
+                    raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                moved(len(chunk))
+                await refresh.write(chunk)
 
     async def _resume(self, reason: str, failures: int) -> int:
         """Replace the broken answer by one carrying the rest; return the failure count.

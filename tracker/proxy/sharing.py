@@ -31,6 +31,7 @@ from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
 from tracker.files.bodies import GeneratorBody
 from tracker.files.ranges import UNSATISFIABLE, parse_range
+from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread`` (as for cached files).
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -101,13 +102,15 @@ async def join(
     *,
     events: ReaderEvents | None = None,
     chunk_size: int = CHUNK_SIZE,
+    connection: Connection | None = None,
 ) -> Response | None:
     """Answer a GET (``range_header`` honoured) from ``shared``'s temp file.
 
     Waits until the refresh is open. Returns None when it cannot be read (it failed or
     ended meanwhile: the caller serves the request another way); otherwise a 200, 206 or 416
-    response whose body follows the refresh. Cancellation (client gone) closes what was
-    opened.
+    response whose body follows the refresh. With the client's zero-copy ``connection``
+    the bytes on disk go out with sendfile, else through ``os.pread``. Cancellation (client
+    gone) closes what was opened.
     """
     if method != "GET":
         return None
@@ -128,7 +131,7 @@ async def join(
         lease.release()
         return response
     events = events if events is not None else ReaderEvents()
-    response.response = SharedBody(lease, refresh, offset, length, chunk_size, events)
+    response.response = SharedBody(lease, refresh, offset, length, chunk_size, events, connection)
     return response
 
 
@@ -192,7 +195,8 @@ def _collected(fd: int, token: trio.lowlevel.TrioToken, left: Callable[[], None]
 
 
 class SharedBody(GeneratorBody):
-    """``length`` bytes from ``offset`` of a refresh's temp file, sent as they arrive."""
+    """``length`` bytes from ``offset`` of a refresh's temp file, sent as they arrive:
+    with sendfile pieces when ``connection`` (the client's zero-copy connection) is given."""
 
     def __init__(
         self,
@@ -202,7 +206,9 @@ class SharedBody(GeneratorBody):
         length: int,
         chunk_size: int,
         events: ReaderEvents,
+        connection: Connection | None = None,
     ) -> None:
+        self._connection = connection
         self._lease = lease
         self._refresh = refresh
         self._offset = offset
@@ -217,15 +223,23 @@ class SharedBody(GeneratorBody):
         position, end = self._offset, self._offset + self._length
         while position < end:
             limit = await _readable(self._refresh, position, end)
-            size = min(self._chunk_size, limit - position)
-            # Not abandonable on cancel (trio's default): the descriptor is closed only after
-            # the thread has finished reading from it.
-            chunk = await trio.to_thread.run_sync(os.pread, self._lease.fd, size, position)
-            if not chunk:
-                raise UpstreamError(f"the refresh's file ended at byte {position}")
-            position += len(chunk)
-            yield chunk
-            self._events.served_bytes(len(chunk))
+            connection = self._connection
+            size = piece_size(limit - position) if connection is not None else 0
+            if size and connection is not None:
+                piece = FilePiece(size, fd=self._lease.fd, offset=position)
+                yield connection.stage(piece)
+                connection.finish(piece)
+            else:
+                size = min(self._chunk_size, limit - position)
+                # Not abandonable on cancel (trio's default): the descriptor is closed only
+                # after the thread has finished reading from it.
+                chunk = await trio.to_thread.run_sync(os.pread, self._lease.fd, size, position)
+                if not chunk:
+                    raise UpstreamError(f"the refresh's file ended at byte {position}")
+                size = len(chunk)
+                yield chunk
+            position += size
+            self._events.served_bytes(size)
 
 
 async def _readable(refresh: Refresh, position: int, end: int) -> int:

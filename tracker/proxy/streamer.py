@@ -48,7 +48,6 @@ from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.pumps import fill, relay
-from tracker.proxy.pumps import refresh as refresh_pump
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import LateBody, ReaderEvents, SharedRefresh, join
 from tracker.proxy.transfers import Head, RefreshJob, StreamEvents, StreamJob, Transfers
@@ -59,7 +58,7 @@ from tracker.proxy.upstream import (
     UpstreamAnswer,
     upstream_request_headers,
 )
-from tracker.zerocopy.connection import zero_copy_connection
+from tracker.zerocopy.connection import Connection, zero_copy_connection
 
 log = logging.getLogger("tracker.streamer")
 
@@ -69,6 +68,27 @@ MIN_MEASURED_BYTES = 1024 * 1024
 Found = list[tuple[SnapshotFile, SnapshotSource]]
 #: A shared refresh's key: cache root, group, file name.
 SharedKey = tuple[str, str, str]
+
+
+@attrs.frozen
+class RefreshPlan:
+    """What a detached refresh of one file is started with.
+
+    ``keep``: it outlives its last reader; ``client``: a client waits for it (it is then
+    relayed uncached when the temp file cannot be opened); ``lock``: the bucket's lock of the
+    file (the refresh is then uploaded, which releases it); ``register``: other requests may
+    find and join it (``cache_share_inflight``, the bucket, prefetch); ``origin``: what the
+    bytes its starting client reads count as (``served_bytes_total{source}``).
+    """
+
+    group: TargetGroup
+    cache: Cache
+    name: str
+    keep: bool
+    client: bool = True
+    lock: Lock | None = None
+    register: bool = True
+    origin: ByteSource = "cache"
 
 
 class ProxyStreamer:
@@ -180,19 +200,20 @@ class ProxyStreamer:
             if shared is not None:
                 return shared
             self._note_interest(cache, request, group, name)
+        # With sharing on, a request that could not share a refresh is served uncached.
+        may_refresh = not sharing and self._may_refresh(request, group, name)
+        if cache is not None and cache_path is not None and may_refresh:
+            keep = config.cache_complete_on_disconnect
+            # Its bytes count as the upstream's, as they did when this client's stream fed the
+            # file: only readers of a shared refresh count as cache hits.
+            plan = RefreshPlan(target_group, cache, name, keep, register=False, origin="upstream")
+            own = await self._own_refresh(plan, request)
+            if own is not None:
+                return own
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(target_group, request.method, headers, name, found)
         job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
-        # With sharing on, a request that could not share a refresh is served uncached.
-        may_refresh = not sharing and self._may_refresh(request, group, name)
-        started = None
-        if cache is not None and cache_path is not None and may_refresh:
-            started = cache.begin_refresh(group, name)  # None: one runs, stream uncached
-        if started is None:
-            return await self._stream(relay, job)
-        keep = config.cache_complete_on_disconnect
-        cache_job = RefreshJob(started, keep, partial(self._is_best, group, name))
-        return await self._stream(partial(refresh_pump, job, cache_job), refresh=started)
+        return await self._stream(relay, job)
 
     async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
         """The 303's location :meth:`serve` would answer a GET of ``name`` with from the
@@ -237,9 +258,8 @@ class ProxyStreamer:
             if isinstance(claimed, Holder):
                 return False  # another replica refreshes it
             lock = claimed
-        started = await self._start_shared(
-            config, target_group, cache, name, keep=True, client=False, lock=lock
-        )
+        plan = RefreshPlan(target_group, cache, name, keep=True, client=False, lock=lock)
+        started = await self._start_shared(plan)
         if not isinstance(started, SharedRefresh):
             return False
         log_event(log, "info", "cache_prefetch_started", group=group, file=name)
@@ -450,28 +470,67 @@ class ProxyStreamer:
             if isinstance(claimed, Holder):
                 return await self._from_holder(claimed, request, group, name)
             keep = config.cache_complete_on_disconnect or claimed is not None
-            size = self._index_size(group.group, name)
-            if size:
-                started = await self._start_shared_early(
-                    config, group, cache, name, keep, size, lock=claimed
-                )
-            else:
-                started = await self._start_shared(
-                    config, group, cache, name, keep=keep, lock=claimed
-                )
+            plan = RefreshPlan(group, cache, name, keep, lock=claimed)
+            started = await self._start_for_client(plan, zero_copy_connection(request.scope))
             if not isinstance(started, SharedRefresh):
                 return started  # None (an unshared refresh runs), 502/503, uncached, early
             shared = started
         elif not _may_join(request):
             return None
-        response = await join(
-            shared, request.method, request.headers.get("range"), events=self._reader_events()
-        )
-        if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
-            path = _cache_path(cache, group.group, name)
-            response = await self._from_cache(path, request) if path is not None else None
+        response = await self._read_refresh(shared, cache, request, group.group, name)
         if response is not None and joiner and self._metrics is not None:
             self._metrics.count_shared_reader()
+        return response
+
+    async def _own_refresh(
+        self, plan: RefreshPlan, request: quart.Request
+    ) -> quart.Response | None:
+        """Without ``cache_share_inflight``: a plain GET of the group's best becomes the
+        file's refresher. The refresh is detached and registered for nobody else: the
+        upstream bytes go into its temp file by splice (:meth:`UpstreamBody.into`) and this
+        client is sent that file as it grows (sendfile), so no byte passes through Python
+        (a refresh that received, wrote and sent every byte itself filled its cache at
+        ~0.65x nginx ``proxy_cache``; bench: refresh). ``cache_complete_on_disconnect``
+        (``plan.keep``) decides whether the refresh outlives its client. None: a refresh of
+        the file runs already (the request is streamed uncached)."""
+        started = await self._start_for_client(plan, zero_copy_connection(request.scope))
+        if not isinstance(started, SharedRefresh):
+            return started  # None (a refresh runs), 502/503, uncached, early
+        return await self._read_refresh(
+            started, plan.cache, request, plan.group.group, plan.name, plan.origin
+        )
+
+    async def _start_for_client(
+        self, plan: RefreshPlan, connection: Connection | None
+    ) -> SharedRefresh | quart.Response | None:
+        """Start a detached refresh for a client (on ``connection``) that will read it: with
+        an early head when the index knows the size (SPEC §9). See :meth:`_start_shared`."""
+        size = self._index_size(plan.group.group, plan.name)
+        if size:
+            return await self._start_shared_early(plan, size, connection)
+        return await self._start_shared(plan)
+
+    async def _read_refresh(
+        self,
+        shared: SharedRefresh,
+        cache: Cache,
+        request: quart.Request,
+        group: str,
+        name: str,
+        origin: ByteSource = "cache",
+    ) -> quart.Response | None:
+        """``request`` answered from the temp file of ``shared`` (or, promoted meanwhile, as
+        a cache hit); None when neither can answer it. Its bytes are counted as ``origin``'s."""
+        response = await join(
+            shared,
+            request.method,
+            request.headers.get("range"),
+            events=self._reader_events(origin),
+            connection=zero_copy_connection(request.scope),
+        )
+        if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
+            path = _cache_path(cache, group, name)
+            response = await self._from_cache(path, request) if path is not None else None
         return response
 
     async def _claim(self, key: SharedKey) -> Lock | Holder | None:
@@ -491,21 +550,13 @@ class ProxyStreamer:
         return found[0][0].size if found else 0
 
     async def _start_shared_early(
-        self,
-        config: Config,
-        group: TargetGroup,
-        cache: Cache,
-        name: str,
-        keep: bool,
-        size: int,
-        *,
-        lock: Lock | None = None,
+        self, plan: RefreshPlan, size: int, connection: Connection | None
     ) -> SharedRefresh | quart.Response | None:
         """:meth:`_start_shared` for a client that is sent an early head (SPEC §9) when the
         refresh has not opened within ``early_head_after``: the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`_start_shared` does."""
-        begun = self._begin_shared(group, cache, name, keep=keep, client=True, lock=lock)
+        begun = self._begin_shared(plan)
         if begun is None:
             return None
         done = trio.Event()
@@ -515,7 +566,7 @@ class ProxyStreamer:
             try:
                 outcome.append(await self._open_shared(*begun, client=True))
             except Exception:  # a bug must not take the transfers nursery down
-                log_event(log, "error", "stream_failed", file=name, exc_info=True)
+                log_event(log, "error", "stream_failed", file=plan.name, exc_info=True)
                 outcome.append(None)
             finally:
                 done.set()
@@ -531,17 +582,22 @@ class ProxyStreamer:
 
         async def resolve() -> ResponseBody:
             await done.wait()
-            return await self._follow(outcome[0], size)
+            return await self._follow(outcome[0], size, plan.origin, connection)
 
         return _early(size, LateBody(resolve))
 
     async def _follow(
-        self, started: SharedRefresh | quart.Response | None, size: int
+        self,
+        started: SharedRefresh | quart.Response | None,
+        size: int,
+        origin: ByteSource,
+        connection: Connection | None,
     ) -> ResponseBody:
         """The body that follows an early head of ``size`` bytes: the shared refresh's, or
         the uncached stream's when the refresh could not open; UpstreamError otherwise."""
         if isinstance(started, SharedRefresh):
-            response = await join(started, "GET", None, events=self._reader_events())
+            events = self._reader_events(origin)
+            response = await join(started, "GET", None, events=events, connection=connection)
         else:
             response = started
         if response is None:
@@ -558,59 +614,45 @@ class ProxyStreamer:
             del self._shared[key]
         return self._shared.get((cache.root, group, name))
 
-    async def _start_shared(
-        self,
-        config: Config,
-        group: TargetGroup,
-        cache: Cache,
-        name: str,
-        *,
-        keep: bool,
-        client: bool = True,
-        lock: Lock | None = None,
-    ) -> SharedRefresh | quart.Response | None:
-        """Begin a detached refresh of ``name``; once it is open, the SharedRefresh.
+    async def _start_shared(self, plan: RefreshPlan) -> SharedRefresh | quart.Response | None:
+        """Begin a detached refresh (see :class:`RefreshPlan`); once it is open, the
+        SharedRefresh.
 
         None when a refresh of the file already runs, or (no ``client``) it could not open.
         For a ``client``, a Response when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
-        begun = self._begin_shared(group, cache, name, keep=keep, client=client, lock=lock)
+        begun = self._begin_shared(plan)
         if begun is None:
             return None
-        return await self._open_shared(*begun, client=client)
+        return await self._open_shared(*begun, client=plan.client)
 
     def _begin_shared(
-        self,
-        group: TargetGroup,
-        cache: Cache,
-        name: str,
-        *,
-        keep: bool,
-        client: bool,
-        lock: Lock | None = None,
+        self, plan: RefreshPlan
     ) -> tuple[SharedRefresh, Callable[..., Awaitable[None]]] | None:
-        """Claim the refresh of ``name`` and register it for readers, synchronously (a
-        request arriving next finds it); its pump, still to start. None: one runs.
-
-        With the bucket's ``lock``, the refresh's file is also uploaded to the bucket
+        """Claim the refresh of the file and, with ``plan.register``, register it for
+        readers, synchronously (a request arriving next finds it); its pump, still to start.
+        None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
+        off). With the bucket's lock, the refresh's file is also uploaded to the bucket
         (:meth:`tracker.proxy.objects.ObjectPath.upload`, which releases the lock).
         """
-        refresh = cache.begin_refresh(group.group, name)
+        group, name, lock = plan.group.group, plan.name, plan.lock
+        refresh = plan.cache.begin_refresh(group, name)
         if refresh is None or (lock is not None and not self._transfers.accepting):
             if refresh is not None:
                 refresh.abort()
             if lock is not None:
                 self._transfers.spawn(lock.release)
             return None
-        found = self._index.find_file(group.group, name)
-        job = self._job(group, "GET", {}, name, found)
-        cache_job = RefreshJob(refresh, keep, partial(self._is_best, group.group, name))
-        shared = SharedRefresh(refresh, cache_job.stop, keep=keep)
-        self._shared[(cache.root, group.group, name)] = shared
+        found = self._index.find_file(group, name)
+        job = self._job(plan.group, "GET", {}, name, found)
+        cache_job = RefreshJob(refresh, partial(self._is_best, group, name))
+        shared = SharedRefresh(refresh, cache_job.stop, keep=plan.keep)
+        if plan.register:
+            self._shared[(plan.cache.root, group, name)] = shared
         if lock is not None and self._objects is not None:
-            self._transfers.spawn(self._objects.upload, shared, lock, group.group, name)
-        return shared, partial(fill, job, cache_job, fallback=client)
+            self._transfers.spawn(self._objects.upload, shared, lock, group, name)
+        return shared, partial(fill, job, cache_job, fallback=plan.client)
 
     async def _open_shared(
         self, shared: SharedRefresh, pump: Callable[..., Awaitable[None]], *, client: bool
@@ -632,13 +674,11 @@ class ProxyStreamer:
         self._count("proxy")  # the refresh could not open (no room): streamed uncached
         return _response(head)
 
-    def _reader_events(self) -> ReaderEvents:
+    def _reader_events(self, origin: ByteSource = "cache") -> ReaderEvents:
         metrics = self._metrics
         if metrics is None:
             return ReaderEvents()
-        return ReaderEvents(
-            served_bytes=partial(metrics.add_served_bytes, "cache"),
-        )
+        return ReaderEvents(served_bytes=partial(metrics.add_served_bytes, origin))
 
     def _events(self, group: str, name: str, *, origin: ByteSource = "upstream") -> StreamEvents:
         """Metrics callbacks of a stream from ``origin``; only a source of the index has its

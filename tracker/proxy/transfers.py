@@ -167,14 +167,12 @@ class StreamJob:
 class RefreshJob:
     """What a pump that fills the cache needs on top of its :class:`StreamJob`.
 
-    ``keep_on_disconnect`` lets the refresh finish after its client left; ``still_wanted``
-    is asked once it is complete (a file that stopped being its group's best meanwhile is
-    not promoted); ``stop`` is cancelled by the owner of a refresh with no client of its own
-    when nobody needs it any more.
+    ``still_wanted`` is asked once it is complete (a file that stopped being its group's
+    best meanwhile is not promoted); ``stop`` is cancelled by the refresh's owner when
+    nobody needs it any more (its readers left, and it is not to be kept).
     """
 
     refresh: Refresh
-    keep_on_disconnect: bool = True
     still_wanted: Callable[[], bool] = lambda: True
     stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 

@@ -226,9 +226,12 @@ def splice_to_file(
     """Blocking: move up to ``count`` bytes arriving on socket ``src`` into ``file_fd`` at
     ``offset`` (splice(2) through a pipe: the bytes never enter user space); returns how many.
 
-    Returns early, with what is on disk so far, once ``seconds`` have passed (the caller
-    accounts progress between calls). Raises SourceFailed when the peer closes the connection
-    or sends nothing for ``read_timeout`` seconds, OSError when the file cannot be written.
+    Returns once ``seconds`` have passed, with what is on disk so far (0 when the source sent
+    nothing meanwhile: the caller tracks how long it has been silent across calls), and when
+    the source fails after some bytes moved (the next call then meets the failure): the
+    caller accounts progress between calls. Raises SourceFailed when the peer closes the
+    connection or fails before any byte moved, or sends nothing for ``read_timeout`` seconds
+    within the call; OSError when the file cannot be written.
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
@@ -262,12 +265,22 @@ def _to_file(
         try:
             got = os.splice(src, write_end, min(count - moved, capacity), flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            if not poller.poll(1000) and time.monotonic() - arrived > read_timeout:
+            left = until - time.monotonic()
+            if left <= 0:
+                # A paused source: the caller accounts what arrived (maybe nothing), and may
+                # have been cancelled meanwhile (a stopping service waits for this thread).
+                break
+            waited = poller.poll(max(1, int(min(left, 1.0) * 1000)))
+            if not waited and time.monotonic() - arrived > read_timeout:
                 raise SourceFailed(f"source sent nothing for {read_timeout:g} s") from None
             continue
         except OSError as exc:
+            if moved:
+                break  # account what is on disk first; the next call meets the end again
             raise SourceFailed(f"read failed: {exc.strerror}") from exc
         if got == 0:
+            if moved:
+                break
             raise SourceFailed("source closed the connection mid-body")
         arrived = time.monotonic()
         while got:  # the pipe is drained into the file before anything else

@@ -61,6 +61,11 @@ class BigReadStream(httpcore.AsyncNetworkStream):
         exactly, and nothing was read since (checked before every spliced piece)."""
         return self.exact_heads and self._head is None and not self._body_read
 
+    def take_body(self) -> None:
+        """Record that the body is being moved out of the socket by other means (a splice
+        into a file): it no longer counts as whole, and nothing splices it again."""
+        self._body_read = True
+
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         if self._head is not None:
             return await self._read_head(timeout)
