@@ -26,6 +26,7 @@ __all__ = [
     "free_ports",
     "start_weed",
     "store_settings",
+    "uploaded_parts",
     "weed_binary",
 ]
 
@@ -41,3 +42,14 @@ def store_settings(weed: Weed, prefix: str, **overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+def uploaded_parts(weed: Weed, prefix: str) -> int:
+    """Parts uploaded so far to the incomplete multipart uploads under ``prefix``."""
+    s3 = weed.client()
+    page = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    count = 0
+    for upload in page.get("Uploads", []) or []:
+        listed = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+        count += len(listed.get("Parts", []) or [])
+    return count

@@ -8,7 +8,9 @@ trackers as subprocesses are in ``test_replicas.py``.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +33,7 @@ from helpers_proxy import (
     serving,
     wait_for,
 )
-from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
+from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
 from names import full_name, incremental_name
 
@@ -109,7 +111,10 @@ async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
         assert hit.status_code == 303
         location = hit.headers["location"]
         assert location.startswith(weed.endpoint + "/snapshots/")
-        assert ACCESS_KEY not in hit.text and SECRET_KEY not in location
+        status = await client.get(f"{tracker.base}/v1/store")
+        for answer in (first, hit, status):  # the presigned URL is all a client gets
+            assert SECRET_KEY not in str(answer.headers.raw)
+            assert SECRET_KEY.encode() not in answer.content
         followed = await client.get(location)
         assert followed.status_code == 200 and followed.content == FULL_DATA
         assert FULL in followed.headers["content-disposition"]
@@ -117,20 +122,31 @@ async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
         assert ranged.status_code == 206 and ranged.content == FULL_DATA[100:200]
     assert len(upstream.gets(FULL)) == 1
     assert tracker.outcome("object_redirect") == 1
+    assert tracker.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 1
+    assert tracker.counter("snapshot_tracker_object_uploads_total", outcome="failed") == 0
 
 
 async def test_head_is_answered_from_the_object_without_the_store_get(
-    tracker: TrackerUnderTest, weed: Weed
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
 ) -> None:
     async with httpx.AsyncClient() as client:
         await client.get(tracker.url(FULL))
         await uploaded(weed, tracker)
         for path in tracker.group_dir().iterdir():
             path.unlink()  # no disk copy: the answer must come from the bucket
+        # The upstream would fail this file now, and must not even be asked.
+        upstream.behaviour[FULL] = Behaviour(status=500)
+        asked = len(upstream.seen)
         head = await client.head(tracker.url(FULL))
     assert head.status_code == 200
     assert head.headers["content-length"] == str(len(FULL_DATA))
     assert FULL in head.headers["content-disposition"]
+    assert len(upstream.seen) == asked
+    # The object's own metadata (its S3 ETag), and no GET of the object by the tracker.
+    key = f"{prefix_of(tracker)}{GROUP}/{FULL}"
+    s3_etag = weed.client().head_object(Bucket="snapshots", Key=key)["ETag"]
+    assert head.headers["etag"] == s3_etag
+    assert tracker.outcome("object_store") == 0
 
 
 PAUSE = 12 * MiB  # past the first 8 MiB part: the upload has parts when the refresh fails
@@ -165,10 +181,14 @@ async def test_a_failed_refresh_leaves_no_object_and_no_parts(
 
             nursery.start_soon(download)
             if fault.pause_at is not None:
-                await wait_for(lambda: weed.uploads(prefix) != [], timeout=20)
+                # The fault comes once the upload has parts (the first 8 MiB is up).
+                await wait_for(lambda: uploaded_parts(weed, prefix) >= 1, timeout=20)
                 upstream.behaviour[FULL] = Behaviour(status=500)  # every resume fails too
                 fault.resume.set()
-        assert outcome[0] == "broken: RemoteProtocolError" or outcome[0].startswith("status 502")
+        if fault.pause_at is not None:  # the 200 had begun: its body must break, not end
+            assert outcome == ["broken: RemoteProtocolError"], outcome
+        else:
+            assert len(outcome) == 1 and outcome[0].startswith("status 502"), outcome
         await wait_for(lambda: objects.tier.uploads_running == 0, timeout=20)
         assert weed.objects(prefix) == {}
         assert weed.uploads(prefix) == []
@@ -249,15 +269,63 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
                 down = await client.get(t.url(FULL))
                 assert down.status_code == 200 and down.content == FULL_DATA
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
+                assert t.counter("snapshot_tracker_object_store_up") == 0
                 own.start()
                 await wait_for(lambda: health.up)
                 back = await client.get(t.url(FULL))
                 assert back.status_code == 303
                 assert (await client.get(back.headers["location"])).content == FULL_DATA
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
+                assert t.counter("snapshot_tracker_object_store_up") == 1
                 nursery.cancel_scope.cancel()
     finally:
         own.stop()
+
+
+async def test_a_hung_store_costs_a_request_at_most_request_timeout(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A store that accepts connections and never answers (SIGSTOP): the first request to
+    ask it waits ``request_timeout``, not boto3's timeouts and retries, and is answered
+    another way; the store is then down and no request asks it; when it answers the health
+    check again, redirects resume."""
+    assert weed.proc is not None
+    group_id = weed.proc.pid  # weed runs in its own session: stop all of it
+    async with (
+        tracker_with(weed, upstream, tmp_path, request_timeout=1.0) as t,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        await client.get(t.url(FULL))
+        await uploaded(weed, t)
+        assert (await client.get(t.url(FULL))).status_code == 303
+        objects = t.parts.objects
+        assert objects is not None
+        health = objects.tier.bucket.health
+        os.killpg(group_id, signal.SIGSTOP)
+        try:
+            for name, data in ((INCR, INCR_DATA), (FULL, FULL_DATA)):  # cold, then a disk hit
+                started = trio.current_time()
+                with trio.fail_after(10):
+                    async with client.stream("GET", t.url(name)) as answer:
+                        waited = trio.current_time() - started
+                        body = await answer.aread()
+                assert waited < 2.5, (name, waited)
+                assert answer.status_code == 200 and body == data, name
+                assert not health.up
+            status = await client.get(f"{t.base}/v1/store")
+            assert status.json()["up"] is False and "no answer" in status.json()["last_error"]
+            assert t.counter("snapshot_tracker_object_store_up") == 0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(objects.tier.watch, 0.2)  # the service's health check
+                os.killpg(group_id, signal.SIGCONT)
+                await wait_for(lambda: health.up, timeout=10)
+                back = await client.get(t.url(FULL))
+                assert back.status_code == 303
+                assert (await client.get(back.headers["location"])).content == FULL_DATA
+                assert t.counter("snapshot_tracker_object_store_up") == 1
+                nursery.cancel_scope.cancel()
+        finally:
+            os.killpg(group_id, signal.SIGCONT)
 
 
 async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
@@ -304,11 +372,16 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, "x.tar.zst"), Body=b"x")
         s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
-        await trio.sleep(2.1)  # both uploads are older than lock_ttl (and a second)
+        # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
+        # of an age still differ by at least 2 after 2.1 s).
+        await trio.sleep(2.1)
         # INCR's refresher is alive: its lock is fresh.
         s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
+        # A refresher that began just now has no lock yet: its young upload is no orphan.
+        young = tier.object_key(GROUP, full_name(9700))
+        s3.create_multipart_upload(Bucket="snapshots", Key=young)
         await tier.startup()
-        assert weed.uploads(prefix) == [alive]
+        assert sorted(weed.uploads(prefix)) == sorted([alive, young])
         assert tier.status()["objects_known"] == 1
 
 
@@ -437,7 +510,7 @@ async def _append(out: list[Any], value: Any) -> None:
 
 
 async def test_the_fast_path_answers_bucket_hits_as_quart_does(
-    tracker: TrackerUnderTest, weed: Weed
+    tracker: TrackerUnderTest, weed: Weed, upstream: FakeUpstream
 ) -> None:
     """GETs the bucket answers with a 303 are answered before Quart
     (:class:`tracker.web.shortcuts.FastRedirects`): same status, headers and body as the
@@ -446,6 +519,10 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
     async with httpx.AsyncClient() as client:
         await client.get(t.url(FULL))  # fills the bucket
     await uploaded(weed, t)
+    # The incremental stays out of the bucket: a first request that could fetch it would
+    # put it there (a spliced refresh and its upload of a small file take milliseconds) and
+    # the next one would be a hit.
+    upstream.behaviour[INCR] = Behaviour(status=500)
     fast = t.parts.public
     async with trio.open_nursery() as nursery:
         quart_base = await nursery.start(serve_app, t.parts.app)

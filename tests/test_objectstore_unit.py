@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from names import full_name, incremental_name
 from test_config import load, problem_at, problems
 
+from tracker.objectstore.locks import old_enough
 from tracker.objectstore.retention import superseded
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
 
@@ -52,6 +56,7 @@ keep_previous: 2
         "http://10.0.0.5:8458",
     )
     assert (s.direct_serve_ttl, s.lock_ttl, s.keep_previous) == (900.0, 60.0, 2)
+    assert s.request_timeout == 2.0  # the default: the longest a request waits for the store
     assert (s.resolved_access_key_id, s.resolved_secret_access_key) == ("AKEXAMPLE", "s3cr3t")
     assert "s3cr3t" not in repr(config) and "AKEXAMPLE" not in repr(config)
 
@@ -68,6 +73,7 @@ keep_previous: 2
         ("bucket: b1x\ndirect_serve_ttl: 169h", "object_store.direct_serve_ttl", "604800"),
         ("bucket: b1x\nlock_ttl: 0s", "object_store.lock_ttl", "from 1s"),
         ("bucket: b1x\nkeep_previous: -1", "object_store.keep_previous", "from 0"),
+        ("bucket: b1x\nrequest_timeout: 0s", "object_store.request_timeout", "from 0.1s"),
         ("bucket: b1x\nsurprise: 1", "object_store.surprise", "unknown key"),
         ("bucket: b1x\naccess_key_id: AK", "object_store", "both access_key_id"),
         ("region: x", "object_store.bucket", "required"),
@@ -99,3 +105,34 @@ def test_parts_fit_the_store_limits() -> None:
     for size in (1, 100 * 1024**3, 5 * 1024**4):  # 100 GiB, 5 TiB (S3's largest object)
         step = part_size(size)
         assert step >= MIN_PART and -(-size // step) <= MAX_PARTS
+
+
+def test_the_replicas_example_and_its_second_replica_pass_check_config(tmp_path: Path) -> None:
+    """``examples/replicas.yml`` and the replica-b copy its comment makes with ``sed``."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "replicas.yml"
+    second = tmp_path / "replica-b.yml"
+    script = "s/8458/8468/g; s/8457/8467/; s/replica-a/replica-b/"
+    assert script in example.read_text()  # the command the example's comment gives
+    with second.open("w") as out:
+        subprocess.run(["sed", "-e", script, str(example)], stdout=out, check=True, timeout=30)
+    assert "replica-b" in second.read_text() and "8468" in second.read_text()
+    for path in (example, second):
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", "check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (path.name, result.stdout, result.stderr)
+        assert result.stdout.strip().endswith("OK"), result.stdout
+
+
+def test_an_age_in_whole_seconds_is_judged_late_never_early() -> None:
+    # An upload started at 10.9 s shows Initiated 10 s; looked at 0.15 s later by our own
+    # clock (no lock, so no store Date) it must not pass for 1 s old with lock_ttl 1 s.
+    shown = datetime(2026, 11, 23, 12, 0, 10, tzinfo=UTC)
+    assert not old_enough(shown, shown + timedelta(seconds=1.05), lock_ttl=1.0)
+    assert not old_enough(shown, shown + timedelta(seconds=1.99), lock_ttl=1.0)
+    assert old_enough(shown, shown + timedelta(seconds=2.0), lock_ttl=1.0)
+    # A date in another zone is the same instant.
+    assert old_enough(shown.astimezone(timezone(timedelta(hours=2))), shown + timedelta(3), 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,8 +26,17 @@ from helpers_proxy import (
     sidecar_listing,
     wait_for,
 )
-from helpers_s3 import Weed, free_ports, store_settings
+from helpers_s3 import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    Weed,
+    free_ports,
+    store_settings,
+    uploaded_parts,
+)
 from names import full_name
+from prometheus_client.parser import text_string_to_metric_families
 from test_clients_real import run, tool
 
 SIZE = 256 * MiB
@@ -45,15 +55,17 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield served
 
 
-def write_config(tmp_path: Path, up: FakeUpstream, port: int, store: dict[str, Any]) -> Path:
+def write_config(
+    tmp_path: Path, up: FakeUpstream, port: int, internal: int, store: dict[str, Any]
+) -> Path:
     directory = tmp_path / str(port)
     directory.mkdir()
     settings = {
         "listen": f"127.0.0.1:{port}",
-        "internal_listen": "",
+        "internal_listen": f"127.0.0.1:{internal}",  # /metrics
         "scrape_interval": "30s",
         "proxy_snapshot_downloads": True,
-        "proxy_snapshot_cache_dir": "cache",
+        "proxy_snapshot_cache_dir": str(directory / "cache"),
         "shutdown_grace": "1s",
         "object_store": store,
         "target_groups": [
@@ -65,21 +77,61 @@ def write_config(tmp_path: Path, up: FakeUpstream, port: int, store: dict[str, A
     return path
 
 
+def cache_dir(tmp_path: Path, replica: Serve) -> Path:
+    """The group's directory in ``replica``'s disk cache."""
+    return tmp_path / replica.base.rsplit(":", 1)[1] / "cache" / GROUP
+
+
 async def start_replicas(
-    count: int, tmp_path: Path, up: FakeUpstream, weed: Weed, prefix: str
+    count: int,
+    tmp_path: Path,
+    up: FakeUpstream,
+    weed: Weed,
+    prefix: str,
+    *,
+    lock_ttl: float = LOCK_TTL,
+    env_credentials: frozenset[int] = frozenset(),
 ) -> list[Serve]:
+    """``count`` replicas sharing ``weed``'s bucket under ``prefix``; those numbered in
+    ``env_credentials`` have no credentials in their config, only in their environment
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``: boto3's default chain)."""
     replicas = []
-    for port in free_ports(count):
+    ports = free_ports(2 * count)
+    for i in range(count):
+        port, internal = ports[2 * i], ports[2 * i + 1]
         store = store_settings(
-            weed, prefix, replica_url=f"http://127.0.0.1:{port}", lock_ttl=f"{LOCK_TTL}s"
+            weed, prefix, replica_url=f"http://127.0.0.1:{port}", lock_ttl=f"{lock_ttl:g}s"
         )
-        replicas.append(await start_serve("--config", str(write_config(tmp_path, up, port, store))))
+        env = None
+        if i in env_credentials:
+            del store["access_key_id"], store["secret_access_key"]
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            }
+        config = write_config(tmp_path, up, port, internal, store)
+        replicas.append(await start_serve("--config", str(config), env=env))
     async with httpx.AsyncClient(trust_env=False) as client:
         for replica in replicas:  # each has scraped the upstream
             with trio.fail_after(10):
                 while not (await client.get(f"{replica.base}/v1/snapshots")).json():
                     await trio.sleep(0.05)
     return replicas
+
+
+async def metric(client: httpx.AsyncClient, replica: Serve, name: str, **labels: str) -> float:
+    """The sample ``name`` with ``labels`` of ``replica``'s /metrics (0 when absent)."""
+    text = (await client.get(f"{replica.internal}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def outcome(client: httpx.AsyncClient, replica: Serve, name: str) -> float:
+    return await metric(client, replica, "snapshot_tracker_archive_requests_total", outcome=name)
 
 
 def upstream_bytes(up: FakeUpstream) -> int:
@@ -95,12 +147,28 @@ async def digest_of(client: httpx.AsyncClient, url: str) -> str:
     return digest.hexdigest()
 
 
+#: Peak RSS a replica may reach while refreshing, uploading and serving a SIZE archive to
+#: 3 clients and 2 other replicas (measured 113-126 MB), well under the archive's 256 MiB.
+PEAK_RSS_BOUND = 160 * MiB
+
+
+def peak_rss(replica: Serve) -> int:
+    """The replica process's peak resident memory (``VmHWM``), bytes."""
+    status = Path(f"/proc/{replica.proc.pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
 async def test_three_replicas_pull_each_archive_from_upstream_once(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     prefix = "fleet-a/"
+    key = f"{prefix}{GROUP}/{FULL}"
     upstream.behaviour[FULL] = Behaviour(rate=256 * MiB)  # a refresh lasts about a second
-    replicas = await start_replicas(3, tmp_path, upstream, weed, prefix)
+    # The third replica finds the store's credentials in its environment only.
+    replicas = await start_replicas(
+        3, tmp_path, upstream, weed, prefix, env_credentials=frozenset({2})
+    )
     digests: list[str] = []
     async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
         async with trio.open_nursery() as nursery:
@@ -109,11 +177,28 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
                 nursery.start_soon(lambda url=url: _append(digests, digest_of(client, url)))
         assert digests == [DIGEST] * 9
         assert upstream_bytes(upstream) <= 1.1 * SIZE
-        await wait_for(lambda: f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix), timeout=60)
-        assert weed.objects(prefix)[f"{prefix}{GROUP}/{FULL}"] == SIZE
+        await wait_for(lambda: key in weed.objects(prefix), timeout=60)
+        assert weed.objects(prefix)[key] == SIZE
         assert weed.uploads(prefix) == []
 
-        # Every replica now sends clients to the bucket, and HEAD is its own answer.
+        # One replica refreshed and uploaded; the others served their clients from it.
+        uploads = [
+            await metric(client, r, "snapshot_tracker_object_uploads_total", outcome="ok")
+            for r in replicas
+        ]
+        assert sorted(uploads) == [0, 0, 1], uploads
+        # Memory per refresh is bounded (SPEC §10): the holder staged the archive on disk and
+        # uploaded it part by part, the others relayed it; none held it in memory.
+        for replica in replicas:
+            assert peak_rss(replica) < PEAK_RSS_BOUND, (replica.base, peak_rss(replica))
+        for replica, uploaded in zip(replicas, uploads, strict=True):
+            if uploaded:
+                continue
+            assert await outcome(client, replica, "replica") >= 1
+            served = "snapshot_tracker_served_bytes_total"
+            assert await metric(client, replica, served, source="replica") >= SIZE
+
+        # Every replica now sends clients to the bucket.
         locations = []
         for replica in replicas:
             url = f"{replica.base}/v1/{GROUP}/{FULL}"
@@ -121,32 +206,83 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
                 while (hit := await client.get(url)).status_code != 303:
                     await trio.sleep(0.1)  # a replica looks again after a miss (1 s)
             locations.append(hit.headers["location"])
-            head = await client.head(url)
-            assert head.status_code == 200
-            assert head.headers["content-length"] == str(SIZE)
-            assert "location" not in head.headers
         ranged = await client.get(locations[0], headers={"range": "bytes=1000-1999"})
         assert ranged.status_code == 206 and ranged.content == DATA[1000:2000]
         metrics_free = upstream_bytes(upstream)
+
+        # HEAD is each replica's own answer from the object's metadata: no disk copy, the
+        # upstream failing the file (and not asked), the object not streamed from the store.
+        for replica in replicas:  # (the holder's: the others proxied it, kept none)
+            for path in cache_dir(tmp_path, replica).glob("*"):
+                path.unlink()
+        upstream.behaviour[FULL] = Behaviour(status=500)
+        asked = len(upstream.seen)
+        s3_etag = weed.client().head_object(Bucket=BUCKET, Key=key)["ETag"]
+        for replica in replicas:
+            head = await client.head(f"{replica.base}/v1/{GROUP}/{FULL}")
+            assert head.status_code == 200, replica.base
+            assert head.headers["content-length"] == str(SIZE)
+            assert head.headers["etag"] == s3_etag
+            assert "location" not in head.headers
+            assert await outcome(client, replica, "object_store") == 0
+        assert len(upstream.seen) == asked
     assert all(loc.startswith(weed.endpoint) for loc in locations)
 
-    # Real clients follow the 303 to the bucket.
-    url = f"{replicas[1].base}/v1/{GROUP}/{FULL}"
-    await run(tool("curl"), "-sSfL", "-o", "curl.out", url, cwd=tmp_path)
-    (tmp_path / "wget-dir").mkdir()
-    await run(tool("wget"), "-q", "--content-disposition", url, cwd=tmp_path / "wget-dir")
-    await run(tool("aria2c"), "-q", "-x4", "-s4", "-o", "aria.out", url, cwd=tmp_path)
-    assert sha256((tmp_path / "curl.out").read_bytes()) == DIGEST
-    assert sha256((tmp_path / "wget-dir" / FULL).read_bytes()) == DIGEST
-    assert sha256((tmp_path / "aria.out").read_bytes()) == DIGEST
+    # Real clients follow each replica's 303s (the root alias, then the archive) to the
+    # bucket; the name they save comes from the presigned URL's content-disposition (the URL
+    # they were given ends in the alias).
+    for i, replica in enumerate(replicas):
+        alias = f"{replica.base}/snapshot.tar.zst"
+        commands = {
+            "curl": [tool("curl"), "-sSfOJL", alias],
+            "wget": [tool("wget"), "-q", "--content-disposition", alias],
+            "aria2c": [tool("aria2c"), "-q", "-x4", "-s4", "--allow-overwrite=true", alias],
+        }
+        for name, command in commands.items():
+            where = tmp_path / f"{name}-{i}"
+            where.mkdir()
+            await run(*command, cwd=where)
+            assert [p.name for p in where.iterdir()] == [FULL], (name, replica.base)
+            assert sha256((where / FULL).read_bytes()) == DIGEST, (name, replica.base)
+            (where / FULL).unlink()
     assert upstream_bytes(upstream) == metrics_free  # nothing more from upstream
     for replica in replicas:
         assert await replica.stop() == 0
         assert "Traceback" not in replica.log
+        assert SECRET_KEY not in replica.log  # the credentials are never logged
 
 
 async def _append(out: list[str], value: Any) -> None:
     out.append(await value)
+
+
+async def test_a_refresh_longer_than_lock_ttl_keeps_its_lock(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A refresh lasting 4 times lock_ttl: its holder renews the lock, so a replica asking after
+    the lock would have gone stale follows the holder's transfer, never takes it over."""
+    prefix = "fleet-c/"
+    upstream.behaviour[FULL] = Behaviour(rate=SIZE / 4)  # 4 s
+    first, second = await start_replicas(2, tmp_path, upstream, weed, prefix, lock_ttl=1.0)
+    digests: list[str] = []
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+        async with trio.open_nursery() as nursery:
+            url = f"{first.base}/v1/{GROUP}/{FULL}"
+            nursery.start_soon(lambda: _append(digests, digest_of(client, url)))
+            # ~3 s in: an unrenewed lock looks older than lock_ttl + 1 s (HTTP dates) now.
+            await wait_for(lambda: upstream_bytes(upstream) >= SIZE * 3 // 4, timeout=20)
+            other = f"{second.base}/v1/{GROUP}/{FULL}"
+            nursery.start_soon(lambda: _append(digests, digest_of(client, other)))
+        assert digests == [DIGEST] * 2
+        assert upstream_bytes(upstream) <= 1.1 * SIZE
+        assert await outcome(client, second, "replica") == 1
+        for replica in (first, second):
+            takeovers = "snapshot_tracker_object_lock_takeovers_total"
+            assert await metric(client, replica, takeovers) == 0
+    for replica in (first, second):
+        assert await replica.stop() == 0
+        assert "object_lock_taken_over" not in replica.log
+        assert "object_lock_lost" not in replica.log
 
 
 async def test_a_killed_refresher_is_taken_over_and_leaves_no_parts(
@@ -168,22 +304,35 @@ async def test_a_killed_refresher_is_taken_over_and_leaves_no_parts(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(doomed)
-            await wait_for(lambda: weed.uploads(prefix) == [key], timeout=30)  # parts are up
+            # Killed at 50 %, with parts of its upload in the bucket.
+            await wait_for(
+                lambda: upstream_bytes(upstream) >= SIZE // 2 and uploaded_parts(weed, prefix) > 0,
+                timeout=30,
+            )
             assert key not in weed.objects(prefix)  # nothing partial is ever an object
             first.proc.send_signal(signal.SIGKILL)
             await first.proc.wait()
         assert broken  # the killed replica's client saw a broken stream, not a short 200
+        assert key not in weed.objects(prefix)
+        assert uploaded_parts(weed, prefix) > 0  # the dead replica's parts, until a takeover
         upstream.behaviour[FULL] = Behaviour()
         paused.resume.set()
 
         # Within lock_ttl the lock is live but its holder gone: served from upstream.
         url = f"{second.base}/v1/{GROUP}/{FULL}"
         assert await digest_of(client, url) == DIGEST
+        assert key not in weed.objects(prefix)
         # After lock_ttl the next request takes the lock over and fills the bucket.
         await trio.sleep(LOCK_TTL + 1)  # and a second: lock ages are whole seconds
+        assert key not in weed.objects(prefix)
         assert await digest_of(client, url) == DIGEST
         await wait_for(lambda: key in weed.objects(prefix), timeout=60)
         await wait_for(lambda: weed.uploads(prefix) == [], timeout=30)
+        assert uploaded_parts(weed, prefix) == 0
         assert weed.objects(prefix)[key] == SIZE
+        presigned = (await client.get(url)).headers["location"]  # the object's own bytes
+        assert await digest_of(client, presigned) == DIGEST
+        takeovers = "snapshot_tracker_object_lock_takeovers_total"
+        assert await metric(client, second, takeovers) == 1
     assert "object_lock_taken_over" in second.log
     assert await second.stop() == 0

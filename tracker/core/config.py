@@ -234,6 +234,8 @@ class ObjectStore:
     lock_ttl: float = 60.0
     replica_url: str = ""
     keep_previous: int = 1
+    #: Longest wait for the store on a client's request path (then it is marked down).
+    request_timeout: float = 2.0
     #: The key id to use: ``access_key_id``, or the content of ``access_key_id_file``.
     resolved_access_key_id: str = attrs.field(
         default=attrs.Factory(_inline_key_id, takes_self=True),

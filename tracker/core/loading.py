@@ -141,6 +141,7 @@ class _Loader:
                 "lock_ttl": values.duration_in(1, 24 * 3600),
                 "replica_url": values.endpoint_url,
                 "keep_previous": values.integer_in(0, 1000),
+                "request_timeout": values.duration_in(0.1, 60),
                 "access_key_id_file": self._secret_file,
                 "secret_access_key_file": self._secret_file,
             },

@@ -2,21 +2,28 @@
 
 boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so every call
 runs in a worker thread, at most :data:`THREADS` at once per bucket, each bounded by the
-client's connect and read timeouts and a single attempt more on a transient error. Presigning
-is local computation and runs inline. Why boto3: the reference S3 client, thread-safe clients,
-conditional writes (``IfNoneMatch``/``IfMatch``) and presigned GETs with response overrides;
-the asyncio-only clients (aiobotocore) do not run under trio.
+client's connect and read timeouts and a single attempt more on a transient error. Calls on a
+client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
+a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
+hangs (accepts connections, never answers) costs a request that long once, then it is marked
+down and requests take another path. Presigning is local computation and runs inline.
+Why boto3: the reference S3 client, thread-safe clients, conditional writes
+(``IfNoneMatch``/``IfMatch``) and presigned GETs with response overrides; the asyncio-only
+clients (aiobotocore) do not run under trio.
 
 Every failure becomes a :class:`~tracker.errors.StoreError` with one line naming the operation
 and the store's answer; credentials never appear in it. :class:`StoreHealth` records whether
-the store answered the last call: a store that is down is asked again only after
-:data:`RETRY_AFTER` seconds, so requests do not each wait for its timeouts.
+the store answered the last call: a store that is down is not asked on the request path; only
+the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
+requests do not each wait for its timeouts.
 """
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import logging
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -42,8 +49,6 @@ _T = TypeVar("_T")
 
 #: Worker threads per bucket (the client's connection pool has as many connections).
 THREADS = 16
-#: Seconds between attempts to use a store that failed, while it is down.
-RETRY_AFTER = 5.0
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 #: Objects listed at most (start-up, retention): far more than a prefix ever holds.
@@ -79,13 +84,12 @@ class StoreHealth:
 
     up: bool = True
     last_error: str = ""
-    #: trio time before which a down store is not asked again.
-    retry_at: float = 0.0
     on_change: Callable[[bool], None] | None = None
 
     def usable(self) -> bool:
-        """True when the store may be asked now (up, or down long enough to try again)."""
-        return self.up or trio.current_time() >= self.retry_at
+        """True when requests may ask the store (it is up; while it is down only the health
+        watcher asks it, and its answer brings it back)."""
+        return self.up
 
     def answered(self) -> None:
         if not self.up:
@@ -96,7 +100,6 @@ class StoreHealth:
         if self.up:
             log_event(log, "warning", "object_store_down", reason=reason)
         self.last_error = reason
-        self.retry_at = trio.current_time() + RETRY_AFTER
         self._set(False)
 
     def _set(self, up: bool) -> None:
@@ -106,14 +109,15 @@ class StoreHealth:
             self.on_change(up)
 
 
-def make_client(store: ObjectStore, endpoint: str) -> S3Client:
-    """A boto3 S3 client for ``endpoint`` ("" = AWS) with ``store``'s credentials and style."""
+def make_client(store: ObjectStore, endpoint: str, *, timeout: float | None = None) -> S3Client:
+    """A boto3 S3 client for ``endpoint`` ("" = AWS) with ``store``'s credentials and style;
+    with ``timeout``, one attempt per call with that connect and read timeout."""
     config = BotoConfig(
         signature_version="s3v4",
         s3={"addressing_style": "virtual" if store.addressing_style == "virtual" else "path"},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=CONNECT_TIMEOUT if timeout is None else timeout,
+        read_timeout=READ_TIMEOUT if timeout is None else timeout,
+        retries={"max_attempts": 2 if timeout is None else 1, "mode": "standard"},
         max_pool_connections=THREADS,
         # boto3 >= 1.36 adds CRC checksums to uploads; not every S3 server checks them.
         request_checksum_calculation="when_required",
@@ -135,32 +139,51 @@ class Bucket:
     """One bucket of one store; async methods run boto3 in worker threads.
 
     ``client`` serves the tracker's own calls; ``signer`` (for ``public_endpoint``) only
-    presigns. ``health`` is updated by every call.
+    presigns. ``health`` is updated by every call. :meth:`on_request_path` is the same bucket
+    with a deadline on every call.
     """
 
     def __init__(self, store: ObjectStore, health: StoreHealth | None = None) -> None:
         self.name = store.bucket
         self.health = health if health is not None else StoreHealth()
+        self.request_timeout = store.request_timeout
         self._client = make_client(store, store.endpoint)
+        self._quick = make_client(store, store.endpoint, timeout=store.request_timeout)
         public = store.public_endpoint
         self._signer = make_client(store, public) if public else self._client
         self._limiter = trio.CapacityLimiter(THREADS)
+        #: Seconds a call may take in all (None: the client's own timeouts and retry).
+        self._deadline: float | None = None
+
+    def on_request_path(self) -> Bucket:
+        """This bucket (same health, same threads) for calls a client's request waits for:
+        one attempt, and a call that has no answer within ``request_timeout`` fails (the
+        worker thread is abandoned; its own timeouts end it) and marks the store down."""
+        quick = copy.copy(self)
+        quick._client = self._quick
+        quick._deadline = self.request_timeout
+        return quick
 
     async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
         """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
         call = partial(fn, Bucket=self.name, **kwargs)
+        deadline = math.inf if self._deadline is None else self._deadline
         try:
-            result = await trio.to_thread.run_sync(
-                call, limiter=self._limiter, abandon_on_cancel=True
-            )
+            with trio.move_on_after(deadline):
+                result = await trio.to_thread.run_sync(
+                    call, limiter=self._limiter, abandon_on_cancel=True
+                )
+                self.health.answered()
+                return result
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(operation, exc) from None
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
             self.health.failed(reason)
             raise StoreError(reason) from None
-        self.health.answered()
-        return result
+        reason = f"{operation}: no answer within {deadline:g}s"
+        self.health.failed(reason)
+        raise StoreError(reason)
 
     def _client_error(self, operation: str, exc: botocore.exceptions.ClientError) -> StoreError:
         error = exc.response.get("Error", {})

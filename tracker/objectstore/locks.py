@@ -16,6 +16,7 @@ it (``replica``, its ``replica_url``). It is
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 import attrs
 
@@ -89,7 +90,7 @@ async def acquire(
             continue  # released meanwhile: try to create it again
         age = (now - info.last_modified).total_seconds()
         holder = Holder(info.metadata.get("owner", ""), info.metadata.get("replica", ""), age)
-        if age < lock_ttl + CLOCK_STEP:
+        if not old_enough(info.last_modified, now, lock_ttl):
             return holder
         try:
             lock.etag = await bucket.put(
@@ -100,6 +101,13 @@ async def acquire(
         lock.took_over = True
         return lock
     raise StoreError(f"the lock {key} changed hands {ATTEMPTS} times in a row", down=False)
+
+
+def old_enough(then: datetime, now: datetime, lock_ttl: float) -> bool:
+    """True when ``then`` (a lock's date, or an upload's start) lies ``lock_ttl`` plus
+    :data:`CLOCK_STEP` before ``now``: store dates are whole seconds, so an age is judged
+    late by up to a second, never early."""
+    return (now - then.astimezone(UTC)).total_seconds() >= lock_ttl + CLOCK_STEP
 
 
 def _body(owner: str) -> bytes:

@@ -8,7 +8,10 @@ any replica expires before ``mark + direct_serve_ttl``; retention deletes nothin
 
 Objects known to be there are remembered for :data:`KNOWN_FOR` seconds (then looked at
 again: another replica's retention may have removed one), misses for :data:`MISSED_FOR`.
-Nothing here raises for the store being down: the caller then uses another path.
+Nothing here raises for the store being down: the caller then uses another path. What a
+request waits for (lookup, lock, hand-out) and the health check go through
+:meth:`~tracker.objectstore.bucket.Bucket.on_request_path` (``request_timeout``); while the
+store is down only :meth:`ObjectTier.watch` asks it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -28,7 +31,7 @@ from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
-from tracker.objectstore.locks import CLOCK_STEP, Holder, Lock, acquire
+from tracker.objectstore.locks import Holder, Lock, acquire, old_enough
 from tracker.objectstore.retention import superseded
 
 log = logging.getLogger("tracker.objectstore")
@@ -69,6 +72,8 @@ class ObjectTier:
     ) -> None:
         self.store = store
         self.bucket = bucket
+        #: The same bucket for calls a client waits for: a deadline of ``request_timeout``.
+        self.quick = bucket.on_request_path()
         self.events = events if events is not None else TierEvents()
         #: This process's id in the locks it holds.
         self.owner = secrets.token_hex(8)
@@ -106,7 +111,7 @@ class ObjectTier:
         if now - self._missed.get(key, -MISSED_FOR) < MISSED_FOR or not self.usable:
             return None
         try:
-            info = await self.bucket.head(key)
+            info = await self.quick.head(key)
         except StoreError as exc:
             self._failed("HEAD", exc)
             return None
@@ -134,11 +139,11 @@ class ObjectTier:
             return cached.url
         ttl = self.store.direct_serve_ttl
         try:
-            info = await self.bucket.head(key)  # still there? (another replica's retention)
+            info = await self.quick.head(key)  # still there? (another replica's retention)
             self._remember(key, info)
             if info is None:
                 return None
-            await self.bucket.put(self.mark_key(group, name), b"")
+            await self.quick.put(self.mark_key(group, name), b"")
             url = self.bucket.presign_get(key, ttl, file_name=name)
         except StoreError as exc:
             self._failed("handout", exc)
@@ -159,14 +164,17 @@ class ObjectTier:
 
     async def claim(self, group: str, name: str) -> Lock | Holder | None:
         """Take the refresh lock of ``name``: the Lock, the live Holder, or None when the
-        store cannot be used. A lock taken over from a dead replica has that replica's
-        incomplete uploads of the key aborted first."""
+        store cannot be used (down, or no answer within ``request_timeout``). A lock taken
+        over from a dead replica has that replica's incomplete uploads of the key aborted
+        first."""
         if not self.usable:
             return None
         store = self.store
         key = self.lock_key(group, name)
         try:
-            got = await acquire(self.bucket, key, self.owner, store.replica_url, store.lock_ttl)
+            got = await acquire(self.quick, key, self.owner, store.replica_url, store.lock_ttl)
+            if isinstance(got, Lock):
+                got.bucket = self.bucket  # renewals run beside the refresh, not on a request
             if isinstance(got, Lock) and got.took_over:
                 self.events.takeover()
                 log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
@@ -270,10 +278,12 @@ class ObjectTier:
         prefix = self.store.prefix
         group, _, name = key[len(prefix) :].partition("/")
         lock, now = await self.bucket.head_dated(self.lock_key(group, name))
+        # An upload's ``Initiated`` is in whole seconds like a lock's date (and ``now`` is our
+        # own clock when there is no lock): a young upload must not look a second older.
         ttl = self.store.lock_ttl
-        if (now - initiated.astimezone(UTC)).total_seconds() < ttl:
+        if not old_enough(initiated, now, ttl):
             return False
-        return lock is None or (now - lock.last_modified).total_seconds() >= ttl + CLOCK_STEP
+        return lock is None or old_enough(lock.last_modified, now, ttl)
 
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
@@ -281,7 +291,7 @@ class ObjectTier:
         that came back gets them again."""
         while True:
             try:
-                await self.bucket.check()
+                await self.quick.check()
             except StoreError as exc:
                 self._failed("check", exc)
             await trio.sleep(every)
