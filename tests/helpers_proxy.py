@@ -101,6 +101,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before the response head (math.inf: never answer)
     body_delay: float = 0.0  # seconds between the head and the first body byte
     gzip_if_asked: bool = False  # a gzip-coded body for a client whose accept-encoding has gzip
+    ignore_range: bool = False  # answer a Range request with 200 and the whole body
 
 
 @attrs.define
@@ -220,7 +221,8 @@ class FakeUpstream:
             await _send(conn, stream, h11.Data(data=body))
             await _send(conn, stream, h11.EndOfMessage())
             return True
-        status, start, length, extra = _plan(headers, len(data))
+        asked = {k: v for k, v in headers.items() if k != "range"} if how.ignore_range else headers
+        status, start, length, extra = _plan(asked, len(data))
         validators = [("etag", how.etag), ("last-modified", how.last_modified)]
         response_headers = [
             *((k, v) for k, v in validators if v is not None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import pytest
 import trio
 from helpers_proxy import (
     GROUP,
+    UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
@@ -39,6 +41,7 @@ from tracker.errors import FetchError
 from tracker.fetch.download import FetchSettings
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
+from tracker.fetch.state import Identity, State, save_state
 
 FULL = full_name(20_000)
 INCR = incremental_name(20_000, 20_800)
@@ -190,20 +193,26 @@ async def two_sources(
 
 
 async def test_the_fast_source_carries_most_bytes(tmp_path: Path) -> None:
-    """Each connection of the slow source gets a tenth of the fast one's rate: pieces are
-    claimed as connections get free and the slow ones' tails are stolen."""
-    files = {FULL: archive_bytes(24 * MiB, seed=48)}
+    """Two connections on each source; the slow one's pieces (4 MiB at 1 MiB/s) outlast
+    the steal threshold: once the fast one has taken every other piece, its idle
+    connections take over the back half of the slow claims."""
+    files = {FULL: archive_bytes(32 * MiB, seed=48)}
     fast = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=40 * MiB)})
-    slow = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=4 * MiB)})
+    slow = FakeUpstream(files=dict(files), behaviour={FULL: Behaviour(rate=MiB)})
     ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(FAST, piece_size=4 * MiB)
     async with serving(fast), serving(slow), tracker_for("redirect", tmp_path) as t:
         advertise_all(t, slow, files)
         advertise_all(t, fast, files)
-        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+        opts = options(ledger, t.base, incremental=False, settings=settings)
+        with trio.fail_after(10):
+            [result] = await run_fetch(opts, NoProgress())
     assert contents(ledger) == {FULL: sha256(files[FULL])}
     sent = {up.base: sum(s.body_sent for s in up.gets(FULL)) for up in (fast, slow)}
-    assert sent[fast.base] > 2 * sent[slow.base], sent  # "most": a claim that needs under
-    # 1 s more is left to its slow owner rather than wasting what its source already sent
+    assert sent[slow.base] > 64 * 1024, sent  # the slow source was used, not only sampled
+    assert result.steals >= 1
+    # Without steals the slow source would carry its two whole pieces (8 MiB of 32).
+    assert sent[fast.base] > 4 * sent[slow.base], sent
 
 
 async def test_a_source_slower_than_min_speed_is_dropped(tmp_path: Path) -> None:
@@ -248,6 +257,36 @@ def _both_sent_ranges(a: FakeUpstream, b: FakeUpstream) -> bool:
     return all(any(s.body_sent > 64 * 1024 for s in up.gets(FULL)) for up in (a, b))
 
 
+async def test_a_source_that_ignores_range_is_fetched_whole(tmp_path: Path) -> None:
+    """A source answering 200 and the whole file to every Range request: one request from
+    byte 0, never its first bytes written at another piece's offset."""
+    data = archive_bytes(6 * MiB + 12_345, seed=50)  # several pieces of 1 MiB
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(ignore_range=True)})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert contents(ledger) == {FULL: sha256(data)}
+
+
+async def test_a_resume_onto_a_source_that_ignores_range_starts_over(tmp_path: Path) -> None:
+    """A state file of the same file (size and validators) with half of it done, and the
+    source now ignores Range: the download starts over at byte 0 rather than writing the
+    whole-file answer at the first missing offset."""
+    data = archive_bytes(6 * MiB, seed=51)
+    half = len(data) // 2
+    ledger = ledger_of(tmp_path)
+    (ledger / f".tmp-{FULL}").write_bytes(data[:half] + bytes(len(data) - half))
+    identity = Identity(len(data), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL, identity, ((0, half),)))
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(ignore_range=True)})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert contents(ledger) == {FULL: sha256(data)}
+    assert not (ledger / f".tmp-{FULL}.state").exists()
+
+
 async def test_every_source_failing_is_a_one_line_error(tmp_path: Path) -> None:
     broken = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(status=500)})
     ledger = ledger_of(tmp_path)
@@ -263,6 +302,24 @@ async def test_an_unreachable_tracker_is_a_one_line_error(tmp_path: Path) -> Non
         await run_fetch(options(ledger_of(tmp_path), "http://127.0.0.1:9"), NoProgress())
 
 
+async def test_credentials_never_go_to_another_origin(tmp_path: Path) -> None:
+    """``--tracker http://user:pw@...`` in redirect mode: the tracker's routes get the
+    credentials, the upstream it redirects to (another port: another origin) never does,
+    nor any cookie."""
+    ledger = ledger_of(tmp_path)
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        with_credentials = t.base.replace("http://", "http://user:pw@", 1)
+        await run_fetch(options(ledger, with_credentials), NoProgress())
+    assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+    assert up.gets(FULL) and up.gets(INCR)
+    leaked = [s for s in up.seen if {"authorization", "cookie"} & set(s.headers)]
+    assert not leaked, leaked
+
+
 async def test_sources_without_a_tracker(tmp_path: Path) -> None:
     """``--source URL``: validators' aliases probed directly."""
     up = FakeUpstream(files=dict(FILES))
@@ -273,6 +330,24 @@ async def test_sources_without_a_tracker(tmp_path: Path) -> None:
         opts = FetchOptions(ledger=str(ledger), sources=(up.base,), settings=FAST)
         await run_fetch(opts, NoProgress())
     assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+
+
+async def test_two_sources_on_the_command_line(tmp_path: Path) -> None:
+    """``--source A --source B``: both validators' archives, proven the same bytes, are
+    fetched from both with ranges."""
+    ups = [FakeUpstream(files=dict(FILES)) for _ in range(2)]
+    for up in ups:
+        up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+        up.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    ledger = ledger_of(tmp_path)
+    async with serving(ups[0]), serving(ups[1]):
+        command = [sys.executable, "-m", "tracker", "fetch", "--ledger", str(ledger)]
+        command += ["--source", ups[0].base, "--source", ups[1].base, "--min-speed", "0"]
+        done = await run_cli(*command, "--connections", "4", "--progress", "none")
+    assert done.returncode == 0, done.stderr
+    assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+    for up in ups:  # beyond the identity samples (64 KiB ranges)
+        assert any(s.body_sent > 64 * 1024 and "range" in s.headers for s in up.gets(FULL))
 
 
 async def test_retention_keeps_the_newest(tmp_path: Path) -> None:
@@ -372,16 +447,24 @@ async def test_a_killed_fetch_resumes(tmp_path: Path) -> None:
     assert sent <= 1.1 * len(data), sent / len(data)
 
 
-async def test_a_changed_file_behind_the_same_name_restarts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["etag", "size"])
+async def test_a_changed_file_behind_the_same_name_restarts(change: str, tmp_path: Path) -> None:
+    """Another ETag (same size), or another size (same ETag and Last-Modified): the bytes
+    on disk are of another file, the fetch starts over."""
     data = archive_bytes(24 * MiB, seed=45)
     up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=6 * MiB)})
     ledger = ledger_of(tmp_path)
     async with serving(up), tracker_for("redirect", tmp_path) as t:
         advertise_all(t, up, {FULL: data})
         await kill_half_way(ledger, t.base, len(data))
-        changed = archive_bytes(len(data), seed=46)
+        if change == "etag":
+            changed = archive_bytes(len(data), seed=46)
+            up.behaviour[FULL] = Behaviour(etag='"another-etag"')
+        else:
+            changed = archive_bytes(len(data) + MiB + 7, seed=46)
+            up.behaviour[FULL] = Behaviour()  # the same validators
+            advertise_all(t, up, {FULL: changed})  # the listing says the new size
         up.files[FULL] = changed
-        up.behaviour[FULL] = Behaviour(etag='"another-etag"')
         done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
         assert done.returncode == 0, done.stderr
     assert sha256((ledger / FULL).read_bytes()) == sha256(changed)
@@ -390,11 +473,120 @@ async def test_a_changed_file_behind_the_same_name_restarts(tmp_path: Path) -> N
 # -- command line ------------------------------------------------------------------------------
 
 
-async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
+def the_error_line(done: subprocess.CompletedProcess[bytes]) -> str:
+    """The one ``fetch_failed`` line of a fetch that exited 1 (and no traceback)."""
+    assert done.returncode == 1, done.stderr
+    text = done.stderr.decode()
+    assert "Traceback" not in text, text
+    failed = [line for line in text.splitlines() if "fetch_failed" in line]
+    assert len(failed) == 1, text
+    return failed[0]
+
+
+async def test_cli_an_unreachable_tracker_is_one_line(tmp_path: Path) -> None:
+    done = await run_cli(*fetch_command(ledger_of(tmp_path), "http://user:pw@127.0.0.1:9"))
+    line = the_error_line(done)
+    assert done.stderr.decode() == line + "\n"  # nothing else on stderr
+    assert "tracker http://***@127.0.0.1:9" in line and "pw" not in line
+
+
+async def test_cli_every_source_failing_while_downloading_is_one_line(tmp_path: Path) -> None:
+    """Inspection works (one byte), every piece dies after 200 kB: exit 1, one line that
+    names the source once."""
+    up = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(drop_after=200_000)})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, FILES)
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+        assert [s for s in up.gets(FULL) if s.body_sent >= 200_000]  # it got that far
+    line = the_error_line(done)
+    assert "every source failed" in line
+    assert line.count(up.url(FULL)) == 1, line
+
+
+async def test_cli_nothing_newer_than_the_ledger_exits_0(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).write_bytes(FILES[FULL])
+    (ledger / INCR).write_bytes(FILES[INCR])
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        done = await run_cli(*fetch_command(ledger, t.base))
+    assert done.returncode == 0, done.stderr
+    assert b"fetch_nothing_to_do" in done.stderr and b"fetch_failed" not in done.stderr
+
+
+async def test_cli_nothing_on_offer_exits_1(tmp_path: Path) -> None:
+    async with tracker_for("redirect", tmp_path) as t:
+        done = await run_cli(*fetch_command(ledger_of(tmp_path), t.base))
+    assert "no snapshot is available" in the_error_line(done)
+
+
+async def test_cli_full_false(tmp_path: Path) -> None:
+    """Go's ``--full=false``: an incremental on the ledger's own full (even an old one), never
+    a full; with no full in the ledger there is nothing it may fetch (exit 1, one line)."""
+    old_full = full_name(10_000)
+    on_old = incremental_name(10_000, 20_700)
+    files = {**FILES, on_old: archive_bytes(MiB, seed=53)}
+    empty, ledger = tmp_path / "empty", ledger_of(tmp_path)
+    empty.mkdir()
+    (ledger / old_full).write_bytes(b"old")
+    async with (
+        serving(FakeUpstream(files=files)) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        advertise(t.index, f"{up.base}/b", [(old_full, up.url(old_full), 3)])
+        advertise(t.index, f"{up.base}/c", [(on_old, up.url(on_old), MiB)])
+        command = [*fetch_command(empty, t.base, "--full=false"), "--incremental=true"]
+        refused = await run_cli(*command)
+        assert not up.gets()
+        command = [*fetch_command(ledger, t.base, "--full=false"), "--incremental=true"]
+        done = await run_cli(*command)
+        assert done.returncode == 0, done.stderr
+        assert not up.gets(FULL) and not up.gets(INCR)
+    assert "--full=false" in the_error_line(refused)
+    assert list(empty.iterdir()) == []
+    assert contents(ledger) == {old_full: sha256(b"old"), on_old: sha256(files[on_old])}
+
+
+async def test_cli_group_selects_another_group(tmp_path: Path) -> None:
+    """``--group``: that group's best snapshot, not the default group's."""
+    other_full, other_incr = full_name(30_000), incremental_name(30_000, 30_400)
+    other = {other_full: archive_bytes(2 * MiB, seed=54), other_incr: archive_bytes(MiB, seed=55)}
+    config = make_config(
+        None,
+        proxy_snapshot_downloads=False,
+        target_groups=(OPEN_GROUP, TargetGroup(group="testnet")),
+    )
+    ledger = ledger_of(tmp_path)
+    async with (
+        serving(FakeUpstream(files={**FILES, **other})) as up,
+        running_tracker(config) as t,
+    ):
+        advertise_all(t, up, FILES)
+        advertise(
+            t.index,
+            f"{up.base}/testnet",
+            [(n, up.url(n), len(d)) for n, d in other.items()],
+            group="testnet",
+        )
+        command = [*fetch_command(ledger, t.base, "--group", "testnet"), "--incremental=true"]
+        done = await run_cli(*command)
+        assert done.returncode == 0, done.stderr
+        assert not up.gets(FULL) and not up.gets(INCR)
+    assert contents(ledger) == {name: sha256(data) for name, data in other.items()}
+
+
+@asynccontextmanager
+async def tmpfs(path: Path, options: str) -> AsyncIterator[None]:
+    """A tmpfs mounted at ``path`` (created) for the block; skips the test where mounting
+    is not allowed."""
+    os.mkdir(path)
     mounted = await trio.run_process(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -402,6 +594,48 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
     try:
+        yield
+    finally:
+        await trio.run_process(["umount", str(path)], check=False)
+
+
+async def test_a_read_only_ledger_is_a_one_line_error(tmp_path: Path) -> None:
+    """OSError from the ledger (EROFS here; ENOSPC and EACCES take the same way): exit 1,
+    one line, no traceback."""
+    ledger = tmp_path / "readonly"
+    async with (
+        tmpfs(ledger, "ro,size=64m"),
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    assert "Read-only file system" in the_error_line(done)
+
+
+async def test_a_failing_write_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the workers write (raised inside their nursery): a FetchError."""
+
+    def full(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "the-temp-file")
+
+    monkeypatch.setattr(tracker.fetch.download, "splice_to_file", full)
+    monkeypatch.setattr(tracker.fetch.download, "_write_all", full)
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        with pytest.raises(FetchError, match="No space left on device") as info:
+            await run_fetch(options(ledger_of(tmp_path), t.base), NoProgress())
+    assert "\n" not in str(info.value)
+
+
+async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    async with tmpfs(small, "size=2m"):
         async with (
             serving(FakeUpstream(files=dict(FILES))) as up,
             tracker_for("redirect", tmp_path) as t,
@@ -412,8 +646,6 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
         assert done.returncode == 1
         assert b"not enough space" in done.stderr
         assert list(small.iterdir()) == []
-    finally:
-        await trio.run_process(["umount", str(small)], check=False)
 
 
 @pytest.mark.parametrize(
@@ -428,6 +660,27 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
 async def test_usage_errors_exit_2(args: list[str]) -> None:
     done = await run_cli(sys.executable, "-m", "tracker", *args)
     assert done.returncode == 2, done.stderr
+
+
+async def test_progress_log_lines_without_a_terminal(tmp_path: Path) -> None:
+    """``--progress auto`` with stderr a pipe: ``fetch_progress`` lines at the interval
+    asked (hidden ``--progress-every``), and the summary line of each file."""
+    data = archive_bytes(6 * MiB, seed=52)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=2 * MiB)})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        extra = ("--progress", "auto", "--progress-every", "100ms")
+        done = await run_cli(*fetch_command(ledger, t.base, *extra))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.decode().splitlines()
+    progress = [line for line in lines if "fetch_progress" in line]
+    assert len(progress) >= 2, lines  # about 0.75 s of download
+    assert all(f"file={FULL}" in line and "percent=" in line for line in progress)
+    [summary] = [line for line in lines if "fetch_done" in line]
+    assert f"bytes={len(data)}" in summary
+    assert re.search(r" seconds=[0-9.]+", summary) and re.search(r" rate=[0-9.]+MiB/s", summary)
+    assert re.search(rf'sources="{re.escape(up.url(FULL))} \d+B"', summary), summary
 
 
 async def test_progress_bar_in_a_terminal_and_log_lines_without(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,44 @@ def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
     Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 50)  # shorter than claimed
     assert load_state(str(tmp_path), name) is None
     assert load_state(str(tmp_path), full_name(6)) is None
+
+
+async def test_a_whole_file_answer_to_a_retry_skips_the_bytes_already_there() -> None:
+    """A source without ranges answers a retry with the file from byte 0: the bytes before
+    the claim's position are dropped, never written at it."""
+    from tracker.fetch.download import FetchSettings, _skipped
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in (b"abc", b"defg", b"hij"):
+            yield piece
+
+    for count, expected in [(0, b"abcdefghij"), (2, b"cdefghij"), (7, b"hij"), (12, b"")]:
+        got = [c async for c in _skipped(chunks(), count, FetchSettings())]
+        assert b"".join(got) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "full", "incremental"),
+    [
+        ([], True, True),
+        (["--full=false"], False, True),
+        (["--full"], True, True),
+        (["--full=T"], True, True),
+        (["--full=0"], False, True),
+        (["--incremental=false"], True, False),
+        (["--incremental=F", "--full=true"], True, False),
+    ],
+)
+def test_go_boolean_flags(flags: list[str], full: bool, incremental: bool) -> None:
+    """Go's ``--flag=false`` forms keep their meaning."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    chosen = options_of(args)
+    assert (chosen.full, chosen.incremental) == (full, incremental)
+
+
+def test_plan_full_false_without_a_full_in_the_ledger_says_so() -> None:
+    refused = plan([], [remote(1000, 1800)], min_slots=500, want_full=False)
+    assert refused.failed and "no full snapshot" in refused.reason

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 import trio
 
-from tracker.core.logs import setup_logging
+from tracker.core.logs import log_event, setup_logging
 from tracker.core.values import parse_duration, parse_size
 from tracker.errors import FetchError
 from tracker.fetch.download import FetchSettings
-from tracker.fetch.run import FetchOptions, run_fetch
+from tracker.fetch.run import FetchOptions, os_reason, run_fetch
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("tracker.fetch")
 
 
 def _flag_bool(text: str) -> bool:
@@ -72,6 +73,8 @@ def add_fetch_parser(commands: Any) -> None:
     fetch.add_argument("--download-timeout", type=_duration, default=600.0)
     fetch.add_argument("--keep", type=_count(0, 1000), default=2)
     fetch.add_argument("--progress", choices=["auto", "bar", "log", "none"], default="auto")
+    # Seconds between two fetch_progress log lines (tests; hidden from --help).
+    fetch.add_argument("--progress-every", type=_duration, default=5.0, help=argparse.SUPPRESS)
     fetch.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     fetch.add_argument("--log-format", default="text", choices=["text", "json"])
 
@@ -95,6 +98,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         incremental=args.incremental,
         keep=args.keep,
         progress=args.progress,
+        progress_every=args.progress_every,
         download_timeout=args.download_timeout,
         settings=settings,
     )
@@ -109,9 +113,10 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     setup_logging(args.log_level, args.log_format)
     try:
         trio.run(run_fetch, options_of(args))
-    except FetchError as exc:
-        logging.getLogger("tracker.fetch").error("fetch failed: %s", exc)
-        print(f"snapshot-tracker fetch: {exc}", file=sys.stderr)
+    except (FetchError, OSError) as exc:
+        reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        # One line on stderr, in the log format (the formatters mask secrets in URLs).
+        log_event(log, "error", "fetch_failed", reason=" ".join(reason.split()))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

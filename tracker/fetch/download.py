@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from email.utils import parsedate_to_datetime
 
 import attrs
@@ -109,6 +109,8 @@ class Result:
     size: int
     seconds: float
     sources: tuple[Source, ...]
+    #: Claims of slow connections whose back half an idle one took over.
+    steals: int = 0
 
 
 async def download(
@@ -281,6 +283,36 @@ def _check_range(response: httpx.Response, source: Source, start: int, end: int)
         raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
 
 
+def _check_whole(response: httpx.Response, source: Source) -> None:
+    """A 200 of the whole file the source was inspected with (a source without ranges)."""
+    if response.status_code != 200:
+        raise SourceError(f"{source.url}: status {response.status_code}")
+    length = response.headers.get("content-length", "").strip()
+    if length != str(source.identity.size):
+        raise SourceError(
+            f"{source.url}: content-length {length or 'missing'}, expected {source.identity.size}"
+        )
+    if not _same_validators(response, source.identity):
+        raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
+
+
+async def _skipped(
+    chunks: AsyncIterator[bytes], count: int, settings: FetchSettings
+) -> AsyncGenerator[bytes]:
+    """``chunks`` without their first ``count`` bytes (a whole-file answer to a retry that
+    already has them)."""
+    while count > 0:
+        with trio.fail_after(settings.read_timeout):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            return
+        if len(chunk) > count:
+            yield chunk[count:]
+        count = max(0, count - len(chunk))
+    async for chunk in chunks:
+        yield chunk
+
+
 def _same_validators(response: httpx.Response, identity: Identity) -> bool:
     """False when the answer's validators say it is another file than ``identity``.
 
@@ -311,14 +343,19 @@ async def _download_from(
     state = load_state(ledger, name)
     done = (
         list(state.done)
-        if state is not None and state.identity.same_file(reference.identity)
+        if state is not None
+        and state.identity.same_file(reference.identity)
+        and reference.ranges  # a source that ignores Range starts at byte 0, always
         else []
     )
     if not done:
         remove_state(ledger, name)
     # About four pieces per connection (fewer requests for a 100 GB file); stealing evens
-    # out the tails, so big pieces cost nothing at the end.
+    # out the tails, so big pieces cost nothing at the end. A source without ranges sends
+    # the whole file to every request: one piece, from byte 0.
     piece_size = max(settings.piece_size, size // (4 * settings.connections) + 1)
+    if not reference.ranges:
+        piece_size = max(1, size)
     pieces = Pieces(size, piece_size, done)
     path = temp_path(ledger, name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
@@ -343,8 +380,8 @@ async def _download_from(
             nursery.cancel_scope.cancel()
         save()
         if not pieces.complete:
-            reasons = "; ".join(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-            raise SourceError(reasons)
+            reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
+            raise SourceError("; ".join(reasons))
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)
@@ -353,7 +390,7 @@ async def _download_from(
     os.replace(path, final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
-    return Result(final, size, trio.current_time() - started, tuple(live))
+    return Result(final, size, trio.current_time() - started, tuple(live), pieces.steals)
 
 
 def _check_space(ledger: str, needed: int, name: str, identity: Identity | None = None) -> None:
@@ -420,7 +457,7 @@ async def _worker(
             source.failures += 1
             log_event(log, "warning", "fetch_piece_failed", url=source.url, reason=str(exc))
             if source.failures >= settings.max_failures:
-                source.drop(str(exc))
+                source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url
         finally:
             source.scopes.discard(scope)
             pieces.finish(claim)
@@ -442,17 +479,24 @@ async def _fetch_claim(
     if source.ranges:
         headers["range"] = f"bytes={first}-{end - 1}"
     async with _request(client, source.url, headers, settings) as response:
+        # Bytes of the body before the claim's position: a whole-file 200 starts at byte 0
+        # and is only ever written at the offsets its bytes belong to.
+        skip = 0
         if source.ranges:
             _check_range(response, source, first, end)
-        elif response.status_code != 200:
-            raise SourceError(f"{source.url}: status {response.status_code}")
+        else:
+            _check_whole(response, source)
+            skip = first
         stream = splice_stream(response, end - first if source.ranges else pieces.size)
         try:
-            if stream is not None:  # the rest of the body, if stolen, goes with the connection
+            if stream is not None and not skip:  # the rest, if stolen, goes with the connection
                 await _splice_body(stream, source, claim, pieces, fd, settings, progress)
             else:
-                async with body_chunks(response) as chunks:
-                    await _write_body(chunks, source, claim, pieces, fd, settings, progress)
+                async with (
+                    body_chunks(response) as chunks,
+                    aclosing(_skipped(chunks, skip, settings)) as body,
+                ):
+                    await _write_body(body, source, claim, pieces, fd, settings, progress)
         except trio.TooSlowError:
             raise SourceError(f"{source.url}: no data for {settings.read_timeout:g}s") from None
         except httpx.HTTPError as exc:
@@ -508,6 +552,18 @@ async def _write_body(
 #: Longest a splice into the file runs before its progress is accounted (speed checks,
 #: state file, progress bar), seconds.
 SPLICE_SECONDS = 0.1
+#: The least a splice call reserves of its claim once the claim's pace is known (bytes).
+SPLICE_RESERVE_MIN = 256 * 1024
+
+
+def _splice_quota(claim: Claim, settings: FetchSettings, now: float) -> int:
+    """How many bytes of ``claim`` the next splice call reserves: what its pace moves in two
+    calls' time, so that the rest of a slow claim stays free to steal while the call runs
+    (a reservation is never stolen). Before its pace is known, ``write_size * 8``."""
+    done, elapsed = claim.position - claim.start, now - claim.started
+    if done <= 0 or elapsed <= 0:
+        return settings.write_size * 8
+    return max(SPLICE_RESERVE_MIN, int(2 * SPLICE_SECONDS * done / elapsed))
 
 
 async def _splice_body(
@@ -523,7 +579,10 @@ async def _splice_body(
     (possibly shrinking) end: no byte passes through Python (plain HTTP; httpx reads the
     rest). Each call of the worker thread runs SPLICE_SECONDS at most."""
     sock = stream.get_extra_info("socket")
-    while count := claim.take(settings.write_size * 8):
+    heard = trio.current_time()
+    while count := claim.take(_splice_quota(claim, settings, trio.current_time())):
+        if trio.current_time() - heard > settings.read_timeout:
+            raise SourceError(f"{source.url}: sent nothing for {settings.read_timeout:g} s")
         src = os.dup(sock.fileno())  # the event loop may close its own meanwhile
         try:
             moved = await trio.to_thread.run_sync(
@@ -540,6 +599,8 @@ async def _splice_body(
         finally:
             os.close(src)
         claim.reserved = claim.position + moved  # what was taken but not moved goes back
+        if moved:
+            heard = trio.current_time()
         pieces.advance(claim, moved)
         source.sent += moved
         progress.add(moved)

@@ -15,6 +15,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.core.redact import redact_userinfo
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
 from tracker.errors import FetchError, ProbeError
@@ -67,7 +68,7 @@ async def from_tracker(
         body = await fetch_capped(client, base + path, headers={}, max_body=MAX_BODY, params=params)
         entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
     except (ProbeError, ValueError) as exc:
-        raise FetchError(f"tracker {base}: {exc}") from None
+        raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
     return _snapshots(base, entries)
 
 

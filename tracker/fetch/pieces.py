@@ -70,6 +70,8 @@ class Pieces:
         for start, end in _gaps(self._done, size):
             self._todo += [(s, min(s + piece_size, end)) for s in range(start, end, piece_size)]
         self._claims: set[Claim] = set()
+        #: How many claims were stolen from (the back half taken by an idle connection).
+        self.steals = 0
 
     @property
     def complete(self) -> bool:
@@ -108,6 +110,7 @@ class Pieces:
         claim = Claim(middle, middle, victim.end, started=now)
         victim.end = middle
         self._claims.add(claim)
+        self.steals += 1
         return claim
 
     def advance(self, claim: Claim, written: int) -> None:

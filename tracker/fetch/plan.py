@@ -57,5 +57,11 @@ def plan(
     if (recent or not want_full) and want_incremental and fulls:
         return Plan(incremental_on=max(recent or fulls))
     if not want_full:
+        if not fulls:
+            return Plan(
+                reason="the ledger holds no full snapshot to fetch an incremental for, "
+                "and --full=false",
+                failed=True,
+            )
         return Plan(reason="a newer full snapshot exists but --full=false", failed=True)
     return Plan(full=best.full, incremental=best.incremental if want_incremental else None)

@@ -112,11 +112,12 @@ class LogProgress:
         return None
 
 
-def progress_for(mode: str, stream: TextIO | None = None) -> Progress:
-    """``auto``: a bar when ``stream`` (stderr) is a terminal, else log lines."""
+def progress_for(mode: str, stream: TextIO | None = None, *, every: float = 5.0) -> Progress:
+    """``auto``: a bar when ``stream`` (stderr) is a terminal, else log lines (one every
+    ``every`` seconds)."""
     stream = stream if stream is not None else sys.stderr
     if mode == "none":
         return NoProgress()
     if mode == "bar" or (mode == "auto" and stream.isatty()):
         return BarProgress(stream)
-    return LogProgress()
+    return LogProgress(every)

@@ -47,6 +47,9 @@ class FetchOptions:
     incremental: bool = True
     keep: int = 2
     progress: str = "auto"
+    #: Seconds between two ``fetch_progress`` log lines (``--progress log``, or ``auto``
+    #: without a terminal).
+    progress_every: float = 5.0
     download_timeout: float = 600.0
     settings: FetchSettings = attrs.field(factory=FetchSettings)
 
@@ -54,13 +57,44 @@ class FetchOptions:
 async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> list[Result]:
     """Bring the ledger up to date; the downloads made (none: it already was). Raises
     FetchError, also when ``download_timeout`` passes."""
-    shown = progress if progress is not None else progress_for(options.progress)
+    shown = (
+        progress
+        if progress is not None
+        else progress_for(options.progress, every=options.progress_every)
+    )
     try:
         with trio.fail_after(options.download_timeout):
             async with _client(options.settings) as client:
                 return await _run(client, options, shown)
     except trio.TooSlowError:
         raise FetchError(f"not done within {options.download_timeout:g}s") from None
+    except OSError as exc:  # the ledger: read-only, full (ENOSPC while writing), EACCES
+        raise FetchError(os_reason(exc)) from None
+    except BaseExceptionGroup as group:  # one raised by a download's workers
+        failure = _failure_in(group)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def os_reason(exc: OSError) -> str:
+    """One line for an OSError: the file and the system's words (``[Errno 28] ...``)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {what}" if exc.filename else what
+
+
+def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
+    """The first FetchError or OSError of ``group`` (as a FetchError) when it holds nothing
+    else; None otherwise (a bug or an interrupt: raised as it is)."""
+    matched, rest = group.split((FetchError, OSError))
+    if matched is None or rest is not None:
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, OSError):
+        return FetchError(os_reason(leaf))
+    return leaf if isinstance(leaf, FetchError) else None
 
 
 def _client(settings: FetchSettings) -> httpx.AsyncClient:
@@ -184,6 +218,7 @@ async def _download(
         seconds=round(result.seconds, 2),
         rate=f"{rate / 2**20:.1f}MiB/s",
         sources=used or "none (already on disk)",
+        steals=result.steals,
     )
     return result
 
