@@ -634,7 +634,10 @@ def fetch_vs_aria2c(env: Env, run: int) -> Result:
     common = ["--incremental=false", "--connections", "8", "--min-speed", "0"]
     common += ["--progress", "none", "--keep", "0", "--log-level", "warning"]
     fetch = [sys.executable, "-m", "tracker", "fetch", *common]
+    # --file-allocation=none: fetch's temp file is sparse (ftruncate), so neither side
+    # writes the file twice (aria2c's default, prealloc, fills it with zeros first).
     aria = [aria2c, "-q", "-x8", "-s8", "--min-split-size=1M", "--allow-overwrite=true"]
+    aria += ["--file-allocation=none"]
     sources = [f"http://{HOST}:{env.files.port}/src", f"http://{HOST}:{env.proxy.port}/src"]
     mirrors = [f"{base.removesuffix('/src')}{nginx_path(best)}" for base in sources]
 
