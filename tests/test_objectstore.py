@@ -38,6 +38,8 @@ from helpers_server import serve_app
 from names import full_name, incremental_name
 
 from tracker.core.config import ObjectStore
+from tracker.objectstore.bucket import StoreHealth
+from tracker.objectstore.tier import ObjectTier
 
 FULL = full_name(9000)
 INCR = incremental_name(9000, 9100)
@@ -249,20 +251,38 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
         assert weed.objects(prefix_of(t)) == {}
 
 
+async def redirecting(t: TrackerUnderTest, weed: Weed, client: httpx.AsyncClient) -> ObjectTier:
+    """FULL fetched once through ``t``, uploaded, and then a hit answered with a 303: the
+    tracker's object tier."""
+    await client.get(t.url(FULL))
+    await uploaded(weed, t)
+    assert (await client.get(t.url(FULL))).status_code == 303
+    objects = t.parts.objects
+    assert objects is not None
+    return objects.tier
+
+
+async def redirects_resume(
+    t: TrackerUnderTest, client: httpx.AsyncClient, health: StoreHealth
+) -> None:
+    """Once the store answers the health check again, a hit is a 303 to the right bytes."""
+    await wait_for(lambda: health.up, timeout=10)
+    back = await client.get(t.url(FULL))
+    assert back.status_code == 303
+    assert (await client.get(back.headers["location"])).content == FULL_DATA
+    assert t.counter("snapshot_tracker_object_store_up") == 1
+
+
 async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_path: Path) -> None:
     from helpers_s3 import start_weed
 
     own = start_weed()
     try:
         async with tracker_with(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
-            await client.get(t.url(FULL))
-            await uploaded(own, t)
-            assert (await client.get(t.url(FULL))).status_code == 303
-            objects = t.parts.objects
-            assert objects is not None
-            health = objects.tier.bucket.health
+            tier = await redirecting(t, own, client)
+            health = tier.bucket.health
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(objects.tier.watch, 0.2)  # the service's health check
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
                 own.stop()
                 await wait_for(lambda: not health.up)
                 # The URL kept for reuse is not handed out for a store that is down.
@@ -271,12 +291,8 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
                 assert t.counter("snapshot_tracker_object_store_up") == 0
                 own.start()
-                await wait_for(lambda: health.up)
-                back = await client.get(t.url(FULL))
-                assert back.status_code == 303
-                assert (await client.get(back.headers["location"])).content == FULL_DATA
+                await redirects_resume(t, client, health)
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
-                assert t.counter("snapshot_tracker_object_store_up") == 1
                 nursery.cancel_scope.cancel()
     finally:
         own.stop()
@@ -295,12 +311,8 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
         tracker_with(weed, upstream, tmp_path, request_timeout=1.0) as t,
         httpx.AsyncClient(timeout=30) as client,
     ):
-        await client.get(t.url(FULL))
-        await uploaded(weed, t)
-        assert (await client.get(t.url(FULL))).status_code == 303
-        objects = t.parts.objects
-        assert objects is not None
-        health = objects.tier.bucket.health
+        tier = await redirecting(t, weed, client)
+        health = tier.bucket.health
         os.killpg(group_id, signal.SIGSTOP)
         try:
             for name, data in ((INCR, INCR_DATA), (FULL, FULL_DATA)):  # cold, then a disk hit
@@ -316,13 +328,9 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
             assert status.json()["up"] is False and "no answer" in status.json()["last_error"]
             assert t.counter("snapshot_tracker_object_store_up") == 0
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(objects.tier.watch, 0.2)  # the service's health check
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
                 os.killpg(group_id, signal.SIGCONT)
-                await wait_for(lambda: health.up, timeout=10)
-                back = await client.get(t.url(FULL))
-                assert back.status_code == 303
-                assert (await client.get(back.headers["location"])).content == FULL_DATA
-                assert t.counter("snapshot_tracker_object_store_up") == 1
+                await redirects_resume(t, client, health)
                 nursery.cancel_scope.cancel()
         finally:
             os.killpg(group_id, signal.SIGCONT)
