@@ -169,7 +169,11 @@ async def test_min_slots_keeps_a_recent_enough_full(tmp_path: Path) -> None:
     assert [Path(r.path).name for r in results] == [on_older]
 
 
-async def test_an_up_to_date_ledger_downloads_nothing(tmp_path: Path) -> None:
+@asynccontextmanager
+async def up_to_date(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Path, FakeUpstream, TrackerUnderTest]]:
+    """A ledger holding the best full and its incremental, and a tracker offering the same."""
     ledger = ledger_of(tmp_path)
     (ledger / INCR).write_bytes(FILES[INCR])
     (ledger / FULL).write_bytes(FILES[FULL])
@@ -178,6 +182,11 @@ async def test_an_up_to_date_ledger_downloads_nothing(tmp_path: Path) -> None:
         tracker_for("redirect", tmp_path) as t,
     ):
         advertise_all(t, up, FILES)
+        yield ledger, up, t
+
+
+async def test_an_up_to_date_ledger_downloads_nothing(tmp_path: Path) -> None:
+    async with up_to_date(tmp_path) as (ledger, up, t):
         assert await run_fetch(options(ledger, t.base), NoProgress()) == []
         assert not up.gets()
 
@@ -505,14 +514,7 @@ async def test_cli_every_source_failing_while_downloading_is_one_line(tmp_path: 
 
 
 async def test_cli_nothing_newer_than_the_ledger_exits_0(tmp_path: Path) -> None:
-    ledger = ledger_of(tmp_path)
-    (ledger / FULL).write_bytes(FILES[FULL])
-    (ledger / INCR).write_bytes(FILES[INCR])
-    async with (
-        serving(FakeUpstream(files=dict(FILES))) as up,
-        tracker_for("redirect", tmp_path) as t,
-    ):
-        advertise_all(t, up, FILES)
+    async with up_to_date(tmp_path) as (ledger, _, t):
         done = await run_cli(*fetch_command(ledger, t.base))
     assert done.returncode == 0, done.stderr
     assert b"fetch_nothing_to_do" in done.stderr and b"fetch_failed" not in done.stderr
