@@ -407,6 +407,9 @@ def make_config(cache_dir: Path | None, **overrides: Any) -> Config:
         "default_group": GROUP,
         "target_groups": (group,),
         "shutdown_grace": 1.0,
+        # Opaque random blobs, not archives: stored unchecked (tests of the archive check
+        # build real archives and turn it on).
+        "verify_archives": False,
     }
     settings.update(overrides)
     return Config(**settings)

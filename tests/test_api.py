@@ -70,6 +70,8 @@ async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: htt
                 "ext": ".tar.zst",
                 "mod_time": "2026-11-21T10:00:00Z",
                 "size": 1000,
+                # Where this source's copy is (the sidecar's file route), for every mode.
+                "url": f"{upstream}/v1/snapshot/{incr}",
             },
             {
                 "file_name": full,
@@ -78,6 +80,7 @@ async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: htt
                 "ext": ".tar.zst",
                 "mod_time": "2026-11-21T10:00:00Z",
                 "size": 5000,
+                "url": f"{upstream}/v1/snapshot/{full}",
             },
         ],
         "size": 6000,
@@ -115,6 +118,7 @@ async def test_golden_http_target(
         "hash": fhash,
         "ext": ".tar.bz2",
         "size": 96_636_764_160,
+        "url": f"{upstream}/{full}",
     }
     assert sources == [
         {
@@ -128,6 +132,7 @@ async def test_golden_http_target(
                     "base_slot": 1000,
                     "hash": ihash,
                     "ext": ".tar.zst",
+                    "url": f"{upstream}/{incr}",
                 },
                 full_file,
             ],

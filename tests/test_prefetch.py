@@ -172,6 +172,7 @@ async def test_the_daemon_prefetches_what_it_discovers(tmp_path: Path) -> None:
         "internal_listen": "",
         "scrape_interval": "30s",
         "proxy_snapshot_downloads": True,
+        "verify_archives": False,  # opaque blobs
         "proxy_snapshot_cache_dir": "cache",
         "cache_prefetch": True,
         "shutdown_grace": "1s",

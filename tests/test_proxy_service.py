@@ -42,6 +42,7 @@ def write_config(tmp_path: Path, sidecar: FakeUpstream) -> Path:
         "internal_listen": "",
         "scrape_interval": "30s",
         "proxy_snapshot_downloads": True,
+        "verify_archives": False,  # opaque blobs
         "proxy_snapshot_cache_dir": "cache",  # relative to the config file
         "shutdown_grace": "1s",
         "target_groups": [

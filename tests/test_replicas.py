@@ -65,6 +65,7 @@ def write_config(
         "internal_listen": f"127.0.0.1:{internal}",  # /metrics
         "scrape_interval": "30s",
         "proxy_snapshot_downloads": True,
+        "verify_archives": False,  # opaque blobs
         "proxy_snapshot_cache_dir": str(directory / "cache"),
         "shutdown_grace": "1s",
         "object_store": store,

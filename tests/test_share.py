@@ -37,6 +37,7 @@ from helpers_proxy import (
 from names import full_name, incremental_name
 
 from tracker.cache.store import Cache
+from tracker.errors import CacheError
 
 FULL = full_name(8000)
 INCR = incremental_name(8000, 8100)
@@ -346,7 +347,7 @@ async def test_a_refresh_holds_back_its_last_byte_until_it_is_verified(
     await refresh.write(b"0123456789")
     await refresh.flush()  # write() returns once the write started
     assert refresh.readable() == 9  # the end is not known yet
-    refresh.mark_verified()
+    await refresh.verify()
     assert refresh.readable() == 10  # every byte is there: the fsync and rename need not wait
     await refresh.commit()
     assert refresh.ended.is_set() and not refresh.failed
@@ -356,7 +357,9 @@ async def test_a_refresh_holds_back_its_last_byte_until_it_is_verified(
     assert await broken.open(10)
     await broken.write(b"01234")
     await broken.flush()
-    broken.mark_verified()  # not every byte: ignored
+    with pytest.raises(CacheError):
+        await broken.verify()  # not every byte: refused
+    assert broken.readable() == 5
     broken.abort()
     assert broken.failed
     with trio.fail_after(1):

@@ -24,9 +24,11 @@ import trio
 from quart_trio import QuartTrio
 
 from tracker.core.config import Config, parse_address
+from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
+from tracker.core.rejections import Rejections
 from tracker.core.trust import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
@@ -123,7 +125,10 @@ def build(
     scraper = Scraper(tracker.config, index, on_probe=on_probe, resolver=resolver)
     transfers = Transfers()
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
-    objects = object_path(tracker.config, metrics)
+    # Digests of verified archives and sources whose copy failed its check (docs/http-api.md,
+    # "Verified archives"): written by the byte paths, read by the API.
+    digests, rejections = Digests(), Rejections()
+    objects = object_path(tracker.config, metrics, digests)
     streamer = ProxyStreamer(
         current,
         index,
@@ -134,6 +139,8 @@ def build(
         budget=budget,
         resolver=resolver,
         objects=objects,
+        digests=digests,
+        rejections=rejections,
     )
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
@@ -141,7 +148,16 @@ def build(
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     health = HealthChecker(current, index, rpc_client)
     status = objects.tier.status if objects is not None else lambda: None
-    deps = ApiDeps(current, index, scraper, delivery, health, store_status=status)
+    deps = ApiDeps(
+        current,
+        index,
+        scraper,
+        delivery,
+        health,
+        store_status=status,
+        digests=digests,
+        rejections=rejections,
+    )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     return Components(
@@ -149,7 +165,9 @@ def build(
     )
 
 
-def object_path(config: Config, metrics: Metrics) -> ObjectPath | None:
+def object_path(
+    config: Config, metrics: Metrics, digests: Digests | None = None
+) -> ObjectPath | None:
     """The object-store tier of ``config`` (SPEC §10), None without one. It is made once:
     a reload that changes ``object_store`` takes effect at the next start."""
     store = config.object_store
@@ -162,7 +180,7 @@ def object_path(config: Config, metrics: Metrics) -> ObjectPath | None:
         takeover=metrics.count_object_takeover,
         error=metrics.count_object_error,
     )
-    return ObjectPath(ObjectTier(store, Bucket(store, health), events))
+    return ObjectPath(ObjectTier(store, Bucket(store, health), events, digests))
 
 
 def apply_trust(index: Index, config: Config) -> None:

@@ -111,11 +111,61 @@ def _same_kind(directory: str, name: str, full: bool) -> list[str]:
     return out
 
 
-def evict(directory: str, keep: str, full: bool) -> None:
-    """Remove every cached archive of the kind ``full`` in ``directory`` except ``keep``."""
+def evict(directory: str, keep: str, full: bool) -> list[str]:
+    """Remove every cached archive of the kind ``full`` in ``directory`` except ``keep``
+    (and its digest file); the names removed."""
+    removed = []
     for other in _same_kind(directory, keep, full):
-        if unlink(os.path.join(directory, other)):
+        path = os.path.join(directory, other)
+        if unlink(path):
+            unlink(digest_path(path))
+            removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
+    return removed
+
+
+def digest_path(path: str) -> str:
+    """Where the digest of the cached archive at ``path`` is kept: ``.{name}.sha256`` beside
+    it (a dot file: never listed as an archive, and it does not end in the archive's name)."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.sha256")
+
+
+def write_digest(path: str, line: str) -> None:
+    """Write the ``sha256sum`` line of the archive at ``path`` beside it (temp file, then
+    rename), with the archive's mtime."""
+    target = digest_path(path)
+    directory, name = os.path.split(target)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{name[1:]}.{os.getpid()}")
+    unlink(temp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(temp, flags, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+        st = os.stat(path, follow_symlinks=False)
+        os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+    os.replace(temp, target)
+
+
+def read_digest(path: str, max_bytes: int = 4096) -> tuple[str, os.stat_result] | None:
+    """The digest file of the archive at ``path``: its text and status, or None (missing,
+    not a regular file, unreadable)."""
+    try:
+        fd = os.open(digest_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return os.read(fd, max_bytes).decode("utf-8", "replace"), st
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def scan(directory: str) -> list[os.DirEntry[str]]:

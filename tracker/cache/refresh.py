@@ -31,10 +31,13 @@ from tracker.cache.disk import (
     kind_of,
     unlink,
     write_all,
+    write_digest,
     writeback_and_close,
 )
+from tracker.core.digests import sha256sum_line
 from tracker.core.logs import log_event
 from tracker.errors import CacheError, SourceFailed
+from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 
 if TYPE_CHECKING:
@@ -47,6 +50,9 @@ WRITE_WINDOW = 4
 #: Longest one splice into the temp file runs before ``written`` advances and readers of the
 #: growing file wake, seconds.
 SPLICE_SECONDS = 0.05
+#: Bytes a reader of a refresh being checked gets only once the check passed: enough that no
+#: archive format looks complete without them (docs/http-api.md, "Verified archives").
+HOLD_BACK = 64 * 1024
 
 
 @attrs.define
@@ -72,9 +78,15 @@ class Refresh:
         self._flushed = 0  # bytes handed to the kernel's writeback so far
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
-        #: Set (by :meth:`mark_verified`) once all ``size`` bytes are written and the upstream
-        #: body was checked complete; readers may then send every byte, promoted or not.
+        #: Set (by :meth:`verify`) once all ``size`` bytes are written, the upstream body was
+        #: checked complete and the archive passed its check; readers may then send every
+        #: byte, promoted or not.
         self.verified = False
+        #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked).
+        self.sha256 = ""
+        #: The archive check following the temp file as it grows (None: not checked).
+        self._check: FollowingCheck | None = None
+        self._hold_back = 1
         #: Set when the refresh is over, whatever its end (by :meth:`abort`).
         self.ended = trio.Event()
         self._progress = trio.Event()
@@ -100,14 +112,15 @@ class Refresh:
         """How many bytes from the start a reader of the temp file may send now.
 
         Everything once the refresh is verified (every byte written, the upstream body
-        checked complete); before that, what was written except the last byte: a reader's
-        last byte waits until the end is known, so that it never completes a body the refresh
-        then finds broken. It does not wait for the fsync and rename (a request arriving then
-        waits for them instead: :meth:`Cache.wait_promotion`).
+        checked complete, the archive check passed); before that, what was written except
+        the last byte, or the last HOLD_BACK bytes while the archive is checked: a reader's
+        end waits until the refresh is known good, so that it never completes a body the
+        refresh then finds broken. It does not wait for the fsync and rename (a request
+        arriving then waits for them instead: :meth:`Cache.wait_promotion`).
         """
         if self.verified:
             return self.size
-        return min(self.written, max(0, self.size - 1))
+        return min(self.written, max(0, self.size - self._hold_back))
 
     async def wait_progress(self) -> None:
         """Sleep until more bytes were written or the refresh ended (returns at once if it
@@ -116,14 +129,31 @@ class Refresh:
             await self._progress.wait()
 
     def _notify(self) -> None:
+        if self._check is not None:
+            self._check.advance(self.written)
         self._progress.set()
         self._progress = trio.Event()
 
-    def mark_verified(self) -> None:
-        """Record that all ``size`` bytes were written and the upstream body is complete."""
-        if self.written == self.size:
-            self.verified = True
-            self._notify()
+    async def verify(self) -> None:
+        """Record that all ``size`` bytes were written and the upstream body is complete,
+        once the archive check (when on) has read them and passed; readers may then finish.
+
+        Raises ArchiveInvalid (the check failed: the caller rejects the refresh) or
+        CacheError (not every byte was written). Cancellation cancels the check.
+        """
+        if self.written != self.size or self.ended.is_set():
+            raise CacheError(f"refresh ended at byte {self.written} of {self.size}")
+        check = self._check
+        if check is not None:
+            check.finish(self.size)
+            try:
+                self.sha256 = await check.result()
+            finally:
+                self._check = None
+        if self.ended.is_set():  # aborted while the check ran
+            raise CacheError("refresh aborted")
+        self.verified = True
+        self._notify()
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
@@ -144,6 +174,9 @@ class Refresh:
         if self._fd is None:
             self.abort()
             return False
+        if self.cache.verify:
+            self._check = FollowingCheck.start(self._fd, self.name)
+            self._hold_back = HOLD_BACK
         return True
 
     def _prepare(self, needed: int) -> int | None:
@@ -307,16 +340,19 @@ class Refresh:
             raise CacheError("refresh is not open")
         try:
             await self.flush()
-            await trio.to_thread.run_sync(self._promote, mtime)
+            evicted = await trio.to_thread.run_sync(self._promote, mtime)
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
+        else:
+            self.cache._promoted(self.group, self.name, self.sha256, evicted)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()
             self.cache._report_size()
 
-    def _promote(self, mtime: float | None) -> None:
+    def _promote(self, mtime: float | None) -> list[str]:
+        """Sync, rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
@@ -328,14 +364,25 @@ class Refresh:
         directory = os.path.dirname(self.final)
         os.replace(self.temp, self.final)
         self.temp, self._done = "", True
+        if self.sha256:
+            # After the rename: the digest file's ctime is then never older than the
+            # archive's, which is how start-up knows the archive did not change since.
+            write_digest(self.final, sha256sum_line(self.sha256, self.name))
         try:
             fsync_dir(directory)  # makes the rename durable; the file is in place either way
         except OSError as exc:
             log_event(log, "warning", "cache_dir_fsync_failed", dir=directory, error=exc)
-        evict(directory, self.name, kind_of(self.name))
+        evicted = evict(directory, self.name, kind_of(self.name))
         log_event(
-            log, "info", "cache_promoted", group=self.group, file=self.name, size=self.written
+            log,
+            "info",
+            "cache_promoted",
+            group=self.group,
+            file=self.name,
+            size=self.written,
+            sha256=self.sha256 or None,
         )
+        return evicted
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers
@@ -343,6 +390,9 @@ class Refresh:
         their descriptor: after a promotion it is the cached file (a rename keeps the inode).
         """
         fd, self._fd = self._fd, None
+        check, self._check = self._check, None
+        if check is not None:
+            check.cancel()  # its thread closes its own descriptor
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)

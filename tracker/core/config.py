@@ -286,6 +286,12 @@ class Config:
     #: Clients whose User-Agent contains one of these get the bytes from the tracker on the
     #: root concrete route even in redirect mode (they cannot follow a redirect elsewhere).
     serve_user_agents: tuple[str, ...] = ("Firedancer",)
+    #: Check every archive before it is stored or handed out as complete (docs/http-api.md,
+    #: "Verified archives"); off only for caches of opaque test blobs.
+    verify_archives: bool = True
+    #: A source whose copy of an archive failed its check is not used for that archive for
+    #: this many seconds.
+    reject_for: float = 600.0
     egress: Egress = Egress()
     #: The shared bucket of several replicas (SPEC §10); None: no object-store tier.
     object_store: ObjectStore | None = None

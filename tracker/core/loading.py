@@ -159,6 +159,7 @@ class _Loader:
             "scrape_timeout": values.positive_duration,
             "shutdown_grace": values.positive_duration,
             "first_byte_timeout": values.positive_duration,
+            "reject_for": values.positive_duration,
             "serve_user_agents": _list_of(values.user_agent_part),
             "listen": values.address,
             "internal_listen": values.optional_address,

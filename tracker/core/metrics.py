@@ -42,6 +42,7 @@ Outcome = Literal[
     "refresh_ok",  # a refresh completed and was promoted into the cache
     "refresh_failed",  # a refresh ended in error; nothing was promoted
     "refresh_no_space",  # not enough free disk even after eviction: streamed uncached
+    "refresh_rejected",  # a refresh's archive failed its check; nothing was promoted
     "upstream_failed",  # no source could deliver the bytes (502)
     "not_found",  # no source advertises the file / no snapshot available
     "object_redirect",  # 303 to a presigned URL of the object store (SPEC §10)
@@ -143,6 +144,12 @@ class Metrics:
         self.refresh_resumes = Counter(
             PREFIX + "refresh_resumes_total",
             "Cache refreshes resumed with a Range request after an upstream break.",
+            registry=reg,
+        )
+        self.archives_rejected = Counter(
+            PREFIX + "archives_rejected",
+            "Archives that failed their check before being stored or handed out.",
+            ["group"],
             registry=reg,
         )
         self.object_store_up = Gauge(
@@ -248,6 +255,9 @@ class Metrics:
     def count_object_error(self, operation: str) -> None:
         """An object-store ``operation`` (a fixed name, never a key) failed."""
         self.object_store_errors.labels(operation).inc()
+
+    def count_archive_rejected(self, group: str) -> None:
+        self.archives_rejected.labels(group).inc()
 
     def count_shared_reader(self) -> None:
         """A client joined a running cache refresh instead of starting its own download."""

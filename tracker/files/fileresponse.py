@@ -34,7 +34,7 @@ import os
 import re
 import stat
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import trio
 from quart import Request, Response
@@ -251,6 +251,7 @@ async def file_response(
     file_name: str | None = None,
     on_bytes: OnBytes | None = None,
     budget: ChunkBudget | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Response:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 
@@ -262,7 +263,8 @@ async def file_response(
     given, adds ``content-disposition: attachment; filename="..."`` (it must match
     ``[A-Za-z0-9._-]+``). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
     handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
-    ``chunk_size`` (see :class:`ChunkBudget`).
+    ``chunk_size`` (see :class:`ChunkBudget`). ``extra_headers`` are added to a 200 or 206
+    (e.g. the file's ``repr-digest``).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and
@@ -306,5 +308,7 @@ async def file_response(
     response.headers.update(plan.headers)
     if disposition is not None and plan.status in (200, 206):
         response.headers["content-disposition"] = disposition
+    if extra_headers and plan.status in (200, 206):
+        response.headers.update(extra_headers)
     response.timeout = None
     return response

@@ -246,6 +246,15 @@ class Bucket:
         answer = await self._call("PUT", self._client.put_object, Key=key, Body=body, **extra)
         return answer.get("ETag", "")
 
+    async def get_small(self, key: str, limit: int = 4096) -> bytes | None:
+        """The first ``limit`` bytes of a small object (a digest); None when there is none."""
+        try:
+            return await self._call("GET", partial(_read_small, self._client, limit), Key=key)
+        except StoreError as exc:
+            if exc.down:
+                raise
+            return None
+
     async def delete(self, key: str) -> None:
         """Remove the object at ``key`` (no error when it is gone already)."""
         await self._call("DELETE", self._client.delete_object, Key=key)
@@ -367,3 +376,13 @@ def _store_time(answer: Any) -> datetime:
         return email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
     except (TypeError, ValueError):
         return datetime.now(UTC)
+
+
+def _read_small(client: Any, limit: int, **kwargs: Any) -> bytes:
+    """GET an object and read at most ``limit`` bytes of it (in the worker thread)."""
+    body = client.get_object(**kwargs)["Body"]
+    try:
+        data: bytes = body.read(limit)
+    finally:
+        body.close()
+    return data

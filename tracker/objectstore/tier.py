@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from tracker.core.config import ObjectStore
+from tracker.core.digests import Digests, parse_sha256sum_line
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
@@ -33,6 +34,7 @@ from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
 from tracker.objectstore.locks import Holder, Lock, acquire, old_enough
 from tracker.objectstore.retention import superseded
+from tracker.objectstore.upload import digest_key
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -68,7 +70,11 @@ class ObjectTier:
     """This replica's side of the shared bucket; made by the service when configured."""
 
     def __init__(
-        self, store: ObjectStore, bucket: Bucket, events: TierEvents | None = None
+        self,
+        store: ObjectStore,
+        bucket: Bucket,
+        events: TierEvents | None = None,
+        digests: Digests | None = None,
     ) -> None:
         self.store = store
         self.bucket = bucket
@@ -81,6 +87,10 @@ class ObjectTier:
         self._missed: dict[str, float] = {}
         self._urls: dict[str, _Url] = {}
         self.uploads_running = 0
+        #: Digests of the bucket's objects: (object ETag, hex), read from ``{key}.sha256``.
+        self._sums: dict[str, tuple[str, str]] = {}
+        #: Told every digest of an object this replica knows (the JSON's ``sha256``).
+        self.digests = digests if digests is not None else Digests()
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -127,6 +137,26 @@ class ObjectTier:
         else:
             self._known[key] = (info, now)
             self._missed.pop(key, None)
+
+    async def digest(self, group: str, name: str, info: ObjectInfo) -> str | None:
+        """The hex SHA-256 of object ``info`` of ``name`` (from its digest object, read once
+        per object); None when it has none or the store does not answer."""
+        key = info.key
+        known = self._sums.get(key)
+        if known is not None and known[0] == info.etag:
+            return known[1]
+        try:
+            text = await self.quick.get_small(digest_key(key))
+        except StoreError as exc:
+            self._failed("GET", exc)
+            return None
+        hex_digest = None
+        if text is not None:
+            hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name)
+        if hex_digest is not None:
+            self._sums[key] = (info.etag, hex_digest)
+            self.digests.put("bucket", group, name, hex_digest)
+        return hex_digest
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
@@ -203,9 +233,13 @@ class ObjectTier:
         modified = headers.get("last-modified", "")
         return {"upstream-last-modified": modified} if modified.isascii() and modified else {}
 
-    async def completed(self, group: str, name: str, info: ObjectInfo) -> None:
-        """An upload of ``name`` completed: remember it, then apply retention."""
+    async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
+        """An upload of ``name`` (of digest ``sha256``) completed: remember it, then apply
+        retention."""
         self._remember(info.key, info)
+        if sha256:
+            self._sums[info.key] = (info.etag, sha256)
+            self.digests.put("bucket", group, name, sha256)
         self.events.upload("ok")
         log_event(log, "info", "object_uploaded", group=group, file=name, size=info.size)
         parsed = parse_archive_name(name)
@@ -232,9 +266,12 @@ class ObjectTier:
                 return  # a URL handed out may still be valid: next time
         key = self.object_key(group, name)
         await self.bucket.delete(key)
+        await self.bucket.delete(digest_key(key))
         if mark is not None:
             await self.bucket.delete(mark.key)
         self._remember(key, None)
+        if self._sums.pop(key, None) is not None:
+            self.digests.drop("bucket", group, name)
         log_event(log, "info", "object_retired", group=group, file=name)
 
     # -- start-up ------------------------------------------------------------------------

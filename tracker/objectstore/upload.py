@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio
 
+from tracker.core.digests import sha256sum_line
 from tracker.core.logs import log_event
 from tracker.errors import StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
@@ -35,6 +36,8 @@ class Growing(Protocol):
 
     size: int
     verified: bool
+    #: The archive's SHA-256 (hex) once it passed its check ("" unchecked).
+    sha256: str
 
     @property
     def failed(self) -> bool: ...
@@ -51,13 +54,22 @@ def part_size(size: int) -> int:
     return math.ceil(wanted / mib) * mib
 
 
+def digest_key(key: str) -> str:
+    """Where the digest of the object at ``key`` is kept: ``{key}.sha256`` (it does not end
+    in the archive's name, so no listing or mirror takes it for an archive)."""
+    return key + ".sha256"
+
+
 async def upload_following(
     bucket: Bucket, key: str, fd: int, growing: Growing, metadata: dict[str, str]
 ) -> ObjectInfo:
     """Upload ``growing`` (read from ``fd``) to ``key`` as it is written; the object.
 
-    Raises StoreError when the store failed or the file ended unverified (the upload is then
-    aborted); cancellation aborts it too.
+    The last part is read only once the file is verified (its archive check passed), and
+    the digest object (:func:`digest_key`) is written before the upload completes, so the
+    archive never appears in the bucket without its digest. Raises StoreError when the store
+    failed or the file ended unverified (the upload is then aborted); cancellation aborts
+    it too.
     """
     size = growing.size
     step = part_size(size)
@@ -73,6 +85,9 @@ async def upload_following(
             etags.append(await bucket.upload_part(key, upload_id, len(etags) + 1, data))
         if size == 0:
             raise StoreError("an empty archive is not uploaded", down=False)
+        if growing.sha256:
+            name = key.rsplit("/", 1)[-1]
+            await bucket.put(digest_key(key), sha256sum_line(growing.sha256, name).encode())
         await bucket.complete_upload(key, upload_id, etags)
     except BaseException:
         with trio.CancelScope(shield=True) as scope:

@@ -29,6 +29,7 @@ import quart
 import trio
 
 from tracker.core.config import Config, ObjectStore, TargetGroup
+from tracker.core.digests import repr_digest
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
@@ -69,7 +70,9 @@ class ObjectPath:
             return None
         if request.method == "HEAD":
             info = await self.tier.lookup(group, name)
-            return head_response(info) if info is not None else None
+            if info is None:
+                return None
+            return head_response(info, await self.tier.digest(group, name, info))
         if request.method != "GET":
             return None
         url = await self.location(config, request.headers.get("user-agent", ""), group, name)
@@ -91,14 +94,17 @@ class ObjectPath:
             return None
         return await self.tier.handout(group, name)
 
-    async def stream_source(self, group: str, name: str) -> tuple[TargetGroup, Found] | None:
-        """The object as a source to stream from (presigned for the tracker); None when the
-        bucket does not have it."""
+    async def stream_source(
+        self, group: str, name: str
+    ) -> tuple[TargetGroup, Found, str | None] | None:
+        """The object as a source to stream from (presigned for the tracker) and its digest
+        (None: unknown); None when the bucket does not have it."""
         info = await self.tier.lookup(group, name)
         url = self.tier.internal_url(group, name) if info is not None else None
         if info is None or url is None:
             return None
-        return _source(group, name, url, info.size)
+        digest = await self.tier.digest(group, name, info)
+        return (*_source(group, name, url, info.size), digest)
 
     async def claim(self, group: str, name: str) -> Lock | Holder | None:
         """Before a refresh of ``name``: this replica's lock, the live holder, or None (the
@@ -128,7 +134,7 @@ class ObjectPath:
         try:
             info = await self._upload(shared, lock, group, name)
             if info is not None:
-                await tier.completed(group, name, info)
+                await tier.completed(group, name, info, shared.refresh.sha256)
         except (StoreError, OSError) as exc:
             tier.events.upload("failed")
             log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
@@ -182,8 +188,9 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
-def head_response(info: ObjectInfo) -> quart.Response:
-    """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD)."""
+def head_response(info: ObjectInfo, digest: str | None = None) -> quart.Response:
+    """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD), with the
+    object's ``repr-digest`` when its digest is known."""
     response = quart.Response(b"", status=200)
     response.headers.clear()
     modified = info.metadata.get("upstream-last-modified") or http_date(
@@ -199,6 +206,8 @@ def head_response(info: ObjectInfo) -> quart.Response:
     )
     if info.etag:
         response.headers["etag"] = info.etag
+    if digest:
+        response.headers["repr-digest"] = repr_digest(digest)
     return response
 
 

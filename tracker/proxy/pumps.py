@@ -35,7 +35,8 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.core.logs import log_event
-from tracker.errors import CacheError, UpstreamError
+from tracker.core.redact import redact_text
+from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.files.downloads import outcome_of
 from tracker.files.ranges import parse_http_date
 from tracker.net.limits import transport_reason
@@ -309,6 +310,9 @@ async def _recorded(
         flow.error = "the tracker is stopping"
         log_event(log, "warning", "stream_stopped", url=url, reason=flow.error)
         raise
+    except ArchiveInvalid as exc:
+        flow.error = f"archive failed verification: {exc.reason}"
+        flow.outcome = "refresh_rejected"
     except (UpstreamError, CacheError) as exc:
         flow.error = str(exc)
     except httpx.HTTPError as exc:
@@ -454,10 +458,26 @@ async def _to_disk(job: StreamJob, body: UpstreamBody, cache: RefreshJob, flow: 
 
 
 async def _promote(job: StreamJob, body: UpstreamBody, cache: RefreshJob) -> bool:
-    """Promote a complete refresh; a failure here costs the cache, never the client."""
+    """Promote a complete refresh whose archive passed its check; a failure after the check
+    costs the cache, never the client. A failed check raises ArchiveInvalid: the refresh's
+    readers never get their last bytes (docs/http-api.md, "Verified archives")."""
     refresh = cache.refresh
     await refresh.flush()  # the last write may still be in flight (raises CacheError)
-    refresh.mark_verified()  # every byte arrived: readers may finish, whatever comes next
+    try:
+        await refresh.verify()  # readers may finish once it passed, whatever comes next
+    except ArchiveInvalid as exc:
+        source = body.first.source
+        log_event(
+            log,
+            "warning",
+            "archive_rejected",
+            group=refresh.group,
+            file=refresh.name,
+            source=redact_text(source.key.target),
+            reason=exc.reason,
+        )
+        job.events.archive_rejected(source.key, exc.reason)
+        raise
     if not cache.still_wanted():
         log_event(
             log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"

@@ -36,9 +36,12 @@ from quart.wrappers.response import ResponseBody
 from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache
 from tracker.core.config import Config, TargetGroup
+from tracker.core.digests import Digests, repr_digest
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
+from tracker.core.rejections import PREFIX as REJECTED
+from tracker.core.rejections import Rejections
 from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.errors import RequestError, UpstreamError
 from tracker.files.fileresponse import ChunkBudget, file_response
@@ -112,8 +115,14 @@ class ProxyStreamer:
         budget: ChunkBudget | None = None,
         resolver: Resolver = resolve,
         objects: ObjectPath | None = None,
+        digests: Digests | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self._config = config
+        #: Digests of the archives held verified, and sources whose copy failed its check
+        #: (docs/http-api.md, "Verified archives").
+        self.digests = digests if digests is not None else Digests()
+        self.rejections = rejections if rejections is not None else Rejections()
         #: The object-store tier (SPEC §10); None without one.
         self._objects = objects
         #: Files whose bucket lock this replica is asking for (a second request waits).
@@ -128,6 +137,8 @@ class ProxyStreamer:
         )
         self._cache_factory = cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
+        #: Cache roots whose start-up check of unverified files has not been started yet.
+        self._rechecking: set[str] = set()
         self._shared: dict[SharedKey, SharedRefresh] = {}
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
         #: neither cached nor being refreshed (the service plugs in the prefetcher, §9).
@@ -136,6 +147,11 @@ class ProxyStreamer:
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
         return Cache(root, on_size=on_size)
+
+    def _cached_copy_rejected(self, group: str, name: str, reason: str) -> None:
+        """A cached file failed its check again at start-up (and was removed)."""
+        if self._metrics is not None:
+            self._metrics.count_archive_rejected(group)
 
     def cache(self) -> Cache | None:
         """The cache of the current config (None without one); made and cleaned on first use.
@@ -150,7 +166,11 @@ class ProxyStreamer:
         cache = self._caches.get(root)
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
+            cache.verify_with(config.verify_archives, self.digests, self._cached_copy_rejected)
             cache.startup_cleanup()
+            self._rechecking.add(root)
+        if root in self._rechecking and self._transfers.spawn(cache.recheck):
+            self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
 
     async def aclose(self) -> None:
@@ -185,7 +205,7 @@ class ProxyStreamer:
         sharing = config.cache_share_inflight or objects is not None
         if cache is not None and cache_path is not None:
             await cache.wait_promotion(group, name, self.settings.promotion_wait)
-            hit = await self._from_cache(cache_path, request)
+            hit = await self._from_cache(cache, group, name, cache_path, request)
             if hit is not None:
                 return hit
             if objects is not None:
@@ -283,7 +303,7 @@ class ProxyStreamer:
         source = await objects.stream_source(group, name)
         if source is None:
             return None
-        target_group, found = source
+        target_group, found, digest = source
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._job(target_group, request.method, headers, name, found, origin="object_store")
         job = attrs.evolve(job, zero_copy=zero_copy_connection(request.scope))
@@ -291,7 +311,10 @@ class ProxyStreamer:
         if isinstance(head, quart.Response):
             return None  # the store failed: another path
         self._count("object_store")
-        return _response(head)
+        response = _response(head)
+        if digest and head.status in (200, 206):
+            response.headers["repr-digest"] = repr_digest(digest)
+        return response
 
     async def _from_holder(
         self, holder: Holder, request: quart.Request, group: TargetGroup, name: str
@@ -312,12 +335,21 @@ class ProxyStreamer:
         self._count("replica")
         return _response(head)
 
-    async def _from_cache(self, path: str, request: quart.Request) -> quart.Response | None:
+    async def _from_cache(
+        self, cache: Cache, group: str, name: str, path: str, request: quart.Request
+    ) -> quart.Response | None:
+        """A cache hit, when the file is cached and (with verification) passed its check."""
+        if not cache.servable(group, name):
+            return None
+        digest = cache.digest(group, name)
+        extra = {"repr-digest": repr_digest(digest)} if digest else None
         on_bytes = None
         if self._metrics is not None:
             on_bytes = partial(self._metrics.add_served_bytes, "cache")
         try:
-            response = await file_response(path, request, on_bytes=on_bytes, budget=self._budget)
+            response = await file_response(
+                path, request, on_bytes=on_bytes, budget=self._budget, extra_headers=extra
+            )
         except FileNotFoundError:
             return None
         except OSError as exc:  # something else than a file at the path: not cached
@@ -375,6 +407,7 @@ class ProxyStreamer:
         *,
         origin: ByteSource = "upstream",
     ) -> StreamJob:
+        found, rejected = self._not_rejected(name, found)
         # A plain request (no Range, no conditional) for a file of known size may be
         # answered with an early head; only sources of that same size may then follow it.
         size = found[0][0].size if found else 0
@@ -391,6 +424,8 @@ class ProxyStreamer:
             hedge_after=self._config().first_byte_timeout,
             promised=early,
         )
+        if not found and rejected:
+            opener = partial(_refuse, REJECTED + rejected)
         return StreamJob(
             open=opener,
             method=method,
@@ -400,6 +435,27 @@ class ProxyStreamer:
             reopen=partial(self._reopen, group),
             early_size=early,
         )
+
+    def _not_rejected(self, name: str, found: Found) -> tuple[Found, str]:
+        """The sources of ``found`` whose copy of ``name`` is not held back after a failed
+        check, and the latest reason of one that is ("" if none)."""
+        now, rejections = trio.current_time(), self.rejections
+        kept: Found = []
+        reason = ""
+        for f, source in found:
+            held = rejections.rejected(source.key, name, now)
+            if held is None:
+                kept.append((f, source))
+            else:
+                reason = held.reason
+        return kept, reason
+
+    def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
+        """A refresh's archive from ``key`` failed its check: not used for it a while."""
+        hold = self._config().reject_for
+        self.rejections.reject(key, name, reason, now=trio.current_time(), hold=hold)
+        if self._metrics is not None:
+            self._metrics.count_archive_rejected(group)
 
     async def _reopen(
         self, group: TargetGroup, first: UpstreamAnswer, offset: int, size: int
@@ -530,7 +586,8 @@ class ProxyStreamer:
         )
         if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
             path = _cache_path(cache, group, name)
-            response = await self._from_cache(path, request) if path is not None else None
+            if path is not None:
+                response = await self._from_cache(cache, group, name, path, request)
         return response
 
     async def _claim(self, key: SharedKey) -> Lock | Holder | None:
@@ -685,17 +742,21 @@ class ProxyStreamer:
         transfers ranked (not the bucket, not a replica)."""
         metrics = self._metrics
         ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
+        rejected = partial(self._archive_rejected, group, name)
         if metrics is None:
-            return StreamEvents(source_transfer=ranked)
+            return StreamEvents(source_transfer=ranked, archive_rejected=rejected)
         kind: Kind = "full" if _is_full(name) else "incremental"
         if origin != "upstream":
-            return StreamEvents(client_bytes=partial(metrics.add_served_bytes, origin))
+            return StreamEvents(
+                client_bytes=partial(metrics.add_served_bytes, origin), archive_rejected=rejected
+            )
         return StreamEvents(
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
             source_transfer=ranked,
+            archive_rejected=rejected,
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
@@ -706,6 +767,11 @@ class ProxyStreamer:
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:
             self._metrics.count_outcome(outcome)
+
+
+async def _refuse(reason: str) -> UpstreamAnswer:
+    """The opener of a file every source of which is held back: 502 with the reason."""
+    raise UpstreamError(reason)
 
 
 def _check_name(name: str) -> None:

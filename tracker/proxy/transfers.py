@@ -41,7 +41,7 @@ from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.transfers")
 
-RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space"]
+RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space", "refresh_rejected"]
 
 
 def _nothing(*_args: object) -> None:
@@ -58,6 +58,8 @@ class StreamEvents:
     refresh_resumed: Callable[[], None] = _nothing
     #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
     source_transfer: Callable[[TargetKey, int, float], None] = _nothing
+    #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
+    archive_rejected: Callable[[TargetKey, str], None] = _nothing
 
 
 class Transfers:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import attrs
 import quart
+import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tracker.core.config import Config
-from tracker.core.index import Index, SnapshotSource
+from tracker.core.digests import Digests, sha256sum_line
+from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.redact import redact_text, redact_url, redact_userinfo
+from tracker.core.rejections import Rejections
 from tracker.core.snapshots import format_time, info_to_json
 from tracker.discovery.scrape import Scraper, TargetHealth, health_json
 from tracker.errors import RequestError
@@ -50,6 +53,16 @@ class ApiDeps:
     health: HealthChecker
     #: The object store's status (SPEC §10), None without one.
     store_status: Callable[[], dict[str, Any] | None] = lambda: None
+    #: Digests of the archives held verified, and sources whose copy failed its check
+    #: (docs/http-api.md, "Verified archives").
+    digests: Digests = attrs.Factory(Digests)
+    rejections: Rejections = attrs.Factory(Rejections)
+    #: Monotonic seconds (rejections run out on this clock).
+    clock: Callable[[], float] = trio.current_time
+
+
+#: The suffix of the digest routes (``{archive}.sha256``).
+DIGEST_SUFFIX = ".sha256"
 
 
 def json_response(body: Any, status: int = 200) -> quart.Response:
@@ -59,13 +72,23 @@ def json_response(body: Any, status: int = 200) -> quart.Response:
 
 
 def source_json(
-    source: SnapshotSource, base: str | None, *, files_base: str | None = None
+    source: SnapshotSource,
+    base: str | None,
+    *,
+    files_base: str | None = None,
+    here: str = "",
+    digest: Callable[[str, str], str | None] = lambda _group, _name: None,
 ) -> dict[str, Any]:
-    """The §6 wire form of a source; with ``base`` (proxy mode) URLs point at the tracker.
+    """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
+    mode) URLs point at the tracker.
 
     ``files_base`` (a source the tracker proxies in redirect mode because it needs
     credentials) points only the files' URLs at the tracker. Userinfo and queries of the
     configured target are masked; file URLs keep their query (a link the source handed out).
+    Each file carries ``url``, where this source's copy is fetched from (the source itself,
+    or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
+    credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
+    copy.
     """
     info, group = source.info, source.key.group
     files_base = base if base is not None else files_base
@@ -74,6 +97,16 @@ def source_json(
     else:
         names = [redact_userinfo(f.file_name) for f in info.files]
     out = info_to_json(info, names)
+    for f, name, wire in zip(info.files, names, out["files"], strict=True):
+        if files_base is not None:
+            wire["url"] = name
+        elif f.url:
+            wire["url"] = redact_userinfo(f.url)
+        elif here:
+            wire["url"] = here + tracker_path(f.bare_name, group, alias=False)
+        sha256 = digest(group, f.bare_name)
+        if sha256:
+            wire["sha256"] = sha256
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
@@ -167,15 +200,19 @@ def _listing_body(
     Each source's JSON is kept between renderings (:class:`Fragments`)."""
     proxied = deps.delivery.proxied
     parts = []
+    version = deps.digests.version
     for s in sources:
         files_base = here if proxied(s) else None
-        render = partial(_source_bytes, s, base, files_base)
-        parts.append(fragments.get(s, (base, files_base), render))
+        render = partial(_source_bytes, deps, s, base, files_base, here)
+        parts.append(fragments.get(s, (base, files_base, here, version), render))
     return b"[" + b",".join(parts) + b"]"
 
 
-def _source_bytes(source: SnapshotSource, base: str | None, files_base: str | None) -> bytes:
-    body = source_json(source, base, files_base=files_base)
+def _source_bytes(
+    deps: ApiDeps, source: SnapshotSource, base: str | None, files_base: str | None, here: str
+) -> bytes:
+    digest = deps.digests.get
+    body = source_json(source, base, files_base=files_base, here=here, digest=digest)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -192,7 +229,7 @@ def _listing(
     here = _request_base(config) if base is None else base
     fragments = listings.fragments
     body = listings.get(
-        (*key, base, here, config),
+        (*key, base, here, config, deps.digests.version),
         lambda: _listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")
@@ -202,11 +239,19 @@ def _health_bytes(health: TargetHealth, count: int, mismatch: str) -> bytes:
     return json.dumps(health_json(health, count, mismatch), separators=(",", ":")).encode()
 
 
-def _targets_body(scraper: Scraper, index: Index, fragments: Fragments, group: str | None) -> bytes:
-    """The JSON array of every target's health (of ``group``), in display order."""
+def _targets_body(
+    scraper: Scraper,
+    index: Index,
+    fragments: Fragments,
+    group: str | None,
+    rejected: Mapping[TargetKey, str],
+) -> bytes:
+    """The JSON array of every target's health (of ``group``), in display order. A target
+    whose copy of an archive failed its check shows why (``rejected``) unless its probe
+    failed."""
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
-    mismatches = index.mismatches()
+    mismatches = {**index.mismatches(), **rejected}
     for h in scraper.in_order():
         key = h.target.key
         if group is not None and key.group != group:
@@ -260,13 +305,16 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     @app.get("/v1/targets")
     async def targets() -> quart.Response:
         group = group_filter(deps.config(), quart.request.args)
-        scraper, index = deps.scraper, deps.index
+        scraper, index, rejections = deps.scraper, deps.index, deps.rejections
+        now = deps.clock()
         # What the body shows changes only with these: kept until one of them moves.
-        state = (group, scraper.roster, scraper.shown, index.generation)
+        state = (group, scraper.roster, scraper.shown, index.generation, rejections.sweep(now))
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
-            body = kept_targets[state] = _targets_body(scraper, index, target_fragments, group)
+            rejected = rejections.errors(now)
+            body = _targets_body(scraper, index, target_fragments, group, rejected)
+            kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 
     @app.get("/v1/health")
@@ -300,10 +348,22 @@ def _register_redirects(app: QuartTrio, deps: ApiDeps) -> None:
         app.add_url_rule(f"/{short}", f"root_{short}", root_short, methods=["GET", "HEAD"])
 
 
+def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
+    """``GET {archive}.sha256``: the ``sha256sum`` line of the tracker's verified copy."""
+    archive = archive_name(name[: -len(DIGEST_SUFFIX)]).file_name
+    digest = deps.digests.get(group, archive)
+    if digest is None:
+        raise RequestError(404, "no verified copy of this archive is known")
+    body = sha256sum_line(digest, archive).encode()
+    return quart.Response(body, 200, content_type="text/plain; charset=utf-8")
+
+
 def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
     @app.route("/v1/<name>", methods=["GET", "HEAD"])
     async def v1_archive(name: str) -> quart.Response:
         group = resolve_group(deps.config(), quart.request.args)
+        if name.endswith(DIGEST_SUFFIX):
+            return _digest_answer(deps, group, name)
         return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
 
     @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
@@ -311,10 +371,14 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         # The query-free form redirects and proxy-mode JSON use (SPEC §9): clients save the
         # file under the last path segment, which must be the archive's name.
         group = known_group(deps.config(), group)
+        if name.endswith(DIGEST_SUFFIX):
+            return _digest_answer(deps, group, name)
         return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
 
     @app.route("/<name>", methods=["GET", "HEAD"])
     async def root_archive(name: str) -> quart.Response:
         group = deps.config().default_group
+        if name.endswith(DIGEST_SUFFIX):
+            return _digest_answer(deps, group, name)
         name = archive_name(name).file_name
         return await deps.delivery.serve(quart.request, group, name, root=True)

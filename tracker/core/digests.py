@@ -1,0 +1,68 @@
+"""SHA-256 digests of the archives the tracker holds verified, and their wire forms.
+
+A digest is known once the tracker itself checked its copy of an archive (the disk cache's
+file, or the bucket's object, docs/http-api.md "Verified archives"): it travels with the
+bytes as the ``sha256`` key of the JSON, the ``.sha256`` routes and the ``repr-digest``
+header. Archives of one slot and hash made by different nodes are not byte-identical, so a
+digest belongs to the tracker's copy, not to the name: it is dropped when that copy goes.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def sha256sum_line(hex_digest: str, name: str) -> str:
+    """The ``sha256sum`` line of an archive (what ``sha256sum -c`` reads)."""
+    return f"{hex_digest}  {name}\n"
+
+
+def parse_sha256sum_line(text: str, name: str) -> str | None:
+    """The digest of a ``sha256sum`` line for ``name``; None unless it is exactly that."""
+    hex_digest, sep, rest = text.partition("  ")
+    if not sep or rest != f"{name}\n" or not _HEX.fullmatch(hex_digest):
+        return None
+    return hex_digest
+
+
+def repr_digest(hex_digest: str) -> str:
+    """The RFC 9530 ``repr-digest`` field value of a SHA-256 given in hex."""
+    raw = bytes.fromhex(hex_digest)
+    return f"sha-256=:{base64.b64encode(raw).decode()}:"
+
+
+class Digests:
+    """The digest of each archive the tracker holds verified, by (group, name).
+
+    Each holder of copies (``"cache"``, ``"bucket"``) puts and drops its own: a copy gone
+    from the disk cache still has its digest while the bucket holds it. ``version`` changes
+    with every change, so that renderings kept across requests (the JSON listings) know when
+    to render again.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], dict[str, str]] = {}
+        self.version = 0
+
+    def get(self, group: str, name: str) -> str | None:
+        """The lower-case hex SHA-256 of ``name`` of ``group``, if held verified."""
+        held = self._known.get((group, name))
+        return next(iter(held.values())) if held else None
+
+    def put(self, holder: str, group: str, name: str, hex_digest: str) -> None:
+        """Record the digest of ``holder``'s verified copy of ``name``."""
+        held = self._known.setdefault((group, name), {})
+        if held.get(holder) != hex_digest:
+            held[holder] = hex_digest
+            self.version += 1
+
+    def drop(self, holder: str, group: str, name: str) -> None:
+        """Forget ``holder``'s copy of ``name`` (it is gone)."""
+        held = self._known.get((group, name))
+        if held is not None and held.pop(holder, None) is not None:
+            self.version += 1
+            if not held:
+                del self._known[(group, name)]
