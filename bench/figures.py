@@ -347,6 +347,52 @@ def _tracker_refresh(env: Env, run: int, turn: int) -> Fetch:
     return got
 
 
+def verified_refresh(env: Env, run: int) -> Result:
+    """The first GET of the best archive (a real archive) through a fresh tracker with an
+    empty cache, timed from the request to the archive's promotion into the cache, with
+    ``verify_archives`` on (the tracker's figure) and off (the reference), in the order
+    A B B A (B A A B on odd runs) like the refresh figure."""
+    verified: list[float] = []
+    unverified: list[float] = []
+
+    def ours() -> None:
+        verified.append(_promotion_seconds(env, run, len(verified), verify=True))
+
+    def reference() -> None:
+        unverified.append(_promotion_seconds(env, run, 2 + len(unverified), verify=False))
+
+    pair(run, ours, reference)
+    pair(run + 1, ours, reference)
+    size = env.archives.size
+    return {
+        "tracker": size * len(verified) / sum(verified),
+        "reference": size * len(unverified) / sum(unverified),
+        "seconds": sum(verified) / len(verified),
+        "reference_seconds": sum(unverified) / len(unverified),
+    }
+
+
+def _promotion_seconds(env: Env, run: int, turn: int, *, verify: bool) -> float:
+    """Seconds from the GET to the promotion of the best archive into an empty cache."""
+    cache = env.work / f"cache-verified-{run}-{turn}"
+    name = f"tracker-verified-{run}-{turn}"
+    tracker = start_proxy_tracker(env, name, cache, verify_archives=verify)
+    cached = cache / GROUP / env.archives.best
+    try:
+        _clean_slate(env)
+        started = time.monotonic()
+        fetch(tracker.address, tracker_path(env.archives.best))
+        deadline = started + 120
+        while not cached.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seconds = time.monotonic() - started
+        if not cached.exists():
+            raise RuntimeError(f"the refresh (verify={verify}) was not promoted")
+    finally:
+        stop(env, tracker, cache)
+    return seconds
+
+
 #: Seconds for freed memory to go back to the host (free page reporting on this VM).
 PAGE_REPORT_PAUSE = 3.0
 

@@ -94,6 +94,14 @@ def summarise(results: dict[str, Any]) -> list[Row]:
             rows += _cpu_rows(results)
         if key == "proxy" and results.get("first_byte"):
             rows.append(_first_byte_row(results["first_byte"]))
+    if results.get("verified_refresh"):
+        runs = results["verified_refresh"]
+        on, off = median(runs, "seconds"), median(runs, "reference_seconds")
+        ratio = statistics.median(r["seconds"] / r["reference_seconds"] for r in runs)
+        how = "GET to promotion, verify_archives on vs off"
+        rows.append(
+            Row("verified refresh", how, f"{on:.2f} s", f"{off:.2f} s", ratio, "x", "<=", 1.25)
+        )
     if results.get("redirects"):
         runs = results["redirects"]
         p99, bare = median(runs, "p99_ms"), median(runs, "reference_p99_ms")

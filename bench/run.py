@@ -51,6 +51,7 @@ FIGURES = (
     "proxy",
     "first_byte",
     "refresh",
+    "verified_refresh",
     "redirects",
     "memory",
     "idle_connections",
@@ -166,6 +167,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         "proxy": lambda run: figures.proxy(env, run),
         "first_byte": lambda run: figures.proxy_first_byte(env, run),
         "refresh": lambda run: figures.refresh(env, run),
+        "verified_refresh": lambda run: figures.verified_refresh(env, run),
         "redirects": lambda run: figures.redirects(env, run),
     }
     steady = [f for f in paired if f in wanted]
@@ -173,7 +175,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")
         if "redirects" in steady:
             env.bare = start_bare(env.procs)[1]
-        if "refresh" in steady:
+        if "refresh" in steady or "verified_refresh" in steady:
             env.cache_proxy_dir = env.work / "nginx-proxy-cache"
             env.cache_proxy_dir.mkdir()
             port = free_port()

@@ -1,0 +1,273 @@
+"""Verified archives end to end (docs/http-api.md, "Verified archives"): a real tracker
+service, sidecars that are small real HTTP servers, real archives (tests/archives.py).
+
+A bad copy of an archive (each variant has the good one's name and size) is never promoted,
+never handed to a client as a complete 200, and its source is marked and skipped; a good
+copy on another source is used next, and its digest then travels with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from archives import bad_variants, build_archive
+from helpers_proxy import FakeUpstream, raw_request, serving, sidecar_listing, wait_for
+from helpers_tracker import start_tracker, wait_until, write_config
+
+from tracker.core.rejections import PREFIX as REJECTED
+
+GROUP = "mainnet"
+HOLD_BACK = 64 * 1024
+
+#: Each bad variant with one compression, so that every compression is crossed.
+CASES = [
+    ("flipped_byte", "zst"),
+    ("other_slot", "lz4"),
+    ("not_tar", "bz2"),
+    ("truncated_zero_padded", "gz"),
+    ("trailing_bytes", "xz"),
+    ("missing_status_cache", "zst"),
+]
+
+
+@attrs.define
+class Fleet:
+    """A tracker (public and internal base URLs) with two sidecars: ``bad`` and ``good``."""
+
+    public: str
+    internal: str
+    bad: FakeUpstream
+    good: FakeUpstream
+    cache: Path
+
+    def host(self, up: FakeUpstream) -> str:
+        return up.base.removeprefix("http://")
+
+
+def _config(tmp_path: Path, hosts: list[str], **extra: Any) -> Path:
+    settings: dict[str, Any] = {
+        "scrape_interval": "200ms",
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+        "target_groups": [{"group": GROUP, "static_targets": {"targets": hosts}}],
+        **extra,
+    }
+    return write_config(tmp_path, settings)
+
+
+@asynccontextmanager
+async def fleet(
+    tmp_path: Path, name: str, bad: bytes, good: bytes, **extra: Any
+) -> AsyncIterator[Fleet]:
+    """The bad sidecar lists the archive at once; the good one only once the test says so
+    (``good.listing = ...``): the first refresh must come from the bad one."""
+    async with (
+        serving(FakeUpstream(files={name: bad}, listing=sidecar_listing({name: bad}))) as b,
+        serving(FakeUpstream(files={name: good}, listing=[], host="127.0.0.2")) as g,
+        trio.open_nursery() as nursery,
+    ):
+        hosts = [b.base.removeprefix("http://"), g.base.removeprefix("http://")]
+        public, internal = await start_tracker(nursery, _config(tmp_path, hosts, **extra))
+        yield Fleet(public, internal, b, g, tmp_path / "cache")
+        nursery.cancel_scope.cancel()
+
+
+async def sources_of(base: str, name: str) -> list[dict[str, Any]]:
+    """The file objects of ``name`` in ``/v1/snapshots``, one per source."""
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        listing = (await client.get(f"{base}/v1/snapshots")).json()
+    return [f for s in listing for f in s["files"] if f["file_name"].endswith(name)]
+
+
+async def targets(base: str) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        return {t["target"]: t for t in (await client.get(f"{base}/v1/targets")).json()}
+
+
+async def metric(internal: str, name: str) -> float:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        text = (await client.get(f"{internal}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Every file in the cache directory (temp files and digests included)."""
+    return sorted(p.name for p in cache.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(("variant", "compression"), CASES)
+async def test_a_bad_copy_is_never_handed_out_and_its_source_is_skipped(
+    tmp_path: Path, variant: str, compression: str
+) -> None:
+    name, good = build_archive(500, compression=compression, seed=1)
+    bad = bad_variants(name, good)[variant]
+    assert len(bad) == len(good) and bad != good
+    async with fleet(tmp_path, name, bad, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        # The first GET starts the refresh from the bad source and reads it as it grows.
+        first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        assert first.status == 200 and first.header("content-length") == str(len(good))
+        assert first.closed and len(first.body) <= len(good) - HOLD_BACK  # never complete
+        assert leftovers(f.cache) == []  # nothing promoted, the temp file gone
+        assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
+        bad_target = (await targets(f.public))[f.host(f.bad)]
+        assert bad_target["last_error"].startswith(REJECTED), bad_target
+        # Now the good sidecar lists it too: the next request goes there, not to the bad one.
+        f.good.listing = sidecar_listing({name: good})
+        await wait_until(lambda: _listed(f.public, name, 2))
+        second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert second.status == 200 and second.body == good
+        assert len(f.bad.gets(name)) == 1 and len(f.good.gets(name)) == 1
+        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        digest = hashlib.sha256(good).hexdigest()
+        assert (f.cache / GROUP / f".{name}.sha256").read_text() == f"{digest}  {name}\n"
+
+
+async def _listed(base: str, name: str, count: int) -> bool:
+    return len(await sources_of(base, name)) >= count
+
+
+async def test_with_every_source_rejected_the_answer_is_a_502_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    name, good = build_archive(501, compression="zst", seed=2)
+    bad = bad_variants(name, good)["flipped_byte"]
+    async with fleet(tmp_path, name, bad, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        assert first.closed and len(first.body) < len(good)
+        again = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert again.status == 502
+        assert again.body.decode().startswith(REJECTED)
+        assert len(f.bad.gets(name)) == 1  # held back: not asked again
+        assert leftovers(f.cache) == []
+
+
+async def test_reject_for_ends_and_the_source_is_used_again(tmp_path: Path) -> None:
+    name, good = build_archive(502, compression="gz", seed=3)
+    bad = bad_variants(name, good)["trailing_bytes"]
+    async with fleet(tmp_path, name, bad, good, reject_for="1s") as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).status == 502
+        f.bad.files[name] = good  # the source was fixed meanwhile
+
+        async def served() -> bool:
+            answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+            return answer.status == 200 and answer.body == good
+
+        await wait_until(served, timeout=10)
+        assert not (await targets(f.public))[f.host(f.bad)]["last_error"]
+
+
+async def test_a_verified_copy_carries_its_digest_everywhere(tmp_path: Path) -> None:
+    name, good = build_archive(600, compression="zst", seed=4)
+    digest = hashlib.sha256(good).hexdigest()
+    header = "sha-256=:" + base64.b64encode(bytes.fromhex(digest)).decode() + ":"
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        [before] = await sources_of(f.public, name)
+        assert "sha256" not in before  # nothing verified yet
+        # The url key says where this source's copy is, in every mode (proxy mode here:
+        # the tracker's own route).
+        assert before["url"] == f"{f.public}/v1/{GROUP}/{name}"
+        missing = await raw_request(f.public, f"/v1/{GROUP}/{name}.sha256")
+        assert missing.status == 404
+        fill = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert fill.status == 200 and fill.body == good
+        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        head = await raw_request(f.public, f"/v1/{GROUP}/{name}", method="HEAD")
+        ranged = await raw_request(f.public, f"/{name}", headers=[("range", "bytes=0-9")])
+        assert hit.header("repr-digest") == header and hit.body == good
+        assert head.header("repr-digest") == header
+        assert ranged.status == 206 and ranged.header("repr-digest") == header
+        line = f"{digest}  {name}\n"
+        for path in (f"/v1/{GROUP}/{name}.sha256", f"/v1/{name}.sha256", f"/{name}.sha256"):
+            answer = await raw_request(f.public, path)
+            assert (answer.status, answer.body.decode()) == (200, line), path
+        [after] = await sources_of(f.public, name)
+        assert after["sha256"] == digest
+        # What sha256sum -c makes of the tracker's line and the bytes it served.
+        if shutil.which("sha256sum") is not None:
+            (tmp_path / name).write_bytes(hit.body)
+            (tmp_path / "SUMS").write_text(line)
+            checked = await trio.run_process(
+                ["sha256sum", "-c", "SUMS"], cwd=tmp_path, capture_stdout=True, check=False
+            )
+            assert checked.returncode == 0, checked.stdout
+
+
+async def test_start_up_trusts_a_digest_file_only_while_it_describes_the_file(
+    tmp_path: Path,
+) -> None:
+    name, good = build_archive(700, compression="zst", seed=5)
+    cache = tmp_path / "cache" / GROUP
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        await wait_for(lambda: (cache / f".{name}.sha256").exists())
+    # Restarted with the file and its digest untouched: a hit at once, no upstream request.
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.body == good and hit.header("repr-digest") is not None
+        assert f.bad.gets(name) == []
+    # The archive's bytes changed behind the tracker's back, its mtime set back: the digest
+    # file no longer describes it, the file is checked again and, failing, removed.
+    path = cache / name
+    st = path.stat()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_for(lambda: not path.exists())
+        assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
+        await wait_until(lambda: _listed(f.public, name, 1))
+        again = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert again.body == good and len(f.bad.gets(name)) == 1  # fetched again
+
+
+async def test_a_cached_file_without_digest_is_checked_before_it_is_a_hit(
+    tmp_path: Path,
+) -> None:
+    name, good = build_archive(800, compression="lz4", seed=7)
+    cache = tmp_path / "cache" / GROUP
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(good)  # left by an older version: no digest beside it
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_for(lambda: (cache / f".{name}.sha256").exists())
+        await wait_until(lambda: _listed(f.public, name, 1))
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.body == good and hit.header("repr-digest") is not None
+        assert f.bad.gets(name) == []
+
+
+async def test_verify_archives_false_stores_opaque_bytes_unchecked(tmp_path: Path) -> None:
+    name, good = build_archive(900, compression="zst", seed=8)
+    blob = os.urandom(len(good))  # not an archive at all
+    async with fleet(tmp_path, name, blob, blob, verify_archives=False) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        fill = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert fill.status == 200 and fill.body == blob
+        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.body == blob and hit.header("repr-digest") is None
+        assert not (f.cache / GROUP / f".{name}.sha256").exists()

@@ -1,0 +1,120 @@
+"""Verified archives and the object store (docs/http-api.md, "Verified archives"): a tracker
+over a real SeaweedFS bucket and a real upstream, with real archives (tests/archives.py).
+
+A bad copy never reaches the bucket (no object, no digest object, the multipart upload
+aborted); a good one is completed with its ``{key}.sha256`` object, and its digest is then
+known to every replica from the bucket alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from archives import bad_variants, build_archive
+from helpers_proxy import (
+    GROUP,
+    FakeUpstream,
+    TrackerUnderTest,
+    advertise_files,
+    make_config,
+    raw_request,
+    running_tracker,
+    serving,
+    wait_for,
+)
+from helpers_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
+
+from tracker.core.config import ObjectStore
+
+NAME, GOOD = build_archive(9500, compression="zst", seed=95)
+
+
+def store(weed: Weed, prefix: str) -> ObjectStore:
+    return ObjectStore(
+        endpoint=weed.endpoint,
+        bucket=BUCKET,
+        prefix=prefix,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+        lock_ttl=3.0,
+    )
+
+
+@asynccontextmanager
+async def replica(
+    weed: Weed, up: FakeUpstream, tmp_path: Path, prefix: str, **extra: Any
+) -> AsyncIterator[TrackerUnderTest]:
+    config = make_config(
+        tmp_path / f"cache-{secrets.token_hex(2)}",
+        object_store=store(weed, prefix),
+        verify_archives=True,
+        **extra,
+    )
+    async with running_tracker(config) as t:
+        advertise_files(t.index, up, {NAME: up.files[NAME]})
+        yield t
+
+
+async def idle(t: TrackerUnderTest) -> None:
+    objects = t.parts.objects
+    assert objects is not None
+    await wait_for(lambda: objects.tier.uploads_running == 0, timeout=30)
+
+
+def repr_digest(data: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
+async def test_a_bad_archive_never_reaches_the_bucket(weed: Weed, tmp_path: Path) -> None:
+    prefix = f"v-{secrets.token_hex(4)}/"
+    bad = bad_variants(NAME, GOOD)["flipped_byte"]
+    async with (
+        serving(FakeUpstream(files={NAME: bad})) as up,
+        replica(weed, up, tmp_path, prefix) as t,
+    ):
+        first = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", idle=1.0)
+        assert first.closed and len(first.body) < len(GOOD)
+        await wait_for(lambda: t.counter("snapshot_tracker_archives_rejected_total") == 1)
+        await idle(t)
+        assert weed.objects(prefix) == {}  # neither the archive nor a digest object
+        assert weed.uploads(prefix) == []  # the multipart upload was aborted
+        assert t.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 0
+
+
+async def test_a_good_archive_is_completed_with_its_digest_known_to_every_replica(
+    weed: Weed, tmp_path: Path
+) -> None:
+    prefix = f"v-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}"
+    digest = hashlib.sha256(GOOD).hexdigest()
+    async with serving(FakeUpstream(files={NAME: GOOD})) as up:
+        async with replica(weed, up, tmp_path, prefix) as first:
+            fill = await raw_request(first.base, f"/v1/{GROUP}/{NAME}")
+            assert fill.status == 200 and fill.body == GOOD
+            await wait_for(lambda: key in weed.objects(prefix), timeout=30)
+            await idle(first)
+        objects = weed.objects(prefix)
+        assert objects[key] == len(GOOD)
+        assert set(objects) == {key, key + ".sha256"}  # no other key ends in the name
+        s3 = weed.client()
+        line = s3.get_object(Bucket=BUCKET, Key=key + ".sha256")["Body"].read().decode()
+        assert line == f"{digest}  {NAME}\n"
+        # Another replica, its own empty disk cache: HEAD from the object's metadata, a
+        # Firedancer GET streamed from the bucket; both with the digest from the bucket.
+        async with replica(weed, up, tmp_path, prefix) as second:
+            head = await raw_request(second.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
+            assert head.status == 200 and head.header("repr-digest") == repr_digest(GOOD)
+            streamed = await raw_request(
+                second.base, f"/v1/{GROUP}/{NAME}", headers=[("user-agent", "Firedancer/0.1")]
+            )
+            assert streamed.status == 200 and streamed.body == GOOD
+            assert streamed.header("repr-digest") == repr_digest(GOOD)
+            line_answer = await raw_request(second.base, f"/v1/{GROUP}/{NAME}.sha256")
+            assert line_answer.body.decode() == f"{digest}  {NAME}\n"
+        assert len(up.gets(NAME)) == 1  # the second replica never asked the source

@@ -1,0 +1,103 @@
+"""Digests and rejections of verified archives: the pure rules, as tables."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+import pytest
+
+from tracker.cache.store import digest_matches
+from tracker.core.digests import Digests, parse_sha256sum_line, repr_digest, sha256sum_line
+from tracker.core.index import TargetKey
+from tracker.core.rejections import PREFIX, Rejections
+
+NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
+HEX = hashlib.sha256(b"archive").hexdigest()
+
+
+def test_the_sha256sum_line_round_trips_and_is_what_sha256sum_writes() -> None:
+    line = sha256sum_line(HEX, NAME)
+    assert line == f"{HEX}  {NAME}\n"
+    assert parse_sha256sum_line(line, NAME) == HEX
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{HEX}  other.tar.zst\n",  # another archive's line
+        f"{HEX} {NAME}\n",  # one space
+        f"{HEX}  {NAME}",  # no newline: cut short
+        f"{HEX.upper()}  {NAME}\n",  # not the lower-case form this tracker writes
+        f"{HEX[:-1]}  {NAME}\n",  # 63 digits
+        f"{HEX}  {NAME}\n{HEX}  {NAME}\n",  # two lines
+        f"{'²' * 64}  {NAME}\n",  # not ASCII hex
+        "",
+    ],
+)
+def test_a_digest_line_that_is_not_exactly_this_archive_s_is_refused(text: str) -> None:
+    assert parse_sha256sum_line(text, NAME) is None
+
+
+def test_repr_digest_is_rfc_9530_base64_of_the_raw_digest() -> None:
+    raw = base64.b64encode(hashlib.sha256(b"archive").digest()).decode()
+    assert repr_digest(HEX) == f"sha-256=:{raw}:"
+
+
+def test_each_holder_keeps_its_own_digest() -> None:
+    digests = Digests()
+    digests.put("cache", "g", NAME, HEX)
+    digests.put("bucket", "g", NAME, HEX)
+    version = digests.version
+    digests.drop("cache", "g", NAME)  # the cache evicted it: the bucket still holds it
+    assert digests.get("g", NAME) == HEX and digests.version > version
+    digests.drop("bucket", "g", NAME)
+    assert digests.get("g", NAME) is None
+    digests.drop("bucket", "g", NAME)  # idempotent
+    assert digests.get("other", NAME) is None
+
+
+def _stat(mtime: int, ctime: int) -> os.stat_result:
+    # st_mode .. st_ctime, then the float and ns fields os.stat_result accepts.
+    fields = [0o100644, 1, 1, 1, 0, 0, 10, 0, mtime, ctime]
+    return os.stat_result((*fields, 0.0, float(mtime), float(ctime), 0, mtime, ctime))
+
+
+@pytest.mark.parametrize(
+    ("archive", "digest", "matches"),
+    [
+        ((100, 200), (100, 250), True),  # written after the archive's last change
+        ((100, 200), (100, 200), True),  # in the same tick
+        ((100, 300), (100, 250), False),  # the archive changed after its digest was written
+        ((101, 200), (100, 250), False),  # another mtime: another file
+    ],
+)
+def test_a_digest_file_describes_its_archive_only_while_the_archive_did_not_change(
+    archive: tuple[int, int], digest: tuple[int, int], matches: bool
+) -> None:
+    assert digest_matches(_stat(*archive), _stat(*digest)) is matches
+
+
+def test_a_rejection_holds_one_source_back_for_one_archive_until_it_runs_out() -> None:
+    bad, good = TargetKey("g", "http://bad"), TargetKey("g", "http://good")
+    rejections = Rejections()
+    rejections.reject(bad, NAME, "zstd: corrupt", now=10.0, hold=600.0)
+    held = rejections.rejected(bad, NAME, 11.0)
+    assert held is not None and held.reason == "zstd: corrupt"
+    assert rejections.rejected(bad, "other.tar.zst", 11.0) is None  # only that archive
+    assert rejections.rejected(good, NAME, 11.0) is None  # only that source
+    assert rejections.errors(11.0) == {bad: PREFIX + "zstd: corrupt"}
+    version = rejections.sweep(11.0)
+    assert rejections.rejected(bad, NAME, 610.0) is None
+    assert rejections.sweep(610.0) != version  # renderings keyed on it render again
+    assert rejections.errors(610.0) == {}
+
+
+def test_rejections_are_bounded_whatever_a_source_does() -> None:
+    rejections = Rejections(max_entries=3)
+    key = TargetKey("g", "http://bad")
+    for slot in range(10):
+        rejections.reject(key, f"snapshot-{slot}-x.tar.zst", "bad", now=0.0, hold=60.0)
+    assert rejections.rejected(key, "snapshot-9-x.tar.zst", 1.0) is not None
+    assert rejections.rejected(key, "snapshot-0-x.tar.zst", 1.0) is None
