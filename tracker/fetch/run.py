@@ -24,7 +24,7 @@ from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
 from tracker.fetch.download import FetchSettings, Result, download
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
-from tracker.fetch.plan import plan
+from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.net.clients import no_cookies
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
@@ -138,14 +138,9 @@ async def _run(
         want_full=options.full,
         want_incremental=options.incremental,
     )
-    incremental = what.incremental
     if what.incremental_on:
-        on = await _offer(client, options, what.incremental_on)
-        incremental = next((s.incremental for s in on if s.incremental is not None), None)
-        if incremental is None:
-            raise FetchError(
-                f"no incremental snapshot on the ledger's full at {what.incremental_on}"
-            )
+        what = choose_incremental(what, await _offer(client, options, what.incremental_on))
+    incremental = what.incremental
     if what.full is None and incremental is None:
         if what.failed:
             raise FetchError(what.reason)
