@@ -676,6 +676,8 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--source", "http://s"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--full=false", "--incremental=no"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--min-speed", "fast"],
+        # "\u0662".isdigit() and int() takes it: a bug would fetch (from port 9: refused).
+        ["fetch", "--ledger", "x", "--tracker", "http://127.0.0.1:9", "--connections", "\u0662"],
     ],
 )
 async def test_usage_errors_exit_2(args: list[str]) -> None:

@@ -48,7 +48,9 @@ def _size(text: str) -> int:
 
 def _count(lowest: int, highest: int) -> Any:
     def check(text: str) -> int:
-        if not text.isdigit() or not lowest <= int(text) <= highest:
+        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+            raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
+        if not lowest <= int(text) <= highest:
             raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
         return int(text)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -177,21 +178,47 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
     async with _request(client, url, {"range": "bytes=0-0"}, settings) as response:
         status = response.status_code
         if status == 206:
-            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-            if not total.isdigit():
-                raise SourceError(f"{url}: content-range without a total")
-            size, ranges = int(total), True
+            got = response.headers.get("content-range", "")
+            total = first_byte_total(got)
+            if total is None:
+                raise SourceError(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
+            size, ranges = total, True
         elif status == 200:
-            length = response.headers.get("content-length", "").strip()
-            if not length.isdigit():
-                raise SourceError(f"{url}: no content-length")
-            size, ranges = int(length), False
+            length = response.headers.get("content-length", "")
+            size_or_none = digits(length)
+            if size_or_none is None:
+                raise SourceError(f"{url}: content-length {_shown(length)} is not a size")
+            size, ranges = size_or_none, False
         else:
             raise SourceError(f"{url}: status {status}")
         identity = Identity(
             size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
         )
         return Source(str(response.url), identity, ranges)
+
+
+#: The longest decimal number taken from a header (10**18 bytes is an exabyte).
+MAX_DIGITS = 18
+_DIGITS = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")
+_FIRST_BYTE = re.compile(f"bytes 0-0/([0-9]{{1,{MAX_DIGITS}}})")
+
+
+def digits(text: str) -> int | None:
+    """The number in a header made of ASCII digits only (at most MAX_DIGITS), else None:
+    ``str.isdigit`` also takes ``"²"``, which ``int`` then refuses."""
+    match = _DIGITS.fullmatch(text.strip())
+    return int(match[0]) if match else None
+
+
+def first_byte_total(content_range: str) -> int | None:
+    """The total size in the ``content-range`` of an answer to ``bytes=0-0``, else None."""
+    match = _FIRST_BYTE.fullmatch(content_range.strip())
+    return int(match[1]) if match else None
+
+
+def _shown(value: str) -> str:
+    """A header value quoted for a one-line reason, cut short (it came from the network)."""
+    return repr(value[:80] + ("..." if len(value) > 80 else ""))
 
 
 @asynccontextmanager

@@ -66,21 +66,38 @@ async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> 
         with trio.fail_after(options.download_timeout):
             async with _client(options.settings) as client:
                 return await _run(client, options, shown)
+    except FetchError:
+        raise
     except trio.TooSlowError:
         raise FetchError(f"not done within {options.download_timeout:g}s") from None
     except OSError as exc:  # the ledger: read-only, full (ENOSPC while writing), EACCES
         raise FetchError(os_reason(exc)) from None
     except BaseExceptionGroup as group:  # one raised by a download's workers
         failure = _failure_in(group)
-        if failure is None:
-            raise
-        raise failure from None
+        if failure is not None:
+            raise failure from None
+        if not group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
+            raise _unexpected(group) from None
+        raise  # an interrupt (KeyboardInterrupt, SystemExit) stays what it is
+    except Exception as exc:
+        raise _unexpected(exc) from None
 
 
 def os_reason(exc: OSError) -> str:
     """One line for an OSError: the file and the system's words (``[Errno 28] ...``)."""
     what = exc.strerror or str(exc) or type(exc).__name__
     return f"{exc.filename}: {what}" if exc.filename else what
+
+
+def _unexpected(exc: BaseException) -> FetchError:
+    """A bug or an answer nothing expected, as one line (its traceback logged at debug):
+    a fetch never ends in a traceback."""
+    log_event(log, "debug", "fetch_unexpected_error", exc_info=exc)
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    what = " ".join(str(leaf).split())[:300]
+    return FetchError(f"unexpected error: {type(leaf).__name__}" + (f": {what}" if what else ""))
 
 
 def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:

@@ -1,0 +1,99 @@
+"""``fetch`` against hostile answers and a hostile ledger: what one source or a planted file
+can do costs that source or that file, never the fetch, and never ends in a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from helpers_fetch import Canned, HostileUpstream
+from helpers_proxy import FakeUpstream, advertise, serving, sha256
+from test_fetch import (
+    FILES,
+    FULL,
+    fetch_command,
+    ledger_of,
+    options,
+    run_cli,
+    the_error_line,
+    tracker_for,
+)
+
+from tracker.fetch.download import digits, first_byte_total
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [
+        "bytes 0-0/²",
+        "bytes 0-0/\u0661\u0662",
+        "bytes 0-0/" + "9" * 40,
+        "bytes 0-0/-5",
+        "bytes 0-0/*",
+    ],
+)
+async def test_a_hostile_content_range_costs_that_source_only(
+    content_range: str, tmp_path: Path
+) -> None:
+    """One of two sources answers the first-byte check with a total that is no ASCII size
+    (``"²".isdigit()`` is True, ``int("²")`` raises): the fetch ends with the other's bytes."""
+    data = FILES[FULL]
+    hostile = HostileUpstream(
+        canned={
+            FULL: Canned(206, [("content-range", content_range), ("content-length", "1")], b"x")
+        }
+    )
+    good = FakeUpstream(files={FULL: data})
+    ledger = ledger_of(tmp_path)
+    async with serving(hostile), serving(good), tracker_for("redirect", tmp_path) as t:
+        # The hostile one is advertised first: the tracker's route redirects there.
+        advertise(t.index, hostile.base, [(FULL, hostile.url(FULL), len(data))])
+        advertise(t.index, good.base, [(FULL, good.url(FULL), len(data))])
+        [result] = await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+        assert hostile.gets(FULL)  # it was asked
+    assert Path(result.path).name == FULL
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("123", 123), (" 42 ", 42), ("9" * 18, 10**18 - 1), ("²", None), ("\u0661", None)],
+)
+def test_digits_are_ascii_and_bounded(text: str, value: int | None) -> None:
+    assert digits(text) == value
+    assert digits("9" * 19) is None and digits("") is None and digits("-1") is None
+    assert first_byte_total(f"bytes 0-0/{text.strip()}") == value
+    assert first_byte_total("bytes 0-1/10") is None  # not the byte asked
+
+
+async def test_an_unexpected_error_is_one_line_with_the_traceback_at_debug(
+    tmp_path: Path,
+) -> None:
+    """A bug inside a download's workers (an exception nothing expects, raised through their
+    nurseries): exit 1, one ``fetch_failed`` line naming it, no traceback; at debug level
+    the traceback is logged (one line, newlines escaped)."""
+    inject = (
+        "import sys, tracker.fetch.download as d\n"
+        "async def boom(*args, **kwargs):\n"
+        "    raise ZeroDivisionError('injected fault')\n"
+        "d._fetch_claim = boom\n"
+        "from tracker.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in FILES.items()])
+        command = fetch_command(ledger_of(tmp_path), t.base, "--progress", "none")
+        with_fault = [sys.executable, "-c", inject, *command[3:]]
+        done = await run_cli(*with_fault)
+        debug = await run_cli(*with_fault, "--log-level", "debug")
+    line = the_error_line(done)
+    assert "unexpected error: ZeroDivisionError: injected fault" in line, line
+    assert debug.returncode == 1
+    logged = [row for row in debug.stderr.decode().splitlines() if "fetch_unexpected_error" in row]
+    assert logged and "Traceback" in logged[0] and "injected fault" in logged[0], logged
