@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 from helpers_fetch import Canned, HostileUpstream
-from helpers_proxy import FakeUpstream, advertise, serving, sha256
+from helpers_proxy import (
+    UPSTREAM_ETAG,
+    UPSTREAM_LAST_MODIFIED,
+    FakeUpstream,
+    advertise,
+    serving,
+    sha256,
+)
 from test_fetch import (
     FILES,
     FULL,
@@ -23,6 +30,7 @@ from test_fetch import (
 from tracker.fetch.download import digits, first_byte_total
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
+from tracker.fetch.state import Identity, State, load_state, save_state, state_path, temp_path
 
 
 @pytest.mark.parametrize(
@@ -97,3 +105,49 @@ async def test_an_unexpected_error_is_one_line_with_the_traceback_at_debug(
     assert debug.returncode == 1
     logged = [row for row in debug.stderr.decode().splitlines() if "fetch_unexpected_error" in row]
     assert logged and "Traceback" in logged[0] and "injected fault" in logged[0], logged
+
+
+# -- a hostile ledger ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", [".tmp-{name}.state.new", ".tmp-{name}"])
+async def test_a_planted_symlink_is_never_written_through(planted: str, tmp_path: Path) -> None:
+    """A killed fetch left half of the file and its state; a symbolic link is planted under
+    the state's temp name (or the temp file's): the file it points to is left alone, the
+    fetch completes."""
+    data = FILES[FULL]
+    half = len(data) // 2
+    ledger = ledger_of(tmp_path)
+    (ledger / f".tmp-{FULL}").write_bytes(data[:half] + bytes(len(data) - half))
+    identity = Identity(len(data), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL, identity, ((0, half),)))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n" + bytes(len(data)))
+    before = victim.read_bytes()
+    link = ledger / planted.format(name=FULL)
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    async with (
+        serving(FakeUpstream(files={FULL: data})) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise(t.index, up.base, [(FULL, up.url(FULL), len(data))])
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert victim.read_bytes() == before
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
+
+
+def test_a_state_file_that_is_a_link_or_deeply_nested_is_not_trusted(tmp_path: Path) -> None:
+    name, ledger = FULL, str(tmp_path)
+    state = State(name, Identity(100, '"e"'), ((0, 100),))
+    Path(temp_path(ledger, name)).write_bytes(b"x" * 100)
+    save_state(ledger, state)
+    assert load_state(ledger, name) == state
+    real = tmp_path / "elsewhere.state"
+    Path(state_path(ledger, name)).rename(real)
+    Path(state_path(ledger, name)).symlink_to(real)
+    assert load_state(ledger, name) is None
+    Path(state_path(ledger, name)).unlink()
+    Path(state_path(ledger, name)).write_text("[" * 100_000)  # json.loads: RecursionError
+    assert load_state(ledger, name) is None

@@ -385,7 +385,10 @@ async def _download_from(
         piece_size = max(1, size)
     pieces = Pieces(size, piece_size, done)
     path = temp_path(ledger, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    # Never through a link planted under the temp file's name: a fresh one is created (what
+    # was there is gone with the state), a resumed one is the regular file load_state saw.
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     started = trio.current_time()
     progress.start(name, size, pieces.done_bytes)
     try:

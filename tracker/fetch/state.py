@@ -6,7 +6,8 @@ size and validators). A fetch that was killed starts again from the state: when 
 still offers the same file (same size, and the same ``ETag`` or ``Last-Modified`` when it
 gave one), only the missing ranges are fetched; otherwise the download starts over, so bytes
 of two files are never mixed. The state is replaced atomically (temp file and rename); it
-records only bytes whose ``pwrite`` returned.
+records only bytes whose ``pwrite`` returned. Neither file is ever opened through a symbolic
+link planted under its name (``O_NOFOLLOW``; a new state file is created ``O_EXCL``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 
 import attrs
 
@@ -65,15 +67,17 @@ def load_state(ledger: str, name: str) -> State | None:
     """The saved state of ``name``'s download, or None (none, unreadable, or not matching
     a temp file of at least the bytes it claims)."""
     try:
-        with open(state_path(ledger, name), "rb") as f:
-            raw = json.loads(f.read(MAX_STATE_BYTES))
+        raw = json.loads(_read(state_path(ledger, name)))
         identity = Identity(
             int(raw["size"]), str(raw.get("etag", "")), str(raw.get("last_modified", ""))
         )
         done = tuple((int(s), int(e)) for s, e in raw["done"])
-        size_on_disk = os.stat(temp_path(ledger, name)).st_size
-    except (OSError, ValueError, KeyError, TypeError):
+        on_disk = os.lstat(temp_path(ledger, name))  # a link planted there is not ours
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    if not stat.S_ISREG(on_disk.st_mode):
+        return None
+    size_on_disk = on_disk.st_size
     if raw.get("name") != name or any(not 0 <= s <= e <= identity.size for s, e in done):
         return None
     if any(e > size_on_disk for _s, e in done):
@@ -92,9 +96,23 @@ def save_state(ledger: str, state: State) -> None:
     }
     path = state_path(ledger, state.name)
     temp = path + ".new"
-    with open(temp, "w") as f:
+    # A stale temp file, or anything planted under its name, goes first (unlink never
+    # follows a link); the new one is created, never opened through a link.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(body, f)
     os.replace(temp, path)
+
+
+def _read(path: str) -> bytes:
+    """At most MAX_STATE_BYTES of the file at ``path``, never through a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read(MAX_STATE_BYTES)
 
 
 def remove_state(ledger: str, name: str) -> None:
