@@ -3,20 +3,26 @@ can do costs that source or that file, never the fetch, and never ends in a trac
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 from helpers_fetch import Canned, HostileUpstream
 from helpers_proxy import (
     UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
+    Behaviour,
     FakeUpstream,
+    MiB,
     advertise,
     serving,
     sha256,
 )
 from test_fetch import (
+    FAST,
     FILES,
     FULL,
     fetch_command,
@@ -27,6 +33,7 @@ from test_fetch import (
     tracker_for,
 )
 
+import tracker.fetch.download
 from tracker.fetch.download import digits, first_byte_total
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
@@ -151,3 +158,89 @@ def test_a_state_file_that_is_a_link_or_deeply_nested_is_not_trusted(tmp_path: P
     Path(state_path(ledger, name)).unlink()
     Path(state_path(ledger, name)).write_text("[" * 100_000)  # json.loads: RecursionError
     assert load_state(ledger, name) is None
+
+
+# -- the state file claims no more than the disk holds --------------------------------------------
+
+
+def holes_are_seen(directory: Path) -> bool:
+    """True when the file system of ``directory`` reports a sparse file's holes."""
+    probe = directory / "probe"
+    with probe.open("wb") as f:
+        f.truncate(1024 * 1024)
+        try:
+            os.lseek(f.fileno(), 0, os.SEEK_DATA)
+        except OSError as exc:
+            return exc.errno == errno.ENXIO
+        finally:
+            probe.unlink()
+    return False
+
+
+@pytest.mark.parametrize("temp_file", ["sparse", "short"])
+async def test_a_state_claiming_bytes_not_on_disk_is_not_trusted(
+    temp_file: str, tmp_path: Path
+) -> None:
+    """A state claiming the whole file done over a temp file of the right size with nothing
+    written (all holes), or over one holding only its first half: the bytes that are not
+    there are fetched, the others kept; the archive is the source's."""
+    data = FILES[FULL]
+    half = len(data) // 2
+    ledger = ledger_of(tmp_path)
+    if temp_file == "sparse" and not holes_are_seen(ledger):
+        pytest.skip("the file system does not report holes")
+    with (ledger / f".tmp-{FULL}").open("wb") as f:
+        if temp_file == "sparse":
+            f.truncate(len(data))
+        else:
+            f.write(data[:half])
+    identity = Identity(len(data), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL, identity, ((0, len(data)),)))
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise(t.index, up.base, [(FULL, up.url(FULL), len(data))])
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    sent = sum(s.body_sent for s in up.gets(FULL))
+    if temp_file == "short":  # the half on disk was kept
+        assert half <= sent < half + 512 * 1024, sent
+
+
+async def test_the_temp_file_is_synced_before_a_state_claims_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every state file that claims more bytes than the one before was written after an
+    ``fdatasync`` of the temp file that started after those bytes were written."""
+    events: list[tuple[str, int]] = []
+    real_sync, real_save = os.fdatasync, tracker.fetch.download.save_state
+
+    def sync(fd: int) -> None:
+        events.append(("sync", 0))
+        real_sync(fd)
+
+    def save(ledger: str, state: State) -> None:
+        events.append(("state", sum(end - start for start, end in state.done)))
+        real_save(ledger, state)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    monkeypatch.setattr(tracker.fetch.download, "save_state", save)
+    data = FILES[FULL]
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
+    settings = attrs.evolve(FAST, state_every=0.05)
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise(t.index, up.base, [(FULL, up.url(FULL), len(data))])
+        opts = options(ledger, t.base, incremental=False, settings=settings)
+        await run_fetch(opts, NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    claimed, synced_since = 0, False
+    growing = 0
+    for kind, count in events:
+        if kind == "sync":
+            synced_since = True
+            continue
+        if count > claimed:
+            assert synced_since, events
+            growing += 1
+        claimed, synced_since = count, False
+    assert growing >= 3, events  # several states while the bytes came in

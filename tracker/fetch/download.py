@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from email.utils import parsedate_to_datetime
 
@@ -393,22 +393,19 @@ async def _download_from(
     progress.start(name, size, pieces.done_bytes)
     try:
         await trio.to_thread.run_sync(os.ftruncate, fd, size)
-
-        def save() -> None:
-            save_state(ledger, State(name, reference.identity, tuple(pieces.done())))
-
-        save()
+        saver = _StateSaver(ledger, State(name, reference.identity), pieces, fd)
+        await saver.save()
         connections = settings.connections if reference.ranges else 1
         live = pool if reference.ranges else [reference]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_every, settings.state_every, save)
+            nursery.start_soon(saver.run, settings.state_every)
             if settings.min_speed and len(live) > 1:
                 nursery.start_soon(_watch_speed, live, settings)
             async with trio.open_nursery() as workers:
                 for index in range(connections):
                     workers.start_soon(_worker, client, index, live, pieces, fd, settings, progress)
             nursery.cancel_scope.cancel()
-        save()
+        await saver.save()
         if not pieces.complete:
             reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
             raise SourceError("; ".join(reasons))
@@ -437,10 +434,38 @@ def _check_space(ledger: str, needed: int, name: str, identity: Identity | None 
         )
 
 
-async def _every(seconds: float, action: Callable[[], None]) -> None:
-    while True:
-        await trio.sleep(seconds)
-        action()
+@attrs.define
+class _StateSaver:
+    """Saves the state of a download; a state never claims bytes that are not on disk: the
+    temp file is synced (``fdatasync``) before a state claiming more bytes is written, both
+    in a worker thread. Saves are ``every`` seconds apart (after the previous one ended), so
+    a slow disk spaces them out rather than queueing them."""
+
+    ledger: str
+    state: State
+    pieces: Pieces
+    fd: int
+    saved: tuple[tuple[int, int], ...] | None = None
+
+    async def save(self) -> None:
+        """Write the state of what is done now, unless it did not change."""
+        done = tuple(self.pieces.done())  # taken before the sync: every byte in it is written
+        if done == self.saved:
+            return
+        state = attrs.evolve(self.state, done=done)
+        await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
+        self.saved = done
+
+    async def run(self, every: float) -> None:
+        """Save every ``every`` seconds until cancelled."""
+        while True:
+            await trio.sleep(every)
+            await self.save()
+
+
+def _sync_and_save(ledger: str, state: State, fd: int) -> None:
+    os.fdatasync(fd)
+    save_state(ledger, state)
 
 
 async def _watch_speed(pool: list[Source], settings: FetchSettings) -> None:
