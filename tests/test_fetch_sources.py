@@ -1,0 +1,74 @@
+"""``fetch`` over every source a tracker lists: its JSON written by the test (the additive
+``url`` and ``sha256`` keys of a file, docs/http-api.md) served by a small real HTTP server,
+the sources sidecar-like upstreams, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_fetch import FakeTracker, sidecar_url, tracker_entries
+from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
+from test_fetch import FILES, FULL, INCR, ledger_of, options
+
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+
+#: The identity samples compared before two sources are used together (3 x 64 KiB).
+SAMPLES = 3 * 64 * 1024
+
+
+@asynccontextmanager
+async def tracker_of(
+    sidecars: list[FakeUpstream], *, redirect_to: FakeUpstream | None = None, **listing: Any
+) -> AsyncIterator[FakeTracker]:
+    """A tracker (redirect mode) whose JSON lists every sidecar (best first) with its files,
+    and whose route ``/v1/{group}/{name}`` redirects to ``redirect_to`` (default: the
+    first)."""
+    async with AsyncExitStack() as stack:
+        for sidecar in sidecars:
+            await stack.enter_async_context(serving(sidecar))
+        entries = [e for s in sidecars for e in tracker_entries(s, s.files, **listing)]
+        fake = FakeTracker(entries=entries)
+        target = redirect_to or sidecars[0]
+        for name in target.files:
+            fake.behaviour[name] = Behaviour(redirect_to=sidecar_url(target, name))
+        yield await stack.enter_async_context(serving(fake))
+
+
+def body_bytes(up: FakeUpstream, name: str) -> int:
+    return sum(s.body_sent for s in up.gets(name))
+
+
+@pytest.mark.parametrize("url", [True, False])
+async def test_every_sidecar_holding_the_archive_is_used(url: bool, tmp_path: Path) -> None:
+    """Two sidecars with the same archives, the tracker redirecting to the first: with the
+    files' ``url`` both carry the download; from an older tracker (no ``url``: the sidecars'
+    names are bare) the route is the only way, to the first."""
+    a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([a, b], url=url) as tracker:
+        results = await run_fetch(options(ledger, tracker.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
+    assert body_bytes(a, FULL) > SAMPLES
+    if url:
+        assert body_bytes(b, FULL) > SAMPLES, "the second sidecar carried nothing"
+    else:
+        assert not b.gets()
+
+
+async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path: Path) -> None:
+    """The sidecar the tracker redirects to breaks every answer after 300 kB: it is dropped
+    and the other sidecar (known from the files' ``url``) delivers the rest."""
+    dying = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(drop_after=300_000)})
+    good = FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([dying, good]) as tracker:
+        await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+    assert any(s.body_sent >= 300_000 for s in dying.gets(FULL))  # it died mid-way
+    assert body_bytes(good, FULL) > len(FILES[FULL]) // 2
