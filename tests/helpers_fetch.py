@@ -102,3 +102,23 @@ class HostileUpstream(FakeUpstream):
         await _send(conn, stream, h11.Data(data=answer.body))
         await _send(conn, stream, h11.EndOfMessage())
         return True
+
+
+@attrs.define
+class CountingUpstream(FakeUpstream):
+    """A FakeUpstream that counts the first-byte checks (``Range: bytes=0-0``) it answers at
+    once, and their peak."""
+
+    checking: int = 0
+    peak_checks: int = 0
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        check = (b"range", b"bytes=0-0") in [(k.lower(), v) for k, v in req.headers]
+        if not check:
+            return await super()._answer(conn, stream, req)
+        self.checking += 1
+        self.peak_checks = max(self.peak_checks, self.checking)
+        try:
+            return await super()._answer(conn, stream, req)
+        finally:
+            self.checking -= 1

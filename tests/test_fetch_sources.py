@@ -4,15 +4,18 @@ the sources sidecar-like upstreams, all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
-from helpers_fetch import FakeTracker, sidecar_url, tracker_entries
+import trio
+from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
-from test_fetch import FILES, FULL, INCR, ledger_of, options
+from test_fetch import FAST, FILES, FULL, INCR, ledger_of, options
 
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
@@ -72,3 +75,42 @@ async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path
     assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
     assert any(s.body_sent >= 300_000 for s in dying.gets(FULL))  # it died mid-way
     assert body_bytes(good, FULL) > len(FILES[FULL]) // 2
+
+
+async def test_a_thousand_urls_for_one_archive_are_bounded(tmp_path: Path) -> None:
+    """A listing with 1,000 URLs of one archive (one sidecar under as many names): at most
+    ``checks_at_once`` first-byte checks at a time, at most ``max_sources`` URLs used."""
+    data = FILES[FULL]
+    up = CountingUpstream(files={FULL: data}, behaviour={FULL: Behaviour(delay=0.02)})
+    settings = attrs.evolve(FAST, max_sources=24, checks_at_once=8)
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([up]) as tracker:
+        [entry] = tracker.entries
+        tracker.entries = [entry]
+        for copy in range(1, 1000):
+            again = json.loads(json.dumps(entry))
+            again["files"][0]["url"] += f"?copy={copy}"
+            tracker.entries.append(again)
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        with trio.fail_after(30):
+            await run_fetch(opts, NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    asked = {s.target for s in up.gets(FULL)}
+    assert len(asked) <= 24, len(asked)
+    assert 1 < up.peak_checks <= 8, up.peak_checks
+
+
+async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> None:
+    """No size in the listing, and the tracker's route leads to a 200 of a 31 KB JSON body
+    (its own listing): the size two sidecars agree on wins, the JSON is never the archive."""
+    a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([a, b], sizes=False) as tracker:
+        json_url = f"{tracker.base}/v1/best_snapshots"
+        tracker.behaviour[FULL] = Behaviour(redirect_to=json_url)
+        while len(json.dumps(tracker.entries)) < 31_000:  # padding: a 31 KB listing
+            tracker.entries.append({"padding": "x" * 1000})
+        opts = options(ledger, tracker.base, incremental=False)
+        await run_fetch(opts, NoProgress())
+        assert [s for s in tracker.seen if s.target == "/v1/best_snapshots"]  # it was asked
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])

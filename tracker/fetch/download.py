@@ -1,14 +1,16 @@
 """One archive into the ledger: parallel ``Range`` requests over the sources that hold it.
 
-:func:`download` inspects every candidate URL (a ``GET`` of byte 0, redirects followed:
-size, validators, whether ranges work), takes the first usable one as the reference and
-pools every other one that has the same size *and* the same bytes in a sample of ranges:
-archives of one slot and hash made by different nodes differ, so bytes of two of them are
-never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.pieces`), each
-from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a source
-that fails three times in a row, or is slower than ``min_speed`` while another is left, is
-dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`) is
-saved every second, so a killed fetch resumes. A complete file is synced, renamed into place
+:func:`download` inspects the best ``max_sources`` candidate URLs, ``checks_at_once`` at a
+time (a ``GET`` of byte 0, redirects followed: size, validators, whether ranges work), keeps
+those of the archive's size (the listed one, else the one most of them announce), takes the
+first as the reference and pools every other one that has the same bytes in a sample of
+ranges: archives of one slot and hash made by different nodes differ, so bytes of two of
+them are never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.pieces`),
+each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a
+source that fails three times in a row, or is slower than ``min_speed`` while another is
+left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
+is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
+fetch resumes. A complete file is synced, renamed into place
 and given the source's ``Last-Modified`` as its mtime. When every source of the pool failed,
 the next candidate that is not in the pool is tried from the start.
 """
@@ -19,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from email.utils import parsedate_to_datetime
@@ -75,6 +78,10 @@ class FetchSettings:
     read_size: int = 1 * MiB
     #: Failures in a row after which a source is dropped.
     max_failures: int = 3
+    #: URLs of a file used at most (the best by the listing's order), and how many of them
+    #: are asked (first byte, samples) at once.
+    max_sources: int = 32
+    checks_at_once: int = 16
 
 
 @attrs.define(eq=False)
@@ -130,15 +137,23 @@ async def download(
     used. Raises :class:`FetchError` with a one-line reason (no space, every source
     failed); the temp file and state stay for a later resume unless there is no room.
     """
-    inspected = await _inspect_all(client, urls, settings)
+    # The best few by the listing's order: each is asked, and sampled against the others.
+    inspected = await _inspect_all(
+        client, list(dict.fromkeys(urls))[: settings.max_sources], settings
+    )
     finals: dict[str, Source] = {}  # a redirect and the URL it leads to are one source
     for s in inspected:
-        if isinstance(s, Source) and (not size or s.identity.size == size):
+        if isinstance(s, Source):
             finals.setdefault(s.url, s)
-    usable = list(finals.values())
+    wanted = chosen_size(size, [s.identity.size for s in finals.values()])
+    usable = [s for s in finals.values() if s.identity.size == wanted]
     if not usable:
-        why = "; ".join(str(s) for s in inspected if not isinstance(s, Source))
+        why = summary([str(s) for s in inspected if not isinstance(s, Source)])
         raise FetchError(f"{name}: no source could deliver it ({why or 'wrong size'})")
+    for other in finals.values():
+        if other.identity.size != wanted:
+            reason = f"size {other.identity.size}, not {wanted}"
+            log_event(log, "info", "fetch_source_unused", url=other.url, reason=reason)
     reasons: list[str] = []
     tried: set[str] = set()
     for reference in usable:
@@ -151,20 +166,46 @@ async def download(
             return await _download_from(client, name, pool, ledger, settings, progress)
         except SourceError as exc:
             reasons.append(str(exc))
-    raise FetchError(f"{name}: every source failed: " + "; ".join(reasons))
+    raise FetchError(f"{name}: every source failed: " + summary(reasons))
+
+
+#: Reasons of sources named in one error line; the others are counted.
+MAX_REASONS = 4
+
+
+def summary(reasons: list[str]) -> str:
+    """Reasons joined for one line, at most MAX_REASONS of them (a listing may name dozens
+    of sources)."""
+    shown = "; ".join(reasons[:MAX_REASONS])
+    more = len(reasons) - MAX_REASONS
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+def chosen_size(listed: int, offered: list[int]) -> int:
+    """The size of the archive: the listed one when known (0: not), else the one most
+    sources announce (``offered``, best source first; a tie goes to the better source), so
+    that one source's error page or JSON answer is never taken for the archive. 0 when
+    nothing is known."""
+    if listed:
+        return listed
+    votes = Counter(offered)
+    return max(offered, key=lambda size: votes[size], default=0)
 
 
 async def _inspect_all(
     client: httpx.AsyncClient, urls: list[str], settings: FetchSettings
 ) -> list[Source | SourceError]:
-    urls = list(dict.fromkeys(urls))
+    """Every URL inspected, ``checks_at_once`` at a time (a thousand at once would all time
+    out together)."""
     results: list[Source | SourceError] = [SourceError("not asked")] * len(urls)
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
 
     async def one(index: int, url: str) -> None:
-        try:
-            results[index] = await _inspect(client, url, settings)
-        except SourceError as exc:
-            results[index] = exc
+        async with limiter:
+            try:
+                results[index] = await _inspect(client, url, settings)
+            except SourceError as exc:
+                results[index] = exc
 
     async with trio.open_nursery() as nursery:
         for index, url in enumerate(urls):
@@ -264,20 +305,26 @@ async def _same_bytes(
         expected = [await _sample(client, reference, s, e, settings) for s, e in wanted]
     except SourceError:
         return []
-    same = []
-    for other in others:
-        if other is reference or not other.ranges or other.identity.size != size:
-            continue
-        try:
-            got = [await _sample(client, other, s, e, settings) for s, e in wanted]
-        except SourceError as exc:
-            log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
-            continue
+    same: set[int] = set()
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
+
+    async def compare(index: int, other: Source) -> None:
+        async with limiter:
+            try:
+                got = [await _sample(client, other, s, e, settings) for s, e in wanted]
+            except SourceError as exc:
+                log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
+                return
         if got == expected:
-            same.append(other)
+            same.add(index)
         else:
             log_event(log, "info", "fetch_source_unused", url=other.url, reason="other bytes")
-    return same
+
+    async with trio.open_nursery() as nursery:
+        for index, other in enumerate(others):
+            if other.ranges:
+                nursery.start_soon(compare, index, other)
+    return [other for index, other in enumerate(others) if index in same]
 
 
 async def _sample(
