@@ -15,7 +15,8 @@ boundary where they happen, so callers handle one family::
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StoreError         the object store refused or could not be reached (one line)
     │   └── StoreConflict  a conditional write lost (412/409): another replica was first
-    └── ClientGone         the client's connection closed while a body was being sent
+    ├── ClientGone         the client's connection closed while a body was being sent
+    └── ArchiveInvalid     an archive failed its check (compression, tar stream, entries)
 """
 
 from __future__ import annotations
@@ -97,3 +98,11 @@ class ClientGone(TrackerError):
 class FetchError(TrackerError):
     """``snapshot-tracker fetch`` could not put the wanted archives into the ledger (one line:
     tracker unreachable, nothing to fetch, no space, every source failed)."""
+
+
+class ArchiveInvalid(TrackerError):
+    """An archive failed its check; ``reason`` (also ``str(exc)``) is one line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
