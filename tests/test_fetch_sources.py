@@ -14,8 +14,18 @@ import attrs
 import pytest
 import trio
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
-from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
-from test_fetch import FAST, FILES, FULL, INCR, ledger_of, options
+from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, serving, sha256
+from test_fetch import (
+    FAST,
+    FILES,
+    FULL,
+    INCR,
+    fetch_command,
+    ledger_of,
+    options,
+    run_cli,
+    the_error_line,
+)
 
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
@@ -114,3 +124,53 @@ async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> Non
         await run_fetch(opts, NoProgress())
         assert [s for s in tracker.seen if s.target == "/v1/best_snapshots"]  # it was asked
     assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+
+
+# -- fetch verifies: the tracker's sha256 -----------------------------------------------------
+
+GOOD = FILES[FULL]
+#: Another node's archive of the same slot: the same size, other bytes.
+OTHER = archive_bytes(len(GOOD), seed=91)
+
+
+async def test_a_copy_with_another_sha256_is_deleted_and_the_next_source_used(
+    tmp_path: Path,
+) -> None:
+    """The tracker lists the archive's sha256 and redirects to a sidecar whose copy has
+    other bytes (same size): that copy is deleted, the other sidecar's (not pooled with the
+    first: its samples differ) is fetched and kept."""
+    other, good = FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([other, good], sha256={FULL: sha256(GOOD)}) as tracker:
+        [result] = await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert body_bytes(other, FULL) >= len(OTHER)  # a whole copy came from there first
+    assert body_bytes(good, FULL) >= len(GOOD)
+    assert result.sha256 == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(GOOD)
+
+
+async def test_no_copy_with_the_trackers_sha256_is_exit_1_and_nothing_kept(tmp_path: Path) -> None:
+    """Every source's copy has another sha256 than the tracker lists: exit 1 with one line
+    naming the reason, and the ledger keeps none of the copies (nor a temp file)."""
+    ups = [FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})]
+    ledger = ledger_of(tmp_path)
+    listed = sha256(b"a third archive")
+    async with tracker_of(ups, sha256={FULL: listed}) as tracker:
+        done = await run_cli(*fetch_command(ledger, tracker.base, "--progress", "none"))
+    line = the_error_line(done)
+    assert "no source delivered a good copy" in line and f"tracker's {listed}" in line, line
+    assert all(body_bytes(up, FULL) >= len(GOOD) for up in ups)  # both were tried
+    assert list(ledger.iterdir()) == []
+
+
+async def test_verify_false_keeps_what_the_source_sent(tmp_path: Path) -> None:
+    """``--verify=false``: no check, no comparison; the copy is kept as sent."""
+    other = FakeUpstream(files={FULL: OTHER})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([other], sha256={FULL: sha256(GOOD)}) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=false")
+        done = await run_cli(*command)
+    assert done.returncode == 0, done.stderr
+    assert b'sha256="not verified"' in done.stderr, done.stderr
+    assert sha256((ledger / FULL).read_bytes()) == sha256(OTHER)

@@ -180,3 +180,16 @@ def test_go_boolean_flags(flags: list[str], full: bool, incremental: bool) -> No
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     chosen = options_of(args)
     assert (chosen.full, chosen.incremental) == (full, incremental)
+
+
+@pytest.mark.parametrize(
+    ("flags", "verify"),
+    [([], True), (["--verify"], True), (["--verify=false"], False), (["--verify=0"], False)],
+)
+def test_verify_flag(flags: list[str], verify: bool) -> None:
+    """``--verify`` is on by default and parsed as the other boolean flags."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    assert options_of(args).settings.verify is verify

@@ -66,3 +66,17 @@ def test_a_size_that_is_not_a_positive_integer_is_unknown() -> None:
     for size in (True, -1, "10", 1.5, None):
         [snapshot] = snapshots_from_json(TRACKER, [entry(size=size)])
         assert snapshot.full is not None and snapshot.full.size == 0, size
+
+
+def test_the_sha256_the_tracker_lists_is_kept_when_well_formed() -> None:
+    digest = "ab" * 32
+    entries = [
+        entry(sha256=digest),
+        entry(sha256=digest.upper()),  # not lower-case hex: skipped
+        entry(sha256="ab" * 31),
+        entry(sha256=["ab" * 32]),
+    ]
+    [snapshot] = snapshots_from_json(TRACKER, entries)
+    assert snapshot.full is not None and snapshot.full.sha256 == {digest}
+    [bare] = snapshots_from_json(TRACKER, [entry()])
+    assert bare.full is not None and bare.full.sha256 == frozenset()

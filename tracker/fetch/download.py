@@ -31,7 +31,7 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
-from tracker.errors import FetchError, SourceFailed
+from tracker.errors import ArchiveInvalid, FetchError, SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.state import (
@@ -42,6 +42,7 @@ from tracker.fetch.state import (
     save_state,
     temp_path,
 )
+from tracker.files.archivecheck import check_file
 from tracker.net.bodies import body_chunks
 from tracker.net.limits import transport_reason
 from tracker.zerocopy.kernelcopy import splice_to_file
@@ -82,6 +83,9 @@ class FetchSettings:
     #: are asked (first byte, samples) at once.
     max_sources: int = 32
     checks_at_once: int = 16
+    #: Check each downloaded archive (tracker.files.archivecheck) and compare its SHA-256
+    #: with the tracker's before the rename into the ledger.
+    verify: bool = True
 
 
 @attrs.define(eq=False)
@@ -109,6 +113,11 @@ class SourceError(Exception):
     """One request to a source failed (the piece goes back, the source may be dropped)."""
 
 
+class CopyRejected(SourceError):
+    """A complete copy failed the archive check or has another SHA-256 than the tracker's
+    (deleted; the sources not yet tried are next)."""
+
+
 @attrs.frozen
 class Result:
     """A completed download."""
@@ -119,6 +128,8 @@ class Result:
     sources: tuple[Source, ...]
     #: Claims of slow connections whose back half an idle one took over.
     steals: int = 0
+    #: The archive's SHA-256 (lower-case hex) when it was verified, else "".
+    sha256: str = ""
 
 
 async def download(
@@ -130,12 +141,16 @@ async def download(
     progress: Progress,
     *,
     size: int = 0,
+    sha256: frozenset[str] = frozenset(),
 ) -> Result:
     """Download archive ``name`` from ``urls`` (best first) into ``ledger``.
 
     ``size`` (0: unknown) is what the listing said; a source announcing another size is not
-    used. Raises :class:`FetchError` with a one-line reason (no space, every source
-    failed); the temp file and state stay for a later resume unless there is no room.
+    used. With ``settings.verify``, the complete copy is checked and its SHA-256 must be one
+    of ``sha256`` when that lists any; a copy that fails is deleted and the sources not yet
+    tried are asked for a fresh one. Raises :class:`FetchError` with a one-line reason (no
+    space, every source failed, no good copy); the temp file and state stay for a later
+    resume unless there is no room or the copy was bad.
     """
     # The best few by the listing's order: each is asked, and sampled against the others.
     inspected = await _inspect_all(
@@ -156,6 +171,7 @@ async def download(
             log_event(log, "info", "fetch_source_unused", url=other.url, reason=reason)
     reasons: list[str] = []
     tried: set[str] = set()
+    rejected = False
     for reference in usable:
         if reference.url in tried:
             continue
@@ -163,10 +179,12 @@ async def download(
         pool = [reference, *await _same_bytes(client, reference, usable, settings)]
         tried.update(s.url for s in pool)
         try:
-            return await _download_from(client, name, pool, ledger, settings, progress)
+            return await _download_from(client, name, pool, ledger, settings, progress, sha256)
         except SourceError as exc:
             reasons.append(str(exc))
-    raise FetchError(f"{name}: every source failed: " + summary(reasons))
+            rejected = rejected or isinstance(exc, CopyRejected)
+    what = "no source delivered a good copy" if rejected else "every source failed"
+    raise FetchError(f"{name}: {what}: " + summary(reasons))
 
 
 #: Reasons of sources named in one error line; the others are counted.
@@ -411,6 +429,7 @@ async def _download_from(
     ledger: str,
     settings: FetchSettings,
     progress: Progress,
+    sha256: frozenset[str],
 ) -> Result:
     reference = pool[0]
     size = reference.identity.size
@@ -460,11 +479,34 @@ async def _download_from(
     finally:
         os.close(fd)
         progress.finish()
+    digest = await _verify(ledger, name, live, sha256) if settings.verify else ""
     final = os.path.join(ledger, name)
     os.replace(path, final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
-    return Result(final, size, trio.current_time() - started, tuple(live), pieces.steals)
+    seconds = trio.current_time() - started
+    return Result(final, size, seconds, tuple(live), pieces.steals, digest)
+
+
+async def _verify(ledger: str, name: str, pool: list[Source], sha256: frozenset[str]) -> str:
+    """The SHA-256 of the complete temp file of ``name`` when it passes the archive check
+    and is one of ``sha256`` (when that lists any); else the temp file and its state are
+    deleted and CopyRejected raised (docs: README "Fetching a snapshot into a ledger")."""
+    try:
+        # Abandoned when the fetch is cancelled: a whole archive's read is not waited for.
+        digest = await trio.to_thread.run_sync(
+            check_file, temp_path(ledger, name), name, abandon_on_cancel=True
+        )
+    except ArchiveInvalid as exc:
+        reason = f"archive failed verification: {exc.reason}"
+    else:
+        if not sha256 or digest in sha256:
+            return digest
+        reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
+    remove_state(ledger, name)
+    urls = ", ".join(s.url for s in pool if s.sent)
+    log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)
+    raise CopyRejected(f"{urls or name}: {reason}")
 
 
 def _check_space(ledger: str, needed: int, name: str, identity: Identity | None = None) -> None:

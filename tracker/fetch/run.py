@@ -34,7 +34,7 @@ log = logging.getLogger("tracker.fetch")
 
 @attrs.frozen
 class FetchOptions:
-    """The command line of ``fetch`` (SPEC §12)."""
+    """The command line of ``fetch`` (README "Fetching a snapshot into a ledger")."""
 
     ledger: str
     tracker: str = ""
@@ -218,6 +218,7 @@ async def _download(
         options.settings,
         progress,
         size=file.size,
+        sha256=file.sha256,
     )
     rate = result.size / max(result.seconds, 1e-9)
     used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)
@@ -231,6 +232,7 @@ async def _download(
         rate=f"{rate / 2**20:.1f}MiB/s",
         sources=used or "none (already on disk)",
         steals=result.steals,
+        sha256=result.sha256 or "not verified",
     )
     return result
 
