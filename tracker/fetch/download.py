@@ -10,9 +10,10 @@ each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{n
 source that fails three times in a row, or is slower than ``min_speed`` while another is
 left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
 is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
-fetch resumes. A complete file is synced, renamed into place
-and given the source's ``Last-Modified`` as its mtime. When every source of the pool failed,
-the next candidate that is not in the pool is tried from the start.
+fetch resumes. A complete file is synced, checked (:mod:`tracker.files.archivecheck`, and
+its SHA-256 against the tracker's), renamed into place and given the source's
+``Last-Modified`` as its mtime. When every source of the pool failed, or its copy failed the
+check (deleted), the next candidate that is not in the pool is tried from the start.
 """
 
 from __future__ import annotations
@@ -474,7 +475,7 @@ async def _download_from(
         await saver.save()
         if not pieces.complete:
             reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-            raise SourceError("; ".join(reasons))
+            raise SourceError(summary(list(reasons)))
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)

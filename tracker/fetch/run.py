@@ -94,6 +94,8 @@ def _unexpected(exc: BaseException) -> FetchError:
     a fetch never ends in a traceback."""
     log_event(log, "debug", "fetch_unexpected_error", exc_info=exc)
     leaf = exc
+    if isinstance(exc, BaseExceptionGroup):  # name the unexpected one, not a FetchError
+        leaf = exc.split((FetchError, OSError))[1] or exc
     while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
         leaf = leaf.exceptions[0]
     what = " ".join(str(leaf).split())[:300]
@@ -102,7 +104,7 @@ def _unexpected(exc: BaseException) -> FetchError:
 
 def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
     """The first FetchError or OSError of ``group`` (as a FetchError) when it holds nothing
-    else; None otherwise (a bug or an interrupt: raised as it is)."""
+    else; None otherwise (a bug or an interrupt)."""
     matched, rest = group.split((FetchError, OSError))
     if matched is None or rest is not None:
         return None
