@@ -169,6 +169,25 @@ async def test_min_slots_keeps_a_recent_enough_full(tmp_path: Path) -> None:
     assert [Path(r.path).name for r in results] == [on_older]
 
 
+async def test_a_newer_incremental_within_min_slots_is_fetched(tmp_path: Path) -> None:
+    """The best full and an incremental at 20,400 on it in the ledger, the tracker offers
+    one at 20,800 (within the 500 of --min-slots): the full is kept, the incremental
+    fetched."""
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).write_bytes(FILES[FULL])
+    older = incremental_name(20_000, 20_400)
+    (ledger / older).write_bytes(b"older")
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        results = await run_fetch(options(ledger, t.base, min_slots=500), NoProgress())
+        assert not up.gets(FULL)
+    assert [Path(r.path).name for r in results] == [INCR]
+    assert sha256((ledger / INCR).read_bytes()) == sha256(FILES[INCR])
+
+
 @asynccontextmanager
 async def up_to_date(
     tmp_path: Path,
@@ -657,6 +676,8 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--source", "http://s"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--full=false", "--incremental=no"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--min-speed", "fast"],
+        # "\u0662".isdigit() and int() takes it: a bug would fetch (from port 9: refused).
+        ["fetch", "--ledger", "x", "--tracker", "http://127.0.0.1:9", "--connections", "\u0662"],
     ],
 )
 async def test_usage_errors_exit_2(args: list[str]) -> None:

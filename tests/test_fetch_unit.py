@@ -1,4 +1,4 @@
-"""Pure parts of ``fetch``: the piece bookkeeping, the plan, sizes, file identity."""
+"""Pure parts of ``fetch``: the piece bookkeeping, sizes, file identity (the plan: tests/unit)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from names import full_name, incremental_name
+from names import full_name
 
-from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.core.values import parse_size
-from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.pieces import MIN_STEAL, Pieces
-from tracker.fetch.plan import plan
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 
 MiB = 1024 * 1024
@@ -106,53 +103,6 @@ def test_any_interleaving_of_claims_steals_and_failures_covers_the_file(
     assert pieces.complete and pieces.done() == [(0, size)]
 
 
-def remote(full_slot: int, incr_slot: int | None) -> RemoteSnapshot:
-    def file(name: str) -> RemoteFile:
-        parsed = parse_archive_name(name)
-        assert parsed is not None
-        return RemoteFile(parsed, 10, (f"http://t/{name}",))
-
-    incr = file(incremental_name(full_slot, incr_slot)) if incr_slot else None
-    return RemoteSnapshot(file(full_name(full_slot)), incr)
-
-
-def local(*names: str) -> list:  # type: ignore[type-arg]
-    files = []
-    for name in names:
-        parsed = parse_archive_name(name)
-        assert parsed is not None
-        files.append(SnapshotFile(name=parsed, file_name=name, size=1, path=f"/l/{name}"))
-    return chains_from_files(files)
-
-
-def test_plan_an_empty_ledger_gets_the_full_and_the_incremental() -> None:
-    chosen = plan([], [remote(1000, 1800)], min_slots=500)
-    assert chosen.full is not None and chosen.full.name.slot == 1000
-    assert chosen.incremental is not None and chosen.incremental.name.slot == 1800
-
-
-def test_plan_up_to_date_and_nothing_on_offer() -> None:
-    assert plan(local(full_name(1000)), [remote(1000, 1200)], min_slots=500).reason
-    nothing = plan([], [], min_slots=500)
-    assert nothing.failed and nothing.full is None
-
-
-def test_plan_with_the_full_or_a_recent_one() -> None:
-    same = plan(local(full_name(1000)), [remote(1000, 1800)], min_slots=500)
-    assert same.full is None and same.incremental is not None
-    recent = plan(local(full_name(900)), [remote(1000, 1800)], min_slots=500)
-    assert recent.full is None and recent.incremental_on == 900
-    old = plan(local(full_name(100)), [remote(1000, 1800)], min_slots=500)
-    assert old.full is not None
-
-
-def test_plan_flags() -> None:
-    only_full = plan([], [remote(1000, 1800)], min_slots=500, want_incremental=False)
-    assert only_full.full is not None and only_full.incremental is None
-    no_full = plan([], [remote(1000, 1800)], min_slots=500, want_full=False)
-    assert no_full.failed
-
-
 @pytest.mark.parametrize(
     ("text", "size"),
     [
@@ -190,8 +140,9 @@ def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
     Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 100)
     save_state(str(tmp_path), state)
     assert load_state(str(tmp_path), name) == state
-    Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 50)  # shorter than claimed
-    assert load_state(str(tmp_path), name) is None
+    # Shorter than claimed: only the claims on disk are kept.
+    Path(temp_path(str(tmp_path), name)).write_bytes(b"x" * 50)
+    assert load_state(str(tmp_path), name) == State(name, Identity(100, '"e"'), ((0, 40),))
     assert load_state(str(tmp_path), full_name(6)) is None
 
 
@@ -231,6 +182,14 @@ def test_go_boolean_flags(flags: list[str], full: bool, incremental: bool) -> No
     assert (chosen.full, chosen.incremental) == (full, incremental)
 
 
-def test_plan_full_false_without_a_full_in_the_ledger_says_so() -> None:
-    refused = plan([], [remote(1000, 1800)], min_slots=500, want_full=False)
-    assert refused.failed and "no full snapshot" in refused.reason
+@pytest.mark.parametrize(
+    ("flags", "verify"),
+    [([], True), (["--verify"], True), (["--verify=false"], False), (["--verify=0"], False)],
+)
+def test_verify_flag(flags: list[str], verify: bool) -> None:
+    """``--verify`` is on by default and parsed as the other boolean flags."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    assert options_of(args).settings.verify is verify

@@ -48,7 +48,9 @@ def _size(text: str) -> int:
 
 def _count(lowest: int, highest: int) -> Any:
     def check(text: str) -> int:
-        if not text.isdigit() or not lowest <= int(text) <= highest:
+        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+            raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
+        if not lowest <= int(text) <= highest:
             raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
         return int(text)
 
@@ -65,7 +67,7 @@ def add_fetch_parser(commands: Any) -> None:
     fetch.add_argument("--min-slots", type=_count(0, 2**63), default=500)
     fetch.add_argument("--max-slots", type=_count(0, 2**63), default=10_000)
     fetch.add_argument("--slot", type=_count(0, 2**63), default=0)
-    for name in ("full", "incremental"):
+    for name in ("full", "incremental", "verify"):
         fetch.add_argument(f"--{name}", type=_flag_bool, nargs="?", const=True, default=True)
     fetch.add_argument("--connections", type=_count(1, 64), default=8)
     fetch.add_argument("--min-speed", type=_size, default=10 * 1024 * 1024)
@@ -85,6 +87,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         connections=args.connections,
         min_speed=args.min_speed,
         request_timeout=args.request_timeout,
+        verify=args.verify,
     )
     return FetchOptions(
         ledger=args.ledger,

@@ -1,24 +1,29 @@
 """One archive into the ledger: parallel ``Range`` requests over the sources that hold it.
 
-:func:`download` inspects every candidate URL (a ``GET`` of byte 0, redirects followed:
-size, validators, whether ranges work), takes the first usable one as the reference and
-pools every other one that has the same size *and* the same bytes in a sample of ranges:
-archives of one slot and hash made by different nodes differ, so bytes of two of them are
-never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.pieces`), each
-from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a source
-that fails three times in a row, or is slower than ``min_speed`` while another is left, is
-dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`) is
-saved every second, so a killed fetch resumes. A complete file is synced, renamed into place
-and given the source's ``Last-Modified`` as its mtime. When every source of the pool failed,
-the next candidate that is not in the pool is tried from the start.
+:func:`download` inspects the best ``max_sources`` candidate URLs, ``checks_at_once`` at a
+time (a ``GET`` of byte 0, redirects followed: size, validators, whether ranges work), keeps
+those of the archive's size (the listed one, else the one most of them announce), takes the
+first as the reference and pools every other one that has the same bytes in a sample of
+ranges: archives of one slot and hash made by different nodes differ, so bytes of two of
+them are never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.pieces`),
+each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a
+source that fails three times in a row, or is slower than ``min_speed`` while another is
+left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
+is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
+fetch resumes. A complete file is synced, checked (:mod:`tracker.files.archivecheck`, and
+its SHA-256 against the tracker's), renamed into place and given the source's
+``Last-Modified`` as its mtime. When every source of the pool failed, or its copy failed the
+check (deleted), the next candidate that is not in the pool is tried from the start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from email.utils import parsedate_to_datetime
 
@@ -27,7 +32,7 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
-from tracker.errors import FetchError, SourceFailed
+from tracker.errors import ArchiveInvalid, FetchError, SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.state import (
@@ -38,6 +43,7 @@ from tracker.fetch.state import (
     save_state,
     temp_path,
 )
+from tracker.files.archivecheck import check_file
 from tracker.net.bodies import body_chunks
 from tracker.net.limits import transport_reason
 from tracker.zerocopy.kernelcopy import splice_to_file
@@ -74,6 +80,13 @@ class FetchSettings:
     read_size: int = 1 * MiB
     #: Failures in a row after which a source is dropped.
     max_failures: int = 3
+    #: URLs of a file used at most (the best by the listing's order), and how many of them
+    #: are asked (first byte, samples) at once.
+    max_sources: int = 32
+    checks_at_once: int = 16
+    #: Check each downloaded archive (tracker.files.archivecheck) and compare its SHA-256
+    #: with the tracker's before the rename into the ledger.
+    verify: bool = True
 
 
 @attrs.define(eq=False)
@@ -101,6 +114,11 @@ class SourceError(Exception):
     """One request to a source failed (the piece goes back, the source may be dropped)."""
 
 
+class CopyRejected(SourceError):
+    """A complete copy failed the archive check or has another SHA-256 than the tracker's
+    (deleted; the sources not yet tried are next)."""
+
+
 @attrs.frozen
 class Result:
     """A completed download."""
@@ -111,6 +129,8 @@ class Result:
     sources: tuple[Source, ...]
     #: Claims of slow connections whose back half an idle one took over.
     steals: int = 0
+    #: The archive's SHA-256 (lower-case hex) when it was verified, else "".
+    sha256: str = ""
 
 
 async def download(
@@ -122,24 +142,37 @@ async def download(
     progress: Progress,
     *,
     size: int = 0,
+    sha256: frozenset[str] = frozenset(),
 ) -> Result:
     """Download archive ``name`` from ``urls`` (best first) into ``ledger``.
 
     ``size`` (0: unknown) is what the listing said; a source announcing another size is not
-    used. Raises :class:`FetchError` with a one-line reason (no space, every source
-    failed); the temp file and state stay for a later resume unless there is no room.
+    used. With ``settings.verify``, the complete copy is checked and its SHA-256 must be one
+    of ``sha256`` when that lists any; a copy that fails is deleted and the sources not yet
+    tried are asked for a fresh one. Raises :class:`FetchError` with a one-line reason (no
+    space, every source failed, no good copy); the temp file and state stay for a later
+    resume unless there is no room or the copy was bad.
     """
-    inspected = await _inspect_all(client, urls, settings)
+    # The best few by the listing's order: each is asked, and sampled against the others.
+    inspected = await _inspect_all(
+        client, list(dict.fromkeys(urls))[: settings.max_sources], settings
+    )
     finals: dict[str, Source] = {}  # a redirect and the URL it leads to are one source
     for s in inspected:
-        if isinstance(s, Source) and (not size or s.identity.size == size):
+        if isinstance(s, Source):
             finals.setdefault(s.url, s)
-    usable = list(finals.values())
+    wanted = chosen_size(size, [s.identity.size for s in finals.values()])
+    usable = [s for s in finals.values() if s.identity.size == wanted]
     if not usable:
-        why = "; ".join(str(s) for s in inspected if not isinstance(s, Source))
+        why = summary([str(s) for s in inspected if not isinstance(s, Source)])
         raise FetchError(f"{name}: no source could deliver it ({why or 'wrong size'})")
+    for other in finals.values():
+        if other.identity.size != wanted:
+            reason = f"size {other.identity.size}, not {wanted}"
+            log_event(log, "info", "fetch_source_unused", url=other.url, reason=reason)
     reasons: list[str] = []
     tried: set[str] = set()
+    rejected = False
     for reference in usable:
         if reference.url in tried:
             continue
@@ -147,23 +180,51 @@ async def download(
         pool = [reference, *await _same_bytes(client, reference, usable, settings)]
         tried.update(s.url for s in pool)
         try:
-            return await _download_from(client, name, pool, ledger, settings, progress)
+            return await _download_from(client, name, pool, ledger, settings, progress, sha256)
         except SourceError as exc:
             reasons.append(str(exc))
-    raise FetchError(f"{name}: every source failed: " + "; ".join(reasons))
+            rejected = rejected or isinstance(exc, CopyRejected)
+    what = "no source delivered a good copy" if rejected else "every source failed"
+    raise FetchError(f"{name}: {what}: " + summary(reasons))
+
+
+#: Reasons of sources named in one error line; the others are counted.
+MAX_REASONS = 4
+
+
+def summary(reasons: list[str]) -> str:
+    """Reasons joined for one line, at most MAX_REASONS of them (a listing may name dozens
+    of sources)."""
+    shown = "; ".join(reasons[:MAX_REASONS])
+    more = len(reasons) - MAX_REASONS
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+def chosen_size(listed: int, offered: list[int]) -> int:
+    """The size of the archive: the listed one when known (0: not), else the one most
+    sources announce (``offered``, best source first; a tie goes to the better source), so
+    that one source's error page or JSON answer is never taken for the archive. 0 when
+    nothing is known."""
+    if listed:
+        return listed
+    votes = Counter(offered)
+    return max(offered, key=lambda size: votes[size], default=0)
 
 
 async def _inspect_all(
     client: httpx.AsyncClient, urls: list[str], settings: FetchSettings
 ) -> list[Source | SourceError]:
-    urls = list(dict.fromkeys(urls))
+    """Every URL inspected, ``checks_at_once`` at a time (a thousand at once would all time
+    out together)."""
     results: list[Source | SourceError] = [SourceError("not asked")] * len(urls)
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
 
     async def one(index: int, url: str) -> None:
-        try:
-            results[index] = await _inspect(client, url, settings)
-        except SourceError as exc:
-            results[index] = exc
+        async with limiter:
+            try:
+                results[index] = await _inspect(client, url, settings)
+            except SourceError as exc:
+                results[index] = exc
 
     async with trio.open_nursery() as nursery:
         for index, url in enumerate(urls):
@@ -177,21 +238,47 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
     async with _request(client, url, {"range": "bytes=0-0"}, settings) as response:
         status = response.status_code
         if status == 206:
-            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-            if not total.isdigit():
-                raise SourceError(f"{url}: content-range without a total")
-            size, ranges = int(total), True
+            got = response.headers.get("content-range", "")
+            total = first_byte_total(got)
+            if total is None:
+                raise SourceError(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
+            size, ranges = total, True
         elif status == 200:
-            length = response.headers.get("content-length", "").strip()
-            if not length.isdigit():
-                raise SourceError(f"{url}: no content-length")
-            size, ranges = int(length), False
+            length = response.headers.get("content-length", "")
+            size_or_none = digits(length)
+            if size_or_none is None:
+                raise SourceError(f"{url}: content-length {_shown(length)} is not a size")
+            size, ranges = size_or_none, False
         else:
             raise SourceError(f"{url}: status {status}")
         identity = Identity(
             size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
         )
         return Source(str(response.url), identity, ranges)
+
+
+#: The longest decimal number taken from a header (10**18 bytes is an exabyte).
+MAX_DIGITS = 18
+_DIGITS = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")
+_FIRST_BYTE = re.compile(f"bytes 0-0/([0-9]{{1,{MAX_DIGITS}}})")
+
+
+def digits(text: str) -> int | None:
+    """The number in a header made of ASCII digits only (at most MAX_DIGITS), else None:
+    ``str.isdigit`` also takes ``"²"``, which ``int`` then refuses."""
+    match = _DIGITS.fullmatch(text.strip())
+    return int(match[0]) if match else None
+
+
+def first_byte_total(content_range: str) -> int | None:
+    """The total size in the ``content-range`` of an answer to ``bytes=0-0``, else None."""
+    match = _FIRST_BYTE.fullmatch(content_range.strip())
+    return int(match[1]) if match else None
+
+
+def _shown(value: str) -> str:
+    """A header value quoted for a one-line reason, cut short (it came from the network)."""
+    return repr(value[:80] + ("..." if len(value) > 80 else ""))
 
 
 @asynccontextmanager
@@ -237,20 +324,26 @@ async def _same_bytes(
         expected = [await _sample(client, reference, s, e, settings) for s, e in wanted]
     except SourceError:
         return []
-    same = []
-    for other in others:
-        if other is reference or not other.ranges or other.identity.size != size:
-            continue
-        try:
-            got = [await _sample(client, other, s, e, settings) for s, e in wanted]
-        except SourceError as exc:
-            log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
-            continue
+    same: set[int] = set()
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
+
+    async def compare(index: int, other: Source) -> None:
+        async with limiter:
+            try:
+                got = [await _sample(client, other, s, e, settings) for s, e in wanted]
+            except SourceError as exc:
+                log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
+                return
         if got == expected:
-            same.append(other)
+            same.add(index)
         else:
             log_event(log, "info", "fetch_source_unused", url=other.url, reason="other bytes")
-    return same
+
+    async with trio.open_nursery() as nursery:
+        for index, other in enumerate(others):
+            if other.ranges:
+                nursery.start_soon(compare, index, other)
+    return [other for index, other in enumerate(others) if index in same]
 
 
 async def _sample(
@@ -337,6 +430,7 @@ async def _download_from(
     ledger: str,
     settings: FetchSettings,
     progress: Progress,
+    sha256: frozenset[str],
 ) -> Result:
     reference = pool[0]
     size = reference.identity.size
@@ -358,39 +452,62 @@ async def _download_from(
         piece_size = max(1, size)
     pieces = Pieces(size, piece_size, done)
     path = temp_path(ledger, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    # Never through a link planted under the temp file's name: a fresh one is created (what
+    # was there is gone with the state), a resumed one is the regular file load_state saw.
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     started = trio.current_time()
     progress.start(name, size, pieces.done_bytes)
     try:
         await trio.to_thread.run_sync(os.ftruncate, fd, size)
-
-        def save() -> None:
-            save_state(ledger, State(name, reference.identity, tuple(pieces.done())))
-
-        save()
+        saver = _StateSaver(ledger, State(name, reference.identity), pieces, fd)
+        await saver.save()
         connections = settings.connections if reference.ranges else 1
         live = pool if reference.ranges else [reference]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_every, settings.state_every, save)
+            nursery.start_soon(saver.run, settings.state_every)
             if settings.min_speed and len(live) > 1:
                 nursery.start_soon(_watch_speed, live, settings)
             async with trio.open_nursery() as workers:
                 for index in range(connections):
                     workers.start_soon(_worker, client, index, live, pieces, fd, settings, progress)
             nursery.cancel_scope.cancel()
-        save()
+        await saver.save()
         if not pieces.complete:
             reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-            raise SourceError("; ".join(reasons))
+            raise SourceError(summary(list(reasons)))
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)
         progress.finish()
+    digest = await _verify(ledger, name, live, sha256) if settings.verify else ""
     final = os.path.join(ledger, name)
     os.replace(path, final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
-    return Result(final, size, trio.current_time() - started, tuple(live), pieces.steals)
+    seconds = trio.current_time() - started
+    return Result(final, size, seconds, tuple(live), pieces.steals, digest)
+
+
+async def _verify(ledger: str, name: str, pool: list[Source], sha256: frozenset[str]) -> str:
+    """The SHA-256 of the complete temp file of ``name`` when it passes the archive check
+    and is one of ``sha256`` (when that lists any); else the temp file and its state are
+    deleted and CopyRejected raised (docs: README "Fetching a snapshot into a ledger")."""
+    try:
+        # Abandoned when the fetch is cancelled: a whole archive's read is not waited for.
+        digest = await trio.to_thread.run_sync(
+            check_file, temp_path(ledger, name), name, abandon_on_cancel=True
+        )
+    except ArchiveInvalid as exc:
+        reason = f"archive failed verification: {exc.reason}"
+    else:
+        if not sha256 or digest in sha256:
+            return digest
+        reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
+    remove_state(ledger, name)
+    urls = ", ".join(s.url for s in pool if s.sent)
+    log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)
+    raise CopyRejected(f"{urls or name}: {reason}")
 
 
 def _check_space(ledger: str, needed: int, name: str, identity: Identity | None = None) -> None:
@@ -407,10 +524,38 @@ def _check_space(ledger: str, needed: int, name: str, identity: Identity | None 
         )
 
 
-async def _every(seconds: float, action: Callable[[], None]) -> None:
-    while True:
-        await trio.sleep(seconds)
-        action()
+@attrs.define
+class _StateSaver:
+    """Saves the state of a download; a state never claims bytes that are not on disk: the
+    temp file is synced (``fdatasync``) before a state claiming more bytes is written, both
+    in a worker thread. Saves are ``every`` seconds apart (after the previous one ended), so
+    a slow disk spaces them out rather than queueing them."""
+
+    ledger: str
+    state: State
+    pieces: Pieces
+    fd: int
+    saved: tuple[tuple[int, int], ...] | None = None
+
+    async def save(self) -> None:
+        """Write the state of what is done now, unless it did not change."""
+        done = tuple(self.pieces.done())  # taken before the sync: every byte in it is written
+        if done == self.saved:
+            return
+        state = attrs.evolve(self.state, done=done)
+        await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
+        self.saved = done
+
+    async def run(self, every: float) -> None:
+        """Save every ``every`` seconds until cancelled."""
+        while True:
+            await trio.sleep(every)
+            await self.save()
+
+
+def _sync_and_save(ledger: str, state: State, fd: int) -> None:
+    os.fdatasync(fd)
+    save_state(ledger, state)
 
 
 async def _watch_speed(pool: list[Source], settings: FetchSettings) -> None:

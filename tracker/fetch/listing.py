@@ -1,13 +1,16 @@
 """What the remote side offers: the tracker's JSON, or validators probed directly.
 
 Each archive comes with the URLs it can be fetched from, best first: the tracker's own
-query-free route ``{tracker}/v1/{group}/{name}`` (it redirects or serves), then the source
-URLs the JSON lists for that name. :mod:`tracker.fetch.download` uses those together only
-after they proved to hold the same bytes.
+query-free route ``{tracker}/v1/{group}/{name}`` (it redirects or serves), then the URL of
+every source the JSON lists for that name (each file's ``url``; from an older tracker only
+HTTP sources', whose ``file_name`` is their URL), so that a download can use every source in
+every mode. :mod:`tracker.fetch.download` uses those together only after they proved to hold
+the same bytes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -28,11 +31,14 @@ MAX_ENTRIES = 10_000
 
 @attrs.frozen
 class RemoteFile:
-    """One archive and where it can be fetched, best URL first; ``size`` 0: unknown."""
+    """One archive and where it can be fetched, best URL first; ``size`` 0: unknown;
+    ``sha256``: the digests the tracker lists for it (lower-case hex; it holds a verified
+    copy), a good copy has one of them."""
 
     name: ArchiveName
     size: int
     urls: tuple[str, ...]
+    sha256: frozenset[str] = frozenset()
 
     @property
     def file_name(self) -> str:
@@ -69,12 +75,18 @@ async def from_tracker(
         entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
     except (ProbeError, ValueError) as exc:
         raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
-    return _snapshots(base, entries)
+    return snapshots_from_json(base, entries)
 
 
-def _snapshots(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
+def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
+    """The snapshots of the tracker at ``base`` from its JSON ``entries`` (best first), each
+    archive with the tracker's route first, then the URL of each source listing it: the
+    file's ``url`` (docs/http-api.md), else, from a tracker without it, an absolute
+    ``file_name``; and the ``sha256`` digests listed for it. Malformed entries, URLs and
+    digests are skipped."""
     urls: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
+    digests: dict[str, set[str]] = {}
     order: list[tuple[str | None, str | None]] = []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
@@ -89,22 +101,47 @@ def _snapshots(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
                 continue
             names.append(name)
             found = urls.setdefault(name, [f"{base}/v1/{quote(group, safe='')}/{name}"])
-            if "://" in raw["file_name"] and raw["file_name"] not in found:
-                found.append(raw["file_name"])
+            url = source_url(raw)
+            if url and url not in found:
+                found.append(url)
             size = raw.get("size")
-            if isinstance(size, int) and size > 0:
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
                 sizes.setdefault(name, size)
+            digest = raw.get("sha256")
+            if isinstance(digest, str) and _SHA256.fullmatch(digest):
+                digests.setdefault(name, set()).add(digest)
         fulls = [n for n in names if _parsed(n).is_full]
         heads = [n for n in names if not _parsed(n).is_full]
         if fulls or heads:  # an incremental whose source does not list its full: alone
             order.append((fulls[0] if fulls else None, heads[0] if heads else None))
     return [
         RemoteSnapshot(
-            _file(full, sizes, urls) if full is not None else None,
-            _file(head, sizes, urls) if head is not None else None,
+            _file(full, sizes, urls, digests) if full is not None else None,
+            _file(head, sizes, urls, digests) if head is not None else None,
         )
         for full, head in dict.fromkeys(order)
     ]
+
+
+_SHA256 = re.compile("[0-9a-f]{64}")
+
+#: The longest source URL taken from the tracker's JSON.
+MAX_URL = 4096
+
+
+def source_url(file: dict[str, Any]) -> str:
+    """Where this source's copy of a file is fetched from: the file's ``url``, or with none
+    (an older tracker) its ``file_name`` when that is a URL (an HTTP source); "" for a bare
+    name with no ``url`` (the tracker's route is the only way there) or a URL that is not a
+    plain http(s) URL of printable ASCII."""
+    url = file.get("url")
+    if url is None:
+        url = file.get("file_name")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return ""
+    if len(url) > MAX_URL or not url.isascii() or not url.isprintable() or " " in url:
+        return ""
+    return url
 
 
 def _parsed(name: str) -> ArchiveName:
@@ -113,8 +150,14 @@ def _parsed(name: str) -> ArchiveName:
     return parsed
 
 
-def _file(name: str, sizes: dict[str, int], urls: dict[str, list[str]]) -> RemoteFile:
-    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]))
+def _file(
+    name: str,
+    sizes: dict[str, int],
+    urls: dict[str, list[str]],
+    digests: dict[str, set[str]] | None = None,
+) -> RemoteFile:
+    digest = frozenset((digests or {}).get(name, ()))
+    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]), digest)
 
 
 async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[RemoteSnapshot]:

@@ -65,7 +65,7 @@ class Pieces:
         self, size: int, piece_size: int, done: list[tuple[int, int]] | None = None
     ) -> None:
         self.size = size
-        self._done: list[tuple[int, int]] = _merge(done or [])
+        self._done: list[tuple[int, int]] = merge(done or [])
         self._todo: list[tuple[int, int]] = []
         for start, end in _gaps(self._done, size):
             self._todo += [(s, min(s + piece_size, end)) for s in range(start, end, piece_size)]
@@ -91,7 +91,7 @@ class Pieces:
     def done(self) -> list[tuple[int, int]]:
         """The done intervals, including what running claims wrote so far (for the state)."""
         partial = [(c.start, c.position) for c in self._claims if c.position > c.start]
-        return _merge(self._done + partial)
+        return merge(self._done + partial)
 
     def claim(self, now: float = 0.0) -> Claim | None:
         """The next unclaimed piece, else the back half of the claim that needs longest
@@ -121,12 +121,30 @@ class Pieces:
         """``claim`` ended: what it wrote is done, the rest goes back to the pool."""
         self._claims.discard(claim)
         if claim.position > claim.start:
-            self._done = _merge([*self._done, (claim.start, claim.position)])
+            self._done = merge([*self._done, (claim.start, claim.position)])
         if claim.position < claim.end:
             self._todo.insert(0, (claim.position, claim.end))
 
 
-def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The bytes in both sets of ``(start, end)`` intervals (each in any order), merged."""
+    first, second = merge(a), merge(b)
+    both: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(first) and j < len(second):
+        start, end = max(first[i][0], second[j][0]), min(first[i][1], second[j][1])
+        if start < end:
+            both.append((start, end))
+        if first[i][1] < second[j][1]:
+            i += 1
+        else:
+            j += 1
+    return both
+
+
+def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(start, end)`` intervals sorted, empty ones dropped, overlapping or adjacent ones
+    joined."""
     merged: list[tuple[int, int]] = []
     for start, end in sorted(i for i in intervals if i[1] > i[0]):
         if merged and start <= merged[-1][1]:

@@ -24,7 +24,7 @@ from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
 from tracker.fetch.download import FetchSettings, Result, download
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
-from tracker.fetch.plan import plan
+from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.net.clients import no_cookies
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
@@ -34,7 +34,7 @@ log = logging.getLogger("tracker.fetch")
 
 @attrs.frozen
 class FetchOptions:
-    """The command line of ``fetch`` (SPEC §12)."""
+    """The command line of ``fetch`` (README "Fetching a snapshot into a ledger")."""
 
     ledger: str
     tracker: str = ""
@@ -66,15 +66,21 @@ async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> 
         with trio.fail_after(options.download_timeout):
             async with _client(options.settings) as client:
                 return await _run(client, options, shown)
+    except FetchError:
+        raise
     except trio.TooSlowError:
         raise FetchError(f"not done within {options.download_timeout:g}s") from None
     except OSError as exc:  # the ledger: read-only, full (ENOSPC while writing), EACCES
         raise FetchError(os_reason(exc)) from None
     except BaseExceptionGroup as group:  # one raised by a download's workers
         failure = _failure_in(group)
-        if failure is None:
-            raise
-        raise failure from None
+        if failure is not None:
+            raise failure from None
+        if not group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
+            raise _unexpected(group) from None
+        raise  # an interrupt (KeyboardInterrupt, SystemExit) stays what it is
+    except Exception as exc:
+        raise _unexpected(exc) from None
 
 
 def os_reason(exc: OSError) -> str:
@@ -83,9 +89,22 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.filename}: {what}" if exc.filename else what
 
 
+def _unexpected(exc: BaseException) -> FetchError:
+    """A bug or an answer nothing expected, as one line (its traceback logged at debug):
+    a fetch never ends in a traceback."""
+    log_event(log, "debug", "fetch_unexpected_error", exc_info=exc)
+    leaf = exc
+    if isinstance(exc, BaseExceptionGroup):  # name the unexpected one, not a FetchError
+        leaf = exc.split((FetchError, OSError))[1] or exc
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    what = " ".join(str(leaf).split())[:300]
+    return FetchError(f"unexpected error: {type(leaf).__name__}" + (f": {what}" if what else ""))
+
+
 def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
     """The first FetchError or OSError of ``group`` (as a FetchError) when it holds nothing
-    else; None otherwise (a bug or an interrupt: raised as it is)."""
+    else; None otherwise (a bug or an interrupt)."""
     matched, rest = group.split((FetchError, OSError))
     if matched is None or rest is not None:
         return None
@@ -138,14 +157,9 @@ async def _run(
         want_full=options.full,
         want_incremental=options.incremental,
     )
-    incremental = what.incremental
     if what.incremental_on:
-        on = await _offer(client, options, what.incremental_on)
-        incremental = next((s.incremental for s in on if s.incremental is not None), None)
-        if incremental is None:
-            raise FetchError(
-                f"no incremental snapshot on the ledger's full at {what.incremental_on}"
-            )
+        what = choose_incremental(what, await _offer(client, options, what.incremental_on))
+    incremental = what.incremental
     if what.full is None and incremental is None:
         if what.failed:
             raise FetchError(what.reason)
@@ -206,6 +220,7 @@ async def _download(
         options.settings,
         progress,
         size=file.size,
+        sha256=file.sha256,
     )
     rate = result.size / max(result.seconds, 1e-9)
     used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)
@@ -219,6 +234,7 @@ async def _download(
         rate=f"{rate / 2**20:.1f}MiB/s",
         sources=used or "none (already on disk)",
         steals=result.steals,
+        sha256=result.sha256 or "not verified",
     )
     return result
 

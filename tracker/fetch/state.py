@@ -6,16 +6,21 @@ size and validators). A fetch that was killed starts again from the state: when 
 still offers the same file (same size, and the same ``ETag`` or ``Last-Modified`` when it
 gave one), only the missing ranges are fetched; otherwise the download starts over, so bytes
 of two files are never mixed. The state is replaced atomically (temp file and rename); it
-records only bytes whose ``pwrite`` returned.
+records only bytes whose ``pwrite`` returned. Neither file is ever opened through a symbolic
+link planted under its name (``O_NOFOLLOW``; a new state file is created ``O_EXCL``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 
 import attrs
+
+from tracker.fetch.pieces import intersect
 
 #: The longest state file read back (a state is a few hundred bytes).
 MAX_STATE_BYTES = 1024 * 1024
@@ -62,23 +67,55 @@ def state_path(ledger: str, name: str) -> str:
 
 
 def load_state(ledger: str, name: str) -> State | None:
-    """The saved state of ``name``'s download, or None (none, unreadable, or not matching
-    a temp file of at least the bytes it claims)."""
+    """The saved state of ``name``'s download, or None (none, unreadable, of another name,
+    or no regular temp file). Of the bytes it claims, only those the temp file really holds
+    are kept: not past its end, not in its holes (a fetch syncs the bytes before it writes
+    a state claiming them, so a claim over a hole was never written)."""
     try:
-        with open(state_path(ledger, name), "rb") as f:
-            raw = json.loads(f.read(MAX_STATE_BYTES))
+        raw = json.loads(_read(state_path(ledger, name)))
         identity = Identity(
             int(raw["size"]), str(raw.get("etag", "")), str(raw.get("last_modified", ""))
         )
-        done = tuple((int(s), int(e)) for s, e in raw["done"])
-        size_on_disk = os.stat(temp_path(ledger, name)).st_size
-    except (OSError, ValueError, KeyError, TypeError):
+        claimed = [(int(s), int(e)) for s, e in raw["done"]]
+        held = _data_on_disk(temp_path(ledger, name))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    if raw.get("name") != name or any(not 0 <= s <= e <= identity.size for s, e in done):
+    if raw.get("name") != name or any(not 0 <= s <= e <= identity.size for s, e in claimed):
         return None
-    if any(e > size_on_disk for _s, e in done):
+    if held is None:
         return None
-    return State(name, identity, done)
+    return State(name, identity, tuple(intersect(claimed, held)))
+
+
+#: Data extents of a temp file looked at; past them the file counts as a hole.
+MAX_EXTENTS = 100_000
+
+
+def _data_on_disk(path: str) -> list[tuple[int, int]] | None:
+    """The byte ranges of the regular file at ``path`` that hold data (``SEEK_DATA`` /
+    ``SEEK_HOLE``; the whole file where the file system cannot tell), None when it is not a
+    regular file (a link planted there is not ours)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        extents: list[tuple[int, int]] = []
+        offset = 0
+        while offset < info.st_size and len(extents) < MAX_EXTENTS:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but a hole from offset on
+                    break
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # cannot tell: all data
+                    return [(0, info.st_size)]
+                raise
+            offset = min(os.lseek(fd, start, os.SEEK_HOLE), info.st_size)
+            extents.append((start, offset))
+        return extents
+    finally:
+        os.close(fd)
 
 
 def save_state(ledger: str, state: State) -> None:
@@ -92,9 +129,23 @@ def save_state(ledger: str, state: State) -> None:
     }
     path = state_path(ledger, state.name)
     temp = path + ".new"
-    with open(temp, "w") as f:
+    # A stale temp file, or anything planted under its name, goes first (unlink never
+    # follows a link); the new one is created, never opened through a link.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(body, f)
     os.replace(temp, path)
+
+
+def _read(path: str) -> bytes:
+    """At most MAX_STATE_BYTES of the file at ``path``, never through a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read(MAX_STATE_BYTES)
 
 
 def remove_state(ledger: str, name: str) -> None:

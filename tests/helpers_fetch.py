@@ -1,0 +1,124 @@
+"""Fixtures for ``fetch`` tests that need more than a real tracker gives: a tracker's JSON
+written by the test (the additive ``url`` and ``sha256`` keys of a file, many URLs for one
+archive), sidecar-like upstreams, and upstreams that answer something hostile.
+
+Both are real HTTP/1.1 servers on 127.0.0.1 (:class:`helpers_proxy.FakeUpstream`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import h11
+import trio
+from helpers_proxy import GROUP, FakeUpstream, Seen, _send, sidecar_listing
+
+
+def sidecar_url(up: FakeUpstream, name: str) -> str:
+    """Where a sidecar serves an archive (``{api_path}/v1/snapshot/{name}``)."""
+    return f"{up.base}/v1/snapshot/{name}"
+
+
+def tracker_entries(
+    up: FakeUpstream,
+    files: dict[str, bytes],
+    *,
+    url: bool = True,
+    sha256: dict[str, str] | None = None,
+    sizes: bool = True,
+) -> list[dict[str, Any]]:
+    """The tracker's JSON entries of a sidecar ``up`` holding ``files``: bare file names, and
+    (``url``) each file's absolute URL at the sidecar, (``sha256``) its digest."""
+    entries = sidecar_listing(files)
+    for entry in entries:
+        entry.update({"target": up.base, "group": GROUP})
+        for f in entry["files"]:
+            if url:
+                f["url"] = sidecar_url(up, f["file_name"])
+            if sha256 and f["file_name"] in sha256:
+                f["sha256"] = sha256[f["file_name"]]
+            if not sizes:
+                f.pop("size", None)
+    return entries
+
+
+@attrs.define
+class FakeTracker(FakeUpstream):
+    """A tracker's JSON routes with the entries a test gives (best first), and its archive
+    route ``/v1/{group}/{name}`` redirecting where ``behaviour[name].redirect_to`` says."""
+
+    entries: list[dict[str, Any]] = attrs.Factory(list)
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        target = urlsplit(req.target.decode())
+        if target.path not in ("/v1/best_snapshots", "/v1/snapshots"):
+            return await super()._answer(conn, stream, req)
+        self.seen.append(seen_of(req))
+        slot = parse_qs(target.query).get("slot")
+        entries = self.entries
+        if target.path == "/v1/snapshots" and slot:
+            entries = [e for e in entries if str(e.get("base_slot")) == slot[0]]
+        body = json.dumps(entries).encode()
+        head = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        await _send(conn, stream, h11.Response(status_code=200, headers=head))
+        await _send(conn, stream, h11.Data(data=body))
+        await _send(conn, stream, h11.EndOfMessage())
+        return True
+
+
+def seen_of(req: Any) -> Seen:
+    """The record of a request answered outside FakeUpstream's own code."""
+    headers = {name.decode().lower(): value.decode("latin-1") for name, value in req.headers}
+    return Seen(req.method.decode(), req.target.decode(), headers)
+
+
+@attrs.define
+class Canned:
+    """A fixed answer: status, headers (values sent as UTF-8 bytes), body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+@attrs.define
+class HostileUpstream(FakeUpstream):
+    """A FakeUpstream that answers the names in ``canned`` with that fixed answer, whatever
+    was asked (a ``Range`` included)."""
+
+    canned: dict[str, Canned] = attrs.Factory(dict)
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        name = req.target.decode().split("?")[0].rsplit("/", 1)[-1]
+        answer = self.canned.get(name)
+        if answer is None:
+            return await super()._answer(conn, stream, req)
+        self.seen.append(seen_of(req))
+        head = [(k, v.encode()) for k, v in answer.headers]
+        await _send(conn, stream, h11.Response(status_code=answer.status, headers=head))
+        await _send(conn, stream, h11.Data(data=answer.body))
+        await _send(conn, stream, h11.EndOfMessage())
+        return True
+
+
+@attrs.define
+class CountingUpstream(FakeUpstream):
+    """A FakeUpstream that counts the first-byte checks (``Range: bytes=0-0``) it answers at
+    once, and their peak."""
+
+    checking: int = 0
+    peak_checks: int = 0
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        check = (b"range", b"bytes=0-0") in [(k.lower(), v) for k, v in req.headers]
+        if not check:
+            return await super()._answer(conn, stream, req)
+        self.checking += 1
+        self.peak_checks = max(self.peak_checks, self.checking)
+        try:
+            return await super()._answer(conn, stream, req)
+        finally:
+            self.checking -= 1

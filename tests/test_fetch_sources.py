@@ -1,0 +1,176 @@
+"""``fetch`` over every source a tracker lists: its JSON written by the test (the additive
+``url`` and ``sha256`` keys of a file, docs/http-api.md) served by a small real HTTP server,
+the sources sidecar-like upstreams, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
+from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, serving, sha256
+from test_fetch import (
+    FAST,
+    FILES,
+    FULL,
+    INCR,
+    fetch_command,
+    ledger_of,
+    options,
+    run_cli,
+    the_error_line,
+)
+
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+
+#: The identity samples compared before two sources are used together (3 x 64 KiB).
+SAMPLES = 3 * 64 * 1024
+
+
+@asynccontextmanager
+async def tracker_of(
+    sidecars: list[FakeUpstream], *, redirect_to: FakeUpstream | None = None, **listing: Any
+) -> AsyncIterator[FakeTracker]:
+    """A tracker (redirect mode) whose JSON lists every sidecar (best first) with its files,
+    and whose route ``/v1/{group}/{name}`` redirects to ``redirect_to`` (default: the
+    first)."""
+    async with AsyncExitStack() as stack:
+        for sidecar in sidecars:
+            await stack.enter_async_context(serving(sidecar))
+        entries = [e for s in sidecars for e in tracker_entries(s, s.files, **listing)]
+        fake = FakeTracker(entries=entries)
+        target = redirect_to or sidecars[0]
+        for name in target.files:
+            fake.behaviour[name] = Behaviour(redirect_to=sidecar_url(target, name))
+        yield await stack.enter_async_context(serving(fake))
+
+
+def body_bytes(up: FakeUpstream, name: str) -> int:
+    return sum(s.body_sent for s in up.gets(name))
+
+
+@pytest.mark.parametrize("url", [True, False])
+async def test_every_sidecar_holding_the_archive_is_used(url: bool, tmp_path: Path) -> None:
+    """Two sidecars with the same archives, the tracker redirecting to the first: with the
+    files' ``url`` both carry the download; from an older tracker (no ``url``: the sidecars'
+    names are bare) the route is the only way, to the first."""
+    a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([a, b], url=url) as tracker:
+        results = await run_fetch(options(ledger, tracker.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
+    assert body_bytes(a, FULL) > SAMPLES
+    if url:
+        assert body_bytes(b, FULL) > SAMPLES, "the second sidecar carried nothing"
+    else:
+        assert not b.gets()
+
+
+async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path: Path) -> None:
+    """The sidecar the tracker redirects to breaks every answer after 300 kB: it is dropped
+    and the other sidecar (known from the files' ``url``) delivers the rest."""
+    dying = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(drop_after=300_000)})
+    good = FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([dying, good]) as tracker:
+        await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+    assert any(s.body_sent >= 300_000 for s in dying.gets(FULL))  # it died mid-way
+    assert body_bytes(good, FULL) > len(FILES[FULL]) // 2
+
+
+async def test_a_thousand_urls_for_one_archive_are_bounded(tmp_path: Path) -> None:
+    """A listing with 1,000 URLs of one archive (one sidecar under as many names): at most
+    ``checks_at_once`` first-byte checks at a time, at most ``max_sources`` URLs used."""
+    data = FILES[FULL]
+    up = CountingUpstream(files={FULL: data}, behaviour={FULL: Behaviour(delay=0.02)})
+    settings = attrs.evolve(FAST, max_sources=24, checks_at_once=8)
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([up]) as tracker:
+        [entry] = tracker.entries
+        tracker.entries = [entry]
+        for copy in range(1, 1000):
+            again = json.loads(json.dumps(entry))
+            again["files"][0]["url"] += f"?copy={copy}"
+            tracker.entries.append(again)
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        with trio.fail_after(30):
+            await run_fetch(opts, NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    asked = {s.target for s in up.gets(FULL)}
+    assert len(asked) <= 24, len(asked)
+    assert 1 < up.peak_checks <= 8, up.peak_checks
+
+
+async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> None:
+    """No size in the listing, and the tracker's route leads to a 200 of a 31 KB JSON body
+    (its own listing): the size two sidecars agree on wins, the JSON is never the archive."""
+    a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([a, b], sizes=False) as tracker:
+        json_url = f"{tracker.base}/v1/best_snapshots"
+        tracker.behaviour[FULL] = Behaviour(redirect_to=json_url)
+        while len(json.dumps(tracker.entries)) < 31_000:  # padding: a 31 KB listing
+            tracker.entries.append({"padding": "x" * 1000})
+        opts = options(ledger, tracker.base, incremental=False)
+        await run_fetch(opts, NoProgress())
+        assert [s for s in tracker.seen if s.target == "/v1/best_snapshots"]  # it was asked
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+
+
+# -- fetch verifies: the tracker's sha256 -----------------------------------------------------
+
+GOOD = FILES[FULL]
+#: Another node's archive of the same slot: the same size, other bytes.
+OTHER = archive_bytes(len(GOOD), seed=91)
+
+
+async def test_a_copy_with_another_sha256_is_deleted_and_the_next_source_used(
+    tmp_path: Path,
+) -> None:
+    """The tracker lists the archive's sha256 and redirects to a sidecar whose copy has
+    other bytes (same size): that copy is deleted, the other sidecar's (not pooled with the
+    first: its samples differ) is fetched and kept."""
+    other, good = FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([other, good], sha256={FULL: sha256(GOOD)}) as tracker:
+        [result] = await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert body_bytes(other, FULL) >= len(OTHER)  # a whole copy came from there first
+    assert body_bytes(good, FULL) >= len(GOOD)
+    assert result.sha256 == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(GOOD)
+
+
+async def test_no_copy_with_the_trackers_sha256_is_exit_1_and_nothing_kept(tmp_path: Path) -> None:
+    """Every source's copy has another sha256 than the tracker lists: exit 1 with one line
+    naming the reason, and the ledger keeps none of the copies (nor a temp file)."""
+    ups = [FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})]
+    ledger = ledger_of(tmp_path)
+    listed = sha256(b"a third archive")
+    async with tracker_of(ups, sha256={FULL: listed}) as tracker:
+        done = await run_cli(*fetch_command(ledger, tracker.base, "--progress", "none"))
+    line = the_error_line(done)
+    assert "no source delivered a good copy" in line and f"tracker's {listed}" in line, line
+    assert all(body_bytes(up, FULL) >= len(GOOD) for up in ups)  # both were tried
+    assert list(ledger.iterdir()) == []
+
+
+async def test_verify_false_keeps_what_the_source_sent(tmp_path: Path) -> None:
+    """``--verify=false``: no check, no comparison; the copy is kept as sent."""
+    other = FakeUpstream(files={FULL: OTHER})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([other], sha256={FULL: sha256(GOOD)}) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=false")
+        done = await run_cli(*command)
+    assert done.returncode == 0, done.stderr
+    assert b'sha256="not verified"' in done.stderr, done.stderr
+    assert sha256((ledger / FULL).read_bytes()) == sha256(OTHER)

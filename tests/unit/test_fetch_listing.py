@@ -1,0 +1,82 @@
+"""What ``fetch`` reads from a tracker's JSON: the URLs of each archive. Pure, no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from names import full_name
+
+from tracker.fetch.listing import snapshots_from_json, source_url
+
+NAME = full_name(1000)
+TRACKER = "http://tracker:8458"
+ROUTE = f"{TRACKER}/v1/mainnet/{NAME}"
+
+
+def entry(**file: Any) -> dict[str, Any]:
+    return {"slot": 1000, "group": "mainnet", "files": [{"file_name": NAME, "slot": 1000, **file}]}
+
+
+@pytest.mark.parametrize(
+    ("file", "url"),
+    [
+        # A sidecar's file: a bare name; its url is where the sidecar serves it.
+        ({"url": f"http://a:8899/v1/snapshot/{NAME}"}, f"http://a:8899/v1/snapshot/{NAME}"),
+        ({"url": f"https://b/api/v1/snapshot/{NAME}"}, f"https://b/api/v1/snapshot/{NAME}"),
+        # An older tracker: a sidecar's file has no URL at all, an HTTP source's name is one.
+        ({}, ""),
+        ({"file_name": f"http://c/{NAME}"}, f"http://c/{NAME}"),
+        # url wins over an absolute file_name.
+        ({"file_name": f"http://c/{NAME}", "url": f"http://d/{NAME}"}, f"http://d/{NAME}"),
+        # Not a plain http(s) URL: skipped.
+        ({"url": f"file:///etc/{NAME}"}, ""),
+        ({"url": f"http://a/{NAME}\nx"}, ""),
+        ({"url": f"http://a/ {NAME}"}, ""),
+        ({"url": f"http://a/\u00e9/{NAME}"}, ""),
+        ({"url": "http://a/" + "x" * 5000}, ""),
+        ({"url": 42}, ""),
+        ({"url": None, "file_name": f"http://c/{NAME}"}, f"http://c/{NAME}"),
+    ],
+)
+def test_source_url(file: dict[str, Any], url: str) -> None:
+    assert source_url({"file_name": NAME, **file}) == url
+
+
+def test_every_source_of_an_archive_is_listed_after_the_trackers_route() -> None:
+    """Two sidecars holding the same archive: both URLs (the tracker's JSON gives their names
+    bare), after the tracker's own route, each once, in the tracker's order."""
+    entries = [
+        entry(url=f"http://a/v1/snapshot/{NAME}", size=10),
+        entry(url=f"http://b/v1/snapshot/{NAME}", size=10),
+        entry(url=f"http://a/v1/snapshot/{NAME}", size=10),
+        entry(size=10),  # a source of an older tracker: only the route leads there
+    ]
+    [snapshot] = snapshots_from_json(TRACKER, entries)
+    assert snapshot.full is not None
+    assert snapshot.full.urls == (
+        ROUTE,
+        f"http://a/v1/snapshot/{NAME}",
+        f"http://b/v1/snapshot/{NAME}",
+    )
+    assert snapshot.full.size == 10
+
+
+def test_a_size_that_is_not_a_positive_integer_is_unknown() -> None:
+    for size in (True, -1, "10", 1.5, None):
+        [snapshot] = snapshots_from_json(TRACKER, [entry(size=size)])
+        assert snapshot.full is not None and snapshot.full.size == 0, size
+
+
+def test_the_sha256_the_tracker_lists_is_kept_when_well_formed() -> None:
+    digest = "ab" * 32
+    entries = [
+        entry(sha256=digest),
+        entry(sha256=digest.upper()),  # not lower-case hex: skipped
+        entry(sha256="ab" * 31),
+        entry(sha256=["ab" * 32]),
+    ]
+    [snapshot] = snapshots_from_json(TRACKER, entries)
+    assert snapshot.full is not None and snapshot.full.sha256 == {digest}
+    [bare] = snapshots_from_json(TRACKER, [entry()])
+    assert bare.full is not None and bare.full.sha256 == frozenset()
