@@ -54,8 +54,8 @@ from tracker.web.listeners import (
 )
 from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
-from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status, no_digest
 from tracker.web.shortcuts import FastRedirects, best_source
+from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status, no_digest
 from tracker.zerocopy.connection import Connections
 from tracker.zerocopy.limit import effective_limit
 from tracker.zerocopy.server import hypercorn_config, serve

@@ -39,7 +39,6 @@ from tracker.web.queries import (
 from tracker.web.shortcuts import SHORT_NAMES, best_source
 from tracker.web.urls import public_base
 
-
 #: ``(route template, status, seconds to the response head or None)`` of every answer.
 ResponseCounter = Callable[[str, int, float | None], None]
 
