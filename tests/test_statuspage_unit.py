@@ -7,10 +7,9 @@ say what it lacks (no snapshot, no cache, no bucket, a bucket down).
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import attrs
 import pytest
+from helpers_browser import PAGE_TAGS, Dom
 from names import full_name, incremental_name
 
 from tracker.cache.store import RefreshProgress
@@ -82,36 +81,6 @@ def view(**changes: object) -> StatusView:
     return attrs.evolve(base, **changes)
 
 
-class Page(HTMLParser):
-    """The page parsed back: its tags and its text, as a browser would see them."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.attributes: list[tuple[str, str | None]] = []
-        self.texts: list[str] = []
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        self.attributes.extend(attrs)
-
-    def handle_data(self, data: str) -> None:
-        self.texts.append(data)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.texts)
-
-
-#: Tags the page is made of: anything else came from a text that was not escaped.
-PAGE_TAGS = {
-    "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "span", "nav",
-    "a", "div", "b", "section", "p", "table", "thead", "tbody", "tr", "th", "td", "code",
-    "br", "progress",
-}  # fmt: skip
-
 SCRIPT = '<script>alert("x")</script>'
 HOSTILE = f"{SCRIPT}\"'><img src=x onerror=alert(1)>"
 
@@ -151,7 +120,7 @@ def rejected(**fields: str) -> RecentEvent:
 )
 def test_hostile_text_renders_as_text_never_as_markup(where: str, page_view: StatusView) -> None:
     page = render_status(page_view)
-    parsed = Page(page)
+    parsed = Dom(page)
     assert set(parsed.tags) <= PAGE_TAGS, where
     assert "script" not in parsed.tags and "img" not in parsed.tags, where
     assert not any(name.startswith("on") for name, _ in parsed.attributes), where

@@ -273,6 +273,7 @@ table{border-collapse:collapse;width:100%;margin:4px 0 8px}
 th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;
 vertical-align:top}
 th{background:var(--head);font-weight:600;font-size:13px;position:sticky;top:0}
+td.nowrap{white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
 overflow-wrap:anywhere}
@@ -320,8 +321,8 @@ def _summary(view: StatusView) -> str:
     up = sum(t.health == "up" for t in view.targets)
     cards = [_card(f"{up} / {len(view.targets)}", "targets up")]
     for group in view.groups:
-        best = group.full.slot if group.full is not None else "none"
-        cards.append(_card(text(best), f"best full of {text(group.name)}"))
+        best = f"{group.full.slot:,}" if group.full is not None else "none"
+        cards.append(_card(best, f"best full of {text(group.name)}"))
     if view.cache is None:
         cards.append(_card("off", "disk cache"))
     else:
@@ -366,13 +367,14 @@ def _groups(view: StatusView) -> str:
         health = f'<br><span class="meta">{group.up} / {group.targets} targets up</span>'
         if group.full is None and group.incremental is None:
             rows.append(
-                f'<tr><td>{name}{health}</td><td colspan="8" class="none">no snapshot yet</td></tr>'
+                f'<tr><td class="nowrap">{name}{health}</td>'
+                '<td colspan="8" class="none">no snapshot yet</td></tr>'
             )
             continue
         for best in (group.full, group.incremental):
             if best is None:
                 rows.append(
-                    f"<tr><td>{name}{health}</td><td>incremental</td>"
+                    f'<tr><td class="nowrap">{name}{health}</td><td>incremental</td>'
                     '<td colspan="7" class="none">none on the best full</td></tr>'
                 )
             else:
@@ -389,7 +391,8 @@ def _best_row(group: str, best: BestView) -> str:
     if best.estimated and best.age_seconds is not None:
         age = f'<span title="estimated from the age in slots">~{age}</span>'
     return (
-        f"<tr><td>{group}</td><td>{text(best.kind)}</td><td><code>{text(best.name)}</code></td>"
+        f'<tr><td class="nowrap">{group}</td><td>{text(best.kind)}</td>'
+        f"<td><code>{text(best.name)}</code></td>"
         f'<td class="num">{best.slot:,}</td><td class="num">{slots}</td>'
         f'<td class="num">{age}</td><td class="num">{format_bytes(best.size)}</td>'
         f'<td class="num">{best.sources}</td><td>{_digest(best.sha256)}</td></tr>'
@@ -474,7 +477,8 @@ def _events(view: StatusView) -> str:
     out.append("<h2>Failovers</h2>")
     if view.failovers:
         rows = [
-            f"<tr><td>{_ago(view.now, e.time)}</td><td><code>{text(e.event)}</code></td>"
+            f'<tr><td class="nowrap">{_ago(view.now, e.time)}</td>'
+            f'<td class="nowrap"><code>{text(e.event)}</code></td>'
             f"<td>{_fields(e.fields)}</td></tr>"
             for e in view.failovers
         ]
@@ -490,7 +494,8 @@ def _rejected_row(event: RecentEvent, now: float) -> str:
     group, name, source, reason = named
     rest = f"<br>{_fields(fields)}" if fields else ""
     return (
-        f"<tr><td>{_ago(now, event.time)}</td><td>{group}</td><td><code>{name}</code></td>"
+        f'<tr><td class="nowrap">{_ago(now, event.time)}</td><td>{group}</td>'
+        f"<td><code>{name}</code></td>"
         f'<td><code>{source}</code></td><td><span class="err">{reason}</span>{rest}</td></tr>'
     )
 
