@@ -91,10 +91,11 @@ class FastRedirects:
         self.answered += 1
         head = scope["method"] == "HEAD"  # HEAD: the GET's headers, no body (as Quart)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        seconds = time.monotonic() - began
-        await send({"type": "http.response.body", "body": b"" if head else body})
+        # Counted before the body goes out: a client that asks /metrics right after its
+        # answer finds it counted.
         if self._on_response is not None:
-            self._on_response(rule, status, seconds)
+            self._on_response(rule, status, time.monotonic() - began)
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
     async def _bucket(self, scope: Any, path: str) -> tuple[Answer | None, str]:
         """A GET of ``/v1/{group}/{name}`` or ``/{name}`` that the object store answers with
