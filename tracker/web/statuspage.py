@@ -16,6 +16,7 @@ still could not run.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import time
@@ -153,7 +154,14 @@ class StatusView:
 def text(value: object) -> str:
     """``value`` as HTML text: URLs masked, unprintable characters escaped, cut to
     :data:`MAX_TEXT` characters, HTML-escaped (quotes too, so it is safe in attributes)."""
-    shown = redact_text(str(value))
+    return _shown(value if isinstance(value, str) else str(value))
+
+
+# Pages show the same names again and again (thousands of targets, every few seconds):
+# remembered, a name costs a lookup instead of masking and escaping.
+@functools.lru_cache(maxsize=1 << 15)
+def _shown(raw: str) -> str:
+    shown = redact_text(raw)
     if not shown.isprintable():
         shown = "".join(c if c.isprintable() else _escape_char(c) for c in shown)
     if len(shown) > MAX_TEXT:
@@ -202,6 +210,11 @@ def format_age(seconds: float | None) -> str:
 
 def format_time(unix: float) -> str:
     """``2026-11-21 10:00:00 UTC``."""
+    return _second(int(unix))
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
@@ -284,6 +297,9 @@ padding:0 8px;font-size:12px;font-weight:600;color:#fff}
 .unknown{background:var(--unknown)}.refreshing{background:var(--accent)}
 .complete{background:var(--up)}
 progress{width:140px;height:12px;vertical-align:middle}
+.targets td:nth-child(5){color:var(--down);overflow-wrap:anywhere}
+.targets td:nth-child(n+6){text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap}
 """
 
 
@@ -334,12 +350,15 @@ def _summary(view: StatusView) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _table(headers: Sequence[str], rows: Iterable[str], numeric: frozenset[int]) -> str:
+def _table(
+    headers: Sequence[str], rows: Iterable[str], numeric: frozenset[int], css: str = ""
+) -> str:
     cells = "".join(
         f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
         for i, h in enumerate(headers)
     )
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f'<table class="{css}">' if css else "<table>"
+    return f"{table}<thead><tr>{cells}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _none(message: str) -> str:
@@ -504,9 +523,24 @@ def _fields(fields: Mapping[str, str]) -> str:
     return " ".join(f"<code>{text(k)}={text(v)}</code>" for k, v in fields.items())
 
 
+_BADGES = {health: f'<span class="badge {health}">{health}</span>' for health in _HEALTH_ORDER}
+
+
 def _health(health: str) -> str:
-    shown = health if health in _HEALTH_ORDER else "unknown"
-    return f'<span class="badge {shown}">{shown}</span>'
+    return _BADGES.get(health, _BADGES["unknown"])
+
+
+@functools.lru_cache(maxsize=1 << 13)
+def _target_cells(t: TargetView) -> str:
+    """A target's row up to its last scrape: the same from one page to the next while the
+    target's state stays (most of thousands), so it is remembered."""
+    return (
+        f"<tr><td>{_health(t.health)}</td>"
+        f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
+        f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
+        f"<td>{text(t.last_error)}</td><td>{format_latency(t.latency)}</td>"
+        f"<td>{format_rate(t.throughput)}</td>"
+    )
 
 
 def _targets(view: StatusView) -> str:
@@ -521,16 +555,11 @@ def _targets(view: StatusView) -> str:
     headers = ["health", "group", "target", "kind", "last error", "latency", "throughput"]
     headers += ["last scrape", "snapshots"]
     now = view.now
+    # Thousands of rows: the cells' styles come from the table's CSS (.targets), not from
+    # attributes repeated on every cell.
     rows = [
-        f"<tr><td>{_health(t.health)}</td>"
-        f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
-        f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
-        f'<td class="err">{text(t.last_error)}</td>'
-        f'<td class="num">{format_latency(t.latency)}</td>'
-        f'<td class="num">{format_rate(t.throughput)}</td>'
-        f'<td class="num">{_ago(now, t.last_scrape)}</td>'
-        f'<td class="num">{t.snapshots}</td></tr>'
+        f"{_target_cells(t)}<td>{_ago(now, t.last_scrape)}</td><td>{t.snapshots}</td></tr>"
         for t in ordered
     ]
-    out.append(_table(headers, rows, frozenset({5, 6, 7, 8})))
+    out.append(_table(headers, rows, frozenset({5, 6, 7, 8}), "targets"))
     return "".join(out) + "</section>"
