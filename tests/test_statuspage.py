@@ -92,7 +92,8 @@ async def test_the_page_in_a_browser_during_a_refresh(
         first_byte_timeout="200ms",
         target_groups=[
             {"group": "mainnet", "static_targets": {"targets": sidecars}},
-            {"group": "devnet", "static_targets": {"targets": ["127.0.0.1:1"]}},
+            # Sorts after mainnet by name: first on the page only because it is down.
+            {"group": "testnet", "static_targets": {"targets": ["127.0.0.1:1"]}},
         ],
     )
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
@@ -138,19 +139,19 @@ async def test_the_page_in_a_browser_during_a_refresh(
         "345,600,000",
         "1,620",  # the full's age in slots (the RPC's slot)
         "~10 min",  # ... and in time, estimated from the slots
-        "no snapshot yet",  # devnet
+        "no snapshot yet",  # testnet
         "refreshing",
         "40.0 % of 8.0 MiB",
         "complete",  # the incremental, cached
         "upstream_failed",  # the failover to the other source
         "zstd: frame checksum mismatch at byte 1073741824",
         "No bucket is configured",
-        "2 / 3",  # targets up: the bad sidecar answers its listing, devnet's does not
+        "2 / 3",  # targets up: the bad sidecar answers its listing, testnet's does not
         "Targets (3, 1 not up)",
     ):
         assert shown in text, shown
-    targets = text[text.index("Targets (") :]
-    assert targets.index("127.0.0.1:1") < targets.index(sidecars[0])  # unhealthy first
+    rows = text[text.index("last scrape", text.index("Targets (")) :]
+    assert rows.index("testnet") < rows.index("mainnet")  # unhealthy first
     wanted = os.environ.get(SCREENSHOT_ENV)
     if wanted:
         shutil.copyfile(shot, wanted)

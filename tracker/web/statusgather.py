@@ -18,7 +18,7 @@ import trio
 from tracker import __version__
 from tracker.cache.store import Cache, RefreshProgress
 from tracker.core.config import Config
-from tracker.core.index import Index, SnapshotSource
+from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.web.statuspage import (
@@ -122,19 +122,34 @@ def _mode(config: Config) -> str:
 def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: float) -> GroupView:
     mine = [h for h in health if h.target.key.group == group]
     index = sources.index
+    full, incremental = index.best_full(group), index.best_incremental(group)
+    holders = _holders(index, group, [s.info.files[0].bare_name for s in (full, incremental) if s])
     return GroupView(
         name=group,
         targets=len(mine),
         up=sum(h.health == "up" for h in mine),
-        full=_best(sources, "full", index.best_full(group), now),
-        incremental=_best(sources, "incremental", index.best_incremental(group), now),
+        full=_best(sources, "full", full, holders, now),
+        incremental=_best(sources, "incremental", incremental, holders, now),
     )
+
+
+def _holders(index: Index, group: str, names: list[str]) -> dict[str, int]:
+    """How many targets of ``group`` advertise each of ``names`` (in one pass: thousands of
+    targets may)."""
+    holding: dict[str, set[TargetKey]] = {name: set() for name in names}
+    for source in index.sources(group):
+        for f in source.info.files:
+            keys = holding.get(f.bare_name)
+            if keys is not None:
+                keys.add(source.key)
+    return {name: len(keys) for name, keys in holding.items()}
 
 
 def _best(
     sources: StatusSources,
     kind: Literal["full", "incremental"],
     source: SnapshotSource | None,
+    holders: dict[str, int],
     now: float,
 ) -> BestView | None:
     if source is None:
@@ -156,7 +171,7 @@ def _best(
         age_seconds=age,
         estimated=estimated,
         size=archive.size,
-        sources=len(sources.index.find_file(group, name)),
+        sources=holders.get(name, 0),
         sha256=sources.digest(group, name),
     )
 

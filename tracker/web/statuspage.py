@@ -542,8 +542,17 @@ def _target_cells(t: TargetView) -> str:
         f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
         f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
         f"<td>{text(t.last_error)}</td><td>{format_latency(t.latency)}</td>"
-        f"<td>{format_rate(t.throughput)}</td>"
+        f"<td>{format_rate(t.throughput)}</td><td>{t.snapshots}</td>"
     )
+
+
+def _scraped(now: float, then: float | None) -> str:
+    return "<td>never</td>" if then is None else _scraped_cell(int(now - then))
+
+
+@functools.lru_cache(maxsize=4096)
+def _scraped_cell(seconds: int) -> str:
+    return f"<td>{format_age(seconds)} ago</td>"
 
 
 def _targets(view: StatusView) -> str:
@@ -556,13 +565,10 @@ def _targets(view: StatusView) -> str:
         out.append(_none("No target yet."))
         return "".join(out) + "</section>"
     headers = ["health", "group", "target", "kind", "last error", "latency", "throughput"]
-    headers += ["last scrape", "snapshots"]
+    headers += ["snapshots", "last scrape"]
     now = view.now
     # Thousands of rows: the cells' styles come from the table's CSS (.targets), not from
     # attributes repeated on every cell.
-    rows = [
-        f"{_target_cells(t)}<td>{_ago(now, t.last_scrape)}</td><td>{t.snapshots}</td></tr>"
-        for t in ordered
-    ]
+    rows = [f"{_target_cells(t)}{_scraped(now, t.last_scrape)}</tr>" for t in ordered]
     out.append(_table(headers, rows, frozenset({5, 6, 7, 8}), "targets"))
     return "".join(out) + "</section>"
