@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -760,6 +761,35 @@ def _sample_latencies(tracker: Tracker, stop: threading.Event, out: dict[str, li
         time.sleep(0.02)
 
 
+def _sample_status(
+    tracker: Tracker, stop: threading.Event, out: list[float], sizes: list[int], every: float
+) -> None:
+    """GET the status page (internal listener, every target on it) every ``every`` seconds
+    until ``stop``: each latency (seconds, to the last byte) and page size."""
+    while not stop.is_set():
+        start = time.monotonic()
+        with contextlib.suppress(OSError):
+            sizes.append(len(get(f"{tracker.internal}/", timeout=30)))
+            out.append(time.monotonic() - start)
+        stop.wait(every)
+
+
+def _status_sampler(
+    tracker: Tracker, out: list[float], sizes: list[int], every: float
+) -> Callable[[], None]:
+    """Start sampling the status page in a thread; the returned function stops it."""
+    stop = threading.Event()
+    args = (tracker, stop, out, sizes, every)
+    thread = threading.Thread(target=_sample_status, args=args)
+    thread.start()
+
+    def done() -> None:
+        stop.set()
+        thread.join()
+
+    return done
+
+
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
@@ -773,6 +803,11 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_latencies, args=(tracker, stop, latencies))
     sampler.start()
+    status: list[float] = []
+    sizes: list[int] = []
+    # An operator's browser reloads the page every few seconds: once a second here, so that
+    # the page's own cost stays out of the API's figures.
+    stop_status = _status_sampler(tracker, status, sizes, 1.0)
     cpu_before = tree_cpu_seconds(tracker.proc.pid)
     try:
         with env.profile(f"cluster-run{run + 1}", tracker):
@@ -782,6 +817,7 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     finally:
         stop.set()
         sampler.join()
+        stop_status()
     cpu = tree_cpu_seconds(tracker.proc.pid) - cpu_before
     if span is None:
         raise RuntimeError("cluster scrape round did not finish in 180 s")
@@ -793,6 +829,14 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     time.sleep(2)
     stop.set()
     sampler.join()
+    # Then the page alone, 10 times back to back: rounds of 3,000 nodes take ~12 s of the
+    # 15 s scrape interval, so the next round starts ~3 s after this one ended.
+    status_idle: list[float] = []
+    stop_status = _status_sampler(tracker, status_idle, sizes, 0.0)
+    deadline = time.monotonic() + 10
+    while len(status_idle) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop_status()
     idle_every = [x for values in idle.values() for x in values]
     every = [x for values in latencies.values() for x in values]
     by_path = {path.split("?")[0]: _p99(values) * 1000 for path, values in latencies.items()}
@@ -806,6 +850,13 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
         "api_samples": len(every),
         "idle_p50_ms": statistics.median(idle_every) * 1000 if idle_every else 0.0,
         "idle_p99_ms": _p99(idle_every) * 1000,
+        # The status page (GET / on the internal listener) with every node on it.
+        "status_p50_ms": statistics.median(status) * 1000 if status else 0.0,
+        "status_p99_ms": _p99(status) * 1000,
+        "status_idle_p50_ms": statistics.median(status_idle) * 1000 if status_idle else 0.0,
+        "status_idle_p99_ms": _p99(status_idle) * 1000,
+        "status_samples": len(status) + len(status_idle),
+        "status_kib": max(sizes, default=0) / 1024,
         "rss_mb": rss_kib(tracker.proc.pid) / 1024,
         "peak_mb": rss_kib(tracker.proc.pid, "VmHWM") / 1024,
     }

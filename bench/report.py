@@ -148,6 +148,12 @@ def summarise(results: dict[str, Any]) -> list[Row]:
             f"{path.removeprefix('/v1/')} {ms:.0f}" for path, ms in worst.items()
         )
         rows.append(Row("cluster API", how, f"{p99:.1f} ms", each, p99, "ms", "<=", 50))
+        if "status_p99_ms" in cold:
+            idle = median(runs, "status_idle_p99_ms")
+            during = max(r["status_p99_ms"] for r in results["cluster"])
+            how = f"status page (GET / internal), {nodes} targets on it: p99 without a round"
+            ref = f"during rounds {during:.0f} ms, {cold['status_kib']:.0f} KiB"
+            rows.append(Row("status page", how, f"{idle:.1f} ms", ref, idle, "ms", "<=", 100))
         peak = max(r["peak_mb"] for r in results["cluster"])
         how = f"peak RSS with {nodes} discovered nodes"
         rows.append(Row("cluster memory", how, f"{peak:.0f} MB", "", peak, "MB", "", None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,32 @@ async def test_descriptors_stay_flat_over_many_refreshes(tmp_path: Path) -> None
             while open_descriptors() > baseline:
                 await trio.sleep(0.01)
     assert os.listdir(tmp_path / "cache" / "g") == [full_name(1019)]
+
+
+async def test_refreshes_and_files_list_what_the_cache_holds(tmp_path: Path) -> None:
+    group = tmp_path / "mainnet"
+    group.mkdir()
+    (group / INCR).write_bytes(b"incremental")
+    (group / f"{TEMP_PREFIX}{OLDER}.1234").write_bytes(b"a temp file")
+    (group / "notes.txt").write_bytes(b"not an archive")
+    cache = make_cache(tmp_path)
+    assert cache.refreshes() == []
+    before = time.time()
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    [waiting] = cache.refreshes()
+    assert (waiting.group, waiting.name, waiting.size, waiting.written) == ("mainnet", FULL, 0, 0)
+    assert before <= waiting.started_at <= time.time()
+    assert waiting.readers is None  # the cache does not know who reads it
+    assert await refresh.open(6)
+    await refresh.write(b"abc")
+    await refresh.flush()
+    [running] = cache.refreshes()
+    assert (running.size, running.written, running.started_at) == (6, 3, waiting.started_at)
+    assert [(f.group, f.name, f.size) for f in cache.files()] == [("mainnet", INCR, 11)]
+    await refresh.write(b"def")
+    await refresh.commit()
+    assert cache.refreshes() == []
+    listed = cache.files()
+    assert [(f.name, f.size) for f in listed] == [(INCR, 11), (FULL, 6)]  # by name
+    assert listed[1].mtime == os.stat(group / FULL).st_mtime

@@ -10,8 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.lowlevel
 
-from tracker.core.logs import format_time, log_event, setup_logging
+from tracker.core.logs import (
+    MAX_RECENT_FIELD,
+    RecentEvents,
+    format_time,
+    log_event,
+    setup_logging,
+)
 
 TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -197,3 +204,72 @@ def test_expected_errors_drop_only_their_tracebacks() -> None:
     assert not stopping.filter(record(BaseExceptionGroup("g", [cancelled, UpstreamError("x")])))
     plain = logging.LogRecord("hypercorn.error", logging.INFO, "", 0, "Running", (), None)
     assert keep.filter(plain)
+
+
+@pytest.fixture
+def ring() -> Iterator[RecentEvents]:
+    """A ring of recent events attached to the tracker's loggers, as the service does."""
+    events = RecentEvents({"archive_rejected": "rejected", "upstream_failed": "failover"}, size=3)
+    parent = logging.getLogger("tracker")
+    parent.addHandler(events)
+    old = parent.level
+    parent.setLevel(logging.INFO)
+    yield events
+    parent.removeHandler(events)
+    parent.setLevel(old)
+
+
+def test_recent_events_keep_the_chosen_events_newest_first_and_bounded(
+    ring: RecentEvents,
+) -> None:
+    log = logging.getLogger("tracker.proxy")
+    log_event(log, "warning", "archive_rejected", group="g", file="a", source="s", reason="r")
+    for n in range(5):
+        log_event(log, "warning", "upstream_failed", url=f"http://h/{n}", reason="refused")
+    log_event(log, "warning", "stream_failed", reason="not one of them")
+    logging.getLogger("httpx").warning("a foreign record named like nothing we keep")
+    [rejected] = ring.recent("rejected")
+    assert (rejected.event, rejected.level) == ("archive_rejected", "WARNING")
+    assert rejected.fields == {"group": "g", "file": "a", "source": "s", "reason": "r"}
+    # Each kind keeps its last `size`: failovers do not push rejections out.
+    assert [e.fields["url"] for e in ring.recent("failover")] == [
+        f"http://h/{n}" for n in (4, 3, 2)
+    ]
+    assert ring.recent("nothing") == []
+
+
+def test_recent_events_mask_urls_drop_tracebacks_and_cut_long_fields(ring: RecentEvents) -> None:
+    log = logging.getLogger("tracker.proxy")
+    try:
+        raise OSError("connection to http://user:pw@h:1/?key=K refused")
+    except OSError as exc:
+        log_event(
+            log, "warning", "upstream_failed", url="http://user:pw@h:1/p?key=K", reason="x" * 1000,
+            exc_info=exc,
+        )  # fmt: skip
+    [event] = ring.recent("failover")
+    assert event.fields["url"] == "http://***@h:1/p?***"
+    assert "pw" not in event.fields["error"] and "traceback" not in event.fields
+    assert len(event.fields["reason"]) == MAX_RECENT_FIELD
+
+
+def test_recent_events_see_what_the_log_level_lets_through(ring: RecentEvents) -> None:
+    logging.getLogger("tracker").setLevel(logging.ERROR)
+    log_event(logging.getLogger("tracker.proxy"), "warning", "upstream_failed", url="u")
+    assert ring.recent("failover") == []
+
+
+async def test_recent_events_from_worker_threads(ring: RecentEvents) -> None:
+    log = logging.getLogger("tracker.cache")
+
+    def many() -> None:
+        for n in range(200):
+            log_event(log, "warning", "upstream_failed", url=f"http://h/{n}")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(trio.to_thread.run_sync, many)
+        for _ in range(50):
+            assert len(ring.recent("failover")) <= 3
+            await trio.lowlevel.checkpoint()
+    assert len(ring.recent("failover")) == 3

@@ -217,3 +217,25 @@ def test_per_target_series_give_the_garbage_collector_little_to_walk() -> None:
         metrics.observe_scrape("g", f"http://127.1.{n // 250}.{n % 250}:8899", 0.1, ok=n % 2 == 0)
     gc.collect()
     assert len(gc.get_objects()) - before < 3 * 1000  # was ~37,000
+
+
+def test_request_durations_failovers_and_rejected_archives() -> None:
+    metrics = Metrics(process=False)
+    metrics.count_request("/v1/{name}", 303, 0.004)
+    metrics.count_request("/v1/{name}", 200, 0.3)
+    metrics.count_request("/v1/{name}", 404)  # no duration known: counted, not timed
+    metrics.count_source_failure("mainnet")
+    metrics.count_archive_rejected("mainnet")
+    metrics.count_archive_rejected("mainnet")
+    found = samples(metrics)
+    duration = "snapshot_tracker_http_request_duration_seconds"
+    route = {"route": "/v1/{name}"}
+    assert value(found, duration + "_count", **route) == 2
+    assert value(found, duration + "_bucket", **route, le="0.005") == 1
+    assert value(found, duration + "_sum", **route) == 0.304
+    assert value(found, "snapshot_tracker_source_failures_total", group="mainnet") == 1
+    assert value(found, "snapshot_tracker_archives_rejected_total", group="mainnet") == 2
+    metrics.remove_group("mainnet")
+    assert (
+        value(samples(metrics), "snapshot_tracker_source_failures_total", group="mainnet") is None
+    )

@@ -182,6 +182,8 @@ async def test_failover_to_the_next_source_before_any_byte(upstream: FakeUpstrea
             assert response.status_code == 200
             assert sha256(response.content) == sha256(DATA)
             assert len(broken.seen) == len(missing.seen) == len(upstream.seen) == 1
+            # Three failovers (dead, 503, 404), counted for the dashboard.
+            assert t.counter("snapshot_tracker_source_failures_total", group=GROUP) == 3
         nursery.cancel_scope.cancel()
 
 
@@ -202,6 +204,7 @@ async def test_all_sources_failing_is_a_502_with_one_line() -> None:
             assert "source 1: cannot connect" in text and "source 2: HTTP 500" in text
             assert "127.0.0.1" not in text  # where archives come from stays in the log
             assert t.outcome("upstream_failed") == 1
+            assert t.counter("snapshot_tracker_source_failures_total", group=GROUP) == 2
         nursery.cancel_scope.cancel()
 
 

@@ -238,8 +238,11 @@ async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) 
         before = (await client.get(f"{serve.internal}/metrics")).text
         assert (await client.get(f"{serve.base}/{name}")).content == data
         await client.get(f"{serve.base}/v1/snapshots")
+        assert (await client.get(f"{serve.base}/snapshot.tar.bz2")).status_code == 303
         after = (await client.get(f"{serve.internal}/metrics")).text
         assert (await client.get(f"{serve.internal}/healthz")).status_code == 200
+        status = await client.get(f"{serve.internal}/")
+        assert status.status_code == 200 and name in status.text  # the status page
     bytes_metric = "snapshot_tracker_served_bytes_total"
     assert sample(after, bytes_metric, source="local") - sample(
         before, bytes_metric, source="local"
@@ -259,6 +262,12 @@ async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) 
     assert sample(after, requests, route="/v1/snapshots", status="200") > sample(
         before, requests, route="/v1/snapshots", status="200"
     )
+    # Time to the response head, for Quart's routes and the short redirects answered before it.
+    durations = "snapshot_tracker_http_request_duration_seconds_count"
+    assert sample(after, durations, route="/v1/snapshots") > sample(
+        before, durations, route="/v1/snapshots"
+    )
+    assert sample(after, durations, route="/snapshot.tar.bz2") == 1
     assert await serve.stop() == 0
 
 

@@ -26,7 +26,7 @@ from quart_trio import QuartTrio
 from tracker.core.config import Config, parse_address
 from tracker.core.digests import Digests
 from tracker.core.index import Index
-from tracker.core.logs import log_event
+from tracker.core.logs import RecentEvents, log_event
 from tracker.core.metrics import Metrics
 from tracker.core.rejections import Rejections
 from tracker.core.trust import TrustPolicy
@@ -57,6 +57,7 @@ from tracker.web.listeners import (
 from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.shortcuts import FastRedirects, best_source
+from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
 from tracker.zerocopy.limit import effective_limit
 from tracker.zerocopy.server import hypercorn_config, serve
@@ -96,6 +97,24 @@ class Components:
     public: FastRedirects
     #: The object-store tier, None without one.
     objects: ObjectPath | None = None
+    #: The recent events the status page lists (a log handler, attached while running).
+    events: RecentEvents = attrs.Factory(lambda: RecentEvents(PAGE_EVENTS))
+
+    def status_sources(self, digest: Digest | None = None) -> StatusSources:
+        """What the status page reads (``digest``: SHA-256 of verified archives, by default
+        the digests the byte paths record)."""
+        store = self.objects.tier.status if self.objects is not None else lambda: None
+        digest = digest if digest is not None else self.streamer.digests.get
+        return StatusSources(
+            config=self.tracker.current,
+            index=self.tracker.index,
+            scraper=self.scraper,
+            cache=self.streamer.cache,
+            refreshes=self.streamer.refreshes,
+            store_status=store,
+            events=self.events,
+            digest=digest,
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP clients (shielded: safe while being cancelled)."""
@@ -251,7 +270,12 @@ async def run_tracker(
             scraper.update_config(new)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
 
-        internal = create_internal_app(reload, tracker.metrics.render)
+        sources = parts.status_sources()
+        internal = create_internal_app(
+            reload, tracker.metrics.render, partial(gather_status, sources)
+        )
+        # The status page lists recent failovers and rejected archives from the log.
+        logging.getLogger("tracker").addHandler(parts.events)
         active = ActiveRequests(app)
         apps = {PUBLIC: active, INTERNAL: ActiveRequests(internal)}
         try:
@@ -303,6 +327,7 @@ async def run_tracker(
                     guard.start_soon(_enforce_grace, grace, ports, apps, nursery.cancel_scope)
                 guard.cancel_scope.cancel()
         finally:
+            logging.getLogger("tracker").removeHandler(parts.events)
             await parts.aclose()
     log_event(log, "info", "stopped")
 

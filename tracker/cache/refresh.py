@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -75,6 +76,8 @@ class Refresh:
         self.temp = ""
         self.size = 0
         self.written = 0
+        #: When the refresh began (Unix time): its rate is ``written`` over the time since.
+        self.started_at = time.time()
         self._flushed = 0  # bytes handed to the kernel's writeback so far
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False

@@ -31,6 +31,7 @@ import re
 import stat
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from tracker.cache.disk import (
@@ -55,13 +56,40 @@ from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.zerocopy.kernelcopy import splice_to_file
 
-__all__ = ["TEMP_PREFIX", "Cache"]
+__all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
 log = logging.getLogger("tracker.cache")
 
 # A group name as the config allows it, minus names starting with a dot ("." and ".." match
 # [A-Za-z0-9_.-]+ and would leave the cache directory; dot files are our temp files).
 _GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+@attrs.frozen
+class CachedFile:
+    """An archive the cache holds complete: its group, name, bytes and mtime (Unix time)."""
+
+    group: str
+    name: str
+    size: int
+    mtime: float
+
+
+@attrs.frozen
+class RefreshProgress:
+    """A refresh in flight, as the status page shows it.
+
+    ``size`` is 0 until the refresh is open (the upstream answered); ``started_at`` is Unix
+    time; ``readers``: clients reading its temp file, None when the cache cannot know
+    (readers of shared refreshes are the proxy's, :mod:`tracker.proxy.sharing`).
+    """
+
+    group: str
+    name: str
+    size: int
+    written: int
+    started_at: float
+    readers: int | None = None
 
 
 class Cache:
@@ -74,10 +102,11 @@ class Cache:
     ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file;
     ``on_size(total)`` is called with the bytes of archives cached after every change.
 
-    With ``verify`` (the service sets it from ``verify_archives``, on by default) every archive is checked before it is promoted
-    (:meth:`Refresh.verify`), and a cached file is a hit only while its digest is known:
-    restored at start-up from the ``.{name}.sha256`` file beside it when that still
-    describes it (:func:`digest_matches`), else checked again first (:meth:`recheck`).
+    With ``verify`` (the service sets it from ``verify_archives``, on by default) every
+    archive is checked before it is promoted (:meth:`Refresh.verify`), and a cached file is
+    a hit only while its digest is known: restored at start-up from the ``.{name}.sha256``
+    file beside it when that still describes it (:func:`digest_matches`), else checked again
+    first (:meth:`recheck`).
     ``digests`` is told every digest known and every one gone; ``on_rejected(group, name,
     reason)`` every cached file that failed its check again and was removed.
     """
@@ -205,6 +234,31 @@ class Cache:
     def is_refreshing(self, group: str, name: str) -> bool:
         """True while a refresh of ``name`` of ``group`` is running."""
         return (group, name) in self._refreshing
+
+    def refreshes(self) -> list[RefreshProgress]:
+        """Every refresh running now, by group and name (read-only; no file system access)."""
+        return [
+            RefreshProgress(r.group, r.name, r.size, r.written, r.started_at)
+            for _key, r in sorted(self._refreshing.items())
+        ]
+
+    def files(self) -> list[CachedFile]:
+        """Every archive held complete, by group and name (temp files excluded).
+
+        Blocking (it lists the directories): call it in a worker thread. A file or group
+        vanishing under the scan is left out.
+        """
+        found: list[CachedFile] = []
+        for group in scan(self.root):
+            if not group.is_dir(follow_symlinks=False):
+                continue
+            for entry in scan(group.path):
+                if not is_archive_entry(entry):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    found.append(CachedFile(group.name, entry.name, st.st_size, st.st_mtime))
+        return sorted(found, key=lambda f: (f.group, f.name))
 
     # -- start-up and accounting ---------------------------------------------------------
 

@@ -139,6 +139,12 @@ class Index:
             self._cluster_slot = slot
             self._changed()
 
+    @property
+    def cluster_slot(self) -> int | None:
+        """The cluster's current slot as last given to :meth:`set_cluster_slot` (None:
+        unknown, no ``rpc`` or it did not answer)."""
+        return self._cluster_slot
+
     def mismatch(self, key: TargetKey) -> str:
         """Why some of ``key``'s snapshots are not ranked (a lost hash), or ``""``."""
         return self.mismatches().get(key, "")

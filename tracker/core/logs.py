@@ -22,12 +22,17 @@ a password or an API key by forgetting to mask one.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Literal
+
+import attrs
 
 from tracker.core.redact import redact_text
 
@@ -198,3 +203,56 @@ class ExpectedErrors(logging.Filter):
         if isinstance(exc, BaseExceptionGroup):
             return all(self._expected(e) for e in exc.exceptions)
         return isinstance(exc, self.types)
+
+
+#: The longest field value a :class:`RecentEvents` keeps (a reason, a URL).
+MAX_RECENT_FIELD = 300
+
+
+@attrs.frozen
+class RecentEvent:
+    """One kept event: when (Unix time), its level name, its name, its masked fields."""
+
+    time: float
+    level: str
+    event: str
+    fields: Mapping[str, str]
+
+
+class RecentEvents(logging.Handler):
+    """The last few events of chosen names, for the status page: a bounded ring per kind.
+
+    ``kinds`` maps an event name to its kind (e.g. ``"archive_rejected" -> "rejected"``);
+    each kind keeps its last ``size`` events, so a storm of one kind never pushes another
+    out. Fields are masked as in every log line (:func:`record_fields`) and cut to
+    :data:`MAX_RECENT_FIELD` characters. It sees what the log level lets through: attach it
+    with ``logging.getLogger("tracker").addHandler``. Thread-safe: events may come from
+    worker threads.
+    """
+
+    def __init__(self, kinds: Mapping[str, str], size: int = 20) -> None:
+        super().__init__()
+        self.kinds = dict(kinds)
+        self._rings: dict[str, collections.deque[RecentEvent]] = {
+            kind: collections.deque(maxlen=size) for kind in set(self.kinds.values())
+        }
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep ``record`` when its event is one of ``kinds`` (called under the lock)."""
+        kind = self.kinds.get(str(record.msg))
+        if kind is None or not isinstance(getattr(record, _FIELDS_ATTR, None), dict):
+            return
+        event, fields = record_fields(record)
+        fields.pop("traceback", None)
+        kept = {key: _cut(str(value)) for key, value in fields.items()}
+        self._rings[kind].append(RecentEvent(record.created, record.levelname, event, kept))
+
+    def recent(self, kind: str) -> list[RecentEvent]:
+        """The kept events of ``kind``, newest first (empty for an unknown kind)."""
+        with self.lock or contextlib.nullcontext():
+            ring = self._rings.get(kind)
+            return list(reversed(ring)) if ring is not None else []
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_RECENT_FIELD else text[: MAX_RECENT_FIELD - 1] + "…"

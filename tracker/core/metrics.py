@@ -21,6 +21,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     Info,
     generate_latest,
 )
@@ -59,6 +60,9 @@ Kind = Literal["full", "incremental"]
 PREFIX = "snapshot_tracker_"
 # Probes of one target: a fast sidecar answers in milliseconds, scrape_timeout defaults to 10 s.
 SCRAPE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Time to a response head: a redirect takes about a millisecond, a listing of thousands of
+# targets tens of milliseconds, a proxied head up to first_byte_timeout and beyond.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -112,6 +116,13 @@ class Metrics:
             ["route", "status"],
             registry=reg,
         )
+        self.request_duration = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "Seconds from a request's arrival to its response head, by route template.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
         self.archive_requests = Counter(
             PREFIX + "archive_requests_total",
             "What archive requests and cache refreshes came to.",
@@ -144,6 +155,13 @@ class Metrics:
         self.refresh_resumes = Counter(
             PREFIX + "refresh_resumes_total",
             "Cache refreshes resumed with a Range request after an upstream break.",
+            registry=reg,
+        )
+        self.source_failures = Counter(
+            PREFIX + "source_failures_total",
+            "Sources that failed to deliver a proxied file; the next source advertising it is"
+            " asked (a failover) while there is one.",
+            ["group"],
             registry=reg,
         )
         self.archives_rejected = Counter(
@@ -180,6 +198,7 @@ class Metrics:
         # Children looked up once: labels() costs a lock and a dict walk per call.
         self._outcomes = {o: self.archive_requests.labels(o) for o in get_args(Outcome)}
         self._requests: dict[tuple[str, int], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
         for source in get_args(ByteSource):
             self.served_bytes.labels(source)
         if process:
@@ -208,12 +227,18 @@ class Metrics:
         """Age in slots of the group's newest snapshot; None (unknown) drops the series."""
         _set_or_remove(self.snapshot_age_slots, group, slots)
 
-    def count_request(self, route: str, status: int) -> None:
-        """An HTTP request to ``route`` (a template such as ``/v1/{name}``) got ``status``."""
+    def count_request(self, route: str, status: int, seconds: float | None = None) -> None:
+        """An HTTP request to ``route`` (a template such as ``/v1/{name}``) got ``status``;
+        ``seconds``: how long it took to its response head."""
         child = self._requests.get((route, status))
         if child is None:  # routes are templates and statuses few: a bounded dict
             child = self._requests[(route, status)] = self.http_requests.labels(route, str(status))
         child.inc()
+        if seconds is not None:
+            duration = self._durations.get(route)
+            if duration is None:
+                duration = self._durations[route] = self.request_duration.labels(route)
+            duration.observe(seconds)
 
     def count_outcome(self, outcome: Outcome) -> None:
         """An archive request or a cache refresh came to ``outcome``."""
@@ -256,7 +281,12 @@ class Metrics:
         """An object-store ``operation`` (a fixed name, never a key) failed."""
         self.object_store_errors.labels(operation).inc()
 
+    def count_source_failure(self, group: str) -> None:
+        """A source of ``group`` failed to deliver a proxied file (the next one is asked)."""
+        self.source_failures.labels(group).inc()
+
     def count_archive_rejected(self, group: str) -> None:
+        """An archive of ``group`` failed its check: it was neither stored nor handed out."""
         self.archives_rejected.labels(group).inc()
 
     def count_shared_reader(self) -> None:
@@ -292,6 +322,7 @@ class Metrics:
             gauge.remove(group)
         for kind in get_args(Kind):
             self.upstream_bytes.remove(group, kind)
+        self.source_failures.remove(group)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric: ``(body, content type)``."""

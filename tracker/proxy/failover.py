@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import httpx
@@ -44,6 +44,8 @@ class _Race:
     scope: trio.CancelScope
     reasons: dict[int, str] = attrs.Factory(dict)
     winner: UpstreamAnswer | None = None
+    #: Told of every source that failed (metrics).
+    on_failure: Callable[[], None] | None = None
 
 
 async def open_upstream(
@@ -55,6 +57,7 @@ async def open_upstream(
     *,
     hedge_after: float | None = None,
     promised: int = 0,
+    on_failure: Callable[[], None] | None = None,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order), body unread.
 
@@ -76,7 +79,7 @@ async def open_upstream(
     race: _Race | None = None
     try:
         async with trio.open_nursery() as nursery:
-            race = _Race(nursery.cancel_scope)
+            race = _Race(nursery.cancel_scope, on_failure=on_failure)
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
                 args = (clients, group, f, source, method, headers, promised)
@@ -112,6 +115,8 @@ async def _attempt(
     except SourceFailed as exc:
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
+        if race.on_failure is not None:
+            race.on_failure()
         done.set()
         return
     if race.winner is None:

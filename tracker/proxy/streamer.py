@@ -34,7 +34,7 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
-from tracker.cache.store import Cache
+from tracker.cache.store import Cache, RefreshProgress
 from tracker.core.config import Config, TargetGroup
 from tracker.core.digests import Digests, repr_digest
 from tracker.core.index import Index, SnapshotSource, TargetKey
@@ -140,6 +140,8 @@ class ProxyStreamer:
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         self._shared: dict[SharedKey, SharedRefresh] = {}
+        #: Every refresh running, registered for readers or not: who reads it (status page).
+        self._followed: dict[SharedKey, SharedRefresh] = {}
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
         #: neither cached nor being refreshed (the service plugs in the prefetcher, §9).
         self.on_interest: Callable[[str, str], object] | None = None
@@ -172,6 +174,24 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def refreshes(self) -> list[RefreshProgress]:
+        """The disk cache's refreshes in flight, each with the clients reading it now
+        (empty without a cache)."""
+        cache = self.cache()
+        if cache is None:
+            return []
+        self._forget_ended()
+        out = []
+        for progress in cache.refreshes():
+            shared = self._followed.get((cache.root, progress.group, progress.name))
+            readers = shared.readers if shared is not None else None
+            out.append(attrs.evolve(progress, readers=readers))
+        return out
+
+    def _forget_ended(self) -> None:
+        for key in [k for k, s in self._followed.items() if s.refresh.ended.is_set()]:
+            del self._followed[key]
 
     async def aclose(self) -> None:
         """Close the download clients (at service stop, after the transfers ended)."""
@@ -423,6 +443,7 @@ class ProxyStreamer:
             headers,
             hedge_after=self._config().first_byte_timeout,
             promised=early,
+            on_failure=self._source_failed(group.group, origin),
         )
         if not found and rejected:
             opener = partial(_refuse, REJECTED + rejected)
@@ -705,6 +726,8 @@ class ProxyStreamer:
         job = self._job(plan.group, "GET", {}, name, found)
         cache_job = RefreshJob(refresh, partial(self._is_best, group, name))
         shared = SharedRefresh(refresh, cache_job.stop, keep=plan.keep)
+        self._forget_ended()  # a few at a time: the names change with every snapshot
+        self._followed[(plan.cache.root, group, name)] = shared
         if plan.register:
             self._shared[(plan.cache.root, group, name)] = shared
         if lock is not None and self._objects is not None:
@@ -763,6 +786,12 @@ class ProxyStreamer:
         """A transfer from ``key`` ended: big enough ones rank its sources (SPEC §11)."""
         if size >= MIN_MEASURED_BYTES:
             self._index.record_transfer(key, size, seconds, trio.current_time())
+
+    def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
+        """What counts a failed source of the index (not the bucket, not a replica)."""
+        if self._metrics is None or origin != "upstream":
+            return None
+        return partial(self._metrics.count_source_failure, group)
 
     def _count(self, outcome: Outcome) -> None:
         if self._metrics is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -40,6 +41,9 @@ from tracker.web.queries import (
 )
 from tracker.web.shortcuts import SHORT_NAMES, best_source
 from tracker.web.urls import public_base
+
+#: ``(route template, status, seconds to the response head or None)`` of every answer.
+ResponseCounter = Callable[[str, int, float | None], None]
 
 
 @attrs.define
@@ -118,13 +122,12 @@ def source_json(
     return out
 
 
-def create_app(
-    deps: ApiDeps, *, on_response: Callable[[str, int], None] | None = None
-) -> QuartTrio:
+def create_app(deps: ApiDeps, *, on_response: ResponseCounter | None = None) -> QuartTrio:
     """The public Quart app. Every route reads the live config through ``deps.config``.
 
-    ``on_response(route, status)`` is called for every answer (metrics); ``route`` is the
-    route's pattern, never the raw path, so that the number of series stays bounded.
+    ``on_response(route, status, seconds)`` is called for every answer (metrics); ``route``
+    is the route's pattern, never the raw path, so that the number of series stays bounded;
+    ``seconds`` runs from the request's arrival to its response head (None when unknown).
     """
     app = QuartTrio(__name__)
     if on_response is not None:
@@ -139,11 +142,17 @@ def create_app(
     return app
 
 
-def _count_responses(app: QuartTrio, on_response: Callable[[str, int], None]) -> None:
+def _count_responses(app: QuartTrio, on_response: ResponseCounter) -> None:
+    @app.before_request
+    async def started() -> None:
+        quart.g.started = time.monotonic()
+
     @app.after_request
     async def count(response: quart.Response) -> quart.Response:
         rule = quart.request.url_rule
-        on_response(rule.rule if rule is not None else "unmatched", response.status_code)
+        began = getattr(quart.g, "started", None)
+        seconds = time.monotonic() - began if began is not None else None
+        on_response(rule.rule if rule is not None else "unmatched", response.status_code, seconds)
         return response
 
 

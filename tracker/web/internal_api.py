@@ -1,20 +1,27 @@
-"""The internal listener: ``/metrics``, ``POST /reload``, ``/healthz``."""
+"""The internal listener: the status page ``/``, ``/metrics``, ``POST /reload``, ``/healthz``."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 import quart
+import trio
 from quart_trio import QuartTrio
 
 from tracker.errors import ConfigError
+from tracker.web.statuspage import PAGE_HEADERS, StatusView, parse_refresh, render_status
 
 Reloader = Callable[[], Awaitable[None]]
 Renderer = Callable[[], tuple[bytes, str]]
+#: The status page's value, given the seconds between the page's own reloads.
+StatusGatherer = Callable[[int], Awaitable[StatusView]]
 
 
-def create_internal_app(reload: Reloader, render_metrics: Renderer) -> QuartTrio:
-    """The internal app. ``reload`` raises ConfigError when the new file is refused."""
+def create_internal_app(
+    reload: Reloader, render_metrics: Renderer, status: StatusGatherer | None = None
+) -> QuartTrio:
+    """The internal app. ``reload`` raises ConfigError when the new file is refused;
+    ``status`` gathers the status page's value (no page without it)."""
     app = QuartTrio(__name__)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
@@ -35,5 +42,20 @@ def create_internal_app(reload: Reloader, render_metrics: Renderer) -> QuartTrio
             text = "config refused:\n" + "\n".join(exc.problems) + "\n"
             return quart.Response(text.encode(), status=400, content_type="text/plain")
         return quart.Response(b"reloaded\n", content_type="text/plain")
+
+    if status is not None:
+        gather = status
+
+        @app.get("/")
+        async def status_page() -> quart.Response:
+            try:
+                refresh = parse_refresh(quart.request.args.get("refresh"))
+            except ValueError as exc:
+                return quart.Response(f"{exc}\n", status=400, content_type="text/plain")
+            view = await gather(refresh)
+            # A frozen value: rendered in a worker thread, the event loop goes on meanwhile
+            # (thousands of targets make a page of a megabyte).
+            page = await trio.to_thread.run_sync(render_status, view)
+            return quart.Response(page.encode(), headers=PAGE_HEADERS)
 
     return app

@@ -14,6 +14,7 @@ two byte for byte). Anything it would not answer the same way (a malformed or un
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -24,7 +25,7 @@ from tracker.errors import RequestError
 from tracker.web.queries import known_group, resolve_group
 
 if TYPE_CHECKING:
-    from tracker.web.api import ApiDeps
+    from tracker.web.api import ApiDeps, ResponseCounter
 
 #: The short names and the kind of archive each redirects to.
 SHORT_NAMES = {
@@ -51,7 +52,8 @@ class FastRedirects:
 
     ``best(group, kind)`` is the best source of a kind; ``location(group, source, alias)``
     the redirect's target (:meth:`tracker.web.delivery.Delivery.location`);
-    ``on_response(route, status)`` counts the answer as Quart's ``after_request`` does.
+    ``on_response(route, status, seconds)`` counts the answer as Quart's ``after_request``
+    does.
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class FastRedirects:
         app: Any,
         deps: ApiDeps,
         best: Callable[[str, str], SnapshotSource | None],
-        on_response: Callable[[str, int], None] | None = None,
+        on_response: ResponseCounter | None = None,
     ) -> None:
         self.app = app
         self._deps = deps
@@ -73,6 +75,7 @@ class FastRedirects:
             self._routes[f"/{short}"] = (kind, True)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        began = time.monotonic()
         answer, rule = None, ""
         if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
             path = scope.get("path", "")
@@ -88,9 +91,11 @@ class FastRedirects:
         self.answered += 1
         head = scope["method"] == "HEAD"  # HEAD: the GET's headers, no body (as Quart)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if head else body})
+        # Counted before the body goes out: a client that asks /metrics right after its
+        # answer finds it counted.
         if self._on_response is not None:
-            self._on_response(rule, status)
+            self._on_response(rule, status, time.monotonic() - began)
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
     async def _bucket(self, scope: Any, path: str) -> tuple[Answer | None, str]:
         """A GET of ``/v1/{group}/{name}`` or ``/{name}`` that the object store answers with

@@ -1,0 +1,278 @@
+"""The status page (``GET /`` on the internal listener) of a real tracker, in a real browser.
+
+Real parts: the tracker (``run_tracker`` on 127.0.0.1), fake sidecars and HTTP targets that
+are real HTTP servers (tests/helpers_proxy.py), a fake RPC node, and headless Chromium
+(skipped where it is not installed). A refresh is held in progress by an upstream that
+pauses mid-body until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from fakes import Rpc
+from helpers_browser import CHROMIUM, PAGE_TAGS, Dom, dump_dom, needs_chromium, screenshot
+from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, sidecar_listing
+from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
+from names import full_name, incremental_name
+
+from tracker.core.logs import log_event
+
+MiB = 1024 * 1024
+FULL_SLOT = 345_600_000
+FULL = full_name(FULL_SLOT)
+INCR = incremental_name(FULL_SLOT, FULL_SLOT + 1_500)
+FULL_DATA = archive_bytes(8 * MiB, seed=1)
+INCR_DATA = archive_bytes(1 * MiB, seed=2)
+PAUSE = int(len(FULL_DATA) * 0.4)
+#: Set to a path (e.g. docs/status-page.png) to keep the browser test's screenshot there.
+SCREENSHOT_ENV = "STATUS_PAGE_SCREENSHOT"
+log = logging.getLogger("tracker.test")
+
+
+async def page_of(client: httpx.AsyncClient, internal: str, query: str = "") -> str:
+    response = await client.get(f"{internal}/{query}")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "script-src" not in response.headers["content-security-policy"]  # none at all
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    return response.text
+
+
+async def tracker_with(nursery: trio.Nursery, tmp_path: Path, **settings: Any) -> tuple[str, str]:
+    settings = {"internal_listen": "127.0.0.1:0", "scrape_interval": "300ms", **settings}
+    public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    return public, internal
+
+
+async def read_all(client: httpx.AsyncClient, url: str, bodies: list[bytes]) -> None:
+    async with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        bodies.append(await response.aread())
+
+
+def readers_of_refresh(page: str) -> int | None:
+    found = re.search(r'>(\d+)</td><td><span class="none">when complete', page)
+    return int(found[1]) if found else None
+
+
+@needs_chromium
+async def test_the_page_in_a_browser_during_a_refresh(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Two groups (one without snapshot, its target down), a refresh of the best full held at
+    40 % with two clients reading it, a failover to the second source, a rejected archive,
+    the incremental cached: Chromium shows each, and the screenshot is kept."""
+    good = FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})
+    good.listing = sidecar_listing({FULL: FULL_DATA, INCR: INCR_DATA})
+    # Slow to start its body: the other source is asked meanwhile, and fails (a failover).
+    good.behaviour[FULL] = Behaviour(pause_at=PAUSE, body_delay=0.5)
+    bad = FakeUpstream(files={FULL: FULL_DATA}, host="127.0.0.2")
+    bad.listing = sidecar_listing({FULL: FULL_DATA})
+    bad.behaviour[FULL] = Behaviour(status=503)
+    for upstream in (good, bad):
+        await nursery.start(upstream.run)
+    rpc = await nursery.start(serve_app, Rpc(slot=FULL_SLOT + 1_620).app())
+    sidecars = [u.base.removeprefix("http://") for u in (good, bad)]
+    public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        rpc=rpc,
+        proxy_snapshot_downloads=True,
+        proxy_snapshot_cache_dir=str(tmp_path / "cache"),
+        cache_share_inflight=True,
+        first_byte_timeout="200ms",
+        target_groups=[
+            {"group": "mainnet", "static_targets": {"targets": sidecars}},
+            # Sorts after mainnet by name: first on the page only because it is down.
+            {"group": "testnet", "static_targets": {"targets": ["127.0.0.1:1"]}},
+        ],
+    )
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+        async def both_sources() -> bool:
+            listed = (await client.get(f"{public}/v1/snapshots?group=mainnet")).json()
+            return len(listed) == 3 and "1,620" in await page_of(client, internal)
+
+        await wait_until(both_sources)
+        assert (await client.get(f"{public}/v1/mainnet/{INCR}")).content == INCR_DATA
+        log_event(
+            log,
+            "warning",
+            "archive_rejected",
+            group="mainnet",
+            file=full_name(FULL_SLOT - 25_000),
+            source="http://10.0.0.7:8899/snapshot.tar.bz2",
+            reason="zstd: frame checksum mismatch at byte 1073741824",
+        )
+        bodies: list[bytes] = []
+        url = f"{public}/v1/mainnet/{FULL}"
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_all, client, url, bodies)
+
+            async def refreshing(readers: int) -> bool:
+                page = await page_of(client, internal)
+                return "40.0 % of 8.0 MiB" in page and readers_of_refresh(page) == readers
+
+            await wait_until(lambda: refreshing(1))
+            readers.start_soon(read_all, client, url, bodies)
+            await wait_until(lambda: refreshing(2))
+            dom = Dom(await dump_dom(f"{internal}/", tmp_path / "profile"))
+            shot = tmp_path / "status-page.png"
+            await screenshot(f"{internal}/", shot, tmp_path / "profile", (1280, 1180))
+            good.behaviour[FULL].resume.set()
+        assert bodies == [FULL_DATA, FULL_DATA]
+    text = dom.text
+    assert set(dom.tags) <= PAGE_TAGS
+    for shown in (
+        "Best snapshots",
+        FULL,
+        INCR,
+        "345,600,000",
+        "1,620",  # the full's age in slots (the RPC's slot)
+        "~10 min",  # ... and in time, estimated from the slots
+        "no snapshot yet",  # testnet
+        "refreshing",
+        "40.0 % of 8.0 MiB",
+        "complete",  # the incremental, cached
+        "upstream_failed",  # the failover to the other source
+        "zstd: frame checksum mismatch at byte 1073741824",
+        "No bucket is configured",
+        "2 / 3",  # targets up: the bad sidecar answers its listing, testnet's does not
+        "Targets (3, 1 not up)",
+    ):
+        assert shown in text, shown
+    rows = text[text.index("last scrape", text.index("Targets (")) :]
+    assert rows.index("testnet") < rows.index("mainnet")  # unhealthy first
+    wanted = os.environ.get(SCREENSHOT_ENV)
+    if wanted:
+        shutil.copyfile(shot, wanted)
+
+
+HOSTILE_HASH = '<script>alert("x")</script>\'\u001b[31m'
+HOSTILE_LOCATION = '/<script>alert("x")</script>"><img src=x onerror=alert(1)>.tar.zst'
+SECRETS = ("pa55", "K3Y", "t0ken")
+
+
+async def test_hostile_sources_render_as_text_and_credentials_never_show(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A sidecar whose listing holds script and control characters, an HTTP target (with
+    credentials in its URL) redirecting to a script-laden Location, and a
+    rejected-archive event full of them: all shown as text, no credential anywhere."""
+    sidecar = FakeUpstream()
+    listing = sidecar_listing({FULL: FULL_DATA})
+    listing[0]["hash"] = HOSTILE_HASH
+    sidecar.listing = listing
+    target = FakeUpstream(host="127.0.0.3")
+    target.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=HOSTILE_LOCATION)
+    for upstream in (sidecar, target):
+        await nursery.start(upstream.run)
+    port = target.base.rsplit(":", 1)[1]
+    http_target = f"http://user:pa55@127.0.0.3:{port}/"
+    _public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        target_groups=[
+            {
+                "group": "mainnet",
+                "static_targets": {"targets": [sidecar.base.removeprefix("http://")]},
+                "http_targets": {"targets": [http_target]},
+            }
+        ],
+    )
+    log_event(
+        log,
+        "warning",
+        "archive_rejected",
+        group="mainnet",
+        file='<script>alert("x")</script>',
+        source="https://u:t0ken@node.example/snapshot.tar.bz2?key=K3Y",
+        reason="bad\u001b[2J\nframe <b>",
+    )
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+        async def both_failed() -> bool:
+            page = await page_of(client, internal)
+            return page.count('<span class="badge down">') == 2
+
+        await wait_until(both_failed)
+        page = await page_of(client, internal)
+    dom = Dom(page)
+    assert set(dom.tags) <= PAGE_TAGS
+    assert not any(name.startswith("on") for name, _ in dom.attributes)
+    assert "<script" not in page and "<img" not in page and "\x1b" not in page
+    assert [s for s in SECRETS if s in page] == []
+    text = dom.text
+    assert '<script>alert("x")</script>' in text  # the sidecar's error and the event
+    assert "\\x1b[31m" in text and "bad\\x1b[2J\\x0aframe <b>" in text
+    assert f"http://***@127.0.0.3:{port}" in text
+    assert "https://***@node.example/snapshot.tar.bz2?***" in text
+    if CHROMIUM is None:  # the parser above stands in for the browser
+        return
+    browser = Dom(await dump_dom(f"{internal}/", tmp_path / "profile"))
+    assert set(browser.tags) <= PAGE_TAGS
+    assert '<script>alert("x")</script>' in browser.text
+    assert [s for s in SECRETS if s in browser.text] == []
+
+
+async def test_no_snapshot_no_cache_no_bucket(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        target_groups=[{"group": "mainnet", "static_targets": {"targets": ["127.0.0.1:1"]}}],
+    )
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        page = await page_of(client, internal)
+        assert (await client.get(f"{internal}/?refresh=abc")).status_code == 400
+        quiet = await page_of(client, internal, "?refresh=0")
+    for says in (
+        "redirect mode",
+        "no snapshot yet",
+        "No disk cache is configured",
+        "No bucket is configured",
+        "No archive was rejected",
+        "No failover",
+    ):
+        assert says in page, says
+    assert 'http-equiv="refresh"' in page and 'http-equiv="refresh"' not in quiet
+
+
+async def test_the_bucket_down_and_an_empty_cache(nursery: trio.Nursery, tmp_path: Path) -> None:
+    store = {
+        "endpoint": "http://127.0.0.1:1",  # nothing listens: the store is down
+        "bucket": "snapshots",
+        "prefix": "tracker/",
+        "access_key_id": "AKIDEXAMPLE",
+        "secret_access_key": "s3cret-key",
+        "request_timeout": "500ms",
+    }
+    _public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        proxy_snapshot_downloads=True,
+        proxy_snapshot_cache_dir=str(tmp_path / "cache"),
+        object_store=store,
+        target_groups=[{"group": "mainnet", "static_targets": {"targets": ["127.0.0.1:1"]}}],
+    )
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+        async def bucket_down() -> bool:
+            return '<span class="badge down">down</span></td><td><code>' in await page_of(
+                client, internal
+            )
+
+        await wait_until(bucket_down, timeout=30)
+        page = await page_of(client, internal)
+    assert "proxy mode with a disk cache and a bucket" in page
+    assert "The cache is empty" in page and "snapshots" in page and "tracker/" in page
+    assert "s3cret-key" not in page and "AKIDEXAMPLE" not in page
+    assert ">DOWN<" in page  # the summary's card

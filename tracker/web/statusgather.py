@@ -1,0 +1,213 @@
+"""What the status page shows, read from the running tracker: :func:`gather_status`.
+
+A thin layer: it only reads (the config, the index, the scraper's target health, the disk
+cache and its refreshes, the bucket's status, the ring of recent events) and copies into the
+plain values of :mod:`tracker.web.statuspage`, which holds every decision about what to show
+and how. The service wires the sources in (:class:`StatusSources`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from tracker import __version__
+from tracker.cache.store import Cache, RefreshProgress
+from tracker.core.config import Config
+from tracker.core.index import Index, SnapshotSource, TargetKey
+from tracker.core.logs import RecentEvents
+from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.web.statuspage import (
+    SLOT_SECONDS,
+    BestView,
+    BucketView,
+    CachedView,
+    CacheView,
+    GroupView,
+    StatusView,
+    TargetView,
+)
+
+#: The log events the page lists, by section: ``rejected`` (archives that failed their
+#: check) and ``failover`` (a source, a transfer or the bucket failed and the request went
+#: on another way).
+PAGE_EVENTS = {
+    "archive_rejected": "rejected",
+    "upstream_failed": "failover",  # a source failed: the next one advertising the file is asked
+    "upstream_broke": "failover",  # a transfer broke: resumed on the same source
+    "upstream_resume_refused": "failover",  # ... but the source answered another file
+    "proxy_failed": "failover",  # no source could deliver: 502
+    "replica_unreachable": "failover",  # the replica refreshing a file: streamed from upstream
+    "object_stream_failed": "failover",  # the bucket's copy: streamed another way
+    "object_store_down": "failover",  # requests go to the disk cache and the sources
+}
+
+#: ``(group, archive name)`` -> the lower-case hex SHA-256 of a verified archive, or None.
+Digest = Callable[[str, str], str | None]
+
+
+def no_digest(_group: str, _name: str) -> str | None:
+    """The digest of every archive when nothing verifies them: unknown."""
+    return None
+
+
+@attrs.frozen
+class StatusSources:
+    """Where the page's values come from (each a reader of a running component).
+
+    ``cache`` is the disk cache of the current config (None without one), ``refreshes``
+    its refreshes in flight with their readers; ``store_status`` the bucket's ``/v1/store``
+    status (None without a bucket); ``events`` the ring of :data:`PAGE_EVENTS`;
+    ``digest`` the SHA-256 of a verified archive when known. ``clock`` is Unix time,
+    ``monotonic`` the clock of measured throughputs (trio's).
+    """
+
+    config: Callable[[], Config]
+    index: Index
+    scraper: Scraper
+    cache: Callable[[], Cache | None]
+    refreshes: Callable[[], list[RefreshProgress]]
+    store_status: Callable[[], dict[str, Any] | None]
+    events: RecentEvents
+    digest: Digest = no_digest
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = trio.current_time
+
+
+async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
+    """The page's value now (``refresh``: seconds between the page's own reloads).
+
+    Lists the cache directory in a worker thread; everything else is read in memory.
+    """
+    config, now = sources.config(), sources.clock()
+    cache = sources.cache()
+    cached = await trio.to_thread.run_sync(cache.files) if cache is not None else []
+    cache_view = None
+    if cache is not None:
+        files = tuple(
+            CachedView(f.group, f.name, f.size, f.mtime, sources.digest(f.group, f.name))
+            for f in cached
+        )
+        cache_view = CacheView(cache.root, files, tuple(sources.refreshes()))
+    health = sources.scraper.in_order()
+    return StatusView(
+        version=__version__,
+        now=now,
+        mode=_mode(config),
+        groups=tuple(_group(sources, g.group, health, now) for g in config.target_groups),
+        targets=tuple(_targets(sources, health)),
+        cache=cache_view,
+        bucket=_bucket(sources.store_status()),
+        rejected=tuple(sources.events.recent("rejected")),
+        failovers=tuple(sources.events.recent("failover")),
+        refresh=refresh,
+    )
+
+
+def _mode(config: Config) -> str:
+    if not config.proxy_snapshot_downloads:
+        return "redirect mode"
+    mode = "proxy mode"
+    if config.proxy_snapshot_cache_dir:
+        mode += " with a disk cache"
+    if config.object_store is not None:
+        mode += " and a bucket"
+    return mode
+
+
+def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: float) -> GroupView:
+    mine = [h for h in health if h.target.key.group == group]
+    index = sources.index
+    full, incremental = index.best_full(group), index.best_incremental(group)
+    holders = _holders(index, group, [s.info.files[0].bare_name for s in (full, incremental) if s])
+    return GroupView(
+        name=group,
+        targets=len(mine),
+        up=sum(h.health == "up" for h in mine),
+        full=_best(sources, "full", full, holders, now),
+        incremental=_best(sources, "incremental", incremental, holders, now),
+    )
+
+
+def _holders(index: Index, group: str, names: list[str]) -> dict[str, int]:
+    """How many targets of ``group`` advertise each of ``names`` (in one pass: thousands of
+    targets may)."""
+    holding: dict[str, set[TargetKey]] = {name: set() for name in names}
+    for source in index.sources(group):
+        for f in source.info.files:
+            keys = holding.get(f.bare_name)
+            if keys is not None:
+                keys.add(source.key)
+    return {name: len(keys) for name, keys in holding.items()}
+
+
+def _best(
+    sources: StatusSources,
+    kind: Literal["full", "incremental"],
+    source: SnapshotSource | None,
+    holders: dict[str, int],
+    now: float,
+) -> BestView | None:
+    if source is None:
+        return None
+    archive = source.info.files[0]
+    group, name = source.key.group, archive.bare_name
+    cluster = sources.index.cluster_slot
+    age_slots = None if cluster is None else max(0, cluster - source.info.slot)
+    estimated = archive.mod_time is None
+    if archive.mod_time is not None:
+        age: float | None = now - archive.mod_time.timestamp()
+    else:
+        age = None if age_slots is None else age_slots * SLOT_SECONDS
+    return BestView(
+        kind=kind,
+        name=name,
+        slot=source.info.slot,
+        age_slots=age_slots,
+        age_seconds=age,
+        estimated=estimated,
+        size=archive.size,
+        sources=holders.get(name, 0),
+        sha256=sources.digest(group, name),
+    )
+
+
+def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
+    index, moment = sources.index, sources.monotonic()
+    mismatches = index.mismatches()
+    out = []
+    for h in health:
+        key = h.target.key
+        out.append(
+            TargetView(
+                group=key.group,
+                target=key.target,
+                kind=h.target.kind,
+                discovered=key.discovered,
+                health=h.health,
+                last_error=h.last_error or mismatches.get(key, ""),
+                latency=h.last_duration,
+                throughput=index.throughput(key, moment),
+                last_scrape=h.last_scrape.timestamp() if h.last_scrape else None,
+                snapshots=index.count(key),
+            )
+        )
+    return out
+
+
+def _bucket(status: dict[str, Any] | None) -> BucketView | None:
+    if status is None:
+        return None
+    return BucketView(
+        endpoint=str(status.get("endpoint") or ""),
+        bucket=str(status.get("bucket") or ""),
+        prefix=str(status.get("prefix") or ""),
+        up=bool(status.get("up")),
+        last_error=str(status.get("last_error") or ""),
+        objects_known=int(status.get("objects_known") or 0),
+        uploads_running=int(status.get("uploads_running") or 0),
+    )
