@@ -201,7 +201,8 @@ class Refresh:
                     )
                     return None
             self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            # Read and write: the archive check reads the file through a duplicate.
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             return os.open(self.temp, flags, 0o644)
         except OSError as exc:
             log_event(
