@@ -339,12 +339,21 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
 async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    """A superseded archive stays while a URL of it may be valid and goes as soon as its
+    last URL has expired: no later upload is needed to delete it."""
+    from tracker.objectstore.tier import HANDOUT_MARGIN
+
+    ttl = 2.0
     newer = full_name(9500)
     newer_data = archive_bytes(2 * MiB, seed=92)
     upstream.files[newer] = newer_data
-    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=2.0, keep_previous=0) as t:
+    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=ttl, keep_previous=0) as t:
         prefix = prefix_of(t)
-        async with httpx.AsyncClient() as client:
+        old_key = f"{prefix}{GROUP}/{FULL}"
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
             await client.get(t.url(FULL))
             await uploaded(weed, t)
             old_url = (await client.get(t.url(FULL))).headers["location"]
@@ -353,18 +362,18 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
             advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
             await client.get(t.url(newer))
             await uploaded(weed, t, newer)
-            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)
-            await trio.sleep(2.5)  # the URL's lifetime
+            assert old_key in weed.objects(prefix)
+            await trio.sleep(ttl + 0.5)  # the URL's lifetime
             assert (await client.get(old_url)).status_code == 403
+            # Handed out again: the retention timer, due now, must wait for this URL too.
             fresh = (await client.get(t.url(FULL))).headers["location"]
+            handed_again = trio.current_time()
             assert fresh != old_url and (await client.get(fresh)).status_code == 200
-            objects = t.parts.objects
-            assert objects is not None
-            await objects.tier.retain(GROUP, full=True)
-            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)  # handed out again
-            await trio.sleep(2.0 + 5.5)  # direct_serve_ttl and the margin
-            await objects.tier.retain(GROUP, full=True)
-        assert f"{prefix}{GROUP}/{FULL}" not in weed.objects(prefix)
+            await wait_for(lambda: old_key not in weed.objects(prefix), timeout=ttl + 15)
+            gone_after = trio.current_time() - handed_again
+            nursery.cancel_scope.cancel()
+        # Not before the fresh URL expired, and soon after (no upload came meanwhile).
+        assert ttl < gone_after < ttl + HANDOUT_MARGIN + 4, gone_after
         assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
 
 

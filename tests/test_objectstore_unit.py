@@ -12,7 +12,7 @@ from names import full_name, incremental_name
 from test_config import load, problem_at, problems
 
 from tracker.objectstore.locks import old_enough
-from tracker.objectstore.retention import superseded
+from tracker.objectstore.retention import Retirement, retirement, superseded
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
 
 STORE = """
@@ -98,6 +98,24 @@ def test_retention_keeps_the_newest_of_each_kind() -> None:
     assert superseded(names, full=True, keep_previous=0) == [full_name(200), full_name(100)]
     assert superseded(names, full=False, keep_previous=0) == [incremental_name(300, 310)]
     assert superseded(names, full=True, keep_previous=5) == []
+
+
+@pytest.mark.parametrize(
+    ("handed", "delete", "wait"),
+    [
+        ({}, (), None),
+        ({"a": None}, ("a",), None),  # never handed out
+        ({"a": 20.0}, ("a",), None),  # its last URL expired
+        ({"a": 15.0}, ("a",), None),  # exactly the hold: expired
+        ({"a": 5.0}, (), 10.0),  # a URL may be valid 10 s more
+        ({"a": -2.0}, (), 17.0),  # handed out "after" the store's Date (clock steps)
+        ({"a": None, "b": 14.5, "c": 3.0, "d": 30.0}, ("a", "d"), 0.5),  # the soonest wait
+    ],
+)
+def test_retirement_deletes_what_no_valid_url_names_and_waits_for_the_rest(
+    handed: dict[str, float | None], delete: tuple[str, ...], wait: float | None
+) -> None:
+    assert retirement(handed, hold=15.0) == Retirement(delete, wait)
 
 
 def test_parts_fit_the_store_limits() -> None:

@@ -4,7 +4,9 @@ Keys: the archive ``name`` of ``group`` is ``{prefix}{group}/{name}``, its refre
 ``{prefix}.locks/{group}/{name}`` (:mod:`~tracker.objectstore.locks`), and the mark of its
 last hand-out ``{prefix}.handed/{group}/{name}``: a presigned URL is reused for a quarter of
 ``direct_serve_ttl`` and the mark is rewritten with each new URL, so every URL handed out by
-any replica expires before ``mark + direct_serve_ttl``; retention deletes nothing younger.
+any replica expires before ``mark + direct_serve_ttl``; retention deletes nothing younger,
+and runs again (:meth:`ObjectTier.retire_when_due`, one timer task) at the moment the object
+it held back may go.
 
 Objects known to be there are remembered for :data:`KNOWN_FOR` seconds (then looked at
 again: another replica's retention may have removed one), misses for :data:`MISSED_FOR`.
@@ -17,6 +19,7 @@ store is down only :meth:`ObjectTier.watch` asks it.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -32,7 +35,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
 from tracker.objectstore.locks import Holder, Lock, acquire, old_enough
-from tracker.objectstore.retention import superseded
+from tracker.objectstore.retention import retirement, superseded
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -42,6 +45,10 @@ KNOWN_FOR = 30.0
 MISSED_FOR = 1.0
 #: Slack on top of ``direct_serve_ttl`` before an object handed out may be deleted.
 HANDOUT_MARGIN = 5.0
+#: Seconds before retention that failed (the store down) is tried again.
+RETRY_AFTER = 30.0
+#: Groups and kinds whose retention may wait for a URL to expire at once (one entry each).
+MAX_DUE = 1024
 
 
 def _nothing(*_args: object) -> None:
@@ -80,6 +87,9 @@ class ObjectTier:
         self._known: dict[str, tuple[ObjectInfo, float]] = {}
         self._missed: dict[str, float] = {}
         self._urls: dict[str, _Url] = {}
+        #: (group, full) -> when (trio's clock) its retention runs again.
+        self._due: dict[tuple[str, bool], float] = {}
+        self._due_changed = trio.Event()
         self.uploads_running = 0
 
     # -- keys ----------------------------------------------------------------------------
@@ -214,39 +224,80 @@ class ObjectTier:
 
     async def retain(self, group: str, *, full: bool) -> None:
         """Delete ``group``'s objects of one kind beyond the newest ``1 + keep_previous``,
-        none handed out less than ``direct_serve_ttl`` (and a margin) ago."""
+        none handed out less than ``direct_serve_ttl`` (and a margin) ago: those are deleted
+        once their last URL has expired (:meth:`retire_when_due` runs this again then). A
+        store that fails is asked again :data:`RETRY_AFTER` seconds later."""
         folder = self.object_key(group, "")
+        hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:
             listed = await self.bucket.list_objects(folder)
             names = [o.key[len(folder) :] for o in listed if "/" not in o.key[len(folder) :]]
-            for name in superseded(names, full=full, keep_previous=self.store.keep_previous):
+            old = superseded(names, full=full, keep_previous=self.store.keep_previous)
+            handed = {name: await self._handed_age(group, name) for name in old}
+            plan = retirement(handed, hold=hold)
+            for name in plan.delete:
                 await self._retire(group, name)
         except StoreError as exc:
             self._failed("retention", exc)
+            self._schedule(group, full, RETRY_AFTER)
+            return
+        if plan.wait is not None:
+            self._schedule(group, full, plan.wait)
+
+    async def _handed_age(self, group: str, name: str) -> float | None:
+        """Seconds since a URL of ``name`` was last handed out (on the store's clock), None
+        when it never was."""
+        mark, now = await self.bucket.head_dated(self.mark_key(group, name))
+        return None if mark is None else (now - mark.last_modified).total_seconds()
 
     async def _retire(self, group: str, name: str) -> None:
-        mark, now = await self.bucket.head_dated(self.mark_key(group, name))
-        if mark is not None:
-            age = (now - mark.last_modified).total_seconds()
-            if age < self.store.direct_serve_ttl + HANDOUT_MARGIN:
-                return  # a URL handed out may still be valid: next time
         key = self.object_key(group, name)
         await self.bucket.delete(key)
-        if mark is not None:
-            await self.bucket.delete(mark.key)
+        await self.bucket.delete(self.mark_key(group, name))
         self._remember(key, None)
         log_event(log, "info", "object_retired", group=group, file=name)
+
+    def _schedule(self, group: str, full: bool, delay: float) -> None:
+        """Run retention of ``group``'s fulls or incrementals again in ``delay`` seconds (or
+        sooner when already due sooner)."""
+        key = (group, full)
+        at = trio.current_time() + max(0.0, delay)
+        if key not in self._due and len(self._due) >= MAX_DUE:
+            log_event(log, "warning", "object_retention_not_scheduled", group=group)
+            return
+        if at < self._due.get(key, math.inf):
+            self._due[key] = at
+            self._due_changed.set()
+
+    async def retire_when_due(self) -> None:
+        """Run retention again for each group and kind at the moment an archive it held back
+        may go (its last URL expired), until cancelled (the service stops). Never raises."""
+        while True:
+            self._due_changed = trio.Event()
+            now = trio.current_time()
+            for key in [key for key, at in self._due.items() if at <= now]:
+                del self._due[key]
+                group, full = key
+                await self.retain(group, full=full)
+            with trio.move_on_at(min(self._due.values(), default=math.inf)):
+                await self._due_changed.wait()
 
     # -- start-up ------------------------------------------------------------------------
 
     async def startup(self) -> None:
         """Learn what the bucket holds; abort incomplete uploads of this prefix older than
-        ``lock_ttl`` whose file has no live lock (their replica died). Never raises."""
+        ``lock_ttl`` whose file has no live lock (their replica died). Retention of every
+        group and kind found is due (an archive held back by a replica that stopped since
+        would wait for the next upload of its kind). Never raises."""
         prefix = self.store.prefix
         try:
             for info in await self.bucket.list_objects(prefix):
                 if not info.key[len(prefix) :].startswith("."):
                     self._remember(info.key, info)
+                    group, _, name = info.key[len(prefix) :].partition("/")
+                    parsed = parse_archive_name(name)
+                    if parsed is not None:
+                        self._schedule(group, parsed.is_full, 0)
             aborted = await self._abort_uploads(prefix, only_stale=True)
         except StoreError as exc:
             self._failed("startup", exc)
