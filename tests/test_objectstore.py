@@ -386,7 +386,7 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         tier, s3 = objects.tier, weed.client()
         prefix = prefix_of(t)
         orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
-        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, "x.tar.zst"), Body=b"x")
+        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
         s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
         # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
@@ -400,6 +400,89 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         await tier.startup()
         assert sorted(weed.uploads(prefix)) == sorted([alive, young])
         assert tier.status()["objects_known"] == 1
+
+
+def tier_of(weed: Weed, **store: Any) -> ObjectTier:
+    """A tier of its own prefix of ``weed``'s bucket (no tracker around it)."""
+    from tracker.objectstore.bucket import Bucket
+
+    settings = store_config(weed, **store)
+    return ObjectTier(settings, Bucket(settings))
+
+
+def put(weed: Weed, key: str, body: bytes = b"x", **extra: Any) -> None:
+    weed.client().put_object(Bucket="snapshots", Key=key, Body=body, **extra)
+
+
+async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
+    """A lock and a hand-out mark in the bucket next to the archive: in a listing (or a
+    mirror) of the bucket only the archive's own key ends in the archive's name."""
+    from tracker.objectstore.locks import Lock
+
+    tier = tier_of(weed)
+    prefix = tier.store.prefix
+    put(weed, tier.object_key(GROUP, FULL), FULL_DATA[:1000])
+    lock = await tier.claim(GROUP, INCR)
+    assert isinstance(lock, Lock)
+    assert await tier.handout(GROUP, FULL) is not None  # writes the mark
+    listed = weed.objects(prefix)
+    assert lock.key in listed and len(listed) == 3, listed
+    for name in (FULL, INCR):
+        assert [k for k in listed if k.endswith(name)] == (
+            [tier.object_key(GROUP, name)] if name == FULL else []
+        ), listed
+    await lock.release()
+
+
+async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
+    """Digests, locks, marks and stray keys are not archives; the locks and marks of an
+    older version (no suffix: they ended in the archive's name) are deleted once expired."""
+    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
+    prefix = tier.store.prefix
+    archive = tier.object_key(GROUP, FULL)
+    stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
+    for key in [archive, *stray]:
+        put(weed, key)
+    old_lock, old_mark = f"{prefix}.locks/{GROUP}/{FULL}", f"{prefix}.handed/{GROUP}/{FULL}"
+    put(weed, old_lock, Metadata={"owner": "old", "replica": ""})
+    put(weed, old_mark, b"")
+    young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
+    await tier.startup()
+    assert tier.status()["objects_known"] == 1
+    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
+    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
+    from tracker.objectstore.tier import HANDOUT_MARGIN
+
+    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)
+    put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
+    await tier.startup()
+    left = weed.objects(prefix)
+    assert old_lock not in left and old_mark not in left, left
+    assert young_lock in left  # live: left to its holder
+    assert sorted(left) == sorted([archive, *stray, young_lock])
+    assert tier.status()["objects_known"] == 1
+
+
+async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
+    """Retention counts archives only (a digest or stray key is none) and deletes an
+    archive's ``.sha256`` digest with it; a digest without its archive is harmless."""
+    tier = tier_of(weed, keep_previous=0)
+    prefix = tier.store.prefix
+    older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
+    for name in (older, newer):
+        put(weed, tier.object_key(GROUP, name))
+        put(weed, tier.object_key(GROUP, name) + ".sha256", b"0" * 64)
+    put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
+    put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
+    await tier.retain(GROUP, full=True)
+    assert sorted(weed.objects(prefix)) == sorted(
+        [
+            tier.object_key(GROUP, newer),
+            tier.object_key(GROUP, newer) + ".sha256",
+            tier.object_key(GROUP, newest) + ".sha256",
+            tier.object_key(GROUP, incremental_name(8500, 8600)),
+        ]
+    )
 
 
 async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(

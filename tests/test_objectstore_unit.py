@@ -11,6 +11,8 @@ import pytest
 from names import full_name, incremental_name
 from test_config import load, problem_at, problems
 
+from tracker.objectstore import keys
+from tracker.objectstore.keys import Archive, archive_of, legacy_kind
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.retention import Retirement, retirement, superseded
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
@@ -116,6 +118,54 @@ def test_retirement_deletes_what_no_valid_url_names_and_waits_for_the_rest(
     handed: dict[str, float | None], delete: tuple[str, ...], wait: float | None
 ) -> None:
     assert retirement(handed, hold=15.0) == Retirement(delete, wait)
+
+
+FULL, INCR = full_name(100), incremental_name(100, 150)
+
+
+@pytest.mark.parametrize(
+    ("key", "archive"),
+    [
+        (f"p/main/{FULL}", Archive("main", FULL, True)),
+        (f"p/main/{INCR}", Archive("main", INCR, False)),
+        (f"p/main/{FULL}.sha256", None),  # its digest
+        (f"p/main/{FULL}.part", None),
+        (f"p/main/sub/{FULL}", None),
+        (f"p/.locks/main/{FULL}.lock", None),
+        (f"p/.locks/main/{FULL}", None),  # an older version's lock
+        (f"p/.handed/main/{FULL}.handed", None),
+        (f"p/{FULL}", None),  # no group
+        (f"q/main/{FULL}", None),  # another prefix
+        ("p/main/snapshot-0100-" + FULL.split("-", 2)[2], None),  # not canonical (a leading 0)
+        ("p/main/notes.txt", None),
+        (f"p/-x/{FULL}", Archive("-x", FULL, True)),
+        (f"p/a b/{FULL}", None),  # not a group name
+    ],
+)
+def test_only_canonical_archive_keys_are_archives(key: str, archive: Archive | None) -> None:
+    assert archive_of("p/", key) == archive
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        (f"p/.locks/main/{FULL}", "lock"),
+        (f"p/.handed/main/{INCR}", "mark"),
+        (f"p/.locks/main/{FULL}.lock", None),  # today's
+        (f"p/.handed/main/{FULL}.handed", None),
+        (f"p/main/{FULL}", None),
+        ("p/.locks/main/notes.txt", None),
+    ],
+)
+def test_old_locks_and_marks_are_told_apart(key: str, kind: str | None) -> None:
+    assert legacy_kind("p/", key) == kind
+
+
+def test_no_key_of_an_archive_but_its_own_ends_in_its_name() -> None:
+    for make in (keys.digest_key, keys.lock_key, keys.mark_key):
+        key = make("p/", "main", FULL)
+        assert not key.endswith(FULL) and archive_of("p/", key) is None, key
+    assert archive_of("p/", keys.archive_key("p/", "main", FULL)) == Archive("main", FULL, True)
 
 
 def test_parts_fit_the_store_limits() -> None:

@@ -214,9 +214,10 @@ def _inline_secret(store: ObjectStore) -> str:
 class ObjectStore:
     """The S3-compatible bucket that replicas share as their cache (SPEC §10).
 
-    Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/…`` and
-    hand-out marks at ``{prefix}.handed/…``. Both credentials empty: the S3 library's default
-    chain (environment, shared files, instance roles). Durations are seconds.
+    Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/….lock``
+    and hand-out marks at ``{prefix}.handed/….handed``. Both credentials empty: the S3
+    library's default chain (environment, shared files, instance roles). Durations are
+    seconds.
     """
 
     endpoint: str = ""

@@ -1,12 +1,14 @@
 """What this replica knows of the shared bucket, and what it does there (SPEC §10).
 
-Keys: the archive ``name`` of ``group`` is ``{prefix}{group}/{name}``, its refresh lock
-``{prefix}.locks/{group}/{name}`` (:mod:`~tracker.objectstore.locks`), and the mark of its
-last hand-out ``{prefix}.handed/{group}/{name}``: a presigned URL is reused for a quarter of
-``direct_serve_ttl`` and the mark is rewritten with each new URL, so every URL handed out by
-any replica expires before ``mark + direct_serve_ttl``; retention deletes nothing younger,
-and runs again (:meth:`ObjectTier.retire_when_due`, one timer task) at the moment the object
-it held back may go.
+Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
+``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``; its refresh lock is
+``{prefix}.locks/{group}/{name}.lock`` (:mod:`~tracker.objectstore.locks`), the mark of its
+last hand-out ``{prefix}.handed/{group}/{name}.handed``. Every listing keeps archive keys
+only. A presigned URL is reused for a quarter of ``direct_serve_ttl`` and the mark is
+rewritten with each new URL, so every URL handed out by any replica expires before
+``mark + direct_serve_ttl``; retention deletes nothing younger, and runs again
+(:meth:`ObjectTier.retire_when_due`, one timer task) at the moment the object it held back
+may go. It deletes an archive's digest and mark with it.
 
 Objects known to be there are remembered for :data:`KNOWN_FOR` seconds (then looked at
 again: another replica's retention may have removed one), misses for :data:`MISSED_FOR`.
@@ -22,7 +24,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -33,6 +35,7 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
+from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket, ObjectInfo
 from tracker.objectstore.locks import Holder, Lock, acquire, old_enough
 from tracker.objectstore.retention import retirement, superseded
@@ -95,13 +98,13 @@ class ObjectTier:
     # -- keys ----------------------------------------------------------------------------
 
     def object_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}{group}/{name}"
+        return keys.archive_key(self.store.prefix, group, name)
 
     def lock_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}.locks/{group}/{name}"
+        return keys.lock_key(self.store.prefix, group, name)
 
     def mark_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}.handed/{group}/{name}"
+        return keys.mark_key(self.store.prefix, group, name)
 
     @property
     def usable(self) -> bool:
@@ -227,11 +230,12 @@ class ObjectTier:
         none handed out less than ``direct_serve_ttl`` (and a margin) ago: those are deleted
         once their last URL has expired (:meth:`retire_when_due` runs this again then). A
         store that fails is asked again :data:`RETRY_AFTER` seconds later."""
-        folder = self.object_key(group, "")
+        prefix = self.store.prefix
         hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:
-            listed = await self.bucket.list_objects(folder)
-            names = [o.key[len(folder) :] for o in listed if "/" not in o.key[len(folder) :]]
+            listed = await self.bucket.list_objects(self.object_key(group, ""))
+            found = filter(None, (keys.archive_of(prefix, o.key) for o in listed))
+            names = [archive.name for archive in found if archive.group == group]
             old = superseded(names, full=full, keep_previous=self.store.keep_previous)
             handed = {name: await self._handed_age(group, name) for name in old}
             plan = retirement(handed, hold=hold)
@@ -246,14 +250,27 @@ class ObjectTier:
 
     async def _handed_age(self, group: str, name: str) -> float | None:
         """Seconds since a URL of ``name`` was last handed out (on the store's clock), None
-        when it never was."""
-        mark, now = await self.bucket.head_dated(self.mark_key(group, name))
-        return None if mark is None else (now - mark.last_modified).total_seconds()
+        when it never was (the mark of an older version counts too)."""
+        ages = []
+        for key in self._mark_keys(group, name):
+            mark, now = await self.bucket.head_dated(key)
+            if mark is not None:
+                ages.append((now - mark.last_modified).total_seconds())
+        return min(ages, default=None)
+
+    def _mark_keys(self, group: str, name: str) -> tuple[str, str]:
+        prefix = self.store.prefix
+        return keys.mark_key(prefix, group, name), keys.legacy_mark_key(prefix, group, name)
 
     async def _retire(self, group: str, name: str) -> None:
+        """Delete the archive, then its digest and marks (no error for those not there)."""
         key = self.object_key(group, name)
         await self.bucket.delete(key)
-        await self.bucket.delete(self.mark_key(group, name))
+        for other in (
+            keys.digest_key(self.store.prefix, group, name),
+            *self._mark_keys(group, name),
+        ):
+            await self.bucket.delete(other)
         self._remember(key, None)
         log_event(log, "info", "object_retired", group=group, file=name)
 
@@ -285,20 +302,27 @@ class ObjectTier:
     # -- start-up ------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Learn what the bucket holds; abort incomplete uploads of this prefix older than
-        ``lock_ttl`` whose file has no live lock (their replica died). Retention of every
-        group and kind found is due (an archive held back by a replica that stopped since
-        would wait for the next upload of its kind). Never raises."""
+        """Learn what the bucket holds (its archives: not digests, locks, marks or any other
+        key); abort incomplete uploads of this prefix older than ``lock_ttl`` whose file has
+        no live lock (their replica died); delete the expired locks and marks of an older
+        version (keys without a suffix). Retention of every group and kind found is due (an
+        archive held back by a replica that stopped since would wait for the next upload of
+        its kind). Never raises."""
         prefix = self.store.prefix
+        legacy: list[tuple[str, str]] = []
         try:
             for info in await self.bucket.list_objects(prefix):
-                if not info.key[len(prefix) :].startswith("."):
+                archive = keys.archive_of(prefix, info.key)
+                kind = keys.legacy_kind(prefix, info.key) if archive is None else None
+                if archive is not None:
                     self._remember(info.key, info)
-                    group, _, name = info.key[len(prefix) :].partition("/")
-                    parsed = parse_archive_name(name)
-                    if parsed is not None:
-                        self._schedule(group, parsed.is_full, 0)
+                    self._schedule(archive.group, archive.full, 0)
+                elif kind is not None:
+                    legacy.append((info.key, kind))
             aborted = await self._abort_uploads(prefix, only_stale=True)
+            expired = [key for key, kind in legacy if await self._expired(key, kind)]
+            for key in expired:
+                await self.bucket.delete(key)
         except StoreError as exc:
             self._failed("startup", exc)
             return
@@ -310,7 +334,20 @@ class ObjectTier:
             bucket=self.store.bucket,
             objects=len(self._known),
             aborted_uploads=aborted,
+            old_keys_deleted=len(expired),
         )
+
+    async def _expired(self, key: str, kind: str) -> bool:
+        """True when the lock (``kind`` "lock") or hand-out mark at ``key`` has expired: a
+        lock older than ``lock_ttl``, a mark older than ``direct_serve_ttl`` and the margin
+        (on the store's clock)."""
+        info, now = await self.bucket.head_dated(key)
+        if info is None:
+            return False
+        if kind == "lock":
+            return old_enough(info.last_modified, now, self.store.lock_ttl)
+        age = (now - info.last_modified).total_seconds()
+        return age >= self.store.direct_serve_ttl + HANDOUT_MARGIN
 
     async def _abort_uploads(self, prefix: str, *, only_stale: bool = False) -> int:
         aborted = 0
@@ -326,9 +363,10 @@ class ObjectTier:
 
     async def _orphaned(self, key: str, initiated: datetime) -> bool:
         """True when an upload of ``key`` begun at ``initiated`` belongs to nobody alive."""
-        prefix = self.store.prefix
-        group, _, name = key[len(prefix) :].partition("/")
-        lock, now = await self.bucket.head_dated(self.lock_key(group, name))
+        archive = keys.archive_of(self.store.prefix, key)
+        lock, now = None, datetime.now(UTC)
+        if archive is not None:  # (anything else has no lock: its age alone decides)
+            lock, now = await self.bucket.head_dated(self.lock_key(archive.group, archive.name))
         # An upload's ``Initiated`` is in whole seconds like a lock's date (and ``now`` is our
         # own clock when there is no lock): a young upload must not look a second older.
         ttl = self.store.lock_ttl
