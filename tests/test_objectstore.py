@@ -298,6 +298,71 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
         own.stop()
 
 
+async def test_no_url_is_handed_out_until_the_store_back_reads_again(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A store that comes back answers its bucket, HEAD and small writes before it can read
+    what it stored (SeaweedFS: GETs answered 500 until its volume server registered again).
+    No presigned URL is handed out until a GET of stored bytes worked: every client gets the
+    archive, never a 500 (the store's, behind a 303), and redirects resume once it reads."""
+    from helpers_s3 import start_weed, volumes_away
+
+    own = start_weed()
+    try:
+        async with (
+            tracker_with(own, upstream, tmp_path) as t,
+            httpx.AsyncClient() as client,
+            httpx.AsyncClient(follow_redirects=True) as follower,  # curl -L
+        ):
+            tier = await redirecting(t, own, client)
+            health = tier.bucket.health
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
+                with volumes_away(own):
+                    key = tier.object_key(GROUP, FULL)
+                    s3 = own.client()
+                    assert s3.head_object(Bucket="snapshots", Key=key)["ContentLength"]
+                    probes = tier.probes
+                    await wait_for(lambda: tier.probes >= probes + 3)  # the store is back
+                    hit = await follower.get(t.url(FULL))  # from the disk cache
+                    assert hit.status_code == 200 and hit.content == FULL_DATA
+                    for path in t.group_dir().iterdir():
+                        path.unlink()  # no disk copy: the bucket's would be streamed
+                    cold = await follower.get(t.url(FULL))
+                    assert cold.status_code == 200 and cold.content == FULL_DATA
+                    assert not health.up and "GET" in health.last_error
+                    assert t.outcome("object_redirect") == 1  # the one before the outage
+                await redirects_resume(t, client, health)
+                nursery.cancel_scope.cancel()
+    finally:
+        own.stop()
+
+
+async def _dateless_store(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An S3 endpoint whose HEAD answers lack ``Last-Modified`` (a malformed answer)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-length", b"5"), (b"etag", b'"e"'), (b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_malformed_store_answer_costs_that_answer(weed: Weed) -> None:
+    """A store answer missing a field is a store failure on the request path (the archive is
+    then served another way), never an exception that would answer 500."""
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, _dateless_store)
+        tier = tier_of(weed, endpoint=base)
+        assert await tier.lookup(GROUP, FULL) is None
+        assert await tier.handout(GROUP, FULL) is None
+        health = tier.bucket.health
+        assert not health.up and "HEAD: malformed answer" in health.last_error
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_hung_store_costs_a_request_at_most_request_timeout(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:

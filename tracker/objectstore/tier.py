@@ -50,6 +50,8 @@ MISSED_FOR = 1.0
 HANDOUT_MARGIN = 5.0
 #: Seconds before retention that failed (the store down) is tried again.
 RETRY_AFTER = 30.0
+#: Known objects the health watcher tries to read a byte of, newest first.
+PROBED = 3
 #: Groups and kinds whose retention may wait for a URL to expire at once (one entry each).
 MAX_DUE = 1024
 
@@ -94,6 +96,8 @@ class ObjectTier:
         self._due: dict[tuple[str, bool], float] = {}
         self._due_changed = trio.Event()
         self.uploads_running = 0
+        #: Health checks done (:meth:`watch`).
+        self.probes = 0
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -143,16 +147,21 @@ class ObjectTier:
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
-        in the bucket any more, store down, signing failed)."""
+        in the bucket any more, store down, signing failed). No URL is handed out before a
+        GET of stored bytes worked since the store last failed (this object's first byte when
+        the health watcher has not read one yet)."""
         key = self.object_key(group, name)
         now = trio.current_time()
         cached = self._urls.get(key)
-        if cached is not None and now < cached.reuse_until and self.bucket.health.up:
+        health = self.bucket.health
+        if cached is not None and now < cached.reuse_until and health.up and health.reads_proven:
             self.events.redirect()
             return cached.url
         ttl = self.store.direct_serve_ttl
         try:
             info = await self.quick.head(key)  # still there? (another replica's retention)
+            if info is not None and not health.reads_proven:
+                info = info if await self.quick.read_first_byte(key) else None
             self._remember(key, info)
             if info is None:
                 return None
@@ -377,13 +386,26 @@ class ObjectTier:
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
         down stops getting clients redirected to it (URLs are reused between calls) and one
-        that came back gets them again."""
+        that came back gets them again (:meth:`probe`)."""
         while True:
             try:
-                await self.quick.check()
+                await self.probe()
             except StoreError as exc:
                 self._failed("check", exc)
+            self.probes += 1
             await trio.sleep(every)
+
+    async def probe(self) -> None:
+        """Ask the store whether it serves stored bytes: a GET of the first byte of an
+        object this replica knows (the newest first, at most :data:`PROBED` of them: one may
+        have been deleted by another replica's retention); the bucket's HEAD when it knows
+        none. A HEAD or a listing is not enough: a store that comes back answers those before
+        it can read what it stored. Raises StoreError when the store failed."""
+        for key in list(reversed(self._known))[:PROBED]:
+            if await self.quick.read_first_byte(key):
+                return
+            self._remember(key, None)
+        await self.quick.check()
 
     # -- status --------------------------------------------------------------------------
 
