@@ -499,6 +499,65 @@ async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
     await lock.release()
 
 
+class InternalService:
+    """A service on loopback that answers every GET 200 with ``size`` bytes (with their
+    length, or chunked without it) and counts the requests it got."""
+
+    def __init__(self, size: int, *, chunked: bool) -> None:
+        self.size, self.chunked, self.asked = size, chunked, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.asked += 1
+        body = b"internal " * (self.size // 9) + b"!" * (self.size % 9)
+        length = [] if self.chunked else [(b"content-length", str(self.size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        half = self.size // 2
+        await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+        await send({"type": "http.response.body", "body": body[half:]})
+
+
+@pytest.mark.parametrize(
+    ("listed", "chunked", "asked"),
+    [
+        (None, False, 0),  # no object_store.replicas: the egress policy refuses loopback
+        (False, False, 0),  # object_store.replicas lists other replicas only
+        (True, True, 1),  # listed, but its answer does not state the archive's size
+    ],
+    ids=["egress", "not-listed", "listed-no-length"],
+)
+async def test_a_lock_naming_another_service_does_not_get_it_served(
+    weed: Weed,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    listed: bool | None,
+    chunked: bool,
+    asked: int,
+) -> None:
+    """Whoever can write to the bucket can name any URL as a lock's holder: a replica must
+    not proxy a client to an internal service and serve its answer as the archive. The
+    client gets the archive from its source."""
+    service = InternalService(len(INCR_DATA), chunked=chunked)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, service)
+        replicas = () if listed is None else ((base,) if listed else ("http://127.0.0.1:1",))
+        async with tracker_with(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
+            objects = t.parts.objects
+            assert objects is not None
+            lock = objects.tier.lock_key(GROUP, INCR)
+            put(weed, lock, Metadata={"owner": "intruder", "replica": base})
+            async with httpx.AsyncClient() as client:
+                got = await client.get(t.url(INCR))
+            assert got.status_code == 200 and got.content == INCR_DATA
+            assert service.asked == asked
+            assert t.outcome("replica") == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
     """Digests, locks, marks and stray keys are not archives; the locks and marks of an
     older version (no suffix: they ended in the archive's name) are deleted once expired."""

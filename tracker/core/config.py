@@ -234,6 +234,9 @@ class ObjectStore:
     public_endpoint: str = ""
     lock_ttl: float = 60.0
     replica_url: str = ""
+    #: The base URLs of the fleet's replicas: when set, a lock's holder is followed only to
+    #: one of these (trusted as typed); when empty, the egress policy applies to it.
+    replicas: tuple[str, ...] = ()
     keep_previous: int = 1
     #: Longest wait for the store on a client's request path (then it is marked down).
     request_timeout: float = 2.0

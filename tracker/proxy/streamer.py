@@ -390,6 +390,7 @@ class ProxyStreamer:
             headers,
             hedge_after=self._config().first_byte_timeout,
             promised=early,
+            exact=origin != "upstream",  # the bucket and a holder replica state their length
         )
         return StreamJob(
             open=opener,
