@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +31,7 @@ __all__ = [
     "start_weed",
     "store_settings",
     "uploaded_parts",
+    "volumes_away",
     "weed_binary",
 ]
 
@@ -53,3 +58,27 @@ def uploaded_parts(weed: Weed, prefix: str) -> int:
         listed = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
         count += len(listed.get("Parts", []) or [])
     return count
+
+
+@contextmanager
+def volumes_away(weed: Weed) -> Iterator[None]:
+    """``weed`` restarted without the bucket's volume files, and on exit restarted with them.
+
+    Meanwhile the store answers from its metadata (the bucket, HEAD of any object, writes of
+    new objects) while a GET of an object stored before is answered 500 ("volume not
+    found"): what SeaweedFS answers after a restart until its volume server has registered
+    with the master again (seen for seconds after ``weed mini`` restarts), made to last.
+    """
+    data, aside = weed.root / "data", weed.root / "volumes-away"
+    aside.mkdir(exist_ok=True)
+    weed.stop()
+    moved = [Path(shutil.move(path, aside)) for path in data.glob(f"{BUCKET}_*")]
+    assert moved, list(data.iterdir())
+    weed.start()
+    try:
+        yield
+    finally:
+        weed.stop()
+        for path in moved:
+            shutil.move(path, data)
+        weed.start()

@@ -298,6 +298,71 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
         own.stop()
 
 
+async def test_no_url_is_handed_out_until_the_store_back_reads_again(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A store that comes back answers its bucket, HEAD and small writes before it can read
+    what it stored (SeaweedFS: GETs answered 500 until its volume server registered again).
+    No presigned URL is handed out until a GET of stored bytes worked: every client gets the
+    archive, never a 500 (the store's, behind a 303), and redirects resume once it reads."""
+    from helpers_s3 import start_weed, volumes_away
+
+    own = start_weed()
+    try:
+        async with (
+            tracker_with(own, upstream, tmp_path) as t,
+            httpx.AsyncClient() as client,
+            httpx.AsyncClient(follow_redirects=True) as follower,  # curl -L
+        ):
+            tier = await redirecting(t, own, client)
+            health = tier.bucket.health
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
+                with volumes_away(own):
+                    key = tier.object_key(GROUP, FULL)
+                    s3 = own.client()
+                    assert s3.head_object(Bucket="snapshots", Key=key)["ContentLength"]
+                    probes = tier.probes
+                    await wait_for(lambda: tier.probes >= probes + 3)  # the store is back
+                    hit = await follower.get(t.url(FULL))  # from the disk cache
+                    assert hit.status_code == 200 and hit.content == FULL_DATA
+                    for path in t.group_dir().iterdir():
+                        path.unlink()  # no disk copy: the bucket's would be streamed
+                    cold = await follower.get(t.url(FULL))
+                    assert cold.status_code == 200 and cold.content == FULL_DATA
+                    assert not health.up and "GET" in health.last_error
+                    assert t.outcome("object_redirect") == 1  # the one before the outage
+                await redirects_resume(t, client, health)
+                nursery.cancel_scope.cancel()
+    finally:
+        own.stop()
+
+
+async def _dateless_store(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An S3 endpoint whose HEAD answers lack ``Last-Modified`` (a malformed answer)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-length", b"5"), (b"etag", b'"e"'), (b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_malformed_store_answer_costs_that_answer(weed: Weed) -> None:
+    """A store answer missing a field is a store failure on the request path (the archive is
+    then served another way), never an exception that would answer 500."""
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, _dateless_store)
+        tier = tier_of(weed, endpoint=base)
+        assert await tier.lookup(GROUP, FULL) is None
+        assert await tier.handout(GROUP, FULL) is None
+        health = tier.bucket.health
+        assert not health.up and "HEAD: malformed answer" in health.last_error
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_hung_store_costs_a_request_at_most_request_timeout(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -339,12 +404,21 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
 async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    """A superseded archive stays while a URL of it may be valid and goes as soon as its
+    last URL has expired: no later upload is needed to delete it."""
+    from tracker.objectstore.tier import HANDOUT_MARGIN
+
+    ttl = 2.0
     newer = full_name(9500)
     newer_data = archive_bytes(2 * MiB, seed=92)
     upstream.files[newer] = newer_data
-    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=2.0, keep_previous=0) as t:
+    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=ttl, keep_previous=0) as t:
         prefix = prefix_of(t)
-        async with httpx.AsyncClient() as client:
+        old_key = f"{prefix}{GROUP}/{FULL}"
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
             await client.get(t.url(FULL))
             await uploaded(weed, t)
             old_url = (await client.get(t.url(FULL))).headers["location"]
@@ -353,18 +427,18 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
             advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
             await client.get(t.url(newer))
             await uploaded(weed, t, newer)
-            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)
-            await trio.sleep(2.5)  # the URL's lifetime
+            assert old_key in weed.objects(prefix)
+            await trio.sleep(ttl + 0.5)  # the URL's lifetime
             assert (await client.get(old_url)).status_code == 403
+            # Handed out again: the retention timer, due now, must wait for this URL too.
             fresh = (await client.get(t.url(FULL))).headers["location"]
+            handed_again = trio.current_time()
             assert fresh != old_url and (await client.get(fresh)).status_code == 200
-            objects = t.parts.objects
-            assert objects is not None
-            await objects.tier.retain(GROUP, full=True)
-            assert f"{prefix}{GROUP}/{FULL}" in weed.objects(prefix)  # handed out again
-            await trio.sleep(2.0 + 5.5)  # direct_serve_ttl and the margin
-            await objects.tier.retain(GROUP, full=True)
-        assert f"{prefix}{GROUP}/{FULL}" not in weed.objects(prefix)
+            await wait_for(lambda: old_key not in weed.objects(prefix), timeout=ttl + 15)
+            gone_after = trio.current_time() - handed_again
+            nursery.cancel_scope.cancel()
+        # Not before the fresh URL expired, and soon after (no upload came meanwhile).
+        assert ttl < gone_after < ttl + HANDOUT_MARGIN + 4, gone_after
         assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
 
 
@@ -377,7 +451,7 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         tier, s3 = objects.tier, weed.client()
         prefix = prefix_of(t)
         orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
-        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, "x.tar.zst"), Body=b"x")
+        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
         s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
         # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
@@ -391,6 +465,148 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         await tier.startup()
         assert sorted(weed.uploads(prefix)) == sorted([alive, young])
         assert tier.status()["objects_known"] == 1
+
+
+def tier_of(weed: Weed, **store: Any) -> ObjectTier:
+    """A tier of its own prefix of ``weed``'s bucket (no tracker around it)."""
+    from tracker.objectstore.bucket import Bucket
+
+    settings = store_config(weed, **store)
+    return ObjectTier(settings, Bucket(settings))
+
+
+def put(weed: Weed, key: str, body: bytes = b"x", **extra: Any) -> None:
+    weed.client().put_object(Bucket="snapshots", Key=key, Body=body, **extra)
+
+
+async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
+    """A lock and a hand-out mark in the bucket next to the archive: in a listing (or a
+    mirror) of the bucket only the archive's own key ends in the archive's name."""
+    from tracker.objectstore.locks import Lock
+
+    tier = tier_of(weed)
+    prefix = tier.store.prefix
+    put(weed, tier.object_key(GROUP, FULL), FULL_DATA[:1000])
+    lock = await tier.claim(GROUP, INCR)
+    assert isinstance(lock, Lock)
+    assert await tier.handout(GROUP, FULL) is not None  # writes the mark
+    listed = weed.objects(prefix)
+    assert lock.key in listed and len(listed) == 3, listed
+    for name in (FULL, INCR):
+        assert [k for k in listed if k.endswith(name)] == (
+            [tier.object_key(GROUP, name)] if name == FULL else []
+        ), listed
+    await lock.release()
+
+
+class InternalService:
+    """A service on loopback that answers every GET 200 with ``size`` bytes (with their
+    length, or chunked without it) and counts the requests it got."""
+
+    def __init__(self, size: int, *, chunked: bool) -> None:
+        self.size, self.chunked, self.asked = size, chunked, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.asked += 1
+        body = b"internal " * (self.size // 9) + b"!" * (self.size % 9)
+        length = [] if self.chunked else [(b"content-length", str(self.size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        half = self.size // 2
+        await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+        await send({"type": "http.response.body", "body": body[half:]})
+
+
+@pytest.mark.parametrize(
+    ("listed", "chunked", "asked"),
+    [
+        (None, False, 0),  # no object_store.replicas: the egress policy refuses loopback
+        (False, False, 0),  # object_store.replicas lists other replicas only
+        (True, True, 1),  # listed, but its answer does not state the archive's size
+    ],
+    ids=["egress", "not-listed", "listed-no-length"],
+)
+async def test_a_lock_naming_another_service_does_not_get_it_served(
+    weed: Weed,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    listed: bool | None,
+    chunked: bool,
+    asked: int,
+) -> None:
+    """Whoever can write to the bucket can name any URL as a lock's holder: a replica must
+    not proxy a client to an internal service and serve its answer as the archive. The
+    client gets the archive from its source."""
+    service = InternalService(len(INCR_DATA), chunked=chunked)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, service)
+        replicas = () if listed is None else ((base,) if listed else ("http://127.0.0.1:1",))
+        async with tracker_with(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
+            objects = t.parts.objects
+            assert objects is not None
+            lock = objects.tier.lock_key(GROUP, INCR)
+            put(weed, lock, Metadata={"owner": "intruder", "replica": base})
+            async with httpx.AsyncClient() as client:
+                got = await client.get(t.url(INCR))
+            assert got.status_code == 200 and got.content == INCR_DATA
+            assert service.asked == asked
+            assert t.outcome("replica") == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
+    """Digests, locks, marks and stray keys are not archives; the locks and marks of an
+    older version (no suffix: they ended in the archive's name) are deleted once expired."""
+    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
+    prefix = tier.store.prefix
+    archive = tier.object_key(GROUP, FULL)
+    stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
+    for key in [archive, *stray]:
+        put(weed, key)
+    old_lock, old_mark = f"{prefix}.locks/{GROUP}/{FULL}", f"{prefix}.handed/{GROUP}/{FULL}"
+    put(weed, old_lock, Metadata={"owner": "old", "replica": ""})
+    put(weed, old_mark, b"")
+    young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
+    await tier.startup()
+    assert tier.status()["objects_known"] == 1
+    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
+    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
+    from tracker.objectstore.tier import HANDOUT_MARGIN
+
+    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)
+    put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
+    await tier.startup()
+    left = weed.objects(prefix)
+    assert old_lock not in left and old_mark not in left, left
+    assert young_lock in left  # live: left to its holder
+    assert sorted(left) == sorted([archive, *stray, young_lock])
+    assert tier.status()["objects_known"] == 1
+
+
+async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
+    """Retention counts archives only (a digest or stray key is none) and deletes an
+    archive's ``.sha256`` digest with it; a digest without its archive is harmless."""
+    tier = tier_of(weed, keep_previous=0)
+    prefix = tier.store.prefix
+    older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
+    for name in (older, newer):
+        put(weed, tier.object_key(GROUP, name))
+        put(weed, tier.object_key(GROUP, name) + ".sha256", b"0" * 64)
+    put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
+    put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
+    await tier.retain(GROUP, full=True)
+    assert sorted(weed.objects(prefix)) == sorted(
+        [
+            tier.object_key(GROUP, newer),
+            tier.object_key(GROUP, newer) + ".sha256",
+            tier.object_key(GROUP, newest) + ".sha256",
+            tier.object_key(GROUP, incremental_name(8500, 8600)),
+        ]
+    )
 
 
 async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(

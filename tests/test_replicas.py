@@ -98,10 +98,12 @@ async def start_replicas(
     (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``: boto3's default chain)."""
     replicas = []
     ports = free_ports(2 * count)
+    # Loopback is no public address: the replicas follow each other because they are listed.
+    fleet = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(count)]
     for i in range(count):
         port, internal = ports[2 * i], ports[2 * i + 1]
         store = store_settings(
-            weed, prefix, replica_url=f"http://127.0.0.1:{port}", lock_ttl=f"{lock_ttl:g}s"
+            weed, prefix, replica_url=fleet[i], replicas=fleet, lock_ttl=f"{lock_ttl:g}s"
         )
         env = None
         if i in env_credentials:

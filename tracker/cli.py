@@ -59,6 +59,16 @@ def load(args: argparse.Namespace) -> Config:
     return with_overrides(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def warnings(config: Config) -> list[str]:
+    """What is valid in ``config`` but probably unintended: ``Config.warnings`` and whether
+    the other replicas would refuse this one's ``replica_url``."""
+    # Imported here: the egress policy is the network layer's, above the config's.
+    from tracker.objectstore.replicas import own_url_warning
+
+    own = own_url_warning(config)
+    return [*config.warnings, *([own] if own else [])]
+
+
 def report(exc: ConfigError, path: str) -> int:
     """Print every config problem to stderr; the exit code for a config error."""
     print(f"{path}: invalid config:", file=sys.stderr)
@@ -78,11 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return report(exc, args.config)
     if args.command == "check-config":
+        for warning in warnings(config):
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK")
         return EXIT_OK
     setup_logging(args.log_level, args.log_format)
     limit_malloc_arenas()
-    for warning in config.warnings:
+    for warning in warnings(config):
         log_event(log, "warning", "config_warning", problem=warning)
     try:
         # Imported here: `fetch` and `check-config` start without the server's libraries.

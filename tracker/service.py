@@ -287,6 +287,7 @@ async def run_tracker(
                     if parts.objects is not None:  # learns the bucket; requests need not wait
                         transfers.spawn(parts.objects.tier.startup)
                         transfers.spawn(parts.objects.tier.watch)
+                        transfers.spawn(parts.objects.tier.retire_when_due)
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
                     limit = effective_limit(config.max_connections)

@@ -214,9 +214,10 @@ def _inline_secret(store: ObjectStore) -> str:
 class ObjectStore:
     """The S3-compatible bucket that replicas share as their cache (SPEC §10).
 
-    Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/…`` and
-    hand-out marks at ``{prefix}.handed/…``. Both credentials empty: the S3 library's default
-    chain (environment, shared files, instance roles). Durations are seconds.
+    Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/….lock``
+    and hand-out marks at ``{prefix}.handed/….handed``. Both credentials empty: the S3
+    library's default chain (environment, shared files, instance roles). Durations are
+    seconds.
     """
 
     endpoint: str = ""
@@ -233,6 +234,9 @@ class ObjectStore:
     public_endpoint: str = ""
     lock_ttl: float = 60.0
     replica_url: str = ""
+    #: The base URLs of the fleet's replicas: when set, a lock's holder is followed only to
+    #: one of these (trusted as typed); when empty, the egress policy applies to it.
+    replicas: tuple[str, ...] = ()
     keep_previous: int = 1
     #: Longest wait for the store on a client's request path (then it is marked down).
     request_timeout: float = 2.0

@@ -140,6 +140,7 @@ class _Loader:
                 "public_endpoint": values.endpoint_url,
                 "lock_ttl": values.duration_in(1, 24 * 3600),
                 "replica_url": values.endpoint_url,
+                "replicas": _list_of(values.replica_base_url),
                 "keep_previous": values.integer_in(0, 1000),
                 "request_timeout": values.duration_in(0.1, 60),
                 "access_key_id_file": self._secret_file,

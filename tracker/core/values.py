@@ -346,6 +346,14 @@ def endpoint_url(value: object) -> str:
     return text.rstrip("/")
 
 
+def replica_base_url(value: object) -> str:
+    """A replica's base URL in ``object_store.replicas``: as :func:`endpoint_url`, not empty."""
+    text = endpoint_url(value)
+    if not text:
+        raise ValueError("must be a replica's base URL, not empty")
+    return text
+
+
 def addressing_style(value: object) -> str:
     text = string(value).lower()
     if text not in ("path", "virtual"):

@@ -1,5 +1,7 @@
 """The object-store tier (SPEC §10): replicas share one S3-compatible bucket as their cache.
 
+:mod:`~tracker.objectstore.keys` where each object lives (and which keys are archives);
+:mod:`~tracker.objectstore.replicas` whether a lock's holder may be followed;
 :mod:`~tracker.objectstore.bucket` is the S3 client (boto3 in worker threads: signing and the
 multipart protocol are the library's) and the store's health; :mod:`~tracker.objectstore.locks`
 the one-refresher-per-file lock objects; :mod:`~tracker.objectstore.upload` a multipart

@@ -25,6 +25,7 @@ import email.utils
 import logging
 import math
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,7 +55,7 @@ READ_TIMEOUT = 30.0
 #: Objects listed at most (start-up, retention): far more than a prefix ever holds.
 MAX_LISTED = 100_000
 #: Answers that mean "the store works, this object is not there / not as asked".
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload", "InvalidRange"})
 _CONFLICT = frozenset({"412", "409", "PreconditionFailed", "ConditionalRequestConflict"})
 
 
@@ -80,11 +81,18 @@ class UploadInfo:
 
 @attrs.define
 class StoreHealth:
-    """Whether the store answered its last call; read by the status and metrics."""
+    """Whether the store answered its last call; read by the status and metrics.
+
+    ``reads_proven``: a GET of an object's bytes worked since the store last failed. A store
+    that comes back may answer its metadata (the bucket, HEAD, small writes) before it can
+    serve stored bytes (SeaweedFS answers such GETs 500 until its volume servers have
+    registered again), so presigned URLs are handed out only once a real GET worked.
+    """
 
     up: bool = True
     last_error: str = ""
     on_change: Callable[[bool], None] | None = None
+    reads_proven: bool = False
 
     def usable(self) -> bool:
         """True when requests may ask the store (it is up; while it is down only the health
@@ -100,7 +108,13 @@ class StoreHealth:
         if self.up:
             log_event(log, "warning", "object_store_down", reason=reason)
         self.last_error = reason
+        self.reads_proven = False
         self._set(False)
+
+    def read_worked(self) -> None:
+        """A GET of an object's bytes worked."""
+        self.answered()
+        self.reads_proven = True
 
     def _set(self, up: bool) -> None:
         changed = up != self.up
@@ -185,6 +199,17 @@ class Bucket:
         self.health.failed(reason)
         raise StoreError(reason)
 
+    def _parse(self, operation: str, build: Callable[[], _T]) -> _T:
+        """``build()`` from a store's answer; an answer missing a field or holding one of the
+        wrong type is a StoreError (the store is not usable), never a KeyError on a client's
+        request."""
+        try:
+            return build()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            reason = f"{operation}: malformed answer ({type(exc).__name__}: {one_line(str(exc))})"
+            self.health.failed(reason)
+            raise StoreError(reason) from None
+
     def _client_error(self, operation: str, exc: botocore.exceptions.ClientError) -> StoreError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -193,7 +218,7 @@ class Bucket:
         if code in _CONFLICT or status in (409, 412):
             self.health.answered()
             return StoreConflict(reason)
-        if code in _NOT_FOUND or status == 404:
+        if code in _NOT_FOUND or status in (404, 416):  # 416: a range of an empty object
             self.health.answered()
             return StoreError(reason, down=False)
         self.health.failed(reason)  # 403 (credentials), 5xx, throttling: the store is unusable
@@ -219,14 +244,41 @@ class Bucket:
             if exc.down or isinstance(exc, StoreConflict):
                 raise
             return None, datetime.now(UTC)
-        info = ObjectInfo(
-            key=key,
-            size=int(answer["ContentLength"]),
-            etag=answer.get("ETag", ""),
-            last_modified=answer["LastModified"],
-            metadata=dict(answer.get("Metadata", {})),
+        info = self._parse(
+            "HEAD",
+            lambda: ObjectInfo(
+                key=key,
+                size=int(answer["ContentLength"]),
+                etag=str(answer.get("ETag", "")),
+                last_modified=_aware(answer["LastModified"]),
+                metadata=dict(answer.get("Metadata", {})),
+            ),
         )
         return info, _store_time(answer)
+
+    async def read_first_byte(self, key: str) -> bool:
+        """GET the first byte of the object at ``key`` (a ranged GET: the store reads stored
+        bytes, which a HEAD does not prove it can); True when it came (the health then has
+        ``reads_proven``), False when there is no such object. StoreError when the store
+        failed."""
+
+        def first_byte(**kwargs: Any) -> bytes:
+            answer = self._client.get_object(Range="bytes=0-0", **kwargs)
+            with closing(answer["Body"]) as body:
+                return bytes(body.read(2))
+
+        try:
+            data = await self._call("GET", first_byte, Key=key)
+        except StoreError as exc:
+            if exc.down or isinstance(exc, StoreConflict):
+                raise
+            return False
+        if not data:
+            reason = "GET: no byte of a stored object"
+            self.health.failed(reason)
+            raise StoreError(reason)
+        self.health.read_worked()
+        return True
 
     async def put(
         self,
@@ -268,15 +320,7 @@ class Bucket:
             page = await self._call(
                 "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
             )
-            for item in page.get("Contents", []):
-                found.append(
-                    ObjectInfo(
-                        key=item["Key"],
-                        size=int(item["Size"]),
-                        etag=item.get("ETag", ""),
-                        last_modified=item["LastModified"],
-                    )
-                )
+            found += self._parse("LIST", partial(_listed, page))
             token = page.get("NextContinuationToken", "")
             if not page.get("IsTruncated") or not token:
                 break
@@ -293,7 +337,7 @@ class Bucket:
             Metadata=metadata,
             ContentType="application/octet-stream",
         )
-        return answer["UploadId"]
+        return self._parse("CreateMultipartUpload", lambda: str(answer["UploadId"]))
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         """Upload part ``number`` (from 1); its ETag."""
@@ -305,7 +349,7 @@ class Bucket:
             PartNumber=number,
             Body=data,
         )
-        return answer["ETag"]
+        return self._parse("UploadPart", lambda: str(answer["ETag"]))
 
     async def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
         """Make the object of the upload's parts (``etags`` in part order) appear."""
@@ -342,8 +386,7 @@ class Bucket:
             page = await self._call(
                 "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
             )
-            for item in page.get("Uploads", []) or []:
-                found.append(UploadInfo(item["Key"], item["UploadId"], item["Initiated"]))
+            found += self._parse("ListMultipartUploads", partial(_uploads, page))
             key_marker = page.get("NextKeyMarker", "")
             upload_marker = page.get("NextUploadIdMarker", "")
             if not page.get("IsTruncated") or not key_marker:
@@ -367,6 +410,34 @@ class Bucket:
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise StoreError(f"presign: {one_line(str(exc))}", down=False) from None
+
+
+def _aware(value: object) -> datetime:
+    """A date of an answer (boto3 parses it), in UTC when the store gave no zone."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a date: {type(value).__name__}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _listed(page: Any) -> list[ObjectInfo]:
+    """The objects of one page of a listing."""
+    return [
+        ObjectInfo(
+            key=str(item["Key"]),
+            size=int(item["Size"]),
+            etag=str(item.get("ETag", "")),
+            last_modified=_aware(item["LastModified"]),
+        )
+        for item in page.get("Contents", []) or []
+    ]
+
+
+def _uploads(page: Any) -> list[UploadInfo]:
+    """The incomplete uploads of one page of their listing."""
+    return [
+        UploadInfo(str(item["Key"]), str(item["UploadId"]), _aware(item["Initiated"]))
+        for item in page.get("Uploads", []) or []
+    ]
 
 
 def _store_time(answer: Any) -> datetime:

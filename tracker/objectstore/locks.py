@@ -1,6 +1,7 @@
 """One refresher per file across every replica: lock objects in the bucket.
 
-The lock of ``{prefix}{group}/{name}`` is the object ``{prefix}.locks/{group}/{name}``; its
+The lock of ``{prefix}{group}/{name}`` is the object ``{prefix}.locks/{group}/{name}.lock``
+(:mod:`~tracker.objectstore.keys`: no key but the archive's own ends in its name); its
 metadata names the holder (``owner``, a random id per process) and how other replicas reach
 it (``replica``, its ``replica_url``). It is
 

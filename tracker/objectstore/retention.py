@@ -1,8 +1,16 @@
-"""Which objects of a group may go once a newer archive is complete (pure logic)."""
+"""Which objects of a group may go once a newer archive is complete, and when (pure logic).
+
+Retention keeps the newest ``1 + keep_previous`` archives of each group and kind
+(:func:`superseded` names the others); of those, one handed out less than ``direct_serve_ttl``
+(and a margin) ago is held back until its last URL has expired (:func:`retirement`), and the
+tier runs retention again at that moment.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+import attrs
 
 from tracker.core.snapshots import parse_archive_name
 
@@ -17,3 +25,27 @@ def superseded(names: Iterable[str], *, full: bool, keep_previous: int) -> list[
             ranked.append((parsed.slot, parsed.base_slot, name))
     ranked.sort(reverse=True)
     return [name for _slot, _base, name in ranked[1 + keep_previous :]]
+
+
+@attrs.frozen
+class Retirement:
+    """What retention does with superseded archives: ``delete`` them now, and look again in
+    ``wait`` seconds, when the next one held back may go (None: none is held back)."""
+
+    delete: tuple[str, ...]
+    wait: float | None
+
+
+def retirement(handed: Mapping[str, float | None], *, hold: float) -> Retirement:
+    """The superseded archives ``handed`` (name -> seconds since a URL of it was last handed
+    out, None: never) split into those that may go now and the wait for the others: an
+    archive handed out less than ``hold`` seconds ago (``direct_serve_ttl`` and a margin)
+    may still be downloaded through a URL that has not expired."""
+    delete: list[str] = []
+    waits: list[float] = []
+    for name, age in handed.items():
+        if age is None or age >= hold:
+            delete.append(name)
+        else:
+            waits.append(hold - age)
+    return Retirement(tuple(delete), min(waits) if waits else None)

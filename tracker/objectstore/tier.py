@@ -1,10 +1,14 @@
 """What this replica knows of the shared bucket, and what it does there (SPEC §10).
 
-Keys: the archive ``name`` of ``group`` is ``{prefix}{group}/{name}``, its refresh lock
-``{prefix}.locks/{group}/{name}`` (:mod:`~tracker.objectstore.locks`), and the mark of its
-last hand-out ``{prefix}.handed/{group}/{name}``: a presigned URL is reused for a quarter of
-``direct_serve_ttl`` and the mark is rewritten with each new URL, so every URL handed out by
-any replica expires before ``mark + direct_serve_ttl``; retention deletes nothing younger.
+Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
+``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``; its refresh lock is
+``{prefix}.locks/{group}/{name}.lock`` (:mod:`~tracker.objectstore.locks`), the mark of its
+last hand-out ``{prefix}.handed/{group}/{name}.handed``. Every listing keeps archive keys
+only. A presigned URL is reused for a quarter of ``direct_serve_ttl`` and the mark is
+rewritten with each new URL, so every URL handed out by any replica expires before
+``mark + direct_serve_ttl``; retention deletes nothing younger, and runs again
+(:meth:`ObjectTier.retire_when_due`, one timer task) at the moment the object it held back
+may go. It deletes an archive's digest and mark with it.
 
 Objects known to be there are remembered for :data:`KNOWN_FOR` seconds (then looked at
 again: another replica's retention may have removed one), misses for :data:`MISSED_FOR`.
@@ -17,9 +21,10 @@ store is down only :meth:`ObjectTier.watch` asks it.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -31,10 +36,10 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
+from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket, ObjectInfo
 from tracker.objectstore.locks import Holder, Lock, acquire, old_enough
-from tracker.objectstore.retention import superseded
-from tracker.objectstore.upload import digest_key
+from tracker.objectstore.retention import retirement, superseded
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -44,6 +49,12 @@ KNOWN_FOR = 30.0
 MISSED_FOR = 1.0
 #: Slack on top of ``direct_serve_ttl`` before an object handed out may be deleted.
 HANDOUT_MARGIN = 5.0
+#: Seconds before retention that failed (the store down) is tried again.
+RETRY_AFTER = 30.0
+#: Known objects the health watcher tries to read a byte of, newest first.
+PROBED = 3
+#: Groups and kinds whose retention may wait for a URL to expire at once (one entry each).
+MAX_DUE = 1024
 
 
 def _nothing(*_args: object) -> None:
@@ -86,22 +97,27 @@ class ObjectTier:
         self._known: dict[str, tuple[ObjectInfo, float]] = {}
         self._missed: dict[str, float] = {}
         self._urls: dict[str, _Url] = {}
+        #: (group, full) -> when (trio's clock) its retention runs again.
+        self._due: dict[tuple[str, bool], float] = {}
+        self._due_changed = trio.Event()
         self.uploads_running = 0
         #: Digests of the bucket's objects: (object ETag, hex), read from ``{key}.sha256``.
         self._sums: dict[str, tuple[str, str]] = {}
         #: Told every digest of an object this replica knows (the JSON's ``sha256``).
         self.digests = digests if digests is not None else Digests()
+        #: Health checks done (:meth:`watch`).
+        self.probes = 0
 
     # -- keys ----------------------------------------------------------------------------
 
     def object_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}{group}/{name}"
+        return keys.archive_key(self.store.prefix, group, name)
 
     def lock_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}.locks/{group}/{name}"
+        return keys.lock_key(self.store.prefix, group, name)
 
     def mark_key(self, group: str, name: str) -> str:
-        return f"{self.store.prefix}.handed/{group}/{name}"
+        return keys.mark_key(self.store.prefix, group, name)
 
     @property
     def usable(self) -> bool:
@@ -146,7 +162,7 @@ class ObjectTier:
         if known is not None and known[0] == info.etag:
             return known[1]
         try:
-            text = await self.quick.get_small(digest_key(key))
+            text = await self.quick.get_small(keys.digest_key(self.store.prefix, group, name))
         except StoreError as exc:
             self._failed("GET", exc)
             return None
@@ -160,16 +176,21 @@ class ObjectTier:
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
-        in the bucket any more, store down, signing failed)."""
+        in the bucket any more, store down, signing failed). No URL is handed out before a
+        GET of stored bytes worked since the store last failed (this object's first byte when
+        the health watcher has not read one yet)."""
         key = self.object_key(group, name)
         now = trio.current_time()
         cached = self._urls.get(key)
-        if cached is not None and now < cached.reuse_until and self.bucket.health.up:
+        health = self.bucket.health
+        if cached is not None and now < cached.reuse_until and health.up and health.reads_proven:
             self.events.redirect()
             return cached.url
         ttl = self.store.direct_serve_ttl
         try:
             info = await self.quick.head(key)  # still there? (another replica's retention)
+            if info is not None and not health.reads_proven:
+                info = info if await self.quick.read_first_byte(key) else None
             self._remember(key, info)
             if info is None:
                 return None
@@ -248,43 +269,104 @@ class ObjectTier:
 
     async def retain(self, group: str, *, full: bool) -> None:
         """Delete ``group``'s objects of one kind beyond the newest ``1 + keep_previous``,
-        none handed out less than ``direct_serve_ttl`` (and a margin) ago."""
-        folder = self.object_key(group, "")
+        none handed out less than ``direct_serve_ttl`` (and a margin) ago: those are deleted
+        once their last URL has expired (:meth:`retire_when_due` runs this again then). A
+        store that fails is asked again :data:`RETRY_AFTER` seconds later."""
+        prefix = self.store.prefix
+        hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:
-            listed = await self.bucket.list_objects(folder)
-            names = [o.key[len(folder) :] for o in listed if "/" not in o.key[len(folder) :]]
-            for name in superseded(names, full=full, keep_previous=self.store.keep_previous):
+            listed = await self.bucket.list_objects(self.object_key(group, ""))
+            found = filter(None, (keys.archive_of(prefix, o.key) for o in listed))
+            names = [archive.name for archive in found if archive.group == group]
+            old = superseded(names, full=full, keep_previous=self.store.keep_previous)
+            handed = {name: await self._handed_age(group, name) for name in old}
+            plan = retirement(handed, hold=hold)
+            for name in plan.delete:
                 await self._retire(group, name)
         except StoreError as exc:
             self._failed("retention", exc)
+            self._schedule(group, full, RETRY_AFTER)
+            return
+        if plan.wait is not None:
+            self._schedule(group, full, plan.wait)
+
+    async def _handed_age(self, group: str, name: str) -> float | None:
+        """Seconds since a URL of ``name`` was last handed out (on the store's clock), None
+        when it never was (the mark of an older version counts too)."""
+        ages = []
+        for key in self._mark_keys(group, name):
+            mark, now = await self.bucket.head_dated(key)
+            if mark is not None:
+                ages.append((now - mark.last_modified).total_seconds())
+        return min(ages, default=None)
+
+    def _mark_keys(self, group: str, name: str) -> tuple[str, str]:
+        prefix = self.store.prefix
+        return keys.mark_key(prefix, group, name), keys.legacy_mark_key(prefix, group, name)
 
     async def _retire(self, group: str, name: str) -> None:
-        mark, now = await self.bucket.head_dated(self.mark_key(group, name))
-        if mark is not None:
-            age = (now - mark.last_modified).total_seconds()
-            if age < self.store.direct_serve_ttl + HANDOUT_MARGIN:
-                return  # a URL handed out may still be valid: next time
+        """Delete the archive, then its digest and marks (no error for those not there)."""
         key = self.object_key(group, name)
         await self.bucket.delete(key)
-        await self.bucket.delete(digest_key(key))
-        if mark is not None:
-            await self.bucket.delete(mark.key)
+        for other in (
+            keys.digest_key(self.store.prefix, group, name),
+            *self._mark_keys(group, name),
+        ):
+            await self.bucket.delete(other)
         self._remember(key, None)
         if self._sums.pop(key, None) is not None:
             self.digests.drop("bucket", group, name)
         log_event(log, "info", "object_retired", group=group, file=name)
 
+    def _schedule(self, group: str, full: bool, delay: float) -> None:
+        """Run retention of ``group``'s fulls or incrementals again in ``delay`` seconds (or
+        sooner when already due sooner)."""
+        key = (group, full)
+        at = trio.current_time() + max(0.0, delay)
+        if key not in self._due and len(self._due) >= MAX_DUE:
+            log_event(log, "warning", "object_retention_not_scheduled", group=group)
+            return
+        if at < self._due.get(key, math.inf):
+            self._due[key] = at
+            self._due_changed.set()
+
+    async def retire_when_due(self) -> None:
+        """Run retention again for each group and kind at the moment an archive it held back
+        may go (its last URL expired), until cancelled (the service stops). Never raises."""
+        while True:
+            self._due_changed = trio.Event()
+            now = trio.current_time()
+            for key in [key for key, at in self._due.items() if at <= now]:
+                del self._due[key]
+                group, full = key
+                await self.retain(group, full=full)
+            with trio.move_on_at(min(self._due.values(), default=math.inf)):
+                await self._due_changed.wait()
+
     # -- start-up ------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Learn what the bucket holds; abort incomplete uploads of this prefix older than
-        ``lock_ttl`` whose file has no live lock (their replica died). Never raises."""
+        """Learn what the bucket holds (its archives: not digests, locks, marks or any other
+        key); abort incomplete uploads of this prefix older than ``lock_ttl`` whose file has
+        no live lock (their replica died); delete the expired locks and marks of an older
+        version (keys without a suffix). Retention of every group and kind found is due (an
+        archive held back by a replica that stopped since would wait for the next upload of
+        its kind). Never raises."""
         prefix = self.store.prefix
+        legacy: list[tuple[str, str]] = []
         try:
             for info in await self.bucket.list_objects(prefix):
-                if not info.key[len(prefix) :].startswith("."):
+                archive = keys.archive_of(prefix, info.key)
+                kind = keys.legacy_kind(prefix, info.key) if archive is None else None
+                if archive is not None:
                     self._remember(info.key, info)
+                    self._schedule(archive.group, archive.full, 0)
+                elif kind is not None:
+                    legacy.append((info.key, kind))
             aborted = await self._abort_uploads(prefix, only_stale=True)
+            expired = [key for key, kind in legacy if await self._expired(key, kind)]
+            for key in expired:
+                await self.bucket.delete(key)
         except StoreError as exc:
             self._failed("startup", exc)
             return
@@ -296,7 +378,20 @@ class ObjectTier:
             bucket=self.store.bucket,
             objects=len(self._known),
             aborted_uploads=aborted,
+            old_keys_deleted=len(expired),
         )
+
+    async def _expired(self, key: str, kind: str) -> bool:
+        """True when the lock (``kind`` "lock") or hand-out mark at ``key`` has expired: a
+        lock older than ``lock_ttl``, a mark older than ``direct_serve_ttl`` and the margin
+        (on the store's clock)."""
+        info, now = await self.bucket.head_dated(key)
+        if info is None:
+            return False
+        if kind == "lock":
+            return old_enough(info.last_modified, now, self.store.lock_ttl)
+        age = (now - info.last_modified).total_seconds()
+        return age >= self.store.direct_serve_ttl + HANDOUT_MARGIN
 
     async def _abort_uploads(self, prefix: str, *, only_stale: bool = False) -> int:
         aborted = 0
@@ -312,9 +407,10 @@ class ObjectTier:
 
     async def _orphaned(self, key: str, initiated: datetime) -> bool:
         """True when an upload of ``key`` begun at ``initiated`` belongs to nobody alive."""
-        prefix = self.store.prefix
-        group, _, name = key[len(prefix) :].partition("/")
-        lock, now = await self.bucket.head_dated(self.lock_key(group, name))
+        archive = keys.archive_of(self.store.prefix, key)
+        lock, now = None, datetime.now(UTC)
+        if archive is not None:  # (anything else has no lock: its age alone decides)
+            lock, now = await self.bucket.head_dated(self.lock_key(archive.group, archive.name))
         # An upload's ``Initiated`` is in whole seconds like a lock's date (and ``now`` is our
         # own clock when there is no lock): a young upload must not look a second older.
         ttl = self.store.lock_ttl
@@ -325,13 +421,26 @@ class ObjectTier:
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
         down stops getting clients redirected to it (URLs are reused between calls) and one
-        that came back gets them again."""
+        that came back gets them again (:meth:`probe`)."""
         while True:
             try:
-                await self.quick.check()
+                await self.probe()
             except StoreError as exc:
                 self._failed("check", exc)
+            self.probes += 1
             await trio.sleep(every)
+
+    async def probe(self) -> None:
+        """Ask the store whether it serves stored bytes: a GET of the first byte of an
+        object this replica knows (the newest first, at most :data:`PROBED` of them: one may
+        have been deleted by another replica's retention); the bucket's HEAD when it knows
+        none. A HEAD or a listing is not enough: a store that comes back answers those before
+        it can read what it stored. Raises StoreError when the store failed."""
+        for key in list(reversed(self._known))[:PROBED]:
+            if await self.quick.read_first_byte(key):
+                return
+            self._remember(key, None)
+        await self.quick.check()
 
     # -- status --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from tracker.core.digests import sha256sum_line
 from tracker.core.logs import log_event
 from tracker.errors import StoreError
 from tracker.objectstore.bucket import Bucket, ObjectInfo
+from tracker.objectstore.keys import DIGEST_SUFFIX
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -57,7 +58,7 @@ def part_size(size: int) -> int:
 def digest_key(key: str) -> str:
     """Where the digest of the object at ``key`` is kept: ``{key}.sha256`` (it does not end
     in the archive's name, so no listing or mirror takes it for an archive)."""
-    return key + ".sha256"
+    return key + DIGEST_SUFFIX
 
 
 async def upload_following(

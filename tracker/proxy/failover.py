@@ -58,6 +58,7 @@ async def open_upstream(
     hedge_after: float | None = None,
     promised: int = 0,
     on_failure: Callable[[], None] | None = None,
+    exact: bool = False,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order), body unread.
 
@@ -70,7 +71,8 @@ async def open_upstream(
     its body after that many seconds (see the module doc); without it, sources are asked one
     after another. Raises :class:`UpstreamError` with a one-line reason when every source
     failed; it numbers the sources instead of naming them (the log names them).
-    Cancellation propagates; nothing stays open.
+    Cancellation propagates; nothing stays open. With ``exact`` (sources that always state
+    their length) a 200 without ``Content-Length`` fails too.
     """
     candidates = [(f, source) for f, source in found if f.url]
     if not candidates:
@@ -82,7 +84,7 @@ async def open_upstream(
             race = _Race(nursery.cancel_scope, on_failure=on_failure)
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
-                args = (clients, group, f, source, method, headers, promised)
+                args = (clients, group, f, source, method, headers, promised, exact)
                 nursery.start_soon(_attempt, race, index, done, *args)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
@@ -108,10 +110,11 @@ async def _attempt(
     method: str,
     headers: Mapping[str, str],
     promised: int,
+    exact: bool,
 ) -> None:
     """One source's attempt: the winner when its body starts first, else closed."""
     try:
-        answer = await _answer(clients, group, f, source, method, headers, promised)
+        answer = await _answer(clients, group, f, source, method, headers, promised, exact)
     except SourceFailed as exc:
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
@@ -135,13 +138,14 @@ async def _answer(
     method: str,
     headers: Mapping[str, str],
     promised: int,
+    exact: bool,
 ) -> UpstreamAnswer:
     """Ask one source; return once its answer is usable and its body (if any) started."""
     home, trusted = source.key.target, not source.key.discovered
     response, url = await ask_source(clients, group, home, f.url, method, headers, trusted=trusted)
     answer = UpstreamAnswer(response, url, f, source)
     try:
-        await check_size(response, promised or f.size)
+        await check_size(response, promised or f.size, exact=exact)
         status = response.status_code
         if promised and status != 200:
             raise SourceFailed(f"answered {status} to a request for the whole file")

@@ -11,7 +11,9 @@ For an archive request the streamer asks, in order:
 4. on a miss, before a refresh starts, :meth:`ObjectPath.claim`: this replica takes the file's
    lock and fills the bucket (:meth:`ObjectPath.upload`, a multipart upload following the
    refresh's temp file), or the request is proxied from the holder's refresh in flight
-   (:meth:`ObjectPath.holder_source`), or, when the store is down, the disk cache alone works.
+   (:meth:`ObjectPath.holder_source`: only where :mod:`tracker.objectstore.replicas` allows,
+   and only an answer that states the archive's size), or, when the store is down, the disk
+   cache alone works.
 
 Another tracker is known by its ``User-Agent`` (the download client's, ``solana-snapshot-
 tracker``): it always gets bytes and is never sent on to a third replica, so two replicas
@@ -38,6 +40,7 @@ from tracker.errors import StoreError
 from tracker.files.ranges import http_date
 from tracker.objectstore.bucket import ObjectInfo
 from tracker.objectstore.locks import Holder, Lock
+from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.tier import ObjectTier
 from tracker.objectstore.upload import upload_following
 from tracker.proxy.sharing import SharedRefresh
@@ -117,13 +120,23 @@ class ObjectPath:
     def holder_source(
         self, request: quart.Request, holder: Holder, group: str, name: str, size: int
     ) -> tuple[TargetGroup, Found] | None:
-        """The holder's refresh in flight as a source; None when it cannot be followed (no
-        ``replica_url``, it is this replica's own, or the request came from a replica)."""
-        own = self.store.replica_url
-        if not holder.replica_url or holder.replica_url == own or from_tracker(request):
+        """The holder's refresh in flight as a source of the ``size``-byte archive (its size
+        in the index); None when it cannot be followed: the request came from a replica, the
+        size is unknown (what the holder serves could not be checked), or its
+        ``replica_url`` (read from the bucket: network input) is missing, this replica's
+        own, not a base URL, or not in ``object_store.replicas`` when that is set
+        (:func:`~tracker.objectstore.replicas.holder_route`). Without that list the egress
+        policy applies to the holder's address."""
+        if from_tracker(request) or size <= 0:
             return None
-        url = f"{holder.replica_url}/v1/{quote(group, safe='')}/{name}"
-        return _source(group, name, url, size)
+        store = self.store
+        route = holder_route(holder.replica_url, own=store.replica_url, replicas=store.replicas)
+        if isinstance(route, str):
+            if route:
+                log_event(log, "warning", "replica_not_followed", group=group, reason=route)
+            return None
+        url = f"{route.base}/v1/{quote(group, safe='')}/{name}"
+        return _source(group, name, url, size, from_network=not route.trusted)
 
     async def upload(self, shared: SharedRefresh, lock: Lock, group: str, name: str) -> None:
         """Fill the bucket from ``shared``'s temp file while holding ``lock``; never raises
@@ -211,17 +224,22 @@ def head_response(info: ObjectInfo, digest: str | None = None) -> quart.Response
     return response
 
 
-def _source(group: str, name: str, url: str, size: int) -> tuple[TargetGroup, Found]:
+def _source(
+    group: str, name: str, url: str, size: int, *, from_network: bool = False
+) -> tuple[TargetGroup, Found]:
     """A one-source list for the proxy: ``url`` of ``name`` in a group with no credentials
-    (neither the store's nor the group's are ever sent there; the URL is presigned)."""
+    (neither the store's nor the group's are ever sent there; a store's URL is presigned).
+    ``from_network``: an address read from the bucket, reached only where the egress policy
+    allows (as a discovered node's)."""
     parsed = parse_archive_name(name)
     if parsed is None:  # the streamer checked the name before
         raise ValueError(f"not an archive name: {name!r}")
     f = SnapshotFile(name=parsed, file_name=name, size=size, url=url)
     info = SnapshotInfo(parsed.slot, parsed.base_slot or parsed.slot, parsed.hash, (f,))
-    # The source's own origin is the URL's: an address the operator configured (the store's
-    # endpoint, a replica's replica_url), not one from the network for the egress policy.
+    # The source's own origin is the URL's: the store's endpoint and a replica listed in
+    # object_store.replicas are addresses the operator configured; any other replica_url came
+    # from the network and is checked by the egress policy.
     parts = urlsplit(url)
     home = f"{parts.scheme}://{parts.netloc}"
-    source = SnapshotSource(info, TargetKey(group, home), datetime.now(UTC))
+    source = SnapshotSource(info, TargetKey(group, home, from_network), datetime.now(UTC))
     return TargetGroup(group=group), [(f, source)]

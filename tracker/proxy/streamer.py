@@ -444,6 +444,7 @@ class ProxyStreamer:
             hedge_after=self._config().first_byte_timeout,
             promised=early,
             on_failure=self._source_failed(group.group, origin),
+            exact=origin != "upstream",  # the bucket and a holder replica state their length
         )
         if not found and rejected:
             opener = partial(_refuse, REJECTED + rejected)

@@ -298,22 +298,27 @@ async def _send(
         raise SourceFailed(transport_reason(exc)) from exc
 
 
-async def check_size(response: httpx.Response, advertised: int) -> None:
-    """Raise SourceFailed (closing ``response``) when its length contradicts ``advertised``."""
-    problem = size_problem(response, advertised)
+async def check_size(response: httpx.Response, advertised: int, *, exact: bool = False) -> None:
+    """Raise SourceFailed (closing ``response``) when its length contradicts ``advertised``
+    (with ``exact``, also when a 200 does not state it)."""
+    problem = size_problem(response, advertised, exact=exact)
     if problem is not None:
         await response.aclose()
         raise SourceFailed(problem)
 
 
-def size_problem(response: httpx.Response, advertised: int) -> str | None:
+def size_problem(response: httpx.Response, advertised: int, *, exact: bool = False) -> str | None:
     """Why ``response`` cannot be the ``advertised``-byte file (0: size unknown); None when
-    it can. A 200's ``Content-Length`` and a 206's ``Content-Range`` total must equal it."""
+    it can. A 200's ``Content-Length`` and a 206's ``Content-Range`` total must equal it;
+    with ``exact`` (a source that always states its length: the bucket, a holder replica) a
+    200 without ``Content-Length`` cannot be it either."""
     if advertised <= 0:
         return None
     status = response.status_code
     if status == 200:
         length = response.headers.get("content-length")
+        if length is None and exact:
+            return f"no content-length: not shown to be the advertised size {advertised}"
         if length is not None and length.strip() != str(advertised):
             return f"content-length {quoted(length)} is not the advertised size {advertised}"
     elif status == 206:
