@@ -301,11 +301,14 @@ class Bucket:
     async def get_small(self, key: str, limit: int = 4096) -> bytes | None:
         """The first ``limit`` bytes of a small object (a digest); None when there is none."""
         try:
-            return await self._call("GET", partial(_read_small, self._client, limit), Key=key)
+            data = await self._call("GET", partial(_read_small, self._client, limit), Key=key)
         except StoreError as exc:
             if exc.down:
                 raise
             return None
+        if data:
+            self.health.read_worked()
+        return data
 
     async def delete(self, key: str) -> None:
         """Remove the object at ``key`` (no error when it is gone already)."""

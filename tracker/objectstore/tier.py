@@ -155,12 +155,16 @@ class ObjectTier:
             self._missed.pop(key, None)
 
     async def digest(self, group: str, name: str, info: ObjectInfo) -> str | None:
-        """The hex SHA-256 of object ``info`` of ``name`` (from its digest object, read once
-        per object); None when it has none or the store does not answer."""
+        """The hex SHA-256 of object ``info`` of ``name`` from its digest object, asked once
+        per object version (an answer without one is remembered too); None when it has none,
+        or after a failure of the store until it reads again (unknown is the safe answer)."""
         key = info.key
         known = self._sums.get(key)
         if known is not None and known[0] == info.etag:
-            return known[1]
+            return known[1] or None
+        health = self.bucket.health
+        if health.last_error and not health.reads_proven:
+            return None  # back from a failure, not reading yet: the digest stays unknown
         try:
             text = await self.quick.get_small(keys.digest_key(self.store.prefix, group, name))
         except StoreError as exc:
@@ -169,8 +173,8 @@ class ObjectTier:
         hex_digest = None
         if text is not None:
             hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name)
+        self._sums[key] = (info.etag, hex_digest or "")
         if hex_digest is not None:
-            self._sums[key] = (info.etag, hex_digest)
             self.digests.put("bucket", group, name, hex_digest)
         return hex_digest
 
