@@ -13,6 +13,7 @@ import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,6 +32,7 @@ from helpers_proxy import (
     serving,
 )
 from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
 from names import archive_hash, full_name
 from test_sources_fixtures import Answer, Request, ScriptedApp
 
@@ -398,3 +400,76 @@ async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nu
             while (best := index.best_full(GROUP)) is not None and best.info.slot != SLOT - 10:
                 await trio.sleep(0.01)
     assert best is not None and best.info.files[0].bare_name == good
+
+
+# -- hostile answers: they cost that answer, never the tracker ---------------------------------
+
+#: 5,000 levels of nesting: json.loads raises RecursionError (not a ValueError) on it.
+NESTED = b'{"jsonrpc": "2.0", "id": 1, "result": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
+def scripted_rpc(bodies: list[bytes]) -> ScriptedApp:
+    """A JSON-RPC node answering every call with ``bodies[-1]`` (tests append)."""
+
+    async def handle(request: Request) -> Answer:
+        return Answer(200, (("content-type", "application/json"),), bodies[-1])
+
+    return ScriptedApp({"/": handle})
+
+
+def nodes_answer(entries: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "result": entries}).encode()
+
+
+async def targets_of(base: str) -> dict[str, dict[str, Any]]:
+    answer = await get(f"{base}/v1/targets")
+    assert answer.status_code == 200
+    return {entry["target"]: entry for entry in answer.json()}
+
+
+async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A node whose ``rpc`` port is ``²`` (``isdigit`` but not ``int``) is skipped; an
+    answer nested 5,000 deep marks the RPC failed (its ``/v1/targets`` entry) and the
+    nodes found before stay; a ``getSlot`` answer nested as deep makes ``/v1/health`` 502.
+    The tracker (scrape loop, slot tracking, API) keeps running throughout."""
+    nodes = Nodes()
+    [good] = await nodes.serve(nursery, [Node(full_name(SLOT))])
+    bodies = [nodes_answer([node_entry(1, good), node_entry(2, "127.0.0.1:²")])]
+    rpc = await nursery.start(serve_app, scripted_rpc(bodies))
+    slot_rpc = await nursery.start(serve_app, scripted_rpc([NESTED]))
+    settings = {
+        "scrape_interval": "100ms",
+        "rpc": slot_rpc,
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [
+            {"group": GROUP, "cluster_discovery": {"rpc": [rpc], "interval": "10ms"}}
+        ],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+    node_url = f"http://{good}"
+
+    async def node_up() -> bool:
+        entry = (await targets_of(base)).get(node_url)
+        return entry is not None and entry["health"] == "up"
+
+    await wait_until(node_up)
+    shown = await targets_of(base)
+    assert sorted(shown) == sorted([node_url, rpc])  # the node with port "²" was skipped
+    assert shown[rpc]["kind"] == "cluster" and shown[rpc]["health"] == "up"
+    health = await get(f"{base}/v1/health")
+    assert health.status_code == 502
+    assert health.json()["Health"] == "rpc unreachable: JSON nested too deeply"
+
+    bodies.append(NESTED)
+
+    async def rpc_failed() -> bool:
+        return (await targets_of(base))[rpc]["health"] == "down"
+
+    await wait_until(rpc_failed)
+    shown = await targets_of(base)
+    assert shown[rpc]["last_error"] == "JSON nested too deeply"
+    assert shown[rpc]["consecutive_failures"] >= 1 and shown[rpc]["snapshots"] == 0
+    assert shown[node_url]["health"] == "up"  # the last good list is kept
+    assert (await get(f"{base}/v1/snapshots")).status_code == 200

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import trio
@@ -21,6 +20,7 @@ import trio
 from tracker.core.config import ClusterDiscovery
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
+from tracker.core.untrusted import load_json, port_number
 from tracker.errors import ProbeError
 from tracker.net.limits import read_capped, status_reason, transport_reason
 
@@ -31,6 +31,14 @@ RPC_TIMEOUT = 10.0
 
 _REQUEST = {"jsonrpc": "2.0", "id": 1, "method": "getClusterNodes"}
 
+#: Told of each RPC URL asked: (url, "" when it answered usably else the one-line reason,
+#: seconds it took).
+Report = Callable[[str, str, float], None]
+
+
+def _ignore(url: str, reason: str, seconds: float) -> None:
+    pass
+
 
 async def cluster_targets(
     client: httpx.AsyncClient,
@@ -38,21 +46,26 @@ async def cluster_targets(
     *,
     rpc_timeout: float = RPC_TIMEOUT,
     max_answer: int = MAX_ANSWER,
+    report: Report = _ignore,
 ) -> list[str]:
     """The HTTP target URLs of the cluster's RPC nodes. Raises ProbeError (one line, every
-    RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer."""
+    RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer; ``report`` hears
+    of each URL asked, in turn, whether it answered."""
     reasons = []
     for url in discovery.rpc:
+        start = trio.current_time()
         try:
             with trio.fail_after(rpc_timeout):
                 nodes = await _ask(client, url, max_answer)
         except trio.TooSlowError:
-            reasons.append(f"{redact_url(url)}: no answer within {rpc_timeout:g}s")
-            continue
+            reason = f"no answer within {rpc_timeout:g}s"
         except ProbeError as exc:
-            reasons.append(f"{redact_url(url)}: {exc}")
-            continue
-        return select(nodes, discovery.versions, discovery.max_targets)
+            reason = str(exc)
+        else:
+            report(url, "", trio.current_time() - start)
+            return select(nodes, discovery.versions, discovery.max_targets)
+        report(url, reason, trio.current_time() - start)
+        reasons.append(f"{redact_url(url)}: {reason}")
     raise ProbeError(one_line("getClusterNodes failed: " + "; ".join(reasons)))
 
 
@@ -65,10 +78,8 @@ async def _ask(client: httpx.AsyncClient, url: str, max_answer: int) -> list[obj
             body = await read_capped(response, max_answer)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ProbeError(transport_reason(exc)) from exc
-    try:
-        result = json.loads(body)["result"]
-    except (ValueError, KeyError, TypeError):
-        raise ProbeError("not a getClusterNodes answer") from None
+    answer = load_json(body, ProbeError)
+    result = answer.get("result") if isinstance(answer, dict) else None
     if not isinstance(result, list):
         raise ProbeError("not a getClusterNodes answer")
     return result
@@ -97,8 +108,9 @@ def _rpc_address(value: object) -> str | None:
     """A node's ``rpc`` (``ip:port`` or ``[v6]:port``) as a URL authority, or None."""
     if not isinstance(value, str) or len(value) > 64:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    host, sep, port_text = value.rpartition(":")
+    port = port_number(port_text)
+    if not sep or port is None:
         return None
     bracketed = host.startswith("[") and host.endswith("]")
     try:
@@ -106,5 +118,5 @@ def _rpc_address(value: object) -> str | None:
     except ValueError:
         return None  # getClusterNodes gives IP addresses; a name is not one
     if address.version == 6:
-        return f"[{address}]:{int(port)}"
-    return f"{address}:{int(port)}"
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"

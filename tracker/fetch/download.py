@@ -27,6 +27,7 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
+from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError, SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
@@ -177,15 +178,16 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
     async with _request(client, url, {"range": "bytes=0-0"}, settings) as response:
         status = response.status_code
         if status == 206:
-            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-            if not total.isdigit():
+            spec = response.headers.get("content-range", "")
+            total = ascii_digits(spec.rpartition("/")[2].strip())
+            if total is None:
                 raise SourceError(f"{url}: content-range without a total")
-            size, ranges = int(total), True
+            size, ranges = total, True
         elif status == 200:
-            length = response.headers.get("content-length", "").strip()
-            if not length.isdigit():
+            length = ascii_digits(response.headers.get("content-length", "").strip())
+            if length is None:
                 raise SourceError(f"{url}: no content-length")
-            size, ranges = int(length), False
+            size, ranges = length, False
         else:
             raise SourceError(f"{url}: status {status}")
         identity = Identity(

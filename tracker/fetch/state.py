@@ -14,8 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from typing import Any
 
 import attrs
+
+from tracker.core.untrusted import load_json
+from tracker.errors import FetchError
 
 #: The longest state file read back (a state is a few hundred bytes).
 MAX_STATE_BYTES = 1024 * 1024
@@ -66,13 +70,13 @@ def load_state(ledger: str, name: str) -> State | None:
     a temp file of at least the bytes it claims)."""
     try:
         with open(state_path(ledger, name), "rb") as f:
-            raw = json.loads(f.read(MAX_STATE_BYTES))
+            raw: Any = load_json(f.read(MAX_STATE_BYTES), FetchError)
         identity = Identity(
             int(raw["size"]), str(raw.get("etag", "")), str(raw.get("last_modified", ""))
         )
         done = tuple((int(s), int(e)) for s, e in raw["done"])
         size_on_disk = os.stat(temp_path(ledger, name)).st_size
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, FetchError, ValueError, KeyError, TypeError):
         return None
     if raw.get("name") != name or any(not 0 <= s <= e <= identity.size for s, e in done):
         return None

@@ -19,6 +19,7 @@ from types import MappingProxyType
 import httpx
 
 from tracker.core.text import one_line, quoted
+from tracker.core.untrusted import JSON_ERRORS, ascii_digits, json_reason, reject_constant
 from tracker.errors import ProbeError
 
 #: Default for the ``headers`` parameter of the probes (an immutable empty mapping).
@@ -86,7 +87,8 @@ def _check_body_headers(response: httpx.Response, max_bytes: int) -> None:
         raise ProbeError(f"unsupported content-encoding {quoted(encoding)}")
     declared = response.headers.get("content-length", "")
     # h11 has already refused a malformed Content-Length; this only compares.
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+    size = ascii_digits(declared.strip())
+    if size is not None and size > max_bytes:
         raise ProbeError(f"body of {declared} bytes exceeds the limit of {max_bytes} bytes")
 
 
@@ -170,7 +172,7 @@ def iter_json_array(
     elements, NaN/Infinity, nesting deeper than Python's recursion limit, invalid JSON or
     trailing data raise :class:`ProbeError`.
     """
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    decoder = json.JSONDecoder(parse_constant=reject_constant)
     pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
         raise ProbeError("answer is not a JSON array")
@@ -198,26 +200,20 @@ def _decode_element(
     window = text[pos : pos + max_chars]
     try:
         value, end = decoder.raw_decode(window)
-    except RecursionError as exc:
-        raise ProbeError(f"entry {index}: JSON nested too deeply") from exc
     except json.JSONDecodeError as exc:
         if pos + max_chars < len(text) and _ran_out(exc, len(window)):
             reason = f"entry {index}: larger than {max_chars} characters"
         else:
             reason = f"invalid JSON at character {pos + exc.pos}: {exc.msg}"
         raise ProbeError(reason) from exc
-    except ValueError as exc:  # NaN/Infinity, integers too long to convert
-        raise ProbeError(one_line(f"invalid JSON in entry {index}: {exc}")) from exc
+    except JSON_ERRORS as exc:  # nesting too deep, NaN/Infinity, integers too long
+        raise ProbeError(f"entry {index}: {json_reason(exc)}") from exc
     return value, pos + end
 
 
 def _ran_out(exc: json.JSONDecodeError, window: int) -> bool:
     """True when decoding failed only because the element goes on past the window."""
     return exc.pos >= window - 1 or exc.msg.startswith("Unterminated string")
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _skip_ws(text: str, pos: int) -> int:
