@@ -135,3 +135,19 @@ def test_serve_refuses_an_invalid_file_before_binding(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "target_groups[0].group" in result.stderr
     assert "listening" not in result.stderr
+
+
+def test_check_config_warns_about_what_discovery_leaves_unguarded(tmp_path: Path) -> None:
+    """A group that only uses cluster discovery has targets (no "no targets" warning); with
+    no ``rpc`` nothing checks the slots discovered nodes advertise: check-config says so."""
+    path = tmp_path / "cluster.yml"
+    group = "target_groups: [{group: g, cluster_discovery: {rpc: ['http://127.0.0.1:8899']}}]\n"
+    path.write_text(group)
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK")
+    [warning] = result.stderr.strip().splitlines()
+    assert warning.startswith(f"{path}: warning: target_groups[0].cluster_discovery: no `rpc`")
+    assert "(at least 2)" in warning
+    path.write_text(group + "rpc: http://127.0.0.1:8899\n")
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stderr == ""

@@ -250,11 +250,14 @@ async def test_nodes_joining_and_leaving(nursery: trio.Nursery) -> None:
     async with scraper_for(config_for(rpc)) as (scraper, index):
         await scraper.scrape_round()
         assert len(index.keys()) == 3
-        joined = await nodes.serve(nursery, [Node(full_name(SLOT + 1))])
-        answers.append([node_entry(0, first[0]), node_entry(9, joined[0])])
+        # Two nodes: what one discovered node alone advertises is never ranked.
+        joined = await nodes.serve(nursery, [Node(full_name(SLOT + 1)) for _ in range(2)])
+        answers.append(
+            [node_entry(0, first[0]), *(node_entry(9 + n, a) for n, a in enumerate(joined))]
+        )
         await scraper.scrape_round()
         targets = [k.target for k in index.keys()]  # noqa: SIM118 (an Index, not a dict)
-        assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], joined[0]))
+        assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], *joined))
         best = index.best_full(GROUP)
         assert best is not None and best.info.slot == SLOT + 1
 
@@ -438,8 +441,9 @@ async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
     nodes found before stay; a ``getSlot`` answer nested as deep makes ``/v1/health`` 502.
     The tracker (scrape loop, slot tracking, API) keeps running throughout."""
     nodes = Nodes()
-    [good] = await nodes.serve(nursery, [Node(full_name(SLOT))])
-    bodies = [nodes_answer([node_entry(1, good), node_entry(2, "127.0.0.1:²")])]
+    good, other = await nodes.serve(nursery, [Node(full_name(SLOT)) for _ in range(2)])
+    entries = [node_entry(1, good), node_entry(2, "127.0.0.1:²"), node_entry(3, other)]
+    bodies = [nodes_answer(entries)]
     rpc = await nursery.start(serve_app, scripted_rpc(bodies))
     slot_rpc = await nursery.start(serve_app, scripted_rpc([NESTED]))
     settings = {
@@ -459,7 +463,7 @@ async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
 
     await wait_until(node_up)
     shown = await targets_of(base)
-    assert sorted(shown) == sorted([node_url, rpc])  # the node with port "²" was skipped
+    assert sorted(shown) == sorted([node_url, f"http://{other}", rpc])  # not port "²"
     assert shown[rpc]["kind"] == "cluster" and shown[rpc]["health"] == "up"
     health = await get(f"{base}/v1/health")
     assert health.status_code == 502
@@ -600,3 +604,30 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
     assert slowest < 0.5
     assert entries[rpc]["health"] == "down"
     assert entries[rpc]["last_error"] == f"more than {MAX_NODES} entries"
+
+
+async def test_one_discovered_node_cannot_make_a_bogus_slot_the_best(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Default trust, no ``rpc``: a node advertising slot 2^64-1 does not win
+    ``/v1/snapshot.tar.bz2`` over two nodes that agree on SLOT."""
+    nodes = Nodes()
+    good, bogus = full_name(SLOT), full_name(2**64 - 1)
+    addresses = await nodes.serve(nursery, [Node(good), Node(bogus), Node(good)])
+    answer = [node_entry(n, a) for n, a in enumerate(addresses)]
+    rpc = await nursery.start(serve_app, rpc_app([answer]))
+    settings = {
+        "scrape_interval": "30s",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [{"group": GROUP, "cluster_discovery": {"rpc": [rpc]}}],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+
+    async def all_up() -> bool:
+        shown = await targets_of(base)
+        return all(shown.get(f"http://{a}", {}).get("health") == "up" for a in addresses)
+
+    await wait_until(all_up)
+    redirect = await get(f"{base}/v1/snapshot.tar.bz2")
+    assert redirect.status_code == 303
+    assert redirect.headers["location"].endswith(f"/{good}")

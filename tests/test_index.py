@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import base58
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -191,3 +192,42 @@ def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> N
     assert index.best_full("g") == fresh.best_full("g")
     assert index.best_incremental("g") == fresh.best_incremental("g")
     assert dict(index.mismatches()) == dict(fresh.mismatches())
+
+
+# -- trust: what discovered nodes alone advertise ------------------------------------------------
+
+FULL = "snapshot-100-H.tar.zst"
+BOGUS = "snapshot-18446744073709551615-H.tar.zst"
+
+
+@pytest.mark.parametrize(
+    ("holders", "policy", "ranked"),
+    [
+        # (configured, discovered) targets advertising the bogus full; is it ranked?
+        ((0, 1), TrustPolicy(), False),  # one discovered node alone never wins
+        ((0, 2), TrustPolicy(), True),
+        ((1, 0), TrustPolicy(), True),  # the operator's own target: as configured (1)
+        ((1, 1), TrustPolicy(), True),
+        ((0, 2), TrustPolicy(min_agreeing_sources=3), False),
+        ((0, 3), TrustPolicy(min_agreeing_sources=3), True),
+        ((1, 0), TrustPolicy(min_agreeing_sources=2), False),
+        ((0, 1), TrustPolicy(known_sources=frozenset({"http://d0"})), True),  # trusted
+    ],
+)
+def test_discovered_nodes_alone_need_two_agreeing(
+    holders: tuple[int, int], policy: TrustPolicy, ranked: bool
+) -> None:
+    """Beside them, three discovered nodes advertise slot 100; the group's best full is the
+    bogus slot only when its holders pass the trust rules."""
+    index = Index()
+    index.set_policy("g", policy)
+    configured, discovered = holders
+    for n in range(configured):
+        index.apply(TargetKey("g", f"http://c{n}"), infos(BOGUS), T0)
+    for n in range(discovered):
+        index.apply(TargetKey("g", f"http://d{n}", discovered=True), infos(BOGUS), T0)
+    for n in range(3):
+        index.apply(TargetKey("g", f"http://e{n}", discovered=True), infos(FULL), T0)
+    best = index.best_full("g")
+    assert best is not None
+    assert best.info.slot == (2**64 - 1 if ranked else 100)

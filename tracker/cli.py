@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return report(exc, args.config)
     if args.command == "check-config":
+        for warning in config.warnings:
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK")
         return EXIT_OK
     setup_logging(args.log_level, args.log_format)

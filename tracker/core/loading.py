@@ -52,6 +52,7 @@ from tracker.core.config import (
 )
 from tracker.core.problems import TLS_GO_KEYS, Path, Problems, flatten, lines, raise_problems
 from tracker.core.targetfile import read_target_file
+from tracker.core.trust import MIN_DISCOVERED_AGREEING
 from tracker.core.values import check_target, describe, parse_duration
 from tracker.core.yamlfile import read_yaml
 from tracker.errors import ConfigError, ProbeError
@@ -383,22 +384,41 @@ def _store_problems(config: Config) -> list[tuple[Path, str]]:
     return []
 
 
-def _warnings(config: Config) -> list[str]:
+def config_warnings(config: Config) -> list[str]:
+    """What is valid in ``config`` but probably unintended or unguarded, one line each
+    (key path first); ``load_config`` puts them in ``Config.warnings``."""
     found: list[str] = []
     if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
         found.append("proxy_snapshot_cache_dir: ignored while proxy_snapshot_downloads is false")
     if not config.target_groups:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
-        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group)]
+        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
     return found
 
 
-def _group_warnings(group: TargetGroup) -> list[str]:
+#: Every way a group gets targets.
+_TARGET_KINDS = (
+    "static_targets",
+    "file_targets",
+    "consul_sd_config",
+    "http_targets",
+    "local_targets",
+    "cluster_discovery",
+)
+
+
+def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     found: list[str] = []
-    kinds = ("static_targets", "file_targets", "consul_sd_config", "http_targets", "local_targets")
-    if all(getattr(group, kind) is None for kind in kinds):
+    if all(getattr(group, kind) is None for kind in _TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
+    if group.cluster_discovery is not None and not config.rpc:
+        agreeing = max(MIN_DISCOVERED_AGREEING, group.trust.min_agreeing_sources)
+        found.append(
+            ".cluster_discovery: no `rpc` to check slots against (max_slot_ahead): discovered"
+            f" nodes that agree (at least {agreeing}) can make any slot, however far ahead,"
+            " the best; set `rpc`"
+        )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
@@ -440,4 +460,4 @@ def _finish_config(config: Config, file_path: str) -> Config:
     if not default_group and config.target_groups:
         default_group = config.target_groups[0].group
     config = attrs.evolve(config, default_group=default_group, config_path=file_path)
-    return attrs.evolve(config, warnings=tuple(_warnings(config)))
+    return attrs.evolve(config, warnings=tuple(config_warnings(config)))
