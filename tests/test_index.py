@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
-from tracker.core.trust import TrustPolicy
+from tracker.core.trust import TrustPolicy, is_known
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -231,3 +231,35 @@ def test_discovered_nodes_alone_need_two_agreeing(
     best = index.best_full("g")
     assert best is not None
     assert best.info.slot == (2**64 - 1 if ranked else 100)
+
+
+@pytest.mark.parametrize(
+    ("target", "known", "result"),
+    [
+        ("http://10.0.0.1:13080", "http://10.0.0.1:13080", True),
+        ("http://10.0.0.1:13080", "10.0.0.1:13080", True),  # host:port: any target there
+        ("https://10.0.0.1:13080/api", "10.0.0.1:13080", True),
+        ("http://u:p@10.0.0.1:13080", "10.0.0.1:13080", True),
+        ("http://[::1]:80", "[::1]:80", True),
+        ("http://10.0.0.1:13080", "10.0.0.1:1308", False),
+        ("http://10.0.0.1:13080", "10.0.0.1", False),
+        ("/srv/ledger", "/srv/ledger", True),
+        ("/srv/ledger", "/srv", False),
+    ],
+)
+def test_a_known_source_names_a_target_or_its_address(
+    target: str, known: str, result: bool
+) -> None:
+    assert is_known(target, {known}) is result
+
+
+def test_a_known_host_port_decides_the_hash() -> None:
+    """A sidecar at a known host:port wins its slot's hash against two other targets."""
+    other = "snapshot-100-" + base58.b58encode(bytes(32)).decode() + ".tar.zst"
+    index = Index()
+    index.set_policy("g", TrustPolicy(known_sources=frozenset({"10.0.0.1:13080"})))
+    index.apply(TargetKey("g", "http://10.0.0.1:13080"), infos(FULL), T0)
+    index.apply(TargetKey("g", "http://10.0.0.2:13080"), infos(other), T0)
+    index.apply(TargetKey("g", "http://10.0.0.3:13080"), infos(other), T0)
+    best = index.best_full("g")
+    assert best is not None and best.key.target == "http://10.0.0.1:13080"

@@ -24,6 +24,7 @@ Relative paths are resolved against the config file's directory and stored absol
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -51,8 +52,9 @@ from tracker.core.config import (
     Trust,
 )
 from tracker.core.problems import TLS_GO_KEYS, Path, Problems, flatten, lines, raise_problems
-from tracker.core.targetfile import read_target_file
-from tracker.core.trust import MIN_DISCOVERED_AGREEING
+from tracker.core.redact import redact_text
+from tracker.core.targetfile import is_host_port, read_target_file
+from tracker.core.trust import MIN_DISCOVERED_AGREEING, is_known
 from tracker.core.values import check_target, describe, parse_duration
 from tracker.core.yamlfile import read_yaml
 from tracker.errors import ConfigError, ProbeError
@@ -124,7 +126,7 @@ class _Loader:
         self._add(
             Trust,
             {
-                "known_sources": _list_of(values.string),
+                "known_sources": _list_of(self._known_source),
                 "min_agreeing_sources": values.integer_in(1, 1000),
                 "max_slot_ahead": values.integer_in(0),
             },
@@ -224,6 +226,21 @@ class _Loader:
             except ProbeError as exc:
                 raise ValueError(str(exc)) from None
         return path
+
+    def _known_source(self, value: object) -> str:
+        """A target URL (as ``http_targets`` writes them), ``host:port`` (every target at that
+        address) or a path (``local_targets``, resolved as they are)."""
+        text = values.string(value)
+        if text.startswith(("/", "./", "../")):
+            return self._resolve(text)
+        if "://" in text:
+            return values.http_target(text)
+        if not is_host_port(text):
+            raise ValueError(
+                "expected a target URL (http://host:port), host:port or a path (/..., ./...),"
+                f" got {text!r}"
+            )
+        return text
 
     def _directory(self, value: object) -> str:
         path = self._resolve(value)
@@ -424,7 +441,40 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
+    return found + _unmatched_known_sources(group)
+
+
+def _unmatched_known_sources(group: TargetGroup) -> list[str]:
+    """A ``known_sources`` entry that names none of the group's configured targets trusts
+    nothing (a typo, or a target since removed)."""
+    targets = _configured_targets(group)
+    found = []
+    found_later = group.consul_sd_config is not None or group.cluster_discovery is not None
+    for index, entry in enumerate(group.trust.known_sources):
+        if any(is_known(target, {entry}) for target in targets):
+            continue
+        line = (
+            f".trust.known_sources[{index}]: {redact_text(entry)!r} matches no configured"
+            " target of the group, so it trusts nothing"
+        )
+        if found_later:
+            line += " (unless Consul or cluster discovery finds it)"
+        found.append(line)
     return found
+
+
+def _configured_targets(group: TargetGroup) -> list[str]:
+    """The target URLs and paths the config names (the targets' keys in the index)."""
+    hosts = list(group.static_targets.targets) if group.static_targets else []
+    if group.file_targets is not None and os.path.lexists(group.file_targets.path):
+        with contextlib.suppress(ProbeError):  # reported as a problem of its own at load
+            hosts += read_target_file(group.file_targets.path)
+    targets = [group.sidecar_url(host) for host in hosts]
+    if group.http_targets is not None:
+        targets += group.http_targets.targets
+    if group.local_targets is not None:
+        targets += group.local_targets.paths
+    return targets
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -63,11 +63,12 @@ def screen(
     holders: dict[tuple[int, str], set[K]] = defaultdict(set)
     trusted: set[tuple[int, str]] = set()
     for key, (infos, target) in advertised.items():
+        known = is_known(target, policy.known_sources)
         for info in infos:
             for f in info.files:
                 pair = (f.name.slot, f.name.hash)
                 holders[pair].add(key)
-                if target in policy.known_sources:
+                if known:
                     trusted.add(pair)
     winners = _winners(holders, trusted)
     mismatches: dict[K, str] = {}
@@ -94,6 +95,18 @@ def screen(
         for key in affected
     }
     return Screened(kept, mismatches)
+
+
+def is_known(target: str, known_sources: Set[str]) -> bool:
+    """True when ``target`` (a target's URL or path) is one of ``known_sources``: the same
+    URL or path, or its ``host:port`` (an entry that names every target at that address)."""
+    if target in known_sources:
+        return True
+    _scheme, sep, rest = target.partition("://")
+    if not sep:
+        return False
+    authority = rest.split("/", 1)[0].rpartition("@")[2]
+    return authority in known_sources
 
 
 def needs_screening(policy: TrustPolicy, cluster_slot: int | None, discovered: bool) -> bool:

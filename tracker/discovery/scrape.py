@@ -66,7 +66,7 @@ class TargetHealth:
 
 def sidecar_base(group: TargetGroup, host: str) -> str:
     """The base URL of a sidecar's API for a ``host:port`` entry."""
-    return f"{group.scheme}://{host}{group.api_path}"
+    return group.sidecar_url(host)
 
 
 def _sidecars(group: TargetGroup, hosts: list[str]) -> list[Target]:
