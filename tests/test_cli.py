@@ -135,3 +135,48 @@ def test_serve_refuses_an_invalid_file_before_binding(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "target_groups[0].group" in result.stderr
     assert "listening" not in result.stderr
+
+
+def test_check_config_warns_about_what_discovery_leaves_unguarded(tmp_path: Path) -> None:
+    """A group that only uses cluster discovery has targets (no "no targets" warning); with
+    no ``rpc`` nothing checks the slots discovered nodes advertise: check-config says so."""
+    path = tmp_path / "cluster.yml"
+    group = "target_groups: [{group: g, cluster_discovery: {rpc: ['http://127.0.0.1:8899']}}]\n"
+    path.write_text(group)
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK")
+    [warning] = result.stderr.strip().splitlines()
+    assert warning.startswith(f"{path}: warning: target_groups[0].cluster_discovery: no `rpc`")
+    assert "(at least 2)" in warning
+    path.write_text(group + "rpc: http://127.0.0.1:8899\n")
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stderr == ""
+
+
+async def test_known_sources_typos_are_refused_and_unmatched_ones_warned(tmp_path: Path) -> None:
+    """``known_sources: [foo]`` exits 2 naming the key; an entry that matches no target is
+    logged as a warning at start and again at each reload."""
+    path = tmp_path / "trust.yml"
+    path.write_text("target_groups: [{group: g, trust: {known_sources: [foo]}}]\n")
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "target_groups[0].trust.known_sources[0]: expected a target URL" in result.stderr
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+
+    def config(entry: str) -> str:
+        trust = f"trust: {{known_sources: ['{entry}']}}"
+        group = f"{{group: g, local_targets: {{paths: ['{ledger}']}}, {trust}}}"
+        return f"listen: 127.0.0.1:0\ninternal_listen: 127.0.0.1:0\ntarget_groups: [{group}]\n"
+
+    path.write_text(config("10.0.0.1:13080"))
+    serve = await start_serve("--config", str(path))
+    try:
+        assert "known_sources[0]: '10.0.0.1:13080' matches no configured target" in serve.log
+        path.write_text(config("http://10.0.0.2:8899"))
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            answer = await client.post(f"{serve.internal}/reload")
+        assert answer.status_code == 200
+        assert "known_sources[0]: 'http://10.0.0.2:8899' matches no configured" in serve.log
+    finally:
+        assert await serve.stop() == 0

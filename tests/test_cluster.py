@@ -9,10 +9,13 @@ connects off the machine; here they are also checked to show ``blocked``).
 from __future__ import annotations
 
 import json
+import random
 import resource
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,6 +34,7 @@ from helpers_proxy import (
     serving,
 )
 from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
 from names import archive_hash, full_name
 from test_sources_fixtures import Answer, Request, ScriptedApp
 
@@ -44,7 +48,8 @@ from tracker.core.config import (
 )
 from tracker.core.index import Index, TargetKey
 from tracker.core.metrics import Metrics
-from tracker.discovery.cluster import cluster_targets, select
+from tracker.discovery.cluster import cluster_targets
+from tracker.discovery.nodes import MAX_NODES, parse_answer, rpc_address, select
 from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import ProbeError
 from tracker.service import apply_trust
@@ -245,11 +250,14 @@ async def test_nodes_joining_and_leaving(nursery: trio.Nursery) -> None:
     async with scraper_for(config_for(rpc)) as (scraper, index):
         await scraper.scrape_round()
         assert len(index.keys()) == 3
-        joined = await nodes.serve(nursery, [Node(full_name(SLOT + 1))])
-        answers.append([node_entry(0, first[0]), node_entry(9, joined[0])])
+        # Two nodes: what one discovered node alone advertises is never ranked.
+        joined = await nodes.serve(nursery, [Node(full_name(SLOT + 1)) for _ in range(2)])
+        answers.append(
+            [node_entry(0, first[0]), *(node_entry(9 + n, a) for n, a in enumerate(joined))]
+        )
         await scraper.scrape_round()
         targets = [k.target for k in index.keys()]  # noqa: SIM118 (an Index, not a dict)
-        assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], joined[0]))
+        assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], *joined))
         best = index.best_full(GROUP)
         assert best is not None and best.info.slot == SLOT + 1
 
@@ -398,3 +406,228 @@ async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nu
             while (best := index.best_full(GROUP)) is not None and best.info.slot != SLOT - 10:
                 await trio.sleep(0.01)
     assert best is not None and best.info.files[0].bare_name == good
+
+
+# -- hostile answers: they cost that answer, never the tracker ---------------------------------
+
+#: 5,000 levels of nesting: json.loads raises RecursionError (not a ValueError) on it.
+NESTED = b'{"jsonrpc": "2.0", "id": 1, "result": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
+def scripted_rpc(bodies: list[bytes]) -> ScriptedApp:
+    """A JSON-RPC node answering every call with ``bodies[-1]`` (tests append)."""
+
+    async def handle(request: Request) -> Answer:
+        return Answer(200, (("content-type", "application/json"),), bodies[-1])
+
+    return ScriptedApp({"/": handle})
+
+
+def nodes_answer(entries: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "result": entries}).encode()
+
+
+async def targets_of(base: str) -> dict[str, dict[str, Any]]:
+    answer = await get(f"{base}/v1/targets")
+    assert answer.status_code == 200
+    return {entry["target"]: entry for entry in answer.json()}
+
+
+async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A node whose ``rpc`` port is ``²`` (``isdigit`` but not ``int``) is skipped; an
+    answer nested 5,000 deep marks the RPC failed (its ``/v1/targets`` entry) and the
+    nodes found before stay; a ``getSlot`` answer nested as deep makes ``/v1/health`` 502.
+    The tracker (scrape loop, slot tracking, API) keeps running throughout."""
+    nodes = Nodes()
+    good, other = await nodes.serve(nursery, [Node(full_name(SLOT)) for _ in range(2)])
+    entries = [node_entry(1, good), node_entry(2, "127.0.0.1:²"), node_entry(3, other)]
+    bodies = [nodes_answer(entries)]
+    rpc = await nursery.start(serve_app, scripted_rpc(bodies))
+    slot_rpc = await nursery.start(serve_app, scripted_rpc([NESTED]))
+    settings = {
+        "scrape_interval": "100ms",
+        "rpc": slot_rpc,
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [
+            {"group": GROUP, "cluster_discovery": {"rpc": [rpc], "interval": "10ms"}}
+        ],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+    node_url = f"http://{good}"
+
+    async def node_up() -> bool:
+        entry = (await targets_of(base)).get(node_url)
+        return entry is not None and entry["health"] == "up"
+
+    await wait_until(node_up)
+    shown = await targets_of(base)
+    assert sorted(shown) == sorted([node_url, f"http://{other}", rpc])  # not port "²"
+    assert shown[rpc]["kind"] == "cluster" and shown[rpc]["health"] == "up"
+    health = await get(f"{base}/v1/health")
+    assert health.status_code == 502
+    assert health.json()["Health"] == "rpc unreachable: JSON nested too deeply"
+
+    bodies.append(NESTED)
+
+    async def rpc_failed() -> bool:
+        return (await targets_of(base))[rpc]["health"] == "down"
+
+    await wait_until(rpc_failed)
+    shown = await targets_of(base)
+    assert shown[rpc]["last_error"] == "entry 0: JSON nested too deeply"
+    assert shown[rpc]["consecutive_failures"] >= 1 and shown[rpc]["snapshots"] == 0
+    assert shown[node_url]["health"] == "up"  # the last good list is kept
+    assert (await get(f"{base}/v1/snapshots")).status_code == 200
+
+
+# -- big answers: parsed as a stream, off the event loop ---------------------------------------
+
+#: 11 million ``{}`` in 32 MiB (under the body cap): ~960 MB of dicts to json.loads.
+EMPTY_NODES = b'{"jsonrpc": "2.0", "id": 1, "result": [' + b",".join([b"{}"] * 11_000_000) + b"]}"
+
+
+def test_a_32_mib_answer_is_parsed_in_bounded_memory() -> None:
+    """The parse's peak (tracemalloc, every allocation of the parse) is the answer's text
+    and a few MiB for the 32 MiB answer of empty nodes (json.loads: ~960 MB), and a few MiB
+    for 20,000 real nodes of which 100 are kept."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProbeError, match=f"^more than {MAX_NODES} entries$"):
+            parse_answer(EMPTY_NODES, [], 3000)
+        empty_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        entries = [
+            node_entry(n, f"127.0.{n // 250 % 250}.{n % 250 + 1}:8899") for n in range(20_000)
+        ]
+        body = nodes_answer(entries)
+        base = tracemalloc.get_traced_memory()[0]
+        chosen = parse_answer(body, [], 100)
+        real_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert chosen == select(entries, [], 100)
+    assert empty_peak < len(EMPTY_NODES) + 8 * MiB, empty_peak
+    assert real_peak < 8 * MiB, real_peak
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (NESTED, "entry 0: JSON nested too deeply"),
+        (b'{"result": [{"x": "' + b"a" * 9000 + b'"}]}', "entry 0: larger than 8192 characters"),
+        (b'{"x": [' + b"0," * 5000 + b'0], "result": []}', "member 'x': larger than 8192"),
+        (b'{"result": [' + b"0," * 200 + b"0]}", "more than 100 entries"),
+        (b'{"result": [{"a": ' + b"9" * 5000 + b"}]}", "entry 0: invalid JSON: Exceeds the limit"),
+        (b'{"result": [NaN]}', "entry 0: invalid JSON: NaN is not valid JSON"),
+        (b'{"result": []} []', "invalid JSON at character 15: data after the object"),
+        (b'{"result": [', "invalid JSON at character 12: Expecting value"),
+        (b'{"result": [] "id": 1}', "invalid JSON at character 14: expected ',' or '}'"),
+        (b"{1: []}", "invalid JSON at character 2: expected a member name and ':'"),
+        (b'{"error": {"code": -32601}}', "no 'result' array in the answer"),
+        (b'{"result": {}}', "no 'result' array in the answer"),
+        (b"[]", "answer is not a JSON object"),
+        (b'"x"', "answer is not a JSON object"),
+        (b"\xff", "body is not UTF-8"),
+    ],
+)
+def test_hostile_answer_shapes_fail_the_answer_in_one_line(body: bytes, reason: str) -> None:
+    with pytest.raises(ProbeError) as info:
+        parse_answer(body, [], 10, max_nodes=100)
+    assert str(info.value).startswith(reason) and "\n" not in str(info.value)
+
+
+def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() -> None:
+    """Nodes in a shuffled order, duplicates and malformed ones: the parse keeps what
+    sorting every node by public key would (the chooser prunes as it goes)."""
+    rng = random.Random(7)
+    entries: list[object] = [
+        node_entry(rng.randrange(5000), f"127.0.0.{n % 250 + 1}:{1000 + n}") for n in range(3000)
+    ]
+    entries += [
+        "not a node",
+        {"pubkey": "x", "rpc": "127.0.0.1:²"},
+        {"pubkey": 5, "rpc": "1.2.3.4:1"},
+    ]
+    entries.append({"pubkey": "y" * 65, "rpc": "127.0.0.1:80"})
+    entries.append({"pubkey": "nested", "rpc": "127.0.0.1:80", "extra": {"deep": [1, [2]]}})
+    rng.shuffle(entries)
+    expected = naive_select(entries, 50)
+    assert parse_answer(nodes_answer(entries), [], 50) == expected == select(entries, [], 50)
+    assert "http://127.0.0.1:80" in parse_answer(nodes_answer(entries), [], 5000)
+
+
+def naive_select(entries: list[object], max_targets: int) -> list[str]:
+    """Every usable node's URL, the first of each public key, the lowest keys first."""
+    chosen: dict[str, str] = {}
+    for node in entries:
+        if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
+            address = rpc_address(node.get("rpc"))
+            if address is not None and len(node["pubkey"]) <= 64:
+                chosen.setdefault(node["pubkey"], f"http://{address}")
+    return [chosen[key] for key in sorted(chosen)[:max_targets]]
+
+
+async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """While the tracker reads and parses the 32 MiB answer, /v1/targets keeps answering
+    within 0.5 s (json.loads on the event loop held it for seconds)."""
+    asked = trio.Event()
+
+    async def handle(request: Request) -> Answer:
+        asked.set()
+        return Answer(200, (("content-type", "application/json"),), EMPTY_NODES)
+
+    rpc = await nursery.start(serve_app, ScriptedApp({"/": handle}))
+    settings = {
+        "scrape_interval": "30s",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [{"group": GROUP, "cluster_discovery": {"rpc": [rpc]}}],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+    with trio.fail_after(20):
+        await asked.wait()
+    slowest, polls = 0.0, 0
+    async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+        with trio.fail_after(60):
+            while True:
+                start = trio.current_time()
+                answer = await client.get(f"{base}/v1/targets")
+                slowest = max(slowest, trio.current_time() - start)
+                polls += 1
+                entries = {e["target"]: e for e in answer.json()}
+                if rpc in entries:  # the answer was read and parsed
+                    break
+    print(f"\n32 MiB answer: {polls} polls, slowest {slowest:.3f}s")
+    assert slowest < 0.5
+    assert entries[rpc]["health"] == "down"
+    assert entries[rpc]["last_error"] == f"more than {MAX_NODES} entries"
+
+
+async def test_one_discovered_node_cannot_make_a_bogus_slot_the_best(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Default trust, no ``rpc``: a node advertising slot 2^64-1 does not win
+    ``/v1/snapshot.tar.bz2`` over two nodes that agree on SLOT."""
+    nodes = Nodes()
+    good, bogus = full_name(SLOT), full_name(2**64 - 1)
+    addresses = await nodes.serve(nursery, [Node(good), Node(bogus), Node(good)])
+    answer = [node_entry(n, a) for n, a in enumerate(addresses)]
+    rpc = await nursery.start(serve_app, rpc_app([answer]))
+    settings = {
+        "scrape_interval": "30s",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [{"group": GROUP, "cluster_discovery": {"rpc": [rpc]}}],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+
+    async def all_up() -> bool:
+        shown = await targets_of(base)
+        return all(shown.get(f"http://{a}", {}).get("health") == "up" for a in addresses)
+
+    await wait_until(all_up)
+    redirect = await get(f"{base}/v1/snapshot.tar.bz2")
+    assert redirect.status_code == 303
+    assert redirect.headers["location"].endswith(f"/{good}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import base58
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
-from tracker.core.trust import TrustPolicy
+from tracker.core.trust import TrustPolicy, is_known
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -191,3 +192,74 @@ def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> N
     assert index.best_full("g") == fresh.best_full("g")
     assert index.best_incremental("g") == fresh.best_incremental("g")
     assert dict(index.mismatches()) == dict(fresh.mismatches())
+
+
+# -- trust: what discovered nodes alone advertise ------------------------------------------------
+
+FULL = "snapshot-100-H.tar.zst"
+BOGUS = "snapshot-18446744073709551615-H.tar.zst"
+
+
+@pytest.mark.parametrize(
+    ("holders", "policy", "ranked"),
+    [
+        # (configured, discovered) targets advertising the bogus full; is it ranked?
+        ((0, 1), TrustPolicy(), False),  # one discovered node alone never wins
+        ((0, 2), TrustPolicy(), True),
+        ((1, 0), TrustPolicy(), True),  # the operator's own target: as configured (1)
+        ((1, 1), TrustPolicy(), True),
+        ((0, 2), TrustPolicy(min_agreeing_sources=3), False),
+        ((0, 3), TrustPolicy(min_agreeing_sources=3), True),
+        ((1, 0), TrustPolicy(min_agreeing_sources=2), False),
+        ((0, 1), TrustPolicy(known_sources=frozenset({"http://d0"})), True),  # trusted
+    ],
+)
+def test_discovered_nodes_alone_need_two_agreeing(
+    holders: tuple[int, int], policy: TrustPolicy, ranked: bool
+) -> None:
+    """Beside them, three discovered nodes advertise slot 100; the group's best full is the
+    bogus slot only when its holders pass the trust rules."""
+    index = Index()
+    index.set_policy("g", policy)
+    configured, discovered = holders
+    for n in range(configured):
+        index.apply(TargetKey("g", f"http://c{n}"), infos(BOGUS), T0)
+    for n in range(discovered):
+        index.apply(TargetKey("g", f"http://d{n}", discovered=True), infos(BOGUS), T0)
+    for n in range(3):
+        index.apply(TargetKey("g", f"http://e{n}", discovered=True), infos(FULL), T0)
+    best = index.best_full("g")
+    assert best is not None
+    assert best.info.slot == (2**64 - 1 if ranked else 100)
+
+
+@pytest.mark.parametrize(
+    ("target", "known", "result"),
+    [
+        ("http://10.0.0.1:13080", "http://10.0.0.1:13080", True),
+        ("http://10.0.0.1:13080", "10.0.0.1:13080", True),  # host:port: any target there
+        ("https://10.0.0.1:13080/api", "10.0.0.1:13080", True),
+        ("http://u:p@10.0.0.1:13080", "10.0.0.1:13080", True),
+        ("http://[::1]:80", "[::1]:80", True),
+        ("http://10.0.0.1:13080", "10.0.0.1:1308", False),
+        ("http://10.0.0.1:13080", "10.0.0.1", False),
+        ("/srv/ledger", "/srv/ledger", True),
+        ("/srv/ledger", "/srv", False),
+    ],
+)
+def test_a_known_source_names_a_target_or_its_address(
+    target: str, known: str, result: bool
+) -> None:
+    assert is_known(target, {known}) is result
+
+
+def test_a_known_host_port_decides_the_hash() -> None:
+    """A sidecar at a known host:port wins its slot's hash against two other targets."""
+    other = "snapshot-100-" + base58.b58encode(bytes(32)).decode() + ".tar.zst"
+    index = Index()
+    index.set_policy("g", TrustPolicy(known_sources=frozenset({"10.0.0.1:13080"})))
+    index.apply(TargetKey("g", "http://10.0.0.1:13080"), infos(FULL), T0)
+    index.apply(TargetKey("g", "http://10.0.0.2:13080"), infos(other), T0)
+    index.apply(TargetKey("g", "http://10.0.0.3:13080"), infos(other), T0)
+    best = index.best_full("g")
+    assert best is not None and best.key.target == "http://10.0.0.1:13080"

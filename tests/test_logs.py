@@ -28,9 +28,8 @@ def restore_root() -> Iterator[None]:
     """setup_logging configures the root logger: put pytest's state back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    chatty = {
-        name: logging.getLogger(name).level for name in ("httpx", "httpcore", "hypercorn.access")
-    }
+    names = ("httpx", "httpcore", "hypercorn.access", "botocore", "boto3", "s3transfer", "urllib3")
+    chatty = {name: logging.getLogger(name).level for name in names}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -273,3 +272,15 @@ async def test_recent_events_from_worker_threads(ring: RecentEvents) -> None:
             assert len(ring.recent("failover")) <= 3
             await trio.lowlevel.checkpoint()
     assert len(ring.recent("failover")) == 3
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_debug_keeps_the_store_libraries_at_info_unless_asked() -> None:
+    """botocore's DEBUG lines carry the access key id and signatures."""
+    capture("text", "debug")
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("urllib3").getEffectiveLevel() == logging.INFO
+    setup_logging("debug", "text", io.StringIO(), store_debug=True)
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.DEBUG
+    capture("text", "warning")
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.WARNING

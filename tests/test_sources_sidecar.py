@@ -159,10 +159,10 @@ def test_full_info_may_carry_base_slot_zero() -> None:
         (" [ 1 , 2 ] x", "invalid JSON at character 11: data after the array"),
         ("[1 2]", "invalid JSON at character 3: expected ',' or ']'"),
         ("[1,]", "invalid JSON at character 3: Expecting value"),
-        ("[1, NaN]", "invalid JSON in entry 1: NaN is not valid JSON"),
-        ("[-Infinity]", "invalid JSON in entry 0: -Infinity is not valid JSON"),
+        ("[1, NaN]", "entry 1: invalid JSON: NaN is not valid JSON"),
+        ("[-Infinity]", "entry 0: invalid JSON: -Infinity is not valid JSON"),
         ("[" * 100_000, "entry 0: JSON nested too deeply"),
-        ("[" + "9" * 5000 + "]", "invalid JSON in entry 0: Exceeds the limit"),
+        ("[" + "9" * 5000 + "]", "entry 0: invalid JSON: Exceeds the limit"),
         ('[1, {"a": x}, ' + "2, " * 10_000 + "3]", "invalid JSON at character 10: Expecting"),
     ],
 )

@@ -52,7 +52,7 @@ def test_empty_file_has_no_targets(tmp_path: Path) -> None:
         ('["a:1", 7]', ": [1]: not host:port: 7"),
         ('["a:1", "b"]', ": [1]: not host:port: 'b'"),
         ('["a:1",', ": invalid JSON: Expecting value: line 1 column 8 (char 7)"),
-        ("[" * 100_000, ": invalid JSON: maximum recursion depth exceeded"),
+        ("[" * 100_000, ": JSON nested too deeply"),
         (b"a:1\n\xff\n", ": not UTF-8 text (byte 4)"),
     ],
 )

@@ -26,6 +26,7 @@ from helpers_server import serve_app
 from quart import Response, request
 from quart_trio import QuartTrio
 
+import tracker.zerocopy.connection as connection_module
 import tracker.zerocopy.kernelcopy
 from tracker.files.bodies import WrappedBody
 from tracker.files.downloads import outcome_of
@@ -325,3 +326,39 @@ def test_h11_writes_the_framing_headers_it_adds_in_lower_case(
     lines = head.split(b"\r\n")[1:]
     assert added in lines, head
     assert all(line == line.lower() for line in lines), head
+
+
+async def test_a_stream_closed_after_its_answer_lingers_until_the_client_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After ``send_eof`` (hypercorn ending a connection after an answer), ``aclose`` reads
+    and drops what the client still sends until the client closes too, instead of closing
+    with unread input (which makes the kernel reset the connection and drop what of the
+    answer is still queued); a client that never closes is given LINGER_SECONDS."""
+    monkeypatch.setattr(connection_module, "LINGER_SECONDS", 0.5)
+    client, server = await zero_copy_pair()
+    await client.send_all(b"x" * 10_000)  # never read by the server's app
+    closed = trio.Event()
+
+    async def close() -> None:
+        await server.send_eof()
+        await server.aclose()
+        closed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close)
+        assert await client.receive_some(10) == b""  # the server's answer ended
+        await client.send_all(b"y" * 10_000)  # more input: a closed socket would reset
+        await trio.testing.wait_all_tasks_blocked()
+        assert not closed.is_set()  # still reading what the client sends
+        await client.send_eof()
+        with trio.fail_after(5):
+            await closed.wait()  # the client's end: closed at once
+    await client.aclose()
+    client, server = await zero_copy_pair()
+    start = trio.current_time()
+    with trio.fail_after(5):
+        await server.send_eof()
+        await server.aclose()  # the client never closes: bounded
+    assert 0.4 < trio.current_time() - start < 3
+    await client.aclose()

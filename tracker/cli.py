@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -16,7 +17,7 @@ import trio
 from tracker import __version__
 from tracker.core.config import Config
 from tracker.core.loading import load_config
-from tracker.core.logs import log_event, setup_logging
+from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.core.memory import freeze_startup_objects, limit_malloc_arenas
 from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK")
         return EXIT_OK
-    setup_logging(args.log_level, args.log_format)
+    store_debug = os.environ.get(STORE_DEBUG_ENV) == "1"
+    setup_logging(args.log_level, args.log_format, store_debug=store_debug)
     limit_malloc_arenas()
     for warning in warnings(config):
         log_event(log, "warning", "config_warning", problem=warning)

@@ -269,6 +269,8 @@ async def run_tracker(
             apply_trust(tracker.index, new)
             scraper.update_config(new)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
+            for warning in new.warnings:
+                log_event(log, "warning", "config_warning", problem=warning)
 
         sources = parts.status_sources()
         internal = create_internal_app(

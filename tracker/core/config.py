@@ -173,6 +173,10 @@ class TargetGroup:
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
 
+    def sidecar_url(self, host: str) -> str:
+        """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""
+        return f"{self.scheme}://{host}{self.api_path}"
+
     @property
     def authorization(self) -> str | None:
         """The ``Authorization`` header value for this group's sources, or None.

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
-from tracker.core.trust import TrustPolicy, screen
+from tracker.core.trust import TrustPolicy, needs_screening, screen
 
 
 class TargetKey(NamedTuple):
@@ -242,10 +242,11 @@ class Index:
     ) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
         """What each target of ``group`` may contribute to the ranking (SPEC §11)."""
         policy = self._policies.get(group, TrustPolicy())
-        if policy == TrustPolicy() and self._cluster_slot is None:
+        discovered = {key for key in entries if key.discovered}
+        if not needs_screening(policy, self._cluster_slot, bool(discovered)):
             return {}  # trust everything: nothing to screen (the common, fast path)
         advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
-        screened = screen(advertised, policy, self._cluster_slot)
+        screened = screen(advertised, policy, self._cluster_slot, discovered)
         self._mismatches.update(screened.mismatches)
         return screened.infos
 

@@ -24,6 +24,7 @@ Relative paths are resolved against the config file's directory and stored absol
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -51,7 +52,9 @@ from tracker.core.config import (
     Trust,
 )
 from tracker.core.problems import TLS_GO_KEYS, Path, Problems, flatten, lines, raise_problems
-from tracker.core.targetfile import read_target_file
+from tracker.core.redact import redact_text
+from tracker.core.targetfile import is_host_port, read_target_file
+from tracker.core.trust import MIN_DISCOVERED_AGREEING, is_known
 from tracker.core.values import check_target, describe, parse_duration
 from tracker.core.yamlfile import read_yaml
 from tracker.errors import ConfigError, ProbeError
@@ -123,7 +126,7 @@ class _Loader:
         self._add(
             Trust,
             {
-                "known_sources": _list_of(values.string),
+                "known_sources": _list_of(self._known_source),
                 "min_agreeing_sources": values.integer_in(1, 1000),
                 "max_slot_ahead": values.integer_in(0),
             },
@@ -225,6 +228,21 @@ class _Loader:
             except ProbeError as exc:
                 raise ValueError(str(exc)) from None
         return path
+
+    def _known_source(self, value: object) -> str:
+        """A target URL (as ``http_targets`` writes them), ``host:port`` (every target at that
+        address) or a path (``local_targets``, resolved as they are)."""
+        text = values.string(value)
+        if text.startswith(("/", "./", "../")):
+            return self._resolve(text)
+        if "://" in text:
+            return values.http_target(text)
+        if not is_host_port(text):
+            raise ValueError(
+                "expected a target URL (http://host:port), host:port or a path (/..., ./...),"
+                f" got {text!r}"
+            )
+        return text
 
     def _directory(self, value: object) -> str:
         path = self._resolve(value)
@@ -385,28 +403,80 @@ def _store_problems(config: Config) -> list[tuple[Path, str]]:
     return []
 
 
-def _warnings(config: Config) -> list[str]:
+def config_warnings(config: Config) -> list[str]:
+    """What is valid in ``config`` but probably unintended or unguarded, one line each
+    (key path first); ``load_config`` puts them in ``Config.warnings``."""
     found: list[str] = []
     if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
         found.append("proxy_snapshot_cache_dir: ignored while proxy_snapshot_downloads is false")
     if not config.target_groups:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
-        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group)]
+        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
     return found
 
 
-def _group_warnings(group: TargetGroup) -> list[str]:
+#: Every way a group gets targets.
+_TARGET_KINDS = (
+    "static_targets",
+    "file_targets",
+    "consul_sd_config",
+    "http_targets",
+    "local_targets",
+    "cluster_discovery",
+)
+
+
+def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     found: list[str] = []
-    kinds = ("static_targets", "file_targets", "consul_sd_config", "http_targets", "local_targets")
-    if all(getattr(group, kind) is None for kind in kinds):
+    if all(getattr(group, kind) is None for kind in _TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
+    if group.cluster_discovery is not None and not config.rpc:
+        agreeing = max(MIN_DISCOVERED_AGREEING, group.trust.min_agreeing_sources)
+        found.append(
+            ".cluster_discovery: no `rpc` to check slots against (max_slot_ahead): discovered"
+            f" nodes that agree (at least {agreeing}) can make any slot, however far ahead,"
+            " the best; set `rpc`"
+        )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
+    return found + _unmatched_known_sources(group)
+
+
+def _unmatched_known_sources(group: TargetGroup) -> list[str]:
+    """A ``known_sources`` entry that names none of the group's configured targets trusts
+    nothing (a typo, or a target since removed)."""
+    targets = _configured_targets(group)
+    found = []
+    found_later = group.consul_sd_config is not None or group.cluster_discovery is not None
+    for index, entry in enumerate(group.trust.known_sources):
+        if any(is_known(target, {entry}) for target in targets):
+            continue
+        line = (
+            f".trust.known_sources[{index}]: {redact_text(entry)!r} matches no configured"
+            " target of the group, so it trusts nothing"
+        )
+        if found_later:
+            line += " (unless Consul or cluster discovery finds it)"
+        found.append(line)
     return found
+
+
+def _configured_targets(group: TargetGroup) -> list[str]:
+    """The target URLs and paths the config names (the targets' keys in the index)."""
+    hosts = list(group.static_targets.targets) if group.static_targets else []
+    if group.file_targets is not None and os.path.lexists(group.file_targets.path):
+        with contextlib.suppress(ProbeError):  # reported as a problem of its own at load
+            hosts += read_target_file(group.file_targets.path)
+    targets = [group.sidecar_url(host) for host in hosts]
+    if group.http_targets is not None:
+        targets += group.http_targets.targets
+    if group.local_targets is not None:
+        targets += group.local_targets.paths
+    return targets
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -442,4 +512,4 @@ def _finish_config(config: Config, file_path: str) -> Config:
     if not default_group and config.target_groups:
         default_group = config.target_groups[0].group
     config = attrs.evolve(config, default_group=default_group, config_path=file_path)
-    return attrs.evolve(config, warnings=tuple(_warnings(config)))
+    return attrs.evolve(config, warnings=tuple(config_warnings(config)))

@@ -52,6 +52,12 @@ _RESERVED = frozenset({"time", "level", "event"})
 
 # Libraries that log every request at INFO: at scrape rates that drowns the tracker's own events.
 _CHATTY_LOGGERS = ("httpx", "httpcore", "hypercorn.access")
+# Libraries whose DEBUG lines carry credentials: botocore prints the request it signs (the
+# access key id in the Authorization header, signatures, presigned URLs), urllib3 the URLs.
+# They stay at INFO under ``--log-level debug`` unless STORE_DEBUG_ENV asks for them.
+_SECRET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+#: Set to 1 to get the object-store libraries' own DEBUG lines (credentials included).
+STORE_DEBUG_ENV = "SNAPSHOT_TRACKER_STORE_DEBUG"
 
 
 def log_event(
@@ -77,14 +83,20 @@ def log_event(
 
 
 def setup_logging(
-    level: str, fmt: Literal["text", "json"], stream: IO[str] | None = None
+    level: str,
+    fmt: Literal["text", "json"],
+    stream: IO[str] | None = None,
+    *,
+    store_debug: bool = False,
 ) -> logging.Handler:
     """Send every log record, one line each, to ``stream`` (default: ``sys.stderr``).
 
     Configures the root logger: its previous handlers are removed (so calling this again, e.g.
     from tests, does not duplicate lines) and the per-request chatter of httpx, httpcore and
-    hypercorn's access log is raised to WARNING (INFO at ``debug``). Returns the handler.
-    Raises ValueError on an unknown ``level`` or ``fmt``.
+    hypercorn's access log is raised to WARNING (INFO at ``debug``). At ``debug`` the loggers of
+    boto3, botocore, s3transfer and urllib3 stay at INFO (their DEBUG lines show the store's
+    access key id and signatures) unless ``store_debug``. Returns the handler. Raises
+    ValueError on an unknown ``level`` or ``fmt``.
     """
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
@@ -106,6 +118,9 @@ def setup_logging(
     chatty = logging.INFO if level == "debug" else logging.WARNING
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(chatty)
+    secret = logging.INFO if level == "debug" and not store_debug else logging.NOTSET
+    for name in _SECRET_LOGGERS:
+        logging.getLogger(name).setLevel(secret)
     return handler
 
 

@@ -10,6 +10,7 @@ import attrs
 
 from tracker.core import values
 from tracker.core.config import Config
+from tracker.core.loading import config_warnings
 from tracker.core.redact import redact_text
 from tracker.errors import ConfigError
 
@@ -50,4 +51,6 @@ def with_overrides(config: Config, **values: object) -> Config:
             problems.append(f"{flag}: {redact_text(str(exc))}")
     if problems:
         raise ConfigError(problems)
-    return attrs.evolve(config, **changes)
+    config = attrs.evolve(config, **changes)
+    # A flag can answer a warning of the file (``--rpc``): warn about the config in force.
+    return attrs.evolve(config, warnings=tuple(config_warnings(config)))

@@ -8,10 +8,10 @@ line (or array index): silently probing half a fleet would hide the typo.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 
-from tracker.core.text import one_line, quoted
+from tracker.core.text import quoted
+from tracker.core.untrusted import load_json, port_number
 from tracker.errors import ProbeError
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -43,8 +43,7 @@ def is_host_port(text: str) -> bool:
     else:
         host, sep, port = text.rpartition(":")
         host_ok = _HOST.fullmatch(host) is not None
-    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
-    return bool(sep) and host_ok and port_ok
+    return bool(sep) and host_ok and port_number(port) is not None
 
 
 def _is_ipv6(text: str) -> bool:
@@ -71,9 +70,9 @@ def _read(path: str, max_bytes: int) -> str:
 
 def _json_targets(text: str, path: str) -> list[str]:
     try:
-        entries = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProbeError(one_line(f"{path}: invalid JSON: {exc}")) from exc
+        entries = load_json(text, ProbeError)
+    except ProbeError as exc:
+        raise ProbeError(f"{path}: {exc}") from exc
     if not isinstance(entries, list):
         raise ProbeError(f"{path}: not a JSON array of strings")
     targets = []

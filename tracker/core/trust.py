@@ -2,17 +2,19 @@
 
 What a source says is data, not authority. A (slot, hash) advertised by a *known source*
 (``trust.known_sources``) is trusted; otherwise it is ranked only once ``min_agreeing_sources``
-distinct targets advertise it. When targets advertise different hashes for one slot, the
-trusted hash wins, else the one most targets advertise (ties: none wins), and every target
-advertising another hash is marked (``hash mismatch at slot N``). With the cluster's current
-slot known, a snapshot more than ``max_slot_ahead`` slots above it is never ranked: a node
-advertising a bogus slot cannot win.
+distinct targets advertise it, and at least :data:`MIN_DISCOVERED_AGREEING` when only
+discovered nodes (cluster discovery: addresses from the network) advertise it, so that one node
+alone never wins whatever the config says. When targets advertise different hashes for one
+slot, the trusted hash wins, else the one most targets advertise (ties: none wins), and every
+target advertising another hash is marked (``hash mismatch at slot N``). With the cluster's
+current slot known, a snapshot more than ``max_slot_ahead`` slots above it is never ranked: a
+node advertising a bogus slot cannot win.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Set
 from typing import Generic, TypeVar
 
 import attrs
@@ -31,6 +33,9 @@ class TrustPolicy:
 
 K = TypeVar("K", bound=Hashable)
 
+#: Distinct sources that must agree on a (slot, hash) only discovered nodes advertise.
+MIN_DISCOVERED_AGREEING = 2
+
 
 @attrs.frozen
 class Screened(Generic[K]):
@@ -47,8 +52,10 @@ def screen(
     advertised: Mapping[K, tuple[tuple[SnapshotInfo, ...], str]],
     policy: TrustPolicy,
     cluster_slot: int | None = None,
+    discovered: Set[K] = frozenset(),
 ) -> Screened[K]:
-    """Screen what each target (key → (infos, its target URL or path)) advertises.
+    """Screen what each target (key → (infos, its target URL or path)) advertises;
+    ``discovered``: the keys of discovered nodes.
 
     A snapshot is identified by the (slot, hash) of every file of its chain: an incremental
     is ranked only when its own (slot, hash) and its full's pass.
@@ -56,11 +63,12 @@ def screen(
     holders: dict[tuple[int, str], set[K]] = defaultdict(set)
     trusted: set[tuple[int, str]] = set()
     for key, (infos, target) in advertised.items():
+        known = is_known(target, policy.known_sources)
         for info in infos:
             for f in info.files:
                 pair = (f.name.slot, f.name.hash)
                 holders[pair].add(key)
-                if target in policy.known_sources:
+                if known:
                     trusted.add(pair)
     winners = _winners(holders, trusted)
     mismatches: dict[K, str] = {}
@@ -73,7 +81,7 @@ def screen(
             continue
         if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
             continue
-        if pair in trusted or len(keys) >= policy.min_agreeing_sources:
+        if pair in trusted or len(keys) >= _agreeing(policy, keys, discovered):
             passed.add(pair)
     # Only the targets holding something that did not pass are filtered: in a healthy
     # cluster that is none of thousands.
@@ -87,6 +95,31 @@ def screen(
         for key in affected
     }
     return Screened(kept, mismatches)
+
+
+def is_known(target: str, known_sources: Set[str]) -> bool:
+    """True when ``target`` (a target's URL or path) is one of ``known_sources``: the same
+    URL or path, or its ``host:port`` (an entry that names every target at that address)."""
+    if target in known_sources:
+        return True
+    _scheme, sep, rest = target.partition("://")
+    if not sep:
+        return False
+    authority = rest.split("/", 1)[0].rpartition("@")[2]
+    return authority in known_sources
+
+
+def needs_screening(policy: TrustPolicy, cluster_slot: int | None, discovered: bool) -> bool:
+    """False when :func:`screen` would pass everything: the default policy, no cluster slot
+    and no discovered node among the targets."""
+    return policy != TrustPolicy() or cluster_slot is not None or discovered
+
+
+def _agreeing(policy: TrustPolicy, holders: set[K], discovered: Set[K]) -> int:
+    """How many distinct holders a (slot, hash) that is not trusted needs."""
+    if discovered and holders <= discovered:
+        return max(policy.min_agreeing_sources, MIN_DISCOVERED_AGREEING)
+    return policy.min_agreeing_sources
 
 
 def _winners(

@@ -1,19 +1,17 @@
 """Cluster discovery (SPEC §11): every RPC node of the cluster, from ``getClusterNodes``.
 
 The RPC URLs are asked in turn until one answers (each under a timeout, the answer read up to
-a size cap). Every node with an ``rpc`` address (``ip:port``) becomes an HTTP target
-``http://{rpc}``; a node whose address is malformed is skipped, one whose version matches
-none of the ``versions`` globs too, and at most ``max_targets`` are kept (by public key, a
-stable choice between rounds). The addresses came from the network: the scrape loop checks
+a size cap and parsed as a stream in a worker thread, :mod:`tracker.discovery.nodes`). Every
+node with an ``rpc`` address (``ip:port``) becomes an HTTP target ``http://{rpc}``; a node
+whose address is malformed is skipped, one whose version matches none of the ``versions``
+globs too, and at most ``max_targets`` are kept (by public key, a stable choice between
+rounds). The addresses came from the network: the scrape loop checks
 each against the egress policy before any connection (:mod:`tracker.discovery.scrape`).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
-import json
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import httpx
 import trio
@@ -21,6 +19,7 @@ import trio
 from tracker.core.config import ClusterDiscovery
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
+from tracker.discovery.nodes import parse_answer
 from tracker.errors import ProbeError
 from tracker.net.limits import read_capped, status_reason, transport_reason
 
@@ -31,6 +30,14 @@ RPC_TIMEOUT = 10.0
 
 _REQUEST = {"jsonrpc": "2.0", "id": 1, "method": "getClusterNodes"}
 
+#: Told of each RPC URL asked: (url, "" when it answered usably else the one-line reason,
+#: seconds it took).
+Report = Callable[[str, str, float], None]
+
+
+def _ignore(url: str, reason: str, seconds: float) -> None:
+    pass
+
 
 async def cluster_targets(
     client: httpx.AsyncClient,
@@ -38,73 +45,39 @@ async def cluster_targets(
     *,
     rpc_timeout: float = RPC_TIMEOUT,
     max_answer: int = MAX_ANSWER,
+    report: Report = _ignore,
 ) -> list[str]:
     """The HTTP target URLs of the cluster's RPC nodes. Raises ProbeError (one line, every
-    RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer."""
+    RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer; ``report`` hears
+    of each URL asked, in turn, whether it answered."""
     reasons = []
     for url in discovery.rpc:
+        start = trio.current_time()
         try:
             with trio.fail_after(rpc_timeout):
-                nodes = await _ask(client, url, max_answer)
+                body = await _ask(client, url, max_answer)
+            # Off the event loop, and not abandoned on cancellation (MAX_NODES bounds it).
+            nodes = await trio.to_thread.run_sync(
+                parse_answer, body, discovery.versions, discovery.max_targets
+            )
         except trio.TooSlowError:
-            reasons.append(f"{redact_url(url)}: no answer within {rpc_timeout:g}s")
-            continue
+            reason = f"no answer within {rpc_timeout:g}s"
         except ProbeError as exc:
-            reasons.append(f"{redact_url(url)}: {exc}")
-            continue
-        return select(nodes, discovery.versions, discovery.max_targets)
+            reason = str(exc)
+        else:
+            report(url, "", trio.current_time() - start)
+            return nodes
+        report(url, reason, trio.current_time() - start)
+        reasons.append(f"{redact_url(url)}: {reason}")
     raise ProbeError(one_line("getClusterNodes failed: " + "; ".join(reasons)))
 
 
-async def _ask(client: httpx.AsyncClient, url: str, max_answer: int) -> list[object]:
+async def _ask(client: httpx.AsyncClient, url: str, max_answer: int) -> bytearray:
     headers = {"accept-encoding": "identity", "content-type": "application/json"}
     try:
         async with client.stream("POST", url, json=_REQUEST, headers=headers) as response:
             if response.status_code != 200:
                 raise ProbeError(status_reason(response))
-            body = await read_capped(response, max_answer)
+            return await read_capped(response, max_answer)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ProbeError(transport_reason(exc)) from exc
-    try:
-        result = json.loads(body)["result"]
-    except (ValueError, KeyError, TypeError):
-        raise ProbeError("not a getClusterNodes answer") from None
-    if not isinstance(result, list):
-        raise ProbeError("not a getClusterNodes answer")
-    return result
-
-
-def select(nodes: Sequence[object], versions: Sequence[str], max_targets: int) -> list[str]:
-    """``http://{rpc}`` of each usable node, at most ``max_targets``, by public key."""
-    chosen: dict[str, str] = {}
-    for node in nodes:
-        if not isinstance(node, dict):
-            continue
-        address = _rpc_address(node.get("rpc"))
-        pubkey = node.get("pubkey")
-        version = node.get("version")
-        if address is None or not isinstance(pubkey, str):
-            continue
-        if versions and not (
-            isinstance(version, str) and any(fnmatch.fnmatchcase(version, v) for v in versions)
-        ):
-            continue
-        chosen.setdefault(pubkey, f"http://{address}")
-    return [chosen[key] for key in sorted(chosen)[:max_targets]]
-
-
-def _rpc_address(value: object) -> str | None:
-    """A node's ``rpc`` (``ip:port`` or ``[v6]:port``) as a URL authority, or None."""
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    bracketed = host.startswith("[") and host.endswith("]")
-    try:
-        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
-    except ValueError:
-        return None  # getClusterNodes gives IP addresses; a name is not one
-    if address.version == 6:
-        return f"[{address}]:{int(port)}"
-    return f"{address}:{int(port)}"

@@ -27,6 +27,7 @@ import trio
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.text import quoted
+from tracker.core.untrusted import ascii_digits
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.clients import origin
 from tracker.net.egress import EgressPolicy, Resolver, checked_addresses, resolve
@@ -216,9 +217,9 @@ async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: S
         response = await client.head(url, headers=headers, follow_redirects=False)
     except (httpx.HTTPError, httpx.InvalidURL):
         return 0  # asked again at the next scrape: a transient failure is not remembered
-    length = response.headers.get("content-length", "").strip()
-    if response.status_code == 200 and length.isascii() and length.isdigit() and len(length) < 20:
-        size = int(length)
+    length = ascii_digits(response.headers.get("content-length", "").strip(), max_digits=19)
+    if response.status_code == 200 and length is not None:
+        size = length
     sizes.put(url, size)
     return size
 

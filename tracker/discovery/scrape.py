@@ -13,6 +13,7 @@ import math
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 import attrs
@@ -37,7 +38,8 @@ from tracker.zerocopy.transport import HeadClient
 
 log = logging.getLogger("tracker.scrape")
 
-Kind = Literal["sidecar", "http", "local"]
+#: ``cluster``: a ``getClusterNodes`` RPC URL of ``cluster_discovery`` (asked, not probed).
+Kind = Literal["sidecar", "http", "local", "cluster"]
 
 
 @attrs.frozen
@@ -64,7 +66,7 @@ class TargetHealth:
 
 def sidecar_base(group: TargetGroup, host: str) -> str:
     """The base URL of a sidecar's API for a ``host:port`` entry."""
-    return f"{group.scheme}://{host}{group.api_path}"
+    return group.sidecar_url(host)
 
 
 def _sidecars(group: TargetGroup, hosts: list[str]) -> list[Target]:
@@ -88,6 +90,9 @@ class Scraper:
         #: Looks up the hosts of Locations on other origins (the egress check).
         self.resolver = resolver
         self.health: dict[TargetKey, TargetHealth] = {}
+        #: The ``getClusterNodes`` RPC URLs of each group, as asked last (``/v1/targets``
+        #: shows them beside the targets; they hold no snapshots).
+        self.rpc_health: dict[TargetKey, TargetHealth] = {}
         #: Bumped whenever a target comes or goes (what :meth:`in_order` keeps depends on it).
         self.roster = 0
         #: Bumped whenever what ``/v1/targets`` shows may have changed: after each probe,
@@ -127,6 +132,7 @@ class Scraper:
         targets: list[Target] = []
         for group in self.config.target_groups:
             targets.extend(await self._group_targets(group))
+        self._retire_rpcs()
         return targets
 
     async def _group_targets(self, group: TargetGroup) -> list[Target]:
@@ -161,14 +167,41 @@ class Scraper:
         now = trio.current_time()
         if now - asked < discovery.interval:
             return nodes
+        report = partial(self._rpc_answered, group.group)
         try:
-            nodes = await cluster_targets(self._clients[group.group][0], discovery)
+            nodes = await cluster_targets(self._clients[group.group][0], discovery, report=report)
         except ProbeError as exc:
             log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
         else:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
         self._cluster[group.group] = (now, nodes)
         return nodes
+
+    def _rpc_answered(self, group: str, url: str, reason: str, seconds: float) -> None:
+        """Record how a ``getClusterNodes`` RPC URL answered (its ``/v1/targets`` entry)."""
+        key = TargetKey(group, url)
+        health = self.rpc_health.get(key)
+        if health is None:
+            health = self.rpc_health[key] = TargetHealth(Target(key, "cluster", url))
+            self.roster += 1
+        health.health = "down" if reason else "up"
+        health.last_error = reason
+        health.failures = health.failures + 1 if reason else 0
+        health.last_scrape = datetime.now(UTC)
+        health.last_duration = seconds
+        self.shown += 1
+
+    def _retire_rpcs(self) -> None:
+        """Forget the RPC URLs a reload removed."""
+        current = {
+            TargetKey(g.group, url)
+            for g in self.config.target_groups
+            if g.cluster_discovery
+            for url in g.cluster_discovery.rpc
+        }
+        for key in [k for k in self.rpc_health if k not in current]:
+            del self.rpc_health[key]
+            self.roster += 1
 
     def _read_file_targets(self, path: str) -> list[str]:
         # A broken file keeps the last good list: an operator's typo must not empty a group.
@@ -210,13 +243,15 @@ class Scraper:
                 self.roster += 1
 
     def in_order(self) -> list[TargetHealth]:
-        """Every target's health, by group and target name (``/v1/targets``' order); kept
+        """Every target's health and every cluster RPC URL's, by group and target name
+        (``/v1/targets``' order); kept
         until a target comes or goes: sorting thousands on every request showed in the
         API's latency during a cluster round. Do not modify the list."""
         roster, ordered = self._ordered
         if roster != self.roster:
             # Plain string tuples sort far faster than comparisons of whole keys.
-            ordered = sorted(self.health.values(), key=_display_order)
+            everyone = [*self.health.values(), *self.rpc_health.values()]
+            ordered = sorted(everyone, key=_display_order)
             self._ordered = (self.roster, ordered)
         return ordered
 

@@ -32,7 +32,11 @@ from tracker.net.limits import NO_HEADERS, decode_text, fetch_capped, iter_json_
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_ENTRIES = 10_000
 
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
+# [0-9], not \d: \d also matches the digits of other scripts ("٣"), which no time uses.
+_D = "[0-9]"
+_RFC3339 = re.compile(
+    rf"{_D}{{4}}-{_D}{{2}}-{_D}{{2}}T{_D}{{2}}:{_D}{{2}}:{_D}{{2}}(\.{_D}{{1,9}})?(Z|[+-]{_D}{{2}}:{_D}{{2}})"
+)
 
 
 class _Invalid(Exception):

@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from tracker.core.logs import log_event, setup_logging
+from tracker.core.untrusted import ascii_digits
 from tracker.core.values import parse_duration, parse_size
 from tracker.errors import FetchError
 from tracker.fetch.download import FetchSettings
@@ -48,11 +49,10 @@ def _size(text: str) -> int:
 
 def _count(lowest: int, highest: int) -> Any:
     def check(text: str) -> int:
-        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        value = ascii_digits(text)
+        if value is None or not lowest <= value <= highest:
             raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
-        if not lowest <= int(text) <= highest:
-            raise argparse.ArgumentTypeError(f"expected {lowest} to {highest}, got {text!r}")
-        return int(text)
+        return value
 
     return check
 

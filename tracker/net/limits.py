@@ -13,12 +13,13 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from types import MappingProxyType
 
 import httpx
 
 from tracker.core.text import one_line, quoted
+from tracker.core.untrusted import JSON_ERRORS, ascii_digits, json_reason, reject_constant
 from tracker.errors import ProbeError
 
 #: Default for the ``headers`` parameter of the probes (an immutable empty mapping).
@@ -86,7 +87,8 @@ def _check_body_headers(response: httpx.Response, max_bytes: int) -> None:
         raise ProbeError(f"unsupported content-encoding {quoted(encoding)}")
     declared = response.headers.get("content-length", "")
     # h11 has already refused a malformed Content-Length; this only compares.
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+    size = ascii_digits(declared.strip())
+    if size is not None and size > max_bytes:
         raise ProbeError(f"body of {declared} bytes exceeds the limit of {max_bytes} bytes")
 
 
@@ -170,45 +172,101 @@ def iter_json_array(
     elements, NaN/Infinity, nesting deeper than Python's recursion limit, invalid JSON or
     trailing data raise :class:`ProbeError`.
     """
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    decoder = json.JSONDecoder(parse_constant=reject_constant)
     pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
         raise ProbeError("answer is not a JSON array")
+    end = yield from _array_items(decoder, text, pos + 1, max_items, max_item_chars)
+    _expect_end(text, end, "array")
+
+
+def iter_json_member(
+    text: str, member: str, *, max_items: int, max_item_chars: int = MAX_ELEMENT_CHARS
+) -> Iterator[object]:
+    """Yield the elements of the array ``member`` of a top-level JSON object one at a time
+    (the ``result`` of a JSON-RPC answer), as :func:`iter_json_array` does.
+
+    The other members are decoded within ``max_item_chars`` each and dropped. Raises
+    :class:`ProbeError` as :func:`iter_json_array` does, and when the object has no
+    ``member`` array (a JSON-RPC error answer).
+    """
+    decoder = json.JSONDecoder(parse_constant=reject_constant)
+    pos = _skip_ws(text, 0)
+    if not text.startswith("{", pos):
+        raise ProbeError("answer is not a JSON object")
     pos = _skip_ws(text, pos + 1)
+    found = False
+    while not text.startswith("}", pos):
+        name, pos = _decode_element(decoder, text, pos, max_item_chars, "a member name")
+        pos = _skip_ws(text, pos)
+        if not isinstance(name, str) or not text.startswith(":", pos):
+            raise ProbeError(f"invalid JSON at character {pos}: expected a member name and ':'")
+        pos = _skip_ws(text, pos + 1)
+        if name == member and not found and text.startswith("[", pos):
+            found = True
+            pos = yield from _array_items(decoder, text, pos + 1, max_items, max_item_chars)
+        else:
+            label = f"member {quoted(name, 40)}"
+            _value, pos = _decode_element(decoder, text, pos, max_item_chars, label)
+        pos = _skip_ws(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip_ws(text, pos + 1)
+        elif not text.startswith("}", pos):
+            raise ProbeError(f"invalid JSON at character {pos}: expected ',' or '}}'")
+    _expect_end(text, pos + 1, "object")
+    if not found:
+        raise ProbeError(f"no {quoted(member)} array in the answer")
+
+
+def _array_items(
+    decoder: json.JSONDecoder, text: str, pos: int, max_items: int, max_item_chars: int
+) -> Generator[object, None, int]:
+    """Yield the elements of the array opened just before ``pos``; returns the position
+    after its closing bracket."""
+    pos = _skip_ws(text, pos)
     if text.startswith("]", pos):
-        _expect_end(text, pos + 1)
-        return
-    for index in range(max_items + 1):
-        if index == max_items:
-            raise ProbeError(f"more than {max_items} entries")
-        value, pos = _decode_element(decoder, text, pos, max_item_chars, index)
+        return pos + 1
+    for index in range(max_items):
+        value, pos = _decode_element(decoder, text, pos, max_item_chars, f"entry {index}")
         yield value
         pos = _skip_ws(text, pos)
         if text.startswith("]", pos):
-            _expect_end(text, pos + 1)
-            return
+            return pos + 1
         if not text.startswith(",", pos):
             raise ProbeError(f"invalid JSON at character {pos}: expected ',' or ']'")
         pos = _skip_ws(text, pos + 1)
+    raise ProbeError(f"more than {max_items} entries")
+
+
+#: The first window an element is decoded from: most elements are far smaller than their
+#: limit, and slicing the whole limit for each of 100,000 tiny elements copied gigabytes.
+_FIRST_WINDOW = 2048
 
 
 def _decode_element(
-    decoder: json.JSONDecoder, text: str, pos: int, max_chars: int, index: int
+    decoder: json.JSONDecoder, text: str, pos: int, max_chars: int, label: str
 ) -> tuple[object, int]:
-    window = text[pos : pos + max_chars]
-    try:
-        value, end = decoder.raw_decode(window)
-    except RecursionError as exc:
-        raise ProbeError(f"entry {index}: JSON nested too deeply") from exc
-    except json.JSONDecodeError as exc:
-        if pos + max_chars < len(text) and _ran_out(exc, len(window)):
-            reason = f"entry {index}: larger than {max_chars} characters"
-        else:
-            reason = f"invalid JSON at character {pos + exc.pos}: {exc.msg}"
-        raise ProbeError(reason) from exc
-    except ValueError as exc:  # NaN/Infinity, integers too long to convert
-        raise ProbeError(one_line(f"invalid JSON in entry {index}: {exc}")) from exc
-    return value, pos + end
+    """One JSON value from ``text[pos:]`` that must fit in ``max_chars`` characters."""
+    window = min(max_chars, _FIRST_WINDOW)
+    while True:
+        cut = pos + window < len(text)  # the window may end inside the element
+        try:
+            value, end = decoder.raw_decode(text[pos : pos + window])
+        except json.JSONDecodeError as exc:
+            if cut and _ran_out(exc, window):
+                if window < max_chars:
+                    window = max_chars
+                    continue
+                reason = f"{label}: larger than {max_chars} characters"
+            else:
+                reason = f"invalid JSON at character {pos + exc.pos}: {exc.msg}"
+            raise ProbeError(reason) from exc
+        except JSON_ERRORS as exc:  # nesting too deep, NaN/Infinity, integers too long
+            raise ProbeError(f"{label}: {json_reason(exc)}") from exc
+        if cut and end == window and window < max_chars:
+            window = max_chars  # a number may go on past the window: decode it whole
+            continue
+        return value, pos + end
 
 
 def _ran_out(exc: json.JSONDecodeError, window: int) -> bool:
@@ -216,19 +274,15 @@ def _ran_out(exc: json.JSONDecodeError, window: int) -> bool:
     return exc.pos >= window - 1 or exc.msg.startswith("Unterminated string")
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _skip_ws(text: str, pos: int) -> int:
     match = _WHITESPACE.match(text, pos)
     return match.end() if match else pos
 
 
-def _expect_end(text: str, pos: int) -> None:
+def _expect_end(text: str, pos: int, what: str) -> None:
     pos = _skip_ws(text, pos)
     if pos != len(text):
-        raise ProbeError(f"invalid JSON at character {pos}: data after the array")
+        raise ProbeError(f"invalid JSON at character {pos}: data after the {what}")
 
 
 async def fetch_capped(

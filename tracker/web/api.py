@@ -265,7 +265,10 @@ def _targets_body(
         key = h.target.key
         if group is not None and key.group != group:
             continue
-        count, mismatch = index.count(key), mismatches.get(key, "")
+        if h.target.kind == "cluster":  # an RPC URL: no snapshots of its own
+            count, mismatch = 0, ""
+        else:
+            count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
         state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import trio
 
 from tracker.core.config import Config
 from tracker.core.index import Index
+from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError, RpcError
 from tracker.net.limits import read_capped
 
@@ -73,10 +73,8 @@ class HealthChecker:
 
 
 def _slot_from(body: bytes) -> int:
-    try:
-        slot = json.loads(body)["result"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RpcError("not a getSlot answer") from exc
+    answer = load_json(body, RpcError)
+    slot = answer.get("result") if isinstance(answer, dict) else None
     if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
         raise RpcError("not a getSlot answer")
     return slot

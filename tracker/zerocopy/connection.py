@@ -27,9 +27,10 @@ zero-copy download at its first piece (tests/test_zerocopy.py pins this).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -58,6 +59,15 @@ LARGEST_SOCKET_PIECE = 64 * 1024 * 1024
 #: keep-alive connections cost 45 MB of RSS; bench/README.md). The tracker's requests are
 #: heads and tiny bodies, so small reads cost nothing measurable.
 RECEIVE_SIZE = 4096
+
+#: A connection the server ends after an answer (an error, ``Connection: close``) first shuts
+#: its sending side, then reads and drops what the client still sends, until the client closes
+#: too or for at most this many seconds and bytes, and only then closes (nginx's
+#: ``lingering_close``): a socket closed with unread input makes the kernel send a reset, and
+#: a reset makes the client's kernel discard the answer it has not read yet (a 400 for a
+#: request followed by more bytes was lost in 27 tries of 60).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 #: The ASGI scope key under which a connection that can take pieces is found.
 SCOPE_KEY = "tracker.zerocopy.connection"
@@ -139,6 +149,22 @@ class SocketPiece(Piece):
         splice_sockets(sources[0], out, self.count, self.read_timeout)
 
 
+#: True in the task (and below the call) that sends the last message of an answer.
+_SENDING_LAST: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tracker_zerocopy_sending_last", default=False
+)
+
+
+@contextlib.contextmanager
+def sending_last() -> Iterator[None]:
+    """Around the send of an answer's last message (see :meth:`Connection.answer_sent`)."""
+    token = _SENDING_LAST.set(True)
+    try:
+        yield
+    finally:
+        _SENDING_LAST.reset(token)
+
+
 class Connection:
     """One client connection's side of the handshake between a body and its stream."""
 
@@ -149,6 +175,33 @@ class Connection:
         self.broken = False
         #: Requests of this connection the app is answering now (see ZeroCopyApp).
         self.requests = 0
+        #: Set when the answer in progress is over.
+        self._answered = trio.Event()
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around the app's answer to one request: the connection is busy (never closed as
+        idle) and its closing waits for the answer (:meth:`answer_sent`)."""
+        self.requests += 1
+        try:
+            yield
+        finally:
+            self.requests -= 1
+            self._answered.set()
+            self._answered = trio.Event()
+
+    async def answer_sent(self) -> None:
+        """Wait (at most LINGER_SECONDS) until the answer in progress has been sent, unless
+        the caller is inside the answer's last send (:func:`sending_last`): hypercorn closes
+        a ``connection: close`` connection from there.
+
+        hypercorn's reader also closes the connection, as soon as h11 refuses more input
+        (bytes after a request answered with ``connection: close``), while the request's
+        task may still be sending that answer: without this wait the answer was lost.
+        """
+        if self.requests and not _SENDING_LAST.get():
+            with trio.move_on_after(LINGER_SECONDS):
+                await self._answered.wait()
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
@@ -284,6 +337,16 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self._connection = connections.open(self._key) if self._key else None
         #: When bytes last came in or went out (trio's clock).
         self.last_active = trio.current_time()
+        #: Our side is shut for sending (``send_eof``); the client's side ended.
+        self._eof_sent = False
+        self._eof_received = False
+        #: The lingering close has taken the reading over (see LINGER_SECONDS); set when it
+        #: is over.
+        self._lingering = False
+        self._lingered = trio.Event()
+        #: The read hypercorn is waiting in, cancelled when the lingering close starts.
+        self._reading: trio.CancelScope | None = None
+        self._read_done = trio.Event()
 
     @property
     def idle(self) -> bool:
@@ -304,6 +367,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             assert isinstance(data, bytes)
             await connection.send_staged(self.socket, data)
             return
+        if self._eof_sent:
+            # As trio's stream does after send_eof, but before touching it: a send racing
+            # the close got trio's BusyResourceError, logged as a failure of the app.
+            raise trio.ClosedResourceError("the connection is closed for sending")
         await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -312,11 +379,22 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """As the wrapped stream's; a ``max_bytes`` (hypercorn's reads) is capped at
-        RECEIVE_SIZE."""
+        RECEIVE_SIZE. The end of the input (``b""``) once a lingering close has begun."""
+        if self._lingering:
+            return b""
         if max_bytes is not None:
             max_bytes = min(max_bytes, RECEIVE_SIZE)
-        data = await self._stream.receive_some(max_bytes)
+        with trio.CancelScope() as scope:
+            self._reading, self._read_done = scope, trio.Event()
+            try:
+                data = await self._stream.receive_some(max_bytes)
+            finally:
+                self._reading = None
+                self._read_done.set()
+        if scope.cancelled_caught:
+            return b""  # the lingering close took the reading over
         self.last_active = trio.current_time()
+        self._eof_received = self._eof_received or not data
         return data
 
     # hypercorn closes a connection that must not be kept (``Connection: close``, HTTP/1.0,
@@ -325,19 +403,56 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     # the socket stays open until the client gives up. Both are a system call each.
 
     async def send_eof(self) -> None:
-        """As the wrapped stream's, whatever cancellation is pending."""
+        """As the wrapped stream's, whatever cancellation is pending, once the answer in
+        progress (if any) has been sent (:meth:`Connection.answer_sent`)."""
         with trio.CancelScope(shield=True):
+            if self._connection is not None:
+                await self._connection.answer_sent()
+            self._eof_sent = True
             await self._stream.send_eof()
 
     async def aclose(self) -> None:
-        """Close the socket and forget the connection, whatever cancellation is pending."""
+        """Close the socket and forget the connection, whatever cancellation is pending.
+
+        After ``send_eof`` (hypercorn's close of a connection it ends: an error answer,
+        ``Connection: close``, HTTP/1.0) and before the client closed its side, the close
+        lingers first (see LINGER_SECONDS); an idle connection closed by the timeout or the
+        connection limit (no ``send_eof``, or shut down both ways) closes at once.
+        """
         if self._connection is not None:
             # A body still sending learns that its client is gone (not a bug of ours).
             self._connection.broken = True
         if self._key:
             self._connections.close(self._key)
         with trio.CancelScope(shield=True):
+            if self._lingering:
+                # hypercorn closes from the request's task and from the reader's: the second
+                # close must not cut the first one's lingering short.
+                await self._lingered.wait()
+            elif self._eof_sent and not self._eof_received:
+                try:
+                    await self._linger()
+                finally:
+                    self._lingered.set()
             await self._stream.aclose()
+
+    async def _linger(self) -> None:
+        """Read and drop the client's input until it closes, LINGER_BYTES or LINGER_SECONDS."""
+        self._lingering = True
+        if self._reading is not None:
+            # hypercorn's reader is waiting in receive_some: it gets b"" and stops reading.
+            self._reading.cancel()
+            await self._read_done.wait()
+        left = LINGER_BYTES
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                while left > 0:
+                    data = await self._stream.receive_some(min(left, 64 * 1024))
+                    if not data:
+                        return
+                    left -= len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
 
 def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address] | None:

@@ -29,7 +29,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
-from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream
+from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream, sending_last
 from tracker.zerocopy.headers import install as lower_case_headers
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 
@@ -43,20 +43,21 @@ class ZeroCopyApp:
         self._connections = connections
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and _ambiguous_length(scope.get("headers", ())):
-            await _refuse(send, b"content-length and transfer-encoding together\n")
-            return
         send = partial(_send_last_shielded, send)
         connection = self._connections.for_scope(scope)
         if connection is None:
-            await self.app(scope, receive, send)
+            await self._answer(scope, receive, send)
             return
         scope[SCOPE_KEY] = connection  # each request's scope is its own dict
-        connection.requests += 1  # not idle: the connection limit never closes it now
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            connection.requests -= 1
+        # Busy: the connection limit never closes it now, and a close waits for the answer.
+        with connection.answering():
+            await self._answer(scope, receive, send)
+
+    async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and _ambiguous_length(scope.get("headers", ())):
+            await _refuse(send, b"content-length and transfer-encoding together\n")
+            return
+        await self.app(scope, receive, send)
 
 
 async def _send_last_shielded(send: Any, message: Any) -> None:
@@ -69,11 +70,15 @@ async def _send_last_shielded(send: Any, message: Any) -> None:
     gave up. The message is at most a few bytes (Quart ends every body with an empty one).
     """
     last = message.get("type") == "http.response.body" and not message.get("more_body")
-    if last and len(message.get("body", b"")) <= _SHIELDED_BODY:
-        with trio.CancelScope(shield=True):
-            await send(message)
-    else:
+    if not last:
         await send(message)
+        return
+    with sending_last():
+        if len(message.get("body", b"")) <= _SHIELDED_BODY:
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
 
 
 #: The largest last message of a response sent shielded (a few bytes in practice).

@@ -1,0 +1,111 @@
+"""A ``getClusterNodes`` answer decoded one node at a time, never held whole.
+
+A 32 MiB answer of ``{}`` elements is 11 million dicts to ``json.loads`` (about 960 MB, and
+seconds of an event loop held). Here the nodes of ``result`` are decoded one by one, each
+from at most :data:`MAX_NODE_CHARS` characters (:func:`tracker.net.limits.iter_json_member`),
+and the nodes chosen so far are at most ``2 * max_targets`` (by public key, so the choice is
+the same as sorting every node). Hostile shapes fail the answer with a one-line
+:class:`ProbeError`: more than :data:`MAX_NODES` elements, a node larger than
+:data:`MAX_NODE_CHARS` or nested too deep, invalid JSON. A node that is only malformed (not
+an object, no usable ``rpc``, no ``pubkey``) is skipped. Blocking and CPU-bound: run it in a
+worker thread.
+
+(ijson would stream the events instead, but its C backend crashed the interpreter
+(segmentation fault) on a 5,000-digit number: not a parser for hostile input.)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+
+from tracker.core.untrusted import port_number
+from tracker.net.limits import decode_text, iter_json_member
+
+#: Elements of ``result`` read at most (mainnet has about 5,000 nodes).
+MAX_NODES = 100_000
+#: The largest node decoded (a node is a flat object of about 600 characters).
+MAX_NODE_CHARS = 8 * 1024
+#: Longest public key kept (base58 of 32 bytes is at most 44 characters).
+MAX_PUBKEY = 64
+
+
+def parse_answer(
+    body: bytes | bytearray,
+    versions: Sequence[str],
+    max_targets: int,
+    *,
+    max_nodes: int = MAX_NODES,
+) -> list[str]:
+    """``http://{rpc}`` of each usable node of a ``getClusterNodes`` answer, at most
+    ``max_targets``, by public key. Raises ProbeError (one line) for an answer that is not
+    one or breaks a limit (see the module)."""
+    nodes = iter_json_member(
+        decode_text(body), "result", max_items=max_nodes, max_item_chars=MAX_NODE_CHARS
+    )
+    return select(nodes, versions, max_targets)
+
+
+def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -> list[str]:
+    """:func:`parse_answer` for nodes already decoded (objects that are not dicts skipped)."""
+    chooser = Chooser(versions, max_targets)
+    for node in nodes:
+        if isinstance(node, dict):
+            chooser.offer(node)
+    return chooser.chosen()
+
+
+class Chooser:
+    """The ``max_targets`` usable nodes with the lowest public keys among those offered
+    (the first node of a public key wins), in at most ``2 * max_targets`` entries."""
+
+    def __init__(self, versions: Sequence[str], max_targets: int) -> None:
+        self._versions = versions
+        self._max = max_targets
+        self._chosen: dict[str, str] = {}
+        #: Once pruned: the highest key kept. A higher one can no longer be among the lowest.
+        self._ceiling: str | None = None
+
+    def offer(self, node: Mapping[str, object]) -> None:
+        """Consider one node (a mapping of its fields)."""
+        address = rpc_address(node.get("rpc"))
+        pubkey = node.get("pubkey")
+        if address is None or not isinstance(pubkey, str) or len(pubkey) > MAX_PUBKEY:
+            return
+        if self._ceiling is not None and pubkey > self._ceiling:
+            return
+        if self._versions and not self._matches(node.get("version")):
+            return
+        self._chosen.setdefault(pubkey, f"http://{address}")
+        if len(self._chosen) >= 2 * self._max:
+            kept = sorted(self._chosen)[: self._max]
+            self._chosen = {key: self._chosen[key] for key in kept}
+            self._ceiling = kept[-1]
+
+    def _matches(self, version: object) -> bool:
+        return isinstance(version, str) and any(
+            fnmatch.fnmatchcase(version, glob) for glob in self._versions
+        )
+
+    def chosen(self) -> list[str]:
+        """The URLs chosen, by public key."""
+        return [self._chosen[key] for key in sorted(self._chosen)[: self._max]]
+
+
+def rpc_address(value: object) -> str | None:
+    """A node's ``rpc`` (``ip:port`` or ``[v6]:port``) as a URL authority, or None."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    port = port_number(port_text)
+    if not sep or port is None:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None  # getClusterNodes gives IP addresses; a name is not one
+    if address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
