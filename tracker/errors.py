@@ -15,7 +15,9 @@ boundary where they happen, so callers handle one family::
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StoreError         the object store refused or could not be reached (one line)
     │   └── StoreConflict  a conditional write lost (412/409): another replica was first
-    └── ClientGone         the client's connection closed while a body was being sent
+    ├── ClientGone         the client's connection closed while a body was being sent
+    ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
+    └── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
 """
 
 from __future__ import annotations
@@ -97,3 +99,13 @@ class ClientGone(TrackerError):
 class FetchError(TrackerError):
     """``snapshot-tracker fetch`` could not put the wanted archives into the ledger (one line:
     tracker unreachable, nothing to fetch, no space, every source failed)."""
+
+
+class ArchiveInvalid(TrackerError):
+    """The archive failed its check (docs/architecture.md, "Verified archives"): ``reason`` is
+    one line for the operator, e.g. ``zstd: frame checksum mismatch in the frame at byte 0``
+    or ``tar: missing snapshots/status_cache``; ``str(exc)`` is the same line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
