@@ -21,6 +21,7 @@ of a download ends shortly after its last byte (docs/architecture.md, "Verified 
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import os
 import threading
@@ -185,14 +186,15 @@ class _Prefetch:
 class GrowingFile:
     """Reads a file that someone else is still writing, for one reading thread.
 
-    It reads a duplicate of ``fd`` (its own, closed when done) with ``os.pread``, never past
-    what :meth:`advance` said is written. :meth:`read` blocks until there are bytes, the end
-    (:meth:`finish`), or :meth:`cancel`. ``advance``, ``finish`` and ``cancel`` never block
-    for long: call them from the trio thread.
+    It reads its own descriptor of the file open at ``fd`` (a duplicate; for a write-only
+    ``fd``, the file opened again read-only through ``/proc/self/fd``), closed when done,
+    with ``os.pread``, never past what :meth:`advance` said is written. :meth:`read` blocks
+    until there are bytes, the end (:meth:`finish`), or :meth:`cancel`. ``advance``,
+    ``finish`` and ``cancel`` never block for long: call them from the trio thread.
     """
 
     def __init__(self, fd: int) -> None:
-        self._fd = os.dup(fd)
+        self._fd = _readable(fd)
         self._cond = threading.Condition()
         self._offset = 0
         self._written = 0
@@ -259,6 +261,13 @@ class GrowingFile:
         if not self._reading and not self._closed:
             self._closed = True
             os.close(self._fd)
+
+
+def _readable(fd: int) -> int:
+    """A new descriptor reading the file open at ``fd``."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    return os.dup(fd)
 
 
 class FollowingCheck:

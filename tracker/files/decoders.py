@@ -58,23 +58,25 @@ _ZSTD_MAX_EMPTY_BLOCKS = 64
 
 @attrs.define
 class FrameState:
-    """What :func:`zstd_frames` has seen: where the current frame starts, how many ended."""
+    """What :func:`zstd_frames` has seen: where the current frame starts, how many ended,
+    whether it is reading the magic number of a next frame (and where that starts)."""
 
     frame_at: int = 0
     frames: int = 0
+    in_magic: bool = False
+    magic_at: int = 0
 
 
 def zstd_frames(state: FrameState) -> Parser:
     """Parse the framing of a zstd stream (RFC 8878: frames, skippable frames, block headers)
     without decoding it; boundaries between frames are MARKs."""
     at = 0
-    reading_magic = False
     try:
         while True:
             yield MARK
-            reading_magic = True
+            state.in_magic, state.magic_at = True, at
             magic = int.from_bytes((yield 4), "little")
-            reading_magic = False
+            state.in_magic = False
             state.frame_at = at
             if magic == _ZSTD_MAGIC:
                 at = yield from _zstd_frame(at)
@@ -89,7 +91,7 @@ def zstd_frames(state: FrameState) -> Parser:
             else:
                 raise ArchiveInvalid(TRAILING.format(at=at))
     except EndOfInput as end:
-        if reading_magic and at > 0:
+        if state.in_magic and at > 0:
             raise ArchiveInvalid(TRAILING.format(at=at)) from None
         raise ArchiveInvalid(
             f"zstd: stream truncated at byte {end.at} (inside the frame at byte {at})"
@@ -167,14 +169,19 @@ def decode_zstd(chunks: Chunks, sink: Sink) -> None:
     )
     out = bytearray(OUT_SIZE)
     view = memoryview(out)
+    state = source.state
     try:
-        while count := reader.readinto(out):
+        # readinto1: what there is as soon as there is some (readinto would wait for a full
+        # buffer, holding a following check's verdict back until more bytes are written).
+        while count := reader.readinto1(out):
             sink(view[:count])
     except zstandard.ZstdError as exc:
+        if state.in_magic and state.magic_at > 0:
+            # The decoder choked on the first bytes after the last frame, which the framing
+            # had handed over before it had all four bytes of a magic number to refuse.
+            raise ArchiveInvalid(TRAILING.format(at=state.magic_at)) from None
         reason = _zstd_reason(str(exc))
-        raise ArchiveInvalid(
-            f"zstd: {reason} in the frame at byte {source.state.frame_at}"
-        ) from None
+        raise ArchiveInvalid(f"zstd: {reason} in the frame at byte {state.frame_at}") from None
     source.framing.finish()
 
 

@@ -115,7 +115,9 @@ class _Walk:
         self.inside = "the end-of-archive blocks"
         second = yield BLOCK
         if second != ZERO_BLOCK:
-            raise ArchiveInvalid(f"tar: data after the end-of-archive block at byte {self.at}")
+            raise ArchiveInvalid(
+                f"tar: data after the end-of-archive block at byte {self.at + BLOCK}"
+            )
         self.at += 2 * BLOCK
         while True:  # anything after them must be zeros (GNU tar pads to its record size)
             rest = yield REST
