@@ -136,6 +136,26 @@ def test_truncated_anywhere_fails(compression: str) -> None:
             check_bytes(good[:cut], name)
 
 
+UNITS = {"zst": "frame", "lz4": "frame", "bz2": "stream", "gz": "member", "xz": "stream"}
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces: int) -> None:
+    # The tar inside is whole (the cut takes a trailer or checksum byte): only the decoder's
+    # end state tells, and with two units the first one has ended well.
+    name = archive_name(SLOT, compression=compression)
+    tar = make_tar(snapshot_entries(SLOT, accounts=2, account_size=8192, seed=0))
+    data = compress(tar, compression, pieces=pieces)
+    last = len(data) - len(compress(tar[len(tar) - len(tar) // pieces :], compression))
+    if pieces == 1:
+        last = 0
+    assert reason_of(data[:-1], name) == (
+        f"{LABELS[compression]}: stream truncated at byte {len(data) - 1} "
+        f"(inside the {UNITS[compression]} at byte {last})"
+    )
+
+
 @pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
 @pytest.mark.parametrize("extra", [b"\0", bytes(4), bytes(4096), b"x", b"\x28\xb5\x2f"])
 def test_bytes_after_the_compressed_stream_fail(compression: str, extra: bytes) -> None:
@@ -204,6 +224,24 @@ def test_entries_must_be_regular_files() -> None:
     assert reason_of(compress(make_tar(entries), "zst"), name) == "tar: missing version"
 
 
+def test_entry_names_with_empty_or_dot_parts_are_the_entries() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    odd = {
+        "snapshots/status_cache": "snapshots/./status_cache",
+        f"snapshots/{SLOT}/{SLOT}": f"snapshots//{SLOT}/{SLOT}",
+    }
+    data = compress(make_tar([(odd.get(n, n), d) for n, d in entries]), "zst")
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_name_ending_in_a_slash_is_not_the_entry() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    slashed = [("version/" if n == "version" else n, d) for n, d in entries]
+    assert reason_of(compress(make_tar(slashed), "zst"), name) == "tar: missing version"
+
+
 def test_a_leading_dot_slash_is_not_the_entry() -> None:
     # agave's unpacker refuses "./version" ("extra entry found"); no agave writes one.
     name = archive_name(SLOT)
@@ -216,7 +254,8 @@ def test_a_leading_dot_slash_is_not_the_entry() -> None:
     ("name", "normal"),
     [
         ("version", "version"),
-        ("version/", "version"),
+        ("version/", "version/"),
+        ("snapshots/.", "snapshots"),
         ("snapshots//status_cache", "snapshots/status_cache"),
         ("snapshots/./status_cache", "snapshots/status_cache"),
         ("./version", "./version"),
@@ -306,8 +345,7 @@ def test_old_gnu_sparse_headers_with_extensions() -> None:
         block[482] = 1  # isextended
 
     entries = snapshot_entries(SLOT, accounts=0, account_size=0, seed=0)
-    bank = next(d for n, d in entries if n == f"snapshots/{SLOT}/{SLOT}")
-    assert bank is not None
+    bank = b"\1" * 5000  # no zero block in it that could pass for the end of the archive
     member = tarfile.TarInfo(f"snapshots/{SLOT}/{SLOT}")
     member.size = len(bank)
     extension = bytes(512)  # no more sparse entries, no further extension

@@ -200,9 +200,13 @@ def _pax_size(text: str, at: int) -> int:
 
 def entry_name(name: str) -> str:
     """A member name as agave's unpacker compares it (Rust's ``Path::components``): empty and
-    inner ``.`` parts dropped, a trailing ``/`` ignored; a leading ``./`` or ``/`` is kept, so
-    such a name matches no snapshot entry (agave refuses those archives)."""
+    inner ``.`` parts dropped. A leading ``./`` or ``/`` is kept, and so is a trailing ``/``
+    (agave refuses a file named so in a GNU header, tarfile takes it for a directory): such a
+    name matches no snapshot entry."""
     parts = name.split("/")
-    head = parts[0]
-    rest = [p for p in parts[1:] if p not in ("", ".")]
-    return "/".join([head, *rest]) if head else "/" + "/".join(rest)
+    head, tail = parts[0], parts[-1] if len(parts) > 1 else None
+    middle = [p for p in parts[1:-1] if p not in ("", ".")]
+    if tail is not None and tail not in ("", "."):
+        middle.append(tail)
+    normal = "/".join([head, *middle]) if head else "/" + "/".join(middle)
+    return normal + "/" if tail == "" and name != "/" else normal
