@@ -511,6 +511,29 @@ def test_check_file(tmp_path: Path) -> None:
     assert open_descriptors(path) == open_descriptors(other) == 0
 
 
+def test_a_failed_check_returns_only_once_its_reading_thread_has_ended() -> None:
+    # A check that fails early calls unblock() and waits for the read in flight, so that the
+    # caller can close the file: a read must never run on a descriptor closed under it.
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    bad = bad_variants(name, good)["not_tar"]
+    release, returned, calls = threading.Event(), threading.Event(), []
+
+    def read(size: int) -> bytes:
+        calls.append(size)
+        if len(calls) == 1:
+            return bad[:size]
+        release.wait(10)  # the next read waits, as on a file still being written
+        returned.set()
+        return b""
+
+    def unblock() -> None:
+        threading.Timer(0.1, release.set).start()  # the read ends a little later
+
+    with pytest.raises(ArchiveInvalid, match="bad header checksum"):
+        check_stream(read, name, unblock=unblock)
+    assert returned.is_set()
+
+
 def _reader_thread(
     growing: GrowingFile, size: int
 ) -> tuple[threading.Thread, list[bytes | BaseException]]:

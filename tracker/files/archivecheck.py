@@ -48,19 +48,28 @@ def required_entries(slot: int) -> tuple[str, ...]:
     return ("version", "snapshots/status_cache", f"snapshots/{slot}/{slot}")
 
 
-def check_stream(read: Read, name: str, *, prefetch: bool = True) -> str:
+def check_stream(
+    read: Read,
+    name: str,
+    *,
+    prefetch: bool = True,
+    unblock: Callable[[], None] | None = None,
+) -> str:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes.
 
     Raises ArchiveInvalid (one-line ``reason``) when the archive fails; whatever ``read``
-    raises (OSError, ArchiveInvalid("check cancelled")) goes through. ``prefetch=False`` reads
-    and hashes in the calling thread too (one core).
+    raises (OSError, ArchiveInvalid("check cancelled")) goes through. ``read`` is called from
+    a thread of its own, which has always ended when this returns or raises (so the caller
+    may close what it reads); when the check fails before the end, ``unblock()`` (if given)
+    is called first, to end a ``read`` that may wait (GrowingFile.cancel). ``prefetch=False``
+    reads and hashes in the calling thread too (one core).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
-    source = _Prefetch(read) if prefetch else _Inline(read)
+    source = _Prefetch(read, unblock) if prefetch else _Inline(read)
     with source:
         first = source.next()
         if not first:
@@ -114,13 +123,14 @@ class _Inline:
 class _Prefetch:
     """Reads and hashes in a thread of its own, up to PREFETCH_DEPTH chunks ahead.
 
-    On exit the thread is told to stop; it does after the ``read`` it may be blocked in
-    returns (it never waits on the consumer once stopped), so a caller whose ``read`` can
-    block (GrowingFile) must also end that read (``cancel``).
+    On exit the thread is told to stop, ``unblock`` ends a ``read`` that may wait, and the
+    thread is joined: it stops after the ``read`` it may be in (never waiting on the consumer
+    once stopped), so no read is left running on a descriptor its owner then closes.
     """
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self, read: Read, unblock: Callable[[], None] | None = None) -> None:
         self._read = read
+        self._unblock = unblock
         self._sha = hashlib.sha256()
         self._ready: collections.deque[bytes] = collections.deque()
         self._cond = threading.Condition()
@@ -140,6 +150,10 @@ class _Prefetch:
             self._stopped = True
             self._ready.clear()
             self._cond.notify_all()
+            running = not self._ended and self._error is None
+        if running and self._unblock is not None:
+            self._unblock()
+        self._thread.join()
 
     def _run(self) -> None:
         try:
@@ -284,10 +298,9 @@ class FollowingCheck:
 
         def run() -> str:
             try:
-                return check_stream(growing.read, name)
+                return check_stream(growing.read, name, unblock=growing.cancel)
             finally:
-                # Also ends the read a failed check left its reading thread blocked in.
-                growing.cancel()
+                growing.cancel()  # closes the descriptor in every case
 
         self._background: Background[str] = Background(run)
 
