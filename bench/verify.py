@@ -12,6 +12,7 @@ cache. Each run times the four commands in an order that alternates between runs
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -42,17 +43,31 @@ def _warm(path: Path) -> None:
             pass
 
 
-def _timed(argv: list[str]) -> float:
-    start = time.perf_counter()
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(argv: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of a command."""
+    cpu, start = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     took = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-    return took
+    return took, _cpu(resource.RUSAGE_CHILDREN) - cpu
+
+
+def _in_process(path: Path) -> tuple[float, float]:
+    cpu, start = _cpu(resource.RUSAGE_SELF), time.perf_counter()
+    check_file(str(path))
+    return time.perf_counter() - start, _cpu(resource.RUSAGE_SELF) - cpu
 
 
 def verify(path: Path, run: int) -> Result:
-    """One run: bytes per second of the CLI, check_file in this process and the yardsticks."""
+    """One run: bytes per second of the CLI, check_file in this process and the yardsticks
+    (``NAME``), and the CPU seconds each spent per GB (``NAME_cpu``: shared machines make
+    wall times drift, CPU much less)."""
     size = path.stat().st_size
     _warm(path)
     commands: dict[str, Any] = {
@@ -68,15 +83,11 @@ def verify(path: Path, run: int) -> Result:
         names.reverse()
     result: Result = {"size": size}
     for name in names:
-        result[name] = size / commands[name]()
+        wall, cpu = commands[name]()
+        result[name] = size / wall
+        result[f"{name}_cpu"] = cpu / (size / 1e9)
     result["startup_s"] = _startup()
     return result
-
-
-def _in_process(path: Path) -> float:
-    start = time.perf_counter()
-    check_file(str(path))
-    return time.perf_counter() - start
 
 
 def _startup() -> float:
