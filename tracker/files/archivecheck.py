@@ -40,7 +40,7 @@ Read = Callable[[int], bytes]
 #: Raw bytes asked of ``read`` at once.
 READ_SIZE = 4 * 1024 * 1024
 #: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
-PREFETCH_DEPTH = 4
+PREFETCH_DEPTH = 2
 
 
 def required_entries(slot: int) -> tuple[str, ...]:
