@@ -103,11 +103,16 @@ def test_zstd_frames_without_checksums_pass() -> None:
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
 
 
-def test_a_big_archive_in_many_chunks() -> None:
-    # More than one read and one decompressed piece (4 MiB each), headers across chunks.
-    name, good = build_archive(SLOT, accounts=16, account_size=1024 * 1024 + 7)
-    assert len(good) > archivecheck.READ_SIZE
-    assert check_bytes(good, name) == hashlib.sha256(good).hexdigest()
+@pytest.mark.parametrize("compression", ["zst", "lz4", "gz"])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_big_archive_in_many_chunks(compression: str, pieces: int) -> None:
+    # More than one read and one decompressed piece (4 MiB each), headers across chunks,
+    # units that end in the middle of a read and of an output step.
+    name = archive_name(SLOT, compression=compression)
+    entries = snapshot_entries(SLOT, accounts=16, account_size=1024 * 1024 + 7, seed=0)
+    data = compress(make_tar(entries), compression, pieces=pieces)
+    assert len(data) > archivecheck.READ_SIZE
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
 
 
 # --- bad archives -------------------------------------------------------------------------------
