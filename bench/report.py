@@ -175,7 +175,41 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         two = [{"tracker": r["two_sources"], "reference": r["two_sources_reference"]} for r in runs]
         how = "fetch vs aria2c, both given two nginx sources of the file"
         rows.append(_ratio_row(two, "fetch, two sources", how, gbps, 1.0))
+    rows += _verify_rows(results)
     return rows
+
+
+def _verify_rows(results: dict[str, Any]) -> list[Row]:
+    runs = results.get("verify")
+    if not runs:
+        return []
+    size = runs[0]["size"]
+    how = f"snapshot-tracker verify of a {size / 1e9:.2f} GB .tar.zst (start-up included)"
+    rows = [_ratio_row_of(runs, "verify", how + ", vs sha256sum", "sha256sum")]
+    if all("zstd_t" in r for r in runs):
+        rows.append(_ratio_row_of(runs, "verify vs zstd -t", "same, vs zstd -t", "zstd_t"))
+    inprocess = median(runs, "inprocess")
+    how = "check_file in process: compressed bytes per second (what a refresh's check costs)"
+    rows.append(
+        Row("verify, in process", how, gbps(inprocess), "", inprocess / 1e9, "GB/s", ">=", 1.0)
+    )
+    if all("zstd_t_cpu" in r for r in runs):
+        ours = median(runs, "inprocess_cpu")
+        tools = statistics.median(r["sha256sum_cpu"] + r["zstd_t_cpu"] for r in runs)
+        ratio = statistics.median(
+            r["inprocess_cpu"] / (r["sha256sum_cpu"] + r["zstd_t_cpu"]) for r in runs
+        )
+        how = "CPU s per GB: check_file vs sha256sum and zstd -t together"
+        rows.append(
+            Row("verify CPU", how, f"{ours:.2f} s/GB", f"{tools:.2f} s/GB", ratio, "x", "", None)
+        )
+    return rows
+
+
+def _ratio_row_of(runs: Runs, figure: str, how: str, reference: str) -> Row:
+    ratio = float(statistics.median(float(r["tracker"]) / r[reference] for r in runs))
+    ours, theirs = gbps(median(runs, "tracker")), gbps(median(runs, reference))
+    return Row(figure, how, ours, theirs, ratio, "x", "", None)
 
 
 def _cpu_rows(results: dict[str, Any]) -> list[Row]:

@@ -29,7 +29,7 @@ import attrs
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import figures
+from bench import figures, verify
 from bench.figures import Env, Options
 from bench.procs import Procs, free_port
 from bench.profile import Profiler, find_py_spy, summary
@@ -60,7 +60,10 @@ FIGURES = (
     "fetch",
     "cluster",
     "object_store",
+    "verify",
 )
+# Figures that need no server: measured without starting nginx or writing the HTTP archive.
+STANDALONE = frozenset({"verify"})
 OUT = Path(__file__).resolve().parent / "out"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -272,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT too: a shell starting the bench in the background leaves SIGINT ignored.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    servers = any(f not in STANDALONE for f in args.figures)
     try:
-        tools = ensure(["nginx", "wrk", "aria2c", "curl"], install=not args.no_install)
+        tools = ensure(
+            ["nginx", "wrk", "aria2c", "curl"] if servers else [], install=not args.no_install
+        )
     except ToolMissing as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 3
@@ -289,10 +295,16 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         profiler = Profiler(py_spy, args.out / "profiles")
     try:
-        env = setup(work, procs, tools, options)
-        env.profiler = profiler
-        env.tracker_env = args.tracker_env
-        results = measure(env, args.figures)
+        results: dict[str, Any] = {}
+        if servers:
+            env = setup(work, procs, tools, options)
+            env.profiler = profiler
+            env.tracker_env = args.tracker_env
+            results = measure(env, args.figures)
+        if "verify" in args.figures:
+            path = verify.archive(args.out, options.size)
+            for run in range(options.runs):
+                _step(results, "verify", run, lambda r: verify.verify(path, r))
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130

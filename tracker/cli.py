@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``check-config``, ``fetch``, ``--version``.
+"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``--version``.
 
 Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 """
@@ -20,8 +20,9 @@ from tracker.core.loading import load_config
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.core.memory import freeze_startup_objects, limit_malloc_arenas
 from tracker.core.overrides import with_overrides
-from tracker.errors import ConfigError
+from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.cli import add_fetch_parser, fetch_main
+from tracker.files.archivecheck import check_file
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("tracker.cli")
@@ -45,7 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", required=True, metavar="PATH")
     add_fetch_parser(commands)
+    verify = commands.add_parser(
+        "verify",
+        help="check snapshot archives: compression, tar, entries; print their SHA-256",
+        description="Check local snapshot archives as the cache does before it serves one. "
+        "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
+        "Exit 0 when every file passes, 1 otherwise.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
     return parser
+
+
+def verify_main(files: Sequence[str]) -> int:
+    """``snapshot-tracker verify FILE...``: one line per file on stdout; 0 when all pass."""
+    failed = False
+    for path in files:
+        try:
+            digest = check_file(path)
+        except ArchiveInvalid as exc:
+            line = f"bad {path}: {exc.reason}"
+        except OSError as exc:
+            line = f"bad {path}: {exc.strerror or exc}"
+        else:
+            print(f"ok {digest} {path}", flush=True)
+            continue
+        failed = True
+        print(line, flush=True)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def load(args: argparse.Namespace) -> Config:
@@ -84,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return fetch_main(args, parser)
+    if args.command == "verify":
+        return verify_main(args.files)
     try:
         config = load(args)
     except ConfigError as exc:

@@ -16,8 +16,8 @@ boundary where they happen, so callers handle one family::
     ├── StoreError         the object store refused or could not be reached (one line)
     │   └── StoreConflict  a conditional write lost (412/409): another replica was first
     ├── ClientGone         the client's connection closed while a body was being sent
-    ├── ArchiveInvalid     an archive failed its check (compression, tar, entries)
-    └── FetchError         ``snapshot-tracker fetch`` could not fill the ledger
+    ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
+    └── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ class FetchError(TrackerError):
 
 
 class ArchiveInvalid(TrackerError):
-    """An archive failed its check; ``reason`` is one line."""
+    """The archive failed its check (docs/architecture.md, "Verified archives"): ``reason`` is
+    one line for the operator, e.g. ``zstd: frame checksum mismatch in the frame at byte 0``
+    or ``tar: missing snapshots/status_cache``; ``str(exc)`` is the same line."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

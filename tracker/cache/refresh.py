@@ -151,6 +151,9 @@ class Refresh:
             check.finish(self.size)
             try:
                 self.sha256 = await check.result()
+            except OSError as exc:  # the disk's fault, not the source's
+                reason = os.strerror(exc.errno or errno.EIO)
+                raise CacheError(f"archive check could not read the temp file: {reason}") from exc
             finally:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran

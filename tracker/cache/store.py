@@ -330,6 +330,9 @@ class Cache:
         check.finish(st.st_size)
         try:
             sha256 = await check.result()
+        except OSError as exc:
+            log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
+            return  # unreadable: stays unchecked (never a hit), nothing removed
         except ArchiveInvalid as exc:
             await trio.to_thread.run_sync(_unlink_if_same, path, st.st_ino)
             log_event(

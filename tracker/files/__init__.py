@@ -5,7 +5,10 @@
 once, ``O_NOFOLLOW``, sent with ``sendfile`` where the connection allows);
 :mod:`~tracker.files.bodies` is the base of every streamed response body;
 :mod:`~tracker.files.threads` runs blocking reads in worker threads;
-:mod:`~tracker.files.downloads` accounts for every archive body (metrics, one log line).
+:mod:`~tracker.files.downloads` accounts for every archive body (metrics, one log line);
+:mod:`~tracker.files.archivecheck` checks an archive (compression layer to its end in
+:mod:`~tracker.files.decoders`, tar walk in :mod:`~tracker.files.tarwalk`, both parsers of
+:mod:`~tracker.files.streamparse`) and returns its SHA-256, also while it is being written.
 
 May import: :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`,
 :mod:`tracker.errors`.

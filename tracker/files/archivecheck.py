@@ -1,100 +1,332 @@
-"""Placeholder of the archive check (replaced by the real check): SHA-256 only."""
+"""The check of a snapshot archive: compression layer, tar stream, entries, SHA-256.
+
+:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256 when
+
+1. the compression layer named by the extension decodes to its end, checksums verified, with
+   nothing after it (``tracker.files.decoders``);
+2. the tar stream is well formed up to its end-of-archive blocks (``tracker.files.tarwalk``);
+3. it holds ``version``, ``snapshots/status_cache`` and ``snapshots/{S}/{S}``, S being the
+   slot in the archive's name (the bank hash in the name cannot be checked without loading
+   the bank);
+
+else it raises :class:`~tracker.errors.ArchiveInvalid` with a one-line reason. The reading and
+hashing run in a thread of their own, the decoding and the tar walk in the caller's, so that
+two cores share the work (hashlib, the decompressors and ``os.pread`` release the GIL).
+
+:func:`check_file` checks a file on disk. :class:`GrowingFile` reads a file another task is
+still writing, and :class:`FollowingCheck` runs the check over one from trio, so that the check
+of a download ends shortly after its last byte (docs/architecture.md, "Verified archives").
+"""
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Callable
+from types import TracebackType
 
-import trio
-
+from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
+from tracker.files.decoders import decoder_for
+from tracker.files.streamparse import Feeder
+from tracker.files.tarwalk import walk_tar
 from tracker.files.threads import Background
+
+Read = Callable[[int], bytes]
+
+#: Raw bytes asked of ``read`` at once.
+READ_SIZE = 4 * 1024 * 1024
+#: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
+PREFETCH_DEPTH = 2
+
+
+def required_entries(slot: int) -> tuple[str, ...]:
+    """The entries every agave/Firedancer snapshot archive of ``slot`` holds."""
+    return ("version", "snapshots/status_cache", f"snapshots/{slot}/{slot}")
+
+
+def check_stream(
+    read: Read,
+    name: str,
+    *,
+    prefetch: bool = True,
+    unblock: Callable[[], None] | None = None,
+) -> str:
+    """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
+    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes.
+
+    Raises ArchiveInvalid (one-line ``reason``) when the archive fails; whatever ``read``
+    raises (OSError, ArchiveInvalid("check cancelled")) goes through. ``read`` is called from
+    a thread of its own, which has always ended when this returns or raises (so the caller
+    may close what it reads); when the check fails before the end, ``unblock()`` (if given)
+    is called first, to end a ``read`` that may wait (GrowingFile.cancel). ``prefetch=False``
+    reads and hashes in the calling thread too (one core).
+    """
+    parsed = parse_archive_name(name)
+    if parsed is None:
+        raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
+    wanted = required_entries(parsed.slot)
+    source = _Prefetch(read, unblock) if prefetch else _Inline(read)
+    with source:
+        first = source.next()
+        if not first:
+            raise ArchiveInvalid("empty file")
+        pending = [first]
+
+        def chunks() -> bytes:
+            return pending.pop() if pending else source.next()
+
+        found: set[str] = set()
+        tar = Feeder(walk_tar(frozenset(wanted), found))
+        decoder_for(parsed.ext)(chunks, tar.feed)
+        tar.finish()
+        digest = source.hexdigest()
+    missing = [entry for entry in wanted if entry not in found]
+    if missing:
+        raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
+    return digest
+
+
+def check_file(path: str, name: str | None = None) -> str:
+    """:func:`check_stream` of the file at ``path`` (``name`` defaults to its basename);
+    raises OSError when it cannot be opened or read."""
+    with open(path, "rb", buffering=0) as file:
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return check_stream(file.read, name or os.path.basename(path))
+
+
+class _Inline:
+    """Reads and hashes in the calling thread."""
+
+    def __init__(self, read: Read) -> None:
+        self._read = read
+        self._sha = hashlib.sha256()
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def next(self) -> bytes:
+        data = self._read(READ_SIZE)
+        self._sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+class _Prefetch:
+    """Reads and hashes in a thread of its own, up to PREFETCH_DEPTH chunks ahead.
+
+    On exit the thread is told to stop, ``unblock`` ends a ``read`` that may wait, and the
+    thread is joined: it stops after the ``read`` it may be in (never waiting on the consumer
+    once stopped), so no read is left running on a descriptor its owner then closes.
+    """
+
+    def __init__(self, read: Read, unblock: Callable[[], None] | None = None) -> None:
+        self._read = read
+        self._unblock = unblock
+        self._sha = hashlib.sha256()
+        self._ready: collections.deque[bytes] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._ended = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="archive-check-read", daemon=True)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with self._cond:
+            self._stopped = True
+            self._ready.clear()
+            self._cond.notify_all()
+            running = not self._ended and self._error is None
+        if running and self._unblock is not None:
+            self._unblock()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = self._read(READ_SIZE)
+                if data:
+                    self._sha.update(data)
+                with self._cond:
+                    while len(self._ready) >= PREFETCH_DEPTH and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    if not data:
+                        self._ended = True
+                    else:
+                        self._ready.append(data)
+                    self._cond.notify_all()
+                if not data:
+                    return
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def next(self) -> bytes:
+        """The next chunk; ``b""`` at the end; raises what ``read`` raised."""
+        with self._cond:
+            while not self._ready and not self._ended and self._error is None:
+                self._cond.wait()
+            if self._ready:
+                data = self._ready.popleft()
+                self._cond.notify_all()
+                return data
+            if self._error is not None:
+                raise self._error
+            return b""
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of every byte read (call after :meth:`next` returned ``b""``)."""
+        self._thread.join()
+        return self._sha.hexdigest()
 
 
 class GrowingFile:
+    """Reads a file that someone else is still writing, for one reading thread.
+
+    It reads its own descriptor of the file open at ``fd`` (a duplicate; for a write-only
+    ``fd``, the file opened again read-only through ``/proc/self/fd``), closed when done,
+    with ``os.pread``, never past what :meth:`advance` said is written. :meth:`read` blocks
+    until there are bytes, the end (:meth:`finish`), or :meth:`cancel`. ``advance``,
+    ``finish`` and ``cancel`` never block for long: call them from the trio thread.
+    """
+
     def __init__(self, fd: int) -> None:
-        self._fd = os.dup(fd)
+        self._fd = _readable(fd)
         self._cond = threading.Condition()
+        self._offset = 0
         self._written = 0
         self._size: int | None = None
         self._cancelled = False
-        self._pos = 0
+        self._reading = False
+        self._closed = False
 
     def advance(self, written: int) -> None:
+        """``written`` bytes of the file are on disk (it never shrinks)."""
         with self._cond:
-            self._written = max(self._written, written)
-            self._cond.notify_all()
+            if written > self._written:
+                self._written = written
+                self._cond.notify_all()
 
     def finish(self, size: int) -> None:
+        """The file is complete at ``size`` bytes: reads end there."""
         with self._cond:
             self._size = size
             self._written = max(self._written, size)
             self._cond.notify_all()
 
     def cancel(self) -> None:
+        """A pending or later :meth:`read` raises ArchiveInvalid("check cancelled")."""
         with self._cond:
             self._cancelled = True
             self._cond.notify_all()
+            self._close_unless_reading()
 
-    def read(self, n: int) -> bytes:
+    @property
+    def closed(self) -> bool:
+        """True once the descriptor is closed."""
+        return self._closed
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes from where the last read ended; ``b""`` at the end."""
         with self._cond:
             while True:
                 if self._cancelled:
                     raise ArchiveInvalid("check cancelled")
-                if self._written > self._pos:
-                    end = min(self._written, self._pos + n)
+                limit = self._written if self._size is None else self._size
+                if self._offset < limit:
                     break
-                if self._size is not None and self._pos >= self._size:
+                if self._size is not None:
+                    self._close_unless_reading()
                     return b""
                 self._cond.wait()
-        data = os.pread(self._fd, end - self._pos, self._pos)
-        self._pos += len(data)
+            self._reading = True
+            offset, count = self._offset, min(size, limit - self._offset)
+        try:
+            data = os.pread(self._fd, count, offset)
+        finally:
+            with self._cond:
+                self._reading = False
+                if self._cancelled:
+                    self._close_unless_reading()
+        if not data:
+            raise OSError(f"the file ends at byte {offset}, before the {limit} bytes written")
+        with self._cond:
+            self._offset += len(data)
         return data
 
-    def close(self) -> None:
-        os.close(self._fd)
+    def _close_unless_reading(self) -> None:
+        if not self._reading and not self._closed:
+            self._closed = True
+            os.close(self._fd)
 
 
-def check_stream(read: object, name: str) -> str:
-    digest = hashlib.sha256()
-    while data := read(1 << 20):  # type: ignore[operator]
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def check_file(path: str, name: str | None = None) -> str:
-    with open(path, "rb") as f:
-        return check_stream(f.read, name or os.path.basename(path))
+def _readable(fd: int) -> int:
+    """A new descriptor reading the file open at ``fd``."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    return os.dup(fd)
 
 
 class FollowingCheck:
+    """:func:`check_stream` over a file being written, in a worker thread, from trio.
+
+    The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
+    the check with :meth:`cancel`; one of the last two must come in every path (the thread
+    waits for bytes until then). :meth:`result` is the SHA-256, or raises ArchiveInvalid
+    (OSError when the file could not be read).
+    """
+
     def __init__(self, growing: GrowingFile, name: str) -> None:
         self._growing = growing
-        self._background = Background(self._run_and_close)
-        self._name = name
 
-    def _run_and_close(self) -> str:
-        try:
-            return check_stream(self._growing.read, self._name)
-        finally:
-            self._growing.close()
+        def run() -> str:
+            try:
+                return check_stream(growing.read, name, unblock=growing.cancel)
+            finally:
+                growing.cancel()  # closes the descriptor in every case
+
+        self._background: Background[str] = Background(run)
 
     @classmethod
     def start(cls, fd: int, name: str) -> FollowingCheck:
+        """Start checking the file open at ``fd`` (duplicated: the caller keeps its own) as the
+        archive ``name``; call from trio."""
         return cls(GrowingFile(fd), name)
 
     def advance(self, written: int) -> None:
+        """``written`` bytes are on disk."""
         self._growing.advance(written)
 
     def finish(self, size: int) -> None:
+        """Every byte is on disk: the file is ``size`` bytes long."""
         self._growing.finish(size)
 
     def cancel(self) -> None:
+        """Stop the check: :meth:`result` raises ArchiveInvalid("check cancelled") unless the
+        check had ended already."""
         self._growing.cancel()
 
+    def done(self) -> bool:
+        """True once the check has ended (passed or failed)."""
+        return self._background.done()
+
     async def result(self) -> str:
+        """Wait for the check: the SHA-256's hex digest, or ArchiveInvalid."""
         return await self._background.result()
-
-
-__all__ = ["FollowingCheck", "check_file", "trio"]

@@ -1,0 +1,412 @@
+"""Real snapshot archives for tests: good ones in every compression, and bad ones of the same
+name and size.
+
+``build_archive`` writes a real tar (GNU format, as agave's tar-rs writes) holding ``version``,
+``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` files of random bytes
+interleaved with zero runs (about 3x compressible, like account data), compressed as its
+extension says. ``bad_variants`` makes the archives a check must refuse; ``build_big_archive``
+streams a ~1 GiB one to disk for the bench.
+
+Self-contained (no import of other test helpers): the bench imports it as ``tests.archives``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+
+import base58
+import lz4.frame
+import zstandard
+
+from tracker.core.snapshots import parse_archive_name
+
+COMPRESSIONS = ("zst", "lz4", "bz2", "gz", "xz", "tar")
+EXTENSIONS = {
+    "zst": ".tar.zst",
+    "lz4": ".tar.lz4",
+    "bz2": ".tar.bz2",
+    "gz": ".tar.gz",
+    "xz": ".tar.xz",
+    "tar": ".tar",
+}
+MTIME = 1_767_225_600  # 2026-01-01: fixed, so that archives are the same bytes every run
+VERSION = b"1.2.0"
+
+
+def archive_hash(seed: int) -> str:
+    """A valid base58 bank hash (32 bytes), the same for the same seed."""
+    return str(base58.b58encode(hashlib.sha256(f"archive-{seed}".encode()).digest()).decode())
+
+
+def archive_name(
+    slot: int, base_slot: int | None = None, compression: str = "zst", seed: int = 0
+) -> str:
+    """The canonical archive name of a full (``base_slot`` None) or incremental snapshot."""
+    ext = EXTENSIONS[compression]
+    hash_ = archive_hash(seed * 1_000_003 + slot)
+    if base_slot is None:
+        return f"snapshot-{slot}-{hash_}{ext}"
+    return f"incremental-snapshot-{base_slot}-{slot}-{hash_}{ext}"
+
+
+def account_bytes(rnd: random.Random, size: int) -> bytes:
+    """``size`` bytes of random runs and zero runs (about 1:2): compresses about 3x."""
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(rnd.randrange(64, 2048))
+        out += bytes(rnd.randrange(128, 4096))
+    return bytes(out[:size])
+
+
+def snapshot_entries(
+    slot: int, *, accounts: int, account_size: int, seed: int
+) -> list[tuple[str, bytes | None]]:
+    """The (name, data) entries of a snapshot tar in agave's order; None data: a directory."""
+    rnd = random.Random(f"{seed}-{slot}")
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", VERSION),
+        ("snapshots", None),
+        (f"snapshots/{slot}", None),
+        (f"snapshots/{slot}/{slot}", rnd.randbytes(4096) + bytes(2048)),
+        ("snapshots/status_cache", rnd.randbytes(1024) + bytes(1024)),
+    ]
+    for i in range(accounts):
+        entries.append((f"accounts/{slot}.{i}", account_bytes(rnd, account_size)))
+    return entries
+
+
+def make_tar(entries: list[tuple[str, bytes | None]], mtime: int = MTIME) -> bytes:
+    """A GNU-format tar of ``entries`` (end blocks and record padding as tarfile writes)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def compress(data: bytes, compression: str, *, pieces: int = 1) -> bytes:
+    """``data`` compressed as ``compression``; ``pieces`` > 1 splits it into that many
+    frames / members / streams (valid for every format: they decode to the concatenation)."""
+    if compression == "tar":
+        return data
+    step = -(-len(data) // pieces) if data else 1
+    parts = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+    return b"".join(_compress_one(part, compression) for part in parts)
+
+
+def _compress_one(data: bytes, compression: str) -> bytes:
+    if compression == "zst":
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    if compression == "lz4":
+        return bytes(lz4.frame.compress(data, content_checksum=True))
+    if compression == "bz2":
+        return bz2.compress(data, 9)
+    if compression == "gz":
+        return gzip.compress(data, mtime=0)
+    if compression == "xz":
+        return lzma.compress(data, format=lzma.FORMAT_XZ)
+    raise ValueError(f"unknown compression: {compression}")
+
+
+def build_archive(
+    slot: int,
+    *,
+    base_slot: int | None = None,
+    compression: str = "zst",
+    accounts: int = 3,
+    account_size: int = 64 * 1024,
+    seed: int = 0,
+) -> tuple[str, bytes]:
+    """(canonical archive name, archive bytes) of a real snapshot archive of ``slot``."""
+    name = archive_name(slot, base_slot, compression, seed)
+    entries = snapshot_entries(slot, accounts=accounts, account_size=account_size, seed=seed)
+    return name, compress(make_tar(entries), compression)
+
+
+# --- bad archives ------------------------------------------------------------------------------
+
+#: What the check reports for each bad variant, by compression: a regular expression of the
+#: start of the reason (tests/unit/test_archivecheck.py holds the check to it).
+EXPECTED_REASONS: dict[str, dict[str, str]] = {
+    "flipped_byte": {
+        "zst": r"zstd: (frame checksum mismatch|data corruption detected) in the frame at byte 0$",
+        "lz4": r"lz4: frame checksum mismatch in the frame at byte 0$",
+        "bz2": r"bz2: invalid data stream in the stream at byte 0$",
+        "gz": r"gzip: (incorrect data check|invalid .*) in the member at byte 0$",
+        "xz": r"xz: corrupt input data in the stream at byte 0$",
+        "tar": r"tar: bad header checksum at byte \d+$",
+    },
+    "other_slot": {c: r"tar: missing snapshots/(\d+)/\1$" for c in COMPRESSIONS},
+    "not_tar": {c: r"tar: bad header checksum at byte 0$" for c in COMPRESSIONS},
+    "truncated_zero_padded": {
+        # The zeros after the cut are read as empty blocks (zstd), or decoded into garbage
+        # that the tar walk refuses before zlib notices (gzip).
+        "zst": r"zstd: (a run of empty blocks at byte \d+ \(zero-filled data\?\)"
+        r"|data corruption detected in the frame at byte 0|stream truncated at byte \d+)",
+        "lz4": r"lz4: decompression failed in the frame at byte 0$",
+        "bz2": r"bz2: invalid data stream in the stream at byte 0$",
+        "gz": r"(gzip: .* in the member at byte 0|tar: bad header checksum at byte \d+)$",
+        "xz": r"xz: corrupt input data in the stream at byte 0$",
+        "tar": r"tar: bad header checksum at byte \d+$",
+    },
+    "trailing_bytes": {
+        **{c: r"trailing bytes after the compressed stream at byte \d+$" for c in COMPRESSIONS},
+        "tar": r"tar: data after the end-of-archive blocks? at byte \d+$",
+    },
+    "missing_status_cache": {c: r"tar: missing snapshots/status_cache$" for c in COMPRESSIONS},
+}
+#: How many variants may not reach the exact size of the good archive (none, with the
+#: defaults of build_archive: checked by the tests).
+_SEARCH = 400
+
+
+def bad_variants(name: str, good: bytes) -> dict[str, bytes]:
+    """Bad archives of the same name and the same size as ``good`` (built by build_archive):
+
+    - ``flipped_byte``: one byte flipped in the middle of the compressed data (for ``.tar``,
+      which has no checksum over member data, in the first account's header);
+    - ``other_slot``: a valid archive of another slot of as many digits;
+    - ``not_tar``: a valid compressed stream of random bytes (for ``.tar``: random bytes);
+    - ``truncated_zero_padded``: cut at 60% and filled up with zeros, as a sparse file whose
+      download stopped (for ``.tar``: cut 200 bytes into an account's header, else the zeros
+      would read as the end-of-archive blocks and the tar would pass: a plain tar has no
+      checksum over its data);
+    - ``trailing_bytes``: a valid, slightly smaller archive followed by non-zero bytes;
+    - ``missing_status_cache``: a valid archive whose ``snapshots/status_cache`` is renamed.
+
+    The same size is reached by searching over a free parameter (another slot, the mtime of
+    a header, a length of random data); a variant that found no exact fit in the search is
+    still bad and as close as found (never the case for build_archive's defaults).
+    """
+    return dict(_bad_variants(name, good))
+
+
+@functools.lru_cache(maxsize=32)
+def _bad_variants(name: str, good: bytes) -> tuple[tuple[str, bytes], ...]:
+    parsed = parse_archive_name(name)
+    assert parsed is not None, name
+    compression = next(c for c, ext in EXTENSIONS.items() if ext == parsed.ext)
+    tar = _decompress(good, compression)
+    entries = _entries(tar)
+    size = len(good)
+    variants = {
+        "flipped_byte": _flipped(good, tar, compression),
+        "other_slot": _other_slot(entries, parsed.slot, compression, size),
+        "not_tar": _not_tar(compression, size),
+        "truncated_zero_padded": _truncated(good, tar, compression),
+        "trailing_bytes": _trailing(good, entries, compression),
+        "missing_status_cache": _missing_status_cache(entries, compression, size),
+    }
+    return tuple(variants.items())
+
+
+def _decompress(data: bytes, compression: str) -> bytes:
+    if compression == "zst":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if compression == "lz4":
+        return bytes(lz4.frame.decompress(data))
+    if compression == "bz2":
+        return bz2.decompress(data)
+    if compression == "gz":
+        return gzip.decompress(data)
+    if compression == "xz":
+        return lzma.decompress(data)
+    return data
+
+
+def _entries(tar: bytes) -> list[tuple[str, bytes | None]]:
+    entries: list[tuple[str, bytes | None]] = []
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in archive:
+            file = archive.extractfile(member) if member.isfile() else None
+            entries.append((member.name, file.read() if file else None))
+    return entries
+
+
+def _member_offsets(tar: bytes) -> dict[str, int]:
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return {member.name: member.offset for member in archive}
+
+
+def _flipped(good: bytes, tar: bytes, compression: str) -> bytes:
+    if compression == "tar":
+        at = next(o for n, o in _member_offsets(tar).items() if n.startswith("accounts/")) + 10
+    else:
+        at = len(good) // 2
+    out = bytearray(good)
+    out[at] ^= 0x55
+    return bytes(out)
+
+
+def _fit(size: int, candidates: Iterator[bytes]) -> bytes:
+    """The first candidate of exactly ``size`` bytes, else the closest one seen."""
+    best = b""
+    for data in candidates:
+        if len(data) == size:
+            return data
+        if not best or abs(len(data) - size) < abs(len(best) - size):
+            best = data
+    return best
+
+
+def _renamed(
+    entries: list[tuple[str, bytes | None]], rename: Callable[[str], str]
+) -> list[tuple[str, bytes | None]]:
+    return [(rename(n), d) for n, d in entries]
+
+
+def _other_slot(
+    entries: list[tuple[str, bytes | None]], slot: int, compression: str, size: int
+) -> bytes:
+    def candidates() -> Iterator[bytes]:
+        digits = len(str(slot))
+        for other in range(slot + 1, slot + _SEARCH):
+            if len(str(other)) != digits:
+                break
+            renamed = _renamed(entries, lambda n, o=other: n.replace(str(slot), str(o)))
+            yield compress(make_tar(renamed), compression)
+
+    return _fit(size, candidates())
+
+
+def _missing_status_cache(
+    entries: list[tuple[str, bytes | None]], compression: str, size: int
+) -> bytes:
+    # Renamed to a name of the same length, so that the tar keeps its size.
+    renamed = _renamed(
+        entries, lambda n: "snapshots/status_cach_" if n == "snapshots/status_cache" else n
+    )
+    return _fit(size, (compress(make_tar(renamed, MTIME + i), compression) for i in range(_SEARCH)))
+
+
+def _not_tar(compression: str, size: int) -> bytes:
+    rnd = random.Random(size)
+    pool = rnd.randbytes(size + 4096)
+    if compression == "tar":
+        return pool[:size]
+
+    def candidates() -> Iterator[bytes]:
+        length = max(1, size - 64)
+        for _ in range(16):  # compressed random data grows about a byte a byte: aim
+            data = compress(pool[:length], compression)
+            yield data
+            length = max(1, min(len(pool), length + size - len(data)))
+        for step in range(1, _SEARCH // 2):  # then walk around where the aim ended
+            for candidate in (length - step, length + step):
+                if 0 < candidate <= len(pool):
+                    yield compress(pool[:candidate], compression)
+
+    return _fit(size, candidates())
+
+
+def _truncated(good: bytes, tar: bytes, compression: str) -> bytes:
+    if compression == "tar":
+        accounts = [o for n, o in _member_offsets(tar).items() if n.startswith("accounts/")]
+        cut = accounts[len(accounts) // 2] + 200
+    else:
+        cut = len(good) * 6 // 10
+    return good[:cut] + bytes(len(good) - cut)
+
+
+def _trailing(good: bytes, entries: list[tuple[str, bytes | None]], compression: str) -> bytes:
+    if compression == "tar":  # the end blocks and record padding stay; the last bytes change
+        return good[:-8] + b"TRAILING"
+    name, data = entries[-1]
+    assert data is not None
+    shorter = compress(make_tar([*entries[:-1], (name, data[: len(data) // 2])]), compression)
+    assert len(shorter) < len(good)
+    junk = b"TRAILING" * (len(good) // 8 + 1)
+    return shorter + junk[: len(good) - len(shorter)]
+
+
+# --- the bench's big archive -------------------------------------------------------------------
+
+
+def big_archive_name(slot: int = 300_000_000) -> str:
+    """The name of the bench's big archive."""
+    return archive_name(slot, compression="zst", seed=7)
+
+
+def build_big_archive(path: str, *, size: int = 1 << 30, level: int = 1, threads: int = 2) -> str:
+    """Write a real ``.tar.zst`` snapshot archive of about ``size`` compressed bytes to
+    ``path`` (its basename a valid archive name: see big_archive_name), unless it is there.
+
+    Streamed in bounded memory: account files of 1-8 MiB written through a multi-threaded
+    zstd compressor, a new frame every 32 MiB of tar (as agave writes them), content
+    checksums on. Written to a temp file and renamed, so a file at ``path`` is complete.
+    """
+    if os.path.exists(path):
+        return path
+    parsed = parse_archive_name(os.path.basename(path))
+    assert parsed is not None and parsed.ext == ".tar.zst", path
+    slot = parsed.slot
+    rnd = random.Random(slot)
+    temp = f"{path}.part"
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads, write_checksum=True
+    )
+    with open(temp, "wb") as raw:
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            raw, closefd=False
+        )
+        frames = _FrameEvery(writer, 32 * 1024 * 1024)
+        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in snapshot_entries(slot, accounts=0, account_size=0, seed=7):
+                _add(tar, name, data)
+            i = 0
+            while raw.tell() < size:
+                _add(tar, f"accounts/{slot}.{i}", account_bytes(rnd, rnd.randrange(1, 9) << 20))
+                i += 1
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
+    os.replace(temp, path)
+    return path
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = MTIME
+    if data is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+    else:
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+class _FrameEvery(io.RawIOBase):
+    """A writable that ends the zstd frame every ``frame`` bytes written through it."""
+
+    def __init__(self, writer: zstandard.ZstdCompressionWriter, frame: int) -> None:
+        self._writer = writer
+        self._frame = frame
+        self._in_frame = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._writer.write(data)
+        self._in_frame += len(data)
+        if self._in_frame >= self._frame:
+            self._writer.flush(zstandard.FLUSH_FRAME)
+            self._in_frame = 0
+        return len(data)

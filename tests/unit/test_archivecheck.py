@@ -1,0 +1,776 @@
+"""The archive check (tracker.files.archivecheck) on real archives of every compression.
+
+Good archives pass with the SHA-256 hashlib computes; every bad variant of tests/archives.py
+fails with its reason; truncation anywhere fails (the decompressors themselves stay silent
+about it: the check looks at their end state); decompression bombs stay in bounded memory;
+the following check reads a file written in pieces by a trio task. No network here.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import hashlib
+import io
+import lzma
+import os
+import re
+import resource
+import sys
+import tarfile
+import threading
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import lz4.frame
+import pytest
+import trio
+import zstandard
+from archives import (
+    COMPRESSIONS,
+    EXPECTED_REASONS,
+    archive_name,
+    bad_variants,
+    build_archive,
+    compress,
+    make_tar,
+    snapshot_entries,
+)
+
+import tracker.files.archivecheck as archivecheck
+from tracker.cli import main
+from tracker.errors import ArchiveInvalid
+from tracker.files.archivecheck import (
+    FollowingCheck,
+    GrowingFile,
+    check_file,
+    check_stream,
+)
+from tracker.files.tarwalk import entry_name, parse_header, parse_pax
+
+SLOT = 123_456
+VARIANTS = tuple(EXPECTED_REASONS)
+LABELS = {"zst": "zstd", "lz4": "lz4", "bz2": "bz2", "gz": "gzip", "xz": "xz", "tar": "tar"}
+
+
+def check_bytes(data: bytes, name: str, *, prefetch: bool = True) -> str:
+    return check_stream(io.BytesIO(data).read, name, prefetch=prefetch)
+
+
+def reason_of(data: bytes, name: str) -> str:
+    with pytest.raises(ArchiveInvalid) as caught:
+        check_bytes(data, name)
+    assert str(caught.value) == caught.value.reason
+    assert "\n" not in caught.value.reason
+    return caught.value.reason
+
+
+# --- good archives ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("base_slot", [None, 100_000])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_good_archives_pass_with_their_sha256(
+    compression: str, base_slot: int | None, prefetch: bool
+) -> None:
+    name, good = build_archive(SLOT, base_slot=base_slot, compression=compression)
+    assert check_bytes(good, name, prefetch=prefetch) == hashlib.sha256(good).hexdigest()
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
+def test_several_frames_members_or_streams_pass(compression: str) -> None:
+    # agave writes a zstd frame every 32 MiB; gzip, bz2, xz and lz4 may be concatenated too.
+    name = archive_name(SLOT, compression=compression)
+    tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
+    data = compress(tar, compression, pieces=5)
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_zstd_skippable_frames_pass() -> None:
+    name, good = build_archive(SLOT)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+    data = skippable + good + skippable
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_zstd_frames_without_checksums_pass() -> None:
+    name = archive_name(SLOT)
+    tar = make_tar(snapshot_entries(SLOT, accounts=2, account_size=8192, seed=0))
+    data = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False).compress(tar)
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["zst", "lz4", "gz"])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_big_archive_in_many_chunks(compression: str, pieces: int) -> None:
+    # More than one read and one decompressed piece (4 MiB each), headers across chunks,
+    # units that end in the middle of a read and of an output step.
+    name = archive_name(SLOT, compression=compression)
+    entries = snapshot_entries(SLOT, accounts=16, account_size=1024 * 1024 + 7, seed=0)
+    data = compress(make_tar(entries), compression, pieces=pieces)
+    assert len(data) > archivecheck.READ_SIZE
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+# --- bad archives -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_variants_fail_with_their_reason(compression: str, variant: str) -> None:
+    name, good = build_archive(SLOT, compression=compression)
+    bad = bad_variants(name, good)[variant]
+    assert len(bad) == len(good)
+    reason = reason_of(bad, name)
+    assert re.match(EXPECTED_REASONS[variant][compression], reason), reason
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_truncated_anywhere_fails(compression: str) -> None:
+    # The decompressors say nothing when their input stops: bz2, zlib, lzma and lz4 end with
+    # eof false, zstandard's stream_reader returns b"". Cut at 60 places, the last bytes too.
+    name, good = build_archive(SLOT, compression=compression, account_size=16 * 1024)
+    # (A plain tar may lose zeros after its two end blocks and stay whole.)
+    size = tar_end(good) + 1024 if compression == "tar" else len(good)
+    cuts = {size * i // 50 for i in range(1, 50)} | {size - k for k in range(1, 11)}
+    for cut in sorted(cuts):
+        with pytest.raises(ArchiveInvalid):
+            check_bytes(good[:cut], name)
+
+
+UNITS = {"zst": "frame", "lz4": "frame", "bz2": "stream", "gz": "member", "xz": "stream"}
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces: int) -> None:
+    # The tar inside is whole (the cut takes a trailer or checksum byte): only the decoder's
+    # end state tells, and with two units the first one has ended well.
+    name = archive_name(SLOT, compression=compression)
+    tar = make_tar(snapshot_entries(SLOT, accounts=2, account_size=8192, seed=0))
+    data = compress(tar, compression, pieces=pieces)
+    last = len(data) - len(compress(tar[len(tar) - len(tar) // pieces :], compression))
+    if pieces == 1:
+        last = 0
+    assert reason_of(data[:-1], name) == (
+        f"{LABELS[compression]}: stream truncated at byte {len(data) - 1} "
+        f"(inside the {UNITS[compression]} at byte {last})"
+    )
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
+@pytest.mark.parametrize("extra", [b"\0", bytes(4), bytes(4096), b"x", b"\x28\xb5\x2f"])
+def test_bytes_after_the_compressed_stream_fail(compression: str, extra: bytes) -> None:
+    name, good = build_archive(SLOT, compression=compression)
+    assert reason_of(good + extra, name) == (
+        f"trailing bytes after the compressed stream at byte {len(good)}"
+    )
+
+
+@pytest.mark.parametrize(("compression", "unit"), [("gz", "member"), ("bz2", "stream")])
+def test_the_start_of_another_member_is_a_truncated_one(compression: str, unit: str) -> None:
+    name, good = build_archive(SLOT, compression=compression)
+    start = compress(bytes(1000), compression)[:12]  # zeros: nothing for the tar walk to see
+    assert reason_of(good + start, name) == (
+        f"{LABELS[compression]}: stream truncated at byte {len(good) + 12} "
+        f"(inside the {unit} at byte {len(good)})"
+    )
+
+
+def test_zeros_after_a_plain_tar_are_blocks_of_its_end() -> None:
+    name, good = build_archive(SLOT, compression="tar")
+    data = good + bytes(10240)
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_empty_and_tiny_files_fail() -> None:
+    name = archive_name(SLOT)
+    assert reason_of(b"", name) == "empty file"
+    assert reason_of(b"\x28\xb5", name).startswith("zstd: stream truncated at byte 2")
+    assert reason_of(b"BZ", archive_name(SLOT, compression="bz2")) == "bz2: not a bz2 stream"
+    assert reason_of(b"hello", archive_name(SLOT, compression="gz")) == "gzip: not a gzip stream"
+    assert reason_of(b"x", archive_name(SLOT, compression="tar")).startswith(
+        "tar: the stream ends inside a header at byte 1"
+    )
+
+
+def test_a_name_that_is_no_archive_name_fails() -> None:
+    _, good = build_archive(SLOT)
+    assert reason_of(good, "snapshot.tar.zst") == "not a snapshot archive name: 'snapshot.tar.zst'"
+
+
+def test_the_slot_comes_from_the_name() -> None:
+    _, good = build_archive(SLOT)
+    other = archive_name(SLOT + 1)
+    assert reason_of(good, other) == f"tar: missing snapshots/{SLOT + 1}/{SLOT + 1}"
+
+
+def test_an_incremental_needs_its_own_slot_not_its_base() -> None:
+    _, good = build_archive(SLOT, base_slot=100_000)
+    renamed = archive_name(200_000, base_slot=SLOT)
+    assert reason_of(good, renamed) == "tar: missing snapshots/200000/200000"
+
+
+def test_every_missing_entry_is_named() -> None:
+    name = archive_name(SLOT)
+    tar = make_tar([(f"accounts/{SLOT}.0", b"x" * 100)])
+    assert reason_of(compress(tar, "zst"), name) == (
+        f"tar: missing version, snapshots/status_cache, snapshots/{SLOT}/{SLOT}"
+    )
+
+
+def test_entries_must_be_regular_files() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    entries = [("version", None) if n == "version" else (n, d) for n, d in entries]
+    assert reason_of(compress(make_tar(entries), "zst"), name) == "tar: missing version"
+
+
+def test_entry_names_with_empty_or_dot_parts_are_the_entries() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    odd = {
+        "snapshots/status_cache": "snapshots/./status_cache",
+        f"snapshots/{SLOT}/{SLOT}": f"snapshots//{SLOT}/{SLOT}",
+    }
+    data = compress(make_tar([(odd.get(n, n), d) for n, d in entries]), "zst")
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_name_ending_in_a_slash_is_not_the_entry() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    slashed = [("version/" if n == "version" else n, d) for n, d in entries]
+    assert reason_of(compress(make_tar(slashed), "zst"), name) == "tar: missing version"
+
+
+def test_a_leading_dot_slash_is_not_the_entry() -> None:
+    # agave's unpacker refuses "./version" ("extra entry found"); no agave writes one.
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    dotted = [("./" + n, d) for n, d in entries]
+    assert reason_of(compress(make_tar(dotted), "zst"), name).startswith("tar: missing version")
+
+
+@pytest.mark.parametrize(
+    ("name", "normal"),
+    [
+        ("version", "version"),
+        ("version/", "version/"),
+        ("snapshots/.", "snapshots"),
+        ("snapshots//status_cache", "snapshots/status_cache"),
+        ("snapshots/./status_cache", "snapshots/status_cache"),
+        ("./version", "./version"),
+        ("/version", "/version"),
+        ("snapshots/../version", "snapshots/../version"),
+    ],
+)
+def test_entry_names_compare_as_agave_does(name: str, normal: str) -> None:
+    assert entry_name(name) == normal
+
+
+# --- the tar walk -------------------------------------------------------------------------------
+
+
+def test_gnu_long_names_are_followed() -> None:
+    name = archive_name(SLOT)
+    entries = snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0)
+    long = ("accounts/" + "9" * 150 + ".1", b"y" * 700)
+    data = compress(make_tar([long, *entries]), "zst")  # GNU format: an 'L' member first
+    assert b"././@LongLink" in zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def test_pax_paths_name_the_next_member() -> None:
+    name = archive_name(SLOT)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry, data in snapshot_entries(SLOT, accounts=1, account_size=1024, seed=0):
+            info = tarfile.TarInfo("placeholder")
+            info.pax_headers = {"path": entry}
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = compress(out.getvalue(), "gz")
+    assert check_bytes(data, archive_name(SLOT, compression="gz")) == (
+        hashlib.sha256(data).hexdigest()
+    )
+    assert name
+
+
+def tar_end(tar: bytes) -> int:
+    """Where the end-of-archive blocks of a plain tar start."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        last = archive.getmembers()[-1]
+    return last.offset_data + -(-last.size // 512) * 512
+
+
+def _block(info: tarfile.TarInfo, edit: Callable[[bytearray], None] | None = None) -> bytes:
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    if edit is not None:
+        edit(block)
+        block[148:156] = b" " * 8
+        block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def test_a_pax_size_overrides_the_header_size() -> None:
+    # Members of 8 GiB and more carry their size in a pax header; the ustar field says 0.
+    entries = snapshot_entries(SLOT, accounts=0, account_size=0, seed=0)
+    big = b"z" * 3000
+    record = b"13 size=3000\n"
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    member = tarfile.TarInfo(f"accounts/{SLOT}.0")
+    member.size = 0
+    body = _block(pax) + _padded(record) + _block(member) + _padded(big)
+    tar = make_tar(entries)
+    end = tar_end(tar)
+    data = tar[:end] + body + bytes(10240)
+    name = archive_name(SLOT, compression="tar")
+    assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+    without_pax = tar[:end] + _block(member) + _padded(big) + bytes(10240)
+    assert reason_of(without_pax, name).startswith("tar: bad header checksum at byte")
+
+
+def test_old_gnu_sparse_headers_with_extensions() -> None:
+    # agave takes 'S' members as regular files; an extension block follows such a header.
+    def sparse(block: bytearray) -> None:
+        block[156:157] = b"S"
+        block[482] = 1  # isextended
+
+    entries = snapshot_entries(SLOT, accounts=0, account_size=0, seed=0)
+    bank = b"\1" * 5000  # no zero block in it that could pass for the end of the archive
+    member = tarfile.TarInfo(f"snapshots/{SLOT}/{SLOT}")
+    member.size = len(bank)
+    extension = bytes(512)  # no more sparse entries, no further extension
+    head = make_tar([(n, d) for n, d in entries if n != f"snapshots/{SLOT}/{SLOT}"])
+    end = tar_end(head)
+    data = head[:end] + _block(member, sparse) + extension + _padded(bank) + bytes(10240)
+    assert check_bytes(data, archive_name(SLOT, compression="tar")) == (
+        hashlib.sha256(data).hexdigest()
+    )
+
+
+def test_data_after_the_end_blocks_fails() -> None:
+    name, good = build_archive(SLOT, compression="tar")
+    tar = bytearray(good)
+    tar[-100] = 1
+    assert reason_of(bytes(tar), name) == (
+        f"tar: data after the end-of-archive blocks at byte {len(good) - 100}"
+    )
+
+
+def test_a_single_end_block_is_not_the_end() -> None:
+    name, good = build_archive(SLOT, compression="tar")
+    end = tar_end(good)
+    assert reason_of(good[: end + 512], name) == (
+        f"tar: the stream ends inside the end-of-archive blocks at byte {end + 512}"
+    )
+    assert reason_of(good[:end] + bytes(512) + b"\1" + bytes(511), name) == (
+        f"tar: data after the end-of-archive block at byte {end + 512}"
+    )
+
+
+def test_a_truncated_member_is_named() -> None:
+    name, good = build_archive(SLOT, compression="tar")
+    cut = good.index(f"accounts/{SLOT}.1".encode()) + 1000
+    assert reason_of(good[:cut], name) == (
+        f"tar: the stream ends inside 'accounts/{SLOT}.1' at byte {cut}"
+    )
+
+
+def test_header_fields() -> None:
+    info = tarfile.TarInfo("a/b")
+    info.size = 12345
+    block = info.tobuf(tarfile.GNU_FORMAT)
+    assert parse_header(block, 0) == ("a/b", 12345, b"0")
+    huge = bytearray(block)
+    huge[124:136] = b"\x80" + (9 << 30).to_bytes(11, "big")  # GNU base-256: 9 GiB
+    huge[148:156] = b" " * 8
+    huge[148:155] = b"%06o\0" % sum(huge)
+    assert parse_header(bytes(huge), 0)[1] == 9 << 30
+    ustar = tarfile.TarInfo("p" * 80 + "/" + "n" * 80)
+    assert parse_header(ustar.tobuf(tarfile.USTAR_FORMAT), 0)[0] == ustar.name
+    with pytest.raises(ArchiveInvalid, match="bad header checksum at byte 512"):
+        parse_header(block[:10] + b"X" + block[11:], 512)
+
+
+@pytest.mark.parametrize(
+    ("data", "records"),
+    [
+        (b"13 size=3000\n", {"size": "3000"}),
+        (b"13 size=3000\n15 path=a/b/cd\n", {"size": "3000", "path": "a/b/cd"}),
+        (b"13 size=3000\n\0\0\0", {"size": "3000"}),
+    ],
+)
+def test_pax_records(data: bytes, records: dict[str, str]) -> None:
+    assert parse_pax(data, 0) == records
+
+
+@pytest.mark.parametrize("data", [b"x size=1\n", b"99 size=1\n", b"5 a=1\n", b"12 size3000\n"])
+def test_bad_pax_records(data: bytes) -> None:
+    with pytest.raises(ArchiveInvalid, match="bad pax header"):
+        parse_pax(data, 0)
+
+
+# --- bounded memory -------------------------------------------------------------------------------
+
+_ZEROS = bytes(16 << 20)
+
+
+def _bomb(compression: str, size: int) -> bytes:
+    """``size`` zero bytes, compressed in a stream (never all in memory)."""
+    pieces = size // len(_ZEROS)
+    if compression == "zst":
+        z = zstandard.ZstdCompressor(level=1).compressobj()
+        return b"".join([z.compress(_ZEROS) for _ in range(pieces)] + [z.flush()])
+    if compression == "lz4":
+        lz = lz4.frame.LZ4FrameCompressor()
+        return b"".join([lz.begin(), *(lz.compress(_ZEROS) for _ in range(pieces)), lz.flush()])
+    compressor = {
+        "gz": lambda: zlib.compressobj(1, wbits=31),
+        "bz2": lambda: bz2.BZ2Compressor(1),
+        "xz": lambda: lzma.LZMACompressor(preset=0),
+    }[compression]()
+    return b"".join([compressor.compress(_ZEROS) for _ in range(pieces)] + [compressor.flush()])
+
+
+@pytest.mark.parametrize(
+    ("compression", "size"),
+    [("zst", 1 << 30), ("lz4", 1 << 30), ("gz", 1 << 30), ("bz2", 128 << 20), ("xz", 256 << 20)],
+)
+def test_a_decompression_bomb_stays_in_bounded_memory(compression: str, size: int) -> None:
+    bomb = _bomb(compression, size)
+    assert len(bomb) < size // 200
+    name = archive_name(SLOT, compression=compression)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.start()
+    try:
+        # Zeros read as a tar: its end-of-archive blocks, then zeros to the end of the stream.
+        reason = reason_of(bomb, name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    assert reason.startswith("tar: missing version")
+    assert peak < 48 << 20, peak
+    assert rss_growth < 256 << 20, rss_growth
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def test_a_zstd_frame_asking_for_a_huge_window_is_refused() -> None:
+    # A window of 2 GiB (descriptor: exponent 21 + 10) would be allocated before any output.
+    last_raw_block = (1 | 0 << 1 | 1000 << 3).to_bytes(3, "little") + b"x" * 1000
+    data = ZSTD_MAGIC + b"\x00" + bytes([21 << 3]) + last_raw_block
+    assert reason_of(data, archive_name(SLOT)) == (
+        "zstd: frame requires too much memory for decoding in the frame at byte 0"
+    )
+
+
+def test_zero_filled_zstd_blocks_end_fast() -> None:
+    # Three zero bytes are an empty raw block: a hole of zeros inside a frame is refused
+    # after a few of them instead of costing a Python step per three bytes.
+    header = ZSTD_MAGIC + b"\x00" + bytes([10 << 3])  # no content size, 1 MiB window
+    data = header + bytes(64 << 20)
+    assert reason_of(data, archive_name(SLOT)) == (
+        f"zstd: a run of empty blocks at byte {len(header) + 3 * 64} (zero-filled data?)"
+    )
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def open_descriptors(path: Path) -> int:
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor of the listing itself
+            count += os.readlink(f"/proc/self/fd/{entry}") == str(path)
+    return count
+
+
+def test_check_file(tmp_path: Path) -> None:
+    name, good = build_archive(SLOT, compression="lz4")
+    path = tmp_path / name
+    path.write_bytes(good)
+    assert check_file(str(path)) == hashlib.sha256(good).hexdigest()
+    other = tmp_path / "download.part"
+    other.write_bytes(good)
+    assert check_file(str(other), name) == hashlib.sha256(good).hexdigest()
+    with pytest.raises(ArchiveInvalid, match="not a snapshot archive name"):
+        check_file(str(other))
+    with pytest.raises(FileNotFoundError):
+        check_file(str(tmp_path / "missing.tar.zst"))
+    assert open_descriptors(path) == open_descriptors(other) == 0
+
+
+def test_a_failed_check_returns_only_once_its_reading_thread_has_ended() -> None:
+    # A check that fails early calls unblock() and waits for the read in flight, so that the
+    # caller can close the file: a read must never run on a descriptor closed under it.
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    bad = bad_variants(name, good)["not_tar"]
+    release, returned, calls = threading.Event(), threading.Event(), []
+
+    def read(size: int) -> bytes:
+        calls.append(size)
+        if len(calls) == 1:
+            return bad[:size]
+        release.wait(10)  # the next read waits, as on a file still being written
+        returned.set()
+        return b""
+
+    def unblock() -> None:
+        threading.Timer(0.1, release.set).start()  # the read ends a little later
+
+    with pytest.raises(ArchiveInvalid, match="bad header checksum"):
+        check_stream(read, name, unblock=unblock)
+    assert returned.is_set()
+
+
+def _reader_thread(
+    growing: GrowingFile, size: int
+) -> tuple[threading.Thread, list[bytes | BaseException]]:
+    results: list[bytes | BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(growing.read(size))
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, results
+
+
+def test_growing_file_reads_what_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    with open(path, "wb") as f:
+        growing = GrowingFile(f.fileno())
+        assert open_descriptors(path) == 2
+        thread, results = _reader_thread(growing, 100)
+        thread.join(0.05)
+        assert thread.is_alive() and not results  # nothing written yet: it waits
+        f.write(b"abcdef")
+        f.flush()
+        growing.advance(4)
+        thread.join(5)
+        assert results == [b"abcd"]  # never past what advance() said
+        growing.finish(6)
+        assert growing.read(100) == b"ef"
+        assert growing.read(100) == b""
+        assert growing.closed and open_descriptors(path) == 1  # its own duplicate only
+
+
+def test_growing_file_cancel_unblocks_a_read(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    with open(path, "wb") as f:
+        growing = GrowingFile(f.fileno())
+        thread, results = _reader_thread(growing, 100)
+        thread.join(0.05)
+        assert thread.is_alive()
+        growing.cancel()
+        thread.join(5)
+        assert not thread.is_alive()
+        assert isinstance(results[0], ArchiveInvalid) and str(results[0]) == "check cancelled"
+        assert growing.closed and open_descriptors(path) == 1
+        with pytest.raises(ArchiveInvalid, match="check cancelled"):
+            growing.read(10)
+
+
+def test_growing_file_never_closes_under_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 100)
+    entered, release = threading.Event(), threading.Event()
+    real_pread = os.pread
+
+    def slow_pread(fd: int, count: int, offset: int) -> bytes:
+        entered.set()
+        release.wait(10)
+        return real_pread(fd, count, offset)
+
+    monkeypatch.setattr(archivecheck.os, "pread", slow_pread)
+    with open(path, "rb") as f:
+        growing = GrowingFile(f.fileno())
+        growing.advance(100)
+        thread, results = _reader_thread(growing, 10)
+        assert entered.wait(5)
+        growing.cancel()  # while the read is in os.pread
+        assert not growing.closed and open_descriptors(path) == 2
+        release.set()
+        thread.join(5)
+        assert results == [b"x" * 10]
+        assert growing.closed and open_descriptors(path) == 1
+
+
+def test_growing_file_shorter_than_announced(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 10)
+    with open(path, "rb") as f:
+        growing = GrowingFile(f.fileno())
+        growing.finish(20)
+        assert growing.read(100) == b"x" * 10
+        with pytest.raises(OSError, match="ends at byte 10, before the 20 bytes written"):
+            growing.read(100)
+        growing.cancel()
+        assert growing.closed
+
+
+def part_file(path: Path) -> io.BufferedWriter:
+    """The temp file a download writes (opened before the check starts)."""
+    return open(path, "wb")
+
+
+async def write_in_pieces(
+    f: io.BufferedWriter, check: FollowingCheck, data: bytes, pieces: int, finish: bool = True
+) -> None:
+    """Write ``data`` in ``pieces`` as a download does, reporting each to the check."""
+    step = -(-len(data) // pieces)
+    for start in range(0, len(data), step):
+        f.write(data[start : start + step])
+        f.flush()
+        check.advance(min(len(data), start + step))
+        await trio.lowlevel.checkpoint()
+    if finish:
+        check.finish(len(data))
+
+
+@pytest.mark.parametrize("compression", ["zst", "gz"])
+async def test_following_check_of_a_good_download(tmp_path: Path, compression: str) -> None:
+    name, good = build_archive(SLOT, compression=compression, accounts=6, account_size=1 << 20)
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        await write_in_pieces(f, check, good, 17)
+        with trio.fail_after(30):
+            assert await check.result() == hashlib.sha256(good).hexdigest()
+        assert check.done()
+    assert open_descriptors(path) == 0
+
+
+@pytest.mark.parametrize("variant", ["flipped_byte", "truncated_zero_padded", "other_slot"])
+async def test_following_check_of_a_bad_download(tmp_path: Path, variant: str) -> None:
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    bad = bad_variants(name, good)[variant]
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        await write_in_pieces(f, check, bad, 9)
+        with trio.fail_after(30), pytest.raises(ArchiveInvalid) as caught:
+            await check.result()
+    assert re.match(EXPECTED_REASONS[variant]["zst"], caught.value.reason)
+    assert open_descriptors(path) == 0
+
+
+async def test_following_check_fails_before_the_download_ends(tmp_path: Path) -> None:
+    # The check fails on the first piece; its reading thread, waiting for more, is released
+    # and the duplicate descriptor closed, although the writer never finishes.
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    bad = bad_variants(name, good)["not_tar"]
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        await write_in_pieces(f, check, bad[: len(bad) // 2], 3, finish=False)
+        with trio.fail_after(30), pytest.raises(ArchiveInvalid, match="bad header checksum"):
+            await check.result()
+        with trio.fail_after(10):
+            while open_descriptors(path) != 1:
+                await trio.sleep(0.01)
+
+
+async def test_following_check_cancelled(tmp_path: Path) -> None:
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        await write_in_pieces(f, check, good[: len(good) // 2], 4, finish=False)
+        check.cancel()
+        with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
+            await check.result()
+        with trio.fail_after(10):
+            while open_descriptors(path) != 1:
+                await trio.sleep(0.01)
+
+
+async def test_following_check_cancelled_before_any_byte(tmp_path: Path) -> None:
+    name = archive_name(SLOT)
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        await trio.sleep(0.01)
+        assert not check.done()  # waiting for bytes
+        check.cancel()
+        with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
+            await check.result()
+    assert open_descriptors(path) == 0
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def archive_files(tmp_path: Path) -> tuple[Path, Path, str]:
+    name, good = build_archive(SLOT)
+    good_path = tmp_path / name
+    good_path.write_bytes(good)
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad_path = bad_dir / name
+    bad_path.write_bytes(bad_variants(name, good)["missing_status_cache"])
+    return good_path, bad_path, hashlib.sha256(good).hexdigest()
+
+
+def test_verify_prints_a_line_per_file(
+    archive_files: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    good, bad, digest = archive_files
+    missing = tmp_path / "missing.tar.zst"
+    assert main(["verify", str(good)]) == 0
+    assert capsys.readouterr().out == f"ok {digest} {good}\n"
+    assert main(["verify", str(good), str(bad), str(missing), str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"ok {digest} {good}",
+        f"bad {bad}: tar: missing snapshots/status_cache",
+        f"bad {missing}: No such file or directory",
+        f"bad {tmp_path}: Is a directory",
+    ]
+
+
+def test_verify_as_a_command(archive_files: tuple[Path, Path, str]) -> None:
+    import subprocess
+
+    good, bad, digest = archive_files
+    ok = subprocess.run(
+        [sys.executable, "-m", "tracker", "verify", good.name],
+        cwd=good.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok {digest} {good.name}\n", "")
+    failed = subprocess.run(
+        [sys.executable, "-m", "tracker", "verify", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines()[1] == f"bad {bad}: tar: missing snapshots/status_cache"
+    usage = subprocess.run(
+        [sys.executable, "-m", "tracker", "verify"], capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 2

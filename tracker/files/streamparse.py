@@ -1,0 +1,105 @@
+"""Parsers of byte streams that arrive in chunks, written as generators that ask for bytes.
+
+A parser is a generator that yields *requests* and is sent the answers:
+
+- ``n > 0``: the next ``n`` bytes (it is sent them as ``bytes``);
+- ``n < 0``: skip ``-n`` bytes (it is sent ``None``): member data is never copied;
+- :data:`MARK`: a boundary where the stream may end (it is sent ``None`` once more bytes come);
+- :data:`REST`: whatever bytes come next, at least one, as a ``memoryview`` valid until the
+  next request (the stream may end here too).
+
+:class:`Feeder` drives one parser with the chunks of a stream. At the end of the stream
+(:meth:`Feeder.finish`) a parser waiting anywhere but at a boundary is sent
+:class:`EndOfInput`, which it turns into its own one-line reason. The tar walk and the zstd
+framing (``tracker.files.tarwalk``, ``tracker.files.decoders``) are such parsers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, TypeAlias, TypeVar
+
+T = TypeVar("T")
+#: A parser's request: bytes to read (> 0), to skip (< 0), a boundary (MARK) or REST.
+Request: TypeAlias = int | None
+#: A parser, or a part of one (``yield from``) that returns a ``T``.
+ParserOf: TypeAlias = Generator[Request, Any, T]
+Parser: TypeAlias = ParserOf[None]
+
+MARK: Request = 0
+REST: Request = None
+
+
+class EndOfInput(Exception):
+    """Thrown into a parser when the stream ends while it still wants bytes; ``at`` is the
+    stream's length (every byte the parser was given, including a partial read)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        super().__init__(f"stream ends at byte {at}")
+
+
+class Feeder:
+    """Feeds the chunks of one stream to one parser, in order, without copying skipped bytes."""
+
+    def __init__(self, parser: Parser) -> None:
+        self._parser = parser
+        self._want: Request = next(parser)
+        self._partial = bytearray()
+        self.offset = 0  # bytes of the stream consumed so far
+
+    def feed(self, data: memoryview | bytes) -> None:
+        """Consume all of ``data``."""
+        self._consume(memoryview(data), 0, len(data), stop_at_mark=False)
+
+    def feed_to_mark(self, data: memoryview, start: int, end: int) -> int:
+        """Consume ``data[start:end]`` up to the first boundary after at least one byte;
+        returns the position reached (``end`` when no boundary came first)."""
+        return self._consume(data, start, end, stop_at_mark=True)
+
+    def _consume(self, data: memoryview, start: int, end: int, *, stop_at_mark: bool) -> int:
+        send = self._parser.send
+        want = self._want
+        pos = start
+        try:
+            while pos < end:
+                if want is None:  # REST: everything there is
+                    piece = data[pos:end]
+                    self.offset += end - pos
+                    pos = end
+                    want = send(piece)
+                elif want == 0:  # MARK
+                    if stop_at_mark and pos > start:
+                        break
+                    want = send(None)
+                elif want < 0:  # skip
+                    take = min(-want, end - pos)
+                    pos += take
+                    self.offset += take
+                    want = send(None) if take == -want else want + take
+                else:
+                    want, pos = self._read(data, pos, end, want)
+        finally:
+            self._want = want
+        return pos
+
+    def _read(self, data: memoryview, pos: int, end: int, want: int) -> tuple[Request, int]:
+        partial = self._partial
+        take = min(want - len(partial), end - pos)
+        self.offset += take
+        if not partial and take == want:
+            return self._parser.send(bytes(data[pos : pos + want])), pos + take
+        partial += data[pos : pos + take]
+        if len(partial) < want:
+            return want, pos + take
+        whole = bytes(partial)
+        partial.clear()
+        return self._parser.send(whole), pos + take
+
+    def finish(self) -> None:
+        """The stream has ended: fine at a boundary; else the parser raises its reason."""
+        if self._want is None or self._want == 0:
+            self._parser.close()
+            return
+        self._parser.throw(EndOfInput(self.offset))
+        raise AssertionError("a parser went on after the end of its input")  # pragma: no cover

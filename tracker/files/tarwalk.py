@@ -1,0 +1,212 @@
+"""A walk over a tar stream: headers checked, member data skipped, to the end-of-archive blocks.
+
+:func:`walk_tar` is a parser for :class:`~tracker.files.streamparse.Feeder`. It reads each
+512-byte header (checksum verified), follows GNU long names (``L``), pax extended headers
+(``x``: ``path`` and ``size``) and old GNU sparse headers with extension blocks, skips every
+member's data without copying it, and wants the stream to end with two zero blocks followed by
+nothing but zeros. It remembers only which of the names it is asked about it saw as regular
+files, so its memory does not grow with the number of members.
+
+Headers are parsed here rather than with ``tarfile.TarInfo.frombuf``: that costs ~32 µs a
+header (a snapshot has a million members), this ~3 µs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Set
+
+from tracker.errors import ArchiveInvalid
+from tracker.files.streamparse import REST, EndOfInput, Parser, ParserOf
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+#: Long names and pax headers are read into memory: a real one is well under a KiB.
+MAX_META = 1024 * 1024
+# Regular files as agave's unpacker takes them: '0', the old '\0', GNU sparse 'S'.
+_REGULAR = (b"0", b"\0", b"S")
+_USTAR = b"ustar\x00"
+
+
+def walk_tar(wanted: Set[str], found: set[str]) -> Parser:
+    """Walk a tar stream; add to ``found`` each name of ``wanted`` seen as a regular file
+    (names compared as agave compares them: see :func:`entry_name`)."""
+    walk = _Walk(wanted, found)
+    try:
+        yield from walk.members()
+    except EndOfInput as end:
+        raise ArchiveInvalid(walk.truncated(end.at)) from None
+
+
+class _Walk:
+    def __init__(self, wanted: Set[str], found: set[str]) -> None:
+        self.wanted = wanted
+        self.found = found
+        self.at = 0  # offset of what is being read
+        self.inside = ""  # what the stream would end inside of, for the truncation reason
+
+    def truncated(self, end: int) -> str:
+        if self.inside:
+            return f"tar: the stream ends inside {self.inside} at byte {end}"
+        if end > self.at:
+            return f"tar: the stream ends inside a header at byte {end}"
+        return f"tar: no end-of-archive blocks (the stream ends at byte {end})"
+
+    def members(self) -> Parser:
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        while True:
+            self.inside = ""
+            block = yield BLOCK
+            if block == ZERO_BLOCK:
+                yield from self.end_blocks()
+                return
+            self.inside = "a header"
+            name, size, kind = parse_header(block, self.at)
+            self.at += BLOCK
+            if "size" in pax:
+                size = _pax_size(pax["size"], self.at - BLOCK)
+            if kind in (b"L", b"x", b"X"):
+                meta = yield from self.meta(size, kind)
+                if kind == b"L":
+                    long_name = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                else:
+                    pax = parse_pax(meta, self.at - BLOCK)
+                continue
+            if kind == b"S" and block[482]:
+                yield from self.sparse_extensions()
+            name = pax.get("path", long_name or name)
+            if kind in _REGULAR:
+                self.see(name)
+            long_name, pax = None, {}
+            self.inside = repr(name)
+            padded = -(-size // BLOCK) * BLOCK
+            if padded:
+                yield -padded
+                self.at += padded
+
+    def see(self, name: str) -> None:
+        if name in self.wanted:
+            self.found.add(name)
+        elif (normal := entry_name(name)) in self.wanted:
+            self.found.add(normal)
+
+    def meta(self, size: int, kind: bytes) -> ParserOf[bytes]:
+        if size > MAX_META:
+            label = "long name" if kind == b"L" else "pax header"
+            raise ArchiveInvalid(f"tar: {label} of {size} bytes at byte {self.at - BLOCK}")
+        self.inside = "a long name" if kind == b"L" else "a pax header"
+        data = (yield size) if size else b""
+        padding = -size % BLOCK
+        if padding:
+            yield -padding
+        self.at += size + padding
+        return bytes(data)
+
+    def sparse_extensions(self) -> Parser:
+        self.inside = "a sparse header"
+        while True:
+            extension = yield BLOCK
+            self.at += BLOCK
+            if not extension[504]:
+                return
+
+    def end_blocks(self) -> Parser:
+        self.inside = "the end-of-archive blocks"
+        second = yield BLOCK
+        if second != ZERO_BLOCK:
+            raise ArchiveInvalid(
+                f"tar: data after the end-of-archive block at byte {self.at + BLOCK}"
+            )
+        self.at += 2 * BLOCK
+        while True:  # anything after them must be zeros (GNU tar pads to its record size)
+            rest = yield REST
+            data = rest.tobytes()
+            if data != bytes(len(data)):
+                first = len(data) - len(data.lstrip(b"\0"))
+                raise ArchiveInvalid(
+                    f"tar: data after the end-of-archive blocks at byte {self.at + first}"
+                )
+            self.at += len(rest)
+
+
+def parse_header(block: bytes, at: int) -> tuple[str, int, bytes]:
+    """The name, data size and type flag of one header block; ArchiveInvalid when its checksum
+    or size field is wrong."""
+    stored = _octal(block[148:156])
+    # The sum of every byte with the checksum field counted as spaces. Adler-32's low half is
+    # 1 + the sum of the bytes (mod 65521): exact over 256 bytes (at most 65280), and ten
+    # times faster than sum() in Python.
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    total += 256 - sum(block[148:156])
+    if stored is None or (stored != total and stored != _signed_sum(block)):
+        raise ArchiveInvalid(f"tar: bad header checksum at byte {at}")
+    size_field = block[124:136]
+    if size_field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        if size_field[0] != 0x80:
+            raise ArchiveInvalid(f"tar: negative member size at byte {at}")
+        size: int | None = int.from_bytes(size_field[1:], "big")
+    else:
+        size = _octal(size_field)
+    if size is None:
+        raise ArchiveInvalid(f"tar: bad size field at byte {at}")
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == _USTAR and block[345]:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "surrogateescape"), size, block[156:157]
+
+
+def _octal(field: bytes) -> int | None:
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    if text.strip(b"01234567"):
+        return None
+    return int(text, 8)
+
+
+def _signed_sum(block: bytes) -> int:
+    # Some old tar writers summed signed chars; tarfile accepts both, so do we.
+    values = [b - 256 if b > 127 else b for b in block]
+    return sum(values) - sum(values[148:156]) + 256
+
+
+def parse_pax(data: bytes, at: int) -> dict[str, str]:
+    """The records of a pax extended header (``"%d %s=%s\\n"`` each)."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 20)
+        length_text = data[pos:space]
+        if space < 0 or not length_text.isdigit() or not length_text.isascii():
+            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
+        length = int(length_text)
+        record = data[space + 1 : pos + length]
+        if length <= space - pos or pos + length > len(data) or not record.endswith(b"\n"):
+            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
+        key, sep, value = record[:-1].partition(b"=")
+        if not sep:
+            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def _pax_size(text: str, at: int) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ArchiveInvalid(f"tar: bad pax size at byte {at}")
+    return int(text)
+
+
+def entry_name(name: str) -> str:
+    """A member name as agave's unpacker compares it (Rust's ``Path::components``): empty and
+    inner ``.`` parts dropped. A leading ``./`` or ``/`` is kept, and so is a trailing ``/``
+    (agave refuses a file named so in a GNU header, tarfile takes it for a directory): such a
+    name matches no snapshot entry."""
+    parts = name.split("/")
+    head, tail = parts[0], parts[-1] if len(parts) > 1 else None
+    middle = [p for p in parts[1:-1] if p not in ("", ".")]
+    if tail is not None and tail not in ("", "."):
+        middle.append(tail)
+    normal = "/".join([head, *middle]) if head else "/" + "/".join(middle)
+    return normal + "/" if tail == "" and name != "/" else normal
