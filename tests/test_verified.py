@@ -51,9 +51,6 @@ class Fleet:
     good: FakeUpstream
     cache: Path
 
-    def host(self, up: FakeUpstream) -> str:
-        return up.base.removeprefix("http://")
-
 
 def _config(tmp_path: Path, hosts: list[str], **extra: Any) -> Path:
     settings: dict[str, Any] = {
@@ -91,9 +88,12 @@ async def sources_of(base: str, name: str) -> list[dict[str, Any]]:
     return [f for s in listing for f in s["files"] if f["file_name"].endswith(name)]
 
 
-async def targets(base: str) -> dict[str, dict[str, Any]]:
+async def target(base: str, up: FakeUpstream) -> dict[str, Any]:
+    """The ``/v1/targets`` entry of sidecar ``up``."""
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-        return {t["target"]: t for t in (await client.get(f"{base}/v1/targets")).json()}
+        listing = (await client.get(f"{base}/v1/targets")).json()
+    [entry] = [t for t in listing if t["target"].endswith(up.base.removeprefix("http://"))]
+    return dict(entry)
 
 
 async def metric(internal: str, name: str) -> float:
@@ -126,7 +126,7 @@ async def test_a_bad_copy_is_never_handed_out_and_its_source_is_skipped(
         assert first.closed and len(first.body) <= len(good) - HOLD_BACK  # never complete
         assert leftovers(f.cache) == []  # nothing promoted, the temp file gone
         assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
-        bad_target = (await targets(f.public))[f.host(f.bad)]
+        bad_target = await target(f.public, f.bad)
         assert bad_target["last_error"].startswith(REJECTED), bad_target
         # Now the good sidecar lists it too: the next request goes there, not to the bad one.
         f.good.listing = sidecar_listing({name: good})
@@ -173,7 +173,7 @@ async def test_reject_for_ends_and_the_source_is_used_again(tmp_path: Path) -> N
             return answer.status == 200 and answer.body == good
 
         await wait_until(served, timeout=10)
-        assert not (await targets(f.public))[f.host(f.bad)]["last_error"]
+        assert not (await target(f.public, f.bad))["last_error"]
 
 
 async def test_a_verified_copy_carries_its_digest_everywhere(tmp_path: Path) -> None:
