@@ -614,7 +614,9 @@ def _round_span(tracker: Tracker, after: float, timeout: float) -> float | None:
     while time.monotonic() < end:
         tracker.proc.check_alive()
         time.sleep(0.5)
-        states = json.loads(get(f"{tracker.base}/v1/targets", timeout=30))
+        listed = json.loads(get(f"{tracker.base}/v1/targets", timeout=30))
+        # The getClusterNodes RPC is listed too (kind "cluster"): not a probe of the round.
+        states = [s for s in listed if s.get("kind") != "cluster"]
         stamps = [
             (
                 datetime.fromisoformat(s["last_scrape"]).timestamp(),

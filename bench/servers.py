@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 import attrs
 
 from bench.procs import HOST, Proc, Procs, free_port, wait_for_port
+from tests.archives import big_archive_name
+from tracker.core.snapshots import parse_archive_name
 
 GROUP = "bench"
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -53,15 +56,18 @@ def incremental_name(base: int, slot: int) -> str:
 
 @attrs.frozen
 class Archives:
-    """The archive files: ``best`` (slot 200) and ``old`` (slot 100), one inode, two names.
+    """The archive files: ``best`` and ``old`` (slot 100), one inode, two names.
 
-    A hard link rather than a copy: nginx and the tracker then read the very same pages from
-    the page cache, and only one file's worth of RAM and disk is used.
+    ``best`` is a real snapshot archive of its slot, so that the tracker's archive check
+    passes (docs/http-api.md, "Verified archives"); ``old`` is only ever proxied, never
+    cached (not the best), so it is never checked. A hard link rather than a copy: nginx and
+    the tracker then read the very same pages from the page cache, and only one file's worth
+    of RAM and disk is used.
     """
 
     directory: Path
     size: int
-    best: str = full_name(200)
+    best: str = big_archive_name()
     old: str = full_name(100)
 
     @property
@@ -69,17 +75,13 @@ class Archives:
         return self.directory / self.best
 
 
-def make_archives(directory: Path, size: int) -> Archives:
-    """Write ``size`` random bytes (incompressible, honest for the page cache) as the archive."""
+def make_archives(directory: Path, size: int, built: Path) -> Archives:
+    """The archives in ``directory``: a copy of ``built``, a real ``.tar.zst`` snapshot
+    archive of about ``size`` bytes of realistic compressibility (about 3x: random runs and
+    zero runs, tests/archives.py ``build_big_archive``), kept between bench runs."""
     directory.mkdir(parents=True, exist_ok=True)
-    archives = Archives(directory, size)
-    block = 8 * 1024 * 1024
-    with open(archives.best_path, "wb") as f:
-        left = size
-        while left:
-            n = min(block, left)
-            f.write(os.urandom(n))
-            left -= n
+    archives = Archives(directory, built.stat().st_size)
+    shutil.copyfile(built, archives.best_path)
     os.link(archives.best_path, directory / archives.old)
     return archives
 
@@ -87,11 +89,14 @@ def make_archives(directory: Path, size: int) -> Archives:
 def sidecar_json(archives: Archives) -> str:
     """The ``/v1/snapshots`` answer of a sidecar holding both archives (SPEC §6)."""
     infos = []
-    for slot, name in ((200, archives.best), (100, archives.old)):
+    for name in (archives.best, archives.old):
+        parsed = parse_archive_name(name)
+        assert parsed is not None, name
+        slot = parsed.slot
         file = {
             "file_name": name,
             "slot": slot,
-            "hash": b58encode(slot.to_bytes(32, "big")),
+            "hash": parsed.hash,
             "ext": ".tar.zst",
             "size": archives.size,
             "mod_time": "2026-01-01T00:00:00Z",

@@ -5,6 +5,7 @@ the sources sidecar-like upstreams, all on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from archives import compress, make_tar, snapshot_entries
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
-from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, serving, sha256
+from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
 from test_fetch import (
     FAST,
     FILES,
@@ -128,9 +130,23 @@ async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> Non
 
 # -- fetch verifies: the tracker's sha256 -----------------------------------------------------
 
-GOOD = FILES[FULL]
-#: Another node's archive of the same slot: the same size, other bytes.
-OTHER = archive_bytes(len(GOOD), seed=91)
+
+def _archives_of(slot: int) -> tuple[bytes, bytes]:
+    """Two real archives of ``slot`` (both pass the check) of the same size, other bytes:
+    two nodes' archives of one slot and hash (other random bytes in the bank file)."""
+    entries = snapshot_entries(slot, accounts=4, account_size=512 * 1024, seed=91)
+    good = compress(make_tar(entries), "zst")
+    bank, _data = entries[3]
+    for seed in range(64):
+        entries[3] = (bank, random.Random(seed).randbytes(4096) + bytes(2048))
+        other = compress(make_tar(entries), "zst")
+        if len(other) == len(good):
+            return good, other
+    raise AssertionError("no same-size pair of archives")
+
+
+GOOD, OTHER = _archives_of(20_000)  # FULL's slot
+VERIFYING = attrs.evolve(FAST, verify=True)
 
 
 async def test_a_copy_with_another_sha256_is_deleted_and_the_next_source_used(
@@ -142,7 +158,8 @@ async def test_a_copy_with_another_sha256_is_deleted_and_the_next_source_used(
     other, good = FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})
     ledger = ledger_of(tmp_path)
     async with tracker_of([other, good], sha256={FULL: sha256(GOOD)}) as tracker:
-        [result] = await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
     assert body_bytes(other, FULL) >= len(OTHER)  # a whole copy came from there first
     assert body_bytes(good, FULL) >= len(GOOD)
     assert result.sha256 == sha256(GOOD)
@@ -157,7 +174,8 @@ async def test_no_copy_with_the_trackers_sha256_is_exit_1_and_nothing_kept(tmp_p
     ledger = ledger_of(tmp_path)
     listed = sha256(b"a third archive")
     async with tracker_of(ups, sha256={FULL: listed}) as tracker:
-        done = await run_cli(*fetch_command(ledger, tracker.base, "--progress", "none"))
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(*command)
     line = the_error_line(done)
     assert "no source delivered a good copy" in line and f"tracker's {listed}" in line, line
     assert all(body_bytes(up, FULL) >= len(GOOD) for up in ups)  # both were tried

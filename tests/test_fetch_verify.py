@@ -1,0 +1,57 @@
+"""``snapshot-tracker fetch`` checks real archives before they enter the ledger
+(docs/http-api.md, "Verified archives"): a copy that fails the archive check is deleted and
+the next source's copy fetched; with no good copy anywhere, exit 1 with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+from archives import bad_variants, build_archive
+from helpers_proxy import FakeUpstream, sha256
+from test_fetch import FAST, fetch_command, ledger_of, options, run_cli, the_error_line
+from test_fetch_sources import body_bytes, tracker_of
+
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+
+NAME, GOOD = build_archive(31_000, compression="zst", accounts=4, account_size=256 * 1024)
+VERIFYING = attrs.evolve(FAST, verify=True)
+
+
+@pytest.mark.parametrize("variant", ["truncated_zero_padded", "other_slot", "trailing_bytes"])
+async def test_a_copy_that_fails_the_check_is_deleted_and_the_next_source_used(
+    tmp_path: Path, variant: str
+) -> None:
+    bad = bad_variants(NAME, GOOD)[variant]
+    first, second = FakeUpstream(files={NAME: bad}), FakeUpstream(files={NAME: GOOD})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([first, second]) as tracker:  # no sha256 listed: the check alone
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
+    assert body_bytes(first, NAME) >= len(bad)  # a whole bad copy came first
+    assert result.sha256 == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [NAME]
+    assert (ledger / NAME).read_bytes() == GOOD
+
+
+async def test_no_good_copy_anywhere_is_exit_1_and_nothing_kept(tmp_path: Path) -> None:
+    variants = bad_variants(NAME, GOOD)
+    ups = [FakeUpstream(files={NAME: variants[v]}) for v in ("flipped_byte", "not_tar")]
+    ledger = ledger_of(tmp_path)
+    async with tracker_of(ups) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(*command)
+    line = the_error_line(done)
+    assert "no source delivered a good copy" in line, line
+    assert list(ledger.iterdir()) == []
+
+
+async def test_without_verification_the_bad_copy_is_kept_as_sent(tmp_path: Path) -> None:
+    """The same scene with ``--verify=false``: what shows the check above is the check."""
+    bad = bad_variants(NAME, GOOD)["truncated_zero_padded"]
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([FakeUpstream(files={NAME: bad})]) as tracker:
+        await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert (ledger / NAME).read_bytes() == bad
