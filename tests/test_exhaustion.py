@@ -7,6 +7,7 @@ Real ``serve`` and ``check-config`` subprocesses, real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -246,4 +247,50 @@ async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
                 assert chunk, "the download was cut"
                 received += chunk
     assert received.partition(b"\r\n\r\n")[2] == data
+    assert await serve.stop() == 0
+
+
+async def stalled_reader(host: str, port: int, target: str) -> trio.SocketStream:
+    """A client that asks for ``target``, takes its head and then reads nothing, through a
+    receive buffer of a few KiB: the server's send blocks at once."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+    assert (await stream.receive_some(1024)).startswith(b"HTTP/1.1 200")
+    return stream
+
+
+async def test_slow_readers_cost_their_own_connection_not_every_download(
+    tmp_path: Path,
+) -> None:
+    """More stalled readers than the worker threads that send files (256): a normal client
+    still gets the whole file at once. Each stalled reader held a thread for its whole
+    piece (up to 128 MiB, until STALL_TIMEOUT), and a curl of a 64 MiB archive got its
+    head and 0 bytes in 20 s."""
+    path = small_tracker(tmp_path)
+    name = "snapshot-700-" + "3" * 44 + ".tar.zst"
+    data = bytes(range(256)) * (64 * 1024)  # 16 MiB: pieces of 8 MiB and more
+    (tmp_path / "ledger" / name).write_bytes(data)
+    serve = await start_serve("--config", str(path))
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
+            await trio.sleep(0.05)
+    readers: list[trio.SocketStream] = []
+    try:
+        for _ in range(300):
+            readers.append(await stalled_reader(host, int(port), f"/{name}"))
+        start = trio.current_time()
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            with trio.fail_after(20):
+                answer = await client.get(f"{serve.base}/{name}")
+        elapsed = trio.current_time() - start
+    finally:
+        for stream in readers:
+            await stream.aclose()
+    assert answer.status_code == 200
+    assert answer.content == data
+    assert elapsed < 10, f"the normal download took {elapsed:.1f} s"
     assert await serve.stop() == 0
