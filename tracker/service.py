@@ -58,7 +58,7 @@ from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.zerocopy.connection import Connections
-from tracker.zerocopy.limit import effective_limit
+from tracker.zerocopy.limit import descriptor_budget
 from tracker.zerocopy.server import hypercorn_config, serve
 
 log = logging.getLogger("tracker.service")
@@ -265,7 +265,11 @@ async def run_tracker(
                         transfers.spawn(parts.objects.tier.watch)
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
-                    limit = effective_limit(config.max_connections)
+                    # Descriptors for connections, downloads and a reserve for the rest
+                    # (tracker/zerocopy/limit.py): the API and the scans never run out.
+                    budget = descriptor_budget(config.max_connections, config.scrape_concurrency)
+                    parts.delivery.slots.limit = budget.downloads
+                    limits = {PUBLIC: budget.connections, INTERNAL: budget.internal}
                     for role, sock in sockets.items():
                         cfg = hypercorn_config(config.shutdown_grace)
                         run = partial(
@@ -275,7 +279,7 @@ async def run_tracker(
                             sock,
                             zero_copy,
                             shutdown_trigger=tracker.stop.wait,
-                            max_connections=limit,
+                            max_connections=limits.get(role, budget.connections),
                         )
                         addresses += await nursery.start(run)
                     age = partial(
