@@ -91,8 +91,11 @@ async def _follow_early(
             await _spliced(job, upstream, body)
         return
     send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
-    if early.decide(ChannelBody(receive, length, flow, job.events)):
-        await _pass(job, upstream.read(job, length), send, flow)
+    if not early.decide(ChannelBody(receive, length, flow, job.events)):
+        send.close()  # the client left before the answer came: nobody reads it
+        receive.close()
+        return
+    await _pass(job, upstream.read(job, length), send, flow)
 
 
 async def fill(
