@@ -74,8 +74,9 @@ class Cache:
     ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file;
     ``on_size(total)`` is called with the bytes of archives cached after every change.
 
-    With ``verify`` (the service sets it from ``verify_archives``, on by default) every archive is checked before it is promoted
-    (:meth:`Refresh.verify`), and a cached file is a hit only while its digest is known:
+    With ``verify`` (the service sets it from ``verify_archives``, on by default) every
+    archive is checked before it is promoted (:meth:`Refresh.verify`), and a cached file is
+    a hit only while its digest is known:
     restored at start-up from the ``.{name}.sha256`` file beside it when that still
     describes it (:func:`digest_matches`), else checked again first (:meth:`recheck`).
     ``digests`` is told every digest known and every one gone; ``on_rejected(group, name,
