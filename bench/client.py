@@ -93,19 +93,27 @@ def first_byte(address: tuple[str, int], path: str, *, timeout: float = 30.0) ->
         raise FetchError(f"{path}: {exc}") from exc
 
 
+#: Seconds after which a held keep-alive connection asks again (the tracker closes one idle
+#: for 5 s: on a busy machine opening 2,000 took longer than that).
+KEEP_FRESH = 2.5
+
+
 def hold_keepalive(address: tuple[str, int], path: str, count: int) -> list[socket.socket]:
     """Open ``count`` connections, each asking ``path`` (an answer without a body, such as a
-    redirect) and kept open afterwards; the caller closes them. Raises FetchError when a
-    connection fails or its server closed it."""
+    redirect) and kept open afterwards; the caller closes them. A connection idle for
+    KEEP_FRESH seconds asks again meanwhile, as a polling client does. Raises FetchError
+    when a connection fails or its server closed it."""
     socks: list[socket.socket] = []
+    asked: list[float] = []
     try:
         # One after the other, as clients come and stay: what is measured is what an idle
         # connection keeps, not the peak of thousands of requests answered at once.
         for _ in range(count):
             sock = socket.create_connection(address, timeout=10)
             socks.append(sock)
-            sock.sendall(_request(address, path, close=False))
-            _read_head(sock)
+            _ask(sock, address, path)
+            asked.append(time.monotonic())
+            _refresh(socks, asked, address, path)
         for sock in socks:
             sock.setblocking(False)
             try:
@@ -118,6 +126,28 @@ def hold_keepalive(address: tuple[str, int], path: str, count: int) -> list[sock
             sock.close()
         raise
     return socks
+
+
+def _ask(sock: socket.socket, address: tuple[str, int], path: str) -> None:
+    sock.sendall(_request(address, path, close=False))
+    _read_head(sock)
+
+
+def _refresh(
+    socks: list[socket.socket], asked: list[float], address: tuple[str, int], path: str
+) -> None:
+    """Ask again on every connection idle for KEEP_FRESH seconds (oldest first)."""
+    now = time.monotonic()
+    for i, when in enumerate(asked):
+        if now - when < KEEP_FRESH:
+            break  # ``asked`` is in the order of the last ask: the rest are fresher
+        _ask(socks[i], address, path)
+    else:
+        i = len(asked)
+    if i:
+        # Move the refreshed ones to the end, keeping the list ordered by last ask.
+        socks[:] = socks[i:] + socks[:i]
+        asked[:] = asked[i:] + [time.monotonic()] * i
 
 
 def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], int]:
@@ -150,6 +180,108 @@ def _read_body(sock: socket.socket, got: int, length: int, deadline: float) -> i
         if time.perf_counter() > deadline:
             raise FetchError(f"download not done within its deadline ({got} of {length} bytes)")
     return got
+
+
+@attrs.frozen
+class Paced:
+    """Downloads read at a client-limited rate for a while: bytes each got, and how many
+    were still in flight (connected, body not complete) when the window ended."""
+
+    received: list[int]
+    in_flight: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Aggregate bytes per second over the window."""
+        return sum(self.received) / self.seconds
+
+
+#: Bytes a paced client reads per ``recv_into`` (its own buffer: the client's memory).
+PACED_READ = 256 * 1024
+
+
+def fetch_paced(
+    address: tuple[str, int],
+    paths: list[str],
+    *,
+    rate: float,
+    seconds: float,
+    connect_timeout: float = 60.0,
+) -> Paced:
+    """GET every path at once (one thread each), each read at most ``rate`` bytes/s, for
+    ``seconds`` after the last one got its head; then every connection is closed (the
+    bodies are not read to their end: a slow client of a 100 GB archive is in flight for
+    hours, and this keeps them all in flight). Raises FetchError when a request fails or a
+    body ends short of its ``content-length``."""
+    count = len(paths)
+    received = [0] * count
+    complete = [False] * count
+    errors: list[BaseException] = []
+    headed = threading.Barrier(count + 1)
+    stop = threading.Event()
+
+    def one(i: int) -> None:
+        view = memoryview(bytearray(PACED_READ))
+        try:
+            with socket.create_connection(address, timeout=connect_timeout) as sock:
+                sock.sendall(_request(address, paths[i]))
+                status, headers, got = _read_head(sock)
+                length = int(headers.get("content-length", "-1"))
+                if status not in (200, 206) or length < 0:
+                    raise FetchError(f"{paths[i]}: status {status}, length {length}")
+                headed.wait(timeout=connect_timeout)
+                _read_paced(sock, view, got, length, rate, stop, received, i)
+                complete[i] = received[i] >= length
+        except BaseException as exc:  # reported to the caller below
+            errors.append(exc)
+            headed.abort()
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    try:
+        headed.wait(timeout=connect_timeout)
+    except threading.BrokenBarrierError:
+        stop.set()
+        for t in threads:
+            t.join(connect_timeout)
+        reason = errors[0] if errors else "not every download got its head in time"
+        raise FetchError(f"a paced download failed: {reason}") from None
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    window = time.perf_counter() - started
+    for t in threads:
+        t.join(connect_timeout)
+    if errors:
+        raise FetchError(f"a paced download failed: {errors[0]}") from errors[0]
+    return Paced(received, count - sum(complete), window)
+
+
+def _read_paced(
+    sock: socket.socket,
+    view: memoryview,
+    got: int,
+    length: int,
+    rate: float,
+    stop: threading.Event,
+    received: list[int],
+    i: int,
+) -> None:
+    """Read the body at ``rate`` bytes/s at most until ``stop`` or its end."""
+    begun = time.perf_counter()
+    base = got
+    while got < length and not stop.is_set():
+        ahead = (got - base) / rate - (time.perf_counter() - begun)
+        if ahead > 0:
+            stop.wait(ahead)
+            continue
+        n = sock.recv_into(view, min(len(view), length - got))
+        if n == 0:
+            raise FetchError(f"body ended after {got} of {length} bytes")
+        got += n
+        received[i] = got
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from bench.client import Fetch, fetch, fetch_many, first_byte, hold_keepalive
+from bench.client import Fetch, fetch, fetch_many, fetch_paced, first_byte, hold_keepalive
 from bench.curl import curl_get, curl_many
 from bench.procs import HOST, Procs, free_port, rss_kib
 from bench.profile import Profiler
@@ -465,14 +465,18 @@ def redirects(env: Env, run: int) -> Result:
 # -- memory ---------------------------------------------------------------------------------
 
 
-#: Bytes each client of the memory figure asks for (a Range from 0): enough for every
-#: download to be in flight at once, without moving 200 GiB per run.
-MEMORY_RANGE = 256 * 1024 * 1024
+#: Each client of the memory figure reads at most this many bytes per second: operators'
+#: clients are slower than loopback (a validator's disk, a WAN link), so every download stays
+#: in flight and the tracker holds what it holds for a slow reader, for every stream at once.
+MEMORY_CLIENT_RATE = 20 * 1000 * 1000
+#: Seconds the memory figure's clients read once all of them are in flight.
+MEMORY_SECONDS = 15.0
 
 
 def memory(env: Env, run: int) -> Result:
     """Peak RSS of a fresh tracker serving ``memory_hits`` cache hits and ``memory_proxied``
-    proxied downloads all at once (each a Range of MEMORY_RANGE bytes)."""
+    proxied downloads all at once: whole-file GETs, each client reading at most
+    MEMORY_CLIENT_RATE for MEMORY_SECONDS, so that all of them stay in flight."""
     tracker = start_hit_tracker(env, f"tracker-memory-{run}")
     pid = tracker.proc.pid
     peak = [rss_kib(pid)]
@@ -486,12 +490,12 @@ def memory(env: Env, run: int) -> Result:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    span = f"Range: bytes=0-{min(MEMORY_RANGE, env.archives.size) - 1}\r\n"
+    seconds = min(MEMORY_SECONDS, 2 + env.archives.size / MEMORY_CLIENT_RATE / 2)
     try:
         paths = [tracker_path(env.archives.best)] * env.options.memory_hits
         paths += [tracker_path(env.archives.old)] * env.options.memory_proxied
         with env.profile(f"memory-run{run + 1}", tracker):
-            batch = fetch_many(tracker.address, paths, expect=206, extra=span)
+            paced = fetch_paced(tracker.address, paths, rate=MEMORY_CLIENT_RATE, seconds=seconds)
         hwm = rss_kib(pid, "VmHWM")
     finally:
         stop_polling.set()
@@ -500,8 +504,10 @@ def memory(env: Env, run: int) -> Result:
     return {
         "peak_mb": max(hwm, *peak) * 1024 / 1e6,
         "idle_mb": idle * 1024 / 1e6,
-        "aggregate": batch.rate,
+        "aggregate": paced.rate,
         "downloads": len(paths),
+        "in_flight": paced.in_flight,
+        "client_rate": MEMORY_CLIENT_RATE,
     }
 
 

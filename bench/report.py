@@ -114,7 +114,10 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         runs = results["memory"]
         peak = median(runs, "peak_mb")
         idle = f"idle {median(runs, 'idle_mb'):.0f} MB"
-        how = f"peak RSS, {runs[0].get('downloads', '')} cache hits + proxied at once"
+        rate = runs[0].get("client_rate", 0) / 1e6
+        how = f"peak RSS, {runs[0].get('downloads', '')} whole-file GETs at once"
+        how += " (cache hits + proxied)"
+        how += f", clients at {rate:.0f} MB/s" if rate else ""
         rows.append(Row("memory", how, f"{peak:.0f} MB", idle, peak, "MB", "<=", 150))
     if results.get("idle_connections"):
         runs = results["idle_connections"]

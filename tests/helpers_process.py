@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -49,18 +49,22 @@ async def start_serve(
     env: dict[str, str] | None = None,
     prefix: Sequence[str] = (),
     knock: tuple[str, int] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Serve:
     """Start ``serve`` with ``args``; returns once it logged its listening addresses.
 
     ``knock``: an address to connect to once first (``systemd-socket-activate`` starts the
-    program when the first connection arrives).
+    program when the first connection arrives). ``preexec_fn`` runs in the child before the
+    program (e.g. ``resource.setrlimit``).
 
     stderr goes to a file, not a pipe: a pipe nobody reads would fill up and block the
     daemon's logging.
     """
     command = [*prefix, sys.executable, "-m", "tracker", "serve", *args]
     log = tempfile.NamedTemporaryFile(prefix="tracker-log-", delete=False)  # noqa: SIM115
-    proc = await trio.lowlevel.open_process(command, stderr=log, stdout=subprocess.DEVNULL, env=env)
+    proc = await trio.lowlevel.open_process(
+        command, stderr=log, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn
+    )
     log.close()
     serve = Serve(proc, log.name, "", None)
     RUNNING.append(serve)

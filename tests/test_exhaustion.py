@@ -8,8 +8,12 @@ Real ``serve`` and ``check-config`` subprocesses, real sockets on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import gc
+import resource
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +23,14 @@ from helpers_process import start_serve
 from helpers_proxy import make_config, running_tracker
 
 from tracker.core.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
-from tracker.zerocopy.limit import effective_limit
+from tracker.errors import RequestError
+from tracker.files.downloads import DownloadSlots
+from tracker.zerocopy.limit import (
+    DOWNLOAD_DESCRIPTORS,
+    RESERVED_DESCRIPTORS,
+    DescriptorBudget,
+    descriptor_budget,
+)
 from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
 
 
@@ -184,11 +195,46 @@ async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> N
     assert b"HTTP/1.1 200" not in received
 
 
-def test_the_connection_limit_stays_below_the_descriptor_limit() -> None:
-    assert effective_limit(4096, descriptors=1 << 20) == 4096
-    assert effective_limit(4096, descriptors=256) == (256 - 32) // 2
-    assert effective_limit(10, descriptors=256) == 10
-    assert effective_limit(4096, descriptors=8) == 1
+@pytest.mark.parametrize(
+    ("max_connections", "scrape_concurrency", "descriptors", "expected"),
+    [
+        # systemd's LimitNOFILE: max_connections holds, downloads are not the limit.
+        (4096, 64, 65536, DescriptorBudget(4096, 32, 4096)),
+        # ulimit -n 1024: a reserve of 288 (160 + 2 per probe), 736 left: half for
+        # connections, half for what downloads hold on top of theirs (5 each).
+        (4096, 64, 1024, DescriptorBudget(368, 32, 73)),
+        (4096, 8, 1024, DescriptorBudget(424, 32, 84)),
+        (100, 64, 1024, DescriptorBudget(100, 32, 100)),
+        # A tiny limit: the reserve takes at most half.
+        (4096, 64, 256, DescriptorBudget(64, 32, 12)),
+        (4096, 64, 8, DescriptorBudget(2, 32, 1)),
+        (10, 64, 8, DescriptorBudget(2, 10, 1)),
+    ],
+)
+def test_descriptors_are_split_between_connections_downloads_and_a_reserve(
+    max_connections: int, scrape_concurrency: int, descriptors: int, expected: DescriptorBudget
+) -> None:
+    budget = descriptor_budget(max_connections, scrape_concurrency, descriptors)
+    assert budget == expected
+    if budget.downloads > 1:  # (the least there is: one connection, one download)
+        reserve = min(descriptors // 2, RESERVED_DESCRIPTORS + 2 * scrape_concurrency)
+        held = budget.connections + DOWNLOAD_DESCRIPTORS * budget.downloads
+        assert held <= descriptors - reserve
+
+
+def test_download_slots_are_given_back_once_released_or_dropped() -> None:
+    slots = DownloadSlots(2)
+    first, second = slots.take(), slots.take()
+    with pytest.raises(RequestError, match="too many downloads at once") as refused:
+        slots.take()
+    assert (refused.value.status, slots.refused) == (503, 1)
+    first.release()
+    first.release()  # once only
+    assert slots.taken == 1
+    del second  # an answer dropped before its body started
+    gc.collect()
+    assert slots.taken == 0
+    assert DownloadSlots(None).take() is not None  # no limit (tests, the library)
 
 
 def small_tracker(tmp_path: Path, **extra: str) -> Path:
@@ -279,3 +325,117 @@ async def test_every_refusal_reaches_the_client_before_the_connection_closes() -
                 received, closed = await exchange(t.base, followed, send_while_reading=True)
                 answered += received.startswith(b"HTTP/1.1 400") and closed
     assert answered == 60
+
+
+async def stalled_reader(host: str, port: int, target: str) -> trio.SocketStream:
+    """A client that asks for ``target``, takes its head and then reads nothing, through a
+    receive buffer of a few KiB: the server's send blocks at once."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+    assert (await stream.receive_some(1024)).startswith(b"HTTP/1.1 200")
+    return stream
+
+
+async def test_slow_readers_cost_their_own_connection_not_every_download(
+    tmp_path: Path,
+) -> None:
+    """More stalled readers than the worker threads that send files (256): a normal client
+    still gets the whole file at once. Each stalled reader held a thread for its whole
+    piece (up to 128 MiB, until STALL_TIMEOUT), and a curl of a 64 MiB archive got its
+    head and 0 bytes in 20 s."""
+    path = small_tracker(tmp_path)
+    name = "snapshot-700-" + "3" * 44 + ".tar.zst"
+    data = bytes(range(256)) * (64 * 1024)  # 16 MiB: pieces of 8 MiB and more
+    (tmp_path / "ledger" / name).write_bytes(data)
+    serve = await start_serve("--config", str(path))
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
+            await trio.sleep(0.05)
+    readers: list[trio.SocketStream] = []
+    try:
+        for _ in range(300):
+            readers.append(await stalled_reader(host, int(port), f"/{name}"))
+        start = trio.current_time()
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            with trio.fail_after(20):
+                answer = await client.get(f"{serve.base}/{name}")
+        elapsed = trio.current_time() - start
+    finally:
+        for stream in readers:
+            await stream.aclose()
+    assert answer.status_code == 200
+    assert answer.content == data
+    assert elapsed < 10, f"the normal download took {elapsed:.1f} s"
+    assert await serve.stop() == 0
+
+
+def descriptor_limit(count: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that gives the child ``count`` descriptors (``ulimit -n``)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+    return limit
+
+
+async def greedy_reader(host: str, port: int, target: str) -> trio.SocketStream:
+    """A client that asks for ``target`` and reads at most its head (what comes within a
+    moment: a tracker out of descriptors may never answer), through a tiny receive buffer."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+    with trio.move_on_after(0.2), contextlib.suppress(trio.BrokenResourceError):
+        await stream.receive_some(1024)
+    return stream
+
+
+async def test_stalled_downloads_leave_descriptors_for_the_api_metrics_and_scans(
+    tmp_path: Path,
+) -> None:
+    """600 stalled readers of a local archive, a tracker limited to 1024 descriptors: each
+    download held ~3 and the connection limit assumed 2, so the process ran out. The API and
+    /metrics then failed 5 probes of 6 and the local target's scan failed with "Too many
+    open files", dropping its snapshots. Downloads past what the descriptors allow now get
+    503 at once, and everything else keeps a reserve."""
+    path = small_tracker(tmp_path, scrape_interval="1s", max_target_failures="2")
+    path.write_text(path.read_text().replace("internal_listen: ''", "internal_listen: 127.0.0.1:0"))
+    name = "snapshot-700-" + "3" * 44 + ".tar.zst"
+    data = bytes(range(256)) * (64 * 1024)  # 16 MiB
+    (tmp_path / "ledger" / name).write_bytes(data)
+    serve = await start_serve("--config", str(path), preexec_fn=descriptor_limit(1024))
+    assert serve.internal is not None
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    readers: list[trio.SocketStream] = []
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
+            await trio.sleep(0.05)
+        try:
+            for _ in range(600):
+                readers.append(await greedy_reader(host, int(port), f"/{name}"))
+            await trio.sleep(2.5)  # two scrape rounds (max_target_failures) under the load
+            for _ in range(6):
+                snapshots = await client.get(f"{serve.base}/v1/snapshots")
+                assert snapshots.status_code == 200
+                assert [f["file_name"] for f in snapshots.json()[0]["files"]] == [name]
+                metrics = await client.get(f"{serve.internal}/metrics")
+                assert metrics.status_code == 200
+            busy = 'snapshot_tracker_archive_requests_total{outcome="busy"} '
+            (line,) = [ln for ln in metrics.text.splitlines() if ln.startswith(busy)]
+            assert float(line.split()[-1]) > 0  # readers past the limit were refused
+            (target,) = (await client.get(f"{serve.base}/v1/targets")).json()
+            assert target["health"] == "up", target
+        finally:
+            for stream in readers:
+                await stream.aclose()
+        # Once the readers left, downloads go on as before.
+        answer = await client.get(f"{serve.base}/{name}")
+        assert answer.status_code == 200
+        assert answer.content == data
+    assert await serve.stop() == 0
+    assert "Too many open files" not in serve.log

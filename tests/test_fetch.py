@@ -49,9 +49,7 @@ FILES = {FULL: archive_bytes(6 * MiB, seed=41), INCR: archive_bytes(MiB, seed=42
 OPEN_GROUP = TargetGroup(group=GROUP)
 # Opaque random blobs, not archives: fetched unchecked (tests/test_fetch_verify.py fetches
 # real archives with the check on).
-FAST = FetchSettings(
-    connections=4, piece_size=MiB, min_speed=0, request_timeout=3.0, verify=False
-)
+FAST = FetchSettings(connections=4, piece_size=MiB, min_speed=0, request_timeout=3.0, verify=False)
 
 
 def options(ledger: Path, tracker: str, **overrides: Any) -> FetchOptions:

@@ -539,3 +539,15 @@ def test_chunk_budget_shares_memory_between_streams() -> None:
     assert budget.chunk() == mib
     budget.streams = 200
     assert budget.chunk() == mib  # never below the smallest useful read
+
+
+@pytest.mark.parametrize(
+    ("streams", "chunk"),
+    [(0, 1024), (1, 1024), (4, 1024), (8, 512), (16, 256), (64, 64), (1000, 64)],
+)
+def test_chunk_budget_counts_every_chunk_a_stream_holds(streams: int, chunk: int) -> None:
+    from tracker.files.fileresponse import ChunkBudget
+
+    budget = ChunkBudget(total=28 * 1024, smallest=64, largest=1024, per_stream=7)
+    budget.streams = streams
+    assert budget.chunk() == chunk

@@ -86,6 +86,21 @@ async def test_a_large_range_is_spliced_too(upstream: FakeUpstream) -> None:
         await wait_for(lambda: connections.pieces == 2)
 
 
+async def test_the_body_of_an_early_head_is_spliced_too(upstream: FakeUpstream) -> None:
+    """A source slower than early_head_after gets the client its head first; its body then
+    takes the splice like a prompt one, not the channel through Python (that held ~7 MB per
+    stream for slow clients: bench/README.md, "memory")."""
+    upstream.behaviour[NAME] = Behaviour(delay=FAST.early_head_after + 0.3)
+    async with proxying(upstream.base) as t:
+        async with httpx.AsyncClient(timeout=20) as client:
+            response = await client.get(t.url(NAME))
+        assert response.status_code == 200
+        assert "etag" not in response.headers  # the early head: sent before the answer
+        assert sha256(response.content) == sha256(DATA)
+        assert t.connections is not None
+        assert t.connections.pieces == 8
+
+
 async def test_a_client_leaving_during_an_upstream_stall_ends_both_at_once(
     upstream: FakeUpstream,
 ) -> None:

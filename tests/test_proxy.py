@@ -7,13 +7,16 @@ with the proxy streamer. httpx checks what a client sees, :func:`raw_request` th
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
 from helpers_proxy import (
+    FAST,
     GROUP,
     TOKEN,
     UPSTREAM_ETAG,
@@ -318,6 +321,56 @@ async def test_slow_client_slows_the_upstream_read(upstream: FakeUpstream) -> No
         await wait_for(lambda: upstream.gets(name)[0].aborted, timeout=5)
         assert upstream.gets(name)[0].body_sent < len(big)
         await wait_for(lambda: t.counter("snapshot_tracker_active_streams") == 0, timeout=5)
+
+
+async def stalled_client(base: str, target: str) -> trio.SocketStream:
+    """A connection that asks for ``target``, takes the response head and reads no more."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+    return stream
+
+
+async def settled(read: Callable[[], float], quiet: float = 0.5, timeout: float = 30) -> float:
+    """``read()`` once it has not changed for ``quiet`` seconds."""
+    with trio.fail_after(timeout):
+        last = read()
+        while True:
+            await trio.sleep(quiet)
+            if (now := read()) == last:
+                return now
+            last = now
+
+
+async def test_slow_clients_of_the_channel_share_a_bounded_memory(upstream: FakeUpstream) -> None:
+    """Streams passed through Python (TLS upstreams, HTTP/2 clients: plain hypercorn here)
+    hold at most the channel budget between them, however slowly their clients read: each
+    held several MiB (read-ahead, queued pieces of 2 MiB), ~7 MB per stalled client."""
+    big = archive_bytes(24 * MiB, seed=5)
+    name = full_name(2000)
+    upstream.files[name] = big
+    upstream.chunk = MiB  # a source on a fast link: reads return what they ask for
+    # Every stream has started before any body byte flows: each reads its share of all.
+    upstream.behaviour[name] = Behaviour(pause_at=0)
+    budget = 4 * MiB
+    settings = attrs.evolve(FAST, channel_budget=budget)
+    clients = 8
+    async with running_tracker(make_config(None), settings=settings, plain=True) as t:
+        advertise(t.index, upstream.base, [(name, upstream.url(name), len(big))])
+        stalled = [await stalled_client(t.base, f"/v1/{name}") for _ in range(clients)]
+        upstream.behaviour[name].resume.set()
+        read = partial(t.counter, "snapshot_tracker_upstream_bytes_total", group=GROUP, kind="full")
+        served = partial(t.counter, "snapshot_tracker_served_bytes_total", source="upstream")
+        upstream_bytes = await settled(read)
+        held = upstream_bytes - served()  # read from the sources, not handed to the server
+        for stream in stalled:
+            await stream.aclose()
+    assert upstream_bytes < clients * len(big)  # they did stall
+    assert 0 < held <= budget, f"{held / MiB:.1f} MiB held by {clients} stalled streams"
 
 
 async def test_client_leaving_while_the_upstream_stalls_closes_it_at_once(

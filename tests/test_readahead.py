@@ -53,6 +53,24 @@ async def test_the_reader_waits_while_the_limit_is_held() -> None:
     assert await ahead.take() == b"y"
 
 
+async def test_the_limit_follows_a_shared_budget() -> None:
+    ahead = ReadAhead(10)
+    await ahead.put(b"x" * 6)
+    ahead.limit = 4  # others joined: less to hold
+    with trio.move_on_after(0.05) as waited:
+        await ahead.put(b"y")
+    assert waited.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ahead.put, b"z")
+        await trio.testing.wait_all_tasks_blocked()
+        ahead.limit = 100  # they left: the waiting reader goes on at once
+        with trio.fail_after(2):
+            while ahead.held < 7:
+                await trio.lowlevel.checkpoint()
+    with pytest.raises(ValueError, match="positive"):
+        ahead.limit = 0
+
+
 async def test_a_break_comes_after_the_bytes_before_it() -> None:
     ahead = ReadAhead(100)
     await ahead.put(b"abc")

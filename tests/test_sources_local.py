@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from test_sources_fixtures import HASHES
 
+from tracker.core.config import Config, LocalTargets, TargetGroup
+from tracker.core.index import Index
 from tracker.discovery.local import scan_local
+from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
+from tracker.net.limits import exhausted
 
 FULL = f"snapshot-100-{HASHES[0]}.tar.zst"
 INCR = f"incremental-snapshot-100-150-{HASHES[1]}.tar.zst"
@@ -91,3 +100,76 @@ def test_unreadable_directory_is_a_probe_error(tmp_path: Path) -> None:
             scan_local(str(locked))
     finally:
         locked.chmod(0o700)
+
+
+@contextmanager
+def out_of_descriptors() -> Iterator[None]:
+    """No descriptor left in this process for the block (a real EMFILE on any open), as when
+    downloads have taken them all; everything is given back afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while len(held) < 10_000:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_scan_that_runs_out_of_descriptors_keeps_the_last_result(tmp_path: Path) -> None:
+    """Too many open files is this process's trouble, not the directory's: the target keeps
+    its snapshots and its health (it was dropped after max_target_failures such scans)."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    write(ledger / FULL, 10)
+    group = TargetGroup(group="g", local_targets=LocalTargets((str(ledger),)))
+    index = Index()
+    scraper = Scraper(Config(target_groups=(group,), max_target_failures=1), index)
+    try:
+        await scraper.scrape_round()
+        assert [f.file_name for f, _ in index.find_file("g", FULL)] == [FULL]
+        with out_of_descriptors():
+            with pytest.raises(ProbeError, match=r"Too many open files$"):
+                scan_local(str(ledger))
+            await scraper.scrape_round()
+        (health,) = scraper.health.values()
+        assert "Too many open files" in health.last_error
+        assert (health.health, health.failures) == ("up", 0)
+        assert [f.file_name for f, _ in index.find_file("g", FULL)] == [FULL]
+    finally:
+        await scraper.aclose()
+
+
+def _caused(outer: BaseException, cause: BaseException) -> BaseException:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ProbeError("cannot list /x: No such file or directory"), False),
+        (_caused(ProbeError("cannot list /x"), OSError(errno.EMFILE, "Too many open files")), True),
+        (_caused(ProbeError("cannot list /x"), OSError(errno.EACCES, "Permission denied")), False),
+        (OSError(errno.ENFILE, "Too many open files in system"), True),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), True),
+        # trio's connect: one OSError for all addresses, each attempt's in a group.
+        (
+            _caused(
+                OSError("all attempts failed"),
+                ExceptionGroup("attempts", [ConnectionRefusedError(), OSError(errno.EMFILE, "")]),
+            ),
+            True,
+        ),
+        (_caused(OSError("all attempts failed"), ExceptionGroup("a", [TimeoutError()])), False),
+    ],
+)
+def test_running_out_of_descriptors_is_told_from_a_failing_target(
+    error: BaseException, expected: bool
+) -> None:
+    assert exhausted(error) is expected

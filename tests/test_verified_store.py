@@ -80,7 +80,9 @@ async def test_a_bad_archive_never_reaches_the_bucket(weed: Weed, tmp_path: Path
     ):
         first = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", idle=1.0)
         assert first.closed and len(first.body) < len(GOOD)
-        await wait_for(lambda: t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 1)
+        await wait_for(
+            lambda: t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 1
+        )
         await idle(t)
         assert weed.objects(prefix) == {}  # neither the archive nor a digest object
         assert weed.uploads(prefix) == []  # the multipart upload was aborted

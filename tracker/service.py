@@ -59,7 +59,7 @@ from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
-from tracker.zerocopy.limit import effective_limit
+from tracker.zerocopy.limit import descriptor_budget
 from tracker.zerocopy.server import hypercorn_config, serve
 
 log = logging.getLogger("tracker.service")
@@ -292,7 +292,11 @@ async def run_tracker(
                         transfers.spawn(parts.objects.tier.retire_when_due)
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
-                    limit = effective_limit(config.max_connections)
+                    # Descriptors for connections, downloads and a reserve for the rest
+                    # (tracker/zerocopy/limit.py): the API and the scans never run out.
+                    budget = descriptor_budget(config.max_connections, config.scrape_concurrency)
+                    parts.delivery.slots.limit = budget.downloads
+                    limits = {PUBLIC: budget.connections, INTERNAL: budget.internal}
                     for role, sock in sockets.items():
                         cfg = hypercorn_config(config.shutdown_grace)
                         run = partial(
@@ -302,7 +306,7 @@ async def run_tracker(
                             sock,
                             zero_copy,
                             shutdown_trigger=tracker.stop.wait,
-                            max_connections=limit,
+                            max_connections=limits.get(role, budget.connections),
                         )
                         addresses += await nursery.start(run)
                     age = partial(

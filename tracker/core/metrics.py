@@ -49,6 +49,7 @@ Outcome = Literal[
     "object_redirect",  # 303 to a presigned URL of the object store (SPEC §10)
     "object_store",  # bytes streamed from the object store through the tracker
     "replica",  # bytes proxied from the replica refreshing the file into the bucket
+    "busy",  # as many downloads as the descriptor limit allows were running (503)
 ]
 #: What became of an upload into the object store (label ``outcome``).
 UploadOutcome = Literal["ok", "failed"]

@@ -34,6 +34,7 @@ from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.clients import auth_headers, build_client, origin, ssl_context
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve
+from tracker.net.limits import exhausted
 from tracker.zerocopy.transport import HeadClient
 
 log = logging.getLogger("tracker.scrape")
@@ -319,7 +320,10 @@ class Scraper:
             except trio.TooSlowError:
                 self._failed(health, f"timed out after {self.config.scrape_timeout:g}s")
             except ProbeError as exc:
-                self._failed(health, str(exc))
+                if exhausted(exc):
+                    self._deferred(health, str(exc))
+                else:
+                    self._failed(health, str(exc))
             else:
                 self._succeeded(health, infos, trio.current_time() - start)
             health.last_duration = trio.current_time() - start
@@ -385,6 +389,16 @@ class Scraper:
             self.index.drop(health.target.key)
         key = health.target.key
         log_event(log, "info", "probe_failed", group=key.group, target=key.target, error=reason)
+
+    def _deferred(self, health: TargetHealth, reason: str) -> None:
+        """The probe failed for want of this process's own descriptors or memory, not the
+        target's fault: its last result stands (health, snapshots, failure count); only
+        ``last_error`` says what happened."""
+        health.last_error = f"{reason} (the last result is kept)"
+        key = health.target.key
+        log_event(
+            log, "warning", "probe_deferred", group=key.group, target=key.target, error=reason
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Scrape forever, a round every ``scrape_interval``; ready once the first round started.

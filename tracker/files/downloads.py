@@ -1,4 +1,5 @@
-"""Accounting around every archive download: one log line at its end, the active-streams gauge.
+"""Accounting around every archive download: one log line at its end, the active-streams
+gauge, and the download slots that keep descriptors for everything else.
 
 Wraps the body of an archive response whatever produced it (a local file, the cache, the
 proxy, a shared refresh), so that this is written once for every byte path.
@@ -7,7 +8,9 @@ proxy, a shared refresh), so that this is written once for every byte path.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from typing import Any
 
 import quart
@@ -16,7 +19,7 @@ from quart.wrappers.response import ResponseBody
 
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
-from tracker.errors import ClientGone
+from tracker.errors import ClientGone, RequestError
 from tracker.files.bodies import WrappedBody
 
 log = logging.getLogger("tracker.download")
@@ -31,8 +34,51 @@ def outcome_of(sent: int, expected: int | None, error: BaseException | None) -> 
     return "error"
 
 
+class DownloadSlots:
+    """Archive answers being prepared or sent at once: at most ``limit`` (None: no limit).
+
+    Each holds descriptors besides its client connection (tracker/zerocopy/limit.py); past
+    the limit a request is refused at once (:meth:`take` raises RequestError 503), so that
+    the descriptors left keep the API, ``/metrics`` and the scans working however many
+    clients download (or stall) at once.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.refused = 0
+        # A slot may be released by the garbage collector, in whichever thread drops it.
+        self._lock = threading.Lock()
+
+    def take(self) -> Slot:
+        """A slot for one answer; RequestError(503) when all are taken."""
+        with self._lock:
+            if self.limit is not None and self.taken >= self.limit:
+                self.refused += 1
+                raise RequestError(503, f"too many downloads at once ({self.limit}), try again")
+            self.taken += 1
+        return Slot(self)
+
+    def _release(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
+class Slot:
+    """One taken :class:`DownloadSlots` slot: released once, by :meth:`release` or when the
+    slot is collected (an answer dropped before its body started, DESIGN trap 4)."""
+
+    def __init__(self, slots: DownloadSlots) -> None:
+        self._finalizer = weakref.finalize(self, slots._release)
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        self._finalizer()
+
+
 class DownloadBody(WrappedBody):
-    """Counts the stream as active while it is sent and logs one ``download`` event at its end."""
+    """Counts the stream as active while it is sent and logs one ``download`` event at its end;
+    holds its download slot (if any) until then."""
 
     def __init__(
         self,
@@ -40,11 +86,13 @@ class DownloadBody(WrappedBody):
         fields: dict[str, Any],
         expected: int | None,
         metrics: Metrics | None,
+        slot: Slot | None = None,
     ) -> None:
         super().__init__(inner)
         self._fields = fields
         self._expected = expected
         self._metrics = metrics
+        self._slot = slot
         self._sent = 0
         self._began = time.monotonic()
 
@@ -61,6 +109,8 @@ class DownloadBody(WrappedBody):
         try:
             await super()._finish(error)
         finally:
+            if self._slot is not None:
+                self._slot.release()
             if self._metrics is not None and self._inner_chunks is not None:
                 self._metrics.active_streams.dec()
             outcome = outcome_of(self._sent, self._expected, error)
@@ -78,10 +128,19 @@ class DownloadBody(WrappedBody):
 
 
 def account_download(
-    response: quart.Response, request: quart.Request, metrics: Metrics | None, **fields: Any
+    response: quart.Response,
+    request: quart.Request,
+    metrics: Metrics | None,
+    slot: Slot | None = None,
+    **fields: Any,
 ) -> None:
-    """Make ``response`` count and log its download (GET answers with a body only)."""
+    """Make ``response`` count and log its download (GET answers with a body only); its
+    ``slot`` is released when the body ends, or at once when there is none to send."""
     if request.method != "GET" or response.status_code not in (200, 206):
+        if slot is not None:
+            slot.release()
         return
     fields = {"status": response.status_code, **fields}
-    response.response = DownloadBody(response.response, fields, response.content_length, metrics)
+    response.response = DownloadBody(
+        response.response, fields, response.content_length, metrics, slot
+    )

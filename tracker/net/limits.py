@@ -8,6 +8,7 @@ message is a single line an operator can act on.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -74,6 +75,28 @@ def _root_cause(exc: BaseException) -> BaseException:
             break
         exc = nxt
     return exc
+
+
+#: Errors of this process running out of something (descriptors, memory, buffers), not of
+#: whatever it was talking to.
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def exhausted(exc: BaseException) -> bool:
+    """True when ``exc`` was caused by this process running out of descriptors or memory
+    (CAPACITY_ERRNOS anywhere in its chain of causes, exception groups included)."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in CAPACITY_ERRNOS:
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 def _check_body_headers(response: httpx.Response, max_bytes: int) -> None:

@@ -1,9 +1,14 @@
 """The channel between a pump and its client's response body, and their shared state.
 
-Memory is bounded: at most ``queue_chunks`` pieces wait in the channel; when the client reads
-slowly the pump blocks on it and stops reading the upstream socket (backpressure). A pump that
-fails after the head went out makes the body raise, so the server aborts the connection: a
-client never gets a silently short 200.
+Memory is bounded: at most ``queue_chunks`` pieces wait in the channel (none by default: the
+pump's read-ahead holds what arrived, :mod:`tracker.proxy.readahead`), and every piece is
+bounded by the process's share for each channel stream (``ChunkBudget``); when the client
+reads slowly the pump blocks on it and stops reading the upstream socket (backpressure). A
+pump that fails after the head went out makes the body raise, so the server aborts the
+connection: a client never gets a silently short 200.
+
+An early head's body (:class:`EarlyBody`) is decided only once a source answers: a splice of
+the upstream socket when the connections allow it, else this channel.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import AsyncGenerator
 
 import attrs
 import trio
+from quart.wrappers.response import ResponseBody
 
 from tracker.errors import UpstreamError
 from tracker.files.bodies import GeneratorBody
@@ -96,3 +102,44 @@ async def hand_over(
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
+
+
+class EarlyBody(GeneratorBody):
+    """The body of an early head (docs/http-api.md, "Proxy mode"): the head went out before
+    any source answered, so its bytes come from whichever body the pump :meth:`decide`\\ s
+    on once one does (a splice of the upstream socket, or a channel). When none does
+    (:meth:`fail`), iteration raises UpstreamError and the server breaks the connection:
+    never a short 200.
+    """
+
+    def __init__(self) -> None:
+        self._decided = trio.Event()
+        self._body: ResponseBody | None = None
+        self._error = "no source answered"
+        self._left = False
+
+    def decide(self, body: ResponseBody) -> bool:
+        """Send ``body``; False (``body`` will never be started) when the client has left
+        already or the body was decided before."""
+        if self._left or self._decided.is_set():
+            return False
+        self._body = body
+        self._decided.set()
+        return True
+
+    def fail(self, reason: str) -> None:
+        """No body follows (no-op once one was decided): the client's connection breaks."""
+        if not self._decided.is_set():
+            self._error = reason
+            self._decided.set()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self._left = True
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        await self._decided.wait()
+        if self._body is None:
+            raise UpstreamError(self._error)
+        async with self._body as chunks:
+            async for chunk in chunks:
+                yield chunk

@@ -40,13 +40,13 @@ from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.files.downloads import outcome_of
 from tracker.files.ranges import parse_http_date
 from tracker.net.limits import transport_reason
-from tracker.proxy.channel import ChannelBody, Flow, hand_over
+from tracker.proxy.channel import ChannelBody, EarlyBody, Flow, hand_over
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.readahead import ReadAhead
 from tracker.proxy.resume import UpstreamBody, resumable
 from tracker.proxy.transfers import Head, RefreshJob, StreamJob, plan_head
 from tracker.proxy.upstream import UpstreamAnswer
-from tracker.zerocopy.transport import BigReadStream, splice_stream
+from tracker.zerocopy.transport import BigReadStream, limit_reads, splice_stream
 
 log = logging.getLogger("tracker.transfers")
 
@@ -63,16 +63,39 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         head, length = _plan(job, upstream.first)
         if upstream.early is not None:
             if _keeps_promise(job, head, length, flow) and length is not None:
-                await _pass(job, upstream.read(job, length), upstream.early, flow)
+                await _follow_early(job, upstream, upstream.early, length, flow)
+            else:
+                upstream.early.fail(flow.error or "the source broke the early head's promise")
             return
         if length is None:
             task_status.started(head)
             return
         stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
         if stream is not None:
-            await _splice(job, upstream, stream, head, length, task_status)
+            body = _splice_body(job, stream, length)
+            task_status.started(attrs.evolve(head, body=body))
+            await _spliced(job, upstream, body)
             return
         await _channel(job, upstream.read(job, length), head, flow, task_status)
+
+
+async def _follow_early(
+    job: StreamJob, upstream: _Upstream, early: EarlyBody, length: int, flow: Flow
+) -> None:
+    """Send the answer as the body of the early head that went out before it: spliced
+    when the connections allow it (as a prompt answer would be), else through the channel."""
+    stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
+    if stream is not None:
+        body = _splice_body(job, stream, length)
+        if early.decide(body):
+            await _spliced(job, upstream, body)
+        return
+    send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
+    if not early.decide(ChannelBody(receive, length, flow, job.events)):
+        send.close()  # the client left before the answer came: nobody reads it
+        receive.close()
+        return
+    await _pass(job, upstream.read(job, length), send, flow)
 
 
 async def fill(
@@ -110,12 +133,10 @@ async def fill(
 class _Upstream:
     """The upstream answer a pump reads: closed at the end, also after a resume replaced it."""
 
-    def __init__(
-        self, first: UpstreamAnswer, early: trio.MemorySendChannel[bytes] | None = None
-    ) -> None:
+    def __init__(self, first: UpstreamAnswer, early: EarlyBody | None = None) -> None:
         self.first = first
         self.body: UpstreamBody | None = None
-        #: The body channel of an early head that went out before this answer came.
+        #: The body of an early head that went out before this answer came.
         self.early = early
         #: Body bytes moved by a splice (the channel path counts in ``body``).
         self.spliced = 0
@@ -142,7 +163,7 @@ class _Upstream:
 
     async def aclose(self) -> None:
         if self.early is not None:
-            self.early.close()  # unless the whole body went in, the client's body breaks
+            self.early.fail("the source ended")  # no-op once a body was decided
         await (self.body.answer if self.body is not None else self.first).aclose()
 
 
@@ -154,20 +175,20 @@ async def _opened(
     closed when the block ends, whatever ends it.
 
     With ``job.early_size`` and a ``task_status``, a source that has not answered within
-    ``early_head_after`` gets the client an *early head* (SPEC §9): 200 with the index's
-    size, reported through ``task_status``. For a HEAD that is the whole answer, and the
-    block gets None. For a GET the answer carries the channel of that head's body
-    (``early``); when no source answers after all, the block gets None and the body breaks
-    (``flow.error``): never a short 200.
+    ``early_head_after`` gets the client an *early head* (docs/http-api.md): 200 with the
+    index's size, reported through ``task_status``. For a HEAD that is the whole answer, and
+    the block gets None. For a GET the answer carries that head's body (``early``), whose
+    bytes the pump decides on; when no source answers after all, the block gets None and
+    the body breaks (``flow.error``): never a short 200.
     """
-    early: trio.MemorySendChannel[bytes] | None = None
+    early: EarlyBody | None = None
     answer: UpstreamAnswer | None = None
     if job.early_size and task_status is not None:
         answer, early, failure = await _open_or_head_early(job, flow, task_status)
         if answer is None:
             if early is not None:
                 flow.error = str(failure) if failure is not None else "no source answered"
-                early.close()  # the body raises: the client's connection breaks
+                early.fail(flow.error)  # the body raises: the client's connection breaks
                 log_event(log, "warning", "stream_failed", reason=flow.error)
             yield None
             return
@@ -185,16 +206,16 @@ async def _opened(
 
 async def _open_or_head_early(
     job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
-) -> tuple[UpstreamAnswer | None, trio.MemorySendChannel[bytes] | None, UpstreamError | None]:
+) -> tuple[UpstreamAnswer | None, EarlyBody | None, UpstreamError | None]:
     """Open the upstream, reporting the early head if that takes ``early_head_after``.
 
     Returns the answer (None: none came, or a HEAD was answered early), the early head's
-    body channel (None: no early head, or one without a body) and the failure. Raises the
+    body (None: no early head, or one without a body) and the failure. Raises the
     UpstreamError when every source failed before any head went out (the client gets 502).
     """
     answer: UpstreamAnswer | None = None
     failure: UpstreamError | None = None
-    early: trio.MemorySendChannel[bytes] | None = None
+    early: EarlyBody | None = None
     reported = False
     try:
         async with trio.open_nursery() as nursery:
@@ -229,17 +250,17 @@ async def _open_or_head_early(
 
 def _report_early(
     job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
-) -> trio.MemorySendChannel[bytes] | None:
+) -> EarlyBody | None:
     """Report the early head: 200, the index's size, no validators (none is known yet).
-    Returns its body's channel (None for a HEAD)."""
+    Returns its body (None for a HEAD)."""
     size = job.early_size
     headers = {"content-length": str(size), "content-type": "application/octet-stream"}
     if job.method != "GET":
         task_status.started(Head(200, headers, None))
         return None
-    send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
-    task_status.started(Head(200, headers, ChannelBody(receive, size, flow, job.events)))
-    return send
+    body = EarlyBody()
+    task_status.started(Head(200, headers, body))
+    return body
 
 
 def _keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -> bool:
@@ -326,19 +347,11 @@ async def _recorded(
 # -- the splice ------------------------------------------------------------------------------
 
 
-async def _splice(
-    job: StreamJob,
-    upstream: _Upstream,
-    stream: BigReadStream,
-    head: Head,
-    length: int,
-    task_status: trio.TaskStatus[Head],
-) -> None:
-    """Report a Head whose body splices the upstream socket, and keep the upstream open
-    until that body has ended (or the server never started it)."""
+def _splice_body(job: StreamJob, stream: BigReadStream, length: int) -> SpliceBody:
+    """A body that splices the upstream socket of ``stream`` to the client's connection."""
     assert job.zero_copy is not None
     events = job.events
-    body = SpliceBody(
+    return SpliceBody(
         job.zero_copy,
         stream.get_extra_info("socket"),
         lambda: stream.body_unread,
@@ -347,7 +360,11 @@ async def _splice(
         events.upstream_bytes,
         events.client_bytes,
     )
-    task_status.started(attrs.evolve(head, body=body))
+
+
+async def _spliced(job: StreamJob, upstream: _Upstream, body: SpliceBody) -> None:
+    """Keep the upstream open until ``body`` (handed to the server) has ended, or the
+    server never started it."""
     with trio.move_on_after(job.settings.drain_start_timeout):
         await body.started.wait()
     if body.started.is_set():
@@ -393,8 +410,12 @@ async def _to_client(
 ) -> None:
     # A reader task reads the upstream ahead while this task sends what has arrived so far
     # (tracker/proxy/readahead.py): pieces grow while a slow client keeps this task busy,
-    # and no byte waits for later ones to arrive.
+    # and no byte waits for later ones to arrive. What it holds follows the budget shared
+    # by every such stream (a slow client would otherwise hold several MiB: bench/README.md).
     ahead = ReadAhead(job.settings.read_size)
+    budget = job.budget
+    if budget is not None:
+        budget.streams += 1
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_ahead, job, body, ahead)
@@ -406,6 +427,9 @@ async def _to_client(
         # The reader hands its errors over, so only this task's own error (or the
         # cancellation both got) comes out: raise it as itself, for _recorded to tell apart.
         raise _leading(group) from None
+    finally:
+        if budget is not None:
+            budget.streams -= 1
     if delivered:
         flow.complete = True
 
@@ -424,16 +448,26 @@ def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def _read_ahead(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> None:
-    """Read the upstream body into ``ahead``; its end or break goes to the consumer."""
+    """Read the upstream body into ``ahead``; its end or break goes to the consumer. Each
+    read, and what ``ahead`` holds, follow the stream's share of ``job.budget``."""
     try:
+        _follow_budget(job, body, ahead)
         async with aclosing(body.chunks()) as chunks:
             async for chunk in chunks:
                 job.events.upstream_bytes(len(chunk))
+                _follow_budget(job, body, ahead)
                 await ahead.put(chunk)
     except Exception as exc:  # re-raised by the consumer, in its own task (no group)
         ahead.end(exc)
     else:
         ahead.end()
+
+
+def _follow_budget(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> None:
+    if job.budget is not None:
+        share = job.budget.chunk()
+        ahead.limit = share
+        limit_reads(body.answer.response, share)
 
 
 async def _send(

@@ -9,7 +9,8 @@ upstream that sends 100 KiB and pauses would hold them back from the client).
 :class:`ReadAhead` gets both: a reader task :meth:`~ReadAhead.put`\\ s every chunk as soon as
 it arrives, and the consumer :meth:`~ReadAhead.take`\\ s *everything* held at that moment, at
 once. While the consumer is busy with one piece the next one grows; when it is idle, each
-chunk goes on alone, immediately. At most ``limit`` bytes (plus one chunk) are held.
+chunk goes on alone, immediately. At most ``limit`` bytes (plus one chunk) are held; the
+reader may lower or raise ``limit`` at any time (a budget shared by many streams).
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ class ReadAhead:
         # Wakes whoever waits (the reader for room, the consumer for bytes); never both at
         # once for the same reason, so waking everyone is cheap and simple.
         self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def limit(self) -> int:
+        """Bytes held before :meth:`put` waits."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        if value <= 0:
+            raise ValueError(f"limit must be positive: {value}")
+        self._limit = value
+        self._lot.unpark_all()  # a raised limit may let the reader go on
 
     @property
     def held(self) -> int:

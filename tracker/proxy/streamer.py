@@ -55,6 +55,7 @@ from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import LateBody, ReaderEvents, SharedRefresh, join
 from tracker.proxy.transfers import Head, RefreshJob, StreamEvents, StreamJob, Transfers
 from tracker.proxy.upstream import (
+    CHANNEL_PIECES,
     FORWARDED_REQUEST_HEADERS,
     DownloadClients,
     ProxySettings,
@@ -132,6 +133,13 @@ class ProxyStreamer:
         self._transfers = transfers
         self._metrics = metrics
         self.settings = settings if settings is not None else ProxySettings()
+        #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
+        self._channel_budget = ChunkBudget(
+            total=self.settings.channel_budget,
+            smallest=self.settings.smallest_read,
+            largest=self.settings.read_size,
+            per_stream=CHANNEL_PIECES,
+        )
         self._clients = DownloadClients(
             self.settings, policy=lambda: policy_of(self._config().egress), resolver=resolver
         )
@@ -456,6 +464,7 @@ class ProxyStreamer:
             events=self._events(group.group, name, origin=origin),
             reopen=partial(self._reopen, group),
             early_size=early,
+            budget=self._channel_budget,
         )
 
     def _not_rejected(self, name: str, found: Found) -> tuple[Found, str]:

@@ -35,6 +35,7 @@ from tracker.cache.refresh import Refresh
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
+from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.resume import Reopen
 from tracker.proxy.upstream import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.zerocopy.connection import Connection
@@ -152,7 +153,9 @@ class StreamJob:
     ``reopen`` resumes a refresh's broken upstream body (see :mod:`tracker.proxy.resume`);
     ``zero_copy`` is the client's connection when it takes zero-copy pieces (a plain stream
     is then spliced); ``early_size`` (0: none) is the size of the whole file a plain request
-    may be promised in an early head when the source is slow to answer (SPEC §9).
+    may be promised in an early head when the source is slow to answer (SPEC §9);
+    ``budget`` is the memory shared by every stream passed through Python (the channel;
+    None: each reads ``settings.read_size``).
     """
 
     open: Callable[[], Awaitable[UpstreamAnswer]]
@@ -163,6 +166,7 @@ class StreamJob:
     reopen: Reopen | None = None
     zero_copy: Connection | None = None
     early_size: int = 0
+    budget: ChunkBudget | None = None
 
 
 @attrs.frozen

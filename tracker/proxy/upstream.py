@@ -67,6 +67,10 @@ PASSED_RESPONSE_HEADERS = frozenset(
 #: Upstream statuses that are answers for the client; anything else makes us try the next source.
 ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Reads of its share one channel stream holds at most: the read in flight, the read-ahead
+#: (up to a share, plus the read that overflowed it), the piece waiting to be handed over
+#: and the piece being sent (each up to a share plus a read).
+CHANNEL_PIECES = 7
 #: Longest wait for an upstream answer to close (it may be closed while being cancelled).
 CLOSE_TIMEOUT = 5.0
 
@@ -87,10 +91,17 @@ class ProxySettings:
     read_timeout: float = 60.0
     #: Connections per download client (one client per TLS setting).
     max_connections: int = 512
-    #: Bytes asked of the socket per read (the size of chunks, at most).
+    #: Bytes asked of the socket per read (the size of chunks, at most); a stream that passes
+    #: its bytes through Python (the channel) reads less when many do (``channel_budget``).
     read_size: int = 1024 * 1024
-    #: Chunks buffered between the upstream reader and the client writer, per stream.
-    queue_chunks: int = 2
+    #: Pieces waiting between the upstream reader and the client writer, per stream, on top
+    #: of the reader's read-ahead (which already holds what arrived while a piece is sent).
+    queue_chunks: int = 0
+    #: Memory shared by every stream that passes its bytes through Python (the channel: TLS
+    #: upstreams, HTTP/2 clients); each holds up to CHANNEL_PIECES reads of its share, from
+    #: ``smallest_read`` up to ``read_size`` (bench/README.md, "memory").
+    channel_budget: int = 32 * 1024 * 1024
+    smallest_read: int = 64 * 1024
     #: How long a stream waits for the server to start sending its body before deciding that
     #: the client went away (DESIGN trap 4).
     drain_start_timeout: float = 30.0

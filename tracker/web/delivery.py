@@ -25,7 +25,7 @@ from tracker.core.redact import has_secrets, redact_userinfo
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
-from tracker.files.downloads import account_download
+from tracker.files.downloads import DownloadSlots, Slot, account_download
 from tracker.files.fileresponse import ChunkBudget, file_response
 
 
@@ -95,9 +95,12 @@ class Delivery:
         streamer: ByteStreamer | None = None,
         metrics: Metrics | None = None,
         budget: ChunkBudget | None = None,
+        slots: DownloadSlots | None = None,
     ) -> None:
         self._config = config
         self._budget = budget
+        #: Answers that carry an archive's bytes at once (tracker/zerocopy/limit.py).
+        self.slots = slots if slots is not None else DownloadSlots()
         self._index = index
         self._streamer = streamer
         self._metrics = metrics
@@ -131,46 +134,64 @@ class Delivery:
     async def serve(
         self, request: quart.Request, group: str, name: str, *, root: bool = False
     ) -> quart.Response:
-        """Answer a concrete archive request. Raises RequestError(404) when nobody has it.
+        """Answer a concrete archive request. Raises RequestError(404) when nobody has it,
+        RequestError(503) when the tracker serves as many downloads as it can at once.
 
         ``root``: the validator-compatible route ``/{name}``, where clients named in
         ``serve_user_agents`` get the bytes even in redirect mode. Every archive body counts
         as an active stream while it is sent and logs one ``download`` line at its end
         (bytes, duration, outcome).
         """
-        response = await self._answer(request, group, name, root=root)
+        slot, response = await self._answer(request, group, name, root=root)
         if response.status_code in (200, 206) and "content-disposition" not in response.headers:
             # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
             response.headers["content-disposition"] = f'attachment; filename="{name}"'
-        account_download(response, request, self._metrics, group=group, file=name)
+        account_download(response, request, self._metrics, slot, group=group, file=name)
         return response
 
     async def _answer(
         self, request: quart.Request, group: str, name: str, *, root: bool
-    ) -> quart.Response:
+    ) -> tuple[Slot | None, quart.Response]:
+        """The answer, and the download slot it holds (None: a redirect, which holds none)."""
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         f, source = found[0]
-        if f.path:
-            self._count("local")
-            on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
-            try:
-                return await file_response(f.path, request, on_bytes=on_bytes, budget=self._budget)
-            except FileNotFoundError as exc:
-                raise RequestError(404, f"{name} is gone from its local directory") from exc
-            except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
-                raise RequestError(404, f"{name} is not a regular file any more") from exc
         config = self._config()
         user_agent = request.headers.get("user-agent", "")
         served = root and wants_bytes(user_agent, config.serve_user_agents)
-        if config.proxy_snapshot_downloads or served or self.proxied(source):
+        proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
+        if not f.path and not proxied:
+            self._count("redirect")
+            return None, redirect(redact_userinfo(f.url))
+        slot = self._take_slot()
+        try:
+            if f.path:
+                return slot, await self._local(request, f.path, name)
             if self._streamer is None:
                 raise RequestError(502, f"{name} must be proxied and no proxy is running")
-            return await self._streamer.serve(request, group, name, found)
-        self._count("redirect")
-        return redirect(redact_userinfo(f.url))
+            return slot, await self._streamer.serve(request, group, name, found)
+        except BaseException:
+            slot.release()
+            raise
+
+    def _take_slot(self) -> Slot:
+        try:
+            return self.slots.take()
+        except RequestError:
+            self._count("busy")
+            raise
+
+    async def _local(self, request: quart.Request, path: str, name: str) -> quart.Response:
+        self._count("local")
+        on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
+        try:
+            return await file_response(path, request, on_bytes=on_bytes, budget=self._budget)
+        except FileNotFoundError as exc:
+            raise RequestError(404, f"{name} is gone from its local directory") from exc
+        except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
+            raise RequestError(404, f"{name} is not a regular file any more") from exc
 
     async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
         """For a GET of archive ``name`` of ``group``: the location of the 303 to the object

@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import select
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -37,7 +39,8 @@ import attrs
 import trio
 
 from tracker.errors import ClientGone, SourceFailed, TrackerError
-from tracker.zerocopy.kernelcopy import send_file, splice_sockets
+from tracker.zerocopy import kernelcopy
+from tracker.zerocopy.kernelcopy import CLIENT_GONE, SocketSplice, Wait, send_file
 
 #: Piece sizes: powers of two from 64 KiB to 128 MiB. A body sends its file in pieces of the
 #: largest size that fits, and anything under the smallest with ordinary bytes.
@@ -109,10 +112,19 @@ class Piece:
         that none can be closed (and its number reused) under the worker thread."""
         return ()
 
-    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
-        """Blocking, in a worker thread: send the piece to socket ``out``. Raises
-        SourceFailed for the source's failure, OSError or TimeoutError for the client's."""
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
+        """Blocking, in a worker thread: send what can go to socket ``out`` now. Returns
+        None once the whole piece went, else the side it waits for (nothing moved for
+        ``kernelcopy.LINGER``). Raises SourceFailed for the source's failure, OSError or
+        TimeoutError for the client's."""
         raise NotImplementedError
+
+    async def wait_source(self) -> None:
+        """In the event loop: wait until the source has bytes (see :meth:`transfer`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the piece holds between transfers (once it is over)."""
 
 
 @attrs.define
@@ -124,9 +136,13 @@ class FilePiece(Piece):
     #: Other pieces are being sent at the same time (set by the connection).
     crowded: bool = False
 
-    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
         """See :meth:`Piece.transfer`."""
-        send_file(out, self.fd, self.offset, self.count, crowded=self.crowded)
+        sent = send_file(
+            out, self.fd, self.offset, self.count, crowded=self.crowded, linger=kernelcopy.LINGER
+        )
+        self.offset, self.count = self.offset + sent, self.count - sent
+        return Wait.CLIENT if self.count else None
 
 
 @attrs.define
@@ -136,6 +152,8 @@ class SocketPiece(Piece):
     sock: trio.socket.SocketType | None = None
     #: Longest wait for upstream bytes, seconds.
     read_timeout: float = 60.0
+    #: The pipe and its progress, from the first transfer to :meth:`close`.
+    splice: SocketSplice | None = None
 
     def prepare(self) -> tuple[int, ...]:
         """See :meth:`Piece.prepare`."""
@@ -144,9 +162,31 @@ class SocketPiece(Piece):
             raise SourceFailed("upstream connection closed")
         return (os.dup(self.sock.fileno()),)
 
-    def transfer(self, out: int, sources: tuple[int, ...]) -> None:
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
         """See :meth:`Piece.transfer`."""
-        splice_sockets(sources[0], out, self.count, self.read_timeout)
+        if self.splice is None:
+            self.splice = SocketSplice(self.count)
+        waiting = self.splice.move(sources[0], out, kernelcopy.LINGER)
+        self.splice.check(self.read_timeout)
+        return waiting
+
+    async def wait_source(self) -> None:
+        """See :meth:`Piece.wait_source`: at most ``read_timeout`` since the last bytes."""
+        assert self.sock is not None
+        assert self.splice is not None
+        silent = time.monotonic() - self.splice.arrived
+        with trio.move_on_after(max(0.0, self.read_timeout - silent)) as waited:
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
+                raise SourceFailed("upstream connection closed") from exc
+        if waited.cancelled_caught:
+            raise SourceFailed(f"upstream sent nothing for {self.read_timeout:.0f} s")
+
+    def close(self) -> None:
+        """See :meth:`Piece.close`."""
+        if self.splice is not None:
+            self.splice.close()
 
 
 #: True in the task (and below the call) that sends the last message of an answer.
@@ -237,31 +277,26 @@ class Connection:
         return self._placeholders.get(size) is data
 
     async def send_staged(self, sock: trio.socket.SocketType, data: bytes) -> None:
-        """Send the piece staged for placeholder ``data`` on ``sock`` (in a worker thread).
+        """Send the piece staged for placeholder ``data`` on ``sock``.
 
-        Raises trio.BrokenResourceError when nothing was staged for it, the client went away
-        or stalled (tracker/zerocopy/kernelcopy.py), or the piece's source failed; the connection is
-        then shut down (part of the piece may be out: it must end short of its
-        content-length).
+        The bytes move in worker threads, each call for as long as they flow; whenever the
+        client or the source makes them wait, the wait happens here, in the event loop, so a
+        slow client holds no thread (the threads are shared by every download). Raises
+        trio.BrokenResourceError when nothing was staged for it, the client went away or
+        stalled (STALL_TIMEOUT, tracker/zerocopy/kernelcopy.py), or the piece's source
+        failed; the connection is then shut down (part of the piece may be out: it must end
+        short of its content-length).
         """
         piece, self._staged = self._staged, None
         if piece is None or piece.count != len(data):
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
-        descriptors: list[int] = []
-        connections = self._connections
-        if isinstance(piece, FilePiece):
-            piece.crowded = connections.sending > 0
-        connections.sending += 1
         try:
-            descriptors.append(os.dup(sock.fileno()))
-            descriptors += piece.prepare()
-            await trio.to_thread.run_sync(
-                piece.transfer,
-                descriptors[0],
-                tuple(descriptors[1:]),
-                limiter=self._connections.limiter,
-            )
+            while (waiting := await self._transfer(sock, piece)) is not None:
+                if waiting is Wait.CLIENT:
+                    await _client_room(sock)
+                else:
+                    await _source_bytes(sock, piece, self)
         except (SourceFailed, OSError) as exc:
             if isinstance(exc, SourceFailed):
                 piece.source_error = exc
@@ -270,11 +305,63 @@ class Connection:
             _shut_down(sock)
             raise trio.BrokenResourceError(str(exc)) from exc
         finally:
+            piece.close()
+        piece.sent = True
+        self._connections.pieces += 1
+
+    async def _transfer(self, sock: trio.socket.SocketType, piece: Piece) -> Wait | None:
+        """One call of ``piece.transfer`` in a worker thread, on duplicated descriptors."""
+        connections = self._connections
+        descriptors: list[int] = []
+        if isinstance(piece, FilePiece):
+            piece.crowded = connections.sending > 0
+        connections.sending += 1
+        try:
+            descriptors.append(os.dup(sock.fileno()))
+            descriptors += piece.prepare()
+            return await trio.to_thread.run_sync(
+                piece.transfer,
+                descriptors[0],
+                tuple(descriptors[1:]),
+                limiter=connections.limiter,
+            )
+        finally:
             connections.sending -= 1
             for fd in descriptors:
                 os.close(fd)
-        piece.sent = True
-        self._connections.pieces += 1
+
+
+async def _client_room(sock: trio.socket.SocketType) -> None:
+    """Wait until the client's socket takes bytes again; TimeoutError after STALL_TIMEOUT,
+    ConnectionResetError when the connection is closed meanwhile."""
+    stall = kernelcopy.STALL_TIMEOUT
+    with trio.move_on_after(stall) as waited:
+        try:
+            await trio.lowlevel.wait_writable(sock)
+        except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
+            raise ConnectionResetError("client connection closed") from exc
+    if waited.cancelled_caught:
+        raise TimeoutError(f"client took nothing for {stall:.0f} s")
+
+
+async def _source_bytes(sock: trio.socket.SocketType, piece: Piece, connection: Connection) -> None:
+    """Wait until the piece's source has bytes; a client that leaves meanwhile ends the wait
+    within a second (ConnectionResetError), as the thread's own wait did."""
+    while True:
+        with trio.move_on_after(1.0):
+            await piece.wait_source()
+            return
+        if connection.broken or _gone(sock):
+            raise ConnectionResetError("client closed the connection")
+
+
+def _gone(sock: trio.socket.SocketType) -> bool:
+    """True when the client hung up (a poll() that does not wait)."""
+    if sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), CLIENT_GONE)
+    return bool(poller.poll(0))
 
 
 def _shut_down(sock: trio.socket.SocketType) -> None:

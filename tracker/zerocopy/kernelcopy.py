@@ -1,10 +1,14 @@
 """Blocking zero-copy loops over non-blocking sockets, run in worker threads.
 
-:func:`send_file` (``sendfile(2)``: file -> socket) and :func:`splice_sockets` (``splice(2)``:
+:func:`send_file` (``sendfile(2)``: file -> socket) and :class:`SocketSplice` (``splice(2)``:
 socket -> pipe -> socket) move bytes without bringing them into user space. The sockets
-belong to the event loop and stay non-blocking, so these wait with ``poll()``, one second at
-a time, and give up on a client that takes nothing for STALL_TIMEOUT seconds or an upstream
-that sends nothing for its read timeout. Failures of the source raise
+belong to the event loop and stay non-blocking, so these wait with ``poll()``. A worker
+thread is shared by every download (tracker/zerocopy/connection.py): given a ``linger``, a
+call returns once neither side could move for that long, and the event loop does the long
+wait for the socket (a slow client costs its own connection, not a thread everyone needs).
+Without one (:func:`splice_sockets`, and :func:`send_file`'s default) the call waits itself,
+one second at a time, and gives up on a client that takes nothing for STALL_TIMEOUT seconds
+or an upstream that sends nothing for its read timeout. Failures of the source raise
 :class:`~tracker.errors.SourceFailed` (which the response body raises in turn); the client's
 raise OSError or TimeoutError.
 """
@@ -12,8 +16,10 @@ raise OSError or TimeoutError.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
+import math
 import os
 import select
 import socket
@@ -25,10 +31,32 @@ from tracker.errors import SourceFailed
 
 #: A piece whose client takes nothing for this long breaks the connection.
 STALL_TIMEOUT = 300.0
+#: How long a worker thread waits for a side that cannot move before it returns (the event
+#: loop then waits for the socket, holding no thread): long enough for a fast client to
+#: drain its socket between two system calls, far shorter than any slow client's pause.
+LINGER = 0.05
 
 
-def send_file(out: int, file_fd: int, offset: int, count: int, *, crowded: bool = False) -> None:
-    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``.
+class Wait(enum.Enum):
+    """The side a zero-copy transfer stopped for: the client's socket has no room, or the
+    source's socket has no bytes."""
+
+    CLIENT = "client"
+    SOURCE = "source"
+
+
+def send_file(
+    out: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    *,
+    crowded: bool = False,
+    linger: float = math.inf,
+) -> int:
+    """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``;
+    returns how many went out: ``count``, or fewer when the socket had no room for
+    ``linger`` seconds (the caller waits for it to be writable, and calls again).
 
     The socket is the event loop's non-blocking one, so this waits for room with poll(). A
     file system that cannot sendfile (some FUSE and network ones) gets the same bytes through
@@ -36,22 +64,24 @@ def send_file(out: int, file_fd: int, offset: int, count: int, *, crowded: bool 
     :func:`_low_water_mark`).
     """
     _low_water_mark(out, crowded)
-    room = _Room(out)
+    room = _Room(out, linger)
+    sent_total = 0
     while count:
         try:
             sent = os.sendfile(out, file_fd, offset, count)
         except BlockingIOError:
-            room.wait()
+            if not room.wait():
+                break
             continue
         except OSError as exc:
             if exc.errno not in _NO_SENDFILE:
                 raise
-            _copy_file(room, file_fd, offset, count)
-            return
+            return sent_total + _copy_file(room, file_fd, offset, count)
         if sent == 0:
             raise SourceFailed(f"file ended at byte {offset} while being sent")
-        offset, count = offset + sent, count - sent
+        offset, count, sent_total = offset + sent, count - sent, sent_total + sent
         room.progressed()
+    return sent_total
 
 
 def _low_water_mark(out: int, crowded: bool) -> None:
@@ -86,8 +116,11 @@ _NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EN
 _COPY_CHUNK = 1024 * 1024
 
 
-def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> None:
+def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> int:
+    copied = 0
     while count:
+        # At most what the socket has room for: bytes read and not written would be lost
+        # when the room runs out (the caller sends the rest from the file again).
         data = os.pread(file_fd, min(count, _COPY_CHUNK), offset)
         if not data:
             raise SourceFailed(f"file ended at byte {offset} while being sent")
@@ -96,19 +129,23 @@ def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> None:
             try:
                 written = os.write(room.out, view)
             except BlockingIOError:
-                room.wait()
+                if not room.wait():
+                    return copied
                 continue
             view = view[written:]
+            offset, count, copied = offset + written, count - written, copied + written
             room.progressed()
-        offset, count = offset + len(data), count - len(data)
+    return copied
 
 
 class _Room:
-    """Waits for room in the send buffer of socket ``out``; a client that takes nothing for
-    STALL_TIMEOUT seconds raises TimeoutError."""
+    """Waits for room in the send buffer of socket ``out``: False once there was none for
+    ``linger`` seconds; without a linger, a client that takes nothing for STALL_TIMEOUT
+    seconds raises TimeoutError."""
 
-    def __init__(self, out: int) -> None:
+    def __init__(self, out: int, linger: float = math.inf) -> None:
         self.out = out
+        self._linger = linger
         self._poller = select.poll()
         self._poller.register(out, select.POLLOUT)
         self._progress = time.monotonic()
@@ -116,9 +153,16 @@ class _Room:
     def progressed(self) -> None:
         self._progress = time.monotonic()
 
-    def wait(self) -> None:
-        if not self._poller.poll(1000) and time.monotonic() - self._progress > STALL_TIMEOUT:
+    def wait(self) -> bool:
+        waited = min(1.0, self._linger)
+        if self._poller.poll(int(waited * 1000)):
+            return True
+        idle = time.monotonic() - self._progress
+        if idle >= self._linger:
+            return False
+        if idle > STALL_TIMEOUT:
             raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
+        return True
 
 
 #: Bytes a splice pipe holds (Linux's default pipe-max-size allows 1 MiB unprivileged).
@@ -126,66 +170,95 @@ PIPE_SIZE = 1024 * 1024
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-_CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+#: poll() events of a client that left (or whose connection broke).
+CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 def splice_sockets(src: int, out: int, count: int, read_timeout: float) -> None:
     """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through a
     pipe (splice(2): the bytes never enter user space). Both sockets are non-blocking."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    splice = SocketSplice(count)
     try:
-        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
-            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
-        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
-        _Splicer(src, out, read_end, write_end, capacity).run(count, read_timeout)
+        while splice.move(src, out, 1.0) is not None:
+            splice.check(read_timeout)
     finally:
-        os.close(read_end)
-        os.close(write_end)
+        splice.close()
 
 
 @attrs.define
-class _Splicer:
-    """Moves bytes socket -> pipe -> socket, waiting with poll() when neither side can move."""
+class SocketSplice:
+    """Moves ``left`` bytes socket -> pipe -> socket, in calls of :meth:`move` (each in a
+    worker thread); the pipe and what it holds stay between calls."""
 
-    src: int
-    out: int
-    read_end: int
-    write_end: int
-    capacity: int
+    left: int
+    read_end: int = -1
+    write_end: int = -1
+    capacity: int = 0
     buffered: int = 0
     #: The pipe took nothing although the upstream had bytes: its slots are used up (a
     #: pipe holds 256 segments, not 1 MiB of bytes; loopback segments can be small).
     #: Until the client takes some, waiting for the upstream would return at once, for
     #: ever: a busy loop burning a core while a slow client reads.
     pipe_full: bool = False
+    #: When bytes last came from the source, and last went to the client (monotonic).
+    arrived: float = attrs.field(factory=time.monotonic)
+    delivered: float = attrs.field(factory=time.monotonic)
 
-    def run(self, count: int, read_timeout: float) -> None:
-        arrived = delivered = time.monotonic()
+    def __attrs_post_init__(self) -> None:
+        self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
+            fcntl.fcntl(self.write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        self.capacity = fcntl.fcntl(self.write_end, _F_GETPIPE_SZ)
+
+    @property
+    def done(self) -> bool:
+        """Every byte went to the client."""
+        return not self.left and not self.buffered
+
+    def close(self) -> None:
+        """Close the pipe (whatever it still holds is lost)."""
+        for fd in (self.read_end, self.write_end):
+            if fd >= 0:
+                os.close(fd)
+        self.read_end = self.write_end = -1
+
+    def move(self, src: int, out: int, linger: float) -> Wait | None:
+        """Blocking: move bytes from socket ``src`` to socket ``out`` until every byte went
+        (None), or until neither side could move for ``linger`` seconds: then the side to
+        wait for (the client while the pipe holds bytes, else the source)."""
         readable = False
-        while count or self.buffered:
+        idle_since = time.monotonic()
+        while not self.done:
             moved = False
-            if count and self.buffered < self.capacity and not self.pipe_full:
-                got = self._fill(min(count, self.capacity - self.buffered))
+            if self.left and self.buffered < self.capacity and not self.pipe_full:
+                got = self._fill(src, min(self.left, self.capacity - self.buffered))
                 if got > 0:
-                    count, moved, arrived = count - got, True, time.monotonic()
+                    moved, self.arrived = True, time.monotonic()
                 elif readable and self.buffered:
                     self.pipe_full = True
-            if self.buffered and self._drain() > 0:
-                moved, delivered, self.pipe_full = True, time.monotonic(), False
+            if self.buffered and self._drain(out) > 0:
+                moved, self.delivered, self.pipe_full = True, time.monotonic(), False
             if moved:
+                idle_since = time.monotonic()
                 continue
-            want_in = count > 0 and self.buffered < self.capacity and not self.pipe_full
-            readable = self._wait(want_in=want_in)
-            now = time.monotonic()
-            if count and not self.buffered and now - arrived > read_timeout:
-                reason = f"upstream sent nothing for {read_timeout:.0f} s"
-                raise SourceFailed(reason)
-            if self.buffered and now - delivered > STALL_TIMEOUT:
-                raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
+            if time.monotonic() - idle_since >= linger:
+                return Wait.CLIENT if self.buffered else Wait.SOURCE
+            want_in = self.left > 0 and self.buffered < self.capacity and not self.pipe_full
+            readable = self._wait(src, out, want_in, min(1.0, linger))
+        return None
 
-    def _fill(self, count: int) -> int:
+    def check(self, read_timeout: float) -> None:
+        """Raise SourceFailed when the source sent nothing for ``read_timeout`` seconds while
+        it was waited for, TimeoutError when the client took nothing for STALL_TIMEOUT."""
+        now = time.monotonic()
+        if self.left and not self.buffered and now - self.arrived > read_timeout:
+            raise SourceFailed(f"upstream sent nothing for {read_timeout:.0f} s")
+        if self.buffered and now - self.delivered > STALL_TIMEOUT:
+            raise TimeoutError(f"client took nothing for {STALL_TIMEOUT:.0f} s")
+
+    def _fill(self, src: int, count: int) -> int:
         try:
-            got = os.splice(self.src, self.write_end, count, flags=_SPLICE_FLAGS)
+            got = os.splice(src, self.write_end, count, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             return -1
         except OSError as exc:
@@ -193,30 +266,31 @@ class _Splicer:
         if got == 0:
             raise SourceFailed("upstream closed the connection mid-body")
         self.buffered += got
+        self.left -= got
         return got
 
-    def _drain(self) -> int:
+    def _drain(self, out: int) -> int:
         try:
-            put = os.splice(self.read_end, self.out, self.buffered, flags=_SPLICE_FLAGS)
+            put = os.splice(self.read_end, out, self.buffered, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             return -1
         self.buffered -= put
         return put
 
-    def _wait(self, *, want_in: bool) -> bool:
-        """Wait up to a second for the upstream (when ``want_in``) or the client; True when
-        the upstream has bytes to read."""
+    def _wait(self, src: int, out: int, want_in: bool, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the upstream (when ``want_in``) or the client; True
+        when the upstream has bytes to read."""
         poller = select.poll()
         if want_in:
-            poller.register(self.src, select.POLLIN)
+            poller.register(src, select.POLLIN)
         # Always watch the client: one that leaves while the upstream stalls must end the
         # transfer now, not after read_timeout (hypercorn too takes its FIN as leaving).
-        poller.register(self.out, _CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
+        poller.register(out, CLIENT_GONE | (select.POLLOUT if self.buffered else 0))
         readable = False
-        for fd, events in poller.poll(1000):
-            if fd == self.out and events & _CLIENT_GONE:
+        for fd, events in poller.poll(int(seconds * 1000)):
+            if fd == out and events & CLIENT_GONE:
                 raise ConnectionResetError("client closed the connection")
-            readable = readable or (fd == self.src and bool(events & select.POLLIN))
+            readable = readable or (fd == src and bool(events & select.POLLIN))
         return readable
 
 

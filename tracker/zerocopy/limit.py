@@ -1,46 +1,87 @@
-"""How many client connections one listener keeps open, and which go first when it is full.
+"""How many client connections and downloads the process takes, and which connection goes
+first when a listener is full.
 
-A client that opens connections and sends nothing (or half a request head) costs a file
-descriptor each; a few hundred of them used to exhaust the process's descriptors, and then
-nobody could connect, the operator's monitoring included. So each listener keeps at most
-``limit`` connections (``max_connections``, kept below the descriptor limit by
-:func:`effective_limit`). When a new connection arrives at the limit, the connection idle the
-longest is shut down to make room: idle means no request in flight, so a keep-alive
-connection between requests and one that never completed its request head both are, while a
-download in progress never is. Only when every connection is busy is the new one refused
-(closed at once). Neither is logged per connection: one summary line a minute at most.
+Every client connection costs a file descriptor, and every download more (its file or
+upstream socket, a splice pipe, duplicates while a worker thread sends). When the process runs
+out of descriptors, nothing opens any more: not the API's connections, not ``/metrics``, not a
+local target's directory scan. So :func:`descriptor_budget` splits the descriptor limit
+(``LimitNOFILE``) at start: a reserve for everything else first, then half of the rest for
+client connections and half for what downloads hold on top (the download limit is enforced by
+:class:`tracker.files.downloads.DownloadSlots`: a request beyond it gets 503 at once, while
+the API keeps answering on the connections left).
+
+Each listener keeps at most ``limit`` connections (``max_connections``, lowered by the budget).
+When a new connection arrives at the limit, the connection idle the longest is shut down to
+make room: idle means no request in flight, so a keep-alive connection between requests and
+one that never completed its request head both are, while a download in progress never is.
+Only when every connection is busy is the new one refused (closed at once). Neither is logged
+per connection: one summary line a minute at most.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import resource
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from tracker.core.logs import log_event
+from tracker.net.limits import CAPACITY_ERRNOS
 from tracker.zerocopy.connection import ZeroCopyStream
+
+# CAPACITY_ERRNOS: accept() errors that mean "no room now", not "the listener is broken".
+__all__ = ["CAPACITY_ERRNOS", "ConnectionLimit", "DescriptorBudget", "descriptor_budget"]
 
 log = logging.getLogger("tracker.server")
 
-#: Descriptors kept for everything but client connections: listeners, logs, the config...
-RESERVED_DESCRIPTORS = 32
+#: Descriptors kept for everything but client connections, downloads and probes: listeners,
+#: logs, the config, directory scans, cache files being checked or promoted, a prefetch's
+#: refresh, idle upstream connections kept for reuse, the object store's connections, and
+#: the internal listener's connections (INTERNAL_CONNECTIONS).
+RESERVED_DESCRIPTORS = 160
+#: Descriptors one probe in flight may hold (an HTTP target's two requests at once).
+PROBE_DESCRIPTORS = 2
+#: Descriptors a download holds besides its client connection, at most: its source (a file,
+#: or an upstream socket), a splice pipe (two), and a duplicate of the client's socket and of
+#: the source's while a worker thread sends (tracker/zerocopy/connection.py).
+DOWNLOAD_DESCRIPTORS = 5
+#: Connections of the internal listener (``/metrics``, ``/healthz``, ``/reload``): a few
+#: scrapers and probes, not the public.
+INTERNAL_CONNECTIONS = 32
 #: Seconds between two summary lines about refused or closed connections.
 REPORT_EVERY = 60.0
 
 
-def effective_limit(max_connections: int, descriptors: int | None = None) -> int:
-    """``max_connections``, lowered so that client connections can take at most half of the
-    descriptors left after :data:`RESERVED_DESCRIPTORS`: the other half is for what each
-    download opens besides its client socket (the upstream socket, a file, a splice pipe).
-    ``descriptors`` defaults to the process's soft ``RLIMIT_NOFILE``."""
+@attrs.frozen
+class DescriptorBudget:
+    """What the descriptor limit allows at once: ``connections`` per public listener,
+    ``internal`` connections of the internal listener, ``downloads`` archive bodies."""
+
+    connections: int
+    internal: int
+    downloads: int
+
+
+def descriptor_budget(
+    max_connections: int, scrape_concurrency: int, descriptors: int | None = None
+) -> DescriptorBudget:
+    """Split ``descriptors`` (default: the process's soft ``RLIMIT_NOFILE``) so that they
+    never run out: the reserve (RESERVED_DESCRIPTORS, and PROBE_DESCRIPTORS per probe of
+    ``scrape_concurrency``; at most half of all), then half of the rest for client
+    connections (at most ``max_connections``) and the other half for downloads, each
+    DOWNLOAD_DESCRIPTORS on top of its connection (at most one per connection)."""
     if descriptors is None:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         descriptors = soft if soft != resource.RLIM_INFINITY else 1 << 20
-    return max(1, min(max_connections, (descriptors - RESERVED_DESCRIPTORS) // 2))
+    reserve = min(descriptors // 2, RESERVED_DESCRIPTORS + PROBE_DESCRIPTORS * scrape_concurrency)
+    usable = descriptors - reserve
+    connections = max(1, min(max_connections, usable // 2))
+    downloads = max(1, min(connections, (usable - connections) // DOWNLOAD_DESCRIPTORS))
+    internal = max(1, min(max_connections, INTERNAL_CONNECTIONS))
+    return DescriptorBudget(connections, internal, downloads)
 
 
 class ConnectionLimit:
@@ -111,7 +152,3 @@ class ConnectionLimit:
             refused=refused,
             reason=reason or "connection limit reached",
         )
-
-
-#: accept() errors that mean "no room now", not "the listener is broken".
-CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

@@ -48,7 +48,10 @@ class BigReadStream(httpcore.AsyncNetworkStream):
         self, inner: httpcore.AsyncNetworkStream, read_size: int, *, exact_heads: bool = False
     ) -> None:
         self._inner = inner
-        self._read_size = read_size
+        self._default_read_size = read_size
+        #: Bytes the next reads ask for (at least httpcore's own ask); back to ``read_size``
+        #: with each request (see :func:`limit_reads`).
+        self.read_size = read_size
         self.exact_heads = exact_heads
         #: The part of the response head read so far, while one is expected.
         self._head: bytearray | None = None
@@ -70,7 +73,7 @@ class BigReadStream(httpcore.AsyncNetworkStream):
         if self._head is not None:
             return await self._read_head(timeout)
         self._body_read = True
-        return await self._inner.read(max(max_bytes, self._read_size), timeout)
+        return await self._inner.read(max(max_bytes, self.read_size), timeout)
 
     async def _read_head(self, timeout: float | None) -> bytes:  # noqa: ASYNC109
         assert self._head is not None
@@ -96,6 +99,7 @@ class BigReadStream(httpcore.AsyncNetworkStream):
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         await self._inner.write(buffer, timeout)
+        self.read_size = self._default_read_size  # a new request: whoever reads it decides
         if self.exact_heads and buffer:
             self._head = bytearray()  # a request went out: its response head comes next
             self._body_read = False
@@ -110,7 +114,7 @@ class BigReadStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore.AsyncNetworkStream:
         tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return BigReadStream(tls, self._read_size)  # bytes come decrypted: no splice
+        return BigReadStream(tls, self._default_read_size)  # bytes come decrypted: no splice
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -146,6 +150,15 @@ def splice_stream(response: httpx.Response, length: int) -> BigReadStream | None
         return None
     sock = stream.get_extra_info("socket")
     return stream if isinstance(sock, trio.socket.SocketType) else None
+
+
+def limit_reads(response: httpx.Response, size: int) -> None:
+    """Make the coming reads of ``response``'s body ask for ``size`` bytes (a connection of
+    :class:`BigReadBackend`; others read as they do). What a read asks for is allocated at
+    once, so a stream whose memory is budgeted must ask for no more than its share."""
+    stream = response.extensions.get("network_stream")
+    if isinstance(stream, BigReadStream):
+        stream.read_size = size
 
 
 async def body_started(response: httpx.Response) -> bool | None:
