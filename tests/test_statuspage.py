@@ -48,7 +48,12 @@ async def page_of(client: httpx.AsyncClient, internal: str, query: str = "") -> 
 
 
 async def tracker_with(nursery: trio.Nursery, tmp_path: Path, **settings: Any) -> tuple[str, str]:
-    settings = {"internal_listen": "127.0.0.1:0", "scrape_interval": "300ms", **settings}
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "300ms",
+        "verify_archives": False,  # opaque blobs, not archives
+        **settings,
+    }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
     return public, internal
 

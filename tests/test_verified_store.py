@@ -79,7 +79,8 @@ async def test_a_bad_archive_never_reaches_the_bucket(weed: Weed, tmp_path: Path
         replica(weed, up, tmp_path, prefix) as t,
     ):
         first = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", idle=1.0)
-        assert first.closed and len(first.body) < len(GOOD)
+        # A broken body, or a 502 when the check failed before the head could go out.
+        assert first.status == 502 or (first.closed and len(first.body) < len(GOOD))
         await wait_for(
             lambda: t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 1
         )
