@@ -30,7 +30,7 @@ import trio
 
 from tracker.core.logs import log_event
 from tracker.net.limits import CAPACITY_ERRNOS
-from tracker.zerocopy.connection import ZeroCopyStream
+from tracker.zerocopy.stream import ZeroCopyStream
 
 # CAPACITY_ERRNOS: accept() errors that mean "no room now", not "the listener is broken".
 __all__ = ["CAPACITY_ERRNOS", "ConnectionLimit", "DescriptorBudget", "descriptor_budget"]
