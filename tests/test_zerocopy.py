@@ -1,5 +1,5 @@
-"""Zero-copy file bodies (tracker/zerocopy/connection.py, tracker/zerocopy/server.py) over real
-sockets.
+"""Zero-copy file bodies (tracker/zerocopy/: connection.py, pieces.py, stream.py, server.py)
+over real sockets.
 
 tests/test_fileresponse.py runs every file-response case on this server too; here are the
 cases of the mechanism itself: pieces of every size, keep-alive framing after pieces, HTTP/1.0,

@@ -46,7 +46,7 @@ RESERVED_DESCRIPTORS = 160
 PROBE_DESCRIPTORS = 2
 #: Descriptors a download holds besides its client connection, at most: its source (a file,
 #: or an upstream socket), a splice pipe (two), and a duplicate of the client's socket and of
-#: the source's while a worker thread sends (tracker/zerocopy/connection.py).
+#: the source's while a worker thread sends (tracker/zerocopy/pieces.py).
 DOWNLOAD_DESCRIPTORS = 5
 #: Connections of the internal listener (``/metrics``, ``/healthz``, ``/reload``): a few
 #: scrapers and probes, not the public.
