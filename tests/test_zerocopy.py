@@ -1,5 +1,5 @@
-"""Zero-copy file bodies (tracker/zerocopy/connection.py, tracker/zerocopy/server.py) over real
-sockets.
+"""Zero-copy file bodies (tracker/zerocopy/: connection.py, pieces.py, stream.py, server.py)
+over real sockets.
 
 tests/test_fileresponse.py runs every file-response case on this server too; here are the
 cases of the mechanism itself: pieces of every size, keep-alive framing after pieces, HTTP/1.0,
@@ -26,8 +26,8 @@ from helpers_server import serve_app
 from quart import Response, request
 from quart_trio import QuartTrio
 
-import tracker.zerocopy.connection as connection_module
 import tracker.zerocopy.kernelcopy
+import tracker.zerocopy.stream as stream_module
 from tracker.files.bodies import WrappedBody
 from tracker.files.downloads import outcome_of
 from tracker.files.fileresponse import file_response
@@ -38,9 +38,9 @@ from tracker.zerocopy.connection import (
     SMALLEST_PIECE,
     Connections,
     FilePiece,
-    ZeroCopyStream,
     piece_size,
 )
+from tracker.zerocopy.stream import ZeroCopyStream
 
 MiB = 1024 * 1024
 # Pieces of every size from 8 MiB down to 64 KiB once, and a tail under 64 KiB.
@@ -335,7 +335,7 @@ async def test_a_stream_closed_after_its_answer_lingers_until_the_client_closes(
     and drops what the client still sends until the client closes too, instead of closing
     with unread input (which makes the kernel reset the connection and drop what of the
     answer is still queued); a client that never closes is given LINGER_SECONDS."""
-    monkeypatch.setattr(connection_module, "LINGER_SECONDS", 0.5)
+    monkeypatch.setattr(stream_module, "LINGER_SECONDS", 0.5)
     client, server = await zero_copy_pair()
     await client.send_all(b"x" * 10_000)  # never read by the server's app
     closed = trio.Event()

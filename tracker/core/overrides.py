@@ -10,7 +10,7 @@ import attrs
 
 from tracker.core import values
 from tracker.core.config import Config
-from tracker.core.loading import config_warnings
+from tracker.core.configwarnings import config_warnings
 from tracker.core.redact import redact_text
 from tracker.errors import ConfigError
 

@@ -3,10 +3,12 @@
 :mod:`~tracker.web.api` holds the public routes (JSON listings, short redirects, archive
 routes) and :mod:`~tracker.web.queries` parses their parameters;
 :mod:`~tracker.web.delivery` answers an archive request by redirect, local file or proxy;
-:mod:`~tracker.web.internal_api` serves the status page (:mod:`~tracker.web.statuspage`, gathered
-by :mod:`~tracker.web.statusgather`), metrics and reload; :mod:`~tracker.web.listeners`
-binds or inherits the sockets; :mod:`~tracker.web.notify` and :mod:`~tracker.web.reporting`
-tell systemd and Prometheus how things go.
+:mod:`~tracker.web.internal_api` serves the status page (rendered by
+:mod:`~tracker.web.statuspage` from the values of :mod:`~tracker.web.statusview` with the
+texts of :mod:`~tracker.web.statusformat`, gathered by :mod:`~tracker.web.statusgather`),
+metrics and reload; :mod:`~tracker.web.listeners` binds or inherits the sockets;
+:mod:`~tracker.web.notify` and :mod:`~tracker.web.reporting` tell systemd and Prometheus how
+things go.
 
 May import every package below it: :mod:`tracker.proxy`, :mod:`tracker.discovery`,
 :mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.zerocopy`, :mod:`tracker.net`,

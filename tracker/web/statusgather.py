@@ -2,8 +2,9 @@
 
 A thin layer: it only reads (the config, the index, the scraper's target health, the disk
 cache and its refreshes, the bucket's status, the ring of recent events) and copies into the
-plain values of :mod:`tracker.web.statuspage`, which holds every decision about what to show
-and how. The service wires the sources in (:class:`StatusSources`).
+plain values of :mod:`tracker.web.statusview`, which with :mod:`tracker.web.statuspage`
+holds every decision about what to show and how. The service wires the sources in
+(:class:`StatusSources`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tracker.core.config import Config
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
 from tracker.discovery.scrape import Scraper, TargetHealth
-from tracker.web.statuspage import (
+from tracker.web.statusview import (
     SLOT_SECONDS,
     BestView,
     BucketView,

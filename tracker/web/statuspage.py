@@ -1,33 +1,77 @@
 """The status page of the internal listener (``GET /``): a plain value rendered as HTML.
 
-:class:`StatusView` holds everything the page shows, as plain values gathered from the
-running tracker (:mod:`tracker.web.statusgather`); :func:`render_status` turns it into one
-self-contained HTML document: no external assets, no script (it refreshes itself with a
+:class:`~tracker.web.statusview.StatusView` holds everything the page shows, as plain
+values gathered from the running tracker (:mod:`tracker.web.statusgather`), with the
+decisions on them (:mod:`tracker.web.statusview`); :func:`render_status` here turns it into
+one self-contained HTML document: no external assets, no script (it refreshes itself with a
 ``<meta http-equiv="refresh">``), readable in any browser and in ``curl``.
 
 Every text a source, a client or the network controls (archive and target names, errors,
-URLs, log fields) goes through :func:`text`: URLs are masked as in every public output
-(:func:`tracker.core.redact.redact_text`: userinfo and query become ``***``), characters
-that do not print (controls, bidi overrides) are shown as ``\\xNN`` / ``\\uNNNN`` escapes,
-and the result is HTML-escaped, quotes included. The response also carries a
-``content-security-policy`` that allows no script at all, so a text that escaped all this
-still could not run.
+URLs, log fields) goes through :func:`~tracker.web.statusformat.text`
+(:mod:`tracker.web.statusformat`, with the numbers, times and ages people read): URLs are
+masked as in every public output (:func:`tracker.core.redact.redact_text`: userinfo and
+query become ``***``), characters that do not print (controls, bidi overrides) are shown as
+``\\xNN`` / ``\\uNNNN`` escapes, and the result is HTML-escaped, quotes included. The
+response also carries a ``content-security-policy`` that allows no script at all, so a text
+that escaped all this still could not run.
+
+The page's values, decisions and texts are importable from here too: the page and what it
+is made of are used together.
 """
 
 from __future__ import annotations
 
 import functools
-import html
-import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple
-
-import attrs
+from typing import get_args
 
 from tracker.cache.store import RefreshProgress
 from tracker.core.logs import RecentEvent
-from tracker.core.redact import redact_text
+from tracker.web.statusformat import (
+    ago,
+    format_age,
+    format_bytes,
+    format_latency,
+    format_rate,
+    format_time,
+    text,
+)
+from tracker.web.statusview import (
+    DEFAULT_REFRESH,
+    MAX_REFRESH,
+    BestView,
+    BucketView,
+    CachedView,
+    CacheView,
+    GroupView,
+    Health,
+    StatusView,
+    TargetView,
+    parse_refresh,
+    refresh_percent,
+    refresh_rate,
+    target_order,
+)
+
+__all__ = [
+    "DEFAULT_REFRESH",
+    "MAX_REFRESH",
+    "PAGE_HEADERS",
+    "BestView",
+    "BucketView",
+    "CacheView",
+    "CachedView",
+    "GroupView",
+    "StatusView",
+    "TargetView",
+    "format_age",
+    "format_bytes",
+    "format_rate",
+    "parse_refresh",
+    "render_status",
+    "target_order",
+    "text",
+]
 
 #: Headers of the page: no script, no outside resource, not cached, not framed elsewhere.
 PAGE_HEADERS = {
@@ -40,236 +84,6 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
 }
-#: Seconds between two refreshes of the page by default; ``?refresh=0`` turns it off.
-DEFAULT_REFRESH = 10
-MAX_REFRESH = 3600
-#: A slot lasts about this long (Solana's target): the age of an archive whose file time
-#: nobody reported is estimated from its age in slots.
-SLOT_SECONDS = 0.4
-#: The longest text shown in a cell; longer ones are cut with "…".
-MAX_TEXT = 400
-
-Health = Literal["up", "down", "unknown", "blocked"]
-
-
-@attrs.frozen
-class BestView:
-    """A group's best full or incremental archive."""
-
-    kind: Literal["full", "incremental"]
-    name: str
-    slot: int
-    #: Slots behind the cluster's current slot (None: no ``rpc``, or it did not answer).
-    age_slots: int | None
-    #: Seconds since the archive's file time (None: unknown); ``estimated`` when derived
-    #: from ``age_slots`` instead.
-    age_seconds: float | None
-    estimated: bool
-    size: int  # 0: unknown
-    sources: int
-    sha256: str | None
-
-
-@attrs.frozen
-class GroupView:
-    """One target group: its targets' health and its best archives (None: none yet)."""
-
-    name: str
-    targets: int
-    up: int
-    full: BestView | None
-    incremental: BestView | None
-
-
-class TargetView(NamedTuple):
-    """One target as ``/v1/targets`` shows it, plus its measured throughput.
-
-    A named tuple, not an attrs class: thousands are made, hashed (remembered rows) and
-    sorted for every page, and a tuple does that in C.
-    """
-
-    group: str
-    target: str
-    kind: str
-    discovered: bool
-    health: Health
-    last_error: str
-    latency: float | None  # seconds of the last probe
-    throughput: float  # bytes per second measured on transfers; 0: not measured
-    last_scrape: float | None  # Unix time
-    snapshots: int
-
-
-@attrs.frozen
-class CachedView:
-    """A complete archive in the disk cache."""
-
-    group: str
-    name: str
-    size: int
-    mtime: float
-    sha256: str | None
-
-
-@attrs.frozen
-class CacheView:
-    """The disk cache: its directory, complete files and refreshes in flight."""
-
-    directory: str
-    files: tuple[CachedView, ...]
-    refreshes: tuple[RefreshProgress, ...]
-
-
-@attrs.frozen
-class BucketView:
-    """The shared bucket as this replica sees it (``/v1/store``)."""
-
-    endpoint: str
-    bucket: str
-    prefix: str
-    up: bool
-    last_error: str
-    objects_known: int
-    uploads_running: int
-
-
-@attrs.frozen
-class StatusView:
-    """Everything the status page shows, gathered at ``now`` (Unix time)."""
-
-    version: str
-    now: float
-    mode: str
-    groups: tuple[GroupView, ...]
-    targets: tuple[TargetView, ...]
-    #: None: no disk cache configured.
-    cache: CacheView | None
-    #: None: no bucket configured.
-    bucket: BucketView | None
-    rejected: tuple[RecentEvent, ...] = ()
-    failovers: tuple[RecentEvent, ...] = ()
-    refresh: int = DEFAULT_REFRESH
-
-
-# -- texts -----------------------------------------------------------------------------------
-
-
-def text(value: object) -> str:
-    """``value`` as HTML text: URLs masked, unprintable characters escaped, cut to
-    :data:`MAX_TEXT` characters, HTML-escaped (quotes too, so it is safe in attributes)."""
-    return _shown(value if isinstance(value, str) else str(value))
-
-
-# Pages show the same names again and again (thousands of targets, every few seconds):
-# remembered, a name costs a lookup instead of masking and escaping.
-@functools.lru_cache(maxsize=1 << 15)
-def _shown(raw: str) -> str:
-    shown = redact_text(raw)
-    if not shown.isprintable():
-        shown = "".join(c if c.isprintable() else _escape_char(c) for c in shown)
-    if len(shown) > MAX_TEXT:
-        shown = shown[: MAX_TEXT - 1] + "…"
-    return html.escape(shown, quote=True)
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def format_bytes(count: int | float) -> str:
-    """``1.5 GiB``; ``—`` for 0 (unknown)."""
-    if count <= 0:
-        return "—"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def format_rate(per_second: float) -> str:
-    """``12.3 MiB/s``; ``—`` when not measured."""
-    return "—" if per_second <= 0 else f"{format_bytes(per_second)}/s"
-
-
-def format_age(seconds: float | None) -> str:
-    """``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``; ``unknown`` for None."""
-    if seconds is None or math.isnan(seconds):
-        return "unknown"
-    whole = max(0, int(seconds))
-    if whole < 120:
-        return f"{whole} s"
-    minutes = whole // 60
-    if minutes < 120:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def format_time(unix: float) -> str:
-    """``2026-11-21 10:00:00 UTC``."""
-    return _second(int(unix))
-
-
-@functools.lru_cache(maxsize=4096)
-def _second(unix: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
-
-
-def format_latency(seconds: float | None) -> str:
-    """``12 ms``; ``—`` when not measured."""
-    return "—" if seconds is None else f"{math.ceil(seconds * 1000)} ms"
-
-
-def _ago(now: float, then: float | None) -> str:
-    if then is None:
-        return "never"
-    return f'<span title="{format_time(then)}">{format_age(now - then)} ago</span>'
-
-
-# -- decisions -------------------------------------------------------------------------------
-
-_HEALTH_ORDER = {"down": 0, "blocked": 1, "unknown": 2, "up": 3}
-
-
-def target_order(target: TargetView) -> tuple[int, str, str]:
-    """Unhealthy first (down, blocked, unknown, then up), then by group and target."""
-    return (_HEALTH_ORDER.get(target.health, 0), target.group, target.target)
-
-
-def parse_refresh(raw: str | None) -> int:
-    """The ``refresh`` query parameter: seconds between reloads, 0 for none. Raises
-    ValueError for anything but a whole number from 0 to :data:`MAX_REFRESH`."""
-    if raw is None:
-        return DEFAULT_REFRESH
-    # Only ASCII digits: "²".isdigit() is True and int() refuses it.
-    if not raw or len(raw) > 5 or not all("0" <= c <= "9" for c in raw):
-        raise ValueError("refresh must be a whole number of seconds")
-    seconds = int(raw)
-    if seconds > MAX_REFRESH:
-        raise ValueError(f"refresh must be at most {MAX_REFRESH} seconds")
-    return seconds
-
-
-def refresh_percent(progress: RefreshProgress) -> float | None:
-    """How much of a refresh is written, in percent (None until its size is known)."""
-    if progress.size <= 0:
-        return None
-    return min(100.0, 100.0 * progress.written / progress.size)
-
-
-def refresh_rate(progress: RefreshProgress, now: float) -> float:
-    """A refresh's mean rate so far, bytes per second (0 before its first second)."""
-    elapsed = now - progress.started_at
-    return progress.written / elapsed if elapsed >= 1.0 else 0.0
-
-
-# -- the page --------------------------------------------------------------------------------
 
 _STYLE = """
 :root{color-scheme:light;--fg:#1d2330;--muted:#5d6678;--line:#d9dee8;--head:#f2f4f8;
@@ -437,7 +251,7 @@ def _cache(view: StatusView) -> str:
         f"<tr><td>{text(f.group)}</td><td><code>{text(f.name)}</code></td>"
         f'<td class="num">{format_bytes(f.size)}</td>'
         '<td><span class="badge complete">complete</span></td>'
-        f'<td colspan="3" class="meta">cached {_ago(view.now, f.mtime)}</td>'
+        f'<td colspan="3" class="meta">cached {ago(view.now, f.mtime)}</td>'
         f"<td>{_digest(f.sha256)}</td></tr>"
         for f in cache.files
     ]
@@ -459,7 +273,7 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
         f"<tr><td>{text(progress.group)}</td><td><code>{text(progress.name)}</code></td>"
         f'<td class="num">{format_bytes(progress.written)}</td>'
         '<td><span class="badge refreshing">refreshing</span></td>'
-        f'<td>{bar}<br><span class="meta">started {_ago(now, progress.started_at)}</span></td>'
+        f'<td>{bar}<br><span class="meta">started {ago(now, progress.started_at)}</span></td>'
         f'<td class="num">{format_rate(refresh_rate(progress, now))}</td>'
         f'<td class="num">{readers}</td><td><span class="none">when complete</span></td></tr>'
     )
@@ -499,7 +313,7 @@ def _events(view: StatusView) -> str:
     out.append("<h2>Failovers</h2>")
     if view.failovers:
         rows = [
-            f'<tr><td class="nowrap">{_ago(view.now, e.time)}</td>'
+            f'<tr><td class="nowrap">{ago(view.now, e.time)}</td>'
             f'<td class="nowrap"><code>{text(e.event)}</code></td>'
             f"<td>{_fields(e.fields)}</td></tr>"
             for e in view.failovers
@@ -516,7 +330,7 @@ def _rejected_row(event: RecentEvent, now: float) -> str:
     group, name, source, reason = named
     rest = f"<br>{_fields(fields)}" if fields else ""
     return (
-        f'<tr><td class="nowrap">{_ago(now, event.time)}</td><td>{group}</td>'
+        f'<tr><td class="nowrap">{ago(now, event.time)}</td><td>{group}</td>'
         f"<td><code>{name}</code></td>"
         f'<td><code>{source}</code></td><td><span class="err">{reason}</span>{rest}</td></tr>'
     )
@@ -526,7 +340,7 @@ def _fields(fields: Mapping[str, str]) -> str:
     return " ".join(f"<code>{text(k)}={text(v)}</code>" for k, v in fields.items())
 
 
-_BADGES = {health: f'<span class="badge {health}">{health}</span>' for health in _HEALTH_ORDER}
+_BADGES = {health: f'<span class="badge {health}">{health}</span>' for health in get_args(Health)}
 
 
 def _health(health: str) -> str:

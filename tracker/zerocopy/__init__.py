@@ -1,10 +1,14 @@
 """Bytes that never enter Python, and the one place that relies on library internals.
 
 :mod:`~tracker.zerocopy.server` runs hypercorn's connection handler over the tracker's own
-socket stream; :mod:`~tracker.zerocopy.connection` is that stream and the placeholder
-hand-shake that lets a body send a file range (``sendfile``) or an upstream socket's bytes
-(``splice``) instead of Python bytes; :mod:`~tracker.zerocopy.kernelcopy` holds the blocking
-system-call loops.
+socket stream (:mod:`~tracker.zerocopy.stream`, with the lingering close);
+:mod:`~tracker.zerocopy.connection` is the placeholder hand-shake that lets a body send a
+file range (``sendfile``) or an upstream socket's bytes (``splice``) instead of Python bytes;
+:mod:`~tracker.zerocopy.pieces` holds the pieces, their placeholders and how one goes out
+(worker threads, waits in the event loop); :mod:`~tracker.zerocopy.kernelcopy` holds the
+blocking system-call loops; :mod:`~tracker.zerocopy.limit` the connection limit,
+:mod:`~tracker.zerocopy.transport` the httpx transport and the HEAD client of discovered
+nodes, :mod:`~tracker.zerocopy.headers` h11's own header names in lower case.
 
 This package is the only one allowed to use undocumented behaviour of hypercorn, h11, Quart
 and httpcore; README.md beside this file lists each assumption and the test that fails when a

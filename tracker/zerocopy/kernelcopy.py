@@ -3,7 +3,7 @@
 :func:`send_file` (``sendfile(2)``: file -> socket) and :class:`SocketSplice` (``splice(2)``:
 socket -> pipe -> socket) move bytes without bringing them into user space. The sockets
 belong to the event loop and stay non-blocking, so these wait with ``poll()``. A worker
-thread is shared by every download (tracker/zerocopy/connection.py): given a ``linger``, a
+thread is shared by every download (tracker/zerocopy/pieces.py): given a ``linger``, a
 call returns once neither side could move for that long, and the event loop does the long
 wait for the socket (a slow client costs its own connection, not a thread everyone needs).
 Without one (:func:`splice_sockets`, and :func:`send_file`'s default) the call waits itself,

@@ -30,7 +30,7 @@ import trio
 
 from tracker.core.logs import log_event
 from tracker.net.limits import CAPACITY_ERRNOS
-from tracker.zerocopy.connection import ZeroCopyStream
+from tracker.zerocopy.stream import ZeroCopyStream
 
 # CAPACITY_ERRNOS: accept() errors that mean "no room now", not "the listener is broken".
 __all__ = ["CAPACITY_ERRNOS", "ConnectionLimit", "DescriptorBudget", "descriptor_budget"]
@@ -46,7 +46,7 @@ RESERVED_DESCRIPTORS = 160
 PROBE_DESCRIPTORS = 2
 #: Descriptors a download holds besides its client connection, at most: its source (a file,
 #: or an upstream socket), a splice pipe (two), and a duplicate of the client's socket and of
-#: the source's while a worker thread sends (tracker/zerocopy/connection.py).
+#: the source's while a worker thread sends (tracker/zerocopy/pieces.py).
 DOWNLOAD_DESCRIPTORS = 5
 #: Connections of the internal listener (``/metrics``, ``/healthz``, ``/reload``): a few
 #: scrapers and probes, not the public.

@@ -2,7 +2,7 @@
 
 This is hypercorn's ``trio.serve`` (hypercorn/trio/run.py ``worker_serve``) cut down to what
 the tracker uses — one plain TCP listener, lifespan, graceful stop — with one change: each
-accepted connection is wrapped in a :class:`tracker.zerocopy.connection.ZeroCopyStream` before
+accepted connection is wrapped in a :class:`tracker.zerocopy.stream.ZeroCopyStream` before
 hypercorn's ``TCPServer`` sees it, so file bodies can go out with ``sendfile``. hypercorn's
 ``serve`` builds its listeners itself and offers no hook for that.
 
@@ -29,9 +29,10 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
-from tracker.zerocopy.connection import SCOPE_KEY, Connections, ZeroCopyStream, sending_last
+from tracker.zerocopy.connection import SCOPE_KEY, Connections, sending_last
 from tracker.zerocopy.headers import install as lower_case_headers
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
+from tracker.zerocopy.stream import ZeroCopyStream
 
 
 class ZeroCopyApp:

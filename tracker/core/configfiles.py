@@ -1,0 +1,103 @@
+"""Config values that name files and directories, checked when the config is loaded.
+
+Relative paths are resolved against the config file's directory and stored absolute. Files
+the tracker reads (TLS files, secrets) must be readable UTF-8 text now; a secret file's text
+is kept (:attr:`FileChecks.secrets`) for the section that uses it
+(:mod:`tracker.core.sectionchecks`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tracker.core import values
+from tracker.core.targetfile import is_host_port, read_target_file
+from tracker.errors import ProbeError
+
+
+class FileChecks:
+    """The checks of one config file's paths; holds the secrets read on the way."""
+
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
+        #: Secret files' texts by absolute path (one trailing newline dropped).
+        self.secrets: dict[str, str] = {}
+
+    def resolve(self, value: object) -> str:
+        """A string path, absolute (relative to the config's directory); ``""`` stays."""
+        text = values.string(value)
+        return os.path.abspath(os.path.join(self.base_dir, text)) if text else ""
+
+    def readable_file(self, value: object) -> str:
+        """A file the tracker reads (TLS): it must be readable UTF-8 text now."""
+        path = self.resolve(value)
+        if path:
+            read_text(path)
+        return path
+
+    def secret_file(self, value: object) -> str:
+        """A file holding a secret: read now, its text kept in :attr:`secrets`."""
+        path = self.resolve(value)
+        if path:
+            text = read_text(path)
+            # Editors end files with a newline that is not part of the secret: drop one.
+            self.secrets[path] = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        return path
+
+    def targets_file(self, value: object) -> str:
+        """``file_targets.path``: may be missing (a warning), else must read as targets."""
+        path = self.resolve(value)
+        if not path:
+            raise ValueError("must not be empty")
+        # A missing file is only a warning (it is re-read every scrape and may appear later);
+        # one that exists must pass the scraper's own reader now, so check-config catches it.
+        if os.path.lexists(path):
+            try:
+                read_target_file(path)
+            except ProbeError as exc:
+                raise ValueError(str(exc)) from None
+        return path
+
+    def known_source(self, value: object) -> str:
+        """A target URL (as ``http_targets`` writes them), ``host:port`` (every target at that
+        address) or a path (``local_targets``, resolved as they are)."""
+        text = values.string(value)
+        if text.startswith(("/", "./", "../")):
+            return self.resolve(text)
+        if "://" in text:
+            return values.http_target(text)
+        if not is_host_port(text):
+            raise ValueError(
+                "expected a target URL (http://host:port), host:port or a path (/..., ./...),"
+                f" got {text!r}"
+            )
+        return text
+
+    def directory(self, value: object) -> str:
+        """A directory that exists now (``local_targets``)."""
+        path = self.resolve(value)
+        if not path:
+            raise ValueError("must not be empty")
+        if not os.path.isdir(path):
+            what = "not a directory" if os.path.exists(path) else "no such directory"
+            raise ValueError(f"{what}: {path!r}")
+        return path
+
+    def cache_dir(self, value: object) -> str:
+        """The disk cache's directory: may be missing, must not be something else."""
+        path = self.resolve(value)
+        # The cache creates a missing directory; something else in its place is an error.
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"not a directory: {path!r}")
+        return path
+
+
+def read_text(path: str) -> str:
+    """The file's whole text, verbatim. Raises ValueError saying why it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:  # secrets verbatim, no \r -> \n
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path!r}: not UTF-8 text") from None

@@ -1,0 +1,92 @@
+"""What a valid config probably did not mean: one warning line each, key path first.
+
+``load_config`` puts them in ``Config.warnings``; ``check-config`` and the service log them,
+and the command-line overrides recompute them (:mod:`tracker.core.overrides`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.redact import redact_text
+from tracker.core.targetfile import read_target_file
+from tracker.core.trust import MIN_DISCOVERED_AGREEING, is_known
+from tracker.errors import ProbeError
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid in ``config`` but probably unintended or unguarded, one line each
+    (key path first); ``load_config`` puts them in ``Config.warnings``."""
+    found: list[str] = []
+    if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
+        found.append("proxy_snapshot_cache_dir: ignored while proxy_snapshot_downloads is false")
+    if not config.target_groups:
+        found.append("target_groups: none configured; the tracker will know no snapshots")
+    for index, group in enumerate(config.target_groups):
+        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    return found
+
+
+#: Every way a group gets targets.
+_TARGET_KINDS = (
+    "static_targets",
+    "file_targets",
+    "consul_sd_config",
+    "http_targets",
+    "local_targets",
+    "cluster_discovery",
+)
+
+
+def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
+    found: list[str] = []
+    if all(getattr(group, kind) is None for kind in _TARGET_KINDS):
+        found.append(": no targets of any kind; the group stays empty")
+    if group.cluster_discovery is not None and not config.rpc:
+        agreeing = max(MIN_DISCOVERED_AGREEING, group.trust.min_agreeing_sources)
+        found.append(
+            ".cluster_discovery: no `rpc` to check slots against (max_slot_ahead): discovered"
+            f" nodes that agree (at least {agreeing}) can make any slot, however far ahead,"
+            " the best; set `rpc`"
+        )
+    if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
+        path = group.file_targets.path
+        found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
+    if group.basic_auth is not None and group.bearer_auth is not None:
+        found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
+    return found + _unmatched_known_sources(group)
+
+
+def _unmatched_known_sources(group: TargetGroup) -> list[str]:
+    """A ``known_sources`` entry that names none of the group's configured targets trusts
+    nothing (a typo, or a target since removed)."""
+    targets = _configured_targets(group)
+    found = []
+    found_later = group.consul_sd_config is not None or group.cluster_discovery is not None
+    for index, entry in enumerate(group.trust.known_sources):
+        if any(is_known(target, {entry}) for target in targets):
+            continue
+        line = (
+            f".trust.known_sources[{index}]: {redact_text(entry)!r} matches no configured"
+            " target of the group, so it trusts nothing"
+        )
+        if found_later:
+            line += " (unless Consul or cluster discovery finds it)"
+        found.append(line)
+    return found
+
+
+def _configured_targets(group: TargetGroup) -> list[str]:
+    """The target URLs and paths the config names (the targets' keys in the index)."""
+    hosts = list(group.static_targets.targets) if group.static_targets else []
+    if group.file_targets is not None and os.path.lexists(group.file_targets.path):
+        with contextlib.suppress(ProbeError):  # reported as a problem of its own at load
+            hosts += read_target_file(group.file_targets.path)
+    targets = [group.sidecar_url(host) for host in hosts]
+    if group.http_targets is not None:
+        targets += group.http_targets.targets
+    if group.local_targets is not None:
+        targets += group.local_targets.paths
+    return targets

@@ -1,0 +1,153 @@
+"""Checks across the fields of one config section, and across the whole file.
+
+A section's ``finish_*`` function runs on the structured object once each of its fields
+passed its own check (:mod:`tracker.core.converter`): it reports what only the fields
+together say (``set either password or password_file, not both``) and fills in the resolved
+secrets. :func:`file_problems` and :func:`store_problems` check what spans sections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from tracker.core.config import (
+    BasicAuth,
+    BearerAuth,
+    ClusterDiscovery,
+    Config,
+    ConsulSDConfig,
+    ObjectStore,
+    TLSConfig,
+)
+from tracker.core.problems import Path, raise_problems
+from tracker.core.values import parse_duration
+
+#: Secret files' texts by absolute path (:attr:`tracker.core.configfiles.FileChecks.secrets`).
+Secrets = Mapping[str, str]
+
+
+def finish_basic_auth(auth: BasicAuth, secrets: Secrets) -> BasicAuth:
+    """A username, and one password: given or read from its file."""
+    problems: list[tuple[Path, str]] = []
+    if not auth.username:
+        problems.append((("username",), "basic_auth needs a username"))
+    if auth.password and auth.password_file:
+        problems.append(((), "set either password or password_file, not both"))
+    raise_problems(problems)
+    if auth.password_file:
+        auth = attrs.evolve(auth, resolved_password=secrets[auth.password_file])
+    return auth
+
+
+def finish_bearer_auth(auth: BearerAuth, secrets: Secrets) -> BearerAuth:
+    """Exactly one token: given or read from a file that is not empty."""
+    problems: list[tuple[Path, str]] = []
+    if auth.token and auth.token_file:
+        problems.append(((), "set either token or token_file, not both"))
+    if not auth.token and not auth.token_file:
+        problems.append(((), "set token or token_file"))
+    if auth.token_file and not secrets[auth.token_file]:
+        problems.append((("token_file",), f"the token file {auth.token_file!r} is empty"))
+    raise_problems(problems)
+    return attrs.evolve(auth, resolved_token=secrets.get(auth.token_file, auth.token))
+
+
+def finish_object_store(store: ObjectStore, secrets: Secrets) -> ObjectStore:
+    """A bucket name; both keys (given or read from files) or neither."""
+    problems: list[tuple[Path, str]] = []
+    if not store.bucket:
+        problems.append((("bucket",), "the bucket's name is required"))
+    for key in ("access_key_id", "secret_access_key"):
+        if getattr(store, key) and getattr(store, key + "_file"):
+            problems.append(((), f"set either {key} or {key}_file, not both"))
+    key_id = secrets.get(store.access_key_id_file, store.access_key_id)
+    secret = secrets.get(store.secret_access_key_file, store.secret_access_key)
+    if bool(key_id) != bool(secret):
+        problems.append(
+            ((), "give both access_key_id and secret_access_key, or neither (default chain)")
+        )
+    raise_problems(problems)
+    return attrs.evolve(store, resolved_access_key_id=key_id, resolved_secret_access_key=secret)
+
+
+def finish_consul(consul: ConsulSDConfig, secrets: Secrets) -> ConsulSDConfig:
+    """At most one token: given or read from its file."""
+    if consul.token and consul.token_file:
+        raise_problems([((), "set either token or token_file, not both")])
+    token = secrets.get(consul.token_file, consul.token)
+    return attrs.evolve(consul, resolved_token=token)
+
+
+def finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:
+    """At least one RPC URL to ask."""
+    if not discovery.rpc:
+        raise_problems([(("rpc",), "at least one RPC URL is needed to ask getClusterNodes")])
+    return discovery
+
+
+def finish_tls(tls: TLSConfig) -> TLSConfig:
+    """A client certificate comes with its key."""
+    problems: list[tuple[Path, str]] = []
+    if tls.cert_file and not tls.key_file:
+        problems.append((("key_file",), "required when cert_file is set"))
+    if tls.key_file and not tls.cert_file:
+        problems.append((("cert_file",), "required when key_file is set"))
+    raise_problems(problems)
+    return tls
+
+
+def file_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
+    """What spans sections of the raw file: group names, ``scrape_timeout`` within
+    ``scrape_interval`` (checked even when other values fail, so all are reported at once)."""
+    problems = _group_name_problems(raw)
+    interval = _lenient(lambda: parse_duration(raw.get("scrape_interval", 15.0)))
+    timeout = _lenient(lambda: parse_duration(raw["scrape_timeout"]))
+    if interval is not None and timeout is not None and timeout > interval:
+        problems.append(
+            (
+                ("scrape_timeout",),
+                f"must not be longer than scrape_interval ({timeout:g}s > {interval:g}s)",
+            )
+        )
+    return problems
+
+
+def _group_name_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
+    groups = raw.get("target_groups")
+    groups = groups if isinstance(groups, list) else []
+    first_index: dict[str, int] = {}
+    problems: list[tuple[Path, str]] = []
+    for index, group in enumerate(groups):
+        name = group.get("group") if isinstance(group, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first_index:
+            message = f"duplicate group name {name!r} (also target_groups[{first_index[name]}])"
+            problems.append((("target_groups", index, "group"), message))
+        first_index.setdefault(name, index)
+    default = raw.get("default_group")
+    if isinstance(default, str) and default and default not in first_index:
+        problems.append((("default_group",), f"no target group is named {default!r}"))
+    return problems
+
+
+def _lenient(compute: Callable[[], float]) -> float | None:
+    try:
+        return compute()
+    except (KeyError, ValueError):
+        return None
+
+
+def store_problems(config: Config) -> list[tuple[Path, str]]:
+    """``object_store`` needs the disk cache (a structured, valid ``config``)."""
+    if config.object_store is None:
+        return []
+    if not (config.proxy_snapshot_downloads and config.proxy_snapshot_cache_dir):
+        # A bucket refresh is staged in the disk cache's temp file: readers on this replica
+        # and on the others follow it there, and memory stays bounded (SPEC §10).
+        reason = "needs proxy_snapshot_downloads: true and a proxy_snapshot_cache_dir"
+        return [(("object_store",), reason)]
+    return []

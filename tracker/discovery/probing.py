@@ -1,0 +1,116 @@
+"""Probing one target: the probe clients of each group, the egress check of a discovered
+node, and the probe of each kind of source."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable
+
+import httpx
+import trio
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.snapshots import SnapshotInfo
+from tracker.discovery.health import Target
+from tracker.discovery.http import Heads, SizeMemo, probe_http
+from tracker.discovery.local import scan_local
+from tracker.discovery.sidecar import probe_sidecar
+from tracker.net.clients import auth_headers, build_client, origin, ssl_context
+from tracker.net.egress import Resolver, checked_addresses, policy_of
+from tracker.zerocopy.transport import HeadClient
+
+#: Probe clients per group. httpcore's pool scans all its connections for every queued
+#: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
+#: as fast as one pool of the same total size (bench/README.md, discovery).
+PROBE_SHARDS = 32
+
+
+class Probes:
+    """The HTTP clients that probe targets, and the probe of one target."""
+
+    def __init__(self, config: Config, resolver: Resolver) -> None:
+        #: Looks up the hosts of Locations on other origins (the egress check).
+        self.resolver = resolver
+        #: Sizes of HTTP targets' archives, learned by one HEAD per new URL.
+        self.sizes = SizeMemo()
+        self.config = config
+        self._clients: dict[str, list[httpx.AsyncClient]] = {}
+        self._retired: list[httpx.AsyncClient] = []
+        self.use(config)
+
+    def use(self, config: Config) -> None:
+        """Clients for ``config``; the previous ones are closed by :meth:`close_retired`."""
+        self.config = config
+        for clients in self._clients.values():
+            self._retired.extend(clients)
+        self._clients = {g.group: _probe_clients(g, config) for g in config.target_groups}
+        #: The client of discovered nodes (plain HTTP, no credentials; holds nothing open).
+        self._lean = HeadClient(config.scrape_timeout)
+
+    def client(self, group: str) -> httpx.AsyncClient:
+        """A client of ``group`` for its discovery calls (Consul, ``getClusterNodes``)."""
+        return self._clients[group][0]
+
+    async def check_egress(self, target: Target) -> None:
+        """A discovered node is an address from the network: the egress policy decides
+        before any connection (SPEC §11, §13). Raises EgressRefused or OSError."""
+        _scheme, host, port = origin(target.location)
+        policy = policy_of(self.config.egress)
+        await checked_addresses(policy, host, port or 80, self.resolver)
+
+    def probe(self, target: Target) -> Awaitable[list[SnapshotInfo]]:
+        """What ``target`` offers now. Raises ProbeError."""
+        group = self.config.group_named(target.key.group)
+        assert group is not None
+        client = _shard(self._clients[group.group], target.key.target)
+        # A discovered node is not the operator's: the group's credentials never go there.
+        headers = {} if target.key.discovered else auth_headers(group, target.location)
+        if target.kind == "sidecar":
+            return probe_sidecar(client, target.location, headers=headers)
+        if target.kind == "http":
+            policy = policy_of(self.config.egress)
+            heads: Heads = self._lean if target.key.discovered else client
+            return probe_http(
+                heads,
+                target.location,
+                headers=headers,
+                policy=policy,
+                resolver=self.resolver,
+                sizes=self.sizes,
+            )
+        return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
+
+    async def close_retired(self) -> None:
+        """Close the clients a reload replaced. Only between rounds: rounds never overlap,
+        so no probe can still be using one."""
+        retired, self._retired = self._retired, []
+        for client in retired:
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close every client (shielded: safe to call while being cancelled)."""
+        for clients in self._clients.values():
+            self._retired.extend(clients)
+        self._clients = {}
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self.close_retired()
+
+
+def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient]:
+    # Two requests per HTTP target at once: no probe waits in a pool queue.
+    per_shard = max(2, -(-2 * config.scrape_concurrency // PROBE_SHARDS))
+    tls = ssl_context(group.tls_config)
+    return [
+        build_client(
+            group,
+            connect_timeout=config.scrape_timeout,
+            read_timeout=config.scrape_timeout,
+            max_connections=per_shard,
+            tls=tls,
+        )
+        for _ in range(PROBE_SHARDS)
+    ]
+
+
+def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
+    return clients[zlib.crc32(target.encode()) % len(clients)]

@@ -1,0 +1,141 @@
+"""Which targets exist: every group's configured lists, ``file_targets`` files, Consul and
+the cluster's nodes, asked again at every round.
+
+A source of targets that fails keeps its last answer: an operator's typo in a file, a
+Consul timeout or a failed ``getClusterNodes`` call must not empty a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from functools import partial
+
+import httpx
+import trio
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import TargetKey
+from tracker.core.logs import log_event
+from tracker.core.targetfile import read_target_file
+from tracker.discovery.cluster import cluster_targets
+from tracker.discovery.consul import discover_consul
+from tracker.discovery.health import Target
+from tracker.errors import ProbeError
+
+log = logging.getLogger("tracker.scrape")
+
+#: How a ``getClusterNodes`` RPC URL answered: (group, url, reason or "", seconds).
+RpcAnswered = Callable[[str, str, str, float], None]
+#: The HTTP client of a group for its discovery calls.
+ClientOf = Callable[[str], httpx.AsyncClient]
+
+
+def sidecar_base(group: TargetGroup, host: str) -> str:
+    """The base URL of a sidecar's API for a ``host:port`` entry."""
+    return group.sidecar_url(host)
+
+
+def _sidecars(group: TargetGroup, hosts: list[str]) -> list[Target]:
+    urls = [sidecar_base(group, h) for h in hosts]
+    return [Target(TargetKey(group.group, u), "sidecar", u) for u in urls]
+
+
+def rpc_keys(config: Config) -> set[TargetKey]:
+    """The ``getClusterNodes`` RPC URLs ``config`` names, as keys of their health."""
+    return {
+        TargetKey(g.group, url)
+        for g in config.target_groups
+        if g.cluster_discovery
+        for url in g.cluster_discovery.rpc
+    }
+
+
+class TargetFinder:
+    """Builds the target set of every group, keeping what each source of targets said last."""
+
+    def __init__(self, client_of: ClientOf, rpc_answered: RpcAnswered) -> None:
+        self._client_of = client_of
+        self._rpc_answered = rpc_answered
+        #: The hosts each ``file_targets`` file and each group's Consul gave last.
+        self._hosts: dict[str, list[str]] = {}
+        #: Per group: the nodes cluster discovery found last, and when it asked.
+        self._cluster: dict[str, tuple[float, list[str]]] = {}
+
+    async def discover(self, config: Config) -> list[Target]:
+        """The current target set of every group (files re-read, Consul asked)."""
+        targets: list[Target] = []
+        for group in config.target_groups:
+            targets.extend(await self._group_targets(group, config.scrape_timeout))
+        return targets
+
+    async def _group_targets(self, group: TargetGroup, consul_within: float) -> list[Target]:
+        name = group.group
+        out: list[Target] = []
+        if group.static_targets:
+            out += _sidecars(group, list(group.static_targets.targets))
+        if group.file_targets:
+            out += _sidecars(group, self._read_file_targets(group.file_targets.path))
+        if group.consul_sd_config:
+            out += _sidecars(group, await self._consul_targets(group, consul_within))
+        if group.http_targets:
+            out += [Target(TargetKey(name, u), "http", u) for u in group.http_targets.targets]
+        if group.local_targets:
+            out += [Target(TargetKey(name, p), "local", p) for p in group.local_targets.paths]
+        if group.cluster_discovery:
+            configured = {t.key.target for t in out}
+            out += [
+                Target(TargetKey(name, u, discovered=True), "http", u)
+                for u in await self._cluster_targets(group)
+                if u not in configured
+            ]
+        unique = {t.key: t for t in out}
+        return list(unique.values())
+
+    async def _cluster_targets(self, group: TargetGroup) -> list[str]:
+        """The cluster's nodes, asked again once ``interval`` has passed; a failure keeps
+        the last list (nodes do not vanish because one RPC call failed)."""
+        discovery = group.cluster_discovery
+        assert discovery is not None
+        asked, nodes = self._cluster.get(group.group, (-math.inf, []))
+        now = trio.current_time()
+        if now - asked < discovery.interval:
+            return nodes
+        report = partial(self._rpc_answered, group.group)
+        client = self._client_of(group.group)
+        try:
+            nodes = await cluster_targets(client, discovery, report=report)
+        except ProbeError as exc:
+            log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
+        else:
+            log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
+        self._cluster[group.group] = (now, nodes)
+        return nodes
+
+    def _read_file_targets(self, path: str) -> list[str]:
+        # A broken file keeps the last good list: an operator's typo must not empty a group.
+        try:
+            self._hosts[path] = read_target_file(path)
+        except ProbeError as exc:
+            log_event(log, "warning", "file_targets_unreadable", path=path, error=str(exc))
+        return self._hosts.get(path, [])
+
+    async def _consul_targets(self, group: TargetGroup, within: float) -> list[str]:
+        sd = group.consul_sd_config
+        assert sd is not None
+        key = f"consul:{group.group}"
+        try:
+            with trio.fail_after(within):
+                self._hosts[key] = await discover_consul(
+                    self._client_of(group.group),
+                    sd.host,
+                    sd.service,
+                    token=sd.resolved_token,
+                    datacenter=sd.datacenter,
+                    filter=sd.filter,
+                )
+        except (ProbeError, trio.TooSlowError) as exc:
+            reason = str(exc) or "timed out"
+            log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)
+        return self._hosts.get(key, [])

@@ -1,0 +1,161 @@
+"""The status page's value: everything it shows, as plain values, and the decisions on them.
+
+:class:`StatusView` is gathered from the running tracker (:mod:`tracker.web.statusgather`)
+and rendered (:mod:`tracker.web.statuspage`); the decisions here (the order of targets, the
+``refresh`` parameter, a refresh's progress) are pure functions of these values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import attrs
+
+from tracker.cache.store import RefreshProgress
+from tracker.core.logs import RecentEvent
+
+#: Seconds between two refreshes of the page by default; ``?refresh=0`` turns it off.
+DEFAULT_REFRESH = 10
+MAX_REFRESH = 3600
+#: A slot lasts about this long (Solana's target): the age of an archive whose file time
+#: nobody reported is estimated from its age in slots.
+SLOT_SECONDS = 0.4
+
+#: A target's health as ``/v1/targets`` says it.
+Health = Literal["up", "down", "unknown", "blocked"]
+
+
+@attrs.frozen
+class BestView:
+    """A group's best full or incremental archive."""
+
+    kind: Literal["full", "incremental"]
+    name: str
+    slot: int
+    #: Slots behind the cluster's current slot (None: no ``rpc``, or it did not answer).
+    age_slots: int | None
+    #: Seconds since the archive's file time (None: unknown); ``estimated`` when derived
+    #: from ``age_slots`` instead.
+    age_seconds: float | None
+    estimated: bool
+    size: int  # 0: unknown
+    sources: int
+    sha256: str | None
+
+
+@attrs.frozen
+class GroupView:
+    """One target group: its targets' health and its best archives (None: none yet)."""
+
+    name: str
+    targets: int
+    up: int
+    full: BestView | None
+    incremental: BestView | None
+
+
+class TargetView(NamedTuple):
+    """One target as ``/v1/targets`` shows it, plus its measured throughput.
+
+    A named tuple, not an attrs class: thousands are made, hashed (remembered rows) and
+    sorted for every page, and a tuple does that in C.
+    """
+
+    group: str
+    target: str
+    kind: str
+    discovered: bool
+    health: Health
+    last_error: str
+    latency: float | None  # seconds of the last probe
+    throughput: float  # bytes per second measured on transfers; 0: not measured
+    last_scrape: float | None  # Unix time
+    snapshots: int
+
+
+@attrs.frozen
+class CachedView:
+    """A complete archive in the disk cache."""
+
+    group: str
+    name: str
+    size: int
+    mtime: float
+    sha256: str | None
+
+
+@attrs.frozen
+class CacheView:
+    """The disk cache: its directory, complete files and refreshes in flight."""
+
+    directory: str
+    files: tuple[CachedView, ...]
+    refreshes: tuple[RefreshProgress, ...]
+
+
+@attrs.frozen
+class BucketView:
+    """The shared bucket as this replica sees it (``/v1/store``)."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    up: bool
+    last_error: str
+    objects_known: int
+    uploads_running: int
+
+
+@attrs.frozen
+class StatusView:
+    """Everything the status page shows, gathered at ``now`` (Unix time)."""
+
+    version: str
+    now: float
+    mode: str
+    groups: tuple[GroupView, ...]
+    targets: tuple[TargetView, ...]
+    #: None: no disk cache configured.
+    cache: CacheView | None
+    #: None: no bucket configured.
+    bucket: BucketView | None
+    rejected: tuple[RecentEvent, ...] = ()
+    failovers: tuple[RecentEvent, ...] = ()
+    refresh: int = DEFAULT_REFRESH
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+_HEALTH_ORDER = {"down": 0, "blocked": 1, "unknown": 2, "up": 3}
+
+
+def target_order(target: TargetView) -> tuple[int, str, str]:
+    """Unhealthy first (down, blocked, unknown, then up), then by group and target."""
+    return (_HEALTH_ORDER.get(target.health, 0), target.group, target.target)
+
+
+def parse_refresh(raw: str | None) -> int:
+    """The ``refresh`` query parameter: seconds between reloads, 0 for none. Raises
+    ValueError for anything but a whole number from 0 to :data:`MAX_REFRESH`."""
+    if raw is None:
+        return DEFAULT_REFRESH
+    # Only ASCII digits: "²".isdigit() is True and int() refuses it.
+    if not raw or len(raw) > 5 or not all("0" <= c <= "9" for c in raw):
+        raise ValueError("refresh must be a whole number of seconds")
+    seconds = int(raw)
+    if seconds > MAX_REFRESH:
+        raise ValueError(f"refresh must be at most {MAX_REFRESH} seconds")
+    return seconds
+
+
+def refresh_percent(progress: RefreshProgress) -> float | None:
+    """How much of a refresh is written, in percent (None until its size is known)."""
+    if progress.size <= 0:
+        return None
+    return min(100.0, 100.0 * progress.written / progress.size)
+
+
+def refresh_rate(progress: RefreshProgress, now: float) -> float:
+    """A refresh's mean rate so far, bytes per second (0 before its first second)."""
+    elapsed = now - progress.started_at
+    return progress.written / elapsed if elapsed >= 1.0 else 0.0

@@ -1,0 +1,241 @@
+"""Zero-copy pieces: what a piece is, the placeholders that stand for them, and how one
+goes out.
+
+A body sends its file (or an upstream socket's bytes) in pieces of power-of-two sizes
+(:func:`piece_size`), each staged on its connection (:mod:`tracker.zerocopy.connection`)
+and stood for by a placeholder of its size. The stream sends a piece with
+:meth:`PieceSenders.send`: a file range with ``sendfile`` (:class:`FilePiece`) or the next
+bytes of an upstream socket with ``splice`` (:class:`SocketPiece`, see
+tracker/proxy/passthrough.py), in worker threads (the loops are in
+tracker/zerocopy/kernelcopy.py) that keep the event loop free (a file not in the page cache
+blocks only its thread), while every wait for a socket happens in the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from tracker.errors import SourceFailed, TrackerError
+from tracker.zerocopy import kernelcopy
+from tracker.zerocopy.kernelcopy import CLIENT_GONE, SocketSplice, Wait, send_file
+
+#: Piece sizes: powers of two from 64 KiB to 128 MiB. A body sends its file in pieces of the
+#: largest size that fits, and anything under the smallest with ordinary bytes.
+SMALLEST_PIECE = 64 * 1024
+#: Between two pieces nobody feeds the socket (the worker thread returns, the event loop runs
+#: the body to its next piece): with 8 MiB pieces a fresh-connection GET of 1 GiB measured
+#: 0.86x nginx's sendfile (median of 11), with 128 MiB 1.55x (bench/README.md). Placeholders
+#: cost address space only, never resident memory.
+LARGEST_PIECE = 128 * 1024 * 1024
+#: Upstream bytes (splice) go in pieces of at most 64 MiB (one proxied stream: 1.26-1.34x
+#: nginx proxy_pass with 8 MiB pieces, 1.43x with 64 MiB): each is counted when it starts
+#: (served-bytes metrics), so a bigger piece would make those coarser still.
+LARGEST_SOCKET_PIECE = 64 * 1024 * 1024
+
+
+def placeholders() -> dict[int, bytes]:
+    """One zero-filled placeholder of every piece size, by size."""
+    sizes: dict[int, bytes] = {}
+    size = SMALLEST_PIECE
+    while size <= LARGEST_PIECE:
+        # bytes(n) is calloc'ed: the kernel's zero pages, no resident memory until read,
+        # and a placeholder is never read (its piece goes out through sendfile or splice).
+        sizes[size] = bytes(size)
+        size *= 2
+    return sizes
+
+
+def piece_size(left: int, largest: int = LARGEST_PIECE) -> int:
+    """The size of the next piece for ``left`` bytes still to send (0: send plain bytes),
+    at most ``largest`` (a power of two from SMALLEST_PIECE to LARGEST_PIECE)."""
+    if left < SMALLEST_PIECE:
+        return 0
+    return min(largest, 1 << (left.bit_length() - 1))
+
+
+@attrs.define
+class Piece:
+    """``count`` bytes staged to go out on a connection by a zero-copy system call."""
+
+    count: int
+    sent: bool = False
+    #: Why the source failed (raised by the connection's ``finish``); the client's loss
+    #: shows as the connection being ``broken`` instead.
+    source_error: TrackerError | None = None
+
+    def prepare(self) -> tuple[int, ...]:
+        """In the event-loop thread: duplicate the descriptors :meth:`transfer` uses, so
+        that none can be closed (and its number reused) under the worker thread."""
+        return ()
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
+        """Blocking, in a worker thread: send what can go to socket ``out`` now. Returns
+        None once the whole piece went, else the side it waits for (nothing moved for
+        ``kernelcopy.LINGER``). Raises SourceFailed for the source's failure, OSError or
+        TimeoutError for the client's."""
+        raise NotImplementedError
+
+    async def wait_source(self) -> None:
+        """In the event loop: wait until the source has bytes (see :meth:`transfer`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the piece holds between transfers (once it is over)."""
+
+
+@attrs.define
+class FilePiece(Piece):
+    """``count`` bytes of open file ``fd`` from ``offset``, sent with sendfile."""
+
+    fd: int = -1
+    offset: int = 0
+    #: Other pieces are being sent at the same time (set by the connection).
+    crowded: bool = False
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
+        """See :meth:`Piece.transfer`."""
+        sent = send_file(
+            out, self.fd, self.offset, self.count, crowded=self.crowded, linger=kernelcopy.LINGER
+        )
+        self.offset, self.count = self.offset + sent, self.count - sent
+        return Wait.CLIENT if self.count else None
+
+
+@attrs.define
+class SocketPiece(Piece):
+    """The next ``count`` bytes arriving on an upstream socket, spliced through a pipe."""
+
+    sock: trio.socket.SocketType | None = None
+    #: Longest wait for upstream bytes, seconds.
+    read_timeout: float = 60.0
+    #: The pipe and its progress, from the first transfer to :meth:`close`.
+    splice: SocketSplice | None = None
+
+    def prepare(self) -> tuple[int, ...]:
+        """See :meth:`Piece.prepare`."""
+        assert self.sock is not None
+        if self.sock.fileno() < 0:
+            raise SourceFailed("upstream connection closed")
+        return (os.dup(self.sock.fileno()),)
+
+    def transfer(self, out: int, sources: tuple[int, ...]) -> Wait | None:
+        """See :meth:`Piece.transfer`."""
+        if self.splice is None:
+            self.splice = SocketSplice(self.count)
+        waiting = self.splice.move(sources[0], out, kernelcopy.LINGER)
+        self.splice.check(self.read_timeout)
+        return waiting
+
+    async def wait_source(self) -> None:
+        """See :meth:`Piece.wait_source`: at most ``read_timeout`` since the last bytes."""
+        assert self.sock is not None
+        assert self.splice is not None
+        silent = time.monotonic() - self.splice.arrived
+        with trio.move_on_after(max(0.0, self.read_timeout - silent)) as waited:
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
+                raise SourceFailed("upstream connection closed") from exc
+        if waited.cancelled_caught:
+            raise SourceFailed(f"upstream sent nothing for {self.read_timeout:.0f} s")
+
+    def close(self) -> None:
+        """See :meth:`Piece.close`."""
+        if self.splice is not None:
+            self.splice.close()
+
+
+class PieceSenders:
+    """The worker threads that send pieces, shared by every connection."""
+
+    def __init__(self, threads: int) -> None:
+        #: Bounds the worker threads sending pieces (a stalled client holds one).
+        self.limiter = trio.CapacityLimiter(threads)
+        #: Pieces being sent now, on every connection.
+        self.sending = 0
+
+    async def send(
+        self, sock: trio.socket.SocketType, piece: Piece, client_left: Callable[[], bool]
+    ) -> None:
+        """Send the whole of ``piece`` on the client's socket ``sock``.
+
+        The bytes move in worker threads, each call for as long as they flow; whenever the
+        client or the source makes them wait, the wait happens here, in the event loop, so a
+        slow client holds no thread (the threads are shared by every download). Raises
+        SourceFailed when the source failed, OSError or TimeoutError when the client went
+        away (``client_left``) or stalled (STALL_TIMEOUT, tracker/zerocopy/kernelcopy.py).
+        """
+        while (waiting := await self._transfer(sock, piece)) is not None:
+            if waiting is Wait.CLIENT:
+                await _client_room(sock)
+            else:
+                await _source_bytes(sock, piece, client_left)
+
+    async def _transfer(self, sock: trio.socket.SocketType, piece: Piece) -> Wait | None:
+        """One call of ``piece.transfer`` in a worker thread, on duplicated descriptors."""
+        descriptors: list[int] = []
+        if isinstance(piece, FilePiece):
+            piece.crowded = self.sending > 0
+        self.sending += 1
+        try:
+            descriptors.append(os.dup(sock.fileno()))
+            descriptors += piece.prepare()
+            return await trio.to_thread.run_sync(
+                piece.transfer,
+                descriptors[0],
+                tuple(descriptors[1:]),
+                limiter=self.limiter,
+            )
+        finally:
+            self.sending -= 1
+            for fd in descriptors:
+                os.close(fd)
+
+
+async def _client_room(sock: trio.socket.SocketType) -> None:
+    """Wait until the client's socket takes bytes again; TimeoutError after STALL_TIMEOUT,
+    ConnectionResetError when the connection is closed meanwhile."""
+    stall = kernelcopy.STALL_TIMEOUT
+    with trio.move_on_after(stall) as waited:
+        try:
+            await trio.lowlevel.wait_writable(sock)
+        except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
+            raise ConnectionResetError("client connection closed") from exc
+    if waited.cancelled_caught:
+        raise TimeoutError(f"client took nothing for {stall:.0f} s")
+
+
+async def _source_bytes(
+    sock: trio.socket.SocketType, piece: Piece, client_left: Callable[[], bool]
+) -> None:
+    """Wait until the piece's source has bytes; a client that leaves meanwhile ends the wait
+    within a second (ConnectionResetError), as the thread's own wait did."""
+    while True:
+        with trio.move_on_after(1.0):
+            await piece.wait_source()
+            return
+        if client_left() or _gone(sock):
+            raise ConnectionResetError("client closed the connection")
+
+
+def _gone(sock: trio.socket.SocketType) -> bool:
+    """True when the client hung up (a poll() that does not wait)."""
+    if sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), CLIENT_GONE)
+    return bool(poller.poll(0))
+
+
+def shut_down(sock: trio.socket.SocketType) -> None:
+    """End the connection both ways (nothing happens when it is gone already)."""
+    with contextlib.suppress(OSError):  # gone already
+        sock.shutdown(socket.SHUT_RDWR)
