@@ -114,7 +114,6 @@ class Scraper:
         self._wakeup = trio.Event()
         #: Sizes of HTTP targets' archives, learned by one HEAD per new URL.
         self.sizes = SizeMemo()
-        self.rounds = 0
         self.config = config
         self.update_config(config)
 
@@ -286,7 +285,6 @@ class Scraper:
         finally:
             self._batching = False
             self._flush()
-        self.rounds += 1
 
     def _spacing(self, count: int) -> float:
         """Seconds between two starts of ``count`` discovered nodes' probes: 0 (all at once,
