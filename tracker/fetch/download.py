@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -31,7 +30,10 @@ import attrs
 import httpx
 import trio
 
+from tracker.core.contentrange import MAX_DIGITS, ContentRange, parse_content_range, states_range
 from tracker.core.logs import log_event
+from tracker.core.samefile import Sameness, Validators, sameness
+from tracker.core.untrusted import ascii_digits
 from tracker.errors import ArchiveInvalid, FetchError, SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
@@ -257,23 +259,18 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
         return Source(str(response.url), identity, ranges)
 
 
-#: The longest decimal number taken from a header (10**18 bytes is an exabyte).
-MAX_DIGITS = 18
-_DIGITS = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")
-_FIRST_BYTE = re.compile(f"bytes 0-0/([0-9]{{1,{MAX_DIGITS}}})")
-
-
 def digits(text: str) -> int | None:
     """The number in a header made of ASCII digits only (at most MAX_DIGITS), else None:
     ``str.isdigit`` also takes ``"²"``, which ``int`` then refuses."""
-    match = _DIGITS.fullmatch(text.strip())
-    return int(match[0]) if match else None
+    return ascii_digits(text.strip(), max_digits=MAX_DIGITS)
 
 
 def first_byte_total(content_range: str) -> int | None:
     """The total size in the ``content-range`` of an answer to ``bytes=0-0``, else None."""
-    match = _FIRST_BYTE.fullmatch(content_range.strip())
-    return int(match[1]) if match else None
+    stated = parse_content_range(content_range)
+    if stated is None or (stated.first, stated.last) != (0, 0):
+        return None
+    return stated.size
 
 
 def _shown(value: str) -> str:
@@ -368,9 +365,9 @@ def _check_range(response: httpx.Response, source: Source, start: int, end: int)
     """A 206 of exactly the bytes asked, of the file the source was inspected with."""
     if response.status_code != 206:
         raise SourceError(f"{source.url}: answered {response.status_code} to a range")
-    expected = f"bytes {start}-{end - 1}/{source.identity.size}"
     got = response.headers.get("content-range", "").strip()
-    if got != expected:
+    if not states_range(got, start, end - 1, source.identity.size):
+        expected = ContentRange(start, end - 1, source.identity.size).text()
         raise SourceError(f"{source.url}: content-range {got!r}, expected {expected!r}")
     if not _same_validators(response, source.identity):
         raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
@@ -407,20 +404,13 @@ async def _skipped(
 
 
 def _same_validators(response: httpx.Response, identity: Identity) -> bool:
-    """False when the answer's validators say it is another file than ``identity``.
-
-    The same ``ETag``, or the same ``Last-Modified`` (a tracker serving a file from its
-    cache after proxying it gives it its own ETag but keeps the source's mtime), or none to
-    compare (the size is checked anyway). Checked on every answer rather than asked with
-    ``If-Range``, which such a change of ETag would turn into a whole-file 200.
+    """False when the answer's validators prove it is another file than ``identity``
+    (:func:`tracker.core.samefile.sameness`: different, not merely unproven; the size is
+    checked anyway). Checked on every answer rather than asked with ``If-Range``, which a
+    tracker's change of ETag (its cache's own) would turn into a whole-file 200.
     """
-    etag: str = response.headers.get("etag", "")
-    modified: str = response.headers.get("last-modified", "")
-    if identity.etag and etag == identity.etag:
-        return True
-    if identity.last_modified and modified:
-        return modified == identity.last_modified
-    return not (identity.etag and etag)  # no validator on one side: the size decides
+    found = Validators.of(response.headers)
+    return sameness(identity.validators, found) is not Sameness.DIFFERENT
 
 
 async def _download_from(

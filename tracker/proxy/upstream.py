@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from tracker.core.config import TargetGroup, TLSConfig
+from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
@@ -333,8 +334,8 @@ def size_problem(response: httpx.Response, advertised: int, *, exact: bool = Fal
         if length is not None and length.strip() != str(advertised):
             return f"content-length {quoted(length)} is not the advertised size {advertised}"
     elif status == 206:
-        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-        if total != str(advertised):
-            got = response.headers.get("content-range", "")
+        got = response.headers.get("content-range", "")
+        stated = parse_content_range(got)
+        if stated is None or stated.size != advertised:
             return f"content-range {quoted(got)} is not of the advertised size {advertised}"
     return None
