@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.contentrange import ContentRange, parse_content_range, states_range
-from tracker.fetch.download import Source, SourceError, _check_range, first_byte_total
+from tracker.errors import SourceFailed
+from tracker.fetch.download import Source, _check_range, first_byte_total
 from tracker.fetch.state import Identity
 from tracker.proxy.resume import resume_problem
 from tracker.proxy.transfers import _range_length
@@ -90,7 +91,7 @@ def _fetch_accepts(text: str) -> bool:
     source = Source("http://s/f", Identity(1000), ranges=True)
     try:
         _check_range(response, source, 100, 1000)
-    except SourceError:
+    except SourceFailed:
         return False
     return True
 

@@ -34,7 +34,7 @@ from tracker.core.contentrange import MAX_DIGITS, ContentRange, parse_content_ra
 from tracker.core.logs import log_event
 from tracker.core.samefile import Sameness, Validators, sameness
 from tracker.core.untrusted import ascii_digits
-from tracker.errors import ArchiveInvalid, FetchError, SourceFailed
+from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, TransportError
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.state import (
@@ -47,7 +47,7 @@ from tracker.fetch.state import (
 )
 from tracker.files.archivecheck import check_file
 from tracker.net.bodies import body_chunks
-from tracker.net.limits import transport_reason
+from tracker.net.exchange import send
 from tracker.zerocopy.kernelcopy import splice_to_file
 from tracker.zerocopy.transport import BigReadStream, splice_stream
 
@@ -112,15 +112,6 @@ class Source:
             scope.cancel()
 
 
-class SourceError(Exception):
-    """One request to a source failed (the piece goes back, the source may be dropped)."""
-
-
-class CopyRejected(SourceError):
-    """A complete copy failed the archive check or has another SHA-256 than the tracker's
-    (deleted; the sources not yet tried are next)."""
-
-
 @attrs.frozen
 class Result:
     """A completed download."""
@@ -183,7 +174,7 @@ async def download(
         tried.update(s.url for s in pool)
         try:
             return await _download_from(client, name, pool, ledger, settings, progress, sha256)
-        except SourceError as exc:
+        except SourceFailed as exc:
             reasons.append(str(exc))
             rejected = rejected or isinstance(exc, CopyRejected)
     what = "no source delivered a good copy" if rejected else "every source failed"
@@ -215,17 +206,17 @@ def chosen_size(listed: int, offered: list[int]) -> int:
 
 async def _inspect_all(
     client: httpx.AsyncClient, urls: list[str], settings: FetchSettings
-) -> list[Source | SourceError]:
+) -> list[Source | SourceFailed]:
     """Every URL inspected, ``checks_at_once`` at a time (a thousand at once would all time
     out together)."""
-    results: list[Source | SourceError] = [SourceError("not asked")] * len(urls)
+    results: list[Source | SourceFailed] = [SourceFailed("not asked")] * len(urls)
     limiter = trio.CapacityLimiter(settings.checks_at_once)
 
     async def one(index: int, url: str) -> None:
         async with limiter:
             try:
                 results[index] = await _inspect(client, url, settings)
-            except SourceError as exc:
+            except SourceFailed as exc:
                 results[index] = exc
 
     async with trio.open_nursery() as nursery:
@@ -243,16 +234,16 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
             got = response.headers.get("content-range", "")
             total = first_byte_total(got)
             if total is None:
-                raise SourceError(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
+                raise SourceFailed(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
             size, ranges = total, True
         elif status == 200:
             length = response.headers.get("content-length", "")
             size_or_none = digits(length)
             if size_or_none is None:
-                raise SourceError(f"{url}: content-length {_shown(length)} is not a size")
+                raise SourceFailed(f"{url}: content-length {_shown(length)} is not a size")
             size, ranges = size_or_none, False
         else:
-            raise SourceError(f"{url}: status {status}")
+            raise SourceFailed(f"{url}: status {status}")
         identity = Identity(
             size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
         )
@@ -282,16 +273,15 @@ def _shown(value: str) -> str:
 async def _request(
     client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: FetchSettings
 ) -> AsyncIterator[httpx.Response]:
-    """A streamed GET, its head within the request timeout, errors as SourceError, closed
+    """A streamed GET, its head within the request timeout, errors as SourceFailed, closed
     (shielded) when the block ends."""
-    request = client.build_request("GET", url, headers=headers)
     try:
         with trio.fail_after(settings.request_timeout):
-            response = await client.send(request, stream=True)
+            response = await send(client, "GET", url, headers)
     except trio.TooSlowError:
-        raise SourceError(f"{url}: no answer within {settings.request_timeout:g}s") from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise SourceError(f"{url}: {transport_reason(exc)}") from exc
+        raise SourceFailed(f"{url}: no answer within {settings.request_timeout:g}s") from None
+    except TransportError as exc:
+        raise SourceFailed(f"{url}: {exc}") from exc
     try:
         yield response
     finally:
@@ -319,7 +309,7 @@ async def _same_bytes(
     wanted = [(start, min(size, start + settings.sample_size)) for start in spots]
     try:
         expected = [await _sample(client, reference, s, e, settings) for s, e in wanted]
-    except SourceError:
+    except SourceFailed:
         return []
     same: set[int] = set()
     limiter = trio.CapacityLimiter(settings.checks_at_once)
@@ -328,7 +318,7 @@ async def _same_bytes(
         async with limiter:
             try:
                 got = [await _sample(client, other, s, e, settings) for s, e in wanted]
-            except SourceError as exc:
+            except SourceFailed as exc:
                 log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
                 return
         if got == expected:
@@ -350,40 +340,46 @@ async def _sample(
     async with _request(client, source.url, headers, settings) as response:
         _check_range(response, source, start, end)
         data = bytearray()
-        with trio.fail_after(settings.read_timeout):
-            async with body_chunks(response) as chunks:
-                async for chunk in chunks:
-                    data += chunk
-                    if len(data) > end - start:
-                        break
+        try:
+            with trio.fail_after(settings.read_timeout):
+                async with body_chunks(response) as chunks:
+                    async for chunk in chunks:
+                        data += chunk
+                        if len(data) > end - start:
+                            break
+        except trio.TooSlowError:
+            reason = f"no sample within {settings.read_timeout:g}s"
+            raise SourceFailed(f"{source.url}: {reason}") from None
+        except TransportError as exc:
+            raise SourceFailed(f"{source.url}: {exc}") from exc
     if len(data) != end - start:
-        raise SourceError(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
+        raise SourceFailed(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
     return bytes(data)
 
 
 def _check_range(response: httpx.Response, source: Source, start: int, end: int) -> None:
     """A 206 of exactly the bytes asked, of the file the source was inspected with."""
     if response.status_code != 206:
-        raise SourceError(f"{source.url}: answered {response.status_code} to a range")
+        raise SourceFailed(f"{source.url}: answered {response.status_code} to a range")
     got = response.headers.get("content-range", "").strip()
     if not states_range(got, start, end - 1, source.identity.size):
         expected = ContentRange(start, end - 1, source.identity.size).text()
-        raise SourceError(f"{source.url}: content-range {got!r}, expected {expected!r}")
+        raise SourceFailed(f"{source.url}: content-range {got!r}, expected {expected!r}")
     if not _same_validators(response, source.identity):
-        raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
 
 
 def _check_whole(response: httpx.Response, source: Source) -> None:
     """A 200 of the whole file the source was inspected with (a source without ranges)."""
     if response.status_code != 200:
-        raise SourceError(f"{source.url}: status {response.status_code}")
+        raise SourceFailed(f"{source.url}: status {response.status_code}")
     length = response.headers.get("content-length", "").strip()
     if length != str(source.identity.size):
-        raise SourceError(
+        raise SourceFailed(
             f"{source.url}: content-length {length or 'missing'}, expected {source.identity.size}"
         )
     if not _same_validators(response, source.identity):
-        raise SourceError(f"{source.url}: the file changed (etag or last-modified)")
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
 
 
 async def _skipped(
@@ -465,7 +461,7 @@ async def _download_from(
         await saver.save()
         if not pieces.complete:
             reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-            raise SourceError(summary(list(reasons)))
+            raise SourceFailed(summary(list(reasons)))
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)
@@ -588,7 +584,7 @@ async def _worker(
             with scope:
                 await _fetch_claim(client, source, claim, pieces, fd, settings, progress)
             source.failures = 0
-        except SourceError as exc:
+        except SourceFailed as exc:
             source.failures += 1
             log_event(log, "warning", "fetch_piece_failed", url=source.url, reason=str(exc))
             if source.failures >= settings.max_failures:
@@ -633,11 +629,11 @@ async def _fetch_claim(
                 ):
                     await _write_body(body, source, claim, pieces, fd, settings, progress)
         except trio.TooSlowError:
-            raise SourceError(f"{source.url}: no data for {settings.read_timeout:g}s") from None
-        except httpx.HTTPError as exc:
-            raise SourceError(f"{source.url}: {transport_reason(exc)}") from exc
+            raise SourceFailed(f"{source.url}: no data for {settings.read_timeout:g}s") from None
+        except TransportError as exc:
+            raise SourceFailed(f"{source.url}: {exc}") from exc
     if claim.position < claim.end:
-        raise SourceError(f"{source.url}: body ended at {claim.position} of {claim.end}")
+        raise SourceFailed(f"{source.url}: body ended at {claim.position} of {claim.end}")
 
 
 async def _write_body(
@@ -717,7 +713,7 @@ async def _splice_body(
     heard = trio.current_time()
     while count := claim.take(_splice_quota(claim, settings, trio.current_time())):
         if trio.current_time() - heard > settings.read_timeout:
-            raise SourceError(f"{source.url}: sent nothing for {settings.read_timeout:g} s")
+            raise SourceFailed(f"{source.url}: sent nothing for {settings.read_timeout:g} s")
         src = os.dup(sock.fileno())  # the event loop may close its own meanwhile
         try:
             moved = await trio.to_thread.run_sync(
@@ -730,7 +726,7 @@ async def _splice_body(
                 SPLICE_SECONDS,
             )
         except SourceFailed as exc:
-            raise SourceError(f"{source.url}: {exc}") from exc
+            raise SourceFailed(f"{source.url}: {exc}") from exc
         finally:
             os.close(src)
         claim.reserved = claim.position + moved  # what was taken but not moved goes back

@@ -33,9 +33,8 @@ from tracker.core.contentrange import ContentRange, states_range
 from tracker.core.logs import log_event
 from tracker.core.samefile import Validators, not_same_reason
 from tracker.core.text import one_line, quoted
-from tracker.errors import SourceFailed, UpstreamError
+from tracker.errors import SourceFailed, TransportError, UpstreamError
 from tracker.net.bodies import body_chunks
-from tracker.net.limits import transport_reason
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 from tracker.zerocopy.transport import splice_stream
@@ -91,8 +90,8 @@ class UpstreamBody:
                 if self.received == self.length:
                     return
                 reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except httpx.HTTPError as exc:
-                reason = f"upstream broke: {transport_reason(exc)}"
+            except TransportError as exc:
+                reason = f"upstream broke: {exc}"
             if self.received > start:
                 failures = 0
             failures = await self._resume(reason, failures)
@@ -121,8 +120,8 @@ class UpstreamBody:
                 if self.received == self.length:
                     return
                 reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except httpx.HTTPError as exc:
-                reason = f"upstream broke: {transport_reason(exc)}"
+            except TransportError as exc:
+                reason = f"upstream broke: {exc}"
             except SourceFailed as exc:
                 reason = f"upstream broke: {exc}"
             if self.received > start:
