@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import outcome
@@ -27,6 +27,7 @@ import trio
 
 from tracker.cache.disk import (
     TEMP_PREFIX,
+    DiskOps,
     evict,
     fsync_dir,
     kind_of,
@@ -40,9 +41,6 @@ from tracker.core.logs import log_event
 from tracker.errors import CacheError, SourceFailed
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
-
-if TYPE_CHECKING:
-    from tracker.cache.store import Cache
 
 log = logging.getLogger("tracker.cache")
 
@@ -65,11 +63,47 @@ class _Write:
     background: Background[None] = attrs.field(init=False)
 
 
-class Refresh:
-    """One refresh of one cached file: temp file, writes, then promotion or removal."""
+class Registry(Protocol):
+    """What a refresh tells the cache that registered it (:class:`tracker.cache.store.Cache`)."""
 
-    def __init__(self, cache: Cache, group: str, name: str, final: str) -> None:
-        self.cache = cache
+    def reserved_besides(self, refresh: Refresh) -> int:
+        """Bytes the other running refreshes will still write."""
+        ...
+
+    def release(self, refresh: Refresh) -> None:
+        """``refresh`` ended: another may begin."""
+        ...
+
+    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
+        """``refresh`` was renamed into place (``sha256``: its digest when checked) and
+        ``evicted`` were removed to make it the only file of its kind."""
+        ...
+
+    def report_size(self) -> None:
+        """The cache's size may have changed."""
+        ...
+
+
+class Refresh:
+    """One refresh of one cached file: temp file, writes, then promotion or removal.
+
+    ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
+    with ``verify`` the archive is checked as it is written (:meth:`verify`).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ops: DiskOps,
+        group: str,
+        name: str,
+        final: str,
+        *,
+        verify: bool = False,
+    ) -> None:
+        self._registry = registry
+        self._ops = ops
+        self._verify = verify
         self.group = group
         self.name = name
         self.final = final
@@ -170,24 +204,24 @@ class Refresh:
         """
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
-        needed = size + self.cache._min_free + self.cache._reserved(self)
+        needed = size + self._ops.min_free + self._registry.reserved_besides(self)
         try:
             self._fd = await trio.to_thread.run_sync(self._prepare, needed)
         except BaseException:
             self.abort()
             raise
-        self.cache._report_size()  # stale files may have been evicted to make room
+        self._registry.report_size()  # stale files may have been evicted to make room
         if self._fd is None:
             self.abort()
             return False
-        if self.cache.verify:
+        if self._verify:
             self._check = FollowingCheck.start(self._fd, self.name)
             self._hold_back = HOLD_BACK
         return True
 
     def _prepare(self, needed: int) -> int | None:
         directory = os.path.dirname(self.final)
-        free_space = self.cache._free_space
+        free_space = self._ops.free_space
         try:
             os.makedirs(directory, exist_ok=True)
             if free_space(directory) < needed:
@@ -271,7 +305,7 @@ class Refresh:
             src, fd = os.dup(sock.fileno()), os.dup(self._fd)
             try:
                 moved = await trio.to_thread.run_sync(
-                    self.cache._splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
+                    self._ops.splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno or errno.EIO)
@@ -297,7 +331,7 @@ class Refresh:
         per GiB). In a thread of its own, one at a time: sync_file_range blocks while the
         disk's queue is full, and the writes (the client's pace) must not wait for the disk.
         """
-        if self.written - self._flushed < self.cache._writeback_every or self._fd is None:
+        if self.written - self._flushed < self._ops.writeback_every or self._fd is None:
             return
         if self._writeback is not None and not self._writeback.done():
             return
@@ -332,7 +366,7 @@ class Refresh:
 
     def _write_chunk(self, fd: int, data: bytes, offset: int) -> None:
         try:
-            write_all(self.cache._write, fd, data, offset)
+            write_all(self._ops.write, fd, data, offset)
         finally:
             os.close(fd)
 
@@ -351,19 +385,19 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
-            self.cache._promoted(self.group, self.name, self.sha256, evicted)
+            self._registry.promoted(self.group, self.name, self.sha256, evicted)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()
-            self.cache._report_size()
+            self._registry.report_size()
 
     def _promote(self, mtime: float | None) -> list[str]:
         """Sync, rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
-            self.cache._sync(fd)
+            self._ops.sync(fd)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
         finally:
@@ -406,6 +440,6 @@ class Refresh:
         if self.temp:
             unlink(self.temp)
             self.temp = ""
-        self.cache._release(self)
+        self._registry.release(self)
         self.ended.set()
         self._notify()

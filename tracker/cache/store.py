@@ -37,6 +37,7 @@ import trio
 from tracker.cache.disk import (
     TEMP_PREFIX,
     WRITEBACK_EVERY,
+    DiskOps,
     FreeSpace,
     Splicer,
     Writer,
@@ -129,13 +130,9 @@ class Cache:
         if not os.path.isabs(root):
             raise ValueError(f"cache root must be absolute: {root!r}")
         self.root = os.path.realpath(root)
-        self._free_space = free_space
-        self._write = write
-        self._splice = splice
-        self._sync = sync
-        self._min_free = min_free
+        #: What every refresh of this cache writes with, and the limits it keeps.
+        self.ops = DiskOps(free_space, write, splice, sync, min_free, writeback_every)
         self._on_size = on_size
-        self._writeback_every = writeback_every
         self._refreshing: dict[tuple[str, str], Refresh] = {}
         self.verify = verify
         self._digests = digests if digests is not None else Digests()
@@ -201,8 +198,8 @@ class Cache:
         checked = self._checked.get((group, name))
         return checked[0] if checked is not None else None
 
-    def _promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
-        """A refresh was promoted (and evicted ``evicted``): digests follow."""
+    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
+        """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow."""
         if sha256:
             try:
                 ino = os.stat(self.path_for(group, name)).st_ino
@@ -283,7 +280,7 @@ class Cache:
             self._restore_digests(group.name, entries)
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)
-        self._report_size()
+        self.report_size()
         return removed
 
     def _restore_digests(self, group: str, entries: list[os.DirEntry[str]]) -> None:
@@ -346,7 +343,7 @@ class Cache:
             )
             if self._on_rejected is not None:
                 self._on_rejected(group, name, exc.reason)
-            self._report_size()
+            self.report_size()
             return
         finally:
             check.cancel()  # no-op once it ended; stops it when this task is cancelled
@@ -370,7 +367,8 @@ class Cache:
                         total += entry.stat(follow_symlinks=False).st_size
         return total
 
-    def _report_size(self) -> None:
+    def report_size(self) -> None:
+        """Tell ``on_size`` the bytes of archives cached now (after a change)."""
         if self._on_size is not None:
             # A file vanishing under the scan raises OSError; the next change reports again.
             with contextlib.suppress(OSError):
@@ -387,18 +385,21 @@ class Cache:
         key = (group, name)
         if key in self._refreshing:
             return None
-        refresh = Refresh(self, group, name, self.path_for(group, name))
+        refresh = Refresh(
+            self, self.ops, group, name, self.path_for(group, name), verify=self.verify
+        )
         self._refreshing[key] = refresh
         return refresh
 
-    def _release(self, refresh: Refresh) -> None:
+    def release(self, refresh: Refresh) -> None:
+        """``refresh`` ended (:meth:`Refresh.abort`): the file may be refreshed again."""
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
 
-    def _reserved(self, exclude: Refresh) -> int:
+    def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
-        return sum(r.remaining for r in self._refreshing.values() if r is not exclude)
+        return sum(r.remaining for r in self._refreshing.values() if r is not refresh)
 
 
 def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:

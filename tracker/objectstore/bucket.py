@@ -20,7 +20,6 @@ requests do not each wait for its timeouts.
 
 from __future__ import annotations
 
-import copy
 import email.utils
 import logging
 import math
@@ -149,6 +148,27 @@ def make_client(store: ObjectStore, endpoint: str, *, timeout: float | None = No
     )
 
 
+@attrs.frozen
+class BucketClients:
+    """The boto3 clients of one bucket and the worker threads they share: ``calls`` for the
+    tracker's own calls, ``quick`` (one attempt, ``request_timeout``) for those a client's
+    request waits for, ``signer`` for presigned URLs (the public endpoint's, when set)."""
+
+    calls: S3Client
+    quick: S3Client
+    signer: S3Client
+    limiter: trio.CapacityLimiter
+
+    @classmethod
+    def of(cls, store: ObjectStore) -> BucketClients:
+        """The clients of ``store``'s bucket."""
+        calls = make_client(store, store.endpoint)
+        quick = make_client(store, store.endpoint, timeout=store.request_timeout)
+        public = store.public_endpoint
+        signer = make_client(store, public) if public else calls
+        return cls(calls, quick, signer, trio.CapacityLimiter(THREADS))
+
+
 class Bucket:
     """One bucket of one store; async methods run boto3 in worker threads.
 
@@ -157,26 +177,31 @@ class Bucket:
     with a deadline on every call.
     """
 
-    def __init__(self, store: ObjectStore, health: StoreHealth | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        health: StoreHealth | None = None,
+        *,
+        clients: BucketClients | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.store = store
         self.name = store.bucket
         self.health = health if health is not None else StoreHealth()
         self.request_timeout = store.request_timeout
-        self._client = make_client(store, store.endpoint)
-        self._quick = make_client(store, store.endpoint, timeout=store.request_timeout)
-        public = store.public_endpoint
-        self._signer = make_client(store, public) if public else self._client
-        self._limiter = trio.CapacityLimiter(THREADS)
+        self.clients = clients if clients is not None else BucketClients.of(store)
+        self._client = self.clients.calls
+        self._signer = self.clients.signer
+        self._limiter = self.clients.limiter
         #: Seconds a call may take in all (None: the client's own timeouts and retry).
-        self._deadline: float | None = None
+        self._deadline = deadline
 
     def on_request_path(self) -> Bucket:
         """This bucket (same health, same threads) for calls a client's request waits for:
         one attempt, and a call that has no answer within ``request_timeout`` fails (the
         worker thread is abandoned; its own timeouts end it) and marks the store down."""
-        quick = copy.copy(self)
-        quick._client = self._quick
-        quick._deadline = self.request_timeout
-        return quick
+        quick = attrs.evolve(self.clients, calls=self.clients.quick)
+        return Bucket(self.store, self.health, clients=quick, deadline=self.request_timeout)
 
     async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
         """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
