@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tracker.core.contentrange import ContentRange, parse_content_range, states_range
 from tracker.errors import SourceFailed
-from tracker.fetch.download import Source, _check_range, first_byte_total
+from tracker.fetch.sources import Source, check_range, first_byte_total
 from tracker.fetch.state import Identity
 from tracker.proxy.resume import resume_problem
 from tracker.proxy.transfers import _range_length
@@ -90,7 +90,7 @@ def _fetch_accepts(text: str) -> bool:
     response = _answer(text)
     source = Source("http://s/f", Identity(1000), ranges=True)
     try:
-        _check_range(response, source, 100, 1000)
+        check_range(response, source, 100, 1000)
     except SourceFailed:
         return False
     return True

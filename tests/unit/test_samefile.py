@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
-from tracker.fetch.download import _same_validators
+from tracker.fetch.sources import same_validators
 from tracker.fetch.state import Identity
 from tracker.proxy.resume import resumable, same_representation
 
@@ -104,7 +104,7 @@ def test_every_reader_agrees_on_the_same_file(first: Validators, later: Validato
     fetch_resumes = Identity(10, first.etag, first.last_modified).same_file(
         Identity(10, later.etag, later.last_modified)
     )
-    fetch_keeps = _same_validators(_response(later), Identity(10, first.etag, first.last_modified))
+    fetch_keeps = same_validators(_response(later), Identity(10, first.etag, first.last_modified))
     assert proxy_resumes == fetch_resumes == (sameness(first, later) is SAME)
     assert fetch_keeps == (sameness(first, later) is not DIFFERENT)
     if proxy_resumes:
