@@ -35,7 +35,8 @@ from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
 from tracker.net.egress import Resolver, resolve
-from tracker.objectstore.bucket import Bucket, StoreHealth
+from tracker.objectstore.bucket import Bucket
+from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
