@@ -35,12 +35,12 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
-import tracker.fetch.download
+import tracker.fetch.workers
 from tracker.core.config import TargetGroup
 from tracker.errors import FetchError
-from tracker.fetch.download import FetchSettings
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
+from tracker.fetch.settings import FetchSettings
 from tracker.fetch.state import Identity, State, save_state
 
 FULL = full_name(20_000)
@@ -88,13 +88,13 @@ async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
     mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spliced: list[int] = []
-    real_splice = tracker.fetch.download.splice_to_file
+    real_splice = tracker.fetch.workers.splice_to_file
 
     def counting(*args: Any) -> int:
         spliced.append(moved := real_splice(*args))
         return moved
 
-    monkeypatch.setattr(tracker.fetch.download, "splice_to_file", counting)
+    monkeypatch.setattr(tracker.fetch.workers, "splice_to_file", counting)
     ledger = ledger_of(tmp_path)
     async with serving(FakeUpstream(files=dict(FILES))) as up, tracker_for(mode, tmp_path) as t:
         advertise_all(t, up, FILES)
@@ -646,8 +646,8 @@ async def test_a_failing_write_is_a_one_line_error(
     def full(*args: Any) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "the-temp-file")
 
-    monkeypatch.setattr(tracker.fetch.download, "splice_to_file", full)
-    monkeypatch.setattr(tracker.fetch.download, "_write_all", full)
+    monkeypatch.setattr(tracker.fetch.workers, "splice_to_file", full)
+    monkeypatch.setattr(tracker.fetch.workers, "_write_all", full)
     async with (
         serving(FakeUpstream(files=dict(FILES))) as up,
         tracker_for("redirect", tmp_path) as t,

@@ -33,10 +33,10 @@ from test_fetch import (
     tracker_for,
 )
 
-import tracker.fetch.download
-from tracker.fetch.download import digits, first_byte_total
+import tracker.fetch.workers
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
+from tracker.fetch.sources import digits, first_byte_total
 from tracker.fetch.state import Identity, State, load_state, save_state, state_path, temp_path
 
 
@@ -80,7 +80,8 @@ async def test_a_hostile_content_range_costs_that_source_only(
 def test_digits_are_ascii_and_bounded(text: str, value: int | None) -> None:
     assert digits(text) == value
     assert digits("9" * 19) is None and digits("") is None and digits("-1") is None
-    assert first_byte_total(f"bytes 0-0/{text.strip()}") == value
+    # A 0-byte file has no byte 0: "bytes 0-0/0" states nothing.
+    assert first_byte_total(f"bytes 0-0/{text.strip()}") == (value or None)
     assert first_byte_total("bytes 0-1/10") is None  # not the byte asked
 
 
@@ -91,7 +92,7 @@ async def test_an_unexpected_error_is_one_line_with_the_traceback_at_debug(
     nurseries): exit 1, one ``fetch_failed`` line naming it, no traceback; at debug level
     the traceback is logged (one line, newlines escaped)."""
     inject = (
-        "import sys, tracker.fetch.download as d\n"
+        "import sys, tracker.fetch.workers as d\n"
         "async def boom(*args, **kwargs):\n"
         "    raise ZeroDivisionError('injected fault')\n"
         "d._fetch_claim = boom\n"
@@ -212,7 +213,7 @@ async def test_the_temp_file_is_synced_before_a_state_claims_its_bytes(
     """Every state file that claims more bytes than the one before was written after an
     ``fdatasync`` of the temp file that started after those bytes were written."""
     events: list[tuple[str, int]] = []
-    real_sync, real_save = os.fdatasync, tracker.fetch.download.save_state
+    real_sync, real_save = os.fdatasync, tracker.fetch.workers.save_state
 
     def sync(fd: int) -> None:
         events.append(("sync", 0))
@@ -223,7 +224,7 @@ async def test_the_temp_file_is_synced_before_a_state_claims_its_bytes(
         real_save(ledger, state)
 
     monkeypatch.setattr(os, "fdatasync", sync)
-    monkeypatch.setattr(tracker.fetch.download, "save_state", save)
+    monkeypatch.setattr(tracker.fetch.workers, "save_state", save)
     data = FILES[FULL]
     up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
     settings = attrs.evolve(FAST, state_every=0.05)

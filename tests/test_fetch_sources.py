@@ -89,6 +89,19 @@ async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path
     assert body_bytes(good, FULL) > len(FILES[FULL]) // 2
 
 
+async def test_a_sidecar_breaking_its_samples_is_left_unused(tmp_path: Path) -> None:
+    """The second sidecar closes every answer after 1,000 bytes: its samples break off while
+    the sources are compared, so it is not used and the first delivers the archive."""
+    good = FakeUpstream(files=dict(FILES))
+    breaking = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(drop_after=1000)})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([good, breaking]) as tracker:
+        await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+    assert any("range" in s.headers for s in breaking.gets(FULL))  # it was sampled
+    assert body_bytes(breaking, FULL) < SAMPLES
+
+
 async def test_a_thousand_urls_for_one_archive_are_bounded(tmp_path: Path) -> None:
     """A listing with 1,000 URLs of one archive (one sidecar under as many names): at most
     ``checks_at_once`` first-byte checks at a time, at most ``max_sources`` URLs used."""

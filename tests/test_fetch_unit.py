@@ -149,7 +149,8 @@ def test_state_round_trip_and_refusals(tmp_path: Path) -> None:
 async def test_a_whole_file_answer_to_a_retry_skips_the_bytes_already_there() -> None:
     """A source without ranges answers a retry with the file from byte 0: the bytes before
     the claim's position are dropped, never written at it."""
-    from tracker.fetch.download import FetchSettings, _skipped
+    from tracker.fetch.settings import FetchSettings
+    from tracker.fetch.workers import _skipped
 
     async def chunks() -> AsyncIterator[bytes]:
         for piece in (b"abc", b"defg", b"hij"):

@@ -7,7 +7,14 @@ import re
 
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tracker import __version__
@@ -160,6 +167,8 @@ def test_remove_group_drops_the_group_and_its_targets() -> None:
         metrics.set_best_slots(group, full=100, incremental=150)
         metrics.set_snapshot_age(group, 10)
         metrics.add_upstream_bytes(group, "incremental", 10)
+        metrics.count_source_failure(group)
+        metrics.count_archive_rejected(group)
     metrics.remove_group("testnet")
     groups = {dict(labels).get("group") for _, labels in samples(metrics)} - {None}
     assert groups == {"mainnet"}
@@ -205,6 +214,23 @@ def test_probe_series_expose_what_prometheus_client_histograms_would(
     created = re.compile(rb"(_created\{.*\}) \S+")
     expected = created.sub(rb"\1 T", generate_latest(reference))
     assert created.sub(rb"\1 T", generate_latest(compact)) == expected
+
+
+def test_probe_series_follow_prometheus_clients_created_switch() -> None:
+    # disable_created_metrics() turns the _created series off for every metric, ours too.
+    metrics = Metrics(process=False)
+    metrics.observe_scrape("g", "http://a:1", 0.1, ok=False)
+    metrics.count_source_failure("g")
+    disable_created_metrics()
+    try:
+        off = names(samples(metrics))
+    finally:
+        enable_created_metrics()
+    on = names(samples(metrics))
+    assert "snapshot_tracker_scrape_errors_created" in on
+    assert "snapshot_tracker_scrape_duration_seconds_created" in on
+    assert not [name for name in off if name.endswith("_created")]
+    assert "snapshot_tracker_scrape_errors_total" in off
 
 
 def test_per_target_series_give_the_garbage_collector_little_to_walk() -> None:

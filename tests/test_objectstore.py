@@ -38,7 +38,7 @@ from helpers_server import serve_app
 from names import full_name, incremental_name
 
 from tracker.core.config import ObjectStore
-from tracker.objectstore.bucket import StoreHealth
+from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier
 
 FULL = full_name(9000)
@@ -406,7 +406,7 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
 ) -> None:
     """A superseded archive stays while a URL of it may be valid and goes as soon as its
     last URL has expired: no later upload is needed to delete it."""
-    from tracker.objectstore.tier import HANDOUT_MARGIN
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
 
     ttl = 2.0
     newer = full_name(9500)
@@ -575,7 +575,7 @@ async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: 
     assert tier.status()["objects_known"] == 1
     assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
     # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
-    from tracker.objectstore.tier import HANDOUT_MARGIN
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
 
     await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)
     put(weed, young_lock, Metadata={"owner": "old", "replica": ""})

@@ -117,6 +117,44 @@ async def test_sighup_adds_a_target_and_keeps_the_index(
     assert await serve.stop() == 0
 
 
+async def test_a_reload_that_drops_a_group_drops_its_metrics(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    path = local_config(tmp_path)
+    big_archive(tmp_path, 1000)
+    settings = yaml.safe_load(path.read_text())
+    (tmp_path / "other").mkdir()
+    settings["target_groups"].append({"group": "h", "local_targets": {"paths": ["other"]}})
+    write(path, settings)
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+
+    async def series_of(group: str) -> set[str]:
+        text = (await client.get(f"{serve.internal}/metrics")).text
+        return {
+            s.name
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.labels.get("group") == group
+        }
+
+    async def both_reported() -> bool:
+        wanted = {"snapshot_tracker_targets", "snapshot_tracker_scrape_errors_total"}
+        return wanted <= await series_of("g") and wanted <= await series_of("h")
+
+    await wait_until(both_reported)
+    settings["target_groups"] = settings["target_groups"][:1]
+    write(path, settings)
+    assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+
+    async def h_gone() -> bool:
+        return not await series_of("h")
+
+    await wait_until(h_gone)
+    assert "snapshot_tracker_targets" in await series_of("g")
+    assert await serve.stop() == 0
+
+
 class SlowReader:
     """A raw HTTP/1.1 client that reads a download at a set pace (or not at all)."""
 

@@ -193,8 +193,8 @@ async def test_a_late_joiner_starts_at_once_with_the_bytes_on_disk(
 def refresh_written(t: TrackerUnderTest, name: str) -> int:
     cache = t.streamer.cache()
     assert cache is not None
-    refresh = cache._refreshing.get((GROUP, name))
-    return refresh.written if refresh is not None else -1
+    running = [r.written for r in cache.refreshes() if (r.group, r.name) == (GROUP, name)]
+    return running[0] if running else -1
 
 
 async def test_range_requests_read_what_is_on_disk_or_wait_for_it(

@@ -1,15 +1,23 @@
 """The exception tree of the tracker.
 
 Third-party exceptions (httpx, OSError, YAML, cattrs) are translated into these at the module
-boundary where they happen, so callers handle one family::
+boundary where they happen (httpx's, httpcore's and h11's in :mod:`tracker.net` and the fenced
+:mod:`tracker.zerocopy` only), so callers handle one family; no other module defines an
+exception class::
 
     TrackerError
     ├── ConfigError        the config file (or a reload) is invalid; carries every problem
+    ├── FieldProblems      problems of the fields of one config object while it is structured
+    │                      (gathered into ConfigError by tracker.core.loading)
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
     ├── RequestError       a client request is malformed or names nothing known (4xx)
     ├── EgressRefused      the egress policy refuses every address of a host from the network
+    ├── TransportError     an HTTP exchange failed below HTTP: connect, TLS, timeout, protocol,
+    │                      a body broken off, a URL httpx cannot take (httpx's errors, mapped
+    │                      once in tracker.net)
     ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
-    │                      upstream refused, broke or answered something else than the file
+    │   │                  upstream refused, broke or answered something else than the file
+    │   └── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
@@ -17,7 +25,9 @@ boundary where they happen, so callers handle one family::
     │   └── StoreConflict  a conditional write lost (412/409): another replica was first
     ├── ClientGone         the client's connection closed while a body was being sent
     ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
-    └── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
+    ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
+    └── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
+                           by tracker.files.streamparse; it words its own ArchiveInvalid)
 """
 
 from __future__ import annotations
@@ -35,6 +45,16 @@ class ConfigError(TrackerError):
         super().__init__("\n".join(self.problems))
 
 
+class FieldProblems(TrackerError):
+    """Problems found across the fields of one config object, each with a key path relative
+    to it (attribute names and list indexes); raised while the config is structured and
+    turned into ConfigError's lines by :mod:`tracker.core.loading`."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
 class ProbeError(TrackerError):
     """A probe of one target failed; ``str(exc)`` is a one-line reason for the operator."""
 
@@ -44,13 +64,24 @@ class EgressRefused(TrackerError):
     ``str(exc)`` is a one-line reason naming the host and why."""
 
 
+class TransportError(TrackerError):
+    """An HTTP exchange failed below HTTP (connect, TLS, timeout, protocol, a body broken
+    off, a URL httpx cannot take); ``str(exc)`` is a one-line reason such as ``cannot
+    connect: Connection refused``, the library's exception is its ``__cause__``."""
+
+
 class SourceFailed(TrackerError):
     """One source of a file's bytes failed; ``str(exc)`` is a one-line reason.
 
     Proxy mode then asks the next source of the file (none left: UpstreamError); a body that
     already sent bytes raises it into the server, which aborts the connection short of its
-    content-length.
+    content-length. ``fetch`` gives the piece back and drops a source that keeps failing.
     """
+
+
+class CopyRejected(SourceFailed):
+    """``snapshot-tracker fetch``: a complete copy failed the archive check or has another
+    SHA-256 than the tracker's (deleted; the sources not yet tried are next)."""
 
 
 class RequestError(TrackerError):
@@ -109,3 +140,13 @@ class ArchiveInvalid(TrackerError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class EndOfInput(TrackerError):
+    """Thrown into a stream parser (:mod:`tracker.files.streamparse`) when the stream ends
+    while it still wants bytes; ``at`` is the stream's length (every byte the parser was
+    given, including a partial read)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        super().__init__(f"stream ends at byte {at}")

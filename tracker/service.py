@@ -35,7 +35,8 @@ from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
 from tracker.net.egress import Resolver, resolve
-from tracker.objectstore.bucket import Bucket, StoreHealth
+from tracker.objectstore.bucket import Bucket
+from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
@@ -212,6 +213,13 @@ def apply_trust(index: Index, config: Config) -> None:
         index.set_policy(group.group, policy)
 
 
+def groups_dropped(old: Config, new: Config) -> list[str]:
+    """The names of the groups of ``old`` that ``new`` no longer has (a reload drops their
+    metrics)."""
+    kept = {group.group for group in new.target_groups}
+    return [group.group for group in old.target_groups if group.group not in kept]
+
+
 def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
     """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
 
@@ -265,9 +273,12 @@ async def run_tracker(
             # One reload at a time, so a storm of them parses the file once after another.
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
+            dropped = groups_dropped(tracker.config, new)
             tracker.config = new
             apply_trust(tracker.index, new)
             scraper.update_config(new)
+            for group in dropped:  # their series would stay in /metrics forever
+                tracker.metrics.remove_group(group)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
             for warning in new.warnings:
                 log_event(log, "warning", "config_warning", problem=warning)

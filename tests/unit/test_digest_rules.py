@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tracker.cache.store import digest_matches
+from tracker.cache.checked import digest_matches
 from tracker.core.digests import Digests, parse_sha256sum_line, repr_digest, sha256sum_line
 from tracker.core.index import TargetKey
 from tracker.core.rejections import PREFIX, Rejections

@@ -2,8 +2,13 @@
 
 :mod:`~tracker.cache.store` validates names and paths (nothing outside the cache directory is
 read or written) and keeps one refresher per file; :mod:`~tracker.cache.refresh` is that
-refresh (temp file, overlapping writes, fsync, atomic rename, eviction of older files of the
-same kind); :mod:`~tracker.cache.disk` holds the blocking disk helpers.
+refresh (overlapping or spliced writes, readers of the growing file, the archive check,
+promotion or removal), given its cache's disk operations and limits
+(:class:`~tracker.cache.disk.DiskOps`); :mod:`~tracker.cache.tempfile` the blocking steps at
+both ends of it (room and a temp file; fsync, atomic rename, eviction of older files of the
+same kind) and the kernel's writeback; :mod:`~tracker.cache.checked` which cached files passed
+their check, with their digests (restored at start-up or checked again);
+:mod:`~tracker.cache.disk` holds the blocking disk helpers.
 
 May import: :mod:`tracker.files`, :mod:`tracker.zerocopy`, :mod:`tracker.net`,
 :mod:`tracker.core`, :mod:`tracker.errors`.

@@ -14,8 +14,11 @@ import stat
 from collections.abc import Callable
 from typing import cast
 
+import attrs
+
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
+from tracker.zerocopy.kernelcopy import splice_to_file
 
 log = logging.getLogger("tracker.cache")
 
@@ -35,6 +38,25 @@ FreeSpace = Callable[[str], int]
 def disk_free(path: str) -> int:
     """Bytes an unprivileged writer may still use on the file system of ``path``."""
     return shutil.disk_usage(path).free
+
+
+@attrs.frozen
+class DiskOps:
+    """The disk operations and limits of a cache's refreshes, given to each
+    :class:`~tracker.cache.refresh.Refresh` (tests simulate a full, slow or failing disk
+    with them).
+
+    ``write`` writes a chunk, ``splice`` moves an upstream socket's bytes into the temp file,
+    ``sync`` is the temp file's fsync; ``min_free`` bytes stay free on top of a refresh's
+    announced length; ``writeback_every`` dirty bytes start the kernel's writeback.
+    """
+
+    free_space: FreeSpace = disk_free
+    write: Writer = os.pwrite
+    splice: Splicer = splice_to_file
+    sync: Callable[[int], None] = os.fsync
+    min_free: int = 0
+    writeback_every: int = WRITEBACK_EVERY
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:

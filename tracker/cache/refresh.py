@@ -5,7 +5,8 @@ See :mod:`tracker.cache.store` for the life cycle. Writes run in worker threads,
 (so that :meth:`Refresh.abort` may close the original meanwhile); ``written`` advances over
 the finished prefix, in order, and wakes readers of the growing file. An upstream body still
 whole in its socket is moved into the file by ``splice(2)`` instead (:meth:`Refresh.splice_from`):
-no byte of it passes through Python.
+no byte of it passes through Python. The blocking steps at both ends (room and the temp file;
+sync, rename, eviction) are :mod:`tracker.cache.tempfile`'s.
 """
 
 from __future__ import annotations
@@ -15,34 +16,20 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import outcome
 import trio
 
-from tracker.cache.disk import (
-    TEMP_PREFIX,
-    evict,
-    fsync_dir,
-    kind_of,
-    unlink,
-    write_all,
-    write_digest,
-    writeback_and_close,
-)
-from tracker.core.digests import sha256sum_line
-from tracker.core.logs import log_event
+from tracker.cache.disk import DiskOps, unlink, write_all
+from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.errors import CacheError, SourceFailed
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
-
-if TYPE_CHECKING:
-    from tracker.cache.store import Cache
 
 log = logging.getLogger("tracker.cache")
 
@@ -65,11 +52,47 @@ class _Write:
     background: Background[None] = attrs.field(init=False)
 
 
-class Refresh:
-    """One refresh of one cached file: temp file, writes, then promotion or removal."""
+class Registry(Protocol):
+    """What a refresh tells the cache that registered it (:class:`tracker.cache.store.Cache`)."""
 
-    def __init__(self, cache: Cache, group: str, name: str, final: str) -> None:
-        self.cache = cache
+    def reserved_besides(self, refresh: Refresh) -> int:
+        """Bytes the other running refreshes will still write."""
+        ...
+
+    def release(self, refresh: Refresh) -> None:
+        """``refresh`` ended: another may begin."""
+        ...
+
+    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
+        """``refresh`` was renamed into place (``sha256``: its digest when checked) and
+        ``evicted`` were removed to make it the only file of its kind."""
+        ...
+
+    def report_size(self) -> None:
+        """The cache's size may have changed."""
+        ...
+
+
+class Refresh:
+    """One refresh of one cached file: temp file, writes, then promotion or removal.
+
+    ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
+    with ``verify`` the archive is checked as it is written (:meth:`verify`).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ops: DiskOps,
+        group: str,
+        name: str,
+        final: str,
+        *,
+        verify: bool = False,
+    ) -> None:
+        self._registry = registry
+        self._ops = ops
+        self._verify = verify
         self.group = group
         self.name = name
         self.final = final
@@ -78,7 +101,7 @@ class Refresh:
         self.written = 0
         #: When the refresh began (Unix time): its rate is ``written`` over the time since.
         self.started_at = time.time()
-        self._flushed = 0  # bytes handed to the kernel's writeback so far
+        self._writeback = Writeback(ops.writeback_every)
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
         #: Set (by :meth:`verify`) once all ``size`` bytes are written, the upstream body was
@@ -98,7 +121,6 @@ class Refresh:
         self._writes: collections.deque[_Write] = collections.deque()
         self._queued = 0  # bytes handed to write threads so far
         self._write_error: OSError | None = None
-        self._writeback: Background[None] | None = None
         self._done = False
 
     @property
@@ -170,54 +192,25 @@ class Refresh:
         """
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
-        needed = size + self.cache._min_free + self.cache._reserved(self)
+        needed = size + self._ops.min_free + self._registry.reserved_besides(self)
         try:
             self._fd = await trio.to_thread.run_sync(self._prepare, needed)
         except BaseException:
             self.abort()
             raise
-        self.cache._report_size()  # stale files may have been evicted to make room
+        self._registry.report_size()  # stale files may have been evicted to make room
         if self._fd is None:
             self.abort()
             return False
-        if self.cache.verify:
+        if self._verify:
             self._check = FollowingCheck.start(self._fd, self.name)
             self._hold_back = HOLD_BACK
         return True
 
     def _prepare(self, needed: int) -> int | None:
-        directory = os.path.dirname(self.final)
-        free_space = self.cache._free_space
-        try:
-            os.makedirs(directory, exist_ok=True)
-            if free_space(directory) < needed:
-                evict(directory, self.name, kind_of(self.name))
-                if free_space(directory) < needed:
-                    self.no_space = True
-                    log_event(
-                        log,
-                        "warning",
-                        "cache_no_space",
-                        group=self.group,
-                        file=self.name,
-                        size=self.size,
-                    )
-                    return None
-            self.temp = os.path.join(directory, f"{TEMP_PREFIX}{self.name}.{secrets.token_hex(4)}")
-            # Read and write: the archive check reads the file through a duplicate.
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-            return os.open(self.temp, flags, 0o644)
-        except OSError as exc:
-            log_event(
-                log,
-                "error",
-                "cache_refresh_unwritable",
-                group=self.group,
-                file=self.name,
-                error=exc,
-            )
-            self.temp = ""
-            return None
+        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops)
+        self.temp, self.no_space = opened.temp, opened.no_space
+        return opened.fd
 
     async def write(self, data: bytes) -> None:
         """Append ``data`` to the temp file in a worker thread, overlapping the caller's next
@@ -231,7 +224,7 @@ class Refresh:
         self._raise_write_error()
         if self._fd is None:
             raise CacheError("refresh is not open")
-        self._start_writeback()
+        self._writeback.advance(self._fd, self.written)
         offset, self._queued = self._queued, self._queued + len(data)
         # The thread writes through its own descriptor: abort() may close ours meanwhile.
         fd = os.dup(self._fd)
@@ -271,7 +264,7 @@ class Refresh:
             src, fd = os.dup(sock.fileno()), os.dup(self._fd)
             try:
                 moved = await trio.to_thread.run_sync(
-                    self.cache._splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
+                    self._ops.splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno or errno.EIO)
@@ -288,22 +281,7 @@ class Refresh:
                 self.written = self._queued
                 self._notify()
             on_moved(moved)
-            self._start_writeback()
-
-    def _start_writeback(self) -> None:
-        """Every WRITEBACK_EVERY bytes written, ask the kernel to start writing them out.
-
-        Otherwise a whole archive stays dirty in the page cache for the final fsync (seconds
-        per GiB). In a thread of its own, one at a time: sync_file_range blocks while the
-        disk's queue is full, and the writes (the client's pace) must not wait for the disk.
-        """
-        if self.written - self._flushed < self.cache._writeback_every or self._fd is None:
-            return
-        if self._writeback is not None and not self._writeback.done():
-            return
-        fd, start, length = os.dup(self._fd), self._flushed, self.written - self._flushed
-        self._flushed = self.written
-        self._writeback = Background(partial(writeback_and_close, fd, start, length))
+            self._writeback.advance(self._fd, self.written)
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""
@@ -332,7 +310,7 @@ class Refresh:
 
     def _write_chunk(self, fd: int, data: bytes, offset: int) -> None:
         try:
-            write_all(self.cache._write, fd, data, offset)
+            write_all(self._ops.write, fd, data, offset)
         finally:
             os.close(fd)
 
@@ -351,45 +329,20 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
-            self.cache._promoted(self.group, self.name, self.sha256, evicted)
+            self._registry.promoted(self.group, self.name, self.sha256, evicted)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()
-            self.cache._report_size()
+            self._registry.report_size()
 
     def _promote(self, mtime: float | None) -> list[str]:
         """Sync, rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
-        try:
-            self.cache._sync(fd)
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-        finally:
-            os.close(fd)
-        directory = os.path.dirname(self.final)
-        os.replace(self.temp, self.final)
+        rename_into_place(fd, self.temp, self.final, mtime, self._ops)
         self.temp, self._done = "", True
-        if self.sha256:
-            # After the rename: the digest file's ctime is then never older than the
-            # archive's, which is how start-up knows the archive did not change since.
-            write_digest(self.final, sha256sum_line(self.sha256, self.name))
-        try:
-            fsync_dir(directory)  # makes the rename durable; the file is in place either way
-        except OSError as exc:
-            log_event(log, "warning", "cache_dir_fsync_failed", dir=directory, error=exc)
-        evicted = evict(directory, self.name, kind_of(self.name))
-        log_event(
-            log,
-            "info",
-            "cache_promoted",
-            group=self.group,
-            file=self.name,
-            size=self.written,
-            sha256=self.sha256 or None,
-        )
-        return evicted
+        return settle(self.final, self.group, self.name, self.written, self.sha256)
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers
@@ -406,6 +359,6 @@ class Refresh:
         if self.temp:
             unlink(self.temp)
             self.temp = ""
-        self.cache._release(self)
+        self._registry.release(self)
         self.ended.set()
         self._notify()

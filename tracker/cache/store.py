@@ -34,26 +34,24 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import (
     TEMP_PREFIX,
     WRITEBACK_EVERY,
+    DiskOps,
     FreeSpace,
     Splicer,
     Writer,
-    digest_path,
     disk_free,
     is_archive_entry,
-    read_digest,
     scan,
     unlink,
-    write_digest,
 )
 from tracker.cache.refresh import Refresh
-from tracker.core.digests import Digests, parse_sha256sum_line, sha256sum_line
+from tracker.core.digests import Digests
 from tracker.core.logs import log_event
 from tracker.core.snapshots import parse_archive_name
-from tracker.errors import ArchiveInvalid, RequestError
-from tracker.files.archivecheck import FollowingCheck
+from tracker.errors import RequestError
 from tracker.zerocopy.kernelcopy import splice_to_file
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
@@ -105,8 +103,9 @@ class Cache:
     With ``verify`` (the service sets it from ``verify_archives``, on by default) every
     archive is checked before it is promoted (:meth:`Refresh.verify`), and a cached file is
     a hit only while its digest is known: restored at start-up from the ``.{name}.sha256``
-    file beside it when that still describes it (:func:`digest_matches`), else checked again
-    first (:meth:`recheck`).
+    file beside it when that still describes it
+    (:func:`~tracker.cache.checked.digest_matches`), else checked again first
+    (:meth:`recheck`; :class:`~tracker.cache.checked.CheckedFiles` keeps them).
     ``digests`` is told every digest known and every one gone; ``on_rejected(group, name,
     reason)`` every cached file that failed its check again and was removed.
     """
@@ -129,21 +128,12 @@ class Cache:
         if not os.path.isabs(root):
             raise ValueError(f"cache root must be absolute: {root!r}")
         self.root = os.path.realpath(root)
-        self._free_space = free_space
-        self._write = write
-        self._splice = splice
-        self._sync = sync
-        self._min_free = min_free
+        #: What every refresh of this cache writes with, and the limits it keeps.
+        self.ops = DiskOps(free_space, write, splice, sync, min_free, writeback_every)
         self._on_size = on_size
-        self._writeback_every = writeback_every
         self._refreshing: dict[tuple[str, str], Refresh] = {}
-        self.verify = verify
-        self._digests = digests if digests is not None else Digests()
-        self._on_rejected = on_rejected
-        #: Digest and inode of each cached file that passed its check.
-        self._checked: dict[tuple[str, str], tuple[str, int]] = {}
-        #: Cached files found at start-up without a digest that still describes them.
-        self._unchecked: list[tuple[str, str]] = []
+        #: Which cached files passed their check (``verify``), with their digests.
+        self.checked = CheckedFiles(verify, digests, on_rejected)
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -190,34 +180,33 @@ class Cache:
         on_rejected: Callable[[str, str, str], None] | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc); before :meth:`startup_cleanup`."""
-        self.verify, self._digests, self._on_rejected = verify, digests, on_rejected
+        self.checked = CheckedFiles(verify, digests, on_rejected)
+
+    @property
+    def verify(self) -> bool:
+        """True when archives are checked before they are promoted or served."""
+        return self.checked.verify
 
     def servable(self, group: str, name: str) -> bool:
         """True unless archives are verified and ``name``'s cached copy is not (yet)."""
-        return not self.verify or (group, name) in self._checked
+        return self.checked.servable(group, name)
 
     def digest(self, group: str, name: str) -> str | None:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
-        checked = self._checked.get((group, name))
-        return checked[0] if checked is not None else None
+        return self.checked.digest(group, name)
 
-    def _promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
-        """A refresh was promoted (and evicted ``evicted``): digests follow."""
+    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
+        """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow."""
+        ino = 0
         if sha256:
-            try:
+            with contextlib.suppress(OSError, RequestError):
                 ino = os.stat(self.path_for(group, name)).st_ino
-            except (OSError, RequestError):
-                ino = 0
-            self._checked[(group, name)] = (sha256, ino)
-            self._digests.put("cache", group, name, sha256)
-        else:
-            self._forget(group, name)
-        for other in evicted:
-            self._forget(group, other)
+        self.checked.promoted(group, name, sha256, ino, evicted)
 
-    def _forget(self, group: str, name: str) -> None:
-        if self._checked.pop((group, name), None) is not None:
-            self._digests.drop("cache", group, name)
+    async def recheck(self) -> None:
+        """Check the cached files start-up found without a digest that still describes them
+        (:meth:`CheckedFiles.recheck`). Cancellation stops it."""
+        await self.checked.recheck(self.path_for, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:
         """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all
@@ -280,85 +269,11 @@ class Cache:
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX) and unlink(entry.path):
                     removed += 1
-            self._restore_digests(group.name, entries)
+            self.checked.restore(group.path, group.name, entries)
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)
-        self._report_size()
+        self.report_size()
         return removed
-
-    def _restore_digests(self, group: str, entries: list[os.DirEntry[str]]) -> None:
-        """Take the digest of each cached archive of ``group`` from the file beside it when
-        that still describes it; list the others for :meth:`recheck`. Digest files of
-        archives that are gone are removed."""
-        archives = {e.name for e in entries if is_archive_entry(e)}
-        for entry in entries:
-            if _orphan_digest(entry.name, archives):
-                unlink(entry.path)
-        if not self.verify:
-            return
-        for name in sorted(archives):
-            path = os.path.join(self.root, group, name)
-            restored = _restored_digest(path, name)
-            if restored is None:
-                self._unchecked.append((group, name))
-                continue
-            self._checked[(group, name)] = restored
-            self._digests.put("cache", group, name, restored[0])
-
-    async def recheck(self) -> None:
-        """Check, one after another, the cached files start-up found without a digest that
-        still describes them: a file that passes is a hit from then on (its digest file
-        written), one that fails is removed. Cancellation stops it (the rest stay unchecked).
-        """
-        while self._unchecked:
-            group, name = self._unchecked.pop(0)
-            try:
-                path = self.path_for(group, name)
-            except RequestError:
-                continue
-            await self._recheck_one(group, name, path)
-
-    async def _recheck_one(self, group: str, name: str, path: str) -> None:
-        try:
-            fd, st = await trio.to_thread.run_sync(_open_regular, path)
-        except OSError:
-            return  # gone meanwhile
-        try:
-            check = FollowingCheck.start(fd, name)
-        finally:
-            os.close(fd)  # the check reads through its own duplicate
-        check.finish(st.st_size)
-        try:
-            sha256 = await check.result()
-        except OSError as exc:
-            log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
-            return  # unreadable: stays unchecked (never a hit), nothing removed
-        except ArchiveInvalid as exc:
-            await trio.to_thread.run_sync(_unlink_if_same, path, st.st_ino)
-            log_event(
-                log,
-                "warning",
-                "archive_rejected",
-                group=group,
-                file=name,
-                source="cache",
-                reason=exc.reason,
-            )
-            if self._on_rejected is not None:
-                self._on_rejected(group, name, exc.reason)
-            self._report_size()
-            return
-        finally:
-            check.cancel()  # no-op once it ended; stops it when this task is cancelled
-        if (group, name) in self._checked:
-            return  # a refresh promoted a copy meanwhile: its digest stands
-        try:
-            await trio.to_thread.run_sync(write_digest, path, sha256sum_line(sha256, name))
-        except OSError as exc:
-            log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
-        self._checked[(group, name)] = (sha256, st.st_ino)
-        self._digests.put("cache", group, name, sha256)
-        log_event(log, "info", "cache_rechecked", group=group, file=name, sha256=sha256)
 
     def total_size(self) -> int:
         """Bytes of archives in the cache (temp files excluded)."""
@@ -370,7 +285,8 @@ class Cache:
                         total += entry.stat(follow_symlinks=False).st_size
         return total
 
-    def _report_size(self) -> None:
+    def report_size(self) -> None:
+        """Tell ``on_size`` the bytes of archives cached now (after a change)."""
         if self._on_size is not None:
             # A file vanishing under the scan raises OSError; the next change reports again.
             with contextlib.suppress(OSError):
@@ -387,66 +303,18 @@ class Cache:
         key = (group, name)
         if key in self._refreshing:
             return None
-        refresh = Refresh(self, group, name, self.path_for(group, name))
+        refresh = Refresh(
+            self, self.ops, group, name, self.path_for(group, name), verify=self.verify
+        )
         self._refreshing[key] = refresh
         return refresh
 
-    def _release(self, refresh: Refresh) -> None:
+    def release(self, refresh: Refresh) -> None:
+        """``refresh`` ended (:meth:`Refresh.abort`): the file may be refreshed again."""
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
 
-    def _reserved(self, exclude: Refresh) -> int:
+    def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
-        return sum(r.remaining for r in self._refreshing.values() if r is not exclude)
-
-
-def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:
-    """True when a digest file still describes the archive beside it: it carries the
-    archive's mtime, and it was changed (written) after the archive last was. A write,
-    truncation or replacement of the archive moves its ctime past the digest file's, and
-    ctime cannot be set back from user space."""
-    return digest.st_mtime_ns == archive.st_mtime_ns and digest.st_ctime_ns >= archive.st_ctime_ns
-
-
-def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
-    """The digest and inode of the archive at ``path`` from its digest file, or None."""
-    try:
-        archive = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    found = read_digest(path)
-    if found is None or not digest_matches(archive, found[1]):
-        return None
-    hex_digest = parse_sha256sum_line(found[0], name)
-    return None if hex_digest is None else (hex_digest, archive.st_ino)
-
-
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"not a regular file: {path}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def _unlink_if_same(path: str, ino: int) -> None:
-    """Remove the archive at ``path`` (and its digest file) if it is still inode ``ino``."""
-    try:
-        if os.stat(path, follow_symlinks=False).st_ino != ino:
-            return
-    except OSError:
-        return
-    unlink(path)
-    unlink(digest_path(path))
-
-
-def _orphan_digest(file_name: str, archives: set[str]) -> bool:
-    """True for a digest file (``.{name}.sha256``) whose archive is not in ``archives``."""
-    if file_name.startswith(TEMP_PREFIX) or not file_name.startswith("."):
-        return False
-    return file_name.endswith(".sha256") and file_name[1 : -len(".sha256")] not in archives
+        return sum(r.remaining for r in self._refreshing.values() if r is not refresh)

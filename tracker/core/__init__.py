@@ -11,7 +11,9 @@ URL redaction (:mod:`~tracker.core.redact`), single-value checks
 (:mod:`~tracker.core.snapshots`), the ranked in-memory index (:mod:`~tracker.core.index`),
 the Prometheus collectors (:mod:`~tracker.core.metrics`), structured log lines
 (:mod:`~tracker.core.logs`), short texts for one-line reasons (:mod:`~tracker.core.text`) and
-the strict parsers every module uses on network input (:mod:`~tracker.core.untrusted`).
+the strict parsers every module uses on network input (:mod:`~tracker.core.untrusted`), the
+one ``Content-Range`` parser (:mod:`~tracker.core.contentrange`) and the one rule of when two
+answers are the same file (:mod:`~tracker.core.samefile`).
 
 May import: :mod:`tracker.errors` and third-party libraries only (the import-linter contract
 in pyproject.toml checks it). No trio, no sockets: everything here is synchronous.

@@ -13,7 +13,7 @@ there share one series.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Literal, get_args
 
 from prometheus_client import (
@@ -320,18 +320,26 @@ class Metrics:
             self.best_incremental_slot,
             self.snapshot_age_slots,
         ):
-            gauge.remove(group)
+            _remove(gauge, group)
         for kind in get_args(Kind):
-            self.upstream_bytes.remove(group, kind)
-        self.source_failures.remove(group)
+            _remove(self.upstream_bytes, group, kind)
+        for per_group in (self.source_failures, self.archives_rejected):
+            _remove(per_group, group)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric: ``(body, content type)``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    """Drop one series; one that does not exist is no error (prometheus-client before 0.22
+    raised KeyError for it)."""
+    with suppress(KeyError):
+        metric.remove(*labels)
+
+
 def _set_or_remove(gauge: Gauge, group: str, value: int | None) -> None:
     if value is None:
-        gauge.remove(group)
+        _remove(gauge, group)
     else:
         gauge.labels(group).set(value)

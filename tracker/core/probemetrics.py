@@ -18,12 +18,10 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import metrics as client_metrics
+from prometheus_client import Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-
-LABELS = ("group", "target")
 
 
 class ProbeSeries(Collector):
@@ -82,8 +80,7 @@ class ProbeSeries(Collector):
         """The two metric families, in the order the series were created."""
         with self._lock:
             series = [(labels, values.tolist()) for labels, values in self._series.items()]
-        # prometheus_client.disable_created_metrics() turns ``_created`` off for every metric.
-        created = getattr(client_metrics, "_use_created", True)
+        created = created_series()
         duration = Metric(*self._duration, "histogram")
         errors = Metric(*self._errors, "counter")
         for (group, target), values in series:
@@ -106,3 +103,11 @@ class ProbeSeries(Collector):
         metric.add_sample(metric.name + "_sum", labels, values[self._sum])
         if created:
             metric.add_sample(metric.name + "_created", labels, values[self._sum + 2])
+
+
+def created_series() -> bool:
+    """True when prometheus_client writes ``_created`` series (``disable_created_metrics()``
+    and ``PROMETHEUS_DISABLE_CREATED_SERIES`` turn them off for every metric): asked of an
+    unregistered counter through the public ``collect()``, so that these series follow it."""
+    probe = Counter("created_probe", "", registry=None)
+    return any(s.name.endswith("_created") for m in probe.collect() for s in m.samples)

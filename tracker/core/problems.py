@@ -21,6 +21,7 @@ from cattrs.errors import (
 
 from tracker.core.config import TLSConfig
 from tracker.core.redact import redact_text
+from tracker.errors import FieldProblems
 
 #: A key path: attribute names and list indexes.
 Path = tuple[str | int, ...]
@@ -34,16 +35,13 @@ TLS_GO_KEYS = {
 }
 
 
-class Problems(Exception):
-    """Problems found across the fields of one object, each with a path relative to it."""
-
-    def __init__(self, problems: list[tuple[Path, str]]) -> None:
-        super().__init__("; ".join(message for _, message in problems))
-        self.problems = problems
+#: Problems found across the fields of one object, each with a path relative to it (the
+#: exception lives in the one tree, tracker.errors; this is the name the loading raises).
+Problems = FieldProblems
 
 
 def raise_problems(problems: list[tuple[Path, str]]) -> None:
-    """Raise :class:`Problems` when there are any."""
+    """Raise :class:`~tracker.errors.FieldProblems` when there are any."""
     if problems:
         raise Problems(problems)
 
@@ -57,7 +55,7 @@ def flatten(exc: BaseException, path: Path) -> list[tuple[Path, str]]:
     if isinstance(exc, ForbiddenExtraKeysError):
         keys = sorted(str(key) for key in exc.extra_fields)
         return [((*path, key), _unknown_key(key, exc.cl)) for key in keys]
-    if isinstance(exc, Problems):
+    if isinstance(exc, FieldProblems):
         return [(path + sub, message) for sub, message in exc.problems]
     if isinstance(exc, KeyError):
         return [(path, "required key missing")]

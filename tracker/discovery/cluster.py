@@ -20,8 +20,9 @@ from tracker.core.config import ClusterDiscovery
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.discovery.nodes import parse_answer
-from tracker.errors import ProbeError
-from tracker.net.limits import read_capped, status_reason, transport_reason
+from tracker.errors import ProbeError, TransportError
+from tracker.net.exchange import stream
+from tracker.net.limits import read_capped, status_reason
 
 #: The biggest getClusterNodes answer read (mainnet's is about 2 MB for 5,000 nodes).
 MAX_ANSWER = 32 * 1024 * 1024
@@ -75,9 +76,9 @@ async def cluster_targets(
 async def _ask(client: httpx.AsyncClient, url: str, max_answer: int) -> bytearray:
     headers = {"accept-encoding": "identity", "content-type": "application/json"}
     try:
-        async with client.stream("POST", url, json=_REQUEST, headers=headers) as response:
+        async with stream(client, "POST", url, json=_REQUEST, headers=headers) as response:
             if response.status_code != 200:
                 raise ProbeError(status_reason(response))
             return await read_capped(response, max_answer)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise ProbeError(transport_reason(exc)) from exc
+    except TransportError as exc:
+        raise ProbeError(str(exc)) from exc

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Protocol
 
 import attrs
 import httpx
@@ -28,27 +27,19 @@ import trio
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.text import quoted
 from tracker.core.untrusted import ascii_digits
-from tracker.errors import EgressRefused, ProbeError
+from tracker.errors import EgressRefused, ProbeError, TransportError
 from tracker.net.clients import origin
 from tracker.net.egress import EgressPolicy, Resolver, checked_addresses, resolve
-from tracker.net.limits import NO_HEADERS, status_reason, transport_reason
+from tracker.net.exchange import Heads, head, join_url, parse_url
+from tracker.net.limits import NO_HEADERS, status_reason
+
+__all__ = ["Heads", "SizeMemo", "probe_http"]
 
 FULL_ALIAS = "snapshot.tar.bz2"
 INCREMENTAL_ALIAS = "incremental-snapshot.tar.bz2"
 
 # Statuses that mean "no snapshot of this kind" (the validator answers 404, sidecars 202).
 _NONE = (202, 404)
-
-
-class Heads(Protocol):
-    """What a probe needs of an HTTP client: ``HEAD`` without following redirects
-    (``httpx.AsyncClient``, or the leaner :class:`tracker.zerocopy.transport.HeadClient`)."""
-
-    async def head(
-        self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool
-    ) -> httpx.Response:
-        """The answer's status and headers."""
-        ...
 
 
 class SizeMemo:
@@ -137,8 +128,8 @@ async def probe_http(
 
 def _target_url(url: str) -> httpx.URL:
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parsed = parse_url(url)
+    except TransportError as exc:
         raise ProbeError(f"invalid target URL: {exc}") from exc
     # The URL itself stays out of the reason: it may carry an API key; the target names it.
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -185,9 +176,9 @@ async def _head_alias(
     # (an RPC provider's API key, say) is kept.
     request_url = base.copy_with(path=base.path.rstrip("/") + "/" + alias)
     try:
-        response = await client.head(request_url, headers=headers, follow_redirects=False)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise ProbeError(f"{alias}: {transport_reason(exc)}") from exc
+        response = await head(client, request_url, headers)
+    except TransportError as exc:
+        raise ProbeError(f"{alias}: {exc}") from exc
     if response.status_code in _NONE:
         return None
     location = response.headers.get("location")
@@ -214,8 +205,8 @@ async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: S
         return known
     size = 0
     try:
-        response = await client.head(url, headers=headers, follow_redirects=False)
-    except (httpx.HTTPError, httpx.InvalidURL):
+        response = await head(client, url, headers)
+    except TransportError:
         return 0  # asked again at the next scrape: a transient failure is not remembered
     length = ascii_digits(response.headers.get("content-length", "").strip(), max_digits=19)
     if response.status_code == 200 and length is not None:
@@ -227,8 +218,8 @@ async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: S
 def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFile:
     """The archive a ``Location`` names, checked to be of the kind the alias asks for."""
     try:
-        target = request_url.join(location).copy_with(fragment=None)
-    except httpx.InvalidURL as exc:
+        target = join_url(request_url, location)
+    except TransportError as exc:
         raise ProbeError(f"{alias}: invalid Location {quoted(location)}") from exc
     name = parse_archive_name(target.path.rsplit("/", 1)[-1])
     if target.scheme not in ("http", "https") or not target.host or name is None:

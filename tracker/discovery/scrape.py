@@ -66,7 +66,6 @@ class Scraper:
         self.on_round = on_round
         self.on_probe = on_probe
         self.config = config
-        self.rounds = 0
         self._roster = Roster()
         self._results = ResultBatches(index, self._roster.touch)
         self._probes = Probes(config, resolver)
@@ -134,7 +133,6 @@ class Scraper:
                     await trio.sleep_until(begun + number * spacing)
                     number += 1
                 nursery.start_soon(self._probe_one, self.health[target.key], limiter)
-        self.rounds += 1
 
     def _spacing(self, count: int) -> float:
         """Seconds between two starts of ``count`` discovered nodes' probes: 0 (all at once,

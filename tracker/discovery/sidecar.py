@@ -39,10 +39,6 @@ _RFC3339 = re.compile(
 )
 
 
-class _Invalid(Exception):
-    """One field of an entry is invalid; ``str`` is ``path: reason``."""
-
-
 async def probe_sidecar(
     client: httpx.AsyncClient,
     base_url: str,
@@ -78,7 +74,7 @@ def parse_snapshot_list(text: str, base_url: str, *, max_entries: int) -> list[S
     for index, raw in enumerate(iter_json_array(text, max_items=max_entries)):
         try:
             infos.append(_info(raw, base_url))
-        except _Invalid as exc:
+        except ProbeError as exc:  # one field of the entry: ``path: reason``
             raise ProbeError(f"entry {index}: {exc}") from None
     return infos
 
@@ -91,9 +87,9 @@ def _info(raw: object, base_url: str) -> SnapshotInfo:
     _u64(obj, "size", "", required=False)  # type-checked only: recomputed from the files
     raw_files = obj.get("files")
     if not isinstance(raw_files, list) or not raw_files:
-        raise _Invalid(f"files: not a non-empty array: {quoted(raw_files)}")
+        raise ProbeError(f"files: not a non-empty array: {quoted(raw_files)}")
     if len(raw_files) > 2:
-        raise _Invalid(f"files: {len(raw_files)} files, a chain has at most 2")
+        raise ProbeError(f"files: {len(raw_files)} files, a chain has at most 2")
     files = [_file(f, f"files[{i}].", base_url) for i, f in enumerate(raw_files)]
     return _chain(files, slot, base_slot, hash_)
 
@@ -102,12 +98,12 @@ def _chain(files: list[SnapshotFile], slot: int, base_slot: int, hash_: str) -> 
     """The info whose head is the file the entry describes; the rest must be its full."""
     heads = [f for f in files if _is_head(f.name, slot, base_slot, hash_)]
     if len(heads) != 1:
-        raise _Invalid("files: no file is the entry's snapshot (slot, base_slot, hash)")
+        raise ProbeError("files: no file is the entry's snapshot (slot, base_slot, hash)")
     head = heads[0]
     rest = [f for f in files if f is not head]
     for other in rest:
         if head.name.is_full or not other.name.is_full or other.name.slot != head.name.base_slot:
-            raise _Invalid(f"files: {other.file_name} is not the full snapshot at the base slot")
+            raise ProbeError(f"files: {other.file_name} is not the full snapshot at the base slot")
     return info_from_files([head, *rest])
 
 
@@ -128,10 +124,10 @@ def _file(raw: object, where: str, base_url: str) -> SnapshotFile:
     name_text = _text(obj, "file_name", where)
     name = parse_archive_name(name_text)
     if name is None:
-        raise _Invalid(f"{where}file_name: not a snapshot archive name: {quoted(name_text)}")
+        raise ProbeError(f"{where}file_name: not a snapshot archive name: {quoted(name_text)}")
     if name != fields:
         reason = f"{quoted(name_text)} disagrees with slot/base_slot/hash/ext"
-        raise _Invalid(f"{where}file_name: {reason}")
+        raise ProbeError(f"{where}file_name: {reason}")
     return SnapshotFile(
         name=name,
         file_name=name_text,
@@ -144,7 +140,7 @@ def _file(raw: object, where: str, base_url: str) -> SnapshotFile:
 def _object(value: object, label: str) -> dict[str, object]:
     if not isinstance(value, dict):
         prefix = f"{label}: " if label else ""
-        raise _Invalid(f"{prefix}not a JSON object: {quoted(value)}")
+        raise ProbeError(f"{prefix}not a JSON object: {quoted(value)}")
     return value
 
 
@@ -154,21 +150,21 @@ def _u64(obj: dict[str, object], key: str, where: str, *, required: bool = True)
         return 0
     # bool is a subclass of int: ``true`` must not pass as slot 1.
     if type(value) is not int or not 0 <= value <= U64_MAX:
-        raise _Invalid(f"{where}{key}: not an unsigned 64-bit integer: {quoted(value)}")
+        raise ProbeError(f"{where}{key}: not an unsigned 64-bit integer: {quoted(value)}")
     return value
 
 
 def _text(obj: dict[str, object], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
-        raise _Invalid(f"{where}{key}: not a string: {quoted(value)}")
+        raise ProbeError(f"{where}{key}: not a string: {quoted(value)}")
     return value
 
 
 def _hash(obj: dict[str, object], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not is_valid_hash(value):
-        raise _Invalid(f"{where}{key}: not a base58 32-byte hash: {quoted(value)}")
+        raise ProbeError(f"{where}{key}: not a base58 32-byte hash: {quoted(value)}")
     return value
 
 
@@ -181,4 +177,4 @@ def _time(obj: dict[str, object], key: str, where: str) -> datetime | None:
             return datetime.fromisoformat(value.upper()).astimezone(UTC)
         except ValueError:
             pass  # well-formed but impossible, e.g. month 13
-    raise _Invalid(f"{where}{key}: not an RFC 3339 time: {quoted(value)}")
+    raise ProbeError(f"{where}{key}: not an RFC 3339 time: {quoted(value)}")

@@ -4,7 +4,9 @@ ledger").
 ``run`` orchestrates; ``listing`` reads what is on offer (the tracker's JSON, or validators'
 aliases); ``plan`` decides what to download; ``download`` moves one archive with parallel
 ``Range`` requests over the sources proven to hold the same bytes, and checks it before the
-rename into the ledger; ``pieces`` is the pure
+rename into the ledger, with ``sources`` (what each URL offers, the checks of every answer,
+the comparison of samples), ``workers`` (the connections that move the bytes, the state
+file's saves) and ``settings`` (the tunables); ``pieces`` is the pure
 bookkeeping of who fetches which bytes; ``state`` the resumable state file; ``progress`` the
 bar or log lines.
 """

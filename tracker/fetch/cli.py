@@ -12,8 +12,8 @@ from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
 from tracker.core.values import parse_duration, parse_size
 from tracker.errors import FetchError
-from tracker.fetch.download import FetchSettings
 from tracker.fetch.run import FetchOptions, os_reason, run_fetch
+from tracker.fetch.settings import FetchSettings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

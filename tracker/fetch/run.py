@@ -22,10 +22,11 @@ from tracker.core.snapshots import SnapshotInfo, parse_archive_name
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
-from tracker.fetch.download import FetchSettings, Result, download
+from tracker.fetch.download import Result, download
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
 from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
+from tracker.fetch.settings import FetchSettings
 from tracker.net.clients import no_cookies
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 

@@ -20,6 +20,7 @@ import stat
 
 import attrs
 
+from tracker.core.samefile import Sameness, Validators, sameness
 from tracker.fetch.pieces import intersect
 
 #: The longest state file read back (a state is a few hundred bytes).
@@ -34,17 +35,18 @@ class Identity:
     etag: str = ""
     last_modified: str = ""
 
+    @property
+    def validators(self) -> Validators:
+        """The validators the file was sent with."""
+        return Validators(self.etag, self.last_modified)
+
     def same_file(self, other: Identity) -> bool:
-        """True when ``other`` is provably this file: same size, and a validator that both
-        have is equal (a strong ``ETag`` first, else ``Last-Modified``); with no validator
-        in common they are not provably the same."""
-        if self.size != other.size:
-            return False
-        if self.etag and other.etag and not self.etag.startswith("W/"):
-            return self.etag == other.etag
-        if self.last_modified and other.last_modified:
-            return self.last_modified == other.last_modified
-        return False
+        """True when ``other`` is provably this file: the same size, and validators that
+        prove it (:func:`tracker.core.samefile.sameness`); with no validator in common they
+        are not provably the same."""
+        return self.size == other.size and (
+            sameness(self.validators, other.validators) is Sameness.SAME
+        )
 
 
 @attrs.frozen

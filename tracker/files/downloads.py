@@ -59,7 +59,8 @@ class DownloadSlots:
             self.taken += 1
         return Slot(self)
 
-    def _release(self) -> None:
+    def give_back(self) -> None:
+        """One slot is free again (called once per slot, by :class:`Slot`)."""
         with self._lock:
             self.taken -= 1
 
@@ -69,7 +70,7 @@ class Slot:
     slot is collected (an answer dropped before its body started, DESIGN trap 4)."""
 
     def __init__(self, slots: DownloadSlots) -> None:
-        self._finalizer = weakref.finalize(self, slots._release)
+        self._finalizer = weakref.finalize(self, slots.give_back)
 
     def release(self) -> None:
         """Give the slot back (idempotent)."""

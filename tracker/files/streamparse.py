@@ -10,14 +10,18 @@ A parser is a generator that yields *requests* and is sent the answers:
 
 :class:`Feeder` drives one parser with the chunks of a stream. At the end of the stream
 (:meth:`Feeder.finish`) a parser waiting anywhere but at a boundary is sent
-:class:`EndOfInput`, which it turns into its own one-line reason. The tar walk and the zstd
-framing (``tracker.files.tarwalk``, ``tracker.files.decoders``) are such parsers.
+:class:`~tracker.errors.EndOfInput`, which it turns into its own one-line reason. The tar
+walk and the zstd framing (``tracker.files.tarwalk``, ``tracker.files.decoders``) are such parsers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from typing import Any, TypeAlias, TypeVar
+
+from tracker.errors import EndOfInput
+
+__all__ = ["MARK", "REST", "EndOfInput", "Feeder", "Parser", "ParserOf", "Request"]
 
 T = TypeVar("T")
 #: A parser's request: bytes to read (> 0), to skip (< 0), a boundary (MARK) or REST.
@@ -28,15 +32,6 @@ Parser: TypeAlias = ParserOf[None]
 
 MARK: Request = 0
 REST: Request = None
-
-
-class EndOfInput(Exception):
-    """Thrown into a parser when the stream ends while it still wants bytes; ``at`` is the
-    stream's length (every byte the parser was given, including a partial read)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        super().__init__(f"stream ends at byte {at}")
 
 
 class Feeder:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
-import socket
-import ssl
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from types import MappingProxyType
 
@@ -22,6 +19,7 @@ import httpx
 from tracker.core.text import one_line, quoted
 from tracker.core.untrusted import JSON_ERRORS, ascii_digits, json_reason, reject_constant
 from tracker.errors import ProbeError
+from tracker.net.exchange import HTTPX_ERRORS, transport_reason
 
 #: Default for the ``headers`` parameter of the probes (an immutable empty mapping).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -32,49 +30,6 @@ NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 MAX_ELEMENT_CHARS = 16 * 1024
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-def transport_reason(exc: Exception) -> str:
-    """One line saying why an httpx request failed (connect, TLS, timeout, protocol)."""
-    root = _root_cause(exc)
-    if isinstance(root, ssl.SSLError):
-        return one_line(f"TLS handshake failed: {root}")
-    if isinstance(exc, httpx.TimeoutException):
-        kind = type(exc).__name__.replace("Timeout", "").lower() or "request"
-        return f"{kind} timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return one_line(f"cannot connect: {_os_reason(root) or exc}")
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return one_line(f"malformed HTTP answer: {exc}")
-    if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        return one_line(f"connection broken: {str(exc) or type(root).__name__}")
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return one_line(f"invalid URL: {exc}")
-    return one_line(f"{type(exc).__name__}: {exc}")
-
-
-def _os_reason(exc: BaseException) -> str:
-    """``Connection refused`` rather than trio's ``Error connecting to (...): ...``."""
-    if not isinstance(exc, OSError):
-        return ""
-    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-        return os.strerror(exc.errno)
-    return str(exc.strerror or "")
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost cause of ``exc``, descending into the first member of exception groups."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-            continue
-        nxt = exc.__cause__ or exc.__context__
-        if nxt is None:
-            break
-        exc = nxt
-    return exc
 
 
 #: Errors of this process running out of something (descriptors, memory, buffers), not of
@@ -120,8 +75,9 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> bytearray:
 
     The response must come from ``client.stream(...)``; closing it (the caller's ``async
     with``) drops the connection rather than draining the rest. Raises :class:`ProbeError`
-    for a body that is too large or compressed; httpx errors while reading propagate for the
-    caller to translate. Cancellation propagates.
+    for a body that is too large or compressed; httpx errors while reading propagate (read it
+    inside :func:`tracker.net.exchange.stream`: they come out as TransportError).
+    Cancellation propagates.
     """
     _check_body_headers(response, max_bytes)
     body = bytearray()
@@ -330,7 +286,7 @@ async def fetch_capped(
             if response.status_code != 200:
                 raise ProbeError(await _unexpected(response))
             return await read_capped(response, max_body)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    except HTTPX_ERRORS as exc:
         raise ProbeError(transport_reason(exc)) from exc
 
 

@@ -1,7 +1,8 @@
-"""The S3 client of the object-store tier and the store's health.
+"""The bucket of the object-store tier: every call the tracker makes to the store.
 
 boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so every call
-runs in a worker thread, at most :data:`THREADS` at once per bucket, each bounded by the
+runs in a worker thread, at most :data:`~tracker.objectstore.clients.THREADS` at once per
+bucket, each bounded by the
 client's connect and read timeouts and a single attempt more on a transient error. Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
 a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
@@ -12,141 +13,48 @@ Why boto3: the reference S3 client, thread-safe clients, conditional writes
 clients (aiobotocore) do not run under trio.
 
 Every failure becomes a :class:`~tracker.errors.StoreError` with one line naming the operation
-and the store's answer; credentials never appear in it. :class:`StoreHealth` records whether
+and the store's answer; credentials never appear in it.
+:class:`~tracker.objectstore.health.StoreHealth` records whether
 the store answered the last call: a store that is down is not asked on the request path; only
 the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
-requests do not each wait for its timeouts.
+requests do not each wait for its timeouts. The clients are
+:mod:`tracker.objectstore.clients`', what the store answers :mod:`tracker.objectstore.answers`.
 """
 
 from __future__ import annotations
 
-import copy
-import email.utils
-import logging
 import math
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
-import boto3
 import botocore.exceptions
 import trio
-from botocore.config import Config as BotoConfig
 
 from tracker.core.config import ObjectStore
-from tracker.core.logs import log_event
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-log = logging.getLogger("tracker.objectstore")
+from tracker.objectstore.answers import (
+    ObjectInfo,
+    UploadInfo,
+    aware,
+    listed,
+    store_time,
+    uploads,
+)
+from tracker.objectstore.clients import BucketClients
+from tracker.objectstore.health import StoreHealth
 
 _T = TypeVar("_T")
 
-#: Worker threads per bucket (the client's connection pool has as many connections).
-THREADS = 16
-CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0
 #: Objects listed at most (start-up, retention): far more than a prefix ever holds.
 MAX_LISTED = 100_000
 #: Answers that mean "the store works, this object is not there / not as asked".
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload", "InvalidRange"})
 _CONFLICT = frozenset({"412", "409", "PreconditionFailed", "ConditionalRequestConflict"})
-
-
-@attrs.frozen
-class ObjectInfo:
-    """What the store says of one object."""
-
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime
-    metadata: dict[str, str] = attrs.Factory(dict)
-
-
-@attrs.frozen
-class UploadInfo:
-    """An incomplete multipart upload."""
-
-    key: str
-    upload_id: str
-    initiated: datetime
-
-
-@attrs.define
-class StoreHealth:
-    """Whether the store answered its last call; read by the status and metrics.
-
-    ``reads_proven``: a GET of an object's bytes worked since the store last failed. A store
-    that comes back may answer its metadata (the bucket, HEAD, small writes) before it can
-    serve stored bytes (SeaweedFS answers such GETs 500 until its volume servers have
-    registered again), so presigned URLs are handed out only once a real GET worked.
-    """
-
-    up: bool = True
-    last_error: str = ""
-    on_change: Callable[[bool], None] | None = None
-    reads_proven: bool = False
-
-    def usable(self) -> bool:
-        """True when requests may ask the store (it is up; while it is down only the health
-        watcher asks it, and its answer brings it back)."""
-        return self.up
-
-    def answered(self) -> None:
-        if not self.up:
-            log_event(log, "info", "object_store_up")
-        self._set(True)
-
-    def failed(self, reason: str) -> None:
-        if self.up:
-            log_event(log, "warning", "object_store_down", reason=reason)
-        self.last_error = reason
-        self.reads_proven = False
-        self._set(False)
-
-    def read_worked(self) -> None:
-        """A GET of an object's bytes worked."""
-        self.answered()
-        self.reads_proven = True
-
-    def _set(self, up: bool) -> None:
-        changed = up != self.up
-        self.up = up
-        if changed and self.on_change is not None:
-            self.on_change(up)
-
-
-def make_client(store: ObjectStore, endpoint: str, *, timeout: float | None = None) -> S3Client:
-    """A boto3 S3 client for ``endpoint`` ("" = AWS) with ``store``'s credentials and style;
-    with ``timeout``, one attempt per call with that connect and read timeout."""
-    config = BotoConfig(
-        signature_version="s3v4",
-        s3={"addressing_style": "virtual" if store.addressing_style == "virtual" else "path"},
-        connect_timeout=CONNECT_TIMEOUT if timeout is None else timeout,
-        read_timeout=READ_TIMEOUT if timeout is None else timeout,
-        retries={"max_attempts": 2 if timeout is None else 1, "mode": "standard"},
-        max_pool_connections=THREADS,
-        # boto3 >= 1.36 adds CRC checksums to uploads; not every S3 server checks them.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    session = boto3.session.Session()
-    return session.client(
-        "s3",
-        endpoint_url=endpoint or None,
-        region_name=store.region or None,
-        config=config,
-        # None: boto3's default chain (environment, shared files, instance roles).
-        aws_access_key_id=store.resolved_access_key_id or None,
-        aws_secret_access_key=store.resolved_secret_access_key or None,
-    )
 
 
 class Bucket:
@@ -157,26 +65,31 @@ class Bucket:
     with a deadline on every call.
     """
 
-    def __init__(self, store: ObjectStore, health: StoreHealth | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        health: StoreHealth | None = None,
+        *,
+        clients: BucketClients | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.store = store
         self.name = store.bucket
         self.health = health if health is not None else StoreHealth()
         self.request_timeout = store.request_timeout
-        self._client = make_client(store, store.endpoint)
-        self._quick = make_client(store, store.endpoint, timeout=store.request_timeout)
-        public = store.public_endpoint
-        self._signer = make_client(store, public) if public else self._client
-        self._limiter = trio.CapacityLimiter(THREADS)
+        self.clients = clients if clients is not None else BucketClients.of(store)
+        self._client = self.clients.calls
+        self._signer = self.clients.signer
+        self._limiter = self.clients.limiter
         #: Seconds a call may take in all (None: the client's own timeouts and retry).
-        self._deadline: float | None = None
+        self._deadline = deadline
 
     def on_request_path(self) -> Bucket:
         """This bucket (same health, same threads) for calls a client's request waits for:
         one attempt, and a call that has no answer within ``request_timeout`` fails (the
         worker thread is abandoned; its own timeouts end it) and marks the store down."""
-        quick = copy.copy(self)
-        quick._client = self._quick
-        quick._deadline = self.request_timeout
-        return quick
+        quick = attrs.evolve(self.clients, calls=self.clients.quick)
+        return Bucket(self.store, self.health, clients=quick, deadline=self.request_timeout)
 
     async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
         """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
@@ -250,11 +163,11 @@ class Bucket:
                 key=key,
                 size=int(answer["ContentLength"]),
                 etag=str(answer.get("ETag", "")),
-                last_modified=_aware(answer["LastModified"]),
+                last_modified=aware(answer["LastModified"]),
                 metadata=dict(answer.get("Metadata", {})),
             ),
         )
-        return info, _store_time(answer)
+        return info, store_time(answer)
 
     async def read_first_byte(self, key: str) -> bool:
         """GET the first byte of the object at ``key`` (a ranged GET: the store reads stored
@@ -323,7 +236,7 @@ class Bucket:
             page = await self._call(
                 "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
             )
-            found += self._parse("LIST", partial(_listed, page))
+            found += self._parse("LIST", partial(listed, page))
             token = page.get("NextContinuationToken", "")
             if not page.get("IsTruncated") or not token:
                 break
@@ -389,7 +302,7 @@ class Bucket:
             page = await self._call(
                 "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
             )
-            found += self._parse("ListMultipartUploads", partial(_uploads, page))
+            found += self._parse("ListMultipartUploads", partial(uploads, page))
             key_marker = page.get("NextKeyMarker", "")
             upload_marker = page.get("NextUploadIdMarker", "")
             if not page.get("IsTruncated") or not key_marker:
@@ -413,43 +326,6 @@ class Bucket:
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise StoreError(f"presign: {one_line(str(exc))}", down=False) from None
-
-
-def _aware(value: object) -> datetime:
-    """A date of an answer (boto3 parses it), in UTC when the store gave no zone."""
-    if not isinstance(value, datetime):
-        raise TypeError(f"not a date: {type(value).__name__}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _listed(page: Any) -> list[ObjectInfo]:
-    """The objects of one page of a listing."""
-    return [
-        ObjectInfo(
-            key=str(item["Key"]),
-            size=int(item["Size"]),
-            etag=str(item.get("ETag", "")),
-            last_modified=_aware(item["LastModified"]),
-        )
-        for item in page.get("Contents", []) or []
-    ]
-
-
-def _uploads(page: Any) -> list[UploadInfo]:
-    """The incomplete uploads of one page of their listing."""
-    return [
-        UploadInfo(str(item["Key"]), str(item["UploadId"]), _aware(item["Initiated"]))
-        for item in page.get("Uploads", []) or []
-    ]
-
-
-def _store_time(answer: Any) -> datetime:
-    """The store's clock from an answer's ``Date`` header (ours when it has none)."""
-    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
-    try:
-        return email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
-    except (TypeError, ValueError):
-        return datetime.now(UTC)
 
 
 def _read_small(client: Any, limit: int, **kwargs: Any) -> bytes:

@@ -51,13 +51,14 @@ class Lock:
     etag: str
     took_over: bool = False
 
-    def _metadata(self) -> dict[str, str]:
+    def metadata(self) -> dict[str, str]:
+        """The lock object's metadata: who holds it and where it serves the file from."""
         return {"owner": self.owner, "replica": self.replica_url}
 
     async def renew(self) -> None:
         """Prove this holder is alive. StoreConflict when the lock was taken over."""
         self.etag = await self.bucket.put(
-            self.key, _body(self.owner), metadata=self._metadata(), if_match=self.etag
+            self.key, _body(self.owner), metadata=self.metadata(), if_match=self.etag
         )
 
     async def release(self) -> None:
@@ -81,7 +82,7 @@ async def acquire(
     for _attempt in range(ATTEMPTS):
         try:
             lock.etag = await bucket.put(
-                key, _body(owner), metadata=lock._metadata(), if_none_match=True
+                key, _body(owner), metadata=lock.metadata(), if_none_match=True
             )
             return lock
         except StoreConflict:
@@ -95,7 +96,7 @@ async def acquire(
             return holder
         try:
             lock.etag = await bucket.put(
-                key, _body(owner), metadata=lock._metadata(), if_match=info.etag
+                key, _body(owner), metadata=lock.metadata(), if_match=info.etag
             )
         except StoreConflict:
             continue  # another replica took it over first: look again

@@ -30,7 +30,6 @@ from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceFailed, UpstreamError
-from tracker.net.limits import transport_reason
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
 from tracker.zerocopy.transport import body_started
 
@@ -166,9 +165,7 @@ async def _body_start(response: httpx.Response, limit: float) -> None:
             started = await body_started(response)
     except trio.TooSlowError:
         raise SourceFailed(f"no body within {limit:g}s of the answer") from None
-    except OSError as exc:
+    except OSError as exc:  # body_started peeks at the socket: it reads nothing through httpx
         raise SourceFailed(f"connection broke before the body: {exc}") from None
-    except httpx.HTTPError as exc:  # pragma: no cover - body_started reads no body
-        raise SourceFailed(transport_reason(exc)) from exc
     if started is False:
         raise SourceFailed("closed the connection before the body")

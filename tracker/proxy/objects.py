@@ -38,7 +38,7 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_nam
 from tracker.core.text import TRACKER_AGENT, wants_bytes
 from tracker.errors import StoreError
 from tracker.files.ranges import http_date
-from tracker.objectstore.bucket import ObjectInfo
+from tracker.objectstore.answers import ObjectInfo
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.tier import ObjectTier

@@ -30,16 +30,14 @@ from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
 import attrs
-import httpx
 import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
-from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
 from tracker.files.downloads import outcome_of
 from tracker.files.ranges import parse_http_date
-from tracker.net.limits import transport_reason
 from tracker.proxy.channel import ChannelBody, EarlyBody, Flow, hand_over
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.readahead import ReadAhead
@@ -336,8 +334,8 @@ async def _recorded(
         flow.outcome = "refresh_rejected"
     except (UpstreamError, CacheError) as exc:
         flow.error = str(exc)
-    except httpx.HTTPError as exc:
-        flow.error = f"upstream broke: {transport_reason(exc)}"
+    except TransportError as exc:
+        flow.error = f"upstream broke: {exc}"
     except Exception as exc:  # a bug must not take the transfers nursery (the service) down
         log_event(log, "error", "stream_failed", url=url, exc_info=True)
         flow.error = f"internal error: {type(exc).__name__}"

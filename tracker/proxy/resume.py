@@ -11,9 +11,10 @@ that delivered bytes before breaking again starts a fresh count.
 Bytes of two versions of a file are never spliced: archives of one slot and hash made by
 different nodes are not byte-identical, and a source may replace its file between two
 requests. So a resume asks the *same* source only, and is accepted only when the ``206``
-proves the same representation as the first answer (:func:`same_representation`): the same
-strong ``ETag``, or, when the first answer had none, the same ``Last-Modified``, with a
-``Content-Range`` that is exactly the rest of the file. A first answer with neither
+proves the same representation as the first answer (:func:`same_representation`, by the
+one rule of :mod:`tracker.core.samefile`): the same strong ``ETag``, or, when the first
+answer had none, the same ``Last-Modified``, with a ``Content-Range`` that is exactly the
+rest of the file. A first answer with neither
 validator is not resumed at all (:func:`resumable`). When no resume is possible the body
 raises: every client stream it fed ends in error and nothing is promoted.
 """
@@ -28,11 +29,12 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.core.config import TargetGroup
+from tracker.core.contentrange import ContentRange, states_range
 from tracker.core.logs import log_event
+from tracker.core.samefile import Validators, not_same_reason
 from tracker.core.text import one_line, quoted
-from tracker.errors import SourceFailed, UpstreamError
+from tracker.errors import SourceFailed, TransportError, UpstreamError
 from tracker.net.bodies import body_chunks
-from tracker.net.limits import transport_reason
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 from tracker.zerocopy.transport import splice_stream
@@ -88,8 +90,8 @@ class UpstreamBody:
                 if self.received == self.length:
                     return
                 reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except httpx.HTTPError as exc:
-                reason = f"upstream broke: {transport_reason(exc)}"
+            except TransportError as exc:
+                reason = f"upstream broke: {exc}"
             if self.received > start:
                 failures = 0
             failures = await self._resume(reason, failures)
@@ -118,8 +120,8 @@ class UpstreamBody:
                 if self.received == self.length:
                     return
                 reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except httpx.HTTPError as exc:
-                reason = f"upstream broke: {transport_reason(exc)}"
+            except TransportError as exc:
+                reason = f"upstream broke: {exc}"
             except SourceFailed as exc:
                 reason = f"upstream broke: {exc}"
             if self.received > start:
@@ -180,42 +182,16 @@ class UpstreamBody:
         raise UpstreamError(one_line(reason))
 
 
-def _validators(response: httpx.Response) -> tuple[str, str]:
-    """The answer's (ETag, Last-Modified) header values, blank when absent."""
-    headers = response.headers
-    return headers.get("etag", "").strip(), headers.get("last-modified", "").strip()
-
-
-def _if_range(first: httpx.Response) -> str | None:
-    """The validator that proves a later answer is the same file: the strong ETag, else
-    the Last-Modified date; None when the answer has neither."""
-    etag, modified = _validators(first)
-    if etag.startswith('"'):
-        return etag
-    return modified or None
-
-
 def resumable(first: httpx.Response) -> bool:
     """True when a break in ``first``'s body may be resumed: it carries a strong ETag or a
     Last-Modified date, so that a ``206`` can prove it continues the same file."""
-    return _if_range(first) is not None
+    return Validators.of(first.headers).if_range() is not None
 
 
 def same_representation(first: httpx.Response, resumed: httpx.Response) -> str | None:
-    """Why ``resumed`` is not provably the same file as ``first``; None when it is.
-
-    With a strong ETag on ``first``, ``resumed`` must carry the same one. Without, it must
-    carry the same ETag header (none, or the same weak one) and the same Last-Modified.
-    """
-    etag, modified = _validators(first)
-    new_etag, new_modified = _validators(resumed)
-    if _if_range(first) is None:
-        return "the first answer had neither a strong ETag nor a Last-Modified date"
-    if new_etag != etag:
-        return f"etag {quoted(new_etag)} is not the first answer's {quoted(etag)}"
-    if not etag.startswith('"') and new_modified != modified:
-        return f"last-modified {quoted(new_modified)} is not the first answer's {quoted(modified)}"
-    return None
+    """Why ``resumed`` is not provably the same file as ``first``; None when it is
+    (:func:`tracker.core.samefile.sameness` says *same*)."""
+    return not_same_reason(Validators.of(first.headers), Validators.of(resumed.headers))
 
 
 async def resume_upstream(
@@ -234,7 +210,7 @@ async def resume_upstream(
     and the validators of ``first`` (:func:`same_representation`). Raises
     :class:`UpstreamError` otherwise. Cancellation propagates; nothing stays open.
     """
-    validator = _if_range(first.response)
+    validator = Validators.of(first.response.headers).if_range()
     if validator is None:
         raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
     headers = {"range": f"bytes={offset}-", "if-range": validator}
@@ -257,9 +233,9 @@ def resume_problem(response: httpx.Response, offset: int, size: int) -> str | No
     when it is."""
     if response.status_code != 206:
         return f"answered {response.status_code} to a range request, not 206"
-    expected = f"bytes {offset}-{size - 1}/{size}"
-    got = " ".join(response.headers.get("content-range", "").split())
-    if got.lower() != expected:
+    got = response.headers.get("content-range", "")
+    if not states_range(got, offset, size - 1, size):
+        expected = ContentRange(offset, size - 1, size).text()
         return f"content-range {quoted(got)} is not {quoted(expected)}"
     length = response.headers.get("content-length")
     if length is not None and length.strip() != str(size - offset):

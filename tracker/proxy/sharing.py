@@ -57,7 +57,6 @@ class SharedRefresh:
     #: The client headers of the upstream's 200 (content-length included).
     headers: dict[str, str] = attrs.Factory(dict)
     readers: int = 0
-    joined: int = 0
     _open: bool = False
 
     @property
@@ -78,7 +77,6 @@ class SharedRefresh:
 
     def reader_joined(self) -> None:
         self.readers += 1
-        self.joined += 1
 
     def reader_left(self) -> None:
         """A reader is done; the last one stops a refresh that is not to be kept."""

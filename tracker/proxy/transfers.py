@@ -32,6 +32,7 @@ import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
+from tracker.core.contentrange import parse_content_range
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
@@ -215,11 +216,5 @@ def _digits(value: str | None) -> int | None:
 
 
 def _range_length(value: str | None) -> int | None:
-    # "bytes first-last/size"
-    unit, _, spec = (value or "").strip().partition(" ")
-    first, _, rest = spec.partition("-")
-    last = rest.partition("/")[0]
-    start, end = _digits(first), _digits(last)
-    if unit.lower() != "bytes" or start is None or end is None or end < start:
-        return None
-    return end - start + 1
+    stated = parse_content_range(value)
+    return None if stated is None else stated.length

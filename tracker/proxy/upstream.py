@@ -38,13 +38,15 @@ import httpx
 import trio
 
 from tracker.core.config import TargetGroup, TLSConfig
+from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
-from tracker.errors import SourceFailed
+from tracker.errors import SourceFailed, TransportError
 from tracker.net.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
-from tracker.net.limits import status_reason, transport_reason
+from tracker.net.exchange import send
+from tracker.net.limits import status_reason
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
@@ -300,13 +302,12 @@ async def _send(
     client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], limit: float
 ) -> httpx.Response:
     try:
-        request = client.build_request(method, url, headers=headers)
         with trio.fail_after(limit):
-            return await client.send(request, stream=True)
+            return await send(client, method, url, headers)
     except trio.TooSlowError:
         raise SourceFailed(f"no answer within {limit:g}s") from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise SourceFailed(transport_reason(exc)) from exc
+    except TransportError as exc:
+        raise SourceFailed(str(exc)) from exc
 
 
 async def check_size(response: httpx.Response, advertised: int, *, exact: bool = False) -> None:
@@ -333,8 +334,8 @@ def size_problem(response: httpx.Response, advertised: int, *, exact: bool = Fal
         if length is not None and length.strip() != str(advertised):
             return f"content-length {quoted(length)} is not the advertised size {advertised}"
     elif status == 206:
-        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-        if total != str(advertised):
-            got = response.headers.get("content-range", "")
+        got = response.headers.get("content-range", "")
+        stated = parse_content_range(got)
+        if stated is None or stated.size != advertised:
             return f"content-range {quoted(got)} is not of the advertised size {advertised}"
     return None

@@ -11,7 +11,8 @@ import trio
 from tracker.core.config import Config
 from tracker.core.index import Index
 from tracker.core.untrusted import load_json
-from tracker.errors import ProbeError, RpcError
+from tracker.errors import ProbeError, RpcError, TransportError
+from tracker.net.exchange import stream
 from tracker.net.limits import read_capped
 
 RPC_TIMEOUT = 5.0
@@ -63,11 +64,11 @@ class HealthChecker:
         headers = {"accept-encoding": "identity"}
         try:
             with trio.fail_after(RPC_TIMEOUT):
-                async with self._client.stream("POST", url, json=payload, headers=headers) as r:
+                async with stream(self._client, "POST", url, json=payload, headers=headers) as r:
                     if r.status_code != 200:
                         raise RpcError(f"HTTP {r.status_code}")
                     body = await read_capped(r, MAX_RPC_BODY)
-        except (httpx.HTTPError, trio.TooSlowError, ProbeError) as exc:
+        except (TransportError, trio.TooSlowError, ProbeError) as exc:
             raise RpcError(str(exc) or type(exc).__name__) from exc
         return _slot_from(bytes(body))
 

@@ -1,0 +1,35 @@
+"""No reach-ins, checked on the source: outside the fenced tracker/zerocopy/ (which relies on
+library internals on purpose, tracker/zerocopy/README.md), no module reads or writes another
+object's ``_private`` attributes; an object's own (``self``, ``cls``, ``super()``) are fine."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tracker
+
+ROOT = Path(tracker.__file__).parent
+#: Public API that starts with an underscore (namedtuple's methods).
+PUBLIC = frozenset({"_replace", "_asdict", "_fields", "_make"})
+
+
+def _owner_is_itself(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in ("self", "cls")
+    return isinstance(node, ast.Call) and ast.unparse(node.func) == "super"
+
+
+def test_no_module_touches_another_objects_private_attributes() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+        for path in sorted(ROOT.rglob("*.py"))
+        if path.relative_to(ROOT).parts[0] != "zerocopy"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and node.attr not in PUBLIC
+        and not _owner_is_itself(node.value)
+    ]
+    assert found == []

@@ -1,0 +1,205 @@
+"""Which cached archives passed their check, and their digests.
+
+With ``verify_archives`` a cached file is a hit only while its digest is known: from the
+refresh that promoted it (its check ran as it was written), restored at start-up from the
+``.{name}.sha256`` file beside it when that still describes it (:func:`digest_matches`), or
+from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+import trio
+
+from tracker.cache.disk import (
+    TEMP_PREFIX,
+    digest_path,
+    is_archive_entry,
+    read_digest,
+    unlink,
+    write_digest,
+)
+from tracker.core.digests import Digests, parse_sha256sum_line, sha256sum_line
+from tracker.core.logs import log_event
+from tracker.errors import ArchiveInvalid, RequestError
+from tracker.files.archivecheck import FollowingCheck
+
+log = logging.getLogger("tracker.cache")
+
+
+class CheckedFiles:
+    """The digest of each cached archive that passed its check, told to ``digests``;
+    ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
+    again and was removed. Without ``verify`` every cached file is servable."""
+
+    def __init__(
+        self,
+        verify: bool = False,
+        digests: Digests | None = None,
+        on_rejected: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.verify = verify
+        self._digests = digests if digests is not None else Digests()
+        self._on_rejected = on_rejected
+        #: Digest and inode of each cached file that passed its check.
+        self._checked: dict[tuple[str, str], tuple[str, int]] = {}
+        #: Cached files found at start-up without a digest that still describes them.
+        self._unchecked: list[tuple[str, str]] = []
+
+    def servable(self, group: str, name: str) -> bool:
+        """True unless archives are verified and ``name``'s cached copy is not (yet)."""
+        return not self.verify or (group, name) in self._checked
+
+    def digest(self, group: str, name: str) -> str | None:
+        """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
+        checked = self._checked.get((group, name))
+        return checked[0] if checked is not None else None
+
+    def promoted(self, group: str, name: str, sha256: str, ino: int, evicted: list[str]) -> None:
+        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked) was
+        promoted and evicted ``evicted``: digests follow."""
+        if sha256:
+            self._checked[(group, name)] = (sha256, ino)
+            self._digests.put("cache", group, name, sha256)
+        else:
+            self._forget(group, name)
+        for other in evicted:
+            self._forget(group, other)
+
+    def _forget(self, group: str, name: str) -> None:
+        if self._checked.pop((group, name), None) is not None:
+            self._digests.drop("cache", group, name)
+
+    def restore(self, group_dir: str, group: str, entries: list[os.DirEntry[str]]) -> None:
+        """Take the digest of each cached archive of ``group`` (in ``group_dir``, listed as
+        ``entries``) from the file beside it when that still describes it; list the others
+        for :meth:`recheck`. Digest files of archives that are gone are removed."""
+        archives = {e.name for e in entries if is_archive_entry(e)}
+        for entry in entries:
+            if _orphan_digest(entry.name, archives):
+                unlink(entry.path)
+        if not self.verify:
+            return
+        for name in sorted(archives):
+            path = os.path.join(group_dir, name)
+            restored = _restored_digest(path, name)
+            if restored is None:
+                self._unchecked.append((group, name))
+                continue
+            self._checked[(group, name)] = restored
+            self._digests.put("cache", group, name, restored[0])
+
+    async def recheck(
+        self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+    ) -> None:
+        """Check, one after another, the cached files start-up found without a digest that
+        still describes them (``path_for(group, name)``: where each is, RequestError when
+        it may not be read): a file that passes is a hit from then on (its digest file
+        written), one that fails is removed (then ``report_size()``). Cancellation stops it
+        (the rest stay unchecked)."""
+        while self._unchecked:
+            group, name = self._unchecked.pop(0)
+            try:
+                path = path_for(group, name)
+            except RequestError:
+                continue
+            if await self._recheck_one(group, name, path) is False:
+                report_size()
+
+    async def _recheck_one(self, group: str, name: str, path: str) -> bool | None:
+        """True: passed; False: failed and removed; None: unreadable or gone."""
+        try:
+            fd, st = await trio.to_thread.run_sync(_open_regular, path)
+        except OSError:
+            return None  # gone meanwhile
+        try:
+            check = FollowingCheck.start(fd, name)
+        finally:
+            os.close(fd)  # the check reads through its own duplicate
+        check.finish(st.st_size)
+        try:
+            sha256 = await check.result()
+        except OSError as exc:
+            log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
+            return None  # unreadable: stays unchecked (never a hit), nothing removed
+        except ArchiveInvalid as exc:
+            await trio.to_thread.run_sync(_unlink_if_same, path, st.st_ino)
+            log_event(
+                log,
+                "warning",
+                "archive_rejected",
+                group=group,
+                file=name,
+                source="cache",
+                reason=exc.reason,
+            )
+            if self._on_rejected is not None:
+                self._on_rejected(group, name, exc.reason)
+            return False
+        finally:
+            check.cancel()  # no-op once it ended; stops it when this task is cancelled
+        if (group, name) in self._checked:
+            return True  # a refresh promoted a copy meanwhile: its digest stands
+        try:
+            await trio.to_thread.run_sync(write_digest, path, sha256sum_line(sha256, name))
+        except OSError as exc:
+            log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
+        self._checked[(group, name)] = (sha256, st.st_ino)
+        self._digests.put("cache", group, name, sha256)
+        log_event(log, "info", "cache_rechecked", group=group, file=name, sha256=sha256)
+        return True
+
+
+def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:
+    """True when a digest file still describes the archive beside it: it carries the
+    archive's mtime, and it was changed (written) after the archive last was. A write,
+    truncation or replacement of the archive moves its ctime past the digest file's, and
+    ctime cannot be set back from user space."""
+    return digest.st_mtime_ns == archive.st_mtime_ns and digest.st_ctime_ns >= archive.st_ctime_ns
+
+
+def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
+    """The digest and inode of the archive at ``path`` from its digest file, or None."""
+    try:
+        archive = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    found = read_digest(path)
+    if found is None or not digest_matches(archive, found[1]):
+        return None
+    hex_digest = parse_sha256sum_line(found[0], name)
+    return None if hex_digest is None else (hex_digest, archive.st_ino)
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file: {path}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _unlink_if_same(path: str, ino: int) -> None:
+    """Remove the archive at ``path`` (and its digest file) if it is still inode ``ino``."""
+    try:
+        if os.stat(path, follow_symlinks=False).st_ino != ino:
+            return
+    except OSError:
+        return
+    unlink(path)
+    unlink(digest_path(path))
+
+
+def _orphan_digest(file_name: str, archives: set[str]) -> bool:
+    """True for a digest file (``.{name}.sha256``) whose archive is not in ``archives``."""
+    if file_name.startswith(TEMP_PREFIX) or not file_name.startswith("."):
+        return False
+    return file_name.endswith(".sha256") and file_name[1 : -len(".sha256")] not in archives

@@ -1,0 +1,42 @@
+"""The tunables of one download of ``snapshot-tracker fetch`` (:mod:`tracker.fetch.download`)."""
+
+from __future__ import annotations
+
+import attrs
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen
+class FetchSettings:
+    """Tunables of a download (seconds, bytes, bytes per second)."""
+
+    connections: int = 8
+    #: The smallest piece handed out (bigger for big files: four per connection).
+    piece_size: int = 8 * MiB
+    #: Longest wait for a response head (connect included).
+    request_timeout: float = 3.0
+    #: Longest wait for one read of a body.
+    read_timeout: float = 30.0
+    #: A source slower than this (bytes/s, over ``speed_window``) is dropped when another is
+    #: left; 0 turns the check off.
+    min_speed: int = 10 * MiB
+    speed_window: float = 5.0
+    #: Ranges compared before two sources are used together, and their size.
+    samples: int = 3
+    sample_size: int = 64 * 1024
+    #: Seconds between two saves of the state file.
+    state_every: float = 0.25
+    #: Bytes gathered per ``pwrite`` (per connection), and asked of the socket per read.
+    write_size: int = 2 * MiB
+    write_delay: float = 0.05
+    read_size: int = 1 * MiB
+    #: Failures in a row after which a source is dropped.
+    max_failures: int = 3
+    #: URLs of a file used at most (the best by the listing's order), and how many of them
+    #: are asked (first byte, samples) at once.
+    max_sources: int = 32
+    checks_at_once: int = 16
+    #: Check each downloaded archive (tracker.files.archivecheck) and compare its SHA-256
+    #: with the tracker's before the rename into the ledger.
+    verify: bool = True

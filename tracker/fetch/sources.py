@@ -1,0 +1,241 @@
+"""The sources of one archive, and what every answer of theirs must prove.
+
+:func:`inspect_all` asks each URL for its first byte (a ``GET``, redirects followed: the
+final URL, the size, the validators, whether ranges are honoured); :func:`same_bytes` keeps
+the sources whose bytes match the reference's in a sample of ranges; :func:`check_range` and
+:func:`check_whole` check each answer of a download against the source as inspected: the
+range asked (:mod:`tracker.core.contentrange`) of the same file
+(:mod:`tracker.core.samefile`). A failing source raises :class:`~tracker.errors.SourceFailed`
+with a one-line reason that starts with its URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.contentrange import MAX_DIGITS, ContentRange, parse_content_range, states_range
+from tracker.core.logs import log_event
+from tracker.core.samefile import Sameness, Validators, sameness
+from tracker.core.untrusted import ascii_digits
+from tracker.errors import SourceFailed, TransportError
+from tracker.fetch.settings import FetchSettings
+from tracker.fetch.state import Identity
+from tracker.net.bodies import body_chunks
+from tracker.net.exchange import send
+
+log = logging.getLogger("tracker.fetch")
+
+
+@attrs.define(eq=False)
+class Source:
+    """One URL of the file, as inspected, and what it delivered."""
+
+    url: str
+    identity: Identity
+    ranges: bool
+    sent: int = 0
+    failures: int = 0
+    dropped: str = ""
+    scopes: set[trio.CancelScope] = attrs.Factory(set)
+
+    def drop(self, reason: str) -> None:
+        """Stop using this source; its running requests are cancelled (their pieces return)."""
+        if not self.dropped:
+            self.dropped = reason
+            log_event(log, "warning", "fetch_source_dropped", url=self.url, reason=reason)
+        for scope in self.scopes:
+            scope.cancel()
+
+
+async def inspect_all(
+    client: httpx.AsyncClient, urls: list[str], settings: FetchSettings
+) -> list[Source | SourceFailed]:
+    """Every URL inspected, ``checks_at_once`` at a time (a thousand at once would all time
+    out together)."""
+    results: list[Source | SourceFailed] = [SourceFailed("not asked")] * len(urls)
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
+
+    async def one(index: int, url: str) -> None:
+        async with limiter:
+            try:
+                results[index] = await _inspect(client, url, settings)
+            except SourceFailed as exc:
+                results[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index, url in enumerate(urls):
+            nursery.start_soon(one, index, url)
+    return results
+
+
+async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings) -> Source:
+    """Ask ``url`` for its first byte (a GET, as presigned URLs allow no HEAD): the final
+    URL after redirects, the size, the validators, and whether ranges are honoured."""
+    async with request(client, url, {"range": "bytes=0-0"}, settings) as response:
+        status = response.status_code
+        if status == 206:
+            got = response.headers.get("content-range", "")
+            total = first_byte_total(got)
+            if total is None:
+                raise SourceFailed(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
+            size, ranges = total, True
+        elif status == 200:
+            length = response.headers.get("content-length", "")
+            size_or_none = digits(length)
+            if size_or_none is None:
+                raise SourceFailed(f"{url}: content-length {_shown(length)} is not a size")
+            size, ranges = size_or_none, False
+        else:
+            raise SourceFailed(f"{url}: status {status}")
+        identity = Identity(
+            size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
+        )
+        return Source(str(response.url), identity, ranges)
+
+
+def digits(text: str) -> int | None:
+    """The number in a header made of ASCII digits only (at most MAX_DIGITS), else None:
+    ``str.isdigit`` also takes ``"²"``, which ``int`` then refuses."""
+    return ascii_digits(text.strip(), max_digits=MAX_DIGITS)
+
+
+def first_byte_total(content_range: str) -> int | None:
+    """The total size in the ``content-range`` of an answer to ``bytes=0-0``, else None."""
+    stated = parse_content_range(content_range)
+    if stated is None or (stated.first, stated.last) != (0, 0):
+        return None
+    return stated.size
+
+
+def _shown(value: str) -> str:
+    """A header value quoted for a one-line reason, cut short (it came from the network)."""
+    return repr(value[:80] + ("..." if len(value) > 80 else ""))
+
+
+@asynccontextmanager
+async def request(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], settings: FetchSettings
+) -> AsyncIterator[httpx.Response]:
+    """A streamed GET, its head within the request timeout, errors as SourceFailed, closed
+    (shielded) when the block ends."""
+    try:
+        with trio.fail_after(settings.request_timeout):
+            response = await send(client, "GET", url, headers)
+    except trio.TooSlowError:
+        raise SourceFailed(f"{url}: no answer within {settings.request_timeout:g}s") from None
+    except TransportError as exc:
+        raise SourceFailed(f"{url}: {exc}") from exc
+    try:
+        yield response
+    finally:
+        with trio.CancelScope(shield=True):
+            await response.aclose()
+
+
+async def same_bytes(
+    client: httpx.AsyncClient, reference: Source, others: list[Source], settings: FetchSettings
+) -> list[Source]:
+    """The sources of ``others`` that may be used with ``reference``: same size, ranges,
+    and identical bytes in ``settings.samples`` ranges spread over the file."""
+    others = [
+        o for o in others if o is not reference and o.identity.size == reference.identity.size
+    ]
+    if not reference.ranges or not others:
+        return []
+    size = reference.identity.size
+    spots = sorted(
+        {
+            min(max(0, size - settings.sample_size), size * i // max(1, settings.samples - 1))
+            for i in range(settings.samples)
+        }
+    )
+    wanted = [(start, min(size, start + settings.sample_size)) for start in spots]
+    try:
+        expected = [await _sample(client, reference, s, e, settings) for s, e in wanted]
+    except SourceFailed:
+        return []
+    same: set[int] = set()
+    limiter = trio.CapacityLimiter(settings.checks_at_once)
+
+    async def compare(index: int, other: Source) -> None:
+        async with limiter:
+            try:
+                got = [await _sample(client, other, s, e, settings) for s, e in wanted]
+            except SourceFailed as exc:
+                log_event(log, "info", "fetch_source_unused", url=other.url, reason=str(exc))
+                return
+        if got == expected:
+            same.add(index)
+        else:
+            log_event(log, "info", "fetch_source_unused", url=other.url, reason="other bytes")
+
+    async with trio.open_nursery() as nursery:
+        for index, other in enumerate(others):
+            if other.ranges:
+                nursery.start_soon(compare, index, other)
+    return [other for index, other in enumerate(others) if index in same]
+
+
+async def _sample(
+    client: httpx.AsyncClient, source: Source, start: int, end: int, settings: FetchSettings
+) -> bytes:
+    headers = {"range": f"bytes={start}-{end - 1}"}
+    async with request(client, source.url, headers, settings) as response:
+        check_range(response, source, start, end)
+        data = bytearray()
+        try:
+            with trio.fail_after(settings.read_timeout):
+                async with body_chunks(response) as chunks:
+                    async for chunk in chunks:
+                        data += chunk
+                        if len(data) > end - start:
+                            break
+        except trio.TooSlowError:
+            reason = f"no sample within {settings.read_timeout:g}s"
+            raise SourceFailed(f"{source.url}: {reason}") from None
+        except TransportError as exc:
+            raise SourceFailed(f"{source.url}: {exc}") from exc
+    if len(data) != end - start:
+        raise SourceFailed(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
+    return bytes(data)
+
+
+def check_range(response: httpx.Response, source: Source, start: int, end: int) -> None:
+    """A 206 of exactly the bytes asked, of the file the source was inspected with."""
+    if response.status_code != 206:
+        raise SourceFailed(f"{source.url}: answered {response.status_code} to a range")
+    got = response.headers.get("content-range", "").strip()
+    if not states_range(got, start, end - 1, source.identity.size):
+        expected = ContentRange(start, end - 1, source.identity.size).text()
+        raise SourceFailed(f"{source.url}: content-range {got!r}, expected {expected!r}")
+    if not same_validators(response, source.identity):
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
+
+
+def check_whole(response: httpx.Response, source: Source) -> None:
+    """A 200 of the whole file the source was inspected with (a source without ranges)."""
+    if response.status_code != 200:
+        raise SourceFailed(f"{source.url}: status {response.status_code}")
+    length = response.headers.get("content-length", "").strip()
+    if length != str(source.identity.size):
+        raise SourceFailed(
+            f"{source.url}: content-length {length or 'missing'}, expected {source.identity.size}"
+        )
+    if not same_validators(response, source.identity):
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
+
+
+def same_validators(response: httpx.Response, identity: Identity) -> bool:
+    """False when the answer's validators prove it is another file than ``identity``
+    (:func:`tracker.core.samefile.sameness`: different, not merely unproven; the size is
+    checked anyway). Checked on every answer rather than asked with ``If-Range``, which a
+    tracker's change of ETag (its cache's own) would turn into a whole-file 200.
+    """
+    found = Validators.of(response.headers)
+    return sameness(identity.validators, found) is not Sameness.DIFFERENT

@@ -1,0 +1,287 @@
+"""The connections of one download: each claims a piece (:mod:`tracker.fetch.pieces`),
+fetches it from a live source of the pool and writes it at its offsets, spliced from the
+socket into the file when the answer is plain HTTP; a source that keeps failing, or is slower
+than ``min_speed`` while another is left, is dropped; the state file is saved as bytes land
+(:class:`StateSaver`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.logs import log_event
+from tracker.errors import SourceFailed, TransportError
+from tracker.fetch.pieces import Claim, Pieces
+from tracker.fetch.progress import Progress
+from tracker.fetch.settings import FetchSettings
+from tracker.fetch.sources import Source, check_range, check_whole, request
+from tracker.fetch.state import State, save_state
+from tracker.net.bodies import body_chunks
+from tracker.zerocopy.kernelcopy import splice_to_file
+from tracker.zerocopy.transport import BigReadStream, splice_stream
+
+log = logging.getLogger("tracker.fetch")
+
+
+@attrs.define
+class StateSaver:
+    """Saves the state of a download; a state never claims bytes that are not on disk: the
+    temp file is synced (``fdatasync``) before a state claiming more bytes is written, both
+    in a worker thread. Saves are ``every`` seconds apart (after the previous one ended), so
+    a slow disk spaces them out rather than queueing them."""
+
+    ledger: str
+    state: State
+    pieces: Pieces
+    fd: int
+    saved: tuple[tuple[int, int], ...] | None = None
+
+    async def save(self) -> None:
+        """Write the state of what is done now, unless it did not change."""
+        done = tuple(self.pieces.done())  # taken before the sync: every byte in it is written
+        if done == self.saved:
+            return
+        state = attrs.evolve(self.state, done=done)
+        await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
+        self.saved = done
+
+    async def run(self, every: float) -> None:
+        """Save every ``every`` seconds until cancelled."""
+        while True:
+            await trio.sleep(every)
+            await self.save()
+
+
+def _sync_and_save(ledger: str, state: State, fd: int) -> None:
+    os.fdatasync(fd)
+    save_state(ledger, state)
+
+
+async def watch_speed(pool: list[Source], settings: FetchSettings) -> None:
+    """Drop a source slower than ``min_speed`` over a window while another one is left."""
+    last = {id(s): s.sent for s in pool}
+    while True:
+        await trio.sleep(settings.speed_window)
+        for source in pool:
+            rate = (source.sent - last[id(source)]) / settings.speed_window
+            last[id(source)] = source.sent
+            others = [s for s in pool if s is not source and not s.dropped]
+            if not source.dropped and others and rate < settings.min_speed:
+                source.drop(f"slower than {settings.min_speed} bytes/s ({rate:.0f})")
+
+
+async def worker(
+    client: httpx.AsyncClient,
+    index: int,
+    pool: list[Source],
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Claim pieces and fetch them until none is left or no source is."""
+    while True:
+        live = [s for s in pool if not s.dropped]
+        if not live:
+            return
+        source = live[index % len(live)]
+        claim = pieces.claim(trio.current_time())
+        if claim is None:
+            if not pieces.active:
+                return
+            await trio.sleep(0.25)  # a claim may become worth stealing: look again
+            continue
+        scope = trio.CancelScope()
+        source.scopes.add(scope)
+        try:
+            with scope:
+                await _fetch_claim(client, source, claim, pieces, fd, settings, progress)
+            source.failures = 0
+        except SourceFailed as exc:
+            source.failures += 1
+            log_event(log, "warning", "fetch_piece_failed", url=source.url, reason=str(exc))
+            if source.failures >= settings.max_failures:
+                source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url
+        finally:
+            source.scopes.discard(scope)
+            pieces.finish(claim)
+
+
+async def _fetch_claim(
+    client: httpx.AsyncClient,
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Fetch the bytes of ``claim`` from ``source`` and write them at their offsets."""
+    headers = {}
+    # The range as asked: the claim's end may shrink meanwhile (stolen), not the answer.
+    first, end = claim.position, claim.end
+    if source.ranges:
+        headers["range"] = f"bytes={first}-{end - 1}"
+    async with request(client, source.url, headers, settings) as response:
+        # Bytes of the body before the claim's position: a whole-file 200 starts at byte 0
+        # and is only ever written at the offsets its bytes belong to.
+        skip = 0
+        if source.ranges:
+            check_range(response, source, first, end)
+        else:
+            check_whole(response, source)
+            skip = first
+        stream = splice_stream(response, end - first if source.ranges else pieces.size)
+        try:
+            if stream is not None and not skip:  # the rest, if stolen, goes with the connection
+                await _splice_body(stream, source, claim, pieces, fd, settings, progress)
+            else:
+                async with (
+                    body_chunks(response) as chunks,
+                    aclosing(_skipped(chunks, skip, settings)) as body,
+                ):
+                    await _write_body(body, source, claim, pieces, fd, settings, progress)
+        except trio.TooSlowError:
+            raise SourceFailed(f"{source.url}: no data for {settings.read_timeout:g}s") from None
+        except TransportError as exc:
+            raise SourceFailed(f"{source.url}: {exc}") from exc
+    if claim.position < claim.end:
+        raise SourceFailed(f"{source.url}: body ended at {claim.position} of {claim.end}")
+
+
+async def _write_body(
+    chunks: AsyncIterator[bytes],
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Write the body's bytes at their offsets until the claim's (possibly shrunk) end,
+    gathered into writes of up to ``write_size`` bytes (fewer trips to a worker thread) but
+    held at most ``write_delay`` seconds (what a killed fetch loses stays small)."""
+    buffer: list[memoryview] = []
+    buffered = 0
+    flushed = trio.current_time()
+
+    async def flush() -> None:
+        nonlocal flushed, buffered
+        flushed = trio.current_time()
+        if buffered:
+            await trio.to_thread.run_sync(_write_all, fd, buffer, claim.position)
+            pieces.advance(claim, buffered)
+            source.sent += buffered
+            progress.add(buffered)
+            buffer.clear()
+            buffered = 0
+
+    while True:
+        with trio.fail_after(settings.read_timeout):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            await flush()
+            return
+        count = claim.take(len(chunk))
+        if count:
+            buffer.append(memoryview(chunk)[:count])
+            buffered += count
+        if count < len(chunk) or claim.reserved >= claim.end:
+            await flush()
+            return  # the claim's end: the rest of this answer is someone else's (stolen)
+        if buffered >= settings.write_size or trio.current_time() - flushed > settings.write_delay:
+            await flush()
+
+
+async def _skipped(
+    chunks: AsyncIterator[bytes], count: int, settings: FetchSettings
+) -> AsyncGenerator[bytes]:
+    """``chunks`` without their first ``count`` bytes (a whole-file answer to a retry that
+    already has them)."""
+    while count > 0:
+        with trio.fail_after(settings.read_timeout):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            return
+        if len(chunk) > count:
+            yield chunk[count:]
+        count = max(0, count - len(chunk))
+    async for chunk in chunks:
+        yield chunk
+
+
+#: Longest a splice into the file runs before its progress is accounted (speed checks,
+#: state file, progress bar), seconds.
+SPLICE_SECONDS = 0.1
+
+
+#: The least a splice call reserves of its claim once the claim's pace is known (bytes).
+SPLICE_RESERVE_MIN = 256 * 1024
+
+
+def _splice_quota(claim: Claim, settings: FetchSettings, now: float) -> int:
+    """How many bytes of ``claim`` the next splice call reserves: what its pace moves in two
+    calls' time, so that the rest of a slow claim stays free to steal while the call runs
+    (a reservation is never stolen). Before its pace is known, ``write_size * 8``."""
+    done, elapsed = claim.position - claim.start, now - claim.started
+    if done <= 0 or elapsed <= 0:
+        return settings.write_size * 8
+    return max(SPLICE_RESERVE_MIN, int(2 * SPLICE_SECONDS * done / elapsed))
+
+
+async def _splice_body(
+    stream: BigReadStream,
+    source: Source,
+    claim: Claim,
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+) -> None:
+    """Move the body from the socket into the file with splice(2), up to the claim's
+    (possibly shrinking) end: no byte passes through Python (plain HTTP; httpx reads the
+    rest). Each call of the worker thread runs SPLICE_SECONDS at most."""
+    sock = stream.get_extra_info("socket")
+    heard = trio.current_time()
+    while count := claim.take(_splice_quota(claim, settings, trio.current_time())):
+        if trio.current_time() - heard > settings.read_timeout:
+            raise SourceFailed(f"{source.url}: sent nothing for {settings.read_timeout:g} s")
+        src = os.dup(sock.fileno())  # the event loop may close its own meanwhile
+        try:
+            moved = await trio.to_thread.run_sync(
+                splice_to_file,
+                src,
+                fd,
+                claim.position,
+                count,
+                settings.read_timeout,
+                SPLICE_SECONDS,
+            )
+        except SourceFailed as exc:
+            raise SourceFailed(f"{source.url}: {exc}") from exc
+        finally:
+            os.close(src)
+        claim.reserved = claim.position + moved  # what was taken but not moved goes back
+        if moved:
+            heard = trio.current_time()
+        pieces.advance(claim, moved)
+        source.sent += moved
+        progress.add(moved)
+
+
+def _write_all(fd: int, pieces: list[memoryview], offset: int) -> None:
+    """``pwritev`` every piece at ``offset`` (gathered, not copied; a short write goes on)."""
+    while pieces:
+        written = os.pwritev(fd, pieces, offset)
+        offset += written
+        while pieces and written >= len(pieces[0]):
+            written -= len(pieces[0])
+            pieces = pieces[1:]
+        if pieces and written:
+            pieces = [pieces[0][written:], *pieces[1:]]

@@ -1,0 +1,135 @@
+"""The network boundary: httpx's failures become :class:`~tracker.errors.TransportError`.
+
+httpx (and httpcore and h11 under it) raise their own exceptions for a connect, TLS, timeout
+or protocol failure, a body broken off, or a URL it cannot use. This package is the one place
+they are caught (besides the fenced :mod:`tracker.zerocopy`): every request the other
+packages make goes through :func:`send`, :func:`head`, :func:`stream` or
+:func:`~tracker.net.bodies.body_chunks`, which raise :class:`TransportError` with a one-line
+reason (:func:`transport_reason`) and the library's exception as its cause. Everything above
+catches that one class and words it for its own caller (``ProbeError``, ``SourceFailed``...).
+Cancellation and the tracker's own errors pass through untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol
+
+import httpx
+
+from tracker.core.text import one_line
+from tracker.errors import TransportError
+
+#: What httpx raises: its failures of a request (``HTTPError``) and URLs it cannot parse.
+HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
+
+
+class Heads(Protocol):
+    """What a probe needs of an HTTP client: ``HEAD`` without following redirects
+    (``httpx.AsyncClient``, or the leaner :class:`tracker.zerocopy.transport.HeadClient`)."""
+
+    async def head(
+        self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool
+    ) -> httpx.Response:
+        """The answer's status and headers."""
+        ...
+
+
+def transport_reason(exc: Exception) -> str:
+    """One line saying why an httpx request failed (connect, TLS, timeout, protocol)."""
+    root = _root_cause(exc)
+    if isinstance(root, ssl.SSLError):
+        return one_line(f"TLS handshake failed: {root}")
+    if isinstance(exc, httpx.TimeoutException):
+        kind = type(exc).__name__.replace("Timeout", "").lower() or "request"
+        return f"{kind} timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return one_line(f"cannot connect: {_os_reason(root) or exc}")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return one_line(f"malformed HTTP answer: {exc}")
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return one_line(f"connection broken: {str(exc) or type(root).__name__}")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return one_line(f"invalid URL: {exc}")
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """``Connection refused`` rather than trio's ``Error connecting to (...): ...``."""
+    if not isinstance(exc, OSError):
+        return ""
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return str(exc.strerror or "")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause of ``exc``, descending into the first member of exception groups."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+            continue
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+@contextmanager
+def mapped() -> Iterator[None]:
+    """Raise what httpx raises in the block as :class:`TransportError` (one-line reason)."""
+    try:
+        yield
+    except HTTPX_ERRORS as exc:
+        raise TransportError(transport_reason(exc)) from exc
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, url: str, headers: Mapping[str, str]
+) -> httpx.Response:
+    """``method url`` with ``headers`` and the client's settings, the body left unread
+    (close the answer). Raises TransportError (an invalid URL included)."""
+    with mapped():
+        request = client.build_request(method, url, headers=headers)
+        return await client.send(request, stream=True)
+
+
+async def head(client: Heads, url: httpx.URL | str, headers: Mapping[str, str]) -> httpx.Response:
+    """``HEAD url`` without following redirects. Raises TransportError."""
+    with mapped():
+        return await client.head(url, headers=headers, follow_redirects=False)
+
+
+@asynccontextmanager
+async def stream(
+    client: httpx.AsyncClient, method: str, url: str, **options: Any
+) -> AsyncIterator[httpx.Response]:
+    """``client.stream(method, url, **options)``: what httpx raises while it is open (the
+    body read in the block included) comes out as TransportError."""
+    with mapped():
+        async with client.stream(method, url, **options) as response:
+            yield response
+
+
+def parse_url(text: str) -> httpx.URL:
+    """``text`` as a URL; TransportError (httpx's own reason) when httpx cannot take it."""
+    try:
+        return httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise TransportError(one_line(str(exc))) from exc
+
+
+def join_url(base: httpx.URL, reference: str) -> httpx.URL:
+    """``reference`` (a ``Location``) resolved against ``base``, without its fragment;
+    TransportError when httpx cannot take it."""
+    try:
+        return base.join(reference).copy_with(fragment=None)
+    except httpx.InvalidURL as exc:
+        raise TransportError(one_line(str(exc))) from exc

@@ -1,0 +1,57 @@
+"""Whether the object store works: told by every call of the bucket, read by the request
+path, the status and the metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+
+from tracker.core.logs import log_event
+
+log = logging.getLogger("tracker.objectstore")
+
+
+@attrs.define
+class StoreHealth:
+    """Whether the store answered its last call; read by the status and metrics.
+
+    ``reads_proven``: a GET of an object's bytes worked since the store last failed. A store
+    that comes back may answer its metadata (the bucket, HEAD, small writes) before it can
+    serve stored bytes (SeaweedFS answers such GETs 500 until its volume servers have
+    registered again), so presigned URLs are handed out only once a real GET worked.
+    """
+
+    up: bool = True
+    last_error: str = ""
+    on_change: Callable[[bool], None] | None = None
+    reads_proven: bool = False
+
+    def usable(self) -> bool:
+        """True when requests may ask the store (it is up; while it is down only the health
+        watcher asks it, and its answer brings it back)."""
+        return self.up
+
+    def answered(self) -> None:
+        if not self.up:
+            log_event(log, "info", "object_store_up")
+        self._set(True)
+
+    def failed(self, reason: str) -> None:
+        if self.up:
+            log_event(log, "warning", "object_store_down", reason=reason)
+        self.last_error = reason
+        self.reads_proven = False
+        self._set(False)
+
+    def read_worked(self) -> None:
+        """A GET of an object's bytes worked."""
+        self.answered()
+        self.reads_proven = True
+
+    def _set(self, up: bool) -> None:
+        changed = up != self.up
+        self.up = up
+        if changed and self.on_change is not None:
+            self.on_change(up)

@@ -1,0 +1,132 @@
+"""Retention applied to the bucket: which objects go (:mod:`tracker.objectstore.retention`
+decides), their deletion, and running it again when an archive held back may go.
+
+An archive handed out less than ``direct_serve_ttl`` (and :data:`HANDOUT_MARGIN`) ago is held
+back: every URL of it handed out by any replica expires before ``mark + direct_serve_ttl``,
+and :meth:`Retainer.retire_when_due` (one timer task) runs retention again at that moment.
+An archive goes with its digest and marks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+
+from tracker.core.config import ObjectStore
+from tracker.core.digests import Digests
+from tracker.core.logs import log_event
+from tracker.errors import StoreError
+from tracker.objectstore import keys
+from tracker.objectstore.bucket import Bucket
+from tracker.objectstore.known import Known
+from tracker.objectstore.retention import retirement, superseded
+
+log = logging.getLogger("tracker.objectstore")
+
+#: Slack on top of ``direct_serve_ttl`` before an object handed out may be deleted.
+HANDOUT_MARGIN = 5.0
+#: Seconds before retention that failed (the store down) is tried again.
+RETRY_AFTER = 30.0
+#: Groups and kinds whose retention may wait for a URL to expire at once (one entry each).
+MAX_DUE = 1024
+
+
+class Retainer:
+    """Applies retention to ``bucket`` (of ``store``), keeping ``known`` and ``digests``
+    current; ``failed(operation, exc)`` is told of every store failure."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        bucket: Bucket,
+        known: Known,
+        digests: Digests,
+        failed: Callable[[str, StoreError], None],
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.known = known
+        self.digests = digests
+        self._failed = failed
+        #: (group, full) -> when (trio's clock) its retention runs again.
+        self._due: dict[tuple[str, bool], float] = {}
+        self._due_changed = trio.Event()
+
+    async def retain(self, group: str, *, full: bool) -> None:
+        """Delete ``group``'s objects of one kind beyond the newest ``1 + keep_previous``,
+        none handed out less than ``direct_serve_ttl`` (and a margin) ago: those are deleted
+        once their last URL has expired (:meth:`retire_when_due` runs this again then). A
+        store that fails is asked again :data:`RETRY_AFTER` seconds later."""
+        prefix = self.store.prefix
+        hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
+        try:
+            listed = await self.bucket.list_objects(keys.archive_key(prefix, group, ""))
+            found = filter(None, (keys.archive_of(prefix, o.key) for o in listed))
+            names = [archive.name for archive in found if archive.group == group]
+            old = superseded(names, full=full, keep_previous=self.store.keep_previous)
+            handed = {name: await self._handed_age(group, name) for name in old}
+            plan = retirement(handed, hold=hold)
+            for name in plan.delete:
+                await self._retire(group, name)
+        except StoreError as exc:
+            self._failed("retention", exc)
+            self.schedule(group, full, RETRY_AFTER)
+            return
+        if plan.wait is not None:
+            self.schedule(group, full, plan.wait)
+
+    async def _handed_age(self, group: str, name: str) -> float | None:
+        """Seconds since a URL of ``name`` was last handed out (on the store's clock), None
+        when it never was (the mark of an older version counts too)."""
+        ages = []
+        for key in self._mark_keys(group, name):
+            mark, now = await self.bucket.head_dated(key)
+            if mark is not None:
+                ages.append((now - mark.last_modified).total_seconds())
+        return min(ages, default=None)
+
+    def _mark_keys(self, group: str, name: str) -> tuple[str, str]:
+        prefix = self.store.prefix
+        return keys.mark_key(prefix, group, name), keys.legacy_mark_key(prefix, group, name)
+
+    async def _retire(self, group: str, name: str) -> None:
+        """Delete the archive, then its digest and marks (no error for those not there)."""
+        key = keys.archive_key(self.store.prefix, group, name)
+        await self.bucket.delete(key)
+        for other in (
+            keys.digest_key(self.store.prefix, group, name),
+            *self._mark_keys(group, name),
+        ):
+            await self.bucket.delete(other)
+        self.known.remember(key, None)
+        if self.known.drop_sum(key):
+            self.digests.drop("bucket", group, name)
+        log_event(log, "info", "object_retired", group=group, file=name)
+
+    def schedule(self, group: str, full: bool, delay: float) -> None:
+        """Run retention of ``group``'s fulls or incrementals again in ``delay`` seconds (or
+        sooner when already due sooner)."""
+        key = (group, full)
+        at = trio.current_time() + max(0.0, delay)
+        if key not in self._due and len(self._due) >= MAX_DUE:
+            log_event(log, "warning", "object_retention_not_scheduled", group=group)
+            return
+        if at < self._due.get(key, math.inf):
+            self._due[key] = at
+            self._due_changed.set()
+
+    async def retire_when_due(self) -> None:
+        """Run retention again for each group and kind at the moment an archive it held back
+        may go (its last URL expired), until cancelled (the service stops). Never raises."""
+        while True:
+            self._due_changed = trio.Event()
+            now = trio.current_time()
+            for key in [key for key, at in self._due.items() if at <= now]:
+                del self._due[key]
+                group, full = key
+                await self.retain(group, full=full)
+            with trio.move_on_at(min(self._due.values(), default=math.inf)):
+                await self._due_changed.wait()
