@@ -12,6 +12,7 @@ import contextlib
 import resource
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 import trio
 from helpers_process import start_serve
 from helpers_proxy import make_config, running_tracker
+from helpers_tracker import wait_until
 
 from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
 
@@ -63,7 +65,7 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
             assert (await client.get(f"{serve.base}/v1/snapshots")).status_code == 200
             slowest = max(slowest, trio.current_time() - start)
             polls += 1
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # paces the polls: this loop measures the API during the parse
     size = path.stat().st_size
     print(f"\nreload of a {size:,} byte config: {polls} polls, slowest {slowest:.3f}s")
     assert polls >= 5  # the parse took a while: the API was asked throughout
@@ -154,6 +156,24 @@ async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> N
     assert b"HTTP/1.1 200" not in received
 
 
+async def listed(client: httpx.AsyncClient, base: str) -> bool:
+    """The tracker at ``base`` lists a snapshot (its first scan is done)."""
+    return bool((await client.get(f"{base}/v1/snapshots")).json())
+
+
+PROBES = "snapshot_tracker_scrape_duration_seconds_count{"
+
+
+async def probes(client: httpx.AsyncClient, internal: str) -> float:
+    """How many probes of its targets the tracker at ``internal`` made (its /metrics)."""
+    text = (await client.get(f"{internal}/metrics")).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(PROBES))
+
+
+async def more_probes(client: httpx.AsyncClient, internal: str, count: float) -> bool:
+    return await probes(client, internal) >= count
+
+
 def small_tracker(tmp_path: Path, **extra: str) -> Path:
     ledger = tmp_path / "ledger"
     ledger.mkdir(exist_ok=True)
@@ -203,8 +223,7 @@ async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
     serve = await start_serve("--config", str(path))
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
     async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
-            await trio.sleep(0.05)
+        await wait_until(partial(listed, client, serve.base))
     async with await trio.open_tcp_stream(host, int(port)) as keep_alive:
         await keep_alive.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
         start = trio.current_time()
@@ -270,8 +289,7 @@ async def test_slow_readers_cost_their_own_connection_not_every_download(
     serve = await start_serve("--config", str(path))
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
     async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
-            await trio.sleep(0.05)
+        await wait_until(partial(listed, client, serve.base))
     readers: list[trio.SocketStream] = []
     try:
         for _ in range(300):
@@ -330,12 +348,14 @@ async def test_stalled_downloads_leave_descriptors_for_the_api_metrics_and_scans
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
     readers: list[trio.SocketStream] = []
     async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-        while not (await client.get(f"{serve.base}/v1/snapshots")).json():
-            await trio.sleep(0.05)
+        await wait_until(partial(listed, client, serve.base))
         try:
             for _ in range(600):
                 readers.append(await greedy_reader(host, int(port), f"/{name}"))
-            await trio.sleep(2.5)  # two scrape rounds (max_target_failures) under the load
+            # Two whole scrape rounds (max_target_failures) under the load: the probe that
+            # ends first may have begun before the readers came, so three more probes.
+            before = await probes(client, serve.internal)
+            await wait_until(partial(more_probes, client, serve.internal, before + 3), timeout=30)
             for _ in range(6):
                 snapshots = await client.get(f"{serve.base}/v1/snapshots")
                 assert snapshots.status_code == 200

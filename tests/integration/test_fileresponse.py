@@ -14,7 +14,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
@@ -123,6 +123,18 @@ async def wait_for_fds(path: Path, expected: int) -> None:
         # Polling: /proc has nothing to wait on.
         while open_fds(path) != expected:
             await trio.sleep(0.01)
+
+
+async def settled(count: Callable[[], int], quiet: float = 0.2) -> int:
+    """Wait until ``count()`` has not moved for ``quiet`` seconds (a server stuck on a full
+    socket); its value then. Gives up after 10 s."""
+    with trio.fail_after(10):
+        value, since = count(), trio.current_time()
+        while trio.current_time() - since < quiet:
+            await trio.sleep(0.01)  # polling: the count is a plain list, nothing to wait on
+            if count() != value:
+                value, since = count(), trio.current_time()
+    return value
 
 
 # --- raw HTTP/1.1 over a socket --------------------------------------------------------------
@@ -412,9 +424,8 @@ async def test_client_disconnect_mid_download_closes_the_fd(served: Served) -> N
         await connection.read_body(CHUNK)
         await wait_for_fds(served.path, 1)
         progress = sum(served.sent)
-        await trio.sleep(0.2)  # the server is stuck on a full socket, far from the end
-        assert sum(served.sent) < STALL_SIZE // 2
-        assert progress <= sum(served.sent)
+        stuck_at = await settled(lambda: sum(served.sent))  # stuck on a full socket...
+        assert progress <= stuck_at < STALL_SIZE // 2  # ...far from the end
         connection.reset()
     await wait_for_fds(served.path, 0)
     assert sum(served.sent) < STALL_SIZE

@@ -428,7 +428,9 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
             await client.get(t.url(newer))
             await uploaded(weed, t, newer)
             assert old_key in weed.objects(prefix)
-            await trio.sleep(ttl + 0.5)  # the URL's lifetime
+            # Wall-clock time must pass (no event to wait on): the URL's lifetime, after which
+            # the retention timer, due at the same time, is due now.
+            await trio.sleep(ttl + 0.5)
             assert (await client.get(old_url)).status_code == 403
             # Handed out again: the retention timer, due now, must wait for this URL too.
             fresh = (await client.get(t.url(FULL))).headers["location"]
@@ -456,7 +458,7 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
         # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
         # of an age still differ by at least 2 after 2.1 s).
-        await trio.sleep(2.1)
+        await trio.sleep(2.1)  # wall-clock time: the bucket dates the uploads, not this test
         # INCR's refresher is alive: its lock is fresh.
         s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
         # A refresher that began just now has no lock yet: its young upload is no orphan.
@@ -577,7 +579,7 @@ async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: 
     # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
     from tracker.objectstore.tier import HANDOUT_MARGIN
 
-    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)
+    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)  # wall-clock time: the bucket dates locks
     put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
     await tier.startup()
     left = weed.objects(prefix)
