@@ -21,8 +21,12 @@ from helpers_process import RUNNING
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client that does not follow redirects (tests look at them)."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+    """An HTTP client that does not follow redirects (tests look at them) and keeps no idle
+    connection: this fixture outlives the test's nursery, and a tracker stopped with that
+    nursery waits up to 2 s for each idle client to close (a lingering close:
+    tracker/zerocopy/README.md, assumption 9)."""
+    no_idle = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=10, trust_env=False, limits=no_idle) as c:
         yield c
 
 
