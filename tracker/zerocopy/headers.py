@@ -6,7 +6,8 @@ or ``Transfer-Encoding: chunked``, it writes those names title-cased (``set_comm
 ``h11/_headers.py`` calls ``name.title()``). Some clients match header names
 case-sensitively (SPEC §9), so every name the tracker sends is lower case. h11 has no option
 for this; :func:`install` wraps the one function that does it, as it is seen by h11's
-connection module (assumption 8 of this package's README, canary in tests/test_zerocopy.py).
+connection module (assumption 8 of this package's README, canary in
+tests/unit/test_zerocopy_unit.py).
 """
 
 from __future__ import annotations

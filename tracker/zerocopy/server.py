@@ -7,8 +7,8 @@ hypercorn's ``TCPServer`` sees it, so file bodies can go out with ``sendfile``. 
 ``serve`` builds its listeners itself and offers no hook for that.
 
 It uses hypercorn's ``TCPServer``, ``Lifespan`` and ``WorkerContext``, which are not
-documented API: tests/test_zerocopy.py serves real downloads through this module and fails
-if their signatures or behaviour change.
+documented API: tests/integration/test_zerocopy.py serves real downloads through this module
+and fails if their signatures or behaviour change.
 """
 
 from __future__ import annotations

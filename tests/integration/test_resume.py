@@ -1,0 +1,252 @@
+"""Resumable refresh: a refresh whose upstream connection breaks goes on with a Range request.
+
+Real hypercorn tracker, real :class:`FakeUpstream` servers on 127.0.0.1. The upstream drops the
+connection once at about half of the archive; the refresh asks for the rest (``Range:
+bytes={on disk}-``, ``If-Range`` with the ETag on the same source), checks the answer, and the
+client's stream goes on as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    UPSTREAM_ETAG,
+    UPSTREAM_LAST_MODIFIED,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    make_config,
+    raw_request,
+    running_tracker,
+    sha256,
+    wait_for,
+)
+from names import full_name
+
+FULL = full_name(9100)
+DATA = archive_bytes(8 * MiB, seed=50)
+HALF = len(DATA) // 2
+QUICK = (0.05, 0.1, 0.2)
+
+
+async def start_upstream(nursery: trio.Nursery) -> FakeUpstream:
+    up = FakeUpstream(files={FULL: DATA})
+    await nursery.start(up.run)
+    return up
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as n:
+        yield n
+        n.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def tracker_for(
+    tmp_path: Path, *upstreams: FakeUpstream, **overrides: object
+) -> AsyncIterator[TrackerUnderTest]:
+    async with running_tracker(make_config(tmp_path / "cache", **overrides)) as t:
+        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=QUICK)
+        for age, up in enumerate(upstreams):  # the first one is the freshest: asked first
+            advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))], age=age)
+        yield t
+
+
+def after_first_get(nursery: trio.Nursery, up: FakeUpstream, then: Behaviour) -> None:
+    """Once the upstream got its first GET of the archive, answer later ones with ``then``
+    (the first keeps the behaviour it started with)."""
+
+    async def change() -> None:
+        await wait_for(lambda: len(up.gets(FULL)) >= 1)
+        up.behaviour[FULL] = then
+
+    nursery.start_soon(change)
+
+
+async def fetch(url: str) -> tuple[int, str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    async with (
+        httpx.AsyncClient(timeout=20, trust_env=False) as client,
+        client.stream("GET", url) as response,
+    ):
+        async for chunk in response.aiter_raw():
+            digest.update(chunk)
+            size += len(chunk)
+    return response.status_code, digest.hexdigest(), size
+
+
+def sent(up: FakeUpstream) -> int:
+    return sum(s.body_sent for s in up.gets(FULL))
+
+
+@pytest.mark.parametrize("sharing", [False, True], ids=["sharing-off", "sharing-on"])
+async def test_a_drop_at_half_resumes_and_promotes(
+    nursery: trio.Nursery, tmp_path: Path, sharing: bool
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, up, Behaviour())  # it drops once
+    async with tracker_for(tmp_path, up, cache_share_inflight=sharing) as t:
+        status, digest, size = await fetch(t.url(FULL))
+        ratio = sent(up) / len(DATA)
+        print(
+            f"\nresume ({'sharing on' if sharing else 'sharing off'}): upstream/size = {ratio:.3f}"
+        )
+        # The client's stream went on seamlessly across the break.
+        assert (status, digest, size) == (200, sha256(DATA), len(DATA))
+        first, second = up.gets(FULL)
+        assert first.body_sent == HALF
+        assert second.headers["range"] == f"bytes={HALF}-"
+        assert second.headers["if-range"] == UPSTREAM_ETAG
+        assert ratio <= 1.3
+        await wait_for(lambda: t.outcome("refresh_ok") == 1)
+        assert t.cached() == [FULL]
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(DATA)
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 1
+        assert t.counter("snapshot_tracker_upstream_bytes_total", group=GROUP, kind="full") == len(
+            DATA
+        )
+
+
+async def test_a_resume_is_never_answered_by_another_source(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Archives of one slot made by different nodes differ: the rest of a broken refresh may
+    only come from the source that sent its start. The client's stream ends in error,
+    nothing is promoted, and the next request starts over from byte 0 on the other source."""
+    gone, other = await start_upstream(nursery), await start_upstream(nursery)
+    other.files[FULL] = archive_bytes(len(DATA), seed=51)  # same name and size, other bytes
+    gone.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, gone, Behaviour(status=503))  # gone for good after the drop
+    async with tracker_for(tmp_path, gone, other) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)  # never a complete, spliced 200
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert other.gets(FULL) == []  # never asked for the rest
+        # A full restart takes the other source's file whole.
+        assert await fetch(t.url(FULL)) == (200, sha256(other.files[FULL]), len(DATA))
+        [restart] = other.gets(FULL)
+        assert "range" not in restart.headers
+        await wait_for(lambda: t.cached() == [FULL])
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(other.files[FULL])
+
+
+CHANGED = {
+    "etag": (Behaviour(), Behaviour(etag='"another-etag"')),
+    "last-modified": (
+        Behaviour(etag=None),
+        Behaviour(etag=None, last_modified="Sun, 22 Nov 2026 10:00:00 GMT"),
+    ),
+    "weak-etag-appears": (Behaviour(etag=None), Behaviour(etag='W/"x"')),
+}
+
+
+@pytest.mark.parametrize("sharing", [False, True], ids=["sharing-off", "sharing-on"])
+@pytest.mark.parametrize("change", list(CHANGED))
+async def test_a_resume_of_another_version_is_refused(
+    nursery: trio.Nursery, tmp_path: Path, change: str, sharing: bool
+) -> None:
+    """The same source answers the resume, but its validators show the file changed (it
+    ignores If-Range, as some servers do): the rest is not spliced onto the start."""
+    first, then = CHANGED[change]
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = attrs.evolve(first, drop_after=HALF, rate=32 * MiB)
+    after_first_get(nursery, up, then)
+    async with tracker_for(tmp_path, up, cache_share_inflight=sharing) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 0
+        resumes = up.gets(FULL)[1:]
+        assert resumes and all(r.headers["range"] == f"bytes={HALF}-" for r in resumes)
+
+
+async def test_without_validators_a_break_is_not_resumed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No ETag and no Last-Modified: nothing could prove a 206 continues the same file."""
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB, etag=None, last_modified=None)
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert len(up.gets(FULL)) == 1  # not even asked
+        assert t.cached() == []
+
+
+async def test_without_an_etag_the_same_last_modified_resumes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB, etag=None)
+    after_first_get(nursery, up, Behaviour(etag=None))
+    async with tracker_for(tmp_path, up) as t:
+        assert await fetch(t.url(FULL)) == (200, sha256(DATA), len(DATA))
+        _, second = up.gets(FULL)
+        assert second.headers["if-range"] == UPSTREAM_LAST_MODIFIED
+        await wait_for(lambda: t.cached() == [FULL])
+        assert sha256((t.group_dir() / FULL).read_bytes()) == sha256(DATA)
+
+
+async def test_a_resume_answer_that_is_not_the_rest_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF, rate=32 * MiB)
+    # Every later answer carries a second, contradicting content-range.
+    after_first_get(nursery, up, Behaviour(headers=[("content-range", "bytes 0-1/2")]))
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.status == 200
+        assert wire.closed and len(wire.body) < len(DATA)  # never a short 200
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert t.cached() == []
+        assert len(up.gets(FULL)) == 1 + len(QUICK)  # three attempts, then it gave up
+        assert t.counter("snapshot_tracker_refresh_resumes_total") == 0
+
+
+async def test_a_resume_that_breaks_again_without_progress_gives_up(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(short_by=1)  # every answer ends one byte short
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert len(up.gets(FULL)) == 1 + len(QUICK)
+        assert t.cached() == []
+
+
+async def test_an_uncached_stream_is_not_resumed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=HALF)
+    async with tracker_for(tmp_path, up) as t:
+        # A Range request is proxied uncached (SPEC §8): a break ends it, no resume.
+        wire = await raw_request(
+            t.base, f"/v1/{FULL}?group={GROUP}", headers=[("range", "bytes=0-")]
+        )
+        assert wire.status == 206
+        assert wire.closed and len(wire.body) <= HALF
+        # One request of the client's range (the background refresh that a Range request
+        # on the best file starts, SPEC §9, asks for the whole file and its own rest).
+        assert [g.headers.get("range") for g in up.gets(FULL)].count("bytes=0-") == 1

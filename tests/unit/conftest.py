@@ -1,0 +1,41 @@
+"""The unit layer: pure logic, no network at all.
+
+Every test here must pass in a network namespace with no interface up (``unshare -n``, as
+.ci/run runs this layer). So that a test that needs the network fails loudly here even on a
+machine that has one, an IP socket (IPv4 or IPv6) may not connect, bind or send: not even to
+loopback. Unix sockets and socket pairs stay allowed; a little I/O goes through trio's memory
+streams or ``httpx.MockTransport``. A test that needs a real server belongs in
+tests/integration.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any IPv4 or IPv6 connect, bind or send of this process (httpx, httpcore and trio
+    all reach the standard library's socket methods)."""
+
+    def guard(name: str) -> Callable[..., Any]:
+        method = getattr(socket.socket, name)
+
+        def checked(self: socket.socket, *args: Any) -> Any:
+            if self.family in IP_FAMILIES:
+                raise AssertionError(
+                    f"a unit test tried to use the network ({name} {args[-1]!r}): "
+                    "it belongs in tests/integration"
+                )
+            return method(self, *args)
+
+        return checked
+
+    for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
+        monkeypatch.setattr(socket.socket, name, guard(name))

@@ -1,0 +1,110 @@
+"""The parse and choice of a ``getClusterNodes`` answer (tracker.discovery.nodes) on its own:
+versions, limits, malformed and hostile answers, bounded memory, the streamed choice against a
+plain sort (discovery against real loopback nodes: tests/integration/test_cluster.py)."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
+from helpers_proxy import MiB
+
+from tracker.discovery.nodes import MAX_NODES, parse_answer, rpc_address, select
+from tracker.errors import ProbeError
+
+
+def test_select_versions_limits_and_malformed_addresses() -> None:
+    nodes = [
+        node_entry(3, "127.0.0.3:80", "2.2.1"),
+        node_entry(1, "127.0.0.1:80", "2.1.0"),
+        node_entry(2, "[::1]:8899", "2.2.0"),
+        node_entry(4, "127.0.0.4:0", "2.2.0"),
+        node_entry(5, "localhost:80", "2.2.0"),
+        {"rpc": "127.0.0.6:80"},
+        "not a node",
+    ]
+    assert select(nodes, ["2.2.*"], 10) == ["http://[::1]:8899", "http://127.0.0.3:80"]
+    assert select(nodes, [], 2) == ["http://127.0.0.1:80", "http://[::1]:8899"]
+
+
+def test_a_32_mib_answer_is_parsed_in_bounded_memory() -> None:
+    """The parse's peak (tracemalloc, every allocation of the parse) is the answer's text
+    and a few MiB for the 32 MiB answer of empty nodes (json.loads: ~960 MB), and a few MiB
+    for 20,000 real nodes of which 100 are kept."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProbeError, match=f"^more than {MAX_NODES} entries$"):
+            parse_answer(EMPTY_NODES, [], 3000)
+        empty_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        entries = [
+            node_entry(n, f"127.0.{n // 250 % 250}.{n % 250 + 1}:8899") for n in range(20_000)
+        ]
+        body = nodes_answer(entries)
+        base = tracemalloc.get_traced_memory()[0]
+        chosen = parse_answer(body, [], 100)
+        real_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert chosen == select(entries, [], 100)
+    assert empty_peak < len(EMPTY_NODES) + 8 * MiB, empty_peak
+    assert real_peak < 8 * MiB, real_peak
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (NESTED, "entry 0: JSON nested too deeply"),
+        (b'{"result": [{"x": "' + b"a" * 9000 + b'"}]}', "entry 0: larger than 8192 characters"),
+        (b'{"x": [' + b"0," * 5000 + b'0], "result": []}', "member 'x': larger than 8192"),
+        (b'{"result": [' + b"0," * 200 + b"0]}", "more than 100 entries"),
+        (b'{"result": [{"a": ' + b"9" * 5000 + b"}]}", "entry 0: invalid JSON: Exceeds the limit"),
+        (b'{"result": [NaN]}', "entry 0: invalid JSON: NaN is not valid JSON"),
+        (b'{"result": []} []', "invalid JSON at character 15: data after the object"),
+        (b'{"result": [', "invalid JSON at character 12: Expecting value"),
+        (b'{"result": [] "id": 1}', "invalid JSON at character 14: expected ',' or '}'"),
+        (b"{1: []}", "invalid JSON at character 2: expected a member name and ':'"),
+        (b'{"error": {"code": -32601}}', "no 'result' array in the answer"),
+        (b'{"result": {}}', "no 'result' array in the answer"),
+        (b"[]", "answer is not a JSON object"),
+        (b'"x"', "answer is not a JSON object"),
+        (b"\xff", "body is not UTF-8"),
+    ],
+)
+def test_hostile_answer_shapes_fail_the_answer_in_one_line(body: bytes, reason: str) -> None:
+    with pytest.raises(ProbeError) as info:
+        parse_answer(body, [], 10, max_nodes=100)
+    assert str(info.value).startswith(reason) and "\n" not in str(info.value)
+
+
+def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() -> None:
+    """Nodes in a shuffled order, duplicates and malformed ones: the parse keeps what
+    sorting every node by public key would (the chooser prunes as it goes)."""
+    rng = random.Random(7)
+    entries: list[object] = [
+        node_entry(rng.randrange(5000), f"127.0.0.{n % 250 + 1}:{1000 + n}") for n in range(3000)
+    ]
+    entries += [
+        "not a node",
+        {"pubkey": "x", "rpc": "127.0.0.1:²"},
+        {"pubkey": 5, "rpc": "1.2.3.4:1"},
+    ]
+    entries.append({"pubkey": "y" * 65, "rpc": "127.0.0.1:80"})
+    entries.append({"pubkey": "nested", "rpc": "127.0.0.1:80", "extra": {"deep": [1, [2]]}})
+    rng.shuffle(entries)
+    expected = naive_select(entries, 50)
+    assert parse_answer(nodes_answer(entries), [], 50) == expected == select(entries, [], 50)
+    assert "http://127.0.0.1:80" in parse_answer(nodes_answer(entries), [], 5000)
+
+
+def naive_select(entries: list[object], max_targets: int) -> list[str]:
+    """Every usable node's URL, the first of each public key, the lowest keys first."""
+    chosen: dict[str, str] = {}
+    for node in entries:
+        if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
+            address = rpc_address(node.get("rpc"))
+            if address is not None and len(node["pubkey"]) <= 64:
+                chosen.setdefault(node["pubkey"], f"http://{address}")
+    return [chosen[key] for key in sorted(chosen)[:max_targets]]

@@ -1,0 +1,95 @@
+"""Resource limits decided without a network: configs too large or with too many aliases are
+refused before parsing (by ``check-config``), the descriptor budget split between connections,
+downloads and a reserve, download slots given back (the limits under real connections:
+tests/integration/test_exhaustion.py)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracker.core.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
+from tracker.errors import RequestError
+from tracker.files.downloads import DownloadSlots
+from tracker.zerocopy.limit import (
+    DOWNLOAD_DESCRIPTORS,
+    RESERVED_DESCRIPTORS,
+    DescriptorBudget,
+    descriptor_budget,
+)
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tracker", "check-config", "--config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.yml"
+    with path.open("w") as file:
+        file.write("target_groups: [{group: g}]\n")
+        file.write("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    done = check_config(path)
+    assert done.returncode == 2
+    size = path.stat().st_size
+    assert f"{path}: the config file is {size:,} bytes, more than the {MAX_CONFIG_BYTES}" in (
+        done.stderr
+    )
+
+
+def test_a_config_with_too_many_aliases_is_refused(tmp_path: Path) -> None:
+    """Nested aliases are a few lines that stand for billions of values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 12):
+        lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]")
+    path = tmp_path / "tracker.yml"
+    path.write_text("\n".join(lines) + "\ntarget_groups: [{group: g}]\n")
+    done = check_config(path)
+    assert done.returncode == 2
+    assert f"more than {MAX_ALIASES} aliases" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("max_connections", "scrape_concurrency", "descriptors", "expected"),
+    [
+        # systemd's LimitNOFILE: max_connections holds, downloads are not the limit.
+        (4096, 64, 65536, DescriptorBudget(4096, 32, 4096)),
+        # ulimit -n 1024: a reserve of 288 (160 + 2 per probe), 736 left: half for
+        # connections, half for what downloads hold on top of theirs (5 each).
+        (4096, 64, 1024, DescriptorBudget(368, 32, 73)),
+        (4096, 8, 1024, DescriptorBudget(424, 32, 84)),
+        (100, 64, 1024, DescriptorBudget(100, 32, 100)),
+        # A tiny limit: the reserve takes at most half.
+        (4096, 64, 256, DescriptorBudget(64, 32, 12)),
+        (4096, 64, 8, DescriptorBudget(2, 32, 1)),
+        (10, 64, 8, DescriptorBudget(2, 10, 1)),
+    ],
+)
+def test_descriptors_are_split_between_connections_downloads_and_a_reserve(
+    max_connections: int, scrape_concurrency: int, descriptors: int, expected: DescriptorBudget
+) -> None:
+    budget = descriptor_budget(max_connections, scrape_concurrency, descriptors)
+    assert budget == expected
+    if budget.downloads > 1:  # (the least there is: one connection, one download)
+        reserve = min(descriptors // 2, RESERVED_DESCRIPTORS + 2 * scrape_concurrency)
+        held = budget.connections + DOWNLOAD_DESCRIPTORS * budget.downloads
+        assert held <= descriptors - reserve
+
+
+def test_download_slots_are_given_back_once_released_or_dropped() -> None:
+    slots = DownloadSlots(2)
+    first, second = slots.take(), slots.take()
+    with pytest.raises(RequestError, match="too many downloads at once") as refused:
+        slots.take()
+    assert (refused.value.status, slots.refused) == (503, 1)
+    first.release()
+    first.release()  # once only
+    assert slots.taken == 1
+    del second  # an answer dropped before its body started
+    gc.collect()
+    assert slots.taken == 0
+    assert DownloadSlots(None).take() is not None  # no limit (tests, the library)

@@ -1,0 +1,107 @@
+"""file_response without a server: descriptors released when a response is dropped unsent,
+bodies read through Quart, empty files, errors, FIFOs, the chunk budget shared between streams
+(the same responses served over real connections: tests/integration/test_fileresponse.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from tracker.files.fileresponse import file_response
+
+
+def open_fds(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (also after it was replaced or deleted)."""
+    names = {str(path), f"{path} (deleted)"}
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{entry}") in names
+        except OSError:
+            continue  # the listing's own descriptor, already closed
+    return count
+
+
+async def test_unsent_response_releases_the_fd(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    response = await file_response(str(path), ("GET", {}))
+    assert open_fds(path) == 1
+    del response
+    assert open_fds(path) == 0
+
+
+async def test_body_via_quart_and_tuple_request(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    sent: list[int] = []
+    response = await file_response(
+        str(path), ("GET", [("Range", "bytes=2-8")]), chunk_size=3, on_bytes=sent.append
+    )
+    assert response.status_code == 206
+    assert await response.get_data() == b"2345678"
+    assert sent == [3, 3, 1]
+    assert response.timeout is None
+    assert open_fds(path) == 0
+
+
+async def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty"
+    path.touch()
+    response = await file_response(str(path), ("GET", {}))
+    assert (response.status_code, response.headers["content-length"]) == (200, "0")
+    assert await response.get_data() == b""
+    assert open_fds(path) == 0
+
+
+async def test_errors(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        await file_response(str(tmp_path / "missing"), ("GET", {}))
+    with pytest.raises(IsADirectoryError):
+        await file_response(str(tmp_path), ("GET", {}))
+    with pytest.raises(ValueError, match="POST"):
+        await file_response(str(path), ("POST", {}))
+    with pytest.raises(ValueError, match="chunk_size"):
+        await file_response(str(path), ("GET", {}), chunk_size=0)
+    with pytest.raises(ValueError, match="file name"):
+        await file_response(str(path), ("GET", {}), file_name='a"b')
+    assert open_fds(path) == 0
+
+
+async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with trio.fail_after(5), pytest.raises(OSError, match="not a regular file"):
+        await file_response(str(fifo), ("GET", {}))
+    assert open_fds(fifo) == 0
+
+
+def test_chunk_budget_shares_memory_between_streams() -> None:
+    from tracker.files.fileresponse import ChunkBudget
+
+    mib = 1024 * 1024
+    budget = ChunkBudget(total=32 * mib, smallest=mib, largest=2 * mib)
+    assert budget.chunk() == 2 * mib  # one stream reads big chunks
+    budget.streams = 8
+    assert budget.chunk() == 2 * mib
+    budget.streams = 16
+    assert budget.chunk() == mib
+    budget.streams = 200
+    assert budget.chunk() == mib  # never below the smallest useful read
+
+
+@pytest.mark.parametrize(
+    ("streams", "chunk"),
+    [(0, 1024), (1, 1024), (4, 1024), (8, 512), (16, 256), (64, 64), (1000, 64)],
+)
+def test_chunk_budget_counts_every_chunk_a_stream_holds(streams: int, chunk: int) -> None:
+    from tracker.files.fileresponse import ChunkBudget
+
+    budget = ChunkBudget(total=28 * 1024, smallest=64, largest=1024, per_stream=7)
+    budget.streams = streams
+    assert budget.chunk() == chunk

@@ -1,0 +1,88 @@
+"""The example alert rules and Grafana dashboard on their own, and the readers of metric names.
+
+The rules cover the operators' cases and must pass ``promtool check rules`` where promtool is
+installed (Debian's ``prometheus`` package); that every metric they name is exported by a
+running tracker is tests/integration/test_monitoring_exported.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from helpers_monitoring import ALERTS, alert_rules, dashboard, exported_names, metric_names
+
+
+@pytest.mark.parametrize(
+    ("exposition", "names"),
+    [
+        ("# TYPE a_total counter\na_total 1\n", {"a_total"}),
+        ("# TYPE a counter\n", {"a", "a_total"}),  # OpenMetrics, no series yet
+        ("# TYPE h histogram\n", {"h_bucket", "h_sum", "h_count"}),
+        ("# TYPE g gauge\n# HELP g x\ng 1\n", {"g"}),
+        ("# TYPE s summary\n", {"s", "s_sum", "s_count"}),
+        ("g 1\n# a comment\n", set()),
+    ],
+)
+def test_exported_names_follow_the_type_lines(exposition: str, names: set[str]) -> None:
+    assert exported_names(exposition) == names
+
+
+@pytest.mark.parametrize(
+    ("expression", "names"),
+    [
+        ("up", {"up"}),
+        ('rate(a_total{x="y"}[5m]) > 0 and on(g) b == 0', {"a_total", "b"}),
+        ("histogram_quantile(0.9, sum by (le) (rate(h_bucket[$__rate_interval])))", {"h_bucket"}),
+        ("max_over_time(c[1h:5m]) unless absent(d)", {"c", "d"}),
+    ],
+)
+def test_metric_names_of_an_expression(expression: str, names: set[str]) -> None:
+    assert metric_names(expression) == names
+
+
+def test_the_alerts_cover_the_operators_cases_with_a_summary_and_a_runbook() -> None:
+    rules = alert_rules()
+    by_name = {rule["alert"]: rule for rule in rules}
+    uses = {name: metric_names(rule["expr"]) for name, rule in by_name.items()}
+    assert "snapshot_tracker_snapshot_age_slots" in uses["SnapshotTrackerSnapshotTooOld"]
+    assert "snapshot_tracker_targets_up" in uses["SnapshotTrackerNoHealthyTarget"]
+    assert "snapshot_tracker_object_store_up" in uses["SnapshotTrackerBucketDown"]
+    assert "snapshot_tracker_archive_requests_total" in uses["SnapshotTrackerRefreshesFailing"]
+    assert "snapshot_tracker_archives_rejected_total" in uses["SnapshotTrackerArchiveRejected"]
+    for rule in rules:
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip() and annotations["runbook"].strip(), rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+
+
+def test_the_dashboard_has_the_operators_panels() -> None:
+    board = dashboard()
+    titles = [panel["title"] for panel in board["panels"]]
+    assert len(titles) >= 6
+    for wanted in (
+        "Best slot per group",
+        "Snapshot age per group (slots)",
+        "Targets by health",
+        "Bytes served by path",
+        "Refreshes and failovers",
+        "Disk cache and bucket",
+        "Request latency (to the response head)",
+    ):
+        assert wanted in titles
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_rules() -> None:
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout

@@ -1,0 +1,309 @@
+"""The object-store tier's pure parts: config checks, retention, part sizes, masking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from names import full_name, incremental_name
+from test_config import load, problem_at, problems
+
+from tracker.objectstore import keys
+from tracker.objectstore.keys import Archive, archive_of, legacy_kind
+from tracker.objectstore.locks import old_enough
+from tracker.objectstore.replicas import HolderRoute, base_url, holder_route, own_url_warning
+from tracker.objectstore.retention import Retirement, retirement, superseded
+from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
+
+STORE = """
+proxy_snapshot_downloads: true
+proxy_snapshot_cache_dir: cache
+object_store:
+{body}
+"""
+
+
+def store(body: str) -> str:
+    return STORE.format(body="\n".join("  " + line for line in body.strip().splitlines()))
+
+
+def test_the_spec_example_loads_with_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("AKEXAMPLE\n")
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    config = load(
+        tmp_path,
+        store("""
+endpoint: "http://127.0.0.1:8333/"
+bucket: snapshots
+prefix: fleet
+region: eu-west-1
+access_key_id_file: key
+secret_access_key_file: secret
+addressing_style: virtual
+direct_serve: true
+direct_serve_ttl: 15m
+public_endpoint: "https://objects.example.org"
+lock_ttl: 60s
+replica_url: "http://10.0.0.5:8458/"
+keep_previous: 2
+"""),
+    )
+    s = config.object_store
+    assert s is not None
+    assert (s.endpoint, s.prefix, s.replica_url) == (
+        "http://127.0.0.1:8333",
+        "fleet/",
+        "http://10.0.0.5:8458",
+    )
+    assert (s.direct_serve_ttl, s.lock_ttl, s.keep_previous) == (900.0, 60.0, 2)
+    assert s.request_timeout == 2.0  # the default: the longest a request waits for the store
+    assert (s.resolved_access_key_id, s.resolved_secret_access_key) == ("AKEXAMPLE", "s3cr3t")
+    assert "s3cr3t" not in repr(config) and "AKEXAMPLE" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "says"),
+    [
+        ("bucket: Snap_shots", "object_store.bucket", "not an S3 bucket name"),
+        ("bucket: b1x\nprefix: /abs", "object_store.prefix", "relative key prefix"),
+        ("bucket: b1x\nprefix: a/../b", "object_store.prefix", "relative key prefix"),
+        ("bucket: b1x\nendpoint: ftp://x", "object_store.endpoint", "http(s) URL"),
+        ("bucket: b1x\npublic_endpoint: http://u:p@x", "object_store.public_endpoint", "creden"),
+        ("bucket: b1x\naddressing_style: dns", "object_store.addressing_style", "'path'"),
+        ("bucket: b1x\ndirect_serve_ttl: 169h", "object_store.direct_serve_ttl", "604800"),
+        ("bucket: b1x\nlock_ttl: 0s", "object_store.lock_ttl", "from 1s"),
+        ("bucket: b1x\nkeep_previous: -1", "object_store.keep_previous", "from 0"),
+        ("bucket: b1x\nrequest_timeout: 0s", "object_store.request_timeout", "from 0.1s"),
+        ("bucket: b1x\nsurprise: 1", "object_store.surprise", "unknown key"),
+        ("bucket: b1x\nreplicas: http://a", "object_store.replicas", "expected a list"),
+        ("bucket: b1x\nreplicas: [http://a, ftp://b]", "object_store.replicas[1]", "http(s)"),
+        ("bucket: b1x\nreplicas: ['']", "object_store.replicas[0]", "not empty"),
+        ("bucket: b1x\nreplicas: ['http://u:p@a']", "object_store.replicas[0]", "creden"),
+        ("bucket: b1x\nreplicas: ['http://a/?x=1']", "object_store.replicas[0]", "query"),
+        ("bucket: b1x\naccess_key_id: AK", "object_store", "both access_key_id"),
+        ("region: x", "object_store.bucket", "required"),
+    ],
+)
+def test_bad_settings_name_their_key(tmp_path: Path, body: str, path: str, says: str) -> None:
+    found = problems(tmp_path, store(body))
+    assert says in problem_at(found, path)
+    assert "AK" not in " ".join(f for f in found if "access_key_id" not in f)
+
+
+def test_the_store_needs_the_disk_cache_to_stage_its_refreshes(tmp_path: Path) -> None:
+    found = problems(tmp_path, "object_store: {bucket: snapshots}\n")
+    assert "proxy_snapshot_cache_dir" in problem_at(found, "object_store")
+
+
+def test_retention_keeps_the_newest_of_each_kind() -> None:
+    fulls = [full_name(slot) for slot in (100, 300, 200)]
+    incrementals = [incremental_name(300, slot) for slot in (310, 320)]
+    names = [*fulls, *incrementals, "notes.txt"]
+    assert superseded(names, full=True, keep_previous=1) == [full_name(100)]
+    assert superseded(names, full=True, keep_previous=0) == [full_name(200), full_name(100)]
+    assert superseded(names, full=False, keep_previous=0) == [incremental_name(300, 310)]
+    assert superseded(names, full=True, keep_previous=5) == []
+
+
+@pytest.mark.parametrize(
+    ("handed", "delete", "wait"),
+    [
+        ({}, (), None),
+        ({"a": None}, ("a",), None),  # never handed out
+        ({"a": 20.0}, ("a",), None),  # its last URL expired
+        ({"a": 15.0}, ("a",), None),  # exactly the hold: expired
+        ({"a": 5.0}, (), 10.0),  # a URL may be valid 10 s more
+        ({"a": -2.0}, (), 17.0),  # handed out "after" the store's Date (clock steps)
+        ({"a": None, "b": 14.5, "c": 3.0, "d": 30.0}, ("a", "d"), 0.5),  # the soonest wait
+    ],
+)
+def test_retirement_deletes_what_no_valid_url_names_and_waits_for_the_rest(
+    handed: dict[str, float | None], delete: tuple[str, ...], wait: float | None
+) -> None:
+    assert retirement(handed, hold=15.0) == Retirement(delete, wait)
+
+
+FULL, INCR = full_name(100), incremental_name(100, 150)
+
+
+@pytest.mark.parametrize(
+    ("key", "archive"),
+    [
+        (f"p/main/{FULL}", Archive("main", FULL, True)),
+        (f"p/main/{INCR}", Archive("main", INCR, False)),
+        (f"p/main/{FULL}.sha256", None),  # its digest
+        (f"p/main/{FULL}.part", None),
+        (f"p/main/sub/{FULL}", None),
+        (f"p/.locks/main/{FULL}.lock", None),
+        (f"p/.locks/main/{FULL}", None),  # an older version's lock
+        (f"p/.handed/main/{FULL}.handed", None),
+        (f"p/{FULL}", None),  # no group
+        (f"q/main/{FULL}", None),  # another prefix
+        ("p/main/snapshot-0100-" + FULL.split("-", 2)[2], None),  # not canonical (a leading 0)
+        ("p/main/notes.txt", None),
+        (f"p/-x/{FULL}", Archive("-x", FULL, True)),
+        (f"p/a b/{FULL}", None),  # not a group name
+    ],
+)
+def test_only_canonical_archive_keys_are_archives(key: str, archive: Archive | None) -> None:
+    assert archive_of("p/", key) == archive
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        (f"p/.locks/main/{FULL}", "lock"),
+        (f"p/.handed/main/{INCR}", "mark"),
+        (f"p/.locks/main/{FULL}.lock", None),  # today's
+        (f"p/.handed/main/{FULL}.handed", None),
+        (f"p/main/{FULL}", None),
+        ("p/.locks/main/notes.txt", None),
+    ],
+)
+def test_old_locks_and_marks_are_told_apart(key: str, kind: str | None) -> None:
+    assert legacy_kind("p/", key) == kind
+
+
+def test_no_key_of_an_archive_but_its_own_ends_in_its_name() -> None:
+    for make in (keys.digest_key, keys.lock_key, keys.mark_key):
+        key = make("p/", "main", FULL)
+        assert not key.endswith(FULL) and archive_of("p/", key) is None, key
+    assert archive_of("p/", keys.archive_key("p/", "main", FULL)) == Archive("main", FULL, True)
+
+
+def test_parts_fit_the_store_limits() -> None:
+    assert part_size(1) == MIN_PART
+    for size in (1, 100 * 1024**3, 5 * 1024**4):  # 100 GiB, 5 TiB (S3's largest object)
+        step = part_size(size)
+        assert step >= MIN_PART and -(-size // step) <= MAX_PARTS
+
+
+def test_the_replicas_example_and_its_second_replica_pass_check_config(tmp_path: Path) -> None:
+    """``examples/replicas.yml`` and the replica-b copy its comment makes with ``sed``."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "replicas.yml"
+    second = tmp_path / "replica-b.yml"
+    script = "/replicas:/!s/8458/8468/g; s/8457/8467/; s/replica-a/replica-b/"
+    assert script in example.read_text()  # the command the example's comment gives
+    with second.open("w") as out:
+        subprocess.run(["sed", "-e", script, str(example)], stdout=out, check=True, timeout=30)
+    assert "replica-b" in second.read_text() and "8468" in second.read_text()
+    for path in (example, second):  # each lists both, its own replica_url among them
+        assert 'replicas: ["http://127.0.0.1:8458", "http://127.0.0.1:8468"]' in path.read_text()
+    for path in (example, second):
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", "check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (path.name, result.stdout, result.stderr)
+        assert result.stdout.strip().endswith("OK"), result.stdout
+        assert "warning" not in result.stderr, result.stderr
+
+
+def test_an_age_in_whole_seconds_is_judged_late_never_early() -> None:
+    # An upload started at 10.9 s shows Initiated 10 s; looked at 0.15 s later by our own
+    # clock (no lock, so no store Date) it must not pass for 1 s old with lock_ttl 1 s.
+    shown = datetime(2026, 11, 23, 12, 0, 10, tzinfo=UTC)
+    assert not old_enough(shown, shown + timedelta(seconds=1.05), lock_ttl=1.0)
+    assert not old_enough(shown, shown + timedelta(seconds=1.99), lock_ttl=1.0)
+    assert old_enough(shown, shown + timedelta(seconds=2.0), lock_ttl=1.0)
+    # A date in another zone is the same instant.
+    assert old_enough(shown.astimezone(timezone(timedelta(hours=2))), shown + timedelta(3), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "base"),
+    [
+        ("http://10.0.0.5:8458", "http://10.0.0.5:8458"),
+        ("HTTP://Replica-A.example:80/", "http://replica-a.example"),
+        ("https://a.example:443/t/", "https://a.example/t"),
+        ("http://[::1]:8458", "http://[::1]:8458"),
+        ("http://u:p@a.example", None),
+        ("http://a.example/?x=1", None),
+        ("http://a.example/#f", None),
+        ("ftp://a.example", None),
+        ("http://", None),
+        ("http://a.example:99999", None),
+        ("http://a.example/\nx", None),
+        ("http://a .example", None),
+        ("http://a.example/" + "x" * 3000, None),
+        ("", None),
+    ],
+)
+def test_a_replica_url_from_the_bucket_as_a_base_url(text: str, base: str | None) -> None:
+    assert base_url(text) == base
+
+
+LISTED = ("http://10.0.0.5:8458", "http://10.0.0.6:8458/")
+
+
+@pytest.mark.parametrize(
+    ("replica_url", "replicas", "route"),
+    [
+        ("http://10.0.0.6:8458", LISTED, HolderRoute("http://10.0.0.6:8458", trusted=True)),
+        ("HTTP://10.0.0.6:8458/", LISTED, HolderRoute("http://10.0.0.6:8458", trusted=True)),
+        ("http://127.0.0.1:8457", LISTED, "is not in object_store.replicas"),
+        ("http://10.0.0.6:8459", LISTED, "is not in object_store.replicas"),
+        ("http://10.0.0.6:8458", (), HolderRoute("http://10.0.0.6:8458", trusted=False)),
+        ("http://169.254.169.254", (), HolderRoute("http://169.254.169.254", trusted=False)),
+        ("http://10.0.0.5:8458/", LISTED, ""),  # this replica's own: silently not followed
+        ("http://10.0.0.5:8458", (), ""),
+        ("", LISTED, "no replica_url"),
+        ("http://x@10.0.0.6:8458", LISTED, "not an http(s) base URL"),
+        ("file:///etc/passwd", (), "not an http(s) base URL"),
+    ],
+)
+def test_a_holder_is_followed_only_where_the_operator_allows(
+    replica_url: str, replicas: tuple[str, ...], route: HolderRoute | str
+) -> None:
+    got = holder_route(replica_url, own="http://10.0.0.5:8458", replicas=replicas)
+    if isinstance(route, HolderRoute) or route == "":
+        assert got == route
+    else:
+        assert isinstance(got, str) and route in got, got
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ("replica_url: http://10.0.0.5:8458", "10.0.0.5 is a private address"),
+        ("replica_url: http://localhost:8458", "127.0.0.1 is a loopback address"),
+        ("replica_url: http://10.0.0.5:8458\negress_allow: ['10.0.0.0/8']", None),
+        ("replica_url: http://203.0.113.9:8458", "203.0.113.9 is a private"),  # TEST-NET-3
+        ("replica_url: http://replica-a.internal:8458", None),  # a name: resolved when asked
+        ("replica_url: http://10.0.0.5:8458\nreplicas: ['http://10.0.0.5:8458/']", None),
+        ("replica_url: http://10.0.0.5:8458\nreplicas: ['http://10.0.0.6:8458']", "not in"),
+        ("replica_url: ''", None),
+    ],
+)
+def test_check_config_says_when_other_replicas_would_refuse_this_one(
+    tmp_path: Path, settings: str, says: str | None
+) -> None:
+    store_part, _, egress = settings.partition("\negress_allow: ")
+    text = store("bucket: b1x\n" + store_part)
+    if egress:
+        text = f"egress:\n  allow: {egress}\n" + text
+    warning = own_url_warning(load(tmp_path, text))
+    if says is None:
+        assert warning is None
+    else:
+        assert warning is not None and says in warning, warning
+        assert warning.startswith("object_store.replica_url: ")
+
+
+def test_check_config_prints_the_warning_and_passes(tmp_path: Path) -> None:
+    path = tmp_path / "replica.yml"
+    path.write_text(store("bucket: b1x\nreplica_url: http://127.0.0.1:8458"))
+    result = subprocess.run(
+        [sys.executable, "-m", "tracker", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result
+    assert "warning: object_store.replica_url: " in result.stderr
+    assert "object_store.replicas or their network in egress.allow" in result.stderr

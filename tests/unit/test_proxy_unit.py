@@ -1,0 +1,166 @@
+"""tracker.proxy.upstream and tracker.proxy.transfers pieces on their own: header whitelists,
+the head of a proxied answer, the download clients per TLS setting, Transfers (the download
+client's big reads against a real server: tests/integration/test_download_client.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import trio
+from names import full_name
+
+from tracker.core.config import TLSConfig
+from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
+from tracker.errors import UpstreamError
+from tracker.proxy.transfers import Transfers, plan_head
+from tracker.proxy.upstream import (
+    DownloadClients,
+    ProxySettings,
+    UpstreamAnswer,
+    client_response_headers,
+    upstream_request_headers,
+)
+
+NAME = full_name(77)
+
+
+def test_only_range_and_conditionals_go_upstream() -> None:
+    client = [
+        ("Range", "bytes=0-1"),
+        ("If-Range", '"x"'),
+        ("If-Match", '"a"'),
+        ("If-None-Match", '"b"'),
+        ("If-Modified-Since", "d1"),
+        ("If-Unmodified-Since", "d2"),
+        ("Authorization", "Basic client"),
+        ("Cookie", "c=1"),
+        ("Connection", "keep-alive, x-hop"),
+        ("X-Hop", "1"),
+        ("Accept-Encoding", "gzip"),
+        ("Host", "tracker"),
+        ("Range", "bytes=5-6"),  # a repeated header keeps its first value
+    ]
+    assert upstream_request_headers(client, "Bearer group") == {
+        "range": "bytes=0-1",
+        "if-range": '"x"',
+        "if-match": '"a"',
+        "if-none-match": '"b"',
+        "if-modified-since": "d1",
+        "if-unmodified-since": "d2",
+        "authorization": "Bearer group",
+    }
+    assert "authorization" not in upstream_request_headers(client, None)
+
+
+def test_only_entity_headers_come_back() -> None:
+    upstream = httpx.Headers(
+        [
+            ("Content-Length", "10"),
+            ("Content-Range", "bytes 0-9/20"),
+            ("Accept-Ranges", "bytes"),
+            ("ETag", '"e"'),
+            ("Last-Modified", "d"),
+            ("Content-Type", "application/zstd"),
+            ("Set-Cookie", "s=1"),
+            ("Server", "upstream"),
+            ("Connection", "close"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Encoding", "gzip"),
+            ("WWW-Authenticate", "Basic"),
+        ]
+    )
+    assert set(client_response_headers(upstream)) == {
+        "content-length",
+        "content-range",
+        "accept-ranges",
+        "etag",
+        "last-modified",
+        "content-type",
+    }
+
+
+def answer(status: int, headers: list[tuple[str, str]]) -> UpstreamAnswer:
+    parsed = parse_archive_name(NAME)
+    assert parsed is not None
+    f = SnapshotFile(name=parsed, file_name=NAME, url="http://u/" + NAME)
+    source = SnapshotSource(info_from_files([f]), TargetKey("g", "http://u"), datetime.now(UTC))
+    return UpstreamAnswer(httpx.Response(status, headers=headers), f.url, f, source)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "method", "known", "expected_length", "body"),
+    [
+        (200, [("content-length", "100")], "GET", 0, "100", 100),
+        (200, [("content-length", "100")], "HEAD", 0, "100", None),
+        (200, [], "GET", 55, "55", 55),  # chunked upstream: the index's size
+        (206, [("content-range", "bytes 10-19/100")], "GET", 0, "10", 10),
+        (206, [("content-length", "10"), ("content-range", "bytes 0-9/99")], "GET", 5, "10", 10),
+        (416, [("content-range", "bytes */100")], "GET", 100, "0", None),
+        (412, [], "GET", 100, "0", None),
+        (304, [("content-length", "100")], "GET", 100, None, None),
+        (200, [("content-length", "0")], "GET", 0, "0", None),
+    ],
+)
+def test_plan_head(
+    status: int,
+    headers: list[tuple[str, str]],
+    method: str,
+    known: int,
+    expected_length: str | None,
+    body: int | None,
+) -> None:
+    head, length = plan_head(answer(status, headers), method, known)
+    assert head.status == status
+    assert head.headers.get("content-length") == expected_length
+    assert length == body
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (200, []),
+        (200, [("content-length", "-1")]),
+        (206, [("content-range", "bytes 5-1/10")]),
+        (206, [("content-range", "items 0-1/10")]),
+    ],
+)
+def test_plan_head_refuses_an_archive_without_length(
+    status: int, headers: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(UpstreamError, match="content-length"):
+        plan_head(answer(status, headers), "GET", 0)
+
+
+async def test_download_clients_are_shared_per_tls_setting() -> None:
+    clients = DownloadClients(ProxySettings())
+    tls = TLSConfig(insecure_skip_verify=True)
+    assert clients.for_tls(tls) is clients.for_tls(TLSConfig(insecure_skip_verify=True))
+    assert clients.for_tls(tls) is not clients.foreign()
+    # Other origins get a client of their own: it connects only where the egress policy
+    # allows, and it never presents a group's client certificate.
+    assert clients.foreign() is not clients.for_tls(None)
+    assert clients.foreign() is clients.foreign()
+    await clients.aclose()
+
+
+async def test_transfers_refuse_new_work_once_closed() -> None:
+    transfers = Transfers()
+    assert not transfers.accepting
+
+    async def job(*, task_status: trio.TaskStatus[int]) -> None:
+        task_status.started(1)
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transfers.run)
+            assert transfers.accepting
+            assert await transfers.start(job) == 1
+            transfers.close(0.05)  # the running job is cancelled after the grace period
+            with pytest.raises(UpstreamError, match="stopping"):
+                await transfers.start(job)
+    assert not transfers.accepting

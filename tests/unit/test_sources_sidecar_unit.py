@@ -1,0 +1,142 @@
+"""A sidecar's snapshot list parsed without a server: strict validation of every entry, one bad
+entry failing the whole list by name, JSON array structure errors, bounded memory and lazy
+decoding (the probe against real servers: tests/integration/test_sources_sidecar.py)."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+from helpers_sources import HASHES
+
+from tracker.core.snapshots import U64_MAX
+from tracker.discovery.sidecar import parse_snapshot_list
+from tracker.errors import ProbeError
+from tracker.net.limits import iter_json_array
+
+H0, H1, H2 = HASHES[:3]
+MiB = 1024 * 1024
+
+
+def file_json(slot: int, hash_: str, *, base: int = 0, ext: str = ".tar.zst", **extra: Any):
+    if base:
+        name = f"incremental-snapshot-{base}-{slot}-{hash_}{ext}"
+    else:
+        name = f"snapshot-{slot}-{hash_}{ext}"
+    out: dict[str, Any] = {"file_name": name, "slot": slot, "hash": hash_, "ext": ext}
+    if base:
+        out["base_slot"] = base
+    return out | extra
+
+
+def info_json(*files: dict[str, Any]) -> dict[str, Any]:
+    head = files[0]
+    return {
+        "slot": head["slot"],
+        "base_slot": head.get("base_slot", head["slot"]),
+        "hash": head["hash"],
+        "files": list(files),
+        "size": sum(f.get("size", 0) for f in files),
+    }
+
+
+FULL = file_json(100, H0, size=1000, mod_time="2026-11-21T10:00:00.123456789Z")
+
+GOOD = info_json(FULL)
+
+
+def with_file(**changes: Any) -> dict[str, Any]:
+    """GOOD with its one file changed (None removes a key)."""
+    return GOOD | {"files": [{k: v for k, v in (FULL | changes).items() if v is not None}]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (GOOD | {"slot": "100"}, "slot: not an unsigned 64-bit integer: '100'"),
+        (GOOD | {"slot": True}, "slot: not an unsigned 64-bit integer: True"),
+        (GOOD | {"slot": -1}, "slot: not an unsigned 64-bit integer"),
+        (GOOD | {"slot": U64_MAX + 1}, "slot: not an unsigned 64-bit integer"),
+        (GOOD | {"slot": 100.0}, "slot: not an unsigned 64-bit integer"),
+        (GOOD | {"size": "1"}, "size: not an unsigned 64-bit integer"),
+        (GOOD | {"hash": "abc"}, "hash: not a base58 32-byte hash: 'abc'"),
+        (GOOD | {"slot": 101}, "files: no file is the entry's snapshot"),
+        (GOOD | {"base_slot": 7}, "files: no file is the entry's snapshot"),
+        (GOOD | {"files": []}, "files: not a non-empty array"),
+        (GOOD | {"files": "x"}, "files: not a non-empty array"),
+        ({k: v for k, v in GOOD.items() if k != "files"}, "files: not a non-empty array"),
+        (GOOD | {"files": [FULL, FULL, FULL]}, "files: 3 files, a chain has at most 2"),
+        (GOOD | {"files": [FULL, file_json(90, H2)]}, "files: snapshot-90-"),
+        (GOOD | {"files": [7]}, "files[0]: not a JSON object: 7"),
+        (with_file(hash=H2[:-2]), "files[0].hash: not a base58 32-byte hash"),
+        (with_file(hash=None), "files[0].hash: not a base58 32-byte hash: None"),
+        (with_file(slot=101), "files[0].file_name: 'snapshot-100-"),
+        (with_file(ext=".tar.gz"), "files[0].file_name: 'snapshot-100-"),
+        (with_file(base_slot=5), "files[0].file_name: 'snapshot-100-"),
+        (with_file(file_name="snapshot-100.tar.zst"), "files[0].file_name: not a snapshot"),
+        (with_file(file_name=["x"]), "files[0].file_name: not a string"),
+        (with_file(size=-1), "files[0].size: not an unsigned 64-bit integer: -1"),
+        (with_file(size=1.5), "files[0].size: not an unsigned 64-bit integer: 1.5"),
+        (with_file(mod_time="yesterday"), "files[0].mod_time: not an RFC 3339 time"),
+        (with_file(mod_time="2026-13-01T00:00:00Z"), "files[0].mod_time: not an RFC 3339"),
+        (with_file(mod_time="2026-11-21T10:00:00"), "files[0].mod_time: not an RFC 3339"),
+        (with_file(mod_time=1700000000), "files[0].mod_time: not an RFC 3339"),
+        ([GOOD], "not a JSON object: [{"),
+    ],
+)
+def test_one_bad_entry_fails_the_whole_list_naming_it(entry: Any, reason: str) -> None:
+    text = json.dumps([GOOD, entry])
+    with pytest.raises(ProbeError) as info:
+        parse_snapshot_list(text, "http://x", max_entries=10)
+    assert str(info.value).startswith(f"entry 1: {reason}")
+    assert "\n" not in str(info.value)
+
+
+def test_full_info_may_carry_base_slot_zero() -> None:
+    (info,) = parse_snapshot_list(json.dumps([GOOD | {"base_slot": 0}]), "http://x", max_entries=1)
+    assert info.base_slot == info.slot == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[{", "invalid JSON at character 2: Expecting property name"),
+        ('{"slot": 1}', "answer is not a JSON array"),
+        ("", "answer is not a JSON array"),
+        (" [ 1 , 2 ] x", "invalid JSON at character 11: data after the array"),
+        ("[1 2]", "invalid JSON at character 3: expected ',' or ']'"),
+        ("[1,]", "invalid JSON at character 3: Expecting value"),
+        ("[1, NaN]", "entry 1: invalid JSON: NaN is not valid JSON"),
+        ("[-Infinity]", "entry 0: invalid JSON: -Infinity is not valid JSON"),
+        ("[" * 100_000, "entry 0: JSON nested too deeply"),
+        ("[" + "9" * 5000 + "]", "entry 0: invalid JSON: Exceeds the limit"),
+        ('[1, {"a": x}, ' + "2, " * 10_000 + "3]", "invalid JSON at character 10: Expecting"),
+    ],
+)
+def test_array_structure_errors(text: str, reason: str) -> None:
+    with pytest.raises(ProbeError) as info:
+        list(iter_json_array(text, max_items=10))
+    assert str(info.value).startswith(reason)
+    assert "\n" not in str(info.value)
+
+
+def test_one_huge_entry_is_refused_with_bounded_memory() -> None:
+    text = '[{"files": [' + "{}," * (2 * MiB) + "{}]}]"  # 6 MiB: ~150 MiB if decoded whole
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProbeError, match=r"larger than"):
+            parse_snapshot_list(text, "http://x", max_entries=10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MiB
+
+
+def test_array_elements_are_decoded_lazily_up_to_the_limit() -> None:
+    text = "[" + "0," * 1_000_000 + "0]"
+    seen = []
+    with pytest.raises(ProbeError, match=r"^more than 10 entries$"):
+        seen.extend(iter_json_array(text, max_items=10))
+    assert seen == [0] * 10

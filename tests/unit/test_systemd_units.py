@@ -1,0 +1,90 @@
+"""The systemd units: `systemd-analyze verify` accepts them, and they agree with the code.
+
+verify checks that ExecStart's binary exists, and /usr/local/bin/snapshot-tracker does not on a
+build machine: the units are copied to tmp_path with ExecStart pointing at /bin/true (the
+arguments stay), so everything else in them is checked as installed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracker.web.listeners import INTERNAL, PUBLIC
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+NAMES = ["snapshot-tracker.service", "snapshot-tracker.socket", "snapshot-tracker-internal.socket"]
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+INSTALLED_BINARY = "/usr/local/bin/snapshot-tracker"
+
+
+def unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """Sections of a unit file, each key with every value it was given (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in (UNITS / name).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    assert SYSTEMD_ANALYZE is not None
+    for name in NAMES:
+        text = (UNITS / name).read_text()
+        if name.endswith(".service"):
+            assert f"ExecStart={INSTALLED_BINARY} " in text
+            text = text.replace(f"ExecStart={INSTALLED_BINARY} ", "ExecStart=/bin/true ")
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", *(str(tmp_path / name) for name in NAMES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # verify exits 0 on unknown keys and unparsable values, only printing them: no output is ok.
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_socket_units_name_their_fds_as_listen_fds_expects() -> None:
+    public = unit("snapshot-tracker.socket")["Socket"]
+    internal = unit("snapshot-tracker-internal.socket")["Socket"]
+    assert public["FileDescriptorName"] == [PUBLIC]
+    assert public["ListenStream"] == ["8458"]
+    assert internal["FileDescriptorName"] == [INTERNAL]
+    assert internal["ListenStream"] == ["127.0.0.1:8457"]
+    assert internal["Service"] == public["Service"] == ["snapshot-tracker.service"]
+
+
+def seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|min)?", value)
+    assert match, value
+    return int(match[1]) * (60 if match[2] == "min" else 1)
+
+
+def test_service_settings_the_daemon_relies_on() -> None:
+    service = unit("snapshot-tracker.service")["Service"]
+    assert service["Type"] == ["notify"]
+    assert service["ExecStart"] == [
+        f"{INSTALLED_BINARY} serve --config /etc/snapshot-tracker/config.yml"
+    ]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # Longer than the default shutdown_grace (30 s), or systemd kills running transfers.
+    assert seconds(service["TimeoutStopSec"][0]) > 30
+    # The watchdog is pinged at half its period; systemd's notify socket must stay reachable.
+    assert seconds(service["WatchdogSec"][0]) >= 10
+    assert "AF_UNIX" in service["RestrictAddressFamilies"][0].split()
+    # Exit code 2 (config error) must not restart in a loop.
+    assert service["RestartPreventExitStatus"] == ["2"]
