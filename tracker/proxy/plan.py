@@ -15,7 +15,7 @@ while the request waits (a promotion ends, a refresh starts, another replica tak
     stored       the promotion wait, the copy on disk  CacheHit, FromBucket ... then Miss, or Relay
     on_miss      the refresh registry, the index       JoinShared, JoinBehind, Claim, StartShared,
                                                        OwnRefresh, or fallback
-    claimed      the bucket's lock (Claim)             StartShared, FromHolder
+    claimed      the bucket's lock (Claim)             StartShared, FromHolder, or Relay
     fallback     any of the above passing              Relay (maybe noting interest)
 
 A decision may *pass* when performing it shows that it cannot answer (the bucket's URL could
@@ -249,7 +249,7 @@ def stored(asked: Asked, mode: Mode, copy: Copy) -> tuple[Stored, ...]:
     """After a redirect passed, and after a promotion of the file in flight ended: the
     stored copies to try in order, then :class:`Miss`; :class:`Relay` when the file cannot
     be cached at all. A HEAD is answered from the object's metadata only while the store is
-    up (it has no GET to fall back on)."""
+    up."""
     if copy in (Copy.NO_CACHE, Copy.OUTSIDE):
         return (Relay(),)
     steps: list[Stored] = []
@@ -281,9 +281,7 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> AfterMiss:
     return fallback(asked, now)
 
 
-def claimed(
-    asked: Asked, mode: Mode, claim: Claimed, size: int
-) -> StartShared | FromHolder | Relay:
+def claimed(asked: Asked, mode: Mode, claim: Claimed, size: int) -> AfterClaim:
     """After :class:`Claim`: refresh under the lock (kept to its end: other replicas wait
     for the upload), or without the bucket when there is no lock to be had. Another
     replica's lock: its refresh is followed, unless this request came from a replica (two
