@@ -4,7 +4,10 @@
 credentials only to their own origin, header whitelists); :mod:`~tracker.proxy.resume` resumes
 a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns;
-:mod:`~tracker.proxy.streamer` picks cache hit, refresh or plain proxy for a request;
+:mod:`~tracker.proxy.plan` decides a request's byte path from its facts (pure: no event
+loop, no network) and :mod:`~tracker.proxy.streamer` asks it and performs each decision with
+the executors (:mod:`~tracker.proxy.stored`, :mod:`~tracker.proxy.refreshing`,
+:mod:`~tracker.proxy.launch`); :mod:`~tracker.proxy.pumps` moves the bytes;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
 :mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;
 :mod:`~tracker.proxy.objects` is the object store's part (303 to presigned URLs, the holder

@@ -1,14 +1,14 @@
 """Proxy mode with the object-store tier (SPEC §10): what the bucket answers, and filling it.
 
-For an archive request the streamer asks, in order:
+Which of these a request gets is decided by :mod:`tracker.proxy.plan` (its ``redirect``,
+``stored`` and ``claimed`` stages); this module performs it:
 
-1. :meth:`ObjectPath.redirect_or_head`: a GET of a file the bucket holds gets a ``303`` to a
-   presigned URL (``direct_serve``, and not for ``serve_user_agents`` nor for another
-   tracker); a HEAD of it is answered from the object's metadata, without the store's GET;
-2. the disk cache (the streamed cases need no round trip to the store);
-3. :meth:`ObjectPath.stream_source`: the object streamed through the tracker, Range and
+1. :meth:`ObjectPath.presigned`: a GET of a file the bucket holds is sent there, ``303`` to
+   a presigned URL; :meth:`ObjectPath.head`: a HEAD of one not on disk is answered from the
+   object's metadata, without the store's GET;
+2. :meth:`ObjectPath.stream_source`: the object streamed through the tracker, Range and
    conditionals passed on to the store (a presigned URL for the tracker itself);
-4. on a miss, before a refresh starts, :meth:`ObjectPath.claim`: this replica takes the file's
+3. on a miss, before a refresh starts, :meth:`ObjectPath.claim`: this replica takes the file's
    lock and fills the bucket (:meth:`ObjectPath.upload`, a multipart upload following the
    refresh's temp file), or the request is proxied from the holder's refresh in flight
    (:meth:`ObjectPath.holder_source`: only where :mod:`tracker.objectstore.replicas` allows,
@@ -30,12 +30,11 @@ from urllib.parse import quote, urlsplit
 import quart
 import trio
 
-from tracker.core.config import Config, ObjectStore, TargetGroup
+from tracker.core.config import ObjectStore, TargetGroup
 from tracker.core.digests import repr_digest
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
-from tracker.core.text import TRACKER_AGENT, wants_bytes
+from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
 from tracker.files.ranges import http_date
 from tracker.objectstore.answers import ObjectInfo
@@ -50,11 +49,6 @@ log = logging.getLogger("tracker.objectstore")
 Found = list[tuple[SnapshotFile, SnapshotSource]]
 
 
-def from_tracker(request: quart.Request) -> bool:
-    """True for a request of another tracker (a replica following this one's refresh)."""
-    return request.headers.get("user-agent", "") == TRACKER_AGENT
-
-
 class ObjectPath:
     """The bucket's part in answering archive requests; see the module doc."""
 
@@ -65,49 +59,32 @@ class ObjectPath:
     def store(self) -> ObjectStore:
         return self.tier.store
 
-    async def redirect_or_head(
-        self, config: Config, request: quart.Request, group: str, name: str
-    ) -> quart.Response | None:
-        """A 303 to the object or a HEAD from its metadata; None: serve it another way."""
-        if not self.tier.usable:
-            return None
-        if request.method == "HEAD":
-            info = await self.tier.lookup(group, name)
-            if info is None:
-                return None
-            return head_response(info, await self.tier.digest(group, name, info))
-        if request.method != "GET":
-            return None
-        url = await self.location(config, request.headers.get("user-agent", ""), group, name)
-        if url is None:
-            return None
-        response = quart.Response(b"", status=303, content_type="text/plain")
-        response.headers["location"] = url
-        return response
-
-    async def location(self, config: Config, user_agent: str, group: str, name: str) -> str | None:
-        """Where a GET of ``name`` by ``user_agent`` is sent (a presigned URL of the object);
-        None when it is served another way (no direct serving, a client that wants bytes,
-        another tracker, not in the bucket, signing failed, the store down)."""
-        if not self.tier.usable or not self.store.direct_serve or user_agent == TRACKER_AGENT:
-            return None
-        if wants_bytes(user_agent, config.serve_user_agents):
-            return None
+    async def presigned(self, group: str, name: str) -> str | None:
+        """A presigned GET URL of the object of ``name``; None when the bucket does not have
+        it or signing failed."""
         if await self.tier.lookup(group, name) is None:
             return None
         return await self.tier.handout(group, name)
 
+    async def head(self, group: str, name: str) -> quart.Response | None:
+        """A HEAD answered from the object's metadata; None when the bucket does not have it."""
+        info = await self.tier.lookup(group, name)
+        if info is None:
+            return None
+        return head_response(info, await self.tier.digest(group, name, info))
+
     async def stream_source(
-        self, group: str, name: str
+        self, group: str, archive: ArchiveName
     ) -> tuple[TargetGroup, Found, str | None] | None:
         """The object as a source to stream from (presigned for the tracker) and its digest
         (None: unknown); None when the bucket does not have it."""
+        name = archive.file_name
         info = await self.tier.lookup(group, name)
         url = self.tier.internal_url(group, name) if info is not None else None
         if info is None or url is None:
             return None
         digest = await self.tier.digest(group, name, info)
-        return (*_source(group, name, url, info.size), digest)
+        return (*_source(group, archive, url, info.size), digest)
 
     async def claim(self, group: str, name: str) -> Lock | Holder | None:
         """Before a refresh of ``name``: this replica's lock, the live holder, or None (the
@@ -118,25 +95,23 @@ class ObjectPath:
         return claimed
 
     def holder_source(
-        self, request: quart.Request, holder: Holder, group: str, name: str, size: int
+        self, holder: Holder, group: str, archive: ArchiveName, size: int
     ) -> tuple[TargetGroup, Found] | None:
         """The holder's refresh in flight as a source of the ``size``-byte archive (its size
-        in the index); None when it cannot be followed: the request came from a replica, the
-        size is unknown (what the holder serves could not be checked), or its
-        ``replica_url`` (read from the bucket: network input) is missing, this replica's
-        own, not a base URL, or not in ``object_store.replicas`` when that is set
+        in the index: the plan follows a holder only when it is known, and never for a
+        request of another replica); None when it cannot be followed: its ``replica_url``
+        (read from the bucket: network input) is missing, this replica's own, not a base
+        URL, or not in ``object_store.replicas`` when that is set
         (:func:`~tracker.objectstore.replicas.holder_route`). Without that list the egress
         policy applies to the holder's address."""
-        if from_tracker(request) or size <= 0:
-            return None
         store = self.store
         route = holder_route(holder.replica_url, own=store.replica_url, replicas=store.replicas)
         if isinstance(route, str):
             if route:
                 log_event(log, "warning", "replica_not_followed", group=group, reason=route)
             return None
-        url = f"{route.base}/v1/{quote(group, safe='')}/{name}"
-        return _source(group, name, url, size, from_network=not route.trusted)
+        url = f"{route.base}/v1/{quote(group, safe='')}/{archive.file_name}"
+        return _source(group, archive, url, size, from_network=not route.trusted)
 
     async def upload(self, shared: SharedRefresh, lock: Lock, group: str, name: str) -> None:
         """Fill the bucket from ``shared``'s temp file while holding ``lock``; never raises
@@ -225,17 +200,14 @@ def head_response(info: ObjectInfo, digest: str | None = None) -> quart.Response
 
 
 def _source(
-    group: str, name: str, url: str, size: int, *, from_network: bool = False
+    group: str, archive: ArchiveName, url: str, size: int, *, from_network: bool = False
 ) -> tuple[TargetGroup, Found]:
     """A one-source list for the proxy: ``url`` of ``name`` in a group with no credentials
     (neither the store's nor the group's are ever sent there; a store's URL is presigned).
     ``from_network``: an address read from the bucket, reached only where the egress policy
     allows (as a discovered node's)."""
-    parsed = parse_archive_name(name)
-    if parsed is None:  # the streamer checked the name before
-        raise ValueError(f"not an archive name: {name!r}")
-    f = SnapshotFile(name=parsed, file_name=name, size=size, url=url)
-    info = SnapshotInfo(parsed.slot, parsed.base_slot or parsed.slot, parsed.hash, (f,))
+    f = SnapshotFile(name=archive, file_name=archive.file_name, size=size, url=url)
+    info = SnapshotInfo(archive.slot, archive.base_slot or archive.slot, archive.hash, (f,))
     # The source's own origin is the URL's: the store's endpoint and a replica listed in
     # object_store.replicas are addresses the operator configured; any other replica_url came
     # from the network and is checked by the egress policy.

@@ -1,0 +1,598 @@
+"""The byte path of proxy mode as a table: docs/http-api.md against tracker/proxy/plan.py.
+
+No sockets, no event loop. Each row is one rule of docs/http-api.md ("Archive answers",
+"With an object store", "Verified archives") as the decisions a request goes through:
+:func:`walk` asks the plan's stages in the order the streamer does
+(tracker/proxy/streamer.py), every decision answering the request except those the row says
+pass (the file turned out not to be there, a URL could not be signed, a refresh ended).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.rejections import PREFIX
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
+from tracker.core.text import TRACKER_AGENT
+from tracker.proxy import plan
+from tracker.proxy.plan import (
+    Asked,
+    Bucket,
+    CacheHit,
+    Claim,
+    Claimed,
+    Copy,
+    FromBucket,
+    FromHolder,
+    JoinBehind,
+    JoinShared,
+    Miss,
+    Mode,
+    Now,
+    OwnRefresh,
+    Redirect,
+    Relay,
+    Running,
+    StartShared,
+)
+
+NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
+SIZE = 1000
+FIREDANCER = "Firedancer/0.1"
+
+GET = Asked("GET")
+HEAD = Asked("HEAD")
+RANGE = Asked("GET", range="bytes=0-99")
+RANGE_AHEAD = Asked("GET", range="bytes=600-699")
+RANGE_AT_EDGE = Asked("GET", range="bytes=500-")
+IF_RANGE = Asked("GET", range="bytes=0-99", conditional=True)
+IF_NONE_MATCH = Asked("GET", conditional=True)
+FROM_FIREDANCER = Asked("GET", user_agent=FIREDANCER)
+FROM_REPLICA = Asked("GET", user_agent=TRACKER_AGENT)
+
+CACHE = Mode(serve_user_agents=("Firedancer",))
+KEEP = Mode(keep=True)
+SHARE = Mode(share=True)
+BUCKET = Mode(bucket=Bucket(), serve_user_agents=("Firedancer",))
+NO_DIRECT = Mode(bucket=Bucket(direct_serve=False))
+DOWN = Mode(bucket=Bucket(usable=False))
+
+BEST = Now(best=True)
+OTHER = Now(best=False)
+REFRESHING = Now(best=True, refreshing=True)
+#: A registered refresh with 500 of its 1000 bytes written.
+RUNNING = Now(best=True, running=Running(SIZE, 500), refreshing=True)
+
+Step = object
+
+
+def walk(
+    asked: Asked,
+    mode: Mode,
+    *,
+    copy: Copy = Copy.SERVABLE,
+    passes: tuple[type, ...] = (),
+    now: Now = BEST,
+    after: Now | None = None,
+    claim: Claimed = Claimed.LOCK,
+    size: int = SIZE,
+) -> list[Step]:
+    """The decisions a request goes through, in order, until one answers. ``passes``: the
+    kinds of decision that cannot answer; ``now``: what a miss finds, ``after``: what the
+    fallback finds once a miss's decision passed (default: the same)."""
+    tried: list[Step] = []
+    redirect = plan.redirect(asked, mode)
+    if redirect is not None:
+        tried.append(redirect)
+        if Redirect not in passes:
+            return tried
+    for step in plan.stored(asked, mode, copy):
+        tried.append(step)
+        if isinstance(step, Relay):
+            return tried
+        if isinstance(step, Miss):
+            return tried + _miss(asked, mode, now, after, claim, size, passes)
+        if type(step) not in passes:
+            return tried
+    raise AssertionError("the stored stage must end in a miss or a relay")
+
+
+def _miss(
+    asked: Asked,
+    mode: Mode,
+    now: Now,
+    after: Now | None,
+    claim: Claimed,
+    size: int,
+    passes: tuple[type, ...],
+) -> list[Step]:
+    tried: list[Step] = []
+    step = plan.on_miss(asked, mode, now)
+    if isinstance(step, Claim):
+        tried.append(step)
+        step = plan.claimed(asked, mode, claim, size)  # type: ignore[assignment]
+    tried.append(step)
+    if isinstance(step, Relay) or type(step) not in passes:
+        return tried
+    return [*tried, plan.fallback(asked, after or now)]
+
+
+ROWS = [
+    # -- "Archive answers": the disk cache ----------------------------------------------------
+    pytest.param(GET, CACHE, {"copy": Copy.NO_CACHE}, [Relay()], id="no cache: relayed"),
+    pytest.param(
+        GET, CACHE, {"copy": Copy.OUTSIDE}, [Relay()], id="a path out of the cache: relayed"
+    ),
+    pytest.param(GET, CACHE, {}, [CacheHit()], id="cached: GET from disk"),
+    pytest.param(HEAD, CACHE, {}, [CacheHit()], id="cached: HEAD from disk"),
+    pytest.param(RANGE, CACHE, {}, [CacheHit()], id="cached: Range from disk"),
+    pytest.param(IF_NONE_MATCH, CACHE, {}, [CacheHit()], id="cached: conditional from disk"),
+    pytest.param(
+        GET,
+        CACHE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), OwnRefresh(keep=False)],
+        id="plain GET of the best, not cached: its refresh, read by its client",
+    ),
+    pytest.param(
+        GET,
+        KEEP,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), OwnRefresh(keep=True)],
+        id="cache_complete_on_disconnect: the refresh outlives its client",
+    ),
+    pytest.param(
+        GET,
+        CACHE,
+        {"passes": (CacheHit,), "now": OTHER},
+        [CacheHit(), Miss(), Relay()],
+        id="not the group's best: relayed uncached",
+    ),
+    pytest.param(
+        HEAD,
+        CACHE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), Relay()],
+        id="HEAD of the best, not cached: relayed",
+    ),
+    pytest.param(
+        IF_NONE_MATCH,
+        CACHE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), Relay()],
+        id="conditional GET of the best, not cached: relayed (only the source answers it)",
+    ),
+    pytest.param(
+        GET,
+        CACHE,
+        {"passes": (CacheHit,), "now": REFRESHING},
+        [CacheHit(), Miss(), Relay()],
+        id="a refresh runs, sharing off: other requests relayed uncached",
+    ),
+    pytest.param(
+        GET,
+        CACHE,
+        {"passes": (CacheHit, OwnRefresh), "after": REFRESHING},
+        [CacheHit(), Miss(), OwnRefresh(keep=False), Relay()],
+        id="a refresh began meanwhile: relayed",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), Relay(interest=True)],
+        id="Range of the best, nothing refreshes it: relayed, a background refresh starts",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (CacheHit,), "now": REFRESHING},
+        [CacheHit(), Miss(), Relay()],
+        id="Range of the best while a client's refresh runs: relayed, no second refresh",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (CacheHit,), "now": OTHER},
+        [CacheHit(), Miss(), Relay()],
+        id="Range of another file: relayed, nothing started",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), JoinBehind()],
+        id="Range whose first byte the background refresh wrote: read from its temp file",
+    ),
+    pytest.param(
+        RANGE_AHEAD,
+        CACHE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), Relay()],
+        id="Range ahead of the background refresh: relayed in parallel",
+    ),
+    pytest.param(
+        RANGE_AT_EDGE,
+        CACHE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), Relay()],
+        id="Range from the first byte not written yet: relayed",
+    ),
+    pytest.param(
+        Asked("GET", range="bytes=499-"),
+        CACHE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), JoinBehind()],
+        id="Range from the last byte written: read from the temp file",
+    ),
+    pytest.param(
+        IF_RANGE,
+        CACHE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), Relay()],
+        id="Range with If-Range: relayed, not read from a refresh",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (CacheHit, JoinBehind), "now": RUNNING, "after": BEST},
+        [CacheHit(), Miss(), JoinBehind(), Relay(interest=True)],
+        id="the background refresh ended unread: relayed, interest noted from what is now",
+    ),
+    # -- "Archive answers": cache_share_inflight -----------------------------------------------
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), StartShared(keep=False)],
+        id="shared: a plain GET of the best starts the refresh others join",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), JoinShared()],
+        id="shared: a GET while it runs reads the same temp file",
+    ),
+    pytest.param(
+        RANGE_AHEAD,
+        SHARE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), JoinShared()],
+        id="shared: a Range GET too, wherever it starts",
+    ),
+    pytest.param(
+        HEAD,
+        SHARE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), Relay()],
+        id="shared: a HEAD is relayed",
+    ),
+    pytest.param(
+        IF_RANGE,
+        SHARE,
+        {"passes": (CacheHit,), "now": RUNNING},
+        [CacheHit(), Miss(), Relay()],
+        id="shared: a conditional GET is relayed",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (CacheHit, JoinShared), "now": RUNNING, "after": BEST},
+        [CacheHit(), Miss(), JoinShared(), Relay()],
+        id="shared: a refresh that ended unread: relayed",
+    ),
+    pytest.param(
+        RANGE,
+        SHARE,
+        {"passes": (CacheHit,)},
+        [CacheHit(), Miss(), Relay(interest=True)],
+        id="shared: Range of the best, nothing refreshes it: relayed, a refresh starts",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (CacheHit,), "now": OTHER},
+        [CacheHit(), Miss(), Relay()],
+        id="shared: another file is relayed",
+    ),
+    # -- "With an object store" ----------------------------------------------------------------
+    pytest.param(GET, BUCKET, {}, [Redirect()], id="bucket: GET of a stored archive: 303"),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"copy": Copy.OUTSIDE},
+        [Redirect()],
+        id="bucket: the 303 comes before any file system work",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect,)},
+        [Redirect(), CacheHit()],
+        id="bucket: signing failed (or not there): bytes from the disk cache",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit)},
+        [Redirect(), CacheHit(), FromBucket(head=False)],
+        id="bucket: not on disk: streamed from the bucket",
+    ),
+    pytest.param(
+        FROM_FIREDANCER,
+        BUCKET,
+        {},
+        [CacheHit()],
+        id="bucket: serve_user_agents get bytes from the disk cache",
+    ),
+    pytest.param(
+        FROM_FIREDANCER,
+        BUCKET,
+        {"passes": (CacheHit,)},
+        [CacheHit(), FromBucket(head=False)],
+        id="bucket: serve_user_agents, not on disk: streamed from the bucket",
+    ),
+    pytest.param(
+        FROM_REPLICA,
+        BUCKET,
+        {"passes": (CacheHit,)},
+        [CacheHit(), FromBucket(head=False)],
+        id="bucket: another tracker gets bytes, never a redirect",
+    ),
+    pytest.param(
+        GET,
+        NO_DIRECT,
+        {"passes": (CacheHit,)},
+        [CacheHit(), FromBucket(head=False)],
+        id="bucket: direct_serve false: streamed",
+    ),
+    pytest.param(
+        GET,
+        DOWN,
+        {"passes": (CacheHit,)},
+        [CacheHit(), FromBucket(head=False)],
+        id="bucket: the store down: no 303, a known object still streamed",
+    ),
+    pytest.param(
+        HEAD,
+        BUCKET,
+        {"passes": (CacheHit,)},
+        [CacheHit(), FromBucket(head=True)],
+        id="bucket: HEAD not on disk: from the object's metadata",
+    ),
+    pytest.param(
+        HEAD,
+        DOWN,
+        {"passes": (CacheHit,), "now": OTHER},
+        [CacheHit(), Miss(), Relay()],
+        id="bucket: HEAD, the store down: relayed",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket)},
+        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), StartShared(True, True)],
+        id="bucket: a miss: the replica with the lock refreshes, uploads, keeps it",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.HOLDER},
+        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), FromHolder(SIZE)],
+        id="bucket: another replica holds the lock: proxied from its refresh",
+    ),
+    pytest.param(
+        FROM_REPLICA,
+        BUCKET,
+        {"passes": (CacheHit, FromBucket), "claim": Claimed.HOLDER},
+        [CacheHit(), FromBucket(head=False), Miss(), Claim(), Relay()],
+        id="bucket: a replica's request is never sent on to a third one",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.HOLDER, "size": 0},
+        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), Relay()],
+        id="bucket: the size unknown, the holder's answer cannot be checked: relayed",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket, FromHolder), "claim": Claimed.HOLDER},
+        [
+            Redirect(),
+            CacheHit(),
+            FromBucket(head=False),
+            Miss(),
+            Claim(),
+            FromHolder(SIZE),
+            Relay(),
+        ],
+        id="bucket: the holder unreachable or not to be followed: relayed",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.NONE},
+        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), StartShared(False)],
+        id="bucket: no lock to be had (store down): the disk cache alone",
+    ),
+    pytest.param(
+        GET,
+        BUCKET,
+        {"passes": (Redirect, CacheHit, FromBucket), "now": RUNNING},
+        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), JoinShared()],
+        id="bucket: every request on the refreshing replica reads the growing file",
+    ),
+    # -- "Verified archives" --------------------------------------------------------------------
+    pytest.param(
+        GET,
+        CACHE,
+        {"copy": Copy.UNCHECKED},
+        [Miss(), OwnRefresh(keep=False)],
+        id="verified: a copy not checked yet is no hit",
+    ),
+    pytest.param(
+        HEAD,
+        CACHE,
+        {"copy": Copy.UNCHECKED},
+        [Miss(), Relay()],
+        id="verified: nor is it for HEAD",
+    ),
+    pytest.param(
+        FROM_FIREDANCER,
+        BUCKET,
+        {"copy": Copy.UNCHECKED},
+        [FromBucket(head=False)],
+        id="verified: the bucket's (checked) copy instead of an unchecked one on disk",
+    ),
+]
+
+
+@pytest.mark.parametrize(("asked", "mode", "facts", "expected"), ROWS)
+def test_the_byte_path_of_docs_http_api(
+    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Step]
+) -> None:
+    assert walk(asked, mode, **facts) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("asked", "plain", "plain_get", "may_join"),
+    [
+        (GET, True, True, True),
+        (HEAD, True, False, False),
+        (RANGE, False, False, True),
+        (IF_RANGE, False, False, False),
+        (IF_NONE_MATCH, False, False, False),
+        (Asked("GET", range=""), False, False, True),  # present though empty: not plain
+    ],
+)
+def test_what_a_request_may_do(asked: Asked, plain: bool, plain_get: bool, may_join: bool) -> None:
+    assert (asked.plain, asked.plain_get, asked.may_join) == (plain, plain_get, may_join)
+
+
+@pytest.mark.parametrize(
+    ("mode", "shares"),
+    [(CACHE, False), (SHARE, True), (BUCKET, True), (DOWN, True), (KEEP, False)],
+)
+def test_the_bucket_shares_refreshes_whatever_cache_share_inflight_says(
+    mode: Mode, shares: bool
+) -> None:
+    assert mode.shares is shares
+
+
+# -- sources: held back after a failed check, early heads ------------------------------------------
+
+
+def _found(*sizes: int) -> plan.Found:
+    name = parse_archive_name(NAME)
+    assert name is not None
+    out: plan.Found = []
+    for i, size in enumerate(sizes):
+        f = SnapshotFile(name=name, file_name=NAME, size=size, url=f"http://127.0.0.{i + 1}/x")
+        info = SnapshotInfo(100, 100, name.hash, (f,))
+        key = TargetKey("g", f"http://127.0.0.{i + 1}")
+        out.append((f, SnapshotSource(info, key, datetime.now(UTC))))
+    return out
+
+
+def _hosts(found: plan.Found) -> list[str]:
+    return [source.key.target for _f, source in found]
+
+
+@pytest.mark.parametrize(
+    ("plain", "sizes", "held", "hosts", "size", "early", "refusal"),
+    [
+        pytest.param(
+            True, (SIZE, SIZE), (None, None), [1, 2], SIZE, SIZE, "", id="plain: an early head"
+        ),
+        pytest.param(
+            False, (SIZE, SIZE), (None, None), [1, 2], SIZE, 0, "", id="Range: no early head"
+        ),
+        pytest.param(True, (0, 0), (None, None), [1, 2], 0, 0, "", id="size unknown: none"),
+        pytest.param(
+            True,
+            (SIZE, 7, 0),
+            (None, None, None),
+            [1, 3],
+            SIZE,
+            SIZE,
+            "",
+            id="an early head: only sources of that size (or unknown) may follow it",
+        ),
+        pytest.param(
+            False,
+            (SIZE, 7),
+            (None, None),
+            [1, 2],
+            SIZE,
+            0,
+            "",
+            id="no early head: every source (the answer's own length is checked)",
+        ),
+        pytest.param(
+            True,
+            (SIZE, SIZE),
+            ("bad tar", None),
+            [2],
+            SIZE,
+            SIZE,
+            "",
+            id="verified: a source held back after a failed check is not asked",
+        ),
+        pytest.param(
+            True,
+            (SIZE, SIZE),
+            ("bad tar", "truncated"),
+            [],
+            0,
+            0,
+            PREFIX + "truncated",
+            id="verified: none left: 502 with the latest reason",
+        ),
+    ],
+)
+def test_the_sources_a_stream_may_use(
+    plain: bool,
+    sizes: tuple[int, ...],
+    held: tuple[str | None, ...],
+    hosts: list[int],
+    size: int,
+    early: int,
+    refusal: str,
+) -> None:
+    sources = plan.choose_sources(plain, _found(*sizes), held)
+    assert _hosts(sources.found) == [f"http://127.0.0.{i}" for i in hosts]
+    assert (sources.size, sources.early, sources.refusal) == (size, early, refusal)
+
+
+# -- prefetch ------------------------------------------------------------------------------------
+
+
+def test_a_prefetch_refreshes_only_a_remote_best_file_not_cached() -> None:
+    remote = _found(SIZE)
+    local_file = SnapshotFile(
+        name=remote[0][0].name, file_name=NAME, size=SIZE, url="", path="/srv/" + NAME
+    )
+    local = [(local_file, remote[0][1])]
+    assert plan.prefetches(True, remote, False)
+    assert not plan.prefetches(False, remote, False)  # no longer the best
+    assert not plan.prefetches(True, [], False)  # nobody advertises it
+    assert not plan.prefetches(True, remote + local, False)  # a local copy: served from it
+    assert not plan.prefetches(True, remote, True)  # cached already
+
+
+def test_the_plan_needs_no_event_loop_and_no_network() -> None:
+    code = (
+        "import sys, tracker.proxy.plan; "
+        "print(sorted(m for m in ('trio', 'quart', 'httpx', 'httpcore', 'hypercorn') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

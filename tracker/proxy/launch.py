@@ -1,0 +1,250 @@
+"""Starting a stream: the job a pump is given for a file, and the pump started in the nursery.
+
+Every decision of :mod:`tracker.proxy.plan` that moves bytes from a source (the upstream, the
+bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
+sources :func:`tracker.proxy.plan.choose_sources` keeps, the metrics callbacks of the
+source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
+(:mod:`tracker.proxy.pumps`) in the transfers nursery: its
+:class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
+:func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import quart
+import trio
+from quart.wrappers.response import ResponseBody
+
+from tracker.cache.refresh import Refresh
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import Index, TargetKey
+from tracker.core.logs import log_event
+from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
+from tracker.core.rejections import Rejections
+from tracker.core.snapshots import ArchiveName
+from tracker.errors import UpstreamError
+from tracker.files.fileresponse import ChunkBudget
+from tracker.proxy.failover import open_upstream
+from tracker.proxy.plan import Found, choose_sources
+from tracker.proxy.pumps import relay
+from tracker.proxy.resume import resume_upstream
+from tracker.proxy.sharing import ReaderEvents
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
+from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
+from tracker.zerocopy.connection import Connection
+
+log = logging.getLogger("tracker.streamer")
+
+#: Transfers smaller than this say little about a source's throughput and are not counted.
+MIN_MEASURED_BYTES = 1024 * 1024
+Pump = Callable[..., Awaitable[None]]
+
+
+class Launcher:
+    """Builds the jobs of a file's streams and starts their pumps; counts what they come to.
+
+    ``settings`` is read per job (a test or a reload may replace it).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        transfers: Transfers,
+        clients: DownloadClients,
+        *,
+        settings: ProxySettings,
+        channel_budget: ChunkBudget,
+        metrics: Metrics | None,
+        rejections: Rejections,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.transfers = transfers
+        self.settings = settings
+        self.metrics = metrics
+        self._clients = clients
+        self._channel_budget = channel_budget
+        self._rejections = rejections
+
+    def job(
+        self,
+        group: TargetGroup,
+        method: str,
+        headers: dict[str, str],
+        archive: ArchiveName,
+        found: Found,
+        *,
+        origin: ByteSource = "upstream",
+        zero_copy: Connection | None = None,
+    ) -> StreamJob:
+        """The job of a stream of ``archive`` from the sources of ``found`` (from ``origin``:
+        the index's sources, the bucket or a holder replica), sent to ``zero_copy`` when the
+        client's connection takes zero-copy pieces. ``headers``: the client's forwarded ones."""
+        now = trio.current_time()
+        held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
+        sources = choose_sources(not headers, found, [h.reason if h else None for h in held])
+        opener = partial(
+            open_upstream,
+            self._clients,
+            group,
+            sources.found,
+            method,
+            headers,
+            hedge_after=self.config().first_byte_timeout,
+            promised=sources.early,
+            on_failure=self._source_failed(group.group, origin),
+            exact=origin != "upstream",  # the bucket and a holder replica state their length
+        )
+        if sources.refusal:
+            opener = partial(_refuse, sources.refusal)
+        return StreamJob(
+            open=opener,
+            method=method,
+            known_size=sources.size,
+            settings=self.settings,
+            events=self._events(group.group, archive, origin=origin),
+            reopen=partial(self._reopen, group),
+            zero_copy=zero_copy,
+            early_size=sources.early,
+            budget=self._channel_budget,
+        )
+
+    async def start(
+        self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
+    ) -> Head | quart.Response:
+        """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
+        the 502/503 answer when it could not start (counted as an archive request's outcome
+        for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
+        given, released here when the pump never ran. ``failed``: the event logged when it
+        could not start (default: by ``client``)."""
+        try:
+            head: Head = await self.transfers.start(pump)
+        except BaseException as exc:
+            # start() raising means the pump ended (or never ran): the refresh is free.
+            if refresh is not None:
+                refresh.abort()
+            if not isinstance(exc, UpstreamError):
+                raise
+            if not self.transfers.accepting:
+                return text_answer(503, str(exc))
+            if client:
+                self.count("upstream_failed")
+            event = failed or ("proxy_failed" if client else "cache_prefetch_failed")
+            log_event(log, "warning", event, reason=str(exc))
+            return text_answer(502, str(exc))
+        return head
+
+    async def relay(self, job: StreamJob) -> quart.Response:
+        """A plain stream to one client, nothing cached (:class:`tracker.proxy.plan.Relay`)."""
+        head = await self.start(partial(relay, job))
+        if isinstance(head, quart.Response):
+            return head
+        self.count("proxy")
+        return head_answer(head)
+
+    def is_best(self, group: str, name: str) -> bool:
+        """True when ``name`` is the group's current best full or best incremental."""
+        index = self.index
+        best = (index.best_full(group), index.best_incremental(group))
+        return any(s is not None and s.info.files[0].bare_name == name for s in best)
+
+    def index_size(self, group: str, name: str) -> int:
+        """The file's size in the index (0: unknown)."""
+        found = self.index.find_file(group, name)
+        return found[0][0].size if found else 0
+
+    def count(self, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.count_outcome(outcome)
+
+    def reader_events(self, origin: ByteSource = "cache") -> ReaderEvents:
+        """Metrics callbacks of a reader of a refresh's temp file, its bytes ``origin``'s."""
+        metrics = self.metrics
+        if metrics is None:
+            return ReaderEvents()
+        return ReaderEvents(served_bytes=partial(metrics.add_served_bytes, origin))
+
+    def _events(
+        self, group: str, archive: ArchiveName, *, origin: ByteSource = "upstream"
+    ) -> StreamEvents:
+        """Metrics callbacks of a stream from ``origin``; only a source of the index has its
+        transfers ranked (not the bucket, not a replica)."""
+        metrics = self.metrics
+        ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
+        rejected = partial(self._archive_rejected, group, archive.file_name)
+        if metrics is None:
+            return StreamEvents(source_transfer=ranked, archive_rejected=rejected)
+        kind: Kind = "full" if archive.is_full else "incremental"
+        if origin != "upstream":
+            return StreamEvents(
+                client_bytes=partial(metrics.add_served_bytes, origin), archive_rejected=rejected
+            )
+        return StreamEvents(
+            upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
+            client_bytes=partial(metrics.add_served_bytes, "upstream"),
+            refresh_outcome=metrics.count_outcome,
+            refresh_resumed=metrics.count_refresh_resume,
+            source_transfer=ranked,
+            archive_rejected=rejected,
+        )
+
+    def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
+        """A transfer from ``key`` ended: big enough ones rank its sources (SPEC §11)."""
+        if size >= MIN_MEASURED_BYTES:
+            self.index.record_transfer(key, size, seconds, trio.current_time())
+
+    def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
+        """What counts a failed source of the index (not the bucket, not a replica)."""
+        if self.metrics is None or origin != "upstream":
+            return None
+        return partial(self.metrics.count_source_failure, group)
+
+    def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
+        """A refresh's archive from ``key`` failed its check: not used for it a while."""
+        hold = self.config().reject_for
+        self._rejections.reject(key, name, reason, now=trio.current_time(), hold=hold)
+        if self.metrics is not None:
+            self.metrics.count_archive_rejected(group)
+
+    async def _reopen(
+        self, group: TargetGroup, first: UpstreamAnswer, offset: int, size: int
+    ) -> UpstreamAnswer:
+        """Resume a refresh: the rest of the file, from the source that sent the start."""
+        return await resume_upstream(self._clients, group, first, offset, size)
+
+
+async def _refuse(reason: str) -> UpstreamAnswer:
+    """The opener of a file every source of which is held back: 502 with the reason."""
+    raise UpstreamError(reason)
+
+
+def text_answer(status: int, reason: str) -> quart.Response:
+    """A one-line text answer (502, 503)."""
+    return quart.Response(reason + "\n", status=status, content_type="text/plain")
+
+
+def early_answer(size: int, body: ResponseBody) -> quart.Response:
+    """An early head: 200 with the index's size and no validator (none is known yet)."""
+    response = quart.Response(body, status=200)
+    response.headers.clear()
+    response.headers.update(
+        {"content-length": str(size), "content-type": "application/octet-stream"}
+    )
+    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    return response
+
+
+def head_answer(head: Head) -> quart.Response:
+    """The response of a pump's Head: exactly its headers, its body."""
+    body: ResponseBody | bytes = head.body if head.body is not None else b""
+    response = quart.Response(body, status=head.status)
+    # Exactly the planned headers: not Quart's text/html default, not a derived length.
+    response.headers.clear()
+    response.headers.update(head.headers)
+    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    return response

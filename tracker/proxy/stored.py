@@ -1,0 +1,171 @@
+"""The executors of the stored copies: the bucket's redirect, the disk cache, the bucket's
+stream and the holder replica (:class:`~tracker.proxy.plan.Redirect`,
+:class:`~tracker.proxy.plan.CacheHit`, :class:`~tracker.proxy.plan.FromBucket`,
+:class:`~tracker.proxy.plan.FromHolder`).
+
+Each answers the request, counted as its outcome, or passes (None) when performing it shows
+that it cannot: the object is not there, the URL could not be signed, the cached file is
+gone, the stream could not start. The plan then goes on (docs/http-api.md, "With an object
+store"). A copy whose digest is known says so (``repr-digest``, "Verified archives").
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import quart
+
+from tracker.cache.store import Cache
+from tracker.core.config import TargetGroup
+from tracker.core.digests import repr_digest
+from tracker.core.logs import log_event
+from tracker.core.snapshots import ArchiveName
+from tracker.errors import RequestError
+from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.objectstore.locks import Holder
+from tracker.proxy.launch import Launcher, head_answer
+from tracker.proxy.objects import ObjectPath
+from tracker.proxy.plan import Copy
+from tracker.proxy.pumps import relay
+from tracker.proxy.upstream import upstream_request_headers
+from tracker.zerocopy.connection import zero_copy_connection
+
+log = logging.getLogger("tracker.streamer")
+
+
+class StoredCopies:
+    """Answers from the copies a file has beside its sources; see the module doc.
+    ``objects`` is the bucket's part (None without an object store)."""
+
+    def __init__(
+        self, launcher: Launcher, objects: ObjectPath | None, budget: ChunkBudget | None
+    ) -> None:
+        self._launcher = launcher
+        self.objects = objects
+        self._budget = budget
+
+    async def presigned(self, group: str, archive: ArchiveName) -> str | None:
+        """The bucket's presigned URL of the file (counted as a redirect); None: not there."""
+        assert self.objects is not None  # the plan redirects only with a bucket
+        url = await self.objects.presigned(group, archive.file_name)
+        if url is not None:
+            self._launcher.count("object_redirect")
+        return url
+
+    async def redirect(self, group: str, archive: ArchiveName) -> quart.Response | None:
+        """303 to the bucket's copy (first: a hit leaves the data path before any file
+        system work)."""
+        url = await self.presigned(group, archive)
+        if url is None:
+            return None
+        response = quart.Response(b"", status=303, content_type="text/plain")
+        response.headers["location"] = url
+        return response
+
+    async def cache_hit(
+        self, cache: Cache, path: str, group: str, archive: ArchiveName, request: quart.Request
+    ) -> quart.Response | None:
+        """The cached file at ``path`` (a copy the plan found servable), Range, conditionals
+        and HEAD answered from disk; None when it is not there."""
+        digest = cache.digest(group, archive.file_name)
+        extra = {"repr-digest": repr_digest(digest)} if digest else None
+        metrics = self._launcher.metrics
+        on_bytes = partial(metrics.add_served_bytes, "cache") if metrics is not None else None
+        try:
+            response = await file_response(
+                path, request, on_bytes=on_bytes, budget=self._budget, extra_headers=extra
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # something else than a file at the path: not cached
+            log_event(log, "warning", "cache_unreadable", path=path, error=exc)
+            return None
+        self._launcher.count("cache_hit")
+        return response
+
+    async def from_bucket(
+        self, head: bool, request: quart.Request, group: str, archive: ArchiveName
+    ) -> quart.Response | None:
+        """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
+        streamed from the bucket (Range and conditionals passed on). None: the bucket has
+        no copy, or the store failed."""
+        assert self.objects is not None  # the plan asks the bucket only with one
+        if head:
+            return await self.objects.head(group, archive.file_name)
+        source = await self.objects.stream_source(group, archive)
+        if source is None:
+            return None
+        target_group, found, digest = source
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._launcher.job(
+            target_group,
+            request.method,
+            headers,
+            archive,
+            found,
+            origin="object_store",
+            zero_copy=zero_copy_connection(request.scope),
+        )
+        started = await self._launcher.start(
+            partial(relay, job), client=False, failed="object_stream_failed"
+        )
+        if isinstance(started, quart.Response):
+            return None  # the store failed: another path
+        self._launcher.count("object_store")
+        response = head_answer(started)
+        if digest and started.status in (200, 206):
+            response.headers["repr-digest"] = repr_digest(digest)
+        return response
+
+    async def from_holder(
+        self,
+        holder: Holder,
+        request: quart.Request,
+        group: TargetGroup,
+        archive: ArchiveName,
+        size: int,
+    ) -> quart.Response | None:
+        """Proxied from the replica that holds the file's lock (its refresh in flight) as a
+        source of ``size`` bytes (the index's); None when it cannot be followed or failed
+        (then streamed from upstream uncached)."""
+        assert self.objects is not None  # a holder comes from the bucket
+        source = self.objects.holder_source(holder, group.group, archive, size)
+        if source is None:
+            return None
+        target_group, found = source
+        headers = upstream_request_headers(request.headers.items(), None)
+        job = self._launcher.job(
+            target_group, request.method, headers, archive, found, origin="replica"
+        )
+        started = await self._launcher.start(
+            partial(relay, job), client=False, failed="replica_unreachable"
+        )
+        if isinstance(started, quart.Response):
+            return None  # streamed from the source uncached instead
+        self._launcher.count("replica")
+        return head_answer(started)
+
+
+def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Copy:
+    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.plan.Copy`), its
+    ``path`` in the cache being None when the file cannot be cached there."""
+    if cache is None:
+        return Copy.NO_CACHE
+    if path is None:
+        return Copy.OUTSIDE
+    return Copy.SERVABLE if cache.servable(group, name) else Copy.UNCHECKED
+
+
+def cache_path(cache: Cache, group: str, name: str) -> str | None:
+    """The validated cache path of a file; None when this file cannot be cached here.
+
+    A configured group whose name cannot be a directory (such as ``..``), or a path leading
+    out of the cache directory through a symlink planted in it, makes the file streamed
+    uncached: nothing outside the cache directory is touched.
+    """
+    try:
+        return cache.path_for(group, name)
+    except RequestError as exc:
+        log_event(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
+        return None
