@@ -263,7 +263,7 @@ def proxy(env: Env, run: int) -> Result:
     """One stream of an uncached archive through the tracker vs through nginx proxy_pass.
 
     The tracker proxies the older archive, which is not its group's best: streamed from the
-    upstream, never written to the cache (SPEC §8).
+    upstream, never written to the cache (docs/http-api.md#archive-answers).
     """
     assert env.hit_tracker is not None
     old = env.archives.old

@@ -87,7 +87,8 @@ def make_archives(directory: Path, size: int, built: Path) -> Archives:
 
 
 def sidecar_json(archives: Archives) -> str:
-    """The ``/v1/snapshots`` answer of a sidecar holding both archives (SPEC §6)."""
+    """The ``/v1/snapshots`` answer of a sidecar holding both archives
+    (docs/http-api.md#snapshot-sources-json)."""
     infos = []
     for name in (archives.best, archives.old):
         parsed = parse_archive_name(name)

@@ -1,4 +1,4 @@
-"""Emulations of the clients of SPEC §9, each following its client's rules exactly.
+"""Emulations of the clients of README.md#clients, each following its client's rules exactly.
 
 - :func:`firedancer` is Firedancer's snapshot peer logic (``fd_ssresolve.c``/``fd_sshttp.c``):
   ``HEAD`` then ``GET`` of ``/snapshot.tar.bz2`` and ``/incremental-snapshot.tar.bz2`` with

@@ -106,7 +106,8 @@ class CacheError(TrackerError):
 
 
 class StoreError(TrackerError):
-    """The object store (SPEC §10) failed an operation; the message is one line naming the
+    """The object store (docs/http-api.md#with-an-object-store-object_store) failed an operation;
+    the message is one line naming the
     operation and the store's answer, never a credential. ``down``: the store itself is
     unusable (unreachable, wrong credentials, 5xx), not just this one object."""
 

@@ -188,7 +188,8 @@ def build(
 def object_path(
     config: Config, metrics: Metrics, digests: Digests | None = None
 ) -> ObjectPath | None:
-    """The object-store tier of ``config`` (SPEC §10), None without one. It is made once:
+    """The object-store tier of ``config`` (docs/http-api.md#with-an-object-store-object_store),
+    None without one. It is made once:
     a reload that changes ``object_store`` takes effect at the next start."""
     store = config.object_store
     if store is None:
@@ -204,7 +205,8 @@ def object_path(
 
 
 def apply_trust(index: Index, config: Config) -> None:
-    """Give the index each group's trust settings (SPEC §11); on start and every reload."""
+    """Give the index each group's trust settings (docs/http-api.md#trust); on start and every
+    reload."""
     for group in config.target_groups:
         trust = group.trust
         policy = TrustPolicy(
@@ -294,7 +296,8 @@ async def run_tracker(
         try:
             async with trio.open_nursery() as guard:
                 async with trio.open_nursery() as nursery:
-                    # Proxied streams run here: they outlive their requests (SPEC §8).
+                    # Proxied streams run here: they outlive their requests
+                    # (docs/http-api.md#archive-answers).
                     await nursery.start(transfers.run)
                     streamer.cache()  # start-up: leftover temp files go before any request
                     if parts.objects is not None:  # learns the bucket; requests need not wait

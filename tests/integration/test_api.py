@@ -54,7 +54,7 @@ async def test_golden_sidecar(nursery: trio.Nursery, tmp_path: Path, client: htt
     [source] = await snapshots_of(client, f"{base}/v1/snapshots")
     updated = source.pop("updated_at")
     assert TIME_RE.fullmatch(updated)
-    # The probe's duration, behind the ranking (SPEC §11; no throughput measured yet).
+    # The probe's duration, behind the ranking (docs/http-api.md#trust; no throughput measured yet).
     assert isinstance(source.pop("latency_ms"), int) and "throughput_bps" not in source
     parts = incr.split("-")
     assert source == {
@@ -98,7 +98,7 @@ async def test_golden_http_target(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     full, incr = full_name(1000, ext=".tar.bz2"), incremental_name(1000, 1100)
-    # Sizes come from one HEAD of each archive URL (SPEC §9): the full's is answered.
+    # Sizes come from one HEAD of each archive URL (README.md#clients): the full's is answered.
     validator = Validator(full=full, incremental=incr, sizes={full: 96_636_764_160})
     upstream = await nursery.start(serve_app, validator.app())
     base = await tracker_with(
@@ -231,7 +231,7 @@ async def test_short_redirects(
             assert response.status_code == 303, url
             assert f"-{slot}-" in response.headers["location"]
             assert response.headers["location"].startswith(f"{upstream}/v1/snapshot/")
-        # A root alias points at the tracker's own root concrete route (SPEC §9), which
+        # A root alias points at the tracker's own root concrete route (README.md#clients), which
         # redirects to the source in redirect mode.
         alias = await client.request(method, f"{base}/{path}")
         location = alias.headers["location"]
@@ -473,7 +473,7 @@ async def test_health_caps_what_it_reads_from_the_rpc_node(
 async def test_query_free_archive_route(
     two_groups: tuple[str, Sidecar, str], client: httpx.AsyncClient
 ) -> None:
-    """``/v1/{group}/{name}`` answers like ``/v1/{name}?group={group}`` (SPEC §9)."""
+    """``/v1/{group}/{name}`` answers like ``/v1/{name}?group={group}`` (README.md#clients)."""
     base, sidecar, upstream = two_groups
     name = sidecar.body[2]["files"][0]["file_name"]
     response = await client.head(f"{base}/v1/main/{name}")

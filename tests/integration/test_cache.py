@@ -1,4 +1,5 @@
-"""The disk cache of proxy mode (SPEC §8), end to end: real hypercorn tracker, real upstreams.
+"""The disk cache of proxy mode (docs/http-api.md#archive-answers), end to end: real hypercorn
+tracker, real upstreams.
 
 Each test runs a :class:`FakeUpstream` and a tracker whose cache directory is a fresh
 ``tmp_path``; the index is fed by the test. Faults come from the upstream (drops, statuses,
@@ -173,7 +174,7 @@ async def test_head_and_other_files_on_a_miss_are_not_cached(
 async def test_a_range_request_on_the_best_file_starts_a_background_refresh(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
-    """SPEC §9: the range is served from upstream, and the whole file is cached behind it
+    """README.md#clients: the range is served from upstream, and the whole file is cached behind it
     (clients that always send Range would otherwise never get it cached)."""
     part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
     assert (part.status_code, part.content) == (206, FULL_DATA[10:20])

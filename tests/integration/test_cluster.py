@@ -1,4 +1,5 @@
-"""Cluster discovery, trust and measured ranking (SPEC §11), against real loopback nodes.
+"""Cluster discovery, trust and measured ranking (docs/http-api.md#trust), against real loopback
+nodes.
 
 The nodes are real listeners on 127.0.0.1 (distinct ports) and on a few other loopback
 addresses (127.0.0.x) for the egress cases; the private, link-local and metadata addresses
@@ -358,7 +359,7 @@ async def test_the_lean_head_client_answers_and_fails_like_httpx(nursery: trio.N
 
 async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nursery) -> None:
     """With ``rpc`` set, the slot ``getSlot`` reports reaches the index every interval: a
-    snapshot more than ``max_slot_ahead`` above it is never ranked (SPEC §11)."""
+    snapshot more than ``max_slot_ahead`` above it is never ranked (docs/http-api.md#trust)."""
 
     async def get_slot(request: Request) -> Answer:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": SLOT}).encode()

@@ -1,4 +1,5 @@
-"""``snapshot-tracker fetch`` (SPEC §12) against real trackers and upstreams on 127.0.0.1."""
+"""``snapshot-tracker fetch`` (README.md#fetching-a-snapshot-into-a-ledger) against real trackers
+and upstreams on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ async def test_the_ledger_ends_with_the_best_full_and_its_incremental(
 
 
 async def test_through_the_object_store(weed: Any, tmp_path: Path) -> None:
-    """Object-store mode (SPEC §10): the first fetch fills the bucket (its Range requests
+    """Object-store mode (docs/http-api.md#with-an-object-store-object_store): the first fetch
+    fills the bucket (its Range requests
     start the replica's refresh), the next one follows the tracker's 303s to presigned URLs
     of the bucket: the same bytes, nothing more from the source."""
     from test_objectstore import store_config

@@ -1,4 +1,4 @@
-"""SPEC §9: the clients in the field get their archives in every mode.
+"""README.md#clients: the clients in the field get their archives in every mode.
 
 Firedancer and solana-snapshot-finder are emulated by their own rules (tests/field_clients.py);
 agave's request is sent as it sends it; wget, aria2c and axel are the real tools. Modes:

@@ -1,4 +1,5 @@
-"""The object-store tier in process (SPEC §10): a tracker over a real SeaweedFS bucket.
+"""The object-store tier in process (docs/http-api.md#with-an-object-store-object_store): a tracker
+over a real SeaweedFS bucket.
 
 The tracker's own components (``tracker.service.build``) on a real hypercorn, a real
 upstream on 127.0.0.1, a real S3 server (``weed mini``); the multi-replica cases with
@@ -755,7 +756,7 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
         cases = [
             ("GET", f"/v1/{GROUP}/{FULL}", "curl/8.0", True),
             ("GET", f"/{FULL}", "Wget/1.21", True),
-            ("GET", f"/{FULL}", "Firedancer/0.1", False),  # bytes (SPEC §9)
+            ("GET", f"/{FULL}", "Firedancer/0.1", False),  # bytes (README.md#clients)
             ("GET", f"/v1/{GROUP}/{FULL}", "solana-snapshot-tracker", False),  # a replica
             ("HEAD", f"/v1/{GROUP}/{FULL}", "curl/8.0", False),
             ("GET", f"/v1/nobody/{FULL}", "curl/8.0", False),

@@ -74,7 +74,7 @@ async def test_daemon_proxies_caches_and_cleans_up_on_stop(
             while not await listed():
                 await trio.sleep(0.05)
         assert list(group_dir.iterdir()) == []  # start-up removed the temp file
-        # Proxy mode's JSON points at the tracker's query-free archive URLs (SPEC §9).
+        # Proxy mode's JSON points at the tracker's query-free archive URLs (README.md#clients).
         listing = (await client.get(f"{serve.base}/v1/snapshots")).json()
         names = {f["file_name"] for source in listing for f in source["files"]}
         assert names == {f"{serve.base}/v1/{GROUP}/{name}" for name in (FULL, INCR)}

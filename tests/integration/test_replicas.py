@@ -1,4 +1,5 @@
-"""Several replicas, one bucket (SPEC §10): ``snapshot-tracker serve`` subprocesses sharing a
+"""Several replicas, one bucket (docs/http-api.md#with-an-object-store-object_store):
+``snapshot-tracker serve`` subprocesses sharing a
 real SeaweedFS bucket, a real upstream, real download clients."""
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
             for r in replicas
         ]
         assert sorted(uploads) == [0, 0, 1], uploads
-        # Memory per refresh is bounded (SPEC §10): the holder staged the archive on disk and
+        # Memory per refresh is bounded (docs/http-api.md#with-an-object-store-object_store): the
+        # holder staged the archive on disk and
         # uploaded it part by part, the others relayed it; none held it in memory.
         for replica in replicas:
             assert peak_rss(replica) < PEAK_RSS_BOUND, (replica.base, peak_rss(replica))

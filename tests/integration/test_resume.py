@@ -241,12 +241,13 @@ async def test_an_uncached_stream_is_not_resumed(nursery: trio.Nursery, tmp_path
     up = await start_upstream(nursery)
     up.behaviour[FULL] = Behaviour(drop_after=HALF)
     async with tracker_for(tmp_path, up) as t:
-        # A Range request is proxied uncached (SPEC §8): a break ends it, no resume.
+        # A Range request is proxied uncached (docs/http-api.md#archive-answers): a break ends it,
+        # no resume.
         wire = await raw_request(
             t.base, f"/v1/{FULL}?group={GROUP}", headers=[("range", "bytes=0-")]
         )
         assert wire.status == 206
         assert wire.closed and len(wire.body) <= HALF
         # One request of the client's range (the background refresh that a Range request
-        # on the best file starts, SPEC §9, asks for the whole file and its own rest).
+        # on the best file starts, README.md#clients, asks for the whole file and its own rest).
         assert [g.headers.get("range") for g in up.gets(FULL)].count("bytes=0-") == 1

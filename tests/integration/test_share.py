@@ -2,7 +2,8 @@
 
 Real hypercorn tracker, real rate-limited :class:`FakeUpstream` on 127.0.0.1: while a
 refresh runs, every GET of the file (ranges included) reads the growing temp file instead
-of opening its own upstream stream; with sharing off, SPEC §8 holds (each concurrent GET is
+of opening its own upstream stream; with sharing off, docs/http-api.md#archive-answers holds (each
+concurrent GET is
 its own upstream stream).
 """
 
@@ -149,7 +150,8 @@ async def test_with_sharing_off_each_concurrent_get_has_its_own_upstream_stream(
         ratio = upstream_sent(upstream, FULL) / len(FULL_DATA)
         print(f"\nsharing off: {CLIENTS} clients, upstream/size = {ratio:.3f}")
         assert {(r.status, r.sha256) for r in results} == {(200, sha256(FULL_DATA))}
-        # SPEC §8: one refresher, every other request streamed from upstream uncached.
+        # docs/http-api.md#archive-answers: one refresher, every other request streamed from
+        # upstream uncached.
         assert len(upstream.gets(FULL)) == CLIENTS
         assert ratio == CLIENTS
         await wait_for(lambda: t.outcome("refresh_ok") == 1)
@@ -332,5 +334,5 @@ async def test_a_range_request_with_no_refresh_running_is_proxied(
         part = await client.get(tracker.url(FULL), headers={"range": "bytes=10-19"})
     assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
     assert any(g.headers.get("range") == "bytes=10-19" for g in upstream.gets(FULL))
-    # SPEC §9: it also starts a background refresh of the whole (best) file.
+    # README.md#clients: it also starts a background refresh of the whole (best) file.
     await wait_for(lambda: tracker.cached() == [FULL])

@@ -179,7 +179,8 @@ async def test_transport_and_target_errors(client) -> None:
 
 
 async def test_sizes_are_learned_by_one_head_of_each_new_archive_url(nursery, client) -> None:
-    """SPEC §9: the redirect carries no size; one HEAD of each newly seen concrete URL on the
+    """README.md#clients: the redirect carries no size; one HEAD of each newly seen concrete URL on
+    the
     target's own origin gives it (with the target's credentials); a URL on another origin is
     not asked, and a URL already asked is not asked again."""
     other_app = ScriptedApp({f"/dl/{INCR}": Answer(200, (("content-length", "77"),))})

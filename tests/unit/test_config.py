@@ -953,7 +953,7 @@ def test_unknown_override_is_a_programming_error() -> None:
 
 
 def test_client_settings_have_defaults_and_can_be_set(tmp_path: Path) -> None:
-    """SPEC §9: ``serve_user_agents`` defaults to Firedancer, ``[]`` turns it off;
+    """README.md#clients: ``serve_user_agents`` defaults to Firedancer, ``[]`` turns it off;
     ``first_byte_timeout`` defaults to 2 s."""
     default = load(tmp_path, "target_groups: [{group: g}]\n")
     assert default.serve_user_agents == ("Firedancer",)

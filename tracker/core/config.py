@@ -117,7 +117,8 @@ class LocalTargets:
 
 @attrs.frozen
 class ClusterDiscovery:
-    """Every RPC node of the cluster as an HTTP target (SPEC §11): ``getClusterNodes`` on
+    """Every RPC node of the cluster as an HTTP target (docs/http-api.md#trust):
+    ``getClusterNodes`` on
     ``rpc`` (in turn until one answers) every ``interval`` seconds, at most ``max_targets``
     nodes, those whose version matches one of ``versions`` (globs; empty: any)."""
 
@@ -129,7 +130,8 @@ class ClusterDiscovery:
 
 @attrs.frozen
 class Trust:
-    """Which advertised snapshots may be ranked (SPEC §11, :mod:`tracker.core.trust`)."""
+    """Which advertised snapshots may be ranked (docs/http-api.md#trust,
+    :mod:`tracker.core.trust`)."""
 
     known_sources: tuple[str, ...] = ()
     min_agreeing_sources: int = 1
@@ -216,7 +218,8 @@ def _inline_secret(store: ObjectStore) -> str:
 
 @attrs.frozen
 class ObjectStore:
-    """The S3-compatible bucket that replicas share as their cache (SPEC §10).
+    """The S3-compatible bucket that replicas share as their cache
+    (docs/http-api.md#with-an-object-store-object_store).
 
     Objects live at ``{prefix}{group}/{name}``; refresh locks at ``{prefix}.locks/….lock``
     and hand-out marks at ``{prefix}.handed/….handed``. Both credentials empty: the S3
@@ -289,7 +292,7 @@ class Config:
     cache_prefetch: bool = False
     cache_prefetch_concurrency: int = 1
     #: A source that has not started its body within this many seconds is given up for the
-    #: next one advertising the same file (SPEC §9).
+    #: next one advertising the same file (README.md#clients).
     first_byte_timeout: float = 2.0
     #: Clients whose User-Agent contains one of these get the bytes from the tracker on the
     #: root concrete route even in redirect mode (they cannot follow a redirect elsewhere).
@@ -301,7 +304,8 @@ class Config:
     #: this many seconds.
     reject_for: float = 600.0
     egress: Egress = Egress()
-    #: The shared bucket of several replicas (SPEC §10); None: no object-store tier.
+    #: The shared bucket of several replicas (docs/http-api.md#with-an-object-store-object_store);
+    #: None: no object-store tier.
     object_store: ObjectStore | None = None
     target_groups: tuple[TargetGroup, ...] = ()
     #: The absolute path the config was loaded from (set by load_config, not a YAML key).

@@ -22,7 +22,8 @@ from tracker.core.trust import TrustPolicy, needs_screening, screen
 class TargetKey(NamedTuple):
     """A target's stable identity: its group and its display name (URL or path).
 
-    ``discovered``: a node found by cluster discovery (SPEC §11), not configured by the
+    ``discovered``: a node found by cluster discovery (docs/http-api.md#trust), not configured by
+    the
     operator: an address from the network, never given the group's credentials.
 
     A named tuple, not an attrs class: keys are hashed and compared hundreds of thousands of
@@ -53,7 +54,8 @@ class SnapshotSource:
         """Ascending ranking key; the best source has the largest key.
 
         Between sources of the same snapshot: the higher measured throughput, then the lower
-        probe latency, then the one scraped successfully most recently (SPEC §11); the target
+        probe latency, then the one scraped successfully most recently (docs/http-api.md#trust);
+        the target
         name makes the order total (deterministic answers).
         """
         latency = -self.latency if self.latency is not None else -math.inf
@@ -128,7 +130,7 @@ class Index:
             self._changed()
 
     def set_policy(self, group: str, policy: TrustPolicy) -> None:
-        """Use ``policy`` to screen what ``group``'s targets advertise (SPEC §11)."""
+        """Use ``policy`` to screen what ``group``'s targets advertise (docs/http-api.md#trust)."""
         if self._policies.get(group) != policy:
             self._policies[group] = policy
             self._changed()
@@ -240,7 +242,7 @@ class Index:
     def _screen(
         self, group: str, entries: dict[TargetKey, _Entry]
     ) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
-        """What each target of ``group`` may contribute to the ranking (SPEC §11)."""
+        """What each target of ``group`` may contribute to the ranking (docs/http-api.md#trust)."""
         policy = self._policies.get(group, TrustPolicy())
         discovered = {key for key in entries if key.discovered}
         if not needs_screening(policy, self._cluster_slot, bool(discovered)):
@@ -323,7 +325,7 @@ class Index:
 
 def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:
     """Sources of one file: a local copy first, then the measured fastest, the quickest to
-    answer a probe, the most recently scraped, and the target name (SPEC §11)."""
+    answer a probe, the most recently scraped, and the target name (docs/http-api.md#trust)."""
     f, source = found
     latency = source.latency if source.latency is not None else math.inf
     recency = -source.updated_at.timestamp()

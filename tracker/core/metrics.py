@@ -46,7 +46,7 @@ Outcome = Literal[
     "refresh_rejected",  # a refresh's archive failed its check; nothing was promoted
     "upstream_failed",  # no source could deliver the bytes (502)
     "not_found",  # no source advertises the file / no snapshot available
-    "object_redirect",  # 303 to a presigned URL of the object store (SPEC §10)
+    "object_redirect",  # 303 to a presigned URL of the object store
     "object_store",  # bytes streamed from the object store through the tracker
     "replica",  # bytes proxied from the replica refreshing the file into the bucket
     "busy",  # as many downloads as the descriptor limit allows were running (503)
@@ -173,7 +173,7 @@ class Metrics:
         )
         self.object_store_up = Gauge(
             PREFIX + "object_store_up",
-            "1 when the object store answered its last call, 0 when it failed (SPEC §10).",
+            "1 when the object store answered its last call, 0 when it failed.",
             registry=reg,
         )
         self.object_uploads = Counter(

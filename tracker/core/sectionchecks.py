@@ -147,7 +147,8 @@ def store_problems(config: Config) -> list[tuple[Path, str]]:
         return []
     if not (config.proxy_snapshot_downloads and config.proxy_snapshot_cache_dir):
         # A bucket refresh is staged in the disk cache's temp file: readers on this replica
-        # and on the others follow it there, and memory stays bounded (SPEC §10).
+        # and on the others follow it there, and memory stays bounded
+        # (docs/http-api.md#with-an-object-store-object_store).
         reason = "needs proxy_snapshot_downloads: true and a proxy_snapshot_cache_dir"
         return [(("object_store",), reason)]
     return []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 #: The User-Agent of the daemon's own requests (probes, proxy, refresh). Another replica
-#: recognises it exactly: such a request wants bytes, never a redirect (SPEC §10).
+#: recognises it exactly: such a request wants bytes, never a redirect
+#: (docs/http-api.md#with-an-object-store-object_store).
 TRACKER_AGENT = "solana-snapshot-tracker"
 
 #: The User-Agent of ``snapshot-tracker fetch``: a client like any other (it follows 303s).

@@ -1,4 +1,4 @@
-"""Which advertised snapshots may be ranked at all (SPEC §11). Pure.
+"""Which advertised snapshots may be ranked at all (docs/http-api.md#trust). Pure.
 
 What a source says is data, not authority. A (slot, hash) advertised by a *known source*
 (``trust.known_sources``) is trusted; otherwise it is ranked only once ``min_agreeing_sources``

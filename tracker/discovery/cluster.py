@@ -1,4 +1,5 @@
-"""Cluster discovery (SPEC §11): every RPC node of the cluster, from ``getClusterNodes``.
+"""Cluster discovery (docs/http-api.md#trust): every RPC node of the cluster, from
+``getClusterNodes``.
 
 The RPC URLs are asked in turn until one answers (each under a timeout, the answer read up to
 a size cap and parsed as a stream in a worker thread, :mod:`tracker.discovery.nodes`). Every

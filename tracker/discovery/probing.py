@@ -53,7 +53,7 @@ class Probes:
 
     async def check_egress(self, target: Target) -> None:
         """A discovered node is an address from the network: the egress policy decides
-        before any connection (SPEC §11, §13). Raises EgressRefused or OSError."""
+        before any connection (docs/http-api.md#trust). Raises EgressRefused or OSError."""
         _scheme, host, port = origin(target.location)
         policy = policy_of(self.config.egress)
         await checked_addresses(policy, host, port or 80, self.resolver)

@@ -1,6 +1,7 @@
 """Sidecar probe: ``GET {base}/v1/snapshots`` and check every snapshot info it lists.
 
-The answer is validated strictly (SPEC §6 without ``target``/``group``/``updated_at``): one
+The answer is validated strictly (docs/http-api.md#snapshot-sources-json without
+``target``/``group``/``updated_at``): one
 invalid entry fails the whole probe, naming the entry and the field, e.g.
 ``entry 3: files[0].hash: not a base58 32-byte hash: 'abc'``. A sidecar that emits garbage
 is broken and should be fixed; trusting the rest of its answer would send clients to it.
@@ -108,7 +109,8 @@ def _chain(files: list[SnapshotFile], slot: int, base_slot: int, hash_: str) -> 
 
 
 def _is_head(name: ArchiveName, slot: int, base_slot: int, hash_: str) -> bool:
-    # A full's info carries its own slot as base_slot (SPEC §6); 0 is accepted as well.
+    # A full's info carries its own slot as base_slot (docs/http-api.md#snapshot-sources-json); 0
+    # is accepted as well.
     base_ok = base_slot in (0, slot) if name.is_full else base_slot == name.base_slot
     return name.slot == slot and name.hash == hash_ and base_ok
 

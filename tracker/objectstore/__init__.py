@@ -1,4 +1,5 @@
-"""The object-store tier (SPEC §10): replicas share one S3-compatible bucket as their cache.
+"""The object-store tier (docs/http-api.md#with-an-object-store-object_store): replicas share one
+S3-compatible bucket as their cache.
 
 :mod:`~tracker.objectstore.keys` where each object lives (and which keys are archives);
 :mod:`~tracker.objectstore.replicas` whether a lock's holder may be followed;

@@ -1,4 +1,5 @@
-"""What this replica knows of the shared bucket, and what it does there (SPEC §10).
+"""What this replica knows of the shared bucket, and what it does there
+(docs/http-api.md#with-an-object-store-object_store).
 
 Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
 ``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``; its refresh lock is

@@ -2,7 +2,8 @@
 
 Several sources often advertise the same archive. :func:`open_upstream` asks the first; when
 it fails (refused, an error status, a wrong size) the next is asked at once, and when it has
-not *started its body* within ``hedge_after`` seconds (``first_byte_timeout``, SPEC §9) the
+not *started its body* within ``hedge_after`` seconds (``first_byte_timeout``, README.md#clients)
+the
 next is asked as well, while the slow one keeps its chance: whichever starts its body first
 wins, every other attempt is cancelled and closed. A source that accepts connections and
 never answers therefore costs a client ``first_byte_timeout``, not the whole answer timeout.

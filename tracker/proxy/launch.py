@@ -194,7 +194,8 @@ class Launcher:
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
-        """A transfer from ``key`` ended: big enough ones rank its sources (SPEC §11)."""
+        """A transfer from ``key`` ended: big enough ones rank its sources
+        (docs/http-api.md#trust)."""
         if size >= MIN_MEASURED_BYTES:
             self.index.record_transfer(key, size, seconds, trio.current_time())
 

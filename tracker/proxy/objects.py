@@ -1,4 +1,5 @@
-"""Proxy mode with the object-store tier (SPEC §10): what the bucket answers, and filling it.
+"""Proxy mode with the object-store tier (docs/http-api.md#with-an-object-store-object_store): what
+the bucket answers, and filling it.
 
 Which of these a request gets is decided by :mod:`tracker.proxy.plan` (its ``redirect``,
 ``stored`` and ``claimed`` stages); this module performs it:

@@ -2,7 +2,8 @@
 
 :func:`opened` asks the sources (``job.open``: failover inside, :mod:`tracker.proxy.failover`)
 and closes the answer when its block ends, whatever ends it, reporting what the source
-delivered and how fast (its throughput ranks it, SPEC §11). A plain request of a file of
+delivered and how fast (its throughput ranks it, docs/http-api.md#trust). A plain request of a file
+of
 known size whose source has not answered within ``early_head_after`` gets its head anyway
 (docs/http-api.md, "Archive answers": an *early head*); only a source that then answers 200
 with the promised length may follow it (:func:`keeps_promise`), or the body breaks.
@@ -95,7 +96,8 @@ async def opened(
         yield upstream
     finally:
         await upstream.aclose()
-        # What this source delivered, and how fast: its throughput ranks it (SPEC §11).
+        # What this source delivered, and how fast: its throughput ranks it
+        # (docs/http-api.md#trust).
         elapsed = trio.current_time() - upstream.opened_at
         job.events.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
 

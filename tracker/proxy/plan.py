@@ -85,7 +85,8 @@ class Bucket:
 class Mode:
     """The configuration a request is served under."""
 
-    #: The object store (SPEC §10), when one is configured along with the disk cache.
+    #: The object store (docs/http-api.md#with-an-object-store-object_store), when one is
+    #: configured along with the disk cache.
     bucket: Bucket | None = None
     #: ``cache_share_inflight``: readers share one refresh of a file.
     share: bool = False

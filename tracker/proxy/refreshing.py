@@ -193,7 +193,7 @@ class Refreshes:
     async def _start_early(
         self, start: RefreshStart, size: int, connection: Connection | None
     ) -> Started:
-        """:meth:`start` for a client that is sent an early head (SPEC §9) when the
+        """:meth:`start` for a client that is sent an early head (README.md#clients) when the
         refresh has not opened within ``early_head_after``: the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`start` does."""

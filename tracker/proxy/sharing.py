@@ -253,7 +253,7 @@ async def _readable(refresh: Refresh, position: int, end: int) -> int:
 
 
 class LateBody(GeneratorBody):
-    """The body of an early head (SPEC §9) whose bytes are found only later: ``resolve``
+    """The body of an early head (README.md#clients) whose bytes are found only later: ``resolve``
     waits for the shared refresh to open and returns the body to pass on, or raises
     UpstreamError (the server then breaks the connection: never a short 200)."""
 

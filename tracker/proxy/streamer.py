@@ -122,7 +122,8 @@ class ProxyStreamer:
             metrics=metrics,
             rejections=self.rejections,
         )
-        #: The object-store tier (SPEC §10); None without one.
+        #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None without
+        #: one.
         self._objects = objects
         self._registry = RefreshRegistry(objects)
         self._stored = StoredCopies(self._launcher, objects, budget)

@@ -154,7 +154,7 @@ class StreamJob:
     ``reopen`` resumes a refresh's broken upstream body (see :mod:`tracker.proxy.resume`);
     ``zero_copy`` is the client's connection when it takes zero-copy pieces (a plain stream
     is then spliced); ``early_size`` (0: none) is the size of the whole file a plain request
-    may be promised in an early head when the source is slow to answer (SPEC §9);
+    may be promised in an early head when the source is slow to answer (README.md#clients);
     ``budget`` is the memory shared by every stream passed through Python (the channel;
     None: each reads ``settings.read_size``).
     """

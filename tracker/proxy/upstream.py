@@ -87,7 +87,7 @@ class ProxySettings:
     #: start its body); ``first_byte_timeout`` asks the next source much sooner.
     answer_timeout: float = 15.0
     #: When a plain request for a file of known size has no upstream answer after this long,
-    #: its head goes out anyway (Firedancer gives a peer 1 s for the whole head, SPEC §9).
+    #: its head goes out anyway (Firedancer gives a peer 1 s for the whole head, README.md#clients).
     early_head_after: float = 0.5
     #: Longest wait for one socket read of the body: a stalled upstream fails after this.
     read_timeout: float = 60.0

@@ -55,7 +55,8 @@ class ApiDeps:
     scraper: Scraper
     delivery: Delivery
     health: HealthChecker
-    #: The object store's status (SPEC §10), None without one.
+    #: The object store's status (docs/http-api.md#with-an-object-store-object_store), None without
+    #: one.
     store_status: Callable[[], dict[str, Any] | None] = lambda: None
     #: Digests of the archives held verified, and sources whose copy failed its check
     #: (docs/http-api.md, "Verified archives").
@@ -114,7 +115,7 @@ def source_json(
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
-    # Measurements behind the ranking (SPEC §11), once there are some.
+    # Measurements behind the ranking (docs/http-api.md#trust), once there are some.
     if source.latency is not None:
         out["latency_ms"] = math.ceil(source.latency * 1000)
     if source.throughput > 0:
@@ -380,7 +381,8 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
 
     @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
     async def v1_group_archive(group: str, name: str) -> quart.Response:
-        # The query-free form redirects and proxy-mode JSON use (SPEC §9): clients save the
+        # The query-free form redirects and proxy-mode JSON use (README.md#clients): clients save
+        # the
         # file under the last path segment, which must be the archive's name.
         group = known_group(deps.config(), group)
         if name.endswith(DIGEST_SUFFIX):

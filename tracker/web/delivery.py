@@ -79,7 +79,7 @@ def tracker_path(name: str, group: str, *, alias: bool) -> str:
     validator-compatible aliases) or ``/v1/{group}/{name}``.
 
     Never a query string: clients that save under the last path segment of the final URL
-    (``wget --trust-server-names``, aria2c) must get the archive's name (SPEC §9).
+    (``wget --trust-server-names``, aria2c) must get the archive's name (README.md#clients).
     """
     return f"/{name}" if alias else f"/v1/{quote(group, safe='')}/{name}"
 
@@ -123,7 +123,8 @@ class Delivery:
 
         A root alias (``alias``) always points at the tracker's own root concrete route,
         ``/{name}``, as a validator does: Firedancer and solana-snapshot-finder accept only a
-        ``location`` starting with ``/`` and re-send it to the same address (SPEC §9); that
+        ``location`` starting with ``/`` and re-send it to the same address (README.md#clients);
+        that
         route then serves the bytes or redirects to the source.
         """
         f = source.info.files[0]

@@ -5,7 +5,8 @@ friends; the answer is a 303 computed from the index in microseconds, yet Quart'
 machinery (request and app contexts, routing, signals, response object) cost more than the
 rest of the request together: a replica answered 0.66x the redirects of a bare quart-trio
 hello-world (bench/README.md). The same holds for an archive the object store holds, whose
-GET is a 303 to a presigned URL (SPEC §10). :class:`FastRedirects` answers these itself, as
+GET is a 303 to a presigned URL (docs/http-api.md#with-an-object-store-object_store).
+:class:`FastRedirects` answers these itself, as
 plain ASGI, with the same status, headers and body as the Quart routes of
 :mod:`tracker.web.api` (tests/integration/test_shortcuts.py and
 tests/integration/test_objectstore.py compare the two byte for byte). Anything it would not

@@ -123,7 +123,7 @@ async def serve(
     ``sock`` is closed on return. Starts with the bound address (``http://host:port``) as
     hypercorn's ``serve`` does.
     """
-    lower_case_headers()  # `connection: close` as the clients of SPEC §9 expect it
+    lower_case_headers()  # `connection: close` as the clients of README.md#clients expect it
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
