@@ -9,9 +9,9 @@ accepted (clients would be sent there, or the tracker would fetch from there). T
 never carries userinfo: credentials belong to the configured target and go per request.
 
 The redirect carries no size, but the early head of proxy mode and the JSON need one
-(README.md#clients): each newly seen concrete URL on the target's own origin gets one ``HEAD``, whose
-``Content-Length`` is remembered (:class:`SizeMemo`) for as long as the URL is advertised.
-A URL on another origin is not asked (its size stays unknown): the probe client connects
+(README.md#clients): each newly seen concrete URL on the target's own origin gets one
+``HEAD``, whose ``Content-Length`` is remembered (:class:`SizeMemo`) for as long as the URL
+is advertised. A URL on another origin is not asked (its size stays unknown): the probe client connects
 without the egress check, which the proxy's downloads of such URLs get.
 """
 
