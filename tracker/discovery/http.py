@@ -11,8 +11,8 @@ never carries userinfo: credentials belong to the configured target and go per r
 The redirect carries no size, but the early head of proxy mode and the JSON need one
 (README.md#clients): each newly seen concrete URL on the target's own origin gets one
 ``HEAD``, whose ``Content-Length`` is remembered (:class:`SizeMemo`) for as long as the URL
-is advertised. A URL on another origin is not asked (its size stays unknown): the probe client connects
-without the egress check, which the proxy's downloads of such URLs get.
+is advertised. A URL on another origin is not asked (its size stays unknown): the probe
+client connects without the egress check, which the proxy's downloads of such URLs get.
 """
 
 from __future__ import annotations
