@@ -2,6 +2,7 @@
 
 - :class:`ScriptedApp`: an ASGI app answering each path from a table (or an async handler),
   recording every request; serve it with ``helpers_server.serve_app``.
+- :func:`file_json`, :func:`info_json`: entries of a sidecar's ``/v1/snapshots`` list.
 - :func:`serve_raw`: a raw trio TCP server for answers no well-behaved server gives (a body
   that never ends, a Content-Length that lies, a connection that hangs, plain text to TLS).
 """
@@ -19,6 +20,30 @@ import trio
 
 #: Fixed, valid base58 32-byte hashes.
 HASHES = [base58.b58encode(bytes([i + 1]) * 32).decode() for i in range(8)]
+
+
+def file_json(slot: int, hash_: str, *, base: int = 0, ext: str = ".tar.zst", **extra: Any):
+    """A sidecar's file entry (extra keys: size, mod_time, ...)."""
+    if base:
+        name = f"incremental-snapshot-{base}-{slot}-{hash_}{ext}"
+    else:
+        name = f"snapshot-{slot}-{hash_}{ext}"
+    out: dict[str, Any] = {"file_name": name, "slot": slot, "hash": hash_, "ext": ext}
+    if base:
+        out["base_slot"] = base
+    return out | extra
+
+
+def info_json(*files: dict[str, Any]) -> dict[str, Any]:
+    """A sidecar's snapshot info: ``files`` newest first, the first one its head."""
+    head = files[0]
+    return {
+        "slot": head["slot"],
+        "base_slot": head.get("base_slot", head["slot"]),
+        "hash": head["hash"],
+        "files": list(files),
+        "size": sum(f.get("size", 0) for f in files),
+    }
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 from helpers_server import serve_app
-from helpers_sources import HASHES, Answer, ScriptedApp, read_head, serve_raw
+from helpers_sources import HASHES, Answer, ScriptedApp, file_json, info_json, read_head, serve_raw
 
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
@@ -28,28 +28,6 @@ MiB = 1024 * 1024
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=5) as c:
         yield c
-
-
-def file_json(slot: int, hash_: str, *, base: int = 0, ext: str = ".tar.zst", **extra: Any):
-    if base:
-        name = f"incremental-snapshot-{base}-{slot}-{hash_}{ext}"
-    else:
-        name = f"snapshot-{slot}-{hash_}{ext}"
-    out: dict[str, Any] = {"file_name": name, "slot": slot, "hash": hash_, "ext": ext}
-    if base:
-        out["base_slot"] = base
-    return out | extra
-
-
-def info_json(*files: dict[str, Any]) -> dict[str, Any]:
-    head = files[0]
-    return {
-        "slot": head["slot"],
-        "base_slot": head.get("base_slot", head["slot"]),
-        "hash": head["hash"],
-        "files": list(files),
-        "size": sum(f.get("size", 0) for f in files),
-    }
 
 
 FULL = file_json(100, H0, size=1000, mod_time="2026-11-21T10:00:00.123456789Z")

@@ -9,7 +9,7 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from helpers_sources import HASHES
+from helpers_sources import HASHES, file_json, info_json
 
 from tracker.core.snapshots import U64_MAX
 from tracker.discovery.sidecar import parse_snapshot_list
@@ -18,28 +18,6 @@ from tracker.net.limits import iter_json_array
 
 H0, H1, H2 = HASHES[:3]
 MiB = 1024 * 1024
-
-
-def file_json(slot: int, hash_: str, *, base: int = 0, ext: str = ".tar.zst", **extra: Any):
-    if base:
-        name = f"incremental-snapshot-{base}-{slot}-{hash_}{ext}"
-    else:
-        name = f"snapshot-{slot}-{hash_}{ext}"
-    out: dict[str, Any] = {"file_name": name, "slot": slot, "hash": hash_, "ext": ext}
-    if base:
-        out["base_slot"] = base
-    return out | extra
-
-
-def info_json(*files: dict[str, Any]) -> dict[str, Any]:
-    head = files[0]
-    return {
-        "slot": head["slot"],
-        "base_slot": head.get("base_slot", head["slot"]),
-        "hash": head["hash"],
-        "files": list(files),
-        "size": sum(f.get("size", 0) for f in files),
-    }
 
 
 FULL = file_json(100, H0, size=1000, mod_time="2026-11-21T10:00:00.123456789Z")
