@@ -3,7 +3,8 @@
 Quart sends a body as ``async with body as chunks: async for chunk in chunks``. When sending
 stops early (client gone, error), the generator must be closed right there, shielded from the
 cancellation that may be unwinding the request, and the body's resources released: never left
-to the garbage collector (DESIGN trap 4). Every archive body of the tracker builds on this.
+to the garbage collector (docs/architecture.md#traps-of-the-stack, 4). Every archive body of the
+tracker builds on this.
 """
 
 from __future__ import annotations

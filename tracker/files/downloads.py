@@ -67,7 +67,8 @@ class DownloadSlots:
 
 class Slot:
     """One taken :class:`DownloadSlots` slot: released once, by :meth:`release` or when the
-    slot is collected (an answer dropped before its body started, DESIGN trap 4)."""
+    slot is collected (an answer dropped before its body started,
+    docs/architecture.md#traps-of-the-stack, 4)."""
 
     def __init__(self, slots: DownloadSlots) -> None:
         self._finalizer = weakref.finalize(self, slots.give_back)

@@ -1,6 +1,7 @@
 """Serve a file from disk as a Quart response: fast, bounded memory, no leaked descriptors.
 
-Quart's ``send_file`` is not used (DESIGN trap 1): it reads 8 KiB per chunk, mishandles
+Quart's ``send_file`` is not used (docs/architecture.md#traps-of-the-stack, 1): it reads 8 KiB per
+chunk, mishandles
 suffix ranges and sends ``Accept-Ranges`` only on 206. Here the decisions come from
 :func:`tracker.files.ranges.plan_file_response` and the bytes from ``os.pread`` of ``chunk_size``
 (2 MiB by default) in a worker thread, reading one chunk ahead: the next chunk is read while
@@ -21,7 +22,8 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
 - The descriptor is opened (and fstat'ed) before the headers are planned, so that headers and
   bytes describe the same inode even if the file is replaced by ``os.replace`` meanwhile. If
   the response is dropped before Quart enters the body (the client left while the request
-  was still being finished, DESIGN trap 4), a ``weakref.finalize`` closes the descriptor
+  was still being finished, docs/architecture.md#traps-of-the-stack, 4), a ``weakref.finalize``
+  closes the descriptor
   when the response is released.
 - ``response.timeout = None``: Quart's RESPONSE_TIMEOUT would cut long downloads (trap 2).
 - Header names go out lower case (Quart lower-cases them in ``encode_headers``).

@@ -236,7 +236,7 @@ def early_answer(size: int, body: ResponseBody) -> quart.Response:
     response.headers.update(
         {"content-length": str(size), "content-type": "application/octet-stream"}
     )
-    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
     return response
 
 
@@ -247,5 +247,5 @@ def head_answer(head: Head) -> quart.Response:
     # Exactly the planned headers: not Quart's text/html default, not a derived length.
     response.headers.clear()
     response.headers.update(head.headers)
-    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
     return response

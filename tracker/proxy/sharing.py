@@ -160,7 +160,7 @@ def _plan(
     # Exactly these headers: not Quart's text/html default, not a derived length.
     response.headers.clear()
     response.headers.update(headers)
-    response.timeout = None  # downloads last hours (DESIGN trap 2)
+    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
     return response, offset, length
 
 
@@ -168,7 +168,8 @@ class _Lease:
     """A reader's descriptor of the temp file, and its place among the refresh's readers.
 
     Released exactly once: explicitly, or when the lease is collected unused (the client
-    left before the server started the body, DESIGN trap 4), which may happen in another
+    left before the server started the body, docs/architecture.md#traps-of-the-stack, 4), which may
+    happen in another
     thread: the reader count is then updated through the trio token.
     """
 

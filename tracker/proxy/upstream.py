@@ -21,7 +21,8 @@ An answer whose length contradicts the size the source advertised (``Content-Len
 caches a file shorter or longer than the one announced. Resuming a broken body is
 :mod:`tracker.proxy.resume`'s job.
 
-Download clients read the socket in large pieces (DESIGN trap 5): httpcore asks its network
+Download clients read the socket in large pieces (docs/architecture.md#traps-of-the-stack, 5):
+httpcore asks its network
 stream for 64 KiB per read, which caps a proxy at about 0.5 GB/s; :class:`BigReadBackend`
 turns every read into a read of up to :attr:`ProxySettings.read_size` bytes.
 """
@@ -105,7 +106,7 @@ class ProxySettings:
     channel_budget: int = 32 * 1024 * 1024
     smallest_read: int = 64 * 1024
     #: How long a stream waits for the server to start sending its body before deciding that
-    #: the client went away (DESIGN trap 4).
+    #: the client went away (docs/architecture.md#traps-of-the-stack, 4).
     drain_start_timeout: float = 30.0
     #: Redirects followed per source, each checked by the egress policy when it leaves the
     #: source's own origin.

@@ -7,7 +7,7 @@ systemd passed them, otherwise from :func:`bind_socket`, and hands each to its o
 Both kinds get ``TCP_USER_TIMEOUT``: Linux copies it to every accepted connection, so a client
 that stops acknowledging data is dropped by the kernel after that long instead of holding a
 transfer (and graceful shutdown) forever. Quart's own response timeout cannot do that job for
-downloads that legitimately last hours (DESIGN.md, trap 2).
+downloads that legitimately last hours (docs/architecture.md#traps-of-the-stack, 2).
 """
 
 from __future__ import annotations
