@@ -178,6 +178,9 @@ async def test_golden_local(nursery: trio.Nursery, tmp_path: Path, client: httpx
     assert [f["size"] for f in incr_src["files"]] == [30, 300]
     assert all(TIME_RE.fullmatch(f["mod_time"]) for f in incr_src["files"])
     assert incr_src["size"] == 330 and full_src["slot"] == 50
+    # A local copy is fetched from the tracker's own route: its absolute URL is the file's url.
+    urls = [f["url"] for f in incr_src["files"]]
+    assert urls == [f"{base}/v1/local/{incr}", f"{base}/v1/local/{full}"]
     # Local files are served by the tracker itself: relative redirects.
     response = await client.get(f"{base}/v1/snapshot.tar.bz2")
     assert response.headers["location"] == f"/v1/local/{full}"
