@@ -85,6 +85,8 @@ class Env:
     cache_proxy_dir: Path | None = None
     profiler: Profiler | None = None
     tracker_env: dict[str, str] = attrs.Factory(dict)
+    #: The files nginx's second port: the same sidecar, each connection paced (PACED_RATE).
+    paced_port: int = 0
 
     def profile(self, label: str, tracker: Tracker) -> contextlib.AbstractContextManager[None]:
         """Sample ``tracker`` with py-spy during the block when ``--profile`` was given."""
@@ -136,13 +138,16 @@ def pair(run: int, tracker: Any, reference: Any) -> tuple[Any, Any]:
     return first, reference()
 
 
-def start_proxy_tracker(env: Env, name: str, cache_dir: Path, **keys: Any) -> Tracker:
-    """A tracker in proxy mode with a disk cache, the files nginx as its sidecar."""
+def start_proxy_tracker(
+    env: Env, name: str, cache_dir: Path, *, paced: bool = False, **keys: Any
+) -> Tracker:
+    """A tracker in proxy mode with a disk cache, the files nginx as its sidecar (``paced``:
+    through its paced port)."""
     config = tracker_config(
         scrape_interval="30s",
         proxy_snapshot_downloads=True,
         proxy_snapshot_cache_dir=str(cache_dir),
-        target_groups=[sidecar_group(env.files.port)],
+        target_groups=[sidecar_group(env.paced_port if paced else env.files.port)],
         **keys,
     )
     tracker = start_tracker(env.procs, name, env.work, config, env.tracker_env)
@@ -348,50 +353,76 @@ def _tracker_refresh(env: Env, run: int, turn: int) -> Fetch:
     return got
 
 
-def verified_refresh(env: Env, run: int) -> Result:
+def verified_refresh(env: Env, run: int, *, paced: bool = False) -> Result:
     """The first GET of the best archive (a real archive) through a fresh tracker with an
     empty cache, timed from the request to the archive's promotion into the cache, with
     ``verify_archives`` on (the tracker's figure) and off (the reference), in the order
-    A B B A (B A A B on odd runs) like the refresh figure."""
-    verified: list[float] = []
-    unverified: list[float] = []
+    A B B A (B A A B on odd runs) like the refresh figure; ``paced``: from a source that
+    sends at most PACED_RATE bytes/s, as a fast source across a network would.
+
+    Each side also counts the CPU seconds that the tracker, the upstream nginx and the
+    bench's client spent on it: ``floor`` is the verified side's CPU seconds spread over
+    every core of the host, over the unverified side's seconds, the least ratio this host
+    allows (a check costs about one CPU-second per GB whatever is done, bench/README.md)."""
+    verified: list[Promotion] = []
+    unverified: list[Promotion] = []
 
     def ours() -> None:
-        verified.append(_promotion_seconds(env, run, len(verified), verify=True))
+        verified.append(_promotion(env, run, len(verified), verify=True, paced=paced))
 
     def reference() -> None:
-        unverified.append(_promotion_seconds(env, run, 2 + len(unverified), verify=False))
+        unverified.append(_promotion(env, run, 2 + len(unverified), verify=False, paced=paced))
 
     pair(run, ours, reference)
     pair(run + 1, ours, reference)
     size = env.archives.size
+    seconds = sum(p.seconds for p in verified) / len(verified)
+    reference_seconds = sum(p.seconds for p in unverified) / len(unverified)
+    cpu = sum(p.cpu for p in verified) / len(verified)
+    reference_cpu = sum(p.cpu for p in unverified) / len(unverified)
+    cores = len(os.sched_getaffinity(0))
     return {
-        "tracker": size * len(verified) / sum(verified),
-        "reference": size * len(unverified) / sum(unverified),
-        "seconds": sum(verified) / len(verified),
-        "reference_seconds": sum(unverified) / len(unverified),
+        "tracker": size / seconds,
+        "reference": size / reference_seconds,
+        "seconds": seconds,
+        "reference_seconds": reference_seconds,
+        "cpu": cpu,
+        "reference_cpu": reference_cpu,
+        "cores": cores,
+        "floor": max(cpu / cores, reference_seconds) / reference_seconds,
     }
 
 
-def _promotion_seconds(env: Env, run: int, turn: int, *, verify: bool) -> float:
-    """Seconds from the GET to the promotion of the best archive into an empty cache."""
+@attrs.define
+class Promotion:
+    """One refresh to promotion: its seconds, and the CPU seconds of everyone taking part."""
+
+    seconds: float
+    cpu: float
+
+
+def _promotion(env: Env, run: int, turn: int, *, verify: bool, paced: bool) -> Promotion:
+    """A GET of the best archive into an empty cache, to its promotion."""
     cache = env.work / f"cache-verified-{run}-{turn}"
     name = f"tracker-verified-{run}-{turn}"
-    tracker = start_proxy_tracker(env, name, cache, verify_archives=verify)
+    tracker = start_proxy_tracker(env, name, cache, paced=paced, verify_archives=verify)
     cached = cache / GROUP / env.archives.best
+    pids = (tracker.proc.pid, env.files.proc.pid)
     try:
         _clean_slate(env)
+        cpu = sum(tree_cpu_seconds(pid) for pid in pids) + time.process_time()
         started = time.monotonic()
         fetch(tracker.address, tracker_path(env.archives.best))
         deadline = started + 120
         while not cached.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         seconds = time.monotonic() - started
+        cpu = sum(tree_cpu_seconds(pid) for pid in pids) + time.process_time() - cpu
         if not cached.exists():
             raise RuntimeError(f"the refresh (verify={verify}) was not promoted")
     finally:
         stop(env, tracker, cache)
-    return seconds
+    return Promotion(seconds, cpu)
 
 
 #: Seconds for freed memory to go back to the host (free page reporting on this VM).

@@ -94,14 +94,9 @@ def summarise(results: dict[str, Any]) -> list[Row]:
             rows += _cpu_rows(results)
         if key == "proxy" and results.get("first_byte"):
             rows.append(_first_byte_row(results["first_byte"]))
-    if results.get("verified_refresh"):
-        runs = results["verified_refresh"]
-        on, off = median(runs, "seconds"), median(runs, "reference_seconds")
-        ratio = statistics.median(r["seconds"] / r["reference_seconds"] for r in runs)
-        how = "GET to promotion, verify_archives on vs off"
-        rows.append(
-            Row("verified refresh", how, f"{on:.2f} s", f"{off:.2f} s", ratio, "x", "<=", 1.25)
-        )
+    for key, source in (("verified_refresh", ""), ("verified_refresh_paced", ", source paced")):
+        if results.get(key):
+            rows += _verified_rows(results[key], source)
     if results.get("redirects"):
         runs = results["redirects"]
         p99, bare = median(runs, "p99_ms"), median(runs, "reference_p99_ms")
@@ -239,6 +234,27 @@ def _cpu_rows(results: dict[str, Any]) -> list[Row]:
             )
         )
     return rows
+
+
+def _verified_rows(runs: Runs, source: str) -> list[Row]:
+    """A verified refresh against the same refresh unverified, and what the CPU allows."""
+    on, off = median(runs, "seconds"), median(runs, "reference_seconds")
+    ratio = statistics.median(r["seconds"] / r["reference_seconds"] for r in runs)
+    how = f"GET to promotion, verify_archives on vs off{source}"
+    figure = "verified refresh" + (" (paced source)" if source else "")
+    rows = [Row(figure, how, f"{on:.2f} s", f"{off:.2f} s", ratio, "x", "<=", 1.25)]
+    if all("floor" in r for r in runs):
+        rows.append(_floor_row(runs, figure + " CPU"))
+    return rows
+
+
+def _floor_row(runs: Runs, figure: str) -> Row:
+    """The least verified/unverified ratio the host's cores allow for the CPU both spent."""
+    cpu, off = median(runs, "cpu"), median(runs, "reference_cpu")
+    cores = int(runs[0]["cores"])
+    how = f"CPU s of tracker + upstream + client, verified vs not; its least ratio on {cores} cores"
+    floor = statistics.median(r["floor"] for r in runs)
+    return Row(figure, how, f"{cpu:.2f} s", f"{off:.2f} s", floor, "x", "", None)
 
 
 def _first_byte_row(runs: Runs) -> Row:

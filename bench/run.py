@@ -52,6 +52,7 @@ FIGURES = (
     "first_byte",
     "refresh",
     "verified_refresh",
+    "verified_refresh_paced",
     "redirects",
     "memory",
     "idle_connections",
@@ -140,13 +141,13 @@ def setup(work: Path, procs: Procs, tools: dict[str, str], options: Options, bui
     www = work / "www"
     (www / "v1").mkdir(parents=True)
     (www / "v1" / "snapshots").write_text(sidecar_json(archives))
-    files_port, proxy_port = free_port(), free_port()
+    files_port, proxy_port, paced_port = free_port(), free_port(), free_port()
     files = start_nginx(
         procs,
         tools["nginx"],
         work,
         "files",
-        files_nginx_conf(work, files_port, archives, www),
+        files_nginx_conf(work, files_port, archives, www, paced_port),
         files_port,
     )
     proxy = start_nginx(
@@ -157,7 +158,7 @@ def setup(work: Path, procs: Procs, tools: dict[str, str], options: Options, bui
         proxy_nginx_conf(work, proxy_port, files_port),
         proxy_port,
     )
-    return Env(work, procs, tools, options, archives, files, proxy)
+    return Env(work, procs, tools, options, archives, files, proxy, paced_port=paced_port)
 
 
 def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
@@ -171,6 +172,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         "first_byte": lambda run: figures.proxy_first_byte(env, run),
         "refresh": lambda run: figures.refresh(env, run),
         "verified_refresh": lambda run: figures.verified_refresh(env, run),
+        "verified_refresh_paced": lambda run: figures.verified_refresh(env, run, paced=True),
         "redirects": lambda run: figures.redirects(env, run),
     }
     steady = [f for f in paired if f in wanted]
@@ -178,7 +180,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")
         if "redirects" in steady:
             env.bare = start_bare(env.procs)[1]
-        if "refresh" in steady or "verified_refresh" in steady:
+        if {"refresh", "verified_refresh", "verified_refresh_paced"} & set(steady):
             env.cache_proxy_dir = env.work / "nginx-proxy-cache"
             env.cache_proxy_dir.mkdir()
             port = free_port()
