@@ -12,3 +12,31 @@ from tracker.errors import ProbeError
 async def test_no_service_name(client) -> None:
     with pytest.raises(ProbeError, match=r"^no Consul service name$"):
         await discover_consul(client, "127.0.0.1:1", "")
+
+
+async def test_the_catalog_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 8 MiB of catalog JSON: parsed in a worker thread, not on trio's."""
+    import json
+    import threading
+
+    import httpx
+
+    from tracker.discovery import consul
+
+    entries = [{"Address": f"10.0.{n // 256}.{n % 256}", "ServicePort": 8899} for n in range(3000)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=httpx.ByteStream(json.dumps(entries).encode()))
+
+    threads: list[threading.Thread] = []
+    parse = consul.parse_catalog
+
+    def recorded(body: bytes, max_entries: int) -> list[str]:
+        threads.append(threading.current_thread())
+        return parse(body, max_entries)
+
+    monkeypatch.setattr(consul, "parse_catalog", recorded)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        targets = await discover_consul(client, "consul.invalid:8500", "solana")
+    assert targets[:2] == ["10.0.0.0:8899", "10.0.0.1:8899"] and len(targets) == 3000
+    assert threads and threads[0] is not threading.main_thread()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import httpx
+import trio
 
 from tracker.core.targetfile import is_host_port
 from tracker.core.text import quoted
@@ -51,6 +52,14 @@ async def discover_consul(
     params = {key: value for key, value in (("dc", datacenter), ("filter", filter)) if value}
     headers = {"x-consul-token": token} if token else {}
     body = await fetch_capped(client, url, headers=headers, params=params, max_body=max_body)
+    # Up to max_body (8 MiB) of JSON would hold the event loop for a good part of a second:
+    # parsed in a worker thread, not abandoned on cancellation (max_entries bounds it).
+    return await trio.to_thread.run_sync(parse_catalog, body, max_entries)
+
+
+def parse_catalog(body: bytes | bytearray, max_entries: int) -> list[str]:
+    """The distinct ``host:port`` targets of a Consul catalog answer, in its order; raises
+    ProbeError naming the bad entry."""
     entries = iter_json_array(
         decode_text(body), max_items=max_entries, max_item_chars=_MAX_ENTRY_CHARS
     )
