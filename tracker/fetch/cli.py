@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
 from tracker.core.values import parse_duration, parse_size
 from tracker.errors import FetchError
-from tracker.fetch.run import FetchOptions, os_reason, run_fetch
 from tracker.fetch.settings import FetchSettings
+
+if TYPE_CHECKING:
+    from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -83,6 +83,8 @@ def add_fetch_parser(commands: Any) -> None:
 
 def options_of(args: argparse.Namespace) -> FetchOptions:
     """The options of parsed ``fetch`` arguments."""
+    from tracker.fetch.run import FetchOptions
+
     settings = FetchSettings(
         connections=args.connections,
         min_speed=args.min_speed,
@@ -114,6 +116,11 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not (args.full or args.incremental):
         parser.error("fetch needs at least one of --full and --incremental")
     setup_logging(args.log_level, args.log_format)
+    # Imported here: the other commands (`verify` above all) start without httpx and trio.
+    import trio
+
+    from tracker.fetch.run import os_reason, run_fetch
+
     try:
         trio.run(run_fetch, options_of(args))
     except (FetchError, OSError) as exc:
