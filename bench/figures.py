@@ -8,6 +8,8 @@ ratio compares like with like even when the machine's speed drifts.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import re
@@ -43,6 +45,8 @@ from bench.servers import (
     tracker_config,
 )
 from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
+from tracker.cache.disk import write_digest
+from tracker.core.digests import sha256sum_line
 
 Result = dict[str, Any]
 # Never let a system-wide proxy setting reach 127.0.0.1.
@@ -156,11 +160,24 @@ def start_proxy_tracker(
 
 
 def start_hit_tracker(env: Env, name: str) -> Tracker:
-    """A proxy-mode tracker whose cache holds the best archive (a hard link to it)."""
+    """A proxy-mode tracker whose cache holds the best archive (a hard link to it) with its
+    digest file, as a restarted tracker finds its checked cache: without it the tracker
+    checks the archive again at start-up and serves it as a hit only after that, so the
+    first GETs would be proxied and the check's buffers counted in the memory figure."""
     cache = env.work / f"cache-{name}"
     (cache / GROUP).mkdir(parents=True)
-    (cache / GROUP / env.archives.best).hardlink_to(env.archives.best_path)
+    cached = cache / GROUP / env.archives.best
+    cached.hardlink_to(env.archives.best_path)
+    # Written after the link (which moves the archive's ctime): the digest file describes it.
+    write_digest(str(cached), sha256sum_line(_sha256(env.archives.best_path), cached.name))
     return start_proxy_tracker(env, name, cache)
+
+
+@functools.cache
+def _sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (once per bench run)."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def stop(env: Env, tracker: Tracker, cache_dir: Path | None = None) -> None:
