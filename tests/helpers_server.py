@@ -10,7 +10,7 @@ Usage::
         ...                                               # talk to it over real sockets
         nursery.cancel_scope.cancel()                     # graceful stop, see below
 
-Quart's test client hides HEAD-body and Content-Length bugs (DESIGN trap 7); a real server
+Quart's test client hides HEAD-body and Content-Length bugs; a real server
 on a real socket does not.
 """
 

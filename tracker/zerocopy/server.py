@@ -31,6 +31,7 @@ from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
 from tracker.zerocopy.connection import SCOPE_KEY, Connections, sending_last
 from tracker.zerocopy.headers import install as lower_case_headers
+from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 from tracker.zerocopy.stream import ZeroCopyStream
 
@@ -132,12 +133,17 @@ async def serve(
     bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
     limit = ConnectionLimit(max_connections)
+    keep_alive = KeepAlive(config.keep_alive_timeout)
 
     async def handle(stream: ZeroCopyStream) -> None:
         state = ConnectionState(lifespan_state.copy())
+        server = TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+        # One keep-alive task for the listener instead of one per connection (keepalive.py).
+        server.idle_task = keep_alive.timer(stream)  # type: ignore[assignment]
         try:
-            await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+            await server
         finally:
+            keep_alive.busy(stream)
             limit.release(stream)
 
     async with trio.open_nursery() as lifespan_nursery:
@@ -148,10 +154,12 @@ async def serve(
                 accepting.start_soon(
                     _accept, listener, connections, limit, handle, connections_nursery
                 )
+                accepting.start_soon(keep_alive.run)
                 task_status.started([bind])
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
             await context.terminated.set()
+            keep_alive.stop()
             connections_nursery.cancel_scope.deadline = (
                 trio.current_time() + config.graceful_timeout
             )
