@@ -55,3 +55,38 @@ async def test_without_verification_the_bad_copy_is_kept_as_sent(tmp_path: Path)
     async with tracker_of([FakeUpstream(files={NAME: bad})]) as tracker:
         await run_fetch(options(ledger, tracker.base, incremental=False), NoProgress())
     assert (ledger / NAME).read_bytes() == bad
+
+
+async def test_the_check_reads_the_copy_while_it_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check follows the gapless prefix on disk: with the source paused at 60 % of the
+    archive, it has read more than half of it already (after the download, only the rest
+    is left to read)."""
+    import trio
+    from helpers_proxy import Behaviour, wait_for
+
+    from tracker.files import archivecheck
+
+    name, good = build_archive(32_000, compression="zst", accounts=16, account_size=512 * 1024)
+    paused = Behaviour(pause_at=len(good) * 6 // 10)
+    up = FakeUpstream(files={name: good}, behaviour={name: paused})
+    read = [0]
+    original = archivecheck.GrowingFile.read
+
+    def counted(self: archivecheck.GrowingFile, size: int) -> bytes:
+        data = original(self, size)
+        read[0] += len(data)
+        return data
+
+    monkeypatch.setattr(archivecheck.GrowingFile, "read", counted)
+    ledger = ledger_of(tmp_path)
+    one = attrs.evolve(VERIFYING, connections=1, piece_size=len(good))  # one request
+    async with tracker_of([up]) as tracker, trio.open_nursery() as nursery:
+        opts = options(ledger, tracker.base, incremental=False, settings=one)
+        nursery.start_soon(run_fetch, opts, NoProgress())
+        await wait_for(lambda: read[0] > len(good) // 2, timeout=20)
+        assert not (ledger / name).exists()  # still downloading: paused
+        paused.resume.set()
+    assert (ledger / name).read_bytes() == good
+    assert read[0] == len(good)  # every byte read once

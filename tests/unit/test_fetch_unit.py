@@ -194,3 +194,30 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     assert options_of(args).settings.verify is verify
+
+
+@pytest.mark.parametrize(
+    ("done", "written", "prefix"),
+    [
+        ([], [], 0),
+        ([(0, 10)], [], 10),
+        ([(5, 10)], [], 0),  # a gap at the start: nothing to read in order
+        ([(0, 10), (20, 30)], [], 10),
+        ([(0, 10), (10, 30)], [], 30),
+        ([(0, 10)], [(10, 4)], 14),  # a running claim's writes count
+        ([(20, 30)], [(0, 10), (10, 10)], 30),  # and close the gap
+        ([], [(10, 5)], 0),
+    ],
+)
+def test_the_gapless_prefix(
+    done: list[tuple[int, int]], written: list[tuple[int, int]], prefix: int
+) -> None:
+    """How far a check reading in order may read: done intervals and what running claims
+    wrote so far, from byte 0 without a gap."""
+    pieces = Pieces(100, 10, done)
+    claims = {}
+    while (claim := pieces.claim()) is not None:
+        claims[claim.start] = claim
+    for start, count in written:
+        pieces.advance(claims[start], count)
+    assert pieces.prefix == prefix

@@ -36,7 +36,7 @@ from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source, inspect_all, same_bytes
 from tracker.fetch.state import Identity, State, load_state, remove_state, temp_path
 from tracker.fetch.workers import StateSaver, watch_speed, worker
-from tracker.files.archivecheck import check_file
+from tracker.files.archivecheck import FollowingCheck
 
 log = logging.getLogger("tracker.fetch")
 
@@ -168,6 +168,9 @@ async def _download_from(
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     started = trio.current_time()
     progress.start(name, size, pieces.done_bytes)
+    # The archive check reads the file in order while the pieces come in, up to the gapless
+    # prefix on disk: at the end only what came last is left to check, from the page cache.
+    check = FollowingCheck.start(fd, name) if settings.verify else None
     try:
         await trio.to_thread.run_sync(os.ftruncate, fd, size)
         saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
@@ -176,6 +179,8 @@ async def _download_from(
         live = pool if reference.ranges else [reference]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(saver.run, settings.state_every)
+            if check is not None:
+                nursery.start_soon(_follow, check, pieces)
             if settings.min_speed and len(live) > 1:
                 nursery.start_soon(watch_speed, live, settings)
             async with trio.open_nursery() as workers:
@@ -186,11 +191,17 @@ async def _download_from(
         if not pieces.complete:
             reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
             raise SourceFailed(summary(list(reasons)))
+        if check is not None:
+            check.finish(size)
         await trio.to_thread.run_sync(os.fsync, fd)
+    except BaseException:
+        if check is not None:
+            check.cancel()
+        raise
     finally:
         os.close(fd)
         progress.finish()
-    digest = await _verify(ledger, name, live, sha256) if settings.verify else ""
+    digest = await _verify(ledger, name, live, sha256, check) if check is not None else ""
     final = os.path.join(ledger, name)
     os.replace(path, final)
     remove_state(ledger, name)
@@ -199,15 +210,27 @@ async def _download_from(
     return Result(final, size, seconds, tuple(live), pieces.steals, digest)
 
 
-async def _verify(ledger: str, name: str, pool: list[Source], sha256: frozenset[str]) -> str:
-    """The SHA-256 of the complete temp file of ``name`` when it passes the archive check
-    and is one of ``sha256`` (when that lists any); else the temp file and its state are
-    deleted and CopyRejected raised (docs: README "Fetching a snapshot into a ledger")."""
+#: Seconds between two looks at how far the gapless prefix on disk reaches.
+FOLLOW_EVERY = 0.05
+
+
+async def _follow(check: FollowingCheck, pieces: Pieces) -> None:
+    """Let ``check`` read up to the gapless prefix on disk as it grows, until cancelled."""
+    while True:
+        check.advance(pieces.prefix)
+        await trio.sleep(FOLLOW_EVERY)
+
+
+async def _verify(
+    ledger: str, name: str, pool: list[Source], sha256: frozenset[str], check: FollowingCheck
+) -> str:
+    """The SHA-256 of the complete temp file of ``name`` (``check`` followed it and was
+    told its end) when it passes the archive check and is one of ``sha256`` (when that
+    lists any); else the temp file and its state are deleted and CopyRejected raised (docs:
+    README "Fetching a snapshot into a ledger")."""
     try:
-        # Abandoned when the fetch is cancelled: a whole archive's read is not waited for.
-        digest = await trio.to_thread.run_sync(
-            check_file, temp_path(ledger, name), name, abandon_on_cancel=True
-        )
+        # On cancellation the check's thread reads on to the end, then stops by itself.
+        digest = await check.result()
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
     else:

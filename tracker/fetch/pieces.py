@@ -93,6 +93,13 @@ class Pieces:
         partial = [(c.start, c.position) for c in self._claims if c.position > c.start]
         return merge(self._done + partial)
 
+    @property
+    def prefix(self) -> int:
+        """How many bytes from the file's start are on disk without a gap (what a check that
+        reads the file in order may read), running claims' writes included."""
+        done = self.done()
+        return done[0][1] if done and done[0][0] == 0 else 0
+
     def claim(self, now: float = 0.0) -> Claim | None:
         """The next unclaimed piece, else the back half of the claim that needs longest
         (stolen, if it needs longer than STEAL_AFTER_SECONDS), else None."""
