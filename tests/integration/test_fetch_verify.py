@@ -90,3 +90,29 @@ async def test_the_check_reads_the_copy_while_it_is_downloaded(
         paused.resume.set()
     assert (ledger / name).read_bytes() == good
     assert read[0] == len(good)  # every byte read once
+
+
+async def test_a_copy_that_fails_part_way_is_dropped_then(tmp_path: Path) -> None:
+    """A copy whose first bytes already fail the check (valid zstd, not a tar) is dropped
+    as soon as the check sees it, while its source still holds the rest back: the good
+    copy comes from the other source (without the early stop the fetch would wait for the
+    paused source until its 60 s request timeout)."""
+    import trio
+    from helpers_proxy import Behaviour
+
+    name, good = build_archive(32_000, compression="zst", accounts=16, account_size=512 * 1024)
+    bad = bad_variants(name, good)["not_tar"]
+    held = Behaviour(pause_at=len(bad) * 6 // 10)
+    first = FakeUpstream(files={name: bad}, behaviour={name: held})
+    second = FakeUpstream(files={name: good})
+    ledger = ledger_of(tmp_path)
+    patient = attrs.evolve(VERIFYING, connections=1, piece_size=len(good), request_timeout=60.0)
+    async with tracker_of([first, second]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=patient)
+        with trio.fail_after(20):
+            [result] = await run_fetch(opts, NoProgress())
+        held.resume.set()
+    # Its copy's request never went past the pause (the others are 64 KiB samples).
+    assert max(s.body_sent for s in first.gets(name)) == held.pause_at
+    assert result.sha256 == sha256(good)
+    assert sorted(p.name for p in ledger.iterdir()) == [name]
