@@ -188,12 +188,11 @@ async def _download_from(
                     workers.start_soon(worker, client, index, live, pieces, fd, settings, progress)
             nursery.cancel_scope.cancel()
         await saver.save()
-        if check is not None and check.done():
-            pass  # the copy failed its check part way: _verify says why
-        elif not pieces.complete:
-            reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-            raise SourceFailed(summary(list(reasons)))
-        else:
+        # A check that ended before the download failed (the copy is bad): _verify says why.
+        if check is None or not check.done():
+            if not pieces.complete:
+                reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
+                raise SourceFailed(summary(list(reasons)))
             if check is not None:
                 check.finish(size)
             await trio.to_thread.run_sync(os.fsync, fd)

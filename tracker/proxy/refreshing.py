@@ -95,18 +95,17 @@ class Refreshes:
     ) -> quart.Response | None:
         """:class:`~tracker.proxy.plan.JoinShared`: read the running refresh (counted as a
         shared reader); None when it ended unread."""
-        response = await self.read(shared, cache, request, group, archive)
-        metrics = self._launcher.metrics
-        if response is not None and metrics is not None:
-            metrics.count_shared_reader()
-        return response
+        return self._counted(await self.read(shared, cache, request, group, archive))
 
     async def join_behind(
         self, shared: SharedRefresh, request: quart.Request
     ) -> quart.Response | None:
         """:class:`~tracker.proxy.plan.JoinBehind`: a ``Range`` GET read from a background
         refresh's temp file (the range's first byte is written); None when it ended."""
-        response = await join(shared, "GET", request.headers.get("range"))
+        return self._counted(await join(shared, "GET", request.headers.get("range")))
+
+    def _counted(self, response: quart.Response | None) -> quart.Response | None:
+        """``response`` of a shared reader, counted as one when there is one."""
         metrics = self._launcher.metrics
         if response is not None and metrics is not None:
             metrics.count_shared_reader()
