@@ -14,9 +14,20 @@ from pathlib import Path
 import pytest
 
 from tracker.errors import SourceFailed
-from tracker.zerocopy.kernelcopy import send_file, splice_sockets, splice_to_file
+from tracker.zerocopy.kernelcopy import SocketSplice, send_file, splice_to_file
 
 MiB = 1024 * 1024
+
+
+def splice_sockets(src: int, out: int, count: int, read_timeout: float) -> None:
+    """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through
+    a SocketSplice, one second's wait at a time (both sockets non-blocking)."""
+    splice = SocketSplice(count)
+    try:
+        while splice.move(src, out, 1.0) is not None:
+            splice.check(read_timeout)
+    finally:
+        splice.close()
 
 
 @contextmanager

@@ -58,11 +58,10 @@ _ZSTD_MAX_EMPTY_BLOCKS = 64
 
 @attrs.define
 class FrameState:
-    """What :func:`zstd_frames` has seen: where the current frame starts, how many ended,
-    whether it is reading the magic number of a next frame (and where that starts)."""
+    """What :func:`zstd_frames` has seen: where the current frame starts, and whether it is
+    reading the magic number of a next frame (and where that starts)."""
 
     frame_at: int = 0
-    frames: int = 0
     in_magic: bool = False
     magic_at: int = 0
 
@@ -80,7 +79,6 @@ def zstd_frames(state: FrameState) -> Parser:
             state.frame_at = at
             if magic == _ZSTD_MAGIC:
                 at = yield from _zstd_frame(at)
-                state.frames += 1
             elif magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
                 size = int.from_bytes((yield 4), "little")
                 if size:

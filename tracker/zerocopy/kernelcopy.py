@@ -6,9 +6,9 @@ belong to the event loop and stay non-blocking, so these wait with ``poll()``. A
 thread is shared by every download (tracker/zerocopy/pieces.py): given a ``linger``, a
 call returns once neither side could move for that long, and the event loop does the long
 wait for the socket (a slow client costs its own connection, not a thread everyone needs).
-Without one (:func:`splice_sockets`, and :func:`send_file`'s default) the call waits itself,
-one second at a time, and gives up on a client that takes nothing for STALL_TIMEOUT seconds
-or an upstream that sends nothing for its read timeout. Failures of the source raise
+Without one (:func:`send_file`'s default) the call waits itself, one second at a time, and
+gives up on a client that takes nothing for STALL_TIMEOUT seconds; :meth:`SocketSplice.check`
+gives up on an upstream that sends nothing for its read timeout. Failures of the source raise
 :class:`~tracker.errors.SourceFailed` (which the response body raises in turn); the client's
 raise OSError or TimeoutError.
 """
@@ -172,17 +172,6 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 #: poll() events of a client that left (or whose connection broke).
 CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-
-
-def splice_sockets(src: int, out: int, count: int, read_timeout: float) -> None:
-    """Blocking: move the next ``count`` bytes of socket ``src`` to socket ``out`` through a
-    pipe (splice(2): the bytes never enter user space). Both sockets are non-blocking."""
-    splice = SocketSplice(count)
-    try:
-        while splice.move(src, out, 1.0) is not None:
-            splice.check(read_timeout)
-    finally:
-        splice.close()
 
 
 @attrs.define
