@@ -2,8 +2,8 @@
 
 ::
 
-    run_tracker ─┬─ public listener   (tracker.server: hypercorn + sendfile, create_app)
-                 ├─ internal listener (tracker.server, create_internal_app)   [optional]
+    run_tracker ─┬─ public listener   (zerocopy.server.serve: hypercorn, web.api.create_app)
+                 ├─ internal listener (zerocopy.server.serve, web.internal_api.create_internal_app) [optional]
                  ├─ scrape loop       (Scraper.run)  ──► Index
                  ├─ watchdog          (sd_notify WATCHDOG=1)              [under systemd]
                  └─ signals           SIGTERM/SIGINT: graceful stop; SIGHUP: reload
