@@ -3,7 +3,7 @@
 ::
 
     run_tracker ─┬─ public listener   (zerocopy.server.serve: hypercorn, web.api.create_app)
-                 ├─ internal listener (zerocopy.server.serve, web.internal_api.create_internal_app) [optional]
+                 ├─ internal listener (the same, web.internal_api.create_internal_app)  [optional]
                  ├─ scrape loop       (Scraper.run)  ──► Index
                  ├─ watchdog          (sd_notify WATCHDOG=1)              [under systemd]
                  └─ signals           SIGTERM/SIGINT: graceful stop; SIGHUP: reload
