@@ -337,6 +337,36 @@ def _trailing(good: bytes, entries: list[tuple[str, bytes | None]], compression:
     return shorter + junk[: len(good) - len(shorter)]
 
 
+def huge_pax_size_archive(
+    slot: int, compression: str = "zst", *, digits: int = 5000, seed: int = 0
+) -> tuple[str, bytes]:
+    """(name, bytes) of a snapshot archive whose last account file has a pax ``size`` of
+    ``digits`` digits (more than Python converts to an int: 4300), as a hostile source may
+    send: every check must refuse it with a reason, never crash on it."""
+    name, good = build_archive(slot, compression=compression, seed=seed)
+    tar = _decompress(good, compression)
+    at = max(_member_offsets(tar).values())
+    return name, compress(tar[:at] + _huge_pax_size(digits) + tar[at:], compression)
+
+
+def huge_pax_size_tar(name: str, good: bytes, *, digits: int = 5000) -> bytes:
+    """A bad copy of the plain ``.tar`` archive ``good`` of the same size: a pax header with
+    a ``size`` of ``digits`` digits before its last member (the tail cut to keep the size)."""
+    parsed = parse_archive_name(name)
+    assert parsed is not None and parsed.ext == ".tar", name
+    at = max(_member_offsets(good).values())
+    return (good[:at] + _huge_pax_size(digits) + good[at:])[: len(good)]
+
+
+def _huge_pax_size(digits: int) -> bytes:
+    body = b" size=" + b"9" * digits + b"\n"
+    length = len(body) + len(str(len(body) + len(str(len(body)))))
+    record = str(length).encode() + body
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size, pax.mtime = tarfile.XHDTYPE, len(record), MTIME
+    return pax.tobuf(tarfile.USTAR_FORMAT) + record + bytes(-len(record) % 512)
+
+
 # --- the bench's big archive -------------------------------------------------------------------
 
 

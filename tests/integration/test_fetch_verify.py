@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from archives import bad_variants, build_archive
+from archives import bad_variants, build_archive, huge_pax_size_tar
 from helpers_proxy import FakeUpstream, sha256
 from test_fetch import FAST, fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import body_bytes, tracker_of
@@ -116,3 +116,21 @@ async def test_a_copy_that_fails_part_way_is_dropped_then(tmp_path: Path) -> Non
     assert max(s.body_sent for s in first.gets(name)) == held.pause_at
     assert result.sha256 == sha256(good)
     assert sorted(p.name for p in ledger.iterdir()) == [name]
+
+
+async def test_a_copy_the_check_cannot_parse_is_deleted_and_the_next_source_used(
+    tmp_path: Path,
+) -> None:
+    # A pax size of 5,000 digits (more than Python converts to an int) in a plain tar of the
+    # good copy's size: rejected like any bad copy, the other source tried, nothing left.
+    name, good = build_archive(33_000, compression="tar", accounts=4, account_size=256 * 1024)
+    bad = huge_pax_size_tar(name, good)
+    first, second = FakeUpstream(files={name: bad}), FakeUpstream(files={name: good})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([first, second]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
+    assert body_bytes(first, name) >= len(bad) // 2  # the bad copy came first
+    assert result.sha256 == sha256(good)
+    assert sorted(p.name for p in ledger.iterdir()) == [name]  # no temp or state file
+    assert (ledger / name).read_bytes() == good

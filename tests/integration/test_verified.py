@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,11 +22,13 @@ import attrs
 import httpx
 import pytest
 import trio
-from archives import bad_variants, build_archive
+from archives import bad_variants, build_archive, huge_pax_size_archive
 from helpers_proxy import FakeUpstream, Wire, raw_request, serving, sidecar_listing, wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
 
 from tracker.core.rejections import PREFIX as REJECTED
+from tracker.files import checklimits
+from tracker.files.archivecheck import THREAD_NAME
 
 GROUP = "mainnet"
 HOLD_BACK = 64 * 1024
@@ -281,3 +284,81 @@ async def test_verify_archives_false_stores_opaque_bytes_unchecked(tmp_path: Pat
         hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert hit.body == blob and hit.header("repr-digest") is None
         assert not (f.cache / GROUP / f".{name}.sha256").exists()
+
+
+# --- what the check cannot parse, and checks nobody waits for -----------------------------------
+
+
+async def test_a_cached_copy_the_check_cannot_parse_is_removed_and_the_tracker_runs(
+    tmp_path: Path,
+) -> None:
+    # A pax size of 5,000 digits (more than Python converts to an int), found at start-up
+    # without a digest file: rejected and removed, not a crash at every start.
+    name, bad = huge_pax_size_archive(810, compression="zst", seed=9)
+    _, good = build_archive(810, compression="zst", seed=9)
+    cache = tmp_path / "cache" / GROUP
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(bad)
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_for(lambda: not (cache / name).exists())
+        assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
+        await wait_until(lambda: _listed(f.public, name, 1))
+        again = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert again.status == 200 and again.body == good
+
+
+async def test_a_copy_the_check_cannot_parse_holds_its_source_back(tmp_path: Path) -> None:
+    name, bad = huge_pax_size_archive(820, compression="zst", seed=10)
+    _, good = build_archive(820, compression="zst", seed=10)
+    async with fleet(tmp_path, name, bad, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        never_complete(first, len(bad))
+        again = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert again.status == 502 and again.body.decode().startswith(REJECTED)
+        assert len(f.bad.gets(name)) == 1  # held back: not asked again
+        bad_target = await target(f.public, f.bad)
+        assert bad_target["last_error"] == f"{REJECTED}tar: bad pax size at byte 148992"
+        assert leftovers(f.cache) == []
+
+
+def checks_running() -> int:
+    """Following checks whose worker thread is still decoding."""
+    return sum(t.name == THREAD_NAME for t in threading.enumerate())
+
+
+async def test_a_client_that_left_leaves_no_check_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 14 KB bz2 archive whose check decodes for ~10 s (the expansion limit raised for the
+    # test, as for an archive big enough to be allowed that much): its only client leaves
+    # with cache_complete_on_disconnect off, and the check stops with it.
+    monkeypatch.setattr(checklimits, "DECODED_FLOOR", 64 << 30)
+    name = build_archive(830, compression="bz2", seed=11)[0]
+    bomb = _zeros_member_bz2(256 << 20) * 8
+    async with fleet(tmp_path, name, bomb, bomb, cache_complete_on_disconnect=False) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        assert checks_running() == 0
+        with trio.move_on_after(1.0):  # reads what comes, then leaves
+            await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=5.0)
+        assert len(f.bad.gets(name)) == 1
+        await wait_until(lambda: _none_running(), timeout=2.0)  # decoding all of it: ~10 s
+        assert leftovers(f.cache) == []
+
+
+async def _none_running() -> bool:
+    return checks_running() == 0
+
+
+def _zeros_member_bz2(size: int) -> bytes:
+    """One bz2 stream: a tar header of a member of ``size`` bytes, then its zeros."""
+    import bz2
+    import tarfile
+
+    info = tarfile.TarInfo("accounts/1.0")
+    info.size = size
+    compressor = bz2.BZ2Compressor(1)
+    zeros = bytes(16 << 20)
+    parts = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
+    parts += [compressor.compress(zeros) for _ in range(size // len(zeros))]
+    return b"".join([*parts, compressor.flush()])

@@ -430,20 +430,28 @@ _ZEROS = bytes(16 << 20)
 
 
 def _bomb(compression: str, size: int) -> bytes:
-    """``size`` zero bytes, compressed in a stream (never all in memory)."""
+    """A tar header of a member of ``size`` bytes, then ``size`` zero bytes, compressed in a
+    stream (never all in memory): zeros that are member data, read to the end or to the
+    expansion limit."""
+    info = tarfile.TarInfo("accounts/1.0")
+    info.size = size
+    head = info.tobuf(format=tarfile.GNU_FORMAT)
     pieces = size // len(_ZEROS)
     if compression == "zst":
         z = zstandard.ZstdCompressor(level=1).compressobj()
-        return b"".join([z.compress(_ZEROS) for _ in range(pieces)] + [z.flush()])
+        body = [z.compress(head), *(z.compress(_ZEROS) for _ in range(pieces)), z.flush()]
+        return b"".join(body)
     if compression == "lz4":
         lz = lz4.frame.LZ4FrameCompressor()
-        return b"".join([lz.begin(), *(lz.compress(_ZEROS) for _ in range(pieces)), lz.flush()])
+        zeros = (lz.compress(_ZEROS) for _ in range(pieces))
+        return b"".join([lz.begin(), lz.compress(head), *zeros, lz.flush()])
     compressor = {
         "gz": lambda: zlib.compressobj(1, wbits=31),
         "bz2": lambda: bz2.BZ2Compressor(1),
         "xz": lambda: lzma.LZMACompressor(preset=0),
     }[compression]()
-    return b"".join([compressor.compress(_ZEROS) for _ in range(pieces)] + [compressor.flush()])
+    zeros = (compressor.compress(_ZEROS) for _ in range(pieces))
+    return b"".join([compressor.compress(head), *zeros, compressor.flush()])
 
 
 @pytest.mark.parametrize(
@@ -457,13 +465,13 @@ def test_a_decompression_bomb_stays_in_bounded_memory(compression: str, size: in
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()
     try:
-        # Zeros read as a tar: its end-of-archive blocks, then zeros to the end of the stream.
+        # Member data to the end of the stream, or to the expansion limit.
         reason = reason_of(bomb, name)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    assert reason.startswith("tar: missing version")
+    assert re.match(r"the archive expands more than 64 times|tar: no end-of-archive blocks", reason)
     assert peak < 48 << 20, peak
     assert rss_growth < 256 << 20, rss_growth
 

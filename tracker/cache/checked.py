@@ -118,6 +118,9 @@ class CheckedFiles:
             return None  # gone meanwhile
         try:
             check = FollowingCheck.start(fd, name)
+        except OSError as exc:  # no descriptor left: stays unchecked, nothing removed
+            log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
+            return None
         finally:
             os.close(fd)  # the check reads through its own duplicate
         check.finish(st.st_size)
@@ -169,10 +172,17 @@ def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
     except OSError:
         return None
     found = read_digest(path)
-    if found is None or not digest_matches(archive, found[1]):
+    if found is None or not digest_matches(archive, found[1]) or not _own_file(found[1]):
         return None
     hex_digest = parse_sha256sum_line(found[0], name)
     return None if hex_digest is None else (hex_digest, archive.st_ino)
+
+
+def _own_file(st: os.stat_result) -> bool:
+    """True when only the tracker's user can have written the file: it owns it, and it is
+    not writable by group or others (anyone else could have written a digest that makes a
+    changed archive a hit: docs/http-api.md, "Verified archives")."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _open_regular(path: str) -> tuple[int, os.stat_result]:

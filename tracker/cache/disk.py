@@ -163,6 +163,9 @@ def write_digest(path: str, line: str) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(temp, flags, 0o644)
     try:
+        # Exactly 0644 whatever the umask: a restart trusts it only when no one else can
+        # have written it (cache.checked).
+        os.fchmod(fd, 0o644)
         os.write(fd, line.encode())
         os.fsync(fd)
         st = os.stat(path, follow_symlinks=False)

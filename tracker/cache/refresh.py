@@ -177,6 +177,8 @@ class Refresh:
                 reason = os.strerror(exc.errno or errno.EIO)
                 raise CacheError(f"archive check could not read the temp file: {reason}") from exc
             finally:
+                # Cancelled while waiting: the check's thread would decode on, unseen.
+                check.cancel()  # a no-op once it has ended
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")

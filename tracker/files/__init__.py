@@ -8,7 +8,8 @@ once, ``O_NOFOLLOW``, sent with ``sendfile`` where the connection allows);
 :mod:`~tracker.files.downloads` accounts for every archive body (metrics, one log line);
 :mod:`~tracker.files.archivecheck` checks an archive (compression layer to its end in
 :mod:`~tracker.files.decoders`, tar walk in :mod:`~tracker.files.tarwalk`, both parsers of
-:mod:`~tracker.files.streamparse`) and returns its SHA-256, also while it is being written.
+:mod:`~tracker.files.streamparse`, its bounds in :mod:`~tracker.files.checklimits`) and returns
+its SHA-256, also while it is being written.
 
 May import: :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`,
 :mod:`tracker.errors`.

@@ -21,15 +21,18 @@ of a download ends shortly after its last byte (docs/architecture.md, "Verified 
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from types import TracebackType
 
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
+from tracker.files.checklimits import CANCELLED, Budget
 from tracker.files.decoders import decoder_for
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
@@ -39,6 +42,8 @@ Read = Callable[[int], bytes]
 
 #: Raw bytes asked of ``read`` at once.
 READ_SIZE = 4 * 1024 * 1024
+#: The name of a following check's worker thread while it runs.
+THREAD_NAME = "archive-check"
 #: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
 PREFETCH_DEPTH = 2
 
@@ -54,35 +59,60 @@ def check_stream(
     *,
     prefetch: bool = True,
     unblock: Callable[[], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> str:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes.
 
-    Raises ArchiveInvalid (one-line ``reason``) when the archive fails; whatever ``read``
-    raises (OSError, ArchiveInvalid("check cancelled")) goes through. ``read`` is called from
-    a thread of its own, which has always ended when this returns or raises (so the caller
-    may close what it reads); when the check fails before the end, ``unblock()`` (if given)
-    is called first, to end a ``read`` that may wait (GrowingFile.cancel). ``prefetch=False``
-    reads and hashes in the calling thread too (one core).
+    Raises ArchiveInvalid (one-line ``reason``) when the archive fails, whatever part of the
+    check it failed in (:func:`as_rejection`); what ``read`` raises (OSError, a local I/O
+    error, or ArchiveInvalid("check cancelled")) goes through. ``read`` is called from a
+    thread of its own, which has always ended when this returns or raises (so the caller may
+    close what it reads); when the check fails before the end, ``unblock()`` (if given) is
+    called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
+    polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
+    cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
+    too (one core).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
+    budget = Budget(cancelled) if cancelled is not None else Budget()
     source = _Prefetch(read, unblock) if prefetch else _Inline(read)
+    failed: list[BaseException] = []  # what reading raised: not the archive's fault
     with source:
-        first = source.next()
-        if not first:
-            raise ArchiveInvalid("empty file")
-        pending = [first]
 
         def chunks() -> bytes:
-            return pending.pop() if pending else source.next()
+            if pending:
+                return pending.pop()
+            try:
+                data = source.next()
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            budget.took(len(data))
+            return data
 
+        pending: list[bytes] = []
         found: set[str] = set()
-        tar = Feeder(walk_tar(frozenset(wanted), found))
-        decoder_for(parsed.ext)(chunks, tar.feed)
-        tar.finish()
+        try:
+            first = chunks()
+            if not first:
+                raise ArchiveInvalid("empty file")
+            pending.append(first)
+            tar = Feeder(walk_tar(frozenset(wanted), found, budget.members_allowed))
+
+            def sink(piece: memoryview) -> None:
+                budget.spend(len(piece))
+                tar.feed(piece)
+
+            decoder_for(parsed.ext)(chunks, sink)
+            tar.finish()
+        except Exception as exc:
+            if failed and exc is failed[0]:
+                raise
+            raise as_rejection(exc) from None
         digest = source.hexdigest()
     missing = [entry for entry in wanted if entry not in found]
     if missing:
@@ -90,12 +120,48 @@ def check_stream(
     return digest
 
 
+def as_rejection(exc: Exception) -> ArchiveInvalid:
+    """What a failure of the check other than reading means: the copy is rejected.
+
+    The check's own reasons pass as they are; anything else a decoder or the tar walk raised
+    on hostile bytes (a library's error the decoders do not know, a ValueError, a
+    MemoryError) rejects the copy with a one-line reason, so that every caller treats it as a
+    bad copy (deleted, its source held back) instead of crashing on it."""
+    if isinstance(exc, ArchiveInvalid):
+        return exc
+    detail = " ".join(str(exc).split())[:200]
+    return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
+
+
 def check_file(path: str, name: str | None = None) -> str:
-    """:func:`check_stream` of the file at ``path`` (``name`` defaults to its basename);
-    raises OSError when it cannot be opened or read."""
-    with open(path, "rb", buffering=0) as file:
-        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
+    basename); raises OSError when it cannot be opened or read, or is not a regular file (a
+    FIFO, a device, a directory: never opened in a way that could block or read forever)."""
+    fd = _open_regular(path)
+    with open(fd, "rb", buffering=0) as file:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return check_stream(file.read, name or os.path.basename(path))
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at ``path`` (a symbolic link followed):
+    its type is checked before it is opened and again, on the descriptor, after; opened
+    non-blocking so that a FIFO put there meanwhile cannot block the open."""
+    _refuse_unless_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        _refuse_unless_regular(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_unless_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file")
 
 
 class _Inline:
@@ -233,10 +299,15 @@ class GrowingFile:
 
     def cancel(self) -> None:
         """A pending or later :meth:`read` raises ArchiveInvalid("check cancelled")."""
+        self._cancelled = True  # read at once by the decode loop (``cancelled``)
         with self._cond:
             self._cancelled = True
             self._cond.notify_all()
             self._close_unless_reading()
+
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called (any thread may ask)."""
+        return self._cancelled
 
     @property
     def closed(self) -> bool:
@@ -248,7 +319,7 @@ class GrowingFile:
         with self._cond:
             while True:
                 if self._cancelled:
-                    raise ArchiveInvalid("check cancelled")
+                    raise ArchiveInvalid(CANCELLED)
                 limit = self._written if self._size is None else self._size
                 if self._offset < limit:
                     break
@@ -298,11 +369,13 @@ class FollowingCheck:
 
         def run() -> str:
             try:
-                return check_stream(growing.read, name, unblock=growing.cancel)
+                return check_stream(
+                    growing.read, name, unblock=growing.cancel, cancelled=growing.cancelled
+                )
             finally:
                 growing.cancel()  # closes the descriptor in every case
 
-        self._background: Background[str] = Background(run)
+        self._background: Background[str] = Background(run, name=THREAD_NAME)
 
     @classmethod
     def start(cls, fd: int, name: str) -> FollowingCheck:

@@ -12,7 +12,9 @@ and ``ZstdDecompressor.decompress`` ignores bytes after the first frame. So ever
 checks its end state itself: ``eof`` for the decompressor objects, and for zstd an own parse of
 the frame and block headers (:func:`zstd_frames`), which also says where each frame starts so
 that a decoding error can name its frame. Output is bounded per step (``max_length``, or
-``readinto`` a fixed buffer for zstd), so a decompression bomb costs time, never memory.
+``readinto`` a fixed buffer for zstd), and what a decoder may allocate is capped (the zstd
+window, the xz dictionary: :mod:`tracker.files.checklimits`), so a decompression bomb costs
+no memory; the time it costs is bounded by the sink (``checklimits.Budget``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ import lz4.frame
 import zstandard
 
 from tracker.errors import ArchiveInvalid
+from tracker.files.checklimits import XZ_MEMLIMIT, ZSTD_MAX_WINDOW
 from tracker.files.streamparse import MARK, EndOfInput, Feeder, Parser, ParserOf
 
 #: Largest piece of decompressed output handed to the sink at once.
 OUT_SIZE = 4 * 1024 * 1024
-#: zstd frames asking for a larger window are refused (zstd's own default limit: 128 MiB).
-ZSTD_MAX_WINDOW = 1 << 27
 TRAILING = "trailing bytes after the compressed stream at byte {at}"
 
 Chunks = Callable[[], bytes]
@@ -314,14 +315,22 @@ GZIP = Layer(
     (zlib.error,),
     _after_colon,
 )
+
+
+def _xz_reason(exc: BaseException) -> str:
+    if "memory" in str(exc).lower():  # liblzma: "Memory usage limit exceeded"
+        return f"needs more than {XZ_MEMLIMIT >> 20} MiB of memory (its dictionary)"
+    return _after_colon(exc)
+
+
 XZ = Layer(
     "xz",
     "stream",
-    lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+    lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT),
     b"\xfd7zXZ\x00".__eq__,
     6,
     (lzma.LZMAError,),
-    _after_colon,
+    _xz_reason,
 )
 
 

@@ -4,8 +4,10 @@
 512-byte header (checksum verified), follows GNU long names (``L``), pax extended headers
 (``x``: ``path`` and ``size``) and old GNU sparse headers with extension blocks, skips every
 member's data without copying it, and wants the stream to end with two zero blocks followed by
-nothing but zeros. It remembers only which of the names it is asked about it saw as regular
-files, so its memory does not grow with the number of members.
+at most :data:`~tracker.files.checklimits.MAX_END_PADDING` zeros. It remembers only which of the
+names it is asked about it saw as regular files, so its memory does not grow with the number of
+members, and counts the headers against what its caller allows (``members_allowed``). Every
+number it reads is bounded in length before it is converted.
 
 Headers are parsed here rather than with ``tarfile.TarInfo.frombuf``: that costs ~32 µs a
 header (a snapshot has a million members), this ~3 µs.
@@ -14,9 +16,10 @@ header (a snapshot has a million members), this ~3 µs.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 from tracker.errors import ArchiveInvalid
+from tracker.files.checklimits import MAX_DIGITS, MAX_END_PADDING, MEMBER_FLOOR
 from tracker.files.streamparse import REST, EndOfInput, Parser, ParserOf
 
 BLOCK = 512
@@ -28,10 +31,18 @@ _REGULAR = (b"0", b"\0", b"S")
 _USTAR = b"ustar\x00"
 
 
-def walk_tar(wanted: Set[str], found: set[str]) -> Parser:
+def _floor() -> int:
+    return MEMBER_FLOOR
+
+
+def walk_tar(
+    wanted: Set[str], found: set[str], members_allowed: Callable[[], int] = _floor
+) -> Parser:
     """Walk a tar stream; add to ``found`` each name of ``wanted`` seen as a regular file
-    (names compared as agave compares them: see :func:`entry_name`)."""
-    walk = _Walk(wanted, found)
+    (names compared as agave compares them: see :func:`entry_name`). ArchiveInvalid once
+    there are more headers than ``members_allowed()`` says (asked again only when the count
+    passes its last answer)."""
+    walk = _Walk(wanted, found, members_allowed)
     try:
         yield from walk.members()
     except EndOfInput as end:
@@ -39,9 +50,14 @@ def walk_tar(wanted: Set[str], found: set[str]) -> Parser:
 
 
 class _Walk:
-    def __init__(self, wanted: Set[str], found: set[str]) -> None:
+    def __init__(
+        self, wanted: Set[str], found: set[str], members_allowed: Callable[[], int]
+    ) -> None:
         self.wanted = wanted
         self.found = found
+        self.members_allowed = members_allowed
+        self.headers = 0
+        self.headers_limit = members_allowed()
         self.at = 0  # offset of what is being read
         self.inside = ""  # what the stream would end inside of, for the truncation reason
 
@@ -62,6 +78,9 @@ class _Walk:
                 yield from self.end_blocks()
                 return
             self.inside = "a header"
+            self.headers += 1
+            if self.headers > self.headers_limit:
+                self.count_header()
             name, size, kind = parse_header(block, self.at)
             self.at += BLOCK
             if "size" in pax:
@@ -84,6 +103,15 @@ class _Walk:
             if padded:
                 yield -padded
                 self.at += padded
+
+    def count_header(self) -> None:
+        self.headers_limit = self.members_allowed()
+        if self.headers > self.headers_limit:
+            raise ArchiveInvalid(
+                f"tar: more than {self.headers_limit} members by byte {self.at} (at most "
+                "one per KiB of the compressed archive beyond the first "
+                f"{MEMBER_FLOOR})"
+            )
 
     def see(self, name: str) -> None:
         if name in self.wanted:
@@ -119,15 +147,21 @@ class _Walk:
                 f"tar: data after the end-of-archive block at byte {self.at + BLOCK}"
             )
         self.at += 2 * BLOCK
+        end = self.at
         while True:  # anything after them must be zeros (GNU tar pads to its record size)
             rest = yield REST
-            data = rest.tobytes()
+            data = rest[: MAX_END_PADDING + 1 - (self.at - end)].tobytes()
             if data != bytes(len(data)):
                 first = len(data) - len(data.lstrip(b"\0"))
                 raise ArchiveInvalid(
                     f"tar: data after the end-of-archive blocks at byte {self.at + first}"
                 )
             self.at += len(rest)
+            if self.at - end > MAX_END_PADDING:
+                raise ArchiveInvalid(
+                    f"tar: more than {MAX_END_PADDING} bytes of padding after the "
+                    f"end-of-archive blocks at byte {end}"
+                )
 
 
 def parse_header(block: bytes, at: int) -> tuple[str, int, bytes]:
@@ -157,6 +191,7 @@ def parse_header(block: bytes, at: int) -> tuple[str, int, bytes]:
 
 
 def _octal(field: bytes) -> int | None:
+    # A header field is 8 or 12 bytes: its digits are bounded by the block itself.
     text = field.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
@@ -193,7 +228,9 @@ def parse_pax(data: bytes, at: int) -> dict[str, str]:
 
 
 def _pax_size(text: str, at: int) -> int:
-    if not (text.isascii() and text.isdigit()):
+    # Bounded before int(): a string of thousands of digits would raise ValueError (Python's
+    # limit on int conversion), not refuse the archive.
+    if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
         raise ArchiveInvalid(f"tar: bad pax size at byte {at}")
     return int(text)
 

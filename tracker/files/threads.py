@@ -20,14 +20,16 @@ class Background(Generic[T]):
     """``function()`` running in a worker thread from construction on.
 
     ``on_done(outcome)`` (optional) runs in the trio thread when the call has finished,
-    before any waiter wakes. trio's thread limiter is not used: callers bound their own
-    number of calls in flight (one per stream).
+    before any waiter wakes; ``name`` names the thread while it runs ``function``. trio's
+    thread limiter is not used: callers bound their own number of calls in flight (one per
+    stream).
     """
 
     def __init__(
         self,
         function: Callable[[], T],
         on_done: Callable[[outcome.Outcome[T]], None] | None = None,
+        name: str | None = None,
     ) -> None:
         self._done = trio.Event()
         self._outcome: outcome.Outcome[T] | None = None
@@ -44,7 +46,7 @@ class Background(Generic[T]):
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(finished)
 
-        trio.lowlevel.start_thread_soon(function, deliver)
+        trio.lowlevel.start_thread_soon(function, deliver, name=name)
 
     async def wait(self) -> None:
         """Wait until the call has finished (its result stays for :meth:`result`)."""

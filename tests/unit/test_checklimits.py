@@ -1,0 +1,346 @@
+"""What one archive check may cost (tracker.files.checklimits): every number read from an
+archive bounded before it is converted, the memory a decoder may ask for, the expansion ratio,
+the member count and the padding after the end blocks bounded, a cancelled check stopped in
+its decode loop, and any failure of the check that is not the reading's a rejection. Real
+archives of tests/archives.py, no network.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import lzma
+import tarfile
+import threading
+import time
+import zlib
+
+import pytest
+import zstandard
+from archives import archive_name, build_archive, compress, make_tar, snapshot_entries
+
+import tracker.files.archivecheck as archivecheck
+from tracker.errors import ArchiveInvalid
+from tracker.files import checklimits
+from tracker.files.archivecheck import check_stream
+from tracker.files.checklimits import (
+    DECODED_FLOOR,
+    MAX_END_PADDING,
+    MEMBER_FLOOR,
+    Budget,
+    decoded_allowed,
+    members_allowed,
+)
+
+SLOT = 234_567
+MiB = 1 << 20
+
+
+def check_bytes(data: bytes, name: str) -> str:
+    return check_stream(io.BytesIO(data).read, name)
+
+
+def reason_of(data: bytes, name: str) -> str:
+    with pytest.raises(ArchiveInvalid) as caught:
+        check_bytes(data, name)
+    assert "\n" not in caught.value.reason
+    return caught.value.reason
+
+
+def snapshot_tar(accounts: int = 2, account_size: int = 4096) -> bytes:
+    return make_tar(snapshot_entries(SLOT, accounts=accounts, account_size=account_size, seed=1))
+
+
+def tar_end(tar: bytes) -> int:
+    """Where the end-of-archive blocks of a plain tar start."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        last = archive.getmembers()[-1]
+    return last.offset_data + -(-last.size // 512) * 512
+
+
+# --- the decisions, as tables ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [(0, DECODED_FLOOR), (1, DECODED_FLOOR + 64), (110 * 10**9, DECODED_FLOOR + 64 * 110 * 10**9)],
+)
+def test_decoded_allowed(raw: int, decoded: int) -> None:
+    assert decoded_allowed(raw) == decoded
+
+
+@pytest.mark.parametrize(
+    ("raw", "members"),
+    [(0, MEMBER_FLOOR), (1023, MEMBER_FLOOR), (1024, MEMBER_FLOOR + 1), (110 * 10**9, 107_521_875)],
+)
+def test_members_allowed(raw: int, members: int) -> None:
+    assert members_allowed(raw) == members
+
+
+def test_real_shapes_are_far_inside_the_limits() -> None:
+    # A mainnet full snapshot: ~110 GB of zstd, ~3x expansion, ~400k account files; an
+    # incremental: ~2 GB, ~50k files (docs/architecture.md, "What the check allows").
+    for raw, decoded, members in (
+        (110 * 10**9, 330 * 10**9, 400_000),
+        (2 * 10**9, 6 * 10**9, 50_000),
+    ):
+        assert decoded * 10 < decoded_allowed(raw)
+        assert members * 20 < members_allowed(raw)
+
+
+def test_a_budget_says_how_it_was_spent() -> None:
+    budget = Budget()
+    budget.took(MiB)
+    budget.spend(DECODED_FLOOR + 64 * MiB)
+    with pytest.raises(ArchiveInvalid, match=r"^the archive expands more than 64 times: "):
+        budget.spend(1)
+
+
+# --- numbers bounded before conversion ----------------------------------------------------------
+
+
+def _pax_block(record: bytes) -> bytes:
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    return pax.tobuf(tarfile.USTAR_FORMAT) + record + bytes(-len(record) % 512)
+
+
+@pytest.mark.parametrize("digits", [21, 5000, 100_000])
+def test_a_pax_size_of_thousands_of_digits_is_refused(digits: int) -> None:
+    tar = snapshot_tar()
+    value = b"1" * digits
+    body = b" size=" + value + b"\n"
+    length = len(body) + len(str(len(body) + 7))
+    record = str(length).encode() + body
+    assert len(record) == length
+    member = tarfile.TarInfo(f"accounts/{SLOT}.9").tobuf(tarfile.USTAR_FORMAT)
+    end = tar_end(tar)
+    data = tar[:end] + _pax_block(record) + member + tar[end:]
+    at = end + len(_pax_block(record))  # the header the size is for
+    for compression in ("tar", "zst"):
+        name = archive_name(SLOT, compression=compression)
+        assert reason_of(compress(data, compression), name) == f"tar: bad pax size at byte {at}"
+
+
+def test_a_pax_size_of_twenty_digits_is_a_size() -> None:
+    tar = snapshot_tar()
+    body = b" size=" + b"0" * 17 + b"512\n"  # 20 digits
+    record = str(len(body) + 2).encode() + body
+    member = tarfile.TarInfo(f"accounts/{SLOT}.9").tobuf(tarfile.USTAR_FORMAT)
+    end = tar_end(tar)
+    data = tar[:end] + _pax_block(record) + member + bytes(512) + tar[end:]
+    assert check_bytes(data, archive_name(SLOT, compression="tar")) == (
+        hashlib.sha256(data).hexdigest()
+    )
+
+
+# --- any failure but the reading's rejects the copy ----------------------------------------------
+
+
+def test_an_unexpected_error_of_a_decoder_is_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ext: str):  # type: ignore[no-untyped-def]
+        def decode(chunks, sink):  # type: ignore[no-untyped-def]
+            chunks()
+            raise ValueError("Exceeds the limit (4300 digits)\nfor integer string conversion")
+
+        return decode
+
+    monkeypatch.setattr(archivecheck, "decoder_for", broken)
+    name, good = build_archive(SLOT)
+    assert reason_of(good, name) == (
+        "check failed: ValueError: Exceeds the limit (4300 digits) for integer string conversion"
+    )
+
+
+def test_a_read_error_stays_a_read_error() -> None:
+    name, good = build_archive(SLOT)
+    source = io.BytesIO(good)
+
+    def read(size: int) -> bytes:
+        if source.tell() > 0:
+            raise OSError(5, "Input/output error")
+        return source.read(1024)
+
+    for prefetch in (True, False):
+        source.seek(0)
+        with pytest.raises(OSError, match="Input/output error"):
+            check_stream(read, name, prefetch=prefetch)
+
+
+# --- memory a decoder may ask for ----------------------------------------------------------------
+
+
+def _xz_with_dictionary(data: bytes, props: int) -> bytes:
+    """``data`` as xz whose block header declares LZMA2 dictionary ``props`` (0..40: the
+    dictionary is (2 | props & 1) << (props // 2 + 11), 40 is 4 GiB - 1): decodable whatever
+    it declares, the data being smaller."""
+    xz = bytearray(lzma.compress(data, format=lzma.FORMAT_XZ, preset=0))
+    size = (xz[12] + 1) * 4
+    header = xz[12 : 12 + size]
+    at = header.find(b"\x21\x01")  # filter id LZMA2, one byte of properties
+    assert at > 0
+    header[at + 2] = props
+    header[-4:] = zlib.crc32(bytes(header[:-4])).to_bytes(4, "little")
+    xz[12 : 12 + size] = header
+    return bytes(xz)
+
+
+@pytest.mark.parametrize(("props", "passes"), [(20, True), (28, True), (30, False), (40, False)])
+def test_an_xz_dictionary_over_the_memory_limit_is_refused(props: int, passes: bool) -> None:
+    data = _xz_with_dictionary(snapshot_tar(), props)
+    name = archive_name(SLOT, compression="xz")
+    started = time.perf_counter()
+    if passes:  # up to 64 MiB: what xz -9 writes
+        assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+    else:
+        assert reason_of(data, name) == (
+            "xz: needs more than 80 MiB of memory (its dictionary) in the stream at byte 0"
+        )
+        assert time.perf_counter() - started < 1.0  # refused at the block header
+
+
+def _zstd(data: bytes, window_log: int) -> bytes:
+    params = zstandard.ZstdCompressionParameters(window_log=window_log, compression_level=3)
+    compressor = zstandard.ZstdCompressor(compression_params=params)
+    out = io.BytesIO()
+    with compressor.stream_writer(out, closefd=False) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("window_log", "passes"), [(21, True), (23, True), (24, False), (27, False)]
+)
+def test_zstd_windows_over_8_mib_are_refused(window_log: int, passes: bool) -> None:
+    data = _zstd(snapshot_tar(), window_log)
+    assert zstandard.get_frame_parameters(data).window_size == 1 << window_log
+    name = archive_name(SLOT, compression="zst")
+    if passes:  # agave's default level 3: 2 MiB; zstd -19: 8 MiB
+        assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+    else:
+        assert reason_of(data, name) == (
+            "zstd: frame requires too much memory for decoding in the frame at byte 0"
+        )
+
+
+# --- time: padding, expansion, members ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("padding", "passes"), [(10240, True), (MAX_END_PADDING, True), (MAX_END_PADDING + 512, False)]
+)
+def test_zeros_after_the_end_blocks_are_bounded(padding: int, passes: bool) -> None:
+    tar = snapshot_tar()
+    end = tar_end(tar)
+    data = tar[: end + 1024] + bytes(padding)
+    for compression in ("tar", "zst"):
+        packed = compress(data, compression)
+        name = archive_name(SLOT, compression=compression)
+        if passes:
+            assert check_bytes(packed, name) == hashlib.sha256(packed).hexdigest()
+        else:
+            assert reason_of(packed, name) == (
+                f"tar: more than {MAX_END_PADDING} bytes of padding after the end-of-archive "
+                f"blocks at byte {end + 1024}"
+            )
+
+
+def test_gigabytes_of_zeros_after_the_end_blocks_end_at_once() -> None:
+    tar = snapshot_tar()
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    zeros = bytes(16 * MiB)
+    data = b"".join(
+        [
+            compressor.compress(tar),
+            *(compressor.compress(zeros) for _ in range(64)),
+            compressor.flush(),
+        ]
+    )
+    started = time.perf_counter()
+    reason = reason_of(data, archive_name(SLOT))
+    assert reason.startswith(f"tar: more than {MAX_END_PADDING} bytes of padding after")
+    assert time.perf_counter() - started < 2.0
+
+
+def _member_then_zeros(
+    size: int, compressor: zstandard.ZstdCompressionObj | bz2.BZ2Compressor
+) -> bytes:
+    info = tarfile.TarInfo(f"accounts/{SLOT}.0")
+    info.size = size
+    zeros = bytes(16 * MiB)
+    parts = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
+    parts += [compressor.compress(zeros) for _ in range(size // len(zeros))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def test_an_archive_that_expands_too_much_is_refused_early() -> None:
+    # ~50 KB of zstd that would expand to 2 GiB of member data.
+    data = _member_then_zeros(2 << 30, zstandard.ZstdCompressor(level=1).compressobj())
+    assert len(data) < 200_000
+    budget_end = decoded_allowed(len(data))
+    started = time.perf_counter()
+    reason = reason_of(data, archive_name(SLOT))
+    assert reason.startswith("the archive expands more than 64 times: ")
+    decoded = int(reason.split(": ")[1].split()[0])
+    assert budget_end < decoded <= budget_end + 4 * MiB  # stopped within a piece
+    assert time.perf_counter() - started < 5.0
+
+
+def test_empty_members_are_bounded_by_the_archive_size() -> None:
+    # The same empty member again and again: 512 bytes of tar that compress to nothing.
+    member = tarfile.TarInfo("accounts/0.0").tobuf(tarfile.GNU_FORMAT)
+    head = snapshot_tar(accounts=0)
+    end = tar_end(head)
+    count = MEMBER_FLOOR + 50_000
+    data = compress(head[:end] + member * count + bytes(1024), "zst")
+    reason = reason_of(data, archive_name(SLOT))
+    allowed = MEMBER_FLOOR + len(data) // 1024
+    assert reason.startswith(f"tar: more than {allowed} members by byte ")
+
+
+def test_real_archives_of_the_tests_pass_far_inside_the_limits() -> None:
+    for compression in ("zst", "bz2", "xz"):
+        name, good = build_archive(SLOT, compression=compression, accounts=16, account_size=MiB)
+        assert check_bytes(good, name) == hashlib.sha256(good).hexdigest()
+
+
+# --- cancellation inside the decode loop -------------------------------------------------------
+
+
+def test_a_cancelled_check_stops_in_its_decode_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bz2 archive read whole in its first chunk, decoding for seconds (eight streams of
+    # 256 MiB, the expansion limit raised): cancelled once it was all read, it stops within
+    # one decoded piece, not after decoding all of it.
+    monkeypatch.setattr(checklimits, "DECODED_FLOOR", 64 << 30)
+    data = _member_then_zeros(256 * MiB, bz2.BZ2Compressor(1)) * 8
+    assert len(data) < 16384
+    name = archive_name(SLOT, compression="bz2")
+    source = io.BytesIO(data)
+    all_read = threading.Event()
+    cancel = threading.Event()
+
+    def read(size: int) -> bytes:
+        chunk = source.read(size)
+        if not chunk:
+            all_read.set()
+        return chunk
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check_stream(read, name, cancelled=cancel.is_set)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert all_read.wait(10)
+    cancel.set()
+    started = time.perf_counter()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.perf_counter() - started < 1.0  # all of it: ~10 s
+    [error] = outcome
+    assert isinstance(error, ArchiveInvalid) and error.reason == "check cancelled"
