@@ -8,8 +8,10 @@ ranks the faster one first.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import attrs
+import httpx
 import pytest
 import trio
 from helpers_proxy import (
@@ -24,8 +26,10 @@ from helpers_proxy import (
     make_config,
     running_tracker,
     serving,
+    sidecar_listing,
     wait_for,
 )
+from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name
 
 from tracker.core.config import Config, Ranking, SpeedTest, TargetGroup
@@ -113,3 +117,34 @@ async def test_a_source_ignoring_range_is_read_only_as_far_as_the_probe(
         await wait_for(lambda: fast.gets(NAME)[0].aborted)
         assert fast.gets(NAME)[0].body_sent < len(DATA)
         assert _speed(t, fast) > 0
+
+
+async def test_the_service_measures_its_sources_and_targets_show_it(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    files = {NAME: DATA}
+    fast = FakeUpstream(files=dict(files), listing=sidecar_listing(files))
+    slow = FakeUpstream(
+        files=dict(files), listing=sidecar_listing(files), behaviour={NAME: Behaviour(rate=4 * MiB)}
+    )
+    for up in (fast, slow):
+        await nursery.start(up.run)
+    group = {
+        "group": GROUP,
+        "static_targets": {"targets": [fast.base[7:], slow.base[7:]]},
+        "ranking": {"speed_test": {"bytes": "1MiB", "top": 2}},
+    }
+    path = write_config(tmp_path, {"scrape_interval": "200ms", "target_groups": [group]})
+    [base] = await start_tracker(nursery, path)
+
+    async def measured() -> bool:
+        targets = (await client.get(f"{base}/v1/targets")).json()
+        return all("throughput_bps" in t for t in targets) and len(targets) == 2
+
+    await wait_until(measured)
+    targets = (await client.get(f"{base}/v1/targets")).json()
+    speed = {t["target"]: t["throughput_bps"] for t in targets}
+    assert speed[fast.base] > speed[slow.base] > 0
+    listed = (await client.get(f"{base}/v1/snapshots")).json()
+    [first, second] = [s["throughput_bps"] for s in listed]
+    assert first > second > 0  # the faster source of the same full ranks first

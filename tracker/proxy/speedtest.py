@@ -28,9 +28,9 @@ from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, 
 
 log = logging.getLogger("tracker.speedtest")
 
-#: How often the groups are looked at for sources due (each source is probed at most once
-#: per ``speed_test.interval``).
-CHECK_EVERY = 10.0
+#: How often the groups are looked at for sources due (cheap: the index keeps its ranking;
+#: each source is probed at most once per ``speed_test.interval``).
+CHECK_EVERY = 1.0
 #: Longest a read goes on: a source slower than ``bytes`` per this is measured on what came.
 READ_FOR = 20.0
 #: Fewer bytes than this say nothing about a source's speed.
