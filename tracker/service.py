@@ -38,6 +38,7 @@ from tracker.net.egress import Resolver, resolve
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.proxy.learning import Learning
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.speedtest import SpeedTests
@@ -99,6 +100,9 @@ class Components:
     public: FastRedirects
     #: Range reads of the leading candidates (docs/http-api.md#speed-tests).
     speedtests: SpeedTests
+    #: What the tracker learned, kept across restarts and replicas
+    #: (docs/http-api.md#what-the-tracker-learned).
+    learning: Learning
     #: The object-store tier, None without one.
     objects: ObjectPath | None = None
     #: The recent events the status page lists (a log handler, attached while running).
@@ -184,6 +188,8 @@ def build(
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     speedtests = SpeedTests(current, index, streamer.clients)
+    bucket = objects.tier.bucket if objects is not None else None
+    learning = Learning(current, index, rejections, bucket)
     return Components(
         tracker,
         scraper,
@@ -195,6 +201,7 @@ def build(
         app,
         public,
         speedtests,
+        learning,
         objects,
     )
 
@@ -353,6 +360,7 @@ async def run_tracker(
                         environ,
                         age,
                         parts.speedtests.run,
+                        parts.learning.run,
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))
