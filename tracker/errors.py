@@ -21,6 +21,7 @@ exception class::
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
+    ├── StateError         a kept state file or object of what the tracker learned is corrupt
     ├── StoreError         the object store refused or could not be reached (one line)
     │   └── StoreConflict  a conditional write lost (412/409): another replica was first
     ├── ClientGone         the client's connection closed while a body was being sent
@@ -103,6 +104,10 @@ class RpcError(TrackerError):
 
 class CacheError(TrackerError):
     """The disk cache could not store a file; the reason is one line."""
+
+
+class StateError(TrackerError):
+    """What the tracker learned could not be read back (a corrupt state file or object)."""
 
 
 class StoreError(TrackerError):

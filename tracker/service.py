@@ -38,8 +38,10 @@ from tracker.net.egress import Resolver, resolve
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.proxy.learning import Learning
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
+from tracker.proxy.speedtest import SpeedTests
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
@@ -96,6 +98,11 @@ class Components:
     app: QuartTrio
     #: What the public listener serves: ``app`` behind the short redirects' fast path.
     public: FastRedirects
+    #: Range reads of the leading candidates (docs/http-api.md#speed-tests).
+    speedtests: SpeedTests
+    #: What the tracker learned, kept across restarts and replicas
+    #: (docs/http-api.md#what-the-tracker-learned).
+    learning: Learning
     #: The object-store tier, None without one.
     objects: ObjectPath | None = None
     #: The recent events the status page lists (a log handler, attached while running).
@@ -180,8 +187,22 @@ def build(
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
+    speedtests = SpeedTests(current, index, streamer.clients)
+    bucket = objects.tier.bucket if objects is not None else None
+    learning = Learning(current, index, rejections, bucket)
     return Components(
-        tracker, scraper, transfers, streamer, prefetcher, delivery, health, app, public, objects
+        tracker,
+        scraper,
+        transfers,
+        streamer,
+        prefetcher,
+        delivery,
+        health,
+        app,
+        public,
+        speedtests,
+        learning,
+        objects,
     )
 
 
@@ -331,7 +352,15 @@ async def run_tracker(
                         tracker.index.set_cluster_slot,
                     )
                     background = await nursery.start(
-                        _background, scraper, tracker, reload, notifier, environ, age
+                        _background,
+                        scraper,
+                        tracker,
+                        reload,
+                        notifier,
+                        environ,
+                        age,
+                        parts.speedtests.run,
+                        parts.learning.run,
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))

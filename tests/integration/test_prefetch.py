@@ -181,6 +181,7 @@ async def test_the_daemon_prefetches_what_it_discovers(tmp_path: Path) -> None:
                 "group": GROUP,
                 "bearer_auth": {"token": TOKEN},
                 "static_targets": {"targets": [""]},
+                "ranking": {"speed_test": {"top": 0}},  # upstream requests are counted
             }
         ],
     }

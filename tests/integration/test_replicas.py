@@ -71,7 +71,12 @@ def write_config(
         "shutdown_grace": "1s",
         "object_store": store,
         "target_groups": [
-            {"group": GROUP, "static_targets": {"targets": [up.base.removeprefix("http://")]}}
+            {
+                "group": GROUP,
+                "static_targets": {"targets": [up.base.removeprefix("http://")]},
+                # Upstream bytes are counted: no speed-test reads.
+                "ranking": {"speed_test": {"top": 0}},
+            }
         ],
     }
     path = directory / "config.yml"

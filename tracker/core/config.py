@@ -24,6 +24,8 @@ __all__ = [
     "HttpTargets",
     "LocalTargets",
     "ObjectStore",
+    "Ranking",
+    "SpeedTest",
     "StaticTargets",
     "TLSConfig",
     "TargetGroup",
@@ -139,6 +141,24 @@ class Trust:
 
 
 @attrs.frozen
+class SpeedTest:
+    """Range reads of the leading candidates' archives (docs/http-api.md#speed-tests): the
+    first ``bytes`` of a full archive of each of the ``top`` best sources of the group, a
+    source at most once every ``interval`` seconds."""
+
+    bytes: int = 16 * 1024 * 1024
+    top: int = 5
+    interval: float = 600.0
+
+
+@attrs.frozen
+class Ranking:
+    """How a group's candidates are ranked and measured (docs/http-api.md#speed-tests)."""
+
+    speed_test: SpeedTest = SpeedTest()
+
+
+@attrs.frozen
 class ConsulSDConfig:
     """Consul service discovery, accepted with the Go tracker's keys (``host`` = Consul address)."""
 
@@ -174,6 +194,7 @@ class TargetGroup:
     local_targets: LocalTargets | None = None
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
+    ranking: Ranking = Ranking()
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""

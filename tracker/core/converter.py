@@ -32,6 +32,8 @@ from tracker.core.config import (
     HttpTargets,
     LocalTargets,
     ObjectStore,
+    Ranking,
+    SpeedTest,
     StaticTargets,
     TargetGroup,
     TLSConfig,
@@ -102,6 +104,13 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "max_slot_ahead": values.integer_in(0),
     }
     add_hook(converter, Trust, trust)
+    speed_test = {
+        "bytes": values.size_in(64 * 1024, 1024**3),
+        "top": values.integer_in(0, 100),
+        "interval": values.duration_in(10, 7 * 24 * 3600),
+    }
+    add_hook(converter, SpeedTest, speed_test)
+    add_hook(converter, Ranking, {})
 
 
 def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> None:

@@ -175,6 +175,19 @@ class Index:
         rate, at = measured
         return float(rate * 0.5 ** (max(0.0, now - at) / THROUGHPUT_HALF_LIFE))
 
+    def measurements(self) -> dict[TargetKey, tuple[float, float]]:
+        """Every measured throughput as (bytes per second, time measured), undecayed: what
+        is kept across a restart (docs/http-api.md#what-the-tracker-learned)."""
+        return dict(self._throughput)
+
+    def restore_throughput(self, key: TargetKey, rate: float, at: float) -> None:
+        """Take a throughput measured elsewhere (a previous run, another replica) at ``at``
+        unless ``key``'s own measurement is as recent."""
+        known = self._throughput.get(key)
+        if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
+            self._throughput[key] = (rate, at)
+            self._changed()
+
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
         self._throughput.pop(key, None)
@@ -284,6 +297,12 @@ class Index:
         self._rank()
         fulls = self._fulls.get(group)
         return fulls[0] if fulls else None
+
+    def fulls(self, group: str) -> list[SnapshotSource]:
+        """Every source of a full archive of ``group``, best first (as :meth:`best_full`
+        ranks them; do not modify the list)."""
+        self._rank()
+        return self._fulls.get(group, [])
 
     def best_incremental(self, group: str) -> SnapshotSource | None:
         """The highest incremental whose base is the best full's slot, or None.

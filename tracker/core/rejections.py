@@ -45,6 +45,18 @@ class Rejections:
             del self._held[next(iter(self._held))]
         self.version += 1
 
+    def held(self) -> list[Rejection]:
+        """Every rejection kept (some may have run out): what is kept across a restart
+        (docs/http-api.md#what-the-tracker-learned)."""
+        return list(self._held.values())
+
+    def restore(self, held: Rejection) -> None:
+        """Take a rejection made elsewhere (a previous run, another replica) unless one of
+        the same copy is in force as long."""
+        known = self._held.get((held.key, held.name))
+        if known is None or known.until < held.until:
+            self.reject(held.key, held.name, held.reason, now=held.until, hold=0.0)
+
     def rejected(self, key: TargetKey, name: str, now: float) -> Rejection | None:
         """The rejection in force of ``key``'s copy of ``name``, if any."""
         held = self._held.get((key, name))

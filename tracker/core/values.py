@@ -385,3 +385,17 @@ def parse_size(text: str) -> int:
     number, unit, binary = match.groups()
     power = " KMGT".index(unit.upper()) if unit else 0
     return int(float(number) * (1024 if binary or not unit else 1000) ** power)
+
+
+def size_in(lowest: int, highest: int) -> Callable[[object], int]:
+    """A size (``16MiB``, ``512KiB``, a number of bytes) from ``lowest`` to ``highest`` bytes."""
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"expected a size like '16MiB', got {describe(value)}")
+        size = value if isinstance(value, int) else parse_size(value)
+        if not lowest <= size <= highest:
+            raise ValueError(f"must be from {lowest} to {highest} bytes, got {value!r}")
+        return size
+
+    return check

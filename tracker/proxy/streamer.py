@@ -137,6 +137,12 @@ class ProxyStreamer:
         self.on_interest: Callable[[str, str], object] | None = None
 
     @property
+    def clients(self) -> DownloadClients:
+        """The upstream download clients (credentials per origin, the egress policy): every
+        request to a source goes through them (speed tests too)."""
+        return self._clients
+
+    @property
     def settings(self) -> ProxySettings:
         """The proxy's tunables (read per stream: replacing them affects the next ones)."""
         return self._launcher.settings

@@ -68,6 +68,8 @@ class ApiDeps:
 
 #: The suffix of the digest routes (``{archive}.sha256``).
 DIGEST_SUFFIX = ".sha256"
+#: Seconds between renderings of ``/v1/targets`` that show the throughputs' decay.
+THROUGHPUT_SHOWN = 10
 
 
 def json_response(body: Any, status: int = 200) -> quart.Response:
@@ -245,8 +247,11 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
-def _health_bytes(health: TargetHealth, count: int, mismatch: str) -> bytes:
-    return json.dumps(health_json(health, count, mismatch), separators=(",", ":")).encode()
+def _health_bytes(health: TargetHealth, count: int, mismatch: str, speed: int) -> bytes:
+    out = health_json(health, count, mismatch)
+    if speed > 0:  # measured (docs/http-api.md#speed-tests)
+        out["throughput_bps"] = speed
+    return json.dumps(out, separators=(",", ":")).encode()
 
 
 def _targets_body(
@@ -255,10 +260,11 @@ def _targets_body(
     fragments: Fragments,
     group: str | None,
     rejected: Mapping[TargetKey, str],
+    now: float,
 ) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed."""
+    failed; a measured one its throughput as of ``now``."""
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
     mismatches = {**index.mismatches(), **rejected}
@@ -272,8 +278,9 @@ def _targets_body(
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
-        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)
-        parts.append(fragments.get(h, state, partial(_health_bytes, h, count, mismatch)))
+        speed = round(index.throughput(key, now))
+        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch, speed)
+        parts.append(fragments.get(h, state, partial(_health_bytes, h, count, mismatch, speed)))
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -321,12 +328,21 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         scraper, index, rejections = deps.scraper, deps.index, deps.rejections
         now = deps.clock()
         # What the body shows changes only with these: kept until one of them moves.
-        state = (group, scraper.roster, scraper.shown, index.generation, rejections.sweep(now))
+        # Measured throughputs decay with age: shown afresh every THROUGHPUT_SHOWN seconds.
+        tick = int(now // THROUGHPUT_SHOWN)
+        state = (
+            group,
+            scraper.roster,
+            scraper.shown,
+            index.generation,
+            rejections.sweep(now),
+            tick,
+        )
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
             rejected = rejections.errors(now)
-            body = _targets_body(scraper, index, target_fragments, group, rejected)
+            body = _targets_body(scraper, index, target_fragments, group, rejected, now)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 

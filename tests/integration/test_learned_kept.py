@@ -1,0 +1,112 @@
+"""What the tracker learned survives a restart and is shared by replicas
+(docs/http-api.md#what-the-tracker-learned): real trackers on 127.0.0.1, a real upstream,
+a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+from helpers_proxy import (
+    GROUP,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+)
+from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
+from names import full_name
+
+from tracker.core.config import Config, ObjectStore
+from tracker.core.index import TargetKey
+from tracker.proxy.learning import FILE_NAME
+
+NAME = full_name(4000)
+DATA = archive_bytes(2 * MiB, seed=7)
+
+
+@asynccontextmanager
+async def learning(config: Config, up: FakeUpstream) -> AsyncIterator[TrackerUnderTest]:
+    """A tracker whose upstream advertises NAME, with its learning task running (as the
+    service runs it); stopping it writes what it learned."""
+    async with running_tracker(config) as t, trio.open_nursery() as nursery:
+        advertise(t.index, up.base, [(NAME, up.url(NAME), len(DATA))])
+        await nursery.start(t.parts.learning.run)
+        yield t
+        nursery.cancel_scope.cancel()
+
+
+def _learn(t: TrackerUnderTest, key: TargetKey) -> float:
+    """Record a measured transfer and a rejected copy of NAME from ``key``; the speed."""
+    t.index.record_transfer(key, 50 * MiB, 0.5, trio.current_time())
+    t.streamer.rejections.reject(key, NAME, "tar truncated", now=trio.current_time(), hold=600)
+    return t.index.throughput(key, trio.current_time())
+
+
+async def test_a_restart_with_the_same_cache_dir_keeps_rejections_and_throughputs(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    config = make_config(tmp_path / "cache")
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        key = TargetKey(GROUP, up.base)
+        async with learning(config, up) as first:
+            speed = _learn(first, key)
+        assert (tmp_path / "cache" / FILE_NAME).is_file()
+        async with learning(config, up) as second:
+            assert abs(second.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
+            # The rejection holds: the only source of NAME is not used, the request fails.
+            answer = await client.get(second.url(NAME))
+            assert answer.status_code == 502
+            assert "tar truncated" in answer.text
+            assert up.gets(NAME) == []
+
+
+async def test_a_corrupt_state_file_costs_the_file_not_the_start(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / FILE_NAME).write_bytes(b'{"version": 1, "throughputs": [')
+    up = FakeUpstream(files={NAME: DATA})
+    async with serving(up), learning(make_config(tmp_path / "cache"), up) as t:
+        answer = await client.get(t.url(NAME))
+        assert answer.status_code == 200 and answer.content == DATA
+    # Written anew at the stop: readable again.
+    assert b'"version":1' in (tmp_path / "cache" / FILE_NAME).read_bytes()
+
+
+def _store(weed: Weed, prefix: str, replica: str) -> ObjectStore:
+    return ObjectStore(
+        endpoint=weed.endpoint,
+        bucket="snapshots",
+        prefix=prefix,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+        replica_url=replica,
+    )
+
+
+async def test_two_replicas_share_what_they_learned_through_the_bucket(
+    weed: Weed, tmp_path: Path
+) -> None:
+    prefix = f"t-{secrets.token_hex(4)}/"
+    configs = [
+        make_config(tmp_path / f"cache{i}", object_store=_store(weed, prefix, f"http://r{i}"))
+        for i in range(2)
+    ]
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        key = TargetKey(GROUP, up.base)
+        async with learning(configs[0], up) as one, learning(configs[1], up) as two:
+            assert two.index.throughput(key, trio.current_time()) == 0.0
+            speed = _learn(one, key)
+            await one.parts.learning.save()
+            await two.parts.learning.restore()  # what its periodic sync does
+            assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
+            assert two.streamer.rejections.rejected(key, NAME, trio.current_time()) is not None

@@ -1,0 +1,150 @@
+"""Speed tests against real upstreams on 127.0.0.1 (docs/http-api.md#speed-tests).
+
+Two sources of different speeds advertise the same full archive; the tracker's speed-test
+loop (as the service builds and starts it) reads the start of it from each and the index
+ranks the faster one first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+from helpers_proxy import (
+    GROUP,
+    TOKEN,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    TrackerUnderTest,
+    advertise,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+    sidecar_listing,
+    wait_for,
+)
+from helpers_tracker import start_tracker, wait_until, write_config
+from names import full_name
+
+from tracker.core.config import Config, Ranking, SpeedTest, TargetGroup
+from tracker.core.index import TargetKey
+
+NAME = full_name(1000)
+DATA = archive_bytes(4 * MiB, seed=3)
+PROBE = MiB
+
+
+def _config_with(test: SpeedTest) -> Config:
+    config = make_config(None)
+    group: TargetGroup = config.target_groups[0]
+    group = attrs.evolve(group, ranking=Ranking(speed_test=test))
+    return attrs.evolve(config, target_groups=(group,))
+
+
+@pytest.fixture
+async def sources() -> AsyncIterator[tuple[FakeUpstream, FakeUpstream]]:
+    slow = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=4 * MiB)})
+    async with serving(FakeUpstream(files={NAME: DATA})) as fast, serving(slow):
+        yield fast, slow
+
+
+def _advertise(t: TrackerUnderTest, *ups: FakeUpstream) -> None:
+    for up in ups:
+        advertise(t.index, up.base, [(NAME, up.url(NAME), len(DATA))])
+
+
+def _speed(t: TrackerUnderTest, up: FakeUpstream) -> float:
+    return t.index.throughput(TargetKey(GROUP, up.base), trio.current_time())
+
+
+async def test_one_round_measures_each_leading_source_and_ranks_the_faster_first(
+    sources: tuple[FakeUpstream, FakeUpstream],
+) -> None:
+    fast, slow = sources
+    config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=600))
+    async with running_tracker(config) as t:
+        _advertise(t, slow, fast)
+        assert _speed(t, fast) == _speed(t, slow) == 0.0  # nothing measured yet
+        async with trio.open_nursery() as nursery:
+            await nursery.start(t.parts.speedtests.run)
+            await wait_for(lambda: t.parts.speedtests.rounds >= 1)
+            nursery.cancel_scope.cancel()
+        assert 0 < _speed(t, slow) < _speed(t, fast)
+        # A bounded Range read of the archive, credentials sent to the configured origin.
+        for up in (fast, slow):
+            [seen] = up.gets(NAME)
+            assert seen.headers["range"] == f"bytes=0-{PROBE - 1}"
+            assert seen.headers["authorization"] == f"Bearer {TOKEN}"
+            assert seen.body_sent == PROBE
+        assert [s.key.target for _f, s in t.index.find_file(GROUP, NAME)] == [
+            fast.base,
+            slow.base,
+        ]
+        # Measured within the interval: the next round reads nothing again.
+        assert await t.parts.speedtests.round() == 0
+        assert len(fast.gets(NAME)) == len(slow.gets(NAME)) == 1
+
+
+async def test_only_the_top_sources_are_read(
+    sources: tuple[FakeUpstream, FakeUpstream],
+) -> None:
+    fast, slow = sources
+    config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
+    async with running_tracker(config) as t:
+        _advertise(t, slow, fast)
+        [leader] = t.parts.speedtests.due(t.config.target_groups[0])
+        assert await t.parts.speedtests.round() == 1
+        other = slow if leader.key.target == fast.base else fast
+        assert other.gets(NAME) == []
+        assert _speed(t, other) == 0.0
+
+
+async def test_a_source_ignoring_range_is_read_only_as_far_as_the_probe(
+    sources: tuple[FakeUpstream, FakeUpstream],
+) -> None:
+    fast, _slow = sources
+    fast.behaviour[NAME] = Behaviour(ignore_range=True, rate=8 * MiB)
+    config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
+    async with running_tracker(config) as t:
+        _advertise(t, fast)
+        assert await t.parts.speedtests.round() == 1
+        await wait_for(lambda: fast.gets(NAME)[0].aborted)
+        assert fast.gets(NAME)[0].body_sent < len(DATA)
+        assert _speed(t, fast) > 0
+
+
+async def test_the_service_measures_its_sources_and_targets_show_it(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    files = {NAME: DATA}
+    fast = FakeUpstream(files=dict(files), listing=sidecar_listing(files))
+    slow = FakeUpstream(
+        files=dict(files), listing=sidecar_listing(files), behaviour={NAME: Behaviour(rate=4 * MiB)}
+    )
+    for up in (fast, slow):
+        await nursery.start(up.run)
+    group = {
+        "group": GROUP,
+        "static_targets": {"targets": [fast.base[7:], slow.base[7:]]},
+        "ranking": {"speed_test": {"bytes": "1MiB", "top": 2}},
+    }
+    path = write_config(tmp_path, {"scrape_interval": "200ms", "target_groups": [group]})
+    [base] = await start_tracker(nursery, path)
+
+    async def measured() -> bool:
+        targets = (await client.get(f"{base}/v1/targets")).json()
+        return all("throughput_bps" in t for t in targets) and len(targets) == 2
+
+    await wait_until(measured)
+    targets = (await client.get(f"{base}/v1/targets")).json()
+    speed = {t["target"]: t["throughput_bps"] for t in targets}
+    assert speed[fast.base] > speed[slow.base] > 0
+    listed = (await client.get(f"{base}/v1/snapshots")).json()
+    [first, second] = [s["throughput_bps"] for s in listed]
+    assert first > second > 0  # the faster source of the same full ranks first

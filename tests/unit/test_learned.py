@@ -1,0 +1,85 @@
+"""What the tracker learned as a document (tracker/core/learned.py): clocks, merging, bounds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tracker.core.index import Index, TargetKey
+from tracker.core.learned import Learned, decode, encode, gather, merge, restore
+from tracker.core.rejections import Rejection, Rejections
+from tracker.errors import StateError
+
+A = TargetKey("g", "http://a")
+B = TargetKey("g", "http://b", discovered=True)
+
+
+def test_a_restart_keeps_the_age_of_what_was_learned_across_different_clocks() -> None:
+    index, held = Index(), Rejections()
+    index.record_transfer(A, 100_000_000, 1.0, now=50.0)  # 100 MB/s measured at t=50
+    held.reject(B, "snapshot-1-x.tar.zst", "bad tar", now=50.0, hold=600)
+    # 10 s later on the first run's clock, wall clock 1_000_010: written.
+    data = encode(gather(index, held, now=60.0, wall=1_000_010.0))
+    # The next run's clock starts anew (7.0) 100 s of wall time later.
+    index2, held2 = Index(), Rejections()
+    restore(decode(data), index2, held2, now=7.0, wall=1_000_110.0)
+    # Measured 110 s ago on either clock: the same decayed figure.
+    assert index2.throughput(A, 7.0) == pytest.approx(index.throughput(A, 160.0))
+    assert held2.rejected(B, "snapshot-1-x.tar.zst", 7.0) is not None
+    # Held until t=650 of the first run = 510 s after the restart: run out at 7 + 490.
+    assert held2.rejected(B, "snapshot-1-x.tar.zst", 7.0 + 489) is not None
+    assert held2.rejected(B, "snapshot-1-x.tar.zst", 7.0 + 491) is None
+
+
+def test_expired_rejections_are_not_kept_or_restored() -> None:
+    held = Rejections()
+    held.reject(A, "n", "r", now=0.0, hold=10)
+    assert gather(Index(), held, now=11.0, wall=100.0).rejections == ()
+    doc = Learned(rejections=(Rejection(A, "n", "r", until=50.0),))
+    fresh = Rejections()
+    restore(doc, Index(), fresh, now=0.0, wall=60.0)
+    assert fresh.held() == []
+
+
+def test_merge_keeps_the_newest_measurement_and_the_longest_rejection() -> None:
+    one = Learned({A: (10.0, 100.0), B: (5.0, 300.0)}, (Rejection(A, "n", "old", 500.0),))
+    two = Learned({A: (20.0, 200.0), B: (6.0, 250.0)}, (Rejection(A, "n", "new", 900.0),))
+    merged = merge([one, two])
+    assert merged.throughputs == {A: (20.0, 200.0), B: (5.0, 300.0)}
+    assert [r.reason for r in merged.rejections] == ["new"]
+
+
+def test_a_measurement_from_a_clock_ahead_counts_as_now() -> None:
+    index = Index()
+    restore(Learned({A: (10.0, 5_000.0)}), index, Rejections(), now=1.0, wall=1_000.0)
+    assert index.throughput(A, 1.0) == 10.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"{", b"[]", b'{"version": 99}', b"\xff\xfe", b"[" * 100_000, b"1" * (5 << 20)],
+)
+def test_a_corrupt_document_is_a_state_error(data: bytes) -> None:
+    with pytest.raises(StateError):
+        decode(data)
+
+
+def test_bad_entries_cost_only_themselves() -> None:
+    good = {"group": "g", "target": "http://a", "discovered": False}
+    doc = {
+        "version": 1,
+        "throughputs": [
+            {**good, "bps": 7.0, "at": 1.0},
+            {**good, "target": "http://c", "bps": "fast", "at": 1.0},
+            {**good, "target": "http://d", "bps": -1, "at": 1.0},
+            {"group": "g", "target": "x" * 5000, "discovered": False, "bps": 1, "at": 1},
+            "junk",
+        ],
+        "rejections": [{**good, "name": "n", "reason": "r" * 1000, "until": 9.0}, {"until": 1}],
+        "throughputs_extra": 1,
+    }
+    learned = decode(json.dumps(doc).encode())
+    assert learned.throughputs == {A: (7.0, 1.0)}
+    [held] = learned.rejections
+    assert (held.key, held.name, len(held.reason), held.until) == (A, "n", 300, 9.0)

@@ -1,0 +1,115 @@
+"""Which sources a speed test reads (tracker/core/speedtests.py), as a table; and its config."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from names import full_name, incremental_name
+
+from tracker.core.config import Config
+from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.loading import load_config
+from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
+from tracker.core.speedtests import probes_due
+from tracker.errors import ConfigError
+
+MiB = 1024 * 1024
+WHEN = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def src(
+    target: str, *, slot: int = 100, size: int = 100 * MiB, local: bool = False
+) -> SnapshotSource:
+    """A full archive of ``slot`` offered by ``target`` (over HTTP, or as a local file)."""
+    name = full_name(slot)
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    url = "" if local else f"http://{target}/{name}"
+    f = SnapshotFile(parsed, name, size, url=url, path=f"/srv/{name}" if local else "")
+    return SnapshotSource(info_from_files([f]), TargetKey("g", target), WHEN)
+
+
+def incremental(target: str) -> SnapshotSource:
+    name = incremental_name(100, 150)
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    f = SnapshotFile(parsed, name, MiB, url=f"http://{target}/{name}")
+    return SnapshotSource(info_from_files([f]), TargetKey("g", target), WHEN)
+
+
+A, B, C = src("a"), src("b"), src("c")
+NOW = 10_000.0
+
+CASES = [
+    # (fulls best first, top, last probe/measurement per target, expected (target, length))
+    pytest.param([A, B, C], 5, {}, [("a", MiB), ("b", MiB), ("c", MiB)], id="all-new"),
+    pytest.param([A, B, C], 2, {}, [("a", MiB), ("b", MiB)], id="top-2"),
+    pytest.param([A, B, C], 0, {}, [], id="top-0-off"),
+    pytest.param([A, B], 5, {"a": NOW - 599}, [("b", MiB)], id="a-recent"),
+    pytest.param([A, B], 5, {"a": NOW - 600}, [("a", MiB), ("b", MiB)], id="a-due-again"),
+    # a recently measured leader still counts towards top: c is not among the leading two
+    pytest.param([A, B, C], 2, {"a": NOW - 1}, [("b", MiB)], id="measured-counts-in-top"),
+    pytest.param([A, src("a", slot=90), B], 2, {}, [("a", MiB), ("b", MiB)], id="distinct"),
+    pytest.param([src("l", local=True), A], 1, {}, [("a", MiB)], id="local-skipped"),
+    pytest.param([src("s", size=1000)], 5, {}, [("s", 1000)], id="small-archive"),
+    pytest.param([src("u", size=0)], 5, {}, [("u", MiB)], id="size-unknown"),
+    pytest.param([incremental("i"), A], 5, {}, [("a", MiB)], id="fulls-only"),
+]
+
+
+@pytest.mark.parametrize(("fulls", "top", "last", "expected"), CASES)
+def test_probes_due(
+    fulls: list[SnapshotSource],
+    top: int,
+    last: dict[str, float],
+    expected: list[tuple[str, int]],
+) -> None:
+    keys = {TargetKey("g", target): at for target, at in last.items()}
+    due = probes_due(fulls, top=top, length=MiB, interval=600, last=keys, now=NOW)
+    assert [(p.key.target, p.length) for p in due] == expected
+    for p in due:
+        assert p.range_header == f"bytes=0-{p.length - 1}"
+        assert p.file.name.is_full and p.file.url.startswith("http://")
+
+
+def _load(tmp_path: Path, ranking: str) -> Config:
+    path = tmp_path / "tracker.yml"
+    text = f"""\
+    target_groups:
+      - group: mainnet
+        http_targets: {{targets: ["http://127.0.0.1:1"]}}
+        ranking:
+    {textwrap.indent(textwrap.dedent(ranking), "      ")}
+    """
+    path.write_text(textwrap.dedent(text))
+    return load_config(path)
+
+
+def test_speed_test_defaults_and_units(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.yml"
+    path.write_text("target_groups: [{group: mainnet}]\n")
+    default = load_config(path).target_groups[0].ranking.speed_test
+    assert (default.bytes, default.top, default.interval) == (16 * MiB, 5, 600.0)
+    config = _load(tmp_path, "speed_test: {bytes: 4MiB, top: 2, interval: 1m}")
+    test = config.target_groups[0].ranking.speed_test
+    assert (test.bytes, test.top, test.interval) == (4 * MiB, 2, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("ranking", "key"),
+    [
+        ("speed_test: {bytes: 2GiB}", "bytes"),
+        ("speed_test: {bytes: lots}", "bytes"),
+        ("speed_test: {top: -1}", "top"),
+        ("speed_test: {interval: 1s}", "interval"),
+        ("speed_test: {speed: 1}", "speed"),
+    ],
+)
+def test_a_bad_speed_test_names_its_key(tmp_path: Path, ranking: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, ranking)
+    [line] = info.value.problems
+    assert line.startswith(f"target_groups[0].ranking.speed_test.{key}"), line

@@ -1,0 +1,185 @@
+"""What the tracker learned, kept in the cache dir and in the bucket
+(docs/http-api.md#what-the-tracker-learned).
+
+:class:`Learning` reads the state file (``{cache dir}/.learned.json``) and every replica's
+object (``{prefix}.learned/{replica}.json``) at start, merges them into the index and the
+rejections (:mod:`tracker.core.learned`), and every :data:`SYNC_EVERY` seconds writes its
+own (the file atomically: a temp file renamed into place) and merges the others' again; once
+more when it stops. A file or object that cannot be read costs itself, never the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from tracker.core.config import Config
+from tracker.core.index import Index
+from tracker.core.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
+from tracker.core.logs import log_event
+from tracker.core.rejections import Rejections
+from tracker.errors import StateError, StoreError
+from tracker.objectstore.bucket import Bucket
+
+log = logging.getLogger("tracker.learned")
+
+FILE_NAME = ".learned.json"
+OBJECTS = ".learned/"
+#: Seconds between two writes (and reads of the other replicas' objects).
+SYNC_EVERY = 60.0
+#: Replicas' objects read at most.
+MAX_OBJECTS = 64
+#: Longest the last write may take while the tracker stops.
+FINAL_WRITE = 5.0
+
+
+class Learning:
+    """Keeps what ``index`` and ``rejections`` learned; started by the service (:meth:`run`).
+
+    ``clock`` is their clock, ``wall`` the wall clock; ``bucket`` the shared store (None:
+    none); ``replica`` names this replica's object (default: from ``replica_url`` or the
+    host name).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        rejections: Rejections,
+        bucket: Bucket | None = None,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall: Callable[[], float] = time.time,
+        every: float = SYNC_EVERY,
+        replica: str = "",
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._rejections = rejections
+        self._bucket = bucket
+        self._clock = clock
+        self._wall = wall
+        self._every = every
+        self._replica = replica or replica_name(config())
+        #: Writes completed (tests wait on it).
+        self.saved = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Restore, then sync every ``every`` seconds until cancelled; a last write then."""
+        await self.restore()
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self._every)
+                await self.restore()
+                await self.save()
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + FINAL_WRITE
+                await self.save()
+
+    async def restore(self) -> None:
+        """Merge the state file's and the replicas' documents into the running state."""
+        found = await self._read_file()
+        found += await self._read_objects()
+        if found:
+            restore(merge(found), self._index, self._rejections, **self._moment())
+
+    async def save(self) -> None:
+        """Write what is learned now to the state file and this replica's object."""
+        data = encode(gather(self._index, self._rejections, **self._moment()))
+        path = self._path()
+        if path:
+            try:
+                await trio.to_thread.run_sync(write_atomically, path, data)
+            except OSError as exc:
+                log_event(log, "warning", "learned_not_saved", path=path, error=exc)
+        if self._bucket is not None:
+            try:
+                await self._bucket.put(f"{self._objects()}{self._replica}.json", data)
+            except StoreError as exc:
+                log_event(log, "warning", "learned_not_stored", error=exc)
+        self.saved += 1
+
+    def _moment(self) -> dict[str, float]:
+        return {"now": self._clock(), "wall": self._wall()}
+
+    def _path(self) -> str:
+        root = self._config().proxy_snapshot_cache_dir
+        return os.path.join(root, FILE_NAME) if root else ""
+
+    def _objects(self) -> str:
+        store = self._config().object_store
+        return f"{store.prefix if store else ''}{OBJECTS}"
+
+    async def _read_file(self) -> list[Learned]:
+        path = self._path()
+        if not path:
+            return []
+        try:
+            data = await trio.to_thread.run_sync(read_bounded, path, MAX_BYTES + 1)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log_event(log, "warning", "learned_unreadable", path=path, error=exc)
+            return []
+        return _decoded(data, path)
+
+    async def _read_objects(self) -> list[Learned]:
+        if self._bucket is None:
+            return []
+        found = []
+        try:
+            listed = await self._bucket.list_objects(self._objects())
+            for info in listed[:MAX_OBJECTS]:
+                if info.size <= MAX_BYTES:
+                    data = await self._bucket.get_small(info.key, MAX_BYTES + 1)
+                    found += _decoded(data or b"", info.key)
+        except StoreError as exc:
+            log_event(log, "warning", "learned_unreadable", error=exc)
+        return found
+
+
+def _decoded(data: bytes, where: str) -> list[Learned]:
+    """``data`` decoded, or nothing (logged) when it is not a state document."""
+    try:
+        return [decode(data)]
+    except StateError as exc:
+        log_event(log, "warning", "learned_unreadable", source=where, error=exc)
+        return []
+
+
+def replica_name(config: Config) -> str:
+    """A name for this replica's object, stable across restarts."""
+    store = config.object_store
+    seed = (store.replica_url if store else "") or socket.gethostname()
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file renamed into place (blocking)."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(temp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` (blocking)."""
+    with open(path, "rb") as f:
+        return f.read(limit)

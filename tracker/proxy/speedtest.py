@@ -1,0 +1,152 @@
+"""Speed tests: bounded Range reads of the leading candidates' archives.
+
+The ranking can only trust a speed it measured. Every few seconds :class:`SpeedTests` asks
+:func:`tracker.core.speedtests.probes_due` which of each group's leading sources have no
+recent measurement, and reads the first ``speed_test.bytes`` of a full archive of each, one
+read at a time (so never more than one per source), each bounded in bytes and in time. The
+bytes per second it saw are folded into the index's throughput like those of a real
+transfer. Every read goes through :func:`speed_test`, the one place a speed test touches a
+source: the proxy's upstream client path, so credentials reach only their origin and the
+egress policy applies (docs/http-api.md#speed-tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+import trio
+
+from tracker.core.config import Config, TargetGroup
+from tracker.core.index import Index, TargetKey
+from tracker.core.logs import log_event
+from tracker.core.speedtests import Probe, probes_due
+from tracker.errors import SourceFailed, TransportError
+from tracker.net.bodies import body_chunks
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
+
+log = logging.getLogger("tracker.speedtest")
+
+#: How often the groups are looked at for sources due (cheap: the index keeps its ranking;
+#: each source is probed at most once per ``speed_test.interval``).
+CHECK_EVERY = 1.0
+#: Longest a read goes on: a source slower than ``bytes`` per this is measured on what came.
+READ_FOR = 20.0
+#: Fewer bytes than this say nothing about a source's speed.
+MIN_BYTES = 64 * 1024
+
+
+class SpeedTests:
+    """The speed-test loop of one tracker; started by the service (:meth:`run`).
+
+    ``clock`` is the one clock of the index's throughput measurements.
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        clients: DownloadClients,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        every: float = CHECK_EVERY,
+        read_for: float = READ_FOR,
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._clients = clients
+        self._clock = clock
+        self._every = every
+        self._read_for = read_for
+        #: When each target was last probed (a failed probe waits its interval too).
+        self._probed: dict[TargetKey, float] = {}
+        #: Rounds completed (tests wait on it).
+        self.rounds = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe what is due every :data:`CHECK_EVERY` seconds, until cancelled."""
+        task_status.started()
+        while True:
+            await self.round()
+            await trio.sleep(self._every)
+
+    async def round(self) -> int:
+        """Probe every source due now, one after another; how many were measured."""
+        measured = 0
+        for group in self._config().target_groups:
+            for probe in self.due(group):
+                measured += await self._measure(group, probe)
+        self.rounds += 1
+        return measured
+
+    def due(self, group: TargetGroup) -> list[Probe]:
+        """The speed tests of ``group`` due now."""
+        test = group.ranking.speed_test
+        if test.top <= 0:
+            return []
+        last = dict(self._probed)
+        for key, (_rate, at) in self._index.measurements().items():
+            last[key] = max(at, last.get(key, at))
+        return probes_due(
+            self._index.fulls(group.group),
+            top=test.top,
+            length=test.bytes,
+            interval=test.interval,
+            last=last,
+            now=self._clock(),
+        )
+
+    async def _measure(self, group: TargetGroup, probe: Probe) -> int:
+        """Run ``probe``; 1 when it measured the source, 0 when it failed (logged)."""
+        self._probed[probe.key] = self._clock()
+        try:
+            size, seconds = await speed_test(self._clients, group, probe, self._read_for)
+        except (SourceFailed, TransportError) as exc:
+            log_event(log, "warning", "speed_test_failed", url=probe.file.url, reason=exc)
+            return 0
+        self._index.record_transfer(probe.key, size, seconds, self._clock())
+        rate = round(size / seconds) if seconds > 0 else 0
+        log_event(log, "info", "speed_test", url=probe.file.url, bytes=size, throughput_bps=rate)
+        return 1
+
+
+async def speed_test(
+    clients: DownloadClients, group: TargetGroup, probe: Probe, read_for: float = READ_FOR
+) -> tuple[int, float]:
+    """Read the first ``probe.length`` bytes of ``probe.file`` (for at most ``read_for``
+    seconds once the answer came): the bytes read and the seconds they took. Raises
+    SourceFailed (or TransportError) when the source gives no usable answer."""
+    key = probe.key
+    headers = {"range": probe.range_header}
+    url = probe.file.url
+    response, url = await ask_source(
+        clients, group, key.target, url, "GET", headers, trusted=not key.discovered
+    )
+    answer = UpstreamAnswer(response, url, probe.file, probe.source)
+    try:
+        problem = size_problem(response, probe.file.size)
+        if response.status_code not in (200, 206):
+            problem = f"answered {response.status_code} to a Range request"
+        if problem is not None:
+            raise SourceFailed(problem)
+        began = trio.current_time()
+        got = await _read(response, probe.length, read_for)
+        seconds = trio.current_time() - began
+    finally:
+        await answer.aclose()
+    if got < min(MIN_BYTES, probe.length):
+        raise SourceFailed(f"only {got} bytes in {read_for:g}s")
+    return got, seconds
+
+
+async def _read(response: httpx.Response, length: int, read_for: float) -> int:
+    """Bytes of ``response``'s body read, up to ``length``, within ``read_for`` seconds."""
+    got = 0
+    with trio.move_on_after(read_for):
+        async with body_chunks(response) as chunks:
+            async for chunk in chunks:
+                got += len(chunk)
+                if got >= length:
+                    break
+    return min(got, length)
