@@ -149,6 +149,9 @@ def build(
     # "Verified archives"): written by the byte paths, read by the API.
     digests, rejections = Digests(), Rejections()
     objects = object_path(tracker.config, metrics, digests)
+    if objects is not None:  # the newest incremental of every full still served stays
+        objects.tier.retainer.served = index.served_fulls
+        objects.tier.retainer.on_listed = partial(index.hold, "bucket")
     streamer = ProxyStreamer(
         current,
         index,

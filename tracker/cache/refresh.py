@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Protocol
 
@@ -65,11 +65,15 @@ class Registry(Protocol):
 
     def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
         """``refresh`` was renamed into place (``sha256``: its digest when checked) and
-        ``evicted`` were removed to make it the only file of its kind."""
+        ``evicted`` were removed (files that need not stay beside it)."""
         ...
 
     def report_size(self) -> None:
         """The cache's size may have changed."""
+        ...
+
+    def served(self, group: str) -> Collection[int]:
+        """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
 
 
@@ -193,8 +197,9 @@ class Refresh:
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
+        served = self._registry.served(self.group)
         try:
-            self._fd = await trio.to_thread.run_sync(self._prepare, needed)
+            self._fd = await trio.to_thread.run_sync(self._prepare, needed, served)
         except BaseException:
             self.abort()
             raise
@@ -207,8 +212,8 @@ class Refresh:
             self._hold_back = HOLD_BACK
         return True
 
-    def _prepare(self, needed: int) -> int | None:
-        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops)
+    def _prepare(self, needed: int, served: Collection[int]) -> int | None:
+        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
         self.temp, self.no_space = opened.temp, opened.no_space
         return opened.fd
 
@@ -315,8 +320,9 @@ class Refresh:
             os.close(fd)
 
     async def commit(self, mtime: float | None = None) -> None:
-        """Sync the temp file, rename it into place, then remove every other file of the same
-        group and kind (the caller promotes only the group's current best of that kind).
+        """Sync the temp file, rename it into place, then remove the group's files that need
+        not stay (:func:`~tracker.cache.disk.evict`: one full, the newest incremental of every
+        full still served).
 
         ``mtime`` (the upstream's Last-Modified) is set on the file when given. Raises
         CacheError on an I/O error; the temp file is then removed and nothing promoted.
@@ -325,7 +331,8 @@ class Refresh:
             raise CacheError("refresh is not open")
         try:
             await self.flush()
-            evicted = await trio.to_thread.run_sync(self._promote, mtime)
+            served = self._registry.served(self.group)
+            evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
@@ -336,13 +343,13 @@ class Refresh:
             self.abort()
             self._registry.report_size()
 
-    def _promote(self, mtime: float | None) -> list[str]:
+    def _promote(self, mtime: float | None, served: Collection[int]) -> list[str]:
         """Sync, rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final, mtime, self._ops)
         self.temp, self._done = "", True
-        return settle(self.final, self.group, self.name, self.written, self.sha256)
+        return settle(self.final, self.group, self.name, self.written, self.sha256, served)
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers

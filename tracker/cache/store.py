@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 import trio
@@ -134,6 +134,11 @@ class Cache:
         self._refreshing: dict[tuple[str, str], Refresh] = {}
         #: Which cached files passed their check (``verify``), with their digests.
         self.checked = CheckedFiles(verify, digests, on_rejected)
+        #: The slots of a group's fulls still served: the newest incremental on each stays
+        #: when others are evicted (:func:`~tracker.cache.disk.evict`).
+        self.served: Callable[[str], Collection[int]] = _none_served
+        #: Told every archive held complete after every change (the index lists them).
+        self.on_files: Callable[[list[CachedFile]], None] | None = None
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -286,11 +291,14 @@ class Cache:
         return total
 
     def report_size(self) -> None:
-        """Tell ``on_size`` the bytes of archives cached now (after a change)."""
+        """Tell ``on_size`` the bytes of archives cached now, and ``on_files`` the archives
+        (after a change)."""
         if self._on_size is not None:
             # A file vanishing under the scan raises OSError; the next change reports again.
             with contextlib.suppress(OSError):
                 self._on_size(self.total_size())
+        if self.on_files is not None:
+            self.on_files(self.files())
 
     # -- refreshes -----------------------------------------------------------------------
 
@@ -318,3 +326,7 @@ class Cache:
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
         return sum(r.remaining for r in self._refreshing.values() if r is not refresh)
+
+
+def _none_served(_group: str) -> Collection[int]:
+    return ()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import attrs
 import quart
 
-from tracker.cache.store import Cache, RefreshProgress
+from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.core.config import Config, TargetGroup
 from tracker.core.digests import Digests
 from tracker.core.index import Index
@@ -95,6 +95,7 @@ class ProxyStreamer:
         rejections: Rejections | None = None,
     ) -> None:
         self._config = config
+        self._index = index
         #: Digests of the archives held verified, and sources whose copy failed its check
         #: (docs/http-api.md, "Verified archives").
         self.digests = digests if digests is not None else Digests()
@@ -149,6 +150,14 @@ class ProxyStreamer:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
         return Cache(root, on_size=on_size)
 
+    def _cache_holds(self, files: list[CachedFile]) -> None:
+        """The disk cache now holds ``files``: the index lists those no source has any more
+        (:mod:`tracker.core.holdings`)."""
+        groups = {f.group for f in files} | set(self._index.holdings.groups())
+        for group in groups:
+            held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
+            self._index.hold("cache", group, held)
+
     def _cached_copy_rejected(self, group: str, name: str, reason: str) -> None:
         """A cached file failed its check again at start-up (and was removed)."""
         if self._metrics is not None:
@@ -168,6 +177,8 @@ class ProxyStreamer:
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
             cache.verify_with(config.verify_archives, self.digests, self._cached_copy_rejected)
+            cache.served = self._index.served_fulls
+            cache.on_files = self._cache_holds
             cache.startup_cleanup()
             self._rechecking.add(root)
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
@@ -292,6 +303,9 @@ class ProxyStreamer:
 
     async def _relay(self, request: quart.Request, wanted: Wanted) -> quart.Response:
         """:class:`~tracker.proxy.plan.Relay`: streamed from the sources, uncached."""
+        if not any(f.url for f, _source in wanted.found):
+            # Only the tracker held it (tracker.core.holdings), and its copy is gone.
+            raise RequestError(404, f"{wanted.name} is no longer held nor advertised")
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._launcher.job(
             wanted.group,

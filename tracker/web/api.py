@@ -289,7 +289,11 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         slot = parse_slot(quart.request.args.get("slot"))
 
         def select() -> list[SnapshotSource]:
+            # What the tracker holds (cache, bucket) after every source moved on is listed
+            # too: a node that spent its time on a full still finds an incremental on it.
             sources = deps.index.sources(group)
+            if config.proxy_snapshot_downloads:
+                sources += deps.index.held(group)
             if slot is not None:
                 sources = [s for s in sources if s.info.base_slot == slot]
             return sources
