@@ -180,6 +180,7 @@ def build(
         store_status=status,
         digests=digests,
         rejections=rejections,
+        uncached=streamer.uncached,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)

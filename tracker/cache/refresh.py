@@ -72,6 +72,10 @@ class Registry(Protocol):
         """The cache's size may have changed."""
         ...
 
+    def room(self, group: str, reason: str) -> None:
+        """A refresh of ``group`` found room on the disk (``reason`` ""), or not: why."""
+        ...
+
     def served(self, group: str) -> Collection[int]:
         """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
@@ -106,8 +110,10 @@ class Refresh:
         #: When the refresh began (Unix time): its rate is ``written`` over the time since.
         self.started_at = time.time()
         self._writeback = Writeback(ops.writeback_every)
-        #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
+        #: Set when ``open`` found too little free disk (as opposed to an unwritable cache),
+        #: with the free bytes it found.
         self.no_space = False
+        self.free = 0
         #: Set (by :meth:`verify`) once all ``size`` bytes are written, the upstream body was
         #: checked complete and the archive passed its check; readers may then send every
         #: byte, promoted or not.
@@ -204,6 +210,10 @@ class Refresh:
             self.abort()
             raise
         self._registry.report_size()  # stale files may have been evicted to make room
+        if self.no_space:
+            self._registry.room(self.group, no_room_reason(self.name, needed, self.free))
+        elif self._fd is not None:
+            self._registry.room(self.group, "")
         if self._fd is None:
             self.abort()
             return False
@@ -215,6 +225,7 @@ class Refresh:
     def _prepare(self, needed: int, served: Collection[int]) -> int | None:
         opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
         self.temp, self.no_space = opened.temp, opened.no_space
+        self.free = opened.free
         return opened.fd
 
     async def write(self, data: bytes) -> None:
@@ -369,3 +380,12 @@ class Refresh:
         self._registry.release(self)
         self.ended.set()
         self._notify()
+
+
+def no_room_reason(name: str, needed: int, free: int) -> str:
+    """Why a refresh of ``name`` did not start: one line for the log, the status page and
+    ``/v1/targets``."""
+    return (
+        f"{name} streamed uncached: the cache needs {needed} bytes free "
+        f"(the archive and proxy_snapshot_cache_min_free), {free} are"
+    )

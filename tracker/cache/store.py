@@ -139,6 +139,9 @@ class Cache:
         self.served: Callable[[str], Collection[int]] = _none_served
         #: Told every archive held complete after every change (the index lists them).
         self.on_files: Callable[[list[CachedFile]], None] | None = None
+        #: Per group: why its last refresh streamed uncached (too little room on the disk);
+        #: gone once a refresh of it found room.
+        self.uncached: dict[str, str] = {}
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -322,6 +325,14 @@ class Cache:
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
+
+    def room(self, group: str, reason: str) -> None:
+        """A refresh of ``group`` found room (``reason`` ""), or why not (kept for the
+        status page and ``/v1/targets``)."""
+        if reason:
+            self.uncached[group] = reason
+        else:
+            self.uncached.pop(group, None)
 
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""

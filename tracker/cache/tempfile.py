@@ -37,6 +37,8 @@ class Opened:
     fd: int | None
     temp: str = ""
     no_space: bool = False
+    #: Free bytes found on the cache's file system (with ``no_space``).
+    free: int = 0
 
 
 def open_temp(
@@ -51,9 +53,19 @@ def open_temp(
         os.makedirs(directory, exist_ok=True)
         if ops.free_space(directory) < needed:
             evict(directory, name, served)
-            if ops.free_space(directory) < needed:
-                log_event(log, "warning", "cache_no_space", group=group, file=name, size=size)
-                return Opened(None, no_space=True)
+            free = ops.free_space(directory)
+            if free < needed:
+                log_event(
+                    log,
+                    "warning",
+                    "cache_no_space",
+                    group=group,
+                    file=name,
+                    size=size,
+                    needed=needed,
+                    free=free,
+                )
+                return Opened(None, no_space=True, free=free)
         temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         return Opened(os.open(temp, flags, 0o644), temp)

@@ -282,6 +282,9 @@ class Config:
     public_url: str = ""
     proxy_snapshot_downloads: bool = False
     proxy_snapshot_cache_dir: str = ""
+    #: Bytes a refresh leaves free on the cache's file system beyond the whole archive; with
+    #: less room the request streams uncached (docs/http-api.md#archive-answers).
+    proxy_snapshot_cache_min_free: int = 1024**3
     cache_complete_on_disconnect: bool = True
     max_target_failures: int = 3
     scrape_concurrency: int = 64

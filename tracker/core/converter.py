@@ -143,6 +143,7 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         "max_connections": values.integer_in(1, 1_000_000),
         "cache_prefetch_concurrency": values.integer_in(1),
         "proxy_snapshot_cache_dir": files.cache_dir,
+        "proxy_snapshot_cache_min_free": values.byte_size,
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),
     }
 

@@ -181,9 +181,17 @@ class ProxyStreamer:
             cache.on_files = self._cache_holds
             cache.startup_cleanup()
             self._rechecking.add(root)
+        if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
+            cache.ops = attrs.evolve(cache.ops, min_free=config.proxy_snapshot_cache_min_free)
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def uncached(self) -> dict[str, str]:
+        """Per group: why its last refresh streamed uncached for want of disk room (empty
+        without a cache, or once a refresh found room)."""
+        cache = self.cache()
+        return dict(cache.uncached) if cache is not None else {}
 
     def refreshes(self) -> list[RefreshProgress]:
         """The disk cache's refreshes in flight, each with the clients reading it now

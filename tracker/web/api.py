@@ -64,6 +64,8 @@ class ApiDeps:
     rejections: Rejections = attrs.Factory(Rejections)
     #: Monotonic seconds (rejections run out on this clock).
     clock: Callable[[], float] = trio.current_time
+    #: Per group: why its last refresh streamed uncached for want of disk room.
+    uncached: Callable[[], Mapping[str, str]] = dict
 
 
 #: The suffix of the digest routes (``{archive}.sha256``).
@@ -245,8 +247,11 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
-def _health_bytes(health: TargetHealth, count: int, mismatch: str) -> bytes:
-    return json.dumps(health_json(health, count, mismatch), separators=(",", ":")).encode()
+def _health_bytes(health: TargetHealth, count: int, mismatch: str, uncached: str) -> bytes:
+    body = health_json(health, count, mismatch)
+    if uncached:  # the group's last refresh found too little room on the cache's disk
+        body["cache"] = uncached
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _targets_body(
@@ -255,10 +260,12 @@ def _targets_body(
     fragments: Fragments,
     group: str | None,
     rejected: Mapping[TargetKey, str],
+    uncached: Mapping[str, str],
 ) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed."""
+    failed; the targets of a group whose last refresh streamed uncached for want of disk
+    room show why (``uncached``, per group) as ``cache``."""
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
     mismatches = {**index.mismatches(), **rejected}
@@ -272,8 +279,10 @@ def _targets_body(
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
-        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch)
-        parts.append(fragments.get(h, state, partial(_health_bytes, h, count, mismatch)))
+        reason = uncached.get(key.group, "")
+        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch, reason)
+        render = partial(_health_bytes, h, count, mismatch, reason)
+        parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -324,13 +333,21 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         group = group_filter(deps.config(), quart.request.args)
         scraper, index, rejections = deps.scraper, deps.index, deps.rejections
         now = deps.clock()
+        uncached = deps.uncached()
         # What the body shows changes only with these: kept until one of them moves.
-        state = (group, scraper.roster, scraper.shown, index.generation, rejections.sweep(now))
+        state = (
+            group,
+            scraper.roster,
+            scraper.shown,
+            index.generation,
+            rejections.sweep(now),
+            tuple(sorted(uncached.items())),
+        )
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
             rejected = rejections.errors(now)
-            body = _targets_body(scraper, index, target_fragments, group, rejected)
+            body = _targets_body(scraper, index, target_fragments, group, rejected, uncached)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 
