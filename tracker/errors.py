@@ -97,6 +97,16 @@ class UpstreamError(TrackerError):
     """No upstream source delivered the requested bytes; the reason is one line."""
 
 
+class SourceBusy(SourceFailed):
+    """A source already has its ``source_limits.max_transfers`` transfers from this tracker;
+    the next source of the file is asked (none left: SourcesBusy)."""
+
+
+class SourcesBusy(UpstreamError):
+    """Every source of a file was at its ``max_transfers`` for the bounded wait: answered
+    503 with the one-line reason."""
+
+
 class RpcError(TrackerError):
     """The RPC node could not tell the current slot; the message is one line."""
 

@@ -30,6 +30,7 @@ from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, sett
 from tracker.errors import CacheError, SourceFailed
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
+from tracker.net.sourcelimits import UNCAPPED, Pacer
 
 log = logging.getLogger("tracker.cache")
 
@@ -256,6 +257,8 @@ class Refresh:
         count: int,
         read_timeout: float,
         on_moved: Callable[[int], None],
+        *,
+        pacer: Pacer = UNCAPPED,
     ) -> None:
         """Move the next ``count`` bytes arriving on socket ``sock`` to the end of the temp
         file with splice(2), in a worker thread, SPLICE_SECONDS at a time: after each,
@@ -267,7 +270,8 @@ class Refresh:
         SourceFailed when the upstream breaks, closes early or sends nothing for
         ``read_timeout`` s (what arrived before is written and counted, so a resume asks
         for the rest); CacheError when the file cannot be written. Cancellation waits for
-        the current slice.
+        the current slice. A source with a rate cap (``pacer``) gets slices of what it may
+        send in SPLICE_SECONDS and a pause after each; an uncapped one runs as before.
         """
         await self.flush()
         heard = trio.current_time()
@@ -278,9 +282,10 @@ class Refresh:
                 raise SourceFailed(f"upstream sent nothing for {read_timeout:g} s")
             # Duplicates: the event loop may close either original meanwhile.
             src, fd = os.dup(sock.fileno()), os.dup(self._fd)
+            most = pacer.slice(SPLICE_SECONDS, count)
             try:
                 moved = await trio.to_thread.run_sync(
-                    self._ops.splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
+                    self._ops.splice, src, fd, self._queued, most, read_timeout, SPLICE_SECONDS
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno or errno.EIO)
@@ -298,6 +303,8 @@ class Refresh:
                 self._notify()
             on_moved(moved)
             self._writeback.advance(self._fd, self.written)
+            if pacer is not UNCAPPED:
+                await pacer.pace(moved)
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""

@@ -139,6 +139,16 @@ class Trust:
 
 
 @attrs.frozen
+class SourceLimits:
+    """What one source of the group is asked for at once (:mod:`tracker.net.sourcelimits`):
+    concurrent transfers (proxied streams, refreshes, speed tests) and bytes per second;
+    0: no cap."""
+
+    max_transfers: int = 0
+    max_rate: int = 0
+
+
+@attrs.frozen
 class ConsulSDConfig:
     """Consul service discovery, accepted with the Go tracker's keys (``host`` = Consul address)."""
 
@@ -174,6 +184,7 @@ class TargetGroup:
     local_targets: LocalTargets | None = None
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
+    source_limits: SourceLimits = SourceLimits()
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""

@@ -32,6 +32,7 @@ from tracker.core.config import (
     HttpTargets,
     LocalTargets,
     ObjectStore,
+    SourceLimits,
     StaticTargets,
     TargetGroup,
     TLSConfig,
@@ -102,6 +103,8 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "max_slot_ahead": values.integer_in(0),
     }
     add_hook(converter, Trust, trust)
+    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
+    add_hook(converter, SourceLimits, limits)
 
 
 def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> None:
