@@ -17,8 +17,10 @@ exception class::
     │                      once in tracker.net)
     ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
     │   │                  upstream refused, broke or answered something else than the file
-    │   └── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
+    │   ├── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
+    │   └── SourceBusy     a source is at its ``source_limits.max_transfers``
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
+    │   └── SourcesBusy    every source of the file stayed busy (503)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StoreError         the object store refused or could not be reached (one line)

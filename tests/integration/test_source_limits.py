@@ -68,7 +68,7 @@ async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> No
 
 
 async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> None:
-    rate = MiB  # 3 MiB at 1 MiB/s with one second's burst: at least 2 s
+    rate = MiB  # 3 MiB at 1 MiB/s with a quarter second's burst: about 2.75 s
     up = FakeUpstream(files={FULL: DATA})
     for cache in (None, tmp_path / "cache"):
         async with serving(up), running_tracker(limited(cache, max_rate=rate)) as t:  # type: ignore[arg-type]

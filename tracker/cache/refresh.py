@@ -111,10 +111,8 @@ class Refresh:
         #: When the refresh began (Unix time): its rate is ``written`` over the time since.
         self.started_at = time.time()
         self._writeback = Writeback(ops.writeback_every)
-        #: Set when ``open`` found too little free disk (as opposed to an unwritable cache),
-        #: with the free bytes it found.
+        #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
-        self.free = 0
         #: Set (by :meth:`verify`) once all ``size`` bytes are written, the upstream body was
         #: checked complete and the archive passed its check; readers may then send every
         #: byte, promoted or not.
@@ -133,6 +131,7 @@ class Refresh:
         self._queued = 0  # bytes handed to write threads so far
         self._write_error: OSError | None = None
         self._done = False
+        self._no_room = ""  # why open() found too little room on the disk
 
     @property
     def remaining(self) -> int:
@@ -211,10 +210,7 @@ class Refresh:
             self.abort()
             raise
         self._registry.report_size()  # stale files may have been evicted to make room
-        if self.no_space:
-            self._registry.room(self.group, no_room_reason(self.name, needed, self.free))
-        elif self._fd is not None:
-            self._registry.room(self.group, "")
+        self._registry.room(self.group, self._no_room)
         if self._fd is None:
             self.abort()
             return False
@@ -226,7 +222,8 @@ class Refresh:
     def _prepare(self, needed: int, served: Collection[int]) -> int | None:
         opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
         self.temp, self.no_space = opened.temp, opened.no_space
-        self.free = opened.free
+        if opened.no_space:  # room() is told in trio's thread, by open()
+            self._no_room = no_room_reason(self.name, needed, opened.free)
         return opened.fd
 
     async def write(self, data: bytes) -> None:
@@ -270,8 +267,7 @@ class Refresh:
         SourceFailed when the upstream breaks, closes early or sends nothing for
         ``read_timeout`` s (what arrived before is written and counted, so a resume asks
         for the rest); CacheError when the file cannot be written. Cancellation waits for
-        the current slice. A source with a rate cap (``pacer``) gets slices of what it may
-        send in SPLICE_SECONDS and a pause after each; an uncapped one runs as before.
+        the current slice. A rate cap (``pacer``) bounds each slice and pauses after it.
         """
         await self.flush()
         heard = trio.current_time()
@@ -303,8 +299,7 @@ class Refresh:
                 self._notify()
             on_moved(moved)
             self._writeback.advance(self._fd, self.written)
-            if pacer is not UNCAPPED:
-                await pacer.pace(moved)
+            await pacer.pace(moved)  # uncapped: returns at once
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""

@@ -25,6 +25,10 @@ import trio
 from tracker.errors import SourceBusy
 
 
+#: Seconds of a source's rate an idle source may send at once.
+BURST = 0.25
+
+
 @attrs.frozen
 class Limits:
     """A source's caps: concurrent transfers and bytes per second (0: none)."""
@@ -43,7 +47,8 @@ def source_of(url: str) -> str:
 @attrs.define
 class Pacer:
     """The rate of one source, shared by its transfers: a byte budget that refills at
-    ``rate`` bytes a second (``clock``'s seconds), at most one second's worth ahead."""
+    ``rate`` bytes a second (``clock``'s seconds), at most :data:`BURST` seconds' worth
+    ahead."""
 
     rate: int
     clock: Callable[[], float] = trio.current_time
@@ -55,7 +60,7 @@ class Pacer:
         if self.rate <= 0:
             return 0.0
         now = self.clock()
-        self._due = max(self._due, now - 1.0) + size / self.rate
+        self._due = max(self._due, now - BURST) + size / self.rate
         return max(0.0, self._due - now)
 
     def slice(self, seconds: float, largest: int) -> int:

@@ -86,8 +86,8 @@ class UpstreamBody:
                         self.received += len(chunk)
                         if self.received > self.length:
                             raise UpstreamError(f"upstream sent more than {self.length} bytes")
-                        yield chunk
                         await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
+                        yield chunk
                 if self.received == self.length:
                     return
                 reason = f"upstream ended after {self.received} of {self.length} bytes"

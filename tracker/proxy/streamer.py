@@ -21,6 +21,7 @@ The executors: :mod:`tracker.proxy.stored` (the bucket, the disk cache, the hold
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import quart
@@ -150,14 +151,6 @@ class ProxyStreamer:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
         return Cache(root, on_size=on_size)
 
-    def _cache_holds(self, files: list[CachedFile]) -> None:
-        """The disk cache now holds ``files``: the index lists those no source has any more
-        (:mod:`tracker.core.holdings`)."""
-        groups = {f.group for f in files} | set(self._index.holdings.groups())
-        for group in groups:
-            held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
-            self._index.hold("cache", group, held)
-
     def _cached_copy_rejected(self, group: str, name: str, reason: str) -> None:
         """A cached file failed its check again at start-up (and was removed)."""
         if self._metrics is not None:
@@ -178,7 +171,7 @@ class ProxyStreamer:
             cache = self._caches[root] = self._cache_factory(root)
             cache.verify_with(config.verify_archives, self.digests, self._cached_copy_rejected)
             cache.served = self._index.served_fulls
-            cache.on_files = self._cache_holds
+            cache.on_files = partial(hold_cached, self._index)
             cache.startup_cleanup()
             self._rechecking.add(root)
         if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
@@ -403,3 +396,10 @@ def _claimed(claim: Lock | Holder | None) -> plan.Claimed:
     if isinstance(claim, Holder):
         return plan.Claimed.HOLDER
     return plan.Claimed.NONE if claim is None else plan.Claimed.LOCK
+
+
+def hold_cached(index: Index, files: list[CachedFile]) -> None:
+    """The disk cache now holds ``files``: the index lists those no source has any more
+    (:mod:`tracker.core.holdings`)."""
+    for group in {f.group for f in files} | set(index.holdings.groups()):
+        index.hold("cache", group, [(f.name, f.size, f.mtime) for f in files if f.group == group])
