@@ -24,7 +24,6 @@ import trio
 
 from tracker.errors import SourceBusy
 
-
 #: Seconds of a source's rate an idle source may send at once.
 BURST = 0.25
 
