@@ -17,8 +17,10 @@ exception class::
     │                      once in tracker.net)
     ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
     │   │                  upstream refused, broke or answered something else than the file
-    │   └── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
+    │   ├── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
+    │   └── SourceBusy     a source is at its ``source_limits.max_transfers``
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
+    │   └── SourcesBusy    every source of the file stayed busy (503)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StateError         a kept state file or object of what the tracker learned is corrupt
@@ -96,6 +98,16 @@ class RequestError(TrackerError):
 
 class UpstreamError(TrackerError):
     """No upstream source delivered the requested bytes; the reason is one line."""
+
+
+class SourceBusy(SourceFailed):
+    """A source already has its ``source_limits.max_transfers`` transfers from this tracker;
+    the next source of the file is asked (none left: SourcesBusy)."""
+
+
+class SourcesBusy(UpstreamError):
+    """Every source of a file was at its ``max_transfers`` for the bounded wait: answered
+    503 with the one-line reason."""
 
 
 class RpcError(TrackerError):

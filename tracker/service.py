@@ -156,6 +156,9 @@ def build(
     # "Verified archives"): written by the byte paths, read by the API.
     digests, rejections = Digests(), Rejections()
     objects = object_path(tracker.config, metrics, digests)
+    if objects is not None:  # the newest incremental of every full still served stays
+        objects.tier.retainer.served = index.served_fulls
+        objects.tier.retainer.on_listed = partial(index.hold, "bucket")
     streamer = ProxyStreamer(
         current,
         index,
@@ -184,6 +187,7 @@ def build(
         store_status=status,
         digests=digests,
         rejections=rejections,
+        uncached=streamer.uncached,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)

@@ -443,7 +443,9 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
     root = tmp_path / "small"
     upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
     with tmpfs(root, "size=6m"):
-        async with running_tracker(make_config(root)) as t:
+        # No room kept free: the refresh starts, and the disk fills under it.
+        config = make_config(root, proxy_snapshot_cache_min_free=0)
+        async with running_tracker(config) as t:
             advertise_pair(t, upstream)
             async with trio.open_nursery() as nursery:
                 wires = []

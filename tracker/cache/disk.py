@@ -11,11 +11,12 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
 import attrs
 
+from tracker.core.keeping import cache_keeps
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.zerocopy.kernelcopy import splice_to_file
@@ -108,11 +109,6 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def kind_of(name: str) -> bool:
-    parsed = parse_archive_name(name)
-    return parsed is not None and parsed.is_full
-
-
 def _parse_entry(entry: os.DirEntry[str]) -> ArchiveName | None:
     if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
         return None
@@ -123,21 +119,18 @@ def is_archive_entry(entry: os.DirEntry[str]) -> bool:
     return _parse_entry(entry) is not None
 
 
-def _same_kind(directory: str, name: str, full: bool) -> list[str]:
-    """Cached archives of ``directory`` of the same kind as ``name``, other than ``name``."""
-    out = []
+def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
+    """Remove the cached archives of ``directory`` that need not stay once ``promoted`` is in
+    place (:func:`~tracker.core.keeping.cache_keeps`: one full, and the newest incremental
+    of every full still served, ``served`` being the fulls' slots), with their digest files;
+    the names removed."""
+    names = []
     for entry in scan(directory):
-        parsed = _parse_entry(entry)
-        if parsed is not None and parsed.is_full == full and entry.name != name:
-            out.append(entry.name)
-    return out
-
-
-def evict(directory: str, keep: str, full: bool) -> list[str]:
-    """Remove every cached archive of the kind ``full`` in ``directory`` except ``keep``
-    (and its digest file); the names removed."""
+        if _parse_entry(entry) is not None:
+            names.append(entry.name)
+    keep = cache_keeps(names, promoted, served)
     removed = []
-    for other in _same_kind(directory, keep, full):
+    for other in sorted(set(names) - keep):
         path = os.path.join(directory, other)
         if unlink(path):
             unlink(digest_path(path))

@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, sett
 from tracker.errors import CacheError, SourceFailed
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
+from tracker.net.sourcelimits import UNCAPPED, Pacer
 
 log = logging.getLogger("tracker.cache")
 
@@ -65,11 +66,19 @@ class Registry(Protocol):
 
     def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
         """``refresh`` was renamed into place (``sha256``: its digest when checked) and
-        ``evicted`` were removed to make it the only file of its kind."""
+        ``evicted`` were removed (files that need not stay beside it)."""
         ...
 
     def report_size(self) -> None:
         """The cache's size may have changed."""
+        ...
+
+    def room(self, group: str, reason: str) -> None:
+        """A refresh of ``group`` found room on the disk (``reason`` ""), or not: why."""
+        ...
+
+    def served(self, group: str) -> Collection[int]:
+        """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
 
 
@@ -122,6 +131,7 @@ class Refresh:
         self._queued = 0  # bytes handed to write threads so far
         self._write_error: OSError | None = None
         self._done = False
+        self._no_room = ""  # why open() found too little room on the disk
 
     @property
     def remaining(self) -> int:
@@ -195,12 +205,14 @@ class Refresh:
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
+        served = self._registry.served(self.group)
         try:
-            self._fd = await trio.to_thread.run_sync(self._prepare, needed)
+            self._fd = await trio.to_thread.run_sync(self._prepare, needed, served)
         except BaseException:
             self.abort()
             raise
         self._registry.report_size()  # stale files may have been evicted to make room
+        self._registry.room(self.group, self._no_room)
         if self._fd is None:
             self.abort()
             return False
@@ -209,9 +221,11 @@ class Refresh:
             self._hold_back = HOLD_BACK
         return True
 
-    def _prepare(self, needed: int) -> int | None:
-        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops)
+    def _prepare(self, needed: int, served: Collection[int]) -> int | None:
+        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
         self.temp, self.no_space = opened.temp, opened.no_space
+        if opened.no_space:  # room() is told in trio's thread, by open()
+            self._no_room = no_room_reason(self.name, needed, opened.free)
         return opened.fd
 
     async def write(self, data: bytes) -> None:
@@ -242,6 +256,8 @@ class Refresh:
         count: int,
         read_timeout: float,
         on_moved: Callable[[int], None],
+        *,
+        pacer: Pacer = UNCAPPED,
     ) -> None:
         """Move the next ``count`` bytes arriving on socket ``sock`` to the end of the temp
         file with splice(2), in a worker thread, SPLICE_SECONDS at a time: after each,
@@ -253,7 +269,7 @@ class Refresh:
         SourceFailed when the upstream breaks, closes early or sends nothing for
         ``read_timeout`` s (what arrived before is written and counted, so a resume asks
         for the rest); CacheError when the file cannot be written. Cancellation waits for
-        the current slice.
+        the current slice. A rate cap (``pacer``) bounds each slice and pauses after it.
         """
         await self.flush()
         heard = trio.current_time()
@@ -264,9 +280,10 @@ class Refresh:
                 raise SourceFailed(f"upstream sent nothing for {read_timeout:g} s")
             # Duplicates: the event loop may close either original meanwhile.
             src, fd = os.dup(sock.fileno()), os.dup(self._fd)
+            most = pacer.slice(SPLICE_SECONDS, count)
             try:
                 moved = await trio.to_thread.run_sync(
-                    self._ops.splice, src, fd, self._queued, count, read_timeout, SPLICE_SECONDS
+                    self._ops.splice, src, fd, self._queued, most, read_timeout, SPLICE_SECONDS
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno or errno.EIO)
@@ -284,6 +301,7 @@ class Refresh:
                 self._notify()
             on_moved(moved)
             self._writeback.advance(self._fd, self.written)
+            await pacer.pace(moved)  # uncapped: returns at once
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""
@@ -317,8 +335,9 @@ class Refresh:
             os.close(fd)
 
     async def commit(self, mtime: float | None = None) -> None:
-        """Sync the temp file, rename it into place, then remove every other file of the same
-        group and kind (the caller promotes only the group's current best of that kind).
+        """Sync the temp file, rename it into place, then remove the group's files that need
+        not stay (:func:`~tracker.cache.disk.evict`: one full, the newest incremental of every
+        full still served).
 
         ``mtime`` (the upstream's Last-Modified) is set on the file when given. Raises
         CacheError on an I/O error; the temp file is then removed and nothing promoted.
@@ -327,7 +346,8 @@ class Refresh:
             raise CacheError("refresh is not open")
         try:
             await self.flush()
-            evicted = await trio.to_thread.run_sync(self._promote, mtime)
+            served = self._registry.served(self.group)
+            evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
@@ -338,13 +358,13 @@ class Refresh:
             self.abort()
             self._registry.report_size()
 
-    def _promote(self, mtime: float | None) -> list[str]:
+    def _promote(self, mtime: float | None, served: Collection[int]) -> list[str]:
         """Sync, rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final, mtime, self._ops)
         self.temp, self._done = "", True
-        return settle(self.final, self.group, self.name, self.written, self.sha256)
+        return settle(self.final, self.group, self.name, self.written, self.sha256, served)
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers
@@ -364,3 +384,12 @@ class Refresh:
         self._registry.release(self)
         self.ended.set()
         self._notify()
+
+
+def no_room_reason(name: str, needed: int, free: int) -> str:
+    """Why a refresh of ``name`` did not start: one line for the log, the status page and
+    ``/v1/targets``."""
+    return (
+        f"{name} streamed uncached: the cache needs {needed} bytes free "
+        f"(the archive and proxy_snapshot_cache_min_free), {free} are"
+    )

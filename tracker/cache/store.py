@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 import trio
@@ -134,6 +134,14 @@ class Cache:
         self._refreshing: dict[tuple[str, str], Refresh] = {}
         #: Which cached files passed their check (``verify``), with their digests.
         self.checked = CheckedFiles(verify, digests, on_rejected)
+        #: The slots of a group's fulls still served: the newest incremental on each stays
+        #: when others are evicted (:func:`~tracker.cache.disk.evict`).
+        self.served: Callable[[str], Collection[int]] = _none_served
+        #: Told every archive held complete after every change (the index lists them).
+        self.on_files: Callable[[list[CachedFile]], None] | None = None
+        #: Per group: why its last refresh streamed uncached (too little room on the disk);
+        #: gone once a refresh of it found room.
+        self.uncached: dict[str, str] = {}
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -286,11 +294,14 @@ class Cache:
         return total
 
     def report_size(self) -> None:
-        """Tell ``on_size`` the bytes of archives cached now (after a change)."""
+        """Tell ``on_size`` the bytes of archives cached now, and ``on_files`` the archives
+        (after a change)."""
         if self._on_size is not None:
             # A file vanishing under the scan raises OSError; the next change reports again.
             with contextlib.suppress(OSError):
                 self._on_size(self.total_size())
+        if self.on_files is not None:
+            self.on_files(self.files())
 
     # -- refreshes -----------------------------------------------------------------------
 
@@ -315,6 +326,18 @@ class Cache:
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
 
+    def room(self, group: str, reason: str) -> None:
+        """A refresh of ``group`` found room (``reason`` ""), or why not (kept for the
+        status page and ``/v1/targets``)."""
+        if reason:
+            self.uncached[group] = reason
+        else:
+            self.uncached.pop(group, None)
+
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
         return sum(r.remaining for r in self._refreshing.values() if r is not refresh)
+
+
+def _none_served(_group: str) -> Collection[int]:
+    return ()

@@ -1,6 +1,6 @@
 """A refresh's temp file on disk: the blocking steps at both ends (run in worker threads),
 room on the disk and a fresh temp file, then sync, rename into place, the digest beside it
-and eviction of the other files of the same kind; and the kernel's writeback of what is
+and eviction of the files that need not stay beside it; and the kernel's writeback of what is
 written meanwhile (:class:`Writeback`)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Collection
 from functools import partial
 
 import attrs
@@ -17,7 +18,6 @@ from tracker.cache.disk import (
     DiskOps,
     evict,
     fsync_dir,
-    kind_of,
     write_digest,
     writeback_and_close,
 )
@@ -37,20 +37,35 @@ class Opened:
     fd: int | None
     temp: str = ""
     no_space: bool = False
+    #: Free bytes found on the cache's file system (with ``no_space``).
+    free: int = 0
 
 
-def open_temp(final: str, group: str, name: str, size: int, needed: int, ops: DiskOps) -> Opened:
-    """Make ``needed`` bytes of room beside ``final`` (removing stale files of the same
-    kind when short) and create a fresh temp file there, read-write (the archive check
-    reads it through a duplicate)."""
+def open_temp(
+    final: str, group: str, name: str, size: int, needed: int, ops: DiskOps, served: Collection[int]
+) -> Opened:
+    """Make ``needed`` bytes of room beside ``final`` (removing, when short, the files that
+    need not stay once ``name`` is in place: :func:`~tracker.cache.disk.evict` with the full
+    slots still ``served``) and create a fresh temp file there, read-write (the archive
+    check reads it through a duplicate)."""
     directory = os.path.dirname(final)
     try:
         os.makedirs(directory, exist_ok=True)
         if ops.free_space(directory) < needed:
-            evict(directory, name, kind_of(name))
-            if ops.free_space(directory) < needed:
-                log_event(log, "warning", "cache_no_space", group=group, file=name, size=size)
-                return Opened(None, no_space=True)
+            evict(directory, name, served)
+            free = ops.free_space(directory)
+            if free < needed:
+                log_event(
+                    log,
+                    "warning",
+                    "cache_no_space",
+                    group=group,
+                    file=name,
+                    size=size,
+                    needed=needed,
+                    free=free,
+                )
+                return Opened(None, no_space=True, free=free)
         temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         return Opened(os.open(temp, flags, 0o644), temp)
@@ -71,9 +86,12 @@ def rename_into_place(fd: int, temp: str, final: str, mtime: float | None, ops: 
     os.replace(temp, final)
 
 
-def settle(final: str, group: str, name: str, size: int, sha256: str) -> list[str]:
+def settle(
+    final: str, group: str, name: str, size: int, sha256: str, served: Collection[int]
+) -> list[str]:
     """After the rename: write the digest beside ``final`` (when checked), make the rename
-    durable and remove the other files of its kind; the names evicted."""
+    durable and remove the files that need not stay (:func:`~tracker.cache.disk.evict`, with
+    the full slots still ``served``); the names evicted."""
     directory = os.path.dirname(final)
     if sha256:
         # After the rename: the digest file's ctime is then never older than the
@@ -83,7 +101,7 @@ def settle(final: str, group: str, name: str, size: int, sha256: str) -> list[st
         fsync_dir(directory)  # makes the rename durable; the file is in place either way
     except OSError as exc:
         log_event(log, "warning", "cache_dir_fsync_failed", dir=directory, error=exc)
-    evicted = evict(directory, name, kind_of(name))
+    evicted = evict(directory, name, served)
     log_event(
         log, "info", "cache_promoted", group=group, file=name, size=size, sha256=sha256 or None
     )

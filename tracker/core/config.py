@@ -159,6 +159,16 @@ class Ranking:
 
 
 @attrs.frozen
+class SourceLimits:
+    """What one source of the group is asked for at once (:mod:`tracker.net.sourcelimits`):
+    concurrent transfers (proxied streams, refreshes, speed tests) and bytes per second;
+    0: no cap."""
+
+    max_transfers: int = 0
+    max_rate: int = 0
+
+
+@attrs.frozen
 class ConsulSDConfig:
     """Consul service discovery, accepted with the Go tracker's keys (``host`` = Consul address)."""
 
@@ -195,6 +205,7 @@ class TargetGroup:
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
     ranking: Ranking = Ranking()
+    source_limits: SourceLimits = SourceLimits()
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""
@@ -303,6 +314,9 @@ class Config:
     public_url: str = ""
     proxy_snapshot_downloads: bool = False
     proxy_snapshot_cache_dir: str = ""
+    #: Bytes a refresh leaves free on the cache's file system beyond the whole archive; with
+    #: less room the request streams uncached (docs/http-api.md#archive-answers).
+    proxy_snapshot_cache_min_free: int = 1024**3
     cache_complete_on_disconnect: bool = True
     max_target_failures: int = 3
     scrape_concurrency: int = 64

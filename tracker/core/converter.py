@@ -33,6 +33,7 @@ from tracker.core.config import (
     LocalTargets,
     ObjectStore,
     Ranking,
+    SourceLimits,
     SpeedTest,
     StaticTargets,
     TargetGroup,
@@ -111,6 +112,8 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
     }
     add_hook(converter, SpeedTest, speed_test)
     add_hook(converter, Ranking, {})
+    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
+    add_hook(converter, SourceLimits, limits)
 
 
 def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> None:
@@ -152,6 +155,7 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         "max_connections": values.integer_in(1, 1_000_000),
         "cache_prefetch_concurrency": values.integer_in(1),
         "proxy_snapshot_cache_dir": files.cache_dir,
+        "proxy_snapshot_cache_min_free": values.byte_size,
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),
     }
 

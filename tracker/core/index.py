@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from tracker.core.holdings import HELD_TARGET, Holdings
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 from tracker.core.trust import TrustPolicy, needs_screening, screen
 
@@ -104,6 +105,37 @@ class Index:
         #: Per target: its ranked sources as last built, reused while nothing about the
         #: target changed (a round of thousands of targets re-ranks several times a second).
         self._built: dict[TargetKey, _Built] = {}
+        #: What the tracker itself holds (cache, bucket): listed once no source has it.
+        self.holdings = Holdings()
+
+    def hold(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> None:
+        """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
+        stored) of ``group`` (:class:`~tracker.core.holdings.Holdings`)."""
+        if self.holdings.put(origin, group, files):
+            self._changed()
+
+    def served_fulls(self, group: str) -> set[int]:
+        """The slots of ``group``'s fulls still served: advertised by a source (on its own
+        or as a chain's base) or held by the tracker."""
+        self._rank()
+        advertised = {s.info.slot for s in self._fulls.get(group, ())}
+        return advertised | self.holdings.full_slots(group)
+
+    def held(self, group: str | None = None) -> list[SnapshotSource]:
+        """The archives the tracker holds of ``group`` (or of every group) that no source
+        advertises any more, newest first: each a source of its own, target
+        :data:`~tracker.core.holdings.HELD_TARGET`, its file with neither URL nor path."""
+        out: list[SnapshotSource] = []
+        for name in [group] if group is not None else self.holdings.groups():
+            advertised = {f.bare_name for s in self._rank().get(name, ()) for f in s.info.files}
+            key = TargetKey(name, HELD_TARGET)
+            for archive, held in self.holdings.of(name).items():
+                if archive not in advertised:
+                    info = info_from_files([held.file])
+                    out.append(SnapshotSource(info, key, held.stored_at))
+        out.sort(key=lambda s: s.info.rank_key(), reverse=True)
+        out.sort(key=lambda s: s.key.group)
+        return out
 
     def apply(
         self,
@@ -339,6 +371,10 @@ class Index:
                     seen.add(source.key)
                     break
         found.sort(key=_source_order)
+        if not found:  # no source has it any more: the tracker's own copy, if it holds one
+            found = [
+                (s.info.files[0], s) for s in self.held(group) if s.info.files[0].bare_name == name
+            ]
         return found
 
 

@@ -376,6 +376,21 @@ def duration_in(lowest: float, highest: float) -> Callable[[object], float]:
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
 
 
+def byte_size(value: object) -> int:
+    """A number of bytes: a whole number or a size like ``1GiB`` (:func:`parse_size`);
+    ``/s`` may follow (a rate's key reads ``50MB/s``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like '1GiB' or a whole number, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = string(value).strip()
+        number = parse_size(text.removesuffix("/s") if text.endswith("B/s") else text)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return number
+
+
 def parse_size(text: str) -> int:
     """Bytes in ``10MiB``, ``512KiB``, ``1.5GB``, ``100M`` or ``4096`` (binary units for
     ``Ki``/``Mi``/..., decimal for ``K``/``M``/...; a bare number is bytes)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import trio
 
@@ -54,6 +54,12 @@ class Retainer:
         #: (group, full) -> when (trio's clock) its retention runs again.
         self._due: dict[tuple[str, bool], float] = {}
         self._due_changed = trio.Event()
+        #: The full slots of a group still served (the index's, set by the service): the
+        #: newest incremental on each is kept (:func:`~tracker.objectstore.retention.superseded`).
+        self.served: Callable[[str], Collection[int]] = _none_served
+        #: Told the archives (name, bytes, Unix time stored) of a group the bucket holds
+        #: after each retention (the index lists them: :mod:`tracker.core.holdings`).
+        self.on_listed: Callable[[str, list[tuple[str, int, float]]], None] = _ignore_listed
 
     async def retain(self, group: str, *, full: bool) -> None:
         """Delete ``group``'s objects of one kind beyond the newest ``1 + keep_previous``,
@@ -64,13 +70,19 @@ class Retainer:
         hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:
             listed = await self.bucket.list_objects(keys.archive_key(prefix, group, ""))
-            found = filter(None, (keys.archive_of(prefix, o.key) for o in listed))
-            names = [archive.name for archive in found if archive.group == group]
-            old = superseded(names, full=full, keep_previous=self.store.keep_previous)
+            held = {}
+            for o in listed:
+                archive = keys.archive_of(prefix, o.key)
+                if archive is not None and archive.group == group:
+                    held[archive.name] = (archive.name, o.size, o.last_modified.timestamp())
+            keep = self.store.keep_previous
+            old = superseded(held, full=full, keep_previous=keep, served=self.served(group))
             handed = {name: await self._handed_age(group, name) for name in old}
             plan = retirement(handed, hold=hold)
             for name in plan.delete:
                 await self._retire(group, name)
+                held.pop(name, None)
+            self.on_listed(group, sorted(held.values()))
         except StoreError as exc:
             self._failed("retention", exc)
             self.schedule(group, full, RETRY_AFTER)
@@ -130,3 +142,11 @@ class Retainer:
                 await self.retain(group, full=full)
             with trio.move_on_at(min(self._due.values(), default=math.inf)):
                 await self._due_changed.wait()
+
+
+def _none_served(_group: str) -> Collection[int]:
+    return ()
+
+
+def _ignore_listed(_group: str, _held: list[tuple[str, int, float]]) -> None:
+    pass

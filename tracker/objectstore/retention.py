@@ -1,30 +1,45 @@
 """Which objects of a group may go once a newer archive is complete, and when (pure logic).
 
-Retention keeps the newest ``1 + keep_previous`` archives of each group and kind
-(:func:`superseded` names the others); of those, one handed out less than ``direct_serve_ttl``
+Retention keeps the newest ``1 + keep_previous`` archives of each group and kind, and the
+newest incremental of every full still served (:func:`tracker.core.keeping.newest_incrementals`:
+a node that spent its time on an older full still finds an incremental on it);
+:func:`superseded` names the others; of those, one handed out less than ``direct_serve_ttl``
 (and a margin) ago is held back until its last URL has expired (:func:`retirement`), and the
 tier runs retention again at that moment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import attrs
 
+from tracker.core.keeping import newest_incrementals
 from tracker.core.snapshots import parse_archive_name
 
 
-def superseded(names: Iterable[str], *, full: bool, keep_previous: int) -> list[str]:
+def superseded(
+    names: Iterable[str], *, full: bool, keep_previous: int, served: Collection[int] = ()
+) -> list[str]:
     """The archive names of one kind (``full`` or incremental) beyond the newest
-    ``1 + keep_previous`` by slot, newest first; names that are not archives are ignored."""
+    ``1 + keep_previous`` by slot, newest first; names that are not archives are ignored.
+    Incrementals that are the newest on a full slot of ``served`` (the fulls still served,
+    the bucket's own among them) are kept too."""
+    names = list(names)
+    kept = set() if full else newest_incrementals(names, {*served, *_full_slots(names)})
     ranked = []
     for name in names:
         parsed = parse_archive_name(name)
         if parsed is not None and parsed.is_full == full and parsed.file_name == name:
             ranked.append((parsed.slot, parsed.base_slot, name))
     ranked.sort(reverse=True)
-    return [name for _slot, _base, name in ranked[1 + keep_previous :]]
+    return [name for _slot, _base, name in ranked[1 + keep_previous :] if name not in kept]
+
+
+def _full_slots(names: Iterable[str]) -> set[int]:
+    """The slots of the full archives among ``names``."""
+    parsed = (parse_archive_name(name) for name in names)
+    return {p.slot for p in parsed if p is not None and p.is_full}
 
 
 @attrs.frozen

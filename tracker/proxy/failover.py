@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 
 import attrs
 import httpx
@@ -30,11 +31,17 @@ from tracker.core.index import SnapshotSource
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
-from tracker.errors import SourceFailed, UpstreamError
+from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
+from tracker.net.sourcelimits import Limits
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
 from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
+
+#: Seconds the last source of a file left to ask is waited for when it has no free transfer
+#: slot (``source_limits.max_transfers``), before the answer is 503. Below the early head's
+#: 0.5 s (docs/http-api.md#archive-answers): a 503 must go out before a 200 head would.
+BUSY_WAIT = 0.4
 
 
 @attrs.define
@@ -43,6 +50,8 @@ class _Race:
 
     scope: trio.CancelScope
     reasons: dict[int, str] = attrs.Factory(dict)
+    #: The attempts that failed for want of a transfer slot.
+    busy: set[int] = attrs.Factory(set)
     winner: UpstreamAnswer | None = None
     #: Told of every source that failed (metrics).
     on_failure: Callable[[], None] | None = None
@@ -84,7 +93,9 @@ async def open_upstream(
             race = _Race(nursery.cancel_scope, on_failure=on_failure)
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
-                args = (clients, group, f, source, method, headers, promised, exact)
+                # A busy source gives way to the next at once; the last one is waited for.
+                busy_wait = BUSY_WAIT if index + 1 == len(candidates) else 0.0
+                args = (clients, group, f, source, method, headers, promised, exact, busy_wait)
                 nursery.start_soon(_attempt, race, index, done, *args)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
@@ -96,6 +107,8 @@ async def open_upstream(
     if race.winner is not None:
         return race.winner
     reasons = [f"source {i + 1}: {race.reasons[i]}" for i in sorted(race.reasons)]
+    if race.busy and len(race.busy) == len(race.reasons):
+        raise SourcesBusy(one_line("every source of the file is busy: " + "; ".join(reasons)))
     raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
 
 
@@ -111,11 +124,16 @@ async def _attempt(
     headers: Mapping[str, str],
     promised: int,
     exact: bool,
+    busy_wait: float,
 ) -> None:
     """One source's attempt: the winner when its body starts first, else closed."""
     try:
-        answer = await _answer(clients, group, f, source, method, headers, promised, exact)
+        answer = await _answer(
+            clients, group, f, source, method, headers, promised, exact, busy_wait
+        )
     except SourceFailed as exc:
+        if isinstance(exc, SourceBusy):
+            race.busy.add(index)
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
         if race.on_failure is not None:
@@ -139,11 +157,23 @@ async def _answer(
     headers: Mapping[str, str],
     promised: int,
     exact: bool,
+    busy_wait: float = BUSY_WAIT,
 ) -> UpstreamAnswer:
-    """Ask one source; return once its answer is usable and its body (if any) started."""
+    """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
+    ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
+    (if any) started."""
     home, trusted = source.key.target, not source.key.discovered
-    response, url = await ask_source(clients, group, home, f.url, method, headers, trusted=trusted)
-    answer = UpstreamAnswer(response, url, f, source)
+    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
+    slot = AsyncExitStack()
+    pacer = await slot.enter_async_context(clients.limits.transfer(f.url, caps, wait=busy_wait))
+    try:
+        response, url = await ask_source(
+            clients, group, home, f.url, method, headers, trusted=trusted
+        )
+    except BaseException:
+        await slot.aclose()
+        raise
+    answer = UpstreamAnswer(response, url, f, source, pacer, slot)
     try:
         await check_size(response, promised or f.size, exact=exact)
         status = response.status_code

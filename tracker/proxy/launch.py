@@ -26,7 +26,7 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
-from tracker.errors import UpstreamError
+from tracker.errors import SourcesBusy, UpstreamError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.plan import Found, choose_sources
@@ -130,7 +130,7 @@ class Launcher:
                 refresh.abort()
             if not isinstance(exc, UpstreamError):
                 raise
-            if not self.transfers.accepting:
+            if not self.transfers.accepting or isinstance(exc, SourcesBusy):
                 return text_answer(503, str(exc))
             if client:
                 self.count("upstream_failed")

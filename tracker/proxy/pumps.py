@@ -38,6 +38,7 @@ from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.downloads import outcome_of
 from tracker.files.ranges import parse_http_date
+from tracker.net.sourcelimits import UNCAPPED
 from tracker.proxy.channel import ChannelBody, EarlyBody, Flow
 from tracker.proxy.feeding import channel, pass_on, recorded
 from tracker.proxy.opening import Upstream, keeps_promise, opened
@@ -66,7 +67,7 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if length is None:
             task_status.started(head)
             return
-        stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
+        stream = _spliceable(job, upstream, length)
         if stream is not None:
             body = _splice_body(job, stream, length)
             task_status.started(attrs.evolve(head, body=body))
@@ -80,7 +81,7 @@ async def _follow_early(
 ) -> None:
     """Send the answer as the body of the early head that went out before it: spliced
     when the connections allow it (as a prompt answer would be), else through the channel."""
-    stream = splice_stream(upstream.first.response, length) if job.zero_copy else None
+    stream = _spliceable(job, upstream, length)
     if stream is not None:
         body = _splice_body(job, stream, length)
         if early.decide(body):
@@ -232,3 +233,12 @@ async def _promote(job: StreamJob, body: UpstreamBody, cache: RefreshJob) -> boo
         log_event(log, "warning", "cache_commit_failed", file=refresh.name, reason=exc)
         return False
     return True
+
+
+def _spliceable(job: StreamJob, upstream: Upstream, length: int) -> BigReadStream | None:
+    """The upstream's stream when its body may be spliced to the client: a zero-copy
+    connection, and a source without a rate cap (a capped one is read chunk by chunk, paced
+    by ``source_limits.max_rate``)."""
+    if job.zero_copy is None or upstream.first.pacer is not UNCAPPED:
+        return None
+    return splice_stream(upstream.first.response, length)

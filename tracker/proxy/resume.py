@@ -86,6 +86,7 @@ class UpstreamBody:
                         self.received += len(chunk)
                         if self.received > self.length:
                             raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                        await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
                         yield chunk
                 if self.received == self.length:
                     return
@@ -136,7 +137,9 @@ class UpstreamBody:
         stream = splice_stream(self.answer.response, left)
         if stream is not None:
             stream.take_body()
-            await refresh.splice_from(stream.get_extra_info("socket"), left, read_timeout, moved)
+            sock = stream.get_extra_info("socket")
+            pacer = self.answer.pacer
+            await refresh.splice_from(sock, left, read_timeout, moved, pacer=pacer)
             return
         async with body_chunks(self.answer.response) as chunks:
             async for chunk in chunks:
@@ -144,6 +147,7 @@ class UpstreamBody:
                     raise UpstreamError(f"upstream sent more than {self.length} bytes")
                 moved(len(chunk))
                 await refresh.write(chunk)
+                await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
 
     async def _resume(self, reason: str, failures: int) -> int:
         """Replace the broken answer by one carrying the rest; return the failure count.

@@ -21,11 +21,12 @@ The executors: :mod:`tracker.proxy.stored` (the bucket, the disk cache, the hold
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import quart
 
-from tracker.cache.store import Cache, RefreshProgress
+from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.core.config import Config, TargetGroup
 from tracker.core.digests import Digests
 from tracker.core.index import Index
@@ -95,6 +96,7 @@ class ProxyStreamer:
         rejections: Rejections | None = None,
     ) -> None:
         self._config = config
+        self._index = index
         #: Digests of the archives held verified, and sources whose copy failed its check
         #: (docs/http-api.md, "Verified archives").
         self.digests = digests if digests is not None else Digests()
@@ -174,11 +176,21 @@ class ProxyStreamer:
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
             cache.verify_with(config.verify_archives, self.digests, self._cached_copy_rejected)
+            cache.served = self._index.served_fulls
+            cache.on_files = partial(hold_cached, self._index)
             cache.startup_cleanup()
             self._rechecking.add(root)
+        if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
+            cache.ops = attrs.evolve(cache.ops, min_free=config.proxy_snapshot_cache_min_free)
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def uncached(self) -> dict[str, str]:
+        """Per group: why its last refresh streamed uncached for want of disk room (empty
+        without a cache, or once a refresh found room)."""
+        cache = self.cache()
+        return dict(cache.uncached) if cache is not None else {}
 
     def refreshes(self) -> list[RefreshProgress]:
         """The disk cache's refreshes in flight, each with the clients reading it now
@@ -298,6 +310,9 @@ class ProxyStreamer:
 
     async def _relay(self, request: quart.Request, wanted: Wanted) -> quart.Response:
         """:class:`~tracker.proxy.plan.Relay`: streamed from the sources, uncached."""
+        if not any(f.url for f, _source in wanted.found):
+            # Only the tracker held it (tracker.core.holdings), and its copy is gone.
+            raise RequestError(404, f"{wanted.name} is no longer held nor advertised")
         headers = upstream_request_headers(request.headers.items(), None)
         job = self._launcher.job(
             wanted.group,
@@ -387,3 +402,10 @@ def _claimed(claim: Lock | Holder | None) -> plan.Claimed:
     if isinstance(claim, Holder):
         return plan.Claimed.HOLDER
     return plan.Claimed.NONE if claim is None else plan.Claimed.LOCK
+
+
+def hold_cached(index: Index, files: list[CachedFile]) -> None:
+    """The disk cache now holds ``files``: the index lists those no source has any more
+    (:mod:`tracker.core.holdings`)."""
+    for group in {f.group for f in files} | set(index.holdings.groups()):
+        index.hold("cache", group, [(f.name, f.size, f.mtime) for f in files if f.group == group])

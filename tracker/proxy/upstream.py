@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -48,6 +49,7 @@ from tracker.net.clients import authorization, no_cookies, origin, ssl_context, 
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.exchange import send
 from tracker.net.limits import status_reason
+from tracker.net.sourcelimits import UNCAPPED, Pacer, SourceLimits
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
@@ -172,6 +174,8 @@ class DownloadClients:
         resolver: Resolver = resolve,
     ) -> None:
         self.settings = settings
+        #: Transfers and rate per source (``source_limits``), shared by every stream.
+        self.limits = SourceLimits()
         self._policy = policy
         self._resolver = resolver
         self._clients: dict[TLSConfig | None, httpx.AsyncClient] = {}
@@ -231,16 +235,26 @@ class UpstreamAnswer:
     url: str
     file: SnapshotFile
     source: SnapshotSource
+    #: The source's rate (``source_limits.max_rate``): readers of the body pace with it.
+    pacer: Pacer = UNCAPPED
+    #: The transfer slot of the source (``source_limits.max_transfers``), freed by aclose.
+    slot: AsyncExitStack | None = None
 
     async def aclose(self) -> None:
-        """Close the answer (drops the connection when the body was not read to its end).
+        """Close the answer (drops the connection when the body was not read to its end)
+        and free its source's transfer slot.
 
         Shielded and bounded: an answer is closed on every path, also while the task that
         owns it is being cancelled (the client left, the service stops).
         """
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-            await self.response.aclose()
+            try:
+                await self.response.aclose()
+            finally:
+                slot, self.slot = self.slot, None
+                if slot is not None:
+                    await slot.aclose()
 
 
 async def ask_source(

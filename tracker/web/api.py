@@ -64,6 +64,8 @@ class ApiDeps:
     rejections: Rejections = attrs.Factory(Rejections)
     #: Monotonic seconds (rejections run out on this clock).
     clock: Callable[[], float] = trio.current_time
+    #: Per group: why its last refresh streamed uncached for want of disk room.
+    uncached: Callable[[], Mapping[str, str]] = dict
 
 
 #: The suffix of the digest routes (``{archive}.sha256``).
@@ -247,10 +249,14 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
-def _health_bytes(health: TargetHealth, count: int, mismatch: str, speed: int) -> bytes:
+def _health_bytes(
+    health: TargetHealth, count: int, mismatch: str, speed: int, uncached: str
+) -> bytes:
     out = health_json(health, count, mismatch)
     if speed > 0:  # measured (docs/http-api.md#speed-tests)
         out["throughput_bps"] = speed
+    if uncached:  # the group's last refresh found too little room on the cache's disk
+        out["cache"] = uncached
     return json.dumps(out, separators=(",", ":")).encode()
 
 
@@ -261,10 +267,13 @@ def _targets_body(
     group: str | None,
     rejected: Mapping[TargetKey, str],
     now: float,
+    uncached: Mapping[str, str],
 ) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed; a measured one its throughput as of ``now``."""
+    failed; a measured one its throughput as of ``now``; the targets of a group whose last
+    refresh streamed uncached for want of disk room show why (``uncached``, per group) as
+    ``cache``."""
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
     mismatches = {**index.mismatches(), **rejected}
@@ -279,8 +288,13 @@ def _targets_body(
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
         speed = round(index.throughput(key, now))
-        state = (h.health, h.last_error, h.last_scrape, h.last_duration, count, mismatch, speed)
-        parts.append(fragments.get(h, state, partial(_health_bytes, h, count, mismatch, speed)))
+        reason = uncached.get(key.group, "")
+        state = (
+            *(h.health, h.last_error, h.last_scrape, h.last_duration),
+            *(count, mismatch, speed, reason),
+        )
+        render = partial(_health_bytes, h, count, mismatch, speed, reason)
+        parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -296,7 +310,11 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         slot = parse_slot(quart.request.args.get("slot"))
 
         def select() -> list[SnapshotSource]:
+            # What the tracker holds (cache, bucket) after every source moved on is listed
+            # too: a node that spent its time on a full still finds an incremental on it.
             sources = deps.index.sources(group)
+            if config.proxy_snapshot_downloads:
+                sources += deps.index.held(group)
             if slot is not None:
                 sources = [s for s in sources if s.info.base_slot == slot]
             return sources
@@ -327,6 +345,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         group = group_filter(deps.config(), quart.request.args)
         scraper, index, rejections = deps.scraper, deps.index, deps.rejections
         now = deps.clock()
+        uncached = deps.uncached()
         # What the body shows changes only with these: kept until one of them moves.
         # Measured throughputs decay with age: shown afresh every THROUGHPUT_SHOWN seconds.
         tick = int(now // THROUGHPUT_SHOWN)
@@ -337,12 +356,13 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
             index.generation,
             rejections.sweep(now),
             tick,
+            tuple(sorted(uncached.items())),
         )
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
             rejected = rejections.errors(now)
-            body = _targets_body(scraper, index, target_fragments, group, rejected, now)
+            body = _targets_body(scraper, index, target_fragments, group, rejected, now, uncached)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 

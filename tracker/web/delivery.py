@@ -163,6 +163,9 @@ class Delivery:
         user_agent = request.headers.get("user-agent", "")
         served = root and wants_bytes(user_agent, config.serve_user_agents)
         proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
+        if not f.path and not f.url and not config.proxy_snapshot_downloads:
+            # Held by the tracker only (tracker.core.holdings): served by proxy mode alone.
+            raise RequestError(404, f"no source of group {group!r} advertises {name}")
         if not f.path and not proxied:
             self._count("redirect")
             return None, redirect(redact_userinfo(f.url))

@@ -93,7 +93,8 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
             CachedView(f.group, f.name, f.size, f.mtime, sources.digest(f.group, f.name))
             for f in cached
         )
-        cache_view = CacheView(cache.root, files, tuple(sources.refreshes()))
+        uncached = tuple(sorted(cache.uncached.items()))
+        cache_view = CacheView(cache.root, files, tuple(sources.refreshes()), uncached)
     health = sources.scraper.in_order()
     return StatusView(
         version=__version__,

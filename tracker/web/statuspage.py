@@ -110,7 +110,7 @@ overflow-wrap:anywhere}
 .err{color:var(--down);overflow-wrap:anywhere}.none{color:var(--muted);font-style:italic}
 .badge{display:inline-block;min-width:64px;text-align:center;border-radius:10px;
 padding:0 8px;font-size:12px;font-weight:600;color:#fff}
-.up{background:var(--up)}.down{background:var(--down)}.blocked{background:var(--warn)}
+.up{background:var(--up)}.down{background:var(--down)}.blocked{background:var(--warn)}p.warn{color:var(--warn)}
 .unknown{background:var(--unknown)}.refreshing{background:var(--accent)}
 .complete{background:var(--up)}
 progress{width:140px;height:12px;vertical-align:middle}
@@ -242,6 +242,9 @@ def _cache(view: StatusView) -> str:
         out.append(_none("No disk cache is configured (proxy_snapshot_cache_dir)."))
         return "".join(out) + "</section>"
     out.append(f'<p class="meta">Directory <code>{text(cache.directory)}</code></p>')
+    out += [
+        f'<p class="warn">{text(group)}: {text(reason)}</p>' for group, reason in cache.uncached
+    ]
     if not cache.files and not cache.refreshes:
         out.append(_none("The cache is empty: nothing cached, no refresh running."))
         return "".join(out) + "</section>"

@@ -91,6 +91,8 @@ class CacheView:
     directory: str
     files: tuple[CachedView, ...]
     refreshes: tuple[RefreshProgress, ...]
+    #: (group, why its last refresh streamed uncached: too little room on the disk).
+    uncached: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen

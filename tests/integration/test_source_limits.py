@@ -1,0 +1,94 @@
+"""``source_limits`` against real upstreams on 127.0.0.1: at most ``max_transfers`` at once
+to one source (another source of the file, else a bounded wait, else 503), at most
+``max_rate`` bytes a second from it, on the relay and on the spliced refresh."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import trio
+from helpers_proxy import (
+    GROUP,
+    TOKEN,
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    advertise,
+    advertise_files,
+    archive_bytes,
+    make_config,
+    running_tracker,
+    serving,
+    sha256,
+    wait_for,
+)
+from names import full_name
+
+from tracker.core.config import BearerAuth, SourceLimits, TargetGroup
+
+FULL = full_name(8000)
+DATA = archive_bytes(3 * MiB, seed=40)
+
+
+def limited(cache: Path | None, max_transfers: int = 0, max_rate: int = 0) -> object:
+    limits = SourceLimits(max_transfers=max_transfers, max_rate=max_rate)
+    group = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN), source_limits=limits)
+    return make_config(cache, target_groups=(group,))
+
+
+async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> None:
+    one = FakeUpstream(files={FULL: DATA})
+    two = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
+    for up in (one, two):
+        up.behaviour[FULL] = Behaviour(pause_at=MiB)
+    async with serving(one), serving(two), running_tracker(limited(None, 1)) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, one, {FULL: DATA})
+        advertise(t.index, two.base, [(FULL, two.url(FULL), len(DATA))])
+        bodies: list[bytes] = []
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+
+            async def fetch() -> None:
+                bodies.append((await client.get(t.url(FULL))).content)
+
+            nursery.start_soon(fetch)
+            await wait_for(lambda: len(one.gets()) + len(two.gets()) == 1)
+            nursery.start_soon(fetch)
+            await wait_for(lambda: len(one.gets()) == 1 and len(two.gets()) == 1)
+            began = time.monotonic()
+            third = await client.get(t.url(FULL))  # both sources busy: a bounded wait, then 503
+            assert third.status_code == 503
+            assert "busy" in third.text and "\n" not in third.text.strip()
+            assert time.monotonic() - began >= 0.3  # it waited for a slot
+            assert len(one.gets()) == 1 and len(two.gets()) == 1  # never two at once
+            one.behaviour[FULL].resume.set()
+            two.behaviour[FULL].resume.set()
+        assert [sha256(b) for b in bodies] == [sha256(DATA)] * 2
+
+
+async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> None:
+    rate = MiB  # 3 MiB at 1 MiB/s with a quarter second's burst: about 2.75 s
+    up = FakeUpstream(files={FULL: DATA})
+    for cache in (None, tmp_path / "cache"):
+        async with serving(up), running_tracker(limited(cache, max_rate=rate)) as t:  # type: ignore[arg-type]
+            advertise_files(t.index, up, {FULL: DATA})
+            async with httpx.AsyncClient(timeout=30) as client:
+                began = time.monotonic()
+                response = await client.get(t.url(FULL))
+                took = time.monotonic() - began
+            assert sha256(response.content) == sha256(DATA)
+            assert took >= 1.5, (cache, took)
+            if cache is not None:
+                await wait_for(lambda: FULL in t.cached())
+
+
+async def test_no_cap_is_not_slowed(tmp_path: Path) -> None:
+    up = FakeUpstream(files={FULL: DATA})
+    async with serving(up), running_tracker(limited(tmp_path / "cache")) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, {FULL: DATA})
+        async with httpx.AsyncClient(timeout=30) as client:
+            began = time.monotonic()
+            response = await client.get(t.url(FULL))
+            assert sha256(response.content) == sha256(DATA)
+            assert time.monotonic() - began < 1.5
