@@ -40,6 +40,7 @@ from tracker.zerocopy.pieces import (
     LARGEST_PIECE,
     LARGEST_SOCKET_PIECE,
     SMALLEST_PIECE,
+    ClientProgress,
     FilePiece,
     Piece,
     PieceSenders,
@@ -107,6 +108,7 @@ class Connection:
         #: a request's turn (set by server.py: ``_reader_waits``).
         self.reader_waits: Callable[[], bool] = lambda: False
         self._gone = False
+        self._progress = ClientProgress()
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
@@ -151,6 +153,15 @@ class Connection:
         if self.requests and not _SENDING_LAST.get():
             with trio.move_on_after(within):
                 await self._answered.wait()
+
+    def stalled(self) -> float:
+        """Seconds the client has taken no byte while a piece waited for it (0: none waits)."""
+        return self._progress.stalled()
+
+    def reclaim(self) -> None:
+        """Give up on the client (its download slot went to another): the piece waiting for
+        it fails as the client's failure, and the connection ends."""
+        self._progress.reclaim()
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
@@ -200,7 +211,7 @@ class Connection:
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
         try:
-            await self._connections.senders.send(sock, piece, lambda: self.broken)
+            await self._connections.senders.send(sock, piece, lambda: self.broken, self._progress)
         except (SourceFailed, OSError) as exc:
             if isinstance(exc, SourceFailed):
                 piece.source_error = exc
