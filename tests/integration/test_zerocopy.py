@@ -178,6 +178,22 @@ async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: 
     assert outcome_of(received, 64 * MiB, error) == "client_gone", repr(error)
 
 
+async def test_a_pipelining_client_that_left_ends_its_connection(server: Server) -> None:
+    """Three whole-file requests in one go, some bytes of the first answer read, then the
+    client leaves. The piece's send fails and hypercorn cancels the answer; its reader waited
+    for the second request's turn for ever, and the connection stayed open (the canary of
+    assumption 10 in tracker/zerocopy/README.md)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        await sock.connect(("127.0.0.1", server.port))
+        await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n" * 3)
+        assert (await sock.recv(65536)).startswith(b"HTTP/1.1 200")
+        assert server.connections.count == 1
+    with trio.fail_after(10):
+        while server.connections.count:  # polling: the server's side has nothing to wait on
+            await trio.sleep(0.01)
+
+
 async def test_a_stalled_client_is_dropped(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracker.zerocopy.kernelcopy, "STALL_TIMEOUT", 0.5)
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)

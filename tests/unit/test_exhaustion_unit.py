@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from tracker.core.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
 from tracker.errors import RequestError
-from tracker.files.downloads import DownloadSlots
+from tracker.files.downloads import DownloadSlots, reclaimable
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
@@ -93,3 +94,54 @@ def test_download_slots_are_given_back_once_released_or_dropped() -> None:
     gc.collect()
     assert slots.taken == 0
     assert DownloadSlots(None).take() is not None  # no limit (tests, the library)
+
+
+@pytest.mark.parametrize(
+    ("stalls", "expected"),
+    [
+        ({}, None),  # nothing held by a connection that can tell
+        ({1: 0.0, 2: 9.9}, None),  # every client took a byte within the last 10 s
+        ({1: 10.0}, 1),  # exactly the threshold
+        ({1: 12.0, 2: 30.0, 3: 11.0}, 2),  # the longest stalled first
+    ],
+)
+def test_the_slot_reclaimed_is_the_longest_stalled_past_the_threshold(
+    stalls: dict[int, float], expected: int | None
+) -> None:
+    assert reclaimable(stalls, 10.0) == expected
+
+
+@attrs.define
+class FakeHolder:
+    """A connection whose client has taken nothing for ``stall`` seconds."""
+
+    stall: float
+    reclaimed: bool = False
+
+    def stalled(self) -> float:
+        return self.stall
+
+    def reclaim(self) -> None:
+        self.reclaimed = True
+
+
+def test_a_stalled_download_gives_its_slot_to_a_new_one_only_when_all_are_taken() -> None:
+    slots = DownloadSlots(2, reclaim_after=5.0)
+    reading, stalled = FakeHolder(1.0), FakeHolder(6.0)
+    held = slots.take(reading)
+    first = slots.take(stalled)
+    assert not stalled.reclaimed  # slots were free: a stalled client keeps its own
+    new = slots.take(FakeHolder(0.0))
+    assert (stalled.reclaimed, reading.reclaimed, slots.reclaimed, slots.taken) == (
+        True,
+        False,
+        1,
+        2,
+    )
+    first.release()  # the reclaimed download ends later: its slot is not given back twice
+    assert slots.taken == 2
+    with pytest.raises(RequestError):  # the other client reads: nothing to reclaim
+        slots.take(None)
+    new.release()
+    assert slots.taken == 1
+    held.release()

@@ -7,11 +7,13 @@ proxy, a shared refresh), so that this is written once for every byte path.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import quart
 import trio
@@ -34,35 +36,88 @@ def outcome_of(sent: int, expected: int | None, error: BaseException | None) -> 
     return "error"
 
 
+#: Seconds a download's client may take nothing before its slot can go to a new download
+#: when all are taken. Only then: a client pausing while slots are free keeps its download.
+RECLAIM_AFTER = 10.0
+
+
+class Holder(Protocol):
+    """What holds a slot: a client connection that can tell how long its client has taken
+    nothing, and be given up on (tracker.zerocopy.connection.Connection)."""
+
+    def stalled(self) -> float:
+        """Seconds the client has taken no byte while its download waited for it."""
+
+    def reclaim(self) -> None:
+        """Give up on the client: its download ends as the client's failure."""
+
+
+def reclaimable(stalls: Mapping[int, float], after: float) -> int | None:
+    """The slot (key of ``stalls``, each the seconds its client has taken nothing) to give
+    to a new download when all are taken: the longest stalled, if at least ``after``."""
+    longest = max(stalls, key=lambda key: stalls[key], default=None)
+    if longest is None or stalls[longest] < after:
+        return None
+    return longest
+
+
 class DownloadSlots:
     """Archive answers being prepared or sent at once: at most ``limit`` (None: no limit).
 
     Each holds descriptors besides its client connection (tracker/zerocopy/limit.py); past
     the limit a request is refused at once (:meth:`take` raises RequestError 503), so that
     the descriptors left keep the API, ``/metrics`` and the scans working however many
-    clients download (or stall) at once.
+    clients download (or stall) at once. A client that has taken nothing for
+    ``reclaim_after`` seconds does not keep its slot from a new download: when all are
+    taken, the longest stalled one is given up on and its slot goes to the new one.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, *, reclaim_after: float = RECLAIM_AFTER) -> None:
         self.limit = limit
-        self.taken = 0
+        self.reclaim_after = reclaim_after
         self.refused = 0
+        self.reclaimed = 0
+        #: The slots taken, and what holds each (None: nothing to reclaim it from).
+        self._held: dict[int, Holder | None] = {}
+        self._tokens = itertools.count()
         # A slot may be released by the garbage collector, in whichever thread drops it.
         self._lock = threading.Lock()
 
-    def take(self) -> Slot:
-        """A slot for one answer; RequestError(503) when all are taken."""
-        with self._lock:
-            if self.limit is not None and self.taken >= self.limit:
-                self.refused += 1
-                raise RequestError(503, f"too many downloads at once ({self.limit}), try again")
-            self.taken += 1
-        return Slot(self)
+    @property
+    def taken(self) -> int:
+        """Slots taken now."""
+        return len(self._held)
 
-    def give_back(self) -> None:
-        """One slot is free again (called once per slot, by :class:`Slot`)."""
+    def take(self, holder: Holder | None = None) -> Slot:
+        """A slot for one answer held by ``holder``; when all are taken, the slot of a
+        stalled client (see the class doc); RequestError(503) when there is none."""
+        victim: Holder | None = None
         with self._lock:
-            self.taken -= 1
+            if self.limit is not None and len(self._held) >= self.limit:
+                victim = self._reclaim_one()
+                if victim is None:
+                    self.refused += 1
+                    raise RequestError(503, f"too many downloads at once ({self.limit}), try again")
+            token = next(self._tokens)
+            self._held[token] = holder
+        if victim is not None:
+            victim.reclaim()
+        return Slot(self, token)
+
+    def _reclaim_one(self) -> Holder | None:
+        """Uncount the slot of the longest stalled client (see :func:`reclaimable`)."""
+        stalls = {key: h.stalled() for key, h in self._held.items() if h is not None}
+        key = reclaimable(stalls, self.reclaim_after)
+        if key is None:
+            return None
+        self.reclaimed += 1
+        return self._held.pop(key)
+
+    def give_back(self, token: int) -> None:
+        """Slot ``token`` is free again (called once per slot, by :class:`Slot`; nothing for
+        a slot that was reclaimed)."""
+        with self._lock:
+            self._held.pop(token, None)
 
 
 class Slot:
@@ -70,8 +125,8 @@ class Slot:
     slot is collected (an answer dropped before its body started,
     docs/architecture.md#traps-of-the-stack, 4)."""
 
-    def __init__(self, slots: DownloadSlots) -> None:
-        self._finalizer = weakref.finalize(self, slots.give_back)
+    def __init__(self, slots: DownloadSlots, token: int) -> None:
+        self._finalizer = weakref.finalize(self, slots.give_back, token)
 
     def release(self) -> None:
         """Give the slot back (idempotent)."""

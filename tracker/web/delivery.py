@@ -27,6 +27,7 @@ from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
 from tracker.files.downloads import DownloadSlots, Slot, account_download
 from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.zerocopy.connection import zero_copy_connection
 
 
 class ByteStreamer(Protocol):
@@ -169,7 +170,7 @@ class Delivery:
         if not f.path and not proxied:
             self._count("redirect")
             return None, redirect(redact_userinfo(f.url))
-        slot = self._take_slot()
+        slot = self._take_slot(request)
         try:
             if f.path:
                 return slot, await self._local(request, f.path, name)
@@ -180,9 +181,11 @@ class Delivery:
             slot.release()
             raise
 
-    def _take_slot(self) -> Slot:
+    def _take_slot(self, request: quart.Request) -> Slot:
         try:
-            return self.slots.take()
+            # The connection can tell whether its client takes bytes (its slot may be
+            # reclaimed when it does not); a connection of plain bytes cannot.
+            return self.slots.take(zero_copy_connection(request.scope))
         except RequestError:
             self._count("busy")
             raise

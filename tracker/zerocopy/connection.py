@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -40,6 +40,7 @@ from tracker.zerocopy.pieces import (
     LARGEST_PIECE,
     LARGEST_SOCKET_PIECE,
     SMALLEST_PIECE,
+    ClientProgress,
     FilePiece,
     Piece,
     PieceSenders,
@@ -100,6 +101,14 @@ class Connection:
         self.requests = 0
         #: Set when the answer in progress is over.
         self._answered = trio.Event()
+        #: The scope the connection's handler runs in (tracker/zerocopy/server.py), cancelled
+        #: once a send found the client gone and no answer is in progress (:meth:`gone`).
+        self.handler = trio.CancelScope()
+        #: Whether the server's reader of this connection waits, with no request open, for
+        #: a request's turn (set by server.py: ``_reader_waits``).
+        self.reader_waits: Callable[[], bool] = lambda: False
+        self._gone = False
+        self._progress = ClientProgress()
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
@@ -112,6 +121,25 @@ class Connection:
             self.requests -= 1
             self._answered.set()
             self._answered = trio.Event()
+            self._end_if_gone()
+
+    def gone(self) -> None:
+        """A send failed: the client is gone (reset, or it left with answers unread).
+
+        When the client pipelined requests, hypercorn's reader waits for the next
+        request's turn (h11 paused), which never comes once the app's task was cancelled
+        mid-answer (hypercorn's disconnect): the connection is then neither idle nor read
+        any more, and nothing else would end it (docs/architecture.md#connections). The
+        handler is ended in that state only, once no answer is in progress: the app ends
+        its answer its own way, and a request hypercorn still has open is never cancelled
+        (its framing would break: a 500 after a head that went out).
+        """
+        self.broken = self._gone = True
+        self._end_if_gone()
+
+    def _end_if_gone(self) -> None:
+        if self._gone and not self.requests and self.reader_waits():
+            self.handler.cancel()
 
     async def answer_sent(self, within: float) -> None:
         """Wait (at most ``within`` seconds) until the answer in progress has been sent, unless
@@ -125,6 +153,15 @@ class Connection:
         if self.requests and not _SENDING_LAST.get():
             with trio.move_on_after(within):
                 await self._answered.wait()
+
+    def stalled(self) -> float:
+        """Seconds the client has taken no byte while a piece waited for it (0: none waits)."""
+        return self._progress.stalled()
+
+    def reclaim(self) -> None:
+        """Give up on the client (its download slot went to another): the piece waiting for
+        it fails as the client's failure, and the connection ends."""
+        self._progress.reclaim()
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
@@ -174,7 +211,7 @@ class Connection:
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
         try:
-            await self._connections.senders.send(sock, piece, lambda: self.broken)
+            await self._connections.senders.send(sock, piece, lambda: self.broken, self._progress)
         except (SourceFailed, OSError) as exc:
             if isinstance(exc, SourceFailed):
                 piece.source_error = exc
@@ -198,6 +235,11 @@ class Connections:
         #: Pieces sent with sendfile so far, on every connection.
         self.pieces = 0
         self._open: dict[tuple[Address, Address], Connection] = {}
+
+    @property
+    def count(self) -> int:
+        """Connections open now."""
+        return len(self._open)
 
     def open(self, key: tuple[Address, Address]) -> Connection:
         """Register a new connection (its stream calls this)."""

@@ -23,6 +23,8 @@ import math
 import os
 import select
 import socket
+import struct
+import termios
 import time
 
 import attrs
@@ -354,3 +356,14 @@ def _to_file(
         if arrived > until:
             break
     return moved
+
+
+def unacknowledged(fd: int) -> int:
+    """Bytes in the send queue of TCP socket ``fd`` that its peer has not acknowledged
+    (``SIOCOUTQ``, the same request as ``TIOCOUTQ``): it shrinks while the client reads
+    and stays put while it takes nothing. -1 when it cannot be asked (a closed socket)."""
+    try:
+        answer = fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4))
+    except (OSError, ValueError):
+        return -1
+    return int(struct.unpack("i", answer)[0])

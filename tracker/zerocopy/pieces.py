@@ -153,6 +153,49 @@ class SocketPiece(Piece):
             self.splice.close()
 
 
+class ClientProgress:
+    """Whether a client whose socket has no room for a piece takes any bytes meanwhile, and
+    the way to give up on it (:meth:`reclaim`).
+
+    A piece waits for its client's socket in :func:`_client_room`; while it does, the bytes
+    the client has not acknowledged (:func:`kernelcopy.unacknowledged`) shrink as it reads
+    and stay put while it reads nothing. ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._sock: trio.socket.SocketType | None = None
+        self._queued = 0
+        #: Since when the client took nothing while waited for (None: not waited for).
+        self._since: float | None = None
+        self._wait: trio.CancelScope | None = None
+        self.reclaimed = False
+
+    def waiting(self, sock: trio.socket.SocketType, scope: trio.CancelScope) -> None:
+        """A piece waits for room in ``sock`` within ``scope`` (cancelled by reclaim)."""
+        self._sock, self._wait = sock, scope
+        self._queued, self._since = kernelcopy.unacknowledged(sock.fileno()), self._clock()
+
+    def moving(self) -> None:
+        """The wait is over."""
+        self._since = self._wait = None
+
+    def stalled(self) -> float:
+        """Seconds the client has taken no byte while a piece waited for it (0: none waits)."""
+        if self._since is None or self._sock is None:
+            return 0.0
+        queued, now = kernelcopy.unacknowledged(self._sock.fileno()), self._clock()
+        if queued < self._queued:
+            self._queued, self._since = queued, now
+        return now - self._since
+
+    def reclaim(self) -> None:
+        """Give up on the client: the piece waiting for it fails (ConnectionResetError)."""
+        self.reclaimed = True
+        if self._wait is not None:
+            self._wait.cancel()
+
+
 class PieceSenders:
     """The worker threads that send pieces, shared by every connection."""
 
@@ -163,7 +206,11 @@ class PieceSenders:
         self.sending = 0
 
     async def send(
-        self, sock: trio.socket.SocketType, piece: Piece, client_left: Callable[[], bool]
+        self,
+        sock: trio.socket.SocketType,
+        piece: Piece,
+        client_left: Callable[[], bool],
+        progress: ClientProgress | None = None,
     ) -> None:
         """Send the whole of ``piece`` on the client's socket ``sock``.
 
@@ -171,11 +218,13 @@ class PieceSenders:
         client or the source makes them wait, the wait happens here, in the event loop, so a
         slow client holds no thread (the threads are shared by every download). Raises
         SourceFailed when the source failed, OSError or TimeoutError when the client went
-        away (``client_left``) or stalled (STALL_TIMEOUT, tracker/zerocopy/kernelcopy.py).
+        away (``client_left``), stalled (STALL_TIMEOUT, tracker/zerocopy/kernelcopy.py) or
+        was given up on (``progress``, :meth:`ClientProgress.reclaim`).
         """
+        progress = progress if progress is not None else ClientProgress()
         while (waiting := await self._transfer(sock, piece)) is not None:
             if waiting is Wait.CLIENT:
-                await _client_room(sock)
+                await _client_room(sock, progress)
             else:
                 await _source_bytes(sock, piece, client_left)
 
@@ -200,15 +249,21 @@ class PieceSenders:
                 os.close(fd)
 
 
-async def _client_room(sock: trio.socket.SocketType) -> None:
+async def _client_room(sock: trio.socket.SocketType, progress: ClientProgress) -> None:
     """Wait until the client's socket takes bytes again; TimeoutError after STALL_TIMEOUT,
-    ConnectionResetError when the connection is closed meanwhile."""
+    ConnectionResetError when the connection is closed or the client given up on
+    (``progress``) meanwhile."""
     stall = kernelcopy.STALL_TIMEOUT
     with trio.move_on_after(stall) as waited:
+        progress.waiting(sock, waited)
         try:
             await trio.lowlevel.wait_writable(sock)
         except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
             raise ConnectionResetError("client connection closed") from exc
+        finally:
+            progress.moving()
+    if progress.reclaimed:
+        raise ConnectionResetError("client took nothing while downloads were refused")
     if waited.cancelled_caught:
         raise TimeoutError(f"client took nothing for {stall:.0f} s")
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.trio.worker_context import EventWrapper, WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
@@ -128,7 +129,7 @@ async def serve(
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = WorkerContext(None)
+    context = _WorkerContext(None)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
@@ -140,8 +141,11 @@ async def serve(
         server = TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
         # One keep-alive task for the listener instead of one per connection (keepalive.py).
         server.idle_task = keep_alive.timer(stream)  # type: ignore[assignment]
+        stream.end_when_gone(partial(_reader_waits, server))
         try:
-            await server
+            # Cancelled when a send found the client gone (Connection.gone).
+            with stream.handler:
+                await server
         finally:
             keep_alive.busy(stream)
             limit.release(stream)
@@ -165,6 +169,45 @@ async def serve(
             )
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class WatchedEvent(EventWrapper):
+    """hypercorn's event, telling whether a task waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting = 0
+
+    async def wait(self) -> None:
+        """As hypercorn's."""
+        self._waiting += 1
+        try:
+            await super().wait()
+        finally:
+            self._waiting -= 1
+
+    @property
+    def waited_for(self) -> bool:
+        """A task waits for the event, and it is not set."""
+        return self._waiting > 0 and not self.is_set()
+
+
+class _WorkerContext(WorkerContext):
+    # H11Protocol's ``can_read`` is one: :func:`_reader_waits` looks at it.
+    event_class = WatchedEvent
+
+
+def _reader_waits(server: TCPServer) -> bool:
+    """hypercorn's reader of ``server``'s connection waits for the next request's turn
+    (``can_read``: h11 paused on a pipelined request) while no request is open. Nothing
+    would wake it then (hypercorn sets ``can_read`` when an open request ends), and no task
+    of the connection is in a request hypercorn has not closed: cancelling the handler
+    breaks nothing. False for anything else (HTTP/2 included)."""
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    if not isinstance(protocol, H11Protocol) or protocol.stream is not None:
+        return False
+    can_read = protocol.can_read
+    return isinstance(can_read, WatchedEvent) and can_read.waited_for
 
 
 async def _accept(

@@ -10,6 +10,7 @@ relies on.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -47,6 +48,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self._connections = connections
         self._key = _addresses(stream.socket)
         self._connection = connections.open(self._key) if self._key else None
+        #: The scope hypercorn's handler of this connection runs in (tracker/zerocopy/
+        #: server.py): cancelled once the client is gone (Connection.gone).
+        self.handler = self._connection.handler if self._connection else trio.CancelScope()
         #: When bytes last came in or went out (trio's clock).
         self.last_active = trio.current_time()
         #: Our side is shut for sending (``send_eof``); the client's side ended.
@@ -74,16 +78,32 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """Send ``data``; a placeholder sends its staged piece instead."""
         self.last_active = trio.current_time()
         connection = self._connection
-        # The size test first: it is all that most sends (heads, small bodies) cost.
-        if len(data) >= SMALLEST_PIECE and connection and connection.is_placeholder(data):
-            assert isinstance(data, bytes)
-            await connection.send_staged(self.socket, data)
-            return
-        if self._eof_sent:
-            # As trio's stream does after send_eof, but before touching it: a send racing
-            # the close got trio's BusyResourceError, logged as a failure of the app.
-            raise trio.ClosedResourceError("the connection is closed for sending")
-        await self._stream.send_all(data)
+        try:
+            # The size test first: it is all that most sends (heads, small bodies) cost.
+            if len(data) >= SMALLEST_PIECE and connection and connection.is_placeholder(data):
+                assert isinstance(data, bytes)
+                await connection.send_staged(self.socket, data)
+                return
+            if self._eof_sent:
+                # As trio's stream does after send_eof, but before touching it: a send racing
+                # the close got trio's BusyResourceError, logged as a failure of the app.
+                raise trio.ClosedResourceError("the connection is closed for sending")
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError:
+            self._client_gone()
+            raise
+
+    def _client_gone(self) -> None:
+        """A send failed: nothing more can reach the client; the handler ends once nothing
+        of it is in progress (:meth:`Connection.gone`)."""
+        if self._connection is not None:
+            self._connection.gone()
+
+    def end_when_gone(self, reader_waits: Callable[[], bool]) -> None:
+        """Once a send found the client gone, :attr:`handler` is cancelled as soon as no
+        answer is in progress and ``reader_waits()`` (:meth:`Connection.gone`)."""
+        if self._connection is not None:
+            self._connection.reader_waits = reader_waits
 
     async def wait_send_all_might_not_block(self) -> None:
         """As the wrapped stream's."""

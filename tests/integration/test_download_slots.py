@@ -1,0 +1,87 @@
+"""Download slots are not kept by clients that take nothing: when every slot is taken, the
+one whose client has read nothing for a while goes to a new download.
+
+The tracker's own components on 127.0.0.1 (a local archive, served with sendfile) and raw
+sockets for the clients that never read; the slot choice on its own:
+tests/unit/test_exhaustion_unit.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import trio
+from helpers_proxy import GROUP, make_config, running_tracker
+from test_exhaustion import stalled_reader
+
+from tracker.core.index import Index, TargetKey
+from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+
+NAME = "snapshot-700-" + "3" * 44 + ".tar.zst"
+DATA = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the sockets' buffers hold
+SLOTS = 4
+
+
+def local_archive(tmp_path: Path) -> Index:
+    """An index listing NAME as a file of a local target (its bytes: DATA)."""
+    path = tmp_path / NAME
+    path.write_bytes(DATA)
+    parsed = parse_archive_name(NAME)
+    assert parsed is not None
+    f = SnapshotFile(name=parsed, file_name=NAME, size=len(DATA), path=str(path))
+    index = Index()
+    index.apply(TargetKey(GROUP, "local"), chains_from_files([f]), datetime.now(UTC))
+    return index
+
+
+async def test_clients_that_never_read_do_not_keep_a_new_download_from_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """Every slot held by a client that took the head and then nothing: a new download got
+    503 until the stalled ones hit the stall timeout (300 s). Now the slot of the longest
+    stalled one goes to it once that one has taken nothing for ``reclaim_after``."""
+    async with running_tracker(make_config(None), index=local_archive(tmp_path)) as t:
+        slots = t.parts.delivery.slots
+        slots.limit, slots.reclaim_after = SLOTS, 0.5
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        readers = [await stalled_reader(host, int(port), f"/{NAME}") for _ in range(SLOTS)]
+        try:
+            assert slots.taken == SLOTS
+            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+                with trio.fail_after(15):
+                    while (answer := await client.get(f"{t.base}/{NAME}")).status_code == 503:
+                        await trio.sleep(0.1)  # paces the retries until a reader stalled long
+        finally:
+            for reader in readers:
+                await reader.aclose()
+    assert answer.status_code == 200
+    assert answer.content == DATA
+    assert slots.reclaimed >= 1
+
+
+async def test_a_slow_reader_keeps_its_slot(tmp_path: Path) -> None:
+    """A client that takes a little at a time is not stalled: however long its socket has
+    no room for the next piece, its slot stays its own, and it gets every byte."""
+    async with running_tracker(make_config(None), index=local_archive(tmp_path)) as t:
+        slots = t.parts.delivery.slots
+        slots.limit, slots.reclaim_after = 1, 1.0
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        reader = await trio.open_tcp_stream(host, int(port))
+        await reader.send_all(f"GET /{NAME} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        received = b""
+        async with reader, httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            start = trio.current_time()
+            while trio.current_time() - start < 3:  # three times reclaim_after
+                received += await reader.receive_some(8192)  # its buffers stay full
+                answer = await client.get(f"{t.base}/{NAME}")
+                assert answer.status_code == 503
+                await trio.sleep(0.05)  # the slow reader's pace, on purpose
+            with trio.fail_after(20):
+                while len(received.partition(b"\r\n\r\n")[2]) < len(DATA):
+                    chunk = await reader.receive_some(1024 * 1024)
+                    assert chunk, "the slow reader's download was cut"
+                    received += chunk
+    assert received.partition(b"\r\n\r\n")[2] == DATA
+    assert slots.reclaimed == 0
