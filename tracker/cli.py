@@ -6,17 +6,19 @@ Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import add_fetch_parser, fetch_main
+from tracker.fetch.cli import add_fetch_parser, add_log_flags, fetch_main
 
 if TYPE_CHECKING:
     from tracker.core.config import Config
@@ -29,22 +31,44 @@ log = logging.getLogger("tracker.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
+    """The argument parser (argparse exits 2 on usage errors, as the contract wants). No
+    flag is taken by a prefix of its name: a mistyped one is named, not guessed."""
     parser = argparse.ArgumentParser(
-        prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
+        prog="snapshot-tracker",
+        description="Find and serve the newest Solana snapshots.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the tracker")
-    serve.add_argument("--config", required=True, metavar="PATH")
-    serve.add_argument("--listen", metavar="ADDR")
-    serve.add_argument("--internal-listen", metavar="ADDR")
-    serve.add_argument("--rpc", metavar="URL")
-    serve.add_argument("--max-snapshot-age", type=int, metavar="SLOTS")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", default="text", choices=["text", "json"])
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("--config", required=True, metavar="PATH")
+    serve = commands.add_parser(
+        "serve",
+        help="run the tracker",
+        description="Run the tracker until SIGTERM or SIGINT; SIGHUP reloads the config. "
+        "The flags override the config file's keys.",
+        allow_abbrev=False,
+    )
+    serve.add_argument("--config", required=True, metavar="PATH", help="the config file")
+    for flag, key, metavar in (
+        ("--listen", "listen", "ADDR"),
+        ("--internal-listen", "internal_listen", "ADDR"),
+        ("--rpc", "rpc", "URL"),
+        ("--max-snapshot-age", "max_snapshot_age", "SLOTS"),
+    ):
+        serve.add_argument(
+            flag,
+            type=int if metavar == "SLOTS" else str,
+            metavar=metavar,
+            help=f"the config's {key} (default: the file's)",
+        )
+    add_log_flags(serve)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Check a config file: every problem with its key path (exit 2), "
+        "warnings on stderr (exit 0).",
+        allow_abbrev=False,
+    )
+    check.add_argument("--config", required=True, metavar="PATH", help="the config file")
     add_fetch_parser(commands)
     verify = commands.add_parser(
         "verify",
@@ -52,9 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check local snapshot archives as the cache does before it serves one. "
         "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
         "Exit 0 when every file passes, 1 otherwise.",
+        allow_abbrev=False,
     )
-    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
     return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands' parsers of ``parser``, by name."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:  # argparse keeps its subparsers only there
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def unknown_flag(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The usage error for the first flag ``argv`` gives its subcommand that it does not
+    know (with the closest known one), "" when there is none: argparse reports a missing
+    required flag first, so ``serve --conifg x`` would only say that ``--config`` is
+    required."""
+    commands = subparsers(parser)
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    sub = commands.get(command)
+    if sub is None:
+        return ""
+    known = [flag for action in sub._actions for flag in action.option_strings]
+    for arg in argv[list(argv).index(command) + 1 :]:
+        if arg == "--":
+            break
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"unknown flag {flag}{hint}"
+    return ""
 
 
 def verify_main(files: Sequence[str]) -> int:
@@ -111,9 +167,32 @@ def report(exc: ConfigError, path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code: 128 + the signal's number when SIGINT
+    or SIGTERM ends a command other than ``serve`` (one line on stderr, no traceback)."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _run(argv if argv is not None else sys.argv[1:], previous)
+    except KeyboardInterrupt:
+        print("snapshot-tracker: interrupted", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str], sigterm: Any) -> int:
     parser = build_parser()
+    unknown = unknown_flag(parser, argv)
+    if unknown:
+        subparsers(parser)[next(a for a in argv if not a.startswith("-"))].error(unknown)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
     if args.command == "fetch":
         return fetch_main(args, parser)
     if args.command == "verify":
