@@ -21,6 +21,7 @@ from test_fetch import (
     INCR,
     advertise_all,
     fetch_command,
+    kill_half_way,
     ledger_of,
     options,
     run_cli,
@@ -230,3 +231,22 @@ async def test_a_source_bad_outside_the_samples_does_not_sink_a_good_one(tmp_pat
     assert [s.url for s in result.sources] == [second.base + f"/v1/snapshot/{NAME}"]
     assert sorted(p.name for p in ledger.iterdir()) == [NAME]
     assert (ledger / NAME).read_bytes() == GOOD
+
+
+# -- a resume that starts over says why -----------------------------------------------------------
+
+
+async def test_a_resume_that_starts_over_says_why(tmp_path: Path) -> None:
+    data = archive_bytes(24 * MiB, seed=63)
+    plain = Behaviour(rate=6 * MiB, etag=None, last_modified=None)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: plain})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await kill_half_way(ledger, t.base, len(data))
+        up.behaviour[FULL] = Behaviour(etag=None, last_modified=None)
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.decode().splitlines() if "fetch_starting_over" in line]
+    assert len(lines) == 1 and "the source sent no validator; starting over" in lines[0]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)

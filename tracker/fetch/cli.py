@@ -71,13 +71,18 @@ def add_fetch_parser(commands: Any) -> None:
     )
     add = fetch.add_argument
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
-    add("--tracker", default="", metavar="URL", help="the tracker to ask (or --source)")
+    add(
+        "--tracker",
+        default="",
+        metavar="URL",
+        help="the tracker to ask (this or --source is required)",
+    )
     add(
         "--source",
         action="append",
         default=[],
         metavar="URL",
-        help="a validator's RPC URL to fetch from instead of a tracker (repeatable)",
+        help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
     )
     add("--group", default="", help="the tracker's target group (default: its default group)")
     add(
