@@ -241,6 +241,7 @@ async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
 
     from tracker.fetch.run import run_fetch
 
+    failed: list[FetchError | OSError] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -250,9 +251,18 @@ async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
                     nursery.cancel_scope.cancel()
                     return
 
+            async def fetch() -> None:
+                try:
+                    await run_fetch(options)
+                except (FetchError, OSError) as exc:  # raised below, not in a group
+                    failed.append(exc)
+                finally:
+                    nursery.cancel_scope.cancel()
+
             nursery.start_soon(watch)
-            await run_fetch(options)
-            nursery.cancel_scope.cancel()
+            nursery.start_soon(fetch)
+    if failed and not stopped:
+        raise failed[0]
 
 
 def interrupted(ledger: str, signum: int) -> int:
