@@ -30,22 +30,33 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("tracker.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (argparse exits 2 on usage errors, as the contract wants). No
-    flag is taken by a prefix of its name: a mistyped one is named, not guessed."""
-    parser = argparse.ArgumentParser(
-        prog="snapshot-tracker",
-        description="Find and serve the newest Solana snapshots.",
-        allow_abbrev=False,
+class Parser(argparse.ArgumentParser):
+    """An argument parser that takes no flag by a prefix of its name (a mistyped flag is
+    named, not guessed) and knows its flags and subcommands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}
+
+    def options(self) -> list[argparse.Action]:
+        """The actions of the flags (not of the positional arguments)."""
+        return [action for action in self._actions if action.option_strings]
+
+
+def build_parser() -> Parser:
+    """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
+    parser = Parser(
+        prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.commands = commands.choices
     serve = commands.add_parser(
         "serve",
         help="run the tracker",
         description="Run the tracker until SIGTERM or SIGINT; SIGHUP reloads the config. "
         "The flags override the config file's keys.",
-        allow_abbrev=False,
     )
     serve.add_argument("--config", required=True, metavar="PATH", help="the config file")
     for flag, key, metavar in (
@@ -66,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a config file",
         description="Check a config file: every problem with its key path (exit 2), "
         "warnings on stderr (exit 0).",
-        allow_abbrev=False,
     )
     check.add_argument("--config", required=True, metavar="PATH", help="the config file")
     add_fetch_parser(commands)
@@ -76,32 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check local snapshot archives as the cache does before it serves one. "
         "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
         "Exit 0 when every file passes, 1 otherwise.",
-        allow_abbrev=False,
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
     return parser
 
 
-def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The subcommands' parsers of ``parser``, by name."""
-    found: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:  # argparse keeps its subparsers only there
-        if isinstance(action, argparse._SubParsersAction):
-            found.update(action.choices)
-    return found
-
-
-def unknown_flag(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
     """The usage error for the first flag ``argv`` gives its subcommand that it does not
     know (with the closest known one), "" when there is none: argparse reports a missing
     required flag first, so ``serve --conifg x`` would only say that ``--config`` is
     required."""
-    commands = subparsers(parser)
     command = next((arg for arg in argv if not arg.startswith("-")), "")
-    sub = commands.get(command)
+    sub = parser.commands.get(command)
     if sub is None:
         return ""
-    known = [flag for action in sub._actions for flag in action.option_strings]
+    known = [flag for action in sub.options() for flag in action.option_strings]
     for arg in argv[list(argv).index(command) + 1 :]:
         if arg == "--":
             break
@@ -189,7 +188,7 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     parser = build_parser()
     unknown = unknown_flag(parser, argv)
     if unknown:
-        subparsers(parser)[next(a for a in argv if not a.startswith("-"))].error(unknown)
+        parser.commands[next(a for a in argv if not a.startswith("-"))].error(unknown)
     args = parser.parse_args(argv)
     if args.command == "serve":
         signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own

@@ -8,20 +8,20 @@ import argparse
 
 import pytest
 
-from tracker.cli import build_parser, main, subparsers, unknown_flag
+from tracker.cli import build_parser, main, unknown_flag
 
 
 def options() -> list[tuple[str, argparse.Action]]:
     return [
         (command, action)
-        for command, sub in subparsers(build_parser()).items()
-        for action in sub._actions
-        if action.option_strings and action.help != argparse.SUPPRESS
+        for command, sub in build_parser().commands.items()
+        for action in sub.options()
+        if action.help != argparse.SUPPRESS
     ]
 
 
 def test_every_subcommand_is_seen() -> None:
-    assert set(subparsers(build_parser())) == {"serve", "check-config", "fetch", "verify"}
+    assert set(build_parser().commands) == {"serve", "check-config", "fetch", "verify"}
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
     assert len(fetch) == 18
 
@@ -37,7 +37,7 @@ def test_every_option_has_help_with_its_default(command: str, action: argparse.A
 
 
 def test_help_names_the_defaults() -> None:
-    fetch = subparsers(build_parser())["fetch"].format_help()
+    fetch = build_parser().commands["fetch"].format_help()
     for shown in ("(default: 500)", "(default: 8)", "(default: 10MiB)", "(default: 3s)"):
         assert shown in fetch
 

@@ -67,7 +67,6 @@ def add_fetch_parser(commands: Any) -> None:
         "newest incremental on it into a ledger directory. Exit 0: the ledger holds them; "
         "1: a one-line error; 2: usage; 130/143: interrupted by SIGINT/SIGTERM (run again "
         "to resume).",
-        allow_abbrev=False,
     )
     add = fetch.add_argument
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
@@ -89,15 +88,23 @@ def add_fetch_parser(commands: Any) -> None:
         "--min-slots",
         type=_count(0, 2**63),
         default=500,
+        metavar="SLOTS",
         help="keep a ledger full this close to the offered one (default: %(default)s)",
     )
     add(
         "--max-slots",
         type=_count(0, 2**63),
         default=10_000,
+        metavar="SLOTS",
         help="--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
     )
-    add("--slot", type=_count(0, 2**63), default=0, help="the full's slot (default: the best)")
+    add(
+        "--slot",
+        type=_count(0, 2**63),
+        default=0,
+        metavar="SLOT",
+        help="the full's slot (default: the best)",
+    )
     what = {
         "full": "fetch a full snapshot when the ledger needs one",
         "incremental": "fetch the newest incremental on the ledger's full",
@@ -117,6 +124,7 @@ def add_fetch_parser(commands: Any) -> None:
         "--connections",
         type=_count(1, 64),
         default=8,
+        metavar="N",
         help="parallel Range requests per file, 1 to 64 (default: %(default)s)",
     )
     add(
@@ -145,6 +153,7 @@ def add_fetch_parser(commands: Any) -> None:
         "--keep",
         type=_count(0, 1000),
         default=2,
+        metavar="N",
         help="then keep the newest N fulls and N incrementals; 0: remove nothing "
         "(default: %(default)s)",
     )
