@@ -230,7 +230,7 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         trio.run(_until_signal, options, stopped)
     except BaseException as exc:
-        if stopped or isinstance(exc, KeyboardInterrupt):
+        if stopped or _is_interrupt(exc):
             return interrupted(options.ledger, stopped[0] if stopped else signal.SIGINT)
         if not isinstance(exc, FetchError | OSError):
             raise
@@ -241,6 +241,13 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if stopped:
         return interrupted(options.ledger, stopped[0])
     return EXIT_OK
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """A Ctrl-C that came before the signal watcher ran (trio raises it, maybe grouped)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
