@@ -6,17 +6,19 @@ Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import add_fetch_parser, fetch_main
+from tracker.fetch.cli import add_fetch_parser, add_log_flags, fetch_main
 
 if TYPE_CHECKING:
     from tracker.core.config import Config
@@ -28,23 +30,55 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("tracker.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """An argument parser that takes no flag by a prefix of its name (a mistyped flag is
+    named, not guessed) and knows its flags and subcommands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}
+
+    def options(self) -> list[argparse.Action]:
+        """The actions of the flags (not of the positional arguments)."""
+        return [action for action in self._actions if action.option_strings]
+
+
+def build_parser() -> Parser:
     """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the tracker")
-    serve.add_argument("--config", required=True, metavar="PATH")
-    serve.add_argument("--listen", metavar="ADDR")
-    serve.add_argument("--internal-listen", metavar="ADDR")
-    serve.add_argument("--rpc", metavar="URL")
-    serve.add_argument("--max-snapshot-age", type=int, metavar="SLOTS")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", default="text", choices=["text", "json"])
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("--config", required=True, metavar="PATH")
+    parser.commands = commands.choices
+    serve = commands.add_parser(
+        "serve",
+        help="run the tracker",
+        description="Run the tracker until SIGTERM or SIGINT; SIGHUP reloads the config. "
+        "The flags override the config file's keys.",
+    )
+    serve.add_argument("--config", required=True, metavar="PATH", help="the config file")
+    for flag, key, metavar in (
+        ("--listen", "listen", "ADDR"),
+        ("--internal-listen", "internal_listen", "ADDR"),
+        ("--rpc", "rpc", "URL"),
+        ("--max-snapshot-age", "max_snapshot_age", "SLOTS"),
+    ):
+        serve.add_argument(
+            flag,
+            type=int if metavar == "SLOTS" else str,
+            metavar=metavar,
+            help=f"the config's {key} (default: the file's)",
+        )
+    add_log_flags(serve)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Check a config file: every problem with its key path (exit 2), "
+        "warnings on stderr (exit 0).",
+    )
+    check.add_argument("--config", required=True, metavar="PATH", help="the config file")
     add_fetch_parser(commands)
     verify = commands.add_parser(
         "verify",
@@ -53,8 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
         "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
         "Exit 0 when every file passes, 1 otherwise.",
     )
-    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
     return parser
+
+
+def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
+    """The usage error for the first flag ``argv`` gives its subcommand that it does not
+    know (with the closest known one), "" when there is none: argparse reports a missing
+    required flag first, so ``serve --conifg x`` would only say that ``--config`` is
+    required."""
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    sub = parser.commands.get(command)
+    if sub is None:
+        return ""
+    known = [flag for action in sub.options() for flag in action.option_strings]
+    for arg in argv[list(argv).index(command) + 1 :]:
+        if arg == "--":
+            break
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"unknown flag {flag}{hint}"
+    return ""
 
 
 def verify_main(files: Sequence[str]) -> int:
@@ -111,9 +166,32 @@ def report(exc: ConfigError, path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code: 128 + the signal's number when SIGINT
+    or SIGTERM ends a command other than ``serve`` (one line on stderr, no traceback)."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _run(argv if argv is not None else sys.argv[1:], previous)
+    except KeyboardInterrupt:
+        print("snapshot-tracker: interrupted", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str], sigterm: Any) -> int:
     parser = build_parser()
+    unknown = unknown_flag(parser, argv)
+    if unknown:
+        parser.commands[next(a for a in argv if not a.startswith("-"))].error(unknown)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
     if args.command == "fetch":
         return fetch_main(args, parser)
     if args.command == "verify":

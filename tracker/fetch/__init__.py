@@ -7,6 +7,7 @@ aliases); ``plan`` decides what to download; ``download`` moves one archive with
 rename into the ledger, with ``sources`` (what each URL offers, the checks of every answer,
 the comparison of samples), ``workers`` (the connections that move the bytes, the state
 file's saves) and ``settings`` (the tunables); ``pieces`` is the pure
-bookkeeping of who fetches which bytes; ``state`` the resumable state file; ``progress`` the
-bar or log lines.
+bookkeeping of who fetches which bytes; ``state`` the resumable state file; ``lock`` one
+fetch per ledger; ``space`` the room on the disk; ``ledger`` what the ledger directory holds
+and retention; ``progress`` the bar or log lines; ``cli`` the flags, signals and exit codes.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 from tracker.core.logs import log_event, setup_logging
@@ -58,27 +59,129 @@ def _count(lowest: int, highest: int) -> Any:
 
 
 def add_fetch_parser(commands: Any) -> None:
-    """Add ``fetch`` and its flags to the subcommands."""
-    fetch = commands.add_parser("fetch", help="download the best snapshot into a ledger directory")
-    fetch.add_argument("--ledger", required=True, metavar="DIR")
-    fetch.add_argument("--tracker", default="", metavar="URL")
-    fetch.add_argument("--source", action="append", default=[], metavar="URL")
-    fetch.add_argument("--group", default="")
-    fetch.add_argument("--min-slots", type=_count(0, 2**63), default=500)
-    fetch.add_argument("--max-slots", type=_count(0, 2**63), default=10_000)
-    fetch.add_argument("--slot", type=_count(0, 2**63), default=0)
-    for name in ("full", "incremental", "verify"):
-        fetch.add_argument(f"--{name}", type=_flag_bool, nargs="?", const=True, default=True)
-    fetch.add_argument("--connections", type=_count(1, 64), default=8)
-    fetch.add_argument("--min-speed", type=_size, default=10 * 1024 * 1024)
-    fetch.add_argument("--request-timeout", type=_duration, default=3.0)
-    fetch.add_argument("--download-timeout", type=_duration, default=600.0)
-    fetch.add_argument("--keep", type=_count(0, 1000), default=2)
-    fetch.add_argument("--progress", choices=["auto", "bar", "log", "none"], default="auto")
+    """Add ``fetch`` and its flags to the subcommands (README "Command line")."""
+    fetch = commands.add_parser(
+        "fetch",
+        help="download the best snapshot into a ledger directory",
+        description="Download the best full snapshot (when the ledger needs one) and the "
+        "newest incremental on it into a ledger directory. Exit 0: the ledger holds them; "
+        "1: a one-line error; 2: usage; 130/143: interrupted by SIGINT/SIGTERM (run again "
+        "to resume).",
+    )
+    add = fetch.add_argument
+    add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
+    add(
+        "--tracker",
+        default="",
+        metavar="URL",
+        help="the tracker to ask (this or --source is required)",
+    )
+    add(
+        "--source",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
+    )
+    add("--group", default="", help="the tracker's target group (default: its default group)")
+    add(
+        "--min-slots",
+        type=_count(0, 2**63),
+        default=500,
+        metavar="SLOTS",
+        help="keep a ledger full this close to the offered one (default: %(default)s)",
+    )
+    add(
+        "--max-slots",
+        type=_count(0, 2**63),
+        default=10_000,
+        metavar="SLOTS",
+        help="--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
+    )
+    add(
+        "--slot",
+        type=_count(0, 2**63),
+        default=0,
+        metavar="SLOT",
+        help="the full's slot (default: the best)",
+    )
+    what = {
+        "full": "fetch a full snapshot when the ledger needs one",
+        "incremental": "fetch the newest incremental on the ledger's full",
+        "verify": "check each archive (and its SHA-256) before it enters the ledger",
+    }
+    for name, meaning in what.items():
+        add(
+            f"--{name}",
+            type=_flag_bool,
+            nargs="?",
+            const=True,
+            default=True,
+            metavar="true|false",
+            help=f"{meaning} (default: true)",
+        )
+    add(
+        "--connections",
+        type=_count(1, 64),
+        default=8,
+        metavar="N",
+        help="parallel Range requests per file, 1 to 64 (default: %(default)s)",
+    )
+    add(
+        "--min-speed",
+        type=_size,
+        default=10 * 1024 * 1024,
+        metavar="SIZE",
+        help="drop a source slower than this per second while another is left; 0: never "
+        "(default: 10MiB)",
+    )
+    add(
+        "--request-timeout",
+        type=_duration,
+        default=3.0,
+        metavar="DURATION",
+        help="longest wait for a response head (default: 3s)",
+    )
+    add(
+        "--download-timeout",
+        type=_duration,
+        default=600.0,
+        metavar="DURATION",
+        help="give up after this long (default: 10m)",
+    )
+    add(
+        "--keep",
+        type=_count(0, 1000),
+        default=2,
+        metavar="N",
+        help="then keep the newest N fulls and N incrementals; 0: remove nothing "
+        "(default: %(default)s)",
+    )
+    add(
+        "--progress",
+        choices=["auto", "bar", "log", "none"],
+        default="auto",
+        help="a bar, log lines, or nothing; auto: a bar on a terminal (default: %(default)s)",
+    )
     # Seconds between two fetch_progress log lines (tests; hidden from --help).
-    fetch.add_argument("--progress-every", type=_duration, default=5.0, help=argparse.SUPPRESS)
-    fetch.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    fetch.add_argument("--log-format", default="text", choices=["text", "json"])
+    add("--progress-every", type=_duration, default=5.0, help=argparse.SUPPRESS)
+    add_log_flags(fetch)
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``, with their help."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log lines shown (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: %(default)s)",
+    )
 
 
 def options_of(args: argparse.Namespace) -> FetchOptions:
@@ -110,7 +213,8 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
 
 
 def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage."""
+    """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
+    128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved)."""
     if bool(args.tracker) == bool(args.source):
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
@@ -119,15 +223,69 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     # Imported here: the other commands (`verify` above all) start without httpx and trio.
     import trio
 
-    from tracker.fetch.run import os_reason, run_fetch
+    from tracker.fetch.run import os_reason
 
+    options = options_of(args)
+    stopped: list[int] = []
     try:
-        trio.run(run_fetch, options_of(args))
-    except (FetchError, OSError) as exc:
+        trio.run(_until_signal, options, stopped)
+    except BaseException as exc:
+        if stopped or _is_interrupt(exc):
+            return interrupted(options.ledger, stopped[0] if stopped else signal.SIGINT)
+        if not isinstance(exc, FetchError | OSError):
+            raise
         reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
         # One line on stderr, in the log format (the formatters mask secrets in URLs).
         log_event(log, "error", "fetch_failed", reason=" ".join(reason.split()))
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
+    if stopped:
+        return interrupted(options.ledger, stopped[0])
     return EXIT_OK
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """A Ctrl-C that came before the signal watcher ran (trio raises it, maybe grouped)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
+    """Run the fetch until it ends or SIGINT/SIGTERM arrives (its number appended to
+    ``stopped``): then it is cancelled, and the downloads save their state on the way out."""
+    import trio
+
+    from tracker.fetch.run import run_fetch
+
+    failed: list[FetchError | OSError] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    stopped.append(signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def fetch() -> None:
+                try:
+                    await run_fetch(options)
+                except (FetchError, OSError) as exc:  # raised below, not in a group
+                    failed.append(exc)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(fetch)
+    if failed and not stopped:
+        raise failed[0]
+
+
+def interrupted(ledger: str, signum: int) -> int:
+    """Say what an interrupted fetch leaves for the next run (one line); the exit code."""
+    from tracker.fetch.ledger import kept
+
+    done, total = kept(ledger)
+    reason = f"interrupted; {done} of {total} bytes kept, run again to resume"
+    log_event(log, "error", "fetch_interrupted", reason=reason)
+    return 128 + signum

@@ -18,9 +18,9 @@ check (deleted), the next candidate that is not in the pool is tried from the st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 from collections import Counter
 from email.utils import parsedate_to_datetime
 
@@ -34,7 +34,14 @@ from tracker.fetch.pieces import Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source, inspect_all, same_bytes
-from tracker.fetch.state import Identity, State, load_state, remove_state, temp_path
+from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason, preallocate
+from tracker.fetch.state import (
+    State,
+    load_state,
+    remove_state,
+    restart_reason,
+    temp_path,
+)
 from tracker.fetch.workers import StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
 
@@ -65,6 +72,7 @@ async def download(
     *,
     size: int = 0,
     sha256: frozenset[str] = frozenset(),
+    free: FreeBytes = free_bytes,
 ) -> Result:
     """Download archive ``name`` from ``urls`` (best first) into ``ledger``.
 
@@ -73,7 +81,8 @@ async def download(
     of ``sha256`` when that lists any; a copy that fails is deleted and the sources not yet
     tried are asked for a fresh one. Raises :class:`FetchError` with a one-line reason (no
     space, every source failed, no good copy); the temp file and state stay for a later
-    resume unless there is no room or the copy was bad.
+    resume unless there is no room or the copy was bad. ``free`` tells the free bytes of
+    the ledger's file system.
     """
     # The best few by the listing's order: each is asked, and sampled against the others.
     inspected = await inspect_all(
@@ -98,16 +107,38 @@ async def download(
     for reference in usable:
         if reference.url in tried:
             continue
-        _check_space(ledger, reference.identity.size, name, reference.identity)
+        _check_space(ledger, reference.identity.size, name, free)
         pool = [reference, *await same_bytes(client, reference, usable, settings)]
         tried.update(s.url for s in pool)
-        try:
-            return await _download_from(client, name, pool, ledger, settings, progress, sha256)
-        except SourceFailed as exc:
-            reasons.append(str(exc))
-            rejected = rejected or isinstance(exc, CopyRejected)
+        # A copy of several sources that fails its check has a bad source among them, but
+        # which one the check cannot tell: each is then tried alone, best first.
+        for attempt in [pool] if len(pool) == 1 else [pool, *alone(pool, usable)]:
+            try:
+                return await _download_from(
+                    client, name, attempt, ledger, settings, progress, sha256
+                )
+            except CopyRejected as exc:
+                reasons.append(str(exc))
+                rejected = True
+            except SourceFailed as exc:
+                reasons.append(str(exc))
+                if attempt is pool:
+                    break  # every source of the pool failed: none is tried alone
     what = "no source delivered a good copy" if rejected else "every source failed"
     raise FetchError(f"{name}: {what}: " + summary(reasons))
+
+
+def alone(pool: list[Source], ranked: list[Source]) -> list[list[Source]]:
+    """After ``pool``'s copy was rejected: each of its sources as a pool of its own, fresh
+    (nothing sent, not dropped), in the order of ``ranked``; when one source alone sent
+    bytes of that copy, it is the bad one and is left out."""
+    senders = [s for s in pool if s.sent]
+    order = {id(s): index for index, s in enumerate(ranked)}
+    return [
+        [attrs.evolve(s, sent=0, failures=0, dropped="", scopes=set())]
+        for s in sorted(pool, key=lambda s: order.get(id(s), len(order)))
+        if senders != [s]
+    ]
 
 
 #: Reasons of sources named in one error line; the others are counted.
@@ -144,14 +175,11 @@ async def _download_from(
 ) -> Result:
     reference = pool[0]
     size = reference.identity.size
-    state = load_state(ledger, name)
-    done = (
-        list(state.done)
-        if state is not None
-        and state.identity.same_file(reference.identity)
-        and reference.ranges  # a source that ignores Range starts at byte 0, always
-        else []
-    )
+    saved = load_state(ledger, name)
+    why = restart_reason(saved, reference.identity, reference.ranges)
+    if why:
+        log_event(log, "warning", "fetch_starting_over", file=name, reason=f"{why}; starting over")
+    done = list(saved.done) if saved is not None and not why else []
     if not done:
         remove_state(ledger, name)
     # About four pieces per connection (fewer requests for a 100 GB file); stealing evens
@@ -166,27 +194,40 @@ async def _download_from(
     # was there is gone with the state), a resumed one is the regular file load_state saw.
     flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        return await _fill(client, name, pool, ledger, settings, progress, sha256, pieces, fd)
+    finally:
+        os.close(fd)
+
+
+async def _fill(
+    client: httpx.AsyncClient,
+    name: str,
+    pool: list[Source],
+    ledger: str,
+    settings: FetchSettings,
+    progress: Progress,
+    sha256: frozenset[str],
+    pieces: Pieces,
+    fd: int,
+) -> Result:
+    """Download the missing pieces into ``fd`` (the temp file), check the copy, and rename
+    that very file into place."""
+    reference = pool[0]
+    size = reference.identity.size
     started = trio.current_time()
     progress.start(name, size, pieces.done_bytes)
     # The archive check reads the file in order while the pieces come in, up to the gapless
     # prefix on disk: at the end only what came last is left to check, from the page cache.
     check = FollowingCheck.start(fd, name) if settings.verify else None
+    saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
+    live = pool if reference.ranges else [reference]
     try:
-        await trio.to_thread.run_sync(os.ftruncate, fd, size)
-        saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
+        # A new file gets its blocks now: a full disk shows before the download, not in it.
+        grow = preallocate if not pieces.done_bytes else os.ftruncate
+        await trio.to_thread.run_sync(grow, fd, size)
         await saver.save()
-        connections = settings.connections if reference.ranges else 1
-        live = pool if reference.ranges else [reference]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(saver.run, settings.state_every)
-            if check is not None:
-                nursery.start_soon(_follow, check, pieces, nursery.cancel_scope)
-            if settings.min_speed and len(live) > 1:
-                nursery.start_soon(watch_speed, live, settings)
-            async with trio.open_nursery() as workers:
-                for index in range(connections):
-                    workers.start_soon(worker, client, index, live, pieces, fd, settings, progress)
-            nursery.cancel_scope.cancel()
+        await _move_pieces(client, live, pieces, fd, settings, progress, saver, check)
         await saver.save()
         # A check that ended before the download failed (the copy is bad): _verify says why.
         if check is None or not check.done():
@@ -199,17 +240,61 @@ async def _download_from(
     except BaseException:
         if check is not None:
             check.cancel()
+        # An interrupt or a local error: what is on disk is kept for a later resume.
+        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+            await saver.save()
         raise
     finally:
-        os.close(fd)
         progress.finish()
     digest = await _verify(ledger, name, live, sha256, check) if check is not None else ""
     final = os.path.join(ledger, name)
-    os.replace(path, final)
+    _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
     seconds = trio.current_time() - started
     return Result(final, size, seconds, tuple(live), pieces.steals, digest)
+
+
+async def _move_pieces(
+    client: httpx.AsyncClient,
+    live: list[Source],
+    pieces: Pieces,
+    fd: int,
+    settings: FetchSettings,
+    progress: Progress,
+    saver: StateSaver,
+    check: FollowingCheck | None,
+) -> None:
+    """The workers and their helpers (state saves, the following check, the speed watch)
+    until every worker ended."""
+    connections = settings.connections if live[0].ranges else 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(saver.run, settings.state_every)
+        if check is not None:
+            nursery.start_soon(_follow, check, pieces, nursery.cancel_scope)
+        if settings.min_speed and len(live) > 1:
+            nursery.start_soon(watch_speed, live, settings)
+        async with trio.open_nursery() as workers:
+            for index in range(connections):
+                workers.start_soon(worker, client, index, live, pieces, fd, settings, progress)
+        nursery.cancel_scope.cancel()
+
+
+def _rename_checked(fd: int, path: str, final: str) -> None:
+    """Rename the temp file into place only when ``path`` still names the file of ``fd``
+    (the one that was written and checked): a file put under its name meanwhile is never
+    renamed into the ledger (FetchError; it is left where it is)."""
+    held = os.fstat(fd)
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        named = None
+    if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        raise FetchError(
+            f"{path}: the temp file was replaced while it was downloaded and checked; "
+            "refusing to put it in place (is another program writing to the ledger?)"
+        )
+    os.replace(path, final)
 
 
 #: Seconds between two looks at how far the gapless prefix on disk reaches.
@@ -248,18 +333,20 @@ async def _verify(
     raise CopyRejected(f"{urls or name}: {reason}")
 
 
-def _check_space(ledger: str, needed: int, name: str, identity: Identity | None = None) -> None:
-    """FetchError when ``ledger`` has less than ``needed`` bytes free (the bytes of a
-    resumable temp file of the same file count as there)."""
-    if identity is not None:
-        state = load_state(ledger, name)
-        if state is not None and state.identity.same_file(identity):
-            needed -= sum(end - start for start, end in state.done)
-    free = shutil.disk_usage(ledger).free
-    if free < needed:
-        raise FetchError(
-            f"{name}: not enough space in {ledger}: {needed} bytes needed, {free} free"
-        )
+def _check_space(ledger: str, needed: int, name: str, free: FreeBytes) -> None:
+    """FetchError when ``ledger`` has less than ``needed`` bytes free (the blocks of a
+    temp file of the same name count as there: it is resumed, or deleted)."""
+    reason = no_room_reason(name, ledger, needed, held_bytes(ledger, name), free(ledger))
+    if reason:
+        raise FetchError(reason)
+
+
+def held_bytes(ledger: str, name: str) -> int:
+    """The bytes the temp file of ``name`` takes on disk (0: none)."""
+    try:
+        return os.stat(temp_path(ledger, name), follow_symlinks=False).st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _set_mtime(path: str, last_modified: str) -> None:

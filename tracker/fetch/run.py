@@ -10,7 +10,6 @@ then retention (``keep``). Everything fails with a one-line :class:`FetchError`.
 from __future__ import annotations
 
 import logging
-import os
 
 import attrs
 import httpcore
@@ -18,15 +17,18 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
-from tracker.core.snapshots import SnapshotInfo, parse_archive_name
+from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
-from tracker.fetch.download import Result, download
+from tracker.fetch.download import Result, download, held_bytes
+from tracker.fetch.ledger import in_the_way, listed_sizes, passes_check, retain, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
+from tracker.fetch.lock import ledger_lock
 from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.settings import FetchSettings
+from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
 from tracker.net.clients import no_cookies
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
@@ -53,6 +55,8 @@ class FetchOptions:
     progress_every: float = 5.0
     download_timeout: float = 600.0
     settings: FetchSettings = attrs.field(factory=FetchSettings)
+    #: The free bytes of the ledger's file system (tests give their own).
+    free_bytes: FreeBytes = free_bytes
 
 
 async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> list[Result]:
@@ -148,7 +152,18 @@ async def _run(
     client: httpx.AsyncClient, options: FetchOptions, progress: Progress
 ) -> list[Result]:
     local = await _local(options.ledger)
+    with ledger_lock(options.ledger):
+        return await _locked(client, options, progress, local)
+
+
+async def _locked(
+    client: httpx.AsyncClient,
+    options: FetchOptions,
+    progress: Progress,
+    local: list[SnapshotInfo],
+) -> list[Result]:
     remote = await _offer(client, options, options.slot or None)
+    local = await _really_held(local, remote, options.settings.verify)
     if options.slot:
         await _check_age(client, options, remote)
     what = plan(
@@ -166,6 +181,9 @@ async def _run(
             raise FetchError(what.reason)
         log_event(log, "info", "fetch_nothing_to_do", reason=what.reason)
         return []
+    planned = [f for f in (what.full, incremental) if f is not None]
+    in_the_way(options.ledger, [f.file_name for f in planned])
+    _room_for(options, planned)
     results = []
     if what.full is not None:
         results.append(await _download(client, options, what.full, progress))
@@ -176,7 +194,7 @@ async def _run(
             incremental = newer if newer is not None else incremental
     if incremental is not None:
         results.append(await _download(client, options, incremental, progress))
-    _retain(options.ledger, options.keep, {r.path for r in results})
+    retain(options.ledger, options.keep, {r.path for r in results})
     return results
 
 
@@ -185,6 +203,40 @@ async def _local(ledger: str) -> list[SnapshotInfo]:
         return await trio.to_thread.run_sync(scan_local, ledger)
     except ProbeError as exc:
         raise FetchError(f"the ledger directory: {exc}") from None
+
+
+async def _really_held(
+    local: list[SnapshotInfo], remote: list[RemoteSnapshot], verify: bool
+) -> list[SnapshotInfo]:
+    """``local`` less the archives under an offered name but of another size than the
+    listed one (an interrupted copy) that fail their check (or are not checked: verify
+    off); such a file is fetched again, and replaced once the new copy is in place."""
+    dropped = []
+    for file in suspects(local, listed_sizes(remote)):
+        if verify and file.path and await trio.to_thread.run_sync(passes_check, file.path):
+            continue  # a good archive of another node: archives of a slot differ in size
+        dropped.append(file)
+        log_event(
+            log,
+            "warning",
+            "fetch_local_copy_replaced",
+            file=file.file_name,
+            reason=f"{file.size} bytes, not the {listed_sizes(remote)[file.file_name]} "
+            + ("listed, and it fails its check" if verify else "listed (not checked)")
+            + "; fetching it again",
+        )
+    return without(local, dropped) if dropped else local
+
+
+def _room_for(options: FetchOptions, planned: list[RemoteFile]) -> None:
+    """FetchError before the first byte when the ledger has no room for every archive
+    planned (less what their temp files already hold)."""
+    needed = sum(f.size for f in planned)
+    held = sum(held_bytes(options.ledger, f.file_name) for f in planned)
+    what = " and ".join(f.file_name for f in planned)
+    reason = no_room_reason(what, options.ledger, needed, held, options.free_bytes(options.ledger))
+    if reason:
+        raise FetchError(reason)
 
 
 async def _offer(
@@ -222,6 +274,7 @@ async def _download(
         progress,
         size=file.size,
         sha256=file.sha256,
+        free=options.free_bytes,
     )
     rate = result.size / max(result.seconds, 1e-9)
     used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)
@@ -238,28 +291,3 @@ async def _download(
         sha256=result.sha256 or "not verified",
     )
     return result
-
-
-def _retain(ledger: str, keep: int, fresh: set[str]) -> None:
-    """Keep the ``keep`` newest full and incremental archives; remove older ones."""
-    if keep <= 0:
-        return
-    try:
-        names = os.listdir(ledger)
-    except OSError:
-        return
-    for full in (True, False):
-        archives = sorted(
-            (
-                (parsed.slot, name)
-                for name in names
-                if (parsed := parse_archive_name(name)) is not None and parsed.is_full == full
-            ),
-            reverse=True,
-        )
-        for _slot, name in archives[keep:]:
-            path = os.path.join(ledger, name)
-            if path in fresh or not os.path.isfile(path) or os.path.islink(path):
-                continue
-            os.unlink(path)
-            log_event(log, "info", "fetch_removed_old", file=name)

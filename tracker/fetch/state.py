@@ -20,7 +20,7 @@ import stat
 
 import attrs
 
-from tracker.core.samefile import Sameness, Validators, sameness
+from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
 from tracker.fetch.pieces import intersect
 
 #: The longest state file read back (a state is a few hundred bytes).
@@ -56,6 +56,20 @@ class State:
     name: str
     identity: Identity
     done: tuple[tuple[int, int], ...] = ()
+
+
+def restart_reason(saved: State | None, offered: Identity, ranges: bool) -> str:
+    """Why the bytes of ``saved`` cannot be resumed from a source offering ``offered``
+    (``ranges``: it takes Range requests), one line; "" when they can or there are none."""
+    if saved is None or not saved.done:
+        return ""
+    if saved.identity.size != offered.size:
+        return f"the file's size changed ({saved.identity.size} bytes, now {offered.size})"
+    if not ranges:
+        return "the source does not take Range requests"
+    if saved.identity.validators.if_range() is None or offered.validators.if_range() is None:
+        return "the source sent no validator"
+    return not_same_reason(saved.identity.validators, offered.validators) or ""
 
 
 def temp_path(ledger: str, name: str) -> str:

@@ -1,0 +1,137 @@
+"""SIGINT and SIGTERM end ``fetch``, ``verify`` and ``check-config`` with one line and exit
+128 + the signal (README.md#command-line), never a traceback; an interrupted fetch keeps its
+state and a rerun resumes. Real subprocesses, waited on through their files and pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from archives import build_archive
+from helpers_proxy import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256, wait_for
+from test_fetch import (
+    FULL,
+    advertise_all,
+    fetch_command,
+    ledger_of,
+    requested,
+    run_cli,
+    saved_ranges,
+    tracker_for,
+)
+
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+
+
+def saved_bytes(state: Path) -> int:
+    try:
+        return sum(e - s for s, e in json.loads(state.read_text())["done"])
+    except (OSError, ValueError):
+        return 0
+
+
+def one_line(stderr: str, marker: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if marker in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    data = archive_bytes(32 * MiB, seed=71)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
+    ledger = ledger_of(tmp_path)
+    state = ledger / f".tmp-{FULL}.state"
+    errors = tmp_path / "stderr"
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                fetch_command(ledger, t.base, "--progress", "none"),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+        try:
+            await wait_for(lambda: saved_bytes(state) >= 4 * MiB, timeout=60)
+            process.send_signal(signum)
+            with trio.fail_after(5):
+                returncode = await process.wait()
+        finally:
+            process.kill()
+        saved = saved_ranges(state)
+        before = len(up.gets(FULL))
+        up.behaviour[FULL] = Behaviour()
+        rerun = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    assert returncode == code
+    line = one_line(errors.read_text(), "interrupted")
+    kept = sum(e - s for s, e in saved)
+    assert f"interrupted; {kept} of {len(data)} bytes kept, run again to resume" in line
+    assert kept >= 4 * MiB
+    assert rerun.returncode == 0, rerun.stderr
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    for seen in up.gets(FULL)[before:]:  # the rerun asked only for what was missing
+        if seen.headers["range"] != "bytes=0-0":
+            start, end = requested(seen.headers["range"], len(data))
+            assert all(end <= s or e <= start for s, e in saved), (start, end, saved)
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, code: int) -> None:
+    """Many files to check; the signal comes after the first ``ok`` line (the process
+    cannot end before: its stdout pipe fills while the test reads no more)."""
+    name, good = build_archive(34_000, compression="zst")
+    archive = tmp_path / name
+    archive.write_bytes(good)
+    errors = tmp_path / "stderr"
+    command = [sys.executable, "-m", "tracker", "verify", *[str(archive)] * 3000]
+    with errors.open("wb") as sink:
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=sink)
+    assert process.stdout is not None
+    try:
+        with trio.fail_after(30):
+            first = await process.stdout.receive_some(100)
+            assert first.startswith(b"ok ")
+            process.send_signal(signum)
+            while await process.stdout.receive_some(65536):
+                pass
+            returncode = await process.wait()
+    finally:
+        process.kill()
+    assert returncode == code
+    assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+async def test_a_signal_ends_check_config_with_one_line(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """The config is a FIFO the test opened for writing (so the command is reading it,
+    waiting for bytes that never come)."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "tracker", "check-config", "--config", str(fifo)]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        with trio.fail_after(30):
+            # Returns once the command opened the FIFO for reading.
+            writer = await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY)
+            process.send_signal(signum)
+            returncode = await process.wait()
+            os.close(writer)
+    finally:
+        process.kill()
+    assert process.stderr is not None
+    stderr = (await process.stderr.receive_some(65536)).decode()
+    assert returncode == code
+    assert one_line(stderr, "interrupted") == "snapshot-tracker: interrupted"

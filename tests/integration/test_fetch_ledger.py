@@ -1,0 +1,252 @@
+"""``fetch`` and the ledger directory (README.md#fetching-a-snapshot-into-a-ledger): one fetch
+per ledger, only the checked file renamed into place, files already under an archive's name,
+room on the disk, and a bad source among good ones. Real trackers and upstreams on 127.0.0.1,
+real archives where the check is on."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from archives import build_archive
+from helpers_proxy import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256, wait_for
+from names import full_name
+from test_fetch import (
+    FAST,
+    FILES,
+    FULL,
+    INCR,
+    advertise_all,
+    fetch_command,
+    kill_half_way,
+    ledger_of,
+    options,
+    run_cli,
+    the_error_line,
+    tracker_for,
+)
+from test_fetch_sources import body_bytes, tracker_of
+
+from tracker.errors import FetchError
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+
+NAME, GOOD = build_archive(33_000, compression="zst", accounts=16, account_size=256 * 1024)
+VERIFYING = attrs.evolve(FAST, verify=True)
+
+
+def has_state(ledger: Path, name: str) -> bool:
+    return (ledger / f".tmp-{name}.state").exists()
+
+
+# -- one fetch per ledger ------------------------------------------------------------------------
+
+
+async def test_a_second_fetch_into_the_same_ledger_stops_at_once(tmp_path: Path) -> None:
+    """Sources without validators, a second fetch while the first runs: it stops with one
+    line and touches nothing; the first ends with the right bytes."""
+    data = archive_bytes(24 * MiB, seed=61)
+    plain = Behaviour(rate=8 * MiB, etag=None, last_modified=None)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: plain})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        first = await trio.lowlevel.open_process(
+            fetch_command(ledger, t.base, "--progress", "none"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await wait_for(lambda: has_state(ledger, FULL), timeout=30)
+            second = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+            with trio.fail_after(60):
+                assert await first.wait() == 0
+        finally:
+            first.kill()
+    assert "another fetch is running" in the_error_line(second)
+    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+
+
+async def test_only_the_checked_file_is_renamed_into_place(tmp_path: Path) -> None:
+    """Another file put under the temp file's name while the download is checked is never
+    renamed into the ledger: the fetch fails with one line and the ledger has no archive."""
+    paused = Behaviour(pause_at=len(GOOD) // 2)
+    up = FakeUpstream(files={NAME: GOOD}, behaviour={NAME: paused})
+    ledger = ledger_of(tmp_path)
+    one = attrs.evolve(VERIFYING, connections=1, piece_size=len(GOOD))
+    temp = ledger / f".tmp-{NAME}"
+    failed: list[FetchError] = []
+
+    async def fetch() -> None:
+        try:
+            await run_fetch(options(ledger, base, incremental=False, settings=one), NoProgress())
+        except FetchError as exc:
+            failed.append(exc)
+
+    async with tracker_of([up]) as tracker, trio.open_nursery() as nursery:
+        base = tracker.base
+        nursery.start_soon(fetch)
+        await wait_for(lambda: body_bytes(up, NAME) >= paused.pause_at, timeout=20)
+        temp.unlink()
+        temp.write_bytes(bytes(len(GOOD)))  # someone else's file, all zeros
+        paused.resume.set()
+    assert failed and "the temp file was replaced" in str(failed[0])
+    assert not (ledger / NAME).exists()
+
+
+# -- what the ledger already holds ---------------------------------------------------------------
+
+
+async def test_a_half_copy_under_the_archive_name_is_fetched_again(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    (ledger / NAME).write_bytes(GOOD[: len(GOOD) // 2])  # an interrupted wget
+    up = FakeUpstream(files={NAME: GOOD})
+    async with tracker_of([up]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
+    assert result.sha256 == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [NAME]
+    assert (ledger / NAME).read_bytes() == GOOD
+
+
+async def test_a_good_archive_of_another_size_is_kept(tmp_path: Path) -> None:
+    """Archives of one slot made by two nodes differ in size: a copy that passes its check
+    stays, nothing is downloaded."""
+    name, other = build_archive(33_000, compression="zst", accounts=15, account_size=256 * 1024)
+    assert name == NAME and len(other) != len(GOOD)
+    ledger = ledger_of(tmp_path)
+    (ledger / NAME).write_bytes(other)
+    up = FakeUpstream(files={NAME: GOOD})
+    async with tracker_of([up]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        assert await run_fetch(opts, NoProgress()) == []
+    assert not up.gets(NAME)
+    assert (ledger / NAME).read_bytes() == other
+
+
+async def test_a_directory_at_the_archive_name_fails_before_the_download(tmp_path: Path) -> None:
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).mkdir()
+    up = FakeUpstream(files=dict(FILES))
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, FILES)
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    assert f"{ledger / FULL} is a directory" in the_error_line(done)
+    assert not up.gets(FULL)
+
+
+# -- room on the disk ----------------------------------------------------------------------------
+
+
+async def test_no_room_for_the_full_and_its_incremental_fails_before_the_first_byte(
+    tmp_path: Path,
+) -> None:
+    """Room for the full alone, not for both: nothing is downloaded; the line says what is
+    needed and what is free."""
+    free = len(FILES[FULL]) + len(FILES[INCR]) // 2
+    ledger = ledger_of(tmp_path)
+    up = FakeUpstream(files=dict(FILES))
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, FILES)
+        opts = attrs.evolve(options(ledger, t.base), free_bytes=lambda _: free)
+        with pytest.raises(FetchError, match="not enough space") as info:
+            await run_fetch(opts, NoProgress())
+        assert not up.gets(FULL) and not up.gets(INCR)
+    needed = len(FILES[FULL]) + len(FILES[INCR])
+    assert f"{needed} bytes needed, {free} free" in str(info.value)
+    assert list(ledger.iterdir()) == []
+
+
+async def test_a_new_temp_file_is_preallocated(tmp_path: Path) -> None:
+    """While the first bytes come in, the temp file already takes its whole size on disk."""
+    data = archive_bytes(8 * MiB, seed=62)
+    paused = Behaviour(pause_at=MiB)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: paused})
+    ledger = ledger_of(tmp_path)
+    one = attrs.evolve(FAST, connections=1, piece_size=len(data))
+    temp = ledger / f".tmp-{FULL}"
+    async with serving(up), tracker_for("redirect", tmp_path) as t, trio.open_nursery() as n:
+        advertise_all(t, up, {FULL: data})
+        opts = options(ledger, t.base, incremental=False, settings=one)
+        n.start_soon(run_fetch, opts, NoProgress())
+        await wait_for(lambda: body_bytes(up, FULL) >= MiB, timeout=20)
+        allocated = temp.stat().st_blocks * 512
+        paused.resume.set()
+    assert allocated >= len(data)
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+
+
+async def test_keep_removes_old_archives_only_once_the_new_ones_are_in_place(
+    tmp_path: Path,
+) -> None:
+    """``--keep 1``: the full is fetched, its incremental fails: the older full stays (the
+    new set is not complete); a later fetch that completes removes it."""
+    old = full_name(10_000)
+    ledger = ledger_of(tmp_path)
+    (ledger / old).write_bytes(b"older")
+    up = FakeUpstream(files=dict(FILES), behaviour={INCR: Behaviour(status=500)})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, FILES)
+        with pytest.raises(FetchError):
+            await run_fetch(options(ledger, t.base, keep=1), NoProgress())
+        assert sorted(p.name for p in ledger.iterdir()) == sorted([old, FULL])
+        up.behaviour[INCR] = Behaviour()
+        await run_fetch(options(ledger, t.base, keep=1), NoProgress())
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, INCR])
+
+
+# -- a bad source among good ones ---------------------------------------------------------------
+
+
+def corrupt_between_samples(good: bytes) -> bytes:
+    """``good`` with a byte changed every 4 KiB, except in the sampled ranges (at 0, the
+    middle and the end: 64 KiB each) that prove two sources hold the same bytes."""
+    size, sample = len(good), 64 * 1024
+    spared = [(0, sample), (size // 2, size // 2 + sample), (size - sample, size)]
+    bad = bytearray(good)
+    for at in range(0, size, 4096):
+        if not any(start <= at < end for start, end in spared):
+            bad[at] ^= 0xFF
+    return bytes(bad)
+
+
+async def test_a_source_bad_outside_the_samples_does_not_sink_a_good_one(tmp_path: Path) -> None:
+    """Two sources pass the sampled comparison and are used together; the copy fails its
+    check (the first one's bytes are bad between the samples): each is then tried alone,
+    the best first, and the good one's copy is kept."""
+    bad = corrupt_between_samples(GOOD)
+    assert bad != GOOD
+    first, second = FakeUpstream(files={NAME: bad}), FakeUpstream(files={NAME: GOOD})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([first, second]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
+    # Both sent pieces of the combined copy (not only the 64 KiB samples and byte 0).
+    assert [s for s in first.gets(NAME) if s.body_sent > 64 * 1024 + 1]
+    assert result.sha256 == sha256(GOOD)
+    assert [s.url for s in result.sources] == [second.base + f"/v1/snapshot/{NAME}"]
+    assert sorted(p.name for p in ledger.iterdir()) == [NAME]
+    assert (ledger / NAME).read_bytes() == GOOD
+
+
+# -- a resume that starts over says why -----------------------------------------------------------
+
+
+async def test_a_resume_that_starts_over_says_why(tmp_path: Path) -> None:
+    data = archive_bytes(24 * MiB, seed=63)
+    plain = Behaviour(rate=6 * MiB, etag=None, last_modified=None)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: plain})
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await kill_half_way(ledger, t.base, len(data))
+        up.behaviour[FULL] = Behaviour(etag=None, last_modified=None)
+        done = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.decode().splitlines() if "fetch_starting_over" in line]
+    assert len(lines) == 1 and "the source sent no validator; starting over" in lines[0]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)

@@ -1,0 +1,157 @@
+"""The pure decisions of ``fetch`` about the ledger: whether saved bytes may be resumed (and
+why not), whether the archives fit, which local files are suspect, and which sources are
+tried alone after a rejected combined copy. No network."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from names import full_name, incremental_name
+
+from tracker.core.snapshots import SnapshotFile, chains_from_files
+from tracker.core.snapshots import parse_archive_name as parse
+from tracker.errors import FetchError
+from tracker.fetch import space
+from tracker.fetch.download import alone
+from tracker.fetch.ledger import suspects, without
+from tracker.fetch.listing import RemoteFile, RemoteSnapshot
+from tracker.fetch.lock import ledger_lock, lock_path
+from tracker.fetch.sources import Source
+from tracker.fetch.state import Identity, State, restart_reason
+
+DATE = "Tue, 01 Jul 2025 10:00:00 GMT"
+LATER = "Wed, 02 Jul 2025 10:00:00 GMT"
+SAVED = State("x", Identity(100, '"e1"', DATE), ((0, 50),))
+
+
+@pytest.mark.parametrize(
+    ("saved", "offered", "ranges", "reason"),
+    [
+        (None, Identity(100, '"e1"', DATE), True, ""),
+        (State("x", Identity(100, '"e1"', DATE)), Identity(100), True, ""),  # nothing saved
+        (SAVED, Identity(100, '"e1"', DATE), True, ""),
+        (SAVED, Identity(100, '"e1"'), True, ""),  # the strong ETag proves it
+        (SAVED, Identity(120, '"e1"', DATE), True, "size changed (100 bytes, now 120)"),
+        (SAVED, Identity(100, '"e1"', DATE), False, "does not take Range requests"),
+        (SAVED, Identity(100), True, "the source sent no validator"),
+        (State("x", Identity(100), ((0, 50),)), Identity(100), True, "sent no validator"),
+        (SAVED, Identity(100, '"e2"', DATE), True, "etag '\"e2\"'"),
+        (
+            State("x", Identity(100, "", DATE), ((0, 50),)),
+            Identity(100, "", LATER),
+            True,
+            "last-modified",
+        ),
+    ],
+)
+def test_why_a_resume_starts_over(
+    saved: State | None, offered: Identity, ranges: bool, reason: str
+) -> None:
+    found = restart_reason(saved, offered, ranges)
+    assert (reason in found) if reason else found == ""
+    # Resumed exactly when the state's own rule says it is the same file.
+    if saved is not None and saved.done and ranges:
+        assert (found == "") == saved.identity.same_file(offered)
+
+
+@pytest.mark.parametrize(
+    ("needed", "held", "free", "missing"),
+    [
+        (100, 0, 100, 0),
+        (100, 0, 99, 1),
+        (100, 40, 60, 0),  # a resumable temp file already holds 40
+        (100, 40, 59, 1),
+        (100, 150, 0, 0),  # a preallocated temp file holds it all
+        (0, 0, 0, 0),
+        (110 * 2**30, 0, 100 * 2**30, 10 * 2**30),
+    ],
+)
+def test_shortfall(needed: int, held: int, free: int, missing: int) -> None:
+    assert space.shortfall(needed, held, free) == missing
+    reason = space.no_room_reason("a.tar.zst", "/l", needed, held, free)
+    assert bool(reason) == bool(missing)
+    if missing:
+        assert f"{needed - held} bytes needed, {free} free" in reason
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
+def test_no_preallocation_falls_back_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def unsupported(fd: int, offset: int, size: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    path = tmp_path / "f"
+    with path.open("wb") as f:
+        space.preallocate(f.fileno(), 12345)
+    assert path.stat().st_size == 12345
+
+
+def test_a_full_disk_while_preallocating_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with (tmp_path / "f").open("wb") as f, pytest.raises(OSError, match="No space"):
+        space.preallocate(f.fileno(), 12345)
+
+
+def local_file(name: str, size: int) -> SnapshotFile:
+    parsed = parse(name)
+    assert parsed is not None
+    return SnapshotFile(name=parsed, file_name=name, size=size, path=f"/l/{name}")
+
+
+def remote(name: str, size: int) -> RemoteFile:
+    parsed = parse(name)
+    assert parsed is not None
+    return RemoteFile(parsed, size, (f"http://t/{name}",))
+
+
+def test_suspects_are_files_of_another_size_than_listed() -> None:
+    full, incr, other = full_name(100), incremental_name(100, 150), full_name(50)
+    local = chains_from_files([local_file(incr, 7), local_file(full, 500), local_file(other, 3)])
+    offered = [RemoteSnapshot(remote(full, 1000), remote(incr, 7))]
+    from tracker.fetch.ledger import listed_sizes
+
+    found = suspects(local, listed_sizes(offered))
+    assert [f.file_name for f in found] == [full]
+    left = {f.file_name for info in without(local, found) for f in info.files}
+    assert left == {incr, other}
+    # An unknown listed size (0) makes nothing suspect.
+    assert suspects(local, listed_sizes([RemoteSnapshot(remote(full, 0))])) == []
+
+
+def source(url: str, sent: int) -> Source:
+    return Source(url, Identity(10), ranges=True, sent=sent, dropped="slow", failures=2)
+
+
+def test_alone_tries_each_source_fresh_in_ranking_order() -> None:
+    a, b, c = source("a", 5), source("b", 0), source("c", 7)
+    tries = alone([c, a, b], [a, b, c])
+    assert [[s.url for s in pool] for pool in tries] == [["a"], ["b"], ["c"]]
+    assert all(s.sent == 0 and not s.dropped and not s.failures for [s] in tries)
+
+
+def test_alone_leaves_out_the_one_source_that_sent_the_bad_copy() -> None:
+    a, b = source("a", 10), source("b", 0)
+    assert [[s.url for s in pool] for pool in alone([a, b], [a, b])] == [["b"]]
+
+
+def test_the_ledger_lock_admits_one_fetch(tmp_path: Path) -> None:
+    with ledger_lock(str(tmp_path)):
+        assert os.path.exists(lock_path(str(tmp_path)))
+        with (
+            pytest.raises(FetchError, match="another fetch is running"),
+            ledger_lock(str(tmp_path)),
+        ):
+            pass
+    assert not os.path.exists(lock_path(str(tmp_path)))  # removed: the ledger is clean
+    with ledger_lock(str(tmp_path)):  # and taken again
+        pass

@@ -1,0 +1,114 @@
+"""What ``fetch`` reads and tidies in the ledger directory itself.
+
+Which archives it really holds (a file under an offered archive's name but of another size
+than the listing's is a half copy until its check says otherwise), what stands in the way
+of a rename into place, what an interrupted fetch leaves for the next run, and retention
+(``--keep``, only once the new archives are in place).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from tracker.core.logs import log_event
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.errors import ArchiveInvalid, FetchError
+from tracker.fetch.listing import RemoteSnapshot
+from tracker.fetch.state import load_state
+from tracker.files.archivecheck import check_file
+
+log = logging.getLogger("tracker.fetch")
+
+
+def listed_sizes(remote: list[RemoteSnapshot]) -> dict[str, int]:
+    """The size the listing gives each archive it names (those with a known size)."""
+    return {
+        f.file_name: f.size
+        for snapshot in remote
+        for f in (snapshot.full, snapshot.incremental)
+        if f is not None and f.size > 0
+    }
+
+
+def suspects(local: list[SnapshotInfo], listed: dict[str, int]) -> list[SnapshotFile]:
+    """The ledger's archives whose size is not the listed size of the same name. Pure."""
+    files = {f.file_name: f for info in local for f in info.files}
+    return [f for name, f in files.items() if name in listed and listed[name] != f.size]
+
+
+def without(local: list[SnapshotInfo], dropped: list[SnapshotFile]) -> list[SnapshotInfo]:
+    """``local`` as if the files of ``dropped`` were not there. Pure."""
+    names = {f.file_name for f in dropped}
+    files = {f.file_name: f for info in local for f in info.files if f.file_name not in names}
+    ordered = sorted(files.values(), key=lambda f: f.name.order_key(), reverse=True)
+    return chains_from_files(ordered)
+
+
+def passes_check(path: str) -> bool:
+    """True when the archive at ``path`` passes the archive check (blocking: a worker
+    thread); an OSError reading it is raised."""
+    try:
+        check_file(path)
+    except ArchiveInvalid as exc:
+        log_event(log, "info", "fetch_local_copy_bad", file=path, reason=exc.reason)
+        return False
+    return True
+
+
+def in_the_way(ledger: str, names: list[str]) -> None:
+    """FetchError when something that cannot be replaced by a rename (a directory) holds
+    the name of an archive about to be fetched: said before the download, not after it."""
+    for name in names:
+        path = os.path.join(ledger, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            raise FetchError(f"{path} is a directory; move it away and run again")
+
+
+def kept(ledger: str) -> tuple[int, int]:
+    """Bytes on disk of the downloads in progress in ``ledger`` (their state files), and
+    their sizes: what a next run resumes."""
+    try:
+        names = os.listdir(ledger)
+    except OSError:
+        return 0, 0
+    done = total = 0
+    for entry in names:
+        if not (entry.startswith(".tmp-") and entry.endswith(".state")):
+            continue
+        state = load_state(ledger, entry.removeprefix(".tmp-").removesuffix(".state"))
+        if state is not None:
+            done += sum(end - start for start, end in state.done)
+            total += state.identity.size
+    return done, total
+
+
+def retain(ledger: str, keep: int, fresh: set[str]) -> None:
+    """Keep the ``keep`` newest full and incremental archives; remove older ones (never
+    one of ``fresh``, the paths just put in place)."""
+    if keep <= 0:
+        return
+    try:
+        names = os.listdir(ledger)
+    except OSError:
+        return
+    for full in (True, False):
+        archives = sorted(
+            (
+                (parsed.slot, name)
+                for name in names
+                if (parsed := parse_archive_name(name)) is not None and parsed.is_full == full
+            ),
+            reverse=True,
+        )
+        for _slot, name in archives[keep:]:
+            path = os.path.join(ledger, name)
+            if path in fresh or not os.path.isfile(path) or os.path.islink(path):
+                continue
+            os.unlink(path)
+            log_event(log, "info", "fetch_removed_old", file=name)

@@ -1,0 +1,58 @@
+"""Room in the ledger for a fetch: the check before the first byte, and the preallocation.
+
+A fetch that runs out of space after an hour of download wastes the hour: the free space
+(``statvfs``: what an unprivileged user may take) is checked before anything is downloaded,
+against every archive planned, less what resumable temp files already hold. The temp file
+of a new download is then preallocated (``posix_fallocate``), so the disk cannot fill under
+it half way; where the file system cannot preallocate, it stays a sparse file, as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+#: The free bytes of the file system holding a path (injectable in tests).
+FreeBytes = Callable[[str], int]
+
+#: posix_fallocate's answers where the file system has no preallocation: no error.
+NO_PREALLOCATION = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+def free_bytes(path: str) -> int:
+    """The bytes an unprivileged writer may still put on the file system of ``path``."""
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def shortfall(needed: int, held: int, free: int) -> int:
+    """Bytes missing for a download of ``needed`` bytes of which ``held`` are already on
+    disk (a resumable temp file) when ``free`` are free; 0 when it fits."""
+    return max(0, max(0, needed - held) - free)
+
+
+def no_room_reason(what: str, ledger: str, needed: int, held: int, free: int) -> str:
+    """The one line of a fetch that does not fit; "" when it does."""
+    if not shortfall(needed, held, free):
+        return ""
+    return (
+        f"{what}: not enough space in {ledger}: {needed - held} bytes needed, {free} free "
+        f"({_gib(needed - held)} needed, {_gib(free)} free)"
+    )
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB"
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Give the file of ``fd`` its ``size`` bytes on disk, allocated where the file system
+    can (an OSError such as ENOSPC is raised); elsewhere only its length is set."""
+    if size > 0:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in NO_PREALLOCATION:
+                raise
+    os.ftruncate(fd, size)
