@@ -81,10 +81,10 @@ def test_shortfall(needed: int, held: int, free: int, missing: int) -> None:
 def test_no_preallocation_falls_back_quietly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    def unsupported(fd: int, offset: int, size: int) -> None:
+    def unsupported(fd: int, size: int) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    monkeypatch.setattr(space, "fallocate", unsupported)
     path = tmp_path / "f"
     with path.open("wb") as f:
         space.preallocate(f.fileno(), 12345)
@@ -94,12 +94,26 @@ def test_no_preallocation_falls_back_quietly(
 def test_a_full_disk_while_preallocating_is_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int, offset: int, size: int) -> None:
+    def full(fd: int, size: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(space, "fallocate", full)
     with (tmp_path / "f").open("wb") as f, pytest.raises(OSError, match="No space"):
         space.preallocate(f.fileno(), 12345)
+
+
+def test_fallocate_allocates_without_writing(tmp_path: Path) -> None:
+    """fallocate(2) itself: the blocks are allocated, the file stays zeros of its length
+    unset (the length is preallocate's ftruncate)."""
+    path = tmp_path / "f"
+    with path.open("wb") as f:
+        try:
+            space.fallocate(f.fileno(), 4 * 1024 * 1024)
+        except OSError as exc:
+            if exc.errno not in space.NO_PREALLOCATION:
+                raise
+            pytest.skip(f"this file system has no preallocation ({exc.strerror})")
+    assert path.stat().st_blocks * 512 >= 4 * 1024 * 1024
 
 
 def local_file(name: str, size: int) -> SnapshotFile:
