@@ -6,7 +6,8 @@ sources :func:`tracker.proxy.plan.choose_sources` keeps, the metrics callbacks o
 source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 (:mod:`tracker.proxy.pumps`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
-:func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into responses.
+:func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into answers
+(:class:`~tracker.files.answers.Answer`, framework-free).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import quart
 import trio
-from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
 from tracker.core.config import Config, TargetGroup
@@ -27,15 +26,18 @@ from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import UpstreamError
+from tracker.files.answers import Answer, text_answer
+from tracker.files.bodies import Body
 from tracker.files.fileresponse import ChunkBudget
+from tracker.proxy.ask import Ask
 from tracker.proxy.failover import open_upstream
-from tracker.proxy.plan import Found, choose_sources
+from tracker.proxy.plan import Found
 from tracker.proxy.pumps import relay
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import ReaderEvents
+from tracker.proxy.sources import choose_sources
 from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
 from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
-from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.streamer")
 
@@ -74,20 +76,21 @@ class Launcher:
     def job(
         self,
         group: TargetGroup,
-        method: str,
-        headers: dict[str, str],
+        ask: Ask,
         archive: ArchiveName,
         found: Found,
         *,
         origin: ByteSource = "upstream",
-        zero_copy: Connection | None = None,
+        zero_copy: bool = True,
     ) -> StreamJob:
         """The job of a stream of ``archive`` from the sources of ``found`` (from ``origin``:
-        the index's sources, the bucket or a holder replica), sent to ``zero_copy`` when the
-        client's connection takes zero-copy pieces. ``headers``: the client's forwarded ones."""
+        the index's sources, the bucket or a holder replica) for what the client asked
+        (``ask``: its method and forwarded headers), sent to the client's zero-copy
+        connection when it has one (and ``zero_copy``)."""
         now = trio.current_time()
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
-        sources = choose_sources(not headers, found, [h.reason if h else None for h in held])
+        sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
+        method, headers = ask.method, dict(ask.headers)
         opener = partial(
             open_upstream,
             self._clients,
@@ -109,14 +112,14 @@ class Launcher:
             settings=self.settings,
             events=self._events(group.group, archive, origin=origin),
             reopen=partial(self._reopen, group),
-            zero_copy=zero_copy,
+            zero_copy=ask.connection if zero_copy else None,
             early_size=sources.early,
             budget=self._channel_budget,
         )
 
     async def start(
         self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
-    ) -> Head | quart.Response:
+    ) -> Head | Answer:
         """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
         the 502/503 answer when it could not start (counted as an archive request's outcome
         for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
@@ -139,10 +142,10 @@ class Launcher:
             return text_answer(502, str(exc))
         return head
 
-    async def relay(self, job: StreamJob) -> quart.Response:
+    async def relay(self, job: StreamJob) -> Answer:
         """A plain stream to one client, nothing cached (:class:`tracker.proxy.plan.Relay`)."""
         head = await self.start(partial(relay, job))
-        if isinstance(head, quart.Response):
+        if isinstance(head, Answer):
             return head
         self.count("proxy")
         return head_answer(head)
@@ -224,28 +227,15 @@ async def _refuse(reason: str) -> UpstreamAnswer:
     raise UpstreamError(reason)
 
 
-def text_answer(status: int, reason: str) -> quart.Response:
-    """A one-line text answer (502, 503)."""
-    return quart.Response(reason + "\n", status=status, content_type="text/plain")
-
-
-def early_answer(size: int, body: ResponseBody) -> quart.Response:
+def early_answer(size: int, body: Body) -> Answer:
     """An early head: 200 with the index's size and no validator (none is known yet)."""
-    response = quart.Response(body, status=200)
-    response.headers.clear()
-    response.headers.update(
-        {"content-length": str(size), "content-type": "application/octet-stream"}
-    )
-    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
-    return response
+    headers = {"content-length": str(size), "content-type": "application/octet-stream"}
+    return Answer(200, headers, body)
 
 
-def head_answer(head: Head) -> quart.Response:
-    """The response of a pump's Head: exactly its headers, its body."""
-    body: ResponseBody | bytes = head.body if head.body is not None else b""
-    response = quart.Response(body, status=head.status)
-    # Exactly the planned headers: not Quart's text/html default, not a derived length.
-    response.headers.clear()
-    response.headers.update(head.headers)
-    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
-    return response
+def head_answer(head: Head) -> Answer:
+    """The answer of a pump's Head: exactly its headers, its body."""
+    return Answer(head.status, dict(head.headers), head.body if head.body is not None else b"")
+
+
+__all__ = ["Launcher", "Pump", "early_answer", "head_answer", "text_answer"]
