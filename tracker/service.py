@@ -40,9 +40,9 @@ from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
+from tracker.proxy.settings import ProxySettings
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
-from tracker.proxy.upstream import ProxySettings
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import ApiDeps, create_app
 from tracker.web.delivery import Delivery

@@ -13,65 +13,59 @@ source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.core.config import Config, TargetGroup
-from tracker.core.index import Index, TargetKey
+from tracker.core.config import TargetGroup
+from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
-from tracker.core.rejections import Rejections
+from tracker.core.metrics import ByteSource, Kind, Outcome
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import UpstreamError
 from tracker.files.answers import Answer, text_answer
 from tracker.files.bodies import Body
 from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext, Pump
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.plan import Found
 from tracker.proxy.pumps import relay
 from tracker.proxy.resume import resume_upstream
+from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.sources import choose_sources
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
-from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
 log = logging.getLogger("tracker.streamer")
 
 #: Transfers smaller than this say little about a source's throughput and are not counted.
 MIN_MEASURED_BYTES = 1024 * 1024
-Pump = Callable[..., Awaitable[None]]
 
 
 class Launcher:
-    """Builds the jobs of a file's streams and starts their pumps; counts what they come to.
-
-    ``settings`` is read per job (a test or a reload may replace it).
-    """
+    """Builds the jobs of a file's streams and starts their pumps; counts what they come to
+    (the :class:`~tracker.proxy.context.Streams` of the executors)."""
 
     def __init__(
-        self,
-        config: Callable[[], Config],
-        index: Index,
-        transfers: Transfers,
-        clients: DownloadClients,
-        *,
-        settings: ProxySettings,
-        channel_budget: ChunkBudget,
-        metrics: Metrics | None,
-        rejections: Rejections,
+        self, context: ProxyContext, clients: DownloadClients, *, channel_budget: ChunkBudget
     ) -> None:
-        self.config = config
-        self.index = index
-        self.transfers = transfers
-        self.settings = settings
-        self.metrics = metrics
+        self.config = context.config
+        self.index = context.index
+        self.transfers = context.transfers
+        self.metrics = context.metrics
+        self._settings = context.settings
         self._clients = clients
         self._channel_budget = channel_budget
-        self._rejections = rejections
+        self._rejections = context.rejections
+
+    @property
+    def settings(self) -> ProxySettings:
+        """The proxy's settings now (read per job: a test or a reload may replace them)."""
+        return self._settings()
 
     def job(
         self,

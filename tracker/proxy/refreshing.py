@@ -32,7 +32,8 @@ from tracker.files.bodies import Body
 from tracker.objectstore.locks import Lock
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
-from tracker.proxy.launch import Launcher, Pump, early_answer, head_answer, text_answer
+from tracker.proxy.context import ProxyContext, Pump, Streams
+from tracker.proxy.launch import early_answer, head_answer, text_answer
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.pumps import fill
 from tracker.proxy.registry import RefreshRegistry, claimed_of
@@ -76,8 +77,13 @@ class Refreshes:
     """Starts, joins and reads the disk cache's refreshes; see the module doc."""
 
     def __init__(
-        self, launcher: Launcher, registry: RefreshRegistry, objects: ObjectPath | None
+        self,
+        context: ProxyContext,
+        launcher: Streams,
+        registry: RefreshRegistry,
+        objects: ObjectPath | None,
     ) -> None:
+        self._context = context
         self._launcher = launcher
         self._registry = registry
         self._objects = objects
@@ -94,7 +100,7 @@ class Refreshes:
 
     def _counted(self, answer: Answer | None) -> Answer | None:
         """``answer`` of a shared reader, counted as one when there is one."""
-        metrics = self._launcher.metrics
+        metrics = self._context.metrics
         if answer is not None and metrics is not None:
             metrics.count_shared_reader()
         return answer
@@ -154,7 +160,7 @@ class Refreshes:
             match step:
                 case plan.NeedFound():
                     best = launcher.is_best(group.group, name)
-                    found = launcher.index.find_file(group.group, name) if best else []
+                    found = self._context.index.find_file(group.group, name) if best else []
                     cached = bool(found) and _cached(cache, group.group, name)
                     reply = plan.Prefetching(best, found, cached)
                 case plan.NeedInBucket() if self._objects is not None:
@@ -208,11 +214,11 @@ class Refreshes:
             finally:
                 done.set()
 
-        if not self._launcher.transfers.spawn(opening):
+        if not self._context.transfers.spawn(opening):
             begun[0].fail()
             begun[0].refresh.abort()
             return text_answer(503, "the tracker is stopping")
-        with trio.move_on_after(self._launcher.settings.early_head_after):
+        with trio.move_on_after(self._context.settings().early_head_after):
             await done.wait()
         if done.is_set():
             return outcome[0]
@@ -247,22 +253,22 @@ class Refreshes:
         off). With the bucket's lock, the refresh's file is also uploaded to the bucket
         (:meth:`tracker.proxy.objects.ObjectPath.upload`, which releases the lock).
         """
-        launcher = self._launcher
+        launcher, transfers = self._launcher, self._context.transfers
         group, name, lock = start.group.group, start.archive.file_name, start.lock
         refresh = start.cache.begin_refresh(group, name)
-        if refresh is None or (lock is not None and not launcher.transfers.accepting):
+        if refresh is None or (lock is not None and not transfers.accepting):
             if refresh is not None:
                 refresh.abort()
             if lock is not None:
-                launcher.transfers.spawn(lock.release)
+                transfers.spawn(lock.release)
             return None
-        found = launcher.index.find_file(group, name)
+        found = self._context.index.find_file(group, name)
         job = launcher.job(start.group, WHOLE_FILE, start.archive, found)
         cache_job = RefreshJob(refresh, partial(launcher.is_best, group, name))
         shared = SharedRefresh(refresh, cache_job.stop, keep=start.keep)
         self._registry.add(start.key, shared, register=start.register)
         if lock is not None and self._objects is not None:
-            launcher.transfers.spawn(self._objects.upload, shared, lock, group, name)
+            transfers.spawn(self._objects.upload, shared, lock, group, name)
         return shared, partial(fill, job, cache_job, fallback=start.client)
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:

@@ -21,7 +21,7 @@ from tracker.files.answers import Answer
 from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
-from tracker.proxy.launch import Launcher
+from tracker.proxy.context import ProxyContext, Streams
 from tracker.proxy.plan import Found
 from tracker.proxy.refreshing import Refreshes, RefreshStart
 from tracker.proxy.registry import RefreshRegistry, claimed_of, progress
@@ -49,11 +49,11 @@ class Wanted:
 class Executors:
     """What performs the steps of every request (one set per streamer)."""
 
-    launcher: Launcher
+    context: ProxyContext
+    launcher: Streams
     stored: StoredCopies
     refreshes: Refreshes
     registry: RefreshRegistry
-    promotion_wait: Callable[[], float]
     on_interest: Callable[[], OnInterest | None]
 
 
@@ -116,7 +116,7 @@ class RequestSteps:
         cache, group, name = self.cache, self.wanted.group.group, self.wanted.name
         self.path = path = cache_path(cache, group, name) if cache is not None else None
         if cache is not None and path is not None:
-            await cache.wait_promotion(group, name, self.run.promotion_wait())
+            await cache.wait_promotion(group, name, self.run.context.settings().promotion_wait)
         return copy_of(cache, path, group, name)
 
     def _now(self) -> plan.Now:

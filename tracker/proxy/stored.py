@@ -24,7 +24,8 @@ from tracker.files.answers import Answer, redirect_answer
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.objectstore.locks import Holder
 from tracker.proxy.ask import Ask
-from tracker.proxy.launch import Launcher, head_answer
+from tracker.proxy.context import ProxyContext, Streams
+from tracker.proxy.launch import head_answer
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Copy
 from tracker.proxy.pumps import relay
@@ -37,8 +38,13 @@ class StoredCopies:
     ``objects`` is the bucket's part (None without an object store)."""
 
     def __init__(
-        self, launcher: Launcher, objects: ObjectPath | None, budget: ChunkBudget | None
+        self,
+        context: ProxyContext,
+        launcher: Streams,
+        objects: ObjectPath | None,
+        budget: ChunkBudget | None,
     ) -> None:
+        self._context = context
         self._launcher = launcher
         self.objects = objects
         self._budget = budget
@@ -64,7 +70,7 @@ class StoredCopies:
         and HEAD answered from disk; None when it is not there."""
         digest = cache.digest(group, archive.file_name)
         extra = {"repr-digest": repr_digest(digest)} if digest else None
-        metrics = self._launcher.metrics
+        metrics = self._context.metrics
         on_bytes = partial(metrics.add_served_bytes, "cache") if metrics is not None else None
         try:
             response = await file_response(

@@ -27,15 +27,17 @@ from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext
 from tracker.proxy.launch import Launcher
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Asked, Found, Mode
 from tracker.proxy.refreshing import Refreshes
 from tracker.proxy.registry import RefreshRegistry
+from tracker.proxy.settings import ProxySettings
 from tracker.proxy.steps import Executors, RequestSteps, Wanted
 from tracker.proxy.stored import StoredCopies
 from tracker.proxy.transfers import Transfers
-from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
+from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
 
 CacheFactory = Callable[[str], Cache]
 
@@ -72,8 +74,16 @@ class ProxyStreamer:
         self._transfers = transfers
         self._metrics = metrics
         settings = settings if settings is not None else ProxySettings()
+        #: The one copy of the settings; every part reads it through the context.
+        self._settings = settings
+        #: What the proxy's parts share (tracker/proxy/context.py).
+        self.context = ProxyContext(
+            config, index, transfers, lambda: self._settings, metrics, self.rejections
+        )
         self._clients = DownloadClients(
-            settings, policy=lambda: policy_of(self._config().egress), resolver=resolver
+            self.context.settings,
+            policy=lambda: policy_of(self._config().egress),
+            resolver=resolver,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
@@ -82,28 +92,19 @@ class ProxyStreamer:
             largest=settings.read_size,
             per_stream=CHANNEL_PIECES,
         )
-        self._launcher = Launcher(
-            config,
-            index,
-            transfers,
-            self._clients,
-            settings=settings,
-            channel_budget=channel_budget,
-            metrics=metrics,
-            rejections=self.rejections,
-        )
+        self._launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
         #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None without
         #: one.
         self._objects = objects
         self._registry = RefreshRegistry(objects)
-        self._stored = StoredCopies(self._launcher, objects, budget)
-        self._refreshes = Refreshes(self._launcher, self._registry, objects)
+        self._stored = StoredCopies(self.context, self._launcher, objects, budget)
+        self._refreshes = Refreshes(self.context, self._launcher, self._registry, objects)
         self._executors = Executors(
+            self.context,
             self._launcher,
             self._stored,
             self._refreshes,
             self._registry,
-            promotion_wait=lambda: self.settings.promotion_wait,
             on_interest=lambda: self.on_interest,
         )
         self._cache_factory = cache_factory or self._default_cache
@@ -116,12 +117,13 @@ class ProxyStreamer:
 
     @property
     def settings(self) -> ProxySettings:
-        """The proxy's tunables (read per stream: replacing them affects the next ones)."""
-        return self._launcher.settings
+        """The proxy's tunables (read at each use: replacing them affects the next streams
+        and the download clients they use)."""
+        return self._settings
 
     @settings.setter
     def settings(self, value: ProxySettings) -> None:
-        self._launcher.settings = value
+        self._settings = value
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
