@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import quart
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from tracker.files.fileresponse import file_response
+from tracker.web.answers import to_response
 from tracker.web.listeners import bind_socket
-from tracker.zerocopy.connection import Connections
+from tracker.zerocopy.connection import Connections, zero_copy_connection
 from tracker.zerocopy.server import serve
 
 
@@ -93,3 +96,12 @@ async def serve_app(
         finally:
             shutdown.set()
             server_scope.deadline = trio.current_time() + stop_timeout
+
+
+async def file_for_request(path: str, **options: Any) -> quart.Response:
+    """:func:`file_response` of ``path`` for the Quart request being handled, as the web
+    layer answers it (tracker/web/delivery.py: the request read once, the answer converted)."""
+    request = quart.request
+    asked = (request.method, list(request.headers.items()))
+    connection = zero_copy_connection(request.scope)
+    return to_response(await file_response(path, asked, connection=connection, **options))

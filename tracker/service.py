@@ -41,10 +41,10 @@ from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.proxy.learning import Learning
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
+from tracker.proxy.settings import ProxySettings
 from tracker.proxy.speedtest import SpeedTests
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
-from tracker.proxy.upstream import ProxySettings
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import ApiDeps, create_app
 from tracker.web.delivery import Delivery

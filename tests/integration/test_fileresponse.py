@@ -22,12 +22,11 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_server import serve_app
-from quart import Response, after_this_request, request
+from helpers_server import file_for_request, serve_app
+from quart import Response, after_this_request
 from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
-from tracker.files.fileresponse import file_response
 from tracker.zerocopy.connection import Connections
 
 AnyResponse = Response | WerkzeugResponse
@@ -60,11 +59,11 @@ def make_app(served: Served) -> QuartTrio:
 
     @app.route("/file")
     async def whole() -> Response:
-        return await file_response(str(served.path), request, chunk_size=CHUNK, on_bytes=count)
+        return await file_for_request(str(served.path), chunk_size=CHUNK, on_bytes=count)
 
     @app.route("/named")
     async def named() -> Response:
-        return await file_response(str(served.path), request, file_name=served.path.name)
+        return await file_for_request(str(served.path), file_name=served.path.name)
 
     @app.route("/held")
     async def held() -> Response:
@@ -76,7 +75,7 @@ def make_app(served: Served) -> QuartTrio:
             await trio.sleep_forever()
             return response  # pragma: no cover
 
-        return await file_response(str(served.path), request)
+        return await file_for_request(str(served.path))
 
     def count(n: int) -> None:
         served.sent.append(n)

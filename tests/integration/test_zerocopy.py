@@ -23,15 +23,14 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from helpers_server import serve_app
-from quart import Response, request
+from helpers_server import file_for_request, serve_app
+from quart import Response
 from quart_trio import QuartTrio
 
 import tracker.zerocopy.kernelcopy
 import tracker.zerocopy.stream as stream_module
 from tracker.files.bodies import WrappedBody
 from tracker.files.downloads import outcome_of
-from tracker.files.fileresponse import file_response
 from tracker.zerocopy.connection import (
     SCOPE_KEY,
     SMALLEST_PIECE,
@@ -71,7 +70,7 @@ def file_app(path: Path, endings: list[BaseException | None] | None = None) -> Q
 
     @app.route("/file")
     async def whole() -> Response:
-        response = await file_response(str(path), request)
+        response = await file_for_request(str(path))
         if endings is not None and response.status_code == 200:
             body = Recorded(response.response)
             body.endings = endings

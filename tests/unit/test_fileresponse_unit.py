@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tracker.files.fileresponse import file_response
+from tracker.web.answers import to_response
 
 
 def open_fds(path: Path) -> int:
@@ -38,9 +39,10 @@ async def test_body_via_quart_and_tuple_request(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
     sent: list[int] = []
-    response = await file_response(
+    answer = await file_response(
         str(path), ("GET", [("Range", "bytes=2-8")]), chunk_size=3, on_bytes=sent.append
     )
+    response = to_response(answer)
     assert response.status_code == 206
     assert await response.get_data() == b"2345678"
     assert sent == [3, 3, 1]
@@ -51,7 +53,7 @@ async def test_body_via_quart_and_tuple_request(tmp_path: Path) -> None:
 async def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty"
     path.touch()
-    response = await file_response(str(path), ("GET", {}))
+    response = to_response(await file_response(str(path), ("GET", {})))
     assert (response.status_code, response.headers["content-length"]) == (200, "0")
     assert await response.get_data() == b""
     assert open_fds(path) == 0

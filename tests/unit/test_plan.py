@@ -2,9 +2,10 @@
 
 No sockets, no event loop. Each row is one rule of docs/http-api.md ("Archive answers",
 "With an object store", "Verified archives") as the decisions a request goes through:
-:func:`walk` asks the plan's stages in the order the streamer does
-(tracker/proxy/streamer.py), every decision answering the request except those the row says
-pass (the file turned out not to be there, a URL could not be signed, a refresh ended).
+:func:`walk` drives the very walk the streamer performs (:class:`tracker.proxy.plan.Walk`,
+tracker/proxy/steps.py), answering its lookups from the row's facts, every decision
+answering the request except those the row says pass (the file turned out not to be there, a
+URL could not be signed, a refresh ended).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tracker.proxy.plan import (
     Running,
     StartShared,
 )
+from tracker.proxy.sources import choose_sources
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
 SIZE = 1000
@@ -81,45 +83,38 @@ def walk(
     after: Now | None = None,
     claim: Claimed = Claimed.LOCK,
     size: int = SIZE,
+    promoted: bool = False,
+    later: Copy = Copy.SERVABLE,
 ) -> list[Step]:
-    """The decisions a request goes through, in order, until one answers. ``passes``: the
-    kinds of decision that cannot answer; ``now``: what a miss finds, ``after``: what the
-    fallback finds once a miss's decision passed (default: the same)."""
+    """The decisions a request goes through, in order, until one answers: the real walk
+    driven with fake lookups. ``passes``: the kinds of decision that cannot answer; ``now``:
+    what a miss finds, ``after``: what the fallback finds once a miss's decision passed
+    (default: the same); ``promoted``: a refresh read that passed was promoted meanwhile,
+    ``later``: the copy on disk then."""
+    nows = [now, after or now]
+    copies = [copy, later]
+    answers: dict[type, plan.Reply] = {
+        plan.NeedSize: size,
+        plan.NeedPromoted: promoted,
+        Claim: claim,
+    }
     tried: list[Step] = []
-    redirect = plan.redirect(asked, mode)
-    if redirect is not None:
-        tried.append(redirect)
-        if Redirect not in passes:
-            return tried
-    for step in plan.stored(asked, mode, copy):
-        tried.append(step)
-        if isinstance(step, Relay):
-            return tried
-        if isinstance(step, Miss):
-            return tried + _miss(asked, mode, now, after, claim, size, passes)
-        if type(step) not in passes:
-            return tried
-    raise AssertionError("the stored stage must end in a miss or a relay")
-
-
-def _miss(
-    asked: Asked,
-    mode: Mode,
-    now: Now,
-    after: Now | None,
-    claim: Claimed,
-    size: int,
-    passes: tuple[type, ...],
-) -> list[Step]:
-    tried: list[Step] = []
-    step = plan.on_miss(asked, mode, now)
-    if isinstance(step, Claim):
-        tried.append(step)
-        step = plan.claimed(asked, mode, claim, size)  # type: ignore[assignment]
-    tried.append(step)
-    if isinstance(step, Relay) or type(step) not in passes:
-        return tried
-    return [*tried, plan.fallback(asked, after or now)]
+    path = plan.Walk(asked, mode)
+    step = path.start()
+    while step is not None:
+        reply: plan.Reply
+        if isinstance(step, plan.NeedNow):
+            reply = nows.pop(0) if len(nows) > 1 else nows[0]
+        elif isinstance(step, plan.NeedCopy):
+            reply = copies.pop(0) if len(copies) > 1 else copies[0]
+        elif type(step) in answers:
+            reply = answers[type(step)]
+        else:
+            reply = type(step) not in passes
+        if not isinstance(step, plan.Lookup):
+            tried.append(step)  # a decision, or the Claim that takes the lock
+        step = path.send(reply)
+    return tried
 
 
 ROWS = [
@@ -293,6 +288,54 @@ ROWS = [
         {"passes": (CacheHit,)},
         [CacheHit(), Miss(), Relay(interest=True)],
         id="shared: Range of the best, nothing refreshes it: relayed, a refresh starts",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"copy": Copy.UNCHECKED, "passes": (JoinShared,), "now": RUNNING, "promoted": True},
+        [Miss(), JoinShared(), CacheHit()],
+        id="shared: the refresh was promoted while joining it: a cache hit",
+    ),
+    pytest.param(
+        GET,
+        CACHE,
+        {"copy": Copy.UNCHECKED, "passes": (OwnRefresh,), "promoted": True},
+        [Miss(), OwnRefresh(keep=False), CacheHit()],
+        id="its own refresh promoted before it was read: a cache hit",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (CacheHit, JoinShared), "now": RUNNING, "promoted": True, "after": OTHER},
+        [CacheHit(), Miss(), JoinShared(), CacheHit(), Relay()],
+        id="shared: promoted, then gone from disk: relayed",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"copy": Copy.UNCHECKED, "passes": (JoinShared,), "now": RUNNING, "promoted": False},
+        [Miss(), JoinShared(), Relay()],
+        id="shared: the refresh failed while joining it: relayed",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {
+            "passes": (JoinShared,),
+            "copy": Copy.UNCHECKED,
+            "now": RUNNING,
+            "promoted": True,
+            "later": Copy.UNCHECKED,
+        },
+        [Miss(), JoinShared(), Relay()],
+        id="shared: promoted but its copy not checked yet: relayed",
+    ),
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"copy": Copy.UNCHECKED, "passes": (JoinBehind,), "now": RUNNING, "promoted": True},
+        [Miss(), JoinBehind(), Relay(interest=False)],
+        id="a Range behind a background refresh that ended: relayed (no promotion asked)",
     ),
     pytest.param(
         GET,
@@ -567,7 +610,7 @@ def test_the_sources_a_stream_may_use(
     early: int,
     refusal: str,
 ) -> None:
-    sources = plan.choose_sources(plain, _found(*sizes), held)
+    sources = choose_sources(plain, _found(*sizes), held)
     assert _hosts(sources.found) == [f"http://127.0.0.{i}" for i in hosts]
     assert (sources.size, sources.early, sources.refusal) == (size, early, refusal)
 
@@ -588,9 +631,83 @@ def test_a_prefetch_refreshes_only_a_remote_best_file_not_cached() -> None:
     assert not plan.prefetches(True, remote, True)  # cached already
 
 
+def prefetch_walk(
+    bucket: bool, facts: plan.Prefetching, in_bucket: bool, claim: Claimed
+) -> list[Step]:
+    """The steps a prefetch goes through (the real walk, fake lookups): its Claim and its
+    StartPrefetch, if any."""
+    answers: dict[type, plan.Reply] = {
+        plan.NeedFound: facts,
+        plan.NeedInBucket: in_bucket,
+        Claim: claim,
+    }
+    tried: list[Step] = []
+    path = plan.PrefetchWalk(bucket)
+    step = path.start()
+    while step is not None:
+        if not isinstance(step, plan.Lookup):
+            tried.append(step)
+        step = path.send(answers.get(type(step), True))
+    return tried
+
+
+START = plan.StartPrefetch
+
+
+@pytest.mark.parametrize(
+    ("bucket", "best", "cached", "in_bucket", "claim", "expected"),
+    [
+        pytest.param(False, True, False, False, Claimed.LOCK, [START()], id="refreshed"),
+        pytest.param(False, False, False, False, Claimed.LOCK, [], id="not the best: nothing"),
+        pytest.param(False, True, True, False, Claimed.LOCK, [], id="cached: nothing"),
+        pytest.param(
+            True,
+            True,
+            False,
+            False,
+            Claimed.LOCK,
+            [Claim(), START(locked=True)],
+            id="bucket: its lock got: refreshed, uploaded",
+        ),
+        pytest.param(True, True, False, True, Claimed.LOCK, [], id="bucket: it has the file"),
+        pytest.param(
+            True,
+            True,
+            False,
+            False,
+            Claimed.HOLDER,
+            [Claim()],
+            id="bucket: another replica refreshes it",
+        ),
+        pytest.param(
+            True,
+            True,
+            False,
+            False,
+            Claimed.NONE,
+            [Claim(), START(locked=False)],
+            id="bucket: no lock to be had: refreshed for the disk cache alone",
+        ),
+        pytest.param(True, False, False, False, Claimed.LOCK, [], id="bucket: not the best"),
+    ],
+)
+def test_a_prefetch_asks_the_bucket_and_its_lock(
+    bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed, expected: list[Step]
+) -> None:
+    facts = plan.Prefetching(best, _found(SIZE), cached)
+    assert prefetch_walk(bucket, facts, in_bucket, claim) == expected
+
+
+def test_a_wrong_reply_is_refused() -> None:
+    path = plan.Walk(GET, CACHE)
+    assert isinstance(path.start(), plan.NeedCopy)
+    with pytest.raises(TypeError, match="Copy"):
+        path.send(True)
+
+
 def test_the_plan_needs_no_event_loop_and_no_network() -> None:
     code = (
-        "import sys, tracker.proxy.plan; "
+        "import sys, tracker.proxy.plan, tracker.proxy.sources; "
         "print(sorted(m for m in ('trio', 'quart', 'httpx', 'httpcore', 'hypercorn') "
         "if m in sys.modules))"
     )

@@ -1,23 +1,41 @@
 """Response bodies produced by an async generator and closed deterministically.
 
-Quart sends a body as ``async with body as chunks: async for chunk in chunks``. When sending
-stops early (client gone, error), the generator must be closed right there, shielded from the
-cancellation that may be unwinding the request, and the body's resources released: never left
-to the garbage collector (docs/architecture.md#traps-of-the-stack, 4). Every archive body of the
-tracker builds on this.
+A body is sent as ``async with body as chunks: async for chunk in chunks`` (as Quart sends
+its ``ResponseBody``; tracker/web/answers.py hands a :class:`Body` to Quart as one). When
+sending stops early (client gone, error), the generator must be closed right there, shielded
+from the cancellation that may be unwinding the request, and the body's resources released:
+never left to the garbage collector (docs/architecture.md#traps-of-the-stack, 4). Every archive
+body of the tracker builds on this.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable
 from types import TracebackType
 
 import trio
-from quart.wrappers.response import ResponseBody
 
 
-class GeneratorBody(ResponseBody):
+class Body(ABC):
+    """An answer's body, framework-free: ``async with body as chunks`` gives the chunks;
+    leaving the block (the end, an error, the client gone) releases what the body holds."""
+
+    @abstractmethod
+    async def __aenter__(self) -> AsyncIterable[bytes]:
+        """Start sending: the chunks."""
+
+    @abstractmethod
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Sending ended (``exc_value``: why, when early)."""
+
+
+class GeneratorBody(Body):
     """A body whose chunks come from :meth:`_generate`; :meth:`_finish` runs once at the end.
 
     ``_start`` runs when the server starts sending (override to claim resources lazily);
@@ -59,7 +77,7 @@ class GeneratorBody(ResponseBody):
 class WrappedBody(GeneratorBody):
     """Passes another body through, chunk by chunk (for accounting around any body)."""
 
-    def __init__(self, inner: ResponseBody) -> None:
+    def __init__(self, inner: Body) -> None:
         self._inner = inner
         self._inner_chunks: AsyncIterable[bytes] | None = None
 
@@ -74,7 +92,18 @@ class WrappedBody(GeneratorBody):
 
     async def _finish(self, error: BaseException | None) -> None:
         if self._inner_chunks is not None:
-            await self._inner.__aexit__(type(error) if error else None, error, None)  # type: ignore[arg-type]
+            await self._inner.__aexit__(type(error) if error else None, error, None)
 
     def _passed(self, size: int) -> None:
         """Called after each chunk was handed to the server."""
+
+
+class BytesBody(GeneratorBody):
+    """A body of bytes already in memory (sent as one chunk, none when empty)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        if self._data:
+            yield self._data

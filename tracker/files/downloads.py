@@ -15,14 +15,13 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import quart
 import trio
-from quart.wrappers.response import ResponseBody
 
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
 from tracker.errors import ClientGone, RequestError
-from tracker.files.bodies import WrappedBody
+from tracker.files.answers import Answer
+from tracker.files.bodies import Body, BytesBody, WrappedBody
 
 log = logging.getLogger("tracker.download")
 
@@ -139,7 +138,7 @@ class DownloadBody(WrappedBody):
 
     def __init__(
         self,
-        inner: ResponseBody,
+        inner: Body,
         fields: dict[str, Any],
         expected: int | None,
         metrics: Metrics | None,
@@ -185,19 +184,21 @@ class DownloadBody(WrappedBody):
 
 
 def account_download(
-    response: quart.Response,
-    request: quart.Request,
+    answer: Answer,
+    method: str,
     metrics: Metrics | None,
     slot: Slot | None = None,
     **fields: Any,
 ) -> None:
-    """Make ``response`` count and log its download (GET answers with a body only); its
-    ``slot`` is released when the body ends, or at once when there is none to send."""
-    if request.method != "GET" or response.status_code not in (200, 206):
+    """Make ``answer`` to a ``method`` request count and log its download (GET answers with
+    a body only); its ``slot`` is released when the body ends, or at once when there is
+    none to send."""
+    if method != "GET" or answer.status not in (200, 206):
         if slot is not None:
             slot.release()
         return
-    fields = {"status": response.status_code, **fields}
-    response.response = DownloadBody(
-        response.response, fields, response.content_length, metrics, slot
-    )
+    fields = {"status": answer.status, **fields}
+    length = answer.headers.get("content-length")
+    expected = int(length) if length is not None and length.isdigit() else None
+    body = answer.body if isinstance(answer.body, Body) else BytesBody(answer.body)
+    answer.body = DownloadBody(body, fields, expected, metrics, slot)

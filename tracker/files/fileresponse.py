@@ -1,4 +1,5 @@
-"""Serve a file from disk as a Quart response: fast, bounded memory, no leaked descriptors.
+"""Serve a file from disk as an :class:`~tracker.files.answers.Answer`: fast, bounded memory, no
+leaked descriptors.
 
 Quart's ``send_file`` is not used (docs/architecture.md#traps-of-the-stack, 1): it reads 8 KiB per
 chunk, mishandles
@@ -17,7 +18,8 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
   an explicit ``content-length``. h11 frames a HEAD answer as if it were a GET, so without
   that header it would announce ``transfer-encoding: chunked``.
 - Quart sends ``response.response`` as ``async with body: async for chunk in body``, so the
-  body is a :class:`quart.wrappers.response.ResponseBody` whose ``__aexit__`` closes the
+  body is a :class:`tracker.files.bodies.Body` (a ``ResponseBody`` to Quart, see
+  tracker/web/answers.py) whose ``__aexit__`` closes the
   descriptor whatever happens once sending has begun (client gone, read error).
 - The descriptor is opened (and fstat'ed) before the headers are planned, so that headers and
   bytes describe the same inode even if the file is replaced by ``os.replace`` meanwhile. If
@@ -25,7 +27,8 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
   was still being finished, docs/architecture.md#traps-of-the-stack, 4), a ``weakref.finalize``
   closes the descriptor
   when the response is released.
-- ``response.timeout = None``: Quart's RESPONSE_TIMEOUT would cut long downloads (trap 2).
+- No response timeout: Quart's RESPONSE_TIMEOUT would cut long downloads (trap 2); the
+  web layer turns every :class:`~tracker.files.answers.Answer` into a response without one.
 - Header names go out lower case (Quart lower-cases them in ``encode_headers``).
 """
 
@@ -39,14 +42,13 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 
 import trio
-from quart import Request, Response
-from quart.wrappers.response import ResponseBody
 
 from tracker.errors import TrackerError
-from tracker.files.bodies import GeneratorBody
+from tracker.files.answers import Answer
+from tracker.files.bodies import Body, GeneratorBody
 from tracker.files.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 from tracker.files.threads import Background
-from tracker.zerocopy.connection import Connection, FilePiece, piece_size, zero_copy_connection
+from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
 #: holds two chunks at most (the one being sent, the one being read).
@@ -228,20 +230,6 @@ def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def _method_and_headers(
-    request: Request | tuple[str, RequestHeaders],
-) -> tuple[str, RequestHeaders]:
-    if isinstance(request, tuple):
-        return request
-    # Every line, repeated ones included; werkzeug's Headers is not a typing Mapping.
-    return request.method, list(request.headers.items())
-
-
-def _zero_copy(request: Request | tuple[str, RequestHeaders]) -> Connection | None:
-    """The request's connection when the server can send file pieces with sendfile."""
-    return None if isinstance(request, tuple) else zero_copy_connection(request.scope)
-
-
 def _content_disposition(file_name: str) -> str:
     if not _SAFE_FILE_NAME.fullmatch(file_name):
         raise ValueError(f"file name not safe for content-disposition: {file_name!r}")
@@ -250,22 +238,24 @@ def _content_disposition(file_name: str) -> str:
 
 async def file_response(
     path: str,
-    request: Request | tuple[str, RequestHeaders],
+    request: tuple[str, RequestHeaders],
     *,
+    connection: Connection | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     file_name: str | None = None,
     on_bytes: OnBytes | None = None,
     budget: ChunkBudget | None = None,
     extra_headers: Mapping[str, str] | None = None,
-) -> Response:
+) -> Answer:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 
-    ``request`` is a Quart request or a ``(method, headers)`` pair. The file is opened once,
-    in a worker thread; its size, mtime and inode (fstat of the open descriptor) give
-    ``content-length``, ``last-modified`` and ``etag``, and the body streams that same inode
-    in ``chunk_size`` reads even if the path is replaced meanwhile (on a connection served by
-    :mod:`tracker.zerocopy.server`: with ``sendfile``, no reads, no buffers). ``file_name``, when
-    given, adds ``content-disposition: attachment; filename="..."`` (it must match
+    ``request`` is the ``(method, headers)`` pair asked; ``connection`` the client's
+    zero-copy connection, when it has one. The file is opened once, in a worker thread; its
+    size, mtime and inode (fstat of the open descriptor) give ``content-length``,
+    ``last-modified`` and ``etag``, and the body streams that same inode in ``chunk_size``
+    reads even if the path is replaced meanwhile (with a ``connection``, one served by
+    :mod:`tracker.zerocopy.server`: with ``sendfile``, no reads, no buffers). ``file_name``,
+    when given, adds ``content-disposition: attachment; filename="..."`` (it must match
     ``[A-Za-z0-9._-]+``). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
     handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
     ``chunk_size`` (see :class:`ChunkBudget`). ``extra_headers`` are added to a 200 or 206
@@ -284,7 +274,7 @@ async def file_response(
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive: {chunk_size}")
-    method, headers = _method_and_headers(request)
+    method, headers = request
     if method not in METHODS:
         raise ValueError(f"cannot serve a file to {method!r}")
     disposition = None if file_name is None else _content_disposition(file_name)
@@ -298,22 +288,18 @@ async def file_response(
     except BaseException:
         descriptor.close()
         raise
-    body: ResponseBody | bytes = b""
-    connection = _zero_copy(request)
+    body: Body | bytes = b""
     if plan.send_body and plan.length > 0 and connection is not None:
         body = _SendfileBody(descriptor, plan.offset, plan.length, connection, on_bytes)
     elif plan.send_body and plan.length > 0:
         body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, budget)
     else:
         descriptor.close()
-    response = Response(body, status=plan.status)
-    # Replace every header Quart derived (text/html default type, content-length 0 of an
-    # empty body) with exactly the planned ones.
-    response.headers.clear()
-    response.headers.update(plan.headers)
+    # Exactly the planned headers (no text/html default type, no content-length 0 of an
+    # empty body: tracker/web/answers.py sends these only).
+    answer = Answer(plan.status, dict(plan.headers), body)
     if disposition is not None and plan.status in (200, 206):
-        response.headers["content-disposition"] = disposition
+        answer.headers["content-disposition"] = disposition
     if extra_headers and plan.status in (200, 206):
-        response.headers.update(extra_headers)
-    response.timeout = None
-    return response
+        answer.headers.update(extra_headers)
+    return answer

@@ -4,10 +4,14 @@
 credentials only to their own origin, header whitelists); :mod:`~tracker.proxy.resume` resumes
 a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns;
-:mod:`~tracker.proxy.plan` decides a request's byte path from its facts (pure: no event
-loop, no network) and :mod:`~tracker.proxy.streamer` asks it and performs each decision with
-the executors (:mod:`~tracker.proxy.stored`, :mod:`~tracker.proxy.refreshing`,
-:mod:`~tracker.proxy.launch`); :mod:`~tracker.proxy.pumps` moves the bytes;
+:mod:`~tracker.proxy.ask` is what a client asked, read once by the web layer;
+:mod:`~tracker.proxy.plan` decides a request's byte path from its facts
+(:mod:`~tracker.proxy.facts`) as one walk (pure: no event loop, no network) and
+:mod:`~tracker.proxy.streamer` performs it (:mod:`~tracker.proxy.steps`) with the executors
+(:mod:`~tracker.proxy.stored`, :mod:`~tracker.proxy.refreshing`,
+:mod:`~tracker.proxy.launch`), which share one context (:mod:`~tracker.proxy.context`, the
+tunables in :mod:`~tracker.proxy.settings`); every answer is a framework-free
+:class:`~tracker.files.answers.Answer`; :mod:`~tracker.proxy.pumps` moves the bytes;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
 :mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;
 :mod:`~tracker.proxy.objects` is the object store's part (303 to presigned URLs, the holder
@@ -16,4 +20,5 @@ replica as a source, the upload beside a refresh).
 May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`,
 :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.
 Not :mod:`tracker.discovery`: what the sources hold reaches this package through the index.
+Not the web framework (an import-linter contract).
 """

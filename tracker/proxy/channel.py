@@ -17,10 +17,9 @@ from collections.abc import AsyncGenerator
 
 import attrs
 import trio
-from quart.wrappers.response import ResponseBody
 
 from tracker.errors import UpstreamError
-from tracker.files.bodies import GeneratorBody
+from tracker.files.bodies import Body, GeneratorBody
 from tracker.proxy.transfers import RefreshOutcome, StreamEvents
 
 
@@ -114,11 +113,11 @@ class EarlyBody(GeneratorBody):
 
     def __init__(self) -> None:
         self._decided = trio.Event()
-        self._body: ResponseBody | None = None
+        self._body: Body | None = None
         self._error = "no source answered"
         self._left = False
 
-    def decide(self, body: ResponseBody) -> bool:
+    def decide(self, body: Body) -> bool:
         """Send ``body``; False (``body`` will never be started) when the client has left
         already or the body was decided before."""
         if self._left or self._decided.is_set():

@@ -2,92 +2,89 @@
 
 Every decision of :mod:`tracker.proxy.plan` that moves bytes from a source (the upstream, the
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
-sources :func:`tracker.proxy.plan.choose_sources` keeps, the metrics callbacks of the
+sources :func:`tracker.proxy.sources.choose_sources` keeps, the metrics callbacks of the
 source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 (:mod:`tracker.proxy.pumps`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
-:func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into responses.
+:func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into answers
+(:class:`~tracker.files.answers.Answer`, framework-free).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 
-import quart
 import trio
-from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
-from tracker.core.config import Config, TargetGroup
-from tracker.core.index import Index, TargetKey
+from tracker.core.config import TargetGroup
+from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
-from tracker.core.rejections import Rejections
+from tracker.core.metrics import ByteSource, Kind, Outcome
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
+from tracker.files.answers import Answer, text_answer
+from tracker.files.bodies import Body
 from tracker.files.fileresponse import ChunkBudget
+from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext, Pump
 from tracker.proxy.failover import open_upstream
-from tracker.proxy.plan import Found, choose_sources
+from tracker.proxy.plan import Found
 from tracker.proxy.pumps import relay
 from tracker.proxy.resume import resume_upstream
+from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
-from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
-from tracker.zerocopy.connection import Connection
+from tracker.proxy.sources import choose_sources
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
 log = logging.getLogger("tracker.streamer")
 
 #: Transfers smaller than this say little about a source's throughput and are not counted.
 MIN_MEASURED_BYTES = 1024 * 1024
-Pump = Callable[..., Awaitable[None]]
 
 
 class Launcher:
-    """Builds the jobs of a file's streams and starts their pumps; counts what they come to.
-
-    ``settings`` is read per job (a test or a reload may replace it).
-    """
+    """Builds the jobs of a file's streams and starts their pumps; counts what they come to
+    (the :class:`~tracker.proxy.context.Streams` of the executors)."""
 
     def __init__(
-        self,
-        config: Callable[[], Config],
-        index: Index,
-        transfers: Transfers,
-        clients: DownloadClients,
-        *,
-        settings: ProxySettings,
-        channel_budget: ChunkBudget,
-        metrics: Metrics | None,
-        rejections: Rejections,
+        self, context: ProxyContext, clients: DownloadClients, *, channel_budget: ChunkBudget
     ) -> None:
-        self.config = config
-        self.index = index
-        self.transfers = transfers
-        self.settings = settings
-        self.metrics = metrics
+        self.config = context.config
+        self.index = context.index
+        self.transfers = context.transfers
+        self.metrics = context.metrics
+        self._settings = context.settings
         self._clients = clients
         self._channel_budget = channel_budget
-        self._rejections = rejections
+        self._rejections = context.rejections
+
+    @property
+    def settings(self) -> ProxySettings:
+        """The proxy's settings now (read per job: a test or a reload may replace them)."""
+        return self._settings()
 
     def job(
         self,
         group: TargetGroup,
-        method: str,
-        headers: dict[str, str],
+        ask: Ask,
         archive: ArchiveName,
         found: Found,
         *,
         origin: ByteSource = "upstream",
-        zero_copy: Connection | None = None,
+        zero_copy: bool = True,
     ) -> StreamJob:
         """The job of a stream of ``archive`` from the sources of ``found`` (from ``origin``:
-        the index's sources, the bucket or a holder replica), sent to ``zero_copy`` when the
-        client's connection takes zero-copy pieces. ``headers``: the client's forwarded ones."""
+        the index's sources, the bucket or a holder replica) for what the client asked
+        (``ask``: its method and forwarded headers), sent to the client's zero-copy
+        connection when it has one (and ``zero_copy``)."""
         now = trio.current_time()
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
-        sources = choose_sources(not headers, found, [h.reason if h else None for h in held])
+        sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
+        method, headers = ask.method, dict(ask.headers)
         opener = partial(
             open_upstream,
             self._clients,
@@ -109,14 +106,14 @@ class Launcher:
             settings=self.settings,
             events=self._events(group.group, archive, origin=origin),
             reopen=partial(self._reopen, group),
-            zero_copy=zero_copy,
+            zero_copy=ask.connection if zero_copy else None,
             early_size=sources.early,
             budget=self._channel_budget,
         )
 
     async def start(
         self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
-    ) -> Head | quart.Response:
+    ) -> Head | Answer:
         """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
         the 502/503 answer when it could not start (counted as an archive request's outcome
         for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
@@ -139,10 +136,10 @@ class Launcher:
             return text_answer(502, str(exc))
         return head
 
-    async def relay(self, job: StreamJob) -> quart.Response:
+    async def relay(self, job: StreamJob) -> Answer:
         """A plain stream to one client, nothing cached (:class:`tracker.proxy.plan.Relay`)."""
         head = await self.start(partial(relay, job))
-        if isinstance(head, quart.Response):
+        if isinstance(head, Answer):
             return head
         self.count("proxy")
         return head_answer(head)
@@ -224,28 +221,15 @@ async def _refuse(reason: str) -> UpstreamAnswer:
     raise UpstreamError(reason)
 
 
-def text_answer(status: int, reason: str) -> quart.Response:
-    """A one-line text answer (502, 503)."""
-    return quart.Response(reason + "\n", status=status, content_type="text/plain")
-
-
-def early_answer(size: int, body: ResponseBody) -> quart.Response:
+def early_answer(size: int, body: Body) -> Answer:
     """An early head: 200 with the index's size and no validator (none is known yet)."""
-    response = quart.Response(body, status=200)
-    response.headers.clear()
-    response.headers.update(
-        {"content-length": str(size), "content-type": "application/octet-stream"}
-    )
-    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
-    return response
+    headers = {"content-length": str(size), "content-type": "application/octet-stream"}
+    return Answer(200, headers, body)
 
 
-def head_answer(head: Head) -> quart.Response:
-    """The response of a pump's Head: exactly its headers, its body."""
-    body: ResponseBody | bytes = head.body if head.body is not None else b""
-    response = quart.Response(body, status=head.status)
-    # Exactly the planned headers: not Quart's text/html default, not a derived length.
-    response.headers.clear()
-    response.headers.update(head.headers)
-    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
-    return response
+def head_answer(head: Head) -> Answer:
+    """The answer of a pump's Head: exactly its headers, its body."""
+    return Answer(head.status, dict(head.headers), head.body if head.body is not None else b"")
+
+
+__all__ = ["Launcher", "Pump", "early_answer", "head_answer", "text_answer"]

@@ -28,7 +28,6 @@ import os
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
-import quart
 import trio
 
 from tracker.core.config import ObjectStore, TargetGroup
@@ -37,6 +36,7 @@ from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
+from tracker.files.answers import Answer
 from tracker.files.ranges import http_date
 from tracker.objectstore.answers import ObjectInfo
 from tracker.objectstore.locks import Holder, Lock
@@ -67,7 +67,7 @@ class ObjectPath:
             return None
         return await self.tier.handout(group, name)
 
-    async def head(self, group: str, name: str) -> quart.Response | None:
+    async def head(self, group: str, name: str) -> Answer | None:
         """A HEAD answered from the object's metadata; None when the bucket does not have it."""
         info = await self.tier.lookup(group, name)
         if info is None:
@@ -177,11 +177,10 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
-def head_response(info: ObjectInfo, digest: str | None = None) -> quart.Response:
+def head_response(info: ObjectInfo, digest: str | None = None) -> Answer:
     """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD), with the
     object's ``repr-digest`` when its digest is known."""
-    response = quart.Response(b"", status=200)
-    response.headers.clear()
+    response = Answer(200)
     modified = info.metadata.get("upstream-last-modified") or http_date(
         info.last_modified.astimezone(UTC).timestamp()
     )

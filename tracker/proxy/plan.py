@@ -3,9 +3,11 @@
 What docs/http-api.md promises ("Archive answers", "With an object store", "Verified archives")
 is decided here, as pure functions from the facts of a request (:class:`Asked`), of the mode
 (:class:`Mode`) and of what the cache, the bucket and the refreshes hold, to a decision value.
-:mod:`tracker.proxy.streamer` gathers the facts, asks each stage and performs its decisions
-with the executors (:mod:`tracker.proxy.stored`, :mod:`tracker.proxy.refreshing`,
-:mod:`tracker.proxy.launch`). tests/unit/test_plan.py tests the table, without sockets.
+The order of the stages is :class:`Walk`, one object as h11's ``Connection.next_event()`` is:
+it returns the next lookup it needs (:class:`NeedCopy`, :class:`NeedNow`, ...) or the next
+decision; the executor (:mod:`tracker.proxy.steps`) performs it and reports back the
+lookup's value, or whether the decision answered the request (True) or passed (False).
+tests/unit/test_plan.py drives the same Walk with a table of answers, without sockets.
 
 A stage is asked only once the lookup it needs is done, because what it reads can change
 while the request waits (a promotion ends, a refresh starts, another replica takes a lock)::
@@ -16,137 +18,34 @@ while the request waits (a promotion ends, a refresh starts, another replica tak
     on_miss      the refresh registry, the index       JoinShared, JoinBehind, Claim, StartShared,
                                                        OwnRefresh, or fallback
     claimed      the bucket's lock (Claim)             StartShared, FromHolder, or Relay
+    promoted     a refresh read passed, it was         CacheHit
+                 promoted meanwhile, the copy on disk
     fallback     any of the above passing              Relay (maybe noting interest)
 
 A decision may *pass* when performing it shows that it cannot answer (the bucket's URL could
 not be signed, the cached file vanished, the bucket's stream or the holder failed, a refresh
 ended before it could be read): the request then goes on to the next decision of ``stored``,
-or from a miss's decision to :func:`fallback`. Separately, :func:`choose_sources` picks the
-sources a stream may use, and :func:`prefetches` whether a file is refreshed with no client.
+or from a miss's decision to :func:`fallback`. :class:`PrefetchWalk` is the walk of a refresh
+with no client (``cache_prefetch``). Separately, :mod:`tracker.proxy.sources` picks the
+sources a stream may use.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
+from collections.abc import Generator
+from typing import TypeVar
 
 import attrs
 
 from tracker.core.index import SnapshotSource
-from tracker.core.rejections import PREFIX as REJECTED
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, wants_bytes
 from tracker.files.ranges import ByteRange, parse_range
+from tracker.proxy.facts import Asked, Bucket, Claimed, Copy, Mode, Now, Running
 
 Found = list[tuple[SnapshotFile, SnapshotSource]]
-
-# -- facts -------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Asked:
-    """The facts of a request: its method and the headers that decide its byte path."""
-
-    method: str
-    #: The ``Range`` header (None: absent).
-    range: str | None = None
-    #: An ``If-Range`` or conditional header (``If-Match``, ``If-None-Match``,
-    #: ``If-Modified-Since``, ``If-Unmodified-Since``): only the source can answer it.
-    conditional: bool = False
-    user_agent: str = ""
-
-    @property
-    def plain(self) -> bool:
-        """No ``Range`` and no conditional: the whole file, whatever its validators."""
-        return self.range is None and not self.conditional
-
-    @property
-    def plain_get(self) -> bool:
-        """A GET that may fill the cache: the answer is the whole file."""
-        return self.method == "GET" and self.plain
-
-    @property
-    def may_join(self) -> bool:
-        """A GET whose only forwarded header is ``Range``: a refresh's temp file answers it."""
-        return self.method == "GET" and not self.conditional
-
-
-@attrs.frozen
-class Bucket:
-    """The object store's state as a request finds it."""
-
-    #: False while the store is down (between retries).
-    usable: bool = True
-    #: ``object_store.direct_serve``: GETs of stored archives are sent to the bucket.
-    direct_serve: bool = True
-
-
-@attrs.frozen
-class Mode:
-    """The configuration a request is served under."""
-
-    #: The object store (docs/http-api.md#with-an-object-store-object_store), when one is
-    #: configured along with the disk cache.
-    bucket: Bucket | None = None
-    #: ``cache_share_inflight``: readers share one refresh of a file.
-    share: bool = False
-    #: ``cache_complete_on_disconnect``: a refresh outlives its last client.
-    keep: bool = False
-    #: ``serve_user_agents``: clients that get the bytes, never a redirect to another host.
-    serve_user_agents: tuple[str, ...] = ()
-
-    @property
-    def shares(self) -> bool:
-        """Refreshes are shared: ``cache_share_inflight``, or the bucket (the refresh is then
-        one for the whole fleet, and replicas follow it)."""
-        return self.share or self.bucket is not None
-
-
-class Copy(enum.Enum):
-    """What the disk cache may hold of the file, before it is opened."""
-
-    #: No disk cache is configured.
-    NO_CACHE = "no_cache"
-    #: The file cannot be cached here: its group is no directory name (``..``), or its path
-    #: leads out of the cache directory through a planted symlink.
-    OUTSIDE = "outside"
-    #: A copy that has not passed its check yet (``verify_archives``): not served.
-    UNCHECKED = "unchecked"
-    #: A copy is served if the file is there (checked, or ``verify_archives: false``).
-    SERVABLE = "servable"
-
-
-@attrs.frozen
-class Running:
-    """A refresh of the file that readers may find (registered), and its progress."""
-
-    size: int
-    written: int
-
-
-@attrs.frozen
-class Now:
-    """What a miss finds: the index and the refreshes of the file at that moment."""
-
-    #: The file is its group's current best full or best incremental.
-    best: bool = False
-    #: A registered refresh of the file (shared, or a background one), if any.
-    running: Running | None = None
-    #: Any refresh of the file runs, registered or not (the cache's own record).
-    refreshing: bool = False
-
-
-class Claimed(enum.Enum):
-    """What asking the bucket for the file's lock gave."""
-
-    #: This replica holds the lock: it refreshes the file and uploads it.
-    LOCK = "lock"
-    #: Another replica holds it: its refresh in flight is a source.
-    HOLDER = "holder"
-    #: No lock to be had (the store is down, or it is our own lock of a refresh that just
-    #: ended): the disk cache alone.
-    NONE = "none"
-
+#: The facts (tracker/proxy/facts.py) are part of the plan's language.
+__all__ = ["Asked", "Bucket", "Claimed", "Copy", "Mode", "Now", "Running"]
 
 # -- decisions ---------------------------------------------------------------------------------
 
@@ -313,40 +212,162 @@ def _written(range_header: str | None, running: Running) -> bool:
     return isinstance(wanted, ByteRange) and wanted.start < running.written
 
 
-# -- sources, prefetch -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Sources:
-    """The sources a stream may use, best first, and what it may promise."""
-
-    found: Found
-    #: The index's size of the file (0: unknown): the length of a 200 that states none.
-    size: int = 0
-    #: The size an early head may promise (0: none): a plain request, a known size.
-    early: int = 0
-    #: Why no source is left, when every one is held back (empty otherwise).
-    refusal: str = ""
-
-
-def choose_sources(plain: bool, found: Found, held: Sequence[str | None]) -> Sources:
-    """The sources of ``found`` whose copy is not held back (``held``: each one's reason,
-    None when it is not held back) after a failed check (docs/http-api.md, "Verified
-    archives"). With none left the answer is 502 with the latest reason. A plain request of
-    a file of known size may get an early head (docs/http-api.md, "Archive answers"): then
-    only sources of that size (or of unknown size, checked when they answer) may follow it.
-    """
-    kept = [pair for pair, reason in zip(found, held, strict=True) if reason is None]
-    latest = next((reason for reason in reversed(held) if reason is not None), "")
-    size = kept[0][0].size if kept else 0
-    early = size if plain and size > 0 else 0
-    if early:
-        kept = [(f, s) for f, s in kept if f.size in (0, early)]
-    return Sources(kept, size, early, REJECTED + latest if not kept and latest else "")
+# -- prefetch ------------------------------------------------------------------------------------
 
 
 def prefetches(best: bool, found: Found, cached: bool) -> bool:
-    """A file is refreshed with no client (``cache_prefetch``, or a ``Range`` request's
-    interest) when it is its group's best, advertised by remote sources only, and not cached;
-    with a bucket, also only when the bucket lacks it and this replica gets its lock."""
+    """A file may be refreshed with no client (``cache_prefetch``, or a ``Range`` request's
+    interest) when it is its group's best, advertised by remote sources only, and not cached.
+    With a bucket, :class:`PrefetchWalk` then also asks the bucket and its lock."""
     return best and bool(found) and not any(f.path for f, _ in found) and not cached
+
+
+# -- the walk ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class NeedCopy:
+    """Lookup: what the disk cache may hold of the file (a :class:`Copy`), after waiting for
+    a promotion of it in flight."""
+
+
+@attrs.frozen
+class NeedNow:
+    """Lookup: the index and the refreshes of the file now (a :class:`Now`). ``settle``:
+    first wait until no other request here is asking the bucket for the file's lock."""
+
+    settle: bool = False
+
+
+@attrs.frozen
+class NeedSize:
+    """Lookup: the index's size of the file (an int, 0: unknown)."""
+
+
+@attrs.frozen
+class NeedPromoted:
+    """Lookup: whether the refresh the request just read (and could not answer from) was
+    promoted into the cache meanwhile (a bool)."""
+
+
+@attrs.frozen
+class NeedInBucket:
+    """Lookup: whether the bucket holds the file (a bool)."""
+
+
+@attrs.frozen
+class NeedFound:
+    """Lookup (prefetch): whether the file is its group's best, who advertises it, and
+    whether the disk cache holds it (a :class:`Prefetching`)."""
+
+
+@attrs.frozen
+class Prefetching:
+    """The facts a prefetch starts from."""
+
+    best: bool
+    found: Found
+    cached: bool
+
+
+@attrs.frozen
+class StartPrefetch:
+    """Start a detached refresh of the file with no client, kept to its end; ``locked``:
+    under the bucket's lock (uploaded)."""
+
+    locked: bool = False
+
+
+Lookup = NeedCopy | NeedNow | NeedSize | NeedPromoted | NeedInBucket | NeedFound
+#: :class:`Claim` is asked like a lookup (its reply: a :class:`Claimed`), but it takes the
+#: lock: it is part of the path a request takes.
+Decision = Redirect | CacheHit | FromBucket | Miss | AfterMiss | AfterClaim | StartPrefetch
+Step = Lookup | Decision
+Reply = Copy | Now | Claimed | Prefetching | int | bool | None
+_Steps = Generator[Step, Reply, None]
+_T = TypeVar("_T")
+
+
+class Walk:
+    """The stages of one archive request in their order: :meth:`start` gives the first step,
+    :meth:`send` (the reply to the step before: a lookup's value, or for a decision whether
+    it answered) the next; None once the request is answered. Executors only perform."""
+
+    def __init__(self, asked: Asked, mode: Mode) -> None:
+        self._steps: _Steps = _request(asked, mode)
+
+    def start(self) -> Step | None:
+        """The first step."""
+        return self.send(None)
+
+    def send(self, reply: Reply) -> Step | None:
+        """The step after the one ``reply`` answers; None: the walk ended."""
+        try:
+            return self._steps.send(reply)
+        except StopIteration:
+            return None
+
+
+class PrefetchWalk(Walk):
+    """The walk of a refresh with no client: :func:`prefetches`, then with a bucket the
+    bucket's copy and its lock; it ends in :class:`StartPrefetch`, or in nothing."""
+
+    def __init__(self, bucket: bool) -> None:
+        self._steps = _prefetch(bucket)
+
+
+def _request(asked: Asked, mode: Mode) -> _Steps:
+    if redirect(asked, mode) is not None and (yield Redirect()):
+        return
+    copy = _as(Copy, (yield NeedCopy()))
+    for step in stored(asked, mode, copy):
+        if isinstance(step, Miss):
+            yield step  # counted: the reply tells nothing
+            yield from _miss(asked, mode)
+            return
+        if (yield step) or isinstance(step, Relay):
+            return
+    raise AssertionError("the stored stage ends in a miss or a relay")
+
+
+def _miss(asked: Asked, mode: Mode) -> _Steps:
+    now = _as(Now, (yield NeedNow(settle=mode.shares)))
+    step: AfterMiss | AfterClaim = on_miss(asked, mode, now)
+    if isinstance(step, Claim):
+        claim = _as(Claimed, (yield step))
+        step = claimed(asked, mode, claim, _as(int, (yield NeedSize())))
+    if (yield step) or isinstance(step, Relay):
+        return
+    if isinstance(step, JoinShared | StartShared | OwnRefresh) and (yield from _promoted()):
+        return
+    # Passed: what is true now decides.
+    yield fallback(asked, _as(Now, (yield NeedNow())))
+
+
+def _promoted() -> Generator[Step, Reply, bool]:
+    """The ``promoted`` stage: a refresh read passed, as it was promoted meanwhile; the copy
+    it became answers as a cache hit. Whether it answered."""
+    if not _as(bool, (yield NeedPromoted())) or _as(Copy, (yield NeedCopy())) is not Copy.SERVABLE:
+        return False
+    return bool((yield CacheHit()))
+
+
+def _prefetch(bucket: bool) -> _Steps:
+    facts = _as(Prefetching, (yield NeedFound()))
+    if not prefetches(facts.best, facts.found, facts.cached):
+        return
+    if not bucket:
+        yield StartPrefetch()
+        return
+    if _as(bool, (yield NeedInBucket())):
+        return  # clients are sent to the bucket's copy
+    claim = _as(Claimed, (yield Claim()))
+    if claim is not Claimed.HOLDER:  # another replica's lock: it refreshes the file
+        yield StartPrefetch(locked=claim is Claimed.LOCK)
+
+
+def _as(kind: type[_T], reply: Reply) -> _T:
+    """``reply`` checked to be the kind the step asked for."""
+    if not isinstance(reply, kind) or (kind is int and isinstance(reply, bool)):
+        raise TypeError(f"the walk expected a {kind.__name__}, got {reply!r}")
+    return reply

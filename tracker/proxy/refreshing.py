@@ -19,9 +19,7 @@ import logging
 from functools import partial
 
 import attrs
-import quart
 import trio
-from quart.wrappers.response import ResponseBody
 
 from tracker.cache.store import Cache
 from tracker.core.config import TargetGroup
@@ -29,20 +27,25 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
-from tracker.objectstore.locks import Holder, Lock
-from tracker.proxy.launch import Launcher, Pump, early_answer, head_answer, text_answer
+from tracker.files.answers import Answer
+from tracker.files.bodies import Body
+from tracker.objectstore.locks import Lock
+from tracker.proxy import plan
+from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext, Pump, Streams
+from tracker.proxy.launch import early_answer, head_answer, text_answer
 from tracker.proxy.objects import ObjectPath
-from tracker.proxy.plan import Copy, prefetches
 from tracker.proxy.pumps import fill
-from tracker.proxy.registry import RefreshRegistry
+from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
-from tracker.proxy.stored import StoredCopies, cache_path, copy_of
 from tracker.proxy.transfers import Head, RefreshJob
-from tracker.zerocopy.connection import Connection, zero_copy_connection
+from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.streamer")
 
-Started = SharedRefresh | quart.Response | None
+Started = SharedRefresh | Answer | None
+#: What a refresh's own stream asks its sources: the whole file.
+WHOLE_FILE = Ask(plan.Asked("GET"), {})
 
 
 @attrs.frozen
@@ -75,90 +78,68 @@ class Refreshes:
 
     def __init__(
         self,
-        launcher: Launcher,
+        context: ProxyContext,
+        launcher: Streams,
         registry: RefreshRegistry,
-        stored: StoredCopies,
         objects: ObjectPath | None,
     ) -> None:
+        self._context = context
         self._launcher = launcher
         self._registry = registry
-        self._stored = stored
         self._objects = objects
 
-    async def join_shared(
-        self,
-        shared: SharedRefresh,
-        cache: Cache,
-        request: quart.Request,
-        group: str,
-        archive: ArchiveName,
-    ) -> quart.Response | None:
+    async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
         """:class:`~tracker.proxy.plan.JoinShared`: read the running refresh (counted as a
         shared reader); None when it ended unread."""
-        return self._counted(await self.read(shared, cache, request, group, archive))
+        return self._counted(await self.read(shared, ask))
 
-    async def join_behind(
-        self, shared: SharedRefresh, request: quart.Request
-    ) -> quart.Response | None:
+    async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
         """:class:`~tracker.proxy.plan.JoinBehind`: a ``Range`` GET read from a background
         refresh's temp file (the range's first byte is written); None when it ended."""
-        return self._counted(await join(shared, "GET", request.headers.get("range")))
+        return self._counted(await join(shared, "GET", ask.asked.range))
 
-    def _counted(self, response: quart.Response | None) -> quart.Response | None:
-        """``response`` of a shared reader, counted as one when there is one."""
-        metrics = self._launcher.metrics
-        if response is not None and metrics is not None:
+    def _counted(self, answer: Answer | None) -> Answer | None:
+        """``answer`` of a shared reader, counted as one when there is one."""
+        metrics = self._context.metrics
+        if answer is not None and metrics is not None:
             metrics.count_shared_reader()
-        return response
+        return answer
 
     async def start_and_read(
-        self, start: RefreshStart, request: quart.Request
-    ) -> quart.Response | None:
+        self, start: RefreshStart, ask: Ask
+    ) -> tuple[Answer | None, SharedRefresh | None]:
         """:class:`~tracker.proxy.plan.StartShared` and :class:`~tracker.proxy.plan.OwnRefresh`:
         start the refresh, with an early head when the index knows the size, and read it.
-        None: a refresh of the file runs already (the request is streamed uncached)."""
+        The answer (None: a refresh of the file runs already, or the one started ended
+        unread), and the refresh read when one was."""
         size = self._launcher.index_size(start.group.group, start.archive.file_name)
-        connection = zero_copy_connection(request.scope)
         if size:
-            started = await self._start_early(start, size, connection)
+            started = await self._start_early(start, size, ask.connection)
         else:
             started = await self.start(start)
         if not isinstance(started, SharedRefresh):
-            return started  # None (a refresh runs), 502/503, uncached, early
-        group = start.group.group
-        return await self.read(started, start.cache, request, group, start.archive, start.origin)
+            return started, None  # None (a refresh runs), 502/503, uncached, early
+        return await self.read(started, ask, start.origin), started
 
     async def read(
-        self,
-        shared: SharedRefresh,
-        cache: Cache,
-        request: quart.Request,
-        group: str,
-        archive: ArchiveName,
-        origin: ByteSource = "cache",
-    ) -> quart.Response | None:
-        """``request`` answered from the temp file of ``shared`` (or, promoted meanwhile, as
-        a cache hit); None when neither can answer it. Its bytes are counted as ``origin``'s."""
-        response = await join(
+        self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
+    ) -> Answer | None:
+        """``ask`` answered from the temp file of ``shared``; None when it cannot be (the
+        walk then asks whether it was promoted meanwhile). Its bytes count as ``origin``'s."""
+        return await join(
             shared,
-            request.method,
-            request.headers.get("range"),
+            ask.method,
+            ask.asked.range,
             events=self._launcher.reader_events(origin),
-            connection=zero_copy_connection(request.scope),
+            connection=ask.connection,
         )
-        if response is None and shared.refresh.verified:  # promoted meanwhile: a cache hit
-            name = archive.file_name
-            path = cache_path(cache, group, name)
-            if copy_of(cache, path, group, name) is Copy.SERVABLE and path is not None:
-                response = await self._stored.cache_hit(cache, path, group, archive, request)
-        return response
 
     async def start(self, start: RefreshStart) -> Started:
         """Begin a detached refresh (see :class:`RefreshStart`); once it is open, the
         SharedRefresh.
 
         None when a refresh of the file already runs, or (no ``client``) it could not open.
-        For a ``client``, a Response when the upstream failed (502/503) or the refresh could
+        For a ``client``, an Answer when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
         begun = self._begin(start)
@@ -167,27 +148,47 @@ class Refreshes:
         return await self._open(*begun, client=start.client)
 
     async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
-        """Refresh ``archive`` with no client, when :func:`tracker.proxy.plan.prefetches`
-        says so and, with a bucket, the bucket lacks it and this replica gets its lock;
-        whether it was promoted (see :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
+        """Perform :class:`tracker.proxy.plan.PrefetchWalk`: refresh ``archive`` with no
+        client when it decides so; whether it was promoted (see
+        :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
         launcher, name = self._launcher, archive.file_name
-        best = launcher.is_best(group.group, name)
-        found = launcher.index.find_file(group.group, name) if best else []
-        if not prefetches(best, found, bool(found) and _cached(cache, group.group, name)):
-            return False
-        lock = None
-        if self._objects is not None:  # the bucket: one refresher in the whole fleet
-            if await self._objects.tier.lookup(group.group, name) is not None:
-                return False  # clients are sent to the bucket's copy
-            claimed = await self._registry.claim((cache.root, group.group, name))
-            if isinstance(claimed, Holder):
-                return False  # another replica refreshes it
-            lock = claimed
-        start = RefreshStart(group, cache, archive, keep=True, client=False, lock=lock)
+        key = (cache.root, group.group, name)
+        walk = plan.PrefetchWalk(bucket=self._objects is not None)
+        step, lock = walk.start(), None
+        while step is not None:
+            reply: plan.Reply = None
+            match step:
+                case plan.NeedFound():
+                    best = launcher.is_best(group.group, name)
+                    found = self._context.index.find_file(group.group, name) if best else []
+                    cached = bool(found) and _cached(cache, group.group, name)
+                    reply = plan.Prefetching(best, found, cached)
+                case plan.NeedInBucket() if self._objects is not None:
+                    reply = await self._objects.tier.lookup(group.group, name) is not None
+                case plan.Claim():
+                    claimed = await self._registry.claim(key)
+                    lock = claimed if isinstance(claimed, Lock) else None
+                    reply = claimed_of(claimed)
+                case plan.StartPrefetch(locked=locked):
+                    start = RefreshStart(
+                        group,
+                        cache,
+                        archive,
+                        keep=True,
+                        client=False,
+                        lock=lock if locked else None,
+                    )
+                    return await self._prefetch(start)
+                case _:
+                    raise AssertionError(f"not a step of a prefetch: {step!r}")
+            step = walk.send(reply)
+        return False
+
+    async def _prefetch(self, start: RefreshStart) -> bool:
         started = await self.start(start)
         if not isinstance(started, SharedRefresh):
             return False
-        return await _prefetched(started, cache, group.group, name)
+        return await _prefetched(started, start.cache, start.group.group, start.archive.file_name)
 
     async def _start_early(
         self, start: RefreshStart, size: int, connection: Connection | None
@@ -213,16 +214,16 @@ class Refreshes:
             finally:
                 done.set()
 
-        if not self._launcher.transfers.spawn(opening):
+        if not self._context.transfers.spawn(opening):
             begun[0].fail()
             begun[0].refresh.abort()
             return text_answer(503, "the tracker is stopping")
-        with trio.move_on_after(self._launcher.settings.early_head_after):
+        with trio.move_on_after(self._context.settings().early_head_after):
             await done.wait()
         if done.is_set():
             return outcome[0]
 
-        async def resolve() -> ResponseBody:
+        async def resolve() -> Body:
             await done.wait()
             return await self._follow(outcome[0], size, start.origin, connection)
 
@@ -230,7 +231,7 @@ class Refreshes:
 
     async def _follow(
         self, started: Started, size: int, origin: ByteSource, connection: Connection | None
-    ) -> ResponseBody:
+    ) -> Body:
         """The body that follows an early head of ``size`` bytes: the shared refresh's, or
         the uncached stream's when the refresh could not open; UpstreamError otherwise."""
         if isinstance(started, SharedRefresh):
@@ -241,10 +242,9 @@ class Refreshes:
         if response is None:
             raise UpstreamError("the cache refresh this download followed ended")
         length = response.headers.get("content-length")
-        if response.status_code != 200 or length != str(size):
-            raise UpstreamError(f"the source answered {response.status_code} after an early head")
-        body: ResponseBody = response.response
-        return body
+        if response.status != 200 or length != str(size) or not isinstance(response.body, Body):
+            raise UpstreamError(f"the source answered {response.status} after an early head")
+        return response.body
 
     def _begin(self, start: RefreshStart) -> tuple[SharedRefresh, Pump] | None:
         """Claim the refresh of the file and, with ``start.register``, register it for
@@ -253,22 +253,22 @@ class Refreshes:
         off). With the bucket's lock, the refresh's file is also uploaded to the bucket
         (:meth:`tracker.proxy.objects.ObjectPath.upload`, which releases the lock).
         """
-        launcher = self._launcher
+        launcher, transfers = self._launcher, self._context.transfers
         group, name, lock = start.group.group, start.archive.file_name, start.lock
         refresh = start.cache.begin_refresh(group, name)
-        if refresh is None or (lock is not None and not launcher.transfers.accepting):
+        if refresh is None or (lock is not None and not transfers.accepting):
             if refresh is not None:
                 refresh.abort()
             if lock is not None:
-                launcher.transfers.spawn(lock.release)
+                transfers.spawn(lock.release)
             return None
-        found = launcher.index.find_file(group, name)
-        job = launcher.job(start.group, "GET", {}, start.archive, found)
+        found = self._context.index.find_file(group, name)
+        job = launcher.job(start.group, WHOLE_FILE, start.archive, found)
         cache_job = RefreshJob(refresh, partial(launcher.is_best, group, name))
         shared = SharedRefresh(refresh, cache_job.stop, keep=start.keep)
         self._registry.add(start.key, shared, register=start.register)
         if lock is not None and self._objects is not None:
-            launcher.transfers.spawn(self._objects.upload, shared, lock, group, name)
+            transfers.spawn(self._objects.upload, shared, lock, group, name)
         return shared, partial(fill, job, cache_job, fallback=start.client)
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
@@ -284,7 +284,7 @@ class Refreshes:
         shared.fail()
         if not client:
             return None
-        if isinstance(head, quart.Response):
+        if isinstance(head, Answer):
             return head
         self._launcher.count("proxy")  # the refresh could not open (no room): streamed uncached
         return head_answer(head)

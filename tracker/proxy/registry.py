@@ -14,7 +14,7 @@ import trio
 
 from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy.objects import ObjectPath
-from tracker.proxy.plan import Running
+from tracker.proxy.plan import Claimed, Running
 from tracker.proxy.sharing import SharedRefresh
 
 #: A refresh's key: cache root, group, file name.
@@ -78,3 +78,10 @@ def progress(shared: SharedRefresh | None) -> Running | None:
     if shared is None:
         return None
     return Running(size=shared.refresh.size, written=shared.refresh.written)
+
+
+def claimed_of(claim: Lock | Holder | None) -> Claimed:
+    """What asking the bucket for a file's lock gave, as the plan knows it."""
+    if isinstance(claim, Holder):
+        return Claimed.HOLDER
+    return Claimed.NONE if claim is None else Claimed.LOCK

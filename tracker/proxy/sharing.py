@@ -24,12 +24,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import attrs
 import trio
-from quart import Response
-from quart.wrappers.response import ResponseBody
 
 from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
-from tracker.files.bodies import GeneratorBody
+from tracker.files.answers import Answer
+from tracker.files.bodies import Body, GeneratorBody
 from tracker.files.ranges import UNSATISFIABLE, parse_range
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
@@ -101,7 +100,7 @@ async def join(
     events: ReaderEvents | None = None,
     chunk_size: int = CHUNK_SIZE,
     connection: Connection | None = None,
-) -> Response | None:
+) -> Answer | None:
     """Answer a GET (``range_header`` honoured) from ``shared``'s temp file.
 
     Waits until the refresh is open. Returns None when it cannot be read (it failed or
@@ -129,7 +128,7 @@ async def join(
         lease.release()
         return response
     events = events if events is not None else ReaderEvents()
-    response.response = SharedBody(lease, refresh, offset, length, chunk_size, events, connection)
+    response.body = SharedBody(lease, refresh, offset, length, chunk_size, events, connection)
     return response
 
 
@@ -142,7 +141,7 @@ def _open_reader(path: str) -> int:
 
 def _plan(
     upstream_headers: dict[str, str], size: int, range_header: str | None
-) -> tuple[Response, int, int]:
+) -> tuple[Answer, int, int]:
     """Status and headers for a reader, and the bytes to send (offset, length)."""
     headers = dict(upstream_headers)
     headers["accept-ranges"] = "bytes"
@@ -156,12 +155,7 @@ def _plan(
         status, offset, length = 206, wanted.start, wanted.length
         headers["content-range"] = f"bytes {wanted.start}-{wanted.end}/{size}"
         headers["content-length"] = str(length)
-    response = Response(b"", status=status)
-    # Exactly these headers: not Quart's text/html default, not a derived length.
-    response.headers.clear()
-    response.headers.update(headers)
-    response.timeout = None  # downloads last hours (docs/architecture.md#traps-of-the-stack, 2)
-    return response, offset, length
+    return Answer(status, headers), offset, length
 
 
 class _Lease:
@@ -258,7 +252,7 @@ class LateBody(GeneratorBody):
     waits for the shared refresh to open and returns the body to pass on, or raises
     UpstreamError (the server then breaks the connection: never a short 200)."""
 
-    def __init__(self, resolve: Callable[[], Awaitable[ResponseBody]]) -> None:
+    def __init__(self, resolve: Callable[[], Awaitable[Body]]) -> None:
         self._resolve = resolve
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:

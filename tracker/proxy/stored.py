@@ -14,22 +14,21 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-import quart
-
 from tracker.cache.store import Cache
 from tracker.core.config import TargetGroup
 from tracker.core.digests import repr_digest
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
+from tracker.files.answers import Answer, redirect_answer
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.objectstore.locks import Holder
-from tracker.proxy.launch import Launcher, head_answer
+from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext, Streams
+from tracker.proxy.launch import head_answer
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Copy
 from tracker.proxy.pumps import relay
-from tracker.proxy.upstream import upstream_request_headers
-from tracker.zerocopy.connection import zero_copy_connection
 
 log = logging.getLogger("tracker.streamer")
 
@@ -39,8 +38,13 @@ class StoredCopies:
     ``objects`` is the bucket's part (None without an object store)."""
 
     def __init__(
-        self, launcher: Launcher, objects: ObjectPath | None, budget: ChunkBudget | None
+        self,
+        context: ProxyContext,
+        launcher: Streams,
+        objects: ObjectPath | None,
+        budget: ChunkBudget | None,
     ) -> None:
+        self._context = context
         self._launcher = launcher
         self.objects = objects
         self._budget = budget
@@ -53,28 +57,29 @@ class StoredCopies:
             self._launcher.count("object_redirect")
         return url
 
-    async def redirect(self, group: str, archive: ArchiveName) -> quart.Response | None:
+    async def redirect(self, group: str, archive: ArchiveName) -> Answer | None:
         """303 to the bucket's copy (first: a hit leaves the data path before any file
         system work)."""
         url = await self.presigned(group, archive)
-        if url is None:
-            return None
-        response = quart.Response(b"", status=303, content_type="text/plain")
-        response.headers["location"] = url
-        return response
+        return None if url is None else redirect_answer(url)
 
     async def cache_hit(
-        self, cache: Cache, path: str, group: str, archive: ArchiveName, request: quart.Request
-    ) -> quart.Response | None:
+        self, cache: Cache, path: str, group: str, archive: ArchiveName, ask: Ask
+    ) -> Answer | None:
         """The cached file at ``path`` (a copy the plan found servable), Range, conditionals
         and HEAD answered from disk; None when it is not there."""
         digest = cache.digest(group, archive.file_name)
         extra = {"repr-digest": repr_digest(digest)} if digest else None
-        metrics = self._launcher.metrics
+        metrics = self._context.metrics
         on_bytes = partial(metrics.add_served_bytes, "cache") if metrics is not None else None
         try:
             response = await file_response(
-                path, request, on_bytes=on_bytes, budget=self._budget, extra_headers=extra
+                path,
+                ask.request,
+                connection=ask.connection,
+                on_bytes=on_bytes,
+                budget=self._budget,
+                extra_headers=extra,
             )
         except FileNotFoundError:
             return None
@@ -85,8 +90,8 @@ class StoredCopies:
         return response
 
     async def from_bucket(
-        self, head: bool, request: quart.Request, group: str, archive: ArchiveName
-    ) -> quart.Response | None:
+        self, head: bool, ask: Ask, group: str, archive: ArchiveName
+    ) -> Answer | None:
         """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
         streamed from the bucket (Range and conditionals passed on). None: the bucket has
         no copy, or the store failed."""
@@ -97,20 +102,11 @@ class StoredCopies:
         if source is None:
             return None
         target_group, found, digest = source
-        headers = upstream_request_headers(request.headers.items(), None)
-        job = self._launcher.job(
-            target_group,
-            request.method,
-            headers,
-            archive,
-            found,
-            origin="object_store",
-            zero_copy=zero_copy_connection(request.scope),
-        )
+        job = self._launcher.job(target_group, ask, archive, found, origin="object_store")
         started = await self._launcher.start(
             partial(relay, job), client=False, failed="object_stream_failed"
         )
-        if isinstance(started, quart.Response):
+        if isinstance(started, Answer):
             return None  # the store failed: another path
         self._launcher.count("object_store")
         response = head_answer(started)
@@ -121,11 +117,11 @@ class StoredCopies:
     async def from_holder(
         self,
         holder: Holder,
-        request: quart.Request,
+        ask: Ask,
         group: TargetGroup,
         archive: ArchiveName,
         size: int,
-    ) -> quart.Response | None:
+    ) -> Answer | None:
         """Proxied from the replica that holds the file's lock (its refresh in flight) as a
         source of ``size`` bytes (the index's); None when it cannot be followed or failed
         (then streamed from upstream uncached)."""
@@ -134,14 +130,14 @@ class StoredCopies:
         if source is None:
             return None
         target_group, found = source
-        headers = upstream_request_headers(request.headers.items(), None)
+        # No zero-copy connection: a holder's bytes pass through Python (as they always did).
         job = self._launcher.job(
-            target_group, request.method, headers, archive, found, origin="replica"
+            target_group, ask, archive, found, origin="replica", zero_copy=False
         )
         started = await self._launcher.start(
             partial(relay, job), client=False, failed="replica_unreachable"
         )
-        if isinstance(started, quart.Response):
+        if isinstance(started, Answer):
             return None  # streamed from the source uncached instead
         self._launcher.count("replica")
         return head_answer(started)

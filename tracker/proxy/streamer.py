@@ -1,21 +1,11 @@
-"""Proxy mode's byte path: the plan's stages asked in turn, each decision performed.
+"""Proxy mode's byte path: the plan's walk performed for each archive request.
 
 :class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
-concrete archive request it parses the name once, gathers the facts each stage of
-:mod:`tracker.proxy.plan` needs when that stage is due, and performs what the stage decides
-(docs/architecture.md, "The byte path as a plan")::
-
-    redirect ──► stored: CacheHit, FromBucket ──► Miss ──► on_miss ──► (Claim ──► claimed)
-       │            (each may pass to the next)    │          │                  │
-       303                                        Relay     JoinShared, JoinBehind,
-                                                            StartShared, OwnRefresh,
-                                                            FromHolder ──(pass)──► fallback: Relay
-
-The executors: :mod:`tracker.proxy.stored` (the bucket, the disk cache, the holder replica),
-:mod:`tracker.proxy.refreshing` (starting, joining and reading refreshes, found through
-:mod:`tracker.proxy.registry`), :mod:`tracker.proxy.launch` (a stream's job and its pump).
+concrete archive request it parses the name once and performs the request's
+:class:`tracker.proxy.plan.Walk` with :class:`tracker.proxy.steps.RequestSteps`
+(docs/architecture.md, "The byte path as a plan", draws the walk).
 :meth:`ProxyStreamer.prefetch` starts a refresh with no client at all (``cache_prefetch``,
-:mod:`tracker.proxy.prefetch`).
+:mod:`tracker.proxy.prefetch`), its own walk (:class:`tracker.proxy.plan.PrefetchWalk`).
 """
 
 from __future__ import annotations
@@ -24,51 +14,33 @@ from collections.abc import Callable
 from functools import partial
 
 import attrs
-import quart
 
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
-from tracker.core.config import Config, TargetGroup
+from tracker.core.config import Config
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.metrics import Metrics
 from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.files.answers import Answer
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
-from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy import plan
+from tracker.proxy.ask import Ask
+from tracker.proxy.context import ProxyContext
 from tracker.proxy.launch import Launcher
 from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Asked, Found, Mode
-from tracker.proxy.refreshing import Refreshes, RefreshStart
-from tracker.proxy.registry import RefreshRegistry, progress
-from tracker.proxy.sharing import SharedRefresh
-from tracker.proxy.stored import StoredCopies, cache_path, copy_of
+from tracker.proxy.refreshing import Refreshes
+from tracker.proxy.registry import RefreshRegistry
+from tracker.proxy.settings import ProxySettings
+from tracker.proxy.steps import Executors, RequestSteps, Wanted
+from tracker.proxy.stored import StoredCopies
 from tracker.proxy.transfers import Transfers
-from tracker.proxy.upstream import (
-    CHANNEL_PIECES,
-    FORWARDED_REQUEST_HEADERS,
-    DownloadClients,
-    ProxySettings,
-    upstream_request_headers,
-)
-from tracker.zerocopy.connection import zero_copy_connection
+from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
 
 CacheFactory = Callable[[str], Cache]
-
-
-@attrs.frozen
-class Wanted:
-    """The file a request asks for: its group, its parsed name, its sources."""
-
-    group: TargetGroup
-    archive: ArchiveName
-    found: Found
-
-    @property
-    def name(self) -> str:
-        return self.archive.file_name
 
 
 class ProxyStreamer:
@@ -104,8 +76,16 @@ class ProxyStreamer:
         self._transfers = transfers
         self._metrics = metrics
         settings = settings if settings is not None else ProxySettings()
+        #: The one copy of the settings; every part reads it through the context.
+        self._settings = settings
+        #: What the proxy's parts share (tracker/proxy/context.py).
+        self.context = ProxyContext(
+            config, index, transfers, lambda: self._settings, metrics, self.rejections
+        )
         self._clients = DownloadClients(
-            settings, policy=lambda: policy_of(self._config().egress), resolver=resolver
+            self.context.settings,
+            policy=lambda: policy_of(self._config().egress),
+            resolver=resolver,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
@@ -114,22 +94,21 @@ class ProxyStreamer:
             largest=settings.read_size,
             per_stream=CHANNEL_PIECES,
         )
-        self._launcher = Launcher(
-            config,
-            index,
-            transfers,
-            self._clients,
-            settings=settings,
-            channel_budget=channel_budget,
-            metrics=metrics,
-            rejections=self.rejections,
-        )
+        self._launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
         #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None without
         #: one.
         self._objects = objects
         self._registry = RefreshRegistry(objects)
-        self._stored = StoredCopies(self._launcher, objects, budget)
-        self._refreshes = Refreshes(self._launcher, self._registry, self._stored, objects)
+        self._stored = StoredCopies(self.context, self._launcher, objects, budget)
+        self._refreshes = Refreshes(self.context, self._launcher, self._registry, objects)
+        self._executors = Executors(
+            self.context,
+            self._launcher,
+            self._stored,
+            self._refreshes,
+            self._registry,
+            on_interest=lambda: self.on_interest,
+        )
         self._cache_factory = cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
         #: Cache roots whose start-up check of unverified files has not been started yet.
@@ -146,12 +125,13 @@ class ProxyStreamer:
 
     @property
     def settings(self) -> ProxySettings:
-        """The proxy's tunables (read per stream: replacing them affects the next ones)."""
-        return self._launcher.settings
+        """The proxy's tunables (read at each use: replacing them affects the next streams
+        and the download clients they use)."""
+        return self._settings
 
     @settings.setter
     def settings(self, value: ProxySettings) -> None:
-        self._launcher.settings = value
+        self._settings = value
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
@@ -210,10 +190,9 @@ class ProxyStreamer:
         """Close the download clients (at service stop, after the transfers ended)."""
         await self._clients.aclose()
 
-    async def serve(
-        self, request: quart.Request, group: str, name: str, found: Found
-    ) -> quart.Response:
-        """Answer a GET or HEAD of archive ``name`` of ``group`` (advertised by ``found``).
+    async def serve(self, ask: Ask, group: str, name: str, found: Found) -> Answer:
+        """Answer ``ask``, a GET or HEAD of archive ``name`` of ``group`` (advertised by
+        ``found``): its walk (:class:`tracker.proxy.plan.Walk`), performed.
 
         Raises RequestError (404/400) for a name or group that cannot be used. Upstream
         failures answer 502 with a one-line reason; a stopping tracker answers 503.
@@ -225,104 +204,8 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         wanted = Wanted(target_group, _archive(name), found)  # parsed once, here
         cache = self.cache()
-        asked = asked_of(request)
-        mode = self._mode(config, cache)
-        if plan.redirect(asked, mode) is not None:
-            sent = await self._stored.redirect(group, wanted.archive)
-            if sent is not None:
-                return sent
-        path = cache_path(cache, group, name) if cache is not None else None
-        if cache is not None and path is not None:
-            await cache.wait_promotion(group, name, self.settings.promotion_wait)
-        for step in plan.stored(asked, mode, copy_of(cache, path, group, name)):
-            match step:
-                case plan.CacheHit() if cache is not None and path is not None:
-                    sent = await self._stored.cache_hit(cache, path, group, wanted.archive, request)
-                case plan.FromBucket(head=head):
-                    sent = await self._stored.from_bucket(head, request, group, wanted.archive)
-                case plan.Miss() if cache is not None:
-                    return await self._miss(request, asked, mode, cache, wanted)
-                case _:
-                    return await self._relay(request, wanted)
-            if sent is not None:
-                return sent
-        raise AssertionError("the stored stage ends in a miss or a relay")
-
-    async def _miss(
-        self, request: quart.Request, asked: Asked, mode: Mode, cache: Cache, wanted: Wanted
-    ) -> quart.Response:
-        """No stored copy answered: the ``on_miss`` stage (and ``claimed``), then the
-        fallback when the decision passed."""
-        self._launcher.count("cache_miss")
-        key = (cache.root, wanted.group.group, wanted.name)
-        if mode.shares:
-            await self._registry.settled(key)  # another request here is asking for the lock
-        shared = self._registry.running(key)
-        step: plan.AfterMiss | plan.AfterClaim = plan.on_miss(
-            asked, mode, self._now(cache, wanted, shared)
-        )
-        claim: Lock | Holder | None = None
-        if isinstance(step, plan.Claim):
-            claim = await self._registry.claim(key)
-            size = self._launcher.index_size(wanted.group.group, wanted.name)
-            step = plan.claimed(asked, mode, _claimed(claim), size)
-        sent = await self._after_miss(step, request, cache, wanted, shared, claim)
-        if sent is not None:
-            return sent
-        if not isinstance(step, plan.Relay):  # passed: what is true now decides
-            now = self._now(cache, wanted, self._registry.running(key))
-            step = plan.fallback(asked, now)
-        if step.interest and self.on_interest is not None:
-            self.on_interest(wanted.group.group, wanted.name)
-        return await self._relay(request, wanted)
-
-    async def _after_miss(
-        self,
-        step: plan.AfterMiss | plan.AfterClaim,
-        request: quart.Request,
-        cache: Cache,
-        wanted: Wanted,
-        shared: SharedRefresh | None,
-        claim: Lock | Holder | None,
-    ) -> quart.Response | None:
-        """Perform a miss's decision; None: it passed (or it is a relay)."""
-        group, archive = wanted.group, wanted.archive
-        match step:
-            case plan.JoinShared() if shared is not None:
-                return await self._refreshes.join_shared(
-                    shared, cache, request, group.group, archive
-                )
-            case plan.JoinBehind() if shared is not None:
-                return await self._refreshes.join_behind(shared, request)
-            case plan.StartShared(keep=keep):
-                lock = claim if isinstance(claim, Lock) else None
-                start = RefreshStart(group, cache, archive, keep, lock=lock)
-                return await self._refreshes.start_and_read(start, request)
-            case plan.OwnRefresh(keep=keep):
-                # Registered for nobody else. Its bytes count as the upstream's, as they did
-                # when this client's stream fed the file: only readers of a shared refresh
-                # count as cache hits.
-                start = RefreshStart(group, cache, archive, keep, register=False, origin="upstream")
-                return await self._refreshes.start_and_read(start, request)
-            case plan.FromHolder(size=size) if isinstance(claim, Holder):
-                return await self._stored.from_holder(claim, request, group, archive, size)
-        return None
-
-    async def _relay(self, request: quart.Request, wanted: Wanted) -> quart.Response:
-        """:class:`~tracker.proxy.plan.Relay`: streamed from the sources, uncached."""
-        if not any(f.url for f, _source in wanted.found):
-            # Only the tracker held it (tracker.core.holdings), and its copy is gone.
-            raise RequestError(404, f"{wanted.name} is no longer held nor advertised")
-        headers = upstream_request_headers(request.headers.items(), None)
-        job = self._launcher.job(
-            wanted.group,
-            request.method,
-            headers,
-            wanted.archive,
-            wanted.found,
-            zero_copy=zero_copy_connection(request.scope),
-        )
-        return await self._launcher.relay(job)
+        walk = plan.Walk(ask.asked, self._mode(config, cache))
+        return await RequestSteps(self._executors, ask, wanted, cache).walk(walk)
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
         objects = self._objects if cache is not None else None
@@ -334,14 +217,6 @@ class ProxyStreamer:
             share=config.cache_share_inflight,
             keep=config.cache_complete_on_disconnect,
             serve_user_agents=config.serve_user_agents,
-        )
-
-    def _now(self, cache: Cache, wanted: Wanted, shared: SharedRefresh | None) -> plan.Now:
-        group, name = wanted.group.group, wanted.name
-        return plan.Now(
-            best=self._launcher.is_best(group, name),
-            running=progress(shared),
-            refreshing=cache.is_refreshing(group, name),
         )
 
     async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
@@ -375,33 +250,12 @@ class ProxyStreamer:
         return await self._refreshes.prefetch(target_group, cache, archive)
 
 
-def asked_of(request: quart.Request) -> Asked:
-    """The facts of ``request`` the plan decides on."""
-    headers = request.headers
-    conditional = any(
-        key.lower() in FORWARDED_REQUEST_HEADERS and key.lower() != "range"
-        for key, _value in headers.items()
-    )
-    return Asked(
-        method=request.method,
-        range=headers.get("range"),
-        conditional=conditional,
-        user_agent=headers.get("user-agent", ""),
-    )
-
-
 def _archive(name: str) -> ArchiveName:
     """The parsed archive name; RequestError(404) unless ``name`` is a canonical one."""
     parsed = parse_archive_name(name)
     if parsed is None or parsed.file_name != name:
         raise RequestError(404, "not a snapshot archive name")
     return parsed
-
-
-def _claimed(claim: Lock | Holder | None) -> plan.Claimed:
-    if isinstance(claim, Holder):
-        return plan.Claimed.HOLDER
-    return plan.Claimed.NONE if claim is None else plan.Claimed.LOCK
 
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:

@@ -50,6 +50,7 @@ from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.exchange import send
 from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import UNCAPPED, Pacer, SourceLimits
+from tracker.proxy.settings import ProxySettings
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
@@ -78,47 +79,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHANNEL_PIECES = 7
 #: Longest wait for an upstream answer to close (it may be closed while being cancelled).
 CLOSE_TIMEOUT = 5.0
-
-
-@attrs.frozen
-class ProxySettings:
-    """Tunables of the download path (seconds and bytes)."""
-
-    #: TCP (and TLS) connect timeout per source.
-    connect_timeout: float = 5.0
-    #: How long a source may take to answer with its status line and headers (and then to
-    #: start its body); ``first_byte_timeout`` asks the next source much sooner.
-    answer_timeout: float = 15.0
-    #: When a plain request for a file of known size has no upstream answer after this long,
-    #: its head goes out anyway (Firedancer gives a peer 1 s for the whole head, README.md#clients).
-    early_head_after: float = 0.5
-    #: Longest wait for one socket read of the body: a stalled upstream fails after this.
-    read_timeout: float = 60.0
-    #: Connections per download client (one client per TLS setting).
-    max_connections: int = 512
-    #: Bytes asked of the socket per read (the size of chunks, at most); a stream that passes
-    #: its bytes through Python (the channel) reads less when many do (``channel_budget``).
-    read_size: int = 1024 * 1024
-    #: Pieces waiting between the upstream reader and the client writer, per stream, on top
-    #: of the reader's read-ahead (which already holds what arrived while a piece is sent).
-    queue_chunks: int = 0
-    #: Memory shared by every stream that passes its bytes through Python (the channel: TLS
-    #: upstreams, HTTP/2 clients); each holds up to CHANNEL_PIECES reads of its share, from
-    #: ``smallest_read`` up to ``read_size`` (bench/README.md, "memory").
-    channel_budget: int = 32 * 1024 * 1024
-    smallest_read: int = 64 * 1024
-    #: How long a stream waits for the server to start sending its body before deciding that
-    #: the client went away (docs/architecture.md#traps-of-the-stack, 4).
-    drain_start_timeout: float = 30.0
-    #: Redirects followed per source, each checked by the egress policy when it leaves the
-    #: source's own origin.
-    max_redirects: int = 5
-    #: Waits before each attempt to resume a broken cache refresh with a Range request; as
-    #: many attempts per break as there are delays (an attempt that brought bytes resets it).
-    resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
-    #: How long a request waits for a refresh that has every byte to be synced and renamed
-    #: into place (to be a cache hit) before it is streamed uncached instead.
-    promotion_wait: float = 60.0
 
 
 def download_client(
@@ -169,38 +129,46 @@ class DownloadClients:
 
     def __init__(
         self,
-        settings: ProxySettings,
+        settings: Callable[[], ProxySettings],
         policy: Callable[[], EgressPolicy] = EgressPolicy,
         resolver: Resolver = resolve,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         #: Transfers and rate per source (``source_limits``), shared by every stream.
         self.limits = SourceLimits()
         self._policy = policy
         self._resolver = resolver
-        self._clients: dict[TLSConfig | None, httpx.AsyncClient] = {}
-        self._foreign: httpx.AsyncClient | None = None
+        # By TLS setting (None: the foreign client's key is "foreign") and by the settings
+        # they were made with: replaced settings get new clients (read size, timeouts, pool);
+        # the old ones serve their streams to the end and are closed by aclose.
+        self._clients: dict[tuple[object, ProxySettings], httpx.AsyncClient] = {}
+
+    @property
+    def settings(self) -> ProxySettings:
+        """The proxy's settings now (one copy: the proxy's, read at each use)."""
+        return self._settings()
 
     def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
         """The client for sources of a group with TLS settings ``tls``."""
-        client = self._clients.get(tls)
+        settings = self.settings
+        client = self._clients.get((tls, settings))
         if client is None:
-            client = self._clients[tls] = download_client(tls, self.settings)
+            client = self._clients[tls, settings] = download_client(tls, settings)
         return client
 
     def foreign(self) -> httpx.AsyncClient:
         """The client for origins that are not a group's own configured source."""
-        if self._foreign is None:
+        settings = self.settings
+        client = self._clients.get(("foreign", settings))
+        if client is None:
             checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
-            self._foreign = download_client(None, self.settings, checking)
-        return self._foreign
+            client = download_client(None, settings, checking)
+            self._clients["foreign", settings] = client
+        return client
 
     async def aclose(self) -> None:
         """Close every client (and the connections they pool)."""
         clients, self._clients = list(self._clients.values()), {}
-        if self._foreign is not None:
-            clients.append(self._foreign)
-            self._foreign = None
         for client in clients:
             await client.aclose()
 

@@ -25,8 +25,11 @@ from tracker.core.redact import has_secrets, redact_userinfo
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
+from tracker.files.answers import Answer, redirect_answer
 from tracker.files.downloads import DownloadSlots, Slot, account_download
 from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.proxy.ask import Ask, ask_of
+from tracker.web.answers import to_response
 from tracker.zerocopy.connection import zero_copy_connection
 
 
@@ -35,12 +38,12 @@ class ByteStreamer(Protocol):
 
     async def serve(
         self,
-        request: quart.Request,
+        ask: Ask,
         group: str,
         name: str,
         found: list[tuple[SnapshotFile, SnapshotSource]],
-    ) -> quart.Response:
-        """Answer ``request`` for archive ``name`` of ``group`` from one of ``found``."""
+    ) -> Answer:
+        """Answer ``ask`` for archive ``name`` of ``group`` from one of ``found``."""
         ...
 
     async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
@@ -70,9 +73,7 @@ def needs_credentials(group: TargetGroup | None, target: str) -> bool:
 
 def redirect(location: str) -> quart.Response:
     """A 303 with a lower-case ``location`` header and an empty body."""
-    response = quart.Response(b"", status=303, content_type="text/plain")
-    response.headers["location"] = location
-    return response
+    return to_response(redirect_answer(location))
 
 
 def tracker_path(name: str, group: str, *, alias: bool) -> str:
@@ -144,57 +145,64 @@ class Delivery:
         as an active stream while it is sent and logs one ``download`` line at its end
         (bytes, duration, outcome).
         """
-        slot, response = await self._answer(request, group, name, root=root)
-        if response.status_code in (200, 206) and "content-disposition" not in response.headers:
+        # What was asked, read from the request once: nothing below reads it again.
+        ask = ask_of(request.method, request.headers.items(), zero_copy_connection(request.scope))
+        slot, answer = await self._answer(ask, group, name, root=root)
+        if answer.status in (200, 206) and "content-disposition" not in answer.headers:
             # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
-            response.headers["content-disposition"] = f'attachment; filename="{name}"'
-        account_download(response, request, self._metrics, slot, group=group, file=name)
-        return response
+            answer.headers["content-disposition"] = f'attachment; filename="{name}"'
+        account_download(answer, ask.method, self._metrics, slot, group=group, file=name)
+        return to_response(answer)
 
     async def _answer(
-        self, request: quart.Request, group: str, name: str, *, root: bool
-    ) -> tuple[Slot | None, quart.Response]:
+        self, ask: Ask, group: str, name: str, *, root: bool
+    ) -> tuple[Slot | None, Answer]:
         """The answer, and the download slot it holds (None: a redirect, which holds none)."""
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         f, source = found[0]
         config = self._config()
-        user_agent = request.headers.get("user-agent", "")
-        served = root and wants_bytes(user_agent, config.serve_user_agents)
+        served = root and wants_bytes(ask.asked.user_agent, config.serve_user_agents)
         proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
         if not f.path and not f.url and not config.proxy_snapshot_downloads:
             # Held by the tracker only (tracker.core.holdings): served by proxy mode alone.
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         if not f.path and not proxied:
             self._count("redirect")
-            return None, redirect(redact_userinfo(f.url))
-        slot = self._take_slot(request)
+            return None, redirect_answer(redact_userinfo(f.url))
+        slot = self._take_slot(ask)
         try:
             if f.path:
-                return slot, await self._local(request, f.path, name)
+                return slot, await self._local(ask, f.path, name)
             if self._streamer is None:
                 raise RequestError(502, f"{name} must be proxied and no proxy is running")
-            return slot, await self._streamer.serve(request, group, name, found)
+            return slot, await self._streamer.serve(ask, group, name, found)
         except BaseException:
             slot.release()
             raise
 
-    def _take_slot(self, request: quart.Request) -> Slot:
+    def _take_slot(self, ask: Ask) -> Slot:
         try:
             # The connection can tell whether its client takes bytes (its slot may be
             # reclaimed when it does not); a connection of plain bytes cannot.
-            return self.slots.take(zero_copy_connection(request.scope))
+            return self.slots.take(ask.connection)
         except RequestError:
             self._count("busy")
             raise
 
-    async def _local(self, request: quart.Request, path: str, name: str) -> quart.Response:
+    async def _local(self, ask: Ask, path: str, name: str) -> Answer:
         self._count("local")
         on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
         try:
-            return await file_response(path, request, on_bytes=on_bytes, budget=self._budget)
+            return await file_response(
+                path,
+                ask.request,
+                connection=ask.connection,
+                on_bytes=on_bytes,
+                budget=self._budget,
+            )
         except FileNotFoundError as exc:
             raise RequestError(404, f"{name} is gone from its local directory") from exc
         except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
