@@ -24,6 +24,8 @@ __all__ = [
     "HttpTargets",
     "LocalTargets",
     "ObjectStore",
+    "Ranking",
+    "SpeedTest",
     "StaticTargets",
     "TLSConfig",
     "TargetGroup",
@@ -158,6 +160,31 @@ class ConsulSDConfig:
 
 
 @attrs.frozen
+class SpeedTest:
+    """Range probes of the leading candidates' archives (docs/ranking.md): ``bytes`` read
+    from each of the ``top`` candidates every ``interval`` seconds."""
+
+    bytes: int = 16 * 1024 * 1024
+    top: int = 5
+    interval: float = 600.0
+
+
+@attrs.frozen
+class Ranking:
+    """How a group's pairs are ranked (docs/ranking.md). Without this section a group ranks
+    by slot, the Go tracker's order and JSON; with it, by the predicted time to a running
+    node unless ``by: slot``. Throughputs are bytes per second; ``switch_margin`` a fraction
+    (0.1 for 10%)."""
+
+    by: str = "time_to_running"
+    replay_slots_per_second: float = 25.0
+    slot_seconds: float = 0.4
+    assumed_throughput: float = 50_000_000.0
+    speed_test: SpeedTest = SpeedTest()
+    switch_margin: float = 0.1
+
+
+@attrs.frozen
 class TargetGroup:
     """One cluster/network: its sources and how to reach them."""
 
@@ -174,6 +201,8 @@ class TargetGroup:
     local_targets: LocalTargets | None = None
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
+    #: None: ranked by slot, as the Go tracker does (docs/ranking.md).
+    ranking: Ranking | None = None
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""

@@ -20,7 +20,7 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from tracker.core import values
+from tracker.core import rankvalues, values
 from tracker.core.config import (
     BasicAuth,
     BearerAuth,
@@ -32,6 +32,8 @@ from tracker.core.config import (
     HttpTargets,
     LocalTargets,
     ObjectStore,
+    Ranking,
+    SpeedTest,
     StaticTargets,
     TargetGroup,
     TLSConfig,
@@ -63,6 +65,7 @@ def config_converter(files: FileChecks) -> cattrs.Converter:
     _register_auth(converter, files)
     _register_targets(converter, files)
     _register_object_store(converter, files)
+    _register_ranking(converter)
     add_hook(
         converter,
         TargetGroup,
@@ -102,6 +105,23 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "max_slot_ahead": values.integer_in(0),
     }
     add_hook(converter, Trust, trust)
+
+
+def _register_ranking(converter: cattrs.Converter) -> None:
+    speed_test = {
+        "bytes": rankvalues.size,
+        "top": values.integer_in(1, 100),
+        "interval": values.positive_duration,
+    }
+    add_hook(converter, SpeedTest, speed_test)
+    ranking = {
+        "by": rankvalues.ranking_order,
+        "replay_slots_per_second": rankvalues.positive_number,
+        "slot_seconds": rankvalues.positive_number,
+        "assumed_throughput": rankvalues.throughput,
+        "switch_margin": rankvalues.fraction,
+    }
+    add_hook(converter, Ranking, ranking)
 
 
 def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> None:
