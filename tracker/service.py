@@ -205,14 +205,15 @@ def object_path(
 
 
 def apply_trust(index: Index, config: Config) -> None:
-    """Give the index each group's trust settings (docs/http-api.md#trust); on start and every
-    reload."""
+    """Give the index each group's trust settings (docs/http-api.md#trust) and ranking
+    (docs/ranking.md); on start and every reload."""
     for group in config.target_groups:
         trust = group.trust
         policy = TrustPolicy(
             frozenset(trust.known_sources), trust.min_agreeing_sources, trust.max_slot_ahead
         )
         index.set_policy(group.group, policy)
+        index.set_ranking(group.group, group.ranking)
 
 
 def groups_dropped(old: Config, new: Config) -> list[str]:

@@ -197,7 +197,7 @@ class Launcher:
         """A transfer from ``key`` ended: big enough ones rank its sources
         (docs/http-api.md#trust)."""
         if size >= MIN_MEASURED_BYTES:
-            self.index.record_transfer(key, size, seconds, trio.current_time())
+            self.index.record_transfer(key, size, seconds)  # on the index's clock
 
     def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
         """What counts a failed source of the index (not the bucket, not a replica)."""
