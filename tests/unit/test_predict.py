@@ -31,7 +31,13 @@ MB = 1_000_000
         # The case: a newest full at 20 MB/s ...
         ((Download(2000 * MB, 20 * MB),), 1000, 1000, R, 100 + 250 / 22.5),
         # ... against an older full at 200 MB/s with a recent incremental.
-        ((Download(2000 * MB, 200 * MB), Download(100 * MB, 200 * MB)), 990, 1000, R, 10.5 + 36.25 / 22.5),
+        (
+            (Download(2000 * MB, 200 * MB), Download(100 * MB, 200 * MB)),
+            990,
+            1000,
+            R,
+            10.5 + 36.25 / 22.5,
+        ),
         # Replay no faster than the cluster: never catches up.
         ((Download(MB),), 1000, 1000, Ranking(replay_slots_per_second=2.5), math.inf),
         ((), 900, 1000, Ranking(replay_slots_per_second=2), math.inf),
