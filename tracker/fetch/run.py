@@ -26,6 +26,7 @@ from tracker.fetch.download import Result, download
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
 from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
+from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.net.clients import no_cookies
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
@@ -151,6 +152,8 @@ async def _run(
     remote = await _offer(client, options, options.slot or None)
     if options.slot:
         await _check_age(client, options, remote)
+    else:  # a full the ledger holds costs nothing to download (docs/ranking.md)
+        remote = rerank(remote, local)
     what = plan(
         local,
         remote,
