@@ -74,7 +74,9 @@ class Tracker:
     """The live state shared by the listeners; ``config`` is swapped whole on reload."""
 
     config: Config
-    index: Index = attrs.field(factory=Index)
+    #: Its clock is trio's, the one clock of every time the daemon compares (measured
+    #: throughputs, rejections, speed tests, what is kept across restarts).
+    index: Index = attrs.field(factory=lambda: Index(clock=trio.current_time))
     metrics: Metrics = attrs.field(factory=Metrics)
     stop: trio.Event = attrs.field(factory=trio.Event)
 
@@ -188,12 +190,13 @@ def build(
         digests=digests,
         rejections=rejections,
         uncached=streamer.uncached,
+        clock=index.clock,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
-    speedtests = SpeedTests(current, index, streamer.clients)
+    speedtests = SpeedTests(current, index, streamer.clients, clock=index.clock)
     bucket = objects.tier.bucket if objects is not None else None
-    learning = Learning(current, index, rejections, bucket)
+    learning = Learning(current, index, rejections, bucket, clock=index.clock)
     return Components(
         tracker,
         scraper,
@@ -230,14 +233,15 @@ def object_path(
 
 
 def apply_trust(index: Index, config: Config) -> None:
-    """Give the index each group's trust settings (docs/http-api.md#trust); on start and every
-    reload."""
+    """Give the index each group's trust settings (docs/http-api.md#trust) and ranking
+    (docs/ranking.md); on start and every reload."""
     for group in config.target_groups:
         trust = group.trust
         policy = TrustPolicy(
             frozenset(trust.known_sources), trust.min_agreeing_sources, trust.max_slot_ahead
         )
         index.set_policy(group.group, policy)
+        index.set_ranking(group.group, group.ranking)
 
 
 def groups_dropped(old: Config, new: Config) -> list[str]:

@@ -91,10 +91,16 @@ def _load(tmp_path: Path, ranking: str) -> Config:
 def test_speed_test_defaults_and_units(tmp_path: Path) -> None:
     path = tmp_path / "tracker.yml"
     path.write_text("target_groups: [{group: mainnet}]\n")
-    default = load_config(path).target_groups[0].ranking.speed_test
+    assert load_config(path).target_groups[0].ranking is None  # by slot: no speed tests
+    path.write_text("target_groups: [{group: mainnet, ranking: {}}]\n")
+    ranking = load_config(path).target_groups[0].ranking
+    assert ranking is not None
+    default = ranking.speed_test
     assert (default.bytes, default.top, default.interval) == (16 * MiB, 5, 600.0)
     config = _load(tmp_path, "speed_test: {bytes: 4MiB, top: 2, interval: 1m}")
-    test = config.target_groups[0].ranking.speed_test
+    ranking = config.target_groups[0].ranking
+    assert ranking is not None
+    test = ranking.speed_test
     assert (test.bytes, test.top, test.interval) == (4 * MiB, 2, 60.0)
 
 

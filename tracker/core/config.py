@@ -141,24 +141,6 @@ class Trust:
 
 
 @attrs.frozen
-class SpeedTest:
-    """Range reads of the leading candidates' archives (docs/http-api.md#speed-tests): the
-    first ``bytes`` of a full archive of each of the ``top`` best sources of the group, a
-    source at most once every ``interval`` seconds."""
-
-    bytes: int = 16 * 1024 * 1024
-    top: int = 5
-    interval: float = 600.0
-
-
-@attrs.frozen
-class Ranking:
-    """How a group's candidates are ranked and measured (docs/http-api.md#speed-tests)."""
-
-    speed_test: SpeedTest = SpeedTest()
-
-
-@attrs.frozen
 class SourceLimits:
     """What one source of the group is asked for at once (:mod:`tracker.net.sourcelimits`):
     concurrent transfers (proxied streams, refreshes, speed tests) and bytes per second;
@@ -188,6 +170,31 @@ class ConsulSDConfig:
 
 
 @attrs.frozen
+class SpeedTest:
+    """Range probes of the leading candidates' archives (docs/ranking.md): ``bytes`` read
+    from each of the ``top`` candidates every ``interval`` seconds."""
+
+    bytes: int = 16 * 1024 * 1024
+    top: int = 5
+    interval: float = 600.0
+
+
+@attrs.frozen
+class Ranking:
+    """How a group's pairs are ranked (docs/ranking.md). Without this section a group ranks
+    by slot, the Go tracker's order and JSON; with it, by the predicted time to a running
+    node unless ``by: slot``. Throughputs are bytes per second; ``switch_margin`` a fraction
+    (0.1 for 10%)."""
+
+    by: str = "time_to_running"
+    replay_slots_per_second: float = 25.0
+    slot_seconds: float = 0.4
+    assumed_throughput: float = 50_000_000.0
+    speed_test: SpeedTest = SpeedTest()
+    switch_margin: float = 0.1
+
+
+@attrs.frozen
 class TargetGroup:
     """One cluster/network: its sources and how to reach them."""
 
@@ -204,7 +211,8 @@ class TargetGroup:
     local_targets: LocalTargets | None = None
     cluster_discovery: ClusterDiscovery | None = None
     trust: Trust = Trust()
-    ranking: Ranking = Ranking()
+    #: None: ranked by slot, as the Go tracker does, and no speed tests (docs/ranking.md).
+    ranking: Ranking | None = None
     source_limits: SourceLimits = SourceLimits()
 
     def sidecar_url(self, host: str) -> str:

@@ -20,7 +20,7 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from tracker.core import values
+from tracker.core import rankvalues, values
 from tracker.core.config import (
     BasicAuth,
     BearerAuth,
@@ -66,6 +66,7 @@ def config_converter(files: FileChecks) -> cattrs.Converter:
     _register_auth(converter, files)
     _register_targets(converter, files)
     _register_object_store(converter, files)
+    _register_ranking(converter)
     add_hook(
         converter,
         TargetGroup,
@@ -105,15 +106,26 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "max_slot_ahead": values.integer_in(0),
     }
     add_hook(converter, Trust, trust)
+    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
+    add_hook(converter, SourceLimits, limits)
+
+
+def _register_ranking(converter: cattrs.Converter) -> None:
+    # Speed tests cost the sources: bounded reads, at most every 10 s; top 0 turns them off.
     speed_test = {
         "bytes": values.size_in(64 * 1024, 1024**3),
         "top": values.integer_in(0, 100),
         "interval": values.duration_in(10, 7 * 24 * 3600),
     }
     add_hook(converter, SpeedTest, speed_test)
-    add_hook(converter, Ranking, {})
-    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
-    add_hook(converter, SourceLimits, limits)
+    ranking = {
+        "by": rankvalues.ranking_order,
+        "replay_slots_per_second": rankvalues.positive_number,
+        "slot_seconds": rankvalues.positive_number,
+        "assumed_throughput": rankvalues.throughput,
+        "switch_margin": rankvalues.fraction,
+    }
+    add_hook(converter, Ranking, ranking)
 
 
 def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> None:

@@ -6,73 +6,22 @@ sees a consistent state because trio only switches tasks at ``await``.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 
+from tracker.core.config import Ranking
 from tracker.core.holdings import HELD_TARGET, Holdings
+from tracker.core.ranking import PairKey, RankedPairs, rank_pairs
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
+from tracker.core.sources import SnapshotSource, TargetKey
 from tracker.core.trust import TrustPolicy, needs_screening, screen
 
-
-class TargetKey(NamedTuple):
-    """A target's stable identity: its group and its display name (URL or path).
-
-    ``discovered``: a node found by cluster discovery (docs/http-api.md#trust), not configured by
-    the
-    operator: an address from the network, never given the group's credentials.
-
-    A named tuple, not an attrs class: keys are hashed and compared hundreds of thousands of
-    times a second while thousands of targets are ranked, and a tuple does both in C.
-    """
-
-    group: str
-    target: str
-    discovered: bool = False
-
-
-@attrs.frozen
-class SnapshotSource:
-    """A snapshot as one target holds it (the §6 ``snapshot source``)."""
-
-    info: SnapshotInfo
-    key: TargetKey
-    updated_at: datetime
-    #: Bytes per second measured on transfers from this target (0: not measured).
-    throughput: float = 0.0
-    #: Seconds its last probe took (None: not measured, a local directory).
-    latency: float | None = None
-    #: What the ranking assumes: the measured throughput, else the median of the group's
-    #: measured targets (an unmeasured source gets its chance; a slow one falls behind).
-    expected: float = 0.0
-
-    def rank_key(self) -> tuple[tuple[int, int, int, bytes], float, float, datetime, str]:
-        """Ascending ranking key; the best source has the largest key.
-
-        Between sources of the same snapshot: the higher measured throughput, then the lower
-        probe latency, then the one scraped successfully most recently (docs/http-api.md#trust);
-        the target
-        name makes the order total (deterministic answers).
-        """
-        latency = -self.latency if self.latency is not None else -math.inf
-        return (
-            self.info.rank_key(),
-            self.expected,
-            latency,
-            self.updated_at,
-            _reverse(self.key.target),
-        )
-
-
-@functools.lru_cache(maxsize=65536)
-def _reverse(text: str) -> str:
-    # Descending sort of the whole key must list equal-rank targets in ascending name order.
-    return "".join(chr(0x10FFFF - ord(c)) for c in text)
+__all__ = ["Index", "SnapshotSource", "TargetKey"]
 
 
 @attrs.frozen
@@ -89,7 +38,9 @@ THROUGHPUT_HALF_LIFE = 600.0
 class Index:
     """Snapshots per target, with ranked views per group."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: The one clock of measured throughputs: recorded and aged on it (monotonic seconds).
+        self.clock = clock
         self._entries: dict[TargetKey, _Entry] = {}
         #: Bumped by every change: what was computed from an older generation is stale.
         self.generation = 0
@@ -100,7 +51,12 @@ class Index:
         self._policies: dict[str, TrustPolicy] = {}
         self._cluster_slot: int | None = None
         self._mismatches: dict[TargetKey, str] = {}
-        #: Per target: (bytes per second, monotonic time of the measurement).
+        #: Per group ranked by time to running: its settings, its ranked pairs (per change)
+        #: and the pair handed out last (docs/ranking.md).
+        self._rankings: dict[str, Ranking] = {}
+        self._pairs: dict[str, RankedPairs] = {}
+        self._held: dict[str, PairKey] = {}
+        #: Per target: (bytes per second, time of the measurement on :attr:`clock`).
         self._throughput: dict[TargetKey, tuple[float, float]] = {}
         #: Per target: its ranked sources as last built, reused while nothing about the
         #: target changed (a round of thousands of targets re-ranks several times a second).
@@ -167,6 +123,16 @@ class Index:
             self._policies[group] = policy
             self._changed()
 
+    def set_ranking(self, group: str, ranking: Ranking | None) -> None:
+        """Rank ``group`` by ``ranking`` (None or ``by: slot``: by slot, docs/ranking.md)."""
+        wanted = ranking if ranking is not None and ranking.by == "time_to_running" else None
+        if self._rankings.get(group) != wanted:
+            if wanted is None:
+                self._rankings.pop(group, None)
+            else:
+                self._rankings[group] = wanted
+            self._changed()
+
     def set_cluster_slot(self, slot: int | None) -> None:
         """The cluster's current slot (from ``rpc``): snapshots far above it are not ranked."""
         if slot != self._cluster_slot:
@@ -189,22 +155,28 @@ class Index:
         self._rank()
         return self._mismatches
 
-    def record_transfer(self, key: TargetKey, size: int, seconds: float, now: float) -> None:
-        """A transfer of ``size`` bytes from ``key`` took ``seconds`` (at monotonic ``now``):
-        folded into its throughput, older measurements weighing less as they age."""
+    def record_transfer(
+        self, key: TargetKey, size: int, seconds: float, now: float | None = None
+    ) -> None:
+        """A transfer of ``size`` bytes from ``key`` took ``seconds`` (ended at ``now`` on
+        :attr:`clock`, its reading by default): folded into its throughput, older
+        measurements weighing less as they age."""
         if seconds <= 0 or size <= 0:
             return
+        now = self.clock() if now is None else now
         rate = size / seconds
         old = self.throughput(key, now)
         self._throughput[key] = ((old + rate) / 2 if old else rate, now)
         self._changed()
 
-    def throughput(self, key: TargetKey, now: float) -> float:
-        """``key``'s measured bytes per second, decayed by age (0: never measured)."""
+    def throughput(self, key: TargetKey, now: float | None = None) -> float:
+        """``key``'s measured bytes per second, decayed by its age at ``now`` on :attr:`clock`
+        (its reading by default); 0: never measured."""
         measured = self._throughput.get(key)
         if measured is None:
             return 0.0
         rate, at = measured
+        now = self.clock() if now is None else now
         return float(rate * 0.5 ** (max(0.0, now - at) / THROUGHPUT_HALF_LIFE))
 
     def measurements(self) -> dict[TargetKey, tuple[float, float]]:
@@ -228,6 +200,7 @@ class Index:
 
     def _changed(self) -> None:
         self._ranked = self._everything = None
+        self._pairs = {}
         self.generation += 1
 
     def keys(self) -> list[TargetKey]:
@@ -249,7 +222,7 @@ class Index:
             keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
             fulls: dict[str, list[SnapshotSource]] = {}
             self._mismatches = {}
-            now = time.monotonic()
+            now = self.clock()
             built: dict[TargetKey, _Built] = {}
             for group, entries in self._by_group().items():
                 screened = self._screen(group, entries)
@@ -301,7 +274,8 @@ class Index:
         """Every source of ``group`` (or of all groups, by group name), best first."""
         ranked = self._rank()
         if group is not None:
-            return list(ranked.get(group, ()))
+            timed = self._by_time(group)
+            return list(timed.sources if timed is not None else ranked.get(group, ()))
         return [s for name in sorted(ranked) for s in ranked[name]]
 
     def ranked(self) -> list[SnapshotSource]:
@@ -312,7 +286,9 @@ class Index:
         if self._everything is None:
             ranked = self._rank()
             if len(ranked) == 1:
-                [self._everything] = ranked.values()
+                [name] = ranked
+                timed = self._by_time(name)
+                self._everything = timed.sources if timed is not None else ranked[name]
             else:
                 # The kept ranking keys, not rank_key() again: thousands of sources.
                 pairs = [pair for name in sorted(self._keyed) for pair in self._keyed[name]]
@@ -327,6 +303,9 @@ class Index:
         incremental's chain (a sidecar may list only the chain).
         """
         self._rank()
+        timed = self._by_time(group)
+        if timed is not None:
+            return timed.full
         fulls = self._fulls.get(group)
         return fulls[0] if fulls else None
 
@@ -340,7 +319,11 @@ class Index:
         """The highest incremental whose base is the best full's slot, or None.
 
         That is the validator's own rule: a client that fetches both gets a usable pair.
+        Ranked by time to running: the incremental of the pair handed out.
         """
+        timed = self._by_time(group)
+        if timed is not None:
+            return timed.incremental
         full = self.best_full(group)
         if full is None:
             return None
@@ -352,6 +335,29 @@ class Index:
             ),
             None,
         )
+
+    def _by_time(self, group: str) -> RankedPairs | None:
+        """``group``'s pairs ranked by time to running (None: it ranks by slot), once per
+        change; the pair handed out moves only by ``switch_margin`` (docs/ranking.md)."""
+        ranking = self._rankings.get(group)
+        if ranking is None:
+            return None
+        done = self._pairs.get(group)
+        if done is None:
+            sources = self._rank().get(group, [])
+            tip = self._cluster_slot or max((s.info.slot for s in sources), default=0)
+            held = self._held.get(group)
+            done = rank_pairs(sources, self._fulls.get(group, []), tip, ranking, held)
+            self._pairs[group] = done
+            if done.chosen is not None:
+                self._held[group] = done.chosen
+        return done
+
+    def predicted(self, source: SnapshotSource) -> float | None:
+        """The predicted seconds to a running node of ``source``'s pair (None: its group
+        ranks by slot)."""
+        timed = self._by_time(source.key.group)
+        return timed.predicted.get(id(source)) if timed is not None else None
 
     def find_file(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
         """Every source of ``group`` advertising the archive ``name``, best source first.

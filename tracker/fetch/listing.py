@@ -10,6 +10,7 @@ the same bytes.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +40,8 @@ class RemoteFile:
     size: int
     urls: tuple[str, ...]
     sha256: frozenset[str] = frozenset()
+    #: The fastest ``throughput_bps`` the tracker lists for a source of it (0: none).
+    throughput: float = 0.0
 
     @property
     def file_name(self) -> str:
@@ -52,6 +55,9 @@ class RemoteSnapshot:
 
     full: RemoteFile | None
     incremental: RemoteFile | None = None
+    #: The tracker's ``predicted_seconds`` of the pair (docs/ranking.md; None: not listed,
+    #: the tracker ranks by slot; infinite: listed as null, it never catches up).
+    predicted: float | None = None
 
     @property
     def slot(self) -> int:
@@ -82,12 +88,15 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     """The snapshots of the tracker at ``base`` from its JSON ``entries`` (best first), each
     archive with the tracker's route first, then the URL of each source listing it: the
     file's ``url`` (docs/http-api.md), else, from a tracker without it, an absolute
-    ``file_name``; and the ``sha256`` digests listed for it. Malformed entries, URLs and
-    digests are skipped."""
+    ``file_name``; and the ``sha256`` digests listed for it; each pair with its
+    ``predicted_seconds`` and each file with its sources' best ``throughput_bps``.
+    Malformed entries, URLs, digests and figures are skipped."""
     urls: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     digests: dict[str, set[str]] = {}
+    speeds: dict[str, float] = {}
     order: list[tuple[str | None, str | None]] = []
+    predicted: dict[tuple[str | None, str | None], float] = {}
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
             continue
@@ -110,17 +119,35 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
             digest = raw.get("sha256")
             if isinstance(digest, str) and _SHA256.fullmatch(digest):
                 digests.setdefault(name, set()).add(digest)
+            speed = _figure(entry.get("throughput_bps"))
+            if speed is not None and speed > speeds.get(name, 0.0):
+                speeds[name] = speed
         fulls = [n for n in names if _parsed(n).is_full]
         heads = [n for n in names if not _parsed(n).is_full]
         if fulls or heads:  # an incremental whose source does not list its full: alone
-            order.append((fulls[0] if fulls else None, heads[0] if heads else None))
+            pair = (fulls[0] if fulls else None, heads[0] if heads else None)
+            order.append(pair)
+            if "predicted_seconds" in entry:
+                raw_seconds = entry["predicted_seconds"]
+                seconds = math.inf if raw_seconds is None else _figure(raw_seconds)
+                if seconds is not None:
+                    predicted.setdefault(pair, seconds)
+    files = (sizes, urls, digests, speeds)
     return [
         RemoteSnapshot(
-            _file(full, sizes, urls, digests) if full is not None else None,
-            _file(head, sizes, urls, digests) if head is not None else None,
+            _file(full, *files) if full is not None else None,
+            _file(head, *files) if head is not None else None,
+            predicted.get((full, head)),
         )
         for full, head in dict.fromkeys(order)
     ]
+
+
+def _figure(value: object) -> float | None:
+    """A non-negative finite number from the tracker's JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 _SHA256 = re.compile("[0-9a-f]{64}")
@@ -155,9 +182,11 @@ def _file(
     sizes: dict[str, int],
     urls: dict[str, list[str]],
     digests: dict[str, set[str]] | None = None,
+    speeds: dict[str, float] | None = None,
 ) -> RemoteFile:
     digest = frozenset((digests or {}).get(name, ()))
-    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]), digest)
+    speed = (speeds or {}).get(name, 0.0)
+    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]), digest, speed)
 
 
 async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[RemoteSnapshot]:

@@ -27,6 +27,7 @@ from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from
 from tracker.fetch.lock import ledger_lock
 from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
+from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
 from tracker.net.clients import no_cookies
@@ -166,6 +167,8 @@ async def _locked(
     local = await _really_held(local, remote, options.settings.verify)
     if options.slot:
         await _check_age(client, options, remote)
+    else:  # a full the ledger holds costs nothing to download (docs/ranking.md)
+        remote = rerank(remote, local)
     what = plan(
         local,
         remote,

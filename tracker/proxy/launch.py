@@ -16,8 +16,6 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
-import trio
-
 from tracker.cache.refresh import Refresh
 from tracker.core.config import TargetGroup
 from tracker.core.index import TargetKey
@@ -81,7 +79,7 @@ class Launcher:
         the index's sources, the bucket or a holder replica) for what the client asked
         (``ask``: its method and forwarded headers), sent to the client's zero-copy
         connection when it has one (and ``zero_copy``)."""
-        now = trio.current_time()
+        now = self.index.clock()  # the clock rejections are kept on
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
         sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
         method, headers = ask.method, dict(ask.headers)
@@ -194,7 +192,7 @@ class Launcher:
         """A transfer from ``key`` ended: big enough ones rank its sources
         (docs/http-api.md#trust)."""
         if size >= MIN_MEASURED_BYTES:
-            self.index.record_transfer(key, size, seconds, trio.current_time())
+            self.index.record_transfer(key, size, seconds)  # on the index's clock
 
     def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
         """What counts a failed source of the index (not the bucket, not a replica)."""
@@ -205,7 +203,7 @@ class Launcher:
     def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
         """A refresh's archive from ``key`` failed its check: not used for it a while."""
         hold = self.config().reject_for
-        self._rejections.reject(key, name, reason, now=trio.current_time(), hold=hold)
+        self._rejections.reject(key, name, reason, now=self.index.clock(), hold=hold)
         if self.metrics is not None:
             self.metrics.count_archive_rejected(group)
 

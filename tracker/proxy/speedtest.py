@@ -82,6 +82,8 @@ class SpeedTests:
 
     def due(self, group: TargetGroup) -> list[Probe]:
         """The speed tests of ``group`` due now."""
+        if group.ranking is None:  # ranked by slot, as the Go tracker: no reads of their own
+            return []
         test = group.ranking.speed_test
         if test.top <= 0:
             return []

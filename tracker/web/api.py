@@ -87,6 +87,7 @@ def source_json(
     files_base: str | None = None,
     here: str = "",
     digest: Callable[[str, str], str | None] = lambda _group, _name: None,
+    predicted: float | None = None,
 ) -> dict[str, Any]:
     """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
     mode) URLs point at the tracker.
@@ -97,7 +98,8 @@ def source_json(
     Each file carries ``url``, where this source's copy is fetched from (the source itself,
     or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
     credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
-    copy.
+    copy. ``predicted``: the seconds to a running node of the source's pair, in a group
+    ranked by it (docs/ranking.md; infinite: ``null``, it never catches up).
     """
     info, group = source.info, source.key.group
     files_base = base if base is not None else files_base
@@ -124,6 +126,8 @@ def source_json(
         out["latency_ms"] = math.ceil(source.latency * 1000)
     if source.throughput > 0:
         out["throughput_bps"] = round(source.throughput)
+    if predicted is not None:
+        out["predicted_seconds"] = round(predicted, 1) if math.isfinite(predicted) else None
     return out
 
 
@@ -217,16 +221,24 @@ def _listing_body(
     version = deps.digests.version
     for s in sources:
         files_base = here if proxied(s) else None
-        render = partial(_source_bytes, deps, s, base, files_base, here)
-        parts.append(fragments.get(s, (base, files_base, here, version), render))
+        predicted = deps.index.predicted(s)
+        render = partial(_source_bytes, deps, s, base, files_base, here, predicted)
+        parts.append(fragments.get(s, (base, files_base, here, version, predicted), render))
     return b"[" + b",".join(parts) + b"]"
 
 
 def _source_bytes(
-    deps: ApiDeps, source: SnapshotSource, base: str | None, files_base: str | None, here: str
+    deps: ApiDeps,
+    source: SnapshotSource,
+    base: str | None,
+    files_base: str | None,
+    here: str,
+    predicted: float | None,
 ) -> bytes:
     digest = deps.digests.get
-    body = source_json(source, base, files_base=files_base, here=here, digest=digest)
+    body = source_json(
+        source, base, files_base=files_base, here=here, digest=digest, predicted=predicted
+    )
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -63,8 +63,8 @@ class StatusSources:
     ``cache`` is the disk cache of the current config (None without one), ``refreshes``
     its refreshes in flight with their readers; ``store_status`` the bucket's ``/v1/store``
     status (None without a bucket); ``events`` the ring of :data:`PAGE_EVENTS`;
-    ``digest`` the SHA-256 of a verified archive when known. ``clock`` is Unix time,
-    ``monotonic`` the clock of measured throughputs (trio's).
+    ``digest`` the SHA-256 of a verified archive when known. ``clock`` is Unix time
+    (measured throughputs are aged on the index's own clock).
     """
 
     config: Callable[[], Config]
@@ -76,7 +76,6 @@ class StatusSources:
     events: RecentEvents
     digest: Digest = no_digest
     clock: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = trio.current_time
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -179,7 +178,7 @@ def _best(
 
 
 def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
-    index, moment = sources.index, sources.monotonic()
+    index = sources.index
     mismatches = index.mismatches()
     out = []
     for h in health:
@@ -193,7 +192,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 health=h.health,
                 last_error=h.last_error or mismatches.get(key, ""),
                 latency=h.last_duration,
-                throughput=index.throughput(key, moment),
+                throughput=index.throughput(key),
                 last_scrape=h.last_scrape.timestamp() if h.last_scrape else None,
                 snapshots=index.count(key),
             )

@@ -1,0 +1,148 @@
+"""The index ranked by time to a running node: the pair handed out, the predictions, the
+choice that does not flap, and the one clock of measured throughputs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import base58
+import pytest
+
+from tracker.core.config import Ranking
+from tracker.core.index import THROUGHPUT_HALF_LIFE, Index, TargetKey
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+H = base58.b58encode(bytes(range(32))).decode()
+G = base58.b58encode(bytes(range(1, 33))).decode()
+MB = 1_000_000
+RANKING = Ranking(replay_slots_per_second=25, slot_seconds=0.4, assumed_throughput=50 * MB)
+
+
+def infos(*named: tuple[str, int]) -> list[SnapshotInfo]:
+    files = []
+    for name, size in named:
+        parsed = parse_archive_name(name.replace("H", H).replace("G", G))
+        assert parsed is not None
+        url = f"http://x/{parsed.file_name}"
+        files.append(SnapshotFile(parsed, parsed.file_name, size=size, url=url))
+    return chains_from_files(files)
+
+
+SLOW, FAST = TargetKey("g", "slow"), TargetKey("g", "fast")
+
+
+def two_sources(index: Index) -> None:
+    """The issue's case: the newest full on a slow source, an older full on a fast one with
+    a recent incremental on it."""
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0)
+    fast = infos(
+        ("snapshot-900-G.tar.zst", 2000 * MB), ("incremental-snapshot-900-990-H.tar.zst", 50 * MB)
+    )
+    index.apply(FAST, fast, T0)
+    index.record_transfer(SLOW, 20 * MB, 1.0)
+    index.record_transfer(FAST, 200 * MB, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("ranking", "full", "incremental", "first"),
+    [
+        # Without a ranking, or by slot: the newest full, and no incremental on it.
+        (None, 1000, None, 1000),
+        (Ranking(by="slot"), 1000, None, 1000),
+        # By time to running: the older full on the fast source, and its incremental.
+        (RANKING, 900, 990, 990),
+    ],
+)
+def test_the_pair_handed_out_follows_the_ranking(
+    ranking: Ranking | None, full: int, incremental: int | None, first: int
+) -> None:
+    index = Index()
+    index.set_ranking("g", ranking)
+    two_sources(index)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == full
+    incr = index.best_incremental("g")
+    assert (incr.info.slot if incr else None) == incremental
+    assert index.sources("g")[0].info.slot == first
+    assert index.ranked()[0].info.slot == first
+
+
+def test_every_pair_carries_its_prediction_by_the_formula() -> None:
+    index = Index()
+    index.set_ranking("g", RANKING)
+    two_sources(index)
+    predicted = {s.info.slot: index.predicted(s) for s in index.sources("g")}
+    # 2,000 MB at 20 MB/s: 100 s, then 250 slots at 22.5 a second.
+    assert predicted[1000] == pytest.approx(100 + 250 / 22.5)
+    # 2,050 MB at 200 MB/s: 10.25 s, then 10 + 25.625 slots behind.
+    assert predicted[990] == pytest.approx(10.25 + 35.625 / 22.5)
+    # The older full alone: 10 s, then 100 + 25 slots behind.
+    assert predicted[900] == pytest.approx(10 + 125 / 22.5)
+    by_slot = Index()
+    two_sources(by_slot)
+    assert {by_slot.predicted(s) for s in by_slot.sources("g")} == {None}
+
+
+def test_the_tip_is_the_cluster_slot_when_known() -> None:
+    index = Index()
+    index.set_ranking("g", RANKING)
+    two_sources(index)
+    index.set_cluster_slot(1225)
+    [newest] = [s for s in index.sources("g") if s.info.slot == 1000]
+    assert index.predicted(newest) == pytest.approx(100 + 475 / 22.5)
+
+
+def test_an_unmeasured_source_is_priced_at_the_assumed_throughput() -> None:
+    index = Index()
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 500 * MB)), T0)
+    [source] = index.sources("g")
+    assert index.predicted(source) == pytest.approx(10 + 25 / 22.5)
+
+
+def test_equal_candidates_keep_one_answer_across_changes() -> None:
+    index = Index()
+    index.set_ranking("g", RANKING)
+    a, b = TargetKey("g", "a"), TargetKey("g", "b")
+    index.apply(a, infos(("snapshot-1000-H.tar.zst", 100 * MB)), T0)
+    index.apply(b, infos(("snapshot-1000-G.tar.zst", 100 * MB)), T0)
+    first = index.best_full("g")
+    assert first is not None
+    for n in range(10):  # every change re-ranks; the answer stays
+        index.apply(TargetKey("g", f"other{n}"), infos((f"snapshot-{10 + n}-H.tar", 1)), T0)
+        best = index.best_full("g")
+        assert best is not None and best.info.hash == first.info.hash
+
+
+def test_the_pair_moves_only_by_the_switch_margin() -> None:
+    index = Index()
+    index.set_ranking("g", RANKING)
+    a, b = TargetKey("g", "a"), TargetKey("g", "b")
+    index.apply(a, infos(("snapshot-1000-H.tar.zst", 1000 * MB)), T0)
+    index.apply(b, infos(("snapshot-1000-G.tar.zst", 1000 * MB)), T0)
+    index.record_transfer(a, 100 * MB, 1.0)
+    index.record_transfer(b, 95 * MB, 1.0)
+    held = index.best_full("g")
+    assert held is not None and held.key == a
+    index.record_transfer(b, 115 * MB, 1.0)  # b now averages 105 MB/s: within 10%
+    held = index.best_full("g")
+    assert held is not None and held.key == a
+    index.record_transfer(b, 300 * MB, 1.0)  # b averages 202 MB/s: it wins
+    held = index.best_full("g")
+    assert held is not None and held.key == b
+
+
+def test_throughput_decays_on_the_index_clock() -> None:
+    """Recorded and aged on one clock: after a half-life, half the throughput (a clock far
+    from ``time.monotonic``, as trio's is, must not freeze the measurement)."""
+    now = [1e9]
+    index = Index(clock=lambda: now[0])
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", MB)), T0)
+    index.record_transfer(SLOW, 100 * MB, 1.0)
+    assert index.sources("g")[0].throughput == pytest.approx(100 * MB)
+    now[0] += THROUGHPUT_HALF_LIFE
+    assert index.throughput(SLOW) == pytest.approx(50 * MB)
+    index.apply(FAST, infos(("snapshot-900-H.tar.zst", MB)), T0)  # a change re-ranks
+    [slow] = [s for s in index.sources("g") if s.key == SLOW]
+    assert slow.throughput == pytest.approx(50 * MB)

@@ -1,0 +1,123 @@
+"""A group's pairs ranked by the predicted time to a running node (docs/ranking.md). Pure.
+
+Each source of the group is a pair: a full alone, or an incremental with its full (the one
+in its chain, else the full at its base slot that downloads fastest). Every archive is
+downloaded from its fastest source (measured throughput, else ``assumed_throughput``), and
+:func:`tracker.core.predict.predicted_seconds` prices the pair. The pair handed out (short
+redirects, status page, first in ``/v1/best_snapshots``) moves only when another beats it by
+``switch_margin`` (:func:`tracker.core.predict.choose`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from tracker.core.config import Ranking
+from tracker.core.predict import Download, choose, predicted_seconds
+from tracker.core.sources import SnapshotSource
+
+#: A pair: the full's archive name, and the incremental's (None: the full alone).
+PairKey = tuple[str, str | None]
+
+
+@attrs.frozen(eq=False)
+class RankedPairs:
+    """A group's sources, the pair handed out first then by predicted seconds; the
+    prediction of each source (by ``id``, for as long as ``sources`` holds it)."""
+
+    sources: list[SnapshotSource]
+    predicted: dict[int, float]
+    chosen: PairKey | None = None
+    full: SnapshotSource | None = None
+    incremental: SnapshotSource | None = None
+
+
+def rank_pairs(
+    sources: list[SnapshotSource],
+    fulls: list[SnapshotSource],
+    tip: int,
+    ranking: Ranking,
+    held: PairKey | None,
+) -> RankedPairs:
+    """Rank ``sources`` (best first by slot) by their pair's predicted seconds; ``fulls``
+    are the group's full archives as sources (best first), ``tip`` the cluster's slot and
+    ``held`` the pair handed out before."""
+    speeds, sizes = _archives(sources, ranking)
+
+    def download(name: str) -> Download:
+        return Download(sizes.get(name, 0), speeds.get(name, 0.0))
+
+    base_fulls: dict[int, str] = {}
+    for f in sorted(fulls, key=lambda s: _seconds(download(_head(s)))):
+        base_fulls.setdefault(f.info.slot, _head(f))
+    keys: dict[int, PairKey | None] = {}
+    costs: dict[PairKey | None, float] = {None: math.inf}
+    for s in sources:
+        key = keys[id(s)] = _pair_of(s, base_fulls)
+        if key not in costs and key is not None:
+            wanted = [download(name) for name in key if name is not None]
+            costs[key] = predicted_seconds(wanted, s.info.slot, tip, ranking)
+    order = sorted(sources, key=lambda s: costs[keys[id(s)]])
+    offered: dict[PairKey, float] = {}
+    for s in order:
+        if (key := keys[id(s)]) is not None:
+            offered.setdefault(key, costs[key])
+    chosen = choose(list(offered.items()), held, ranking.switch_margin)
+    order.sort(key=lambda s: keys[id(s)] != chosen)
+    predicted = {id(s): costs[keys[id(s)]] for s in sources}
+    full = incremental = None
+    if chosen is not None:
+        full = next(f for f in fulls if _head(f) == chosen[0])
+        incremental = _incremental_of(sources, chosen, full.info.slot)
+    return RankedPairs(order, predicted, chosen, full, incremental)
+
+
+def _head(source: SnapshotSource) -> str:
+    return source.info.files[0].bare_name
+
+
+def _seconds(d: Download) -> float:
+    return d.size / d.throughput if d.throughput > 0 else 0.0
+
+
+def _archives(
+    sources: list[SnapshotSource], ranking: Ranking
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Each archive's best throughput (measured, else assumed) and its size."""
+    speeds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    assumed = ranking.assumed_throughput
+    for s in sources:
+        speed = s.throughput if s.throughput > 0 else assumed
+        for f in s.info.files:
+            name = f.bare_name
+            if speed > speeds.get(name, 0.0):
+                speeds[name] = speed
+            if f.size > sizes.get(name, 0):
+                sizes[name] = f.size
+    return speeds, sizes
+
+
+def _pair_of(source: SnapshotSource, base_fulls: dict[int, str]) -> PairKey | None:
+    """The pair ``source`` stands for (None: an incremental with no full on offer)."""
+    info = source.info
+    if info.is_full:
+        return (_head(source), None)
+    full = next((f.bare_name for f in info.files if f.name.is_full), None)
+    full = full or base_fulls.get(info.base_slot)
+    return (full, _head(source)) if full is not None else None
+
+
+def _incremental_of(
+    sources: list[SnapshotSource], chosen: PairKey, base: int
+) -> SnapshotSource | None:
+    """The incremental handed out with the chosen pair: its own, or for a full alone the
+    newest on it (a node that fetched the full still asks for one)."""
+    for s in sources:  # best first by slot: the newest, then the fastest source
+        if s.info.is_full or s.info.base_slot != base:
+            continue
+        if chosen[1] is None or _head(s) == chosen[1]:
+            return s
+    return None

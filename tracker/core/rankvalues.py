@@ -1,0 +1,79 @@
+"""Checks of the ``ranking`` section's values: the order, speeds, sizes and the margin.
+
+Pure functions raising ValueError with a message meant for the operator, as in
+:mod:`tracker.core.values` (the loader puts the key path in front of it).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tracker.core.values import describe, parse_size
+
+#: The orders a group can rank by (docs/ranking.md).
+RANKING_ORDERS = ("time_to_running", "slot")
+
+
+def ranking_order(value: object) -> str:
+    """``time_to_running`` or ``slot``."""
+    if value not in RANKING_ORDERS:
+        raise ValueError(f"must be one of {', '.join(RANKING_ORDERS)}, got {value!r}")
+    return str(value)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def positive_number(value: object) -> float:
+    """A finite number above 0."""
+    number = _number(value)
+    if number <= 0:
+        raise ValueError(f"must be above 0, got {value!r}")
+    return number
+
+
+def size(value: object) -> int:
+    """Bytes: a positive integer or a size such as ``16MiB``."""
+    if isinstance(value, str):
+        number = parse_size(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ValueError(
+            f"expected a size like '16MiB' or a number of bytes, got {describe(value)}"
+        )
+    if number <= 0:
+        raise ValueError(f"must be above 0 bytes, got {value!r}")
+    return number
+
+
+def throughput(value: object) -> float:
+    """Bytes per second: a number, or a size per second such as ``50MB/s``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("/s"):
+            raise ValueError(f"expected a speed like '50MB/s' or a number, got {value!r}")
+        return float(size(text[:-2]))
+    return positive_number(value)
+
+
+def fraction(value: object) -> float:
+    """A fraction from 0 to 1: a number (0.1) or a percentage (``10%``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(f"expected a percentage like '10%' or a number, got {value!r}")
+        try:
+            number = float(text[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a percentage like '10%', got {value!r}") from None
+    else:
+        number = _number(value)
+    if not 0 <= number < 1:
+        raise ValueError(f"must be from 0% to below 100%, got {value!r}")
+    return number
