@@ -87,6 +87,7 @@ def source_json(
     files_base: str | None = None,
     here: str = "",
     digest: Callable[[str, str], str | None] = lambda _group, _name: None,
+    node_version: str = "",
 ) -> dict[str, Any]:
     """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
     mode) URLs point at the tracker.
@@ -97,7 +98,7 @@ def source_json(
     Each file carries ``url``, where this source's copy is fetched from (the source itself,
     or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
     credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
-    copy.
+    copy. ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
     """
     info, group = source.info, source.key.group
     files_base = base if base is not None else files_base
@@ -119,6 +120,8 @@ def source_json(
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
+    if node_version:  # a discovered node's, from getClusterNodes (docs/http-api.md#trust)
+        out["version"] = node_version
     # Measurements behind the ranking (docs/http-api.md#trust), once there are some.
     if source.latency is not None:
         out["latency_ms"] = math.ceil(source.latency * 1000)
@@ -215,18 +218,28 @@ def _listing_body(
     proxied = deps.delivery.proxied
     parts = []
     version = deps.digests.version
+    health = deps.scraper.health
     for s in sources:
         files_base = here if proxied(s) else None
-        render = partial(_source_bytes, deps, s, base, files_base, here)
-        parts.append(fragments.get(s, (base, files_base, here, version), render))
+        node = health.get(s.key)
+        node_version = node.target.version if node is not None else ""
+        render = partial(_source_bytes, deps, s, base, files_base, here, node_version)
+        parts.append(fragments.get(s, (base, files_base, here, version, node_version), render))
     return b"[" + b",".join(parts) + b"]"
 
 
 def _source_bytes(
-    deps: ApiDeps, source: SnapshotSource, base: str | None, files_base: str | None, here: str
+    deps: ApiDeps,
+    source: SnapshotSource,
+    base: str | None,
+    files_base: str | None,
+    here: str,
+    node_version: str,
 ) -> bytes:
     digest = deps.digests.get
-    body = source_json(source, base, files_base=files_base, here=here, digest=digest)
+    body = source_json(
+        source, base, files_base=files_base, here=here, digest=digest, node_version=node_version
+    )
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -243,7 +256,8 @@ def _listing(
     here = _request_base(config) if base is None else base
     fragments = listings.fragments
     body = listings.get(
-        (*key, base, here, config, deps.digests.version),
+        # The roster: a node's version changes with its target (discovery.health.Roster).
+        (*key, base, here, config, deps.digests.version, deps.scraper.roster),
         lambda: _listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")
