@@ -128,6 +128,9 @@ class FakeUpstream:
     listing: list[dict[str, Any]] | None = None
     #: The loopback address to listen on (127.0.0.2, ... bind without any setup on Linux).
     host: str = "127.0.0.1"
+    #: Requests being answered now, and the most there ever were at once.
+    answering: int = 0
+    most_at_once: int = 0
 
     def url(self, name: str) -> str:
         return f"{self.base}/files/{name}"
@@ -151,7 +154,12 @@ class FakeUpstream:
                 request = await _next_request(conn, stream)
                 if request is None:
                     return
-                keep = await self._answer(conn, stream, request)
+                self.answering += 1
+                self.most_at_once = max(self.most_at_once, self.answering)
+                try:
+                    keep = await self._answer(conn, stream, request)
+                finally:
+                    self.answering -= 1
                 if not keep or conn.our_state is not h11.DONE:
                     return
                 conn.start_next_cycle()

@@ -50,6 +50,7 @@ from tracker.core.index import Index, TargetKey
 from tracker.core.metrics import Metrics
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
+from tracker.discovery.nodes import Node as ClusterNode
 from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import ProbeError
 from tracker.service import apply_trust
@@ -304,7 +305,7 @@ async def test_the_rpc_list_fails_over_and_answers_are_bounded(nursery: trio.Nur
     discovery = ClusterDiscovery(rpc=tuple(urls))
     async with httpx.AsyncClient() as client:
         nodes = await cluster_targets(client, discovery, rpc_timeout=1.0, max_answer=1 * MiB)
-        assert nodes == ["http://127.0.0.1:8899"]
+        assert nodes == [ClusterNode("http://127.0.0.1:8899", "2.2.1")]
         only_bad = ClusterDiscovery(rpc=tuple(urls[:2]))
         with pytest.raises(ProbeError) as info:
             await cluster_targets(client, only_bad, rpc_timeout=1.0, max_answer=1 * MiB)
@@ -522,3 +523,51 @@ async def test_one_discovered_node_cannot_make_a_bogus_slot_the_best(
     redirect = await get(f"{base}/v1/snapshot.tar.bz2")
     assert redirect.status_code == 303
     assert redirect.headers["location"].endswith(f"/{good}")
+
+
+async def test_discovered_nodes_carry_their_version_and_the_filter_applies(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A real getClusterNodes answer: the nodes whose version matches ``versions`` become
+    targets, and their version shows in /v1/targets, /v1/snapshots and /v1/best_snapshots;
+    a configured target's sources (no version known) carry none."""
+    nodes = Nodes()
+    good = full_name(SLOT)
+    addresses = await nodes.serve(nursery, [Node(good) for _ in range(3)])
+    versions = ["2.2.1", "2.3.0-beta.1", "1.18.26"]
+    answer = [node_entry(n, a, v) for n, (a, v) in enumerate(zip(addresses, versions, strict=True))]
+    old = addresses[2]
+    [known] = await nodes.serve(nursery, [Node(good)])
+    rpc = await nursery.start(serve_app, rpc_app([answer]))
+    known_url = f"http://{known}"
+    settings = {
+        "scrape_interval": "30s",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [
+            {
+                "group": GROUP,
+                "cluster_discovery": {"rpc": [rpc], "versions": ["2.*"]},
+                "http_targets": {"targets": [known_url]},
+            }
+        ],
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
+    expected = {f"http://{a}": v for a, v in zip(addresses[:2], versions, strict=False)}
+
+    async def all_up() -> bool:
+        shown = await targets_of(base)
+        return all(shown.get(t, {}).get("health") == "up" for t in [*expected, known_url])
+
+    await wait_until(all_up)
+    shown = await targets_of(base)
+    assert f"http://{old}" not in shown  # 1.18.26 matches no glob of ``versions``
+    assert {t: e.get("version") for t, e in shown.items() if t != rpc} == {
+        **expected,
+        known_url: None,
+    }
+    for route in ("/v1/snapshots", "/v1/best_snapshots"):
+        listed = (await get(f"{base}{route}")).json()
+        assert {s["target"]: s.get("version") for s in listed} == {
+            **expected,
+            known_url: None,
+        }, route

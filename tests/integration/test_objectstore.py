@@ -26,6 +26,7 @@ from helpers_proxy import (
     FakeUpstream,
     MiB,
     TrackerUnderTest,
+    advertise,
     advertise_files,
     archive_bytes,
     make_config,
@@ -778,3 +779,30 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
 
 def without_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k.lower(), v) for k, v in headers if k.lower() != "date"]
+
+
+async def test_retention_keeps_the_newest_incremental_of_every_full_still_served(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """keep_previous 0: of the incrementals in the bucket, the newest overall stays, and so
+    does the newest on a full that a source still advertises (the bucket need not hold that
+    full); older ones and those of a full nobody serves any more go."""
+    served_full, gone_full, newest_full = full_name(7000), full_name(6000), full_name(9000)
+    on_served = [incremental_name(7000, 7100), incremental_name(7000, 7200)]
+    on_gone = [incremental_name(6000, 6100), incremental_name(6000, 6200)]
+    on_newest = [incremental_name(9000, 9100), incremental_name(9000, 9200)]
+    config = make_config(tmp_path / "cache", object_store=store_config(weed, keep_previous=0))
+    async with running_tracker(config) as t:
+        # A source advertises the full at 7000 (only an older one at 6000 is advertised by
+        # nobody); the bucket holds the newest full and every incremental.
+        advertise(t.index, upstream.base, [(served_full, upstream.url(served_full), 1000)])
+        objects = t.parts.objects
+        assert objects is not None
+        tier = objects.tier
+        put(weed, tier.object_key(GROUP, newest_full))
+        for name in on_served + on_gone + on_newest:
+            put(weed, tier.object_key(GROUP, name))
+        await tier.retain(GROUP, full=False)
+        left = {key.rsplit("/", 1)[-1] for key in weed.objects(prefix_of(t))}
+    assert gone_full not in left
+    assert left == {newest_full, on_served[1], on_newest[1]}

@@ -1,6 +1,7 @@
 """``source_limits`` against real upstreams on 127.0.0.1: at most ``max_transfers`` at once
 to one source (another source of the file, else a bounded wait, else 503), at most
-``max_rate`` bytes a second from it, on the relay and on the spliced refresh."""
+``max_rate`` bytes a second from it, on the relay, on the spliced refresh and on the speed
+tests (a busy source is skipped that round)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,23 @@ from helpers_proxy import (
 )
 from names import full_name
 
-from tracker.core.config import BearerAuth, SourceLimits, TargetGroup
+from tracker.core.config import BearerAuth, Ranking, SourceLimits, SpeedTest, TargetGroup
 
 FULL = full_name(8000)
 DATA = archive_bytes(3 * MiB, seed=40)
 
 
-def limited(cache: Path | None, max_transfers: int = 0, max_rate: int = 0) -> object:
+def limited(
+    cache: Path | None, max_transfers: int = 0, max_rate: int = 0, ranking: Ranking | None = None
+) -> object:
     limits = SourceLimits(max_transfers=max_transfers, max_rate=max_rate)
-    group = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN), source_limits=limits)
+    auth = BearerAuth(token=TOKEN)
+    ranked = ranking or Ranking()
+    group = TargetGroup(group=GROUP, bearer_auth=auth, source_limits=limits, ranking=ranked)
     return make_config(cache, target_groups=(group,))
+
+
+PROBED = Ranking(speed_test=SpeedTest(bytes=MiB, top=5, interval=600))
 
 
 async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> None:
@@ -92,3 +100,43 @@ async def test_no_cap_is_not_slowed(tmp_path: Path) -> None:
             response = await client.get(t.url(FULL))
             assert sha256(response.content) == sha256(DATA)
             assert time.monotonic() - began < 1.5
+
+
+async def test_a_speed_test_skips_a_busy_source_and_measures_it_when_a_slot_is_free() -> None:
+    up = FakeUpstream(files={FULL: DATA}, behaviour={FULL: Behaviour(pause_at=MiB)})
+    config = limited(None, 1, ranking=PROBED)
+    async with serving(up), running_tracker(config) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, {FULL: DATA})
+        tests = t.parts.speedtests
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+            bodies: list[bytes] = []
+
+            async def fetch() -> None:
+                bodies.append((await client.get(t.url(FULL))).content)
+
+            nursery.start_soon(fetch)
+            await wait_for(lambda: up.answering == 1)  # a proxied transfer holds the slot
+            began = time.monotonic()
+            assert await tests.round() == 0  # skipped, not waited for
+            assert time.monotonic() - began < 1.0
+            assert len(up.gets()) == 1 and up.most_at_once == 1
+            [_due] = tests.due(t.config.target_groups[0])  # still due: tried again next round
+            t.config = limited(None, 2, ranking=PROBED)  # type: ignore[assignment]
+            assert await tests.round() == 1  # a free slot now: measured beside the transfer
+            assert up.most_at_once == 2
+            assert up.gets()[1].headers["range"] == f"bytes=0-{MiB - 1}"
+            up.behaviour[FULL].resume.set()
+        assert [sha256(b) for b in bodies] == [sha256(DATA)]
+
+
+async def test_a_speed_test_is_paced_at_max_rate() -> None:
+    up = FakeUpstream(files={FULL: DATA})
+    rate = MiB  # 3 MiB at 1 MiB/s with a quarter second's burst: about 2.75 s
+    ranking = Ranking(speed_test=SpeedTest(bytes=len(DATA), top=1, interval=600))
+    async with serving(up), running_tracker(limited(None, max_rate=rate, ranking=ranking)) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, {FULL: DATA})
+        began = time.monotonic()
+        assert await t.parts.speedtests.round() == 1
+        assert time.monotonic() - began >= 1.5
+        [seen] = up.gets()
+        assert seen.body_sent == len(DATA)

@@ -11,7 +11,14 @@ import pytest
 from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
 from helpers_proxy import MiB
 
-from tracker.discovery.nodes import MAX_NODES, parse_answer, rpc_address, select
+from tracker.discovery.nodes import (
+    MAX_NODES,
+    Node,
+    parse_answer,
+    rpc_address,
+    select,
+    shown_version,
+)
 from tracker.errors import ProbeError
 
 
@@ -25,8 +32,38 @@ def test_select_versions_limits_and_malformed_addresses() -> None:
         {"rpc": "127.0.0.6:80"},
         "not a node",
     ]
-    assert select(nodes, ["2.2.*"], 10) == ["http://[::1]:8899", "http://127.0.0.3:80"]
-    assert select(nodes, [], 2) == ["http://127.0.0.1:80", "http://[::1]:8899"]
+    assert select(nodes, ["2.2.*"], 10) == [
+        Node("http://[::1]:8899", "2.2.0"),
+        Node("http://127.0.0.3:80", "2.2.1"),
+    ]
+    assert select(nodes, [], 2) == [
+        Node("http://127.0.0.1:80", "2.1.0"),
+        Node("http://[::1]:8899", "2.2.0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [
+        ("2.2.1", "2.2.1"),
+        ("0.505.20216", "0.505.20216"),
+        ("2.3.0-beta.1+abc_1", "2.3.0-beta.1+abc_1"),
+        (None, ""),
+        (221, ""),
+        ("", ""),
+        ("2" * 33, ""),  # longer than any version
+        ("2.2.1<script>", ""),
+        ("2.2.1\n", ""),
+        (" 2.2.1", ""),
+        ("\u0662.\u0662.\u0661", ""),  # Arabic-Indic digits: not a plain version
+    ],
+)
+def test_a_node_version_is_shown_only_when_it_is_a_plain_version(
+    version: object, shown: str
+) -> None:
+    assert shown_version(version) == shown
+    node = {"pubkey": "a", "rpc": "127.0.0.1:80", "version": version}
+    assert select([node], [], 1) == [Node("http://127.0.0.1:80", shown)]
 
 
 def test_a_32_mib_answer_is_parsed_in_bounded_memory() -> None:
@@ -96,15 +133,16 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
     rng.shuffle(entries)
     expected = naive_select(entries, 50)
     assert parse_answer(nodes_answer(entries), [], 50) == expected == select(entries, [], 50)
-    assert "http://127.0.0.1:80" in parse_answer(nodes_answer(entries), [], 5000)
+    assert "http://127.0.0.1:80" in [n.url for n in parse_answer(nodes_answer(entries), [], 5000)]
 
 
-def naive_select(entries: list[object], max_targets: int) -> list[str]:
-    """Every usable node's URL, the first of each public key, the lowest keys first."""
-    chosen: dict[str, str] = {}
+def naive_select(entries: list[object], max_targets: int) -> list[Node]:
+    """Every usable node, the first of each public key, the lowest keys first."""
+    chosen: dict[str, Node] = {}
     for node in entries:
         if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
             address = rpc_address(node.get("rpc"))
             if address is not None and len(node["pubkey"]) <= 64:
-                chosen.setdefault(node["pubkey"], f"http://{address}")
+                version = shown_version(node.get("version"))
+                chosen.setdefault(node["pubkey"], Node(f"http://{address}", version))
     return [chosen[key] for key in sorted(chosen)[:max_targets]]

@@ -202,6 +202,20 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.cache_complete_on_disconnect is True
 
 
+def test_source_limits_default_to_no_cap_and_load_as_written(tmp_path: Path) -> None:
+    """No cap unless configured: a tracker whose operator set nothing answers no 503 it did
+    not answer before (docs/http-api.md, "Source limits")."""
+    config = load(tmp_path, "target_groups: [{group: a}]\n")
+    limits = config.target_groups[0].source_limits
+    assert (limits.max_transfers, limits.max_rate) == (0, 0)
+    text = "target_groups:\n  - group: a\n    source_limits: {max_transfers: 4, max_rate: 50MB/s}\n"
+    limits = load(tmp_path, text).target_groups[0].source_limits
+    assert (limits.max_transfers, limits.max_rate) == (4, 50_000_000)
+    for bad, key in (("max_transfers: -1", "max_transfers"), ("max_rate: fast", "max_rate")):
+        text = f"target_groups:\n  - group: a\n    source_limits: {{{bad}}}\n"
+        assert problem_at(problems(tmp_path, text), f"target_groups[0].source_limits.{key}")
+
+
 def test_scrape_timeout_defaults_to_the_interval_when_shorter_than_10s(tmp_path: Path) -> None:
     config = load(tmp_path, "scrape_interval: 4s\ntarget_groups: [{group: a}]\n")
     assert config.scrape_timeout == 4.0

@@ -3,7 +3,8 @@
 
 The RPC URLs are asked in turn until one answers (each under a timeout, the answer read up to
 a size cap and parsed as a stream in a worker thread, :mod:`tracker.discovery.nodes`). Every
-node with an ``rpc`` address (``ip:port``) becomes an HTTP target ``http://{rpc}``; a node
+node with an ``rpc`` address (``ip:port``) becomes an HTTP target ``http://{rpc}`` (with its
+``version``, shown in the JSON of its sources); a node
 whose address is malformed is skipped, one whose version matches none of the ``versions``
 globs too, and at most ``max_targets`` are kept (by public key, a stable choice between
 rounds). The addresses came from the network: the scrape loop checks
@@ -20,7 +21,7 @@ import trio
 from tracker.core.config import ClusterDiscovery
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
-from tracker.discovery.nodes import parse_answer
+from tracker.discovery.nodes import Node, parse_answer
 from tracker.errors import ProbeError, TransportError
 from tracker.net.exchange import stream
 from tracker.net.limits import read_capped, status_reason
@@ -48,10 +49,10 @@ async def cluster_targets(
     rpc_timeout: float = RPC_TIMEOUT,
     max_answer: int = MAX_ANSWER,
     report: Report = _ignore,
-) -> list[str]:
-    """The HTTP target URLs of the cluster's RPC nodes. Raises ProbeError (one line, every
-    RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer; ``report`` hears
-    of each URL asked, in turn, whether it answered."""
+) -> list[Node]:
+    """The cluster's RPC nodes (their HTTP target URLs and versions). Raises ProbeError (one
+    line, every RPC URL's reason) when none of ``discovery.rpc`` gave a usable answer;
+    ``report`` hears of each URL asked, in turn, whether it answered."""
     reasons = []
     for url in discovery.rpc:
         start = trio.current_time()

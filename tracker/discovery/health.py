@@ -30,6 +30,8 @@ class Target:
     key: TargetKey
     kind: Kind
     location: str
+    #: A discovered node's ``version`` from ``getClusterNodes`` ("": unknown, configured).
+    version: str = ""
 
 
 @attrs.define
@@ -153,7 +155,7 @@ def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[st
     last = health.last_scrape
     duration = health.last_duration
     error = health.last_error or mismatch
-    return {
+    out: dict[str, object] = {
         "group": health.target.key.group,
         "target": redact_text(health.target.key.target),
         "kind": health.target.kind,
@@ -165,3 +167,6 @@ def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[st
         "snapshots": count,
         "consecutive_failures": health.failures,
     }
+    if health.target.version:  # a discovered node's (docs/http-api.md#trust)
+        out["version"] = health.target.version
+    return out

@@ -7,8 +7,9 @@ and the nodes chosen so far are at most ``2 * max_targets`` (by public key, so t
 the same as sorting every node). Hostile shapes fail the answer with a one-line
 :class:`ProbeError`: more than :data:`MAX_NODES` elements, a node larger than
 :data:`MAX_NODE_CHARS` or nested too deep, invalid JSON. A node that is only malformed (not
-an object, no usable ``rpc``, no ``pubkey``) is skipped. Blocking and CPU-bound: run it in a
-worker thread.
+an object, no usable ``rpc``, no ``pubkey``) is skipped. Each node chosen keeps its
+``version`` when it is a plain version string (else it is unknown, ``""``). Blocking and
+CPU-bound: run it in a worker thread.
 
 (ijson would stream the events instead, but its C backend crashed the interpreter
 (segmentation fault) on a 5,000-digit number: not a parser for hostile input.)
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
 
 from tracker.core.untrusted import port_number
 from tracker.net.limits import decode_text, iter_json_member
@@ -29,6 +33,24 @@ MAX_NODES = 100_000
 MAX_NODE_CHARS = 8 * 1024
 #: Longest public key kept (base58 of 32 bytes is at most 44 characters).
 MAX_PUBKEY = 64
+#: What a shown version may look like (``2.2.1``, ``0.505.20216``, ``2.3.0-beta+abc``).
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
+
+
+@attrs.frozen
+class Node:
+    """A node chosen: its target URL ``http://{rpc}`` and its ``version`` ("": unknown)."""
+
+    url: str
+    version: str = ""
+
+
+def shown_version(value: object) -> str:
+    """A node's ``version`` as the API may show it: a short plain version string, else ""
+    (the value came from the network)."""
+    if isinstance(value, str) and _VERSION.fullmatch(value):
+        return value
+    return ""
 
 
 def parse_answer(
@@ -37,8 +59,8 @@ def parse_answer(
     max_targets: int,
     *,
     max_nodes: int = MAX_NODES,
-) -> list[str]:
-    """``http://{rpc}`` of each usable node of a ``getClusterNodes`` answer, at most
+) -> list[Node]:
+    """Each usable node (``http://{rpc}``, its version) of a ``getClusterNodes`` answer, at most
     ``max_targets``, by public key. Raises ProbeError (one line) for an answer that is not
     one or breaks a limit (see the module)."""
     nodes = iter_json_member(
@@ -47,7 +69,7 @@ def parse_answer(
     return select(nodes, versions, max_targets)
 
 
-def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -> list[str]:
+def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -> list[Node]:
     """:func:`parse_answer` for nodes already decoded (objects that are not dicts skipped)."""
     chooser = Chooser(versions, max_targets)
     for node in nodes:
@@ -63,7 +85,7 @@ class Chooser:
     def __init__(self, versions: Sequence[str], max_targets: int) -> None:
         self._versions = versions
         self._max = max_targets
-        self._chosen: dict[str, str] = {}
+        self._chosen: dict[str, Node] = {}
         #: Once pruned: the highest key kept. A higher one can no longer be among the lowest.
         self._ceiling: str | None = None
 
@@ -77,7 +99,8 @@ class Chooser:
             return
         if self._versions and not self._matches(node.get("version")):
             return
-        self._chosen.setdefault(pubkey, f"http://{address}")
+        version = shown_version(node.get("version"))
+        self._chosen.setdefault(pubkey, Node(f"http://{address}", version))
         if len(self._chosen) >= 2 * self._max:
             kept = sorted(self._chosen)[: self._max]
             self._chosen = {key: self._chosen[key] for key in kept}
@@ -88,8 +111,8 @@ class Chooser:
             fnmatch.fnmatchcase(version, glob) for glob in self._versions
         )
 
-    def chosen(self) -> list[str]:
-        """The URLs chosen, by public key."""
+    def chosen(self) -> list[Node]:
+        """The nodes chosen, by public key."""
         return [self._chosen[key] for key in sorted(self._chosen)[: self._max]]
 
 

@@ -22,6 +22,7 @@ from tracker.core.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import discover_consul
 from tracker.discovery.health import Target
+from tracker.discovery.nodes import Node
 from tracker.errors import ProbeError
 
 log = logging.getLogger("tracker.scrape")
@@ -61,7 +62,7 @@ class TargetFinder:
         #: The hosts each ``file_targets`` file and each group's Consul gave last.
         self._hosts: dict[str, list[str]] = {}
         #: Per group: the nodes cluster discovery found last, and when it asked.
-        self._cluster: dict[str, tuple[float, list[str]]] = {}
+        self._cluster: dict[str, tuple[float, list[Node]]] = {}
 
     async def discover(self, config: Config) -> list[Target]:
         """The current target set of every group (files re-read, Consul asked)."""
@@ -86,14 +87,14 @@ class TargetFinder:
         if group.cluster_discovery:
             configured = {t.key.target for t in out}
             out += [
-                Target(TargetKey(name, u, discovered=True), "http", u)
-                for u in await self._cluster_targets(group)
-                if u not in configured
+                Target(TargetKey(name, n.url, discovered=True), "http", n.url, n.version)
+                for n in await self._cluster_targets(group)
+                if n.url not in configured
             ]
         unique = {t.key: t for t in out}
         return list(unique.values())
 
-    async def _cluster_targets(self, group: TargetGroup) -> list[str]:
+    async def _cluster_targets(self, group: TargetGroup) -> list[Node]:
         """The cluster's nodes, asked again once ``interval`` has passed; a failure keeps
         the last list (nodes do not vanish because one RPC call failed)."""
         discovery = group.cluster_discovery

@@ -7,7 +7,10 @@ read at a time (so never more than one per source), each bounded in bytes and in
 bytes per second it saw are folded into the index's throughput like those of a real
 transfer. Every read goes through :func:`speed_test`, the one place a speed test touches a
 source: the proxy's upstream client path, so credentials reach only their origin and the
-egress policy applies (docs/http-api.md#speed-tests).
+egress policy applies (docs/http-api.md#speed-tests). A read takes one of the source's
+transfer slots and is paced at its rate like any transfer (``source_limits``,
+:mod:`tracker.net.sourcelimits`); a source with no free slot is skipped this round, not
+waited for: a speed test must never be what keeps a real transfer from a source.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from tracker.core.config import Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.speedtests import Probe, probes_due
-from tracker.errors import SourceFailed, TransportError
+from tracker.errors import SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
+from tracker.net.sourcelimits import Limits, Pacer
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.speedtest")
@@ -100,13 +104,18 @@ class SpeedTests:
         )
 
     async def _measure(self, group: TargetGroup, probe: Probe) -> int:
-        """Run ``probe``; 1 when it measured the source, 0 when it failed (logged)."""
-        self._probed[probe.key] = self._clock()
+        """Run ``probe``; 1 when it measured the source, 0 when it failed (logged) or the
+        source had no free transfer slot (then it is due again next round)."""
         try:
             size, seconds = await speed_test(self._clients, group, probe, self._read_for)
+        except SourceBusy as exc:
+            log_event(log, "info", "speed_test_skipped", url=probe.file.url, reason=exc)
+            return 0
         except (SourceFailed, TransportError) as exc:
+            self._probed[probe.key] = self._clock()
             log_event(log, "warning", "speed_test_failed", url=probe.file.url, reason=exc)
             return 0
+        self._probed[probe.key] = self._clock()
         self._index.record_transfer(probe.key, size, seconds, self._clock())
         rate = round(size / seconds) if seconds > 0 else 0
         log_event(log, "info", "speed_test", url=probe.file.url, bytes=size, throughput_bps=rate)
@@ -117,38 +126,44 @@ async def speed_test(
     clients: DownloadClients, group: TargetGroup, probe: Probe, read_for: float = READ_FOR
 ) -> tuple[int, float]:
     """Read the first ``probe.length`` bytes of ``probe.file`` (for at most ``read_for``
-    seconds once the answer came): the bytes read and the seconds they took. Raises
-    SourceFailed (or TransportError) when the source gives no usable answer."""
+    seconds once the answer came) within the source's ``source_limits``: the bytes read and
+    the seconds they took. Raises SourceBusy at once when the source has no free transfer
+    slot, SourceFailed (or TransportError) when it gives no usable answer."""
     key = probe.key
     headers = {"range": probe.range_header}
     url = probe.file.url
-    response, url = await ask_source(
-        clients, group, key.target, url, "GET", headers, trusted=not key.discovered
-    )
-    answer = UpstreamAnswer(response, url, probe.file, probe.source)
-    try:
-        problem = size_problem(response, probe.file.size)
-        if response.status_code not in (200, 206):
-            problem = f"answered {response.status_code} to a Range request"
-        if problem is not None:
-            raise SourceFailed(problem)
-        began = trio.current_time()
-        got = await _read(response, probe.length, read_for)
-        seconds = trio.current_time() - began
-    finally:
-        await answer.aclose()
+    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
+    async with clients.limits.transfer(url, caps, wait=0) as pacer:
+        response, url = await ask_source(
+            clients, group, key.target, url, "GET", headers, trusted=not key.discovered
+        )
+        answer = UpstreamAnswer(response, url, probe.file, probe.source)
+        try:
+            problem = size_problem(response, probe.file.size)
+            if response.status_code not in (200, 206):
+                problem = f"answered {response.status_code} to a Range request"
+            if problem is not None:
+                raise SourceFailed(problem)
+            began = trio.current_time()
+            got = await _read(response, probe.length, read_for, pacer)
+            seconds = trio.current_time() - began
+        finally:
+            await answer.aclose()
     if got < min(MIN_BYTES, probe.length):
         raise SourceFailed(f"only {got} bytes in {read_for:g}s")
     return got, seconds
 
 
-async def _read(response: httpx.Response, length: int, read_for: float) -> int:
-    """Bytes of ``response``'s body read, up to ``length``, within ``read_for`` seconds."""
+async def _read(response: httpx.Response, length: int, read_for: float, pacer: Pacer) -> int:
+    """Bytes of ``response``'s body read, up to ``length``, within ``read_for`` seconds,
+    paced at the source's ``max_rate`` (a capped source is measured at most at its cap)."""
     got = 0
     with trio.move_on_after(read_for):
         async with body_chunks(response) as chunks:
             async for chunk in chunks:
                 got += len(chunk)
                 if got >= length:
+                    pacer.delay(len(chunk))  # counted against the source's rate, no wait
                     break
+                await pacer.pace(len(chunk))
     return min(got, length)

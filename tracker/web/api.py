@@ -88,6 +88,7 @@ def source_json(
     here: str = "",
     digest: Callable[[str, str], str | None] = lambda _group, _name: None,
     predicted: float | None = None,
+    node_version: str = "",
 ) -> dict[str, Any]:
     """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
     mode) URLs point at the tracker.
@@ -100,6 +101,7 @@ def source_json(
     credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
     copy. ``predicted``: the seconds to a running node of the source's pair, in a group
     ranked by it (docs/ranking.md; infinite: ``null``, it never catches up).
+    ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
     """
     info, group = source.info, source.key.group
     files_base = base if base is not None else files_base
@@ -121,6 +123,8 @@ def source_json(
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
+    if node_version:  # a discovered node's, from getClusterNodes (docs/http-api.md#trust)
+        out["version"] = node_version
     # Measurements behind the ranking (docs/http-api.md#trust), once there are some.
     if source.latency is not None:
         out["latency_ms"] = math.ceil(source.latency * 1000)
@@ -219,11 +223,15 @@ def _listing_body(
     proxied = deps.delivery.proxied
     parts = []
     version = deps.digests.version
+    health = deps.scraper.health
     for s in sources:
         files_base = here if proxied(s) else None
         predicted = deps.index.predicted(s)
-        render = partial(_source_bytes, deps, s, base, files_base, here, predicted)
-        parts.append(fragments.get(s, (base, files_base, here, version, predicted), render))
+        node = health.get(s.key)
+        node_version = node.target.version if node is not None else ""
+        render = partial(_source_bytes, deps, s, base, files_base, here, predicted, node_version)
+        key = (base, files_base, here, version, predicted, node_version)
+        parts.append(fragments.get(s, key, render))
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -234,10 +242,17 @@ def _source_bytes(
     files_base: str | None,
     here: str,
     predicted: float | None,
+    node_version: str,
 ) -> bytes:
     digest = deps.digests.get
     body = source_json(
-        source, base, files_base=files_base, here=here, digest=digest, predicted=predicted
+        source,
+        base,
+        files_base=files_base,
+        here=here,
+        digest=digest,
+        predicted=predicted,
+        node_version=node_version,
     )
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -255,7 +270,8 @@ def _listing(
     here = _request_base(config) if base is None else base
     fragments = listings.fragments
     body = listings.get(
-        (*key, base, here, config, deps.digests.version),
+        # The roster: a node's version changes with its target (discovery.health.Roster).
+        (*key, base, here, config, deps.digests.version, deps.scraper.roster),
         lambda: _listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")

@@ -1,0 +1,150 @@
+"""The pacer and the transfer slots of ``source_limits`` alone (tracker.net.sourcelimits), on
+trio's autojump clock: no network, no real time (the byte paths that use them are tested
+against real upstreams in tests/integration/test_source_limits.py)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tracker.errors import SourceBusy
+from tracker.net.sourcelimits import BURST, UNCAPPED, Limits, Pacer, SourceLimits, source_of
+
+MiB = 1024 * 1024
+URL = "http://127.0.0.1:8899/snapshot-100-abc.tar.zst"
+#: Another file of the same source, and a file of another source.
+SAME = "http://127.0.0.1:8899/incremental-snapshot-100-200-def.tar.zst"
+OTHER = "http://127.0.0.2:8899/snapshot-100-abc.tar.zst"
+
+
+async def _paced(pacer: Pacer, total: int, chunk: int) -> float:
+    """Seconds (trio's clock) to receive ``total`` bytes in ``chunk``s through ``pacer``."""
+    began = trio.current_time()
+    for _ in range(total // chunk):
+        await pacer.pace(chunk)
+    return trio.current_time() - began
+
+
+@pytest.mark.parametrize(
+    ("rate", "total", "chunk"),
+    [(MiB, 8 * MiB, 64 * 1024), (10 * MiB, 40 * MiB, 1024 * 1024), (100_000, 1_000_000, 1000)],
+)
+async def test_the_rate_is_honoured_after_a_burst(
+    autojump_clock: trio.testing.MockClock, rate: int, total: int, chunk: int
+) -> None:
+    async with SourceLimits().transfer(URL, Limits(max_rate=rate), wait=0) as pacer:
+        took = await _paced(pacer, total, chunk)
+    # An idle source may send BURST seconds' worth at once; then it is held to ``rate``.
+    assert took == pytest.approx(total / rate - BURST, rel=0.02)
+
+
+async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> None:
+    limits = SourceLimits()
+    async with limits.transfer(URL, Limits(), wait=0) as pacer:
+        assert pacer is UNCAPPED
+        assert await _paced(pacer, 1024 * MiB, MiB) == 0.0
+    assert Pacer(0).delay(10**12) == 0.0
+    assert Pacer(0).slice(1.0, 4 * MiB) == 4 * MiB
+    assert Pacer(MiB).slice(0.5, 4 * MiB) == MiB // 2
+
+
+async def test_transfers_of_one_source_share_its_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = SourceLimits()
+    caps = Limits(max_rate=MiB)
+    took: list[float] = []
+
+    async def one(url: str) -> None:
+        async with limits.transfer(url, caps, wait=0) as pacer:
+            took.append(await _paced(pacer, 4 * MiB, 64 * 1024))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, URL)
+        nursery.start_soon(one, SAME)  # another file, the same source: the same budget
+    assert max(took) == pytest.approx(8 - BURST, rel=0.03)
+    took.clear()
+    limits = SourceLimits()  # idle sources again (the first one's budget is spent)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, URL)
+        nursery.start_soon(one, OTHER)  # another source: a budget of its own
+    assert max(took) == pytest.approx(4 - BURST, rel=0.03)
+
+
+async def test_slots_are_counted_waited_for_and_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = SourceLimits()
+    caps = Limits(max_transfers=2)
+    release = trio.Event()
+
+    async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with limits.transfer(URL, caps, wait=0):
+            task_status.started()
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hold)
+        await nursery.start(hold)
+        assert limits.running(SAME) == 2 and limits.running(OTHER) == 0
+        began = trio.current_time()
+        with pytest.raises(SourceBusy, match="2 transfers"):
+            async with limits.transfer(URL, caps, wait=3.0):
+                pass
+        assert trio.current_time() - began == pytest.approx(3.0)  # waited, then refused
+        async with limits.transfer(OTHER, caps, wait=0):  # another source is not counted
+            assert limits.running(OTHER) == 1
+
+        async def free_one_later() -> None:
+            await trio.sleep(1.0)
+            release.set()
+
+        nursery.start_soon(free_one_later)
+        began = trio.current_time()
+        async with limits.transfer(URL, caps, wait=5.0):  # in as soon as a slot is free
+            assert trio.current_time() - began == pytest.approx(1.0)
+    assert limits.running(URL) == 0
+
+
+async def test_a_cancelled_transfer_or_waiter_gives_its_slot_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = SourceLimits()
+    caps = Limits(max_transfers=1)
+    async with trio.open_nursery() as nursery:
+        holder = trio.CancelScope()
+
+        async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with holder:
+                async with limits.transfer(URL, caps, wait=0):
+                    task_status.started()
+                    await trio.sleep_forever()
+
+        await nursery.start(hold)
+        assert limits.running(URL) == 1
+        waiter = trio.CancelScope()
+
+        async def wait_for_slot() -> None:
+            with waiter:
+                async with limits.transfer(URL, caps, wait=100.0):
+                    raise AssertionError("the waiter was cancelled before a slot freed")
+
+        nursery.start_soon(wait_for_slot)
+        await trio.sleep(1.0)
+        waiter.cancel()  # a waiter cancelled: it held no slot and takes none
+        await trio.sleep(1.0)
+        assert limits.running(URL) == 1
+        holder.cancel()  # the transfer cancelled: its slot is free at once
+        await trio.testing.wait_all_tasks_blocked()
+        assert limits.running(URL) == 0
+        async with limits.transfer(URL, caps, wait=0):
+            assert limits.running(URL) == 1
+    assert limits.running(URL) == 0
+
+
+def test_a_source_is_its_scheme_host_and_port() -> None:
+    assert source_of(URL) == source_of(SAME) == "http://127.0.0.1:8899"
+    assert source_of("https://Node.Example/a") == "https://node.example:443"
+    assert source_of("http://node.example/a") == source_of("http://node.example:80/b")
+    assert source_of(OTHER) != source_of(URL)
