@@ -46,8 +46,9 @@ from tracker.proxy.speedtest import SpeedTests
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.web.activity import ActiveRequests
-from tracker.web.api import ApiDeps, create_app
+from tracker.web.api import create_app
 from tracker.web.delivery import Delivery
+from tracker.web.deps import ApiDeps
 from tracker.web.health import HealthChecker
 from tracker.web.internal_api import create_internal_app
 from tracker.web.listeners import (

@@ -224,7 +224,9 @@ async def test_a_thousand_nodes_discovered_screened_and_ranked(nursery: trio.Nur
         for address, node in zip(addresses, served, strict=True):
             h = health[f"http://{address}"]
             assert h.health == "up", (address, h.last_error)
-            entry = health_json(h, index.count(h.target.key), index.mismatch(h.target.key))
+            entry = health_json(
+                h, index.count(h.target.key), index.mismatches().get(h.target.key, "")
+            )
             assert entry["source"] == "discovered"
             if node.full == other:
                 assert entry["last_error"] == f"hash mismatch at slot {SLOT}"
@@ -275,7 +277,7 @@ async def test_a_known_source_decides_the_hash(nursery: trio.Nursery) -> None:
         best = index.best_full(GROUP)
         assert best is not None and best.info.files[0].bare_name == a_name
         keys = index.keys()
-        marked = [k.target for k in keys if index.mismatch(k)]
+        marked = [k.target for k in keys if index.mismatches().get(k)]
         assert sorted(marked) == sorted(f"http://{a}" for a in addresses[:2])
 
 

@@ -8,12 +8,13 @@ bucket tell what they hold after every change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile, parse_archive_name
+from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
+from tracker.core.sources import SnapshotSource, TargetKey
 
 #: The target name of an archive listed because the tracker holds it (no source has it).
 HELD_TARGET = "(held by the tracker)"
@@ -72,3 +73,21 @@ class Holdings:
     def full_slots(self, group: str) -> frozenset[int]:
         """The slots of the fulls held of ``group``."""
         return frozenset(h.file.name.slot for h in self.of(group).values() if h.file.name.is_full)
+
+
+def held_sources(
+    holdings: Holdings, groups: Iterable[str], advertised: Callable[[str], list[SnapshotSource]]
+) -> list[SnapshotSource]:
+    """The archives ``holdings`` has of ``groups`` that no source of ``advertised(group)``
+    lists any more, newest first, grouped by group: each a source of its own, target
+    :data:`HELD_TARGET`, its file with neither URL nor path."""
+    out: list[SnapshotSource] = []
+    for name in groups:
+        listed = {f.bare_name for s in advertised(name) for f in s.info.files}
+        key = TargetKey(name, HELD_TARGET)
+        for archive, held in holdings.of(name).items():
+            if archive not in listed:
+                out.append(SnapshotSource(info_from_files([held.file]), key, held.stored_at))
+    out.sort(key=lambda s: s.info.rank_key(), reverse=True)
+    out.sort(key=lambda s: s.key.group)
+    return out

@@ -15,10 +15,11 @@ from typing import Any
 import attrs
 
 from tracker.core.config import Ranking
-from tracker.core.holdings import HELD_TARGET, Holdings
-from tracker.core.ranking import PairKey, RankedPairs, rank_pairs
+from tracker.core.holdings import Holdings, held_sources
+from tracker.core.ranking import RankedPairs, TimedGroups
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 from tracker.core.sources import SnapshotSource, TargetKey
+from tracker.core.throughputs import Throughputs
 from tracker.core.trust import TrustPolicy, needs_screening, screen
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
@@ -31,16 +32,13 @@ class _Entry:
     latency: float | None = None
 
 
-#: A throughput measurement loses half its weight every this many seconds.
-THROUGHPUT_HALF_LIFE = 600.0
-
-
 class Index:
     """Snapshots per target, with ranked views per group."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         #: The one clock of measured throughputs: recorded and aged on it (monotonic seconds).
         self.clock = clock
+        self._speeds = Throughputs(clock)
         self._entries: dict[TargetKey, _Entry] = {}
         #: Bumped by every change: what was computed from an older generation is stale.
         self.generation = 0
@@ -53,11 +51,7 @@ class Index:
         self._mismatches: dict[TargetKey, str] = {}
         #: Per group ranked by time to running: its settings, its ranked pairs (per change)
         #: and the pair handed out last (docs/ranking.md).
-        self._rankings: dict[str, Ranking] = {}
-        self._pairs: dict[str, RankedPairs] = {}
-        self._held: dict[str, PairKey] = {}
-        #: Per target: (bytes per second, time of the measurement on :attr:`clock`).
-        self._throughput: dict[TargetKey, tuple[float, float]] = {}
+        self._timed = TimedGroups()
         #: Per target: its ranked sources as last built, reused while nothing about the
         #: target changed (a round of thousands of targets re-ranks several times a second).
         self._built: dict[TargetKey, _Built] = {}
@@ -79,19 +73,10 @@ class Index:
 
     def held(self, group: str | None = None) -> list[SnapshotSource]:
         """The archives the tracker holds of ``group`` (or of every group) that no source
-        advertises any more, newest first: each a source of its own, target
-        :data:`~tracker.core.holdings.HELD_TARGET`, its file with neither URL nor path."""
-        out: list[SnapshotSource] = []
-        for name in [group] if group is not None else self.holdings.groups():
-            advertised = {f.bare_name for s in self._rank().get(name, ()) for f in s.info.files}
-            key = TargetKey(name, HELD_TARGET)
-            for archive, held in self.holdings.of(name).items():
-                if archive not in advertised:
-                    info = info_from_files([held.file])
-                    out.append(SnapshotSource(info, key, held.stored_at))
-        out.sort(key=lambda s: s.info.rank_key(), reverse=True)
-        out.sort(key=lambda s: s.key.group)
-        return out
+        advertises any more, newest first (:func:`tracker.core.holdings.held_sources`)."""
+        ranked = self._rank()
+        groups = [group] if group is not None else self.holdings.groups()
+        return held_sources(self.holdings, groups, lambda name: ranked.get(name, []))
 
     def apply(
         self,
@@ -102,19 +87,16 @@ class Index:
     ) -> None:
         """Replace everything ``key`` reported before with ``infos`` (``latency``: seconds
         the probe took)."""
-        self._entries[key] = _Entry(tuple(infos), updated_at, latency)
-        self._changed()
+        self.apply_many([(key, infos, updated_at, latency)])
 
     def apply_many(
         self, results: Iterable[tuple[TargetKey, Iterable[SnapshotInfo], datetime, float | None]]
     ) -> None:
         """:meth:`apply` for several targets at once: the ranking is rebuilt once, not once
         per target (a scrape round of thousands of targets hands results over in batches)."""
-        changed = False
-        for key, infos, updated_at, latency in results:
-            self._entries[key] = _Entry(tuple(infos), updated_at, latency)
-            changed = True
-        if changed:
+        entries = [(key, _Entry(tuple(infos), at, latency)) for key, infos, at, latency in results]
+        self._entries.update(entries)
+        if entries:
             self._changed()
 
     def set_policy(self, group: str, policy: TrustPolicy) -> None:
@@ -125,12 +107,7 @@ class Index:
 
     def set_ranking(self, group: str, ranking: Ranking | None) -> None:
         """Rank ``group`` by ``ranking`` (None or ``by: slot``: by slot, docs/ranking.md)."""
-        wanted = ranking if ranking is not None and ranking.by == "time_to_running" else None
-        if self._rankings.get(group) != wanted:
-            if wanted is None:
-                self._rankings.pop(group, None)
-            else:
-                self._rankings[group] = wanted
+        if self._timed.set(group, ranking):
             self._changed()
 
     def set_cluster_slot(self, slot: int | None) -> None:
@@ -145,13 +122,9 @@ class Index:
         unknown, no ``rpc`` or it did not answer)."""
         return self._cluster_slot
 
-    def mismatch(self, key: TargetKey) -> str:
-        """Why some of ``key``'s snapshots are not ranked (a lost hash), or ``""``."""
-        return self.mismatches().get(key, "")
-
     def mismatches(self) -> Mapping[TargetKey, str]:
-        """:meth:`mismatch` of every target that has one (do not keep: it is replaced on
-        the next change)."""
+        """Why some of a target's snapshots are not ranked (a lost hash), for every target
+        that has one (do not keep: it is replaced on the next change)."""
         self._rank()
         return self._mismatches
 
@@ -159,48 +132,35 @@ class Index:
         self, key: TargetKey, size: int, seconds: float, now: float | None = None
     ) -> None:
         """A transfer of ``size`` bytes from ``key`` took ``seconds`` (ended at ``now`` on
-        :attr:`clock`, its reading by default): folded into its throughput, older
-        measurements weighing less as they age."""
-        if seconds <= 0 or size <= 0:
-            return
-        now = self.clock() if now is None else now
-        rate = size / seconds
-        old = self.throughput(key, now)
-        self._throughput[key] = ((old + rate) / 2 if old else rate, now)
-        self._changed()
+        :attr:`clock`, its reading by default): folded into its throughput."""
+        if self._speeds.record(key, size, seconds, now):
+            self._changed()
 
     def throughput(self, key: TargetKey, now: float | None = None) -> float:
         """``key``'s measured bytes per second, decayed by its age at ``now`` on :attr:`clock`
         (its reading by default); 0: never measured."""
-        measured = self._throughput.get(key)
-        if measured is None:
-            return 0.0
-        rate, at = measured
-        now = self.clock() if now is None else now
-        return float(rate * 0.5 ** (max(0.0, now - at) / THROUGHPUT_HALF_LIFE))
+        return self._speeds.rate(key, now)
 
     def measurements(self) -> dict[TargetKey, tuple[float, float]]:
         """Every measured throughput as (bytes per second, time measured), undecayed: what
         is kept across a restart (docs/http-api.md#what-the-tracker-learned)."""
-        return dict(self._throughput)
+        return self._speeds.measurements()
 
     def restore_throughput(self, key: TargetKey, rate: float, at: float) -> None:
         """Take a throughput measured elsewhere (a previous run, another replica) at ``at``
         unless ``key``'s own measurement is as recent."""
-        known = self._throughput.get(key)
-        if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
-            self._throughput[key] = (rate, at)
+        if self._speeds.restore(key, rate, at):
             self._changed()
 
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
-        self._throughput.pop(key, None)
+        self._speeds.drop(key)
         if self._entries.pop(key, None) is not None:
             self._changed()
 
     def _changed(self) -> None:
         self._ranked = self._everything = None
-        self._pairs = {}
+        self._timed.changed()
         self.generation += 1
 
     def keys(self) -> list[TargetKey]:
@@ -226,7 +186,7 @@ class Index:
             built: dict[TargetKey, _Built] = {}
             for group, entries in self._by_group().items():
                 screened = self._screen(group, entries)
-                speeds = {key: self.throughput(key, now) for key in self._throughput}
+                speeds = self._speeds.rates(now)
                 measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
                 pairs: list[tuple[Any, SnapshotSource]] = []
@@ -338,20 +298,10 @@ class Index:
 
     def _by_time(self, group: str) -> RankedPairs | None:
         """``group``'s pairs ranked by time to running (None: it ranks by slot), once per
-        change; the pair handed out moves only by ``switch_margin`` (docs/ranking.md)."""
-        ranking = self._rankings.get(group)
-        if ranking is None:
-            return None
-        done = self._pairs.get(group)
-        if done is None:
-            sources = self._rank().get(group, [])
-            tip = self._cluster_slot or max((s.info.slot for s in sources), default=0)
-            held = self._held.get(group)
-            done = rank_pairs(sources, self._fulls.get(group, []), tip, ranking, held)
-            self._pairs[group] = done
-            if done.chosen is not None:
-                self._held[group] = done.chosen
-        return done
+        change (:class:`tracker.core.ranking.TimedGroups`)."""
+        sources = self._rank().get(group, [])
+        tip = self._cluster_slot or max((s.info.slot for s in sources), default=0)
+        return self._timed.pairs(group, sources, self._fulls.get(group, []), tip)
 
     def predicted(self, source: SnapshotSource) -> float | None:
         """The predicted seconds to a running node of ``source``'s pair (None: its group

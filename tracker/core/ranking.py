@@ -121,3 +121,45 @@ def _incremental_of(
         if chosen[1] is None or _head(s) == chosen[1]:
             return s
     return None
+
+
+class TimedGroups:
+    """The groups ranked by time to running: each one's settings, its ranked pairs (made
+    once per change of the index) and the pair handed out last, which moves only by
+    ``switch_margin`` (docs/ranking.md)."""
+
+    def __init__(self) -> None:
+        self._rankings: dict[str, Ranking] = {}
+        self._pairs: dict[str, RankedPairs] = {}
+        self._held: dict[str, PairKey] = {}
+
+    def set(self, group: str, ranking: Ranking | None) -> bool:
+        """Rank ``group`` by ``ranking`` (None or ``by: slot``: not by time); whether that
+        changed anything."""
+        wanted = ranking if ranking is not None and ranking.by == "time_to_running" else None
+        if self._rankings.get(group) == wanted:
+            return False
+        if wanted is None:
+            self._rankings.pop(group, None)
+        else:
+            self._rankings[group] = wanted
+        return True
+
+    def changed(self) -> None:
+        """What the pairs were made of changed: they are made again when next asked."""
+        self._pairs = {}
+
+    def pairs(
+        self, group: str, sources: list[SnapshotSource], fulls: list[SnapshotSource], tip: int
+    ) -> RankedPairs | None:
+        """``group``'s ranked pairs (None: it ranks by slot)."""
+        ranking = self._rankings.get(group)
+        if ranking is None:
+            return None
+        done = self._pairs.get(group)
+        if done is None:
+            done = rank_pairs(sources, fulls, tip, ranking, self._held.get(group))
+            self._pairs[group] = done
+            if done.chosen is not None:
+                self._held[group] = done.chosen
+        return done

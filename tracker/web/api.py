@@ -8,28 +8,22 @@ every dependency; nothing is global.
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import attrs
 import quart
-import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tracker.core.config import Config
-from tracker.core.digests import Digests, sha256sum_line
-from tracker.core.index import Index, SnapshotSource, TargetKey
-from tracker.core.redact import redact_text, redact_url, redact_userinfo
-from tracker.core.rejections import Rejections
-from tracker.core.snapshots import format_time, info_to_json
-from tracker.discovery.scrape import Scraper, TargetHealth, health_json
+from tracker.core.digests import sha256sum_line
+from tracker.core.index import SnapshotSource
+from tracker.core.redact import redact_url
 from tracker.errors import RequestError
-from tracker.web.delivery import Delivery, redirect, tracker_path
-from tracker.web.health import HealthChecker
+from tracker.web.delivery import redirect
+from tracker.web.deps import ApiDeps, ResponseCounter
 from tracker.web.listings import Fragments, ListingCache
 from tracker.web.queries import (
     archive_name,
@@ -41,32 +35,7 @@ from tracker.web.queries import (
 )
 from tracker.web.shortcuts import SHORT_NAMES, best_source
 from tracker.web.urls import public_base
-
-#: ``(route template, status, seconds to the response head or None)`` of every answer.
-ResponseCounter = Callable[[str, int, float | None], None]
-
-
-@attrs.define
-class ApiDeps:
-    """What the API reads: the live config (swapped on reload), the index, and helpers."""
-
-    config: Callable[[], Config]
-    index: Index
-    scraper: Scraper
-    delivery: Delivery
-    health: HealthChecker
-    #: The object store's status (docs/http-api.md#with-an-object-store-object_store), None without
-    #: one.
-    store_status: Callable[[], dict[str, Any] | None] = lambda: None
-    #: Digests of the archives held verified, and sources whose copy failed its check
-    #: (docs/http-api.md, "Verified archives").
-    digests: Digests = attrs.Factory(Digests)
-    rejections: Rejections = attrs.Factory(Rejections)
-    #: Monotonic seconds (rejections run out on this clock).
-    clock: Callable[[], float] = trio.current_time
-    #: Per group: why its last refresh streamed uncached for want of disk room.
-    uncached: Callable[[], Mapping[str, str]] = dict
-
+from tracker.web.wire import listing_body, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
 DIGEST_SUFFIX = ".sha256"
@@ -78,61 +47,6 @@ def json_response(body: Any, status: int = 200) -> quart.Response:
     """Compact JSON with an explicit length."""
     data = json.dumps(body, separators=(",", ":")).encode()
     return quart.Response(data, status=status, content_type="application/json")
-
-
-def source_json(
-    source: SnapshotSource,
-    base: str | None,
-    *,
-    files_base: str | None = None,
-    here: str = "",
-    digest: Callable[[str, str], str | None] = lambda _group, _name: None,
-    predicted: float | None = None,
-    node_version: str = "",
-) -> dict[str, Any]:
-    """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
-    mode) URLs point at the tracker.
-
-    ``files_base`` (a source the tracker proxies in redirect mode because it needs
-    credentials) points only the files' URLs at the tracker. Userinfo and queries of the
-    configured target are masked; file URLs keep their query (a link the source handed out).
-    Each file carries ``url``, where this source's copy is fetched from (the source itself,
-    or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
-    credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
-    copy. ``predicted``: the seconds to a running node of the source's pair, in a group
-    ranked by it (docs/ranking.md; infinite: ``null``, it never catches up).
-    ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
-    """
-    info, group = source.info, source.key.group
-    files_base = base if base is not None else files_base
-    if files_base is not None:
-        names = [files_base + tracker_path(f.bare_name, group, alias=False) for f in info.files]
-    else:
-        names = [redact_userinfo(f.file_name) for f in info.files]
-    out = info_to_json(info, names)
-    for f, name, wire in zip(info.files, names, out["files"], strict=True):
-        if files_base is not None:
-            wire["url"] = name
-        elif f.url:
-            wire["url"] = redact_userinfo(f.url)
-        elif here:
-            wire["url"] = here + tracker_path(f.bare_name, group, alias=False)
-        sha256 = digest(group, f.bare_name)
-        if sha256:
-            wire["sha256"] = sha256
-    out["target"] = base if base is not None else redact_text(source.key.target)
-    out["group"] = group
-    out["updated_at"] = format_time(source.updated_at)
-    if node_version:  # a discovered node's, from getClusterNodes (docs/http-api.md#trust)
-        out["version"] = node_version
-    # Measurements behind the ranking (docs/http-api.md#trust), once there are some.
-    if source.latency is not None:
-        out["latency_ms"] = math.ceil(source.latency * 1000)
-    if source.throughput > 0:
-        out["throughput_bps"] = round(source.throughput)
-    if predicted is not None:
-        out["predicted_seconds"] = round(predicted, 1) if math.isfinite(predicted) else None
-    return out
 
 
 def create_app(deps: ApiDeps, *, on_response: ResponseCounter | None = None) -> QuartTrio:
@@ -211,52 +125,6 @@ def _request_base(config: Config) -> str:
     return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
 
 
-def _listing_body(
-    deps: ApiDeps,
-    fragments: Fragments,
-    sources: list[SnapshotSource],
-    base: str | None,
-    here: str,
-) -> bytes:
-    """The JSON array of ``sources``; the files of proxied sources point at the tracker.
-    Each source's JSON is kept between renderings (:class:`Fragments`)."""
-    proxied = deps.delivery.proxied
-    parts = []
-    version = deps.digests.version
-    health = deps.scraper.health
-    for s in sources:
-        files_base = here if proxied(s) else None
-        predicted = deps.index.predicted(s)
-        node = health.get(s.key)
-        node_version = node.target.version if node is not None else ""
-        render = partial(_source_bytes, deps, s, base, files_base, here, predicted, node_version)
-        key = (base, files_base, here, version, predicted, node_version)
-        parts.append(fragments.get(s, key, render))
-    return b"[" + b",".join(parts) + b"]"
-
-
-def _source_bytes(
-    deps: ApiDeps,
-    source: SnapshotSource,
-    base: str | None,
-    files_base: str | None,
-    here: str,
-    predicted: float | None,
-    node_version: str,
-) -> bytes:
-    digest = deps.digests.get
-    body = source_json(
-        source,
-        base,
-        files_base=files_base,
-        here=here,
-        digest=digest,
-        predicted=predicted,
-        node_version=node_version,
-    )
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def _listing(
     deps: ApiDeps,
     listings: ListingCache,
@@ -272,58 +140,9 @@ def _listing(
     body = listings.get(
         # The roster: a node's version changes with its target (discovery.health.Roster).
         (*key, base, here, config, deps.digests.version, deps.scraper.roster),
-        lambda: _listing_body(deps, fragments, select(), base, here),
+        lambda: listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")
-
-
-def _health_bytes(
-    health: TargetHealth, count: int, mismatch: str, speed: int, uncached: str
-) -> bytes:
-    out = health_json(health, count, mismatch)
-    if speed > 0:  # measured (docs/http-api.md#speed-tests)
-        out["throughput_bps"] = speed
-    if uncached:  # the group's last refresh found too little room on the cache's disk
-        out["cache"] = uncached
-    return json.dumps(out, separators=(",", ":")).encode()
-
-
-def _targets_body(
-    scraper: Scraper,
-    index: Index,
-    fragments: Fragments,
-    group: str | None,
-    rejected: Mapping[TargetKey, str],
-    now: float,
-    uncached: Mapping[str, str],
-) -> bytes:
-    """The JSON array of every target's health (of ``group``), in display order. A target
-    whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed; a measured one its throughput as of ``now``; the targets of a group whose last
-    refresh streamed uncached for want of disk room show why (``uncached``, per group) as
-    ``cache``."""
-    parts = []
-    fragments.sweep()  # every target is asked for below: the gone ones go
-    mismatches = {**index.mismatches(), **rejected}
-    for h in scraper.in_order():
-        key = h.target.key
-        if group is not None and key.group != group:
-            continue
-        if h.target.kind == "cluster":  # an RPC URL: no snapshots of its own
-            count, mismatch = 0, ""
-        else:
-            count, mismatch = index.count(key), mismatches.get(key, "")
-        # A target's entry changes only when its probe does: its JSON is kept until then
-        # (thousands of discovered nodes, polled during a round).
-        speed = round(index.throughput(key, now))
-        reason = uncached.get(key.group, "")
-        state = (
-            *(h.health, h.last_error, h.last_scrape, h.last_duration),
-            *(count, mismatch, speed, reason),
-        )
-        render = partial(_health_bytes, h, count, mismatch, speed, reason)
-        parts.append(fragments.get(h, state, render))
-    return b"[" + b",".join(parts) + b"]"
 
 
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
@@ -390,7 +209,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         if body is None:
             kept_targets.clear()
             rejected = rejections.errors(now)
-            body = _targets_body(scraper, index, target_fragments, group, rejected, now, uncached)
+            body = targets_body(scraper, index, target_fragments, group, rejected, now, uncached)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 

@@ -27,7 +27,7 @@ from tracker.errors import RequestError
 from tracker.web.queries import known_group, resolve_group
 
 if TYPE_CHECKING:
-    from tracker.web.api import ApiDeps, ResponseCounter
+    from tracker.web.deps import ApiDeps, ResponseCounter
 
 #: The short names and the kind of archive each redirects to.
 SHORT_NAMES = {

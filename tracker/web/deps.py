@@ -1,0 +1,46 @@
+"""What the public API reads, as one value the composition root builds: the live config, the
+index, the scrape loop, the byte paths and the helpers. Its own module so that the routes
+(:mod:`tracker.web.api`) and the short redirects answered before them
+(:mod:`tracker.web.shortcuts`) both depend on it, not on each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from tracker.core.config import Config
+from tracker.core.digests import Digests
+from tracker.core.index import Index
+from tracker.core.rejections import Rejections
+from tracker.discovery.scrape import Scraper
+from tracker.web.delivery import Delivery
+from tracker.web.health import HealthChecker
+
+#: ``(route template, status, seconds to the response head or None)`` of every answer.
+ResponseCounter = Callable[[str, int, float | None], None]
+
+
+@attrs.define
+class ApiDeps:
+    """What the API reads: the live config (swapped on reload), the index, and helpers."""
+
+    config: Callable[[], Config]
+    index: Index
+    scraper: Scraper
+    delivery: Delivery
+    health: HealthChecker
+    #: The object store's status (docs/http-api.md#with-an-object-store-object_store), None without
+    #: one.
+    store_status: Callable[[], dict[str, Any] | None] = lambda: None
+    #: Digests of the archives held verified, and sources whose copy failed its check
+    #: (docs/http-api.md, "Verified archives").
+    digests: Digests = attrs.Factory(Digests)
+    rejections: Rejections = attrs.Factory(Rejections)
+    #: Monotonic seconds (rejections run out on this clock).
+    clock: Callable[[], float] = trio.current_time
+    #: Per group: why its last refresh streamed uncached for want of disk room.
+    uncached: Callable[[], Mapping[str, str]] = dict
