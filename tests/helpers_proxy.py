@@ -474,7 +474,9 @@ async def running_tracker(
 
     ``plain`` serves it with plain hypercorn: no sendfile or splice, every byte through
     Python (the path of HTTP/2 clients and TLS upstreams)."""
-    tracker = Tracker(config, index=index or Index(), metrics=Metrics(process=False))
+    tracker = Tracker(
+        config, index=index or Index(clock=trio.current_time), metrics=Metrics(process=False)
+    )
     async with httpx.AsyncClient(trust_env=False) as rpc:
         parts = build(tracker, rpc, settings=settings, cache_factory=cache_factory)
         parts.app.config.update(app_config or {})
