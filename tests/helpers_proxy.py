@@ -30,7 +30,7 @@ import httpx
 import trio
 from helpers_server import serve_app
 
-from tracker.core.config import BearerAuth, Config, TargetGroup
+from tracker.config.schema import BearerAuth, Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.metrics import Metrics
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name

@@ -9,8 +9,8 @@ from typing import Any
 import trio
 import yaml
 
-from tracker.core.config import Config
-from tracker.core.loading import load_config
+from tracker.config.loading import load_config
+from tracker.config.schema import Config
 from tracker.service import run_tracker
 
 

@@ -21,7 +21,7 @@ from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.cli import add_fetch_parser, add_log_flags, fetch_main
 
 if TYPE_CHECKING:
-    from tracker.core.config import Config
+    from tracker.config.schema import Config
 
 # The commands' own libraries are imported where they run: `verify` of a file starts without
 # the server's and the config's (trio, httpx, cattrs: a third of a second).
@@ -134,8 +134,8 @@ def verify_main(files: Sequence[str]) -> int:
 
 def load(args: argparse.Namespace) -> Config:
     """Load the config file and apply the command-line overrides (raises ConfigError)."""
-    from tracker.core.loading import load_config
-    from tracker.core.overrides import with_overrides
+    from tracker.config.loading import load_config
+    from tracker.config.overrides import with_overrides
 
     config = load_config(args.config)
     overrides = {

@@ -8,7 +8,7 @@ exception class::
     TrackerError
     ├── ConfigError        the config file (or a reload) is invalid; carries every problem
     ├── FieldProblems      problems of the fields of one config object while it is structured
-    │                      (gathered into ConfigError by tracker.core.loading)
+    │                      (gathered into ConfigError by tracker.config.loading)
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
     ├── RequestError       a client request is malformed or names nothing known (4xx)
     ├── EgressRefused      the egress policy refuses every address of a host from the network
@@ -51,7 +51,7 @@ class ConfigError(TrackerError):
 class FieldProblems(TrackerError):
     """Problems found across the fields of one config object, each with a key path relative
     to it (attribute names and list indexes); raised while the config is structured and
-    turned into ConfigError's lines by :mod:`tracker.core.loading`."""
+    turned into ConfigError's lines by :mod:`tracker.config.loading`."""
 
     def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
         super().__init__("; ".join(message for _, message in problems))

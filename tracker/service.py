@@ -23,7 +23,7 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from tracker.core.config import Config, parse_address
+from tracker.config.schema import Config, parse_address
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event

@@ -578,7 +578,7 @@ async def test_symlinks_planted_in_the_cache_are_not_followed(
 async def test_a_group_named_dot_dot_is_proxied_uncached(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    from tracker.core.config import TargetGroup
+    from tracker.config.schema import TargetGroup
 
     config = make_config(tmp_path / "cache" / "sub", target_groups=(TargetGroup(group=".."),))
     async with running_tracker(config) as t:

@@ -38,7 +38,7 @@ from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
 from names import archive_hash, full_name
 
-from tracker.core.config import (
+from tracker.config.schema import (
     ClusterDiscovery,
     Config,
     Egress,

@@ -30,7 +30,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
-from tracker.core.config import BasicAuth, Config, Egress, HttpTargets, TargetGroup
+from tracker.config.schema import BasicAuth, Config, Egress, HttpTargets, TargetGroup
 from tracker.core.index import Index
 from tracker.discovery.scrape import Scraper
 from tracker.proxy.prefetch import Prefetcher

@@ -37,7 +37,7 @@ from helpers_proxy import (
 from names import full_name, incremental_name
 
 import tracker.fetch.workers
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch

@@ -17,7 +17,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
-from tracker.core.config import Ranking, TargetGroup
+from tracker.config.schema import Ranking, TargetGroup
 from tracker.core.index import TargetKey
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch

@@ -39,7 +39,7 @@ from helpers_proxy import advertise as advertise_urls
 from names import full_name, incremental_name
 from test_clients_real import run, tool
 
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.index import TargetKey
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 

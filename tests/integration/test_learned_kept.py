@@ -25,7 +25,7 @@ from helpers_proxy import (
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
 from names import full_name
 
-from tracker.core.config import Config, ObjectStore
+from tracker.config.schema import Config, ObjectStore
 from tracker.core.index import TargetKey
 from tracker.proxy.learning import FILE_NAME
 

@@ -39,7 +39,7 @@ from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
 from names import full_name, incremental_name
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier
 

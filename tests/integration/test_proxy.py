@@ -35,7 +35,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
-from tracker.core.config import Egress
+from tracker.config.schema import Egress
 
 NAME = full_name(1000)
 DATA = archive_bytes(3 * MiB, seed=1)

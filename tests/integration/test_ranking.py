@@ -11,7 +11,7 @@ import trio
 from helpers_proxy import GROUP, advertise, make_config, raw_request, running_tracker
 from names import archive_hash, full_name, incremental_name
 
-from tracker.core.config import Ranking, TargetGroup
+from tracker.config.schema import Ranking, TargetGroup
 from tracker.core.index import TargetKey
 
 MB = 1_000_000

@@ -14,7 +14,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
-from tracker.core.config import Config, HttpTargets, TargetGroup
+from tracker.config.schema import Config, HttpTargets, TargetGroup
 from tracker.core.index import Index
 from tracker.discovery.scrape import Scraper
 

@@ -29,7 +29,7 @@ from helpers_proxy import (
 from helpers_server import serve_app
 from names import full_name, incremental_name
 
-from tracker.core.config import BasicAuth, TargetGroup
+from tracker.config.schema import BasicAuth, TargetGroup
 
 SECRET = "PW-s3cr3t"
 API_KEY = "KEY-4p1k3y"

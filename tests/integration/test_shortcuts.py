@@ -18,7 +18,7 @@ from helpers_proxy import GROUP, advertise, make_config, raw_request, running_tr
 from helpers_server import serve_app
 from names import full_name, incremental_name
 
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.web.shortcuts import SHORT_NAMES
 
 FULL = full_name(1000)

@@ -27,7 +27,7 @@ from helpers_proxy import (
 )
 from names import full_name
 
-from tracker.core.config import BearerAuth, Ranking, SourceLimits, SpeedTest, TargetGroup
+from tracker.config.schema import BearerAuth, Ranking, SourceLimits, SpeedTest, TargetGroup
 
 FULL = full_name(8000)
 DATA = archive_bytes(3 * MiB, seed=40)

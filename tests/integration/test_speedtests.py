@@ -32,7 +32,7 @@ from helpers_proxy import (
 from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name
 
-from tracker.core.config import Config, Ranking, SpeedTest, TargetGroup
+from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup
 from tracker.core.index import TargetKey
 
 NAME = full_name(1000)

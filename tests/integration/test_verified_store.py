@@ -30,7 +30,7 @@ from helpers_proxy import (
 )
 from helpers_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 
 NAME, GOOD = build_archive(9500, compression="zst", seed=95)
 

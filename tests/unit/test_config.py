@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.config import (
+from tracker.config.loading import load_config
+from tracker.config.overrides import with_overrides
+from tracker.config.schema import (
     BasicAuth,
     BearerAuth,
     Config,
@@ -24,8 +26,6 @@ from tracker.core.config import (
     parse_address,
     parse_duration,
 )
-from tracker.core.loading import load_config
-from tracker.core.overrides import with_overrides
 from tracker.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "config"

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tracker.core.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
+from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
 from tracker.errors import RequestError
 from tracker.files.downloads import DownloadSlots, reclaimable
 from tracker.zerocopy.limit import (

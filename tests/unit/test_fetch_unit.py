@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from names import full_name
 
-from tracker.core.values import parse_size
+from tracker.config.values import parse_size
 from tracker.fetch.pieces import MIN_STEAL, Pieces
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 

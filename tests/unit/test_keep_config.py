@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_config import load, problem_at, problems
 
-from tracker.core.values import byte_size
+from tracker.config.values import byte_size
 
 GROUP = "target_groups:\n  - group: mainnet\n"
 

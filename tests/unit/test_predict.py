@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tracker.core.config import Ranking
+from tracker.config.schema import Ranking
 from tracker.core.predict import Download, beats, choose, predicted_seconds
 
 R = Ranking(replay_slots_per_second=25, slot_seconds=0.4, assumed_throughput=50e6)

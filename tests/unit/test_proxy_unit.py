@@ -11,7 +11,7 @@ import pytest
 import trio
 from names import full_name
 
-from tracker.core.config import TLSConfig
+from tracker.config.schema import TLSConfig
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError

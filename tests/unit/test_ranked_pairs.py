@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import base58
 import pytest
 
-from tracker.core.config import Ranking
+from tracker.config.schema import Ranking
 from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.throughputs import HALF_LIFE as THROUGHPUT_HALF_LIFE

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker.core.config import Ranking, SpeedTest
-from tracker.core.loading import load_config
+from tracker.config.loading import load_config
+from tracker.config.schema import Ranking, SpeedTest
 from tracker.errors import ConfigError
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tracker.core.config import BasicAuth, BearerAuth, TargetGroup, TLSConfig
-from tracker.core.loading import load_config
+from tracker.config.loading import load_config
+from tracker.config.schema import BasicAuth, BearerAuth, TargetGroup, TLSConfig
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.metrics import Metrics
 from tracker.core.redact import has_secrets, redact_text, redact_url, redact_userinfo

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers_sources import HASHES
 
-from tracker.core.config import Config, LocalTargets, TargetGroup
+from tracker.config.schema import Config, LocalTargets, TargetGroup
 from tracker.core.index import Index
 from tracker.discovery.local import scan_local
 from tracker.discovery.scrape import Scraper

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.core.targetfile import is_host_port, read_target_file
+from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.errors import ProbeError
 
 

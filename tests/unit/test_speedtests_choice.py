@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from names import full_name, incremental_name
 
-from tracker.core.config import Config
+from tracker.config.loading import load_config
+from tracker.config.schema import Config
 from tracker.core.index import SnapshotSource, TargetKey
-from tracker.core.loading import load_config
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.core.speedtests import probes_due
 from tracker.errors import ConfigError

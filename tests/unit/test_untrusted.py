@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.core.targetfile import is_host_port
+from tracker.config.targetfile import is_host_port
 from tracker.core.untrusted import ascii_digits, load_json, port_number
 from tracker.errors import ProbeError, RpcError
 

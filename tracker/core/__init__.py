@@ -1,13 +1,8 @@
-"""The tracker's values: config, archive names, the index, metrics, log lines.
+"""The tracker's values: archive names, the index, metrics, log lines.
 
-Owns what every other package shares and nothing that talks to the network: the config
-schema (:mod:`tracker.core.config`) and its loading (:mod:`~tracker.core.loading`: the
-cattrs converter :mod:`~tracker.core.converter`, paths and secrets
-:mod:`~tracker.core.configfiles`, checks across fields :mod:`~tracker.core.sectionchecks`,
-warnings :mod:`~tracker.core.configwarnings`, with :mod:`~tracker.core.yamlfile`,
-:mod:`~tracker.core.problems`, :mod:`~tracker.core.overrides`),
-URL redaction (:mod:`~tracker.core.redact`), single-value checks
-(:mod:`~tracker.core.values`), archive names and snapshot values
+Owns what every other package shares and nothing that talks to the network (the config is
+the package above, :mod:`tracker.config`): URL redaction (:mod:`~tracker.core.redact`),
+archive names and snapshot values
 (:mod:`~tracker.core.snapshots`), the ranked in-memory index (:mod:`~tracker.core.index`),
 the Prometheus collectors (:mod:`~tracker.core.metrics`), structured log lines
 (:mod:`~tracker.core.logs`), short texts for one-line reasons (:mod:`~tracker.core.text`) and

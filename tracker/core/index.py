@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from tracker.core.config import Ranking
 from tracker.core.holdings import Holdings, held_sources
+from tracker.core.predict import Ranking
 from tracker.core.ranking import RankedPairs, TimedGroups
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 from tracker.core.sources import SnapshotSource, TargetKey

@@ -17,11 +17,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 
-from tracker.core.config import Ranking
+
+class Ranking(Protocol):
+    """The settings a prediction uses (the config's ``ranking`` section, docs/ranking.md):
+    read-only, so the config's frozen value is one."""
+
+    @property
+    def by(self) -> str: ...
+    @property
+    def replay_slots_per_second(self) -> float: ...
+    @property
+    def slot_seconds(self) -> float: ...
+    @property
+    def assumed_throughput(self) -> float: ...
+    @property
+    def switch_margin(self) -> float: ...
+
 
 _K = TypeVar("_K", bound=Hashable)
 

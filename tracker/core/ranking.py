@@ -14,8 +14,7 @@ import math
 
 import attrs
 
-from tracker.core.config import Ranking
-from tracker.core.predict import Download, choose, predicted_seconds
+from tracker.core.predict import Download, Ranking, choose, predicted_seconds
 from tracker.core.sources import SnapshotSource
 
 #: A pair: the full's archive name, and the incremental's (None: the full alone).

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import httpx
 import trio
 
-from tracker.core.config import ClusterDiscovery
+from tracker.config.schema import ClusterDiscovery
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.discovery.nodes import Node, parse_answer

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from tracker.core.targetfile import is_host_port
+from tracker.config.targetfile import is_host_port
 from tracker.core.text import quoted
 from tracker.errors import ProbeError
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array

@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 import httpx
 import trio
 
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.health import Target
 from tracker.discovery.http import Heads, SizeMemo, probe_http

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo

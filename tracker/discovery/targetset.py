@@ -15,10 +15,10 @@ from functools import partial
 import httpx
 import trio
 
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
+from tracker.config.targetfile import read_target_file
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
-from tracker.core.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import discover_consul
 from tracker.discovery.health import Target

@@ -7,9 +7,9 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
+from tracker.config.values import parse_duration, parse_size
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
-from tracker.core.values import parse_duration, parse_size
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from tracker.core.config import Ranking
+from tracker.config.schema import Ranking
 from tracker.core.predict import Download, choose, predicted_seconds
 from tracker.core.snapshots import SnapshotInfo
 from tracker.fetch.listing import RemoteSnapshot

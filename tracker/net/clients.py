@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from tracker.core.config import TargetGroup, TLSConfig
+from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.text import TRACKER_AGENT
 
 

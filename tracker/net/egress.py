@@ -27,7 +27,7 @@ import attrs
 import httpcore
 import trio
 
-from tracker.core.config import Egress
+from tracker.config.schema import Egress
 from tracker.errors import EgressRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -34,7 +34,7 @@ import attrs
 import botocore.exceptions
 import trio
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.answers import (

@@ -10,7 +10,7 @@ import boto3
 import trio
 from botocore.config import Config as BotoConfig
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+from tracker.config.values import group_name
 from tracker.core.snapshots import parse_archive_name
-from tracker.core.values import group_name
 
 LOCKS = ".locks/"
 MARKS = ".handed/"

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.text import quoted
 from tracker.net.egress import policy_of
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 
 import trio
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 from tracker.core.digests import Digests
 from tracker.core.logs import log_event
 from tracker.errors import StoreError

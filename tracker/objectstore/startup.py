@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.errors import StoreError

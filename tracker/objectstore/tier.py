@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import trio
 
-from tracker.core.config import ObjectStore
+from tracker.config.schema import ObjectStore
 from tracker.core.digests import Digests, parse_sha256sum_line
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_url

@@ -14,7 +14,7 @@ from typing import Protocol
 import attrs
 
 from tracker.cache.refresh import Refresh
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index
 from tracker.core.metrics import ByteSource, Metrics, Outcome
 from tracker.core.rejections import Rejections

@@ -26,7 +26,7 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.index import SnapshotSource
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile

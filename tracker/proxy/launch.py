@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 
 from tracker.cache.refresh import Refresh
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource, Kind, Outcome

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index
 from tracker.core.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
 from tracker.core.logs import log_event

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import trio
 
-from tracker.core.config import ObjectStore, TargetGroup
+from tracker.config.schema import ObjectStore, TargetGroup
 from tracker.core.digests import repr_digest
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event

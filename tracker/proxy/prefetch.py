@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index
 from tracker.core.logs import log_event
 from tracker.proxy.transfers import Transfers

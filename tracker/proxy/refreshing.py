@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from tracker.cache.store import Cache
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource
 from tracker.core.snapshots import ArchiveName

@@ -28,7 +28,7 @@ import httpx
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.contentrange import ContentRange, states_range
 from tracker.core.logs import log_event
 from tracker.core.samefile import Validators, not_same_reason

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import httpx
 import trio
 
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.speedtests import Probe, probes_due

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import attrs
 
 from tracker.cache.store import Cache
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
 from tracker.files.answers import Answer

@@ -15,7 +15,7 @@ import logging
 from functools import partial
 
 from tracker.cache.store import Cache
-from tracker.core.config import TargetGroup
+from tracker.config.schema import TargetGroup
 from tracker.core.digests import repr_digest
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName

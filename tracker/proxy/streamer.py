@@ -16,7 +16,7 @@ from functools import partial
 import attrs
 
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.metrics import Metrics

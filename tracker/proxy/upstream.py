@@ -39,7 +39,7 @@ import httpcore
 import httpx
 import trio
 
-from tracker.core.config import TargetGroup, TLSConfig
+from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile

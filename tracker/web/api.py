@@ -17,7 +17,7 @@ import quart
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.digests import sha256sum_line
 from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_url

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import quart
 
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.metrics import Metrics, Outcome
 from tracker.core.redact import has_secrets, redact_userinfo

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.rejections import Rejections

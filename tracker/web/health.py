@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index
 from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError, RpcError, TransportError

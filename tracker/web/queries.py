@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.snapshots import U64_MAX, ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import trio
 
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index
 from tracker.core.metrics import Metrics
 from tracker.discovery.scrape import Scraper, TargetHealth

@@ -18,7 +18,7 @@ import trio
 
 from tracker import __version__
 from tracker.cache.store import Cache, RefreshProgress
-from tracker.core.config import Config
+from tracker.config.schema import Config
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
 from tracker.discovery.scrape import Scraper, TargetHealth

@@ -1,7 +1,7 @@
 """What a valid config probably did not mean: one warning line each, key path first.
 
 ``load_config`` puts them in ``Config.warnings``; ``check-config`` and the service log them,
-and the command-line overrides recompute them (:mod:`tracker.core.overrides`).
+and the command-line overrides recompute them (:mod:`tracker.config.overrides`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from tracker.core.config import Config, TargetGroup
+from tracker.config.schema import Config, TargetGroup
+from tracker.config.targetfile import read_target_file
 from tracker.core.redact import redact_text
-from tracker.core.targetfile import read_target_file
 from tracker.core.trust import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
 

@@ -2,9 +2,9 @@
 
 ``forbid_extra_keys`` and ``detailed_validation``: an unknown key is a problem, and every
 problem is collected with its key path instead of stopping at the first
-(:mod:`tracker.core.problems` turns them into lines). Each field's hook is a single-value
-check (:mod:`tracker.core.values`, or a path check of :mod:`tracker.core.configfiles`); each
-class's hook then runs the checks across its fields (:mod:`tracker.core.sectionchecks`). A
+(:mod:`tracker.config.problems` turns them into lines). Each field's hook is a single-value
+check (:mod:`tracker.config.values`, or a path check of :mod:`tracker.config.files`); each
+class's hook then runs the checks across its fields (:mod:`tracker.config.sections`). A
 key with an empty (null) value is the same as leaving the key out, as in Go.
 
 One converter per load: the path checks need the config file's directory.
@@ -20,8 +20,10 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from tracker.core import rankvalues, values
-from tracker.core.config import (
+from tracker.config import rankvalues, values
+from tracker.config.files import FileChecks
+from tracker.config.problems import TLS_GO_KEYS, Problems
+from tracker.config.schema import (
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
@@ -40,9 +42,7 @@ from tracker.core.config import (
     TLSConfig,
     Trust,
 )
-from tracker.core.configfiles import FileChecks
-from tracker.core.problems import TLS_GO_KEYS, Problems
-from tracker.core.sectionchecks import (
+from tracker.config.sections import (
     finish_basic_auth,
     finish_bearer_auth,
     finish_consul,
@@ -50,7 +50,7 @@ from tracker.core.sectionchecks import (
     finish_object_store,
     finish_tls,
 )
-from tracker.core.values import check_target, describe
+from tracker.config.values import check_target, describe
 
 _T = TypeVar("_T")
 

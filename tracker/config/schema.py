@@ -1,6 +1,6 @@
 """The config file's schema: frozen attrs values, one class per section.
 
-Every value here has been checked when it was loaded (:mod:`tracker.core.loading`); durations
+Every value here has been checked when it was loaded (:mod:`tracker.config.loading`); durations
 are seconds and paths absolute. The format is a superset of the Go tracker's
 (rpcpool/solana-cluster, ``types/config.go``). Secrets (``password_file``, ``token_file``) are
 read at load and never appear in ``repr()``.
@@ -12,7 +12,7 @@ import base64
 
 import attrs
 
-from tracker.core.values import check_target, format_address, parse_address, parse_duration
+from tracker.config.values import check_target, format_address, parse_address, parse_duration
 
 __all__ = [
     "BasicAuth",
@@ -98,7 +98,7 @@ class StaticTargets:
 
 @attrs.frozen
 class FileTargets:
-    """Sidecars listed in a file (see ``tracker.core.targetfile``), re-read every scrape."""
+    """Sidecars listed in a file (see ``tracker.config.targetfile``), re-read every scrape."""
 
     path: str
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from tracker.core import values
-from tracker.core.config import Config
-from tracker.core.configwarnings import config_warnings
+from tracker.config import values
+from tracker.config.schema import Config
+from tracker.config.warnings import config_warnings
 from tracker.core.redact import redact_text
 from tracker.errors import ConfigError
 

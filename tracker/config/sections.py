@@ -1,7 +1,7 @@
 """Checks across the fields of one config section, and across the whole file.
 
 A section's ``finish_*`` function runs on the structured object once each of its fields
-passed its own check (:mod:`tracker.core.converter`): it reports what only the fields
+passed its own check (:mod:`tracker.config.converter`): it reports what only the fields
 together say (``set either password or password_file, not both``) and fills in the resolved
 secrets. :func:`file_problems` and :func:`store_problems` check what spans sections.
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 import attrs
 
-from tracker.core.config import (
+from tracker.config.problems import Path, raise_problems
+from tracker.config.schema import (
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
@@ -22,10 +23,9 @@ from tracker.core.config import (
     ObjectStore,
     TLSConfig,
 )
-from tracker.core.problems import Path, raise_problems
-from tracker.core.values import parse_duration
+from tracker.config.values import parse_duration
 
-#: Secret files' texts by absolute path (:attr:`tracker.core.configfiles.FileChecks.secrets`).
+#: Secret files' texts by absolute path (:attr:`tracker.config.files.FileChecks.secrets`).
 Secrets = Mapping[str, str]
 
 

@@ -1,14 +1,14 @@
 """Checks of the ``ranking`` section's values: the order, speeds, sizes and the margin.
 
 Pure functions raising ValueError with a message meant for the operator, as in
-:mod:`tracker.core.values` (the loader puts the key path in front of it).
+:mod:`tracker.config.values` (the loader puts the key path in front of it).
 """
 
 from __future__ import annotations
 
 import math
 
-from tracker.core.values import describe, parse_size
+from tracker.config.values import describe, parse_size
 
 #: The orders a group can rank by (docs/ranking.md).
 RANKING_ORDERS = ("time_to_running", "slot")

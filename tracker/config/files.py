@@ -3,15 +3,15 @@
 Relative paths are resolved against the config file's directory and stored absolute. Files
 the tracker reads (TLS files, secrets) must be readable UTF-8 text now; a secret file's text
 is kept (:attr:`FileChecks.secrets`) for the section that uses it
-(:mod:`tracker.core.sectionchecks`).
+(:mod:`tracker.config.sections`).
 """
 
 from __future__ import annotations
 
 import os
 
-from tracker.core import values
-from tracker.core.targetfile import is_host_port, read_target_file
+from tracker.config import values
+from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.errors import ProbeError
 
 

@@ -1,13 +1,13 @@
 """Loading the config file: YAML, structured and checked with cattrs, every problem at once.
 
-:func:`load_config` reads the file (:mod:`tracker.core.yamlfile`: size cap, alias limit, a
+:func:`load_config` reads the file (:mod:`tracker.config.yamlfile`: size cap, alias limit, a
 key given twice refused as Go's yaml.v3 does) and structures it through a cattrs ``Converter``
-(:mod:`tracker.core.converter`, ``forbid_extra_keys``, ``detailed_validation``) whose hooks
-also check every value (:mod:`tracker.core.values`, paths in :mod:`tracker.core.configfiles`,
-each section's fields together in :mod:`tracker.core.sectionchecks`). Nothing stops at the
+(:mod:`tracker.config.converter`, ``forbid_extra_keys``, ``detailed_validation``) whose hooks
+also check every value (:mod:`tracker.config.values`, paths in :mod:`tracker.config.files`,
+each section's fields together in :mod:`tracker.config.sections`). Nothing stops at the
 first problem: every one is collected with its key path and raised together as
-:class:`~tracker.errors.ConfigError` (:mod:`tracker.core.problems` formats them). What is
-valid but probably unintended becomes ``Config.warnings`` (:mod:`tracker.core.configwarnings`).
+:class:`~tracker.errors.ConfigError` (:mod:`tracker.config.problems` formats them). What is
+valid but probably unintended becomes ``Config.warnings`` (:mod:`tracker.config.warnings`).
 
 Beyond the Go tracker's format (rpcpool/solana-cluster, ``types/config.go``):
 
@@ -31,14 +31,14 @@ import os
 
 import attrs
 
-from tracker.core.config import Config
-from tracker.core.configfiles import FileChecks
-from tracker.core.configwarnings import config_warnings
-from tracker.core.converter import as_mapping, config_converter
-from tracker.core.problems import Path, flatten, lines
-from tracker.core.sectionchecks import file_problems, store_problems
-from tracker.core.values import describe
-from tracker.core.yamlfile import read_yaml
+from tracker.config.converter import as_mapping, config_converter
+from tracker.config.files import FileChecks
+from tracker.config.problems import Path, flatten, lines
+from tracker.config.schema import Config
+from tracker.config.sections import file_problems, store_problems
+from tracker.config.values import describe
+from tracker.config.warnings import config_warnings
+from tracker.config.yamlfile import read_yaml
 from tracker.errors import ConfigError
 
 

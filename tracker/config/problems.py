@@ -19,7 +19,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from tracker.core.config import TLSConfig
+from tracker.config.schema import TLSConfig
 from tracker.core.redact import redact_text
 from tracker.errors import FieldProblems
 
