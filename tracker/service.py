@@ -38,8 +38,8 @@ from tracker.net.egress import Resolver, resolve
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.learning import Learning
-from tracker.proxy.objects import ObjectPath
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.speedtest import SpeedTests

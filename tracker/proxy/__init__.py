@@ -8,13 +8,13 @@ a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.plan` decides a request's byte path from its facts
 (:mod:`~tracker.proxy.facts`) as one walk (pure: no event loop, no network) and
 :mod:`~tracker.proxy.streamer` performs it (:mod:`~tracker.proxy.steps`) with the executors
-(:mod:`~tracker.proxy.stored`, :mod:`~tracker.proxy.refreshing`,
-:mod:`~tracker.proxy.launch`), which share one context (:mod:`~tracker.proxy.context`, the
+(:mod:`~tracker.proxy.storedcopies`, :mod:`~tracker.proxy.refreshing`,
+:mod:`~tracker.proxy.streamjobs`), which share one context (:mod:`~tracker.proxy.context`, the
 tunables in :mod:`~tracker.proxy.settings`); every answer is a framework-free
-:class:`~tracker.files.answers.Answer`; :mod:`~tracker.proxy.pumps` moves the bytes;
+:class:`~tracker.files.answers.Answer`; :mod:`~tracker.proxy.bytepaths` moves the bytes;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
 :mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;
-:mod:`~tracker.proxy.objects` is the object store's part (303 to presigned URLs, the holder
+:mod:`~tracker.proxy.bucketcopies` is the object store's part (303 to presigned URLs, the holder
 replica as a source, the upload beside a refresh).
 
 May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`,

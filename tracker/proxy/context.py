@@ -43,7 +43,7 @@ class ProxyContext:
 
 class Streams(Protocol):
     """Starting a file's streams and counting what they come to
-    (:class:`tracker.proxy.launch.Launcher`)."""
+    (:class:`tracker.proxy.streamjobs.Launcher`)."""
 
     def job(
         self,

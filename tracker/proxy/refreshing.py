@@ -1,7 +1,7 @@
 """The executors of the refresh decisions: start a refresh, join one, read it.
 
 :class:`~tracker.proxy.plan.StartShared`, :class:`~tracker.proxy.plan.OwnRefresh` and a
-prefetch start a *detached* refresh (:func:`tracker.proxy.pumps.fill` in the transfers
+prefetch start a *detached* refresh (:func:`tracker.proxy.bytepaths.fill` in the transfers
 nursery: it writes the temp file at the upstream's pace and may outlive its client);
 :class:`~tracker.proxy.plan.JoinShared` and :class:`~tracker.proxy.plan.JoinBehind` read
 one that runs. Every client reads the growing temp file (:mod:`tracker.proxy.sharing`), so
@@ -32,12 +32,12 @@ from tracker.files.bodies import Body
 from tracker.objectstore.locks import Lock
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
+from tracker.proxy.bucketcopies import ObjectPath
+from tracker.proxy.bytepaths import fill
 from tracker.proxy.context import ProxyContext, Pump, Streams
-from tracker.proxy.launch import early_answer, head_answer, text_answer
-from tracker.proxy.objects import ObjectPath
-from tracker.proxy.pumps import fill
 from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
+from tracker.proxy.streamjobs import early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head, RefreshJob
 from tracker.zerocopy.connection import Connection
 
@@ -251,7 +251,7 @@ class Refreshes:
         readers, synchronously (a request arriving next finds it); its pump, still to start.
         None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
         off). With the bucket's lock, the refresh's file is also uploaded to the bucket
-        (:meth:`tracker.proxy.objects.ObjectPath.upload`, which releases the lock).
+        (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
         """
         launcher, transfers = self._launcher, self._context.transfers
         group, name, lock = start.group.group, start.archive.file_name, start.lock

@@ -13,7 +13,7 @@ from __future__ import annotations
 import trio
 
 from tracker.objectstore.locks import Holder, Lock
-from tracker.proxy.objects import ObjectPath
+from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.plan import Claimed, Running
 from tracker.proxy.sharing import SharedRefresh
 

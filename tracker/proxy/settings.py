@@ -1,5 +1,5 @@
 """The tunables of proxy mode's download path (:mod:`tracker.proxy.upstream`,
-:mod:`tracker.proxy.pumps`): one frozen value, read where it is used, never copied, so that
+:mod:`tracker.proxy.bytepaths`): one frozen value, read where it is used, never copied, so that
 replacing it (a test, a reload) reaches every part at its next use."""
 
 from __future__ import annotations

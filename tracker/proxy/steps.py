@@ -3,9 +3,9 @@
 
 A lookup is answered with what is true now (the disk cache's copy after a promotion in
 flight, the index and the running refreshes, the index's size, the bucket's lock); a
-decision is performed by :mod:`tracker.proxy.stored` (the bucket, the disk cache, the holder
+decision is performed by :mod:`tracker.proxy.storedcopies` (the bucket, the disk cache, the holder
 replica), :mod:`tracker.proxy.refreshing` (starting, joining and reading refreshes) or
-:mod:`tracker.proxy.launch` (the relay), and reported as answered or passed.
+:mod:`tracker.proxy.streamjobs` (the relay), and reported as answered or passed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tracker.proxy.plan import Found
 from tracker.proxy.refreshing import Refreshes, RefreshStart
 from tracker.proxy.registry import RefreshRegistry, claimed_of, progress
 from tracker.proxy.sharing import SharedRefresh
-from tracker.proxy.stored import StoredCopies, cache_path, copy_of
+from tracker.proxy.storedcopies import StoredCopies, cache_path, copy_of
 
 #: Told ``(group, name)`` when a relayed request shows interest in a best file (prefetch).
 OnInterest = Callable[[str, str], object]

@@ -28,15 +28,15 @@ from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
+from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.context import ProxyContext
-from tracker.proxy.launch import Launcher
-from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Asked, Found, Mode
 from tracker.proxy.refreshing import Refreshes
 from tracker.proxy.registry import RefreshRegistry
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.steps import Executors, RequestSteps, Wanted
-from tracker.proxy.stored import StoredCopies
+from tracker.proxy.storedcopies import StoredCopies
+from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
 

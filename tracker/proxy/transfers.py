@@ -1,6 +1,6 @@
 """Byte transfers of proxy mode: the nursery pumps run in, and what a pump is given.
 
-Each proxied response is moved by a *pump* (:mod:`tracker.proxy.pumps`), started with
+Each proxied response is moved by a *pump* (:mod:`tracker.proxy.bytepaths`), started with
 ``await transfers.start(pump, job, ...)`` in the long-lived :class:`Transfers` nursery rather
 than inside the request::
 

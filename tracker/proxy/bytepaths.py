@@ -14,14 +14,14 @@
 =========  =================================================================================
 
 Each is started with ``await transfers.start(pump, job, ...)``: it opens the upstream
-(:func:`tracker.proxy.opening.opened`: failover inside, an early head for a slow source, the
+(:func:`tracker.proxy.upstreamhead.opened`: failover inside, an early head for a slow source, the
 answer closed on every path), reports the client's
 :class:`~tracker.proxy.transfers.Head` through ``task_status.started``, then moves the body.
 Before ``started`` a pump raises UpstreamError when no source answers usably; after it, it
 never raises but Cancelled: failures end the client's body in error (or fail the refresh its
 readers follow). A refresh always ends in :func:`_end_refresh`: promoted, or its temp file
 removed, its outcome counted and logged. A stream whose bytes cross Python is fed by
-:mod:`tracker.proxy.feeding`.
+:mod:`tracker.proxy.clientfeed`.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from tracker.files.downloads import outcome_of
 from tracker.files.ranges import parse_http_date
 from tracker.net.sourcelimits import UNCAPPED
 from tracker.proxy.channel import ChannelBody, EarlyBody, Flow
-from tracker.proxy.feeding import channel, pass_on, recorded
-from tracker.proxy.opening import Upstream, keeps_promise, opened
+from tracker.proxy.clientfeed import channel, pass_on, recorded
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.resume import UpstreamBody
 from tracker.proxy.transfers import Head, RefreshJob, StreamJob, plan_head
 from tracker.proxy.upstream import UpstreamAnswer
+from tracker.proxy.upstreamhead import Upstream, keeps_promise, opened
 from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.transfers")

@@ -4,7 +4,7 @@ Every decision of :mod:`tracker.proxy.plan` that moves bytes from a source (the 
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
 sources :func:`tracker.proxy.sources.choose_sources` keeps, the metrics callbacks of the
 source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
-(:mod:`tracker.proxy.pumps`) in the transfers nursery: its
+(:mod:`tracker.proxy.bytepaths`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
 :func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into answers
 (:class:`~tracker.files.answers.Answer`, framework-free).
@@ -27,10 +27,10 @@ from tracker.files.answers import Answer, text_answer
 from tracker.files.bodies import Body
 from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
+from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Pump
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.plan import Found
-from tracker.proxy.pumps import relay
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
@@ -112,7 +112,7 @@ class Launcher:
     async def start(
         self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
     ) -> Head | Answer:
-        """Start ``pump`` (a byte path of tracker/proxy/pumps.py with its job); its Head, or
+        """Start ``pump`` (a byte path of tracker/proxy/bytepaths.py with its job); its Head, or
         the 502/503 answer when it could not start (counted as an archive request's outcome
         for a ``client``, not for a prefetch). ``refresh``: the cache refresh the pump was
         given, released here when the pump never ran. ``failed``: the event logged when it

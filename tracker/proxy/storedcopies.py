@@ -24,11 +24,11 @@ from tracker.files.answers import Answer, redirect_answer
 from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.objectstore.locks import Holder
 from tracker.proxy.ask import Ask
+from tracker.proxy.bucketcopies import ObjectPath
+from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Streams
-from tracker.proxy.launch import head_answer
-from tracker.proxy.objects import ObjectPath
 from tracker.proxy.plan import Copy
-from tracker.proxy.pumps import relay
+from tracker.proxy.streamjobs import head_answer
 
 log = logging.getLogger("tracker.streamer")
 
