@@ -35,10 +35,7 @@ from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
 from tracker.net.egress import Resolver, resolve
-from tracker.objectstore.bucket import Bucket
-from tracker.objectstore.health import StoreHealth
-from tracker.objectstore.tier import ObjectTier, TierEvents
-from tracker.proxy.bucketcopies import ObjectPath
+from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
@@ -212,25 +209,6 @@ def build(
         learning,
         objects,
     )
-
-
-def object_path(
-    config: Config, metrics: Metrics, digests: Digests | None = None
-) -> ObjectPath | None:
-    """The object-store tier of ``config`` (docs/http-api.md#with-an-object-store-object_store),
-    None without one. It is made once:
-    a reload that changes ``object_store`` takes effect at the next start."""
-    store = config.object_store
-    if store is None:
-        return None
-    health = StoreHealth(on_change=metrics.set_object_store_up)
-    metrics.set_object_store_up(True)
-    events = TierEvents(
-        upload=metrics.count_object_upload,
-        takeover=metrics.count_object_takeover,
-        error=metrics.count_object_error,
-    )
-    return ObjectPath(ObjectTier(store, Bucket(store, health), events, digests))
 
 
 def apply_trust(index: Index, config: Config) -> None:

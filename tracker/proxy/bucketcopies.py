@@ -30,18 +30,21 @@ from urllib.parse import quote, urlsplit
 
 import trio
 
-from tracker.config.schema import ObjectStore, TargetGroup
-from tracker.core.digests import repr_digest
+from tracker.config.schema import Config, ObjectStore, TargetGroup
+from tracker.core.digests import Digests, repr_digest
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
+from tracker.core.metrics import Metrics
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
 from tracker.files.answers import Answer
 from tracker.files.ranges import http_date
 from tracker.objectstore.answers import ObjectInfo
+from tracker.objectstore.bucket import Bucket
+from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
-from tracker.objectstore.tier import ObjectTier
+from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.objectstore.upload import upload_following
 from tracker.proxy.sharing import SharedRefresh
 
@@ -215,3 +218,22 @@ def _source(
     home = f"{parts.scheme}://{parts.netloc}"
     source = SnapshotSource(info, TargetKey(group, home, from_network), datetime.now(UTC))
     return TargetGroup(group=group), [(f, source)]
+
+
+def object_path(
+    config: Config, metrics: Metrics, digests: Digests | None = None
+) -> ObjectPath | None:
+    """The object-store tier of ``config`` (docs/http-api.md#with-an-object-store-object_store),
+    None without one. It is made once:
+    a reload that changes ``object_store`` takes effect at the next start."""
+    store = config.object_store
+    if store is None:
+        return None
+    health = StoreHealth(on_change=metrics.set_object_store_up)
+    metrics.set_object_store_up(True)
+    events = TierEvents(
+        upload=metrics.count_object_upload,
+        takeover=metrics.count_object_takeover,
+        error=metrics.count_object_error,
+    )
+    return ObjectPath(ObjectTier(store, Bucket(store, health), events, digests))
