@@ -13,12 +13,19 @@ from names import full_name, incremental_name
 
 from tracker.cache.refresh import WRITE_WINDOW
 from tracker.cache.store import TEMP_PREFIX, Cache
+from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import CacheError, RequestError
 
 FULL = full_name(300)
 OLDER = full_name(200)
 NEWER = full_name(400)
 INCR = incremental_name(300, 350)
+
+
+def archive(name: str) -> ArchiveName:
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    return parsed
 
 
 def make_cache(root: Path, free: int = 10**12) -> Cache:
@@ -40,7 +47,7 @@ def make_cache(root: Path, free: int = 10**12) -> Cache:
 )
 def test_bad_group_names_are_refused(tmp_path: Path, group: str, status: int) -> None:
     with pytest.raises(RequestError) as caught:
-        make_cache(tmp_path).path_for(group, FULL)
+        make_cache(tmp_path).path_for(group, archive(FULL))
     assert caught.value.status == status
 
 
@@ -57,14 +64,15 @@ def test_bad_group_names_are_refused(tmp_path: Path, group: str, status: int) ->
     ],
 )
 def test_bad_file_names_are_404(tmp_path: Path, name: str) -> None:
+    """A name that comes in as text (from the disk, a refresh's record) is parsed there."""
     with pytest.raises(RequestError) as caught:
-        make_cache(tmp_path).path_for("mainnet", name)
+        make_cache(tmp_path).lookup("mainnet", name)
     assert caught.value.status == 404
 
 
 def test_valid_names_map_inside_the_root(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
-    assert cache.path_for("main-net_1.x", FULL) == str(tmp_path / "main-net_1.x" / FULL)
+    assert cache.path_for("main-net_1.x", archive(FULL)) == str(tmp_path / "main-net_1.x" / FULL)
 
 
 def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
@@ -72,7 +80,7 @@ def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "root" / "mainnet").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(RequestError):
-        make_cache(tmp_path / "root").path_for("mainnet", FULL)
+        make_cache(tmp_path / "root").path_for("mainnet", archive(FULL))
 
 
 def test_relative_root_is_refused() -> None:

@@ -50,7 +50,7 @@ from tracker.cache.disk import (
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests
 from tracker.core.logs import log_event
-from tracker.core.snapshots import parse_archive_name
+from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.zerocopy.kernelcopy import splice_to_file
 
@@ -151,17 +151,22 @@ class Cache:
             raise RequestError(400, "malformed group name")
         return self._inside(os.path.join(self.root, group))
 
-    def path_for(self, group: str, name: str) -> str:
-        """The cache path of archive ``name`` of ``group``, validated.
+    def path_for(self, group: str, archive: ArchiveName) -> str:
+        """The cache path of ``archive`` of ``group`` (a name parsed once, where it came
+        in), validated.
 
-        Raises RequestError: 400 for a malformed group, 404 for a name that is not a canonical
-        archive name; 400 if the path would resolve outside the root (a symlink planted in
-        the cache directory).
+        Raises RequestError: 400 for a malformed group; 400 if the path would resolve
+        outside the root (a symlink planted in the cache directory).
         """
+        return self._inside(os.path.join(self.group_dir(group), archive.file_name))
+
+    def _path_named(self, group: str, name: str) -> str:
+        """:meth:`path_for` of a name as text (from the disk, a refresh's record): 404 for
+        one that is not a canonical archive name."""
         parsed = parse_archive_name(name)
         if parsed is None or parsed.file_name != name:
             raise RequestError(404, "not a snapshot archive name")
-        return self._inside(os.path.join(self.group_dir(group), name))
+        return self.path_for(group, parsed)
 
     def _inside(self, path: str) -> str:
         real = os.path.realpath(path)
@@ -174,7 +179,7 @@ class Cache:
 
         Validates like :meth:`path_for` (and raises the same RequestError).
         """
-        path = self.path_for(group, name)
+        path = self._path_named(group, name)
         try:
             st = os.lstat(path)
         except OSError:
@@ -208,13 +213,13 @@ class Cache:
         ino = 0
         if sha256:
             with contextlib.suppress(OSError, RequestError):
-                ino = os.stat(self.path_for(group, name)).st_ino
+                ino = os.stat(self._path_named(group, name)).st_ino
         self.checked.promoted(group, name, sha256, ino, evicted)
 
     async def recheck(self) -> None:
         """Check the cached files start-up found without a digest that still describes them
         (:meth:`CheckedFiles.recheck`). Cancellation stops it."""
-        await self.checked.recheck(self.path_for, self.report_size)
+        await self.checked.recheck(self._path_named, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:
         """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all
@@ -315,7 +320,7 @@ class Cache:
         if key in self._refreshing:
             return None
         refresh = Refresh(
-            self, self.ops, group, name, self.path_for(group, name), verify=self.verify
+            self, self.ops, group, name, self._path_named(group, name), verify=self.verify
         )
         self._refreshing[key] = refresh
         return refresh

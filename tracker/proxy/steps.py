@@ -115,7 +115,8 @@ class RequestSteps:
 
     async def _copy(self) -> plan.Copy:
         cache, group, name = self.cache, self.wanted.group.group, self.wanted.name
-        self.path = path = cache_path(cache, group, name) if cache is not None else None
+        archive = self.wanted.archive
+        self.path = path = cache_path(cache, group, archive) if cache is not None else None
         if cache is not None and path is not None:
             await cache.wait_promotion(group, name, self.run.context.settings().promotion_wait)
         return copy_of(cache, path, group, name)

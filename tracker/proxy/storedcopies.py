@@ -153,7 +153,7 @@ def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Cop
     return Copy.SERVABLE if cache.servable(group, name) else Copy.UNCHECKED
 
 
-def cache_path(cache: Cache, group: str, name: str) -> str | None:
+def cache_path(cache: Cache, group: str, archive: ArchiveName) -> str | None:
     """The validated cache path of a file; None when this file cannot be cached here.
 
     A configured group whose name cannot be a directory (such as ``..``), or a path leading
@@ -161,7 +161,8 @@ def cache_path(cache: Cache, group: str, name: str) -> str | None:
     uncached: nothing outside the cache directory is touched.
     """
     try:
-        return cache.path_for(group, name)
+        return cache.path_for(group, archive)
     except RequestError as exc:
+        name = archive.file_name
         log_event(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
         return None

@@ -190,11 +190,12 @@ class ProxyStreamer:
         """Close the download clients (at service stop, after the transfers ended)."""
         await self._clients.aclose()
 
-    async def serve(self, ask: Ask, group: str, name: str, found: Found) -> Answer:
-        """Answer ``ask``, a GET or HEAD of archive ``name`` of ``group`` (advertised by
-        ``found``): its walk (:class:`tracker.proxy.plan.Walk`), performed.
+    async def serve(self, ask: Ask, group: str, archive: ArchiveName, found: Found) -> Answer:
+        """Answer ``ask``, a GET or HEAD of ``archive`` (parsed once, by the route) of
+        ``group`` (advertised by ``found``): its walk (:class:`tracker.proxy.plan.Walk`),
+        performed.
 
-        Raises RequestError (404/400) for a name or group that cannot be used. Upstream
+        Raises RequestError (404/400) for a group that cannot be used. Upstream
         failures answer 502 with a one-line reason; a stopping tracker answers 503.
         Cancellation (client gone) before the upstream answered closes everything opened.
         """
@@ -202,7 +203,7 @@ class ProxyStreamer:
         target_group = config.group_named(group)
         if target_group is None:
             raise RequestError(404, f"unknown group {group!r}")
-        wanted = Wanted(target_group, _archive(name), found)  # parsed once, here
+        wanted = Wanted(target_group, archive, found)
         cache = self.cache()
         walk = plan.Walk(ask.asked, self._mode(config, cache))
         return await RequestSteps(self._executors, ask, wanted, cache).walk(walk)
@@ -248,14 +249,6 @@ class ProxyStreamer:
         if cache is None or target_group is None or archive is None:
             return False
         return await self._refreshes.prefetch(target_group, cache, archive)
-
-
-def _archive(name: str) -> ArchiveName:
-    """The parsed archive name; RequestError(404) unless ``name`` is a canonical one."""
-    parsed = parse_archive_name(name)
-    if parsed is None or parsed.file_name != name:
-        raise RequestError(404, "not a snapshot archive name")
-    return parsed
 
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:

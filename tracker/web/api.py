@@ -260,7 +260,7 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         group = resolve_group(deps.config(), quart.request.args)
         if name.endswith(DIGEST_SUFFIX):
             return _digest_answer(deps, group, name)
-        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
+        return await deps.delivery.serve(quart.request, group, archive_name(name))
 
     @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
     async def v1_group_archive(group: str, name: str) -> quart.Response:
@@ -270,12 +270,11 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         group = known_group(deps.config(), group)
         if name.endswith(DIGEST_SUFFIX):
             return _digest_answer(deps, group, name)
-        return await deps.delivery.serve(quart.request, group, archive_name(name).file_name)
+        return await deps.delivery.serve(quart.request, group, archive_name(name))
 
     @app.route("/<name>", methods=["GET", "HEAD"])
     async def root_archive(name: str) -> quart.Response:
         group = deps.config().default_group
         if name.endswith(DIGEST_SUFFIX):
             return _digest_answer(deps, group, name)
-        name = archive_name(name).file_name
-        return await deps.delivery.serve(quart.request, group, name, root=True)
+        return await deps.delivery.serve(quart.request, group, archive_name(name), root=True)

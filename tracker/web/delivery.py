@@ -22,7 +22,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.metrics import Metrics, Outcome
 from tracker.core.redact import has_secrets, redact_userinfo
-from tracker.core.snapshots import SnapshotFile
+from tracker.core.snapshots import ArchiveName, SnapshotFile
 from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
 from tracker.files.answers import Answer, redirect_answer
@@ -40,10 +40,10 @@ class ByteStreamer(Protocol):
         self,
         ask: Ask,
         group: str,
-        name: str,
+        archive: ArchiveName,
         found: list[tuple[SnapshotFile, SnapshotSource]],
     ) -> Answer:
-        """Answer ``ask`` for archive ``name`` of ``group`` from one of ``found``."""
+        """Answer ``ask`` for ``archive`` of ``group`` from one of ``found``."""
         ...
 
     async def bucket_location(self, group: str, name: str, user_agent: str) -> str | None:
@@ -135,10 +135,11 @@ class Delivery:
         return redact_userinfo(f.url)
 
     async def serve(
-        self, request: quart.Request, group: str, name: str, *, root: bool = False
+        self, request: quart.Request, group: str, archive: ArchiveName, *, root: bool = False
     ) -> quart.Response:
-        """Answer a concrete archive request. Raises RequestError(404) when nobody has it,
-        RequestError(503) when the tracker serves as many downloads as it can at once.
+        """Answer a concrete archive request for ``archive`` (parsed once, by the route).
+        Raises RequestError(404) when nobody has it, RequestError(503) when the tracker
+        serves as many downloads as it can at once.
 
         ``root``: the validator-compatible route ``/{name}``, where clients named in
         ``serve_user_agents`` get the bytes even in redirect mode. Every archive body counts
@@ -147,7 +148,8 @@ class Delivery:
         """
         # What was asked, read from the request once: nothing below reads it again.
         ask = ask_of(request.method, request.headers.items(), zero_copy_connection(request.scope))
-        slot, answer = await self._answer(ask, group, name, root=root)
+        name = archive.file_name
+        slot, answer = await self._answer(ask, group, archive, root=root)
         if answer.status in (200, 206) and "content-disposition" not in answer.headers:
             # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
@@ -156,9 +158,10 @@ class Delivery:
         return to_response(answer)
 
     async def _answer(
-        self, ask: Ask, group: str, name: str, *, root: bool
+        self, ask: Ask, group: str, archive: ArchiveName, *, root: bool
     ) -> tuple[Slot | None, Answer]:
         """The answer, and the download slot it holds (None: a redirect, which holds none)."""
+        name = archive.file_name
         found = self._index.find_file(group, name)
         if not found:
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
@@ -178,7 +181,7 @@ class Delivery:
                 return slot, await self._local(ask, f.path, name)
             if self._streamer is None:
                 raise RequestError(502, f"{name} must be proxied and no proxy is running")
-            return slot, await self._streamer.serve(ask, group, name, found)
+            return slot, await self._streamer.serve(ask, group, archive, found)
         except BaseException:
             slot.release()
             raise
