@@ -10,17 +10,9 @@ lookup's value, or whether the decision answered the request (True) or passed (F
 tests/unit/test_plan.py drives the same Walk with a table of answers, without sockets.
 
 A stage is asked only once the lookup it needs is done, because what it reads can change
-while the request waits (a promotion ends, a refresh starts, another replica takes a lock)::
-
-    stage        asked after                           decides
-    redirect     nothing (before any disk work)        Redirect, or None
-    stored       the promotion wait, the copy on disk  CacheHit, FromBucket ... then Miss, or Relay
-    on_miss      the refresh registry, the index       JoinShared, JoinBehind, Claim, StartShared,
-                                                       OwnRefresh, or fallback
-    claimed      the bucket's lock (Claim)             StartShared, FromHolder, or Relay
-    promoted     a refresh read passed, it was         CacheHit
-                 promoted meanwhile, the copy on disk
-    fallback     any of the above passing              Relay (maybe noting interest)
+while the request waits (a promotion ends, a refresh starts, another replica takes a lock):
+docs/architecture.md, "The byte path as a plan", draws the stages, what each is asked after
+and what it decides.
 
 A decision may *pass* when performing it shows that it cannot answer (the bucket's URL could
 not be signed, the cached file vanished, the bucket's stream or the holder failed, a refresh

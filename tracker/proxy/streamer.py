@@ -1,7 +1,7 @@
 """Proxy mode's byte path: the plan's walk performed for each archive request.
 
 :class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
-concrete archive request it parses the name once and performs the request's
+concrete archive request (its name parsed by the route) it performs the request's
 :class:`tracker.proxy.plan.Walk` with :class:`tracker.proxy.steps.RequestSteps`
 (docs/architecture.md, "The byte path as a plan", draws the walk).
 :meth:`ProxyStreamer.prefetch` starts a refresh with no client at all (``cache_prefetch``,
