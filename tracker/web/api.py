@@ -33,7 +33,7 @@ from tracker.web.queries import (
     parse_slot,
     resolve_group,
 )
-from tracker.web.shortcuts import SHORT_NAMES, best_source
+from tracker.web.shortcuts import SHORT_NAMES, best_source, short_answer
 from tracker.web.urls import public_base
 from tracker.web.wire import listing_body, targets_body
 
@@ -228,20 +228,24 @@ def _register_redirects(app: QuartTrio, deps: ApiDeps) -> None:
 
         async def v1_short(kind: str = kind) -> quart.Response:
             group = resolve_group(deps.config(), quart.request.args)
-            source = best(group, kind)
-            if source is None:
-                return quart.Response(b"no snapshot available\n", 202, content_type="text/plain")
-            return redirect(deps.delivery.location(group, source, alias=False))
+            return _short(deps, group, best(group, kind), alias=False)
 
         async def root_short(kind: str = kind) -> quart.Response:
             group = deps.config().default_group
-            source = best(group, kind)
-            if source is None:
-                return quart.Response(b"", 404, content_type="text/plain")
-            return redirect(deps.delivery.location(group, source, alias=True))
+            return _short(deps, group, best(group, kind), alias=True)
 
         app.add_url_rule(f"/v1/{short}", f"v1_{short}", v1_short, methods=["GET", "HEAD"])
         app.add_url_rule(f"/{short}", f"root_{short}", root_short, methods=["GET", "HEAD"])
+
+
+def _short(
+    deps: ApiDeps, group: str, best: SnapshotSource | None, *, alias: bool
+) -> quart.Response:
+    """:func:`tracker.web.shortcuts.short_answer` as a Quart response."""
+    short = short_answer(best, partial(deps.delivery.location, group, alias=alias), alias=alias)
+    if short.location is not None:
+        return redirect(short.location)
+    return quart.Response(short.body, short.status, content_type="text/plain")
 
 
 def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:

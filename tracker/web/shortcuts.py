@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+
+import attrs
 
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.snapshots import parse_archive_name
@@ -46,6 +49,28 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 def best_source(index: Index, group: str, kind: str) -> SnapshotSource | None:
     """The best source of ``group`` for a short name's ``kind`` (full or incremental)."""
     return index.best_full(group) if kind == "full" else index.best_incremental(group)
+
+
+@attrs.frozen
+class Short:
+    """What a short redirect answers: a 303 to ``location``, or (no snapshot) ``status``
+    with ``body``."""
+
+    status: int
+    location: str | None = None
+    body: bytes = b""
+
+
+def short_answer(
+    best: SnapshotSource | None, location: Callable[[SnapshotSource], str], *, alias: bool
+) -> Short:
+    """The one rule of the short redirects, for the Quart routes and :class:`FastRedirects`
+    alike: a 303 to the best source's ``location``; without one, a validator-compatible
+    alias answers an empty 404 (as the validator's own server) and a ``/v1/`` route 202
+    ``no snapshot available``."""
+    if best is not None:
+        return Short(303, location(best))
+    return Short(404) if alias else Short(202, body=_NO_SNAPSHOT)
 
 
 class FastRedirects:
@@ -132,13 +157,12 @@ class FastRedirects:
                 group = resolve_group(config, _first_values(scope.get("query_string", b"")))
             except RequestError:
                 return None
-        source = self._best(group, kind)
-        if source is None:
-            if alias:  # the validator's own server: an empty 404
-                return 404, [_TEXT, (b"content-length", b"0")], b""
-            length = str(len(_NO_SNAPSHOT)).encode()
-            return 202, [_TEXT, (b"content-length", length)], _NO_SNAPSHOT
-        return _redirect(self._deps.delivery.location(group, source, alias=alias))
+        where = partial(self._deps.delivery.location, group, alias=alias)
+        short = short_answer(self._best(group, kind), where, alias=alias)
+        if short.location is not None:
+            return _redirect(short.location)
+        length = str(len(short.body)).encode()
+        return short.status, [_TEXT, (b"content-length", length)], short.body
 
 
 def _first_values(query: bytes) -> dict[str, str]:
