@@ -85,6 +85,7 @@ def walk(
     size: int = SIZE,
     promoted: bool = False,
     later: Copy = Copy.SERVABLE,
+    relayable: bool = True,
 ) -> list[Step]:
     """The decisions a request goes through, in order, until one answers: the real walk
     driven with fake lookups. ``passes``: the kinds of decision that cannot answer; ``now``:
@@ -99,7 +100,7 @@ def walk(
         Claim: claim,
     }
     tried: list[Step] = []
-    path = plan.Walk(asked, mode)
+    path = plan.Walk(asked, mode, relayable=relayable)
     step = path.start()
     while step is not None:
         reply: plan.Reply
@@ -496,6 +497,23 @@ ROWS = [
         id="verified: the bucket's (checked) copy instead of an unchecked one on disk",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("copy", "passes", "expected"),
+    [
+        (Copy.SERVABLE, (), [CacheHit()]),
+        (Copy.SERVABLE, (CacheHit,), [CacheHit(), Miss(), plan.Gone()]),
+        (Copy.NO_CACHE, (), [plan.Gone()]),
+    ],
+)
+def test_a_file_no_source_advertises_is_served_from_its_copy_or_gone(
+    copy: Copy, passes: tuple[type, ...], expected: list[Step]
+) -> None:
+    """Only the tracker holds it (kept incrementals): its copy answers, else 404, never a
+    relay from nowhere."""
+    other = Now(best=False)
+    assert walk(GET, CACHE, copy=copy, passes=passes, now=other, relayable=False) == expected
 
 
 @pytest.mark.parametrize(("asked", "mode", "facts", "expected"), ROWS)

@@ -118,6 +118,12 @@ class Relay:
     interest: bool = False
 
 
+@attrs.frozen
+class Gone:
+    """404: no source advertises the file any more and the copies the tracker held of it
+    (docs/http-api.md, kept incrementals) did not answer: there is nothing to relay."""
+
+
 Stored = Redirect | CacheHit | FromBucket | Miss | Relay
 AfterMiss = JoinShared | JoinBehind | Claim | StartShared | OwnRefresh | Relay
 AfterClaim = StartShared | FromHolder | Relay
@@ -273,7 +279,7 @@ class StartPrefetch:
 Lookup = NeedCopy | NeedNow | NeedSize | NeedPromoted | NeedInBucket | NeedFound
 #: :class:`Claim` is asked like a lookup (its reply: a :class:`Claimed`), but it takes the
 #: lock: it is part of the path a request takes.
-Decision = Redirect | CacheHit | FromBucket | Miss | AfterMiss | AfterClaim | StartPrefetch
+Decision = Redirect | CacheHit | FromBucket | Miss | AfterMiss | AfterClaim | StartPrefetch | Gone
 Step = Lookup | Decision
 Reply = Copy | Now | Claimed | Prefetching | int | bool | None
 _Steps = Generator[Step, Reply, None]
@@ -285,8 +291,11 @@ class Walk:
     :meth:`send` (the reply to the step before: a lookup's value, or for a decision whether
     it answered) the next; None once the request is answered. Executors only perform."""
 
-    def __init__(self, asked: Asked, mode: Mode) -> None:
-        self._steps: _Steps = _request(asked, mode)
+    def __init__(self, asked: Asked, mode: Mode, *, relayable: bool = True) -> None:
+        # ``relayable``: some source of the file can be asked (else a relay is Gone).
+        self._steps: _Steps = (
+            _gone(_request(asked, mode)) if not relayable else _request(asked, mode)
+        )
 
     def start(self) -> Step | None:
         """The first step."""
@@ -306,6 +315,20 @@ class PrefetchWalk(Walk):
 
     def __init__(self, bucket: bool) -> None:
         self._steps = _prefetch(bucket)
+
+
+def _gone(steps: _Steps) -> _Steps:
+    """``steps``, with the relay that would end them a :class:`Gone` instead."""
+    reply: Reply = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration:
+            return
+        if isinstance(step, Relay):
+            yield Gone()
+            return
+        reply = yield step
 
 
 def _request(asked: Asked, mode: Mode) -> _Steps:

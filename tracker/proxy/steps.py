@@ -158,10 +158,9 @@ class RequestSteps:
                 return await self._start(start)
             case plan.FromHolder(size=size) if isinstance(self.claim, Holder):
                 return await run.stored.from_holder(self.claim, ask, group, archive, size)
+            case plan.Gone():
+                raise RequestError(404, f"{archive.file_name} is no longer held nor advertised")
             case plan.Relay(interest=interest):
-                if not any(f.url for f, _source in self.wanted.found):
-                    # Only the tracker held it (tracker.core.holdings), and its copy is gone.
-                    raise RequestError(404, f"{archive.file_name} is no longer held nor advertised")
                 on_interest = run.on_interest()
                 if interest and on_interest is not None:
                     on_interest(group.group, archive.file_name)

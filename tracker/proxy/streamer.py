@@ -205,7 +205,9 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         wanted = Wanted(target_group, archive, found)
         cache = self.cache()
-        walk = plan.Walk(ask.asked, self._mode(config, cache))
+        # Only the tracker may hold it (tracker.core.holdings): no source to relay from.
+        relayable = any(f.url for f, _source in found)
+        walk = plan.Walk(ask.asked, self._mode(config, cache), relayable=relayable)
         return await RequestSteps(self._executors, ask, wanted, cache).walk(walk)
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
