@@ -35,6 +35,7 @@ from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.clients import no_cookies
 from tracker.net.egress import Resolver, resolve
+from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
@@ -42,6 +43,7 @@ from tracker.proxy.settings import ProxySettings
 from tracker.proxy.speedtest import SpeedTests
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
+from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
 from tracker.web.delivery import Delivery
@@ -55,8 +57,6 @@ from tracker.web.listeners import (
     bind_socket,
     listen_fds,
 )
-from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
-from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections

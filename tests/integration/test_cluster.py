@@ -53,9 +53,9 @@ from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
 from tracker.discovery.scrape import Scraper, health_json
 from tracker.errors import ProbeError
+from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
 from tracker.web.health import HealthChecker
-from tracker.web.reporting import track_snapshot_age
 from tracker.zerocopy.transport import HeadClient
 
 SLOT = 5000

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.notify import Notifier, run_watchdog, watchdog_interval
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_send_failure_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    with caplog.at_level(logging.WARNING, logger="tracker.web.notify"):
+    with caplog.at_level(logging.WARNING, logger="tracker.notify"):
         assert notifier.ready() is False
     [record] = caplog.records
     assert record.getMessage() == "sd_notify_failed"
@@ -90,7 +90,7 @@ def test_a_full_socket_does_not_block_the_sender(
     _, path = listener
     notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="tracker.web.notify"):
+    with caplog.at_level(logging.WARNING, logger="tracker.notify"):
         results = [notifier.status("x" * 1000) for _ in range(2000)]
     assert time.monotonic() - started < 5
     assert results[0] is True

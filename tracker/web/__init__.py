@@ -6,9 +6,9 @@ routes) and :mod:`~tracker.web.queries` parses their parameters;
 :mod:`~tracker.web.internal_api` serves the status page (rendered by
 :mod:`~tracker.web.statuspage` from the values of :mod:`~tracker.web.statusview` with the
 texts of :mod:`~tracker.web.statusformat`, gathered by :mod:`~tracker.web.statusgather`),
-metrics and reload; :mod:`~tracker.web.listeners` binds or inherits the sockets;
-:mod:`~tracker.web.notify` and :mod:`~tracker.web.reporting` tell systemd and Prometheus how
-things go.
+metrics and reload; :mod:`~tracker.web.listeners` binds or inherits the sockets. What
+tells systemd and Prometheus how things go is not HTTP and sits beside the composition root
+(:mod:`tracker.notify`, :mod:`tracker.reporting`).
 
 May import every package below it: :mod:`tracker.proxy`, :mod:`tracker.discovery`,
 :mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.zerocopy`, :mod:`tracker.net`,

@@ -11,8 +11,8 @@ from tracker.core.index import Index
 from tracker.core.metrics import Metrics
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import RpcError
+from tracker.notify import Notifier
 from tracker.web.health import HealthChecker
-from tracker.web.notify import Notifier
 
 
 class ScrapeReporter:
