@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import stat
 from collections.abc import Callable, Collection
 
@@ -49,6 +48,7 @@ from tracker.cache.disk import (
 )
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests
+from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
@@ -60,7 +60,6 @@ log = logging.getLogger("tracker.cache")
 
 # A group name as the config allows it, minus names starting with a dot ("." and ".." match
 # [A-Za-z0-9_.-]+ and would leave the cache directory; dot files are our temp files).
-_GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 
 @attrs.frozen
@@ -147,7 +146,7 @@ class Cache:
 
     def group_dir(self, group: str) -> str:
         """``{root}/{group}`` for a valid group name; RequestError(400) otherwise."""
-        if not _GROUP_RE.fullmatch(group):
+        if not is_group_name(group):
             raise RequestError(400, "malformed group name")
         return self._inside(os.path.join(self.root, group))
 

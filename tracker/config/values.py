@@ -14,6 +14,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from urllib.parse import urlsplit
 
+from tracker.core.groupname import group_name_problem
 from tracker.core.redact import redact_url
 
 _KINDS: tuple[tuple[type, str], ...] = (
@@ -260,19 +261,11 @@ def public_url(value: object) -> str:
     return text.rstrip("/")
 
 
-_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
 def group_name(value: object) -> str:
     name = string(value)
-    if not _GROUP_NAME.fullmatch(name):
-        raise ValueError(f"group name must match [A-Za-z0-9_.-]+, got {name!r}")
-    # The name is a directory of the disk cache: "." and ".." would leave it, and dot files
-    # there are the cache's temp files.
-    if name.startswith("."):
-        raise ValueError(f"group name must not start with '.', got {name!r}")
-    if len(name) > 128:  # what requests may name (group=...)
-        raise ValueError(f"group name must be at most 128 characters, got {len(name)}")
+    problem = group_name_problem(name)  # the one rule (a directory of the disk cache too)
+    if problem:
+        raise ValueError(problem)
     return name
 
 

@@ -10,10 +10,10 @@ import re
 from collections.abc import Mapping
 
 from tracker.config.schema import Config
+from tracker.core.groupname import is_group_name
 from tracker.core.snapshots import U64_MAX, ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 
-_GROUP_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _UINT_RE = re.compile(r"[0-9]{1,20}")
 MAX_BEST = 25
 
@@ -53,7 +53,7 @@ def resolve_group(config: Config, args: Mapping[str, str]) -> str:
 
 def known_group(config: Config, name: str) -> str:
     """``name`` if it is a configured group; malformed → 400, unknown → 404."""
-    if not _GROUP_RE.fullmatch(name):
+    if not is_group_name(name):
         raise RequestError(400, "malformed group name")
     if config.group_named(name) is None:
         raise RequestError(404, f"unknown group {name!r}")
