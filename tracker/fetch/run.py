@@ -266,15 +266,7 @@ async def _download(
     client: httpx.AsyncClient, options: FetchOptions, file: RemoteFile, progress: Progress
 ) -> Result:
     result = await download(
-        client,
-        file.file_name,
-        list(file.urls),
-        options.ledger,
-        options.settings,
-        progress,
-        size=file.size,
-        sha256=file.sha256,
-        free=options.free_bytes,
+        client, file, options.ledger, options.settings, progress, free=options.free_bytes
     )
     rate = result.size / max(result.seconds, 1e-9)
     used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)
