@@ -11,6 +11,7 @@ import pytest
 import trio
 from names import full_name, incremental_name
 
+from tracker.cache.disk import DiskOps
 from tracker.cache.refresh import WRITE_WINDOW
 from tracker.cache.store import TEMP_PREFIX, Cache
 from tracker.errors import CacheError, RequestError
@@ -22,7 +23,7 @@ INCR = incremental_name(300, 350)
 
 
 def make_cache(root: Path, free: int = 10**12) -> Cache:
-    return Cache(str(root), free_space=lambda _path: free)
+    return Cache(str(root), ops=DiskOps(free_space=lambda _path: free))
 
 
 @pytest.mark.parametrize(
@@ -216,7 +217,9 @@ async def test_writes_overlap_up_to_the_window_and_count_in_order(tmp_path: Path
         finished.append(offset)
         return written
 
-    cache = Cache(str(tmp_path / "cache"), free_space=lambda _path: 10**12, write=write)
+    cache = Cache(
+        str(tmp_path / "cache"), ops=DiskOps(free_space=lambda _path: 10**12, write=write)
+    )
     refresh = cache.begin_refresh("g", FULL)
     assert refresh is not None
     assert await refresh.open(10 * (WRITE_WINDOW + 1))
@@ -249,9 +252,8 @@ async def test_descriptors_stay_flat_over_many_refreshes(tmp_path: Path) -> None
     close: refreshes of the same size repeat the same (descriptor, offset, length), and a
     memoised call would skip the close and pin every deleted archive on the disk."""
     piece = 256 * 1024
-    cache = Cache(
-        str(tmp_path / "cache"), free_space=lambda _path: 10**12, writeback_every=4 * piece
-    )
+    ops = DiskOps(free_space=lambda _path: 10**12, writeback_every=4 * piece)
+    cache = Cache(str(tmp_path / "cache"), ops=ops)
     baseline = open_descriptors()
     for n in range(20):
         refresh = cache.begin_refresh("g", full_name(1000 + n))
