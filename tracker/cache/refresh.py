@@ -54,31 +54,23 @@ class _Write:
 @attrs.define
 class _Appender:
     """The sink of a splice into a refresh (:class:`~tracker.zerocopy.filesplice.SpliceSink`):
-    the next ``left`` bytes go to the end of its temp file; each piece that landed advances
-    ``written`` and is told to ``on_moved``."""
+    the next ``left`` bytes go where ``place`` says (the end of the temp file); each piece
+    that landed is told to ``landed``."""
 
-    refresh: Refresh
     left: int
-    on_moved: Callable[[int], None]
+    place: Callable[[], tuple[int, int]]
+    landed: Callable[[int], None]
 
     def take(self, most: int) -> int:
         return min(most, self.left)
 
     def destination(self) -> tuple[int, int]:
-        fd = self.refresh._fd
-        if fd is None:
-            raise CacheError("refresh is not open")
-        return fd, self.refresh._queued
+        return self.place()
 
     def moved(self, taken: int, moved: int) -> None:
-        if not moved:
-            return
-        self.left -= moved
-        self.refresh._appended(moved)
-        self.on_moved(moved)
-        fd = self.refresh._fd
-        if fd is not None:
-            self.refresh._writeback.advance(fd, self.refresh.written)
+        if moved:
+            self.left -= moved
+            self.landed(moved)
 
 
 def _splice_or_cache_error(
@@ -313,16 +305,24 @@ class Refresh:
         """
         await self.flush()
         splice = partial(_splice_or_cache_error, self._ops.splice)
-        sink = _Appender(self, count, on_moved)
+        sink = _Appender(count, self._end_of_file, partial(self._spliced, on_moved))
         await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
 
-    def _appended(self, moved: int) -> None:
+    def _end_of_file(self) -> tuple[int, int]:
+        """The temp file and where the next spliced bytes go in it."""
+        if self._fd is None:
+            raise CacheError("refresh is not open")
+        return self._fd, self._queued
+
+    def _spliced(self, on_moved: Callable[[int], None], moved: int) -> None:
         """``moved`` bytes were spliced at the end of the temp file."""
-        assert self._fd is not None
         self._queued += moved
         if not self.ended.is_set():
             self.written = self._queued
             self._notify()
+        on_moved(moved)
+        if self._fd is not None:
+            self._writeback.advance(self._fd, self.written)
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""
