@@ -2,7 +2,9 @@
 fetches it from a live source of the pool and writes it at its offsets, spliced from the
 socket into the file when the answer is plain HTTP; a source that keeps failing, or is slower
 than ``min_speed`` while another is left, is dropped; the state file is saved as bytes land
-(:class:`StateSaver`)."""
+(:class:`StateSaver`). What the connections share is one :class:`Crew`; each claim is
+fetched and written by a :class:`ClaimWriter`, which is also the sink of the splice loop
+(:mod:`tracker.zerocopy.filesplice`, shared with the cache's refreshes)."""
 
 from __future__ import annotations
 
