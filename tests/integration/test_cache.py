@@ -39,6 +39,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
+from tracker.cache.disk import DiskOps
 from tracker.cache.store import Cache
 from tracker.zerocopy.kernelcopy import splice_to_file
 
@@ -110,7 +111,7 @@ async def test_the_client_does_not_wait_for_the_fsync_and_the_next_request_does(
         os.fsync(fd)
 
     def factory(path: str) -> Cache:
-        return Cache(path, sync=slow_sync)
+        return Cache(path, ops=DiskOps(sync=slow_sync))
 
     async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
         advertise_pair(t, upstream)
@@ -373,7 +374,7 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
     sizes: list[int] = []
 
     def factory(path: str) -> Cache:
-        return Cache(path, free_space=lambda _dir: 1 * MiB, on_size=sizes.append)
+        return Cache(path, ops=DiskOps(free_space=lambda _dir: 1 * MiB), on_size=sizes.append)
 
     async with running_tracker(make_config(root), cache_factory=factory) as t:
         advertise_pair(t, upstream)
@@ -410,7 +411,7 @@ class FailingWriter:
 async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_path: Path) -> None:
     def factory(path: str) -> Cache:
         writer = FailingWriter(1 * MiB)
-        return Cache(path, write=writer, splice=writer.splice)
+        return Cache(path, ops=DiskOps(write=writer, splice=writer.splice))
 
     async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
         advertise_pair(t, upstream)
@@ -609,7 +610,7 @@ async def test_a_refresh_moves_no_body_byte_through_python(
         return os.pwrite(fd, data, offset)
 
     def factory(path: str) -> Cache:
-        return Cache(path, write=write, splice=splice)
+        return Cache(path, ops=DiskOps(write=write, splice=splice))
 
     # A slow source (head_delay > early_head_after) gets the client an early head, whose
     # body follows the refresh once it opens: the same path.

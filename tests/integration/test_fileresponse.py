@@ -27,6 +27,7 @@ from quart import Response, after_this_request
 from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
+from tracker.files.fileresponse import content_disposition
 from tracker.zerocopy.connection import Connections
 
 AnyResponse = Response | WerkzeugResponse
@@ -63,7 +64,8 @@ def make_app(served: Served) -> QuartTrio:
 
     @app.route("/named")
     async def named() -> Response:
-        return await file_for_request(str(served.path), file_name=served.path.name)
+        named = {"content-disposition": content_disposition(served.path.name)}
+        return await file_for_request(str(served.path), extra_headers=named)
 
     @app.route("/held")
     async def held() -> Response:

@@ -37,6 +37,7 @@ from helpers_proxy import (
 )
 from names import full_name, incremental_name
 
+from tracker.cache.disk import DiskOps
 from tracker.cache.store import Cache
 
 FULL = full_name(8000)
@@ -314,7 +315,7 @@ async def test_no_room_for_a_shared_refresh_streams_uncached(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     def factory(path: str) -> Cache:
-        return Cache(path, free_space=lambda _dir: 1 * MiB)
+        return Cache(path, ops=DiskOps(free_space=lambda _dir: 1 * MiB))
 
     config = make_config(tmp_path / "cache", cache_share_inflight=True)
     async with running_tracker(config, cache_factory=factory) as t:

@@ -12,7 +12,7 @@ import pytest
 from helpers_server import serve_app
 from helpers_sources import Answer, ScriptedApp
 
-from tracker.discovery.consul import discover_consul
+from tracker.discovery.consul import CatalogQuery, discover_consul
 from tracker.errors import ProbeError
 
 CATALOG = "/v1/catalog/service/solana-sidecar"
@@ -39,9 +39,10 @@ async def test_every_instance_is_a_target_like_the_go_tracker(nursery, client) -
     app = ScriptedApp({CATALOG: catalog(entries)})
     base = await nursery.start(serve_app, app)
 
-    targets = await discover_consul(
-        client, base, "solana-sidecar", token="secret", datacenter="dc1", filter='Node != "x"'
+    query = CatalogQuery(
+        base, "solana-sidecar", token="secret", datacenter="dc1", filter='Node != "x"'
     )
+    targets = await discover_consul(client, query)
 
     # Node Address + ServicePort (not ServiceAddress), IPv6 bracketed, duplicates dropped.
     assert targets == ["10.0.0.1:13080", "[fe80::1]:13081"]
@@ -54,7 +55,12 @@ async def test_every_instance_is_a_target_like_the_go_tracker(nursery, client) -
 async def test_host_without_scheme_and_no_options(nursery, client) -> None:
     app = ScriptedApp({CATALOG: catalog([])})
     base = await nursery.start(serve_app, app)
-    assert await discover_consul(client, base.removeprefix("http://") + "/", "solana-sidecar") == []
+    assert (
+        await discover_consul(
+            client, CatalogQuery(base.removeprefix("http://") + "/", "solana-sidecar")
+        )
+        == []
+    )
     (request,) = app.requests
     assert request.query == ""
     assert "x-consul-token" not in request.headers
@@ -76,7 +82,7 @@ async def test_host_without_scheme_and_no_options(nursery, client) -> None:
 async def test_bad_answers_are_probe_errors(nursery, client, answer, reason) -> None:
     base = await nursery.start(serve_app, ScriptedApp({CATALOG: answer}))
     with pytest.raises(ProbeError) as info:
-        await discover_consul(client, base, "solana-sidecar")
+        await discover_consul(client, CatalogQuery(base, "solana-sidecar"))
     assert str(info.value) == reason
 
 
@@ -84,5 +90,8 @@ async def test_too_many_instances(nursery, client) -> None:
     entries = [node(f"10.0.{i // 250}.{i % 250}", 13080) for i in range(11)]
     base = await nursery.start(serve_app, ScriptedApp({CATALOG: catalog(entries)}))
     with pytest.raises(ProbeError, match=r"^more than 10 entries$"):
-        await discover_consul(client, base, "solana-sidecar", max_entries=10)
-    assert len(await discover_consul(client, base, "solana-sidecar", max_entries=11)) == 11
+        await discover_consul(client, CatalogQuery(base, "solana-sidecar"), max_entries=10)
+    assert (
+        len(await discover_consul(client, CatalogQuery(base, "solana-sidecar"), max_entries=11))
+        == 11
+    )

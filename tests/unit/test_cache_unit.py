@@ -11,6 +11,7 @@ import pytest
 import trio
 from names import full_name, incremental_name
 
+from tracker.cache.disk import DiskOps
 from tracker.cache.refresh import WRITE_WINDOW
 from tracker.cache.store import TEMP_PREFIX, Cache
 from tracker.core.snapshots import ArchiveName, parse_archive_name
@@ -29,7 +30,7 @@ def archive(name: str) -> ArchiveName:
 
 
 def make_cache(root: Path, free: int = 10**12) -> Cache:
-    return Cache(str(root), free_space=lambda _path: free)
+    return Cache(str(root), ops=DiskOps(free_space=lambda _path: free))
 
 
 @pytest.mark.parametrize(
@@ -224,7 +225,9 @@ async def test_writes_overlap_up_to_the_window_and_count_in_order(tmp_path: Path
         finished.append(offset)
         return written
 
-    cache = Cache(str(tmp_path / "cache"), free_space=lambda _path: 10**12, write=write)
+    cache = Cache(
+        str(tmp_path / "cache"), ops=DiskOps(free_space=lambda _path: 10**12, write=write)
+    )
     refresh = cache.begin_refresh("g", FULL)
     assert refresh is not None
     assert await refresh.open(10 * (WRITE_WINDOW + 1))
@@ -257,9 +260,8 @@ async def test_descriptors_stay_flat_over_many_refreshes(tmp_path: Path) -> None
     close: refreshes of the same size repeat the same (descriptor, offset, length), and a
     memoised call would skip the close and pin every deleted archive on the disk."""
     piece = 256 * 1024
-    cache = Cache(
-        str(tmp_path / "cache"), free_space=lambda _path: 10**12, writeback_every=4 * piece
-    )
+    ops = DiskOps(free_space=lambda _path: 10**12, writeback_every=4 * piece)
+    cache = Cache(str(tmp_path / "cache"), ops=ops)
     baseline = open_descriptors()
     for n in range(20):
         refresh = cache.begin_refresh("g", full_name(1000 + n))

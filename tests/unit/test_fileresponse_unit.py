@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tracker.files.fileresponse import file_response
+from tracker.files.fileresponse import content_disposition, file_response
 from tracker.web.answers import to_response
 
 
@@ -71,7 +71,7 @@ async def test_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         await file_response(str(path), ("GET", {}), chunk_size=0)
     with pytest.raises(ValueError, match="file name"):
-        await file_response(str(path), ("GET", {}), file_name='a"b')
+        content_disposition('a"b')
     assert open_fds(path) == 0
 
 

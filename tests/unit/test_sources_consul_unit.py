@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.discovery.consul import discover_consul
+from tracker.discovery.consul import CatalogQuery, discover_consul
 from tracker.errors import ProbeError
 
 
 async def test_no_service_name(client) -> None:
     with pytest.raises(ProbeError, match=r"^no Consul service name$"):
-        await discover_consul(client, "127.0.0.1:1", "")
+        await discover_consul(client, CatalogQuery("127.0.0.1:1", ""))
 
 
 async def test_the_catalog_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,6 +37,6 @@ async def test_the_catalog_is_parsed_off_the_event_loop(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(consul, "parse_catalog", recorded)
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        targets = await discover_consul(client, "consul.invalid:8500", "solana")
+        targets = await discover_consul(client, CatalogQuery("consul.invalid:8500", "solana"))
     assert targets[:2] == ["10.0.0.0:8899", "10.0.0.1:8899"] and len(targets) == 3000
     assert threads and threads[0] is not threading.main_thread()

@@ -19,6 +19,7 @@ import attrs
 from tracker.core.keeping import cache_keeps
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
+from tracker.zerocopy.filesplice import Splicer
 from tracker.zerocopy.kernelcopy import splice_to_file
 
 log = logging.getLogger("tracker.cache")
@@ -29,9 +30,6 @@ TEMP_PREFIX = ".tmp-"
 WRITEBACK_EVERY = 32 * 1024 * 1024
 #: ``os.pwrite``'s shape: (fd, data, offset) -> bytes written; injectable for fault tests.
 Writer = Callable[[int, bytes | memoryview, int], int]
-#: ``splice_to_file``'s shape: (socket fd, file fd, offset, count, read timeout, seconds) ->
-#: bytes moved; injectable for fault tests.
-Splicer = Callable[[int, int, int, int, float, float], int]
 #: Free bytes of the file system holding a directory.
 FreeSpace = Callable[[str], int]
 

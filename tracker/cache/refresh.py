@@ -27,18 +27,16 @@ import trio
 
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.errors import CacheError, SourceFailed
+from tracker.errors import CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
 
 #: Writes of one refresh in flight at once (each a chunk of up to ProxySettings.read_size).
 WRITE_WINDOW = 4
-#: Longest one splice into the temp file runs before ``written`` advances and readers of the
-#: growing file wake, seconds.
-SPLICE_SECONDS = 0.05
 #: Bytes a reader of a refresh being checked gets only once the check passed: enough that no
 #: archive format looks complete without them (docs/http-api.md, "Verified archives").
 HOLD_BACK = 64 * 1024
@@ -51,6 +49,39 @@ class _Write:
     end: int
     finished: bool = False
     background: Background[None] = attrs.field(init=False)
+
+
+@attrs.define
+class _Appender:
+    """The sink of a splice into a refresh (:class:`~tracker.zerocopy.filesplice.SpliceSink`):
+    the next ``left`` bytes go where ``place`` says (the end of the temp file); each piece
+    that landed is told to ``landed``."""
+
+    left: int
+    place: Callable[[], tuple[int, int]]
+    landed: Callable[[int], None]
+
+    def take(self, most: int) -> int:
+        return min(most, self.left)
+
+    def destination(self) -> tuple[int, int]:
+        return self.place()
+
+    def moved(self, taken: int, moved: int) -> None:
+        if moved:
+            self.left -= moved
+            self.landed(moved)
+
+
+def _splice_or_cache_error(
+    splice: Splicer, src: int, fd: int, offset: int, count: int, timeout: float, seconds: float
+) -> int:
+    """``splice`` (in a worker thread), a failing write of the temp file as CacheError."""
+    try:
+        return splice(src, fd, offset, count, timeout, seconds)
+    except OSError as exc:
+        reason = os.strerror(exc.errno or errno.EIO)
+        raise CacheError(f"cache write failed: {reason}") from exc
 
 
 class Registry(Protocol):
@@ -260,8 +291,9 @@ class Refresh:
         pacer: Pacer = UNCAPPED,
     ) -> None:
         """Move the next ``count`` bytes arriving on socket ``sock`` to the end of the temp
-        file with splice(2), in a worker thread, SPLICE_SECONDS at a time: after each,
-        ``written`` advances, readers wake and ``on_moved(n)`` is told.
+        file with splice(2), in a worker thread, SPLICE_SECONDS at a time
+        (:func:`~tracker.zerocopy.filesplice.splice_into_file`): after each, ``written``
+        advances, readers wake and ``on_moved(n)`` is told.
 
         Why: a refresh that receives, writes and sends every byte in Python filled its cache
         at ~0.65x nginx ``proxy_cache`` on 2 cores; spliced, the only copy is the kernel's
@@ -272,36 +304,25 @@ class Refresh:
         the current slice. A rate cap (``pacer``) bounds each slice and pauses after it.
         """
         await self.flush()
-        heard = trio.current_time()
-        while count:
-            if self._fd is None:
-                raise CacheError("refresh is not open")
-            if trio.current_time() - heard > read_timeout:
-                raise SourceFailed(f"upstream sent nothing for {read_timeout:g} s")
-            # Duplicates: the event loop may close either original meanwhile.
-            src, fd = os.dup(sock.fileno()), os.dup(self._fd)
-            most = pacer.slice(SPLICE_SECONDS, count)
-            try:
-                moved = await trio.to_thread.run_sync(
-                    self._ops.splice, src, fd, self._queued, most, read_timeout, SPLICE_SECONDS
-                )
-            except OSError as exc:
-                reason = os.strerror(exc.errno or errno.EIO)
-                raise CacheError(f"cache write failed: {reason}") from exc
-            finally:
-                os.close(src)
-                os.close(fd)
-            if not moved:
-                continue
-            heard = trio.current_time()
-            count -= moved
-            self._queued += moved
-            if not self.ended.is_set():
-                self.written = self._queued
-                self._notify()
-            on_moved(moved)
+        splice = partial(_splice_or_cache_error, self._ops.splice)
+        sink = _Appender(count, self._end_of_file, partial(self._spliced, on_moved))
+        await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
+
+    def _end_of_file(self) -> tuple[int, int]:
+        """The temp file and where the next spliced bytes go in it."""
+        if self._fd is None:
+            raise CacheError("refresh is not open")
+        return self._fd, self._queued
+
+    def _spliced(self, on_moved: Callable[[int], None], moved: int) -> None:
+        """``moved`` bytes were spliced at the end of the temp file."""
+        self._queued += moved
+        if not self.ended.is_set():
+            self.written = self._queued
+            self._notify()
+        on_moved(moved)
+        if self._fd is not None:
             self._writeback.advance(self._fd, self.written)
-            await pacer.pace(moved)  # uncapped: returns at once
 
     async def flush(self) -> None:
         """Wait for every write in flight; raises CacheError when one failed."""

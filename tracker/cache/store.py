@@ -36,12 +36,7 @@ import trio
 from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import (
     TEMP_PREFIX,
-    WRITEBACK_EVERY,
     DiskOps,
-    FreeSpace,
-    Splicer,
-    Writer,
-    disk_free,
     is_archive_entry,
     scan,
     unlink,
@@ -52,7 +47,6 @@ from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
-from tracker.zerocopy.kernelcopy import splice_to_file
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -92,17 +86,17 @@ class RefreshProgress:
 class Cache:
     """Archives on disk under ``root``, one refresher per file.
 
-    ``free_space``, ``write``, ``splice`` (upstream socket into the temp file) and ``sync``
-    (the temp file's fsync) are injectable (tests simulate a full disk or a slow one with
-    them);
-    ``min_free`` bytes are kept free on top of a refresh's announced length;
-    ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file;
+    ``ops`` (:class:`~tracker.cache.disk.DiskOps`) are the disk operations and limits of its
+    refreshes: ``free_space``, ``write``, ``splice`` (upstream socket into the temp file) and
+    ``sync`` (the temp file's fsync) are injectable (tests simulate a full disk or a slow one
+    with them); ``min_free`` bytes are kept free on top of a refresh's announced length;
+    ``writeback_every`` dirty bytes start the kernel's writeback of a refresh's temp file.
     ``on_size(total)`` is called with the bytes of archives cached after every change.
 
-    With ``verify`` (the service sets it from ``verify_archives``, on by default) every
-    archive is checked before it is promoted (:meth:`Refresh.verify`), and a cached file is
-    a hit only while its digest is known: restored at start-up from the ``.{name}.sha256``
-    file beside it when that still describes it
+    With ``verify`` (:meth:`verify_with`; the service sets it from ``verify_archives``, on
+    by default) every archive is checked before it is promoted (:meth:`Refresh.verify`),
+    and a cached file is a hit only while its digest is known: restored at start-up from
+    the ``.{name}.sha256`` file beside it when that still describes it
     (:func:`~tracker.cache.checked.digest_matches`), else checked again first
     (:meth:`recheck`; :class:`~tracker.cache.checked.CheckedFiles` keeps them).
     ``digests`` is told every digest known and every one gone; ``on_rejected(group, name,
@@ -113,26 +107,18 @@ class Cache:
         self,
         root: str,
         *,
-        free_space: FreeSpace = disk_free,
-        write: Writer = os.pwrite,
-        splice: Splicer = splice_to_file,
-        sync: Callable[[int], None] = os.fsync,
-        min_free: int = 0,
+        ops: DiskOps | None = None,
         on_size: Callable[[int], None] | None = None,
-        writeback_every: int = WRITEBACK_EVERY,
-        verify: bool = False,
-        digests: Digests | None = None,
-        on_rejected: Callable[[str, str, str], None] | None = None,
     ) -> None:
         if not os.path.isabs(root):
             raise ValueError(f"cache root must be absolute: {root!r}")
         self.root = os.path.realpath(root)
         #: What every refresh of this cache writes with, and the limits it keeps.
-        self.ops = DiskOps(free_space, write, splice, sync, min_free, writeback_every)
+        self.ops = ops if ops is not None else DiskOps()
         self._on_size = on_size
         self._refreshing: dict[tuple[str, str], Refresh] = {}
         #: Which cached files passed their check (``verify``), with their digests.
-        self.checked = CheckedFiles(verify, digests, on_rejected)
+        self.checked = CheckedFiles()
         #: The slots of a group's fulls still served: the newest incremental on each stays
         #: when others are evicted (:func:`~tracker.cache.disk.evict`).
         self.served: Callable[[str], Collection[int]] = _none_served

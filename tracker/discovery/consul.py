@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import attrs
 import httpx
 import trio
 
@@ -27,30 +28,40 @@ DEFAULT_MAX_ENTRIES = 10_000
 _MAX_ENTRY_CHARS = 64 * 1024
 
 
+@attrs.frozen
+class CatalogQuery:
+    """What is asked of Consul's catalog: ``service`` at ``host`` (``host:port`` or
+    ``http(s)://host:port``; empty: ``127.0.0.1:8500``), with ``token``, ``datacenter`` and
+    ``filter`` when set (a group's ``consul_sd_config``)."""
+
+    host: str
+    service: str
+    token: str = ""
+    datacenter: str = ""
+    filter: str = ""
+
+
 async def discover_consul(
     client: httpx.AsyncClient,
-    host: str,
-    service: str,
+    query: CatalogQuery,
     *,
-    token: str = "",
-    datacenter: str = "",
-    filter: str = "",
     max_body: int = DEFAULT_MAX_BODY,
     max_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> list[str]:
-    """The ``host:port`` sidecar targets registered in Consul for ``service``, in catalog order.
+    """The ``host:port`` sidecar targets registered in Consul for ``query.service``, in
+    catalog order.
 
-    ``host`` is ``host:port`` or ``http(s)://host:port`` (empty: ``127.0.0.1:8500``).
     Raises :class:`ProbeError` (one line) on a transport/TLS failure, a non-200 status (with
     the start of Consul's error text, e.g. ``ACL not found``), a body over ``max_body``,
     more than ``max_entries`` instances, invalid JSON, or an instance without a usable
     ``Address``/``ServicePort``. Cancellation propagates; the caller owns the timeout.
     """
-    if not service:
+    if not query.service:
         raise ProbeError("no Consul service name")
-    url = f"{_origin(host)}/v1/catalog/service/{quote(service, safe='')}"
-    params = {key: value for key, value in (("dc", datacenter), ("filter", filter)) if value}
-    headers = {"x-consul-token": token} if token else {}
+    url = f"{_origin(query.host)}/v1/catalog/service/{quote(query.service, safe='')}"
+    wanted = (("dc", query.datacenter), ("filter", query.filter))
+    params = {key: value for key, value in wanted if value}
+    headers = {"x-consul-token": query.token} if query.token else {}
     body = await fetch_capped(client, url, headers=headers, params=params, max_body=max_body)
     # Up to max_body (8 MiB) of JSON would hold the event loop for a good part of a second:
     # parsed in a worker thread, not abandoned on cancellation (max_entries bounds it).

@@ -20,7 +20,7 @@ from tracker.config.targetfile import read_target_file
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.discovery.cluster import cluster_targets
-from tracker.discovery.consul import discover_consul
+from tracker.discovery.consul import CatalogQuery, discover_consul
 from tracker.discovery.health import Target
 from tracker.discovery.nodes import Node
 from tracker.errors import ProbeError
@@ -128,14 +128,10 @@ class TargetFinder:
         key = f"consul:{group.group}"
         try:
             with trio.fail_after(within):
-                self._hosts[key] = await discover_consul(
-                    self._client_of(group.group),
-                    sd.host,
-                    sd.service,
-                    token=sd.resolved_token,
-                    datacenter=sd.datacenter,
-                    filter=sd.filter,
+                query = CatalogQuery(
+                    sd.host, sd.service, sd.resolved_token, sd.datacenter, sd.filter
                 )
+                self._hosts[key] = await discover_consul(self._client_of(group.group), query)
         except (ProbeError, trio.TooSlowError) as exc:
             reason = str(exc) or "timed out"
             log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)

@@ -30,6 +30,7 @@ import trio
 
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
+from tracker.fetch.listing import RemoteFile
 from tracker.fetch.pieces import Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
@@ -42,7 +43,7 @@ from tracker.fetch.state import (
     restart_reason,
     temp_path,
 )
-from tracker.fetch.workers import StateSaver, watch_speed, worker
+from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
 
 log = logging.getLogger("tracker.fetch")
@@ -64,35 +65,33 @@ class Result:
 
 async def download(
     client: httpx.AsyncClient,
-    name: str,
-    urls: list[str],
+    file: RemoteFile,
     ledger: str,
     settings: FetchSettings,
     progress: Progress,
     *,
-    size: int = 0,
-    sha256: frozenset[str] = frozenset(),
     free: FreeBytes = free_bytes,
 ) -> Result:
-    """Download archive ``name`` from ``urls`` (best first) into ``ledger``.
+    """Download archive ``file`` from its URLs (best first) into ``ledger``.
 
-    ``size`` (0: unknown) is what the listing said; a source announcing another size is not
-    used. With ``settings.verify``, the complete copy is checked and its SHA-256 must be one
-    of ``sha256`` when that lists any; a copy that fails is deleted and the sources not yet
-    tried are asked for a fresh one. Raises :class:`FetchError` with a one-line reason (no
-    space, every source failed, no good copy); the temp file and state stay for a later
-    resume unless there is no room or the copy was bad. ``free`` tells the free bytes of
-    the ledger's file system.
+    Its ``size`` (0: unknown) is what the listing said; a source announcing another size is
+    not used. With ``settings.verify``, the complete copy is checked and its SHA-256 must be
+    one of the file's ``sha256`` when that lists any; a copy that fails is deleted and the
+    sources not yet tried are asked for a fresh one. Raises :class:`FetchError` with a
+    one-line reason (no space, every source failed, no good copy); the temp file and state
+    stay for a later resume unless there is no room or the copy was bad. ``free`` tells the
+    free bytes of the ledger's file system.
     """
     # The best few by the listing's order: each is asked, and sampled against the others.
+    name = file.file_name
     inspected = await inspect_all(
-        client, list(dict.fromkeys(urls))[: settings.max_sources], settings
+        client, list(dict.fromkeys(file.urls))[: settings.max_sources], settings
     )
     finals: dict[str, Source] = {}  # a redirect and the URL it leads to are one source
     for s in inspected:
         if isinstance(s, Source):
             finals.setdefault(s.url, s)
-    wanted = chosen_size(size, [s.identity.size for s in finals.values()])
+    wanted = chosen_size(file.size, [s.identity.size for s in finals.values()])
     usable = [s for s in finals.values() if s.identity.size == wanted]
     if not usable:
         why = summary([str(s) for s in inspected if not isinstance(s, Source)])
@@ -114,9 +113,7 @@ async def download(
         # which one the check cannot tell: each is then tried alone, best first.
         for attempt in [pool] if len(pool) == 1 else [pool, *alone(pool, usable)]:
             try:
-                return await _download_from(
-                    client, name, attempt, ledger, settings, progress, sha256
-                )
+                return await _download_from(client, file, attempt, ledger, settings, progress)
             except CopyRejected as exc:
                 reasons.append(str(exc))
                 rejected = True
@@ -166,13 +163,13 @@ def chosen_size(listed: int, offered: list[int]) -> int:
 
 async def _download_from(
     client: httpx.AsyncClient,
-    name: str,
+    file: RemoteFile,
     pool: list[Source],
     ledger: str,
     settings: FetchSettings,
     progress: Progress,
-    sha256: frozenset[str],
 ) -> Result:
+    name = file.file_name
     reference = pool[0]
     size = reference.identity.size
     saved = load_state(ledger, name)
@@ -195,31 +192,22 @@ async def _download_from(
     flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        return await _fill(client, name, pool, ledger, settings, progress, sha256, pieces, fd)
+        return await _fill(Crew(client, settings, pieces, fd, progress), file, pool, ledger)
     finally:
         os.close(fd)
 
 
-async def _fill(
-    client: httpx.AsyncClient,
-    name: str,
-    pool: list[Source],
-    ledger: str,
-    settings: FetchSettings,
-    progress: Progress,
-    sha256: frozenset[str],
-    pieces: Pieces,
-    fd: int,
-) -> Result:
-    """Download the missing pieces into ``fd`` (the temp file), check the copy, and rename
+async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -> Result:
+    """Download the missing pieces into the crew's temp file, check the copy, and rename
     that very file into place."""
+    name, pieces, fd, progress = file.file_name, crew.pieces, crew.fd, crew.progress
     reference = pool[0]
     size = reference.identity.size
     started = trio.current_time()
     progress.start(name, size, pieces.done_bytes)
     # The archive check reads the file in order while the pieces come in, up to the gapless
     # prefix on disk: at the end only what came last is left to check, from the page cache.
-    check = FollowingCheck.start(fd, name) if settings.verify else None
+    check = FollowingCheck.start(fd, name) if crew.settings.verify else None
     saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
     live = pool if reference.ranges else [reference]
     try:
@@ -227,7 +215,7 @@ async def _fill(
         grow = preallocate if not pieces.done_bytes else os.ftruncate
         await trio.to_thread.run_sync(grow, fd, size)
         await saver.save()
-        await _move_pieces(client, live, pieces, fd, settings, progress, saver, check)
+        await _move_pieces(crew, live, saver, check)
         await saver.save()
         # A check that ended before the download failed (the copy is bad): _verify says why.
         if check is None or not check.done():
@@ -246,7 +234,7 @@ async def _fill(
         raise
     finally:
         progress.finish()
-    digest = await _verify(ledger, name, live, sha256, check) if check is not None else ""
+    digest = await _verify(ledger, name, live, file.sha256, check) if check is not None else ""
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
@@ -256,27 +244,21 @@ async def _fill(
 
 
 async def _move_pieces(
-    client: httpx.AsyncClient,
-    live: list[Source],
-    pieces: Pieces,
-    fd: int,
-    settings: FetchSettings,
-    progress: Progress,
-    saver: StateSaver,
-    check: FollowingCheck | None,
+    crew: Crew, live: list[Source], saver: StateSaver, check: FollowingCheck | None
 ) -> None:
     """The workers and their helpers (state saves, the following check, the speed watch)
     until every worker ended."""
+    settings = crew.settings
     connections = settings.connections if live[0].ranges else 1
     async with trio.open_nursery() as nursery:
         nursery.start_soon(saver.run, settings.state_every)
         if check is not None:
-            nursery.start_soon(_follow, check, pieces, nursery.cancel_scope)
+            nursery.start_soon(_follow, check, crew.pieces, nursery.cancel_scope)
         if settings.min_speed and len(live) > 1:
             nursery.start_soon(watch_speed, live, settings)
         async with trio.open_nursery() as workers:
             for index in range(connections):
-                workers.start_soon(worker, client, index, live, pieces, fd, settings, progress)
+                workers.start_soon(worker, crew, index, live)
         nursery.cancel_scope.cancel()
 
 

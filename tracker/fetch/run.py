@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import attrs
-import httpcore
 import httpx
 import trio
 
@@ -30,7 +29,7 @@ from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
-from tracker.net.clients import no_cookies
+from tracker.net.clients import ClientShape, bulk_client
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.fetch")
@@ -126,27 +125,17 @@ def _client(settings: FetchSettings) -> httpx.AsyncClient:
     """The client of a fetch: reads of ``read_size`` bytes (httpcore's own 64 KiB reads cost
     a third of the throughput), redirects followed (httpx drops ``Authorization`` on one to
     another origin), no cookie jar."""
-    pool = httpcore.AsyncConnectionPool(
-        max_connections=4 * settings.connections + 8,
-        max_keepalive_connections=4 * settings.connections + 8,
-        http1=True,
-        http2=False,
-        network_backend=BigReadBackend(settings.read_size),
-    )
-    return httpx.AsyncClient(
-        transport=PoolTransport(pool),
-        trust_env=False,
-        follow_redirects=True,
+    pool = 4 * settings.connections + 8
+    shape = ClientShape(
+        FETCH_AGENT,
+        connect_timeout=settings.request_timeout,
+        read_timeout=settings.read_timeout,
+        max_connections=pool,
+        pool_timeout=settings.read_timeout,
+        max_keepalive=pool,
         max_redirects=5,
-        cookies=no_cookies(),
-        timeout=httpx.Timeout(
-            connect=settings.request_timeout,
-            read=settings.read_timeout,
-            write=settings.read_timeout,
-            pool=settings.read_timeout,
-        ),
-        headers={"user-agent": FETCH_AGENT, "accept-encoding": "identity"},
     )
+    return bulk_client(shape, BigReadBackend(settings.read_size), PoolTransport)
 
 
 async def _run(
@@ -269,15 +258,7 @@ async def _download(
     client: httpx.AsyncClient, options: FetchOptions, file: RemoteFile, progress: Progress
 ) -> Result:
     result = await download(
-        client,
-        file.file_name,
-        list(file.urls),
-        options.ledger,
-        options.settings,
-        progress,
-        size=file.size,
-        sha256=file.sha256,
-        free=options.free_bytes,
+        client, file, options.ledger, options.settings, progress, free=options.free_bytes
     )
     rate = result.size / max(result.seconds, 1e-9)
     used = ", ".join(f"{s.url} {s.sent}B" for s in result.sources if s.sent)

@@ -23,11 +23,11 @@ from tracker.core.contentrange import MAX_DIGITS, ContentRange, parse_content_ra
 from tracker.core.logs import log_event
 from tracker.core.samefile import Sameness, Validators, sameness
 from tracker.core.untrusted import ascii_digits
-from tracker.errors import SourceFailed, TransportError
+from tracker.errors import SourceFailed
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.state import Identity
 from tracker.net.bodies import body_chunks
-from tracker.net.exchange import send
+from tracker.net.exchange import send, source_failures
 
 log = logging.getLogger("tracker.fetch")
 
@@ -124,13 +124,9 @@ async def request(
 ) -> AsyncIterator[httpx.Response]:
     """A streamed GET, its head within the request timeout, errors as SourceFailed, closed
     (shielded) when the block ends."""
-    try:
-        with trio.fail_after(settings.request_timeout):
-            response = await send(client, "GET", url, headers)
-    except trio.TooSlowError:
-        raise SourceFailed(f"{url}: no answer within {settings.request_timeout:g}s") from None
-    except TransportError as exc:
-        raise SourceFailed(f"{url}: {exc}") from exc
+    silence = f"no answer within {settings.request_timeout:g}s"
+    with source_failures(url, silence), trio.fail_after(settings.request_timeout):
+        response = await send(client, "GET", url, headers)
     try:
         yield response
     finally:
@@ -189,18 +185,13 @@ async def _sample(
     async with request(client, source.url, headers, settings) as response:
         check_range(response, source, start, end)
         data = bytearray()
-        try:
-            with trio.fail_after(settings.read_timeout):
-                async with body_chunks(response) as chunks:
-                    async for chunk in chunks:
-                        data += chunk
-                        if len(data) > end - start:
-                            break
-        except trio.TooSlowError:
-            reason = f"no sample within {settings.read_timeout:g}s"
-            raise SourceFailed(f"{source.url}: {reason}") from None
-        except TransportError as exc:
-            raise SourceFailed(f"{source.url}: {exc}") from exc
+        silence = f"no sample within {settings.read_timeout:g}s"
+        with source_failures(source.url, silence), trio.fail_after(settings.read_timeout):
+            async with body_chunks(response) as chunks:
+                async for chunk in chunks:
+                    data += chunk
+                    if len(data) > end - start:
+                        break
     if len(data) != end - start:
         raise SourceFailed(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
     return bytes(data)

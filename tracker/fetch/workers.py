@@ -2,7 +2,9 @@
 fetches it from a live source of the pool and writes it at its offsets, spliced from the
 socket into the file when the answer is plain HTTP; a source that keeps failing, or is slower
 than ``min_speed`` while another is left, is dropped; the state file is saved as bytes land
-(:class:`StateSaver`)."""
+(:class:`StateSaver`). What the connections share is one :class:`Crew`; each claim is
+fetched and written by a :class:`ClaimWriter`, which is also the sink of the splice loop
+(:mod:`tracker.zerocopy.filesplice`, shared with the cache's refreshes)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ import httpx
 import trio
 
 from tracker.core.logs import log_event
-from tracker.errors import SourceFailed, TransportError
+from tracker.errors import SourceFailed
 from tracker.fetch.pieces import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source, check_range, check_whole, request
 from tracker.fetch.state import State, save_state
 from tracker.net.bodies import body_chunks
+from tracker.net.exchange import source_failures
+from tracker.zerocopy.filesplice import SPLICE_SECONDS, splice_into_file
 from tracker.zerocopy.kernelcopy import splice_to_file
 from tracker.zerocopy.transport import BigReadStream, splice_stream
 
@@ -76,24 +80,28 @@ async def watch_speed(pool: list[Source], settings: FetchSettings) -> None:
                 source.drop(f"slower than {settings.min_speed} bytes/s ({rate:.0f})")
 
 
-async def worker(
-    client: httpx.AsyncClient,
-    index: int,
-    pool: list[Source],
-    pieces: Pieces,
-    fd: int,
-    settings: FetchSettings,
-    progress: Progress,
-) -> None:
+@attrs.frozen
+class Crew:
+    """What the connections of one download share: the client they ask with, its tunables,
+    the pieces they claim, the temp file they write (``fd``) and the progress shown."""
+
+    client: httpx.AsyncClient
+    settings: FetchSettings
+    pieces: Pieces
+    fd: int
+    progress: Progress
+
+
+async def worker(crew: Crew, index: int, pool: list[Source]) -> None:
     """Claim pieces and fetch them until none is left or no source is."""
     while True:
         live = [s for s in pool if not s.dropped]
         if not live:
             return
         source = live[index % len(live)]
-        claim = pieces.claim(trio.current_time())
+        claim = crew.pieces.claim(trio.current_time())
         if claim is None:
-            if not pieces.active:
+            if not crew.pieces.active:
                 return
             await trio.sleep(0.25)  # a claim may become worth stealing: look again
             continue
@@ -101,102 +109,147 @@ async def worker(
         source.scopes.add(scope)
         try:
             with scope:
-                await _fetch_claim(client, source, claim, pieces, fd, settings, progress)
+                await _fetch_claim(crew, source, claim)
             source.failures = 0
         except SourceFailed as exc:
             source.failures += 1
             log_event(log, "warning", "fetch_piece_failed", url=source.url, reason=str(exc))
-            if source.failures >= settings.max_failures:
+            if source.failures >= crew.settings.max_failures:
                 source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url
         finally:
             source.scopes.discard(scope)
-            pieces.finish(claim)
+            crew.pieces.finish(claim)
 
 
-async def _fetch_claim(
-    client: httpx.AsyncClient,
-    source: Source,
-    claim: Claim,
-    pieces: Pieces,
-    fd: int,
-    settings: FetchSettings,
-    progress: Progress,
-) -> None:
+async def _fetch_claim(crew: Crew, source: Source, claim: Claim) -> None:
     """Fetch the bytes of ``claim`` from ``source`` and write them at their offsets."""
-    headers = {}
-    # The range as asked: the claim's end may shrink meanwhile (stolen), not the answer.
-    first, end = claim.position, claim.end
-    if source.ranges:
-        headers["range"] = f"bytes={first}-{end - 1}"
-    async with request(client, source.url, headers, settings) as response:
-        # Bytes of the body before the claim's position: a whole-file 200 starts at byte 0
-        # and is only ever written at the offsets its bytes belong to.
-        skip = 0
+    await ClaimWriter(crew, source, claim).fetch()
+
+
+#: The least a splice call reserves of its claim once the claim's pace is known (bytes).
+SPLICE_RESERVE_MIN = 256 * 1024
+
+
+def _splice_quota(claim: Claim, settings: FetchSettings, now: float) -> int:
+    """How many bytes of ``claim`` the next splice call reserves: what its pace moves in two
+    calls' time, so that the rest of a slow claim stays free to steal while the call runs
+    (a reservation is never stolen). Before its pace is known, ``write_size * 8``."""
+    done, elapsed = claim.position - claim.start, now - claim.started
+    if done <= 0 or elapsed <= 0:
+        return settings.write_size * 8
+    return max(SPLICE_RESERVE_MIN, int(2 * SPLICE_SECONDS * done / elapsed))
+
+
+@attrs.define
+class ClaimWriter:
+    """Fetches the bytes of one ``claim`` from ``source`` and writes them at their offsets
+    in the crew's temp file: spliced from the socket when the answer allows, else written
+    from Python. It is also the sink of that splice
+    (:class:`~tracker.zerocopy.filesplice.SpliceSink`)."""
+
+    crew: Crew
+    source: Source
+    claim: Claim
+
+    async def fetch(self) -> None:
+        """Fetch the claim's bytes; SourceFailed (prefixed with the source's URL) when the
+        source fails, falls silent or ends its body early."""
+        source, claim, settings = self.source, self.claim, self.crew.settings
+        headers = {}
+        # The range as asked: the claim's end may shrink meanwhile (stolen), not the answer.
+        first, end = claim.position, claim.end
         if source.ranges:
-            check_range(response, source, first, end)
-        else:
-            check_whole(response, source)
-            skip = first
-        stream = splice_stream(response, end - first if source.ranges else pieces.size)
-        try:
-            if stream is not None and not skip:  # the rest, if stolen, goes with the connection
-                await _splice_body(stream, source, claim, pieces, fd, settings, progress)
+            headers["range"] = f"bytes={first}-{end - 1}"
+        async with request(self.crew.client, source.url, headers, settings) as response:
+            # Bytes of the body before the claim's position: a whole-file 200 starts at byte
+            # 0 and is only ever written at the offsets its bytes belong to.
+            skip = 0
+            if source.ranges:
+                check_range(response, source, first, end)
             else:
-                async with (
-                    body_chunks(response) as chunks,
-                    aclosing(_skipped(chunks, skip, settings)) as body,
-                ):
-                    await _write_body(body, source, claim, pieces, fd, settings, progress)
-        except trio.TooSlowError:
-            raise SourceFailed(f"{source.url}: no data for {settings.read_timeout:g}s") from None
-        except TransportError as exc:
-            raise SourceFailed(f"{source.url}: {exc}") from exc
-    if claim.position < claim.end:
-        raise SourceFailed(f"{source.url}: body ended at {claim.position} of {claim.end}")
+                check_whole(response, source)
+                skip = first
+            length = end - first if source.ranges else self.crew.pieces.size
+            stream = splice_stream(response, length)
+            with source_failures(source.url, f"no data for {settings.read_timeout:g}s"):
+                if stream is not None and not skip:  # the rest, if stolen, goes with it
+                    await self._splice_body(stream)
+                else:
+                    async with (
+                        body_chunks(response) as chunks,
+                        aclosing(_skipped(chunks, skip, settings)) as body,
+                    ):
+                        await self._write_body(body)
+        if claim.position < claim.end:
+            raise SourceFailed(f"{source.url}: body ended at {claim.position} of {claim.end}")
 
-
-async def _write_body(
-    chunks: AsyncIterator[bytes],
-    source: Source,
-    claim: Claim,
-    pieces: Pieces,
-    fd: int,
-    settings: FetchSettings,
-    progress: Progress,
-) -> None:
-    """Write the body's bytes at their offsets until the claim's (possibly shrunk) end,
-    gathered into writes of up to ``write_size`` bytes (fewer trips to a worker thread) but
-    held at most ``write_delay`` seconds (what a killed fetch loses stays small)."""
-    buffer: list[memoryview] = []
-    buffered = 0
-    flushed = trio.current_time()
-
-    async def flush() -> None:
-        nonlocal flushed, buffered
+    async def _write_body(self, chunks: AsyncIterator[bytes]) -> None:
+        """Write the body's bytes at their offsets until the claim's (possibly shrunk) end,
+        gathered into writes of up to ``write_size`` bytes (fewer trips to a worker thread)
+        but held at most ``write_delay`` seconds (what a killed fetch loses stays small)."""
+        claim, settings = self.claim, self.crew.settings
+        buffer: list[memoryview] = []
+        buffered = 0
         flushed = trio.current_time()
-        if buffered:
-            await trio.to_thread.run_sync(_write_all, fd, buffer, claim.position)
-            pieces.advance(claim, buffered)
-            source.sent += buffered
-            progress.add(buffered)
-            buffer.clear()
-            buffered = 0
 
-    while True:
-        with trio.fail_after(settings.read_timeout):
-            chunk = await anext(chunks, None)
-        if chunk is None:
-            await flush()
-            return
-        count = claim.take(len(chunk))
-        if count:
-            buffer.append(memoryview(chunk)[:count])
-            buffered += count
-        if count < len(chunk) or claim.reserved >= claim.end:
-            await flush()
-            return  # the claim's end: the rest of this answer is someone else's (stolen)
-        if buffered >= settings.write_size or trio.current_time() - flushed > settings.write_delay:
-            await flush()
+        async def flush() -> None:
+            nonlocal flushed, buffered
+            flushed = trio.current_time()
+            if buffered:
+                await trio.to_thread.run_sync(_write_all, self.crew.fd, buffer, claim.position)
+                self._landed(buffered)
+                buffer.clear()
+                buffered = 0
+
+        while True:
+            with trio.fail_after(settings.read_timeout):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                await flush()
+                return
+            count = claim.take(len(chunk))
+            if count:
+                buffer.append(memoryview(chunk)[:count])
+                buffered += count
+            if count < len(chunk) or claim.reserved >= claim.end:
+                await flush()
+                return  # the claim's end: the rest of this answer is someone else's (stolen)
+            if (
+                buffered >= settings.write_size
+                or flushed < trio.current_time() - settings.write_delay
+            ):
+                await flush()
+
+    async def _splice_body(self, stream: BigReadStream) -> None:
+        """Move the body from the socket into the file with splice(2), up to the claim's
+        (possibly shrinking) end: no byte passes through Python (plain HTTP; httpx reads the
+        rest). Each call of the worker thread runs SPLICE_SECONDS at most."""
+        sock = stream.get_extra_info("socket")
+        timeout = self.crew.settings.read_timeout
+        try:
+            await splice_into_file(sock, self, timeout, splice=splice_to_file)
+        except SourceFailed as exc:
+            raise SourceFailed(f"{self.source.url}: {exc}") from exc
+
+    def take(self, most: int) -> int:
+        """Reserve the next bytes of the claim for one splice call (0: the claim is done)."""
+        quota = _splice_quota(self.claim, self.crew.settings, trio.current_time())
+        return self.claim.take(min(most, quota))
+
+    def destination(self) -> tuple[int, int]:
+        """The temp file and the claim's position in it."""
+        return self.crew.fd, self.claim.position
+
+    def moved(self, taken: int, moved: int) -> None:
+        """What was taken but not moved goes back to the claim; what moved is accounted."""
+        self.claim.reserved = self.claim.position + moved
+        self._landed(moved)
+
+    def _landed(self, count: int) -> None:
+        """``count`` bytes at the claim's position are in the file."""
+        self.crew.pieces.advance(self.claim, count)
+        self.source.sent += count
+        self.crew.progress.add(count)
 
 
 async def _skipped(
@@ -214,65 +267,6 @@ async def _skipped(
         count = max(0, count - len(chunk))
     async for chunk in chunks:
         yield chunk
-
-
-#: Longest a splice into the file runs before its progress is accounted (speed checks,
-#: state file, progress bar), seconds.
-SPLICE_SECONDS = 0.1
-
-
-#: The least a splice call reserves of its claim once the claim's pace is known (bytes).
-SPLICE_RESERVE_MIN = 256 * 1024
-
-
-def _splice_quota(claim: Claim, settings: FetchSettings, now: float) -> int:
-    """How many bytes of ``claim`` the next splice call reserves: what its pace moves in two
-    calls' time, so that the rest of a slow claim stays free to steal while the call runs
-    (a reservation is never stolen). Before its pace is known, ``write_size * 8``."""
-    done, elapsed = claim.position - claim.start, now - claim.started
-    if done <= 0 or elapsed <= 0:
-        return settings.write_size * 8
-    return max(SPLICE_RESERVE_MIN, int(2 * SPLICE_SECONDS * done / elapsed))
-
-
-async def _splice_body(
-    stream: BigReadStream,
-    source: Source,
-    claim: Claim,
-    pieces: Pieces,
-    fd: int,
-    settings: FetchSettings,
-    progress: Progress,
-) -> None:
-    """Move the body from the socket into the file with splice(2), up to the claim's
-    (possibly shrinking) end: no byte passes through Python (plain HTTP; httpx reads the
-    rest). Each call of the worker thread runs SPLICE_SECONDS at most."""
-    sock = stream.get_extra_info("socket")
-    heard = trio.current_time()
-    while count := claim.take(_splice_quota(claim, settings, trio.current_time())):
-        if trio.current_time() - heard > settings.read_timeout:
-            raise SourceFailed(f"{source.url}: sent nothing for {settings.read_timeout:g} s")
-        src = os.dup(sock.fileno())  # the event loop may close its own meanwhile
-        try:
-            moved = await trio.to_thread.run_sync(
-                splice_to_file,
-                src,
-                fd,
-                claim.position,
-                count,
-                settings.read_timeout,
-                SPLICE_SECONDS,
-            )
-        except SourceFailed as exc:
-            raise SourceFailed(f"{source.url}: {exc}") from exc
-        finally:
-            os.close(src)
-        claim.reserved = claim.position + moved  # what was taken but not moved goes back
-        if moved:
-            heard = trio.current_time()
-        pieces.advance(claim, moved)
-        source.sent += moved
-        progress.add(moved)
 
 
 def _write_all(fd: int, pieces: list[memoryview], offset: int) -> None:

@@ -230,7 +230,9 @@ def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def _content_disposition(file_name: str) -> str:
+def content_disposition(file_name: str) -> str:
+    """The ``content-disposition`` that names the saved file (ValueError: not a safe name),
+    for :func:`file_response`'s ``extra_headers``."""
     if not _SAFE_FILE_NAME.fullmatch(file_name):
         raise ValueError(f"file name not safe for content-disposition: {file_name!r}")
     return f'attachment; filename="{file_name}"'
@@ -242,7 +244,6 @@ async def file_response(
     *,
     connection: Connection | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    file_name: str | None = None,
     on_bytes: OnBytes | None = None,
     budget: ChunkBudget | None = None,
     extra_headers: Mapping[str, str] | None = None,
@@ -254,12 +255,11 @@ async def file_response(
     size, mtime and inode (fstat of the open descriptor) give ``content-length``,
     ``last-modified`` and ``etag``, and the body streams that same inode in ``chunk_size``
     reads even if the path is replaced meanwhile (with a ``connection``, one served by
-    :mod:`tracker.zerocopy.server`: with ``sendfile``, no reads, no buffers). ``file_name``,
-    when given, adds ``content-disposition: attachment; filename="..."`` (it must match
-    ``[A-Za-z0-9._-]+``). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
-    handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
+    :mod:`tracker.zerocopy.server`: with ``sendfile``, no reads, no buffers).
+    ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been handed to the server
+    (metrics). With a ``budget`` the chunk size follows it instead of
     ``chunk_size`` (see :class:`ChunkBudget`). ``extra_headers`` are added to a 200 or 206
-    (e.g. the file's ``repr-digest``).
+    (e.g. the file's ``repr-digest``, or :func:`content_disposition`).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and
@@ -267,7 +267,7 @@ async def file_response(
 
     Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ELOOP for a
     symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a
-    method other than GET/HEAD, a non-positive ``chunk_size`` or an unsafe ``file_name``. On
+    method other than GET/HEAD or a non-positive ``chunk_size``. On
     cancellation the open, which runs in a thread that is waited for, finishes first and its
     descriptor is closed. While the body streams, a file that shrinks under it raises
     TrackerError into the server, which aborts the connection (never a silently short body).
@@ -277,7 +277,6 @@ async def file_response(
     method, headers = request
     if method not in METHODS:
         raise ValueError(f"cannot serve a file to {method!r}")
-    disposition = None if file_name is None else _content_disposition(file_name)
     fd, st = await trio.to_thread.run_sync(_open_and_stat, path)
     # No checkpoint until the descriptor has an owner: a cancellation after the thread
     # returned would otherwise leak it.
@@ -298,8 +297,6 @@ async def file_response(
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
     # empty body: tracker/web/answers.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)
-    if disposition is not None and plan.status in (200, 206):
-        answer.headers["content-disposition"] = disposition
     if extra_headers and plan.status in (200, 206):
         answer.headers.update(extra_headers)
     return answer

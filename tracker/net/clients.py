@@ -1,4 +1,5 @@
-"""HTTP clients for a group's own sources: its TLS settings, bounded pools, explicit timeouts.
+"""HTTP clients for a group's own sources: its TLS settings, bounded pools, explicit timeouts;
+the one factory of clients for archive bytes (:func:`bulk_client`).
 
 Credentials are not set on the client: callers add the group's ``authorization`` header per
 request, and only to that group's own sources (redirects are never followed automatically, so
@@ -12,8 +13,11 @@ import base64
 import http.cookiejar
 import ssl
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
+import attrs
+import httpcore
 import httpx
 
 from tracker.config.schema import TargetGroup, TLSConfig
@@ -76,6 +80,79 @@ def build_client(
         ),
         headers={"accept-encoding": "identity", "user-agent": TRACKER_AGENT},
         cookies=no_cookies(),
+    )
+
+
+@attrs.frozen
+class ClientShape:
+    """What tells one client for archive bytes from another: its ``User-Agent``, timeouts
+    (seconds) and pool, and whether it follows redirects (``max_redirects`` 0: a redirect
+    is an answer). Everything else is :func:`bulk_client`'s, the same for every one."""
+
+    agent: str
+    connect_timeout: float
+    #: Longest wait for one read (or write) of a socket: a download may last hours.
+    read_timeout: float
+    max_connections: int
+    #: Longest wait for a connection of the pool (None: ``connect_timeout``).
+    pool_timeout: float | None = None
+    #: Idle connections kept (None: ``max_connections``, at most 64).
+    max_keepalive: int | None = None
+    #: Seconds an idle connection is kept (None: until the pool closes).
+    keepalive_expiry: float | None = None
+    max_redirects: int = 0
+
+
+#: What turns an httpcore pool into the transport of an httpx client.
+PoolTransportOf = Callable[[httpcore.AsyncConnectionPool], httpx.AsyncBaseTransport]
+
+
+def bulk_client(
+    shape: ClientShape,
+    network: httpcore.AsyncNetworkBackend,
+    transport: PoolTransportOf,
+    tls: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """A client for archive bytes (``fetch``'s downloads, the proxy's upstreams): HTTP/1.1
+    only (HTTP/2 is far slower for bulk bodies), bodies raw (``accept-encoding:
+    identity``), no cookie jar (:func:`no_cookies`), no proxy or certificates from the
+    environment, per-phase timeouts and no overall read deadline.
+
+    ``network`` opens its connections and reads them (the big reads of
+    :class:`tracker.zerocopy.transport.BigReadBackend`, which must wrap any egress check),
+    ``transport`` turns the pool into the client's transport
+    (:class:`tracker.zerocopy.transport.PoolTransport`); both are passed in since they rely
+    on httpcore's internals, which only :mod:`tracker.zerocopy` may use. ``tls``: the
+    context of the sources' TLS settings (None: httpcore's default one).
+    """
+    keepalive = shape.max_keepalive
+    if keepalive is None:
+        keepalive = min(64, shape.max_connections)
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=tls,
+        max_connections=shape.max_connections,
+        max_keepalive_connections=min(64, shape.max_connections)
+        if keepalive is None
+        else keepalive,
+        keepalive_expiry=shape.keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=network,
+    )
+    pool_timeout = shape.connect_timeout if shape.pool_timeout is None else shape.pool_timeout
+    return httpx.AsyncClient(
+        transport=transport(pool),
+        trust_env=False,
+        follow_redirects=shape.max_redirects > 0,
+        max_redirects=shape.max_redirects,
+        cookies=no_cookies(),
+        timeout=httpx.Timeout(
+            connect=shape.connect_timeout,
+            read=shape.read_timeout,
+            write=shape.read_timeout,
+            pool=pool_timeout,
+        ),
+        headers={"accept-encoding": "identity", "user-agent": shape.agent},
     )
 
 

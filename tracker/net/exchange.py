@@ -6,7 +6,8 @@ they are caught (besides the fenced :mod:`tracker.zerocopy`): every request the 
 packages make goes through :func:`send`, :func:`head`, :func:`stream` or
 :func:`~tracker.net.bodies.body_chunks`, which raise :class:`TransportError` with a one-line
 reason (:func:`transport_reason`) and the library's exception as its cause. Everything above
-catches that one class and words it for its own caller (``ProbeError``, ``SourceFailed``...).
+catches that one class and words it for its own caller (``ProbeError``...); a source of
+archive bytes that fails or falls silent is worded once, by :func:`source_failures`.
 Cancellation and the tracker's own errors pass through untouched.
 """
 
@@ -20,9 +21,10 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import httpx
+import trio
 
 from tracker.core.text import one_line
-from tracker.errors import TransportError
+from tracker.errors import SourceFailed, TransportError
 
 #: What httpx raises: its failures of a request (``HTTPError``) and URLs it cannot parse.
 HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
@@ -89,6 +91,22 @@ def mapped() -> Iterator[None]:
         yield
     except HTTPX_ERRORS as exc:
         raise TransportError(transport_reason(exc)) from exc
+
+
+@contextmanager
+def source_failures(url: str, silence: str) -> Iterator[None]:
+    """A source's failure in the block as :class:`SourceFailed`: a TransportError with its
+    one-line reason, a ``trio.TooSlowError`` (a deadline set inside the block ran out) as
+    ``silence`` (what the source did not do in time, e.g. ``no answer within 3s``); both
+    prefixed ``{url}: `` when ``url`` is given. The one place the byte paths word a source's
+    transport failure and its silence."""
+    prefix = f"{url}: " if url else ""
+    try:
+        yield
+    except trio.TooSlowError:
+        raise SourceFailed(prefix + silence) from None
+    except TransportError as exc:
+        raise SourceFailed(prefix + str(exc)) from exc
 
 
 async def send(

@@ -6,9 +6,10 @@ socket stream (:mod:`~tracker.zerocopy.stream`, with the lingering close);
 file range (``sendfile``) or an upstream socket's bytes (``splice``) instead of Python bytes;
 :mod:`~tracker.zerocopy.pieces` holds the pieces, their placeholders and how one goes out
 (worker threads, waits in the event loop); :mod:`~tracker.zerocopy.kernelcopy` holds the
-blocking system-call loops; :mod:`~tracker.zerocopy.limit` the connection limit,
-:mod:`~tracker.zerocopy.transport` the httpx transport and the HEAD client of discovered
-nodes, :mod:`~tracker.zerocopy.headers` h11's own header names in lower case.
+blocking system-call loops, :mod:`~tracker.zerocopy.filesplice` the one loop that splices an
+upstream body into a file (a cache refresh, a fetch); :mod:`~tracker.zerocopy.limit` the
+connection limit, :mod:`~tracker.zerocopy.transport` the httpx transport and the HEAD client
+of discovered nodes, :mod:`~tracker.zerocopy.headers` h11's own header names in lower case.
 
 This package is the only one allowed to use undocumented behaviour of hypercorn, h11, Quart
 and httpcore; README.md beside this file lists each assumption and the test that fails when a

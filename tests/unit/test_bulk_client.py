@@ -1,0 +1,85 @@
+"""The one factory of clients for archive bytes (tracker/net/clients.py ``bulk_client``) and
+fetch's client made with it (tracker/fetch/run.py)."""
+
+from __future__ import annotations
+
+import ssl
+
+import httpcore
+import httpx
+
+from tracker.core.text import FETCH_AGENT
+from tracker.fetch.run import _client
+from tracker.fetch.settings import FetchSettings
+from tracker.net.clients import ClientShape, bulk_client
+from tracker.zerocopy.transport import BigReadBackend, PoolTransport
+
+
+class Recorded(httpx.AsyncBaseTransport):
+    """A transport that keeps the pool it was made of."""
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self.pool = pool
+
+
+def built(
+    shape: ClientShape, tls: ssl.SSLContext | None = None
+) -> tuple[httpx.AsyncClient, Recorded]:
+    made: list[Recorded] = []
+
+    def transport(pool: httpcore.AsyncConnectionPool) -> Recorded:
+        made.append(Recorded(pool))
+        return made[-1]
+
+    network = BigReadBackend(1024)
+    client = bulk_client(shape, network, transport, tls)
+    (recorded,) = made
+    assert recorded.pool._network_backend is network  # what was given opens connections
+    return client, recorded
+
+
+def test_a_bulk_client_reads_raw_keeps_no_cookie_and_bounds_each_phase() -> None:
+    shape = ClientShape("agent/1", connect_timeout=2.0, read_timeout=30.0, max_connections=100)
+    client, recorded = built(shape)
+    assert client.headers["user-agent"] == "agent/1"
+    assert client.headers["accept-encoding"] == "identity"
+    assert not client.follow_redirects and not client.trust_env
+    assert client.timeout == httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=2.0)
+    request = httpx.Request("GET", "http://s.example/x")
+    client.cookies.extract_cookies(
+        httpx.Response(200, headers={"set-cookie": "a=1"}, request=request)
+    )
+    assert not list(client.cookies.jar)  # a cookie is never kept
+    pool = recorded.pool
+    assert (pool._max_connections, pool._max_keepalive_connections) == (100, 64)
+    assert pool._keepalive_expiry is None and pool._http1 and not pool._http2
+
+
+def test_a_shape_says_what_differs() -> None:
+    tls = ssl.create_default_context()
+    shape = ClientShape(
+        "a",
+        connect_timeout=1.0,
+        read_timeout=5.0,
+        max_connections=8,
+        pool_timeout=7.0,
+        max_keepalive=8,
+        keepalive_expiry=30.0,
+        max_redirects=5,
+    )
+    client, recorded = built(shape, tls)
+    assert client.follow_redirects and client.max_redirects == 5
+    assert client.timeout.pool == 7.0
+    pool = recorded.pool
+    assert (pool._max_keepalive_connections, pool._keepalive_expiry) == (8, 30.0)
+    assert pool._ssl_context is tls
+
+
+def test_fetchs_client_is_a_bulk_client_that_follows_redirects() -> None:
+    settings = FetchSettings(connections=4, request_timeout=3.0, read_timeout=20.0)
+    client = _client(settings)
+    assert isinstance(client._transport, PoolTransport)
+    assert client.headers["user-agent"] == FETCH_AGENT
+    assert client.headers["accept-encoding"] == "identity"
+    assert client.follow_redirects and client.max_redirects == 5 and not client.trust_env
+    assert client.timeout == httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=20.0)
