@@ -41,7 +41,7 @@ from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.speedtest import SpeedTests
-from tracker.proxy.streamer import CacheFactory, ProxyStreamer
+from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers
 from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.activity import ActiveRequests
@@ -159,19 +159,17 @@ def build(
     if objects is not None:  # the newest incremental of every full still served stays
         objects.tier.retainer.served = index.served_fulls
         objects.tier.retainer.on_listed = partial(index.hold, "bucket")
-    streamer = ProxyStreamer(
-        current,
-        index,
-        transfers,
+    parts = StreamerParts(
         metrics=metrics,
-        settings=settings,
-        cache_factory=cache_factory,
-        budget=budget,
-        resolver=resolver,
+        settings=settings if settings is not None else ProxySettings(),
         objects=objects,
+        budget=budget,
         digests=digests,
         rejections=rejections,
+        cache_factory=cache_factory,
+        resolver=resolver,
     )
+    streamer = ProxyStreamer(current, index, transfers, parts)
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
@@ -194,7 +192,7 @@ def build(
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     speedtests = SpeedTests(current, index, streamer.clients, clock=index.clock)
     bucket = objects.tier.bucket if objects is not None else None
-    learning = Learning(current, index, rejections, bucket, clock=index.clock)
+    learning = Learning(current, index, rejections, bucket)
     return Components(
         tracker,
         scraper,

@@ -90,17 +90,6 @@ def test_the_allow_list_names_only_what_is_still_over() -> None:
 
 MAX_PARAMETERS = 7
 
-#: Functions over MAX_PARAMETERS for a while, with their count then (they may not grow past
-#: it). To be cut by the proxy reshape (its arguments become a context and small values);
-#: nothing outside tracker/proxy and tracker/web may be listed here.
-ALLOWED_PARAMETERS: dict[str, int] = {
-    "proxy/failover.py:open_upstream": 9,
-    "proxy/failover.py:_attempt": 12,
-    "proxy/failover.py:_answer": 9,
-    "proxy/learning.py:Learning.__init__": 8,
-    "proxy/streamer.py:ProxyStreamer.__init__": 11,
-}
-
 
 def parameter_counts(name: str, source: str) -> dict[str, int]:
     """The parameters of every function of module ``name`` (methods keyed by their class),
@@ -155,17 +144,5 @@ def test_parameter_counts(source: str, expected: dict[str, int]) -> None:
 
 
 def test_no_function_over_7_parameters() -> None:
-    too_many = {
-        key: count
-        for key, count in package_parameters().items()
-        if count > max(MAX_PARAMETERS, ALLOWED_PARAMETERS.get(key, 0))
-    }
+    too_many = {key: count for key, count in package_parameters().items() if count > MAX_PARAMETERS}
     assert not too_many, f"group their arguments into small values (parameters): {too_many}"
-
-
-def test_the_parameter_allow_list_is_the_proxy_reshapes_and_still_needed() -> None:
-    counts = package_parameters()
-    outside = sorted(k for k in ALLOWED_PARAMETERS if not k.startswith(("proxy/", "web/")))
-    assert not outside, f"only tracker/proxy and tracker/web may be allowed: {outside}"
-    stale = sorted(k for k in ALLOWED_PARAMETERS if counts.get(k, 0) <= MAX_PARAMETERS)
-    assert not stale, f"within the limit now: remove from ALLOWED_PARAMETERS: {stale}"

@@ -57,7 +57,6 @@ async def test_a_deadline_inside_the_block_is_its_silence() -> None:
 
 
 #: Handlers still worded on their own, to be switched by the proxy reshape (module: function).
-PROXY_OWN = frozenset({"proxy/upstream.py:_send", "proxy/failover.py:_body_start"})
 CAUGHT = frozenset({"TransportError", "trio.TooSlowError"})
 
 
@@ -100,5 +99,4 @@ def test_no_byte_path_words_a_source_failure_of_its_own() -> None:
         if path.relative_to(ROOT).as_posix() != "net/exchange.py"
         for wording in own_wordings(path.relative_to(ROOT).as_posix(), path.read_text())
     }
-    assert found <= PROXY_OWN, f"use tracker.net.exchange.source_failures: {found - PROXY_OWN}"
-    assert found == PROXY_OWN, f"switched: remove from PROXY_OWN: {PROXY_OWN - found}"
+    assert not found, f"use tracker.net.exchange.source_failures: {found}"

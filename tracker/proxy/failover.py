@@ -32,6 +32,7 @@ from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
+from tracker.net.exchange import source_failures
 from tracker.net.sourcelimits import Limits
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
 from tracker.zerocopy.transport import body_started
@@ -57,21 +58,30 @@ class _Race:
     on_failure: Callable[[], None] | None = None
 
 
+@attrs.frozen
+class Asking:
+    """What every source of one stream is asked: ``method`` with ``headers`` through the
+    group's ``clients``; ``promised``: the length an early head promised the client (0:
+    none); ``exact``: sources that always state their length (the bucket, a holder)."""
+
+    clients: DownloadClients
+    group: TargetGroup
+    method: str
+    headers: Mapping[str, str]
+    promised: int = 0
+    exact: bool = False
+
+
 async def open_upstream(
-    clients: DownloadClients,
-    group: TargetGroup,
+    asking: Asking,
     found: Iterable[tuple[SnapshotFile, SnapshotSource]],
-    method: str,
-    headers: Mapping[str, str],
     *,
     hedge_after: float | None = None,
-    promised: int = 0,
     on_failure: Callable[[], None] | None = None,
-    exact: bool = False,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order), body unread.
 
-    ``headers`` are the client's whitelisted headers (credentials are added per origin by
+    ``asking.headers`` are the client's whitelisted headers (credentials are added per origin by
     :func:`~tracker.proxy.upstream.ask_source`). A source fails on a connection error, a
     timeout, a status that is not an answer, too many redirects, or a length that
     contradicts its advertised size; when the client may be promised the whole file of
@@ -95,8 +105,7 @@ async def open_upstream(
                 done = trio.Event()
                 # A busy source gives way to the next at once; the last one is waited for.
                 busy_wait = BUSY_WAIT if index + 1 == len(candidates) else 0.0
-                args = (clients, group, f, source, method, headers, promised, exact, busy_wait)
-                nursery.start_soon(_attempt, race, index, done, *args)
+                nursery.start_soon(_attempt, race, index, done, asking, f, source, busy_wait)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
                         await done.wait()
@@ -116,21 +125,14 @@ async def _attempt(
     race: _Race,
     index: int,
     done: trio.Event,
-    clients: DownloadClients,
-    group: TargetGroup,
+    asking: Asking,
     f: SnapshotFile,
     source: SnapshotSource,
-    method: str,
-    headers: Mapping[str, str],
-    promised: int,
-    exact: bool,
     busy_wait: float,
 ) -> None:
     """One source's attempt: the winner when its body starts first, else closed."""
     try:
-        answer = await _answer(
-            clients, group, f, source, method, headers, promised, exact, busy_wait
-        )
+        answer = await _answer(asking, f, source, busy_wait)
     except SourceFailed as exc:
         if isinstance(exc, SourceBusy):
             race.busy.add(index)
@@ -149,35 +151,28 @@ async def _attempt(
 
 
 async def _answer(
-    clients: DownloadClients,
-    group: TargetGroup,
-    f: SnapshotFile,
-    source: SnapshotSource,
-    method: str,
-    headers: Mapping[str, str],
-    promised: int,
-    exact: bool,
-    busy_wait: float = BUSY_WAIT,
+    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = BUSY_WAIT
 ) -> UpstreamAnswer:
     """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
     (if any) started."""
+    clients, group, method = asking.clients, asking.group, asking.method
     home, trusted = source.key.target, not source.key.discovered
     caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
     slot = AsyncExitStack()
     pacer = await slot.enter_async_context(clients.limits.transfer(f.url, caps, wait=busy_wait))
     try:
         response, url = await ask_source(
-            clients, group, home, f.url, method, headers, trusted=trusted
+            clients, group, home, f.url, method, asking.headers, trusted=trusted
         )
     except BaseException:
         await slot.aclose()
         raise
     answer = UpstreamAnswer(response, url, f, source, pacer, slot)
     try:
-        await check_size(response, promised or f.size, exact=exact)
+        await check_size(response, asking.promised or f.size, exact=asking.exact)
         status = response.status_code
-        if promised and status != 200:
+        if asking.promised and status != 200:
             raise SourceFailed(f"answered {status} to a request for the whole file")
         if method == "GET" and status in (200, 206):
             await _body_start(response, clients.settings.answer_timeout)
@@ -192,10 +187,9 @@ async def _body_start(response: httpx.Response, limit: float) -> None:
     if response.headers.get("content-length", "").strip() == "0":
         return
     try:
-        with trio.fail_after(limit):
+        silence = f"no body within {limit:g}s of the answer"
+        with source_failures("", silence), trio.fail_after(limit):
             started = await body_started(response)
-    except trio.TooSlowError:
-        raise SourceFailed(f"no body within {limit:g}s of the answer") from None
     except OSError as exc:  # body_started peeks at the socket: it reads nothing through httpx
         raise SourceFailed(f"connection broke before the body: {exc}") from None
     if started is False:

@@ -55,7 +55,6 @@ class Learning:
         rejections: Rejections,
         bucket: Bucket | None = None,
         *,
-        clock: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = time.time,
         every: float = SYNC_EVERY,
         replica: str = "",
@@ -64,7 +63,7 @@ class Learning:
         self._index = index
         self._rejections = rejections
         self._bucket = bucket
-        self._clock = clock
+        self._clock = index.clock  # the one clock of what it keeps (throughputs, rejections)
         self._wall = wall
         self._every = every
         self._replica = replica or replica_name(config())

@@ -35,7 +35,7 @@ from tracker.core.samefile import Validators, not_same_reason
 from tracker.core.text import one_line, quoted
 from tracker.errors import SourceFailed, TransportError, UpstreamError
 from tracker.net.bodies import body_chunks
-from tracker.proxy.failover import open_upstream
+from tracker.proxy.failover import Asking, open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 from tracker.zerocopy.transport import splice_stream
 
@@ -219,7 +219,8 @@ async def resume_upstream(
         raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
     headers = {"range": f"bytes={offset}-", "if-range": validator}
     try:
-        answer = await open_upstream(clients, group, [(first.file, first.source)], "GET", headers)
+        asking = Asking(clients, group, "GET", headers)
+        answer = await open_upstream(asking, [(first.file, first.source)])
     except UpstreamError as exc:
         raise UpstreamError(one_line(f"cannot resume: {exc}")) from exc
     problem = resume_problem(answer.response, offset, size) or same_representation(

@@ -43,6 +43,24 @@ from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
 CacheFactory = Callable[[str], Cache]
 
 
+@attrs.frozen(kw_only=True)
+class StreamerParts:
+    """What a :class:`ProxyStreamer` is built from besides the live config, the index and
+    the transfers' nursery: its metrics, tunables, the object-store tier, the shared read
+    memory, what the archive checks concluded (``digests``, ``rejections``), and the seams
+    tests inject faults through (``cache_factory``: a Cache per directory; ``resolver``:
+    host names that came from the network)."""
+
+    metrics: Metrics | None = None
+    settings: ProxySettings = attrs.field(factory=ProxySettings)
+    objects: ObjectPath | None = None
+    budget: ChunkBudget | None = None
+    digests: Digests = attrs.field(factory=Digests)
+    rejections: Rejections = attrs.field(factory=Rejections)
+    cache_factory: CacheFactory | None = None
+    resolver: Resolver = resolve
+
+
 class ProxyStreamer:
     """Answers archive requests in proxy mode, with the disk cache when one is configured.
 
@@ -57,25 +75,18 @@ class ProxyStreamer:
         config: Callable[[], Config],
         index: Index,
         transfers: Transfers,
-        *,
-        metrics: Metrics | None = None,
-        settings: ProxySettings | None = None,
-        cache_factory: CacheFactory | None = None,
-        budget: ChunkBudget | None = None,
-        resolver: Resolver = resolve,
-        objects: ObjectPath | None = None,
-        digests: Digests | None = None,
-        rejections: Rejections | None = None,
+        parts: StreamerParts | None = None,
     ) -> None:
+        parts = parts if parts is not None else StreamerParts()
+        metrics, settings, objects = parts.metrics, parts.settings, parts.objects
         self._config = config
         self._index = index
         #: Digests of the archives held verified, and sources whose copy failed its check
         #: (docs/http-api.md, "Verified archives").
-        self.digests = digests if digests is not None else Digests()
-        self.rejections = rejections if rejections is not None else Rejections()
+        self.digests = parts.digests
+        self.rejections = parts.rejections
         self._transfers = transfers
         self._metrics = metrics
-        settings = settings if settings is not None else ProxySettings()
         #: The one copy of the settings; every part reads it through the context.
         self._settings = settings
         #: What the proxy's parts share (tracker/proxy/context.py).
@@ -85,7 +96,7 @@ class ProxyStreamer:
         self._clients = DownloadClients(
             self.context.settings,
             policy=lambda: policy_of(self._config().egress),
-            resolver=resolver,
+            resolver=parts.resolver,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
@@ -99,7 +110,7 @@ class ProxyStreamer:
         #: one.
         self._objects = objects
         self._registry = RefreshRegistry(objects)
-        self._stored = StoredCopies(self.context, self._launcher, objects, budget)
+        self._stored = StoredCopies(self.context, self._launcher, objects, parts.budget)
         self._refreshes = Refreshes(self.context, self._launcher, self._registry, objects)
         self._executors = Executors(
             self.context,
@@ -109,7 +120,7 @@ class ProxyStreamer:
             self._registry,
             on_interest=lambda: self.on_interest,
         )
-        self._cache_factory = cache_factory or self._default_cache
+        self._cache_factory = parts.cache_factory or self._default_cache
         self._caches: dict[str, Cache] = {}
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()

@@ -29,7 +29,7 @@ from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Pump
-from tracker.proxy.failover import open_upstream
+from tracker.proxy.failover import Asking, open_upstream
 from tracker.proxy.plan import Found
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.settings import ProxySettings
@@ -83,17 +83,14 @@ class Launcher:
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
         sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
         method, headers = ask.method, dict(ask.headers)
+        # The bucket and a holder replica always state their length.
+        asking = Asking(self._clients, group, method, headers, sources.early, origin != "upstream")
         opener = partial(
             open_upstream,
-            self._clients,
-            group,
+            asking,
             sources.found,
-            method,
-            headers,
             hedge_after=self.config().first_byte_timeout,
-            promised=sources.early,
             on_failure=self._source_failed(group.group, origin),
-            exact=origin != "upstream",  # the bucket and a holder replica state their length
         )
         if sources.refusal:
             opener = partial(_refuse, sources.refusal)

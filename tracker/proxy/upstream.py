@@ -44,10 +44,17 @@ from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
-from tracker.errors import SourceFailed, TransportError
-from tracker.net.clients import authorization, no_cookies, origin, ssl_context, without_userinfo
+from tracker.errors import SourceFailed
+from tracker.net.clients import (
+    ClientShape,
+    authorization,
+    bulk_client,
+    origin,
+    ssl_context,
+    without_userinfo,
+)
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
-from tracker.net.exchange import send
+from tracker.net.exchange import send, source_failures
 from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import UNCAPPED, Pacer, SourceLimits
 from tracker.proxy.settings import ProxySettings
@@ -94,27 +101,15 @@ def download_client(
     ``network`` is the backend that opens connections (default: trio's; the egress policy's
     :class:`~tracker.net.egress.CheckingBackend` for origins that came from the network).
     """
-    pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context(tls),
-        max_connections=settings.max_connections,
-        max_keepalive_connections=min(64, settings.max_connections),
+    shape = ClientShape(
+        TRACKER_AGENT,
+        settings.connect_timeout,
+        settings.read_timeout,
+        settings.max_connections,
         keepalive_expiry=30.0,
-        http1=True,
-        http2=False,
-        network_backend=BigReadBackend(settings.read_size, network),
     )
-    return httpx.AsyncClient(
-        transport=PoolTransport(pool),
-        follow_redirects=False,
-        trust_env=False,
-        timeout=httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.read_timeout,
-            pool=settings.connect_timeout,
-        ),
-        headers={"accept-encoding": "identity", "user-agent": TRACKER_AGENT},
-        cookies=no_cookies(),
+    return bulk_client(
+        shape, BigReadBackend(settings.read_size, network), PoolTransport, ssl_context(tls)
     )
 
 
@@ -284,13 +279,8 @@ def _redirect_target(url: str, location: str) -> str:
 async def _send(
     client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str], limit: float
 ) -> httpx.Response:
-    try:
-        with trio.fail_after(limit):
-            return await send(client, method, url, headers)
-    except trio.TooSlowError:
-        raise SourceFailed(f"no answer within {limit:g}s") from None
-    except TransportError as exc:
-        raise SourceFailed(str(exc)) from exc
+    with source_failures("", f"no answer within {limit:g}s"), trio.fail_after(limit):
+        return await send(client, method, url, headers)
 
 
 async def check_size(response: httpx.Response, advertised: int, *, exact: bool = False) -> None:
