@@ -3,6 +3,7 @@ internal 8457) beside the suite. The helpers that start a tracker check its list
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -39,7 +40,7 @@ def assert_free_ports(config_path: str | os.PathLike[str], args: Sequence[str] =
     except ConfigError:
         return
     listen, internal = config.listen, config.internal_listen
-    for flag, value in zip(args, args[1:], strict=False):
+    for flag, value in itertools.pairwise(args):
         if flag == "--listen":
             listen = value
         elif flag == "--internal-listen":
