@@ -21,9 +21,9 @@ import pytest
 import trio
 from field_clients import ALIASES, PeerRefused, firedancer, request, snapshot_finder_heads
 from helpers_proxy import (
+    FAST,
     GROUP,
     Behaviour,
-    FAST,
     FakeUpstream,
     MiB,
     TrackerUnderTest,
