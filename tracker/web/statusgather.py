@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from tracker import __version__
-from tracker.cache.store import Cache, RefreshProgress
+from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.core.config import Config
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
@@ -85,7 +85,7 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
     """
     config, now = sources.config(), sources.clock()
     cache = sources.cache()
-    cached = await trio.to_thread.run_sync(cache.files) if cache is not None else []
+    cached = await trio.to_thread.run_sync(_listed, cache) if cache is not None else []
     cache_view = None
     if cache is not None:
         files = tuple(
@@ -93,7 +93,8 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
             for f in cached
         )
         uncached = tuple(sorted(cache.uncached.items()))
-        cache_view = CacheView(cache.root, files, tuple(sources.refreshes()), uncached)
+        refreshes = tuple(sources.refreshes())
+        cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem)
     health = sources.scraper.in_order()
     return StatusView(
         version=__version__,
@@ -107,6 +108,12 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         failovers=tuple(sources.events.recent("failover")),
         refresh=refresh,
     )
+
+
+def _listed(cache: Cache) -> list[CachedFile]:
+    """The cache's files, its directory checked first (blocking: in a worker thread)."""
+    cache.check_directory()
+    return cache.files()
 
 
 def _mode(config: Config) -> str:
