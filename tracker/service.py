@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -23,7 +22,8 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from tracker.core.config import Config, parse_address
+from tracker.core.config import Config
+from tracker.core.configwarnings import restart_needed
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event
@@ -51,13 +51,7 @@ from tracker.web.delivery import Delivery
 from tracker.web.deps import ApiDeps
 from tracker.web.health import HealthChecker
 from tracker.web.internal_api import create_internal_app
-from tracker.web.listeners import (
-    INTERNAL,
-    PUBLIC,
-    abort_connections,
-    bind_socket,
-    listen_fds,
-)
+from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners
 from tracker.web.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.web.reporting import ScrapeReporter, track_snapshot_age
 from tracker.web.shortcuts import FastRedirects, best_source
@@ -252,20 +246,6 @@ def groups_dropped(old: Config, new: Config) -> list[str]:
     return [group.group for group in old.target_groups if group.group not in kept]
 
 
-def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
-    """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
-
-    Raises OSError when an address cannot be bound (in use, not local, ...).
-    """
-    sockets = listen_fds(environ)
-    if sockets:
-        return sockets
-    sockets = {PUBLIC: bind_socket(*parse_address(config.listen))}
-    if config.internal_listen:
-        sockets[INTERNAL] = bind_socket(*parse_address(config.internal_listen))
-    return sockets
-
-
 async def run_tracker(
     config: Config,
     reload_config: Callable[[], Config],
@@ -306,6 +286,8 @@ async def run_tracker(
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
             dropped = groups_dropped(tracker.config, new)
+            for change in restart_needed(tracker.config, new):
+                log_event(log, "warning", "config_needs_restart", change=change)
             tracker.config = new
             apply_trust(tracker.index, new)
             scraper.update_config(new)
