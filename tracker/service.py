@@ -119,6 +119,7 @@ class Components:
             store_status=store,
             events=self.events,
             digest=digest,
+            flowing=self.transfers.flowing.rate,
         )
 
     async def aclose(self) -> None:
@@ -186,6 +187,7 @@ def build(
         rejections=rejections,
         uncached=streamer.uncached,
         clock=index.clock,
+        flowing=transfers.flowing,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)

@@ -64,10 +64,6 @@ class Registry(Protocol):
         """``refresh`` ended: another may begin."""
         ...
 
-    def check_directory(self) -> str:
-        """Check (blocking) whether the cache's directory is still usable; why not."""
-        ...
-
     def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
         """``refresh`` was renamed into place (``sha256``: its digest when checked) and
         ``evicted`` were removed (files that need not stay beside it)."""
@@ -228,8 +224,6 @@ class Refresh:
     def _prepare(self, needed: int, served: Collection[int]) -> int | None:
         opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
         self.temp, self.no_space = opened.temp, opened.no_space
-        if opened.fd is None and not opened.no_space:  # unwritable: the cache shows why
-            self._registry.check_directory()
         if opened.no_space:  # room() is told in trio's thread, by open()
             self._no_room = no_room_reason(self.name, needed, opened.free)
         return opened.fd

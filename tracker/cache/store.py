@@ -338,6 +338,8 @@ class Cache:
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
+        if refresh.size and not refresh.temp and not refresh.no_space:
+            self.check_directory()  # it could not create its temp file: show why
 
     def room(self, group: str, reason: str) -> None:
         """A refresh of ``group`` found room (``reason`` ""), or why not (kept for the

@@ -76,6 +76,9 @@ class StatusSources:
     events: RecentEvents
     digest: Digest = no_digest
     clock: Callable[[], float] = time.time
+    #: A target's bytes per second while bytes come from it (0: none do), on the index's
+    #: clock; shown before the index's throughput, which a transfer's end updates.
+    flowing: Callable[[TargetKey, float], float] = lambda _key, _now: 0.0
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -185,7 +188,7 @@ def _best(
 
 
 def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
-    index = sources.index
+    index, flowing = sources.index, sources.flowing
     mismatches = index.mismatches()
     out = []
     for h in health:
@@ -199,7 +202,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 health=h.health,
                 last_error=h.last_error or mismatches.get(key, ""),
                 latency=h.last_duration,
-                throughput=index.throughput(key),
+                throughput=flowing(key, index.clock()) or index.throughput(key),
                 last_scrape=h.last_scrape.timestamp() if h.last_scrape else None,
                 snapshots=index.count(key),
             )

@@ -140,10 +140,12 @@ def targets_body(
     rejected: Mapping[TargetKey, str],
     now: float,
     uncached: Mapping[str, str],
+    flowing: Callable[[TargetKey, float], float] = lambda _key, _now: 0.0,
 ) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed; a measured one its throughput as of ``now``; the targets of a group whose last
+    failed; a measured one its throughput as of ``now`` (while bytes come from it, the
+    rate they come at: ``flowing``); the targets of a group whose last
     refresh streamed uncached for want of disk room show why (``uncached``, per group) as
     ``cache``."""
     parts = []
@@ -159,7 +161,7 @@ def targets_body(
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
-        speed = round(index.throughput(key, now))
+        speed = round(flowing(key, now) or index.throughput(key, now))
         reason = uncached.get(key.group, "")
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),
