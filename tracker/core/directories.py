@@ -3,7 +3,7 @@
 Checked when the config is loaded (``check-config`` and ``serve`` refuse an unusable
 ``proxy_snapshot_cache_dir``, as nginx refuses an unusable ``proxy_cache_path``) and again
 by the running cache, so that a directory that became unusable shows as such
-(docs/operations.md, "The disk cache's directory").
+(README.md, "Config reference", ``proxy_snapshot_cache_dir``).
 """
 
 from __future__ import annotations
