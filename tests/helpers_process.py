@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 import trio
+from helpers_ports import assert_free_ports
 
 ADDRESS_RE = re.compile(rb"addresses\W{1,4}(http://[0-9.:]+)(?:,(http://[0-9.:]+))?")
 
@@ -60,6 +61,8 @@ async def start_serve(
     stderr goes to a file, not a pipe: a pipe nobody reads would fill up and block the
     daemon's logging.
     """
+    if "--config" in args[:-1]:
+        assert_free_ports(args[args.index("--config") + 1], args)
     command = [*prefix, sys.executable, "-m", "tracker", "serve", *args]
     log = tempfile.NamedTemporaryFile(prefix="tracker-log-", delete=False)  # noqa: SIM115
     proc = await trio.lowlevel.open_process(

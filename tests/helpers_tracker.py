@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 import yaml
+from helpers_ports import assert_free_ports
 
 from tracker.config.loading import load_config
 from tracker.config.schema import Config
@@ -24,6 +25,7 @@ def write_config(directory: Path, settings: dict[str, Any], name: str = "config.
 
 async def start_tracker(nursery: trio.Nursery, config_path: Path) -> list[str]:
     """Run the tracker from ``config_path`` in ``nursery``; its base URLs (public first)."""
+    assert_free_ports(config_path)
     config = load_config(config_path)
 
     def reload() -> Config:

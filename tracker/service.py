@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -23,7 +22,8 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from tracker.config.schema import Config, parse_address
+from tracker.config.schema import Config
+from tracker.config.warnings import restart_needed
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event
@@ -50,13 +50,7 @@ from tracker.web.delivery import Delivery
 from tracker.web.deps import ApiDeps
 from tracker.web.health import HealthChecker
 from tracker.web.internal_api import create_internal_app
-from tracker.web.listeners import (
-    INTERNAL,
-    PUBLIC,
-    abort_connections,
-    bind_socket,
-    listen_fds,
-)
+from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners
 from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
@@ -122,6 +116,7 @@ class Components:
             store_status=store,
             events=self.events,
             digest=digest,
+            flowing=self.transfers.flowing.rate,
         )
 
     async def aclose(self) -> None:
@@ -187,6 +182,7 @@ def build(
         rejections=rejections,
         uncached=streamer.uncached,
         clock=index.clock,
+        flowing=transfers.flowing,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
@@ -226,20 +222,6 @@ def groups_dropped(old: Config, new: Config) -> list[str]:
     metrics)."""
     kept = {group.group for group in new.target_groups}
     return [group.group for group in old.target_groups if group.group not in kept]
-
-
-def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
-    """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
-
-    Raises OSError when an address cannot be bound (in use, not local, ...).
-    """
-    sockets = listen_fds(environ)
-    if sockets:
-        return sockets
-    sockets = {PUBLIC: bind_socket(*parse_address(config.listen))}
-    if config.internal_listen:
-        sockets[INTERNAL] = bind_socket(*parse_address(config.internal_listen))
-    return sockets
 
 
 async def run_tracker(
@@ -282,6 +264,8 @@ async def run_tracker(
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
             dropped = groups_dropped(tracker.config, new)
+            for change in restart_needed(tracker.config, new):
+                log_event(log, "warning", "config_needs_restart", change=change)
             tracker.config = new
             apply_trust(tracker.index, new)
             scraper.update_config(new)

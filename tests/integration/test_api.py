@@ -396,7 +396,7 @@ async def test_redirect_headers_are_lower_case_on_the_wire(
             while b"\r\n\r\n" not in raw:
                 raw += await stream.receive_some(4096)
     head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
-    assert head[0] == b"HTTP/1.1 303 "
+    assert head[0] == b"HTTP/1.1 303 See Other"  # the reason phrase too (curl -I shows it)
     names = [line.split(b":", 1)[0] for line in head[1:]]
     assert b"location" in names
     assert all(name == name.lower() for name in names), names

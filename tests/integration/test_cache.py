@@ -576,16 +576,20 @@ async def test_symlinks_planted_in_the_cache_are_not_followed(
     assert len(upstream.gets()) == 2
 
 
-async def test_a_group_named_dot_dot_is_proxied_uncached(
+async def test_a_group_named_dot_dot_touches_nothing_outside_the_cache(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    """A group the config could never name (``..``, built here past its checks) is refused
+    by the one group-name rule before any file system work (tracker/core/groupname.py)."""
     from tracker.config.schema import TargetGroup
 
     config = make_config(tmp_path / "cache" / "sub", target_groups=(TargetGroup(group=".."),))
     async with running_tracker(config) as t:
         advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FULL_DATA))], group="..")
         response = await get(f"{t.base}/v1/{FULL}", params={"group": ".."})
-        assert sha256(response.content) == sha256(FULL_DATA)
+        assert response.status_code == 400
+        assert "malformed group name" in response.text
+        assert upstream.gets(FULL) == []
         assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sub"]
         assert list((tmp_path / "cache" / "sub").iterdir()) == []
 

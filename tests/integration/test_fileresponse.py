@@ -351,7 +351,7 @@ def assert_wire_headers(response: RawResponse) -> None:
 async def test_wire_get_is_not_chunked(served: Served, raw: RawConnection) -> None:
     await raw.send("GET")
     response = await raw.read_head()
-    assert response.status_line == "HTTP/1.1 200 "
+    assert response.status_line == "HTTP/1.1 200 OK"
     assert_wire_headers(response)
     assert response.get("content-length") == str(len(served.data))
     assert await raw.read_body(len(served.data)) == served.data

@@ -21,6 +21,7 @@ async def serve_at_debug(weed: Weed, tmp_path: Path, env: dict[str, str]) -> str
     log."""
     settings: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "internal_listen": "",
         "proxy_snapshot_downloads": True,
         "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
         "object_store": store_settings(weed, f"logs-{tmp_path.name}/"),

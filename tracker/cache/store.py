@@ -43,6 +43,7 @@ from tracker.cache.disk import (
 )
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests
+from tracker.core.directories import unusable_directory
 from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
@@ -127,6 +128,9 @@ class Cache:
         #: Per group: why its last refresh streamed uncached (too little room on the disk);
         #: gone once a refresh of it found room.
         self.uncached: dict[str, str] = {}
+        #: Why the directory cannot be used now ("" while it can): set at start-up and by
+        #: :meth:`check_directory`, shown instead of "empty".
+        self.problem = ""
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -229,6 +233,12 @@ class Cache:
             for _key, r in sorted(self._refreshing.items())
         ]
 
+    def check_directory(self) -> str:
+        """Check that the directory can still be used (blocking: call it in a worker
+        thread); :attr:`problem` says why not ("" when it can)."""
+        self.problem = unusable_directory(self.root)
+        return self.problem
+
     def files(self) -> list[CachedFile]:
         """Every archive held complete, by group and name (temp files excluded).
 
@@ -259,8 +269,11 @@ class Cache:
             os.makedirs(self.root, exist_ok=True)
             groups = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
         except OSError as exc:
+            self.problem = f"{exc.strerror}: {self.root!r}"
             log_event(log, "error", "cache_unusable", root=self.root, error=exc)
             return 0
+        if self.check_directory():
+            log_event(log, "error", "cache_unusable", root=self.root, error=self.problem)
         removed = 0
         for group in groups:
             entries = scan(group.path)
@@ -315,6 +328,8 @@ class Cache:
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
+        if refresh.size and not refresh.temp and not refresh.no_space:
+            self.check_directory()  # it could not create its temp file: show why
 
     def room(self, group: str, reason: str) -> None:
         """A refresh of ``group`` found room (``reason`` ""), or why not (kept for the

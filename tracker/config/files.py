@@ -12,6 +12,7 @@ import os
 
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
+from tracker.core.directories import unusable_directory
 from tracker.errors import ProbeError
 
 
@@ -84,11 +85,12 @@ class FileChecks:
         return path
 
     def cache_dir(self, value: object) -> str:
-        """The disk cache's directory: may be missing, must not be something else."""
+        """The disk cache's directory: may be missing when it can be created, must be
+        writable, never something else."""
         path = self.resolve(value)
-        # The cache creates a missing directory; something else in its place is an error.
-        if path and os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"not a directory: {path!r}")
+        problem = unusable_directory(path) if path else ""
+        if problem:
+            raise ValueError(problem)
         return path
 
 

@@ -56,7 +56,22 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
-    return found + _unmatched_known_sources(group)
+    return found + _unmatched_known_sources(group) + _shadowed_targets(group)
+
+
+def _shadowed_targets(group: TargetGroup) -> list[str]:
+    """A sidecar and an HTTP target of the same URL are one target in the index: one of
+    them would silently shadow the other."""
+    if group.static_targets is None or group.http_targets is None:
+        return []
+    urls = {url: index for index, url in enumerate(group.http_targets.targets)}
+    return [
+        f".static_targets.targets[{index}]: the sidecar {host!r} has the URL of"
+        f" http_targets.targets[{urls[url]}] ({redact_text(url)!r}): one target shadows the"
+        " other; keep one of them"
+        for index, host in enumerate(group.static_targets.targets)
+        if (url := group.sidecar_url(host)) in urls
+    ]
 
 
 def _unmatched_known_sources(group: TargetGroup) -> list[str]:
@@ -90,3 +105,18 @@ def _configured_targets(group: TargetGroup) -> list[str]:
     if group.local_targets is not None:
         targets += group.local_targets.paths
     return targets
+
+
+#: Settings read once at start-up: a reload that changes them leaves the old value in force.
+RESTART_ONLY = ("listen", "internal_listen")
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """What a reload from ``old`` to ``new`` changes that takes effect only at the next start
+    (the listeners stay bound where they are), one line each."""
+    return [
+        f"{key}: {getattr(old, key) or '(none)'} -> {getattr(new, key) or '(none)'} takes"
+        " effect at the next restart"
+        for key in RESTART_ONLY
+        if getattr(old, key) != getattr(new, key)
+    ]

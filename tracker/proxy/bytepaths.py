@@ -180,11 +180,12 @@ def _splice_body(job: StreamJob, stream: BigReadStream, length: int) -> SpliceBo
 async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody) -> None:
     """Keep the upstream open until ``body`` (handed to the server) has ended, or the
     server never started it."""
+    upstream.splicing = lambda: body.received
     with trio.move_on_after(job.settings.drain_start_timeout):
         await body.started.wait()
     if body.started.is_set():
         await body.ended.wait()
-    upstream.spliced = body.sent
+    upstream.spliced, upstream.splicing = body.sent, None
     if outcome_of(body.sent, body.length, body.error) == "error":
         log_event(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
 

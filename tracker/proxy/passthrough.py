@@ -57,6 +57,8 @@ class SpliceBody(GeneratorBody):
         self.ended = trio.Event()
         self.error: BaseException | None = None
         self.sent = 0
+        #: The socket piece being spliced now (its progress counts in :attr:`received`).
+        self._piece: SocketPiece | None = None
         self._on_upstream = on_upstream
         self._on_client = on_client
 
@@ -66,6 +68,13 @@ class SpliceBody(GeneratorBody):
     async def _finish(self, error: BaseException | None) -> None:
         self.error = error
         self.ended.set()
+
+    @property
+    def received(self) -> int:
+        """Body bytes that came from the upstream so far, a piece being spliced included."""
+        piece = self._piece
+        splice = piece.splice if piece is not None else None
+        return self.sent + (piece.count - splice.left if piece and splice else 0)
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         while self.sent < self.length:
@@ -77,8 +86,10 @@ class SpliceBody(GeneratorBody):
             if size:
                 piece = SocketPiece(size, sock=self._sock, read_timeout=self._read_timeout)
                 self._on_upstream(size)
+                self._piece = piece
                 yield self._connection.stage(piece)
                 self._connection.finish(piece)
+                self._piece = None
             else:
                 data = await self._receive(self.length - self.sent)
                 size = len(data)

@@ -178,10 +178,16 @@ class ProxyStreamer:
         return cache
 
     def uncached(self) -> dict[str, str]:
-        """Per group: why its last refresh streamed uncached for want of disk room (empty
-        without a cache, or once a refresh found room)."""
+        """Per group: why its last refresh streamed uncached for want of disk room, or why
+        every group's does (the cache's directory is unusable); empty without a cache, or once
+        a refresh found room."""
         cache = self.cache()
-        return dict(cache.uncached) if cache is not None else {}
+        if cache is None:
+            return {}
+        if cache.problem:  # every group's refreshes stream uncached, whatever the room
+            reason = f"the cache directory is unusable: {cache.problem}"
+            return {group.group: reason for group in self._config().target_groups}
+        return dict(cache.uncached)
 
     def refreshes(self) -> list[RefreshProgress]:
         """The disk cache's refreshes in flight, each with the clients reading it now

@@ -169,8 +169,9 @@ class Launcher:
         metrics = self.metrics
         ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
         rejected = partial(self._archive_rejected, group, archive.file_name)
+        flowing = self.transfers.flowing if origin == "upstream" else None
         if metrics is None:
-            return StreamEvents(source_transfer=ranked, archive_rejected=rejected)
+            return StreamEvents(source_transfer=ranked, archive_rejected=rejected, flowing=flowing)
         kind: Kind = "full" if archive.is_full else "incremental"
         if origin != "upstream":
             return StreamEvents(
@@ -183,6 +184,7 @@ class Launcher:
             refresh_resumed=metrics.count_refresh_resume,
             source_transfer=ranked,
             archive_rejected=rejected,
+            flowing=flowing,
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:

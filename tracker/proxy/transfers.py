@@ -37,6 +37,7 @@ from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.files.fileresponse import ChunkBudget
+from tracker.proxy.flowing import Flowing
 from tracker.proxy.resume import Reopen
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.upstream import UpstreamAnswer, client_response_headers
@@ -63,6 +64,9 @@ class StreamEvents:
     source_transfer: Callable[[TargetKey, int, float], None] = _nothing
     #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
     archive_rejected: Callable[[TargetKey, str], None] = _nothing
+    #: Where a pump registers the upstream it reads while bytes come (None: not a source of
+    #: the index, e.g. the bucket or a replica).
+    flowing: Flowing | None = None
 
 
 class Transfers:
@@ -78,6 +82,8 @@ class Transfers:
         self._background: trio.Nursery | None = None
         self._stop = trio.Event()
         self._grace = 0.0
+        #: The sources bytes come from now (their live rates: status page, /v1/targets).
+        self.flowing = Flowing()
 
     @property
     def accepting(self) -> bool:

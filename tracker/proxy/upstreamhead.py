@@ -12,7 +12,7 @@ with the promised length may follow it (:func:`keeps_promise`), or the body brea
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -38,11 +38,15 @@ class Upstream:
         #: Body bytes moved by a splice (the channel path counts in ``body``).
         self.spliced = 0
         self.opened_at = trio.current_time()
+        #: Body bytes a splice moved so far, while it runs (the status page reads it live).
+        self.splicing: Callable[[], int] | None = None
 
     @property
     def moved(self) -> int:
         """Body bytes that came from the source."""
-        return self.body.received if self.body is not None else self.spliced
+        if self.body is not None:
+            return self.body.received
+        return self.splicing() if self.splicing is not None else self.spliced
 
     def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
         """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
@@ -92,9 +96,13 @@ async def opened(
     else:
         answer = await job.open()
     upstream = Upstream(answer, early)
+    flowing = job.events.flowing
+    stop = flowing.start(upstream.first.source.key, upstream) if flowing is not None else None
     try:
         yield upstream
     finally:
+        if stop is not None:
+            stop()
         await upstream.aclose()
         # What this source delivered, and how fast: its throughput ranks it
         # (docs/http-api.md#trust).

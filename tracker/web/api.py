@@ -195,7 +195,8 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         uncached = deps.uncached()
         # What the body shows changes only with these: kept until one of them moves.
         # Measured throughputs decay with age: shown afresh every THROUGHPUT_SHOWN seconds.
-        tick = int(now // THROUGHPUT_SHOWN)
+        # While bytes come from a source, its live rate is shown afresh every second.
+        tick = int(now // (1 if deps.flowing.active else THROUGHPUT_SHOWN))
         state = (
             group,
             scraper.roster,
@@ -208,8 +209,7 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
-            rejected = rejections.errors(now)
-            body = targets_body(scraper, index, target_fragments, group, rejected, now, uncached)
+            body = targets_body(deps, target_fragments, group, now)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 

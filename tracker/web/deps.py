@@ -17,6 +17,7 @@ from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.rejections import Rejections
 from tracker.discovery.scrape import Scraper
+from tracker.proxy.flowing import Flowing
 from tracker.web.delivery import Delivery
 from tracker.web.health import HealthChecker
 
@@ -44,3 +45,6 @@ class ApiDeps:
     clock: Callable[[], float] = trio.current_time
     #: Per group: why its last refresh streamed uncached for want of disk room.
     uncached: Callable[[], Mapping[str, str]] = dict
+    #: The sources bytes come from now: a target's rate meanwhile is shown before the
+    #: index's throughput, which is measured when a transfer ends.
+    flowing: Flowing = attrs.Factory(Flowing)

@@ -18,6 +18,7 @@ import socket
 import stat
 from collections.abc import Container, Mapping, Sequence
 
+from tracker.config.schema import Config, parse_address
 from tracker.errors import ConfigError
 
 PUBLIC = "public"
@@ -89,6 +90,30 @@ def assign_roles(count: int, names: Sequence[str]) -> dict[str, int]:
     free = [role for role in ROLES if role not in roles]
     roles.update(zip(free, unnamed, strict=False))
     return roles
+
+
+def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
+    """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
+
+    Raises OSError when an address cannot be bound (in use, not local, ...).
+    """
+    sockets = listen_fds(environ)
+    if sockets:
+        return sockets
+    sockets = {PUBLIC: bind_address(config.listen, "listen")}
+    if config.internal_listen:
+        sockets[INTERNAL] = bind_address(config.internal_listen, "internal_listen")
+    return sockets
+
+
+def bind_address(address: str, key: str) -> socket.socket:
+    """:func:`bind_socket` at ``address`` (a config value, checked); its OSError names the
+    address and the config ``key``: ``Address already in use: 127.0.0.1:8457
+    (internal_listen)``."""
+    try:
+        return bind_socket(*parse_address(address))
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}: {address} ({key})") from exc
 
 
 def bind_socket(

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from tracker import __version__
-from tracker.cache.store import Cache, RefreshProgress
+from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
@@ -76,6 +76,9 @@ class StatusSources:
     events: RecentEvents
     digest: Digest = no_digest
     clock: Callable[[], float] = time.time
+    #: A target's bytes per second while bytes come from it (0: none do), on the index's
+    #: clock; shown before the index's throughput, which a transfer's end updates.
+    flowing: Callable[[TargetKey, float], float] = lambda _key, _now: 0.0
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -85,7 +88,7 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
     """
     config, now = sources.config(), sources.clock()
     cache = sources.cache()
-    cached = await trio.to_thread.run_sync(cache.files) if cache is not None else []
+    cached = await trio.to_thread.run_sync(_listed, cache) if cache is not None else []
     cache_view = None
     if cache is not None:
         files = tuple(
@@ -93,7 +96,8 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
             for f in cached
         )
         uncached = tuple(sorted(cache.uncached.items()))
-        cache_view = CacheView(cache.root, files, tuple(sources.refreshes()), uncached)
+        refreshes = tuple(sources.refreshes())
+        cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem)
     health = sources.scraper.in_order()
     return StatusView(
         version=__version__,
@@ -107,6 +111,12 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         failovers=tuple(sources.events.recent("failover")),
         refresh=refresh,
     )
+
+
+def _listed(cache: Cache) -> list[CachedFile]:
+    """The cache's files, its directory checked first (blocking: in a worker thread)."""
+    cache.check_directory()
+    return cache.files()
 
 
 def _mode(config: Config) -> str:
@@ -178,7 +188,7 @@ def _best(
 
 
 def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
-    index = sources.index
+    index, flowing = sources.index, sources.flowing
     mismatches = index.mismatches()
     out = []
     for h in health:
@@ -192,7 +202,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 health=h.health,
                 last_error=h.last_error or mismatches.get(key, ""),
                 latency=h.last_duration,
-                throughput=index.throughput(key),
+                throughput=flowing(key, index.clock()) or index.throughput(key),
                 last_scrape=h.last_scrape.timestamp() if h.last_scrape else None,
                 snapshots=index.count(key),
             )

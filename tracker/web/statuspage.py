@@ -160,7 +160,8 @@ def _summary(view: StatusView) -> str:
         cards.append(_card("off", "disk cache"))
     else:
         size = sum(f.size for f in view.cache.files)
-        cards.append(_card(format_bytes(size) if size else "empty", "disk cache"))
+        shown = "unusable" if view.cache.problem else format_bytes(size) if size else "empty"
+        cards.append(_card(shown, "disk cache"))
         cards.append(_card(str(len(view.cache.refreshes)), "refreshes running"))
     if view.bucket is not None:
         cards.append(_card("up" if view.bucket.up else "DOWN", "bucket"))
@@ -245,8 +246,11 @@ def _cache(view: StatusView) -> str:
     out += [
         f'<p class="warn">{text(group)}: {text(reason)}</p>' for group, reason in cache.uncached
     ]
+    if cache.problem:  # never "empty": nothing can be cached until it is fixed
+        out.append(f'<p class="warn">The directory is unusable: {text(cache.problem)}</p>')
     if not cache.files and not cache.refreshes:
-        out.append(_none("The cache is empty: nothing cached, no refresh running."))
+        if not cache.problem:
+            out.append(_none("The cache is empty: nothing cached, no refresh running."))
         return "".join(out) + "</section>"
     headers = ["group", "archive", "size", "state", "progress", "rate", "readers", "sha256"]
     rows = [_refresh_row(r, view.now) for r in cache.refreshes]

@@ -93,6 +93,8 @@ class CacheView:
     refreshes: tuple[RefreshProgress, ...]
     #: (group, why its last refresh streamed uncached: too little room on the disk).
     uncached: tuple[tuple[str, str], ...] = ()
+    #: Why the directory cannot be used now ("" while it can).
+    problem: str = ""
 
 
 @attrs.frozen

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from tracker.core.index import Index, SnapshotSource, TargetKey
+from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_text, redact_userinfo
 from tracker.core.snapshots import format_time, info_to_json
-from tracker.discovery.scrape import Scraper, TargetHealth, health_json
+from tracker.discovery.scrape import TargetHealth, health_json
 from tracker.web.delivery import tracker_path
 from tracker.web.deps import ApiDeps
 from tracker.web.listings import Fragments
@@ -132,20 +132,14 @@ def _health_bytes(
     return json.dumps(out, separators=(",", ":")).encode()
 
 
-def targets_body(
-    scraper: Scraper,
-    index: Index,
-    fragments: Fragments,
-    group: str | None,
-    rejected: Mapping[TargetKey, str],
-    now: float,
-    uncached: Mapping[str, str],
-) -> bytes:
+def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: float) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
-    whose copy of an archive failed its check shows why (``rejected``) unless its probe
-    failed; a measured one its throughput as of ``now``; the targets of a group whose last
-    refresh streamed uncached for want of disk room show why (``uncached``, per group) as
-    ``cache``."""
+    whose copy of an archive failed its check shows why (``deps.rejections``) unless its
+    probe failed; a measured one its throughput as of ``now`` (while bytes come from it,
+    the rate they come at: ``deps.flowing``); the targets of a group whose last refresh
+    streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``."""
+    scraper, index, flowing = deps.scraper, deps.index, deps.flowing.rate
+    rejected, uncached = deps.rejections.errors(now), deps.uncached()
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
     mismatches = {**index.mismatches(), **rejected}
@@ -159,7 +153,7 @@ def targets_body(
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
-        speed = round(index.throughput(key, now))
+        speed = round(flowing(key, now) or index.throughput(key, now))
         reason = uncached.get(key.group, "")
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),

@@ -34,6 +34,7 @@ from tracker.zerocopy.connection import SCOPE_KEY, Connections, sending_last
 from tracker.zerocopy.headers import install as lower_case_headers
 from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
+from tracker.zerocopy.statusline import install as reason_phrases
 from tracker.zerocopy.stream import ZeroCopyStream
 
 
@@ -126,6 +127,7 @@ async def serve(
     hypercorn's ``serve`` does.
     """
     lower_case_headers()  # `connection: close` as the clients of README.md#clients expect it
+    reason_phrases()  # `HTTP/1.1 303 See Other`, not `HTTP/1.1 303 `
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

@@ -1,0 +1,72 @@
+"""What a running ``serve`` tells its operator: a port in use names the address and its key,
+a reload changing a listener says it waits for a restart, ``/v1/health`` without ``rpc``
+says that, not "unreachable"."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+import yaml
+from helpers_process import start_serve
+
+SETTINGS = {
+    "scrape_interval": "200ms",
+    "listen": "127.0.0.1:0",
+    "internal_listen": "127.0.0.1:0",
+    "target_groups": [{"group": "g", "local_targets": {"paths": ["ledger"]}}],
+}
+
+
+def write(tmp_path: Path, **settings: object) -> Path:
+    (tmp_path / "ledger").mkdir(exist_ok=True)
+    path = tmp_path / "tracker.yml"
+    path.write_text(yaml.safe_dump({**SETTINGS, **settings}))
+    return path
+
+
+def test_a_port_in_use_names_the_address_and_the_key(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        command = ["serve", "--config", str(write(tmp_path)), "--internal-listen", address]
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"Address already in use: {address} (internal_listen)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_reload_that_moves_a_listener_warns_and_health_names_the_missing_rpc(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path)
+    serve = await start_serve("--config", str(path))
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            # No snapshot yet: 500 before any rpc question; with one, the missing rpc.
+            (
+                tmp_path / "ledger" / "snapshot-100-11111111111111111111111111111111.tar.zst"
+            ).write_bytes(b"x")
+            with trio.fail_after(20):
+                while (
+                    health := await client.get(f"{serve.base}/v1/health?group=g")
+                ).status_code == 500:
+                    await trio.sleep(0.05)
+            assert health.status_code == 502
+            assert health.json()["Health"] == "no rpc configured"
+            write(tmp_path, listen="127.0.0.1:1")
+            assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+    finally:
+        assert await serve.stop() == 0
+    assert "config_needs_restart" in serve.log
+    assert "listen: 127.0.0.1:0 -> 127.0.0.1:1 takes effect at the next restart" in serve.log

@@ -1,0 +1,77 @@
+"""Config messages that name what they are about: a sidecar shadowing an HTTP target of the
+same URL, a reload changing a listener (in force only after a restart), an unusable cache
+directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from tracker.config.loading import load_config
+from tracker.config.schema import Config
+from tracker.config.warnings import restart_needed
+from tracker.core.directories import unusable_directory
+
+
+def load(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "tracker.yml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_a_sidecar_with_the_url_of_an_http_target_is_named_with_it(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "target_groups:\n"
+        "  - group: g\n"
+        "    static_targets: {targets: ['10.0.0.1:8899', '10.0.0.2:8899']}\n"
+        "    http_targets: {targets: ['http://10.0.0.9:8899', 'http://10.0.0.2:8899']}\n",
+    )
+    [warning] = [w for w in config.warnings if "shadows" in w]
+    assert warning == (
+        "target_groups[0].static_targets.targets[1]: the sidecar '10.0.0.2:8899' has the URL"
+        " of http_targets.targets[1] ('http://10.0.0.2:8899'): one target shadows the other;"
+        " keep one of them"
+    )
+
+
+def test_distinct_sidecars_and_http_targets_give_no_warning(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "target_groups:\n"
+        "  - group: g\n"
+        "    static_targets: {targets: ['10.0.0.1:8899']}\n"
+        "    http_targets: {targets: ['http://10.0.0.1:8900']}\n",
+    )
+    assert not [w for w in config.warnings if "shadows" in w]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, []),
+        ({"scrape_interval": 5.0}, []),
+        ({"listen": ":9000"}, ["listen: :8458 -> :9000 takes effect at the next restart"]),
+        (
+            {"internal_listen": ""},
+            ["internal_listen: 127.0.0.1:8457 -> (none) takes effect at the next restart"],
+        ),
+    ],
+)
+def test_a_reload_names_what_waits_for_a_restart(
+    change: dict[str, object], expected: list[str]
+) -> None:
+    old = Config()
+    assert restart_needed(old, attrs.evolve(old, **change)) == expected
+
+
+def test_unusable_directories_say_why(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    assert unusable_directory(str(tmp_path / "missing" / "cache")) == ""
+    assert unusable_directory(str(tmp_path)) == ""
+    assert unusable_directory(str(tmp_path / "file")) == f"not a directory: '{tmp_path}/file'"
+    assert unusable_directory(str(tmp_path / "file" / "a" / "b")) == (
+        f"under a file that is not a directory: '{tmp_path}/file'"
+    )
