@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Literal, get_args
 
+import attrs
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -66,12 +67,171 @@ SCRAPE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+@attrs.frozen
+class Collector:
+    """One collector of :class:`Metrics`, declared as data: built by :meth:`build` into the
+    attribute it is kept under."""
+
+    attribute: str
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    #: The name after :data:`PREFIX`.
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    def build(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        """The collector, registered on ``registry``."""
+        name, labels = PREFIX + self.name, list(self.labels)
+        if self.kind is Histogram:
+            return Histogram(name, self.help, labels, buckets=self.buckets, registry=registry)
+        return self.kind(name, self.help, labels, registry=registry)
+
+
+#: Every collector with a fixed name (the probes' per-target series are
+#: :class:`~tracker.core.probemetrics.ProbeSeries`; ``build_info`` an Info).
+COLLECTORS = (
+    Collector("targets", Gauge, "targets", "Configured targets.", ("group",)),
+    Collector("targets_up", Gauge, "targets_up", "Targets whose last probe succeeded.", ("group",)),
+    Collector(
+        "best_full_slot", Gauge, "best_full_slot", "Slot of the best full snapshot.", ("group",)
+    ),
+    Collector(
+        "best_incremental_slot",
+        Gauge,
+        "best_incremental_slot",
+        "Slot of the best incremental snapshot on top of the best full one.",
+        ("group",),
+    ),
+    Collector(
+        "snapshot_age_slots",
+        Gauge,
+        "snapshot_age_slots",
+        "Slots between the cluster's current slot and the group's newest snapshot.",
+        ("group",),
+    ),
+    Collector(
+        "http_requests",
+        Counter,
+        "http_requests_total",
+        "HTTP requests answered, by route template and status code.",
+        ("route", "status"),
+    ),
+    Collector(
+        "request_duration",
+        Histogram,
+        "http_request_duration_seconds",
+        "Seconds from a request's arrival to its response head, by route template.",
+        ("route",),
+        REQUEST_BUCKETS,
+    ),
+    Collector(
+        "archive_requests",
+        Counter,
+        "archive_requests_total",
+        "What archive requests and cache refreshes came to.",
+        ("outcome",),
+    ),
+    Collector(
+        "served_bytes",
+        Counter,
+        "served_bytes_total",
+        "Archive bytes sent to clients, by where they came from.",
+        ("source",),
+    ),
+    Collector("active_streams", Gauge, "active_streams", "Archive responses being sent now."),
+    Collector("cache_size", Gauge, "cache_size_bytes", "Bytes of archives in the disk cache."),
+    Collector(
+        "upstream_bytes",
+        Counter,
+        "upstream_bytes_total",
+        "Archive bytes read from upstream sources.",
+        ("group", "kind"),
+    ),
+    Collector(
+        "shared_readers",
+        Counter,
+        "shared_readers_total",
+        "Clients that read a file while a cache refresh of it was running.",
+    ),
+    Collector(
+        "refresh_resumes",
+        Counter,
+        "refresh_resumes_total",
+        "Cache refreshes resumed with a Range request after an upstream break.",
+    ),
+    Collector(
+        "source_failures",
+        Counter,
+        "source_failures_total",
+        "Sources that failed to deliver a proxied file; the next source advertising it is"
+        " asked (a failover) while there is one.",
+        ("group",),
+    ),
+    Collector(
+        "archives_rejected",
+        Counter,
+        "archives_rejected",
+        "Archives that failed their check before being stored or handed out.",
+        ("group",),
+    ),
+    Collector(
+        "object_store_up",
+        Gauge,
+        "object_store_up",
+        "1 when the object store answered its last call, 0 when it failed.",
+    ),
+    Collector(
+        "object_uploads",
+        Counter,
+        "object_uploads_total",
+        "Multipart uploads into the object store, by outcome.",
+        ("outcome",),
+    ),
+    Collector(
+        "object_lock_takeovers",
+        Counter,
+        "object_lock_takeovers_total",
+        "Refresh locks taken over from a replica that stopped renewing them.",
+    ),
+    Collector(
+        "object_store_errors",
+        Counter,
+        "object_store_errors_total",
+        "Failed object-store operations, by operation.",
+        ("operation",),
+    ),
+)
+
+
 class Metrics:
     """Every collector of the tracker on ``self.registry``; methods say what happened.
 
     All methods are cheap, synchronous and thread-safe (prometheus-client locks), so they may
     be called from request handlers and worker threads alike.
     """
+
+    # Built from COLLECTORS (one attribute each): typed here for the callers.
+    targets: Gauge
+    targets_up: Gauge
+    best_full_slot: Gauge
+    best_incremental_slot: Gauge
+    snapshot_age_slots: Gauge
+    http_requests: Counter
+    request_duration: Histogram
+    archive_requests: Counter
+    served_bytes: Counter
+    active_streams: Gauge
+    cache_size: Gauge
+    upstream_bytes: Counter
+    shared_readers: Counter
+    refresh_resumes: Counter
+    source_failures: Counter
+    archives_rejected: Counter
+    object_store_up: Gauge
+    object_uploads: Counter
+    object_lock_takeovers: Counter
+    object_store_errors: Counter
 
     def __init__(self, *, process: bool = True) -> None:
         """``process``: also export ``process_*``, ``python_gc_*`` and ``python_info``."""
@@ -91,108 +251,8 @@ class Metrics:
             SCRAPE_BUCKETS,
         )
         reg.register(self.probes)
-        self.targets = Gauge(PREFIX + "targets", "Configured targets.", ["group"], registry=reg)
-        self.targets_up = Gauge(
-            PREFIX + "targets_up", "Targets whose last probe succeeded.", ["group"], registry=reg
-        )
-        self.best_full_slot = Gauge(
-            PREFIX + "best_full_slot", "Slot of the best full snapshot.", ["group"], registry=reg
-        )
-        self.best_incremental_slot = Gauge(
-            PREFIX + "best_incremental_slot",
-            "Slot of the best incremental snapshot on top of the best full one.",
-            ["group"],
-            registry=reg,
-        )
-        self.snapshot_age_slots = Gauge(
-            PREFIX + "snapshot_age_slots",
-            "Slots between the cluster's current slot and the group's newest snapshot.",
-            ["group"],
-            registry=reg,
-        )
-
-        self.http_requests = Counter(
-            PREFIX + "http_requests_total",
-            "HTTP requests answered, by route template and status code.",
-            ["route", "status"],
-            registry=reg,
-        )
-        self.request_duration = Histogram(
-            PREFIX + "http_request_duration_seconds",
-            "Seconds from a request's arrival to its response head, by route template.",
-            ["route"],
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
-        self.archive_requests = Counter(
-            PREFIX + "archive_requests_total",
-            "What archive requests and cache refreshes came to.",
-            ["outcome"],
-            registry=reg,
-        )
-        self.served_bytes = Counter(
-            PREFIX + "served_bytes_total",
-            "Archive bytes sent to clients, by where they came from.",
-            ["source"],
-            registry=reg,
-        )
-        self.active_streams = Gauge(
-            PREFIX + "active_streams", "Archive responses being sent now.", registry=reg
-        )
-        self.cache_size = Gauge(
-            PREFIX + "cache_size_bytes", "Bytes of archives in the disk cache.", registry=reg
-        )
-        self.upstream_bytes = Counter(
-            PREFIX + "upstream_bytes_total",
-            "Archive bytes read from upstream sources.",
-            ["group", "kind"],
-            registry=reg,
-        )
-        self.shared_readers = Counter(
-            PREFIX + "shared_readers_total",
-            "Clients that read a file while a cache refresh of it was running.",
-            registry=reg,
-        )
-        self.refresh_resumes = Counter(
-            PREFIX + "refresh_resumes_total",
-            "Cache refreshes resumed with a Range request after an upstream break.",
-            registry=reg,
-        )
-        self.source_failures = Counter(
-            PREFIX + "source_failures_total",
-            "Sources that failed to deliver a proxied file; the next source advertising it is"
-            " asked (a failover) while there is one.",
-            ["group"],
-            registry=reg,
-        )
-        self.archives_rejected = Counter(
-            PREFIX + "archives_rejected",
-            "Archives that failed their check before being stored or handed out.",
-            ["group"],
-            registry=reg,
-        )
-        self.object_store_up = Gauge(
-            PREFIX + "object_store_up",
-            "1 when the object store answered its last call, 0 when it failed.",
-            registry=reg,
-        )
-        self.object_uploads = Counter(
-            PREFIX + "object_uploads_total",
-            "Multipart uploads into the object store, by outcome.",
-            ["outcome"],
-            registry=reg,
-        )
-        self.object_lock_takeovers = Counter(
-            PREFIX + "object_lock_takeovers_total",
-            "Refresh locks taken over from a replica that stopped renewing them.",
-            registry=reg,
-        )
-        self.object_store_errors = Counter(
-            PREFIX + "object_store_errors_total",
-            "Failed object-store operations, by operation.",
-            ["operation"],
-            registry=reg,
-        )
+        for spec in COLLECTORS:
+            setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):
             self.object_uploads.labels(upload)
         # Known label values start at 0, so rate() and absent() work before the first event.
