@@ -3,10 +3,11 @@ connection on the machine)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from helpers_proxy import FakeUpstream, serving
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,12 @@ def weed() -> Iterator[Any]:
     server = start_weed()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[FakeUpstream]:
+    """A real upstream on 127.0.0.1 serving the test module's ``UPSTREAM_FILES`` (name:
+    bytes); a module with another shape of upstream defines its own fixture."""
+    files = dict(request.module.UPSTREAM_FILES)
+    async with serving(FakeUpstream(files=files)) as up:
+        yield up

@@ -33,7 +33,6 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
-    serving,
     sha256,
     wait_for,
 )
@@ -49,10 +48,8 @@ FULL_DATA = archive_bytes(4 * MiB, seed=10)
 INCR_DATA = archive_bytes(1 * MiB, seed=11)
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
 
 
 def advertise_pair(t: TrackerUnderTest, up: FakeUpstream) -> None:

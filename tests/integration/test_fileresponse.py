@@ -22,6 +22,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_fds import open_fds
 from helpers_server import file_for_request, serve_app
 from quart import Response, after_this_request
 from quart_trio import QuartTrio
@@ -104,18 +105,6 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
 async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=served.url) as http:
         yield http
-
-
-def open_fds(path: Path) -> int:
-    """Descriptors of this process open on ``path`` (also after it was replaced or deleted)."""
-    names = {str(path), f"{path} (deleted)"}
-    count = 0
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{entry}") in names
-        except OSError:
-            continue  # the listing's own descriptor, already closed
-    return count
 
 
 async def wait_for_fds(path: Path, expected: int) -> None:

@@ -32,7 +32,6 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
-    serving,
     wait_for,
 )
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
@@ -62,10 +61,8 @@ def store_config(weed: Weed, **overrides: Any) -> ObjectStore:
     return ObjectStore(**settings)
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
 
 
 @asynccontextmanager

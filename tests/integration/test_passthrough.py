@@ -27,7 +27,6 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
-    serving,
     sha256,
     wait_for,
 )
@@ -51,10 +50,8 @@ async def proxying(
         yield t
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files={NAME: DATA})) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {NAME: DATA}
 
 
 async def test_every_piece_size_arrives_byte_exact(upstream: FakeUpstream) -> None:

@@ -8,11 +8,9 @@ Through the daemon: ``snapshot-tracker serve`` scraping a sidecar fills its cach
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 from helpers_process import start_serve
 from helpers_proxy import (
@@ -26,7 +24,6 @@ from helpers_proxy import (
     archive_bytes,
     make_config,
     running_tracker,
-    serving,
     sha256,
     sidecar_listing,
     wait_for,
@@ -40,10 +37,8 @@ INCR = incremental_name(10000, 10100)
 FILES = {FULL: archive_bytes(4 * MiB, seed=60), INCR: archive_bytes(1 * MiB, seed=61)}
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files=dict(FILES))) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = FILES
 
 
 def advertise_all(t: TrackerUnderTest, up: FakeUpstream, **kwargs: float) -> None:

@@ -29,7 +29,6 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
-    serving,
     sha256,
     wait_for,
 )
@@ -41,10 +40,8 @@ NAME = full_name(1000)
 DATA = archive_bytes(3 * MiB, seed=1)
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files={NAME: DATA})) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {NAME: DATA}
 
 
 @pytest.fixture(params=["splice", "channel"])

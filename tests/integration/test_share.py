@@ -31,7 +31,6 @@ from helpers_proxy import (
     make_config,
     raw_request,
     running_tracker,
-    serving,
     sha256,
     wait_for,
 )
@@ -48,10 +47,8 @@ BIG = 256 * MiB
 CLIENTS = 8
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with serving(FakeUpstream(files={FULL: FULL_DATA, INCR: INCR_DATA})) as up:
-        yield up
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
 
 
 @pytest.fixture

@@ -9,21 +9,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers_fds import open_fds
 
 from tracker.files.fileresponse import content_disposition, file_response
 from tracker.web.answers import to_response
-
-
-def open_fds(path: Path) -> int:
-    """Descriptors of this process open on ``path`` (also after it was replaced or deleted)."""
-    names = {str(path), f"{path} (deleted)"}
-    count = 0
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{entry}") in names
-        except OSError:
-            continue  # the listing's own descriptor, already closed
-    return count
 
 
 async def test_unsent_response_releases_the_fd(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""Tests of tracker.config: paths, secret files and warnings."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from helpers_config import load, write
+
+from tracker.config.loading import load_config
+from tracker.config.schema import (
+    BasicAuth,
+    BearerAuth,
+    ConsulSDConfig,
+    LocalTargets,
+    TargetGroup,
+)
+
+# --- paths, secrets, warnings ------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    (conf_dir / "ledger").mkdir(parents=True)
+    (conf_dir / "pw").write_text("pw\n")
+    (conf_dir / "ca.pem").write_text("ca")
+    (conf_dir / "targets.txt").write_text("h:1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # resolution must not depend on the working directory
+    path = write(
+        conf_dir,
+        """
+        proxy_snapshot_downloads: true
+        proxy_snapshot_cache_dir: cache/../cache
+        target_groups:
+          - group: g
+            basic_auth: {username: u, password_file: pw}
+            tls_config: {ca_file: ./ca.pem}
+            file_targets: {path: targets.txt}
+            local_targets: {paths: [ledger]}
+        """,
+    )
+    config = load_config(os.path.relpath(path))
+    group = config.target_groups[0]
+    assert config.config_path == str(path)
+    assert config.proxy_snapshot_cache_dir == str(conf_dir / "cache")
+    assert group.basic_auth is not None
+    assert group.basic_auth.password_file == str(conf_dir / "pw")
+    assert group.tls_config is not None
+    assert group.tls_config.ca_file == str(conf_dir / "ca.pem")
+    assert group.file_targets is not None
+    assert group.file_targets.path == str(conf_dir / "targets.txt")
+    assert group.local_targets is not None
+    assert group.local_targets.paths == (str(conf_dir / "ledger"),)
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    config = load(
+        tmp_path, f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]"
+    )
+    assert config.target_groups[0].local_targets == LocalTargets(paths=(str(ledger),))
+
+
+def test_secret_files_are_read_at_load(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("p@ss\n\n")  # only one trailing newline is stripped
+    (tmp_path / "token").write_bytes(b"abc\r\n")
+    (tmp_path / "cr").write_bytes(b"pw\r")
+    (tmp_path / "acl").write_text("consul-acl\n")
+    config = load(
+        tmp_path,
+        """
+        target_groups:
+          - group: basic
+            basic_auth: {username: user, password_file: pw}
+          - group: bearer
+            bearer_auth: {token_file: token}
+          - group: cr
+            basic_auth: {username: u, password_file: cr}
+            consul_sd_config: {host: "localhost:8500", service: s, token_file: acl}
+        """,
+    )
+    basic, bearer, cr = config.target_groups
+    assert cr.consul_sd_config is not None
+    assert cr.consul_sd_config.resolved_token == "consul-acl"
+    assert cr.basic_auth is not None
+    assert cr.basic_auth.resolved_password == "pw\r"
+    assert basic.authorization == "Basic " + base64.b64encode(b"user:p@ss\n").decode()
+    assert bearer.authorization == "Bearer abc"
+
+
+def test_secrets_never_appear_in_repr(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("file-password-123\n")
+    (tmp_path / "tok").write_text("file-token-456\n")
+    config = load(
+        tmp_path,
+        """
+        rpc: https://rpc.example.org/?api-key=rpc-key-789
+        target_groups:
+          - group: a
+            basic_auth: {username: user, password: inline-password-321}
+            consul_sd_config: {host: "localhost:8500", token_file: tok}
+          - group: b
+            basic_auth: {username: user, password_file: pw}
+            bearer_auth: {token: inline-token-654}
+            consul_sd_config: {token: consul-token-987}
+          - group: c
+            bearer_auth: {token_file: tok}
+        """,
+    )
+    text = repr(config) + str(config)
+    secrets = ["file-password-123", "file-token-456", "rpc-key-789", "inline-password-321"]
+    secrets += ["inline-token-654", "consul-token-987"]
+    for secret in secrets:
+        assert secret not in text
+    assert "user" in text  # the username is not a secret
+    assert config.target_groups[2].authorization == "Bearer file-token-456"
+
+
+def test_authorization_of_hand_built_groups() -> None:
+    assert TargetGroup(group="g").authorization is None
+    basic = TargetGroup(group="g", basic_auth=BasicAuth(username="a", password="b"))
+    assert basic.authorization == "Basic YTpi"
+    from_file = BasicAuth(username="a", password_file="/f", resolved_password="c")
+    assert TargetGroup(group="g", basic_auth=from_file).authorization == "Basic YTpj"
+    bearer = TargetGroup(group="g", bearer_auth=BearerAuth(token="t"))
+    assert bearer.authorization == "Bearer t"
+    assert ConsulSDConfig(token="acl").resolved_token == "acl"
+
+
+def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+        proxy_snapshot_cache_dir: /var/cache/tracker
+        target_groups:
+          - group: a
+            file_targets: {path: later.txt}
+          - group: b
+            basic_auth: {username: u, password: p}
+            bearer_auth: {token: t}
+            http_targets: {targets: ["https://h"]}
+          - group: c
+        """,
+    )
+    prefixes = [w.split(": ", 1)[0] for w in config.warnings]
+    assert prefixes == [
+        "proxy_snapshot_cache_dir",
+        "target_groups[0].file_targets.path",
+        "target_groups[1]",
+        "target_groups[2]",
+    ]
+    assert "does not exist yet" in config.warnings[1]
+
+
+@pytest.mark.parametrize(
+    "content", ["# fleet\n\n  10.0.0.1:13080  \n[::1]:13080\n", '["10.0.0.1:13080", "h:1"]\n']
+)
+def test_file_targets_file_is_checked_when_present(tmp_path: Path, content: str) -> None:
+    (tmp_path / "t.txt").write_text(content)
+    config = load(tmp_path, "target_groups: [{group: g, file_targets: {path: t.txt}}]\n")
+    assert config.warnings == ()

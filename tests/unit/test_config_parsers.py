@@ -1,0 +1,139 @@
+"""Tests of tracker.config: the parsers of durations, addresses and targets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracker.config.schema import (
+    check_target,
+    format_address,
+    parse_address,
+    parse_duration,
+)
+
+# --- parsers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("15s", 15.0),
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("2h45m", 9900.0),
+        ("300us", 0.0003),
+        ("300µs", 0.0003),
+        ("300μs", 0.0003),
+        ("1500000ns", 0.0015),
+        (".5s", 0.5),
+        ("5.s", 5.0),
+        ("1h1m1s1ms", 3661.001),
+        ("+3s", 3.0),
+        ("0", 0.0),
+        ("-0s", 0.0),
+        (15, 15.0),
+        (2.5, 2.5),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1s", "must not be negative"),
+        (-1, "must not be negative"),
+        (-0.5, "must not be negative"),
+        ("15", "missing unit in duration '15'"),
+        ("1.5", "missing unit"),
+        ("", "expected a duration"),
+        ("s", "expected a duration"),
+        ("1x", "expected a duration"),
+        ("1s ", "expected a duration"),
+        ("1 s", "expected a duration"),
+        ("1m-5s", "expected a duration"),
+        ("1d", "expected a duration"),
+        (".s", "expected a duration"),
+        ("+", "expected a duration"),
+        (True, "got a boolean"),
+        (None, "got null"),
+        ([1], "got a list"),
+        (float("nan"), "expected a duration"),
+        (float("inf"), "expected a duration"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_duration(value)
+
+
+@given(st.integers(0, 100), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
+def test_parse_duration_adds_up_components(h: int, m: int, s: int, ms: int) -> None:
+    expected = h * 3600 + m * 60 + s + ms / 1000
+    assert parse_duration(f"{h}h{m}m{s}s{ms}ms") == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (":8458", ("", 8458)),
+        ("127.0.0.1:8457", ("127.0.0.1", 8457)),
+        ("localhost:0", ("localhost", 0)),
+        ("tracker.example.org:65535", ("tracker.example.org", 65535)),
+        ("[::1]:8458", ("::1", 8458)),
+        ("[::]:80", ("::", 80)),
+        ("[fe80::1%eth0]:80", ("fe80::1%eth0", 80)),
+    ],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+    assert format_address(*expected) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "8458",
+        "localhost",
+        "localhost:",
+        "localhost:http",
+        "localhost:65536",
+        "localhost:-1",
+        "::1:8458",
+        "[::1]",
+        "[::1]8458",
+        "[not-v6]:80",
+        "[::1:80",
+        "http://localhost:80",
+        "bad host:80",
+        "-host:80",
+    ],
+)
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a valid address") as info:
+        parse_address(text)
+    assert repr(text) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["10.0.0.1:13080", "node-1.example.org:1", "node", "[2001:db8::1]:13080", "[::1]"]
+)
+def test_check_target_accepts(text: str) -> None:
+    assert check_target(text) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["", ":13080", "h:0", "h:65536", "h:x", "http://h:1", "h:1/path", "::1", "a b:1"]
+)
+def test_check_target_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a host:port target"):
+        check_target(text)

@@ -1,0 +1,350 @@
+"""Tests of tracker.config: one case per validation rule, each naming its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers_config import load, problem_at, problems
+
+from tracker.errors import ConfigError
+
+# --- one case per validation rule: (YAML, key path, part of the message) ---------------------
+
+GROUP = "target_groups:\n  - group: g\n"
+
+RULES = [
+    ("scrap_interval: 15s\n", "scrap_interval", "unknown key (did you mean 'scrape_interval'?)"),
+    (GROUP + "    colour: red\n", "target_groups[0].colour", "unknown key"),
+    (
+        GROUP + "    basic_auth: {username: u, pass: x}\n",
+        "target_groups[0].basic_auth.pass",
+        "unknown",
+    ),
+    (
+        GROUP + "    static_targets: {targets: [], extra: 1}\n",
+        "target_groups[0].static_targets.extra",
+        "unknown key",
+    ),
+    (
+        GROUP + "    basic_auth: {username: u, resolved_password: x}\n",
+        "target_groups[0].basic_auth.resolved_password",
+        "unknown key",
+    ),
+    ("config_path: /x\n", "config_path", "unknown key"),
+    ("target_groups:\n  - scheme: http\n", "target_groups[0].group", "required key missing"),
+    (
+        GROUP + "    file_targets: {}\n",
+        "target_groups[0].file_targets.path",
+        "required key missing",
+    ),
+    ("listen: true\n", "listen", "expected a string, got a boolean (true)"),
+    ("rpc: 5\n", "rpc", "expected a string, got an integer (5)"),
+    (GROUP + "    scheme: [http]\n", "target_groups[0].scheme", "expected a string, got a list"),
+    (
+        "proxy_snapshot_downloads: 'sure'\n",
+        "proxy_snapshot_downloads",
+        "expected true or false, got a string",
+    ),
+    ("max_snapshot_age: 10.5\n", "max_snapshot_age", "expected an integer, got a number (10.5)"),
+    ("max_snapshot_age: true\n", "max_snapshot_age", "expected an integer, got a boolean"),
+    ("target_groups: {group: g}\n", "target_groups", "expected a list, got a mapping"),
+    (
+        GROUP + "    static_targets: {targets: '10.0.0.1:1'}\n",
+        "target_groups[0].static_targets.targets",
+        "expected a list, got a string",
+    ),
+    (
+        GROUP + "    basic_auth: admin\n",
+        "target_groups[0].basic_auth",
+        "expected a mapping, got a string",
+    ),
+    ("scrape_interval: 0s\n", "scrape_interval", "must be a positive duration"),
+    ("scrape_interval: -5s\n", "scrape_interval", "must not be negative"),
+    ("scrape_interval: soon\n", "scrape_interval", "expected a duration"),
+    ("scrape_interval: true\n", "scrape_interval", "got a boolean"),
+    ("scrape_timeout: 0\n", "scrape_timeout", "must be a positive duration"),
+    (
+        "scrape_interval: 5s\nscrape_timeout: 6s\n",
+        "scrape_timeout",
+        "must not be longer than scrape_interval (6s > 5s)",
+    ),
+    (
+        "scrape_timeout: 20s\n",
+        "scrape_timeout",
+        "must not be longer than scrape_interval (20s > 15s)",
+    ),
+    ("shutdown_grace: 0s\n", "shutdown_grace", "must be a positive duration"),
+    ("first_byte_timeout: 0s\n", "first_byte_timeout", "must be a positive duration"),
+    ("first_byte_timeout: '2'\n", "first_byte_timeout", "missing unit"),
+    ("serve_user_agents: Firedancer\n", "serve_user_agents", "expected a list"),
+    ("serve_user_agents: ['']\n", "serve_user_agents[0]", "must not be empty"),
+    ('serve_user_agents: [a, "b\\tc"]\n', "serve_user_agents[1]", "printable ASCII"),
+    (
+        "target_groups:\n  - group: 'main net'\n",
+        "target_groups[0].group",
+        "must match [A-Za-z0-9_.-]+",
+    ),
+    ("target_groups:\n  - group: ''\n", "target_groups[0].group", "must match"),
+    # The group name is a directory of the cache: "." and ".." would leave it, and names
+    # starting with a dot are the cache's own temp files.
+    ("target_groups:\n  - group: '.'\n", "target_groups[0].group", "must not start with"),
+    ("target_groups:\n  - group: '..'\n", "target_groups[0].group", "must not start with"),
+    ("target_groups:\n  - group: .hidden\n", "target_groups[0].group", "must not start with"),
+    (f"target_groups:\n  - group: {'g' * 129}\n", "target_groups[0].group", "at most 128"),
+    (
+        GROUP + "  - group: g\n",
+        "target_groups[1].group",
+        "duplicate group name 'g' (also target_groups[0])",
+    ),
+    (GROUP + "    scheme: ftp\n", "target_groups[0].scheme", "scheme must be 'http' or 'https'"),
+    (GROUP + "    api_path: '/a?b'\n", "target_groups[0].api_path", "must be a URL path"),
+    (
+        GROUP + "    static_targets: {targets: ['http://10.0.0.1:1']}\n",
+        "target_groups[0].static_targets.targets[0]",
+        "not a host:port target",
+    ),
+    (
+        GROUP + "    static_targets: {targets: ['10.0.0.1:70000']}\n",
+        "target_groups[0].static_targets.targets[0]",
+        "port must be a number from 1 to 65535",
+    ),
+    (
+        GROUP + "    static_targets: {targets: [':13080']}\n",
+        "target_groups[0].static_targets.targets[0]",
+        "missing host",
+    ),
+    (
+        GROUP + "    static_targets: {targets: ['fe80::1:13080']}\n",
+        "target_groups[0].static_targets.targets[0]",
+        "needs brackets",
+    ),
+    (
+        GROUP + "    http_targets: {targets: [foo]}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "not an absolute http(s) URL: 'foo'",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['ftp://h/']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "not an absolute http(s) URL",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['http:///x']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "not an absolute http(s) URL",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['http://h:99999']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "not an absolute http(s) URL",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['http://h/?a=1']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "must not have a query or fragment",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['http://h/#top']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "must not have a query or fragment",
+    ),
+    (
+        GROUP + "    basic_auth: {password: p}\n",
+        "target_groups[0].basic_auth.username",
+        "needs a username",
+    ),
+    (
+        GROUP + "    basic_auth: {username: u, password: p, password_file: secret.txt}\n",
+        "target_groups[0].basic_auth",
+        "either password or password_file, not both",
+    ),
+    (
+        GROUP + "    basic_auth: {username: u, password_file: missing.txt}\n",
+        "target_groups[0].basic_auth.password_file",
+        "cannot read '{dir}/missing.txt': No such file or directory",
+    ),
+    (
+        GROUP + "    bearer_auth: {token: t, token_file: secret.txt}\n",
+        "target_groups[0].bearer_auth",
+        "either token or token_file, not both",
+    ),
+    (GROUP + "    bearer_auth: {}\n", "target_groups[0].bearer_auth", "set token or token_file"),
+    (
+        GROUP + "    bearer_auth: {token_file: missing.txt}\n",
+        "target_groups[0].bearer_auth.token_file",
+        "cannot read '{dir}/missing.txt'",
+    ),
+    (
+        GROUP + "    bearer_auth: {token_file: empty.txt}\n",
+        "target_groups[0].bearer_auth.token_file",
+        "is empty",
+    ),
+    (
+        GROUP + "    consul_sd_config: {token: t, token_file: secret.txt}\n",
+        "target_groups[0].consul_sd_config",
+        "not both",
+    ),
+    (
+        GROUP + "    consul_sd_config: {token_file: missing.txt}\n",
+        "target_groups[0].consul_sd_config.token_file",
+        "cannot read",
+    ),
+    (
+        GROUP + "    tls_config: {ca_file: missing.pem}\n",
+        "target_groups[0].tls_config.ca_file",
+        "cannot read '{dir}/missing.pem'",
+    ),
+    (
+        GROUP + "    tls_config: {ca_file: subdir}\n",
+        "target_groups[0].tls_config.ca_file",
+        "Is a directory",
+    ),
+    (
+        GROUP + "    tls_config: {cert_file: missing.pem, key_file: secret.txt}\n",
+        "target_groups[0].tls_config.cert_file",
+        "cannot read",
+    ),
+    (
+        GROUP + "    tls_config: {cert_file: secret.txt, key_file: missing.key}\n",
+        "target_groups[0].tls_config.key_file",
+        "cannot read",
+    ),
+    (
+        GROUP + "    tls_config: {cert_file: secret.txt}\n",
+        "target_groups[0].tls_config.key_file",
+        "required when cert_file is set",
+    ),
+    (
+        GROUP + "    tls_config: {key_file: secret.txt}\n",
+        "target_groups[0].tls_config.cert_file",
+        "required when key_file is set",
+    ),
+    (
+        GROUP + "    tls_config: {insecure_skip_verify: 1}\n",
+        "target_groups[0].tls_config.insecure_skip_verify",
+        "expected true or false",
+    ),
+    (
+        GROUP + "    file_targets: {path: ''}\n",
+        "target_groups[0].file_targets.path",
+        "must not be empty",
+    ),
+    (
+        GROUP + "    file_targets: {path: subdir}\n",
+        "target_groups[0].file_targets.path",
+        "Is a directory",
+    ),
+    (
+        GROUP + "    file_targets: {path: bad-targets.txt}\n",
+        "target_groups[0].file_targets.path",
+        "bad-targets.txt line 2: not host:port",
+    ),
+    (
+        GROUP + "    local_targets: {paths: [missing-dir]}\n",
+        "target_groups[0].local_targets.paths[0]",
+        "no such directory: '{dir}/missing-dir'",
+    ),
+    (
+        GROUP + "    local_targets: {paths: [subdir, secret.txt]}\n",
+        "target_groups[0].local_targets.paths[1]",
+        "not a directory: '{dir}/secret.txt'",
+    ),
+    (
+        GROUP + "    local_targets: {paths: ['']}\n",
+        "target_groups[0].local_targets.paths[0]",
+        "must not be empty",
+    ),
+    ("default_group: nope\n" + GROUP, "default_group", "no target group is named 'nope'"),
+    ("default_group: nope\n", "default_group", "no target group is named 'nope'"),
+    ("listen: '8458'\n", "listen", "not a valid address"),
+    ("listen: ''\n", "listen", "not a valid address"),
+    ("internal_listen: 'localhost:http'\n", "internal_listen", "port must be a number"),
+    ("rpc: localhost:8899\n", "rpc", "not an absolute http(s) URL"),
+    ("rpc: 'http://h/#x'\n", "rpc", "must not have a fragment"),
+    ("public_url: tracker.example.org\n", "public_url", "not an absolute http(s) URL"),
+    (
+        "public_url: 'https://ops:s3cret@t.example.org/'\n",
+        "public_url",
+        "must not carry credentials (user:password@), got 'https://***@t.example.org/'",
+    ),
+    (
+        "public_url: 'https://t.example.org/?x=1'\n",
+        "public_url",
+        "must be an origin with an optional path",
+    ),
+    ("max_target_failures: 0\n", "max_target_failures", "must be at least 1, got 0"),
+    ("scrape_concurrency: 0\n", "scrape_concurrency", "must be from 1 to 10000, got 0"),
+    ("scrape_concurrency: 10001\n", "scrape_concurrency", "must be from 1 to 10000, got 10001"),
+    ("max_snapshot_age: -1\n", "max_snapshot_age", "must be at least 0, got -1"),
+    ("cache_prefetch_concurrency: 0\n", "cache_prefetch_concurrency", "must be at least 1, got 0"),
+    (
+        "proxy_snapshot_cache_dir: secret.txt\nproxy_snapshot_downloads: true\n",
+        "proxy_snapshot_cache_dir",
+        "not a directory",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "path", "message"), RULES, ids=[r[1] + "|" + r[2] for r in RULES])
+def test_each_rule_reports_its_key_path(tmp_path: Path, text: str, path: str, message: str) -> None:
+    (tmp_path / "secret.txt").write_text("s3cret\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad-targets.txt").write_text("10.0.0.1:13080\nhttp://10.0.0.2\n")
+    (tmp_path / "subdir").mkdir()
+    line = problem_at(problems(tmp_path, text), path)
+    assert message.format(dir=tmp_path) in line
+
+
+def test_many_problems_are_reported_together(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        scrape_interval: 15s
+        scrape_timeout: 1m
+        listen: nowhere
+        scrape_concurrency: 0
+        bogus: 1
+        default_group: missing
+        target_groups:
+          - group: a
+            scheme: gopher
+            http_targets: {targets: ["https://ok.example.org", "foo", "bar"]}
+            basic_auth: {username: u, password_file: /nonexistent/pw}
+          - group: a
+            static_targets: {targets: ["10.0.0.1:13080", "x:0"]}
+            unknown: true
+          - 42
+        """,
+    )
+    expected_paths = [
+        "scrape_timeout",
+        "listen",
+        "scrape_concurrency",
+        "bogus",
+        "default_group",
+        "target_groups[0].scheme",
+        "target_groups[0].http_targets.targets[1]",
+        "target_groups[0].http_targets.targets[2]",
+        "target_groups[0].basic_auth.password_file",
+        "target_groups[1].group",
+        "target_groups[1].static_targets.targets[1]",
+        "target_groups[1].unknown",
+        "target_groups[2]",
+    ]
+    for path in expected_paths:
+        problem_at(found, path)
+    assert len(found) == len(expected_paths)
+    assert "target_groups[0].http_targets.targets[1]: not an absolute http(s) URL: 'foo'" in found
+    assert (
+        "target_groups[0].basic_auth.password_file: "
+        "cannot read '/nonexistent/pw': No such file or directory"
+    ) in found
+    assert "target_groups[2]: expected a mapping, got an integer (42)" in found
+
+
+def test_config_error_message_is_one_line_per_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "listen: x\nrpc: y\n")
+    assert str(info.value).splitlines() == info.value.problems
+    assert len(info.value.problems) == 2
