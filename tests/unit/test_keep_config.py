@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_config import load, problem_at, problems
+from helpers_config import load, problem_at, problems
 
 from tracker.config.values import byte_size
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers_config import load, problem_at, problems
 from names import full_name, incremental_name
-from test_config import load, problem_at, problems
 
 from tracker.objectstore import keys
 from tracker.objectstore.keys import Archive, archive_of, legacy_kind
