@@ -220,7 +220,12 @@ async def test_a_source_bad_outside_the_samples_does_not_sink_a_good_one(tmp_pat
     the best first, and the good one's copy is kept."""
     bad = corrupt_between_samples(GOOD)
     assert bad != GOOD
-    first, second = FakeUpstream(files={NAME: bad}), FakeUpstream(files={NAME: GOOD})
+    # The good source is the slower one: the bad one surely sends pieces of the combined copy.
+    slow = {NAME: Behaviour(rate=2 * MiB)}
+    first, second = (
+        FakeUpstream(files={NAME: bad}),
+        FakeUpstream(files={NAME: GOOD}, behaviour=slow),
+    )
     ledger = ledger_of(tmp_path)
     async with tracker_of([first, second]) as tracker:
         opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
