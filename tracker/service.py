@@ -186,7 +186,7 @@ def build(
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
-    speedtests = SpeedTests(current, index, streamer.clients, clock=index.clock)
+    speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
     learning = Learning(current, index, rejections, bucket)
     return Components(

@@ -43,9 +43,9 @@ FINAL_WRITE = 5.0
 class Learning:
     """Keeps what ``index`` and ``rejections`` learned; started by the service (:meth:`run`).
 
-    ``clock`` is their clock, ``wall`` the wall clock; ``bucket`` the shared store (None:
-    none); ``replica`` names this replica's object (default: from ``replica_url`` or the
-    host name).
+    Times are on the index's clock (the one of what it keeps), ``wall`` the wall clock;
+    ``bucket`` the shared store (None: none); ``replica`` names this replica's object
+    (default: from ``replica_url`` or the host name).
     """
 
     def __init__(

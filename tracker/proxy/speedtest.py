@@ -44,7 +44,7 @@ MIN_BYTES = 64 * 1024
 class SpeedTests:
     """The speed-test loop of one tracker; started by the service (:meth:`run`).
 
-    ``clock`` is the one clock of the index's throughput measurements.
+    Its times are on the index's clock, the one its throughput measurements are kept on.
     """
 
     def __init__(
@@ -53,14 +53,13 @@ class SpeedTests:
         index: Index,
         clients: DownloadClients,
         *,
-        clock: Callable[[], float] = trio.current_time,
         every: float = CHECK_EVERY,
         read_for: float = READ_FOR,
     ) -> None:
         self._config = config
         self._index = index
         self._clients = clients
-        self._clock = clock
+        self._clock = index.clock
         self._every = every
         self._read_for = read_for
         #: When each target was last probed (a failed probe waits its interval too).
