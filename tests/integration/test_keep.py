@@ -75,7 +75,11 @@ async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> No
             up.files = dict(moved)
             advertise_files(t.index, up, moved)
             await client.get(t.url(INCR_2))
-            await wait_for(lambda: INCR_2 in t.cached())
+            cache = t.streamer.cache()
+            assert cache is not None
+            # Promoted, evicted, and the index told what the cache holds now (the refresh is
+            # released only after all three).
+            await wait_for(lambda: INCR_2 in t.cached() and not cache.refreshes())
             assert INCR_1 not in t.cached()
             listed = await client.get(f"{t.base}/v1/snapshots", params={"slot": "5000"})
             assert listed.json() == []  # neither the full nor an incremental on it
