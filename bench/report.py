@@ -174,7 +174,32 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         how = "fetch vs aria2c, both given two nginx sources of the file"
         rows.append(_ratio_row(two, "fetch, two sources", how, gbps, 1.0))
     rows += _verify_rows(results)
+    rows += _ttr_rows(results)
     return rows
+
+
+def _ttr_rows(results: dict[str, Any]) -> list[Row]:
+    """bench/ttr.py's figures: time to running by each order, and the prediction's error."""
+    runs = results.get("time_to_running")
+    if not runs:
+        return []
+    ttr, slot = median(runs, "ttr_s"), median(runs, "slot_s")
+    ratio = statistics.median(r["ttr_s"] / r["slot_s"] for r in runs)
+    how = "time to running after a restart (bench/ttr.py), by time to running vs by slot"
+    error = median(runs, "prediction_error")
+    return [
+        Row("time to running", how, f"{ttr:.1f} s", f"{slot:.1f} s", ratio, "x", "", None),
+        Row(
+            "time to running, predicted",
+            "the tracker's predicted_seconds vs the measured time to running",
+            f"{error:.1%} off",
+            "",
+            error,
+            "",
+            "<=",
+            0.25,
+        ),
+    ]
 
 
 def _verify_rows(results: dict[str, Any]) -> list[Row]:

@@ -29,7 +29,7 @@ import attrs
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import figures, verify
+from bench import figures, ttr, verify
 from bench.figures import Env, Options
 from bench.procs import Procs, free_port
 from bench.profile import Profiler, find_py_spy, summary
@@ -62,9 +62,10 @@ FIGURES = (
     "cluster",
     "object_store",
     "verify",
+    "time_to_running",
 )
-# Figures that need no server: measured without starting nginx or writing the HTTP archive.
-STANDALONE = frozenset({"verify"})
+# Figures that need none of the servers below (bench/ttr.py starts its own).
+STANDALONE = frozenset({"verify", "time_to_running"})
 OUT = Path(__file__).resolve().parent / "out"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -309,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             path = verify.archive(args.out, options.size)
             for run in range(options.runs):
                 _step(results, "verify", run, lambda r: verify.verify(path, r))
+        if "time_to_running" in args.figures:
+            for run in range(options.runs):
+                # --quick: fulls of 4 MB instead of 40 (a few seconds instead of a minute).
+                scale = 0.1 if args.quick else 1.0
+                _step(results, "time_to_running", run, lambda _r: ttr.figure(scale, str(work)))
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130

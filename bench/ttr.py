@@ -6,9 +6,9 @@ Two nginx sidecars on 127.0.0.1, each connection throttled with ``limit_rate``: 
 holding the newest full, a fast one (10x) holding an older full with a recent incremental on
 it (the issue's 20 MB/s against 200 MB/s, scaled down to 2 and 20 MB/s so that the run is
 short). Two trackers scrape both (proxy mode, no cache): one with ``ranking.by:
-time_to_running``, one without ``ranking`` (by slot, the Go tracker's order). A warm-up GET of
-8 MiB of each full through the first tracker gives it the sources' throughputs, as the
-transfers of a running tracker do. Then, per order, ``snapshot-tracker fetch --connections 1``
+time_to_running``, one without ``ranking`` (by slot, the Go tracker's order). The first
+tracker's own speed tests (``ranking.speed_test``: 8 MiB of each full) give it the sources'
+throughputs; the run waits until every source it lists carries one. Then, per order, ``snapshot-tracker fetch --connections 1``
 downloads the pair that order hands out into an empty ledger, for real; the catch-up that
 follows is computed with the same formula (docs/ranking.md), from the measured download time:
 time to running = download + (tip - slot + download / slot_seconds) / (replay - 1 /
@@ -139,16 +139,16 @@ def wait_listing(base: str, count: int, timeout: float = 30.0) -> list[dict[str,
     raise RuntimeError(f"{base} listed fewer than {count} snapshots in {timeout:g}s")
 
 
-def warm_up(base: str, names: list[str]) -> None:
-    """GET the first 8 MiB of each archive through the tracker: its transfers measure the
-    sources."""
-    for name in names:
-        req = urllib.request.Request(
-            f"{base}/v1/{GROUP}/{name}", headers={"Range": f"bytes=0-{8 * 2**20 - 1}"}
-        )
-        with urllib.request.urlopen(req, timeout=60) as answer:
-            while answer.read(2**20):
-                pass
+def wait_measured(base: str, count: int, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """The listing of ``base`` once its speed tests measured every source in it (each entry
+    carries ``throughput_bps``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = wait_listing(base, count)
+        if all("throughput_bps" in entry for entry in listing):
+            return listing
+        time.sleep(0.2)
+    raise RuntimeError(f"{base}: the speed tests measured not every source in {timeout:g}s")
 
 
 def catch_up(slot: int, download: float) -> float:
@@ -199,7 +199,7 @@ def firedancer_choice(listing: list[dict[str, Any]], sources: dict[str, str]) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="ttr-"))
+    work = Path(tempfile.mkdtemp(prefix="ttr-", dir=getattr(args, "workdir", None)))
     procs = Procs(work)
     nginx = ensure(["nginx"])["nginx"]
     try:
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         ranking = {"by": "time_to_running", "replay_slots_per_second": REPLAY}
         ranking |= {"slot_seconds": SLOT_SECONDS, "switch_margin": "10%"}
+        ranking |= {"speed_test": {"bytes": "8MiB", "top": 2, "interval": "10m"}}
         ttr_config = tracker_config(**common, target_groups=[{**group, "ranking": ranking}])
         ttr = start_tracker(procs, "tracker-ttr", work, ttr_config)
         slot = start_tracker(
@@ -235,10 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         wait_listing(ttr.base, 3)
         wait_listing(slot.base, 3)
-        warm_up(ttr.base, [n for n, _s, _r in files if n.startswith("snapshot-")])
-        # The next scrape applies the measured throughputs to the listing.
-        time.sleep(2.5)
-        listing = wait_listing(ttr.base, 3)
+        listing = wait_measured(ttr.base, 3)
         predicted = listing[0]["predicted_seconds"]
         results: dict[str, Any] = {"scale": args.scale, "listing": listing}
         for order, base in (("time_to_running", ttr.base), ("slot", slot.base)):
@@ -271,6 +269,20 @@ def _label(name: str) -> str:
     p = parse_archive_name(name)
     assert p is not None
     return f"incremental {p.base_slot}-{p.slot}" if p.base_slot else f"full {p.slot}"
+
+
+def figure(scale: float = 1.0, workdir: str | None = None) -> dict[str, Any]:
+    """One run as a flat figure for bench/run.py (``--only time_to_running``): seconds to
+    running by time to running and by slot, and the prediction's errors (temp dir under
+    ``workdir``)."""
+    results = run(argparse.Namespace(scale=scale, keep=False, workdir=workdir))
+    return {
+        "ttr_s": results["time_to_running"]["time_to_running_s"],
+        "slot_s": results["slot"]["time_to_running_s"],
+        "firedancer_s": results["firedancer"]["time_to_running_s"],
+        "prediction_error": results["prediction_error"],
+        "download_error": results["download_error"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert {"cache hit, one GET", "cache hit, 8 GETs", "cache hit CPU, one GET"} <= figures
     assert {"proxy, one stream", "proxy first byte", "redirects", "redirects p99"} <= figures
     assert {"memory", "idle connections", "discovery", "refresh", "fan-in"} <= figures
+    assert {"time to running", "time to running, predicted"} <= figures
     assert set(FIGURES) - {"fan_in"} <= set(results["runs"])
     for row in results["table"]:
         assert row["verdict"] in {"PASS", "MISS", "info", "SKIP"}, row

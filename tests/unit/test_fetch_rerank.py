@@ -7,6 +7,7 @@ import math
 import base58
 import pytest
 
+from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, snapshots_from_json
 from tracker.fetch.rerank import rerank
@@ -84,3 +85,18 @@ def test_predictions_and_throughputs_are_read_from_the_json() -> None:
     assert pair.full is not None and pair.full.throughput == 9
     assert pair.incremental is not None and pair.incremental.throughput == 7
     assert snapshots_from_json("http://t", entries[2:])[0].predicted is None
+
+
+def test_the_replay_speed_prices_the_catch_up() -> None:
+    """A held full far behind the tip: cheap to download, slow to catch up. A fast node takes
+    it; a slow one (``--replay-slots-per-second 5``) downloads the newer full instead."""
+    newer = RemoteSnapshot(remote("snapshot-1000-H.tar", 2000 * MB, 100 * MB), predicted=22.0)
+    behind = RemoteSnapshot(
+        remote("snapshot-500-H.tar", 2000 * MB, 100 * MB),
+        remote("incremental-snapshot-500-600-H.tar", 100 * MB, 100 * MB),
+        predicted=40.0,
+    )
+    held = ledger("snapshot-500-H.tar")
+    assert rerank([newer, behind], held) == [behind, newer]
+    slow = Ranking(replay_slots_per_second=5.0)
+    assert rerank([newer, behind], held, slow) == [newer, behind]

@@ -197,6 +197,35 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "replay", "slot"),
+    [
+        ([], 25.0, 0.4),
+        (["--replay-slots-per-second", "5", "--slot-seconds", "1s"], 5.0, 1.0),
+        (["--slot-seconds=250ms"], 25.0, 0.25),
+    ],
+)
+def test_the_catch_up_flags_price_the_pairs(flags: list[str], replay: float, slot: float) -> None:
+    """``--replay-slots-per-second`` and ``--slot-seconds`` reach fetch's ranking."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    ranking = options_of(args).ranking
+    assert (ranking.replay_slots_per_second, ranking.slot_seconds) == (replay, slot)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "nan", "inf", "fast", "²"])
+def test_a_bad_replay_speed_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.cli import build_parser
+
+    argv = ["fetch", "--ledger", "l", "--tracker", "http://t", "--replay-slots-per-second", bad]
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("done", "written", "prefix"),
     [
         ([], [], 0),

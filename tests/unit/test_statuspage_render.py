@@ -7,6 +7,8 @@ say what it lacks (no snapshot, no cache, no bucket, a bucket down).
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
 from helpers_browser import PAGE_TAGS, Dom
@@ -310,3 +312,23 @@ def test_three_thousand_targets_all_on_the_page() -> None:
     page = render_status(view(targets=targets))
     assert page.count('<tr><td><span class="badge') == 3000
     assert "Targets (3000, 429 not up)" in page
+
+
+@pytest.mark.parametrize(
+    ("predicted", "says", "absent"),
+    [
+        (250.0, "running in ~4 min (predicted)", None),
+        (45.0, "running in ~45 s (predicted)", None),
+        (math.inf, "a node would never catch up (predicted)", "running in"),
+        (None, None, "(predicted)"),  # ranked by slot: nothing predicted, nothing shown
+    ],
+)
+def test_the_predicted_time_to_running_shows_under_the_group(
+    predicted: float | None, says: str | None, absent: str | None
+) -> None:
+    group = GroupView("mainnet", 2, 1, best(), best(INCR, "incremental"), predicted)
+    page = render_status(view(groups=(group,)))
+    if says is not None:
+        assert says in page
+    if absent is not None:
+        assert absent not in page

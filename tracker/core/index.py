@@ -300,8 +300,7 @@ class Index:
         """``group``'s pairs ranked by time to running (None: it ranks by slot), once per
         change (:class:`tracker.core.ranking.TimedGroups`)."""
         sources = self._rank().get(group, [])
-        tip = self._cluster_slot or max((s.info.slot for s in sources), default=0)
-        return self._timed.pairs(group, sources, self._fulls.get(group, []), tip)
+        return self._timed.pairs(group, sources, self._fulls.get(group, []), self._cluster_slot)
 
     def predicted(self, source: SnapshotSource) -> float | None:
         """The predicted seconds to a running node of ``source``'s pair (None: its group

@@ -149,14 +149,20 @@ class TimedGroups:
         self._pairs = {}
 
     def pairs(
-        self, group: str, sources: list[SnapshotSource], fulls: list[SnapshotSource], tip: int
+        self,
+        group: str,
+        sources: list[SnapshotSource],
+        fulls: list[SnapshotSource],
+        cluster_slot: int | None,
     ) -> RankedPairs | None:
-        """``group``'s ranked pairs (None: it ranks by slot)."""
+        """``group``'s ranked pairs (None: it ranks by slot); the tip is ``cluster_slot``,
+        else the newest slot of ``sources`` (found only when the pairs are ranked again)."""
         ranking = self._rankings.get(group)
         if ranking is None:
             return None
         done = self._pairs.get(group)
         if done is None:
+            tip = cluster_slot or max((s.info.slot for s in sources), default=0)
             done = rank_pairs(sources, fulls, tip, ranking, self._held.get(group))
             self._pairs[group] = done
             if done.chosen is not None:

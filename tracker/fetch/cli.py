@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 from typing import TYPE_CHECKING, Any
 
+from tracker.config.schema import Ranking
 from tracker.config.values import parse_duration, parse_size
 from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
@@ -39,6 +41,17 @@ def _duration(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return seconds
+
+
+def _rate(text: str) -> float:
+    """A positive, finite number (slots per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _size(text: str) -> int:
@@ -158,6 +171,21 @@ def add_fetch_parser(commands: Any) -> None:
         "(default: %(default)s)",
     )
     add(
+        "--replay-slots-per-second",
+        type=_rate,
+        default=25.0,
+        metavar="SLOTS",
+        help="the node's replay speed, to price the catch-up of each pair (docs/ranking.md; "
+        "default: 25)",
+    )
+    add(
+        "--slot-seconds",
+        type=_duration,
+        default=0.4,
+        metavar="DURATION",
+        help="the cluster's slot time, for the same (default: 400ms)",
+    )
+    add(
         "--progress",
         choices=["auto", "bar", "log", "none"],
         default="auto",
@@ -209,6 +237,9 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         progress_every=args.progress_every,
         download_timeout=args.download_timeout,
         settings=settings,
+        ranking=Ranking(
+            replay_slots_per_second=args.replay_slots_per_second, slot_seconds=args.slot_seconds
+        ),
     )
 
 

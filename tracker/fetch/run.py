@@ -15,6 +15,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.config.schema import Ranking
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
@@ -55,6 +56,9 @@ class FetchOptions:
     progress_every: float = 5.0
     download_timeout: float = 600.0
     settings: FetchSettings = attrs.field(factory=FetchSettings)
+    #: How the tracker's pairs are priced again with the ledger (``--replay-slots-per-second``,
+    #: ``--slot-seconds``; the rest as the section's defaults), docs/ranking.md.
+    ranking: Ranking = attrs.field(factory=Ranking)
     #: The free bytes of the ledger's file system (tests give their own).
     free_bytes: FreeBytes = free_bytes
 
@@ -157,7 +161,7 @@ async def _locked(
     if options.slot:
         await _check_age(client, options, remote)
     else:  # a full the ledger holds costs nothing to download (docs/ranking.md)
-        remote = rerank(remote, local)
+        remote = rerank(remote, local, options.ranking)
     what = plan(
         local,
         remote,

@@ -41,6 +41,7 @@ import stat
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 
+import attrs
 import trio
 
 from tracker.errors import TrackerError
@@ -100,24 +101,16 @@ class ChunkBudget:
         return max(self.smallest, min(self.largest, share))
 
 
+@attrs.define(eq=False)
 class _PreadBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time."""
 
-    def __init__(
-        self,
-        descriptor: _Descriptor,
-        offset: int,
-        length: int,
-        chunk_size: int,
-        on_bytes: OnBytes | None,
-        budget: ChunkBudget | None = None,
-    ) -> None:
-        self._descriptor = descriptor
-        self._offset = offset
-        self._length = length
-        self._chunk_size = chunk_size
-        self._on_bytes = on_bytes
-        self._budget = budget
+    _descriptor: _Descriptor
+    _offset: int
+    _length: int
+    _chunk_size: int
+    _on_bytes: OnBytes | None
+    _budget: ChunkBudget | None = None
 
     def _next_size(self, left: int) -> int:
         size = self._budget.chunk() if self._budget is not None else self._chunk_size
@@ -160,6 +153,7 @@ class _PreadBody(GeneratorBody):
             self._descriptor.close()
 
 
+@attrs.define(eq=False)
 class _SendfileBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, sent by the server with sendfile.
 
@@ -167,19 +161,11 @@ class _SendfileBody(GeneratorBody):
     and reads the last bytes under 64 KiB itself. Holds no file data in memory.
     """
 
-    def __init__(
-        self,
-        descriptor: _Descriptor,
-        offset: int,
-        length: int,
-        connection: Connection,
-        on_bytes: OnBytes | None,
-    ) -> None:
-        self._descriptor = descriptor
-        self._offset = offset
-        self._length = length
-        self._connection = connection
-        self._on_bytes = on_bytes
+    _descriptor: _Descriptor
+    _offset: int
+    _length: int
+    _connection: Connection
+    _on_bytes: OnBytes | None
 
     async def _finish(self, error: BaseException | None) -> None:
         self._descriptor.close()

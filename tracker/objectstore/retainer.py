@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Collection
 
+import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
@@ -34,32 +35,35 @@ RETRY_AFTER = 30.0
 MAX_DUE = 1024
 
 
+def _none_served(_group: str) -> Collection[int]:
+    return ()
+
+
+def _ignore_listed(_group: str, _held: list[tuple[str, int, float]]) -> None:
+    pass
+
+
+@attrs.define(eq=False)
 class Retainer:
     """Applies retention to ``bucket`` (of ``store``), keeping ``known`` and ``digests``
     current; ``failed(operation, exc)`` is told of every store failure."""
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        bucket: Bucket,
-        known: Known,
-        digests: Digests,
-        failed: Callable[[str, StoreError], None],
-    ) -> None:
-        self.store = store
-        self.bucket = bucket
-        self.known = known
-        self.digests = digests
-        self._failed = failed
-        #: (group, full) -> when (trio's clock) its retention runs again.
-        self._due: dict[tuple[str, bool], float] = {}
-        self._due_changed = trio.Event()
-        #: The full slots of a group still served (the index's, set by the service): the
-        #: newest incremental on each is kept (:func:`~tracker.objectstore.retention.superseded`).
-        self.served: Callable[[str], Collection[int]] = _none_served
-        #: Told the archives (name, bytes, Unix time stored) of a group the bucket holds
-        #: after each retention (the index lists them: :mod:`tracker.core.holdings`).
-        self.on_listed: Callable[[str, list[tuple[str, int, float]]], None] = _ignore_listed
+    store: ObjectStore
+    bucket: Bucket
+    known: Known
+    digests: Digests
+    _failed: Callable[[str, StoreError], None]
+    #: (group, full) -> when (trio's clock) its retention runs again.
+    _due: dict[tuple[str, bool], float] = attrs.field(init=False, factory=dict)
+    _due_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    #: The full slots of a group still served (the index's, set by the service): the
+    #: newest incremental on each is kept (:func:`~tracker.objectstore.retention.superseded`).
+    served: Callable[[str], Collection[int]] = attrs.field(default=_none_served, init=False)
+    #: Told the archives (name, bytes, Unix time stored) of a group the bucket holds
+    #: after each retention (the index lists them: :mod:`tracker.core.holdings`).
+    on_listed: Callable[[str, list[tuple[str, int, float]]], None] = attrs.field(
+        default=_ignore_listed, init=False
+    )
 
     async def retain(self, group: str, *, full: bool) -> None:
         """Delete ``group``'s objects of one kind beyond the newest ``1 + keep_previous``,
@@ -142,11 +146,3 @@ class Retainer:
                 await self.retain(group, full=full)
             with trio.move_on_at(min(self._due.values(), default=math.inf)):
                 await self._due_changed.wait()
-
-
-def _none_served(_group: str) -> Collection[int]:
-    return ()
-
-
-def _ignore_listed(_group: str, _held: list[tuple[str, int, float]]) -> None:
-    pass

@@ -48,6 +48,7 @@ class Flow:
             self.on_leave.cancel()
 
 
+@attrs.define(eq=False)
 class ChannelBody(GeneratorBody):
     """The response body of a proxied stream: the chunks the pump sends, ``length`` in all.
 
@@ -57,17 +58,10 @@ class ChannelBody(GeneratorBody):
     connection.
     """
 
-    def __init__(
-        self,
-        receive: trio.MemoryReceiveChannel[bytes],
-        length: int,
-        flow: Flow,
-        events: StreamEvents,
-    ) -> None:
-        self.length = length
-        self._receive = receive
-        self._flow = flow
-        self._events = events
+    _receive: trio.MemoryReceiveChannel[bytes]
+    length: int
+    _flow: Flow
+    _events: StreamEvents
 
     async def _start(self) -> None:
         self._flow.draining.set()

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from tracker.config.schema import Config
@@ -40,6 +41,7 @@ MAX_OBJECTS = 64
 FINAL_WRITE = 5.0
 
 
+@attrs.define(eq=False)
 class Learning:
     """Keeps what ``index`` and ``rejections`` learned; started by the service (:meth:`run`).
 
@@ -48,27 +50,18 @@ class Learning:
     (default: from ``replica_url`` or the host name).
     """
 
-    def __init__(
-        self,
-        config: Callable[[], Config],
-        index: Index,
-        rejections: Rejections,
-        bucket: Bucket | None = None,
-        *,
-        wall: Callable[[], float] = time.time,
-        every: float = SYNC_EVERY,
-        replica: str = "",
-    ) -> None:
-        self._config = config
-        self._index = index
-        self._rejections = rejections
-        self._bucket = bucket
-        self._clock = index.clock  # the one clock of what it keeps (throughputs, rejections)
-        self._wall = wall
-        self._every = every
-        self._replica = replica or replica_name(config())
-        #: Writes completed (tests wait on it).
-        self.saved = 0
+    _config: Callable[[], Config]
+    _index: Index
+    _rejections: Rejections
+    _bucket: Bucket | None = None
+    _wall: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
+    _every: float = attrs.field(default=SYNC_EVERY, kw_only=True)
+    _replica: str = attrs.field(default="", kw_only=True)
+    #: Writes completed (tests wait on it).
+    saved: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._replica = self._replica or replica_name(self._config())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Restore, then sync every ``every`` seconds until cancelled; a last write then."""
@@ -108,7 +101,8 @@ class Learning:
         self.saved += 1
 
     def _moment(self) -> dict[str, float]:
-        return {"now": self._clock(), "wall": self._wall()}
+        # The index's clock: the one clock of what it keeps (throughputs, rejections).
+        return {"now": self._index.clock(), "wall": self._wall()}
 
     def _path(self) -> str:
         root = self._config().proxy_snapshot_cache_dir

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 
+import attrs
 import trio
 
 from tracker.errors import UpstreamError
@@ -26,6 +27,7 @@ from tracker.zerocopy.connection import LARGEST_SOCKET_PIECE, Connection, Socket
 _TAIL_READ = 64 * 1024
 
 
+@attrs.define(eq=False)
 class SpliceBody(GeneratorBody):
     """``length`` bytes of the upstream socket ``sock``, sent to the client's ``connection``.
 
@@ -38,29 +40,19 @@ class SpliceBody(GeneratorBody):
     connection, short of its content-length.
     """
 
-    def __init__(
-        self,
-        connection: Connection,
-        sock: trio.socket.SocketType,
-        intact: Callable[[], bool],
-        length: int,
-        read_timeout: float,
-        on_upstream: Callable[[int], None],
-        on_client: Callable[[int], None],
-    ) -> None:
-        self._connection = connection
-        self._sock = sock
-        self._intact = intact
-        self.length = length
-        self._read_timeout = read_timeout
-        self.started = trio.Event()
-        self.ended = trio.Event()
-        self.error: BaseException | None = None
-        self.sent = 0
-        #: The socket piece being spliced now (its progress counts in :attr:`received`).
-        self._piece: SocketPiece | None = None
-        self._on_upstream = on_upstream
-        self._on_client = on_client
+    _connection: Connection
+    _sock: trio.socket.SocketType
+    _intact: Callable[[], bool]
+    length: int
+    _read_timeout: float
+    _on_upstream: Callable[[int], None]
+    _on_client: Callable[[int], None]
+    started: trio.Event = attrs.field(init=False, factory=trio.Event)
+    ended: trio.Event = attrs.field(init=False, factory=trio.Event)
+    error: BaseException | None = attrs.field(default=None, init=False)
+    sent: int = attrs.field(default=0, init=False)
+    #: The socket piece being spliced now (its progress counts in :attr:`received`).
+    _piece: SocketPiece | None = attrs.field(default=None, init=False)
 
     async def _start(self) -> None:
         self.started.set()

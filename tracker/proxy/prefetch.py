@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+import attrs
 import trio
 
 from tracker.config.schema import Config
@@ -40,23 +41,19 @@ class Refresher(Protocol):
         ...
 
 
+@attrs.define(eq=False)
 class Prefetcher:
     """Starts background refreshes of new best files, a bounded number at a time."""
 
-    def __init__(
-        self,
-        config: Callable[[], Config],
-        index: Index,
-        refresher: Refresher,
-        transfers: Transfers,
-    ) -> None:
-        self._config = config
-        self._index = index
-        self._refresher = refresher
-        self._transfers = transfers
-        self._seen: set[FileKey] = set()
-        self._wanted: set[FileKey] = set()
-        self._limiter = trio.CapacityLimiter(1)
+    _config: Callable[[], Config]
+    _index: Index
+    _refresher: Refresher
+    _transfers: Transfers
+    _seen: set[FileKey] = attrs.field(init=False, factory=set)
+    _wanted: set[FileKey] = attrs.field(init=False, factory=set)
+    _limiter: trio.CapacityLimiter = attrs.field(
+        init=False, factory=lambda: trio.CapacityLimiter(1)
+    )
 
     def statistics(self) -> tuple[int, int]:
         """(prefetches running, prefetches waiting for a slot) right now."""

@@ -73,20 +73,14 @@ class RefreshStart:
         return (self.cache.root, self.group.group, self.archive.file_name)
 
 
+@attrs.define(eq=False)
 class Refreshes:
     """Starts, joins and reads the disk cache's refreshes; see the module doc."""
 
-    def __init__(
-        self,
-        context: ProxyContext,
-        launcher: Streams,
-        registry: RefreshRegistry,
-        objects: ObjectPath | None,
-    ) -> None:
-        self._context = context
-        self._launcher = launcher
-        self._registry = registry
-        self._objects = objects
+    _context: ProxyContext
+    _launcher: Streams
+    _registry: RefreshRegistry
+    _objects: ObjectPath | None
 
     async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
         """:class:`~tracker.proxy.plan.JoinShared`: read the running refresh (counted as a

@@ -187,27 +187,18 @@ def _collected(fd: int, token: trio.lowlevel.TrioToken, left: Callable[[], None]
         token.run_sync_soon(left)
 
 
+@attrs.define(eq=False)
 class SharedBody(GeneratorBody):
     """``length`` bytes from ``offset`` of a refresh's temp file, sent as they arrive:
     with sendfile pieces when ``connection`` (the client's zero-copy connection) is given."""
 
-    def __init__(
-        self,
-        lease: _Lease,
-        refresh: Refresh,
-        offset: int,
-        length: int,
-        chunk_size: int,
-        events: ReaderEvents,
-        connection: Connection | None = None,
-    ) -> None:
-        self._connection = connection
-        self._lease = lease
-        self._refresh = refresh
-        self._offset = offset
-        self._length = length
-        self._chunk_size = chunk_size
-        self._events = events
+    _lease: _Lease
+    _refresh: Refresh
+    _offset: int
+    _length: int
+    _chunk_size: int
+    _events: ReaderEvents
+    _connection: Connection | None = None
 
     async def _finish(self, error: BaseException | None) -> None:
         self._lease.release()
@@ -247,13 +238,13 @@ async def _readable(refresh: Refresh, position: int, end: int) -> int:
         await refresh.wait_progress()
 
 
+@attrs.define(eq=False)
 class LateBody(GeneratorBody):
     """The body of an early head (README.md#clients) whose bytes are found only later: ``resolve``
     waits for the shared refresh to open and returns the body to pass on, or raises
     UpstreamError (the server then breaks the connection: never a short 200)."""
 
-    def __init__(self, resolve: Callable[[], Awaitable[Body]]) -> None:
-        self._resolve = resolve
+    _resolve: Callable[[], Awaitable[Body]]
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         inner = await self._resolve()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+import attrs
+
 from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
 from tracker.core.digests import repr_digest
@@ -33,21 +35,15 @@ from tracker.proxy.streamjobs import head_answer
 log = logging.getLogger("tracker.streamer")
 
 
+@attrs.define(eq=False)
 class StoredCopies:
     """Answers from the copies a file has beside its sources; see the module doc.
     ``objects`` is the bucket's part (None without an object store)."""
 
-    def __init__(
-        self,
-        context: ProxyContext,
-        launcher: Streams,
-        objects: ObjectPath | None,
-        budget: ChunkBudget | None,
-    ) -> None:
-        self._context = context
-        self._launcher = launcher
-        self.objects = objects
-        self._budget = budget
+    _context: ProxyContext
+    _launcher: Streams
+    objects: ObjectPath | None
+    _budget: ChunkBudget | None
 
     async def presigned(self, group: str, archive: ArchiveName) -> str | None:
         """The bucket's presigned URL of the file (counted as a redirect); None: not there."""

@@ -73,6 +73,16 @@ def short_answer(
     return Short(404) if alias else Short(202, body=_NO_SNAPSHOT)
 
 
+def _short_routes() -> dict[str, tuple[str, bool]]:
+    """Each short route's path -> (kind, alias): ``/v1/{short}``, and the bare alias."""
+    routes: dict[str, tuple[str, bool]] = {}
+    for short, kind in SHORT_NAMES.items():
+        routes[f"/v1/{short}"] = (kind, False)
+        routes[f"/{short}"] = (kind, True)
+    return routes
+
+
+@attrs.define(eq=False)
 class FastRedirects:
     """ASGI wrapper: answers GET and HEAD of the short redirect routes, and GETs of archives
     the object store sends to a presigned URL; passes the rest on.
@@ -83,23 +93,13 @@ class FastRedirects:
     does.
     """
 
-    def __init__(
-        self,
-        app: Any,
-        deps: ApiDeps,
-        best: Callable[[str, str], SnapshotSource | None],
-        on_response: ResponseCounter | None = None,
-    ) -> None:
-        self.app = app
-        self._deps = deps
-        self._best = best
-        self._on_response = on_response
-        #: Requests answered here (not by Quart).
-        self.answered = 0
-        self._routes: dict[str, tuple[str, bool]] = {}
-        for short, kind in SHORT_NAMES.items():
-            self._routes[f"/v1/{short}"] = (kind, False)
-            self._routes[f"/{short}"] = (kind, True)
+    app: Any
+    _deps: ApiDeps
+    _best: Callable[[str, str], SnapshotSource | None]
+    _on_response: ResponseCounter | None = None
+    #: Requests answered here (not by Quart).
+    answered: int = attrs.field(default=0, init=False)
+    _routes: dict[str, tuple[str, bool]] = attrs.field(init=False, factory=_short_routes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         began = time.monotonic()

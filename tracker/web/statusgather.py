@@ -141,7 +141,14 @@ def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: 
         up=sum(h.health == "up" for h in mine),
         full=_best(sources, "full", full, holders, now),
         incremental=_best(sources, "incremental", incremental, holders, now),
+        predicted_seconds=_predicted(index, incremental or full),
     )
+
+
+def _predicted(index: Index, source: SnapshotSource | None) -> float | None:
+    """The predicted seconds to running of the pair handed out (its incremental's source
+    carries the pair's; a full alone its own)."""
+    return None if source is None else index.predicted(source)
 
 
 def _holders(index: Index, group: str, names: list[str]) -> dict[str, int]:

@@ -22,6 +22,7 @@ is made of are used together.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import get_args
 
@@ -202,6 +203,7 @@ def _groups(view: StatusView) -> str:
     for group in view.groups:
         name = text(group.name)
         health = f'<br><span class="meta">{group.up} / {group.targets} targets up</span>'
+        health += _predicted(group.predicted_seconds)
         if group.full is None and group.incremental is None:
             rows.append(
                 f'<tr><td class="nowrap">{name}{health}</td>'
@@ -220,6 +222,16 @@ def _groups(view: StatusView) -> str:
     numeric = frozenset({3, 4, 5, 6, 7})
     out.append(_table(headers, rows, numeric))
     return "".join(out) + "</section>"
+
+
+def _predicted(seconds: float | None) -> str:
+    """The predicted time to a running node of the pair handed out, under the group's name
+    ("" when the group ranks by slot), docs/ranking.md."""
+    if seconds is None:
+        return ""
+    if not math.isfinite(seconds):
+        return '<br><span class="meta">a node would never catch up (predicted)</span>'
+    return f'<br><span class="meta">running in ~{format_age(seconds)} (predicted)</span>'
 
 
 def _best_row(group: str, best: BestView) -> str:

@@ -52,6 +52,9 @@ class GroupView:
     up: int
     full: BestView | None
     incremental: BestView | None
+    #: The predicted seconds to a running node of the pair handed out (None: the group
+    #: ranks by slot; inf: it cannot be predicted), docs/ranking.md.
+    predicted_seconds: float | None = None
 
 
 class TargetView(NamedTuple):
