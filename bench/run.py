@@ -311,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(options.runs):
                 _step(results, "verify", run, lambda r: verify.verify(path, r))
         if "time_to_running" in args.figures:
+            # --quick: fulls of 4 MB instead of 40 (a few seconds instead of a minute).
+            scale = 0.1 if args.quick else 1.0
             for run in range(options.runs):
-                # --quick: fulls of 4 MB instead of 40 (a few seconds instead of a minute).
-                scale = 0.1 if args.quick else 1.0
                 _step(results, "time_to_running", run, lambda _r: ttr.figure(scale, str(work)))
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
