@@ -29,6 +29,21 @@ from test_fetch import (
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
 
+def as_a_terminal_starts_it() -> None:
+    """In the child before it runs: SIGINT and SIGTERM at their defaults, as a shell starts
+    a command in the foreground. A suite started in the background (``pytest &`` from a
+    script) passes SIGINT on ignored, and a command then rightly ignores Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+async def ended(process: trio.Process) -> None:
+    """Kill ``process`` if it still runs, and reap it (no leftover for the next test)."""
+    process.kill()
+    with trio.move_on_after(10):
+        await process.wait()
+
+
 def saved_bytes(state: Path) -> int:
     try:
         return sum(e - s for s, e in json.loads(state.read_text())["done"])
@@ -59,6 +74,7 @@ async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
                 fetch_command(ledger, t.base, "--progress", "none"),
                 stdout=subprocess.DEVNULL,
                 stderr=sink,
+                preexec_fn=as_a_terminal_starts_it,
             )
         try:
             await wait_for(lambda: saved_bytes(state) >= 4 * MiB, timeout=60)
@@ -66,7 +82,7 @@ async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
             with trio.fail_after(5):
                 returncode = await process.wait()
         finally:
-            process.kill()
+            await ended(process)
         saved = saved_ranges(state)
         before = len(up.gets(FULL))
         up.behaviour[FULL] = Behaviour()
@@ -94,7 +110,9 @@ async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, c
     errors = tmp_path / "stderr"
     command = [sys.executable, "-m", "tracker", "verify", *[str(archive)] * 3000]
     with errors.open("wb") as sink:
-        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=sink)
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=sink, preexec_fn=as_a_terminal_starts_it
+        )
     assert process.stdout is not None
     try:
         with trio.fail_after(30):
@@ -105,7 +123,7 @@ async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, c
                 pass
             returncode = await process.wait()
     finally:
-        process.kill()
+        await ended(process)
     assert returncode == code
     assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
 
@@ -120,7 +138,10 @@ async def test_a_signal_ends_check_config_with_one_line(
     os.mkfifo(fifo)
     command = [sys.executable, "-m", "tracker", "check-config", "--config", str(fifo)]
     process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=as_a_terminal_starts_it,
     )
     try:
         with trio.fail_after(30):
@@ -130,7 +151,7 @@ async def test_a_signal_ends_check_config_with_one_line(
             returncode = await process.wait()
             os.close(writer)
     finally:
-        process.kill()
+        await ended(process)
     assert process.stderr is not None
     stderr = (await process.stderr.receive_some(65536)).decode()
     assert returncode == code
