@@ -100,6 +100,47 @@ async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
             assert all(end <= s or e <= start for s, e in saved), (start, end, saved)
 
 
+def sigint_ignored() -> None:
+    """In the child: SIGINT ignored, as a script starts a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+async def test_fetch_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    """A background job of a script: Ctrl-C in the terminal is for the script; SIGTERM
+    still ends the fetch with its one line."""
+    data = archive_bytes(32 * MiB, seed=72)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
+    ledger = ledger_of(tmp_path)
+    state = ledger / f".tmp-{FULL}.state"
+    errors = tmp_path / "stderr"
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                fetch_command(ledger, t.base, "--progress", "none"),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                preexec_fn=sigint_ignored,
+            )
+        try:
+            await wait_for(lambda: saved_bytes(state) >= 4 * MiB, timeout=60)
+            process.send_signal(signal.SIGINT)
+            # Still fetching after it: more bytes saved, or the process ended (a failure).
+            more = saved_bytes(state) + 4 * MiB
+            await wait_for(
+                lambda: process.poll() is not None or saved_bytes(state) >= more, timeout=60
+            )
+            assert process.returncode is None, errors.read_text()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                returncode = await process.wait()
+        finally:
+            await ended(process)
+    assert returncode == 143
+    assert "interrupted; " in one_line(errors.read_text(), "interrupted")
+
+
 @pytest.mark.parametrize(("signum", "code"), SIGNALS)
 async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, code: int) -> None:
     """Many files to check; the signal comes after the first ``ok`` line (the process

@@ -281,6 +281,14 @@ def _is_interrupt(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt)
 
 
+def watched_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, and SIGINT unless fetch was started with SIGINT ignored (a background job
+    of a script: Ctrl-C in its terminal is for the script, as for verify and check-config)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return (signal.SIGTERM,)
+    return (signal.SIGINT, signal.SIGTERM)
+
+
 async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
     """Run the fetch until it ends or SIGINT/SIGTERM arrives (its number appended to
     ``stopped``): then it is cancelled, and the downloads save their state on the way out."""
@@ -289,7 +297,7 @@ async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
     from tracker.fetch.run import run_fetch
 
     failed: list[FetchError | OSError] = []
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*watched_signals()) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
