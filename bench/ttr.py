@@ -10,8 +10,8 @@ time_to_running``, one without ``ranking`` (by slot, the Go tracker's order). Th
 tracker's own speed tests (``ranking.speed_test``: 8 MiB of each full) give it the sources'
 throughputs; the run waits until every source it lists carries one. Then, per order,
 ``snapshot-tracker fetch --connections 1`` downloads the pair that order hands out into an
-empty ledger, for real; the catch-up that
-follows is computed with the same formula (docs/ranking.md), from the measured download time:
+empty ledger, for real; the catch-up that follows is computed with the same formula
+(docs/ranking.md), from the measured download time:
 time to running = download + (tip - slot + download / slot_seconds) / (replay - 1 /
 slot_seconds). Firedancer's choice (connect RTT + 200 x slots behind^2, never speed) is
 computed from the listing; it is the pair by slot here, so its download is that one's. The

@@ -9,8 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from archives import build_archive
@@ -44,6 +47,44 @@ async def ended(process: trio.Process) -> None:
         await process.wait()
 
 
+@attrs.frozen
+class Fetching:
+    """A ``fetch`` subprocess downloading ``data`` from ``up`` (4 MiB/s) through tracker ``t``."""
+
+    process: trio.Process
+    up: FakeUpstream
+    data: bytes
+    ledger: Path
+    state: Path
+    errors: Path
+    base: str
+
+
+@asynccontextmanager
+async def fetching(
+    tmp_path: Path, seed: int, preexec_fn: Callable[[], None]
+) -> AsyncIterator[Fetching]:
+    """Start ``fetch`` of a 32 MiB full with ``preexec_fn`` run in the child; reaped on exit."""
+    data = archive_bytes(32 * MiB, seed=seed)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
+    ledger = ledger_of(tmp_path)
+    errors = tmp_path / "stderr"
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                fetch_command(ledger, t.base, "--progress", "none"),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                preexec_fn=preexec_fn,
+            )
+        state = ledger / f".tmp-{FULL}.state"
+        try:
+            yield Fetching(process, up, data, ledger, state, errors, t.base)
+        finally:
+            await ended(process)
+
+
 def saved_bytes(state: Path) -> int:
     try:
         return sum(e - s for s, e in json.loads(state.read_text())["done"])
@@ -62,41 +103,25 @@ def one_line(stderr: str, marker: str) -> str:
 async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
     tmp_path: Path, signum: int, code: int
 ) -> None:
-    data = archive_bytes(32 * MiB, seed=71)
-    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
-    ledger = ledger_of(tmp_path)
-    state = ledger / f".tmp-{FULL}.state"
-    errors = tmp_path / "stderr"
-    async with serving(up), tracker_for("redirect", tmp_path) as t:
-        advertise_all(t, up, {FULL: data})
-        with errors.open("wb") as sink:
-            process = await trio.lowlevel.open_process(
-                fetch_command(ledger, t.base, "--progress", "none"),
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
-                preexec_fn=as_a_terminal_starts_it,
-            )
-        try:
-            await wait_for(lambda: saved_bytes(state) >= 4 * MiB, timeout=60)
-            process.send_signal(signum)
-            with trio.fail_after(5):
-                returncode = await process.wait()
-        finally:
-            await ended(process)
-        saved = saved_ranges(state)
-        before = len(up.gets(FULL))
-        up.behaviour[FULL] = Behaviour()
-        rerun = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+    async with fetching(tmp_path, 71, as_a_terminal_starts_it) as f:
+        await wait_for(lambda: saved_bytes(f.state) >= 4 * MiB, timeout=60)
+        f.process.send_signal(signum)
+        with trio.fail_after(5):
+            returncode = await f.process.wait()
+        saved = saved_ranges(f.state)
+        before = len(f.up.gets(FULL))
+        f.up.behaviour[FULL] = Behaviour()
+        rerun = await run_cli(*fetch_command(f.ledger, f.base, "--progress", "none"))
     assert returncode == code
-    line = one_line(errors.read_text(), "interrupted")
+    line = one_line(f.errors.read_text(), "interrupted")
     kept = sum(e - s for s, e in saved)
-    assert f"interrupted; {kept} of {len(data)} bytes kept, run again to resume" in line
+    assert f"interrupted; {kept} of {len(f.data)} bytes kept, run again to resume" in line
     assert kept >= 4 * MiB
     assert rerun.returncode == 0, rerun.stderr
-    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
-    for seen in up.gets(FULL)[before:]:  # the rerun asked only for what was missing
+    assert sha256((f.ledger / FULL).read_bytes()) == sha256(f.data)
+    for seen in f.up.gets(FULL)[before:]:  # the rerun asked only for what was missing
         if seen.headers["range"] != "bytes=0-0":
-            start, end = requested(seen.headers["range"], len(data))
+            start, end = requested(seen.headers["range"], len(f.data))
             assert all(end <= s or e <= start for s, e in saved), (start, end, saved)
 
 
@@ -109,36 +134,20 @@ def sigint_ignored() -> None:
 async def test_fetch_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
     """A background job of a script: Ctrl-C in the terminal is for the script; SIGTERM
     still ends the fetch with its one line."""
-    data = archive_bytes(32 * MiB, seed=72)
-    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(rate=4 * MiB)})
-    ledger = ledger_of(tmp_path)
-    state = ledger / f".tmp-{FULL}.state"
-    errors = tmp_path / "stderr"
-    async with serving(up), tracker_for("redirect", tmp_path) as t:
-        advertise_all(t, up, {FULL: data})
-        with errors.open("wb") as sink:
-            process = await trio.lowlevel.open_process(
-                fetch_command(ledger, t.base, "--progress", "none"),
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
-                preexec_fn=sigint_ignored,
-            )
-        try:
-            await wait_for(lambda: saved_bytes(state) >= 4 * MiB, timeout=60)
-            process.send_signal(signal.SIGINT)
-            # Still fetching after it: more bytes saved, or the process ended (a failure).
-            more = saved_bytes(state) + 4 * MiB
-            await wait_for(
-                lambda: process.poll() is not None or saved_bytes(state) >= more, timeout=60
-            )
-            assert process.returncode is None, errors.read_text()
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(5):
-                returncode = await process.wait()
-        finally:
-            await ended(process)
+    async with fetching(tmp_path, 72, sigint_ignored) as f:
+        await wait_for(lambda: saved_bytes(f.state) >= 4 * MiB, timeout=60)
+        f.process.send_signal(signal.SIGINT)
+        # Still fetching after it: more bytes saved, or the process ended (a failure).
+        more = saved_bytes(f.state) + 4 * MiB
+        await wait_for(
+            lambda: f.process.poll() is not None or saved_bytes(f.state) >= more, timeout=60
+        )
+        assert f.process.returncode is None, f.errors.read_text()
+        f.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):
+            returncode = await f.process.wait()
     assert returncode == 143
-    assert "interrupted; " in one_line(errors.read_text(), "interrupted")
+    assert "interrupted; " in one_line(f.errors.read_text(), "interrupted")
 
 
 @pytest.mark.parametrize(("signum", "code"), SIGNALS)

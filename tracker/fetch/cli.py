@@ -284,6 +284,8 @@ def _is_interrupt(exc: BaseException) -> bool:
 def watched_signals() -> tuple[signal.Signals, ...]:
     """SIGTERM, and SIGINT unless fetch was started with SIGINT ignored (a background job
     of a script: Ctrl-C in its terminal is for the script, as for verify and check-config)."""
+    # Read inside trio.run: trio replaces only Python's default SIGINT handler, so an
+    # inherited SIG_IGN is still what getsignal sees.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         return (signal.SIGTERM,)
     return (signal.SIGINT, signal.SIGTERM)
