@@ -1,12 +1,7 @@
 """Parsers of byte streams that arrive in chunks, written as generators that ask for bytes.
 
-A parser is a generator that yields *requests* and is sent the answers:
-
-- ``n > 0``: the next ``n`` bytes (it is sent them as ``bytes``);
-- ``n < 0``: skip ``-n`` bytes (it is sent ``None``): member data is never copied;
-- :data:`MARK`: a boundary where the stream may end (it is sent ``None`` once more bytes come);
-- :data:`REST`: whatever bytes come next, at least one, as a ``memoryview`` valid until the
-  next request (the stream may end here too).
+A parser is a generator that yields *requests* and is sent the answers: the protocol is
+written once, in :mod:`tracker.proof.parsing` (the proof's decoders speak it too).
 
 :class:`Feeder` drives one parser with the chunks of a stream. At the end of the stream
 (:meth:`Feeder.finish`) a parser waiting anywhere but at a boundary is sent
@@ -16,22 +11,10 @@ walk and the zstd framing (``tracker.files.tarwalk``, ``tracker.files.decoders``
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, TypeAlias, TypeVar
-
 from tracker.errors import EndOfInput
+from tracker.proof.parsing import MARK, REST, Parser, ParserOf, Request
 
 __all__ = ["MARK", "REST", "EndOfInput", "Feeder", "Parser", "ParserOf", "Request"]
-
-T = TypeVar("T")
-#: A parser's request: bytes to read (> 0), to skip (< 0), a boundary (MARK) or REST.
-Request: TypeAlias = int | None
-#: A parser, or a part of one (``yield from``) that returns a ``T``.
-ParserOf: TypeAlias = Generator[Request, Any, T]
-Parser: TypeAlias = ParserOf[None]
-
-MARK: Request = 0
-REST: Request = None
 
 
 class Feeder:

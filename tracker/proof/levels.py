@@ -1,0 +1,93 @@
+"""The levels an archive is proven to, and the value that says what was proven. Pure.
+
+Each level implies the ones before it (docs/architecture.md, "Proven archives"):
+
+- ``structure``: well formed (the archive check: compression, tar stream, entries);
+- ``manifest``: the manifest ``snapshots/{S}/{S}`` decodes; its slot (and an incremental's
+  base slot) match the name; the name's hash is base58(BLAKE3-256 of its accounts lattice
+  hash); the bank hash recomputed from its fields equals its ``hash``;
+- ``accounts``: the lattice hash recomputed from the archive's account storages equals the
+  manifest's (fulls only: an incremental's lattice hash is that of the whole state);
+- ``cluster``: votes of at least 2/3 of the cluster's active stake carry the bank hash.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+
+class Level(enum.IntEnum):
+    """What an archive is proven to be; a higher level implies every lower one."""
+
+    STRUCTURE = 1
+    MANIFEST = 2
+    ACCOUNTS = 3
+    CLUSTER = 4
+
+    @property
+    def label(self) -> str:
+        """The level's name as the config, the JSON and the command line spell it."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Level | None:
+        """The level named ``text`` (``structure``, ``manifest``, ...), None for anything else."""
+        for level in cls:
+            if level.label == text:
+                return level
+        return None
+
+
+#: The level names, lowest first (config values and command-line choices).
+LEVEL_NAMES = tuple(level.label for level in Level)
+
+
+def required_for(required: Level, *, is_full: bool) -> Level:
+    """The level an archive must reach for a group's ``trust.require``: ``accounts`` means
+    ``accounts`` for a full and ``manifest`` for an incremental (its own storages cannot prove
+    the whole state's lattice hash)."""
+    if required == Level.ACCOUNTS and not is_full:
+        return Level.MANIFEST
+    return required
+
+
+@attrs.frozen
+class Proof:
+    """What was proven of one archive.
+
+    ``snapshot_hash`` is base58(BLAKE3-256 of the manifest's lattice hash) and ``bank_hash``
+    the manifest's bank hash, both None below ``manifest``; ``voted_stake`` the fraction of
+    the cluster's active stake whose votes carry the bank hash (None when not asked);
+    ``note`` says why the archive stops at its level when it could go higher (e.g. "not
+    proven: 12000000 accounts over the bound of 10000000"), None otherwise.
+    """
+
+    level: Level
+    snapshot_hash: str | None = None
+    bank_hash: str | None = None
+    voted_stake: float | None = None
+    note: str | None = None
+
+    def meets(self, required: Level, *, is_full: bool) -> bool:
+        """True when this proof reaches ``required`` (see :func:`required_for`)."""
+        return self.level >= required_for(required, is_full=is_full)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (``proof`` in the JSON entries; additive keys)."""
+        body: dict[str, Any] = {"level": self.level.label}
+        if self.snapshot_hash is not None:
+            body["snapshot_hash"] = self.snapshot_hash
+        if self.bank_hash is not None:
+            body["bank_hash"] = self.bank_hash
+        if self.voted_stake is not None:
+            body["voted_stake"] = self.voted_stake
+        if self.note is not None:
+            body["note"] = self.note
+        return body
+
+
+#: What a check that proves nothing beyond the structure says.
+STRUCTURE_ONLY = Proof(Level.STRUCTURE)
