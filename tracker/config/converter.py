@@ -27,6 +27,7 @@ from tracker.config.schema import (
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
+    ClusterProof,
     Config,
     ConsulSDConfig,
     Egress,
@@ -104,10 +105,17 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "known_sources": list_of(files.known_source),
         "min_agreeing_sources": values.integer_in(1, 1000),
         "max_slot_ahead": values.integer_in(0),
+        "require": values.proof_level,
     }
     add_hook(converter, Trust, trust)
     limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
     add_hook(converter, SourceLimits, limits)
+    cluster_proof = {
+        "blocks": values.integer_in(1, 512),
+        "deadline": values.duration_in(1, 3600),
+        "also_rpc": list_of(values.rpc_url),
+    }
+    add_hook(converter, ClusterProof, cluster_proof)
 
 
 def _register_ranking(converter: cattrs.Converter) -> None:
@@ -168,6 +176,10 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         "cache_prefetch_concurrency": values.integer_in(1),
         "proxy_snapshot_cache_dir": files.cache_dir,
         "proxy_snapshot_cache_min_free": values.byte_size,
+        # A manifest is read once per archive and source: at least a test validator's, at
+        # most what a mainnet manifest could grow to.
+        "manifest_read": values.size_in(1024**2, 16 * 1024**3),
+        "prove_accounts_max": values.integer_in(1000, 1_000_000_000),
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),
     }
 

@@ -13,6 +13,7 @@ import base64
 import attrs
 
 from tracker.config.values import check_target, format_address, parse_address, parse_duration
+from tracker.proof.levels import Level
 
 __all__ = [
     "BasicAuth",
@@ -138,6 +139,21 @@ class Trust:
     known_sources: tuple[str, ...] = ()
     min_agreeing_sources: int = 1
     max_slot_ahead: int = 100
+    #: The level every copy of the group's archives must be proven to (docs/architecture.md,
+    #: "Proven archives"); None: ``manifest`` when archives are checked (``verify_archives``),
+    #: else ``structure`` (:meth:`Config.required_level`).
+    require: Level | None = None
+
+
+@attrs.frozen
+class ClusterProof:
+    """The ``cluster`` level (docs/architecture.md, "Proven archives"): the votes for an
+    archive's slot read from at most ``blocks`` blocks after it within ``deadline`` seconds,
+    from ``rpc`` and each of ``also_rpc``, whose answers must agree."""
+
+    blocks: int = 32
+    deadline: float = 30.0
+    also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -346,6 +362,15 @@ class Config:
     #: A source whose copy of an archive failed its check is not used for that archive for
     #: this many seconds.
     reject_for: float = 600.0
+    #: Prove fulls to level ``accounts`` where their bytes pass through the tracker
+    #: (docs/architecture.md, "Proven archives").
+    prove_accounts: bool = True
+    #: Accounts (versions) one ``accounts`` proof indexes at most; over it the archive stays
+    #: at ``manifest``, said so.
+    prove_accounts_max: int = 10_000_000
+    #: Redirect mode: the bounded head read of a source's copy that proves its manifest.
+    manifest_read: int = 512 * 1024**2
+    cluster_proof: ClusterProof = ClusterProof()
     egress: Egress = Egress()
     #: The shared bucket of several replicas (docs/http-api.md#with-an-object-store-object_store);
     #: None: no object-store tier.
@@ -355,6 +380,13 @@ class Config:
     config_path: str = attrs.field(default="", metadata=_NOT_YAML)
     #: Things that are valid but probably unintended; the caller logs them.
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False, metadata=_NOT_YAML)
+
+    def required_level(self, group: TargetGroup) -> Level:
+        """The level every copy of ``group``'s archives must be proven to: its
+        ``trust.require``, else ``manifest`` when archives are checked, else ``structure``."""
+        if group.trust.require is not None:
+            return group.trust.require
+        return Level.MANIFEST if self.verify_archives else Level.STRUCTURE
 
     def group_named(self, name: str) -> TargetGroup | None:
         """The group called ``name``, or None."""

@@ -24,6 +24,7 @@ from tracker.config.schema import (
     TLSConfig,
 )
 from tracker.config.values import parse_duration
+from tracker.proof.levels import Level
 
 #: Secret files' texts by absolute path (:attr:`tracker.config.files.FileChecks.secrets`).
 Secrets = Mapping[str, str]
@@ -152,3 +153,16 @@ def store_problems(config: Config) -> list[tuple[Path, str]]:
         reason = "needs proxy_snapshot_downloads: true and a proxy_snapshot_cache_dir"
         return [(("object_store",), reason)]
     return []
+
+
+def proof_problems(config: Config) -> list[tuple[Path, str]]:
+    """A group's ``trust.require`` above ``structure`` needs archives checked: with
+    ``verify_archives: false`` nothing is read, so nothing is proven (docs/architecture.md,
+    "Proven archives")."""
+    if config.verify_archives:
+        return []
+    return [
+        (("target_groups", index, "trust", "require"), "needs verify_archives: true")
+        for index, group in enumerate(config.target_groups)
+        if group.trust.require is not None and group.trust.require > Level.STRUCTURE
+    ]

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from tracker.core.groupname import group_name_problem
 from tracker.core.redact import redact_url
+from tracker.proof.levels import LEVEL_NAMES, Level
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (bool, "a boolean"),  # before int: bool is an int subclass
@@ -407,3 +408,13 @@ def size_in(lowest: int, highest: int) -> Callable[[object], int]:
         return size
 
     return check
+
+
+def proof_level(value: object) -> Level:
+    """A proof level (docs/architecture.md, "Proven archives"): ``structure``, ``manifest``,
+    ``accounts`` or ``cluster``."""
+    level = Level.parse(value) if isinstance(value, str) else None
+    if level is None:
+        got = repr(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f"must be one of {', '.join(LEVEL_NAMES)}, got {got}")
+    return level

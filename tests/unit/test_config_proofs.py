@@ -1,0 +1,72 @@
+"""The config of proven archives: a group's ``trust.require`` and its default, the bounds of
+the proofs' own keys (docs/architecture.md, "Proven archives")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers_config import load, problem_at, problems
+from tracker.proof.levels import Level
+
+
+@pytest.mark.parametrize(
+    ("settings", "group", "expected"),
+    [
+        ("", "", Level.MANIFEST),
+        ("verify_archives: false\n", "", Level.STRUCTURE),
+        ("", "trust: {require: structure}", Level.STRUCTURE),
+        ("", "trust: {require: accounts}", Level.ACCOUNTS),
+        ("", "trust: {require: cluster}", Level.CLUSTER),
+        ("verify_archives: false\n", "trust: {require: structure}", Level.STRUCTURE),
+    ],
+)
+def test_the_required_level_of_a_group(
+    tmp_path: Path, settings: str, group: str, expected: Level
+) -> None:
+    config = load(tmp_path, f"{settings}target_groups: [{{group: g, {group}}}]\n")
+    assert config.required_level(config.target_groups[0]) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "reason"),
+    [
+        (
+            "target_groups: [{group: g, trust: {require: proven}}]\n",
+            "target_groups[0].trust.require",
+            "must be one of structure, manifest, accounts, cluster, got 'proven'",
+        ),
+        (
+            "target_groups: [{group: g, trust: {require: 3}}]\n",
+            "target_groups[0].trust.require",
+            "must be one of structure, manifest, accounts, cluster, got an integer",
+        ),
+        (
+            "verify_archives: false\ntarget_groups: [{group: g, trust: {require: manifest}}]\n",
+            "target_groups[0].trust.require",
+            "needs verify_archives: true",
+        ),
+        ("manifest_read: 1KiB\n", "manifest_read", "must be from 1048576 to"),
+        ("prove_accounts_max: 10\n", "prove_accounts_max", "must be from 1000 to"),
+        ("cluster_proof: {blocks: 0}\n", "cluster_proof.blocks", "must be from 1 to 512"),
+        ("cluster_proof: {deadline: 0}\n", "cluster_proof.deadline", "must be from 1s"),
+        (
+            "cluster_proof: {also_rpc: ['ftp://x']}\n",
+            "cluster_proof.also_rpc[0]",
+            "not an absolute http(s) URL",
+        ),
+    ],
+)
+def test_bad_proof_settings_name_their_key(
+    tmp_path: Path, text: str, path: str, reason: str
+) -> None:
+    assert reason in problem_at(problems(tmp_path, text), path)
+
+
+def test_the_proofs_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, "target_groups: [{group: g}]\n")
+    assert config.prove_accounts is True
+    assert config.manifest_read == 512 * 1024**2
+    assert config.prove_accounts_max == 10_000_000
+    assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
