@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers_config import load, problem_at, problems
+
 from tracker.proof.levels import Level
 
 
