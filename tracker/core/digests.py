@@ -12,6 +12,10 @@ from __future__ import annotations
 import base64
 import re
 
+import attrs
+
+from tracker.proof.levels import STRUCTURE_ONLY, Proof
+
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -34,8 +38,17 @@ def repr_digest(hex_digest: str) -> str:
     return f"sha-256=:{base64.b64encode(raw).decode()}:"
 
 
+@attrs.frozen
+class Verified:
+    """What the check said of one held copy: its SHA-256 (hex) and what it proved."""
+
+    sha256: str
+    proof: Proof = STRUCTURE_ONLY
+
+
 class Digests:
-    """The digest of each archive the tracker holds verified, by (group, name).
+    """The digest of each archive the tracker holds verified, and what its check proved
+    (docs/architecture.md, "Proven archives"), by (group, name).
 
     Each holder of copies (``"cache"``, ``"bucket"``) puts and drops its own: a copy gone
     from the disk cache still has its digest while the bucket holds it. ``version`` changes
@@ -44,19 +57,35 @@ class Digests:
     """
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], dict[str, str]] = {}
+        self._known: dict[tuple[str, str], dict[str, Verified]] = {}
         self.version = 0
 
     def get(self, group: str, name: str) -> str | None:
         """The lower-case hex SHA-256 of ``name`` of ``group``, if held verified."""
-        held = self._known.get((group, name))
-        return next(iter(held.values())) if held else None
+        held = self.verified(group, name)
+        return held.sha256 if held is not None else None
 
-    def put(self, holder: str, group: str, name: str, hex_digest: str) -> None:
-        """Record the digest of ``holder``'s verified copy of ``name``."""
+    def verified(self, group: str, name: str) -> Verified | None:
+        """What the check said of the held copy of ``name`` of ``group`` (the best proven,
+        when several holders have one)."""
+        held = self._known.get((group, name))
+        if not held:
+            return None
+        return max(held.values(), key=lambda v: v.proof.level)
+
+    def put(
+        self,
+        holder: str,
+        group: str,
+        name: str,
+        hex_digest: str,
+        proof: Proof = STRUCTURE_ONLY,
+    ) -> None:
+        """Record the digest of ``holder``'s verified copy of ``name``, and its proof."""
         held = self._known.setdefault((group, name), {})
-        if held.get(holder) != hex_digest:
-            held[holder] = hex_digest
+        value = Verified(hex_digest, proof)
+        if held.get(holder) != value:
+            held[holder] = value
             self.version += 1
 
     def drop(self, holder: str, group: str, name: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from tracker.core.digests import Verified
 from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_text, redact_userinfo
 from tracker.core.snapshots import format_time, info_to_json
@@ -26,7 +27,7 @@ def source_json(
     *,
     files_base: str | None = None,
     here: str = "",
-    digest: Callable[[str, str], str | None] = lambda _group, _name: None,
+    verified: Callable[[str, str], Verified | None] = lambda _group, _name: None,
     predicted: float | None = None,
     node_version: str = "",
 ) -> dict[str, Any]:
@@ -38,8 +39,8 @@ def source_json(
     configured target are masked; file URLs keep their query (a link the source handed out).
     Each file carries ``url``, where this source's copy is fetched from (the source itself,
     or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
-    credentialed), and ``sha256`` when ``digest(group, name)`` knows the tracker's verified
-    copy. ``predicted``: the seconds to a running node of the source's pair, in a group
+    credentialed), and ``sha256`` and ``proof`` (docs/architecture.md, "Proven archives")
+    when ``verified(group, name)`` knows the tracker's verified copy. ``predicted``: the seconds to a running node of the source's pair, in a group
     ranked by it (docs/ranking.md; infinite: ``null``, it never catches up).
     ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
     """
@@ -57,9 +58,10 @@ def source_json(
             wire["url"] = redact_userinfo(f.url)
         elif here:
             wire["url"] = here + tracker_path(f.bare_name, group, alias=False)
-        sha256 = digest(group, f.bare_name)
-        if sha256:
-            wire["sha256"] = sha256
+        held = verified(group, f.bare_name)
+        if held is not None:
+            wire["sha256"] = held.sha256
+            wire["proof"] = held.proof.to_json()
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
@@ -108,13 +110,12 @@ def _source_bytes(
     predicted: float | None,
     node_version: str,
 ) -> bytes:
-    digest = deps.digests.get
     body = source_json(
         source,
         base,
         files_base=files_base,
         here=here,
-        digest=digest,
+        verified=deps.digests.verified,
         predicted=predicted,
         node_version=node_version,
     )
