@@ -40,8 +40,9 @@ def source_json(
     Each file carries ``url``, where this source's copy is fetched from (the source itself,
     or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
     credentialed), and ``sha256`` and ``proof`` (docs/architecture.md, "Proven archives")
-    when ``verified(group, name)`` knows the tracker's verified copy. ``predicted``: the seconds to a running node of the source's pair, in a group
-    ranked by it (docs/ranking.md; infinite: ``null``, it never catches up).
+    when ``verified(group, name)`` knows the tracker's verified copy. ``predicted``: the
+    seconds to a running node of the source's pair, in a group ranked by it
+    (docs/ranking.md; infinite: ``null``, it never catches up).
     ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
     """
     info, group = source.info, source.key.group
