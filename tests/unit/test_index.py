@@ -263,3 +263,30 @@ def test_a_known_host_port_decides_the_hash() -> None:
     index.apply(TargetKey("g", "http://10.0.0.3:13080"), infos(other), T0)
     best = index.best_full("g")
     assert best is not None and best.key.target == "http://10.0.0.1:13080"
+
+
+def test_a_disproven_copy_is_not_ranked_and_its_chain_goes_with_it() -> None:
+    index = Index()
+    a, b = TargetKey("g", "a"), TargetKey("g", "b")
+    chain = ("snapshot-200-H.tar", "incremental-snapshot-200-250-H.tar")
+    index.apply(a, infos(*chain), T0 + timedelta(seconds=5))
+    index.apply(b, infos(*chain), T0)
+    full = f"snapshot-200-{H}.tar"
+    index.disprove(a, full, "manifest: name hash X, lattice hash gives Y")
+    # a's full is out, and so is a's incremental, whose chain needs it; b's copies stay.
+    assert {(s.key.target, s.info.slot) for s in index.sources("g")} == {("b", 250), ("b", 200)}
+    assert [s.key.target for _f, s in index.find_file("g", full)] == ["b"]
+    assert index.disproven() == {a: {full: "manifest: name hash X, lattice hash gives Y"}}
+    index.disprove(a, full, None)
+    assert [s.key.target for _f, s in index.find_file("g", full)] == ["a", "b"]
+    assert index.disproven() == {}
+
+
+def test_disproving_screens_alongside_the_trust_policy() -> None:
+    index = Index()
+    index.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    a, b, c = TargetKey("g", "a"), TargetKey("g", "b"), TargetKey("g", "c")
+    for key in (a, b, c):
+        index.apply(key, infos("snapshot-100-H.tar"), T0)
+    index.disprove(c, f"snapshot-100-{H}.tar", "manifest: bank hash differs")
+    assert sorted(s.key.target for s in index.sources("g")) == ["a", "b"]

@@ -49,6 +49,9 @@ class Index:
         self._policies: dict[str, TrustPolicy] = {}
         self._cluster_slot: int | None = None
         self._mismatches: dict[TargetKey, str] = {}
+        #: Copies a proof showed below their group's required level: (target, archive name)
+        #: pairs never ranked, with the reason (docs/architecture.md, "Proven archives").
+        self._disproven: dict[TargetKey, dict[str, str]] = {}
         #: Per group ranked by time to running: its settings, its ranked pairs (per change)
         #: and the pair handed out last (docs/ranking.md).
         self._timed = TimedGroups()
@@ -121,6 +124,26 @@ class Index:
         """The cluster's current slot as last given to :meth:`set_cluster_slot` (None:
         unknown, no ``rpc`` or it did not answer)."""
         return self._cluster_slot
+
+    def disprove(self, key: TargetKey, name: str, reason: str | None) -> None:
+        """``key``'s copy of archive ``name`` is below its group's required level (``reason``
+        says why): nothing of it is ranked. ``reason`` None: it is not (any more)."""
+        held = self._disproven.get(key, {})
+        if held.get(name) == reason:
+            return
+        if reason is None:
+            held.pop(name, None)
+        else:
+            held[name] = reason
+        if held:
+            self._disproven[key] = held
+        else:
+            self._disproven.pop(key, None)
+        self._changed()
+
+    def disproven(self) -> Mapping[TargetKey, Mapping[str, str]]:
+        """The copies :meth:`disprove` keeps out of the ranking, by target, with the reason."""
+        return self._disproven
 
     def mismatches(self) -> Mapping[TargetKey, str]:
         """Why some of a target's snapshots are not ranked (a lost hash), for every target
@@ -223,12 +246,19 @@ class Index:
         """What each target of ``group`` may contribute to the ranking (docs/http-api.md#trust)."""
         policy = self._policies.get(group, TrustPolicy())
         discovered = {key for key in entries if key.discovered}
-        if not needs_screening(policy, self._cluster_slot, bool(discovered)):
-            return {}  # trust everything: nothing to screen (the common, fast path)
-        advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
-        screened = screen(advertised, policy, self._cluster_slot, discovered)
-        self._mismatches.update(screened.mismatches)
-        return screened.infos
+        kept: dict[TargetKey, tuple[SnapshotInfo, ...]] = {}
+        if needs_screening(policy, self._cluster_slot, bool(discovered)):
+            advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
+            screened = screen(advertised, policy, self._cluster_slot, discovered)
+            self._mismatches.update(screened.mismatches)
+            kept = screened.infos
+        for key, names in self._disproven.items():  # few: only copies a proof refused
+            if key in entries:
+                infos = kept.get(key, entries[key].infos)
+                kept[key] = tuple(
+                    i for i in infos if not any(f.bare_name in names for f in i.files)
+                )
+        return kept
 
     def sources(self, group: str | None = None) -> list[SnapshotSource]:
         """Every source of ``group`` (or of all groups, by group name), best first."""
