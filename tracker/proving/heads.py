@@ -1,0 +1,225 @@
+"""Head reads: redirect mode's proof of the copies it could hand out (docs/architecture.md,
+"Proven archives").
+
+In redirect mode the tracker never holds the bytes, but an archive's manifest comes before
+its accounts. Every few seconds :class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due`
+which copies of each group's best full and incremental have not been read yet, and reads
+each from the start, through the archive check with its proof (``prove``, the files layer's
+head check, passed in), until the manifest ends or ``manifest_read`` bytes came. A copy
+below its group's level (a manifest that does not decode, a name its lattice hash does not
+give, a bank hash that does not recompute) is kept out of the ranking
+(:meth:`tracker.core.index.Index.disprove`) and its source shows the reason; a copy that
+reaches it is kept as proven, once per archive and source. A read that fails for a reason
+that is not the archive's (the source busy, unreachable, an answer that is not the file) is
+tried again later. Every read goes through the proxy's upstream client (credentials only to
+their origin, the egress policy) within the source's ``source_limits``, like a speed test.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from tracker.config.schema import Config, TargetGroup
+from tracker.core.headreads import HeadRead, heads_due
+from tracker.core.index import Index, TargetKey
+from tracker.core.logs import log_event
+from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
+from tracker.net.bodies import body_chunks
+from tracker.net.sourcelimits import Limits
+from tracker.proof.levels import Level, Proof
+from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
+
+log = logging.getLogger("tracker.proof")
+
+Copy = tuple[TargetKey, str]
+_V = TypeVar("_V")
+
+#: ``prove(read, name, limit)``: the proof of the archive ``name`` whose raw bytes
+#: ``read(n)`` returns, from at most ``limit`` of them (ArchiveInvalid: it fails).
+Prove = Callable[[Callable[[int], bytes], str, int], Proof]
+
+#: How often the groups are looked at for copies due.
+CHECK_EVERY = 1.0
+#: A read that failed for the source's reason is tried again after this many seconds.
+RETRY_AFTER = 60.0
+#: Copies remembered as proven or refused (the oldest forgotten first).
+MAX_KEPT = 4096
+#: Longest one head read may take, whatever its size.
+READ_FOR = 300.0
+
+
+class HeadProofs:
+    """The head-read loop of one tracker in redirect mode; started by the service."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        clients: DownloadClients,
+        prove: Prove,
+        *,
+        every: float = CHECK_EVERY,
+        retry_after: float = RETRY_AFTER,
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._clients = clients
+        self._prove = prove
+        self._every = every
+        self._retry_after = retry_after
+        #: What each copy read was proven to (bounded; the oldest forgotten first).
+        self.proven: OrderedDict[tuple[TargetKey, str], Proof] = OrderedDict()
+        self._refused: OrderedDict[tuple[TargetKey, str], str] = OrderedDict()
+        self._tried: dict[tuple[TargetKey, str], float] = {}
+        #: Rounds completed (tests wait on it).
+        self.rounds = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the heads due every :data:`CHECK_EVERY` seconds, until cancelled."""
+        task_status.started()
+        while True:
+            await self.round()
+            await trio.sleep(self._every)
+
+    async def round(self) -> int:
+        """Read every head due now, one after another; how many copies were decided."""
+        decided = 0
+        config = self._config()
+        for group in config.target_groups:
+            if config.proxy_snapshot_downloads or config.required_level(group) < Level.MANIFEST:
+                continue
+            for read in self.due(group):
+                decided += await self._read(config, group, read)
+        self.rounds += 1
+        return decided
+
+    def due(self, group: TargetGroup) -> list[HeadRead]:
+        """The head reads of ``group`` due now."""
+        name = group.group
+        best = [self._index.best_full(name), self._index.best_incremental(name)]
+        candidates = [
+            self._index.find_file(name, s.info.files[0].bare_name) for s in best if s is not None
+        ]
+        done = self.proven.keys() | self._refused.keys()
+        return heads_due(
+            candidates,
+            done=done,
+            tried=self._tried,
+            retry_after=self._retry_after,
+            now=self._index.clock(),
+        )
+
+    async def _read(self, config: Config, group: TargetGroup, read: HeadRead) -> int:
+        """Prove ``read``'s copy; 1 when decided (proven or refused), 0 when the read failed
+        for the source's reason (logged; tried again after ``retry_after``)."""
+        url = read.file.url
+        try:
+            proof = await prove_copy(self._clients, group, read, self._prove, config.manifest_read)
+        except ArchiveInvalid as exc:
+            self._keep(self._refused, read.copy, str(exc))
+            self._index.disprove(read.key, read.file.bare_name, str(exc))
+            log_event(log, "warning", "archive_disproven", url=url, reason=exc)
+            return 1
+        except (SourceBusy, SourceFailed, TransportError) as exc:
+            self._tried[read.copy] = self._index.clock()
+            log_event(log, "info", "head_read_failed", url=url, reason=exc)
+            return 0
+        required = config.required_level(group)
+        if not proof.meets(required, is_full=read.file.name.is_full):
+            reason = f"proven to {proof.level.label}, {required.label} required: {proof.note}"
+            self._keep(self._refused, read.copy, reason)
+            self._index.disprove(read.key, read.file.bare_name, reason)
+            log_event(log, "warning", "archive_disproven", url=url, reason=reason)
+            return 1
+        self._keep(self.proven, read.copy, proof)
+        log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
+        return 1
+
+    def _keep(self, kept: OrderedDict[Copy, _V], copy: Copy, value: _V) -> None:
+        kept[copy] = value
+        kept.move_to_end(copy)
+        while len(kept) > MAX_KEPT:
+            kept.popitem(last=False)
+        self._tried.pop(copy, None)
+
+
+async def prove_copy(
+    clients: DownloadClients, group: TargetGroup, read: HeadRead, prove: Prove, limit: int
+) -> Proof:
+    """Read the head of ``read``'s copy and prove it (``prove`` in a worker thread, fed the
+    body as it arrives, at most ``limit`` bytes). Raises ArchiveInvalid when the copy fails,
+    SourceBusy when its source has no free transfer slot, SourceFailed or TransportError
+    when it gives no usable answer; cancellation stops the read and the proof."""
+    key, url = read.key, read.file.url
+    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
+    async with clients.limits.transfer(url, caps, wait=0) as pacer:
+        response, url = await ask_source(
+            clients, group, key.target, url, "GET", {}, trusted=not key.discovered
+        )
+        answer = UpstreamAnswer(response, url, read.file, read.source)
+        try:
+            problem = size_problem(response, read.file.size)
+            if response.status_code != 200:
+                problem = f"answered {response.status_code} to a GET of the archive"
+            if problem is not None:
+                raise SourceFailed(problem)
+            with trio.fail_after(READ_FOR):
+                async with body_chunks(response) as chunks:
+                    return await _prove_stream(
+                        chunks, read.file.bare_name, prove, limit, pacer.pace
+                    )
+        except trio.TooSlowError:
+            raise SourceFailed(f"the head read took over {READ_FOR:g}s") from None
+        finally:
+            await answer.aclose()
+
+
+async def _prove_stream(
+    chunks: AsyncIterator[bytes],
+    name: str,
+    prove: Prove,
+    limit: int,
+    pace: Callable[[int], Awaitable[None]],
+) -> Proof:
+    """Run ``prove`` in a worker thread over the chunks as they arrive; the thread's reads
+    wait on this task (``trio.from_thread``), so at most one chunk is in memory at a time."""
+    pending = bytearray()
+    ended = False
+    failed: list[BaseException] = []
+
+    async def next_chunk() -> bytes:
+        nonlocal ended
+        if ended:
+            return b""
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            ended = True
+            return b""
+        except BaseException as exc:
+            failed.append(exc)  # the source's failure, not the archive's
+            raise
+        await pace(len(chunk))  # the source's max_rate, as for any transfer
+        return chunk
+
+    def read(count: int) -> bytes:
+        while len(pending) < count and not ended:
+            got = trio.from_thread.run(next_chunk)
+            if not got:
+                break
+            pending.extend(got)
+        data = bytes(pending[:count])
+        del pending[:count]
+        return data
+
+    try:
+        return await trio.to_thread.run_sync(prove, read, name, limit)
+    except ArchiveInvalid:
+        if failed:
+            raise failed[0] from None
+        raise
