@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from tracker.core.digests import Verified
-from tracker.core.index import SnapshotSource
+from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.redact import redact_text, redact_userinfo
 from tracker.core.snapshots import format_time, info_to_json
 from tracker.discovery.scrape import TargetHealth, health_json
@@ -134,9 +134,24 @@ def _health_bytes(
     return json.dumps(out, separators=(",", ":")).encode()
 
 
+#: What ``/v1/targets`` shows as ``last_error`` of a target whose copy a proof refused.
+DISPROVEN = "archive not proven: "
+
+
+def disproven_errors(disproven: Mapping[TargetKey, Mapping[str, str]]) -> dict[TargetKey, str]:
+    """Each target with a copy a proof kept out of the ranking (docs/architecture.md,
+    "Proven archives"): its ``last_error``, naming the archive and the reason."""
+    return {
+        key: f"{DISPROVEN}{name}: {reason}"
+        for key, refused in disproven.items()
+        for name, reason in list(refused.items())[-1:]
+    }
+
+
 def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: float) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
-    whose copy of an archive failed its check shows why (``deps.rejections``) unless its
+    whose copy of an archive failed its check or a proof (``deps.rejections``,
+    :func:`disproven_errors`) shows why unless its
     probe failed; a measured one its throughput as of ``now`` (while bytes come from it,
     the rate they come at: ``deps.flowing``); the targets of a group whose last refresh
     streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``."""
@@ -144,7 +159,7 @@ def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: fl
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
-    mismatches = {**index.mismatches(), **rejected}
+    mismatches = {**index.mismatches(), **disproven_errors(index.disproven()), **rejected}
     for h in scraper.in_order():
         key = h.target.key
         if group is not None and key.group != group:
