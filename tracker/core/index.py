@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from tracker.core.disproven import Disproven
 from tracker.core.holdings import Holdings, held_sources
 from tracker.core.predict import Ranking
 from tracker.core.ranking import RankedPairs, TimedGroups
@@ -49,9 +50,8 @@ class Index:
         self._policies: dict[str, TrustPolicy] = {}
         self._cluster_slot: int | None = None
         self._mismatches: dict[TargetKey, str] = {}
-        #: Copies a proof showed below their group's required level: (target, archive name)
-        #: pairs never ranked, with the reason (docs/architecture.md, "Proven archives").
-        self._disproven: dict[TargetKey, dict[str, str]] = {}
+        #: Copies a proof showed below their group's level: never ranked.
+        self._disproven = Disproven()
         #: Per group ranked by time to running: its settings, its ranked pairs (per change)
         #: and the pair handed out last (docs/ranking.md).
         self._timed = TimedGroups()
@@ -126,24 +126,13 @@ class Index:
         return self._cluster_slot
 
     def disprove(self, key: TargetKey, name: str, reason: str | None) -> None:
-        """``key``'s copy of archive ``name`` is below its group's required level (``reason``
-        says why): nothing of it is ranked. ``reason`` None: it is not (any more)."""
-        held = self._disproven.get(key, {})
-        if held.get(name) == reason:
-            return
-        if reason is None:
-            held.pop(name, None)
-        else:
-            held[name] = reason
-        if held:
-            self._disproven[key] = held
-        else:
-            self._disproven.pop(key, None)
-        self._changed()
+        """``key``'s copy of ``name`` is below its group's level: not ranked (None: it is)."""
+        if self._disproven.set(key, name, reason):
+            self._changed()
 
     def disproven(self) -> Mapping[TargetKey, Mapping[str, str]]:
-        """The copies :meth:`disprove` keeps out of the ranking, by target, with the reason."""
-        return self._disproven
+        """The copies :meth:`disprove` keeps out, by target, with the reason."""
+        return self._disproven.view()
 
     def mismatches(self) -> Mapping[TargetKey, str]:
         """Why some of a target's snapshots are not ranked (a lost hash), for every target
@@ -208,7 +197,10 @@ class Index:
             now = self.clock()
             built: dict[TargetKey, _Built] = {}
             for group, entries in self._by_group().items():
-                screened = self._screen(group, entries)
+                policy = self._policies.get(group, TrustPolicy())
+                screened = _screen(entries, policy, self._cluster_slot, self._mismatches)
+                if self._disproven.view():  # rare: only copies a proof refused
+                    self._disproven.screen({k: e.infos for k, e in entries.items()}, screened)
                 speeds = self._speeds.rates(now)
                 measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
@@ -239,26 +231,6 @@ class Index:
         for key, entry in self._entries.items():
             groups.setdefault(key.group, {})[key] = entry
         return groups
-
-    def _screen(
-        self, group: str, entries: dict[TargetKey, _Entry]
-    ) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
-        """What each target of ``group`` may contribute to the ranking (docs/http-api.md#trust)."""
-        policy = self._policies.get(group, TrustPolicy())
-        discovered = {key for key in entries if key.discovered}
-        kept: dict[TargetKey, tuple[SnapshotInfo, ...]] = {}
-        if needs_screening(policy, self._cluster_slot, bool(discovered)):
-            advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
-            screened = screen(advertised, policy, self._cluster_slot, discovered)
-            self._mismatches.update(screened.mismatches)
-            kept = screened.infos
-        for key, names in self._disproven.items():  # few: only copies a proof refused
-            if key in entries:
-                infos = kept.get(key, entries[key].infos)
-                kept[key] = tuple(
-                    i for i in infos if not any(f.bare_name in names for f in i.files)
-                )
-        return kept
 
     def sources(self, group: str | None = None) -> list[SnapshotSource]:
         """Every source of ``group`` (or of all groups, by group name), best first."""
@@ -361,6 +333,23 @@ class Index:
                 (s.info.files[0], s) for s in self.held(group) if s.info.files[0].bare_name == name
             ]
         return found
+
+
+def _screen(
+    entries: dict[TargetKey, _Entry],
+    policy: TrustPolicy,
+    cluster_slot: int | None,
+    mismatches: dict[TargetKey, str],
+) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
+    """What each target of a group may contribute to the ranking by its trust ``policy``
+    (docs/http-api.md#trust); the targets whose hash lost go into ``mismatches``."""
+    discovered = {key for key in entries if key.discovered}
+    if not needs_screening(policy, cluster_slot, bool(discovered)):
+        return {}  # trust everything: nothing to screen (the common, fast path)
+    advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
+    screened = screen(advertised, policy, cluster_slot, discovered)
+    mismatches.update(screened.mismatches)
+    return screened.infos
 
 
 def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:

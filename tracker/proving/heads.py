@@ -30,6 +30,7 @@ from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
+from tracker.net.exchange import source_failures
 from tracker.net.sourcelimits import Limits
 from tracker.proof.levels import Level, Proof
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
@@ -168,13 +169,11 @@ async def prove_copy(
                 problem = f"answered {response.status_code} to a GET of the archive"
             if problem is not None:
                 raise SourceFailed(problem)
-            with trio.fail_after(READ_FOR):
+            silence = f"the head read took over {READ_FOR:g}s"
+            with source_failures("", silence), trio.fail_after(READ_FOR):
                 async with body_chunks(response) as chunks:
-                    return await _prove_stream(
-                        chunks, read.file.bare_name, prove, limit, pacer.pace
-                    )
-        except trio.TooSlowError:
-            raise SourceFailed(f"the head read took over {READ_FOR:g}s") from None
+                    name = read.file.bare_name
+                    return await _prove_stream(chunks, name, prove, limit, pacer.pace)
         finally:
             await answer.aclose()
 
