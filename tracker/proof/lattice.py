@@ -69,8 +69,10 @@ class LtHash:
 def _summed(hashes: bytes | bytearray | memoryview) -> npt.NDArray[np.uint16]:
     if len(hashes) % LT_HASH_BYTES:
         raise ValueError(f"{len(hashes)} bytes are not whole lattice hashes")
-    rows = np.frombuffer(hashes, dtype=_LANE).reshape(-1, LANES)
+    rows: npt.NDArray[np.uint16] = np.frombuffer(hashes, dtype=_LANE).reshape(-1, LANES)
     if len(rows) == 1:
-        return rows[0]
+        first: npt.NDArray[np.uint16] = rows[0]
+        return first
     # u16 lanes wrap: a u64 sum of up to 2^48 rows, then the low 16 bits.
-    return (rows.sum(axis=0, dtype=np.uint64) & 0xFFFF).astype(np.uint16)
+    total: npt.NDArray[np.uint64] = rows.sum(axis=0, dtype=np.uint64)
+    return (total & 0xFFFF).astype(np.uint16)
