@@ -29,8 +29,10 @@ exception class::
     ├── ClientGone         the client's connection closed while a body was being sent
     ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
     ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
-    └── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
-                           by tracker.files.streamparse; it words its own ArchiveInvalid)
+    ├── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
+    │                      by tracker.files.streamparse; it words its own ArchiveInvalid)
+    └── StatementInvalid   a signed statement about an archive (an attestation) or its signing
+                           key is malformed, badly signed, expired or about another file; one line
 """
 
 from __future__ import annotations
@@ -168,3 +170,9 @@ class EndOfInput(TrackerError):
     def __init__(self, at: int) -> None:
         self.at = at
         super().__init__(f"stream ends at byte {at}")
+
+
+class StatementInvalid(TrackerError):
+    """A signed statement about an archive (docs/http-api.md, "Signed statements"), or the key
+    that signs them, cannot be taken: malformed, signed by another key or badly, expired, about
+    another size or digest, or a key file of the wrong mode; ``str(exc)`` is one line."""
