@@ -3,11 +3,14 @@ the proofs' own keys (docs/architecture.md, "Proven archives")."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 from helpers_config import load, problem_at, problems
 
+from tracker.config.files import load_signer
 from tracker.proof.levels import Level
 
 
@@ -70,3 +73,66 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
     assert config.manifest_read == 512 * 1024**2
     assert config.prove_accounts_max == 10_000_000
     assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
+
+
+def _keypair(path: Path, mode: int = 0o600, content: bytes | None = None) -> Path:
+    """A keypair file as solana-keygen writes it (seed, then public key), with ``mode``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    seed = bytes(range(32))
+    public = (
+        Ed25519PrivateKey.from_private_bytes(seed)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+    path.write_bytes(content if content is not None else json.dumps(list(seed + public)).encode())
+    path.chmod(mode)
+    return path
+
+
+def test_a_signing_key_of_mode_0600_is_taken(tmp_path: Path) -> None:
+    key = _keypair(tmp_path / "attest.json")
+    config = load(
+        tmp_path, f"attest: {{key: {key}, valid_for: 1d}}\ntarget_groups: [{{group: g}}]\n"
+    )
+    assert config.attest is not None
+    assert (config.attest.key, config.attest.valid_for) == (str(key), 86400.0)
+    assert load_signer(config.attest.key).public_key  # the key it names signs
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "reason"),
+    [
+        (0o644, None, "has mode 0644; a signing key must be 0600"),
+        (0o640, None, "has mode 0640; a signing key must be 0600"),
+        (0o600, b"[1, 2]", "not a JSON array of 64 bytes"),
+        (0o600, b"\xff" * 10_000, "over 4096 bytes"),
+    ],
+)
+def test_a_bad_signing_key_names_attest_key(
+    tmp_path: Path, mode: int, content: bytes | None, reason: str
+) -> None:
+    key = _keypair(tmp_path / "attest.json", mode, content)
+    found = problem_at(problems(tmp_path, f"attest: {{key: {key}}}\n"), "attest.key")
+    assert reason in found
+    assert "[" not in found.split(":", 1)[-1] or content == b"[1, 2]"  # never the key's bytes
+
+
+def test_a_signing_key_behind_a_link_or_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    key = _keypair(tmp_path / "real.json")
+    (tmp_path / "link.json").symlink_to(key)
+    os.mkfifo(tmp_path / "fifo.json", 0o600)
+    for name, reason in (("link.json", "cannot read"), ("fifo.json", "not a regular file")):
+        found = problem_at(
+            problems(tmp_path, f"attest: {{key: {tmp_path / name}}}\n"), "attest.key"
+        )
+        assert reason in found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_signing_key_of_another_user_is_refused(tmp_path: Path) -> None:
+    key = _keypair(tmp_path / "attest.json")
+    os.chown(key, 65534, 65534)
+    found = problem_at(problems(tmp_path, f"attest: {{key: {key}}}\n"), "attest.key")
+    assert "owned by uid 65534, not the tracker's user" in found

@@ -24,6 +24,7 @@ from tracker.config import rankvalues, values
 from tracker.config.files import FileChecks
 from tracker.config.problems import TLS_GO_KEYS, Problems
 from tracker.config.schema import (
+    Attest,
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
@@ -116,6 +117,8 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "also_rpc": list_of(values.rpc_url),
     }
     add_hook(converter, ClusterProof, cluster_proof)
+    attest = {"key": files.signing_key, "valid_for": values.duration_in(60, 366 * 24 * 3600)}
+    add_hook(converter, Attest, attest)
 
 
 def _register_ranking(converter: cattrs.Converter) -> None:

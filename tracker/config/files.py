@@ -9,11 +9,13 @@ is kept (:attr:`FileChecks.secrets`) for the section that uses it
 from __future__ import annotations
 
 import os
+import stat
 
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.directories import unusable_directory
-from tracker.errors import ProbeError
+from tracker.errors import ProbeError, StatementInvalid
+from tracker.proof.statement import MAX_KEYPAIR, Signer
 
 
 class FileChecks:
@@ -43,6 +45,14 @@ class FileChecks:
             text = read_text(path)
             # Editors end files with a newline that is not part of the secret: drop one.
             self.secrets[path] = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        return path
+
+    def signing_key(self, value: object) -> str:
+        """``attest.key``: a Solana keypair file that signs statements (:func:`load_signer`)."""
+        path = self.resolve(value)
+        if not path:
+            raise ValueError("must not be empty")
+        load_signer(path)
         return path
 
     def targets_file(self, value: object) -> str:
@@ -103,3 +113,27 @@ def read_text(path: str) -> str:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ValueError(f"cannot read {path!r}: not UTF-8 text") from None
+
+
+def load_signer(path: str) -> Signer:
+    """The signer of the keypair file at ``path``. Raises ValueError saying why not: not a
+    regular file (no link followed, nothing that could block), readable by others than its
+    owner (a key must be mode 0600), not owned by this process's user, or not a keypair."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    with open(fd, "rb", buffering=0, closefd=True) as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path!r} is not a regular file")
+        if info.st_mode & 0o077:
+            mode = stat.S_IMODE(info.st_mode)
+            raise ValueError(f"{path!r} has mode {mode:04o}; a signing key must be 0600")
+        if info.st_uid != os.geteuid():
+            raise ValueError(f"{path!r} is owned by uid {info.st_uid}, not the tracker's user")
+        data = file.read(MAX_KEYPAIR + 1)
+    try:
+        return Signer.from_keypair_json(data)
+    except StatementInvalid as exc:
+        raise ValueError(f"{path!r}: {str(exc).removeprefix('key file: ')}") from None

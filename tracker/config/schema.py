@@ -16,6 +16,7 @@ from tracker.config.values import check_target, format_address, parse_address, p
 from tracker.proof.levels import Level
 
 __all__ = [
+    "Attest",
     "BasicAuth",
     "BearerAuth",
     "Config",
@@ -143,6 +144,16 @@ class Trust:
     #: "Proven archives"); None: ``manifest`` when archives are checked (``verify_archives``),
     #: else ``structure`` (:meth:`Config.required_level`).
     require: Level | None = None
+
+
+@attrs.frozen
+class Attest:
+    """Signed statements of what the tracker proved (docs/http-api.md, "Signed statements"):
+    ``key`` is a Solana keypair file (``solana-keygen``'s JSON), mode 0600 and the tracker's
+    user's; each statement holds for ``valid_for`` seconds."""
+
+    key: str = attrs.field(default="", repr=False)
+    valid_for: float = 7 * 24 * 3600.0
 
 
 @attrs.frozen
@@ -371,6 +382,8 @@ class Config:
     #: Redirect mode: the bounded head read of a source's copy that proves its manifest.
     manifest_read: int = 512 * 1024**2
     cluster_proof: ClusterProof = ClusterProof()
+    #: Signed statements; None: the tracker signs nothing.
+    attest: Attest | None = None
     egress: Egress = Egress()
     #: The shared bucket of several replicas (docs/http-api.md#with-an-object-store-object_store);
     #: None: no object-store tier.

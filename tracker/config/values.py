@@ -47,9 +47,10 @@ _UNIT_SECONDS = {
     "s": Fraction(1),
     "m": Fraction(60),
     "h": Fraction(3600),
+    "d": Fraction(86400),  # beyond Go: statements' lifetimes are written in days
 }
 # Longer units first so that "ms" is not read as "m" followed by garbage.
-_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
 _PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
 _DURATION_HINT = "expected a duration like '500ms', '15s' or '1m30s', or a number of seconds"
 
