@@ -5,9 +5,12 @@ the code's docstrings, resolves in the code as it is."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,49 @@ def test_every_reference_in_the_docs_resolves(doc: str, ref: str) -> None:
 @pytest.mark.parametrize(("source", "ref"), _code_mentions())
 def test_every_reference_in_the_code_resolves(source: str, ref: str) -> None:
     assert _resolves(ref), f"{source} names `tracker.{ref}`, which is not in the code"
+
+
+def _prose_blocks(source: str) -> list[list[str]]:
+    """Each docstring of ``source`` and each run of comment lines, as lists of lines."""
+    blocks = [
+        doc.splitlines()
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and (doc := ast.get_docstring(node, clean=True))
+    ]
+    run: list[str] = []
+    last = -2
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type != tokenize.COMMENT or not token.line.strip().startswith("#"):
+            continue
+        if token.start[0] != last + 1 and run:
+            blocks.append(run)
+            run = []
+        run.append(token.string.lstrip("#:").strip())
+        last = token.start[0]
+    return [*blocks, run] if run else blocks
+
+
+def _stray_fragments(source: str) -> list[str]:
+    """Lines of one or two words that a long line broke off mid-sentence (a mechanical rewrite
+    that lengthened a line and wrapped only its tail leaves them)."""
+    return [
+        line
+        for lines in _prose_blocks(source)
+        for before, line, after in zip(lines, lines[1:], lines[2:], strict=False)
+        if 0 < len(line.split()) <= 2
+        and len(before) >= 80
+        and after.strip()
+        and line[:1].islower()
+        and not line.rstrip().endswith((".", ":", ";"))
+    ]
+
+
+@pytest.mark.parametrize("source", [p.relative_to(ROOT).as_posix() for p in SOURCES])
+def test_docstrings_and_comments_are_whole(source: str) -> None:
+    assert _stray_fragments((ROOT / source).read_text()) == []
+
+
+def test_a_broken_line_is_found() -> None:
+    broken = '"""' + "word " * 18 + "and\nthe\nrest of the sentence.\n\nMore.\n" + '"""\n'
+    assert _stray_fragments(broken) == ["the"]

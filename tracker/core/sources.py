@@ -19,9 +19,8 @@ from tracker.core.snapshots import SnapshotInfo
 class TargetKey(NamedTuple):
     """A target's stable identity: its group and its display name (URL or path).
 
-    ``discovered``: a node found by cluster discovery (docs/http-api.md#trust), not configured by
-    the
-    operator: an address from the network, never given the group's credentials.
+    ``discovered``: a node found by cluster discovery (docs/http-api.md#trust), not configured
+    by the operator: an address from the network, never given the group's credentials.
 
     A named tuple, not an attrs class: keys are hashed and compared hundreds of thousands of
     times a second while thousands of targets are ranked, and a tuple does both in C.
@@ -52,8 +51,7 @@ class SnapshotSource:
 
         Between sources of the same snapshot: the higher measured throughput, then the lower
         probe latency, then the one scraped successfully most recently (docs/http-api.md#trust);
-        the target
-        name makes the order total (deterministic answers).
+        the target name makes the order total (deterministic answers).
         """
         latency = -self.latency if self.latency is not None else -math.inf
         return (

@@ -149,9 +149,8 @@ def _display_order(health: TargetHealth) -> tuple[str, str]:
 
 def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[str, object]:
     """The ``/v1/targets`` entry of one target (secrets in URLs masked). ``mismatch``: why
-    the index holds some of its snapshots back (a hash that lost, docs/http-api.md#trust), shown as
-    its
-    ``last_error`` when the probe itself succeeded."""
+    the index holds some of its snapshots back (a hash that lost, docs/http-api.md#trust),
+    shown as its ``last_error`` when the probe itself succeeded."""
     last = health.last_scrape
     duration = health.last_duration
     error = health.last_error or mismatch

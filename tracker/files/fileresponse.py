@@ -1,14 +1,13 @@
-"""Serve a file from disk as an :class:`~tracker.files.answers.Answer`: fast, bounded memory, no
-leaked descriptors.
+"""Serve a file from disk as an :class:`~tracker.files.answers.Answer`: fast, bounded memory,
+no leaked descriptors.
 
-Quart's ``send_file`` is not used (docs/architecture.md#traps-of-the-stack, 1): it reads 8 KiB per
-chunk, mishandles
-suffix ranges and sends ``Accept-Ranges`` only on 206. Here the decisions come from
-:func:`tracker.files.ranges.plan_file_response` and the bytes from ``os.pread`` of ``chunk_size``
-(2 MiB by default) in a worker thread, reading one chunk ahead: the next chunk is read while
-the server sends the current one, so the two copies (page cache to chunk, chunk to socket)
-run on two cores at once. That is ~1.2x the one-chunk-at-a-time speed on one stream, for the
-same memory per stream as 4 MiB chunks without read-ahead (two chunks of 2 MiB); see
+Quart's ``send_file`` is not used (docs/architecture.md#traps-of-the-stack, 1): it reads 8 KiB
+per chunk, mishandles suffix ranges and sends ``Accept-Ranges`` only on 206. Here the decisions
+come from :func:`tracker.files.ranges.plan_file_response` and the bytes from ``os.pread`` of
+``chunk_size`` (2 MiB by default) in a worker thread, reading one chunk ahead: the next chunk is
+read while the server sends the current one, so the two copies (page cache to chunk, chunk to
+socket) run on two cores at once. That is ~1.2x the one-chunk-at-a-time speed on one stream, for
+the same memory per stream as 4 MiB chunks without read-ahead (two chunks of 2 MiB); see
 bench/README.md.
 
 How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their source):

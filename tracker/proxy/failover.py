@@ -1,12 +1,11 @@
 """Choosing the source of a proxied file: the first one whose body starts, with hedging.
 
-Several sources often advertise the same archive. :func:`open_upstream` asks the first; when
-it fails (refused, an error status, a wrong size) the next is asked at once, and when it has
-not *started its body* within ``hedge_after`` seconds (``first_byte_timeout``, README.md#clients)
-the
-next is asked as well, while the slow one keeps its chance: whichever starts its body first
-wins, every other attempt is cancelled and closed. A source that accepts connections and
-never answers therefore costs a client ``first_byte_timeout``, not the whole answer timeout.
+Several sources often advertise the same archive. :func:`open_upstream` asks the first; when it
+fails (refused, an error status, a wrong size) the next is asked at once, and when it has not
+*started its body* within ``hedge_after`` seconds (``first_byte_timeout``, README.md#clients)
+the next is asked as well, while the slow one keeps its chance: whichever starts its body first
+wins, every other attempt is cancelled and closed. A source that accepts connections and never
+answers therefore costs a client ``first_byte_timeout``, not the whole answer timeout.
 
 "Started" means a body byte is in the socket (peeked, not read: the body stays whole for the
 splice path, :func:`tracker.zerocopy.transport.body_started`); on a TLS connection the head

@@ -106,8 +106,8 @@ class ProxyStreamer:
             per_stream=CHANNEL_PIECES,
         )
         self._launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
-        #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None without
-        #: one.
+        #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None
+        #: without one.
         self._objects = objects
         self._registry = RefreshRegistry(objects)
         self._stored = StoredCopies(self.context, self._launcher, objects, parts.budget)

@@ -1,12 +1,11 @@
 """Opening a pump's upstream, and the early head a slow source gets the client.
 
 :func:`opened` asks the sources (``job.open``: failover inside, :mod:`tracker.proxy.failover`)
-and closes the answer when its block ends, whatever ends it, reporting what the source
-delivered and how fast (its throughput ranks it, docs/http-api.md#trust). A plain request of a file
-of
+and closes the answer when its block ends, whatever ends it, reporting what the source delivered
+and how fast (its throughput ranks it, docs/http-api.md#trust). A plain request of a file of
 known size whose source has not answered within ``early_head_after`` gets its head anyway
-(docs/http-api.md, "Archive answers": an *early head*); only a source that then answers 200
-with the promised length may follow it (:func:`keeps_promise`), or the body breaks.
+(docs/http-api.md, "Archive answers": an *early head*); only a source that then answers 200 with
+the promised length may follow it (:func:`keeps_promise`), or the body breaks.
 """
 
 from __future__ import annotations

@@ -268,9 +268,8 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
 
     @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
     async def v1_group_archive(group: str, name: str) -> quart.Response:
-        # The query-free form redirects and proxy-mode JSON use (README.md#clients): clients save
-        # the
-        # file under the last path segment, which must be the archive's name.
+        # The query-free form redirects and proxy-mode JSON use (README.md#clients): clients
+        # save the file under the last path segment, which must be the archive's name.
         group = known_group(deps.config(), group)
         if name.endswith(DIGEST_SUFFIX):
             return _digest_answer(deps, group, name)

@@ -27,7 +27,7 @@ from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
 from tracker.files.answers import Answer, redirect_answer
 from tracker.files.downloads import DownloadSlots, Slot, account_download
-from tracker.files.fileresponse import ChunkBudget, file_response
+from tracker.files.fileresponse import ChunkBudget, content_disposition, file_response
 from tracker.proxy.ask import Ask, ask_of
 from tracker.web.answers import to_response
 from tracker.zerocopy.connection import zero_copy_connection
@@ -126,8 +126,7 @@ class Delivery:
         A root alias (``alias``) always points at the tracker's own root concrete route,
         ``/{name}``, as a validator does: Firedancer and solana-snapshot-finder accept only a
         ``location`` starting with ``/`` and re-send it to the same address (README.md#clients);
-        that
-        route then serves the bytes or redirects to the source.
+        that route then serves the bytes or redirects to the source.
         """
         f = source.info.files[0]
         if alias or self.serves_bytes(f, source):
@@ -153,7 +152,8 @@ class Delivery:
         if answer.status in (200, 206) and "content-disposition" not in answer.headers:
             # The archive's real name for `curl -OJ`, aria2c and browsers, whatever URL
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
-            answer.headers["content-disposition"] = f'attachment; filename="{name}"'
+            # An archive name is parsed, so always safe: the one builder checks it anyway.
+            answer.headers["content-disposition"] = content_disposition(name)
         account_download(answer, ask.method, self._metrics, slot, group=group, file=name)
         return to_response(answer)
 

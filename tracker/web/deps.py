@@ -34,8 +34,8 @@ class ApiDeps:
     scraper: Scraper
     delivery: Delivery
     health: HealthChecker
-    #: The object store's status (docs/http-api.md#with-an-object-store-object_store), None without
-    #: one.
+    #: The object store's status (docs/http-api.md#with-an-object-store-object_store), None
+    #: without one.
     store_status: Callable[[], dict[str, Any] | None] = lambda: None
     #: Digests of the archives held verified, and sources whose copy failed its check
     #: (docs/http-api.md, "Verified archives").

@@ -4,9 +4,8 @@ Quart hands hypercorn every header name in lower case, but when h11 decides a re
 ``Connection: close`` (an HTTP/1.0 client, a client that asked to close, a stopping server)
 or ``Transfer-Encoding: chunked``, it writes those names title-cased (``set_comma_header`` in
 ``h11/_headers.py`` calls ``name.title()``). Some clients match header names
-case-sensitively (README.md#clients), so every name the tracker sends is lower case. h11 has no
-option
-for this; :func:`install` wraps the one function that does it, as it is seen by h11's
+case-sensitively (README.md#clients), so every name the tracker sends is lower case. h11 has
+no option for this; :func:`install` wraps the one function that does it, as it is seen by h11's
 connection module (assumption 8 of this package's README, canary in
 tests/unit/test_zerocopy_unit.py).
 """
