@@ -9,7 +9,13 @@ import os
 import pytest
 
 from tracker.cache.checked import digest_matches
-from tracker.core.digests import Digests, parse_sha256sum_line, repr_digest, sha256sum_line
+from tracker.core.digests import (
+    Digests,
+    is_sha256_hex,
+    parse_sha256sum_line,
+    repr_digest,
+    sha256sum_line,
+)
 from tracker.core.index import TargetKey
 from tracker.core.rejections import PREFIX, Rejections
 
@@ -101,3 +107,22 @@ def test_rejections_are_bounded_whatever_a_source_does() -> None:
         rejections.reject(key, f"snapshot-{slot}-x.tar.zst", "bad", now=0.0, hold=60.0)
     assert rejections.rejected(key, "snapshot-9-x.tar.zst", 1.0) is not None
     assert rejections.rejected(key, "snapshot-0-x.tar.zst", 1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        ("ab" * 32, True),
+        ("0123456789abcdef" * 4, True),
+        ("AB" * 32, False),  # the tracker writes lower case only
+        ("ab" * 31, False),
+        ("ab" * 33, False),
+        ("ab" * 31 + "g0", False),
+        ("ab" * 32 + "\n", False),
+        ("\u0660" * 64, False),  # Arabic-Indic digits: str.isdigit() is True for them
+        (b"ab" * 32, False),
+        (None, False),
+    ],
+)
+def test_one_rule_says_what_a_sha256_is(value: object, taken: bool) -> None:
+    assert is_sha256_hex(value) is taken

@@ -14,8 +14,8 @@ import stat
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.directories import unusable_directory
+from tracker.core.statements import MAX_KEYPAIR, Signer
 from tracker.errors import ProbeError, StatementInvalid
-from tracker.proof.statement import MAX_KEYPAIR, Signer
 
 
 class FileChecks:

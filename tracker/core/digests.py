@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import TypeGuard
 
 import attrs
 
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256_hex(value: object) -> TypeGuard[str]:
+    """True for a SHA-256 as the tracker writes it everywhere: 64 lower-case hex digits."""
+    return isinstance(value, str) and _HEX.fullmatch(value) is not None
 
 
 def sha256sum_line(hex_digest: str, name: str) -> str:
@@ -27,7 +33,7 @@ def sha256sum_line(hex_digest: str, name: str) -> str:
 def parse_sha256sum_line(text: str, name: str) -> str | None:
     """The digest of a ``sha256sum`` line for ``name``; None unless it is exactly that."""
     hex_digest, sep, rest = text.partition("  ")
-    if not sep or rest != f"{name}\n" or not _HEX.fullmatch(hex_digest):
+    if not sep or rest != f"{name}\n" or not is_sha256_hex(hex_digest):
         return None
     return hex_digest
 

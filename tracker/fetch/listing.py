@@ -11,7 +11,6 @@ the same bytes.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +18,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.core.digests import is_sha256_hex
 from tracker.core.redact import redact_userinfo
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
@@ -117,7 +117,7 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
             if isinstance(size, int) and not isinstance(size, bool) and size > 0:
                 sizes.setdefault(name, size)
             digest = raw.get("sha256")
-            if isinstance(digest, str) and _SHA256.fullmatch(digest):
+            if is_sha256_hex(digest):
                 digests.setdefault(name, set()).add(digest)
             speed = _figure(entry.get("throughput_bps"))
             if speed is not None and speed > speeds.get(name, 0.0):
@@ -149,8 +149,6 @@ def _figure(value: object) -> float | None:
         return None
     return float(value) if math.isfinite(value) and value >= 0 else None
 
-
-_SHA256 = re.compile("[0-9a-f]{64}")
 
 #: The longest source URL taken from the tracker's JSON.
 MAX_URL = 4096

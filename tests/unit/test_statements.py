@@ -12,9 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.errors import StatementInvalid
-from tracker.proof.levels import Level
-from tracker.proof.statement import (
+from tracker.core.statements import (
     DOMAIN,
     Attestation,
     Expected,
@@ -24,6 +22,8 @@ from tracker.proof.statement import (
     parse_document,
     vouching_signers,
 )
+from tracker.errors import StatementInvalid
+from tracker.proof.levels import Level
 
 SHA = "ab" * 32
 NOW = 1_800_000_000
