@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from helpers_config import load
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from tracker.config.schema import (
     parse_address,
     parse_duration,
 )
+from tracker.config.values import size_in
 
 # --- parsers --------------------------------------------------------------------------------
 
@@ -139,3 +142,44 @@ def test_check_target_accepts(text: str) -> None:
 def test_check_target_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a host:port target"):
         check_target(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "rate"),
+    [
+        ("4096", 4096, 4096),
+        (4096, 4096, 4096),
+        ("16MiB", 16 * 1024**2, 16 * 1024**2),
+        ("1.5GB", 1_500_000_000, 1_500_000_000),
+        ("100M", 100_000_000, 100_000_000),
+        ("50MB/s", None, 50_000_000),
+        ("50M/s", None, 50_000_000),
+        ("50MiB/s", None, 50 * 1024**2),
+        ("4096/s", None, 4096),
+        ("50MB/h", None, None),
+        ("-1", None, None),
+        (-1, None, None),
+        (True, None, None),
+        (1.5, None, None),
+        (2**51, None, None),
+        ("9" * 5000, None, None),
+    ],
+)
+def test_one_rule_reads_sizes_and_rates(text: object, size: int | None, rate: int | None) -> None:
+    for check, expected in ((size_in(0), size), (size_in(0, per_second=True), rate)):
+        if expected is None:
+            with pytest.raises(ValueError, match=r"expected a size|must be from"):
+                check(text)
+        else:
+            assert check(text) == expected
+
+
+def test_a_rate_reads_the_same_in_every_key_that_takes_one(tmp_path: Path) -> None:
+    for text in ("50MB/s", "50M/s", "50MiB/s"):
+        config = load(
+            tmp_path,
+            f"target_groups: [{{group: g, source_limits: {{max_rate: {text}}},"
+            f" ranking: {{assumed_throughput: {text}}}}}]\n",
+        )
+        group = config.target_groups[0]
+        assert group.source_limits.max_rate == group.ranking.assumed_throughput

@@ -109,7 +109,7 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "require": values.proof_level,
     }
     add_hook(converter, Trust, trust)
-    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_size}
+    limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_rate}
     add_hook(converter, SourceLimits, limits)
     cluster_proof = {
         "blocks": values.integer_in(1, 512),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from tracker.config.values import describe, parse_size
+from tracker.config.values import describe, size_in
 
 #: The orders a group can rank by (docs/ranking.md).
 RANKING_ORDERS = ("time_to_running", "slot")
@@ -37,29 +37,17 @@ def positive_number(value: object) -> float:
     return number
 
 
-def size(value: object) -> int:
-    """Bytes: a positive integer or a size such as ``16MiB``."""
-    if isinstance(value, str):
-        number = parse_size(value)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        raise ValueError(
-            f"expected a size like '16MiB' or a number of bytes, got {describe(value)}"
-        )
-    if number <= 0:
-        raise ValueError(f"must be above 0 bytes, got {value!r}")
-    return number
-
-
 def throughput(value: object) -> float:
-    """Bytes per second: a number, or a size per second such as ``50MB/s``."""
+    """Bytes per second above 0: a number, or a size per second such as ``50MB/s`` (the rule of
+    :func:`tracker.config.values.size_in` for rates)."""
     if isinstance(value, str):
-        text = value.strip()
-        if not text.endswith("/s"):
+        if not value.strip().endswith("/s"):
             raise ValueError(f"expected a speed like '50MB/s' or a number, got {value!r}")
-        return float(size(text[:-2]))
+        return float(_RATE(value))
     return positive_number(value)
+
+
+_RATE = size_in(1, per_second=True)
 
 
 def fraction(value: object) -> float:

@@ -368,22 +368,8 @@ def duration_in(lowest: float, highest: float) -> Callable[[object], float]:
     return check
 
 
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
-
-
-def byte_size(value: object) -> int:
-    """A number of bytes: a whole number or a size like ``1GiB`` (:func:`parse_size`);
-    ``/s`` may follow (a rate's key reads ``50MB/s``)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like '1GiB' or a whole number, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    else:
-        text = string(value).strip()
-        number = parse_size(text.removesuffix("/s") if text.endswith("B/s") else text)
-    if number < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return number
+# Digits bounded: a size of thousands of digits is refused, never turned into an infinite float.
+_SIZE = re.compile(r"([0-9]{1,20}(?:\.[0-9]{1,20})?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -397,18 +383,39 @@ def parse_size(text: str) -> int:
     return int(float(number) * (1024 if binary or not unit else 1000) ** power)
 
 
-def size_in(lowest: int, highest: int) -> Callable[[object], int]:
-    """A size (``16MiB``, ``512KiB``, a number of bytes) from ``lowest`` to ``highest`` bytes."""
+#: The largest size or rate any key takes (a pebibyte: far past any disk or link).
+MAX_SIZE = 2**50
+
+
+def size_in(
+    lowest: int, highest: int = MAX_SIZE, *, per_second: bool = False
+) -> Callable[[object], int]:
+    """A size from ``lowest`` to ``highest`` bytes: a whole number of bytes or a size like
+    ``16MiB`` (:func:`parse_size`). ``per_second``: a rate, which may be written with ``/s``
+    after it (``50MB/s``, ``50M/s``). The one rule of sizes and rates in the config."""
 
     def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"expected a size like '16MiB', got {describe(value)}")
-        size = value if isinstance(value, int) else parse_size(value)
+        size = _size_value(value, per_second=per_second)
         if not lowest <= size <= highest:
             raise ValueError(f"must be from {lowest} to {highest} bytes, got {value!r}")
         return size
 
     return check
+
+
+def _size_value(value: object, *, per_second: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a size like '16MiB' or a whole number, got {describe(value)}")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    return parse_size(text.removesuffix("/s") if per_second else text)
+
+
+#: A number of bytes (``proxy_snapshot_cache_min_free``).
+byte_size = size_in(0)
+#: Bytes per second (``source_limits.max_rate``): ``50MB/s``, ``50M/s`` or a number.
+byte_rate = size_in(0, per_second=True)
 
 
 def proof_level(value: object) -> Level:
