@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers_config import load, problem_at, problems
 
-from tracker.config.values import byte_size
+from tracker.config.values import byte_rate, byte_size
 
 GROUP = "target_groups:\n  - group: mainnet\n"
 
@@ -17,12 +17,13 @@ GROUP = "target_groups:\n  - group: mainnet\n"
     [(0, 0), (4096, 4096), ("1GiB", 1024**3), ("512KiB", 512 * 1024), ("50MB/s", 50_000_000)],
 )
 def test_sizes(raw: object, expected: int) -> None:
-    assert byte_size(raw) == expected
+    check = byte_rate if isinstance(raw, str) and raw.endswith("/s") else byte_size
+    assert check(raw) == expected
 
 
 @pytest.mark.parametrize("raw", [-1, True, "lots", "1GiB/h", 1.5])
 def test_bad_sizes(raw: object) -> None:
-    with pytest.raises(ValueError, match=r"size|negative|expected"):
+    with pytest.raises(ValueError, match=r"size|must be from|expected"):
         byte_size(raw)
 
 

@@ -7,17 +7,12 @@ line (or array index): silently probing half a fleet would hide the typo.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
+from tracker.core.hosts import is_authority
 from tracker.core.text import quoted
-from tracker.core.untrusted import load_json, port_number
+from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError
 
 DEFAULT_MAX_BYTES = 1024 * 1024
-
-# A DNS name or IPv4 address; underscores allowed for container and service names.
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
 
 
 def read_target_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[str]:
@@ -36,22 +31,9 @@ def read_target_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[s
 
 
 def is_host_port(text: str) -> bool:
-    """True for ``host:port`` or ``[v6addr]:port`` with a port in 1..65535."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        host_ok = _is_ipv6(host)
-    else:
-        host, sep, port = text.rpartition(":")
-        host_ok = _HOST.fullmatch(host) is not None
-    return bool(sep) and host_ok and port_number(port) is not None
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
+    """True for ``host:port`` or ``[v6addr]:port`` with a port in 1..65535
+    (:func:`tracker.core.hosts.is_authority`)."""
+    return is_authority(text, port_required=True)
 
 
 def _read(path: str, max_bytes: int) -> str:

@@ -15,6 +15,7 @@ from fractions import Fraction
 from urllib.parse import urlsplit
 
 from tracker.core.groupname import group_name_problem
+from tracker.core.hosts import is_host_name
 from tracker.core.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, Level
 
@@ -90,7 +91,6 @@ def _parse_go_duration(text: str) -> tuple[bool, Fraction]:
     return text.startswith("-"), total
 
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _ADDRESS_HINT = "expected host:port, :port or [v6addr]:port"
 
@@ -109,7 +109,7 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
     if text.count(":") > 1:
         raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
     host, colon, port = text.partition(":")
-    if host and not _HOSTNAME.fullmatch(host):
+    if host and not is_host_name(host):
         raise ValueError(f"not a host name or IPv4 address: {host!r}")
     return host, (port if colon else None)
 

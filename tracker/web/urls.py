@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
+from tracker.core.hosts import is_authority
+
 # What may appear in a Host / X-Forwarded-Host value we echo back into URLs: a host name, an
-# IPv4 or bracketed IPv6 address, and a port. Anything else falls back to the request's Host.
-_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+# IPv4 or bracketed IPv6 address, and a port (core.hosts). Anything else falls back to the
+# request's Host.
 
 
 def public_base(public_url: str, headers: Mapping[str, str], scheme: str, host: str) -> str:
@@ -18,6 +19,6 @@ def public_base(public_url: str, headers: Mapping[str, str], scheme: str, host: 
     fwd_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
     if proto not in ("http", "https"):
         proto = scheme if scheme in ("http", "https") else "http"
-    if not _HOST_RE.fullmatch(fwd_host):
-        fwd_host = host if _HOST_RE.fullmatch(host) else "localhost"
+    if not is_authority(fwd_host):
+        fwd_host = host if is_authority(host) else "localhost"
     return f"{proto}://{fwd_host}"

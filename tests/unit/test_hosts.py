@@ -1,0 +1,40 @@
+"""The one rule of host names and host:port text (core.hosts), as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker.core.hosts import is_authority, is_host_name
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "authority", "with_port"),
+    [
+        ("validator.example", True, True, False),
+        ("10.0.0.1", True, True, False),
+        ("rpc_1", True, True, False),  # container and service names
+        ("_svc", True, True, False),
+        ("node:8899", False, True, True),
+        ("[::1]:8899", False, True, True),
+        ("[::1]", False, True, False),
+        ("[::1", False, False, False),
+        ("::1", False, False, False),
+        ("[zz::1]:80", False, False, False),
+        ("node:0", False, False, False),
+        ("node:65536", False, False, False),
+        ("node:\uff18\uff10", False, False, False),  # full-width digits: str.isdigit() is True
+        ("node:", False, False, False),
+        ("-node", False, False, False),
+        ("node-", False, False, False),
+        ("a" * 253, True, True, False),
+        ("a" * 254, False, False, False),
+        ("", False, False, False),
+        ("no de", False, False, False),
+        ("user@node:80", False, False, False),
+        ("node:80/path", False, False, False),
+    ],
+)
+def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) -> None:
+    assert is_host_name(text) is name
+    assert is_authority(text) is authority
+    assert is_authority(text, port_required=True) is with_port

@@ -1,0 +1,47 @@
+"""The one rule of host names and ``host:port`` text, wherever the tracker reads one (the
+config's addresses and targets, target files, the ``Host`` header it echoes into URLs). Pure.
+
+A host is a DNS name or an IPv4 address: letters, digits, ``_``, ``.`` and ``-``, at most 253
+characters, starting and ending with a letter, digit or ``_`` (container and service names
+use underscores), or a bracketed IPv6 address where a port may follow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from tracker.core.untrusted import port_number
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
+
+
+def is_host_name(text: str) -> bool:
+    """True for a DNS name or an IPv4 address (not an IPv6 one: see :func:`is_authority`)."""
+    return _HOST_NAME.fullmatch(text) is not None
+
+
+def is_ipv6(text: str) -> bool:
+    """True for an IPv6 address written without brackets."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_authority(text: str, *, port_required: bool = False) -> bool:
+    """True for ``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` with a port from 1 to
+    65535 (``port_required``: the port must be there)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        host_ok = bool(bracket) and is_ipv6(host)
+    else:
+        host, colon, port = text.partition(":")
+        host_ok = is_host_name(host)
+        rest = colon + port
+    if not host_ok:
+        return False
+    if not rest:
+        return not port_required
+    return rest.startswith(":") and port_number(rest[1:]) is not None
