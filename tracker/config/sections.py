@@ -104,7 +104,8 @@ def file_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
     """What spans sections of the raw file: group names, ``scrape_timeout`` within
     ``scrape_interval`` (checked even when other values fail, so all are reported at once)."""
     problems = _group_name_problems(raw)
-    interval = _lenient(lambda: parse_duration(raw.get("scrape_interval", 15.0)))
+    default = attrs.fields(Config).scrape_interval.default  # written once, in the schema
+    interval = _lenient(lambda: parse_duration(raw.get("scrape_interval", default)))
     timeout = _lenient(lambda: parse_duration(raw["scrape_timeout"]))
     if interval is not None and timeout is not None and timeout > interval:
         problems.append(
