@@ -33,7 +33,7 @@ from tracker.core.trust import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
-from tracker.net.clients import no_cookies
+from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proxy.bucketcopies import ObjectPath, object_path
@@ -243,8 +243,8 @@ async def run_tracker(
     notifier = Notifier.from_env(environ)
     reporter = ScrapeReporter(tracker.metrics, notifier)
     sockets = open_listeners(config, environ)
-    async with httpx.AsyncClient(trust_env=False, cookies=no_cookies()) as rpc_client:
-        parts = build(tracker, rpc_client, on_probe=reporter.probe_done)
+    async with rpc_client() as rpc:
+        parts = build(tracker, rpc, on_probe=reporter.probe_done)
         # cache_prefetch: after each scrape round, new best archives are refreshed in the
         # background (in the transfers nursery).
         parts.scraper.on_round = parts.prefetcher.after(reporter.round_done)

@@ -83,6 +83,13 @@ def build_client(
     )
 
 
+def rpc_client() -> httpx.AsyncClient:
+    """The client of the tracker's JSON-RPC calls (``rpc``: the health check's slot, the
+    cluster's votes): no cookie jar (:func:`no_cookies`), no proxy or certificates from the
+    environment; each call sets its own timeout."""
+    return httpx.AsyncClient(trust_env=False, cookies=no_cookies())
+
+
 @attrs.frozen
 class ClientShape:
     """What tells one client for archive bytes from another: its ``User-Agent``, timeouts
