@@ -3,12 +3,12 @@ the proofs' own keys (docs/architecture.md, "Proven archives")."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 from helpers_config import load, problem_at, problems
+from helpers_statements import keypair_json
 
 from tracker.config.files import load_signer
 from tracker.proof.levels import Level
@@ -76,17 +76,8 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
 
 
 def _keypair(path: Path, mode: int = 0o600, content: bytes | None = None) -> Path:
-    """A keypair file as solana-keygen writes it (seed, then public key), with ``mode``."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    seed = bytes(range(32))
-    public = (
-        Ed25519PrivateKey.from_private_bytes(seed)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
-    path.write_bytes(content if content is not None else json.dumps(list(seed + public)).encode())
+    """A keypair file as solana-keygen writes it, with ``mode``."""
+    path.write_bytes(content if content is not None else keypair_json(bytes(range(32))))
     path.chmod(mode)
     return path
 

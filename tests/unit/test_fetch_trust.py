@@ -1,0 +1,67 @@
+"""fetch's trust in signed statements (fetch.trust): how many trusted keys vouch, as tables."""
+
+from __future__ import annotations
+
+import pytest
+from helpers_statements import NOW, SHA, expected, signer, statement
+
+from tracker.fetch.trust import TrustPolicy, public_key, unvouched
+from tracker.proof.levels import Level
+
+
+def policy(keys: list[int], minimum: int = 1, required: Level = Level.STRUCTURE) -> TrustPolicy:
+    return TrustPolicy(frozenset(signer(k).public_key for k in keys), minimum, required)
+
+
+GOOD = {n: signer(n).sign(statement()).encode() for n in (1, 2, 3)}
+
+
+@pytest.mark.parametrize(
+    ("documents", "trusted", "minimum", "reason"),
+    [
+        ([GOOD[1]], [1], 1, None),
+        ([GOOD[1], GOOD[2]], [1, 2], 2, None),
+        ([GOOD[1], GOOD[1]], [1, 2], 2, "1 of the 2 trusted statements needed"),
+        ([GOOD[1], GOOD[3]], [1, 2], 2, "not a trusted key"),
+        ([], [1], 1, "0 of the 1 trusted statements needed vouch for it (none found)"),
+        ([b"{}", GOOD[2]], [1], 1, "not a {statement, signer, signature} document"),
+        ([b"x" * 10_000_000], [1], 1, "over 16384 bytes"),
+        ([signer(1).sign(statement(expires=NOW)).encode()], [1], 1, "expired at"),
+        ([signer(1).sign(statement(size=1)).encode()], [1], 1, "names size 1"),
+        ([signer(1).sign(statement(sha256="cd" * 32)).encode()], [1], 1, "names sha256"),
+    ],
+)
+def test_an_archive_is_vouched_for_by_enough_trusted_keys(
+    documents: list[bytes], trusted: list[int], minimum: int, reason: str | None
+) -> None:
+    found = unvouched(documents, policy(trusted, minimum), expected())
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and reason in found and "\n" not in found
+
+
+def test_the_level_named_must_reach_the_required_one() -> None:
+    low = [signer(1).sign(statement(level=Level.MANIFEST)).encode()]
+    assert unvouched(low, policy([1], required=Level.MANIFEST), expected()) is None
+    found = unvouched(low, policy([1]), expected(required=Level.ACCOUNTS))
+    assert found is not None and "below the required accounts" in found
+
+
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        (signer(1).public_key, True),
+        ("1" * 32, True),  # 32 zero bytes: a key, if a useless one
+        ("0" * 44, False),  # not base58
+        ("abc", False),
+        ("1" * 45, False),
+        (SHA, False),
+    ],
+)
+def test_a_trust_key_is_a_base58_public_key(text: str, taken: bool) -> None:
+    if taken:
+        assert public_key(text) == text
+    else:
+        with pytest.raises(ValueError, match="not a base58 public key"):
+            public_key(text)
