@@ -39,6 +39,7 @@ def config(tmp_path: Path) -> Path:
     settings: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
         "proxy_snapshot_cache_dir": str(cache),
         "shutdown_grace": f"{GRACE}s",
         "target_groups": [{"group": "g", "local_targets": {"paths": [str(ledger)]}}],
