@@ -41,16 +41,20 @@ _KINDS = (
 )
 
 
-def read_small(path: str, max_bytes: int) -> bytes:
+def read_small(path: str, max_bytes: int, *, follow: bool = False) -> bytes:
     """The bytes of the regular file at ``path``, at most ``max_bytes`` (see the module
-    doc); OSError when it cannot be read or is refused."""
-    return read_small_file(path, max_bytes)[0]
+    doc); OSError when it cannot be read or is refused. ``follow``: a path the operator
+    named (``file_targets``), whose links are the operator's own (Kubernetes mounts a
+    ConfigMap's files as links): followed; never for a file the tracker keeps."""
+    return read_small_file(path, max_bytes, follow=follow)[0]
 
 
-def read_small_file(path: str, max_bytes: int) -> tuple[bytes, os.stat_result]:
+def read_small_file(
+    path: str, max_bytes: int, *, follow: bool = False
+) -> tuple[bytes, os.stat_result]:
     """:func:`read_small`, with the status of the file read (its owner, mode, times)."""
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(path, READ_FLAGS & ~os.O_NOFOLLOW if follow else READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link: say it plainly
             raise OSError(errno.ELOOP, "a symbolic link, not followed", path) from None
