@@ -188,7 +188,7 @@ def build(
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
-    learning = Learning(current, index, rejections, bucket)
+    learning = Learning(current, index, rejections, bucket, metrics=metrics)
     return Components(
         tracker,
         scraper,

@@ -4,12 +4,15 @@ a real S3 server (SeaweedFS)."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from helpers_proxy import (
     GROUP,
@@ -25,6 +28,7 @@ from helpers_proxy import (
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
 from names import full_name
 
+import tracker.proxy.learning
 from tracker.config.schema import Config, ObjectStore
 from tracker.core.index import TargetKey
 from tracker.proxy.learning import FILE_NAME
@@ -110,3 +114,58 @@ async def test_two_replicas_share_what_they_learned_through_the_bucket(
             await two.parts.learning.restore()  # what its periodic sync does
             assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
             assert two.streamer.rejections.rejected(key, NAME, trio.current_time()) is not None
+
+
+async def test_a_hostile_object_of_another_replica_costs_itself_or_its_entries(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """Every replica reads every replica's object: one with a 401-digit number, or no JSON
+    at all, must cost that entry or that object, never the others nor the sync."""
+    prefix = f"t-{secrets.token_hex(4)}/"
+    configs = [
+        make_config(tmp_path / f"cache{i}", object_store=_store(weed, prefix, f"http://r{i}"))
+        for i in range(2)
+    ]
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        key = TargetKey(GROUP, up.base)
+        async with learning(configs[0], up) as one, learning(configs[1], up) as two:
+            speed = _learn(one, key)
+            await one.parts.learning.save()
+            assert one.parts.objects is not None
+            bucket = one.parts.objects.tier.bucket
+            entry = {"group": GROUP, "target": "http://evil", "discovered": False}
+            huge = {"version": 1, "throughputs": [{**entry, "bps": 1.0, "at": 10**400}]}
+            await bucket.put(f"{prefix}.learned/huge.json", json.dumps(huge).encode())
+            await bucket.put(f"{prefix}.learned/junk.json", b'{"version": 1, "thr')
+            await two.parts.learning.restore()  # what its periodic sync does
+            assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
+            assert two.index.throughput(TargetKey(GROUP, "http://evil"), 0.0) == 0.0
+            dropped = two.metrics.learned_dropped
+            assert dropped.labels("entry")._value.get() == 1
+            assert dropped.labels("document")._value.get() == 1
+
+
+async def test_a_read_that_hangs_does_not_hold_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local read that never returns (a hung disk) is abandoned when the tracker stops."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hangs(path: str, limit: int) -> bytes:
+        entered.set()
+        release.wait(60)
+        raise OSError("released")
+
+    monkeypatch.setattr(tracker.proxy.learning, "read_small", hangs)
+    up = FakeUpstream(files={NAME: DATA})
+    try:
+        async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:
+            with trio.fail_after(5), trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(t.parts.learning.run)
+                    await trio.to_thread.run_sync(entered.wait, 10)
+                    scope.cancel()
+            # Stopped before it read the file: it wrote nothing over what it did not read.
+            assert t.parts.learning.saved == 0
+    finally:
+        release.set()

@@ -233,7 +233,7 @@ RULES = [
     (
         GROUP + "    file_targets: {path: subdir}\n",
         "target_groups[0].file_targets.path",
-        "Is a directory",
+        "not a regular file: a directory",
     ),
     (
         GROUP + "    file_targets: {path: bad-targets.txt}\n",

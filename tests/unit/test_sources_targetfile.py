@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,10 +67,32 @@ def test_bad_entry_fails_the_file_naming_it(tmp_path: Path, data, reason) -> Non
     assert "\n" not in str(info.value)
 
 
+def test_a_fifo_is_refused_at_once_and_a_link_of_the_operator_followed(tmp_path: Path) -> None:
+    # Read in the scrape's event loop: a FIFO's plain open would wait for a writer forever.
+    os.mkfifo(tmp_path / "fifo")
+    errors: list[Exception] = []
+
+    def read() -> None:
+        try:
+            read_target_file(str(tmp_path / "fifo"))
+        except Exception as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert errors, "the read of a FIFO blocked"
+    assert isinstance(errors[0], ProbeError)
+    assert str(errors[0]).endswith(": not a regular file: a FIFO")
+    # Kubernetes mounts a ConfigMap's files as links: the operator's own, followed.
+    (tmp_path / "link").symlink_to(write(tmp_path, "a:1\n"))
+    assert read_target_file(str(tmp_path / "link")) == ["a:1"]
+
+
 def test_unreadable_or_too_large_file(tmp_path: Path) -> None:
     with pytest.raises(ProbeError, match=r"^cannot read .*/missing: No such file or directory$"):
         read_target_file(str(tmp_path / "missing"))
-    with pytest.raises(ProbeError, match=r"^cannot read .*: Is a directory$"):
+    with pytest.raises(ProbeError, match=r"^cannot read .*: not a regular file: a directory$"):
         read_target_file(str(tmp_path))
     path = write(tmp_path, "a:1\n" * 100)
     with pytest.raises(ProbeError, match=r"larger than 200 bytes$"):

@@ -18,14 +18,18 @@ import attrs
 
 from tracker.core.keeping import cache_keeps
 from tracker.core.logs import log_event
+
+# The small files' temp prefix and directory fsync, shared with the cache's own temp files.
+from tracker.core.smallfiles import TEMP_PREFIX as TEMP_PREFIX
+from tracker.core.smallfiles import fsync_dir as fsync_dir
+from tracker.core.smallfiles import read_small_file, write_atomically
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.zerocopy.filesplice import Splicer
 from tracker.zerocopy.kernelcopy import splice_to_file
 
 log = logging.getLogger("tracker.cache")
 
-#: Temp files of refreshes start with this (dot files: never listed as archives).
-TEMP_PREFIX = ".tmp-"
+__all__ = ["TEMP_PREFIX", "fsync_dir"]  # the small files' (tracker.core.smallfiles), shared
 #: Dirty bytes after which a refresh starts the kernel's writeback of what it wrote.
 WRITEBACK_EVERY = 32 * 1024 * 1024
 #: ``os.pwrite``'s shape: (fd, data, offset) -> bytes written; injectable for fault tests.
@@ -99,14 +103,6 @@ def write_all(write: Writer, fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _parse_entry(entry: os.DirEntry[str]) -> ArchiveName | None:
     if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
         return None
@@ -145,43 +141,26 @@ def digest_path(path: str) -> str:
 
 
 def write_digest(path: str, line: str) -> None:
-    """Write the ``sha256sum`` line of the archive at ``path`` beside it (temp file, then
-    rename), with the archive's mtime."""
-    target = digest_path(path)
-    directory, name = os.path.split(target)
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{name[1:]}.{os.getpid()}")
-    unlink(temp)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(temp, flags, 0o644)
-    try:
-        # Exactly 0644 whatever the umask: a restart trusts it only when no one else can
-        # have written it (cache.checked).
-        os.fchmod(fd, 0o644)
-        os.write(fd, line.encode())
-        os.fsync(fd)
-        st = os.stat(path, follow_symlinks=False)
-        os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
-    finally:
-        os.close(fd)
-    os.replace(temp, target)
+    """Write the ``sha256sum`` line of the archive at ``path`` beside it, atomically
+    (:func:`~tracker.core.smallfiles.write_atomically`), with the archive's mtime."""
+    st = os.stat(path, follow_symlinks=False)
+    # Exactly 0644 whatever the umask: a restart trusts it only when no one else can have
+    # written it (cache.checked).
+    write_atomically(digest_path(path), line.encode(), mode=0o644, mtime_ns=st.st_mtime_ns)
 
 
-def read_digest(path: str, max_bytes: int = 4096) -> tuple[str, os.stat_result] | None:
+#: Longest digest file read: a ``sha256sum`` line is 64 hex digits, two spaces and a name.
+MAX_DIGEST_BYTES = 4096
+
+
+def read_digest(path: str) -> tuple[str, os.stat_result] | None:
     """The digest file of the archive at ``path``: its text and status, or None (missing,
-    not a regular file, unreadable)."""
+    not a small regular file, a link, unreadable: :func:`~tracker.core.smallfiles.read_small`)."""
     try:
-        fd = os.open(digest_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        data, st = read_small_file(digest_path(path), MAX_DIGEST_BYTES)
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return os.read(fd, max_bytes).decode("utf-8", "replace"), st
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return data.decode("utf-8", "replace"), st
 
 
 def scan(directory: str) -> list[os.DirEntry[str]]:

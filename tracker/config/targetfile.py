@@ -7,7 +7,10 @@ line (or array index): silently probing half a fleet would hide the typo.
 
 from __future__ import annotations
 
+import errno
+
 from tracker.core.hosts import is_authority
+from tracker.core.smallfiles import read_small
 from tracker.core.text import quoted
 from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError
@@ -37,13 +40,14 @@ def is_host_port(text: str) -> bool:
 
 
 def _read(path: str, max_bytes: int) -> str:
+    # Read in the scrape's event loop: a FIFO (whose plain open blocks until a writer comes)
+    # or a device is refused at once, never waited on (tracker.core.smallfiles).
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        data = read_small(path, max_bytes, follow=True)
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ProbeError(f"{path}: larger than {max_bytes} bytes") from exc
         raise ProbeError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise ProbeError(f"{path}: larger than {max_bytes} bytes")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

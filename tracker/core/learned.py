@@ -5,8 +5,9 @@ Two things: the measured throughput of each source, and the rejected copies held
 ``reject_for``. A restart changes monotonic clocks, so the document holds wall-clock times:
 :func:`gather` converts from the running clock, :func:`restore` back to it. Reading is
 lenient: a document that is not what this module writes costs the document (StateError),
-an entry that is not costs the entry. Everything is bounded: entries, string lengths and
-the document's size.
+an entry that is not costs the entry (counted: :attr:`Learned.dropped`). Everything is
+bounded: entries, string lengths, numbers (compared with their bounds before any conversion)
+and the document's size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ MAX_THROUGHPUTS = 4096
 #: Longest target name, archive name and reason kept (longer ones are cut or dropped).
 MAX_TEXT = 1024
 MAX_REASON = 300
+#: Largest wall-clock time read back (2286-11-20): later ones are not times this writes.
+MAX_WALL = 1e10
+#: Largest throughput read back (1 TB/s): a larger one was not measured.
+MAX_BPS = 1e12
 
 #: Per source: (bytes per second, wall-clock time measured).
 Throughputs = Mapping[TargetKey, tuple[float, float]]
@@ -40,6 +45,8 @@ class Learned:
 
     throughputs: Throughputs = attrs.Factory(dict)
     rejections: tuple[Rejection, ...] = ()
+    #: Entries of the document read that were not kept (not what :func:`encode` writes).
+    dropped: int = 0
 
 
 def gather(index: Index, rejections: Rejections, *, now: float, wall: float) -> Learned:
@@ -52,16 +59,24 @@ def gather(index: Index, rejections: Rejections, *, now: float, wall: float) -> 
 
 
 def restore(
-    learned: Learned, index: Index, rejections: Rejections, *, now: float, wall: float
+    learned: Learned,
+    index: Index,
+    rejections: Rejections,
+    *,
+    now: float,
+    wall: float,
+    longest_hold: float = math.inf,
 ) -> None:
     """Give ``index`` and ``rejections`` what ``learned`` holds (see :func:`gather`); a time
-    in the future (another machine's clock) counts as now."""
+    in the future (another machine's clock) counts as now, a rejection holds at most
+    ``longest_hold`` seconds from now (``reject_for``: what this tracker would hold)."""
     shift = now - wall
     for key, (rate, at) in learned.throughputs.items():
         index.restore_throughput(key, rate, min(at, wall) + shift)
     for held in learned.rejections:
         if held.until > wall:
-            rejections.restore(attrs.evolve(held, until=held.until + shift))
+            until = min(held.until, wall + longest_hold)
+            rejections.restore(attrs.evolve(held, until=until + shift))
 
 
 def merge(documents: Iterable[Learned]) -> Learned:
@@ -99,32 +114,67 @@ def encode(learned: Learned) -> bytes:
 
 
 def decode(data: bytes) -> Learned:
-    """The document ``data`` (lenient, see the module doc); StateError when it is not one."""
+    """The document ``data`` (lenient, see the module doc); StateError when it is not one.
+    Each entry that is not what :func:`encode` writes is dropped alone and counted in
+    :attr:`Learned.dropped`."""
     doc = load_json(data, StateError, max_bytes=MAX_BYTES)
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise StateError("not a state document of this version")
     speeds: dict[TargetKey, tuple[float, float]] = {}
-    for item in _items(doc.get("throughputs"), MAX_THROUGHPUTS):
-        key, rate, at = _key_of(item), _number(item.get("bps")), _number(item.get("at"))
-        if key is not None and rate is not None and rate > 0 and at is not None:
-            speeds[key] = (rate, at)
     held: list[Rejection] = []
-    for item in _items(doc.get("rejections"), MAX_REJECTIONS):
-        key, until = _key_of(item), _number(item.get("until"))
-        name, reason = _text(item.get("name")), _text(item.get("reason"))
-        if key is not None and until is not None and name and reason is not None:
-            held.append(Rejection(key, name, reason[:MAX_REASON], until))
-    return Learned(speeds, tuple(held))
+    dropped = 0
+    for field, limit, read in (
+        ("throughputs", MAX_THROUGHPUTS, _throughput),
+        ("rejections", MAX_REJECTIONS, _rejection),
+    ):
+        items, lost = _items(doc.get(field), limit)
+        dropped += lost
+        for item in items:
+            try:
+                entry = read(item)
+            except (TypeError, ValueError, ArithmeticError):  # bounds below make it unlikely
+                entry = None
+            if isinstance(entry, Rejection):
+                held.append(entry)
+            elif entry is not None:
+                speeds[entry[0]] = entry[1]
+            else:
+                dropped += 1
+    return Learned(speeds, tuple(held), dropped)
+
+
+def _throughput(item: object) -> tuple[TargetKey, tuple[float, float]] | None:
+    if not isinstance(item, dict):
+        return None
+    key = _key_of(item)
+    rate, at = _number(item.get("bps"), 0.0, MAX_BPS), _number(item.get("at"), 0.0, MAX_WALL)
+    if key is None or rate is None or rate <= 0 or at is None:
+        return None
+    return key, (rate, at)
+
+
+def _rejection(item: object) -> Rejection | None:
+    if not isinstance(item, dict):
+        return None
+    key, until = _key_of(item), _number(item.get("until"), 0.0, MAX_WALL)
+    name, reason = _text(item.get("name")), _text(item.get("reason"))
+    if key is None or until is None or not name or reason is None:
+        return None
+    return Rejection(key, name, reason[:MAX_REASON], until)
 
 
 def _key_json(key: TargetKey) -> dict[str, object]:
     return {"group": key.group, "target": key.target, "discovered": key.discovered}
 
 
-def _items(value: object, limit: int) -> list[dict[str, object]]:
+def _items(value: object, limit: int) -> tuple[list[object], int]:
+    """The first ``limit`` entries of a list, and how many are lost (past the limit, or one
+    for a value that is not a list)."""
+    if value is None:
+        return [], 0
     if not isinstance(value, list):
-        return []
-    return [item for item in value[:limit] if isinstance(item, dict)]
+        return [], 1
+    return value[:limit], max(0, len(value) - limit)
 
 
 def _key_of(item: Mapping[str, object]) -> TargetKey | None:
@@ -142,8 +192,11 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and len(value) <= MAX_TEXT else None
 
 
-def _number(value: object) -> float | None:
+def _number(value: object, low: float, high: float) -> float | None:
+    """A JSON number within ``[low, high]``, or None. An integer is compared before it is
+    converted: ``float()`` of one with hundreds of digits raises OverflowError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    if not low <= value <= high:  # NaN too: every comparison with it is false
+        return None
+    return float(value)

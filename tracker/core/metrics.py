@@ -56,6 +56,9 @@ Outcome = Literal[
 UploadOutcome = Literal["ok", "failed"]
 #: Where bytes sent to clients came from (label ``source``).
 ByteSource = Literal["cache", "upstream", "local", "object_store", "replica"]
+#: What of the learned state could not be read (label ``what``): one entry, or a whole file
+#: or object.
+LearnedLoss = Literal["entry", "document"]
 #: Kind of archive (label ``kind``).
 Kind = Literal["full", "incremental"]
 
@@ -201,6 +204,13 @@ COLLECTORS = (
         "Failed object-store operations, by operation.",
         ("operation",),
     ),
+    Collector(
+        "learned_dropped",
+        Counter,
+        "learned_dropped_total",
+        "Entries and documents of what the tracker learned that could not be read: ignored.",
+        ("what",),
+    ),
 )
 
 
@@ -232,6 +242,7 @@ class Metrics:
     object_uploads: Counter
     object_lock_takeovers: Counter
     object_store_errors: Counter
+    learned_dropped: Counter
 
     def __init__(self, *, process: bool = True) -> None:
         """``process``: also export ``process_*``, ``python_gc_*`` and ``python_info``."""
@@ -262,6 +273,8 @@ class Metrics:
         self._durations: dict[str, Histogram] = {}
         for source in get_args(ByteSource):
             self.served_bytes.labels(source)
+        for loss in get_args(LearnedLoss):
+            self.learned_dropped.labels(loss)
         if process:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -341,6 +354,10 @@ class Metrics:
     def count_object_error(self, operation: str) -> None:
         """An object-store ``operation`` (a fixed name, never a key) failed."""
         self.object_store_errors.labels(operation).inc()
+
+    def count_learned_dropped(self, what: LearnedLoss, count: int = 1) -> None:
+        """``count`` entries or documents of the learned state could not be read."""
+        self.learned_dropped.labels(what).inc(count)
 
     def count_source_failure(self, group: str) -> None:
         """A source of ``group`` failed to deliver a proxied file (the next one is asked)."""

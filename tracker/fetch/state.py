@@ -7,7 +7,9 @@ still offers the same file (same size, and the same ``ETag`` or ``Last-Modified`
 gave one), only the missing ranges are fetched; otherwise the download starts over, so bytes
 of two files are never mixed. The state is replaced atomically (temp file and rename); it
 records only bytes whose ``pwrite`` returned. Neither file is ever opened through a symbolic
-link planted under its name (``O_NOFOLLOW``; a new state file is created ``O_EXCL``).
+link planted under its name (``O_NOFOLLOW``); the state is read and written as every small
+file of the tracker is (:mod:`tracker.core.smallfiles`: a regular file only, bounded, never a
+FIFO's blocking open; written to a temp file created ``O_EXCL``, fsynced, renamed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import stat
 import attrs
 
 from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
+from tracker.core.smallfiles import read_small, write_atomically
 from tracker.fetch.pieces import intersect
 
 #: The longest state file read back (a state is a few hundred bytes).
@@ -88,7 +91,7 @@ def load_state(ledger: str, name: str) -> State | None:
     are kept: not past its end, not in its holes (a fetch syncs the bytes before it writes
     a state claiming them, so a claim over a hole was never written)."""
     try:
-        raw = json.loads(_read(state_path(ledger, name)))
+        raw = json.loads(read_small(state_path(ledger, name), MAX_STATE_BYTES))
         identity = Identity(
             int(raw["size"]), str(raw.get("etag", "")), str(raw.get("last_modified", ""))
         )
@@ -144,24 +147,8 @@ def save_state(ledger: str, state: State) -> None:
         "done": [list(interval) for interval in state.done],
     }
     path = state_path(ledger, state.name)
-    temp = path + ".new"
-    # A stale temp file, or anything planted under its name, goes first (unlink never
-    # follows a link); the new one is created, never opened through a link.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f)
-    os.replace(temp, path)
-
-
-def _read(path: str) -> bytes:
-    """At most MAX_STATE_BYTES of the file at ``path``, never through a link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return f.read(MAX_STATE_BYTES)
+    # Its temp file is ``{state}.new`` (removed with it by :func:`remove_state`).
+    write_atomically(path, json.dumps(body).encode(), temp_name=os.path.basename(path) + ".new")
 
 
 def remove_state(ledger: str, name: str) -> None:

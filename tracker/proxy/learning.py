@@ -4,13 +4,16 @@
 :class:`Learning` reads the state file (``{cache dir}/.learned.json``) and every replica's
 object (``{prefix}.learned/{replica}.json``) at start, merges them into the index and the
 rejections (:mod:`tracker.core.learned`), and every :data:`SYNC_EVERY` seconds writes its
-own (the file atomically: a temp file renamed into place) and merges the others' again; once
-more when it stops. A file or object that cannot be read costs itself, never the start.
+own (the file atomically: :func:`tracker.core.smallfiles.write_atomically`) and merges the
+others' again; once more when it stops. A file or object that cannot be read costs itself,
+an entry that cannot costs itself (logged, counted in ``learned_dropped_total``), never the
+start or the sync; the file is read with :func:`tracker.core.smallfiles.read_small` (no
+link, no FIFO, nothing but a small regular file) in a worker thread a stop does not wait
+for.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -25,7 +28,9 @@ from tracker.config.schema import Config
 from tracker.core.index import Index
 from tracker.core.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
 from tracker.core.logs import log_event
+from tracker.core.metrics import LearnedLoss, Metrics
 from tracker.core.rejections import Rejections
+from tracker.core.smallfiles import read_small, write_atomically
 from tracker.errors import StateError, StoreError
 from tracker.objectstore.bucket import Bucket
 
@@ -47,7 +52,8 @@ class Learning:
 
     Times are on the index's clock (the one of what it keeps), ``wall`` the wall clock;
     ``bucket`` the shared store (None: none); ``replica`` names this replica's object
-    (default: from ``replica_url`` or the host name).
+    (default: from ``replica_url`` or the host name); ``metrics`` counts what could not be
+    read; ``every``: seconds between syncs (None: :data:`SYNC_EVERY`, read when it runs).
     """
 
     _config: Callable[[], Config]
@@ -55,8 +61,9 @@ class Learning:
     _rejections: Rejections
     _bucket: Bucket | None = None
     _wall: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
-    _every: float = attrs.field(default=SYNC_EVERY, kw_only=True)
+    _every: float | None = attrs.field(default=None, kw_only=True)
     _replica: str = attrs.field(default="", kw_only=True)
+    _metrics: Metrics | None = attrs.field(default=None, kw_only=True)
     #: Writes completed (tests wait on it).
     saved: int = attrs.field(default=0, init=False)
 
@@ -69,7 +76,7 @@ class Learning:
         task_status.started()
         try:
             while True:
-                await trio.sleep(self._every)
+                await trio.sleep(SYNC_EVERY if self._every is None else self._every)
                 await self.restore()
                 await self.save()
         finally:
@@ -82,7 +89,10 @@ class Learning:
         found = await self._read_file()
         found += await self._read_objects()
         if found:
-            restore(merge(found), self._index, self._rejections, **self._moment())
+            hold = self._config().reject_for
+            restore(
+                merge(found), self._index, self._rejections, **self._moment(), longest_hold=hold
+            )
 
     async def save(self) -> None:
         """Write what is learned now to the state file and this replica's object."""
@@ -90,7 +100,8 @@ class Learning:
         path = self._path()
         if path:
             try:
-                await trio.to_thread.run_sync(write_atomically, path, data)
+                # Abandoned when cancelled: a stop never waits on a hung disk past its grace.
+                await trio.to_thread.run_sync(_write, path, data, abandon_on_cancel=True)
             except OSError as exc:
                 log_event(log, "warning", "learned_not_saved", path=path, error=exc)
         if self._bucket is not None:
@@ -117,13 +128,17 @@ class Learning:
         if not path:
             return []
         try:
-            data = await trio.to_thread.run_sync(read_bounded, path, MAX_BYTES + 1)
+            # Abandoned when cancelled: a stop never waits on a hung disk past its grace.
+            data = await trio.to_thread.run_sync(
+                read_small, path, MAX_BYTES, abandon_on_cancel=True
+            )
         except FileNotFoundError:
             return []
         except OSError as exc:
             log_event(log, "warning", "learned_unreadable", path=path, error=exc)
+            self._count("document")
             return []
-        return _decoded(data, path)
+        return self._decoded(data, path)
 
     async def _read_objects(self) -> list[Learned]:
         if self._bucket is None:
@@ -134,19 +149,33 @@ class Learning:
             for info in listed[:MAX_OBJECTS]:
                 if info.size <= MAX_BYTES:
                     data = await self._bucket.get_small(info.key, MAX_BYTES + 1)
-                    found += _decoded(data or b"", info.key)
+                    found += self._decoded(data or b"", info.key)
+                else:
+                    log_event(log, "warning", "learned_unreadable", source=info.key, size=info.size)
+                    self._count("document")
         except StoreError as exc:
             log_event(log, "warning", "learned_unreadable", error=exc)
         return found
 
+    def _decoded(self, data: bytes, where: str) -> list[Learned]:
+        """``data`` decoded, or nothing (logged, counted) when it is not a state document;
+        entries it drops are logged and counted too."""
+        try:
+            learned = decode(data)
+        except StateError as exc:
+            log_event(log, "warning", "learned_unreadable", source=where, error=exc)
+            self._count("document")
+            return []
+        if learned.dropped:
+            log_event(
+                log, "warning", "learned_entries_dropped", source=where, count=learned.dropped
+            )
+            self._count("entry", learned.dropped)
+        return [learned]
 
-def _decoded(data: bytes, where: str) -> list[Learned]:
-    """``data`` decoded, or nothing (logged) when it is not a state document."""
-    try:
-        return [decode(data)]
-    except StateError as exc:
-        log_event(log, "warning", "learned_unreadable", source=where, error=exc)
-        return []
+    def _count(self, what: LearnedLoss, count: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.count_learned_dropped(what, count)
 
 
 def replica_name(config: Config) -> str:
@@ -156,23 +185,7 @@ def replica_name(config: Config) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file renamed into place (blocking)."""
-    temp = f"{path}.{os.getpid()}.tmp"
+def _write(path: str, data: bytes) -> None:
+    """Write the state file (blocking): its directory made if missing, then atomically."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def read_bounded(path: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``path`` (blocking)."""
-    with open(path, "rb") as f:
-        return f.read(limit)
+    write_atomically(path, data)
