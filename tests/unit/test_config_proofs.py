@@ -98,7 +98,7 @@ def test_a_signing_key_of_mode_0600_is_taken(tmp_path: Path) -> None:
         (0o644, None, "has mode 0644; a signing key must be 0600"),
         (0o640, None, "has mode 0640; a signing key must be 0600"),
         (0o600, b"[1, 2]", "not a JSON array of 64 bytes"),
-        (0o600, b"\xff" * 10_000, "over 4096 bytes"),
+        (0o600, b"\xff" * 10_000, "10000 bytes, more than 4096"),
     ],
 )
 def test_a_bad_signing_key_names_attest_key(

@@ -14,6 +14,7 @@ import stat
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.directories import unusable_directory
+from tracker.core.smallfiles import read_small_file
 from tracker.core.statements import MAX_KEYPAIR, Signer
 from tracker.errors import ProbeError, StatementInvalid
 
@@ -117,22 +118,18 @@ def read_text(path: str) -> str:
 
 def load_signer(path: str) -> Signer:
     """The signer of the keypair file at ``path``. Raises ValueError saying why not: not a
-    regular file (no link followed, nothing that could block), readable by others than its
-    owner (a key must be mode 0600), not owned by this process's user, or not a keypair."""
+    regular file (no link followed, nothing that could block: :func:`read_small_file`),
+    readable by others than its owner (a key must be mode 0600), not owned by this process's
+    user, or not a keypair (the key's bytes are never shown)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data, info = read_small_file(path, MAX_KEYPAIR)
     except OSError as exc:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
-    with open(fd, "rb", buffering=0, closefd=True) as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path!r} is not a regular file")
-        if info.st_mode & 0o077:
-            mode = stat.S_IMODE(info.st_mode)
-            raise ValueError(f"{path!r} has mode {mode:04o}; a signing key must be 0600")
-        if info.st_uid != os.geteuid():
-            raise ValueError(f"{path!r} is owned by uid {info.st_uid}, not the tracker's user")
-        data = file.read(MAX_KEYPAIR + 1)
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise ValueError(f"{path!r} has mode {mode:04o}; a signing key must be 0600")
+    if info.st_uid != os.geteuid():
+        raise ValueError(f"{path!r} is owned by uid {info.st_uid}, not the tracker's user")
     try:
         return Signer.from_keypair_json(data)
     except StatementInvalid as exc:
