@@ -29,8 +29,9 @@ exception class::
     ├── ClientGone         the client's connection closed while a body was being sent
     ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
     ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
-    └── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
-                           by tracker.files.streamparse; it words its own ArchiveInvalid)
+    ├── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
+    │                      by tracker.files.streamparse; it words its own ArchiveInvalid)
+    └── VoteInvalid        a vote instruction's data does not decode (the cluster level)
 """
 
 from __future__ import annotations
@@ -168,3 +169,8 @@ class EndOfInput(TrackerError):
     def __init__(self, at: int) -> None:
         self.at = at
         super().__init__(f"stream ends at byte {at}")
+
+
+class VoteInvalid(TrackerError):
+    """A vote-program instruction's data does not decode as its kind (docs/architecture.md,
+    "The cluster level"); the message is one line."""
