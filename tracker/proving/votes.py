@@ -34,8 +34,9 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.errors import ProbeError, RpcError, TransportError, VoteInvalid
+from tracker.net.bodies import body_chunks
 from tracker.net.exchange import stream
-from tracker.net.limits import decode_text, iter_json_members, read_capped, status_reason
+from tracker.net.limits import decode_text, iter_json_members, status_reason
 from tracker.proof.levels import Level, Proof
 from tracker.proof.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
 
@@ -130,7 +131,7 @@ class ClusterVotes:
         with trio.move_on_after(deadline) as within:
             async with trio.open_nursery() as nursery:
                 for url in urls:
-                    ask = self._ask_into(results, failed, nursery.cancel_scope, url)
+                    ask = self._ask_into(results, failed, url)
                     nursery.start_soon(ask, key[0], bank_hash)
         if within.cancelled_caught and not failed:
             failed.append(RpcError(f"the votes were not read within {deadline:g}s"))
@@ -150,18 +151,17 @@ class ClusterVotes:
         self,
         results: dict[str, Tally],
         failed: list[RpcError],
-        scope: trio.CancelScope,
         url: str,
     ) -> Callable[[int, bytes], Awaitable[None]]:
         """The task asking ``url``: its tally into ``results``, or its failure into
-        ``failed`` and the others cancelled (one line, no exception group)."""
+        ``failed`` (one line, no exception group). A failure cancels nothing: httpx leaves
+        a request cancelled while its body is sent half unwound; the deadline bounds all."""
 
         async def asking(slot: int, bank_hash: bytes) -> None:
             try:
                 results[url] = await self.ask(url, slot, bank_hash)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
-                scope.cancel()
 
         return asking
 
@@ -174,38 +174,47 @@ class ClusterVotes:
         stakes: dict[str, int] = {}
         limiter = trio.CapacityLimiter(CONCURRENT_BLOCKS)
 
-        async def one_block(at: int, scope: trio.CancelScope) -> None:
+        async def one_block(at: int) -> None:
             try:
                 async with limiter:
+                    if failed:  # another call failed: the answer is lost already
+                        return
                     body = await self._call(url, _get_block(at), MAX_BLOCK)
                 votes.extend(await trio.to_thread.run_sync(block_votes, body, slot, limiter=_PARSE))
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"slot {at}: {exc}")))
-                scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for at in range(slot + 1, slot + 1 + blocks):
-                nursery.start_soon(one_block, at, nursery.cancel_scope)
+                nursery.start_soon(one_block, at)
             try:
                 body = await self._call(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS)
                 stakes = await trio.to_thread.run_sync(vote_stakes, body, limiter=_PARSE)
             except RpcError as exc:
                 failed.append(exc)
-                nursery.cancel_scope.cancel()
         if failed:
             raise failed[0]
         return tally(votes, slot, bank_hash, stakes)
 
     async def _call(self, url: str, payload: dict[str, Any], max_body: int) -> bytearray:
+        """``payload``'s answer from ``url``, at most ``max_body`` bytes, read so that a
+        cancelled read (the deadline, another call failed) unwinds httpx's generators."""
         self.calls += 1
+        method = payload["method"]
         headers = {"accept-encoding": "identity", "content-type": "application/json"}
+        body = bytearray()
         try:
             async with stream(self._client, "POST", url, json=payload, headers=headers) as r:
                 if r.status_code != 200:
-                    raise RpcError(f"{payload['method']}: {status_reason(r)}")
-                return await read_capped(r, max_body)
+                    raise RpcError(f"{method}: {status_reason(r)}")
+                async with body_chunks(r) as chunks:
+                    async for chunk in chunks:
+                        if len(body) + len(chunk) > max_body:
+                            raise RpcError(f"{method}: body exceeds the limit of {max_body} bytes")
+                        body += chunk
         except (TransportError, ProbeError) as exc:
-            raise RpcError(one_line(f"{payload['method']}: {exc}")) from exc
+            raise RpcError(one_line(f"{method}: {exc}")) from exc
+        return body
 
 
 def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> Proof:
