@@ -70,3 +70,17 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
     assert config.manifest_read == 512 * 1024**2
     assert config.prove_accounts_max == 10_000_000
     assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("", True),
+        ("rpc: http://127.0.0.1:8899\n", False),
+    ],
+)
+def test_require_cluster_without_rpc_warns(tmp_path: Path, settings: str, warned: bool) -> None:
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    config = load(tmp_path, text)
+    found = [w for w in config.warnings if "require: cluster needs `rpc`" in w]
+    assert bool(found) is warned
