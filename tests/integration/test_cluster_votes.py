@@ -110,7 +110,9 @@ async def test_the_stake_behind_the_votes_lifts_an_archive_to_cluster() -> None:
     # V0 (TowerSync), V1 (CompactUpdateVoteState), V2 (UpdateVoteState, v0 transaction),
     # V4 (VoteSwitch, delinquent): 300 + 250 + 150 + 200 of 1000.
     assert (proof.level, proof.voted_stake, proof.note) == (Level.CLUSTER, 0.9, None)
-    assert sorted(node.block_calls()) == list(range(S + 1, S + 9))  # skipped slots cost one call each
+    assert sorted(node.block_calls()) == list(
+        range(S + 1, S + 9)
+    )  # skipped slots cost one call each
     assert proof.to_json()["voted_stake"] == 0.9
 
 
@@ -244,3 +246,21 @@ async def test_require_cluster_keeps_a_copy_out_until_the_votes_carry_it() -> No
     assert name2 not in index.disproven().get(key_, {})
     assert heads.proven[(key_, name2)].level == Level.CLUSTER
     assert len(up.gets(name2)) == 1  # the head was read once; the votes were asked twice
+
+
+async def test_require_cluster_without_the_votes_executor_says_why() -> None:
+    name = full_name(S)
+    files = {name: archive_bytes(64 * 1024)}
+    up = FakeUpstream(files=files)
+    async with serving(up):
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = Config(target_groups=(group,))
+        index = Index()
+        advertise_files(index, up, files)
+        clients = DownloadClients(lambda: ProxySettings())
+        heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF))
+        assert await heads.round() == 0  # no tally: asked again each round
+        await clients.aclose()
+    assert index.best_full(GROUP) is None
+    reason = index.disproven()[TargetKey(GROUP, up.base)][name]
+    assert reason == "proven to manifest, cluster required: cluster not proven: no votes read here"

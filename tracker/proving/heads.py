@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+import attrs
 import trio
 
 from tracker.config.schema import Config, TargetGroup
@@ -151,6 +152,8 @@ class HeadProofs:
         self._voting.pop(read.copy, None)
         if required >= Level.CLUSTER and self._votes is not None:
             proof = await self._votes.lift(read.file.name.slot, proof)
+        elif required >= Level.CLUSTER and proof.level < Level.CLUSTER:
+            proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
         if not proof.meets(required, is_full=read.file.name.is_full):
             reason = f"proven to {proof.level.label}, {required.label} required: {proof.note}"
             self._index.disprove(read.key, read.file.bare_name, reason)
