@@ -22,6 +22,7 @@ exception class::
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     │   └── SourcesBusy    every source of the file stayed busy (503)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
+    │                      or the votes for a slot (the cluster level)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StateError         a kept state file or object of what the tracker learned is corrupt
     ├── StoreError         the object store refused or could not be reached (one line)
@@ -112,7 +113,8 @@ class SourcesBusy(UpstreamError):
 
 
 class RpcError(TrackerError):
-    """The RPC node could not tell the current slot; the message is one line."""
+    """The RPC node could not tell the current slot, or the votes for a slot and the stakes
+    (tracker.proving.votes); the message is one line."""
 
 
 class CacheError(TrackerError):
