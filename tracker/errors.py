@@ -22,6 +22,7 @@ exception class::
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     │   └── SourcesBusy    every source of the file stayed busy (503)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
+    │                      or the votes for a slot (the cluster level)
     ├── CacheError         the disk cache could not store a file (disk full, read-only, ...)
     ├── StateError         a kept state file or object of what the tracker learned is corrupt
     ├── StoreError         the object store refused or could not be reached (one line)
@@ -31,8 +32,9 @@ exception class::
     ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
     ├── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
     │                      by tracker.files.streamparse; it words its own ArchiveInvalid)
-    └── StatementInvalid   a signed statement about an archive (an attestation) or its signing
-                           key is malformed, badly signed, expired or about another file; one line
+    ├── StatementInvalid   a signed statement about an archive (an attestation) or its signing
+    │                      key is malformed, badly signed, expired or about another file
+    └── VoteInvalid        a vote instruction's data does not decode (the cluster level)
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ class SourcesBusy(UpstreamError):
 
 
 class RpcError(TrackerError):
-    """The RPC node could not tell the current slot; the message is one line."""
+    """The RPC node could not tell the current slot, or the votes for a slot and the stakes
+    (tracker.proving.votes); the message is one line."""
 
 
 class CacheError(TrackerError):
@@ -176,3 +179,8 @@ class StatementInvalid(TrackerError):
     """A signed statement about an archive (docs/http-api.md, "Signed statements"), or the key
     that signs them, cannot be taken: malformed, signed by another key or badly, expired, about
     another size or digest, or a key file of the wrong mode; ``str(exc)`` is one line."""
+
+
+class VoteInvalid(TrackerError):
+    """A vote-program instruction's data does not decode as its kind (docs/architecture.md,
+    "The cluster level"); the message is one line."""

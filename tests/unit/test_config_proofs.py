@@ -127,3 +127,17 @@ def test_a_signing_key_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(key, 65534, 65534)
     found = problem_at(problems(tmp_path, f"attest: {{key: {key}}}\n"), "attest.key")
     assert "owned by uid 65534, not the tracker's user" in found
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("", True),
+        ("rpc: http://127.0.0.1:8899\n", False),
+    ],
+)
+def test_require_cluster_without_rpc_warns(tmp_path: Path, settings: str, warned: bool) -> None:
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    config = load(tmp_path, text)
+    found = [w for w in config.warnings if "require: cluster needs `rpc`" in w]
+    assert bool(found) is warned

@@ -14,6 +14,7 @@ from tracker.config.targetfile import read_target_file
 from tracker.core.redact import redact_text
 from tracker.core.trust import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
+from tracker.proof.levels import Level
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -50,6 +51,11 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             ".cluster_discovery: no `rpc` to check slots against (max_slot_ahead): discovered"
             f" nodes that agree (at least {agreeing}) can make any slot, however far ahead,"
             " the best; set `rpc`"
+        )
+    if group.trust.require == Level.CLUSTER and not config.rpc:
+        found.append(
+            ".trust.require: cluster needs `rpc` to read the votes (docs/architecture.md,"
+            ' "The cluster level"): every archive of the group stays below it; set `rpc`'
         )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import re
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import httpx
@@ -169,32 +169,88 @@ def iter_json_member(
     :class:`ProbeError` as :func:`iter_json_array` does, and when the object has no
     ``member`` array (a JSON-RPC error answer).
     """
+    found = False
+    for name, value in iter_json_members(
+        text, {member}, max_items=max_items, max_item_chars=max_item_chars
+    ):
+        if name == member + "[]":
+            yield value
+        elif name == member and isinstance(value, list):
+            found = True  # the array ended (its elements were yielded before)
+    if not found:
+        raise ProbeError(f"no {quoted(member)} array in the answer")
+
+
+def iter_json_members(
+    text: str,
+    arrays: Collection[str],
+    *,
+    within: Sequence[str] = (),
+    max_items: int,
+    max_item_chars: int = MAX_ELEMENT_CHARS,
+) -> Iterator[tuple[str, object]]:
+    """Yield ``(name, value)`` for the members of a top-level JSON object, and of the objects
+    named by ``within`` inside it (``("result",)``: the ``result`` object of a JSON-RPC
+    answer), one bounded value at a time.
+
+    A member named in ``arrays`` whose value is an array yields ``(name + "[]", element)``
+    for each element (at most ``max_items`` in all), then ``(name, [])`` once it ended; every
+    other member yields ``(name, value)`` decoded within ``max_item_chars``. Raises
+    :class:`ProbeError` as :func:`iter_json_array` does.
+    """
     decoder = json.JSONDecoder(parse_constant=reject_constant)
+    budget = [max_items]
     pos = _skip_ws(text, 0)
+    end = yield from _object_members(
+        decoder, text, pos, tuple(within), arrays, budget, max_item_chars
+    )
+    _expect_end(text, end, "object")
+
+
+def _object_members(
+    decoder: json.JSONDecoder,
+    text: str,
+    pos: int,
+    within: tuple[str, ...],
+    arrays: Collection[str],
+    budget: list[int],
+    max_item_chars: int,
+) -> Generator[tuple[str, object], None, int]:
+    """The members of the object at ``pos`` (see :func:`iter_json_members`); returns the
+    position after its closing brace."""
     if not text.startswith("{", pos):
         raise ProbeError("answer is not a JSON object")
     pos = _skip_ws(text, pos + 1)
-    found = False
     while not text.startswith("}", pos):
         name, pos = _decode_element(decoder, text, pos, max_item_chars, "a member name")
         pos = _skip_ws(text, pos)
         if not isinstance(name, str) or not text.startswith(":", pos):
             raise ProbeError(f"invalid JSON at character {pos}: expected a member name and ':'")
         pos = _skip_ws(text, pos + 1)
-        if name == member and not found and text.startswith("[", pos):
-            found = True
-            pos = yield from _array_items(decoder, text, pos + 1, max_items, max_item_chars)
+        if within and name == within[0] and text.startswith("{", pos):
+            args = (within[1:], arrays, budget, max_item_chars)
+            pos = yield from _object_members(decoder, text, pos, *args)
+        elif not within and name in arrays and text.startswith("[", pos):
+            items = _array_items(decoder, text, pos + 1, budget[0], max_item_chars)
+            while True:
+                try:
+                    value = next(items)
+                except StopIteration as stop:
+                    pos = stop.value
+                    break
+                budget[0] -= 1
+                yield name + "[]", value
+            yield name, []
         else:
             label = f"member {quoted(name, 40)}"
-            _value, pos = _decode_element(decoder, text, pos, max_item_chars, label)
+            value, pos = _decode_element(decoder, text, pos, max_item_chars, label)
+            yield name, value
         pos = _skip_ws(text, pos)
         if text.startswith(",", pos):
             pos = _skip_ws(text, pos + 1)
         elif not text.startswith("}", pos):
             raise ProbeError(f"invalid JSON at character {pos}: expected ',' or '}}'")
-    _expect_end(text, pos + 1, "object")
-    if not found:
-        raise ProbeError(f"no {quoted(member)} array in the answer")
+    return pos + 1
 
 
 def _array_items(

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+import attrs
 import trio
 
 from tracker.config.schema import Config, TargetGroup
@@ -33,6 +34,7 @@ from tracker.net.bodies import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.net.sourcelimits import Limits
 from tracker.proof.levels import Level, Proof
+from tracker.proving.votes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
@@ -66,8 +68,13 @@ class HeadProofs:
         *,
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
+        votes: ClusterVotes | None = None,
     ) -> None:
         self._config = config
+        self._votes = votes
+        #: Copies whose manifest is proven, awaiting the cluster's votes (an RPC failed):
+        #: out of the ranking meanwhile, asked again each round (the votes' own back-off).
+        self._voting: dict[Copy, tuple[HeadRead, Proof]] = {}
         self._index = index
         self._clients = clients
         self._prove = prove
@@ -94,6 +101,8 @@ class HeadProofs:
         for group in config.target_groups:
             if config.proxy_snapshot_downloads or config.required_level(group) < Level.MANIFEST:
                 continue
+            for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
+                decided += await self._decide(config, group, read, proof)
             for read in self.due(group):
                 decided += await self._read(config, group, read)
         self.rounds += 1
@@ -106,7 +115,7 @@ class HeadProofs:
         candidates = [
             self._index.find_file(name, s.info.files[0].bare_name) for s in best if s is not None
         ]
-        done = self.proven.keys() | self._refused.keys()
+        done = self.proven.keys() | self._refused.keys() | self._voting.keys()
         return heads_due(
             candidates,
             done=done,
@@ -130,13 +139,33 @@ class HeadProofs:
             self._tried[read.copy] = self._index.clock()
             log_event(log, "info", "head_read_failed", url=url, reason=exc)
             return 0
+        return await self._decide(config, group, read, proof)
+
+    async def _decide(
+        self, config: Config, group: TargetGroup, read: HeadRead, proof: Proof
+    ) -> int:
+        """Keep ``read``'s copy as proven or refuse it; with ``require: cluster``, after
+        the cluster's votes (:class:`ClusterVotes`). 1 when decided, 0 when the votes could
+        not be read yet (the copy stays out of the ranking with the reason meanwhile)."""
+        url = read.file.url
         required = config.required_level(group)
+        self._voting.pop(read.copy, None)
+        if required >= Level.CLUSTER and self._votes is not None:
+            proof = await self._votes.lift(read.file.name.slot, proof)
+        elif required >= Level.CLUSTER and proof.level < Level.CLUSTER:
+            proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
         if not proof.meets(required, is_full=read.file.name.is_full):
             reason = f"proven to {proof.level.label}, {required.label} required: {proof.note}"
-            self._keep(self._refused, read.copy, reason)
             self._index.disprove(read.key, read.file.bare_name, reason)
+            if proof.level >= Level.MANIFEST and proof.voted_stake is None:
+                self._voting[read.copy] = (read, proof)  # no tally yet: ask again
+                while len(self._voting) > MAX_KEPT:
+                    del self._voting[next(iter(self._voting))]
+                return 0
+            self._keep(self._refused, read.copy, reason)
             log_event(log, "warning", "archive_disproven", url=url, reason=reason)
             return 1
+        self._index.disprove(read.key, read.file.bare_name, None)
         self._keep(self.proven, read.copy, proof)
         log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
         return 1

@@ -32,6 +32,7 @@ from tracker.web.statusview import (
     StatusView,
     TargetView,
 )
+from tracker.web.wire import disproven_errors
 
 #: The log events the page lists, by section: ``rejected`` (archives that failed their
 #: check) and ``failover`` (a source, a transfer or the bucket failed and the request went
@@ -196,7 +197,8 @@ def _best(
 
 def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
     index, flowing = sources.index, sources.flowing
-    mismatches = index.mismatches()
+    # A copy a proof kept out of the ranking says why, as in /v1/targets.
+    mismatches = {**index.mismatches(), **disproven_errors(index.disproven())}
     out = []
     for h in health:
         key = h.target.key

@@ -1,0 +1,267 @@
+"""The cluster level (docs/architecture.md, "The cluster level") against a fake JSON-RPC node on
+127.0.0.1 serving getBlock and getVoteAccounts answers shaped as agave's RPC writes them
+(``tests/helpers_votes.py``): the votes after an archive's slot weighed by the current stake,
+skipped slots, votes for another hash and of unknown voters, hostile and silent RPCs, the
+cache, several RPCs that must agree, and ``trust.require: cluster`` in redirect mode's head
+reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import base58
+import httpx
+import pytest
+import trio
+from helpers_proxy import GROUP, FakeUpstream, advertise_files, archive_bytes, serving
+from helpers_server import serve_app
+from helpers_votes import (
+    VoteRpc,
+    compact,
+    hash_of,
+    key,
+    tower,
+    update,
+    vote,
+    vote_transaction,
+)
+from names import full_name
+
+import tracker.proving.votes as votes_module
+from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
+from tracker.core.index import Index, TargetKey
+from tracker.proof.levels import Level, Proof
+from tracker.proving.heads import HeadProofs
+from tracker.proving.votes import ClusterVotes
+from tracker.proxy.upstream import DownloadClients, ProxySettings
+
+S = 5000
+H = hash_of("bank hash at 5000")
+OTHER = hash_of("a forged bank hash")
+PROOF = Proof(Level.MANIFEST, snapshot_hash="x", bank_hash=base58.b58encode(H).decode())
+V = [key(f"validator {n}") for n in range(6)]
+STAKES = {V[0]: 300, V[1]: 250, V[2]: 150, V[3]: 100, V[4]: 200}  # total 1000
+
+
+def majority() -> VoteRpc:
+    """Votes for (S, H) of 80% of the stake in every kind agave accepts, S+2 skipped,
+    another hash from 10%, a voter that holds no stake, and a vote for S-1 that counts
+    nothing."""
+    return VoteRpc(
+        blocks={
+            S + 1: [
+                vote_transaction(V[0], tower([(S - 1, 2), (S, 1)], H, root=S - 40)),
+                vote_transaction(V[1], compact([(S, 1)], H)),
+                vote_transaction(V[3], vote([S - 1, S], OTHER)),
+                vote_transaction(V[5], tower([(S, 1)], H)),  # not in getVoteAccounts
+            ],
+            S + 3: [
+                vote_transaction(V[2], update([(S, 1)], H), loaded=True),
+                vote_transaction(V[4], vote([S], H, switch=hash_of("switch"))),
+                vote_transaction(V[3], tower([(S - 1, 1)], H)),  # another slot
+            ],
+        },
+        stakes={k: v for k, v in STAKES.items() if k != V[4]},
+        delinquent={V[4]: STAKES[V[4]]},
+    )
+
+
+def minority() -> VoteRpc:
+    """30% for H, 55% for another hash."""
+    return VoteRpc(
+        blocks={
+            S + 1: [
+                vote_transaction(V[0], tower([(S, 1)], H)),
+                vote_transaction(V[1], tower([(S, 1)], OTHER)),
+                vote_transaction(V[4], tower([(S, 1)], OTHER)),
+                vote_transaction(V[3], tower([(S, 1)], OTHER)),
+            ],
+        },
+        stakes=STAKES,
+    )
+
+
+@asynccontextmanager
+async def rpcs(*nodes: VoteRpc) -> AsyncIterator[list[str]]:
+    async with trio.open_nursery() as nursery:
+        urls = [await nursery.start(serve_app, node.app()) for node in nodes]
+        yield [url + "/" for url in urls]
+        nursery.cancel_scope.cancel()
+
+
+def settings(urls: list[str], *, blocks: int = 8, deadline: float = 20.0, **more: Any) -> Config:
+    proof = ClusterProof(blocks=blocks, deadline=deadline, also_rpc=tuple(urls[1:]))
+    return Config(rpc=urls[0], cluster_proof=proof, **more)
+
+
+@asynccontextmanager
+async def cluster_votes(config: Config, **options: Any) -> AsyncIterator[ClusterVotes]:
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        yield ClusterVotes(lambda: config, client, **options)
+
+
+async def test_the_stake_behind_the_votes_lifts_an_archive_to_cluster() -> None:
+    node = majority()
+    async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=8)) as votes:
+        proof = await votes.lift(S, PROOF)
+    # V0 (TowerSync), V1 (CompactUpdateVoteState), V2 (UpdateVoteState, v0 transaction),
+    # V4 (VoteSwitch, delinquent): 300 + 250 + 150 + 200 of 1000.
+    assert (proof.level, proof.voted_stake, proof.note) == (Level.CLUSTER, 0.9, None)
+    # The first batch of 4 blocks held 2/3: no more are read (skipped slots cost a call).
+    assert sorted(node.block_calls()) == list(range(S + 1, S + 5))
+    assert proof.to_json()["voted_stake"] == 0.9
+
+
+async def test_a_minority_leaves_the_archive_at_manifest_with_the_stake_shown() -> None:
+    node = minority()
+    async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=10)) as votes:
+        proof = await votes.lift(S, PROOF)
+    assert sorted(node.block_calls()) == list(range(S + 1, S + 11))  # at most `blocks`
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.3)
+    assert proof.note == (
+        "cluster not proven: 30.0% of the stake voted the bank hash, 55.0% voted another hash,"
+        " 2/3 needed"
+    )
+
+
+async def test_a_tally_is_kept_per_slot_and_hash() -> None:
+    node = majority()
+    async with rpcs(node) as urls, cluster_votes(settings(urls)) as votes:
+        first = await votes.lift(S, PROOF)
+        calls = len(node.calls)
+        again = await votes.lift(S, attrs.evolve(PROOF, snapshot_hash="another archive"))
+        assert len(node.calls) == calls  # the second ask makes no RPC call
+        other = await votes.lift(S, attrs.evolve(PROOF, bank_hash=base58.b58encode(OTHER).decode()))
+        assert len(node.calls) > calls  # another hash is another question
+    assert again.level == first.level == Level.CLUSTER
+    assert (other.level, other.voted_stake) == (Level.MANIFEST, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b'{"jsonrpc":"2.0","result":{"transactions":[' + b" " * (1024 * 1024),
+            "exceeds the limit",
+        ),
+        (b'{"jsonrpc":"2.0","result":{"transactions":[{"meta":{"err":null},', "invalid JSON"),
+        (b'{"jsonrpc":"2.0","error":{"code":-32005,"message":"Node is behind"},"id":1}', "-32005"),
+    ],
+)
+async def test_an_rpc_that_fails_leaves_the_archive_at_manifest(
+    raw: bytes, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(votes_module, "MAX_BLOCK", 64 * 1024)  # the answer is 16x past it
+    node = majority()
+    node.raw["getBlock"] = raw
+    async with rpcs(node) as urls, cluster_votes(settings(urls)) as votes:
+        proof = await votes.lift(S, PROOF)
+        calls = len(node.calls)
+        again = await votes.lift(S, PROOF)  # within the back-off: no call, the reason kept
+        assert len(node.calls) == calls
+    assert proof.level == Level.MANIFEST and proof.voted_stake is None
+    assert proof.note is not None and reason in proof.note and urls[0] in proof.note
+    assert "getBlock" in proof.note
+    assert again.note is not None and "asked again in" in again.note
+
+
+async def test_a_silent_rpc_is_given_up_at_the_deadline_then_asked_again() -> None:
+    node = majority()
+    node.stall.add("getVoteAccounts")
+    async with rpcs(node) as urls, cluster_votes(settings(urls, deadline=1), retry_after=0) as cv:
+        proof = await cv.lift(S, PROOF)
+        assert node.stalled.is_set()
+        assert proof.level == Level.MANIFEST
+        assert proof.note == "cluster not proven: the votes were not read within 1s"
+        node.stall.clear()  # the RPC recovers: asked again after the back-off (0 here)
+        assert (await cv.lift(S, PROOF)).level == Level.CLUSTER
+
+
+async def test_several_rpcs_must_agree() -> None:
+    async with rpcs(majority(), minority()) as urls, cluster_votes(settings(urls)) as votes:
+        proof = await votes.lift(S, PROOF)
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.3)
+    assert proof.note is not None and "the RPCs disagree" in proof.note
+    async with rpcs(majority(), majority()) as urls, cluster_votes(settings(urls)) as votes:
+        assert (await votes.lift(S, PROOF)).level == Level.CLUSTER
+
+
+async def test_without_rpc_or_bank_hash_nothing_is_asked() -> None:
+    async with cluster_votes(Config()) as votes:
+        proof = await votes.lift(S, PROOF)
+        assert proof.level == Level.MANIFEST and proof.note is not None
+        assert "no rpc configured" in proof.note
+        structure = Proof(Level.STRUCTURE)
+        assert await votes.lift(S, structure) == structure
+        assert votes.calls == 0
+
+
+def prove_as(proof: Proof) -> Any:
+    def prove(read: Any, name: str, limit: int) -> Proof:
+        read(1024)  # the head of the archive, as the manifest's proof reads it
+        return proof
+
+    return prove
+
+
+async def test_require_cluster_keeps_a_copy_out_until_the_votes_carry_it() -> None:
+    name = full_name(S)
+    files = {name: archive_bytes(64 * 1024)}
+    node = minority()
+    up = FakeUpstream(files=files)
+    async with serving(up), rpcs(node) as urls:
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = settings(urls, target_groups=(group,))
+        index = Index()
+        advertise_files(index, up, files)
+        key_ = TargetKey(GROUP, up.base)
+        clients = DownloadClients(lambda: ProxySettings())
+        async with cluster_votes(config, retry_after=0) as cv:
+            heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF), votes=cv)
+            assert await heads.round() == 1  # a minority: refused for good
+            assert index.best_full(GROUP) is None
+            reason = index.disproven()[key_][name]
+            assert reason.startswith("proven to manifest, cluster required: cluster not proven")
+            assert "30.0% of the stake voted the bank hash" in reason
+
+            node.raw["getBlock"] = b"{}"  # another archive, an RPC that fails: asked again
+            name2 = full_name(S + 100)
+            files[name2] = archive_bytes(64 * 1024)
+            advertise_files(index, up, files)
+            assert await heads.round() == 0
+            assert index.best_full(GROUP) is None
+            assert "getBlock" in index.disproven()[key_][name2]
+            node.raw.clear()
+            node.blocks = {S + 101: majority().blocks[S + 1] + majority().blocks[S + 3]}
+            for entry in node.blocks[S + 101]:  # the same voters, voting for S + 100
+                entry["transaction"]["message"]["instructions"][0]["data"] = base58.b58encode(
+                    tower([(S + 100, 1)], H)
+                ).decode()
+            assert await heads.round() == 1
+        await clients.aclose()
+    best = index.best_full(GROUP)
+    assert best is not None and best.info.slot == S + 100
+    assert name2 not in index.disproven().get(key_, {})
+    assert heads.proven[(key_, name2)].level == Level.CLUSTER
+    assert len(up.gets(name2)) == 1  # the head was read once; the votes were asked twice
+
+
+async def test_require_cluster_without_the_votes_executor_says_why() -> None:
+    name = full_name(S)
+    files = {name: archive_bytes(64 * 1024)}
+    up = FakeUpstream(files=files)
+    async with serving(up):
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = Config(target_groups=(group,))
+        index = Index()
+        advertise_files(index, up, files)
+        clients = DownloadClients(lambda: ProxySettings())
+        heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF))
+        assert await heads.round() == 0  # no tally: asked again each round
+        await clients.aclose()
+    assert index.best_full(GROUP) is None
+    reason = index.disproven()[TargetKey(GROUP, up.base)][name]
+    assert reason == "proven to manifest, cluster required: cluster not proven: no votes read here"

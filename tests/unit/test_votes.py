@@ -1,0 +1,255 @@
+"""The cluster level's pure parts (docs/architecture.md, "The cluster level"): vote
+instructions of every kind decoded to (slot, hash), hostile data refused, the tally by
+stake, RPC answers read, and the verdict over several RPCs, as tables."""
+
+from __future__ import annotations
+
+import json
+
+import base58
+import pytest
+from helpers_votes import (
+    block_answer,
+    compact,
+    hash_of,
+    key,
+    skipped_answer,
+    tower,
+    u32,
+    u64,
+    update,
+    vote,
+    vote_accounts_answer,
+    vote_transaction,
+)
+
+from tracker.errors import RpcError, VoteInvalid
+from tracker.proof.levels import Level, Proof
+from tracker.proof.tally import Tally, VoteSeen, tally, transaction_votes
+from tracker.proof.votes import decode_vote
+from tracker.proving.votes import block_votes, judged, vote_stakes
+
+H = hash_of("H")
+OTHER = hash_of("other")
+SWITCH = hash_of("switch")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "slot"),
+    [
+        (vote([98, 99, 100], H), "Vote", 100),
+        (vote([100], H, ts=None), "Vote", 100),
+        (vote([99, 100], H, switch=SWITCH), "VoteSwitch", 100),
+        (update([(97, 3), (99, 2), (100, 1)], H, root=90), "UpdateVoteState", 100),
+        (update([(100, 1)], H), "UpdateVoteState", 100),
+        (update([(99, 2), (100, 1)], H, switch=SWITCH), "UpdateVoteStateSwitch", 100),
+        (compact([(97, 3), (99, 2), (100, 1)], H, root=90), "CompactUpdateVoteState", 100),
+        (compact([(100, 1)], H), "CompactUpdateVoteState", 100),
+        (compact([(100, 1)], H, switch=SWITCH), "CompactUpdateVoteStateSwitch", 100),
+        (tower([(99, 2), (100, 1)], H, root=68), "TowerSync", 100),
+        (tower([(2**40, 1)], H), "TowerSync", 2**40),  # a varint of six bytes
+        (tower([(99, 2), (100, 1)], H, switch=SWITCH), "TowerSyncSwitch", 100),
+    ],
+)
+def test_every_vote_kind_gives_its_last_slot_and_hash(data: bytes, kind: str, slot: int) -> None:
+    voted = decode_vote(data)
+    assert voted is not None
+    assert (voted.kind, voted.slot, voted.hash) == (kind, slot, H)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        u32(3) + u64(1000),  # Withdraw
+        u32(5) + b"\x05",  # UpdateCommission
+        u32(4),  # UpdateValidatorIdentity
+        u32(99),  # a variant from the future
+    ],
+)
+def test_kinds_without_a_vote_give_none(data: bytes) -> None:
+    assert decode_vote(data) is None
+
+
+GOOD = tower([(99, 2), (100, 1)], H)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (GOOD[:-1], "ends at byte"),
+        (GOOD + b"\0", "bytes after the instruction"),
+        (u32(2) + u64(2**40) + H, "longer than the data"),  # slots past the data
+        (u32(8) + u64(10**6) + u64(1), "longer than the data"),
+        (u32(2) + u64(0) + H + b"\0", "votes for no slot"),
+        (vote([100], H, ts=None)[:-1] + b"\2", "option tag 2"),
+        (u32(14) + u64(5) + b"\x01" + b"\x80\x00" + b"\1", "trailing zero"),  # varint alias
+        (u32(14) + u64(5) + b"\x01" + b"\xff" * 10 + b"\1", "varint"),  # past 10 bytes
+        (u32(14) + u64(5) + b"\x80\x00", "short_vec length with a trailing zero"),
+        (u32(14) + u64(5) + b"\xff\xff\x7f", "past u16"),
+        (u32(14) + u64(2**64 - 2) + b"\x01\x05\x01", "past u64"),  # root + offset overflow
+        (GOOD + b"\0" * 2000, "bytes of instruction data"),
+        (b"\x02\x00", "ends at byte"),
+    ],
+)
+def test_hostile_vote_data_is_refused_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(VoteInvalid, match=reason):
+        decode_vote(data)
+
+
+A, B, C, D, E = (key(n) for n in "abcde")
+
+
+def seen(voter: str, slot: int, voted: bytes) -> VoteSeen:
+    return VoteSeen(voter, slot, voted)
+
+
+STAKES = {A: 40, B: 30, C: 20, D: 10}
+
+
+@pytest.mark.parametrize(
+    ("votes", "expected"),
+    [
+        ([seen(A, 100, H), seen(B, 100, H)], Tally(70, 0, 100)),
+        ([seen(A, 100, H), seen(B, 100, H), seen(A, 100, H)], Tally(70, 0, 100)),  # once
+        ([seen(A, 100, H), seen(B, 100, OTHER)], Tally(40, 30, 100)),
+        ([seen(A, 100, H), seen(A, 100, OTHER)], Tally(0, 0, 100)),  # both: no evidence
+        ([seen(A, 101, H), seen(B, 99, H)], Tally(0, 0, 100)),  # another slot
+        ([seen(E, 100, H), seen(A, 100, H)], Tally(40, 0, 100, unknown=1)),
+        ([], Tally(0, 0, 100)),
+    ],
+)
+def test_tally_weighs_each_voter_once_by_stake(votes: list[VoteSeen], expected: Tally) -> None:
+    assert tally(votes, 100, H, STAKES) == expected
+
+
+@pytest.mark.parametrize(
+    ("result", "supermajority", "described"),
+    [
+        (Tally(67, 0, 100), True, "67.0% of the stake voted the bank hash"),
+        (Tally(2, 0, 3), True, "66.7%"),  # exactly 2/3, in integers
+        (Tally(66, 30, 100), False, "66.0% of the stake voted the bank hash, 30.0% voted another"),
+        (Tally(0, 0, 0), False, "0.0%"),
+        (Tally(10, 0, 100, unknown=3), False, "3 voters hold no stake"),
+    ],
+)
+def test_two_thirds_and_the_words(result: Tally, supermajority: bool, described: str) -> None:
+    assert result.supermajority is supermajority
+    assert described in result.describe()
+
+
+def test_a_transaction_gives_its_votes_and_a_failed_one_none() -> None:
+    assert transaction_votes(vote_transaction(A, tower([(100, 1)], H))) == [seen(A, 100, H)]
+    loaded = vote_transaction(A, tower([(100, 1)], H), loaded=True)
+    assert transaction_votes(loaded) == [seen(A, 100, H)]  # v0: the key from a lookup table
+    failed = vote_transaction(A, tower([(100, 1)], H), err={"InstructionError": [0, "X"]})
+    assert transaction_votes(failed) == []
+    withdraw = vote_transaction(A, u32(3) + u64(5))
+    assert transaction_votes(withdraw) == []
+
+
+def mangled(change: str) -> object:
+    entry = vote_transaction(A, tower([(100, 1)], H))
+    instruction = entry["transaction"]["message"]["instructions"][0]
+    if change == "program index":
+        instruction["programIdIndex"] = 7
+    elif change == "no accounts":
+        instruction["accounts"] = []
+    elif change == "data":
+        instruction["data"] = "0OIl"
+    elif change == "bad vote":
+        instruction["data"] = base58.b58encode(u32(14) + b"\1").decode()
+    elif change == "keys":
+        entry["transaction"]["message"]["accountKeys"] = [7]
+    elif change == "message":
+        entry["transaction"] = ["AAAA", "base64"]
+    elif change == "not an object":
+        return [entry]
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("program index", "account index 7 out of the account keys"),
+        ("no accounts", "without accounts"),
+        ("data", "not base58"),
+        ("bad vote", "ends at byte"),
+        ("keys", "not a public key"),
+        ("message", "not the json encoding"),
+        ("not an object", "not an object"),
+    ],
+)
+def test_a_malformed_transaction_is_refused(change: str, reason: str) -> None:
+    with pytest.raises(VoteInvalid, match=reason):
+        transaction_votes(mangled(change))
+
+
+def body(answer: object) -> bytes:
+    return json.dumps(answer).encode()
+
+
+def test_a_block_answer_gives_the_votes_for_the_slot() -> None:
+    transactions = [
+        vote_transaction(A, tower([(100, 1)], H)),
+        vote_transaction(B, vote([99], OTHER)),  # another slot: dropped here
+        vote_transaction(C, update([(100, 1)], OTHER)),
+    ]
+    found = block_votes(body(block_answer(101, transactions)), 100)
+    assert found == [seen(A, 100, H), seen(C, 100, OTHER)]
+    assert block_votes(body(skipped_answer(102)), 100) == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            b'{"jsonrpc":"2.0","error":{"code":-32004,"message":"Block not available"},"id":1}',
+            "-32004",
+        ),
+        (b'{"jsonrpc":"2.0","result":null,"id":1}', "without a block"),
+        (
+            b'{"jsonrpc":"2.0","result":{"transactions":[{"meta":{"err":1}}',
+            "getBlock: invalid JSON",
+        ),
+        (b"[1]", "not a JSON object"),
+        (b'{"result":{"transactions":[' + b"[" * 100_000 + b"]}}", "getBlock"),
+        (
+            body(block_answer(101, [{"meta": {"err": None}, "transaction": {}}])),
+            "without a message",
+        ),
+    ],
+)
+def test_a_bad_block_answer_fails_with_a_reason(answer: bytes, reason: str) -> None:
+    with pytest.raises(RpcError, match=reason):
+        block_votes(answer, 100)
+
+
+def test_stakes_come_from_current_and_delinquent() -> None:
+    answer = vote_accounts_answer({A: 40, B: 30}, {C: 20})
+    answer["result"]["current"].append({"votePubkey": D, "activatedStake": -5})  # ignored
+    answer["result"]["current"].append({"votePubkey": A, "activatedStake": 10})  # twice: max
+    assert vote_stakes(body(answer)) == {A: 40, B: 30, C: 20}
+    with pytest.raises(RpcError, match="without current and delinquent"):
+        vote_stakes(b'{"jsonrpc":"2.0","result":{"current":[]},"id":1}')
+    with pytest.raises(RpcError, match="error"):
+        vote_stakes(b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}')
+
+
+MANIFEST = Proof(Level.MANIFEST, snapshot_hash="s", bank_hash="b")
+URLS = ("http://one/", "http://two/")
+
+
+@pytest.mark.parametrize(
+    ("tallies", "level", "voted", "note"),
+    [
+        ((Tally(80, 0, 100), Tally(70, 0, 100)), Level.CLUSTER, 0.7, None),
+        ((Tally(80, 0, 100), Tally(10, 60, 100)), Level.MANIFEST, 0.1, "the RPCs disagree"),
+        ((Tally(30, 60, 100), Tally(20, 60, 100)), Level.MANIFEST, 0.2, "60.0% voted another"),
+    ],
+)
+def test_the_verdict_needs_every_rpc(
+    tallies: tuple[Tally, ...], level: Level, voted: float, note: str | None
+) -> None:
+    proof = judged(MANIFEST, tallies, URLS)
+    assert (proof.level, proof.voted_stake) == (level, voted)
+    assert (proof.note is None) if note is None else (note in (proof.note or ""))
