@@ -27,20 +27,31 @@ from helpers_proxy import (
 )
 from names import full_name
 
-from tracker.config.schema import BearerAuth, Ranking, SourceLimits, SpeedTest, TargetGroup
+from tracker.config.schema import (
+    BearerAuth,
+    Egress,
+    Ranking,
+    SourceLimits,
+    SpeedTest,
+    TargetGroup,
+)
 
 FULL = full_name(8000)
 DATA = archive_bytes(3 * MiB, seed=40)
 
 
 def limited(
-    cache: Path | None, max_transfers: int = 0, max_rate: int = 0, ranking: Ranking | None = None
+    cache: Path | None,
+    max_transfers: int = 0,
+    max_rate: int = 0,
+    ranking: Ranking | None = None,
+    **overrides: object,
 ) -> object:
     limits = SourceLimits(max_transfers=max_transfers, max_rate=max_rate)
     auth = BearerAuth(token=TOKEN)
     ranked = ranking or Ranking()
     group = TargetGroup(group=GROUP, bearer_auth=auth, source_limits=limits, ranking=ranked)
-    return make_config(cache, target_groups=(group,))
+    return make_config(cache, target_groups=(group,), **overrides)
 
 
 PROBED = Ranking(speed_test=SpeedTest(bytes=MiB, top=5, interval=600))
@@ -73,6 +84,58 @@ async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> No
             one.behaviour[FULL].resume.set()
             two.behaviour[FULL].resume.set()
         assert [sha256(b) for b in bodies] == [sha256(DATA)] * 2
+
+
+async def test_the_slot_is_the_origin_that_serves_after_a_redirect() -> None:
+    # A's archive URL answers 302 to B's copy: a request sent to A takes B's slot once it is
+    # redirected there (and gives A's back), so B never serves two at once.
+    b = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
+    b.behaviour[FULL] = Behaviour(pause_at=MiB)
+    a = FakeUpstream()
+    loopback = Egress(allow=("127.0.0.0/8",))  # the redirect leaves A's origin
+    async with serving(a), serving(b), running_tracker(limited(None, 1, egress=loopback)) as t:  # type: ignore[arg-type]
+        a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
+        advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
+        advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
+        statuses: list[int] = []
+        ranged = {"range": f"bytes=0-{2 * MiB - 1}"}
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+
+            async def fetch() -> None:
+                statuses.append((await client.get(t.url(FULL), headers=ranged)).status_code)
+
+            for _ in range(4):
+                nursery.start_soon(fetch)
+            # Until three were turned away, or (the bug) B serves a second one.
+            await wait_for(lambda: len(statuses) == 3 or b.answering > 1, timeout=15)
+            assert b.most_at_once == 1
+            assert len(a.gets()) >= 1  # A was asked, and answered the redirect
+            b.behaviour[FULL].resume.set()
+        assert b.most_at_once == 1
+        assert sorted(statuses) == [206, 503, 503, 503]
+
+
+async def test_a_speed_test_redirected_to_a_busy_origin_is_skipped() -> None:
+    b = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
+    b.behaviour[FULL] = Behaviour(pause_at=MiB)
+    a = FakeUpstream()
+    config = limited(None, 1, ranking=PROBED, egress=Egress(allow=("127.0.0.0/8",)))
+    async with serving(a), serving(b), running_tracker(config) as t:  # type: ignore[arg-type]
+        a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
+        advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
+        advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+            bodies: list[bytes] = []
+
+            async def fetch() -> None:
+                bodies.append((await client.get(t.url(FULL))).content)
+
+            nursery.start_soon(fetch)
+            await wait_for(lambda: b.answering == 1)  # a proxied transfer holds B's slot
+            assert await t.parts.speedtests.round() == 0  # A's read would end at B: skipped
+            assert b.most_at_once == 1
+            b.behaviour[FULL].resume.set()
+        assert [sha256(x) for x in bodies] == [sha256(DATA)]
 
 
 async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
 
 import attrs
 import httpx
@@ -33,7 +32,6 @@ from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.net.exchange import source_failures
-from tracker.net.sourcelimits import Limits
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
 from tracker.zerocopy.transport import body_started
 
@@ -156,19 +154,12 @@ async def _answer(
     """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
     (if any) started."""
-    clients, group, method = asking.clients, asking.group, asking.method
-    home, trusted = source.key.target, not source.key.discovered
-    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    slot = AsyncExitStack()
-    pacer = await slot.enter_async_context(clients.limits.transfer(f.url, caps, wait=busy_wait))
-    try:
-        response, url = await ask_source(
-            clients, group, home, f.url, method, asking.headers, trusted=trusted
-        )
-    except BaseException:
-        await slot.aclose()
-        raise
-    answer = UpstreamAnswer(response, url, f, source, pacer, slot)
+    clients, group = asking.clients, asking.group
+    asked = await ask_source(
+        clients, group, source.key, f.url, asking.method, asking.headers, wait=busy_wait
+    )
+    answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
+    response, method = asked.response, asking.method
     try:
         await check_size(response, asking.promised or f.size, exact=asking.exact)
         status = response.status_code
