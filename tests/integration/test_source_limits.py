@@ -8,14 +8,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 from helpers_proxy import (
+    FAST,
     GROUP,
     TOKEN,
     Behaviour,
     FakeUpstream,
     MiB,
+    TrackerUnderTest,
     advertise,
     advertise_files,
     archive_bytes,
@@ -35,6 +38,7 @@ from tracker.config.schema import (
     SpeedTest,
     TargetGroup,
 )
+from tracker.core.index import TargetKey
 
 FULL = full_name(8000)
 DATA = archive_bytes(3 * MiB, seed=40)
@@ -79,6 +83,7 @@ async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> No
             third = await client.get(t.url(FULL))  # both sources busy: a bounded wait, then 503
             assert third.status_code == 503
             assert "busy" in third.text and "\n" not in third.text.strip()
+            assert third.headers["retry-after"] == "5"  # neither source's speed is known
             assert time.monotonic() - began >= 0.3  # it waited for a slot
             assert len(one.gets()) == 1 and len(two.gets()) == 1  # never two at once
             one.behaviour[FULL].resume.set()
@@ -93,7 +98,8 @@ async def test_the_slot_is_the_origin_that_serves_after_a_redirect() -> None:
     b.behaviour[FULL] = Behaviour(pause_at=MiB)
     a = FakeUpstream()
     loopback = Egress(allow=("127.0.0.0/8",))  # the redirect leaves A's origin
-    async with serving(a), serving(b), running_tracker(limited(None, 1, egress=loopback)) as t:  # type: ignore[arg-type]
+    config, settings = limited(None, 1, egress=loopback), attrs.evolve(FAST, busy_wait=0.3)
+    async with serving(a), serving(b), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
         a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
         advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
         advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
@@ -203,3 +209,71 @@ async def test_a_speed_test_is_paced_at_max_rate() -> None:
         assert time.monotonic() - began >= 1.5
         [seen] = up.gets()
         assert seen.body_sent == len(DATA)
+
+
+SIX = {full_name(8100 + i): archive_bytes(2 * MiB, seed=60 + i) for i in range(6)}
+RANGE = {"range": f"bytes=0-{2 * MiB - 1}"}  # no early head: the longer queue wait
+
+
+def queue_count(t: TrackerUnderTest, outcome: str) -> float:
+    return t.counter("snapshot_tracker_source_queue_total", outcome=outcome)
+
+
+async def test_requests_past_max_transfers_wait_in_a_bounded_queue() -> None:
+    # Six clients want six archives of one source with max_transfers 2: two run, four wait
+    # in its queue (its bound), a seventh is turned away at once with Retry-After; a slot
+    # that frees goes to a request that waits.
+    up = FakeUpstream(files=dict(SIX), behaviour={n: Behaviour(pause_at=MiB) for n in SIX})
+    settings = attrs.evolve(FAST, busy_wait=30.0, busy_queue=4)
+    async with serving(up), running_tracker(limited(None, 2), settings=settings) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, SIX)
+        statuses: dict[str, int] = {}
+        async with httpx.AsyncClient(timeout=40) as client, trio.open_nursery() as nursery:
+
+            async def fetch(name: str) -> None:
+                response = await client.get(t.url(name), headers=RANGE)
+                assert response.content == SIX[name][: 2 * MiB]
+                statuses[name] = response.status_code
+
+            for name in SIX:
+                nursery.start_soon(fetch, name)
+            waiting = "snapshot_tracker_source_queue_waiting"
+            await wait_for(lambda: up.answering == 2 and t.counter(waiting) == 4)
+            seventh = await client.get(t.url(next(iter(SIX))), headers=RANGE)
+            assert seventh.status_code == 503 and "4 requests wait already" in seventh.text
+            assert seventh.headers["retry-after"] == "5"
+            assert queue_count(t, "full") == 1
+            first = up.gets()[0].target.rsplit("/", 1)[-1]
+            up.behaviour[first].resume.set()  # one transfer ends: a waiting request goes on
+            await wait_for(lambda: queue_count(t, "served") == 1 and up.answering == 2)
+            assert t.counter(waiting) == 3 and up.most_at_once == 2
+            for how in up.behaviour.values():
+                how.resume.set()
+        assert statuses == dict.fromkeys(SIX, 206)
+        assert up.most_at_once == 2 and len(up.gets()) == 6
+        assert queue_count(t, "served") == 4 and queue_count(t, "timeout") == 0
+
+
+async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retry_after() -> None:
+    name = next(iter(SIX))
+    up = FakeUpstream(files={name: SIX[name]}, behaviour={name: Behaviour(pause_at=MiB)})
+    settings = attrs.evolve(FAST, busy_wait=0.3)
+    async with serving(up), running_tracker(limited(None, 1), settings=settings) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, {name: SIX[name]})
+        # The source's measured speed (1 MiB/s): the running 2 MiB transfer ends in ~2 s.
+        t.index.record_transfer(TargetKey(GROUP, up.base), 8 * MiB, 8.0)
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+
+            async def hold() -> None:
+                await client.get(t.url(name), headers=RANGE)
+
+            nursery.start_soon(hold)
+            await wait_for(lambda: up.answering == 1)
+            began = time.monotonic()
+            busy = await client.get(t.url(name), headers=RANGE)
+            assert busy.status_code == 503 and "busy" in busy.text
+            assert time.monotonic() - began >= 0.3  # it waited in the queue
+            assert busy.headers["retry-after"] in ("1", "2")  # when the running one ends
+            assert queue_count(t, "timeout") == 1
+            up.behaviour[name].resume.set()
+        assert len(up.gets()) == 1

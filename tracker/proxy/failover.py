@@ -26,7 +26,7 @@ import httpx
 import trio
 
 from tracker.config.schema import TargetGroup
-from tracker.core.index import SnapshotSource
+from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
@@ -37,9 +37,11 @@ from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
 
-#: Seconds the last source of a file left to ask is waited for when it has no free transfer
-#: slot (``source_limits.max_transfers``), before the answer is 503. Below the early head's
-#: 0.5 s (docs/http-api.md#archive-answers): a 503 must go out before a 200 head would.
+#: Seconds a request that may get an early head waits in the queue of the last source of a
+#: file left to ask when it has no free transfer slot (``source_limits.max_transfers``),
+#: before the answer is 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers):
+#: a 503 must go out before a 200 head would. Other requests wait up to
+#: :attr:`~tracker.proxy.settings.ProxySettings.busy_wait`.
 BUSY_WAIT = 0.4
 
 
@@ -51,6 +53,8 @@ class _Race:
     reasons: dict[int, str] = attrs.Factory(dict)
     #: The attempts that failed for want of a transfer slot.
     busy: set[int] = attrs.Factory(set)
+    #: When the busy sources expect a slot to free (seconds from their refusal; None: unknown).
+    retry_after: list[float] = attrs.Factory(list)
     winner: UpstreamAnswer | None = None
     #: Told of every source that failed (metrics).
     on_failure: Callable[[], None] | None = None
@@ -68,6 +72,15 @@ class Asking:
     headers: Mapping[str, str]
     promised: int = 0
     exact: bool = False
+    #: A source's measured bytes per second (0: unknown): when its transfer will end, which a
+    #: request turned away is told (``Retry-After``).
+    rate: Callable[[TargetKey], float] | None = None
+
+    @property
+    def queue_wait(self) -> float:
+        """How long the last source left is waited for in its queue (see :data:`BUSY_WAIT`)."""
+        longest = self.clients.settings.busy_wait
+        return min(longest, BUSY_WAIT) if self.promised else longest
 
 
 async def open_upstream(
@@ -102,7 +115,7 @@ async def open_upstream(
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
                 # A busy source gives way to the next at once; the last one is waited for.
-                busy_wait = BUSY_WAIT if index + 1 == len(candidates) else 0.0
+                busy_wait = asking.queue_wait if index + 1 == len(candidates) else 0.0
                 nursery.start_soon(_attempt, race, index, done, asking, f, source, busy_wait)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
@@ -115,7 +128,9 @@ async def open_upstream(
         return race.winner
     reasons = [f"source {i + 1}: {race.reasons[i]}" for i in sorted(race.reasons)]
     if race.busy and len(race.busy) == len(race.reasons):
-        raise SourcesBusy(one_line("every source of the file is busy: " + "; ".join(reasons)))
+        retry = min(race.retry_after) if race.retry_after else None
+        reason = one_line("every source of the file is busy: " + "; ".join(reasons))
+        raise SourcesBusy(reason, retry_after=retry)
     raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
 
 
@@ -134,6 +149,8 @@ async def _attempt(
     except SourceFailed as exc:
         if isinstance(exc, SourceBusy):
             race.busy.add(index)
+            if exc.retry_after is not None:
+                race.retry_after.append(exc.retry_after)
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
         if race.on_failure is not None:
@@ -149,7 +166,7 @@ async def _attempt(
 
 
 async def _answer(
-    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = BUSY_WAIT
+    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = 0.0
 ) -> UpstreamAnswer:
     """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
@@ -160,6 +177,8 @@ async def _answer(
     )
     answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
     response, method = asked.response, asking.method
+    if asking.rate is not None:
+        asked.transfer.ends_at = expected_end(response, asking.rate(source.key), asked.pacer.rate)
     try:
         await check_size(response, asking.promised or f.size, exact=asking.exact)
         status = response.status_code
@@ -171,6 +190,17 @@ async def _answer(
         await answer.aclose()
         raise
     return answer
+
+
+def expected_end(response: httpx.Response, measured: float, cap: int) -> float | None:
+    """When the body of ``response`` should have come (trio's clock), at the source's
+    ``measured`` bytes per second, at most its ``cap`` (0: none); None when its length or
+    its speed is unknown."""
+    length = response.headers.get("content-length", "").strip()
+    rate = min(measured, cap) if cap > 0 and measured > 0 else (measured or cap)
+    if not (length.isascii() and length.isdigit()) or len(length) > 20 or rate <= 0:
+        return None
+    return trio.current_time() + int(length) / rate
 
 
 async def _body_start(response: httpx.Response, limit: float) -> None:

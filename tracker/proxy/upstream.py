@@ -57,7 +57,7 @@ from tracker.net.clients import (
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.exchange import send, source_failures
 from tracker.net.limits import status_reason
-from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, SourceLimits
+from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
 from tracker.proxy.settings import ProxySettings
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
@@ -128,10 +128,12 @@ class DownloadClients:
         settings: Callable[[], ProxySettings],
         policy: Callable[[], EgressPolicy] = EgressPolicy,
         resolver: Resolver = resolve,
+        on_queue: Callable[[QueueEvent], None] | None = None,
     ) -> None:
         self._settings = settings
-        #: Transfers and rate per source (``source_limits``), shared by every stream.
-        self.limits = SourceLimits()
+        #: Transfers and rate per source (``source_limits``), shared by every stream;
+        #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
+        self.limits = SourceLimits() if on_queue is None else SourceLimits(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
         # By TLS setting (None: the foreign client's key is "foreign") and by the settings
@@ -223,13 +225,19 @@ class UpstreamAnswer:
 
 @attrs.define
 class Asked:
-    """What :func:`ask_source` got: a usable answer (body unread) from ``url``, the pacer of
-    the origin that gave it and that origin's transfer slot (the caller closes both)."""
+    """What :func:`ask_source` got: a usable answer (body unread) from ``url``, and the
+    transfer slot of the origin that gave it (``transfer``, with its pacer), given back by
+    closing ``slot`` (the caller closes both)."""
 
     response: httpx.Response
     url: str
-    pacer: Pacer
+    transfer: Slot
     slot: AsyncExitStack
+
+    @property
+    def pacer(self) -> Pacer:
+        """The serving origin's rate (``source_limits.max_rate``)."""
+        return self.transfer.pacer
 
 
 async def ask_source(
@@ -243,7 +251,8 @@ async def ask_source(
     wait: float = 0.0,
 ) -> Asked:
     """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
-    ``source_limits`` of the origin it asks.
+    ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
+    limits").
 
     The transfer slot (docs/http-api.md, "Source limits") belongs to the origin asked for the
     bytes: each hop takes a slot of its own origin (waiting for one at most ``wait`` seconds
@@ -270,12 +279,13 @@ async def ask_source(
         url = without_userinfo(url)  # credentials go per origin, never from a URL
         slot = AsyncExitStack()
         left = max(0.0, deadline - trio.current_time())
-        pacer = await slot.enter_async_context(clients.limits.transfer(url, caps, wait=left))
+        taking = clients.limits.transfer(url, caps, wait=left, queue=settings.busy_queue)
+        transfer = await slot.enter_async_context(taking)
         try:
             response = await _send(client, method, url, request_headers, settings.answer_timeout)
             status = response.status_code
             if status in ANSWER_STATUSES:
-                return Asked(response, url, pacer, slot)
+                return Asked(response, url, transfer, slot)
             location = response.headers.get("location")
             await response.aclose()
         except BaseException:
