@@ -121,6 +121,34 @@ async def test_the_slot_is_the_origin_that_serves_after_a_redirect() -> None:
         assert sorted(statuses) == [206, 503, 503, 503]
 
 
+async def test_a_refresh_holds_the_slot_of_the_origin_it_was_redirected_to(tmp_path: Path) -> None:
+    b = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
+    b.behaviour[FULL] = Behaviour(pause_at=MiB)
+    a = FakeUpstream()
+    loopback = Egress(allow=("127.0.0.0/8",))
+    config = limited(tmp_path / "cache", 1, egress=loopback)
+    settings = attrs.evolve(FAST, busy_wait=0.3)
+    async with serving(a), serving(b), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
+        a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
+        advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
+        advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+            bodies: list[bytes] = []
+
+            async def fetch() -> None:
+                bodies.append((await client.get(t.url(FULL))).content)
+
+            nursery.start_soon(fetch)  # the refresh into the cache, from B (maybe through A)
+            await wait_for(lambda: b.answering == 1)
+            # Bytes the refresh has not written yet: a relay, which ends at B either way.
+            tail = await client.get(t.url(FULL), headers={"range": f"bytes={2 * MiB}-"})
+            assert tail.status_code == 503 and tail.headers["retry-after"]
+            assert b.most_at_once == 1
+            b.behaviour[FULL].resume.set()
+        assert [sha256(x) for x in bodies] == [sha256(DATA)]
+        await wait_for(lambda: FULL in t.cached())
+
+
 async def test_a_speed_test_redirected_to_a_busy_origin_is_skipped() -> None:
     b = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
     b.behaviour[FULL] = Behaviour(pause_at=MiB)
