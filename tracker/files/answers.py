@@ -36,7 +36,7 @@ def retry_after(seconds: float | None) -> str:
     :data:`RETRY_AFTER`): whole seconds rounded up, from 1 to :data:`MAX_RETRY_AFTER`."""
     if seconds is None or seconds != seconds:  # NaN: unknown
         return str(RETRY_AFTER)
-    return str(max(1, min(MAX_RETRY_AFTER, math.ceil(seconds))))
+    return str(max(1, math.ceil(min(float(MAX_RETRY_AFTER), seconds))))
 
 
 def text_answer(status: int, reason: str, *, retry: float | None = None) -> Answer:
