@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import attrs
 import httpx
 import pytest
 import trio
 from helpers_proxy import (
+    FAST,
     GROUP,
     TOKEN,
     Behaviour,
@@ -79,7 +81,9 @@ async def test_every_503_carries_retry_after(case: Case, reason: str) -> None:
     limits = SourceLimits(max_transfers=1)
     group = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN), source_limits=limits)
     up = FakeUpstream(files={NAME: DATA})
-    async with serving(up), running_tracker(make_config(None, target_groups=(group,))) as t:
+    config = make_config(None, target_groups=(group,))
+    settings = attrs.evolve(FAST, busy_wait=0.3)  # a busy source's queue: 0.3 s, then 503
+    async with serving(up), running_tracker(config, settings=settings) as t:
         advertise_files(t.index, up, {NAME: DATA})
         async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
             response = await case(t, up, client)

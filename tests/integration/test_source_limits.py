@@ -10,11 +10,13 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 from helpers_proxy import (
     FAST,
     GROUP,
     TOKEN,
+    UPSTREAM_ETAG,
     Behaviour,
     FakeUpstream,
     MiB,
@@ -66,7 +68,12 @@ async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> No
     two = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
     for up in (one, two):
         up.behaviour[FULL] = Behaviour(pause_at=MiB)
-    async with serving(one), serving(two), running_tracker(limited(None, 1)) as t:  # type: ignore[arg-type]
+    settings = attrs.evolve(FAST, busy_wait=0.4)
+    async with (
+        serving(one),
+        serving(two),
+        running_tracker(limited(None, 1), settings=settings) as t,
+    ):  # type: ignore[arg-type]
         advertise_files(t.index, one, {FULL: DATA})
         advertise(t.index, two.base, [(FULL, two.url(FULL), len(DATA))])
         bodies: list[bytes] = []
@@ -282,10 +289,14 @@ async def test_requests_past_max_transfers_wait_in_a_bounded_queue() -> None:
         assert queue_count(t, "served") == 4 and queue_count(t, "timeout") == 0
 
 
-async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retry_after() -> None:
+@pytest.mark.parametrize("plain", [False, True], ids=["range", "plain"])
+async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retry_after(
+    plain: bool,
+) -> None:
+    # Longer than the early head's 0.5 s: a plain GET still gets its 503, not a 200 head.
     name = next(iter(SIX))
     up = FakeUpstream(files={name: SIX[name]}, behaviour={name: Behaviour(pause_at=MiB)})
-    settings = attrs.evolve(FAST, busy_wait=0.3)
+    settings = attrs.evolve(FAST, busy_wait=1.0)
     async with serving(up), running_tracker(limited(None, 1), settings=settings) as t:  # type: ignore[arg-type]
         advertise_files(t.index, up, {name: SIX[name]})
         # The source's measured speed (1 MiB/s): the running 2 MiB transfer ends in ~2 s.
@@ -298,10 +309,44 @@ async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retr
             nursery.start_soon(hold)
             await wait_for(lambda: up.answering == 1)
             began = time.monotonic()
-            busy = await client.get(t.url(name), headers=RANGE)
+            busy = await client.get(t.url(name), headers={} if plain else RANGE)
             assert busy.status_code == 503 and "busy" in busy.text
-            assert time.monotonic() - began >= 0.3  # it waited in the queue
+            assert time.monotonic() - began >= 1.0  # it waited in the queue
             assert busy.headers["retry-after"] in ("1", "2")  # when the running one ends
             assert queue_count(t, "timeout") == 1
             up.behaviour[name].resume.set()
         assert len(up.gets()) == 1
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["relayed", "refreshed"])
+async def test_a_plain_get_waits_in_the_queue_with_no_early_head(
+    tmp_path: Path, cached: bool
+) -> None:
+    # A plain GET of a file of known size would get an early head after 0.5 s; while it
+    # waits in a source's queue it gets none: the head of the source once a slot frees (with
+    # the source's validators), or a 503 with Retry-After, never a 200 whose body breaks.
+    held, best = sorted(SIX)[0], sorted(SIX)[-1]  # another archive holds the one slot
+    files = {held: SIX[held], best: SIX[best]}
+    settings = attrs.evolve(FAST, busy_wait=30.0)
+    config = limited(tmp_path / "cache" if cached else None, 1)
+    up = FakeUpstream(files=files, behaviour={held: Behaviour(pause_at=MiB)})
+    async with serving(up), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
+        advertise_files(t.index, up, files)
+        answers: dict[str, httpx.Response] = {}
+        async with httpx.AsyncClient(timeout=40) as client, trio.open_nursery() as nursery:
+
+            async def fetch(name: str, headers: dict[str, str]) -> None:
+                answers[name] = await client.get(t.url(name), headers=headers)
+
+            nursery.start_soon(fetch, held, RANGE)
+            await wait_for(lambda: up.answering == 1)
+            nursery.start_soon(fetch, best, {})
+            await wait_for(lambda: t.counter("snapshot_tracker_source_queue_waiting") == 1)
+            # An early head would be due meanwhile (what must not happen has no event).
+            await trio.sleep(t.streamer.settings.early_head_after * 2)
+            assert best not in answers
+            up.behaviour[held].resume.set()
+        plain = answers[best]
+        assert plain.status_code == 200 and plain.content == SIX[best]
+        assert plain.headers["etag"] == UPSTREAM_ETAG  # the source's head, not an early one
+        assert queue_count(t, "served") == 1 and up.most_at_once == 1

@@ -32,15 +32,22 @@ from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.net.exchange import source_failures
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
+from tracker.proxy.upstream import (
+    DownloadClients,
+    Queueing,
+    UpstreamAnswer,
+    ask_source,
+    check_size,
+)
 from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
 
-#: Seconds a request that may get an early head waits in the queue of the last source of a
-#: file left to ask when it has no free transfer slot (``source_limits.max_transfers``),
-#: before the answer is 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers):
-#: a 503 must go out before a 200 head would. Other requests wait up to
+#: Seconds a request that may get an early head, and cannot hold its early head back while it
+#: waits (no ``Asking.slotted``), waits in the queue of the last source of a file left to ask
+#: when it has no free transfer slot (``source_limits.max_transfers``), before the answer is
+#: 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers): a 503 must go out
+#: before a 200 head would. Other requests wait up to
 #: :attr:`~tracker.proxy.settings.ProxySettings.busy_wait`.
 BUSY_WAIT = 0.4
 
@@ -75,12 +82,15 @@ class Asking:
     #: A source's measured bytes per second (0: unknown): when its transfer will end, which a
     #: request turned away is told (``Retry-After``).
     rate: Callable[[TargetKey], float] | None = None
+    #: Set once a source is asked (a transfer slot is held): an early head is due only
+    #: ``early_head_after`` seconds after that, never while the request waits in a queue.
+    slotted: trio.Event | None = None
 
     @property
     def queue_wait(self) -> float:
         """How long the last source left is waited for in its queue (see :data:`BUSY_WAIT`)."""
         longest = self.clients.settings.busy_wait
-        return min(longest, BUSY_WAIT) if self.promised else longest
+        return min(longest, BUSY_WAIT) if self.promised and self.slotted is None else longest
 
 
 async def open_upstream(
@@ -172,8 +182,10 @@ async def _answer(
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
     (if any) started."""
     clients, group = asking.clients, asking.group
+    slotted = asking.slotted
+    queueing = Queueing(busy_wait, slotted.set if slotted is not None else None)
     asked = await ask_source(
-        clients, group, source.key, f.url, asking.method, asking.headers, wait=busy_wait
+        clients, group, source.key, f.url, asking.method, asking.headers, queueing=queueing
     )
     answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
     response, method = asked.response, asking.method
@@ -201,6 +213,14 @@ def expected_end(response: httpx.Response, measured: float, cap: int) -> float |
     if not (length.isascii() and length.isdigit()) or len(length) > 20 or rate <= 0:
         return None
     return trio.current_time() + int(length) / rate
+
+
+async def head_due(slotted: trio.Event | None, after: float) -> None:
+    """Return when an early head is due: ``after`` seconds once a source is asked
+    (``slotted``; None: at once), so a request that waits in a source's queue gets none."""
+    if slotted is not None:
+        await slotted.wait()
+    await trio.sleep(after)
 
 
 async def _body_start(response: httpx.Response, limit: float) -> None:

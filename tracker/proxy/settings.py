@@ -42,10 +42,9 @@ class ProxySettings:
     #: Requests that wait at once for a transfer slot of one source (``source_limits``,
     #: docs/http-api.md "Source limits"); one more is answered 503 at once.
     busy_queue: int = QUEUE
-    #: Longest wait in that queue of a request that cannot get an early head (a ``Range``
-    #: request, a conditional one, a resume): a slot that frees meanwhile is taken at once.
-    #: One that may get an early head waits at most :data:`tracker.proxy.failover.BUSY_WAIT`,
-    #: so that its 503 goes out before a 200 head would.
+    #: Longest wait in that queue: a slot that frees meanwhile is taken at once. A request
+    #: that waits there gets no early head (its clock starts once a source is asked), so
+    #: its answer is the source's head or a 503, never a 200 head whose body breaks.
     busy_wait: float = 5.0
     #: Redirects followed per source, each checked by the egress policy when it leaves the
     #: source's own origin.

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+import trio
+
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
 from tracker.core.index import TargetKey
@@ -91,6 +93,7 @@ class Launcher:
             sources.early,
             origin != "upstream",  # the bucket and a holder replica always state their length
             self.index.throughput,  # when a transfer should end: a busy answer's Retry-After
+            trio.Event(),  # a source asked: the early head's clock starts
         )
         opener = partial(
             open_upstream,
@@ -111,6 +114,7 @@ class Launcher:
             zero_copy=ask.connection if zero_copy else None,
             early_size=sources.early,
             budget=self._channel_budget,
+            slotted=asking.slotted,
         )
 
     async def start(

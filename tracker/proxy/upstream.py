@@ -240,6 +240,16 @@ class Asked:
         return self.transfer.pacer
 
 
+@attrs.frozen
+class Queueing:
+    """How a request waits for a transfer slot: at most ``wait`` seconds in all (0: not at
+    all, SourceBusy at once); ``taken`` is told each time it holds one (the early head's
+    clock starts then, not while it waits)."""
+
+    wait: float = 0.0
+    taken: Callable[[], None] | None = None
+
+
 async def ask_source(
     clients: DownloadClients,
     group: TargetGroup,
@@ -248,7 +258,7 @@ async def ask_source(
     method: str,
     headers: Mapping[str, str],
     *,
-    wait: float = 0.0,
+    queueing: Queueing = Queueing(),
 ) -> Asked:
     """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
     ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
@@ -271,7 +281,7 @@ async def ask_source(
     own_origin = origin(key.target) if trusted else None
     credentials = authorization(group, key.target) if trusted else None
     caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    deadline = trio.current_time() + wait
+    deadline = trio.current_time() + queueing.wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
         client = clients.for_tls(group.tls_config) if own else clients.foreign()
@@ -281,6 +291,8 @@ async def ask_source(
         left = max(0.0, deadline - trio.current_time())
         taking = clients.limits.transfer(url, caps, wait=left, queue=settings.busy_queue)
         transfer = await slot.enter_async_context(taking)
+        if queueing.taken is not None:
+            queueing.taken()
         try:
             response = await _send(client, method, url, request_headers, settings.answer_timeout)
             status = response.status_code
