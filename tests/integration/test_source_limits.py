@@ -128,6 +128,35 @@ async def test_the_slot_is_the_origin_that_serves_after_a_redirect() -> None:
         assert sorted(statuses) == [206, 503, 503, 503]
 
 
+async def test_redirects_across_two_origins_do_not_wait_for_each_other() -> None:
+    # X on A redirects to B, Y on B redirects to A, one slot each. A request that kept A's
+    # slot while it waited for B's, beside one that kept B's while it waited for A's, would
+    # wait for ever (here: until the queue's bound, then 503 both); each hop gives the
+    # redirecting origin's slot back, so both are served.
+    x, y = sorted(SIX)[:2]
+    a = FakeUpstream(files={y: SIX[y]})
+    b = FakeUpstream(files={x: SIX[x]}, host="127.0.0.2")
+    settings = attrs.evolve(FAST, busy_wait=3.0)
+    config = limited(None, 1, egress=Egress(allow=("127.0.0.0/8",)))
+    async with serving(a), serving(b), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
+        # Slow redirects: both requests hold their first origin's slot at once.
+        a.behaviour[x] = Behaviour(redirect_to=b.url(x), delay=0.3)
+        b.behaviour[y] = Behaviour(redirect_to=a.url(y), delay=0.3)
+        advertise(t.index, a.base, [(x, a.url(x), len(SIX[x]))])
+        advertise(t.index, b.base, [(y, b.url(y), len(SIX[y]))])
+        got: dict[str, httpx.Response] = {}
+        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+
+            async def fetch(name: str) -> None:
+                got[name] = await client.get(t.url(name), headers=RANGE)
+
+            nursery.start_soon(fetch, x)
+            nursery.start_soon(fetch, y)
+        assert {name: r.status_code for name, r in got.items()} == {x: 206, y: 206}
+        assert got[x].content == SIX[x] and got[y].content == SIX[y]
+        assert a.most_at_once == 1 and b.most_at_once == 1
+
+
 async def test_a_refresh_holds_the_slot_of_the_origin_it_was_redirected_to(tmp_path: Path) -> None:
     b = FakeUpstream(files={FULL: DATA}, host="127.0.0.2")
     b.behaviour[FULL] = Behaviour(pause_at=MiB)
