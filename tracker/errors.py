@@ -92,11 +92,13 @@ class CopyRejected(SourceFailed):
 
 
 class RequestError(TrackerError):
-    """A client request cannot be answered: ``status`` is the 4xx code, ``reason`` one line."""
+    """A client request cannot be answered: ``status`` is the 4xx (or 5xx) code, ``reason``
+    one line; ``retry_after``: the seconds a 503's client should wait (None: the default)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, retry_after: float | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(f"{status}: {reason}")
 
 
@@ -106,12 +108,21 @@ class UpstreamError(TrackerError):
 
 class SourceBusy(SourceFailed):
     """A source already has its ``source_limits.max_transfers`` transfers from this tracker;
-    the next source of the file is asked (none left: SourcesBusy)."""
+    the next source of the file is asked (none left: SourcesBusy). ``retry_after``: the
+    seconds until its first transfer expects to end (None: unknown)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class SourcesBusy(UpstreamError):
     """Every source of a file was at its ``max_transfers`` for the bounded wait: answered
-    503 with the one-line reason."""
+    503 with the one-line reason and ``retry_after`` (seconds; None: the default)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class RpcError(TrackerError):

@@ -239,7 +239,7 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
             status = await client.get(f"{t.base}/v1/store")
         assert first.content == FULL_DATA and second.content == FULL_DATA
         assert second.status_code == 200  # from the disk cache
-        assert status.status_code == 503
+        assert status.status_code == 503 and status.headers["retry-after"] == "5"
         body = status.json()
         assert body["up"] is False and "403" in body["last_error"]
         assert "wrong-secret" not in status.text

@@ -62,8 +62,9 @@ async def test_a_reload_that_moves_a_listener_warns_and_health_names_the_missing
                     health := await client.get(f"{serve.base}/v1/health?group=g")
                 ).status_code == 500:
                     await trio.sleep(0.05)
-            assert health.status_code == 502
+            assert health.status_code == 503  # "cannot say", not 502 "rpc unreachable"
             assert health.json()["Health"] == "no rpc configured"
+            assert health.headers["retry-after"] == "5"
             write(tmp_path, listen="127.0.0.1:1")
             assert (await client.post(f"{serve.internal}/reload")).status_code == 200
     finally:

@@ -33,17 +33,17 @@ async def _paced(pacer: Pacer, total: int, chunk: int) -> float:
 async def test_the_rate_is_honoured_after_a_burst(
     autojump_clock: trio.testing.MockClock, rate: int, total: int, chunk: int
 ) -> None:
-    async with SourceLimits().transfer(URL, Limits(max_rate=rate), wait=0) as pacer:
-        took = await _paced(pacer, total, chunk)
+    async with SourceLimits().transfer(URL, Limits(max_rate=rate), wait=0) as slot:
+        took = await _paced(slot.pacer, total, chunk)
     # An idle source may send BURST seconds' worth at once; then it is held to ``rate``.
     assert took == pytest.approx(total / rate - BURST, rel=0.02)
 
 
 async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> None:
     limits = SourceLimits()
-    async with limits.transfer(URL, Limits(), wait=0) as pacer:
-        assert pacer is UNCAPPED
-        assert await _paced(pacer, 1024 * MiB, MiB) == 0.0
+    async with limits.transfer(URL, Limits(), wait=0) as slot:
+        assert slot.pacer is UNCAPPED
+        assert await _paced(slot.pacer, 1024 * MiB, MiB) == 0.0
     assert Pacer(0).delay(10**12) == 0.0
     assert Pacer(0).slice(1.0, 4 * MiB) == 4 * MiB
     assert Pacer(MiB).slice(0.5, 4 * MiB) == MiB // 2
@@ -57,8 +57,8 @@ async def test_transfers_of_one_source_share_its_rate(
     took: list[float] = []
 
     async def one(url: str) -> None:
-        async with limits.transfer(url, caps, wait=0) as pacer:
-            took.append(await _paced(pacer, 4 * MiB, 64 * 1024))
+        async with limits.transfer(url, caps, wait=0) as slot:
+            took.append(await _paced(slot.pacer, 4 * MiB, 64 * 1024))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one, URL)
@@ -148,3 +148,46 @@ def test_a_source_is_its_scheme_host_and_port() -> None:
     assert source_of("https://Node.Example/a") == "https://node.example:443"
     assert source_of("http://node.example/a") == source_of("http://node.example:80/b")
     assert source_of(OTHER) != source_of(URL)
+
+
+async def test_the_queue_is_bounded_in_length_and_time_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events: list[str] = []
+    limits = SourceLimits(on_queue=events.append)
+    caps = Limits(max_transfers=1)
+    release = trio.Event()
+    got: list[float] = []
+
+    async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with limits.transfer(URL, caps, wait=0) as slot:
+            slot.ends_at = trio.current_time() + 7.5  # what the holder expects
+            task_status.started()
+            await release.wait()
+
+    async def queued(wait: float) -> None:
+        try:
+            async with limits.transfer(URL, caps, wait=wait, queue=2):
+                got.append(trio.current_time())
+        except SourceBusy:
+            got.append(-trio.current_time())  # refused: when, negative
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hold)
+        nursery.start_soon(queued, 10.0)
+        nursery.start_soon(queued, 1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limits.waiting(URL) == 2
+        with pytest.raises(SourceBusy, match="2 requests wait already") as full:
+            async with limits.transfer(URL, caps, wait=5.0, queue=2):
+                pass
+        assert full.value.retry_after == pytest.approx(7.5)  # the holder's expected end
+        with pytest.raises(SourceBusy) as at_once:  # wait 0: no queue, refused at once
+            async with limits.transfer(URL, caps, wait=0, queue=2):
+                pass
+        assert at_once.value.retry_after == pytest.approx(7.5)
+        await trio.sleep(2.0)  # the one that waits 1 s gave up
+        assert got == [pytest.approx(-1.0)] and limits.waiting(URL) == 1
+        release.set()  # a slot frees: the one still queued takes it at once
+    assert got == [pytest.approx(-1.0), pytest.approx(2.0)]
+    assert sorted(events) == sorted(["queued", "queued", "full", "timeout", "served"])

@@ -52,6 +52,14 @@ Outcome = Literal[
     "replica",  # bytes proxied from the replica refreshing the file into the bucket
     "busy",  # as many downloads as the descriptor limit allows were running (503)
 ]
+#: What became of a request that found every transfer slot of a source taken and waited in
+#: its queue (label ``outcome``; ``source_limits``, docs/http-api.md "Source limits").
+QueueOutcome = Literal[
+    "served",  # a slot freed within the wait
+    "full",  # the queue was full: turned away at once (503 when no other source had room)
+    "timeout",  # no slot within the wait (503 when no other source had room)
+    "left",  # the request was cancelled while it waited (its client left)
+]
 #: What became of an upload into the object store (label ``outcome``).
 UploadOutcome = Literal["ok", "failed"]
 #: Where bytes sent to clients came from (label ``source``).
@@ -179,6 +187,19 @@ COLLECTORS = (
         ("group",),
     ),
     Collector(
+        "source_queue_waiting",
+        Gauge,
+        "source_queue_waiting",
+        "Requests waiting now for a transfer slot of a source at its max_transfers.",
+    ),
+    Collector(
+        "source_queue",
+        Counter,
+        "source_queue_total",
+        "Requests that found every transfer slot of a source taken, by what became of them.",
+        ("outcome",),
+    ),
+    Collector(
         "object_store_up",
         Gauge,
         "object_store_up",
@@ -238,6 +259,8 @@ class Metrics:
     refresh_resumes: Counter
     source_failures: Counter
     archives_rejected: Counter
+    source_queue_waiting: Gauge
+    source_queue: Counter
     object_store_up: Gauge
     object_uploads: Counter
     object_lock_takeovers: Counter
@@ -266,6 +289,8 @@ class Metrics:
             setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):
             self.object_uploads.labels(upload)
+        for queued in get_args(QueueOutcome):
+            self.source_queue.labels(queued)
         # Known label values start at 0, so rate() and absent() work before the first event.
         # Children looked up once: labels() costs a lock and a dict walk per call.
         self._outcomes = {o: self.archive_requests.labels(o) for o in get_args(Outcome)}
@@ -362,6 +387,17 @@ class Metrics:
     def count_source_failure(self, group: str) -> None:
         """A source of ``group`` failed to deliver a proxied file (the next one is asked)."""
         self.source_failures.labels(group).inc()
+
+    def source_queue_event(self, event: str) -> None:
+        """A request joined a source's queue (``queued``) or left it (a :data:`QueueOutcome`:
+        ``full`` never joined)."""
+        if event == "queued":
+            self.source_queue_waiting.inc()
+            return
+        if event in ("served", "timeout", "left"):
+            self.source_queue_waiting.dec()
+        if event in get_args(QueueOutcome):
+            self.source_queue.labels(event).inc()
 
     def count_archive_rejected(self, group: str) -> None:
         """An archive of ``group`` failed its check: it was neither stored nor handed out."""

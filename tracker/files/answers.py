@@ -7,6 +7,8 @@ framework's response (docs/architecture.md, "One request's path").
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from tracker.files.bodies import Body
@@ -22,10 +24,28 @@ class Answer:
     body: Body | bytes = b""
 
 
-def text_answer(status: int, reason: str) -> Answer:
-    """A one-line plain-text answer (a 502's or 503's reason)."""
+#: Seconds a client turned away with 503 is told to wait (``Retry-After``) when the tracker
+#: cannot tell when it will have room (docs/http-api.md, "Errors").
+RETRY_AFTER = 5
+#: The longest ``Retry-After`` the tracker states, whatever it expects.
+MAX_RETRY_AFTER = 300
+
+
+def retry_after(seconds: float | None) -> str:
+    """The ``Retry-After`` value (delay-seconds) for a wait of ``seconds`` (None: unknown,
+    :data:`RETRY_AFTER`): whole seconds rounded up, from 1 to :data:`MAX_RETRY_AFTER`."""
+    if seconds is None or seconds != seconds:  # NaN: unknown
+        return str(RETRY_AFTER)
+    return str(max(1, math.ceil(min(float(MAX_RETRY_AFTER), seconds))))
+
+
+def text_answer(status: int, reason: str, *, retry: float | None = None) -> Answer:
+    """A one-line plain-text answer (a 502's or 503's reason); a 503 carries ``Retry-After``
+    (``retry`` seconds, see :func:`retry_after`)."""
     body = (reason + "\n").encode()
     headers = {"content-type": "text/plain", "content-length": str(len(body))}
+    if status == 503:
+        headers["retry-after"] = retry_after(retry)
     return Answer(status, headers, body)
 
 

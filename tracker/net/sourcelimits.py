@@ -5,9 +5,12 @@ source (its origin, ``scheme://host:port``) at most ``max_transfers`` transfers 
 (proxied streams, refreshes, speed tests) and at most ``max_rate`` bytes a second come from
 it (0: no cap for either). One API::
 
-    async with limits.transfer(url, group_limits, wait=2.0) as pacer:
+    async with limits.transfer(url, group_limits, wait=2.0, queue=8) as slot:
         ...                      # SourceBusy when no slot freed up within ``wait``
-        await pacer.pace(len(chunk))   # sleeps while the source's rate is over its cap
+        await slot.pacer.pace(len(chunk))   # sleeps while the source's rate is over its cap
+
+A request that finds every slot taken joins the source's queue (at most ``queue`` wait at
+once, each at most ``wait`` seconds; docs/http-api.md, "Source limits").
 
 A pacer of an uncapped source does nothing, so the byte paths keep their speed.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -26,6 +30,8 @@ from tracker.errors import SourceBusy
 
 #: Seconds of a source's rate an idle source may send at once.
 BURST = 0.25
+#: Requests that may wait at once for a slot of one source, unless the caller says otherwise.
+QUEUE = 8
 
 
 @attrs.frozen
@@ -79,19 +85,46 @@ class Pacer:
 UNCAPPED = Pacer(0)
 
 
+#: What became of a request in a source's queue (``on_queue``): it began to wait, got a
+#: slot, found the queue full, waited its longest, or left (cancelled) while waiting.
+QueueEvent = Literal["queued", "served", "full", "timeout", "left"]
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One transfer's slot: the source's pacer, and when the transfer expects to end (on
+    the limits' clock; None: unknown), which tells a request turned away when to retry."""
+
+    pacer: Pacer
+    ends_at: float | None = None
+
+
 @attrs.define
 class _Source:
-    running: int = 0
     waiting: int = 0
     freed: trio.Event = attrs.Factory(trio.Event)
     pacer: Pacer = UNCAPPED
+    slots: set[Slot] = attrs.Factory(set)
+
+    @property
+    def running(self) -> int:
+        return len(self.slots)
+
+
+def _ignore(_event: QueueEvent) -> None:
+    return None
 
 
 class SourceLimits:
     """Transfer slots and rate per source (see the module doc)."""
 
-    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = trio.current_time,
+        on_queue: Callable[[QueueEvent], None] = _ignore,
+    ) -> None:
         self._clock = clock
+        self._on_queue = on_queue
         self._sources: dict[str, _Source] = {}
 
     def running(self, url: str) -> int:
@@ -99,29 +132,63 @@ class SourceLimits:
         found = self._sources.get(source_of(url))
         return found.running if found is not None else 0
 
+    def waiting(self, url: str) -> int:
+        """Requests waiting for a slot of ``url``'s source now."""
+        found = self._sources.get(source_of(url))
+        return found.waiting if found is not None else 0
+
     @asynccontextmanager
-    async def transfer(self, url: str, limits: Limits, *, wait: float) -> AsyncIterator[Pacer]:
-        """One transfer from ``url``'s source, for the block: waits at most ``wait`` seconds
-        for a slot (SourceBusy after that), yields the source's :class:`Pacer`."""
+    async def transfer(
+        self, url: str, limits: Limits, *, wait: float, queue: int = QUEUE
+    ) -> AsyncIterator[Slot]:
+        """One transfer from ``url``'s source, for the block, its :class:`Slot` (with the
+        source's :class:`Pacer`).
+
+        With no free slot: ``wait`` 0 raises SourceBusy at once; otherwise the request joins
+        the source's queue and waits at most ``wait`` seconds for a slot (SourceBusy after
+        that), unless ``queue`` requests wait already (SourceBusy at once). A SourceBusy
+        carries ``retry_after``, the seconds until the first running transfer expects to
+        end, when one said so (:attr:`Slot.ends_at`)."""
         key = source_of(url)
         source = self._sources.setdefault(key, _Source())
         if limits.max_rate != source.pacer.rate:
             source.pacer = Pacer(limits.max_rate, self._clock) if limits.max_rate else UNCAPPED
-        source.waiting += 1
-        try:
-            with trio.move_on_after(wait):
-                while limits.max_transfers and source.running >= limits.max_transfers:
-                    await source.freed.wait()
-        finally:
-            source.waiting -= 1
         if limits.max_transfers and source.running >= limits.max_transfers:
-            raise SourceBusy(f"{limits.max_transfers} transfers from this source already run")
-        source.running += 1
+            if wait > 0 and source.waiting >= queue:
+                self._on_queue("full")
+                raise self._busy(source, f"and {source.waiting} requests wait already")
+            if wait > 0:
+                await self._queue(source, limits, wait)
+            if source.running >= limits.max_transfers:
+                raise self._busy(source)
+        slot = Slot(source.pacer)
+        source.slots.add(slot)
         try:
-            yield source.pacer
+            yield slot
         finally:
-            source.running -= 1
+            source.slots.discard(slot)
             source.freed.set()
             source.freed = trio.Event()
             if not (source.running or source.waiting) and source.pacer is UNCAPPED:
                 self._sources.pop(key, None)  # nothing to remember of it
+
+    async def _queue(self, source: _Source, limits: Limits, wait: float) -> None:
+        """Wait in ``source``'s queue for a free slot, at most ``wait`` seconds."""
+        source.waiting += 1
+        self._on_queue("queued")
+        outcome: QueueEvent = "left"
+        try:
+            with trio.move_on_after(wait):
+                while source.running >= limits.max_transfers:
+                    await source.freed.wait()
+            outcome = "timeout" if source.running >= limits.max_transfers else "served"
+        finally:
+            source.waiting -= 1
+            self._on_queue(outcome)
+
+    def _busy(self, source: _Source, more: str = "") -> SourceBusy:
+        count = source.running
+        reason = f"{count} transfers from this source already run" + (f" {more}" if more else "")
+        ends = [slot.ends_at for slot in source.slots if slot.ends_at is not None]
+        retry = max(0.0, min(ends) - self._clock()) if ends else None
+        return SourceBusy(reason, retry_after=retry)

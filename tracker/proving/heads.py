@@ -32,7 +32,6 @@ from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
 from tracker.net.exchange import source_failures
-from tracker.net.sourcelimits import Limits
 from tracker.proof.levels import Level, Proof
 from tracker.proving.votes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
@@ -186,25 +185,25 @@ async def prove_copy(
     SourceBusy when its source has no free transfer slot, SourceFailed or TransportError
     when it gives no usable answer; cancellation stops the read and the proof."""
     key, url = read.key, read.file.url
-    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    async with clients.limits.transfer(url, caps, wait=0) as pacer:
-        response, url = await ask_source(
-            clients, group, key.target, url, "GET", {}, trusted=not key.discovered
-        )
-        answer = UpstreamAnswer(response, url, read.file, read.source)
-        try:
-            problem = size_problem(response, read.file.size)
-            if response.status_code != 200:
-                problem = f"answered {response.status_code} to a GET of the archive"
-            if problem is not None:
-                raise SourceFailed(problem)
-            silence = f"the head read took over {READ_FOR:g}s"
-            with source_failures("", silence), trio.fail_after(READ_FOR):
-                async with body_chunks(response) as chunks:
-                    name = read.file.bare_name
-                    return await _prove_stream(chunks, name, prove, limit, pacer.pace)
-        finally:
-            await answer.aclose()
+    asked = await ask_source(clients, group, key, url, "GET", {})
+    # The serving origin's slot (after redirects), freed when the answer closes.
+    answer = UpstreamAnswer(
+        asked.response, asked.url, read.file, read.source, asked.pacer, asked.slot
+    )
+    response = asked.response
+    try:
+        problem = size_problem(response, read.file.size)
+        if response.status_code != 200:
+            problem = f"answered {response.status_code} to a GET of the archive"
+        if problem is not None:
+            raise SourceFailed(problem)
+        silence = f"the head read took over {READ_FOR:g}s"
+        with source_failures("", silence), trio.fail_after(READ_FOR):
+            async with body_chunks(response) as chunks:
+                name = read.file.bare_name
+                return await _prove_stream(chunks, name, prove, limit, asked.pacer.pace)
+    finally:
+        await answer.aclose()
 
 
 async def _prove_stream(

@@ -19,28 +19,35 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
 
 import attrs
 import httpx
 import trio
 
 from tracker.config.schema import TargetGroup
-from tracker.core.index import SnapshotSource
+from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.net.exchange import source_failures
-from tracker.net.sourcelimits import Limits
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, check_size
+from tracker.proxy.upstream import (
+    DownloadClients,
+    Queueing,
+    UpstreamAnswer,
+    ask_source,
+    check_size,
+)
 from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
 
-#: Seconds the last source of a file left to ask is waited for when it has no free transfer
-#: slot (``source_limits.max_transfers``), before the answer is 503. Below the early head's
-#: 0.5 s (docs/http-api.md#archive-answers): a 503 must go out before a 200 head would.
+#: Seconds a request that may get an early head, and cannot hold its early head back while it
+#: waits (no ``Asking.slotted``), waits in the queue of the last source of a file left to ask
+#: when it has no free transfer slot (``source_limits.max_transfers``), before the answer is
+#: 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers): a 503 must go out
+#: before a 200 head would. Other requests wait up to
+#: :attr:`~tracker.proxy.settings.ProxySettings.busy_wait`.
 BUSY_WAIT = 0.4
 
 
@@ -52,6 +59,8 @@ class _Race:
     reasons: dict[int, str] = attrs.Factory(dict)
     #: The attempts that failed for want of a transfer slot.
     busy: set[int] = attrs.Factory(set)
+    #: When the busy sources expect a slot to free (seconds from their refusal; None: unknown).
+    retry_after: list[float] = attrs.Factory(list)
     winner: UpstreamAnswer | None = None
     #: Told of every source that failed (metrics).
     on_failure: Callable[[], None] | None = None
@@ -69,6 +78,18 @@ class Asking:
     headers: Mapping[str, str]
     promised: int = 0
     exact: bool = False
+    #: A source's measured bytes per second (0: unknown): when its transfer will end, which a
+    #: request turned away is told (``Retry-After``).
+    rate: Callable[[TargetKey], float] | None = None
+    #: Set once a source is asked (a transfer slot is held): an early head is due only
+    #: ``early_head_after`` seconds after that, never while the request waits in a queue.
+    slotted: trio.Event | None = None
+
+    @property
+    def queue_wait(self) -> float:
+        """How long the last source left is waited for in its queue (see :data:`BUSY_WAIT`)."""
+        longest = self.clients.settings.busy_wait
+        return min(longest, BUSY_WAIT) if self.promised and self.slotted is None else longest
 
 
 async def open_upstream(
@@ -103,7 +124,7 @@ async def open_upstream(
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
                 # A busy source gives way to the next at once; the last one is waited for.
-                busy_wait = BUSY_WAIT if index + 1 == len(candidates) else 0.0
+                busy_wait = asking.queue_wait if index + 1 == len(candidates) else 0.0
                 nursery.start_soon(_attempt, race, index, done, asking, f, source, busy_wait)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
@@ -116,7 +137,9 @@ async def open_upstream(
         return race.winner
     reasons = [f"source {i + 1}: {race.reasons[i]}" for i in sorted(race.reasons)]
     if race.busy and len(race.busy) == len(race.reasons):
-        raise SourcesBusy(one_line("every source of the file is busy: " + "; ".join(reasons)))
+        retry = min(race.retry_after) if race.retry_after else None
+        reason = one_line("every source of the file is busy: " + "; ".join(reasons))
+        raise SourcesBusy(reason, retry_after=retry)
     raise UpstreamError(one_line("no source could deliver the file: " + "; ".join(reasons)))
 
 
@@ -135,6 +158,8 @@ async def _attempt(
     except SourceFailed as exc:
         if isinstance(exc, SourceBusy):
             race.busy.add(index)
+            if exc.retry_after is not None:
+                race.retry_after.append(exc.retry_after)
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
         if race.on_failure is not None:
@@ -150,24 +175,21 @@ async def _attempt(
 
 
 async def _answer(
-    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = BUSY_WAIT
+    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = 0.0
 ) -> UpstreamAnswer:
     """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
     (if any) started."""
-    clients, group, method = asking.clients, asking.group, asking.method
-    home, trusted = source.key.target, not source.key.discovered
-    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    slot = AsyncExitStack()
-    pacer = await slot.enter_async_context(clients.limits.transfer(f.url, caps, wait=busy_wait))
-    try:
-        response, url = await ask_source(
-            clients, group, home, f.url, method, asking.headers, trusted=trusted
-        )
-    except BaseException:
-        await slot.aclose()
-        raise
-    answer = UpstreamAnswer(response, url, f, source, pacer, slot)
+    clients, group = asking.clients, asking.group
+    slotted = asking.slotted
+    queueing = Queueing(busy_wait, slotted.set if slotted is not None else None)
+    asked = await ask_source(
+        clients, group, source.key, f.url, asking.method, asking.headers, queueing=queueing
+    )
+    answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
+    response, method = asked.response, asking.method
+    if asking.rate is not None:
+        asked.transfer.ends_at = expected_end(response, asking.rate(source.key), asked.pacer.rate)
     try:
         await check_size(response, asking.promised or f.size, exact=asking.exact)
         status = response.status_code
@@ -179,6 +201,25 @@ async def _answer(
         await answer.aclose()
         raise
     return answer
+
+
+def expected_end(response: httpx.Response, measured: float, cap: int) -> float | None:
+    """When the body of ``response`` should have come (trio's clock), at the source's
+    ``measured`` bytes per second, at most its ``cap`` (0: none); None when its length or
+    its speed is unknown."""
+    length = response.headers.get("content-length", "").strip()
+    rate = min(measured, cap) if cap > 0 and measured > 0 else (measured or cap)
+    if not (length.isascii() and length.isdigit()) or len(length) > 20 or rate <= 0:
+        return None
+    return trio.current_time() + int(length) / rate
+
+
+async def head_due(slotted: trio.Event | None, after: float) -> None:
+    """Return when an early head is due: ``after`` seconds once a source is asked
+    (``slotted``; None: at once), so a request that waits in a source's queue gets none."""
+    if slotted is not None:
+        await slotted.wait()
+    await trio.sleep(after)
 
 
 async def _body_start(response: httpx.Response, limit: float) -> None:

@@ -35,6 +35,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import fill
 from tracker.proxy.context import ProxyContext, Pump, Streams
+from tracker.proxy.failover import head_due
 from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
 from tracker.proxy.streamjobs import early_answer, head_answer, text_answer
@@ -139,7 +140,7 @@ class Refreshes:
         begun = self._begin(start)
         if begun is None:
             return None
-        return await self._open(*begun, client=start.client)
+        return await self._open(begun[0], begun[1], client=start.client)
 
     async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
         """Perform :class:`tracker.proxy.plan.PrefetchWalk`: refresh ``archive`` with no
@@ -188,7 +189,8 @@ class Refreshes:
         self, start: RefreshStart, size: int, connection: Connection | None
     ) -> Started:
         """:meth:`start` for a client that is sent an early head (README.md#clients) when the
-        refresh has not opened within ``early_head_after``: the start goes on in the
+        refresh has not opened within ``early_head_after`` of asking a source (not while it
+        waits in a source's queue): the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`start` does."""
         begun = self._begin(start)
@@ -199,7 +201,7 @@ class Refreshes:
 
         async def opening() -> None:
             try:
-                outcome.append(await self._open(*begun, client=True))
+                outcome.append(await self._open(begun[0], begun[1], client=True))
             except Exception:  # a bug must not take the transfers nursery down
                 log_event(
                     log, "error", "stream_failed", file=start.archive.file_name, exc_info=True
@@ -212,8 +214,16 @@ class Refreshes:
             begun[0].fail()
             begun[0].refresh.abort()
             return text_answer(503, "the tracker is stopping")
-        with trio.move_on_after(self._context.settings().early_head_after):
+        async with trio.open_nursery() as nursery:
+
+            async def head_is_due() -> None:
+                # Not while the refresh waits in a source's queue ("Source limits").
+                await head_due(begun[2], self._context.settings().early_head_after)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(head_is_due)
             await done.wait()
+            nursery.cancel_scope.cancel()
         if done.is_set():
             return outcome[0]
 
@@ -240,9 +250,10 @@ class Refreshes:
             raise UpstreamError(f"the source answered {response.status} after an early head")
         return response.body
 
-    def _begin(self, start: RefreshStart) -> tuple[SharedRefresh, Pump] | None:
+    def _begin(self, start: RefreshStart) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
         """Claim the refresh of the file and, with ``start.register``, register it for
-        readers, synchronously (a request arriving next finds it); its pump, still to start.
+        readers, synchronously (a request arriving next finds it); its pump, still to start,
+        and the event set once it asks a source (``StreamJob.slotted``).
         None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
         off). With the bucket's lock, the refresh's file is also uploaded to the bucket
         (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
@@ -263,7 +274,7 @@ class Refreshes:
         self._registry.add(start.key, shared, register=start.register)
         if lock is not None and self._objects is not None:
             transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, cache_job, fallback=start.client)
+        return shared, partial(fill, job, cache_job, fallback=start.client), job.slotted
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
         """Start a begun refresh's pump; see :meth:`start` for what it returns."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import attrs
 
+from tracker.net.sourcelimits import QUEUE
+
 
 @attrs.frozen(cache_hash=True)
 class ProxySettings:
@@ -37,6 +39,13 @@ class ProxySettings:
     #: How long a stream waits for the server to start sending its body before deciding that
     #: the client went away (docs/architecture.md#traps-of-the-stack, 4).
     drain_start_timeout: float = 30.0
+    #: Requests that wait at once for a transfer slot of one source (``source_limits``,
+    #: docs/http-api.md "Source limits"); one more is answered 503 at once.
+    busy_queue: int = QUEUE
+    #: Longest wait in that queue: a slot that frees meanwhile is taken at once. A request
+    #: that waits there gets no early head (its clock starts once a source is asked), so
+    #: its answer is the source's head or a 503, never a 200 head whose body breaks.
+    busy_wait: float = 5.0
     #: Redirects followed per source, each checked by the egress policy when it leaves the
     #: source's own origin.
     max_redirects: int = 5

@@ -27,7 +27,7 @@ from tracker.core.logs import log_event
 from tracker.core.speedtests import Probe, probes_due
 from tracker.errors import SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
-from tracker.net.sourcelimits import Limits, Pacer
+from tracker.net.sourcelimits import Pacer
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.speedtest")
@@ -131,23 +131,23 @@ async def speed_test(
     key = probe.key
     headers = {"range": probe.range_header}
     url = probe.file.url
-    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    async with clients.limits.transfer(url, caps, wait=0) as pacer:
-        response, url = await ask_source(
-            clients, group, key.target, url, "GET", headers, trusted=not key.discovered
-        )
-        answer = UpstreamAnswer(response, url, probe.file, probe.source)
-        try:
-            problem = size_problem(response, probe.file.size)
-            if response.status_code not in (200, 206):
-                problem = f"answered {response.status_code} to a Range request"
-            if problem is not None:
-                raise SourceFailed(problem)
-            began = trio.current_time()
-            got = await _read(response, probe.length, read_for, pacer)
-            seconds = trio.current_time() - began
-        finally:
-            await answer.aclose()
+    asked = await ask_source(clients, group, key, url, "GET", headers)
+    # The serving origin's slot (after redirects), freed when the answer closes.
+    answer = UpstreamAnswer(
+        asked.response, asked.url, probe.file, probe.source, asked.pacer, asked.slot
+    )
+    response = asked.response
+    try:
+        problem = size_problem(response, probe.file.size)
+        if response.status_code not in (200, 206):
+            problem = f"answered {response.status_code} to a Range request"
+        if problem is not None:
+            raise SourceFailed(problem)
+        began = trio.current_time()
+        got = await _read(response, probe.length, read_for, asked.pacer)
+        seconds = trio.current_time() - began
+    finally:
+        await answer.aclose()
     if got < min(MIN_BYTES, probe.length):
         raise SourceFailed(f"only {got} bytes in {read_for:g}s")
     return got, seconds

@@ -97,6 +97,7 @@ class ProxyStreamer:
             self.context.settings,
             policy=lambda: policy_of(self._config().egress),
             resolver=parts.resolver,
+            on_queue=metrics.source_queue_event if metrics is not None else None,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+import trio
+
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
 from tracker.core.index import TargetKey
@@ -83,8 +85,16 @@ class Launcher:
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
         sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
         method, headers = ask.method, dict(ask.headers)
-        # The bucket and a holder replica always state their length.
-        asking = Asking(self._clients, group, method, headers, sources.early, origin != "upstream")
+        asking = Asking(
+            self._clients,
+            group,
+            method,
+            headers,
+            sources.early,
+            origin != "upstream",  # the bucket and a holder replica always state their length
+            self.index.throughput,  # when a transfer should end: a busy answer's Retry-After
+            trio.Event(),  # a source asked: the early head's clock starts
+        )
         opener = partial(
             open_upstream,
             asking,
@@ -104,6 +114,7 @@ class Launcher:
             zero_copy=ask.connection if zero_copy else None,
             early_size=sources.early,
             budget=self._channel_budget,
+            slotted=asking.slotted,
         )
 
     async def start(
@@ -122,7 +133,9 @@ class Launcher:
                 refresh.abort()
             if not isinstance(exc, UpstreamError):
                 raise
-            if not self.transfers.accepting or isinstance(exc, SourcesBusy):
+            if isinstance(exc, SourcesBusy):
+                return text_answer(503, str(exc), retry=exc.retry_after)
+            if not self.transfers.accepting:
                 return text_answer(503, str(exc))
             if client:
                 self.count("upstream_failed")

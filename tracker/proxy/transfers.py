@@ -163,7 +163,8 @@ class StreamJob:
     is then spliced); ``early_size`` (0: none) is the size of the whole file a plain request
     may be promised in an early head when the source is slow to answer (README.md#clients);
     ``budget`` is the memory shared by every stream passed through Python (the channel;
-    None: each reads ``settings.read_size``).
+    None: each reads ``settings.read_size``); ``slotted`` is set once a source is asked
+    (a transfer slot held): the early head waits for it (None: nothing to wait for).
     """
 
     open: Callable[[], Awaitable[UpstreamAnswer]]
@@ -175,6 +176,7 @@ class StreamJob:
     zero_copy: Connection | None = None
     early_size: int = 0
     budget: ChunkBudget | None = None
+    slotted: trio.Event | None = None
 
 
 @attrs.frozen

@@ -10,12 +10,13 @@ What crosses the tracker in proxy mode is decided by two whitelists, in both dir
 
 :func:`ask_source` asks one source for a file and returns a usable answer (200/206/304/412/416)
 with its body still unread; redirects are followed by hand (at most
-:attr:`ProxySettings.max_redirects`). Choosing among the sources that advertise a file is
-:mod:`tracker.proxy.failover`'s job. The group's credentials (and the userinfo of
-the configured target URL) and its TLS client settings are only used on the origin of the
-*configured* source: a file URL that a probe's ``Location`` put on another origin, or a
-redirect to one, gets a client without them that connects only where the egress policy
-allows (:mod:`tracker.net.egress`). No client keeps cookies.
+:attr:`ProxySettings.max_redirects`), each hop within the ``source_limits`` of the origin it
+asks (the slot is the serving origin's, not the first URL's). Choosing among the sources
+that advertise a file is :mod:`tracker.proxy.failover`'s job. The group's credentials (and
+the userinfo of the configured target URL) and its TLS client settings are only used on the
+origin of the *configured* source: a file URL that a probe's ``Location`` put on another
+origin, or a redirect to one, gets a client without them that connects only where the
+egress policy allows (:mod:`tracker.net.egress`). No client keeps cookies.
 An answer whose length contradicts the size the source advertised (``Content-Length`` of a
 200, the total of a 206's ``Content-Range``) fails that source: the tracker never serves or
 caches a file shorter or longer than the one announced. Resuming a broken body is
@@ -41,7 +42,7 @@ import trio
 
 from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.contentrange import parse_content_range
-from tracker.core.index import SnapshotSource
+from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import SourceFailed
@@ -56,7 +57,7 @@ from tracker.net.clients import (
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.exchange import send, source_failures
 from tracker.net.limits import status_reason
-from tracker.net.sourcelimits import UNCAPPED, Pacer, SourceLimits
+from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
 from tracker.proxy.settings import ProxySettings
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
@@ -127,10 +128,12 @@ class DownloadClients:
         settings: Callable[[], ProxySettings],
         policy: Callable[[], EgressPolicy] = EgressPolicy,
         resolver: Resolver = resolve,
+        on_queue: Callable[[QueueEvent], None] | None = None,
     ) -> None:
         self._settings = settings
-        #: Transfers and rate per source (``source_limits``), shared by every stream.
-        self.limits = SourceLimits()
+        #: Transfers and rate per source (``source_limits``), shared by every stream;
+        #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
+        self.limits = SourceLimits() if on_queue is None else SourceLimits(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
         # By TLS setting (None: the foreign client's key is "foreign") and by the settings
@@ -220,37 +223,87 @@ class UpstreamAnswer:
                     await slot.aclose()
 
 
+@attrs.define
+class Asked:
+    """What :func:`ask_source` got: a usable answer (body unread) from ``url``, and the
+    transfer slot of the origin that gave it (``transfer``, with its pacer), given back by
+    closing ``slot`` (the caller closes both)."""
+
+    response: httpx.Response
+    url: str
+    transfer: Slot
+    slot: AsyncExitStack
+
+    @property
+    def pacer(self) -> Pacer:
+        """The serving origin's rate (``source_limits.max_rate``)."""
+        return self.transfer.pacer
+
+
+@attrs.frozen
+class Queueing:
+    """How a request waits for a transfer slot: at most ``wait`` seconds in all (0: not at
+    all, SourceBusy at once); ``taken`` is told each time it holds one (the early head's
+    clock starts then, not while it waits)."""
+
+    wait: float = 0.0
+    taken: Callable[[], None] | None = None
+
+
 async def ask_source(
     clients: DownloadClients,
     group: TargetGroup,
-    home: str,
+    key: TargetKey,
     url: str,
     method: str,
     headers: Mapping[str, str],
     *,
-    trusted: bool = True,
-) -> tuple[httpx.Response, str]:
-    """Ask ``url`` (a file of the source configured as ``home``), following redirects.
+    queueing: Queueing = Queueing(),
+) -> Asked:
+    """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
+    ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
+    limits").
 
-    Only a URL on ``home``'s own origin gets the group's credentials and TLS client settings;
-    any other origin (named by a probe's Location or by a redirect) gets the foreign client,
-    which connects only where the egress policy allows. A source that is not ``trusted``
-    (found by cluster discovery) has no own origin: every URL of it is foreign.
+    The transfer slot (docs/http-api.md, "Source limits") belongs to the origin asked for the
+    bytes: each hop takes a slot of its own origin (waiting for one at most ``wait`` seconds
+    in all, else SourceBusy) and gives it back as soon as that origin answered a redirect, so
+    a request never holds one origin's slot while it waits for another's (two requests
+    redirected across each other's origins would wait for each other for ever). The answer
+    keeps the slot of the origin that gave it, in :attr:`Asked.slot`.
+
+    Only a URL on the source's own origin gets the group's credentials and TLS client
+    settings; any other origin (named by a probe's Location or by a redirect) gets the
+    foreign client, which connects only where the egress policy allows. A discovered source
+    (cluster discovery) has no own origin: every URL of it is foreign.
     """
     settings = clients.settings
-    own_origin = origin(home) if trusted else None
-    credentials = authorization(group, home) if trusted else None
+    trusted = not key.discovered
+    own_origin = origin(key.target) if trusted else None
+    credentials = authorization(group, key.target) if trusted else None
+    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
+    deadline = trio.current_time() + queueing.wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
         client = clients.for_tls(group.tls_config) if own else clients.foreign()
         request_headers = upstream_request_headers(headers.items(), credentials if own else None)
         url = without_userinfo(url)  # credentials go per origin, never from a URL
-        response = await _send(client, method, url, request_headers, settings.answer_timeout)
-        status = response.status_code
-        if status in ANSWER_STATUSES:
-            return response, url
-        location = response.headers.get("location")
-        await response.aclose()
+        slot = AsyncExitStack()
+        left = max(0.0, deadline - trio.current_time())
+        taking = clients.limits.transfer(url, caps, wait=left, queue=settings.busy_queue)
+        transfer = await slot.enter_async_context(taking)
+        if queueing.taken is not None:
+            queueing.taken()
+        try:
+            response = await _send(client, method, url, request_headers, settings.answer_timeout)
+            status = response.status_code
+            if status in ANSWER_STATUSES:
+                return Asked(response, url, transfer, slot)
+            location = response.headers.get("location")
+            await response.aclose()
+        except BaseException:
+            await slot.aclose()
+            raise
+        await slot.aclose()  # the redirecting origin's slot: it answered
         if status not in _REDIRECTS or location is None:
             raise SourceFailed(status_reason(response))
         url = _redirect_target(url, location)

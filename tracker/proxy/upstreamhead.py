@@ -19,6 +19,7 @@ import trio
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.proxy.channel import EarlyBody, Flow
+from tracker.proxy.failover import head_due
 from tracker.proxy.resume import UpstreamBody, resumable
 from tracker.proxy.transfers import Head, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer
@@ -134,7 +135,9 @@ async def _open_or_head_early(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(opener)
-            await trio.sleep(job.settings.early_head_after)
+            # Not while the request waits in a source's queue (docs/http-api.md, "Source
+            # limits"): it gets its 503 then, not a head whose body would break.
+            await head_due(job.slotted, job.settings.early_head_after)
             reported = True
             early = _report_early(job, flow, task_status)
             if early is None:

@@ -22,6 +22,7 @@ from tracker.core.digests import sha256sum_line
 from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_url
 from tracker.errors import RequestError
+from tracker.files.answers import retry_after
 from tracker.web.delivery import redirect
 from tracker.web.deps import ApiDeps, ResponseCounter
 from tracker.web.listings import Fragments, ListingCache
@@ -100,7 +101,18 @@ def _error(status: int, reason: str) -> quart.Response:
 def _register_errors(app: QuartTrio) -> None:
     @app.errorhandler(RequestError)
     async def request_error(exc: RequestError) -> quart.Response:
-        return _error(exc.status, exc.reason)
+        response = _error(exc.status, exc.reason)
+        if exc.status == 503:
+            response.headers["retry-after"] = retry_after(exc.retry_after)
+        return response
+
+    @app.after_request
+    async def retry_later(response: quart.Response) -> quart.Response:
+        # Every 503 says when to come back (docs/http-api.md, "Errors"): those that know
+        # set their own value, any other gets the default.
+        if response.status_code == 503 and "retry-after" not in response.headers:
+            response.headers["retry-after"] = retry_after(None)
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> quart.Response:

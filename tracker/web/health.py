@@ -35,14 +35,16 @@ class HealthChecker:
         return source.info.slot if source else None
 
     async def check(self, group: str) -> tuple[int, dict[str, Any]]:
-        """(status, body): 200 healthy, 500 no snapshot, 502 RPC unreachable or none
-        configured, 503 too old."""
+        """(status, body): 200 healthy, 500 no snapshot, 502 RPC unreachable, 503 too old,
+        or no RPC configured (nothing to compare with: the tracker cannot say)."""
         newest = self.newest_slot(group)
         body: dict[str, Any] = {"MaxSnapshot": newest, "CurrentSlot": None}
         if newest is None:
             return 500, {**body, "Health": "no snapshots"}
-        if not self._config().rpc:  # nothing to compare with: say so, not "unreachable"
-            return 502, {**body, "Health": "no rpc configured"}
+        if not self._config().rpc:
+            # Nothing to compare with: "cannot say" (503), never "unreachable" (502), so that
+            # alerting tells a broken RPC from none configured.
+            return 503, {**body, "Health": "no rpc configured"}
         try:
             current = await self.current_slot()
         except RpcError as exc:

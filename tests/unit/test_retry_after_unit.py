@@ -1,0 +1,69 @@
+"""What a client turned away with 503 is told (``Retry-After``, docs/http-api.md "Errors"):
+the header value, and when a running transfer should end, as tables (no network)."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from tracker.files.answers import MAX_RETRY_AFTER, RETRY_AFTER, retry_after, text_answer
+from tracker.proxy.failover import expected_end
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("seconds", "value"),
+    [
+        (None, str(RETRY_AFTER)),  # unknown: the default
+        (math.nan, str(RETRY_AFTER)),
+        (0.0, "1"),  # never 0: a client would retry at once
+        (-3.0, "1"),  # a transfer past its expected end
+        (1.2, "2"),  # whole seconds, rounded up
+        (42.0, "42"),
+        (1e9, str(MAX_RETRY_AFTER)),  # capped
+        (math.inf, str(MAX_RETRY_AFTER)),
+    ],
+)
+def test_retry_after_is_whole_seconds_within_bounds(seconds: float | None, value: str) -> None:
+    assert retry_after(seconds) == value
+
+
+def test_only_a_503_text_answer_carries_retry_after() -> None:
+    assert text_answer(503, "busy").headers["retry-after"] == str(RETRY_AFTER)
+    assert text_answer(503, "busy", retry=7.5).headers["retry-after"] == "8"
+    assert "retry-after" not in text_answer(502, "no source").headers
+
+
+@pytest.mark.parametrize(
+    ("length", "measured", "cap", "seconds"),
+    [
+        (str(8 * MiB), 2 * MiB, 0, 4.0),  # at the measured speed
+        (str(8 * MiB), 2 * MiB, MiB, 8.0),  # at most the source's max_rate
+        (str(8 * MiB), 0.0, MiB, 8.0),  # unmeasured, capped: at the cap
+        (str(8 * MiB), 0.0, 0, None),  # neither: unknown
+        (None, 2 * MiB, 0, None),  # no length: unknown
+        ("12x", 2 * MiB, 0, None),  # not a number
+        ("1" * 40, 2 * MiB, 0, None),  # too long to be one
+        ("\u00b2", 2 * MiB, 0, None),  # a digit to str.isdigit, but not ASCII
+    ],
+)
+async def test_a_transfer_ends_at_its_length_over_its_speed(
+    autojump_clock: trio.testing.MockClock,
+    length: str | None,
+    measured: float,
+    cap: int,
+    seconds: float | None,
+) -> None:
+    # As it came off the wire (bytes: httpx reads a value that is not ASCII as Latin-1).
+    headers = [] if length is None else [(b"content-length", length.encode("latin-1"))]
+    response = httpx.Response(200, headers=headers)
+    ends = expected_end(response, measured, cap)
+    if seconds is None:
+        assert ends is None
+    else:
+        assert ends == pytest.approx(trio.current_time() + seconds)
