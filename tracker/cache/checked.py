@@ -25,8 +25,10 @@ from tracker.cache.disk import (
 )
 from tracker.core.digests import Digests, parse_sha256sum_line, sha256sum_line
 from tracker.core.logs import log_event
+from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
 
 log = logging.getLogger("tracker.cache")
 
@@ -41,8 +43,10 @@ class CheckedFiles:
         verify: bool = False,
         digests: Digests | None = None,
         on_rejected: Callable[[str, str, str], None] | None = None,
+        required: Callable[[str], Level] | None = None,
     ) -> None:
         self.verify = verify
+        self._required = required
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
         #: Digest and inode of each cached file that passed its check.
@@ -59,12 +63,27 @@ class CheckedFiles:
         checked = self._checked.get((group, name))
         return checked[0] if checked is not None else None
 
-    def promoted(self, group: str, name: str, sha256: str, ino: int, evicted: list[str]) -> None:
-        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked) was
-        promoted and evicted ``evicted``: digests follow."""
+    def required(self, group: str) -> Level:
+        """The level an archive of ``group`` must be proven to before it is cached (its
+        ``trust.require``; ``structure`` without archive checks)."""
+        if not self.verify or self._required is None:
+            return Level.STRUCTURE
+        return self._required(group)
+
+    def promoted(
+        self,
+        group: str,
+        name: str,
+        sha256: str,
+        ino: int,
+        evicted: list[str],
+        proof: Proof = STRUCTURE_ONLY,
+    ) -> None:
+        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked, and
+        what its check proved) was promoted and evicted ``evicted``: digests follow."""
         if sha256:
             self._checked[(group, name)] = (sha256, ino)
-            self._digests.put("cache", group, name, sha256)
+            self._digests.put("cache", group, name, sha256, proof)
         else:
             self._forget(group, name)
         for other in evicted:
@@ -87,7 +106,8 @@ class CheckedFiles:
         for name in sorted(archives):
             path = os.path.join(group_dir, name)
             restored = _restored_digest(path, name)
-            if restored is None:
+            if restored is None or self.required(group) > Level.STRUCTURE:
+                # What a check proved is not kept beside the file: checked again.
                 self._unchecked.append((group, name))
                 continue
             self._checked[(group, name)] = restored
@@ -125,7 +145,12 @@ class CheckedFiles:
             os.close(fd)  # the check reads through its own duplicate
         check.finish(st.st_size)
         try:
-            sha256 = await check.result()
+            checked = await check.result()
+            sha256, proof = checked.sha256, checked.proof
+            parsed = parse_archive_name(name)
+            below = shortfall(proof, self.required(group), is_full=parsed is None or parsed.is_full)
+            if below is not None:  # the group's trust.require: not kept, like a bad copy
+                raise ArchiveInvalid(below)
         except OSError as exc:
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None  # unreadable: stays unchecked (never a hit), nothing removed
@@ -152,8 +177,16 @@ class CheckedFiles:
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
-        self._digests.put("cache", group, name, sha256)
-        log_event(log, "info", "cache_rechecked", group=group, file=name, sha256=sha256)
+        self._digests.put("cache", group, name, sha256, proof)
+        log_event(
+            log,
+            "info",
+            "cache_rechecked",
+            group=group,
+            file=name,
+            sha256=sha256,
+            level=proof.level.label,
+        )
         return True
 
 

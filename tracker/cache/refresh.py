@@ -27,10 +27,12 @@ import trio
 
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.errors import CacheError
+from tracker.core.snapshots import parse_archive_name
+from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
@@ -95,9 +97,12 @@ class Registry(Protocol):
         """``refresh`` ended: another may begin."""
         ...
 
-    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
-        """``refresh`` was renamed into place (``sha256``: its digest when checked) and
-        ``evicted`` were removed (files that need not stay beside it)."""
+    def promoted(
+        self, group: str, name: str, sha256: str, evicted: list[str], proof: Proof = STRUCTURE_ONLY
+    ) -> None:
+        """``refresh`` was renamed into place (``sha256``: its digest when checked, ``proof``
+        what its check proved) and ``evicted`` were removed (files that need not stay beside
+        it)."""
         ...
 
     def report_size(self) -> None:
@@ -129,10 +134,12 @@ class Refresh:
         final: str,
         *,
         verify: bool = False,
+        require: Level = Level.STRUCTURE,
     ) -> None:
         self._registry = registry
         self._ops = ops
         self._verify = verify
+        self._require = require
         self.group = group
         self.name = name
         self.final = final
@@ -150,6 +157,8 @@ class Refresh:
         self.verified = False
         #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked).
         self.sha256 = ""
+        #: What its check proved (docs/architecture.md, "Proven archives").
+        self.proof = STRUCTURE_ONLY
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -213,7 +222,8 @@ class Refresh:
         if check is not None:
             check.finish(self.size)
             try:
-                self.sha256 = await check.result()
+                checked = await check.result()
+                self.sha256, self.proof = checked.sha256, checked.proof
             except OSError as exc:  # the disk's fault, not the source's
                 reason = os.strerror(exc.errno or errno.EIO)
                 raise CacheError(f"archive check could not read the temp file: {reason}") from exc
@@ -223,6 +233,12 @@ class Refresh:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
+        if check is not None:
+            parsed = parse_archive_name(self.name)
+            is_full = parsed is None or parsed.is_full
+            below = shortfall(self.proof, self._require, is_full=is_full)
+            if below is not None:  # the group's trust.require: not cached, like a bad copy
+                raise ArchiveInvalid(below)
         self.verified = True
         self._notify()
 
@@ -372,7 +388,7 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
-            self._registry.promoted(self.group, self.name, self.sha256, evicted)
+            self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.

@@ -91,3 +91,13 @@ class Proof:
 
 #: What a check that proves nothing beyond the structure says.
 STRUCTURE_ONLY = Proof(Level.STRUCTURE)
+
+
+def shortfall(proof: Proof, required: Level, *, is_full: bool) -> str | None:
+    """Why an archive proven to ``proof`` is below ``required`` (one line, with the note
+    that says why it stops there), None when it reaches it."""
+    if proof.meets(required, is_full=is_full):
+        return None
+    needed = required_for(required, is_full=is_full)
+    why = f": {proof.note}" if proof.note else ""
+    return f"proven to {proof.level.label}, {needed.label} required{why}"
