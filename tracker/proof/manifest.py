@@ -190,7 +190,8 @@ class ManifestDecoder:
         f["parent_slot"] = struct.unpack_from("<Q", head, 64)[0]
         yield from self._hard_forks()
         r.field = "the bank's counters"
-        f.update(zip(_MIDDLE_NAMES.split(), _BANK_MIDDLE.unpack((yield from r.take(40))), strict=True))
+        middle = _BANK_MIDDLE.unpack((yield from r.take(_BANK_MIDDLE.size)))
+        f.update(zip(_MIDDLE_NAMES.split(), middle, strict=True))
         has_hpt = yield from r.flag()
         f["hashes_per_tick"] = (yield from r.u64()) if has_hpt else None
         times = _BANK_TIMES.unpack((yield from r.take(_BANK_TIMES.size)))

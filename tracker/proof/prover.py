@@ -15,9 +15,13 @@ from typing import Protocol
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.bankhash import prove_manifest
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
+from tracker.proof.levels import Level, Proof
 from tracker.proof.manifest import Manifest, ManifestDecoder
 from tracker.proof.parsing import Parser
+
+
+#: Why an archive whose manifest the walk did not hand over stops at ``structure``.
+NOT_READ = "its manifest was not read (not a plain file member)"
 
 
 class MemberProver(Protocol):
@@ -92,7 +96,7 @@ class ArchiveProver:
         manifest to prove (its absence is the structure check's rejection)."""
         self._settle()
         if self._manifest is None or self._proven is None:
-            return STRUCTURE_ONLY
+            return Proof(Level.STRUCTURE, note=NOT_READ)
         if self._accounts is not None and self._proven.level >= Level.MANIFEST:
             return self._accounts.proof(self._manifest, self._proven)
         return self._proven
