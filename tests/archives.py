@@ -17,7 +17,6 @@ from __future__ import annotations
 import bz2
 import functools
 import gzip
-import hashlib
 import io
 import lzma
 import os
