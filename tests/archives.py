@@ -6,8 +6,9 @@ name and size.
 interleaved with zero runs (about 3x compressible, like account data), compressed as its
 extension says. Its manifest is in agave's format (``tracker.proof.writing``) with a lattice
 hash drawn from the name's seed, and the name's hash is that lattice hash's (SIMD-0220): the
-archives prove to ``manifest`` (not to ``accounts``: their storages are random bytes). ``bad_variants`` makes the archives a check must refuse; ``build_big_archive``
-streams a ~1 GiB one to disk for the bench.
+archives prove to ``manifest`` (not to ``accounts``: their storages are random bytes).
+``bad_variants`` makes the archives a check must refuse; ``build_big_archive`` streams a
+~1 GiB one to disk for the bench.
 
 Self-contained (no import of other test helpers): the bench imports it as ``tests.archives``.
 """

@@ -56,12 +56,16 @@ class Fleet:
 
 
 def _config(tmp_path: Path, hosts: list[str], **extra: Any) -> Path:
+    """The tracker's config; ``trust`` (if given) is the group's trust section."""
+    group: dict[str, Any] = {"group": GROUP, "static_targets": {"targets": hosts}}
+    if "trust" in extra:
+        group["trust"] = extra.pop("trust")
     settings: dict[str, Any] = {
         "scrape_interval": "200ms",
         "internal_listen": "127.0.0.1:0",
         "proxy_snapshot_downloads": True,
         "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
-        "target_groups": [{"group": GROUP, "static_targets": {"targets": hosts}}],
+        "target_groups": [group],
         **extra,
     }
     return write_config(tmp_path, settings)

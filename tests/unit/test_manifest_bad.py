@@ -26,9 +26,10 @@ def outcome(data: bytes) -> Proof | str:
     try:
         return prove_manifest(decode(data), slot=100, base_slot=0, name_hash=NAME_HASH)
     except ArchiveInvalid as exc:
-        assert "\n" not in exc.reason
-        assert exc.reason.startswith("manifest: ")
-        return exc.reason
+        reason = exc.reason
+    assert "\n" not in reason
+    assert reason.startswith("manifest: ")
+    return reason
 
 
 def test_truncated_at_every_offset() -> None:

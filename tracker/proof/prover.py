@@ -19,7 +19,6 @@ from tracker.proof.levels import Level, Proof
 from tracker.proof.manifest import Manifest, ManifestDecoder
 from tracker.proof.parsing import Parser
 
-
 #: Why an archive whose manifest the walk did not hand over stops at ``structure``.
 NOT_READ = "its manifest was not read (not a plain file member)"
 
