@@ -318,12 +318,10 @@ def _missing_status_cache(
 
 
 def _not_tar(compression: str, size: int) -> bytes:
-    rnd = random.Random(size)
-    pool = rnd.randbytes(size + 4096)
     if compression == "tar":
-        return pool[:size]
+        return random.Random(size).randbytes(size)
 
-    def candidates() -> Iterator[bytes]:
+    def candidates(pool: bytes) -> Iterator[bytes]:
         length = max(1, size - 64)
         for _ in range(16):  # compressed random data grows about a byte a byte: aim
             data = compress(pool[:length], compression)
@@ -334,7 +332,11 @@ def _not_tar(compression: str, size: int) -> bytes:
                 if 0 < candidate <= len(pool):
                     yield compress(pool[:candidate], compression)
 
-    return _fit(size, candidates())
+    def pools() -> Iterator[bytes]:  # another pool of random bytes when one cannot fit
+        for attempt in range(4):
+            yield from candidates(random.Random(size + attempt).randbytes(size + 4096))
+
+    return _fit(size, pools())
 
 
 def _truncated(good: bytes, tar: bytes, compression: str) -> bytes:

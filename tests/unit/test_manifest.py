@@ -190,3 +190,44 @@ def test_a_lattice_hash_of_the_wrong_size_is_refused() -> None:
     with pytest.raises(ArchiveInvalid) as caught:
         decode(cut)
     assert caught.value.reason == "manifest: the accounts lattice hash has 1948 bytes, not 2048"
+
+
+def test_the_readme_archives_prove_to_manifest() -> None:
+    from tracker.files.archivecheck import check_file
+
+    ledger = Path(__file__).parent.parent.parent / "examples" / "ledger"
+    paths = sorted(ledger.glob("*.tar.zst"))
+    assert len(paths) == 3
+    for path in paths:
+        proof = check_file(str(path)).proof
+        assert proof.level == Level.MANIFEST, path
+        assert proof.snapshot_hash == path.name.rsplit("-", 1)[1].removesuffix(".tar.zst")
+
+
+def test_written_storages_are_agave_own_bytes() -> None:
+    """The AppendVec writer, given the accounts the JSON lists, writes agave's storages."""
+    stored = members(ARCHIVE)
+    for file in DECODED["accounts"]["files"]:
+        entries = [
+            e
+            for e in DECODED["accounts"]["entries"]
+            if (e["slot"], e["file_id"]) == (file["slot"], file["id"])
+        ]
+        accounts = [
+            Account(
+                base58.b58decode(e["pubkey"]),
+                e["lamports"],
+                bytes.fromhex(e["data_hex"]),
+                base58.b58decode(e["owner"]),
+                e["executable"],
+                e["rent_epoch"],
+            )
+            for e in entries
+        ]
+        assert write_storage(accounts) == stored[file["path"]], file["path"]
+    live = [
+        e
+        for e in DECODED["accounts"]["entries"]
+        if e["index"] in DECODED["accounts"]["live_indices"]
+    ]
+    assert len(live) == DECODED["accounts"]["live_count"]

@@ -8,6 +8,7 @@ from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -16,6 +17,8 @@ from collections.abc import Callable
 import trio
 
 from tracker.cache.disk import (
+    PROOF,
+    SHA256,
     TEMP_PREFIX,
     digest_path,
     is_archive_entry,
@@ -23,12 +26,17 @@ from tracker.cache.disk import (
     unlink,
     write_digest,
 )
-from tracker.core.digests import Digests, parse_sha256sum_line, sha256sum_line
+from tracker.core.digests import (
+    Digests,
+    Verified,
+    below_required,
+    parse_sha256sum_line,
+    sha256sum_line,
+)
 from tracker.core.logs import log_event
-from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 log = logging.getLogger("tracker.cache")
 
@@ -106,12 +114,18 @@ class CheckedFiles:
         for name in sorted(archives):
             path = os.path.join(group_dir, name)
             restored = _restored_digest(path, name)
-            if restored is None or self.required(group) > Level.STRUCTURE:
-                # What a check proved is not kept beside the file: checked again.
+            proof = _restored_proof(path) if restored is not None else None
+            if (
+                restored is None
+                or proof is None
+                or below_required(proof, self.required(group), name)
+            ):
+                # No digest or proof that still describes the file, or one below the
+                # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
                 continue
             self._checked[(group, name)] = restored
-            self._digests.put("cache", group, name, restored[0])
+            self._digests.put("cache", group, name, restored[0], proof)
 
     async def recheck(
         self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
@@ -147,8 +161,7 @@ class CheckedFiles:
         try:
             checked = await check.result()
             sha256, proof = checked.sha256, checked.proof
-            parsed = parse_archive_name(name)
-            below = shortfall(proof, self.required(group), is_full=parsed is None or parsed.is_full)
+            below = below_required(proof, self.required(group), name)
             if below is not None:  # the group's trust.require: not kept, like a bad copy
                 raise ArchiveInvalid(below)
         except OSError as exc:
@@ -173,7 +186,7 @@ class CheckedFiles:
         if (group, name) in self._checked:
             return True  # a refresh promoted a copy meanwhile: its digest stands
         try:
-            await trio.to_thread.run_sync(write_digest, path, sha256sum_line(sha256, name))
+            await trio.to_thread.run_sync(_write_both, path, Verified(sha256, proof), name)
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
@@ -211,6 +224,28 @@ def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
     return None if hex_digest is None else (hex_digest, archive.st_ino)
 
 
+def _restored_proof(path: str) -> Proof | None:
+    """What the check of the archive at ``path`` proved, from the proof file beside it when
+    that still describes it (as its digest file), or None."""
+    try:
+        archive = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    found = read_digest(path, suffix=PROOF)
+    if found is None or not digest_matches(archive, found[1]) or not _own_file(found[1]):
+        return None
+    try:
+        return Proof.from_json(json.loads(found[0]))
+    except ValueError:  # not JSON (RecursionError cannot come from 4 KiB of it)
+        return None
+
+
+def _write_both(path: str, checked: Verified, name: str) -> None:
+    """The proof file, then the digest file (start-up trusts the digest's ctime last)."""
+    write_digest(path, json.dumps(checked.proof.to_json()) + "\n", PROOF)
+    write_digest(path, sha256sum_line(checked.sha256, name))
+
+
 def _own_file(st: os.stat_result) -> bool:
     """True when only the tracker's user can have written the file: it owns it, and it is
     not writable by group or others (anyone else could have written a digest that makes a
@@ -239,10 +274,14 @@ def _unlink_if_same(path: str, ino: int) -> None:
         return
     unlink(path)
     unlink(digest_path(path))
+    unlink(digest_path(path, PROOF))
 
 
 def _orphan_digest(file_name: str, archives: set[str]) -> bool:
     """True for a digest file (``.{name}.sha256``) whose archive is not in ``archives``."""
     if file_name.startswith(TEMP_PREFIX) or not file_name.startswith("."):
         return False
-    return file_name.endswith(".sha256") and file_name[1 : -len(".sha256")] not in archives
+    for suffix in (SHA256, PROOF):
+        if file_name.endswith(suffix) and file_name[1 : -len(suffix)] not in archives:
+            return True
+    return False

@@ -27,12 +27,12 @@ import trio
 
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.core.snapshots import parse_archive_name
+from tracker.core.digests import Verified, below_required
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
@@ -155,10 +155,9 @@ class Refresh:
         #: checked complete and the archive passed its check; readers may then send every
         #: byte, promoted or not.
         self.verified = False
-        #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked).
-        self.sha256 = ""
-        #: What its check proved (docs/architecture.md, "Proven archives").
-        self.proof = STRUCTURE_ONLY
+        #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked), and what
+        #: that check proved (docs/architecture.md, "Proven archives").
+        self.sha256, self.proof = "", STRUCTURE_ONLY
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -233,12 +232,9 @@ class Refresh:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
-        if check is not None:
-            parsed = parse_archive_name(self.name)
-            is_full = parsed is None or parsed.is_full
-            below = shortfall(self.proof, self._require, is_full=is_full)
-            if below is not None:  # the group's trust.require: not cached, like a bad copy
-                raise ArchiveInvalid(below)
+        below = below_required(self.proof, self._require, self.name) if check else None
+        if below is not None:  # the group's trust.require: not cached, like a bad copy
+            raise ArchiveInvalid(below)
         self.verified = True
         self._notify()
 
@@ -401,7 +397,8 @@ class Refresh:
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final, mtime, self._ops)
         self.temp, self._done = "", True
-        return settle(self.final, self.group, self.name, self.written, self.sha256, served)
+        checked = Verified(self.sha256, self.proof) if self.sha256 else None
+        return settle(self.final, self.group, self.name, self.written, checked, served)
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers

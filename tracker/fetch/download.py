@@ -28,8 +28,8 @@ import attrs
 import httpx
 import trio
 
+from tracker.core.digests import below_required
 from tracker.core.logs import log_event
-from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.pieces import Pieces
@@ -46,7 +46,7 @@ from tracker.fetch.state import (
 )
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
-from tracker.proof.levels import Level, shortfall
+from tracker.proof.levels import Level
 
 log = logging.getLogger("tracker.fetch")
 
@@ -315,8 +315,8 @@ async def _verify(
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
     else:
-        digest, parsed = checked.sha256, parse_archive_name(name)
-        below = shortfall(checked.proof, require, is_full=parsed is None or parsed.is_full)
+        digest = checked.sha256
+        below = below_required(checked.proof, require, name)
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif not sha256 or digest in sha256:

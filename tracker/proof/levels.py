@@ -75,6 +75,22 @@ class Proof:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""
         return self.level >= required_for(required, is_full=is_full)
 
+    @classmethod
+    def from_json(cls, body: object) -> Proof | None:
+        """The proof :meth:`to_json` wrote (a file the tracker kept), None for anything
+        else: a level it knows, strings of bounded length, a stake in [0, 1]."""
+        if not isinstance(body, dict):
+            return None
+        label = body.get("level")
+        level = Level.parse(label) if isinstance(label, str) else None
+        texts = [body.get(k) for k in ("snapshot_hash", "bank_hash", "note")]
+        if level is None or any(t is not None and not _short(t) for t in texts):
+            return None
+        stake = body.get("voted_stake")
+        if stake is not None and not (isinstance(stake, float) and 0.0 <= stake <= 1.0):
+            return None
+        return cls(level, texts[0], texts[1], stake, texts[2])
+
     def to_json(self) -> dict[str, Any]:
         """The wire form (``proof`` in the JSON entries; additive keys)."""
         body: dict[str, Any] = {"level": self.level.label}
@@ -87,6 +103,10 @@ class Proof:
         if self.note is not None:
             body["note"] = self.note
         return body
+
+
+def _short(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= 400
 
 
 #: What a check that proves nothing beyond the structure says.
