@@ -101,3 +101,24 @@ async def test_trust_require_structure_caches_it_with_its_level(tmp_path: Path) 
         async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
             page = (await client.get(f"{f.internal}/")).text
         assert '<span class="meta">structure</span>' in page  # beside its sha256
+
+
+async def test_a_restart_restores_what_the_check_proved_with_the_digest(tmp_path: Path) -> None:
+    name, good = build_archive(1800, seed=24, account_size=ACCOUNT)
+    cache = tmp_path / "cache" / GROUP
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        await wait_for(lambda: (cache / f".{name}.sha256").exists())
+    assert (cache / f".{name}.proof").exists()
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.body == good and f.bad.gets(name) == []  # a hit at once, not read again
+        proof = await wait_until_proof(f.public, name)
+        assert proof["level"] == "manifest"
+    (cache / f".{name}.proof").unlink()  # gone: the file is checked again before a hit
+    async with fleet(tmp_path, name, good, good) as f:
+        await wait_for(lambda: (cache / f".{name}.proof").exists())
+        assert (await wait_until_proof(f.public, name))["level"] == "manifest"
+        assert f.bad.gets(name) == []

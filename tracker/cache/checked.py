@@ -114,12 +114,10 @@ class CheckedFiles:
         for name in sorted(archives):
             path = os.path.join(group_dir, name)
             restored = _restored_digest(path, name)
-            proof = _restored_proof(path) if restored is not None else None
-            if (
-                restored is None
-                or proof is None
-                or below_required(proof, self.required(group), name)
-            ):
+            # A file kept before proofs were (no proof file) proved its structure.
+            proof = (_restored_proof(path) or STRUCTURE_ONLY) if restored is not None else None
+            required = self.required(group)
+            if restored is None or proof is None or below_required(proof, required, name):
                 # No digest or proof that still describes the file, or one below the
                 # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))

@@ -63,6 +63,7 @@ def check_stream(
     unblock: Callable[[], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     accounts: AccountsProver | None = None,
+    prover: ArchiveProver | None = None,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
@@ -77,7 +78,7 @@ def check_stream(
     called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
     polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
     cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
-    too (one core).
+    too (one core). ``prover`` replaces the archive's own (``files.headproof``).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -106,7 +107,8 @@ def check_stream(
             if not first:
                 raise ArchiveInvalid("empty file")
             pending.append(first)
-            prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
+            if prover is None:
+                prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
             walk = walk_tar(frozenset(wanted), found, budget.members_allowed, prover)
             tar = Feeder(walk)
 

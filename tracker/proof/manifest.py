@@ -143,6 +143,7 @@ class ManifestDecoder:
         self.storages: array[int] = array("Q")
         self.forks: list[tuple[int, int]] = []
         self.complete = False  # every required field came
+        self.done = False  # the parser read every field it knows
 
     def parser(self) -> ParserOf[None]:
         """The parser of the member's bytes (ends when the known fields are read)."""
@@ -150,6 +151,7 @@ class ManifestDecoder:
         yield from self._accounts_db()
         self.complete = True
         yield from self._extra()
+        self.done = True
 
     def result(self) -> Manifest:
         """The decoded manifest; ArchiveInvalid when it is incomplete."""

@@ -71,6 +71,12 @@ class ArchiveProver:
         self._proven: Proof | None = None
 
     @property
+    def manifest_done(self) -> bool:
+        """True once the manifest's decoder read every field it knows (a head read may
+        stop there)."""
+        return self._decoder is not None and self._decoder.done
+
+    @property
     def manifest(self) -> Manifest | None:
         """The decoded manifest, once its member ended."""
         self._settle()
