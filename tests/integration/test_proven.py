@@ -18,6 +18,7 @@ from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sour
 from tracker.core.rejections import PREFIX as REJECTED
 from tracker.proof.bankhash import NO_LATTICE_HASH
 from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.web.wire import DISPROVEN
 
 #: Account files big enough that an archive is more than the bytes held back (64 KiB).
 ACCOUNT = 256 * 1024
@@ -122,3 +123,28 @@ async def test_a_restart_restores_what_the_check_proved_with_the_digest(tmp_path
         await wait_for(lambda: (cache / f".{name}.proof").exists())
         assert (await wait_until_proof(f.public, name))["level"] == "manifest"
         assert f.bad.gets(name) == []
+
+
+async def test_redirect_mode_reads_heads_and_keeps_a_forged_copy_out_of_the_ranking(
+    tmp_path: Path,
+) -> None:
+    name, good = build_archive(1900, seed=25, account_size=ACCOUNT)
+    other = lattice_hash(998)
+    bad = forged(1900, 25, write_manifest(1900, other, [(1900, i, ACCOUNT) for i in range(3)]))
+    settings = {"proxy_snapshot_downloads": False, "trust": {"require": "manifest"}}
+    async with fleet(tmp_path, name, bad, good, **settings) as f:
+        f.good.listing = sidecar_listing({name: good})
+
+        async def disproven() -> bool:
+            return "lattice hash gives" in (await target(f.public, f.bad))["last_error"]
+
+        await wait_until(disproven, timeout=20)
+        name_hash = name.split("-")[2].split(".")[0]
+        last_error = (await target(f.public, f.bad))["last_error"]
+        reason = f"manifest: name hash {name_hash}, lattice hash gives {archive_hash_of(other)}"
+        assert last_error == f"{DISPROVEN}{name}: {reason}"
+        assert f.bad.gets(name)  # its head was read
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            best = (await client.get(f"{f.public}/v1/best_snapshots?group={GROUP}")).json()
+        urls = [file["url"] for source in best for file in source["files"]]
+        assert urls and all(u.startswith(f.good.base) for u in urls), best

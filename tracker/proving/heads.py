@@ -92,7 +92,10 @@ class HeadProofs:
         decided = 0
         config = self._config()
         for group in config.target_groups:
-            if config.proxy_snapshot_downloads or config.required_level(group) < Level.MANIFEST:
+            # Only where a group asks for it: redirect mode checks no archive by default,
+            # and a head read costs a source up to manifest_read bytes per copy.
+            asked = group.trust.require
+            if config.proxy_snapshot_downloads or asked is None or asked < Level.MANIFEST:
                 continue
             for read in self.due(group):
                 decided += await self._read(config, group, read)
