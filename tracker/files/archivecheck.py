@@ -1,13 +1,15 @@
 """The check of a snapshot archive: compression layer, tar stream, entries, SHA-256.
 
-:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256 when
+:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256, with what
+the same pass proved (``tracker.proof``: the manifest decoded and checked against the name,
+docs/architecture.md "Proven archives"), when
 
 1. the compression layer named by the extension decodes to its end, checksums verified, with
    nothing after it (``tracker.files.decoders``);
 2. the tar stream is well formed up to its end-of-archive blocks (``tracker.files.tarwalk``);
 3. it holds ``version``, ``snapshots/status_cache`` and ``snapshots/{S}/{S}``, S being the
-   slot in the archive's name (the bank hash in the name cannot be checked without loading
-   the bank);
+   slot in the archive's name;
+4. its manifest proves it (``tracker.proof.prover``);
 
 else it raises :class:`~tracker.errors.ArchiveInvalid` with a one-line reason. The reading and
 hashing run in a thread of their own, the decoding and the tar walk in the caller's, so that
