@@ -231,3 +231,29 @@ def test_written_storages_are_agave_own_bytes() -> None:
         if e["index"] in DECODED["accounts"]["live_indices"]
     ]
     assert len(live) == DECODED["accounts"]["live_count"]
+
+
+def test_verify_prints_the_level_and_why_it_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracker.cli import verify_main
+
+    good = tmp_path / NAME
+    good.write_bytes(ARCHIVE)
+    entries = snapshot_entries(300, accounts=1, account_size=1024, seed=0)
+    entries = [
+        (n, write_manifest(300, None, extra=4) if n == "snapshots/300/300" else d)
+        for n, d in entries
+    ]
+    old = tmp_path / build_archive(300)[0]
+    old.write_bytes(compress(make_tar(entries), "zst"))
+    forged = tmp_path / "snapshot-100-11111111111111111111111111111111.tar.zst"
+    forged.write_bytes(ARCHIVE)
+    assert verify_main([str(good), str(old), str(forged)]) == 1
+    sha = hashlib.sha256
+    assert capsys.readouterr().out.splitlines() == [
+        f"ok manifest {sha(ARCHIVE).hexdigest()} {good}",
+        f"ok structure {sha(old.read_bytes()).hexdigest()} {old} ({NO_LATTICE_HASH})",
+        f"bad {forged}: manifest: name hash 11111111111111111111111111111111, lattice hash "
+        f"gives {NAME_HASH}",
+    ]
