@@ -371,6 +371,13 @@ def huge_pax_size_archive(
     return name, compress(tar[:at] + _huge_pax_size(digits) + tar[at:], compression)
 
 
+def huge_pax_size_at(good: bytes, compression: str, *, digits: int = 5000) -> int:
+    """The byte of :func:`huge_pax_size_archive`'s archive (made of ``good``) where the
+    check refuses the pax size: the header it applies to, after the pax header."""
+    at = max(_member_offsets(_decompress(good, compression)).values())
+    return at + len(_huge_pax_size(digits))
+
+
 def huge_pax_size_tar(name: str, good: bytes, *, digits: int = 5000) -> bytes:
     """A bad copy of the plain ``.tar`` archive ``good`` of the same size: a pax header with
     a ``size`` of ``digits`` digits before its last member (the tail cut to keep the size)."""
