@@ -257,3 +257,26 @@ def test_verify_prints_the_level_and_why_it_stops(
         f"bad {forged}: manifest: name hash 11111111111111111111111111111111, lattice hash "
         f"gives {NAME_HASH}",
     ]
+
+
+def test_an_account_storage_after_the_slot_is_refused() -> None:
+    data = write_manifest(7, lattice_of([]), [(7, 0, 136), (8, 1, 136)])
+    with pytest.raises(ArchiveInvalid) as caught:
+        prove_manifest(decode(data), slot=7, base_slot=0, name_hash=archive_hash_of(lattice_of([])))
+    assert caught.value.reason == "manifest: account storage 8.1 after the slot 7"
+
+
+@pytest.mark.parametrize(
+    ("changes", "base", "reason"),
+    [
+        ({"accounts_db_slot": 99}, 0, "manifest: accounts-db slot 99, the name says 100"),
+        ({"full_slot": 40}, 50, "manifest: base slot 40, the name says 50"),
+    ],
+)
+def test_the_manifest_slots_are_the_names(changes: dict[str, int], base: int, reason: str) -> None:
+    changed = attrs.evolve(decode(MANIFEST), **changes)
+    with pytest.raises(ArchiveInvalid) as caught:
+        prove_manifest(changed, slot=100, base_slot=base, name_hash=NAME_HASH)
+    assert caught.value.reason == reason
+    # An incremental whose manifest does not say its base (v4.2's) is not refused for it.
+    assert prove_manifest(decode(MANIFEST), slot=100, base_slot=50, name_hash=NAME_HASH).level

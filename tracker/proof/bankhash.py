@@ -58,11 +58,13 @@ def prove_manifest(manifest: Manifest, *, slot: int, base_slot: int, name_hash: 
         )
     if base_slot and manifest.full_slot is not None and manifest.full_slot != base_slot:
         raise ArchiveInvalid(f"manifest: base slot {manifest.full_slot}, the name says {base_slot}")
-    for storage_slot, ident, _length in manifest.storages.items():
-        if storage_slot > slot:
-            raise ArchiveInvalid(
-                f"manifest: account storage {storage_slot}.{ident} after the slot {slot}"
-            )
+    entries = manifest.storages.entries
+    slots = entries[0::3]  # one array of the slots, not a tuple per storage
+    if slots and max(slots) > slot:
+        at = next(i for i, s in enumerate(slots) if s > slot)
+        raise ArchiveInvalid(
+            f"manifest: account storage {slots[at]}.{entries[3 * at + 1]} after the slot {slot}"
+        )
     stored = _b58(manifest.bank_hash)
     if manifest.accounts_lt_hash is None:
         return Proof(Level.STRUCTURE, bank_hash=stored, note=NO_LATTICE_HASH)
