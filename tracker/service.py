@@ -33,9 +33,11 @@ from tracker.core.trust import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
+from tracker.files.headproof import prove_head
 from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.proving.heads import HeadProofs
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
@@ -99,6 +101,8 @@ class Components:
     learning: Learning
     #: The object-store tier, None without one.
     objects: ObjectPath | None = None
+    #: Redirect mode's head reads (docs/architecture.md, "Proven archives"), None unbuilt.
+    heads: HeadProofs | None = None
     #: The recent events the status page lists (a log handler, attached while running).
     events: RecentEvents = attrs.Factory(lambda: RecentEvents(PAGE_EVENTS))
 
@@ -107,6 +111,12 @@ class Components:
         the digests the byte paths record)."""
         store = self.objects.tier.status if self.objects is not None else lambda: None
         digest = digest if digest is not None else self.streamer.digests.get
+        digests = self.streamer.digests
+
+        def level(group: str, name: str) -> str | None:
+            held = digests.verified(group, name)
+            return held.proof.level.label if held is not None else None
+
         return StatusSources(
             config=self.tracker.current,
             index=self.tracker.index,
@@ -116,6 +126,7 @@ class Components:
             store_status=store,
             events=self.events,
             digest=digest,
+            level=level,
             flowing=self.transfers.flowing.rate,
         )
 
@@ -189,6 +200,7 @@ def build(
     speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
     learning = Learning(current, index, rejections, bucket, metrics=metrics)
+    heads = HeadProofs(current, index, streamer.clients, prove_head)
     return Components(
         tracker,
         scraper,
@@ -202,6 +214,7 @@ def build(
         speedtests,
         learning,
         objects,
+        heads,
     )
 
 
@@ -330,6 +343,7 @@ async def run_tracker(
                         age,
                         parts.speedtests.run,
                         parts.learning.run,
+                        *([parts.heads.run] if parts.heads is not None else []),
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))

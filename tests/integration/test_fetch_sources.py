@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from archives import compress, make_tar, snapshot_entries
+from archives import archive_name, compress, make_tar, snapshot_entries
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
 from test_fetch import (
@@ -146,19 +146,21 @@ async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> Non
 
 def _archives_of(slot: int) -> tuple[bytes, bytes]:
     """Two real archives of ``slot`` (both pass the check) of the same size, other bytes:
-    two nodes' archives of one slot and hash (other random bytes in the bank file)."""
+    two nodes' archives of one slot and hash (other random bytes in the status cache)."""
     entries = snapshot_entries(slot, accounts=4, account_size=512 * 1024, seed=91)
     good = compress(make_tar(entries), "zst")
-    bank, _data = entries[3]
+    status, _data = entries[4]
     for seed in range(64):
-        entries[3] = (bank, random.Random(seed).randbytes(4096) + bytes(2048))
+        entries[4] = (status, random.Random(seed).randbytes(1024) + bytes(1024))
         other = compress(make_tar(entries), "zst")
         if len(other) == len(good):
             return good, other
     raise AssertionError("no same-size pair of archives")
 
 
-GOOD, OTHER = _archives_of(20_000)  # FULL's slot
+#: A name its archives prove to (its hash is their manifest's lattice hash's, SIMD-0220).
+PROVEN = archive_name(20_000, seed=91)
+GOOD, OTHER = _archives_of(20_000)
 VERIFYING = attrs.evolve(FAST, verify=True)
 
 
@@ -168,40 +170,40 @@ async def test_a_copy_with_another_sha256_is_deleted_and_the_next_source_used(
     """The tracker lists the archive's sha256 and redirects to a sidecar whose copy has
     other bytes (same size): that copy is deleted, the other sidecar's (not pooled with the
     first: its samples differ) is fetched and kept."""
-    other, good = FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})
+    other, good = FakeUpstream(files={PROVEN: OTHER}), FakeUpstream(files={PROVEN: GOOD})
     ledger = ledger_of(tmp_path)
-    async with tracker_of([other, good], sha256={FULL: sha256(GOOD)}) as tracker:
+    async with tracker_of([other, good], sha256={PROVEN: sha256(GOOD)}) as tracker:
         opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
         [result] = await run_fetch(opts, NoProgress())
-    assert body_bytes(other, FULL) >= len(OTHER)  # a whole copy came from there first
-    assert body_bytes(good, FULL) >= len(GOOD)
+    assert body_bytes(other, PROVEN) >= len(OTHER)  # a whole copy came from there first
+    assert body_bytes(good, PROVEN) >= len(GOOD)
     assert result.sha256 == sha256(GOOD)
-    assert sorted(p.name for p in ledger.iterdir()) == [FULL]
-    assert sha256((ledger / FULL).read_bytes()) == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [PROVEN]
+    assert sha256((ledger / PROVEN).read_bytes()) == sha256(GOOD)
 
 
 async def test_no_copy_with_the_trackers_sha256_is_exit_1_and_nothing_kept(tmp_path: Path) -> None:
     """Every source's copy has another sha256 than the tracker lists: exit 1 with one line
     naming the reason, and the ledger keeps none of the copies (nor a temp file)."""
-    ups = [FakeUpstream(files={FULL: OTHER}), FakeUpstream(files={FULL: GOOD})]
+    ups = [FakeUpstream(files={PROVEN: OTHER}), FakeUpstream(files={PROVEN: GOOD})]
     ledger = ledger_of(tmp_path)
     listed = sha256(b"a third archive")
-    async with tracker_of(ups, sha256={FULL: listed}) as tracker:
+    async with tracker_of(ups, sha256={PROVEN: listed}) as tracker:
         command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
         done = await run_cli(*command)
     line = the_error_line(done)
     assert "no source delivered a good copy" in line and f"tracker's {listed}" in line, line
-    assert all(body_bytes(up, FULL) >= len(GOOD) for up in ups)  # both were tried
+    assert all(body_bytes(up, PROVEN) >= len(GOOD) for up in ups)  # both were tried
     assert list(ledger.iterdir()) == []
 
 
 async def test_verify_false_keeps_what_the_source_sent(tmp_path: Path) -> None:
     """``--verify=false``: no check, no comparison; the copy is kept as sent."""
-    other = FakeUpstream(files={FULL: OTHER})
+    other = FakeUpstream(files={PROVEN: OTHER})
     ledger = ledger_of(tmp_path)
-    async with tracker_of([other], sha256={FULL: sha256(GOOD)}) as tracker:
+    async with tracker_of([other], sha256={PROVEN: sha256(GOOD)}) as tracker:
         command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=false")
         done = await run_cli(*command)
     assert done.returncode == 0, done.stderr
     assert b'sha256="not verified"' in done.stderr, done.stderr
-    assert sha256((ledger / FULL).read_bytes()) == sha256(OTHER)
+    assert sha256((ledger / PROVEN).read_bytes()) == sha256(OTHER)

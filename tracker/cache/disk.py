@@ -128,36 +128,46 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
         path = os.path.join(directory, other)
         if unlink(path):
             unlink(digest_path(path))
+            unlink(digest_path(path, PROOF))
             removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
     return removed
 
 
-def digest_path(path: str) -> str:
+#: The suffixes of the files kept beside a cached archive: its digest, what its check proved.
+SHA256, PROOF = ".sha256", ".proof"
+
+
+def digest_path(path: str, suffix: str = SHA256) -> str:
     """Where the digest of the cached archive at ``path`` is kept: ``.{name}.sha256`` beside
-    it (a dot file: never listed as an archive, and it does not end in the archive's name)."""
+    it (a dot file: never listed as an archive, and it does not end in the archive's name);
+    with ``suffix`` :data:`PROOF`, what its check proved (``.{name}.proof``, JSON)."""
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.sha256")
+    return os.path.join(directory, f".{name}{suffix}")
 
 
-def write_digest(path: str, line: str) -> None:
-    """Write the ``sha256sum`` line of the archive at ``path`` beside it, atomically
-    (:func:`~tracker.core.smallfiles.write_atomically`), with the archive's mtime."""
+def write_digest(path: str, line: str, suffix: str = SHA256) -> None:
+    """Write the ``sha256sum`` line of the archive at ``path`` beside it (``suffix``
+    :data:`PROOF`: its proof), atomically (:func:`~tracker.core.smallfiles.write_atomically`),
+    with the archive's mtime."""
     st = os.stat(path, follow_symlinks=False)
     # Exactly 0644 whatever the umask: a restart trusts it only when no one else can have
     # written it (cache.checked).
-    write_atomically(digest_path(path), line.encode(), mode=0o644, mtime_ns=st.st_mtime_ns)
+    write_atomically(digest_path(path, suffix), line.encode(), mode=0o644, mtime_ns=st.st_mtime_ns)
 
 
 #: Longest digest file read: a ``sha256sum`` line is 64 hex digits, two spaces and a name.
 MAX_DIGEST_BYTES = 4096
 
 
-def read_digest(path: str) -> tuple[str, os.stat_result] | None:
-    """The digest file of the archive at ``path``: its text and status, or None (missing,
-    not a small regular file, a link, unreadable: :func:`~tracker.core.smallfiles.read_small`)."""
+def read_digest(
+    path: str, max_bytes: int = MAX_DIGEST_BYTES, suffix: str = SHA256
+) -> tuple[str, os.stat_result] | None:
+    """The digest file (or, with ``suffix``, the proof file) of the archive at ``path``: its
+    text and status, or None (missing, not a small regular file, a link, unreadable:
+    :func:`~tracker.core.smallfiles.read_small`)."""
     try:
-        data, st = read_small_file(digest_path(path), MAX_DIGEST_BYTES)
+        data, st = read_small_file(digest_path(path, suffix), max_bytes)
     except OSError:
         return None
     return data.decode("utf-8", "replace"), st

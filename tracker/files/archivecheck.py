@@ -1,13 +1,15 @@
 """The check of a snapshot archive: compression layer, tar stream, entries, SHA-256.
 
-:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256 when
+:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256, with what
+the same pass proved (``tracker.proof``: the manifest decoded and checked against the name,
+docs/architecture.md "Proven archives"), when
 
 1. the compression layer named by the extension decodes to its end, checksums verified, with
    nothing after it (``tracker.files.decoders``);
 2. the tar stream is well formed up to its end-of-archive blocks (``tracker.files.tarwalk``);
 3. it holds ``version``, ``snapshots/status_cache`` and ``snapshots/{S}/{S}``, S being the
-   slot in the archive's name (the bank hash in the name cannot be checked without loading
-   the bank);
+   slot in the archive's name;
+4. its manifest proves it (``tracker.proof.prover``);
 
 else it raises :class:`~tracker.errors.ArchiveInvalid` with a one-line reason. The reading and
 hashing run in a thread of their own, the decoding and the tar walk in the caller's, so that
@@ -30,6 +32,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
+from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import CANCELLED, Budget
@@ -37,6 +40,7 @@ from tracker.files.decoders import decoder_for
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
 from tracker.files.threads import Background
+from tracker.proof.prover import AccountsProver, ArchiveProver
 
 Read = Callable[[int], bytes]
 
@@ -60,9 +64,13 @@ def check_stream(
     prefetch: bool = True,
     unblock: Callable[[], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> str:
+    accounts: AccountsProver | None = None,
+    prover: ArchiveProver | None = None,
+) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
-    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes.
+    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
+    same pass proved (``tracker.proof.prover``: the manifest, and the account storages
+    with ``accounts``; docs/architecture.md, "Proven archives").
 
     Raises ArchiveInvalid (one-line ``reason``) when the archive fails, whatever part of the
     check it failed in (:func:`as_rejection`); what ``read`` raises (OSError, a local I/O
@@ -72,7 +80,7 @@ def check_stream(
     called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
     polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
     cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
-    too (one core).
+    too (one core). ``prover`` replaces the archive's own (``files.headproof``).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -101,7 +109,10 @@ def check_stream(
             if not first:
                 raise ArchiveInvalid("empty file")
             pending.append(first)
-            tar = Feeder(walk_tar(frozenset(wanted), found, budget.members_allowed))
+            if prover is None:
+                prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
+            walk = walk_tar(frozenset(wanted), found, budget.members_allowed, prover)
+            tar = Feeder(walk)
 
             def sink(piece: memoryview) -> None:
                 budget.spend(len(piece))
@@ -117,7 +128,10 @@ def check_stream(
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
-    return digest
+    try:
+        return Verified(digest, prover.proof())
+    except Exception as exc:
+        raise as_rejection(exc) from None
 
 
 def as_rejection(exc: Exception) -> ArchiveInvalid:
@@ -133,7 +147,7 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
 
 
-def check_file(path: str, name: str | None = None) -> str:
+def check_file(path: str, name: str | None = None) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever)."""
@@ -360,14 +374,14 @@ class FollowingCheck:
 
     The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
     the check with :meth:`cancel`; one of the last two must come in every path (the thread
-    waits for bytes until then). :meth:`result` is the SHA-256, or raises ArchiveInvalid
-    (OSError when the file could not be read).
+    waits for bytes until then). :meth:`result` is the SHA-256 and the proof, or raises
+    ArchiveInvalid (OSError when the file could not be read).
     """
 
     def __init__(self, growing: GrowingFile, name: str) -> None:
         self._growing = growing
 
-        def run() -> str:
+        def run() -> Verified:
             try:
                 return check_stream(
                     growing.read, name, unblock=growing.cancel, cancelled=growing.cancelled
@@ -375,7 +389,7 @@ class FollowingCheck:
             finally:
                 growing.cancel()  # closes the descriptor in every case
 
-        self._background: Background[str] = Background(run, name=THREAD_NAME)
+        self._background: Background[Verified] = Background(run, name=THREAD_NAME)
 
     @classmethod
     def start(cls, fd: int, name: str) -> FollowingCheck:
@@ -400,6 +414,6 @@ class FollowingCheck:
         """True once the check has ended (passed or failed)."""
         return self._background.done()
 
-    async def result(self) -> str:
-        """Wait for the check: the SHA-256's hex digest, or ArchiveInvalid."""
+    async def result(self) -> Verified:
+        """Wait for the check: the SHA-256's hex digest and the proof, or ArchiveInvalid."""
         return await self._background.result()

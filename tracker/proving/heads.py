@@ -32,7 +32,7 @@ from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
 from tracker.net.exchange import source_failures
-from tracker.proof.levels import Level, Proof
+from tracker.proof.levels import Level, Proof, shortfall
 from tracker.proving.votes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
@@ -98,7 +98,10 @@ class HeadProofs:
         decided = 0
         config = self._config()
         for group in config.target_groups:
-            if config.proxy_snapshot_downloads or config.required_level(group) < Level.MANIFEST:
+            # Only where a group asks for it: redirect mode checks no archive by default,
+            # and a head read costs a source up to manifest_read bytes per copy.
+            asked = group.trust.require
+            if config.proxy_snapshot_downloads or asked is None or asked < Level.MANIFEST:
                 continue
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
                 decided += await self._decide(config, group, read, proof)
@@ -153,8 +156,8 @@ class HeadProofs:
             proof = await self._votes.lift(read.file.name.slot, proof)
         elif required >= Level.CLUSTER and proof.level < Level.CLUSTER:
             proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
-        if not proof.meets(required, is_full=read.file.name.is_full):
-            reason = f"proven to {proof.level.label}, {required.label} required: {proof.note}"
+        reason = shortfall(proof, required, is_full=read.file.name.is_full)
+        if reason is not None:
             self._index.disprove(read.key, read.file.bare_name, reason)
             if proof.level >= Level.MANIFEST and proof.voted_stake is None:
                 self._voting[read.copy] = (read, proof)  # no tally yet: ask again

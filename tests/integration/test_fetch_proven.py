@@ -1,0 +1,57 @@
+"""``snapshot-tracker fetch --require LEVEL`` (docs/architecture.md, "Proven archives"): an
+archive its check does not prove to LEVEL never enters the ledger (exit 1, one line); one
+whose manifest contradicts its name is refused whatever the level asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archives import compress, lattice_hash, make_tar, snapshot_entries
+from helpers_proxy import FakeUpstream
+from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
+from test_fetch_sources import tracker_of
+
+from tracker.proof.bankhash import NO_LATTICE_HASH
+from tracker.proof.writing import archive_hash_of, write_manifest
+
+SLOT = 41_000
+NAME = f"snapshot-{SLOT}-{archive_hash_of(lattice_hash(SLOT))}.tar.zst"
+
+
+def archive(manifest: bytes) -> bytes:
+    entries = snapshot_entries(SLOT, accounts=2, account_size=64 * 1024, seed=0)
+    swapped = [(n, manifest if n == f"snapshots/{SLOT}/{SLOT}" else d) for n, d in entries]
+    return compress(make_tar(swapped), "zst")
+
+
+OLD = archive(write_manifest(SLOT, None, extra=4))  # made before SIMD-0220
+FORGED = archive(write_manifest(SLOT, lattice_hash(1)))
+
+
+async def fetch(tmp_path: Path, data: bytes, *flags: str) -> tuple[int, str, Path]:
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([FakeUpstream(files={NAME: data})]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(*command, *flags)
+    return done.returncode, the_error_line(done) if done.returncode else "", ledger
+
+
+async def test_require_manifest_refuses_an_archive_below_it(tmp_path: Path) -> None:
+    code, line, ledger = await fetch(tmp_path, OLD, "--require", "manifest")
+    assert code == 1
+    assert f"proven to structure, manifest required: {NO_LATTICE_HASH}" in line, line
+    assert list(ledger.iterdir()) == []
+
+
+async def test_without_require_the_same_archive_is_fetched(tmp_path: Path) -> None:
+    code, _line, ledger = await fetch(tmp_path, OLD)
+    assert code == 0
+    assert (ledger / NAME).read_bytes() == OLD
+
+
+async def test_a_manifest_that_contradicts_the_name_is_refused(tmp_path: Path) -> None:
+    code, line, ledger = await fetch(tmp_path, FORGED)
+    assert code == 1
+    name_hash = NAME.split("-")[2].removesuffix(".tar.zst")
+    assert f"manifest: name hash {name_hash}, lattice hash gives " in line, line
+    assert list(ledger.iterdir()) == []
