@@ -24,8 +24,8 @@ import numpy.typing as npt
 from tracker.proof.lattice import LANES, LT_HASH_BYTES
 from tracker.proof.storages import EXECUTABLE, LAMPORTS, META, OWNER, PUBKEY, Records
 
-#: Digests summed at once (8 MiB of them: stays in cache, not one large join).
-GROUP = 4096
+#: Digests summed at once (128 KiB of them: the join and the sum stay in cache).
+GROUP = 64
 #: A batch smaller than this is not split between threads.
 SPLIT_FROM = 256
 _TAIL = np.concatenate(

@@ -26,9 +26,13 @@ import numpy.typing as npt
 
 #: The most entries an index holds at all (entries are numbered in a u32).
 MAX_ENTRIES = 2**32 - 2
-#: Entries at most per table slot before the table doubles.
-LOAD = 0.7
-_FIRST_BITS = 12
+#: Entries at most per table place before the table doubles.
+LOAD = 0.6
+#: Places a bucket.
+WIDE = 8
+#: Keys left in a batch below which the rest are probed one by one.
+FEW = 32
+_FIRST_BITS = 9
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 I64 = npt.NDArray[np.int64]
@@ -58,17 +62,20 @@ class PubkeyIndex:
         seeds = np.frombuffer(os.urandom(32), dtype=np.uint64) | np.uint64(1)
         self._mults: U64 = seeds.copy()
         self._bits = _FIRST_BITS
-        self._table: npt.NDArray[np.uint32] = np.zeros(1 << self._bits, dtype=np.uint32)
+        self._table: npt.NDArray[np.uint32] = np.zeros((1 << self._bits, WIDE), dtype=np.uint32)
 
     def nbytes(self) -> int:
         """Bytes the index holds resident (entries made and the table)."""
         return self.count * 40 + self._table.nbytes
 
-    def _slots(self, keys: U64) -> U64:
+    def _mixed(self, keys: U64) -> U64:
         with np.errstate(over="ignore"):
             mixed: U64 = (keys * self._mults).sum(axis=1, dtype=np.uint64) * _GOLDEN
-        slots: U64 = mixed >> np.uint64(64 - self._bits)
-        return slots
+        return mixed
+
+    def _buckets(self, keys: U64) -> U64:
+        buckets: U64 = self._mixed(keys) >> np.uint64(64 - self._bits)
+        return buckets
 
     def fits(self, more: int) -> bool:
         """True when ``more`` new entries stay within the capacity."""
@@ -78,50 +85,129 @@ class PubkeyIndex:
         """Each of ``keys``' (n, 4) entry, and whether it was made by this call. The caller
         has checked :meth:`fits` for ``len(keys)``."""
         n = len(keys)
-        while (self.count + n) > LOAD * len(self._table):
+        while (self.count + n) > LOAD * self._table.size:
             self._grow()
         entry = np.full(n, -1, dtype=np.int64)
         made = np.zeros(n, dtype=np.bool_)
-        mask = np.uint64(len(self._table) - 1)
-        pos = self._slots(keys)
-        pending = np.arange(n, dtype=np.int64)
         table = self._table
-        while len(pending):
-            at = pos[pending]
-            held = table[at].astype(np.int64) - 1
-            empty = held < 0
-            full = pending[~empty]
-            held_full = held[~empty]
-            same = (self.keys[held_full] == keys[full]).all(axis=1)
-            entry[full[same]] = held_full[same]
-            moving = full[~same]
-            pos[moving] = (pos[moving] + np.uint64(1)) & mask
-            claimers = pending[empty]
-            _, first = np.unique(at[empty], return_index=True)
-            winners = claimers[first]
+        mask = np.uint64(len(table) - 1)
+        mixed = self._mixed(keys)
+        shift = np.uint64(64 - self._bits)
+        bucket = mixed >> shift
+        low = mixed & ((np.uint64(1) << shift) - np.uint64(1))
+        pending = np.arange(n, dtype=np.int64)
+        while len(pending) > FEW:
+            at = bucket[pending]
+            rows = table[at].astype(np.int64) - 1  # (m, WIDE), -1 for empty
+            occupied = rows >= 0
+            same = _equal(self.keys[np.maximum(rows, 0)], keys[pending][:, None, :]) & occupied
+            hit = _any8(same)
+            entry[pending[hit]] = rows[hit, same[hit].argmax(axis=1)]
+            filled = _count8(occupied)
+            miss = np.flatnonzero(~hit & (filled < WIDE))
+            ranks = (at[miss] << shift) | low[pending[miss]]
+            claim, places = _claims(ranks, at[miss], keys[pending[miss]], filled[miss])
+            claim = miss[claim]
+            winners = pending[claim]
             new = np.arange(self.count, self.count + len(winners), dtype=np.int64)
             self.keys[new] = keys[winners]
-            table[pos[winners]] = (new + 1).astype(np.uint32)
+            table[at[claim], places] = (new + 1).astype(np.uint32)
             entry[winners] = new
             made[winners] = True
             self.count += len(winners)
-            losers = np.setdiff1d(claimers, winners, assume_unique=True)
-            pending = np.concatenate((moving, losers))
+            full = ~hit & (filled == WIDE)
+            bucket[pending[full]] = (bucket[pending[full]] + np.uint64(1)) & mask
+            left = ~hit
+            left[claim] = False
+            pending = pending[left]
+        for one in pending.tolist():
+            entry[one], made[one] = self._find_one(keys[one], int(bucket[one]))
         return entry, made
+
+    def _find_one(self, key: U64, bucket: int) -> tuple[int, bool]:
+        """One key's entry, by plain probing (the last few keys of a batch: cheaper than
+        another round of array operations)."""
+        wanted = key.tobytes()
+        table = self._table
+        mask = len(table) - 1
+        while True:
+            for place, held in enumerate(table[bucket].tolist()):
+                if not held:
+                    new = self.count
+                    self.keys[new] = key
+                    table[bucket, place] = new + 1
+                    self.count += 1
+                    return new, True
+                if self.keys[held - 1].tobytes() == wanted:
+                    return held - 1, False
+            bucket = (bucket + 1) & mask
 
     def _grow(self) -> None:
         self._bits += 1
-        self._table = np.zeros(1 << self._bits, dtype=np.uint32)
-        mask = np.uint64(len(self._table) - 1)
+        old = self._table[self._table > 0].astype(np.int64) - 1
+        self._table = np.zeros((1 << self._bits, WIDE), dtype=np.uint32)
         step = 1 << 20
-        for start in range(0, self.count, step):
-            ids = np.arange(start, min(self.count, start + step), dtype=np.int64)
-            pos = self._slots(self.keys[ids])
-            while len(ids):
-                free = self._table[pos] == 0
-                _, first = np.unique(pos[free], return_index=True)
-                chosen = np.flatnonzero(free)[first]
-                self._table[pos[chosen]] = (ids[chosen] + 1).astype(np.uint32)
-                keep = np.ones(len(ids), dtype=np.bool_)
-                keep[chosen] = False
-                ids, pos = ids[keep], (pos[keep] + np.uint64(1)) & mask
+        for start in range(0, len(old), step):
+            ids = old[start : start + step]
+            self.find_placed(ids)
+
+    def find_placed(self, ids: I64) -> None:
+        """Put the entries ``ids`` (distinct, already made) into the table."""
+        table = self._table
+        mask = np.uint64(len(table) - 1)
+        bucket = self._buckets(self.keys[ids])
+        while len(ids):
+            filled = (table[bucket] > 0).sum(axis=1)
+            room = filled < WIDE
+            _, first = np.unique(bucket[room], return_index=True)
+            chosen = np.flatnonzero(room)[first]
+            table[bucket[chosen], filled[chosen]] = (ids[chosen] + 1).astype(np.uint32)
+            keep = np.ones(len(ids), dtype=np.bool_)
+            keep[chosen] = False
+            moving = keep & ~room
+            bucket[moving] = (bucket[moving] + np.uint64(1)) & mask
+            ids, bucket = ids[keep], bucket[keep]
+
+
+def _claims(ranks: U64, buckets: U64, keys: U64, filled: npt.NDArray[np.int64]) -> tuple[I64, I64]:
+    """Which misses take a place in their bucket this round, and which place: in each
+    bucket the distinct keys take its free places in turn; a key's second copy takes none
+    (it finds the first one's entry next round), nor does a key for which no place is left
+    (it finds its bucket full next round and moves on). ``ranks`` (bucket, then the low bits
+    of the key's hash) sorts the misses by bucket with copies of a key side by side."""
+    order = np.argsort(ranks, kind="stable")
+    ordered_buckets = buckets[order]
+    ordered_keys = keys[order]
+    starts = np.ones(len(order), dtype=np.bool_)
+    starts[1:] = ordered_buckets[1:] != ordered_buckets[:-1]
+    copies = np.zeros(len(order), dtype=np.bool_)
+    copies[1:] = ~starts[1:] & _equal(ordered_keys[1:], ordered_keys[:-1])
+    distinct = ~copies
+    running = np.cumsum(distinct) - 1
+    first = np.maximum.accumulate(np.where(starts, running, -1))
+    places = filled[order] + running - first
+    takes = distinct & (places < WIDE)
+    return order[takes], places[takes]
+
+
+def _equal(a: U64, b: U64) -> npt.NDArray[np.bool_]:
+    """Whether 32-byte keys (the last axis: four words) are equal, without a reduction over
+    a short axis (slow in numpy)."""
+    same: npt.NDArray[np.bool_] = a[..., 0] == b[..., 0]
+    for word in (1, 2, 3):
+        same &= a[..., word] == b[..., word]
+    return same
+
+
+def _any8(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Row-wise any of an (m, 8) bool array, its rows read as one u64 each."""
+    words: U64 = np.ascontiguousarray(flags).view(np.uint64).reshape(-1)
+    nonzero: npt.NDArray[np.bool_] = words != 0
+    return nonzero
+
+
+def _count8(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """Row-wise count of an (m, 8) bool array (a byte is 0 or 1: the bits set in a u64)."""
+    words: U64 = np.ascontiguousarray(flags).view(np.uint64).reshape(-1)
+    counts: npt.NDArray[np.int64] = np.bitwise_count(words).astype(np.int64)
+    return counts

@@ -42,7 +42,7 @@ MAX_DATA = 10 * 1024 * 1024
 #: The largest storage file agave opens (MAXIMUM_APPEND_VEC_FILE_SIZE, 16 GiB).
 MAX_STORAGE = 16 * 1024**3
 #: Valid bytes asked for at once (the records found in them form one batch).
-PIECE = 1024 * 1024
+PIECE = 4 * 1024 * 1024
 
 # Field offsets within a record.
 DATA_LEN = 8
