@@ -1,5 +1,6 @@
 """The account storages of the archive written by agave v4.2's own serializer
-(tests/data/agave-snapshot/, PROVENANCE.md there), with what its decoded JSON says of them."""
+(tests/data/agave-snapshot/, PROVENANCE.md there), with what its decoded JSON says of them;
+:func:`feed` hands a storage to an accounts proof in chunks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import attrs
 import zstandard
 
+from tracker.files.streamparse import MARK, Feeder, Parser, ParserOf
+from tracker.proof.accountsproof import AccountsProof
 from tracker.proof.storages import META, aligned
 
 DATA = Path(__file__).parent / "data" / "agave-snapshot"
@@ -63,3 +66,18 @@ def storages() -> tuple[Storage, ...]:
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 found.append(Storage(int(slot), int(ident), data, lengths[int(ident)]))
     return tuple(found)
+
+
+def _ended(parser: ParserOf[int]) -> Parser:
+    yield from parser
+    yield MARK
+
+
+def feed(proof: AccountsProof, storage: Storage, chunk: int, size: int | None = None) -> None:
+    """Feed one storage to the proof in chunks of ``chunk`` bytes."""
+    data = storage.data
+    size = len(data) if size is None else size
+    feeder = Feeder(_ended(proof.storage(storage.slot, storage.ident, size, storage.current_len)))
+    for at in range(0, len(data), chunk):
+        feeder.feed(data[at : at + chunk])
+    feeder.finish()

@@ -6,33 +6,17 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 
 import pytest
-from agave_storages import Storage, expected_lt_hash, storages
+from agave_storages import Storage, expected_lt_hash, feed, storages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.streamparse import MARK, Feeder, Parser, ParserOf
 from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof
 from tracker.proof.lattice import LtHash, account_lt_hash
 from tracker.proof.storagewrite import Account, write_storage
 
 Members = dict[str, bytes]
-
-
-def _ended(parser: ParserOf[int]) -> Parser:
-    yield from parser
-    yield MARK
-
-
-def feed(proof: AccountsProof, storage: Storage, chunk: int, size: int | None = None) -> None:
-    """Feed one storage to the proof in chunks of ``chunk`` bytes."""
-    data = storage.data
-    size = len(data) if size is None else size
-    feeder = Feeder(_ended(proof.storage(storage.slot, storage.ident, size, storage.current_len)))
-    for at in range(0, len(data), chunk):
-        feeder.feed(data[at : at + chunk])
-    feeder.finish()
 
 
 def reread_from(members: Members) -> Callable[[str, int], Iterable[bytes]]:
