@@ -148,7 +148,7 @@ def baseline(base: Path) -> dict[str, Any]:
     messages = (base / "messages").read_bytes()
     ends = np.load(base / "ends.npy").tolist()
     starts = [0, *ends[:-1]]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sha = hashlib.sha256()
     with open(base / meta["archive"], "rb", buffering=0) as file:
         while data := file.read(READ_SIZE):
@@ -160,8 +160,8 @@ def baseline(base: Path) -> dict[str, Any]:
             hasher(messages[a:b]).digest(2048)
             for a, b in zip(starts[first : first + 4096], ends[first : first + 4096], strict=True)
         ]
-    t2 = time.perf_counter()
-    return {"sha256": t1 - t0, "blake3": t2 - t1, "hashed": len(ends)}
+    t2, c2 = time.perf_counter(), time.process_time()
+    return {"sha256": t1 - t0, "blake3": t2 - t1, "cpu": c2 - c0, "hashed": len(ends)}
 
 
 def _members(proof: AccountsProof, lengths: dict[str, int], decoded: list[int]) -> ParserOf[None]:
@@ -187,7 +187,7 @@ def prove(base: Path) -> dict[str, Any]:
     """The proof's one pass and its finish, timed."""
     meta = json.loads((base / "meta.json").read_text())
     path = base / meta["archive"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     proof = AccountsProof(10_000_000, threads=os.environ.get("BENCH_THREADS", "1") == "1")
     decoded = [0]
     with open(path, "rb", buffering=0) as file, _Prefetch(file.read) as source:
@@ -201,8 +201,9 @@ def prove(base: Path) -> dict[str, Any]:
         lt_hash, note = proof.finish(reread)
     finally:
         reread.close()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     return {
+        "cpu": c2 - c0,
         "pass": t1 - t0,
         "finish": t2 - t1,
         "ok": lt_hash is not None and lt_hash.hex() == meta["expected"],
@@ -232,6 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--part", choices=("baseline", "proof"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
@@ -239,8 +241,14 @@ def main() -> None:
         print(json.dumps(work(args.out)))
         return
     base = build(args.out, args.accounts)
-    base_times = _child("baseline", base)
-    proof_times = _child("proof", base)
+    runs = []
+    for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
+        first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
+        times = {first: _child(first, base)}
+        times[second] = _child(second, base)
+        runs.append(times)
+    base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
+    proof_times = min((r["proof"] for r in runs), key=lambda t: t["pass"] + t["finish"])
     unavoidable = base_times["sha256"] + base_times["blake3"]
     spent = proof_times["pass"] + proof_times["finish"]
     size = (base / json.loads((base / "meta.json").read_text())["archive"]).stat().st_size
@@ -250,7 +258,11 @@ def main() -> None:
         f"{proof_times['records']} stored versions, {proof_times['distinct']} accounts"
     )
     print(f"proof correct: {proof_times['ok']}")
-    print(f"ratio proof / (sha256 + blake3 tight loop): {spent / unavoidable:.2f} (bound 1.5)")
+    print(
+        f"ratio proof / (sha256 + blake3 tight loop), best of {args.runs}: "
+        f"{spent / unavoidable:.2f} wall (bound 1.5), "
+        f"{proof_times['cpu'] / base_times['cpu']:.2f} CPU time"
+    )
     million = proof_times["distinct"] / 1e6
     print(
         f"seconds per million accounts: {spent / million:.2f}; "

@@ -63,19 +63,16 @@ class PubkeyIndex:
         self._mults: U64 = seeds.copy()
         self._bits = _FIRST_BITS
         self._table: npt.NDArray[np.uint32] = np.zeros((1 << self._bits, WIDE), dtype=np.uint32)
+        self._prints: npt.NDArray[np.uint8] = np.zeros((1 << self._bits, WIDE), dtype=np.uint8)
 
     def nbytes(self) -> int:
         """Bytes the index holds resident (entries made and the table)."""
-        return self.count * 40 + self._table.nbytes
+        return self.count * 40 + self._table.nbytes + self._prints.nbytes
 
     def _mixed(self, keys: U64) -> U64:
         with np.errstate(over="ignore"):
             mixed: U64 = (keys * self._mults).sum(axis=1, dtype=np.uint64) * _GOLDEN
         return mixed
-
-    def _buckets(self, keys: U64) -> U64:
-        buckets: U64 = self._mixed(keys) >> np.uint64(64 - self._bits)
-        return buckets
 
     def fits(self, more: int) -> bool:
         """True when ``more`` new entries stay within the capacity."""
@@ -89,20 +86,25 @@ class PubkeyIndex:
             self._grow()
         entry = np.full(n, -1, dtype=np.int64)
         made = np.zeros(n, dtype=np.bool_)
-        table = self._table
+        table, prints = self._table, self._prints
         mask = np.uint64(len(table) - 1)
         mixed = self._mixed(keys)
         shift = np.uint64(64 - self._bits)
         bucket = mixed >> shift
         low = mixed & ((np.uint64(1) << shift) - np.uint64(1))
+        printed = (mixed & np.uint64(0xFF)).astype(np.uint8)
         pending = np.arange(n, dtype=np.int64)
         while len(pending) > FEW:
             at = bucket[pending]
-            rows = table[at].astype(np.int64) - 1  # (m, WIDE), -1 for empty
-            occupied = rows >= 0
-            same = _equal(self.keys[np.maximum(rows, 0)], keys[pending][:, None, :]) & occupied
-            hit = _any8(same)
-            entry[pending[hit]] = rows[hit, same[hit].argmax(axis=1)]
+            rows = table[at]  # (m, WIDE), entry + 1, 0 for empty
+            occupied = rows > 0
+            # keys are compared only where the fingerprint matches: ~1 a key seen before
+            rows_at, places_at = np.nonzero((prints[at] == printed[pending][:, None]) & occupied)
+            held = rows[rows_at, places_at].astype(np.int64) - 1
+            same = _equal(self.keys[held], keys[pending[rows_at]])
+            hit = np.zeros(len(pending), dtype=np.bool_)
+            hit[rows_at[same]] = True
+            entry[pending[rows_at[same]]] = held[same]
             filled = _count8(occupied)
             miss = np.flatnonzero(~hit & (filled < WIDE))
             ranks = (at[miss] << shift) | low[pending[miss]]
@@ -112,6 +114,7 @@ class PubkeyIndex:
             new = np.arange(self.count, self.count + len(winners), dtype=np.int64)
             self.keys[new] = keys[winners]
             table[at[claim], places] = (new + 1).astype(np.uint32)
+            prints[at[claim], places] = printed[winners]
             entry[winners] = new
             made[winners] = True
             self.count += len(winners)
@@ -121,14 +124,14 @@ class PubkeyIndex:
             left[claim] = False
             pending = pending[left]
         for one in pending.tolist():
-            entry[one], made[one] = self._find_one(keys[one], int(bucket[one]))
+            entry[one], made[one] = self._find_one(keys[one], int(bucket[one]), printed[one])
         return entry, made
 
-    def _find_one(self, key: U64, bucket: int) -> tuple[int, bool]:
+    def _find_one(self, key: U64, bucket: int, printed: np.uint8) -> tuple[int, bool]:
         """One key's entry, by plain probing (the last few keys of a batch: cheaper than
         another round of array operations)."""
         wanted = key.tobytes()
-        table = self._table
+        table, prints = self._table, self._prints
         mask = len(table) - 1
         while True:
             for place, held in enumerate(table[bucket].tolist()):
@@ -136,6 +139,7 @@ class PubkeyIndex:
                     new = self.count
                     self.keys[new] = key
                     table[bucket, place] = new + 1
+                    prints[bucket, place] = printed
                     self.count += 1
                     return new, True
                 if self.keys[held - 1].tobytes() == wanted:
@@ -146,27 +150,30 @@ class PubkeyIndex:
         self._bits += 1
         old = self._table[self._table > 0].astype(np.int64) - 1
         self._table = np.zeros((1 << self._bits, WIDE), dtype=np.uint32)
+        self._prints = np.zeros((1 << self._bits, WIDE), dtype=np.uint8)
         step = 1 << 20
         for start in range(0, len(old), step):
-            ids = old[start : start + step]
-            self.find_placed(ids)
+            self._place(old[start : start + step])
 
-    def find_placed(self, ids: I64) -> None:
+    def _place(self, ids: I64) -> None:
         """Put the entries ``ids`` (distinct, already made) into the table."""
-        table = self._table
+        table, prints = self._table, self._prints
         mask = np.uint64(len(table) - 1)
-        bucket = self._buckets(self.keys[ids])
+        mixed = self._mixed(self.keys[ids])
+        bucket = mixed >> np.uint64(64 - self._bits)
+        printed = (mixed & np.uint64(0xFF)).astype(np.uint8)
         while len(ids):
-            filled = (table[bucket] > 0).sum(axis=1)
+            filled = _count8(table[bucket] > 0)
             room = filled < WIDE
             _, first = np.unique(bucket[room], return_index=True)
             chosen = np.flatnonzero(room)[first]
             table[bucket[chosen], filled[chosen]] = (ids[chosen] + 1).astype(np.uint32)
+            prints[bucket[chosen], filled[chosen]] = printed[chosen]
             keep = np.ones(len(ids), dtype=np.bool_)
             keep[chosen] = False
             moving = keep & ~room
             bucket[moving] = (bucket[moving] + np.uint64(1)) & mask
-            ids, bucket = ids[keep], bucket[keep]
+            ids, bucket, printed = ids[keep], bucket[keep], printed[keep]
 
 
 def _claims(ranks: U64, buckets: U64, keys: U64, filled: npt.NDArray[np.int64]) -> tuple[I64, I64]:
@@ -197,13 +204,6 @@ def _equal(a: U64, b: U64) -> npt.NDArray[np.bool_]:
     for word in (1, 2, 3):
         same &= a[..., word] == b[..., word]
     return same
-
-
-def _any8(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Row-wise any of an (m, 8) bool array, its rows read as one u64 each."""
-    words: U64 = np.ascontiguousarray(flags).view(np.uint64).reshape(-1)
-    nonzero: npt.NDArray[np.bool_] = words != 0
-    return nonzero
 
 
 def _count8(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
