@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tarfile
@@ -213,8 +212,16 @@ def prove(base: Path) -> dict[str, Any]:
         "index_bytes": proof.index.nbytes(),
         "decoded": decoded[0],
         "sha256": digest,
-        "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "max_rss": _peak_rss(),
     }
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS (VmHWM: ru_maxrss would count the parent's before the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _child(part: str, base: Path) -> dict[str, Any]:
