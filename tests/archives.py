@@ -4,8 +4,11 @@ name and size.
 ``build_archive`` writes a real tar (GNU format, as agave's tar-rs writes) holding ``version``,
 ``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` files of random bytes
 interleaved with zero runs (about 3x compressible, like account data), compressed as its
-extension says. ``bad_variants`` makes the archives a check must refuse; ``build_big_archive``
-streams a ~1 GiB one to disk for the bench.
+extension says. Its manifest is in agave's format (``tracker.proof.writing``) with a lattice
+hash drawn from the name's seed, and the name's hash is that lattice hash's (SIMD-0220): the
+archives prove to ``manifest`` (not to ``accounts``: their storages are random bytes).
+``bad_variants`` makes the archives a check must refuse; ``build_big_archive`` streams a
+~1 GiB one to disk for the bench.
 
 Self-contained (no import of other test helpers): the bench imports it as ``tests.archives``.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 import bz2
 import functools
 import gzip
-import hashlib
 import io
 import lzma
 import os
@@ -23,11 +25,12 @@ import random
 import tarfile
 from collections.abc import Callable, Iterator
 
-import base58
+import blake3
 import lz4.frame
 import zstandard
 
 from tracker.core.snapshots import parse_archive_name
+from tracker.proof.writing import archive_hash_of, write_manifest
 
 COMPRESSIONS = ("zst", "lz4", "bz2", "gz", "xz", "tar")
 EXTENSIONS = {
@@ -42,9 +45,19 @@ MTIME = 1_767_225_600  # 2026-01-01: fixed, so that archives are the same bytes 
 VERSION = b"1.2.0"
 
 
+def lattice_hash(seed: int) -> bytes:
+    """A 2,048-byte accounts lattice hash, the same for the same seed."""
+    return blake3.blake3(f"archive-{seed}".encode()).digest(length=2048)
+
+
 def archive_hash(seed: int) -> str:
-    """A valid base58 bank hash (32 bytes), the same for the same seed."""
-    return str(base58.b58encode(hashlib.sha256(f"archive-{seed}".encode()).digest()).decode())
+    """The base58 hash a name carries for the lattice hash of ``seed`` (SIMD-0220)."""
+    return archive_hash_of(lattice_hash(seed))
+
+
+def name_seed(slot: int, seed: int) -> int:
+    """The seed of the lattice hash of the archive of ``slot`` built with ``seed``."""
+    return seed * 1_000_003 + slot
 
 
 def archive_name(
@@ -52,7 +65,7 @@ def archive_name(
 ) -> str:
     """The canonical archive name of a full (``base_slot`` None) or incremental snapshot."""
     ext = EXTENSIONS[compression]
-    hash_ = archive_hash(seed * 1_000_003 + slot)
+    hash_ = archive_hash(name_seed(slot, seed))
     if base_slot is None:
         return f"snapshot-{slot}-{hash_}{ext}"
     return f"incremental-snapshot-{base_slot}-{slot}-{hash_}{ext}"
@@ -72,11 +85,13 @@ def snapshot_entries(
 ) -> list[tuple[str, bytes | None]]:
     """The (name, data) entries of a snapshot tar in agave's order; None data: a directory."""
     rnd = random.Random(f"{seed}-{slot}")
+    storages = [(slot, i, account_size) for i in range(accounts)]
+    manifest = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
     entries: list[tuple[str, bytes | None]] = [
         ("version", VERSION),
         ("snapshots", None),
         (f"snapshots/{slot}", None),
-        (f"snapshots/{slot}/{slot}", rnd.randbytes(4096) + bytes(2048)),
+        (f"snapshots/{slot}/{slot}", manifest),
         ("snapshots/status_cache", rnd.randbytes(1024) + bytes(1024)),
     ]
     for i in range(accounts):
@@ -291,19 +306,22 @@ def _missing_status_cache(
     entries: list[tuple[str, bytes | None]], compression: str, size: int
 ) -> bytes:
     # Renamed to a name of the same length, so that the tar keeps its size.
-    renamed = _renamed(
-        entries, lambda n: "snapshots/status_cach_" if n == "snapshots/status_cache" else n
-    )
-    return _fit(size, (compress(make_tar(renamed, MTIME + i), compression) for i in range(_SEARCH)))
+    def candidates() -> Iterator[bytes]:
+        for other in ("snapshots/status_cach_", "snapshots/status_cac_e", "snapshots/status_ca_he"):
+            renamed = _renamed(
+                entries, lambda n, o=other: o if n == "snapshots/status_cache" else n
+            )
+            for i in range(_SEARCH):
+                yield compress(make_tar(renamed, MTIME + i), compression)
+
+    return _fit(size, candidates())
 
 
 def _not_tar(compression: str, size: int) -> bytes:
-    rnd = random.Random(size)
-    pool = rnd.randbytes(size + 4096)
     if compression == "tar":
-        return pool[:size]
+        return random.Random(size).randbytes(size)
 
-    def candidates() -> Iterator[bytes]:
+    def candidates(pool: bytes) -> Iterator[bytes]:
         length = max(1, size - 64)
         for _ in range(16):  # compressed random data grows about a byte a byte: aim
             data = compress(pool[:length], compression)
@@ -314,7 +332,11 @@ def _not_tar(compression: str, size: int) -> bytes:
                 if 0 < candidate <= len(pool):
                     yield compress(pool[:candidate], compression)
 
-    return _fit(size, candidates())
+    def pools() -> Iterator[bytes]:  # another pool of random bytes when one cannot fit
+        for attempt in range(4):
+            yield from candidates(random.Random(size + attempt).randbytes(size + 4096))
+
+    return _fit(size, pools())
 
 
 def _truncated(good: bytes, tar: bytes, compression: str) -> bytes:

@@ -113,19 +113,23 @@ def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
 
 
 def verify_main(files: Sequence[str]) -> int:
-    """``snapshot-tracker verify FILE...``: one line per file on stdout; 0 when all pass."""
+    """``snapshot-tracker verify FILE...``: one line per file on stdout (``ok LEVEL SHA256
+    FILE``, the level it was proven to, with the note that says why it stops there when it
+    could go higher; or ``bad FILE: REASON``); 0 when all pass."""
     from tracker.files.archivecheck import check_file
 
     failed = False
     for path in files:
         try:
-            digest = check_file(path)
+            checked = check_file(path)
         except ArchiveInvalid as exc:
             line = f"bad {path}: {exc.reason}"
         except OSError as exc:
             line = f"bad {path}: {exc.strerror or exc}"
         else:
-            print(f"ok {digest} {path}", flush=True)
+            proof = checked.proof
+            note = f" ({proof.note})" if proof.note else ""
+            print(f"ok {proof.level.label} {checked.sha256} {path}{note}", flush=True)
             continue
         failed = True
         print(line, flush=True)

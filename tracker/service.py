@@ -107,6 +107,12 @@ class Components:
         the digests the byte paths record)."""
         store = self.objects.tier.status if self.objects is not None else lambda: None
         digest = digest if digest is not None else self.streamer.digests.get
+        digests = self.streamer.digests
+
+        def level(group: str, name: str) -> str | None:
+            held = digests.verified(group, name)
+            return held.proof.level.label if held is not None else None
+
         return StatusSources(
             config=self.tracker.current,
             index=self.tracker.index,
@@ -116,6 +122,7 @@ class Components:
             store_status=store,
             events=self.events,
             digest=digest,
+            level=level,
             flowing=self.transfers.flowing.rate,
         )
 

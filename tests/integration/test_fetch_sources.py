@@ -146,12 +146,12 @@ async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> Non
 
 def _archives_of(slot: int) -> tuple[bytes, bytes]:
     """Two real archives of ``slot`` (both pass the check) of the same size, other bytes:
-    two nodes' archives of one slot and hash (other random bytes in the bank file)."""
+    two nodes' archives of one slot and hash (other random bytes in the status cache)."""
     entries = snapshot_entries(slot, accounts=4, account_size=512 * 1024, seed=91)
     good = compress(make_tar(entries), "zst")
-    bank, _data = entries[3]
+    status, _data = entries[4]
     for seed in range(64):
-        entries[3] = (bank, random.Random(seed).randbytes(4096) + bytes(2048))
+        entries[4] = (status, random.Random(seed).randbytes(1024) + bytes(1024))
         other = compress(make_tar(entries), "zst")
         if len(other) == len(good):
             return good, other

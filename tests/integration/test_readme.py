@@ -79,8 +79,8 @@ async def test_the_readme_quickstart_tour_and_fetch_run_as_written(tmp_path: Pat
     finally:
         assert await serve.stop() == 0
     fetched = sorted(path.name for path in (work / "quickstart-ledger").glob("*.tar.zst"))
-    newest = "incremental-snapshot-1000-1200-A2b4kX7kpQDXhiPMnCbVAHpL3ZchBe8MFdNo5puHdHAU.tar.zst"
-    full = "snapshot-1000-5F6R7uy1cTGwN9tU2KU9RFs3LbjgjLbrhgrtcLhMteLx.tar.zst"
+    newest = "incremental-snapshot-1000-1200-4mw8VCyuMF11mUnaehdwtVDZ4z3VnoLzmhczSrUFoqLz.tar.zst"
+    full = "snapshot-1000-DSDfJEwPp5cKu4Mgf2hZkPQ3abRDccBgmvS3CFJXc2Yt.tar.zst"
     assert fetched == [newest, full]
     for name in fetched:
         on_disk = (EXAMPLES / "ledger" / name).read_bytes()

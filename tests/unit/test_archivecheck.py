@@ -56,7 +56,8 @@ LABELS = {"zst": "zstd", "lz4": "lz4", "bz2": "bz2", "gz": "gzip", "xz": "xz", "
 
 
 def check_bytes(data: bytes, name: str, *, prefetch: bool = True) -> str:
-    return check_stream(io.BytesIO(data).read, name, prefetch=prefetch)
+    """The SHA-256 the check returns (what it proved: tests/unit/test_manifest*.py)."""
+    return check_stream(io.BytesIO(data).read, name, prefetch=prefetch).sha256
 
 
 def reason_of(data: bytes, name: str) -> str:
@@ -513,10 +514,10 @@ def test_check_file(tmp_path: Path) -> None:
     name, good = build_archive(SLOT, compression="lz4")
     path = tmp_path / name
     path.write_bytes(good)
-    assert check_file(str(path)) == hashlib.sha256(good).hexdigest()
+    assert check_file(str(path)).sha256 == hashlib.sha256(good).hexdigest()
     other = tmp_path / "download.part"
     other.write_bytes(good)
-    assert check_file(str(other), name) == hashlib.sha256(good).hexdigest()
+    assert check_file(str(other), name).sha256 == hashlib.sha256(good).hexdigest()
     with pytest.raises(ArchiveInvalid, match="not a snapshot archive name"):
         check_file(str(other))
     with pytest.raises(FileNotFoundError):
@@ -665,7 +666,7 @@ async def test_following_check_of_a_good_download(tmp_path: Path, compression: s
         check = FollowingCheck.start(f.fileno(), name)
         await write_in_pieces(f, check, good, 17)
         with trio.fail_after(30):
-            assert await check.result() == hashlib.sha256(good).hexdigest()
+            assert (await check.result()).sha256 == hashlib.sha256(good).hexdigest()
         assert check.done()
     assert open_descriptors(path) == 0
 
@@ -748,10 +749,10 @@ def test_verify_prints_a_line_per_file(
     good, bad, digest = archive_files
     missing = tmp_path / "missing.tar.zst"
     assert main(["verify", str(good)]) == 0
-    assert capsys.readouterr().out == f"ok {digest} {good}\n"
+    assert capsys.readouterr().out == f"ok manifest {digest} {good}\n"
     assert main(["verify", str(good), str(bad), str(missing), str(tmp_path)]) == 1
     assert capsys.readouterr().out.splitlines() == [
-        f"ok {digest} {good}",
+        f"ok manifest {digest} {good}",
         f"bad {bad}: tar: missing snapshots/status_cache",
         f"bad {missing}: No such file or directory",
         f"bad {tmp_path}: Is a directory",
@@ -769,7 +770,7 @@ def test_verify_as_a_command(archive_files: tuple[Path, Path, str]) -> None:
         text=True,
         timeout=60,
     )
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok {digest} {good.name}\n", "")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok manifest {digest} {good.name}\n", "")
     failed = subprocess.run(
         [sys.executable, "-m", "tracker", "verify", str(good), str(bad)],
         capture_output=True,

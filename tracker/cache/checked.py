@@ -8,6 +8,7 @@ from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -16,6 +17,8 @@ from collections.abc import Callable
 import trio
 
 from tracker.cache.disk import (
+    PROOF,
+    SHA256,
     TEMP_PREFIX,
     digest_path,
     is_archive_entry,
@@ -23,10 +26,17 @@ from tracker.cache.disk import (
     unlink,
     write_digest,
 )
-from tracker.core.digests import Digests, parse_sha256sum_line, sha256sum_line
+from tracker.core.digests import (
+    Digests,
+    Verified,
+    below_required,
+    parse_sha256sum_line,
+    sha256sum_line,
+)
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 log = logging.getLogger("tracker.cache")
 
@@ -41,8 +51,10 @@ class CheckedFiles:
         verify: bool = False,
         digests: Digests | None = None,
         on_rejected: Callable[[str, str, str], None] | None = None,
+        required: Callable[[str], Level] | None = None,
     ) -> None:
         self.verify = verify
+        self._required = required
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
         #: Digest and inode of each cached file that passed its check.
@@ -59,12 +71,27 @@ class CheckedFiles:
         checked = self._checked.get((group, name))
         return checked[0] if checked is not None else None
 
-    def promoted(self, group: str, name: str, sha256: str, ino: int, evicted: list[str]) -> None:
-        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked) was
-        promoted and evicted ``evicted``: digests follow."""
+    def required(self, group: str) -> Level:
+        """The level an archive of ``group`` must be proven to before it is cached (its
+        ``trust.require``; ``structure`` without archive checks)."""
+        if not self.verify or self._required is None:
+            return Level.STRUCTURE
+        return self._required(group)
+
+    def promoted(
+        self,
+        group: str,
+        name: str,
+        sha256: str,
+        ino: int,
+        evicted: list[str],
+        proof: Proof = STRUCTURE_ONLY,
+    ) -> None:
+        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked, and
+        what its check proved) was promoted and evicted ``evicted``: digests follow."""
         if sha256:
             self._checked[(group, name)] = (sha256, ino)
-            self._digests.put("cache", group, name, sha256)
+            self._digests.put("cache", group, name, sha256, proof)
         else:
             self._forget(group, name)
         for other in evicted:
@@ -87,11 +114,18 @@ class CheckedFiles:
         for name in sorted(archives):
             path = os.path.join(group_dir, name)
             restored = _restored_digest(path, name)
-            if restored is None:
+            proof = _restored_proof(path) if restored is not None else None
+            if (
+                restored is None
+                or proof is None
+                or below_required(proof, self.required(group), name)
+            ):
+                # No digest or proof that still describes the file, or one below the
+                # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
                 continue
             self._checked[(group, name)] = restored
-            self._digests.put("cache", group, name, restored[0])
+            self._digests.put("cache", group, name, restored[0], proof)
 
     async def recheck(
         self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
@@ -125,7 +159,11 @@ class CheckedFiles:
             os.close(fd)  # the check reads through its own duplicate
         check.finish(st.st_size)
         try:
-            sha256 = await check.result()
+            checked = await check.result()
+            sha256, proof = checked.sha256, checked.proof
+            below = below_required(proof, self.required(group), name)
+            if below is not None:  # the group's trust.require: not kept, like a bad copy
+                raise ArchiveInvalid(below)
         except OSError as exc:
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None  # unreadable: stays unchecked (never a hit), nothing removed
@@ -148,12 +186,20 @@ class CheckedFiles:
         if (group, name) in self._checked:
             return True  # a refresh promoted a copy meanwhile: its digest stands
         try:
-            await trio.to_thread.run_sync(write_digest, path, sha256sum_line(sha256, name))
+            await trio.to_thread.run_sync(_write_both, path, Verified(sha256, proof), name)
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
-        self._digests.put("cache", group, name, sha256)
-        log_event(log, "info", "cache_rechecked", group=group, file=name, sha256=sha256)
+        self._digests.put("cache", group, name, sha256, proof)
+        log_event(
+            log,
+            "info",
+            "cache_rechecked",
+            group=group,
+            file=name,
+            sha256=sha256,
+            level=proof.level.label,
+        )
         return True
 
 
@@ -176,6 +222,28 @@ def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
         return None
     hex_digest = parse_sha256sum_line(found[0], name)
     return None if hex_digest is None else (hex_digest, archive.st_ino)
+
+
+def _restored_proof(path: str) -> Proof | None:
+    """What the check of the archive at ``path`` proved, from the proof file beside it when
+    that still describes it (as its digest file), or None."""
+    try:
+        archive = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    found = read_digest(path, suffix=PROOF)
+    if found is None or not digest_matches(archive, found[1]) or not _own_file(found[1]):
+        return None
+    try:
+        return Proof.from_json(json.loads(found[0]))
+    except ValueError:  # not JSON (RecursionError cannot come from 4 KiB of it)
+        return None
+
+
+def _write_both(path: str, checked: Verified, name: str) -> None:
+    """The proof file, then the digest file (start-up trusts the digest's ctime last)."""
+    write_digest(path, json.dumps(checked.proof.to_json()) + "\n", PROOF)
+    write_digest(path, sha256sum_line(checked.sha256, name))
 
 
 def _own_file(st: os.stat_result) -> bool:
@@ -206,10 +274,14 @@ def _unlink_if_same(path: str, ino: int) -> None:
         return
     unlink(path)
     unlink(digest_path(path))
+    unlink(digest_path(path, PROOF))
 
 
 def _orphan_digest(file_name: str, archives: set[str]) -> bool:
     """True for a digest file (``.{name}.sha256``) whose archive is not in ``archives``."""
     if file_name.startswith(TEMP_PREFIX) or not file_name.startswith("."):
         return False
-    return file_name.endswith(".sha256") and file_name[1 : -len(".sha256")] not in archives
+    for suffix in (SHA256, PROOF):
+        if file_name.endswith(suffix) and file_name[1 : -len(suffix)] not in archives:
+            return True
+    return False

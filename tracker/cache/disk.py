@@ -132,22 +132,28 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
         path = os.path.join(directory, other)
         if unlink(path):
             unlink(digest_path(path))
+            unlink(digest_path(path, PROOF))
             removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
     return removed
 
 
-def digest_path(path: str) -> str:
+#: The suffixes of the files kept beside a cached archive: its digest, what its check proved.
+SHA256, PROOF = ".sha256", ".proof"
+
+
+def digest_path(path: str, suffix: str = SHA256) -> str:
     """Where the digest of the cached archive at ``path`` is kept: ``.{name}.sha256`` beside
-    it (a dot file: never listed as an archive, and it does not end in the archive's name)."""
+    it (a dot file: never listed as an archive, and it does not end in the archive's name);
+    with ``suffix`` :data:`PROOF`, what its check proved (``.{name}.proof``, JSON)."""
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.sha256")
+    return os.path.join(directory, f".{name}{suffix}")
 
 
-def write_digest(path: str, line: str) -> None:
+def write_digest(path: str, line: str, suffix: str = SHA256) -> None:
     """Write the ``sha256sum`` line of the archive at ``path`` beside it (temp file, then
-    rename), with the archive's mtime."""
-    target = digest_path(path)
+    rename), with the archive's mtime (``suffix`` :data:`PROOF`: its proof)."""
+    target = digest_path(path, suffix)
     directory, name = os.path.split(target)
     temp = os.path.join(directory, f"{TEMP_PREFIX}{name[1:]}.{os.getpid()}")
     unlink(temp)
@@ -166,11 +172,13 @@ def write_digest(path: str, line: str) -> None:
     os.replace(temp, target)
 
 
-def read_digest(path: str, max_bytes: int = 4096) -> tuple[str, os.stat_result] | None:
-    """The digest file of the archive at ``path``: its text and status, or None (missing,
-    not a regular file, unreadable)."""
+def read_digest(
+    path: str, max_bytes: int = 4096, suffix: str = SHA256
+) -> tuple[str, os.stat_result] | None:
+    """The digest file (or, with ``suffix``, the proof file) of the archive at ``path``: its
+    text and status, or None (missing, not a regular file, unreadable)."""
     try:
-        fd = os.open(digest_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(digest_path(path, suffix), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:

@@ -27,10 +27,12 @@ import trio
 
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.errors import CacheError
+from tracker.core.digests import Verified, below_required
+from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
@@ -95,9 +97,12 @@ class Registry(Protocol):
         """``refresh`` ended: another may begin."""
         ...
 
-    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
-        """``refresh`` was renamed into place (``sha256``: its digest when checked) and
-        ``evicted`` were removed (files that need not stay beside it)."""
+    def promoted(
+        self, group: str, name: str, sha256: str, evicted: list[str], proof: Proof = STRUCTURE_ONLY
+    ) -> None:
+        """``refresh`` was renamed into place (``sha256``: its digest when checked, ``proof``
+        what its check proved) and ``evicted`` were removed (files that need not stay beside
+        it)."""
         ...
 
     def report_size(self) -> None:
@@ -129,10 +134,12 @@ class Refresh:
         final: str,
         *,
         verify: bool = False,
+        require: Level = Level.STRUCTURE,
     ) -> None:
         self._registry = registry
         self._ops = ops
         self._verify = verify
+        self._require = require
         self.group = group
         self.name = name
         self.final = final
@@ -148,8 +155,9 @@ class Refresh:
         #: checked complete and the archive passed its check; readers may then send every
         #: byte, promoted or not.
         self.verified = False
-        #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked).
-        self.sha256 = ""
+        #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked), and what
+        #: that check proved (docs/architecture.md, "Proven archives").
+        self.sha256, self.proof = "", STRUCTURE_ONLY
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -213,7 +221,8 @@ class Refresh:
         if check is not None:
             check.finish(self.size)
             try:
-                self.sha256 = await check.result()
+                checked = await check.result()
+                self.sha256, self.proof = checked.sha256, checked.proof
             except OSError as exc:  # the disk's fault, not the source's
                 reason = os.strerror(exc.errno or errno.EIO)
                 raise CacheError(f"archive check could not read the temp file: {reason}") from exc
@@ -223,6 +232,9 @@ class Refresh:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
+        below = below_required(self.proof, self._require, self.name) if check else None
+        if below is not None:  # the group's trust.require: not cached, like a bad copy
+            raise ArchiveInvalid(below)
         self.verified = True
         self._notify()
 
@@ -372,7 +384,7 @@ class Refresh:
         except OSError as exc:
             raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
         else:
-            self._registry.promoted(self.group, self.name, self.sha256, evicted)
+            self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
@@ -385,7 +397,8 @@ class Refresh:
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final, mtime, self._ops)
         self.temp, self._done = "", True
-        return settle(self.final, self.group, self.name, self.written, self.sha256, served)
+        checked = Verified(self.sha256, self.proof) if self.sha256 else None
+        return settle(self.final, self.group, self.name, self.written, checked, served)
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers

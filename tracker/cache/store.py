@@ -48,6 +48,7 @@ from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -180,9 +181,12 @@ class Cache:
         verify: bool,
         digests: Digests,
         on_rejected: Callable[[str, str, str], None] | None = None,
+        required: Callable[[str], Level] | None = None,
     ) -> None:
-        """Set how archives are checked (see the class doc); before :meth:`startup_cleanup`."""
-        self.checked = CheckedFiles(verify, digests, on_rejected)
+        """Set how archives are checked (see the class doc; ``required(group)``: the level
+        an archive of ``group`` must be proven to, its ``trust.require``); before
+        :meth:`startup_cleanup`."""
+        self.checked = CheckedFiles(verify, digests, on_rejected, required)
 
     @property
     def verify(self) -> bool:
@@ -197,13 +201,21 @@ class Cache:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
         return self.checked.digest(group, name)
 
-    def promoted(self, group: str, name: str, sha256: str, evicted: list[str]) -> None:
-        """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow."""
+    def promoted(
+        self,
+        group: str,
+        name: str,
+        sha256: str,
+        evicted: list[str],
+        proof: Proof = STRUCTURE_ONLY,
+    ) -> None:
+        """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow,
+        with what its check proved."""
         ino = 0
         if sha256:
             with contextlib.suppress(OSError, RequestError):
                 ino = os.stat(self._path_named(group, name)).st_ino
-        self.checked.promoted(group, name, sha256, ino, evicted)
+        self.checked.promoted(group, name, sha256, ino, evicted, proof)
 
     async def recheck(self) -> None:
         """Check the cached files start-up found without a digest that still describes them
@@ -317,9 +329,9 @@ class Cache:
         key = (group, name)
         if key in self._refreshing:
             return None
-        refresh = Refresh(
-            self, self.ops, group, name, self._path_named(group, name), verify=self.verify
-        )
+        path = self._path_named(group, name)
+        require = self.checked.required(group)
+        refresh = Refresh(self, self.ops, group, name, path, verify=self.verify, require=require)
         self._refreshing[key] = refresh
         return refresh
 

@@ -5,6 +5,7 @@ written meanwhile (:class:`Writeback`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -14,6 +15,7 @@ from functools import partial
 import attrs
 
 from tracker.cache.disk import (
+    PROOF,
     TEMP_PREFIX,
     DiskOps,
     evict,
@@ -21,7 +23,7 @@ from tracker.cache.disk import (
     write_digest,
     writeback_and_close,
 )
-from tracker.core.digests import sha256sum_line
+from tracker.core.digests import Verified, sha256sum_line
 from tracker.core.logs import log_event
 from tracker.files.threads import Background
 
@@ -87,15 +89,23 @@ def rename_into_place(fd: int, temp: str, final: str, mtime: float | None, ops: 
 
 
 def settle(
-    final: str, group: str, name: str, size: int, sha256: str, served: Collection[int]
+    final: str,
+    group: str,
+    name: str,
+    size: int,
+    checked: Verified | None,
+    served: Collection[int],
 ) -> list[str]:
-    """After the rename: write the digest beside ``final`` (when checked), make the rename
-    durable and remove the files that need not stay (:func:`~tracker.cache.disk.evict`, with
-    the full slots still ``served``); the names evicted."""
+    """After the rename: write the digest and the proof beside ``final`` (when checked),
+    make the rename durable and remove the files that need not stay
+    (:func:`~tracker.cache.disk.evict`, with the full slots still ``served``); the names
+    evicted."""
     directory = os.path.dirname(final)
-    if sha256:
+    sha256 = checked.sha256 if checked is not None else ""
+    if checked is not None:
         # After the rename: the digest file's ctime is then never older than the
         # archive's, which is how start-up knows the archive did not change since.
+        write_digest(final, json.dumps(checked.proof.to_json()) + "\n", PROOF)
         write_digest(final, sha256sum_line(sha256, name))
     try:
         fsync_dir(directory)  # makes the rename durable; the file is in place either way

@@ -14,7 +14,8 @@ import re
 
 import attrs
 
-from tracker.proof.levels import STRUCTURE_ONLY, Proof
+from tracker.core.snapshots import parse_archive_name
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -36,6 +37,14 @@ def repr_digest(hex_digest: str) -> str:
     """The RFC 9530 ``repr-digest`` field value of a SHA-256 given in hex."""
     raw = bytes.fromhex(hex_digest)
     return f"sha-256=:{base64.b64encode(raw).decode()}:"
+
+
+def below_required(proof: Proof, required: Level, name: str) -> str | None:
+    """Why the archive ``name`` proven to ``proof`` is below ``required`` (a group's
+    ``trust.require``, ``fetch --require``; an incremental needs ``manifest`` where a full
+    needs ``accounts``), None when it reaches it."""
+    parsed = parse_archive_name(name)
+    return shortfall(proof, required, is_full=parsed is None or parsed.is_full)
 
 
 @attrs.frozen

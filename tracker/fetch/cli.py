@@ -14,6 +14,7 @@ from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
+from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
     from tracker.fetch.run import FetchOptions
@@ -134,6 +135,15 @@ def add_fetch_parser(commands: Any) -> None:
             help=f"{meaning} (default: true)",
         )
     add(
+        "--require",
+        choices=LEVEL_NAMES,
+        default="structure",
+        metavar="LEVEL",
+        help="refuse an archive its check does not prove to LEVEL: "
+        f'{", ".join(LEVEL_NAMES)} (docs/architecture.md, "Proven archives"; default: '
+        "%(default)s)",
+    )
+    add(
         "--connections",
         type=_count(1, 64),
         default=8,
@@ -221,6 +231,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         min_speed=args.min_speed,
         request_timeout=args.request_timeout,
         verify=args.verify,
+        require=Level.parse(args.require) or Level.STRUCTURE,
     )
     return FetchOptions(
         ledger=args.ledger,

@@ -28,6 +28,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.core.digests import below_required
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
 from tracker.fetch.listing import RemoteFile
@@ -45,6 +46,7 @@ from tracker.fetch.state import (
 )
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
+from tracker.proof.levels import Level
 
 log = logging.getLogger("tracker.fetch")
 
@@ -234,7 +236,9 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
         raise
     finally:
         progress.finish()
-    digest = await _verify(ledger, name, live, file.sha256, check) if check is not None else ""
+    digest = ""
+    if check is not None:
+        digest = await _verify(ledger, name, live, file.sha256, check, crew.settings.require)
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
@@ -294,21 +298,31 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 
 async def _verify(
-    ledger: str, name: str, pool: list[Source], sha256: frozenset[str], check: FollowingCheck
+    ledger: str,
+    name: str,
+    pool: list[Source],
+    sha256: frozenset[str],
+    check: FollowingCheck,
+    require: Level,
 ) -> str:
     """The SHA-256 of the complete temp file of ``name`` (``check`` followed it and was
-    told its end) when it passes the archive check and is one of ``sha256`` (when that
-    lists any); else the temp file and its state are deleted and CopyRejected raised (docs:
-    README "Fetching a snapshot into a ledger")."""
+    told its end) when it passes the archive check, is proven to ``require`` and is one of
+    ``sha256`` (when that lists any); else the temp file and its state are deleted and
+    CopyRejected raised (docs: README "Fetching a snapshot into a ledger")."""
     try:
         # On cancellation the check's thread reads on to the end, then stops by itself.
-        digest = await check.result()
+        checked = await check.result()
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
     else:
-        if not sha256 or digest in sha256:
+        digest = checked.sha256
+        below = below_required(checked.proof, require, name)
+        if below is not None:
+            reason = f"archive failed verification: {below}"
+        elif not sha256 or digest in sha256:
             return digest
-        reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
+        else:
+            reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)
     log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)

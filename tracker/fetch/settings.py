@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from tracker.proof.levels import Level
+
 MiB = 1024 * 1024
 
 
@@ -40,3 +42,6 @@ class FetchSettings:
     #: Check each downloaded archive (tracker.files.archivecheck) and compare its SHA-256
     #: with the tracker's before the rename into the ledger.
     verify: bool = True
+    #: The level each archive must be proven to (``--require``; docs/architecture.md,
+    #: "Proven archives"); with ``verify`` only.
+    require: Level = Level.STRUCTURE

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
+from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import CANCELLED, Budget
@@ -37,6 +38,7 @@ from tracker.files.decoders import decoder_for
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
 from tracker.files.threads import Background
+from tracker.proof.prover import AccountsProver, ArchiveProver
 
 Read = Callable[[int], bytes]
 
@@ -60,9 +62,12 @@ def check_stream(
     prefetch: bool = True,
     unblock: Callable[[], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> str:
+    accounts: AccountsProver | None = None,
+) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
-    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes.
+    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
+    same pass proved (``tracker.proof.prover``: the manifest, and the account storages
+    with ``accounts``; docs/architecture.md, "Proven archives").
 
     Raises ArchiveInvalid (one-line ``reason``) when the archive fails, whatever part of the
     check it failed in (:func:`as_rejection`); what ``read`` raises (OSError, a local I/O
@@ -101,7 +106,9 @@ def check_stream(
             if not first:
                 raise ArchiveInvalid("empty file")
             pending.append(first)
-            tar = Feeder(walk_tar(frozenset(wanted), found, budget.members_allowed))
+            prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
+            walk = walk_tar(frozenset(wanted), found, budget.members_allowed, prover)
+            tar = Feeder(walk)
 
             def sink(piece: memoryview) -> None:
                 budget.spend(len(piece))
@@ -117,7 +124,10 @@ def check_stream(
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
-    return digest
+    try:
+        return Verified(digest, prover.proof())
+    except Exception as exc:
+        raise as_rejection(exc) from None
 
 
 def as_rejection(exc: Exception) -> ArchiveInvalid:
@@ -133,7 +143,7 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
 
 
-def check_file(path: str, name: str | None = None) -> str:
+def check_file(path: str, name: str | None = None) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever)."""
@@ -360,14 +370,14 @@ class FollowingCheck:
 
     The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
     the check with :meth:`cancel`; one of the last two must come in every path (the thread
-    waits for bytes until then). :meth:`result` is the SHA-256, or raises ArchiveInvalid
-    (OSError when the file could not be read).
+    waits for bytes until then). :meth:`result` is the SHA-256 and the proof, or raises
+    ArchiveInvalid (OSError when the file could not be read).
     """
 
     def __init__(self, growing: GrowingFile, name: str) -> None:
         self._growing = growing
 
-        def run() -> str:
+        def run() -> Verified:
             try:
                 return check_stream(
                     growing.read, name, unblock=growing.cancel, cancelled=growing.cancelled
@@ -375,7 +385,7 @@ class FollowingCheck:
             finally:
                 growing.cancel()  # closes the descriptor in every case
 
-        self._background: Background[str] = Background(run, name=THREAD_NAME)
+        self._background: Background[Verified] = Background(run, name=THREAD_NAME)
 
     @classmethod
     def start(cls, fd: int, name: str) -> FollowingCheck:
@@ -400,6 +410,6 @@ class FollowingCheck:
         """True once the check has ended (passed or failed)."""
         return self._background.done()
 
-    async def result(self) -> str:
-        """Wait for the check: the SHA-256's hex digest, or ArchiveInvalid."""
+    async def result(self) -> Verified:
+        """Wait for the check: the SHA-256's hex digest and the proof, or ArchiveInvalid."""
         return await self._background.result()

@@ -21,11 +21,14 @@ from collections.abc import Callable, Set
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import MAX_DIGITS, MAX_END_PADDING, MEMBER_FLOOR
 from tracker.files.streamparse import REST, EndOfInput, Parser, ParserOf
+from tracker.proof.prover import MemberProver
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 #: Long names and pax headers are read into memory: a real one is well under a KiB.
 MAX_META = 1024 * 1024
+#: What a member's parser asking for "the rest" is handed at most at once.
+REST_PIECE = 1024 * 1024
 # Regular files as agave's unpacker takes them: '0', the old '\0', GNU sparse 'S'.
 _REGULAR = (b"0", b"\0", b"S")
 _USTAR = b"ustar\x00"
@@ -36,13 +39,18 @@ def _floor() -> int:
 
 
 def walk_tar(
-    wanted: Set[str], found: set[str], members_allowed: Callable[[], int] = _floor
+    wanted: Set[str],
+    found: set[str],
+    members_allowed: Callable[[], int] = _floor,
+    prover: MemberProver | None = None,
 ) -> Parser:
     """Walk a tar stream; add to ``found`` each name of ``wanted`` seen as a regular file
     (names compared as agave compares them: see :func:`entry_name`). ArchiveInvalid once
     there are more headers than ``members_allowed()`` says (asked again only when the count
-    passes its last answer)."""
+    passes its last answer). ``prover`` (docs/architecture.md, "Proven archives") is asked
+    for a parser of each regular member's data, fed it in the same pass."""
     walk = _Walk(wanted, found, members_allowed)
+    walk.prover = prover
     try:
         yield from walk.members()
     except EndOfInput as end:
@@ -60,6 +68,7 @@ class _Walk:
         self.headers_limit = members_allowed()
         self.at = 0  # offset of what is being read
         self.inside = ""  # what the stream would end inside of, for the truncation reason
+        self.prover: MemberProver | None = None
 
     def truncated(self, end: int) -> str:
         if self.inside:
@@ -95,14 +104,20 @@ class _Walk:
             if kind == b"S" and block[482]:
                 yield from self.sparse_extensions()
             name = pax.get("path", long_name or name)
+            fed = 0
+            self.inside = repr(name)
             if kind in _REGULAR:
                 self.see(name)
+                if self.prover is not None and kind != b"S":  # a sparse member's data is
+                    # its pieces without the holes: not what agave would unpack
+                    member = self.prover.member(entry_name(name), size)
+                    if member is not None:
+                        fed = yield from feed_member(member, size)
             long_name, pax = None, {}
-            self.inside = repr(name)
             padded = -(-size // BLOCK) * BLOCK
-            if padded:
-                yield -padded
-                self.at += padded
+            if padded - fed:
+                yield fed - padded
+            self.at += padded
 
     def count_header(self) -> None:
         self.headers_limit = self.members_allowed()
@@ -162,6 +177,44 @@ class _Walk:
                     f"tar: more than {MAX_END_PADDING} bytes of padding after the "
                     f"end-of-archive blocks at byte {end}"
                 )
+
+
+def feed_member(member: Parser, size: int) -> ParserOf[int]:
+    """Drive a member's parser over its ``size`` bytes of data; returns how many it took
+    (the caller skips the rest). A parser that wants more than the member holds is thrown
+    :class:`EndOfInput` at the member's end, which it turns into its reason."""
+    left = size
+    try:
+        want = next(member)
+        while True:
+            if want is None or want == 0:  # REST or MARK: the member may end here
+                if not left:
+                    member.close()
+                    break
+                if want == 0:
+                    want = member.send(None)
+                    continue
+                piece = min(left, REST_PIECE)
+                data = yield piece
+                left -= piece
+                want = member.send(memoryview(data))
+            elif want < 0:
+                if -want > left:
+                    member.throw(EndOfInput(size))
+                    raise ArchiveInvalid("a member's parser went on past its end")
+                yield want
+                left += want
+                want = member.send(None)
+            else:
+                if want > left:
+                    member.throw(EndOfInput(size))
+                    raise ArchiveInvalid("a member's parser went on past its end")
+                data = yield want
+                left -= want
+                want = member.send(data)
+    except StopIteration:
+        pass
+    return size - left
 
 
 def parse_header(block: bytes, at: int) -> tuple[str, int, bytes]:

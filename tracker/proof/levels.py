@@ -75,6 +75,22 @@ class Proof:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""
         return self.level >= required_for(required, is_full=is_full)
 
+    @classmethod
+    def from_json(cls, body: object) -> Proof | None:
+        """The proof :meth:`to_json` wrote (a file the tracker kept), None for anything
+        else: a level it knows, strings of bounded length, a stake in [0, 1]."""
+        if not isinstance(body, dict):
+            return None
+        label = body.get("level")
+        level = Level.parse(label) if isinstance(label, str) else None
+        texts = [body.get(k) for k in ("snapshot_hash", "bank_hash", "note")]
+        if level is None or any(t is not None and not _short(t) for t in texts):
+            return None
+        stake = body.get("voted_stake")
+        if stake is not None and not (isinstance(stake, float) and 0.0 <= stake <= 1.0):
+            return None
+        return cls(level, texts[0], texts[1], stake, texts[2])
+
     def to_json(self) -> dict[str, Any]:
         """The wire form (``proof`` in the JSON entries; additive keys)."""
         body: dict[str, Any] = {"level": self.level.label}
@@ -89,5 +105,19 @@ class Proof:
         return body
 
 
+def _short(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= 400
+
+
 #: What a check that proves nothing beyond the structure says.
 STRUCTURE_ONLY = Proof(Level.STRUCTURE)
+
+
+def shortfall(proof: Proof, required: Level, *, is_full: bool) -> str | None:
+    """Why an archive proven to ``proof`` is below ``required`` (one line, with the note
+    that says why it stops there), None when it reaches it."""
+    if proof.meets(required, is_full=is_full):
+        return None
+    needed = required_for(required, is_full=is_full)
+    why = f": {proof.note}" if proof.note else ""
+    return f"proven to {proof.level.label}, {needed.label} required{why}"

@@ -27,3 +27,39 @@ Parser: TypeAlias = ParserOf[None]
 
 MARK: Request = 0
 REST: Request = None
+
+
+def run(parser: ParserOf[T], data: bytes) -> T | None:
+    """Drive ``parser`` over all of ``data`` held in memory; its return value, or None when
+    the data ended at a boundary (MARK, REST) first. A parser that still wants bytes at the
+    end is thrown :class:`~tracker.errors.EndOfInput` (it raises its reason)."""
+    from tracker.errors import EndOfInput
+
+    view = memoryview(data)
+    pos = 0
+    try:
+        want = next(parser)
+        while True:
+            if want is None or want == 0:
+                if pos >= len(view):
+                    parser.close()
+                    return None
+                if want is None:
+                    piece, pos = view[pos:], len(view)
+                    want = parser.send(piece)
+                else:
+                    want = parser.send(None)
+            elif want < 0:
+                if pos - want > len(view):
+                    parser.throw(EndOfInput(len(view)))
+                pos -= want
+                want = parser.send(None)
+            else:
+                if pos + want > len(view):
+                    parser.throw(EndOfInput(len(view)))
+                piece_bytes = bytes(view[pos : pos + want])
+                pos += want
+                want = parser.send(piece_bytes)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result

@@ -32,7 +32,7 @@ from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportEr
 from tracker.net.bodies import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.net.sourcelimits import Limits
-from tracker.proof.levels import Level, Proof
+from tracker.proof.levels import Level, Proof, shortfall
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
@@ -131,8 +131,8 @@ class HeadProofs:
             log_event(log, "info", "head_read_failed", url=url, reason=exc)
             return 0
         required = config.required_level(group)
-        if not proof.meets(required, is_full=read.file.name.is_full):
-            reason = f"proven to {proof.level.label}, {required.label} required: {proof.note}"
+        reason = shortfall(proof, required, is_full=read.file.name.is_full)
+        if reason is not None:
             self._keep(self._refused, read.copy, reason)
             self._index.disprove(read.key, read.file.bare_name, reason)
             log_event(log, "warning", "archive_disproven", url=url, reason=reason)

@@ -26,6 +26,7 @@ from tracker.errors import RequestError
 from tracker.files.answers import Answer
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.proof.levels import Level
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
@@ -153,6 +154,13 @@ class ProxyStreamer:
         if self._metrics is not None:
             self._metrics.count_archive_rejected(group)
 
+    def _required_level(self, group: str) -> Level:
+        """What ``group``'s archives must be proven to before they are cached (its
+        ``trust.require``, docs/http-api.md)."""
+        config = self._config()
+        found = config.group_named(group)
+        return config.required_level(found) if found is not None else Level.STRUCTURE
+
     def cache(self) -> Cache | None:
         """The cache of the current config (None without one); made and cleaned on first use.
 
@@ -166,7 +174,12 @@ class ProxyStreamer:
         cache = self._caches.get(root)
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
-            cache.verify_with(config.verify_archives, self.digests, self._cached_copy_rejected)
+            cache.verify_with(
+                config.verify_archives,
+                self.digests,
+                self._cached_copy_rejected,
+                self._required_level,
+            )
             cache.served = self._index.served_fulls
             cache.on_files = partial(hold_cached, self._index)
             cache.startup_cleanup()

@@ -51,6 +51,10 @@ PAGE_EVENTS = {
 Digest = Callable[[str, str], str | None]
 
 
+#: ``(group, archive name)`` -> the level its verified copy was proven to, or None.
+Level = Callable[[str, str], str | None]
+
+
 def no_digest(_group: str, _name: str) -> str | None:
     """The digest of every archive when nothing verifies them: unknown."""
     return None
@@ -63,8 +67,8 @@ class StatusSources:
     ``cache`` is the disk cache of the current config (None without one), ``refreshes``
     its refreshes in flight with their readers; ``store_status`` the bucket's ``/v1/store``
     status (None without a bucket); ``events`` the ring of :data:`PAGE_EVENTS`;
-    ``digest`` the SHA-256 of a verified archive when known. ``clock`` is Unix time
-    (measured throughputs are aged on the index's own clock).
+    ``digest`` the SHA-256 of a verified archive when known, ``level`` what it was proven
+    to. ``clock`` is Unix time (measured throughputs are aged on the index's own clock).
     """
 
     config: Callable[[], Config]
@@ -75,6 +79,7 @@ class StatusSources:
     store_status: Callable[[], dict[str, Any] | None]
     events: RecentEvents
     digest: Digest = no_digest
+    level: Level = no_digest
     clock: Callable[[], float] = time.time
     #: A target's bytes per second while bytes come from it (0: none do), on the index's
     #: clock; shown before the index's throughput, which a transfer's end updates.
@@ -92,7 +97,14 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
     cache_view = None
     if cache is not None:
         files = tuple(
-            CachedView(f.group, f.name, f.size, f.mtime, sources.digest(f.group, f.name))
+            CachedView(
+                f.group,
+                f.name,
+                f.size,
+                f.mtime,
+                sources.digest(f.group, f.name),
+                sources.level(f.group, f.name),
+            )
             for f in cached
         )
         uncached = tuple(sorted(cache.uncached.items()))
@@ -191,6 +203,7 @@ def _best(
         size=archive.size,
         sources=holders.get(name, 0),
         sha256=sources.digest(group, name),
+        level=sources.level(group, name),
     )
 
 

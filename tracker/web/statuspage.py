@@ -184,12 +184,13 @@ def _none(message: str) -> str:
     return f'<p class="none">{message}</p>'
 
 
-def _digest(sha256: str | None) -> str:
+def _digest(sha256: str | None, level: str | None = None) -> str:
     if not sha256:
         return '<span class="none">unknown</span>'
+    proven = f' <span class="meta">{text(level)}</span>' if level else ""
     if len(sha256) <= 16:
-        return f"<code>{text(sha256)}</code>"
-    return f'<code title="{text(sha256)}">{text(sha256[:16])}…</code>'
+        return f"<code>{text(sha256)}</code>{proven}"
+    return f'<code title="{text(sha256)}">{text(sha256[:16])}…</code>{proven}'
 
 
 def _groups(view: StatusView) -> str:
@@ -198,7 +199,7 @@ def _groups(view: StatusView) -> str:
         out.append(_none("No target group is configured."))
         return "".join(out) + "</section>"
     headers = ["group", "kind", "archive", "slot", "age (slots)", "age", "size", "sources"]
-    headers += ["sha256"]
+    headers += ["sha256, proven to"]
     rows = []
     for group in view.groups:
         name = text(group.name)
@@ -244,7 +245,7 @@ def _best_row(group: str, best: BestView) -> str:
         f"<td><code>{text(best.name)}</code></td>"
         f'<td class="num">{best.slot:,}</td><td class="num">{slots}</td>'
         f'<td class="num">{age}</td><td class="num">{format_bytes(best.size)}</td>'
-        f'<td class="num">{best.sources}</td><td>{_digest(best.sha256)}</td></tr>'
+        f'<td class="num">{best.sources}</td><td>{_digest(best.sha256, best.level)}</td></tr>'
     )
 
 
@@ -264,14 +265,15 @@ def _cache(view: StatusView) -> str:
         if not cache.problem:
             out.append(_none("The cache is empty: nothing cached, no refresh running."))
         return "".join(out) + "</section>"
-    headers = ["group", "archive", "size", "state", "progress", "rate", "readers", "sha256"]
+    headers = ["group", "archive", "size", "state", "progress", "rate", "readers"]
+    headers += ["sha256, proven to"]
     rows = [_refresh_row(r, view.now) for r in cache.refreshes]
     rows += [
         f"<tr><td>{text(f.group)}</td><td><code>{text(f.name)}</code></td>"
         f'<td class="num">{format_bytes(f.size)}</td>'
         '<td><span class="badge complete">complete</span></td>'
         f'<td colspan="3" class="meta">cached {ago(view.now, f.mtime)}</td>'
-        f"<td>{_digest(f.sha256)}</td></tr>"
+        f"<td>{_digest(f.sha256, f.level)}</td></tr>"
         for f in cache.files
     ]
     out.append(_table(headers, rows, frozenset({2, 5, 6})))

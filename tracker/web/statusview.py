@@ -41,6 +41,8 @@ class BestView:
     size: int  # 0: unknown
     sources: int
     sha256: str | None
+    #: The level its held copy was proven to (docs/architecture.md, "Proven archives").
+    level: str | None = None
 
 
 @attrs.frozen
@@ -85,6 +87,7 @@ class CachedView:
     size: int
     mtime: float
     sha256: str | None
+    level: str | None = None
 
 
 @attrs.frozen
