@@ -20,9 +20,11 @@ from typing import IO, Any
 import lz4.frame
 import zstandard
 
+from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import ZSTD_MAX_WINDOW
 from tracker.files.tarwalk import BLOCK, MAX_META, ZERO_BLOCK, entry_name, parse_header, parse_pax
+from tracker.proof.accountsprover import StoragesProver
 
 #: Bytes read from the decoded stream at once.
 STEP = 1024 * 1024
@@ -44,6 +46,16 @@ def _open(path: str, ext: str) -> IO[bytes]:
     if ext in openers:
         return openers[ext](path, "rb")  # type: ignore[no-any-return]
     return open(path, "rb")
+
+
+def accounts_prover(name: str, max_accounts: int | None, path: str) -> StoragesProver | None:
+    """The accounts level's part of the check of the archive ``name`` at ``path`` (a path
+    that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when
+    ``max_accounts`` (``prove_accounts_max``) is given; None for an incremental or when off."""
+    parsed = parse_archive_name(name)
+    if max_accounts is None or parsed is None or parsed.base_slot:
+        return None
+    return StoragesProver(max_accounts, lambda: ArchiveReread(path, parsed.ext))
 
 
 class ArchiveReread:
