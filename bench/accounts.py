@@ -1,26 +1,26 @@
-"""The ``accounts`` level's cost: its one pass over a real-shaped archive vs its unavoidable parts.
+"""The ``accounts`` level's cost: the archive check proving it vs its unavoidable parts.
 
-    .venv/bin/python bench/accounts.py                 # 1,000,000 accounts (~2 minutes)
-    .venv/bin/python bench/accounts.py --accounts 200000
+    .venv/bin/python bench/accounts.py                 # 1,000,000 accounts (~3 minutes)
+    .venv/bin/python bench/accounts.py --accounts 200000 --runs 1
 
 It builds (under ``--out``, ``bench/out/`` by default, kept for later runs) a ``.tar.zst``
 snapshot archive whose storages hold ``--accounts`` distinct accounts, written with
-:func:`tracker.proof.storagewrite.write_storage`: most with 165 bytes of data (token
-accounts), the rest 0 to 2,000 bytes; 5% of them stored twice (an older version in an older
-slot), 2% closed (their newest version has zero lamports, an older one has some), a storage a
-slot, in ascending slot order as agave writes them (so every older version comes first and
-needs the second read), a zstd frame every 32 MiB of tar. Then, each in a process of its own:
+:func:`tracker.proof.storagewrite.write_storage` and a manifest listing them with their
+lattice hash (its name carries the hash): most with 165 bytes of data (token accounts), one in
+ten 0 to 2,000 random bytes; 5% of them stored twice (an older version in an older slot), 2%
+closed (their newest version has zero lamports, an older one has some); a storage a slot of
+~5,000 accounts, in ascending slot order as agave writes them (so every older version comes
+first and needs the second read); a zstd frame every 32 MiB of tar. Then, each in a process of
+its own, ``--runs`` times in alternating order (the best of each side is kept):
 
 - ``baseline``: SHA-256 of the archive file, and the BLAKE3 XOF (2,048 bytes) of every newest
   account with lamports, from ready messages, in a tight loop: what no proof can do without;
-- ``proof``: the archive read once (SHA-256 in a thread of its own, as the archive check
-  does), zstd decoded, the tar walked, every storage fed to
-  :class:`tracker.proof.accountsproof.AccountsProof`, and ``finish`` with the second read
-  (:class:`tracker.files.reread.ArchiveReread`); its result is compared with the lattice hash
-  computed while the archive was built.
+- ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=10_000_000)``: the
+  whole check (SHA-256 in its reading thread, zstd, the tar walk, the manifest level) with the
+  accounts level and its second read, which must reach ``accounts``.
 
-It prints the ratio proof / baseline (the bound: 1.5), seconds per million accounts and per
-GB of decoded archive, and the proof's peak memory (max RSS).
+It prints the ratio proof / baseline (the bound: 1.5) in wall and CPU time, seconds per
+million accounts and per GB of storages, and the check's peak memory (VmHWM).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -43,42 +42,34 @@ import zstandard
 if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.archives import _add, _FrameEvery, snapshot_entries
-from tracker.files.archivecheck import READ_SIZE, _Prefetch
-from tracker.files.decoders import decoder_for
-from tracker.files.reread import ArchiveReread
-from tracker.files.streamparse import Feeder
-from tracker.files.tarwalk import BLOCK, ZERO_BLOCK, parse_header
-from tracker.proof.accountsproof import AccountsProof
+from tests.archives import _add, _FrameEvery
+from tracker.files.archivecheck import READ_SIZE, check_file
 from tracker.proof.lattice import LtHash
-from tracker.proof.parsing import REST, ParserOf
 from tracker.proof.storagewrite import Account, write_storage
+from tracker.proof.writing import archive_hash_of, write_manifest
 
 SLOT = 400_000_000
 PER_SLOT = 5000
 
 
 def build(out: Path, accounts: int) -> Path:
-    """The archive and its side files (messages of the newest accounts, the storages'
-    lengths, the expected lattice hash), built unless there."""
+    """The archive and its side files (messages of the newest accounts, the expected
+    lattice hash), built unless there. The storages are written to files first: the
+    manifest, which carries their lattice hash and lengths, comes before them in the tar."""
     base = out / f"accounts-{accounts}"
-    archive = base / f"snapshot-{SLOT}-11111111111111111111111111111111.tar.zst"
-    if archive.exists():
+    if (base / "meta.json").exists():
         return base
-    base.mkdir(parents=True, exist_ok=True)
+    parts = base / "storages"
+    parts.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(accounts)
-    slots = max(1, accounts // PER_SLOT)
+    slots = max(2, accounts // PER_SLOT)
     pubkeys = rng.integers(0, 256, size=(accounts, 32), dtype=np.uint8)
-    newest = rng.integers(1, slots, size=accounts) if slots > 1 else np.zeros(accounts, int)
-    twice = rng.random(accounts) < 0.05
+    newest = rng.integers(1, slots, size=accounts)
     closed = rng.random(accounts) < 0.02
-    twice |= closed
+    twice = (rng.random(accounts) < 0.05) | closed
     older = (rng.random(accounts) * newest).astype(np.int64)
     mints = rng.integers(0, 256, size=(64, 32), dtype=np.uint8)
     token = b"\x06\xdd\xf6\xe1\xd7\x65\xa1\x93\xd9\xcb\xe1\x46\xce\xeb\x79\xac" * 2
-    lt = LtHash()
-    messages = bytearray()
-    ends: list[int] = []
     by_slot: dict[int, list[tuple[int, bool]]] = {}
     for i in range(accounts):
         if twice[i]:
@@ -89,41 +80,32 @@ def build(out: Path, accounts: int) -> Path:
         if newer and closed[i]:
             return Account(pubkeys[i].tobytes(), 0)
         if i % 10 == 9:
-            data = rng.integers(0, 256, size=int(rng.integers(0, 2000)), dtype=np.uint8)
-            payload = data.tobytes()
+            payload = rng.bytes(int(rng.integers(0, 2000)))
         else:
-            payload = mints[i % 64].tobytes() + rng.bytes(32) + rng.bytes(8) + bytes(93)
+            payload = mints[i % 64].tobytes() + rng.bytes(40) + bytes(93)
         return Account(pubkeys[i].tobytes(), 2039280 + (0 if newer else 1), payload, token)
 
-    lengths: dict[str, int] = {}
-    params = zstandard.ZstdCompressionParameters.from_level(1, threads=2, write_checksum=True)
-    zstd = zstandard
-    with open(archive, "wb") as raw:
-        writer = zstd.ZstdCompressor(compression_params=params).stream_writer(raw, closefd=False)
-        frames = _FrameEvery(writer, 32 * 1024 * 1024)
-        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-            for name, data in snapshot_entries(SLOT, accounts=0, account_size=0, seed=7):
-                _add(tar, name, data)
-            for number, slot in enumerate(sorted(by_slot)):
-                stored = []
-                for i, newer in by_slot[slot]:
-                    account = version(i, newer)
-                    stored.append(account)
-                    if newer and account.lamports:
-                        messages += (
-                            account.lamports.to_bytes(8, "little")
-                            + account.data
-                            + b"\0"
-                            + account.owner
-                            + account.pubkey
-                        )
-                        ends.append(len(messages))
-                data = write_storage(stored)
-                name = f"accounts/{slot}.{number}"
-                lengths[name] = len(data)
-                _add(tar, name, data + bytes(-len(data) % 4096))
-        writer.flush(zstd.FLUSH_FRAME)
-        writer.close()
+    messages = bytearray()
+    ends: list[int] = []
+    storages: list[tuple[int, int, int]] = []
+    records = 0
+    for number, slot in enumerate(sorted(by_slot)):
+        stored = [version(i, newer) for i, newer in by_slot[slot]]
+        records += len(stored)
+        for (_, newer), account in zip(by_slot[slot], stored, strict=True):
+            if newer and account.lamports:
+                messages += (
+                    account.lamports.to_bytes(8, "little")
+                    + account.data
+                    + bytes([account.executable])
+                    + account.owner
+                    + account.pubkey
+                )
+                ends.append(len(messages))
+        data = write_storage(stored)
+        storages.append((slot, number, len(data)))
+        (parts / f"{slot}.{number}").write_bytes(data + bytes(-len(data) % 4096))
+    lt = LtHash()
     starts = [0, *ends[:-1]]
     for first in range(0, len(ends), 4096):
         lt.add(
@@ -134,9 +116,32 @@ def build(out: Path, accounts: int) -> Path:
                 )
             )
         )
+    archive = base / f"snapshot-{SLOT}-{archive_hash_of(lt.value())}.tar.zst"
+    params = zstandard.ZstdCompressionParameters.from_level(1, threads=2, write_checksum=True)
+    with open(archive, "wb") as raw:
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            raw, closefd=False
+        )
+        frames = _FrameEvery(writer, 32 * 1024 * 1024)
+        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            _add(tar, "version", b"1.2.0")
+            _add(tar, f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt.value(), storages))
+            _add(tar, "snapshots/status_cache", bytes(1024))
+            for slot, number, _ in storages:
+                part = parts / f"{slot}.{number}"
+                _add(tar, f"accounts/{slot}.{number}", part.read_bytes())
+                part.unlink()
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
+    parts.rmdir()
     (base / "messages").write_bytes(messages)
     np.save(base / "ends.npy", np.array(ends, dtype=np.int64))
-    meta = {"lengths": lengths, "expected": lt.value().hex(), "archive": archive.name}
+    meta = {
+        "archive": archive.name,
+        "records": records,
+        "accounts": accounts,
+        "tar_bytes": sum(-(-size // 512) * 512 + 512 for *_, size in storages),
+    }
     (base / "meta.json").write_text(json.dumps(meta))
     return base
 
@@ -163,55 +168,18 @@ def baseline(base: Path) -> dict[str, Any]:
     return {"sha256": t1 - t0, "blake3": t2 - t1, "cpu": c2 - c0, "hashed": len(ends)}
 
 
-def _members(proof: AccountsProof, lengths: dict[str, int], decoded: list[int]) -> ParserOf[None]:
-    """A tar walk that hands each storage to the proof (the bench's stand-in for the check's)."""
-    while True:
-        block = yield BLOCK
-        if block == ZERO_BLOCK:
-            while True:  # the end-of-archive blocks and the record's padding
-                yield REST
-        name, size, _ = parse_header(block, 0)
-        padded = -(-size // BLOCK) * BLOCK
-        if name in lengths:
-            slot, ident = name.removeprefix("accounts/").split(".")
-            yield from proof.storage(int(slot), int(ident), size, lengths[name])
-            if padded > size:
-                yield size - padded
-        elif padded:
-            yield -padded
-        decoded[0] += BLOCK + padded
-
-
 def prove(base: Path) -> dict[str, Any]:
-    """The proof's one pass and its finish, timed."""
+    """The archive check with level ``accounts``, timed: its one pass and the second read."""
     meta = json.loads((base / "meta.json").read_text())
     path = base / meta["archive"]
     t0, c0 = time.perf_counter(), time.process_time()
-    proof = AccountsProof(10_000_000, threads=os.environ.get("BENCH_THREADS", "1") == "1")
-    decoded = [0]
-    with open(path, "rb", buffering=0) as file, _Prefetch(file.read) as source:
-        tar = Feeder(_members(proof, meta["lengths"], decoded))
-        decoder_for(".tar.zst")(source.next, tar.feed)
-        tar.finish()
-        digest = source.hexdigest()
-    t1 = time.perf_counter()
-    reread = ArchiveReread(str(path), ".tar.zst")
-    try:
-        lt_hash, note = proof.finish(reread)
-    finally:
-        reread.close()
-    t2, c2 = time.perf_counter(), time.process_time()
+    verified = check_file(str(path), prove_accounts=10_000_000)
+    t1, c1 = time.perf_counter(), time.process_time()
     return {
-        "cpu": c2 - c0,
-        "pass": t1 - t0,
-        "finish": t2 - t1,
-        "ok": lt_hash is not None and lt_hash.hex() == meta["expected"],
-        "note": note,
-        "records": proof.records,
-        "distinct": proof.index.count,
-        "index_bytes": proof.index.nbytes(),
-        "decoded": decoded[0],
-        "sha256": digest,
+        "check": t1 - t0,
+        "cpu": c1 - c0,
+        "level": verified.proof.level.label,
+        "note": verified.proof.note,
         "max_rss": _peak_rss(),
     }
 
@@ -255,30 +223,28 @@ def main() -> None:
         times[second] = _child(second, base)
         runs.append(times)
     base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
-    proof_times = min((r["proof"] for r in runs), key=lambda t: t["pass"] + t["finish"])
+    proof_times = min((r["proof"] for r in runs), key=lambda t: t["check"])
+    meta = json.loads((base / "meta.json").read_text())
     unavoidable = base_times["sha256"] + base_times["blake3"]
-    spent = proof_times["pass"] + proof_times["finish"]
-    size = (base / json.loads((base / "meta.json").read_text())["archive"]).stat().st_size
+    spent = proof_times["check"]
+    size = (base / meta["archive"]).stat().st_size
     print(json.dumps({"baseline": base_times, "proof": proof_times}, indent=1))
     print(
-        f"archive: {size / 1e6:.0f} MB, {proof_times['decoded'] / 1e9:.2f} GB of tar, "
-        f"{proof_times['records']} stored versions, {proof_times['distinct']} accounts"
+        f"archive: {size / 1e6:.0f} MB, {meta['tar_bytes'] / 1e9:.2f} GB of storages in the "
+        f"tar, {meta['records']} stored versions, {meta['accounts']} accounts"
     )
-    print(f"proof correct: {proof_times['ok']}")
+    print(f"level reached: {proof_times['level']} ({proof_times['note'] or 'no note'})")
     print(
-        f"ratio proof / (sha256 + blake3 tight loop), best of {args.runs}: "
+        f"ratio check with accounts / (sha256 + blake3 tight loop), best of {args.runs}: "
         f"{spent / unavoidable:.2f} wall (bound 1.5), "
         f"{proof_times['cpu'] / base_times['cpu']:.2f} CPU time"
     )
-    million = proof_times["distinct"] / 1e6
+    million = meta["accounts"] / 1e6
     print(
         f"seconds per million accounts: {spent / million:.2f}; "
-        f"per GB of tar: {spent / (proof_times['decoded'] / 1e9):.2f}"
+        f"per GB of storages: {spent / (meta['tar_bytes'] / 1e9):.2f}"
     )
-    print(
-        f"peak memory (max RSS) of the proof: {proof_times['max_rss'] / 2**20:.0f} MiB; "
-        f"index {proof_times['index_bytes'] / proof_times['distinct']:.1f} bytes an account"
-    )
+    print(f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":
