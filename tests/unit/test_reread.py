@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -44,5 +46,31 @@ def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]
     reread = ArchiveReread(*archive)
     try:
         assert proof.finish(reread) == (expected_lt_hash(), None)
+    finally:
+        reread.close()
+
+
+def test_long_names_and_pax_headers_before_a_member_are_followed(tmp_path: Path) -> None:
+    long = "accounts/" + "x" * 200
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, pax in (
+            (long, b"a" * 700, None),
+            ("accounts/1.1", b"b" * 600, {"comment": "y" * 300}),
+            ("accounts/2.2", b"wanted data", None),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if pax:
+                info.pax_headers = pax
+                tar.format = tarfile.PAX_FORMAT
+            tar.addfile(info, io.BytesIO(data))
+            tar.format = tarfile.GNU_FORMAT
+    path = tmp_path / "snapshot-9.tar"
+    path.write_bytes(out.getvalue())
+    reread = ArchiveReread(str(path), ".tar")
+    try:
+        assert b"".join(reread("accounts/2.2", 7)) == b"data"
+        assert b"".join(reread(long, 698)) == b"aa"
     finally:
         reread.close()

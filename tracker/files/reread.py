@@ -116,6 +116,12 @@ class ArchiveReread:
                 else:
                     pax = parse_pax(meta, self._at)
                 continue
+            if kind == b"S" and block[482]:  # old GNU sparse: extension headers follow
+                while True:
+                    extension = self._exactly(stream, BLOCK)
+                    self._at += BLOCK
+                    if not extension[504]:
+                        break
             found = entry_name(pax.get("path", long_name or found))
             long_name, pax = None, {}
             self._seen.append(found)
