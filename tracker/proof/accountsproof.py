@@ -27,6 +27,7 @@ after a second read of just those records.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import base58
@@ -64,7 +65,7 @@ class AccountsProof:
         self._superseded_count = 0
         self._records = 0
         self._over = False
-        self._helper = ThreadPoolExecutor(1, "accounts-proof") if threads else None
+        self._helper = _helper() if threads else None
 
     @property
     def records(self) -> int:
@@ -166,9 +167,22 @@ class AccountsProof:
             self.close()
 
     def close(self) -> None:
-        """Stop the helper thread (``finish`` does too)."""
-        if self._helper is not None:
-            self._helper.shutdown()
+        """Let go of what the proof holds (``finish`` does too): the index's memory."""
+        self._superseded = []
+        self.index = PubkeyIndex(1)
+
+
+_HELPER: list[ThreadPoolExecutor] = []
+_HELPER_LOCK = threading.Lock()
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The one helper thread of every accounts proof of the process (made when first asked;
+    a proof that fails half-way leaves nothing behind)."""
+    with _HELPER_LOCK:
+        if not _HELPER:
+            _HELPER.append(ThreadPoolExecutor(1, "accounts-proof"))
+        return _HELPER[0]
 
 
 def _repeated(seen: npt.NDArray[np.int64], entries: npt.NDArray[np.int64]) -> int:
