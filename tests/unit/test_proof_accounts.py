@@ -300,3 +300,19 @@ def _b58(data: bytes) -> str:
     import base58
 
     return base58.b58encode(data).decode()
+
+
+@pytest.mark.parametrize("piece", [160, 400, 1000])
+def test_small_pieces_keep_records_aligned_to_the_storage(
+    monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # records larger than a piece are completed by a read that ends at their last data byte
+    # (not a multiple of 8): the records after them stay where the storage has them
+    monkeypatch.setattr(storage_format, "PIECE", piece)
+    accounts = []
+    for n in range(40):
+        size = 1001 if n % 4 == 0 else n % 7
+        accounts.append(Account(key(n), n + 1, bytes([n]) * size))
+    slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
+    for chunk in (1, 7, 4096):
+        assert prove(built(slots, [3, 4]), chunk) == (model(slots), None)

@@ -35,7 +35,6 @@ _TAIL = np.concatenate(
         np.arange(PUBKEY, PUBKEY + 32, dtype=np.int64),
     )
 )
-_LAMPORTS = np.arange(LAMPORTS, LAMPORTS + 8, dtype=np.int64)
 _TAIL_BYTES = len(_TAIL)
 
 Lanes = npt.NDArray[np.uint16]
@@ -56,10 +55,12 @@ def messages(
     work = bytearray(len(batch.buf) + _TAIL_BYTES + 8)
     view = np.frombuffer(work, dtype=np.uint8)
     view[: len(batch.buf)] = batch.buf
-    lamports = batch.buf[offsets[:, None] + _LAMPORTS]
     tails = batch.buf[offsets[:, None] + _TAIL]
     data_at = offsets + META
-    view[(data_at - 8)[:, None] + np.arange(8)] = lamports
+    # every record of a piece starts at the same offset modulo 8: its u64 fields are words
+    shift = int(offsets[0]) % 8
+    words = np.frombuffer(work, dtype="<u8", offset=shift, count=(len(work) - shift) // 8)
+    words[(data_at - 8 - shift) >> 3] = words[(offsets + LAMPORTS - shift) >> 3]
     ends = data_at + data_lens
     view[ends[:, None] + np.arange(_TAIL_BYTES)] = tails
     return work, (data_at - 8).tolist(), (ends + _TAIL_BYTES).tolist()

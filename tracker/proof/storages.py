@@ -85,7 +85,14 @@ class Records:
 
     def lamports(self) -> npt.NDArray[np.uint64]:
         """Every record's lamports."""
-        lamports: npt.NDArray[np.uint64] = self.field(LAMPORTS, 8).view("<u8").reshape(-1)
+        if not len(self.offsets):
+            return np.zeros(0, dtype=np.uint64)
+        # every record of a piece starts at the same offset modulo 8: lamports is a word
+        shift = int(self.offsets[0]) % 8
+        words = np.frombuffer(
+            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
+        )
+        lamports: npt.NDArray[np.uint64] = words[(self.offsets + LAMPORTS - shift) >> 3]
         return lamports
 
     def pubkeys(self) -> npt.NDArray[np.uint8]:
@@ -121,7 +128,7 @@ def scan(buf: bytes, start: int, end: int, at: int, name: str) -> tuple[list[int
             break
         offsets.append(off)
         lens.append(data_len)
-        off = (stop + 7) & ~7
+        off = stop + (-(at + stop) & 7)  # records start at multiples of 8 of the storage
     return offsets, lens, off
 
 
