@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from unittest import mock
 
 import pytest
 from agave_storages import Storage, expected_lt_hash, feed, storages
@@ -241,7 +242,7 @@ _accounts = st.builds(
     Account,
     pubkey=st.integers(0, 12).map(key),
     lamports=st.sampled_from([0, 1, 2**64 - 1, 1234]),
-    data=st.binary(max_size=40),
+    data=st.one_of(st.binary(max_size=40), st.binary(min_size=140, max_size=700)),
     owner=st.sampled_from([bytes(32), b"\x07" * 32]),
     executable=st.booleans(),
 )
@@ -265,6 +266,15 @@ def test_any_order_and_any_chunking_gives_the_models_hash(
     order = list(slots)
     rnd.shuffle(order)  # type: ignore[attr-defined]
     assert prove(built(slots, order), chunk) == (model(slots), None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(states(), st.sampled_from([140, 150, 301, 512]), st.sampled_from([1, 5, 4096]))
+def test_any_piece_size_gives_the_models_hash(
+    slots: dict[int, list[Account]], piece: int, chunk: int
+) -> None:
+    with mock.patch.object(storage_format, "PIECE", piece):
+        assert prove(built(slots, sorted(slots)), chunk) == (model(slots), None)
 
 
 @settings(max_examples=300, deadline=None)
