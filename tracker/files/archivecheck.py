@@ -37,6 +37,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import CANCELLED, Budget
 from tracker.files.decoders import decoder_for
+from tracker.files.reread import accounts_prover
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
 from tracker.files.threads import Background
@@ -147,14 +148,19 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
 
 
-def check_file(path: str, name: str | None = None) -> Verified:
+def check_file(
+    path: str, name: str | None = None, *, prove_accounts: int | None = None
+) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
-    FIFO, a device, a directory: never opened in a way that could block or read forever)."""
+    FIFO, a device, a directory: never opened in a way that could block or read forever).
+    ``prove_accounts`` (the bound ``prove_accounts_max``) proves a full to ``accounts``."""
     fd = _open_regular(path)
+    name = name or os.path.basename(path)
     with open(fd, "rb", buffering=0) as file:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return check_stream(file.read, name or os.path.basename(path))
+        accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
+        return check_stream(file.read, name, accounts=accounts)
 
 
 def _open_regular(path: str) -> int:
@@ -319,6 +325,12 @@ class GrowingFile:
             self._cond.notify_all()
             self._close_unless_reading()
 
+    @property
+    def reopen_path(self) -> str:
+        """A path that opens the file again with an offset of its own (the accounts proof's
+        second read, while the check runs)."""
+        return f"/proc/self/fd/{self._fd}"
+
     def cancelled(self) -> bool:
         """True once :meth:`cancel` was called (any thread may ask)."""
         return self._cancelled
@@ -378,24 +390,36 @@ class FollowingCheck:
     ArchiveInvalid (OSError when the file could not be read).
     """
 
-    def __init__(self, growing: GrowingFile, name: str) -> None:
+    def __init__(self, growing: GrowingFile, name: str, prove_accounts: int | None = None) -> None:
         self._growing = growing
+        # the accounts proof's second read needs the file after the check has read it to
+        # its end (when the growing file's own descriptor closes): one of its own
+        again = None if prove_accounts is None else os.open(growing.reopen_path, os.O_RDONLY)
+        path = f"/proc/self/fd/{again}"
+        accounts = accounts_prover(name, prove_accounts, path) if again is not None else None
 
         def run() -> Verified:
             try:
                 return check_stream(
-                    growing.read, name, unblock=growing.cancel, cancelled=growing.cancelled
+                    growing.read,
+                    name,
+                    unblock=growing.cancel,
+                    cancelled=growing.cancelled,
+                    accounts=accounts,
                 )
             finally:
                 growing.cancel()  # closes the descriptor in every case
+                if again is not None:
+                    os.close(again)
 
         self._background: Background[Verified] = Background(run, name=THREAD_NAME)
 
     @classmethod
-    def start(cls, fd: int, name: str) -> FollowingCheck:
+    def start(cls, fd: int, name: str, prove_accounts: int | None = None) -> FollowingCheck:
         """Start checking the file open at ``fd`` (duplicated: the caller keeps its own) as the
-        archive ``name``; call from trio."""
-        return cls(GrowingFile(fd), name)
+        archive ``name``, a full to ``accounts`` with ``prove_accounts`` (the bound); call
+        from trio."""
+        return cls(GrowingFile(fd), name, prove_accounts)
 
     def advance(self, written: int) -> None:
         """``written`` bytes are on disk."""

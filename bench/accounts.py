@@ -1,0 +1,251 @@
+"""The ``accounts`` level's cost: the archive check proving it vs its unavoidable parts.
+
+    .venv/bin/python bench/accounts.py                 # 1,000,000 accounts (~3 minutes)
+    .venv/bin/python bench/accounts.py --accounts 200000 --runs 1
+
+It builds (under ``--out``, ``bench/out/`` by default, kept for later runs) a ``.tar.zst``
+snapshot archive whose storages hold ``--accounts`` distinct accounts, written with
+:func:`tracker.proof.storagewrite.write_storage` and a manifest listing them with their
+lattice hash (its name carries the hash): most with 165 bytes of data (token accounts), one in
+ten 0 to 2,000 random bytes; 5% of them stored twice (an older version in an older slot), 2%
+closed (their newest version has zero lamports, an older one has some); a storage a slot of
+~5,000 accounts, in ascending slot order as agave writes them (so every older version comes
+first and needs the second read); a zstd frame every 32 MiB of tar. Then, each in a process of
+its own, ``--runs`` times in alternating order (the best of each side is kept):
+
+- ``baseline``: SHA-256 of the archive file, and the BLAKE3 XOF (2,048 bytes) of every newest
+  account with lamports, from ready messages, in a tight loop: what no proof can do without;
+- ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=10_000_000)``: the
+  whole check (SHA-256 in its reading thread, zstd, the tar walk, the manifest level) with the
+  accounts level and its second read, which must reach ``accounts``.
+
+It prints the ratio proof / baseline (the bound: 1.5) in wall and CPU time, seconds per
+million accounts and per GB of storages, and the check's peak memory (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import blake3
+import numpy as np
+import zstandard
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.archives import _add, _FrameEvery
+from tracker.files.archivecheck import READ_SIZE, check_file
+from tracker.proof.lattice import LtHash
+from tracker.proof.storagewrite import Account, write_storage
+from tracker.proof.writing import archive_hash_of, write_manifest
+
+SLOT = 400_000_000
+PER_SLOT = 5000
+
+
+def build(out: Path, accounts: int) -> Path:
+    """The archive and its side files (messages of the newest accounts, the expected
+    lattice hash), built unless there. The storages are written to files first: the
+    manifest, which carries their lattice hash and lengths, comes before them in the tar."""
+    base = out / f"accounts-{accounts}"
+    if (base / "meta.json").exists():
+        return base
+    parts = base / "storages"
+    parts.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(accounts)
+    slots = max(2, accounts // PER_SLOT)
+    pubkeys = rng.integers(0, 256, size=(accounts, 32), dtype=np.uint8)
+    newest = rng.integers(1, slots, size=accounts)
+    closed = rng.random(accounts) < 0.02
+    twice = (rng.random(accounts) < 0.05) | closed
+    older = (rng.random(accounts) * newest).astype(np.int64)
+    mints = rng.integers(0, 256, size=(64, 32), dtype=np.uint8)
+    token = b"\x06\xdd\xf6\xe1\xd7\x65\xa1\x93\xd9\xcb\xe1\x46\xce\xeb\x79\xac" * 2
+    by_slot: dict[int, list[tuple[int, bool]]] = {}
+    for i in range(accounts):
+        if twice[i]:
+            by_slot.setdefault(int(older[i]), []).append((i, False))
+        by_slot.setdefault(int(newest[i]), []).append((i, True))
+
+    def version(i: int, newer: bool) -> Account:
+        if newer and closed[i]:
+            return Account(pubkeys[i].tobytes(), 0)
+        if i % 10 == 9:
+            payload = rng.bytes(int(rng.integers(0, 2000)))
+        else:
+            payload = mints[i % 64].tobytes() + rng.bytes(40) + bytes(93)
+        return Account(pubkeys[i].tobytes(), 2039280 + (0 if newer else 1), payload, token)
+
+    messages = bytearray()
+    ends: list[int] = []
+    storages: list[tuple[int, int, int]] = []
+    records = 0
+    for number, slot in enumerate(sorted(by_slot)):
+        stored = [version(i, newer) for i, newer in by_slot[slot]]
+        records += len(stored)
+        for (_, newer), account in zip(by_slot[slot], stored, strict=True):
+            if newer and account.lamports:
+                messages += (
+                    account.lamports.to_bytes(8, "little")
+                    + account.data
+                    + bytes([account.executable])
+                    + account.owner
+                    + account.pubkey
+                )
+                ends.append(len(messages))
+        data = write_storage(stored)
+        storages.append((slot, number, len(data)))
+        (parts / f"{slot}.{number}").write_bytes(data + bytes(-len(data) % 4096))
+    lt = LtHash()
+    starts = [0, *ends[:-1]]
+    for first in range(0, len(ends), 4096):
+        lt.add(
+            b"".join(
+                blake3.blake3(messages[a:b]).digest(2048)
+                for a, b in zip(
+                    starts[first : first + 4096], ends[first : first + 4096], strict=True
+                )
+            )
+        )
+    archive = base / f"snapshot-{SLOT}-{archive_hash_of(lt.value())}.tar.zst"
+    params = zstandard.ZstdCompressionParameters.from_level(1, threads=2, write_checksum=True)
+    with open(archive, "wb") as raw:
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            raw, closefd=False
+        )
+        frames = _FrameEvery(writer, 32 * 1024 * 1024)
+        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            _add(tar, "version", b"1.2.0")
+            _add(tar, f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt.value(), storages))
+            _add(tar, "snapshots/status_cache", bytes(1024))
+            for slot, number, _ in storages:
+                part = parts / f"{slot}.{number}"
+                _add(tar, f"accounts/{slot}.{number}", part.read_bytes())
+                part.unlink()
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
+    parts.rmdir()
+    (base / "messages").write_bytes(messages)
+    np.save(base / "ends.npy", np.array(ends, dtype=np.int64))
+    meta = {
+        "archive": archive.name,
+        "records": records,
+        "accounts": accounts,
+        "tar_bytes": sum(-(-size // 512) * 512 + 512 for *_, size in storages),
+    }
+    (base / "meta.json").write_text(json.dumps(meta))
+    return base
+
+
+def baseline(base: Path) -> dict[str, Any]:
+    """SHA-256 of the file, then the tight loop of BLAKE3 XOFs."""
+    meta = json.loads((base / "meta.json").read_text())
+    messages = (base / "messages").read_bytes()
+    ends = np.load(base / "ends.npy").tolist()
+    starts = [0, *ends[:-1]]
+    t0, c0 = time.perf_counter(), time.process_time()
+    sha = hashlib.sha256()
+    with open(base / meta["archive"], "rb", buffering=0) as file:
+        while data := file.read(READ_SIZE):
+            sha.update(data)
+    t1 = time.perf_counter()
+    hasher = blake3.blake3
+    for first in range(0, len(ends), 4096):
+        [
+            hasher(messages[a:b]).digest(2048)
+            for a, b in zip(starts[first : first + 4096], ends[first : first + 4096], strict=True)
+        ]
+    t2, c2 = time.perf_counter(), time.process_time()
+    return {"sha256": t1 - t0, "blake3": t2 - t1, "cpu": c2 - c0, "hashed": len(ends)}
+
+
+def prove(base: Path) -> dict[str, Any]:
+    """The archive check with level ``accounts``, timed: its one pass and the second read."""
+    meta = json.loads((base / "meta.json").read_text())
+    path = base / meta["archive"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    verified = check_file(str(path), prove_accounts=10_000_000)
+    t1, c1 = time.perf_counter(), time.process_time()
+    return {
+        "check": t1 - t0,
+        "cpu": c1 - c0,
+        "level": verified.proof.level.label,
+        "note": verified.proof.note,
+        "max_rss": _peak_rss(),
+    }
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS (VmHWM: ru_maxrss would count the parent's before the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(part: str, base: Path) -> dict[str, Any]:
+    answer = subprocess.run(
+        [sys.executable, __file__, "--part", part, "--out", str(base)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(answer.stdout)
+    return result
+
+
+def main() -> None:
+    """Build, measure, print."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", choices=("baseline", "proof"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        work = baseline if args.part == "baseline" else prove
+        print(json.dumps(work(args.out)))
+        return
+    base = build(args.out, args.accounts)
+    runs = []
+    for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
+        first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
+        times = {first: _child(first, base)}
+        times[second] = _child(second, base)
+        runs.append(times)
+    base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
+    proof_times = min((r["proof"] for r in runs), key=lambda t: t["check"])
+    meta = json.loads((base / "meta.json").read_text())
+    unavoidable = base_times["sha256"] + base_times["blake3"]
+    spent = proof_times["check"]
+    size = (base / meta["archive"]).stat().st_size
+    print(json.dumps({"baseline": base_times, "proof": proof_times}, indent=1))
+    print(
+        f"archive: {size / 1e6:.0f} MB, {meta['tar_bytes'] / 1e9:.2f} GB of storages in the "
+        f"tar, {meta['records']} stored versions, {meta['accounts']} accounts"
+    )
+    print(f"level reached: {proof_times['level']} ({proof_times['note'] or 'no note'})")
+    print(
+        f"ratio check with accounts / (sha256 + blake3 tight loop), best of {args.runs}: "
+        f"{spent / unavoidable:.2f} wall (bound 1.5), "
+        f"{proof_times['cpu'] / base_times['cpu']:.2f} CPU time"
+    )
+    million = meta["accounts"] / 1e6
+    print(
+        f"seconds per million accounts: {spent / million:.2f}; "
+        f"per GB of storages: {spent / (meta['tar_bytes'] / 1e9):.2f}"
+    )
+    print(f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

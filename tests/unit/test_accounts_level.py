@@ -1,0 +1,146 @@
+"""Level ``accounts`` in the archive check: the storages' lattice hash against the manifest's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+from agave_storages import ARCHIVE
+from archives import compress, make_tar
+
+from tracker.errors import ArchiveInvalid
+from tracker.files.archivecheck import FollowingCheck, check_file
+from tracker.proof.accountsprover import MISMATCH
+from tracker.proof.lattice import LtHash, account_lt_hash
+from tracker.proof.levels import Level
+from tracker.proof.storagewrite import Account, write_storage
+from tracker.proof.writing import archive_hash_of, write_manifest
+
+SLOT = 500
+EXT = {"zst": ".tar.zst", "tar": ".tar"}
+
+
+def key(n: int) -> bytes:
+    return n.to_bytes(4, "big") * 8
+
+
+#: slot -> the storage of that slot: key 1 stored in 480 and again in 500 (superseded,
+#: older version first in the archive), key 2 closed in 490 (zero lamports), key 3 alone.
+STATE = {
+    480: [Account(key(1), 10, b"old"), Account(key(2), 4, b"open")],
+    490: [Account(key(2), 0), Account(key(3), 7, b"three")],
+    500: [Account(key(1), 11, b"new", executable=True)],
+}
+
+
+def lattice(state: dict[int, list[Account]]) -> bytes:
+    newest: dict[bytes, tuple[int, Account]] = {}
+    for slot, accounts in state.items():
+        for a in accounts:
+            if a.pubkey not in newest or newest[a.pubkey][0] < slot:
+                newest[a.pubkey] = (slot, a)
+    total = LtHash()
+    for _, a in newest.values():
+        total.add(account_lt_hash(a.lamports, a.data, a.executable, a.owner, a.pubkey))
+    return total.value()
+
+
+def write_archive(
+    directory: Path,
+    state: dict[int, list[Account]],
+    *,
+    lt_hash: bytes | None = None,
+    compression: str = "zst",
+    base_slot: int | None = None,
+) -> Path:
+    lt_hash = lattice(state) if lt_hash is None else lt_hash
+    storages = []
+    members: list[tuple[str, bytes | None]] = []
+    for ident, slot in enumerate(sorted(state)):
+        data = write_storage(state[slot])
+        storages.append((slot, ident, len(data)))
+        members.append((f"accounts/{slot}.{ident}", data + bytes(-len(data) % 4096)))
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", b"1.2.0"),
+        (f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt_hash, storages)),
+        ("snapshots/status_cache", bytes(64)),
+        *members,
+    ]
+    hash_ = archive_hash_of(lt_hash)
+    name = (
+        f"snapshot-{SLOT}-{hash_}"
+        if base_slot is None
+        else f"incremental-snapshot-{base_slot}-{SLOT}-{hash_}"
+    )
+    path = directory / (name + EXT[compression])
+    path.write_bytes(compress(make_tar(entries), compression))
+    return path
+
+
+@pytest.mark.parametrize("compression", ["zst", "tar"])
+def test_a_full_whose_storages_give_the_manifests_lattice_hash_reaches_accounts(
+    tmp_path: Path, compression: str
+) -> None:
+    path = write_archive(tmp_path, STATE, compression=compression)
+    assert check_file(str(path), prove_accounts=1000).proof.level == Level.ACCOUNTS
+    assert check_file(str(path)).proof.level == Level.MANIFEST  # off: the manifest only
+
+
+def test_agaves_own_archive_reaches_accounts(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
+    shutil.copy(ARCHIVE, path)
+    proof = check_file(str(path), prove_accounts=1000).proof
+    assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
+
+
+def test_changed_accounts_under_the_manifests_lattice_hash_are_refused(tmp_path: Path) -> None:
+    forged = {**STATE, 490: [Account(key(2), 0), Account(key(3), 7_000_000, b"three")]}
+    path = write_archive(tmp_path, forged, lt_hash=lattice(STATE))
+    with pytest.raises(ArchiveInvalid) as caught:
+        check_file(str(path), prove_accounts=1000)
+    assert caught.value.reason == MISMATCH
+    assert "accounts_lt_hash" in MISMATCH
+    assert check_file(str(path)).proof.level == Level.MANIFEST  # what the manifest alone shows
+
+
+def test_an_incremental_stays_at_manifest(tmp_path: Path) -> None:
+    path = write_archive(tmp_path, STATE, base_slot=400)
+    assert check_file(str(path), prove_accounts=1000).proof.level == Level.MANIFEST
+
+
+def test_over_the_bound_the_archive_stays_at_manifest_and_says_so(tmp_path: Path) -> None:
+    path = write_archive(tmp_path, STATE)
+    proof = check_file(str(path), prove_accounts=2).proof
+    assert (proof.level, proof.note) == (
+        Level.MANIFEST,
+        "not proven: 5 accounts over the bound of 2",
+    )
+
+
+async def test_a_following_check_proves_accounts_with_a_second_read(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path, STATE)
+    data = archive.read_bytes()
+    part = tmp_path / "part"
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=1000)
+        for at in range(0, len(data), 1000):
+            f.write(data[at : at + 1000])
+            f.flush()
+            check.advance(min(len(data), at + 1000))
+            await trio.lowlevel.checkpoint()
+        check.finish(len(data))
+        with trio.fail_after(30):
+            assert (await check.result()).proof.level == Level.ACCOUNTS
+    assert not [fd for fd in os.listdir("/proc/self/fd") if _points_to(fd, part)], (
+        "a descriptor of the checked file was left open"
+    )
+
+
+def _points_to(fd: str, path: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    except OSError:
+        return False

@@ -1,0 +1,328 @@
+"""The accounts level: the lattice hash recomputed from account storages as they stream by."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from unittest import mock
+
+import pytest
+from agave_storages import Storage, expected_lt_hash, feed, storages
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof import storages as storage_format
+from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.lattice import LtHash, account_lt_hash
+from tracker.proof.storagewrite import Account, write_storage
+
+Members = dict[str, bytes]
+
+
+def reread_from(members: Members) -> Callable[[str, int], Iterable[bytes]]:
+    def reread(name: str, start: int) -> Iterable[bytes]:
+        data = members[name]
+        return (data[at : at + 5] for at in range(start, len(data), 5))
+
+    return reread
+
+
+def prove(
+    given_storages: Sequence[Storage], chunk: int = 4096, max_accounts: int = 1000
+) -> tuple[bytes | None, str | None]:
+    proof = AccountsProof(max_accounts)
+    for storage in given_storages:
+        feed(proof, storage, chunk)
+    return proof.finish(reread_from({s.name: s.data for s in given_storages}))
+
+
+# --- the archive written by agave -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 136, 4096, 1 << 20])
+def test_agave_storages_give_the_manifests_lattice_hash(chunk: int) -> None:
+    assert prove(storages(), chunk) == (expected_lt_hash(), None)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_the_superseded_version_is_left_out_whatever_order_the_storages_come_in(
+    order: tuple[int, ...],
+) -> None:
+    # index 0 (slot 98) is superseded by index 2 (slot 100): same pubkey
+    assert prove([storages()[i] for i in order]) == (expected_lt_hash(), None)
+
+
+def test_without_a_second_read_an_older_version_first_is_not_proven() -> None:
+    proof = AccountsProof(1000)
+    for storage in storages():  # slot 98 first: its version counted, superseded later
+        feed(proof, storage, 4096)
+    assert proof.finish(None) == (
+        None,
+        "not proven: 1 superseded versions need a second read of the archive",
+    )
+
+
+def test_the_newest_version_first_needs_no_second_read() -> None:
+    proof = AccountsProof(1000)
+    for storage in reversed(storages()):
+        feed(proof, storage, 4096)
+    assert proof.finish(None) == (expected_lt_hash(), None)
+
+
+def test_a_storage_with_spare_capacity_is_read_to_its_valid_length_only() -> None:
+    # accounts/99.2 is 152 bytes with 151 valid; a file of 64 KiB more of zeros is the same
+    grown = [Storage(s.slot, s.ident, s.data + bytes(65536), s.current_len) for s in storages()]
+    assert prove(grown) == (expected_lt_hash(), None)
+
+
+# --- a model: newest version by slot, zero lamports count nothing ---------------------------
+
+
+def model(slots: dict[int, list[Account]]) -> bytes:
+    newest: dict[bytes, tuple[int, Account]] = {}
+    for slot, accounts in slots.items():
+        for account in accounts:
+            if account.pubkey not in newest or newest[account.pubkey][0] < slot:
+                newest[account.pubkey] = (slot, account)
+    total = LtHash()
+    for _, a in newest.values():
+        total.add(account_lt_hash(a.lamports, a.data, a.executable, a.owner, a.pubkey))
+    return total.value()
+
+
+def built(slots: dict[int, list[Account]], order: Sequence[int]) -> list[Storage]:
+    made = []
+    for ident, slot in enumerate(order):
+        data = write_storage(slots[slot])
+        made.append(Storage(slot, ident, data, len(data)))
+    return made
+
+
+def key(n: int) -> bytes:
+    return n.to_bytes(2, "big") * 16
+
+
+def test_a_closed_account_supersedes_its_older_version_and_counts_nothing() -> None:
+    slots = {
+        5: [Account(key(1), 10, b"old"), Account(key(2), 7, b"kept")],
+        9: [Account(key(1), 0)],
+    }
+    for order in ([5, 9], [9, 5]):
+        assert prove(built(slots, order)) == (model(slots), None)
+    alone = {5: [Account(key(2), 7, b"kept")]}
+    assert model(slots) == model(alone)
+
+
+def test_an_account_stored_in_three_slots_counts_once() -> None:
+    slots = {s: [Account(key(1), s, bytes([s]) * s)] for s in (3, 4, 8)}
+    for order in itertools.permutations(slots):
+        assert prove(built(slots, order)) == (model({8: slots[8]}), None)
+
+
+# --- hostile storages ------------------------------------------------------------------------
+
+
+def one(accounts: list[Account], slot: int = 7, current_len: int | None = None) -> Storage:
+    data = write_storage(accounts)
+    return Storage(slot, 1, data, len(data) if current_len is None else current_len)
+
+
+def refused(given_storages: Sequence[Storage], chunk: int = 4096) -> str:
+    with pytest.raises(ArchiveInvalid) as caught:
+        prove(given_storages, chunk)
+    assert "\n" not in caught.value.reason
+    return caught.value.reason
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 4096])
+def test_a_pubkey_twice_in_one_storage_is_refused(chunk: int) -> None:
+    twice = one([Account(key(1), 1), Account(key(2), 1), Account(key(1), 2)])
+    assert refused([twice], chunk) == (
+        f"accounts/7.1: pubkey {_b58(key(1))} is stored twice in slot 7"
+    )
+
+
+def test_a_pubkey_twice_in_one_slot_across_pieces_and_storages_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(storage_format, "PIECE", 200)
+    accounts = [Account(key(n), 1, bytes(50)) for n in range(20)]
+    assert "stored twice in slot 7" in refused([one([*accounts, Account(key(3), 5)])])
+    first, second = one([Account(key(1), 1)]), one([Account(key(1), 2)])
+    second = Storage(7, 2, second.data, second.current_len)
+    assert "stored twice in slot 7" in refused([first, second])
+
+
+def test_a_pubkey_twice_in_one_batch_that_was_seen_in_an_older_slot_is_refused() -> None:
+    older = one([Account(key(1), 1)], slot=3)
+    newer = one([Account(key(1), 2), Account(key(1), 3)], slot=4)
+    assert "stored twice in slot 4" in refused([older, newer])
+
+
+def test_a_storage_that_ends_inside_a_record_is_refused() -> None:
+    full = one([Account(key(1), 1, b"abc"), Account(key(2), 1, b"defgh")])
+    inside_header = Storage(7, 1, full.data, 160)
+    assert refused([inside_header]) == (
+        "accounts/7.1: the storage ends inside the record at byte 144 "
+        "(16 bytes of its 136-byte header)"
+    )
+    inside_data = Storage(7, 1, full.data, full.current_len - 1)
+    assert refused([inside_data]) == (
+        "accounts/7.1: the record at byte 144 has 5 bytes of data, past the storage's "
+        f"valid length {full.current_len - 1}"
+    )
+
+
+def test_a_data_length_past_the_file_or_over_agaves_bound_is_refused() -> None:
+    record = bytearray(write_storage([Account(key(1), 1, b"abc")]))
+    record[8:16] = (1 << 20).to_bytes(8, "little")
+    assert "past the storage's valid length 139" in refused([Storage(7, 1, bytes(record), 139)])
+    record[8:16] = (1 << 62).to_bytes(8, "little")
+    assert refused([Storage(7, 1, bytes(record), 139)]) == (
+        f"accounts/7.1: the record at byte 0 claims {1 << 62} bytes of data (at most 10485760)"
+    )
+
+
+def test_an_executable_byte_other_than_0_or_1_is_refused() -> None:
+    record = bytearray(write_storage([Account(key(1), 1, b"abc")]))
+    record[96] = 2
+    assert refused([Storage(7, 1, bytes(record), 139)]) == (
+        "accounts/7.1: the record at byte 0 has executable byte 2 (0 or 1)"
+    )
+
+
+def test_a_valid_length_past_the_file_and_a_short_member_are_refused() -> None:
+    storage = one([Account(key(1), 1, b"abc")])
+    assert refused([Storage(7, 1, storage.data, 500)]) == (
+        "accounts/7.1: the manifest's length 500 is past the file's 139 bytes"
+    )
+    proof = AccountsProof(10)
+    with pytest.raises(
+        ArchiveInvalid, match=r"^accounts/7\.1: the member ends at byte 139 of its 300$"
+    ):
+        feed(proof, storage, 4096, size=300)
+
+
+def test_over_the_bound_the_level_stops_and_says_why() -> None:
+    slots = {s: [Account(key(s * 100 + n), 1) for n in range(30)] for s in range(1, 5)}
+    proof = AccountsProof(50)
+    for storage in built(slots, sorted(slots)):
+        feed(proof, storage, 4096)
+    assert proof.finish(None) == (None, "not proven: 120 accounts over the bound of 50")
+
+
+def test_superseded_versions_past_the_bound_stop_the_level_too() -> None:
+    slots = {s: [Account(key(n), s) for n in range(20)] for s in range(1, 5)}
+    proof = AccountsProof(50)
+    for storage in built(slots, sorted(slots)):
+        feed(proof, storage, 4096)
+    assert proof.finish(None) == (None, "not proven: 80 accounts over the bound of 50")
+
+
+def test_a_second_read_that_differs_is_refused() -> None:
+    slots = {1: [Account(key(1), 5, b"x")], 2: [Account(key(1), 6, b"y")]}
+    made = built(slots, [1, 2])
+    proof = AccountsProof(10)
+    for storage in made:
+        feed(proof, storage, 4096)
+    changed = write_storage([Account(key(1), 0, b"x")])
+    with pytest.raises(ArchiveInvalid, match="second read of the record at byte 0 differs"):
+        proof.finish(reread_from({"accounts/1.0": changed, "accounts/2.1": made[1].data}))
+    proof = AccountsProof(10)
+    for storage in made:
+        feed(proof, storage, 4096)
+    with pytest.raises(ArchiveInvalid, match="second read ended at byte 0, before"):
+        proof.finish(reread_from({"accounts/1.0": b"", "accounts/2.1": made[1].data}))
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_accounts = st.builds(
+    Account,
+    pubkey=st.integers(0, 12).map(key),
+    lamports=st.sampled_from([0, 1, 2**64 - 1, 1234]),
+    data=st.one_of(st.binary(max_size=40), st.binary(min_size=140, max_size=700)),
+    owner=st.sampled_from([bytes(32), b"\x07" * 32]),
+    executable=st.booleans(),
+)
+
+
+@st.composite
+def states(draw: st.DrawFn) -> dict[int, list[Account]]:
+    slots: dict[int, list[Account]] = {}
+    for slot in draw(st.lists(st.integers(1, 50), unique=True, max_size=5)):
+        accounts = draw(st.lists(_accounts, max_size=8))
+        unique = {a.pubkey: a for a in accounts}
+        slots[slot] = list(unique.values())
+    return slots
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states(), st.randoms(), st.sampled_from([1, 3, 64, 4096]))
+def test_any_order_and_any_chunking_gives_the_models_hash(
+    slots: dict[int, list[Account]], rnd: object, chunk: int
+) -> None:
+    order = list(slots)
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    assert prove(built(slots, order), chunk) == (model(slots), None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(states(), st.sampled_from([140, 150, 301, 512]), st.sampled_from([1, 5, 4096]))
+def test_any_piece_size_gives_the_models_hash(
+    slots: dict[int, list[Account]], piece: int, chunk: int
+) -> None:
+    with mock.patch.object(storage_format, "PIECE", piece):
+        assert prove(built(slots, sorted(slots)), chunk) == (model(slots), None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    states(),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    st.integers(0, 64),
+)
+def test_mutated_storages_give_a_hash_or_one_line_reason(
+    slots: dict[int, list[Account]], flips: list[tuple[int, int]], cut: int
+) -> None:
+    made = built(slots, sorted(slots))
+    mutated = []
+    for storage in made:
+        data = bytearray(storage.data)
+        for at, value in flips:
+            if data:
+                data[at % len(data)] = value
+        current_len = max(0, len(data) - cut)
+        mutated.append(Storage(storage.slot, storage.ident, bytes(data), current_len))
+    reason = None
+    try:
+        lt_hash, note = prove(mutated)
+    except ArchiveInvalid as exc:
+        reason = exc.reason
+    if reason is not None:
+        assert reason.startswith("accounts/") and "\n" not in reason
+    else:
+        assert note is None and lt_hash is not None and len(lt_hash) == 2048
+
+
+def _b58(data: bytes) -> str:
+    import base58
+
+    return base58.b58encode(data).decode()
+
+
+@pytest.mark.parametrize("piece", [160, 400, 1000])
+def test_small_pieces_keep_records_aligned_to_the_storage(
+    monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # records larger than a piece are completed by a read that ends at their last data byte
+    # (not a multiple of 8): the records after them stay where the storage has them
+    monkeypatch.setattr(storage_format, "PIECE", piece)
+    accounts = []
+    for n in range(40):
+        size = 1001 if n % 4 == 0 else n % 7
+        accounts.append(Account(key(n), n + 1, bytes([n]) * size))
+    slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
+    for chunk in (1, 7, 4096):
+        assert prove(built(slots, [3, 4]), chunk) == (model(slots), None)

@@ -1,0 +1,76 @@
+"""The second read of an archive on disk (tracker.files.reread) for the accounts proof."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
+
+from tracker.errors import ArchiveInvalid
+from tracker.files.reread import ArchiveReread
+from tracker.proof.accountsproof import AccountsProof
+
+
+@pytest.fixture(params=[".tar.zst", ".tar"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    ext: str = request.param
+    if ext == ".tar.zst":
+        return str(ARCHIVE), ext
+    plain = tmp_path / "snapshot-100.tar"
+    plain.write_bytes(zstandard.ZstdDecompressor().stream_reader(ARCHIVE.read_bytes()).read())
+    return str(plain), ext
+
+
+def test_members_are_read_again_from_an_offset_in_archive_order(archive: tuple[str, str]) -> None:
+    reread = ArchiveReread(*archive)
+    try:
+        for storage in storages():
+            assert b"".join(reread(storage.name, 5)) == storage.data[5:]
+        # asked again (or out of order), it starts over
+        first = storages()[0]
+        assert b"".join(reread(first.name, 0)) == first.data
+        with pytest.raises(ArchiveInvalid, match=r"no member accounts/7\.7"):
+            b"".join(reread("accounts/7.7", 0))
+    finally:
+        reread.close()
+
+
+def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]) -> None:
+    proof = AccountsProof(100)
+    for storage in storages():  # slot 98 first: its superseded version is read again
+        feed(proof, storage, 4096)
+    reread = ArchiveReread(*archive)
+    try:
+        assert proof.finish(reread) == (expected_lt_hash(), None)
+    finally:
+        reread.close()
+
+
+def test_long_names_and_pax_headers_before_a_member_are_followed(tmp_path: Path) -> None:
+    long = "accounts/" + "x" * 200
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, pax in (
+            (long, b"a" * 700, None),
+            ("accounts/1.1", b"b" * 600, {"comment": "y" * 300}),
+            ("accounts/2.2", b"wanted data", None),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if pax:
+                info.pax_headers = pax
+                tar.format = tarfile.PAX_FORMAT
+            tar.addfile(info, io.BytesIO(data))
+            tar.format = tarfile.GNU_FORMAT
+    path = tmp_path / "snapshot-9.tar"
+    path.write_bytes(out.getvalue())
+    reread = ArchiveReread(str(path), ".tar")
+    try:
+        assert b"".join(reread("accounts/2.2", 7)) == b"data"
+        assert b"".join(reread(long, 698)) == b"aa"
+    finally:
+        reread.close()
