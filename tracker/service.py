@@ -38,6 +38,7 @@ from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proving.heads import HeadProofs
+from tracker.proving.votes import ClusterVotes
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
@@ -139,7 +140,7 @@ class Components:
 
 def build(
     tracker: Tracker,
-    rpc_client: httpx.AsyncClient,
+    rpc: httpx.AsyncClient,
     *,
     settings: ProxySettings | None = None,
     cache_factory: CacheFactory | None = None,
@@ -180,7 +181,7 @@ def build(
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
-    health = HealthChecker(current, index, rpc_client)
+    health = HealthChecker(current, index, rpc)
     status = objects.tier.status if objects is not None else lambda: None
     deps = ApiDeps(
         current,
@@ -200,7 +201,8 @@ def build(
     speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
     learning = Learning(current, index, rejections, bucket, metrics=metrics)
-    heads = HeadProofs(current, index, streamer.clients, prove_head)
+    votes = ClusterVotes(current, rpc)
+    heads = HeadProofs(current, index, streamer.clients, prove_head, votes=votes)
     return Components(
         tracker,
         scraper,
