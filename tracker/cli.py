@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``--version``.
+"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``attest``, ``--version``.
 
 Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 """
@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import add_fetch_parser, add_log_flags, fetch_main
+from tracker.fetch.cli import add_fetch_parser, add_log_flags, count_arg, duration_arg, fetch_main
+from tracker.fetch.statementfiles import (
+    add_attest_parser,
+    add_trust_flags,
+    load_key,
+    sign_file,
+    trust_of,
+    vouch_problem,
+)
 
 if TYPE_CHECKING:
     from tracker.config.schema import Config
@@ -88,6 +96,8 @@ def build_parser() -> Parser:
         "Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
+    add_trust_flags(verify, count_arg)
+    add_attest_parser(commands, duration_arg)
     return parser
 
 
@@ -112,27 +122,58 @@ def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
     return ""
 
 
-def verify_main(files: Sequence[str]) -> int:
+def verify_main(args: argparse.Namespace) -> int:
     """``snapshot-tracker verify FILE...``: one line per file on stdout (``ok LEVEL SHA256
     FILE``, the level it was proven to, with the note that says why it stops there when it
-    could go higher; or ``bad FILE: REASON``); 0 when all pass."""
+    could go higher; or ``bad FILE: REASON``); 0 when all pass. With ``--trust-key``, a file
+    passes only when enough trusted keys vouch for it in signed statements."""
     from tracker.files.archivecheck import check_file
 
+    trust = trust_of(args)
     failed = False
-    for path in files:
+    for path in args.files:
         try:
             checked = check_file(path)
+            problem = vouch_problem(path, checked, trust, args.attestation)
         except ArchiveInvalid as exc:
-            line = f"bad {path}: {exc.reason}"
+            problem = exc.reason
         except OSError as exc:
-            line = f"bad {path}: {exc.strerror or exc}"
-        else:
+            problem = exc.strerror or str(exc)
+        if problem is None:
             proof = checked.proof
             note = f" ({proof.note})" if proof.note else ""
             print(f"ok {proof.level.label} {checked.sha256} {path}{note}", flush=True)
             continue
         failed = True
-        print(line, flush=True)
+        print(f"bad {path}: {problem}", flush=True)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def attest_main(args: argparse.Namespace) -> int:
+    """``snapshot-tracker attest FILE... --key KEYFILE``: check each archive and sign what
+    it proved beside it; one line per file; 0 when every file was signed, 1 when one was
+    not, 2 for an unusable key file."""
+    from tracker.files.archivecheck import check_file
+
+    try:
+        signer = load_key(args.key)
+    except ValueError as exc:
+        print(f"snapshot-tracker attest: --key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = False
+    for path in args.files:
+        try:
+            checked = check_file(path)
+            written = sign_file(path, checked, signer, args.valid_for)
+        except ArchiveInvalid as exc:
+            failed = True
+            print(f"bad {path}: {exc.reason}", flush=True)
+        except (OSError, ValueError) as exc:
+            failed = True
+            print(f"bad {path}: {getattr(exc, 'strerror', None) or exc}", flush=True)
+        else:
+            level = checked.proof.level.label
+            print(f"signed {level} {checked.sha256} {written}", flush=True)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -199,7 +240,9 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     if args.command == "fetch":
         return fetch_main(args, parser)
     if args.command == "verify":
-        return verify_main(args.files)
+        return verify_main(args)
+    if args.command == "attest":
+        return attest_main(args)
     try:
         config = load(args)
     except ConfigError as exc:

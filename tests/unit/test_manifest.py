@@ -236,7 +236,7 @@ def test_written_storages_are_agave_own_bytes() -> None:
 def test_verify_prints_the_level_and_why_it_stops(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tracker.cli import verify_main
+    from tracker.cli import main
 
     good = tmp_path / NAME
     good.write_bytes(ARCHIVE)
@@ -249,7 +249,7 @@ def test_verify_prints_the_level_and_why_it_stops(
     old.write_bytes(compress(make_tar(entries), "zst"))
     forged = tmp_path / "snapshot-100-11111111111111111111111111111111.tar.zst"
     forged.write_bytes(ARCHIVE)
-    assert verify_main([str(good), str(old), str(forged)]) == 1
+    assert main(["verify", str(good), str(old), str(forged)]) == 1
     sha = hashlib.sha256
     assert capsys.readouterr().out.splitlines() == [
         f"ok manifest {sha(ARCHIVE).hexdigest()} {good}",

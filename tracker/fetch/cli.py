@@ -341,3 +341,7 @@ def interrupted(ledger: str, signum: int) -> int:
     reason = f"interrupted; {done} of {total} bytes kept, run again to resume"
     log_event(log, "error", "fetch_interrupted", reason=reason)
     return 128 + signum
+
+
+#: The argument types other commands share (``verify``, ``attest``).
+count_arg, duration_arg = _count, _duration
