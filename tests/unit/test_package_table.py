@@ -1,0 +1,44 @@
+"""Every module of the package is named in its package's row of the package table in
+docs/architecture.md ("Packages and their layers"): a newcomer finds each room there."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLE = [
+    line
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines()
+    if line.startswith("| ") and "`tracker/" in line
+]
+MODULES = sorted(
+    (package.name, module.stem)
+    for package in (ROOT / "tracker").iterdir()
+    if (package / "__init__.py").exists()
+    for module in package.glob("*.py")
+    if module.stem != "__init__"
+)
+
+
+def _row(package: str) -> str:
+    rows = [line for line in TABLE if f"`tracker/{package}`" in line.split("|")[2]]
+    assert len(rows) == 1, f"tracker/{package} has {len(rows)} rows in the package table"
+    return rows[0]
+
+
+def _named(row: str, package: str, module: str) -> bool:
+    return re.search(rf"`{module}`|`{module}[.:(]|\b{package}\.{module}\b", row) is not None
+
+
+@pytest.mark.parametrize(("package", "module"), MODULES, ids=lambda v: v)
+def test_every_module_is_in_its_package_row(package: str, module: str) -> None:
+    assert _named(_row(package), package, module), f"tracker/{package}/{module}.py"
+
+
+def test_the_finder_tells_a_named_module_from_another() -> None:
+    row = "| 0 | `tracker/core` | names (`snapshots`), `hosts.is_authority`, core.text |"
+    assert _named(row, "core", "snapshots") and _named(row, "core", "hosts")
+    assert _named(row, "core", "text") and not _named(row, "core", "digests")
