@@ -119,6 +119,53 @@ async def test_a_source_ignoring_range_is_read_only_as_far_as_the_probe(
         assert _speed(t, fast) > 0
 
 
+async def test_a_source_that_holds_its_answer_back_is_not_measured_fast() -> None:
+    """The clock starts at the request: a head held back 0.5 s, then 1 MiB at once, is at
+    most 2 MiB/s (timed from the head, it would be loopback's hundreds of MB/s)."""
+    held = 0.5
+    late = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(delay=held)})
+    config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
+    async with serving(late), running_tracker(config) as t:
+        _advertise(t, late)
+        assert await t.parts.speedtests.round() == 1
+        assert 0 < _speed(t, late) < PROBE / held
+
+
+async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
+    client: httpx.AsyncClient,
+) -> None:
+    """``sly`` answers speed tests (a Range read) at loopback speed but real transfers at
+    2 MiB/s; ``steady`` serves everything at 8 MiB/s at most. Probed, sly ranks first;
+    after one real transfer from it, steady does, and sly's next fast probe changes nothing.
+    ``/v1/targets`` shows both figures."""
+    sly = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(unranged_rate=2 * MiB)})
+    steady = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=8 * MiB)})
+    config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=0))
+    async with serving(sly), serving(steady), running_tracker(config) as t:
+        _advertise(t, steady, sly)
+
+        def order() -> list[str]:
+            return [s.key.target for _f, s in t.index.find_file(GROUP, NAME)]
+
+        assert await t.parts.speedtests.round() == 2
+        assert order() == [sly.base, steady.base]
+        # A real transfer: the proxy asks the best source, sly, for the whole file.
+        generation = t.index.generation
+        response = await client.get(t.url(NAME))
+        assert response.status_code == 200 and response.content == DATA
+        assert [s.headers.get("range") for s in sly.gets(NAME)] == [f"bytes=0-{PROBE - 1}", None]
+        await wait_for(lambda: t.index.generation > generation)  # the transfer was recorded
+        assert order() == [steady.base, sly.base]
+        # Probed again, as fast as before: what it served still outweighs it.
+        assert await t.parts.speedtests.round() == 2
+        assert len(sly.gets(NAME)) == 3
+        assert order() == [steady.base, sly.base]
+        now = trio.current_time()
+        probed, achieved = t.index.speeds.figures(TargetKey(GROUP, sly.base), now)
+        assert achieved < 2 * MiB < 8 * MiB < probed
+        assert _speed(t, sly) < _speed(t, steady)
+
+
 async def test_the_service_measures_its_sources_and_targets_show_it(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
@@ -145,6 +192,8 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
     targets = (await client.get(f"{base}/v1/targets")).json()
     speed = {t["target"]: t["throughput_bps"] for t in targets}
     assert speed[fast.base] > speed[slow.base] > 0
+    # Only speed tests so far: the probed figure is the throughput, nothing achieved.
+    assert all(t["probed_bps"] > 0 and "achieved_bps" not in t for t in targets)
     listed = (await client.get(f"{base}/v1/snapshots")).json()
     [first, second] = [s["throughput_bps"] for s in listed]
     assert first > second > 0  # the faster source of the same full ranks first
