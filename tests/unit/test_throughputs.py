@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tracker.core.index import Index, TargetKey
-from tracker.core.learned import decode, encode, gather, restore
+from tracker.core.learned import Learned, decode, encode, gather, merge, restore
 from tracker.core.rejections import Rejections
 from tracker.core.throughputs import HALF_LIFE, TRUST_HALF_LIFE, Measured, combined
 
@@ -74,3 +74,14 @@ def test_both_figures_survive_a_restart() -> None:
     restore(decode(data), again, Rejections(), now=5.0, wall=1_000.0)
     assert again.speeds.figures(SLY, 5.0) == pytest.approx(index.speeds.figures(SLY, 20.0))
     assert again.throughput(SLY, 5.0) == pytest.approx(index.throughput(SLY, 20.0))
+
+
+def test_replicas_merge_each_figure_by_its_newest_and_an_older_document_has_none_achieved() -> None:
+    one = Learned({SLY: (500.0, 10.0)}, achieved={SLY: (5.0, 30.0)})
+    two = Learned({SLY: (400.0, 20.0)}, achieved={SLY: (6.0, 25.0), STEADY: (9.0, 1.0)})
+    merged = merge([one, two])
+    assert merged.throughputs == {SLY: (400.0, 20.0)}
+    assert merged.achieved == {SLY: (5.0, 30.0), STEADY: (9.0, 1.0)}
+    older = encode(Learned({SLY: (500.0, 10.0)})).replace(b',"achieved":[]', b"")
+    assert b"achieved" not in older
+    assert decode(older) == Learned({SLY: (500.0, 10.0)})
