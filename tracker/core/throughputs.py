@@ -1,7 +1,7 @@
 """Measured throughputs per target, on one clock (docs/ranking.md).
 
 Two figures per target: what its speed tests read (*probed*) and what real transfers from it
-achieved (*achieved*: proxied streams, refreshes into the cache, their resumes). A speed test
+achieved (*achieved*: proxied streams, refreshes into the cache, prefetches). A speed test
 is easy to spot (``Range: bytes=0-N``), so a source could answer it fast and real transfers
 slowly: the figure the ranking uses is :func:`combined`, in which a real transfer outweighs
 the speed tests made after it until it is old (docs/ranking.md, "Probed and achieved").
