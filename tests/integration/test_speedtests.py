@@ -136,8 +136,7 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
 ) -> None:
     """``sly`` answers speed tests (a Range read) at loopback speed but real transfers at
     2 MiB/s; ``steady`` serves everything at 8 MiB/s at most. Probed, sly ranks first;
-    after one real transfer from it, steady does, and sly's next fast probe changes nothing.
-    ``/v1/targets`` shows both figures."""
+    after one real transfer from it, steady does, and sly's next fast probe changes nothing."""
     sly = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(unranged_rate=2 * MiB)})
     steady = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=8 * MiB)})
     config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=0))
@@ -181,8 +180,13 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
         "static_targets": {"targets": [fast.base[7:], slow.base[7:]]},
         "ranking": {"speed_test": {"bytes": "1MiB", "top": 2}},
     }
-    path = write_config(tmp_path, {"scrape_interval": "200ms", "target_groups": [group]})
-    [base] = await start_tracker(nursery, path)
+    settings = {
+        "scrape_interval": "200ms",
+        "target_groups": [group],
+        "proxy_snapshot_downloads": True,
+        "verify_archives": False,  # opaque bytes, not an archive
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
 
     async def measured() -> bool:
         targets = (await client.get(f"{base}/v1/targets")).json()
@@ -197,3 +201,13 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
     listed = (await client.get(f"{base}/v1/snapshots")).json()
     [first, second] = [s["throughput_bps"] for s in listed]
     assert first > second > 0  # the faster source of the same full ranks first
+    # A real transfer (proxied, from the faster source): its achieved figure is shown too.
+    assert (await client.get(f"{base}/v1/{GROUP}/{NAME}")).content == DATA
+
+    async def achieved() -> bool:
+        targets = (await client.get(f"{base}/v1/targets")).json()
+        return any(t.get("achieved_bps", 0) > 0 for t in targets)
+
+    await wait_until(achieved)
+    [entry] = [t for t in (await client.get(f"{base}/v1/targets")).json() if "achieved_bps" in t]
+    assert entry["target"] == fast.base and entry["probed_bps"] > 0
