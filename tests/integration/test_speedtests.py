@@ -135,13 +135,19 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
     client: httpx.AsyncClient,
 ) -> None:
     """``sly`` answers speed tests (a Range read) at loopback speed but real transfers at
-    2 MiB/s; ``steady`` serves everything at 8 MiB/s at most. Probed, sly ranks first;
-    after one real transfer from it, steady does, and sly's next fast probe changes nothing."""
-    sly = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(unranged_rate=2 * MiB)})
-    steady = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=8 * MiB)})
+    512 KiB/s; ``steady`` serves everything at 1 MiB/s. Probed, sly ranks first; after one
+    real transfer from it, steady does, and sly's next fast probe changes nothing. The gaps
+    are wide (sly's 1 MiB probe only has to take less than steady's second; its transfer
+    is at most about half steady's speed), so a loaded machine does not change the order."""
+    data = archive_bytes(MiB + MiB // 4, seed=4)  # a real transfer counts from 1 MiB on
+    paced = 16 * 1024  # small chunks: paced evenly
+    slowly = Behaviour(unranged_rate=MiB // 2)
+    sly = FakeUpstream(files={NAME: data}, behaviour={NAME: slowly}, chunk=paced)
+    steady = FakeUpstream(files={NAME: data}, behaviour={NAME: Behaviour(rate=MiB)}, chunk=paced)
     config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=0))
     async with serving(sly), serving(steady), running_tracker(config) as t:
-        _advertise(t, steady, sly)
+        for up in (steady, sly):
+            advertise(t.index, up.base, [(NAME, up.url(NAME), len(data))])
 
         def order() -> list[str]:
             return [s.key.target for _f, s in t.index.find_file(GROUP, NAME)]
@@ -151,7 +157,7 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
         # A real transfer: the proxy asks the best source, sly, for the whole file.
         generation = t.index.generation
         response = await client.get(t.url(NAME))
-        assert response.status_code == 200 and response.content == DATA
+        assert response.status_code == 200 and response.content == data
         assert [s.headers.get("range") for s in sly.gets(NAME)] == [f"bytes=0-{PROBE - 1}", None]
         await wait_for(lambda: t.index.generation > generation)  # the transfer was recorded
         assert order() == [steady.base, sly.base]
@@ -159,9 +165,8 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
         assert await t.parts.speedtests.round() == 2
         assert len(sly.gets(NAME)) == 3
         assert order() == [steady.base, sly.base]
-        now = trio.current_time()
-        probed, achieved = t.index.speeds.figures(TargetKey(GROUP, sly.base), now)
-        assert achieved < 2 * MiB < 8 * MiB < probed
+        probed, achieved = t.index.speeds.figures(TargetKey(GROUP, sly.base), trio.current_time())
+        assert achieved < _speed(t, steady) < probed
         assert _speed(t, sly) < _speed(t, steady)
 
 
