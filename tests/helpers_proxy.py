@@ -102,6 +102,8 @@ class Behaviour:
     body_delay: float = 0.0  # seconds between the head and the first body byte
     gzip_if_asked: bool = False  # a gzip-coded body for a client whose accept-encoding has gzip
     ignore_range: bool = False  # answer a Range request with 200 and the whole body
+    # body bytes per second of a request without Range (a real transfer, not a speed test)
+    unranged_rate: float | None = None
 
 
 @attrs.define
@@ -259,6 +261,9 @@ class FakeUpstream:
         body: bytes,
     ) -> bool:
         limit = len(body) - how.short_by
+        rate = how.rate
+        if how.unranged_rate is not None and "range" not in seen.headers:
+            rate = how.unranged_rate
         if how.drop_after is not None:
             limit = min(limit, how.drop_after)
         try:
@@ -271,8 +276,8 @@ class FakeUpstream:
                 piece = body[seen.body_sent : end]
                 await _send(conn, stream, h11.Data(data=piece))
                 seen.body_sent = end
-                if how.rate:
-                    await trio.sleep(len(piece) / how.rate)
+                if rate:
+                    await trio.sleep(len(piece) / rate)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             seen.aborted = True
             raise

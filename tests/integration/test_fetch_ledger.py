@@ -31,6 +31,7 @@ from test_fetch import (
 from test_fetch_sources import body_bytes, tracker_of
 
 from tracker.errors import FetchError
+from tracker.fetch.download import Result
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
 
@@ -220,18 +221,31 @@ async def test_a_source_bad_outside_the_samples_does_not_sink_a_good_one(tmp_pat
     the best first, and the good one's copy is kept."""
     bad = corrupt_between_samples(GOOD)
     assert bad != GOOD
-    # The good source is the slower one: the bad one surely sends pieces of the combined copy.
-    slow = {NAME: Behaviour(rate=2 * MiB)}
+    # Both must send pieces of the combined copy (not only the 64 KiB samples and byte 0),
+    # whichever connection the scheduler runs first: in pieces of 256 KiB (six), the good
+    # source holds each piece after its first 64 KiB + 1 bytes until the bad one has sent
+    # more than that of a piece. Its two connections hold two pieces meanwhile, so the bad
+    # one's connections claim the others.
+    sample = 64 * 1024
+    held = Behaviour(rate=2 * MiB, pause_at=sample + 1)
     first, second = (
         FakeUpstream(files={NAME: bad}),
-        FakeUpstream(files={NAME: GOOD}, behaviour=slow),
+        FakeUpstream(files={NAME: GOOD}, behaviour={NAME: held}),
     )
     ledger = ledger_of(tmp_path)
-    async with tracker_of([first, second]) as tracker:
-        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
-        [result] = await run_fetch(opts, NoProgress())
-    # Both sent pieces of the combined copy (not only the 64 KiB samples and byte 0).
-    assert [s for s in first.gets(NAME) if s.body_sent > 64 * 1024 + 1]
+    settings = attrs.evolve(VERIFYING, piece_size=256 * 1024)
+    results: list[Result] = []
+
+    async def fetch() -> None:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        results.extend(await run_fetch(opts, NoProgress()))
+
+    async with tracker_of([first, second]) as tracker, trio.open_nursery() as nursery:
+        nursery.start_soon(fetch)
+        await wait_for(lambda: any(s.body_sent > sample + 1 for s in first.gets(NAME)), 20)
+        held.resume.set()
+    [result] = results
+    assert len(GOOD) > 4 * settings.piece_size
     assert result.sha256 == sha256(GOOD)
     assert [s.url for s in result.sources] == [second.base + f"/v1/snapshot/{NAME}"]
     assert sorted(p.name for p in ledger.iterdir()) == [NAME]

@@ -119,6 +119,57 @@ async def test_a_source_ignoring_range_is_read_only_as_far_as_the_probe(
         assert _speed(t, fast) > 0
 
 
+async def test_a_source_that_holds_its_answer_back_is_not_measured_fast() -> None:
+    """The clock starts at the request: a head held back 0.5 s, then 1 MiB at once, is at
+    most 2 MiB/s (timed from the head, it would be loopback's hundreds of MB/s)."""
+    held = 0.5
+    late = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(delay=held)})
+    config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
+    async with serving(late), running_tracker(config) as t:
+        _advertise(t, late)
+        assert await t.parts.speedtests.round() == 1
+        assert 0 < _speed(t, late) < PROBE / held
+
+
+async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
+    client: httpx.AsyncClient,
+) -> None:
+    """``sly`` answers speed tests (a Range read) at loopback speed but real transfers at
+    512 KiB/s; ``steady`` serves everything at 1 MiB/s. Probed, sly ranks first; after one
+    real transfer from it, steady does, and sly's next fast probe changes nothing. The gaps
+    are wide (sly's 1 MiB probe only has to take less than steady's second; its transfer
+    is at most about half steady's speed), so a loaded machine does not change the order."""
+    data = archive_bytes(MiB + MiB // 4, seed=4)  # a real transfer counts from 1 MiB on
+    paced = 16 * 1024  # small chunks: paced evenly
+    slowly = Behaviour(unranged_rate=MiB // 2)
+    sly = FakeUpstream(files={NAME: data}, behaviour={NAME: slowly}, chunk=paced)
+    steady = FakeUpstream(files={NAME: data}, behaviour={NAME: Behaviour(rate=MiB)}, chunk=paced)
+    config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=0))
+    async with serving(sly), serving(steady), running_tracker(config) as t:
+        for up in (steady, sly):
+            advertise(t.index, up.base, [(NAME, up.url(NAME), len(data))])
+
+        def order() -> list[str]:
+            return [s.key.target for _f, s in t.index.find_file(GROUP, NAME)]
+
+        assert await t.parts.speedtests.round() == 2
+        assert order() == [sly.base, steady.base]
+        # A real transfer: the proxy asks the best source, sly, for the whole file.
+        generation = t.index.generation
+        response = await client.get(t.url(NAME))
+        assert response.status_code == 200 and response.content == data
+        assert [s.headers.get("range") for s in sly.gets(NAME)] == [f"bytes=0-{PROBE - 1}", None]
+        await wait_for(lambda: t.index.generation > generation)  # the transfer was recorded
+        assert order() == [steady.base, sly.base]
+        # Probed again, as fast as before: what it served still outweighs it.
+        assert await t.parts.speedtests.round() == 2
+        assert len(sly.gets(NAME)) == 3
+        assert order() == [steady.base, sly.base]
+        probed, achieved = t.index.speeds.figures(TargetKey(GROUP, sly.base), trio.current_time())
+        assert achieved < _speed(t, steady) < probed
+        assert _speed(t, sly) < _speed(t, steady)
+
+
 async def test_the_service_measures_its_sources_and_targets_show_it(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
@@ -134,8 +185,13 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
         "static_targets": {"targets": [fast.base[7:], slow.base[7:]]},
         "ranking": {"speed_test": {"bytes": "1MiB", "top": 2}},
     }
-    path = write_config(tmp_path, {"scrape_interval": "200ms", "target_groups": [group]})
-    [base] = await start_tracker(nursery, path)
+    settings = {
+        "scrape_interval": "200ms",
+        "target_groups": [group],
+        "proxy_snapshot_downloads": True,
+        "verify_archives": False,  # opaque bytes, not an archive
+    }
+    [base] = await start_tracker(nursery, write_config(tmp_path, settings))
 
     async def measured() -> bool:
         targets = (await client.get(f"{base}/v1/targets")).json()
@@ -145,6 +201,18 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
     targets = (await client.get(f"{base}/v1/targets")).json()
     speed = {t["target"]: t["throughput_bps"] for t in targets}
     assert speed[fast.base] > speed[slow.base] > 0
+    # Only speed tests so far: the probed figure is the throughput, nothing achieved.
+    assert all(t["probed_bps"] > 0 and "achieved_bps" not in t for t in targets)
     listed = (await client.get(f"{base}/v1/snapshots")).json()
     [first, second] = [s["throughput_bps"] for s in listed]
     assert first > second > 0  # the faster source of the same full ranks first
+    # A real transfer (proxied, from the faster source): its achieved figure is shown too.
+    assert (await client.get(f"{base}/v1/{GROUP}/{NAME}")).content == DATA
+
+    async def achieved() -> bool:
+        targets = (await client.get(f"{base}/v1/targets")).json()
+        return any(t.get("achieved_bps", 0) > 0 for t in targets)
+
+    await wait_until(achieved)
+    [entry] = [t for t in (await client.get(f"{base}/v1/targets")).json() if "achieved_bps" in t]
+    assert entry["target"] == fast.base and entry["probed_bps"] > 0

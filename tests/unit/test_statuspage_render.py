@@ -39,6 +39,7 @@ NOW = 1_800_000_000.0
 FULL = full_name(1000)
 INCR = incremental_name(1000, 1100)
 GiB = 1024**3
+MiB = 1024**2
 
 
 def target(name: str, health: str = "up", error: str = "", group: str = "mainnet") -> TargetView:
@@ -332,3 +333,31 @@ def test_the_predicted_time_to_running_shows_under_the_group(
         assert says in page
     if absent is not None:
         assert absent not in page
+
+
+@pytest.mark.parametrize(
+    ("probed", "achieved", "throughput", "shown", "absent"),
+    [
+        # Never measured: a dash, no figures.
+        (0.0, 0.0, 0.0, ["<td>—</td>"], ["probed"]),
+        # Speed tests only.
+        (64 * MiB, 0.0, 64 * MiB, ["64.0 MiB/s<br>", "probed 64.0 MiB/s, achieved —"], []),
+        # Probed fast, served slowly: the figure ranked, then both it combines.
+        (
+            512 * MiB,
+            2 * MiB,
+            2 * MiB,
+            ["<td>2.0 MiB/s<br>", "probed 512.0 MiB/s, achieved 2.0 MiB/s"],
+            [],
+        ),
+    ],
+)
+def test_a_targets_throughput_shows_the_probed_and_achieved_figures(
+    probed: float, achieved: float, throughput: float, shown: list[str], absent: list[str]
+) -> None:
+    row = target("http://a")._replace(throughput=throughput, probed=probed, achieved=achieved)
+    page = render_status(view(targets=(row,)))
+    for part in shown:
+        assert part in page
+    for part in absent:
+        assert part not in page

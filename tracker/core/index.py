@@ -20,7 +20,7 @@ from tracker.core.predict import Ranking
 from tracker.core.ranking import RankedPairs, TimedGroups
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
 from tracker.core.sources import SnapshotSource, TargetKey
-from tracker.core.throughputs import Throughputs
+from tracker.core.throughputs import Kind, Throughputs
 from tracker.core.trust import TrustPolicy, needs_screening, screen
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
@@ -39,7 +39,8 @@ class Index:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         #: The one clock of measured throughputs: recorded and aged on it (monotonic seconds).
         self.clock = clock
-        self._speeds = Throughputs(clock)
+        #: Measured throughputs (read here; changed by the methods below, which re-rank).
+        self.speeds = Throughputs(clock)
         self._entries: dict[TargetKey, _Entry] = {}
         #: Bumped by every change: what was computed from an older generation is stale.
         self.generation = 0
@@ -141,32 +142,31 @@ class Index:
         return self._mismatches
 
     def record_transfer(
-        self, key: TargetKey, size: int, seconds: float, now: float | None = None
+        self,
+        key: TargetKey,
+        size: int,
+        seconds: float,
+        now: float | None = None,
+        *,
+        kind: Kind = "achieved",
     ) -> None:
-        """A transfer of ``size`` bytes from ``key`` took ``seconds`` (ended at ``now`` on
-        :attr:`clock`, its reading by default): folded into its throughput."""
-        if self._speeds.record(key, size, seconds, now):
+        """A speed test or a real transfer (``kind``) of ``size`` bytes from ``key`` took
+        ``seconds``, ended at ``now`` on :attr:`clock` (its reading by default)."""
+        if self.speeds.record(key, size, seconds, now, kind):
             self._changed()
 
     def throughput(self, key: TargetKey, now: float | None = None) -> float:
-        """``key``'s measured bytes per second, decayed by its age at ``now`` on :attr:`clock`
-        (its reading by default); 0: never measured."""
-        return self._speeds.rate(key, now)
+        """``key``'s figure at ``now`` (:func:`tracker.core.throughputs.combined`); 0: none."""
+        return self.speeds.rate(key, now)
 
-    def measurements(self) -> dict[TargetKey, tuple[float, float]]:
-        """Every measured throughput as (bytes per second, time measured), undecayed: what
-        is kept across a restart (docs/http-api.md#what-the-tracker-learned)."""
-        return self._speeds.measurements()
-
-    def restore_throughput(self, key: TargetKey, rate: float, at: float) -> None:
-        """Take a throughput measured elsewhere (a previous run, another replica) at ``at``
-        unless ``key``'s own measurement is as recent."""
-        if self._speeds.restore(key, rate, at):
+    def restore_throughput(self, key: TargetKey, rate: float, at: float, kind: Kind) -> None:
+        """Take a throughput (``kind``) measured elsewhere at ``at``, unless ours is newer."""
+        if self.speeds.restore(key, rate, at, kind):
             self._changed()
 
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
-        self._speeds.drop(key)
+        self.speeds.drop(key)
         if self._entries.pop(key, None) is not None:
             self._changed()
 
@@ -201,7 +201,7 @@ class Index:
                 screened = _screen(entries, policy, self._cluster_slot, self._mismatches)
                 if self._disproven.view():  # rare: only copies a proof refused
                     self._disproven.screen({k: e.infos for k, e in entries.items()}, screened)
-                speeds = self._speeds.rates(now)
+                speeds = self.speeds.rates(now)
                 measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
                 pairs: list[tuple[Any, SnapshotSource]] = []

@@ -1,7 +1,8 @@
 """What the tracker learned, as a small JSON document kept across restarts and shared by
 replicas (pure; docs/http-api.md#what-the-tracker-learned).
 
-Two things: the measured throughput of each source, and the rejected copies held back for
+Two things: the measured throughputs of each source (what its speed tests read, and what real
+transfers from it achieved: two lists), and the rejected copies held back for
 ``reject_for``. A restart changes monotonic clocks, so the document holds wall-clock times:
 :func:`gather` converts from the running clock, :func:`restore` back to it. Reading is
 lenient: a document that is not what this module writes costs the document (StateError),
@@ -20,6 +21,7 @@ import attrs
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.rejections import MAX_REJECTIONS, Rejection, Rejections
+from tracker.core.throughputs import KINDS
 from tracker.core.untrusted import load_json
 from tracker.errors import StateError
 
@@ -41,10 +43,12 @@ Throughputs = Mapping[TargetKey, tuple[float, float]]
 
 @attrs.frozen
 class Learned:
-    """Throughputs and rejections with wall-clock times (``Rejection.until`` too)."""
+    """Throughputs (probed, then achieved by real transfers) and rejections with wall-clock
+    times (``Rejection.until`` too)."""
 
     throughputs: Throughputs = attrs.Factory(dict)
     rejections: tuple[Rejection, ...] = ()
+    achieved: Throughputs = attrs.Factory(dict)
     #: Entries of the document read that were not kept (not what :func:`encode` writes).
     dropped: int = 0
 
@@ -53,9 +57,12 @@ def gather(index: Index, rejections: Rejections, *, now: float, wall: float) -> 
     """What ``index`` and ``rejections`` hold now (``now`` on their clock, ``wall`` the wall
     clock at the same moment), rejections that ran out left out."""
     shift = wall - now
-    speeds = {key: (rate, at + shift) for key, (rate, at) in index.measurements().items()}
+    probed, achieved = (
+        {key: (rate, at + shift) for key, (rate, at) in index.speeds.measurements(kind).items()}
+        for kind in KINDS
+    )
     held = tuple(attrs.evolve(r, until=r.until + shift) for r in rejections.held() if r.until > now)
-    return Learned(speeds, held)
+    return Learned(probed, held, achieved)
 
 
 def restore(
@@ -71,8 +78,9 @@ def restore(
     in the future (another machine's clock) counts as now, a rejection holds at most
     ``longest_hold`` seconds from now (``reject_for``: what this tracker would hold)."""
     shift = now - wall
-    for key, (rate, at) in learned.throughputs.items():
-        index.restore_throughput(key, rate, min(at, wall) + shift)
+    for kind, speeds in zip(KINDS, (learned.throughputs, learned.achieved), strict=True):
+        for key, (rate, at) in speeds.items():
+            index.restore_throughput(key, rate, min(at, wall) + shift, kind)
     for held in learned.rejections:
         if held.until > wall:
             until = min(held.until, wall + longest_hold)
@@ -83,28 +91,32 @@ def merge(documents: Iterable[Learned]) -> Learned:
     """One document of several: per source the newest measurement, per copy the rejection
     that lasts longest."""
     speeds: dict[TargetKey, tuple[float, float]] = {}
+    achieved: dict[TargetKey, tuple[float, float]] = {}
     held: dict[tuple[TargetKey, str], Rejection] = {}
     for doc in documents:
-        for key, (rate, at) in doc.throughputs.items():
-            if key not in speeds or speeds[key][1] < at:
-                speeds[key] = (rate, at)
+        _newest(speeds, doc.throughputs)
+        _newest(achieved, doc.achieved)
         for r in doc.rejections:
             known = held.get((r.key, r.name))
             if known is None or known.until < r.until:
                 held[(r.key, r.name)] = r
-    return Learned(speeds, tuple(held.values()))
+    return Learned(speeds, tuple(held.values()), achieved)
+
+
+def _newest(into: dict[TargetKey, tuple[float, float]], speeds: Throughputs) -> None:
+    """Per source of ``speeds``, its measurement into ``into`` unless that one is newer."""
+    for key, (rate, at) in speeds.items():
+        if key not in into or into[key][1] < at:
+            into[key] = (rate, at)
 
 
 def encode(learned: Learned) -> bytes:
     """The JSON document of ``learned``: the newest entries, at most the bounds above."""
-    speeds = sorted(learned.throughputs.items(), key=lambda item: -item[1][1])
     held = sorted(learned.rejections, key=lambda r: -r.until)
     doc = {
         "version": VERSION,
-        "throughputs": [
-            {**_key_json(key), "bps": rate, "at": at}
-            for key, (rate, at) in speeds[:MAX_THROUGHPUTS]
-        ],
+        "throughputs": _speeds_json(learned.throughputs),
+        "achieved": _speeds_json(learned.achieved),
         "rejections": [
             {**_key_json(r.key), "name": r.name, "reason": r.reason[:MAX_REASON], "until": r.until}
             for r in held[:MAX_REJECTIONS]
@@ -121,10 +133,12 @@ def decode(data: bytes) -> Learned:
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise StateError("not a state document of this version")
     speeds: dict[TargetKey, tuple[float, float]] = {}
+    achieved: dict[TargetKey, tuple[float, float]] = {}
     held: list[Rejection] = []
     dropped = 0
     for field, limit, read in (
         ("throughputs", MAX_THROUGHPUTS, _throughput),
+        ("achieved", MAX_THROUGHPUTS, _throughput),
         ("rejections", MAX_REJECTIONS, _rejection),
     ):
         items, lost = _items(doc.get(field), limit)
@@ -137,10 +151,16 @@ def decode(data: bytes) -> Learned:
             if isinstance(entry, Rejection):
                 held.append(entry)
             elif entry is not None:
-                speeds[entry[0]] = entry[1]
+                (achieved if field == "achieved" else speeds)[entry[0]] = entry[1]
             else:
                 dropped += 1
-    return Learned(speeds, tuple(held), dropped)
+    return Learned(speeds, tuple(held), achieved, dropped)
+
+
+def _speeds_json(speeds: Throughputs) -> list[dict[str, object]]:
+    """The newest :data:`MAX_THROUGHPUTS` of ``speeds`` as JSON entries."""
+    newest = sorted(speeds.items(), key=lambda item: -item[1][1])[:MAX_THROUGHPUTS]
+    return [{**_key_json(key), "bps": rate, "at": at} for key, (rate, at) in newest]
 
 
 def _throughput(item: object) -> tuple[TargetKey, tuple[float, float]] | None:

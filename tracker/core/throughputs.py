@@ -1,65 +1,113 @@
 """Measured throughputs per target, on one clock (docs/ranking.md).
 
-Every transfer from a target (proxied, refreshed, a speed test, what another replica or a
-previous run measured) is folded into its figure; a figure loses half its weight every
-:data:`HALF_LIFE` seconds of that clock, so a source that slowed down falls behind.
+Two figures per target: what its speed tests read (*probed*) and what real transfers from it
+achieved (*achieved*: proxied streams, refreshes into the cache, prefetches). A speed test
+is easy to spot (``Range: bytes=0-N``), so a source could answer it fast and real transfers
+slowly: the figure the ranking uses is :func:`combined`, in which a real transfer outweighs
+the speed tests made after it until it is old (docs/ranking.md, "Probed and achieved").
+Every figure loses half its weight every :data:`HALF_LIFE` seconds of the clock, so a
+source that slowed down falls behind.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 from tracker.core.sources import TargetKey
 
 #: A throughput measurement loses half its weight every this many seconds.
 HALF_LIFE = 600.0
+#: A real transfer's weight against the speed tests made after it halves every this many
+#: seconds between the two: a source that served slower than it probed keeps the figure it
+#: served at for hours of fast speed tests, and one that had a bad transfer recovers.
+TRUST_HALF_LIFE = 3600.0
+
+#: Which figure a measurement feeds: a speed test's, or a real transfer's.
+Kind = Literal["probed", "achieved"]
+KINDS: tuple[Kind, ...] = ("probed", "achieved")
+#: (bytes per second, time measured on the clock), undecayed.
+Measured = tuple[float, float]
+
+
+def decayed(measured: Measured | None, now: float) -> float:
+    """``measured``'s bytes per second at ``now``, halved every :data:`HALF_LIFE` of age."""
+    if measured is None:
+        return 0.0
+    rate, at = measured
+    return float(rate * 0.5 ** (max(0.0, now - at) / HALF_LIFE))
+
+
+def combined(probed: Measured | None, achieved: Measured | None, now: float) -> float:
+    """A target's figure at ``now`` from its speed tests' (``probed``) and its real
+    transfers' (``achieved``) measurements; 0 when neither is known.
+
+    With one of them, that one. With both, their seconds per byte are blended (a harmonic
+    mean): the achieved one weighs 1 while no speed test came after it, and its weight
+    halves every :data:`TRUST_HALF_LIFE` seconds by which the latest speed test is newer.
+    The blend is then decayed by the age of the newer measurement (:func:`decayed`).
+    """
+    if probed is None or achieved is None:
+        return decayed(probed or achieved, now)
+    (fast, probed_at), (served, achieved_at) = probed, achieved
+    weight = 0.5 ** (max(0.0, probed_at - achieved_at) / TRUST_HALF_LIFE)
+    per_byte = weight / served + (1 - weight) / fast
+    rate = 1 / per_byte if per_byte > 0 else max(fast, served)  # both huge: underflow
+    return decayed((rate, max(probed_at, achieved_at)), now)
 
 
 class Throughputs:
-    """Per target: (bytes per second, the time measured on :attr:`clock`)."""
+    """Per target and kind: (bytes per second, the time measured on :attr:`clock`)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         #: The one clock measurements are recorded and aged on.
         self.clock = clock
-        self._measured: dict[TargetKey, tuple[float, float]] = {}
+        self._measured: dict[Kind, dict[TargetKey, Measured]] = {k: {} for k in KINDS}
 
-    def record(self, key: TargetKey, size: int, seconds: float, now: float | None) -> bool:
-        """A transfer of ``size`` bytes from ``key`` took ``seconds``, ended at ``now`` (the
-        clock's reading by default); whether it counted (a transfer of nothing does not)."""
+    def record(
+        self, key: TargetKey, size: int, seconds: float, now: float | None, kind: Kind
+    ) -> bool:
+        """A transfer (``kind``) of ``size`` bytes from ``key`` took ``seconds``, ended at
+        ``now`` (the clock's reading by default); whether it counted (a transfer of nothing
+        does not). It is averaged with the same kind's figure as it is now."""
         if seconds <= 0 or size <= 0:
             return False
         now = self.clock() if now is None else now
-        rate, old = size / seconds, self.rate(key, now)
-        self._measured[key] = ((old + rate) / 2 if old else rate, now)
+        known = self._measured[kind]
+        rate, old = size / seconds, decayed(known.get(key), now)
+        known[key] = ((old + rate) / 2 if old else rate, now)
         return True
 
     def rate(self, key: TargetKey, now: float | None = None) -> float:
-        """``key``'s bytes per second decayed by its age at ``now``; 0: never measured."""
-        measured = self._measured.get(key)
-        if measured is None:
-            return 0.0
-        rate, at = measured
+        """``key``'s figure at ``now`` (:func:`combined`); 0: never measured."""
         now = self.clock() if now is None else now
-        return float(rate * 0.5 ** (max(0.0, now - at) / HALF_LIFE))
+        return combined(self._measured["probed"].get(key), self._measured["achieved"].get(key), now)
+
+    def figures(self, key: TargetKey, now: float) -> tuple[float, float]:
+        """``key``'s probed and achieved bytes per second at ``now``, each decayed (0: none)."""
+        probed, achieved = (decayed(self._measured[k].get(key), now) for k in KINDS)
+        return probed, achieved
 
     def rates(self, now: float) -> dict[TargetKey, float]:
-        """Every measured target's decayed rate at ``now``."""
-        return {key: self.rate(key, now) for key in self._measured}
+        """Every measured target's figure at ``now``."""
+        keys = self._measured["probed"].keys() | self._measured["achieved"].keys()
+        return {key: self.rate(key, now) for key in keys}
 
-    def measurements(self) -> dict[TargetKey, tuple[float, float]]:
-        """Every measurement as (bytes per second, time measured), undecayed."""
-        return dict(self._measured)
+    def measurements(self, kind: Kind) -> dict[TargetKey, Measured]:
+        """Every measurement of ``kind`` as (bytes per second, time measured), undecayed."""
+        return dict(self._measured[kind])
 
-    def restore(self, key: TargetKey, rate: float, at: float) -> bool:
-        """Take a rate measured elsewhere at ``at`` unless ``key``'s own is as recent;
-        whether it was taken."""
-        known = self._measured.get(key)
+    def restore(self, key: TargetKey, rate: float, at: float, kind: Kind) -> bool:
+        """Take a rate (``kind``) measured elsewhere at ``at`` unless ``key``'s own is as
+        recent; whether it was taken."""
+        known = self._measured[kind].get(key)
         if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
-            self._measured[key] = (rate, at)
+            self._measured[kind][key] = (rate, at)
             return True
         return False
 
     def drop(self, key: TargetKey) -> None:
-        """Forget ``key``'s measurement."""
-        self._measured.pop(key, None)
+        """Forget ``key``'s measurements."""
+        for known in self._measured.values():
+            known.pop(key, None)

@@ -3,13 +3,16 @@
 The ranking can only trust a speed it measured. Every few seconds :class:`SpeedTests` asks
 :func:`tracker.core.speedtests.probes_due` which of each group's leading sources have no
 recent measurement, and reads the first ``speed_test.bytes`` of a full archive of each, one
-read at a time (so never more than one per source), each bounded in bytes and in time. The
-bytes per second it saw are folded into the index's throughput like those of a real
-transfer. Every read goes through :func:`speed_test`, the one place a speed test touches a
-source: the proxy's upstream client path, so credentials reach only their origin and the
-egress policy applies (docs/http-api.md#speed-tests). A read takes one of the source's
-transfer slots and is paced at its rate like any transfer (``source_limits``,
-:mod:`tracker.net.sourcelimits`); a source with no free slot is skipped this round, not
+read at a time (so never more than one per source), each bounded in bytes and in time, and
+timed from the request to the last byte (connecting and the response head included: a
+source that makes its answer wait is as slow as one that sends slowly). The bytes per second
+it saw are the source's *probed* figure, which the index combines with what real transfers
+achieved (:func:`tracker.core.throughputs.combined`). Every read goes through
+:func:`speed_test`, the one place a speed test touches a source: the proxy's upstream client
+path, so credentials reach only their origin and the egress policy applies
+(docs/http-api.md#speed-tests). A read takes one of the source's transfer slots and is paced
+at its rate like any transfer (``source_limits``, :mod:`tracker.net.sourcelimits`); a source
+with no free slot is skipped this round, not
 waited for: a speed test must never be what keeps a real transfer from a source.
 """
 
@@ -25,6 +28,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.speedtests import Probe, probes_due
+from tracker.core.throughputs import KINDS
 from tracker.errors import SourceBusy, SourceFailed, TransportError
 from tracker.net.bodies import body_chunks
 from tracker.net.sourcelimits import Pacer
@@ -91,8 +95,9 @@ class SpeedTests:
         if test.top <= 0:
             return []
         last = dict(self._probed)
-        for key, (_rate, at) in self._index.measurements().items():
-            last[key] = max(at, last.get(key, at))
+        for kind in KINDS:  # by a speed test or by a real transfer
+            for key, (_rate, at) in self._index.speeds.measurements(kind).items():
+                last[key] = max(at, last.get(key, at))
         return probes_due(
             self._index.fulls(group.group),
             top=test.top,
@@ -115,7 +120,7 @@ class SpeedTests:
             log_event(log, "warning", "speed_test_failed", url=probe.file.url, reason=exc)
             return 0
         self._probed[probe.key] = self._clock()
-        self._index.record_transfer(probe.key, size, seconds, self._clock())
+        self._index.record_transfer(probe.key, size, seconds, self._clock(), kind="probed")
         rate = round(size / seconds) if seconds > 0 else 0
         log_event(log, "info", "speed_test", url=probe.file.url, bytes=size, throughput_bps=rate)
         return 1
@@ -126,11 +131,14 @@ async def speed_test(
 ) -> tuple[int, float]:
     """Read the first ``probe.length`` bytes of ``probe.file`` (for at most ``read_for``
     seconds once the answer came) within the source's ``source_limits``: the bytes read and
-    the seconds they took. Raises SourceBusy at once when the source has no free transfer
-    slot, SourceFailed (or TransportError) when it gives no usable answer."""
+    the seconds from sending the request to the last byte read. Raises SourceBusy at once
+    when the source has no free transfer slot, SourceFailed (or TransportError) when it
+    gives no usable answer."""
     key = probe.key
     headers = {"range": probe.range_header}
     url = probe.file.url
+    # From the request on: a head held back counts (docs/http-api.md#speed-tests).
+    began = trio.current_time()
     asked = await ask_source(clients, group, key, url, "GET", headers)
     # The serving origin's slot (after redirects), freed when the answer closes.
     answer = UpstreamAnswer(
@@ -143,7 +151,6 @@ async def speed_test(
             problem = f"answered {response.status_code} to a Range request"
         if problem is not None:
             raise SourceFailed(problem)
-        began = trio.current_time()
         got = await _read(response, probe.length, read_for, asked.pacer)
         seconds = trio.current_time() - began
     finally:

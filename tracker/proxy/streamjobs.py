@@ -204,7 +204,8 @@ class Launcher:
         """A transfer from ``key`` ended: big enough ones rank its sources
         (docs/http-api.md#trust)."""
         if size >= MIN_MEASURED_BYTES:
-            self.index.record_transfer(key, size, seconds)  # on the index's clock
+            # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
+            self.index.record_transfer(key, size, seconds, kind="achieved")
 
     def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
         """What counts a failed source of the index (not the bucket, not a replica)."""

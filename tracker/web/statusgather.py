@@ -215,6 +215,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
     out = []
     for h in health:
         key = h.target.key
+        probed, achieved = index.speeds.figures(key, index.clock())
         out.append(
             TargetView(
                 group=key.group,
@@ -227,6 +228,8 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 throughput=flowing(key, index.clock()) or index.throughput(key),
                 last_scrape=h.last_scrape.timestamp() if h.last_scrape else None,
                 snapshots=index.count(key),
+                probed=probed,
+                achieved=achieved,
             )
         )
     return out

@@ -377,8 +377,16 @@ def _target_cells(t: TargetView) -> str:
         f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
         f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
         f"<td>{text(t.last_error)}</td><td>{format_latency(t.latency)}</td>"
-        f"<td>{format_rate(t.throughput)}</td><td>{t.snapshots}</td>"
+        f"<td>{format_rate(t.throughput)}{_figures(t)}</td><td>{t.snapshots}</td>"
     )
+
+
+def _figures(t: TargetView) -> str:
+    """Under a measured throughput, the two figures it combines (docs/ranking.md)."""
+    if t.probed <= 0 and t.achieved <= 0:
+        return ""
+    probed, achieved = format_rate(t.probed), format_rate(t.achieved)
+    return f'<br><span class="meta">probed {probed}, achieved {achieved}</span>'
 
 
 def _scraped(now: float, then: float | None) -> str:

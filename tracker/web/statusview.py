@@ -76,6 +76,10 @@ class TargetView(NamedTuple):
     throughput: float  # bytes per second measured on transfers; 0: not measured
     last_scrape: float | None  # Unix time
     snapshots: int
+    #: What its speed tests read and what real transfers achieved (docs/ranking.md,
+    #: "Probed and achieved"), bytes per second; 0: not measured.
+    probed: float = 0.0
+    achieved: float = 0.0
 
 
 @attrs.frozen

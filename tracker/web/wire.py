@@ -124,11 +124,17 @@ def _source_bytes(
 
 
 def _health_bytes(
-    health: TargetHealth, count: int, mismatch: str, speed: int, uncached: str
+    health: TargetHealth,
+    count: int,
+    mismatch: str,
+    speeds: tuple[int, int, int],
+    uncached: str,
 ) -> bytes:
     out = health_json(health, count, mismatch)
-    if speed > 0:  # measured (docs/http-api.md#speed-tests)
-        out["throughput_bps"] = speed
+    # Measured (docs/http-api.md#speed-tests): the figure ranked, and the two it combines.
+    for name, speed in zip(("throughput_bps", "probed_bps", "achieved_bps"), speeds, strict=True):
+        if speed > 0:
+            out[name] = speed
     if uncached:  # the group's last refresh found too little room on the cache's disk
         out["cache"] = uncached
     return json.dumps(out, separators=(",", ":")).encode()
@@ -153,7 +159,8 @@ def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: fl
     whose copy of an archive failed its check or a proof (``deps.rejections``,
     :func:`disproven_errors`) shows why unless its
     probe failed; a measured one its throughput as of ``now`` (while bytes come from it,
-    the rate they come at: ``deps.flowing``); the targets of a group whose last refresh
+    the rate they come at: ``deps.flowing``) and the probed and achieved figures it
+    combines; the targets of a group whose last refresh
     streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``."""
     scraper, index, flowing = deps.scraper, deps.index, deps.flowing.rate
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
@@ -170,12 +177,14 @@ def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: fl
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
+        probed, achieved = index.speeds.figures(key, now)
         speed = round(flowing(key, now) or index.throughput(key, now))
+        speeds = (speed, round(probed), round(achieved))
         reason = uncached.get(key.group, "")
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),
-            *(count, mismatch, speed, reason),
+            *(count, mismatch, speeds, reason),
         )
-        render = partial(_health_bytes, h, count, mismatch, speed, reason)
+        render = partial(_health_bytes, h, count, mismatch, speeds, reason)
         parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"

@@ -1,0 +1,87 @@
+"""A source's figure from what its speed tests read and what real transfers achieved
+(tracker/core/throughputs.py; docs/ranking.md, "Probed and achieved")."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker.core.index import Index, TargetKey
+from tracker.core.learned import Learned, decode, encode, gather, merge, restore
+from tracker.core.rejections import Rejections
+from tracker.core.throughputs import HALF_LIFE, TRUST_HALF_LIFE, Measured, combined
+
+H, T = HALF_LIFE, TRUST_HALF_LIFE
+
+
+@pytest.mark.parametrize(
+    ("probed", "achieved", "now", "figure"),
+    [
+        # Nothing measured: 0 (the ranking assumes its figure).
+        (None, None, 0.0, 0.0),
+        # One of them: that one, halved every HALF_LIFE of its age.
+        ((100.0, 0.0), None, 0.0, 100.0),
+        (None, (10.0, 0.0), 0.0, 10.0),
+        ((100.0, 0.0), None, H, 50.0),
+        (None, (10.0, 0.0), 2 * H, 2.5),
+        # Served slower than probed, no speed test since: what it served.
+        ((100.0, 0.0), (10.0, 0.0), 0.0, 10.0),
+        ((100.0, 0.0), (10.0, 50.0), 50.0, 10.0),
+        # Speed tests after it: the real transfer's weight halves every TRUST_HALF_LIFE
+        # between them, in seconds per byte (a source fast on 16 MiB probes recovers slowly).
+        ((100.0, T), (10.0, 0.0), T, 1 / (0.5 / 10 + 0.5 / 100)),  # 18.2
+        ((100.0, 2 * T), (10.0, 0.0), 2 * T, 1 / (0.25 / 10 + 0.75 / 100)),  # 30.8
+        ((100.0, 60.0), (10.0, 0.0), 60.0, pytest.approx(10.0, rel=0.02)),
+        ((100.0, 1e9), (10.0, 0.0), 1e9, pytest.approx(100.0)),
+        # Served faster than the short probe read: what it served.
+        ((10.0, 0.0), (100.0, 0.0), 0.0, 100.0),
+        # The blend decays by the age of the newer of the two.
+        ((100.0, 0.0), (10.0, 0.0), H, 5.0),
+        ((100.0, T), (10.0, 0.0), T + H, 1 / (0.5 / 10 + 0.5 / 100) / 2),
+        # Figures at the ends of what a float holds: no error, a finite figure.
+        ((1e308, 0.0), (1e308, 0.0), 0.0, 1e308),
+        ((5e-324, 0.0), (5e-324, 0.0), 0.0, 0.0),
+    ],
+)
+def test_the_figure_combines_probed_and_achieved(
+    probed: Measured | None, achieved: Measured | None, now: float, figure: float
+) -> None:
+    assert combined(probed, achieved, now) == figure
+
+
+SLY, STEADY = TargetKey("g", "http://sly"), TargetKey("g", "http://steady")
+
+
+def test_a_source_that_serves_slower_than_it_probes_stays_behind_after_more_probes() -> None:
+    index = Index(clock=lambda: 0.0)
+    index.record_transfer(SLY, 500, 1.0, 0.0, kind="probed")
+    index.record_transfer(STEADY, 100, 1.0, 0.0, kind="probed")
+    assert index.throughput(SLY, 0.0) > index.throughput(STEADY, 0.0)
+    index.record_transfer(SLY, 10, 1.0, 1.0)  # a real transfer: 10 B/s
+    assert index.throughput(SLY, 1.0) == pytest.approx(10.0, rel=0.01)
+    index.record_transfer(SLY, 500, 1.0, 600.0, kind="probed")  # fast again on its probe
+    index.record_transfer(STEADY, 100, 1.0, 600.0, kind="probed")
+    assert index.throughput(SLY, 600.0) < index.throughput(STEADY, 600.0)
+    # The probes average (500 and 250 decayed): 375; the transfer, 10 decayed by 599 s.
+    assert index.speeds.figures(SLY, 600.0) == (375.0, pytest.approx(5.0, rel=0.01))
+
+
+def test_both_figures_survive_a_restart() -> None:
+    index = Index()
+    index.record_transfer(SLY, 500, 1.0, 10.0, kind="probed")
+    index.record_transfer(SLY, 10, 1.0, 20.0)
+    data = encode(gather(index, Rejections(), now=20.0, wall=1_000.0))
+    again = Index()
+    restore(decode(data), again, Rejections(), now=5.0, wall=1_000.0)
+    assert again.speeds.figures(SLY, 5.0) == pytest.approx(index.speeds.figures(SLY, 20.0))
+    assert again.throughput(SLY, 5.0) == pytest.approx(index.throughput(SLY, 20.0))
+
+
+def test_replicas_merge_each_figure_by_its_newest_and_an_older_document_has_none_achieved() -> None:
+    one = Learned({SLY: (500.0, 10.0)}, achieved={SLY: (5.0, 30.0)})
+    two = Learned({SLY: (400.0, 20.0)}, achieved={SLY: (6.0, 25.0), STEADY: (9.0, 1.0)})
+    merged = merge([one, two])
+    assert merged.throughputs == {SLY: (400.0, 20.0)}
+    assert merged.achieved == {SLY: (5.0, 30.0), STEADY: (9.0, 1.0)}
+    older = encode(Learned({SLY: (500.0, 10.0)})).replace(b',"achieved":[]', b"")
+    assert b"achieved" not in older
+    assert decode(older) == Learned({SLY: (500.0, 10.0)})
