@@ -104,9 +104,9 @@ class Connection:
         #: The scope the connection's handler runs in (tracker/zerocopy/server.py), cancelled
         #: once a send found the client gone and no answer is in progress (:meth:`gone`).
         self.handler = trio.CancelScope()
-        #: Whether the server's reader of this connection waits, with no request open, for
-        #: a request's turn (set by server.py: ``_reader_waits``).
-        self.reader_waits: Callable[[], bool] = lambda: False
+        #: Whether the server has no request of this connection open (set by server.py:
+        #: ``_no_request_open``).
+        self.between_requests: Callable[[], bool] = lambda: False
         self._gone = False
         self._progress = ClientProgress()
 
@@ -124,21 +124,30 @@ class Connection:
             self._end_if_gone()
 
     def gone(self) -> None:
-        """A send failed: the client is gone (reset, or it left with answers unread).
+        """A send failed: nothing more reaches the client (it reset, or it left with answers
+        unread; or a piece broke the framing and the socket was shut down).
 
-        When the client pipelined requests, hypercorn's reader waits for the next
-        request's turn (h11 paused), which never comes once the app's task was cancelled
-        mid-answer (hypercorn's disconnect): the connection is then neither idle nor read
-        any more, and nothing else would end it (docs/architecture.md#connections). The
-        handler is ended in that state only, once no answer is in progress: the app ends
-        its answer its own way, and a request hypercorn still has open is never cancelled
-        (its framing would break: a 500 after a head that went out).
+        hypercorn swallows a failed send: it closes the request and goes on. An answer that
+        completes anyway (the short redirects answered before Quart, a small Quart answer)
+        then lets it start the next pipelined request, so a client that left megabytes of
+        requests in the socket had each of them answered into the void, for minutes; an
+        answer the disconnect cancels instead leaves hypercorn's reader waiting for the next
+        request's turn, which never comes. Either way the connection is neither idle nor of
+        use, and nothing else would end it (docs/architecture.md#connections). So its
+        handler is ended as soon as no answer is in progress and the server has no request
+        of it open: the app ends an answer its own way, and nothing of it can reach the
+        client any more.
         """
         self.broken = self._gone = True
         self._end_if_gone()
 
+    @property
+    def client_left(self) -> bool:
+        """A send found the client gone (:meth:`gone`): nothing more reaches it."""
+        return self._gone
+
     def _end_if_gone(self) -> None:
-        if self._gone and not self.requests and self.reader_waits():
+        if self._gone and not self.requests and self.between_requests():
             self.handler.cancel()
 
     async def answer_sent(self, within: float) -> None:

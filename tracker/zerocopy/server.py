@@ -24,7 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import EventWrapper, WorkerContext
+from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
@@ -51,6 +51,11 @@ class ZeroCopyApp:
         connection = self._connections.for_scope(scope)
         if connection is None:
             await self._answer(scope, receive, send)
+            return
+        if connection.client_left:
+            # A pipelined request of a client a send found gone: nothing of an answer could
+            # reach it, and the connection's handler is cancelled meanwhile, so an answer
+            # would stop half way into hypercorn (docs/architecture.md#connections).
             return
         scope[SCOPE_KEY] = connection  # each request's scope is its own dict
         # Busy: the connection limit never closes it now, and a close waits for the answer.
@@ -131,7 +136,7 @@ async def serve(
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = _WorkerContext(None)
+    context = WorkerContext(None)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
@@ -143,7 +148,7 @@ async def serve(
         server = TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
         # One keep-alive task for the listener instead of one per connection (keepalive.py).
         server.idle_task = keep_alive.timer(stream)  # type: ignore[assignment]
-        stream.end_when_gone(partial(_reader_waits, server))
+        stream.end_when_gone(partial(_no_request_open, server))
         try:
             # Cancelled when a send found the client gone (Connection.gone).
             with stream.handler:
@@ -173,43 +178,14 @@ async def serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
-class WatchedEvent(EventWrapper):
-    """hypercorn's event, telling whether a task waits for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._waiting = 0
-
-    async def wait(self) -> None:
-        """As hypercorn's."""
-        self._waiting += 1
-        try:
-            await super().wait()
-        finally:
-            self._waiting -= 1
-
-    @property
-    def waited_for(self) -> bool:
-        """A task waits for the event, and it is not set."""
-        return self._waiting > 0 and not self.is_set()
-
-
-class _WorkerContext(WorkerContext):
-    # H11Protocol's ``can_read`` is one: :func:`_reader_waits` looks at it.
-    event_class = WatchedEvent
-
-
-def _reader_waits(server: TCPServer) -> bool:
-    """hypercorn's reader of ``server``'s connection waits for the next request's turn
-    (``can_read``: h11 paused on a pipelined request) while no request is open. Nothing
-    would wake it then (hypercorn sets ``can_read`` when an open request ends), and no task
-    of the connection is in a request hypercorn has not closed: cancelling the handler
-    breaks nothing. False for anything else (HTTP/2 included)."""
+def _no_request_open(server: TCPServer) -> bool:
+    """hypercorn has no request of ``server``'s connection open: between two requests, or
+    its reader waits for a pipelined request's turn (h11 paused), or it is about to start
+    the next one. No task of the connection is then in a request hypercorn has not closed,
+    so cancelling the handler breaks nothing (tasks it starts later begin cancelled). False
+    for anything else (HTTP/2 included: its requests are not counted by the connection)."""
     protocol = getattr(getattr(server, "protocol", None), "protocol", None)
-    if not isinstance(protocol, H11Protocol) or protocol.stream is not None:
-        return False
-    can_read = protocol.can_read
-    return isinstance(can_read, WatchedEvent) and can_read.waited_for
+    return isinstance(protocol, H11Protocol) and protocol.stream is None
 
 
 async def _accept(

@@ -99,11 +99,11 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         if self._connection is not None:
             self._connection.gone()
 
-    def end_when_gone(self, reader_waits: Callable[[], bool]) -> None:
+    def end_when_gone(self, between_requests: Callable[[], bool]) -> None:
         """Once a send found the client gone, :attr:`handler` is cancelled as soon as no
-        answer is in progress and ``reader_waits()`` (:meth:`Connection.gone`)."""
+        answer is in progress and ``between_requests()`` (:meth:`Connection.gone`)."""
         if self._connection is not None:
-            self._connection.reader_waits = reader_waits
+            self._connection.between_requests = between_requests
 
     async def wait_send_all_might_not_block(self) -> None:
         """As the wrapped stream's."""
