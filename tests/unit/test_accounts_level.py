@@ -14,10 +14,14 @@ from archives import compress, make_tar
 from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import FollowingCheck, check_file
 from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.lattice import LtHash, account_lt_hash
 from tracker.proof.levels import Level
-from tracker.proof.storagewrite import Account, write_storage
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of_slots,
+    write_manifest,
+    write_storage,
+)
 
 SLOT = 500
 EXT = {"zst": ".tar.zst", "tar": ".tar"}
@@ -37,15 +41,7 @@ STATE = {
 
 
 def lattice(state: dict[int, list[Account]]) -> bytes:
-    newest: dict[bytes, tuple[int, Account]] = {}
-    for slot, accounts in state.items():
-        for a in accounts:
-            if a.pubkey not in newest or newest[a.pubkey][0] < slot:
-                newest[a.pubkey] = (slot, a)
-    total = LtHash()
-    for _, a in newest.values():
-        total.add(account_lt_hash(a.lamports, a.data, a.executable, a.owner, a.pubkey))
-    return total.value()
+    return lattice_of_slots(state)
 
 
 def write_archive(

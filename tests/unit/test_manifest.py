@@ -27,6 +27,7 @@ from tracker.proof.writing import (
     Account,
     archive_hash_of,
     lattice_of,
+    padded,
     write_manifest,
     write_storage,
 )
@@ -224,7 +225,7 @@ def test_written_storages_are_agave_own_bytes() -> None:
             )
             for e in entries
         ]
-        assert write_storage(accounts) == stored[file["path"]], file["path"]
+        assert padded(write_storage(accounts)) == stored[file["path"]], file["path"]
     live = [
         e
         for e in DECODED["accounts"]["entries"]
