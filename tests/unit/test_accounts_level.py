@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from agave_storages import ARCHIVE
-from archives import compress, make_tar
+from archives import build_archive, compress, make_tar
 
 from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import FollowingCheck, check_file
@@ -83,6 +83,20 @@ def test_a_full_whose_storages_give_the_manifests_lattice_hash_reaches_accounts(
     path = write_archive(tmp_path, STATE, compression=compression)
     assert check_file(str(path), prove_accounts=1000).proof.level == Level.ACCOUNTS
     assert check_file(str(path)).proof.level == Level.MANIFEST  # off: the manifest only
+
+
+@pytest.mark.parametrize(("compression", "accounts"), [("zst", 3), ("lz4", 1), ("tar", 7)])
+def test_the_tests_archives_prove_to_accounts(
+    tmp_path: Path, compression: str, accounts: int
+) -> None:
+    """tests/archives.py's fulls hold real storages whose lattice hash is the manifest's
+    (whatever the number of storages), its incrementals stop at ``manifest``."""
+    for base in (None, 1000):
+        name, data = build_archive(1100, base_slot=base, compression=compression, accounts=accounts)
+        path = tmp_path / name
+        path.write_bytes(data)
+        proof = check_file(str(path), prove_accounts=1000).proof
+        assert proof.level == (Level.ACCOUNTS if base is None else Level.MANIFEST), name
 
 
 def test_agaves_own_archive_reaches_accounts(tmp_path: Path) -> None:
