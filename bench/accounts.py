@@ -45,8 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 from tests.archives import _add, _FrameEvery
 from tracker.files.archivecheck import READ_SIZE, check_file
 from tracker.proof.lattice import LtHash
-from tracker.proof.writing import Account, write_storage
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.writing import Account, archive_hash_of, write_manifest, write_storage
 
 SLOT = 400_000_000
 PER_SLOT = 5000

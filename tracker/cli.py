@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import add_fetch_parser, add_log_flags, fetch_main
+from tracker.fetch.cli import (
+    PROVE_ACCOUNTS_MAX,
+    PROVE_ACCOUNTS_RANGE,
+    add_fetch_parser,
+    add_log_flags,
+    count_in,
+    fetch_main,
+)
 
 if TYPE_CHECKING:
     from tracker.config.schema import Config
@@ -84,10 +91,19 @@ def build_parser() -> Parser:
         "verify",
         help="check snapshot archives: compression, tar, entries; print their SHA-256",
         description="Check local snapshot archives as the cache does before it serves one. "
-        "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
-        "Exit 0 when every file passes, 1 otherwise.",
+        "One line per file: 'ok <level> <sha256> <name>' (the level it is proven to, "
+        "a full's account storages included, with why it stops there) or "
+        "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
+    verify.add_argument(
+        "--prove-accounts-max",
+        type=count_in(*PROVE_ACCOUNTS_RANGE),
+        default=PROVE_ACCOUNTS_MAX,
+        metavar="N",
+        help="a full of more accounts than this stays at level manifest, said so (default: "
+        "%(default)s)",
+    )
     return parser
 
 
@@ -112,16 +128,17 @@ def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
     return ""
 
 
-def verify_main(files: Sequence[str]) -> int:
+def verify_main(files: Sequence[str], prove_accounts_max: int = PROVE_ACCOUNTS_MAX) -> int:
     """``snapshot-tracker verify FILE...``: one line per file on stdout (``ok LEVEL SHA256
-    FILE``, the level it was proven to, with the note that says why it stops there when it
+    FILE``, the level it was proven to, a full's ``accounts`` included up to
+    ``prove_accounts_max`` accounts, with the note that says why it stops there when it
     could go higher; or ``bad FILE: REASON``); 0 when all pass."""
     from tracker.files.archivecheck import check_file
 
     failed = False
     for path in files:
         try:
-            checked = check_file(path)
+            checked = check_file(path, prove_accounts=prove_accounts_max)
         except ArchiveInvalid as exc:
             line = f"bad {path}: {exc.reason}"
         except OSError as exc:
@@ -199,7 +216,7 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     if args.command == "fetch":
         return fetch_main(args, parser)
     if args.command == "verify":
-        return verify_main(args.files)
+        return verify_main(args.files, args.prove_accounts_max)
     try:
         config = load(args)
     except ConfigError as exc:

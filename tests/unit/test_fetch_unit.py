@@ -197,6 +197,25 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "bound"),
+    [
+        ([], 10_000_000),
+        (["--prove-accounts"], 10_000_000),
+        (["--prove-accounts=false"], None),
+        (["--prove-accounts-max", "2000"], 2000),
+        (["--prove-accounts=false", "--prove-accounts-max", "2000"], None),
+    ],
+)
+def test_prove_accounts_flags(flags: list[str], bound: int | None) -> None:
+    """``--prove-accounts`` (on by default) and its bound reach the download's settings."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    assert options_of(args).settings.prove_accounts == bound
+
+
+@pytest.mark.parametrize(
     ("flags", "replay", "slot"),
     [
         ([], 25.0, 0.4),

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: ``--prove-accounts-max``: its default and its range (those of the config's
+#: ``prove_accounts_max``).
+PROVE_ACCOUNTS_MAX = 10_000_000
+PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000)
 
 log = logging.getLogger("tracker.fetch")
 
@@ -62,7 +66,9 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _count(lowest: int, highest: int) -> Any:
+def count_in(lowest: int, highest: int) -> Any:
+    """An argparse type: an integer from ``lowest`` to ``highest``, written in ASCII digits."""
+
     def check(text: str) -> int:
         value = ascii_digits(text)
         if value is None or not lowest <= value <= highest:
@@ -100,21 +106,21 @@ def add_fetch_parser(commands: Any) -> None:
     add("--group", default="", help="the tracker's target group (default: its default group)")
     add(
         "--min-slots",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=500,
         metavar="SLOTS",
         help="keep a ledger full this close to the offered one (default: %(default)s)",
     )
     add(
         "--max-slots",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=10_000,
         metavar="SLOTS",
         help="--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
     )
     add(
         "--slot",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=0,
         metavar="SLOT",
         help="the full's slot (default: the best)",
@@ -123,6 +129,8 @@ def add_fetch_parser(commands: Any) -> None:
         "full": "fetch a full snapshot when the ledger needs one",
         "incremental": "fetch the newest incremental on the ledger's full",
         "verify": "check each archive (and its SHA-256) before it enters the ledger",
+        "prove-accounts": "with --verify, prove a full's account storages give its manifest's "
+        'lattice hash (level accounts; docs/architecture.md, "The accounts level")',
     }
     for name, meaning in what.items():
         add(
@@ -144,8 +152,16 @@ def add_fetch_parser(commands: Any) -> None:
         "%(default)s)",
     )
     add(
+        "--prove-accounts-max",
+        type=count_in(*PROVE_ACCOUNTS_RANGE),
+        default=PROVE_ACCOUNTS_MAX,
+        metavar="N",
+        help="a full of more accounts than this stays at level manifest, said so (default: "
+        "%(default)s)",
+    )
+    add(
         "--connections",
-        type=_count(1, 64),
+        type=count_in(1, 64),
         default=8,
         metavar="N",
         help="parallel Range requests per file, 1 to 64 (default: %(default)s)",
@@ -174,7 +190,7 @@ def add_fetch_parser(commands: Any) -> None:
     )
     add(
         "--keep",
-        type=_count(0, 1000),
+        type=count_in(0, 1000),
         default=2,
         metavar="N",
         help="then keep the newest N fulls and N incrementals; 0: remove nothing "
@@ -232,6 +248,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         request_timeout=args.request_timeout,
         verify=args.verify,
         require=Level.parse(args.require) or Level.STRUCTURE,
+        prove_accounts=args.prove_accounts_max if args.prove_accounts else None,
     )
     return FetchOptions(
         ledger=args.ledger,
