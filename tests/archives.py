@@ -190,6 +190,22 @@ def build_archive(
     return name, compress(make_tar(entries), compression)
 
 
+def forged_accounts_archive(
+    slot: int, *, accounts: int = 3, account_size: int = 64 * 1024, seed: int = 0
+) -> tuple[str, bytes]:
+    """(name, bytes) of ``build_archive(slot, ...)``'s full (``.tar.zst``) with the lamports
+    of the first account of its last storage changed: well formed, its manifest and name
+    its state's (proven to ``manifest``), but its storages do not give the manifest's
+    ``accounts_lt_hash`` (refused at ``accounts``)."""
+    name = archive_name(slot, seed=seed)
+    entries = snapshot_entries(slot, accounts=accounts, account_size=account_size, seed=seed)
+    member, data = entries[-1]
+    assert member.startswith("accounts/") and data, member
+    changed = bytearray(data)
+    changed[48] ^= 0x01  # the record's lamports: after StoredMeta's 48 bytes
+    return name, compress(make_tar([*entries[:-1], (member, bytes(changed))]), "zst")
+
+
 # --- bad archives ------------------------------------------------------------------------------
 
 #: What the check reports for each bad variant, by compression: a regular expression of the

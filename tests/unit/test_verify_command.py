@@ -14,10 +14,10 @@ import pytest
 from archives import (
     build_archive,
     compress,
+    forged_accounts_archive,
     huge_pax_size_archive,
     huge_pax_size_at,
     make_tar,
-    snapshot_entries,
 )
 
 from tracker.cli import main
@@ -79,19 +79,6 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
     ]
 
 
-def forged_accounts(slot: int) -> tuple[str, bytes]:
-    """(name, bytes) of a full whose name and manifest are its state's, but one of whose
-    stored accounts has other lamports: well formed, proven to ``manifest``, not to
-    ``accounts``."""
-    name, _ = build_archive(slot)
-    entries = snapshot_entries(slot, accounts=3, account_size=64 * 1024, seed=0)
-    member, data = entries[-1]
-    assert member.startswith("accounts/") and data is not None
-    changed = bytearray(data)
-    changed[48] ^= 0x01  # the first record's lamports (after StoredMeta's 48 bytes)
-    return name, compress(make_tar([*entries[:-1], (member, bytes(changed))]), "zst")
-
-
 def many_accounts(slot: int, count: int) -> tuple[str, bytes]:
     """(name, bytes) of a full of ``count`` accounts in one storage, whose storages give its
     manifest's lattice hash."""
@@ -111,7 +98,7 @@ def many_accounts(slot: int, count: int) -> tuple[str, bytes]:
 def test_verify_proves_fulls_to_accounts_up_to_its_bound(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    made = [build_archive(SLOT), many_accounts(SLOT + 1, 1001), forged_accounts(SLOT + 2)]
+    made = [build_archive(SLOT), many_accounts(SLOT + 1, 1001), forged_accounts_archive(SLOT + 2)]
     paths = []
     for name, data in made:
         paths.append(tmp_path / name)
