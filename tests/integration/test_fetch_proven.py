@@ -80,12 +80,3 @@ async def test_require_accounts_fetches_a_full_whose_storages_prove(tmp_path: Pa
     code, _line, ledger = await fetch(tmp_path, GOOD, "--require", "accounts")
     assert code == 0
     assert (ledger / NAME).read_bytes() == GOOD
-
-
-async def test_require_accounts_without_proving_them_refuses_the_full(tmp_path: Path) -> None:
-    code, line, ledger = await fetch(
-        tmp_path, GOOD, "--require", "accounts", "--prove-accounts=false"
-    )
-    assert code == 1
-    assert "proven to manifest, accounts required" in line, line
-    assert list(ledger.iterdir()) == []

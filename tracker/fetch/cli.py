@@ -271,6 +271,16 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
     )
 
 
+def unreachable_level(args: argparse.Namespace) -> str:
+    """Why no full could reach ``--require`` with these flags ("" when one can): a full
+    reaches ``accounts`` only with its accounts proven; said before any download, not after
+    each (an incremental's ``accounts`` is ``manifest``). Pure."""
+    required = Level.parse(args.require) or Level.STRUCTURE
+    if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
+        return f"--require {args.require} needs --verify and --prove-accounts true"
+    return ""
+
+
 def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
     128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved)."""
@@ -278,6 +288,9 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
         parser.error("fetch needs at least one of --full and --incremental")
+    unreachable = unreachable_level(args)
+    if unreachable:
+        parser.error(unreachable)
     setup_logging(args.log_level, args.log_format)
     # Imported here: the other commands (`verify` above all) start without httpx and trio.
     import trio
