@@ -5,7 +5,7 @@
 
 It builds (under ``--out``, ``bench/out/`` by default, kept for later runs) a ``.tar.zst``
 snapshot archive whose storages hold ``--accounts`` distinct accounts, written with
-:func:`tracker.proof.storagewrite.write_storage` and a manifest listing them with their
+:func:`tracker.proof.writing.write_storage` and a manifest listing them with their
 lattice hash (its name carries the hash): most with 165 bytes of data (token accounts), one in
 ten 0 to 2,000 random bytes; 5% of them stored twice (an older version in an older slot), 2%
 closed (their newest version has zero lamports, an older one has some); a storage a slot of
@@ -45,8 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 from tests.archives import _add, _FrameEvery
 from tracker.files.archivecheck import READ_SIZE, check_file
 from tracker.proof.lattice import LtHash
-from tracker.proof.storagewrite import Account, write_storage
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.writing import Account, archive_hash_of, write_manifest, write_storage
 
 SLOT = 400_000_000
 PER_SLOT = 5000

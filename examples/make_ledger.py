@@ -28,6 +28,7 @@ from tracker.proof.writing import (  # noqa: E402
     Account,
     archive_hash_of,
     lattice_of,
+    padded,
     write_manifest,
     write_storage,
 )
@@ -77,7 +78,7 @@ def archive_of(slot: int, base: int | None) -> tuple[str, bytes]:
     ident = 0
     for storage_slot in slots:
         for accounts in accounts_of(storage_slot):
-            data = write_storage(accounts)
+            data = padded(write_storage(accounts))
             entries.append((f"accounts/{storage_slot}.{ident}", data))
             storages.append((storage_slot, ident, len(data)))
             ident += 1

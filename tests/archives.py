@@ -2,11 +2,14 @@
 name and size.
 
 ``build_archive`` writes a real tar (GNU format, as agave's tar-rs writes) holding ``version``,
-``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` files of random bytes
-interleaved with zero runs (about 3x compressible, like account data), compressed as its
-extension says. Its manifest is in agave's format (``tracker.proof.writing``) with a lattice
-hash drawn from the name's seed, and the name's hash is that lattice hash's (SIMD-0220): the
-archives prove to ``manifest`` (not to ``accounts``: their storages are random bytes).
+``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` storages,
+compressed as its extension says. The state is a few accounts drawn from the name's seed
+(:func:`state_accounts`), dealt over the storages in agave's AppendVec format
+(``tracker.proof.writing``); after each storage's valid length comes spare capacity of random
+bytes interleaved with zero runs (about 3x compressible, like account data), which no loader
+reads. The manifest (agave's format) lists the storages with their valid lengths and carries
+the state's lattice hash, and the name's hash is that lattice hash's (SIMD-0220): a full
+proves to ``accounts``, an incremental to ``manifest``.
 ``bad_variants`` makes the archives a check must refuse; ``build_big_archive`` streams a
 ~1 GiB one to disk for the bench.
 
@@ -25,12 +28,18 @@ import random
 import tarfile
 from collections.abc import Callable, Iterator
 
-import blake3
 import lz4.frame
 import zstandard
 
 from tracker.core.snapshots import parse_archive_name
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of,
+    padded,
+    write_manifest,
+    write_storage,
+)
 
 COMPRESSIONS = ("zst", "lz4", "bz2", "gz", "xz", "tar")
 EXTENSIONS = {
@@ -45,9 +54,29 @@ MTIME = 1_767_225_600  # 2026-01-01: fixed, so that archives are the same bytes 
 VERSION = b"1.2.0"
 
 
+#: Accounts in an archive's state: a few, so that the lattice hash costs microseconds.
+STATE_ACCOUNTS = 4
+
+
+def state_accounts(seed: int) -> list[Account]:
+    """The accounts of the state of ``seed`` (distinct pubkeys, some data, none closed)."""
+    rnd = random.Random(f"accounts-{seed}")
+    return [
+        Account(
+            pubkey=rnd.randbytes(32),
+            lamports=1 + rnd.randrange(10**12),
+            data=rnd.randbytes(rnd.randrange(0, 200)),
+            owner=rnd.randbytes(32),
+            rent_epoch=2**64 - 1,
+        )
+        for _ in range(STATE_ACCOUNTS)
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
 def lattice_hash(seed: int) -> bytes:
-    """A 2,048-byte accounts lattice hash, the same for the same seed."""
-    return blake3.blake3(f"archive-{seed}".encode()).digest(length=2048)
+    """The 2,048-byte accounts lattice hash of the state of ``seed``."""
+    return lattice_of(state_accounts(seed))
 
 
 def archive_hash(seed: int) -> str:
@@ -85,7 +114,10 @@ def snapshot_entries(
 ) -> list[tuple[str, bytes | None]]:
     """The (name, data) entries of a snapshot tar in agave's order; None data: a directory."""
     rnd = random.Random(f"{seed}-{slot}")
-    storages = [(slot, i, account_size) for i in range(accounts)]
+    state = state_accounts(name_seed(slot, seed))
+    # The state's accounts dealt over the storages: storage i holds every accounts-th one.
+    valid = [write_storage(state[i::accounts]) for i in range(accounts)]
+    storages = [(slot, i, len(data)) for i, data in enumerate(valid)]
     manifest = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
     entries: list[tuple[str, bytes | None]] = [
         ("version", VERSION),
@@ -94,8 +126,10 @@ def snapshot_entries(
         (f"snapshots/{slot}/{slot}", manifest),
         ("snapshots/status_cache", rnd.randbytes(1024) + bytes(1024)),
     ]
-    for i in range(accounts):
-        entries.append((f"accounts/{slot}.{i}", account_bytes(rnd, account_size)))
+    for i, data in enumerate(valid):
+        data = padded(data)
+        spare = account_bytes(rnd, max(account_size - len(data), 0))
+        entries.append((f"accounts/{slot}.{i}", data + spare))
     return entries
 
 
@@ -154,6 +188,22 @@ def build_archive(
     name = archive_name(slot, base_slot, compression, seed)
     entries = snapshot_entries(slot, accounts=accounts, account_size=account_size, seed=seed)
     return name, compress(make_tar(entries), compression)
+
+
+def forged_accounts_archive(
+    slot: int, *, accounts: int = 3, account_size: int = 64 * 1024, seed: int = 0
+) -> tuple[str, bytes]:
+    """(name, bytes) of ``build_archive(slot, ...)``'s full (``.tar.zst``) with the lamports
+    of the first account of its last storage changed: well formed, its manifest and name
+    its state's (proven to ``manifest``), but its storages do not give the manifest's
+    ``accounts_lt_hash`` (refused at ``accounts``)."""
+    name = archive_name(slot, seed=seed)
+    entries = snapshot_entries(slot, accounts=accounts, account_size=account_size, seed=seed)
+    member, data = entries[-1]
+    assert member.startswith("accounts/") and data, member
+    changed = bytearray(data)
+    changed[48] ^= 0x01  # the record's lamports: after StoredMeta's 48 bytes
+    return name, compress(make_tar([*entries[:-1], (member, bytes(changed))]), "zst")
 
 
 # --- bad archives ------------------------------------------------------------------------------
@@ -428,9 +478,11 @@ def build_big_archive(path: str, *, size: int = 1 << 30, level: int = 1, threads
         )
         frames = _FrameEvery(writer, 32 * 1024 * 1024)
         with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-            for name, data in snapshot_entries(slot, accounts=0, account_size=0, seed=7):
+            # The state's storage first (named in the manifest: the archive proves to
+            # `accounts`); then storages the manifest does not name, which the check skips.
+            for name, data in snapshot_entries(slot, accounts=1, account_size=0, seed=7):
                 _add(tar, name, data)
-            i = 0
+            i = 1
             while raw.tell() < size:
                 _add(tar, f"accounts/{slot}.{i}", account_bytes(rnd, rnd.randrange(1, 9) << 20))
                 i += 1

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import add_fetch_parser, add_log_flags, count_arg, duration_arg, fetch_main
+from tracker.fetch.cli import (
+    PROVE_ACCOUNTS_MAX,
+    PROVE_ACCOUNTS_RANGE,
+    add_fetch_parser,
+    add_log_flags,
+    count_in,
+    duration_arg,
+    fetch_main,
+)
 from tracker.fetch.statementfiles import (
     add_attest_parser,
     add_trust_flags,
@@ -92,11 +100,20 @@ def build_parser() -> Parser:
         "verify",
         help="check snapshot archives: compression, tar, entries; print their SHA-256",
         description="Check local snapshot archives as the cache does before it serves one. "
-        "One line per file: 'ok <sha256> <name>' or 'bad <name>: <reason>'. "
-        "Exit 0 when every file passes, 1 otherwise.",
+        "One line per file: 'ok <level> <sha256> <name>' (the level it is proven to, "
+        "a full's account storages included, with why it stops there) or "
+        "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
-    add_trust_flags(verify, count_arg)
+    verify.add_argument(
+        "--prove-accounts-max",
+        type=count_in(*PROVE_ACCOUNTS_RANGE),
+        default=PROVE_ACCOUNTS_MAX,
+        metavar="N",
+        help="a full of more accounts than this stays at level manifest, said so (default: "
+        "%(default)s)",
+    )
+    add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
     return parser
 
@@ -124,7 +141,8 @@ def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
 
 def verify_main(args: argparse.Namespace) -> int:
     """``snapshot-tracker verify FILE...``: one line per file on stdout (``ok LEVEL SHA256
-    FILE``, the level it was proven to, with the note that says why it stops there when it
+    FILE``, the level it was proven to, a full's ``accounts`` included up to
+    ``--prove-accounts-max`` accounts, with the note that says why it stops there when it
     could go higher; or ``bad FILE: REASON``); 0 when all pass. With ``--trust-key``, a file
     passes only when enough trusted keys vouch for it in signed statements."""
     from tracker.files.archivecheck import check_file
@@ -133,7 +151,7 @@ def verify_main(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            checked = check_file(path)
+            checked = check_file(path, prove_accounts=args.prove_accounts_max)
             problem = vouch_problem(path, checked, trust, args.attestation)
         except ArchiveInvalid as exc:
             problem = exc.reason
@@ -163,7 +181,7 @@ def attest_main(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            checked = check_file(path)
+            checked = check_file(path, prove_accounts=PROVE_ACCOUNTS_MAX)
             written = sign_file(path, checked, signer, args.valid_for)
         except ArchiveInvalid as exc:
             failed = True

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archives import compress, lattice_hash, make_tar, snapshot_entries
+from archives import (
+    build_archive,
+    compress,
+    forged_accounts_archive,
+    lattice_hash,
+    make_tar,
+    snapshot_entries,
+)
 from helpers_proxy import FakeUpstream
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 
+from tracker.proof.accountsprover import MISMATCH
 from tracker.proof.bankhash import NO_LATTICE_HASH
 from tracker.proof.writing import archive_hash_of, write_manifest
 
@@ -26,6 +34,8 @@ def archive(manifest: bytes) -> bytes:
 
 OLD = archive(write_manifest(SLOT, None, extra=4))  # made before SIMD-0220
 FORGED = archive(write_manifest(SLOT, lattice_hash(1)))
+GOOD = build_archive(SLOT, accounts=2)[1]
+FORGED_ACCOUNTS = forged_accounts_archive(SLOT, accounts=2)[1]  # its manifest is the name's
 
 
 async def fetch(tmp_path: Path, data: bytes, *flags: str) -> tuple[int, str, Path]:
@@ -55,3 +65,18 @@ async def test_a_manifest_that_contradicts_the_name_is_refused(tmp_path: Path) -
     name_hash = NAME.split("-")[2].removesuffix(".tar.zst")
     assert f"manifest: name hash {name_hash}, lattice hash gives " in line, line
     assert list(ledger.iterdir()) == []
+
+
+async def test_require_accounts_refuses_a_full_whose_storages_are_not_its_manifests(
+    tmp_path: Path,
+) -> None:
+    code, line, ledger = await fetch(tmp_path, FORGED_ACCOUNTS, "--require", "accounts")
+    assert code == 1
+    assert MISMATCH in line and "\n" not in line, line
+    assert list(ledger.iterdir()) == []
+
+
+async def test_require_accounts_fetches_a_full_whose_storages_prove(tmp_path: Path) -> None:
+    code, _line, ledger = await fetch(tmp_path, GOOD, "--require", "accounts")
+    assert code == 0
+    assert (ledger / NAME).read_bytes() == GOOD

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from archives import build_archive, compress, lattice_hash, make_tar, snapshot_entries
+from archives import (
+    build_archive,
+    compress,
+    forged_accounts_archive,
+    lattice_hash,
+    make_tar,
+    snapshot_entries,
+)
 from helpers_proxy import raw_request, sidecar_listing, wait_for
 from helpers_tracker import wait_until
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sources_of, target
 
 from tracker.core.rejections import PREFIX as REJECTED
+from tracker.proof.accountsprover import MISMATCH
 from tracker.proof.bankhash import NO_LATTICE_HASH
 from tracker.proof.writing import archive_hash_of, write_manifest
 from tracker.web.wire import DISPROVEN
@@ -61,7 +69,7 @@ async def test_a_forged_copy_is_held_back_naming_the_field_and_the_good_one_is_p
         assert second.status == 200 and second.body == good
         await wait_for(lambda: (f.cache / GROUP / name).exists())
         proof = await wait_until_proof(f.public, name)
-        assert proof["level"] == "manifest" and proof["snapshot_hash"] == name_hash
+        assert proof["level"] == "accounts" and proof["snapshot_hash"] == name_hash
         assert len(proof["bank_hash"]) >= 32
 
 
@@ -117,12 +125,42 @@ async def test_a_restart_restores_what_the_check_proved_with_the_digest(tmp_path
         hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert hit.body == good and f.bad.gets(name) == []  # a hit at once, not read again
         proof = await wait_until_proof(f.public, name)
-        assert proof["level"] == "manifest"
+        assert proof["level"] == "accounts"
     (cache / f".{name}.proof").unlink()  # gone: the file is checked again before a hit
     async with fleet(tmp_path, name, good, good) as f:
         await wait_for(lambda: (cache / f".{name}.proof").exists())
-        assert (await wait_until_proof(f.public, name))["level"] == "manifest"
+        assert (await wait_until_proof(f.public, name))["level"] == "accounts"
         assert f.bad.gets(name) == []
+
+
+async def test_trust_require_accounts_keeps_a_forged_accounts_copy_out_of_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A copy whose name and manifest are the state's but whose storages are not is never
+    cached: its source is held back with the field named, the good copy is cached at
+    ``accounts``."""
+    name, good = build_archive(2000, seed=26, account_size=ACCOUNT)
+    bad_name, bad = forged_accounts_archive(2000, seed=26, account_size=ACCOUNT)
+    assert bad_name == name and len(bad) > 64 * 1024
+    async with fleet(tmp_path, name, bad, good, trust={"require": "accounts"}) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(bad))
+        assert leftovers(f.cache) == []
+        last_error = (await target(f.public, f.bad))["last_error"]
+        assert last_error == f"{REJECTED}{MISMATCH}" and "accounts_lt_hash" in last_error
+        f.good.listing = sidecar_listing({name: good})
+        await wait_until(lambda: _listed(f.public, name, 2))
+        second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert second.status == 200 and second.body == good
+        assert (await wait_until_proof(f.public, name))["level"] == "accounts"
+
+
+async def test_prove_accounts_false_caches_a_full_at_manifest(tmp_path: Path) -> None:
+    name, good = build_archive(2100, seed=27, account_size=ACCOUNT)
+    async with fleet(tmp_path, name, good, good, prove_accounts=False) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == good
+        assert (await wait_until_proof(f.public, name))["level"] == "manifest"
 
 
 async def test_redirect_mode_reads_heads_and_keeps_a_forged_copy_out_of_the_ranking(

@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 import trio
 from agave_storages import ARCHIVE
-from archives import compress, make_tar
+from archives import build_archive, compress, make_tar
 
 from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import FollowingCheck, check_file
 from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.lattice import LtHash, account_lt_hash
 from tracker.proof.levels import Level
-from tracker.proof.storagewrite import Account, write_storage
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of_slots,
+    write_manifest,
+    write_storage,
+)
 
 SLOT = 500
 EXT = {"zst": ".tar.zst", "tar": ".tar"}
@@ -37,15 +41,7 @@ STATE = {
 
 
 def lattice(state: dict[int, list[Account]]) -> bytes:
-    newest: dict[bytes, tuple[int, Account]] = {}
-    for slot, accounts in state.items():
-        for a in accounts:
-            if a.pubkey not in newest or newest[a.pubkey][0] < slot:
-                newest[a.pubkey] = (slot, a)
-    total = LtHash()
-    for _, a in newest.values():
-        total.add(account_lt_hash(a.lamports, a.data, a.executable, a.owner, a.pubkey))
-    return total.value()
+    return lattice_of_slots(state)
 
 
 def write_archive(
@@ -87,6 +83,20 @@ def test_a_full_whose_storages_give_the_manifests_lattice_hash_reaches_accounts(
     path = write_archive(tmp_path, STATE, compression=compression)
     assert check_file(str(path), prove_accounts=1000).proof.level == Level.ACCOUNTS
     assert check_file(str(path)).proof.level == Level.MANIFEST  # off: the manifest only
+
+
+@pytest.mark.parametrize(("compression", "accounts"), [("zst", 3), ("lz4", 1), ("tar", 7)])
+def test_the_tests_archives_prove_to_accounts(
+    tmp_path: Path, compression: str, accounts: int
+) -> None:
+    """tests/archives.py's fulls hold real storages whose lattice hash is the manifest's
+    (whatever the number of storages), its incrementals stop at ``manifest``."""
+    for base in (None, 1000):
+        name, data = build_archive(1100, base_slot=base, compression=compression, accounts=accounts)
+        path = tmp_path / name
+        path.write_bytes(data)
+        proof = check_file(str(path), prove_accounts=1000).proof
+        assert proof.level == (Level.ACCOUNTS if base is None else Level.MANIFEST), name
 
 
 def test_agaves_own_archive_reaches_accounts(tmp_path: Path) -> None:

@@ -749,10 +749,10 @@ def test_verify_prints_a_line_per_file(
     good, bad, digest = archive_files
     missing = tmp_path / "missing.tar.zst"
     assert main(["verify", str(good)]) == 0
-    assert capsys.readouterr().out == f"ok manifest {digest} {good}\n"
+    assert capsys.readouterr().out == f"ok accounts {digest} {good}\n"
     assert main(["verify", str(good), str(bad), str(missing), str(tmp_path)]) == 1
     assert capsys.readouterr().out.splitlines() == [
-        f"ok manifest {digest} {good}",
+        f"ok accounts {digest} {good}",
         f"bad {bad}: tar: missing snapshots/status_cache",
         f"bad {missing}: No such file or directory",
         f"bad {tmp_path}: Is a directory",
@@ -770,7 +770,7 @@ def test_verify_as_a_command(archive_files: tuple[Path, Path, str]) -> None:
         text=True,
         timeout=60,
     )
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok manifest {digest} {good.name}\n", "")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok accounts {digest} {good.name}\n", "")
     failed = subprocess.run(
         [sys.executable, "-m", "tracker", "verify", str(good), str(bad)],
         capture_output=True,

@@ -23,7 +23,7 @@ def options() -> list[tuple[str, argparse.Action]]:
 def test_every_subcommand_is_seen() -> None:
     assert set(build_parser().commands) == {"serve", "check-config", "fetch", "verify", "attest"}
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
-    assert len(fetch) == 21
+    assert len(fetch) == 23
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,12 @@ def test_help_names_the_defaults() -> None:
     fetch = build_parser().commands["fetch"].format_help()
     for shown in ("(default: 500)", "(default: 8)", "(default: 10MiB)", "(default: 3s)"):
         assert shown in fetch
+    flat = " ".join(fetch.split())
+    assert '"The accounts level") (default: true)' in flat  # --prove-accounts
+    assert "said so (default: 10000000)" in flat  # --prove-accounts-max
+    verify = " ".join(build_parser().commands["verify"].format_help().split())
+    assert "--prove-accounts-max N a full of more accounts" in verify
+    assert "said so (default: 10000000)" in verify
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,16 @@ def test_the_required_level_of_a_group(
             "target_groups[0].trust.require",
             "needs verify_archives: true",
         ),
+        (
+            "prove_accounts: false\ntarget_groups: [{group: g, trust: {require: accounts}}]\n",
+            "target_groups[0].trust.require",
+            "needs prove_accounts: true",
+        ),
+        (
+            "prove_accounts: false\ntarget_groups: [{group: g, trust: {require: cluster}}]\n",
+            "target_groups[0].trust.require",
+            "needs prove_accounts: true",
+        ),
         ("manifest_read: 1KiB\n", "manifest_read", "must be from 1048576 to"),
         ("prove_accounts_max: 10\n", "prove_accounts_max", "must be from 1000 to"),
         ("cluster_proof: {blocks: 0}\n", "cluster_proof.blocks", "must be from 1 to 512"),
@@ -65,6 +75,11 @@ def test_bad_proof_settings_name_their_key(
     tmp_path: Path, text: str, path: str, reason: str
 ) -> None:
     assert reason in problem_at(problems(tmp_path, text), path)
+
+
+def test_prove_accounts_false_allows_require_manifest(tmp_path: Path) -> None:
+    text = "prove_accounts: false\ntarget_groups: [{group: g, trust: {require: manifest}}]\n"
+    assert load(tmp_path, text).prove_accounts is False
 
 
 def test_the_proofs_defaults(tmp_path: Path) -> None:

@@ -197,6 +197,57 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "bound"),
+    [
+        ([], 10_000_000),
+        (["--prove-accounts"], 10_000_000),
+        (["--prove-accounts=false"], None),
+        (["--prove-accounts-max", "2000"], 2000),
+        (["--prove-accounts=false", "--prove-accounts-max", "2000"], None),
+    ],
+)
+def test_prove_accounts_flags(flags: list[str], bound: int | None) -> None:
+    """``--prove-accounts`` (on by default) and its bound reach the download's settings."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    assert options_of(args).settings.prove_accounts == bound
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--require", "accounts", "--prove-accounts=false"], True),
+        (["--require", "cluster", "--verify=false"], True),
+        (["--require", "accounts", "--prove-accounts=false", "--full=false"], False),
+        (["--require", "manifest", "--prove-accounts=false"], False),
+        (["--require", "accounts"], False),
+    ],
+)
+def test_require_accounts_needs_the_accounts_proven(flags: list[str], refused: bool) -> None:
+    """No full could reach ``accounts`` without its proof: a usage error before any
+    download (an incremental's ``accounts`` is ``manifest``)."""
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import unreachable_level
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    reason = unreachable_level(args)
+    assert bool(reason) is refused
+    assert not reason or "needs --verify and --prove-accounts true" in reason
+
+
+def test_an_unreachable_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.cli import main
+
+    argv = ["fetch", "--ledger", "l", "--tracker", "http://t", "--require", "accounts"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--prove-accounts=false"])
+    assert exited.value.code == 2
+    assert "--require accounts needs --verify and --prove-accounts true" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("flags", "replay", "slot"),
     [
         ([], 25.0, 0.4),

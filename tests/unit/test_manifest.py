@@ -27,6 +27,7 @@ from tracker.proof.writing import (
     Account,
     archive_hash_of,
     lattice_of,
+    padded,
     write_manifest,
     write_storage,
 )
@@ -192,7 +193,10 @@ def test_a_lattice_hash_of_the_wrong_size_is_refused() -> None:
     assert caught.value.reason == "manifest: the accounts lattice hash has 1948 bytes, not 2048"
 
 
-def test_the_readme_archives_prove_to_manifest() -> None:
+def test_the_readme_archives_prove_to_accounts(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quickstart's full reaches ``accounts`` in ``verify``, its incrementals
+    ``manifest`` (the highest an incremental reaches)."""
+    from tracker.cli import verify_main
     from tracker.files.archivecheck import check_file
 
     ledger = Path(__file__).parent.parent.parent / "examples" / "ledger"
@@ -200,8 +204,11 @@ def test_the_readme_archives_prove_to_manifest() -> None:
     assert len(paths) == 3
     for path in paths:
         proof = check_file(str(path)).proof
-        assert proof.level == Level.MANIFEST, path
         assert proof.snapshot_hash == path.name.rsplit("-", 1)[1].removesuffix(".tar.zst")
+    assert verify_main([str(p) for p in paths]) == 0
+    levels = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    full = [p.name.startswith("snapshot-") for p in paths]
+    assert levels == ["accounts" if f else "manifest" for f in full]
 
 
 def test_written_storages_are_agave_own_bytes() -> None:
@@ -224,7 +231,7 @@ def test_written_storages_are_agave_own_bytes() -> None:
             )
             for e in entries
         ]
-        assert write_storage(accounts) == stored[file["path"]], file["path"]
+        assert padded(write_storage(accounts)) == stored[file["path"]], file["path"]
     live = [
         e
         for e in DECODED["accounts"]["entries"]
@@ -252,7 +259,7 @@ def test_verify_prints_the_level_and_why_it_stops(
     assert main(["verify", str(good), str(old), str(forged)]) == 1
     sha = hashlib.sha256
     assert capsys.readouterr().out.splitlines() == [
-        f"ok manifest {sha(ARCHIVE).hexdigest()} {good}",
+        f"ok accounts {sha(ARCHIVE).hexdigest()} {good}",
         f"ok structure {sha(old.read_bytes()).hexdigest()} {old} ({NO_LATTICE_HASH})",
         f"bad {forged}: manifest: name hash 11111111111111111111111111111111, lattice hash "
         f"gives {NAME_HASH}",

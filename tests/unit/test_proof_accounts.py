@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from tracker.errors import ArchiveInvalid
 from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.lattice import LtHash, account_lt_hash
-from tracker.proof.storagewrite import Account, write_storage
+from tracker.proof.writing import Account, lattice_of_slots, write_storage
 
 Members = dict[str, bytes]
 
@@ -79,16 +78,8 @@ def test_a_storage_with_spare_capacity_is_read_to_its_valid_length_only() -> Non
 # --- a model: newest version by slot, zero lamports count nothing ---------------------------
 
 
-def model(slots: dict[int, list[Account]]) -> bytes:
-    newest: dict[bytes, tuple[int, Account]] = {}
-    for slot, accounts in slots.items():
-        for account in accounts:
-            if account.pubkey not in newest or newest[account.pubkey][0] < slot:
-                newest[account.pubkey] = (slot, account)
-    total = LtHash()
-    for _, a in newest.values():
-        total.add(account_lt_hash(a.lamports, a.data, a.executable, a.owner, a.pubkey))
-    return total.value()
+def model(state: dict[int, list[Account]]) -> bytes:
+    return lattice_of_slots(state)
 
 
 def built(slots: dict[int, list[Account]], order: Sequence[int]) -> list[Storage]:

@@ -11,9 +11,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from archives import build_archive, huge_pax_size_archive, huge_pax_size_at
+from archives import (
+    build_archive,
+    compress,
+    forged_accounts_archive,
+    huge_pax_size_archive,
+    huge_pax_size_at,
+    make_tar,
+)
 
 from tracker.cli import main
+from tracker.proof.accountsprover import MISMATCH
+from tracker.proof.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of,
+    padded,
+    write_manifest,
+    write_storage,
+)
 
 SLOT = 345_678
 
@@ -32,7 +48,7 @@ def test_an_archive_the_check_cannot_parse_is_one_bad_line(
     at = huge_pax_size_at(build_archive(SLOT)[1], "zst")
     assert capsys.readouterr().out.splitlines() == [
         f"bad {bad_path}: tar: bad pax size at byte {at}",
-        f"ok manifest {hashlib.sha256(good).hexdigest()} {good_path}",
+        f"ok accounts {hashlib.sha256(good).hexdigest()} {good_path}",
     ]
 
 
@@ -59,5 +75,40 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == [
         f"bad {fifo}: not a regular file",
         f"bad {zero}: not a regular file",
-        f"ok manifest {hashlib.sha256(good).hexdigest()} {link}",
+        f"ok accounts {hashlib.sha256(good).hexdigest()} {link}",
     ]
+
+
+def many_accounts(slot: int, count: int) -> tuple[str, bytes]:
+    """(name, bytes) of a full of ``count`` accounts in one storage, whose storages give its
+    manifest's lattice hash."""
+    accounts = [Account(n.to_bytes(32, "big"), 1) for n in range(count)]
+    storage = write_storage(accounts)
+    lt_hash = lattice_of(accounts)
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", b"1.2.0"),
+        (f"snapshots/{slot}/{slot}", write_manifest(slot, lt_hash, [(slot, 0, len(storage))])),
+        ("snapshots/status_cache", bytes(8)),
+        (f"accounts/{slot}.0", padded(storage)),
+    ]
+    name = f"snapshot-{slot}-{archive_hash_of(lt_hash)}.tar.zst"
+    return name, compress(make_tar(entries), "zst")
+
+
+def test_verify_proves_fulls_to_accounts_up_to_its_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = [build_archive(SLOT), many_accounts(SLOT + 1, 1001), forged_accounts_archive(SLOT + 2)]
+    paths = []
+    for name, data in made:
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    sha = [hashlib.sha256(data).hexdigest() for _, data in made]
+    assert main(["verify", "--prove-accounts-max", "1000", *map(str, paths)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"ok accounts {sha[0]} {paths[0]}",
+        f"ok manifest {sha[1]} {paths[1]} (not proven: 1001 accounts over the bound of 1000)",
+        f"bad {paths[2]}: {MISMATCH}",
+    ]
+    assert main(["verify", str(paths[1])]) == 0  # the default bound: 10,000,000
+    assert capsys.readouterr().out == f"ok accounts {sha[1]} {paths[1]}\n"

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from tracker.cache.disk import (
@@ -41,6 +42,21 @@ from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 log = logging.getLogger("tracker.cache")
 
 
+@attrs.frozen
+class Checking:
+    """How one archive of a group is checked as it is cached: at all (``verify_archives``),
+    the level it must reach (its group's ``trust.require``) and the bound of its ``accounts``
+    proof (``prove_accounts_max``; None: fulls are not proven to ``accounts``)."""
+
+    verify: bool = False
+    require: Level = Level.STRUCTURE
+    prove_accounts: int | None = None
+
+
+#: Archives not checked (``verify_archives: false``).
+UNCHECKED = Checking()
+
+
 class CheckedFiles:
     """The digest of each cached archive that passed its check, told to ``digests``;
     ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
@@ -52,9 +68,12 @@ class CheckedFiles:
         digests: Digests | None = None,
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
+        prove_accounts: int | None = None,
     ) -> None:
         self.verify = verify
         self._required = required
+        #: The bound of the ``accounts`` proof of fulls (None: not proven).
+        self.prove_accounts = prove_accounts
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
         #: Digest and inode of each cached file that passed its check.
@@ -77,6 +96,10 @@ class CheckedFiles:
         if not self.verify or self._required is None:
             return Level.STRUCTURE
         return self._required(group)
+
+    def checking(self, group: str) -> Checking:
+        """How an archive of ``group`` is checked as it is cached."""
+        return Checking(self.verify, self.required(group), self.prove_accounts)
 
     def promoted(
         self,
@@ -149,7 +172,7 @@ class CheckedFiles:
         except OSError:
             return None  # gone meanwhile
         try:
-            check = FollowingCheck.start(fd, name)
+            check = FollowingCheck.start(fd, name, self.prove_accounts)
         except OSError as exc:  # no descriptor left: stays unchecked, nothing removed
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None

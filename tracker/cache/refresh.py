@@ -25,6 +25,7 @@ import attrs
 import outcome
 import trio
 
+from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified, below_required
@@ -32,7 +33,7 @@ from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
+from tracker.proof.levels import STRUCTURE_ONLY, Proof
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
@@ -122,7 +123,8 @@ class Refresh:
     """One refresh of one cached file: temp file, writes, then promotion or removal.
 
     ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
-    with ``verify`` the archive is checked as it is written (:meth:`verify`).
+    with ``checking.verify`` the archive is checked as it is written (:meth:`verify`), a
+    full proven to ``accounts`` with ``checking.prove_accounts``.
     """
 
     def __init__(
@@ -133,13 +135,11 @@ class Refresh:
         name: str,
         final: str,
         *,
-        verify: bool = False,
-        require: Level = Level.STRUCTURE,
+        checking: Checking = UNCHECKED,
     ) -> None:
         self._registry = registry
         self._ops = ops
-        self._verify = verify
-        self._require = require
+        self._checking = checking
         self.group = group
         self.name = name
         self.final = final
@@ -232,7 +232,7 @@ class Refresh:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
-        below = below_required(self.proof, self._require, self.name) if check else None
+        below = below_required(self.proof, self._checking.require, self.name) if check else None
         if below is not None:  # the group's trust.require: not cached, like a bad copy
             raise ArchiveInvalid(below)
         self.verified = True
@@ -259,8 +259,8 @@ class Refresh:
         if self._fd is None:
             self.abort()
             return False
-        if self._verify:
-            self._check = FollowingCheck.start(self._fd, self.name)
+        if self._checking.verify:
+            self._check = FollowingCheck.start(self._fd, self.name, self._checking.prove_accounts)
             self._hold_back = HOLD_BACK
         return True
 

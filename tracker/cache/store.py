@@ -182,11 +182,13 @@ class Cache:
         digests: Digests,
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
+        prove_accounts: int | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
-        an archive of ``group`` must be proven to, its ``trust.require``); before
+        an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
+        the bound of a full's ``accounts`` proof, None for none); before
         :meth:`startup_cleanup`."""
-        self.checked = CheckedFiles(verify, digests, on_rejected, required)
+        self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts)
 
     @property
     def verify(self) -> bool:
@@ -330,8 +332,8 @@ class Cache:
         if key in self._refreshing:
             return None
         path = self._path_named(group, name)
-        require = self.checked.required(group)
-        refresh = Refresh(self, self.ops, group, name, path, verify=self.verify, require=require)
+        checking = self.checked.checking(group)
+        refresh = Refresh(self, self.ops, group, name, path, checking=checking)
         self._refreshing[key] = refresh
         return refresh
 

@@ -158,12 +158,17 @@ def store_problems(config: Config) -> list[tuple[Path, str]]:
 
 def proof_problems(config: Config) -> list[tuple[Path, str]]:
     """A group's ``trust.require`` above ``structure`` needs archives checked: with
-    ``verify_archives: false`` nothing is read, so nothing is proven (docs/architecture.md,
+    ``verify_archives: false`` nothing is read, so nothing is proven; ``accounts`` and above
+    need ``prove_accounts``, without which no full would ever reach it (docs/architecture.md,
     "Proven archives")."""
-    if config.verify_archives:
-        return []
-    return [
-        (("target_groups", index, "trust", "require"), "needs verify_archives: true")
-        for index, group in enumerate(config.target_groups)
-        if group.trust.require is not None and group.trust.require > Level.STRUCTURE
-    ]
+    found: list[tuple[Path, str]] = []
+    for index, group in enumerate(config.target_groups):
+        required = group.trust.require
+        if required is None or required == Level.STRUCTURE:
+            continue
+        path = ("target_groups", index, "trust", "require")
+        if not config.verify_archives:
+            found.append((path, "needs verify_archives: true"))
+        elif required >= Level.ACCOUNTS and not config.prove_accounts:
+            found.append((path, "needs prove_accounts: true"))
+    return found

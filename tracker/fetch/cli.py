@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: ``--prove-accounts-max``: its default and its range (those of the config's
+#: ``prove_accounts_max``).
+PROVE_ACCOUNTS_MAX = 10_000_000
+PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000)
 
 log = logging.getLogger("tracker.fetch")
 
@@ -34,7 +38,8 @@ def _flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _duration(text: str) -> float:
+def duration_arg(text: str) -> float:
+    """A command-line duration above 0 (``30s``, ``10m``, ``7d``)."""
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
@@ -62,7 +67,9 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _count(lowest: int, highest: int) -> Any:
+def count_in(lowest: int, highest: int) -> Any:
+    """An argparse type: an integer from ``lowest`` to ``highest``, written in ASCII digits."""
+
     def check(text: str) -> int:
         value = ascii_digits(text)
         if value is None or not lowest <= value <= highest:
@@ -100,21 +107,21 @@ def add_fetch_parser(commands: Any) -> None:
     add("--group", default="", help="the tracker's target group (default: its default group)")
     add(
         "--min-slots",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=500,
         metavar="SLOTS",
         help="keep a ledger full this close to the offered one (default: %(default)s)",
     )
     add(
         "--max-slots",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=10_000,
         metavar="SLOTS",
         help="--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
     )
     add(
         "--slot",
-        type=_count(0, 2**63),
+        type=count_in(0, 2**63),
         default=0,
         metavar="SLOT",
         help="the full's slot (default: the best)",
@@ -123,6 +130,8 @@ def add_fetch_parser(commands: Any) -> None:
         "full": "fetch a full snapshot when the ledger needs one",
         "incremental": "fetch the newest incremental on the ledger's full",
         "verify": "check each archive (and its SHA-256) before it enters the ledger",
+        "prove-accounts": "with --verify, prove a full's account storages give its manifest's "
+        'lattice hash (level accounts; docs/architecture.md, "The accounts level")',
     }
     for name, meaning in what.items():
         add(
@@ -144,8 +153,16 @@ def add_fetch_parser(commands: Any) -> None:
         "%(default)s)",
     )
     add(
+        "--prove-accounts-max",
+        type=count_in(*PROVE_ACCOUNTS_RANGE),
+        default=PROVE_ACCOUNTS_MAX,
+        metavar="N",
+        help="a full of more accounts than this stays at level manifest, said so (default: "
+        "%(default)s)",
+    )
+    add(
         "--connections",
-        type=_count(1, 64),
+        type=count_in(1, 64),
         default=8,
         metavar="N",
         help="parallel Range requests per file, 1 to 64 (default: %(default)s)",
@@ -160,21 +177,21 @@ def add_fetch_parser(commands: Any) -> None:
     )
     add(
         "--request-timeout",
-        type=_duration,
+        type=duration_arg,
         default=3.0,
         metavar="DURATION",
         help="longest wait for a response head (default: 3s)",
     )
     add(
         "--download-timeout",
-        type=_duration,
+        type=duration_arg,
         default=600.0,
         metavar="DURATION",
         help="give up after this long (default: 10m)",
     )
     add(
         "--keep",
-        type=_count(0, 1000),
+        type=count_in(0, 1000),
         default=2,
         metavar="N",
         help="then keep the newest N fulls and N incrementals; 0: remove nothing "
@@ -190,7 +207,7 @@ def add_fetch_parser(commands: Any) -> None:
     )
     add(
         "--slot-seconds",
-        type=_duration,
+        type=duration_arg,
         default=0.4,
         metavar="DURATION",
         help="the cluster's slot time, for the same (default: 400ms)",
@@ -202,7 +219,7 @@ def add_fetch_parser(commands: Any) -> None:
         help="a bar, log lines, or nothing; auto: a bar on a terminal (default: %(default)s)",
     )
     # Seconds between two fetch_progress log lines (tests; hidden from --help).
-    add("--progress-every", type=_duration, default=5.0, help=argparse.SUPPRESS)
+    add("--progress-every", type=duration_arg, default=5.0, help=argparse.SUPPRESS)
     add_log_flags(fetch)
 
 
@@ -232,6 +249,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         request_timeout=args.request_timeout,
         verify=args.verify,
         require=Level.parse(args.require) or Level.STRUCTURE,
+        prove_accounts=args.prove_accounts_max if args.prove_accounts else None,
     )
     return FetchOptions(
         ledger=args.ledger,
@@ -254,6 +272,16 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
     )
 
 
+def unreachable_level(args: argparse.Namespace) -> str:
+    """Why no full could reach ``--require`` with these flags ("" when one can): a full
+    reaches ``accounts`` only with its accounts proven; said before any download, not after
+    each (an incremental's ``accounts`` is ``manifest``). Pure."""
+    required = Level.parse(args.require) or Level.STRUCTURE
+    if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
+        return f"--require {args.require} needs --verify and --prove-accounts true"
+    return ""
+
+
 def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
     128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved)."""
@@ -261,6 +289,9 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
         parser.error("fetch needs at least one of --full and --incremental")
+    unreachable = unreachable_level(args)
+    if unreachable:
+        parser.error(unreachable)
     setup_logging(args.log_level, args.log_format)
     # Imported here: the other commands (`verify` above all) start without httpx and trio.
     import trio
@@ -341,7 +372,3 @@ def interrupted(ledger: str, signum: int) -> int:
     reason = f"interrupted; {done} of {total} bytes kept, run again to resume"
     log_event(log, "error", "fetch_interrupted", reason=reason)
     return 128 + signum
-
-
-#: The argument types other commands share (``verify``, ``attest``).
-count_arg, duration_arg = _count, _duration

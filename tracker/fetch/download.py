@@ -209,7 +209,8 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
     progress.start(name, size, pieces.done_bytes)
     # The archive check reads the file in order while the pieces come in, up to the gapless
     # prefix on disk: at the end only what came last is left to check, from the page cache.
-    check = FollowingCheck.start(fd, name) if crew.settings.verify else None
+    settings = crew.settings
+    check = FollowingCheck.start(fd, name, settings.prove_accounts) if settings.verify else None
     saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
     live = pool if reference.ranges else [reference]
     try:

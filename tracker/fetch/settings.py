@@ -45,3 +45,6 @@ class FetchSettings:
     #: The level each archive must be proven to (``--require``; docs/architecture.md,
     #: "Proven archives"); with ``verify`` only.
     require: Level = Level.STRUCTURE
+    #: The bound of a full's ``accounts`` proof (``--prove-accounts-max``; docs/architecture.md,
+    #: "The accounts level"); None: fulls are not proven to ``accounts``. With ``verify`` only.
+    prove_accounts: int | None = 10_000_000

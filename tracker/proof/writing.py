@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import base58
@@ -34,12 +34,14 @@ EXTRA_FIELDS = (
 )
 
 _Q = struct.Struct("<Q")
+#: A record's header: StoredMeta, AccountMeta and the obsolete hash (136 bytes).
+_HEAD = struct.Struct("<QQ32sQQ32sB7x32x")
 _SCHEDULE = struct.Struct("<QQ?QQ").pack(432_000, 432_000, True, 14, 524_256)
 
 
 @attrs.frozen
 class Account:
-    """One account as a storage holds it."""
+    """One stored version of an account."""
 
     pubkey: bytes
     lamports: int
@@ -47,24 +49,40 @@ class Account:
     owner: bytes = bytes(32)
     executable: bool = False
     rent_epoch: int = 0
+    write_version: int = 0
 
     def lt_hash(self) -> bytes:
-        """Its 2,048-byte lattice hash."""
+        """Its 2,048-byte lattice hash (:func:`tracker.proof.lattice.account_lt_hash`)."""
         return account_lt_hash(self.lamports, self.data, self.executable, self.owner, self.pubkey)
 
 
-def write_storage(accounts: Iterable[Account], write_version: int = 0) -> bytes:
-    """An AppendVec of ``accounts`` (agave's accounts-db/src/append_vec.rs): per account
-    StoredMeta{write_version u64, data_len u64, pubkey}, AccountMeta{lamports u64,
-    rent_epoch u64, owner, executable u8, 7 bytes of padding}, the obsolete 32-byte hash,
-    the data, padded to 8 bytes."""
+def write_storage(accounts: Iterable[Account]) -> bytes:
+    """The bytes of an AppendVec holding ``accounts`` in order (agave's
+    accounts-db/src/append_vec.rs; the format is in :mod:`tracker.proof.storages`): per
+    account StoredMeta{write_version u64, data_len u64, pubkey}, AccountMeta{lamports u64,
+    rent_epoch u64, owner, executable u8, 7 bytes of padding}, the obsolete 32-byte hash
+    (zeroed), the data; each record at a multiple of 8. The result's length is the storage's
+    ``accounts_current_len`` (the last record's data ends there, unpadded); agave's file is
+    that padded to 8 (:func:`padded`), a file with spare capacity ``.ljust(size, b"\\0")``."""
     out = bytearray()
     for account in accounts:
-        out += struct.pack("<QQ", write_version, len(account.data)) + account.pubkey
-        out += struct.pack("<QQ", account.lamports, account.rent_epoch) + account.owner
-        out += bytes([account.executable]) + bytes(7) + bytes(32) + account.data
         out += bytes(-len(out) % 8)
+        out += _HEAD.pack(
+            account.write_version,
+            len(account.data),
+            account.pubkey,
+            account.lamports,
+            account.rent_epoch,
+            account.owner,
+            1 if account.executable else 0,
+        )
+        out += account.data
     return bytes(out)
+
+
+def padded(storage: bytes) -> bytes:
+    """A storage's bytes padded to a multiple of 8, as agave's files of them end."""
+    return storage + bytes(-len(storage) % 8)
 
 
 def lattice_of(accounts: Iterable[Account]) -> bytes:
@@ -75,6 +93,13 @@ def lattice_of(accounts: Iterable[Account]) -> bytes:
     for account in newest.values():
         total.add(account.lt_hash())
     return total.value()
+
+
+def lattice_of_slots(slots: Mapping[int, Iterable[Account]]) -> bytes:
+    """The lattice hash of the state stored as ``slots`` (slot -> the accounts it stores):
+    the version of each pubkey in the highest slot counts, as agave's index generation keeps
+    it (docs/architecture.md, "The accounts level")."""
+    return lattice_of(a for slot in sorted(slots) for a in slots[slot])
 
 
 def archive_hash_of(lt_hash: bytes) -> str:

@@ -180,6 +180,7 @@ class ProxyStreamer:
                 self.digests,
                 self._cached_copy_rejected,
                 self._required_level,
+                config.prove_accounts_max if config.prove_accounts else None,
             )
             cache.served = self._index.served_fulls
             cache.on_files = partial(hold_cached, self._index)
