@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -45,8 +44,9 @@ from bench.servers import (
     tracker_config,
 )
 from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
-from tracker.cache.disk import write_digest
-from tracker.core.digests import sha256sum_line
+from tracker.cache.checked import write_checked
+from tracker.core.digests import Verified
+from tracker.files.archivecheck import check_file
 
 Result = dict[str, Any]
 # Never let a system-wide proxy setting reach 127.0.0.1.
@@ -161,23 +161,24 @@ def start_proxy_tracker(
 
 def start_hit_tracker(env: Env, name: str) -> Tracker:
     """A proxy-mode tracker whose cache holds the best archive (a hard link to it) with its
-    digest file, as a restarted tracker finds its checked cache: without it the tracker
+    digest and proof files, as a restarted tracker finds its checked cache: without them the tracker
     checks the archive again at start-up and serves it as a hit only after that, so the
     first GETs would be proxied and the check's buffers counted in the memory figure."""
     cache = env.work / f"cache-{name}"
     (cache / GROUP).mkdir(parents=True)
     cached = cache / GROUP / env.archives.best
     cached.hardlink_to(env.archives.best_path)
-    # Written after the link (which moves the archive's ctime): the digest file describes it.
-    write_digest(str(cached), sha256sum_line(_sha256(env.archives.best_path), cached.name))
+    # Written after the link (which moves the archive's ctime): the digest and proof files
+    # describe it, so the tracker does not check it again at start-up.
+    write_checked(str(cached), _checked(env.archives.best_path), cached.name)
     return start_proxy_tracker(env, name, cache)
 
 
 @functools.cache
-def _sha256(path: Path) -> str:
-    """The hex SHA-256 of the file at ``path`` (once per bench run)."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+def _checked(path: Path) -> Verified:
+    """What the archive check (accounts level included) says of the file at ``path`` (once per
+    bench run), as a refresh wrote it beside the cached file."""
+    return check_file(str(path), prove_accounts=10_000_000)
 
 
 def stop(env: Env, tracker: Tracker, cache_dir: Path | None = None) -> None:

@@ -38,14 +38,14 @@ def test_attest_signs_what_the_check_proved_beside_the_archive(
 ) -> None:
     assert main(["attest", str(archive), "--key", str(_key(tmp_path)), "--valid-for", "1d"]) == 0
     written = Path(f"{archive}.attestation")
-    assert capsys.readouterr().out == f"signed manifest {SHA} {written}\n"
+    assert capsys.readouterr().out == f"signed accounts {SHA} {written}\n"
     statement_text = json.loads(written.read_bytes())["statement"]
     body = json.loads(statement_text)
     assert (body["name"], body["size"], body["sha256"], body["level"]) == (
         NAME,
         len(ARCHIVE),
         SHA,
-        "manifest",
+        "accounts",
     )
     assert body["bank_hash"] == "FF2m56Z7VbuL5fhNTfNzzH41ZP45CYzxZGocL9RqmRck"
     assert body["expires"] - body["checked_at"] in range(86400 - 5, 86400 + 5)
@@ -85,7 +85,7 @@ def test_verify_takes_an_archive_its_trusted_keys_vouch_for(
     main(["attest", str(archive), "--key", str(_key(tmp_path, 1))])
     capsys.readouterr()
     assert _verify(archive, "--trust-key", signer(1).public_key) == 0
-    assert capsys.readouterr().out == f"ok manifest {SHA} {archive}\n"
+    assert capsys.readouterr().out == f"ok accounts {SHA} {archive}\n"
     # Another key's statement vouches for nothing; two keys needed, one given: bad.
     for flags, reason in (
         (["--trust-key", signer(2).public_key], "not a trusted key"),

@@ -196,7 +196,7 @@ def test_a_lattice_hash_of_the_wrong_size_is_refused() -> None:
 def test_the_readme_archives_prove_to_accounts(capsys: pytest.CaptureFixture[str]) -> None:
     """The quickstart's full reaches ``accounts`` in ``verify``, its incrementals
     ``manifest`` (the highest an incremental reaches)."""
-    from tracker.cli import verify_main
+    from tracker.cli import main
     from tracker.files.archivecheck import check_file
 
     ledger = Path(__file__).parent.parent.parent / "examples" / "ledger"
@@ -205,7 +205,7 @@ def test_the_readme_archives_prove_to_accounts(capsys: pytest.CaptureFixture[str
     for path in paths:
         proof = check_file(str(path)).proof
         assert proof.snapshot_hash == path.name.rsplit("-", 1)[1].removesuffix(".tar.zst")
-    assert verify_main([str(p) for p in paths]) == 0
+    assert main(["verify", *(str(p) for p in paths)]) == 0
     levels = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
     full = [p.name.startswith("snapshot-") for p in paths]
     assert levels == ["accounts" if f else "manifest" for f in full]

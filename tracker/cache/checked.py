@@ -207,7 +207,7 @@ class CheckedFiles:
         if (group, name) in self._checked:
             return True  # a refresh promoted a copy meanwhile: its digest stands
         try:
-            await trio.to_thread.run_sync(_write_both, path, Verified(sha256, proof), name)
+            await trio.to_thread.run_sync(write_checked, path, Verified(sha256, proof), name)
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
@@ -261,8 +261,9 @@ def _restored_proof(path: str) -> Proof | None:
         return None
 
 
-def _write_both(path: str, checked: Verified, name: str) -> None:
-    """The proof file, then the digest file (start-up trusts the digest's ctime last)."""
+def write_checked(path: str, checked: Verified, name: str) -> None:
+    """Write what the check of the cached archive at ``path`` said beside it: the proof file,
+    then the digest file (start-up trusts the digest's ctime last)."""
     write_digest(path, json.dumps(checked.proof.to_json()) + "\n", PROOF)
     write_digest(path, sha256sum_line(checked.sha256, name))
 
