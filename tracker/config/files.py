@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.directories import unusable_directory
 from tracker.core.smallfiles import read_small_file
-from tracker.core.statements import MAX_KEYPAIR, Signer
 from tracker.errors import ProbeError, StatementInvalid
+
+if TYPE_CHECKING:
+    from tracker.core.statements import Signer
 
 
 class FileChecks:
@@ -121,6 +124,9 @@ def load_signer(path: str) -> Signer:
     regular file (no link followed, nothing that could block: :func:`read_small_file`),
     readable by others than its owner (a key must be mode 0600), not owned by this process's
     user, or not a keypair (the key's bytes are never shown)."""
+    # Imported where a key is read: a tracker that signs nothing never loads cryptography.
+    from tracker.core.statements import MAX_KEYPAIR, Signer
+
     try:
         data, info = read_small_file(path, MAX_KEYPAIR)
     except OSError as exc:

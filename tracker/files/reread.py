@@ -15,7 +15,7 @@ import bz2
 import gzip
 import lzma
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import lz4.frame
 import zstandard
@@ -24,7 +24,9 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import ZSTD_MAX_WINDOW
 from tracker.files.tarwalk import BLOCK, MAX_META, ZERO_BLOCK, entry_name, parse_header, parse_pax
-from tracker.proof.accountsprover import StoragesProver
+
+if TYPE_CHECKING:
+    from tracker.proof.accountsprover import StoragesProver
 
 #: Bytes read from the decoded stream at once.
 STEP = 1024 * 1024
@@ -55,6 +57,10 @@ def accounts_prover(name: str, max_accounts: int | None, path: str) -> StoragesP
     parsed = parse_archive_name(name)
     if max_accounts is None or parsed is None or parsed.base_slot:
         return None
+    # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
+    # proves an archive, never by one that only serves.
+    from tracker.proof.accountsprover import StoragesProver
+
     return StoragesProver(max_accounts, lambda: ArchiveReread(path, parsed.ext))
 
 

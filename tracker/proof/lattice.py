@@ -10,14 +10,20 @@ archives", cites agave's code for each step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import blake3
-import numpy as np
-import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 #: Bytes of a lattice hash: 1,024 u16 lanes.
 LT_HASH_BYTES = 2048
 LANES = LT_HASH_BYTES // 2
-_LANE = np.dtype("<u2")
+#: A lane: a little-endian u16 (numpy is imported where a sum is made, so that a tracker that
+#: only serves, or checks a name's hash, never loads it).
+_LANE = "<u2"
 
 
 def account_lt_hash(
@@ -43,6 +49,8 @@ class LtHash:
     """A running sum of lattice hashes, 1,024 wrapping u16 lanes (numpy, never a lane loop)."""
 
     def __init__(self, value: bytes | None = None) -> None:
+        import numpy as np
+
         self._lanes: npt.NDArray[np.uint16] = (
             np.zeros(LANES, dtype=_LANE)
             if value is None
@@ -67,6 +75,8 @@ class LtHash:
 
 
 def _summed(hashes: bytes | bytearray | memoryview) -> npt.NDArray[np.uint16]:
+    import numpy as np
+
     if len(hashes) % LT_HASH_BYTES:
         raise ValueError(f"{len(hashes)} bytes are not whole lattice hashes")
     rows: npt.NDArray[np.uint16] = np.frombuffer(hashes, dtype=_LANE).reshape(-1, LANES)
