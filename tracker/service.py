@@ -34,16 +34,16 @@ from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.files.headproof import prove_head
+from tracker.learning.sync import Learning
+from tracker.measuring.rangereads import SpeedTests
 from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proving.heads import HeadProofs
 from tracker.proving.votes import ClusterVotes
 from tracker.proxy.bucketcopies import ObjectPath, object_path
-from tracker.proxy.learning import Learning
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
-from tracker.proxy.speedtest import SpeedTests
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers
 from tracker.reporting import ScrapeReporter, track_snapshot_age

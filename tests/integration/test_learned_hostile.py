@@ -17,7 +17,7 @@ import trio
 import yaml
 from helpers_process import Serve, start_serve
 
-from tracker.proxy.learning import FILE_NAME
+from tracker.learning.sync import FILE_NAME
 
 HUGE = 10**400  # 401 digits: float() of it raises OverflowError
 GRACE = 1.0
@@ -27,7 +27,7 @@ GOOD = {"group": "g", "target": "http://a:1", "discovered": False}
 FAST_SYNC = (
     sys.executable,
     "-c",
-    "import sys, tracker.proxy.learning as learning; learning.SYNC_EVERY = 0.2; "
+    "import sys, tracker.learning.sync as learning; learning.SYNC_EVERY = 0.2; "
     "from tracker.cli import main; sys.exit(main(sys.argv[4:]))",
 )
 

@@ -28,10 +28,10 @@ from helpers_proxy import (
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
 from names import full_name
 
-import tracker.proxy.learning
+import tracker.learning.sync
 from tracker.config.schema import Config, ObjectStore
 from tracker.core.index import TargetKey
-from tracker.proxy.learning import FILE_NAME
+from tracker.learning.sync import FILE_NAME
 
 NAME = full_name(4000)
 DATA = archive_bytes(2 * MiB, seed=7)
@@ -156,7 +156,7 @@ async def test_a_read_that_hangs_does_not_hold_the_stop(
         release.wait(60)
         raise OSError("released")
 
-    monkeypatch.setattr(tracker.proxy.learning, "read_small", hangs)
+    monkeypatch.setattr(tracker.learning.sync, "read_small", hangs)
     up = FakeUpstream(files={NAME: DATA})
     try:
         async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:

@@ -33,11 +33,11 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.core.contentrange import parse_content_range
+from tracker.core.flowing import Flowing
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.files.fileresponse import ChunkBudget
-from tracker.proxy.flowing import Flowing
 from tracker.proxy.resume import Reopen
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.upstream import UpstreamAnswer, client_response_headers

@@ -14,10 +14,10 @@ import trio
 
 from tracker.config.schema import Config
 from tracker.core.digests import Digests
+from tracker.core.flowing import Flowing
 from tracker.core.index import Index
 from tracker.core.rejections import Rejections
 from tracker.discovery.scrape import Scraper
-from tracker.proxy.flowing import Flowing
 from tracker.web.delivery import Delivery
 from tracker.web.health import HealthChecker
 
