@@ -110,8 +110,9 @@ def sign_file(path: str, checked: Verified, signer: Signer, valid_for: float) ->
     name = parse_archive_name(os.path.basename(path))
     if name is None:
         raise ValueError("not a snapshot archive name")
-    held = HeldCopy(name, os.stat(path).st_size, checked.sha256, checked.proof, time.time())
-    document = signer.sign(statement_of(held, time.time(), valid_for)).encode()
+    now = time.time()  # the check has just ended: signed at once
+    held = HeldCopy(name, os.stat(path).st_size, checked.sha256, checked.proof, now)
+    document = signer.sign(statement_of(held, now, valid_for)).encode()
     target = path + SUFFIX
     write_atomically(target, document, mode=0o644)
     return target
