@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -80,3 +81,35 @@ def test_the_sha256_the_tracker_lists_is_kept_when_well_formed() -> None:
     assert snapshot.full is not None and snapshot.full.sha256 == {digest}
     [bare] = snapshots_from_json(TRACKER, [entry()])
     assert bare.full is not None and bare.full.sha256 == frozenset()
+
+
+DOC = {"statement": "{}", "signer": "s", "signature": "g"}
+
+
+@pytest.mark.parametrize(
+    ("listed", "documents"),
+    [
+        # Each listed file's attestations: the route's objects, as bytes; one of each.
+        ([DOC], 1),
+        ([DOC, DOC, {**DOC, "signer": "t"}], 2),
+        # Not a list: none; a member that is no document stays, to be refused with why.
+        ({"statement": "x"}, 0),
+        ("x", 0),
+        ([1, "x", None], 3),
+        # A listing is network input: a bounded number per file.
+        ([{**DOC, "signer": str(n)} for n in range(100)], 32),
+    ],
+)
+def test_a_listed_files_statements_are_kept(listed: object, documents: int) -> None:
+    [snapshot] = snapshots_from_json(TRACKER, [entry(attestations=listed)])
+    assert snapshot.full is not None
+    assert len(snapshot.full.statements) == documents
+    assert snapshot.full.statements_url == ROUTE + ".attestation"
+
+
+def test_statements_of_one_file_in_several_entries_are_gathered_once() -> None:
+    other = {**DOC, "signer": "t"}
+    entries = [entry(attestations=[DOC]), entry(attestations=[DOC, other]), entry()]
+    [snapshot] = snapshots_from_json(TRACKER, entries)
+    assert snapshot.full is not None
+    assert [json.loads(d)["signer"] for d in snapshot.full.statements] == ["s", "t"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers_statements import NOW, SHA, expected, signer, statement
 
-from tracker.fetch.trust import TrustPolicy, public_key, unvouched
+from tracker.fetch.trust import MAX_REASONS, TrustPolicy, public_key, unvouched
 from tracker.proof.levels import Level
 
 
@@ -65,3 +65,67 @@ def test_a_trust_key_is_a_base58_public_key(text: str, taken: bool) -> None:
     else:
         with pytest.raises(ValueError, match="not a base58 public key"):
             public_key(text)
+
+
+def test_the_line_names_the_keys_that_vouched_for_nothing() -> None:
+    found = unvouched([GOOD[1]], policy([1, 2, 3], 3), expected())
+    assert found is not None
+    missing = found.split("; none from ")[1]
+    assert missing == ", ".join(sorted([signer(2).public_key, signer(3).public_key]))
+    assert signer(1).public_key not in missing
+
+
+def test_the_line_names_a_bounded_number_of_reasons() -> None:
+    forged = [signer(1).sign(statement(size=n)).encode() for n in range(1, 21)]
+    found = unvouched(forged, policy([1]), expected())
+    assert found is not None and "\n" not in found
+    assert found.count("names size") == MAX_REASONS
+    assert f"and {20 - MAX_REASONS} more" in found
+
+
+KEY1, KEY2 = signer(1).public_key, signer(2).public_key
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        ([], ""),
+        (["--trust-key", KEY1], ""),
+        (["--trust-key", KEY1, "--trust-key", KEY2, "--trust-min", "2"], ""),
+        # Statements come from a tracker, name the SHA-256 the check computes, and N keys
+        # vouch only when N are listed.
+        (["--trust-key", KEY1, "--verify=false"], "--trust-key needs --verify true"),
+        (["--trust-key", KEY1, "--trust-min", "2"], "--trust-min 2 needs as many distinct"),
+        (["--trust-key", KEY1, "--trust-key", KEY1, "--trust-min", "2"], "1 given"),
+        (["--trust-key", KEY1, "--tracker", "", "--source", "http://s"], "needs --tracker"),
+    ],
+)
+def test_trust_flags_that_cannot_work_are_a_usage_error(flags: list[str], reason: str) -> None:
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import trust_usage
+
+    args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
+    found = trust_usage(args)
+    assert (reason in found) if reason else found == ""
+
+
+def test_the_trust_flags_reach_the_downloads_settings() -> None:
+    from tracker.cli import build_parser
+    from tracker.fetch.cli import options_of
+
+    argv = ["fetch", "--ledger", "l", "--tracker", "http://t", "--require", "manifest"]
+    plain = options_of(build_parser().parse_args(argv)).settings.trust
+    assert not plain.active
+    args = build_parser().parse_args([*argv, "--trust-key", KEY1, "--trust-key", KEY2])
+    trust = options_of(args).settings.trust
+    assert trust == TrustPolicy(frozenset({KEY1, KEY2}), 1, Level.MANIFEST)
+
+
+def test_a_usage_error_exits_2_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.cli import main
+
+    argv = ["fetch", "--ledger", "l", "--tracker", "http://t", "--trust-key", KEY1]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--trust-min", "3"])
+    assert exited.value.code == 2
+    assert "--trust-min 3 needs as many distinct --trust-key, 1 given" in capsys.readouterr().err

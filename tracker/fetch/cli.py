@@ -14,6 +14,8 @@ from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
+from tracker.fetch.statementfiles import add_trust_key_flags
+from tracker.fetch.trust import TrustPolicy
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
@@ -152,6 +154,9 @@ def add_fetch_parser(commands: Any) -> None:
         f'{", ".join(LEVEL_NAMES)} (docs/architecture.md, "Proven archives"; default: '
         "%(default)s)",
     )
+    # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
+    # after the archive check, before the rename into the ledger.
+    add_trust_key_flags(fetch, count_in)
     add(
         "--prove-accounts-max",
         type=count_in(*PROVE_ACCOUNTS_RANGE),
@@ -243,13 +248,15 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
     """The options of parsed ``fetch`` arguments."""
     from tracker.fetch.run import FetchOptions
 
+    required = Level.parse(args.require) or Level.STRUCTURE
     settings = FetchSettings(
         connections=args.connections,
         min_speed=args.min_speed,
         request_timeout=args.request_timeout,
         verify=args.verify,
-        require=Level.parse(args.require) or Level.STRUCTURE,
+        require=required,
         prove_accounts=args.prove_accounts_max if args.prove_accounts else None,
+        trust=TrustPolicy(frozenset(args.trust_key), args.trust_min, required),
     )
     return FetchOptions(
         ledger=args.ledger,
@@ -282,6 +289,22 @@ def unreachable_level(args: argparse.Namespace) -> str:
     return ""
 
 
+def trust_usage(args: argparse.Namespace) -> str:
+    """Why ``--trust-key`` cannot work with these flags ("" when it can or is not given):
+    statements come from a tracker, name the SHA-256 the check computes, and N distinct keys
+    can vouch only when N are listed. Pure."""
+    keys = len(set(args.trust_key))
+    if not keys:
+        return ""
+    if not args.tracker:
+        return "--trust-key needs --tracker: the statements are the tracker's"
+    if not args.verify:
+        return "--trust-key needs --verify true: a statement names the SHA-256 the check computes"
+    if args.trust_min > keys:
+        return f"--trust-min {args.trust_min} needs as many distinct --trust-key, {keys} given"
+    return ""
+
+
 def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
     128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved)."""
@@ -289,9 +312,9 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
         parser.error("fetch needs at least one of --full and --incremental")
-    unreachable = unreachable_level(args)
-    if unreachable:
-        parser.error(unreachable)
+    unusable = unreachable_level(args) or trust_usage(args)
+    if unusable:
+        parser.error(unusable)
     setup_logging(args.log_level, args.log_format)
     # Imported here: the other commands (`verify` above all) start without httpx and trio.
     import trio

@@ -10,8 +10,9 @@ each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{n
 source that fails three times in a row, or is slower than ``min_speed`` while another is
 left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
 is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
-fetch resumes. A complete file is synced, checked (:mod:`tracker.files.archivecheck`, and
-its SHA-256 against the tracker's), renamed into place and given the source's
+fetch resumes. A complete file is synced, checked (:mod:`tracker.files.archivecheck`, its
+SHA-256 against the tracker's and, with ``--trust-key``, against the trusted keys' signed
+statements: :mod:`tracker.fetch.vouching`), renamed into place and given the source's
 ``Last-Modified`` as its mtime. When every source of the pool failed, or its copy failed the
 check (deleted), the next candidate that is not in the pool is tried from the start.
 """
@@ -44,9 +45,9 @@ from tracker.fetch.state import (
     restart_reason,
     temp_path,
 )
+from tracker.fetch.vouching import statements_problem
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
-from tracker.proof.levels import Level
 
 log = logging.getLogger("tracker.fetch")
 
@@ -239,7 +240,7 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
         progress.finish()
     digest = ""
     if check is not None:
-        digest = await _verify(ledger, name, live, file.sha256, check, crew.settings.require)
+        digest = await _verify(crew, file, live, check, ledger)
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
@@ -299,17 +300,15 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 
 async def _verify(
-    ledger: str,
-    name: str,
-    pool: list[Source],
-    sha256: frozenset[str],
-    check: FollowingCheck,
-    require: Level,
+    crew: Crew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
 ) -> str:
-    """The SHA-256 of the complete temp file of ``name`` (``check`` followed it and was
-    told its end) when it passes the archive check, is proven to ``require`` and is one of
-    ``sha256`` (when that lists any); else the temp file and its state are deleted and
-    CopyRejected raised (docs: README "Fetching a snapshot into a ledger")."""
+    """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
+    told its end) when it passes the archive check, is proven to ``--require``, is one of
+    the tracker's ``sha256`` (when that lists any) and enough trusted keys vouch for it
+    (``--trust-key``); else the temp file and its state are deleted and CopyRejected raised,
+    or FetchError when the statements refused it (docs/http-api.md, "Signed statements")."""
+    name, sha256, require = file.file_name, file.sha256, crew.settings.require
+    unvouched = None
     try:
         # On cancellation the check's thread reads on to the end, then stops by itself.
         checked = await check.result()
@@ -320,13 +319,21 @@ async def _verify(
         below = below_required(checked.proof, require, name)
         if below is not None:
             reason = f"archive failed verification: {below}"
-        elif not sha256 or digest in sha256:
-            return digest
-        else:
+        elif sha256 and digest not in sha256:
             reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
+        else:
+            size = pool[0].identity.size
+            unvouched = await statements_problem(crew.client, file, size, digest, crew.settings)
+            if unvouched is None:
+                return digest
+            reason = unvouched
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)
     log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)
+    if unvouched is not None:
+        # The statements are the tracker's of this name, not a source's fault: another
+        # source's copy would be downloaded whole only to meet the same ones.
+        raise FetchError(f"{name}: {reason}")
     raise CopyRejected(f"{urls or name}: {reason}")
 
 

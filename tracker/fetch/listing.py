@@ -5,7 +5,9 @@ query-free route ``{tracker}/v1/{group}/{name}`` (it redirects or serves), then 
 every source the JSON lists for that name (each file's ``url``; from an older tracker only
 HTTP sources', whose ``file_name`` is their URL), so that a download can use every source in
 every mode. :mod:`tracker.fetch.download` uses those together only after they proved to hold
-the same bytes.
+the same bytes. From a tracker, each archive also comes with the signed statements its listing
+carries and the URL of its ``.attestation`` route (docs/http-api.md, "Signed statements"),
+read only when ``--trust-key`` asks for statements.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from tracker.core.redact import redact_userinfo
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
 from tracker.errors import FetchError, ProbeError
+from tracker.fetch.statementfiles import SUFFIX
+from tracker.fetch.trust import MAX_LISTED, listed_documents
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
 
 #: Bounds of what is read from the tracker.
@@ -42,6 +46,11 @@ class RemoteFile:
     sha256: frozenset[str] = frozenset()
     #: The fastest ``throughput_bps`` the tracker lists for a source of it (0: none).
     throughput: float = 0.0
+    #: The signed statements the tracker's listing carries for it (each file's
+    #: ``attestations``, as bytes; unchecked), and its ``.attestation`` route ("": not from a
+    #: tracker).
+    statements: tuple[bytes, ...] = ()
+    statements_url: str = ""
 
     @property
     def file_name(self) -> str:
@@ -89,9 +98,11 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     archive with the tracker's route first, then the URL of each source listing it: the
     file's ``url`` (docs/http-api.md), else, from a tracker without it, an absolute
     ``file_name``; and the ``sha256`` digests listed for it; each pair with its
-    ``predicted_seconds`` and each file with its sources' best ``throughput_bps``.
-    Malformed entries, URLs, digests and figures are skipped."""
+    ``predicted_seconds`` and each file with its sources' best ``throughput_bps``, its
+    listed ``attestations`` and its tracker's ``.attestation`` route. Malformed entries,
+    URLs, digests and figures are skipped."""
     urls: dict[str, list[str]] = {}
+    documents: dict[str, dict[bytes, None]] = {}
     sizes: dict[str, int] = {}
     digests: dict[str, set[str]] = {}
     speeds: dict[str, float] = {}
@@ -119,6 +130,10 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
             digest = raw.get("sha256")
             if is_sha256_hex(digest):
                 digests.setdefault(name, set()).add(digest)
+            listed = documents.setdefault(name, {})
+            for document in listed_documents(raw.get("attestations")):
+                if len(listed) < MAX_LISTED:
+                    listed[document] = None
             speed = _figure(entry.get("throughput_bps"))
             if speed is not None and speed > speeds.get(name, 0.0):
                 speeds[name] = speed
@@ -135,12 +150,19 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     files = (sizes, urls, digests, speeds)
     return [
         RemoteSnapshot(
-            _file(full, *files) if full is not None else None,
-            _file(head, *files) if head is not None else None,
+            _signed(_file(full, *files), documents) if full is not None else None,
+            _signed(_file(head, *files), documents) if head is not None else None,
             predicted.get((full, head)),
         )
         for full, head in dict.fromkeys(order)
     ]
+
+
+def _signed(file: RemoteFile, documents: dict[str, dict[bytes, None]]) -> RemoteFile:
+    """``file`` of a tracker's listing with its listed statements and its ``.attestation``
+    route: the tracker's own route of the file (its first URL) and the suffix."""
+    listed = tuple(documents.get(file.file_name, ()))
+    return attrs.evolve(file, statements=listed, statements_url=file.urls[0] + SUFFIX)
 
 
 def _figure(value: object) -> float | None:

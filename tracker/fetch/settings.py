@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from tracker.fetch.trust import TrustPolicy
 from tracker.proof.levels import Level
 
 MiB = 1024 * 1024
@@ -48,3 +49,10 @@ class FetchSettings:
     #: The bound of a full's ``accounts`` proof (``--prove-accounts-max``; docs/architecture.md,
     #: "The accounts level"); None: fulls are not proven to ``accounts``. With ``verify`` only.
     prove_accounts: int | None = 10_000_000
+    #: The keys whose signed statements must vouch for each archive before its rename into
+    #: the ledger, and how many (``--trust-key``, ``--trust-min``; its ``required`` is
+    #: ``require``); with ``verify`` only: a statement names the SHA-256 the check computes.
+    trust: TrustPolicy = attrs.field(factory=TrustPolicy)
+    #: Longest wait for the whole answer of the tracker's ``.attestation`` route (a document
+    #: of at most 16 KiB).
+    statements_timeout: float = 10.0

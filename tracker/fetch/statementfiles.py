@@ -36,7 +36,19 @@ DEFAULT_VALID_FOR = 7 * 24 * 3600.0
 def add_trust_flags(verify: argparse.ArgumentParser, count: Any) -> None:
     """``verify``'s ``--trust-key``, ``--trust-min`` and ``--attestation`` (``count``: the
     command line's check of a whole number in a range)."""
+    add_trust_key_flags(verify, count)
     verify.add_argument(
+        "--attestation",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a statement file to read, repeatable (default: each archive's FILE.attestation)",
+    )
+
+
+def add_trust_key_flags(command: argparse.ArgumentParser, count: Any) -> None:
+    """``--trust-key`` and ``--trust-min``, as ``verify`` and ``fetch`` take them."""
+    command.add_argument(
         "--trust-key",
         action="append",
         default=[],
@@ -45,19 +57,12 @@ def add_trust_flags(verify: argparse.ArgumentParser, count: Any) -> None:
         help="take an archive only with signed statements of this key (base58), repeatable "
         "(default: statements are not asked for)",
     )
-    verify.add_argument(
+    command.add_argument(
         "--trust-min",
         type=count(1, 100),
         default=1,
         metavar="N",
         help="distinct trusted keys that must vouch for each archive (default: %(default)s)",
-    )
-    verify.add_argument(
-        "--attestation",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a statement file to read, repeatable (default: each archive's FILE.attestation)",
     )
 
 

@@ -10,14 +10,27 @@ that statement only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import base58
 
-from tracker.core.statements import Attestation, Expected, parse_document, vouching_signers
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level
+
+if TYPE_CHECKING:
+    from tracker.core.statements import Attestation, Expected
+
+# tracker.core.statements (and with it cryptography) is imported where statements are read:
+# ``fetch``'s settings hold a TrustPolicy, and the command line is built for every command.
+
+#: Statements of one archive read from a listing at most (a tracker and its replicas sign one
+#: each; a listing is network input).
+MAX_LISTED = 32
+#: Reasons of refused statements named in one line at most; the others are counted.
+MAX_REASONS = 6
 
 
 @attrs.frozen
@@ -47,9 +60,28 @@ def public_key(text: str) -> str:
     return text
 
 
+def listed_documents(value: object) -> tuple[bytes, ...]:
+    """The documents of a listed file's ``attestations`` (a JSON list of the objects the
+    ``.attestation`` route serves) as bytes for :func:`unvouched`, at most MAX_LISTED of them,
+    duplicates once; anything but a list gives none. A member that is no such object stays,
+    re-encoded, and is refused with its reason when read."""
+    if not isinstance(value, list):
+        return ()
+    documents: dict[bytes, None] = {}
+    for item in value[:MAX_LISTED]:
+        try:
+            documents[json.dumps(item, sort_keys=True).encode()] = None
+        except (ValueError, TypeError, RecursionError):  # not from json.loads: never seen
+            documents[b"[]"] = None
+    return tuple(documents)
+
+
 def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expected) -> str | None:
     """None when enough trusted keys vouch for the expected file; else one line saying how
-    many did of how many needed, and why the others' statements were not taken."""
+    many did of how many needed, why the others' statements were not taken, and which
+    trusted keys vouched for nothing."""
+    from tracker.core.statements import parse_document, vouching_signers
+
     attestations: list[Attestation] = []
     reasons: list[str] = []
     for document in documents:
@@ -60,6 +92,12 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
     vouching, refused = vouching_signers(attestations, policy.keys, expected)
     if len(vouching) >= policy.minimum:
         return None
-    reasons += refused
-    why = f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else " (none found)"
-    return f"{len(vouching)} of the {policy.minimum} trusted statements needed vouch for it{why}"
+    distinct = list(dict.fromkeys(reasons + refused))
+    shown = "; ".join(distinct[:MAX_REASONS])
+    if len(distinct) > MAX_REASONS:
+        shown += f"; and {len(distinct) - MAX_REASONS} more"
+    why = f" ({shown})" if shown else " (none found)"
+    silent = sorted(policy.keys - vouching)
+    missing = f"; none from {', '.join(silent)}" if silent else ""
+    line = f"{len(vouching)} of the {policy.minimum} trusted statements needed vouch for it"
+    return line + why + missing

@@ -1,0 +1,62 @@
+"""The signed statements of one downloaded archive, gathered and weighed before its rename
+into the ledger (``fetch --trust-key``; docs/http-api.md, "Signed statements").
+
+The documents come from the tracker only: those its listing carried for the file
+(:attr:`tracker.fetch.listing.RemoteFile.statements`) and the one its ``.attestation`` route
+answers, read bounded (16 KiB) within ``statements_timeout``. A route that fails, hangs or
+answers junk costs its own document only and is named in the line; whether enough trusted
+keys vouch is :func:`tracker.fetch.trust.unvouched`'s decision.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import trio
+
+from tracker.core.redact import redact_userinfo
+from tracker.errors import ProbeError
+from tracker.fetch.listing import RemoteFile
+from tracker.fetch.settings import FetchSettings
+from tracker.fetch.trust import unvouched
+from tracker.net.limits import fetch_capped
+
+
+async def statements_problem(
+    client: httpx.AsyncClient, file: RemoteFile, size: int, sha256: str, settings: FetchSettings
+) -> str | None:
+    """None when ``settings.trust`` asks for no statements or enough of its keys vouch for
+    ``file``'s checked copy (``size`` bytes, ``sha256``); else one line: how many vouched,
+    why each other statement was not taken, which keys said nothing, what could not be read."""
+    from tracker.core.statements import Expected
+
+    policy = settings.trust
+    if not policy.active:
+        return None
+    documents = list(file.statements)
+    unread = ""
+    if file.statements_url:
+        try:
+            documents.append(await _route_document(client, file.statements_url, settings))
+        except ProbeError as exc:
+            unread = f"; not read: {redact_userinfo(file.statements_url)}: {exc}"
+    expected = Expected(
+        size=size,
+        sha256=sha256,
+        required=settings.require,
+        is_full=file.name.is_full,
+        now=int(time.time()),  # statements expire on the wall clock
+    )
+    problem = unvouched(documents, policy, expected)
+    return None if problem is None else f"statements: {problem}{unread}"
+
+
+async def _route_document(client: httpx.AsyncClient, url: str, settings: FetchSettings) -> bytes:
+    """The document the tracker's ``.attestation`` route answers; ProbeError (one line) for
+    any other answer, one over 16 KiB, or none within ``statements_timeout``."""
+    from tracker.core.statements import MAX_DOCUMENT
+
+    with trio.move_on_after(settings.statements_timeout):
+        return bytes(await fetch_capped(client, url, headers={}, max_body=MAX_DOCUMENT))
+    raise ProbeError(f"no answer within {settings.statements_timeout:g}s")
