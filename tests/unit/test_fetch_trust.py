@@ -70,6 +70,7 @@ def test_a_trust_key_is_a_base58_public_key(text: str, taken: bool) -> None:
 def test_the_line_names_the_keys_that_vouched_for_nothing() -> None:
     found = unvouched([GOOD[1]], policy([1, 2, 3], 3), expected())
     assert found is not None
+    assert found.startswith("1 of the 3 trusted statements needed vouch for it; none from ")
     missing = found.split("; none from ")[1]
     assert missing == ", ".join(sorted([signer(2).public_key, signer(3).public_key]))
     assert signer(1).public_key not in missing

@@ -96,7 +96,7 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
     shown = "; ".join(distinct[:MAX_REASONS])
     if len(distinct) > MAX_REASONS:
         shown += f"; and {len(distinct) - MAX_REASONS} more"
-    why = f" ({shown})" if shown else " (none found)"
+    why = f" ({shown})" if shown else "" if vouching else " (none found)"
     silent = sorted(policy.keys - vouching)
     missing = f"; none from {', '.join(silent)}" if silent else ""
     line = f"{len(vouching)} of the {policy.minimum} trusted statements needed vouch for it"
