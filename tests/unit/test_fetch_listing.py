@@ -9,6 +9,7 @@ import pytest
 from names import full_name
 
 from tracker.fetch.listing import snapshots_from_json, source_url
+from tracker.fetch.trust import MAX_LISTED, listed_documents
 
 NAME = full_name(1000)
 TRACKER = "http://tracker:8458"
@@ -113,3 +114,17 @@ def test_statements_of_one_file_in_several_entries_are_gathered_once() -> None:
     [snapshot] = snapshots_from_json(TRACKER, entries)
     assert snapshot.full is not None
     assert [json.loads(d)["signer"] for d in snapshot.full.statements] == ["s", "t"]
+
+
+def test_statements_of_one_file_are_bounded_across_entries() -> None:
+    entries = [
+        entry(attestations=[{**DOC, "signer": f"{e}-{n}"} for n in range(10)]) for e in range(10)
+    ]
+    [snapshot] = snapshots_from_json(TRACKER, entries)
+    assert snapshot.full is not None and len(snapshot.full.statements) == MAX_LISTED
+
+
+def test_a_listed_attestations_member_is_read_only_so_far() -> None:
+    many = [{**DOC, "signer": str(n)} for n in range(10_000)]
+    assert len(listed_documents(many)) == MAX_LISTED
+    assert listed_documents([DOC, DOC]) == (json.dumps(DOC, sort_keys=True).encode(),)
