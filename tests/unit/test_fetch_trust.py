@@ -130,3 +130,14 @@ def test_a_usage_error_exits_2_before_anything_runs(capsys: pytest.CaptureFixtur
         main([*argv, "--trust-min", "3"])
     assert exited.value.code == 2
     assert "--trust-min 3 needs as many distinct --trust-key, 1 given" in capsys.readouterr().err
+
+
+def test_a_listed_document_of_no_text_costs_only_itself() -> None:
+    """A listing's JSON may carry a lone surrogate: refused with a reason, GOOD[1] counts."""
+    from tracker.fetch.trust import listed_documents
+
+    junk = {"statement": "\ud800", "signer": signer(2).public_key, "signature": "x"}
+    documents = [*listed_documents([junk]), GOOD[1]]
+    assert unvouched(documents, policy([1]), expected()) is None
+    found = unvouched(documents, policy([1, 2], 2), expected())
+    assert found is not None and "statement: not ASCII" in found

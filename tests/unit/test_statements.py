@@ -115,6 +115,9 @@ def _canonical_text(**changes: object) -> bytes:
         (b'{"statement": "a", "statement": "b", "signer": "", "signature": ""}', "not a JSON"),
         (b'{"statement": "a", "signer": "x"}', "not a {statement, signer, signature}"),
         (b'{"statement": 1, "signer": "x", "signature": "y"}', "not a {statement"),
+        # A lone surrogate is valid JSON but no text: one line, not UnicodeEncodeError.
+        (b'{"statement": "\\ud800", "signer": "x", "signature": "y"}', "not ASCII"),
+        (b'{"statement": "\xc3\xa9", "signer": "x", "signature": "y"}', "not ASCII"),
         (b'{"statement": "a", "signer": "0OIl", "signature": "y"}', "signer is not 32 bytes"),
         (
             b'{"statement": "a", "signer": "' + b"1" * 10_000 + b'", "signature": "y"}',

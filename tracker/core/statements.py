@@ -167,7 +167,10 @@ def parse_document(raw: bytes) -> Attestation:
         isinstance(v, str) for v in outer.values()
     ):
         raise StatementInvalid("statement: not a {statement, signer, signature} document")
-    text = outer["statement"].encode("utf-8")
+    try:  # a canonical text is ASCII; JSON also lets a lone surrogate through, no text at all
+        text = outer["statement"].encode("ascii")
+    except UnicodeEncodeError:
+        raise StatementInvalid("statement: not ASCII, so not a canonical statement") from None
     public = _b58(outer["signer"], 32, "signer")
     signature = _b58(outer["signature"], 64, "signature")
     try:
