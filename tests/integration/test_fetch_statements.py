@@ -197,3 +197,30 @@ async def test_an_unchecked_fetch_cannot_ask_for_statements(tmp_path: Path) -> N
     assert done.returncode == 2
     assert b"--trust-key needs --verify true" in done.stderr
     assert not tracker.gets(NAME)
+
+
+INCREMENTAL, INCR = build_archive(SLOT + 100, base_slot=SLOT, accounts=2)
+
+
+async def test_each_archive_needs_its_own_statements(tmp_path: Path) -> None:
+    """The full is vouched for and moves in; the incremental (listed again after the full,
+    with its own statements) is not, and stays out with the reason."""
+    ledger = ledger_of(tmp_path)
+    files = {NAME: GOOD, INCREMENTAL: INCR}
+    full = K1.sign(statement())
+    other = K1.sign(statement(name=INCREMENTAL, size=len(INCR), sha256=sha256(b"other")))
+    async with tracker_of([FakeUpstream(files=files)]) as tracker:
+        for entry in tracker.entries:
+            for file in entry["files"]:
+                signed = full if file["file_name"] == NAME else other
+                file["attestations"] = [document(signed)]
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        command.remove("--incremental=false")
+        done = await run_cli(*command, "--trust-key", K1.public_key)
+    line = the_error_line(done)
+    assert f"{INCREMENTAL}: statements: 0 of the 1 trusted statements needed" in line, line
+    assert f"names sha256 {sha256(b'other')}, the file has {sha256(INCR)}" in line, line
+    assert [p.name for p in ledger.iterdir()] == [NAME]
+    assert [s.target for s in tracker.gets(f"{INCREMENTAL}.attestation")] == [
+        f"/v1/{GROUP}/{INCREMENTAL}.attestation"
+    ]
