@@ -2,10 +2,10 @@
 into the ledger (``fetch --trust-key``; docs/http-api.md, "Signed statements").
 
 The documents come from the tracker only: those its listing carried for the file
-(:attr:`tracker.fetch.listing.RemoteFile.statements`) and the one its ``.attestation`` route
-answers, read bounded (16 KiB) within ``statements_timeout``. A route that fails, hangs or
-answers junk costs its own document only and is named in the line; whether enough trusted
-keys vouch is :func:`tracker.fetch.trust.unvouched`'s decision.
+(:attr:`tracker.fetch.listing.RemoteFile.statements`) and, when those are not enough, the one
+its ``.attestation`` route answers, read bounded (16 KiB) within ``statements_timeout``. A
+route that fails, hangs or answers junk costs its own document only and is named in the
+line; whether enough trusted keys vouch is :func:`tracker.fetch.trust.unvouched`'s decision.
 """
 
 from __future__ import annotations
@@ -34,13 +34,6 @@ async def statements_problem(
     policy = settings.trust
     if not policy.active:
         return None
-    documents = list(file.statements)
-    unread = ""
-    if file.statements_url:
-        try:
-            documents.append(await _route_document(client, file.statements_url, settings))
-        except ProbeError as exc:
-            unread = f"; not read: {redact_userinfo(file.statements_url)}: {exc}"
     expected = Expected(
         size=size,
         sha256=sha256,
@@ -48,6 +41,17 @@ async def statements_problem(
         is_full=file.name.is_full,
         now=int(time.time()),  # statements expire on the wall clock
     )
+    documents = list(file.statements)
+    problem = unvouched(documents, policy, expected)
+    if problem is None or not file.statements_url:
+        return None if problem is None else f"statements: {problem}"
+    # The listing's are not enough: the route may hold one it did not carry (a statement
+    # signed since, or a listing from a tracker without ``attestations``).
+    unread = ""
+    try:
+        documents.append(await _route_document(client, file.statements_url, settings))
+    except ProbeError as exc:
+        unread = f"; not read: {redact_userinfo(file.statements_url)}: {exc}"
     problem = unvouched(documents, policy, expected)
     return None if problem is None else f"statements: {problem}{unread}"
 
