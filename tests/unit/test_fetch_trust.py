@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
+import base58
 import pytest
 from helpers_statements import NOW, SHA, expected, signer, statement
 
-from tracker.fetch.trust import MAX_REASONS, TrustPolicy, public_key, unvouched
+from tracker.fetch.trust import (
+    LOW_ORDER_KEYS,
+    MAX_REASONS,
+    TrustPolicy,
+    public_key,
+    unvouched,
+)
 from tracker.proof.levels import Level
 
 
@@ -52,7 +61,6 @@ def test_the_level_named_must_reach_the_required_one() -> None:
     ("text", "taken"),
     [
         (signer(1).public_key, True),
-        ("1" * 32, True),  # 32 zero bytes: a key, if a useless one
         ("0" * 44, False),  # not base58
         ("abc", False),
         ("1" * 45, False),
@@ -141,3 +149,37 @@ def test_a_listed_document_of_no_text_costs_only_itself() -> None:
     assert unvouched(documents, policy([1]), expected()) is None
     found = unvouched(documents, policy([1, 2], 2), expected())
     assert found is not None and "statement: not ASCII" in found
+
+
+def test_a_low_order_trust_key_is_refused() -> None:
+    """Trusting a low-order key would trust anyone: the all-zero key (base58 ``1`` x 32, the
+    System Program's address) takes a forged statement, no secret needed."""
+    zero = "1" * 32
+    forged = [
+        json.dumps(
+            {
+                "statement": statement(checked_at=n).canonical().decode(),
+                "signer": zero,
+                "signature": base58.b58encode(bytes(64)).decode(),
+            }
+        ).encode()
+        for n in range(64)
+    ]
+    taken = [
+        d for d in forged if unvouched([d], TrustPolicy(frozenset({zero})), expected()) is None
+    ]
+    assert taken, "the library refuses them all: the blocklist guards nothing any more"
+    for raw in LOW_ORDER_KEYS:
+        text = base58.b58encode(raw).decode()
+        with pytest.raises(ValueError, match="a low-order point"):
+            public_key(text)
+    assert public_key(signer(1).public_key) == signer(1).public_key
+
+
+def test_a_low_order_trust_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["fetch", "--ledger", "l", "--tracker", "http://t", "--trust-key", "1" * 32])
+    assert exited.value.code == 2
+    assert "a low-order point" in capsys.readouterr().err

@@ -31,6 +31,31 @@ if TYPE_CHECKING:
 MAX_LISTED = 32
 #: Reasons of refused statements named in one line at most; the others are counted.
 MAX_REASONS = 6
+#: The encodings of ed25519's low-order points (the eight points and six other encodings of
+#: them), as the C2SP/CCTV ed25519 test vectors flag them ``low_order_A``. For such a key,
+#: signatures are forged without any secret (OpenSSL, under ``cryptography``, takes the
+#: all-zero signature of one message in four for the all-zero key), so trusting one would
+#: trust anyone; the all-zero one is ``11111111111111111111111111111111`` in base58, the
+#: System Program's address, a string Solana operators know.
+LOW_ORDER_KEYS = frozenset(
+    bytes.fromhex(key)
+    for key in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )
+)
 
 
 @attrs.frozen
@@ -50,13 +75,15 @@ class TrustPolicy:
 
 def public_key(text: str) -> str:
     """A ``--trust-key`` value: an ed25519 public key in base58 (as ``solana-keygen pubkey``
-    prints it); ValueError otherwise."""
+    prints it) that is not a low-order point; ValueError otherwise."""
     try:
         raw = base58.b58decode(text) if 32 <= len(text) <= 44 else b""
     except ValueError:
         raw = b""
     if len(raw) != 32:
         raise ValueError(f"not a base58 public key of 32 bytes: {text!r}")
+    if raw in LOW_ORDER_KEYS:
+        raise ValueError(f"a low-order point, whose signatures anyone can forge: {text!r}")
     return text
 
 
