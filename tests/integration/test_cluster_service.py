@@ -317,3 +317,25 @@ async def test_a_reload_raising_the_level_removes_a_cached_copy_the_votes_refuse
         reason = f"proven to accounts, cluster required: {MINORITY}"
         assert reason in await status_page(f)
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
+
+
+async def test_a_restart_requiring_cluster_keeps_a_copy_cached_at_accounts_and_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """What a check shows of ``cluster`` is ``accounts``: a copy kept at it is neither checked
+    again nor removed at start-up; it is served once the votes lift it."""
+    name, data, bank = an_archive(tmp_path, 3900, 40)
+    async with fleet(tmp_path, name, data, data) as f:  # no rpc: cached at accounts
+        await wait_until(lambda: _listed(f))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == data
+        await wait_for(lambda: (f.cache / GROUP / f".{name}.proof").exists())
+    node = VoteRpc(blocks=votes_for(3900, bank, majority=True), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}) as f:
+
+        async def lifted() -> bool:
+            return (await proof_of(f.public, name) or {}).get("level") == "cluster"
+
+        await wait_until(lifted)
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.status == 200 and hit.body == data
+        assert f.bad.gets(name) == []  # the kept copy, not read again
