@@ -60,9 +60,9 @@ def liftable(proof: Proof, name: str) -> bool:
 
 async def lifted(voter: Voter | None, name: str, proof: Proof) -> Proof:
     """``proof`` of the archive ``name`` after the cluster's votes (as it is when they
-    cannot lift it, or no RPC is configured)."""
+    cannot lift it; with the voter's note when no RPC is configured)."""
     parsed = parse_archive_name(name)
-    if voter is None or parsed is None or not liftable(proof, name) or not voter.rpcs():
+    if voter is None or parsed is None or not liftable(proof, name):
         return proof
     return await voter.lift(parsed.slot, proof)
 
