@@ -224,7 +224,8 @@ def vote_accounts_answer(
 @attrs.define
 class VoteRpc:
     """A fake JSON-RPC node: ``blocks[slot]`` is the block's transactions (a slot not in it
-    is skipped), ``stakes`` the current vote accounts; ``raw`` answers a method with fixed
+    is skipped), ``stakes`` the current vote accounts, ``slot`` what ``getSlot`` answers
+    (the health check and the snapshots' age ask it); ``raw`` answers a method with fixed
     bytes instead (an answer too large, malformed), ``stall`` methods never answer."""
 
     blocks: dict[int, list[dict[str, Any]]] = attrs.Factory(dict)
@@ -232,6 +233,7 @@ class VoteRpc:
     delinquent: dict[str, int] = attrs.Factory(dict)
     raw: dict[str, bytes] = attrs.Factory(dict)
     stall: set[str] = attrs.Factory(set)
+    slot: int = 1_000_000
     calls: list[tuple[str, Any]] = attrs.Factory(list)
     stalled: trio.Event = attrs.Factory(trio.Event)
 
@@ -258,6 +260,8 @@ class VoteRpc:
                 )
             elif method == "getVoteAccounts":
                 answer = vote_accounts_answer(self.stakes, self.delinquent)
+            elif method == "getSlot":
+                answer = {"jsonrpc": "2.0", "result": self.slot, "id": 1}
             else:
                 answer = {"jsonrpc": "2.0", "error": {"code": -32601}, "id": 1}
             return quart.Response(json.dumps(answer), content_type="application/json")

@@ -166,6 +166,7 @@ def build(
     if objects is not None:  # the newest incremental of every full still served stays
         objects.tier.retainer.served = index.served_fulls
         objects.tier.retainer.on_listed = partial(index.hold, "bucket")
+    votes = ClusterVotes(current, rpc)  # one, its tallies shared by every copy it lifts
     parts = StreamerParts(
         metrics=metrics,
         settings=settings if settings is not None else ProxySettings(),
@@ -175,6 +176,7 @@ def build(
         rejections=rejections,
         cache_factory=cache_factory,
         resolver=resolver,
+        voter=votes,
     )
     streamer = ProxyStreamer(current, index, transfers, parts)
     prefetcher = Prefetcher(current, index, streamer, transfers)
@@ -201,7 +203,6 @@ def build(
     speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
     learning = Learning(current, index, rejections, bucket, metrics=metrics)
-    votes = ClusterVotes(current, rpc)
     heads = HeadProofs(current, index, streamer.clients, prove_head, votes=votes)
     return Components(
         tracker,

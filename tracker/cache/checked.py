@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -37,7 +38,10 @@ from tracker.core.digests import (
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
+
+if TYPE_CHECKING:
+    from tracker.cache.lifting import Voter
 
 log = logging.getLogger("tracker.cache")
 
@@ -45,12 +49,15 @@ log = logging.getLogger("tracker.cache")
 @attrs.frozen
 class Checking:
     """How one archive of a group is checked as it is cached: at all (``verify_archives``),
-    the level it must reach (its group's ``trust.require``) and the bound of its ``accounts``
-    proof (``prove_accounts_max``; None: fulls are not proven to ``accounts``)."""
+    the level it must reach (its group's ``trust.require``), the bound of its ``accounts``
+    proof (``prove_accounts_max``; None: fulls are not proven to ``accounts``) and, for a
+    group that requires ``cluster``, who asks the cluster's votes before its readers get
+    their last bytes (:mod:`tracker.cache.lifting`)."""
 
     verify: bool = False
     require: Level = Level.STRUCTURE
     prove_accounts: int | None = None
+    voter: Voter | None = None
 
 
 #: Archives not checked (``verify_archives: false``).
@@ -60,7 +67,9 @@ UNCHECKED = Checking()
 class CheckedFiles:
     """The digest of each cached archive that passed its check, told to ``digests``;
     ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
-    again and was removed. Without ``verify`` every cached file is servable."""
+    again and was removed. Without ``verify`` every cached file is servable. ``voter``
+    (the cluster's votes, None: not asked) lifts held copies to ``cluster``
+    (:mod:`tracker.cache.lifting`)."""
 
     def __init__(
         self,
@@ -69,8 +78,10 @@ class CheckedFiles:
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
         prove_accounts: int | None = None,
+        voter: Voter | None = None,
     ) -> None:
         self.verify = verify
+        self.voter = voter
         self._required = required
         #: The bound of the ``accounts`` proof of fulls (None: not proven).
         self.prove_accounts = prove_accounts
@@ -78,12 +89,29 @@ class CheckedFiles:
         self._on_rejected = on_rejected
         #: Digest and inode of each cached file that passed its check.
         self._checked: dict[tuple[str, str], tuple[str, int]] = {}
+        #: What the check (and the cluster's votes) proved of each of them.
+        self._proofs: dict[tuple[str, str], Proof] = {}
         #: Cached files found at start-up without a digest that still describes them.
         self._unchecked: list[tuple[str, str]] = []
 
     def servable(self, group: str, name: str) -> bool:
-        """True unless archives are verified and ``name``'s cached copy is not (yet)."""
-        return not self.verify or (group, name) in self._checked
+        """True unless archives are verified and ``name``'s cached copy is not (yet), or is
+        below its group's level now (a ``cluster`` its votes did not lift yet, a
+        ``trust.require`` raised by a reload)."""
+        if not self.verify:
+            return True
+        proof = self._proofs.get((group, name))
+        if (group, name) not in self._checked or proof is None:
+            return False
+        return below_required(proof, self.required(group), name) is None
+
+    def proof(self, group: str, name: str) -> Proof | None:
+        """What was proven of the cached copy of ``name``, when it passed its check."""
+        return self._proofs.get((group, name)) if (group, name) in self._checked else None
+
+    def held(self) -> list[tuple[str, str, Proof]]:
+        """Every cached copy that passed its check, with what it is proven to."""
+        return [(g, n, p) for (g, n), p in self._proofs.items() if (g, n) in self._checked]
 
     def digest(self, group: str, name: str) -> str | None:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
@@ -99,7 +127,9 @@ class CheckedFiles:
 
     def checking(self, group: str) -> Checking:
         """How an archive of ``group`` is checked as it is cached."""
-        return Checking(self.verify, self.required(group), self.prove_accounts)
+        required = self.required(group)
+        voter = self.voter if required >= Level.CLUSTER else None
+        return Checking(self.verify, required, self.prove_accounts, voter)
 
     def promoted(
         self,
@@ -114,6 +144,7 @@ class CheckedFiles:
         what its check proved) was promoted and evicted ``evicted``: digests follow."""
         if sha256:
             self._checked[(group, name)] = (sha256, ino)
+            self._proofs[(group, name)] = proof
             self._digests.put("cache", group, name, sha256, proof)
         else:
             self._forget(group, name)
@@ -121,6 +152,7 @@ class CheckedFiles:
             self._forget(group, other)
 
     def _forget(self, group: str, name: str) -> None:
+        self._proofs.pop((group, name), None)
         if self._checked.pop((group, name), None) is not None:
             self._digests.drop("cache", group, name)
 
@@ -139,14 +171,25 @@ class CheckedFiles:
             restored = _restored_digest(path, name)
             # A file kept before proofs were (no proof file) proved its structure.
             proof = (_restored_proof(path) or STRUCTURE_ONLY) if restored is not None else None
-            required = self.required(group)
+            # What a check can show of the group's level: the votes are asked later.
+            required = checked_for(self.required(group))
             if restored is None or proof is None or below_required(proof, required, name):
                 # No digest or proof that still describes the file, or one below the
                 # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
                 continue
             self._checked[(group, name)] = restored
+            self._proofs[(group, name)] = proof
             self._digests.put("cache", group, name, restored[0], proof)
+
+    def recheck_below(self) -> None:
+        """List for :meth:`recheck` every held copy whose proof is below what a check can
+        show of its group's level now (a reload raised its ``trust.require``): it is not
+        served meanwhile, and is removed if its check does not reach it."""
+        for group, name, proof in self.held():
+            if below_required(proof, checked_for(self.required(group)), name) is not None:
+                self._forget(group, name)
+                self._unchecked.append((group, name))
 
     async def recheck(
         self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
@@ -182,25 +225,14 @@ class CheckedFiles:
         try:
             checked = await check.result()
             sha256, proof = checked.sha256, checked.proof
-            below = below_required(proof, self.required(group), name)
+            below = below_required(proof, checked_for(self.required(group)), name)
             if below is not None:  # the group's trust.require: not kept, like a bad copy
                 raise ArchiveInvalid(below)
         except OSError as exc:
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None  # unreadable: stays unchecked (never a hit), nothing removed
         except ArchiveInvalid as exc:
-            await trio.to_thread.run_sync(_unlink_if_same, path, st.st_ino)
-            log_event(
-                log,
-                "warning",
-                "archive_rejected",
-                group=group,
-                file=name,
-                source="cache",
-                reason=exc.reason,
-            )
-            if self._on_rejected is not None:
-                self._on_rejected(group, name, exc.reason)
+            await self.remove(group, name, path, st.st_ino, exc.reason)
             return False
         finally:
             check.cancel()  # no-op once it ended; stops it when this task is cancelled
@@ -211,6 +243,7 @@ class CheckedFiles:
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
+        self._proofs[(group, name)] = proof
         self._digests.put("cache", group, name, sha256, proof)
         log_event(
             log,
@@ -222,6 +255,46 @@ class CheckedFiles:
             level=proof.level.label,
         )
         return True
+
+    async def relevel(self, group: str, name: str, proof: Proof, path: str) -> bool:
+        """The cached copy of ``name`` (at ``path``) is proven to ``proof`` now (the
+        cluster's votes were asked): recorded, and kept beside its digest once a tally says
+        it; False when that tally leaves it below its group's level (now: a reload may
+        have raised it), then it is removed like a copy that failed its check."""
+        checked = self._checked.get((group, name))
+        if checked is None:
+            return True
+        below = below_required(proof, self.required(group), name)
+        if below is not None and proof.voted_stake is not None:  # the votes say no
+            await self.remove(group, name, path, checked[1], below)
+            return False
+        if self._proofs.get((group, name)) == proof:
+            return True
+        self._proofs[(group, name)] = proof
+        self._digests.put("cache", group, name, checked[0], proof)
+        if proof.voted_stake is not None:  # a tally, not a failure to read one
+            try:
+                await trio.to_thread.run_sync(write_proof, path, proof)
+            except OSError as exc:
+                log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
+        return True
+
+    async def remove(self, group: str, name: str, path: str, ino: int, reason: str) -> None:
+        """Remove the cached copy of ``name`` (at ``path``, inode ``ino``) that fell short
+        for ``reason``, and say so as for any rejected archive."""
+        self._forget(group, name)
+        await trio.to_thread.run_sync(_unlink_if_same, path, ino)
+        log_event(
+            log,
+            "warning",
+            "archive_rejected",
+            group=group,
+            file=name,
+            source="cache",
+            reason=reason,
+        )
+        if self._on_rejected is not None:
+            self._on_rejected(group, name, reason)
 
 
 def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:
@@ -264,8 +337,13 @@ def _restored_proof(path: str) -> Proof | None:
 def write_checked(path: str, checked: Verified, name: str) -> None:
     """Write what the check of the cached archive at ``path`` said beside it: the proof file,
     then the digest file (start-up trusts the digest's ctime last)."""
-    write_digest(path, json.dumps(checked.proof.to_json()) + "\n", PROOF)
+    write_proof(path, checked.proof)
     write_digest(path, sha256sum_line(checked.sha256, name))
+
+
+def write_proof(path: str, proof: Proof) -> None:
+    """Write the proof file of the cached archive at ``path`` again (its digest stands)."""
+    write_digest(path, json.dumps(proof.to_json()) + "\n", PROOF)
 
 
 def _own_file(st: os.stat_result) -> bool:

@@ -27,9 +27,10 @@ import trio
 
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
+from tracker.cache.lifting import required_proof
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.core.digests import Verified, below_required
-from tracker.errors import ArchiveInvalid, CacheError
+from tracker.core.digests import Verified
+from tracker.errors import CacheError
 from tracker.files.archivecheck import FollowingCheck
 from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
@@ -232,9 +233,8 @@ class Refresh:
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
-        below = below_required(self.proof, self._checking.require, self.name) if check else None
-        if below is not None:  # the group's trust.require: not cached, like a bad copy
-            raise ArchiveInvalid(below)
+        if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
+            self.proof = await required_proof(self._checking, self.name, self.proof)
         self.verified = True
         self._notify()
 

@@ -41,6 +41,7 @@ from tracker.cache.disk import (
     scan,
     unlink,
 )
+from tracker.cache.lifting import Voter, keep_levels
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests
 from tracker.core.directories import unusable_directory
@@ -183,12 +184,13 @@ class Cache:
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
         prove_accounts: int | None = None,
+        voter: Voter | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
         an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
-        the bound of a full's ``accounts`` proof, None for none); before
-        :meth:`startup_cleanup`."""
-        self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts)
+        the bound of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
+        votes, :mod:`tracker.cache.lifting`); before :meth:`startup_cleanup`."""
+        self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts, voter)
 
     @property
     def verify(self) -> bool:
@@ -221,8 +223,10 @@ class Cache:
 
     async def recheck(self) -> None:
         """Check the cached files start-up found without a digest that still describes them
-        (:meth:`CheckedFiles.recheck`). Cancellation stops it."""
-        await self.checked.recheck(self._path_named, self.report_size)
+        (:meth:`CheckedFiles.recheck`), then keep every cached copy at its group's level:
+        checked again after a reload raised it, lifted by the cluster's votes
+        (:func:`tracker.cache.lifting.keep_levels`). Runs until cancelled."""
+        await keep_levels(self.checked, self._path_named, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:
         """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all

@@ -54,6 +54,14 @@ def required_for(required: Level, *, is_full: bool) -> Level:
     return required
 
 
+def checked_for(required: Level) -> Level:
+    """The part of ``required`` a check of the bytes shows: ``cluster`` is ``accounts``
+    (a full; :func:`required_for` makes it ``manifest`` for an incremental) plus the
+    cluster's votes, which no check reads but the RPC's tally adds (docs/architecture.md,
+    "The cluster level")."""
+    return min(required, Level.ACCOUNTS)
+
+
 @attrs.frozen
 class Proof:
     """What was proven of one archive.

@@ -81,6 +81,8 @@ class HeadProofs:
         self._retry_after = retry_after
         #: What each copy read was proven to (bounded; the oldest forgotten first).
         self.proven: OrderedDict[tuple[TargetKey, str], Proof] = OrderedDict()
+        #: The read of each proven copy, to decide it again under a raised level.
+        self._proven_reads: OrderedDict[Copy, HeadRead] = OrderedDict()
         self._refused: OrderedDict[tuple[TargetKey, str], str] = OrderedDict()
         self._tried: dict[tuple[TargetKey, str], float] = {}
         #: Rounds completed (tests wait on it).
@@ -103,12 +105,25 @@ class HeadProofs:
             asked = group.trust.require
             if config.proxy_snapshot_downloads or asked is None or asked < Level.MANIFEST:
                 continue
+            self._below_now(config.required_level(group), group.group)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
                 decided += await self._decide(config, group, read, proof)
             for read in self.due(group):
                 decided += await self._read(config, group, read)
         self.rounds += 1
         return decided
+
+    def _below_now(self, required: Level, group: str) -> None:
+        """Put every proven copy of ``group`` below ``required`` (a reload raised its
+        ``trust.require``) back to be decided, with the proof its read gave: out of the
+        ranking until the votes (``cluster``) carry it, if they can."""
+        for copy, proof in list(self.proven.items()):
+            read = self._proven_reads.get(copy)
+            if copy[0].group != group or read is None:
+                continue
+            if shortfall(proof, required, is_full=read.file.name.is_full) is not None:
+                del self.proven[copy]
+                self._voting[copy] = (read, proof)
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
@@ -169,6 +184,7 @@ class HeadProofs:
             return 1
         self._index.disprove(read.key, read.file.bare_name, None)
         self._keep(self.proven, read.copy, proof)
+        self._keep(self._proven_reads, read.copy, read)
         log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
         return 1
 

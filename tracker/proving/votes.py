@@ -82,11 +82,12 @@ class ClusterVotes:
         config: Callable[[], Config],
         client: httpx.AsyncClient,
         *,
-        retry_after: float = RETRY_AFTER,
+        retry_after: float | None = None,
     ) -> None:
         self._config = config
         self._client = client
-        self._retry_after = retry_after
+        #: The first wait after a failure (None: :data:`RETRY_AFTER`, read when built).
+        self._retry_after = RETRY_AFTER if retry_after is None else retry_after
         self._kept: OrderedDict[Key, tuple[Tally, ...]] = OrderedDict()
         self._failed: dict[Key, _Failure] = {}
         #: RPC calls made (tests count them).

@@ -15,6 +15,7 @@ from functools import partial
 
 import attrs
 
+from tracker.cache.lifting import Voter
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
 from tracker.core.digests import Digests
@@ -50,7 +51,8 @@ class StreamerParts:
     the transfers' nursery: its metrics, tunables, the object-store tier, the shared read
     memory, what the archive checks concluded (``digests``, ``rejections``), and the seams
     tests inject faults through (``cache_factory``: a Cache per directory; ``resolver``:
-    host names that came from the network)."""
+    host names that came from the network); ``voter``: the cluster's votes that lift the
+    cached copies (:mod:`tracker.cache.lifting`), None: not asked."""
 
     metrics: Metrics | None = None
     settings: ProxySettings = attrs.field(factory=ProxySettings)
@@ -60,6 +62,7 @@ class StreamerParts:
     rejections: Rejections = attrs.field(factory=Rejections)
     cache_factory: CacheFactory | None = None
     resolver: Resolver = resolve
+    voter: Voter | None = None
 
 
 class ProxyStreamer:
@@ -123,6 +126,7 @@ class ProxyStreamer:
             on_interest=lambda: self.on_interest,
         )
         self._cache_factory = parts.cache_factory or self._default_cache
+        self._voter = parts.voter
         self._caches: dict[str, Cache] = {}
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
@@ -181,6 +185,7 @@ class ProxyStreamer:
                 self._cached_copy_rejected,
                 self._required_level,
                 config.prove_accounts_max if config.prove_accounts else None,
+                self._voter,
             )
             cache.served = self._index.served_fulls
             cache.on_files = partial(hold_cached, self._index)

@@ -1,0 +1,341 @@
+"""``trust.require: cluster`` end to end (docs/http-api.md, "The cluster level"): a real tracker
+(hypercorn on 127.0.0.1), sidecars that are real HTTP servers holding archives in agave's
+format, and a fake JSON-RPC node on 127.0.0.1 (``tests/helpers_votes.py``) answering
+``getBlock``, ``getVoteAccounts`` and ``getSlot`` as agave's RPC does, whose votes carry the
+archive's own bank hash (read from its manifest by the archive check).
+
+In redirect mode (head reads) and in proxy mode (the cache's refresh and the copies it
+holds): 2/3 of the stake voted -> ranked, redirected or cached at ``cluster``; a minority
+-> out, with the reason in ``/v1/targets`` and on the status page; the RPC failing -> out
+with the reason, and proven once it answers again; a reload that raises ``trust.require``
+takes what is held below the new level out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import base58
+import httpx
+import pytest
+import trio
+import yaml
+from archives import build_archive
+from helpers_proxy import raw_request, wait_for
+from helpers_server import serve_app
+from helpers_tracker import wait_until
+from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
+from test_proven import ACCOUNT, proof_of
+from test_verified import GROUP, Fleet, _config, fleet, leftovers, never_complete, target
+
+import tracker.proving.votes as votes_module
+from tracker.core.rejections import PREFIX as REJECTED
+from tracker.files.archivecheck import check_file
+from tracker.web.wire import DISPROVEN
+
+V = [key(f"validator {n}") for n in range(5)]
+STAKES = {V[0]: 300, V[1]: 250, V[2]: 150, V[3]: 100, V[4]: 200}  # total 1000
+OTHER = hash_of("another bank hash")
+MINORITY = (
+    "cluster not proven: 30.0% of the stake voted the bank hash, 55.0% voted another hash,"
+    " 2/3 needed"
+)
+
+
+def bank_hash(tmp_path: Path, name: str, data: bytes) -> bytes:
+    """The bank hash of the archive's manifest, as the tracker's check reads it."""
+    path = tmp_path / f"read-{name}"
+    path.write_bytes(data)
+    proof = check_file(str(path), name, prove_accounts=1_000_000).proof
+    path.unlink()
+    assert proof.bank_hash is not None
+    return base58.b58decode(proof.bank_hash)
+
+
+def votes_for(slot: int, bank: bytes, *, majority: bool) -> dict[int, list[dict[str, Any]]]:
+    """The block after ``slot``: 70% of the stake (V0, V1, V2) votes ``bank`` and 30% another
+    hash (a majority), or 30% (V0) votes it while 55% votes another hash."""
+    for_bank = {V[0], V[1], V[2]} if majority else {V[0]}
+    voters = [V[0], V[1], V[2], V[3], V[4]] if majority else [V[0], V[1], V[3], V[4]]
+    return {
+        slot + 1: [
+            vote_transaction(v, tower([(slot - 1, 2), (slot, 1)], bank if v in for_bank else OTHER))
+            for v in voters
+        ]
+    }
+
+
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path, name: str, data: bytes, node: VoteRpc, **extra: Any
+) -> AsyncIterator[Fleet]:
+    """A tracker whose one sidecar lists ``name`` at once, with ``node`` as its ``rpc``."""
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_app, node.app())
+        settings = {"rpc": url + "/", "cluster_proof": {"blocks": 4, "deadline": "10s"}, **extra}
+        async with fleet(tmp_path, name, data, data, **settings) as f:
+            yield f
+        nursery.cancel_scope.cancel()
+
+
+async def get_json(url: str) -> Any:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        answer = await client.get(url)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+async def status_page(f: Fleet) -> str:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        return (await client.get(f"{f.internal}/")).text
+
+
+async def best_urls(f: Fleet) -> list[str]:
+    best = await get_json(f"{f.public}/v1/best_snapshots?group={GROUP}")
+    return [file["url"] for source in best for file in source["files"]]
+
+
+async def last_error(f: Fleet) -> str:
+    return str((await target(f.public, f.bad))["last_error"])
+
+
+def an_archive(tmp_path: Path, slot: int, seed: int) -> tuple[str, bytes, bytes]:
+    name, data = build_archive(slot, seed=seed, account_size=ACCOUNT)
+    return name, data, bank_hash(tmp_path, name, data)
+
+
+@pytest.fixture(autouse=True)
+def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed question is asked again after 0.2 s, not a minute."""
+    monkeypatch.setattr(votes_module, "RETRY_AFTER", 0.2)
+
+
+REDIRECT = {"proxy_snapshot_downloads": False}
+
+
+async def test_redirect_mode_ranks_and_redirects_an_archive_2_3_voted(tmp_path: Path) -> None:
+    name, data, bank = an_archive(tmp_path, 3000, 31)
+    node = VoteRpc(blocks=votes_for(3000, bank, majority=True), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}, **REDIRECT) as f:
+
+        async def voted() -> bool:  # asked (without the votes: out, "no votes read here")
+            urls = await best_urls(f)
+            return 3001 in node.block_calls() and bool(urls) and await last_error(f) == ""
+
+        await wait_until(voted, timeout=20)
+        assert (await best_urls(f))[0] == f"{f.bad.base}/v1/snapshot/{name}"
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            answer = await client.get(f"{f.public}/v1/snapshot.tar.bz2?group={GROUP}")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == f"{f.bad.base}/v1/snapshot/{name}"
+        assert await last_error(f) == ""
+
+
+async def test_redirect_mode_keeps_a_minority_out_with_the_reason(tmp_path: Path) -> None:
+    name, data, bank = an_archive(tmp_path, 3100, 32)
+    node = VoteRpc(blocks=votes_for(3100, bank, majority=False), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}, **REDIRECT) as f:
+        reason = f"{DISPROVEN}{name}: proven to manifest, cluster required: {MINORITY}"
+
+        async def out() -> bool:
+            return await last_error(f) == reason
+
+        await wait_until(out, timeout=20)
+        assert await best_urls(f) == []
+        assert reason in await status_page(f)
+
+
+async def test_redirect_mode_rpc_failing_keeps_it_out_until_it_answers(tmp_path: Path) -> None:
+    name, data, bank = an_archive(tmp_path, 3200, 33)
+    node = VoteRpc(blocks=votes_for(3200, bank, majority=True), stakes=STAKES)
+    node.raw["getBlock"] = b'{"jsonrpc":"2.0","error":{"code":-32005,"message":"behind"},"id":1}'
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}, **REDIRECT) as f:
+
+        async def failing() -> bool:
+            return "-32005" in await last_error(f)
+
+        await wait_until(failing, timeout=20)
+        error = await last_error(f)
+        assert error.startswith(f"{DISPROVEN}{name}: proven to manifest, cluster required: ")
+        assert "getBlock" in error and await best_urls(f) == []
+        assert "-32005" in await status_page(f)
+        node.raw.clear()  # the RPC answers again: asked after the back-off, then ranked
+
+        async def ranked() -> bool:
+            return bool(await best_urls(f))
+
+        await wait_until(ranked, timeout=20)
+        assert await last_error(f) == ""
+
+
+async def test_proxy_mode_caches_an_archive_2_3_voted_at_cluster(tmp_path: Path) -> None:
+    name, data, bank = an_archive(tmp_path, 3300, 34)
+    node = VoteRpc(blocks=votes_for(3300, bank, majority=True), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}) as f:
+        await wait_until(lambda: _listed(f))
+        answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert answer.status == 200 and answer.body == data
+        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        proof = await proof_of(f.public, name)
+        assert proof is not None and proof["level"] == "cluster"
+        assert proof["voted_stake"] == 0.7 and "note" not in proof
+        kept = (f.cache / GROUP / f".{name}.proof").read_text()
+        assert '"level": "cluster"' in kept
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.body == data and len(f.bad.gets(name)) == 1  # a hit: not read again
+
+
+async def _listed(f: Fleet) -> bool:
+    listing = await get_json(f"{f.public}/v1/snapshots")
+    return bool(listing)
+
+
+async def test_proxy_mode_never_caches_a_minority_and_says_why(tmp_path: Path) -> None:
+    name, data, bank = an_archive(tmp_path, 3400, 35)
+    node = VoteRpc(blocks=votes_for(3400, bank, majority=False), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}) as f:
+        await wait_until(lambda: _listed(f))
+        never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
+        assert leftovers(f.cache) == []
+        reason = f"proven to accounts, cluster required: {MINORITY}"
+        assert await last_error(f) == f"{REJECTED}{reason}"
+        assert reason in await status_page(f)  # the rejected archives
+
+
+async def test_proxy_mode_rpc_failing_rejects_then_caches_once_it_answers(
+    tmp_path: Path,
+) -> None:
+    name, data, bank = an_archive(tmp_path, 3500, 36)
+    node = VoteRpc(blocks=votes_for(3500, bank, majority=True), stakes=STAKES)
+    node.raw["getVoteAccounts"] = b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}'
+    settings = {"trust": {"require": "cluster"}, "reject_for": "1s"}
+    async with cluster(tmp_path, name, data, node, **settings) as f:
+        await wait_until(lambda: _listed(f))
+        never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
+        assert leftovers(f.cache) == []
+        error = await last_error(f)
+        assert error.startswith(f"{REJECTED}proven to accounts, cluster required: cluster not")
+        assert "getVoteAccounts" in error and "-32005" in error
+        node.raw.clear()  # the RPC answers again; the source is used again after reject_for
+
+        async def released() -> bool:
+            return await last_error(f) == ""
+
+        await wait_until(released)
+        answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert answer.status == 200 and answer.body == data
+        proof = await proof_of(f.public, name)
+        assert proof is not None and proof["level"] == "cluster"
+
+
+async def test_a_held_copy_is_lifted_in_the_background_once_the_rpc_answers(
+    tmp_path: Path,
+) -> None:
+    """A group that does not require ``cluster`` caches at ``accounts`` at once; the votes
+    lift the held copy later, asked again after the back-off while the RPC fails."""
+    name, data, bank = an_archive(tmp_path, 3600, 37)
+    node = VoteRpc(blocks=votes_for(3600, bank, majority=True), stakes=STAKES)
+    node.stall.add("getVoteAccounts")
+    async with cluster(tmp_path, name, data, node, cluster_proof={"deadline": "1s"}) as f:
+        await wait_until(lambda: _listed(f))
+        answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert answer.status == 200 and answer.body == data  # the refresh did not wait
+
+        async def noted() -> bool:
+            proof = await proof_of(f.public, name)
+            return proof is not None and "not read within 1s" in proof.get("note", "")
+
+        await wait_until(noted)
+        assert (await proof_of(f.public, name) or {})["level"] == "accounts"
+        node.stall.clear()
+
+        async def lifted() -> bool:
+            return (await proof_of(f.public, name) or {}).get("level") == "cluster"
+
+        await wait_until(lifted)
+        assert (await proof_of(f.public, name) or {})["voted_stake"] == 0.7
+
+
+async def reload(f: Fleet, tmp_path: Path, **extra: Any) -> None:
+    """Write the config again with ``extra`` and have the tracker reload it."""
+    hosts = [f.bad.base.removeprefix("http://"), f.good.base.removeprefix("http://")]
+    _config(tmp_path, hosts, **extra)
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        assert (await client.post(f"{f.internal}/reload")).status_code == 200
+
+
+async def test_a_reload_raising_the_level_takes_a_proven_copy_out_of_the_ranking(
+    tmp_path: Path,
+) -> None:
+    name, data, bank = an_archive(tmp_path, 3700, 38)
+    node = VoteRpc(blocks=votes_for(3700, bank, majority=False), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "manifest"}, **REDIRECT) as f:
+
+        async def ranked() -> bool:
+            return bool(await best_urls(f)) and bool(f.bad.gets(name))  # read and proven
+
+        await wait_until(ranked, timeout=20)
+        assert not any(m == "getBlock" for m, _ in node.calls)  # manifest: no votes asked
+        url = node_url(f, node)
+        await reload(f, tmp_path, rpc=url, trust={"require": "cluster"}, **REDIRECT)
+        reason = f"{DISPROVEN}{name}: proven to manifest, cluster required: {MINORITY}"
+
+        async def out() -> bool:
+            return await last_error(f) == reason
+
+        await wait_until(out, timeout=20)
+        assert await best_urls(f) == [] and len(f.bad.gets(name)) == 1  # its head read once
+
+
+def node_url(f: Fleet, node: VoteRpc) -> str:
+    """The ``rpc`` the tracker was configured with (the config file keeps it)."""
+    return str(yaml.safe_load((f.cache.parent / "config.yml").read_text())["rpc"])
+
+
+async def test_a_reload_raising_the_level_removes_a_cached_copy_the_votes_refuse(
+    tmp_path: Path,
+) -> None:
+    name, data, bank = an_archive(tmp_path, 3800, 39)
+    node = VoteRpc(blocks=votes_for(3800, bank, majority=False), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node) as f:  # trust.require: manifest
+        await wait_until(lambda: _listed(f))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == data
+
+        async def tallied() -> bool:
+            return (await proof_of(f.public, name) or {}).get("voted_stake") == 0.3
+
+        await wait_until(tallied)
+        proof = await proof_of(f.public, name) or {}
+        assert proof["level"] == "accounts" and proof["note"] == MINORITY  # kept: not required
+        cached = f.cache / GROUP / name
+        assert cached.exists()
+        await reload(f, tmp_path, rpc=node_url(f, node), trust={"require": "cluster"})
+        await wait_for(lambda: not cached.exists())
+        assert await proof_of(f.public, name) is None
+        reason = f"proven to accounts, cluster required: {MINORITY}"
+        assert reason in await status_page(f)
+        never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
+
+
+async def test_a_restart_requiring_cluster_keeps_a_copy_cached_at_accounts_and_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """What a check shows of ``cluster`` is ``accounts``: a copy kept at it is neither checked
+    again nor removed at start-up; it is served once the votes lift it."""
+    name, data, bank = an_archive(tmp_path, 3900, 40)
+    async with fleet(tmp_path, name, data, data) as f:  # no rpc: cached at accounts
+        await wait_until(lambda: _listed(f))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == data
+        await wait_for(lambda: (f.cache / GROUP / f".{name}.proof").exists())
+    node = VoteRpc(blocks=votes_for(3900, bank, majority=True), stakes=STAKES)
+    async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}) as f:
+
+        async def lifted() -> bool:
+            return (await proof_of(f.public, name) or {}).get("level") == "cluster"
+
+        await wait_until(lifted)
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.status == 200 and hit.body == data
+        assert f.bad.gets(name) == []  # the kept copy, not read again
