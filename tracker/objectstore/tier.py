@@ -2,7 +2,8 @@
 (docs/http-api.md#with-an-object-store-object_store).
 
 Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
-``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``; its refresh lock is
+``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``, proof ``{name}.proof`` and
+statement ``{name}.attestation`` (:mod:`~tracker.objectstore.sides`); its refresh lock is
 ``{prefix}.locks/{group}/{name}.lock`` (:mod:`~tracker.objectstore.locks`), the mark of its
 last hand-out ``{prefix}.handed/{group}/{name}.handed``. Every listing keeps archive keys
 only. A presigned URL is reused for a quarter of ``direct_serve_ttl`` and the mark is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,8 @@ import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
-from tracker.core.digests import Digests, parse_sha256sum_line
+from tracker.core.attestations import Attestations
+from tracker.core.digests import Digests, Verified
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
@@ -40,7 +43,9 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
+from tracker.objectstore.sides import read_copy, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
+from tracker.objectstore.upload import Growing, upload_following
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -62,6 +67,7 @@ class TierEvents:
     upload: Callable[[str], None] = _nothing  # "ok" | "failed"
     takeover: Callable[[], None] = _nothing
     error: Callable[[str], None] = _nothing  # the operation
+    refused: Callable[[str], None] = _nothing  # "proof" | "attestation" read back
 
 
 class ObjectTier:
@@ -86,6 +92,11 @@ class ObjectTier:
         self.uploads_running = 0
         #: Told every digest of an object this replica knows (the JSON's ``sha256``).
         self.digests = digests if digests is not None else Digests()
+        #: Signs the statement written beside each upload (the service's; signs nothing
+        #: without ``attest``).
+        self.attestations = Attestations(self.digests)
+        #: What the check of each upload in flight said, by key, until it completed.
+        self._uploading: dict[str, Verified] = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
         #: Health checks done (:meth:`watch`).
         self.probes = 0
@@ -137,17 +148,15 @@ class ObjectTier:
         if health.last_error and not health.reads_proven:
             return None  # back from a failure, not reading yet: the digest stays unknown
         try:
-            text = await self.quick.get_small(keys.digest_key(self.store.prefix, group, name))
+            copy = await read_copy(self.quick, key, info.size, time.time(), self.events.refused)
         except StoreError as exc:
             self._failed("GET", exc)
             return None
-        hex_digest = None
-        if text is not None:
-            hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name)
-        self.known.keep_sum(key, info.etag, hex_digest or "")
-        if hex_digest is not None:
-            self.digests.put("bucket", group, name, hex_digest)
-        return hex_digest
+        self.known.keep_sum(key, info.etag, copy.sha256 if copy is not None else "")
+        if copy is None:
+            return None
+        self.digests.hold("bucket", group, name, copy)
+        return copy.sha256
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
@@ -229,13 +238,35 @@ class ObjectTier:
         modified = headers.get("last-modified", "")
         return {"upstream-last-modified": modified} if modified.isascii() and modified else {}
 
+    async def upload(
+        self, key: str, fd: int, growing: Growing, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """Upload ``growing`` to ``key`` (:func:`~tracker.objectstore.upload.upload_following`)
+        with its digest, proof and this replica's statement beside it."""
+
+        def sides(growing: Growing) -> list[tuple[str, bytes]]:
+            checked = Verified(growing.sha256, growing.proof, growing.size, time.time())
+            self._uploading[key] = checked
+            group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
+            signed = self.attestations.sign(group, name, checked, checked.checked_at or 0.0)
+            return side_objects(key, checked, signed.encode() if signed is not None else None)
+
+        try:
+            return await upload_following(self.bucket, key, fd, growing, metadata, sides)
+        except BaseException:
+            self._uploading.pop(key, None)
+            raise
+
     async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
         """An upload of ``name`` (of digest ``sha256``) completed: remember it, then apply
         retention."""
         self.known.remember(info.key, info)
+        checked = self._uploading.pop(info.key, None)
         if sha256:
             self.known.keep_sum(info.key, info.etag, sha256)
-            self.digests.put("bucket", group, name, sha256)
+            if checked is None or checked.sha256 != sha256:
+                checked = Verified(sha256)
+            self.digests.hold("bucket", group, name, checked)
         self.events.upload("ok")
         log_event(log, "info", "object_uploaded", group=group, file=name, size=info.size)
         parsed = parse_archive_name(name)
