@@ -16,13 +16,19 @@ import json
 import logging
 import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
+import trio
+import yaml
 from archives import build_archive
+from fakes import Sidecar, sidecar_info
+from helpers_process import start_serve
 from helpers_proxy import (
     GROUP,
     FakeUpstream,
@@ -36,7 +42,9 @@ from helpers_proxy import (
 )
 from helpers_replicas import idle, replica
 from helpers_s3 import BUCKET, Weed
+from helpers_server import serve_app
 from helpers_statements import keypair_json, signer, statement
+from helpers_tracker import wait_until
 
 from tracker.config.files import signing
 from tracker.config.schema import Attest
@@ -141,6 +149,8 @@ async def test_a_reload_with_another_key_signs_again_with_it(tmp_path: Path) -> 
         advertise_files(t.index, up, up.files)
         await fill(t)
         assert (await served(t, ROUTES[0])).signer == signer(1).public_key
+        listed = (await listed_file(t))["attestations"]  # rendered, and kept
+        assert [a["signer"] for a in listed] == [signer(1).public_key]
         new = attrs.evolve(t.config, attest=attest(tmp_path, 2))
         t.parts.attestations.configure(*signing(new.attest))
         assert (await served(t, ROUTES[0])).signer == signer(2).public_key
@@ -293,3 +303,50 @@ async def test_a_hostile_proof_in_the_bucket_leaves_the_copy_unproven(
     assert entry is not None and entry["proof"] == {"level": "structure"} and status == 404
     lines = logged(caplog, "bucket_proof_refused")
     assert len(lines) == 1 and reason in lines[0] and "\n" not in lines[0]
+
+
+async def test_serve_loads_the_key_at_start_and_on_each_reload(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    sidecar = Sidecar(body=[sidecar_info((NAME, len(GOOD)))], files={NAME: GOOD})
+    source = await nursery.start(serve_app, sidecar.app())
+    key1, key2 = attest(tmp_path, 1), attest(tmp_path, 2)
+    settings: dict[str, Any] = {
+        "scrape_interval": "30s",
+        "listen": "127.0.0.1:0",
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+        "verify_archives": True,
+        "attest": {"key": key1.key},
+        "target_groups": [{"group": GROUP, "static_targets": {"targets": [source[7:]]}}],
+    }
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(settings))
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+    route = f"{serve.base}{ROUTES[0]}"
+
+    async def signed_by(key: str) -> bool:
+        answer = await client.get(route)
+        return answer.status_code == 200 and parse_document(answer.content).signer == key
+
+    await wait_until(lambda: _listed(client, serve.base))
+    assert (await client.get(f"{serve.base}/v1/{GROUP}/{NAME}")).content == GOOD
+    await wait_until(lambda: signed_by(signer(1).public_key))
+    settings["attest"] = {"key": key2.key}
+    path.write_text(yaml.safe_dump(settings))
+    serve.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: signed_by(signer(2).public_key))
+    # A key others may read is refused at reload, naming its key path: the old one signs on.
+    os.chmod(key1.key, 0o644)
+    settings["attest"] = {"key": key1.key}
+    path.write_text(yaml.safe_dump(settings))
+    refused = await client.post(f"{serve.internal}/reload")
+    assert refused.status_code == 400 and "attest.key" in refused.text
+    assert await signed_by(signer(2).public_key)
+    assert await serve.stop() == 0
+
+
+async def _listed(client: httpx.AsyncClient, base: str) -> bool:
+    return bool((await client.get(f"{base}/v1/snapshots")).json())
