@@ -181,3 +181,20 @@ def test_the_own_statement_comes_first_then_each_replica_s_from_the_bucket() -> 
     assert (own.signer, bucket) == (signer(1).public_key, peer)
     uploaded = attestations.sign("g", INCREMENTAL, Verified(SHA, PROOF, 3695, 1_000.0), 2_000.0)
     assert uploaded is not None and attestations.documents("g", INCREMENTAL) == [uploaded]
+    # The bucket's statement expired: no longer served (and the listings render again).
+    version = attestations.version
+    attestations.sync(2_599.0)
+    assert peer in attestations.documents("g", FULL)
+    attestations.sync(2_600.0)
+    assert peer not in attestations.documents("g", FULL) and attestations.version > version
+
+
+def test_a_tracker_without_a_key_serves_the_bucket_s_statements_until_they_expire() -> None:
+    digests = Digests()
+    peer = parse_document(signer(2).sign(said()).encode())
+    digests.hold("bucket", "g", FULL, Verified(SHA, PROOF, 3695, None, peer))
+    attestations = Attestations(digests)
+    attestations.sync(2_000.0)
+    assert attestations.documents_json("g", FULL) == [peer.to_json()]
+    attestations.sync(2_600.0)
+    assert attestations.documents("g", FULL) == []

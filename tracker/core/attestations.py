@@ -40,6 +40,9 @@ class Attestations:
         #: ``digests.version`` when :meth:`sync` last looked, and when a statement comes due.
         self._seen = -1
         self._next = math.inf
+        #: The time of the last :meth:`sync`: statements of the bucket expired by then are
+        #: not served.
+        self._now = 0.0
         #: Changes with every statement signed or dropped (the listings render again).
         self.version = 0
 
@@ -64,30 +67,40 @@ class Attestations:
 
     def sync(self, now: float) -> None:
         """Sign what is due at ``now`` (seconds since the epoch), forget statements of copies
-        no longer held. Cheap when nothing changed."""
-        signer, valid_for = self._signer, self._valid_for
-        if signer is None or (self._digests.version == self._seen and now < self._next):
+        no longer held, stop serving the bucket's statements that expired. Cheap when
+        nothing changed."""
+        if self._digests.version == self._seen and now < self._next:
             return
+        held = self._digests.held()
+        kept = self._signed(held, now) if self._signer is not None else {}
+        changed = kept != self._own or now >= self._next
+        self._keep(kept)
+        self._seen, self._now = self._digests.version, now
+        halves = [a.statement.expires - self._valid_for / 2 for a in kept.values()]
+        ends = [v.attestation.statement.expires for *_k, v in held if v.attestation is not None]
+        self._next = min((t for t in halves + ends if t > now), default=math.inf)
+        if changed:
+            self.version += 1
+
+    def _signed(
+        self, held: list[tuple[str, str, str, Verified]], now: float
+    ) -> dict[tuple[str, str, str], Attestation]:
+        """This tracker's statement of each copy in ``held`` it may sign, signed when due."""
         from tracker.core.attesting import due, held_copy, statement_of
 
+        signer, valid_for = self._signer, self._valid_for
+        assert signer is not None
         kept: dict[tuple[str, str, str], Attestation] = {}
-        changed = False
-        for group, name, holder, verified in self._digests.held():
+        for group, name, holder, verified in held:
             copy = held_copy(name, verified)
             if copy is None:
                 continue
             wanted = statement_of(copy, now, valid_for)
             signed = self._own.get((group, name, holder))
             if signed is None or due(signed.statement, wanted, now, valid_for):
-                signed, changed = signer.sign(wanted), True
+                signed = signer.sign(wanted)
             kept[(group, name, holder)] = signed
-        changed = changed or kept.keys() != self._own.keys()
-        self._keep(kept)
-        self._seen = self._digests.version
-        halves = (a.statement.expires - valid_for / 2 for a in kept.values())
-        self._next = min(halves, default=math.inf)
-        if changed:
-            self.version += 1
+        return kept
 
     def sign(self, group: str, name: str, verified: Verified, now: float) -> Attestation | None:
         """The statement of a bucket copy being uploaded (written beside it), kept as that
@@ -102,12 +115,17 @@ class Attestations:
         return signed
 
     def documents(self, group: str, name: str) -> list[Attestation]:
-        """The documents served of ``name`` of ``group``: this tracker's own (the best proven
-        first), then each other replica's left in the bucket; each once."""
+        """The documents served of ``name`` of ``group`` as of the last :meth:`sync`: this
+        tracker's own (the best proven first), then each other replica's left in the bucket
+        that has not expired; each once."""
         own = [self._own[(group, name, holder)] for holder in self._holders.get((group, name), ())]
         own.sort(key=lambda a: a.statement.level, reverse=True)
         held = self._digests.copies(group, name)
-        peers = [v.attestation for v in held if v.attestation is not None]
+        peers = [
+            v.attestation
+            for v in held
+            if v.attestation is not None and v.attestation.statement.expires > self._now
+        ]
         found: list[Attestation] = []
         for attestation in own + peers:
             if attestation not in found:
