@@ -350,3 +350,35 @@ async def test_serve_loads_the_key_at_start_and_on_each_reload(
 
 async def _listed(client: httpx.AsyncClient, base: str) -> bool:
     return bool((await client.get(f"{base}/v1/snapshots")).json())
+
+
+async def test_a_statement_signed_again_is_written_again_beside_its_object(
+    weed: Weed, tmp_path: Path
+) -> None:
+    prefix = f"r-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}.attestation"
+    s3 = weed.client()
+
+    def in_bucket() -> Attestation:
+        return parse_document(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 1, valid_for=4)) as t,
+    ):
+        await fill(t)
+        await idle(t)
+        first = in_bucket()
+        objects = t.parts.objects
+        assert objects is not None
+        # Half its life (2 s) passed: signed again, and written again by the health watcher
+        # (as the service runs it, more often).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.watch, 0.2)
+            await wait_for(lambda: in_bucket() != first, timeout=20)
+            nursery.cancel_scope.cancel()
+        again = in_bucket()
+        assert again.statement == attrs.evolve(first.statement, expires=again.statement.expires)
+        assert again.statement.expires > first.statement.expires
+        t.parts.attestations.sync(time.time())
+        assert again in t.parts.attestations.documents(GROUP, NAME)  # served as written

@@ -114,6 +114,10 @@ class Attestations:
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
 
+    def uploaded(self) -> list[tuple[str, str, Attestation]]:
+        """This tracker's statement of each bucket copy it uploaded: (group, name, it)."""
+        return [(g, n, a) for (g, n, holder), a in self._own.items() if holder == "bucket"]
+
     def documents(self, group: str, name: str) -> list[Attestation]:
         """The documents served of ``name`` of ``group`` as of the last :meth:`sync`: this
         tracker's own (the best proven first), then each other replica's left in the bucket

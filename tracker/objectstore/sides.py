@@ -15,6 +15,10 @@ read, so that an oversized object is known as one); a proof object that is malfo
 its bound counts as none (the copy is unproven, ``structure`` only), a document that is not
 a valid, unexpired statement of exactly that object (its name, size and SHA-256) is refused:
 one line in the log each, ``on_refused(kind)`` told, nothing served.
+
+The uploading replica writes its statement again when it signs it again (half its
+``valid_for`` passed, or the copy's proof changed: :func:`restate`), so that the others find
+one that holds; they read it again once the one they hold expired.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from tracker.core.attestations import Attestations
 from tracker.core.digests import Verified, parse_sha256sum_line, sha256sum_line
 from tracker.core.logs import log_event
 from tracker.errors import StatementInvalid
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import ATTESTATION_SUFFIX, DIGEST_SUFFIX, PROOF_SUFFIX
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
+
+if TYPE_CHECKING:
+    from tracker.core.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -95,3 +104,18 @@ async def read_copy(
             on_refused("attestation")
             log_event(log, "warning", "bucket_attestation_refused", key=key, reason=str(exc))
     return Verified(hex_digest, proof or STRUCTURE_ONLY, size=size, attestation=attestation)
+
+
+async def restate(
+    bucket: Bucket, prefix: str, attestations: Attestations, stated: dict[str, Attestation]
+) -> None:
+    """Write beside each archive this replica uploaded its statement when it was signed
+    again since it was last written (``stated``: the one last written, by archive key; kept
+    current). Raises StoreError when the store failed."""
+    current = {f"{prefix}{group}/{name}": signed for group, name, signed in attestations.uploaded()}
+    for key in [key for key in stated if key not in current]:
+        del stated[key]  # no longer held: retention deleted it with its statement
+    for key, signed in current.items():
+        if stated.get(key) != signed:
+            await bucket.put(key + ATTESTATION_SUFFIX, signed.encode())
+            stated[key] = signed

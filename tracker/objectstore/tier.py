@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -43,9 +43,12 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
-from tracker.objectstore.sides import read_copy, side_objects
+from tracker.objectstore.sides import read_copy, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.upload import Growing, upload_following
+
+if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
+    from tracker.core.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -97,6 +100,8 @@ class ObjectTier:
         self.attestations = Attestations(self.digests)
         #: What the check of each upload in flight said, by key, until it completed.
         self._uploading: dict[str, Verified] = {}
+        #: The statement last written beside each archive this replica uploaded, by key.
+        self._stated: dict[str, Attestation] = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
         #: Health checks done (:meth:`watch`).
         self.probes = 0
@@ -142,7 +147,7 @@ class ObjectTier:
         or after a failure of the store until it reads again (unknown is the safe answer)."""
         key = info.key
         known = self.known.sum(key, info.etag)
-        if known is not None:
+        if known is not None and not self._statement_expired(group, name):
             return known or None
         health = self.bucket.health
         if health.last_error and not health.reads_proven:
@@ -157,6 +162,13 @@ class ObjectTier:
             return None
         self.digests.hold("bucket", group, name, copy)
         return copy.sha256
+
+    def _statement_expired(self, group: str, name: str) -> bool:
+        """True when the statement read beside ``name``'s object expired: read it again (its
+        replica wrote a new one at half its life)."""
+        now = time.time()
+        held = self.digests.copies(group, name)
+        return any(v.attestation and v.attestation.statement.expires <= now for v in held)
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
@@ -249,6 +261,8 @@ class ObjectTier:
             self._uploading[key] = checked
             group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
             signed = self.attestations.sign(group, name, checked, checked.checked_at or 0.0)
+            if signed is not None:
+                self._stated[key] = signed
             return side_objects(key, checked, signed.encode() if signed is not None else None)
 
         try:
@@ -296,6 +310,8 @@ class ObjectTier:
         while True:
             try:
                 await self.probe()
+                self.attestations.sync(time.time())  # statements signed again go out
+                await restate(self.bucket, self.store.prefix, self.attestations, self._stated)
             except StoreError as exc:
                 self._failed("check", exc)
             self.probes += 1
