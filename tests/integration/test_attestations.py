@@ -51,6 +51,7 @@ from tracker.config.schema import Attest
 from tracker.core.logs import TextFormatter
 from tracker.core.statements import Attestation, parse_document
 from tracker.proof.levels import STRUCTURE_ONLY, Level
+from tracker.web import wire
 
 NAME, GOOD = build_archive(9600, compression="zst", seed=96)
 SHA = hashlib.sha256(GOOD).hexdigest()
@@ -140,7 +141,17 @@ async def test_without_attest_or_a_verified_copy_there_is_no_statement(tmp_path:
         assert entry["sha256"] == SHA and entry["attestations"] == []
 
 
-async def test_a_reload_with_another_key_signs_again_with_it(tmp_path: Path) -> None:
+async def test_a_reload_with_another_key_signs_again_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = []
+    render = wire._source_bytes
+
+    def counted(*args: Any) -> bytes:
+        rendered.append(args[1])
+        return render(*args)
+
+    monkeypatch.setattr(wire, "_source_bytes", counted)
     config = make_config(tmp_path / "cache", verify_archives=True, attest=attest(tmp_path, 1))
     async with (
         serving(FakeUpstream(files={NAME: GOOD})) as up,
@@ -151,6 +162,9 @@ async def test_a_reload_with_another_key_signs_again_with_it(tmp_path: Path) -> 
         assert (await served(t, ROUTES[0])).signer == signer(1).public_key
         listed = (await listed_file(t))["attestations"]  # rendered, and kept
         assert [a["signer"] for a in listed] == [signer(1).public_key]
+        renders = len(rendered)
+        assert (await listed_file(t))["attestations"] == listed
+        assert len(rendered) == renders  # nothing changed: the rendering kept is served
         new = attrs.evolve(t.config, attest=attest(tmp_path, 2))
         t.parts.attestations.configure(*signing(new.attest))
         assert (await served(t, ROUTES[0])).signer == signer(2).public_key
