@@ -107,8 +107,14 @@ class Digests:
         hex_digest: str,
         proof: Proof = STRUCTURE_ONLY,
     ) -> None:
-        """Record the digest of ``holder``'s verified copy of ``name``, and its proof."""
-        self.hold(holder, group, name, Verified(hex_digest, proof))
+        """Record the digest of ``holder``'s verified copy of ``name``, and its proof; a new
+        proof of the same copy (say, lifted to ``cluster``) keeps what else is known of it."""
+        known = self._known.get((group, name), {}).get(holder)
+        if known is not None and known.sha256 == hex_digest:
+            value = attrs.evolve(known, proof=proof)
+        else:
+            value = Verified(hex_digest, proof)
+        self.hold(holder, group, name, value)
 
     def hold(self, holder: str, group: str, name: str, value: Verified) -> None:
         """Record what the check said of ``holder``'s copy of ``name`` of ``group``."""
