@@ -185,9 +185,10 @@ async def test_replicas_serve_each_other_s_statements(weed: Weed, tmp_path: Path
             await wait_for(lambda: key in weed.objects(prefix), timeout=30)
             await idle(first)
             own = await served(first, ROUTES[0])
-            # Its own statements: of its cached copy, and of the bucket copy it uploaded.
+            # Its own statements: of its cached copy, and of the bucket copy it uploaded (one,
+            # when both say the same to the second).
             signed = first.parts.attestations.documents(GROUP, NAME)
-            assert {a.signer for a in signed} == {own.signer} and len(signed) == 2
+            assert {a.signer for a in signed} == {own.signer} and len(signed) in (1, 2)
         assert set(weed.objects(prefix)) == {
             key,
             key + ".sha256",
@@ -200,8 +201,9 @@ async def test_replicas_serve_each_other_s_statements(weed: Weed, tmp_path: Path
         # Another replica, another key, its own empty cache: it never checked the copy, so
         # it signs nothing of it, and serves the first replica's statement from the bucket.
         async with replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 2)) as second:
-            head = await raw_request(second.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
-            assert head.status == 200
+            objects = second.parts.objects
+            assert objects is not None
+            await objects.tier.startup()  # as the service starts it: reads what lies beside
             assert await served(second, ROUTES[0]) == in_bucket
             entry = await listed_file(second)
             assert entry["attestations"] == [in_bucket.to_json()]

@@ -300,8 +300,14 @@ class ObjectTier:
 
     async def startup(self) -> None:
         """Learn what the bucket holds and clean up after dead replicas
-        (:func:`~tracker.objectstore.startup.start_up`). Never raises."""
+        (:func:`~tracker.objectstore.startup.start_up`), then read what lies beside each
+        archive (:meth:`digest`: the digests, proofs and statements the listings show).
+        Never raises."""
         await start_up(self.store, self.bucket, self.known, self.retainer, self._failed)
+        for key in self.known.newest(len(self.known)):
+            archive, info = keys.archive_of(self.store.prefix, key), self.known.fresh(key)
+            if archive is not None and info is not None:
+                await self.digest(archive.group, archive.name, info)
 
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
