@@ -181,6 +181,10 @@ def test_the_own_statement_comes_first_then_each_replica_s_from_the_bucket() -> 
     assert (own.signer, bucket) == (signer(1).public_key, peer)
     uploaded = attestations.sign("g", INCREMENTAL, Verified(SHA, PROOF, 3695, 1_000.0), 2_000.0)
     assert uploaded is not None and attestations.documents("g", INCREMENTAL) == [uploaded]
+    assert ("g", INCREMENTAL, uploaded) in attestations.uploaded()  # written beside it
+    attestations.forget("g", INCREMENTAL, "bucket")  # the upload failed: nothing to restate
+    assert attestations.documents("g", INCREMENTAL) == []
+    assert all(name != INCREMENTAL for _g, name, _a in attestations.uploaded())
     # The bucket's statement expired: no longer served (and the listings render again).
     version = attestations.version
     attestations.sync(2_599.0)

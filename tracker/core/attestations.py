@@ -114,6 +114,12 @@ class Attestations:
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
 
+    def forget(self, group: str, name: str, holder: str) -> None:
+        """Drop the statement signed of a copy that never came to be (a failed upload)."""
+        own = dict(self._own)
+        if own.pop((group, name, holder), None) is not None:
+            self._keep(own)
+
     def uploaded(self) -> list[tuple[str, str, Attestation]]:
         """This tracker's statement of each bucket copy it uploaded: (group, name, it)."""
         return [(g, n, a) for (g, n, holder), a in self._own.items() if holder == "bucket"]

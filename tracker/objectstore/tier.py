@@ -269,6 +269,9 @@ class ObjectTier:
             return await upload_following(self.bucket, key, fd, growing, metadata, sides)
         except BaseException:
             self._uploading.pop(key, None)
+            self._stated.pop(key, None)
+            group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
+            self.attestations.forget(group, name, "bucket")  # no object: nothing to restate
             raise
 
     async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
