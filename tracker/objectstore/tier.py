@@ -256,11 +256,13 @@ class ObjectTier:
         """Upload ``growing`` to ``key`` (:func:`~tracker.objectstore.upload.upload_following`)
         with its digest, proof and this replica's statement beside it."""
 
+        group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
+
         def sides(growing: Growing) -> list[tuple[str, bytes]]:
-            checked = Verified(growing.sha256, growing.proof, growing.size, time.time())
+            now = time.time()  # the check ended with the last byte, just before
+            checked = Verified(growing.sha256, growing.proof, growing.size, now)
             self._uploading[key] = checked
-            group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
-            signed = self.attestations.sign(group, name, checked, checked.checked_at or 0.0)
+            signed = self.attestations.sign(group, name, checked, now)
             if signed is not None:
                 self._stated[key] = signed
             return side_objects(key, checked, signed.encode() if signed is not None else None)
@@ -270,7 +272,6 @@ class ObjectTier:
         except BaseException:
             self._uploading.pop(key, None)
             self._stated.pop(key, None)
-            group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
             self.attestations.forget(group, name, "bucket")  # no object: nothing to restate
             raise
 

@@ -91,9 +91,8 @@ async def upload_following(
     the objects beside it (``sides``, by default the digest object :func:`digest_key`; the
     tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
     the upload completes, so the archive never appears in the bucket without its digest.
-    Raises StoreError when the store
-    failed or the file ended unverified (the upload is then aborted); cancellation aborts
-    it too.
+    Raises StoreError when the store failed or the file ended unverified (the upload is then
+    aborted); cancellation aborts it too.
     """
     size = growing.size
     step = part_size(size)
