@@ -4,7 +4,7 @@ A version that counted when it came and that a newer version superseded later is
 its locator only (its storage's number and its offset: :mod:`tracker.proof.pubkeyindex`).
 :func:`subtract_superseded` asks ``reread`` once per storage holding some, from the first
 such record on, keeps just those records (skipping the bytes between them, holding at most a
-piece of them at once) and sums their lattice hashes: what the caller takes back out. Its
+piece of them at once) and has the summer take their lattice hashes back out. Its
 cost is the bytes of those storages from their first superseded record on, read again, plus
 one BLAKE3 per superseded version (docs/architecture.md, "The accounts level").
 """
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 
 import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounthash import Lanes, lane_sum, zero_lanes
+from tracker.proof.accounthash import Summer, lane_sum
 from tracker.proof.storages import DATA_LEN, LAMPORTS, MAX_DATA, META, PIECE, Records, aligned
 
 _U64 = struct.Struct("<Q")
@@ -29,9 +28,8 @@ Reread = Callable[[str, int], Iterable[bytes | memoryview]]
 class _Collected:
     """Records copied out of a second read, each at a multiple of 8, hashed a piece at a time."""
 
-    def __init__(self, helper: Executor | None) -> None:
-        self.helper = helper
-        self.total = zero_lanes()
+    def __init__(self, summer: Summer) -> None:
+        self.summer = summer
         self._buf = bytearray()
         self._offsets: list[int] = []
         self._lens: list[int] = []
@@ -53,7 +51,7 @@ class _Collected:
             np.array(self._lens, dtype=np.int64),
             0,
         )
-        self.total += lane_sum(batch, np.arange(len(self._offsets), dtype=np.int64), self.helper)
+        lane_sum(batch, np.arange(len(self._offsets), dtype=np.int64), self.summer, -1)
         self._buf = bytearray()
         self._offsets, self._lens = [], []
 
@@ -62,10 +60,11 @@ def subtract_superseded(
     locators: npt.NDArray[np.uint64],
     names: list[str],
     reread: Reread,
-    helper: Executor | None = None,
-) -> Lanes:
-    """The summed lattice hashes of the records at ``locators`` (sorted), read again."""
-    collected = _Collected(helper)
+    summer: Summer,
+) -> None:
+    """Take the lattice hashes of the records at ``locators`` (sorted), read again, out of
+    ``summer``'s sum."""
+    collected = _Collected(summer)
     numbers = (locators >> np.uint64(32)).astype(np.int64)
     offsets = ((locators & np.uint64(0xFFFFFFFF)) >> np.uint64(1)).astype(np.int64) << 3
     bounds = np.flatnonzero(np.diff(numbers)) + 1
@@ -75,7 +74,6 @@ def subtract_superseded(
         name = names[int(numbers[group[0]])]
         _read_storage(name, offsets[group].tolist(), reread, collected)
     collected.flush()
-    return collected.total
 
 
 def _read_storage(name: str, wanted: list[int], reread: Reread, collected: _Collected) -> None:
