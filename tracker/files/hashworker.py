@@ -6,12 +6,13 @@ XOF of every account (docs/architecture.md, "The accounts level"). :class:`HashW
 :class:`~tracker.proof.accounthash.Summer` of a check: it starts ``python -m
 tracker.files.hashworker`` (a fresh interpreter: never ``fork`` of a process with threads; it
 imports only blake3 and numpy) and writes it the laid-out messages through a pipe; the check's
-process meanwhile decompresses, walks the tar, scans the storages and keeps the index. The
-pipe's backpressure bounds what is in flight (a pipe buffer and one batch). The child sums the
-hashes and, asked at the end, writes the 2,048-byte sum back and exits. When the child is
-behind (bytes still unread in the pipe as a batch comes), the check's process hashes that
-batch itself: the two share the hashing as their other work allows (the tracker's process
-also decompresses and walks; a loaded machine gives either less).
+process meanwhile decompresses, walks the tar, scans the storages and keeps the index. What is
+in flight is bounded: the pipe's buffer and one batch. The child sums the
+hashes and, asked at the end, writes the 2,048-byte sum back and exits. The pipe is written
+without blocking: while the child has not taken the last batch whole, the check's process
+hashes the next batch itself, so the two share the hashing as their other work allows (the
+check's process also decompresses and walks; a loaded machine gives either less) and neither
+waits for the other but at the end.
 
 Its lifetime is the check's: ``close()`` (the check's end, whatever the way: done, failed,
 cancelled) kills and waits for it; it also exits by itself when the pipe closes (the
@@ -24,14 +25,13 @@ of messages; the bytes of the buffer), the messages' ends (little-endian i64), t
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
+import select
 import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 from typing import IO
 
@@ -62,6 +62,7 @@ class HashWorker:
     def __init__(self) -> None:
         self._local = np.zeros(LANES, dtype=np.uint16)
         self.sent = 0  # messages hashed by the child (the rest: here)
+        self._pending: list[memoryview] = []  # what the pipe has not taken yet of a frame
         self._failure: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         env = dict(os.environ)
@@ -83,6 +84,7 @@ class HashWorker:
         assert self._proc.stdin is not None
         with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+        os.set_blocking(self._proc.stdin.fileno(), False)
 
     @property
     def pid(self) -> int | None:
@@ -90,22 +92,26 @@ class HashWorker:
         return None if self._proc is None else self._proc.pid
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
-        """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1)."""
+        """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1); hash
+        them here instead while the child has not taken the last batch yet."""
         if self._failure is not None or self._proc is None:
             return
-        if self._queued():  # the child is behind: this batch is hashed here meanwhile
+        if not self._flush(wait=False):  # the child is behind: this batch is hashed here
             lanes = hash_sum(work, ends.tolist())
             self._local = self._local + lanes if sign > 0 else self._local - lanes
             return
         self.sent += len(ends)
         ends = np.ascontiguousarray(ends, dtype="<i8")
         header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work))
-        self._send(header, ends.data.cast("B"), work.data.cast("B"))
+        self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
+        self._flush(wait=False)
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The sum of everything sent, and None; or None and why not."""
         if self._failure is None and self._proc is not None:
-            self._send(_HEADER.pack(0, 0, 0))
+            self._flush(wait=True)
+            self._pending = [memoryview(_HEADER.pack(0, 0, 0))]
+            self._flush(wait=True)
         if self._failure is not None or self._proc is None:
             return None, self._note()
         assert self._proc.stdout is not None
@@ -129,28 +135,30 @@ class HashWorker:
         if self._failure is None:
             self._failure = "the hashing process was closed"
 
-    def _queued(self) -> int:
-        """Bytes sent that the child has not read yet."""
-        assert self._proc is not None
-        assert self._proc.stdin is not None
-        count = array.array("i", [0])
-        try:
-            fcntl.ioctl(self._proc.stdin.fileno(), termios.FIONREAD, count, True)
-        except OSError:
-            return 0
-        return count[0]
-
-    def _send(self, *parts: bytes | memoryview) -> None:
+    def _flush(self, *, wait: bool) -> bool:
+        """Write what is pending of the last frame into the pipe, waiting for the child to
+        take it all when ``wait``; True once nothing is pending (or the child failed)."""
         assert self._proc is not None
         assert self._proc.stdin is not None
         fd = self._proc.stdin.fileno()
         try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
+            while self._pending:
+                view = self._pending[0]
+                try:
+                    written = os.write(fd, view)
+                except BlockingIOError:
+                    if not wait:
+                        return False
+                    select.select([], [fd], [])
+                    continue
+                if written == len(view):
+                    self._pending.pop(0)
+                else:
+                    self._pending[0] = view[written:]
         except OSError:
             self._failure = self._ended()
+            self._pending = []
+        return True
 
     def _ended(self) -> str:
         assert self._proc is not None

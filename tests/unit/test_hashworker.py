@@ -1,0 +1,180 @@
+"""Level accounts' hashing in a worker process, and its compiled loops (tracker.proof.kernels).
+
+The worker is a real child process (no network): its sum must be the calling thread's, a crash
+of it must cost the proof and never reject the archive, and no check may leave it behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from agave_storages import expected_lt_hash, feed, storages
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_accounts_level import STATE, write_archive
+from test_proof_accounts import reread_from
+
+from tracker.errors import ArchiveInvalid
+from tracker.files.archivecheck import FollowingCheck, check_file
+from tracker.files.hashworker import HashWorker
+from tracker.proof import kernels
+from tracker.proof.accounthash import LocalSum
+from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.levels import Level
+from tracker.proof.pubkeyindex import PubkeyIndex
+from tracker.proof.storages import MAX_DATA, META
+from tracker.proof.writing import Account
+
+WORKER = "tracker.files.hashworker"
+
+
+def workers() -> list[int]:
+    """This process's children that run the hash worker (alive or not yet waited for)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and WORKER.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    lens = rng.integers(73, 400, size=count)
+    ends = np.cumsum(lens).astype(np.int64)
+    work = rng.integers(0, 256, size=int(ends[-1]), dtype=np.uint8)
+    return work, ends
+
+
+def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
+    rng = np.random.default_rng(5)
+    worker, here = HashWorker(), LocalSum()
+    try:
+        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1)):
+            work, ends = batch(rng, count)
+            worker.add(work, ends, sign)
+            here.add(work, ends, sign)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert worker.sent > 0  # the child hashed some of them
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        worker.close()
+    assert not workers()
+
+
+def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
+    worker = HashWorker()
+    proof = AccountsProof(1000, worker)
+    given = storages()
+    feed(proof, given[0], 4096)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    for storage in given[1:]:
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
+    assert lt_hash is None
+    assert note is not None and note.startswith("not proven: the hashing process ended")
+    assert not workers()
+
+
+def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None:
+    proof = AccountsProof(1000, HashWorker())
+    given = storages()
+    for storage in given:
+        feed(proof, storage, 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in given})) == (expected_lt_hash(), None)
+    assert not workers()
+
+
+def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(tmp_path: Path) -> None:
+    good = write_archive(tmp_path, STATE)
+    assert check_file(str(good), prove_accounts=1000).proof.level == Level.ACCOUNTS
+    assert not workers()
+    forged = {**STATE, 490: [Account(b"\2" * 32, 0), Account(b"\3" * 32, 7, b"x")]}
+    (tmp_path / "bad").mkdir()
+    bad = write_archive(tmp_path / "bad", forged, lt_hash=bytes(2048))
+    with pytest.raises(ArchiveInvalid):
+        check_file(str(bad), prove_accounts=1000)
+    assert not workers()
+
+
+async def test_a_cancelled_check_stops_its_worker(tmp_path: Path) -> None:
+    data = write_archive(tmp_path, STATE).read_bytes()
+    part = tmp_path / "part"
+    name = write_archive(tmp_path, STATE).name
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), name, prove_accounts=1000)
+        f.write(data[:1024])
+        f.flush()
+        check.advance(1024)
+        with trio.fail_after(10):
+            while not workers():  # the check's thread starts its worker first
+                await trio.sleep(0.01)
+        check.cancel()
+        with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
+            await check.result()
+    assert not workers()
+
+
+def test_the_index_reads_no_pubkey_outside_its_buffer() -> None:
+    index = PubkeyIndex(100)
+    buf = np.zeros(64, dtype=np.uint8)
+    with pytest.raises(ValueError, match="outside"):
+        index.find_at(buf, np.array([33], dtype=np.int64))
+    with pytest.raises(ValueError, match="capacity"):
+        PubkeyIndex(1).find_at(buf, np.array([0, 32], dtype=np.int64))
+
+
+def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int], list[int], int]:
+    """The scan as the storage format says it (the former Python loop)."""
+    offsets, lens, off = [], [], start
+    while off + META <= end:
+        (data_len,) = struct.unpack_from("<Q", buf, off + 8)
+        if data_len > MAX_DATA:
+            return offsets, lens, -off - 1
+        stop = off + META + data_len
+        if stop > end:
+            break
+        offsets.append(off)
+        lens.append(data_len)
+        off = stop + (-(at + stop) & 7)
+    return offsets, lens, off
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1])),
+    st.integers(0, 7),
+    st.integers(0, 64),
+)
+def test_the_compiled_scan_is_the_formats_scan(lens: list[int], at: int, cut: int) -> None:
+    """Hostile lengths included (past the buffer, past 10 MiB, past i64): the same records,
+    the same stop, the same refusal."""
+    parts = bytearray()
+    for data_len in lens:
+        record = bytearray(META + min(data_len, 200))
+        struct.pack_into("<Q", record, 8, data_len)
+        parts += record + bytes(-len(record) % 8)
+    buf = bytes(parts)
+    end = max(0, len(buf) - cut)
+    offsets, got_lens, stop, bad = kernels.scan(
+        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA
+    )
+    want_offsets, want_lens, want_stop = reference_scan(buf, 0, end, at)
+    assert offsets.tolist() == want_offsets and got_lens.tolist() == want_lens
+    assert (int(stop), int(bad)) == (
+        (-want_stop - 1, -want_stop - 1) if want_stop < 0 else (want_stop, -1)
+    )
