@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from test_accounts_level import STATE, write_archive
 from test_proof_accounts import reread_from
 
 from tracker.errors import ArchiveInvalid
+from tracker.files import hashworker
 from tracker.files.archivecheck import FollowingCheck, check_file
 from tracker.files.hashworker import HashWorker
 from tracker.proof import kernels
@@ -60,7 +63,7 @@ def batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]
 
 def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     rng = np.random.default_rng(5)
-    worker, here = HashWorker(), LocalSum()
+    worker, here = HashWorker(start_from=0), LocalSum()
     try:
         for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1)):
             work, ends = batch(rng, count)
@@ -76,7 +79,7 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
 
 
 def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
-    worker = HashWorker()
+    worker = HashWorker(start_from=0)
     proof = AccountsProof(1000, worker)
     given = storages()
     feed(proof, given[0], 4096)
@@ -91,7 +94,7 @@ def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
 
 
 def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None:
-    proof = AccountsProof(1000, HashWorker())
+    proof = AccountsProof(1000, HashWorker(start_from=0))
     given = storages()
     for storage in given:
         feed(proof, storage, 4096)
@@ -99,7 +102,10 @@ def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None
     assert not workers()
 
 
-def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(tmp_path: Path) -> None:
+def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashworker, "START_FROM", 0)
     good = write_archive(tmp_path, STATE)
     assert check_file(str(good), prove_accounts=1000).proof.level == Level.ACCOUNTS
     assert not workers()
@@ -111,17 +117,20 @@ def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(tmp_path: Pa
     assert not workers()
 
 
-async def test_a_cancelled_check_stops_its_worker(tmp_path: Path) -> None:
-    data = write_archive(tmp_path, STATE).read_bytes()
+async def test_a_cancelled_check_stops_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashworker, "START_FROM", 0)
+    archive = write_archive(tmp_path, STATE, compression="tar")
+    data = archive.read_bytes()
     part = tmp_path / "part"
-    name = write_archive(tmp_path, STATE).name
     with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
-        check = FollowingCheck.start(f.fileno(), name, prove_accounts=1000)
-        f.write(data[:1024])
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=1000)
+        f.write(data[:-1024])  # the storages, not the tar's end: the check waits for more
         f.flush()
-        check.advance(1024)
+        check.advance(len(data) - 1024)
         with trio.fail_after(10):
-            while not workers():  # the check's thread starts its worker first
+            while not workers():  # started once the check hashed the storages
                 await trio.sleep(0.01)
         check.cancel()
         with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
@@ -136,6 +145,49 @@ def test_the_index_reads_no_pubkey_outside_its_buffer() -> None:
         index.find_at(buf, np.array([33], dtype=np.int64))
     with pytest.raises(ValueError, match="capacity"):
         PubkeyIndex(1).find_at(buf, np.array([0, 32], dtype=np.int64))
+
+
+def interpreted(name: str) -> kernels._Kernel:
+    return kernels._Kernel(kernels._RAW[name], None, 1)
+
+
+@pytest.fixture(params=["interpreted", "compiled"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every kernel interpreted (as a small proof runs them), or compiled."""
+    if request.param == "compiled":
+        kernels.load()
+    else:
+        for name in kernels._RAW:
+            monkeypatch.setattr(kernels, name, interpreted(name))
+    return str(request.param)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_kernels_interpreted_and_compiled_prove_the_same(mode: str, chunk: int) -> None:
+    given = storages()
+    for order in (given, given[::-1]):
+        proof = AccountsProof(1000)
+        for storage in order:
+            feed(proof, storage, chunk)
+        assert proof.finish(reread_from({s.name: s.data for s in given})) == (
+            expected_lt_hash(),
+            None,
+        ), mode
+
+
+def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
+    """numba and its compiled code cost a process ~170 MB of RSS: a proof of a few accounts
+    (verify's of a small archive, the tests' archives) runs the kernels interpreted."""
+    path = write_archive(tmp_path, STATE)
+    code = (
+        "import sys; from tracker.files.archivecheck import check_file; "
+        f"print(check_file({str(path)!r}, prove_accounts=1000).proof.level.label, "
+        "'numba' in sys.modules)"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert answer.stdout.split() == ["accounts", "False"]
 
 
 def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int], list[int], int]:
@@ -159,10 +211,11 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
     st.lists(st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1])),
     st.integers(0, 7),
     st.integers(0, 64),
+    st.booleans(),
 )
-def test_the_compiled_scan_is_the_formats_scan(lens: list[int], at: int, cut: int) -> None:
-    """Hostile lengths included (past the buffer, past 10 MiB, past i64): the same records,
-    the same stop, the same refusal."""
+def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compiled: bool) -> None:
+    """Compiled and interpreted, hostile lengths included (past the buffer, past 10 MiB, past
+    i64): the same records, the same stop, the same refusal."""
     parts = bytearray()
     for data_len in lens:
         record = bytearray(META + min(data_len, 200))
@@ -170,7 +223,10 @@ def test_the_compiled_scan_is_the_formats_scan(lens: list[int], at: int, cut: in
         parts += record + bytes(-len(record) % 8)
     buf = bytes(parts)
     end = max(0, len(buf) - cut)
-    offsets, got_lens, stop, bad = kernels.scan(
+    if compiled:
+        kernels.load()
+    scan = kernels.scan if compiled else interpreted("scan")
+    offsets, got_lens, stop, bad = scan(
         np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA
     )
     want_offsets, want_lens, want_stop = reference_scan(buf, 0, end, at)

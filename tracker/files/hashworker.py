@@ -45,6 +45,8 @@ _HEADER = struct.Struct("<qQQ")
 #: piece: ~4 MiB, plus one record of at most 10 MiB).
 MAX_MESSAGES = 1 << 22
 MAX_BYTES = 1 << 30
+#: Messages from which the child is started (a tiny proof hashes them here).
+START_FROM = 2048
 #: The pipe's buffer asked for (Linux: F_SETPIPE_SZ), so that the parent rarely waits.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -57,14 +59,19 @@ def _package_root() -> str:
 
 class HashWorker:
     """A :class:`~tracker.proof.accounthash.Summer` hashing in a child process (see the
-    module). Started at once; ``close()`` when done."""
+    module), started once ``start_from`` messages came (fewer cost less than a process);
+    ``close()`` when done."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_from: int | None = None) -> None:
         self._local = np.zeros(LANES, dtype=np.uint16)
         self.sent = 0  # messages hashed by the child (the rest: here)
+        self._start_from = START_FROM if start_from is None else start_from
+        self._seen = 0
         self._pending: list[memoryview] = []  # what the pipe has not taken yet of a frame
         self._failure: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [_package_root(), *filter(None, [env.get("PYTHONPATH")])]
@@ -93,10 +100,16 @@ class HashWorker:
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1); hash
-        them here instead while the child has not taken the last batch yet."""
-        if self._failure is not None or self._proc is None:
+        them here instead while the child has not taken the last batch yet (or before it
+        starts)."""
+        if self._failure is not None:
             return
-        if not self._flush(wait=False):  # the child is behind: this batch is hashed here
+        self._seen += len(ends)
+        if self._proc is None and self._seen >= self._start_from:
+            self._start()
+        if self._proc is None or not self._flush(
+            wait=False
+        ):  # the child is behind: this batch is hashed here
             lanes = hash_sum(work, ends.tolist())
             self._local = self._local + lanes if sign > 0 else self._local - lanes
             return
@@ -108,6 +121,8 @@ class HashWorker:
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The sum of everything sent, and None; or None and why not."""
+        if self._failure is None and self._proc is None:
+            return self._local.copy(), None  # the child never started
         if self._failure is None and self._proc is not None:
             self._flush(wait=True)
             self._pending = [memoryview(_HEADER.pack(0, 0, 0))]
@@ -132,8 +147,7 @@ class HashWorker:
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
-        if self._failure is None:
-            self._failure = "the hashing process was closed"
+        self._failure = self._failure or "the hashing process was closed"
 
     def _flush(self, *, wait: bool) -> bool:
         """Write what is pending of the last frame into the pipe, waiting for the child to

@@ -71,15 +71,12 @@ def accounts_prover(name: str, max_accounts: int | None, path: str) -> StoragesP
 @contextlib.contextmanager
 def proving(accounts: StoragesProver | None) -> Iterator[None]:
     """The span of a check that proves with ``accounts`` (None: nothing): its summer (a
-    worker process) starts at the check's start and ends with it, whichever way it ends."""
-    if accounts is None:
-        yield
-        return
+    worker process, once the storages came) ends with it, whichever way it ends."""
     try:
-        accounts.start()
         yield
     finally:
-        accounts.close()
+        if accounts is not None:
+            accounts.close()
 
 
 class ArchiveReread:

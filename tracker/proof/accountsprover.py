@@ -62,7 +62,7 @@ class StoragesProver:
     """The accounts level of one full archive; ``reread()`` makes the second read's source
     (the verified file on disk), asked at the end only if needed, closed by the caller;
     ``summer()`` makes where the accounts are hashed (``tracker.files.hashworker``: a worker
-    process; in the caller's thread when None), made by :meth:`start` or the first storage.
+    process; in the caller's thread when None), made with the proof at the first storage.
     :meth:`close` once the check is over, whichever way it ended."""
 
     max_accounts: int
@@ -70,14 +70,6 @@ class StoragesProver:
     summer: Callable[[], Summer] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
-
-    def start(self) -> None:
-        """Make the proof and its summer now (a worker process starts while the check reads
-        the archive's first members)."""
-        if self._proof is None:
-            self._proof = AccountsProof(
-                self.max_accounts, self.summer() if self.summer is not None else None
-            )
 
     def close(self) -> None:
         """Let go of the proof (its index, its summer's process); idempotent."""
@@ -91,7 +83,9 @@ class StoragesProver:
             return None
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
-            self.start()
+            self._proof = AccountsProof(
+                self.max_accounts, self.summer() if self.summer is not None else None
+            )
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
         if valid is None or self._proof is None:

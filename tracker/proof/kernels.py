@@ -9,35 +9,81 @@ has the measurements). Every kernel releases the GIL (``nogil``), and every read
 against its buffer's length here, since numba checks no index: the callers pass ``end`` within
 ``buf`` and the offsets the scan found, and the kernels never read past them.
 
-Compiled on first use, then kept in numba's cache (``__pycache__`` next to this file, or the
-user's cache directory) when one is writable; without one each process compiles once (~1 s).
+Compiled when first given a large input (:data:`COMPILE_FROM` items: a storage's piece holds
+~30,000 records), then kept in numba's cache (``__pycache__`` next to this file, or the
+user's cache directory) where one is writable; without one each process compiles once (~3 s).
+Loading numba and the compiled code costs a process ~0.4 s and ~170 MB of RSS once, so a
+small proof (the few storages of a test archive, an archive with a handful of accounts) runs
+the same functions interpreted and loads nothing; once loaded, every call is compiled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import numba
 import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Places a bucket of the pubkey index's table.
 WIDE = 8
+#: Items (records, keys) in one call from which the kernels are compiled.
+COMPILE_FROM = 2048
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_RAW: dict[str, Callable[..., Any]] = {}
+_LOADED: list[bool] = []
+_LOCK = threading.Lock()
 
 
-def _compiled(function: F) -> F:
-    """``function`` compiled without the GIL, cached on disk where a cache is writable."""
-    dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
-    with contextlib.suppress(RuntimeError):  # no writable cache directory (read-only, no home)
-        dispatcher.enable_caching()
-    return cast(F, dispatcher)
+class _Kernel:
+    """A kernel before numba is loaded: interpreted on small inputs (the length of argument
+    ``sized``; an inner kernel always), loading numba and compiling on a large one."""
+
+    def __init__(self, function: Callable[..., Any], sized: int | None, per: int) -> None:
+        self.function = function
+        self.sized = sized
+        self.per = per
+
+    def __call__(self, *args: Any) -> Any:
+        if self.sized is not None and (_LOADED or len(args[self.sized]) >= COMPILE_FROM * self.per):
+            load()
+            return globals()[self.function.__name__](*args)
+        with np.errstate(over="ignore"):  # u64 arithmetic wraps, as compiled
+            return self.function(*args)
 
 
-@_compiled
+def _kernel(sized: int | None, per: int = 1) -> Callable[[F], F]:
+    """Register a kernel; ``sized``: the argument whose length (over ``per``: bytes a
+    record at least) says how many items a call has (None: an inner kernel)."""
+
+    def register(function: F) -> F:
+        _RAW[function.__name__] = function
+        return cast(F, _Kernel(function, sized, per))
+
+    return register
+
+
+def load() -> None:
+    """Load numba and put every kernel's compiled form in its place (compiled, or read from
+    numba's cache, at its first call); from then on every call is compiled."""
+    with _LOCK:
+        if _LOADED:
+            return
+        import numba
+
+        module = globals()
+        for name, function in _RAW.items():
+            dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
+            with contextlib.suppress(RuntimeError):  # no writable cache directory
+                dispatcher.enable_caching()
+            module[name] = dispatcher
+        _LOADED.append(True)
+
+
+@_kernel(None)
 def _word(buf: Any, at: int) -> Any:
     """The little-endian u64 at ``buf[at:at + 8]`` (any alignment; the caller checked)."""
     value = np.uint64(0)
@@ -46,7 +92,7 @@ def _word(buf: Any, at: int) -> Any:
     return value
 
 
-@_compiled
+@_kernel(0, per=136)
 def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any) -> Any:
     """The records wholly within ``buf[start:end]`` (``end <= len(buf)``): their offsets and
     data lengths (int64 arrays), the offset where the first record not wholly there starts,
@@ -74,7 +120,7 @@ def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any) -> A
     return offsets[:count], lens[:count], off, -1
 
 
-@_compiled
+@_kernel(3)
 def lay_out(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any) -> Any:
     """The messages of the records ``chosen`` (indexes into ``offsets``), each ``lamports ||
     data || executable || owner || pubkey``, end to end in one new buffer, with where each
@@ -110,7 +156,7 @@ def lay_out(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any) -> Any:
     return out, starts, ends
 
 
-@_compiled
+@_kernel(None)
 def _shift(table: Any) -> Any:
     """64 less the bits of a bucket number (the table has a power of two of rows)."""
     bits = 0
@@ -119,7 +165,7 @@ def _shift(table: Any) -> Any:
     return np.uint64(64 - bits)
 
 
-@_compiled
+@_kernel(1)
 def wanted_records(buf: Any, rel: Any, meta: Any, max_data: Any, lamports: Any) -> Any:
     """Of the records starting at ``rel`` (sorted offsets into ``buf``, a second read's bytes),
     how many lie wholly in ``buf`` in a row from the first, their data lengths, and the index
@@ -145,13 +191,13 @@ def wanted_records(buf: Any, rel: Any, meta: Any, max_data: Any, lamports: Any) 
     return lens, n, -1
 
 
-@_compiled
+@_kernel(None)
 def _bucket(k0: Any, k1: Any, k2: Any, k3: Any, mults: Any, shift: Any) -> Any:
     mixed = (k0 * mults[0] + k1 * mults[1] + k2 * mults[2] + k3 * mults[3]) * _GOLDEN
     return np.int64(mixed >> shift), np.uint8(mixed & np.uint64(0xFF))
 
 
-@_compiled
+@_kernel(1)
 def find(buf: Any, at: Any, keys: Any, table: Any, prints: Any, mults: Any, count: Any) -> Any:
     """Each pubkey's entry, the 32 bytes at ``buf[at[i]:at[i] + 32]``, making one for a
     pubkey not seen before (its words into ``keys[count]``, then the next): returns the
@@ -199,7 +245,7 @@ def find(buf: Any, at: Any, keys: Any, table: Any, prints: Any, mults: Any, coun
     return entry, made, count
 
 
-@_compiled
+@_kernel(0)
 def place(ids: Any, keys: Any, table: Any, prints: Any, mults: Any) -> None:
     """Put the entries ``ids`` (distinct, already made, not in the table) into an empty
     place each: the first one of the buckets from their own on."""
@@ -223,7 +269,8 @@ def place(ids: Any, keys: Any, table: Any, prints: Any, mults: Any) -> None:
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the accounts
     level passes, so that the first check of a process does not pay for it (~0.3 s from the
-    cache, ~1 s without one)."""
+    cache, ~3 s without one)."""
+    load()
     piece = np.frombuffer(bytes(256), dtype=np.uint8)  # read-only, as a storage's piece
     offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1)
     chosen = np.arange(len(offsets), dtype=np.int64)
