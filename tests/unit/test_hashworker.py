@@ -93,6 +93,25 @@ def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
     assert not workers()
 
 
+def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hashworker, "STALLED", 0.3)
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(1000, worker)
+    given = storages()
+    feed(proof, given[0], 4096)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGSTOP)
+    for storage in given[1:]:
+        feed(proof, storage, 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in given})) == (
+        None,
+        "not proven: the hashing process stopped answering",
+    )
+    assert not workers()
+
+
 def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None:
     proof = AccountsProof(1000, HashWorker(start_from=0))
     given = storages()

@@ -47,6 +47,9 @@ MAX_MESSAGES = 1 << 22
 MAX_BYTES = 1 << 30
 #: Messages from which the child is started (a tiny proof hashes them here).
 START_FROM = 2048
+#: Seconds the check waits for the child to take a frame or to answer before it gives up on
+#: it (a stuck child costs the proof, never a check that never ends).
+STALLED = 60.0
 #: The pipe's buffer asked for (Linux: F_SETPIPE_SZ), so that the parent rarely waits.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -130,7 +133,8 @@ class HashWorker:
         if self._failure is not None or self._proc is None:
             return None, self._note()
         assert self._proc.stdout is not None
-        answer = _read_exactly(self._proc.stdout, LT_HASH_BYTES)
+        ready, _, _ = select.select([self._proc.stdout], [], [], STALLED)
+        answer = _read_exactly(self._proc.stdout, LT_HASH_BYTES) if ready else None
         if answer is None:
             self._failure = self._ended()
             return None, self._note()
@@ -163,7 +167,9 @@ class HashWorker:
                 except BlockingIOError:
                     if not wait:
                         return False
-                    select.select([], [fd], [])
+                    if not select.select([], [fd], [], STALLED)[1]:
+                        self._proc.kill()  # stuck: the proof is lost, not the check
+                        raise OSError("stalled") from None
                     continue
                 if written == len(view):
                     self._pending.pop(0)
@@ -177,7 +183,7 @@ class HashWorker:
     def _ended(self) -> str:
         assert self._proc is not None
         try:
-            code = self._proc.wait(5)
+            code = self._proc.wait(min(5.0, STALLED))
         except subprocess.TimeoutExpired:
             return "the hashing process stopped answering"
         return f"the hashing process ended (exit status {code})"
