@@ -253,3 +253,37 @@ def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compil
     assert (int(stop), int(bad)) == (
         (-want_stop - 1, -want_stop - 1) if want_stop < 0 else (want_stop, -1)
     )
+
+
+def large_state(accounts: int) -> dict[int, list[Account]]:
+    """Three storages of ``accounts`` each, every pubkey of the first stored again in the
+    third (superseded, its older version first), a few closed there."""
+    rng = np.random.default_rng(11)
+    keys = [rng.bytes(32) for _ in range(2 * accounts)]
+    return {
+        480: [Account(k, 5 + i, rng.bytes(165)) for i, k in enumerate(keys[:accounts])],
+        490: [Account(k, 7, rng.bytes(i % 300)) for i, k in enumerate(keys[accounts:])],
+        500: [Account(k, (i % 50 != 0) * 9, b"new") for i, k in enumerate(keys[:accounts])],
+    }
+
+
+async def test_a_following_check_of_a_large_full_proves_it_with_a_worker(tmp_path: Path) -> None:
+    """Large enough for the compiled kernels and the worker (the daemon's refresh path): the
+    superseded versions taken out, the closed ones counting nothing, no worker left."""
+    archive = write_archive(tmp_path, large_state(3000))
+    data = archive.read_bytes()
+    part = tmp_path / "part"
+    step = len(data) // 7 + 1
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=100_000)
+        for at in range(0, len(data), step):
+            f.write(data[at : at + step])
+            f.flush()
+            check.advance(min(len(data), at + step))
+            await trio.lowlevel.checkpoint()
+        check.finish(len(data))
+        with trio.fail_after(60):
+            proof = (await check.result()).proof
+    assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
+    assert kernels._LOADED
+    assert not workers()
