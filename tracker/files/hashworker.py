@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -110,9 +111,10 @@ class HashWorker:
         self._seen += len(ends)
         if self._proc is None and self._seen >= self._start_from:
             self._start()
-        if self._proc is None or not self._flush(
-            wait=False
-        ):  # the child is behind: this batch is hashed here
+        taken = self._proc is not None and self._flush(wait=False)
+        if self._failure is not None:
+            return
+        if not taken:  # not started, or behind: this batch is hashed here
             lanes = hash_sum(work, ends.tolist())
             self._local = self._local + lanes if sign > 0 else self._local - lanes
             return
@@ -235,4 +237,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
+    # ends (it kills it, or closes the pipe).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))
