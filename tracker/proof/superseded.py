@@ -49,13 +49,13 @@ def _read_storage(name: str, wanted: npt.NDArray[np.int64], reread: Reread, summ
     before the next wanted record are dropped."""
     first = int(wanted[0])
     chunks = reread(name, first)
-    pos = first  # storage offset of buf[0]
-    buf = bytearray()
+    pos = first  # storage offset of data[0]
+    carry = b""  # the start of a wanted record the last chunk ended inside
     at = 0  # index into wanted
     try:
         for chunk in chunks:
-            buf += chunk
-            array = np.frombuffer(bytes(buf), dtype=np.uint8)
+            data = carry + chunk if carry else chunk  # a copy only behind a straddling record
+            array = np.frombuffer(data, dtype=np.uint8)
             lens, whole, bad = kernels.wanted_records(
                 array, wanted[at:] - pos, META, MAX_DATA, LAMPORTS
             )
@@ -67,15 +67,15 @@ def _read_storage(name: str, wanted: npt.NDArray[np.int64], reread: Reread, summ
             at += whole
             if at == len(wanted):
                 return
-            drop = min(len(buf), int(wanted[at]) - pos)
-            del buf[:drop]
+            drop = min(len(data), int(wanted[at]) - pos)
+            carry = bytes(data[drop:])
             pos += drop
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
     raise ArchiveInvalid(
-        f"{name}: the second read ended at byte {pos + len(buf)}, before the superseded "
+        f"{name}: the second read ended at byte {pos + len(carry)}, before the superseded "
         f"record at byte {int(wanted[at])}"
     )
 
