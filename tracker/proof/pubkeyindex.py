@@ -5,9 +5,9 @@ a locator in ``where[i]`` (u64: the storage's number << 32 | the record's offset
 1 when the version counts, i.e. has lamports). Both live in anonymous memory maps sized for
 the bound and reserved lazily (``MAP_NORESERVE``), so that only the pages of entries made
 are ever resident: 40 bytes an entry. The open-addressing table maps a pubkey to its entry
-(u32 entry + 1, 0 for empty; linear probing, at most 70% full, doubled when it would pass
-that): 5.7 to 11.4 bytes an entry, so 46 to 52 bytes a distinct pubkey in all, and ~63 at
-the moment the table doubles (docs/architecture.md, "The accounts level", has the
+(buckets of 8 places, each a u32 entry + 1, 0 for empty, and a u8 fingerprint; buckets probed
+linearly, at most 60% full, doubled when it would pass that): 8.3 to 16.7 bytes an entry, so
+48 to 57 bytes a distinct pubkey in all (docs/architecture.md, "The accounts level", has the
 measurements). Pubkeys come from the archive: the table's hash is multiply-shift with odd
 multipliers drawn per index, so no archive can choose keys that collide in it.
 
