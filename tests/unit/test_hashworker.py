@@ -314,3 +314,14 @@ def test_the_second_reads_records_are_found_within_the_chunk(
     assert (int(got[1]), int(got[2])) == (int(want[1]), int(want[2]))
     for at, size in zip(rel[: int(got[1])].tolist(), got[0].tolist(), strict=True):
         assert at >= 0 and at + META + size <= len(array)
+
+
+def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashworker.sys, "executable", "/nonexistent/python")
+    proof = AccountsProof(1000, HashWorker(start_from=0))
+    given = storages()
+    for storage in given:
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
+    assert lt_hash is None
+    assert note is not None and note.startswith("not proven: the hashing process could not start")

@@ -89,8 +89,9 @@ class HashWorker:
                 close_fds=True,
                 env=env,
             )
-        except OSError as exc:
-            self._failure = f"the hashing process could not start: {exc.strerror or exc}"
+        except (OSError, ValueError, TypeError) as exc:  # no interpreter to start, no fds left
+            detail = getattr(exc, "strerror", None) or exc
+            self._failure = f"the hashing process could not start: {detail}"
             return
         assert self._proc.stdin is not None
         with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
