@@ -18,8 +18,8 @@ its own, ``--runs`` times in alternating order (the best of each side is kept):
 - ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=10_000_000)``: the
   whole check (SHA-256 in its reading thread, zstd, the tar walk, the manifest level) with the
   accounts level and its second read, which must reach ``accounts``; its CPU time counts its
-  hash worker process's. What a process pays once before its first proof (numpy and numba
-  imported, the compiled kernels loaded from numba's cache) is timed apart, not in the ratio:
+  hash worker process's. What a process pays once before its first proof (numba imported,
+  the compiled kernels loaded from numba's cache) is timed apart, not in the ratio:
   the tracker proves many archives in one process.
 
 It prints the ratio proof / baseline (the bound: 1.5) in wall and CPU time, seconds per
@@ -176,8 +176,8 @@ def baseline(base: Path) -> dict[str, Any]:
 
 def prove(base: Path) -> dict[str, Any]:
     """The archive check with level ``accounts``, timed: its one pass and the second read,
-    its CPU time with its hash worker's. First, untimed, what a process pays once: numpy and
-    numba imported, the compiled kernels loaded (``kernels.warm_up``), timed on its own."""
+    its CPU time with its hash worker's. First, untimed, what a process pays once: numba
+    imported, the compiled kernels loaded (``kernels.warm_up``), timed on its own."""
     meta = json.loads((base / "meta.json").read_text())
     path = base / meta["archive"]
     w0 = time.perf_counter()
@@ -313,7 +313,7 @@ def main() -> None:
         + f" wall; median {per_run[len(per_run) // 2]:.2f}"
     )
     print(
-        f"once per process, not in the ratio (numpy, numba, the kernels loaded from numba's "
+        f"once per process, not in the ratio (numba imported, the kernels loaded from its "
         f"cache): {proof_times['once']:.2f} s; counted in: "
         f"{(spent + proof_times['once']) / unavoidable:.2f} wall"
     )
