@@ -51,11 +51,12 @@ from tracker.core.metrics import Metrics
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
-from tracker.discovery.scrape import Scraper, health_json
+from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
 from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
 from tracker.web.health import HealthChecker
+from tracker.web.wire import health_json
 from tracker.zerocopy.transport import HeadClient
 
 SLOT = 5000

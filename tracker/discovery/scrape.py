@@ -24,7 +24,6 @@ from tracker.discovery.health import (
     Roster,
     Target,
     TargetHealth,
-    health_json,
     mark_blocked,
     mark_deferred,
     mark_down,
@@ -37,7 +36,7 @@ from tracker.errors import EgressRefused, ProbeError
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
 
-__all__ = ["Scraper", "Target", "TargetHealth", "health_json"]
+__all__ = ["Scraper", "Target", "TargetHealth"]
 
 log = logging.getLogger("tracker.scrape")
 
