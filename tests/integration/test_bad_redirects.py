@@ -6,7 +6,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_proxy import Behaviour, FakeUpstream, advertise, make_config, running_tracker, serving
+from helpers_proxy import advertise, make_config, running_tracker
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
 FULL = full_name(8800)

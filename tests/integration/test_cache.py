@@ -23,19 +23,15 @@ import pytest
 import trio
 from helpers_proxy import (
     GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
     advertise_files,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
-    sha256,
     wait_for,
 )
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps

@@ -17,7 +17,8 @@ import attrs
 import pytest
 import trio
 from archives import build_archive
-from helpers_proxy import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256, wait_for
+from helpers_proxy import wait_for
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256
 from test_fetch import (
     FULL,
     advertise_all,

@@ -13,18 +13,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers_proxy import (
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_proxy import TrackerUnderTest, advertise_files, make_config, running_tracker, wait_for
+from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
 from names import full_name, incremental_name
 
 FULL = full_name(9000)

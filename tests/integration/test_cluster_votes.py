@@ -16,8 +16,9 @@ import base58
 import httpx
 import pytest
 import trio
-from helpers_proxy import GROUP, FakeUpstream, advertise_files, archive_bytes, serving
+from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
+from helpers_upstream import FakeUpstream, archive_bytes, serving
 from helpers_votes import (
     VoteRpc,
     compact,

@@ -18,21 +18,16 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
+from helpers_upstream import (
     UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
     MiB,
-    TrackerUnderTest,
-    advertise,
     archive_bytes,
-    make_config,
-    running_tracker,
     serving,
     sha256,
-    wait_for,
 )
 from names import full_name, incremental_name
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import attrs
 import pytest
 from helpers_fetch import Canned, HostileUpstream
-from helpers_proxy import (
+from helpers_proxy import advertise
+from helpers_upstream import (
     UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
     MiB,
-    advertise,
     serving,
     sha256,
 )

@@ -23,20 +23,15 @@ from field_clients import ALIASES, PeerRefused, firedancer, request, snapshot_fi
 from helpers_proxy import (
     FAST,
     GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise_files,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
-    serving,
-    sha256,
     wait_for,
 )
 from helpers_proxy import advertise as advertise_urls
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 from test_clients_real import run, tool
 

@@ -6,18 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from helpers_proxy import (
-    GROUP,
-    FakeUpstream,
-    MiB,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_proxy import GROUP, advertise_files, make_config, running_tracker, wait_for
+from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
 from names import full_name, incremental_name
 
 FULL = full_name(5000)

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers_proxy import GROUP, make_config, raw_request, running_tracker
+from helpers_proxy import GROUP, make_config, running_tracker
+from helpers_wire import raw_request
 from names import full_name
 
 from tracker.core.index import TargetKey

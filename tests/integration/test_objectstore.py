@@ -22,20 +22,17 @@ import pytest
 import trio
 from helpers_proxy import (
     GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
     advertise_files,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
     wait_for,
 )
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.config.schema import ObjectStore

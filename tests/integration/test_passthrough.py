@@ -18,18 +18,14 @@ import trio
 from helpers_proxy import (
     FAST,
     GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
-    sha256,
     wait_for,
 )
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_wire import raw_request
 from names import full_name
 
 from tracker.proxy.settings import ProxySettings

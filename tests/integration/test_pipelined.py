@@ -21,9 +21,10 @@ import httpx
 import pytest
 import trio
 from helpers_process import Serve, start_serve
-from helpers_proxy import GROUP, FakeUpstream
+from helpers_proxy import GROUP
 from helpers_s3 import Weed
 from helpers_tracker import wait_until
+from helpers_upstream import FakeUpstream
 from test_exhaustion import descriptor_limit, listed, small_tracker
 from test_objectstore import FULL, FULL_DATA, tracker_with, uploaded
 

@@ -16,18 +16,13 @@ from helpers_process import start_serve
 from helpers_proxy import (
     GROUP,
     TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
-    archive_bytes,
     make_config,
     running_tracker,
-    sha256,
-    sidecar_listing,
     wait_for,
 )
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, sha256, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.proxy.prefetch import Prefetcher

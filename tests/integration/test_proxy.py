@@ -19,19 +19,14 @@ from helpers_proxy import (
     FAST,
     GROUP,
     TOKEN,
-    UPSTREAM_ETAG,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
-    sha256,
     wait_for,
 )
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.config.schema import Egress

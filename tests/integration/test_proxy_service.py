@@ -11,9 +11,8 @@ import httpx
 import pytest
 import trio
 from helpers_process import start_serve
-from helpers_proxy import (
-    GROUP,
-    TOKEN,
+from helpers_proxy import GROUP, TOKEN, wait_for
+from helpers_upstream import (
     Behaviour,
     FakeUpstream,
     MiB,
@@ -21,7 +20,6 @@ from helpers_proxy import (
     serving,
     sha256,
     sidecar_listing,
-    wait_for,
 )
 from names import full_name, incremental_name
 

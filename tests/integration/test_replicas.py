@@ -16,17 +16,7 @@ import httpx
 import pytest
 import trio
 from helpers_process import Serve, start_serve
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    serving,
-    sha256,
-    sidecar_listing,
-    wait_for,
-)
+from helpers_proxy import GROUP, wait_for
 from helpers_s3 import (
     ACCESS_KEY,
     BUCKET,
@@ -35,6 +25,15 @@ from helpers_s3 import (
     free_ports,
     store_settings,
     uploaded_parts,
+)
+from helpers_upstream import (
+    Behaviour,
+    FakeUpstream,
+    MiB,
+    archive_bytes,
+    serving,
+    sha256,
+    sidecar_listing,
 )
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families

@@ -17,22 +17,17 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
+from helpers_upstream import (
     UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
     Behaviour,
     FakeUpstream,
     MiB,
-    TrackerUnderTest,
-    advertise,
     archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
     sha256,
-    wait_for,
 )
+from helpers_wire import raw_request
 from names import full_name
 
 FULL = full_name(9100)

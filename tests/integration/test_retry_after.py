@@ -14,17 +14,13 @@ from helpers_proxy import (
     FAST,
     GROUP,
     TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise_files,
-    archive_bytes,
     make_config,
     running_tracker,
-    serving,
     wait_for,
 )
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving
 from names import full_name
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup

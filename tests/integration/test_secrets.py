@@ -15,18 +15,9 @@ import trio
 import yaml
 from fakes import Rpc
 from helpers_process import start_serve
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-)
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
+from helpers_upstream import Behaviour, FakeUpstream, archive_bytes, serving, sha256
 from names import full_name, incremental_name
 
 from tracker.config.schema import BasicAuth, TargetGroup

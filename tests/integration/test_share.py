@@ -19,21 +19,9 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from helpers_proxy import (
-    GROUP,
-    UPSTREAM_ETAG,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    sha256,
-    wait_for,
-)
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers_proxy import GROUP, advertise, make_config, raw_request, running_tracker
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.config.schema import TargetGroup

@@ -11,17 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_proxy import (
-    FakeUpstream,
-    MiB,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_proxy import advertise, make_config, running_tracker, wait_for
+from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
 from names import full_name
 
 FULL = full_name(7300)

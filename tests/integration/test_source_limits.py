@@ -16,19 +16,21 @@ from helpers_proxy import (
     FAST,
     GROUP,
     TOKEN,
+    TrackerUnderTest,
+    advertise,
+    advertise_files,
+    make_config,
+    running_tracker,
+    wait_for,
+)
+from helpers_upstream import (
     UPSTREAM_ETAG,
     Behaviour,
     FakeUpstream,
     MiB,
-    TrackerUnderTest,
-    advertise,
-    advertise_files,
     archive_bytes,
-    make_config,
-    running_tracker,
     serving,
     sha256,
-    wait_for,
 )
 from names import full_name
 

@@ -17,19 +17,14 @@ import trio
 from helpers_proxy import (
     GROUP,
     TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
-    archive_bytes,
     make_config,
     running_tracker,
-    serving,
-    sidecar_listing,
     wait_for,
 )
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sidecar_listing
 from names import full_name
 
 from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup

@@ -19,16 +19,15 @@ from typing import Any
 from archives import bad_variants, build_archive
 from helpers_proxy import (
     GROUP,
-    FakeUpstream,
     TrackerUnderTest,
     advertise_files,
     make_config,
-    raw_request,
     running_tracker,
-    serving,
     wait_for,
 )
 from helpers_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
+from helpers_upstream import FakeUpstream, serving
+from helpers_wire import raw_request
 
 from tracker.config.schema import ObjectStore
 
