@@ -4,15 +4,13 @@ Range/HEAD/If-None-Match support, and faults on demand (:class:`Behaviour`): rat
 status, a connection dropped mid-body, a 200 shorter than its Content-Length, no
 Content-Length, a redirect, extra headers. It records every request it got (:class:`Seen`).
 :func:`upstream_serving` runs one for the duration of a block; the bytes it serves come from
-:func:`archive_bytes`.
+:func:`helpers_bytes.archive_bytes`.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
-import random
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +22,6 @@ import trio
 
 from tracker.core.snapshots import parse_archive_name
 
-MiB = 1024 * 1024
 UPSTREAM_ETAG = '"upstream-etag"'
 UPSTREAM_LAST_MODIFIED = "Sat, 21 Nov 2026 10:00:00 GMT"
 
@@ -55,14 +52,6 @@ def sidecar_listing(files: dict[str, bytes]) -> list[dict[str, Any]]:
             }
         )
     return infos
-
-
-def archive_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @attrs.define

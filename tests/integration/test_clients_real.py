@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import TrackerUnderTest, advertise_files, make_config, running_tracker, wait_for
-from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
+from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 FULL = full_name(9000)

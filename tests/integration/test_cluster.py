@@ -22,11 +22,12 @@ import httpx
 import pytest
 import trio
 from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
+from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
-from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import archive_hash, full_name
 
 from tracker.config.schema import (

@@ -16,9 +16,10 @@ import base58
 import httpx
 import pytest
 import trio
+from helpers_bytes import archive_bytes
 from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
-from helpers_upstream import FakeUpstream, archive_bytes, serving
+from helpers_upstream import FakeUpstream, serving
 from helpers_votes import (
     VoteRpc,
     compact,

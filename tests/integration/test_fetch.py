@@ -18,17 +18,9 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
-from helpers_upstream import (
-    UPSTREAM_ETAG,
-    UPSTREAM_LAST_MODIFIED,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    serving,
-    sha256,
-)
+from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 import tracker.fetch.workers

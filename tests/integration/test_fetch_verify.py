@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 from archives import bad_variants, build_archive, huge_pax_size_tar
-from helpers_upstream import FakeUpstream, sha256
+from helpers_bytes import sha256
+from helpers_upstream import FakeUpstream
 from test_fetch import FAST, fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import body_bytes, tracker_of
 

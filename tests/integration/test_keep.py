@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise_files, make_config, running_tracker, wait_for
-from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
+from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 FULL = full_name(5000)

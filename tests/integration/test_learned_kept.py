@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
-from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving
+from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 import tracker.learning.sync

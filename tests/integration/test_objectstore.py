@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import (
     GROUP,
     TrackerUnderTest,
@@ -31,7 +32,7 @@ from helpers_proxy import (
 )
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
-from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes
+from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 

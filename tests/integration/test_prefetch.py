@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import start_serve
 from helpers_proxy import (
     GROUP,
@@ -22,7 +23,7 @@ from helpers_proxy import (
     running_tracker,
     wait_for,
 )
-from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, sha256, sidecar_listing
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.proxy.prefetch import Prefetcher

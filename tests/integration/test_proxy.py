@@ -15,6 +15,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
     FAST,
     GROUP,
@@ -25,7 +26,7 @@ from helpers_proxy import (
     running_tracker,
     wait_for,
 )
-from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 

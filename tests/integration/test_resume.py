@@ -17,16 +17,9 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
-from helpers_upstream import (
-    UPSTREAM_ETAG,
-    UPSTREAM_LAST_MODIFIED,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    sha256,
-)
+from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
 

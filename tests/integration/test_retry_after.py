@@ -10,6 +10,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import (
     FAST,
     GROUP,
@@ -20,7 +21,7 @@ from helpers_proxy import (
     running_tracker,
     wait_for,
 )
-from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup

@@ -19,8 +19,9 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
-from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, MiB, archive_bytes, sha256
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import advertise, make_config, running_tracker, wait_for
-from helpers_upstream import FakeUpstream, MiB, archive_bytes, serving, sha256
+from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 FULL = full_name(7300)

@@ -12,6 +12,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
     FAST,
     GROUP,
@@ -23,15 +24,7 @@ from helpers_proxy import (
     running_tracker,
     wait_for,
 )
-from helpers_upstream import (
-    UPSTREAM_ETAG,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    serving,
-    sha256,
-)
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, serving
 from names import full_name
 
 from tracker.config.schema import (

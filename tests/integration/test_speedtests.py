@@ -14,6 +14,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import (
     GROUP,
     TOKEN,
@@ -24,7 +25,7 @@ from helpers_proxy import (
     wait_for,
 )
 from helpers_tracker import start_tracker, wait_until, write_config
-from helpers_upstream import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sidecar_listing
+from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 
 from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup

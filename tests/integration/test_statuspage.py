@@ -19,9 +19,10 @@ import httpx
 import trio
 from fakes import Rpc
 from helpers_browser import CHROMIUM, PAGE_TAGS, Dom, dump_dom, needs_chromium, screenshot
+from helpers_bytes import archive_bytes
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
-from helpers_upstream import Behaviour, FakeUpstream, archive_bytes, sidecar_listing
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.core.logs import log_event
