@@ -1,7 +1,7 @@
 """A tracker to test in proxy mode, cache mode and fetch's tests: :func:`running_tracker`
 runs the public app (``create_app``) on a real hypercorn with a :class:`ProxyStreamer` and
 its :class:`Transfers` nursery, an index fed by the test (:func:`advertise`);
-:func:`tracker_for` is the usual set-up: a tracker whose index has a fake upstream
+:func:`proxy_tracker` is the usual set-up: a tracker whose index has a fake upstream
 (tests/helpers_upstream.py) advertise its files.
 """
 
@@ -180,19 +180,29 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 @asynccontextmanager
-async def tracker_for(
-    up: FakeUpstream,
+async def proxy_tracker(
     cache_dir: Path | None = None,
-    *,
+    *advertised: FakeUpstream,
     settings: ProxySettings = FAST,
     plain: bool = False,
+    cache_factory: CacheFactory | None = None,
+    app_config: dict[str, Any] | None = None,
+    index: Index | None = None,
     **overrides: Any,
 ) -> AsyncIterator[TrackerUnderTest]:
-    """The usual set-up: a running tracker (:func:`make_config` with ``cache_dir`` and
-    ``overrides``; ``settings`` and ``plain`` as :func:`running_tracker` takes them) whose
-    index has ``up`` advertise every file it serves."""
-    async with running_tracker(
-        make_config(cache_dir, **overrides), settings=settings, plain=plain
-    ) as t:
-        advertise_files(t.index, up, up.files)
+    """The usual set-up: a running tracker (:func:`running_tracker`, of :func:`make_config`
+    with ``cache_dir`` and ``overrides``) whose index has each of ``advertised`` advertise
+    every file it serves."""
+    config = make_config(cache_dir, **overrides)
+    running = running_tracker(
+        config,
+        settings=settings,
+        plain=plain,
+        cache_factory=cache_factory,
+        index=index,
+        app_config=app_config,
+    )
+    async with running as t:
+        for up in advertised:
+            advertise_files(t.index, up, up.files)
         yield t

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_proxy import advertise, make_config, running_tracker
+from helpers_proxy import advertise, proxy_tracker
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -27,7 +27,7 @@ FULL = full_name(8800)
 async def test_an_unusable_redirect_answers_502(tmp_path: Path, location: str) -> None:
     up = FakeUpstream(files={FULL: b"x" * 100})
     up.behaviour[FULL] = Behaviour(redirect_to=location)
-    async with serving(up), running_tracker(make_config(None)) as t:
+    async with serving(up), proxy_tracker() as t:
         advertise(t.index, up.base, [(FULL, up.url(FULL), 100)])
         async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
             got = await client.get(t.url(FULL))

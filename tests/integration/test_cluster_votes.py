@@ -20,16 +20,7 @@ from helpers_bytes import archive_bytes
 from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
 from helpers_upstream import FakeUpstream, serving
-from helpers_votes import (
-    VoteRpc,
-    compact,
-    hash_of,
-    key,
-    tower,
-    update,
-    vote,
-    vote_transaction,
-)
+from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
 from names import full_name
 
 import tracker.proving.votes as votes_module

@@ -15,7 +15,14 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes
-from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker
+from helpers_proxy import (
+    GROUP,
+    TrackerUnderTest,
+    advertise,
+    make_config,
+    proxy_tracker,
+    running_tracker,
+)
 from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
 from helpers_upstream import FakeUpstream, serving
 from names import full_name
@@ -151,7 +158,7 @@ async def test_a_read_that_hangs_does_not_hold_the_stop(
     monkeypatch.setattr(tracker.learning.sync, "read_small", hangs)
     up = FakeUpstream(files={NAME: DATA})
     try:
-        async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:
+        async with serving(up), proxy_tracker(tmp_path / "cache") as t:
             with trio.fail_after(5), trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(t.parts.learning.run)

@@ -20,7 +20,15 @@ import pytest
 import trio
 import trio.testing
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
+from helpers_proxy import (
+    GROUP,
+    TrackerUnderTest,
+    advertise,
+    make_config,
+    proxy_tracker,
+    running_tracker,
+    wait_for,
+)
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -52,11 +60,9 @@ async def sharing_tracker(
 ) -> AsyncIterator[TrackerUnderTest]:
     """A tracker with sharing on (unless overridden) advertising ``upstream``'s files."""
     settings = {"cache_share_inflight": True, **overrides}
-    async with running_tracker(make_config(tmp_path / "cache", **settings)) as t:
+    async with proxy_tracker(tmp_path / "cache", upstream, **settings) as t:
         # Quick resume attempts: a failing refresh gives up in a fraction of a second.
         t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=(0.05,) * 3)
-        files = [(name, upstream.url(name), len(data)) for name, data in upstream.files.items()]
-        advertise(t.index, upstream.base, files)
         yield t
 
 
