@@ -8,7 +8,7 @@ its :class:`Transfers` nursery, an index fed by the test (:func:`advertise`);
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -136,35 +136,43 @@ def advertise_files(index: Index, up: FakeUpstream, files: dict[str, bytes]) -> 
 FAST = ProxySettings(connect_timeout=2.0, answer_timeout=5.0, read_timeout=10.0)
 
 
+@attrs.frozen
+class Serving:
+    """How :func:`running_tracker` serves: the proxy's ``settings``, the cache the streamer
+    builds (``cache_factory``), an ``index`` of the test's own, Quart's ``app_config``, and
+    ``plain`` hypercorn (no sendfile or splice, every byte through Python: the path of
+    HTTP/2 clients and TLS upstreams)."""
+
+    settings: ProxySettings = FAST
+    cache_factory: CacheFactory | None = None
+    index: Index | None = None
+    app_config: dict[str, Any] | None = None
+    plain: bool = False
+
+
 @asynccontextmanager
 async def running_tracker(
-    config: Config,
-    *,
-    settings: ProxySettings = FAST,
-    cache_factory: CacheFactory | None = None,
-    index: Index | None = None,
-    app_config: dict[str, Any] | None = None,
-    plain: bool = False,
+    config: Config, *advertised: FakeUpstream, **serving: Any
 ) -> AsyncIterator[TrackerUnderTest]:
     """The tracker's own components (:func:`tracker.service.build`, as the service builds
     them) serving the public app on 127.0.0.1:0, with an index the test feeds (no scrape
-    loop); stopped (transfers cancelled) on exit.
-
-    ``plain`` serves it with plain hypercorn: no sendfile or splice, every byte through
-    Python (the path of HTTP/2 clients and TLS upstreams)."""
-    tracker = Tracker(
-        config, index=index or Index(clock=trio.current_time), metrics=Metrics(process=False)
-    )
+    loop) in which each of ``advertised`` advertises every file it serves; stopped
+    (transfers cancelled) on exit. ``serving``: the fields of :class:`Serving`."""
+    how = Serving(**serving)
+    index = how.index or Index(clock=trio.current_time)
+    tracker = Tracker(config, index=index, metrics=Metrics(process=False))
     async with httpx.AsyncClient(trust_env=False) as rpc:
-        parts = build(tracker, rpc, settings=settings, cache_factory=cache_factory)
-        parts.app.config.update(app_config or {})
+        parts = build(tracker, rpc, settings=how.settings, cache_factory=how.cache_factory)
+        parts.app.config.update(how.app_config or {})
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(parts.transfers.run)
                 parts.streamer.cache()  # start-up cleanup, as the service does
-                connections = None if plain else Connections()
-                serve = partial(serve_app, connections=connections, plain=plain)
+                connections = None if how.plain else Connections()
+                serve = partial(serve_app, connections=connections, plain=how.plain)
                 base = await nursery.start(serve, parts.public)
+                for up in advertised:
+                    advertise_files(index, up, up.files)
                 yield TrackerUnderTest(base, parts, connections)
                 parts.transfers.close(0)
                 nursery.cancel_scope.cancel()
@@ -172,37 +180,19 @@ async def running_tracker(
             await parts.aclose()
 
 
+def proxy_tracker(
+    cache_dir: Path | None = None, *advertised: FakeUpstream, **options: Any
+) -> AbstractAsyncContextManager[TrackerUnderTest]:
+    """The usual set-up: :func:`running_tracker` of :func:`make_config` with ``cache_dir``;
+    ``options`` are :class:`Serving`'s fields, the rest the config's."""
+    fields = attrs.fields_dict(Serving)
+    serving = {k: v for k, v in options.items() if k in fields}
+    overrides = {k: v for k, v in options.items() if k not in fields}
+    return running_tracker(make_config(cache_dir, **overrides), *advertised, **serving)
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll ``predicate`` every 10 ms until true; fail after ``timeout`` seconds."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)
-
-
-@asynccontextmanager
-async def proxy_tracker(
-    cache_dir: Path | None = None,
-    *advertised: FakeUpstream,
-    settings: ProxySettings = FAST,
-    plain: bool = False,
-    cache_factory: CacheFactory | None = None,
-    app_config: dict[str, Any] | None = None,
-    index: Index | None = None,
-    **overrides: Any,
-) -> AsyncIterator[TrackerUnderTest]:
-    """The usual set-up: a running tracker (:func:`running_tracker`, of :func:`make_config`
-    with ``cache_dir`` and ``overrides``) whose index has each of ``advertised`` advertise
-    every file it serves."""
-    config = make_config(cache_dir, **overrides)
-    running = running_tracker(
-        config,
-        settings=settings,
-        plain=plain,
-        cache_factory=cache_factory,
-        index=index,
-        app_config=app_config,
-    )
-    async with running as t:
-        for up in advertised:
-            advertise_files(t.index, up, up.files)
-        yield t

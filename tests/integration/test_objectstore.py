@@ -27,6 +27,7 @@ from helpers_proxy import (
     advertise,
     advertise_files,
     make_config,
+    proxy_tracker,
     running_tracker,
     wait_for,
 )
@@ -67,8 +68,7 @@ UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
 async def tracker_with(
     weed: Weed, up: FakeUpstream, tmp_path: Path, **store: Any
 ) -> AsyncIterator[TrackerUnderTest]:
-    config = make_config(tmp_path / "cache", object_store=store_config(weed, **store))
-    async with running_tracker(config) as t:
+    async with proxy_tracker(tmp_path / "cache", object_store=store_config(weed, **store)) as t:
         advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
         yield t
 
