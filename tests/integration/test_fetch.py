@@ -102,7 +102,7 @@ async def test_through_the_object_store(weed: Any, tmp_path: Path) -> None:
     fills the bucket (its Range requests
     start the replica's refresh), the next one follows the tracker's 303s to presigned URLs
     of the bucket: the same bytes, nothing more from the source."""
-    from test_objectstore import store_config
+    from helpers_bucket import store_config
 
     config = make_config(
         tmp_path / "cache", object_store=store_config(weed), target_groups=(OPEN_GROUP,)
