@@ -20,15 +20,7 @@ import pytest
 import trio
 import trio.testing
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import (
-    GROUP,
-    TrackerUnderTest,
-    advertise,
-    make_config,
-    proxy_tracker,
-    running_tracker,
-    wait_for,
-)
+from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -309,9 +301,8 @@ async def test_no_room_for_a_shared_refresh_streams_uncached(
     def factory(path: str) -> Cache:
         return Cache(path, ops=DiskOps(free_space=lambda _dir: 1 * MiB))
 
-    config = make_config(tmp_path / "cache", cache_share_inflight=True)
-    async with running_tracker(config, cache_factory=factory) as t:
-        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FULL_DATA))])
+    sharing = {"cache_share_inflight": True, "cache_factory": factory}
+    async with proxy_tracker(tmp_path / "cache", upstream, **sharing) as t:
         async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
             response = await fetch(client, t.url(FULL))
         assert (response.status, response.sha256) == (200, sha256(FULL_DATA))
