@@ -217,17 +217,6 @@ async def test_redirects_keep_credentials_on_the_same_origin_only(upstream: Fake
         nursery.cancel_scope.cancel()
 
 
-async def test_too_many_redirects_fail(upstream: FakeUpstream) -> None:
-    upstream.behaviour["loop"] = Behaviour(redirect_to="/files/loop")
-    async with proxy_tracker() as t:
-        advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/files/loop", len(DATA))])
-        async with httpx.AsyncClient() as client:
-            response = await client.get(t.url(NAME))
-        assert response.status_code == 502
-        assert "more than 5 redirects" in response.text
-        assert len(upstream.seen) == 6
-
-
 async def test_replaced_settings_reach_the_download_clients(upstream: FakeUpstream) -> None:
     """One copy of the proxy's settings: replacing them changes what the download clients
     (already made by a first stream) do next: fewer redirects followed, a shorter wait."""
