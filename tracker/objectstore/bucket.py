@@ -18,7 +18,7 @@ and the store's answer; credentials never appear in it.
 the store answered the last call: a store that is down is not asked on the request path; only
 the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
 requests do not each wait for its timeouts. The clients are
-:mod:`tracker.objectstore.clients`', what the store answers :mod:`tracker.objectstore.answers`.
+:mod:`tracker.objectstore.clients`', what the store answers :mod:`tracker.objectstore.storeanswers`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import trio
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
-from tracker.objectstore.answers import (
+from tracker.objectstore.clients import BucketClients
+from tracker.objectstore.health import StoreHealth
+from tracker.objectstore.storeanswers import (
     ObjectInfo,
     UploadInfo,
     aware,
@@ -45,8 +47,6 @@ from tracker.objectstore.answers import (
     store_time,
     uploads,
 )
-from tracker.objectstore.clients import BucketClients
-from tracker.objectstore.health import StoreHealth
 
 _T = TypeVar("_T")
 
