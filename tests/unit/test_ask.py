@@ -1,5 +1,5 @@
 """What a request asked, read once at the web boundary (tracker/proxy/ask.py), and the byte
-path's answers, framework-free (tracker/files/answers.py, tracker/web/answers.py)."""
+path's answers, framework-free (tracker/files/answers.py, tracker/web/quartanswers.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tracker.files.answers import Answer, redirect_answer, text_answer
 from tracker.files.bodies import BytesBody
 from tracker.proxy.ask import ask_of
 from tracker.proxy.plan import Asked
-from tracker.web.answers import to_response
+from tracker.web.quartanswers import to_response
 
 
 def test_an_ask_holds_the_facts_the_forwarded_headers_and_every_forwarded_line() -> None:

@@ -29,7 +29,7 @@ from tracker.files.answers import Answer, redirect_answer
 from tracker.files.downloads import DownloadSlots, Slot, account_download
 from tracker.files.fileresponse import ChunkBudget, content_disposition, file_response
 from tracker.proxy.ask import Ask, ask_of
-from tracker.web.answers import to_response
+from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import zero_copy_connection
 
 
