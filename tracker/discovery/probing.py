@@ -11,9 +11,9 @@ import trio
 
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
-from tracker.discovery.health import Target
 from tracker.discovery.http import Heads, SizeMemo, probe_http
 from tracker.discovery.local import scan_local
+from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.net.clients import auth_headers, build_client, origin, ssl_context
 from tracker.net.egress import Resolver, checked_addresses, policy_of

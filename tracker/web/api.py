@@ -150,7 +150,7 @@ def _listing(
     here = _request_base(config) if base is None else base
     fragments = listings.fragments
     body = listings.get(
-        # The roster: a node's version changes with its target (discovery.health.Roster).
+        # The roster: a node's version changes with its target (discovery.roster.Roster).
         (*key, base, here, config, deps.digests.version, deps.scraper.roster),
         lambda: listing_body(deps, fragments, select(), base, here),
     )
