@@ -29,7 +29,7 @@ from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 
-from tracker.objectstore.health import StoreHealth
+from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier
 
 FULL = full_name(9000)

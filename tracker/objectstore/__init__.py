@@ -7,7 +7,7 @@ S3-compatible bucket as their cache.
 signing and the multipart protocol are the library's), with its clients in
 :mod:`~tracker.objectstore.clients`, what the store answers as values in
 :mod:`~tracker.objectstore.storeanswers` and the store's health in
-:mod:`~tracker.objectstore.health`; :mod:`~tracker.objectstore.locks` the
+:mod:`~tracker.objectstore.storehealth`; :mod:`~tracker.objectstore.locks` the
 one-refresher-per-file lock objects; :mod:`~tracker.objectstore.upload` a multipart upload
 that follows a growing local file; :mod:`~tracker.objectstore.retention` which objects may go
 and :mod:`~tracker.objectstore.retainer` their deletion, now or once their last URL expired;

@@ -14,7 +14,7 @@ clients (aiobotocore) do not run under trio.
 
 Every failure becomes a :class:`~tracker.errors.StoreError` with one line naming the operation
 and the store's answer; credentials never appear in it.
-:class:`~tracker.objectstore.health.StoreHealth` records whether
+:class:`~tracker.objectstore.storehealth.StoreHealth` records whether
 the store answered the last call: a store that is down is not asked on the request path; only
 the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
 requests do not each wait for its timeouts. The clients are
@@ -38,7 +38,6 @@ from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.clients import BucketClients
-from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.storeanswers import (
     ObjectInfo,
     UploadInfo,
@@ -47,6 +46,7 @@ from tracker.objectstore.storeanswers import (
     store_time,
     uploads,
 )
+from tracker.objectstore.storehealth import StoreHealth
 
 _T = TypeVar("_T")
 

@@ -40,10 +40,10 @@ from tracker.errors import StoreError
 from tracker.files.answers import Answer
 from tracker.files.ranges import http_date
 from tracker.objectstore.bucket import Bucket
-from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.storeanswers import ObjectInfo
+from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.objectstore.upload import upload_following
 from tracker.proxy.sharing import SharedRefresh
