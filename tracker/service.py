@@ -51,7 +51,7 @@ from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
 from tracker.web.delivery import Delivery
 from tracker.web.deps import ApiDeps
-from tracker.web.health import HealthChecker
+from tracker.web.healthcheck import HealthChecker
 from tracker.web.internal_api import create_internal_app
 from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners
 from tracker.web.shortcuts import FastRedirects, best_source

@@ -47,7 +47,7 @@ from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
 from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
-from tracker.web.health import HealthChecker
+from tracker.web.healthcheck import HealthChecker
 from tracker.web.wire import health_json
 from tracker.zerocopy.transport import HeadClient
 
