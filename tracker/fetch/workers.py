@@ -24,7 +24,7 @@ from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source, check_range, check_whole, request
 from tracker.fetch.state import State, save_state
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.zerocopy.filesplice import SPLICE_SECONDS, splice_into_file
 from tracker.zerocopy.kernelcopy import splice_to_file
