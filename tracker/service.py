@@ -36,8 +36,8 @@ from tracker.files.fileresponse import ChunkBudget
 from tracker.files.headproof import prove_head
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
-from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
+from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proving.heads import HeadProofs
 from tracker.proving.votes import ClusterVotes

@@ -1,4 +1,4 @@
-"""The one factory of clients for archive bytes (tracker/net/clients.py ``bulk_client``) and
+"""The one factory of clients for archive bytes (tracker/net/httpclients.py ``bulk_client``) and
 fetch's client made with it (tracker/fetch/run.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import httpx
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
 from tracker.fetch.settings import FetchSettings
-from tracker.net.clients import ClientShape, bulk_client
+from tracker.net.httpclients import ClientShape, bulk_client
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 

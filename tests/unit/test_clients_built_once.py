@@ -1,4 +1,4 @@
-"""Every HTTP client of the tracker is built in one place, tracker/net/clients.py (docs/
+"""Every HTTP client of the tracker is built in one place, tracker/net/httpclients.py (docs/
 architecture.md, "Packages and their layers"): no cookie jar, no proxy or certificates from the
 environment, whatever it is for. A client built anywhere else would escape those rules."""
 

@@ -15,8 +15,8 @@ from tracker.discovery.http import Heads, SizeMemo, probe_http
 from tracker.discovery.local import scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
-from tracker.net.clients import auth_headers, build_client, origin, ssl_context
 from tracker.net.egress import Resolver, checked_addresses, policy_of
+from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
 from tracker.zerocopy.transport import HeadClient
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued

@@ -30,7 +30,7 @@ from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
-from tracker.net.clients import ClientShape, bulk_client
+from tracker.net.httpclients import ClientShape, bulk_client
 from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.fetch")

@@ -46,7 +46,9 @@ from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import SourceFailed
-from tracker.net.clients import (
+from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
+from tracker.net.exchange import send, source_failures
+from tracker.net.httpclients import (
     ClientShape,
     PoolTransportOf,
     authorization,
@@ -55,8 +57,6 @@ from tracker.net.clients import (
     ssl_context,
     without_userinfo,
 )
-from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
-from tracker.net.exchange import send, source_failures
 from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
 from tracker.proxy.settings import ProxySettings
