@@ -5,7 +5,7 @@ S3-compatible bucket as their cache.
 :mod:`~tracker.objectstore.replicas` whether a lock's holder may be followed;
 :mod:`~tracker.objectstore.bucket` is every call to the store (boto3 in worker threads:
 signing and the multipart protocol are the library's), with its clients in
-:mod:`~tracker.objectstore.clients`, what the store answers as values in
+:mod:`~tracker.objectstore.botoclients`, what the store answers as values in
 :mod:`~tracker.objectstore.storeanswers` and the store's health in
 :mod:`~tracker.objectstore.storehealth`; :mod:`~tracker.objectstore.locks` the
 one-refresher-per-file lock objects; :mod:`~tracker.objectstore.upload` a multipart upload
