@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from names import full_name
 
 from tracker.config.values import parse_size
-from tracker.fetch.pieces import MIN_STEAL, Pieces
+from tracker.fetch.claims import MIN_STEAL, Pieces
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 
 MiB = 1024 * 1024

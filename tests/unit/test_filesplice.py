@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from tracker.errors import SourceFailed
-from tracker.fetch.pieces import Pieces
+from tracker.fetch.claims import Pieces
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source

@@ -1,4 +1,4 @@
-"""The connections of one download: each claims a piece (:mod:`tracker.fetch.pieces`),
+"""The connections of one download: each claims a piece (:mod:`tracker.fetch.claims`),
 fetches it from a live source of the pool and writes it at its offsets, spliced from the
 socket into the file when the answer is plain HTTP; a source that keeps failing, or is slower
 than ``min_speed`` while another is left, is dropped; the state file is saved as bytes land
@@ -19,7 +19,7 @@ import trio
 
 from tracker.core.logs import log_event
 from tracker.errors import SourceFailed
-from tracker.fetch.pieces import Claim, Pieces
+from tracker.fetch.claims import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sources import Source, check_range, check_whole, request
