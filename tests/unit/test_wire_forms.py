@@ -10,7 +10,7 @@ import pytest
 from names import full_name, incremental_name
 
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
-from tracker.core.sources import TargetKey
+from tracker.core.snapshotsources import TargetKey
 from tracker.discovery.roster import Target, TargetHealth
 from tracker.web.wire import file_to_json, health_json, info_to_json, wire_time
 

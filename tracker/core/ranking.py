@@ -23,7 +23,7 @@ from tracker.core.predict import (
     predicted_seconds,
     priced_throughput,
 )
-from tracker.core.sources import SnapshotSource
+from tracker.core.snapshotsources import SnapshotSource
 
 #: A pair: the full's archive name, and the incremental's (None: the full alone).
 PairKey = tuple[str, str | None]
