@@ -35,7 +35,7 @@ from tracker.fetch.claims import Pieces
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sources import Source, inspect_all, same_bytes
+from tracker.fetch.sourcechecks import Source, inspect_all, same_bytes
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason, preallocate
 from tracker.fetch.state import (
     State,

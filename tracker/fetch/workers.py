@@ -22,7 +22,7 @@ from tracker.errors import SourceFailed
 from tracker.fetch.claims import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sources import Source, check_range, check_whole, request
+from tracker.fetch.sourcechecks import Source, check_range, check_whole, request
 from tracker.fetch.state import State, save_state
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
