@@ -29,7 +29,7 @@ from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event
 from tracker.core.metrics import Metrics
 from tracker.core.rejections import Rejections
-from tracker.core.trust import TrustPolicy
+from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.files.fileresponse import ChunkBudget
