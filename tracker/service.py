@@ -39,8 +39,8 @@ from tracker.measuring.rangereads import SpeedTests
 from tracker.net.egress import Resolver, resolve
 from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs
-from tracker.proving.votes import ClusterVotes
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings

@@ -33,7 +33,7 @@ from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportEr
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.proof.levels import Level, Proof, shortfall
-from tracker.proving.votes import ClusterVotes
+from tracker.proving.clustervotes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
