@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTORY = ROOT / "tracker" / "net" / "clients.py"
+FACTORY = ROOT / "tracker" / "net" / "httpclients.py"
 
 
 def _builds_a_client(path: Path) -> list[int]:

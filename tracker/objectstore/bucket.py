@@ -18,7 +18,8 @@ and the store's answer; credentials never appear in it.
 the store answered the last call: a store that is down is not asked on the request path; only
 the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
 requests do not each wait for its timeouts. The clients are
-:mod:`tracker.objectstore.botoclients`', what the store answers :mod:`tracker.objectstore.storeanswers`.
+:mod:`tracker.objectstore.botoclients`', what the store answers
+:mod:`tracker.objectstore.storeanswers`.
 """
 
 from __future__ import annotations
