@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from tracker.files.fileresponse import file_response
+from tracker.serving.fileresponse import file_response
 from tracker.web.listeners import bind_socket
 from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import Connections, zero_copy_connection

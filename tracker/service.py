@@ -32,7 +32,6 @@ from tracker.core.rejections import Rejections
 from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
-from tracker.files.fileresponse import ChunkBudget
 from tracker.files.headproof import prove_head
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
@@ -47,6 +46,7 @@ from tracker.proxy.settings import ProxySettings
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers
 from tracker.reporting import ScrapeReporter, track_snapshot_age
+from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
 from tracker.web.delivery import Delivery

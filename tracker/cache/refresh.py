@@ -31,9 +31,9 @@ from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, sett
 from tracker.core.digests import Verified, below_required
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.files.archivecheck import FollowingCheck
-from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
+from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tracker.errors import UpstreamError
-from tracker.files.bodies import GeneratorBody
+from tracker.serving.responsebodies import GeneratorBody
 from tracker.zerocopy.connection import LARGEST_SOCKET_PIECE, Connection, SocketPiece, piece_size
 
 #: The largest plain read of a body's last bytes (under the smallest piece).

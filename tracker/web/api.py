@@ -22,7 +22,7 @@ from tracker.core.digests import sha256sum_line
 from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_url
 from tracker.errors import RequestError
-from tracker.files.answers import retry_after
+from tracker.serving.httpanswer import retry_after
 from tracker.web.delivery import redirect
 from tracker.web.deps import ApiDeps, ResponseCounter
 from tracker.web.listings import Fragments, ListingCache

@@ -11,13 +11,14 @@ import math
 
 import attrs
 
-from tracker.files.bodies import Body
+from tracker.serving.responsebodies import Body
 
 
 @attrs.define
 class Answer:
     """Status, headers (lower-case names, exactly these are sent: no derived length, no
-    default type) and body (bytes, or a :class:`~tracker.files.bodies.Body` that streams)."""
+    default type) and body (bytes, or a :class:`~tracker.serving.responsebodies.Body` that
+    streams)."""
 
     status: int
     headers: dict[str, str] = attrs.Factory(dict)
