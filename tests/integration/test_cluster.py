@@ -30,6 +30,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import archive_hash, full_name
 
+from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import (
     ClusterDiscovery,
     Config,
@@ -49,7 +50,6 @@ from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
 from tracker.web.healthcheck import HealthChecker
 from tracker.web.wire import health_json
-from tracker.zerocopy.transport import HeadClient
 
 SLOT = 5000
 

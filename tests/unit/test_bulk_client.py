@@ -8,11 +8,11 @@ import ssl
 import httpcore
 import httpx
 
+from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
 from tracker.fetch.settings import FetchSettings
 from tracker.net.httpclients import ClientShape, bulk_client
-from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 
 class Recorded(httpx.AsyncBaseTransport):

@@ -17,6 +17,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.core.logs import log_event
 from tracker.errors import SourceFailed
 from tracker.fetch.claims import Claim, Pieces
@@ -28,7 +29,6 @@ from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.zerocopy.filesplice import SPLICE_SECONDS, splice_into_file
 from tracker.zerocopy.kernelcopy import splice_to_file
-from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.fetch")
 

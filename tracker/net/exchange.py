@@ -32,7 +32,7 @@ HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 class Heads(Protocol):
     """What a probe needs of an HTTP client: ``HEAD`` without following redirects
-    (``httpx.AsyncClient``, or the leaner :class:`tracker.zerocopy.transport.HeadClient`)."""
+    (``httpx.AsyncClient``, or the leaner :class:`tracker.clientwire.transport.HeadClient`)."""
 
     async def head(
         self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool

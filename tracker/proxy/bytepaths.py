@@ -34,6 +34,7 @@ import trio
 
 from tracker.accounting.downloads import outcome_of
 from tracker.cache.refresh import Refresh
+from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError
@@ -46,7 +47,6 @@ from tracker.proxy.transfers import Head, RefreshJob, StreamJob, plan_head
 from tracker.proxy.upstream import UpstreamAnswer
 from tracker.proxy.upstreamhead import Upstream, keeps_promise, opened
 from tracker.serving.ranges import parse_http_date
-from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.transfers")
 

@@ -40,6 +40,7 @@ import httpcore
 import httpx
 import trio
 
+from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource, TargetKey
@@ -60,7 +61,6 @@ from tracker.net.httpclients import (
 from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
 from tracker.proxy.settings import ProxySettings
-from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
 
