@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.tools import find
 from tests.archives import big_archive_name, build_big_archive
-from tracker.fetch.cli import PROVE_ACCOUNTS_MAX
+from tracker.fetch.flags import PROVE_ACCOUNTS_MAX
 from tracker.files.archivecheck import check_file
 
 Result = dict[str, Any]

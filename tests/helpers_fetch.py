@@ -2,7 +2,7 @@
 written by the test (the additive ``url`` and ``sha256`` keys of a file, many URLs for one
 archive), sidecar-like upstreams, and upstreams that answer something hostile.
 
-Both are real HTTP/1.1 servers on 127.0.0.1 (:class:`helpers_proxy.FakeUpstream`).
+Both are real HTTP/1.1 servers on 127.0.0.1 (:class:`helpers_upstream.FakeUpstream`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 import h11
 import trio
-from helpers_proxy import GROUP, FakeUpstream, Seen, _send, sidecar_listing
+from helpers_proxy import GROUP
+from helpers_upstream import FakeUpstream, Seen, send_event, sidecar_listing
 
 
 def sidecar_url(up: FakeUpstream, name: str) -> str:
@@ -63,9 +64,9 @@ class FakeTracker(FakeUpstream):
             entries = [e for e in entries if str(e.get("base_slot")) == slot[0]]
         body = json.dumps(entries).encode()
         head = [("content-type", "application/json"), ("content-length", str(len(body)))]
-        await _send(conn, stream, h11.Response(status_code=200, headers=head))
-        await _send(conn, stream, h11.Data(data=body))
-        await _send(conn, stream, h11.EndOfMessage())
+        await send_event(conn, stream, h11.Response(status_code=200, headers=head))
+        await send_event(conn, stream, h11.Data(data=body))
+        await send_event(conn, stream, h11.EndOfMessage())
         return True
 
 
@@ -98,9 +99,9 @@ class HostileUpstream(FakeUpstream):
             return await super()._answer(conn, stream, req)
         self.seen.append(seen_of(req))
         head = [(k, v.encode()) for k, v in answer.headers]
-        await _send(conn, stream, h11.Response(status_code=answer.status, headers=head))
-        await _send(conn, stream, h11.Data(data=answer.body))
-        await _send(conn, stream, h11.EndOfMessage())
+        await send_event(conn, stream, h11.Response(status_code=answer.status, headers=head))
+        await send_event(conn, stream, h11.Data(data=answer.body))
+        await send_event(conn, stream, h11.EndOfMessage())
         return True
 
 

@@ -10,15 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from helpers_proxy import (
-    FakeUpstream,
-    TrackerUnderTest,
-    advertise_files,
-    make_config,
-    running_tracker,
-    wait_for,
-)
+from helpers_proxy import TrackerUnderTest, advertise_files, make_config, running_tracker, wait_for
 from helpers_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
+from helpers_upstream import FakeUpstream
 
 from tracker.config.schema import ObjectStore
 

@@ -12,15 +12,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.weed import (
-    ACCESS_KEY,
-    BUCKET,
-    SECRET_KEY,
-    Weed,
-    free_ports,
-    start_weed,
-    weed_binary,
-)
+from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed, free_ports, start_weed, weed_binary
 
 __all__ = [
     "ACCESS_KEY",

@@ -23,9 +23,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from tracker.files.fileresponse import file_response
-from tracker.web.answers import to_response
+from tracker.serving.fileresponse import file_response
 from tracker.web.listeners import bind_socket
+from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import Connections, zero_copy_connection
 from tracker.zerocopy.server import serve
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
-from tracker.fetch.cli import (
+from tracker.fetch.flags import (
     PROVE_ACCOUNTS_MAX,
     PROVE_ACCOUNTS_RANGE,
     add_fetch_parser,

@@ -127,7 +127,7 @@ class SourcesBusy(UpstreamError):
 
 class RpcError(TrackerError):
     """The RPC node could not tell the current slot, or the votes for a slot and the stakes
-    (tracker.proving.votes); the message is one line."""
+    (tracker.proving.clustervotes); the message is one line."""
 
 
 class CacheError(TrackerError):

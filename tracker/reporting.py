@@ -12,7 +12,7 @@ from tracker.core.metrics import Metrics
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import RpcError
 from tracker.notify import Notifier
-from tracker.web.health import HealthChecker
+from tracker.web.healthcheck import HealthChecker
 
 
 class ScrapeReporter:

@@ -31,29 +31,29 @@ from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event
 from tracker.core.metrics import Metrics
 from tracker.core.rejections import Rejections
-from tracker.core.trust import TrustPolicy
+from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
-from tracker.files.fileresponse import ChunkBudget
 from tracker.files.headproof import prove_head
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
-from tracker.net.clients import rpc_client
 from tracker.net.egress import Resolver, resolve
+from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs
-from tracker.proving.votes import ClusterVotes
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers
 from tracker.reporting import ScrapeReporter, track_snapshot_age
+from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
 from tracker.web.delivery import Delivery
 from tracker.web.deps import ApiDeps
-from tracker.web.health import HealthChecker
+from tracker.web.healthcheck import HealthChecker
 from tracker.web.internal_api import create_internal_app
 from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners
 from tracker.web.shortcuts import FastRedirects, best_source

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers_proxy import FakeUpstream, serving
+from helpers_upstream import FakeUpstream, serving
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,10 @@ from fakes import Sidecar, sidecar_info
 from helpers_process import start_serve
 from helpers_proxy import (
     GROUP,
-    FakeUpstream,
     TrackerUnderTest,
     advertise_files,
     make_config,
-    raw_request,
     running_tracker,
-    serving,
     wait_for,
 )
 from helpers_replicas import idle, replica
@@ -45,6 +42,8 @@ from helpers_s3 import BUCKET, Weed
 from helpers_server import serve_app
 from helpers_statements import keypair_json, signer, statement
 from helpers_tracker import wait_until
+from helpers_upstream import FakeUpstream, serving
+from helpers_wire import raw_request
 
 from tracker.config.files import signing
 from tracker.config.schema import Attest

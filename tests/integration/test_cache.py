@@ -21,21 +21,10 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_upstream import Behaviour, FakeUpstream
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps
@@ -52,14 +41,9 @@ INCR_DATA = archive_bytes(1 * MiB, seed=11)
 UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
 
 
-def advertise_pair(t: TrackerUnderTest, up: FakeUpstream) -> None:
-    advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
-
-
 @pytest.fixture
 async def tracker(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[TrackerUnderTest]:
-    async with running_tracker(make_config(tmp_path / "cache")) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream) as t:
         yield t
 
 
@@ -110,8 +94,7 @@ async def test_the_client_does_not_wait_for_the_fsync_and_the_next_request_does(
     def factory(path: str) -> Cache:
         return Cache(path, ops=DiskOps(sync=slow_sync))
 
-    async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
         first = await get(t.url(FULL))
         assert sha256(first.content) == sha256(FULL_DATA)
         assert FULL not in t.cached()  # every byte is out; the promotion is still running
@@ -270,9 +253,7 @@ async def test_without_complete_on_disconnect_a_leaving_client_ends_the_refresh(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.behaviour[FULL] = Behaviour(rate=16 * MiB)
-    config = make_config(tmp_path / "cache", cache_complete_on_disconnect=False)
-    async with running_tracker(config) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_complete_on_disconnect=False) as t:
         await raw_request(t.base, f"/v1/{FULL}?group={GROUP}", read_limit=len(FULL_DATA) // 10)
         await wait_for(lambda: t.outcome("refresh_failed") == 1)
         assert_nothing_promoted(t)
@@ -351,8 +332,7 @@ async def test_startup_removes_temp_files_and_serves_cached_archives(
     group_dir.mkdir(parents=True)
     (group_dir / f".tmp-{FULL}.dead").write_bytes(b"partial")
     (group_dir / INCR).write_bytes(INCR_DATA)
-    async with running_tracker(make_config(tmp_path / "cache")) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream) as t:
         assert t.cached() == [INCR]
         response = await get(t.url(INCR))
         assert sha256(response.content) == sha256(INCR_DATA)
@@ -373,8 +353,7 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
     def factory(path: str) -> Cache:
         return Cache(path, ops=DiskOps(free_space=lambda _dir: 1 * MiB), on_size=sizes.append)
 
-    async with running_tracker(make_config(root), cache_factory=factory) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(root, upstream, cache_factory=factory) as t:
         response = await get(t.url(FULL))
         assert sha256(response.content) == sha256(FULL_DATA)
         assert t.outcome("refresh_no_space") == 1
@@ -410,8 +389,7 @@ async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_p
         writer = FailingWriter(1 * MiB)
         return Cache(path, ops=DiskOps(write=writer, splice=writer.splice))
 
-    async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
         wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
         assert wire.closed and len(wire.body) < len(FULL_DATA)
         await wait_for(lambda: t.outcome("refresh_failed") == 1)
@@ -442,9 +420,7 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
     upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
     with tmpfs(root, "size=6m"):
         # No room kept free: the refresh starts, and the disk fills under it.
-        config = make_config(root, proxy_snapshot_cache_min_free=0)
-        async with running_tracker(config) as t:
-            advertise_pair(t, upstream)
+        async with proxy_tracker(root, upstream, proxy_snapshot_cache_min_free=0) as t:
             async with trio.open_nursery() as nursery:
                 wires = []
 
@@ -484,8 +460,7 @@ async def test_read_only_cache_directory_streams_uncached(
 ) -> None:
     root = tmp_path / "ro"
     with read_only_directory(root):
-        async with running_tracker(make_config(root)) as t:
-            advertise_pair(t, upstream)
+        async with proxy_tracker(root, upstream) as t:
             response = await get(t.url(FULL))
             assert sha256(response.content) == sha256(FULL_DATA)
             assert t.outcome("refresh_failed") == 1
@@ -516,8 +491,7 @@ async def _traversal(upstream: FakeUpstream, base: Path, strict: bool) -> None:
     (base / "cache").mkdir(exist_ok=True)
     os.utime(canary, (1_000_000, 1_000_000))
     os.utime(base / FULL, (1_000_000, 1_000_000))
-    async with running_tracker(make_config(base / "cache")) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(base / "cache", upstream) as t:
         targets = [
             "/v1/..%2f..%2fetc%2fpasswd",
             "/v1/..%2F..%2Fetc%2Fpasswd?group=mainnet",
@@ -558,8 +532,7 @@ async def test_symlinks_planted_in_the_cache_are_not_followed(
     root = tmp_path / "cache"
     (root / GROUP).mkdir(parents=True)
     (root / GROUP / FULL).symlink_to(outside / FULL)  # a file leading out
-    async with running_tracker(make_config(root)) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(root, upstream) as t:
         full = await get(t.url(FULL))
         assert sha256(full.content) == sha256(FULL_DATA)  # from upstream, uncached
         assert (outside / FULL).read_bytes() == canary
@@ -580,8 +553,8 @@ async def test_a_group_named_dot_dot_touches_nothing_outside_the_cache(
     by the one group-name rule before any file system work (tracker/core/groupname.py)."""
     from tracker.config.schema import TargetGroup
 
-    config = make_config(tmp_path / "cache" / "sub", target_groups=(TargetGroup(group=".."),))
-    async with running_tracker(config) as t:
+    groups = (TargetGroup(group=".."),)
+    async with proxy_tracker(tmp_path / "cache" / "sub", target_groups=groups) as t:
         advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FULL_DATA))], group="..")
         response = await get(f"{t.base}/v1/{FULL}", params={"group": ".."})
         assert response.status_code == 400
@@ -616,8 +589,7 @@ async def test_a_refresh_moves_no_body_byte_through_python(
     # A slow source (head_delay > early_head_after) gets the client an early head, whose
     # body follows the refresh once it opens: the same path.
     upstream.behaviour[FULL] = Behaviour(delay=head_delay)
-    async with running_tracker(make_config(tmp_path / "cache"), cache_factory=factory) as t:
-        advertise_pair(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
         assert t.connections is not None
         pieces = t.connections.pieces
         got = await get(t.url(FULL))

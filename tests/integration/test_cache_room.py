@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers_proxy import FakeUpstream, archive_bytes, sha256, sidecar_listing
+from helpers_bytes import archive_bytes, sha256
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import FakeUpstream, sidecar_listing
 from names import full_name
 
 MiB = 1024 * 1024

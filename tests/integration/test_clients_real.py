@@ -13,18 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers_proxy import (
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import TrackerUnderTest, advertise_files, proxy_tracker, wait_for
+from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 FULL = full_name(9000)
@@ -60,7 +51,7 @@ async def tracker(tmp_path: Path) -> AsyncIterator[tuple[TrackerUnderTest, FakeU
     files = {FULL: FULL_DATA, INCR: INCR_DATA}
     async with (
         serving(FakeUpstream(files=files)) as up,
-        running_tracker(make_config(tmp_path / "cache")) as t,
+        proxy_tracker(tmp_path / "cache") as t,
     ):
         advertise_files(t.index, up, files)
         yield t, up

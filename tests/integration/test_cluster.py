@@ -22,22 +22,15 @@ import httpx
 import pytest
 import trio
 from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-)
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import archive_hash, full_name
 
+from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import (
     ClusterDiscovery,
     Config,
@@ -51,12 +44,12 @@ from tracker.core.metrics import Metrics
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
-from tracker.discovery.scrape import Scraper, health_json
+from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
 from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
-from tracker.web.health import HealthChecker
-from tracker.zerocopy.transport import HeadClient
+from tracker.web.healthcheck import HealthChecker
+from tracker.web.wire import health_json
 
 SLOT = 5000
 

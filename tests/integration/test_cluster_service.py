@@ -23,14 +23,15 @@ import pytest
 import trio
 import yaml
 from archives import build_archive
-from helpers_proxy import raw_request, wait_for
+from helpers_proxy import wait_for
 from helpers_server import serve_app
 from helpers_tracker import wait_until
 from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
+from helpers_wire import raw_request
 from test_proven import ACCOUNT, proof_of
 from test_verified import GROUP, Fleet, _config, fleet, leftovers, never_complete, target
 
-import tracker.proving.votes as votes_module
+import tracker.proving.clustervotes as votes_module
 from tracker.core.rejections import PREFIX as REJECTED
 from tracker.files.archivecheck import check_file
 from tracker.web.wire import DISPROVEN

@@ -16,26 +16,19 @@ import base58
 import httpx
 import pytest
 import trio
-from helpers_proxy import GROUP, FakeUpstream, advertise_files, archive_bytes, serving
+from helpers_bytes import archive_bytes
+from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
-from helpers_votes import (
-    VoteRpc,
-    compact,
-    hash_of,
-    key,
-    tower,
-    update,
-    vote,
-    vote_transaction,
-)
+from helpers_upstream import FakeUpstream, serving
+from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
 from names import full_name
 
-import tracker.proving.votes as votes_module
+import tracker.proving.clustervotes as votes_module
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.core.index import Index, TargetKey
 from tracker.proof.levels import Level, Proof
+from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs
-from tracker.proving.votes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, ProxySettings
 
 S = 5000

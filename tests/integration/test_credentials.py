@@ -15,19 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, advertise, make_config, running_tracker, wait_for
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import BasicAuth, Config, Egress, HttpTargets, TargetGroup

@@ -5,7 +5,8 @@ are in tests/unit/test_proxy_unit.py)."""
 from __future__ import annotations
 
 import trio
-from helpers_proxy import FakeUpstream, MiB, archive_bytes
+from helpers_bytes import MiB, archive_bytes
+from helpers_upstream import FakeUpstream
 from names import full_name
 
 from tracker.proxy.settings import ProxySettings

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from helpers_proxy import GROUP, make_config, running_tracker
+from helpers_proxy import GROUP, proxy_tracker
 from test_exhaustion import stalled_reader
 
 from tracker.core.index import Index, TargetKey
@@ -42,7 +42,7 @@ async def test_clients_that_never_read_do_not_keep_a_new_download_from_its_bytes
     """Every slot held by a client that took the head and then nothing: a new download got
     503 until the stalled ones hit the stall timeout (300 s). Now the slot of the longest
     stalled one goes to it once that one has taken nothing for ``reclaim_after``."""
-    async with running_tracker(make_config(None), index=local_archive(tmp_path)) as t:
+    async with proxy_tracker(index=local_archive(tmp_path)) as t:
         slots = t.parts.delivery.slots
         slots.limit, slots.reclaim_after = SLOTS, 0.5
         host, port = t.base.removeprefix("http://").rsplit(":", 1)
@@ -64,7 +64,7 @@ async def test_clients_that_never_read_do_not_keep_a_new_download_from_its_bytes
 async def test_a_slow_reader_keeps_its_slot(tmp_path: Path) -> None:
     """A client that takes a little at a time is not stalled: however long its socket has
     no room for the next piece, its slot stays its own, and it gets every byte."""
-    async with running_tracker(make_config(None), index=local_archive(tmp_path)) as t:
+    async with proxy_tracker(index=local_archive(tmp_path)) as t:
         slots = t.parts.delivery.slots
         slots.limit, slots.reclaim_after = 1, 1.0
         host, port = t.base.removeprefix("http://").rsplit(":", 1)

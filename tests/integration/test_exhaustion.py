@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from helpers_process import start_serve
-from helpers_proxy import make_config, running_tracker
+from helpers_proxy import proxy_tracker
 from helpers_tracker import wait_until
 
 from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
@@ -121,7 +121,7 @@ async def _send_ignoring_resets(stream: trio.SocketStream, data: bytes) -> None:
 async def test_a_connection_the_client_closes_is_closed_after_the_answer(
     request_line: bytes,
 ) -> None:
-    async with running_tracker(make_config(None)) as t:
+    async with proxy_tracker() as t:
         received, closed = await exchange(t.base, request_line)
     head = received.partition(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 20")
@@ -136,7 +136,7 @@ AMBIGUOUS = (
 
 
 async def test_content_length_with_transfer_encoding_is_refused() -> None:
-    async with running_tracker(make_config(None)) as t:
+    async with proxy_tracker() as t:
         received, closed = await exchange(t.base, AMBIGUOUS)
     head, _, body = received.partition(b"\r\n\r\n")
     print(head)
@@ -147,7 +147,7 @@ async def test_content_length_with_transfer_encoding_is_refused() -> None:
 
 async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> None:
     smuggled = AMBIGUOUS + b"GET /v1/targets HTTP/1.1\r\nhost: t\r\n\r\n"
-    async with running_tracker(make_config(None)) as t:
+    async with proxy_tracker() as t:
         received, closed = await exchange(t.base, smuggled)
     assert closed
     # The refusal may be lost to the reset that closing with unread bytes causes; the
@@ -255,7 +255,7 @@ async def test_every_refusal_reaches_the_client_before_the_connection_closes() -
     yet (27 of 60 tries); closed as nginx's lingering close does, all 60 get it."""
     followed = AMBIGUOUS + b"x" * 256 * 1024
     answered = 0
-    async with running_tracker(make_config(None)) as t:
+    async with proxy_tracker() as t:
         with trio.fail_after(120):
             for _ in range(60):
                 received, closed = await exchange(t.base, followed, send_while_reading=True)

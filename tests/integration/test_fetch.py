@@ -18,22 +18,9 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    UPSTREAM_ETAG,
-    UPSTREAM_LAST_MODIFIED,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
+from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 import tracker.fetch.workers
@@ -115,7 +102,7 @@ async def test_through_the_object_store(weed: Any, tmp_path: Path) -> None:
     fills the bucket (its Range requests
     start the replica's refresh), the next one follows the tracker's 303s to presigned URLs
     of the bucket: the same bytes, nothing more from the source."""
-    from test_objectstore import store_config
+    from helpers_bucket import store_config
 
     config = make_config(
         tmp_path / "cache", object_store=store_config(weed), target_groups=(OPEN_GROUP,)

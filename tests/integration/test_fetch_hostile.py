@@ -10,17 +10,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+from helpers_bytes import MiB, sha256
 from helpers_fetch import Canned, HostileUpstream
-from helpers_proxy import (
-    UPSTREAM_ETAG,
-    UPSTREAM_LAST_MODIFIED,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    advertise,
-    serving,
-    sha256,
-)
+from helpers_proxy import advertise
+from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, serving
 from test_fetch import (
     FAST,
     FILES,

@@ -12,7 +12,9 @@ import attrs
 import pytest
 import trio
 from archives import build_archive
-from helpers_proxy import Behaviour, FakeUpstream, MiB, archive_bytes, serving, sha256, wait_for
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import wait_for
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 from test_fetch import (
     FAST,

@@ -14,7 +14,7 @@ from archives import (
     make_tar,
     snapshot_entries,
 )
-from helpers_proxy import FakeUpstream
+from helpers_upstream import FakeUpstream
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers_proxy import (
-    GROUP,
-    FakeUpstream,
-    MiB,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-)
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
+from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import Ranking, TargetGroup

@@ -15,8 +15,9 @@ import attrs
 import pytest
 import trio
 from archives import archive_name, compress, make_tar, snapshot_entries
+from helpers_bytes import sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
-from helpers_proxy import Behaviour, FakeUpstream, serving, sha256
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from test_fetch import (
     FAST,
     FILES,

@@ -18,9 +18,11 @@ import base58
 import pytest
 import trio
 from archives import build_archive
+from helpers_bytes import sha256
 from helpers_fetch import FakeTracker
-from helpers_proxy import GROUP, Behaviour, FakeUpstream, sha256
+from helpers_proxy import GROUP
 from helpers_statements import signer
+from helpers_upstream import Behaviour, FakeUpstream
 from test_fetch import fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 

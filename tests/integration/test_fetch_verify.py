@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 from archives import bad_variants, build_archive, huge_pax_size_tar
-from helpers_proxy import FakeUpstream, sha256
+from helpers_bytes import sha256
+from helpers_upstream import FakeUpstream
 from test_fetch import FAST, fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import body_bytes, tracker_of
 
@@ -64,7 +65,8 @@ async def test_the_check_reads_the_copy_while_it_is_downloaded(
     archive, it has read more than half of it already (after the download, only the rest
     is left to read)."""
     import trio
-    from helpers_proxy import Behaviour, wait_for
+    from helpers_proxy import wait_for
+    from helpers_upstream import Behaviour
 
     from tracker.files import archivecheck
 
@@ -98,7 +100,7 @@ async def test_a_copy_that_fails_part_way_is_dropped_then(tmp_path: Path) -> Non
     copy comes from the other source (without the early stop the fetch would wait for the
     paused source until its 60 s request timeout)."""
     import trio
-    from helpers_proxy import Behaviour
+    from helpers_upstream import Behaviour
 
     name, good = build_archive(32_000, compression="zst", accounts=16, account_size=512 * 1024)
     bad = bad_variants(name, good)["not_tar"]

@@ -20,23 +20,19 @@ import httpx
 import pytest
 import trio
 from field_clients import ALIASES, PeerRefused, firedancer, request, snapshot_finder_heads
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
     FAST,
     GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise_files,
-    archive_bytes,
     make_config,
-    raw_request,
     running_tracker,
-    serving,
-    sha256,
     wait_for,
 )
 from helpers_proxy import advertise as advertise_urls
+from helpers_upstream import Behaviour, FakeUpstream, serving
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 from test_clients_real import run, tool
 

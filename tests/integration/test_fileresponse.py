@@ -1,4 +1,4 @@
-"""tracker.files.fileresponse against a real server on 127.0.0.1, over real sockets.
+"""tracker.serving.fileresponse against a real server on 127.0.0.1, over real sockets.
 
 Every server test runs twice: on the tracker's server (bodies go out with sendfile, in
 pieces) and on plain hypercorn (bodies read with pread and sent as bytes, in chunks).
@@ -28,7 +28,7 @@ from quart import Response, after_this_request
 from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
-from tracker.files.fileresponse import content_disposition
+from tracker.serving.fileresponse import content_disposition
 from tracker.zerocopy.connection import Connections
 
 AnyResponse = Response | WerkzeugResponse

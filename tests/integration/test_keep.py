@@ -6,18 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from helpers_proxy import (
-    GROUP,
-    FakeUpstream,
-    MiB,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
+from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 FULL = full_name(5000)
@@ -36,7 +27,7 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
     tmp_path: Path,
 ) -> None:
     up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
-    async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
         advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
         async with httpx.AsyncClient(timeout=20) as client:
             first = await client.get(t.url(INCR_1))
@@ -66,7 +57,7 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
 
 async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> None:
     up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
-    async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
         advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
         async with httpx.AsyncClient(timeout=20) as client:
             await client.get(t.url(INCR_1))

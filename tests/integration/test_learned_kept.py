@@ -14,22 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-)
-from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed
+from helpers_bucket import store_config
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, TrackerUnderTest, make_config, proxy_tracker, running_tracker
+from helpers_s3 import Weed
+from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 import tracker.learning.sync
-from tracker.config.schema import Config, ObjectStore
+from tracker.config.schema import Config
 from tracker.core.index import TargetKey
 from tracker.learning.sync import FILE_NAME
 
@@ -41,8 +34,7 @@ DATA = archive_bytes(2 * MiB, seed=7)
 async def learning(config: Config, up: FakeUpstream) -> AsyncIterator[TrackerUnderTest]:
     """A tracker whose upstream advertises NAME, with its learning task running (as the
     service runs it); stopping it writes what it learned."""
-    async with running_tracker(config) as t, trio.open_nursery() as nursery:
-        advertise(t.index, up.base, [(NAME, up.url(NAME), len(DATA))])
+    async with running_tracker(config, up) as t, trio.open_nursery() as nursery:
         await nursery.start(t.parts.learning.run)
         yield t
         nursery.cancel_scope.cancel()
@@ -86,25 +78,22 @@ async def test_a_corrupt_state_file_costs_the_file_not_the_start(
     assert b'"version":1' in (tmp_path / "cache" / FILE_NAME).read_bytes()
 
 
-def _store(weed: Weed, prefix: str, replica: str) -> ObjectStore:
-    return ObjectStore(
-        endpoint=weed.endpoint,
-        bucket="snapshots",
-        prefix=prefix,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-        replica_url=replica,
-    )
+def _replicas(weed: Weed, tmp_path: Path) -> list[Config]:
+    """Two replicas' configs: a cache each, one bucket prefix for both."""
+    prefix = f"t-{secrets.token_hex(4)}/"
+    return [
+        make_config(
+            tmp_path / f"cache{i}",
+            object_store=store_config(weed, prefix=prefix, replica_url=f"http://r{i}"),
+        )
+        for i in range(2)
+    ]
 
 
 async def test_two_replicas_share_what_they_learned_through_the_bucket(
     weed: Weed, tmp_path: Path
 ) -> None:
-    prefix = f"t-{secrets.token_hex(4)}/"
-    configs = [
-        make_config(tmp_path / f"cache{i}", object_store=_store(weed, prefix, f"http://r{i}"))
-        for i in range(2)
-    ]
+    configs = _replicas(weed, tmp_path)
     async with serving(FakeUpstream(files={NAME: DATA})) as up:
         key = TargetKey(GROUP, up.base)
         async with learning(configs[0], up) as one, learning(configs[1], up) as two:
@@ -121,11 +110,7 @@ async def test_a_hostile_object_of_another_replica_costs_itself_or_its_entries(
 ) -> None:
     """Every replica reads every replica's object: one with a 401-digit number, or no JSON
     at all, must cost that entry or that object, never the others nor the sync."""
-    prefix = f"t-{secrets.token_hex(4)}/"
-    configs = [
-        make_config(tmp_path / f"cache{i}", object_store=_store(weed, prefix, f"http://r{i}"))
-        for i in range(2)
-    ]
+    configs = _replicas(weed, tmp_path)
     async with serving(FakeUpstream(files={NAME: DATA})) as up:
         key = TargetKey(GROUP, up.base)
         async with learning(configs[0], up) as one, learning(configs[1], up) as two:
@@ -133,6 +118,7 @@ async def test_a_hostile_object_of_another_replica_costs_itself_or_its_entries(
             await one.parts.learning.save()
             assert one.parts.objects is not None
             bucket = one.parts.objects.tier.bucket
+            prefix = configs[0].object_store.prefix  # type: ignore[union-attr]
             entry = {"group": GROUP, "target": "http://evil", "discovered": False}
             huge = {"version": 1, "throughputs": [{**entry, "bps": 1.0, "at": 10**400}]}
             await bucket.put(f"{prefix}.learned/huge.json", json.dumps(huge).encode())
@@ -159,7 +145,7 @@ async def test_a_read_that_hangs_does_not_hold_the_stop(
     monkeypatch.setattr(tracker.learning.sync, "read_small", hangs)
     up = FakeUpstream(files={NAME: DATA})
     try:
-        async with serving(up), running_tracker(make_config(tmp_path / "cache")) as t:
+        async with serving(up), proxy_tracker(tmp_path / "cache") as t:
             with trio.fail_after(5), trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(t.parts.learning.run)

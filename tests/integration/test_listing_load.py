@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_process import start_serve
-from helpers_proxy import FakeUpstream, serving
+from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 SNAPSHOTS = 10_000

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import trio
-from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, sidecar_listing
+from helpers_bytes import archive_bytes
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name
 
 MiB = 1024 * 1024

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers_proxy import GROUP, make_config, raw_request, running_tracker
+from helpers_proxy import GROUP, proxy_tracker
+from helpers_wire import raw_request
 from names import full_name
 
 from tracker.core.index import TargetKey
@@ -48,7 +49,7 @@ async def test_a_swapped_local_archive_is_refused(
     (ledger / FULL).write_bytes(b"a real archive")
     secret = tmp_path / "shadow"
     secret.write_bytes(SECRET)
-    async with running_tracker(make_config(None, proxy_snapshot_downloads=False)) as t:
+    async with proxy_tracker(proxy_snapshot_downloads=False) as t:
         t.index.apply(TargetKey(GROUP, str(ledger)), scan_local(str(ledger)), datetime.now(UTC))
         wire = await raw_request(t.base, f"/{FULL}")
         assert (wire.status, wire.body) == (200, b"a real archive")

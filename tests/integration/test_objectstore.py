@@ -1,8 +1,10 @@
 """The object-store tier in process (docs/http-api.md#with-an-object-store-object_store): a tracker
-over a real SeaweedFS bucket.
+over a real SeaweedFS bucket serving bytes: redirects to the bucket, streams from it, the
+store down or hung, locks naming a holder to follow, signed URLs.
 
 The tracker's own components (``tracker.service.build``) on a real hypercorn, a real
-upstream on 127.0.0.1, a real S3 server (``weed mini``); the multi-replica cases with
+upstream on 127.0.0.1, a real S3 server (``weed mini``); what the bucket keeps (retention,
+start-up, locks) is in ``test_objectstore_keeping.py``; the multi-replica cases with
 trackers as subprocesses are in ``test_replicas.py``.
 """
 
@@ -10,36 +12,24 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    wait_for,
-)
-from helpers_s3 import ACCESS_KEY, SECRET_KEY, Weed, uploaded_parts
+from helpers_bucket import bucket_tracker, prefix_of, put, tier_of, uploaded
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, TrackerUnderTest, wait_for
+from helpers_s3 import SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
+from helpers_upstream import Behaviour, FakeUpstream
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
-from tracker.config.schema import ObjectStore
-from tracker.objectstore.health import StoreHealth
+from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier
 
 FULL = full_name(9000)
@@ -47,54 +37,16 @@ INCR = incremental_name(9000, 9100)
 FULL_DATA = archive_bytes(20 * MiB + 12345, seed=90)
 INCR_DATA = archive_bytes(3 * MiB, seed=91)
 
-
-def store_config(weed: Weed, **overrides: Any) -> ObjectStore:
-    settings: dict[str, Any] = {
-        "endpoint": weed.endpoint,
-        "bucket": "snapshots",
-        "prefix": f"t-{secrets.token_hex(4)}/",
-        "access_key_id": ACCESS_KEY,
-        "secret_access_key": SECRET_KEY,
-        "lock_ttl": 3.0,
-    }
-    settings.update(overrides)
-    return ObjectStore(**settings)
-
-
 #: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
 UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
-
-
-@asynccontextmanager
-async def tracker_with(
-    weed: Weed, up: FakeUpstream, tmp_path: Path, **store: Any
-) -> AsyncIterator[TrackerUnderTest]:
-    config = make_config(tmp_path / "cache", object_store=store_config(weed, **store))
-    async with running_tracker(config) as t:
-        advertise_files(t.index, up, {FULL: FULL_DATA, INCR: INCR_DATA})
-        yield t
 
 
 @pytest.fixture
 async def tracker(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> AsyncIterator[TrackerUnderTest]:
-    async with tracker_with(weed, upstream, tmp_path) as t:
+    async with bucket_tracker(weed, upstream, tmp_path) as t:
         yield t
-
-
-def prefix_of(t: TrackerUnderTest) -> str:
-    store = t.config.object_store
-    assert store is not None
-    return store.prefix
-
-
-async def uploaded(weed: Weed, t: TrackerUnderTest, name: str = FULL) -> None:
-    key = f"{prefix_of(t)}{GROUP}/{name}"
-    objects = t.parts.objects
-    assert objects is not None
-    await wait_for(lambda: key in weed.objects(prefix_of(t)), timeout=30)
-    await wait_for(lambda: objects.tier.uploads_running == 0, timeout=30)
 
 
 async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
@@ -103,7 +55,7 @@ async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
     async with httpx.AsyncClient() as client:
         first = await client.get(tracker.url(FULL))
         assert first.status_code == 200 and first.content == FULL_DATA
-        await uploaded(weed, tracker)
+        await uploaded(weed, tracker, FULL)
         key = f"{prefix_of(tracker)}{GROUP}/{FULL}"
         assert weed.objects(prefix_of(tracker))[key] == len(FULL_DATA)
         assert weed.uploads(prefix_of(tracker)) == []
@@ -132,7 +84,7 @@ async def test_head_is_answered_from_the_object_without_the_store_get(
 ) -> None:
     async with httpx.AsyncClient() as client:
         await client.get(tracker.url(FULL))
-        await uploaded(weed, tracker)
+        await uploaded(weed, tracker, FULL)
         for path in tracker.group_dir().iterdir():
             path.unlink()  # no disk copy: the answer must come from the bucket
         # The upstream would fail this file now, and must not even be asked.
@@ -166,7 +118,7 @@ async def test_a_failed_refresh_leaves_no_object_and_no_parts(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path, fault: Behaviour
 ) -> None:
     upstream.behaviour[FULL] = fault
-    async with tracker_with(weed, upstream, tmp_path) as t:
+    async with bucket_tracker(weed, upstream, tmp_path) as t:
         prefix = prefix_of(t)
         objects = t.parts.objects
         assert objects is not None
@@ -202,7 +154,7 @@ async def test_firedancer_gets_the_bytes_not_a_redirect(
 ) -> None:
     async with httpx.AsyncClient(headers={"user-agent": "Firedancer/0.9"}) as client:
         await client.get(tracker.url(FULL))
-        await uploaded(weed, tracker)
+        await uploaded(weed, tracker, FULL)
         alias = await client.get(f"{tracker.base}/snapshot.tar.zst")
         root = await client.get(f"{tracker.base}/{FULL}")
     assert alias.status_code == 303 and alias.headers["location"] == f"/{FULL}"
@@ -213,10 +165,10 @@ async def test_firedancer_gets_the_bytes_not_a_redirect(
 async def test_without_direct_serve_the_object_is_streamed_with_ranges(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with tracker_with(weed, upstream, tmp_path, direct_serve=False) as t:
+    async with bucket_tracker(weed, upstream, tmp_path, direct_serve=False) as t:
         async with httpx.AsyncClient() as client:
             await client.get(t.url(FULL))
-            await uploaded(weed, t)
+            await uploaded(weed, t, FULL)
             for path in t.group_dir().iterdir():
                 path.unlink()  # the disk copy is gone: the bucket's is streamed
             whole = await client.get(t.url(FULL))
@@ -232,7 +184,7 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
     weed: Weed, upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="tracker")
-    async with tracker_with(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
+    async with bucket_tracker(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
         async with httpx.AsyncClient() as client:
             first = await client.get(t.url(FULL))
             second = await client.get(t.url(FULL))
@@ -254,7 +206,7 @@ async def redirecting(t: TrackerUnderTest, weed: Weed, client: httpx.AsyncClient
     """FULL fetched once through ``t``, uploaded, and then a hit answered with a 303: the
     tracker's object tier."""
     await client.get(t.url(FULL))
-    await uploaded(weed, t)
+    await uploaded(weed, t, FULL)
     assert (await client.get(t.url(FULL))).status_code == 303
     objects = t.parts.objects
     assert objects is not None
@@ -277,7 +229,7 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
 
     own = start_weed()
     try:
-        async with tracker_with(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
+        async with bucket_tracker(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
             tier = await redirecting(t, own, client)
             health = tier.bucket.health
             async with trio.open_nursery() as nursery:
@@ -309,7 +261,7 @@ async def test_no_url_is_handed_out_until_the_store_back_reads_again(
     own = start_weed()
     try:
         async with (
-            tracker_with(own, upstream, tmp_path) as t,
+            bucket_tracker(own, upstream, tmp_path) as t,
             httpx.AsyncClient() as client,
             httpx.AsyncClient(follow_redirects=True) as follower,  # curl -L
         ):
@@ -372,7 +324,7 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
     assert weed.proc is not None
     group_id = weed.proc.pid  # weed runs in its own session: stop all of it
     async with (
-        tracker_with(weed, upstream, tmp_path, request_timeout=1.0) as t,
+        bucket_tracker(weed, upstream, tmp_path, request_timeout=1.0) as t,
         httpx.AsyncClient(timeout=30) as client,
     ):
         tier = await redirecting(t, weed, client)
@@ -398,106 +350,6 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
                 nursery.cancel_scope.cancel()
         finally:
             os.killpg(group_id, signal.SIGCONT)
-
-
-async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
-    weed: Weed, upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    """A superseded archive stays while a URL of it may be valid and goes as soon as its
-    last URL has expired: no later upload is needed to delete it."""
-    from tracker.objectstore.retainer import HANDOUT_MARGIN
-
-    ttl = 2.0
-    newer = full_name(9500)
-    newer_data = archive_bytes(2 * MiB, seed=92)
-    upstream.files[newer] = newer_data
-    async with tracker_with(weed, upstream, tmp_path, direct_serve_ttl=ttl, keep_previous=0) as t:
-        prefix = prefix_of(t)
-        old_key = f"{prefix}{GROUP}/{FULL}"
-        objects = t.parts.objects
-        assert objects is not None
-        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
-            nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
-            await client.get(t.url(FULL))
-            await uploaded(weed, t)
-            old_url = (await client.get(t.url(FULL))).headers["location"]
-            assert (await client.get(old_url)).status_code == 200
-            # A newer full: its upload's retention must keep FULL, handed out just now.
-            advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
-            await client.get(t.url(newer))
-            await uploaded(weed, t, newer)
-            assert old_key in weed.objects(prefix)
-            # Wall-clock time must pass (no event to wait on): the URL's lifetime, after which
-            # the retention timer, due at the same time, is due now.
-            await trio.sleep(ttl + 0.5)
-            assert (await client.get(old_url)).status_code == 403
-            # Handed out again: the retention timer, due now, must wait for this URL too.
-            fresh = (await client.get(t.url(FULL))).headers["location"]
-            handed_again = trio.current_time()
-            assert fresh != old_url and (await client.get(fresh)).status_code == 200
-            await wait_for(lambda: old_key not in weed.objects(prefix), timeout=ttl + 15)
-            gone_after = trio.current_time() - handed_again
-            nursery.cancel_scope.cancel()
-        # Not before the fresh URL expired, and soon after (no upload came meanwhile).
-        assert ttl < gone_after < ttl + HANDOUT_MARGIN + 4, gone_after
-        assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
-
-
-async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
-    weed: Weed, upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
-        objects = t.parts.objects
-        assert objects is not None
-        tier, s3 = objects.tier, weed.client()
-        prefix = prefix_of(t)
-        orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
-        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
-        s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
-        s3.create_multipart_upload(Bucket="snapshots", Key=alive)
-        # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
-        # of an age still differ by at least 2 after 2.1 s).
-        await trio.sleep(2.1)  # wall-clock time: the bucket dates the uploads, not this test
-        # INCR's refresher is alive: its lock is fresh.
-        s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
-        # A refresher that began just now has no lock yet: its young upload is no orphan.
-        young = tier.object_key(GROUP, full_name(9700))
-        s3.create_multipart_upload(Bucket="snapshots", Key=young)
-        await tier.startup()
-        assert sorted(weed.uploads(prefix)) == sorted([alive, young])
-        assert tier.status()["objects_known"] == 1
-
-
-def tier_of(weed: Weed, **store: Any) -> ObjectTier:
-    """A tier of its own prefix of ``weed``'s bucket (no tracker around it)."""
-    from tracker.objectstore.bucket import Bucket
-
-    settings = store_config(weed, **store)
-    return ObjectTier(settings, Bucket(settings))
-
-
-def put(weed: Weed, key: str, body: bytes = b"x", **extra: Any) -> None:
-    weed.client().put_object(Bucket="snapshots", Key=key, Body=body, **extra)
-
-
-async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
-    """A lock and a hand-out mark in the bucket next to the archive: in a listing (or a
-    mirror) of the bucket only the archive's own key ends in the archive's name."""
-    from tracker.objectstore.locks import Lock
-
-    tier = tier_of(weed)
-    prefix = tier.store.prefix
-    put(weed, tier.object_key(GROUP, FULL), FULL_DATA[:1000])
-    lock = await tier.claim(GROUP, INCR)
-    assert isinstance(lock, Lock)
-    assert await tier.handout(GROUP, FULL) is not None  # writes the mark
-    listed = weed.objects(prefix)
-    assert lock.key in listed and len(listed) == 3, listed
-    for name in (FULL, INCR):
-        assert [k for k in listed if k.endswith(name)] == (
-            [tier.object_key(GROUP, name)] if name == FULL else []
-        ), listed
-    await lock.release()
 
 
 class InternalService:
@@ -546,7 +398,7 @@ async def test_a_lock_naming_another_service_does_not_get_it_served(
     async with trio.open_nursery() as nursery:
         base = await nursery.start(serve_app, service)
         replicas = () if listed is None else ((base,) if listed else ("http://127.0.0.1:1",))
-        async with tracker_with(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
+        async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
             objects = t.parts.objects
             assert objects is not None
             lock = objects.tier.lock_key(GROUP, INCR)
@@ -559,101 +411,16 @@ async def test_a_lock_naming_another_service_does_not_get_it_served(
         nursery.cancel_scope.cancel()
 
 
-async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
-    """Digests, locks, marks and stray keys are not archives; the locks and marks of an
-    older version (no suffix: they ended in the archive's name) are deleted once expired."""
-    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
-    prefix = tier.store.prefix
-    archive = tier.object_key(GROUP, FULL)
-    stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
-    for key in [archive, *stray]:
-        put(weed, key)
-    old_lock, old_mark = f"{prefix}.locks/{GROUP}/{FULL}", f"{prefix}.handed/{GROUP}/{FULL}"
-    put(weed, old_lock, Metadata={"owner": "old", "replica": ""})
-    put(weed, old_mark, b"")
-    young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
-    await tier.startup()
-    assert tier.status()["objects_known"] == 1
-    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
-    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
-    from tracker.objectstore.retainer import HANDOUT_MARGIN
-
-    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)  # wall-clock time: the bucket dates locks
-    put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
-    await tier.startup()
-    left = weed.objects(prefix)
-    assert old_lock not in left and old_mark not in left, left
-    assert young_lock in left  # live: left to its holder
-    assert sorted(left) == sorted([archive, *stray, young_lock])
-    assert tier.status()["objects_known"] == 1
-
-
-async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
-    """Retention counts archives only (a digest or stray key is none) and deletes an
-    archive's ``.sha256`` digest, ``.proof`` and ``.attestation`` with it; a digest without
-    its archive is harmless."""
-    tier = tier_of(weed, keep_previous=0)
-    prefix = tier.store.prefix
-    older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
-    for name in (older, newer):
-        put(weed, tier.object_key(GROUP, name))
-        for side in (".sha256", ".proof", ".attestation"):
-            put(weed, tier.object_key(GROUP, name) + side, b"0" * 64)
-    put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
-    put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
-    await tier.retain(GROUP, full=True)
-    assert sorted(weed.objects(prefix)) == sorted(
-        [
-            tier.object_key(GROUP, newer),
-            tier.object_key(GROUP, newer) + ".sha256",
-            tier.object_key(GROUP, newer) + ".proof",
-            tier.object_key(GROUP, newer) + ".attestation",
-            tier.object_key(GROUP, newest) + ".sha256",
-            tier.object_key(GROUP, incremental_name(8500, 8600)),
-        ]
-    )
-
-
-async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
-    weed: Weed, upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    async with tracker_with(weed, upstream, tmp_path, lock_ttl=1.0) as t:
-        objects = t.parts.objects
-        assert objects is not None
-        tier, s3 = objects.tier, weed.client()
-        key = tier.object_key(GROUP, FULL)
-        s3.put_object(
-            Bucket="snapshots",
-            Key=tier.lock_key(GROUP, FULL),
-            Body=b"",
-            Metadata={"owner": "dead", "replica": ""},
-        )
-        s3.create_multipart_upload(Bucket="snapshots", Key=key)
-        async with httpx.AsyncClient() as client:
-            # The lock is live: no replica_url to follow, so the bytes come uncached.
-            first = await client.get(t.url(FULL))
-            assert first.content == FULL_DATA
-            assert weed.objects(prefix_of(t)).get(key) is None
-            assert t.cached() == []
-            await trio.sleep(2.1)  # lock_ttl without renewal (and a second: HTTP dates)
-            second = await client.get(t.url(FULL))
-        assert second.status_code == 200, (second.status_code, second.text)
-        assert second.content == FULL_DATA
-        await uploaded(weed, t)
-        assert t.counter("snapshot_tracker_object_lock_takeovers_total") == 1
-        assert weed.uploads(prefix_of(t)) == []
-
-
 async def test_urls_are_signed_for_the_public_endpoint(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     public = weed.endpoint.replace("127.0.0.1", "localhost")
     async with (
-        tracker_with(weed, upstream, tmp_path, public_endpoint=public) as t,
+        bucket_tracker(weed, upstream, tmp_path, public_endpoint=public) as t,
         httpx.AsyncClient() as client,
     ):
         await client.get(t.url(FULL))
-        await uploaded(weed, t)
+        await uploaded(weed, t, FULL)
         location = (await client.get(t.url(FULL))).headers["location"]
         assert location.startswith(public + "/snapshots/")
         followed = await client.get(location)
@@ -672,7 +439,7 @@ async def test_a_url_that_cannot_be_signed_gets_the_bytes_streamed(
     assert objects is not None
     async with httpx.AsyncClient() as client:
         await client.get(tracker.url(FULL))
-        await uploaded(weed, tracker)
+        await uploaded(weed, tracker, FULL)
 
         def refuse(*_args: object, **_kwargs: object) -> str:
             raise StoreError("presign: no credentials", down=False)
@@ -687,55 +454,13 @@ async def test_a_prefetch_fills_the_bucket_once(
     tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
 ) -> None:
     assert await tracker.streamer.prefetch(GROUP, FULL) is True
-    await uploaded(weed, tracker)
+    await uploaded(weed, tracker, FULL)
     for path in tracker.group_dir().iterdir():
         path.unlink()
     assert await tracker.streamer.prefetch(GROUP, FULL) is False  # the bucket has it
     async with httpx.AsyncClient() as client:
         assert (await client.get(tracker.url(FULL))).status_code == 303
     assert len(upstream.gets(FULL)) == 1
-
-
-async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
-    """The lock protocol on the real store: of racing replicas one wins; a live lock is
-    held; a stale one is taken over by one replica; the old holder's renewal then fails."""
-    from tracker.errors import StoreConflict
-    from tracker.objectstore.bucket import Bucket
-    from tracker.objectstore.locks import Holder, Lock, acquire
-
-    bucket = Bucket(store_config(weed))
-    key = f"locks-{secrets.token_hex(4)}/x"
-    got: list[Lock | Holder] = []
-    # A lock_ttl no race can outlast, however loaded the machine: a racer that looks at the
-    # winner's lock more than lock_ttl + 1 s after it was made would rightly take it over
-    # (CI saw it with a 1 s lock_ttl).
-    async with trio.open_nursery() as nursery:
-        for owner in ("a", "b", "c", "d"):
-            nursery.start_soon(
-                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 30.0))
-            )
-    winners = [g for g in got if isinstance(g, Lock)]
-    assert len(winners) == 1
-    assert {g.owner for g in got if isinstance(g, Holder)} == {winners[0].owner}
-    first = winners[0]
-    await first.renew()  # alive: renewal works
-    await trio.sleep(3.1)  # lock_ttl (2 s) and a second of HTTP-date slack, not renewed
-    got.clear()
-    async with trio.open_nursery() as nursery:
-        for owner in ("e", "f"):
-            nursery.start_soon(
-                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 2.0))
-            )
-    takers = [g for g in got if isinstance(g, Lock)]
-    assert len(takers) == 1 and takers[0].took_over
-    with pytest.raises(StoreConflict):
-        await first.renew()
-    await takers[0].release()
-    assert await bucket.head(key) is None
-
-
-async def _append(out: list[Any], value: Any) -> None:
-    out.append(await value)
 
 
 async def test_the_fast_path_answers_bucket_hits_as_quart_does(
@@ -747,7 +472,7 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
     t = tracker
     async with httpx.AsyncClient() as client:
         await client.get(t.url(FULL))  # fills the bucket
-    await uploaded(weed, t)
+    await uploaded(weed, t, FULL)
     # The incremental stays out of the bucket: a first request that could fetch it would
     # put it there (a spliced refresh and its upload of a small file take milliseconds) and
     # the next one would be a hit.
@@ -780,30 +505,3 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
 
 def without_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k.lower(), v) for k, v in headers if k.lower() != "date"]
-
-
-async def test_retention_keeps_the_newest_incremental_of_every_full_still_served(
-    weed: Weed, upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    """keep_previous 0: of the incrementals in the bucket, the newest overall stays, and so
-    does the newest on a full that a source still advertises (the bucket need not hold that
-    full); older ones and those of a full nobody serves any more go."""
-    served_full, gone_full, newest_full = full_name(7000), full_name(6000), full_name(9000)
-    on_served = [incremental_name(7000, 7100), incremental_name(7000, 7200)]
-    on_gone = [incremental_name(6000, 6100), incremental_name(6000, 6200)]
-    on_newest = [incremental_name(9000, 9100), incremental_name(9000, 9200)]
-    config = make_config(tmp_path / "cache", object_store=store_config(weed, keep_previous=0))
-    async with running_tracker(config) as t:
-        # A source advertises the full at 7000 (only an older one at 6000 is advertised by
-        # nobody); the bucket holds the newest full and every incremental.
-        advertise(t.index, upstream.base, [(served_full, upstream.url(served_full), 1000)])
-        objects = t.parts.objects
-        assert objects is not None
-        tier = objects.tier
-        put(weed, tier.object_key(GROUP, newest_full))
-        for name in on_served + on_gone + on_newest:
-            put(weed, tier.object_key(GROUP, name))
-        await tier.retain(GROUP, full=False)
-        left = {key.rsplit("/", 1)[-1] for key in weed.objects(prefix_of(t))}
-    assert gone_full not in left
-    assert left == {newest_full, on_served[1], on_newest[1]}

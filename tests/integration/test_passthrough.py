@@ -15,21 +15,10 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    FAST,
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_upstream import Behaviour, FakeUpstream
+from helpers_wire import raw_request
 from names import full_name
 
 from tracker.proxy.settings import ProxySettings
@@ -45,7 +34,7 @@ DATA = archive_bytes(2 * 8 * MiB - SMALLEST_PIECE + 4321, seed=3)
 async def proxying(
     upstream_url: str, *, settings: ProxySettings = FAST
 ) -> AsyncIterator[TrackerUnderTest]:
-    async with running_tracker(make_config(None), settings=settings) as t:
+    async with proxy_tracker(settings=settings) as t:
         advertise(t.index, upstream_url, [(NAME, f"{upstream_url}/{NAME}", len(DATA))])
         yield t
 

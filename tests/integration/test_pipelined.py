@@ -20,12 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers_bucket import bucket_tracker, uploaded
 from helpers_process import Serve, start_serve
-from helpers_proxy import GROUP, FakeUpstream
+from helpers_proxy import GROUP
 from helpers_s3 import Weed
 from helpers_tracker import wait_until
+from helpers_upstream import FakeUpstream
 from test_exhaustion import descriptor_limit, listed, small_tracker
-from test_objectstore import FULL, FULL_DATA, tracker_with, uploaded
+from test_objectstore import FULL, FULL_DATA
 
 import tracker.zerocopy.server
 from tracker.zerocopy.limit import ConnectionLimit
@@ -174,11 +176,11 @@ async def test_a_flooding_client_that_left_gives_back_its_connection_slot(
     ``max_connections`` and its descriptor come back within seconds, and the flood cost
     about one answer per client, not one per request it left behind."""
     async with (
-        tracker_with(weed, upstream, tmp_path) as t,
+        bucket_tracker(weed, upstream, tmp_path) as t,
         httpx.AsyncClient(trust_env=False) as client,
     ):
         assert (await client.get(t.url(FULL))).status_code == 200  # fills the bucket
-        await uploaded(weed, t)
+        await uploaded(weed, t, FULL)
         assert (await client.get(f"{t.base}{route}")).status_code == 303
         (limit,) = limits
         assert t.connections is not None

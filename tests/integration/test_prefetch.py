@@ -12,22 +12,10 @@ from pathlib import Path
 
 import httpx
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import start_serve
-from helpers_proxy import (
-    GROUP,
-    TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    sha256,
-    sidecar_listing,
-    wait_for,
-)
+from helpers_proxy import GROUP, TOKEN, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.proxy.prefetch import Prefetcher
@@ -41,10 +29,6 @@ FILES = {FULL: archive_bytes(4 * MiB, seed=60), INCR: archive_bytes(1 * MiB, see
 UPSTREAM_FILES = FILES
 
 
-def advertise_all(t: TrackerUnderTest, up: FakeUpstream, **kwargs: float) -> None:
-    advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in up.files.items()], **kwargs)
-
-
 def prefetcher(t: TrackerUnderTest) -> Prefetcher:
     return Prefetcher(lambda: t.config, t.index, t.streamer, t.transfers)
 
@@ -52,8 +36,7 @@ def prefetcher(t: TrackerUnderTest) -> Prefetcher:
 async def test_prefetch_fills_the_cache_with_no_client_request(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
-        advertise_all(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_prefetch=True) as t:
         assert prefetcher(t).check() == 2
         await wait_for(lambda: t.cached() == sorted(FILES))
         await wait_for(lambda: t.outcome("refresh_ok") == 2)
@@ -69,8 +52,7 @@ async def test_prefetch_fills_the_cache_with_no_client_request(
 
 
 async def test_prefetch_is_off_by_default(upstream: FakeUpstream, tmp_path: Path) -> None:
-    async with running_tracker(make_config(tmp_path / "cache")) as t:
-        advertise_all(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream) as t:
         p = prefetcher(t)
         assert p.check() == 0  # nothing was started: nothing can happen later either
         assert p.statistics() == (0, 0)
@@ -83,9 +65,9 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
 ) -> None:
     for name, data in FILES.items():
         upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
-    config = make_config(tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1)
-    async with running_tracker(config) as t:
-        advertise_all(t, upstream)
+    async with proxy_tracker(
+        tmp_path / "cache", upstream, cache_prefetch=True, cache_prefetch_concurrency=1
+    ) as t:
         p = prefetcher(t)
         assert p.check() == 2
         await wait_for(lambda: len(upstream.gets()) == 1)
@@ -105,8 +87,7 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
 async def test_a_new_best_full_is_prefetched_and_replaces_the_old_one(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
-        advertise_all(t, upstream)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_prefetch=True) as t:
         p = prefetcher(t)
         p.check()
         await wait_for(lambda: t.cached() == sorted(FILES))
@@ -123,8 +104,8 @@ async def test_clients_join_a_running_prefetch_when_sharing_is_on(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
-    config = make_config(tmp_path / "cache", cache_prefetch=True, cache_share_inflight=True)
-    async with running_tracker(config) as t:
+    sharing = {"cache_prefetch": True, "cache_share_inflight": True}
+    async with proxy_tracker(tmp_path / "cache", **sharing) as t:
         advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
         prefetcher(t).check()
         await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
@@ -150,7 +131,7 @@ async def test_stopping_ends_a_prefetch_nobody_reads(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.behaviour[FULL] = Behaviour(pause_at=1 * MiB)
-    async with running_tracker(make_config(tmp_path / "cache", cache_prefetch=True)) as t:
+    async with proxy_tracker(tmp_path / "cache", cache_prefetch=True) as t:
         advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
         prefetcher(t).check()
         await wait_for(lambda: any(n.startswith(".tmp-") for n in t.cached()))

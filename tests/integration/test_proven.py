@@ -18,8 +18,10 @@ from archives import (
     make_tar,
     snapshot_entries,
 )
-from helpers_proxy import raw_request, sidecar_listing, wait_for
+from helpers_proxy import wait_for
 from helpers_tracker import wait_until
+from helpers_upstream import sidecar_listing
+from helpers_wire import raw_request
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sources_of, target
 
 from tracker.core.rejections import PREFIX as REJECTED

@@ -10,19 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import start_serve
-from helpers_proxy import (
-    GROUP,
-    TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    serving,
-    sha256,
-    sidecar_listing,
-    wait_for,
-)
+from helpers_proxy import GROUP, TOKEN, wait_for
+from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name, incremental_name
 
 FULL = full_name(7000)

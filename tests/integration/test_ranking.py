@@ -8,7 +8,8 @@ import json
 
 import pytest
 import trio
-from helpers_proxy import GROUP, advertise, make_config, raw_request, running_tracker
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
+from helpers_wire import raw_request
 from names import archive_hash, full_name, incremental_name
 
 from tracker.config.schema import Ranking, TargetGroup

@@ -15,18 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import Serve, start_serve
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    archive_bytes,
-    serving,
-    sha256,
-    sidecar_listing,
-    wait_for,
-)
+from helpers_proxy import GROUP, wait_for
 from helpers_s3 import (
     ACCESS_KEY,
     BUCKET,
@@ -36,6 +27,7 @@ from helpers_s3 import (
     store_settings,
     uploaded_parts,
 )
+from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
 from test_clients_real import run, tool

@@ -17,22 +17,10 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    UPSTREAM_ETAG,
-    UPSTREAM_LAST_MODIFIED,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream
+from helpers_wire import raw_request
 from names import full_name
 
 FULL = full_name(9100)
@@ -58,7 +46,7 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 async def tracker_for(
     tmp_path: Path, *upstreams: FakeUpstream, **overrides: object
 ) -> AsyncIterator[TrackerUnderTest]:
-    async with running_tracker(make_config(tmp_path / "cache", **overrides)) as t:
+    async with proxy_tracker(tmp_path / "cache", **overrides) as t:
         t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=QUICK)
         for age, up in enumerate(upstreams):  # the first one is the freshest: asked first
             advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))], age=age)

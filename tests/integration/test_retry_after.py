@@ -10,21 +10,9 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    FAST,
-    GROUP,
-    TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise_files,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import FAST, GROUP, TOKEN, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
@@ -81,12 +69,10 @@ async def test_every_503_carries_retry_after(case: Case, reason: str) -> None:
     limits = SourceLimits(max_transfers=1)
     group = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN), source_limits=limits)
     up = FakeUpstream(files={NAME: DATA})
-    config = make_config(None, target_groups=(group,))
     settings = attrs.evolve(FAST, busy_wait=0.3)  # a busy source's queue: 0.3 s, then 503
-    async with serving(up), running_tracker(config, settings=settings) as t:
-        advertise_files(t.index, up, {NAME: DATA})
-        async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
-            response = await case(t, up, client)
+    tracker = proxy_tracker(None, up, settings=settings, target_groups=(group,))
+    async with serving(up), tracker as t, httpx.AsyncClient(timeout=20, trust_env=False) as client:
+        response = await case(t, up, client)
     assert response.status_code == 503
     assert reason in response.text
     seconds = response.headers["retry-after"]

@@ -14,19 +14,11 @@ import httpx
 import trio
 import yaml
 from fakes import Rpc
+from helpers_bytes import archive_bytes, sha256
 from helpers_process import start_serve
-from helpers_proxy import (
-    GROUP,
-    Behaviour,
-    FakeUpstream,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-)
+from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import BasicAuth, TargetGroup

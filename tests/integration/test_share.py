@@ -19,21 +19,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from helpers_proxy import (
-    GROUP,
-    UPSTREAM_ETAG,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    raw_request,
-    running_tracker,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps
@@ -63,11 +52,9 @@ async def sharing_tracker(
 ) -> AsyncIterator[TrackerUnderTest]:
     """A tracker with sharing on (unless overridden) advertising ``upstream``'s files."""
     settings = {"cache_share_inflight": True, **overrides}
-    async with running_tracker(make_config(tmp_path / "cache", **settings)) as t:
+    async with proxy_tracker(tmp_path / "cache", upstream, **settings) as t:
         # Quick resume attempts: a failing refresh gives up in a fraction of a second.
         t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=(0.05,) * 3)
-        files = [(name, upstream.url(name), len(data)) for name, data in upstream.files.items()]
-        advertise(t.index, upstream.base, files)
         yield t
 
 
@@ -314,9 +301,8 @@ async def test_no_room_for_a_shared_refresh_streams_uncached(
     def factory(path: str) -> Cache:
         return Cache(path, ops=DiskOps(free_space=lambda _dir: 1 * MiB))
 
-    config = make_config(tmp_path / "cache", cache_share_inflight=True)
-    async with running_tracker(config, cache_factory=factory) as t:
-        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FULL_DATA))])
+    sharing = {"cache_share_inflight": True, "cache_factory": factory}
+    async with proxy_tracker(tmp_path / "cache", upstream, **sharing) as t:
         async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
             response = await fetch(client, t.url(FULL))
         assert (response.status, response.sha256) == (200, sha256(FULL_DATA))

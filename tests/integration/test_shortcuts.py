@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers_proxy import GROUP, advertise, make_config, raw_request, running_tracker
+from helpers_proxy import GROUP, advertise, make_config, proxy_tracker, running_tracker
 from helpers_server import serve_app
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 from tracker.config.schema import TargetGroup
@@ -82,7 +83,7 @@ async def test_the_fast_path_answers_as_quart_does(tmp_path: Path, proxy: bool) 
 
 
 async def test_quart_answers_other_methods(tmp_path: Path) -> None:
-    async with running_tracker(make_config(None, proxy_snapshot_downloads=False)) as t:
+    async with proxy_tracker(proxy_snapshot_downloads=False) as t:
         wire = await raw_request(t.base, "/v1/snapshot.tar.bz2", method="POST", idle=0)
         assert wire.status == 405
         assert t.parts.public.answered == 0

@@ -11,17 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_proxy import (
-    FakeUpstream,
-    MiB,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sha256,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_proxy import advertise, proxy_tracker, wait_for
+from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 FULL = full_name(7300)
@@ -32,7 +24,7 @@ HALF_FILE = DATA[: 4 * MiB]
 async def test_a_shorter_answer_than_advertised_fails_the_source(tmp_path: Path) -> None:
     async with (
         serving(FakeUpstream(files={FULL: HALF_FILE})) as short,
-        running_tracker(make_config(tmp_path / "cache")) as t,
+        proxy_tracker(tmp_path / "cache") as t,
     ):
         advertise(t.index, short.base, [(FULL, short.url(FULL), len(DATA))])
         async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
@@ -52,7 +44,7 @@ async def test_the_next_source_of_the_advertised_size_is_taken(
     async with (
         serving(FakeUpstream(files={FULL: HALF_FILE})) as short,
         serving(FakeUpstream(files={FULL: DATA})) as right,
-        running_tracker(make_config(tmp_path / "cache", cache_share_inflight=sharing)) as t,
+        proxy_tracker(tmp_path / "cache", cache_share_inflight=sharing) as t,
     ):
         advertise(t.index, short.base, [(FULL, short.url(FULL), len(DATA))], age=0)
         advertise(t.index, right.base, [(FULL, right.url(FULL), len(DATA))], age=5)

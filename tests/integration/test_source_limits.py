@@ -12,24 +12,19 @@ import attrs
 import httpx
 import pytest
 import trio
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
     FAST,
     GROUP,
     TOKEN,
-    UPSTREAM_ETAG,
-    Behaviour,
-    FakeUpstream,
-    MiB,
     TrackerUnderTest,
     advertise,
     advertise_files,
-    archive_bytes,
     make_config,
     running_tracker,
-    serving,
-    sha256,
     wait_for,
 )
+from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, serving
 from names import full_name
 
 from tracker.config.schema import (
@@ -212,8 +207,7 @@ async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> No
     rate = MiB  # 3 MiB at 1 MiB/s with a quarter second's burst: about 2.75 s
     up = FakeUpstream(files={FULL: DATA})
     for cache in (None, tmp_path / "cache"):
-        async with serving(up), running_tracker(limited(cache, max_rate=rate)) as t:  # type: ignore[arg-type]
-            advertise_files(t.index, up, {FULL: DATA})
+        async with serving(up), running_tracker(limited(cache, max_rate=rate), up) as t:  # type: ignore[arg-type]
             async with httpx.AsyncClient(timeout=30) as client:
                 began = time.monotonic()
                 response = await client.get(t.url(FULL))
@@ -226,20 +220,22 @@ async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> No
 
 async def test_no_cap_is_not_slowed(tmp_path: Path) -> None:
     up = FakeUpstream(files={FULL: DATA})
-    async with serving(up), running_tracker(limited(tmp_path / "cache")) as t:  # type: ignore[arg-type]
-        advertise_files(t.index, up, {FULL: DATA})
-        async with httpx.AsyncClient(timeout=30) as client:
-            began = time.monotonic()
-            response = await client.get(t.url(FULL))
-            assert sha256(response.content) == sha256(DATA)
-            assert time.monotonic() - began < 1.5
+    config = limited(tmp_path / "cache")
+    async with (
+        serving(up),
+        running_tracker(config, up) as t,  # type: ignore[arg-type]
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        began = time.monotonic()
+        response = await client.get(t.url(FULL))
+        assert sha256(response.content) == sha256(DATA)
+        assert time.monotonic() - began < 1.5
 
 
 async def test_a_speed_test_skips_a_busy_source_and_measures_it_when_a_slot_is_free() -> None:
     up = FakeUpstream(files={FULL: DATA}, behaviour={FULL: Behaviour(pause_at=MiB)})
     config = limited(None, 1, ranking=PROBED)
-    async with serving(up), running_tracker(config) as t:  # type: ignore[arg-type]
-        advertise_files(t.index, up, {FULL: DATA})
+    async with serving(up), running_tracker(config, up) as t:  # type: ignore[arg-type]
         tests = t.parts.speedtests
         async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
             bodies: list[bytes] = []
@@ -266,8 +262,7 @@ async def test_a_speed_test_is_paced_at_max_rate() -> None:
     up = FakeUpstream(files={FULL: DATA})
     rate = MiB  # 3 MiB at 1 MiB/s with a quarter second's burst: about 2.75 s
     ranking = Ranking(speed_test=SpeedTest(bytes=len(DATA), top=1, interval=600))
-    async with serving(up), running_tracker(limited(None, max_rate=rate, ranking=ranking)) as t:  # type: ignore[arg-type]
-        advertise_files(t.index, up, {FULL: DATA})
+    async with serving(up), running_tracker(limited(None, max_rate=rate, ranking=ranking), up) as t:  # type: ignore[arg-type]
         began = time.monotonic()
         assert await t.parts.speedtests.round() == 1
         assert time.monotonic() - began >= 1.5

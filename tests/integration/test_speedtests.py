@@ -14,22 +14,10 @@ import attrs
 import httpx
 import pytest
 import trio
-from helpers_proxy import (
-    GROUP,
-    TOKEN,
-    Behaviour,
-    FakeUpstream,
-    MiB,
-    TrackerUnderTest,
-    advertise,
-    archive_bytes,
-    make_config,
-    running_tracker,
-    serving,
-    sidecar_listing,
-    wait_for,
-)
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, TOKEN, TrackerUnderTest, make_config, running_tracker, wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 
 from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup
@@ -54,11 +42,6 @@ async def sources() -> AsyncIterator[tuple[FakeUpstream, FakeUpstream]]:
         yield fast, slow
 
 
-def _advertise(t: TrackerUnderTest, *ups: FakeUpstream) -> None:
-    for up in ups:
-        advertise(t.index, up.base, [(NAME, up.url(NAME), len(DATA))])
-
-
 def _speed(t: TrackerUnderTest, up: FakeUpstream) -> float:
     return t.index.throughput(TargetKey(GROUP, up.base), trio.current_time())
 
@@ -68,8 +51,7 @@ async def test_one_round_measures_each_leading_source_and_ranks_the_faster_first
 ) -> None:
     fast, slow = sources
     config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=600))
-    async with running_tracker(config) as t:
-        _advertise(t, slow, fast)
+    async with running_tracker(config, slow, fast) as t:
         assert _speed(t, fast) == _speed(t, slow) == 0.0  # nothing measured yet
         async with trio.open_nursery() as nursery:
             await nursery.start(t.parts.speedtests.run)
@@ -96,8 +78,7 @@ async def test_only_the_top_sources_are_read(
 ) -> None:
     fast, slow = sources
     config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
-    async with running_tracker(config) as t:
-        _advertise(t, slow, fast)
+    async with running_tracker(config, slow, fast) as t:
         [leader] = t.parts.speedtests.due(t.config.target_groups[0])
         assert await t.parts.speedtests.round() == 1
         other = slow if leader.key.target == fast.base else fast
@@ -111,8 +92,7 @@ async def test_a_source_ignoring_range_is_read_only_as_far_as_the_probe(
     fast, _slow = sources
     fast.behaviour[NAME] = Behaviour(ignore_range=True, rate=8 * MiB)
     config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
-    async with running_tracker(config) as t:
-        _advertise(t, fast)
+    async with running_tracker(config, fast) as t:
         assert await t.parts.speedtests.round() == 1
         await wait_for(lambda: fast.gets(NAME)[0].aborted)
         assert fast.gets(NAME)[0].body_sent < len(DATA)
@@ -125,8 +105,7 @@ async def test_a_source_that_holds_its_answer_back_is_not_measured_fast() -> Non
     held = 0.5
     late = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(delay=held)})
     config = _config_with(SpeedTest(bytes=PROBE, top=1, interval=600))
-    async with serving(late), running_tracker(config) as t:
-        _advertise(t, late)
+    async with serving(late), running_tracker(config, late) as t:
         assert await t.parts.speedtests.round() == 1
         assert 0 < _speed(t, late) < PROBE / held
 
@@ -145,9 +124,7 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
     sly = FakeUpstream(files={NAME: data}, behaviour={NAME: slowly}, chunk=paced)
     steady = FakeUpstream(files={NAME: data}, behaviour={NAME: Behaviour(rate=MiB)}, chunk=paced)
     config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=0))
-    async with serving(sly), serving(steady), running_tracker(config) as t:
-        for up in (steady, sly):
-            advertise(t.index, up.base, [(NAME, up.url(NAME), len(data))])
+    async with serving(sly), serving(steady), running_tracker(config, steady, sly) as t:
 
         def order() -> list[str]:
             return [s.key.target for _f, s in t.index.find_file(GROUP, NAME)]

@@ -1,7 +1,7 @@
 """The status page (``GET /`` on the internal listener) of a real tracker, in a real browser.
 
 Real parts: the tracker (``run_tracker`` on 127.0.0.1), fake sidecars and HTTP targets that
-are real HTTP servers (tests/helpers_proxy.py), a fake RPC node, and headless Chromium
+are real HTTP servers (tests/helpers_upstream.py), a fake RPC node, and headless Chromium
 (skipped where it is not installed). A refresh is held in progress by an upstream that
 pauses mid-body until the test lets it go.
 """
@@ -19,9 +19,10 @@ import httpx
 import trio
 from fakes import Rpc
 from helpers_browser import CHROMIUM, PAGE_TAGS, Dom, dump_dom, needs_chromium, screenshot
-from helpers_proxy import Behaviour, FakeUpstream, archive_bytes, sidecar_listing
+from helpers_bytes import archive_bytes
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.core.logs import log_event

@@ -23,8 +23,10 @@ import httpx
 import pytest
 import trio
 from archives import bad_variants, build_archive, huge_pax_size_archive, huge_pax_size_at
-from helpers_proxy import FakeUpstream, Wire, raw_request, serving, sidecar_listing, wait_for
+from helpers_proxy import wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import FakeUpstream, serving, sidecar_listing
+from helpers_wire import Wire, raw_request
 
 from tracker.core.rejections import PREFIX as REJECTED
 from tracker.files import checklimits

@@ -14,9 +14,11 @@ import secrets
 from pathlib import Path
 
 from archives import bad_variants, build_archive
-from helpers_proxy import GROUP, FakeUpstream, raw_request, serving, wait_for
+from helpers_proxy import GROUP, wait_for
 from helpers_replicas import idle, replica
 from helpers_s3 import BUCKET, Weed
+from helpers_upstream import FakeUpstream, serving
+from helpers_wire import raw_request
 
 from tracker.proof.levels import Level
 

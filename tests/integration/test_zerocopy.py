@@ -29,8 +29,8 @@ from quart_trio import QuartTrio
 
 import tracker.zerocopy.kernelcopy
 import tracker.zerocopy.stream as stream_module
-from tracker.files.bodies import WrappedBody
-from tracker.files.downloads import outcome_of
+from tracker.accounting.downloads import outcome_of
+from tracker.serving.responsebodies import WrappedBody
 from tracker.zerocopy.connection import (
     SCOPE_KEY,
     SMALLEST_PIECE,

@@ -1,16 +1,16 @@
 """What a request asked, read once at the web boundary (tracker/proxy/ask.py), and the byte
-path's answers, framework-free (tracker/files/answers.py, tracker/web/answers.py)."""
+path's answers, framework-free (tracker/serving/httpanswer.py, tracker/web/quartanswers.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from tracker.files.answers import Answer, redirect_answer, text_answer
-from tracker.files.bodies import BytesBody
 from tracker.proxy.ask import ask_of
 from tracker.proxy.plan import Asked
-from tracker.web.answers import to_response
+from tracker.serving.httpanswer import Answer, redirect_answer, text_answer
+from tracker.serving.responsebodies import BytesBody
+from tracker.web.quartanswers import to_response
 
 
 def test_an_ask_holds_the_facts_the_forwarded_headers_and_every_forwarded_line() -> None:
@@ -51,7 +51,7 @@ async def test_an_answer_becomes_a_response_with_exactly_its_headers() -> None:
 
 def test_the_byte_path_loads_no_web_framework() -> None:
     code = (
-        "import sys, tracker.proxy.streamer, tracker.files.fileresponse, tracker.cache.store; "
+        "import sys, tracker.proxy.streamer, tracker.serving.fileresponse, tracker.cache.store; "
         "print(sorted(m for m in ('quart', 'quart_trio', 'werkzeug') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

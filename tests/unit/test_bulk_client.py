@@ -1,4 +1,4 @@
-"""The one factory of clients for archive bytes (tracker/net/clients.py ``bulk_client``) and
+"""The one factory of clients for archive bytes (tracker/net/httpclients.py ``bulk_client``) and
 fetch's client made with it (tracker/fetch/run.py)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import ssl
 import httpcore
 import httpx
 
+from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
 from tracker.fetch.settings import FetchSettings
-from tracker.net.clients import ClientShape, bulk_client
-from tracker.zerocopy.transport import BigReadBackend, PoolTransport
+from tracker.net.httpclients import ClientShape, bulk_client
 
 
 class Recorded(httpx.AsyncBaseTransport):

@@ -1,4 +1,4 @@
-"""Every HTTP client of the tracker is built in one place, tracker/net/clients.py (docs/
+"""Every HTTP client of the tracker is built in one place, tracker/net/httpclients.py (docs/
 architecture.md, "Packages and their layers"): no cookie jar, no proxy or certificates from the
 environment, whatever it is for. A client built anywhere else would escape those rules."""
 
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTORY = ROOT / "tracker" / "net" / "clients.py"
+FACTORY = ROOT / "tracker" / "net" / "httpclients.py"
 
 
 def _builds_a_client(path: Path) -> list[int]:

@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
-from helpers_proxy import MiB
+from helpers_bytes import MiB
 
 from tracker.discovery.nodes import (
     MAX_NODES,

@@ -1,6 +1,7 @@
 """The one exception tree (tracker/errors.py) and its one network boundary, checked on the
 source: httpx's, httpcore's and h11's exceptions are caught only in tracker/net/ and the
-fenced tracker/zerocopy/, and no other module defines an exception class."""
+fenced tracker/zerocopy/, tracker/clientwire/ and tracker/h11patches/, and no other module
+defines an exception class."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tracker.errors
 
 ROOT = Path(tracker.__file__).parent
 LIBRARIES = ("httpx", "httpcore", "h11")
-BOUNDARY = ("net", "zerocopy")
+BOUNDARY = ("net", "zerocopy", "clientwire", "h11patches")
 
 
 def _modules() -> list[tuple[Path, ast.Module]]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import attrs
 import pytest
 
+from tracker.accounting.downloads import DownloadSlots, reclaimable
 from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
 from tracker.errors import RequestError
-from tracker.files.downloads import DownloadSlots, reclaimable
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,

@@ -19,7 +19,7 @@ from tracker.fetch.download import alone
 from tracker.fetch.ledger import suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
-from tracker.fetch.sources import Source
+from tracker.fetch.sourcechecks import Source
 from tracker.fetch.state import Identity, State, restart_reason
 
 DATE = "Tue, 01 Jul 2025 10:00:00 GMT"

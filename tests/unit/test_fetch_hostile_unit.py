@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from names import full_name
 
-from tracker.fetch.sources import digits, first_byte_total
+from tracker.fetch.sourcechecks import digits, first_byte_total
 from tracker.fetch.state import Identity, State, load_state, save_state, state_path, temp_path
 
 FULL = full_name(20_000)

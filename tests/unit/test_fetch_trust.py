@@ -111,7 +111,7 @@ KEY1, KEY2 = signer(1).public_key, signer(2).public_key
 )
 def test_trust_flags_that_cannot_work_are_a_usage_error(flags: list[str], reason: str) -> None:
     from tracker.cli import build_parser
-    from tracker.fetch.cli import trust_usage
+    from tracker.fetch.flags import trust_usage
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     found = trust_usage(args)
@@ -120,7 +120,7 @@ def test_trust_flags_that_cannot_work_are_a_usage_error(flags: list[str], reason
 
 def test_the_trust_flags_reach_the_downloads_settings() -> None:
     from tracker.cli import build_parser
-    from tracker.fetch.cli import options_of
+    from tracker.fetch.flags import options_of
 
     argv = ["fetch", "--ledger", "l", "--tracker", "http://t", "--require", "manifest"]
     plain = options_of(build_parser().parse_args(argv)).settings.trust

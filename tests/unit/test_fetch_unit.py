@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from names import full_name
 
 from tracker.config.values import parse_size
-from tracker.fetch.pieces import MIN_STEAL, Pieces
+from tracker.fetch.claims import MIN_STEAL, Pieces
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 
 MiB = 1024 * 1024
@@ -176,7 +176,7 @@ async def test_a_whole_file_answer_to_a_retry_skips_the_bytes_already_there() ->
 def test_go_boolean_flags(flags: list[str], full: bool, incremental: bool) -> None:
     """Go's ``--flag=false`` forms keep their meaning."""
     from tracker.cli import build_parser
-    from tracker.fetch.cli import options_of
+    from tracker.fetch.flags import options_of
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     chosen = options_of(args)
@@ -190,7 +190,7 @@ def test_go_boolean_flags(flags: list[str], full: bool, incremental: bool) -> No
 def test_verify_flag(flags: list[str], verify: bool) -> None:
     """``--verify`` is on by default and parsed as the other boolean flags."""
     from tracker.cli import build_parser
-    from tracker.fetch.cli import options_of
+    from tracker.fetch.flags import options_of
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     assert options_of(args).settings.verify is verify
@@ -209,7 +209,7 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 def test_prove_accounts_flags(flags: list[str], bound: int | None) -> None:
     """``--prove-accounts`` (on by default) and its bound reach the download's settings."""
     from tracker.cli import build_parser
-    from tracker.fetch.cli import options_of
+    from tracker.fetch.flags import options_of
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     assert options_of(args).settings.prove_accounts == bound
@@ -229,7 +229,7 @@ def test_require_accounts_needs_the_accounts_proven(flags: list[str], refused: b
     """No full could reach ``accounts`` without its proof: a usage error before any
     download (an incremental's ``accounts`` is ``manifest``)."""
     from tracker.cli import build_parser
-    from tracker.fetch.cli import unreachable_level
+    from tracker.fetch.flags import unreachable_level
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     reason = unreachable_level(args)
@@ -258,7 +258,7 @@ def test_an_unreachable_level_is_a_usage_error(capsys: pytest.CaptureFixture[str
 def test_the_catch_up_flags_price_the_pairs(flags: list[str], replay: float, slot: float) -> None:
     """``--replay-slots-per-second`` and ``--slot-seconds`` reach fetch's ranking."""
     from tracker.cli import build_parser
-    from tracker.fetch.cli import options_of
+    from tracker.fetch.flags import options_of
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
     ranking = options_of(args).ranking

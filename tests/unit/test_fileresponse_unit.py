@@ -11,8 +11,8 @@ import pytest
 import trio
 from helpers_fds import open_fds
 
-from tracker.files.fileresponse import content_disposition, file_response
-from tracker.web.answers import to_response
+from tracker.serving.fileresponse import content_disposition, file_response
+from tracker.web.quartanswers import to_response
 
 
 async def test_unsent_response_releases_the_fd(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
 
 def test_chunk_budget_shares_memory_between_streams() -> None:
-    from tracker.files.fileresponse import ChunkBudget
+    from tracker.serving.fileresponse import ChunkBudget
 
     mib = 1024 * 1024
     budget = ChunkBudget(total=32 * mib, smallest=mib, largest=2 * mib)
@@ -91,7 +91,7 @@ def test_chunk_budget_shares_memory_between_streams() -> None:
     [(0, 1024), (1, 1024), (4, 1024), (8, 512), (16, 256), (64, 64), (1000, 64)],
 )
 def test_chunk_budget_counts_every_chunk_a_stream_holds(streams: int, chunk: int) -> None:
-    from tracker.files.fileresponse import ChunkBudget
+    from tracker.serving.fileresponse import ChunkBudget
 
     budget = ChunkBudget(total=28 * 1024, smallest=64, largest=1024, per_stream=7)
     budget.streams = streams

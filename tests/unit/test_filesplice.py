@@ -14,10 +14,10 @@ import trio
 import trio.testing
 
 from tracker.errors import SourceFailed
-from tracker.fetch.pieces import Pieces
+from tracker.fetch.claims import Pieces
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sources import Source
+from tracker.fetch.sourcechecks import Source
 from tracker.fetch.state import Identity
 from tracker.fetch.workers import ClaimWriter, Crew
 from tracker.net.sourcelimits import Pacer

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tracker.config.schema import Ranking
-from tracker.core.predict import Download, beats, choose, predicted_seconds
+from tracker.core.predict import Download, beats, choose, predicted_seconds, priced_throughput
 
 R = Ranking(replay_slots_per_second=25, slot_seconds=0.4, assumed_throughput=50e6)
 MB = 1_000_000
@@ -49,6 +49,23 @@ def test_predicted_seconds(
     downloads: tuple[Download, ...], slot: int, tip: int, ranking: Ranking, expected: float
 ) -> None:
     assert predicted_seconds(downloads, slot, tip, ranking) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [
+        (80e6, 80e6),  # measured: that figure
+        (1.0, 1.0),  # however slow
+        (0.0, 50e6),  # never measured: the assumed throughput
+        (-5.0, 50e6),  # nonsense below zero is no measurement
+        (math.nan, 50e6),  # nor is NaN
+        (math.inf, math.inf),
+    ],
+)
+def test_priced_throughput(measured: float, expected: float) -> None:
+    """The one rule ranking and prediction share (tracker.core.ranking prices every
+    archive with it, tracker.core.predict every download)."""
+    assert priced_throughput(measured, R) == expected
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.files.ranges import (
+from tracker.serving.ranges import (
     UNSATISFIABLE,
     ByteRange,
     ResponsePlan,

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from tracker.files.answers import MAX_RETRY_AFTER, RETRY_AFTER, retry_after, text_answer
 from tracker.proxy.failover import expected_end
+from tracker.serving.httpanswer import MAX_RETRY_AFTER, RETRY_AFTER, retry_after, text_answer
 
 MiB = 1024 * 1024
 

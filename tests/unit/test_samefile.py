@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
-from tracker.fetch.sources import same_validators
+from tracker.fetch.sourcechecks import same_validators
 from tracker.fetch.state import Identity
 from tracker.proxy.resume import resumable, same_representation
 

@@ -14,7 +14,6 @@ from tracker.core.snapshots import (
     SnapshotFile,
     chains_from_files,
     decode_hash,
-    file_to_json,
     parse_archive_name,
 )
 
@@ -93,10 +92,3 @@ def test_chain_links_incremental_to_its_full() -> None:
     assert infos[150].size == 20 and infos[150].base_slot == 100
     assert [f.name for f in infos[160].files] == [other]
     assert infos[100].base_slot == 100 and infos[100].is_full
-
-
-def test_file_json_omits_zero_fields() -> None:
-    full = parse_archive_name(f"snapshot-100-{H}.tar.zst")
-    assert full
-    out = file_to_json(SnapshotFile(full, full.file_name))
-    assert out == {"file_name": full.file_name, "slot": 100, "hash": H, "ext": ".tar.zst"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tracker.core.index import Index, TargetKey
-from tracker.discovery.health import Target, TargetHealth
+from tracker.discovery.roster import Target, TargetHealth
 from tracker.web.statusgather import StatusSources, _targets
 from tracker.web.wire import DISPROVEN
 

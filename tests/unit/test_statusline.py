@@ -1,11 +1,11 @@
-"""Reason phrases in the status lines h11 writes (tracker/zerocopy/statusline.py)."""
+"""Reason phrases in the status lines h11 writes (tracker/h11patches/statusline.py)."""
 
 from __future__ import annotations
 
 import h11
 import pytest
 
-from tracker.zerocopy.statusline import install, reason_phrase
+from tracker.h11patches.statusline import install, reason_phrase
 
 
 @pytest.mark.parametrize(

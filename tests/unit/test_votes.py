@@ -27,7 +27,7 @@ from tracker.errors import RpcError, VoteInvalid
 from tracker.proof.levels import Level, Proof
 from tracker.proof.tally import Tally, VoteSeen, tally, transaction_votes
 from tracker.proof.votes import decode_vote
-from tracker.proving.votes import block_votes, judged, vote_stakes
+from tracker.proving.clustervotes import block_votes, judged, vote_stakes
 
 H = hash_of("H")
 OTHER = hash_of("other")

@@ -88,12 +88,12 @@ def test_piece_sizes() -> None:
 def test_h11_writes_the_framing_headers_it_adds_in_lower_case(
     request_line: bytes, extra: bytes, added: bytes
 ) -> None:
-    """Canary of assumption 8 (tracker/zerocopy/headers.py): h11's connection module looks
+    """Canary of assumption 8 (tracker/h11patches/headers.py): h11's connection module looks
     ``set_comma_header`` up at call time, and the installed wrapper makes the headers h11
     adds itself (``connection: close``, ``transfer-encoding: chunked``) lower case."""
     import h11
 
-    from tracker.zerocopy.headers import install
+    from tracker.h11patches.headers import install
 
     install()
     conn = h11.Connection(h11.SERVER)

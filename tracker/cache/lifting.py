@@ -2,7 +2,7 @@
 
 A copy's check proves at most ``accounts`` (``manifest`` for an incremental); the cluster's
 votes for its slot and bank hash lift it to ``cluster``. They are asked of the one voter
-the composition root passes in (:class:`tracker.proving.votes.ClusterVotes`, its tallies
+the composition root passes in (:class:`tracker.proving.clustervotes.ClusterVotes`, its tallies
 and back-off shared with the head reads), never while a refresh waits, except where its
 group requires ``cluster``: there a refresh's readers get their last bytes only once the
 votes carry the copy (:meth:`tracker.cache.refresh.Refresh.verify`).
@@ -35,7 +35,7 @@ KEEP_EVERY = 1.0
 
 
 class Voter(Protocol):
-    """Who asks the cluster's votes (:class:`tracker.proving.votes.ClusterVotes`)."""
+    """Who asks the cluster's votes (:class:`tracker.proving.clustervotes.ClusterVotes`)."""
 
     def rpcs(self) -> tuple[str, ...]:
         """The RPC URLs asked (empty: none is configured, nothing is asked)."""

@@ -32,9 +32,9 @@ from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, sett
 from tracker.core.digests import Verified
 from tracker.errors import CacheError
 from tracker.files.archivecheck import FollowingCheck
-from tracker.files.threads import Background
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
+from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")

@@ -25,7 +25,7 @@ from tracker.cache.disk import (
 )
 from tracker.core.digests import Verified, sha256sum_line
 from tracker.core.logs import log_event
-from tracker.files.threads import Background
+from tracker.serving.threads import Background
 
 log = logging.getLogger("tracker.cache")
 

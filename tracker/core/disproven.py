@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tracker.core.snapshots import SnapshotInfo
-from tracker.core.sources import TargetKey
+from tracker.core.snapshotsources import TargetKey
 
 
 class Disproven:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import attrs
 
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
-from tracker.core.sources import SnapshotSource, TargetKey
+from tracker.core.snapshotsources import SnapshotSource, TargetKey
 
 #: The target name of an archive listed because the tracker holds it (no source has it).
 HELD_TARGET = "(held by the tracker)"

@@ -19,9 +19,9 @@ from tracker.core.holdings import Holdings, held_sources
 from tracker.core.predict import Ranking
 from tracker.core.ranking import RankedPairs, TimedGroups
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
-from tracker.core.sources import SnapshotSource, TargetKey
+from tracker.core.snapshotsources import SnapshotSource, TargetKey
 from tracker.core.throughputs import Kind, Throughputs
-from tracker.core.trust import TrustPolicy, needs_screening, screen
+from tracker.core.trustscreen import TrustPolicy, needs_screening, screen
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 

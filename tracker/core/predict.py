@@ -50,12 +50,17 @@ class Download:
     throughput: float = 0.0
 
 
+def priced_throughput(measured: float, ranking: Ranking) -> float:
+    """The throughput a download is priced at: ``measured`` once there is one (above 0),
+    else the ranking's ``assumed_throughput`` (a source never measured, NaN included)."""
+    return measured if measured > 0 else ranking.assumed_throughput
+
+
 def download_seconds(downloads: Sequence[Download], ranking: Ranking) -> float:
     """Seconds to download ``downloads`` one after the other."""
     total = 0.0
     for d in downloads:
-        speed = d.throughput if d.throughput > 0 else ranking.assumed_throughput
-        total += max(0, d.size) / speed
+        total += max(0, d.size) / priced_throughput(d.throughput, ranking)
     return total
 
 

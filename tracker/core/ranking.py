@@ -2,7 +2,8 @@
 
 Each source of the group is a pair: a full alone, or an incremental with its full (the one
 in its chain, else the full at its base slot that downloads fastest). Every archive is
-downloaded from its fastest source (measured throughput, else ``assumed_throughput``), and
+downloaded from its fastest source (measured throughput, else ``assumed_throughput``: one
+rule, :func:`tracker.core.predict.priced_throughput`), and
 :func:`tracker.core.predict.predicted_seconds` prices the pair. The pair handed out (short
 redirects, status page, first in ``/v1/best_snapshots``) moves only when another beats it by
 ``switch_margin`` (:func:`tracker.core.predict.choose`).
@@ -14,8 +15,15 @@ import math
 
 import attrs
 
-from tracker.core.predict import Download, Ranking, choose, predicted_seconds
-from tracker.core.sources import SnapshotSource
+from tracker.core.predict import (
+    Download,
+    Ranking,
+    choose,
+    download_seconds,
+    predicted_seconds,
+    priced_throughput,
+)
+from tracker.core.snapshotsources import SnapshotSource
 
 #: A pair: the full's archive name, and the incremental's (None: the full alone).
 PairKey = tuple[str, str | None]
@@ -49,7 +57,7 @@ def rank_pairs(
         return Download(sizes.get(name, 0), speeds.get(name, 0.0))
 
     base_fulls: dict[int, str] = {}
-    for f in sorted(fulls, key=lambda s: _seconds(download(_head(s)))):
+    for f in sorted(fulls, key=lambda s: download_seconds([download(_head(s))], ranking)):
         base_fulls.setdefault(f.info.slot, _head(f))
     keys: dict[int, PairKey | None] = {}
     costs: dict[PairKey | None, float] = {None: math.inf}
@@ -77,19 +85,14 @@ def _head(source: SnapshotSource) -> str:
     return source.info.files[0].bare_name
 
 
-def _seconds(d: Download) -> float:
-    return d.size / d.throughput if d.throughput > 0 else 0.0
-
-
 def _archives(
     sources: list[SnapshotSource], ranking: Ranking
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Each archive's best throughput (measured, else assumed) and its size."""
     speeds: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    assumed = ranking.assumed_throughput
     for s in sources:
-        speed = s.throughput if s.throughput > 0 else assumed
+        speed = priced_throughput(s.throughput, ranking)
         for f in s.info.files:
             name = f.bare_name
             if speed > speeds.get(name, 0.0):

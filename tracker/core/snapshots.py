@@ -1,15 +1,15 @@
-"""Pure values: archive names, snapshot files and infos, their order and their wire format.
+"""Pure values: archive names, snapshot files and infos and their order.
 
 Nothing here does I/O. Every source kind turns what it finds into :class:`SnapshotInfo` values
 (a snapshot and the chain of files it needs), and the index ranks them with :func:`rank_key`.
+Their JSON wire form is :mod:`tracker.web.wire`'s (docs/http-api.md, "Wire format").
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import attrs
 import base58
@@ -175,36 +175,3 @@ def chains_from_files(files: list[SnapshotFile]) -> list[SnapshotInfo]:
             base = fulls.get(f.name.base_slot)
             infos.append(info_from_files([f, base] if base else [f]))
     return infos
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z``; microseconds kept when present."""
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
-
-
-def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
-    """The wire form of a file (§6): zero ``base_slot``, ``mod_time``, ``size`` omitted."""
-    out: dict[str, Any] = {"file_name": file_name if file_name is not None else f.file_name}
-    out["slot"] = f.name.slot
-    if f.name.base_slot:
-        out["base_slot"] = f.name.base_slot
-    out["hash"] = f.name.hash
-    out["ext"] = f.name.ext
-    if f.mod_time is not None:
-        out["mod_time"] = format_time(f.mod_time)
-    if f.size:
-        out["size"] = f.size
-    return out
-
-
-def info_to_json(info: SnapshotInfo, file_names: list[str] | None = None) -> dict[str, Any]:
-    """The wire form of an info; ``file_names`` replaces each file's ``file_name`` in order."""
-    names = file_names or [f.file_name for f in info.files]
-    return {
-        "slot": info.slot,
-        "base_slot": info.base_slot,
-        "hash": info.hash,
-        "files": [file_to_json(f, file_name=n) for f, n in zip(info.files, names, strict=True)],
-        "size": info.size,
-    }

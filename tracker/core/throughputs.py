@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
-from tracker.core.sources import TargetKey
+from tracker.core.snapshotsources import TargetKey
 
 #: A throughput measurement loses half its weight every this many seconds.
 HALF_LIFE = 600.0

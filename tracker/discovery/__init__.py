@@ -7,7 +7,7 @@ redirects), :mod:`~tracker.discovery.local` (a directory), :mod:`~tracker.discov
 (service discovery), :mod:`~tracker.discovery.cluster` (the cluster's nodes, decoded by
 :mod:`~tracker.discovery.nodes`). :mod:`~tracker.discovery.scrape` is the loop: every
 interval it builds the target set (:mod:`~tracker.discovery.targetset`), keeps each
-target's health (:mod:`~tracker.discovery.health`), probes every target with bounded
+target's health (:mod:`~tracker.discovery.roster`), probes every target with bounded
 concurrency and timeouts (:mod:`~tracker.discovery.probing`), and feeds the index
 (:mod:`~tracker.discovery.batches`).
 

@@ -28,9 +28,9 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files
 from tracker.core.text import quoted
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import EgressRefused, ProbeError, TransportError
-from tracker.net.clients import origin
 from tracker.net.egress import EgressPolicy, Resolver, checked_addresses, resolve
 from tracker.net.exchange import Heads, head, join_url, parse_url
+from tracker.net.httpclients import origin
 from tracker.net.limits import NO_HEADERS, status_reason
 
 __all__ = ["Heads", "SizeMemo", "probe_http"]

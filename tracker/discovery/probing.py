@@ -9,15 +9,15 @@ from collections.abc import Awaitable
 import httpx
 import trio
 
+from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
-from tracker.discovery.health import Target
 from tracker.discovery.http import Heads, SizeMemo, probe_http
 from tracker.discovery.local import scan_local
+from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
-from tracker.net.clients import auth_headers, build_client, origin, ssl_context
 from tracker.net.egress import Resolver, checked_addresses, policy_of
-from tracker.zerocopy.transport import HeadClient
+from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice

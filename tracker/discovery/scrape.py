@@ -2,7 +2,7 @@
 
 Every ``scrape_interval`` the target set is rebuilt from the config (``file_targets`` files are
 re-read, Consul is asked: :mod:`~tracker.discovery.targetset`), diffed against the running set
-(:mod:`~tracker.discovery.health`), and every target is probed concurrently (at most
+(:mod:`~tracker.discovery.roster`), and every target is probed concurrently (at most
 ``scrape_concurrency`` at once, each under ``scrape_timeout``: :mod:`~tracker.discovery.probing`).
 Each result is handed on as soon as its probe ends, so a hanging target delays nobody; during
 a round the index takes them in batches (:mod:`~tracker.discovery.batches`).
@@ -20,24 +20,23 @@ from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.batches import ResultBatches
-from tracker.discovery.health import (
+from tracker.discovery.http import SizeMemo
+from tracker.discovery.probing import Probes
+from tracker.discovery.roster import (
     Roster,
     Target,
     TargetHealth,
-    health_json,
     mark_blocked,
     mark_deferred,
     mark_down,
     mark_up,
 )
-from tracker.discovery.http import SizeMemo
-from tracker.discovery.probing import Probes
 from tracker.discovery.targetset import TargetFinder, rpc_keys
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
 
-__all__ = ["Scraper", "Target", "TargetHealth", "health_json"]
+__all__ = ["Scraper", "Target", "TargetHealth"]
 
 log = logging.getLogger("tracker.scrape")
 

@@ -21,8 +21,8 @@ from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import CatalogQuery, discover_consul
-from tracker.discovery.health import Target
 from tracker.discovery.nodes import Node
+from tracker.discovery.roster import Target
 from tracker.errors import ProbeError
 
 log = logging.getLogger("tracker.scrape")

@@ -15,6 +15,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import Ranking
 from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo
@@ -30,8 +31,7 @@ from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
-from tracker.net.clients import ClientShape, bulk_client
-from tracker.zerocopy.transport import BigReadBackend, PoolTransport
+from tracker.net.httpclients import ClientShape, bulk_client
 
 log = logging.getLogger("tracker.fetch")
 

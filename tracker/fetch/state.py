@@ -24,7 +24,7 @@ import attrs
 
 from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
 from tracker.core.smallfiles import read_small, write_atomically
-from tracker.fetch.pieces import intersect
+from tracker.fetch.claims import intersect
 
 #: The longest state file read back (a state is a few hundred bytes).
 MAX_STATE_BYTES = 1024 * 1024

@@ -1,4 +1,4 @@
-"""The connections of one download: each claims a piece (:mod:`tracker.fetch.pieces`),
+"""The connections of one download: each claims a piece (:mod:`tracker.fetch.claims`),
 fetches it from a live source of the pool and writes it at its offsets, spliced from the
 socket into the file when the answer is plain HTTP; a source that keeps failing, or is slower
 than ``min_speed`` while another is left, is dropped; the state file is saved as bytes land
@@ -17,18 +17,18 @@ import attrs
 import httpx
 import trio
 
+from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.core.logs import log_event
 from tracker.errors import SourceFailed
-from tracker.fetch.pieces import Claim, Pieces
+from tracker.fetch.claims import Claim, Pieces
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sources import Source, check_range, check_whole, request
+from tracker.fetch.sourcechecks import Source, check_range, check_whole, request
 from tracker.fetch.state import State, save_state
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.zerocopy.filesplice import SPLICE_SECONDS, splice_into_file
 from tracker.zerocopy.kernelcopy import splice_to_file
-from tracker.zerocopy.transport import BigReadStream, splice_stream
 
 log = logging.getLogger("tracker.fetch")
 

@@ -40,8 +40,8 @@ from tracker.files.decoders import decoder_for
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
-from tracker.files.threads import Background
 from tracker.proof.prover import AccountsProver, ArchiveProver
+from tracker.serving.threads import Background
 
 Read = Callable[[int], bytes]
 

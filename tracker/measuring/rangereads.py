@@ -30,7 +30,7 @@ from tracker.core.logs import log_event
 from tracker.core.speedtests import Probe, probes_due
 from tracker.core.throughputs import KINDS
 from tracker.errors import SourceBusy, SourceFailed, TransportError
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.sourcelimits import Pacer
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 

@@ -3,8 +3,8 @@
 It is the network boundary: httpx's, httpcore's and h11's exceptions are caught here (and in
 the fenced :mod:`tracker.zerocopy`) and nowhere else. :mod:`~tracker.net.exchange` sends
 requests, HEADs and streams and maps those failures once into
-:class:`~tracker.errors.TransportError` with a one-line reason (:mod:`~tracker.net.bodies`
-reads bodies the same way); :mod:`~tracker.net.clients` builds the httpx clients for a
+:class:`~tracker.errors.TransportError` with a one-line reason (:mod:`~tracker.net.bodyreads`
+reads bodies the same way); :mod:`~tracker.net.httpclients` builds the httpx clients for a
 group's own sources (TLS settings, bounded pools, explicit timeouts, no cookie jar);
 :mod:`~tracker.net.limits` reads answers with size caps and turns statuses into one-line
 reasons;

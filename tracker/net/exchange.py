@@ -4,7 +4,7 @@ httpx (and httpcore and h11 under it) raise their own exceptions for a connect, 
 or protocol failure, a body broken off, or a URL it cannot use. This package is the one place
 they are caught (besides the fenced :mod:`tracker.zerocopy`): every request the other
 packages make goes through :func:`send`, :func:`head`, :func:`stream` or
-:func:`~tracker.net.bodies.body_chunks`, which raise :class:`TransportError` with a one-line
+:func:`~tracker.net.bodyreads.body_chunks`, which raise :class:`TransportError` with a one-line
 reason (:func:`transport_reason`) and the library's exception as its cause. Everything above
 catches that one class and words it for its own caller (``ProbeError``...); a source of
 archive bytes that fails or falls silent is worded once, by :func:`source_failures`.
@@ -32,7 +32,7 @@ HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 class Heads(Protocol):
     """What a probe needs of an HTTP client: ``HEAD`` without following redirects
-    (``httpx.AsyncClient``, or the leaner :class:`tracker.zerocopy.transport.HeadClient`)."""
+    (``httpx.AsyncClient``, or the leaner :class:`tracker.clientwire.transport.HeadClient`)."""
 
     async def head(
         self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool

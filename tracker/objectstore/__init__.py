@@ -5,9 +5,9 @@ S3-compatible bucket as their cache.
 :mod:`~tracker.objectstore.replicas` whether a lock's holder may be followed;
 :mod:`~tracker.objectstore.bucket` is every call to the store (boto3 in worker threads:
 signing and the multipart protocol are the library's), with its clients in
-:mod:`~tracker.objectstore.clients`, what the store answers as values in
-:mod:`~tracker.objectstore.answers` and the store's health in
-:mod:`~tracker.objectstore.health`; :mod:`~tracker.objectstore.locks` the
+:mod:`~tracker.objectstore.botoclients`, what the store answers as values in
+:mod:`~tracker.objectstore.storeanswers` and the store's health in
+:mod:`~tracker.objectstore.storehealth`; :mod:`~tracker.objectstore.locks` the
 one-refresher-per-file lock objects; :mod:`~tracker.objectstore.upload` a multipart upload
 that follows a growing local file; :mod:`~tracker.objectstore.retention` which objects may go
 and :mod:`~tracker.objectstore.retainer` their deletion, now or once their last URL expired;

@@ -1,7 +1,7 @@
 """The bucket of the object-store tier: every call the tracker makes to the store.
 
 boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so every call
-runs in a worker thread, at most :data:`~tracker.objectstore.clients.THREADS` at once per
+runs in a worker thread, at most :data:`~tracker.objectstore.botoclients.THREADS` at once per
 bucket, each bounded by the
 client's connect and read timeouts and a single attempt more on a transient error. Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
@@ -14,11 +14,12 @@ clients (aiobotocore) do not run under trio.
 
 Every failure becomes a :class:`~tracker.errors.StoreError` with one line naming the operation
 and the store's answer; credentials never appear in it.
-:class:`~tracker.objectstore.health.StoreHealth` records whether
+:class:`~tracker.objectstore.storehealth.StoreHealth` records whether
 the store answered the last call: a store that is down is not asked on the request path; only
 the health watcher (:meth:`tracker.objectstore.tier.ObjectTier.watch`) asks it again, so that
 requests do not each wait for its timeouts. The clients are
-:mod:`tracker.objectstore.clients`', what the store answers :mod:`tracker.objectstore.answers`.
+:mod:`tracker.objectstore.botoclients`', what the store answers
+:mod:`tracker.objectstore.storeanswers`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import trio
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
-from tracker.objectstore.answers import (
+from tracker.objectstore.botoclients import BucketClients
+from tracker.objectstore.storeanswers import (
     ObjectInfo,
     UploadInfo,
     aware,
@@ -45,8 +47,7 @@ from tracker.objectstore.answers import (
     store_time,
     uploads,
 )
-from tracker.objectstore.clients import BucketClients
-from tracker.objectstore.health import StoreHealth
+from tracker.objectstore.storehealth import StoreHealth
 
 _T = TypeVar("_T")
 

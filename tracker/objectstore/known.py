@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from tracker.objectstore.answers import ObjectInfo
+from tracker.objectstore.storeanswers import ObjectInfo
 
 #: Seconds an object seen in the bucket is taken to be there without asking again.
 KNOWN_FOR = 30.0

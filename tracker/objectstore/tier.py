@@ -38,13 +38,13 @@ from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
-from tracker.objectstore.answers import ObjectInfo
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
 from tracker.objectstore.sides import read_copy, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
+from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.upload import Growing, upload_following
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography

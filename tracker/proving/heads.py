@@ -30,10 +30,10 @@ from tracker.core.headreads import HeadRead, heads_due
 from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.proof.levels import Level, Proof, shortfall
-from tracker.proving.votes import ClusterVotes
+from tracker.proving.clustervotes import ClusterVotes
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")

@@ -11,7 +11,7 @@ a broken refresh only when the source proves it is the same file;
 (:mod:`~tracker.proxy.storedcopies`, :mod:`~tracker.proxy.refreshing`,
 :mod:`~tracker.proxy.streamjobs`), which share one context (:mod:`~tracker.proxy.context`, the
 tunables in :mod:`~tracker.proxy.settings`); every answer is a framework-free
-:class:`~tracker.files.answers.Answer`; :mod:`~tracker.proxy.bytepaths` moves the bytes;
+:class:`~tracker.serving.httpanswer.Answer`; :mod:`~tracker.proxy.bytepaths` moves the bytes;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
 :mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;
 :mod:`~tracker.proxy.bucketcopies` is the object store's part (303 to presigned URLs, the holder

@@ -25,7 +25,7 @@ class Ask:
     #: first value): all that goes on to a source.
     headers: Mapping[str, str]
     #: The same header lines, repeated ones included: what a file's answer reads (two
-    #: ``Range`` lines make no range, tracker/files/ranges.py).
+    #: ``Range`` lines make no range, tracker/serving/ranges.py).
     lines: tuple[tuple[str, str], ...] = ()
     #: The client's connection when it takes zero-copy pieces (sendfile, splice).
     connection: Connection | None = None
@@ -36,7 +36,7 @@ class Ask:
 
     @property
     def request(self) -> tuple[str, list[tuple[str, str]]]:
-        """``(method, header lines)``, as :func:`tracker.files.fileresponse.file_response`
+        """``(method, header lines)``, as :func:`tracker.serving.fileresponse.file_response`
         takes."""
         return self.asked.method, list(self.lines)
 

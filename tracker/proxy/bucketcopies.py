@@ -37,15 +37,15 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
-from tracker.files.answers import Answer
-from tracker.files.ranges import http_date
-from tracker.objectstore.answers import ObjectInfo
 from tracker.objectstore.bucket import Bucket
-from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
+from tracker.objectstore.storeanswers import ObjectInfo
+from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.proxy.sharing import SharedRefresh
+from tracker.serving.httpanswer import Answer
+from tracker.serving.ranges import http_date
 
 log = logging.getLogger("tracker.objectstore")
 

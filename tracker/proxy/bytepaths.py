@@ -32,12 +32,12 @@ from functools import partial
 import attrs
 import trio
 
+from tracker.accounting.downloads import outcome_of
 from tracker.cache.refresh import Refresh
+from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError
-from tracker.files.downloads import outcome_of
-from tracker.files.ranges import parse_http_date
 from tracker.net.sourcelimits import UNCAPPED
 from tracker.proxy.channel import ChannelBody, EarlyBody, Flow
 from tracker.proxy.clientfeed import channel, pass_on, recorded
@@ -46,7 +46,7 @@ from tracker.proxy.resume import UpstreamBody
 from tracker.proxy.transfers import Head, RefreshJob, StreamJob, plan_head
 from tracker.proxy.upstream import UpstreamAnswer
 from tracker.proxy.upstreamhead import Upstream, keeps_promise, opened
-from tracker.zerocopy.transport import BigReadStream, splice_stream
+from tracker.serving.ranges import parse_http_date
 
 log = logging.getLogger("tracker.transfers")
 

@@ -19,8 +19,8 @@ import attrs
 import trio
 
 from tracker.errors import UpstreamError
-from tracker.files.bodies import Body, GeneratorBody
 from tracker.proxy.transfers import RefreshOutcome, StreamEvents
+from tracker.serving.responsebodies import Body, GeneratorBody
 
 
 @attrs.define

@@ -18,13 +18,13 @@ from functools import partial
 import attrs
 import trio
 
+from tracker.clientwire.transport import limit_reads
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
 from tracker.proxy.channel import ChannelBody, Flow, hand_over
 from tracker.proxy.readahead import ReadAhead
 from tracker.proxy.resume import UpstreamBody
 from tracker.proxy.transfers import Head, StreamJob
-from tracker.zerocopy.transport import limit_reads
 
 log = logging.getLogger("tracker.transfers")
 

@@ -19,12 +19,12 @@ from tracker.core.index import Index
 from tracker.core.metrics import ByteSource, Metrics, Outcome
 from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
-from tracker.files.answers import Answer
 from tracker.proxy.ask import Ask
 from tracker.proxy.plan import Found
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.transfers import Head, StreamJob, Transfers
+from tracker.serving.httpanswer import Answer
 
 Pump = Callable[..., Awaitable[None]]
 

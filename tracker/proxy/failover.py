@@ -8,7 +8,7 @@ wins, every other attempt is cancelled and closed. A source that accepts connect
 answers therefore costs a client ``first_byte_timeout``, not the whole answer timeout.
 
 "Started" means a body byte is in the socket (peeked, not read: the body stays whole for the
-splice path, :func:`tracker.zerocopy.transport.body_started`); on a TLS connection the head
+splice path, :func:`tracker.clientwire.transport.body_started`); on a TLS connection the head
 is all that can be watched. Once an answer is returned no other source is ever used for that
 response: archives of one slot and hash made by different nodes are not byte-identical, so
 bytes of two sources are never spliced into one body.
@@ -24,6 +24,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.clientwire.transport import body_started
 from tracker.config.schema import TargetGroup
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.logs import log_event
@@ -38,7 +39,6 @@ from tracker.proxy.upstream import (
     ask_source,
     check_size,
 )
-from tracker.zerocopy.transport import body_started
 
 log = logging.getLogger("tracker.proxy")
 

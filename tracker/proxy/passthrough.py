@@ -2,7 +2,7 @@
 
 A proxied stream that fills no cache needs none of its bytes in Python. When the client's
 connection takes zero-copy pieces (tracker/zerocopy/connection.py) and the upstream's body is still
-whole in a plain TCP socket (:func:`tracker.zerocopy.transport.splice_stream`), the body is
+whole in a plain TCP socket (:func:`tracker.clientwire.transport.splice_stream`), the body is
 sent as :class:`~tracker.zerocopy.connection.SocketPiece` pieces: ``splice(2)`` moves the
 bytes socket -> pipe -> socket in a worker thread, and the event loop only hands over one
 placeholder per piece. bench/README.md has the numbers; without it, every byte is received,
@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tracker.errors import UpstreamError
-from tracker.files.bodies import GeneratorBody
+from tracker.serving.responsebodies import GeneratorBody
 from tracker.zerocopy.connection import LARGEST_SOCKET_PIECE, Connection, SocketPiece, piece_size
 
 #: The largest plain read of a body's last bytes (under the smallest piece).

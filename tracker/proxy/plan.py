@@ -32,8 +32,8 @@ import attrs
 from tracker.core.index import SnapshotSource
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, wants_bytes
-from tracker.files.ranges import ByteRange, parse_range
 from tracker.proxy.facts import Asked, Bucket, Claimed, Copy, Mode, Now, Running
+from tracker.serving.ranges import ByteRange, parse_range
 
 Found = list[tuple[SnapshotFile, SnapshotSource]]
 #: The facts (tracker/proxy/facts.py) are part of the plan's language.

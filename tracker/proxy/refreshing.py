@@ -27,8 +27,6 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
-from tracker.files.answers import Answer
-from tracker.files.bodies import Body
 from tracker.objectstore.locks import Lock
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
@@ -40,6 +38,8 @@ from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
 from tracker.proxy.streamjobs import early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head, RefreshJob
+from tracker.serving.httpanswer import Answer
+from tracker.serving.responsebodies import Body
 from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.streamer")

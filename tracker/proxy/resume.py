@@ -28,16 +28,16 @@ import httpx
 import trio
 
 from tracker.cache.refresh import Refresh
+from tracker.clientwire.transport import splice_stream
 from tracker.config.schema import TargetGroup
 from tracker.core.contentrange import ContentRange, states_range
 from tracker.core.logs import log_event
 from tracker.core.samefile import Validators, not_same_reason
 from tracker.core.text import one_line, quoted
 from tracker.errors import SourceFailed, TransportError, UpstreamError
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.proxy.failover import Asking, open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
-from tracker.zerocopy.transport import splice_stream
 
 log = logging.getLogger("tracker.resume")
 

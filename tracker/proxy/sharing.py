@@ -27,9 +27,9 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
-from tracker.files.answers import Answer
-from tracker.files.bodies import Body, GeneratorBody
-from tracker.files.ranges import UNSATISFIABLE, parse_range
+from tracker.serving.httpanswer import Answer
+from tracker.serving.ranges import UNSATISFIABLE, parse_range
+from tracker.serving.responsebodies import Body, GeneratorBody
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread`` (as for cached files).

@@ -18,7 +18,6 @@ from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
-from tracker.files.answers import Answer
 from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy import plan
 from tracker.proxy.ask import Ask
@@ -28,6 +27,7 @@ from tracker.proxy.refreshing import Refreshes, RefreshStart
 from tracker.proxy.registry import RefreshRegistry, claimed_of, progress
 from tracker.proxy.sharing import SharedRefresh
 from tracker.proxy.storedcopies import StoredCopies, cache_path, copy_of
+from tracker.serving.httpanswer import Answer
 
 #: Told ``(group, name)`` when a relayed request shows interest in a best file (prefetch).
 OnInterest = Callable[[str, str], object]

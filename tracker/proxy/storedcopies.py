@@ -22,8 +22,6 @@ from tracker.core.digests import repr_digest
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
-from tracker.files.answers import Answer, redirect_answer
-from tracker.files.fileresponse import ChunkBudget, file_response
 from tracker.objectstore.locks import Holder
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
@@ -31,6 +29,8 @@ from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Streams
 from tracker.proxy.plan import Copy
 from tracker.proxy.streamjobs import head_answer
+from tracker.serving.fileresponse import ChunkBudget, file_response
+from tracker.serving.httpanswer import Answer, redirect_answer
 
 log = logging.getLogger("tracker.streamer")
 

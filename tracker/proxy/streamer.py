@@ -24,8 +24,6 @@ from tracker.core.metrics import Metrics
 from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
-from tracker.files.answers import Answer
-from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.proof.levels import Level
 from tracker.proxy import plan
@@ -41,6 +39,8 @@ from tracker.proxy.storedcopies import StoredCopies
 from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
+from tracker.serving.fileresponse import ChunkBudget
+from tracker.serving.httpanswer import Answer
 
 CacheFactory = Callable[[str], Cache]
 

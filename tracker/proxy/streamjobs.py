@@ -7,7 +7,7 @@ source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 (:mod:`tracker.proxy.bytepaths`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
 :func:`head_answer`, :func:`text_answer` and :func:`early_answer` turn those into answers
-(:class:`~tracker.files.answers.Answer`, framework-free).
+(:class:`~tracker.serving.httpanswer.Answer`, framework-free).
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource, Kind, Outcome
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
-from tracker.files.answers import Answer, text_answer
-from tracker.files.bodies import Body
-from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Pump
@@ -39,6 +36,9 @@ from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.sources import choose_sources
 from tracker.proxy.transfers import Head, StreamEvents, StreamJob
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
+from tracker.serving.fileresponse import ChunkBudget
+from tracker.serving.httpanswer import Answer, text_answer
+from tracker.serving.responsebodies import Body
 
 log = logging.getLogger("tracker.streamer")
 

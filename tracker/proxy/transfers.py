@@ -37,10 +37,10 @@ from tracker.core.flowing import Flowing
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
-from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.resume import Reopen
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.upstream import UpstreamAnswer, client_response_headers
+from tracker.serving.fileresponse import ChunkBudget
 from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.transfers")

@@ -40,26 +40,27 @@ import httpcore
 import httpx
 import trio
 
+from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.contentrange import parse_content_range
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import SourceFailed
-from tracker.net.clients import (
+from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
+from tracker.net.exchange import send, source_failures
+from tracker.net.httpclients import (
     ClientShape,
+    PoolTransportOf,
     authorization,
     bulk_client,
     origin,
     ssl_context,
     without_userinfo,
 )
-from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
-from tracker.net.exchange import send, source_failures
 from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
 from tracker.proxy.settings import ProxySettings
-from tracker.zerocopy.transport import BigReadBackend, PoolTransport
 
 log = logging.getLogger("tracker.proxy")
 
@@ -93,6 +94,7 @@ def download_client(
     tls: TLSConfig | None,
     settings: ProxySettings,
     network: httpcore.AsyncNetworkBackend | None = None,
+    transport: PoolTransportOf = PoolTransport,
 ) -> httpx.AsyncClient:
     """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline, no
     cookie jar.
@@ -100,7 +102,9 @@ def download_client(
     Separate from the probe clients: a download may last hours, so only each socket read is
     bounded (``read_timeout``), and the pool is sized for many parallel downloads.
     ``network`` is the backend that opens connections (default: trio's; the egress policy's
-    :class:`~tracker.net.egress.CheckingBackend` for origins that came from the network).
+    :class:`~tracker.net.egress.CheckingBackend` for origins that came from the network);
+    ``transport`` turns the pool into the client's transport (a test's
+    ``httpx.MockTransport`` where a socket adds nothing: tests/unit/test_upstream_answers.py).
     """
     shape = ClientShape(
         TRACKER_AGENT,
@@ -110,7 +114,7 @@ def download_client(
         keepalive_expiry=30.0,
     )
     return bulk_client(
-        shape, BigReadBackend(settings.read_size, network), PoolTransport, ssl_context(tls)
+        shape, BigReadBackend(settings.read_size, network), transport, ssl_context(tls)
     )
 
 
@@ -129,8 +133,10 @@ class DownloadClients:
         policy: Callable[[], EgressPolicy] = EgressPolicy,
         resolver: Resolver = resolve,
         on_queue: Callable[[QueueEvent], None] | None = None,
+        transport: PoolTransportOf = PoolTransport,
     ) -> None:
         self._settings = settings
+        self._transport = transport  # what every client's pool is wrapped in (download_client)
         #: Transfers and rate per source (``source_limits``), shared by every stream;
         #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
         self.limits = SourceLimits() if on_queue is None else SourceLimits(on_queue=on_queue)
@@ -151,7 +157,8 @@ class DownloadClients:
         settings = self.settings
         client = self._clients.get((tls, settings))
         if client is None:
-            client = self._clients[tls, settings] = download_client(tls, settings)
+            client = download_client(tls, settings, transport=self._transport)
+            self._clients[tls, settings] = client
         return client
 
     def foreign(self) -> httpx.AsyncClient:
@@ -160,7 +167,7 @@ class DownloadClients:
         client = self._clients.get(("foreign", settings))
         if client is None:
             checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
-            client = download_client(None, settings, checking)
+            client = download_client(None, settings, checking, self._transport)
             self._clients["foreign", settings] = client
         return client
 

@@ -22,7 +22,7 @@ from tracker.core.digests import sha256sum_line
 from tracker.core.index import SnapshotSource
 from tracker.core.redact import redact_url
 from tracker.errors import RequestError
-from tracker.files.answers import retry_after
+from tracker.serving.httpanswer import retry_after
 from tracker.web.delivery import redirect
 from tracker.web.deps import ApiDeps, ResponseCounter
 from tracker.web.listings import Fragments, ListingCache
@@ -156,7 +156,7 @@ def _listing(
     deps.attestations.sync(deps.wall_clock())  # signs what is due: a no-op most times
     versions = (deps.digests.version, deps.attestations.version)
     body = listings.get(
-        # The roster: a node's version changes with its target (discovery.health.Roster).
+        # The roster: a node's version changes with its target (discovery.roster.Roster).
         (*key, base, here, config, versions, deps.scraper.roster),
         lambda: listing_body(deps, fragments, select(), base, here),
     )

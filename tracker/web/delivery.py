@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import quart
 
+from tracker.accounting.downloads import DownloadSlots, Slot, account_download
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.index import Index, SnapshotSource
 from tracker.core.metrics import Metrics, Outcome
@@ -25,11 +26,10 @@ from tracker.core.redact import has_secrets, redact_userinfo
 from tracker.core.snapshots import ArchiveName, SnapshotFile
 from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
-from tracker.files.answers import Answer, redirect_answer
-from tracker.files.downloads import DownloadSlots, Slot, account_download
-from tracker.files.fileresponse import ChunkBudget, content_disposition, file_response
 from tracker.proxy.ask import Ask, ask_of
-from tracker.web.answers import to_response
+from tracker.serving.fileresponse import ChunkBudget, content_disposition, file_response
+from tracker.serving.httpanswer import Answer, redirect_answer
+from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import zero_copy_connection
 
 

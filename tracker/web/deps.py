@@ -21,7 +21,7 @@ from tracker.core.index import Index
 from tracker.core.rejections import Rejections
 from tracker.discovery.scrape import Scraper
 from tracker.web.delivery import Delivery
-from tracker.web.health import HealthChecker
+from tracker.web.healthcheck import HealthChecker
 
 #: ``(route template, status, seconds to the response head or None)`` of every answer.
 ResponseCounter = Callable[[str, int, float | None], None]

@@ -1,6 +1,7 @@
-"""The wire form of what the public API lists (docs/http-api.md, "Wire format"): a source
-and its files, the JSON arrays of ``/v1/snapshots`` and ``/v1/best_snapshots``, and the
-targets' health of ``/v1/targets``; each element kept between renderings (:class:`Fragments`).
+"""The wire form of what the public API lists (docs/http-api.md, "Wire format"): the one
+place a file, a snapshot (its chain of files), a source and a target's health are written as
+JSON; the JSON arrays of ``/v1/snapshots`` and ``/v1/best_snapshots``, and the targets'
+health of ``/v1/targets``; each element kept between renderings (:class:`Fragments`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -16,8 +18,8 @@ import attrs
 from tracker.core.digests import Verified
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.redact import redact_text, redact_userinfo
-from tracker.core.snapshots import format_time, info_to_json
-from tracker.discovery.scrape import TargetHealth, health_json
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo
+from tracker.discovery.scrape import TargetHealth
 from tracker.web.delivery import tracker_path
 from tracker.web.deps import ApiDeps
 from tracker.web.listings import Fragments
@@ -29,6 +31,64 @@ class Held:
 
     verified: Callable[[str, str], Verified | None]
     attested: Callable[[str, str], list[dict[str, str]]]
+
+
+def wire_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``; microseconds kept when present."""
+    text = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
+    """The wire form of a file (docs/http-api.md, "Wire format"): a zero ``base_slot``, an
+    unknown ``mod_time`` or ``size`` is omitted."""
+    out: dict[str, Any] = {"file_name": file_name if file_name is not None else f.file_name}
+    out["slot"] = f.name.slot
+    if f.name.base_slot:
+        out["base_slot"] = f.name.base_slot
+    out["hash"] = f.name.hash
+    out["ext"] = f.name.ext
+    if f.mod_time is not None:
+        out["mod_time"] = wire_time(f.mod_time)
+    if f.size:
+        out["size"] = f.size
+    return out
+
+
+def info_to_json(info: SnapshotInfo, file_names: list[str] | None = None) -> dict[str, Any]:
+    """The wire form of an info; ``file_names`` replaces each file's ``file_name`` in order."""
+    names = file_names or [f.file_name for f in info.files]
+    return {
+        "slot": info.slot,
+        "base_slot": info.base_slot,
+        "hash": info.hash,
+        "files": [file_to_json(f, file_name=n) for f, n in zip(info.files, names, strict=True)],
+        "size": info.size,
+    }
+
+
+def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[str, object]:
+    """The ``/v1/targets`` entry of one target (secrets in URLs masked). ``mismatch``: why
+    the index holds some of its snapshots back (a hash that lost, docs/http-api.md#trust),
+    shown as its ``last_error`` when the probe itself succeeded."""
+    last = health.last_scrape
+    duration = health.last_duration
+    error = health.last_error or mismatch
+    out: dict[str, object] = {
+        "group": health.target.key.group,
+        "target": redact_text(health.target.key.target),
+        "kind": health.target.kind,
+        "source": "discovered" if health.target.key.discovered else "configured",
+        "health": health.health,
+        "last_error": redact_text(error),
+        "last_scrape": wire_time(last) if last else None,
+        "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
+        "snapshots": count,
+        "consecutive_failures": health.failures,
+    }
+    if health.target.version:  # a discovered node's (docs/http-api.md#trust)
+        out["version"] = health.target.version
+    return out
 
 
 def source_json(
@@ -77,7 +137,7 @@ def source_json(
             wire["attestations"] = held.attested(group, f.bare_name)
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
-    out["updated_at"] = format_time(source.updated_at)
+    out["updated_at"] = wire_time(source.updated_at)
     if node_version:  # a discovered node's, from getClusterNodes (docs/http-api.md#trust)
         out["version"] = node_version
     # Measurements behind the ranking (docs/http-api.md#trust), once there are some.

@@ -7,7 +7,7 @@ out of descriptors, nothing opens any more: not the API's connections, not ``/me
 local target's directory scan. So :func:`descriptor_budget` splits the descriptor limit
 (``LimitNOFILE``) at start: a reserve for everything else first, then half of the rest for
 client connections and half for what downloads hold on top (the download limit is enforced by
-:class:`tracker.files.downloads.DownloadSlots`: a request beyond it gets 503 at once, unless
+:class:`tracker.accounting.downloads.DownloadSlots`: a request beyond it gets 503 at once, unless
 a download's client has taken nothing for a while and its slot goes to the new one, while
 the API keeps answering on the connections left).
 

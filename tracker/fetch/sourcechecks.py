@@ -26,7 +26,7 @@ from tracker.core.untrusted import ascii_digits
 from tracker.errors import SourceFailed
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.state import Identity
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import send, source_failures
 
 log = logging.getLogger("tracker.fetch")

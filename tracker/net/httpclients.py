@@ -126,9 +126,9 @@ def bulk_client(
     environment, per-phase timeouts and no overall read deadline.
 
     ``network`` opens its connections and reads them (the big reads of
-    :class:`tracker.zerocopy.transport.BigReadBackend`, which must wrap any egress check),
+    :class:`tracker.clientwire.transport.BigReadBackend`, which must wrap any egress check),
     ``transport`` turns the pool into the client's transport
-    (:class:`tracker.zerocopy.transport.PoolTransport`); both are passed in since they rely
+    (:class:`tracker.clientwire.transport.PoolTransport`); both are passed in since they rely
     on httpcore's internals, which only :mod:`tracker.zerocopy` may use. ``tls``: the
     context of the sources' TLS settings (None: httpcore's default one).
     """

@@ -1,9 +1,9 @@
-"""Serve a file from disk as an :class:`~tracker.files.answers.Answer`: fast, bounded memory,
+"""Serve a file from disk as an :class:`~tracker.serving.httpanswer.Answer`: fast, bounded memory,
 no leaked descriptors.
 
 Quart's ``send_file`` is not used (docs/architecture.md#traps-of-the-stack, 1): it reads 8 KiB
 per chunk, mishandles suffix ranges and sends ``Accept-Ranges`` only on 206. Here the decisions
-come from :func:`tracker.files.ranges.plan_file_response` and the bytes from ``os.pread`` of
+come from :func:`tracker.serving.ranges.plan_file_response` and the bytes from ``os.pread`` of
 ``chunk_size`` (2 MiB by default) in a worker thread, reading one chunk ahead: the next chunk is
 read while the server sends the current one, so the two copies (page cache to chunk, chunk to
 socket) run on two cores at once. That is ~1.2x the one-chunk-at-a-time speed on one stream, for
@@ -17,8 +17,8 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
   an explicit ``content-length``. h11 frames a HEAD answer as if it were a GET, so without
   that header it would announce ``transfer-encoding: chunked``.
 - Quart sends ``response.response`` as ``async with body: async for chunk in body``, so the
-  body is a :class:`tracker.files.bodies.Body` (a ``ResponseBody`` to Quart, see
-  tracker/web/answers.py) whose ``__aexit__`` closes the
+  body is a :class:`tracker.serving.responsebodies.Body` (a ``ResponseBody`` to Quart, see
+  tracker/web/quartanswers.py) whose ``__aexit__`` closes the
   descriptor whatever happens once sending has begun (client gone, read error).
 - The descriptor is opened (and fstat'ed) before the headers are planned, so that headers and
   bytes describe the same inode even if the file is replaced by ``os.replace`` meanwhile. If
@@ -27,7 +27,7 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
   closes the descriptor
   when the response is released.
 - No response timeout: Quart's RESPONSE_TIMEOUT would cut long downloads (trap 2); the
-  web layer turns every :class:`~tracker.files.answers.Answer` into a response without one.
+  web layer turns every :class:`~tracker.serving.httpanswer.Answer` into a response without one.
 - Header names go out lower case (Quart lower-cases them in ``encode_headers``).
 """
 
@@ -44,10 +44,10 @@ import attrs
 import trio
 
 from tracker.errors import TrackerError
-from tracker.files.answers import Answer
-from tracker.files.bodies import Body, GeneratorBody
-from tracker.files.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
-from tracker.files.threads import Background
+from tracker.serving.httpanswer import Answer
+from tracker.serving.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
+from tracker.serving.responsebodies import Body, GeneratorBody
+from tracker.serving.threads import Background
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
@@ -280,7 +280,7 @@ async def file_response(
     else:
         descriptor.close()
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
-    # empty body: tracker/web/answers.py sends these only).
+    # empty body: tracker/web/quartanswers.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)
     if extra_headers and plan.status in (200, 206):
         answer.headers.update(extra_headers)

@@ -1,7 +1,7 @@
 """An HTTP answer without a web framework: what the byte paths return.
 
 The files, the disk cache and the proxy answer with an :class:`Answer` (its status, exactly
-the headers to send, its body); tracker/web/answers.py alone turns one into the web
+the headers to send, its body); tracker/web/quartanswers.py alone turns one into the web
 framework's response (docs/architecture.md, "One request's path").
 """
 
@@ -11,13 +11,14 @@ import math
 
 import attrs
 
-from tracker.files.bodies import Body
+from tracker.serving.responsebodies import Body
 
 
 @attrs.define
 class Answer:
     """Status, headers (lower-case names, exactly these are sent: no derived length, no
-    default type) and body (bytes, or a :class:`~tracker.files.bodies.Body` that streams)."""
+    default type) and body (bytes, or a :class:`~tracker.serving.responsebodies.Body` that
+    streams)."""
 
     status: int
     headers: dict[str, str] = attrs.Factory(dict)

@@ -1,7 +1,8 @@
-"""The one place an :class:`~tracker.files.answers.Answer` becomes a Quart response.
+"""The one place an :class:`~tracker.serving.httpanswer.Answer` becomes a Quart response.
 
-The byte paths (tracker/files, tracker/cache, tracker/proxy) know no web framework: they
-answer with a status, exactly the headers to send and a :class:`~tracker.files.bodies.Body`.
+The byte paths (tracker/serving, tracker/cache, tracker/proxy) know no web framework: they
+answer with a status, exactly the headers to send and a
+:class:`~tracker.serving.responsebodies.Body`.
 Quart sends a body it knows as a ``ResponseBody`` untouched (``async with body as chunks``),
 so a Body is registered as one: the zero-copy placeholders (tracker/zerocopy/connection.py)
 pass through as the very objects the body yields.
@@ -14,8 +15,8 @@ from typing import cast
 import quart
 from quart.wrappers.response import ResponseBody
 
-from tracker.files.answers import Answer
-from tracker.files.bodies import Body
+from tracker.serving.httpanswer import Answer
+from tracker.serving.responsebodies import Body
 
 ResponseBody.register(Body)  # type: ignore[type-abstract]
 

@@ -2,7 +2,7 @@
 
 :func:`plan_file_response` turns a request (method and headers) and the facts of a file (size,
 modification time, ETag) into a :class:`ResponsePlan`: the status, the byte range to send and
-the exact response headers. :mod:`tracker.files.fileresponse` carries the plan out on disk.
+the exact response headers. :mod:`tracker.serving.fileresponse` carries the plan out on disk.
 
 Decisions worth knowing (RFC 9110 section numbers in brackets):
 

@@ -20,8 +20,8 @@ import trio
 from tracker.core.logs import log_event
 from tracker.core.metrics import Metrics
 from tracker.errors import ClientGone, RequestError
-from tracker.files.answers import Answer
-from tracker.files.bodies import Body, BytesBody, WrappedBody
+from tracker.serving.httpanswer import Answer
+from tracker.serving.responsebodies import Body, BytesBody, WrappedBody
 
 log = logging.getLogger("tracker.download")
 

@@ -9,7 +9,6 @@ loop's decision (:mod:`tracker.discovery.scrape`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
@@ -17,7 +16,6 @@ from typing import Literal
 import attrs
 
 from tracker.core.index import TargetKey
-from tracker.core.redact import redact_text
 
 #: ``cluster``: a ``getClusterNodes`` RPC URL of ``cluster_discovery`` (asked, not probed).
 Kind = Literal["sidecar", "http", "local", "cluster"]
@@ -145,27 +143,3 @@ class Roster:
 
 def _display_order(health: TargetHealth) -> tuple[str, str]:
     return (health.target.key.group, health.target.key.target)
-
-
-def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[str, object]:
-    """The ``/v1/targets`` entry of one target (secrets in URLs masked). ``mismatch``: why
-    the index holds some of its snapshots back (a hash that lost, docs/http-api.md#trust),
-    shown as its ``last_error`` when the probe itself succeeded."""
-    last = health.last_scrape
-    duration = health.last_duration
-    error = health.last_error or mismatch
-    out: dict[str, object] = {
-        "group": health.target.key.group,
-        "target": redact_text(health.target.key.target),
-        "kind": health.target.kind,
-        "source": "discovered" if health.target.key.discovered else "configured",
-        "health": health.health,
-        "last_error": redact_text(error),
-        "last_scrape": last.isoformat().replace("+00:00", "Z") if last else None,
-        "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
-        "snapshots": count,
-        "consecutive_failures": health.failures,
-    }
-    if health.target.version:  # a discovered node's (docs/http-api.md#trust)
-        out["version"] = health.target.version
-    return out

@@ -34,7 +34,7 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.errors import ProbeError, RpcError, TransportError, VoteInvalid
-from tracker.net.bodies import body_chunks
+from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import stream
 from tracker.net.limits import decode_text, iter_json_members, status_reason
 from tracker.proof.levels import Level, Proof

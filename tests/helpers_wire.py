@@ -1,0 +1,71 @@
+"""The wire as a client sees it: :func:`raw_request` talks HTTP over a plain socket to see
+the framing, and a connection closed after a broken body."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+
+@attrs.define
+class Wire:
+    """A raw HTTP exchange: status line, header lines as sent, body bytes, how it ended."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool  # the server closed the connection
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+async def raw_request(
+    base: str,
+    target: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    read_limit: int | None = None,
+    idle: float = 0.3,
+) -> Wire:
+    """Send one request over a fresh socket and read until the server closes it, the body
+    announced by Content-Length is complete (then wait ``idle`` s for a close), or
+    ``read_limit`` bytes of body arrived (then close our side)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    lines = [f"{method} {target} HTTP/1.1", f"host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers or []]
+    await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = bytearray()
+    closed = False
+    async with stream:
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed before headers: {bytes(data)!r}")
+            data += chunk
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = [tuple(line.split(": ", 1)) for line in header_lines]
+        wire = Wire(int(status_line.split()[1]), [(k, v) for k, v in parsed], b"", False)
+        body = bytearray(rest)
+        length = wire.header("content-length")
+        expected = int(length) if length is not None and method != "HEAD" else None
+        if method == "HEAD" or wire.status in (304,):
+            expected = 0
+        while read_limit is None or len(body) < read_limit:
+            if expected is not None and len(body) >= expected:
+                with trio.move_on_after(idle):
+                    extra = await stream.receive_some(65536)
+                    body += extra
+                    closed = not extra
+                break
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                closed = True
+                break
+            body += chunk
+    wire.body = bytes(body)
+    wire.closed = closed
+    return wire

@@ -1,0 +1,272 @@
+"""What the object-store tier keeps in a real SeaweedFS bucket
+(docs/http-api.md#with-an-object-store-object_store): retention of superseded archives and
+their digests, what start-up learns and cleans, the lock protocol. Serving through the
+bucket is in ``test_objectstore.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from helpers_bucket import bucket_tracker, prefix_of, put, store_config, tier_of, uploaded
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, advertise, advertise_files, proxy_tracker, wait_for
+from helpers_s3 import Weed
+from helpers_upstream import FakeUpstream
+from names import full_name, incremental_name
+
+FULL = full_name(9000)
+INCR = incremental_name(9000, 9100)
+FULL_DATA = archive_bytes(20 * MiB + 12345, seed=90)
+INCR_DATA = archive_bytes(3 * MiB, seed=91)
+
+#: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
+UPSTREAM_FILES = {FULL: FULL_DATA, INCR: INCR_DATA}
+
+
+async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A superseded archive stays while a URL of it may be valid and goes as soon as its
+    last URL has expired: no later upload is needed to delete it."""
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
+
+    ttl = 2.0
+    newer = full_name(9500)
+    newer_data = archive_bytes(2 * MiB, seed=92)
+    async with bucket_tracker(weed, upstream, tmp_path, direct_serve_ttl=ttl, keep_previous=0) as t:
+        upstream.files[newer] = newer_data
+        prefix = prefix_of(t)
+        old_key = f"{prefix}{GROUP}/{FULL}"
+        objects = t.parts.objects
+        assert objects is not None
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
+            await client.get(t.url(FULL))
+            await uploaded(weed, t, FULL)
+            old_url = (await client.get(t.url(FULL))).headers["location"]
+            assert (await client.get(old_url)).status_code == 200
+            # A newer full: its upload's retention must keep FULL, handed out just now.
+            advertise_files(t.index, upstream, {FULL: FULL_DATA, newer: newer_data})
+            await client.get(t.url(newer))
+            await uploaded(weed, t, newer)
+            assert old_key in weed.objects(prefix)
+            # Wall-clock time must pass (no event to wait on): the URL's lifetime, after which
+            # the retention timer, due at the same time, is due now.
+            await trio.sleep(ttl + 0.5)
+            assert (await client.get(old_url)).status_code == 403
+            # Handed out again: the retention timer, due now, must wait for this URL too.
+            fresh = (await client.get(t.url(FULL))).headers["location"]
+            handed_again = trio.current_time()
+            assert fresh != old_url and (await client.get(fresh)).status_code == 200
+            await wait_for(lambda: old_key not in weed.objects(prefix), timeout=ttl + 15)
+            gone_after = trio.current_time() - handed_again
+            nursery.cancel_scope.cancel()
+        # Not before the fresh URL expired, and soon after (no upload came meanwhile).
+        assert ttl < gone_after < ttl + HANDOUT_MARGIN + 4, gone_after
+        assert f"{prefix}{GROUP}/{newer}" in weed.objects(prefix)
+
+
+async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        prefix = prefix_of(t)
+        orphan, alive = tier.object_key(GROUP, FULL), tier.object_key(GROUP, INCR)
+        s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
+        s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
+        s3.create_multipart_upload(Bucket="snapshots", Key=alive)
+        # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
+        # of an age still differ by at least 2 after 2.1 s).
+        await trio.sleep(2.1)  # wall-clock time: the bucket dates the uploads, not this test
+        # INCR's refresher is alive: its lock is fresh.
+        s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
+        # A refresher that began just now has no lock yet: its young upload is no orphan.
+        young = tier.object_key(GROUP, full_name(9700))
+        s3.create_multipart_upload(Bucket="snapshots", Key=young)
+        await tier.startup()
+        assert sorted(weed.uploads(prefix)) == sorted([alive, young])
+        assert tier.status()["objects_known"] == 1
+
+
+async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
+    """A lock and a hand-out mark in the bucket next to the archive: in a listing (or a
+    mirror) of the bucket only the archive's own key ends in the archive's name."""
+    from tracker.objectstore.locks import Lock
+
+    tier = tier_of(weed)
+    prefix = tier.store.prefix
+    put(weed, tier.object_key(GROUP, FULL), FULL_DATA[:1000])
+    lock = await tier.claim(GROUP, INCR)
+    assert isinstance(lock, Lock)
+    assert await tier.handout(GROUP, FULL) is not None  # writes the mark
+    listed = weed.objects(prefix)
+    assert lock.key in listed and len(listed) == 3, listed
+    for name in (FULL, INCR):
+        assert [k for k in listed if k.endswith(name)] == (
+            [tier.object_key(GROUP, name)] if name == FULL else []
+        ), listed
+    await lock.release()
+
+
+async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
+    """Digests, locks, marks and stray keys are not archives; the locks and marks of an
+    older version (no suffix: they ended in the archive's name) are deleted once expired."""
+    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
+    prefix = tier.store.prefix
+    archive = tier.object_key(GROUP, FULL)
+    stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
+    for key in [archive, *stray]:
+        put(weed, key)
+    old_lock, old_mark = f"{prefix}.locks/{GROUP}/{FULL}", f"{prefix}.handed/{GROUP}/{FULL}"
+    put(weed, old_lock, Metadata={"owner": "old", "replica": ""})
+    put(weed, old_mark, b"")
+    young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
+    await tier.startup()
+    assert tier.status()["objects_known"] == 1
+    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
+    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
+
+    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)  # wall-clock time: the bucket dates locks
+    put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
+    await tier.startup()
+    left = weed.objects(prefix)
+    assert old_lock not in left and old_mark not in left, left
+    assert young_lock in left  # live: left to its holder
+    assert sorted(left) == sorted([archive, *stray, young_lock])
+    assert tier.status()["objects_known"] == 1
+
+
+async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
+    """Retention counts archives only (a digest or stray key is none) and deletes an
+    archive's ``.sha256`` digest, ``.proof`` and ``.attestation`` with it; a digest without
+    its archive is harmless."""
+    tier = tier_of(weed, keep_previous=0)
+    prefix = tier.store.prefix
+    older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
+    for name in (older, newer):
+        put(weed, tier.object_key(GROUP, name))
+        for side in (".sha256", ".proof", ".attestation"):
+            put(weed, tier.object_key(GROUP, name) + side, b"0" * 64)
+    put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
+    put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
+    await tier.retain(GROUP, full=True)
+    assert sorted(weed.objects(prefix)) == sorted(
+        [
+            tier.object_key(GROUP, newer),
+            tier.object_key(GROUP, newer) + ".sha256",
+            tier.object_key(GROUP, newer) + ".proof",
+            tier.object_key(GROUP, newer) + ".attestation",
+            tier.object_key(GROUP, newest) + ".sha256",
+            tier.object_key(GROUP, incremental_name(8500, 8600)),
+        ]
+    )
+
+
+async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+        objects = t.parts.objects
+        assert objects is not None
+        tier, s3 = objects.tier, weed.client()
+        key = tier.object_key(GROUP, FULL)
+        s3.put_object(
+            Bucket="snapshots",
+            Key=tier.lock_key(GROUP, FULL),
+            Body=b"",
+            Metadata={"owner": "dead", "replica": ""},
+        )
+        s3.create_multipart_upload(Bucket="snapshots", Key=key)
+        async with httpx.AsyncClient() as client:
+            # The lock is live: no replica_url to follow, so the bytes come uncached.
+            first = await client.get(t.url(FULL))
+            assert first.content == FULL_DATA
+            assert weed.objects(prefix_of(t)).get(key) is None
+            assert t.cached() == []
+            await trio.sleep(2.1)  # lock_ttl without renewal (and a second: HTTP dates)
+            second = await client.get(t.url(FULL))
+        assert second.status_code == 200, (second.status_code, second.text)
+        assert second.content == FULL_DATA
+        await uploaded(weed, t, FULL)
+        assert t.counter("snapshot_tracker_object_lock_takeovers_total") == 1
+        assert weed.uploads(prefix_of(t)) == []
+
+
+async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
+    """The lock protocol on the real store: of racing replicas one wins; a live lock is
+    held; a stale one is taken over by one replica; the old holder's renewal then fails."""
+    from tracker.errors import StoreConflict
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Holder, Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    got: list[Lock | Holder] = []
+    # A lock_ttl no race can outlast, however loaded the machine: a racer that looks at the
+    # winner's lock more than lock_ttl + 1 s after it was made would rightly take it over
+    # (CI saw it with a 1 s lock_ttl).
+    async with trio.open_nursery() as nursery:
+        for owner in ("a", "b", "c", "d"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 30.0))
+            )
+    winners = [g for g in got if isinstance(g, Lock)]
+    assert len(winners) == 1
+    assert {g.owner for g in got if isinstance(g, Holder)} == {winners[0].owner}
+    first = winners[0]
+    await first.renew()  # alive: renewal works
+    await trio.sleep(3.1)  # lock_ttl (2 s) and a second of HTTP-date slack, not renewed
+    got.clear()
+    async with trio.open_nursery() as nursery:
+        for owner in ("e", "f"):
+            nursery.start_soon(
+                lambda o=owner: _append(got, acquire(bucket, key, o, f"http://{o}", 2.0))
+            )
+    takers = [g for g in got if isinstance(g, Lock)]
+    assert len(takers) == 1 and takers[0].took_over
+    with pytest.raises(StoreConflict):
+        await first.renew()
+    await takers[0].release()
+    assert await bucket.head(key) is None
+
+
+async def _append(out: list[Any], value: Any) -> None:
+    out.append(await value)
+
+
+async def test_retention_keeps_the_newest_incremental_of_every_full_still_served(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """keep_previous 0: of the incrementals in the bucket, the newest overall stays, and so
+    does the newest on a full that a source still advertises (the bucket need not hold that
+    full); older ones and those of a full nobody serves any more go."""
+    served_full, gone_full, newest_full = full_name(7000), full_name(6000), full_name(9000)
+    on_served = [incremental_name(7000, 7100), incremental_name(7000, 7200)]
+    on_gone = [incremental_name(6000, 6100), incremental_name(6000, 6200)]
+    on_newest = [incremental_name(9000, 9100), incremental_name(9000, 9200)]
+    async with proxy_tracker(
+        tmp_path / "cache", object_store=store_config(weed, keep_previous=0)
+    ) as t:
+        # A source advertises the full at 7000 (only an older one at 6000 is advertised by
+        # nobody); the bucket holds the newest full and every incremental.
+        advertise(t.index, upstream.base, [(served_full, upstream.url(served_full), 1000)])
+        objects = t.parts.objects
+        assert objects is not None
+        tier = objects.tier
+        put(weed, tier.object_key(GROUP, newest_full))
+        for name in on_served + on_gone + on_newest:
+            put(weed, tier.object_key(GROUP, name))
+        await tier.retain(GROUP, full=False)
+        left = {key.rsplit("/", 1)[-1] for key in weed.objects(prefix_of(t))}
+    assert gone_full not in left
+    assert left == {newest_full, on_served[1], on_newest[1]}
