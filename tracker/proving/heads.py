@@ -84,6 +84,9 @@ class HeadProofs:
         #: The read of each proven copy, to decide it again under a raised level.
         self._proven_reads: OrderedDict[Copy, HeadRead] = OrderedDict()
         self._refused: OrderedDict[tuple[TargetKey, str], str] = OrderedDict()
+        #: The refused copies whose proof was only below the level (not a failed check),
+        #: with their read and proof: a reload that lowers the level brings them back.
+        self._short: OrderedDict[Copy, tuple[HeadRead, Proof]] = OrderedDict()
         self._tried: dict[tuple[TargetKey, str], float] = {}
         #: Rounds completed (tests wait on it).
         self.rounds = 0
@@ -100,12 +103,13 @@ class HeadProofs:
         decided = 0
         config = self._config()
         for group in config.target_groups:
-            # Only where a group asks for it: redirect mode checks no archive by default,
-            # and a head read costs a source up to manifest_read bytes per copy.
-            asked = group.trust.require
-            if config.proxy_snapshot_downloads or asked is None or asked < Level.MANIFEST:
+            gated = proven_only(config, group)
+            self._index.rank_proven_only(group.group, gated)
+            if not gated:
+                self._lowered(None, group.group)
                 continue
             self._below_now(config.required_level(group), group.group)
+            self._lowered(config.required_level(group), group.group)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
                 decided += await self._decide(config, group, read, proof)
             for read in self.due(group):
@@ -123,18 +127,31 @@ class HeadProofs:
                 continue
             if shortfall(proof, required, is_full=read.file.name.is_full) is not None:
                 del self.proven[copy]
+                self._index.prove(*copy, proven=False)
                 self._voting[copy] = (read, proof)
+
+    def _lowered(self, required: Level | None, group: str) -> None:
+        """Bring back every copy of ``group`` refused only for being below a level that a
+        reload lowered to ``required`` (None: the group requires nothing any more), and
+        those awaiting votes no longer required: proven as their head read gave them."""
+        short = [*self._short.items(), *(() if required is not None else self._voting.items())]
+        for copy, (read, proof) in short:
+            if copy[0].group != group:
+                continue
+            if (
+                required is None
+                or shortfall(proof, required, is_full=read.file.name.is_full) is None
+            ):
+                self._short.pop(copy, None)
+                self._refused.pop(copy, None)
+                self._voting.pop(copy, None)
+                self._proved(read, proof)
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
-        name = group.group
-        best = [self._index.best_full(name), self._index.best_incremental(name)]
-        candidates = [
-            self._index.find_file(name, s.info.files[0].bare_name) for s in best if s is not None
-        ]
         done = self.proven.keys() | self._refused.keys() | self._voting.keys()
         return heads_due(
-            candidates,
+            self._index.unproven_best(group.group),
             done=done,
             tried=self._tried,
             retry_after=self._retry_after,
@@ -180,13 +197,23 @@ class HeadProofs:
                     del self._voting[next(iter(self._voting))]
                 return 0
             self._keep(self._refused, read.copy, reason)
+            self._keep(self._short, read.copy, (read, proof))
             log_event(log, "warning", "archive_disproven", url=url, reason=reason)
             return 1
-        self._index.disprove(read.key, read.file.bare_name, None)
-        self._keep(self.proven, read.copy, proof)
-        self._keep(self._proven_reads, read.copy, read)
+        self._proved(read, proof)
         log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
         return 1
+
+    def _proved(self, read: HeadRead, proof: Proof) -> None:
+        """``read``'s copy reached its group's level: ranked (the oldest proven copy past
+        :data:`MAX_KEPT` forgotten, out of the ranking until read again)."""
+        self._index.disprove(read.key, read.file.bare_name, None)
+        self._index.prove(read.key, read.file.bare_name)
+        self._keep(self.proven, read.copy, proof)
+        self._keep(self._proven_reads, read.copy, read)
+        for copy in [c for c in self._proven_reads if c not in self.proven]:
+            del self._proven_reads[copy]
+            self._index.prove(*copy, proven=False)
 
     def _keep(self, kept: OrderedDict[Copy, _V], copy: Copy, value: _V) -> None:
         kept[copy] = value
@@ -194,6 +221,15 @@ class HeadProofs:
         while len(kept) > MAX_KEPT:
             kept.popitem(last=False)
         self._tried.pop(copy, None)
+
+
+def proven_only(config: Config, group: TargetGroup) -> bool:
+    """Whether ``group`` reads heads and ranks only the copies they prove: in redirect
+    mode, where the group sets a ``trust.require`` above ``structure`` (redirect mode
+    checks no archive by default, as the Go tracker: a head read costs a source up to
+    ``manifest_read`` bytes per copy)."""
+    asked = group.trust.require
+    return not config.proxy_snapshot_downloads and asked is not None and asked > Level.STRUCTURE
 
 
 async def prove_copy(
