@@ -21,7 +21,7 @@ from tracker.core.snapshots import SnapshotInfo
 from tracker.core.sources import SnapshotSource, TargetKey
 
 #: Why a copy of a group that ranks proven copies only is out while its proof is awaited.
-NOT_YET = "not proven yet: its head read has not proven it to the group's trust.require"
+NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
 
 
 class ProvenOnly:
