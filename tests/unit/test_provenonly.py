@@ -5,13 +5,16 @@ start, as tables over the index."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import base58
 import pytest
+from helpers_config import load
 
 from tracker.core.index import Index, TargetKey
 from tracker.core.provenonly import NOT_YET
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.proving.heads import proven_only
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 H = base58.b58encode(bytes(range(32))).decode()
@@ -132,3 +135,25 @@ def test_a_proof_of_a_group_that_ranks_every_copy_changes_nothing() -> None:
     before = index.generation
     index.prove(A, FULL)
     assert index.generation == before  # not re-ranked: the mark does not matter there
+
+
+@pytest.mark.parametrize(
+    ("settings", "trust", "expected"),
+    [
+        pytest.param("", "", False, id="nothing set: every copy ranks, as the Go tracker"),
+        pytest.param("", "trust: {require: structure}", False, id="structure: no head read"),
+        pytest.param("", "trust: {require: manifest}", True, id="manifest: proven only"),
+        pytest.param("", "trust: {require: cluster}", True, id="cluster: proven only"),
+        pytest.param(
+            "proxy_snapshot_downloads: true\n",
+            "trust: {require: manifest}",
+            False,
+            id="proxy mode: the cache's check, not head reads",
+        ),
+    ],
+)
+def test_which_groups_rank_proven_copies_only(
+    tmp_path: Path, settings: str, trust: str, expected: bool
+) -> None:
+    config = load(tmp_path, f"{settings}target_groups: [{{group: g, {trust}}}]\n")
+    assert proven_only(config, config.target_groups[0]) is expected
