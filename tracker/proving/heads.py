@@ -2,14 +2,18 @@
 "Proven archives").
 
 In redirect mode the tracker never holds the bytes, but an archive's manifest comes before
-its accounts. Every few seconds :class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due`
-which copies of each group's best full and incremental have not been read yet, and reads
+its accounts. A group that sets ``trust.require`` above ``structure`` (:func:`proven_only`)
+ranks only the copies proven here (:mod:`tracker.core.provenonly`). Every second
+:class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due` which copies of the best full
+and incremental such a group would rank were every copy proven have not been read yet, and reads
 each from the start, through the archive check with its proof (``prove``, the files layer's
 head check, passed in), until the manifest ends or ``manifest_read`` bytes came. A copy
 below its group's level (a manifest that does not decode, a name its lattice hash does not
 give, a bank hash that does not recompute) is kept out of the ranking
 (:meth:`tracker.core.index.Index.disprove`) and its source shows the reason; a copy that
-reaches it is kept as proven, once per archive and source. A read that fails for a reason
+reaches it is kept as proven and ranked (:meth:`tracker.core.index.Index.prove`), once per
+archive and source. A reload that lowers the level brings back the copies refused only for
+the old one, with the proof their read gave. A read that fails for a reason
 that is not the archive's (the source busy, unreachable, an answer that is not the file) is
 tried again later. Every read goes through the proxy's upstream client (credentials only to
 their origin, the egress policy) within the source's ``source_limits``, like a speed test.
