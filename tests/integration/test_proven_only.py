@@ -28,7 +28,7 @@ from helpers_cluster import (
     status_page,
     votes_for,
 )
-from helpers_proxy import Behaviour
+from helpers_proxy import Behaviour, sidecar_listing
 from helpers_tracker import wait_until
 from helpers_votes import VoteRpc
 from test_proven import ACCOUNT
@@ -87,6 +87,32 @@ async def test_a_copy_whose_head_read_is_held_back_is_never_redirected_to(
 
 async def _asked(f: Fleet, name: str) -> bool:
     return bool(f.bad.gets(name))
+
+
+async def test_a_held_back_head_read_holds_back_no_other_copy(tmp_path: Path) -> None:
+    """A second source listed while the first one's head read is held back is read, proven
+    and redirected to meanwhile; the first is handed out once its read ends."""
+    name, data = build_archive(4300, seed=44, account_size=ACCOUNT)
+    held = Behaviour(pause_at=0)
+    settings = {"trust": {"require": "manifest"}, **REDIRECT}
+    async with fleet(tmp_path, name, data, data, how=held, **settings) as f:
+        await wait_until(lambda: _asked(f, name), timeout=20)
+        f.good.listing = sidecar_listing({name: data})
+        good, bad = f"{f.good.base}/v1/snapshot/{name}", f"{f.bad.base}/v1/snapshot/{name}"
+
+        async def other_proven() -> bool:
+            return await best_urls(f) == [good]
+
+        await wait_until(other_proven, timeout=20)
+        answer = await short_redirect(f)
+        assert answer.status_code == 303 and answer.headers["location"] == good
+        assert f.bad.gets(name)[0].body_sent == 0  # still held
+        held.resume.set()
+
+        async def both() -> bool:
+            return sorted(await best_urls(f)) == sorted([good, bad])
+
+        await wait_until(both, timeout=20)
 
 
 async def test_with_cluster_required_a_copy_is_out_while_the_rpc_holds_its_votes(

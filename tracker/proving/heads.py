@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import attrs
@@ -57,6 +58,8 @@ RETRY_AFTER = 60.0
 MAX_KEPT = 4096
 #: Longest one head read may take, whatever its size.
 READ_FOR = 300.0
+#: Head reads (or questions of votes) in flight at once, over every group.
+READS_AT_ONCE = 4
 
 
 class HeadProofs:
@@ -92,20 +95,28 @@ class HeadProofs:
         #: with their read and proof: a reload that lowers the level brings them back.
         self._short: OrderedDict[Copy, tuple[HeadRead, Proof]] = OrderedDict()
         self._tried: dict[tuple[TargetKey, str], float] = {}
+        #: Copies whose read (or votes) is in flight, and how many may be at once.
+        self._reading: set[Copy] = set()
+        self._at_once = trio.CapacityLimiter(READS_AT_ONCE)
         #: Rounds completed (tests wait on it).
         self.rounds = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the heads due every :data:`CHECK_EVERY` seconds, until cancelled."""
-        task_status.started()
-        while True:
-            await self.round()
-            await trio.sleep(self._every)
+        """Start the heads due every :data:`CHECK_EVERY` seconds, each read in the
+        background (at most :data:`READS_AT_ONCE` at once), until cancelled: a slow source
+        holds back its own copy, never the next round's."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await self.round(nursery)
+                await trio.sleep(self._every)
 
-    async def round(self) -> int:
-        """Read every head due now, one after another; how many copies were decided."""
+    async def round(self, nursery: trio.Nursery | None = None) -> int:
+        """Read every head due now: in ``nursery`` (None: one after another, awaited); how
+        many copies were decided by the reads awaited."""
         decided = 0
         config = self._config()
+        step = partial(self._step, nursery)
         for group in config.target_groups:
             gated = proven_only(config, group)
             self._index.rank_proven_only(group.group, gated)
@@ -115,11 +126,31 @@ class HeadProofs:
             self._below_now(config.required_level(group), group.group)
             self._lowered(config.required_level(group), group.group)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
-                decided += await self._decide(config, group, read, proof)
+                if read.copy not in self._reading:
+                    decided += await step(read, partial(self._decide, config, group, read, proof))
             for read in self.due(group):
-                decided += await self._read(config, group, read)
+                decided += await step(read, partial(self._read, config, group, read))
         self.rounds += 1
         return decided
+
+    async def _step(
+        self, nursery: trio.Nursery | None, read: HeadRead, work: Callable[[], Awaitable[int]]
+    ) -> int:
+        """Run ``work`` on ``read``'s copy: awaited (None) or started in ``nursery``, the copy
+        in flight meanwhile (not read again, counted among its archive's sources)."""
+        self._reading.add(read.copy)
+
+        async def done() -> int:
+            try:
+                async with self._at_once:
+                    return await work()
+            finally:
+                self._reading.discard(read.copy)
+
+        if nursery is None:
+            return await done()
+        nursery.start_soon(done)
+        return 0
 
     def _below_now(self, required: Level, group: str) -> None:
         """Put every proven copy of ``group`` below ``required`` (a reload raised its
@@ -153,7 +184,7 @@ class HeadProofs:
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
-        done = self.proven.keys() | self._refused.keys() | self._voting.keys()
+        done = self.proven.keys() | self._refused.keys() | self._voting.keys() | self._reading
         return heads_due(
             self._index.unproven_best(group.group),
             done=done,
