@@ -87,8 +87,9 @@ class ProvenOnly:
 
 
 def best_unproven(sources: list[SnapshotSource]) -> list[list[SnapshotSource]]:
-    """The sources of the best full and of the best incremental on it that ``sources`` (a
-    group's, before any copy is held back for want of a proof) would rank, each archive's
+    """The sources of the best full (by slot, whatever the group's ranking) and of the best
+    incremental on it that ``sources`` (a group's, before any copy is held back for want of
+    a proof) would rank, each archive's
     best source first (as :meth:`tracker.core.index.Index.find_file` orders them): where the
     head reads of a group that ranks proven copies only start."""
     by_target: dict[TargetKey, list[tuple[Any, SnapshotSource]]] = {}
