@@ -22,8 +22,10 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
+from tracker.config.files import signing
 from tracker.config.schema import Config
 from tracker.config.warnings import restart_needed
+from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
 from tracker.core.index import Index
 from tracker.core.logs import RecentEvents, log_event
@@ -106,6 +108,8 @@ class Components:
     heads: HeadProofs | None = None
     #: The recent events the status page lists (a log handler, attached while running).
     events: RecentEvents = attrs.Factory(lambda: RecentEvents(PAGE_EVENTS))
+    #: The statements signed with ``attest.key`` (docs/http-api.md, "Signed statements").
+    attestations: Attestations = attrs.Factory(lambda: Attestations(Digests()))
 
     def status_sources(self, digest: Digest | None = None) -> StatusSources:
         """What the status page reads (``digest``: SHA-256 of verified archives, by default
@@ -163,7 +167,10 @@ def build(
     # "Verified archives"): written by the byte paths, read by the API.
     digests, rejections = Digests(), Rejections()
     objects = object_path(tracker.config, metrics, digests)
+    attestations = Attestations(digests)  # signs with attest.key: loaded now, on each reload
+    attestations.configure(*signing(tracker.config.attest))
     if objects is not None:  # the newest incremental of every full still served stays
+        objects.tier.attestations = attestations
         objects.tier.retainer.served = index.served_fulls
         objects.tier.retainer.on_listed = partial(index.hold, "bucket")
     votes = ClusterVotes(current, rpc)  # one, its tallies shared by every copy it lifts
@@ -194,6 +201,7 @@ def build(
         store_status=status,
         digests=digests,
         rejections=rejections,
+        attestations=attestations,
         uncached=streamer.uncached,
         clock=index.clock,
         flowing=transfers.flowing,
@@ -218,6 +226,7 @@ def build(
         learning,
         objects,
         heads,
+        attestations=attestations,
     )
 
 
@@ -282,6 +291,7 @@ async def run_tracker(
             # One reload at a time, so a storm of them parses the file once after another.
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
+            parts.attestations.configure(*signing(new.attest))  # ConfigError: refused
             dropped = groups_dropped(tracker.config, new)
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)

@@ -590,13 +590,15 @@ async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: 
 
 async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
     """Retention counts archives only (a digest or stray key is none) and deletes an
-    archive's ``.sha256`` digest with it; a digest without its archive is harmless."""
+    archive's ``.sha256`` digest, ``.proof`` and ``.attestation`` with it; a digest without
+    its archive is harmless."""
     tier = tier_of(weed, keep_previous=0)
     prefix = tier.store.prefix
     older, newer, newest = full_name(8000), full_name(8500), full_name(9999)
     for name in (older, newer):
         put(weed, tier.object_key(GROUP, name))
-        put(weed, tier.object_key(GROUP, name) + ".sha256", b"0" * 64)
+        for side in (".sha256", ".proof", ".attestation"):
+            put(weed, tier.object_key(GROUP, name) + side, b"0" * 64)
     put(weed, tier.object_key(GROUP, newest) + ".sha256", b"0" * 64)  # upload not complete
     put(weed, tier.object_key(GROUP, incremental_name(8500, 8600)))
     await tier.retain(GROUP, full=True)
@@ -604,6 +606,8 @@ async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None
         [
             tier.object_key(GROUP, newer),
             tier.object_key(GROUP, newer) + ".sha256",
+            tier.object_key(GROUP, newer) + ".proof",
+            tier.object_key(GROUP, newer) + ".attestation",
             tier.object_key(GROUP, newest) + ".sha256",
             tier.object_key(GROUP, incremental_name(8500, 8600)),
         ]

@@ -11,60 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from archives import bad_variants, build_archive
-from helpers_proxy import (
-    GROUP,
-    FakeUpstream,
-    TrackerUnderTest,
-    advertise_files,
-    make_config,
-    raw_request,
-    running_tracker,
-    serving,
-    wait_for,
-)
-from helpers_s3 import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
+from helpers_proxy import GROUP, FakeUpstream, raw_request, serving, wait_for
+from helpers_replicas import idle, replica
+from helpers_s3 import BUCKET, Weed
 
-from tracker.config.schema import ObjectStore
+from tracker.proof.levels import Level
 
 NAME, GOOD = build_archive(9500, compression="zst", seed=95)
-
-
-def store(weed: Weed, prefix: str) -> ObjectStore:
-    return ObjectStore(
-        endpoint=weed.endpoint,
-        bucket=BUCKET,
-        prefix=prefix,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-        lock_ttl=3.0,
-    )
-
-
-@asynccontextmanager
-async def replica(
-    weed: Weed, up: FakeUpstream, tmp_path: Path, prefix: str, **extra: Any
-) -> AsyncIterator[TrackerUnderTest]:
-    config = make_config(
-        tmp_path / f"cache-{secrets.token_hex(2)}",
-        object_store=store(weed, prefix),
-        verify_archives=True,
-        **extra,
-    )
-    async with running_tracker(config) as t:
-        advertise_files(t.index, up, {NAME: up.files[NAME]})
-        yield t
-
-
-async def idle(t: TrackerUnderTest) -> None:
-    objects = t.parts.objects
-    assert objects is not None
-    await wait_for(lambda: objects.tier.uploads_running == 0, timeout=30)
 
 
 def repr_digest(data: bytes) -> str:
@@ -102,9 +58,12 @@ async def test_a_good_archive_is_completed_with_its_digest_known_to_every_replic
             assert fill.status == 200 and fill.body == GOOD
             await wait_for(lambda: key in weed.objects(prefix), timeout=30)
             await idle(first)
+            proven = first.parts.streamer.digests.verified(GROUP, NAME)
+            assert proven is not None and proven.proof.level > Level.STRUCTURE
         objects = weed.objects(prefix)
         assert objects[key] == len(GOOD)
-        assert set(objects) == {key, key + ".sha256"}  # no other key ends in the name
+        # No other key ends in the name; no statement without attest.
+        assert set(objects) == {key, key + ".sha256", key + ".proof"}
         s3 = weed.client()
         line = s3.get_object(Bucket=BUCKET, Key=key + ".sha256")["Body"].read().decode()
         assert line == f"{digest}  {NAME}\n"
@@ -120,4 +79,7 @@ async def test_a_good_archive_is_completed_with_its_digest_known_to_every_replic
             assert streamed.header("repr-digest") == repr_digest(GOOD)
             line_answer = await raw_request(second.base, f"/v1/{GROUP}/{NAME}.sha256")
             assert line_answer.body.decode() == f"{digest}  {NAME}\n"
+            # The proof of the first replica's check, from the bucket: the copy is proven.
+            known = second.parts.streamer.digests.verified(GROUP, NAME)
+            assert known is not None and known.proof == proven.proof
         assert len(up.gets(NAME)) == 1  # the second replica never asked the source

@@ -1,12 +1,21 @@
-"""What a statement says of a checked copy (core.attesting.statement_of)."""
+"""What a statement says of a checked copy (core.attesting), when the daemon signs it again,
+the check of one read beside a bucket object, and what the daemon serves
+(core.attestations)."""
 
 from __future__ import annotations
 
+import re
+
+import attrs
+import pytest
 from helpers_statements import SHA, signer
 
-from tracker.core.attesting import HeldCopy, statement_of
+from tracker.core.attestations import Attestations
+from tracker.core.attesting import HeldCopy, due, held_copy, of_copy, statement_of
+from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import parse_archive_name
-from tracker.core.statements import parse_document
+from tracker.core.statements import Statement, parse_document
+from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level, Proof
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -35,3 +44,161 @@ def test_a_statement_says_what_the_check_proved_and_parses_back() -> None:
     assert document.signer == key.public_key
     inc = statement_of(held(INCREMENTAL), 2_000.0, 600.0)
     assert (inc.slot, inc.base_slot) == (160, 100)
+
+
+# -- what the daemon signs, and when again (core.attesting.held_copy, due) ----------------
+
+VALID = 600.0
+
+
+def said(**changes: object) -> Statement:
+    """What is said of the full's copy signed at 2,000."""
+    return attrs.evolve(statement_of(held(FULL), 2_000.0, VALID), **changes)  # type: ignore[misc, arg-type]
+
+
+@pytest.mark.parametrize(
+    ("signed", "wanted", "now", "again"),
+    [
+        (None, said(), 2_000.0, True),  # nothing signed yet
+        (said(), said(expires=2_700), 2_100.0, False),  # young: kept
+        (said(), said(expires=2_899), 2_299.0, False),  # just before half its life
+        (said(), said(expires=2_900), 2_300.0, True),  # half its life passed
+        (said(), said(expires=3_000), 2_400.0, True),
+        (said(), said(level=Level.CLUSTER, voted_stake=0.8), 2_001.0, True),  # lifted
+        (said(), said(sha256="cd" * 32), 2_001.0, True),  # another copy
+        (said(), said(size=1), 2_001.0, True),
+        (said(), said(checked_at=1_500), 2_001.0, True),  # checked again
+    ],
+)
+def test_a_statement_is_signed_again_when_due(
+    signed: Statement | None, wanted: Statement, now: float, again: bool
+) -> None:
+    assert due(signed, wanted, now, VALID) is again
+
+
+@pytest.mark.parametrize(
+    ("name", "verified", "signable"),
+    [
+        (FULL, Verified(SHA, PROOF, 3695, 1_000.0), True),
+        (INCREMENTAL, Verified(SHA, PROOF, 3695, 1_000.0), True),
+        (FULL, Verified(SHA, PROOF, 3695, None), False),  # another replica checked it
+        (FULL, Verified(SHA, PROOF, 0, 1_000.0), False),  # size unknown
+        ("snapshot-100-xyz.tar.zst.part", Verified(SHA, PROOF, 3695, 1_000.0), False),
+    ],
+)
+def test_only_a_copy_this_tracker_checked_of_known_size_is_signed(
+    name: str, verified: Verified, signable: bool
+) -> None:
+    assert (held_copy(name, verified) is not None) is signable
+
+
+def _document(**changes: object) -> bytes:
+    return signer().sign(said(**changes)).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (_document(), None),
+        (_document(name=INCREMENTAL), "names incremental-snapshot"),
+        (_document(size=3696), "names size 3696, the object has 3695"),
+        (_document(sha256="cd" * 32), f"the object has {SHA}"),
+        (_document(expires=2_500), "expired at 2500"),
+        (_document().replace(b'"signature": "', b'"signature": "2'), "signature"),
+        (b"[]", "not a JSON object"),
+        (b"{" * 20_000, "over 16384 bytes"),
+    ],
+)
+def test_a_document_read_beside_an_object_must_vouch_for_exactly_it(
+    raw: bytes, reason: str | None
+) -> None:
+    if reason is None:
+        assert of_copy(raw, FULL, 3695, SHA, 2_500.0 - 1).statement == said()
+        return
+    with pytest.raises(StatementInvalid, match=re.escape(reason)):
+        of_copy(raw, FULL, 3695, SHA, 2_500.0)
+
+
+# -- the daemon's statements (core.attestations.Attestations) ----------------------------
+
+
+def test_held_copies_are_signed_once_and_again_at_half_their_life() -> None:
+    digests = Digests()
+    attestations = Attestations(digests)
+    attestations.sync(2_000.0)  # no key: nothing
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations.sync(2_000.0)
+    assert attestations.documents("g", FULL) == []
+    attestations.configure(signer(), VALID)
+    attestations.sync(2_000.0)
+    (first,) = attestations.documents("g", FULL)
+    assert first.statement == said() and attestations.public_key == signer().public_key
+    version = attestations.version
+    attestations.sync(2_299.0)  # not due
+    assert attestations.documents("g", FULL) == [first] and attestations.version == version
+    attestations.sync(2_300.0)
+    (renewed,) = attestations.documents("g", FULL)
+    assert renewed.statement == said(expires=2_900) and attestations.version > version
+    # Lifted to cluster: a new statement at once.
+    lifted = Proof(Level.CLUSTER, PROOF.snapshot_hash, PROOF.bank_hash, 0.9)
+    digests.hold("cache", "g", FULL, Verified(SHA, lifted, 3695, 1_000.0))
+    attestations.sync(2_301.0)
+    (cluster,) = attestations.documents("g", FULL)
+    assert (cluster.statement.level, cluster.statement.voted_stake) == (Level.CLUSTER, 0.9)
+    digests.drop("cache", "g", FULL)  # gone: its statement too
+    attestations.sync(2_302.0)
+    assert attestations.documents("g", FULL) == []
+    assert attestations.documents_json("g", FULL) == []
+
+
+def test_another_key_signs_again_and_no_key_signs_nothing() -> None:
+    digests = Digests()
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations = Attestations(digests)
+    attestations.configure(signer(1), VALID)
+    attestations.sync(2_000.0)
+    attestations.configure(signer(1), VALID)  # a reload that changed nothing keeps it
+    assert len(attestations.documents("g", FULL)) == 1
+    attestations.configure(signer(2), VALID)
+    attestations.sync(2_000.0)
+    assert [a.signer for a in attestations.documents("g", FULL)] == [signer(2).public_key]
+    attestations.configure(None, 0.0)
+    attestations.sync(2_000.0)
+    assert attestations.documents("g", FULL) == []
+
+
+def test_the_own_statement_comes_first_then_each_replica_s_from_the_bucket() -> None:
+    digests = Digests()
+    peer = parse_document(signer(2).sign(said()).encode())
+    digests.hold("bucket", "g", FULL, Verified(SHA, PROOF, 3695, None, peer))
+    attestations = Attestations(digests)
+    attestations.configure(signer(1), VALID)
+    attestations.sync(2_000.0)
+    assert attestations.documents("g", FULL) == [peer]  # not checked here: not signed here
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations.sync(2_000.0)
+    own, bucket = attestations.documents("g", FULL)
+    assert (own.signer, bucket) == (signer(1).public_key, peer)
+    uploaded = attestations.sign("g", INCREMENTAL, Verified(SHA, PROOF, 3695, 1_000.0), 2_000.0)
+    assert uploaded is not None and attestations.documents("g", INCREMENTAL) == [uploaded]
+    assert ("g", INCREMENTAL, uploaded) in attestations.uploaded()  # written beside it
+    attestations.forget("g", INCREMENTAL, "bucket")  # the upload failed: nothing to restate
+    assert attestations.documents("g", INCREMENTAL) == []
+    assert all(name != INCREMENTAL for _g, name, _a in attestations.uploaded())
+    # The bucket's statement expired: no longer served (and the listings render again).
+    version = attestations.version
+    attestations.sync(2_599.0)
+    assert peer in attestations.documents("g", FULL)
+    attestations.sync(2_600.0)
+    assert peer not in attestations.documents("g", FULL) and attestations.version > version
+
+
+def test_a_tracker_without_a_key_serves_the_bucket_s_statements_until_they_expire() -> None:
+    digests = Digests()
+    peer = parse_document(signer(2).sign(said()).encode())
+    digests.hold("bucket", "g", FULL, Verified(SHA, PROOF, 3695, None, peer))
+    attestations = Attestations(digests)
+    attestations.sync(2_000.0)
+    assert attestations.documents_json("g", FULL) == [peer.to_json()]
+    attestations.sync(2_600.0)
+    assert attestations.documents("g", FULL) == []

@@ -11,6 +11,7 @@ import pytest
 from tracker.cache.checked import digest_matches
 from tracker.core.digests import (
     Digests,
+    Verified,
     is_sha256_hex,
     parse_sha256sum_line,
     repr_digest,
@@ -18,6 +19,7 @@ from tracker.core.digests import (
 )
 from tracker.core.index import TargetKey
 from tracker.core.rejections import PREFIX, Rejections
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
 HEX = hashlib.sha256(b"archive").hexdigest()
@@ -126,3 +128,15 @@ def test_rejections_are_bounded_whatever_a_source_does() -> None:
 )
 def test_one_rule_says_what_a_sha256_is(value: object, taken: bool) -> None:
     assert is_sha256_hex(value) is taken
+
+
+def test_a_new_proof_of_the_same_copy_keeps_its_size_and_check_time() -> None:
+    digests = Digests()
+    digests.hold("cache", "g", NAME, Verified(HEX, STRUCTURE_ONLY, 10, 5.0))
+    lifted = Proof(Level.CLUSTER, "h", "b", 0.9)
+    digests.put("cache", "g", NAME, HEX, lifted)  # a lift: what a statement says changes
+    assert digests.verified("g", NAME) == Verified(HEX, lifted, 10, 5.0)
+    other = hashlib.sha256(b"other").hexdigest()
+    digests.put("cache", "g", NAME, other, lifted)  # another copy: nothing of the old one
+    assert digests.verified("g", NAME) == Verified(other, lifted)
+    assert [(g, n, h) for g, n, h, _v in digests.held()] == [("g", NAME, "cache")]

@@ -13,7 +13,7 @@ from archives import build_archive
 
 from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import digest_path, write_digest
-from tracker.core.digests import sha256sum_line
+from tracker.core.digests import Digests, sha256sum_line
 
 GROUP = "mainnet"
 
@@ -52,3 +52,18 @@ def test_the_digest_file_is_written_0644_whatever_the_umask(tmp_path: Path) -> N
         os.umask(old)
     st = os.stat(digest_path(str(archive)))
     assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
+
+
+def test_a_restored_copy_carries_its_size_and_when_its_check_ended(tmp_path: Path) -> None:
+    name, good = build_archive(1234)
+    archive = tmp_path / name
+    archive.write_bytes(good)
+    write_digest(str(archive), sha256sum_line("ab" * 32, name))
+    written = os.stat(digest_path(str(archive))).st_ctime
+    digests = Digests()
+    checked = CheckedFiles(verify=True, digests=digests)
+    with os.scandir(tmp_path) as entries:
+        checked.restore(str(tmp_path), GROUP, list(entries))
+    # What a signed statement of it says (docs/http-api.md, "Signed statements").
+    held = digests.verified(GROUP, name)
+    assert held is not None and (held.size, held.checked_at) == (len(good), written)

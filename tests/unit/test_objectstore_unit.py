@@ -168,8 +168,14 @@ def test_old_locks_and_marks_are_told_apart(key: str, kind: str | None) -> None:
 
 
 def test_no_key_of_an_archive_but_its_own_ends_in_its_name() -> None:
-    for make in (keys.digest_key, keys.lock_key, keys.mark_key):
-        key = make("p/", "main", FULL)
+    made = [make("p/", "main", FULL) for make in (keys.digest_key, keys.lock_key, keys.mark_key)]
+    sides = keys.side_keys("p/", "main", FULL)
+    assert [key.removeprefix(f"p/main/{FULL}") for key in sides] == [
+        ".proof",
+        ".attestation",
+        ".sha256",
+    ]
+    for key in made + sides:
         assert not key.endswith(FULL) and archive_of("p/", key) is None, key
     assert archive_of("p/", keys.archive_key("p/", "main", FULL)) == Archive("main", FULL, True)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -132,20 +133,15 @@ class CheckedFiles:
         return Checking(self.verify, required, self.prove_accounts, voter)
 
     def promoted(
-        self,
-        group: str,
-        name: str,
-        sha256: str,
-        ino: int,
-        evicted: list[str],
-        proof: Proof = STRUCTURE_ONLY,
+        self, group: str, name: str, checked: Verified | None, ino: int, evicted: list[str]
     ) -> None:
-        """A refresh of ``name`` (inode ``ino``, digest ``sha256``, "" when unchecked, and
-        what its check proved) was promoted and evicted ``evicted``: digests follow."""
-        if sha256:
-            self._checked[(group, name)] = (sha256, ino)
-            self._proofs[(group, name)] = proof
-            self._digests.put("cache", group, name, sha256, proof)
+        """A refresh of ``name`` (inode ``ino``; ``checked``: what its check said, its size
+        and when it ended, None when unchecked) was promoted and evicted ``evicted``: digests
+        follow."""
+        if checked is not None:
+            self._checked[(group, name)] = (checked.sha256, ino)
+            self._proofs[(group, name)] = checked.proof
+            self._digests.hold("cache", group, name, checked)
         else:
             self._forget(group, name)
         for other in evicted:
@@ -178,9 +174,11 @@ class CheckedFiles:
                 # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
                 continue
-            self._checked[(group, name)] = restored
+            hex_digest, ino, size, checked_at = restored
+            self._checked[(group, name)] = (hex_digest, ino)
             self._proofs[(group, name)] = proof
-            self._digests.put("cache", group, name, restored[0], proof)
+            held = Verified(hex_digest, proof, size=size, checked_at=checked_at)
+            self._digests.hold("cache", group, name, held)
 
     def recheck_below(self) -> None:
         """List for :meth:`recheck` every held copy whose proof is below what a check can
@@ -244,7 +242,8 @@ class CheckedFiles:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         self._checked[(group, name)] = (sha256, st.st_ino)
         self._proofs[(group, name)] = proof
-        self._digests.put("cache", group, name, sha256, proof)
+        held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
+        self._digests.hold("cache", group, name, held)
         log_event(
             log,
             "info",
@@ -305,8 +304,9 @@ def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:
     return digest.st_mtime_ns == archive.st_mtime_ns and digest.st_ctime_ns >= archive.st_ctime_ns
 
 
-def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
-    """The digest and inode of the archive at ``path`` from its digest file, or None."""
+def _restored_digest(path: str, name: str) -> tuple[str, int, int, float] | None:
+    """The digest, inode and size of the archive at ``path`` from its digest file, and when
+    that was written (its check ended then), or None."""
     try:
         archive = os.stat(path, follow_symlinks=False)
     except OSError:
@@ -315,7 +315,9 @@ def _restored_digest(path: str, name: str) -> tuple[str, int] | None:
     if found is None or not digest_matches(archive, found[1]) or not _own_file(found[1]):
         return None
     hex_digest = parse_sha256sum_line(found[0], name)
-    return None if hex_digest is None else (hex_digest, archive.st_ino)
+    if hex_digest is None:
+        return None
+    return hex_digest, archive.st_ino, archive.st_size, found[1].st_ctime
 
 
 def _restored_proof(path: str) -> Proof | None:

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Collection
 
 import attrs
@@ -43,7 +44,7 @@ from tracker.cache.disk import (
 )
 from tracker.cache.lifting import Voter, keep_levels
 from tracker.cache.refresh import Refresh
-from tracker.core.digests import Digests
+from tracker.core.digests import Digests, Verified
 from tracker.core.directories import unusable_directory
 from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
@@ -216,10 +217,13 @@ class Cache:
         """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow,
         with what its check proved."""
         ino = 0
-        if sha256:
+        # The check ended as the last byte was written, just before this rename.
+        checked = Verified(sha256, proof, checked_at=time.time()) if sha256 else None
+        if checked is not None:
             with contextlib.suppress(OSError, RequestError):
-                ino = os.stat(self._path_named(group, name)).st_ino
-        self.checked.promoted(group, name, sha256, ino, evicted, proof)
+                st = os.stat(self._path_named(group, name))
+                ino, checked = st.st_ino, attrs.evolve(checked, size=st.st_size)
+        self.checked.promoted(group, name, checked, ino, evicted)
 
     async def recheck(self) -> None:
         """Check the cached files start-up found without a digest that still describes them

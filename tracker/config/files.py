@@ -16,9 +16,10 @@ from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.directories import unusable_directory
 from tracker.core.smallfiles import read_small_file
-from tracker.errors import ProbeError, StatementInvalid
+from tracker.errors import ConfigError, ProbeError, StatementInvalid
 
 if TYPE_CHECKING:
+    from tracker.config.schema import Attest
     from tracker.core.statements import Signer
 
 
@@ -140,3 +141,16 @@ def load_signer(path: str) -> Signer:
         return Signer.from_keypair_json(data)
     except StatementInvalid as exc:
         raise ValueError(f"{path!r}: {str(exc).removeprefix('key file: ')}") from None
+
+
+def signing(attest: Attest | None) -> tuple[Signer | None, float]:
+    """The daemon's signer of ``attest`` (its key loaded now: at start and on every reload)
+    and how long its statements hold; ``(None, 0)`` without ``attest``. ConfigError, naming
+    ``attest.key``, when the key can no longer be read (changed since the config was
+    checked)."""
+    if attest is None:
+        return None, 0.0
+    try:
+        return load_signer(attest.key), attest.valid_for
+    except ValueError as exc:
+        raise ConfigError([f"attest.key: {exc}"]) from None

@@ -163,6 +163,13 @@ COLLECTORS = (
         ("operation",),
     ),
     Collector(
+        "bucket_sides_refused",
+        Counter,
+        "bucket_sides_refused_total",
+        "Proof and attestation objects of bucket copies refused when read, by kind.",
+        ("kind",),
+    ),
+    Collector(
         "learned_dropped",
         Counter,
         "learned_dropped_total",

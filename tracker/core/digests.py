@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import attrs
 
 from tracker.core.snapshots import parse_archive_name
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
+
+if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
+    from tracker.core.statements import Attestation
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -55,10 +58,18 @@ def below_required(proof: Proof, required: Level, name: str) -> str | None:
 
 @attrs.frozen
 class Verified:
-    """What the check said of one held copy: its SHA-256 (hex) and what it proved."""
+    """What the check said of one held copy: its SHA-256 (hex), what it proved, its size
+    (0: not known) and when this tracker's check of it ended (seconds since the epoch; None:
+    this tracker did not check it, e.g. a bucket copy another replica checked). A copy with
+    both is one this tracker signs a statement of (docs/http-api.md, "Signed statements");
+    ``attestation`` is the statement the replica that checked a bucket copy left beside it,
+    verified when read (None: none, or one that was refused)."""
 
     sha256: str
     proof: Proof = STRUCTURE_ONLY
+    size: int = 0
+    checked_at: float | None = None
+    attestation: Attestation | None = None
 
 
 class Digests:
@@ -96,12 +107,33 @@ class Digests:
         hex_digest: str,
         proof: Proof = STRUCTURE_ONLY,
     ) -> None:
-        """Record the digest of ``holder``'s verified copy of ``name``, and its proof."""
+        """Record the digest of ``holder``'s verified copy of ``name``, and its proof; a new
+        proof of the same copy (say, lifted to ``cluster``) keeps what else is known of it."""
+        known = self._known.get((group, name), {}).get(holder)
+        if known is not None and known.sha256 == hex_digest:
+            value = attrs.evolve(known, proof=proof)
+        else:
+            value = Verified(hex_digest, proof)
+        self.hold(holder, group, name, value)
+
+    def hold(self, holder: str, group: str, name: str, value: Verified) -> None:
+        """Record what the check said of ``holder``'s copy of ``name`` of ``group``."""
         held = self._known.setdefault((group, name), {})
-        value = Verified(hex_digest, proof)
         if held.get(holder) != value:
             held[holder] = value
             self.version += 1
+
+    def copies(self, group: str, name: str) -> list[Verified]:
+        """What the check said of each held copy of ``name`` of ``group``."""
+        return list(self._known.get((group, name), {}).values())
+
+    def held(self) -> list[tuple[str, str, str, Verified]]:
+        """Every held copy: (group, name, holder, what its check said)."""
+        return [
+            (group, name, holder, value)
+            for (group, name), held in self._known.items()
+            for holder, value in held.items()
+        ]
 
     def drop(self, holder: str, group: str, name: str) -> None:
         """Forget ``holder``'s copy of ``name`` (it is gone)."""

@@ -101,6 +101,7 @@ class Metrics:
     object_uploads: Counter
     object_lock_takeovers: Counter
     object_store_errors: Counter
+    bucket_sides_refused: Counter
     learned_dropped: Counter
 
     def __init__(self, *, process: bool = True) -> None:
@@ -215,6 +216,10 @@ class Metrics:
     def count_object_error(self, operation: str) -> None:
         """An object-store ``operation`` (a fixed name, never a key) failed."""
         self.object_store_errors.labels(operation).inc()
+
+    def count_bucket_side_refused(self, kind: str) -> None:
+        """A bucket copy's ``kind`` object ("proof" or "attestation") was refused."""
+        self.bucket_sides_refused.labels("proof" if kind == "proof" else "attestation").inc()
 
     def count_learned_dropped(self, what: LearnedLoss, count: int = 1) -> None:
         """``count`` entries or documents of the learned state could not be read."""

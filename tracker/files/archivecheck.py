@@ -37,7 +37,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import CANCELLED, Budget
 from tracker.files.decoders import decoder_for
-from tracker.files.reread import accounts_prover
+from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
 from tracker.files.threads import Background
@@ -160,7 +160,8 @@ def check_file(
     with open(fd, "rb", buffering=0) as file:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
-        return check_stream(file.read, name, accounts=accounts)
+        with proving(accounts):  # its worker process lives as long as the check
+            return check_stream(file.read, name, accounts=accounts)
 
 
 def _open_regular(path: str) -> int:
@@ -400,13 +401,14 @@ class FollowingCheck:
 
         def run() -> Verified:
             try:
-                return check_stream(
-                    growing.read,
-                    name,
-                    unblock=growing.cancel,
-                    cancelled=growing.cancelled,
-                    accounts=accounts,
-                )
+                with proving(accounts):  # its worker process lives as long as the check
+                    return check_stream(
+                        growing.read,
+                        name,
+                        unblock=growing.cancel,
+                        cancelled=growing.cancelled,
+                        accounts=accounts,
+                    )
             finally:
                 growing.cancel()  # closes the descriptor in every case
                 if again is not None:

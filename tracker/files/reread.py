@@ -12,6 +12,7 @@ before the wanted offset, and members not asked for, are decoded and dropped, no
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 from collections.abc import Iterator
@@ -53,15 +54,29 @@ def _open(path: str, ext: str) -> IO[bytes]:
 def accounts_prover(name: str, max_accounts: int | None, path: str) -> StoragesProver | None:
     """The accounts level's part of the check of the archive ``name`` at ``path`` (a path
     that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when
-    ``max_accounts`` (``prove_accounts_max``) is given; None for an incremental or when off."""
+    ``max_accounts`` (``prove_accounts_max``) is given; None for an incremental or when off.
+    Its accounts are hashed in a worker process (``files.hashworker``); the caller closes it
+    (``StoragesProver.close``) when the check is over, whichever way it ended."""
     parsed = parse_archive_name(name)
     if max_accounts is None or parsed is None or parsed.base_slot:
         return None
     # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
     # proves an archive, never by one that only serves.
+    from tracker.files.hashworker import HashWorker
     from tracker.proof.accountsprover import StoragesProver
 
-    return StoragesProver(max_accounts, lambda: ArchiveReread(path, parsed.ext))
+    return StoragesProver(max_accounts, lambda: ArchiveReread(path, parsed.ext), HashWorker)
+
+
+@contextlib.contextmanager
+def proving(accounts: StoragesProver | None) -> Iterator[None]:
+    """The span of a check that proves with ``accounts`` (None: nothing): its summer (a
+    worker process, once the storages came) ends with it, whichever way it ends."""
+    try:
+        yield
+    finally:
+        if accounts is not None:
+            accounts.close()
 
 
 class ArchiveReread:

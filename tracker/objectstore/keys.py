@@ -3,7 +3,9 @@
 For the archive ``name`` of ``group`` under ``prefix``:
 
 - the archive: ``{prefix}{group}/{name}``;
-- its digest: ``{prefix}{group}/{name}.sha256`` (written before the upload completes);
+- its digest: ``{prefix}{group}/{name}.sha256``, the proof of the check that made it
+  ``{name}.proof`` and the statement the uploading replica signed of it ``{name}.attestation``
+  (all three written before the upload completes: :mod:`~tracker.objectstore.sides`);
 - its refresh lock: ``{prefix}.locks/{group}/{name}.lock``
   (:mod:`~tracker.objectstore.locks`);
 - the mark of its last hand-out: ``{prefix}.handed/{group}/{name}.handed``.
@@ -27,6 +29,10 @@ MARKS = ".handed/"
 LOCK_SUFFIX = ".lock"
 MARK_SUFFIX = ".handed"
 DIGEST_SUFFIX = ".sha256"
+PROOF_SUFFIX = ".proof"
+ATTESTATION_SUFFIX = ".attestation"
+#: The objects kept beside an archive (its key and one of these), gone with it.
+SIDE_SUFFIXES = (PROOF_SUFFIX, ATTESTATION_SUFFIX, DIGEST_SUFFIX)
 _LEGACY: tuple[tuple[str, Literal["lock", "mark"]], ...] = ((LOCKS, "lock"), (MARKS, "mark"))
 
 
@@ -38,6 +44,11 @@ def archive_key(prefix: str, group: str, name: str) -> str:
 def digest_key(prefix: str, group: str, name: str) -> str:
     """The key of the archive's SHA-256 digest object."""
     return f"{prefix}{group}/{name}{DIGEST_SUFFIX}"
+
+
+def side_keys(prefix: str, group: str, name: str) -> list[str]:
+    """The keys of the objects kept beside the archive: its proof, statement and digest."""
+    return [f"{prefix}{group}/{name}{suffix}" for suffix in SIDE_SUFFIXES]
 
 
 def lock_key(prefix: str, group: str, name: str) -> str:

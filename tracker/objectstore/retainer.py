@@ -4,7 +4,7 @@ decides), their deletion, and running it again when an archive held back may go.
 An archive handed out less than ``direct_serve_ttl`` (and :data:`HANDOUT_MARGIN`) ago is held
 back: every URL of it handed out by any replica expires before ``mark + direct_serve_ttl``,
 and :meth:`Retainer.retire_when_due` (one timer task) runs retention again at that moment.
-An archive goes with its digest and marks.
+An archive goes with its digest, proof, statement and marks.
 """
 
 from __future__ import annotations
@@ -109,11 +109,12 @@ class Retainer:
         return keys.mark_key(prefix, group, name), keys.legacy_mark_key(prefix, group, name)
 
     async def _retire(self, group: str, name: str) -> None:
-        """Delete the archive, then its digest and marks (no error for those not there)."""
+        """Delete the archive, then its digest, proof, statement and marks (no error for
+        those not there)."""
         key = keys.archive_key(self.store.prefix, group, name)
         await self.bucket.delete(key)
         for other in (
-            keys.digest_key(self.store.prefix, group, name),
+            *keys.side_keys(self.store.prefix, group, name),
             *self._mark_keys(group, name),
         ):
             await self.bucket.delete(other)

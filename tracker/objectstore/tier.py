@@ -2,7 +2,8 @@
 (docs/http-api.md#with-an-object-store-object_store).
 
 Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
-``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``; its refresh lock is
+``{prefix}{group}/{name}``, next to its digest ``{name}.sha256``, proof ``{name}.proof`` and
+statement ``{name}.attestation`` (:mod:`~tracker.objectstore.sides`); its refresh lock is
 ``{prefix}.locks/{group}/{name}.lock`` (:mod:`~tracker.objectstore.locks`), the mark of its
 last hand-out ``{prefix}.handed/{group}/{name}.handed``. Every listing keeps archive keys
 only. A presigned URL is reused for a quarter of ``direct_serve_ttl`` and the mark is
@@ -22,14 +23,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
-from tracker.core.digests import Digests, parse_sha256sum_line
+from tracker.core.attestations import Attestations
+from tracker.core.digests import Digests, Verified
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
@@ -40,7 +43,12 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
+from tracker.objectstore.sides import read_copy, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
+from tracker.objectstore.upload import Growing, upload_following
+
+if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
+    from tracker.core.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -62,6 +70,7 @@ class TierEvents:
     upload: Callable[[str], None] = _nothing  # "ok" | "failed"
     takeover: Callable[[], None] = _nothing
     error: Callable[[str], None] = _nothing  # the operation
+    refused: Callable[[str], None] = _nothing  # "proof" | "attestation" read back
 
 
 class ObjectTier:
@@ -86,6 +95,13 @@ class ObjectTier:
         self.uploads_running = 0
         #: Told every digest of an object this replica knows (the JSON's ``sha256``).
         self.digests = digests if digests is not None else Digests()
+        #: Signs the statement written beside each upload (the service's; signs nothing
+        #: without ``attest``).
+        self.attestations = Attestations(self.digests)
+        #: What the check of each upload in flight said, by key, until it completed.
+        self._uploading: dict[str, Verified] = {}
+        #: The statement last written beside each archive this replica uploaded, by key.
+        self._stated: dict[str, Attestation] = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
         #: Health checks done (:meth:`watch`).
         self.probes = 0
@@ -131,23 +147,28 @@ class ObjectTier:
         or after a failure of the store until it reads again (unknown is the safe answer)."""
         key = info.key
         known = self.known.sum(key, info.etag)
-        if known is not None:
+        if known is not None and not self._statement_expired(group, name):
             return known or None
         health = self.bucket.health
         if health.last_error and not health.reads_proven:
             return None  # back from a failure, not reading yet: the digest stays unknown
         try:
-            text = await self.quick.get_small(keys.digest_key(self.store.prefix, group, name))
+            copy = await read_copy(self.quick, key, info.size, time.time(), self.events.refused)
         except StoreError as exc:
             self._failed("GET", exc)
             return None
-        hex_digest = None
-        if text is not None:
-            hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name)
-        self.known.keep_sum(key, info.etag, hex_digest or "")
-        if hex_digest is not None:
-            self.digests.put("bucket", group, name, hex_digest)
-        return hex_digest
+        self.known.keep_sum(key, info.etag, copy.sha256 if copy is not None else "")
+        if copy is None:
+            return None
+        self.digests.hold("bucket", group, name, copy)
+        return copy.sha256
+
+    def _statement_expired(self, group: str, name: str) -> bool:
+        """True when the statement read beside ``name``'s object expired: read it again (its
+        replica wrote a new one at half its life)."""
+        now = time.time()
+        held = self.digests.copies(group, name)
+        return any(v.attestation and v.attestation.statement.expires <= now for v in held)
 
     async def handout(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object for a client; None when it cannot be given (not
@@ -229,13 +250,41 @@ class ObjectTier:
         modified = headers.get("last-modified", "")
         return {"upstream-last-modified": modified} if modified.isascii() and modified else {}
 
+    async def upload(
+        self, key: str, fd: int, growing: Growing, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """Upload ``growing`` to ``key`` (:func:`~tracker.objectstore.upload.upload_following`)
+        with its digest, proof and this replica's statement beside it."""
+
+        group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
+
+        def sides(growing: Growing) -> list[tuple[str, bytes]]:
+            now = time.time()  # the check ended with the last byte, just before
+            checked = Verified(growing.sha256, growing.proof, growing.size, now)
+            self._uploading[key] = checked
+            signed = self.attestations.sign(group, name, checked, now)
+            if signed is not None:
+                self._stated[key] = signed
+            return side_objects(key, checked, signed.encode() if signed is not None else None)
+
+        try:
+            return await upload_following(self.bucket, key, fd, growing, metadata, sides)
+        except BaseException:
+            self._uploading.pop(key, None)
+            self._stated.pop(key, None)
+            self.attestations.forget(group, name, "bucket")  # no object: nothing to restate
+            raise
+
     async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
         """An upload of ``name`` (of digest ``sha256``) completed: remember it, then apply
         retention."""
         self.known.remember(info.key, info)
+        checked = self._uploading.pop(info.key, None)
         if sha256:
             self.known.keep_sum(info.key, info.etag, sha256)
-            self.digests.put("bucket", group, name, sha256)
+            if checked is None or checked.sha256 != sha256:
+                checked = Verified(sha256)
+            self.digests.hold("bucket", group, name, checked)
         self.events.upload("ok")
         log_event(log, "info", "object_uploaded", group=group, file=name, size=info.size)
         parsed = parse_archive_name(name)
@@ -255,8 +304,14 @@ class ObjectTier:
 
     async def startup(self) -> None:
         """Learn what the bucket holds and clean up after dead replicas
-        (:func:`~tracker.objectstore.startup.start_up`). Never raises."""
+        (:func:`~tracker.objectstore.startup.start_up`), then read what lies beside each
+        archive (:meth:`digest`: the digests, proofs and statements the listings show).
+        Never raises."""
         await start_up(self.store, self.bucket, self.known, self.retainer, self._failed)
+        for key in self.known.newest(len(self.known)):
+            archive, info = keys.archive_of(self.store.prefix, key), self.known.fresh(key)
+            if archive is not None and info is not None:
+                await self.digest(archive.group, archive.name, info)
 
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
@@ -265,6 +320,8 @@ class ObjectTier:
         while True:
             try:
                 await self.probe()
+                self.attestations.sync(time.time())  # statements signed again go out
+                await restate(self.bucket, self.store.prefix, self.attestations, self._stated)
             except StoreError as exc:
                 self._failed("check", exc)
             self.probes += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -23,6 +24,7 @@ from tracker.errors import StoreError
 from tracker.objectstore.answers import ObjectInfo
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import DIGEST_SUFFIX
+from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -40,6 +42,8 @@ class Growing(Protocol):
     verified: bool
     #: The archive's SHA-256 (hex) once it passed its check ("" unchecked).
     sha256: str
+    #: What that check proved.
+    proof: Proof
 
     @property
     def failed(self) -> bool: ...
@@ -62,16 +66,33 @@ def digest_key(key: str) -> str:
     return key + DIGEST_SUFFIX
 
 
+#: The objects written beside a verified upload: (key, body) in order, given the file.
+SideObjects = Callable[[Growing], list[tuple[str, bytes]]]
+
+
+def digest_only(key: str) -> SideObjects:
+    """The digest object alone (:func:`digest_key`): the side objects of an upload nobody
+    proves or signs more of."""
+    name = key.rsplit("/", 1)[-1]
+    return lambda growing: [(digest_key(key), sha256sum_line(growing.sha256, name).encode())]
+
+
 async def upload_following(
-    bucket: Bucket, key: str, fd: int, growing: Growing, metadata: dict[str, str]
+    bucket: Bucket,
+    key: str,
+    fd: int,
+    growing: Growing,
+    metadata: dict[str, str],
+    sides: SideObjects | None = None,
 ) -> ObjectInfo:
     """Upload ``growing`` (read from ``fd``) to ``key`` as it is written; the object.
 
     The last part is read only once the file is verified (its archive check passed), and
-    the digest object (:func:`digest_key`) is written before the upload completes, so the
-    archive never appears in the bucket without its digest. Raises StoreError when the store
-    failed or the file ended unverified (the upload is then aborted); cancellation aborts
-    it too.
+    the objects beside it (``sides``, by default the digest object :func:`digest_key`; the
+    tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
+    the upload completes, so the archive never appears in the bucket without its digest.
+    Raises StoreError when the store failed or the file ended unverified (the upload is then
+    aborted); cancellation aborts it too.
     """
     size = growing.size
     step = part_size(size)
@@ -88,8 +109,8 @@ async def upload_following(
         if size == 0:
             raise StoreError("an empty archive is not uploaded", down=False)
         if growing.sha256:
-            name = key.rsplit("/", 1)[-1]
-            await bucket.put(digest_key(key), sha256sum_line(growing.sha256, name).encode())
+            for side, body in (sides or digest_only(key))(growing):
+                await bucket.put(side, body)
         await bucket.complete_upload(key, upload_id, etags)
     except BaseException:
         with trio.CancelScope(shield=True) as scope:

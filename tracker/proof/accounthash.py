@@ -1,41 +1,28 @@
-"""The lattice hashes of many stored records at once, summed. Pure (a helper thread at most).
+"""The lattice hashes of many stored records at once, summed. Pure.
 
 One account's lattice hash is the BLAKE3 XOF of 2,048 bytes over ``lamports || data ||
 executable || owner || pubkey`` (:mod:`tracker.proof.lattice`). In a storage record those
-fields are apart and out of that order, so :func:`lane_sum` first lays each record's message
-out contiguously in a copy of the piece, in numpy operations for the whole batch: lamports
-into the 8 bytes just before the data (the record's obsolete hash, unused), and
-``executable || owner || pubkey`` (65 bytes) just after the data, over the next record's
-padding and header, whose fields were gathered before (65 < 136: never its data, nor its own
-lamports' new place). What is left per record is one BLAKE3 call on a slice: the same tight
-loop as hashing ready messages. The digests are summed as 1,024 u16 lanes in one numpy
-reduction per :data:`GROUP` records. BLAKE3 releases the GIL while it hashes, so a helper
-thread takes half of a large batch.
+fields are apart and out of that order, so :func:`lane_sum` first lays the messages of a batch
+end to end in a new buffer (one compiled loop, :func:`tracker.proof.kernels.lay_out`), then
+hands it to a :class:`Summer`: what is left per record is one BLAKE3 call on a slice, the
+same tight loop as hashing ready messages (:func:`tracker.proof.lattice.hash_sum`). The
+blake3 package holds the GIL for messages this short, so a thread gains nothing: the
+tracker's summer is a worker process (``tracker.files.hashworker``), :class:`LocalSum` hashes
+in the caller's thread (tests, and where no process can be started).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from typing import Protocol
 
-import blake3
 import numpy as np
 import numpy.typing as npt
 
-from tracker.proof.lattice import LANES, LT_HASH_BYTES
+from tracker.proof import kernels
+from tracker.proof.lattice import LANES, hash_sum
 from tracker.proof.storages import EXECUTABLE, LAMPORTS, META, OWNER, PUBKEY, Records
 
-#: Digests summed at once (128 KiB of them: the join and the sum stay in cache).
-GROUP = 64
-#: A batch smaller than this is not split between threads.
-SPLIT_FROM = 256
-_TAIL = np.concatenate(
-    (
-        np.array([EXECUTABLE], dtype=np.int64),
-        np.arange(OWNER, OWNER + 32, dtype=np.int64),
-        np.arange(PUBKEY, PUBKEY + 32, dtype=np.int64),
-    )
-)
-_TAIL_BYTES = len(_TAIL)
+_FIELDS = np.array([LAMPORTS, EXECUTABLE, OWNER, PUBKEY, META], dtype=np.int64)
 
 Lanes = npt.NDArray[np.uint16]
 
@@ -45,53 +32,46 @@ def zero_lanes() -> Lanes:
     return np.zeros(LANES, dtype=np.uint16)
 
 
-def messages(
-    batch: Records, chosen: npt.NDArray[np.int64]
-) -> tuple[bytearray, list[int], list[int]]:
-    """A buffer holding the messages of the records ``chosen`` (indexes into the batch) and
-    where each starts and ends in it."""
-    offsets = batch.offsets[chosen]
-    data_lens = batch.data_lens[chosen]
-    work = bytearray(len(batch.buf) + _TAIL_BYTES + 8)
-    view = np.frombuffer(work, dtype=np.uint8)
-    view[: len(batch.buf)] = batch.buf
-    tails = batch.buf[offsets[:, None] + _TAIL]
-    data_at = offsets + META
-    # every record of a piece starts at the same offset modulo 8: its u64 fields are words
-    shift = int(offsets[0]) % 8
-    words = np.frombuffer(work, dtype="<u8", offset=shift, count=(len(work) - shift) // 8)
-    words[(data_at - 8 - shift) >> 3] = words[(offsets + LAMPORTS - shift) >> 3]
-    ends = data_at + data_lens
-    view[ends[:, None] + np.arange(_TAIL_BYTES)] = tails
-    return work, (data_at - 8).tolist(), (ends + _TAIL_BYTES).tolist()
+class Summer(Protocol):
+    """Where laid-out messages are hashed and summed: here (:class:`LocalSum`) or in a
+    worker process (``tracker.files.hashworker``)."""
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) the hashes of the messages of ``work``."""
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """The sum of everything added, and None; or None and why it could not be made."""
+
+    def close(self) -> None:
+        """Let go of what it holds (a process: stopped, waited for)."""
 
 
-def _hash_range(work: bytearray, starts: list[int], ends: list[int]) -> Lanes:
-    total = zero_lanes()
-    view = memoryview(work)
-    hasher = blake3.blake3
-    for first in range(0, len(starts), GROUP):
-        digests = [
-            hasher(view[a:b]).digest(LT_HASH_BYTES)
-            for a, b in zip(starts[first : first + GROUP], ends[first : first + GROUP], strict=True)
-        ]
-        rows = np.frombuffer(b"".join(digests), dtype="<u2").reshape(-1, LANES)
-        total += np.add.reduce(rows, axis=0, dtype=np.uint16)
-    return total
+class LocalSum:
+    """A :class:`Summer` that hashes in the calling thread."""
+
+    def __init__(self) -> None:
+        self._total = zero_lanes()
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """See :class:`Summer`."""
+        lanes = hash_sum(work, ends.tolist())
+        if sign > 0:
+            self._total += lanes
+        else:
+            self._total -= lanes
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """See :class:`Summer`."""
+        return self._total.copy(), None
+
+    def close(self) -> None:
+        """Nothing to let go of."""
 
 
-def lane_sum(
-    batch: Records, chosen: npt.NDArray[np.int64], helper: Executor | None = None
-) -> Lanes:
-    """The sum of the lattice hashes of the records ``chosen`` of ``batch`` (every one has
-    lamports: the caller leaves out those without). With ``helper``, a thread of it hashes
-    half of a large batch."""
+def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, sign: int = 1) -> None:
+    """Hand ``summer`` the lattice hashes of the records ``chosen`` of ``batch`` (every one has
+    lamports: the caller leaves out those without), to add or (``sign`` -1) take out."""
     if not len(chosen):
-        return zero_lanes()
-    work, starts, ends = messages(batch, chosen)
-    if helper is None or len(starts) < SPLIT_FROM:
-        return _hash_range(work, starts, ends)
-    half = len(starts) // 2
-    other = helper.submit(_hash_range, work, starts[half:], ends[half:])
-    mine = _hash_range(work, starts[:half], ends[:half])
-    return mine + other.result()
+        return
+    work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
+    summer.add(work, ends, sign)

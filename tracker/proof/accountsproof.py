@@ -2,7 +2,7 @@
 
 Use (docs/architecture.md, "Proven archives" → "The accounts level")::
 
-    proof = AccountsProof(max_accounts)          # prove_accounts_max
+    proof = AccountsProof(max_accounts, summer)  # prove_accounts_max; where to hash
     # for each member accounts/{slot}.{id} of the tar stream, in whatever order they come,
     # with the manifest's accounts_current_len of that storage:
     parser = proof.storage(slot, ident, size, current_len)   # consumes exactly size bytes
@@ -15,7 +15,9 @@ why the archive stays at ``manifest`` (``not proven: N accounts over the bound o
 on, as an iterable of chunks (it is closed once enough came); it is asked only for storages
 holding versions that a newer one superseded after they were counted, once per storage, in
 the order the storages came. Bad storages raise ArchiveInvalid with one line from the parser
-or from ``finish``.
+or from ``finish``. The messages are hashed by ``summer`` (:class:`~tracker.proof.accounthash.
+Summer`; in the caller's thread when None); a summer that fails (a worker process gone) leaves
+the archive at ``manifest`` with its note, never rejects it.
 
 The newest version of each pubkey wins: the one in the highest slot. A pubkey twice in one
 slot is refused (agave's storages hold one version per pubkey a slot). A version with zero
@@ -27,18 +29,15 @@ after a second read of just those records.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import base58
 import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounthash import Lanes, lane_sum, zero_lanes
+from tracker.proof.accounthash import LocalSum, Summer, lane_sum
 from tracker.proof.parsing import ParserOf
 from tracker.proof.pubkeyindex import PubkeyIndex
-from tracker.proof.storages import Records, parse_storage
+from tracker.proof.storages import PUBKEY, Records, parse_storage
 from tracker.proof.superseded import Reread, subtract_superseded
 
 __all__ = ["AccountsProof", "Reread", "member_name"]
@@ -55,17 +54,16 @@ def member_name(slot: int, ident: int) -> str:
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module)."""
 
-    def __init__(self, max_accounts: int, *, threads: bool = True) -> None:
+    def __init__(self, max_accounts: int, summer: Summer | None = None) -> None:
         self.max_accounts = max_accounts
         self.index = PubkeyIndex(max_accounts)
         self._names: list[str] = []
         self._slots: U64 = np.zeros(64, dtype=np.uint64)
-        self._sum = zero_lanes()
         self._superseded: list[U64] = []
         self._superseded_count = 0
         self._records = 0
         self._over = False
-        self._helper = _helper() if threads else None
+        self._summer: Summer = summer if summer is not None else LocalSum()
 
     @property
     def records(self) -> int:
@@ -94,8 +92,7 @@ class AccountsProof:
         if not self.index.fits(len(batch)):
             self._give_up()
             return
-        keys = np.ascontiguousarray(batch.pubkeys()).view("<u8")
-        entry, made = self.index.find(keys)
+        entry, made = self.index.find_at(batch.buf, batch.offsets + PUBKEY)
         counts = batch.lamports() != 0
         locators = (
             (np.uint64(number) << np.uint64(32))
@@ -107,8 +104,8 @@ class AccountsProof:
         add = made & counts
         seen = np.flatnonzero(~made)
         if len(seen):
-            add |= self._seen_before(seen, entry, locators, slot, name, keys)
-        self._sum += lane_sum(batch, np.flatnonzero(add), self._helper)
+            add |= self._seen_before(seen, entry, locators, slot, name, batch)
+        lane_sum(batch, np.flatnonzero(add), self._summer)
 
     def _seen_before(
         self,
@@ -117,7 +114,7 @@ class AccountsProof:
         locators: U64,
         slot: int,
         name: str,
-        keys: U64,
+        batch: Records,
     ) -> npt.NDArray[np.bool_]:
         """Records whose pubkey has an entry: which of them now count (the newer ones)."""
         where = self.index.where
@@ -127,7 +124,7 @@ class AccountsProof:
         twice = before_slots == np.uint64(slot)
         if twice.any() or len(np.unique(entries)) < len(entries):
             first = seen[np.flatnonzero(twice)[0]] if twice.any() else _repeated(seen, entries)
-            pubkey = base58.b58encode(keys[first].tobytes()).decode()
+            pubkey = base58.b58encode(batch.pubkeys()[first].tobytes()).decode()
             raise ArchiveInvalid(f"{name}: pubkey {pubkey} is stored twice in slot {slot}")
         newer = before_slots < np.uint64(slot)
         replaced = before[newer]
@@ -153,7 +150,6 @@ class AccountsProof:
                 return None, (
                     f"not proven: {self._records} accounts over the bound of {self.max_accounts}"
                 )
-            total: Lanes = self._sum.copy()
             if self._superseded:
                 if reread is None:
                     return None, (
@@ -161,28 +157,20 @@ class AccountsProof:
                         "second read of the archive"
                     )
                 locators = np.sort(np.concatenate(self._superseded))
-                total -= subtract_superseded(locators, self._names, reread, self._helper)
+                subtract_superseded(locators, self._names, reread, self._summer)
+            total, note = self._summer.total()
+            if total is None:
+                return None, note
             return total.astype("<u2").tobytes(), None
         finally:
             self.close()
 
     def close(self) -> None:
-        """Let go of what the proof holds (``finish`` does too): the index's memory."""
+        """Let go of what the proof holds (``finish`` does too): the index's memory, and the
+        summer's (a worker process: stopped)."""
         self._superseded = []
         self.index = PubkeyIndex(1)
-
-
-_HELPER: list[ThreadPoolExecutor] = []
-_HELPER_LOCK = threading.Lock()
-
-
-def _helper() -> ThreadPoolExecutor:
-    """The one helper thread of every accounts proof of the process (made when first asked;
-    a proof that fails half-way leaves nothing behind)."""
-    with _HELPER_LOCK:
-        if not _HELPER:
-            _HELPER.append(ThreadPoolExecutor(1, "accounts-proof"))
-        return _HELPER[0]
+        self._summer.close()
 
 
 def _repeated(seen: npt.NDArray[np.int64], entries: npt.NDArray[np.int64]) -> int:

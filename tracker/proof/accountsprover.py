@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
+from tracker.proof.accounthash import Summer
 from tracker.proof.accountsproof import AccountsProof, Reread
 from tracker.proof.levels import Level, Proof
 from tracker.proof.manifest import Manifest, StorageList
@@ -59,12 +60,21 @@ class _Lengths:
 @attrs.define
 class StoragesProver:
     """The accounts level of one full archive; ``reread()`` makes the second read's source
-    (the verified file on disk), asked at the end only if needed, closed by the caller."""
+    (the verified file on disk), asked at the end only if needed, closed by the caller;
+    ``summer()`` makes where the accounts are hashed (``tracker.files.hashworker``: a worker
+    process; in the caller's thread when None), made with the proof at the first storage.
+    :meth:`close` once the check is over, whichever way it ended."""
 
     max_accounts: int
     reread: Callable[[], Reread] | None = None
+    summer: Callable[[], Summer] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
+
+    def close(self) -> None:
+        """Let go of the proof (its index, its summer's process); idempotent."""
+        if self._proof is not None:
+            self._proof.close()
 
     def member(self, name: str, size: int, manifest: Manifest) -> Parser | None:
         """The parser of the storage ``name``; None for a member the manifest does not list."""
@@ -73,7 +83,9 @@ class StoragesProver:
             return None
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
-            self._proof = AccountsProof(self.max_accounts)
+            self._proof = AccountsProof(
+                self.max_accounts, self.summer() if self.summer is not None else None
+            )
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
         if valid is None or self._proof is None:
@@ -87,7 +99,7 @@ class StoragesProver:
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
         """``proven`` raised to ``accounts`` when the storages give the manifest's lattice
         hash; ArchiveInvalid naming the field when they give another."""
-        proof = self._proof or AccountsProof(self.max_accounts)
+        proof = self._proof or AccountsProof(self.max_accounts)  # no storage came: no summer
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)

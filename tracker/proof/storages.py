@@ -17,10 +17,10 @@ so does :func:`parse_storage`, with a one-line reason naming the member.
 
 :func:`parse_storage` is a parser of the request protocol (:mod:`tracker.proof.parsing`) that
 consumes exactly the member's ``size`` bytes. It reads the valid part in pieces of at most
-:data:`PIECE` bytes (plus the one record that straddles two pieces, at most 10 MiB), finds the
-records' offsets with one short Python step each, and hands them to its sink as a
-:class:`Records` batch: every field is then a numpy view over the piece, never a Python object
-per record.
+:data:`PIECE` bytes (plus the one record that straddles two pieces, at most 10 MiB), finds
+the records' offsets in one compiled loop (:mod:`tracker.proof.kernels`), and hands them to
+its sink as a :class:`Records` batch: every field is then a numpy view over the piece, never a
+Python object per record.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, EndOfInput
+from tracker.proof import kernels
 from tracker.proof.parsing import ParserOf
 
 #: Fixed bytes of a record before its data (agave's STORE_META_OVERHEAD).
@@ -108,28 +109,21 @@ class Records:
 Sink = Callable[[Records], None]
 
 
-def scan(buf: bytes, start: int, end: int, at: int, name: str) -> tuple[list[int], list[int], int]:
+def scan(
+    buf: npt.NDArray[np.uint8], start: int, end: int, at: int, name: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
     """The records wholly within ``buf[start:end]``: their offsets, data lengths, and the
     offset where the first record not wholly there starts. ``at`` is the storage offset of
-    ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused."""
-    offsets: list[int] = []
-    lens: list[int] = []
-    unpack = _U64.unpack_from
-    off = start
-    while off + META <= end:
-        (data_len,) = unpack(buf, off + DATA_LEN)
-        if data_len > MAX_DATA:
-            raise ArchiveInvalid(
-                f"{name}: the record at byte {at + off} claims {data_len} bytes of data "
-                f"(at most {MAX_DATA})"
-            )
-        stop = off + META + data_len
-        if stop > end:
-            break
-        offsets.append(off)
-        lens.append(data_len)
-        off = stop + (-(at + stop) & 7)  # records start at multiples of 8 of the storage
-    return offsets, lens, off
+    ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused. One compiled
+    loop (:func:`tracker.proof.kernels.scan`)."""
+    offsets, lens, stop, bad = kernels.scan(buf, start, min(end, len(buf)), at, META, MAX_DATA)
+    if bad >= 0:
+        (data_len,) = _U64.unpack_from(buf.data, bad + DATA_LEN)
+        raise ArchiveInvalid(
+            f"{name}: the record at byte {at + bad} claims {data_len} bytes of data "
+            f"(at most {MAX_DATA})"
+        )
+    return offsets, lens, int(stop)
 
 
 def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserOf[int]:
@@ -155,14 +149,10 @@ def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserO
             read += want
             buf = carry + piece if carry else piece
             end = len(buf)
-            offsets, lens, stop = scan(buf, skip, end, pos, name)
-            if offsets:
-                batch = Records(
-                    np.frombuffer(buf, dtype=np.uint8),
-                    np.array(offsets, dtype=np.int64),
-                    np.array(lens, dtype=np.int64),
-                    pos,
-                )
+            array = np.frombuffer(buf, dtype=np.uint8)
+            offsets, lens, stop = scan(array, skip, end, pos, name)
+            if len(offsets):
+                batch = Records(array, offsets, lens, pos)
                 _check_executable(batch, name)
                 sink(batch)
                 count += len(offsets)

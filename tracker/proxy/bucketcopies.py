@@ -45,7 +45,6 @@ from tracker.objectstore.health import StoreHealth
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.tier import ObjectTier, TierEvents
-from tracker.objectstore.upload import upload_following
 from tracker.proxy.sharing import SharedRefresh
 
 log = logging.getLogger("tracker.objectstore")
@@ -158,7 +157,7 @@ class ObjectPath:
                 try:
                     key = tier.object_key(group, name)
                     metadata = tier.upload_metadata(shared.headers)
-                    info = await upload_following(tier.bucket, key, fd, refresh, metadata)
+                    info = await tier.upload(key, fd, refresh, metadata)
                 except (StoreError, OSError) as exc:  # raised here, not as an ExceptionGroup
                     failure = exc
                 nursery.cancel_scope.cancel()
@@ -235,5 +234,6 @@ def object_path(
         upload=metrics.count_object_upload,
         takeover=metrics.count_object_takeover,
         error=metrics.count_object_error,
+        refused=metrics.count_bucket_side_refused,
     )
     return ObjectPath(ObjectTier(store, Bucket(store, health), events, digests))

@@ -40,6 +40,8 @@ from tracker.web.wire import listing_body, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
 DIGEST_SUFFIX = ".sha256"
+#: The suffix of the signed statement routes (``{archive}.attestation``).
+ATTESTATION_SUFFIX = ".attestation"
 #: Seconds between renderings of ``/v1/targets`` that show the throughputs' decay.
 THROUGHPUT_SHOWN = 10
 
@@ -92,8 +94,10 @@ def _is_json_route() -> bool:
 def _error(status: int, reason: str) -> quart.Response:
     if _is_json_route():
         return json_response({"error": reason}, status)
-    if status == 404 and not quart.request.path.startswith("/v1/"):
-        # The validator's own server answers an unknown archive with an empty 404.
+    path = quart.request.path
+    if status == 404 and not path.startswith("/v1/") and not path.endswith(ATTESTATION_SUFFIX):
+        # The validator's own server answers an unknown archive with an empty 404 (it has
+        # no statements: their 404 says why, as under /v1/).
         return quart.Response(b"", status=404, content_type="text/plain")
     return quart.Response(reason + "\n", status=status, content_type="text/plain")
 
@@ -149,9 +153,11 @@ def _listing(
     base = _base_url(config)
     here = _request_base(config) if base is None else base
     fragments = listings.fragments
+    deps.attestations.sync(deps.wall_clock())  # signs what is due: a no-op most times
+    versions = (deps.digests.version, deps.attestations.version)
     body = listings.get(
         # The roster: a node's version changes with its target (discovery.health.Roster).
-        (*key, base, here, config, deps.digests.version, deps.scraper.roster),
+        (*key, base, here, config, versions, deps.scraper.roster),
         lambda: listing_body(deps, fragments, select(), base, here),
     )
     return quart.Response(body, content_type="application/json")
@@ -270,12 +276,34 @@ def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     return quart.Response(body, 200, content_type="text/plain; charset=utf-8")
 
 
+def _attestation_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
+    """``GET {archive}.attestation``: the signed statement of the archive held verified (the
+    tracker's own, else one another replica left in the bucket)."""
+    archive = archive_name(name[: -len(ATTESTATION_SUFFIX)]).file_name
+    deps.attestations.sync(deps.wall_clock())
+    documents = deps.attestations.documents(group, archive)
+    if not documents:
+        raise RequestError(404, "no signed statement of this archive is held")
+    return quart.Response(documents[0].encode(), 200, content_type="application/json")
+
+
+def _side_answer(deps: ApiDeps, group: str, name: str) -> quart.Response | None:
+    """The answer of a route beside an archive (``.sha256``, ``.attestation``), None for
+    the archive's own."""
+    if name.endswith(DIGEST_SUFFIX):
+        return _digest_answer(deps, group, name)
+    if name.endswith(ATTESTATION_SUFFIX):
+        return _attestation_answer(deps, group, name)
+    return None
+
+
 def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
     @app.route("/v1/<name>", methods=["GET", "HEAD"])
     async def v1_archive(name: str) -> quart.Response:
         group = resolve_group(deps.config(), quart.request.args)
-        if name.endswith(DIGEST_SUFFIX):
-            return _digest_answer(deps, group, name)
+        side = _side_answer(deps, group, name)
+        if side is not None:
+            return side
         return await deps.delivery.serve(quart.request, group, archive_name(name))
 
     @app.route("/v1/<group>/<name>", methods=["GET", "HEAD"])
@@ -283,13 +311,15 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         # The query-free form redirects and proxy-mode JSON use (README.md#clients): clients
         # save the file under the last path segment, which must be the archive's name.
         group = known_group(deps.config(), group)
-        if name.endswith(DIGEST_SUFFIX):
-            return _digest_answer(deps, group, name)
+        side = _side_answer(deps, group, name)
+        if side is not None:
+            return side
         return await deps.delivery.serve(quart.request, group, archive_name(name))
 
     @app.route("/<name>", methods=["GET", "HEAD"])
     async def root_archive(name: str) -> quart.Response:
         group = deps.config().default_group
-        if name.endswith(DIGEST_SUFFIX):
-            return _digest_answer(deps, group, name)
+        side = _side_answer(deps, group, name)
+        if side is not None:
+            return side
         return await deps.delivery.serve(quart.request, group, archive_name(name), root=True)

@@ -6,6 +6,7 @@ index, the scrape loop, the byte paths and the helpers. Its own module so that t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import attrs
 import trio
 
 from tracker.config.schema import Config
+from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
 from tracker.core.flowing import Flowing
 from tracker.core.index import Index
@@ -41,6 +43,12 @@ class ApiDeps:
     #: (docs/http-api.md, "Verified archives").
     digests: Digests = attrs.Factory(Digests)
     rejections: Rejections = attrs.Factory(Rejections)
+    #: The signed statements of those archives (docs/http-api.md, "Signed statements").
+    attestations: Attestations = attrs.Factory(
+        lambda self: Attestations(self.digests), takes_self=True
+    )
+    #: Seconds since the epoch (statements are signed and expire on this clock).
+    wall_clock: Callable[[], float] = time.time
     #: Monotonic seconds (rejections run out on this clock).
     clock: Callable[[], float] = trio.current_time
     #: Per group: why its last refresh streamed uncached for want of disk room.

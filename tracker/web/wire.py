@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+import attrs
+
 from tracker.core.digests import Verified
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.redact import redact_text, redact_userinfo
@@ -21,13 +23,21 @@ from tracker.web.deps import ApiDeps
 from tracker.web.listings import Fragments
 
 
+@attrs.frozen
+class Held:
+    """What the tracker holds of a file of a group: its verified copy, the statements of it."""
+
+    verified: Callable[[str, str], Verified | None]
+    attested: Callable[[str, str], list[dict[str, str]]]
+
+
 def source_json(
     source: SnapshotSource,
     base: str | None,
     *,
     files_base: str | None = None,
     here: str = "",
-    verified: Callable[[str, str], Verified | None] = lambda _group, _name: None,
+    held: Held | None = None,
     predicted: float | None = None,
     node_version: str = "",
 ) -> dict[str, Any]:
@@ -40,7 +50,8 @@ def source_json(
     Each file carries ``url``, where this source's copy is fetched from (the source itself,
     or the tracker's ``here`` route for a copy the tracker serves: local, proxied,
     credentialed), and ``sha256`` and ``proof`` (docs/architecture.md, "Proven archives")
-    when ``verified(group, name)`` knows the tracker's verified copy. ``predicted``: the
+    when ``held`` knows the tracker's verified copy, with ``attestations`` (its signed
+    statements, docs/http-api.md "Signed statements"; empty when none is held). ``predicted``: the
     seconds to a running node of the source's pair, in a group ranked by it
     (docs/ranking.md; infinite: ``null``, it never catches up).
     ``node_version``: a discovered node's version (shown as ``version``; "": unknown).
@@ -59,10 +70,11 @@ def source_json(
             wire["url"] = redact_userinfo(f.url)
         elif here:
             wire["url"] = here + tracker_path(f.bare_name, group, alias=False)
-        held = verified(group, f.bare_name)
-        if held is not None:
-            wire["sha256"] = held.sha256
-            wire["proof"] = held.proof.to_json()
+        copy = held.verified(group, f.bare_name) if held is not None else None
+        if held is not None and copy is not None:
+            wire["sha256"] = copy.sha256
+            wire["proof"] = copy.proof.to_json()
+            wire["attestations"] = held.attested(group, f.bare_name)
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = format_time(source.updated_at)
@@ -89,7 +101,7 @@ def listing_body(
     Each source's JSON is kept between renderings (:class:`Fragments`)."""
     proxied = deps.delivery.proxied
     parts = []
-    version = deps.digests.version
+    version = (deps.digests.version, deps.attestations.version)
     health = deps.scraper.health
     for s in sources:
         files_base = here if proxied(s) else None
@@ -116,7 +128,7 @@ def _source_bytes(
         base,
         files_base=files_base,
         here=here,
-        verified=deps.digests.verified,
+        held=Held(deps.digests.verified, deps.attestations.documents_json),
         predicted=predicted,
         node_version=node_version,
     )

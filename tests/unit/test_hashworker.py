@@ -1,0 +1,327 @@
+"""Level accounts' hashing in a worker process, and its compiled loops (tracker.proof.kernels).
+
+The worker is a real child process (no network): its sum must be the calling thread's, a crash
+of it must cost the proof and never reject the archive, and no check may leave it behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from agave_storages import expected_lt_hash, feed, storages
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_accounts_level import STATE, write_archive
+from test_proof_accounts import reread_from
+
+from tracker.errors import ArchiveInvalid
+from tracker.files import hashworker
+from tracker.files.archivecheck import FollowingCheck, check_file
+from tracker.files.hashworker import HashWorker
+from tracker.proof import kernels
+from tracker.proof.accounthash import LocalSum
+from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.levels import Level
+from tracker.proof.pubkeyindex import PubkeyIndex
+from tracker.proof.storages import MAX_DATA, META
+from tracker.proof.writing import Account
+
+WORKER = "tracker.files.hashworker"
+
+
+def workers() -> list[int]:
+    """This process's children that run the hash worker (alive or not yet waited for)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and WORKER.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    lens = rng.integers(73, 400, size=count)
+    ends = np.cumsum(lens).astype(np.int64)
+    work = rng.integers(0, 256, size=int(ends[-1]), dtype=np.uint8)
+    return work, ends
+
+
+def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
+    rng = np.random.default_rng(5)
+    worker, here = HashWorker(start_from=0), LocalSum()
+    try:
+        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1)):
+            work, ends = batch(rng, count)
+            worker.add(work, ends, sign)
+            here.add(work, ends, sign)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert worker.sent > 0  # the child hashed some of them
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        worker.close()
+    assert not workers()
+
+
+def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(1000, worker)
+    given = storages()
+    feed(proof, given[0], 4096)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    for storage in given[1:]:
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
+    assert lt_hash is None
+    assert note is not None and note.startswith("not proven: the hashing process ended")
+    assert not workers()
+
+
+def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hashworker, "STALLED", 0.3)
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(1000, worker)
+    given = storages()
+    feed(proof, given[0], 4096)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGSTOP)
+    for storage in given[1:]:
+        feed(proof, storage, 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in given})) == (
+        None,
+        "not proven: the hashing process stopped answering",
+    )
+    assert not workers()
+
+
+def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None:
+    proof = AccountsProof(1000, HashWorker(start_from=0))
+    given = storages()
+    for storage in given:
+        feed(proof, storage, 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in given})) == (expected_lt_hash(), None)
+    assert not workers()
+
+
+def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashworker, "START_FROM", 0)
+    good = write_archive(tmp_path, STATE)
+    assert check_file(str(good), prove_accounts=1000).proof.level == Level.ACCOUNTS
+    assert not workers()
+    forged = {**STATE, 490: [Account(b"\2" * 32, 0), Account(b"\3" * 32, 7, b"x")]}
+    (tmp_path / "bad").mkdir()
+    bad = write_archive(tmp_path / "bad", forged, lt_hash=bytes(2048))
+    with pytest.raises(ArchiveInvalid):
+        check_file(str(bad), prove_accounts=1000)
+    assert not workers()
+
+
+async def test_a_cancelled_check_stops_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashworker, "START_FROM", 0)
+    archive = write_archive(tmp_path, STATE, compression="tar")
+    data = archive.read_bytes()
+    part = tmp_path / "part"
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=1000)
+        f.write(data[:-1024])  # the storages, not the tar's end: the check waits for more
+        f.flush()
+        check.advance(len(data) - 1024)
+        with trio.fail_after(10):
+            while not workers():  # started once the check hashed the storages
+                await trio.sleep(0.01)
+        check.cancel()
+        with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
+            await check.result()
+    assert not workers()
+
+
+def test_the_index_reads_no_pubkey_outside_its_buffer() -> None:
+    index = PubkeyIndex(100)
+    buf = np.zeros(64, dtype=np.uint8)
+    with pytest.raises(ValueError, match="outside"):
+        index.find_at(buf, np.array([33], dtype=np.int64))
+    with pytest.raises(ValueError, match="capacity"):
+        PubkeyIndex(1).find_at(buf, np.array([0, 32], dtype=np.int64))
+
+
+def interpreted(name: str) -> kernels._Kernel:
+    return kernels._Kernel(kernels._RAW[name], None, 1)
+
+
+@pytest.fixture(params=["interpreted", "compiled"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every kernel interpreted (as a small proof runs them), or compiled."""
+    if request.param == "compiled":
+        kernels.load()
+    else:
+        for name in kernels._RAW:
+            monkeypatch.setattr(kernels, name, interpreted(name))
+    return str(request.param)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_kernels_interpreted_and_compiled_prove_the_same(mode: str, chunk: int) -> None:
+    given = storages()
+    for order in (given, given[::-1]):
+        proof = AccountsProof(1000)
+        for storage in order:
+            feed(proof, storage, chunk)
+        assert proof.finish(reread_from({s.name: s.data for s in given})) == (
+            expected_lt_hash(),
+            None,
+        ), mode
+
+
+def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
+    """numba and its compiled code cost a process ~170 MB of RSS: a proof of a few accounts
+    (verify's of a small archive, the tests' archives) runs the kernels interpreted."""
+    path = write_archive(tmp_path, STATE)
+    code = (
+        "import sys; from tracker.files.archivecheck import check_file; "
+        f"print(check_file({str(path)!r}, prove_accounts=1000).proof.level.label, "
+        "'numba' in sys.modules)"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert answer.stdout.split() == ["accounts", "False"]
+
+
+def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int], list[int], int]:
+    """The scan as the storage format says it (the former Python loop)."""
+    offsets, lens, off = [], [], start
+    while off + META <= end:
+        (data_len,) = struct.unpack_from("<Q", buf, off + 8)
+        if data_len > MAX_DATA:
+            return offsets, lens, -off - 1
+        stop = off + META + data_len
+        if stop > end:
+            break
+        offsets.append(off)
+        lens.append(data_len)
+        off = stop + (-(at + stop) & 7)
+    return offsets, lens, off
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1])),
+    st.integers(0, 7),
+    st.integers(0, 64),
+    st.booleans(),
+)
+def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compiled: bool) -> None:
+    """Compiled and interpreted, hostile lengths included (past the buffer, past 10 MiB, past
+    i64): the same records, the same stop, the same refusal."""
+    parts = bytearray()
+    for data_len in lens:
+        record = bytearray(META + min(data_len, 200))
+        struct.pack_into("<Q", record, 8, data_len)
+        parts += record + bytes(-len(record) % 8)
+    buf = bytes(parts)
+    end = max(0, len(buf) - cut)
+    if compiled:
+        kernels.load()
+    scan = kernels.scan if compiled else interpreted("scan")
+    offsets, got_lens, stop, bad = scan(
+        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA
+    )
+    want_offsets, want_lens, want_stop = reference_scan(buf, 0, end, at)
+    assert offsets.tolist() == want_offsets and got_lens.tolist() == want_lens
+    assert (int(stop), int(bad)) == (
+        (-want_stop - 1, -want_stop - 1) if want_stop < 0 else (want_stop, -1)
+    )
+
+
+def large_state(accounts: int) -> dict[int, list[Account]]:
+    """Three storages of ``accounts`` each, every pubkey of the first stored again in the
+    third (superseded, its older version first), a few closed there."""
+    rng = np.random.default_rng(11)
+    keys = [rng.bytes(32) for _ in range(2 * accounts)]
+    return {
+        480: [Account(k, 5 + i, rng.bytes(165)) for i, k in enumerate(keys[:accounts])],
+        490: [Account(k, 7, rng.bytes(i % 300)) for i, k in enumerate(keys[accounts:])],
+        500: [Account(k, (i % 50 != 0) * 9, b"new") for i, k in enumerate(keys[:accounts])],
+    }
+
+
+async def test_a_following_check_of_a_large_full_proves_it_with_a_worker(tmp_path: Path) -> None:
+    """Large enough for the compiled kernels and the worker (the daemon's refresh path): the
+    superseded versions taken out, the closed ones counting nothing, no worker left."""
+    archive = write_archive(tmp_path, large_state(3000))
+    data = archive.read_bytes()
+    part = tmp_path / "part"
+    step = len(data) // 7 + 1
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=100_000)
+        for at in range(0, len(data), step):
+            f.write(data[at : at + step])
+            f.flush()
+            check.advance(min(len(data), at + step))
+            await trio.lowlevel.checkpoint()
+        check.finish(len(data))
+        with trio.fail_after(60):
+            proof = (await check.result()).proof
+    assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
+    assert kernels._LOADED
+    assert not workers()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(-300, 3000), max_size=12),
+    st.lists(st.sampled_from([0, 1, 165, MAX_DATA + 1, 2**63, 2**64 - 1]), min_size=1),
+    st.booleans(),
+)
+def test_the_second_reads_records_are_found_within_the_chunk(
+    offsets: list[int], lens: list[int], zero_lamports: bool
+) -> None:
+    """Hostile offsets and lengths (before the chunk, past it, data past 10 MiB or past i64):
+    compiled and interpreted find the same records and stop at the same one, never reading
+    outside the chunk."""
+    chunk = bytearray(2048)
+    for i, at in enumerate(range(0, 2048 - META, 256)):
+        struct.pack_into("<Q", chunk, at + 8, lens[i % len(lens)])
+        struct.pack_into("<Q", chunk, at + 48, 0 if zero_lamports and i == 2 else 5)
+    array = np.frombuffer(bytes(chunk), dtype=np.uint8)
+    rel = np.array(sorted(offsets), dtype=np.int64)
+    kernels.load()
+    got = kernels.wanted_records(array, rel, META, MAX_DATA, 48)
+    want = interpreted("wanted_records")(array, rel, META, MAX_DATA, 48)
+    assert got[0].tolist() == want[0].tolist()
+    assert (int(got[1]), int(got[2])) == (int(want[1]), int(want[2]))
+    for at, size in zip(rel[: int(got[1])].tolist(), got[0].tolist(), strict=True):
+        assert at >= 0 and at + META + size <= len(array)
+
+
+def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashworker.sys, "executable", "/nonexistent/python")
+    proof = AccountsProof(1000, HashWorker(start_from=0))
+    given = storages()
+    for storage in given:
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
+    assert lt_hash is None
+    assert note is not None and note.startswith("not proven: the hashing process could not start")

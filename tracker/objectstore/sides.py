@@ -1,0 +1,121 @@
+"""The objects kept beside an archive in the bucket (docs/http-api.md#with-an-object-store-
+object_store): what the check of the uploading replica said of it, written before the
+upload completes, and read back by every replica.
+
+- ``{key}.proof``: the proof of the check that made the digest (the JSON of
+  :meth:`tracker.proof.levels.Proof.to_json`: level, snapshot and bank hashes, note), at most
+  :data:`MAX_PROOF` bytes;
+- ``{key}.attestation``: the statement the uploading replica signed of that object
+  (docs/http-api.md, "Signed statements"), when it signs (``attest``);
+- ``{key}.sha256``: the digest line, written last: a replica that reads a digest finds the
+  others written.
+
+Everything read back is network input: each read is bounded (one byte over its bound is
+read, so that an oversized object is known as one); a proof object that is malformed or over
+its bound counts as none (the copy is unproven, ``structure`` only), a document that is not
+a valid, unexpired statement of exactly that object (its name, size and SHA-256) is refused:
+one line in the log each, ``on_refused(kind)`` told, nothing served.
+
+The uploading replica writes its statement again when it signs it again (half its
+``valid_for`` passed, or the copy's proof changed: :func:`restate`), so that the others find
+one that holds; they read it again once the one they hold expired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tracker.core.attestations import Attestations
+from tracker.core.digests import Verified, parse_sha256sum_line, sha256sum_line
+from tracker.core.logs import log_event
+from tracker.errors import StatementInvalid
+from tracker.objectstore.bucket import Bucket
+from tracker.objectstore.keys import ATTESTATION_SUFFIX, DIGEST_SUFFIX, PROOF_SUFFIX
+from tracker.proof.levels import STRUCTURE_ONLY, Proof
+
+if TYPE_CHECKING:
+    from tracker.core.statements import Attestation
+
+log = logging.getLogger("tracker.objectstore")
+
+#: The largest proof object taken (a real one is under 300 bytes).
+MAX_PROOF = 4096
+#: The largest statement document taken (:data:`tracker.core.statements.MAX_DOCUMENT`, not
+#: imported: that module loads cryptography).
+MAX_DOCUMENT = 16 * 1024
+#: The largest digest object read (one ``sha256sum`` line).
+MAX_DIGEST = 4096
+
+
+def side_objects(key: str, checked: Verified, document: bytes | None) -> list[tuple[str, bytes]]:
+    """The objects written beside the archive at ``key`` before its upload completes, in
+    order (the digest last), for what its check said (``checked``) and the statement signed
+    of it (``document``; None: none)."""
+    name = key.rsplit("/", 1)[-1]
+    proof = json.dumps(checked.proof.to_json(), sort_keys=True).encode() + b"\n"
+    objects = [(key + PROOF_SUFFIX, proof)]
+    if document is not None:
+        objects.append((key + ATTESTATION_SUFFIX, document))
+    objects.append((key + DIGEST_SUFFIX, sha256sum_line(checked.sha256, name).encode()))
+    return objects
+
+
+def proof_of(raw: bytes | None) -> tuple[Proof | None, str]:
+    """The proof a proof object holds, or None and why not ("" when there is none)."""
+    if raw is None:
+        return None, ""
+    if len(raw) > MAX_PROOF:
+        return None, f"over {MAX_PROOF} bytes"
+    try:
+        proof = Proof.from_json(json.loads(raw))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        proof = None
+    return (proof, "") if proof is not None else (None, "not a proof")
+
+
+async def read_copy(
+    bucket: Bucket, key: str, size: int, now: float, on_refused: Callable[[str], None]
+) -> Verified | None:
+    """What the bucket says of the ``size``-byte object at ``key`` (its digest, the proof
+    and statement beside it; ``now``: seconds since the epoch, for the statement's expiry);
+    None when it has no digest. Raises StoreError when the store failed."""
+    name = key.rsplit("/", 1)[-1]
+    text = await bucket.get_small(key + DIGEST_SUFFIX, MAX_DIGEST)
+    hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name) if text else None
+    if hex_digest is None:
+        return None
+    proof, why = proof_of(await bucket.get_small(key + PROOF_SUFFIX, MAX_PROOF + 1))
+    if why:
+        on_refused("proof")
+        log_event(log, "warning", "bucket_proof_refused", key=key, reason=why)
+    raw = await bucket.get_small(key + ATTESTATION_SUFFIX, MAX_DOCUMENT + 1)
+    attestation = None
+    if raw is not None:
+        # Imported where a document is read: a tracker that reads none never loads
+        # cryptography.
+        from tracker.core.attesting import of_copy
+
+        try:
+            attestation = of_copy(raw, name, size, hex_digest, now)
+        except StatementInvalid as exc:
+            on_refused("attestation")
+            log_event(log, "warning", "bucket_attestation_refused", key=key, reason=str(exc))
+    return Verified(hex_digest, proof or STRUCTURE_ONLY, size=size, attestation=attestation)
+
+
+async def restate(
+    bucket: Bucket, prefix: str, attestations: Attestations, stated: dict[str, Attestation]
+) -> None:
+    """Write beside each archive this replica uploaded its statement when it was signed
+    again since it was last written (``stated``: the one last written, by archive key; kept
+    current). Raises StoreError when the store failed."""
+    current = {f"{prefix}{group}/{name}": signed for group, name, signed in attestations.uploaded()}
+    for key in [key for key in stated if key not in current]:
+        del stated[key]  # no longer held: retention deleted it with its statement
+    for key, signed in current.items():
+        if stated.get(key) != signed:
+            await bucket.put(key + ATTESTATION_SUFFIX, signed.encode())
+            stated[key] = signed
