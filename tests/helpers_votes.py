@@ -226,7 +226,8 @@ class VoteRpc:
     """A fake JSON-RPC node: ``blocks[slot]`` is the block's transactions (a slot not in it
     is skipped), ``stakes`` the current vote accounts, ``slot`` what ``getSlot`` answers
     (the health check and the snapshots' age ask it); ``raw`` answers a method with fixed
-    bytes instead (an answer too large, malformed), ``stall`` methods never answer."""
+    bytes instead (an answer too large, malformed), ``stall`` methods never answer, ``hold``
+    methods only once their event is set."""
 
     blocks: dict[int, list[dict[str, Any]]] = attrs.Factory(dict)
     stakes: dict[str, int] = attrs.Factory(dict)
@@ -236,6 +237,8 @@ class VoteRpc:
     slot: int = 1_000_000
     calls: list[tuple[str, Any]] = attrs.Factory(list)
     stalled: trio.Event = attrs.Factory(trio.Event)
+    #: Methods answered only once their event is set (the answer held back meanwhile).
+    hold: dict[str, trio.Event] = attrs.Factory(dict)
 
     def app(self) -> QuartTrio:
         """The quart-trio app of this RPC node."""
@@ -249,6 +252,8 @@ class VoteRpc:
             if method in self.stall:
                 self.stalled.set()
                 await trio.sleep_forever()
+            if method in self.hold:
+                await self.hold[method].wait()
             if method in self.raw:
                 return quart.Response(self.raw[method], content_type="application/json")
             if method == "getBlock":

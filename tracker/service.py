@@ -41,7 +41,7 @@ from tracker.net.egress import Resolver, resolve
 from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proving.clustervotes import ClusterVotes
-from tracker.proving.heads import HeadProofs
+from tracker.proving.heads import HeadProofs, proven_only
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.settings import ProxySettings
@@ -240,6 +240,9 @@ def apply_trust(index: Index, config: Config) -> None:
         )
         index.set_policy(group.group, policy)
         index.set_ranking(group.group, group.ranking)
+        # Before any result of the group ranks (and at once on a reload): in redirect mode a
+        # group that requires a level ranks the copies its head reads proved, only.
+        index.rank_proven_only(group.group, proven_only(config, group))
 
 
 def groups_dropped(old: Config, new: Config) -> list[str]:

@@ -29,3 +29,12 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[FakeUpstream
     files = dict(request.module.UPSTREAM_FILES)
     async with serving(FakeUpstream(files=files)) as up:
         yield up
+
+
+@pytest.fixture
+def quick_vote_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed question to the RPC's votes is asked again after 0.2 s, not a minute
+    (``tracker.proving.clustervotes.RETRY_AFTER``)."""
+    import tracker.proving.clustervotes as votes_module
+
+    monkeypatch.setattr(votes_module, "RETRY_AFTER", 0.2)

@@ -25,7 +25,7 @@ import trio
 from archives import bad_variants, build_archive, huge_pax_size_archive, huge_pax_size_at
 from helpers_proxy import wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
-from helpers_upstream import FakeUpstream, serving, sidecar_listing
+from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from helpers_wire import Wire, raw_request
 
 from tracker.core.rejections import PREFIX as REJECTED
@@ -75,12 +75,21 @@ def _config(tmp_path: Path, hosts: list[str], **extra: Any) -> Path:
 
 @asynccontextmanager
 async def fleet(
-    tmp_path: Path, name: str, bad: bytes, good: bytes, **extra: Any
+    tmp_path: Path,
+    name: str,
+    bad: bytes,
+    good: bytes,
+    *,
+    how: Behaviour | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Fleet]:
-    """The bad sidecar lists the archive at once; the good one only once the test says so
-    (``good.listing = ...``): the first refresh must come from the bad one."""
+    """The bad sidecar lists the archive at once (and answers it as ``how`` says, from the
+    start); the good one only once the test says so (``good.listing = ...``): the first
+    refresh must come from the bad one."""
+    answers = {name: how} if how is not None else {}
+    first = FakeUpstream(files={name: bad}, behaviour=answers, listing=sidecar_listing({name: bad}))
     async with (
-        serving(FakeUpstream(files={name: bad}, listing=sidecar_listing({name: bad}))) as b,
+        serving(first) as b,
         serving(FakeUpstream(files={name: good}, listing=[], host="127.0.0.2")) as g,
         trio.open_nursery() as nursery,
     ):

@@ -3,16 +3,20 @@ archives", "Redirect mode").
 
 In redirect mode the tracker never holds the bytes it hands out, but an archive's manifest
 comes first in its stream: one bounded read of a copy's head proves it to ``manifest``. The
-copies worth that read are those that could be handed out now: the group's best full and
-best incremental, from each of their ``top`` best sources. A copy proven (or refused) is not
-read again; one whose read failed for a reason that is not the archive's (the source busy,
-unreachable, an answer that is not the file) waits ``retry_after`` before it is tried again.
+copies worth that read are those that would be handed out were they proven: the best full
+and best incremental a group would rank were every copy proven, from each of their ``top``
+best sources (a group that requires a level ranks only proven copies:
+:mod:`tracker.core.provenonly`). A copy proven (or refused) is not read again; one whose read
+failed for a reason that is not the archive's (the source busy, unreachable, an answer that
+is not the file) waits ``retry_after`` before it is tried again, and the next source of the
+archive is read meanwhile.
 Times are seconds on the caller's one clock, so the rules are tested as a table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
+from math import inf
 
 import attrs
 
@@ -42,7 +46,7 @@ class HeadRead:
 
 
 def heads_due(
-    candidates: Iterable[Iterable[tuple[SnapshotFile, SnapshotSource]]],
+    candidates: Iterable[Iterable[SnapshotSource]],
     *,
     done: Set[tuple[TargetKey, str]],
     tried: Mapping[tuple[TargetKey, str], float],
@@ -51,17 +55,31 @@ def heads_due(
     top: int = TOP_SOURCES,
 ) -> list[HeadRead]:
     """The head reads due: for each archive of ``candidates`` (its sources, best first, as
-    :meth:`tracker.core.index.Index.find_file` gives them), its first ``top`` sources over
-    the network whose copy is neither ``done`` (proven or refused) nor ``tried`` (a failed
-    read, at that time) within ``retry_after`` of ``now``."""
+    :func:`tracker.core.provenonly.best_unproven` gives them), its first ``top`` sources over
+    the network whose copies are not waiting for a retry: each copy of their chain (an
+    incremental's and its target's full) that is neither ``done`` (proven, refused or
+    awaiting its votes) nor ``tried`` (a failed read, at that time) within ``retry_after`` of
+    ``now``. A source waiting for a retry gives its place to the next one: the archive is
+    ranked (and redirected to) only once proven, so another copy of it is read meanwhile."""
     due: list[HeadRead] = []
+    seen: set[tuple[TargetKey, str]] = set()
     for sources in candidates:
-        for file, source in list(sources)[:top]:
-            copy = (source.key, file.bare_name)
-            if file.path or not file.url or copy in done:
-                continue
-            then = tried.get(copy)
-            if then is not None and now - then < retry_after:
-                continue
-            due.append(HeadRead(source, file))
+        counted = 0
+        for source in sources:
+            if counted >= top:
+                break
+            copies = [f for f in source.info.files if not f.path]  # a local file: the check's
+            if not copies or any(not f.url for f in copies):
+                continue  # nothing to read over the network
+            waiting = [
+                f for f in copies if now - tried.get((source.key, f.bare_name), -inf) < retry_after
+            ]
+            if any((source.key, f.bare_name) not in done for f in waiting):
+                continue  # its read failed lately: the next source instead
+            counted += 1
+            for f in copies:
+                copy = (source.key, f.bare_name)
+                if copy not in done and copy not in seen:
+                    seen.add(copy)
+                    due.append(HeadRead(source, f))
     return due

@@ -6,31 +6,22 @@ sees a consistent state because trio only switches tasks at ``await``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import attrs
-
-from tracker.core.disproven import Disproven
 from tracker.core.holdings import Holdings, held_sources
 from tracker.core.predict import Ranking
 from tracker.core.ranking import RankedPairs, TimedGroups
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
+from tracker.core.rankparts import Built, Entry, copies_of, first
+from tracker.core.screens import Screens
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
 from tracker.core.throughputs import Kind, Throughputs
-from tracker.core.trustscreen import TrustPolicy, needs_screening, screen
+from tracker.core.trustscreen import TrustPolicy
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
-
-
-@attrs.frozen
-class _Entry:
-    infos: tuple[SnapshotInfo, ...]
-    updated_at: datetime
-    latency: float | None = None
 
 
 class Index:
@@ -41,24 +32,22 @@ class Index:
         self.clock = clock
         #: Measured throughputs (read here; changed by the methods below, which re-rank).
         self.speeds = Throughputs(clock)
-        self._entries: dict[TargetKey, _Entry] = {}
+        self._entries: dict[TargetKey, Entry] = {}
         #: Bumped by every change: what was computed from an older generation is stale.
         self.generation = 0
         self._everything: list[SnapshotSource] | None = None
         self._ranked: dict[str, list[SnapshotSource]] | None = None
         self._keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
         self._fulls: dict[str, list[SnapshotSource]] = {}
-        self._policies: dict[str, TrustPolicy] = {}
-        self._cluster_slot: int | None = None
-        self._mismatches: dict[TargetKey, str] = {}
-        #: Copies a proof showed below their group's level: never ranked.
-        self._disproven = Disproven()
+        #: Each group's trust policy, the cluster's slot, the copies a proof refused or that
+        #: a group ranking proven copies only leaves out, and what a re-ranking found of them.
+        self._screens = Screens()
         #: Per group ranked by time to running: its settings, its ranked pairs (per change)
         #: and the pair handed out last (docs/ranking.md).
         self._timed = TimedGroups()
         #: Per target: its ranked sources as last built, reused while nothing about the
         #: target changed (a round of thousands of targets re-ranks several times a second).
-        self._built: dict[TargetKey, _Built] = {}
+        self._built: dict[TargetKey, Built] = {}
         #: What the tracker itself holds (cache, bucket): listed once no source has it.
         self.holdings = Holdings()
 
@@ -98,15 +87,15 @@ class Index:
     ) -> None:
         """:meth:`apply` for several targets at once: the ranking is rebuilt once, not once
         per target (a scrape round of thousands of targets hands results over in batches)."""
-        entries = [(key, _Entry(tuple(infos), at, latency)) for key, infos, at, latency in results]
+        entries = [(key, Entry(tuple(infos), at, latency)) for key, infos, at, latency in results]
         self._entries.update(entries)
         if entries:
             self._changed()
 
     def set_policy(self, group: str, policy: TrustPolicy) -> None:
         """Use ``policy`` to screen what ``group``'s targets advertise (docs/http-api.md#trust)."""
-        if self._policies.get(group) != policy:
-            self._policies[group] = policy
+        if self._screens.policies.get(group) != policy:
+            self._screens.policies[group] = policy
             self._changed()
 
     def set_ranking(self, group: str, ranking: Ranking | None) -> None:
@@ -116,30 +105,50 @@ class Index:
 
     def set_cluster_slot(self, slot: int | None) -> None:
         """The cluster's current slot (from ``rpc``): snapshots far above it are not ranked."""
-        if slot != self._cluster_slot:
-            self._cluster_slot = slot
+        if slot != self._screens.cluster_slot:
+            self._screens.cluster_slot = slot
             self._changed()
 
     @property
     def cluster_slot(self) -> int | None:
         """The cluster's current slot as last given to :meth:`set_cluster_slot` (None:
         unknown, no ``rpc`` or it did not answer)."""
-        return self._cluster_slot
+        return self._screens.cluster_slot
 
     def disprove(self, key: TargetKey, name: str, reason: str | None) -> None:
         """``key``'s copy of ``name`` is below its group's level: not ranked (None: it is)."""
-        if self._disproven.set(key, name, reason):
+        if self._screens.disproven.set(key, name, reason):
             self._changed()
 
     def disproven(self) -> Mapping[TargetKey, Mapping[str, str]]:
-        """The copies :meth:`disprove` keeps out, by target, with the reason."""
-        return self._disproven.view()
+        """The copies :meth:`disprove` keeps out, by target, with the reason, and those a group
+        that ranks proven copies only leaves out until proven (the former's reason last)."""
+        self._rank()
+        return self._screens.refusals
+
+    def rank_proven_only(self, group: str, on: bool) -> None:
+        """``group`` ranks only the copies :meth:`prove` marks (``on``; a local file
+        excepted), or every copy (:mod:`tracker.core.provenonly`)."""
+        if self._screens.proven_only.gate(group, on):
+            self._changed()
+
+    def prove(self, key: TargetKey, name: str, proven: bool = True) -> None:
+        """``key``'s copy of ``name`` reached its group's level (or no longer counts as such)."""
+        if self._screens.proven_only.set(key, name, proven):
+            self._changed()
+
+    def unproven_best(self, group: str) -> list[list[SnapshotSource]]:
+        """For a group that ranks proven copies only: the sources of the best full and best
+        incremental it would rank were every copy proven, best first
+        (:func:`tracker.core.provenonly.best_unproven`); empty for any other group."""
+        self._rank()
+        return self._screens.unproven_best(group)
 
     def mismatches(self) -> Mapping[TargetKey, str]:
         """Why some of a target's snapshots are not ranked (a lost hash), for every target
         that has one (do not keep: it is replaced on the next change)."""
         self._rank()
-        return self._mismatches
+        return self._screens.mismatches
 
     def record_transfer(
         self,
@@ -193,17 +202,14 @@ class Index:
             ranked: dict[str, list[SnapshotSource]] = {}
             keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
             fulls: dict[str, list[SnapshotSource]] = {}
-            self._mismatches = {}
+            self._screens.begin()
             now = self.clock()
-            built: dict[TargetKey, _Built] = {}
+            built: dict[TargetKey, Built] = {}
             for group, entries in self._by_group().items():
-                policy = self._policies.get(group, TrustPolicy())
-                screened = _screen(entries, policy, self._cluster_slot, self._mismatches)
-                if self._disproven.view():  # rare: only copies a proof refused
-                    self._disproven.screen({k: e.infos for k, e in entries.items()}, screened)
                 speeds = self.speeds.rates(now)
                 measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
+                screened = self._screens.group(group, entries, speeds, typical)
                 pairs: list[tuple[Any, SnapshotSource]] = []
                 full_pairs: list[tuple[Any, SnapshotSource]] = []
                 for key, entry in entries.items():
@@ -211,23 +217,24 @@ class Index:
                     speed = speeds.get(key, 0.0)
                     done = self._built.get(key)
                     if done is None or not done.fits(entry, speed, speed or typical, infos):
-                        done = _Built.of(key, entry, speed, speed or typical, infos)
+                        done = Built.of(key, entry, speed, speed or typical, infos)
                     built[key] = done
                     pairs += done.sources
                     full_pairs += done.fulls
-                pairs.sort(key=_first, reverse=True)
+                pairs.sort(key=first, reverse=True)
                 keyed[group] = pairs
                 ranked[group] = [source for _key, source in pairs]
-                full_pairs.sort(key=_first, reverse=True)
+                full_pairs.sort(key=first, reverse=True)
                 fulls[group] = [source for _key, source in full_pairs]
             self._built = built
+            self._screens.end()
             self._ranked = ranked
             self._keyed = keyed
             self._fulls = fulls
         return self._ranked
 
-    def _by_group(self) -> dict[str, dict[TargetKey, _Entry]]:
-        groups: dict[str, dict[TargetKey, _Entry]] = {}
+    def _by_group(self) -> dict[str, dict[TargetKey, Entry]]:
+        groups: dict[str, dict[TargetKey, Entry]] = {}
         for key, entry in self._entries.items():
             groups.setdefault(key.group, {})[key] = entry
         return groups
@@ -254,7 +261,7 @@ class Index:
             else:
                 # The kept ranking keys, not rank_key() again: thousands of sources.
                 pairs = [pair for name in sorted(self._keyed) for pair in self._keyed[name]]
-                pairs.sort(key=_first, reverse=True)
+                pairs.sort(key=first, reverse=True)
                 self._everything = [source for _key, source in pairs]
         return self._everything
 
@@ -287,22 +294,17 @@ class Index:
         if timed is not None:
             return timed.incremental
         full = self.best_full(group)
-        if full is None:
-            return None
-        return next(
-            (
-                s
-                for s in self._rank().get(group, ())
-                if not s.info.is_full and s.info.base_slot == full.info.slot
-            ),
-            None,
-        )
+        slot = full.info.slot if full is not None else -1  # -1: no incremental's base
+        ranked = self._rank().get(group, ())
+        return next((s for s in ranked if not s.info.is_full and s.info.base_slot == slot), None)
 
     def _by_time(self, group: str) -> RankedPairs | None:
         """``group``'s pairs ranked by time to running (None: it ranks by slot), once per
         change (:class:`tracker.core.ranking.TimedGroups`)."""
         sources = self._rank().get(group, [])
-        return self._timed.pairs(group, sources, self._fulls.get(group, []), self._cluster_slot)
+        return self._timed.pairs(
+            group, sources, self._fulls.get(group, []), self._screens.cluster_slot
+        )
 
     def predicted(self, source: SnapshotSource) -> float | None:
         """The predicted seconds to a running node of ``source``'s pair (None: its group
@@ -313,114 +315,11 @@ class Index:
     def find_file(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
         """Every source of ``group`` advertising the archive ``name``, best source first.
 
-        Best is a local copy first (no network at all), then the highest measured throughput,
-        the lowest probe latency, the target scraped successfully most recently, and the
-        target name (a stable order for failover).
+        Best is a local copy first, then as :func:`tracker.core.rankparts.source_order` says.
         """
-        found: list[tuple[SnapshotFile, SnapshotSource]] = []
-        seen: set[TargetKey] = set()
-        for source in self._rank().get(group, ()):
-            if source.key in seen:
-                continue
-            for f in source.info.files:
-                if f.bare_name == name:
-                    found.append((f, source))
-                    seen.add(source.key)
-                    break
-        found.sort(key=_source_order)
+        found = copies_of(self._rank().get(group, ()), name)
         if not found:  # no source has it any more: the tracker's own copy, if it holds one
             found = [
                 (s.info.files[0], s) for s in self.held(group) if s.info.files[0].bare_name == name
             ]
         return found
-
-
-def _screen(
-    entries: dict[TargetKey, _Entry],
-    policy: TrustPolicy,
-    cluster_slot: int | None,
-    mismatches: dict[TargetKey, str],
-) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
-    """What each target of a group may contribute to the ranking by its trust ``policy``
-    (docs/http-api.md#trust); the targets whose hash lost go into ``mismatches``."""
-    discovered = {key for key in entries if key.discovered}
-    if not needs_screening(policy, cluster_slot, bool(discovered)):
-        return {}  # trust everything: nothing to screen (the common, fast path)
-    advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
-    screened = screen(advertised, policy, cluster_slot, discovered)
-    mismatches.update(screened.mismatches)
-    return screened.infos
-
-
-def _source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:
-    """Sources of one file: a local copy first, then the measured fastest, the quickest to
-    answer a probe, the most recently scraped, and the target name (docs/http-api.md#trust)."""
-    f, source = found
-    latency = source.latency if source.latency is not None else math.inf
-    recency = -source.updated_at.timestamp()
-    return (not f.path, -source.expected, latency, recency, source.key)
-
-
-def _first(pair: tuple[Any, SnapshotSource]) -> Any:
-    return pair[0]
-
-
-@attrs.frozen(eq=False)
-class _Built:
-    """A target's sources with their ranking keys, and what they were built from."""
-
-    entry: _Entry
-    speed: float
-    expected: float
-    infos: tuple[SnapshotInfo, ...]
-    sources: list[tuple[Any, SnapshotSource]]
-    #: Every full archive among them as a source of its own (see :func:`_full_sources`).
-    fulls: list[tuple[Any, SnapshotSource]]
-
-    @classmethod
-    def of(
-        cls,
-        key: TargetKey,
-        entry: _Entry,
-        speed: float,
-        expected: float,
-        infos: tuple[SnapshotInfo, ...],
-    ) -> _Built:
-        """Build the sources of ``key`` (and their ranking keys)."""
-        made = [
-            SnapshotSource(i, key, entry.updated_at, speed, entry.latency, expected) for i in infos
-        ]
-        sources = sorted(((s.rank_key(), s) for s in made), key=_first, reverse=True)
-        return cls(entry, speed, expected, infos, sources, _full_sources(sources))
-
-    def fits(
-        self, entry: _Entry, speed: float, expected: float, infos: tuple[SnapshotInfo, ...]
-    ) -> bool:
-        """True when building again from these would give the same sources."""
-        return (
-            entry is self.entry
-            and speed == self.speed
-            and expected == self.expected
-            and (infos is self.infos or infos == self.infos)
-        )
-
-
-def _full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[tuple[Any, SnapshotSource]]:
-    """Every full archive advertised by one target's ``pairs`` (best first) as a source of
-    its own, with its ranking key (a full's own info is reused as it is; a chain's base gets
-    an info of its own)."""
-    seen: set[str] = set()
-    fulls: list[tuple[Any, SnapshotSource]] = []
-    for rank, source in pairs:
-        if source.info.is_full:
-            name = source.info.files[0].bare_name
-            if name not in seen:
-                seen.add(name)
-                fulls.append((rank, source))
-            continue
-        for f in source.info.files:
-            if f.name.is_full and f.bare_name not in seen:
-                seen.add(f.bare_name)
-                full = attrs.evolve(source, info=info_from_files([f]))
-                fulls.append((full.rank_key(), full))
-    return fulls

@@ -2,14 +2,18 @@
 "Proven archives").
 
 In redirect mode the tracker never holds the bytes, but an archive's manifest comes before
-its accounts. Every few seconds :class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due`
-which copies of each group's best full and incremental have not been read yet, and reads
+its accounts. A group that sets ``trust.require`` above ``structure`` (:func:`proven_only`)
+ranks only the copies proven here (:mod:`tracker.core.provenonly`). Every second
+:class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due` which copies of the best full
+and incremental such a group would rank were every copy proven have not been read yet, and reads
 each from the start, through the archive check with its proof (``prove``, the files layer's
 head check, passed in), until the manifest ends or ``manifest_read`` bytes came. A copy
 below its group's level (a manifest that does not decode, a name its lattice hash does not
 give, a bank hash that does not recompute) is kept out of the ranking
 (:meth:`tracker.core.index.Index.disprove`) and its source shows the reason; a copy that
-reaches it is kept as proven, once per archive and source. A read that fails for a reason
+reaches it is kept as proven and ranked (:meth:`tracker.core.index.Index.prove`), once per
+archive and source. A reload that lowers the level brings back the copies refused only for
+the old one, with the proof their read gave. A read that fails for a reason
 that is not the archive's (the source busy, unreachable, an answer that is not the file) is
 tried again later. Every read goes through the proxy's upstream client (credentials only to
 their origin, the egress policy) within the source's ``source_limits``, like a speed test.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import attrs
@@ -53,6 +58,8 @@ RETRY_AFTER = 60.0
 MAX_KEPT = 4096
 #: Longest one head read may take, whatever its size.
 READ_FOR = 300.0
+#: Head reads (or questions of votes) in flight at once, over every group.
+READS_AT_ONCE = 4
 
 
 class HeadProofs:
@@ -84,34 +91,66 @@ class HeadProofs:
         #: The read of each proven copy, to decide it again under a raised level.
         self._proven_reads: OrderedDict[Copy, HeadRead] = OrderedDict()
         self._refused: OrderedDict[tuple[TargetKey, str], str] = OrderedDict()
+        #: The refused copies whose proof was only below the level (not a failed check),
+        #: with their read and proof: a reload that lowers the level brings them back.
+        self._short: OrderedDict[Copy, tuple[HeadRead, Proof]] = OrderedDict()
         self._tried: dict[tuple[TargetKey, str], float] = {}
+        #: Copies whose read (or votes) is in flight, and how many may be at once.
+        self._reading: set[Copy] = set()
+        self._at_once = trio.CapacityLimiter(READS_AT_ONCE)
         #: Rounds completed (tests wait on it).
         self.rounds = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the heads due every :data:`CHECK_EVERY` seconds, until cancelled."""
-        task_status.started()
-        while True:
-            await self.round()
-            await trio.sleep(self._every)
+        """Start the heads due every :data:`CHECK_EVERY` seconds, each read in the
+        background (at most :data:`READS_AT_ONCE` at once), until cancelled: a slow source
+        holds back its own copy, never the next round's."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await self.round(nursery)
+                await trio.sleep(self._every)
 
-    async def round(self) -> int:
-        """Read every head due now, one after another; how many copies were decided."""
+    async def round(self, nursery: trio.Nursery | None = None) -> int:
+        """Read every head due now: in ``nursery`` (None: one after another, awaited); how
+        many copies were decided by the reads awaited."""
         decided = 0
         config = self._config()
+        step = partial(self._step, nursery)
         for group in config.target_groups:
-            # Only where a group asks for it: redirect mode checks no archive by default,
-            # and a head read costs a source up to manifest_read bytes per copy.
-            asked = group.trust.require
-            if config.proxy_snapshot_downloads or asked is None or asked < Level.MANIFEST:
+            gated = proven_only(config, group)
+            self._index.rank_proven_only(group.group, gated)
+            if not gated:
+                self._lowered(None, group.group)
                 continue
             self._below_now(config.required_level(group), group.group)
+            self._lowered(config.required_level(group), group.group)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
-                decided += await self._decide(config, group, read, proof)
+                if read.copy not in self._reading:
+                    decided += await step(read, partial(self._decide, config, group, read, proof))
             for read in self.due(group):
-                decided += await self._read(config, group, read)
+                decided += await step(read, partial(self._read, config, group, read))
         self.rounds += 1
         return decided
+
+    async def _step(
+        self, nursery: trio.Nursery | None, read: HeadRead, work: Callable[[], Awaitable[int]]
+    ) -> int:
+        """Run ``work`` on ``read``'s copy: awaited (None) or started in ``nursery``, the copy
+        in flight meanwhile (not read again, counted among its archive's sources)."""
+        self._reading.add(read.copy)
+
+        async def done() -> int:
+            try:
+                async with self._at_once:
+                    return await work()
+            finally:
+                self._reading.discard(read.copy)
+
+        if nursery is None:
+            return await done()
+        nursery.start_soon(done)
+        return 0
 
     def _below_now(self, required: Level, group: str) -> None:
         """Put every proven copy of ``group`` below ``required`` (a reload raised its
@@ -123,18 +162,31 @@ class HeadProofs:
                 continue
             if shortfall(proof, required, is_full=read.file.name.is_full) is not None:
                 del self.proven[copy]
+                self._index.prove(*copy, proven=False)
                 self._voting[copy] = (read, proof)
+
+    def _lowered(self, required: Level | None, group: str) -> None:
+        """Bring back every copy of ``group`` refused only for being below a level that a
+        reload lowered to ``required`` (None: the group requires nothing any more), and
+        those awaiting votes no longer required: proven as their head read gave them."""
+        short = [*self._short.items(), *(() if required is not None else self._voting.items())]
+        for copy, (read, proof) in short:
+            if copy[0].group != group:
+                continue
+            if (
+                required is None
+                or shortfall(proof, required, is_full=read.file.name.is_full) is None
+            ):
+                self._short.pop(copy, None)
+                self._refused.pop(copy, None)
+                self._voting.pop(copy, None)
+                self._proved(read, proof)
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
-        name = group.group
-        best = [self._index.best_full(name), self._index.best_incremental(name)]
-        candidates = [
-            self._index.find_file(name, s.info.files[0].bare_name) for s in best if s is not None
-        ]
-        done = self.proven.keys() | self._refused.keys() | self._voting.keys()
+        done = self.proven.keys() | self._refused.keys() | self._voting.keys() | self._reading
         return heads_due(
-            candidates,
+            self._index.unproven_best(group.group),
             done=done,
             tried=self._tried,
             retry_after=self._retry_after,
@@ -180,13 +232,23 @@ class HeadProofs:
                     del self._voting[next(iter(self._voting))]
                 return 0
             self._keep(self._refused, read.copy, reason)
+            self._keep(self._short, read.copy, (read, proof))
             log_event(log, "warning", "archive_disproven", url=url, reason=reason)
             return 1
-        self._index.disprove(read.key, read.file.bare_name, None)
-        self._keep(self.proven, read.copy, proof)
-        self._keep(self._proven_reads, read.copy, read)
+        self._proved(read, proof)
         log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
         return 1
+
+    def _proved(self, read: HeadRead, proof: Proof) -> None:
+        """``read``'s copy reached its group's level: ranked (the oldest proven copy past
+        :data:`MAX_KEPT` forgotten, out of the ranking until read again)."""
+        self._index.disprove(read.key, read.file.bare_name, None)
+        self._index.prove(read.key, read.file.bare_name)
+        self._keep(self.proven, read.copy, proof)
+        self._keep(self._proven_reads, read.copy, read)
+        for copy in [c for c in self._proven_reads if c not in self.proven]:
+            del self._proven_reads[copy]
+            self._index.prove(*copy, proven=False)
 
     def _keep(self, kept: OrderedDict[Copy, _V], copy: Copy, value: _V) -> None:
         kept[copy] = value
@@ -194,6 +256,15 @@ class HeadProofs:
         while len(kept) > MAX_KEPT:
             kept.popitem(last=False)
         self._tried.pop(copy, None)
+
+
+def proven_only(config: Config, group: TargetGroup) -> bool:
+    """Whether ``group`` reads heads and ranks only the copies they prove: in redirect
+    mode, where the group sets a ``trust.require`` above ``structure`` (redirect mode
+    checks no archive by default, as the Go tracker: a head read costs a source up to
+    ``manifest_read`` bytes per copy)."""
+    asked = group.trust.require
+    return not config.proxy_snapshot_downloads and asked is not None and asked > Level.STRUCTURE
 
 
 async def prove_copy(

@@ -1,0 +1,122 @@
+"""Groups that rank proven copies only, and where their head reads start (pure;
+docs/architecture.md, "Proven archives"; docs/http-api.md, "Proven archives").
+
+In redirect mode a group that requires a level above ``structure`` ranks (lists, redirects
+to) a copy only once a head read proved it there: until then the copy is out, with the
+reason :data:`NOT_YET`. A copy is one target's copy of one archive, and a chain needs each of
+its copies: an incremental ranks once its own copy and its target's copy of its full are
+proven. A local file (a ``local`` target: the tracker's own disk, never read over the
+network) is not held back. Which copies a head read proves next is chosen from what would
+rank were every copy proven (:func:`best_unproven`), not from the ranking that leaves them
+out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tracker.core.rankparts import first, full_sources, source_order
+from tracker.core.snapshots import SnapshotInfo
+from tracker.core.snapshotsources import SnapshotSource, TargetKey
+
+#: Why a copy of a group that ranks proven copies only is out while its proof is awaited.
+NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
+
+
+class ProvenOnly:
+    """The groups that rank proven copies only, and the copies proven, by target."""
+
+    def __init__(self) -> None:
+        self._groups: set[str] = set()
+        self._proven: dict[TargetKey, set[str]] = {}
+
+    def gate(self, group: str, on: bool) -> bool:
+        """``group`` ranks proven copies only (``on``) or every copy; True when that changed."""
+        if (group in self._groups) == on:
+            return False
+        if on:
+            self._groups.add(group)
+        else:
+            self._groups.discard(group)
+        return True
+
+    def gates(self, group: str) -> bool:
+        """Whether ``group`` ranks proven copies only."""
+        return group in self._groups
+
+    def set(self, key: TargetKey, name: str, proven: bool) -> bool:
+        """``key``'s copy of ``name`` is proven (or no longer); True when that changed what
+        a group that ranks proven copies only ranks."""
+        names = self._proven.get(key, set())
+        if (name in names) == proven:
+            return False
+        if proven:
+            names.add(name)
+            self._proven[key] = names
+        else:
+            names.discard(name)
+            if not names:
+                self._proven.pop(key, None)
+        return key.group in self._groups
+
+    def screen(
+        self,
+        infos: Mapping[TargetKey, tuple[SnapshotInfo, ...]],
+        kept: dict[TargetKey, tuple[SnapshotInfo, ...]],
+    ) -> dict[TargetKey, dict[str, str]]:
+        """Drop from ``kept`` (what each target of a gated group may contribute; a target not
+        in it keeps all of ``infos``) every info whose chain holds a copy not proven (a local
+        file excepted); the copies left out, by target, with :data:`NOT_YET`."""
+        pending: dict[TargetKey, dict[str, str]] = {}
+        for key, advertised in infos.items():
+            proven = self._proven.get(key, set())
+            mine = kept.get(key, advertised)
+            ranked = []
+            for info in mine:
+                missing = [
+                    f.bare_name for f in info.files if not f.path and f.bare_name not in proven
+                ]
+                if missing:
+                    pending.setdefault(key, {}).update(dict.fromkeys(missing, NOT_YET))
+                else:
+                    ranked.append(info)
+            if len(ranked) != len(mine):
+                kept[key] = tuple(ranked)
+        return pending
+
+
+def best_unproven(sources: list[SnapshotSource]) -> list[list[SnapshotSource]]:
+    """The sources of the best full (by slot, whatever the group's ranking) and of the best
+    incremental on it that ``sources`` (a group's, before any copy is held back for want of
+    a proof) would rank, each archive's
+    best source first (as :meth:`tracker.core.index.Index.find_file` orders them): where the
+    head reads of a group that ranks proven copies only start."""
+    by_target: dict[TargetKey, list[tuple[Any, SnapshotSource]]] = {}
+    for s in sources:
+        by_target.setdefault(s.key, []).append((s.rank_key(), s))
+    ranked = [
+        p
+        for pairs in by_target.values()
+        for p in full_sources(sorted(pairs, key=first, reverse=True))
+    ]
+    fulls = [s for _key, s in sorted(ranked, key=first, reverse=True)]
+    if not fulls:
+        return []
+    full = fulls[0].info.files[0].bare_name
+    found = [_holders(fulls, full)]
+    slot = fulls[0].info.slot
+    increments = [s for s in sources if not s.info.is_full and s.info.base_slot == slot]
+    if increments:
+        best = max(increments, key=SnapshotSource.rank_key).info.files[0].bare_name
+        found.append(_holders(increments, best))
+    return found
+
+
+def _holders(sources: list[SnapshotSource], name: str) -> list[SnapshotSource]:
+    """The sources of ``sources`` whose archive is ``name``, best first, one per target."""
+    holders: dict[TargetKey, SnapshotSource] = {}
+    for s in sources:
+        if s.info.files[0].bare_name == name:
+            holders.setdefault(s.key, s)
+    return sorted(holders.values(), key=lambda s: source_order((s.info.files[0], s)))
