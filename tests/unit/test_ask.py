@@ -9,7 +9,7 @@ import sys
 from tracker.files.answers import Answer, redirect_answer, text_answer
 from tracker.files.bodies import BytesBody
 from tracker.proxy.ask import ask_of
-from tracker.proxy.plan import Asked
+from tracker.proxy.decisions import Asked
 from tracker.web.answers import to_response
 
 

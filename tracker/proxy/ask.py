@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from tracker.proxy.plan import Asked
+from tracker.proxy.decisions import Asked
 from tracker.proxy.upstream import FORWARDED_REQUEST_HEADERS, upstream_request_headers
 from tracker.zerocopy.connection import Connection
 

@@ -1,7 +1,7 @@
 """Proxy mode with the object-store tier (docs/http-api.md#with-an-object-store-object_store): what
 the bucket answers, and filling it.
 
-Which of these a request gets is decided by :mod:`tracker.proxy.plan` (its ``redirect``,
+Which of these a request gets is decided by :mod:`tracker.proxy.decisions` (its ``redirect``,
 ``stored`` and ``claimed`` stages); this module performs it:
 
 1. :meth:`ObjectPath.presigned`: a GET of a file the bucket holds is sent there, ``303`` to

@@ -21,7 +21,7 @@ from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
 from tracker.files.answers import Answer
 from tracker.proxy.ask import Ask
-from tracker.proxy.plan import Found
+from tracker.proxy.decisions import Found
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.transfers import Head, StreamJob, Transfers

@@ -1,9 +1,9 @@
 """The executors of the refresh decisions: start a refresh, join one, read it.
 
-:class:`~tracker.proxy.plan.StartShared`, :class:`~tracker.proxy.plan.OwnRefresh` and a
+:class:`~tracker.proxy.decisions.StartShared`, :class:`~tracker.proxy.decisions.OwnRefresh` and a
 prefetch start a *detached* refresh (:func:`tracker.proxy.bytepaths.fill` in the transfers
 nursery: it writes the temp file at the upstream's pace and may outlive its client);
-:class:`~tracker.proxy.plan.JoinShared` and :class:`~tracker.proxy.plan.JoinBehind` read
+:class:`~tracker.proxy.decisions.JoinShared` and :class:`~tracker.proxy.decisions.JoinBehind` read
 one that runs. Every client reads the growing temp file (:mod:`tracker.proxy.sharing`), so
 no byte of a refresh passes through Python: the upstream bytes go into the temp file by
 splice (:meth:`tracker.proxy.resume.UpstreamBody.into`) and out by sendfile (a refresh that
@@ -30,11 +30,12 @@ from tracker.errors import RequestError, UpstreamError
 from tracker.files.answers import Answer
 from tracker.files.bodies import Body
 from tracker.objectstore.locks import Lock
-from tracker.proxy import plan
+from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import fill
 from tracker.proxy.context import ProxyContext, Pump, Streams
+from tracker.proxy.decisions import Asked, Claim, Start, StartPrefetch
 from tracker.proxy.failover import head_due
 from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
@@ -46,28 +47,21 @@ log = logging.getLogger("tracker.streamer")
 
 Started = SharedRefresh | Answer | None
 #: What a refresh's own stream asks its sources: the whole file.
-WHOLE_FILE = Ask(plan.Asked("GET"), {})
+WHOLE_FILE = Ask(Asked("GET"), {})
 
 
 @attrs.frozen
 class RefreshStart:
-    """What a detached refresh of one file is started with.
-
-    ``keep``: it outlives its last reader; ``client``: a client waits for it (it is then
-    relayed uncached when the temp file cannot be opened); ``lock``: the bucket's lock of the
-    file (the refresh is then uploaded, which releases it); ``register``: other requests may
-    find and join it (``cache_share_inflight``, the bucket, prefetch); ``origin``: what the
-    bytes its starting client reads count as (``served_bytes_total{source}``).
-    """
+    """What a detached refresh of one file is started with: the walk's decision (``step``:
+    whether it outlives its last reader, is registered for other readers, its early head,
+    whether a client waits for it, what its bytes count as) and the bucket's ``lock`` of
+    the file, when it was got (the refresh is then uploaded, which releases it)."""
 
     group: TargetGroup
     cache: Cache
     archive: ArchiveName
-    keep: bool
-    client: bool = True
+    step: Start
     lock: Lock | None = None
-    register: bool = True
-    origin: ByteSource = "cache"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -84,12 +78,12 @@ class Refreshes:
     _objects: ObjectPath | None
 
     async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.plan.JoinShared`: read the running refresh (counted as a
+        """:class:`~tracker.proxy.decisions.JoinShared`: read the running refresh (counted as a
         shared reader); None when it ended unread."""
         return self._counted(await self.read(shared, ask))
 
     async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.plan.JoinBehind`: a ``Range`` GET read from a background
+        """:class:`~tracker.proxy.decisions.JoinBehind`: a ``Range`` GET read from a background
         refresh's temp file (the range's first byte is written); None when it ended."""
         return self._counted(await join(shared, "GET", ask.asked.range))
 
@@ -103,18 +97,17 @@ class Refreshes:
     async def start_and_read(
         self, start: RefreshStart, ask: Ask
     ) -> tuple[Answer | None, SharedRefresh | None]:
-        """:class:`~tracker.proxy.plan.StartShared` and :class:`~tracker.proxy.plan.OwnRefresh`:
-        start the refresh, with an early head when the index knows the size, and read it.
-        The answer (None: a refresh of the file runs already, or the one started ended
-        unread), and the refresh read when one was."""
-        size = self._launcher.index_size(start.group.group, start.archive.file_name)
-        if size:
-            started = await self._start_early(start, size, ask.connection)
+        """:class:`~tracker.proxy.decisions.StartShared` and
+        :class:`~tracker.proxy.decisions.OwnRefresh`: start the refresh, with the early head
+        the walk decided on, and read it. The answer (None: a refresh of the file runs
+        already, or the one started ended unread), and the refresh read when one was."""
+        if start.step.early:
+            started = await self._start_early(start, start.step.early, ask.connection)
         else:
             started = await self.start(start)
         if not isinstance(started, SharedRefresh):
             return started, None  # None (a refresh runs), 502/503, uncached, early
-        return await self.read(started, ask, start.origin), started
+        return await self.read(started, ask, start.step.origin), started
 
     async def read(
         self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
@@ -133,50 +126,43 @@ class Refreshes:
         """Begin a detached refresh (see :class:`RefreshStart`); once it is open, the
         SharedRefresh.
 
-        None when a refresh of the file already runs, or (no ``client``) it could not open.
-        For a ``client``, an Answer when the upstream failed (502/503) or the refresh could
+        None when a refresh of the file already runs, or (no client waits) it could not open.
+        For a client, an Answer when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
         begun = self._begin(start)
         if begun is None:
             return None
-        return await self._open(begun[0], begun[1], client=start.client)
+        return await self._open(begun[0], begun[1], client=start.step.client)
 
     async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
-        """Perform :class:`tracker.proxy.plan.PrefetchWalk`: refresh ``archive`` with no
-        client when it decides so; whether it was promoted (see
+        """Perform the walk of :func:`tracker.proxy.walk.prefetch_walk`: refresh ``archive``
+        with no client when it decides so; whether it was promoted (see
         :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
         launcher, name = self._launcher, archive.file_name
         key = (cache.root, group.group, name)
-        walk = plan.PrefetchWalk(bucket=self._objects is not None)
-        step, lock = walk.start(), None
+        walk, step = walks.next_step(walks.prefetch_walk(bucket=self._objects is not None))
+        lock = None
         while step is not None:
-            reply: plan.Reply = None
+            reply: walks.Reply = None
             match step:
-                case plan.NeedFound():
+                case walks.NeedFound():
                     best = launcher.is_best(group.group, name)
                     found = self._context.index.find_file(group.group, name) if best else []
                     cached = bool(found) and _cached(cache, group.group, name)
-                    reply = plan.Prefetching(best, found, cached)
-                case plan.NeedInBucket() if self._objects is not None:
+                    reply = walks.Prefetching(best, found, cached)
+                case walks.NeedInBucket() if self._objects is not None:
                     reply = await self._objects.tier.lookup(group.group, name) is not None
-                case plan.Claim():
+                case Claim():
                     claimed = await self._registry.claim(key)
                     lock = claimed if isinstance(claimed, Lock) else None
                     reply = claimed_of(claimed)
-                case plan.StartPrefetch(locked=locked):
-                    start = RefreshStart(
-                        group,
-                        cache,
-                        archive,
-                        keep=True,
-                        client=False,
-                        lock=lock if locked else None,
-                    )
+                case StartPrefetch(locked=locked):
+                    start = RefreshStart(group, cache, archive, step, lock if locked else None)
                     return await self._prefetch(start)
                 case _:
                     raise AssertionError(f"not a step of a prefetch: {step!r}")
-            step = walk.send(reply)
+            walk, step = walks.next_step(walk, reply)
         return False
 
     async def _prefetch(self, start: RefreshStart) -> bool:
@@ -229,7 +215,7 @@ class Refreshes:
 
         async def resolve() -> Body:
             await done.wait()
-            return await self._follow(outcome[0], size, start.origin, connection)
+            return await self._follow(outcome[0], size, start.step.origin, connection)
 
         return early_answer(size, LateBody(resolve))
 
@@ -251,7 +237,7 @@ class Refreshes:
         return response.body
 
     def _begin(self, start: RefreshStart) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
-        """Claim the refresh of the file and, with ``start.register``, register it for
+        """Claim the refresh of the file and, when ``start.step`` says so, register it for
         readers, synchronously (a request arriving next finds it); its pump, still to start,
         and the event set once it asks a source (``StreamJob.slotted``).
         None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
@@ -270,11 +256,11 @@ class Refreshes:
         found = self._context.index.find_file(group, name)
         job = launcher.job(start.group, WHOLE_FILE, start.archive, found)
         cache_job = RefreshJob(refresh, partial(launcher.is_best, group, name))
-        shared = SharedRefresh(refresh, cache_job.stop, keep=start.keep)
-        self._registry.add(start.key, shared, register=start.register)
+        shared = SharedRefresh(refresh, cache_job.stop, keep=start.step.keep)
+        self._registry.add(start.key, shared, register=start.step.register)
         if lock is not None and self._objects is not None:
             transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, cache_job, fallback=start.client), job.slotted
+        return shared, partial(fill, job, cache_job, fallback=start.step.client), job.slotted
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
         """Start a begun refresh's pump; see :meth:`start` for what it returns."""

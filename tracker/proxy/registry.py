@@ -14,7 +14,7 @@ import trio
 
 from tracker.objectstore.locks import Holder, Lock
 from tracker.proxy.bucketcopies import ObjectPath
-from tracker.proxy.plan import Claimed, Running
+from tracker.proxy.decisions import Claimed, Running
 from tracker.proxy.sharing import SharedRefresh
 
 #: A refresh's key: cache root, group, file name.

@@ -1,5 +1,5 @@
 """The executor of one archive request's walk: it performs each step
-:class:`tracker.proxy.plan.Walk` returns and reports back, deciding nothing itself.
+:func:`tracker.proxy.walk.next_step` gives and reports back, deciding nothing itself.
 
 A lookup is answered with what is true now (the disk cache's copy after a promotion in
 flight, the index and the running refreshes, the index's size, the bucket's lock); a
@@ -20,10 +20,11 @@ from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
 from tracker.files.answers import Answer
 from tracker.objectstore.locks import Holder, Lock
-from tracker.proxy import plan
+from tracker.proxy import decisions as plan
+from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask
 from tracker.proxy.context import ProxyContext, Streams
-from tracker.proxy.plan import Found
+from tracker.proxy.decisions import Found
 from tracker.proxy.refreshing import Refreshes, RefreshStart
 from tracker.proxy.registry import RefreshRegistry, claimed_of, progress
 from tracker.proxy.sharing import SharedRefresh
@@ -68,41 +69,41 @@ class RequestSteps:
     wanted: Wanted
     cache: Cache | None
     #: The file's path in the cache (None: it cannot be cached there), from the last
-    #: :class:`~tracker.proxy.plan.NeedCopy`.
+    #: :class:`~tracker.proxy.walk.NeedCopy`.
     path: str | None = None
-    #: The registered refresh of the file the last :class:`~tracker.proxy.plan.NeedNow` found.
+    #: The registered refresh of the file the last :class:`~tracker.proxy.walk.NeedNow` found.
     shared: SharedRefresh | None = None
     claim: Lock | Holder | None = None
     #: The refresh this request read, when it read one.
     read: SharedRefresh | None = None
     answer: Answer | None = None
 
-    async def walk(self, walk: plan.Walk) -> Answer:
+    async def walk(self, walk: walks.Walk) -> Answer:
         """Perform ``walk`` to its end; the answer it ended with."""
-        step = walk.start()
+        walk, step = walks.next_step(walk)
         while step is not None:
-            step = walk.send(await self._perform(step))
+            walk, step = walks.next_step(walk, await self._perform(step))
         if self.answer is None:
             raise AssertionError("a request's walk ends in an answer")
         return self.answer
 
     @property
     def _key(self) -> tuple[str, str, str]:
-        assert self.cache is not None  # the plan looks refreshes up only with a cache
+        assert self.cache is not None  # the walk looks refreshes up only with a cache
         return (self.cache.root, self.wanted.group.group, self.wanted.name)
 
-    async def _perform(self, step: plan.Step) -> plan.Reply:
+    async def _perform(self, step: walks.Step) -> walks.Reply:
         run, group, name = self.run, self.wanted.group.group, self.wanted.name
         match step:
-            case plan.NeedCopy():
+            case walks.NeedCopy():
                 return await self._copy()
-            case plan.NeedNow(settle=settle):
+            case walks.NeedNow(settle=settle):
                 if settle:
                     await run.registry.settled(self._key)  # another request is claiming
                 return self._now()
-            case plan.NeedSize():
+            case walks.NeedSize():
                 return run.launcher.index_size(group, name)
-            case plan.NeedPromoted():
+            case walks.NeedPromoted():
                 return self.read is not None and self.read.refresh.verified
             case plan.Claim():
                 self.claim = await run.registry.claim(self._key)
@@ -131,7 +132,7 @@ class RequestSteps:
             refreshing=self.cache.is_refreshing(group, name),
         )
 
-    async def _decided(self, step: plan.Step) -> Answer | None:
+    async def _decided(self, step: walks.Step) -> Answer | None:
         """Perform decision ``step``; None: it passed."""
         run, ask, cache, shared = self.run, self.ask, self.cache, self.shared
         group, archive = self.wanted.group, self.wanted.archive
@@ -147,15 +148,9 @@ class RequestSteps:
                 return await run.refreshes.join_shared(shared, ask)
             case plan.JoinBehind() if shared is not None:
                 return await run.refreshes.join_behind(shared, ask)
-            case plan.StartShared(keep=keep) if cache is not None:
-                lock = self.claim if isinstance(self.claim, Lock) else None
-                return await self._start(RefreshStart(group, cache, archive, keep, lock=lock))
-            case plan.OwnRefresh(keep=keep) if cache is not None:
-                # Registered for nobody else. Its bytes count as the upstream's, as they did
-                # when this client's stream fed the file: only readers of a shared refresh
-                # count as cache hits.
-                start = RefreshStart(group, cache, archive, keep, register=False, origin="upstream")
-                return await self._start(start)
+            case plan.StartShared() | plan.OwnRefresh() if cache is not None:
+                lock = self.claim if isinstance(self.claim, Lock) and step.locked else None
+                return await self._start(RefreshStart(group, cache, archive, step, lock))
             case plan.FromHolder(size=size) if isinstance(self.claim, Holder):
                 return await run.stored.from_holder(self.claim, ask, group, archive, size)
             case plan.Gone():

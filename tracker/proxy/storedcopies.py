@@ -1,7 +1,7 @@
 """The executors of the stored copies: the bucket's redirect, the disk cache, the bucket's
-stream and the holder replica (:class:`~tracker.proxy.plan.Redirect`,
-:class:`~tracker.proxy.plan.CacheHit`, :class:`~tracker.proxy.plan.FromBucket`,
-:class:`~tracker.proxy.plan.FromHolder`).
+stream and the holder replica (:class:`~tracker.proxy.decisions.Redirect`,
+:class:`~tracker.proxy.decisions.CacheHit`, :class:`~tracker.proxy.decisions.FromBucket`,
+:class:`~tracker.proxy.decisions.FromHolder`).
 
 Each answers the request, counted as its outcome, or passes (None) when performing it shows
 that it cannot: the object is not there, the URL could not be signed, the cached file is
@@ -29,7 +29,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Streams
-from tracker.proxy.plan import Copy
+from tracker.proxy.decisions import Copy
 from tracker.proxy.streamjobs import head_answer
 
 log = logging.getLogger("tracker.streamer")
@@ -140,7 +140,7 @@ class StoredCopies:
 
 
 def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Copy:
-    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.plan.Copy`), its
+    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.decisions.Copy`), its
     ``path`` in the cache being None when the file cannot be cached there."""
     if cache is None:
         return Copy.NO_CACHE

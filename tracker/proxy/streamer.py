@@ -1,11 +1,11 @@
 """Proxy mode's byte path: the plan's walk performed for each archive request.
 
 :class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
-concrete archive request (its name parsed by the route) it performs the request's
-:class:`tracker.proxy.plan.Walk` with :class:`tracker.proxy.steps.RequestSteps`
+concrete archive request (its name parsed by the route) it performs the request's walk
+(:func:`tracker.proxy.walk.request_walk`) with :class:`tracker.proxy.steps.RequestSteps`
 (docs/architecture.md, "The byte path as a plan", draws the walk).
 :meth:`ProxyStreamer.prefetch` starts a refresh with no client at all (``cache_prefetch``,
-:mod:`tracker.proxy.prefetch`), its own walk (:class:`tracker.proxy.plan.PrefetchWalk`).
+:mod:`tracker.proxy.prefetch`), its own walk (:func:`tracker.proxy.walk.prefetch_walk`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from tracker.files.answers import Answer
 from tracker.files.fileresponse import ChunkBudget
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.proof.levels import Level
-from tracker.proxy import plan
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.context import ProxyContext
-from tracker.proxy.plan import Asked, Found, Mode
+from tracker.proxy.decisions import Asked, Bucket, Found, Mode, redirect
 from tracker.proxy.refreshing import Refreshes
 from tracker.proxy.registry import RefreshRegistry
 from tracker.proxy.settings import ProxySettings
@@ -40,6 +39,7 @@ from tracker.proxy.storedcopies import StoredCopies
 from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
+from tracker.proxy.walk import request_walk
 
 CacheFactory = Callable[[str], Cache]
 
@@ -224,7 +224,7 @@ class ProxyStreamer:
 
     async def serve(self, ask: Ask, group: str, archive: ArchiveName, found: Found) -> Answer:
         """Answer ``ask``, a GET or HEAD of ``archive`` (parsed once, by the route) of
-        ``group`` (advertised by ``found``): its walk (:class:`tracker.proxy.plan.Walk`),
+        ``group`` (advertised by ``found``): its walk (:func:`tracker.proxy.walk.request_walk`),
         performed.
 
         Raises RequestError (404/400) for a group that cannot be used. Upstream
@@ -239,14 +239,14 @@ class ProxyStreamer:
         cache = self.cache()
         # Only the tracker may hold it (tracker.core.holdings): no source to relay from.
         relayable = any(f.url for f, _source in found)
-        walk = plan.Walk(ask.asked, self._mode(config, cache), relayable=relayable)
+        walk = request_walk(ask.asked, self._mode(config, cache), relayable=relayable)
         return await RequestSteps(self._executors, ask, wanted, cache).walk(walk)
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
         objects = self._objects if cache is not None else None
         bucket = None
         if objects is not None:
-            bucket = plan.Bucket(objects.tier.usable, objects.store.direct_serve)
+            bucket = Bucket(objects.tier.usable, objects.store.direct_serve)
         return Mode(
             bucket=bucket,
             share=config.cache_share_inflight,
@@ -263,7 +263,7 @@ class ProxyStreamer:
         archive = parse_archive_name(name)
         if config.group_named(group) is None or archive is None or archive.file_name != name:
             return None
-        if plan.redirect(Asked("GET", user_agent=user_agent), mode) is None:
+        if redirect(Asked("GET", user_agent=user_agent), mode) is None:
             return None
         return await self._stored.presigned(group, archive)
 

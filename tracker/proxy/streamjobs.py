@@ -1,8 +1,8 @@
 """Starting a stream: the job a pump is given for a file, and the pump started in the nursery.
 
-Every decision of :mod:`tracker.proxy.plan` that moves bytes from a source (the upstream, the
+Every decision of :mod:`tracker.proxy.decisions` that moves bytes from a source (the upstream, the
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
-sources :func:`tracker.proxy.sources.choose_sources` keeps, the metrics callbacks of the
+sources :func:`tracker.proxy.decisions.choose_sources` keeps, the metrics callbacks of the
 source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 (:mod:`tracker.proxy.bytepaths`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
@@ -31,12 +31,11 @@ from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.context import ProxyContext, Pump
+from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Asking, open_upstream
-from tracker.proxy.plan import Found
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
-from tracker.proxy.sources import choose_sources
 from tracker.proxy.transfers import Head, StreamEvents, StreamJob
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
@@ -83,7 +82,7 @@ class Launcher:
         connection when it has one (and ``zero_copy``)."""
         now = self.index.clock()  # the clock rejections are kept on
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
-        sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
+        sources = choose_sources(ask.asked, found, [h.reason if h else None for h in held])
         method, headers = ask.method, dict(ask.headers)
         asking = Asking(
             self._clients,
@@ -145,7 +144,7 @@ class Launcher:
         return head
 
     async def relay(self, job: StreamJob) -> Answer:
-        """A plain stream to one client, nothing cached (:class:`tracker.proxy.plan.Relay`)."""
+        """A plain stream to one client, nothing cached (:class:`tracker.proxy.decisions.Relay`)."""
         head = await self.start(partial(relay, job))
         if isinstance(head, Answer):
             return head
