@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 from helpers_proxy import (
+    FAST,
     GROUP,
     Behaviour,
     FakeUpstream,
@@ -223,10 +224,18 @@ def assert_nothing_promoted(t: TrackerUnderTest) -> None:
     ids=["drop-mid-body", "200-shorter-than-content-length"],
 )
 async def test_broken_refresh_promotes_nothing_and_breaks_the_client(
-    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+    upstream: FakeUpstream, tmp_path: Path, behaviour: Behaviour
 ) -> None:
     # A break nothing repairs: no resume (resuming is tested in test_resume.py).
-    tracker.streamer.settings = attrs.evolve(tracker.streamer.settings, resume_delays=())
+    no_resume = attrs.evolve(FAST, resume_delays=())
+    async with running_tracker(make_config(tmp_path / "cache"), settings=no_resume) as tracker:
+        advertise_pair(tracker, upstream)
+        await _broken_refresh(tracker, upstream, behaviour)
+
+
+async def _broken_refresh(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+) -> None:
     upstream.behaviour[FULL] = behaviour
     wire = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
     assert wire.status == 200

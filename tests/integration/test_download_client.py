@@ -8,8 +8,7 @@ import trio
 from helpers_proxy import FakeUpstream, MiB, archive_bytes
 from names import full_name
 
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import download_client
+from tracker.proxy.upstream import ProxySettings, download_client
 
 NAME = full_name(77)
 

@@ -32,8 +32,7 @@ from helpers_proxy import (
 )
 from names import full_name
 
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import download_client
+from tracker.proxy.upstream import ProxySettings, download_client
 from tracker.zerocopy.connection import SMALLEST_PIECE
 
 NAME = full_name(1000)

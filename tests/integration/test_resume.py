@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 from helpers_proxy import (
+    FAST,
     GROUP,
     UPSTREAM_ETAG,
     UPSTREAM_LAST_MODIFIED,
@@ -58,8 +59,8 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 async def tracker_for(
     tmp_path: Path, *upstreams: FakeUpstream, **overrides: object
 ) -> AsyncIterator[TrackerUnderTest]:
-    async with running_tracker(make_config(tmp_path / "cache", **overrides)) as t:
-        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=QUICK)
+    quick = attrs.evolve(FAST, resume_delays=QUICK)
+    async with running_tracker(make_config(tmp_path / "cache", **overrides), settings=quick) as t:
         for age, up in enumerate(upstreams):  # the first one is the freshest: asked first
             advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))], age=age)
         yield t

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 from helpers_proxy import (
+    FAST,
     GROUP,
     UPSTREAM_ETAG,
     Behaviour,
@@ -63,9 +64,9 @@ async def sharing_tracker(
 ) -> AsyncIterator[TrackerUnderTest]:
     """A tracker with sharing on (unless overridden) advertising ``upstream``'s files."""
     settings = {"cache_share_inflight": True, **overrides}
-    async with running_tracker(make_config(tmp_path / "cache", **settings)) as t:
-        # Quick resume attempts: a failing refresh gives up in a fraction of a second.
-        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=(0.05,) * 3)
+    # Quick resume attempts: a failing refresh gives up in a fraction of a second.
+    quick = attrs.evolve(FAST, resume_delays=(0.05,) * 3)
+    async with running_tracker(make_config(tmp_path / "cache", **settings), settings=quick) as t:
         files = [(name, upstream.url(name), len(data)) for name, data in upstream.files.items()]
         advertise(t.index, upstream.base, files)
         yield t

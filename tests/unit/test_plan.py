@@ -4,7 +4,7 @@ and the walk that orders them, tracker/proxy/walk.py.
 No sockets, no event loop. Each row is one rule of docs/http-api.md ("Archive answers",
 "With an object store", "Verified archives") as the decisions a request goes through:
 :func:`walk` drives the very walk the streamer performs (:func:`tracker.proxy.walk.next_step`,
-tracker/proxy/steps.py), answering its lookups from the row's facts, every decision
+tracker/proxy/streamer.py), answering its lookups from the row's facts, every decision
 answering the request except those the row says pass (the file turned out not to be there, a
 URL could not be signed, a refresh ended).
 """

@@ -136,8 +136,7 @@ def test_plan_head_refuses_an_archive_without_length(
 
 
 async def test_download_clients_are_shared_per_tls_setting() -> None:
-    settings = [ProxySettings()]
-    clients = DownloadClients(lambda: settings[0])
+    clients = DownloadClients(ProxySettings())
     tls = TLSConfig(insecure_skip_verify=True)
     assert clients.for_tls(tls) is clients.for_tls(TLSConfig(insecure_skip_verify=True))
     assert clients.for_tls(tls) is not clients.foreign()
@@ -145,11 +144,6 @@ async def test_download_clients_are_shared_per_tls_setting() -> None:
     # allows, and it never presents a group's client certificate.
     assert clients.foreign() is not clients.for_tls(None)
     assert clients.foreign() is clients.foreign()
-    # Replaced settings (read size, timeouts, pool) get clients made with them.
-    before, foreign = clients.for_tls(tls), clients.foreign()
-    settings[0] = ProxySettings(read_size=2 * 1024 * 1024)
-    assert clients.settings is settings[0]
-    assert clients.for_tls(tls) is not before and clients.foreign() is not foreign
     await clients.aclose()
 
 

@@ -28,9 +28,8 @@ from tracker.objectstore.locks import Holder
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
-from tracker.proxy.context import ProxyContext, Streams
 from tracker.proxy.decisions import Copy
-from tracker.proxy.streamjobs import head_answer
+from tracker.proxy.streamjobs import Launcher, ProxyContext, head_answer
 
 log = logging.getLogger("tracker.streamer")
 
@@ -41,7 +40,7 @@ class StoredCopies:
     ``objects`` is the bucket's part (None without an object store)."""
 
     _context: ProxyContext
-    _launcher: Streams
+    _launcher: Launcher
     objects: ObjectPath | None
     _budget: ChunkBudget | None
 

@@ -1,4 +1,9 @@
-"""Starting a stream: the job a pump is given for a file, and the pump started in the nursery.
+"""Starting a stream: what the proxy's parts share (:class:`ProxyContext`), the job a pump is
+given for a file, and the pump started in the nursery.
+
+:class:`ProxyContext` holds the live config, the index, the transfers nursery, the proxy's
+tunables, the metrics and the rejected sources: one frozen value given to each executor
+once, not a locator.
 
 Every decision of :mod:`tracker.proxy.decisions` that moves bytes from a source (the upstream, the
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
@@ -13,16 +18,18 @@ source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.config.schema import TargetGroup
-from tracker.core.index import TargetKey
+from tracker.config.schema import Config, TargetGroup
+from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource, Kind, Outcome
+from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
+from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
 from tracker.files.answers import Answer, text_answer
@@ -30,24 +37,36 @@ from tracker.files.bodies import Body
 from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
-from tracker.proxy.context import ProxyContext, Pump
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Asking, open_upstream
 from tracker.proxy.resume import resume_upstream
-from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
+from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
 
 log = logging.getLogger("tracker.streamer")
 
 #: Transfers smaller than this say little about a source's throughput and are not counted.
 MIN_MEASURED_BYTES = 1024 * 1024
+#: A byte path of tracker/proxy/bytepaths.py with its job, ready to start.
+Pump = Callable[..., Awaitable[None]]
+
+
+@attrs.frozen
+class ProxyContext:
+    """The proxy's shared parts; see the module doc."""
+
+    config: Callable[[], Config]
+    index: Index
+    transfers: Transfers
+    settings: ProxySettings
+    metrics: Metrics | None
+    rejections: Rejections
 
 
 class Launcher:
     """Builds the jobs of a file's streams and starts their pumps; counts what they come to
-    (the :class:`~tracker.proxy.context.Streams` of the executors)."""
+    (what every executor starts its streams with)."""
 
     def __init__(
         self, context: ProxyContext, clients: DownloadClients, *, channel_budget: ChunkBudget
@@ -56,15 +75,10 @@ class Launcher:
         self.index = context.index
         self.transfers = context.transfers
         self.metrics = context.metrics
-        self._settings = context.settings
+        self.settings = context.settings
         self._clients = clients
         self._channel_budget = channel_budget
         self._rejections = context.rejections
-
-    @property
-    def settings(self) -> ProxySettings:
-        """The proxy's settings now (read per job: a test or a reload may replace them)."""
-        return self._settings()
 
     def job(
         self,
@@ -242,4 +256,4 @@ def head_answer(head: Head) -> Answer:
     return Answer(head.status, dict(head.headers), head.body if head.body is not None else b"")
 
 
-__all__ = ["Launcher", "Pump", "early_answer", "head_answer", "text_answer"]
+__all__ = ["Launcher", "ProxyContext", "Pump", "early_answer", "head_answer", "text_answer"]

@@ -39,8 +39,7 @@ from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.files.fileresponse import ChunkBudget
 from tracker.proxy.resume import Reopen
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import UpstreamAnswer, client_response_headers
+from tracker.proxy.upstream import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.transfers")
