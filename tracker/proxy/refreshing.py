@@ -54,7 +54,7 @@ from tracker.proxy.streamjobs import (
     head_answer,
     text_answer,
 )
-from tracker.proxy.transfers import Head, RefreshJob
+from tracker.proxy.transfers import Head
 from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.streamer")
@@ -254,12 +254,14 @@ class Refreshes:
             return None
         found = self._context.index.find_file(group, name)
         job = launcher.job(wanted.group, WHOLE_FILE, wanted.archive, found)
-        cache_job = RefreshJob(refresh, partial(launcher.is_best, group, name))
-        shared = SharedRefresh(refresh, cache_job.stop, keep=step.keep)
+        job = attrs.evolve(
+            job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
+        )
+        shared = SharedRefresh(refresh, job.stop, keep=step.keep)
         self.registry.add(wanted.key, shared, register=step.register)
         if lock is not None and self._objects is not None:
             transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, cache_job, fallback=step.client), job.slotted
+        return shared, partial(fill, job, fallback=step.client), job.slotted
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
         """Start a begun refresh's pump; see :meth:`start` for what it returns."""

@@ -121,7 +121,7 @@ class ProxyStreamer:
             resolver=parts.resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
         )
-        #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
+        #: Memory shared by the streams passed through Python (tracker/proxy/clientfeed.py).
         channel_budget = ChunkBudget(
             total=settings.channel_budget,
             smallest=settings.smallest_read,
