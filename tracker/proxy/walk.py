@@ -1,15 +1,15 @@
-"""The walk of an archive request in proxy mode: every decision of its byte path, from facts,
-with no I/O at all.
+"""The walk of an archive request in proxy mode: the order of its byte path's decisions, a
+plain state machine with no I/O at all.
 
 What docs/http-api.md promises ("Archive answers", "With an object store", "Verified archives")
-is decided here, as pure functions from the facts of a request (:class:`Asked`), of the mode
-(:class:`Mode`) and of what the cache, the bucket and the refreshes hold, to a decision value.
-The order of the stages is a plain state machine, as h11's connection is: a :class:`Walk` is
-the visible state (its :class:`Stage` and what the stages before learned), and
-:func:`next_step` takes it with the reply to the step before and gives the next state and the
-next step: a lookup it needs (:class:`NeedCopy`, :class:`NeedNow`, ...) or a decision. The
-executor (:mod:`tracker.proxy.streamer`) performs the step and replies with the lookup's
-value, or whether the decision answered the request (True) or passed (False).
+is decided by the pure stages of :mod:`tracker.proxy.decisions`; this module orders them, as
+h11's connection orders an HTTP exchange: a :class:`Walk` is the visible state (its
+:class:`Stage` and what the stages before learned), and :func:`next_step` takes it with the
+reply to the step before and gives the next state and the next step: a lookup it needs
+(:class:`NeedCopy`, :class:`NeedNow`, ...) or a decision. Each stage is one small function
+below, named in ``_STAGES``; there is no generator to follow. The executor
+(:mod:`tracker.proxy.streamer`) performs the step and replies with the lookup's value, or
+whether the decision answered the request (True) or passed (False).
 tests/unit/test_plan.py drives the same function with a table of answers, without sockets.
 
 A stage is asked only once the lookup it needs is done, because what it reads can change
@@ -20,11 +20,10 @@ and what it decides.
 A decision may *pass* when performing it shows that it cannot answer (the bucket's URL could
 not be signed, the cached file vanished, the bucket's stream or the holder failed, a refresh
 ended before it could be read): the request then goes on to the next decision of ``stored``,
-or from a miss's decision to :func:`fallback`. :func:`prefetch_walk` starts the walk of a
-refresh with no client (``cache_prefetch``). The decisions carry what performing them needs
-(a refresh's early head, whether its client falls back to an uncached stream), and
-:func:`choose_sources` picks the sources a stream may use: executors perform, they do not
-decide.
+or from a miss's decision to ``fallback``. :func:`prefetch_walk` starts the walk of a refresh
+with no client (``cache_prefetch``) at its own stage. A start is given the index's size
+first, so that it carries its early head (:func:`tracker.proxy.decisions.early_head`): the
+executors perform, they do not decide.
 """
 
 from __future__ import annotations
