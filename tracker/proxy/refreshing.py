@@ -361,14 +361,14 @@ class RefreshRegistry:
 
 
 def progress(shared: SharedRefresh | None) -> Running | None:
-    """What the plan knows of a registered refresh: its size and the bytes written."""
+    """What the walk knows of a registered refresh: its size and the bytes written."""
     if shared is None:
         return None
     return Running(size=shared.refresh.size, written=shared.refresh.written)
 
 
 def claimed_of(claim: Lock | Holder | None) -> Claimed:
-    """What asking the bucket for a file's lock gave, as the plan knows it."""
+    """What asking the bucket for a file's lock gave, as the walk knows it."""
     if isinstance(claim, Holder):
         return Claimed.HOLDER
     return Claimed.NONE if claim is None else Claimed.LOCK

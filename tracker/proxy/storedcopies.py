@@ -5,7 +5,7 @@ stream and the holder replica (:class:`~tracker.proxy.decisions.Redirect`,
 
 Each answers the request, counted as its outcome, or passes (None) when performing it shows
 that it cannot: the object is not there, the URL could not be signed, the cached file is
-gone, the stream could not start. The plan then goes on (docs/http-api.md, "With an object
+gone, the stream could not start. The walk then goes on (docs/http-api.md, "With an object
 store"). A copy whose digest is known says so (``repr-digest``, "Verified archives").
 """
 
@@ -46,7 +46,7 @@ class StoredCopies:
 
     async def presigned(self, group: str, archive: ArchiveName) -> str | None:
         """The bucket's presigned URL of the file (counted as a redirect); None: not there."""
-        assert self.objects is not None  # the plan redirects only with a bucket
+        assert self.objects is not None  # the walk redirects only with a bucket
         url = await self.objects.presigned(group, archive.file_name)
         if url is not None:
             self._launcher.count("object_redirect")
@@ -61,7 +61,7 @@ class StoredCopies:
     async def cache_hit(
         self, cache: Cache, path: str, group: str, archive: ArchiveName, ask: Ask
     ) -> Answer | None:
-        """The cached file at ``path`` (a copy the plan found servable), Range, conditionals
+        """The cached file at ``path`` (a copy the walk found servable), Range, conditionals
         and HEAD answered from disk; None when it is not there."""
         digest = cache.digest(group, archive.file_name)
         extra = {"repr-digest": repr_digest(digest)} if digest else None
@@ -90,7 +90,7 @@ class StoredCopies:
         """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
         streamed from the bucket (Range and conditionals passed on). None: the bucket has
         no copy, or the store failed."""
-        assert self.objects is not None  # the plan asks the bucket only with one
+        assert self.objects is not None  # the walk asks the bucket only with one
         if head:
             return await self.objects.head(group, archive.file_name)
         source = await self.objects.stream_source(group, archive)

@@ -200,16 +200,35 @@ def next_step(walk: Walk, reply: Reply = None) -> tuple[Walk, Step | None]:
     return _STAGES[walk.stage](walk, reply)
 
 
-def _give(walk: Walk, stage: Stage, step: Step, **learned: object) -> tuple[Walk, Step]:
-    """``step`` given at ``stage``; a relay, when no source is left to ask, is :class:`Gone`
-    (a kept file, ``core.holdings``, whose copies did not answer)."""
+def _give(
+    walk: Walk,
+    stage: Stage,
+    step: Step,
+    *,
+    todo: tuple[Stored, ...] | None = None,
+    decided: AfterMiss | AfterClaim | None = None,
+    claim: Claimed | None = None,
+) -> tuple[Walk, Step]:
+    """``step`` given at ``stage``, with what the stage learned (None: as before); a relay,
+    when no source is left to ask, is :class:`Gone` (a kept file, ``core.holdings``, whose
+    copies did not answer). Built field by field: ``attrs.evolve`` would cost several times
+    the whole walk (it is on every proxied request's path)."""
     if isinstance(step, Relay):
         stage, step = Stage.LAST, step if walk.relayable else Gone()
-    return attrs.evolve(walk, stage=stage, **learned), step  # type: ignore[arg-type]
+    after = Walk(
+        walk.asked,
+        walk.mode,
+        walk.relayable,
+        stage,
+        walk.todo if todo is None else todo,
+        walk.decided if decided is None else decided,
+        walk.claim if claim is None else claim,
+    )
+    return after, step
 
 
 def _over(walk: Walk, _reply: Reply = None) -> tuple[Walk, Step | None]:
-    return attrs.evolve(walk, stage=Stage.DONE), None
+    return Walk(walk.asked, walk.mode, walk.relayable, Stage.DONE), None
 
 
 def _start(walk: Walk, _reply: Reply) -> tuple[Walk, Step | None]:
@@ -257,8 +276,11 @@ def _sized(walk: Walk, reply: Reply) -> tuple[Walk, Step | None]:
     step = walk.decided
     if walk.claim is not None:
         step = claimed(walk.asked, walk.mode, walk.claim, size)
-    if isinstance(step, StartShared | OwnRefresh):
-        step = attrs.evolve(step, early=early_head(walk.asked, size))
+    early = early_head(walk.asked, size)
+    if isinstance(step, StartShared):
+        step = StartShared(step.keep, step.locked, early)
+    elif isinstance(step, OwnRefresh):
+        step = OwnRefresh(step.keep, early)
     assert step is not None  # a size is asked for a decision, or after a claim
     return _give(walk, Stage.MISSED, step, decided=step)
 
