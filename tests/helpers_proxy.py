@@ -24,9 +24,9 @@ from tracker.config.schema import BearerAuth, Config, TargetGroup
 from tracker.core.index import Index, TargetKey
 from tracker.core.metrics import Metrics
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
-from tracker.proxy.settings import ProxySettings
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
+from tracker.proxy.upstream import ProxySettings
 from tracker.service import Components, Tracker, build
 from tracker.zerocopy.connection import Connections
 

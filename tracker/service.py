@@ -44,9 +44,9 @@ from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs, proven_only
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
-from tracker.proxy.settings import ProxySettings
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers
+from tracker.proxy.upstream import ProxySettings
 from tracker.reporting import ScrapeReporter, track_snapshot_age
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests

@@ -22,7 +22,14 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import (
+    FAST,
+    GROUP,
+    TrackerUnderTest,
+    advertise,
+    proxy_tracker,
+    wait_for,
+)
 from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -206,10 +213,17 @@ def assert_nothing_promoted(t: TrackerUnderTest) -> None:
     ids=["drop-mid-body", "200-shorter-than-content-length"],
 )
 async def test_broken_refresh_promotes_nothing_and_breaks_the_client(
-    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+    upstream: FakeUpstream, tmp_path: Path, behaviour: Behaviour
 ) -> None:
     # A break nothing repairs: no resume (resuming is tested in test_resume.py).
-    tracker.streamer.settings = attrs.evolve(tracker.streamer.settings, resume_delays=())
+    no_resume = attrs.evolve(FAST, resume_delays=())
+    async with proxy_tracker(tmp_path / "cache", upstream, settings=no_resume) as tracker:
+        await _broken_refresh(tracker, upstream, behaviour)
+
+
+async def _broken_refresh(
+    tracker: TrackerUnderTest, upstream: FakeUpstream, behaviour: Behaviour
+) -> None:
     upstream.behaviour[FULL] = behaviour
     wire = await raw_request(tracker.base, f"/v1/{FULL}?group={GROUP}")
     assert wire.status == 200

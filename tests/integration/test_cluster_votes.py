@@ -211,7 +211,7 @@ async def test_require_cluster_keeps_a_copy_out_until_the_votes_carry_it() -> No
         index = Index()
         advertise_files(index, up, files)
         key_ = TargetKey(GROUP, up.base)
-        clients = DownloadClients(lambda: ProxySettings())
+        clients = DownloadClients(ProxySettings())
         async with cluster_votes(config, retry_after=0) as cv:
             heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF), votes=cv)
             assert await heads.round() == 1  # a minority: refused for good
@@ -251,7 +251,7 @@ async def test_require_cluster_without_the_votes_executor_says_why() -> None:
         config = Config(target_groups=(group,))
         index = Index()
         advertise_files(index, up, files)
-        clients = DownloadClients(lambda: ProxySettings())
+        clients = DownloadClients(ProxySettings())
         heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF))
         assert await heads.round() == 0  # no tally: asked again each round
         await clients.aclose()

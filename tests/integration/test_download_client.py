@@ -9,8 +9,7 @@ from helpers_bytes import MiB, archive_bytes
 from helpers_upstream import FakeUpstream
 from names import full_name
 
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import download_client
+from tracker.proxy.upstream import ProxySettings, download_client
 
 NAME = full_name(77)
 

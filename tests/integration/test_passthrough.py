@@ -21,8 +21,7 @@ from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
 
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import download_client
+from tracker.proxy.upstream import ProxySettings, download_client
 from tracker.zerocopy.connection import SMALLEST_PIECE
 
 NAME = full_name(1000)

@@ -217,23 +217,23 @@ async def test_redirects_keep_credentials_on_the_same_origin_only(upstream: Fake
         nursery.cancel_scope.cancel()
 
 
-async def test_replaced_settings_reach_the_download_clients(upstream: FakeUpstream) -> None:
-    """One copy of the proxy's settings: replacing them changes what the download clients
-    (already made by a first stream) do next: fewer redirects followed, a shorter wait."""
+async def test_the_settings_a_tracker_is_built_with_reach_the_download_clients(
+    upstream: FakeUpstream,
+) -> None:
+    """One value of the proxy's settings, given when the tracker is built (the context is
+    frozen): its download clients follow no redirect, and wait less, as it says."""
     upstream.behaviour["hop"] = Behaviour(redirect_to=f"/files/{NAME}")
     upstream.behaviour["slow"] = Behaviour(delay=3.0)
-    async with proxy_tracker() as t:
+    strict = attrs.evolve(FAST, max_redirects=0, answer_timeout=0.2)
+    async with proxy_tracker(None, settings=strict) as t:
+        assert t.parts.streamer.clients.settings is strict
         advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/files/hop", len(DATA))])
         async with httpx.AsyncClient() as client:
-            assert (await client.get(t.url(NAME))).status_code == 200  # one redirect followed
-            streamer = t.parts.streamer
-            streamer.settings = attrs.evolve(streamer.settings, max_redirects=0)
             response = await client.get(t.url(NAME))
             assert response.status_code == 502
             assert "more than 0 redirects" in response.text
-            streamer.settings = attrs.evolve(streamer.settings, answer_timeout=0.2)
             advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/files/slow", len(DATA))])
-            with trio.fail_after(2.5):  # the old answer_timeout (5 s) would still wait
+            with trio.fail_after(2.5):  # FAST's answer_timeout (5 s) would still wait
                 response = await client.get(t.url(NAME))
             assert response.status_code == 502
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
@@ -46,8 +46,8 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 async def tracker_for(
     tmp_path: Path, *upstreams: FakeUpstream, **overrides: object
 ) -> AsyncIterator[TrackerUnderTest]:
-    async with proxy_tracker(tmp_path / "cache", **overrides) as t:
-        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=QUICK)
+    quick = attrs.evolve(FAST, resume_delays=QUICK)
+    async with proxy_tracker(tmp_path / "cache", settings=quick, **overrides) as t:
         for age, up in enumerate(upstreams):  # the first one is the freshest: asked first
             advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))], age=age)
         yield t

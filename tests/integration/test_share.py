@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_proxy import FAST, GROUP, TrackerUnderTest, proxy_tracker, wait_for
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -52,9 +52,9 @@ async def sharing_tracker(
 ) -> AsyncIterator[TrackerUnderTest]:
     """A tracker with sharing on (unless overridden) advertising ``upstream``'s files."""
     settings = {"cache_share_inflight": True, **overrides}
-    async with proxy_tracker(tmp_path / "cache", upstream, **settings) as t:
-        # Quick resume attempts: a failing refresh gives up in a fraction of a second.
-        t.streamer.settings = attrs.evolve(t.streamer.settings, resume_delays=(0.05,) * 3)
+    # Quick resume attempts: a failing refresh gives up in a fraction of a second.
+    quick = attrs.evolve(FAST, resume_delays=(0.05,) * 3)
+    async with proxy_tracker(tmp_path / "cache", upstream, settings=quick, **settings) as t:
         yield t
 
 

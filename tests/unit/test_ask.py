@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tracker.proxy.ask import ask_of
-from tracker.proxy.plan import Asked
+from tracker.proxy.decisions import Asked
 from tracker.serving.httpanswer import Answer, redirect_answer, text_answer
 from tracker.serving.responsebodies import BytesBody
 from tracker.web.quartanswers import to_response

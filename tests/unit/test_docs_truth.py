@@ -1,5 +1,5 @@
 """The docs name only what exists: every ``tracker/...`` path and every dotted reference to a
-module of the package (``proxy.plan.Asked``, ``web.delivery.Delivery.location``) in README.md,
+module of the package (``proxy.decisions.Asked``, ``web.delivery.Delivery.location``) in README.md,
 docs/ and the packages' own README files, and every Sphinx reference (``:mod:`tracker.x```) in
 the code's docstrings, resolves in the code as it is."""
 
@@ -77,7 +77,7 @@ def test_the_docs_name_paths_and_references() -> None:
     assert len(_mentions(PATH)) > 10
     assert len(_mentions(DOTTED)) > 50
     assert len(_code_mentions()) > 100
-    assert not _resolves("proxy.plan.NoSuchDecision")
+    assert not _resolves("proxy.decisions.NoSuchDecision")
     assert not _resolves("no_such_package.module")
 
 

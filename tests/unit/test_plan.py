@@ -1,9 +1,10 @@
-"""The byte path of proxy mode as a table: docs/http-api.md against tracker/proxy/plan.py.
+"""The byte path of proxy mode as a table: docs/http-api.md against tracker/proxy/decisions.py
+and the walk that orders them, tracker/proxy/walk.py.
 
 No sockets, no event loop. Each row is one rule of docs/http-api.md ("Archive answers",
 "With an object store", "Verified archives") as the decisions a request goes through:
-:func:`walk` drives the very walk the streamer performs (:class:`tracker.proxy.plan.Walk`,
-tracker/proxy/steps.py), answering its lookups from the row's facts, every decision
+:func:`walk` drives the very walk the streamer performs (:func:`tracker.proxy.walk.next_step`,
+tracker/proxy/streamer.py), answering its lookups from the row's facts, every decision
 answering the request except those the row says pass (the file turned out not to be there, a
 URL could not be signed, a refresh ended).
 """
@@ -17,11 +18,11 @@ from datetime import UTC, datetime
 import pytest
 
 from tracker.core.index import SnapshotSource, TargetKey
-from tracker.core.rejections import PREFIX
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
 from tracker.core.text import TRACKER_AGENT
-from tracker.proxy import plan
-from tracker.proxy.plan import (
+from tracker.proxy import decisions as plan
+from tracker.proxy import walk as walks
+from tracker.proxy.decisions import (
     Asked,
     Bucket,
     CacheHit,
@@ -41,7 +42,6 @@ from tracker.proxy.plan import (
     Running,
     StartShared,
 )
-from tracker.proxy.sources import choose_sources
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
 SIZE = 1000
@@ -94,27 +94,26 @@ def walk(
     ``later``: the copy on disk then."""
     nows = [now, after or now]
     copies = [copy, later]
-    answers: dict[type, plan.Reply] = {
-        plan.NeedSize: size,
-        plan.NeedPromoted: promoted,
+    answers: dict[type, walks.Reply] = {
+        walks.NeedSize: size,
+        walks.NeedPromoted: promoted,
         Claim: claim,
     }
     tried: list[Step] = []
-    path = plan.Walk(asked, mode, relayable=relayable)
-    step = path.start()
+    path, step = walks.next_step(walks.request_walk(asked, mode, relayable=relayable))
     while step is not None:
-        reply: plan.Reply
-        if isinstance(step, plan.NeedNow):
+        reply: walks.Reply
+        if isinstance(step, walks.NeedNow):
             reply = nows.pop(0) if len(nows) > 1 else nows[0]
-        elif isinstance(step, plan.NeedCopy):
+        elif isinstance(step, walks.NeedCopy):
             reply = copies.pop(0) if len(copies) > 1 else copies[0]
         elif type(step) in answers:
             reply = answers[type(step)]
         else:
             reply = type(step) not in passes
-        if not isinstance(step, plan.Lookup):
+        if not isinstance(step, walks.Lookup):
             tried.append(step)  # a decision, or the Claim that takes the lock
-        step = path.send(reply)
+        path, step = walks.next_step(path, reply)
     return tried
 
 
@@ -132,14 +131,14 @@ ROWS = [
         GET,
         CACHE,
         {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), OwnRefresh(keep=False)],
+        [CacheHit(), Miss(), OwnRefresh(keep=False, early=SIZE)],
         id="plain GET of the best, not cached: its refresh, read by its client",
     ),
     pytest.param(
         GET,
         KEEP,
         {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), OwnRefresh(keep=True)],
+        [CacheHit(), Miss(), OwnRefresh(keep=True, early=SIZE)],
         id="cache_complete_on_disconnect: the refresh outlives its client",
     ),
     pytest.param(
@@ -174,7 +173,7 @@ ROWS = [
         GET,
         CACHE,
         {"passes": (CacheHit, OwnRefresh), "after": REFRESHING},
-        [CacheHit(), Miss(), OwnRefresh(keep=False), Relay()],
+        [CacheHit(), Miss(), OwnRefresh(keep=False, early=SIZE), Relay()],
         id="a refresh began meanwhile: relayed",
     ),
     pytest.param(
@@ -245,7 +244,7 @@ ROWS = [
         GET,
         SHARE,
         {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), StartShared(keep=False)],
+        [CacheHit(), Miss(), StartShared(keep=False, early=SIZE)],
         id="shared: a plain GET of the best starts the refresh others join",
     ),
     pytest.param(
@@ -301,7 +300,7 @@ ROWS = [
         GET,
         CACHE,
         {"copy": Copy.UNCHECKED, "passes": (OwnRefresh,), "promoted": True},
-        [Miss(), OwnRefresh(keep=False), CacheHit()],
+        [Miss(), OwnRefresh(keep=False, early=SIZE), CacheHit()],
         id="its own refresh promoted before it was read: a cache hit",
     ),
     pytest.param(
@@ -421,7 +420,14 @@ ROWS = [
         GET,
         BUCKET,
         {"passes": (Redirect, CacheHit, FromBucket)},
-        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), StartShared(True, True)],
+        [
+            Redirect(),
+            CacheHit(),
+            FromBucket(head=False),
+            Miss(),
+            Claim(),
+            StartShared(True, True, early=SIZE),
+        ],
         id="bucket: a miss: the replica with the lock refreshes, uploads, keeps it",
     ),
     pytest.param(
@@ -464,7 +470,14 @@ ROWS = [
         GET,
         BUCKET,
         {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.NONE},
-        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), StartShared(False)],
+        [
+            Redirect(),
+            CacheHit(),
+            FromBucket(head=False),
+            Miss(),
+            Claim(),
+            StartShared(False, early=SIZE),
+        ],
         id="bucket: no lock to be had (store down): the disk cache alone",
     ),
     pytest.param(
@@ -479,7 +492,7 @@ ROWS = [
         GET,
         CACHE,
         {"copy": Copy.UNCHECKED},
-        [Miss(), OwnRefresh(keep=False)],
+        [Miss(), OwnRefresh(keep=False, early=SIZE)],
         id="verified: a copy not checked yet is no hit",
     ),
     pytest.param(
@@ -548,7 +561,7 @@ def test_the_bucket_shares_refreshes_whatever_cache_share_inflight_says(
     assert mode.shares is shares
 
 
-# -- sources: held back after a failed check, early heads ------------------------------------------
+# -- helpers: what the index found of a file ---------------------------------------------------
 
 
 def _found(*sizes: int) -> plan.Found:
@@ -565,72 +578,6 @@ def _found(*sizes: int) -> plan.Found:
 
 def _hosts(found: plan.Found) -> list[str]:
     return [source.key.target for _f, source in found]
-
-
-@pytest.mark.parametrize(
-    ("plain", "sizes", "held", "hosts", "size", "early", "refusal"),
-    [
-        pytest.param(
-            True, (SIZE, SIZE), (None, None), [1, 2], SIZE, SIZE, "", id="plain: an early head"
-        ),
-        pytest.param(
-            False, (SIZE, SIZE), (None, None), [1, 2], SIZE, 0, "", id="Range: no early head"
-        ),
-        pytest.param(True, (0, 0), (None, None), [1, 2], 0, 0, "", id="size unknown: none"),
-        pytest.param(
-            True,
-            (SIZE, 7, 0),
-            (None, None, None),
-            [1, 3],
-            SIZE,
-            SIZE,
-            "",
-            id="an early head: only sources of that size (or unknown) may follow it",
-        ),
-        pytest.param(
-            False,
-            (SIZE, 7),
-            (None, None),
-            [1, 2],
-            SIZE,
-            0,
-            "",
-            id="no early head: every source (the answer's own length is checked)",
-        ),
-        pytest.param(
-            True,
-            (SIZE, SIZE),
-            ("bad tar", None),
-            [2],
-            SIZE,
-            SIZE,
-            "",
-            id="verified: a source held back after a failed check is not asked",
-        ),
-        pytest.param(
-            True,
-            (SIZE, SIZE),
-            ("bad tar", "truncated"),
-            [],
-            0,
-            0,
-            PREFIX + "truncated",
-            id="verified: none left: 502 with the latest reason",
-        ),
-    ],
-)
-def test_the_sources_a_stream_may_use(
-    plain: bool,
-    sizes: tuple[int, ...],
-    held: tuple[str | None, ...],
-    hosts: list[int],
-    size: int,
-    early: int,
-    refusal: str,
-) -> None:
-    sources = choose_sources(plain, _found(*sizes), held)
-    assert _hosts(sources.found) == [f"http://127.0.0.{i}" for i in hosts]
-    assert (sources.size, sources.early, sources.refusal) == (size, early, refusal)
 
 
 # -- prefetch ------------------------------------------------------------------------------------
@@ -650,22 +597,21 @@ def test_a_prefetch_refreshes_only_a_remote_best_file_not_cached() -> None:
 
 
 def prefetch_walk(
-    bucket: bool, facts: plan.Prefetching, in_bucket: bool, claim: Claimed
+    bucket: bool, facts: walks.Prefetching, in_bucket: bool, claim: Claimed
 ) -> list[Step]:
     """The steps a prefetch goes through (the real walk, fake lookups): its Claim and its
     StartPrefetch, if any."""
-    answers: dict[type, plan.Reply] = {
-        plan.NeedFound: facts,
-        plan.NeedInBucket: in_bucket,
+    answers: dict[type, walks.Reply] = {
+        walks.NeedFound: facts,
+        walks.NeedInBucket: in_bucket,
         Claim: claim,
     }
     tried: list[Step] = []
-    path = plan.PrefetchWalk(bucket)
-    step = path.start()
+    path, step = walks.next_step(walks.prefetch_walk(bucket))
     while step is not None:
-        if not isinstance(step, plan.Lookup):
+        if not isinstance(step, walks.Lookup):
             tried.append(step)
-        step = path.send(answers.get(type(step), True))
+        path, step = walks.next_step(path, answers.get(type(step), True))
     return tried
 
 
@@ -712,22 +658,118 @@ START = plan.StartPrefetch
 def test_a_prefetch_asks_the_bucket_and_its_lock(
     bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed, expected: list[Step]
 ) -> None:
-    facts = plan.Prefetching(best, _found(SIZE), cached)
+    facts = walks.Prefetching(best, _found(SIZE), cached)
     assert prefetch_walk(bucket, facts, in_bucket, claim) == expected
 
 
 def test_a_wrong_reply_is_refused() -> None:
-    path = plan.Walk(GET, CACHE)
-    assert isinstance(path.start(), plan.NeedCopy)
+    path, step = walks.next_step(walks.request_walk(GET, CACHE))
+    assert isinstance(step, walks.NeedCopy)
     with pytest.raises(TypeError, match="Copy"):
-        path.send(True)
+        walks.next_step(path, True)
 
 
 def test_the_plan_needs_no_event_loop_and_no_network() -> None:
     code = (
-        "import sys, tracker.proxy.plan, tracker.proxy.sources; "
+        "import sys, tracker.proxy.walk, tracker.proxy.decisions; "
         "print(sorted(m for m in ('trio', 'quart', 'httpx', 'httpcore', 'hypercorn') "
         "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# -- what a start carries: the executors perform it, they decide nothing --------------------------
+
+
+@pytest.mark.parametrize(
+    ("asked", "mode", "facts", "expected"),
+    [
+        pytest.param(
+            GET,
+            CACHE,
+            {"passes": (CacheHit,), "size": 0},
+            [CacheHit(), Miss(), OwnRefresh(keep=False)],
+            id="size unknown: a refresh with no early head",
+        ),
+        pytest.param(
+            GET,
+            SHARE,
+            {"passes": (CacheHit,), "size": 0},
+            [CacheHit(), Miss(), StartShared(keep=False)],
+            id="size unknown: a shared refresh with no early head",
+        ),
+        pytest.param(
+            GET,
+            BUCKET,
+            {"passes": (Redirect, CacheHit, FromBucket), "size": 0},
+            [
+                Redirect(),
+                CacheHit(),
+                FromBucket(head=False),
+                Miss(),
+                Claim(),
+                StartShared(True, True),
+            ],
+            id="size unknown: a locked refresh with no early head",
+        ),
+    ],
+)
+def test_a_start_carries_its_early_head(
+    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Step]
+) -> None:
+    assert walk(asked, mode, **facts) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("asked", "size", "early"),
+    [
+        (GET, SIZE, SIZE),
+        (GET, 0, 0),
+        (HEAD, SIZE, SIZE),
+        (RANGE, SIZE, 0),
+        (IF_NONE_MATCH, SIZE, 0),
+    ],
+)
+def test_an_early_head_promises_the_index_size_to_a_plain_request(
+    asked: Asked, size: int, early: int
+) -> None:
+    assert plan.early_head(asked, size) == early
+
+
+@pytest.mark.parametrize(
+    ("step", "keep", "register", "origin", "client"),
+    [
+        pytest.param(StartShared(keep=False), False, True, "cache", True, id="shared"),
+        pytest.param(StartShared(keep=True, locked=True), True, True, "cache", True, id="locked"),
+        pytest.param(OwnRefresh(keep=True), True, False, "upstream", True, id="its own"),
+        pytest.param(plan.StartPrefetch(), True, True, "cache", False, id="prefetch"),
+    ],
+)
+def test_a_start_says_how_it_is_performed(
+    step: plan.Start, keep: bool, register: bool, origin: str, client: bool
+) -> None:
+    """Registered for other readers or not, what its starting client's bytes count as, and
+    whether a client waits (relayed uncached when the temp file cannot be opened)."""
+    assert (step.keep, step.register, step.origin, step.client) == (keep, register, origin, client)
+
+
+def test_the_walk_state_is_visible() -> None:
+    """Each state names its stage and what the stages before learned."""
+    path, step = walks.next_step(walks.request_walk(GET, SHARE))
+    assert (path.stage, step) == (walks.Stage.COPY, walks.NeedCopy())
+    path, step = walks.next_step(path, Copy.UNCHECKED)
+    assert (path.stage, step) == (walks.Stage.MISS, Miss())
+    path, step = walks.next_step(path, False)
+    assert (path.stage, step) == (walks.Stage.ON_MISS, walks.NeedNow(settle=True))
+    path, step = walks.next_step(path, BEST)
+    assert (path.stage, step, path.decided) == (
+        walks.Stage.SIZE,
+        walks.NeedSize(),
+        StartShared(keep=False),
+    )
+    path, step = walks.next_step(path, SIZE)
+    assert step == path.decided == StartShared(keep=False, early=SIZE)
+    path, step = walks.next_step(path, True)
+    assert (path.stage, step) == (walks.Stage.DONE, None)
+    assert walks.next_step(path, None) == (path, None)

@@ -11,10 +11,11 @@ import pytest
 import trio
 from names import full_name
 
-from tracker.config.schema import TLSConfig
-from tracker.core.index import SnapshotSource, TargetKey
+from tracker.config.schema import Config, TLSConfig
+from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
+from tracker.proxy.streamer import ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers, plan_head
 from tracker.proxy.upstream import (
     DownloadClients,
@@ -136,8 +137,7 @@ def test_plan_head_refuses_an_archive_without_length(
 
 
 async def test_download_clients_are_shared_per_tls_setting() -> None:
-    settings = [ProxySettings()]
-    clients = DownloadClients(lambda: settings[0])
+    clients = DownloadClients(ProxySettings())
     tls = TLSConfig(insecure_skip_verify=True)
     assert clients.for_tls(tls) is clients.for_tls(TLSConfig(insecure_skip_verify=True))
     assert clients.for_tls(tls) is not clients.foreign()
@@ -145,11 +145,6 @@ async def test_download_clients_are_shared_per_tls_setting() -> None:
     # allows, and it never presents a group's client certificate.
     assert clients.foreign() is not clients.for_tls(None)
     assert clients.foreign() is clients.foreign()
-    # Replaced settings (read size, timeouts, pool) get clients made with them.
-    before, foreign = clients.for_tls(tls), clients.foreign()
-    settings[0] = ProxySettings(read_size=2 * 1024 * 1024)
-    assert clients.settings is settings[0]
-    assert clients.for_tls(tls) is not before and clients.foreign() is not foreign
     await clients.aclose()
 
 
@@ -170,3 +165,17 @@ async def test_transfers_refuse_new_work_once_closed() -> None:
             with pytest.raises(UpstreamError, match="stopping"):
                 await transfers.start(job)
     assert not transfers.accepting
+
+
+async def test_the_proxy_context_holds_its_settings_as_a_plain_value() -> None:
+    """One value of the tunables, given when the streamer is built: the context (frozen)
+    and the download clients hold it, and nothing replaces it afterwards."""
+    settings = ProxySettings(read_size=2 * 1024 * 1024)
+    parts = StreamerParts(settings=settings)
+    streamer = ProxyStreamer(Config, Index(clock=lambda: 0.0), Transfers(), parts)
+    assert streamer.context.settings is settings
+    assert streamer.clients.settings is settings
+    assert streamer.settings is settings
+    with pytest.raises(AttributeError):
+        streamer.settings = ProxySettings()  # type: ignore[misc]
+    await streamer.aclose()

@@ -16,8 +16,7 @@ from tracker.config.schema import BearerAuth, TargetGroup
 from tracker.core.index import TargetKey
 from tracker.core.text import TRACKER_AGENT
 from tracker.errors import SourceFailed
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import Asked, DownloadClients, ask_source, check_size
+from tracker.proxy.upstream import Asked, DownloadClients, ProxySettings, ask_source, check_size
 
 GROUP = TargetGroup(group="g", bearer_auth=BearerAuth(token="s3cret"))
 SOURCE = "http://a.example"
@@ -29,7 +28,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 def mocked(handler: Handler, settings: ProxySettings | None = None) -> DownloadClients:
     """Download clients whose every request is answered by ``handler``."""
     chosen = settings or ProxySettings()
-    return DownloadClients(lambda: chosen, transport=lambda _pool: httpx.MockTransport(handler))
+    return DownloadClients(chosen, transport=lambda _pool: httpx.MockTransport(handler))
 
 
 async def ask(

@@ -1,7 +1,8 @@
 """What each target of a group may contribute to its ranking (pure; docs/http-api.md#trust,
 "Proven archives"): the group's trust policy and the cluster's slot
-(:mod:`tracker.core.trustscreen`), the copies a proof refused (:mod:`tracker.core.disproven`) and, in a group that ranks proven
-copies only, the copies not proven yet (:mod:`tracker.core.provenonly`).
+(:mod:`tracker.core.trustscreen`), the copies a proof refused (:mod:`tracker.core.disproven`)
+and, in a group that ranks proven copies only, the copies not proven yet
+(:mod:`tracker.core.provenonly`).
 
 The index asks :meth:`Screens.group` once per group and re-ranking; what a re-ranking found
 (the targets whose hash lost, the copies left out with their reasons, what a group that ranks

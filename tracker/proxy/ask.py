@@ -1,8 +1,11 @@
-"""What a client asked for, built once at the web boundary: the facts the plan decides on,
-the headers forwarded to a source, the connection that takes zero-copy pieces.
+"""What a client asked for, built once at the web boundary, and the file it names: the facts
+the walk decides on, the headers forwarded to a source, the connection that takes zero-copy
+pieces (:class:`Ask`); the group, the parsed name, its sources and the cache it may be kept
+in (:class:`Wanted`).
 
 tracker/web/delivery.py builds an :class:`Ask` from the web framework's request; nothing
-under it reads the request again (docs/architecture.md, "One request's path").
+under it reads the request again (docs/architecture.md, "One request's path"). Which client
+headers go on to a source at all is decided here, once (:data:`FORWARDED_REQUEST_HEADERS`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,23 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from tracker.proxy.plan import Asked
-from tracker.proxy.upstream import FORWARDED_REQUEST_HEADERS, upstream_request_headers
+from tracker.cache.store import Cache
+from tracker.config.schema import TargetGroup
+from tracker.core.snapshots import ArchiveName
+from tracker.proxy.decisions import Asked, Found
 from tracker.zerocopy.connection import Connection
+
+#: Client request headers sent on upstream (lower case). Everything else stays here.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "range",
+        "if-range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    }
+)
 
 
 @attrs.frozen
@@ -41,6 +58,27 @@ class Ask:
         return self.asked.method, list(self.lines)
 
 
+@attrs.frozen
+class Wanted:
+    """The file a request (or a prefetch) asks for: its group, its parsed name, the sources
+    the index knows for it, and the disk cache it may be kept in (None: none configured)."""
+
+    group: TargetGroup
+    archive: ArchiveName
+    found: Found
+    cache: Cache | None
+
+    @property
+    def name(self) -> str:
+        return self.archive.file_name
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Its refreshes' key: cache root, group, file name (only with a cache)."""
+        assert self.cache is not None  # the walk looks refreshes up only with a cache
+        return (self.cache.root, self.group.group, self.archive.file_name)
+
+
 def ask_of(
     method: str, headers: Iterable[tuple[str, str]], connection: Connection | None = None
 ) -> Ask:
@@ -56,3 +94,18 @@ def ask_of(
         user_agent=user_agent,
     )
     return Ask(asked, forwarded, kept, connection)
+
+
+def upstream_request_headers(
+    client_headers: Iterable[tuple[str, str]], authorization: str | None
+) -> dict[str, str]:
+    """The headers of the upstream request: the whitelisted client headers, then the group's
+    credentials. A repeated client header keeps its first value."""
+    out: dict[str, str] = {}
+    for name, value in client_headers:
+        key = name.lower()
+        if key in FORWARDED_REQUEST_HEADERS and key not in out:
+            out[key] = value
+    if authorization:
+        out["authorization"] = authorization
+    return out

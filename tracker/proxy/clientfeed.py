@@ -1,17 +1,36 @@
-"""Feeding a client's channel: the upstream body read ahead and handed over piece by piece.
+"""Feeding a client's body through Python: the channel between a pump and its client's
+response body, the upstream body read ahead and handed over piece by piece.
 
 The path of a stream whose bytes cross Python (a TLS source, an HTTP/2 client): a reader task
-reads the upstream ahead (:mod:`tracker.proxy.readahead`) while the pump hands what arrived
-to the client's bounded channel (:mod:`tracker.proxy.channel`); what both hold follows the
-memory budget shared by every such stream. :func:`recorded` runs a pump's work and records
-how it failed in its :class:`~tracker.proxy.channel.Flow` rather than raising (the refresh's
-pump uses it too).
+reads the upstream ahead (:class:`ReadAhead`) while the pump hands what arrived to the
+client's bounded channel (:class:`ChannelBody`); what both hold follows the memory budget
+shared by every such stream. :func:`recorded` runs a pump's work and records how it failed in
+its :class:`Flow` rather than raising (the refresh's pump uses it too).
+
+Memory is bounded: at most ``queue_chunks`` pieces wait in the channel (none by default: the
+pump's read-ahead holds what arrived), and every piece is bounded by the process's share for
+each channel stream (``ChunkBudget``); when the client reads slowly the pump blocks on it and
+stops reading the upstream socket (backpressure). A pump that fails after the head went out
+makes the body raise, so the server aborts the connection: a client never gets a silently
+short 200. An early head's body (:class:`EarlyBody`) is decided only once a source answers: a
+splice of the upstream socket when the connections allow it, else this channel.
+
+Read-ahead: a pump that reads an upstream body and passes it on (to a client, to the cache
+temp file) pays a fixed cost per piece: a channel hop, an ASGI send, a write in a worker
+thread. Socket reads on a fast link return far less than asked (~90 KiB on loopback), so
+pieces should be larger than reads; but a piece must never wait for bytes that have not
+arrived yet (an upstream that sends 100 KiB and pauses would hold them back from the client).
+:class:`ReadAhead` gets both: a reader task :meth:`~ReadAhead.put`\\ s every chunk as soon as
+it arrives, and the consumer :meth:`~ReadAhead.take`\\ s *everything* held at that moment, at
+once. While the consumer is busy with one piece the next one grows; when it is idle, each
+chunk goes on alone, immediately. At most ``limit`` bytes (plus one chunk) are held; the
+reader may lower or raise ``limit`` at any time (a budget shared by many streams).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
 
@@ -21,12 +40,188 @@ import trio
 from tracker.clientwire.transport import limit_reads
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
-from tracker.proxy.channel import ChannelBody, Flow, hand_over
-from tracker.proxy.readahead import ReadAhead
 from tracker.proxy.resume import UpstreamBody
-from tracker.proxy.transfers import Head, StreamJob
+from tracker.proxy.transfers import Head, RefreshOutcome, StreamEvents, StreamJob
+from tracker.serving.responsebodies import Body, GeneratorBody
 
 log = logging.getLogger("tracker.transfers")
+
+
+class ReadAhead:
+    """Chunks put by a reader task, taken joined by one consumer; see the module doc."""
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive: {limit}")
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        # Wakes whoever waits (the reader for room, the consumer for bytes); never both at
+        # once for the same reason, so waking everyone is cheap and simple.
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def limit(self) -> int:
+        """Bytes held before :meth:`put` waits."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        if value <= 0:
+            raise ValueError(f"limit must be positive: {value}")
+        self._limit = value
+        self._lot.unpark_all()  # a raised limit may let the reader go on
+
+    @property
+    def held(self) -> int:
+        """Bytes put and not taken yet."""
+        return self._held
+
+    async def put(self, chunk: bytes) -> None:
+        """Hold ``chunk`` for the consumer; waits while ``limit`` bytes are held already
+        (backpressure: the reader stops reading its socket). Cancellation ends the wait."""
+        while self._held >= self._limit:
+            await self._lot.park()
+        self._parts.append(chunk)
+        self._held += len(chunk)
+        self._lot.unpark_all()
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more chunks: the body ended, or broke with ``error`` (raised by :meth:`take`
+        once every byte put before it was taken)."""
+        self._ended, self._error = True, error
+        self._lot.unpark_all()
+
+    async def take(self) -> bytes | None:
+        """Every byte held, as one piece; waits while none is. None once the reader ended
+        and everything was taken; the reader's error instead, if it ended with one.
+        Cancellation ends the wait (nothing is lost: the bytes stay held)."""
+        while not self._parts:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            await self._lot.park()
+        parts, self._parts, self._held = self._parts, [], 0
+        self._lot.unpark_all()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+@attrs.define
+class Flow:
+    """State shared by a pump and its response body."""
+
+    draining: trio.Event = attrs.field(factory=trio.Event)
+    complete: bool = False
+    error: str | None = None
+    #: Cancelled when the client leaves early, if nothing else needs the upstream bytes.
+    on_leave: trio.CancelScope | None = None
+    #: What the refresh (if any) came to; reported once, as soon as it is known.
+    outcome: RefreshOutcome = "refresh_failed"
+    reported: bool = False
+
+    def report(self, events: StreamEvents) -> None:
+        """Report the refresh outcome (first call only)."""
+        if not self.reported:
+            self.reported = True
+            events.refresh_outcome(self.outcome)
+
+    def client_left(self) -> None:
+        """The response body was left (end, error or client gone)."""
+        if not self.complete and self.on_leave is not None:
+            self.on_leave.cancel()
+
+
+@attrs.define(eq=False)
+class ChannelBody(GeneratorBody):
+    """The response body of a proxied stream: the chunks the pump sends, ``length`` in all.
+
+    Entering it tells the pump the server started sending; leaving it (end, error or client
+    gone) closes the channel, which the pump sees at its next send. If the stream ends short
+    or the pump failed, iteration raises :class:`UpstreamError` and the server aborts the
+    connection.
+    """
+
+    _receive: trio.MemoryReceiveChannel[bytes]
+    length: int
+    _flow: Flow
+    _events: StreamEvents
+
+    async def _start(self) -> None:
+        self._flow.draining.set()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self._receive.close()
+        self._flow.client_left()
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        sent = 0
+        async for chunk in self._receive:
+            yield chunk
+            sent += len(chunk)
+            self._events.client_bytes(len(chunk))
+        if not self._flow.complete or sent != self.length:
+            reason = self._flow.error or f"stream ended after {sent} of {self.length} bytes"
+            raise UpstreamError(reason)
+
+
+async def hand_over(
+    send: trio.MemorySendChannel[bytes], chunk: bytes, flow: Flow, start_timeout: float
+) -> bool:
+    """Hand ``chunk`` to the response body; False once the client is gone."""
+    if not flow.draining.is_set():
+        with trio.move_on_after(start_timeout):
+            await flow.draining.wait()
+        if not flow.draining.is_set():
+            return False  # the server never started the body: the client left before it
+    try:
+        await send.send(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
+
+
+class EarlyBody(GeneratorBody):
+    """The body of an early head (docs/http-api.md, "Proxy mode"): the head went out before
+    any source answered, so its bytes come from whichever body the pump :meth:`decide`\\ s
+    on once one does (a splice of the upstream socket, or a channel). When none does
+    (:meth:`fail`), iteration raises UpstreamError and the server breaks the connection:
+    never a short 200.
+    """
+
+    def __init__(self) -> None:
+        self._decided = trio.Event()
+        self._body: Body | None = None
+        self._error = "no source answered"
+        self._left = False
+
+    def decide(self, body: Body) -> bool:
+        """Send ``body``; False (``body`` will never be started) when the client has left
+        already or the body was decided before."""
+        if self._left or self._decided.is_set():
+            return False
+        self._body = body
+        self._decided.set()
+        return True
+
+    def fail(self, reason: str) -> None:
+        """No body follows (no-op once one was decided): the client's connection breaks."""
+        if not self._decided.is_set():
+            self._error = reason
+            self._decided.set()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self._left = True
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        await self._decided.wait()
+        if self._body is None:
+            raise UpstreamError(self._error)
+        async with self._body as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 async def recorded(
@@ -94,7 +289,7 @@ async def _to_client(
     job: StreamJob, body: UpstreamBody, send: trio.MemorySendChannel[bytes], flow: Flow
 ) -> None:
     # A reader task reads the upstream ahead while this task sends what has arrived so far
-    # (tracker/proxy/readahead.py): pieces grow while a slow client keeps this task busy,
+    # (ReadAhead, above): pieces grow while a slow client keeps this task busy,
     # and no byte waits for later ones to arrive. What it holds follows the budget shared
     # by every such stream (a slow client would otherwise hold several MiB: bench/README.md).
     ahead = ReadAhead(job.settings.read_size)

@@ -47,7 +47,7 @@ log = logging.getLogger("tracker.proxy")
 #: when it has no free transfer slot (``source_limits.max_transfers``), before the answer is
 #: 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers): a 503 must go out
 #: before a 200 head would. Other requests wait up to
-#: :attr:`~tracker.proxy.settings.ProxySettings.busy_wait`.
+#: :attr:`~tracker.proxy.upstream.ProxySettings.busy_wait`.
 BUSY_WAIT = 0.4
 
 

@@ -1,16 +1,25 @@
 """The executors of the refresh decisions: start a refresh, join one, read it.
 
-:class:`~tracker.proxy.plan.StartShared`, :class:`~tracker.proxy.plan.OwnRefresh` and a
+:class:`~tracker.proxy.decisions.StartShared`, :class:`~tracker.proxy.decisions.OwnRefresh` and a
 prefetch start a *detached* refresh (:func:`tracker.proxy.bytepaths.fill` in the transfers
 nursery: it writes the temp file at the upstream's pace and may outlive its client);
-:class:`~tracker.proxy.plan.JoinShared` and :class:`~tracker.proxy.plan.JoinBehind` read
+:class:`~tracker.proxy.decisions.JoinShared` and :class:`~tracker.proxy.decisions.JoinBehind` read
 one that runs. Every client reads the growing temp file (:mod:`tracker.proxy.sharing`), so
 no byte of a refresh passes through Python: the upstream bytes go into the temp file by
 splice (:meth:`tracker.proxy.resume.UpstreamBody.into`) and out by sendfile (a refresh that
 received, wrote and sent every byte itself filled its cache at ~0.65x nginx
 ``proxy_cache``; bench: refresh). A client whose refresh has not opened within
-``early_head_after`` gets an early head of the index's size (docs/http-api.md, "Archive
-answers").
+``early_head_after`` gets the early head its decision carries (docs/http-api.md, "Archive
+answers"): the executors perform what the decision says, they do not decide.
+
+:class:`RefreshRegistry` is where requests find the refreshes this replica runs, and the
+bucket's locks it asks for. A refresh is *followed* from its start to its end (the status
+page lists its readers) and, when it is shared (``cache_share_inflight``, the bucket, a
+prefetch), also *registered*: requests of its file find it (:meth:`RefreshRegistry.running`)
+and join it rather than asking the source again. Registering happens synchronously with the
+start, so a request arriving next finds it. While a request asks the bucket for a file's
+lock, others of that file wait (:meth:`RefreshRegistry.settled`): the lock decides who
+refreshes.
 """
 
 from __future__ import annotations
@@ -27,17 +36,23 @@ from tracker.core.logs import log_event
 from tracker.core.metrics import ByteSource
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
-from tracker.objectstore.locks import Lock
-from tracker.proxy import plan
-from tracker.proxy.ask import Ask
+from tracker.objectstore.locks import Holder, Lock
+from tracker.proxy import walk as walks
+from tracker.proxy.ask import Ask, Wanted
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import fill
-from tracker.proxy.context import ProxyContext, Pump, Streams
+from tracker.proxy.decisions import Asked, Claim, Claimed, Running, Start, StartPrefetch
 from tracker.proxy.failover import head_due
-from tracker.proxy.registry import RefreshRegistry, claimed_of
 from tracker.proxy.sharing import LateBody, SharedRefresh, join
-from tracker.proxy.streamjobs import early_answer, head_answer, text_answer
-from tracker.proxy.transfers import Head, RefreshJob
+from tracker.proxy.streamjobs import (
+    Launcher,
+    ProxyContext,
+    Pump,
+    early_answer,
+    head_answer,
+    text_answer,
+)
+from tracker.proxy.transfers import Head
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body
 from tracker.zerocopy.connection import Connection
@@ -46,32 +61,7 @@ log = logging.getLogger("tracker.streamer")
 
 Started = SharedRefresh | Answer | None
 #: What a refresh's own stream asks its sources: the whole file.
-WHOLE_FILE = Ask(plan.Asked("GET"), {})
-
-
-@attrs.frozen
-class RefreshStart:
-    """What a detached refresh of one file is started with.
-
-    ``keep``: it outlives its last reader; ``client``: a client waits for it (it is then
-    relayed uncached when the temp file cannot be opened); ``lock``: the bucket's lock of the
-    file (the refresh is then uploaded, which releases it); ``register``: other requests may
-    find and join it (``cache_share_inflight``, the bucket, prefetch); ``origin``: what the
-    bytes its starting client reads count as (``served_bytes_total{source}``).
-    """
-
-    group: TargetGroup
-    cache: Cache
-    archive: ArchiveName
-    keep: bool
-    client: bool = True
-    lock: Lock | None = None
-    register: bool = True
-    origin: ByteSource = "cache"
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.cache.root, self.group.group, self.archive.file_name)
+WHOLE_FILE = Ask(Asked("GET"), {})
 
 
 @attrs.define(eq=False)
@@ -79,17 +69,21 @@ class Refreshes:
     """Starts, joins and reads the disk cache's refreshes; see the module doc."""
 
     _context: ProxyContext
-    _launcher: Streams
-    _registry: RefreshRegistry
+    _launcher: Launcher
     _objects: ObjectPath | None
+    #: Where requests find the refreshes running here and the bucket's locks asked for.
+    registry: RefreshRegistry = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.registry = RefreshRegistry(self._objects)
 
     async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.plan.JoinShared`: read the running refresh (counted as a
+        """:class:`~tracker.proxy.decisions.JoinShared`: read the running refresh (counted as a
         shared reader); None when it ended unread."""
         return self._counted(await self.read(shared, ask))
 
     async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.plan.JoinBehind`: a ``Range`` GET read from a background
+        """:class:`~tracker.proxy.decisions.JoinBehind`: a ``Range`` GET read from a background
         refresh's temp file (the range's first byte is written); None when it ended."""
         return self._counted(await join(shared, "GET", ask.asked.range))
 
@@ -101,20 +95,19 @@ class Refreshes:
         return answer
 
     async def start_and_read(
-        self, start: RefreshStart, ask: Ask
+        self, wanted: Wanted, step: Start, lock: Lock | None, ask: Ask
     ) -> tuple[Answer | None, SharedRefresh | None]:
-        """:class:`~tracker.proxy.plan.StartShared` and :class:`~tracker.proxy.plan.OwnRefresh`:
-        start the refresh, with an early head when the index knows the size, and read it.
-        The answer (None: a refresh of the file runs already, or the one started ended
-        unread), and the refresh read when one was."""
-        size = self._launcher.index_size(start.group.group, start.archive.file_name)
-        if size:
-            started = await self._start_early(start, size, ask.connection)
+        """:class:`~tracker.proxy.decisions.StartShared` and
+        :class:`~tracker.proxy.decisions.OwnRefresh`: start the refresh, with the early head
+        the walk decided on, and read it. The answer (None: a refresh of the file runs
+        already, or the one started ended unread), and the refresh read when one was."""
+        if step.early:
+            started = await self._start_early(wanted, step, lock, ask.connection)
         else:
-            started = await self.start(start)
+            started = await self.start(wanted, step, lock)
         if not isinstance(started, SharedRefresh):
             return started, None  # None (a refresh runs), 502/503, uncached, early
-        return await self.read(started, ask, start.origin), started
+        return await self.read(started, ask, step.origin), started
 
     async def read(
         self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
@@ -129,71 +122,62 @@ class Refreshes:
             connection=ask.connection,
         )
 
-    async def start(self, start: RefreshStart) -> Started:
-        """Begin a detached refresh (see :class:`RefreshStart`); once it is open, the
+    async def start(self, wanted: Wanted, step: Start, lock: Lock | None) -> Started:
+        """Begin a detached refresh of ``wanted`` as ``step`` says (kept to its end or not,
+        registered or not, whether a client waits), under the bucket's ``lock`` when one
+        was got (the refresh is then uploaded, which releases it); once it is open, the
         SharedRefresh.
 
-        None when a refresh of the file already runs, or (no ``client``) it could not open.
-        For a ``client``, an Answer when the upstream failed (502/503) or the refresh could
+        None when a refresh of the file already runs, or (no client waits) it could not open.
+        For a client, an Answer when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
-        begun = self._begin(start)
+        begun = self._begin(wanted, step, lock)
         if begun is None:
             return None
-        return await self._open(begun[0], begun[1], client=start.client)
+        return await self._open(begun[0], begun[1], client=step.client)
 
     async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
-        """Perform :class:`tracker.proxy.plan.PrefetchWalk`: refresh ``archive`` with no
-        client when it decides so; whether it was promoted (see
+        """Perform the walk of :func:`tracker.proxy.walk.prefetch_walk`: refresh ``archive``
+        with no client when it decides so; whether it was promoted (see
         :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
         launcher, name = self._launcher, archive.file_name
-        key = (cache.root, group.group, name)
-        walk = plan.PrefetchWalk(bucket=self._objects is not None)
-        step, lock = walk.start(), None
+        wanted = Wanted(group, archive, [], cache)
+        walk, step = walks.next_step(walks.prefetch_walk(bucket=self._objects is not None))
+        lock = None
         while step is not None:
-            reply: plan.Reply = None
+            reply: walks.Reply = None
             match step:
-                case plan.NeedFound():
+                case walks.NeedFound():
                     best = launcher.is_best(group.group, name)
                     found = self._context.index.find_file(group.group, name) if best else []
                     cached = bool(found) and _cached(cache, group.group, name)
-                    reply = plan.Prefetching(best, found, cached)
-                case plan.NeedInBucket() if self._objects is not None:
+                    reply = walks.Prefetching(best, found, cached)
+                case walks.NeedInBucket() if self._objects is not None:
                     reply = await self._objects.tier.lookup(group.group, name) is not None
-                case plan.Claim():
-                    claimed = await self._registry.claim(key)
+                case Claim():
+                    claimed = await self.registry.claim(wanted.key)
                     lock = claimed if isinstance(claimed, Lock) else None
                     reply = claimed_of(claimed)
-                case plan.StartPrefetch(locked=locked):
-                    start = RefreshStart(
-                        group,
-                        cache,
-                        archive,
-                        keep=True,
-                        client=False,
-                        lock=lock if locked else None,
-                    )
-                    return await self._prefetch(start)
+                case StartPrefetch(locked=locked):
+                    started = await self.start(wanted, step, lock if locked else None)
+                    if not isinstance(started, SharedRefresh):
+                        return False
+                    return await _prefetched(started, cache, group.group, name)
                 case _:
                     raise AssertionError(f"not a step of a prefetch: {step!r}")
-            step = walk.send(reply)
+            walk, step = walks.next_step(walk, reply)
         return False
 
-    async def _prefetch(self, start: RefreshStart) -> bool:
-        started = await self.start(start)
-        if not isinstance(started, SharedRefresh):
-            return False
-        return await _prefetched(started, start.cache, start.group.group, start.archive.file_name)
-
     async def _start_early(
-        self, start: RefreshStart, size: int, connection: Connection | None
+        self, wanted: Wanted, step: Start, lock: Lock | None, connection: Connection | None
     ) -> Started:
         """:meth:`start` for a client that is sent an early head (README.md#clients) when the
         refresh has not opened within ``early_head_after`` of asking a source (not while it
         waits in a source's queue): the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`start` does."""
-        begun = self._begin(start)
+        begun = self._begin(wanted, step, lock)
         if begun is None:
             return None
         done = trio.Event()
@@ -203,9 +187,7 @@ class Refreshes:
             try:
                 outcome.append(await self._open(begun[0], begun[1], client=True))
             except Exception:  # a bug must not take the transfers nursery down
-                log_event(
-                    log, "error", "stream_failed", file=start.archive.file_name, exc_info=True
-                )
+                log_event(log, "error", "stream_failed", file=wanted.name, exc_info=True)
                 outcome.append(None)
             finally:
                 done.set()
@@ -218,7 +200,7 @@ class Refreshes:
 
             async def head_is_due() -> None:
                 # Not while the refresh waits in a source's queue ("Source limits").
-                await head_due(begun[2], self._context.settings().early_head_after)
+                await head_due(begun[2], self._context.settings.early_head_after)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(head_is_due)
@@ -229,9 +211,9 @@ class Refreshes:
 
         async def resolve() -> Body:
             await done.wait()
-            return await self._follow(outcome[0], size, start.origin, connection)
+            return await self._follow(outcome[0], step.early, step.origin, connection)
 
-        return early_answer(size, LateBody(resolve))
+        return early_answer(step.early, LateBody(resolve))
 
     async def _follow(
         self, started: Started, size: int, origin: ByteSource, connection: Connection | None
@@ -250,8 +232,10 @@ class Refreshes:
             raise UpstreamError(f"the source answered {response.status} after an early head")
         return response.body
 
-    def _begin(self, start: RefreshStart) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
-        """Claim the refresh of the file and, with ``start.register``, register it for
+    def _begin(
+        self, wanted: Wanted, step: Start, lock: Lock | None
+    ) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
+        """Claim the refresh of the file and, when ``step`` says so, register it for
         readers, synchronously (a request arriving next finds it); its pump, still to start,
         and the event set once it asks a source (``StreamJob.slotted``).
         None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
@@ -259,8 +243,9 @@ class Refreshes:
         (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
         """
         launcher, transfers = self._launcher, self._context.transfers
-        group, name, lock = start.group.group, start.archive.file_name, start.lock
-        refresh = start.cache.begin_refresh(group, name)
+        group, name, cache = wanted.group.group, wanted.name, wanted.cache
+        assert cache is not None  # the walk starts refreshes only with a cache
+        refresh = cache.begin_refresh(group, name)
         if refresh is None or (lock is not None and not transfers.accepting):
             if refresh is not None:
                 refresh.abort()
@@ -268,13 +253,15 @@ class Refreshes:
                 transfers.spawn(lock.release)
             return None
         found = self._context.index.find_file(group, name)
-        job = launcher.job(start.group, WHOLE_FILE, start.archive, found)
-        cache_job = RefreshJob(refresh, partial(launcher.is_best, group, name))
-        shared = SharedRefresh(refresh, cache_job.stop, keep=start.keep)
-        self._registry.add(start.key, shared, register=start.register)
+        job = launcher.job(wanted.group, WHOLE_FILE, wanted.archive, found)
+        job = attrs.evolve(
+            job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
+        )
+        shared = SharedRefresh(refresh, job.stop, keep=step.keep)
+        self.registry.add(wanted.key, shared, register=step.register)
         if lock is not None and self._objects is not None:
             transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, cache_job, fallback=start.client), job.slotted
+        return shared, partial(fill, job, fallback=step.client), job.slotted
 
     async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
         """Start a begun refresh's pump; see :meth:`start` for what it returns."""
@@ -315,3 +302,73 @@ def _cached(cache: Cache, group: str, name: str) -> bool:
         return cache.lookup(group, name) is not None
     except RequestError:
         return True  # a name or group that cannot be cached: nothing to prefetch
+
+
+#: A refresh's key: cache root, group, file name.
+SharedKey = tuple[str, str, str]
+
+
+class RefreshRegistry:
+    """The refreshes running, by file; see the module doc."""
+
+    def __init__(self, objects: ObjectPath | None) -> None:
+        self._objects = objects
+        #: Registered refreshes: requests of their file join them.
+        self._shared: dict[SharedKey, SharedRefresh] = {}
+        #: Every refresh running, registered or not: who reads it (status page).
+        self._followed: dict[SharedKey, SharedRefresh] = {}
+        #: Files whose bucket lock this replica is asking for (a second request waits).
+        self._claiming: dict[SharedKey, trio.Event] = {}
+
+    def add(self, key: SharedKey, shared: SharedRefresh, *, register: bool) -> None:
+        """A refresh began: followed, and with ``register`` found by requests of its file."""
+        self.forget_ended()  # a few at a time: the names change with every snapshot
+        self._followed[key] = shared
+        if register:
+            self._shared[key] = shared
+
+    def running(self, key: SharedKey) -> SharedRefresh | None:
+        """The registered refresh of a file still running (ended ones are dropped)."""
+        for ended in [k for k, s in self._shared.items() if s.refresh.ended.is_set()]:
+            del self._shared[ended]
+        return self._shared.get(key)
+
+    def followed(self, key: SharedKey) -> SharedRefresh | None:
+        """The refresh of a file, registered or not (call :meth:`forget_ended` first to
+        leave out those that ended)."""
+        return self._followed.get(key)
+
+    def forget_ended(self) -> None:
+        for key in [k for k, s in self._followed.items() if s.refresh.ended.is_set()]:
+            del self._followed[key]
+
+    async def settled(self, key: SharedKey) -> None:
+        """Return once no request here is asking for the bucket's lock of the file."""
+        while (claiming := self._claiming.get(key)) is not None:
+            await claiming.wait()
+
+    async def claim(self, key: SharedKey) -> Lock | Holder | None:
+        """The bucket's lock of a file about to be refreshed here (None: no bucket, or it
+        cannot be used), or its live holder. Other requests for the file wait meanwhile."""
+        if self._objects is None:
+            return None
+        self._claiming[key] = done = trio.Event()
+        try:
+            return await self._objects.claim(key[1], key[2])
+        finally:
+            del self._claiming[key]
+            done.set()
+
+
+def progress(shared: SharedRefresh | None) -> Running | None:
+    """What the walk knows of a registered refresh: its size and the bytes written."""
+    if shared is None:
+        return None
+    return Running(size=shared.refresh.size, written=shared.refresh.written)
+
+
+def claimed_of(claim: Lock | Holder | None) -> Claimed:
+    """What asking the bucket for a file's lock gave, as the walk knows it."""
+    if isinstance(claim, Holder):
+        return Claimed.HOLDER
+    return Claimed.NONE if claim is None else Claimed.LOCK

@@ -1,11 +1,11 @@
 """The executors of the stored copies: the bucket's redirect, the disk cache, the bucket's
-stream and the holder replica (:class:`~tracker.proxy.plan.Redirect`,
-:class:`~tracker.proxy.plan.CacheHit`, :class:`~tracker.proxy.plan.FromBucket`,
-:class:`~tracker.proxy.plan.FromHolder`).
+stream and the holder replica (:class:`~tracker.proxy.decisions.Redirect`,
+:class:`~tracker.proxy.decisions.CacheHit`, :class:`~tracker.proxy.decisions.FromBucket`,
+:class:`~tracker.proxy.decisions.FromHolder`).
 
 Each answers the request, counted as its outcome, or passes (None) when performing it shows
 that it cannot: the object is not there, the URL could not be signed, the cached file is
-gone, the stream could not start. The plan then goes on (docs/http-api.md, "With an object
+gone, the stream could not start. The walk then goes on (docs/http-api.md, "With an object
 store"). A copy whose digest is known says so (``repr-digest``, "Verified archives").
 """
 
@@ -26,9 +26,8 @@ from tracker.objectstore.locks import Holder
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
-from tracker.proxy.context import ProxyContext, Streams
-from tracker.proxy.plan import Copy
-from tracker.proxy.streamjobs import head_answer
+from tracker.proxy.decisions import Copy
+from tracker.proxy.streamjobs import Launcher, ProxyContext, head_answer
 from tracker.serving.fileresponse import ChunkBudget, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
 
@@ -41,13 +40,13 @@ class StoredCopies:
     ``objects`` is the bucket's part (None without an object store)."""
 
     _context: ProxyContext
-    _launcher: Streams
+    _launcher: Launcher
     objects: ObjectPath | None
     _budget: ChunkBudget | None
 
     async def presigned(self, group: str, archive: ArchiveName) -> str | None:
         """The bucket's presigned URL of the file (counted as a redirect); None: not there."""
-        assert self.objects is not None  # the plan redirects only with a bucket
+        assert self.objects is not None  # the walk redirects only with a bucket
         url = await self.objects.presigned(group, archive.file_name)
         if url is not None:
             self._launcher.count("object_redirect")
@@ -62,7 +61,7 @@ class StoredCopies:
     async def cache_hit(
         self, cache: Cache, path: str, group: str, archive: ArchiveName, ask: Ask
     ) -> Answer | None:
-        """The cached file at ``path`` (a copy the plan found servable), Range, conditionals
+        """The cached file at ``path`` (a copy the walk found servable), Range, conditionals
         and HEAD answered from disk; None when it is not there."""
         digest = cache.digest(group, archive.file_name)
         extra = {"repr-digest": repr_digest(digest)} if digest else None
@@ -91,7 +90,7 @@ class StoredCopies:
         """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
         streamed from the bucket (Range and conditionals passed on). None: the bucket has
         no copy, or the store failed."""
-        assert self.objects is not None  # the plan asks the bucket only with one
+        assert self.objects is not None  # the walk asks the bucket only with one
         if head:
             return await self.objects.head(group, archive.file_name)
         source = await self.objects.stream_source(group, archive)
@@ -140,7 +139,7 @@ class StoredCopies:
 
 
 def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Copy:
-    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.plan.Copy`), its
+    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.decisions.Copy`), its
     ``path`` in the cache being None when the file cannot be cached there."""
     if cache is None:
         return Copy.NO_CACHE

@@ -1,11 +1,16 @@
-"""Proxy mode's byte path: the plan's walk performed for each archive request.
+"""Proxy mode's byte path: the walk performed for each archive request.
 
 :class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
-concrete archive request (its name parsed by the route) it performs the request's
-:class:`tracker.proxy.plan.Walk` with :class:`tracker.proxy.steps.RequestSteps`
-(docs/architecture.md, "The byte path as a plan", draws the walk).
+concrete archive request (its name parsed by the route) it performs the request's walk
+(:func:`tracker.proxy.walk.request_walk`) with :class:`RequestSteps`, which answers each
+lookup with what is true now (the disk cache's copy after a promotion in flight, the index
+and the running refreshes, the index's size, the bucket's lock) and hands each decision to
+its executor, :mod:`tracker.proxy.storedcopies` (the bucket, the disk cache, the holder
+replica), :mod:`tracker.proxy.refreshing` (starting, joining and reading refreshes) or
+:mod:`tracker.proxy.streamjobs` (the relay), deciding nothing itself (docs/architecture.md,
+"The byte path as a plan", draws the walk).
 :meth:`ProxyStreamer.prefetch` starts a refresh with no client at all (``cache_prefetch``,
-:mod:`tracker.proxy.prefetch`), its own walk (:class:`tracker.proxy.plan.PrefetchWalk`).
+:mod:`tracker.proxy.prefetch`), its own walk (:func:`tracker.proxy.walk.prefetch_walk`).
 """
 
 from __future__ import annotations
@@ -25,20 +30,39 @@ from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.objectstore.locks import Holder, Lock
 from tracker.proof.levels import Level
-from tracker.proxy import plan
-from tracker.proxy.ask import Ask
+from tracker.proxy import walk as walks
+from tracker.proxy.ask import Ask, Wanted
 from tracker.proxy.bucketcopies import ObjectPath
-from tracker.proxy.context import ProxyContext
-from tracker.proxy.plan import Asked, Found, Mode
-from tracker.proxy.refreshing import Refreshes
-from tracker.proxy.registry import RefreshRegistry
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.steps import Executors, RequestSteps, Wanted
-from tracker.proxy.storedcopies import StoredCopies
-from tracker.proxy.streamjobs import Launcher
+from tracker.proxy.decisions import (
+    Asked,
+    Bucket,
+    CacheHit,
+    Claim,
+    Copy,
+    Found,
+    FromBucket,
+    FromHolder,
+    Gone,
+    JoinBehind,
+    JoinShared,
+    Miss,
+    Mode,
+    Now,
+    OwnRefresh,
+    Redirect,
+    Relay,
+    StartShared,
+    redirect,
+)
+from tracker.proxy.refreshing import Refreshes, claimed_of, progress
+from tracker.proxy.sharing import SharedRefresh
+from tracker.proxy.storedcopies import StoredCopies, cache_path, copy_of
+from tracker.proxy.streamjobs import Launcher, ProxyContext
 from tracker.proxy.transfers import Transfers
-from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients
+from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
+from tracker.proxy.walk import request_walk
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer
 
@@ -91,40 +115,31 @@ class ProxyStreamer:
         self.rejections = parts.rejections
         self._transfers = transfers
         self._metrics = metrics
-        #: The one copy of the settings; every part reads it through the context.
-        self._settings = settings
-        #: What the proxy's parts share (tracker/proxy/context.py).
-        self.context = ProxyContext(
-            config, index, transfers, lambda: self._settings, metrics, self.rejections
-        )
+        #: What the proxy's parts share (tracker/proxy/streamjobs.py), its tunables a value
+        #: given once: a test builds the streamer it needs (``StreamerParts.settings``).
+        self.context = ProxyContext(config, index, transfers, settings, metrics, self.rejections)
         self._clients = DownloadClients(
-            self.context.settings,
+            settings,
             policy=lambda: policy_of(self._config().egress),
             resolver=parts.resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
         )
-        #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
+        #: Memory shared by the streams passed through Python (tracker/proxy/clientfeed.py).
         channel_budget = ChunkBudget(
             total=settings.channel_budget,
             smallest=settings.smallest_read,
             largest=settings.read_size,
             per_stream=CHANNEL_PIECES,
         )
-        self._launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
+        self.launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
         #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None
         #: without one.
         self._objects = objects
-        self._registry = RefreshRegistry(objects)
-        self._stored = StoredCopies(self.context, self._launcher, objects, parts.budget)
-        self._refreshes = Refreshes(self.context, self._launcher, self._registry, objects)
-        self._executors = Executors(
-            self.context,
-            self._launcher,
-            self._stored,
-            self._refreshes,
-            self._registry,
-            on_interest=lambda: self.on_interest,
-        )
+        #: The executors of the walk's decisions (docs/architecture.md, "The byte path as a
+        #: plan"); the refreshes' registry is the refreshes' own.
+        self.stored = StoredCopies(self.context, self.launcher, objects, parts.budget)
+        self.shared_refreshes = Refreshes(self.context, self.launcher, objects)
+        self.registry = self.shared_refreshes.registry
         self._cache_factory = parts.cache_factory or self._default_cache
         self._voter = parts.voter
         self._caches: dict[str, Cache] = {}
@@ -142,13 +157,8 @@ class ProxyStreamer:
 
     @property
     def settings(self) -> ProxySettings:
-        """The proxy's tunables (read at each use: replacing them affects the next streams
-        and the download clients they use)."""
-        return self._settings
-
-    @settings.setter
-    def settings(self, value: ProxySettings) -> None:
-        self._settings = value
+        """The proxy's tunables (one value, given at construction)."""
+        return self.context.settings
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
@@ -215,10 +225,10 @@ class ProxyStreamer:
         cache = self.cache()
         if cache is None:
             return []
-        self._registry.forget_ended()
+        self.registry.forget_ended()
         out = []
         for progress_ in cache.refreshes():
-            shared = self._registry.followed((cache.root, progress_.group, progress_.name))
+            shared = self.registry.followed((cache.root, progress_.group, progress_.name))
             readers = shared.readers if shared is not None else None
             out.append(attrs.evolve(progress_, readers=readers))
         return out
@@ -229,7 +239,7 @@ class ProxyStreamer:
 
     async def serve(self, ask: Ask, group: str, archive: ArchiveName, found: Found) -> Answer:
         """Answer ``ask``, a GET or HEAD of ``archive`` (parsed once, by the route) of
-        ``group`` (advertised by ``found``): its walk (:class:`tracker.proxy.plan.Walk`),
+        ``group`` (advertised by ``found``): its walk (:func:`tracker.proxy.walk.request_walk`),
         performed.
 
         Raises RequestError (404/400) for a group that cannot be used. Upstream
@@ -240,18 +250,18 @@ class ProxyStreamer:
         target_group = config.group_named(group)
         if target_group is None:
             raise RequestError(404, f"unknown group {group!r}")
-        wanted = Wanted(target_group, archive, found)
         cache = self.cache()
+        wanted = Wanted(target_group, archive, found, cache)
         # Only the tracker may hold it (tracker.core.holdings): no source to relay from.
         relayable = any(f.url for f, _source in found)
-        walk = plan.Walk(ask.asked, self._mode(config, cache), relayable=relayable)
-        return await RequestSteps(self._executors, ask, wanted, cache).walk(walk)
+        walk = request_walk(ask.asked, self._mode(config, cache), relayable=relayable)
+        return await RequestSteps(self, ask, wanted).walk(walk)
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
         objects = self._objects if cache is not None else None
         bucket = None
         if objects is not None:
-            bucket = plan.Bucket(objects.tier.usable, objects.store.direct_serve)
+            bucket = Bucket(objects.tier.usable, objects.store.direct_serve)
         return Mode(
             bucket=bucket,
             share=config.cache_share_inflight,
@@ -268,9 +278,9 @@ class ProxyStreamer:
         archive = parse_archive_name(name)
         if config.group_named(group) is None or archive is None or archive.file_name != name:
             return None
-        if plan.redirect(Asked("GET", user_agent=user_agent), mode) is None:
+        if redirect(Asked("GET", user_agent=user_agent), mode) is None:
             return None
-        return await self._stored.presigned(group, archive)
+        return await self.stored.presigned(group, archive)
 
     async def prefetch(self, group: str, name: str) -> bool:
         """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
@@ -287,7 +297,107 @@ class ProxyStreamer:
         archive = parse_archive_name(name)
         if cache is None or target_group is None or archive is None:
             return False
-        return await self._refreshes.prefetch(target_group, cache, archive)
+        return await self.shared_refreshes.prefetch(target_group, cache, archive)
+
+
+@attrs.define
+class RequestSteps:
+    """One request's executor: what the request holds while it walks (the refresh it found
+    running, the lock it claimed, the refresh it read) and the answer it got. It performs
+    each step of the walk with the streamer's executors and reports back."""
+
+    run: ProxyStreamer
+    ask: Ask
+    wanted: Wanted
+    #: The file's path in the cache (None: it cannot be cached there), from the last
+    #: :class:`~tracker.proxy.walk.NeedCopy`.
+    path: str | None = None
+    #: The registered refresh of the file the last :class:`~tracker.proxy.walk.NeedNow` found.
+    shared: SharedRefresh | None = None
+    claim: Lock | Holder | None = None
+    #: The refresh this request read, when it read one.
+    read: SharedRefresh | None = None
+    answer: Answer | None = None
+
+    async def walk(self, walk: walks.Walk) -> Answer:
+        """Perform ``walk`` to its end; the answer it ended with."""
+        walk, step = walks.next_step(walk)
+        while step is not None:
+            walk, step = walks.next_step(walk, await self._perform(step))
+        if self.answer is None:
+            raise AssertionError("a request's walk ends in an answer")
+        return self.answer
+
+    async def _perform(self, step: walks.Step) -> walks.Reply:
+        run, wanted = self.run, self.wanted
+        match step:
+            case walks.NeedCopy():
+                return await self._copy()
+            case walks.NeedNow(settle=settle):
+                if settle:
+                    await run.registry.settled(wanted.key)  # another request is claiming
+                return self._now()
+            case walks.NeedSize():
+                return run.launcher.index_size(wanted.group.group, wanted.name)
+            case walks.NeedPromoted():
+                return self.read is not None and self.read.refresh.verified
+            case Claim():
+                self.claim = await run.registry.claim(wanted.key)
+                return claimed_of(self.claim)
+            case Miss():
+                run.launcher.count("cache_miss")
+                return False
+        self.answer = await self._decided(step)
+        return self.answer is not None
+
+    async def _copy(self) -> Copy:
+        cache, group, archive = self.wanted.cache, self.wanted.group.group, self.wanted.archive
+        self.path = path = cache_path(cache, group, archive) if cache is not None else None
+        if cache is not None and path is not None:
+            wait = self.run.settings.promotion_wait
+            await cache.wait_promotion(group, archive.file_name, wait)
+        return copy_of(cache, path, group, archive.file_name)
+
+    def _now(self) -> Now:
+        cache, group, name = self.wanted.cache, self.wanted.group.group, self.wanted.name
+        assert cache is not None  # the walk looks refreshes up only with a cache
+        self.shared = self.run.registry.running(self.wanted.key)
+        return Now(
+            best=self.run.launcher.is_best(group, name),
+            running=progress(self.shared),
+            refreshing=cache.is_refreshing(group, name),
+        )
+
+    async def _decided(self, step: walks.Step) -> Answer | None:
+        """Perform decision ``step`` as it says; None: it passed."""
+        run, ask, shared, wanted = self.run, self.ask, self.shared, self.wanted
+        stored, refreshes, launcher = run.stored, run.shared_refreshes, run.launcher
+        group, archive, cache = wanted.group, wanted.archive, wanted.cache
+        match step:
+            case Redirect():
+                return await stored.redirect(group.group, archive)
+            case CacheHit() if cache is not None and self.path is not None:
+                return await stored.cache_hit(cache, self.path, group.group, archive, ask)
+            case FromBucket(head=head):
+                return await stored.from_bucket(head, ask, group.group, archive)
+            case JoinShared() if shared is not None:
+                self.read = shared
+                return await refreshes.join_shared(shared, ask)
+            case JoinBehind() if shared is not None:
+                return await refreshes.join_behind(shared, ask)
+            case StartShared() | OwnRefresh() if cache is not None:
+                lock = self.claim if isinstance(self.claim, Lock) and step.locked else None
+                answer, self.read = await refreshes.start_and_read(wanted, step, lock, ask)
+                return answer
+            case FromHolder(size=size) if isinstance(self.claim, Holder):
+                return await stored.from_holder(self.claim, ask, group, archive, size)
+            case Gone():
+                raise RequestError(404, f"{archive.file_name} is no longer held nor advertised")
+            case Relay(interest=interest):
+                if interest and run.on_interest is not None:
+                    run.on_interest(group.group, archive.file_name)
+                return await launcher.relay(launcher.job(group, ask, archive, wanted.found))
+        return None
 
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:

@@ -1,8 +1,13 @@
-"""Starting a stream: the job a pump is given for a file, and the pump started in the nursery.
+"""Starting a stream: what the proxy's parts share (:class:`ProxyContext`), the job a pump is
+given for a file, and the pump started in the nursery.
 
-Every decision of :mod:`tracker.proxy.plan` that moves bytes from a source (the upstream, the
+:class:`ProxyContext` holds the live config, the index, the transfers nursery, the proxy's
+tunables, the metrics and the rejected sources: one frozen value given to each executor
+once, not a locator.
+
+Every decision of :mod:`tracker.proxy.decisions` that moves bytes from a source (the upstream, the
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
-sources :func:`tracker.proxy.sources.choose_sources` keeps, the metrics callbacks of the
+sources :func:`tracker.proxy.decisions.choose_sources` keeps, the metrics callbacks of the
 source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 (:mod:`tracker.proxy.bytepaths`) in the transfers nursery: its
 :class:`~tracker.proxy.transfers.Head`, or the 502/503 answer when it could not start.
@@ -13,29 +18,28 @@ source's kind, how a refresh resumes) and :meth:`Launcher.start` starts the pump
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.config.schema import TargetGroup
-from tracker.core.index import TargetKey
+from tracker.config.schema import Config, TargetGroup
+from tracker.core.index import Index, TargetKey
 from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource, Kind, Outcome
+from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
+from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
-from tracker.proxy.context import ProxyContext, Pump
+from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Asking, open_upstream
-from tracker.proxy.plan import Found
 from tracker.proxy.resume import resume_upstream
-from tracker.proxy.settings import ProxySettings
 from tracker.proxy.sharing import ReaderEvents
-from tracker.proxy.sources import choose_sources
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
+from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
+from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
 from tracker.serving.responsebodies import Body
@@ -44,11 +48,25 @@ log = logging.getLogger("tracker.streamer")
 
 #: Transfers smaller than this say little about a source's throughput and are not counted.
 MIN_MEASURED_BYTES = 1024 * 1024
+#: A byte path of tracker/proxy/bytepaths.py with its job, ready to start.
+Pump = Callable[..., Awaitable[None]]
+
+
+@attrs.frozen
+class ProxyContext:
+    """The proxy's shared parts; see the module doc."""
+
+    config: Callable[[], Config]
+    index: Index
+    transfers: Transfers
+    settings: ProxySettings
+    metrics: Metrics | None
+    rejections: Rejections
 
 
 class Launcher:
     """Builds the jobs of a file's streams and starts their pumps; counts what they come to
-    (the :class:`~tracker.proxy.context.Streams` of the executors)."""
+    (what every executor starts its streams with)."""
 
     def __init__(
         self, context: ProxyContext, clients: DownloadClients, *, channel_budget: ChunkBudget
@@ -57,15 +75,10 @@ class Launcher:
         self.index = context.index
         self.transfers = context.transfers
         self.metrics = context.metrics
-        self._settings = context.settings
+        self.settings = context.settings
         self._clients = clients
         self._channel_budget = channel_budget
         self._rejections = context.rejections
-
-    @property
-    def settings(self) -> ProxySettings:
-        """The proxy's settings now (read per job: a test or a reload may replace them)."""
-        return self._settings()
 
     def job(
         self,
@@ -83,7 +96,7 @@ class Launcher:
         connection when it has one (and ``zero_copy``)."""
         now = self.index.clock()  # the clock rejections are kept on
         held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
-        sources = choose_sources(ask.asked.plain, found, [h.reason if h else None for h in held])
+        sources = choose_sources(ask.asked, found, [h.reason if h else None for h in held])
         method, headers = ask.method, dict(ask.headers)
         asking = Asking(
             self._clients,
@@ -145,7 +158,7 @@ class Launcher:
         return head
 
     async def relay(self, job: StreamJob) -> Answer:
-        """A plain stream to one client, nothing cached (:class:`tracker.proxy.plan.Relay`)."""
+        """A plain stream to one client, nothing cached (:class:`tracker.proxy.decisions.Relay`)."""
         head = await self.start(partial(relay, job))
         if isinstance(head, Answer):
             return head
@@ -243,4 +256,4 @@ def head_answer(head: Head) -> Answer:
     return Answer(head.status, dict(head.headers), head.body if head.body is not None else b"")
 
 
-__all__ = ["Launcher", "Pump", "early_answer", "head_answer", "text_answer"]
+__all__ = ["Launcher", "ProxyContext", "Pump", "early_answer", "head_answer", "text_answer"]

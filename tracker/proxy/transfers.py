@@ -18,7 +18,7 @@ starts (``drain_start_timeout``), the upstream breaks, or the service stops (the
 cancelled after the grace period).
 
 :class:`StreamJob` is what every pump needs (how to open the upstream, the method, the
-tunables, the metrics); :class:`RefreshJob` is what a pump that fills the cache needs on top.
+tunables, the metrics, and for a pump that fills the cache its refresh).
 :func:`plan_head` turns an upstream answer into the client's status and headers.
 """
 
@@ -38,8 +38,7 @@ from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.proxy.resume import Reopen
-from tracker.proxy.settings import ProxySettings
-from tracker.proxy.upstream import UpstreamAnswer, client_response_headers
+from tracker.proxy.upstream import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.zerocopy.connection import Connection
 
@@ -177,19 +176,14 @@ class StreamJob:
     early_size: int = 0
     budget: ChunkBudget | None = None
     slotted: trio.Event | None = None
-
-
-@attrs.frozen
-class RefreshJob:
-    """What a pump that fills the cache needs on top of its :class:`StreamJob`.
-
-    ``still_wanted`` is asked once it is complete (a file that stopped being its group's
-    best meanwhile is not promoted); ``stop`` is cancelled by the refresh's owner when
-    nobody needs it any more (its readers left, and it is not to be kept).
-    """
-
-    refresh: Refresh
+    #: A pump that fills the cache (:func:`tracker.proxy.bytepaths.fill`): the refresh whose
+    #: temp file it writes (None for any other pump).
+    refresh: Refresh | None = None
+    #: Asked once the refresh is complete: a file that stopped being its group's best
+    #: meanwhile is not promoted.
     still_wanted: Callable[[], bool] = lambda: True
+    #: Cancelled by the refresh's owner when nobody needs it any more (its readers left, and
+    #: it is not to be kept).
     stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 

@@ -1,10 +1,11 @@
-"""Proxy mode, upstream side: download clients, header filtering, failover across sources.
+"""Proxy mode, upstream side: the download path's tunables (:class:`ProxySettings`), download
+clients, header filtering, asking one source.
 
 What crosses the tracker in proxy mode is decided by two whitelists, in both directions:
 
 - to the upstream go only the client's ``Range``, ``If-Range`` and conditional headers
-  (:data:`FORWARDED_REQUEST_HEADERS`), plus the group's own ``Authorization`` — never the
-  client's cookies or credentials;
+  (:data:`tracker.proxy.ask.FORWARDED_REQUEST_HEADERS`), plus the group's own
+  ``Authorization`` — never the client's cookies or credentials;
 - to the client go only :data:`PASSED_RESPONSE_HEADERS` of the upstream answer: hop-by-hop
   headers, ``Set-Cookie``, ``Server`` and everything else stay behind.
 
@@ -31,7 +32,7 @@ turns every read into a read of up to :attr:`ProxySettings.read_size` bytes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from urllib.parse import urljoin, urlsplit
 
@@ -59,22 +60,19 @@ from tracker.net.httpclients import (
     without_userinfo,
 )
 from tracker.net.limits import status_reason
-from tracker.net.sourcelimits import UNCAPPED, Limits, Pacer, QueueEvent, Slot, SourceLimits
-from tracker.proxy.settings import ProxySettings
+from tracker.net.sourcelimits import (
+    QUEUE,
+    UNCAPPED,
+    Limits,
+    Pacer,
+    QueueEvent,
+    Slot,
+    SourceLimits,
+)
+from tracker.proxy.ask import upstream_request_headers
 
 log = logging.getLogger("tracker.proxy")
 
-#: Client request headers sent on upstream (lower case). Everything else stays here.
-FORWARDED_REQUEST_HEADERS = frozenset(
-    {
-        "range",
-        "if-range",
-        "if-match",
-        "if-none-match",
-        "if-modified-since",
-        "if-unmodified-since",
-    }
-)
 #: Upstream response headers passed on to the client (lower case). Everything else is dropped.
 PASSED_RESPONSE_HEADERS = frozenset(
     {"content-length", "content-range", "accept-ranges", "etag", "last-modified", "content-type"}
@@ -88,6 +86,54 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHANNEL_PIECES = 7
 #: Longest wait for an upstream answer to close (it may be closed while being cancelled).
 CLOSE_TIMEOUT = 5.0
+
+
+@attrs.frozen(cache_hash=True)
+class ProxySettings:
+    """Tunables of the download path (seconds and bytes)."""
+
+    #: TCP (and TLS) connect timeout per source.
+    connect_timeout: float = 5.0
+    #: How long a source may take to answer with its status line and headers (and then to
+    #: start its body); ``first_byte_timeout`` asks the next source much sooner.
+    answer_timeout: float = 15.0
+    #: When a plain request for a file of known size has no upstream answer after this long,
+    #: its head goes out anyway (Firedancer gives a peer 1 s for the whole head, README.md#clients).
+    early_head_after: float = 0.5
+    #: Longest wait for one socket read of the body: a stalled upstream fails after this.
+    read_timeout: float = 60.0
+    #: Connections per download client (one client per TLS setting).
+    max_connections: int = 512
+    #: Bytes asked of the socket per read (the size of chunks, at most); a stream that passes
+    #: its bytes through Python (the channel) reads less when many do (``channel_budget``).
+    read_size: int = 1024 * 1024
+    #: Pieces waiting between the upstream reader and the client writer, per stream, on top
+    #: of the reader's read-ahead (which already holds what arrived while a piece is sent).
+    queue_chunks: int = 0
+    #: Memory shared by every stream that passes its bytes through Python (the channel: TLS
+    #: upstreams, HTTP/2 clients); each holds up to CHANNEL_PIECES reads of its share, from
+    #: ``smallest_read`` up to ``read_size`` (bench/README.md, "memory").
+    channel_budget: int = 32 * 1024 * 1024
+    smallest_read: int = 64 * 1024
+    #: How long a stream waits for the server to start sending its body before deciding that
+    #: the client went away (docs/architecture.md#traps-of-the-stack, 4).
+    drain_start_timeout: float = 30.0
+    #: Requests that wait at once for a transfer slot of one source (``source_limits``,
+    #: docs/http-api.md "Source limits"); one more is answered 503 at once.
+    busy_queue: int = QUEUE
+    #: Longest wait in that queue: a slot that frees meanwhile is taken at once. A request
+    #: that waits there gets no early head (its clock starts once a source is asked), so
+    #: its answer is the source's head or a 503, never a 200 head whose body breaks.
+    busy_wait: float = 5.0
+    #: Redirects followed per source, each checked by the egress policy when it leaves the
+    #: source's own origin.
+    max_redirects: int = 5
+    #: Waits before each attempt to resume a broken cache refresh with a Range request; as
+    #: many attempts per break as there are delays (an attempt that brought bytes resets it).
+    resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
+    #: How long a request waits for a refresh that has every byte to be synced and renamed
+    #: into place (to be a cache hit) before it is streamed uncached instead.
+    promotion_wait: float = 60.0
 
 
 def download_client(
@@ -129,46 +175,40 @@ class DownloadClients:
 
     def __init__(
         self,
-        settings: Callable[[], ProxySettings],
+        settings: ProxySettings,
         policy: Callable[[], EgressPolicy] = EgressPolicy,
         resolver: Resolver = resolve,
         on_queue: Callable[[QueueEvent], None] | None = None,
         transport: PoolTransportOf = PoolTransport,
     ) -> None:
-        self._settings = settings
+        #: The proxy's tunables: read size, timeouts, pool (one value, never replaced).
+        self.settings = settings
         self._transport = transport  # what every client's pool is wrapped in (download_client)
         #: Transfers and rate per source (``source_limits``), shared by every stream;
         #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
         self.limits = SourceLimits() if on_queue is None else SourceLimits(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
-        # By TLS setting (None: the foreign client's key is "foreign") and by the settings
-        # they were made with: replaced settings get new clients (read size, timeouts, pool);
-        # the old ones serve their streams to the end and are closed by aclose.
-        self._clients: dict[tuple[object, ProxySettings], httpx.AsyncClient] = {}
-
-    @property
-    def settings(self) -> ProxySettings:
-        """The proxy's settings now (one copy: the proxy's, read at each use)."""
-        return self._settings()
+        #: By TLS setting (None: the foreign client's key is "foreign").
+        self._clients: dict[object, httpx.AsyncClient] = {}
 
     def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
         """The client for sources of a group with TLS settings ``tls``."""
-        settings = self.settings
-        client = self._clients.get((tls, settings))
+        client = self._clients.get(tls)
         if client is None:
-            client = download_client(tls, settings, transport=self._transport)
-            self._clients[tls, settings] = client
+            client = self._clients[tls] = download_client(
+                tls, self.settings, transport=self._transport
+            )
         return client
 
     def foreign(self) -> httpx.AsyncClient:
         """The client for origins that are not a group's own configured source."""
-        settings = self.settings
-        client = self._clients.get(("foreign", settings))
+        client = self._clients.get("foreign")
         if client is None:
             checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
-            client = download_client(None, settings, checking, self._transport)
-            self._clients["foreign", settings] = client
+            client = self._clients["foreign"] = download_client(
+                None, self.settings, checking, self._transport
+            )
         return client
 
     async def aclose(self) -> None:
@@ -176,21 +216,6 @@ class DownloadClients:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
-
-
-def upstream_request_headers(
-    client_headers: Iterable[tuple[str, str]], authorization: str | None
-) -> dict[str, str]:
-    """The headers of the upstream request: the whitelisted client headers, then the group's
-    credentials. A repeated client header keeps its first value."""
-    out: dict[str, str] = {}
-    for name, value in client_headers:
-        key = name.lower()
-        if key in FORWARDED_REQUEST_HEADERS and key not in out:
-            out[key] = value
-    if authorization:
-        out["authorization"] = authorization
-    return out
 
 
 def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
