@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from tracker.serving.fileresponse import file_response
+from tracker.serving.fileresponse import PlainRequest, file_response
 from tracker.web.listeners import bind_socket
 from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import Connections, zero_copy_connection
@@ -102,6 +102,6 @@ async def file_for_request(path: str, **options: Any) -> quart.Response:
     """:func:`file_response` of ``path`` for the Quart request being handled, as the web
     layer answers it (tracker/web/delivery.py: the request read once, the answer converted)."""
     request = quart.request
-    asked = (request.method, list(request.headers.items()))
+    asked = PlainRequest(request.method, list(request.headers.items()))
     connection = zero_copy_connection(request.scope)
     return to_response(await file_response(path, asked, connection=connection, **options))

@@ -67,11 +67,12 @@ def attest(tmp_path: Path, n: int = 1, valid_for: float = 3600.0) -> Attest:
     return Attest(key=str(path), valid_for=valid_for)
 
 
-async def fill(t: TrackerUnderTest) -> None:
+async def fill(t: TrackerUnderTest, name: str = NAME, data: bytes = GOOD) -> None:
     """Download the archive through the tracker: it is cached (and uploaded) checked."""
-    answer = await raw_request(t.base, f"/v1/{GROUP}/{NAME}")
-    assert answer.status == 200 and answer.body == GOOD
-    await wait_for(lambda: t.parts.streamer.digests.get(GROUP, NAME) == SHA, timeout=30)
+    answer = await raw_request(t.base, f"/v1/{GROUP}/{name}")
+    assert answer.status == 200 and answer.body == data
+    sha = hashlib.sha256(data).hexdigest()
+    await wait_for(lambda: t.parts.streamer.digests.get(GROUP, name) == sha, timeout=30)
 
 
 async def listed_file(t: TrackerUnderTest) -> dict[str, Any]:

@@ -11,25 +11,25 @@ import pytest
 import trio
 from helpers_fds import open_fds
 
-from tracker.serving.fileresponse import content_disposition, file_response
+from tracker.serving.fileresponse import PlainRequest, content_disposition, file_response
 from tracker.web.quartanswers import to_response
 
 
 async def test_unsent_response_releases_the_fd(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    response = await file_response(str(path), ("GET", {}))
+    response = await file_response(str(path), PlainRequest("GET", {}))
     assert open_fds(path) == 1
     del response
     assert open_fds(path) == 0
 
 
-async def test_body_via_quart_and_tuple_request(tmp_path: Path) -> None:
+async def test_body_via_quart_and_a_plain_request(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
     sent: list[int] = []
     answer = await file_response(
-        str(path), ("GET", [("Range", "bytes=2-8")]), chunk_size=3, on_bytes=sent.append
+        str(path), PlainRequest("GET", [("Range", "bytes=2-8")]), chunk_size=3, on_bytes=sent.append
     )
     response = to_response(answer)
     assert response.status_code == 206
@@ -42,7 +42,7 @@ async def test_body_via_quart_and_tuple_request(tmp_path: Path) -> None:
 async def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty"
     path.touch()
-    response = to_response(await file_response(str(path), ("GET", {})))
+    response = to_response(await file_response(str(path), PlainRequest("GET", {})))
     assert (response.status_code, response.headers["content-length"]) == (200, "0")
     assert await response.get_data() == b""
     assert open_fds(path) == 0
@@ -52,13 +52,13 @@ async def test_errors(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
     with pytest.raises(FileNotFoundError):
-        await file_response(str(tmp_path / "missing"), ("GET", {}))
+        await file_response(str(tmp_path / "missing"), PlainRequest("GET", {}))
     with pytest.raises(IsADirectoryError):
-        await file_response(str(tmp_path), ("GET", {}))
+        await file_response(str(tmp_path), PlainRequest("GET", {}))
     with pytest.raises(ValueError, match="POST"):
-        await file_response(str(path), ("POST", {}))
+        await file_response(str(path), PlainRequest("POST", {}))
     with pytest.raises(ValueError, match="chunk_size"):
-        await file_response(str(path), ("GET", {}), chunk_size=0)
+        await file_response(str(path), PlainRequest("GET", {}), chunk_size=0)
     with pytest.raises(ValueError, match="file name"):
         content_disposition('a"b')
     assert open_fds(path) == 0
@@ -68,7 +68,7 @@ async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with trio.fail_after(5), pytest.raises(OSError, match="not a regular file"):
-        await file_response(str(fifo), ("GET", {}))
+        await file_response(str(fifo), PlainRequest("GET", {}))
     assert open_fds(fifo) == 0
 
 

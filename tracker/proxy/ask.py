@@ -51,12 +51,6 @@ class Ask:
     def method(self) -> str:
         return self.asked.method
 
-    @property
-    def request(self) -> tuple[str, list[tuple[str, str]]]:
-        """``(method, header lines)``, as :func:`tracker.serving.fileresponse.file_response`
-        takes."""
-        return self.asked.method, list(self.lines)
-
 
 @attrs.frozen
 class Wanted:

@@ -70,7 +70,7 @@ class StoredCopies:
         try:
             response = await file_response(
                 path,
-                ask.request,
+                ask,
                 connection=ask.connection,
                 on_bytes=on_bytes,
                 budget=self._budget,

@@ -39,6 +39,7 @@ import re
 import stat
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Protocol
 
 import attrs
 import trio
@@ -223,9 +224,29 @@ def content_disposition(file_name: str) -> str:
     return f'attachment; filename="{file_name}"'
 
 
+class FileRequest(Protocol):
+    """What a file's answer reads of a request: its method and its header lines (repeated
+    ones included: two ``Range`` lines make no range). A proxy's ``Ask`` is one, and so is
+    :class:`PlainRequest`."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def lines(self) -> RequestHeaders: ...
+
+
+@attrs.frozen
+class PlainRequest:
+    """A :class:`FileRequest` from a method and header lines."""
+
+    method: str
+    lines: RequestHeaders = ()
+
+
 async def file_response(
     path: str,
-    request: tuple[str, RequestHeaders],
+    request: FileRequest,
     *,
     connection: Connection | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -235,7 +256,7 @@ async def file_response(
 ) -> Answer:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 
-    ``request`` is the ``(method, headers)`` pair asked; ``connection`` the client's
+    ``request`` is what was asked (its method and header lines); ``connection`` the client's
     zero-copy connection, when it has one. The file is opened once, in a worker thread; its
     size, mtime and inode (fstat of the open descriptor) give ``content-length``,
     ``last-modified`` and ``etag``, and the body streams that same inode in ``chunk_size``
@@ -259,7 +280,7 @@ async def file_response(
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive: {chunk_size}")
-    method, headers = request
+    method, headers = request.method, request.lines
     if method not in METHODS:
         raise ValueError(f"cannot serve a file to {method!r}")
     fd, st = await trio.to_thread.run_sync(_open_and_stat, path)

@@ -201,7 +201,7 @@ class Delivery:
         try:
             return await file_response(
                 path,
-                ask.request,
+                ask,
                 connection=ask.connection,
                 on_bytes=on_bytes,
                 budget=self._budget,
