@@ -401,3 +401,95 @@ async def test_a_statement_signed_again_is_written_again_beside_its_object(
         assert again.statement.expires > first.statement.expires
         t.parts.attestations.sync(time.time())
         assert again in t.parts.attestations.documents(GROUP, NAME)  # served as written
+
+
+# -- renewed statements read again by the other replicas ----------------------------------
+
+
+async def test_a_replica_serves_the_uploader_s_renewal_before_the_first_expires(
+    weed: Weed, tmp_path: Path
+) -> None:
+    prefix = f"n-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}.attestation"
+    s3 = weed.client()
+
+    def in_bucket() -> Attestation:
+        return parse_document(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 1, valid_for=8)) as first,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 2)) as second,
+    ):
+        await fill(first)
+        await idle(first)
+        signed = in_bucket()
+        uploader, reader = first.parts.objects, second.parts.objects
+        assert uploader is not None and reader is not None
+        await reader.tier.startup()  # as the service starts it: reads what lies beside
+        assert await served(second, ROUTES[0]) == signed
+
+        async def renewed() -> bool:
+            return await served(second, ROUTES[0]) != signed  # and never nothing meanwhile
+
+        # Both health watchers run (as the service runs them, more often): the uploader signs
+        # again at half the life and writes it, the other replica reads it in the background.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.tier.watch, 0.2)
+            nursery.start_soon(reader.tier.watch, 0.2)
+            await wait_until(renewed, timeout=signed.statement.expires - time.time())
+            nursery.cancel_scope.cancel()
+        assert time.time() < signed.statement.expires
+        again = await served(second, ROUTES[0])
+        assert again == in_bucket() and again.signer == signer(1).public_key
+        assert again.statement == attrs.evolve(signed.statement, expires=again.statement.expires)
+        assert again.statement.expires > signed.statement.expires
+        assert (await listed_file(second))["attestations"] == [again.to_json()]
+        assert second.counter(REFUSED, kind="attestation") == 0
+
+
+async def test_a_tampered_renewal_is_refused_and_the_old_statement_served_until_it_expires(
+    weed: Weed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tracker.objectstore")
+    prefix = f"m-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}"
+    key1, now = signer(1), int(time.time())
+    said = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 8)
+    old = key1.sign(said)
+    await put_copy(weed, key, GOOD, attestation=old.encode())
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 3)) as t,
+    ):
+        head = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
+        assert head.status == 200  # it read what lies beside the object
+        assert await served(t, ROUTES[0]) == old
+        # The "renewal" written beside it is not what its signer signed.
+        body = key1.sign(attrs.evolve(said, expires=now + 3600)).to_json()
+        flipped = body["signature"][:-2] + ("1" if body["signature"][-2] != "1" else "2") + "1"
+        weed.client().put_object(
+            Bucket=BUCKET, Key=key + ".attestation", Body=_doc(body, signature=flipped)
+        )
+        objects = t.parts.objects
+        assert objects is not None
+
+        def refusals() -> float:
+            return t.counter(REFUSED, kind="attestation")
+
+        async def gone() -> bool:
+            return (await raw_request(t.base, ROUTES[0])).status == 404
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(objects.tier.watch, 0.2)
+            await wait_for(lambda: refusals() >= 1, timeout=said.expires - time.time())
+            assert await served(t, ROUTES[0]) == old  # kept while it holds
+            assert time.time() < said.expires
+            await wait_until(gone, timeout=said.expires - time.time() + 5)
+            nursery.cancel_scope.cancel()
+        assert time.time() >= said.expires  # no longer served once it expired
+        # Read again at most once a second from half its life to its expiry: no storm.
+        assert 1 <= refusals() <= 6
+        lines = logged(caplog, "bucket_attestation_refused")
+        assert len(lines) == refusals()
+        assert all("bad signature" in line and "\n" not in line for line in lines)

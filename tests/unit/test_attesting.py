@@ -11,10 +11,18 @@ import pytest
 from helpers_statements import SHA, signer
 
 from tracker.core.attestations import Attestations
-from tracker.core.attesting import HeldCopy, due, held_copy, of_copy, statement_of
+from tracker.core.attesting import (
+    HeldCopy,
+    due,
+    held_copy,
+    of_copy,
+    reread_due,
+    statement_of,
+    to_serve,
+)
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import parse_archive_name
-from tracker.core.statements import Statement, parse_document
+from tracker.core.statements import Attestation, Statement, parse_document
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level, Proof
 
@@ -117,6 +125,59 @@ def test_a_document_read_beside_an_object_must_vouch_for_exactly_it(
         return
     with pytest.raises(StatementInvalid, match=re.escape(reason)):
         of_copy(raw, FULL, 3695, SHA, 2_500.0)
+
+
+# -- another replica's statement read again (core.attesting.reread_due, to_serve) --------
+
+
+@pytest.mark.parametrize(
+    ("taken_at", "expires", "read_at", "now", "again"),
+    [
+        (2_000.0, 2_600.0, 2_000.0, 2_299.0, False),  # young: its replica has not renewed
+        (2_000.0, 2_600.0, 2_000.0, 2_300.0, True),  # half its life: renewed by now
+        (2_000.0, 2_600.0, 2_300.0, 2_359.0, False),  # nothing newer: at most every 60 s
+        (2_000.0, 2_600.0, 2_300.0, 2_360.0, True),
+        (2_000.0, 2_600.0, 2_590.0, 2_592.0, False),  # 10 s left: every quarter of it
+        (2_000.0, 2_600.0, 2_590.0, 2_592.5, True),
+        (2_000.0, 2_600.0, 2_599.5, 2_600.0, False),  # never twice within a second
+        (2_000.0, 2_600.0, 2_599.5, 2_600.5, True),
+        (2_000.0, 2_600.0, 2_600.0, 2_659.0, False),  # expired: every 60 s
+        (2_000.0, 2_600.0, 2_600.0, 2_660.0, True),
+        (2_500.0, 2_600.0, 2_500.0, 2_549.0, False),  # taken late in its life: its half
+        (2_500.0, 2_600.0, 2_500.0, 2_550.0, True),  # of what was left
+        (0.0, 4.0, 0.0, 2.0, True),  # a short valid_for: read again before it expires
+        (0.0, 4.0, 2.0, 2.9, False),
+        (0.0, 4.0, 2.0, 3.0, True),
+    ],
+)
+def test_a_statement_from_the_bucket_is_read_again_past_half_its_life(
+    taken_at: float, expires: float, read_at: float, now: float, again: bool
+) -> None:
+    assert reread_due(taken_at, expires, read_at, now) is again
+
+
+SERVED = parse_document(signer(2).sign(said()).encode())
+RENEWED = parse_document(signer(2).sign(said(expires=2_900)).encode())
+OLDER = parse_document(signer(2).sign(said(expires=2_500)).encode())
+OTHER_KEY = parse_document(signer(3).sign(said()).encode())
+
+
+@pytest.mark.parametrize(
+    ("served", "read", "chosen"),
+    [
+        (SERVED, None, SERVED),  # none there, or refused: the old one until it expires
+        (SERVED, SERVED, SERVED),  # not renewed yet
+        (SERVED, RENEWED, RENEWED),  # renewed: served at once
+        (SERVED, OLDER, SERVED),  # an older one put back: not taken
+        (SERVED, OTHER_KEY, SERVED),  # no later: the one served stays
+        (None, RENEWED, RENEWED),
+        (None, None, None),
+    ],
+)
+def test_the_statement_that_expires_last_is_served(
+    served: Attestation | None, read: Attestation | None, chosen: Attestation | None
+) -> None:
+    assert to_serve(served, read) is chosen
 
 
 # -- the daemon's statements (core.attestations.Attestations) ----------------------------

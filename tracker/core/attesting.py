@@ -6,7 +6,9 @@ SHA-256, what its check proved, when the check ended) into the statement signed 
 for ``valid_for`` seconds from when it is signed. ``snapshot-tracker attest`` signs with it,
 and so does the daemon (:mod:`tracker.core.attestations`), which asks :func:`held_copy` what
 it may sign of a copy it holds and :func:`due` when to sign it again; :func:`of_copy` is the
-check of a document another replica left in the bucket beside an object.
+check of a document another replica left in the bucket beside an object, :func:`reread_due`
+when to read that document again (its replica signs it again at half its life) and
+:func:`to_serve` which of the one served and the one read again is served.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.core.statements import Attestation, Statement, parse_document
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Proof
+
+#: The fewest seconds between two reads of one statement object in the bucket
+#: (:func:`reread_due`): no storm of GETs however short ``valid_for`` is.
+REREAD_AT_LEAST = 1.0
+#: The most seconds between two reads of one statement object past half its life.
+REREAD_AT_MOST = 60.0
 
 
 @attrs.frozen
@@ -90,3 +98,29 @@ def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attest
     if statement.expires <= now:
         raise StatementInvalid(f"statement: expired at {statement.expires} (now {int(now)})")
     return attestation
+
+
+def reread_due(taken_at: float, expires: float, read_at: float, now: float) -> bool:
+    """True when the statement object beside a bucket copy is to be read again at ``now``:
+    the statement served of it (taken when read at ``taken_at``, ``expires`` its expiry) is
+    past half its life as this replica knows it (its replica signed it no later than
+    ``taken_at`` and signs it again at half its ``valid_for``, so a new one is there by the
+    middle of ``taken_at`` .. ``expires``, still before it expires), and the last read
+    (``read_at``) was at least a quarter of what was then left of it ago, within
+    :data:`REREAD_AT_LEAST` .. :data:`REREAD_AT_MOST` seconds (after it expired:
+    :data:`REREAD_AT_MOST`): a few reads before it expires when none is newer yet, never a
+    storm. Times are seconds since the epoch."""
+    if now < (taken_at + expires) / 2:
+        return False
+    left = expires - read_at
+    wait = REREAD_AT_MOST if left <= 0 else min(max(left / 4, REREAD_AT_LEAST), REREAD_AT_MOST)
+    return now - read_at >= wait
+
+
+def to_serve(served: Attestation | None, read: Attestation | None) -> Attestation | None:
+    """Which statement of a bucket copy is served: ``read`` (read again beside it, checked
+    by :func:`of_copy`; None: none there, or refused) when it expires later than ``served``
+    (the one served, None: none), else ``served``, kept until it expires."""
+    if read is None or (served is not None and read.statement.expires <= served.statement.expires):
+        return served
+    return read

@@ -18,7 +18,10 @@ one line in the log each, ``on_refused(kind)`` told, nothing served.
 
 The uploading replica writes its statement again when it signs it again (half its
 ``valid_for`` passed, or the copy's proof changed: :func:`restate`), so that the others find
-one that holds; they read it again once the one they hold expired.
+one that holds; they read it again in the background once the one they serve is past half
+its life (:func:`reread`, from the health watcher's loop, at most once a second per object),
+and serve the new one when it is valid and expires later, the old one until it expires
+otherwise; and they read it again at their next look at the object after it expired.
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from tracker.core.attestations import Attestations
-from tracker.core.digests import Verified, parse_sha256sum_line, sha256sum_line
+from tracker.core.digests import Digests, Verified, parse_sha256sum_line, sha256sum_line
 from tracker.core.logs import log_event
 from tracker.errors import StatementInvalid
 from tracker.objectstore.bucket import Bucket
-from tracker.objectstore.keys import ATTESTATION_SUFFIX, DIGEST_SUFFIX, PROOF_SUFFIX
+from tracker.objectstore.keys import (
+    ATTESTATION_SUFFIX,
+    DIGEST_SUFFIX,
+    PROOF_SUFFIX,
+    archive_key,
+)
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
 
 if TYPE_CHECKING:
@@ -91,19 +101,80 @@ async def read_copy(
     if why:
         on_refused("proof")
         log_event(log, "warning", "bucket_proof_refused", key=key, reason=why)
-    raw = await bucket.get_small(key + ATTESTATION_SUFFIX, MAX_DOCUMENT + 1)
-    attestation = None
-    if raw is not None:
-        # Imported where a document is read: a tracker that reads none never loads
-        # cryptography.
-        from tracker.core.attesting import of_copy
-
-        try:
-            attestation = of_copy(raw, name, size, hex_digest, now)
-        except StatementInvalid as exc:
-            on_refused("attestation")
-            log_event(log, "warning", "bucket_attestation_refused", key=key, reason=str(exc))
+    attestation = await _statement(bucket, key, (size, hex_digest), now, on_refused)
     return Verified(hex_digest, proof or STRUCTURE_ONLY, size=size, attestation=attestation)
+
+
+async def _statement(
+    bucket: Bucket,
+    key: str,
+    copy: tuple[int, str],
+    now: float,
+    on_refused: Callable[[str], None],
+) -> Attestation | None:
+    """The statement beside the object at ``key`` (of ``copy``: its size and hex SHA-256)
+    when it is a valid, unexpired statement of exactly that object; None when there is none
+    or it is refused (logged, ``on_refused`` told). Raises StoreError when the store
+    failed."""
+    raw = await bucket.get_small(key + ATTESTATION_SUFFIX, MAX_DOCUMENT + 1)
+    if raw is None:
+        return None
+    # Imported where a document is read: a tracker that reads none never loads cryptography.
+    from tracker.core.attesting import of_copy
+
+    try:
+        return of_copy(raw, key.rsplit("/", 1)[-1], copy[0], copy[1], now)
+    except StatementInvalid as exc:
+        on_refused("attestation")
+        log_event(log, "warning", "bucket_attestation_refused", key=key, reason=str(exc))
+        return None
+
+
+#: What :func:`reread` knows of each statement served of a bucket copy, by archive key: the
+#: statement, when it was taken, when its object was last read (seconds since the epoch).
+Reads = dict[str, tuple["Attestation", float, float]]
+
+
+async def reread(
+    bucket: Bucket,
+    prefix: str,
+    digests: Digests,
+    reads: Reads,
+    now: float,
+    on_refused: Callable[[str], None],
+) -> None:
+    """Read again the statement object beside each bucket copy under ``prefix`` whose
+    statement, read there, came due (:func:`~tracker.core.attesting.reread_due`), and serve
+    the one :func:`~tracker.core.attesting.to_serve` chooses (held in ``digests``); ``reads``
+    is kept current. A refused document is logged and counted as at start-up; the old
+    statement stays served. Raises StoreError when the store failed."""
+    served = {
+        archive_key(prefix, group, name): (group, name, copy)
+        for group, name, holder, copy in digests.held()
+        if holder == "bucket" and copy.attestation is not None
+    }
+    for key in [key for key in reads if key not in served]:
+        del reads[key]
+    if not served:
+        return
+    from tracker.core.attesting import reread_due, to_serve  # a statement is held: loaded
+
+    for key, (group, name, copy) in served.items():
+        held = copy.attestation
+        assert held is not None
+        known = reads.get(key)
+        if known is None or known[0] != held:
+            known = reads[key] = (held, now, now)  # taken since the last pass
+        if not reread_due(known[1], held.statement.expires, known[2], now):
+            continue
+        read = await _statement(bucket, key, (copy.size, copy.sha256), now, on_refused)
+        chosen = to_serve(held, read)
+        if chosen is None or chosen is held:
+            reads[key] = (held, known[1], now)
+            continue
+        reads[key] = (chosen, now, now)
+        digests.hold("bucket", group, name, attrs.evolve(copy, attestation=chosen))
+        log_event(log, "info", "bucket_attestation_renewed", key=key)
 
 
 async def restate(

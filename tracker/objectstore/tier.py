@@ -42,7 +42,7 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
-from tracker.objectstore.sides import read_copy, restate, side_objects
+from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.upload import Growing, upload_following
@@ -102,6 +102,8 @@ class ObjectTier:
         self._uploading: dict[str, Verified] = {}
         #: The statement last written beside each archive this replica uploaded, by key.
         self._stated: dict[str, Attestation] = {}
+        #: The statements read beside other replicas' uploads, read again (:func:`reread`).
+        self._reads: Reads = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
         #: Health checks done (:meth:`watch`).
         self.probes = 0
@@ -316,12 +318,19 @@ class ObjectTier:
     async def watch(self, every: float = CHECK_EVERY) -> None:
         """Check the store every ``every`` seconds until cancelled, so that a store that went
         down stops getting clients redirected to it (URLs are reused between calls) and one
-        that came back gets them again (:meth:`probe`)."""
+        that came back gets them again (:meth:`probe`); write this replica's statements
+        signed again beside its uploads (:func:`restate`) and read others' again
+        (:func:`reread`)."""
         while True:
             try:
                 await self.probe()
                 self.attestations.sync(time.time())  # statements signed again go out
                 await restate(self.bucket, self.store.prefix, self.attestations, self._stated)
+                # Others' statements past half their life read again: their renewals served.
+                refused = self.events.refused
+                await reread(
+                    self.bucket, self.store.prefix, self.digests, self._reads, time.time(), refused
+                )
             except StoreError as exc:
                 self._failed("check", exc)
             self.probes += 1
