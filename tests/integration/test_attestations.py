@@ -418,7 +418,7 @@ async def test_a_replica_serves_the_uploader_s_renewal_before_the_first_expires(
 
     async with (
         serving(FakeUpstream(files={NAME: GOOD})) as up,
-        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 1, valid_for=8)) as first,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 1, valid_for=16)) as first,
         replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 2)) as second,
     ):
         await fill(first)
@@ -455,7 +455,7 @@ async def test_a_tampered_renewal_is_refused_and_the_old_statement_served_until_
     prefix = f"m-{secrets.token_hex(4)}/"
     key = f"{prefix}{GROUP}/{NAME}"
     key1, now = signer(1), int(time.time())
-    said = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 8)
+    said = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 14)
     old = key1.sign(said)
     await put_copy(weed, key, GOOD, attestation=old.encode())
     async with (

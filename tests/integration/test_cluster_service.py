@@ -138,11 +138,17 @@ async def test_proxy_mode_rpc_failing_rejects_then_caches_once_it_answers(
     name, data, bank = an_archive(tmp_path, 3500, 36)
     node = VoteRpc(blocks=votes_for(3500, bank, majority=True), stakes=STAKES)
     node.raw["getVoteAccounts"] = b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}'
-    settings = {"trust": {"require": "cluster"}, "reject_for": "1s"}
+    # reject_for long enough that the rejection is read well within it on a loaded machine.
+    settings = {"trust": {"require": "cluster"}, "reject_for": "5s"}
     async with cluster(tmp_path, name, data, node, **settings) as f:
         await wait_until(lambda: _listed(f))
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
         assert leftovers(f.cache) == []
+
+        async def rejected() -> bool:
+            return (await last_error(f)).startswith(REJECTED)
+
+        await wait_until(rejected)
         error = await last_error(f)
         assert error.startswith(f"{REJECTED}proven to accounts, cluster required: cluster not")
         assert "getVoteAccounts" in error and "-32005" in error
@@ -151,7 +157,7 @@ async def test_proxy_mode_rpc_failing_rejects_then_caches_once_it_answers(
         async def released() -> bool:
             return await last_error(f) == ""
 
-        await wait_until(released)
+        await wait_until(released, timeout=20)
         answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert answer.status == 200 and answer.body == data
         proof = await proof_of(f.public, name)

@@ -190,9 +190,16 @@ async def test_with_every_source_rejected_the_answer_is_a_502_with_the_reason(
 async def test_reject_for_ends_and_the_source_is_used_again(tmp_path: Path) -> None:
     name, good = build_archive(502, compression="gz", seed=3)
     bad = bad_variants(name, good)["trailing_bytes"]
-    async with fleet(tmp_path, name, bad, good, reject_for="1s") as f:
+    # Long enough that the 502 below comes well within it on a loaded machine: the test
+    # waits for the rejection to be recorded, then for its end, never on the clock.
+    async with fleet(tmp_path, name, bad, good, reject_for="4s") as f:
         await wait_until(lambda: _listed(f.public, name, 1))
-        await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        await raw_request(f.public, f"/v1/{GROUP}/{name}")
+
+        async def held_back() -> bool:
+            return "archive failed verification" in (await target(f.public, f.bad))["last_error"]
+
+        await wait_until(held_back, timeout=10)
         assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).status == 502
         f.bad.files[name] = good  # the source was fixed meanwhile
 
@@ -200,7 +207,7 @@ async def test_reject_for_ends_and_the_source_is_used_again(tmp_path: Path) -> N
             answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
             return answer.status == 200 and answer.body == good
 
-        await wait_until(served, timeout=10)
+        await wait_until(served, timeout=15)
         assert not (await target(f.public, f.bad))["last_error"]
 
 
