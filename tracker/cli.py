@@ -78,7 +78,6 @@ def build_parser() -> Parser:
     for flag, key, metavar in (
         ("--listen", "listen", "ADDR"),
         ("--internal-listen", "internal_listen", "ADDR"),
-        ("--rpc", "rpc", "URL"),
         ("--max-snapshot-age", "max_snapshot_age", "SLOTS"),
     ):
         serve.add_argument(
@@ -87,6 +86,13 @@ def build_parser() -> Parser:
             metavar=metavar,
             help=f"the config's {key} (default: the file's)",
         )
+    serve.add_argument(
+        "--rpc",
+        action="append",
+        metavar="URL",
+        help="the config's rpc (default: the file's); repeated: the others are "
+        "cluster_proof.also_rpc, whose answers of the cluster's votes must agree",
+    )
     add_log_flags(serve)
     check = commands.add_parser(
         "check-config",

@@ -8,9 +8,7 @@ import pytest
 from helpers_config import load
 
 from tracker.config.overrides import with_overrides
-from tracker.config.schema import (
-    Config,
-)
+from tracker.config.schema import ClusterProof, Config
 from tracker.errors import ConfigError
 
 # --- command-line overrides -------------------------------------------------------------------
@@ -31,6 +29,34 @@ def test_overrides_apply(tmp_path: Path) -> None:
     assert changed.max_snapshot_age == 50
     assert changed.target_groups == config.target_groups
     assert config.listen == ":8458"  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("given", "rpc", "also"),
+    [
+        ("https://a.example", "https://a.example", ("https://file.example",)),
+        (["https://a.example"], "https://a.example", ("https://file.example",)),
+        (
+            ["https://a.example", "https://b.example", "https://c.example"],
+            "https://a.example",
+            ("https://b.example", "https://c.example"),
+        ),
+    ],
+    ids=["one URL", "--rpc once", "--rpc three times: the others must agree"],
+)
+def test_rpc_repeated_sets_the_rpcs_that_must_agree(
+    given: str | list[str], rpc: str, also: tuple[str, ...]
+) -> None:
+    config = Config(cluster_proof=ClusterProof(also_rpc=("https://file.example",)))
+    changed = with_overrides(config, rpc=given)
+    assert (changed.rpc, changed.cluster_proof.also_rpc) == (rpc, also)
+    assert changed.cluster_proof.blocks == config.cluster_proof.blocks
+
+
+def test_a_bad_repeated_rpc_names_its_flag() -> None:
+    with pytest.raises(ConfigError) as info:
+        with_overrides(Config(), rpc=["https://a.example", "ftp://b"])
+    assert [p.split(":")[0] for p in info.value.problems] == ["--rpc"]
 
 
 def test_overrides_none_means_not_given() -> None:

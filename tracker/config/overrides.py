@@ -22,19 +22,29 @@ def _cli_int(value: object) -> int:
     return values.integer_in(0)(value)
 
 
+def _rpcs(value: object) -> tuple[str, ...]:
+    # ``--rpc`` may be repeated: each URL checked, in the order given.
+    urls = value if isinstance(value, list | tuple) else [value]
+    if not urls:
+        raise ValueError("at least one URL")
+    return tuple(values.rpc_url(url) for url in urls)
+
+
 #: Command-line overrides: Config field -> (flag, check of the value).
 _OVERRIDES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listen": ("--listen", values.address),
     "internal_listen": ("--internal-listen", values.optional_address),
-    "rpc": ("--rpc", values.rpc_url),
+    "rpc": ("--rpc", _rpcs),
     "max_snapshot_age": ("--max-snapshot-age", _cli_int),
 }
 
 
 def with_overrides(config: Config, **values: object) -> Config:
     """``config`` with command-line values applied (``listen``, ``internal_listen``, ``rpc``,
-    ``max_snapshot_age``); None means "flag not given". Raises ConfigError naming each bad flag,
-    TypeError for an unknown name.
+    ``max_snapshot_age``); None means "flag not given". ``rpc`` is one URL or several (``--rpc``
+    repeated): the first is ``rpc``, the others ``cluster_proof.also_rpc``, the RPCs whose
+    answers of the cluster's votes must agree (docs/http-api.md, "The cluster level"). Raises
+    ConfigError naming each bad flag, TypeError for an unknown name.
     """
     unknown = sorted(set(values) - set(_OVERRIDES))
     if unknown:
@@ -51,6 +61,11 @@ def with_overrides(config: Config, **values: object) -> Config:
             problems.append(f"{flag}: {redact_text(str(exc))}")
     if problems:
         raise ConfigError(problems)
+    rpcs = changes.pop("rpc", ())
+    if rpcs:
+        changes["rpc"] = rpcs[0]
+    if len(rpcs) > 1:
+        changes["cluster_proof"] = attrs.evolve(config.cluster_proof, also_rpc=rpcs[1:])
     config = attrs.evolve(config, **changes)
     # A flag can answer a warning of the file (``--rpc``): warn about the config in force.
     return attrs.evolve(config, warnings=tuple(config_warnings(config)))
