@@ -20,9 +20,9 @@ from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.flags import (
     PROVE_ACCOUNTS_MAX,
-    PROVE_ACCOUNTS_RANGE,
     add_fetch_parser,
     add_log_flags,
+    add_prove_accounts_max,
     count_in,
     duration_arg,
     fetch_main,
@@ -111,14 +111,7 @@ def build_parser() -> Parser:
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
-    verify.add_argument(
-        "--prove-accounts-max",
-        type=count_in(*PROVE_ACCOUNTS_RANGE),
-        default=PROVE_ACCOUNTS_MAX,
-        metavar="N",
-        help="a full of more accounts than this stays at level manifest, said so (default: "
-        "%(default)s)",
-    )
+    add_prove_accounts_max(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
     return parser

@@ -16,7 +16,13 @@ from tracker.config.schema import BearerAuth, TargetGroup
 from tracker.core.index import TargetKey
 from tracker.core.text import TRACKER_AGENT
 from tracker.errors import SourceFailed
-from tracker.proxy.upstream import Asked, DownloadClients, ProxySettings, ask_source, check_size
+from tracker.proxy.upstream import (
+    DownloadClients,
+    ProxySettings,
+    SourceReply,
+    ask_source,
+    check_size,
+)
 
 GROUP = TargetGroup(group="g", bearer_auth=BearerAuth(token="s3cret"))
 SOURCE = "http://a.example"
@@ -36,7 +42,7 @@ async def ask(
     *,
     settings: ProxySettings | None = None,
     headers: dict[str, str] | None = None,
-) -> Asked:
+) -> SourceReply:
     """:func:`ask_source` for FILE of SOURCE, its answer's body already read and closed."""
     clients = mocked(handler, settings)
     try:

@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import attrs
 import trio
@@ -65,6 +65,14 @@ class Checking:
 UNCHECKED = Checking()
 
 
+class _Held(NamedTuple):
+    """A cached file that passed its check."""
+
+    sha256: str
+    ino: int
+    proof: Proof
+
+
 class CheckedFiles:
     """The digest of each cached archive that passed its check, told to ``digests``;
     ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
@@ -88,10 +96,9 @@ class CheckedFiles:
         self.prove_accounts = prove_accounts
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
-        #: Digest and inode of each cached file that passed its check.
-        self._checked: dict[tuple[str, str], tuple[str, int]] = {}
-        #: What the check (and the cluster's votes) proved of each of them.
-        self._proofs: dict[tuple[str, str], Proof] = {}
+        #: Each cached file that passed its check: its digest, inode and what the check (and
+        #: the cluster's votes) proved.
+        self._checked: dict[tuple[str, str], _Held] = {}
         #: Cached files found at start-up without a digest that still describes them.
         self._unchecked: list[tuple[str, str]] = []
 
@@ -101,23 +108,24 @@ class CheckedFiles:
         ``trust.require`` raised by a reload)."""
         if not self.verify:
             return True
-        proof = self._proofs.get((group, name))
-        if (group, name) not in self._checked or proof is None:
+        held = self._checked.get((group, name))
+        if held is None:
             return False
-        return below_required(proof, self.required(group), name) is None
+        return below_required(held.proof, self.required(group), name) is None
 
     def proof(self, group: str, name: str) -> Proof | None:
         """What was proven of the cached copy of ``name``, when it passed its check."""
-        return self._proofs.get((group, name)) if (group, name) in self._checked else None
+        held = self._checked.get((group, name))
+        return held.proof if held is not None else None
 
     def held(self) -> list[tuple[str, str, Proof]]:
         """Every cached copy that passed its check, with what it is proven to."""
-        return [(g, n, p) for (g, n), p in self._proofs.items() if (g, n) in self._checked]
+        return [(g, n, held.proof) for (g, n), held in self._checked.items()]
 
     def digest(self, group: str, name: str) -> str | None:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
         checked = self._checked.get((group, name))
-        return checked[0] if checked is not None else None
+        return checked.sha256 if checked is not None else None
 
     def required(self, group: str) -> Level:
         """The level an archive of ``group`` must be proven to before it is cached (its
@@ -139,8 +147,7 @@ class CheckedFiles:
         and when it ended, None when unchecked) was promoted and evicted ``evicted``: digests
         follow."""
         if checked is not None:
-            self._checked[(group, name)] = (checked.sha256, ino)
-            self._proofs[(group, name)] = checked.proof
+            self._checked[(group, name)] = _Held(checked.sha256, ino, checked.proof)
             self._digests.hold("cache", group, name, checked)
         else:
             self._forget(group, name)
@@ -148,7 +155,6 @@ class CheckedFiles:
             self._forget(group, other)
 
     def _forget(self, group: str, name: str) -> None:
-        self._proofs.pop((group, name), None)
         if self._checked.pop((group, name), None) is not None:
             self._digests.drop("cache", group, name)
 
@@ -175,8 +181,7 @@ class CheckedFiles:
                 self._unchecked.append((group, name))
                 continue
             hex_digest, ino, size, checked_at = restored
-            self._checked[(group, name)] = (hex_digest, ino)
-            self._proofs[(group, name)] = proof
+            self._checked[(group, name)] = _Held(hex_digest, ino, proof)
             held = Verified(hex_digest, proof, size=size, checked_at=checked_at)
             self._digests.hold("cache", group, name, held)
 
@@ -240,8 +245,7 @@ class CheckedFiles:
             await trio.to_thread.run_sync(write_checked, path, Verified(sha256, proof), name)
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
-        self._checked[(group, name)] = (sha256, st.st_ino)
-        self._proofs[(group, name)] = proof
+        self._checked[(group, name)] = _Held(sha256, st.st_ino, proof)
         held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
         self._digests.hold("cache", group, name, held)
         log_event(
@@ -265,12 +269,12 @@ class CheckedFiles:
             return True
         below = below_required(proof, self.required(group), name)
         if below is not None and proof.voted_stake is not None:  # the votes say no
-            await self.remove(group, name, path, checked[1], below)
+            await self.remove(group, name, path, checked.ino, below)
             return False
-        if self._proofs.get((group, name)) == proof:
+        if checked.proof == proof:
             return True
-        self._proofs[(group, name)] = proof
-        self._digests.put("cache", group, name, checked[0], proof)
+        self._checked[(group, name)] = checked._replace(proof=proof)
+        self._digests.put("cache", group, name, checked.sha256, proof)
         if proof.voted_stake is not None:  # a tally, not a failure to read one
             try:
                 await trio.to_thread.run_sync(write_proof, path, proof)

@@ -81,6 +81,18 @@ def count_in(lowest: int, highest: int) -> Any:
     return check
 
 
+def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
+    """``--prove-accounts-max``, as ``fetch`` and ``verify`` take it."""
+    command.add_argument(
+        "--prove-accounts-max",
+        type=count_in(*PROVE_ACCOUNTS_RANGE),
+        default=PROVE_ACCOUNTS_MAX,
+        metavar="N",
+        help="a full of more accounts than this stays at level manifest, said so (default: "
+        "%(default)s)",
+    )
+
+
 def add_fetch_parser(commands: Any) -> None:
     """Add ``fetch`` and its flags to the subcommands (README "Command line")."""
     fetch = commands.add_parser(
@@ -157,14 +169,7 @@ def add_fetch_parser(commands: Any) -> None:
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
     add_trust_key_flags(fetch, count_in)
-    add(
-        "--prove-accounts-max",
-        type=count_in(*PROVE_ACCOUNTS_RANGE),
-        default=PROVE_ACCOUNTS_MAX,
-        metavar="N",
-        help="a full of more accounts than this stays at level manifest, said so (default: "
-        "%(default)s)",
-    )
+    add_prove_accounts_max(fetch)
     add(
         "--connections",
         type=count_in(1, 64),

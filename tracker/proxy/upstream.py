@@ -256,7 +256,7 @@ class UpstreamAnswer:
 
 
 @attrs.define
-class Asked:
+class SourceReply:
     """What :func:`ask_source` got: a usable answer (body unread) from ``url``, and the
     transfer slot of the origin that gave it (``transfer``, with its pacer), given back by
     closing ``slot`` (the caller closes both)."""
@@ -291,7 +291,7 @@ async def ask_source(
     headers: Mapping[str, str],
     *,
     queueing: Queueing = Queueing(),
-) -> Asked:
+) -> SourceReply:
     """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
     ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
     limits").
@@ -301,7 +301,7 @@ async def ask_source(
     in all, else SourceBusy) and gives it back as soon as that origin answered a redirect, so
     a request never holds one origin's slot while it waits for another's (two requests
     redirected across each other's origins would wait for each other for ever). The answer
-    keeps the slot of the origin that gave it, in :attr:`Asked.slot`.
+    keeps the slot of the origin that gave it, in :attr:`SourceReply.slot`.
 
     Only a URL on the source's own origin gets the group's credentials and TLS client
     settings; any other origin (named by a probe's Location or by a redirect) gets the
@@ -329,7 +329,7 @@ async def ask_source(
             response = await _send(client, method, url, request_headers, settings.answer_timeout)
             status = response.status_code
             if status in ANSWER_STATUSES:
-                return Asked(response, url, transfer, slot)
+                return SourceReply(response, url, transfer, slot)
             location = response.headers.get("location")
             await response.aclose()
         except BaseException:
