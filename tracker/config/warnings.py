@@ -27,7 +27,37 @@ def config_warnings(config: Config) -> list[str]:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    unsigned = nothing_signed(config)
+    if unsigned:
+        found.append(f"attest: {unsigned}")
     return found
+
+
+def nothing_signed(config: Config) -> str:
+    """Why ``config``'s ``attest`` can sign nothing ("" when it can, or signs nothing
+    anyway): a statement names the SHA-256 of a whole copy, so only copies the tracker holds
+    and checked are signed (docs/http-api.md, "Signed statements"): its disk cache's, its
+    bucket's, its local files'. Redirect mode holds none but local files (a head read
+    proves a copy's manifest, not its bytes); shown by ``check-config`` and the status
+    page."""
+    if config.attest is None:
+        return ""
+    if not config.verify_archives:
+        return "nothing can be signed: verify_archives is false, so no copy is checked"
+    cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
+    local = any(g.local_targets is not None for g in config.target_groups)
+    if cached or local:
+        return ""
+    if config.proxy_snapshot_downloads:
+        return (
+            "nothing can be signed: proxy mode without proxy_snapshot_cache_dir holds no copy"
+            " (only a disk cache's, a bucket's or local_targets' files are signed)"
+        )
+    return (
+        "nothing can be signed: redirect mode holds no copy (a head read proves a copy's"
+        " manifest, never its whole bytes); only a disk cache's, a bucket's or"
+        " local_targets' files are signed"
+    )
 
 
 #: Every way a group gets targets.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from tracker.core.digests import Digests, Verified
 
 if TYPE_CHECKING:
-    from tracker.core.statements import Attestation, Signer
+    from tracker.core.statements import Attestation, Signer, Statement
 
 
 class Attestations:
@@ -45,20 +45,27 @@ class Attestations:
         self._now = 0.0
         #: Changes with every statement signed or dropped (the listings render again).
         self.version = 0
+        #: When the key in use was loaded (seconds since the epoch; None: nothing is signed).
+        self.since: float | None = None
+        #: The last statement signed, and when (None: none since the key was loaded).
+        self.last: tuple[Statement, float] | None = None
 
     @property
     def public_key(self) -> str | None:
         """The signing key's public half (base58), None when nothing is signed."""
         return self._signer.public_key if self._signer is not None else None
 
-    def configure(self, signer: Signer | None, valid_for: float) -> None:
+    def configure(self, signer: Signer | None, valid_for: float, now: float = 0.0) -> None:
         """Sign with ``signer`` (None: sign nothing) for ``valid_for`` seconds: at start and
-        on every reload. Another key or validity drops what was signed; it is signed again
-        at the next :meth:`sync`."""
+        on every reload (``now``: seconds since the epoch, when the key is loaded). Another
+        key or validity drops what was signed; it is signed again at the next :meth:`sync`."""
         if self.public_key == (signer.public_key if signer else None) and (
             valid_for == self._valid_for
         ):
             return
+        if self.public_key != (signer.public_key if signer else None):
+            self.since = now if signer is not None else None
+            self.last = None
         self._signer, self._valid_for = signer, valid_for
         if self._own:
             self._keep({})
@@ -99,6 +106,7 @@ class Attestations:
             signed = self._own.get((group, name, holder))
             if signed is None or due(signed.statement, wanted, now, valid_for):
                 signed = signer.sign(wanted)
+                self.last = (wanted, now)
             kept[(group, name, holder)] = signed
         return kept
 
@@ -110,7 +118,9 @@ class Attestations:
         copy = held_copy(name, verified)
         if self._signer is None or copy is None:
             return None
-        signed = self._signer.sign(statement_of(copy, now, self._valid_for))
+        wanted = statement_of(copy, now, self._valid_for)
+        signed = self._signer.sign(wanted)
+        self.last = (wanted, now)
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
 
@@ -119,6 +129,10 @@ class Attestations:
         own = dict(self._own)
         if own.pop((group, name, holder), None) is not None:
             self._keep(own)
+
+    def held(self) -> int:
+        """How many statements this tracker holds signed now (one per copy)."""
+        return len(self._own)
 
     def uploaded(self) -> list[tuple[str, str, Attestation]]:
         """This tracker's statement of each bucket copy it uploaded: (group, name, it)."""
