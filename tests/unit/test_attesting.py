@@ -263,3 +263,26 @@ def test_a_tracker_without_a_key_serves_the_bucket_s_statements_until_they_expir
     assert attestations.documents_json("g", FULL) == [peer.to_json()]
     attestations.sync(2_600.0)
     assert attestations.documents("g", FULL) == []
+
+
+def test_what_the_signing_card_reads_since_when_how_many_and_the_last() -> None:
+    """docs/http-api.md, "The status page": the key's load time, the statements held, the
+    last one signed; another key starts again, no key shows nothing."""
+    digests = Digests()
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations = Attestations(digests)
+    assert (attestations.since, attestations.last, attestations.held()) == (None, None, 0)
+    attestations.configure(signer(1), VALID, now=1_500.0)
+    assert (attestations.since, attestations.last, attestations.held()) == (1_500.0, None, 0)
+    attestations.sync(2_000.0)
+    assert attestations.held() == 1 and attestations.last == (said(), 2_000.0)
+    attestations.configure(signer(1), VALID, now=1_900.0)  # a reload that changed nothing
+    assert attestations.since == 1_500.0 and attestations.last == (said(), 2_000.0)
+    digests.hold("local:/ledger/x", "g", INCREMENTAL, Verified(SHA, PROOF, 10, 1_000.0))
+    attestations.sync(2_001.0)
+    assert attestations.held() == 2 and attestations.last is not None
+    assert attestations.last[0].name == INCREMENTAL and attestations.last[1] == 2_001.0
+    attestations.configure(signer(2), VALID, now=2_100.0)
+    assert (attestations.since, attestations.last, attestations.held()) == (2_100.0, None, 0)
+    attestations.configure(None, 0.0, now=2_200.0)
+    assert (attestations.since, attestations.last) == (None, None)

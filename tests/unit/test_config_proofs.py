@@ -156,3 +156,57 @@ def test_require_cluster_without_rpc_warns(tmp_path: Path, settings: str, warned
     config = load(tmp_path, text)
     found = [w for w in config.warnings if "require: cluster needs `rpc`" in w]
     assert bool(found) is warned
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets", "says"),
+    [
+        pytest.param("", "http_targets: {targets: ['http://n:1/']}", None, id="no attest"),
+        pytest.param(
+            "ATTEST",
+            "http_targets: {targets: ['http://n:1/']}",
+            "redirect mode holds no copy",
+            id="redirect mode: nothing held",
+        ),
+        pytest.param("ATTEST", "local_targets: {paths: [LEDGER]}", "", id="local files: signed"),
+        pytest.param(
+            "ATTESTproxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: CACHE\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            "",
+            id="a disk cache: signed",
+        ),
+        pytest.param(
+            "ATTESTproxy_snapshot_downloads: true\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            "proxy mode without proxy_snapshot_cache_dir holds no copy",
+            id="proxy mode uncached: nothing held",
+        ),
+        pytest.param(
+            "ATTESTverify_archives: false\n",
+            "local_targets: {paths: [LEDGER]}",
+            "verify_archives is false",
+            id="nothing checked",
+        ),
+    ],
+)
+def test_attest_says_when_nothing_can_be_signed(
+    tmp_path: Path, settings: str, targets: str, says: str | None
+) -> None:
+    """docs/http-api.md, "Signed statements": only copies the tracker holds and checked are
+    signed; a config whose ``attest`` can sign nothing says so (check-config, the page)."""
+    from tracker.config.warnings import nothing_signed
+
+    key = tmp_path / "key.json"
+    key.write_bytes(keypair_json(bytes([3]) * 32))
+    os.chmod(key, 0o600)
+    (tmp_path / "ledger").mkdir()
+    settings = settings.replace("ATTEST", f"attest: {{key: {key}}}\n")
+    settings = settings.replace("CACHE", str(tmp_path / "cache"))
+    targets = targets.replace("LEDGER", str(tmp_path / "ledger"))
+    config = load(tmp_path, f"{settings}target_groups: [{{group: g, {targets}}}]\n")
+    found = nothing_signed(config)
+    warned = [w for w in config.warnings if w.startswith("attest: ")]
+    if not says:
+        assert found == "" and warned == []
+    else:
+        assert says in found and warned == [f"attest: {found}"]
