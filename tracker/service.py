@@ -112,7 +112,7 @@ class Components:
     events: RecentEvents = attrs.Factory(lambda: RecentEvents(PAGE_EVENTS))
     #: The statements signed with ``attest.key`` (docs/http-api.md, "Signed statements").
     attestations: Attestations = attrs.Factory(lambda: Attestations(Digests()))
-    #: The checks of local files (docs/architecture.md, "Local files"), None unbuilt.
+    #: The checks of local files (docs/architecture.md, "Proven archives"), None unbuilt.
     local_proofs: LocalProofs | None = None
 
     def status_sources(self, digest: Digest | None = None) -> StatusSources:

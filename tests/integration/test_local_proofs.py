@@ -1,5 +1,5 @@
-"""Local files proven, shown, enforced and signed (docs/architecture.md, "Local files";
-docs/http-api.md, "Proven archives", "Signed statements").
+"""Local files proven, shown, enforced and signed (docs/architecture.md, "Proven archives":
+"Local files"; docs/http-api.md, "Proven archives", "Signed statements").
 
 Real parts: the tracker (the ``serve`` command, or ``run_tracker`` on 127.0.0.1:0) over the
 quickstart's own config (examples/local.yml) and its ledger (examples/ledger/, real archives

@@ -1,6 +1,6 @@
-"""Local files (docs/architecture.md, "Local files"): which to check, where each stands in
-the ranking, the local gate of a group, each file its own copy in the JSON and in
-``/v1/targets``; as tables (no network, no disk)."""
+"""Local files (docs/architecture.md, "Proven archives": "Local files"): which to check,
+where each stands in the ranking, the local gate of a group, each file its own copy in the
+JSON and in ``/v1/targets``; as tables (no network, no disk)."""
 
 from __future__ import annotations
 

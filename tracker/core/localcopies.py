@@ -1,5 +1,5 @@
 """What the tracker decides of its local files: which to check, and where each stands (pure;
-docs/architecture.md, "Local files"; docs/http-api.md, "Proven archives").
+docs/architecture.md, "Proven archives": "Local files"; docs/http-api.md, "Proven archives").
 
 A ``local`` target's files are on the tracker's own disk, so they are checked and proven as
 the cache's copies are, in the background: once per file identity (device, inode, size,

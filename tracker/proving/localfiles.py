@@ -1,4 +1,5 @@
-"""The check and proof of local files (docs/architecture.md, "Local files").
+"""The check and proof of local files (docs/architecture.md, "Proven archives": "Local
+files").
 
 A ``local`` target's archives are on the tracker's own disk: :class:`LocalProofs` checks
 each as the cache checks its copies (:func:`tracker.cache.checked.check_opened`: the archive

@@ -58,5 +58,5 @@ class ApiDeps:
     #: index's throughput, which is measured when a transfer ends.
     flowing: Flowing = attrs.Factory(Flowing)
     #: What the checks of a local target's files said, by name (docs/architecture.md,
-    #: "Local files"; None: not checked yet).
+    #: "Proven archives"; None: not checked yet).
     local_checks: Callable[[TargetKey], list[tuple[str, Checked | None]]] = lambda _key: []

@@ -36,8 +36,8 @@ class Held:
 
 def held_copy(digests: Digests, group: str, f: SnapshotFile) -> Verified | None:
     """The tracker's verified copy of the file ``f`` of ``group``: a local file is its own
-    copy (docs/architecture.md, "Local files"), any other the cache's or the bucket's (a
-    local file of the same name may be other bytes)."""
+    copy (docs/architecture.md, "Proven archives": "Local files"), any other the cache's or
+    the bucket's (a local file of the same name may be other bytes)."""
     if f.path:
         return digests.of(holder(f.path), group, f.bare_name)
     return digests.verified(group, f.bare_name, local=False)
