@@ -194,10 +194,11 @@ def build(
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
+    local_proofs = LocalProofs(current, index, digests, votes=votes)
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
+    delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it
     health = HealthChecker(current, index, rpc)
     status = objects.tier.status if objects is not None else lambda: None
-    local_proofs = LocalProofs(current, index, digests, votes=votes)
     deps = ApiDeps(
         current,
         index,
@@ -248,9 +249,8 @@ def apply_trust(index: Index, config: Config) -> None:
         )
         index.set_policy(group.group, policy)
         index.set_ranking(group.group, group.ranking)
-        # Before any result of the group ranks (and at once on a reload): a group that requires
-        # a level ranks the copies its head reads proved only (redirect mode), and its local
-        # files once their check proved them (either mode; docs/architecture.md).
+        # Before any result of the group ranks (and at once on a reload): where it requires a
+        # level, only the copies its head reads (redirect mode) or local checks proved.
         local = local_gated(config, group)
         index.rank_proven_only(group.group, proven_only(config, group), local=local)
 

@@ -24,6 +24,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from test_attestations import attest
 from test_fetch import fetch_command, run_cli, the_error_line
 
+from tracker.core.digests import repr_digest
 from tracker.core.statements import parse_document
 from tracker.proof.levels import Level
 
@@ -88,6 +89,8 @@ async def test_the_quickstart_proves_and_shows_its_local_files() -> None:
             assert checked[FULL]["proof"]["level"] == "accounts"
             line = (await client.get(f"{serve.base}/v1/local/{FULL}.sha256")).text
             assert line == f"{disk[FULL]}  {FULL}\n"
+            head = await client.head(f"{serve.base}/v1/local/{FULL}")
+            assert head.headers["repr-digest"] == repr_digest(disk[FULL])
             page = (await client.get(f"{serve.internal}/?refresh=0")).text
             best = page[page.index("Best snapshots") : page.index('id="cache"')]
             assert disk[FULL][:16] in best and "accounts" in best and "manifest" in best
@@ -142,6 +145,39 @@ async def test_trust_require_on_a_local_group_is_enforced(
         assert (await client.get(f"{base}/v1/local/{FULL}")).status_code == 404
         [target] = (await client.get(f"{base}/v1/targets")).json()
         assert "cluster required" in target["last_error"], target
+
+
+async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A proven full of a group that requires ``accounts`` replaced under its name by other
+    bytes (a rename, as a validator writes): the new file is refused from the first request
+    (the identity it was opened as is not the one proven), then its own check fails and its
+    target says why; the old digest is gone from the listing."""
+    config = quickstart_config(tmp_path, trust={"require": "accounts"})
+    base, _internal = await start_tracker(nursery, config)
+    ledger = tmp_path / "ledger"
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def proven() -> bool:
+            return (await client.head(f"{base}/v1/local/{FULL}")).status_code == 200
+
+        await wait_until(proven, timeout=30)
+        other = ledger / ".replacement"
+        other.write_bytes(b"\0" * 4096)
+        os.replace(other, ledger / FULL)
+        refused = await client.get(f"{base}/v1/local/{FULL}")
+        assert refused.status_code == 404, refused.status_code
+
+        async def failed() -> bool:
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            return target["last_error"].startswith(f"archive not proven: {FULL}: ")
+
+        await wait_until(failed, timeout=30)
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        assert "not proven yet" not in target["last_error"], target
+        assert (await client.get(f"{base}/v1/snapshots")).json() == []  # the chains need it
+        assert (await client.get(f"{base}/v1/local/{FULL}.sha256")).status_code == 404
 
 
 async def test_attest_signs_local_files_and_fetch_trusts_them(

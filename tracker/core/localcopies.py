@@ -117,3 +117,20 @@ def gated(required: Level | None) -> Level | None:
     ``trust.require`` when above ``structure`` (None: they rank unproven, unless their check
     fails; as in redirect mode, a group that sets nothing ranks every copy as it did)."""
     return required if required is not None and required > Level.STRUCTURE else None
+
+
+def admission(
+    done: Checked | None, opened: Identity, required: Level | None, name: str
+) -> tuple[str, str]:
+    """Whether the local file of the archive ``name``, as it was opened to be served
+    (``opened``: its identity then), may be served now: ``(refusal, sha256)``, a refusal
+    ("" when it may be) and the digest its check gave ("" when not known). What was said of
+    another identity under its path (``done``: a file replaced since its check) says nothing
+    of it: in a group that requires a level (``required``) it is refused until checked;
+    elsewhere it is served without a digest. Read where the bytes go out, so a file replaced
+    between the ranking and the request is never served on its predecessor's proof."""
+    same = done if done is not None and done.identity == opened else None
+    now = standing(same, required, name)
+    refusal = now.refused or (NOT_YET if required is not None and not now.proven else "")
+    verified = same.verified if same is not None else None
+    return refusal, verified.sha256 if verified is not None and not refusal else ""

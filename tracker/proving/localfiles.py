@@ -29,12 +29,13 @@ import trio
 from tracker.cache.checked import check_opened, open_copy
 from tracker.cache.lifting import Voter, liftable, lifted
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.digests import Digests
+from tracker.core.digests import Digests, repr_digest
 from tracker.core.index import Index
 from tracker.core.localcopies import (
     Checked,
     Identity,
     LocalCopy,
+    admission,
     checks_due,
     gated,
     holder,
@@ -44,7 +45,7 @@ from tracker.core.localcopies import (
 from tracker.core.logs import log_event
 from tracker.core.snapshotsources import TargetKey
 from tracker.discovery.local import scan_local
-from tracker.errors import ArchiveInvalid, ProbeError
+from tracker.errors import ArchiveInvalid, ProbeError, RequestError
 
 log = logging.getLogger("tracker.proof")
 
@@ -81,32 +82,53 @@ class LocalProofs:
         self._copies: dict[str, LocalCopy] = {}
         #: When a check could not read a file, by path.
         self._tried: dict[str, float] = {}
+        #: The paths whose check is started or running, and one check at a time: it reads
+        #: a whole archive (as the cache's start-up check).
+        self._checking: set[str] = set()
+        self._one_at_a_time = trio.Lock()
         #: Rounds completed (tests wait on it).
         self.rounds = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check the local files due every :data:`CHECK_EVERY` seconds, until cancelled."""
-        task_status.started()
-        while True:
-            await self.round()
-            await trio.sleep(self._every)
+        """Look at the local files every :data:`CHECK_EVERY` seconds and start the checks
+        due, each in the background (one at a time), until cancelled: a long check (a
+        mainnet full) never holds back noticing that another file changed."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await self.round(nursery)
+                await trio.sleep(self._every)
 
-    async def round(self) -> int:
-        """Check every local file due now, one after another; how many were checked."""
+    async def round(self, nursery: trio.Nursery | None = None) -> int:
+        """Check every local file due now: in ``nursery`` (None: one after another,
+        awaited); how many checks were due."""
         config = self._config()
         found = await trio.to_thread.run_sync(_listed, config) if config.verify_archives else []
         self._forget_changed({c.path: (c, i) for c, i in found})
+        running = [(c, i) for c, i in found if c.path not in self._checking]
         due = checks_due(
-            found, self._checked, self._tried, now=self._clock(), retry_after=self._retry_after
+            running, self._checked, self._tried, now=self._clock(), retry_after=self._retry_after
         )
         self._apply(config)  # a reload may have changed a group's level meanwhile
         for copy, identity in due:
-            await self._check(config, copy, identity)
-            self._apply(self._config())
+            self._checking.add(copy.path)
+            if nursery is None:
+                await self._check_one(copy, identity)
+            else:
+                nursery.start_soon(self._check_one, copy, identity)
         await self._lift()
         self._apply(self._config())
         self.rounds += 1
         return len(due)
+
+    async def _check_one(self, copy: LocalCopy, identity: Identity) -> None:
+        """Check ``copy`` when no other check runs, then mark what it said."""
+        try:
+            async with self._one_at_a_time:
+                await self._check(self._config(), copy, identity)
+            self._apply(self._config())
+        finally:
+            self._checking.discard(copy.path)
 
     def _forget_changed(self, now: dict[str, tuple[LocalCopy, Identity | None]]) -> None:
         """Forget what was said of each file that is gone or is another file now (another
@@ -184,6 +206,21 @@ class LocalProofs:
             self._index.disprove(copy.key, copy.name, now.refused or None)
             if done is not None and done.verified is not None:
                 self._digests.hold(holder(path), copy.key.group, copy.name, done.verified)
+
+    def admit(self, group: str, path: str, st: os.stat_result) -> dict[str, str]:
+        """Whether the local file at ``path`` of ``group``, opened to be served as ``st``,
+        may be served (:func:`tracker.core.localcopies.admission`): RequestError(404) with
+        the reason when not; its ``repr-digest`` when its check gave one."""
+        config = self._config()
+        found = config.group_named(group)
+        if found is None or not config.verify_archives:
+            return {}
+        required = gated(found.trust.require)
+        name = os.path.basename(path)
+        refusal, sha256 = admission(self._checked.get(path), identity_of(st), required, name)
+        if refusal:
+            raise RequestError(404, f"{name}: {refusal}")
+        return {"repr-digest": repr_digest(sha256)} if sha256 else {}
 
     def of_target(self, key: TargetKey) -> list[tuple[str, Checked | None]]:
         """What the check of each file of the local target ``key`` said, by name (None: not
