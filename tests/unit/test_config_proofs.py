@@ -210,3 +210,36 @@ def test_attest_says_when_nothing_can_be_signed(
         assert found == "" and warned == []
     else:
         assert says in found and warned == [f"attest: {found}"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets", "warned"),
+    [
+        pytest.param("", "http_targets: {targets: ['http://n:1/']}", True, id="redirect mode"),
+        pytest.param("", "local_targets: {paths: [LEDGER]}", False, id="local files: read whole"),
+        pytest.param(
+            "proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: CACHE\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            False,
+            id="a disk cache reads them whole",
+        ),
+        pytest.param(
+            "proxy_snapshot_downloads: true\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            True,
+            id="proxy mode uncached",
+        ),
+    ],
+)
+def test_require_accounts_out_of_reach_of_head_reads_is_said(
+    tmp_path: Path, settings: str, targets: str, warned: bool
+) -> None:
+    """docs/http-api.md, "Proven archives": a head read proves a copy to manifest at most."""
+    (tmp_path / "ledger").mkdir()
+    settings = settings.replace("CACHE", str(tmp_path / "cache"))
+    targets = targets.replace("LEDGER", str(tmp_path / "ledger"))
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: accounts}}, {targets}}}]\n"
+    found = [w for w in load(tmp_path, text).warnings if ".trust.require: accounts" in w]
+    assert bool(found) is warned, found
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: accounts: without a disk")

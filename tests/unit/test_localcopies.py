@@ -16,6 +16,7 @@ from tracker.core.localcopies import (
     Identity,
     LocalCopy,
     Standing,
+    admission,
     checks_due,
     gated,
     holder,
@@ -227,3 +228,44 @@ def test_a_local_target_s_files_in_v1_targets() -> None:
         {"file_name": INC, "state": "checking"},
         {"file_name": "x", "state": "failed", "reason": "tar: truncated"},
     ]
+
+
+OTHER: Identity = (1, 99, 500, 7)
+
+
+@pytest.mark.parametrize(
+    ("done", "opened", "required", "expected"),
+    [
+        pytest.param(passed(), ONE, None, ("", SHA), id="proven, no level: with its digest"),
+        pytest.param(passed(), ONE, Level.ACCOUNTS, ("", SHA), id="proven to the level"),
+        pytest.param(None, ONE, None, ("", ""), id="not checked, no level: served bare"),
+        pytest.param(None, ONE, Level.MANIFEST, (NOT_YET, ""), id="not checked: refused"),
+        pytest.param(passed(), OTHER, Level.ACCOUNTS, (NOT_YET, ""), id="replaced since its check"),
+        pytest.param(passed(), OTHER, None, ("", ""), id="replaced, no level: no digest"),
+        pytest.param(
+            Checked(ONE, failed="tar: truncated"),
+            ONE,
+            None,
+            ("tar: truncated", ""),
+            id="failed: refused, even without a level",
+        ),
+        pytest.param(
+            Checked(ONE, failed="tar: truncated"),
+            OTHER,
+            None,
+            ("", ""),
+            id="a failed file replaced: the new one is not its predecessor",
+        ),
+        pytest.param(
+            passed(MANIFEST),
+            ONE,
+            Level.ACCOUNTS,
+            ("proven to manifest, accounts required", ""),
+            id="below the level",
+        ),
+    ],
+)
+def test_whether_a_local_file_as_opened_may_be_served(
+    done: Checked | None, opened: Identity, required: Level | None, expected: tuple[str, str]
+) -> None:
+    assert admission(done, opened, required, FULL) == expected

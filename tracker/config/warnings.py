@@ -69,6 +69,8 @@ _TARGET_KINDS = (
     "local_targets",
     "cluster_discovery",
 )
+#: The kinds whose copies are read over the network (a local target's files are on disk).
+_REMOTE_KINDS = tuple(kind for kind in _TARGET_KINDS if kind != "local_targets")
 
 
 def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
@@ -86,6 +88,17 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         found.append(
             ".trust.require: cluster needs `rpc` to read the votes (docs/architecture.md,"
             ' "The cluster level"): every archive of the group stays below it; set `rpc`'
+        )
+    remote = any(getattr(group, kind) is not None for kind in _REMOTE_KINDS)
+    cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
+    if group.trust.require == Level.ACCOUNTS and remote and not cached:
+        # Without a disk cache only head reads prove a copy over the network, and they stop
+        # at its manifest (docs/http-api.md, "Proven archives"): no such full reaches it.
+        found.append(
+            ".trust.require: accounts: without a disk cache a copy over the network is proven"
+            " by a head read, to manifest at most: no full of this group's sources will be"
+            " handed out (local files, read whole, can reach it); require manifest, or use"
+            " proxy mode with proxy_snapshot_cache_dir"
         )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
