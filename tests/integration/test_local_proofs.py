@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import yaml
 from archives import forged_accounts_archive
+from helpers_cluster import STAKES, bank_hash, votes_for
 from helpers_process import start_serve
+from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_votes import VoteRpc
 from test_attestations import attest
 from test_fetch import fetch_command, run_cli, the_error_line
 
@@ -178,6 +182,48 @@ async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(
         assert "not proven yet" not in target["last_error"], target
         assert (await client.get(f"{base}/v1/snapshots")).json() == []  # the chains need it
         assert (await client.get(f"{base}/v1/local/{FULL}.sha256")).status_code == 404
+
+
+@pytest.mark.usefixtures("quick_vote_retries")
+async def test_local_files_reach_cluster_by_the_votes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``trust.require: cluster`` with ``rpc``: each local file proven by its check is lifted
+    by the votes, as a cached copy is, and handed out only then: nothing while the RPC holds
+    its blocks back (every file checked meanwhile), all three at ``cluster`` once 2/3 of the
+    stake voted each bank hash."""
+    voted = trio.Event()
+    node = VoteRpc(stakes=STAKES, hold={"getBlock": voted})
+    url = await nursery.start(serve_app, node.app())
+    config = quickstart_config(tmp_path, trust={"require": "cluster"})
+    settings = yaml.safe_load(config.read_text())
+    settings["rpc"] = url + "/"
+    config.write_text(yaml.safe_dump(settings))
+    for path in (tmp_path / "ledger").iterdir():
+        slot = int(path.name.removesuffix(".tar.zst").split("-")[-2])
+        bank = bank_hash(tmp_path, path.name, path.read_bytes())
+        node.blocks.update(votes_for(slot, bank, majority=True))
+    base, _internal = await start_tracker(nursery, config)
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def listed() -> dict[str, dict[str, Any]]:
+            return listed_files((await client.get(f"{base}/v1/snapshots")).json())
+
+        async def checked_not_voted() -> bool:
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            states = [f["state"] for f in target["local_files"]]
+            return states == ["checked"] * 3 and "getBlock" in {m for m, _p in node.calls}
+
+        await wait_until(checked_not_voted, timeout=30)
+        assert await listed() == {}
+        voted.set()
+
+        async def all_three() -> bool:
+            return len(await listed()) == 3
+
+        await wait_until(all_three, timeout=60)
+        for f in (await listed()).values():
+            assert f["proof"]["level"] == "cluster" and f["proof"]["voted_stake"] == 0.7, f
 
 
 async def test_attest_signs_local_files_and_fetch_trusts_them(
