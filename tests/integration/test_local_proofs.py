@@ -151,6 +151,33 @@ async def test_trust_require_on_a_local_group_is_enforced(
         assert "cluster required" in target["last_error"], target
 
 
+async def test_a_group_without_a_level_shows_a_failed_file_and_ranks_it_as_it_did(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No ``trust.require``: the forged full is checked and shown failed (``/v1/targets``),
+    listed without a digest as before (no level is enforced where none is set); the good
+    files carry theirs."""
+    config = quickstart_config(tmp_path)
+    (tmp_path / "ledger" / FORGED).write_bytes(FORGED_DATA)
+    base, _internal = await start_tracker(nursery, config)
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def all_checked() -> bool:
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            states = {f["file_name"]: f["state"] for f in target["local_files"]}
+            return len(states) == 4 and "checking" not in states.values()
+
+        await wait_until(all_checked, timeout=30)
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        failed = {f["file_name"]: f for f in target["local_files"]}[FORGED]
+        assert failed["state"] == "failed" and "lattice hash" in failed["reason"]
+        assert target["last_error"] == ""
+        files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
+        assert set(files) == {*on_disk(LEDGER), FORGED}
+        assert "sha256" not in files[FORGED] and "proof" not in files[FORGED]
+        assert files[FULL]["proof"]["level"] == "accounts"
+
+
 async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

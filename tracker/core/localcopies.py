@@ -5,9 +5,11 @@ A ``local`` target's files are on the tracker's own disk, so they are checked an
 the cache's copies are, in the background: once per file identity (device, inode, size,
 mtime), again when the file under a name changes. A file that passes is held verified as
 the holder :func:`holder` (its digest and proof in the JSON, signed with ``attest``); one
-that fails is kept out of the ranking with its reason; in a group that sets
-``trust.require`` above ``structure`` a local file is ranked only once its check proved it
-to that level (:func:`standing`).
+that fails shows why (``/v1/targets``, the log). In a group that sets ``trust.require``
+above ``structure`` a local file is ranked only once its check proved it to that level, one
+that fails or falls short is kept out with the reason (:func:`standing`); a group that sets
+none ranks every file as it did (as in redirect mode: no level is enforced where none is
+set).
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def checks_due(
 @attrs.frozen
 class Standing:
     """Where a local file stands in the ranking: ``proven`` (it reached its group's level:
-    ranked in a group that requires one) and ``refused`` (why it is kept out in every group:
-    its check failed, or its proof is below the level; "": it is not)."""
+    ranked in a group that requires one) and ``refused`` (why a group that requires one
+    keeps it out: its check failed, or its proof is below the level; "": it is not)."""
 
     proven: bool
     refused: str = ""
@@ -100,12 +102,12 @@ class Standing:
 def standing(done: Checked | None, required: Level | None, name: str) -> Standing:
     """Where the local file of the archive ``name`` stands: ``done`` is what the check of its
     current identity said (None: not checked yet), ``required`` its group's
-    ``trust.require`` when above ``structure`` (None: the group requires nothing; a file is
-    ranked unless its check failed)."""
+    ``trust.require`` when above ``structure`` (None: the group requires nothing and ranks
+    every file, one that failed its check included: the failure is shown, not enforced)."""
     if done is None:
         return Standing(proven=False)
     if done.verified is None:
-        return Standing(proven=False, refused=done.failed)
+        return Standing(proven=False, refused=done.failed if required is not None else "")
     if required is None:
         return Standing(proven=True)
     below = below_required(done.verified.proof, required, name)

@@ -161,10 +161,12 @@ class LocalProofs:
             checked = await check_opened(fd, st, name, bound)
         except ArchiveInvalid as exc:
             self._checked[path] = Checked(identity_of(st), failed=exc.reason)
-            log_event(
-                log, "warning", "archive_rejected", group=group, file=name, source=path,
-                reason=exc.reason,
-            )  # fmt: skip
+            # Rejected (kept out, on the status page's list) where the group requires a
+            # level; elsewhere ranked as it was, and said.
+            group_config = config.group_named(group)
+            kept_out = group_config is not None and local_gated(config, group_config)
+            event = "archive_rejected" if kept_out else "local_archive_failed"
+            log_event(log, "warning", event, group=group, file=name, source=path, reason=exc.reason)
             return
         except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
             self._tried[path] = self._clock()
