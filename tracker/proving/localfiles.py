@@ -8,11 +8,13 @@ background, one after another, once per file identity (:mod:`tracker.core.localc
 decides which and where each stands). What passed is held verified in the digests as that
 file's own copy (its ``sha256`` and ``proof`` in the JSON, the ``.sha256`` route, a
 statement signed with ``attest``); with ``rpc`` set the cluster's votes are asked of it as
-of a cached copy (:func:`tracker.cache.lifting.lifted`). A file that fails is kept out of
-the ranking with its reason (never deleted: the directory is the validator's); in a group
-that sets ``trust.require`` above ``structure`` a file ranks only once proven there (the
-index's local gate, :func:`local_gated`, set by the composition root before any result
-ranks). The files are listed here as the scrape lists them, every second.
+of a cached copy (:func:`tracker.cache.lifting.lifted`). A file is never deleted (the
+directory is the validator's). In a group that sets ``trust.require`` above ``structure`` a
+file ranks only once proven there (the index's local gate, :func:`local_gated`, set by the
+composition root before any result ranks), one that fails or falls short is kept out with
+its reason, and the file served must be the one proven (:meth:`LocalProofs.admit`); a group
+that sets none ranks its files as it did, a failure shown only. The files are listed here
+as the scrape lists them, every second.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class LocalProofs:
             if listed[0] == copy and (done is None or listed[1] == done.identity):
                 continue  # the same file (or not checked yet: nothing said of it)
             self._checked.pop(path, None)
+            self._tried.pop(path, None)
             self._digests.drop(holder(path), copy.key.group, copy.name)
             self._index.prove(copy.key, copy.name, proven=False)
             self._index.disprove(copy.key, copy.name, None)
