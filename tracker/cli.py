@@ -255,7 +255,8 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     if args.command == "serve":
         signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
     if args.command == "fetch":
-        return fetch_main(args, parser)
+        # Its usage errors print fetch's usage, not the top level's.
+        return fetch_main(args, parser.commands["fetch"])
     if args.command == "verify":
         return verify_main(args)
     if args.command == "attest":

@@ -80,3 +80,37 @@ async def test_require_accounts_fetches_a_full_whose_storages_prove(tmp_path: Pa
     code, _line, ledger = await fetch(tmp_path, GOOD, "--require", "accounts")
     assert code == 0
     assert (ledger / NAME).read_bytes() == GOOD
+
+
+async def test_require_cluster_exits_2_before_any_download(tmp_path: Path) -> None:
+    """fetch asks no RPC, so no archive could reach ``cluster``: refused up front (exit 2,
+    the usage and one line), nothing asked of the tracker or the source."""
+    ledger = ledger_of(tmp_path)
+    up = FakeUpstream(files={NAME: GOOD})
+    async with tracker_of([up]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none")
+        done = await run_cli(*command, "--require", "cluster")
+        assert tracker.seen == [] and up.seen == []
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "Traceback" not in err and err.startswith("usage: snapshot-tracker fetch ")
+    assert err.splitlines()[-1].startswith("snapshot-tracker fetch: error: --require cluster ")
+    assert list(ledger.iterdir()) == []
+
+
+async def test_require_accounts_says_an_incremental_stops_at_manifest(tmp_path: Path) -> None:
+    """``--require accounts`` takes the incremental at ``manifest`` (its storages cannot
+    prove the whole state) and its ``fetch_done`` line says so; the full's says ``accounts``."""
+    incremental, data = build_archive(SLOT + 100, base_slot=SLOT, accounts=2)
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([FakeUpstream(files={NAME: GOOD, incremental: data})]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(*command, "--incremental=true", "--require", "accounts")
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([incremental, NAME])
+    [full_line] = [line for line in err.splitlines() if f"fetch_done file={NAME}" in line]
+    [inc_line] = [line for line in err.splitlines() if f"fetch_done file={incremental}" in line]
+    assert "proven=accounts" in full_line, full_line
+    note = "incremental: proven to manifest, the most an incremental can reach"
+    assert note in inc_line, inc_line

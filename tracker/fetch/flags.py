@@ -51,6 +51,19 @@ def duration_arg(text: str) -> float:
     return seconds
 
 
+def url_arg(text: str) -> str:
+    """An ``http://`` or ``https://`` URL (``--tracker``, ``--source``); one without a
+    scheme is answered with the fix (``127.0.0.1:8458``: did you mean
+    ``http://127.0.0.1:8458``?), not left for the first request to refuse. "" stays ""
+    (the flag's default: not given)."""
+    scheme, sep, rest = text.partition("://")
+    if not text or (sep and scheme.lower() in ("http", "https") and rest):
+        return text
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{text}?")
+    raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+
+
 def _rate(text: str) -> float:
     """A positive, finite number (slots per second)."""
     try:
@@ -107,6 +120,7 @@ def add_fetch_parser(commands: Any) -> None:
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
     add(
         "--tracker",
+        type=url_arg,
         default="",
         metavar="URL",
         help="the tracker to ask (this or --source is required)",
@@ -114,6 +128,7 @@ def add_fetch_parser(commands: Any) -> None:
     add(
         "--source",
         action="append",
+        type=url_arg,
         default=[],
         metavar="URL",
         help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
@@ -163,8 +178,9 @@ def add_fetch_parser(commands: Any) -> None:
         default="structure",
         metavar="LEVEL",
         help="refuse an archive its check does not prove to LEVEL: "
-        f'{", ".join(LEVEL_NAMES)} (docs/architecture.md, "Proven archives"; default: '
-        "%(default)s)",
+        f'{", ".join(LEVEL_NAMES[:-1])} (docs/architecture.md, "Proven archives"; default: '
+        "%(default)s). accounts takes incrementals at manifest, the most an incremental can "
+        "reach; cluster is refused: fetch has no RPC to weigh the cluster's votes",
     )
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
@@ -285,10 +301,18 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
 
 
 def unreachable_level(args: argparse.Namespace) -> str:
-    """Why no full could reach ``--require`` with these flags ("" when one can): a full
-    reaches ``accounts`` only with its accounts proven; said before any download, not after
-    each (an incremental's ``accounts`` is ``manifest``). Pure."""
+    """Why no archive could reach ``--require`` with these flags ("" when one can): none
+    reaches ``cluster`` (fetch asks no RPC), a full reaches ``accounts`` only with its
+    accounts proven; said before any download, not after each (an incremental's
+    ``accounts`` is ``manifest``). Pure."""
     required = Level.parse(args.require) or Level.STRUCTURE
+    if required >= Level.CLUSTER:
+        # Only an RPC's answers of the votes lift a copy to cluster (docs/architecture.md,
+        # "The cluster level"): every archive would be downloaded whole, then refused.
+        return (
+            f"--require {args.require} needs an RPC to weigh the cluster's votes, which fetch "
+            "does not ask; take --require accounts (a tracker with rpc proves cluster)"
+        )
     if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
         return f"--require {args.require} needs --verify and --prove-accounts true"
     return ""

@@ -32,6 +32,7 @@ from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
 from tracker.net.httpclients import ClientShape, bulk_client
+from tracker.proof.levels import Level, Proof
 
 log = logging.getLogger("tracker.fetch")
 
@@ -277,5 +278,18 @@ async def _download(
         sources=used or "none (already on disk)",
         steals=result.steals,
         sha256=result.sha256 or "not verified",
+        proven=proven_text(result.proof, file.name.is_full, options.settings.require),
     )
     return result
+
+
+def proven_text(proof: Proof | None, is_full: bool, required: Level) -> str:
+    """The ``proven`` field of ``fetch_done``: the level the archive's check reached, and
+    for an incremental asked for ``accounts`` or more, that ``manifest`` is all it can
+    reach (its storages hold only the slots since its base: docs/architecture.md, "Proven
+    archives"), so a reader does not take the lower level for a failure. Pure."""
+    if proof is None:
+        return "not verified"
+    if not is_full and required >= Level.ACCOUNTS and proof.level == Level.MANIFEST:
+        return "incremental: proven to manifest, the most an incremental can reach"
+    return proof.level.label
