@@ -1,4 +1,5 @@
-"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``attest``, ``--version``.
+"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``attest``, ``keygen``,
+``pubkey``, ``--version``.
 
 Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 """
@@ -27,6 +28,7 @@ from tracker.fetch.flags import (
     duration_arg,
     fetch_main,
 )
+from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
 from tracker.fetch.statementfiles import (
     add_attest_parser,
     add_trust_flags,
@@ -114,6 +116,7 @@ def build_parser() -> Parser:
     add_prove_accounts_max(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
+    add_key_parsers(commands)
     return parser
 
 
@@ -261,6 +264,10 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
         return verify_main(args)
     if args.command == "attest":
         return attest_main(args)
+    if args.command == "keygen":
+        return keygen_main(args)
+    if args.command == "pubkey":
+        return pubkey_main(args)
     try:
         config = load(args)
     except ConfigError as exc:
