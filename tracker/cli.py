@@ -39,6 +39,9 @@ from tracker.fetch.statementfiles import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
+    from tracker.cache.lifting import Voter
     from tracker.config.schema import Config
 
 # The commands' own libraries are imported where they run: `verify` of a file starts without
@@ -197,6 +200,17 @@ def attest_main(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cluster_voter(rpcs: tuple[str, ...], client: httpx.AsyncClient) -> Voter:
+    """Who asks ``fetch --rpc``'s votes: the daemon's own (docs/architecture.md, "The
+    cluster level"), the first URL as ``rpc`` and the others as ``cluster_proof.also_rpc``,
+    whose answers must agree, with the section's defaults (32 blocks, 30 s per archive)."""
+    from tracker.config.schema import ClusterProof, Config
+    from tracker.proving.clustervotes import ClusterVotes
+
+    config = Config(rpc=rpcs[0], cluster_proof=ClusterProof(also_rpc=rpcs[1:]))
+    return ClusterVotes(lambda: config, client)
+
+
 def load(args: argparse.Namespace) -> Config:
     """Load the config file and apply the command-line overrides (raises ConfigError)."""
     from tracker.config.loading import load_config
@@ -259,7 +273,8 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
         signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
     if args.command == "fetch":
         # Its usage errors print fetch's usage, not the top level's.
-        return fetch_main(args, parser.commands["fetch"])
+        voter_for = partial(cluster_voter, tuple(args.rpc)) if args.rpc else None
+        return fetch_main(args, parser.commands["fetch"], voter_for)
     if args.command == "verify":
         return verify_main(args)
     if args.command == "attest":

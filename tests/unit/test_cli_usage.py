@@ -69,24 +69,51 @@ def test_a_bad_duration_names_every_unit_the_parser_takes(
     assert "'500ms', '15s', '1m30s' or '7d'" in err
 
 
-def test_require_cluster_is_refused_before_any_download(
+def test_require_cluster_without_rpc_is_refused_before_any_download(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """fetch asks no RPC, so nothing could reach ``cluster``: refused at once (this layer
-    has no network at all: a request would fail the test), not after a whole download."""
+    """Without ``--rpc`` nothing could reach ``cluster``: refused at once (this layer has
+    no network at all: a request would fail the test), not after a whole download."""
     err = usage_error([*FETCH, "--require", "cluster"], capsys)
     assert err.startswith("usage: snapshot-tracker fetch "), err
     assert err.splitlines()[-1] == (
-        "snapshot-tracker fetch: error: --require cluster needs an RPC to weigh the cluster's "
-        "votes, which fetch does not ask; take --require accounts (a tracker with rpc proves "
-        "cluster)"
+        "snapshot-tracker fetch: error: --require cluster needs --rpc URL: the cluster's votes "
+        "are asked of an RPC"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--require", "cluster", "--rpc", "http://127.0.0.1:8899"], ""),
+        (["--rpc", "http://127.0.0.1:8899"], ""),
+        (["--rpc", "http://a", "--rpc", "http://b", "--require", "cluster"], ""),
+        (["--rpc", "http://a", "--verify=false"], "--rpc needs --verify true"),
+        (
+            ["--require", "cluster", "--rpc", "http://a", "--prove-accounts=false"],
+            "--require cluster needs --verify and --prove-accounts true",
+        ),
+    ],
+)
+def test_rpc_lifts_the_refusal_of_cluster(flags: list[str], refused: str) -> None:
+    from tracker.fetch.flags import unreachable_level
+
+    args = build_parser().parse_args([*FETCH, *flags])
+    found = unreachable_level(args)
+    assert (refused in found) if refused else found == ""
+    assert args.rpc == [f for f in flags if f.startswith("http")]
+
+
+def test_rpc_without_a_scheme_gets_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error([*FETCH, "--rpc", "127.0.0.1:8899"], capsys)
+    assert "did you mean http://127.0.0.1:8899?" in err
 
 
 def test_the_help_of_require_says_what_incrementals_and_cluster_get() -> None:
     flat = " ".join(build_parser().commands["fetch"].format_help().split())
     assert "accounts takes incrementals at manifest, the most an incremental can reach" in flat
-    assert "cluster is refused: fetch has no RPC" in flat
+    assert "cluster needs --rpc" in flat
+    assert "--rpc URL a Solana JSON-RPC URL whose votes lift each checked archive" in flat
 
 
 MANIFEST = Proof(Level.MANIFEST)
@@ -104,6 +131,13 @@ MANIFEST = Proof(Level.MANIFEST)
         (MANIFEST, False, Level.MANIFEST, "manifest"),
         (MANIFEST, True, Level.STRUCTURE, "manifest"),
         (Proof(Level.ACCOUNTS), True, Level.ACCOUNTS, "accounts"),
+        (Proof(Level.CLUSTER), False, Level.CLUSTER, "cluster"),
+        (
+            Proof(Level.ACCOUNTS, note="cluster not proven: no answer"),
+            True,
+            Level.ACCOUNTS,
+            "accounts (cluster not proven: no answer)",
+        ),
         (None, False, Level.ACCOUNTS, "not verified"),
     ],
 )

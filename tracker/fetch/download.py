@@ -29,6 +29,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.cache.lifting import lifted
 from tracker.core.digests import below_required
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
@@ -306,11 +307,11 @@ async def _verify(
     crew: Crew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
 ) -> tuple[str, Proof]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
-    told its end) and what its check proved, when it passes the archive check, is proven
-    to ``--require``, is one of the tracker's ``sha256`` (when that lists any) and enough
-    trusted keys vouch for it (``--trust-key``); else the temp file and its state are
-    deleted and CopyRejected raised, or FetchError when the statements refused it
-    (docs/http-api.md, "Signed statements")."""
+    told its end) and what its check proved (and the votes, with ``--rpc``), when it passes
+    the archive check, is proven to ``--require``, is one of the tracker's ``sha256`` (when
+    that lists any) and enough trusted keys vouch for it (``--trust-key``); else the temp
+    file and its state are deleted and CopyRejected raised, or FetchError when the
+    statements refused it (docs/http-api.md, "Signed statements")."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
     unvouched = None
     try:
@@ -319,8 +320,12 @@ async def _verify(
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
     else:
-        digest = checked.sha256
-        below = below_required(checked.proof, require, name)
+        digest, proof = checked.sha256, checked.proof
+        if crew.settings.voter is not None:
+            # --rpc: the votes lift what the check proved to cluster (docs/architecture.md,
+            # "The cluster level"); a minority or a failed RPC leaves it, with the reason.
+            proof = await lifted(crew.settings.voter, name, proof)
+        below = below_required(proof, require, name)
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:
@@ -329,7 +334,7 @@ async def _verify(
             size = pool[0].identity.size
             unvouched = await statements_problem(crew.client, file, size, digest, crew.settings)
             if unvouched is None:
-                return digest, checked.proof
+                return digest, proof
             reason = unvouched
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)
