@@ -45,6 +45,9 @@ class Attestations:
         self._now = 0.0
         #: Changes with every statement signed or dropped (the listings render again).
         self.version = 0
+        #: The last statement this tracker signed: when (seconds since the epoch), of which
+        #: archive (group, name); None when it signed none since it started.
+        self.last_signed: tuple[float, str, str] | None = None
 
     @property
     def public_key(self) -> str | None:
@@ -99,6 +102,7 @@ class Attestations:
             signed = self._own.get((group, name, holder))
             if signed is None or due(signed.statement, wanted, now, valid_for):
                 signed = signer.sign(wanted)
+                self.last_signed = (now, group, name)
             kept[(group, name, holder)] = signed
         return kept
 
@@ -111,8 +115,19 @@ class Attestations:
         if self._signer is None or copy is None:
             return None
         signed = self._signer.sign(statement_of(copy, now, self._valid_for))
+        self.last_signed = (now, group, name)
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
+
+    @property
+    def held(self) -> int:
+        """How many statements of its own this tracker holds (as of the last :meth:`sync`)."""
+        return len(self._own)
+
+    @property
+    def valid_for(self) -> float:
+        """How long each statement holds (seconds; 0 when nothing is signed)."""
+        return self._valid_for if self._signer is not None else 0.0
 
     def forget(self, group: str, name: str, holder: str) -> None:
         """Drop the statement signed of a copy that never came to be (a failed upload)."""

@@ -27,7 +27,12 @@ import attrs
 import base58
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level, required_for
@@ -146,6 +151,16 @@ class Signer:
         if base58.b58encode(raw[32:]).decode("ascii") != signer.public_key:
             raise StatementInvalid("key file: its public key does not belong to its secret key")
         return signer
+
+    @staticmethod
+    def new_keypair_json() -> bytes:
+        """A new random keypair in ``solana-keygen``'s format: a JSON array of 64 bytes, the
+        32-byte seed then the public key, with no spaces, as ``solana-keygen new`` writes
+        it (the operating system's random source, through ``cryptography``)."""
+        private = Ed25519PrivateKey.generate()
+        seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return json.dumps(list(seed + public), separators=(",", ":")).encode("ascii")
 
     def sign(self, statement: Statement) -> Attestation:
         """The statement signed."""
