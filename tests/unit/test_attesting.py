@@ -112,6 +112,7 @@ def _document(**changes: object) -> bytes:
         (_document(size=3696), "names size 3696, the object has 3695"),
         (_document(sha256="cd" * 32), f"the object has {SHA}"),
         (_document(expires=2_500), "expired at 2500"),
+        (_document(checked_at=2_801, expires=9_000), "checked at 2801, ahead of now"),
         (_document().replace(b'"signature": "', b'"signature": "2'), "signature"),
         (b"[]", "not a JSON object"),
         (b"{" * 20_000, "over 16384 bytes"),
