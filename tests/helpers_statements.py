@@ -50,5 +50,7 @@ def statement(**changes: object) -> Statement:
 
 
 def expected(**changes: object) -> Expected:
-    base = Expected(name=NAME, size=3695, sha256=SHA, required=Level.MANIFEST, is_full=True, now=NOW)
+    base = Expected(
+        name=NAME, size=3695, sha256=SHA, required=Level.MANIFEST, is_full=True, now=NOW
+    )
     return attrs.evolve(base, **changes)  # type: ignore[misc, arg-type]

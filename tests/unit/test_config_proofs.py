@@ -156,3 +156,25 @@ def test_require_cluster_without_rpc_warns(tmp_path: Path, settings: str, warned
     config = load(tmp_path, text)
     found = [w for w in config.warnings if "require: cluster needs `rpc`" in w]
     assert bool(found) is warned
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("", False),  # warned otherwise: no rpc at all
+        ("rpc: http://127.0.0.1:8899\n", True),
+        (
+            "rpc: http://127.0.0.1:8899\ncluster_proof: {also_rpc: ['http://127.0.0.2:8899']}\n",
+            False,
+        ),
+    ],
+)
+def test_require_cluster_on_one_rpc_warns(tmp_path: Path, settings: str, warned: bool) -> None:
+    # One lying RPC reaches two thirds with a voter it invents (docs/http-api.md, "The
+    # cluster level").
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    config = load(tmp_path, text)
+    found = [w for w in config.warnings if "rests on one RPC's word" in w]
+    assert bool(found) is warned
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: cluster rests on one RPC")

@@ -57,6 +57,12 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             ".trust.require: cluster needs `rpc` to read the votes (docs/architecture.md,"
             ' "The cluster level"): every archive of the group stays below it; set `rpc`'
         )
+    if group.trust.require == Level.CLUSTER and config.rpc and not config.cluster_proof.also_rpc:
+        found.append(
+            ".trust.require: cluster rests on one RPC's word: a lying `rpc` reaches a"
+            ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'
+            ' level"); name RPCs run by others in cluster_proof.also_rpc'
+        )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
