@@ -243,3 +243,25 @@ def test_require_accounts_out_of_reach_of_head_reads_is_said(
     assert bool(found) is warned, found
     if warned:
         assert found[0].startswith("target_groups[0].trust.require: accounts: without a disk")
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("", False),  # warned otherwise: no rpc at all
+        ("rpc: http://127.0.0.1:8899\n", True),
+        (
+            "rpc: http://127.0.0.1:8899\ncluster_proof: {also_rpc: ['http://127.0.0.2:8899']}\n",
+            False,
+        ),
+    ],
+)
+def test_require_cluster_on_one_rpc_warns(tmp_path: Path, settings: str, warned: bool) -> None:
+    # One lying RPC reaches two thirds with a voter it invents (docs/http-api.md, "The
+    # cluster level").
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    config = load(tmp_path, text)
+    found = [w for w in config.warnings if "rests on one RPC's word" in w]
+    assert bool(found) is warned
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: cluster rests on one RPC")

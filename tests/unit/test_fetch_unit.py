@@ -219,7 +219,7 @@ def test_prove_accounts_flags(flags: list[str], bound: int | None) -> None:
     ("flags", "refused"),
     [
         (["--require", "accounts", "--prove-accounts=false"], True),
-        (["--require", "cluster", "--verify=false"], True),
+        (["--require", "accounts", "--verify=false"], True),
         (["--require", "accounts", "--prove-accounts=false", "--full=false"], False),
         (["--require", "manifest", "--prove-accounts=false"], False),
         (["--require", "accounts"], False),

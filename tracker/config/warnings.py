@@ -100,6 +100,12 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             " handed out (local files, read whole, can reach it); require manifest, or use"
             " proxy mode with proxy_snapshot_cache_dir"
         )
+    if group.trust.require == Level.CLUSTER and config.rpc and not config.cluster_proof.also_rpc:
+        found.append(
+            ".trust.require: cluster rests on one RPC's word: a lying `rpc` reaches a"
+            ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'
+            ' level"); name RPCs run by others in cluster_proof.also_rpc'
+        )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from tracker.core.digests import Digests, Verified
 
 if TYPE_CHECKING:
-    from tracker.core.statements import Attestation, Signer, Statement
+    from tracker.core.statements import Attestation, Signer
 
 
 class Attestations:
@@ -45,10 +45,12 @@ class Attestations:
         self._now = 0.0
         #: Changes with every statement signed or dropped (the listings render again).
         self.version = 0
+        #: The last statement this tracker signed: when (seconds since the epoch), of which
+        #: archive (group, name); None when it signed none since it started (or since the
+        #: key changed).
+        self.last_signed: tuple[float, str, str] | None = None
         #: When the key in use was loaded (seconds since the epoch; None: nothing is signed).
         self.since: float | None = None
-        #: The last statement signed, and when (None: none since the key was loaded).
-        self.last: tuple[Statement, float] | None = None
 
     @property
     def public_key(self) -> str | None:
@@ -59,13 +61,12 @@ class Attestations:
         """Sign with ``signer`` (None: sign nothing) for ``valid_for`` seconds: at start and
         on every reload (``now``: seconds since the epoch, when the key is loaded). Another
         key or validity drops what was signed; it is signed again at the next :meth:`sync`."""
-        if self.public_key == (signer.public_key if signer else None) and (
-            valid_for == self._valid_for
-        ):
+        key = signer.public_key if signer else None
+        if self.public_key == key and valid_for == self._valid_for:
             return
-        if self.public_key != (signer.public_key if signer else None):
+        if self.public_key != key:  # what the card says is this key's (since, last signed)
             self.since = now if signer is not None else None
-            self.last = None
+            self.last_signed = None
         self._signer, self._valid_for = signer, valid_for
         if self._own:
             self._keep({})
@@ -106,7 +107,7 @@ class Attestations:
             signed = self._own.get((group, name, holder))
             if signed is None or due(signed.statement, wanted, now, valid_for):
                 signed = signer.sign(wanted)
-                self.last = (wanted, now)
+                self.last_signed = (now, group, name)
             kept[(group, name, holder)] = signed
         return kept
 
@@ -118,21 +119,26 @@ class Attestations:
         copy = held_copy(name, verified)
         if self._signer is None or copy is None:
             return None
-        wanted = statement_of(copy, now, self._valid_for)
-        signed = self._signer.sign(wanted)
-        self.last = (wanted, now)
+        signed = self._signer.sign(statement_of(copy, now, self._valid_for))
+        self.last_signed = (now, group, name)
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
+
+    @property
+    def held(self) -> int:
+        """How many statements of its own this tracker holds (as of the last :meth:`sync`)."""
+        return len(self._own)
+
+    @property
+    def valid_for(self) -> float:
+        """How long each statement holds (seconds; 0 when nothing is signed)."""
+        return self._valid_for if self._signer is not None else 0.0
 
     def forget(self, group: str, name: str, holder: str) -> None:
         """Drop the statement signed of a copy that never came to be (a failed upload)."""
         own = dict(self._own)
         if own.pop((group, name, holder), None) is not None:
             self._keep(own)
-
-    def held(self) -> int:
-        """How many statements this tracker holds signed now (one per copy)."""
-        return len(self._own)
 
     def uploaded(self) -> list[tuple[str, str, Attestation]]:
         """This tracker's statement of each bucket copy it uploaded: (group, name, it)."""

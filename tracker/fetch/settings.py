@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from tracker.fetch.trust import TrustPolicy
 from tracker.proof.levels import Level
+
+if TYPE_CHECKING:
+    from tracker.cache.lifting import Voter
 
 MiB = 1024 * 1024
 
@@ -56,3 +61,7 @@ class FetchSettings:
     #: Longest wait for the whole answer of the tracker's ``.attestation`` route (a document
     #: of at most 16 KiB).
     statements_timeout: float = 10.0
+    #: Who asks the cluster's votes of each checked archive (``--rpc``; docs/architecture.md,
+    #: "The cluster level"); None: nobody, an archive stops where its check does. With
+    #: ``verify`` only: the votes are for the bank hash the check reads.
+    voter: Voter | None = attrs.field(default=None, eq=False)

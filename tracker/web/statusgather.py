@@ -138,14 +138,18 @@ def _signing(attestations: Attestations | None, config: Config, now: float) -> S
     if attestations is None:
         return None
     attestations.sync(now)
-    last = attestations.last
+    last = attestations.last_signed
+    level = ""
+    if last is not None:  # the level of this tracker's statement of that archive
+        own = attestations.documents(last[1], last[2])
+        level = own[0].statement.level.label if own else ""
     return SigningView(
         public_key=attestations.public_key,
         since=attestations.since,
-        held=attestations.held(),
-        last_name=last[0].name if last is not None else "",
-        last_level=last[0].level.label if last is not None else "",
-        last_at=last[1] if last is not None else None,
+        held=attestations.held,
+        last_name=last[2] if last is not None else "",
+        last_level=level,
+        last_at=last[0] if last is not None else None,
         problem=nothing_signed(config),
     )
 

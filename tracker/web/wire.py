@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified
 from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.localcopies import Checked, holder
@@ -47,6 +48,28 @@ def wire_time(value: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``; microseconds kept when present."""
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+def statements_json(attestations: Attestations) -> dict[str, Any]:
+    """``/v1/statements`` (docs/http-api.md, "Signed statements"): whether this tracker
+    signs, the public key a fleet's ``--trust-key`` names, how long a statement holds, how
+    many statements of its own it holds and the last one it signed (None: none since it
+    started, or it signs nothing)."""
+    last = attestations.last_signed
+    signing = attestations.public_key is not None
+    return {
+        "signing": signing,
+        "public_key": attestations.public_key,
+        "valid_for_seconds": attestations.valid_for if signing else None,
+        "statements": attestations.held,
+        "last_signed": None
+        if last is None
+        else {
+            "time": wire_time(datetime.fromtimestamp(last[0], UTC)),
+            "group": last[1],
+            "name": last[2],
+        },
+    }
 
 
 def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
