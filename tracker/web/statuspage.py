@@ -342,7 +342,8 @@ def _signing(view: StatusView) -> str:
     since = ago(view.now, signing.since) if signing.since is not None else "—"
     last = '<span class="none">none yet</span>'
     if signing.last_at is not None:
-        when = f"{text(signing.last_level)}, {ago(view.now, signing.last_at)}"
+        level = f"{text(signing.last_level)}, " if signing.last_level else ""
+        when = f"{level}{ago(view.now, signing.last_at)}"
         last = f'<code>{text(signing.last_name)}</code> <span class="meta">{when}</span>'
     rows = [
         f"<tr><td><code>{text(signing.public_key)}</code></td><td>{since}</td>"
