@@ -266,7 +266,9 @@ def _hostile_documents() -> dict[str, tuple[bytes, str]]:
     """Documents put beside the good object, and what the refusal's line says."""
     key1, key2 = signer(1), signer(2)
     now = int(time.time())
-    good = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 3600)
+    good = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 3600
+    )
     signed = key1.sign(good)
     body = signed.to_json()
     flipped = body["signature"][:-2] + ("1" if body["signature"][-2] != "1" else "2") + "1"
@@ -342,7 +344,9 @@ async def test_a_tampered_bucket_copy_is_not_vouched_for(
     prefix = f"t-{secrets.token_hex(4)}/"
     key1 = signer(1)
     now = int(time.time())
-    good = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 3600)
+    good = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 3600
+    )
     # The object was replaced after its statement was written: it is not the copy signed.
     await put_copy(
         weed, f"{prefix}{GROUP}/{NAME}", GOOD + b"x", attestation=key1.sign(good).encode()
@@ -506,7 +510,9 @@ async def test_a_tampered_renewal_is_refused_and_the_old_statement_served_until_
     prefix = f"m-{secrets.token_hex(4)}/"
     key = f"{prefix}{GROUP}/{NAME}"
     key1, now = signer(1), int(time.time())
-    said = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 14)
+    said = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 14
+    )
     old = key1.sign(said)
     await put_copy(weed, key, GOOD, attestation=old.encode())
     async with (
