@@ -5,8 +5,12 @@ See :mod:`tracker.cache.store` for the life cycle. Writes run in worker threads,
 (so that :meth:`Refresh.abort` may close the original meanwhile); ``written`` advances over
 the finished prefix, in order, and wakes readers of the growing file. An upstream body still
 whole in its socket is moved into the file by ``splice(2)`` instead (:meth:`Refresh.splice_from`):
-no byte of it passes through Python. The blocking steps at both ends (room and the temp file;
-sync, rename, eviction) are :mod:`tracker.cache.tempfile`'s.
+no byte of it passes through Python. A refresh from several sources at once writes pieces
+at their offsets through the temp file's descriptor (:meth:`Refresh.descriptor`) and tells
+the gapless prefix as it grows (:meth:`Refresh.landed`): readers follow that prefix, never a
+byte past a gap (docs/architecture.md, "A refresh from several sources"). The blocking steps
+at both ends (room and the temp file; sync, rename, eviction) are
+:mod:`tracker.cache.tempfile`'s.
 """
 
 from __future__ import annotations
@@ -179,6 +183,12 @@ class Refresh:
         return max(0, self.size - self.written)
 
     @property
+    def checked(self) -> bool:
+        """True when the archive is checked before its readers get their last bytes (the
+        gate that lets a refresh take pieces from several sources: docs/http-api.md#trust)."""
+        return self._checking.verify
+
+    @property
     def failed(self) -> bool:
         """True once the refresh ended without all of its bytes."""
         return self.ended.is_set() and not self.verified
@@ -319,6 +329,25 @@ class Refresh:
         splice = partial(_splice_or_cache_error, self._ops.splice)
         sink = _Appender(count, self._end_of_file, partial(self._spliced, on_moved))
         await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
+
+    def descriptor(self) -> int:
+        """The open temp file, for pieces written at their offsets by a refresh from several
+        sources (the caller writes through its own duplicate: :meth:`abort` may close this
+        one meanwhile). CacheError when the refresh is not open."""
+        if self._fd is None or self._writes or self._queued:
+            raise CacheError("refresh is not open, or written in order already")
+        return self._fd
+
+    def landed(self, prefix: int) -> None:
+        """The first ``prefix`` bytes of the temp file are written without a gap (pieces
+        beyond them may be too): readers may follow up to there, the archive check reads
+        on. Never moves back; ignored once the refresh ended."""
+        if prefix <= self.written or self.ended.is_set():
+            return
+        self.written = min(prefix, self.size)
+        self._notify()
+        if self._fd is not None:
+            self._writeback.advance(self._fd, self.written)
 
     def _end_of_file(self) -> tuple[int, int]:
         """The temp file and where the next spliced bytes go in it."""

@@ -49,9 +49,12 @@ from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED
 from tracker.proxy.clientfeed import ChannelBody, EarlyBody, Flow, channel, pass_on, recorded
+from tracker.proxy.decisions import Found
 from tracker.proxy.failover import head_due
+from tracker.proxy.manysources import fill_from_many, identical, use_many
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.resume import UpstreamBody, resumable
 from tracker.proxy.transfers import Head, StreamJob, plan_head
@@ -127,7 +130,11 @@ async def fill(job: StreamJob, *, fallback: bool, task_status: trio.TaskStatus[H
                 await channel(job, body, head, flow, task_status)
                 return
             task_status.started(attrs.evolve(head, refresh=refresh if on_disk else None))
-            if on_disk:
+            others = _others(job, refresh, upstream.first, length)
+            if on_disk and use_many(length, others):
+                to_many = partial(_to_many, job, refresh, upstream, others, flow)
+                await recorded(upstream.first.url, flow, job.stop, to_many, "no reader left")
+            elif on_disk:
                 body = upstream.read(job, length, resume=True)
                 to_disk = partial(_to_disk, job, refresh, body, flow)
                 await recorded(body.first.url, flow, job.stop, to_disk, "no reader left")
@@ -160,6 +167,8 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
     refresh.abort()  # no-op after a promotion
     flow.report(job.events)
     body = upstream.body if upstream is not None else None
+    many = upstream.many if upstream is not None else []
+    received = body.received if body is not None else sum(s.sent for s in many)
     log_event(
         log,
         "info",
@@ -168,8 +177,9 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
         file=refresh.name,
         outcome=flow.outcome,
         size=refresh.size,
-        upstream_bytes=body.received if body is not None else 0,
+        upstream_bytes=received,
         resumes=body.resumes if body is not None else 0,
+        sources=len(many) or 1,
     )
 
 
@@ -205,13 +215,60 @@ async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: F
     """A refresh: upstream bytes to the temp file only, its readers follow the file
     (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
     await body.into(refresh, job.events.upstream_bytes, job.settings.read_timeout)
-    if await _promote(job, refresh, body):
+    if await _promote(job, refresh, body.first):
         flow.outcome = "refresh_ok"
         flow.report(job.events)
     flow.complete = True
 
 
-async def _promote(job: StreamJob, refresh: Refresh, body: UpstreamBody) -> bool:
+def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int) -> Found:
+    """The sources a refresh may take pieces from beside ``first`` (docs/http-api.md#trust:
+    the same name and size, the whole-file checks as the gate): none when the archive is not
+    checked (``verify_archives`` off: nothing would tell a mixed copy), or the answer is no
+    whole file."""
+    peers = job.peers
+    if peers is None or not peers.enabled or first.response.status_code != 200:
+        return []
+    if not refresh.checked:
+        return []
+    return identical(first.source.key, length, peers.found)
+
+
+async def _to_many(
+    job: StreamJob, refresh: Refresh, upstream: Upstream, others: Found, flow: Flow
+) -> None:
+    """A refresh from ``upstream``'s source and ``others`` at once
+    (:mod:`tracker.proxy.manysources`); its readers follow the gapless prefix."""
+    assert job.peers is not None  # others come from it
+    first = upstream.first
+
+    def known(sources: list[Source]) -> None:
+        upstream.splicing = lambda: sources[0].sent  # the first source's bytes, live
+        upstream.many = sources
+
+    outcome = await fill_from_many(
+        job.peers,
+        refresh,
+        first,
+        others,
+        read_timeout=job.settings.read_timeout,
+        upstream_bytes=job.events.upstream_bytes,
+        flowing=job.events.flowing,
+        on_sources=known,
+    )
+    upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
+    keys = [first.source.key, *(s.key for _f, s in others)]
+    for key, source in zip(keys, outcome.sources, strict=True):
+        job.events.refresh_share(key, source.sent, outcome.seconds)
+        if source is not outcome.sources[0]:  # the first one's is told when it closes
+            job.events.source_transfer(key, source.sent, outcome.seconds)
+    if await _promote(job, refresh, first):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
+    flow.complete = True
+
+
+async def _promote(job: StreamJob, refresh: Refresh, first: UpstreamAnswer) -> bool:
     """Promote a complete refresh whose archive passed its check; a failure after the check
     costs the cache, never the client. A failed check raises ArchiveInvalid: the refresh's
     readers never get their last bytes (docs/http-api.md, "Verified archives")."""
@@ -219,7 +276,7 @@ async def _promote(job: StreamJob, refresh: Refresh, body: UpstreamBody) -> bool
     try:
         await refresh.verify()  # readers may finish once it passed, whatever comes next
     except ArchiveInvalid as exc:
-        source = body.first.source
+        source = first.source
         log_event(
             log,
             "warning",
@@ -237,7 +294,7 @@ async def _promote(job: StreamJob, refresh: Refresh, body: UpstreamBody) -> bool
         )
         refresh.abort()
         return False
-    mtime = parse_http_date(body.first.response.headers.get("last-modified"))
+    mtime = parse_http_date(first.response.headers.get("last-modified"))
     try:
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
@@ -268,6 +325,9 @@ class Upstream:
         self.opened_at = trio.current_time()
         #: Body bytes a splice moved so far, while it runs (the status page reads it live).
         self.splicing: Callable[[], int] | None = None
+        #: The sources of a refresh from several at once, the first one first (their
+        #: shares: the log line, the status page).
+        self.many: list[Source] = []
 
     @property
     def moved(self) -> int:

@@ -36,6 +36,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Asking, open_upstream
+from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
@@ -128,6 +129,7 @@ class Launcher:
             early_size=sources.early,
             budget=self._channel_budget,
             slotted=asking.slotted,
+            peers=Peers(self._clients, group, sources.found, enabled=origin == "upstream"),
         )
 
     async def start(
