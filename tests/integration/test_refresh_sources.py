@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wai
 from helpers_upstream import Behaviour, FakeUpstream, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
+from tracker.core.index import TargetKey
 from tracker.proxy import manysources
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
@@ -85,16 +87,19 @@ def sent(up: FakeUpstream) -> int:
 
 
 async def test_three_capped_sources_give_one_client_their_sum(tmp_path: Path) -> None:
-    async with sources(3) as ups, tracker(tmp_path, ups) as t:
+    # One source alone first, under the same load: what the three are measured against.
+    async with sources(1) as ups, tracker(tmp_path / "one", ups) as t:
+        status, digest, size, alone = await get(t.url(NAME))
+        assert (status, digest, size) == (200, sha256(DATA), SIZE)
+    async with sources(3) as ups, tracker(tmp_path / "three", ups) as t:
         status, digest, size, seconds = await get(t.url(NAME))
         assert (status, digest, size) == (200, sha256(DATA), SIZE)
         await wait_for(lambda: NAME in t.cached())
         assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
     shares = [sent(up) / SIZE for up in ups]
-    rate = SIZE / seconds
-    print(f"\nthree sources: {rate / RATE:.2f}x one source; shares {shares}")
-    # One source alone needs SIZE / RATE seconds; the three together well under half that.
-    assert rate >= 1.8 * RATE
+    print(f"\nthree sources: {alone / seconds:.2f}x one source; shares {shares}")
+    # Ideally 3x; well over half of that even on a loaded machine.
+    assert alone / seconds >= 1.8
     assert all(share >= 0.15 for share in shares), shares
     assert sum(shares) <= 1.3  # what the first answer had sent on when its piece ended
     # source_limits.max_transfers: 1 held at every origin, the first answer included.
@@ -124,8 +129,8 @@ async def test_max_transfers_is_never_exceeded_at_any_origin(
         status, digest, _size, _seconds = await get(t.url(NAME))
         assert (status, digest) == (200, sha256(DATA))
     assert max(up.most_at_once for up in ups) <= max_transfers
-    # Every source was asked for pieces (each as many at once as it allows, at most LANES).
-    assert all(len(up.gets(NAME)) >= 2 for up in ups)
+    # Every source was asked for pieces.
+    assert all(up.gets(NAME) for up in ups)
     if max_transfers == 2:
         assert any(up.most_at_once == 2 for up in ups)
 
@@ -156,7 +161,6 @@ async def test_a_second_client_joining_mid_refresh_reads_the_same_growing_file(
 
 def test_pieces_come_only_from_sources_of_the_same_size() -> None:
     """The pure choice of a refresh's other sources: same size, another target, a URL."""
-    from tracker.core.index import TargetKey
     from tracker.core.snapshots import SnapshotFile, parse_archive_name
 
     parsed = parse_archive_name(NAME)
@@ -172,3 +176,48 @@ def test_pieces_come_only_from_sources_of_the_same_size() -> None:
     found += [entry("e", 0), entry("f", SIZE), entry("g", SIZE), entry("h", SIZE)]
     kept = manysources.identical(TargetKey(GROUP, "a"), SIZE, found)  # type: ignore[arg-type]
     assert [s.key.target for _f, s in kept] == ["b", "f", "g"]  # type: ignore[attr-defined]
+
+
+class LyingUpstream(FakeUpstream):
+    """Serves the archive, except that the first range it is asked for has 4 KiB of other
+    bytes in its middle (right name, right size, wrong bytes)."""
+
+    lied: tuple[int, int] | None = None
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        asked = seen.headers.get("range", "")
+        if self.lied is None and asked.startswith("bytes="):
+            middle = len(body) // 2
+            start = int(asked.removeprefix("bytes=").split("-")[0]) + middle
+            self.lied = (start, start + 4096)
+            wrong = bytes(b ^ 0xFF for b in body[middle : middle + 4096])
+            body = body[:middle] + wrong + body[middle + 4096 :]
+        return await super()._body(conn, stream, seen, how, body)
+
+
+async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None:
+    """A source that lies in one range: the client that read along never gets a complete
+    body (its stream breaks), the copy is repaired from the others (compared with another
+    source, the tie broken by a third), checked again and cached exact, and the liar is
+    held back for the archive with a reason (``/v1/targets`` ``last_error``)."""
+    async with sources(2) as honest, serving(LyingUpstream(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [*honest, liar]
+        async with tracker(tmp_path, ups) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200
+            assert size < SIZE  # never a complete wrong body: a broken stream
+            assert liar.lied is not None
+            await wait_for(lambda: NAME in t.cached(), timeout=30)
+            assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+            rejections = t.streamer.context.rejections
+            named = rejections.errors(t.index.clock())
+            assert list(named) == [TargetKey(GROUP, liar.base)], named
+            assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
+            # Skipped for this archive from now on: the next refresh would not ask it.
+            assert rejections.rejected(TargetKey(GROUP, liar.base), NAME, t.index.clock())
+            # The cache hit that follows is the exact archive.
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)
+    # Comparing cost about one more copy at most, not a refresh per source.
+    assert sum(sent(up) for up in ups) <= 2.5 * SIZE

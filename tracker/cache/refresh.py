@@ -32,6 +32,7 @@ import trio
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.lifting import required_proof
+from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified
 from tracker.errors import CacheError
@@ -124,7 +125,7 @@ class Registry(Protocol):
         ...
 
 
-class Refresh:
+class Refresh(GaplessWrites):
     """One refresh of one cached file: temp file, writes, then promotion or removal.
 
     ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
@@ -183,15 +184,10 @@ class Refresh:
         return max(0, self.size - self.written)
 
     @property
-    def checked(self) -> bool:
-        """True when the archive is checked before its readers get their last bytes (the
-        gate that lets a refresh take pieces from several sources: docs/http-api.md#trust)."""
-        return self._checking.verify
-
-    @property
     def failed(self) -> bool:
-        """True once the refresh ended without all of its bytes."""
-        return self.ended.is_set() and not self.verified
+        """True once the refresh ended without all of its bytes, or its readers were cut
+        off (:meth:`cut_readers`) and it has not passed its check since."""
+        return (self.ended.is_set() or self._cut) and not self.verified
 
     def readable(self) -> int:
         """How many bytes from the start a reader of the temp file may send now.
@@ -329,25 +325,6 @@ class Refresh:
         splice = partial(_splice_or_cache_error, self._ops.splice)
         sink = _Appender(count, self._end_of_file, partial(self._spliced, on_moved))
         await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
-
-    def descriptor(self) -> int:
-        """The open temp file, for pieces written at their offsets by a refresh from several
-        sources (the caller writes through its own duplicate: :meth:`abort` may close this
-        one meanwhile). CacheError when the refresh is not open."""
-        if self._fd is None or self._writes or self._queued:
-            raise CacheError("refresh is not open, or written in order already")
-        return self._fd
-
-    def landed(self, prefix: int) -> None:
-        """The first ``prefix`` bytes of the temp file are written without a gap (pieces
-        beyond them may be too): readers may follow up to there, the archive check reads
-        on. Never moves back; ignored once the refresh ended."""
-        if prefix <= self.written or self.ended.is_set():
-            return
-        self.written = min(prefix, self.size)
-        self._notify()
-        if self._fd is not None:
-            self._writeback.advance(self._fd, self.written)
 
     def _end_of_file(self) -> tuple[int, int]:
         """The temp file and where the next spliced bytes go in it."""

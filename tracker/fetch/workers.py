@@ -106,7 +106,7 @@ class Crew:
         async with request(self.client, source.url, headers, self.settings) as response:
             yield Answer(response)
 
-    def _landed(self, _source: Source, count: int) -> None:
+    def _landed(self, _source: Source, _offset: int, count: int) -> None:
         self.progress.add(count)
 
 

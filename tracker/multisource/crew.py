@@ -93,7 +93,7 @@ Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[Answer]]
 Writer = Callable[[int, list[memoryview], int], None]
 
 
-def _nothing(_source: Source, _count: int) -> None:
+def _nothing(_source: Source, _offset: int, _count: int) -> None:
     return None
 
 
@@ -113,15 +113,15 @@ def write_all(fd: int, pieces: list[memoryview], offset: int) -> None:
 class Crew:
     """What the connections of one download share: the caller's tunables, the pieces they
     claim, the file they write (``fd``), how a source is asked (``open``), who is told of
-    the bytes that landed (``landed(source, count)``: progress, the refresh's prefix), and
-    the blocking steps (``splice``, ``write``, ``fetch_claim``: replaceable, tests inject
-    faults there)."""
+    the bytes that landed (``landed(source, offset, count)``: progress, the refresh's
+    prefix, who wrote which bytes), and the blocking steps (``splice``, ``write``,
+    ``fetch_claim``: replaceable, tests inject faults there)."""
 
     settings: Tunables
     pieces: Pieces
     fd: int
     open: Opener
-    landed: Callable[[Source, int], None] = _nothing
+    landed: Callable[[Source, int, int], None] = _nothing
     splice: Splicer = splice_to_file
     write: Writer = write_all
     fetch_claim: Callable[[Crew, Source, Claim, Answer | None], Awaitable[None]] | None = None
@@ -357,10 +357,11 @@ class ClaimWriter:
 
     def _landed(self, count: int) -> None:
         """``count`` bytes at the claim's position are in the file."""
+        offset = self.claim.position
         self.crew.pieces.advance(self.claim, count)
         self.source.sent += count
         if count:
-            self.crew.landed(self.source, count)
+            self.crew.landed(self.source, offset, count)
 
 
 async def skipped(

@@ -34,12 +34,13 @@ from tracker.config.schema import TargetGroup
 from tracker.core.flowing import Flowing
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
-from tracker.errors import CacheError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
 from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
 from tracker.proxy.decisions import Found
+from tracker.proxy.piececheck import find_liars
 from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
 
 log = logging.getLogger("tracker.proxy")
@@ -66,6 +67,8 @@ class Peers:
     group: TargetGroup
     found: Found
     enabled: bool = True
+    #: Longest wait for one read of a body (``ProxySettings.read_timeout``).
+    read_timeout: float = 60.0
 
 
 @attrs.frozen
@@ -139,6 +142,10 @@ class Outcome:
 
     sources: tuple[Source, ...]
     seconds: float
+    #: The byte ranges each source wrote (what a failed check compares).
+    written: dict[Source, list[tuple[int, int]]]
+    #: Each source's target in the index.
+    keys: dict[Source, TargetKey]
 
     def shares(self) -> str:
         """``url=bytes`` of each source, for the log line."""
@@ -151,7 +158,6 @@ async def fill_from_many(
     first: UpstreamAnswer,
     others: Found,
     *,
-    read_timeout: float,
     upstream_bytes: Callable[[int], None],
     flowing: Flowing | None,
     on_sources: Callable[[list[Source]], None],
@@ -174,17 +180,25 @@ async def fill_from_many(
     sources += [Source(f.url, Identity(size), True, drop_event=dropped) for f, _s in others]
     keys = dict(zip(sources, [first.source.key, *(s.key for _f, s in others)], strict=True))
     on_sources(sources)
+    written: dict[Source, list[tuple[int, int]]] = {}
 
-    def landed(_source: Source, count: int) -> None:
+    def landed(source: Source, offset: int, count: int) -> None:
         upstream_bytes(count)
         refresh.landed(pieces.prefix)
+        ranges = written.setdefault(source, [])
+        if ranges and ranges[-1][1] == offset:  # the same claim going on
+            ranges[-1] = (ranges[-1][0], offset + count)
+        else:
+            ranges.append((offset, offset + count))
 
     fd = os.dup(refresh.descriptor())  # abort() may close the refresh's own meanwhile
     started = trio.current_time()
     stops = []
     if flowing is not None:
         stops = [flowing.start(keys[s], _Measured(s, started)) for s in sources[1:]]
-    crew = Crew(PieceTunables(read_timeout), pieces, fd, partial(_ask, peers, keys), landed=landed)
+    crew = Crew(
+        PieceTunables(peers.read_timeout), pieces, fd, partial(_ask, peers, keys), landed=landed
+    )
     head = pieces.claim(started)
     if head is None:
         raise UpstreamError("an empty file has no pieces")  # use_many refuses those first
@@ -204,7 +218,7 @@ async def fill_from_many(
         os.close(fd)
         for stop in stops:
             stop()
-    outcome = Outcome(tuple(sources), trio.current_time() - started)
+    outcome = Outcome(tuple(sources), trio.current_time() - started, written, keys)
     if not pieces.complete:
         reasons = "; ".join(f"{s.url}: {s.dropped or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
@@ -240,3 +254,61 @@ async def _ask(
                 await reply.response.aclose()
             finally:
                 await reply.slot.aclose()
+
+
+def _no_one(_key: TargetKey, _reason: str) -> None:
+    return None
+
+
+@attrs.define
+class Repair:
+    """After the copy of a refresh from several sources failed its check: its readers cut
+    off, the liars found by comparing every source's ranges with another's and their bytes
+    rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the liars named
+    (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
+    ``last_error``) once it passed."""
+
+    peers: Peers
+    refresh: Refresh
+    outcome: Outcome
+    liar_found: Callable[[TargetKey, str], None] = _no_one
+
+    async def run(self, failed: ArchiveInvalid) -> bool:
+        """Whether the copy was repaired and passed its check again (else the caller
+        rejects it as it stands)."""
+        refresh, outcome = self.refresh, self.outcome
+        refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
+        log_event(log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
+        fd = os.dup(refresh.descriptor())
+        try:
+            ask = partial(_ask, self.peers, outcome.keys)
+            found = await find_liars(
+                list(outcome.sources), outcome.written, fd, ask, self.peers.read_timeout
+            )
+        finally:
+            os.close(fd)
+        if not found.liars or found.undecided:
+            log_event(
+                log,
+                "warning",
+                "refresh_not_repaired",
+                file=refresh.name,
+                liars=len(found.liars),
+                undecided=found.undecided,
+            )
+            return False
+        try:
+            await refresh.recheck()
+        except ArchiveInvalid as exc:
+            log_event(log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason)
+            return False
+        for liar, ranges in found.liars.items():
+            shown = ", ".join(f"{start}-{end - 1}" for start, end in ranges[:4])
+            reason = (
+                f"sent bytes {shown} of {refresh.name} that differ from the other sources' "
+                "(the copy passed its check without them)"
+            )
+            log_event(log, "warning", "refresh_source_lied", url=liar.url, reason=reason)
+            self.liar_found(outcome.keys[liar], reason)
+        log_event(log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten)
+        return True

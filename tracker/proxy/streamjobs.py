@@ -129,7 +129,13 @@ class Launcher:
             early_size=sources.early,
             budget=self._channel_budget,
             slotted=asking.slotted,
-            peers=Peers(self._clients, group, sources.found, enabled=origin == "upstream"),
+            peers=Peers(
+                self._clients,
+                group,
+                sources.found,
+                enabled=origin == "upstream",
+                read_timeout=self.settings.read_timeout,
+            ),
         )
 
     async def start(
