@@ -96,6 +96,12 @@ async def test_three_capped_sources_give_one_client_their_sum(tmp_path: Path) ->
         assert (status, digest, size) == (200, sha256(DATA), SIZE)
         await wait_for(lambda: NAME in t.cached())
         assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+        # Each source's share of the refresh and the seconds it took part (its rate).
+        metric = "snapshot_tracker_refresh_source_bytes_total"
+        given = [t.counter(metric, group=GROUP, target=up.base) for up in ups]
+        assert sum(given) == SIZE and all(g >= 0.15 * SIZE for g in given), given
+        took = "snapshot_tracker_refresh_source_seconds_total"
+        assert all(t.counter(took, group=GROUP, target=up.base) > 0 for up in ups)
     shares = [sent(up) / SIZE for up in ups]
     print(f"\nthree sources: {alone / seconds:.2f}x one source; shares {shares}")
     # Ideally 3x; well over half of that even on a loaded machine.
@@ -152,6 +158,10 @@ async def test_a_second_client_joining_mid_refresh_reads_the_same_growing_file(
         # Mid-refresh: a third of the archive came from the sources.
         await wait_for(lambda: sum(sent(up) for up in ups) >= SIZE // 3)
         assert len(results) == 0
+        # The status page's view of it: three sources, each with its bytes so far.
+        (progress,) = t.streamer.refreshes()
+        assert [url for url, _sent in progress.sources] == [up.url(NAME) for up in ups]
+        assert sum(given for _url, given in progress.sources) <= progress.size
         second = await get(t.url(NAME))
     assert results[0][:3] == (200, sha256(DATA), SIZE)
     assert second[:3] == (200, sha256(DATA), SIZE)

@@ -150,3 +150,16 @@ def test_each_sources_ranges_are_asked_of_the_next_ones(
     owner: int, live: list[int], asked: list[int]
 ) -> None:
     assert comparers(owner, live) == asked
+
+
+def test_the_status_page_shows_each_sources_share_and_rate() -> None:
+    from tracker.cache.store import RefreshProgress
+    from tracker.web.statusview import source_shares
+
+    progress = RefreshProgress("g", "n", 100, 60, 10.0, sources=(("a", 30), ("b", 10), ("c", 20)))
+    assert source_shares(progress, 20.0) == [
+        ("a", 50.0, 3.0),
+        ("b", 100 / 6, 1.0),
+        ("c", 100 / 3, 2.0),
+    ]
+    assert source_shares(RefreshProgress("g", "n", 0, 0, 10.0), 20.0) == []

@@ -18,6 +18,7 @@ from tracker.cache.checked import Checking
 from tracker.cache.tempfile import Writeback
 from tracker.errors import CacheError
 from tracker.files.archivecheck import FollowingCheck
+from tracker.multisource.sources import Source
 
 
 class GaplessWrites:
@@ -36,6 +37,9 @@ class GaplessWrites:
     _writeback: Writeback
     #: Readers cut off: the copy failed its check and is being repaired.
     _cut: bool = False
+    #: The sources of a refresh from several at once, the first one first (their shares:
+    #: the status page); empty for a refresh from one source.
+    piece_sources: tuple[Source, ...] = ()
 
     @property
     def checked(self) -> bool:

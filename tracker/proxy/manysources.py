@@ -180,6 +180,7 @@ async def fill_from_many(
     sources += [Source(f.url, Identity(size), True, drop_event=dropped) for f, _s in others]
     keys = dict(zip(sources, [first.source.key, *(s.key for _f, s in others)], strict=True))
     on_sources(sources)
+    refresh.piece_sources = tuple(sources)
     written: dict[Source, list[tuple[int, int]]] = {}
 
     def landed(source: Source, offset: int, count: int) -> None:
