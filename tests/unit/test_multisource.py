@@ -163,3 +163,19 @@ def test_the_status_page_shows_each_sources_share_and_rate() -> None:
         ("c", 100 / 3, 2.0),
     ]
     assert source_shares(RefreshProgress("g", "n", 0, 0, 10.0), 20.0) == []
+
+
+def test_a_lanes_failure_becomes_the_refreshs() -> None:
+    """A failed write of the temp file is the cache's error; any other first error is
+    raised as it is; a group carrying a cancellation (here an interrupt) passes unchanged."""
+    import errno
+
+    from tracker.errors import CacheError, UpstreamError
+    from tracker.proxy.manysources import _unwrapped
+
+    disk = _unwrapped(ExceptionGroup("", [OSError(errno.ENOSPC, "full")]))
+    assert isinstance(disk, CacheError) and "No space left" in str(disk)
+    upstream = UpstreamError("gone")
+    assert _unwrapped(ExceptionGroup("", [ExceptionGroup("", [upstream])])) is upstream
+    stopping = BaseExceptionGroup("", [KeyboardInterrupt(), upstream])
+    assert _unwrapped(stopping) is stopping

@@ -213,8 +213,8 @@ async def fill_from_many(
                         carried = (firsts, head) if index == number == 0 else None
                         lanes_nursery.start_soon(lane, crew, each, carried)
             nursery.cancel_scope.cancel()
-    except OSError as exc:
-        raise CacheError(f"cache write failed: {os.strerror(exc.errno or 0)}") from exc
+    except BaseExceptionGroup as group:
+        raise _unwrapped(group) from None
     finally:
         os.close(fd)
         for stop in stops:
@@ -225,6 +225,20 @@ async def fill_from_many(
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
     log_event(log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
     return outcome
+
+
+def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a lane's failure means for the refresh: the group itself while it carries a
+    cancellation (or anything but an Exception: it must reach its scope), else its first
+    error, a failed write of the temp file as CacheError."""
+    if group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
+        return group
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, OSError):
+        return CacheError(f"cache write failed: {os.strerror(leaf.errno or 0)}")
+    return leaf
 
 
 @asynccontextmanager
