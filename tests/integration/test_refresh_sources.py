@@ -21,7 +21,7 @@ import pytest
 import trio
 from archives import build_archive
 from helpers_bytes import MiB, sha256
-from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
@@ -125,6 +125,22 @@ async def test_a_source_that_dies_halfway_hands_its_pieces_to_the_others(
     assert ups[1].dead
     assert sent(ups[0]) + sent(ups[2]) >= SIZE - sent(ups[1])
     assert [up.most_at_once for up in ups] == [1, 1, 1]
+
+
+async def test_a_source_that_stalls_is_dropped_and_its_pieces_go_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Its answers stop after 256 KiB and never go on (the read timeout is 10 s): it sends
+    nothing over a speed window while the others do, and is dropped well before that."""
+    async with sources(3) as ups:
+        ups[2].behaviour[NAME] = Behaviour(rate=RATE, pause_at=256 * 1024)
+        async with tracker(tmp_path, ups) as t:
+            status, digest, size, seconds = await get(t.url(NAME))
+            assert (status, digest, size) == (200, sha256(DATA), SIZE)
+            await wait_for(lambda: NAME in t.cached())
+    assert sent(ups[2]) < SIZE // 3
+    assert seconds < FAST.read_timeout  # not one read timeout waited for
+    ups[2].behaviour[NAME].resume.set()
 
 
 @pytest.mark.parametrize("max_transfers", [1, 2])
