@@ -34,6 +34,7 @@ from tracker.config.schema import TargetGroup
 from tracker.core.flowing import Flowing
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
+from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
@@ -149,7 +150,7 @@ class Outcome:
 
     def shares(self) -> str:
         """``url=bytes`` of each source, for the log line."""
-        return " ".join(f"{s.url}={s.sent}" for s in self.sources)
+        return " ".join(f"{redact_text(s.url)}={s.sent}" for s in self.sources)
 
 
 async def fill_from_many(
@@ -221,7 +222,7 @@ async def fill_from_many(
             stop()
     outcome = Outcome(tuple(sources), trio.current_time() - started, written, keys)
     if not pieces.complete:
-        reasons = "; ".join(f"{s.url}: {s.dropped or 'failed'}" for s in sources)
+        reasons = "; ".join(f"{redact_text(s.url)}: {s.dropped or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
     log_event(log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
     return outcome
