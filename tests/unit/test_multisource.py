@@ -179,3 +179,26 @@ def test_a_lanes_failure_becomes_the_refreshs() -> None:
     assert _unwrapped(ExceptionGroup("", [ExceptionGroup("", [upstream])])) is upstream
     stopping = BaseExceptionGroup("", [KeyboardInterrupt(), upstream])
     assert _unwrapped(stopping) is stopping
+
+
+async def test_a_whole_file_answer_takes_the_next_piece_only_once_its_own_is_used_up() -> None:
+    """The refresh's first answer runs on over free pieces, one at a time and only when its
+    claim is used up: never a whole window ahead of the other sources' lanes."""
+    from tracker.multisource.crew import ClaimWriter, Crew
+    from tracker.multisource.sources import Identity, Source
+
+    class Tunables:
+        read_timeout, write_size, write_delay, max_failures = 30.0, 2 * MiB, 0.05, 3
+
+    pieces = Pieces(8 * MiB, MiB, window=6 * MiB)
+    head = pieces.claim(0.0)
+    assert head is not None
+    crew = Crew(Tunables(), pieces, -1, open=None)  # type: ignore[arg-type]
+    source = Source("http://s/x", Identity(8 * MiB), ranges=True)
+    writer = ClaimWriter(crew, source, head, continuous=True)
+    assert writer.take(16 * MiB) == MiB  # its own piece only, not the window
+    assert head.end == MiB
+    writer.moved(MiB, MiB)
+    assert writer.take(16 * MiB) > 0 and head.end == 2 * MiB  # then the next one
+    other = pieces.claim(0.0)
+    assert other is not None and other.start == 2 * MiB  # the rest is the others'

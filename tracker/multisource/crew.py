@@ -283,7 +283,10 @@ class ClaimWriter:
             raise SourceFailed(f"{source.url}: body ended at {claim.position} of {claim.end}")
 
     def _room(self, wanted: int) -> None:
-        """A whole-file answer's claim grows over the next free pieces its bytes reach."""
+        """A whole-file answer's claim grows over the next free pieces its ``wanted`` bytes
+        reach, one piece at a time and only once the claim is used up (or the bytes in hand
+        run past it): never ahead of need, so the other sources' lanes get the pieces that
+        follow (it would otherwise take a whole window before they asked)."""
         claim = self.claim
         while self.continuous and claim.end - max(claim.position, claim.reserved) < wanted:
             if not self.crew.pieces.extend(claim):
@@ -343,7 +346,7 @@ class ClaimWriter:
     def take(self, most: int) -> int:
         """Reserve the next bytes of the claim for one splice call (0: the claim is done)."""
         quota = min(most, splice_quota(self.claim, self.crew.settings, trio.current_time()))
-        self._room(quota)
+        self._room(1)  # at the claim's end only: the next piece, when free
         return self.claim.take(quota)
 
     def destination(self) -> tuple[int, int]:
