@@ -95,6 +95,8 @@ def test_fetch_drops_sources_under_its_speed_floor(
         ([100.0, 0.0, 50.0], [True, False, True], ["", "", ""]),  # waited for a piece
         ([100.0, 5.0, 50.0], [True, True, True], ["", "5 bytes/s", ""]),
         ([0.0, 0.0, 0.0], [True, True, True], ["", "", ""]),  # nobody: the timeouts decide
+        # The others wait behind the stalled one's claim (the window is full): it goes.
+        ([0.0, 0.0, 0.0], [True, False, False], ["stalled", "", ""]),
     ],
 )
 def test_a_refresh_drops_laggards_relative_to_the_fastest(

@@ -35,20 +35,25 @@ def laggards(
 ) -> list[str]:
     """The refresh's rule (docs/architecture.md, "A refresh from several sources"): sources
     are compared with each other, not with a fixed speed (a fleet's peers are capped by
-    their operators): one that sent nothing over the window (stalled), or less than
-    ``share`` of the fastest live source's rate, is dropped while a faster one is left; its
-    pieces go to the others. Only a source ``busy`` all the window long is judged: one
-    that waited for a piece (the window ahead of the readers was full) sent nothing by
-    right."""
+    their operators). Only a source ``busy`` all the window long is judged: one that waited
+    for a piece (the window ahead of the readers was full) sent nothing by right. A judged
+    source that sent nothing is dropped (stalled) while another live source sent bytes or
+    waited for a piece (it may well wait behind the stalled one's claim); one that sent less
+    than ``share`` of the fastest live source's rate is dropped too. Its pieces go to the
+    others; when every live source stalled together, none is: the read timeouts decide."""
+    judged = [on and asked for on, asked in zip(live, busy, strict=True)]
     fastest = max((r for r, on in zip(rates, live, strict=True) if on), default=0.0)
-    if fastest <= 0:
-        return ["" for _ in rates]  # nobody delivered: the read timeouts decide
     reasons = []
-    for rate, on, asked in zip(rates, live, busy, strict=True):
-        if not (on and asked) or rate >= share * fastest:
+    for index, rate in enumerate(rates):
+        others = [
+            i for i, on in enumerate(live) if on and i != index and (rates[i] > 0 or not busy[i])
+        ]
+        if not judged[index]:
             reasons.append("")
-        elif rate == 0:
-            reasons.append("stalled: sent nothing while the other sources did")
-        else:
+        elif rate == 0 and others:
+            reasons.append("stalled: sent nothing while another source could take its pieces")
+        elif 0 < rate < share * fastest:
             reasons.append(f"{rate:.0f} bytes/s, under {share:.0%} of the fastest ({fastest:.0f})")
+        else:
+            reasons.append("")
     return reasons
