@@ -1,12 +1,13 @@
-"""The sources of one archive, and what every answer of theirs must prove.
+"""The sources of one archive for ``fetch``: what each offers, and which go together.
 
 :func:`inspect_all` asks each URL for its first byte (a ``GET``, redirects followed: the
 final URL, the size, the validators, whether ranges are honoured); :func:`same_bytes` keeps
-the sources whose bytes match the reference's in a sample of ranges; :func:`check_range` and
-:func:`check_whole` check each answer of a download against the source as inspected: the
-range asked (:mod:`tracker.core.contentrange`) of the same file
-(:mod:`tracker.core.samefile`). A failing source raises :class:`~tracker.errors.SourceFailed`
-with a one-line reason that starts with its URL.
+the sources whose bytes match the reference's in a sample of ranges (fetch's policy: a
+ledger copy has no check to fall back on when ``--verify`` is off). Every answer of a
+download is then checked against its source by the shared engine
+(:func:`tracker.multisource.sources.check_range`,
+:func:`tracker.multisource.sources.check_whole`). A failing source raises
+:class:`~tracker.errors.SourceFailed` with a one-line reason that starts with its URL.
 """
 
 from __future__ import annotations
