@@ -40,6 +40,9 @@ class GaplessWrites:
     #: The sources of a refresh from several at once, the first one first (their shares:
     #: the status page); empty for a refresh from one source.
     piece_sources: tuple[Source, ...] = ()
+    #: When the check failed before the last byte: a prefix holding every byte it read (the
+    #: bad ones are among them); 0: not known (the whole file is suspect).
+    failed_within: int = 0
 
     @property
     def checked(self) -> bool:
@@ -61,6 +64,11 @@ class GaplessWrites:
         on. Never moves back; ignored once the refresh ended."""
         if prefix <= self.written or self.ended.is_set():
             return
+        check = self._check
+        if check is not None and check.done() and not self.failed_within:
+            # It passes only once told the end: ended before, it failed on bytes it had
+            # read, all of them before this prefix (what a repair compares).
+            self.failed_within = self.written
         self.written = min(prefix, self.size)
         self._notify()
         if self._fd is not None:

@@ -36,7 +36,7 @@ from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
-from tracker.multisource.claims import Pieces
+from tracker.multisource.claims import Pieces, intersect
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
 from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
@@ -298,8 +298,14 @@ class Repair:
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.keys)
+            # The check read the file in order and failed on bytes it had read: only those
+            # are compared (the rest of the file costs nothing more).
+            suspect = {
+                source: intersect(ranges, [(0, refresh.failed_within or refresh.size)])
+                for source, ranges in outcome.written.items()
+            }
             found = await find_liars(
-                list(outcome.sources), outcome.written, fd, ask, self.peers.read_timeout
+                list(outcome.sources), suspect, fd, ask, self.peers.read_timeout
             )
         finally:
             os.close(fd)
