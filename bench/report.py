@@ -173,8 +173,29 @@ def summarise(results: dict[str, Any]) -> list[Row]:
         two = [{"tracker": r["two_sources"], "reference": r["two_sources_reference"]} for r in runs]
         how = "fetch vs aria2c, both given two nginx sources of the file"
         rows.append(_ratio_row(two, "fetch, two sources", how, gbps, 1.0))
+    rows += _sources_rows(results)
     rows += _verify_rows(results)
     rows += _ttr_rows(results)
+    return rows
+
+
+def _sources_rows(results: dict[str, Any]) -> list[Row]:
+    """The refresh from 3 capped sources (bench/manysources.py): vs aria2c, vs one source,
+    and the upstream bytes it cost."""
+    runs = results.get("refresh_sources")
+    if not runs:
+        return []
+    cap = runs[0]["rate_cap"] / 1e6
+    how = f"curl through a cold tracker, 3 sources at {cap:.0f} MB/s each, vs aria2c -x3"
+    rows = [_ratio_row(runs, "refresh, 3 sources", how, gbps, 0.9)]
+    one = [{"tracker": r["tracker"], "reference": r["one_source"]} for r in runs]
+    how = "the same curl vs curl from one source alone"
+    rows.append(_ratio_row(one, "refresh, 3 sources vs one", how, gbps, 2.4))
+    ratio = median(runs, "upstream_ratio")
+    how = "upstream bytes / archive size (the three access logs)"
+    rows.append(
+        Row("refresh, 3 sources: upstream", how, f"{ratio:.3f}", "", ratio, "x", "<=", 1.05)
+    )
     return rows
 
 

@@ -29,7 +29,7 @@ import attrs
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import figures, ttr, verify
+from bench import figures, manysources, ttr, verify
 from bench.figures import Env, Options
 from bench.procs import Procs, free_port
 from bench.profile import Profiler, find_py_spy, summary
@@ -51,6 +51,7 @@ FIGURES = (
     "proxy",
     "first_byte",
     "refresh",
+    "refresh_sources",
     "verified_refresh",
     "verified_refresh_paced",
     "redirects",
@@ -204,6 +205,15 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
         tracker = figures.start_cluster(env)
         for run in range(o.runs + 1):  # run 0: the first, cold round
             _step(results, "cluster", run, lambda r: figures.cluster(env, tracker, r))
+    if "refresh_sources" in wanted:
+        servers = manysources.start_capped(env)
+        for run in range(o.runs):
+            _step(
+                results,
+                "refresh_sources",
+                run,
+                lambda r: manysources.refresh_sources(env, r, servers),
+            )
     if "fetch" in wanted:
         if env.hit_tracker is None:
             env.hit_tracker = figures.start_hit_tracker(env, "tracker-hit")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -104,6 +105,19 @@ class FakeUpstream:
     #: Requests being answered now, and the most there ever were at once.
     answering: int = 0
     most_at_once: int = 0
+    #: Body bytes (of all requests together) after which the server dies: every answer
+    #: breaks off, and later connections are closed unanswered (None: never).
+    dies_after: int | None = None
+    _streams: set[trio.SocketStream] = attrs.Factory(set)
+
+    @property
+    def body_sent(self) -> int:
+        """Body bytes sent so far, all requests together."""
+        return sum(s.body_sent for s in self.seen)
+
+    @property
+    def dead(self) -> bool:
+        return self.dies_after is not None and self.body_sent >= self.dies_after
 
     def url(self, name: str) -> str:
         return f"{self.base}/files/{name}"
@@ -125,14 +139,20 @@ class FakeUpstream:
         try:
             while True:
                 request = await _next_request(conn, stream)
-                if request is None:
+                if request is None or self.dead:
                     return
                 self.answering += 1
-                self.most_at_once = max(self.most_at_once, self.answering)
+                self._streams.add(stream)
+                # A request whose client closed its connection is over for the client even
+                # while this server has not written to it since (a real server notices at
+                # its next write): not counted.
+                at_once = sum(1 for s in self._streams if not _closed_by_peer(s))
+                self.most_at_once = max(self.most_at_once, at_once)
                 try:
                     keep = await self._answer(conn, stream, request)
                 finally:
                     self.answering -= 1
+                    self._streams.discard(stream)
                 if not keep or conn.our_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -239,6 +259,8 @@ class FakeUpstream:
             limit = min(limit, how.drop_after)
         try:
             while seen.body_sent < limit:
+                if self.dead:
+                    return False  # died: the connection breaks off mid-body
                 if how.pause_at is not None and seen.body_sent >= how.pause_at:
                     await _pause(stream, how.resume)
                 end = min(limit, seen.body_sent + self.chunk)
@@ -247,7 +269,7 @@ class FakeUpstream:
                 piece = body[seen.body_sent : end]
                 await send_event(conn, stream, h11.Data(data=piece))
                 seen.body_sent = end
-                if rate:
+                if rate and end < limit:  # after the last piece the answer is over
                     await trio.sleep(len(piece) / rate)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             seen.aborted = True
@@ -255,6 +277,17 @@ class FakeUpstream:
         if limit < len(body):
             return False  # a fault: close without finishing the message
         await send_event(conn, stream, h11.EndOfMessage())
+        return True
+
+
+def _closed_by_peer(stream: trio.SocketStream) -> bool:
+    """Whether the client has closed ``stream`` (an end of file waits in its socket)."""
+    try:
+        with socket.fromfd(stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
         return True
 
 

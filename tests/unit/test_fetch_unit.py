@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from names import full_name
 
 from tracker.config.values import parse_size
-from tracker.fetch.claims import MIN_STEAL, Pieces
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
+from tracker.multisource.claims import MIN_STEAL, Pieces
 
 MiB = 1024 * 1024
 

@@ -1,5 +1,6 @@
 """The one splice-into-file loop (tracker/zerocopy/filesplice.py) and its two sinks: the
-claimed piece of a fetch (tracker/fetch/workers.py ``ClaimWriter``) and the end of a cache
+claimed piece of a download (tracker/multisource/crew.py ``ClaimWriter``, fetch's and the
+refresh's) and the end of a cache
 refresh's temp file (tracker/cache/refresh.py). Unix socket pairs: no network."""
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import trio
 import trio.testing
 
 from tracker.errors import SourceFailed
-from tracker.fetch.claims import Pieces
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sourcechecks import Source
-from tracker.fetch.state import Identity
-from tracker.fetch.workers import ClaimWriter, Crew
+from tracker.fetch.workers import Crew
+from tracker.multisource.claims import Pieces
+from tracker.multisource.crew import ClaimWriter
+from tracker.multisource.sources import Identity, Source
 from tracker.net.sourcelimits import Pacer
 from tracker.zerocopy import filesplice
 from tracker.zerocopy.filesplice import SPLICE_SECONDS, splice_into_file
@@ -150,10 +151,10 @@ async def test_the_loop_closes_its_duplicates_whatever_the_splice_raises() -> No
 
 def test_one_constant_paces_both_byte_paths() -> None:
     import tracker.cache.refresh
-    import tracker.fetch.workers
+    import tracker.multisource.crew
 
     assert not hasattr(tracker.cache.refresh, "SPLICE_SECONDS")
-    assert tracker.fetch.workers.SPLICE_SECONDS is filesplice.SPLICE_SECONDS
+    assert tracker.multisource.crew.SPLICE_SECONDS is filesplice.SPLICE_SECONDS
 
 
 def writer(size: int = 8 * 1024 * 1024) -> ClaimWriter:
@@ -162,7 +163,7 @@ def writer(size: int = 8 * 1024 * 1024) -> ClaimWriter:
     assert claim is not None
     source = Source("http://s/x", Identity(size), ranges=True)
     crew = Crew(httpx.AsyncClient(), FetchSettings(write_size=1024), pieces, -1, NoProgress())
-    return ClaimWriter(crew, source, claim)
+    return ClaimWriter(crew.engine, source, claim)
 
 
 async def test_a_claim_writer_reserves_its_quota_and_gives_back_what_did_not_move() -> None:

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
-from tracker.fetch.sourcechecks import same_validators
 from tracker.fetch.state import Identity
+from tracker.multisource.sources import same_validators
 from tracker.proxy.resume import resumable, same_representation
 
 SAME, DIFFERENT, UNPROVEN = Sameness.SAME, Sameness.DIFFERENT, Sameness.UNPROVEN

@@ -5,8 +5,12 @@ See :mod:`tracker.cache.store` for the life cycle. Writes run in worker threads,
 (so that :meth:`Refresh.abort` may close the original meanwhile); ``written`` advances over
 the finished prefix, in order, and wakes readers of the growing file. An upstream body still
 whole in its socket is moved into the file by ``splice(2)`` instead (:meth:`Refresh.splice_from`):
-no byte of it passes through Python. The blocking steps at both ends (room and the temp file;
-sync, rename, eviction) are :mod:`tracker.cache.tempfile`'s.
+no byte of it passes through Python. A refresh from several sources at once writes pieces
+at their offsets through the temp file's descriptor (:meth:`Refresh.descriptor`) and tells
+the gapless prefix as it grows (:meth:`Refresh.landed`): readers follow that prefix, never a
+byte past a gap (docs/architecture.md, "A refresh from several sources"). The blocking steps
+at both ends (room and the temp file; sync, rename, eviction) are
+:mod:`tracker.cache.tempfile`'s.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import trio
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.lifting import required_proof
+from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified
 from tracker.errors import CacheError
@@ -120,7 +125,7 @@ class Registry(Protocol):
         ...
 
 
-class Refresh:
+class Refresh(GaplessWrites):
     """One refresh of one cached file: temp file, writes, then promotion or removal.
 
     ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
@@ -180,8 +185,9 @@ class Refresh:
 
     @property
     def failed(self) -> bool:
-        """True once the refresh ended without all of its bytes."""
-        return self.ended.is_set() and not self.verified
+        """True once the refresh ended without all of its bytes, or its readers were cut
+        off (:meth:`cut_readers`) and it has not passed its check since."""
+        return (self.ended.is_set() or self._cut) and not self.verified
 
     def readable(self) -> int:
         """How many bytes from the start a reader of the temp file may send now.

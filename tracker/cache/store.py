@@ -48,6 +48,7 @@ from tracker.core.digests import Digests, Verified
 from tracker.core.directories import unusable_directory
 from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
+from tracker.core.redact import redact_text
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
@@ -89,6 +90,9 @@ class RefreshProgress:
     written: int
     started_at: float
     readers: int | None = None
+    #: Each source of a refresh from several at once: its URL (redacted) and the bytes it
+    #: gave so far, the first source first (empty: one source).
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 class Cache:
@@ -255,7 +259,14 @@ class Cache:
     def refreshes(self) -> list[RefreshProgress]:
         """Every refresh running now, by group and name (read-only; no file system access)."""
         return [
-            RefreshProgress(r.group, r.name, r.size, r.written, r.started_at)
+            RefreshProgress(
+                r.group,
+                r.name,
+                r.size,
+                r.written,
+                r.started_at,
+                sources=tuple((redact_text(s.url), s.sent) for s in r.piece_sources),
+            )
             for _key, r in sorted(self._refreshing.items())
         ]
 

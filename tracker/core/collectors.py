@@ -109,6 +109,21 @@ COLLECTORS = (
         "Cache refreshes resumed with a Range request after an upstream break.",
     ),
     Collector(
+        "refresh_source_bytes",
+        Counter,
+        "refresh_source_bytes_total",
+        "Bytes each source gave the cache refreshes it took part in (a refresh from several"
+        " sources: each one's share).",
+        ("group", "target"),
+    ),
+    Collector(
+        "refresh_source_seconds",
+        Counter,
+        "refresh_source_seconds_total",
+        "Seconds each source took part in cache refreshes (its rate: bytes over seconds).",
+        ("group", "target"),
+    ),
+    Collector(
         "source_failures",
         Counter,
         "source_failures_total",

@@ -93,6 +93,8 @@ class Metrics:
     upstream_bytes: Counter
     shared_readers: Counter
     refresh_resumes: Counter
+    refresh_source_bytes: Counter
+    refresh_source_seconds: Counter
     source_failures: Counter
     archives_rejected: Counter
     source_queue_waiting: Gauge
@@ -252,6 +254,14 @@ class Metrics:
         """A cache refresh resumed after an upstream break."""
         self.refresh_resumes.inc()
 
+    def count_refresh_share(self, group: str, target: str, size: int, seconds: float) -> None:
+        """``target`` gave a refresh of ``group`` ``size`` bytes over ``seconds`` (its share
+        of a refresh from several sources)."""
+        label = redact_text(target)
+        self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        self.refresh_source_bytes.labels(group, label).inc(size)
+        self.refresh_source_seconds.labels(group, label).inc(max(0.0, seconds))
+
     def remove_target(self, group: str, target: str) -> None:
         """Drop every series of ``target`` in ``group`` (no longer configured)."""
         label = redact_text(target)
@@ -262,11 +272,15 @@ class Metrics:
             return  # another target still reports under the same masked label
         labels.pop(label, None)
         self.probes.remove(group, label)
+        for per_target in (self.refresh_source_bytes, self.refresh_source_seconds):
+            _remove(per_target, group, label)
 
     def remove_group(self, group: str) -> None:
         """Drop every series of ``group`` and of its targets (the group left the config)."""
         for label in self._targets.pop(group, {}):
             self.probes.remove(group, label)
+            for per_target in (self.refresh_source_bytes, self.refresh_source_seconds):
+                _remove(per_target, group, label)
         for gauge in (
             self.targets,
             self.targets_up,

@@ -5,7 +5,7 @@ time (a ``GET`` of byte 0, redirects followed: size, validators, whether ranges 
 those of the archive's size (the listed one, else the one most of them announce), takes the
 first as the reference and pools every other one that has the same bytes in a sample of
 ranges: archives of one slot and hash made by different nodes differ, so bytes of two of
-them are never mixed. ``connections`` workers then claim pieces (:mod:`tracker.fetch.claims`),
+them are never mixed. ``connections`` workers then claim pieces (:mod:`tracker.multisource.claims`),
 each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a
 source that fails three times in a row, or is slower than ``min_speed`` while another is
 left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
@@ -33,11 +33,10 @@ from tracker.cache.lifting import lifted
 from tracker.core.digests import below_required
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
-from tracker.fetch.claims import Pieces
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sourcechecks import Source, inspect_all, same_bytes
+from tracker.fetch.sourcechecks import inspect_all, same_bytes
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason, preallocate
 from tracker.fetch.state import (
     State,
@@ -49,6 +48,8 @@ from tracker.fetch.state import (
 from tracker.fetch.vouching import statements_problem
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
+from tracker.multisource.claims import Pieces
+from tracker.multisource.sources import Source
 from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.fetch")

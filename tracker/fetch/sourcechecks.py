@@ -1,12 +1,13 @@
-"""The sources of one archive, and what every answer of theirs must prove.
+"""The sources of one archive for ``fetch``: what each offers, and which go together.
 
 :func:`inspect_all` asks each URL for its first byte (a ``GET``, redirects followed: the
 final URL, the size, the validators, whether ranges are honoured); :func:`same_bytes` keeps
-the sources whose bytes match the reference's in a sample of ranges; :func:`check_range` and
-:func:`check_whole` check each answer of a download against the source as inspected: the
-range asked (:mod:`tracker.core.contentrange`) of the same file
-(:mod:`tracker.core.samefile`). A failing source raises :class:`~tracker.errors.SourceFailed`
-with a one-line reason that starts with its URL.
+the sources whose bytes match the reference's in a sample of ranges (fetch's policy: a
+ledger copy has no check to fall back on when ``--verify`` is off). Every answer of a
+download is then checked against its source by the shared engine
+(:func:`tracker.multisource.sources.check_range`,
+:func:`tracker.multisource.sources.check_whole`). A failing source raises
+:class:`~tracker.errors.SourceFailed` with a one-line reason that starts with its URL.
 """
 
 from __future__ import annotations
@@ -15,42 +16,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import attrs
 import httpx
 import trio
 
-from tracker.core.contentrange import MAX_DIGITS, ContentRange, parse_content_range, states_range
+from tracker.core.contentrange import MAX_DIGITS, parse_content_range
 from tracker.core.logs import log_event
-from tracker.core.samefile import Sameness, Validators, sameness
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import SourceFailed
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.state import Identity
+from tracker.multisource.sources import Identity, Source, check_range
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import send, source_failures
 
 log = logging.getLogger("tracker.fetch")
-
-
-@attrs.define(eq=False)
-class Source:
-    """One URL of the file, as inspected, and what it delivered."""
-
-    url: str
-    identity: Identity
-    ranges: bool
-    sent: int = 0
-    failures: int = 0
-    dropped: str = ""
-    scopes: set[trio.CancelScope] = attrs.Factory(set)
-
-    def drop(self, reason: str) -> None:
-        """Stop using this source; its running requests are cancelled (their pieces return)."""
-        if not self.dropped:
-            self.dropped = reason
-            log_event(log, "warning", "fetch_source_dropped", url=self.url, reason=reason)
-        for scope in self.scopes:
-            scope.cancel()
 
 
 async def inspect_all(
@@ -195,38 +173,3 @@ async def _sample(
     if len(data) != end - start:
         raise SourceFailed(f"{source.url}: sample of {len(data)} bytes, not {end - start}")
     return bytes(data)
-
-
-def check_range(response: httpx.Response, source: Source, start: int, end: int) -> None:
-    """A 206 of exactly the bytes asked, of the file the source was inspected with."""
-    if response.status_code != 206:
-        raise SourceFailed(f"{source.url}: answered {response.status_code} to a range")
-    got = response.headers.get("content-range", "").strip()
-    if not states_range(got, start, end - 1, source.identity.size):
-        expected = ContentRange(start, end - 1, source.identity.size).text()
-        raise SourceFailed(f"{source.url}: content-range {got!r}, expected {expected!r}")
-    if not same_validators(response, source.identity):
-        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
-
-
-def check_whole(response: httpx.Response, source: Source) -> None:
-    """A 200 of the whole file the source was inspected with (a source without ranges)."""
-    if response.status_code != 200:
-        raise SourceFailed(f"{source.url}: status {response.status_code}")
-    length = response.headers.get("content-length", "").strip()
-    if length != str(source.identity.size):
-        raise SourceFailed(
-            f"{source.url}: content-length {length or 'missing'}, expected {source.identity.size}"
-        )
-    if not same_validators(response, source.identity):
-        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
-
-
-def same_validators(response: httpx.Response, identity: Identity) -> bool:
-    """False when the answer's validators prove it is another file than ``identity``
-    (:func:`tracker.core.samefile.sameness`: different, not merely unproven; the size is
-    checked anyway). Checked on every answer rather than asked with ``If-Range``, which a
-    tracker's change of ETag (its cache's own) would turn into a whole-file 200.
-    """
-    found = Validators.of(response.headers)
-    return sameness(identity.validators, found) is not Sameness.DIFFERENT

@@ -22,34 +22,13 @@ import stat
 
 import attrs
 
-from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
+from tracker.core.samefile import not_same_reason
 from tracker.core.smallfiles import read_small, write_atomically
-from tracker.fetch.claims import intersect
+from tracker.multisource.claims import intersect
+from tracker.multisource.sources import Identity
 
 #: The longest state file read back (a state is a few hundred bytes).
 MAX_STATE_BYTES = 1024 * 1024
-
-
-@attrs.frozen
-class Identity:
-    """What makes two answers the same file: its size and the validators it was sent with."""
-
-    size: int
-    etag: str = ""
-    last_modified: str = ""
-
-    @property
-    def validators(self) -> Validators:
-        """The validators the file was sent with."""
-        return Validators(self.etag, self.last_modified)
-
-    def same_file(self, other: Identity) -> bool:
-        """True when ``other`` is provably this file: the same size, and validators that
-        prove it (:func:`tracker.core.samefile.sameness`); with no validator in common they
-        are not provably the same."""
-        return self.size == other.size and (
-            sameness(self.validators, other.validators) is Sameness.SAME
-        )
 
 
 @attrs.frozen

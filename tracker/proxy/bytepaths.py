@@ -6,7 +6,9 @@
             else through the bounded channel (:mod:`tracker.proxy.clientfeed`)
 ``fill``    a refresh of the cache: the upstream bytes go to the temp file only, at the
             upstream's pace (spliced from the socket when it allows, see
-            :meth:`tracker.proxy.resume.UpstreamBody.into`; a break is resumed), and its
+            :meth:`tracker.proxy.resume.UpstreamBody.into`; a break is resumed; a checked
+            archive that other sources of the same size hold comes from all of them at
+            once, :mod:`tracker.proxy.manysources`), and its
             clients read the growing file (:mod:`tracker.proxy.sharing`), each at its own
             pace: the one that started it, the joiners of a shared refresh, or nobody (a
             prefetch); when the temp file cannot be opened (no room), the starter is
@@ -14,8 +16,8 @@
 =========  =================================================================================
 
 Each is started with ``await transfers.start(pump, job, ...)``: it opens the upstream
-(:func:`opened`: failover inside, an early head for a slow source, the answer closed on every
-path), reports the client's
+(:func:`~tracker.proxy.opening.opened`: failover inside, an early head for a slow source,
+the answer closed on every path), reports the client's
 :class:`~tracker.proxy.transfers.Head` through ``task_status.started``, then moves the body.
 Before ``started`` a pump raises UpstreamError when no source answers usably; after it, it
 never raises but Cancelled: failures end the client's body in error (or fail the refresh its
@@ -23,21 +25,14 @@ readers follow). A refresh always ends in :func:`_end_refresh`: promoted, or its
 removed, its outcome counted and logged. A stream whose bytes cross Python is fed by
 :mod:`tracker.proxy.clientfeed`.
 
-Opening a pump's upstream: :func:`opened` asks the sources (``job.open``: failover inside,
-:mod:`tracker.proxy.failover`) and closes the answer when its block ends, whatever ends it,
-reporting what the source delivered and how fast (its throughput ranks it,
-docs/http-api.md#trust). A plain request of a file of known size whose source has not answered
-within ``early_head_after`` gets its head anyway (docs/http-api.md, "Archive answers": an
-*early head*; the size it promises is the walk's, :func:`tracker.proxy.decisions.early_head`);
-only a source that then answers 200 with the promised length may follow it
-(:func:`keeps_promise`), or the body breaks.
+Opening a pump's upstream, with its early head, is :mod:`tracker.proxy.opening`'s (the size
+an early head promises is the walk's, :func:`tracker.proxy.decisions.early_head`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -46,14 +41,18 @@ import trio
 from tracker.accounting.downloads import outcome_of
 from tracker.cache.refresh import Refresh
 from tracker.clientwire.transport import BigReadStream, splice_stream
+from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
-from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError
+from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED
 from tracker.proxy.clientfeed import ChannelBody, EarlyBody, Flow, channel, pass_on, recorded
-from tracker.proxy.failover import head_due
+from tracker.proxy.decisions import Found
+from tracker.proxy.manysources import Repair, fill_from_many, identical, use_many
+from tracker.proxy.opening import Upstream, keeps_promise, opened
 from tracker.proxy.passthrough import SpliceBody
-from tracker.proxy.resume import UpstreamBody, resumable
+from tracker.proxy.resume import UpstreamBody
 from tracker.proxy.transfers import Head, StreamJob, plan_head
 from tracker.proxy.upstream import UpstreamAnswer
 from tracker.serving.ranges import parse_http_date
@@ -127,7 +126,11 @@ async def fill(job: StreamJob, *, fallback: bool, task_status: trio.TaskStatus[H
                 await channel(job, body, head, flow, task_status)
                 return
             task_status.started(attrs.evolve(head, refresh=refresh if on_disk else None))
-            if on_disk:
+            others = _others(job, refresh, upstream.first, length)
+            if on_disk and use_many(length, others):
+                to_many = partial(_to_many, job, refresh, upstream, others, flow)
+                await recorded(upstream.first.url, flow, job.stop, to_many, "no reader left")
+            elif on_disk:
                 body = upstream.read(job, length, resume=True)
                 to_disk = partial(_to_disk, job, refresh, body, flow)
                 await recorded(body.first.url, flow, job.stop, to_disk, "no reader left")
@@ -160,6 +163,8 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
     refresh.abort()  # no-op after a promotion
     flow.report(job.events)
     body = upstream.body if upstream is not None else None
+    many = upstream.many if upstream is not None else []
+    received = body.received if body is not None else sum(s.sent for s in many)
     log_event(
         log,
         "info",
@@ -168,8 +173,9 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
         file=refresh.name,
         outcome=flow.outcome,
         size=refresh.size,
-        upstream_bytes=body.received if body is not None else 0,
+        upstream_bytes=received,
         resumes=body.resumes if body is not None else 0,
+        sources=len(many) or 1,
     )
 
 
@@ -205,39 +211,99 @@ async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: F
     """A refresh: upstream bytes to the temp file only, its readers follow the file
     (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
     await body.into(refresh, job.events.upstream_bytes, job.settings.read_timeout)
-    if await _promote(job, refresh, body):
+    if await _promote(job, refresh, body.first):
         flow.outcome = "refresh_ok"
         flow.report(job.events)
     flow.complete = True
 
 
-async def _promote(job: StreamJob, refresh: Refresh, body: UpstreamBody) -> bool:
+def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int) -> Found:
+    """The sources a refresh may take pieces from beside ``first`` (docs/http-api.md#trust:
+    the same name and size, the whole-file checks as the gate): none when the archive is not
+    checked (``verify_archives`` off: nothing would tell a mixed copy), or the answer is no
+    whole file."""
+    peers = job.peers
+    if peers is None or not peers.enabled or first.response.status_code != 200:
+        return []
+    if not refresh.checked:
+        return []
+    return identical(first.source.key, length, peers.found)
+
+
+async def _to_many(
+    job: StreamJob, refresh: Refresh, upstream: Upstream, others: Found, flow: Flow
+) -> None:
+    """A refresh from ``upstream``'s source and ``others`` at once
+    (:mod:`tracker.proxy.manysources`); its readers follow the gapless prefix."""
+    assert job.peers is not None  # others come from it
+    first = upstream.first
+
+    def known(sources: list[Source]) -> None:
+        upstream.splicing = lambda: sources[0].sent  # the first source's bytes, live
+        upstream.many = sources
+
+    outcome = await fill_from_many(
+        job.peers,
+        refresh,
+        first,
+        others,
+        upstream_bytes=job.events.upstream_bytes,
+        flowing=job.events.flowing,
+        on_sources=known,
+    )
+    upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
+    for source in outcome.sources:
+        key = outcome.keys[source]
+        job.events.refresh_share(key, source.sent, outcome.seconds)
+        if source is not outcome.sources[0]:  # the first one's is told when it closes
+            job.events.source_transfer(key, source.sent, outcome.seconds)
+    senders = [outcome.keys[s] for s in outcome.sources if s.sent]
+    repair = Repair(job.peers, refresh, outcome)
+    repair.liar_found = job.events.archive_rejected
+    if await _promote(job, refresh, first, blame=senders, repair=repair.run):
+        flow.outcome = "refresh_ok"
+        flow.report(job.events)
+    flow.complete = True
+
+
+async def _promote(
+    job: StreamJob,
+    refresh: Refresh,
+    first: UpstreamAnswer,
+    *,
+    blame: list[TargetKey] | None = None,
+    repair: Callable[[ArchiveInvalid], Awaitable[bool]] | None = None,
+) -> bool:
     """Promote a complete refresh whose archive passed its check; a failure after the check
     costs the cache, never the client. A failed check raises ArchiveInvalid: the refresh's
-    readers never get their last bytes (docs/http-api.md, "Verified archives")."""
+    readers never get their last bytes (docs/http-api.md, "Verified archives"), and the
+    sources that sent the copy (``blame``, default: ``first``'s) are held back for it,
+    unless ``repair`` (a refresh from several sources) found the liars and the repaired copy
+    passed the check again."""
     await refresh.flush()  # the last write may still be in flight (raises CacheError)
     try:
         await refresh.verify()  # readers may finish once it passed, whatever comes next
     except ArchiveInvalid as exc:
-        source = body.first.source
-        log_event(
-            log,
-            "warning",
-            "archive_rejected",
-            group=refresh.group,
-            file=refresh.name,
-            source=redact_text(source.key.target),
-            reason=exc.reason,
-        )
-        job.events.archive_rejected(source.key, exc.reason)
-        raise
+        if repair is None or not await repair(exc):
+            for key in blame if blame is not None else [first.source.key]:
+                log_event(
+                    log,
+                    "warning",
+                    "archive_rejected",
+                    group=refresh.group,
+                    file=refresh.name,
+                    source=redact_text(key.target),
+                    reason=exc.reason,
+                )
+                job.events.archive_rejected(key, exc.reason)
+            raise
     if not job.still_wanted():
         log_event(
             log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
         )
         refresh.abort()
         return False
-    mtime = parse_http_date(body.first.response.headers.get("last-modified"))
+    mtime = parse_http_date(first.response.headers.get("last-modified"))
     try:
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
@@ -253,157 +319,3 @@ def _spliceable(job: StreamJob, upstream: Upstream, length: int) -> BigReadStrea
     if job.zero_copy is None or upstream.first.pacer is not UNCAPPED:
         return None
     return splice_stream(upstream.first.response, length)
-
-
-class Upstream:
-    """The upstream answer a pump reads: closed at the end, also after a resume replaced it."""
-
-    def __init__(self, first: UpstreamAnswer, early: EarlyBody | None = None) -> None:
-        self.first = first
-        self.body: UpstreamBody | None = None
-        #: The body of an early head that went out before this answer came.
-        self.early = early
-        #: Body bytes moved by a splice (the channel path counts in ``body``).
-        self.spliced = 0
-        self.opened_at = trio.current_time()
-        #: Body bytes a splice moved so far, while it runs (the status page reads it live).
-        self.splicing: Callable[[], int] | None = None
-
-    @property
-    def moved(self) -> int:
-        """Body bytes that came from the source."""
-        if self.body is not None:
-            return self.body.received
-        return self.splicing() if self.splicing is not None else self.spliced
-
-    def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
-        """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
-        resumed, when the answer carries a validator that can prove the rest is of the same
-        file; a plain stream's is not (a client's own Range request is its own to repeat)."""
-        may_resume = resume and resumable(self.first.response)
-        self.body = UpstreamBody(
-            self.first,
-            length,
-            reopen=job.reopen if may_resume else None,
-            delays=job.settings.resume_delays,
-            on_resume=job.events.refresh_resumed,
-        )
-        return self.body
-
-    async def aclose(self) -> None:
-        if self.early is not None:
-            self.early.fail("the source ended")  # no-op once a body was decided
-        await (self.body.answer if self.body is not None else self.first).aclose()
-
-
-@asynccontextmanager
-async def opened(
-    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head] | None
-) -> AsyncIterator[Upstream | None]:
-    """The upstream's answer (``job.open``: UpstreamError when no source answers usably),
-    closed when the block ends, whatever ends it.
-
-    With ``job.early_size`` and a ``task_status``, a source that has not answered within
-    ``early_head_after`` gets the client an *early head* (docs/http-api.md): 200 with the
-    index's size, reported through ``task_status``. For a HEAD that is the whole answer, and
-    the block gets None. For a GET the answer carries that head's body (``early``), whose
-    bytes the pump decides on; when no source answers after all, the block gets None and
-    the body breaks (``flow.error``): never a short 200.
-    """
-    early: EarlyBody | None = None
-    answer: UpstreamAnswer | None = None
-    if job.early_size and task_status is not None:
-        answer, early, failure = await _open_or_head_early(job, flow, task_status)
-        if answer is None:
-            if early is not None:
-                flow.error = str(failure) if failure is not None else "no source answered"
-                early.fail(flow.error)  # the body raises: the client's connection breaks
-                log_event(log, "warning", "stream_failed", reason=flow.error)
-            yield None
-            return
-    else:
-        answer = await job.open()
-    upstream = Upstream(answer, early)
-    flowing = job.events.flowing
-    stop = flowing.start(upstream.first.source.key, upstream) if flowing is not None else None
-    try:
-        yield upstream
-    finally:
-        if stop is not None:
-            stop()
-        await upstream.aclose()
-        # What this source delivered, and how fast: its throughput ranks it
-        # (docs/http-api.md#trust).
-        elapsed = trio.current_time() - upstream.opened_at
-        job.events.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
-
-
-async def _open_or_head_early(
-    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
-) -> tuple[UpstreamAnswer | None, EarlyBody | None, UpstreamError | None]:
-    """Open the upstream, reporting the early head if that takes ``early_head_after``.
-
-    Returns the answer (None: none came, or a HEAD was answered early), the early head's
-    body (None: no early head, or one without a body) and the failure. Raises the
-    UpstreamError when every source failed before any head went out (the client gets 502).
-    """
-    answer: UpstreamAnswer | None = None
-    failure: UpstreamError | None = None
-    early: EarlyBody | None = None
-    reported = False
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def opener() -> None:
-                nonlocal answer, failure
-                try:
-                    answer = await job.open()
-                except UpstreamError as exc:
-                    failure = exc
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(opener)
-            # Not while the request waits in a source's queue (docs/http-api.md, "Source
-            # limits"): it gets its 503 then, not a head whose body would break.
-            await head_due(job.slotted, job.settings.early_head_after)
-            reported = True
-            early = _report_early(job, flow, task_status)
-            if early is None:
-                nursery.cancel_scope.cancel()  # a HEAD: answered, the source no longer matters
-            else:
-                await trio.sleep_forever()  # until the opener ends
-    except BaseException:
-        if answer is not None:
-            await answer.aclose()
-        raise
-    if not reported and failure is not None:
-        raise failure
-    if reported and early is None and answer is not None:
-        await answer.aclose()
-        answer = None
-    return answer, early, failure
-
-
-def _report_early(
-    job: StreamJob, flow: Flow, task_status: trio.TaskStatus[Head]
-) -> EarlyBody | None:
-    """Report the early head: 200, the index's size, no validators (none is known yet).
-    Returns its body (None for a HEAD)."""
-    size = job.early_size
-    headers = {"content-length": str(size), "content-type": "application/octet-stream"}
-    if job.method != "GET":
-        task_status.started(Head(200, headers, None))
-        return None
-    body = EarlyBody()
-    task_status.started(Head(200, headers, body))
-    return body
-
-
-def keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -> bool:
-    """True when the answer can follow the early head (a 200 of the promised size); else
-    its body breaks. :func:`tracker.proxy.failover.open_upstream` already refuses others."""
-    if head.status == 200 and length == job.early_size:
-        return True
-    flow.error = f"the source answered {head.status} with {length} bytes after an early head"
-    log_event(log, "warning", "stream_failed", reason=flow.error)
-    return False

@@ -36,6 +36,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Asking, open_upstream
+from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.sharing import ReaderEvents
 from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
@@ -128,6 +129,13 @@ class Launcher:
             early_size=sources.early,
             budget=self._channel_budget,
             slotted=asking.slotted,
+            peers=Peers(
+                self._clients,
+                group,
+                sources.found,
+                enabled=origin == "upstream",
+                read_timeout=self.settings.read_timeout,
+            ),
         )
 
     async def start(
@@ -208,6 +216,7 @@ class Launcher:
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
+            refresh_share=partial(self._share, metrics, group),
             source_transfer=ranked,
             archive_rejected=rejected,
             flowing=flowing,
@@ -219,6 +228,10 @@ class Launcher:
         if size >= MIN_MEASURED_BYTES:
             # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
             self.index.record_transfer(key, size, seconds, kind="achieved")
+
+    @staticmethod
+    def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:
+        metrics.count_refresh_share(group, key.target, size, seconds)
 
     def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
         """What counts a failed source of the index (not the bucket, not a replica)."""

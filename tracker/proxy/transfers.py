@@ -37,6 +37,7 @@ from tracker.core.flowing import Flowing
 from tracker.core.index import TargetKey
 from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
+from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import Reopen
 from tracker.proxy.upstream import ProxySettings, UpstreamAnswer, client_response_headers
 from tracker.serving.fileresponse import ChunkBudget
@@ -59,6 +60,9 @@ class StreamEvents:
     client_bytes: Callable[[int], None] = _nothing
     refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
     refresh_resumed: Callable[[], None] = _nothing
+    #: ``(source key, body bytes, seconds)`` of each source of a refresh from several
+    #: sources, once it ended (its share: metrics).
+    refresh_share: Callable[[TargetKey, int, float], None] = _nothing
     #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
     source_transfer: Callable[[TargetKey, int, float], None] = _nothing
     #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
@@ -185,6 +189,9 @@ class StreamJob:
     #: Cancelled by the refresh's owner when nobody needs it any more (its readers left, and
     #: it is not to be kept).
     stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: The other sources a refresh may take pieces from beside its first
+    #: (:mod:`tracker.proxy.manysources`; None: its first source alone).
+    peers: Peers | None = None
 
 
 def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:

@@ -51,6 +51,7 @@ from tracker.web.statusview import (
     parse_refresh,
     refresh_percent,
     refresh_rate,
+    source_shares,
     target_order,
 )
 
@@ -296,11 +297,16 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
             f"{percent:.1f} % of {format_bytes(progress.size)}"
         )
     readers = "—" if progress.readers is None else str(progress.readers)
+    shares = "".join(
+        f'<br><span class="meta">{text(url)}: {share:.0f} % at {format_rate(rate)}</span>'
+        for url, share, rate in source_shares(progress, now)
+    )
     return (
         f"<tr><td>{text(progress.group)}</td><td><code>{text(progress.name)}</code></td>"
         f'<td class="num">{format_bytes(progress.written)}</td>'
         '<td><span class="badge refreshing">refreshing</span></td>'
-        f'<td>{bar}<br><span class="meta">started {ago(now, progress.started_at)}</span></td>'
+        f'<td>{bar}<br><span class="meta">started {ago(now, progress.started_at)}</span>'
+        f"{shares}</td>"
         f'<td class="num">{format_rate(refresh_rate(progress, now))}</td>'
         f'<td class="num">{readers}</td><td><span class="none">when complete</span></td></tr>'
     )

@@ -192,3 +192,14 @@ def refresh_rate(progress: RefreshProgress, now: float) -> float:
     """A refresh's mean rate so far, bytes per second (0 before its first second)."""
     elapsed = now - progress.started_at
     return progress.written / elapsed if elapsed >= 1.0 else 0.0
+
+
+def source_shares(progress: RefreshProgress, now: float) -> list[tuple[str, float, float]]:
+    """Each source of a refresh from several at once: its URL, its share of the bytes so far
+    (per cent) and its rate since the refresh began (bytes per second)."""
+    total = sum(sent for _url, sent in progress.sources)
+    elapsed = max(1e-3, now - progress.started_at)
+    return [
+        (url, 100.0 * sent / total if total else 0.0, sent / elapsed)
+        for url, sent in progress.sources
+    ]

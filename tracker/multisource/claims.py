@@ -6,6 +6,15 @@ the back half of the claim with the most bytes left, so a slow source ends up wi
 and the last bytes do not wait for it. A claim given up (its source failed) returns what it
 had not written to the pool. What is done is a set of intervals, saved in the state file so
 that a killed fetch resumes where it stopped.
+
+Two policies share this bookkeeping. ``fetch`` writes a file nobody reads before it is
+complete: pieces go in order, and the claim that needs longest is stolen from. The cache's
+refresh is read while it grows (docs/architecture.md, "A refresh from several sources"):
+with a ``window``, no piece starting more than ``window`` bytes past the gapless prefix is
+handed out, and an idle connection steals from the *earliest* claim that would need longer
+than STEAL_AFTER_SECONDS (the head a laggard holds back), so the prefix readers get grows at
+the sources' combined rate. A connection whose answer runs on (a whole-file ``200``) may
+:meth:`Pieces.extend` its claim over the next piece while nobody else holds it.
 """
 
 from __future__ import annotations
@@ -62,9 +71,16 @@ class Pieces:
     """The pieces of a ``size``-byte file, ``done`` intervals already on disk."""
 
     def __init__(
-        self, size: int, piece_size: int, done: list[tuple[int, int]] | None = None
+        self,
+        size: int,
+        piece_size: int,
+        done: list[tuple[int, int]] | None = None,
+        *,
+        window: int = 0,
     ) -> None:
         self.size = size
+        #: Pieces are handed out only up to this many bytes past the prefix (0: anywhere).
+        self.window = window
         self._done: list[tuple[int, int]] = merge(done or [])
         self._todo: list[tuple[int, int]] = []
         for start, end in _gaps(self._done, size):
@@ -103,15 +119,13 @@ class Pieces:
     def claim(self, now: float = 0.0) -> Claim | None:
         """The next unclaimed piece, else the back half of the claim that needs longest
         (stolen, if it needs longer than STEAL_AFTER_SECONDS), else None."""
-        if self._todo:
+        if self._todo and self._within_window(self._todo[0][0]):
             start, end = self._todo.pop(0)
             claim = Claim(start, start, end, started=now)
             self._claims.add(claim)
             return claim
-        victim = max(self._claims, key=lambda c: (c.seconds_left(now), c.left), default=None)
-        if victim is None or victim.left < 2 * MIN_STEAL:
-            return None
-        if victim.seconds_left(now) < STEAL_AFTER_SECONDS:
+        victim = self._victim(now)
+        if victim is None:
             return None
         middle = max(victim.position, victim.reserved) + victim.left // 2
         claim = Claim(middle, middle, victim.end, started=now)
@@ -119,6 +133,34 @@ class Pieces:
         self._claims.add(claim)
         self.steals += 1
         return claim
+
+    def _within_window(self, start: int) -> bool:
+        return not self.window or start < self.prefix + self.window
+
+    def _victim(self, now: float) -> Claim | None:
+        """The claim to steal the back half of: worth stealing (at least 2 * MIN_STEAL left,
+        more than STEAL_AFTER_SECONDS of its owner's time); with a window the earliest such
+        claim, else the one that needs longest."""
+        if not self.window:
+            victim = max(self._claims, key=lambda c: (c.seconds_left(now), c.left), default=None)
+            worth = [victim] if victim is not None else []
+        else:  # a claim with no byte yet gets its chance first: its request just went out
+            worth = sorted(
+                (c for c in self._claims if now - c.started >= STEAL_AFTER_SECONDS),
+                key=lambda c: c.start,
+            )
+        for claim in worth:
+            if claim.left >= 2 * MIN_STEAL and claim.seconds_left(now) >= STEAL_AFTER_SECONDS:
+                return claim
+        return None
+
+    def extend(self, claim: Claim) -> bool:
+        """Grow ``claim`` over the next unclaimed piece when that starts where it ends (its
+        answer runs on: no new request is needed); whether it grew."""
+        if self._todo and self._todo[0][0] == claim.end and self._within_window(claim.end):
+            claim.end = self._todo.pop(0)[1]
+            return True
+        return False
 
     def advance(self, claim: Claim, written: int) -> None:
         """``written`` more bytes of ``claim`` are on disk."""

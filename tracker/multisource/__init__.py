@@ -1,0 +1,15 @@
+"""One download engine for one archive over several byte-identical sources: parallel
+``Range`` pieces, work stealing, slow sources dropped, per-origin limits honoured; used by
+``snapshot-tracker fetch`` (:mod:`tracker.fetch.download`) and by the cache's refresh in
+proxy mode (:mod:`tracker.proxy.manysources`). Each caller keeps its own policy (which
+sources go together, where pieces go, what a client sees); the mechanism is here.
+
+:mod:`~tracker.multisource.claims` is the pure bookkeeping of who fetches which bytes (in
+order, or in a window ahead of a growing file's readers); :mod:`~tracker.multisource.sources`
+a source and the checks of every answer; :mod:`~tracker.multisource.crew` the connections
+that claim, fetch and write pieces (spliced when the answer allows); which sources are too
+slow to keep is :mod:`~tracker.multisource.judging` (pure).
+
+May import: :mod:`tracker.zerocopy`, :mod:`tracker.clientwire`, :mod:`tracker.net`,
+:mod:`tracker.core`, :mod:`tracker.errors`. Not the web framework, not the cache.
+"""

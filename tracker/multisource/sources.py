@@ -1,0 +1,117 @@
+"""The sources of one download, as the engine sees them, and what each answer must prove.
+
+A :class:`Source` is one URL of a file of known size (its :class:`Identity`: the size and the
+validators it was first sent with) and what it delivered so far. Which sources may be used
+together is the caller's policy (``fetch`` samples their bytes, the cache's refresh takes
+the index's copies of the same name, size and published SHA-256: docs/http-api.md#trust);
+the engine only checks every answer against the source it came from: the range asked, of the
+same size, not provably another file (:func:`check_range`, :func:`check_whole`; the one
+"same file" rule is :mod:`tracker.core.samefile`). A failing answer raises
+:class:`~tracker.errors.SourceFailed` with a one-line reason that starts with the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import httpx
+import trio
+
+from tracker.core.contentrange import ContentRange, states_range
+from tracker.core.logs import log_event
+from tracker.core.samefile import Sameness, Validators, sameness
+from tracker.errors import SourceFailed
+
+log = logging.getLogger("tracker.multisource")
+
+
+@attrs.frozen
+class Identity:
+    """What makes two answers the same file: its size and the validators it was sent with."""
+
+    size: int
+    etag: str = ""
+    last_modified: str = ""
+
+    @property
+    def validators(self) -> Validators:
+        """The validators the file was sent with."""
+        return Validators(self.etag, self.last_modified)
+
+    def same_file(self, other: Identity) -> bool:
+        """True when ``other`` is provably this file: the same size, and validators that
+        prove it (:func:`tracker.core.samefile.sameness`); with no validator in common they
+        are not provably the same."""
+        return self.size == other.size and (
+            sameness(self.validators, other.validators) is Sameness.SAME
+        )
+
+
+@attrs.define(eq=False)
+class Source:
+    """One URL of the file, as inspected, and what it delivered."""
+
+    url: str
+    identity: Identity
+    ranges: bool
+    sent: int = 0
+    failures: int = 0
+    dropped: str = ""
+    scopes: set[trio.CancelScope] = attrs.Factory(set)
+    #: The caller's own handle of the source (the refresh: its index entry), never read here.
+    tag: object = None
+    #: The event logged when the source is dropped (each caller logs under its own name).
+    drop_event: str = "fetch_source_dropped"
+
+    def drop(self, reason: str) -> None:
+        """Stop using this source; its running requests are cancelled (their pieces return)."""
+        if not self.dropped:
+            self.dropped = reason
+            log_event(log, "warning", self.drop_event, url=self.url, reason=reason)
+        for scope in self.scopes:
+            scope.cancel()
+
+    def adopt_validators(self, response: httpx.Response) -> None:
+        """Take the validators of ``response`` as the source's when it had none yet (its
+        first answer): every later answer must then not be provably another file."""
+        if not (self.identity.etag or self.identity.last_modified):
+            headers = response.headers
+            self.identity = Identity(
+                self.identity.size, headers.get("etag", ""), headers.get("last-modified", "")
+            )
+
+
+def check_range(response: httpx.Response, source: Source, start: int, end: int) -> None:
+    """A 206 of exactly the bytes asked, of the file the source was inspected with."""
+    if response.status_code != 206:
+        raise SourceFailed(f"{source.url}: answered {response.status_code} to a range")
+    got = response.headers.get("content-range", "").strip()
+    if not states_range(got, start, end - 1, source.identity.size):
+        expected = ContentRange(start, end - 1, source.identity.size).text()
+        raise SourceFailed(f"{source.url}: content-range {got!r}, expected {expected!r}")
+    if not same_validators(response, source.identity):
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
+
+
+def check_whole(response: httpx.Response, source: Source) -> None:
+    """A 200 of the whole file the source was inspected with (a source without ranges)."""
+    if response.status_code != 200:
+        raise SourceFailed(f"{source.url}: status {response.status_code}")
+    length = response.headers.get("content-length", "").strip()
+    if length != str(source.identity.size):
+        raise SourceFailed(
+            f"{source.url}: content-length {length or 'missing'}, expected {source.identity.size}"
+        )
+    if not same_validators(response, source.identity):
+        raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
+
+
+def same_validators(response: httpx.Response, identity: Identity) -> bool:
+    """False when the answer's validators prove it is another file than ``identity``
+    (:func:`tracker.core.samefile.sameness`: different, not merely unproven; the size is
+    checked anyway). Checked on every answer rather than asked with ``If-Range``, which a
+    tracker's change of ETag (its cache's own) would turn into a whole-file 200.
+    """
+    found = Validators.of(response.headers)
+    return sameness(identity.validators, found) is not Sameness.DIFFERENT

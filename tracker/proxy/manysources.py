@@ -1,0 +1,336 @@
+"""A refresh of the cache from every byte-identical source of its archive at once.
+
+The refresh's first source answers as it always did (:mod:`tracker.proxy.failover`: the
+first body to start wins, so a client's first byte comes as fast as from one source). When
+the index knows other sources of the same archive (:func:`identical`: the same name and
+size; docs/http-api.md#trust), they join: the shared engine (:mod:`tracker.multisource`)
+cuts the file into pieces, hands them out from the front within a window ahead of the
+gapless prefix, and each source's lanes (at most its ``source_limits.max_transfers``:
+:func:`lanes_for`) fetch them with ``Range`` requests, paced by its ``max_rate``, spliced
+into the temp file at their offsets. The first answer carries the head on for as long as no
+other lane holds the next piece. The refresh's readers follow the gapless prefix
+(:meth:`tracker.cache.refresh.Refresh.landed`), which grows at the sources' combined rate;
+an idle lane steals the back half of the head piece from a laggard, a source that fails
+three times, stalls or delivers under a tenth of the fastest one's rate
+(:func:`tracker.multisource.judging.laggards`) is dropped and its pieces go to the others.
+
+Which copy is good is not decided here: the whole-file checks stay the gate
+(docs/http-api.md, "Verified archives"; :func:`tracker.proxy.bytepaths.fill`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import attrs
+import trio
+
+from tracker.cache.refresh import Refresh
+from tracker.config.schema import TargetGroup
+from tracker.core.flowing import Flowing
+from tracker.core.index import TargetKey
+from tracker.core.logs import log_event
+from tracker.core.redact import redact_text
+from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.multisource.claims import Pieces, intersect
+from tracker.multisource.crew import Answer, Crew, lane, watch_speed
+from tracker.multisource.judging import laggards
+from tracker.multisource.sources import Identity, Source
+from tracker.proxy.decisions import Found
+from tracker.proxy.piececheck import find_liars
+from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
+
+log = logging.getLogger("tracker.proxy")
+
+MiB = 1024 * 1024
+#: Connections per source at most (fewer when its ``max_transfers`` says so): two keep one
+#: request's round trip hidden behind the other's bytes.
+LANES = 2
+#: Sources of one refresh at most (the first included).
+MAX_SOURCES = 4
+#: Seconds over which the sources' rates are compared (:func:`laggards`).
+SPEED_WINDOW = 2.0
+#: Seconds a lane waits in its source's queue for a transfer slot before it looks again.
+SLOT_WAIT = 1.0
+
+
+@attrs.frozen
+class Peers:
+    """What a refresh may add beside its first source: the group's download clients, the
+    group, and the sources of the file the request may use (best first, those held back
+    after a failed check already left out); ``enabled`` False keeps one source."""
+
+    clients: DownloadClients
+    group: TargetGroup
+    found: Found
+    enabled: bool = True
+    #: Longest wait for one read of a body (``ProxySettings.read_timeout``).
+    read_timeout: float = 60.0
+
+
+@attrs.frozen
+class PieceTunables:
+    """The engine's tunables for a refresh (:class:`tracker.multisource.crew.Tunables`)."""
+
+    read_timeout: float
+    write_size: int = 2 * MiB
+    write_delay: float = 0.05
+    max_failures: int = 3
+
+
+def identical(first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES) -> Found:
+    """The sources of ``found`` (one archive name, best first) that may give pieces beside
+    the first one (``first_key``): another target, a URL, and the first answer's ``length``
+    as their advertised size (an unknown size is not shown to be the same file: left out).
+    Each one's first ``206`` must then state that total too (:func:`check_range`). At most
+    ``most`` sources in all."""
+    kept: Found = []
+    for f, source in found:
+        if len(kept) + 1 >= most:
+            break
+        if source.key != first_key and f.url and f.size == length:
+            kept.append((f, source))
+    return kept
+
+
+#: Files smaller than this come from their first source alone: a few requests more would
+#: cost more than they bring.
+MIN_SIZE = 2 * MiB
+
+
+def use_many(size: int, others: Found) -> bool:
+    """Whether a refresh of ``size`` bytes takes pieces from ``others`` beside its first
+    source."""
+    return size >= MIN_SIZE and bool(others)
+
+
+def lanes_for(max_transfers: int) -> int:
+    """Connections to one source: LANES, fewer when ``max_transfers`` (0: no cap) says so."""
+    return LANES if max_transfers <= 0 else min(LANES, max_transfers)
+
+
+def piece_size_for(size: int, lanes: int) -> int:
+    """Pieces small enough that the head piece comes soon and every lane has a few, big
+    enough that requests stay few: about eight per lane, from 1 to 16 MiB."""
+    return max(MiB, min(16 * MiB, size // max(1, 8 * lanes) + 1))
+
+
+def window_for(piece: int, lanes: int) -> int:
+    """How far past the gapless prefix pieces are handed out: two per lane (an idle lane
+    steals the head instead of running further ahead)."""
+    return max(4, 2 * lanes) * piece
+
+
+@attrs.define(eq=False)
+class _Measured:
+    """One source's transfer as :class:`tracker.core.flowing.Flowing` reads it."""
+
+    source: Source
+    opened_at: float
+
+    @property
+    def moved(self) -> int:
+        return self.source.sent
+
+
+@attrs.frozen
+class Outcome:
+    """What the sources of a refresh delivered: each one, its bytes and seconds."""
+
+    sources: tuple[Source, ...]
+    seconds: float
+    #: The byte ranges each source wrote (what a failed check compares).
+    written: dict[Source, list[tuple[int, int]]]
+    #: Each source's target in the index.
+    keys: dict[Source, TargetKey]
+
+    def shares(self) -> str:
+        """``url=bytes`` of each source, for the log line."""
+        return " ".join(f"{redact_text(s.url)}={s.sent}" for s in self.sources)
+
+
+async def fill_from_many(
+    peers: Peers,
+    refresh: Refresh,
+    first: UpstreamAnswer,
+    others: Found,
+    *,
+    upstream_bytes: Callable[[int], None],
+    flowing: Flowing | None,
+    on_sources: Callable[[list[Source]], None],
+) -> Outcome:
+    """Fill ``refresh`` (open, ``refresh.size`` bytes) from ``first`` (its answer, body
+    unread) and the sources ``others`` at once; see the module doc. ``on_sources`` is told
+    the sources once they are known (the status page reads their shares).
+
+    Raises UpstreamError when every source failed before the file was complete (what was
+    written stays unread: the refresh fails), CacheError when the temp file cannot be
+    written. Cancellation stops every lane."""
+    size, limits = refresh.size, peers.group.source_limits
+    lanes = lanes_for(limits.max_transfers)
+    piece = piece_size_for(size, lanes * (1 + len(others)))
+    pieces = Pieces(size, piece, window=window_for(piece, lanes * (1 + len(others))))
+    headers = first.response.headers
+    identity = Identity(size, headers.get("etag", ""), headers.get("last-modified", ""))
+    dropped = "refresh_source_dropped"
+    sources = [Source(first.url, identity, True, drop_event=dropped)]
+    sources += [Source(f.url, Identity(size), True, drop_event=dropped) for f, _s in others]
+    keys = dict(zip(sources, [first.source.key, *(s.key for _f, s in others)], strict=True))
+    on_sources(sources)
+    refresh.piece_sources = tuple(sources)
+    written: dict[Source, list[tuple[int, int]]] = {}
+
+    def landed(source: Source, offset: int, count: int) -> None:
+        upstream_bytes(count)
+        refresh.landed(pieces.prefix)
+        ranges = written.setdefault(source, [])
+        if ranges and ranges[-1][1] == offset:  # the same claim going on
+            ranges[-1] = (ranges[-1][0], offset + count)
+        else:
+            ranges.append((offset, offset + count))
+
+    fd = os.dup(refresh.descriptor())  # abort() may close the refresh's own meanwhile
+    started = trio.current_time()
+    stops = []
+    if flowing is not None:
+        stops = [flowing.start(keys[s], _Measured(s, started)) for s in sources[1:]]
+    crew = Crew(
+        PieceTunables(peers.read_timeout), pieces, fd, partial(_ask, peers, keys), landed=landed
+    )
+    head = pieces.claim(started)
+    if head is None:
+        raise UpstreamError("an empty file has no pieces")  # use_many refuses those first
+    firsts = Answer(first.response, first.pacer, first.aclose)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_speed, sources, SPEED_WINDOW, laggards)
+            async with trio.open_nursery() as lanes_nursery:
+                for index, each in enumerate(sources):
+                    for number in range(lanes):
+                        carried = (firsts, head) if index == number == 0 else None
+                        lanes_nursery.start_soon(lane, crew, each, carried)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrapped(group) from None
+    finally:
+        os.close(fd)
+        for stop in stops:
+            stop()
+    outcome = Outcome(tuple(sources), trio.current_time() - started, written, keys)
+    if not pieces.complete:
+        reasons = "; ".join(f"{redact_text(s.url)}: {s.dropped or 'failed'}" for s in sources)
+        raise UpstreamError(f"every source of the refresh failed: {reasons}")
+    log_event(log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
+    return outcome
+
+
+def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a lane's failure means for the refresh: the group itself while it carries a
+    cancellation (or anything but an Exception: it must reach its scope), else its first
+    error, a failed write of the temp file as CacheError."""
+    if group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
+        return group
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, OSError):
+        return CacheError(f"cache write failed: {os.strerror(leaf.errno or 0)}")
+    return leaf
+
+
+@asynccontextmanager
+async def _ask(
+    peers: Peers, keys: dict[Source, TargetKey], source: Source, headers: dict[str, str]
+) -> AsyncIterator[Answer]:
+    """``source`` asked for a piece within its origin's ``source_limits`` (credentials only
+    to its own origin: :func:`tracker.proxy.upstream.ask_source`); the answer closed and its
+    transfer slot freed when the block ends. The first answer's validators become the
+    source's (every later one must be of the same file)."""
+    queueing = Queueing(SLOT_WAIT)
+    reply = await ask_source(
+        peers.clients,
+        peers.group,
+        keys[source],
+        source.url,
+        "GET",
+        headers,
+        queueing=queueing,
+    )
+    try:
+        if reply.response.status_code == 206:
+            source.adopt_validators(reply.response)
+        yield Answer(reply.response, reply.pacer)
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await reply.response.aclose()
+            finally:
+                await reply.slot.aclose()
+
+
+def _no_one(_key: TargetKey, _reason: str) -> None:
+    return None
+
+
+@attrs.define
+class Repair:
+    """After the copy of a refresh from several sources failed its check: its readers cut
+    off, the liars found by comparing every source's ranges with another's and their bytes
+    rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the liars named
+    (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
+    ``last_error``) once it passed."""
+
+    peers: Peers
+    refresh: Refresh
+    outcome: Outcome
+    liar_found: Callable[[TargetKey, str], None] = _no_one
+
+    async def run(self, failed: ArchiveInvalid) -> bool:
+        """Whether the copy was repaired and passed its check again (else the caller
+        rejects it as it stands)."""
+        refresh, outcome = self.refresh, self.outcome
+        refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
+        log_event(log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
+        fd = os.dup(refresh.descriptor())
+        try:
+            ask = partial(_ask, self.peers, outcome.keys)
+            # The check read the file in order and failed on bytes it had read: only those
+            # are compared (the rest of the file costs nothing more).
+            suspect = {
+                source: intersect(ranges, [(0, refresh.failed_within or refresh.size)])
+                for source, ranges in outcome.written.items()
+            }
+            found = await find_liars(
+                list(outcome.sources), suspect, fd, ask, self.peers.read_timeout
+            )
+        finally:
+            os.close(fd)
+        if not found.liars or found.undecided:
+            log_event(
+                log,
+                "warning",
+                "refresh_not_repaired",
+                file=refresh.name,
+                liars=len(found.liars),
+                undecided=found.undecided,
+            )
+            return False
+        try:
+            await refresh.recheck()
+        except ArchiveInvalid as exc:
+            log_event(log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason)
+            return False
+        for liar, ranges in found.liars.items():
+            shown = ", ".join(f"{start}-{end - 1}" for start, end in ranges[:4])
+            reason = (
+                f"sent bytes {shown} of {refresh.name} that differ from the other sources' "
+                "(the copy passed its check without them)"
+            )
+            log_event(log, "warning", "refresh_source_lied", url=liar.url, reason=reason)
+            self.liar_found(outcome.keys[liar], reason)
+        log_event(log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten)
+        return True

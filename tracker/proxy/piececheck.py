@@ -1,0 +1,176 @@
+"""After a refresh from several sources failed its check: which source lied, and the copy
+repaired from the others (docs/architecture.md, "A refresh from several sources").
+
+The whole-file check says that the copy is bad, not which piece or whose. Every range a
+source wrote is asked again of another source (compare, do not trust: the bytes on disk are
+never taken for the truth), chunk by chunk as they arrive, and compared with the disk. Where
+they differ a third source, when there is one, decides (:func:`verdict`): the two that agree
+are right. The bytes found right are written over the wrong ones, and the copy is checked
+again from its first byte; only when that check passes are the liars named
+(``/v1/targets`` ``last_error``) and held back for this archive. Memory stays bounded: one
+chunk of each answer at a time.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import attrs
+import trio
+
+from tracker.core.logs import log_event
+from tracker.errors import SourceFailed, TransportError
+from tracker.multisource.claims import merge
+from tracker.multisource.crew import Answer
+from tracker.multisource.sources import Source, check_range
+from tracker.net.bodyreads import body_chunks
+
+log = logging.getLogger("tracker.proxy")
+
+#: Bytes compared at once (a chunk of an answer is cut to this).
+COMPARE_SIZE = 1024 * 1024
+
+Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[Answer]]
+
+
+class Verdict(enum.Enum):
+    """Who is right where two sources' bytes differ."""
+
+    OWNER_LIED = "owner"  # the source whose bytes are on disk
+    COMPARER_LIED = "comparer"  # the source asked to compare
+    UNKNOWN = "unknown"
+
+
+def verdict(on_disk: bytes, comparer: bytes, third: bytes | None) -> Verdict:
+    """Who lied where ``on_disk`` (the owner's bytes) and ``comparer`` differ: the third
+    source's bytes side with one of them (None: no third source; then the comparer is
+    taken, provisionally: the check that follows decides)."""
+    if third is None:
+        return Verdict.OWNER_LIED
+    if third == comparer:
+        return Verdict.OWNER_LIED
+    if third == on_disk:
+        return Verdict.COMPARER_LIED
+    return Verdict.UNKNOWN
+
+
+def comparers(owner: int, live: list[int]) -> list[int]:
+    """The sources (indices of ``live``, in order) asked about ``owner``'s ranges: the next
+    live one after it, then the one after that (the tie-breaker)."""
+    others = [i for i in live if i != owner]
+    if not others:
+        return []
+    after = [i for i in others if i > owner] + [i for i in others if i < owner]
+    return after[:2]
+
+
+@attrs.define
+class Findings:
+    """What the comparison found: the sources that lied (and where), the bytes rewritten."""
+
+    liars: dict[Source, list[tuple[int, int]]] = attrs.Factory(dict)
+    rewritten: int = 0
+    undecided: int = 0
+
+    def blame(self, source: Source, start: int, end: int) -> None:
+        self.liars[source] = merge([*self.liars.get(source, []), (start, end)])
+
+
+#: The slowest a comparison may go before it is given up (bytes per second), on top of one
+#: read timeout per range.
+SLOWEST_COMPARE = 1024 * 1024
+
+
+async def find_liars(
+    sources: list[Source],
+    written: dict[Source, list[tuple[int, int]]],
+    fd: int,
+    ask: Opener,
+    read_timeout: float,
+) -> Findings:
+    """Compare every range each source wrote into ``fd`` with another live source's bytes
+    (see the module doc); rewrite the bytes found wrong. A range whose comparer fails or
+    takes too long stays undecided (``Findings.undecided``)."""
+    comparison = _Comparison(fd, ask, Findings())
+    live = [i for i, s in enumerate(sources) if not s.dropped]
+    for owner, source in enumerate(sources):
+        for start, end in written.get(source, []):
+            asked = [sources[i] for i in comparers(owner, live)]
+            if not asked:
+                comparison.findings.undecided += end - start
+                continue
+            with trio.move_on_after(read_timeout + (end - start) / SLOWEST_COMPARE) as scope:
+                await comparison.range(source, asked, start, end)
+            if scope.cancelled_caught:
+                comparison.findings.undecided += end - start
+    return comparison.findings
+
+
+@attrs.define
+class _Comparison:
+    """The file being compared (``fd``), how sources are asked, and what was found."""
+
+    fd: int
+    ask: Opener
+    findings: Findings
+
+    async def range(self, owner: Source, asked: list[Source], start: int, end: int) -> None:
+        """``owner``'s bytes ``start`` to ``end`` on disk against ``asked[0]``'s (the next
+        one, if any, breaks a tie)."""
+        comparer, third = asked[0], asked[1] if len(asked) > 1 else None
+        position = start
+        try:
+            async with self.ask(comparer, {"range": f"bytes={start}-{end - 1}"}) as answer:
+                check_range(answer.response, comparer, start, end)
+                async with body_chunks(answer.response) as chunks:
+                    async for chunk in chunks:
+                        for cut in range(0, len(chunk), COMPARE_SIZE):
+                            piece = chunk[cut : cut + COMPARE_SIZE][: end - position]
+                            await self.piece(owner, comparer, third, position, piece)
+                            position += len(piece)
+                        if position >= end:
+                            break
+        except (SourceFailed, TransportError) as exc:
+            log_event(log, "warning", "refresh_compare_failed", url=comparer.url, reason=str(exc))
+            self.findings.undecided += end - position
+
+    async def piece(
+        self, owner: Source, comparer: Source, third: Source | None, position: int, piece: bytes
+    ) -> None:
+        """One piece of ``comparer``'s bytes at ``position`` against the disk."""
+        findings = self.findings
+        on_disk = await trio.to_thread.run_sync(os.pread, self.fd, len(piece), position)
+        if on_disk == piece:
+            return
+        tie = None if third is None else await _read(third, position, len(piece), self.ask)
+        found = verdict(on_disk, piece, tie)
+        end = position + len(piece)
+        if found is Verdict.OWNER_LIED:
+            await trio.to_thread.run_sync(os.pwrite, self.fd, piece, position)
+            findings.blame(owner, position, end)
+            findings.rewritten += len(piece)
+        elif found is Verdict.COMPARER_LIED:
+            findings.blame(comparer, position, end)
+        else:
+            findings.undecided += len(piece)
+
+
+async def _read(source: Source, position: int, length: int, ask: Opener) -> bytes | None:
+    """``length`` bytes of ``source`` at ``position`` (None: it could not say)."""
+    data = bytearray()
+    try:
+        async with ask(source, {"range": f"bytes={position}-{position + length - 1}"}) as answer:
+            check_range(answer.response, source, position, position + length)
+            async with body_chunks(answer.response) as chunks:
+                async for chunk in chunks:
+                    data += chunk
+                    if len(data) >= length:
+                        break
+    except (SourceFailed, TransportError) as exc:
+        log_event(log, "warning", "refresh_compare_failed", url=source.url, reason=str(exc))
+        return None
+    return bytes(data[:length]) if len(data) >= length else None
