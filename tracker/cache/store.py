@@ -50,6 +50,7 @@ from tracker.core.groupname import is_group_name
 from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
@@ -184,12 +185,12 @@ class Cache:
         digests: Digests,
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
-        prove_accounts: int | None = None,
+        prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
         an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
-        the bound of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
+        the limits of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
         votes, :mod:`tracker.cache.lifting`); before :meth:`startup_cleanup`."""
         self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts, voter)
 

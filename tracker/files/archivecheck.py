@@ -40,6 +40,7 @@ from tracker.files.decoders import decoder_for
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import walk_tar
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.prover import AccountsProver, ArchiveProver
 from tracker.serving.threads import Background
 
@@ -149,12 +150,13 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
 
 
 def check_file(
-    path: str, name: str | None = None, *, prove_accounts: int | None = None
+    path: str, name: str | None = None, *, prove_accounts: AccountsLimits | None = None
 ) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever).
-    ``prove_accounts`` (the bound ``prove_accounts_max``) proves a full to ``accounts``."""
+    ``prove_accounts`` (its memory budget, temporary directory, optional bound) proves a full
+    to ``accounts``."""
     fd = _open_regular(path)
     name = name or os.path.basename(path)
     with open(fd, "rb", buffering=0) as file:
@@ -391,13 +393,19 @@ class FollowingCheck:
     ArchiveInvalid (OSError when the file could not be read).
     """
 
-    def __init__(self, growing: GrowingFile, name: str, prove_accounts: int | None = None) -> None:
+    def __init__(
+        self, growing: GrowingFile, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> None:
         self._growing = growing
         # the accounts proof's second read needs the file after the check has read it to
         # its end (when the growing file's own descriptor closes): one of its own
         again = None if prove_accounts is None else os.open(growing.reopen_path, os.O_RDONLY)
         path = f"/proc/self/fd/{again}"
-        accounts = accounts_prover(name, prove_accounts, path) if again is not None else None
+        accounts = (
+            accounts_prover(name, prove_accounts, path, growing.cancelled)
+            if again is not None
+            else None
+        )
 
         def run() -> Verified:
             try:
@@ -417,9 +425,11 @@ class FollowingCheck:
         self._background: Background[Verified] = Background(run, name=THREAD_NAME)
 
     @classmethod
-    def start(cls, fd: int, name: str, prove_accounts: int | None = None) -> FollowingCheck:
+    def start(
+        cls, fd: int, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> FollowingCheck:
         """Start checking the file open at ``fd`` (duplicated: the caller keeps its own) as the
-        archive ``name``, a full to ``accounts`` with ``prove_accounts`` (the bound); call
+        archive ``name``, a full to ``accounts`` within ``prove_accounts``; call
         from trio."""
         return cls(GrowingFile(fd), name, prove_accounts)
 

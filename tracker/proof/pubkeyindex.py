@@ -68,6 +68,13 @@ class PubkeyIndex:
         """Bytes the index holds resident (entries made and the table)."""
         return self.count * 40 + self._table.nbytes + self._prints.nbytes
 
+    def nbytes_after(self, more: int) -> int:
+        """:meth:`nbytes` once ``more`` new entries were made (the table doubled as needed)."""
+        table = self._table.nbytes + self._prints.nbytes
+        while (self.count + more) > LOAD * (table // 5):  # 5 bytes a place
+            table *= 2
+        return (self.count + more) * 40 + table
+
     def fits(self, more: int) -> bool:
         """True when ``more`` new entries stay within the capacity."""
         return self.count + more <= self.capacity
