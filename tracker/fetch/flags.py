@@ -16,16 +16,18 @@ from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
+from tracker.proof.budget import DEFAULT_MEMORY, AccountsLimits, MemoryBudget
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
     from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: ``--prove-accounts-max``: its default and its range (those of the config's
-#: ``prove_accounts_max``).
-PROVE_ACCOUNTS_MAX = 10_000_000
-PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000)
+#: ``--prove-accounts-max``: its range (that of the config's ``prove_accounts_max``; no
+#: bound unless given).
+PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000_000)
+#: ``--prove-accounts-memory``: its smallest value (that of ``prove_accounts_memory``).
+PROVE_ACCOUNTS_MIN_MEMORY = 1024**2
 
 log = logging.getLogger("tracker.fetch")
 
@@ -82,14 +84,50 @@ def count_in(lowest: int, highest: int) -> Any:
 
 
 def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
-    """``--prove-accounts-max``, as ``fetch`` and ``verify`` take it."""
+    """``--prove-accounts-max``, ``--prove-accounts-memory`` and ``--prove-accounts-temp-dir``,
+    as ``fetch`` and ``verify`` take them (docs/architecture.md, "Bounded memory")."""
     command.add_argument(
         "--prove-accounts-max",
         type=count_in(*PROVE_ACCOUNTS_RANGE),
-        default=PROVE_ACCOUNTS_MAX,
+        default=None,
         metavar="N",
         help="a full of more accounts than this stays at level manifest, said so (default: "
-        "%(default)s)",
+        "no bound)",
+    )
+    command.add_argument(
+        "--prove-accounts-memory",
+        type=_size_from(PROVE_ACCOUNTS_MIN_MEMORY),
+        default=DEFAULT_MEMORY,
+        metavar="SIZE",
+        help="memory of the accounts proof (e.g. 2GiB); past it its index spills to "
+        "--prove-accounts-temp-dir (default: 512MiB)",
+    )
+    command.add_argument(
+        "--prove-accounts-temp-dir",
+        default=None,
+        metavar="DIR",
+        help="where the accounts proof's index spills (default: the system's temporary directory)",
+    )
+
+
+def _size_from(lowest: int) -> Any:
+    def check(text: str) -> int:
+        value = _size(text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected at least {lowest} bytes, got {text!r}")
+        return value
+
+    return check
+
+
+def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
+    """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
+    that every proof of the run shares (``fetch`` checks several downloads at once)."""
+    return AccountsLimits(
+        memory=args.prove_accounts_memory,
+        max_accounts=args.prove_accounts_max,
+        temp_dir=args.prove_accounts_temp_dir,
+        budget=MemoryBudget(args.prove_accounts_memory),
     )
 
 
@@ -260,7 +298,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         request_timeout=args.request_timeout,
         verify=args.verify,
         require=required,
-        prove_accounts=args.prove_accounts_max if args.prove_accounts else None,
+        prove_accounts=accounts_limits_of(args) if args.prove_accounts else None,
         trust=TrustPolicy(frozenset(args.trust_key), args.trust_min, required),
     )
     return FetchOptions(

@@ -15,6 +15,7 @@ replica), :mod:`tracker.proxy.refreshing` (starting, joining and reading refresh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 
@@ -31,6 +32,7 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
+from tracker.proof.budget import CACHE_TEMP, AccountsLimits, MemoryBudget
 from tracker.proof.levels import Level
 from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask, Wanted
@@ -143,6 +145,9 @@ class ProxyStreamer:
         self._cache_factory = parts.cache_factory or self._default_cache
         self._voter = parts.voter
         self._caches: dict[str, Cache] = {}
+        #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
+        #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
+        self._proof_budget: MemoryBudget | None = None
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
@@ -194,7 +199,7 @@ class ProxyStreamer:
                 self.digests,
                 self._cached_copy_rejected,
                 self._required_level,
-                config.prove_accounts_max if config.prove_accounts else None,
+                self._accounts_limits(root) if config.prove_accounts else None,
                 self._voter,
             )
             cache.served = self._index.served_fulls
@@ -206,6 +211,20 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def _accounts_limits(self, root: str) -> AccountsLimits:
+        """The limits of the accounts proofs of the cache at ``root``: the tracker's one
+        shared budget, the temporary directory (``.accounts-proof`` in the cache directory
+        unless ``prove_accounts_temp_dir`` says where), the operator's bound."""
+        config = self._config()
+        if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
+            self._proof_budget = MemoryBudget(config.prove_accounts_memory)
+        return AccountsLimits(
+            memory=config.prove_accounts_memory,
+            max_accounts=config.prove_accounts_max,
+            temp_dir=config.prove_accounts_temp_dir or os.path.join(root, CACHE_TEMP),
+            budget=self._proof_budget,
+        )
 
     def uncached(self) -> dict[str, str]:
         """Per group: why its last refresh streamed uncached for want of disk room, or why
