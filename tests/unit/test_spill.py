@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_proof_accounts import built, key, model, reread_from, states
 
+from tracker.core.metrics import Metrics
 from tracker.errors import ArchiveInvalid
 from tracker.proof import spill as spill_module
 from tracker.proof.accountsproof import AccountsProof
@@ -160,6 +161,10 @@ def test_a_proof_of_more_accounts_than_its_memory_holds_is_proven_and_reports_it
         if proof.spill is not None and not spilled_dir:
             spilled_dir = os.listdir(tmp_path)
             assert proof.progress in running()  # counted among the running proofs
+            exported = Metrics(process=False).render()[0].decode().splitlines()
+            values = dict(line.split() for line in exported if not line.startswith("#"))
+            assert float(values["snapshot_tracker_accounts_proofs_running"]) >= 1
+            assert float(values["snapshot_tracker_accounts_proof_spill_bytes"]) > 0
     assert spilled_dir and spilled_dir[0].startswith(PREFIX)
     assert proof.held.peak <= 64 * 1024  # the budget held
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)

@@ -32,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 from tracker import __version__
 from tracker.core.collectors import COLLECTORS, PREFIX, SCRAPE_BUCKETS
 from tracker.core.probemetrics import ProbeSeries
+from tracker.core.proofmetrics import ProofProgress
 from tracker.core.redact import redact_text
 
 #: What happened to an archive request (label ``outcome``).
@@ -122,6 +123,7 @@ class Metrics:
             SCRAPE_BUCKETS,
         )
         reg.register(self.probes)
+        reg.register(ProofProgress())
         for spec in COLLECTORS:
             setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):

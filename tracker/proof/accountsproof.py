@@ -82,6 +82,7 @@ class AccountsProof:
         self._note: str | None = None
         if not self.held.start(cancelled):
             self._note = "not proven: the check was cancelled while it waited for memory"
+        self.progress.held = self.held.bytes
         capacity = min(MAX_ENTRIES, max(1, self.held.budget.room // RECORD))
         self.index = PubkeyIndex(capacity)  # reserved lazily: resident as entries are made
         self.spill: SpillIndex | None = None
@@ -122,6 +123,7 @@ class AccountsProof:
     def _take(self, batch: Records, number: int, slot: int, name: str) -> None:
         self._records += len(batch)
         self.progress.records = self._records
+        self.progress.workers_busy = int(getattr(self._summer, "pid", None) is not None)
         if self._note is not None:
             return
         if self.max_accounts is not None and self._records > self.max_accounts:

@@ -157,7 +157,6 @@ class Held:
 class Progress:
     """What one running proof has done so far (read by other threads: plain counters)."""
 
-    name: str = ""
     records: int = 0
     bytes: int = 0
     spilled: int = 0
