@@ -123,7 +123,9 @@ class Metrics:
             SCRAPE_BUCKETS,
         )
         reg.register(self.probes)
-        reg.register(ProofProgress())
+        #: The accounts proofs' progress; the proxy tells it its shared budget.
+        self.proofs = ProofProgress()
+        reg.register(self.proofs)
         for spec in COLLECTORS:
             setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):

@@ -8,13 +8,13 @@ archive) and cost nothing between scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tracker.core.collectors import PREFIX
-from tracker.proof.budget import running
+from tracker.proof.budget import MemoryBudget, running
 
 #: Each series: its name after the prefix, its help, the Progress field it sums.
 SERIES = (
@@ -36,7 +36,11 @@ SERIES = (
 
 
 class ProofProgress(Collector):
-    """The sums of the running proofs' progress (see the module)."""
+    """The sums of the running proofs' progress (see the module), and the peaks of the
+    tracker's shared budget (``budget()``: None before the first proof)."""
+
+    def __init__(self) -> None:
+        self.budget: Callable[[], MemoryBudget | None] = lambda: None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """One gauge per series."""
@@ -44,3 +48,15 @@ class ProofProgress(Collector):
         for name, text, field in SERIES:
             value = len(proofs) if field is None else sum(getattr(p, field) for p in proofs)
             yield GaugeMetricFamily(PREFIX + name, text, value=value)
+        budget = self.budget()
+        held, spilled = (budget.peak, budget.spilled_peak) if budget is not None else (0, 0)
+        yield GaugeMetricFamily(
+            PREFIX + "accounts_proof_memory_peak_bytes",
+            "The most the accounts proofs held of their shared memory budget at once.",
+            value=held,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "accounts_proof_spill_peak_bytes",
+            "The most one accounts proof had spilled on disk at once.",
+            value=spilled,
+        )

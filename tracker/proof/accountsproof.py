@@ -144,6 +144,7 @@ class AccountsProof:
                 keys = np.ascontiguousarray(batch.pubkeys()).view("<u8").reshape(-1, 4)
                 self.spill.add(keys, locators)
                 self.progress.spilled = self.spill.dir.written
+                self._note_peaks()
                 lane_sum(batch, np.flatnonzero(counts), self._summer)
                 return
         except NoRoom as exc:
@@ -283,6 +284,10 @@ class AccountsProof:
             return exc.note
         return None
 
+    def _note_peaks(self) -> None:
+        budget = self.held.budget
+        budget.spilled_peak = max(budget.spilled_peak, self.spilled)
+
     def _dedup_memory(self) -> int:
         """As much of the budget as the proof can hold now for sorting partitions: up to
         half the room, at least its floor."""
@@ -301,6 +306,7 @@ class AccountsProof:
         self.index = PubkeyIndex(1)
         if self.spill is not None:
             self.spill.dir.remove()
+        self._note_peaks()
         self.held.release()
         untrack(self.progress)
         self._summer.close()

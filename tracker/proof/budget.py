@@ -65,6 +65,9 @@ class MemoryBudget:
         self._used = 0
         self._waiting = 0
         self._cond = threading.Condition()
+        #: The most its proofs held at once, and the most one of them spilled at once.
+        self.peak = 0
+        self.spilled_peak = 0
 
     @property
     def used(self) -> int:
@@ -88,6 +91,7 @@ class MemoryBudget:
                         return False
                     self._cond.wait(_POLL)
                 self._used += count
+                self.peak = max(self.peak, self._used)
                 return True
             finally:
                 self._waiting -= 1
@@ -98,6 +102,7 @@ class MemoryBudget:
             if self._used + count > self.room:
                 return False
             self._used += count
+            self.peak = max(self.peak, self._used)
             return True
 
     def give_back(self, count: int) -> None:

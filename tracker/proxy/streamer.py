@@ -218,7 +218,9 @@ class ProxyStreamer:
         unless ``prove_accounts_temp_dir`` says where), the operator's bound."""
         config = self._config()
         if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
-            self._proof_budget = MemoryBudget(config.prove_accounts_memory)
+            budget = self._proof_budget = MemoryBudget(config.prove_accounts_memory)
+            if self._metrics is not None:
+                self._metrics.proofs.budget = lambda: budget
         return AccountsLimits(
             memory=config.prove_accounts_memory,
             max_accounts=config.prove_accounts_max,
