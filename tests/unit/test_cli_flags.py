@@ -23,7 +23,7 @@ def options() -> list[tuple[str, argparse.Action]]:
 def test_every_subcommand_is_seen() -> None:
     assert set(build_parser().commands) == {"serve", "check-config", "fetch", "verify", "attest"}
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
-    assert len(fetch) == 27
+    assert len(fetch) == 28
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,11 @@ from test_proof_accounts import reread_from
 from tracker.errors import ArchiveInvalid
 from tracker.files import hashworker
 from tracker.files.archivecheck import FollowingCheck, check_file
-from tracker.files.hashworker import HashWorker
+from tracker.files.hashworker import HashPool, HashWorker
 from tracker.proof import kernels
 from tracker.proof.accounthash import LocalSum
 from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.budget import AccountsLimits, WorkerSlots
 from tracker.proof.levels import Level
 from tracker.proof.pubkeyindex import PubkeyIndex
 from tracker.proof.storages import MAX_DATA, META
@@ -76,6 +76,29 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
         assert np.array_equal(total, here.total()[0])
     finally:
         worker.close()
+    assert not workers()
+
+
+@pytest.mark.parametrize("free", [3, 1, 0])
+def test_a_pool_of_workers_sums_what_the_calling_thread_sums_with_the_slots_it_got(
+    free: int,
+) -> None:
+    rng = np.random.default_rng(6)
+    slots = WorkerSlots(free)
+    pool, here = HashPool(3, slots, start_from=0), LocalSum()
+    assert slots.used == free  # as many children as slots were free, never more
+    try:
+        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1), (4000, 1), (300, -1)):
+            work, ends = batch(rng, count)
+            pool.add(work, ends, sign)
+            here.add(work, ends, sign)
+        assert pool.busy == free  # every child it got took batches (partial sums)
+        total, note = pool.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        pool.close()
+    assert slots.used == 0  # given back
     assert not workers()
 
 

@@ -186,6 +186,7 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         # A budget below a few MiB would spill almost every account: the smallest is for tests.
         "prove_accounts_memory": values.size_in(1024**2),
         "prove_accounts_temp_dir": files.cache_dir,
+        "proof_workers": values.integer_in(1, 1024),
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),
     }
 

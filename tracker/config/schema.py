@@ -387,6 +387,9 @@ class Config:
     #: Where the proofs' spilled index lives; empty: ``.accounts-proof`` in the cache
     #: directory.
     prove_accounts_temp_dir: str = ""
+    #: Processes the accounts proofs use at most, the tracker's own included (its hashing
+    #: children: this less one, at least one); None: the machine's cores.
+    proof_workers: int | None = None
     #: Redirect mode: the bounded head read of a source's copy that proves its manifest.
     manifest_read: int = 512 * 1024**2
     cluster_proof: ClusterProof = ClusterProof()

@@ -16,7 +16,13 @@ from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
-from tracker.proof.budget import DEFAULT_MEMORY, AccountsLimits, MemoryBudget
+from tracker.proof.budget import (
+    DEFAULT_MEMORY,
+    AccountsLimits,
+    MemoryBudget,
+    WorkerSlots,
+    default_workers,
+)
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
@@ -84,8 +90,9 @@ def count_in(lowest: int, highest: int) -> Any:
 
 
 def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
-    """``--prove-accounts-max``, ``--prove-accounts-memory`` and ``--prove-accounts-temp-dir``,
-    as ``fetch`` and ``verify`` take them (docs/architecture.md, "Bounded memory")."""
+    """``--prove-accounts-max``, ``--prove-accounts-memory``, ``--proof-workers`` and
+    ``--prove-accounts-temp-dir``, as ``fetch`` and ``verify`` take them
+    (docs/architecture.md, "Bounded memory")."""
     command.add_argument(
         "--prove-accounts-max",
         type=count_in(*PROVE_ACCOUNTS_RANGE),
@@ -101,6 +108,14 @@ def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="memory of the accounts proof (e.g. 2GiB); past it its index spills to "
         "--prove-accounts-temp-dir (default: 512MiB)",
+    )
+    command.add_argument(
+        "--proof-workers",
+        type=count_in(1, 1024),
+        default=None,
+        metavar="N",
+        help="processes the accounts proof uses at most, this one included (default: the "
+        "machine's cores)",
     )
     command.add_argument(
         "--prove-accounts-temp-dir",
@@ -123,11 +138,14 @@ def _size_from(lowest: int) -> Any:
 def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
     """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
     that every proof of the run shares (``fetch`` checks several downloads at once)."""
+    workers = args.proof_workers or default_workers()
     return AccountsLimits(
         memory=args.prove_accounts_memory,
         max_accounts=args.prove_accounts_max,
         temp_dir=args.prove_accounts_temp_dir,
+        workers=workers,
         budget=MemoryBudget(args.prove_accounts_memory),
+        slots=WorkerSlots(max(1, workers - 1)),
     )
 
 

@@ -69,11 +69,14 @@ def accounts_prover(
         return None
     # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
     # proves an archive, never by one that only serves.
-    from tracker.files.hashworker import HashWorker
+    from tracker.files.hashworker import HashPool
     from tracker.proof.accountsprover import StoragesProver
 
     return StoragesProver(
-        limits, lambda: ArchiveReread(path, parsed.ext), HashWorker, cancelled=cancelled
+        limits,
+        lambda: ArchiveReread(path, parsed.ext),
+        lambda: HashPool(limits.hash_workers, limits.slots),
+        cancelled=cancelled,
     )
 
 

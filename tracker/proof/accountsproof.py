@@ -123,7 +123,10 @@ class AccountsProof:
     def _take(self, batch: Records, number: int, slot: int, name: str) -> None:
         self._records += len(batch)
         self.progress.records = self._records
-        self.progress.workers_busy = int(getattr(self._summer, "pid", None) is not None)
+        busy = getattr(self._summer, "busy", None)  # a pool of workers: how many run
+        self.progress.workers_busy = (
+            busy if isinstance(busy, int) else int(getattr(self._summer, "pid", None) is not None)
+        )
         if self._note is not None:
             return
         if self.max_accounts is not None and self._records > self.max_accounts:

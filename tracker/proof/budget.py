@@ -158,6 +158,34 @@ class Held:
             self.bytes = 0
 
 
+class WorkerSlots:
+    """The worker processes the proofs of a process may run at once (``proof_workers`` less
+    one: the check's own process is the first); thread-safe. A proof takes what is free now
+    and never waits: with none, it hashes in its own process."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Slots taken now."""
+        return self._used
+
+    def take(self, want: int) -> int:
+        """Up to ``want`` slots, as many as are free."""
+        with self._lock:
+            got = max(0, min(want, self.total - self._used))
+            self._used += got
+            return got
+
+    def give(self, count: int) -> None:
+        """Free ``count`` slots taken before."""
+        with self._lock:
+            self._used = max(0, self._used - count)
+
+
 @attrs.define(eq=False, weakref_slot=True)
 class Progress:
     """What one running proof has done so far (read by other threads: plain counters)."""
@@ -205,13 +233,21 @@ class AccountsLimits:
     ``budget`` (shared by the process's proofs; None: one of ``memory`` bytes for this proof
     alone), ``temp_dir`` (where the index spills; None: the system's temporary directory),
     ``max_accounts`` (the operator's bound: over it the archive stays at ``manifest``; None:
-    no bound), ``workers`` (processes at most)."""
+    no bound), ``workers`` (``proof_workers``: processes at most, the check's own included),
+    ``slots`` (the worker processes shared by the process's proofs; None: this proof's own)."""
 
     memory: int = DEFAULT_MEMORY
     max_accounts: int | None = None
     temp_dir: str | None = None
     workers: int = attrs.field(factory=default_workers)
     budget: MemoryBudget | None = attrs.field(default=None, eq=False)
+    slots: WorkerSlots | None = attrs.field(default=None, eq=False)
+
+    @property
+    def hash_workers(self) -> int:
+        """Hashing processes a proof may start: ``workers`` less the check's own, at least
+        one (on one core the child still halves the check's wait)."""
+        return max(1, self.workers - 1)
 
     def shared(self) -> MemoryBudget:
         """The budget a proof takes its part of."""

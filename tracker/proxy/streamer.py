@@ -32,7 +32,13 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
-from tracker.proof.budget import CACHE_TEMP, AccountsLimits, MemoryBudget
+from tracker.proof.budget import (
+    CACHE_TEMP,
+    AccountsLimits,
+    MemoryBudget,
+    WorkerSlots,
+    default_workers,
+)
 from tracker.proof.levels import Level
 from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask, Wanted
@@ -148,6 +154,7 @@ class ProxyStreamer:
         #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
         self._proof_budget: MemoryBudget | None = None
+        self._proof_slots: WorkerSlots | None = None
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
@@ -214,18 +221,24 @@ class ProxyStreamer:
 
     def _accounts_limits(self, root: str) -> AccountsLimits:
         """The limits of the accounts proofs of the cache at ``root``: the tracker's one
-        shared budget, the temporary directory (``.accounts-proof`` in the cache directory
-        unless ``prove_accounts_temp_dir`` says where), the operator's bound."""
+        shared budget and worker processes (``proof_workers``), the temporary directory
+        (``.accounts-proof`` in the cache directory unless ``prove_accounts_temp_dir`` says
+        where), the operator's bound."""
         config = self._config()
         if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
             budget = self._proof_budget = MemoryBudget(config.prove_accounts_memory)
             if self._metrics is not None:
                 self._metrics.proofs.budget = lambda: budget
+        workers = config.proof_workers or default_workers()
+        if self._proof_slots is None or self._proof_slots.total != max(1, workers - 1):
+            self._proof_slots = WorkerSlots(max(1, workers - 1))
         return AccountsLimits(
             memory=config.prove_accounts_memory,
             max_accounts=config.prove_accounts_max,
             temp_dir=config.prove_accounts_temp_dir or os.path.join(root, CACHE_TEMP),
+            workers=workers,
             budget=self._proof_budget,
+            slots=self._proof_slots,
         )
 
     def uncached(self) -> dict[str, str]:
