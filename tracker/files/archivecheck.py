@@ -68,6 +68,7 @@ def check_stream(
     cancelled: Callable[[], bool] | None = None,
     accounts: AccountsProver | None = None,
     prover: ArchiveProver | None = None,
+    decoders: int = 1,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
@@ -82,7 +83,9 @@ def check_stream(
     called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
     polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
     cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
-    too (one core). ``prover`` replaces the archive's own (``files.headproof``).
+    too (one core). ``prover`` replaces the archive's own (``files.headproof``). ``decoders``:
+    threads that decode a multi-frame ``.tar.zst``'s frames in parallel
+    (:mod:`tracker.files.framedecode`).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -120,7 +123,7 @@ def check_stream(
                 budget.spend(len(piece))
                 tar.feed(piece)
 
-            decoder_for(parsed.ext)(chunks, sink)
+            decoder_for(parsed.ext, decoders)(chunks, sink)
             tar.finish()
         except Exception as exc:
             if failed and exc is failed[0]:
@@ -163,7 +166,15 @@ def check_file(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
         with proving(accounts):  # its worker process lives as long as the check
-            return check_stream(file.read, name, accounts=accounts)
+            return check_stream(
+                file.read, name, accounts=accounts, decoders=decoders_of(prove_accounts)
+            )
+
+
+def decoders_of(limits: AccountsLimits | None) -> int:
+    """Threads decoding a check's zstd frames: the proof's ``workers`` (``proof_workers``;
+    docs/architecture.md, "Every core"); one for a check without the accounts level."""
+    return 1 if limits is None else max(1, limits.workers)
 
 
 def _open_regular(path: str) -> int:
@@ -416,6 +427,7 @@ class FollowingCheck:
                         unblock=growing.cancel,
                         cancelled=growing.cancelled,
                         accounts=accounts,
+                        decoders=decoders_of(prove_accounts),
                     )
             finally:
                 growing.cancel()  # closes the descriptor in every case
