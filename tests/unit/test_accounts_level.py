@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from agave_storages import ARCHIVE
-from archives import build_archive, compress, make_tar
+from archives import build_archive, compress, make_tar, many_accounts_archive
 
 from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import FollowingCheck, check_file
@@ -163,3 +163,26 @@ def _points_to(fd: str, path: Path) -> bool:
         return os.readlink(f"/proc/self/fd/{fd}") == str(path)
     except OSError:
         return False
+
+
+async def test_a_following_check_cancelled_after_its_spill_began_removes_the_files(
+    tmp_path: Path,
+) -> None:
+    name, data = many_accounts_archive(9000, 12_000, seed=3)
+    temp = tmp_path / "spill"
+    temp.mkdir()
+    limits = AccountsLimits(memory=1024**2, temp_dir=str(temp))
+    part = tmp_path / name
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), name, prove_accounts=limits)
+        cut = len(data) * 9 // 10  # the storages mostly there, not the end
+        f.write(data[:cut])
+        f.flush()
+        check.advance(cut)
+        with trio.fail_after(30):
+            while not os.listdir(temp):  # the index spilled: its directory is there
+                await trio.sleep(0.01)
+        check.cancel()
+        with trio.fail_after(30), pytest.raises(ArchiveInvalid, match="check cancelled"):
+            await check.result()
+    assert os.listdir(temp) == []

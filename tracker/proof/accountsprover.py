@@ -102,7 +102,7 @@ class StoragesProver:
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
         """``proven`` raised to ``accounts`` when the storages give the manifest's lattice
         hash; ArchiveInvalid naming the field when they give another."""
-        proof = self._proof or AccountsProof(self.limits)  # no storage came: no summer
+        proof = self._proof or AccountsProof(self.limits, None, self.cancelled)  # no summer
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)
