@@ -16,6 +16,7 @@ from test_proof_accounts import built, key, model, reread_from, states
 from tracker.core.metrics import Metrics
 from tracker.errors import ArchiveInvalid
 from tracker.proof import spill as spill_module
+from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof
 from tracker.proof.budget import (
     PREFIX,
@@ -257,3 +258,22 @@ def test_a_wait_for_room_ends_when_the_check_is_cancelled() -> None:
         None,
         "not proven: the check was cancelled while it waited for memory",
     )
+
+
+@pytest.mark.parametrize("piece", [160, 400, 1000])
+def test_spilled_records_of_small_pieces_keep_their_pubkeys_and_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # pieces that start at any offset modulo 8 of the storage: pubkeys are read as words
+    monkeypatch.setattr(storage_format, "PIECE", piece)
+    accounts = [
+        Account(key(n), n + 1, bytes([n]) * (1001 if n % 4 == 0 else n % 7)) for n in range(40)
+    ]
+    slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
+    made = built(slots, [4, 3])
+    for chunk in (1, 7, 4096):
+        proof = AccountsProof(tiny(tmp_path))
+        for storage in made:
+            feed(proof, storage, chunk)
+        assert proof.spill is not None
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)

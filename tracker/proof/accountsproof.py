@@ -144,8 +144,7 @@ class AccountsProof:
             if self.spill is not None:
                 # Spilled: every version with lamports counts now; those superseded are
                 # taken out after the partitions are sorted (finish).
-                keys = np.ascontiguousarray(batch.pubkeys()).view("<u8").reshape(-1, 4)
-                self.spill.add(keys, locators)
+                self.spill.add(batch.pubkey_words(), locators)
                 self.progress.spilled = self.spill.dir.written
                 self._note_peaks()
                 lane_sum(batch, np.flatnonzero(counts), self._summer)

@@ -197,7 +197,8 @@ class SpillIndex:
     def __init__(self, directory: SpillDir, stage_bytes: int, mults: U64 | None = None) -> None:
         self.dir = directory
         self.mults = mults if mults is not None else draw_multipliers()
-        self._capacity = max(64, stage_bytes // (2 * RECORD))  # half for the flush's copy
+        # the staged records, the flush's sorted copy, its fingerprints and order
+        self._capacity = max(64, stage_bytes // (2 * RECORD + 24))
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
         self.records = 0
