@@ -172,8 +172,9 @@ def check_file(
 
 
 def decoders_of(limits: AccountsLimits | None) -> int:
-    """Threads decoding a check's zstd frames: the proof's ``workers`` (``proof_workers``;
-    docs/architecture.md, "Every core"); one for a check without the accounts level."""
+    """Threads decoding the zstd frames of a file's check: the proof's ``workers``
+    (``proof_workers``; docs/architecture.md, "Every core"); one for a check without the
+    accounts level."""
     return 1 if limits is None else max(1, limits.workers)
 
 
@@ -427,7 +428,9 @@ class FollowingCheck:
                         unblock=growing.cancel,
                         cancelled=growing.cancelled,
                         accounts=accounts,
-                        decoders=decoders_of(prove_accounts),
+                        # one decoder: frames decoded apart only once whole would hold back
+                        # the verdict on a bad frame until the source sends all of it
+                        # (docs/architecture.md, "Every core")
                     )
             finally:
                 growing.cancel()  # closes the descriptor in every case
