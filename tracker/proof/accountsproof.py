@@ -166,7 +166,12 @@ class AccountsProof:
         versions' locators) stays within what the proof holds or can take of the budget."""
         if not self.index.fits(more):
             return False
-        needed = self.index.nbytes_after(more) + 8 * (self._superseded_count + more)
+        # the floor stays free for the spill's run buffers, made while the index still lives
+        needed = (
+            self.index.nbytes_after(more)
+            + 8 * (self._superseded_count + more)
+            + self.held.floor
+        )
         if needed <= self.held.bytes:
             return True
         grown = -(-needed // _GROW_STEP) * _GROW_STEP
