@@ -7,15 +7,14 @@ releases the GIL while it decodes): the framing is parsed here as the raw bytes 
 (:func:`tracker.files.decoders.zstd_frames`, the same checks: truncation, trailing bytes,
 reserved bits), each complete frame goes to a thread of its own, and its output is handed to
 the sink in order, in pieces of at most ``OUT_SIZE``, while the next frames decode. Memory is
-bounded: at most ``workers`` frames in flight, each holding its compressed bytes and a queue of
-:data:`QUEUED` decoded pieces. A single-frame archive decodes on one thread, as before; a
-decoding error names its frame as the serial decoder does. The caller's thread only frames,
-copies a frame's bytes once and runs the sink.
+bounded: at most ``workers`` frames in flight, each holding its compressed bytes (read in
+place, never copied) and a queue of :data:`QUEUED` decoded pieces. A single-frame archive
+decodes on one thread, as before; a decoding error names its frame as the serial decoder
+does. The caller's thread only frames, gathers a frame's bytes and runs the sink.
 """
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from collections import deque
@@ -37,7 +36,7 @@ from tracker.files.decoders import (
 from tracker.files.streamparse import Feeder
 
 #: Decoded pieces a frame's thread keeps ready ahead of the sink.
-QUEUED = 4
+QUEUED = 2
 #: Compressed bytes of one frame held to decode it apart (agave's: ~32 MiB of tar, less
 #: compressed); a larger frame is decoded as it streams.
 MAX_FRAME = 64 * 1024 * 1024
@@ -49,16 +48,16 @@ _END = object()
 class _Frame:
     """One frame in flight: its decoded pieces as they come, then the end (or the error)."""
 
-    def __init__(self, at: int, data: bytes) -> None:
+    def __init__(self, at: int, data: bytearray) -> None:
         self.at = at
-        self.data = data
+        self.data: bytearray | bytes = data  # read in place: never changed once launched
         self.pieces: queue.Queue[object] = queue.Queue(QUEUED)
 
     def decode(self, stop: threading.Event) -> None:
         """Decode the frame into :attr:`pieces` (in a worker thread)."""
         try:
             reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
-                io.BytesIO(self.data), read_size=OUT_SIZE, read_across_frames=False
+                self.data, read_size=OUT_SIZE, read_across_frames=False
             )
             with reader:
                 while not stop.is_set():
@@ -153,6 +152,6 @@ def _launch(
     data: bytearray,
     stop: threading.Event,
 ) -> None:
-    frame = _Frame(at, bytes(data))
+    frame = _Frame(at, data)
     flight.append(frame)
     pool.submit(frame.decode, stop)

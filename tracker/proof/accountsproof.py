@@ -168,9 +168,7 @@ class AccountsProof:
             return False
         # the floor stays free for the spill's run buffers, made while the index still lives
         needed = (
-            self.index.nbytes_after(more)
-            + 8 * (self._superseded_count + more)
-            + self.held.floor
+            self.index.nbytes_after(more) + 8 * (self._superseded_count + more) + self.held.floor
         )
         if needed <= self.held.bytes:
             return True

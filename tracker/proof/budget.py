@@ -29,9 +29,10 @@ import attrs
 DEFAULT_MEMORY = 512 * 1024**2
 #: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
 #: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
-#: hashing process (~35 MiB), the decoding's buffers; taken off the budget before the
-#: index's room (measured in bench/accounts.py; docs/architecture.md, "Bounded memory").
-FIXED_COST = 256 * 1024**2
+#: hashing process (~35 MiB), the decoding's buffers (frames in flight); taken off the
+#: budget before the index's room (measured in bench/accounts.py; docs/architecture.md,
+#: "Bounded memory").
+FIXED_COST = 320 * 1024**2
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
 #: The start of the name of a proof's spill directory (tracker.proof.spill).
