@@ -47,7 +47,8 @@ async def test_a_full_larger_than_the_memory_budget_is_proven_by_spilling(
 ) -> None:
     name, data = many_accounts_archive(7000, 12_000, seed=1)
     left = tmp_path / "cache" / CACHE_TEMP / f"{PREFIX}killed"
-    left.mkdir(parents=True)  # a proof's files whose tracker was killed: no lock held
+    left.mkdir(parents=True)  # a proof's files whose tracker was killed: its lock not held
+    (left / "lock").write_bytes(b"")
     (left / "p00").write_bytes(bytes(400))
     await proven_within_the_budget(tmp_path, name, data)
     assert not left.exists()  # cleaned at the start

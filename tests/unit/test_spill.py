@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from tracker.proof import spill as spill_module
 from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof
 from tracker.proof.budget import (
+    LOCKLESS_GRACE,
     PREFIX,
     AccountsLimits,
     Held,
@@ -207,6 +209,28 @@ def test_leftovers_of_a_killed_proof_go_at_the_next_start_and_a_running_ones_sta
     assert clean_leftovers(str(tmp_path)) == 0  # a running proof's are kept
     alive.remove()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
+    tmp_path: Path,
+) -> None:
+    starting = tmp_path / f"{PREFIX}starting"  # mkdtemp done, lock file not made yet
+    starting.mkdir()
+    assert clean_leftovers(str(tmp_path)) == 0 and starting.exists()
+    old = time.time() - 2 * LOCKLESS_GRACE
+    os.utime(starting, (old, old))  # long since: a killed process's half-made directory
+    assert clean_leftovers(str(tmp_path)) == 1 and not starting.exists()
+
+
+def test_an_unusable_temporary_directory_leaves_the_archive_at_manifest(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_bytes(b"")  # a file where the directory should be
+    proof = AccountsProof(AccountsLimits(temp_dir=str(blocked), budget=MemoryBudget(4096, 4096)))
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(None)
+    assert lt_hash is None and note is not None
+    assert note.startswith(f"not proven: the temporary directory {str(blocked)!r} is unusable")
 
 
 def test_short_of_temporary_space_the_proof_says_how_much(

@@ -287,6 +287,8 @@ class AccountsProof:
                 subtract_superseded(locators, self._names, reread, self._summer)
         except NoRoom as exc:
             return exc.note
+        except OSError as exc:  # a run file read back: the disk's fault, not the archive's
+            return f"not proven: the temporary files could not be read: {exc.strerror or exc}"
         return None
 
     def _note_peaks(self) -> None:

@@ -20,6 +20,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -40,6 +41,8 @@ PREFIX = "accounts-proof-"
 #: The daemon's temporary directory of the proofs, inside its cache directory (a dot
 #: directory: never a group's).
 CACHE_TEMP = ".accounts-proof"
+#: Seconds a spill directory without its lock file is left alone (a proof making it now).
+LOCKLESS_GRACE = 60.0
 #: The seconds between two looks at ``cancelled`` while a proof waits for room.
 _POLL = 0.2
 
@@ -271,7 +274,10 @@ def clean_leftovers(root: str) -> int:
         try:
             fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            fd = -1  # made and not yet locked, or half removed: free unless too new to tell
+            # made and not locked yet (another proof starting now), or half removed
+            if _younger_than(path, LOCKLESS_GRACE):
+                continue
+            fd = -1
         except OSError:
             continue
         try:
@@ -286,3 +292,11 @@ def clean_leftovers(root: str) -> int:
             if fd >= 0:
                 os.close(fd)
     return removed
+
+
+def _younger_than(path: str, seconds: float) -> bool:
+    """True when ``path`` changed within ``seconds`` (or is gone already)."""
+    try:
+        return time.time() - os.stat(path).st_mtime < seconds
+    except OSError:
+        return True

@@ -120,13 +120,19 @@ class SpillDir:
 
     def __init__(self, root: str | None) -> None:
         self.root = root if root is not None else tempfile.gettempdir()
-        os.makedirs(self.root, exist_ok=True)
-        clean_leftovers(self.root)
-        self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.root)
-        self._lock = os.open(
-            os.path.join(self.path, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            clean_leftovers(self.root)
+            self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.root)
+            self._lock = os.open(
+                os.path.join(self.path, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except OSError as exc:  # the proof stops, the archive is not at fault
+            raise NoRoom(
+                f"not proven: the temporary directory {self.root!r} is unusable: "
+                f"{exc.strerror or exc}"
+            ) from None
         self.written = 0  # bytes in its files now
         self.peak = 0
 
@@ -141,7 +147,12 @@ class SpillDir:
         if not len(view):
             return
         self.need(len(view))
-        fd = os.open(self.file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(
+                self.file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise NoRoom(f"not proven: the temporary file could not be made: {exc}") from None
         try:
             while view:
                 written = os.write(fd, view)
