@@ -22,7 +22,7 @@ from tracker.fetch.flags import (
     accounts_limits_of,
     add_fetch_parser,
     add_log_flags,
-    add_prove_accounts_max,
+    add_prove_accounts_flags,
     count_in,
     duration_arg,
     fetch_main,
@@ -111,7 +111,7 @@ def build_parser() -> Parser:
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
-    add_prove_accounts_max(verify)
+    add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
     return parser

@@ -89,7 +89,7 @@ def count_in(lowest: int, highest: int) -> Any:
     return check
 
 
-def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
+def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
     """``--prove-accounts-max``, ``--prove-accounts-memory``, ``--proof-workers`` and
     ``--prove-accounts-temp-dir``, as ``fetch`` and ``verify`` take them
     (docs/architecture.md, "Bounded memory")."""
@@ -225,7 +225,7 @@ def add_fetch_parser(commands: Any) -> None:
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
     add_trust_key_flags(fetch, count_in)
-    add_prove_accounts_max(fetch)
+    add_prove_accounts_flags(fetch)
     add(
         "--connections",
         type=count_in(1, 64),
