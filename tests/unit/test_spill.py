@@ -301,3 +301,37 @@ def test_spilled_records_of_small_pieces_keep_their_pubkeys_and_offsets(
             feed(proof, storage, chunk)
         assert proof.spill is not None
         assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) -> None:
+    room = 1024 * 1024  # three floors of 256 KiB and a little more: some proofs must spill
+    budget = MemoryBudget(room, room=room)
+    spilled: list[int] = []
+    together = threading.Barrier(3)
+    limits = AccountsLimits(temp_dir=str(tmp_path), budget=budget)
+    results: list[tuple[bytes | None, str | None]] = []
+    expected = []
+    jobs = []
+    for seed in range(3):
+        first = seed * 5000  # each proof its own accounts
+        slots = {3: many(first + 3000, 3, start=first), 5: many(first + 2500, 5, 2, start=first)}
+        made = built(slots, [3, 5])
+        expected.append((model(slots), None))
+
+        def prove(made: list = made) -> None:  # type: ignore[type-arg]
+            proof = AccountsProof(limits)  # its floor taken
+            together.wait(120)  # every proof holds its floor: the rest is shared
+            for storage in made:
+                feed(proof, storage, 1 << 20)
+            results.append(proof.finish(reread_from({s.name: s.data for s in made})))
+            spilled.append(proof.spilled)
+
+        jobs.append(threading.Thread(target=prove))
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(120)
+    assert sorted(results, key=repr) == sorted(expected, key=repr)
+    assert 0 < budget.peak <= room  # shared, never over
+    assert any(spilled)
+    assert budget.used == 0 and os.listdir(tmp_path) == []

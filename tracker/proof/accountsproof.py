@@ -172,8 +172,11 @@ class AccountsProof:
         )
         if needed <= self.held.bytes:
             return True
-        grown = -(-needed // _GROW_STEP) * _GROW_STEP
-        fits = self.held.grow_to(min(grown, self.held.budget.room)) and needed <= self.held.bytes
+        # a step ahead (at most a 16th of the room: other proofs need theirs), else just enough
+        step = max(1, min(_GROW_STEP, self.held.budget.room // 16))
+        grown = -(-needed // step) * step
+        taken = self.held.grow_to(min(grown, self.held.budget.room)) or self.held.grow_to(needed)
+        fits = taken and needed <= self.held.bytes
         self.progress.held = self.held.bytes
         return fits
 
