@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 from agave_storages import feed
@@ -244,6 +245,22 @@ def test_short_of_temporary_space_the_proof_says_how_much(
     assert lt_hash is None
     assert note is not None
     assert note.startswith("not proven: ") and "bytes of temporary space needed, 1000 free" in note
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_spill_leaves_the_room_its_caller_keeps_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SpillDir, "free", lambda self: 100 * 1024**2)
+    limits = AccountsLimits(temp_dir=str(tmp_path), budget=MemoryBudget(4096, 4096))
+    for keep_free, proven in ((0, True), (200 * 1024**2, False)):  # the cache's min_free
+        proof = AccountsProof(attrs.evolve(limits, keep_free=keep_free))
+        made = built({3: many(400, 3)}, [3])
+        for storage in made:
+            feed(proof, storage, 4096)
+        lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+        assert (lt_hash is not None) is proven
+        assert proven or (note is not None and note.endswith(f"{100 * 1024**2} free"))
     assert os.listdir(tmp_path) == []
 
 

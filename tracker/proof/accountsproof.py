@@ -182,7 +182,7 @@ class AccountsProof:
 
     def _to_spill(self) -> None:
         """Move the in-memory index to the spilled one and go on there (see the module)."""
-        directory = SpillDir(self.limits.temp_dir)
+        directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
         try:
             directory.need(self.index.count * RECORD * 2)  # the index now, and as much again
             spill = SpillIndex(directory, self.held.floor)

@@ -239,7 +239,9 @@ class AccountsLimits:
     alone), ``temp_dir`` (where the index spills; None: the system's temporary directory),
     ``max_accounts`` (the operator's bound: over it the archive stays at ``manifest``; None:
     no bound), ``workers`` (``proof_workers``: processes at most, the check's own included),
-    ``slots`` (the worker processes shared by the process's proofs; None: this proof's own)."""
+    ``slots`` (the worker processes shared by the process's proofs; None: this proof's own),
+    ``keep_free`` (bytes the spill leaves free on its file system: the cache's
+    ``proxy_snapshot_cache_min_free`` when it spills there)."""
 
     memory: int = DEFAULT_MEMORY
     max_accounts: int | None = None
@@ -247,6 +249,7 @@ class AccountsLimits:
     workers: int = attrs.field(factory=default_workers)
     budget: MemoryBudget | None = attrs.field(default=None, eq=False)
     slots: WorkerSlots | None = attrs.field(default=None, eq=False)
+    keep_free: int = 0
 
     @property
     def hash_workers(self) -> int:

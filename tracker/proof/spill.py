@@ -116,9 +116,11 @@ def superseded_of(
 
 class SpillDir:
     """A directory of one proof's run files under ``root`` (None: the system's temporary
-    directory), locked while it exists; :meth:`remove` when the proof ends."""
+    directory), locked while it exists, leaving at least ``keep_free`` bytes (and
+    :data:`KEEP_FREE`) free on its file system; :meth:`remove` when the proof ends."""
 
-    def __init__(self, root: str | None) -> None:
+    def __init__(self, root: str | None, keep_free: int = 0) -> None:
+        self.keep_free = max(KEEP_FREE, keep_free)
         self.root = root if root is not None else tempfile.gettempdir()
         try:
             os.makedirs(self.root, exist_ok=True)
@@ -167,7 +169,7 @@ class SpillDir:
     def need(self, count: int) -> None:
         """NoRoom unless ``count`` more bytes fit on the file system (with a margin)."""
         free = self.free()
-        if count + KEEP_FREE > free:
+        if count + self.keep_free > free:
             raise NoRoom(
                 f"not proven: {self.written + count} bytes of temporary space needed, "
                 f"{self.written + free} free"

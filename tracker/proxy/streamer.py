@@ -239,6 +239,8 @@ class ProxyStreamer:
             workers=workers,
             budget=self._proof_budget,
             slots=self._proof_slots,
+            # the spill never takes the room the cache keeps free for its refreshes
+            keep_free=config.proxy_snapshot_cache_min_free,
         )
 
     def uncached(self) -> dict[str, str]:
