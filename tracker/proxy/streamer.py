@@ -230,17 +230,18 @@ class ProxyStreamer:
             if self._metrics is not None:
                 self._metrics.proofs.budget = lambda: budget
         workers = config.proof_workers or default_workers()
+        temp_dir = config.prove_accounts_temp_dir
         if self._proof_slots is None or self._proof_slots.total != max(1, workers - 1):
             self._proof_slots = WorkerSlots(max(1, workers - 1))
         return AccountsLimits(
             memory=config.prove_accounts_memory,
             max_accounts=config.prove_accounts_max,
-            temp_dir=config.prove_accounts_temp_dir or os.path.join(root, CACHE_TEMP),
+            temp_dir=temp_dir or os.path.join(root, CACHE_TEMP),
             workers=workers,
             budget=self._proof_budget,
             slots=self._proof_slots,
-            # the spill never takes the room the cache keeps free for its refreshes
-            keep_free=config.proxy_snapshot_cache_min_free,
+            # in the cache's directory the spill never takes the room kept for its refreshes
+            keep_free=0 if temp_dir else config.proxy_snapshot_cache_min_free,
         )
 
     def uncached(self) -> dict[str, str]:
