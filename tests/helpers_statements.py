@@ -15,6 +15,7 @@ from tracker.proof.levels import Level
 
 SHA = "ab" * 32
 NOW = 1_800_000_000
+NAME = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 
 
 def keypair_json(seed: bytes) -> bytes:
@@ -33,7 +34,7 @@ def signer(n: int = 1) -> Signer:
 
 def statement(**changes: object) -> Statement:
     base = Statement(
-        name="snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst",
+        name=NAME,
         size=3695,
         sha256=SHA,
         slot=100,
@@ -49,5 +50,7 @@ def statement(**changes: object) -> Statement:
 
 
 def expected(**changes: object) -> Expected:
-    base = Expected(size=3695, sha256=SHA, required=Level.MANIFEST, is_full=True, now=NOW)
+    base = Expected(
+        name=NAME, size=3695, sha256=SHA, required=Level.MANIFEST, is_full=True, now=NOW
+    )
     return attrs.evolve(base, **changes)  # type: ignore[misc, arg-type]

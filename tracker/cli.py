@@ -1,4 +1,5 @@
-"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``attest``, ``--version``.
+"""The command line: ``serve``, ``check-config``, ``fetch``, ``verify``, ``attest``, ``keygen``,
+``pubkey``, ``--version``.
 
 Exit codes: 0 clean stop, 2 usage or config error, 1 anything else.
 """
@@ -27,6 +28,7 @@ from tracker.fetch.flags import (
     duration_arg,
     fetch_main,
 )
+from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
 from tracker.fetch.statementfiles import (
     add_attest_parser,
     add_trust_flags,
@@ -37,6 +39,9 @@ from tracker.fetch.statementfiles import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
+    from tracker.cache.lifting import Voter
     from tracker.config.schema import Config
 
 # The commands' own libraries are imported where they run: `verify` of a file starts without
@@ -114,6 +119,7 @@ def build_parser() -> Parser:
     add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
+    add_key_parsers(commands)
     return parser
 
 
@@ -197,6 +203,17 @@ def attest_main(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cluster_voter(rpcs: tuple[str, ...], client: httpx.AsyncClient) -> Voter:
+    """Who asks ``fetch --rpc``'s votes: the daemon's own (docs/architecture.md, "The
+    cluster level"), the first URL as ``rpc`` and the others as ``cluster_proof.also_rpc``,
+    whose answers must agree, with the section's defaults (32 blocks, 30 s per archive)."""
+    from tracker.config.schema import ClusterProof, Config
+    from tracker.proving.clustervotes import ClusterVotes
+
+    config = Config(rpc=rpcs[0], cluster_proof=ClusterProof(also_rpc=rpcs[1:]))
+    return ClusterVotes(lambda: config, client)
+
+
 def load(args: argparse.Namespace) -> Config:
     """Load the config file and apply the command-line overrides (raises ConfigError)."""
     from tracker.config.loading import load_config
@@ -258,11 +275,17 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     if args.command == "serve":
         signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
     if args.command == "fetch":
-        return fetch_main(args, parser)
+        # Its usage errors print fetch's usage, not the top level's.
+        voter_for = partial(cluster_voter, tuple(args.rpc)) if args.rpc else None
+        return fetch_main(args, parser.commands["fetch"], voter_for)
     if args.command == "verify":
         return verify_main(args)
     if args.command == "attest":
         return attest_main(args)
+    if args.command == "keygen":
+        return keygen_main(args)
+    if args.command == "pubkey":
+        return pubkey_main(args)
     try:
         config = load(args)
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -42,6 +43,7 @@ from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs, proven_only
+from tracker.proving.localfiles import LocalProofs, local_gated
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
@@ -55,7 +57,7 @@ from tracker.web.delivery import Delivery
 from tracker.web.deps import ApiDeps
 from tracker.web.healthcheck import HealthChecker
 from tracker.web.internal_api import create_internal_app
-from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners
+from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners, port_of
 from tracker.web.shortcuts import FastRedirects, best_source
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
@@ -110,6 +112,8 @@ class Components:
     events: RecentEvents = attrs.Factory(lambda: RecentEvents(PAGE_EVENTS))
     #: The statements signed with ``attest.key`` (docs/http-api.md, "Signed statements").
     attestations: Attestations = attrs.Factory(lambda: Attestations(Digests()))
+    #: The checks of local files (docs/architecture.md, "Proven archives"), None unbuilt.
+    local_proofs: LocalProofs | None = None
 
     def status_sources(self, digest: Digest | None = None) -> StatusSources:
         """What the status page reads (``digest``: SHA-256 of verified archives, by default
@@ -133,6 +137,7 @@ class Components:
             digest=digest,
             level=level,
             flowing=self.transfers.flowing.rate,
+            attestations=self.attestations,
         )
 
     async def aclose(self) -> None:
@@ -168,7 +173,7 @@ def build(
     digests, rejections = Digests(), Rejections()
     objects = object_path(tracker.config, metrics, digests)
     attestations = Attestations(digests)  # signs with attest.key: loaded now, on each reload
-    attestations.configure(*signing(tracker.config.attest))
+    attestations.configure(*signing(tracker.config.attest), now=time.time())
     if objects is not None:  # the newest incremental of every full still served stays
         objects.tier.attestations = attestations
         objects.tier.retainer.served = index.served_fulls
@@ -189,7 +194,9 @@ def build(
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
+    local_proofs = LocalProofs(current, index, digests, votes=votes, accounts=streamer.proof_limits)
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
+    delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it
     health = HealthChecker(current, index, rpc)
     status = objects.tier.status if objects is not None else lambda: None
     deps = ApiDeps(
@@ -205,6 +212,7 @@ def build(
         uncached=streamer.uncached,
         clock=index.clock,
         flowing=transfers.flowing,
+        local_checks=local_proofs.of_target,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
@@ -227,6 +235,7 @@ def build(
         objects,
         heads,
         attestations=attestations,
+        local_proofs=local_proofs,
     )
 
 
@@ -240,9 +249,10 @@ def apply_trust(index: Index, config: Config) -> None:
         )
         index.set_policy(group.group, policy)
         index.set_ranking(group.group, group.ranking)
-        # Before any result of the group ranks (and at once on a reload): in redirect mode a
-        # group that requires a level ranks the copies its head reads proved, only.
-        index.rank_proven_only(group.group, proven_only(config, group))
+        # Before any result of the group ranks (and at once on a reload): where it requires a
+        # level, only the copies its head reads (redirect mode) or local checks proved.
+        local = local_gated(config, group)
+        index.rank_proven_only(group.group, proven_only(config, group), local=local)
 
 
 def groups_dropped(old: Config, new: Config) -> list[str]:
@@ -291,7 +301,7 @@ async def run_tracker(
             # One reload at a time, so a storm of them parses the file once after another.
             async with reloading:
                 new = await trio.to_thread.run_sync(reload_config)
-            parts.attestations.configure(*signing(new.attest))  # ConfigError: refused
+            parts.attestations.configure(*signing(new.attest), now=time.time())  # or refused
             dropped = groups_dropped(tracker.config, new)
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
@@ -360,6 +370,7 @@ async def run_tracker(
                         parts.speedtests.run,
                         parts.learning.run,
                         *([parts.heads.run] if parts.heads is not None else []),
+                        *([parts.local_proofs.run] if parts.local_proofs is not None else []),
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))
@@ -379,11 +390,6 @@ async def run_tracker(
             logging.getLogger("tracker").removeHandler(parts.events)
             await parts.aclose()
     log_event(log, "info", "stopped")
-
-
-def port_of(address: str) -> int:
-    """The port of a bound address as hypercorn reports it (``http://host:port``)."""
-    return int(address.rsplit(":", 1)[1])
 
 
 async def _enforce_grace(

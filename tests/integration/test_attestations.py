@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,56 @@ async def test_the_cache_s_copy_is_signed_and_served_on_every_route(tmp_path: Pa
         assert entry["attestations"] == [document.to_json()]
 
 
+async def statements_route(t: TrackerUnderTest) -> dict[str, Any]:
+    """What ``/v1/statements`` answers (JSON, 200)."""
+    answer = await raw_request(t.base, "/v1/statements")
+    assert answer.status == 200 and answer.header("content-type") == "application/json"
+    return json.loads(answer.body)  # type: ignore[no-any-return]
+
+
+async def test_v1_statements_shows_the_key_how_many_are_held_and_the_last_signed(
+    tmp_path: Path,
+) -> None:
+    """``/v1/statements``, the JSON sibling of ``/v1/targets`` for signing: the key a fleet's
+    ``--trust-key`` names, the statements held, the last one signed."""
+    config = make_config(tmp_path / "cache", verify_archives=True, attest=attest(tmp_path))
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        running_tracker(config) as t,
+    ):
+        advertise_files(t.index, up, up.files)
+        assert await statements_route(t) == {
+            "signing": True,
+            "public_key": signer(1).public_key,
+            "valid_for_seconds": 3600.0,
+            "statements": 0,
+            "last_signed": None,
+        }
+        before = time.time()
+        await fill(t)
+        shown = await statements_route(t)
+        document = await served(t, ROUTES[0])
+    assert shown["statements"] == 1
+    last = shown["last_signed"]
+    assert (last["group"], last["name"]) == (GROUP, NAME)
+    at = datetime.fromisoformat(last["time"].replace("Z", "+00:00")).timestamp()
+    assert before - 1 <= at <= time.time()
+    # The time is the signing's: the statement expires valid_for after it.
+    assert abs(document.statement.expires - 3600 - at) <= 1
+
+
+async def test_v1_statements_without_attest_says_nothing_is_signed(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "cache", verify_archives=True)
+    async with running_tracker(config) as t:
+        assert await statements_route(t) == {
+            "signing": False,
+            "public_key": None,
+            "valid_for_seconds": None,
+            "statements": 0,
+            "last_signed": None,
+        }
+
+
 async def test_without_attest_or_a_verified_copy_there_is_no_statement(tmp_path: Path) -> None:
     config = make_config(tmp_path / "cache", verify_archives=True)
     async with (
@@ -215,7 +266,9 @@ def _hostile_documents() -> dict[str, tuple[bytes, str]]:
     """Documents put beside the good object, and what the refusal's line says."""
     key1, key2 = signer(1), signer(2)
     now = int(time.time())
-    good = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 3600)
+    good = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 3600
+    )
     signed = key1.sign(good)
     body = signed.to_json()
     flipped = body["signature"][:-2] + ("1" if body["signature"][-2] != "1" else "2") + "1"
@@ -291,7 +344,9 @@ async def test_a_tampered_bucket_copy_is_not_vouched_for(
     prefix = f"t-{secrets.token_hex(4)}/"
     key1 = signer(1)
     now = int(time.time())
-    good = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 3600)
+    good = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 3600
+    )
     # The object was replaced after its statement was written: it is not the copy signed.
     await put_copy(
         weed, f"{prefix}{GROUP}/{NAME}", GOOD + b"x", attestation=key1.sign(good).encode()
@@ -455,7 +510,9 @@ async def test_a_tampered_renewal_is_refused_and_the_old_statement_served_until_
     prefix = f"m-{secrets.token_hex(4)}/"
     key = f"{prefix}{GROUP}/{NAME}"
     key1, now = signer(1), int(time.time())
-    said = statement(name=NAME, size=len(GOOD), sha256=SHA, slot=9600, expires=now + 14)
+    said = statement(
+        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 14
+    )
     old = key1.sign(said)
     await put_copy(weed, key, GOOD, attestation=old.encode())
     async with (

@@ -4,8 +4,10 @@ whose manifest contradicts its name is refused whatever the level asked."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import trio
 from archives import (
     build_archive,
     compress,
@@ -14,7 +16,10 @@ from archives import (
     make_tar,
     snapshot_entries,
 )
+from helpers_cluster import MINORITY, STAKES, bank_hash, votes_for
+from helpers_server import serve_app
 from helpers_upstream import FakeUpstream
+from helpers_votes import VoteRpc
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 
@@ -80,3 +85,78 @@ async def test_require_accounts_fetches_a_full_whose_storages_prove(tmp_path: Pa
     code, _line, ledger = await fetch(tmp_path, GOOD, "--require", "accounts")
     assert code == 0
     assert (ledger / NAME).read_bytes() == GOOD
+
+
+async def test_require_cluster_without_rpc_exits_2_before_any_download(tmp_path: Path) -> None:
+    """Without ``--rpc`` no archive could reach ``cluster``: refused up front (exit 2, the
+    usage and one line), nothing asked of the tracker or the source."""
+    ledger = ledger_of(tmp_path)
+    up = FakeUpstream(files={NAME: GOOD})
+    async with tracker_of([up]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none")
+        done = await run_cli(*command, "--require", "cluster")
+        assert tracker.seen == [] and up.seen == []
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "Traceback" not in err and err.startswith("usage: snapshot-tracker fetch ")
+    assert err.splitlines()[-1] == (
+        "snapshot-tracker fetch: error: --require cluster needs --rpc URL: the cluster's "
+        "votes are asked of an RPC"
+    )
+    assert list(ledger.iterdir()) == []
+
+
+async def fetch_with_rpc(
+    tmp_path: Path, node: VoteRpc
+) -> tuple[subprocess.CompletedProcess[bytes], Path]:
+    """``fetch --require cluster --rpc`` of GOOD, ``node`` the fake RPC on 127.0.0.1."""
+    ledger = ledger_of(tmp_path)
+    async with trio.open_nursery() as nursery:
+        rpc = await nursery.start(serve_app, node.app())
+        async with tracker_of([FakeUpstream(files={NAME: GOOD})]) as tracker:
+            command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+            done = await run_cli(*command, "--require", "cluster", "--rpc", rpc + "/")
+        nursery.cancel_scope.cancel()
+    return done, ledger
+
+
+async def test_require_cluster_with_an_rpc_whose_votes_carry_the_archive(tmp_path: Path) -> None:
+    """With ``--rpc`` fetch weighs the votes itself: 70% of the stake voted the archive's
+    bank hash in the block after its slot, so it enters the ledger at ``cluster``."""
+    bank = bank_hash(tmp_path, NAME, GOOD)
+    node = VoteRpc(blocks=votes_for(SLOT, bank, majority=True), stakes=STAKES)
+    done, ledger = await fetch_with_rpc(tmp_path, node)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert (ledger / NAME).read_bytes() == GOOD
+    [line] = [line for line in err.splitlines() if f"fetch_done file={NAME}" in line]
+    assert "proven=cluster" in line, line
+    assert SLOT + 1 in node.block_calls()
+    assert any(method == "getVoteAccounts" for method, _params in node.calls)
+
+
+async def test_require_cluster_refuses_an_archive_a_minority_voted(tmp_path: Path) -> None:
+    bank = bank_hash(tmp_path, NAME, GOOD)
+    node = VoteRpc(blocks=votes_for(SLOT, bank, majority=False), stakes=STAKES)
+    done, ledger = await fetch_with_rpc(tmp_path, node)
+    line = the_error_line(done)
+    assert f"proven to accounts, cluster required: {MINORITY}" in line, line
+    assert list(ledger.iterdir()) == []
+
+
+async def test_require_accounts_says_an_incremental_stops_at_manifest(tmp_path: Path) -> None:
+    """``--require accounts`` takes the incremental at ``manifest`` (its storages cannot
+    prove the whole state) and its ``fetch_done`` line says so; the full's says ``accounts``."""
+    incremental, data = build_archive(SLOT + 100, base_slot=SLOT, accounts=2)
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([FakeUpstream(files={NAME: GOOD, incremental: data})]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(*command, "--incremental=true", "--require", "accounts")
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([incremental, NAME])
+    [full_line] = [line for line in err.splitlines() if f"fetch_done file={NAME}" in line]
+    [inc_line] = [line for line in err.splitlines() if f"fetch_done file={incremental}" in line]
+    assert "proven=accounts" in full_line, full_line
+    note = "incremental: proven to manifest, the most an incremental can reach"
+    assert note in inc_line, inc_line

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,17 @@ from helpers_browser import CHROMIUM, PAGE_TAGS, Dom, dump_dom, needs_chromium, 
 from helpers_bytes import archive_bytes
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
-from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
+from helpers_upstream import UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
+from test_attestations import attest
 
+from tracker.config.files import signing
+from tracker.config.schema import Attest
 from tracker.core.logs import log_event
+from tracker.web.statusformat import format_time
 
 MiB = 1024 * 1024
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FULL_SLOT = 345_600_000
 FULL = full_name(FULL_SLOT)
 INCR = incremental_name(FULL_SLOT, FULL_SLOT + 1_500)
@@ -46,6 +52,13 @@ async def page_of(client: httpx.AsyncClient, internal: str, query: str = "") -> 
     assert "script-src" not in response.headers["content-security-policy"]  # none at all
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
     return response.text
+
+
+def key_of(key_file: str) -> str:
+    """The base58 public key of the keypair file ``key_file``."""
+    signer, _valid_for = signing(Attest(key=key_file))
+    assert signer is not None
+    return signer.public_key
 
 
 async def tracker_with(nursery: trio.Nursery, tmp_path: Path, **settings: Any) -> tuple[str, str]:
@@ -88,10 +101,12 @@ async def test_the_page_in_a_browser_during_a_refresh(
         await nursery.start(upstream.run)
     rpc = await nursery.start(serve_app, Rpc(slot=FULL_SLOT + 1_620).app())
     sidecars = [u.base.removeprefix("http://") for u in (good, bad)]
+    key = attest(tmp_path, n=4)
     public, internal = await tracker_with(
         nursery,
         tmp_path,
         rpc=rpc,
+        attest={"key": key.key, "valid_for": "1h"},
         proxy_snapshot_downloads=True,
         proxy_snapshot_cache_dir=str(tmp_path / "cache"),
         cache_share_inflight=True,
@@ -158,9 +173,59 @@ async def test_the_page_in_a_browser_during_a_refresh(
         assert shown in text, shown
     rows = text[text.index("last scrape", text.index("Targets (")) :]
     assert rows.index("testnet") < rows.index("mainnet")  # unhealthy first
+    # The incremental was cached during the test; its source's file is days old
+    # (UPSTREAM_LAST_MODIFIED): the page says when the cache took it, never the file's time
+    # (the exact time is each age's tooltip).
+    cached = re.findall(r"cached (.{1,20}?) ago", text)
+    assert len(cached) == 1 and re.fullmatch(r"\d+ (s|min)", cached[0]), cached
+    source_time = parsedate_to_datetime(UPSTREAM_LAST_MODIFIED).timestamp()
+    assert ("title", format_time(source_time)) not in dom.attributes
+    # The signing card: the key, and why it signs nothing here (opaque blobs, unchecked).
+    signing = text[text.index("Signing") : text.index("Rejected archives")]
+    assert key_of(key.key) in signing, signing
+    assert "nothing can be signed: verify_archives is false" in signing
     wanted = os.environ.get(SCREENSHOT_ENV)
     if wanted:
         shutil.copyfile(shot, wanted)
+
+
+@needs_chromium
+async def test_local_proofs_and_the_signing_card_in_a_browser(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The quickstart's ledger with ``attest``: Chromium shows each best archive's SHA-256
+    and level (never "unknown"), and the signing card its key, since when, the statements
+    held (one per local file) and the last one signed."""
+    ledger = tmp_path / "ledger"
+    shutil.copytree(EXAMPLES / "ledger", ledger)
+    key = attest(tmp_path, n=4)
+    public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        verify_archives=True,
+        attest={"key": key.key, "valid_for": "1h"},
+        target_groups=[{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
+    )
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+        async def all_signed() -> bool:
+            listed = (await client.get(f"{public}/v1/snapshots")).json()
+            files = [f for s in listed for f in s["files"]]
+            return len(listed) == 3 and all(f.get("attestations") for f in files)
+
+        await wait_until(all_signed, timeout=30)
+    dom = Dom(await dump_dom(f"{internal}/?refresh=0", tmp_path / "profile"))
+    text = dom.text
+    assert set(dom.tags) <= PAGE_TAGS
+    best = text[text.index("Best snapshots") : text.index("Disk cache")]
+    assert "unknown" not in best
+    assert "accounts" in best and "manifest" in best  # the full; its incremental
+    signing = text[text.index("Signing") : text.index("Rejected archives")]
+    assert key_of(key.key) in signing
+    assert re.search(r"ago3(snapshot|incremental-snapshot)-1000-", signing), signing  # 3 held
+    assert "nothing can be signed" not in signing
+    summary = text[text.index("targets up") : text.index("Best snapshots")]
+    assert "3statements signed" in summary
 
 
 HOSTILE_HASH = '<script>alert("x")</script>\'\u001b[31m'

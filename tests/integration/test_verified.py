@@ -22,7 +22,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from archives import bad_variants, build_archive, huge_pax_size_archive, huge_pax_size_at
+from archives import bad_variants, build_archive, huge_pax_size_archive, huge_pax_size_reason
 from helpers_proxy import wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
@@ -340,8 +340,7 @@ async def test_a_copy_the_check_cannot_parse_holds_its_source_back(tmp_path: Pat
         assert again.status == 502 and again.body.decode().startswith(REJECTED)
         assert len(f.bad.gets(name)) == 1  # held back: not asked again
         bad_target = await target(f.public, f.bad)
-        at = huge_pax_size_at(good, "zst")
-        assert bad_target["last_error"] == f"{REJECTED}tar: bad pax size at byte {at}"
+        assert bad_target["last_error"] == REJECTED + huge_pax_size_reason(good, "zst")
         assert leftovers(f.cache) == []
 
 
@@ -378,7 +377,7 @@ def _zeros_member_bz2(size: int) -> bytes:
     import bz2
     import tarfile
 
-    info = tarfile.TarInfo("accounts/1.0")
+    info = tarfile.TarInfo("snapshots/status_cache")  # a member no parser reads
     info.size = size
     compressor = bz2.BZ2Compressor(1)
     zeros = bytes(16 << 20)

@@ -112,6 +112,7 @@ def _document(**changes: object) -> bytes:
         (_document(size=3696), "names size 3696, the object has 3695"),
         (_document(sha256="cd" * 32), f"the object has {SHA}"),
         (_document(expires=2_500), "expired at 2500"),
+        (_document(checked_at=2_801, expires=9_000), "checked at 2801, ahead of now"),
         (_document().replace(b'"signature": "', b'"signature": "2'), "signature"),
         (b"[]", "not a JSON object"),
         (b"{" * 20_000, "over 16384 bytes"),
@@ -263,3 +264,25 @@ def test_a_tracker_without_a_key_serves_the_bucket_s_statements_until_they_expir
     assert attestations.documents_json("g", FULL) == [peer.to_json()]
     attestations.sync(2_600.0)
     assert attestations.documents("g", FULL) == []
+
+
+def test_what_the_signing_card_reads_since_when_how_many_and_the_last() -> None:
+    """docs/http-api.md, "The status page": the key's load time, the statements held, the
+    last one signed; another key starts again, no key shows nothing."""
+    digests = Digests()
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations = Attestations(digests)
+    assert (attestations.since, attestations.last_signed, attestations.held) == (None, None, 0)
+    attestations.configure(signer(1), VALID, now=1_500.0)
+    assert (attestations.since, attestations.last_signed, attestations.held) == (1_500.0, None, 0)
+    attestations.sync(2_000.0)
+    assert attestations.held == 1 and attestations.last_signed == (2_000.0, "g", FULL)
+    attestations.configure(signer(1), VALID, now=1_900.0)  # a reload that changed nothing
+    assert attestations.since == 1_500.0 and attestations.last_signed == (2_000.0, "g", FULL)
+    digests.hold("local:/ledger/x", "g", INCREMENTAL, Verified(SHA, PROOF, 10, 1_000.0))
+    attestations.sync(2_001.0)
+    assert attestations.held == 2 and attestations.last_signed == (2_001.0, "g", INCREMENTAL)
+    attestations.configure(signer(2), VALID, now=2_100.0)
+    assert (attestations.since, attestations.last_signed, attestations.held) == (2_100.0, None, 0)
+    attestations.configure(None, 0.0, now=2_200.0)
+    assert (attestations.since, attestations.last_signed) == (None, None)

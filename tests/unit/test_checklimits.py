@@ -106,33 +106,23 @@ def _pax_block(record: bytes) -> bytes:
     return pax.tobuf(tarfile.USTAR_FORMAT) + record + bytes(-len(record) % 512)
 
 
-@pytest.mark.parametrize("digits", [21, 5000, 100_000])
-def test_a_pax_size_of_thousands_of_digits_is_refused(digits: int) -> None:
+@pytest.mark.parametrize("digits", [20, 5000, 100_000])
+def test_a_pax_size_is_refused_before_its_number_is_read(digits: int) -> None:
+    # agave writes no pax header (docs/architecture.md, "One reading of the tar stream"):
+    # its records are never parsed, so a size of any length costs nothing.
     tar = snapshot_tar()
-    value = b"1" * digits
-    body = b" size=" + value + b"\n"
+    body = b" size=" + b"1" * digits + b"\n"
     length = len(body) + len(str(len(body) + 7))
     record = str(length).encode() + body
-    assert len(record) == length
     member = tarfile.TarInfo(f"accounts/{SLOT}.9").tobuf(tarfile.USTAR_FORMAT)
     end = tar_end(tar)
     data = tar[:end] + _pax_block(record) + member + tar[end:]
-    at = end + len(_pax_block(record))  # the header the size is for
     for compression in ("tar", "zst"):
         name = archive_name(SLOT, compression=compression)
-        assert reason_of(compress(data, compression), name) == f"tar: bad pax size at byte {at}"
-
-
-def test_a_pax_size_of_twenty_digits_is_a_size() -> None:
-    tar = snapshot_tar()
-    body = b" size=" + b"0" * 17 + b"512\n"  # 20 digits
-    record = str(len(body) + 2).encode() + body
-    member = tarfile.TarInfo(f"accounts/{SLOT}.9").tobuf(tarfile.USTAR_FORMAT)
-    end = tar_end(tar)
-    data = tar[:end] + _pax_block(record) + member + bytes(512) + tar[end:]
-    assert check_bytes(data, archive_name(SLOT, compression="tar")) == (
-        hashlib.sha256(data).hexdigest()
-    )
+        assert reason_of(compress(data, compression), name) == (
+            f"tar: '././@PaxHeader' at byte {end} is a pax header; agave writes only regular "
+            "files and directories"
+        )
 
 
 # --- any failure but the reading's rejects the copy ----------------------------------------------
@@ -266,7 +256,7 @@ def test_gigabytes_of_zeros_after_the_end_blocks_end_at_once() -> None:
 def _member_then_zeros(
     size: int, compressor: zstandard.ZstdCompressionObj | bz2.BZ2Compressor
 ) -> bytes:
-    info = tarfile.TarInfo(f"accounts/{SLOT}.0")
+    info = tarfile.TarInfo("snapshots/status_cache")  # a member no parser reads
     info.size = size
     zeros = bytes(16 * MiB)
     parts = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
@@ -287,13 +277,25 @@ def test_an_archive_that_expands_too_much_is_refused_early() -> None:
     assert time.perf_counter() - started < 5.0
 
 
+def _empty_storage(ident: int) -> bytes:
+    # The header of an empty storage accounts/0.{ident}: tarfile's tobuf costs ~30 µs a call.
+    block = bytearray(TEMPLATE)
+    block[:100] = f"accounts/0.{ident}".encode().ljust(100, b"\0")
+    block[148:156] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
+
+
+TEMPLATE = tarfile.TarInfo("accounts/0.0").tobuf(tarfile.GNU_FORMAT)
+
+
 def test_empty_members_are_bounded_by_the_archive_size() -> None:
-    # The same empty member again and again: 512 bytes of tar that compress to nothing.
-    member = tarfile.TarInfo("accounts/0.0").tobuf(tarfile.GNU_FORMAT)
+    # Empty storages again and again: 512 bytes of tar each that compress to almost nothing.
     head = snapshot_tar(accounts=0)
     end = tar_end(head)
     count = MEMBER_FLOOR + 50_000
-    data = compress(head[:end] + member * count + bytes(1024), "zst")
+    members = b"".join(_empty_storage(i) for i in range(count))
+    data = compress(head[:end] + members + bytes(1024), "zst")
     reason = reason_of(data, archive_name(SLOT))
     allowed = MEMBER_FLOOR + len(data) // 1024
     assert reason.startswith(f"tar: more than {allowed} members by byte ")

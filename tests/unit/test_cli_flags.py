@@ -21,9 +21,10 @@ def options() -> list[tuple[str, argparse.Action]]:
 
 
 def test_every_subcommand_is_seen() -> None:
-    assert set(build_parser().commands) == {"serve", "check-config", "fetch", "verify", "attest"}
+    commands = {"serve", "check-config", "fetch", "verify", "attest", "keygen", "pubkey"}
+    assert set(build_parser().commands) == commands
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
-    assert len(fetch) == 28
+    assert len(fetch) == 29
 
 
 @pytest.mark.parametrize(

@@ -163,3 +163,112 @@ def test_require_cluster_without_rpc_warns(tmp_path: Path, settings: str, warned
     config = load(tmp_path, text)
     found = [w for w in config.warnings if "require: cluster needs `rpc`" in w]
     assert bool(found) is warned
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets", "says"),
+    [
+        pytest.param("", "http_targets: {targets: ['http://n:1/']}", None, id="no attest"),
+        pytest.param(
+            "ATTEST",
+            "http_targets: {targets: ['http://n:1/']}",
+            "redirect mode holds no copy",
+            id="redirect mode: nothing held",
+        ),
+        pytest.param("ATTEST", "local_targets: {paths: [LEDGER]}", "", id="local files: signed"),
+        pytest.param(
+            "ATTESTproxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: CACHE\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            "",
+            id="a disk cache: signed",
+        ),
+        pytest.param(
+            "ATTESTproxy_snapshot_downloads: true\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            "proxy mode without proxy_snapshot_cache_dir holds no copy",
+            id="proxy mode uncached: nothing held",
+        ),
+        pytest.param(
+            "ATTESTverify_archives: false\n",
+            "local_targets: {paths: [LEDGER]}",
+            "verify_archives is false",
+            id="nothing checked",
+        ),
+    ],
+)
+def test_attest_says_when_nothing_can_be_signed(
+    tmp_path: Path, settings: str, targets: str, says: str | None
+) -> None:
+    """docs/http-api.md, "Signed statements": only copies the tracker holds and checked are
+    signed; a config whose ``attest`` can sign nothing says so (check-config, the page)."""
+    from tracker.config.warnings import nothing_signed
+
+    key = tmp_path / "key.json"
+    key.write_bytes(keypair_json(bytes([3]) * 32))
+    os.chmod(key, 0o600)
+    (tmp_path / "ledger").mkdir()
+    settings = settings.replace("ATTEST", f"attest: {{key: {key}}}\n")
+    settings = settings.replace("CACHE", str(tmp_path / "cache"))
+    targets = targets.replace("LEDGER", str(tmp_path / "ledger"))
+    config = load(tmp_path, f"{settings}target_groups: [{{group: g, {targets}}}]\n")
+    found = nothing_signed(config)
+    warned = [w for w in config.warnings if w.startswith("attest: ")]
+    if not says:
+        assert found == "" and warned == []
+    else:
+        assert says in found and warned == [f"attest: {found}"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets", "warned"),
+    [
+        pytest.param("", "http_targets: {targets: ['http://n:1/']}", True, id="redirect mode"),
+        pytest.param("", "local_targets: {paths: [LEDGER]}", False, id="local files: read whole"),
+        pytest.param(
+            "proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: CACHE\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            False,
+            id="a disk cache reads them whole",
+        ),
+        pytest.param(
+            "proxy_snapshot_downloads: true\n",
+            "http_targets: {targets: ['http://n:1/']}",
+            True,
+            id="proxy mode uncached",
+        ),
+    ],
+)
+def test_require_accounts_out_of_reach_of_head_reads_is_said(
+    tmp_path: Path, settings: str, targets: str, warned: bool
+) -> None:
+    """docs/http-api.md, "Proven archives": a head read proves a copy to manifest at most."""
+    (tmp_path / "ledger").mkdir()
+    settings = settings.replace("CACHE", str(tmp_path / "cache"))
+    targets = targets.replace("LEDGER", str(tmp_path / "ledger"))
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: accounts}}, {targets}}}]\n"
+    found = [w for w in load(tmp_path, text).warnings if ".trust.require: accounts" in w]
+    assert bool(found) is warned, found
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: accounts: without a disk")
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("", False),  # warned otherwise: no rpc at all
+        ("rpc: http://127.0.0.1:8899\n", True),
+        (
+            "rpc: http://127.0.0.1:8899\ncluster_proof: {also_rpc: ['http://127.0.0.2:8899']}\n",
+            False,
+        ),
+    ],
+)
+def test_require_cluster_on_one_rpc_warns(tmp_path: Path, settings: str, warned: bool) -> None:
+    # One lying RPC reaches two thirds with a voter it invents (docs/http-api.md, "The
+    # cluster level").
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    config = load(tmp_path, text)
+    found = [w for w in config.warnings if "rests on one RPC's word" in w]
+    assert bool(found) is warned
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: cluster rests on one RPC")

@@ -81,19 +81,145 @@ def test_the_docs_name_paths_and_references() -> None:
     assert not _resolves("no_such_package.module")
 
 
-@pytest.mark.parametrize(("doc", "path"), _mentions(PATH))
-def test_every_path_named_in_the_docs_exists(doc: str, path: str) -> None:
-    assert (ROOT / path).exists(), f"{doc} names {path}, which does not exist"
+#: A Sphinx reference of any form in a docstring or comment: ``:func:`name```,
+#: ``:class:`~tracker.x.Y```, ``:meth:`Class.method```.
+ANY_SPHINX = re.compile(r":(?:mod|class|func|meth|attr|data|exc|obj):`~?\.?([A-Za-z0-9_.]+)`")
+#: A row of docs/architecture.md's package table: its packages, then what it owns.
+TABLE_ROW = re.compile(r"^\| [^|]+ \| (?P<packages>[^|]*`tracker/[^|]*) \| (?P<owns>.*) \|$", re.M)
+BARE = re.compile(r"`([a-z_][a-z0-9_]*)`")
 
 
-@pytest.mark.parametrize(("doc", "ref"), _mentions(DOTTED))
-def test_every_reference_in_the_docs_resolves(doc: str, ref: str) -> None:
-    assert _resolves(ref), f"{doc} names `{ref}`, which is not in the code"
+def _module_of(source: Path) -> str:
+    parts = source.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-@pytest.mark.parametrize(("source", "ref"), _code_mentions())
-def test_every_reference_in_the_code_resolves(source: str, ref: str) -> None:
-    assert _resolves(ref), f"{source} names `tracker.{ref}`, which is not in the code"
+def _defined_anywhere() -> set[str]:
+    """Every name the package defines: functions, classes, module and class attributes and
+    fields, attributes set on ``self``, module names."""
+    names = {p.stem for p in SOURCES} | {p.parent.name for p in SOURCES}
+    definition = re.compile(
+        r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)|^\s*(\w+)\s*[:=]|self\.(\w+)\s*(?::[^=]+)?=",
+        re.M,
+    )
+    for source in SOURCES:
+        for match in definition.finditer(source.read_text()):
+            names.add(next(g for g in match.groups() if g))
+    return names
+
+
+def _resolves_from(module_name: str, ref: str, defined: set[str]) -> bool:
+    """A Sphinx reference resolves: a ``tracker.`` one from the package root; a relative one
+    from the module it is written in or, being written for a reader of that module, to a
+    name the package defines (its last part) or to the standard library."""
+    if ref.startswith("tracker."):
+        return _resolves(ref.removeprefix("tracker."))
+    module = importlib.import_module(module_name)
+    if _has_path(module, ref):
+        return True
+    if ref.rsplit(".", 1)[-1] in defined:
+        return True
+    try:
+        importlib.import_module(ref.split(".", 1)[0])
+    except ImportError:
+        return False
+    return True
+
+
+def _has_path(obj: object, dotted: str) -> bool:
+    for attr in dotted.split("."):
+        if not hasattr(obj, attr):
+            return inspect.isclass(obj) and _instance_attribute(obj, attr)
+        obj = getattr(obj, attr)
+    return True
+
+
+def _table_names() -> list[tuple[str, str]]:
+    """(packages, name) of each bare module name in a row of the package table."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    found = []
+    for row in TABLE_ROW.finditer(text):
+        packages = re.findall(r"`tracker/([a-z0-9_]+)`", row["packages"])
+        found += [(",".join(packages), name) for name in BARE.findall(row["owns"])]
+    return found
+
+
+def _table_name_exists(packages: str, name: str, words: set[str]) -> bool:
+    """A module of the row's packages, or at least a word the code has (a config key, a
+    command, a function elsewhere): what is nowhere in the code is a dangling name."""
+    for package in packages.split(","):
+        if (ROOT / "tracker" / package / f"{name}.py").exists():
+            return True
+    return name in words
+
+
+#: Words in ``double backticks`` of a package's docstring that are no module of it: config
+#: keys and system calls it is about.
+NOT_MODULES = {"file_targets", "source_limits", "sendfile", "splice"}
+
+
+def _package_docstring_names() -> list[tuple[str, str]]:
+    """(package, word) of each ``word`` a package's own docstring names that is no module
+    (nor sub-package) of it: its list of modules is read by whoever opens the package."""
+    found = []
+    for init in sorted((ROOT / "tracker").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        modules = {p.stem for p in init.parent.glob("*.py")}
+        modules |= {p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()}
+        for word in re.findall(r"``([a-z_][a-z0-9_]*)``", doc):
+            if word not in modules and word not in NOT_MODULES:
+                found.append((init.parent.name, word))
+    return found
+
+
+def dangling() -> list[str]:
+    """Every name the docs and the code's docstrings give that is not in the code."""
+    found = [
+        f"{doc} names {path}, which does not exist"
+        for doc, path in _mentions(PATH)
+        if not (ROOT / path).exists()
+    ]
+    found += [
+        f"{doc} names `{ref}`, which is not in the code"
+        for doc, ref in _mentions(DOTTED)
+        if not _resolves(ref)
+    ]
+    defined = _defined_anywhere()
+    words = {w for p in SOURCES for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", p.read_text())}
+    for source in SOURCES:
+        module = _module_of(source)
+        for match in ANY_SPHINX.finditer(source.read_text()):
+            if not _resolves_from(module, match.group(1), defined):
+                found.append(
+                    f"{source.relative_to(ROOT)} names `{match.group(1)}`, not in the code"
+                )
+    found += [
+        f"docs/architecture.md's package table names `{name}` under {packages}, not in the code"
+        for packages, name in _table_names()
+        if not _table_name_exists(packages, name, words)
+    ]
+    found += [
+        f"tracker/{package}/__init__.py names ``{word}``, which is no module of it"
+        for package, word in _package_docstring_names()
+    ]
+    return found
+
+
+def test_every_name_in_the_docs_and_docstrings_resolves() -> None:
+    missing = dangling()
+    assert not missing, "\n".join(missing)
+
+
+def test_a_dangling_name_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _resolves_from("tracker.clientwire.transport", "splice_socket", set())
+    assert _resolves_from("tracker.clientwire.transport", "BigReadStream.body_unread", set())
+    assert not _table_name_exists("proof", "storagewrite", {"writing"})
+    assert _table_name_exists("proof", "writing", set())
+    real = _package_docstring_names
+    monkeypatch.setattr(
+        __import__(__name__), "_package_docstring_names", lambda: [*real(), ("fetch", "pieces")]
+    )
+    assert "tracker/fetch/__init__.py names ``pieces``, which is no module of it" in dangling()
 
 
 def _prose_blocks(source: str) -> list[list[str]]:
@@ -132,9 +258,13 @@ def _stray_fragments(source: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("source", [p.relative_to(ROOT).as_posix() for p in SOURCES])
-def test_docstrings_and_comments_are_whole(source: str) -> None:
-    assert _stray_fragments((ROOT / source).read_text()) == []
+def test_docstrings_and_comments_are_whole() -> None:
+    broken = {
+        source.relative_to(ROOT).as_posix(): fragments
+        for source in SOURCES
+        if (fragments := _stray_fragments(source.read_text()))
+    }
+    assert broken == {}
 
 
 def test_a_broken_line_is_found() -> None:

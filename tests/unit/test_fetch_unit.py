@@ -232,7 +232,7 @@ def test_a_memory_below_the_smallest_is_a_usage_error(capsys: pytest.CaptureFixt
     ("flags", "refused"),
     [
         (["--require", "accounts", "--prove-accounts=false"], True),
-        (["--require", "cluster", "--verify=false"], True),
+        (["--require", "accounts", "--verify=false"], True),
         (["--require", "accounts", "--prove-accounts=false", "--full=false"], False),
         (["--require", "manifest", "--prove-accounts=false"], False),
         (["--require", "accounts"], False),

@@ -145,15 +145,22 @@ def test_a_proof_of_a_group_that_ranks_every_copy_changes_nothing() -> None:
         pytest.param("", "trust: {require: manifest}", True, id="manifest: proven only"),
         pytest.param("", "trust: {require: cluster}", True, id="cluster: proven only"),
         pytest.param(
-            "proxy_snapshot_downloads: true\n",
+            "proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: CACHE\n",
             "trust: {require: manifest}",
             False,
-            id="proxy mode: the cache's check, not head reads",
+            id="proxy mode with a cache: the cache's check, not head reads",
+        ),
+        pytest.param(
+            "proxy_snapshot_downloads: true\n",
+            "trust: {require: manifest}",
+            True,
+            id="proxy mode uncached: every answer a relay, so head reads",
         ),
     ],
 )
 def test_which_groups_rank_proven_copies_only(
     tmp_path: Path, settings: str, trust: str, expected: bool
 ) -> None:
+    settings = settings.replace("CACHE", str(tmp_path / "cache"))
     config = load(tmp_path, f"{settings}target_groups: [{{group: g, {trust}}}]\n")
     assert proven_only(config, config.target_groups[0]) is expected

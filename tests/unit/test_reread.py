@@ -51,27 +51,21 @@ def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]
         reread.close()
 
 
-def test_long_names_and_pax_headers_before_a_member_are_followed(tmp_path: Path) -> None:
-    long = "accounts/" + "x" * 200
+def test_the_second_read_reads_headers_as_the_check_does(tmp_path: Path) -> None:
+    # A pax path naming accounts/2.2 (tar-rs would unpack it so, the check refuses it): the
+    # second read does not take it for that member either (docs/architecture.md, "One
+    # reading of the tar stream").
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data, pax in (
-            (long, b"a" * 700, None),
-            ("accounts/1.1", b"b" * 600, {"comment": "y" * 300}),
-            ("accounts/2.2", b"wanted data", None),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            if pax:
-                info.pax_headers = pax
-                tar.format = tarfile.PAX_FORMAT
-            tar.addfile(info, io.BytesIO(data))
-            tar.format = tarfile.GNU_FORMAT
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("accounts/1.1")
+        info.pax_headers = {"path": "accounts/2.2"}
+        info.size = 11
+        tar.addfile(info, io.BytesIO(b"wanted data"))
     path = tmp_path / "snapshot-9.tar"
     path.write_bytes(out.getvalue())
     reread = ArchiveReread(str(path), ".tar")
     try:
-        assert b"".join(reread("accounts/2.2", 7)) == b"data"
-        assert b"".join(reread(long, 698)) == b"aa"
+        with pytest.raises(ArchiveInvalid, match=r"at byte 0 is a pax header"):
+            b"".join(reread("accounts/2.2", 7))
     finally:
         reread.close()

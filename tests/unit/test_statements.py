@@ -155,6 +155,13 @@ def test_a_bad_document_is_one_line_and_nothing_is_accepted(document: bytes, rea
     ("changes", "trusted", "reason"),
     [
         ({"expires": NOW}, None, "expired at"),
+        ({"checked_at": NOW + 301}, None, f"checked at {NOW + 301}, ahead of now \\({NOW}\\)"),
+        ({"checked_at": NOW + 10 * 365 * 86400}, None, "ahead of now"),
+        (
+            {"name": "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.bz2"},
+            None,
+            "names snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.bz2, not",
+        ),
         ({"size": 3694}, None, "names size 3694, the file has 3695"),
         ({"sha256": "cd" * 32}, None, "names sha256 cdcd"),
         ({"level": Level.STRUCTURE}, None, "level structure, below the required manifest"),
@@ -169,6 +176,12 @@ def test_a_statement_that_does_not_vouch_says_what_differs(
     keys = [signer(2).public_key] if trusted else [key.public_key]
     with pytest.raises(StatementInvalid, match=reason):
         check(attestation, keys, expected())
+
+
+def test_a_statement_checked_within_the_clock_skew_vouches() -> None:
+    key = signer()
+    attestation = parse_document(key.sign(statement(checked_at=NOW + 300)).encode())
+    check(attestation, [key.public_key], expected())
 
 
 def test_accounts_required_means_manifest_for_an_incremental() -> None:

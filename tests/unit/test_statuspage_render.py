@@ -35,6 +35,7 @@ from tracker.web.statuspage import (
     target_order,
     text,
 )
+from tracker.web.statusview import SigningView
 
 NOW = 1_800_000_000.0
 FULL = full_name(1000)
@@ -371,3 +372,57 @@ def test_running_accounts_proofs_show_their_progress() -> None:
     page = render_status(view(cache=CacheView("/c", (), (), proofs=(proof,))))
     assert "Accounts proof running: 12,345,678 accounts, 3.0 GiB of storages read" in page
     assert "spilled to disk" in page and "1 worker busy" in page
+
+
+def section(page: str, anchor: str) -> str:
+    start = page.index(f'id="{anchor}"')
+    return page[start : page.index("</section>", start)]
+
+
+def test_a_cached_file_shows_when_the_cache_took_it() -> None:
+    """Not the source file's mtime (docs/http-api.md, "The status page")."""
+    files = (CachedView("mainnet", FULL, 2 * GiB, NOW - 90, None),)
+    page = render_status(view(cache=CacheView("/c", files, ())))
+    assert f"cached {format_age(90)} ago" in Dom(page).text
+
+
+@pytest.mark.parametrize(
+    ("signing", "shown", "card"),
+    [
+        pytest.param(None, ["This tracker signs nothing"], None, id="not known"),
+        pytest.param(
+            SigningView(None), ["This tracker signs nothing (no attest"], "off", id="no attest"
+        ),
+        pytest.param(
+            SigningView("PUBK3Y", NOW - 7200, 0),
+            ["PUBK3Y", f"{format_age(7200)} ago", "none yet"],
+            "0",
+            id="signing, nothing yet",
+        ),
+        pytest.param(
+            SigningView("PUBK3Y", NOW - 7200, 3, FULL, "accounts", NOW - 30),
+            ["PUBK3Y", "3", FULL, "accounts", f"{format_age(30)} ago"],
+            "3",
+            id="signing: the last statement",
+        ),
+        pytest.param(
+            SigningView("PUBK3Y", NOW, 0, problem="nothing can be signed: redirect mode"),
+            ["PUBK3Y", "nothing can be signed: redirect mode"],
+            "none",
+            id="a key, nothing to sign",
+        ),
+    ],
+)
+def test_the_signing_card(signing: SigningView | None, shown: list[str], card: str | None) -> None:
+    page = render_status(view(signing=signing))
+    assert set(Dom(page).tags) <= PAGE_TAGS
+    signed = Dom(section(page, "signing")).text
+    for text_shown in shown:
+        assert text_shown in signed, (text_shown, signed)
+    summary = Dom(page[page.index('<div class="cards">') : page.index('id="snapshots"')]).text
+    if card is None:
+        assert "signing" not in summary and "statements signed" not in summary
+    elif card == "off" or card == "none":
+        assert f"{card}signing" in summary.replace(" ", "")
+    else:
+        assert f"{card}statements signed" in summary

@@ -1,5 +1,5 @@
 """No two test modules share a file name: pytest imports them by basename (no packages under
-tests/), so the second one fails to collect and the whole run errs (README.md "Development")."""
+tests/), so the second one fails to collect and the whole run errs (docs/development.md)."""
 
 from __future__ import annotations
 

@@ -216,31 +216,21 @@ class CheckedFiles:
     async def _recheck_one(self, group: str, name: str, path: str) -> bool | None:
         """True: passed; False: failed and removed; None: unreadable or gone."""
         try:
-            fd, st = await trio.to_thread.run_sync(_open_regular, path)
+            fd, st = await open_copy(path)
         except OSError:
             return None  # gone meanwhile
         try:
-            check = FollowingCheck.start(fd, name, self.prove_accounts)
-        except OSError as exc:  # no descriptor left: stays unchecked, nothing removed
-            log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
-            return None
-        finally:
-            os.close(fd)  # the check reads through its own duplicate
-        check.finish(st.st_size)
-        try:
-            checked = await check.result()
+            checked = await check_opened(fd, st, name, self.prove_accounts)
             sha256, proof = checked.sha256, checked.proof
             below = below_required(proof, checked_for(self.required(group)), name)
             if below is not None:  # the group's trust.require: not kept, like a bad copy
                 raise ArchiveInvalid(below)
-        except OSError as exc:
+        except OSError as exc:  # a descriptor short, a read error
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None  # unreadable: stays unchecked (never a hit), nothing removed
         except ArchiveInvalid as exc:
             await self.remove(group, name, path, st.st_ino, exc.reason)
             return False
-        finally:
-            check.cancel()  # no-op once it ended; stops it when this task is cancelled
         if (group, name) in self._checked:
             return True  # a refresh promoted a copy meanwhile: its digest stands
         try:
@@ -300,6 +290,33 @@ class CheckedFiles:
         )
         if self._on_rejected is not None:
             self._on_rejected(group, name, reason)
+
+
+async def open_copy(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at ``path`` (no link followed) and its
+    status, opened in a worker thread; OSError when it cannot be (gone, not a regular
+    file)."""
+    return await trio.to_thread.run_sync(_open_regular, path)
+
+
+async def check_opened(
+    fd: int, st: os.stat_result, name: str, prove_accounts: AccountsLimits | None
+) -> Verified:
+    """Check the archive ``name`` held complete and open at ``fd`` (``st``: its status;
+    closed here in every case), a full proven to ``accounts`` within ``prove_accounts``
+    (its limits; None: not proven), in a worker thread. Raises ArchiveInvalid when the
+    archive fails, OSError when it cannot be read (a descriptor short included);
+    cancellation stops the check. The cache's start-up check and the check of local files
+    (:mod:`tracker.proving.localfiles`) both use it."""
+    try:
+        check = FollowingCheck.start(fd, name, prove_accounts)
+    finally:
+        os.close(fd)  # the check reads through its own duplicate
+    check.finish(st.st_size)
+    try:
+        return await check.result()
+    finally:
+        check.cancel()  # no-op once it ended; stops it when this task is cancelled
 
 
 def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:

@@ -63,12 +63,16 @@ log = logging.getLogger("tracker.cache")
 
 @attrs.frozen
 class CachedFile:
-    """An archive the cache holds complete: its group, name, bytes and mtime (Unix time)."""
+    """An archive the cache holds complete: its group, name, bytes, mtime (Unix time: the
+    source's ``Last-Modified`` when it gave one) and when the cache took it (its ctime: set by
+    the promotion's rename, kept across restarts; the cache changes nothing of its inode
+    after)."""
 
     group: str
     name: str
     size: int
     mtime: float
+    cached_at: float = 0.0
 
 
 @attrs.frozen
@@ -277,7 +281,9 @@ class Cache:
                     continue
                 with contextlib.suppress(OSError):
                     st = entry.stat(follow_symlinks=False)
-                    found.append(CachedFile(group.name, entry.name, st.st_size, st.st_mtime))
+                    found.append(
+                        CachedFile(group.name, entry.name, st.st_size, st.st_mtime, st.st_ctime)
+                    )
         return sorted(found, key=lambda f: (f.group, f.name))
 
     # -- start-up and accounting ---------------------------------------------------------

@@ -4,10 +4,11 @@ httpcore asks its network stream for 64 KiB per read, which caps a proxy at abou
 :class:`BigReadBackend` opens connections whose every read asks for up to ``read_size``
 bytes. On plain TCP its streams also read each response head to its last byte and no further
 (peeking first), so that when httpx returns a response its body is still in the socket:
-:func:`splice_socket` can then hand that socket to ``splice(2)``. Whether the body is still
-whole is an explicit flag (:attr:`BigReadStream.body_unread`): any read of body bytes through
-httpcore clears it, and the splice path checks it before every piece, so a read-ahead can
-never shift bytes under a correct ``content-length``.
+:func:`~tracker.zerocopy.kernelcopy.splice_to_file` can then hand that socket to
+``splice(2)``. Whether the body is still whole is an explicit flag
+(:attr:`BigReadStream.body_unread`): any read of body bytes through httpcore clears it, and
+the splice path checks it before every piece, so a read-ahead can never shift bytes under a
+correct ``content-length``.
 
 :class:`PoolTransport` is the httpx transport over an httpcore pool built with that backend
 (httpx has no public way to give its own transport a network backend).
@@ -41,7 +42,8 @@ class BigReadStream(httpcore.AsyncNetworkStream):
 
     With ``exact_heads`` (plain TCP), the response head that follows each request is read to
     its last byte and no further (peeking first), so the body is still in the socket when
-    httpx returns the response: :func:`splice_socket` can then hand it to ``splice(2)``.
+    httpx returns the response: :func:`~tracker.zerocopy.kernelcopy.splice_to_file` can then
+    hand it to ``splice(2)``.
     """
 
     def __init__(

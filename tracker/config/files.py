@@ -120,11 +120,17 @@ def read_text(path: str) -> str:
         raise ValueError(f"cannot read {path!r}: not UTF-8 text") from None
 
 
+#: The environment variable systemd sets to the directory of a service's credentials
+#: (``LoadCredential=``; systemd/README.md, "The signing key under DynamicUser=").
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+
+
 def load_signer(path: str) -> Signer:
     """The signer of the keypair file at ``path``. Raises ValueError saying why not: not a
     regular file (no link followed, nothing that could block: :func:`read_small_file`),
     readable by others than its owner (a key must be mode 0600), not owned by this process's
-    user, or not a keypair (the key's bytes are never shown)."""
+    user (:func:`key_file_problem`: a credential systemd passed is judged by its rules), or
+    not a keypair (the key's bytes are never shown)."""
     # Imported where a key is read: a tracker that signs nothing never loads cryptography.
     from tracker.core.statements import MAX_KEYPAIR, Signer
 
@@ -132,15 +138,44 @@ def load_signer(path: str) -> Signer:
         data, info = read_small_file(path, MAX_KEYPAIR)
     except OSError as exc:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
-    if info.st_mode & 0o077:
-        mode = stat.S_IMODE(info.st_mode)
-        raise ValueError(f"{path!r} has mode {mode:04o}; a signing key must be 0600")
-    if info.st_uid != os.geteuid():
-        raise ValueError(f"{path!r} is owned by uid {info.st_uid}, not the tracker's user")
+    credentials = os.environ.get(CREDENTIALS_ENV, "")
+    problem = key_file_problem(path, info.st_mode, info.st_uid, os.geteuid(), credentials)
+    if problem:
+        raise ValueError(problem)
     try:
         return Signer.from_keypair_json(data)
     except StatementInvalid as exc:
         raise ValueError(f"{path!r}: {str(exc).removeprefix('key file: ')}") from None
+
+
+def key_file_problem(path: str, mode: int, uid: int, euid: int, credentials: str) -> str | None:
+    """Why the key file at ``path`` (absolute; its ``mode`` and owner ``uid``) must not be
+    used by a process running as ``euid``, None when it may. Pure.
+
+    A key of the operator's own is mode 0600 (nothing for group and others) and owned by the
+    user that reads it. A file directly in ``credentials`` (``$CREDENTIALS_DIRECTORY``: systemd
+    passed it with ``LoadCredential=``) is held to systemd's rules instead: systemd copies it
+    read-only to a file system only the service sees, mode 0400 owned by the service's user
+    (ramfs), or owned by root with an ACL that lets that user read (tmpfs: the group bits
+    then show the ACL's mask, 0440). So there the owner may also be root and the group may
+    read, but nobody else may write or read: a key another user can change or read is
+    refused there too."""
+    perms = stat.S_IMODE(mode)
+    in_credentials = bool(credentials) and os.path.dirname(path) == os.path.abspath(credentials)
+    if in_credentials:
+        if perms & 0o027:
+            return (
+                f"{path!r} has mode {perms:04o}; a credential holding a signing key must be "
+                "0400 or 0440 (as systemd's LoadCredential= makes it)"
+            )
+        if uid not in (euid, 0):
+            return f"{path!r} is owned by uid {uid}, not the tracker's user or root"
+        return None
+    if perms & 0o077:
+        return f"{path!r} has mode {perms:04o}; a signing key must be 0600"
+    if uid != euid:
+        return f"{path!r} is owned by uid {uid}, not the tracker's user"
+    return None
 
 
 def signing(attest: Attest | None) -> tuple[Signer | None, float]:

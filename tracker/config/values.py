@@ -53,7 +53,7 @@ _UNIT_SECONDS = {
 # Longer units first so that "ms" is not read as "m" followed by garbage.
 _DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
 _PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
-_DURATION_HINT = "expected a duration like '500ms', '15s' or '1m30s', or a number of seconds"
+_DURATION_HINT = "expected a duration like '500ms', '15s', '1m30s' or '7d', or a number of seconds"
 
 
 def parse_duration(value: object) -> float:

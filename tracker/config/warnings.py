@@ -27,7 +27,37 @@ def config_warnings(config: Config) -> list[str]:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    unsigned = nothing_signed(config)
+    if unsigned:
+        found.append(f"attest: {unsigned}")
     return found
+
+
+def nothing_signed(config: Config) -> str:
+    """Why ``config``'s ``attest`` can sign nothing ("" when it can, or signs nothing
+    anyway): a statement names the SHA-256 of a whole copy, so only copies the tracker holds
+    and checked are signed (docs/http-api.md, "Signed statements"): its disk cache's, its
+    bucket's, its local files'. Redirect mode holds none but local files (a head read
+    proves a copy's manifest, not its bytes); shown by ``check-config`` and the status
+    page."""
+    if config.attest is None:
+        return ""
+    if not config.verify_archives:
+        return "nothing can be signed: verify_archives is false, so no copy is checked"
+    cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
+    local = any(g.local_targets is not None for g in config.target_groups)
+    if cached or local:
+        return ""
+    if config.proxy_snapshot_downloads:
+        return (
+            "nothing can be signed: proxy mode without proxy_snapshot_cache_dir holds no copy"
+            " (only a disk cache's, a bucket's or local_targets' files are signed)"
+        )
+    return (
+        "nothing can be signed: redirect mode holds no copy (a head read proves a copy's"
+        " manifest, never its whole bytes); only a disk cache's, a bucket's or"
+        " local_targets' files are signed"
+    )
 
 
 #: Every way a group gets targets.
@@ -39,6 +69,8 @@ _TARGET_KINDS = (
     "local_targets",
     "cluster_discovery",
 )
+#: The kinds whose copies are read over the network (a local target's files are on disk).
+_REMOTE_KINDS = tuple(kind for kind in _TARGET_KINDS if kind != "local_targets")
 
 
 def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
@@ -56,6 +88,23 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         found.append(
             ".trust.require: cluster needs `rpc` to read the votes (docs/architecture.md,"
             ' "The cluster level"): every archive of the group stays below it; set `rpc`'
+        )
+    remote = any(getattr(group, kind) is not None for kind in _REMOTE_KINDS)
+    cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
+    if group.trust.require == Level.ACCOUNTS and remote and not cached:
+        # Without a disk cache only head reads prove a copy over the network, and they stop
+        # at its manifest (docs/http-api.md, "Proven archives"): no such full reaches it.
+        found.append(
+            ".trust.require: accounts: without a disk cache a copy over the network is proven"
+            " by a head read, to manifest at most: no full of this group's sources will be"
+            " handed out (local files, read whole, can reach it); require manifest, or use"
+            " proxy mode with proxy_snapshot_cache_dir"
+        )
+    if group.trust.require == Level.CLUSTER and config.rpc and not config.cluster_proof.also_rpc:
+        found.append(
+            ".trust.require: cluster rests on one RPC's word: a lying `rpc` reaches a"
+            ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'
+            ' level"); name RPCs run by others in cluster_proof.also_rpc'
         )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path

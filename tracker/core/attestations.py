@@ -45,20 +45,28 @@ class Attestations:
         self._now = 0.0
         #: Changes with every statement signed or dropped (the listings render again).
         self.version = 0
+        #: The last statement this tracker signed: when (seconds since the epoch), of which
+        #: archive (group, name); None when it signed none since it started (or since the
+        #: key changed).
+        self.last_signed: tuple[float, str, str] | None = None
+        #: When the key in use was loaded (seconds since the epoch; None: nothing is signed).
+        self.since: float | None = None
 
     @property
     def public_key(self) -> str | None:
         """The signing key's public half (base58), None when nothing is signed."""
         return self._signer.public_key if self._signer is not None else None
 
-    def configure(self, signer: Signer | None, valid_for: float) -> None:
+    def configure(self, signer: Signer | None, valid_for: float, now: float = 0.0) -> None:
         """Sign with ``signer`` (None: sign nothing) for ``valid_for`` seconds: at start and
-        on every reload. Another key or validity drops what was signed; it is signed again
-        at the next :meth:`sync`."""
-        if self.public_key == (signer.public_key if signer else None) and (
-            valid_for == self._valid_for
-        ):
+        on every reload (``now``: seconds since the epoch, when the key is loaded). Another
+        key or validity drops what was signed; it is signed again at the next :meth:`sync`."""
+        key = signer.public_key if signer else None
+        if self.public_key == key and valid_for == self._valid_for:
             return
+        if self.public_key != key:  # what the card says is this key's (since, last signed)
+            self.since = now if signer is not None else None
+            self.last_signed = None
         self._signer, self._valid_for = signer, valid_for
         if self._own:
             self._keep({})
@@ -99,6 +107,7 @@ class Attestations:
             signed = self._own.get((group, name, holder))
             if signed is None or due(signed.statement, wanted, now, valid_for):
                 signed = signer.sign(wanted)
+                self.last_signed = (now, group, name)
             kept[(group, name, holder)] = signed
         return kept
 
@@ -111,8 +120,19 @@ class Attestations:
         if self._signer is None or copy is None:
             return None
         signed = self._signer.sign(statement_of(copy, now, self._valid_for))
+        self.last_signed = (now, group, name)
         self._keep({**self._own, (group, name, "bucket"): signed})
         return signed
+
+    @property
+    def held(self) -> int:
+        """How many statements of its own this tracker holds (as of the last :meth:`sync`)."""
+        return len(self._own)
+
+    @property
+    def valid_for(self) -> float:
+        """How long each statement holds (seconds; 0 when nothing is signed)."""
+        return self._valid_for if self._signer is not None else 0.0
 
     def forget(self, group: str, name: str, holder: str) -> None:
         """Drop the statement signed of a copy that never came to be (a failed upload)."""

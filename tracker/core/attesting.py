@@ -17,7 +17,7 @@ import attrs
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
-from tracker.core.statements import Attestation, Statement, parse_document
+from tracker.core.statements import Attestation, Statement, check_times, parse_document
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Proof
 
@@ -83,7 +83,8 @@ def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attest
     """The document ``raw`` read beside an object of the archive ``name`` (``size`` bytes of
     SHA-256 ``sha256``) when it vouches for exactly that object: a valid signature over a
     canonical statement (:func:`~tracker.core.statements.parse_document`) naming that name,
-    size and SHA-256, unexpired at ``now``. StatementInvalid naming the first thing that
+    size and SHA-256, unexpired and not checked in the future at ``now``
+    (:func:`~tracker.core.statements.check_times`). StatementInvalid naming the first thing that
     differs otherwise."""
     attestation = parse_document(raw)
     statement = attestation.statement
@@ -95,8 +96,7 @@ def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attest
         raise StatementInvalid(
             f"statement: names sha256 {statement.sha256}, the object has {sha256}"
         )
-    if statement.expires <= now:
-        raise StatementInvalid(f"statement: expired at {statement.expires} (now {int(now)})")
+    check_times(statement, now)
     return attestation
 
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
+#: The holders of local files start with this, their path after it
+#: (:func:`tracker.core.localcopies.holder`): each file is its own copy.
+LOCAL = "local:"
+
 
 def is_sha256_hex(value: object) -> TypeGuard[str]:
     """True for a SHA-256 as the tracker writes it everywhere: 64 lower-case hex digits."""
@@ -76,10 +80,10 @@ class Digests:
     """The digest of each archive the tracker holds verified, and what its check proved
     (docs/architecture.md, "Proven archives"), by (group, name).
 
-    Each holder of copies (``"cache"``, ``"bucket"``) puts and drops its own: a copy gone
-    from the disk cache still has its digest while the bucket holds it. ``version`` changes
-    with every change, so that renderings kept across requests (the JSON listings) know when
-    to render again.
+    Each holder of copies (``"cache"``, ``"bucket"``, each local file) puts and drops its
+    own: a copy gone from the disk cache still has its digest while the bucket holds it.
+    ``version`` changes with every change, so that renderings kept across requests (the
+    JSON listings) know when to render again.
     """
 
     def __init__(self) -> None:
@@ -91,13 +95,18 @@ class Digests:
         held = self.verified(group, name)
         return held.sha256 if held is not None else None
 
-    def verified(self, group: str, name: str) -> Verified | None:
+    def verified(self, group: str, name: str, *, local: bool = True) -> Verified | None:
         """What the check said of the held copy of ``name`` of ``group`` (the best proven,
-        when several holders have one)."""
+        when several holders have one; without ``local``, not a local file's)."""
         held = self._known.get((group, name))
         if not held:
             return None
-        return max(held.values(), key=lambda v: v.proof.level)
+        copies = [v for h, v in held.items() if local or not h.startswith(LOCAL)]
+        return max(copies, key=lambda v: v.proof.level, default=None)
+
+    def of(self, holder: str, group: str, name: str) -> Verified | None:
+        """What the check said of ``holder``'s copy of ``name`` of ``group``, if held."""
+        return self._known.get((group, name), {}).get(holder)
 
     def put(
         self,

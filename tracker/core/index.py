@@ -126,10 +126,11 @@ class Index:
         self._rank()
         return self._screens.refusals
 
-    def rank_proven_only(self, group: str, on: bool) -> None:
-        """``group`` ranks only the copies :meth:`prove` marks (``on``; a local file
-        excepted), or every copy (:mod:`tracker.core.provenonly`)."""
-        if self._screens.proven_only.gate(group, on):
+    def rank_proven_only(self, group: str, on: bool, *, local: bool | None = None) -> None:
+        """``group`` ranks only the copies :meth:`prove` marks (``on``), or every copy; its
+        local files likewise (``local``; None: as they are; :mod:`tracker.core.provenonly`)."""
+        gates = self._screens.proven_only
+        if gates.gate(group, on) | (local is not None and gates.gate_local(group, local)):
             self._changed()
 
     def prove(self, key: TargetKey, name: str, proven: bool = True) -> None:

@@ -6,9 +6,11 @@ to) a copy only once a head read proved it there: until then the copy is out, wi
 reason :data:`NOT_YET`. A copy is one target's copy of one archive, and a chain needs each of
 its copies: an incremental ranks once its own copy and its target's copy of its full are
 proven. A local file (a ``local`` target: the tracker's own disk, never read over the
-network) is not held back. Which copies a head read proves next is chosen from what would
-rank were every copy proven (:func:`best_unproven`), not from the ranking that leaves them
-out.
+network) is held back in every mode by a group that gates its local files
+(:meth:`ProvenOnly.gate_local`, :mod:`tracker.core.localcopies`): its check, not a head read,
+proves it, with the reason :data:`tracker.core.localcopies.NOT_YET`. Which copies a head
+read proves next is chosen from what would rank were every copy proven
+(:func:`best_unproven`), not from the ranking that leaves them out.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tracker.core.localcopies import NOT_YET as LOCAL_NOT_YET
 from tracker.core.rankparts import first, full_sources, source_order
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
@@ -25,11 +28,28 @@ NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
 
 
 class ProvenOnly:
-    """The groups that rank proven copies only, and the copies proven, by target."""
+    """The groups that rank proven copies only (every copy, or their local files only), and
+    the copies proven, by target."""
 
     def __init__(self) -> None:
         self._groups: set[str] = set()
+        self._local: set[str] = set()
         self._proven: dict[TargetKey, set[str]] = {}
+
+    def gate_local(self, group: str, on: bool) -> bool:
+        """``group`` ranks its local files once proven only (``on``; in either mode), or
+        every local file; True when that changed."""
+        if (group in self._local) == on:
+            return False
+        if on:
+            self._local.add(group)
+        else:
+            self._local.discard(group)
+        return True
+
+    def reads_heads(self, group: str) -> bool:
+        """Whether ``group`` ranks only the copies a head read proved (redirect mode)."""
+        return group in self._groups
 
     def gate(self, group: str, on: bool) -> bool:
         """``group`` ranks proven copies only (``on``) or every copy; True when that changed."""
@@ -42,8 +62,8 @@ class ProvenOnly:
         return True
 
     def gates(self, group: str) -> bool:
-        """Whether ``group`` ranks proven copies only."""
-        return group in self._groups
+        """Whether ``group`` holds back any copy not proven (over the network, or local)."""
+        return group in self._groups or group in self._local
 
     def set(self, key: TargetKey, name: str, proven: bool) -> bool:
         """``key``'s copy of ``name`` is proven (or no longer); True when that changed what
@@ -58,7 +78,7 @@ class ProvenOnly:
             names.discard(name)
             if not names:
                 self._proven.pop(key, None)
-        return key.group in self._groups
+        return key.group in self._groups or key.group in self._local
 
     def screen(
         self,
@@ -66,19 +86,24 @@ class ProvenOnly:
         kept: dict[TargetKey, tuple[SnapshotInfo, ...]],
     ) -> dict[TargetKey, dict[str, str]]:
         """Drop from ``kept`` (what each target of a gated group may contribute; a target not
-        in it keeps all of ``infos``) every info whose chain holds a copy not proven (a local
-        file excepted); the copies left out, by target, with :data:`NOT_YET`."""
+        in it keeps all of ``infos``) every info whose chain holds a gated copy not proven
+        (a copy over the network where the group reads heads, a local file where it gates
+        them); the copies left out, by target, with why (:data:`NOT_YET`,
+        :data:`tracker.core.localcopies.NOT_YET`)."""
         pending: dict[TargetKey, dict[str, str]] = {}
         for key, advertised in infos.items():
             proven = self._proven.get(key, set())
+            remote, local = key.group in self._groups, key.group in self._local
             mine = kept.get(key, advertised)
             ranked = []
             for info in mine:
-                missing = [
-                    f.bare_name for f in info.files if not f.path and f.bare_name not in proven
-                ]
+                missing = {
+                    f.bare_name: LOCAL_NOT_YET if f.path else NOT_YET
+                    for f in info.files
+                    if (local if f.path else remote) and f.bare_name not in proven
+                }
                 if missing:
-                    pending.setdefault(key, {}).update(dict.fromkeys(missing, NOT_YET))
+                    pending.setdefault(key, {}).update(missing)
                 else:
                     ranked.append(info)
             if len(ranked) != len(mine):

@@ -60,12 +60,13 @@ class Screens:
         screened = _screen(entries, policy, self.cluster_slot, self.mismatches)
         if self.disproven.view():  # rare: only copies a proof refused
             self.disproven.screen({k: e.infos for k, e in entries.items()}, screened)
-        if self.proven_only.gates(group):  # only in redirect mode, where a level is required
-            self._unproven[group] = [
-                (key, e, speeds.get(key, 0.0), speeds.get(key, 0.0) or typical, infos)
-                for key, e in entries.items()
-                for infos in [screened.get(key, e.infos)]
-            ]
+        if self.proven_only.gates(group):  # only where a level is required
+            if self.proven_only.reads_heads(group):  # redirect mode
+                self._unproven[group] = [
+                    (key, e, speeds.get(key, 0.0), speeds.get(key, 0.0) or typical, infos)
+                    for key, e in entries.items()
+                    for infos in [screened.get(key, e.infos)]
+                ]
             infos = {key: e.infos for key, e in entries.items()}
             self._pending.update(self.proven_only.screen(infos, screened))
         return screened

@@ -91,12 +91,15 @@ def write_atomically(
     mode: int = 0o644,
     mtime_ns: int | None = None,
     temp_name: str = "",
+    replace: bool = True,
 ) -> None:
     """Replace the file at ``path`` with ``data`` (see the module doc): ``mode`` exactly,
     ``mtime_ns`` its modification time (None: now); ``temp_name`` the temp file's name in
     the same directory (default: ``.tmp-{name}.{random}``; a given one left by an earlier
     run goes first). The directory must exist; OSError when the file could not be written,
-    and then ``path`` is as it was."""
+    and then ``path`` is as it was. ``replace=False``: never replace anything at ``path``
+    (FileExistsError when a file, a link or anything is there): the whole file appears at
+    once through ``link(2)``, which, unlike a rename, refuses an existing name."""
     directory, name = os.path.split(path)
     if os.sep in temp_name:
         raise ValueError(f"a temp file's name, not a path: {temp_name!r}")
@@ -118,7 +121,11 @@ def write_atomically(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path, follow_symlinks=False)
+            os.unlink(temp)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

@@ -27,7 +27,12 @@ import attrs
 import base58
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level, required_for
@@ -41,6 +46,10 @@ MAX_DOCUMENT = 16 * 1024
 MAX_KEYPAIR = 4 * 1024
 #: The largest integer a statement may carry (u64 slots and sizes fit).
 MAX_INT = 2**64 - 1
+#: How far ahead of the reader's clock a statement's ``checked_at`` may lie: clocks of signer
+#: and reader differ by seconds, not by more (a statement "checked" in ten years vouches
+#: for nothing today).
+MAX_CLOCK_SKEW = 300
 _MAX_INT_DIGITS = 20
 _FIELDS = frozenset(
     (
@@ -147,6 +156,16 @@ class Signer:
             raise StatementInvalid("key file: its public key does not belong to its secret key")
         return signer
 
+    @staticmethod
+    def new_keypair_json() -> bytes:
+        """A new random keypair in ``solana-keygen``'s format: a JSON array of 64 bytes, the
+        32-byte seed then the public key, with no spaces, as ``solana-keygen new`` writes
+        it (the operating system's random source, through ``cryptography``)."""
+        private = Ed25519PrivateKey.generate()
+        seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return json.dumps(list(seed + public), separators=(",", ":")).encode("ascii")
+
     def sign(self, statement: Statement) -> Attestation:
         """The statement signed."""
         text = statement.canonical()
@@ -183,9 +202,11 @@ def parse_document(raw: bytes) -> Attestation:
 
 @attrs.frozen
 class Expected:
-    """What a statement must say to vouch for one file: its size and SHA-256, a level at least
-    ``required`` (see :func:`tracker.proof.levels.required_for`), unexpired at ``now``."""
+    """What a statement must say to vouch for one file: its archive ``name``, size and
+    SHA-256, a level at least ``required`` (see :func:`tracker.proof.levels.required_for`),
+    checked and unexpired at ``now`` (:func:`check_times`)."""
 
+    name: str
     size: int
     sha256: str
     required: Level
@@ -199,8 +220,9 @@ def check(attestation: Attestation, trusted: Iterable[str], expected: Expected) 
     statement = attestation.statement
     if attestation.signer not in set(trusted):
         raise StatementInvalid(f"statement: signed by {attestation.signer}, not a trusted key")
-    if statement.expires <= expected.now:
-        raise StatementInvalid(f"statement: expired at {statement.expires} (now {expected.now})")
+    check_times(statement, expected.now)
+    if statement.name != expected.name:
+        raise StatementInvalid(f"statement: names {statement.name}, not {expected.name}")
     if statement.size != expected.size:
         raise StatementInvalid(
             f"statement: names size {statement.size}, the file has {expected.size}"
@@ -213,6 +235,18 @@ def check(attestation: Attestation, trusted: Iterable[str], expected: Expected) 
     if statement.level < needed:
         raise StatementInvalid(
             f"statement: level {statement.level.label}, below the required {needed.label}"
+        )
+
+
+def check_times(statement: Statement, now: float) -> None:
+    """None when ``statement`` holds at ``now`` (seconds since the epoch): unexpired, and
+    checked no later than :data:`MAX_CLOCK_SKEW` ahead of ``now``; else StatementInvalid."""
+    if statement.expires <= now:
+        raise StatementInvalid(f"statement: expired at {statement.expires} (now {int(now)})")
+    if statement.checked_at > now + MAX_CLOCK_SKEW:
+        raise StatementInvalid(
+            f"statement: checked at {statement.checked_at}, ahead of now ({int(now)}) by more "
+            f"than {MAX_CLOCK_SKEW} s"
         )
 
 

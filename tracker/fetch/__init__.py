@@ -2,12 +2,15 @@
 ledger").
 
 ``run`` orchestrates; ``listing`` reads what is on offer (the tracker's JSON, or validators'
-aliases); ``plan`` decides what to download; ``download`` moves one archive with parallel
-``Range`` requests over the sources proven to hold the same bytes, and checks it before the
-rename into the ledger, with ``sources`` (what each URL offers, the checks of every answer,
-the comparison of samples), ``workers`` (the connections that move the bytes, the state
-file's saves) and ``settings`` (the tunables); ``pieces`` is the pure
-bookkeeping of who fetches which bytes; ``state`` the resumable state file; ``lock`` one
-fetch per ledger; ``space`` the room on the disk; ``ledger`` what the ledger directory holds
-and retention; ``progress`` the bar or log lines; ``cli`` the flags, signals and exit codes.
+aliases); ``plan`` decides what to download and ``rerank`` prices the tracker's pairs again
+with the ledger's files; ``download`` moves one archive with parallel ``Range`` requests over
+the sources proven to hold the same bytes, and checks it before the rename into the ledger,
+with ``sourcechecks`` (what each URL offers, the checks of every answer, the comparison of
+samples), ``workers`` (the connections that move the bytes, the state file's saves) and
+``settings`` (the tunables); ``claims`` is the pure bookkeeping of who fetches which bytes;
+``state`` the resumable state file; ``lock`` one fetch per ledger; ``space`` the room on the
+disk; ``ledger`` what the ledger directory holds and retention; ``progress`` the bar or log
+lines; ``flags`` the flags and exit codes; ``trust``, ``vouching`` and ``statementfiles`` the
+signed statements an archive needs, gathered and weighed, and on disk; ``keyfiles`` the
+key files of the keygen and pubkey commands.
 """

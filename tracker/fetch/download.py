@@ -29,6 +29,7 @@ import attrs
 import httpx
 import trio
 
+from tracker.cache.lifting import lifted
 from tracker.core.digests import below_required
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
@@ -48,6 +49,7 @@ from tracker.fetch.state import (
 from tracker.fetch.vouching import statements_problem
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
+from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.fetch")
 
@@ -64,6 +66,8 @@ class Result:
     steals: int = 0
     #: The archive's SHA-256 (lower-case hex) when it was verified, else "".
     sha256: str = ""
+    #: What its check proved (None: not verified).
+    proof: Proof | None = None
 
 
 async def download(
@@ -238,15 +242,15 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
         raise
     finally:
         progress.finish()
-    digest = ""
+    digest, proof = "", None
     if check is not None:
-        digest = await _verify(crew, file, live, check, ledger)
+        digest, proof = await _verify(crew, file, live, check, ledger)
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
     seconds = trio.current_time() - started
-    return Result(final, size, seconds, tuple(live), pieces.steals, digest)
+    return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof)
 
 
 async def _move_pieces(
@@ -301,12 +305,13 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 async def _verify(
     crew: Crew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
-) -> str:
+) -> tuple[str, Proof]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
-    told its end) when it passes the archive check, is proven to ``--require``, is one of
-    the tracker's ``sha256`` (when that lists any) and enough trusted keys vouch for it
-    (``--trust-key``); else the temp file and its state are deleted and CopyRejected raised,
-    or FetchError when the statements refused it (docs/http-api.md, "Signed statements")."""
+    told its end) and what its check proved (and the votes, with ``--rpc``), when it passes
+    the archive check, is proven to ``--require``, is one of the tracker's ``sha256`` (when
+    that lists any) and enough trusted keys vouch for it (``--trust-key``); else the temp
+    file and its state are deleted and CopyRejected raised, or FetchError when the
+    statements refused it (docs/http-api.md, "Signed statements")."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
     unvouched = None
     try:
@@ -315,8 +320,12 @@ async def _verify(
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
     else:
-        digest = checked.sha256
-        below = below_required(checked.proof, require, name)
+        digest, proof = checked.sha256, checked.proof
+        if crew.settings.voter is not None:
+            # --rpc: the votes lift what the check proved to cluster (docs/architecture.md,
+            # "The cluster level"); a minority or a failed RPC leaves it, with the reason.
+            proof = await lifted(crew.settings.voter, name, proof)
+        below = below_required(proof, require, name)
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:
@@ -325,7 +334,7 @@ async def _verify(
             size = pool[0].identity.size
             unvouched = await statements_problem(crew.client, file, size, digest, crew.settings)
             if unvouched is None:
-                return digest
+                return digest, proof
             reason = unvouched
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)

@@ -6,7 +6,10 @@ import argparse
 import logging
 import math
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from tracker.config.schema import Ranking
 from tracker.config.values import parse_duration, parse_size
@@ -26,6 +29,9 @@ from tracker.proof.budget import (
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
+    import httpx
+
+    from tracker.cache.lifting import Voter
     from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -57,6 +63,19 @@ def duration_arg(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return seconds
+
+
+def url_arg(text: str) -> str:
+    """An ``http://`` or ``https://`` URL (``--tracker``, ``--source``); one without a
+    scheme is answered with the fix (``127.0.0.1:8458``: did you mean
+    ``http://127.0.0.1:8458``?), not left for the first request to refuse. "" stays ""
+    (the flag's default: not given)."""
+    scheme, sep, rest = text.partition("://")
+    if not text or (sep and scheme.lower() in ("http", "https") and rest):
+        return text
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{text}?")
+    raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
 
 
 def _rate(text: str) -> float:
@@ -163,6 +182,7 @@ def add_fetch_parser(commands: Any) -> None:
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
     add(
         "--tracker",
+        type=url_arg,
         default="",
         metavar="URL",
         help="the tracker to ask (this or --source is required)",
@@ -170,6 +190,7 @@ def add_fetch_parser(commands: Any) -> None:
     add(
         "--source",
         action="append",
+        type=url_arg,
         default=[],
         metavar="URL",
         help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
@@ -220,7 +241,18 @@ def add_fetch_parser(commands: Any) -> None:
         metavar="LEVEL",
         help="refuse an archive its check does not prove to LEVEL: "
         f'{", ".join(LEVEL_NAMES)} (docs/architecture.md, "Proven archives"; default: '
-        "%(default)s)",
+        "%(default)s). accounts takes incrementals at manifest, the most an incremental can "
+        "reach; cluster needs --rpc",
+    )
+    add(
+        "--rpc",
+        action="append",
+        default=[],
+        type=url_arg,
+        metavar="URL",
+        help="a Solana JSON-RPC URL whose votes lift each checked archive to cluster "
+        '(docs/architecture.md, "The cluster level"), repeatable: every one must agree, as '
+        "serve --rpc (default: none, the votes are not asked)",
     )
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
@@ -341,10 +373,18 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
 
 
 def unreachable_level(args: argparse.Namespace) -> str:
-    """Why no full could reach ``--require`` with these flags ("" when one can): a full
-    reaches ``accounts`` only with its accounts proven; said before any download, not after
-    each (an incremental's ``accounts`` is ``manifest``). Pure."""
+    """Why no archive could reach ``--require`` with these flags ("" when one can): none
+    reaches ``cluster`` without ``--rpc`` (nor is anything lifted without ``--verify``), a
+    full reaches ``accounts`` only with its
+    accounts proven; said before any download, not after each (an incremental's
+    ``accounts`` is ``manifest``). Pure."""
     required = Level.parse(args.require) or Level.STRUCTURE
+    if required >= Level.CLUSTER and not args.rpc:
+        # Only an RPC's answers of the votes lift a copy to cluster (docs/architecture.md,
+        # "The cluster level"): every archive would be downloaded whole, then refused.
+        return f"--require {args.require} needs --rpc URL: the cluster's votes are asked of an RPC"
+    if args.rpc and not args.verify:
+        return "--rpc needs --verify true: the votes are weighed for the bank hash the check reads"
     if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
         return f"--require {args.require} needs --verify and --prove-accounts true"
     return ""
@@ -366,9 +406,14 @@ def trust_usage(args: argparse.Namespace) -> str:
     return ""
 
 
-def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def fetch_main(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    voter_for: Callable[[httpx.AsyncClient], Voter] | None = None,
+) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
-    128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved)."""
+    128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved).
+    ``voter_for``: who asks the cluster's votes with ``--rpc`` (the command line's)."""
     if bool(args.tracker) == bool(args.source):
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
@@ -382,7 +427,7 @@ def fetch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     from tracker.fetch.run import os_reason
 
-    options = options_of(args)
+    options = attrs.evolve(options_of(args), voter_for=voter_for)
     stopped: list[int] = []
     try:
         trio.run(_until_signal, options, stopped)

@@ -10,11 +10,14 @@ then retention (``keep``). Everything fails with a one-line :class:`FetchError`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 
 import attrs
 import httpx
 import trio
 
+from tracker.cache.lifting import Voter
 from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import Ranking
 from tracker.core.logs import log_event
@@ -31,7 +34,8 @@ from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
-from tracker.net.httpclients import ClientShape, bulk_client
+from tracker.net.httpclients import ClientShape, bulk_client, rpc_client
+from tracker.proof.levels import Level, Proof
 
 log = logging.getLogger("tracker.fetch")
 
@@ -61,6 +65,10 @@ class FetchOptions:
     ranking: Ranking = attrs.field(factory=Ranking)
     #: The free bytes of the ledger's file system (tests give their own).
     free_bytes: FreeBytes = free_bytes
+    #: Who asks the cluster's votes (``--rpc``), made with the fetch's RPC client: the
+    #: command line composes it (the cluster level is the proving package's, beside this
+    #: one); None: the votes are not asked.
+    voter_for: Callable[[httpx.AsyncClient], Voter] | None = attrs.field(default=None, eq=False)
 
 
 async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> list[Result]:
@@ -73,7 +81,11 @@ async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> 
     )
     try:
         with trio.fail_after(options.download_timeout):
-            async with _client(options.settings) as client:
+            async with _client(options.settings) as client, AsyncExitStack() as stack:
+                if options.voter_for is not None:
+                    rpc = await stack.enter_async_context(rpc_client())
+                    settings = attrs.evolve(options.settings, voter=options.voter_for(rpc))
+                    options = attrs.evolve(options, settings=settings)
                 return await _run(client, options, shown)
     except FetchError:
         raise
@@ -277,5 +289,20 @@ async def _download(
         sources=used or "none (already on disk)",
         steals=result.steals,
         sha256=result.sha256 or "not verified",
+        proven=proven_text(result.proof, file.name.is_full, options.settings.require),
     )
     return result
+
+
+def proven_text(proof: Proof | None, is_full: bool, required: Level) -> str:
+    """The ``proven`` field of ``fetch_done``: the level the archive's check (and the votes,
+    with ``--rpc``) reached with the note that says why it stops there, and for an
+    incremental asked for ``accounts`` or more, that ``manifest`` is all its check can
+    reach (its storages hold only the slots since its base: docs/architecture.md, "Proven
+    archives"), so a reader does not take the lower level for a failure. Pure."""
+    if proof is None:
+        return "not verified"
+    if not is_full and required >= Level.ACCOUNTS and proof.level == Level.MANIFEST:
+        return "incremental: proven to manifest, the most an incremental can reach"
+    # Why it stops there when it could go higher (over the accounts bound, the votes short).
+    return proof.level.label + (f" ({proof.note})" if proof.note else "")

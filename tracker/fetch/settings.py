@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from tracker.fetch.trust import TrustPolicy
 from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level
+
+if TYPE_CHECKING:
+    from tracker.cache.lifting import Voter
 
 MiB = 1024 * 1024
 
@@ -58,3 +63,7 @@ class FetchSettings:
     #: Longest wait for the whole answer of the tracker's ``.attestation`` route (a document
     #: of at most 16 KiB).
     statements_timeout: float = 10.0
+    #: Who asks the cluster's votes of each checked archive (``--rpc``; docs/architecture.md,
+    #: "The cluster level"); None: nobody, an archive stops where its check does. With
+    #: ``verify`` only: the votes are for the bank hash the check reads.
+    voter: Voter | None = attrs.field(default=None, eq=False)

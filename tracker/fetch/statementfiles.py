@@ -149,6 +149,7 @@ def vouch_problem(
         except OSError as exc:
             unread.append(f"{file}: {exc.strerror or exc}")
     expected = Expected(
+        name=os.path.basename(path),
         size=os.stat(path).st_size,
         sha256=checked.sha256,
         required=policy.required,

@@ -35,6 +35,7 @@ async def statements_problem(
     if not policy.active:
         return None
     expected = Expected(
+        name=file.name.file_name,
         size=size,
         sha256=sha256,
         required=settings.require,

@@ -39,7 +39,7 @@ from tracker.files.checklimits import CANCELLED, Budget
 from tracker.files.decoders import decoder_for
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
-from tracker.files.tarwalk import walk_tar
+from tracker.files.tarwalk import Header, walk_tar
 from tracker.proof.budget import AccountsLimits
 from tracker.proof.prover import AccountsProver, ArchiveProver
 from tracker.serving.threads import Background
@@ -68,6 +68,7 @@ def check_stream(
     cancelled: Callable[[], bool] | None = None,
     accounts: AccountsProver | None = None,
     prover: ArchiveProver | None = None,
+    seen: Callable[[Header, int], None] | None = None,
     decoders: int = 1,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
@@ -83,7 +84,8 @@ def check_stream(
     called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
     polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
     cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
-    too (one core). ``prover`` replaces the archive's own (``files.headproof``). ``decoders``:
+    too (one core). ``prover`` replaces the archive's own (``files.headproof``). ``seen`` is
+    told each member the tar walk took (:func:`~tracker.files.tarwalk.walk_tar`). ``decoders``:
     threads that decode a multi-frame ``.tar.zst``'s frames in parallel
     (:mod:`tracker.files.framedecode`).
     """
@@ -116,7 +118,7 @@ def check_stream(
             pending.append(first)
             if prover is None:
                 prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
-            walk = walk_tar(frozenset(wanted), found, budget.members_allowed, prover)
+            walk = walk_tar(parsed.slot, found, budget.members_allowed, prover, seen)
             tar = Feeder(walk)
 
             def sink(piece: memoryview) -> None:

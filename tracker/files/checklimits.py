@@ -40,9 +40,6 @@ BYTES_PER_MEMBER = 1024
 #: Zeros allowed after the two end-of-archive blocks. agave's tar writer adds none; GNU tar
 #: pads to its record (10 KiB by default, 64 KiB with ``-b 128``).
 MAX_END_PADDING = 64 * 1024
-#: Digits of a decimal number read from an archive (a pax ``size``): 20 hold any 64-bit
-#: size; longer strings are refused before any conversion.
-MAX_DIGITS = 20
 
 CANCELLED = "check cancelled"
 

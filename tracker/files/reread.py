@@ -24,7 +24,7 @@ import zstandard
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import ZSTD_MAX_WINDOW
-from tracker.files.tarwalk import BLOCK, MAX_META, ZERO_BLOCK, entry_name, parse_header, parse_pax
+from tracker.files.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
 if TYPE_CHECKING:
     from tracker.proof.accountsprover import StoragesProver
@@ -100,7 +100,7 @@ class ArchiveReread:
         self._ext = ext
         self._stream: IO[bytes] | None = None
         self._at = 0  # decoded offset of the next header
-        self._seen: list[str] = []
+        self._seen: set[str] = set()
 
     def close(self) -> None:
         """Close the decoded stream."""
@@ -114,7 +114,7 @@ class ArchiveReread:
             self.close()
             self._stream = _open(self._path, self._ext)
             self._at = 0
-            self._seen = []
+            self._seen = set()
         size = self._find(self._stream, name)
         padded = -(-size // BLOCK) * BLOCK
         self._skip(self._stream, min(start, size))
@@ -131,35 +131,17 @@ class ArchiveReread:
             self._at += padded + BLOCK
 
     def _find(self, stream: IO[bytes], name: str) -> int:
-        long_name: str | None = None
-        pax: dict[str, str] = {}
+        # The archive passed the check: every header is one read_header takes, read the one
+        # way the check read it (docs/architecture.md, "One reading of the tar stream").
         while True:
             block = self._exactly(stream, BLOCK)
             if block == ZERO_BLOCK:
                 raise ArchiveInvalid(f"second read: no member {name}")
-            found, size, kind = parse_header(block, self._at)
-            if "size" in pax and pax["size"].isdigit() and len(pax["size"]) < 20:
-                size = int(pax["size"])
-            padded = -(-size // BLOCK) * BLOCK
-            if kind in (b"L", b"x", b"X") and size <= MAX_META:
-                meta = self._exactly(stream, padded)[:size]
-                self._at += BLOCK + padded
-                if kind == b"L":
-                    long_name = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                else:
-                    pax = parse_pax(meta, self._at)
-                continue
-            if kind == b"S" and block[482]:  # old GNU sparse: extension headers follow
-                while True:
-                    extension = self._exactly(stream, BLOCK)
-                    self._at += BLOCK
-                    if not extension[504]:
-                        break
-            found = entry_name(pax.get("path", long_name or found))
-            long_name, pax = None, {}
-            self._seen.append(found)
-            if found == name:
-                return size
+            header = read_header(block, self._at)
+            self._seen.add(header.name)
+            if header.name == name and not header.directory:
+                return header.size
+            padded = -(-header.size // BLOCK) * BLOCK
             self._skip(stream, padded)
             self._at += BLOCK + padded
 

@@ -1,13 +1,13 @@
 """A walk over a tar stream: headers checked, member data skipped, to the end-of-archive blocks.
 
 :func:`walk_tar` is a parser for :class:`~tracker.files.streamparse.Feeder`. It reads each
-512-byte header (checksum verified), follows GNU long names (``L``), pax extended headers
-(``x``: ``path`` and ``size``) and old GNU sparse headers with extension blocks, skips every
-member's data without copying it, and wants the stream to end with two zero blocks followed by
-at most :data:`~tracker.files.checklimits.MAX_END_PADDING` zeros. It remembers only which of the
-names it is asked about it saw as regular files, so its memory does not grow with the number of
-members, and counts the headers against what its caller allows (``members_allowed``). Every
-number it reads is bounded in length before it is converted.
+512-byte header with :func:`read_header` and refuses every member agave's writer never emits
+(docs/architecture.md, "What the check allows" → "One reading of the tar stream"): an archive
+that agave's unpacker (the ``tar`` crate) and this walk could read two ways is refused, never
+proven. It skips every member's data without copying it, wants the stream to end with two zero
+blocks followed by at most :data:`~tracker.files.checklimits.MAX_END_PADDING` zeros, and
+counts the headers against what its caller allows (``members_allowed``). Every number it reads
+is bounded in length before it is converted.
 
 Headers are parsed here rather than with ``tarfile.TarInfo.frombuf``: that costs ~32 µs a
 header (a snapshot has a million members), this ~3 µs.
@@ -15,23 +15,176 @@ header (a snapshot has a million members), this ~3 µs.
 
 from __future__ import annotations
 
+import re
 import zlib
-from collections.abc import Callable, Set
+from collections.abc import Callable
+
+import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.checklimits import MAX_DIGITS, MAX_END_PADDING, MEMBER_FLOOR
+from tracker.files.checklimits import MAX_END_PADDING, MEMBER_FLOOR
 from tracker.files.streamparse import REST, EndOfInput, Parser, ParserOf
 from tracker.proof.prover import MemberProver
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
-#: Long names and pax headers are read into memory: a real one is well under a KiB.
-MAX_META = 1024 * 1024
 #: What a member's parser asking for "the rest" is handed at most at once.
 REST_PIECE = 1024 * 1024
-# Regular files as agave's unpacker takes them: '0', the old '\0', GNU sparse 'S'.
-_REGULAR = (b"0", b"\0", b"S")
-_USTAR = b"ustar\x00"
+# The header formats tar-rs tells apart by the magic and version bytes (src/header.rs
+# ``is_ustar``, ``is_gnu``); the old format has neither. A ustar header's name may be
+# continued in its ``prefix`` field, which tar-rs joins only when the version is "00".
+_USTAR = b"ustar\x0000"
+_GNU = b"ustar  \x00"
+_OLD = bytes(8)
+# Type flags agave's writer emits: regular files ('0'; tar-rs reads the old '\0' as one too)
+# and directories ('5'). Every other kind is named in the refusal.
+_FILE = (b"0", b"\0")
+_DIRECTORY = b"5"
+_KINDS = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "FIFO",
+    b"7": "contiguous file",
+    b"D": "GNU directory dump",
+    b"K": "GNU long link name",
+    b"L": "GNU long name",
+    b"M": "GNU multi-volume continuation",
+    b"N": "GNU long names list",
+    b"S": "GNU sparse file",
+    b"V": "GNU volume label",
+    b"g": "pax global header",
+    b"x": "pax header",
+    b"X": "Solaris pax header",
+}
+# Digits as agave's writer writes a slot or a storage id: no sign, no leading zero.
+_NUMBER = r"(0|[1-9][0-9]{0,19})"
+_STORAGE = re.compile(rf"accounts/{_NUMBER}\.{_NUMBER}")
+_U64 = 1 << 64
+# A bank snapshot's directory or manifest (agave's unpacker takes any slot's).
+_OTHER_SLOT = re.compile(rf"snapshots/{_NUMBER}(?:/\1)?")
+
+
+@attrs.frozen
+class Header:
+    """One member as its header block says: ``name`` (a directory's without its trailing
+    ``/``), data ``size``, and whether it is a ``directory``."""
+
+    name: str
+    size: int
+    directory: bool
+
+
+def read_header(block: bytes, at: int) -> Header:
+    """The member the header ``block`` at byte ``at`` describes, read as tar-rs reads it; or
+    ArchiveInvalid with one line naming the member and the byte when the header is one
+    agave's writer never emits (docs/architecture.md, "One reading of the tar stream"): a
+    bad checksum or size field, a header format other than ustar "00", GNU or the old one, a
+    ustar ``prefix``, a kind other than a regular file or a directory, a name that is not
+    ASCII."""
+    stored = _octal(block[148:156])
+    # The sum of every byte with the checksum field counted as spaces (unsigned bytes, as
+    # tar-rs sums them). Adler-32's low half is 1 + the sum of the bytes (mod 65521): exact
+    # over 256 bytes (at most 65280), and ten times faster than sum() in Python.
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    total += 256 - sum(block[148:156])
+    if stored is None or stored != total:
+        raise ArchiveInvalid(f"tar: bad header checksum at byte {at}")
+    raw = block[:100].split(b"\0", 1)[0]
+    if not raw.isascii():
+        raise ArchiveInvalid(f"tar: a member name that is not ASCII at byte {at}")
+    name = raw.decode("ascii")
+    magic = block[257:265]
+    if magic not in (_USTAR, _GNU, _OLD):
+        raise ArchiveInvalid(
+            f"tar: {name!r} at byte {at} has a header format agave does not write "
+            f"(magic and version {magic!r})"
+        )
+    if magic == _USTAR and block[345:500] != bytes(155):
+        raise ArchiveInvalid(
+            f"tar: {name!r} at byte {at} continues its name in the ustar prefix field "
+            "(agave does not write it)"
+        )
+    kind = block[156:157]
+    if kind not in _FILE and kind != _DIRECTORY:
+        what = _KINDS.get(kind, f"member of type {kind!r}")
+        raise ArchiveInvalid(
+            f"tar: {name!r} at byte {at} is a {what}; agave writes only regular files and "
+            "directories"
+        )
+    size_field = block[124:136]
+    if size_field[0] & 0x80:  # base-256, as tar-rs writes sizes of 8 GiB and more
+        if size_field[0] != 0x80 or any(size_field[1:4]):  # tar-rs keeps 64 bits of it
+            raise ArchiveInvalid(f"tar: bad size field at byte {at}")
+        size: int | None = int.from_bytes(size_field[1:], "big")
+    else:
+        size = _octal(size_field)
+    if size is None:
+        raise ArchiveInvalid(f"tar: bad size field at byte {at}")
+    directory = kind == _DIRECTORY
+    if directory:
+        if size:
+            raise ArchiveInvalid(f"tar: directory {name!r} at byte {at} has {size} bytes of data")
+        if name.endswith("/"):
+            name = name[:-1]
+    return Header(name, size, directory)
+
+
+def storage_of(name: str) -> tuple[int, int] | None:
+    """The (slot, id) of an account storage's member name ``accounts/{slot}.{id}`` as agave
+    writes it; None for any other name."""
+    match = _STORAGE.fullmatch(name)
+    if match is None:
+        return None
+    slot, ident = int(match[1]), int(match[2])
+    return (slot, ident) if slot < _U64 and ident < _U64 else None
+
+
+class Layout:
+    """The members of one snapshot archive of ``slot`` as agave writes them, in the order it
+    writes them (docs/architecture.md, "One reading of the tar stream"): each name once, the
+    manifest before the account storages, nothing agave's unpacker would refuse or ignore.
+    :meth:`admit` each header in turn; its memory is a few ints a storage."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.manifest = f"snapshots/{slot}/{slot}"
+        self._files = {"version", "snapshots/status_cache", self.manifest}
+        self._directories = {"snapshots", f"snapshots/{slot}", "accounts"}
+        self._seen: set[str] = set()
+        self._storages: set[int] = set()
+
+    def admit(self, header: Header, at: int) -> None:
+        """Take the member ``header`` at byte ``at``, or ArchiveInvalid naming it."""
+        name = header.name
+        known = name in (self._directories if header.directory else self._files)
+        if known:
+            if name in self._seen:
+                raise ArchiveInvalid(f"tar: {name!r} twice in the archive (again at byte {at})")
+            self._seen.add(name)
+            return
+        storage = None if header.directory else storage_of(name)
+        other = _OTHER_SLOT.fullmatch(name)
+        if other is not None and storage is None:
+            raise ArchiveInvalid(
+                f"tar: {name!r} at byte {at} is of slot {other[1]}, not the slot "
+                f"{self.slot} the archive's name says"
+            )
+        if storage is None:
+            kind = "directory" if header.directory else "file"
+            raise ArchiveInvalid(
+                f"tar: {kind} {name!r} at byte {at} is not an entry agave writes in this archive"
+            )
+        if self.manifest not in self._seen:
+            raise ArchiveInvalid(
+                f"tar: manifest after the account storages ({name!r} at byte {at} comes "
+                f"before {self.manifest})"
+            )
+        key = storage[0] << 64 | storage[1]
+        if key in self._storages:
+            raise ArchiveInvalid(f"tar: {name!r} twice in the archive (again at byte {at})")
+        self._storages.add(key)
 
 
 def _floor() -> int:
@@ -39,18 +192,22 @@ def _floor() -> int:
 
 
 def walk_tar(
-    wanted: Set[str],
+    slot: int,
     found: set[str],
     members_allowed: Callable[[], int] = _floor,
     prover: MemberProver | None = None,
+    seen: Callable[[Header, int], None] | None = None,
 ) -> Parser:
-    """Walk a tar stream; add to ``found`` each name of ``wanted`` seen as a regular file
-    (names compared as agave compares them: see :func:`entry_name`). ArchiveInvalid once
-    there are more headers than ``members_allowed()`` says (asked again only when the count
-    passes its last answer). ``prover`` (docs/architecture.md, "Proven archives") is asked
-    for a parser of each regular member's data, fed it in the same pass."""
-    walk = _Walk(wanted, found, members_allowed)
+    """Walk the tar stream of a snapshot archive of ``slot``; add to ``found`` the name of
+    each regular file member (every one is an entry agave writes: :class:`Layout`).
+    ArchiveInvalid once there are more headers than ``members_allowed()`` says (asked again
+    only when the count passes its last answer). ``prover`` (docs/architecture.md, "Proven
+    archives") is asked for a parser of each regular member's data, fed it in the same
+    pass. ``seen(header, data_at)`` is told each member the walk took, with where its data
+    starts in the tar stream (the tests compare this reading with tar-rs's)."""
+    walk = _Walk(Layout(slot), found, members_allowed)
     walk.prover = prover
+    walk.seen = seen
     try:
         yield from walk.members()
     except EndOfInput as end:
@@ -58,10 +215,8 @@ def walk_tar(
 
 
 class _Walk:
-    def __init__(
-        self, wanted: Set[str], found: set[str], members_allowed: Callable[[], int]
-    ) -> None:
-        self.wanted = wanted
+    def __init__(self, layout: Layout, found: set[str], members_allowed: Callable[[], int]) -> None:
+        self.layout = layout
         self.found = found
         self.members_allowed = members_allowed
         self.headers = 0
@@ -69,6 +224,7 @@ class _Walk:
         self.at = 0  # offset of what is being read
         self.inside = ""  # what the stream would end inside of, for the truncation reason
         self.prover: MemberProver | None = None
+        self.seen: Callable[[Header, int], None] | None = None
 
     def truncated(self, end: int) -> str:
         if self.inside:
@@ -78,8 +234,6 @@ class _Walk:
         return f"tar: no end-of-archive blocks (the stream ends at byte {end})"
 
     def members(self) -> Parser:
-        long_name: str | None = None
-        pax: dict[str, str] = {}
         while True:
             self.inside = ""
             block = yield BLOCK
@@ -90,30 +244,20 @@ class _Walk:
             self.headers += 1
             if self.headers > self.headers_limit:
                 self.count_header()
-            name, size, kind = parse_header(block, self.at)
+            header = read_header(block, self.at)
+            self.layout.admit(header, self.at)
             self.at += BLOCK
-            if "size" in pax:
-                size = _pax_size(pax["size"], self.at - BLOCK)
-            if kind in (b"L", b"x", b"X"):
-                meta = yield from self.meta(size, kind)
-                if kind == b"L":
-                    long_name = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                else:
-                    pax = parse_pax(meta, self.at - BLOCK)
-                continue
-            if kind == b"S" and block[482]:
-                yield from self.sparse_extensions()
-            name = pax.get("path", long_name or name)
-            fed = 0
-            self.inside = repr(name)
-            if kind in _REGULAR:
-                self.see(name)
-                if self.prover is not None and kind != b"S":  # a sparse member's data is
-                    # its pieces without the holes: not what agave would unpack
-                    member = self.prover.member(entry_name(name), size)
+            if self.seen is not None:
+                self.seen(header, self.at)
+            size, fed = header.size, 0
+            if not header.directory:
+                self.inside = repr(header.name)
+                if not header.name.startswith("accounts/"):
+                    self.found.add(header.name)
+                if self.prover is not None:
+                    member = self.prover.member(header.name, size)
                     if member is not None:
                         fed = yield from feed_member(member, size)
-            long_name, pax = None, {}
             padded = -(-size // BLOCK) * BLOCK
             if padded - fed:
                 yield fed - padded
@@ -127,32 +271,6 @@ class _Walk:
                 "one per KiB of the compressed archive beyond the first "
                 f"{MEMBER_FLOOR})"
             )
-
-    def see(self, name: str) -> None:
-        if name in self.wanted:
-            self.found.add(name)
-        elif (normal := entry_name(name)) in self.wanted:
-            self.found.add(normal)
-
-    def meta(self, size: int, kind: bytes) -> ParserOf[bytes]:
-        if size > MAX_META:
-            label = "long name" if kind == b"L" else "pax header"
-            raise ArchiveInvalid(f"tar: {label} of {size} bytes at byte {self.at - BLOCK}")
-        self.inside = "a long name" if kind == b"L" else "a pax header"
-        data = (yield size) if size else b""
-        padding = -size % BLOCK
-        if padding:
-            yield -padding
-        self.at += size + padding
-        return bytes(data)
-
-    def sparse_extensions(self) -> Parser:
-        self.inside = "a sparse header"
-        while True:
-            extension = yield BLOCK
-            self.at += BLOCK
-            if not extension[504]:
-                return
 
     def end_blocks(self) -> Parser:
         self.inside = "the end-of-archive blocks"
@@ -217,32 +335,6 @@ def feed_member(member: Parser, size: int) -> ParserOf[int]:
     return size - left
 
 
-def parse_header(block: bytes, at: int) -> tuple[str, int, bytes]:
-    """The name, data size and type flag of one header block; ArchiveInvalid when its checksum
-    or size field is wrong."""
-    stored = _octal(block[148:156])
-    # The sum of every byte with the checksum field counted as spaces. Adler-32's low half is
-    # 1 + the sum of the bytes (mod 65521): exact over 256 bytes (at most 65280), and ten
-    # times faster than sum() in Python.
-    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-    total += 256 - sum(block[148:156])
-    if stored is None or (stored != total and stored != _signed_sum(block)):
-        raise ArchiveInvalid(f"tar: bad header checksum at byte {at}")
-    size_field = block[124:136]
-    if size_field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
-        if size_field[0] != 0x80:
-            raise ArchiveInvalid(f"tar: negative member size at byte {at}")
-        size: int | None = int.from_bytes(size_field[1:], "big")
-    else:
-        size = _octal(size_field)
-    if size is None:
-        raise ArchiveInvalid(f"tar: bad size field at byte {at}")
-    name = block[:100].split(b"\0", 1)[0]
-    if block[257:263] == _USTAR and block[345]:
-        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
-    return name.decode("utf-8", "surrogateescape"), size, block[156:157]
-
-
 def _octal(field: bytes) -> int | None:
     # A header field is 8 or 12 bytes: its digits are bounded by the block itself.
     text = field.split(b"\0", 1)[0].strip(b" ")
@@ -251,52 +343,3 @@ def _octal(field: bytes) -> int | None:
     if text.strip(b"01234567"):
         return None
     return int(text, 8)
-
-
-def _signed_sum(block: bytes) -> int:
-    # Some old tar writers summed signed chars; tarfile accepts both, so do we.
-    values = [b - 256 if b > 127 else b for b in block]
-    return sum(values) - sum(values[148:156]) + 256
-
-
-def parse_pax(data: bytes, at: int) -> dict[str, str]:
-    """The records of a pax extended header (``"%d %s=%s\\n"`` each)."""
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos, pos + 20)
-        length_text = data[pos:space]
-        if space < 0 or not length_text.isdigit() or not length_text.isascii():
-            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
-        length = int(length_text)
-        record = data[space + 1 : pos + length]
-        if length <= space - pos or pos + length > len(data) or not record.endswith(b"\n"):
-            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
-        key, sep, value = record[:-1].partition(b"=")
-        if not sep:
-            raise ArchiveInvalid(f"tar: bad pax header at byte {at}")
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return records
-
-
-def _pax_size(text: str, at: int) -> int:
-    # Bounded before int(): a string of thousands of digits would raise ValueError (Python's
-    # limit on int conversion), not refuse the archive.
-    if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
-        raise ArchiveInvalid(f"tar: bad pax size at byte {at}")
-    return int(text)
-
-
-def entry_name(name: str) -> str:
-    """A member name as agave's unpacker compares it (Rust's ``Path::components``): empty and
-    inner ``.`` parts dropped. A leading ``./`` or ``/`` is kept, and so is a trailing ``/``
-    (agave refuses a file named so in a GNU header, tarfile takes it for a directory): such a
-    name matches no snapshot entry."""
-    parts = name.split("/")
-    head, tail = parts[0], parts[-1] if len(parts) > 1 else None
-    middle = [p for p in parts[1:-1] if p not in ("", ".")]
-    if tail is not None and tail not in ("", "."):
-        middle.append(tail)
-    normal = "/".join([head, *middle]) if head else "/" + "/".join(middle)
-    return normal + "/" if tail == "" and name != "/" else normal

@@ -259,12 +259,15 @@ class HeadProofs:
 
 
 def proven_only(config: Config, group: TargetGroup) -> bool:
-    """Whether ``group`` reads heads and ranks only the copies they prove: in redirect
-    mode, where the group sets a ``trust.require`` above ``structure`` (redirect mode
-    checks no archive by default, as the Go tracker: a head read costs a source up to
-    ``manifest_read`` bytes per copy)."""
+    """Whether ``group`` reads heads and ranks only the copies they prove: where no disk
+    cache checks the copies handed out (redirect mode, and proxy mode without
+    ``proxy_snapshot_cache_dir``, whose every answer is relayed unchecked), when the group
+    sets a ``trust.require`` above ``structure`` (redirect mode checks no archive by
+    default, as the Go tracker: a head read costs a source up to ``manifest_read`` bytes per
+    copy)."""
     asked = group.trust.require
-    return not config.proxy_snapshot_downloads and asked is not None and asked > Level.STRUCTURE
+    cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
+    return not cached and asked is not None and asked > Level.STRUCTURE
 
 
 async def prove_copy(

@@ -219,29 +219,42 @@ class ProxyStreamer:
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
 
-    def _accounts_limits(self, root: str) -> AccountsLimits:
-        """The limits of the accounts proofs of the cache at ``root``: the tracker's one
-        shared budget and worker processes (``proof_workers``), the temporary directory
-        (``.accounts-proof`` in the cache directory unless ``prove_accounts_temp_dir`` says
-        where), the operator's bound."""
+    def proof_limits(self) -> AccountsLimits | None:
+        """The limits of the tracker's accounts proofs outside the cache's refreshes (local
+        files), sharing the cache's budget and workers; None with ``prove_accounts`` off."""
+        config = self._config()
+        if not config.prove_accounts:
+            return None
+        return self._accounts_limits(config.proxy_snapshot_cache_dir or None)
+
+    def _accounts_limits(self, root: str | None) -> AccountsLimits:
+        """The limits of the accounts proofs of the cache at ``root`` (None: no cache): the
+        tracker's one shared budget and worker processes (``proof_workers``), the temporary
+        directory (``.accounts-proof`` in the cache directory unless
+        ``prove_accounts_temp_dir`` says where; without either, the system's), the
+        operator's bound."""
         config = self._config()
         if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
             budget = self._proof_budget = MemoryBudget(config.prove_accounts_memory)
             if self._metrics is not None:
                 self._metrics.proofs.budget = lambda: budget
         workers = config.proof_workers or default_workers()
-        temp_dir = config.prove_accounts_temp_dir
         if self._proof_slots is None or self._proof_slots.total != max(1, workers - 1):
             self._proof_slots = WorkerSlots(max(1, workers - 1))
+        in_cache = not config.prove_accounts_temp_dir and root is not None
         return AccountsLimits(
             memory=config.prove_accounts_memory,
             max_accounts=config.prove_accounts_max,
-            temp_dir=temp_dir or os.path.join(root, CACHE_TEMP),
+            temp_dir=(
+                os.path.join(root, CACHE_TEMP)
+                if in_cache and root is not None
+                else config.prove_accounts_temp_dir or None
+            ),
             workers=workers,
             budget=self._proof_budget,
             slots=self._proof_slots,
             # in the cache's directory the spill never takes the room kept for its refreshes
-            keep_free=0 if temp_dir else config.proxy_snapshot_cache_min_free,
+            keep_free=config.proxy_snapshot_cache_min_free if in_cache else 0,
         )
 
     def uncached(self) -> dict[str, str]:

@@ -252,7 +252,7 @@ async def file_response(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_bytes: OnBytes | None = None,
     budget: ChunkBudget | None = None,
-    extra_headers: Mapping[str, str] | None = None,
+    extra_headers: Mapping[str, str] | Callable[[os.stat_result], Mapping[str, str]] | None = None,
 ) -> Answer:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 
@@ -265,7 +265,10 @@ async def file_response(
     ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been handed to the server
     (metrics). With a ``budget`` the chunk size follows it instead of
     ``chunk_size`` (see :class:`ChunkBudget`). ``extra_headers`` are added to a 200 or 206
-    (e.g. the file's ``repr-digest``, or :func:`content_disposition`).
+    (e.g. the file's ``repr-digest``, or :func:`content_disposition`); given as a function,
+    it is asked of the opened file's status before anything is planned, and raises
+    (RequestError) to refuse that very file (a local file's check:
+    :mod:`tracker.proving.localfiles`).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and
@@ -288,6 +291,7 @@ async def file_response(
     # returned would otherwise leak it.
     descriptor = _Descriptor(fd)
     try:
+        extra = extra_headers(st) if callable(extra_headers) else extra_headers
         etag = make_etag(st.st_size, st.st_mtime_ns, st.st_ino)
         plan = plan_file_response(method, headers, st.st_size, st.st_mtime, etag)
     except BaseException:
@@ -303,6 +307,6 @@ async def file_response(
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
     # empty body: tracker/web/quartanswers.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)
-    if extra_headers and plan.status in (200, 206):
-        answer.headers.update(extra_headers)
+    if extra and plan.status in (200, 206):
+        answer.headers.update(extra)
     return answer

@@ -36,7 +36,7 @@ from tracker.web.queries import (
 )
 from tracker.web.shortcuts import SHORT_NAMES, best_source, short_answer
 from tracker.web.urls import public_base
-from tracker.web.wire import listing_body, targets_body
+from tracker.web.wire import listing_body, statements_json, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
 DIGEST_SUFFIX = ".sha256"
@@ -230,6 +230,11 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
             body = targets_body(deps, target_fragments, group, now)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
+
+    @app.get("/v1/statements")
+    async def statements() -> quart.Response:
+        deps.attestations.sync(deps.wall_clock())  # signs what is due, as the listings do
+        return json_response(statements_json(deps.attestations), 200)
 
     @app.get("/v1/health")
     async def health() -> quart.Response:

@@ -11,7 +11,8 @@ through the plain proxy (the disk cache exists only with ``proxy_snapshot_downlo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Protocol
 from urllib.parse import quote
@@ -86,6 +87,12 @@ def tracker_path(name: str, group: str, *, alias: bool) -> str:
     return f"/{name}" if alias else f"/v1/{quote(group, safe='')}/{name}"
 
 
+#: ``(group, path, st)``: whether the local file at ``path`` of ``group``, opened as ``st``,
+#: may be served (RequestError when not) and the headers it carries (its ``repr-digest``):
+#: :meth:`tracker.proving.localfiles.LocalProofs.admit`.
+LocalAdmit = Callable[[str, str, os.stat_result], Mapping[str, str]]
+
+
 class Delivery:
     """Chooses redirect, local file or proxy for each archive request."""
 
@@ -98,8 +105,11 @@ class Delivery:
         metrics: Metrics | None = None,
         budget: ChunkBudget | None = None,
         slots: DownloadSlots | None = None,
+        local_admit: LocalAdmit | None = None,
     ) -> None:
         self._config = config
+        #: Asked of a local file once opened (:data:`LocalAdmit`; None: served as it is).
+        self.local_admit = local_admit
         self._budget = budget
         #: Answers that carry an archive's bytes at once (tracker/zerocopy/limit.py).
         self.slots = slots if slots is not None else DownloadSlots()
@@ -178,7 +188,7 @@ class Delivery:
         slot = self._take_slot(ask)
         try:
             if f.path:
-                return slot, await self._local(ask, f.path, name)
+                return slot, await self._local(ask, f.path, name, group)
             if self._streamer is None:
                 raise RequestError(502, f"{name} must be proxied and no proxy is running")
             return slot, await self._streamer.serve(ask, group, archive, found)
@@ -195,9 +205,12 @@ class Delivery:
             self._count("busy")
             raise
 
-    async def _local(self, ask: Ask, path: str, name: str) -> Answer:
+    async def _local(self, ask: Ask, path: str, name: str, group: str) -> Answer:
         self._count("local")
         on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
+        # The file as opened must be the one its check proved (docs/http-api.md, "Proven
+        # archives"): a file replaced since is not served on its predecessor's proof.
+        admit = partial(self.local_admit, group, path) if self.local_admit else None
         try:
             return await file_response(
                 path,
@@ -205,6 +218,7 @@ class Delivery:
                 connection=ask.connection,
                 on_bytes=on_bytes,
                 budget=self._budget,
+                extra_headers=admit,
             )
         except FileNotFoundError as exc:
             raise RequestError(404, f"{name} is gone from its local directory") from exc

@@ -17,7 +17,8 @@ from tracker.config.schema import Config
 from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
 from tracker.core.flowing import Flowing
-from tracker.core.index import Index
+from tracker.core.index import Index, TargetKey
+from tracker.core.localcopies import Checked
 from tracker.core.rejections import Rejections
 from tracker.discovery.scrape import Scraper
 from tracker.web.delivery import Delivery
@@ -56,3 +57,6 @@ class ApiDeps:
     #: The sources bytes come from now: a target's rate meanwhile is shown before the
     #: index's throughput, which is measured when a transfer ends.
     flowing: Flowing = attrs.Factory(Flowing)
+    #: What the checks of a local target's files said, by name (docs/architecture.md,
+    #: "Proven archives"; None: not checked yet).
+    local_checks: Callable[[TargetKey], list[tuple[str, Checked | None]]] = lambda _key: []

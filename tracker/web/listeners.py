@@ -219,3 +219,8 @@ def _is_our_connection(
     except OSError:
         return False  # a listening socket, not a connection
     return (peer[0], peer[1]) not in spare
+
+
+def port_of(address: str) -> int:
+    """The port of a bound address as hypercorn reports it (``http://host:port``)."""
+    return int(address.rsplit(":", 1)[1])

@@ -19,6 +19,8 @@ import trio
 from tracker import __version__
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
+from tracker.config.warnings import nothing_signed
+from tracker.core.attestations import Attestations
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
 from tracker.discovery.scrape import Scraper, TargetHealth
@@ -31,6 +33,7 @@ from tracker.web.statusview import (
     CacheView,
     GroupView,
     ProofView,
+    SigningView,
     StatusView,
     TargetView,
 )
@@ -87,6 +90,8 @@ class StatusSources:
     #: A target's bytes per second while bytes come from it (0: none do), on the index's
     #: clock; shown before the index's throughput, which a transfer's end updates.
     flowing: Callable[[TargetKey, float], float] = lambda _key, _now: 0.0
+    #: The statements this tracker signs (None: not shown).
+    attestations: Attestations | None = None
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -104,7 +109,7 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
                 f.group,
                 f.name,
                 f.size,
-                f.mtime,
+                f.cached_at,
                 sources.digest(f.group, f.name),
                 sources.level(f.group, f.name),
             )
@@ -128,6 +133,29 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         rejected=tuple(sources.events.recent("rejected")),
         failovers=tuple(sources.events.recent("failover")),
         refresh=refresh,
+        signing=_signing(sources.attestations, config, now),
+    )
+
+
+def _signing(attestations: Attestations | None, config: Config, now: float) -> SigningView | None:
+    """The signing card's value: what is due is signed first (as the listings do), so the
+    count is the statements a client would be served now."""
+    if attestations is None:
+        return None
+    attestations.sync(now)
+    last = attestations.last_signed
+    level = ""
+    if last is not None:  # the level of this tracker's statement of that archive
+        own = attestations.documents(last[1], last[2])
+        level = own[0].statement.level.label if own else ""
+    return SigningView(
+        public_key=attestations.public_key,
+        since=attestations.since,
+        held=attestations.held,
+        last_name=last[2] if last is not None else "",
+        last_level=level,
+        last_at=last[0] if last is not None else None,
+        problem=nothing_signed(config),
     )
 
 

@@ -126,6 +126,7 @@ white-space:nowrap}
 def render_status(view: StatusView) -> str:
     """The whole page for ``view`` (a pure function: same view, same page)."""
     parts = [_head(view), _summary(view), _groups(view), _cache(view), _bucket(view)]
+    parts += [_signing(view)]
     parts += [_events(view), _targets(view), "</body></html>\n"]
     return "".join(parts)
 
@@ -144,7 +145,7 @@ def _head(view: StatusView) -> str:
         f"<header><h1>Snapshot tracker</h1><span class=meta>version {text(view.version)} · "
         f"{text(view.mode)} · {format_time(view.now)} · {every}</span>"
         '<nav><a href="#snapshots">snapshots</a><a href="#cache">cache</a>'
-        '<a href="#bucket">bucket</a><a href="#events">events</a>'
+        '<a href="#bucket">bucket</a><a href="#signing">signing</a><a href="#events">events</a>'
         '<a href="#targets">targets</a></nav></header>'
     )
 
@@ -168,6 +169,11 @@ def _summary(view: StatusView) -> str:
         cards.append(_card(str(len(view.cache.refreshes)), "refreshes running"))
     if view.bucket is not None:
         cards.append(_card("up" if view.bucket.up else "DOWN", "bucket"))
+    signing = view.signing
+    if signing is not None:
+        signs = "off" if signing.public_key is None else "none" if signing.problem else "on"
+        shown = f"{signing.held}" if signs == "on" else signs
+        cards.append(_card(shown, "statements signed" if signs == "on" else "signing"))
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
@@ -281,7 +287,7 @@ def _cache(view: StatusView) -> str:
         f"<tr><td>{text(f.group)}</td><td><code>{text(f.name)}</code></td>"
         f'<td class="num">{format_bytes(f.size)}</td>'
         '<td><span class="badge complete">complete</span></td>'
-        f'<td colspan="3" class="meta">cached {ago(view.now, f.mtime)}</td>'
+        f'<td colspan="3" class="meta">cached {ago(view.now, f.cached_at)}</td>'
         f"<td>{_digest(f.sha256, f.level)}</td></tr>"
         for f in cache.files
     ]
@@ -329,6 +335,31 @@ def _bucket(view: StatusView) -> str:
     ]
     headers = ["state", "endpoint", "bucket", "prefix", "objects", "uploads", "last error"]
     out.append(_table(headers, rows, frozenset({4, 5})))
+    return "".join(out) + "</section>"
+
+
+def _signing(view: StatusView) -> str:
+    """Whether this tracker signs, with which key, since when, how many statements it holds
+    and the last one signed (docs/http-api.md, "The status page")."""
+    out = ['<section id="signing"><h2>Signing</h2>']
+    signing = view.signing
+    if signing is None or signing.public_key is None:
+        out.append(_none("This tracker signs nothing (no attest in the config)."))
+        return "".join(out) + "</section>"
+    if signing.problem:
+        out.append(f'<p class="warn">{text(signing.problem)}</p>')
+    since = ago(view.now, signing.since) if signing.since is not None else "—"
+    last = '<span class="none">none yet</span>'
+    if signing.last_at is not None:
+        level = f"{text(signing.last_level)}, " if signing.last_level else ""
+        when = f"{level}{ago(view.now, signing.last_at)}"
+        last = f'<code>{text(signing.last_name)}</code> <span class="meta">{when}</span>'
+    rows = [
+        f"<tr><td><code>{text(signing.public_key)}</code></td><td>{since}</td>"
+        f'<td class="num">{signing.held}</td><td>{last}</td></tr>'
+    ]
+    headers = ["public key", "signing since", "statements held", "last signed"]
+    out.append(_table(headers, rows, frozenset({2})))
     return "".join(out) + "</section>"
 
 

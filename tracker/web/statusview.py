@@ -89,7 +89,8 @@ class CachedView:
     group: str
     name: str
     size: int
-    mtime: float
+    #: When the cache took it (Unix time), not the source file's mtime.
+    cached_at: float
     sha256: str | None
     level: str | None = None
 
@@ -135,6 +136,22 @@ class BucketView:
 
 
 @attrs.frozen
+class SigningView:
+    """Whether this tracker signs statements of what it proved (docs/http-api.md, "Signed
+    statements"): with which public key (None: no ``attest``), since when (Unix time), how
+    many statements it holds, the last one signed (archive, level, when), and why nothing
+    can be signed ("" when something can)."""
+
+    public_key: str | None
+    since: float | None = None
+    held: int = 0
+    last_name: str = ""
+    last_level: str = ""
+    last_at: float | None = None
+    problem: str = ""
+
+
+@attrs.frozen
 class StatusView:
     """Everything the status page shows, gathered at ``now`` (Unix time)."""
 
@@ -150,6 +167,8 @@ class StatusView:
     rejected: tuple[RecentEvent, ...] = ()
     failovers: tuple[RecentEvent, ...] = ()
     refresh: int = DEFAULT_REFRESH
+    #: None: not known (a page built without the statements).
+    signing: SigningView | None = None
 
 
 # -- decisions -------------------------------------------------------------------------------

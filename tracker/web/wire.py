@@ -15,8 +15,10 @@ from typing import Any
 
 import attrs
 
-from tracker.core.digests import Verified
+from tracker.core.attestations import Attestations
+from tracker.core.digests import Digests, Verified
 from tracker.core.index import SnapshotSource, TargetKey
+from tracker.core.localcopies import Checked, holder
 from tracker.core.redact import redact_text, redact_userinfo
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.discovery.scrape import TargetHealth
@@ -29,14 +31,45 @@ from tracker.web.listings import Fragments
 class Held:
     """What the tracker holds of a file of a group: its verified copy, the statements of it."""
 
-    verified: Callable[[str, str], Verified | None]
+    verified: Callable[[str, SnapshotFile], Verified | None]
     attested: Callable[[str, str], list[dict[str, str]]]
+
+
+def held_copy(digests: Digests, group: str, f: SnapshotFile) -> Verified | None:
+    """The tracker's verified copy of the file ``f`` of ``group``: a local file is its own
+    copy (docs/architecture.md, "Proven archives": "Local files"), any other the cache's or
+    the bucket's (a local file of the same name may be other bytes)."""
+    if f.path:
+        return digests.of(holder(f.path), group, f.bare_name)
+    return digests.verified(group, f.bare_name, local=False)
 
 
 def wire_time(value: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``; microseconds kept when present."""
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+def statements_json(attestations: Attestations) -> dict[str, Any]:
+    """``/v1/statements`` (docs/http-api.md, "Signed statements"): whether this tracker
+    signs, the public key a fleet's ``--trust-key`` names, how long a statement holds, how
+    many statements of its own it holds and the last one it signed (None: none since it
+    started, or it signs nothing)."""
+    last = attestations.last_signed
+    signing = attestations.public_key is not None
+    return {
+        "signing": signing,
+        "public_key": attestations.public_key,
+        "valid_for_seconds": attestations.valid_for if signing else None,
+        "statements": attestations.held,
+        "last_signed": None
+        if last is None
+        else {
+            "time": wire_time(datetime.fromtimestamp(last[0], UTC)),
+            "group": last[1],
+            "name": last[2],
+        },
+    }
 
 
 def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
@@ -130,7 +163,7 @@ def source_json(
             wire["url"] = redact_userinfo(f.url)
         elif here:
             wire["url"] = here + tracker_path(f.bare_name, group, alias=False)
-        copy = held.verified(group, f.bare_name) if held is not None else None
+        copy = held.verified(group, f) if held is not None else None
         if held is not None and copy is not None:
             wire["sha256"] = copy.sha256
             wire["proof"] = copy.proof.to_json()
@@ -188,11 +221,30 @@ def _source_bytes(
         base,
         files_base=files_base,
         here=here,
-        held=Held(deps.digests.verified, deps.attestations.documents_json),
+        held=Held(partial(held_copy, deps.digests), deps.attestations.documents_json),
         predicted=predicted,
         node_version=node_version,
     )
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def local_files_json(checks: list[tuple[str, Checked | None]]) -> list[dict[str, Any]]:
+    """The ``local_files`` of a local target in ``/v1/targets`` (docs/http-api.md, "Public
+    routes"): each file's name and ``state`` (``checking``: not checked yet; ``checked``, with
+    its ``sha256`` and ``proof``; ``failed``, with the ``reason``)."""
+    out: list[dict[str, Any]] = []
+    for name, done in checks:
+        entry: dict[str, Any] = {"file_name": name}
+        if done is None:
+            entry["state"] = "checking"
+        elif done.verified is None:
+            entry.update(state="failed", reason=done.failed)
+        else:
+            entry.update(
+                state="checked", sha256=done.verified.sha256, proof=done.verified.proof.to_json()
+            )
+        out.append(entry)
+    return out
 
 
 def _health_bytes(
@@ -201,8 +253,11 @@ def _health_bytes(
     mismatch: str,
     speeds: tuple[int, int, int],
     uncached: str,
+    checks: list[tuple[str, Checked | None]],
 ) -> bytes:
     out = health_json(health, count, mismatch)
+    if health.target.kind == "local":  # its files' checks and proofs, on the tracker's disk
+        out["local_files"] = local_files_json(checks)
     # Measured (docs/http-api.md#speed-tests): the figure ranked, and the two it combines.
     for name, speed in zip(("throughput_bps", "probed_bps", "achieved_bps"), speeds, strict=True):
         if speed > 0:
@@ -253,10 +308,11 @@ def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: fl
         speed = round(flowing(key, now) or index.throughput(key, now))
         speeds = (speed, round(probed), round(achieved))
         reason = uncached.get(key.group, "")
+        checks = deps.local_checks(key) if h.target.kind == "local" else []
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),
-            *(count, mismatch, speeds, reason),
+            *(count, mismatch, speeds, reason, tuple(checks)),
         )
-        render = partial(_health_bytes, h, count, mismatch, speeds, reason)
+        render = partial(_health_bytes, h, count, mismatch, speeds, reason, checks)
         parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"

@@ -1,0 +1,338 @@
+"""Local files proven, shown, enforced and signed (docs/architecture.md, "Proven archives":
+"Local files"; docs/http-api.md, "Proven archives", "Signed statements").
+
+Real parts: the tracker (the ``serve`` command, or ``run_tracker`` on 127.0.0.1:0) over the
+quickstart's own config (examples/local.yml) and its ledger (examples/ledger/, real archives
+in agave's formats), copies of both in the test's directory where the test changes them, and
+a real ``snapshot-tracker fetch --trust-key`` against the tracker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+from archives import forged_accounts_archive
+from helpers_cluster import STAKES, bank_hash, votes_for
+from helpers_process import start_serve
+from helpers_server import serve_app
+from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_votes import VoteRpc
+from test_attestations import attest
+from test_fetch import fetch_command, run_cli, the_error_line
+
+from tracker.core.digests import repr_digest
+from tracker.core.statements import parse_document
+from tracker.proof.levels import Level
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LEDGER = EXAMPLES / "ledger"
+FULL = next(p.name for p in LEDGER.iterdir() if p.name.startswith("snapshot-"))
+#: A full above the ledger's whose account storages do not give its manifest's lattice hash:
+#: its check fails at ``accounts``.
+FORGED, FORGED_DATA = forged_accounts_archive(2000, seed=7)
+
+
+def on_disk(directory: Path) -> dict[str, str]:
+    """The SHA-256 of each archive in ``directory``."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def listed_files(listing: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each file of a ``/v1/snapshots`` answer, by name."""
+    return {f["file_name"]: f for source in listing for f in source["files"]}
+
+
+def quickstart_config(tmp_path: Path, **group: Any) -> Path:
+    """examples/local.yml as it is, its ledger a copy in ``tmp_path``, ``group`` added to its
+    one group (ports 127.0.0.1:0)."""
+    config = yaml.safe_load((EXAMPLES / "local.yml").read_text())
+    ledger = tmp_path / "ledger"
+    shutil.copytree(LEDGER, ledger)
+    [only] = config["target_groups"]
+    only["local_targets"]["paths"] = [str(ledger)]
+    only.update(group)
+    config.update(listen="127.0.0.1:0", internal_listen="127.0.0.1:0", scrape_interval="300ms")
+    return write_config(tmp_path, config)
+
+
+async def test_the_quickstart_proves_and_shows_its_local_files() -> None:
+    """``serve --config examples/local.yml``, as the README runs it: every file of the
+    ledger gets its SHA-256 and proof in the JSON (the full to ``accounts``, the incrementals
+    to ``manifest``), in ``/v1/targets`` and on the status page, and its ``.sha256`` route."""
+    serve = await start_serve(
+        *("--config", str(EXAMPLES / "local.yml")),
+        *("--listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"),
+    )
+    disk = on_disk(LEDGER)
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+
+            async def proven() -> bool:
+                files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())
+                return set(files) == set(disk) and all("proof" in f for f in files.values())
+
+            await wait_until(proven, timeout=30)
+            files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())
+            for name, f in files.items():
+                assert f["sha256"] == disk[name]
+                wanted = "accounts" if name == FULL else "manifest"
+                assert f["proof"]["level"] == wanted, (name, f["proof"])
+                assert f["proof"]["snapshot_hash"] in name
+            [target] = (await client.get(f"{serve.base}/v1/targets")).json()
+            checked = {f["file_name"]: f for f in target["local_files"]}
+            assert {n: f["state"] for n, f in checked.items()} == dict.fromkeys(disk, "checked")
+            assert checked[FULL]["sha256"] == disk[FULL]
+            assert checked[FULL]["proof"]["level"] == "accounts"
+            line = (await client.get(f"{serve.base}/v1/local/{FULL}.sha256")).text
+            assert line == f"{disk[FULL]}  {FULL}\n"
+            head = await client.head(f"{serve.base}/v1/local/{FULL}")
+            assert head.headers["repr-digest"] == repr_digest(disk[FULL])
+            page = (await client.get(f"{serve.internal}/?refresh=0")).text
+            best = page[page.index("Best snapshots") : page.index('id="cache"')]
+            assert disk[FULL][:16] in best and "accounts" in best and "manifest" in best
+            assert "unknown" not in best
+    finally:
+        assert await serve.stop() == 0
+
+
+async def test_trust_require_on_a_local_group_is_enforced(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The quickstart's config with ``trust.require: accounts`` and a full above the
+    ledger's that fails its ``accounts`` proof: from the start no listing holds a file not
+    proven to the level, the forged full is never listed nor served (its target says why),
+    and the pair handed out is the ledger's. With ``cluster`` (no RPC: nothing can reach
+    it) nothing is handed out at all, each file's reason shown."""
+    config = quickstart_config(tmp_path, trust={"require": "accounts"})
+    (tmp_path / "ledger" / FORGED).write_bytes(FORGED_DATA)
+    base, internal = await start_tracker(nursery, config)
+    disk = on_disk(tmp_path / "ledger")
+    seen: dict[str, dict[str, Any]] = {}
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def settled() -> bool:
+            files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
+            seen.update(files)
+            for name, f in files.items():  # every listing, from the first: proven only
+                assert f["sha256"] == disk[name], f
+                assert f["proof"]["level"] in ("accounts", "cluster") or "incremental" in name
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            return len(files) == 3 and FORGED in target["last_error"]
+
+        await wait_until(settled, timeout=30)
+        assert FORGED not in seen
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        assert target["last_error"].startswith(f"archive not proven: {FORGED}: accounts:")
+        failed = {f["file_name"]: f for f in target["local_files"]}[FORGED]
+        assert failed["state"] == "failed" and "lattice hash" in failed["reason"]
+        assert (await client.get(f"{base}/v1/local/{FORGED}")).status_code == 404
+        best = await client.get(f"{base}/snapshot.tar.bz2")
+        assert best.headers["location"].endswith(f"/{FULL}")
+        page = (await client.get(f"{internal}/?refresh=0")).text
+        assert FORGED in page and "recomputed from the account storages" in page
+
+        config.write_text(config.read_text().replace("require: accounts", "require: cluster"))
+        assert (await client.post(f"{internal}/reload")).status_code == 200
+
+        async def nothing_listed() -> bool:
+            return (await client.get(f"{base}/v1/snapshots")).json() == []
+
+        await wait_until(nothing_listed, timeout=30)
+        assert (await client.get(f"{base}/v1/local/{FULL}")).status_code == 404
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        assert "cluster required" in target["last_error"], target
+
+
+async def test_a_group_without_a_level_shows_a_failed_file_and_ranks_it_as_it_did(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No ``trust.require``: the forged full is checked and shown failed (``/v1/targets``),
+    listed without a digest as before (no level is enforced where none is set); the good
+    files carry theirs."""
+    config = quickstart_config(tmp_path)
+    (tmp_path / "ledger" / FORGED).write_bytes(FORGED_DATA)
+    base, _internal = await start_tracker(nursery, config)
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def all_checked() -> bool:
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            states = {f["file_name"]: f["state"] for f in target["local_files"]}
+            return len(states) == 4 and "checking" not in states.values()
+
+        await wait_until(all_checked, timeout=30)
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        failed = {f["file_name"]: f for f in target["local_files"]}[FORGED]
+        assert failed["state"] == "failed" and "lattice hash" in failed["reason"]
+        assert target["last_error"] == ""
+        files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
+        assert set(files) == {*on_disk(LEDGER), FORGED}
+        assert "sha256" not in files[FORGED] and "proof" not in files[FORGED]
+        assert files[FULL]["proof"]["level"] == "accounts"
+
+
+async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A proven full of a group that requires ``accounts`` replaced under its name by other
+    bytes (a rename, as a validator writes): the new file is refused from the first request
+    (the identity it was opened as is not the one proven), then its own check fails and its
+    target says why; the old digest is gone from the listing."""
+    config = quickstart_config(tmp_path, trust={"require": "accounts"})
+    base, _internal = await start_tracker(nursery, config)
+    ledger = tmp_path / "ledger"
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def proven() -> bool:
+            return (await client.head(f"{base}/v1/local/{FULL}")).status_code == 200
+
+        await wait_until(proven, timeout=30)
+        other = ledger / ".replacement"
+        other.write_bytes(b"\0" * 4096)
+        os.replace(other, ledger / FULL)
+        refused = await client.get(f"{base}/v1/local/{FULL}")
+        assert refused.status_code == 404, refused.status_code
+
+        async def failed() -> bool:  # its own check, not "not proven yet" while it runs
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            error = target["last_error"]
+            return error.startswith(f"archive not proven: {FULL}: ") and "yet" not in error
+
+        await wait_until(failed, timeout=30)
+        [target] = (await client.get(f"{base}/v1/targets")).json()
+        checked = {f["file_name"]: f for f in target["local_files"]}
+        assert checked[FULL]["state"] == "failed", checked[FULL]
+        assert (await client.get(f"{base}/v1/snapshots")).json() == []  # the chains need it
+        assert (await client.get(f"{base}/v1/local/{FULL}.sha256")).status_code == 404
+
+
+@pytest.mark.usefixtures("quick_vote_retries")
+async def test_local_files_reach_cluster_by_the_votes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``trust.require: cluster`` with ``rpc``: each local file proven by its check is lifted
+    by the votes, as a cached copy is, and handed out only then: nothing while the RPC holds
+    its blocks back (every file checked meanwhile), all three at ``cluster`` once 2/3 of the
+    stake voted each bank hash."""
+    voted = trio.Event()
+    node = VoteRpc(stakes=STAKES, hold={"getBlock": voted})
+    url = await nursery.start(serve_app, node.app())
+    config = quickstart_config(tmp_path, trust={"require": "cluster"})
+    settings = yaml.safe_load(config.read_text())
+    settings["rpc"] = url + "/"
+    config.write_text(yaml.safe_dump(settings))
+    for path in (tmp_path / "ledger").iterdir():
+        slot = int(path.name.removesuffix(".tar.zst").split("-")[-2])
+        bank = bank_hash(tmp_path, path.name, path.read_bytes())
+        node.blocks.update(votes_for(slot, bank, majority=True))
+    base, _internal = await start_tracker(nursery, config)
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def listed() -> dict[str, dict[str, Any]]:
+            return listed_files((await client.get(f"{base}/v1/snapshots")).json())
+
+        async def checked_not_voted() -> bool:
+            [target] = (await client.get(f"{base}/v1/targets")).json()
+            states = [f["state"] for f in target["local_files"]]
+            return states == ["checked"] * 3 and "getBlock" in {m for m, _p in node.calls}
+
+        await wait_until(checked_not_voted, timeout=30)
+        assert await listed() == {}
+        voted.set()
+
+        async def all_three() -> bool:
+            return len(await listed()) == 3
+
+        await wait_until(all_three, timeout=60)
+        for f in (await listed()).values():
+            assert f["proof"]["level"] == "cluster" and f["proof"]["voted_stake"] == 0.7, f
+
+
+async def test_attest_signs_local_files_and_fetch_trusts_them(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Redirect mode, local files, ``attest``: each file is signed, served at its
+    ``.attestation`` route and in the listing; a real ``fetch --trust-key`` with the
+    tracker's key moves the full into its ledger, with another key it exits 1 and takes
+    nothing; the status page's signing card names the key and the statements held."""
+    key = attest(tmp_path, n=5)
+    config = quickstart_config(tmp_path, trust={"require": "accounts"})
+    settings = yaml.safe_load(config.read_text())
+    settings["attest"] = {"key": key.key, "valid_for": "1h"}
+    config.write_text(yaml.safe_dump(settings))
+    base, internal = await start_tracker(nursery, config)
+    disk = on_disk(tmp_path / "ledger")
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def signed() -> bool:
+            files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
+            return len(files) == 3 and all(f.get("attestations") for f in files.values())
+
+        await wait_until(signed, timeout=30)
+        answer = await client.get(f"{base}/v1/local/{FULL}.attestation")
+        assert answer.status_code == 200
+        document = parse_document(answer.content)
+        statement = document.statement
+        assert (statement.name, statement.sha256) == (FULL, disk[FULL])
+        assert statement.size == (tmp_path / "ledger" / FULL).stat().st_size
+        assert statement.level == Level.ACCOUNTS
+        page = (await client.get(f"{internal}/?refresh=0")).text
+        card = page[page.index('id="signing"') : page.index('id="events"')]
+        assert document.signer in card and ">3</td>" in card
+        assert "nothing can be signed" not in card
+    common = ("--group", "local", "--progress", "none", "--verify=true")
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    other = attest(tmp_path, n=6)
+    other_key = parse_document(answer.content).signer
+    assert other_key != _public_key(other.key)
+    done = await run_cli(
+        *fetch_command(refused, base, *common, "--trust-key", _public_key(other.key))
+    )
+    assert f"none from {_public_key(other.key)}" in the_error_line(done)
+    assert list(refused.iterdir()) == []
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    done = await run_cli(*fetch_command(trusted, base, *common, "--trust-key", document.signer))
+    assert done.returncode == 0, done.stderr
+    assert on_disk(trusted) == {FULL: disk[FULL]}
+
+
+def _public_key(key_file: str) -> str:
+    """The base58 public key of a keypair file."""
+    from tracker.config.files import signing
+    from tracker.config.schema import Attest
+
+    signer, _valid_for = signing(Attest(key=key_file))
+    assert signer is not None
+    return signer.public_key
+
+
+def test_check_config_says_when_attest_can_sign_nothing(tmp_path: Path) -> None:
+    """Redirect mode without local files: ``attest`` passes with a warning that says nothing
+    can be signed; with the quickstart's local files it passes without one."""
+    from test_cli import run_cli as run_command
+
+    key = attest(tmp_path, n=5).key
+    settings = {
+        "attest": {"key": key},
+        "target_groups": [{"group": "g", "http_targets": {"targets": ["http://127.0.0.1:9/"]}}],
+    }
+    remote = write_config(tmp_path, settings, "remote.yml")
+    result = run_command("check-config", "--config", str(remote))
+    assert result.returncode == 0, result.stderr
+    assert "warning: attest: nothing can be signed: redirect mode holds no copy" in result.stderr
+    local = quickstart_config(tmp_path)
+    with_key = yaml.safe_load(local.read_text())
+    with_key["attest"] = {"key": key}
+    local.write_text(yaml.safe_dump(with_key))
+    result = run_command("check-config", "--config", str(local))
+    assert result.returncode == 0 and "attest" not in result.stderr, result.stderr
+    assert os.stat(key).st_mode & 0o777 == 0o600

@@ -1,0 +1,147 @@
+"""Usage errors a newcomer meets on ``fetch`` (issue 47, points 4 and 6; README.md#command-line):
+each is the subcommand's usage and one line with the fix, exit 2, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker.cli import build_parser, main
+from tracker.fetch.run import proven_text
+from tracker.proof.levels import Level, Proof
+
+KEY = "4Nd1mBQtrMJVYVfKf2PJy9NZUZdTAsp7D4xWLs4gDB4T"
+FETCH = ["fetch", "--ledger", "l", "--tracker", "http://127.0.0.1:8458"]
+
+
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The stderr of ``argv``, which must exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_trust_min_above_the_keys_prints_fetchs_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error([*FETCH, "--trust-key", KEY, "--trust-min", "2"], capsys)
+    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert err.splitlines()[-1] == (
+        "snapshot-tracker fetch: error: --trust-min 2 needs as many distinct --trust-key, 1 given"
+    )
+
+
+@pytest.mark.parametrize("flag", ["--tracker", "--source"])
+def test_a_url_without_a_scheme_gets_the_fix(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["fetch", "--ledger", "l", flag, "127.0.0.1:8458"], capsys)
+    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert err.splitlines()[-1].endswith(
+        f"argument {flag}: '127.0.0.1:8458' has no scheme: did you mean http://127.0.0.1:8458?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "taken"),
+    [
+        ("http://127.0.0.1:8458", True),
+        ("HTTPS://tracker:8458/x", True),
+        ("ftp://tracker", False),
+        ("http://", False),
+    ],
+)
+def test_only_http_urls_are_taken(
+    url: str, taken: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if taken:
+        args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", url])
+        assert args.tracker == url
+        return
+    err = usage_error(["fetch", "--ledger", "l", "--tracker", url], capsys)
+    assert f"expected an http:// or https:// URL, got {url!r}" in err
+
+
+def test_a_bad_duration_names_every_unit_the_parser_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The docs write ``7d`` (``--valid-for``'s default): the parser takes it, and the
+    error for a bad duration says so."""
+    parsed = build_parser().parse_args(["attest", "f", "--key", "k", "--valid-for", "7d"])
+    assert parsed.valid_for == 7 * 24 * 3600
+    err = usage_error(["attest", "f", "--key", "k", "--valid-for", "7x"], capsys)
+    assert "'500ms', '15s', '1m30s' or '7d'" in err
+
+
+def test_require_cluster_without_rpc_is_refused_before_any_download(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without ``--rpc`` nothing could reach ``cluster``: refused at once (this layer has
+    no network at all: a request would fail the test), not after a whole download."""
+    err = usage_error([*FETCH, "--require", "cluster"], capsys)
+    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert err.splitlines()[-1] == (
+        "snapshot-tracker fetch: error: --require cluster needs --rpc URL: the cluster's votes "
+        "are asked of an RPC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--require", "cluster", "--rpc", "http://127.0.0.1:8899"], ""),
+        (["--rpc", "http://127.0.0.1:8899"], ""),
+        (["--rpc", "http://a", "--rpc", "http://b", "--require", "cluster"], ""),
+        (["--rpc", "http://a", "--verify=false"], "--rpc needs --verify true"),
+        (
+            ["--require", "cluster", "--rpc", "http://a", "--prove-accounts=false"],
+            "--require cluster needs --verify and --prove-accounts true",
+        ),
+    ],
+)
+def test_rpc_lifts_the_refusal_of_cluster(flags: list[str], refused: str) -> None:
+    from tracker.fetch.flags import unreachable_level
+
+    args = build_parser().parse_args([*FETCH, *flags])
+    found = unreachable_level(args)
+    assert (refused in found) if refused else found == ""
+    assert args.rpc == [f for f in flags if f.startswith("http")]
+
+
+def test_rpc_without_a_scheme_gets_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error([*FETCH, "--rpc", "127.0.0.1:8899"], capsys)
+    assert "did you mean http://127.0.0.1:8899?" in err
+
+
+def test_the_help_of_require_says_what_incrementals_and_cluster_get() -> None:
+    flat = " ".join(build_parser().commands["fetch"].format_help().split())
+    assert "accounts takes incrementals at manifest, the most an incremental can reach" in flat
+    assert "cluster needs --rpc" in flat
+    assert "--rpc URL a Solana JSON-RPC URL whose votes lift each checked archive" in flat
+
+
+MANIFEST = Proof(Level.MANIFEST)
+
+
+@pytest.mark.parametrize(
+    ("proof", "is_full", "required", "text"),
+    [
+        (
+            MANIFEST,
+            False,
+            Level.ACCOUNTS,
+            "incremental: proven to manifest, the most an incremental can reach",
+        ),
+        (MANIFEST, False, Level.MANIFEST, "manifest"),
+        (MANIFEST, True, Level.STRUCTURE, "manifest"),
+        (Proof(Level.ACCOUNTS), True, Level.ACCOUNTS, "accounts"),
+        (Proof(Level.CLUSTER), False, Level.CLUSTER, "cluster"),
+        (
+            Proof(Level.ACCOUNTS, note="cluster not proven: no answer"),
+            True,
+            Level.ACCOUNTS,
+            "accounts (cluster not proven: no answer)",
+        ),
+        (None, False, Level.ACCOUNTS, "not verified"),
+    ],
+)
+def test_the_line_of_each_archive_says_how_far_it_is_proven(
+    proof: Proof | None, is_full: bool, required: Level, text: str
+) -> None:
+    assert proven_text(proof, is_full, required) == text

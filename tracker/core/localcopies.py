@@ -1,0 +1,138 @@
+"""What the tracker decides of its local files: which to check, and where each stands (pure;
+docs/architecture.md, "Proven archives": "Local files"; docs/http-api.md, "Proven archives").
+
+A ``local`` target's files are on the tracker's own disk, so they are checked and proven as
+the cache's copies are, in the background: once per file identity (device, inode, size,
+mtime), again when the file under a name changes. A file that passes is held verified as
+the holder :func:`holder` (its digest and proof in the JSON, signed with ``attest``); one
+that fails shows why (``/v1/targets``, the log). In a group that sets ``trust.require``
+above ``structure`` a local file is ranked only once its check proved it to that level, one
+that fails or falls short is kept out with the reason (:func:`standing`); a group that sets
+none ranks every file as it did (as in redirect mode: no level is enforced where none is
+set).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from math import inf
+
+import attrs
+
+from tracker.core.digests import LOCAL, Verified, below_required
+from tracker.core.snapshotsources import TargetKey
+from tracker.proof.levels import Level
+
+#: A file's identity: device, inode, size, mtime (ns). Another identity under the same path
+#: is another file (a validator writes a new archive and renames it over the old one).
+Identity = tuple[int, int, int, int]
+
+#: Why a local file of a group that requires a level is out while its check runs.
+NOT_YET = "not proven yet: ranked once its check proves it to trust.require"
+
+
+def holder(path: str) -> str:
+    """The holder of the local file at ``path`` (its digests and statements are that one
+    copy's: two directories may hold different bytes under one name)."""
+    return LOCAL + path
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    """The identity of a file from its status."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@attrs.frozen
+class LocalCopy:
+    """One local file as the index knows it: its target, archive name and path."""
+
+    key: TargetKey
+    name: str
+    path: str
+
+
+@attrs.frozen
+class Checked:
+    """What the check of one identity of a local file said: ``verified`` when it passed,
+    else ``failed`` (the one-line reason)."""
+
+    identity: Identity
+    verified: Verified | None = None
+    failed: str = ""
+
+
+def checks_due(
+    found: Iterable[tuple[LocalCopy, Identity | None]],
+    checked: Mapping[str, Checked],
+    tried: Mapping[str, float],
+    *,
+    now: float,
+    retry_after: float,
+) -> list[tuple[LocalCopy, Identity]]:
+    """The local files to check now, in the order ``found`` gives them (each with its
+    identity now; None: gone or not a regular file, nothing to check): those whose identity
+    was not checked yet (``checked``, by path), unless a check that could not read the file
+    (``tried``: when, by path) was less than ``retry_after`` seconds before ``now``. Each
+    path once."""
+    due: list[tuple[LocalCopy, Identity]] = []
+    seen: set[str] = set()
+    for copy, identity in found:
+        if identity is None or copy.path in seen:
+            continue
+        if now - tried.get(copy.path, -inf) < retry_after:
+            continue
+        done = checked.get(copy.path)
+        if done is None or done.identity != identity:
+            seen.add(copy.path)
+            due.append((copy, identity))
+    return due
+
+
+@attrs.frozen
+class Standing:
+    """Where a local file stands in the ranking: ``proven`` (it reached its group's level:
+    ranked in a group that requires one) and ``refused`` (why a group that requires one
+    keeps it out: its check failed, or its proof is below the level; "": it is not)."""
+
+    proven: bool
+    refused: str = ""
+
+
+def standing(done: Checked | None, required: Level | None, name: str) -> Standing:
+    """Where the local file of the archive ``name`` stands: ``done`` is what the check of its
+    current identity said (None: not checked yet), ``required`` its group's
+    ``trust.require`` when above ``structure`` (None: the group requires nothing and ranks
+    every file, one that failed its check included: the failure is shown, not enforced)."""
+    if done is None:
+        return Standing(proven=False)
+    if done.verified is None:
+        return Standing(proven=False, refused=done.failed if required is not None else "")
+    if required is None:
+        return Standing(proven=True)
+    below = below_required(done.verified.proof, required, name)
+    return Standing(proven=below is None, refused=below or "")
+
+
+def gated(required: Level | None) -> Level | None:
+    """The level a group's local files must be proven to before they rank: its explicit
+    ``trust.require`` when above ``structure`` (None: they rank unproven, unless their check
+    fails; as in redirect mode, a group that sets nothing ranks every copy as it did)."""
+    return required if required is not None and required > Level.STRUCTURE else None
+
+
+def admission(
+    done: Checked | None, opened: Identity, required: Level | None, name: str
+) -> tuple[str, str]:
+    """Whether the local file of the archive ``name``, as it was opened to be served
+    (``opened``: its identity then), may be served now: ``(refusal, sha256)``, a refusal
+    ("" when it may be) and the digest its check gave ("" when not known). What was said of
+    another identity under its path (``done``: a file replaced since its check) says nothing
+    of it: in a group that requires a level (``required``) it is refused until checked;
+    elsewhere it is served without a digest. Read where the bytes go out, so a file replaced
+    between the ranking and the request is never served on its predecessor's proof."""
+    same = done if done is not None and done.identity == opened else None
+    now = standing(same, required, name)
+    refusal = now.refused or (NOT_YET if required is not None and not now.proven else "")
+    verified = same.verified if same is not None else None
+    return refusal, verified.sha256 if verified is not None and not refusal else ""
