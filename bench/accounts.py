@@ -15,16 +15,18 @@ its own, ``--runs`` times in alternating order (the best of each side is kept):
 
 - ``baseline``: SHA-256 of the archive file, and the BLAKE3 XOF (2,048 bytes) of every newest
   account with lamports, from ready messages, in a tight loop: what no proof can do without;
-- ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=10_000_000)``: the
-  whole check (SHA-256 in its reading thread, zstd, the tar walk, the manifest level) with the
-  accounts level and its second read, which must reach ``accounts``; its CPU time counts its
-  hash worker process's. What a process pays once before its first proof (numba imported,
-  the compiled kernels loaded from numba's cache) is timed apart, not in the ratio:
-  the tracker proves many archives in one process.
+- ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=limits)``, with
+  ``--memory`` as its budget (``prove_accounts_memory``; the index spills to ``--out``'s
+  ``tmp`` past it): the whole check (SHA-256 in its reading thread, zstd, the tar walk, the
+  manifest level) with the accounts level and its second read, which must reach
+  ``accounts``; its CPU time counts its hash worker process's. What a process pays once
+  before its first proof (numba imported, the compiled kernels loaded from numba's cache) is
+  timed apart, not in the ratio: the tracker proves many archives in one process.
 
 It prints the ratio proof / baseline (the bound: 1.5) in wall and CPU time, seconds per
-million accounts and per GB of storages, and the peak memory (VmHWM) of the check's process
-and of its hash worker.
+million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
+its hash worker (their sum: the process tree's peak at most), the most the proof held of its
+budget, and the peak of its spilled index on disk (docs/architecture.md, "Bounded memory").
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.archives import _add, _FrameEvery
+from tracker.config.values import parse_size
 from tracker.files.archivecheck import READ_SIZE, check_file
+from tracker.proof.budget import AccountsLimits, MemoryBudget
 from tracker.proof.lattice import LtHash
 from tracker.proof.writing import Account, archive_hash_of, write_manifest, write_storage
 
@@ -174,7 +178,7 @@ def baseline(base: Path) -> dict[str, Any]:
     return {"sha256": t1 - t0, "blake3": t2 - t1, "cpu": c2 - c0, "hashed": len(ends)}
 
 
-def prove(base: Path) -> dict[str, Any]:
+def prove(base: Path, memory: int) -> dict[str, Any]:
     """The archive check with level ``accounts``, timed: its one pass and the second read,
     its CPU time with its hash worker's. First, untimed, what a process pays once: numba
     imported, the compiled kernels loaded (``kernels.warm_up``), timed on its own."""
@@ -187,8 +191,12 @@ def prove(base: Path) -> dict[str, Any]:
     once = time.perf_counter() - w0
     watch = _WorkerPeak()
     watch.start()
+    temp = base / "tmp"
+    temp.mkdir(exist_ok=True)
+    budget = MemoryBudget(memory)
+    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget)
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-    verified = check_file(str(path), prove_accounts=10_000_000)
+    verified = check_file(str(path), prove_accounts=limits)
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
     return {
@@ -200,6 +208,9 @@ def prove(base: Path) -> dict[str, Any]:
         "note": verified.proof.note,
         "max_rss": _peak_rss("self"),
         "worker_max_rss": watch.peak,
+        "budget": memory,
+        "held_peak": budget.peak,
+        "spill_peak": budget.spilled_peak,
     }
 
 
@@ -256,9 +267,9 @@ def _find_worker() -> str | None:
     return None
 
 
-def _child(part: str, base: Path) -> dict[str, Any]:
+def _child(part: str, base: Path, memory: int) -> dict[str, Any]:
     answer = subprocess.run(
-        [sys.executable, __file__, "--part", part, "--out", str(base)],
+        [sys.executable, __file__, "--part", part, "--out", str(base), "--memory", str(memory)],
         check=True,
         capture_output=True,
         text=True,
@@ -273,18 +284,19 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", type=parse_size, default=512 * 1024**2)
     parser.add_argument("--part", choices=("baseline", "proof"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        work = baseline if args.part == "baseline" else prove
-        print(json.dumps(work(args.out)))
+        result = baseline(args.out) if args.part == "baseline" else prove(args.out, args.memory)
+        print(json.dumps(result))
         return
     base = build(args.out, args.accounts)
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
-        times = {first: _child(first, base)}
-        times[second] = _child(second, base)
+        times = {first: _child(first, base, args.memory)}
+        times[second] = _child(second, base, args.memory)
         runs.append(times)
     base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
     proof_times = min((r["proof"] for r in runs), key=lambda t: t["check"])
@@ -322,9 +334,16 @@ def main() -> None:
         f"seconds per million accounts: {spent / million:.2f}; "
         f"per GB of storages: {spent / (meta['tar_bytes'] / 1e9):.2f}"
     )
+    tree = proof_times["max_rss"] + proof_times["worker_max_rss"]
     print(
         f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB, "
-        f"of its hash worker: {proof_times['worker_max_rss'] / 2**20:.0f} MiB"
+        f"of its hash worker: {proof_times['worker_max_rss'] / 2**20:.0f} MiB, the tree: "
+        f"{tree / 2**20:.0f} MiB at most; budget {proof_times['budget'] / 2**20:.0f} MiB, "
+        f"held of it at most {proof_times['held_peak'] / 2**20:.1f} MiB"
+    )
+    print(
+        f"peak temporary disk (the spilled index): {proof_times['spill_peak'] / 2**20:.1f} MiB"
+        f" ({proof_times['spill_peak'] / max(1, meta['records']):.1f} bytes a stored version)"
     )
 
 

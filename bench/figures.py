@@ -47,6 +47,7 @@ from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
 from tracker.cache.checked import write_checked
 from tracker.core.digests import Verified
 from tracker.files.archivecheck import check_file
+from tracker.proof.budget import AccountsLimits
 
 Result = dict[str, Any]
 # Never let a system-wide proxy setting reach 127.0.0.1.
@@ -178,7 +179,7 @@ def start_hit_tracker(env: Env, name: str) -> Tracker:
 def _checked(path: Path) -> Verified:
     """What the archive check (accounts level included) says of the file at ``path`` (once per
     bench run), as a refresh wrote it beside the cached file."""
-    return check_file(str(path), prove_accounts=10_000_000)
+    return check_file(str(path), prove_accounts=AccountsLimits())
 
 
 def stop(env: Env, tracker: Tracker, cache_dir: Path | None = None) -> None:

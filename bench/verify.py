@@ -23,8 +23,8 @@ from typing import Any
 
 from bench.tools import find
 from tests.archives import big_archive_name, build_big_archive
-from tracker.fetch.flags import PROVE_ACCOUNTS_MAX
 from tracker.files.archivecheck import check_file
+from tracker.proof.budget import AccountsLimits
 
 Result = dict[str, Any]
 
@@ -63,7 +63,7 @@ def _timed(argv: list[str]) -> tuple[float, float]:
 
 def _in_process(path: Path) -> tuple[float, float]:
     cpu, start = _cpu(resource.RUSAGE_SELF), time.perf_counter()
-    check_file(str(path), prove_accounts=PROVE_ACCOUNTS_MAX)  # as a refresh's check does
+    check_file(str(path), prove_accounts=AccountsLimits())  # as a refresh's check does
     return time.perf_counter() - start, _cpu(resource.RUSAGE_SELF) - cpu
 
 

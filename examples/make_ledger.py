@@ -2,7 +2,9 @@
 
 Real snapshot archives, small, in agave's formats (``tracker.proof.writing``): a tar with
 ``version``, ``snapshots/status_cache``, the manifest ``snapshots/{S}/{S}`` and account
-storages ``accounts/{slot}.{id}`` in agave's AppendVec format, zstd-compressed. Each name's
+storages ``accounts/{slot}.{id}`` in agave's AppendVec format, zstd-compressed in independent
+frames as agave writes its fulls (a frame every 32 MiB of tar; at least two here, so that
+every reader of the examples meets a multi-frame archive). Each name's
 hash is that of the accounts lattice hash of the state at its slot (SIMD-0220: a full's own
 accounts; an incremental's, its full's accounts overlaid with its own), and the manifest's
 bank hash is agave's formula over its fields, so that ``snapshot-tracker verify`` proves them
@@ -33,6 +35,8 @@ from tracker.proof.writing import (  # noqa: E402
     write_storage,
 )
 
+#: Bytes of tar a zstd frame holds at most (agave's fulls: ~32 MiB a frame).
+FRAME = 32 * 1024**2
 #: The full snapshot's slot and its incrementals' slots.
 FULL = 1000
 INCREMENTALS = (1100, 1200)
@@ -96,7 +100,8 @@ def archive_of(slot: int, base: int | None) -> tuple[str, bytes]:
         if base is None
         else f"incremental-snapshot-{base}-{slot}-{hash_}.tar.zst"
     )
-    return name, compress(make_tar(head + entries), "zst")
+    tar = make_tar(head + entries)
+    return name, compress(tar, "zst", pieces=max(2, -(-len(tar) // FRAME)))
 
 
 def archives() -> list[tuple[str, bytes]]:

@@ -36,6 +36,7 @@ from tracker.proof.writing import (
     Account,
     archive_hash_of,
     lattice_of,
+    lattice_of_slots,
     padded,
     write_manifest,
     write_storage,
@@ -534,3 +535,40 @@ class _FrameEvery(io.RawIOBase):
             self._writer.flush(zstandard.FLUSH_FRAME)
             self._in_frame = 0
         return len(data)
+
+
+# --- fulls of many accounts (the accounts proof past its memory) ------------------------------
+
+
+def many_accounts_archive(
+    slot: int, count: int, *, seed: int = 0, empty: bool = False, pieces: int = 4
+) -> tuple[str, bytes]:
+    """(name, bytes) of a full (``.tar.zst`` of ``pieces`` zstd frames, as agave writes) of
+    ``count`` accounts over four storages of slots ``slot - 3`` to ``slot``, every tenth with
+    an older version in an earlier storage; its name carries the state's lattice hash.
+    ``empty``: every account closed, no data, pubkeys counted up (a hostile archive: millions
+    of them compress to a few MiB, and their lattice hash is the empty state's)."""
+    rnd = random.Random(f"many-{seed}-{slot}")
+    stored: dict[int, list[Account]] = {slot - i: [] for i in range(4)}
+    for n in range(count):
+        pubkey = n.to_bytes(32, "big") if empty else rnd.randbytes(32)
+        lamports = 0 if empty else 1 + rnd.randrange(10**9)
+        data = b"" if empty else rnd.randbytes(rnd.randrange(0, 120))
+        newest = slot - (n % 3)
+        stored[newest].append(Account(pubkey, lamports, data))
+        if n % 10 == 0 and not empty:
+            stored[newest - 1].append(Account(pubkey, lamports + 1, b"older"))
+    lattice = lattice_of_slots(stored)
+    valid = {s: write_storage(accounts) for s, accounts in stored.items()}
+    storages = [(s, i, len(data)) for i, (s, data) in enumerate(sorted(valid.items()))]
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", VERSION),
+        ("snapshots", None),
+        (f"snapshots/{slot}", None),
+        (f"snapshots/{slot}/{slot}", write_manifest(slot, lattice, storages)),
+        ("snapshots/status_cache", bytes(1024)),
+    ]
+    for (s, data), (_, ident, _) in zip(sorted(valid.items()), storages, strict=True):
+        entries.append((f"accounts/{s}.{ident}", padded(data)))
+    name = f"snapshot-{slot}-{archive_hash_of(lattice)}.tar.zst"
+    return name, compress(make_tar(entries), "zst", pieces=pieces)

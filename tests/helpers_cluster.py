@@ -22,6 +22,7 @@ from test_proven import ACCOUNT
 from test_verified import GROUP, Fleet, _config, fleet, target
 
 from tracker.files.archivecheck import check_file
+from tracker.proof.budget import AccountsLimits
 
 V = [key(f"validator {n}") for n in range(5)]
 STAKES = {V[0]: 300, V[1]: 250, V[2]: 150, V[3]: 100, V[4]: 200}  # total 1000
@@ -37,7 +38,7 @@ def bank_hash(tmp_path: Path, name: str, data: bytes) -> bytes:
     """The bank hash of the archive's manifest, as the tracker's check reads it."""
     path = tmp_path / f"read-{name}"
     path.write_bytes(data)
-    proof = check_file(str(path), name, prove_accounts=1_000_000).proof
+    proof = check_file(str(path), name, prove_accounts=AccountsLimits(max_accounts=1_000_000)).proof
     path.unlink()
     assert proof.bank_hash is not None
     return base58.b58decode(proof.bank_hash)

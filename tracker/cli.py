@@ -20,10 +20,10 @@ from tracker import __version__
 from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.flags import (
-    PROVE_ACCOUNTS_MAX,
+    accounts_limits_of,
     add_fetch_parser,
     add_log_flags,
-    add_prove_accounts_max,
+    add_prove_accounts_flags,
     count_in,
     duration_arg,
     fetch_main,
@@ -116,7 +116,7 @@ def build_parser() -> Parser:
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
     )
     verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
-    add_prove_accounts_max(verify)
+    add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
     add_key_parsers(commands)
@@ -146,17 +146,19 @@ def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
 
 def verify_main(args: argparse.Namespace) -> int:
     """``snapshot-tracker verify FILE...``: one line per file on stdout (``ok LEVEL SHA256
-    FILE``, the level it was proven to, a full's ``accounts`` included up to
-    ``--prove-accounts-max`` accounts, with the note that says why it stops there when it
+    FILE``, the level it was proven to, a full's ``accounts`` included, in
+    ``--prove-accounts-memory`` bytes whatever its accounts (the index spills to
+    ``--prove-accounts-temp-dir`` past it), with the note that says why it stops lower when it
     could go higher; or ``bad FILE: REASON``); 0 when all pass. With ``--trust-key``, a file
     passes only when enough trusted keys vouch for it in signed statements."""
     from tracker.files.archivecheck import check_file
 
     trust = trust_of(args)
+    limits = accounts_limits_of(args)
     failed = False
     for path in args.files:
         try:
-            checked = check_file(path, prove_accounts=args.prove_accounts_max)
+            checked = check_file(path, prove_accounts=limits)
             problem = vouch_problem(path, checked, trust, args.attestation)
         except ArchiveInvalid as exc:
             problem = exc.reason
@@ -177,6 +179,7 @@ def attest_main(args: argparse.Namespace) -> int:
     it proved beside it; one line per file; 0 when every file was signed, 1 when one was
     not, 2 for an unusable key file."""
     from tracker.files.archivecheck import check_file
+    from tracker.proof.budget import AccountsLimits
 
     try:
         signer = load_key(args.key)
@@ -186,7 +189,7 @@ def attest_main(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            checked = check_file(path, prove_accounts=PROVE_ACCOUNTS_MAX)
+            checked = check_file(path, prove_accounts=AccountsLimits())  # the defaults
             written = sign_file(path, checked, signer, args.valid_for)
         except ArchiveInvalid as exc:
             failed = True

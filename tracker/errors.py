@@ -34,7 +34,9 @@ exception class::
     │                      by tracker.files.streamparse; it words its own ArchiveInvalid)
     ├── StatementInvalid   a signed statement about an archive (an attestation) or its signing
     │                      key is malformed, badly signed, expired or about another file
-    └── VoteInvalid        a vote instruction's data does not decode (the cluster level)
+    ├── VoteInvalid        a vote instruction's data does not decode (the cluster level)
+    └── NoRoom             the accounts proof cannot go on in its memory or its temporary
+                           space (the archive stays at ``manifest`` with the note)
 """
 
 from __future__ import annotations
@@ -195,3 +197,12 @@ class StatementInvalid(TrackerError):
 class VoteInvalid(TrackerError):
     """A vote-program instruction's data does not decode as its kind (docs/architecture.md,
     "The cluster level"); the message is one line."""
+
+
+class NoRoom(TrackerError):
+    """The accounts proof cannot go on in its memory budget or its temporary space
+    (docs/architecture.md, "Bounded memory"); ``note`` says why, in one line."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note

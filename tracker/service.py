@@ -194,7 +194,7 @@ def build(
     prefetcher = Prefetcher(current, index, streamer, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
-    local_proofs = LocalProofs(current, index, digests, votes=votes)
+    local_proofs = LocalProofs(current, index, digests, votes=votes, accounts=streamer.proof_limits)
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it
     health = HealthChecker(current, index, rpc)

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import trio
 from agave_storages import ARCHIVE
-from archives import build_archive, compress, make_tar
+from archives import build_archive, compress, make_tar, many_accounts_archive
 
 from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import FollowingCheck, check_file
 from tracker.proof.accountsprover import MISMATCH
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level
 from tracker.proof.writing import (
     Account,
@@ -81,7 +82,10 @@ def test_a_full_whose_storages_give_the_manifests_lattice_hash_reaches_accounts(
     tmp_path: Path, compression: str
 ) -> None:
     path = write_archive(tmp_path, STATE, compression=compression)
-    assert check_file(str(path), prove_accounts=1000).proof.level == Level.ACCOUNTS
+    assert (
+        check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof.level
+        == Level.ACCOUNTS
+    )
     assert check_file(str(path)).proof.level == Level.MANIFEST  # off: the manifest only
 
 
@@ -95,14 +99,14 @@ def test_the_tests_archives_prove_to_accounts(
         name, data = build_archive(1100, base_slot=base, compression=compression, accounts=accounts)
         path = tmp_path / name
         path.write_bytes(data)
-        proof = check_file(str(path), prove_accounts=1000).proof
+        proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
         assert proof.level == (Level.ACCOUNTS if base is None else Level.MANIFEST), name
 
 
 def test_agaves_own_archive_reaches_accounts(tmp_path: Path) -> None:
     path = tmp_path / "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
     shutil.copy(ARCHIVE, path)
-    proof = check_file(str(path), prove_accounts=1000).proof
+    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
     assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
 
 
@@ -110,7 +114,7 @@ def test_changed_accounts_under_the_manifests_lattice_hash_are_refused(tmp_path:
     forged = {**STATE, 490: [Account(key(2), 0), Account(key(3), 7_000_000, b"three")]}
     path = write_archive(tmp_path, forged, lt_hash=lattice(STATE))
     with pytest.raises(ArchiveInvalid) as caught:
-        check_file(str(path), prove_accounts=1000)
+        check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000))
     assert caught.value.reason == MISMATCH
     assert "accounts_lt_hash" in MISMATCH
     assert check_file(str(path)).proof.level == Level.MANIFEST  # what the manifest alone shows
@@ -118,12 +122,15 @@ def test_changed_accounts_under_the_manifests_lattice_hash_are_refused(tmp_path:
 
 def test_an_incremental_stays_at_manifest(tmp_path: Path) -> None:
     path = write_archive(tmp_path, STATE, base_slot=400)
-    assert check_file(str(path), prove_accounts=1000).proof.level == Level.MANIFEST
+    assert (
+        check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof.level
+        == Level.MANIFEST
+    )
 
 
 def test_over_the_bound_the_archive_stays_at_manifest_and_says_so(tmp_path: Path) -> None:
     path = write_archive(tmp_path, STATE)
-    proof = check_file(str(path), prove_accounts=2).proof
+    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=2)).proof
     assert (proof.level, proof.note) == (
         Level.MANIFEST,
         "not proven: 5 accounts over the bound of 2",
@@ -135,7 +142,9 @@ async def test_a_following_check_proves_accounts_with_a_second_read(tmp_path: Pa
     data = archive.read_bytes()
     part = tmp_path / "part"
     with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
-        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=1000)
+        check = FollowingCheck.start(
+            f.fileno(), archive.name, prove_accounts=AccountsLimits(max_accounts=1000)
+        )
         for at in range(0, len(data), 1000):
             f.write(data[at : at + 1000])
             f.flush()
@@ -154,3 +163,26 @@ def _points_to(fd: str, path: Path) -> bool:
         return os.readlink(f"/proc/self/fd/{fd}") == str(path)
     except OSError:
         return False
+
+
+async def test_a_following_check_cancelled_after_its_spill_began_removes_the_files(
+    tmp_path: Path,
+) -> None:
+    name, data = many_accounts_archive(9000, 12_000, seed=3)
+    temp = tmp_path / "spill"
+    temp.mkdir()
+    limits = AccountsLimits(memory=1024**2, temp_dir=str(temp))
+    part = tmp_path / name
+    with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
+        check = FollowingCheck.start(f.fileno(), name, prove_accounts=limits)
+        cut = len(data) * 9 // 10  # the storages mostly there, not the end
+        f.write(data[:cut])
+        f.flush()
+        check.advance(cut)
+        with trio.fail_after(30):
+            while not os.listdir(temp):  # the index spilled: its directory is there
+                await trio.sleep(0.01)
+        check.cancel()
+        with trio.fail_after(30), pytest.raises(ArchiveInvalid, match="check cancelled"):
+            await check.result()
+    assert os.listdir(temp) == []

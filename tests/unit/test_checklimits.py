@@ -129,7 +129,7 @@ def test_a_pax_size_is_refused_before_its_number_is_read(digits: int) -> None:
 
 
 def test_an_unexpected_error_of_a_decoder_is_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(ext: str):  # type: ignore[no-untyped-def]
+    def broken(ext: str, workers: int = 1):  # type: ignore[no-untyped-def]
         def decode(chunks, sink):  # type: ignore[no-untyped-def]
             chunks()
             raise ValueError("Exceeds the limit (4300 digits)\nfor integer string conversion")

@@ -24,7 +24,7 @@ def test_every_subcommand_is_seen() -> None:
     commands = {"serve", "check-config", "fetch", "verify", "attest", "keygen", "pubkey"}
     assert set(build_parser().commands) == commands
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
-    assert len(fetch) == 26
+    assert len(fetch) == 29
 
 
 @pytest.mark.parametrize(
@@ -43,10 +43,13 @@ def test_help_names_the_defaults() -> None:
         assert shown in fetch
     flat = " ".join(fetch.split())
     assert '"The accounts level") (default: true)' in flat  # --prove-accounts
-    assert "said so (default: 10000000)" in flat  # --prove-accounts-max
+    assert "said so (default: no bound)" in flat  # --prove-accounts-max
+    assert "(default: 512MiB)" in flat  # --prove-accounts-memory
     verify = " ".join(build_parser().commands["verify"].format_help().split())
     assert "--prove-accounts-max N a full of more accounts" in verify
-    assert "said so (default: 10000000)" in verify
+    assert "said so (default: no bound)" in verify
+    assert "--prove-accounts-memory SIZE memory of the accounts proof" in verify
+    assert "--prove-accounts-temp-dir DIR where" in verify
 
 
 @pytest.mark.parametrize(

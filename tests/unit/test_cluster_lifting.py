@@ -11,6 +11,7 @@ from names import full_name, incremental_name
 from tracker.cache.checked import Checking
 from tracker.cache.lifting import liftable, required_proof
 from tracker.errors import ArchiveInvalid
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level, Proof, checked_for
 
 FULL = full_name(500)
@@ -113,7 +114,9 @@ def test_what_a_refresh_needs_of_the_votes(
     require: Level, proof: Proof, answer: Proof | None, outcome: Proof | str, asked: bool
 ) -> None:
     votes = FixedVotes(answer)
-    checking = Checking(verify=True, require=require, prove_accounts=1000, voter=votes)
+    checking = Checking(
+        verify=True, require=require, prove_accounts=AccountsLimits(max_accounts=1000), voter=votes
+    )
 
     async def main() -> Proof | str:
         try:

@@ -62,6 +62,10 @@ def test_the_required_level_of_a_group(
         ),
         ("manifest_read: 1KiB\n", "manifest_read", "must be from 1048576 to"),
         ("prove_accounts_max: 10\n", "prove_accounts_max", "must be from 1000 to"),
+        ("prove_accounts_memory: 1KiB\n", "prove_accounts_memory", "must be from 1048576 to"),
+        ("prove_accounts_memory: lots\n", "prove_accounts_memory", "expected a size like"),
+        ("prove_accounts_temp_dir: [a]\n", "prove_accounts_temp_dir", "expected"),
+        ("proof_workers: 0\n", "proof_workers", "must be from 1 to 1024"),
         ("cluster_proof: {blocks: 0}\n", "cluster_proof.blocks", "must be from 1 to 512"),
         ("cluster_proof: {deadline: 0}\n", "cluster_proof.deadline", "must be from 1s"),
         (
@@ -86,7 +90,10 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
     config = load(tmp_path, "target_groups: [{group: g}]\n")
     assert config.prove_accounts is True
     assert config.manifest_read == 512 * 1024**2
-    assert config.prove_accounts_max == 10_000_000
+    assert config.prove_accounts_max is None  # a mainnet full is proven: no count bound
+    assert config.prove_accounts_memory == 512 * 1024**2
+    assert config.prove_accounts_temp_dir == ""
+    assert config.proof_workers is None  # the machine's cores
     assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
 
 

@@ -15,6 +15,7 @@ from names import full_name
 from tracker.config.values import parse_size
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 from tracker.multisource.claims import MIN_STEAL, Pieces
+from tracker.proof.budget import AccountsLimits
 
 MiB = 1024 * 1024
 
@@ -197,22 +198,34 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "bound"),
+    ("flags", "limits"),
     [
-        ([], 10_000_000),
-        (["--prove-accounts"], 10_000_000),
+        ([], AccountsLimits()),
+        (["--prove-accounts"], AccountsLimits()),
         (["--prove-accounts=false"], None),
-        (["--prove-accounts-max", "2000"], 2000),
+        (["--prove-accounts-max", "2000"], AccountsLimits(max_accounts=2000)),
         (["--prove-accounts=false", "--prove-accounts-max", "2000"], None),
+        (["--prove-accounts-memory", "2GiB"], AccountsLimits(memory=2 * 1024**3)),
+        (["--prove-accounts-temp-dir", "/x"], AccountsLimits(temp_dir="/x")),
     ],
 )
-def test_prove_accounts_flags(flags: list[str], bound: int | None) -> None:
-    """``--prove-accounts`` (on by default) and its bound reach the download's settings."""
+def test_prove_accounts_flags(flags: list[str], limits: AccountsLimits | None) -> None:
+    """``--prove-accounts`` (on by default), its memory, temporary directory and optional
+    bound reach the download's settings; no count bound unless given."""
     from tracker.cli import build_parser
     from tracker.fetch.flags import options_of
 
     args = build_parser().parse_args(["fetch", "--ledger", "l", "--tracker", "http://t", *flags])
-    assert options_of(args).settings.prove_accounts == bound
+    assert options_of(args).settings.prove_accounts == limits
+
+
+def test_a_memory_below_the_smallest_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracker.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["verify", "--prove-accounts-memory", "1KiB", "f"])
+    assert exited.value.code == 2
+    assert "--prove-accounts-memory: expected at least 1048576 bytes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

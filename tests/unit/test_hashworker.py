@@ -25,10 +25,11 @@ from test_proof_accounts import reread_from
 from tracker.errors import ArchiveInvalid
 from tracker.files import hashworker
 from tracker.files.archivecheck import FollowingCheck, check_file
-from tracker.files.hashworker import HashWorker
+from tracker.files.hashworker import HashPool, HashWorker
 from tracker.proof import kernels
 from tracker.proof.accounthash import LocalSum
 from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.budget import AccountsLimits, WorkerSlots
 from tracker.proof.levels import Level
 from tracker.proof.pubkeyindex import PubkeyIndex
 from tracker.proof.storages import MAX_DATA, META
@@ -78,9 +79,32 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     assert not workers()
 
 
+@pytest.mark.parametrize("free", [3, 1, 0])
+def test_a_pool_of_workers_sums_what_the_calling_thread_sums_with_the_slots_it_got(
+    free: int,
+) -> None:
+    rng = np.random.default_rng(6)
+    slots = WorkerSlots(free)
+    pool, here = HashPool(3, slots, start_from=0), LocalSum()
+    assert slots.used == free  # as many children as slots were free, never more
+    try:
+        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1), (4000, 1), (300, -1)):
+            work, ends = batch(rng, count)
+            pool.add(work, ends, sign)
+            here.add(work, ends, sign)
+        assert pool.busy == free  # every child it got took batches (partial sums)
+        total, note = pool.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        pool.close()
+    assert slots.used == 0  # given back
+    assert not workers()
+
+
 def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
     worker = HashWorker(start_from=0)
-    proof = AccountsProof(1000, worker)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()
     feed(proof, given[0], 4096)
     assert worker.pid is not None
@@ -98,7 +122,7 @@ def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
 ) -> None:
     monkeypatch.setattr(hashworker, "STALLED", 0.3)
     worker = HashWorker(start_from=0)
-    proof = AccountsProof(1000, worker)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()
     feed(proof, given[0], 4096)
     assert worker.pid is not None
@@ -113,7 +137,7 @@ def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
 
 
 def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None:
-    proof = AccountsProof(1000, HashWorker(start_from=0))
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), HashWorker(start_from=0))
     given = storages()
     for storage in given:
         feed(proof, storage, 4096)
@@ -126,13 +150,16 @@ def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(
 ) -> None:
     monkeypatch.setattr(hashworker, "START_FROM", 0)
     good = write_archive(tmp_path, STATE)
-    assert check_file(str(good), prove_accounts=1000).proof.level == Level.ACCOUNTS
+    assert (
+        check_file(str(good), prove_accounts=AccountsLimits(max_accounts=1000)).proof.level
+        == Level.ACCOUNTS
+    )
     assert not workers()
     forged = {**STATE, 490: [Account(b"\2" * 32, 0), Account(b"\3" * 32, 7, b"x")]}
     (tmp_path / "bad").mkdir()
     bad = write_archive(tmp_path / "bad", forged, lt_hash=bytes(2048))
     with pytest.raises(ArchiveInvalid):
-        check_file(str(bad), prove_accounts=1000)
+        check_file(str(bad), prove_accounts=AccountsLimits(max_accounts=1000))
     assert not workers()
 
 
@@ -144,7 +171,9 @@ async def test_a_cancelled_check_stops_its_worker(
     data = archive.read_bytes()
     part = tmp_path / "part"
     with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
-        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=1000)
+        check = FollowingCheck.start(
+            f.fileno(), archive.name, prove_accounts=AccountsLimits(max_accounts=1000)
+        )
         f.write(data[:-1024])  # the storages, not the tar's end: the check waits for more
         f.flush()
         check.advance(len(data) - 1024)
@@ -185,7 +214,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 def test_kernels_interpreted_and_compiled_prove_the_same(mode: str, chunk: int) -> None:
     given = storages()
     for order in (given, given[::-1]):
-        proof = AccountsProof(1000)
+        proof = AccountsProof(AccountsLimits(max_accounts=1000))
         for storage in order:
             feed(proof, storage, chunk)
         assert proof.finish(reread_from({s.name: s.data for s in given})) == (
@@ -200,7 +229,8 @@ def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
     path = write_archive(tmp_path, STATE)
     code = (
         "import sys; from tracker.files.archivecheck import check_file; "
-        f"print(check_file({str(path)!r}, prove_accounts=1000).proof.level.label, "
+        "from tracker.proof.budget import AccountsLimits; "
+        f"print(check_file({str(path)!r}, prove_accounts=AccountsLimits()).proof.level.label, "
         "'numba' in sys.modules)"
     )
     answer = subprocess.run(
@@ -275,7 +305,9 @@ async def test_a_following_check_of_a_large_full_proves_it_with_a_worker(tmp_pat
     part = tmp_path / "part"
     step = len(data) // 7 + 1
     with open(part, "wb") as f:  # noqa: ASYNC230 (a local temp file, as test_archivecheck's)
-        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=100_000)
+        check = FollowingCheck.start(
+            f.fileno(), archive.name, prove_accounts=AccountsLimits(max_accounts=100_000)
+        )
         for at in range(0, len(data), step):
             f.write(data[at : at + step])
             f.flush()
@@ -318,7 +350,7 @@ def test_the_second_reads_records_are_found_within_the_chunk(
 
 def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hashworker.sys, "executable", "/nonexistent/python")
-    proof = AccountsProof(1000, HashWorker(start_from=0))
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), HashWorker(start_from=0))
     given = storages()
     for storage in given:
         feed(proof, storage, 4096)

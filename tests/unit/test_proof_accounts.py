@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tracker.errors import ArchiveInvalid
 from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.writing import Account, lattice_of_slots, write_storage
 
 Members = dict[str, bytes]
@@ -28,9 +29,12 @@ def reread_from(members: Members) -> Callable[[str, int], Iterable[bytes]]:
 
 
 def prove(
-    given_storages: Sequence[Storage], chunk: int = 4096, max_accounts: int = 1000
+    given_storages: Sequence[Storage],
+    chunk: int = 4096,
+    max_accounts: int = 1000,
+    limits: AccountsLimits | None = None,
 ) -> tuple[bytes | None, str | None]:
-    proof = AccountsProof(max_accounts)
+    proof = AccountsProof(limits or AccountsLimits(max_accounts=max_accounts))
     for storage in given_storages:
         feed(proof, storage, chunk)
     return proof.finish(reread_from({s.name: s.data for s in given_storages}))
@@ -53,7 +57,7 @@ def test_the_superseded_version_is_left_out_whatever_order_the_storages_come_in(
 
 
 def test_without_a_second_read_an_older_version_first_is_not_proven() -> None:
-    proof = AccountsProof(1000)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000))
     for storage in storages():  # slot 98 first: its version counted, superseded later
         feed(proof, storage, 4096)
     assert proof.finish(None) == (
@@ -63,7 +67,7 @@ def test_without_a_second_read_an_older_version_first_is_not_proven() -> None:
 
 
 def test_the_newest_version_first_needs_no_second_read() -> None:
-    proof = AccountsProof(1000)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000))
     for storage in reversed(storages()):
         feed(proof, storage, 4096)
     assert proof.finish(None) == (expected_lt_hash(), None)
@@ -188,7 +192,7 @@ def test_a_valid_length_past_the_file_and_a_short_member_are_refused() -> None:
     assert refused([Storage(7, 1, storage.data, 500)]) == (
         "accounts/7.1: the manifest's length 500 is past the file's 139 bytes"
     )
-    proof = AccountsProof(10)
+    proof = AccountsProof(AccountsLimits(max_accounts=10))
     with pytest.raises(
         ArchiveInvalid, match=r"^accounts/7\.1: the member ends at byte 139 of its 300$"
     ):
@@ -197,7 +201,7 @@ def test_a_valid_length_past_the_file_and_a_short_member_are_refused() -> None:
 
 def test_over_the_bound_the_level_stops_and_says_why() -> None:
     slots = {s: [Account(key(s * 100 + n), 1) for n in range(30)] for s in range(1, 5)}
-    proof = AccountsProof(50)
+    proof = AccountsProof(AccountsLimits(max_accounts=50))
     for storage in built(slots, sorted(slots)):
         feed(proof, storage, 4096)
     assert proof.finish(None) == (None, "not proven: 120 accounts over the bound of 50")
@@ -205,7 +209,7 @@ def test_over_the_bound_the_level_stops_and_says_why() -> None:
 
 def test_superseded_versions_past_the_bound_stop_the_level_too() -> None:
     slots = {s: [Account(key(n), s) for n in range(20)] for s in range(1, 5)}
-    proof = AccountsProof(50)
+    proof = AccountsProof(AccountsLimits(max_accounts=50))
     for storage in built(slots, sorted(slots)):
         feed(proof, storage, 4096)
     assert proof.finish(None) == (None, "not proven: 80 accounts over the bound of 50")
@@ -214,13 +218,13 @@ def test_superseded_versions_past_the_bound_stop_the_level_too() -> None:
 def test_a_second_read_that_differs_is_refused() -> None:
     slots = {1: [Account(key(1), 5, b"x")], 2: [Account(key(1), 6, b"y")]}
     made = built(slots, [1, 2])
-    proof = AccountsProof(10)
+    proof = AccountsProof(AccountsLimits(max_accounts=10))
     for storage in made:
         feed(proof, storage, 4096)
     changed = write_storage([Account(key(1), 0, b"x")])
     with pytest.raises(ArchiveInvalid, match="second read of the record at byte 0 differs"):
         proof.finish(reread_from({"accounts/1.0": changed, "accounts/2.1": made[1].data}))
-    proof = AccountsProof(10)
+    proof = AccountsProof(AccountsLimits(max_accounts=10))
     for storage in made:
         feed(proof, storage, 4096)
     with pytest.raises(ArchiveInvalid, match="second read ended at byte 0, before"):

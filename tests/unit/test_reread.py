@@ -13,6 +13,7 @@ from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
 from tracker.errors import ArchiveInvalid
 from tracker.files.reread import ArchiveReread
 from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.budget import AccountsLimits
 
 
 @pytest.fixture(params=[".tar.zst", ".tar"])
@@ -40,7 +41,7 @@ def test_members_are_read_again_from_an_offset_in_archive_order(archive: tuple[s
 
 
 def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]) -> None:
-    proof = AccountsProof(100)
+    proof = AccountsProof(AccountsLimits(max_accounts=100))
     for storage in storages():  # slot 98 first: its superseded version is read again
         feed(proof, storage, 4096)
     reread = ArchiveReread(*archive)

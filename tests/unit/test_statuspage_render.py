@@ -24,6 +24,7 @@ from tracker.web.statuspage import (
     CachedView,
     CacheView,
     GroupView,
+    ProofView,
     StatusView,
     TargetView,
     format_age,
@@ -362,6 +363,15 @@ def test_a_targets_throughput_shows_the_probed_and_achieved_figures(
         assert part in page
     for part in absent:
         assert part not in page
+
+
+def test_running_accounts_proofs_show_their_progress() -> None:
+    proof = ProofView(
+        records=12_345_678, bytes=3 * 1024**3, spilled=2 * 1024**2, held=5, workers_busy=1
+    )
+    page = render_status(view(cache=CacheView("/c", (), (), proofs=(proof,))))
+    assert "Accounts proof running: 12,345,678 accounts, 3.0 GiB of storages read" in page
+    assert "spilled to disk" in page and "1 worker busy" in page
 
 
 def section(page: str, anchor: str) -> str:

@@ -48,6 +48,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.files.archivecheck import check_stream
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.tarwalk import Header
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level
 
 
@@ -63,7 +64,8 @@ def check_reading(tar: bytes, tmp_path: Path) -> tuple[Level, list[Unpacked]]:
         reading.append(Unpacked(head.name, kind, head.size, at))
 
     with open(path, "rb", buffering=0) as file:
-        accounts = accounts_prover(NAME, 1000, f"/proc/self/fd/{file.fileno()}")
+        limits = AccountsLimits(max_accounts=1000)
+        accounts = accounts_prover(NAME, limits, f"/proc/self/fd/{file.fileno()}")
         with proving(accounts):
             verified = check_stream(file.read, NAME, accounts=accounts, seen=seen)
     return verified.proof.level, reading

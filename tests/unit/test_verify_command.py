@@ -18,9 +18,11 @@ from archives import (
     huge_pax_size_archive,
     huge_pax_size_reason,
     make_tar,
+    many_accounts_archive,
 )
 
 from tracker.cli import main
+from tracker.proof import spill
 from tracker.proof.accountsprover import MISMATCH
 from tracker.proof.writing import (
     Account,
@@ -110,5 +112,30 @@ def test_verify_proves_fulls_to_accounts_up_to_its_bound(
         f"ok manifest {sha[1]} {paths[1]} (not proven: 1001 accounts over the bound of 1000)",
         f"bad {paths[2]}: {MISMATCH}",
     ]
-    assert main(["verify", str(paths[1])]) == 0  # the default bound: 10,000,000
+    assert main(["verify", str(paths[1])]) == 0  # no bound by default
     assert capsys.readouterr().out == f"ok accounts {sha[1]} {paths[1]}\n"
+
+
+def test_verify_proves_a_full_larger_than_its_memory_by_spilling_to_its_temp_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, data = many_accounts_archive(SLOT + 3, 12_000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    temp = tmp_path / "spill"
+    temp.mkdir()
+    seen: list[list[str]] = []
+    real = spill.SpillIndex.flush
+
+    def flush(self: spill.SpillIndex) -> None:  # the spill seen as it happens
+        real(self)
+        seen.append(os.listdir(temp))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spill.SpillIndex, "flush", flush)
+        flags = ["--prove-accounts-memory", "1MiB", "--prove-accounts-temp-dir", str(temp)]
+        assert main(["verify", *flags, str(path)]) == 0
+    sha = hashlib.sha256(data).hexdigest()
+    assert capsys.readouterr().out == f"ok accounts {sha} {path}\n"
+    assert seen and all(len(names) == 1 for names in seen)  # one directory of the proof's
+    assert os.listdir(temp) == []  # removed at the end

@@ -39,6 +39,7 @@ from tracker.core.digests import (
 from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
 
 if TYPE_CHECKING:
@@ -50,14 +51,15 @@ log = logging.getLogger("tracker.cache")
 @attrs.frozen
 class Checking:
     """How one archive of a group is checked as it is cached: at all (``verify_archives``),
-    the level it must reach (its group's ``trust.require``), the bound of its ``accounts``
-    proof (``prove_accounts_max``; None: fulls are not proven to ``accounts``) and, for a
+    the level it must reach (its group's ``trust.require``), the limits of its ``accounts``
+    proof (the shared memory budget, the temporary directory; None: fulls are not proven to
+    ``accounts``) and, for a
     group that requires ``cluster``, who asks the cluster's votes before its readers get
     their last bytes (:mod:`tracker.cache.lifting`)."""
 
     verify: bool = False
     require: Level = Level.STRUCTURE
-    prove_accounts: int | None = None
+    prove_accounts: AccountsLimits | None = None
     voter: Voter | None = None
 
 
@@ -86,13 +88,13 @@ class CheckedFiles:
         digests: Digests | None = None,
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
-        prove_accounts: int | None = None,
+        prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
     ) -> None:
         self.verify = verify
         self.voter = voter
         self._required = required
-        #: The bound of the ``accounts`` proof of fulls (None: not proven).
+        #: The limits of the ``accounts`` proof of fulls (None: not proven).
         self.prove_accounts = prove_accounts
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
@@ -298,11 +300,11 @@ async def open_copy(path: str) -> tuple[int, os.stat_result]:
 
 
 async def check_opened(
-    fd: int, st: os.stat_result, name: str, prove_accounts: int | None
+    fd: int, st: os.stat_result, name: str, prove_accounts: AccountsLimits | None
 ) -> Verified:
     """Check the archive ``name`` held complete and open at ``fd`` (``st``: its status;
     closed here in every case), a full proven to ``accounts`` within ``prove_accounts``
-    (the bound; None: not proven), in a worker thread. Raises ArchiveInvalid when the
+    (its limits; None: not proven), in a worker thread. Raises ArchiveInvalid when the
     archive fails, OSError when it cannot be read (a descriptor short included);
     cancellation stops the check. The cache's start-up check and the check of local files
     (:mod:`tracker.proving.localfiles`) both use it."""

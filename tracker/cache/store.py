@@ -51,6 +51,7 @@ from tracker.core.logs import log_event
 from tracker.core.redact import redact_text
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.proof.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
@@ -192,12 +193,12 @@ class Cache:
         digests: Digests,
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
-        prove_accounts: int | None = None,
+        prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
         an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
-        the bound of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
+        the limits of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
         votes, :mod:`tracker.cache.lifting`); before :meth:`startup_cleanup`."""
         self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts, voter)
 
@@ -306,14 +307,20 @@ class Cache:
         """
         try:
             os.makedirs(self.root, exist_ok=True)
-            groups = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+            groups = [
+                e
+                for e in os.scandir(self.root)
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
+            ]
         except OSError as exc:
             self.problem = f"{exc.strerror}: {self.root!r}"
             log_event(log, "error", "cache_unusable", root=self.root, error=exc)
             return 0
         if self.check_directory():
             log_event(log, "error", "cache_unusable", root=self.root, error=self.problem)
-        removed = 0
+        # the accounts proofs' spilled files left by a tracker killed in the middle
+        # (docs/architecture.md, "Bounded memory"); a dot directory, never a group's
+        removed = clean_leftovers(os.path.join(self.root, CACHE_TEMP))
         for group in groups:
             entries = scan(group.path)
             for entry in entries:

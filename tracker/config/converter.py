@@ -182,7 +182,11 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         # A manifest is read once per archive and source: at least a test validator's, at
         # most what a mainnet manifest could grow to.
         "manifest_read": values.size_in(1024**2, 16 * 1024**3),
-        "prove_accounts_max": values.integer_in(1000, 1_000_000_000),
+        "prove_accounts_max": values.integer_in(1000, 1_000_000_000_000),
+        # A budget below a few MiB would spill almost every account: the smallest is for tests.
+        "prove_accounts_memory": values.size_in(1024**2),
+        "prove_accounts_temp_dir": files.cache_dir,
+        "proof_workers": values.integer_in(1, 1024),
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),
     }
 

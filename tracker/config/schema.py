@@ -13,6 +13,7 @@ import base64
 import attrs
 
 from tracker.config.values import check_target, format_address, parse_address, parse_duration
+from tracker.proof.budget import DEFAULT_MEMORY
 from tracker.proof.levels import Level
 
 __all__ = [
@@ -376,9 +377,19 @@ class Config:
     #: Prove fulls to level ``accounts`` where their bytes pass through the tracker
     #: (docs/architecture.md, "Proven archives").
     prove_accounts: bool = True
-    #: Accounts (versions) one ``accounts`` proof indexes at most; over it the archive stays
-    #: at ``manifest``, said so.
-    prove_accounts_max: int = 10_000_000
+    #: The operator's bound on the accounts (versions) of one ``accounts`` proof; over it the
+    #: archive stays at ``manifest``, said so. None: no bound (the memory is bounded by
+    #: ``prove_accounts_memory`` whatever the count).
+    prove_accounts_max: int | None = None
+    #: The bytes of memory every ``accounts`` proof of the tracker shares (docs/architecture.md,
+    #: "The accounts level" → "Bounded memory"): past it the index spills to disk.
+    prove_accounts_memory: int = DEFAULT_MEMORY
+    #: Where the proofs' spilled index lives; empty: ``.accounts-proof`` in the cache
+    #: directory.
+    prove_accounts_temp_dir: str = ""
+    #: Processes the accounts proofs use at most, the tracker's own included (its hashing
+    #: children: this less one, at least one); None: the machine's cores.
+    proof_workers: int | None = None
     #: Redirect mode: the bounded head read of a source's copy that proves its manifest.
     manifest_read: int = 512 * 1024**2
     cluster_proof: ClusterProof = ClusterProof()

@@ -32,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 from tracker import __version__
 from tracker.core.collectors import COLLECTORS, PREFIX, SCRAPE_BUCKETS
 from tracker.core.probemetrics import ProbeSeries
+from tracker.core.proofmetrics import ProofProgress
 from tracker.core.redact import redact_text
 
 #: What happened to an archive request (label ``outcome``).
@@ -124,6 +125,9 @@ class Metrics:
             SCRAPE_BUCKETS,
         )
         reg.register(self.probes)
+        #: The accounts proofs' progress; the proxy tells it its shared budget.
+        self.proofs = ProofProgress()
+        reg.register(self.proofs)
         for spec in COLLECTORS:
             setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):

@@ -19,6 +19,13 @@ from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
+from tracker.proof.budget import (
+    DEFAULT_MEMORY,
+    AccountsLimits,
+    MemoryBudget,
+    WorkerSlots,
+    default_workers,
+)
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 if TYPE_CHECKING:
@@ -28,10 +35,11 @@ if TYPE_CHECKING:
     from tracker.fetch.run import FetchOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: ``--prove-accounts-max``: its default and its range (those of the config's
-#: ``prove_accounts_max``).
-PROVE_ACCOUNTS_MAX = 10_000_000
-PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000)
+#: ``--prove-accounts-max``: its range (that of the config's ``prove_accounts_max``; no
+#: bound unless given).
+PROVE_ACCOUNTS_RANGE = (1000, 1_000_000_000_000)
+#: ``--prove-accounts-memory``: its smallest value (that of ``prove_accounts_memory``).
+PROVE_ACCOUNTS_MIN_MEMORY = 1024**2
 
 log = logging.getLogger("tracker.fetch")
 
@@ -100,15 +108,63 @@ def count_in(lowest: int, highest: int) -> Any:
     return check
 
 
-def add_prove_accounts_max(command: argparse.ArgumentParser) -> None:
-    """``--prove-accounts-max``, as ``fetch`` and ``verify`` take it."""
+def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
+    """``--prove-accounts-max``, ``--prove-accounts-memory``, ``--proof-workers`` and
+    ``--prove-accounts-temp-dir``, as ``fetch`` and ``verify`` take them
+    (docs/architecture.md, "Bounded memory")."""
     command.add_argument(
         "--prove-accounts-max",
         type=count_in(*PROVE_ACCOUNTS_RANGE),
-        default=PROVE_ACCOUNTS_MAX,
+        default=None,
         metavar="N",
         help="a full of more accounts than this stays at level manifest, said so (default: "
-        "%(default)s)",
+        "no bound)",
+    )
+    command.add_argument(
+        "--prove-accounts-memory",
+        type=_size_from(PROVE_ACCOUNTS_MIN_MEMORY),
+        default=DEFAULT_MEMORY,
+        metavar="SIZE",
+        help="memory of the accounts proof (e.g. 2GiB); past it its index spills to "
+        "--prove-accounts-temp-dir (default: 512MiB)",
+    )
+    command.add_argument(
+        "--proof-workers",
+        type=count_in(1, 1024),
+        default=None,
+        metavar="N",
+        help="processes the accounts proof uses at most, this one included (default: the "
+        "machine's cores)",
+    )
+    command.add_argument(
+        "--prove-accounts-temp-dir",
+        default=None,
+        metavar="DIR",
+        help="where the accounts proof's index spills (default: the system's temporary directory)",
+    )
+
+
+def _size_from(lowest: int) -> Any:
+    def check(text: str) -> int:
+        value = _size(text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected at least {lowest} bytes, got {text!r}")
+        return value
+
+    return check
+
+
+def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
+    """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
+    that every proof of the run shares (``fetch`` checks several downloads at once)."""
+    workers = args.proof_workers or default_workers()
+    return AccountsLimits(
+        memory=args.prove_accounts_memory,
+        max_accounts=args.prove_accounts_max,
+        temp_dir=args.prove_accounts_temp_dir,
+        workers=workers,
+        budget=MemoryBudget(args.prove_accounts_memory),
+        slots=WorkerSlots(max(1, workers - 1)),
     )
 
 
@@ -201,7 +257,7 @@ def add_fetch_parser(commands: Any) -> None:
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
     add_trust_key_flags(fetch, count_in)
-    add_prove_accounts_max(fetch)
+    add_prove_accounts_flags(fetch)
     add(
         "--connections",
         type=count_in(1, 64),
@@ -292,7 +348,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         request_timeout=args.request_timeout,
         verify=args.verify,
         require=required,
-        prove_accounts=args.prove_accounts_max if args.prove_accounts else None,
+        prove_accounts=accounts_limits_of(args) if args.prove_accounts else None,
         trust=TrustPolicy(frozenset(args.trust_key), args.trust_min, required),
     )
     return FetchOptions(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tracker.fetch.trust import TrustPolicy
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level
 
 if TYPE_CHECKING:
@@ -51,9 +52,10 @@ class FetchSettings:
     #: The level each archive must be proven to (``--require``; docs/architecture.md,
     #: "Proven archives"); with ``verify`` only.
     require: Level = Level.STRUCTURE
-    #: The bound of a full's ``accounts`` proof (``--prove-accounts-max``; docs/architecture.md,
-    #: "The accounts level"); None: fulls are not proven to ``accounts``. With ``verify`` only.
-    prove_accounts: int | None = 10_000_000
+    #: The limits of a full's ``accounts`` proof (``--prove-accounts-memory``, ``-temp-dir``,
+    #: ``-max``; docs/architecture.md, "The accounts level"); None: fulls are not proven to
+    #: ``accounts``. With ``verify`` only.
+    prove_accounts: AccountsLimits | None = attrs.field(factory=AccountsLimits)
     #: The keys whose signed statements must vouch for each archive before its rename into
     #: the ledger, and how many (``--trust-key``, ``--trust-min``; its ``required`` is
     #: ``require``); with ``verify`` only: a statement names the SHA-256 the check computes.

@@ -40,6 +40,7 @@ from tracker.files.decoders import decoder_for
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import Header, walk_tar
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.prover import AccountsProver, ArchiveProver
 from tracker.serving.threads import Background
 
@@ -68,6 +69,7 @@ def check_stream(
     accounts: AccountsProver | None = None,
     prover: ArchiveProver | None = None,
     seen: Callable[[Header, int], None] | None = None,
+    decoders: int = 1,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
@@ -83,7 +85,9 @@ def check_stream(
     polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
     cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
     too (one core). ``prover`` replaces the archive's own (``files.headproof``). ``seen`` is
-    told each member the tar walk took (:func:`~tracker.files.tarwalk.walk_tar`).
+    told each member the tar walk took (:func:`~tracker.files.tarwalk.walk_tar`). ``decoders``:
+    threads that decode a multi-frame ``.tar.zst``'s frames in parallel
+    (:mod:`tracker.files.framedecode`).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -121,7 +125,7 @@ def check_stream(
                 budget.spend(len(piece))
                 tar.feed(piece)
 
-            decoder_for(parsed.ext)(chunks, sink)
+            decoder_for(parsed.ext, decoders)(chunks, sink)
             tar.finish()
         except Exception as exc:
             if failed and exc is failed[0]:
@@ -151,19 +155,29 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
 
 
 def check_file(
-    path: str, name: str | None = None, *, prove_accounts: int | None = None
+    path: str, name: str | None = None, *, prove_accounts: AccountsLimits | None = None
 ) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever).
-    ``prove_accounts`` (the bound ``prove_accounts_max``) proves a full to ``accounts``."""
+    ``prove_accounts`` (its memory budget, temporary directory, optional bound) proves a full
+    to ``accounts``."""
     fd = _open_regular(path)
     name = name or os.path.basename(path)
     with open(fd, "rb", buffering=0) as file:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
         with proving(accounts):  # its worker process lives as long as the check
-            return check_stream(file.read, name, accounts=accounts)
+            return check_stream(
+                file.read, name, accounts=accounts, decoders=decoders_of(prove_accounts)
+            )
+
+
+def decoders_of(limits: AccountsLimits | None) -> int:
+    """Threads decoding the zstd frames of a file's check: the proof's ``workers``
+    (``proof_workers``; docs/architecture.md, "Every core"); one for a check without the
+    accounts level."""
+    return 1 if limits is None else max(1, limits.workers)
 
 
 def _open_regular(path: str) -> int:
@@ -393,13 +407,19 @@ class FollowingCheck:
     ArchiveInvalid (OSError when the file could not be read).
     """
 
-    def __init__(self, growing: GrowingFile, name: str, prove_accounts: int | None = None) -> None:
+    def __init__(
+        self, growing: GrowingFile, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> None:
         self._growing = growing
         # the accounts proof's second read needs the file after the check has read it to
         # its end (when the growing file's own descriptor closes): one of its own
         again = None if prove_accounts is None else os.open(growing.reopen_path, os.O_RDONLY)
         path = f"/proc/self/fd/{again}"
-        accounts = accounts_prover(name, prove_accounts, path) if again is not None else None
+        accounts = (
+            accounts_prover(name, prove_accounts, path, growing.cancelled)
+            if again is not None
+            else None
+        )
 
         def run() -> Verified:
             try:
@@ -410,6 +430,9 @@ class FollowingCheck:
                         unblock=growing.cancel,
                         cancelled=growing.cancelled,
                         accounts=accounts,
+                        # one decoder: frames decoded apart only once whole would hold back
+                        # the verdict on a bad frame until the source sends all of it
+                        # (docs/architecture.md, "Every core")
                     )
             finally:
                 growing.cancel()  # closes the descriptor in every case
@@ -419,9 +442,11 @@ class FollowingCheck:
         self._background: Background[Verified] = Background(run, name=THREAD_NAME)
 
     @classmethod
-    def start(cls, fd: int, name: str, prove_accounts: int | None = None) -> FollowingCheck:
+    def start(
+        cls, fd: int, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> FollowingCheck:
         """Start checking the file open at ``fd`` (duplicated: the caller keeps its own) as the
-        archive ``name``, a full to ``accounts`` with ``prove_accounts`` (the bound); call
+        archive ``name``, a full to ``accounts`` within ``prove_accounts``; call
         from trio."""
         return cls(GrowingFile(fd), name, prove_accounts)
 

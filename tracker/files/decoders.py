@@ -67,10 +67,10 @@ class FrameState:
     magic_at: int = 0
 
 
-def zstd_frames(state: FrameState) -> Parser:
+def zstd_frames(state: FrameState, at: int = 0) -> Parser:
     """Parse the framing of a zstd stream (RFC 8878: frames, skippable frames, block headers)
-    without decoding it; boundaries between frames are MARKs."""
-    at = 0
+    without decoding it; boundaries between frames are MARKs. ``at``: the offset of its first
+    byte in the archive (a stream taken up at a frame's start)."""
     try:
         while True:
             yield MARK
@@ -138,10 +138,10 @@ class _FramedSource:
     :func:`zstd_frames` first and never spanning two frames, so that a decoding error belongs
     to the frame of the last piece handed out."""
 
-    def __init__(self, chunks: Chunks) -> None:
+    def __init__(self, chunks: Chunks, at: int = 0) -> None:
         self._chunks = chunks
-        self.state = FrameState()
-        self.framing = Feeder(zstd_frames(self.state))
+        self.state = FrameState(frame_at=at, magic_at=at)
+        self.framing = Feeder(zstd_frames(self.state, at))
         self._data = memoryview(b"")
         self._pos = 0
 
@@ -155,10 +155,11 @@ class _FramedSource:
         return self._data[start : self._pos]
 
 
-def decode_zstd(chunks: Chunks, sink: Sink) -> None:
+def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0) -> None:
     """``.tar.zst``: one or more frames (content checksums verified where present), skippable
-    frames allowed, nothing after the last frame."""
-    source = _FramedSource(chunks)
+    frames allowed, nothing after the last frame. ``at``: the archive offset of the first
+    byte (a stream taken up at a frame's start, as :mod:`tracker.files.framedecode` does)."""
+    source = _FramedSource(chunks, at)
     decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     reader = decompressor.stream_reader(
         cast(IO[bytes], source),  # it only calls read(size)
@@ -179,12 +180,13 @@ def decode_zstd(chunks: Chunks, sink: Sink) -> None:
             # The decoder choked on the first bytes after the last frame, which the framing
             # had handed over before it had all four bytes of a magic number to refuse.
             raise ArchiveInvalid(TRAILING.format(at=state.magic_at)) from None
-        reason = _zstd_reason(str(exc))
+        reason = zstd_reason(str(exc))
         raise ArchiveInvalid(f"zstd: {reason} in the frame at byte {state.frame_at}") from None
     source.framing.finish()
 
 
-def _zstd_reason(message: str) -> str:
+def zstd_reason(message: str) -> str:
+    """The one-line reason of a zstandard error message."""
     text = message.rsplit(": ", 1)[-1]
     if "checksum" in text.lower():
         return "frame checksum mismatch"
@@ -334,9 +336,14 @@ XZ = Layer(
 )
 
 
-def decoder_for(ext: str) -> Callable[[Chunks, Sink], None]:
-    """The decoder of an archive extension (``.tar.zst``, ... ``.tar``)."""
+def decoder_for(ext: str, workers: int = 1) -> Callable[[Chunks, Sink], None]:
+    """The decoder of an archive extension (``.tar.zst``, ... ``.tar``); zstd's frames by up
+    to ``workers`` threads (:mod:`tracker.files.framedecode`)."""
     layers = {".tar.lz4": LZ4, ".tar.bz2": BZ2, ".tar.gz": GZIP, ".tar.xz": XZ}
+    if ext == ".tar.zst" and workers > 1:
+        from tracker.files.framedecode import decode_zstd_frames  # it imports this module
+
+        return lambda chunks, sink: decode_zstd_frames(chunks, sink, workers)
     if ext == ".tar.zst":
         return decode_zstd
     if ext == ".tar":

@@ -39,6 +39,7 @@ from typing import IO
 import numpy as np
 import numpy.typing as npt
 
+from tracker.proof.budget import WorkerSlots
 from tracker.proof.lattice import LANES, LT_HASH_BYTES, hash_sum
 
 _HEADER = struct.Struct("<qQQ")
@@ -97,6 +98,15 @@ class HashWorker:
         with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
         os.set_blocking(self._proc.stdin.fileno(), False)
+
+    def idle(self) -> bool:
+        """True when a batch given now goes to the child at once (or starts it): the child
+        took the last one whole; False while it is behind or after it failed."""
+        if self._failure is not None:
+            return False
+        if self._proc is None:
+            return True
+        return self._flush(wait=False) and self._failure is None
 
     @property
     def pid(self) -> int | None:
@@ -193,6 +203,69 @@ class HashWorker:
 
     def _note(self) -> str:
         return f"not proven: {self._failure}"
+
+
+class HashPool:
+    """A :class:`~tracker.proof.accounthash.Summer` over several :class:`HashWorker`
+    children (docs/architecture.md, "The accounts level" → "Every core"): each batch goes to
+    the first child that took its last one whole, or is hashed here when all are behind. The
+    sum is commutative (u16 lanes), so each child sums its own batches and :meth:`total` adds
+    the children's partial sums. ``workers`` children at most, taken from ``slots`` (the
+    processes a tracker's proofs share; None: as many as asked) and given back at
+    :meth:`close`; zero when none is free: the check's process hashes alone."""
+
+    def __init__(
+        self,
+        workers: int,
+        slots: WorkerSlots | None = None,
+        start_from: int | None = None,
+    ) -> None:
+        self._slots = slots
+        taken = slots.take(workers) if slots is not None else workers
+        self._children = [HashWorker(start_from) for _ in range(taken)]
+        self._local = np.zeros(LANES, dtype=np.uint16)
+        self._next = 0
+
+    @property
+    def busy(self) -> int:
+        """Children running now."""
+        return sum(1 for child in self._children if child.pid is not None)
+
+    @property
+    def pid(self) -> int | None:
+        """A child's process id (None while none runs)."""
+        return next((child.pid for child in self._children if child.pid is not None), None)
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """See :class:`~tracker.proof.accounthash.Summer`."""
+        count = len(self._children)
+        for step in range(count):
+            child = self._children[(self._next + step) % count]
+            if child.idle():
+                self._next = (self._next + step + 1) % count
+                child.add(work, ends, sign)
+                return
+        lanes = hash_sum(work, ends.tolist())
+        self._local = self._local + lanes if sign > 0 else self._local - lanes
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """The children's partial sums and this process's, added; or None and the first
+        child's note that failed."""
+        total = self._local.copy()
+        for child in self._children:
+            part, note = child.total()
+            if part is None:
+                return None, note
+            total += part
+        return total, None
+
+    def close(self) -> None:
+        """Stop every child; give their slots back."""
+        for child in self._children:
+            child.close()
+        if self._slots is not None:
+            self._slots.give(len(self._children))
+        self._slots = None
 
 
 def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:

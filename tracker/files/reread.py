@@ -15,7 +15,7 @@ import bz2
 import contextlib
 import gzip
 import lzma
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import lz4.frame
@@ -28,6 +28,7 @@ from tracker.files.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
 if TYPE_CHECKING:
     from tracker.proof.accountsprover import StoragesProver
+    from tracker.proof.budget import AccountsLimits
 
 #: Bytes read from the decoded stream at once.
 STEP = 1024 * 1024
@@ -51,21 +52,32 @@ def _open(path: str, ext: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def accounts_prover(name: str, max_accounts: int | None, path: str) -> StoragesProver | None:
+def accounts_prover(
+    name: str,
+    limits: AccountsLimits | None,
+    path: str,
+    cancelled: Callable[[], bool] | None = None,
+) -> StoragesProver | None:
     """The accounts level's part of the check of the archive ``name`` at ``path`` (a path
-    that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when
-    ``max_accounts`` (``prove_accounts_max``) is given; None for an incremental or when off.
-    Its accounts are hashed in a worker process (``files.hashworker``); the caller closes it
-    (``StoragesProver.close``) when the check is over, whichever way it ended."""
+    that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when ``limits``
+    (its memory budget, temporary directory, optional bound) are given; None for an
+    incremental or when off. Its accounts are hashed in a worker process
+    (``files.hashworker``); the caller closes it (``StoragesProver.close``) when the check
+    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room."""
     parsed = parse_archive_name(name)
-    if max_accounts is None or parsed is None or parsed.base_slot:
+    if limits is None or parsed is None or parsed.base_slot:
         return None
     # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
     # proves an archive, never by one that only serves.
-    from tracker.files.hashworker import HashWorker
+    from tracker.files.hashworker import HashPool
     from tracker.proof.accountsprover import StoragesProver
 
-    return StoragesProver(max_accounts, lambda: ArchiveReread(path, parsed.ext), HashWorker)
+    return StoragesProver(
+        limits,
+        lambda: ArchiveReread(path, parsed.ext),
+        lambda: HashPool(limits.hash_workers, limits.slots),
+        cancelled=cancelled,
+    )
 
 
 @contextlib.contextmanager

@@ -26,6 +26,11 @@ class Feeder:
         self._partial = bytearray()
         self.offset = 0  # bytes of the stream consumed so far
 
+    @property
+    def at_mark(self) -> bool:
+        """True when the parser waits at a boundary (a MARK): what came so far ends a unit."""
+        return self._want == 0
+
     def feed(self, data: memoryview | bytes) -> None:
         """Consume all of ``data``."""
         self._consume(memoryview(data), 0, len(data), stop_at_mark=False)

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounthash import Summer
 from tracker.proof.accountsproof import AccountsProof, Reread
+from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level, Proof
 from tracker.proof.manifest import Manifest, StorageList
 from tracker.proof.parsing import Parser
@@ -62,12 +63,14 @@ class StoragesProver:
     """The accounts level of one full archive; ``reread()`` makes the second read's source
     (the verified file on disk), asked at the end only if needed, closed by the caller;
     ``summer()`` makes where the accounts are hashed (``tracker.files.hashworker``: a worker
-    process; in the caller's thread when None), made with the proof at the first storage.
+    process; in the caller's thread when None), made with the proof at the first storage;
+    ``cancelled()`` ends a wait for the memory budget's room.
     :meth:`close` once the check is over, whichever way it ended."""
 
-    max_accounts: int
+    limits: AccountsLimits
     reread: Callable[[], Reread] | None = None
     summer: Callable[[], Summer] | None = None
+    cancelled: Callable[[], bool] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
 
@@ -84,7 +87,7 @@ class StoragesProver:
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
             self._proof = AccountsProof(
-                self.max_accounts, self.summer() if self.summer is not None else None
+                self.limits, self.summer() if self.summer is not None else None, self.cancelled
             )
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
@@ -99,7 +102,7 @@ class StoragesProver:
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
         """``proven`` raised to ``accounts`` when the storages give the manifest's lattice
         hash; ArchiveInvalid naming the field when they give another."""
-        proof = self._proof or AccountsProof(self.max_accounts)  # no storage came: no summer
+        proof = self._proof or AccountsProof(self.limits, None, self.cancelled)  # no summer
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)

@@ -68,6 +68,15 @@ class PubkeyIndex:
         """Bytes the index holds resident (entries made and the table)."""
         return self.count * 40 + self._table.nbytes + self._prints.nbytes
 
+    def nbytes_after(self, more: int) -> int:
+        """The most :meth:`nbytes` while ``more`` new entries are made: the table doubled as
+        needed, and while it doubles, the old table and the list of its entries too."""
+        table = old = self._table.nbytes + self._prints.nbytes
+        while (self.count + more) > LOAD * (table // 5):  # 5 bytes a place
+            table *= 2
+        growing = old + 8 * self.count if table > old else 0
+        return (self.count + more) * 40 + table + growing
+
     def fits(self, more: int) -> bool:
         """True when ``more`` new entries stay within the capacity."""
         return self.count + more <= self.capacity

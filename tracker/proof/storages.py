@@ -96,6 +96,22 @@ class Records:
         lamports: npt.NDArray[np.uint64] = words[(self.offsets + LAMPORTS - shift) >> 3]
         return lamports
 
+    def pubkey_words(self) -> npt.NDArray[np.uint64]:
+        """Every record's pubkey as four little-endian u64 words, (n, 4): read as words in
+        place (records of a piece start at the same offset modulo 8), without the (n, 32)
+        index array of :meth:`field`."""
+        keys = np.empty((len(self.offsets), 4), dtype=np.uint64)
+        if not len(self.offsets):
+            return keys
+        shift = int(self.offsets[0]) % 8
+        words = np.frombuffer(
+            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
+        )
+        first = (self.offsets + PUBKEY - shift) >> 3
+        for word in range(4):
+            keys[:, word] = words[first + word]
+        return keys
+
     def pubkeys(self) -> npt.NDArray[np.uint8]:
         """Every record's pubkey, (n, 32)."""
         return self.field(PUBKEY, 32)

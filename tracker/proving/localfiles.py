@@ -3,7 +3,7 @@ files").
 
 A ``local`` target's archives are on the tracker's own disk: :class:`LocalProofs` checks
 each as the cache checks its copies (:func:`tracker.cache.checked.check_opened`: the archive
-check with its proof, a full to ``accounts`` within ``prove_accounts_max``), in the
+check with its proof, a full to ``accounts`` within the tracker's shared proof limits), in the
 background, one after another, once per file identity (:mod:`tracker.core.localcopies`
 decides which and where each stands). What passed is held verified in the digests as that
 file's own copy (its ``sha256`` and ``proof`` in the JSON, the ``.sha256`` route, a
@@ -48,6 +48,7 @@ from tracker.core.logs import log_event
 from tracker.core.snapshotsources import TargetKey
 from tracker.discovery.local import scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
+from tracker.proof.budget import AccountsLimits
 
 log = logging.getLogger("tracker.proof")
 
@@ -67,6 +68,7 @@ class LocalProofs:
         digests: Digests,
         *,
         votes: Voter | None = None,
+        accounts: Callable[[], AccountsLimits | None] | None = None,
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
         clock: Callable[[], float] = time.time,
@@ -75,6 +77,9 @@ class LocalProofs:
         self._index = index
         self._digests = digests
         self._votes = votes
+        #: The limits of a full's accounts proof (the tracker's shared budget and workers);
+        #: None: from the config alone.
+        self._accounts = accounts
         self._every = every
         self._retry_after = retry_after
         self._clock = clock
@@ -153,7 +158,16 @@ class LocalProofs:
         """Check ``copy`` (its file as ``identity``): what it said is kept for that identity
         (a file replaced while it was opened is checked again at the next round)."""
         group, name, path = copy.key.group, copy.name, copy.path
-        bound = config.prove_accounts_max if config.prove_accounts else None
+        if self._accounts is not None:
+            bound = self._accounts()
+        elif config.prove_accounts:
+            bound = AccountsLimits(
+                memory=config.prove_accounts_memory,
+                max_accounts=config.prove_accounts_max,
+                temp_dir=config.prove_accounts_temp_dir or None,
+            )
+        else:
+            bound = None
         try:
             fd, st = await open_copy(path)
         except OSError as exc:  # gone, or replaced by something else: tried later

@@ -15,6 +15,7 @@ replica), :mod:`tracker.proxy.refreshing` (starting, joining and reading refresh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 
@@ -31,6 +32,13 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
+from tracker.proof.budget import (
+    CACHE_TEMP,
+    AccountsLimits,
+    MemoryBudget,
+    WorkerSlots,
+    default_workers,
+)
 from tracker.proof.levels import Level
 from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask, Wanted
@@ -143,6 +151,10 @@ class ProxyStreamer:
         self._cache_factory = parts.cache_factory or self._default_cache
         self._voter = parts.voter
         self._caches: dict[str, Cache] = {}
+        #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
+        #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
+        self._proof_budget: MemoryBudget | None = None
+        self._proof_slots: WorkerSlots | None = None
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
@@ -194,7 +206,7 @@ class ProxyStreamer:
                 self.digests,
                 self._cached_copy_rejected,
                 self._required_level,
-                config.prove_accounts_max if config.prove_accounts else None,
+                self._accounts_limits(root) if config.prove_accounts else None,
                 self._voter,
             )
             cache.served = self._index.served_fulls
@@ -206,6 +218,44 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def proof_limits(self) -> AccountsLimits | None:
+        """The limits of the tracker's accounts proofs outside the cache's refreshes (local
+        files), sharing the cache's budget and workers; None with ``prove_accounts`` off."""
+        config = self._config()
+        if not config.prove_accounts:
+            return None
+        return self._accounts_limits(config.proxy_snapshot_cache_dir or None)
+
+    def _accounts_limits(self, root: str | None) -> AccountsLimits:
+        """The limits of the accounts proofs of the cache at ``root`` (None: no cache): the
+        tracker's one shared budget and worker processes (``proof_workers``), the temporary
+        directory (``.accounts-proof`` in the cache directory unless
+        ``prove_accounts_temp_dir`` says where; without either, the system's), the
+        operator's bound."""
+        config = self._config()
+        if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
+            budget = self._proof_budget = MemoryBudget(config.prove_accounts_memory)
+            if self._metrics is not None:
+                self._metrics.proofs.budget = lambda: budget
+        workers = config.proof_workers or default_workers()
+        if self._proof_slots is None or self._proof_slots.total != max(1, workers - 1):
+            self._proof_slots = WorkerSlots(max(1, workers - 1))
+        in_cache = not config.prove_accounts_temp_dir and root is not None
+        return AccountsLimits(
+            memory=config.prove_accounts_memory,
+            max_accounts=config.prove_accounts_max,
+            temp_dir=(
+                os.path.join(root, CACHE_TEMP)
+                if in_cache and root is not None
+                else config.prove_accounts_temp_dir or None
+            ),
+            workers=workers,
+            budget=self._proof_budget,
+            slots=self._proof_slots,
+            # in the cache's directory the spill never takes the room kept for its refreshes
+            keep_free=config.proxy_snapshot_cache_min_free if in_cache else 0,
+        )
 
     def uncached(self) -> dict[str, str]:
         """Per group: why its last refresh streamed uncached for want of disk room, or why

@@ -24,6 +24,7 @@ from tracker.core.attestations import Attestations
 from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.logs import RecentEvents
 from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.proof.budget import running
 from tracker.web.statusview import (
     SLOT_SECONDS,
     BestView,
@@ -31,6 +32,7 @@ from tracker.web.statusview import (
     CachedView,
     CacheView,
     GroupView,
+    ProofView,
     SigningView,
     StatusView,
     TargetView,
@@ -115,7 +117,10 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         )
         uncached = tuple(sorted(cache.uncached.items()))
         refreshes = tuple(sources.refreshes())
-        cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem)
+        proofs = tuple(
+            ProofView(p.records, p.bytes, p.spilled, p.held, p.workers_busy) for p in running()
+        )
+        cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem, proofs)
     health = sources.scraper.in_order()
     return StatusView(
         version=__version__,

@@ -46,6 +46,7 @@ from tracker.web.statusview import (
     CacheView,
     GroupView,
     Health,
+    ProofView,
     StatusView,
     TargetView,
     parse_refresh,
@@ -64,6 +65,7 @@ __all__ = [
     "CacheView",
     "CachedView",
     "GroupView",
+    "ProofView",
     "StatusView",
     "TargetView",
     "format_age",
@@ -268,6 +270,13 @@ def _cache(view: StatusView) -> str:
     ]
     if cache.problem:  # never "empty": nothing can be cached until it is fixed
         out.append(f'<p class="warn">The directory is unusable: {text(cache.problem)}</p>')
+    out += [
+        f'<p class="meta">Accounts proof running: {proof.records:,} accounts, '
+        f"{format_bytes(proof.bytes)} of storages read, {format_bytes(proof.spilled)} "
+        f"spilled to disk, {format_bytes(proof.held)} of memory held, "
+        f"{proof.workers_busy} worker{'' if proof.workers_busy == 1 else 's'} busy</p>"
+        for proof in cache.proofs
+    ]
     if not cache.files and not cache.refreshes:
         if not cache.problem:
             out.append(_none("The cache is empty: nothing cached, no refresh running."))

@@ -106,6 +106,20 @@ class CacheView:
     uncached: tuple[tuple[str, str], ...] = ()
     #: Why the directory cannot be used now ("" while it can).
     problem: str = ""
+    #: The accounts proofs running now (docs/architecture.md, "Bounded memory").
+    proofs: tuple[ProofView, ...] = ()
+
+
+@attrs.frozen
+class ProofView:
+    """One running accounts proof's progress: stored accounts and storage bytes read, its
+    spilled index on disk, what it holds of the memory budget, its busy worker processes."""
+
+    records: int
+    bytes: int
+    spilled: int
+    held: int
+    workers_busy: int
 
 
 @attrs.frozen

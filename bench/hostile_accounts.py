@@ -1,0 +1,143 @@
+"""What a hostile full of empty accounts costs level ``accounts``: memory, disk, time.
+
+    .venv/bin/python bench/hostile_accounts.py                      # 10,000,000 accounts
+    .venv/bin/python bench/hostile_accounts.py --accounts 1000000 --memory 64MiB
+
+It writes (under ``--out``, ``bench/out/`` by default) a ``.tar.zst`` full whose storages
+hold ``--accounts`` closed accounts (zero lamports, no data, pubkeys counted up: the records
+differ in a few bytes, so they compress to almost nothing), in storages of 1,000,000 records,
+a zstd frame every 32 MiB of tar; its manifest carries the empty state's lattice hash, so the
+archive is genuine and must prove to ``accounts``. Then, in a process of its own, it checks
+it with ``--memory`` as the proof's budget and prints the archive's size, the check's wall
+time, the peak RSS of the check and of its hash worker, the most the proof held of its
+budget and the peak of its spilled index on disk (docs/architecture.md, "Bounded memory").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.archives import _add, _FrameEvery
+from tracker.config.values import parse_size
+from tracker.proof.budget import AccountsLimits, MemoryBudget
+from tracker.proof.lattice import LtHash
+from tracker.proof.writing import archive_hash_of, write_manifest
+
+SLOT = 500_000_000
+PER_STORAGE = 1_000_000
+META = 136
+
+
+def storage(first: int, count: int) -> bytes:
+    """``count`` empty closed accounts, pubkeys ``first`` on (big-endian, in the last 8
+    bytes), in AppendVec records of 136 bytes."""
+    records = np.zeros((count, META), dtype=np.uint8)
+    numbers = np.arange(first, first + count, dtype=">u8").view(np.uint8).reshape(count, 8)
+    records[:, 16 + 24 : 16 + 32] = numbers  # StoredMeta's pubkey, after its two u64s
+    return records.tobytes()
+
+
+def build(out: Path, accounts: int) -> Path:
+    """The archive, built unless there."""
+    base = out / f"hostile-{accounts}"
+    done = base / "meta.json"
+    if done.exists():
+        return base / json.loads(done.read_text())["archive"]
+    base.mkdir(parents=True, exist_ok=True)
+    counts = [min(PER_STORAGE, accounts - at) for at in range(0, accounts, PER_STORAGE)]
+    storages = [(SLOT - len(counts) + i, i, count * META) for i, count in enumerate(counts)]
+    empty = LtHash().value()  # zero lamports count nothing: the empty state's hash
+    archive = base / f"snapshot-{SLOT}-{archive_hash_of(empty)}.tar.zst"
+    params = zstandard.ZstdCompressionParameters.from_level(3, threads=2, write_checksum=True)
+    with open(archive, "wb") as raw:
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            raw, closefd=False
+        )
+        frames = _FrameEvery(writer, 32 * 1024 * 1024)
+        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            _add(tar, "version", b"1.2.0")
+            _add(tar, f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, empty, storages))
+            _add(tar, "snapshots/status_cache", bytes(1024))
+            first = 0
+            for (slot, ident, _), count in zip(storages, counts, strict=True):
+                _add(tar, f"accounts/{slot}.{ident}", storage(first, count))
+                first += count
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
+    done.write_text(json.dumps({"archive": archive.name}))
+    return archive
+
+
+def check(archive: Path, memory: int) -> dict[str, Any]:
+    """The check, timed, with its peaks (bench/accounts.py's measures)."""
+    from bench.accounts import _peak_rss, _WorkerPeak
+    from tracker.files.archivecheck import check_file
+
+    temp = archive.parent / "tmp"
+    temp.mkdir(exist_ok=True)
+    budget = MemoryBudget(memory)
+    watch = _WorkerPeak()
+    watch.start()
+    t0 = time.perf_counter()
+    verified = check_file(
+        str(archive),
+        prove_accounts=AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget),
+    )
+    wall = time.perf_counter() - t0
+    watch.stop()
+    return {
+        "wall": wall,
+        "level": verified.proof.level.label,
+        "note": verified.proof.note,
+        "max_rss": _peak_rss("self"),
+        "worker_max_rss": watch.peak,
+        "held_peak": budget.peak,
+        "spill_peak": budget.spilled_peak,
+    }
+
+
+def main() -> None:
+    """Build, check in a child process, print."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=10_000_000)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--memory", type=parse_size, default=512 * 1024**2)
+    parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.check:
+        print(json.dumps(check(args.check, args.memory)))
+        return
+    archive = build(args.out, args.accounts)
+    answer = subprocess.run(
+        [sys.executable, __file__, "--check", str(archive), "--memory", str(args.memory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result = json.loads(answer.stdout)
+    size = archive.stat().st_size
+    print(
+        f"{args.accounts} empty accounts: {size / 2**20:.1f} MiB archive; level "
+        f"{result['level']} ({result['note'] or 'no note'}) in {result['wall']:.1f} s; "
+        f"peak RSS check {result['max_rss'] / 2**20:.0f} MiB + worker "
+        f"{result['worker_max_rss'] / 2**20:.0f} MiB; budget {args.memory / 2**20:.0f} MiB, "
+        f"held {result['held_peak'] / 2**20:.0f} MiB; spilled {result['spill_peak'] / 2**20:.0f}"
+        " MiB at most"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""bench/accounts.py and bench/hostile_accounts.py run end to end on tiny archives, within a
+budget small enough that the index spills, and say so (not a performance test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(script: str, *flags: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *flags],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done.stdout
+
+
+def test_the_accounts_bench_reports_the_peaks_and_the_spill(tmp_path: Path) -> None:
+    out = bench(
+        "accounts.py",
+        "--accounts",
+        "20000",
+        "--runs",
+        "1",
+        "--memory",
+        "1MiB",
+        "--out",
+        str(tmp_path),
+    )
+    assert "level reached: accounts (no note)" in out
+    assert "budget 1 MiB, held of it at most 0.2 MiB" in out  # the accounted quarter
+    spill = next(line for line in out.splitlines() if line.startswith("peak temporary disk"))
+    assert "(0.0 bytes" not in spill  # it spilled
+    assert not list((tmp_path / "accounts-20000" / "tmp").iterdir())  # and removed it
+
+
+def test_the_hostile_bench_proves_empty_accounts_within_the_budget(tmp_path: Path) -> None:
+    out = bench(
+        "hostile_accounts.py", "--accounts", "30000", "--memory", "1MiB", "--out", str(tmp_path)
+    )
+    assert "30000 empty accounts" in out and "level accounts (no note)" in out
+    assert "held 0 MiB" in out and "spilled 0 MiB at most" not in out

@@ -1,0 +1,112 @@
+"""zstd frames decoded in parallel (tracker.files.framedecode): the same bytes and the same
+reasons as the serial decoder, whatever the frames, the chunks and the threads."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+
+import pytest
+import zstandard
+from archives import EXPECTED_REASONS, bad_variants, build_archive, compress
+
+from tracker.errors import ArchiveInvalid
+from tracker.files import framedecode
+from tracker.files.archivecheck import check_stream
+from tracker.files.decoders import decode_zstd
+from tracker.files.framedecode import decode_zstd_frames
+
+SLOT = 234_567
+SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+
+
+def run(data: bytes, workers: int, chunk: int = 1 << 20) -> bytes | str:
+    """What a decoder gives: the output, or the reason it refused."""
+    pieces = [data[at : at + chunk] for at in range(0, len(data), chunk)]
+    out = bytearray()
+
+    def sink(piece: memoryview) -> None:
+        assert len(piece) <= framedecode.OUT_SIZE
+        out.extend(piece)
+
+    try:
+        if workers:
+            decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", sink, workers)
+        else:
+            decode_zstd(lambda: pieces.pop(0) if pieces else b"", sink)
+    except ArchiveInvalid as exc:
+        return exc.reason
+    return bytes(out)
+
+
+def stream(size: int, frames: int, seed: int = 0) -> tuple[bytes, bytes]:
+    """``size`` bytes of half-compressible data, and them as ``frames`` zstd frames."""
+    rnd = random.Random(seed)
+    raw = b"".join(rnd.randbytes(64) + bytes(64) for _ in range(size // 128))
+    return raw, compress(raw, "zst", pieces=frames)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("chunk", [3, 4096, 1 << 20])
+def test_the_frames_decode_to_the_serial_output(frames: int, workers: int, chunk: int) -> None:
+    raw, data = stream(200_000 if chunk == 3 else 9 << 20, frames)
+    assert run(data, workers, chunk) == raw
+
+
+def test_skippable_frames_and_frames_without_checksums_decode_too() -> None:
+    raw, data = stream(300_000, 3)
+    plain = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False)
+    mixed = SKIPPABLE + data + SKIPPABLE + plain.compress(raw) + SKIPPABLE
+    assert run(mixed, 3, 1000) == raw + raw
+
+
+def test_every_cut_and_flip_gives_the_serial_reason() -> None:
+    _, data = stream(60_000, 4, seed=1)
+    rnd = random.Random(2)
+    cases = [data[:cut] for cut in range(1, len(data), max(1, len(data) // 40))]
+    cases += [data + extra for extra in (b"\0", bytes(4), b"x", b"\x28\xb5\x2f")]
+    for _ in range(40):
+        flipped = bytearray(data)
+        flipped[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+        cases.append(bytes(flipped))
+    for case in cases:
+        serial = run(case, 0, 777)
+        assert run(case, 3, 777) == serial, serial
+
+
+@pytest.mark.parametrize("variant", list(EXPECTED_REASONS))
+def test_bad_archives_are_refused_as_the_serial_check_refuses_them(variant: str) -> None:
+    name, good = build_archive(SLOT)
+    bad = bad_variants(name, good)[variant]
+
+    def reason(decoders: int) -> str:
+        with pytest.raises(ArchiveInvalid) as caught:
+            check_stream(io.BytesIO(bad).read, name, decoders=decoders)
+        return caught.value.reason
+
+    assert reason(3) == reason(1)
+
+
+def test_a_frame_larger_than_the_held_bound_is_decoded_as_it_streams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(framedecode, "MAX_FRAME", 50_000)
+    raw, data = stream(2 << 20, 3)
+    assert run(data, 2, 4096) == raw
+    flipped = bytearray(data)
+    flipped[len(data) - 100] ^= 0xFF  # in the last frame, decoded serially
+    assert run(bytes(flipped), 2, 4096) == run(bytes(flipped), 0, 4096)
+
+
+def test_a_sink_that_fails_ends_the_threads() -> None:
+    _, data = stream(9 << 20, 6)
+    pieces = [data[at : at + 65536] for at in range(0, len(data), 65536)]
+
+    def sink(piece: memoryview) -> None:
+        raise ArchiveInvalid("tar: a bad header")
+
+    with pytest.raises(ArchiveInvalid, match="tar: a bad header"):
+        decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", sink, 3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("zstd-frame")]

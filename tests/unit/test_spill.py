@@ -1,0 +1,354 @@
+"""The accounts proof within a memory budget: the spilled, partitioned pubkey index."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+from agave_storages import feed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_proof_accounts import built, key, model, reread_from, states
+
+from tracker.core.metrics import Metrics
+from tracker.errors import ArchiveInvalid, NoRoom
+from tracker.proof import spill as spill_module
+from tracker.proof import storages as storage_format
+from tracker.proof.accountsproof import AccountsProof
+from tracker.proof.budget import (
+    LOCKLESS_GRACE,
+    PREFIX,
+    AccountsLimits,
+    Held,
+    MemoryBudget,
+    clean_leftovers,
+    running,
+)
+from tracker.proof.spill import SpillDir, SpillIndex, superseded_of
+from tracker.proof.writing import Account
+
+ZERO_KEY = np.zeros(4, dtype=np.uint64)  # every fingerprint the same: all collide
+
+
+def versions_of(rnd: list[tuple[int, int, bool]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keys (n, 4), locators and storage slots of versions (pubkey number, slot, counts):
+    storage number = slot, offset = the version's index."""
+    keys = np.zeros((len(rnd), 4), dtype=np.uint64)
+    locators = np.zeros(len(rnd), dtype=np.uint64)
+    for i, (pubkey, slot, counts) in enumerate(rnd):
+        keys[i] = [pubkey % 3, 7, pubkey // 3, pubkey]  # keys sharing words
+        locators[i] = (slot << 32) | (i << 1) | int(counts)
+    storage_slots = np.arange(64, dtype=np.uint64)
+    return keys, locators, storage_slots
+
+
+def model_superseded(rnd: list[tuple[int, int, bool]]) -> tuple[set[int], bool]:
+    """The dict model: per pubkey its versions; all but the newest that count are
+    superseded; a pubkey twice in a slot is refused."""
+    by_key: dict[int, list[tuple[int, int, bool]]] = {}
+    for i, (pubkey, slot, counts) in enumerate(rnd):
+        by_key.setdefault(pubkey, []).append((slot, i, counts))
+    twice = False
+    found: set[int] = set()
+    for versions in by_key.values():
+        slots = [slot for slot, _, _ in versions]
+        twice |= len(set(slots)) < len(slots)
+        newest = max(slots)
+        found |= {i for slot, i, counts in versions if slot < newest and counts}
+    return found, twice
+
+
+_versions = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 63), st.booleans()), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_versions, st.booleans())
+def test_dedup_of_a_partition_matches_a_dict(
+    rnd: list[tuple[int, int, bool]], colliding: bool
+) -> None:
+    keys, locators, storage_slots = versions_of(rnd)
+    mults = ZERO_KEY if colliding else spill_module.draw_multipliers()
+    counted, twice_at = superseded_of(keys, locators, storage_slots, mults)
+    expected, twice = model_superseded(rnd)
+    assert (twice_at is not None) == twice
+    if twice_at is None:
+        got = {int(loc >> np.uint64(1)) & 0x7FFFFFFF for loc in counted}
+        assert got == expected
+    else:  # the version named shares its pubkey and slot with another
+        pubkey, slot, _ = rnd[twice_at]
+        assert sum(1 for p, s, _ in rnd if (p, s) == (pubkey, slot)) > 1
+
+
+def test_colliding_fingerprints_never_make_two_accounts_one() -> None:
+    # two pubkeys whose versions interleave by slot, all fingerprints equal: a forgery that
+    # relied on a collision (the older version of A hidden by B's newer one) is seen
+    rnd = [(1, 5, True), (2, 6, True), (1, 7, True), (2, 3, True)]
+    keys, locators, storage_slots = versions_of(rnd)
+    counted, twice_at = superseded_of(keys, locators, storage_slots, ZERO_KEY)
+    assert twice_at is None
+    assert {int(loc >> np.uint64(1)) & 0x7FFFFFFF for loc in counted} == {0, 3}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_versions.filter(lambda r: not model_superseded(r)[1]), st.booleans())
+def test_the_spilled_index_matches_a_dict_through_splits(
+    tmp_path_factory: pytest.TempPathFactory, rnd: list[tuple[int, int, bool]], colliding: bool
+) -> None:
+    root = tmp_path_factory.mktemp("spill")
+    keys, locators, storage_slots = versions_of(rnd)
+    directory = SpillDir(str(root))
+    index = SpillIndex(directory, 64 * 80, ZERO_KEY if colliding else None)  # 64 staged
+    for at in range(0, len(rnd), 37):
+        index.add(keys[at : at + 37], locators[at : at + 37])
+
+    def twice(key: np.ndarray, locator: int) -> None:
+        raise AssertionError("no pubkey is twice in a slot here")
+
+    memory = 20 * spill_module.DEDUP_COST  # partitions of more than 20 records split
+    if colliding and len(rnd) > 20:  # one partition whatever the bits: it cannot split
+        with pytest.raises(NoRoom, match="pass the memory of the proof"):
+            index.superseded_runs(storage_slots, memory, twice)
+        directory.remove()
+        return
+    index.superseded_runs(storage_slots, memory, twice)
+    pieces = list(index.superseded_in_order(64, 16 * 10))  # pieces of at most ~10 locators
+    got = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint64)
+    assert (np.diff(got.astype(np.int64)) > 0).all()  # sorted across pieces: storage order
+    assert {int(loc >> np.uint64(1)) & 0x7FFFFFFF for loc in got} == model_superseded(rnd)[0]
+    directory.remove()
+    assert os.listdir(root) == []
+
+
+def tiny(tmp_path: Path, room: int = 4096) -> AccountsLimits:
+    """Limits whose budget has ``room`` accounted bytes: the index spills at once."""
+    return AccountsLimits(temp_dir=str(tmp_path), budget=MemoryBudget(room, room=room))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states(), st.randoms())
+def test_a_proof_past_its_budget_spills_and_gives_the_models_hash(
+    tmp_path_factory: pytest.TempPathFactory, slots: dict[int, list[Account]], rnd: object
+) -> None:
+    root = tmp_path_factory.mktemp("proof")
+    order = list(slots)
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    made = built(slots, order)
+    proof = AccountsProof(tiny(root))  # not even the index's first table fits
+    for storage in made:
+        feed(proof, storage, 64)
+    assert proof.spill is not None or not any(slots.values())
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    assert os.listdir(root) == []  # removed at the end
+
+
+def many(count: int, slot: int, lamports: int = 1, start: int = 0) -> list[Account]:
+    return [
+        Account(n.to_bytes(4, "big") * 8, lamports, b"d" * (n % 5)) for n in range(start, count)
+    ]
+
+
+def test_a_proof_of_more_accounts_than_its_memory_holds_is_proven_and_reports_its_spill(
+    tmp_path: Path,
+) -> None:
+    slots = {3: many(3000, 3), 5: many(2000, 5, lamports=2), 9: many(1500, 9, start=1000)}
+    made = built(slots, [5, 3, 9])  # older slot after newer: both paths of superseding
+    limits = tiny(tmp_path, room=64 * 1024)
+    proof = AccountsProof(limits)
+    spilled_dir: list[str] = []
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+        if proof.spill is not None and not spilled_dir:
+            spilled_dir = os.listdir(tmp_path)
+            assert proof.progress in running()  # counted among the running proofs
+            exported = Metrics(process=False).render()[0].decode().splitlines()
+            values = dict(line.split() for line in exported if not line.startswith("#"))
+            assert float(values["snapshot_tracker_accounts_proofs_running"]) >= 1
+            assert float(values["snapshot_tracker_accounts_proof_spill_bytes"]) > 0
+    assert spilled_dir and spilled_dir[0].startswith(PREFIX)
+    assert proof.held.peak <= 64 * 1024  # the budget held
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    assert proof.spilled > 3000 * spill_module.RECORD
+    assert os.listdir(tmp_path) == []
+    assert limits.shared().used == 0  # every byte given back
+
+
+def test_a_forgery_is_refused_when_spilled_and_the_files_go(tmp_path: Path) -> None:
+    slots = {3: many(500, 3), 5: many(500, 5)}
+    made = built(slots, [3, 5])
+    twice = built({5: many(300, 5, start=200)}, [5])[0]
+    proof = AccountsProof(tiny(tmp_path))
+    for storage in (*made, twice):
+        feed(proof, storage, 4096)
+    with pytest.raises(ArchiveInvalid, match=r"is stored twice in slot 5$"):
+        proof.finish(reread_from({s.name: s.data for s in made}))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_proof_closed_in_the_middle_removes_its_files(tmp_path: Path) -> None:
+    proof = AccountsProof(tiny(tmp_path))
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(proof, storage, 4096)
+    assert proof.spill is not None and os.listdir(tmp_path)
+    proof.close()  # the check cancelled: its prover is closed
+    assert os.listdir(tmp_path) == []
+
+
+def test_leftovers_of_a_killed_proof_go_at_the_next_start_and_a_running_ones_stay(
+    tmp_path: Path,
+) -> None:
+    left = tmp_path / f"{PREFIX}dead"
+    left.mkdir()
+    (left / "lock").write_bytes(b"")  # nobody holds its lock: the process is gone
+    (left / "p00").write_bytes(b"x" * 80)
+    alive = SpillDir(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(alive.path)]  # cleaned at start
+    assert clean_leftovers(str(tmp_path)) == 0  # a running proof's are kept
+    alive.remove()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
+    tmp_path: Path,
+) -> None:
+    starting = tmp_path / f"{PREFIX}starting"  # mkdtemp done, lock file not made yet
+    starting.mkdir()
+    assert clean_leftovers(str(tmp_path)) == 0 and starting.exists()
+    old = time.time() - 2 * LOCKLESS_GRACE
+    os.utime(starting, (old, old))  # long since: a killed process's half-made directory
+    assert clean_leftovers(str(tmp_path)) == 1 and not starting.exists()
+
+
+def test_an_unusable_temporary_directory_leaves_the_archive_at_manifest(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_bytes(b"")  # a file where the directory should be
+    proof = AccountsProof(AccountsLimits(temp_dir=str(blocked), budget=MemoryBudget(4096, 4096)))
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(None)
+    assert lt_hash is None and note is not None
+    assert note.startswith(f"not proven: the temporary directory {str(blocked)!r} is unusable")
+
+
+def test_short_of_temporary_space_the_proof_says_how_much(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SpillDir, "free", lambda self: 1000)
+    proof = AccountsProof(tiny(tmp_path))
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(None)
+    assert lt_hash is None
+    assert note is not None
+    assert note.startswith("not proven: ") and "bytes of temporary space needed, 1000 free" in note
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_spill_leaves_the_room_its_caller_keeps_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SpillDir, "free", lambda self: 100 * 1024**2)
+    limits = AccountsLimits(temp_dir=str(tmp_path), budget=MemoryBudget(4096, 4096))
+    for keep_free, proven in ((0, True), (200 * 1024**2, False)):  # the cache's min_free
+        proof = AccountsProof(attrs.evolve(limits, keep_free=keep_free))
+        made = built({3: many(400, 3)}, [3])
+        for storage in made:
+            feed(proof, storage, 4096)
+        lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+        assert (lt_hash is not None) is proven
+        assert proven or (note is not None and note.endswith(f"{100 * 1024**2} free"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_count_bound_is_an_option_not_the_default() -> None:
+    assert AccountsLimits().max_accounts is None
+
+
+def test_a_proof_waits_for_the_room_another_holds() -> None:
+    budget = MemoryBudget(1 << 20, room=1 << 20)
+    first = Held(budget)
+    assert first.start() and first.grow_to(1 << 20)
+    second = Held(budget)
+    started = threading.Event()
+    waited: list[bool] = []
+
+    def wait() -> None:
+        started.set()
+        waited.append(second.start())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    started.wait()
+    assert not waited and budget.used == 1 << 20  # never over the budget
+    first.release()
+    thread.join(10)
+    assert waited == [True] and budget.used == second.floor
+
+
+def test_a_wait_for_room_ends_when_the_check_is_cancelled() -> None:
+    budget = MemoryBudget(1 << 20, room=1 << 20)
+    assert budget.wait_for(1 << 20)
+    proof = AccountsProof(AccountsLimits(budget=budget), cancelled=lambda: True)
+    for storage in built({3: [Account(key(1), 1)]}, [3]):
+        feed(proof, storage, 4096)
+    assert proof.finish(None) == (
+        None,
+        "not proven: the check was cancelled while it waited for memory",
+    )
+
+
+@pytest.mark.parametrize("piece", [160, 400, 1000])
+def test_spilled_records_of_small_pieces_keep_their_pubkeys_and_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # pieces that start at any offset modulo 8 of the storage: pubkeys are read as words
+    monkeypatch.setattr(storage_format, "PIECE", piece)
+    accounts = [
+        Account(key(n), n + 1, bytes([n]) * (1001 if n % 4 == 0 else n % 7)) for n in range(40)
+    ]
+    slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
+    made = built(slots, [4, 3])
+    for chunk in (1, 7, 4096):
+        proof = AccountsProof(tiny(tmp_path))
+        for storage in made:
+            feed(proof, storage, chunk)
+        assert proof.spill is not None
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) -> None:
+    room = 1024 * 1024  # three floors of 256 KiB and a little more: some proofs must spill
+    budget = MemoryBudget(room, room=room)
+    spilled: list[int] = []
+    together = threading.Barrier(3)
+    limits = AccountsLimits(temp_dir=str(tmp_path), budget=budget)
+    results: list[tuple[bytes | None, str | None]] = []
+    expected = []
+    jobs = []
+    for seed in range(3):
+        first = seed * 5000  # each proof its own accounts
+        slots = {3: many(first + 3000, 3, start=first), 5: many(first + 2500, 5, 2, start=first)}
+        made = built(slots, [3, 5])
+        expected.append((model(slots), None))
+
+        def prove(made: list = made) -> None:  # type: ignore[type-arg]
+            proof = AccountsProof(limits)  # its floor taken
+            together.wait(120)  # every proof holds its floor: the rest is shared
+            for storage in made:
+                feed(proof, storage, 1 << 20)
+            results.append(proof.finish(reread_from({s.name: s.data for s in made})))
+            spilled.append(proof.spilled)
+
+        jobs.append(threading.Thread(target=prove))
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(120)
+    assert sorted(results, key=repr) == sorted(expected, key=repr)
+    assert 0 < budget.peak <= room  # shared, never over
+    assert any(spilled)
+    assert budget.used == 0 and os.listdir(tmp_path) == []
