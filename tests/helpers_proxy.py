@@ -21,9 +21,9 @@ from helpers_server import serve_app
 from helpers_upstream import FakeUpstream
 
 from tracker.config.schema import BearerAuth, Config, TargetGroup
-from tracker.core.index import Index, TargetKey
-from tracker.core.metrics import Metrics
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import Index, TargetKey
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings

@@ -17,7 +17,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tracker import __version__
-from tracker.core.logs import STORE_DEBUG_ENV, log_event, setup_logging
 from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.flags import (
     accounts_limits_of,
@@ -37,12 +36,13 @@ from tracker.fetch.statementfiles import (
     trust_of,
     vouch_problem,
 )
+from tracker.observability.logs import STORE_DEBUG_ENV, log_event, setup_logging
 
 if TYPE_CHECKING:
     import httpx
 
-    from tracker.cache.lifting import Voter
     from tracker.config.schema import Config
+    from tracker.proof.levels import Voter
 
 # The commands' own libraries are imported where they run: `verify` of a file starts without
 # the server's and the config's (trio, httpx, cattrs: a third of a second).
@@ -302,7 +302,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     """Run the tracker until it is stopped; 0, or 1 when it could not start."""
     import trio
 
-    from tracker.core.memory import freeze_startup_objects, limit_malloc_arenas
+    from tracker.memory import freeze_startup_objects, limit_malloc_arenas
 
     store_debug = os.environ.get(STORE_DEBUG_ENV) == "1"
     setup_logging(args.log_level, args.log_format, store_debug=store_debug)

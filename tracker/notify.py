@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import attrs
 import trio
 
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
 
 log = logging.getLogger(__name__)
 

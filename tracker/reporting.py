@@ -7,11 +7,11 @@ from collections.abc import Callable
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.index import Index
-from tracker.core.metrics import Metrics
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import RpcError
 from tracker.notify import Notifier
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import Index
 from tracker.web.healthcheck import HealthChecker
 
 

@@ -28,10 +28,6 @@ from tracker.config.schema import Config
 from tracker.config.warnings import restart_needed
 from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
-from tracker.core.index import Index
-from tracker.core.logs import RecentEvents, log_event
-from tracker.core.metrics import Metrics
-from tracker.core.rejections import Rejections
 from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
@@ -41,6 +37,10 @@ from tracker.measuring.rangereads import SpeedTests
 from tracker.net.egress import Resolver, resolve
 from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.observability.logs import RecentEvents, log_event
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import Index
+from tracker.ordering.rejections import Rejections
 from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs, proven_only
 from tracker.proving.localfiles import LocalProofs, local_gated

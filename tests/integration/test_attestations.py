@@ -48,8 +48,8 @@ from helpers_wire import raw_request
 
 from tracker.config.files import signing
 from tracker.config.schema import Attest
-from tracker.core.logs import TextFormatter
 from tracker.core.statements import Attestation, parse_document
+from tracker.observability.logs import TextFormatter
 from tracker.proof.levels import STRUCTURE_ONLY, Level
 from tracker.web import wire
 

@@ -39,13 +39,13 @@ from tracker.config.schema import (
     TargetGroup,
     Trust,
 )
-from tracker.core.index import Index, TargetKey
-from tracker.core.metrics import Metrics
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
 from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import Index, TargetKey
 from tracker.reporting import track_snapshot_age
 from tracker.service import apply_trust
 from tracker.web.healthcheck import HealthChecker

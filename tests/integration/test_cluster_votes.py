@@ -25,7 +25,7 @@ from names import full_name
 
 import tracker.proving.clustervotes as votes_module
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
-from tracker.core.index import Index, TargetKey
+from tracker.ordering.index import Index, TargetKey
 from tracker.proof.levels import Level, Proof
 from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.heads import HeadProofs

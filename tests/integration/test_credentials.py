@@ -21,8 +21,8 @@ from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import BasicAuth, Config, Egress, HttpTargets, TargetGroup
-from tracker.core.index import Index
 from tracker.discovery.scrape import Scraper
+from tracker.ordering.index import Index
 from tracker.proxy.prefetch import Prefetcher
 
 NAME = full_name(5100)

@@ -16,8 +16,8 @@ import trio
 from helpers_proxy import GROUP, proxy_tracker
 from test_exhaustion import stalled_reader
 
-from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.ordering.index import Index, TargetKey
 
 NAME = "snapshot-700-" + "3" * 44 + ".tar.zst"
 DATA = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the sockets' buffers hold

@@ -11,10 +11,10 @@ from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import Ranking, TargetGroup
-from tracker.core.index import TargetKey
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
 from tracker.fetch.settings import FetchSettings
+from tracker.ordering.index import TargetKey
 
 NEWEST, ON_NEWEST = full_name(30_000), incremental_name(30_000, 30_100)
 OLDER, ON_OLDER = full_name(20_000), incremental_name(20_000, 29_990)

@@ -37,8 +37,8 @@ from names import full_name, incremental_name
 from test_clients_real import run, tool
 
 from tracker.config.schema import TargetGroup
-from tracker.core.index import TargetKey
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.ordering.index import TargetKey
 
 FULL = full_name(12_000)
 INCR = incremental_name(12_000, 12_040)

@@ -23,8 +23,8 @@ from names import full_name
 
 import tracker.learning.sync
 from tracker.config.schema import Config
-from tracker.core.index import TargetKey
 from tracker.learning.sync import FILE_NAME
+from tracker.ordering.index import TargetKey
 
 NAME = full_name(4000)
 DATA = archive_bytes(2 * MiB, seed=7)

@@ -18,8 +18,8 @@ from helpers_proxy import GROUP, proxy_tracker
 from helpers_wire import raw_request
 from names import full_name
 
-from tracker.core.index import TargetKey
 from tracker.discovery.local import scan_local
+from tracker.ordering.index import TargetKey
 
 FULL = full_name(4200)
 SECRET = b"root:$6$not-an-archive:19000:0:99999:7:::\n"

@@ -24,7 +24,7 @@ from helpers_upstream import sidecar_listing
 from helpers_wire import raw_request
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sources_of, target
 
-from tracker.core.rejections import PREFIX as REJECTED
+from tracker.ordering.rejections import PREFIX as REJECTED
 from tracker.proof.accountsprover import MISMATCH
 from tracker.proof.bankhash import NO_LATTICE_HASH
 from tracker.proof.writing import archive_hash_of, write_manifest

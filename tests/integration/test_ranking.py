@@ -13,7 +13,7 @@ from helpers_wire import raw_request
 from names import archive_hash, full_name, incremental_name
 
 from tracker.config.schema import Ranking, TargetGroup
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 MB = 1_000_000
 NEWEST = full_name(1000)

@@ -25,7 +25,7 @@ from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracke
 from helpers_upstream import Behaviour, FakeUpstream, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 from tracker.proxy import manysources
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)

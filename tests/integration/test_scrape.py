@@ -15,8 +15,8 @@ from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
 from tracker.config.schema import Config, HttpTargets, TargetGroup
-from tracker.core.index import Index
 from tracker.discovery.scrape import Scraper
+from tracker.ordering.index import Index
 
 
 async def targets(client: httpx.AsyncClient, base: str) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ from tracker.config.schema import (
     SpeedTest,
     TargetGroup,
 )
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 FULL = full_name(8000)
 DATA = archive_bytes(3 * MiB, seed=40)

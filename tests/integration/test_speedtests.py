@@ -21,7 +21,7 @@ from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 
 from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 NAME = full_name(1000)
 DATA = archive_bytes(4 * MiB, seed=3)

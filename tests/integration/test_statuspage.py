@@ -29,7 +29,7 @@ from test_attestations import attest
 
 from tracker.config.files import signing
 from tracker.config.schema import Attest
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
 from tracker.web.statusformat import format_time
 
 MiB = 1024 * 1024

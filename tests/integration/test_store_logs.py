@@ -13,7 +13,7 @@ import yaml
 from helpers_process import start_serve
 from helpers_s3 import ACCESS_KEY, Weed, store_settings
 
-from tracker.core.logs import STORE_DEBUG_ENV
+from tracker.observability.logs import STORE_DEBUG_ENV
 
 
 async def serve_at_debug(weed: Weed, tmp_path: Path, env: dict[str, str]) -> str:

@@ -17,8 +17,8 @@ from tracker.core.digests import (
     repr_digest,
     sha256sum_line,
 )
-from tracker.core.index import TargetKey
-from tracker.core.rejections import PREFIX, Rejections
+from tracker.ordering.index import TargetKey
+from tracker.ordering.rejections import PREFIX, Rejections
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.trustscreen import TrustPolicy, is_known
+from tracker.ordering.index import Index, TargetKey
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

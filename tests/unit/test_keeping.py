@@ -1,4 +1,4 @@
-"""What the tracker keeps for nodes still on an older full (tracker.core.keeping), what the
+"""What the tracker keeps for nodes still on an older full (tracker.ordering.keeping), what the
 bucket's retention keeps, and what the index lists of what the tracker holds: tables."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from names import full_name, incremental_name
 
-from tracker.core.holdings import HELD_TARGET
-from tracker.core.index import Index, TargetKey
-from tracker.core.keeping import cache_keeps, newest_incrementals
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.objectstore.retention import superseded
+from tracker.ordering.holdings import HELD_TARGET
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.keeping import cache_keeps, newest_incrementals
 
 F1, F2, F3 = full_name(100), full_name(200), full_name(300)
 I1A, I1B = incremental_name(100, 110), incremental_name(100, 120)

@@ -1,4 +1,4 @@
-"""What the tracker learned as a document (tracker/core/learned.py): clocks, merging, bounds."""
+"""What the tracker learned as a document (tracker/learning/learned.py): clocks, merging, bounds."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tracker.core.index import Index, TargetKey
-from tracker.core.learned import Learned, decode, encode, gather, merge, restore
-from tracker.core.rejections import Rejection, Rejections
 from tracker.errors import StateError
+from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import Rejection, Rejections
 
 A = TargetKey("g", "http://a")
 B = TargetKey("g", "http://b", discovered=True)

@@ -1,4 +1,4 @@
-"""The reader of what the tracker learned (tracker/core/learned.py) under mutated documents:
+"""The reader of what the tracker learned (tracker/learning/learned.py) under mutated documents:
 huge numbers, wrong types, deep nesting, NaN/Infinity, duplicate keys, roots that are not
 objects. A file or an object is read from disk or another replica: hostile. Whatever it
 holds, reading it raises StateError (the document is lost) or drops entries (each counted);
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker.core.index import Index, TargetKey
-from tracker.core.learned import (
+from tracker.errors import StateError
+from tracker.learning.learned import (
     MAX_BPS,
     MAX_WALL,
     Learned,
@@ -24,8 +24,8 @@ from tracker.core.learned import (
     merge,
     restore,
 )
-from tracker.core.rejections import Rejections
-from tracker.errors import StateError
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import Rejections
 
 HUGE = 10**400  # 401 digits: float() of it raises OverflowError
 WALL = 1_800_000_000.0

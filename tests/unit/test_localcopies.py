@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import pytest
 
 from tracker.core.digests import Digests, Verified
-from tracker.core.index import Index, TargetKey
 from tracker.core.localcopies import (
     NOT_YET,
     Checked,
@@ -23,6 +22,7 @@ from tracker.core.localcopies import (
     standing,
 )
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.ordering.index import Index, TargetKey
 from tracker.proof.levels import Level, Proof
 from tracker.web.wire import held_copy, local_files_json
 

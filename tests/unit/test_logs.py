@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tracker.core.logs import (
+from tracker.observability.logs import (
     MAX_RECENT_FIELD,
     RecentEvents,
     format_time,
@@ -182,8 +182,8 @@ def test_format_time_is_rfc3339_utc_with_milliseconds() -> None:
 def test_expected_errors_drop_only_their_tracebacks() -> None:
     import sys
 
-    from tracker.core.logs import ExpectedErrors
     from tracker.errors import TrackerError, UpstreamError
+    from tracker.observability.logs import ExpectedErrors
 
     keep = ExpectedErrors((TrackerError,))
 

@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 import os, sys
-from tracker.core.memory import limit_malloc_arenas
+from tracker.memory import limit_malloc_arenas
 print(limit_malloc_arenas())
 """
 
@@ -30,7 +30,7 @@ def test_applied_on_glibc_unless_the_operator_chose() -> None:
 
 FREEZE = """
 import gc
-from tracker.core.memory import freeze_startup_objects
+from tracker.memory import freeze_startup_objects
 import tracker.service
 kept = [[] for _ in range(3)]  # alive at start-up
 frozen = freeze_startup_objects()

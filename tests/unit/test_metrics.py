@@ -18,9 +18,9 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tracker import __version__
-from tracker.core.collectors import SCRAPE_BUCKETS
-from tracker.core.metrics import Metrics
-from tracker.core.probemetrics import ProbeSeries
+from tracker.observability.collectors import SCRAPE_BUCKETS
+from tracker.observability.metrics import Metrics
+from tracker.observability.probemetrics import ProbeSeries
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
 from tracker.core.text import TRACKER_AGENT
+from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy import decisions as plan
 from tracker.proxy import walk as walks
 from tracker.proxy.decisions import (

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tracker.config.schema import Ranking
-from tracker.core.predict import Download, beats, choose, predicted_seconds, priced_throughput
+from tracker.ordering.predict import Download, beats, choose, predicted_seconds, priced_throughput
 
 R = Ranking(replay_slots_per_second=25, slot_seconds=0.4, assumed_throughput=50e6)
 MB = 1_000_000
@@ -63,8 +63,8 @@ def test_predicted_seconds(
     ],
 )
 def test_priced_throughput(measured: float, expected: float) -> None:
-    """The one rule ranking and prediction share (tracker.core.ranking prices every
-    archive with it, tracker.core.predict every download)."""
+    """The one rule ranking and prediction share (tracker.ordering.ranking prices every
+    archive with it, tracker.ordering.predict every download)."""
     assert priced_throughput(measured, R) == expected
 
 

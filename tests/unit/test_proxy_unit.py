@@ -12,9 +12,9 @@ import trio
 from names import full_name
 
 from tracker.config.schema import Config, TLSConfig
-from tracker.core.index import Index, SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
+from tracker.ordering.index import Index, SnapshotSource, TargetKey
 from tracker.proxy.streamer import ProxyStreamer, StreamerParts
 from tracker.proxy.transfers import Transfers, plan_head
 from tracker.proxy.upstream import (

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from tracker.config.loading import load_config
 from tracker.config.schema import BasicAuth, BearerAuth, TargetGroup, TLSConfig
-from tracker.core.logs import log_event, setup_logging
-from tracker.core.metrics import Metrics
-from tracker.core.redact import has_secrets, redact_text, redact_url, redact_userinfo
 from tracker.errors import ConfigError
+from tracker.observability.logs import log_event, setup_logging
+from tracker.observability.metrics import Metrics
+from tracker.observability.redact import has_secrets, redact_text, redact_url, redact_userinfo
 from tracker.web.delivery import needs_credentials
 
 # Secrets are built around markers that cannot occur in the generated hosts and paths

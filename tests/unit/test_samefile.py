@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.samefile import Sameness, Validators, not_same_reason, sameness
 from tracker.fetch.state import Identity
+from tracker.multisource.samefile import Sameness, Validators, not_same_reason, sameness
 from tracker.multisource.sources import same_validators
 from tracker.proxy.resume import resumable, same_representation
 

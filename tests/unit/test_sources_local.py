@@ -15,11 +15,11 @@ import pytest
 from helpers_sources import HASHES
 
 from tracker.config.schema import Config, LocalTargets, TargetGroup
-from tracker.core.index import Index
 from tracker.discovery.local import scan_local
 from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
 from tracker.net.limits import exhausted
+from tracker.ordering.index import Index
 
 FULL = f"snapshot-100-{HASHES[0]}.tar.zst"
 INCR = f"incremental-snapshot-100-150-{HASHES[1]}.tar.zst"

@@ -1,4 +1,5 @@
-"""Which sources a speed test reads (tracker/core/speedtests.py), as a table; and its config."""
+"""Which sources a speed test reads (tracker/measuring/speedtests.py), as a table; and its
+config."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from names import full_name, incremental_name
 
 from tracker.config.loading import load_config
 from tracker.config.schema import Config
-from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
-from tracker.core.speedtests import probes_due
 from tracker.errors import ConfigError
+from tracker.measuring.speedtests import probes_due
+from tracker.ordering.index import SnapshotSource, TargetKey
 
 MiB = 1024 * 1024
 WHEN = datetime(2024, 1, 1, tzinfo=UTC)

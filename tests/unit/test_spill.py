@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_proof_accounts import built, key, model, reread_from, states
 
-from tracker.core.metrics import Metrics
 from tracker.errors import ArchiveInvalid, NoRoom
+from tracker.observability.metrics import Metrics
 from tracker.proof import spill as spill_module
 from tracker.proof import storages as storage_format
 from tracker.proof.accountsproof import AccountsProof

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker.core.index import Index, TargetKey
 from tracker.discovery.roster import Target, TargetHealth
+from tracker.ordering.index import Index, TargetKey
 from tracker.web.statusgather import StatusSources, _targets
 from tracker.web.wire import DISPROVEN
 

@@ -15,7 +15,7 @@ from helpers_browser import PAGE_TAGS, Dom
 from names import full_name, incremental_name
 
 from tracker.cache.store import RefreshProgress
-from tracker.core.logs import RecentEvent
+from tracker.observability.logs import RecentEvent
 from tracker.web.statuspage import (
     DEFAULT_REFRESH,
     MAX_REFRESH,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from test_plan import GET, RANGE, SIZE, _found, _hosts
 
-from tracker.core.rejections import PREFIX
+from tracker.ordering.rejections import PREFIX
 from tracker.proxy.decisions import choose_sources
 
 

@@ -1,14 +1,14 @@
 """A source's figure from what its speed tests read and what real transfers achieved
-(tracker/core/throughputs.py; docs/ranking.md, "Probed and achieved")."""
+(tracker/ordering/throughputs.py; docs/ranking.md, "Probed and achieved")."""
 
 from __future__ import annotations
 
 import pytest
 
-from tracker.core.index import Index, TargetKey
-from tracker.core.learned import Learned, decode, encode, gather, merge, restore
-from tracker.core.rejections import Rejections
-from tracker.core.throughputs import HALF_LIFE, TRUST_HALF_LIFE, Measured, combined
+from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import Rejections
+from tracker.ordering.throughputs import HALF_LIFE, TRUST_HALF_LIFE, Measured, combined
 
 H, T = HALF_LIFE, TRUST_HALF_LIFE
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tracker.config.schema import BearerAuth, TargetGroup
-from tracker.core.index import TargetKey
 from tracker.core.text import TRACKER_AGENT
 from tracker.errors import SourceFailed
+from tracker.ordering.index import TargetKey
 from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,

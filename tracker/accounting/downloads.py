@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import trio
 
-from tracker.core.logs import log_event
-from tracker.core.metrics import Metrics
 from tracker.errors import ClientGone, RequestError
+from tracker.observability.logs import log_event
+from tracker.observability.metrics import Metrics
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body, BytesBody, WrappedBody
 

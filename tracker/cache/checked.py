@@ -36,14 +36,14 @@ from tracker.core.digests import (
     parse_sha256sum_line,
     sha256sum_line,
 )
-from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.files.archivecheck import FollowingCheck
+from tracker.observability.logs import log_event
 from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
 
 if TYPE_CHECKING:
-    from tracker.cache.lifting import Voter
+    from tracker.proof.levels import Voter
 
 log = logging.getLogger("tracker.cache")
 

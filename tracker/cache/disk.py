@@ -16,14 +16,13 @@ from typing import cast
 
 import attrs
 
-from tracker.core.keeping import cache_keeps
-from tracker.core.logs import log_event
-
 # The small files' temp prefix and directory fsync, shared with the cache's own temp files.
 from tracker.core.smallfiles import TEMP_PREFIX as TEMP_PREFIX
 from tracker.core.smallfiles import fsync_dir as fsync_dir
 from tracker.core.smallfiles import read_small_file, write_atomically
 from tracker.core.snapshots import ArchiveName, parse_archive_name
+from tracker.observability.logs import log_event
+from tracker.ordering.keeping import cache_keeps
 from tracker.zerocopy.filesplice import Splicer
 from tracker.zerocopy.kernelcopy import splice_to_file
 
@@ -115,7 +114,7 @@ def is_archive_entry(entry: os.DirEntry[str]) -> bool:
 
 def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
     """Remove the cached archives of ``directory`` that need not stay once ``promoted`` is in
-    place (:func:`~tracker.core.keeping.cache_keeps`: one full, and the newest incremental
+    place (:func:`~tracker.ordering.keeping.cache_keeps`: one full, and the newest incremental
     of every full still served, ``served`` being the fulls' slots), with their digest files;
     the names removed."""
     names = []

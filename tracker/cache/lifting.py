@@ -18,33 +18,20 @@ requiring ``cluster`` below it removes the copy, like a failed check.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
 from tracker.core.digests import below_required
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, RequestError
-from tracker.proof.levels import Level, Proof, checked_for, required_for
+from tracker.proof.levels import Level, Proof, Voter, checked_for, required_for
 
 if TYPE_CHECKING:
     from tracker.cache.checked import CheckedFiles, Checking
 
 #: How often the held copies are looked at (seconds).
 KEEP_EVERY = 1.0
-
-
-class Voter(Protocol):
-    """Who asks the cluster's votes (:class:`tracker.proving.clustervotes.ClusterVotes`)."""
-
-    def rpcs(self) -> tuple[str, ...]:
-        """The RPC URLs asked (empty: none is configured, nothing is asked)."""
-        ...
-
-    async def lift(self, slot: int, proof: Proof) -> Proof:
-        """``proof`` at ``cluster`` when 2/3 of the stake voted (``slot``, its bank hash),
-        else with ``voted_stake`` (a tally) or a note saying why not."""
-        ...
 
 
 def liftable(proof: Proof, name: str) -> bool:

@@ -42,17 +42,17 @@ from tracker.cache.disk import (
     scan,
     unlink,
 )
-from tracker.cache.lifting import Voter, keep_levels
+from tracker.cache.lifting import keep_levels
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests, Verified
 from tracker.core.directories import unusable_directory
 from tracker.core.groupname import is_group_name
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_text
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_text
 from tracker.proof.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voter
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 

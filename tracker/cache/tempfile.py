@@ -24,7 +24,7 @@ from tracker.cache.disk import (
     writeback_and_close,
 )
 from tracker.core.digests import Verified, sha256sum_line
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
 from tracker.serving.threads import Background
 
 log = logging.getLogger("tracker.cache")

@@ -11,8 +11,8 @@ import attrs
 from tracker.config import values
 from tracker.config.schema import Config
 from tracker.config.warnings import config_warnings
-from tracker.core.redact import redact_text
 from tracker.errors import ConfigError
+from tracker.observability.redact import redact_text
 
 
 def _cli_int(value: object) -> int:

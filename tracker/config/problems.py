@@ -20,8 +20,8 @@ from cattrs.errors import (
 )
 
 from tracker.config.schema import TLSConfig
-from tracker.core.redact import redact_text
 from tracker.errors import FieldProblems
+from tracker.observability.redact import redact_text
 
 #: A key path: attribute names and list indexes.
 Path = tuple[str | int, ...]

@@ -2,7 +2,7 @@
 
 Pure functions raising ValueError with a message meant for the operator; the config loader
 puts the key path in front of it. Messages that quote a URL mask its userinfo and query
-(:func:`tracker.core.redact.redact_url`): error output ends up in logs and terminals.
+(:func:`tracker.observability.redact.redact_url`): error output ends up in logs and terminals.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from tracker.core.groupname import group_name_problem
 from tracker.core.hosts import is_host_name
-from tracker.core.redact import redact_url
+from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, Level
 
 _KINDS: tuple[tuple[type, str], ...] = (

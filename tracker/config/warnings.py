@@ -11,9 +11,9 @@ import os
 
 from tracker.config.schema import Config, TargetGroup
 from tracker.config.targetfile import read_target_file
-from tracker.core.redact import redact_text
 from tracker.core.trustscreen import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
+from tracker.observability.redact import redact_text
 from tracker.proof.levels import Level
 
 

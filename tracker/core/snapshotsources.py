@@ -1,7 +1,7 @@
 """A snapshot as one target holds it, and the target's identity: the values the index ranks.
 
 Pure values (no clock, no I/O), apart from the index so that the ranking modules
-(:mod:`tracker.core.ranking`) and the index share them.
+(:mod:`tracker.ordering.ranking`) and the index share them.
 """
 
 from __future__ import annotations

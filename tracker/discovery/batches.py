@@ -13,8 +13,8 @@ from datetime import datetime
 
 import trio
 
-from tracker.core.index import Index, TargetKey
 from tracker.core.snapshots import SnapshotInfo
+from tracker.ordering.index import Index, TargetKey
 
 #: Seconds between two hand-overs of probe results to the index during a round.
 APPLY_EVERY = 0.25

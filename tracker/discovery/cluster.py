@@ -19,12 +19,12 @@ import httpx
 import trio
 
 from tracker.config.schema import ClusterDiscovery
-from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.discovery.nodes import Node, parse_answer
 from tracker.errors import ProbeError, TransportError
 from tracker.net.exchange import stream
 from tracker.net.limits import read_capped, status_reason
+from tracker.observability.redact import redact_url
 
 #: The biggest getClusterNodes answer read (mainnet's is about 2 MB for 5,000 nodes).
 MAX_ANSWER = 32 * 1024 * 1024

@@ -15,7 +15,7 @@ from typing import Literal
 
 import attrs
 
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 #: ``cluster``: a ``getClusterNodes`` RPC URL of ``cluster_discovery`` (asked, not probed).
 Kind = Literal["sidecar", "http", "local", "cluster"]

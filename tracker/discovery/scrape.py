@@ -16,8 +16,6 @@ from collections.abc import Callable
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.index import Index, TargetKey
-from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.batches import ResultBatches
 from tracker.discovery.http import SizeMemo
@@ -35,6 +33,8 @@ from tracker.discovery.targetset import TargetFinder, rpc_keys
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index, TargetKey
 
 __all__ = ["Scraper", "Target", "TargetHealth"]
 

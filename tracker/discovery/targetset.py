@@ -17,13 +17,13 @@ import trio
 
 from tracker.config.schema import Config, TargetGroup
 from tracker.config.targetfile import read_target_file
-from tracker.core.index import TargetKey
-from tracker.core.logs import log_event
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import CatalogQuery, discover_consul
 from tracker.discovery.nodes import Node
 from tracker.discovery.roster import Target
 from tracker.errors import ProbeError
+from tracker.observability.logs import log_event
+from tracker.ordering.index import TargetKey
 
 log = logging.getLogger("tracker.scrape")
 

@@ -31,7 +31,6 @@ import trio
 
 from tracker.cache.lifting import lifted
 from tracker.core.digests import below_required
-from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
@@ -50,6 +49,7 @@ from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.files.archivecheck import FollowingCheck
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
+from tracker.observability.logs import log_event
 from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.fetch")

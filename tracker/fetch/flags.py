@@ -13,12 +13,12 @@ import attrs
 
 from tracker.config.schema import Ranking
 from tracker.config.values import parse_duration, parse_size
-from tracker.core.logs import log_event, setup_logging
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
+from tracker.observability.logs import log_event, setup_logging
 from tracker.proof.budget import (
     DEFAULT_MEMORY,
     AccountsLimits,
@@ -31,8 +31,8 @@ from tracker.proof.levels import LEVEL_NAMES, Level
 if TYPE_CHECKING:
     import httpx
 
-    from tracker.cache.lifting import Voter
     from tracker.fetch.run import FetchOptions
+    from tracker.proof.levels import Voter
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: ``--prove-accounts-max``: its range (that of the config's ``prove_accounts_max``; no

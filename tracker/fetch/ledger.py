@@ -12,12 +12,12 @@ import logging
 import os
 import stat
 
-from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.errors import ArchiveInvalid, FetchError
 from tracker.fetch.listing import RemoteSnapshot
 from tracker.fetch.state import load_state
 from tracker.files.archivecheck import check_file
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")
 

@@ -21,13 +21,13 @@ import httpx
 import trio
 
 from tracker.core.digests import is_sha256_hex
-from tracker.core.redact import redact_userinfo
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
 from tracker.errors import FetchError, ProbeError
 from tracker.fetch.statementfiles import SUFFIX
 from tracker.fetch.trust import MAX_LISTED, listed_documents
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
+from tracker.observability.redact import redact_userinfo
 
 #: Bounds of what is read from the tracker.
 MAX_BODY = 16 * 1024 * 1024

@@ -14,7 +14,7 @@ from typing import Never, Protocol, TextIO
 
 from tqdm import tqdm
 
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")
 

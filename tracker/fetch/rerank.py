@@ -3,10 +3,10 @@
 A tracker that ranks by the time to a running node lists every pair's ``predicted_seconds``
 for a node that has nothing. A full the ledger already holds costs this node nothing to
 download, so the pairs are priced again by the same predictor
-(:func:`tracker.core.predict.predicted_seconds`): the ledger's files left out, each other file
+(:func:`tracker.ordering.predict.predicted_seconds`): the ledger's files left out, each other file
 at the fastest throughput the tracker lists for it (else the assumed one), the tip the newest
 slot on offer. The tracker's first pair stays the choice unless another beats it by the
-switch margin (:func:`tracker.core.predict.choose`), so fetch and the redirects agree when
+switch margin (:func:`tracker.ordering.predict.choose`), so fetch and the redirects agree when
 the ledger changes nothing.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 
 from tracker.config.schema import Ranking
-from tracker.core.predict import Download, choose, predicted_seconds
 from tracker.core.snapshots import SnapshotInfo
 from tracker.fetch.listing import RemoteSnapshot
+from tracker.ordering.predict import Download, choose, predicted_seconds
 
 
 def rerank(

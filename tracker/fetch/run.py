@@ -17,10 +17,8 @@ import attrs
 import httpx
 import trio
 
-from tracker.cache.lifting import Voter
 from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import Ranking
-from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
@@ -35,7 +33,8 @@ from tracker.fetch.rerank import rerank
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
 from tracker.net.httpclients import ClientShape, bulk_client, rpc_client
-from tracker.proof.levels import Level, Proof
+from tracker.observability.logs import log_event
+from tracker.proof.levels import Level, Proof, Voter
 
 log = logging.getLogger("tracker.fetch")
 

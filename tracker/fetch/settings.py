@@ -11,7 +11,7 @@ from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Level
 
 if TYPE_CHECKING:
-    from tracker.cache.lifting import Voter
+    from tracker.proof.levels import Voter
 
 MiB = 1024 * 1024
 

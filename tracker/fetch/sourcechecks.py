@@ -19,14 +19,14 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
-from tracker.core.contentrange import MAX_DIGITS, parse_content_range
-from tracker.core.logs import log_event
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import SourceFailed
 from tracker.fetch.settings import FetchSettings
+from tracker.multisource.contentrange import MAX_DIGITS, parse_content_range
 from tracker.multisource.sources import Identity, Source, check_range
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import send, source_failures
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")
 

@@ -22,9 +22,9 @@ import stat
 
 import attrs
 
-from tracker.core.samefile import not_same_reason
 from tracker.core.smallfiles import read_small, write_atomically
 from tracker.multisource.claims import intersect
+from tracker.multisource.samefile import not_same_reason
 from tracker.multisource.sources import Identity
 
 #: The longest state file read back (a state is a few hundred bytes).

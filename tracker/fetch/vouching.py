@@ -15,12 +15,12 @@ import time
 import httpx
 import trio
 
-from tracker.core.redact import redact_userinfo
 from tracker.errors import ProbeError
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.trust import unvouched
 from tracker.net.limits import fetch_capped
+from tracker.observability.redact import redact_userinfo
 
 
 async def statements_problem(

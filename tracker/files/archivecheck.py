@@ -37,6 +37,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.files.checklimits import CANCELLED, Budget
 from tracker.files.decoders import decoder_for
+from tracker.files.framedecode import decode_zstd_frames
 from tracker.files.reread import accounts_prover, proving
 from tracker.files.streamparse import Feeder
 from tracker.files.tarwalk import Header, walk_tar
@@ -125,7 +126,10 @@ def check_stream(
                 budget.spend(len(piece))
                 tar.feed(piece)
 
-            decoder_for(parsed.ext, decoders)(chunks, sink)
+            if parsed.ext == ".tar.zst" and decoders > 1:
+                decode_zstd_frames(chunks, sink, decoders)
+            else:
+                decoder_for(parsed.ext)(chunks, sink)
             tar.finish()
         except Exception as exc:
             if failed and exc is failed[0]:

@@ -336,14 +336,10 @@ XZ = Layer(
 )
 
 
-def decoder_for(ext: str, workers: int = 1) -> Callable[[Chunks, Sink], None]:
-    """The decoder of an archive extension (``.tar.zst``, ... ``.tar``); zstd's frames by up
-    to ``workers`` threads (:mod:`tracker.files.framedecode`)."""
+def decoder_for(ext: str) -> Callable[[Chunks, Sink], None]:
+    """The decoder of an archive extension (``.tar.zst``, ... ``.tar``), on the caller's
+    thread (zstd's frames by several threads: :mod:`tracker.files.framedecode`)."""
     layers = {".tar.lz4": LZ4, ".tar.bz2": BZ2, ".tar.gz": GZIP, ".tar.xz": XZ}
-    if ext == ".tar.zst" and workers > 1:
-        from tracker.files.framedecode import decode_zstd_frames  # it imports this module
-
-        return lambda chunks, sink: decode_zstd_frames(chunks, sink, workers)
     if ext == ".tar.zst":
         return decode_zstd
     if ext == ".tar":

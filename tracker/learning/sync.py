@@ -3,7 +3,7 @@
 
 :class:`Learning` reads the state file (``{cache dir}/.learned.json``) and every replica's
 object (``{prefix}.learned/{replica}.json``) at start, merges them into the index and the
-rejections (:mod:`tracker.core.learned`), and every :data:`SYNC_EVERY` seconds writes its
+rejections (:mod:`tracker.learning.learned`), and every :data:`SYNC_EVERY` seconds writes its
 own (the file atomically: :func:`tracker.core.smallfiles.write_atomically`) and merges the
 others' again; once more when it stops. A file or object that cannot be read costs itself,
 an entry that cannot costs itself (logged, counted in ``learned_dropped_total``), never the
@@ -25,14 +25,14 @@ import attrs
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.index import Index
-from tracker.core.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
-from tracker.core.logs import log_event
-from tracker.core.metrics import LearnedLoss, Metrics
-from tracker.core.rejections import Rejections
 from tracker.core.smallfiles import read_small, write_atomically
 from tracker.errors import StateError, StoreError
+from tracker.learning.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
 from tracker.objectstore.bucket import Bucket
+from tracker.observability.logs import log_event
+from tracker.observability.metrics import LearnedLoss, Metrics
+from tracker.ordering.index import Index
+from tracker.ordering.rejections import Rejections
 
 log = logging.getLogger("tracker.learned")
 

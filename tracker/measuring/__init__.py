@@ -1,5 +1,6 @@
 """Ranking measurements (docs/http-api.md, "Speed tests"): :mod:`tracker.measuring.rangereads`
 reads the first bytes of the leading fulls of each group's best sources, within their
 ``source_limits``, and records the probed throughput the ranking weighs (which sources are due
-is the pure :mod:`tracker.core.speedtests`; how probed and achieved figures combine,
-:mod:`tracker.core.throughputs`). The live rate of transfers is :mod:`tracker.core.flowing`."""
+is the pure :mod:`tracker.measuring.speedtests`; how probed and achieved figures combine,
+:mod:`tracker.ordering.throughputs`). The live rate of transfers is
+:mod:`tracker.ordering.flowing`."""

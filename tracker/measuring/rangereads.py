@@ -1,13 +1,13 @@
 """Speed tests: bounded Range reads of the leading candidates' archives.
 
 The ranking can only trust a speed it measured. Every few seconds :class:`SpeedTests` asks
-:func:`tracker.core.speedtests.probes_due` which of each group's leading sources have no
+:func:`tracker.measuring.speedtests.probes_due` which of each group's leading sources have no
 recent measurement, and reads the first ``speed_test.bytes`` of a full archive of each, one
 read at a time (so never more than one per source), each bounded in bytes and in time, and
 timed from the request to the last byte (connecting and the response head included: a
 source that makes its answer wait is as slow as one that sends slowly). The bytes per second
 it saw are the source's *probed* figure, which the index combines with what real transfers
-achieved (:func:`tracker.core.throughputs.combined`). Every read goes through
+achieved (:func:`tracker.ordering.throughputs.combined`). Every read goes through
 :func:`speed_test`, the one place a speed test touches a source: the proxy's upstream client
 path, so credentials reach only their origin and the egress policy applies
 (docs/http-api.md#speed-tests). A read takes one of the source's transfer slots and is paced
@@ -25,13 +25,13 @@ import httpx
 import trio
 
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.index import Index, TargetKey
-from tracker.core.logs import log_event
-from tracker.core.speedtests import Probe, probes_due
-from tracker.core.throughputs import KINDS
 from tracker.errors import SourceBusy, SourceFailed, TransportError
+from tracker.measuring.speedtests import Probe, probes_due
 from tracker.net.bodyreads import body_chunks
 from tracker.net.sourcelimits import Pacer
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.throughputs import KINDS
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.speedtest")

@@ -8,8 +8,12 @@ sources go together, where pieces go, what a client sees); the mechanism is here
 order, or in a window ahead of a growing file's readers); :mod:`~tracker.multisource.sources`
 a source and the checks of every answer; :mod:`~tracker.multisource.crew` the connections
 that claim, fetch and write pieces (spliced when the answer allows); which sources are too
-slow to keep is :mod:`~tracker.multisource.judging` (pure).
+slow to keep is :mod:`~tracker.multisource.judging` (pure). The rules every answer of a
+download is held to live here too: the one ``Content-Range`` parser
+(:mod:`~tracker.multisource.contentrange`) and the one rule of when two answers are the same
+file (:mod:`~tracker.multisource.samefile`).
 
 May import: :mod:`tracker.zerocopy`, :mod:`tracker.clientwire`, :mod:`tracker.net`,
-:mod:`tracker.core`, :mod:`tracker.errors`. Not the web framework, not the cache.
+:mod:`tracker.core`, :mod:`tracker.observability`, :mod:`tracker.errors`. Not the web
+framework, not the cache.
 """

@@ -24,13 +24,13 @@ import httpx
 import trio
 
 from tracker.clientwire.transport import BigReadStream, splice_stream
-from tracker.core.logs import log_event
 from tracker.errors import SourceBusy, SourceFailed
 from tracker.multisource.claims import Claim, Pieces
 from tracker.multisource.sources import Source, check_range, check_whole
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.observability.logs import log_event
 from tracker.zerocopy.filesplice import SPLICE_SECONDS, Splicer, splice_into_file
 from tracker.zerocopy.kernelcopy import splice_to_file
 

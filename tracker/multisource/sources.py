@@ -6,7 +6,7 @@ together is the caller's policy (``fetch`` samples their bytes, the cache's refr
 the index's copies of the same name, size and published SHA-256: docs/http-api.md#trust);
 the engine only checks every answer against the source it came from: the range asked, of the
 same size, not provably another file (:func:`check_range`, :func:`check_whole`; the one
-"same file" rule is :mod:`tracker.core.samefile`). A failing answer raises
+"same file" rule is :mod:`tracker.multisource.samefile`). A failing answer raises
 :class:`~tracker.errors.SourceFailed` with a one-line reason that starts with the URL.
 """
 
@@ -18,10 +18,10 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.contentrange import ContentRange, states_range
-from tracker.core.logs import log_event
-from tracker.core.samefile import Sameness, Validators, sameness
 from tracker.errors import SourceFailed
+from tracker.multisource.contentrange import ContentRange, states_range
+from tracker.multisource.samefile import Sameness, Validators, sameness
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.multisource")
 
@@ -41,7 +41,7 @@ class Identity:
 
     def same_file(self, other: Identity) -> bool:
         """True when ``other`` is provably this file: the same size, and validators that
-        prove it (:func:`tracker.core.samefile.sameness`); with no validator in common they
+        prove it (:func:`tracker.multisource.samefile.sameness`); with no validator in common they
         are not provably the same."""
         return self.size == other.size and (
             sameness(self.validators, other.validators) is Sameness.SAME
@@ -109,7 +109,7 @@ def check_whole(response: httpx.Response, source: Source) -> None:
 
 def same_validators(response: httpx.Response, identity: Identity) -> bool:
     """False when the answer's validators prove it is another file than ``identity``
-    (:func:`tracker.core.samefile.sameness`: different, not merely unproven; the size is
+    (:func:`tracker.multisource.samefile.sameness`: different, not merely unproven; the size is
     checked anyway). Checked on every answer rather than asked with ``If-Range``, which a
     tracker's change of ETag (its cache's own) would turn into a whole-file 200.
     """

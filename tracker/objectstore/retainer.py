@@ -18,12 +18,12 @@ import trio
 
 from tracker.config.schema import ObjectStore
 from tracker.core.digests import Digests
-from tracker.core.logs import log_event
 from tracker.errors import StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.retention import retirement, superseded
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -60,7 +60,7 @@ class Retainer:
     #: newest incremental on each is kept (:func:`~tracker.objectstore.retention.superseded`).
     served: Callable[[str], Collection[int]] = attrs.field(default=_none_served, init=False)
     #: Told the archives (name, bytes, Unix time stored) of a group the bucket holds
-    #: after each retention (the index lists them: :mod:`tracker.core.holdings`).
+    #: after each retention (the index lists them: :mod:`tracker.ordering.holdings`).
     on_listed: Callable[[str, list[tuple[str, int, float]]], None] = attrs.field(
         default=_ignore_listed, init=False
     )

@@ -1,7 +1,7 @@
 """Which objects of a group may go once a newer archive is complete, and when (pure logic).
 
 Retention keeps the newest ``1 + keep_previous`` archives of each group and kind, and the
-newest incremental of every full still served (:func:`tracker.core.keeping.newest_incrementals`:
+newest incremental of every full still served (:func:`tracker.ordering.keeping.newest_incrementals`:
 a node that spent its time on an older full still finds an incremental on it);
 :func:`superseded` names the others; of those, one handed out less than ``direct_serve_ttl``
 (and a margin) ago is held back until its last URL has expired (:func:`retirement`), and the
@@ -14,8 +14,8 @@ from collections.abc import Collection, Iterable, Mapping
 
 import attrs
 
-from tracker.core.keeping import newest_incrementals
 from tracker.core.snapshots import parse_archive_name
+from tracker.ordering.keeping import newest_incrementals
 
 
 def superseded(

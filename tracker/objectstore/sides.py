@@ -35,7 +35,6 @@ import attrs
 
 from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified, parse_sha256sum_line, sha256sum_line
-from tracker.core.logs import log_event
 from tracker.errors import StatementInvalid
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import (
@@ -44,6 +43,7 @@ from tracker.objectstore.keys import (
     PROOF_SUFFIX,
     archive_key,
 )
+from tracker.observability.logs import log_event
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
 
 if TYPE_CHECKING:

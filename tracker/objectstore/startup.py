@@ -10,14 +10,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from tracker.config.schema import ObjectStore
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_url
 from tracker.errors import StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.retainer import HANDOUT_MARGIN, Retainer
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_url
 
 log = logging.getLogger("tracker.objectstore")
 

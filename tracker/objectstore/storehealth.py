@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import attrs
 
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.objectstore")
 

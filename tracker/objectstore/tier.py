@@ -33,8 +33,6 @@ import trio
 from tracker.config.schema import ObjectStore
 from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_url
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
@@ -46,6 +44,8 @@ from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_ob
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.upload import Growing, upload_following
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_url
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
     from tracker.core.statements import Attestation

@@ -19,11 +19,11 @@ from typing import Protocol
 import trio
 
 from tracker.core.digests import sha256sum_line
-from tracker.core.logs import log_event
 from tracker.errors import StoreError
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import DIGEST_SUFFIX
 from tracker.objectstore.storeanswers import ObjectInfo
+from tracker.observability.logs import log_event
 from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.objectstore")

@@ -14,7 +14,7 @@ Each level implies the ones before it (docs/architecture.md, "Proven archives"):
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -129,3 +129,16 @@ def shortfall(proof: Proof, required: Level, *, is_full: bool) -> str | None:
     needed = required_for(required, is_full=is_full)
     why = f": {proof.note}" if proof.note else ""
     return f"proven to {proof.level.label}, {needed.label} required{why}"
+
+
+class Voter(Protocol):
+    """Who asks the cluster's votes (:class:`tracker.proving.clustervotes.ClusterVotes`)."""
+
+    def rpcs(self) -> tuple[str, ...]:
+        """The RPC URLs asked (empty: none is configured, nothing is asked)."""
+        ...
+
+    async def lift(self, slot: int, proof: Proof) -> Proof:
+        """``proof`` at ``cluster`` when 2/3 of the stake voted (``slot``, its bank hash),
+        else with ``voted_stake`` (a tally) or a note saying why not."""
+        ...

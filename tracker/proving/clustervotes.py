@@ -30,13 +30,13 @@ import httpx
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_url
 from tracker.core.text import one_line
 from tracker.errors import ProbeError, RpcError, TransportError, VoteInvalid
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import stream
 from tracker.net.limits import decode_text, iter_json_members, status_reason
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_url
 from tracker.proof.levels import Level, Proof
 from tracker.proof.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
 

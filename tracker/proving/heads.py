@@ -3,15 +3,15 @@
 
 In redirect mode the tracker never holds the bytes, but an archive's manifest comes before
 its accounts. A group that sets ``trust.require`` above ``structure`` (:func:`proven_only`)
-ranks only the copies proven here (:mod:`tracker.core.provenonly`). Every second
-:class:`HeadProofs` asks :func:`tracker.core.headreads.heads_due` which copies of the best full
+ranks only the copies proven here (:mod:`tracker.ordering.provenonly`). Every second
+:class:`HeadProofs` asks :func:`tracker.proving.headreads.heads_due` which copies of the best full
 and incremental such a group would rank were every copy proven have not been read yet, and reads
 each from the start, through the archive check with its proof (``prove``, the files layer's
 head check, passed in), until the manifest ends or ``manifest_read`` bytes came. A copy
 below its group's level (a manifest that does not decode, a name its lattice hash does not
 give, a bank hash that does not recompute) is kept out of the ranking
-(:meth:`tracker.core.index.Index.disprove`) and its source shows the reason; a copy that
-reaches it is kept as proven and ranked (:meth:`tracker.core.index.Index.prove`), once per
+(:meth:`tracker.ordering.index.Index.disprove`) and its source shows the reason; a copy that
+reaches it is kept as proven and ranked (:meth:`tracker.ordering.index.Index.prove`), once per
 archive and source. A reload that lowers the level brings back the copies refused only for
 the old one, with the proof their read gave. A read that fails for a reason
 that is not the archive's (the source busy, unreachable, an answer that is not the file) is
@@ -31,14 +31,14 @@ import attrs
 import trio
 
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.headreads import HeadRead, heads_due
-from tracker.core.index import Index, TargetKey
-from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index, TargetKey
 from tracker.proof.levels import Level, Proof, shortfall
 from tracker.proving.clustervotes import ClusterVotes
+from tracker.proving.headreads import HeadRead, heads_due
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")

@@ -29,10 +29,9 @@ import attrs
 import trio
 
 from tracker.cache.checked import check_opened, open_copy
-from tracker.cache.lifting import Voter, liftable, lifted
+from tracker.cache.lifting import liftable, lifted
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, repr_digest
-from tracker.core.index import Index
 from tracker.core.localcopies import (
     Checked,
     Identity,
@@ -44,11 +43,13 @@ from tracker.core.localcopies import (
     identity_of,
     standing,
 )
-from tracker.core.logs import log_event
 from tracker.core.snapshotsources import TargetKey
 from tracker.discovery.local import scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index
 from tracker.proof.budget import AccountsLimits
+from tracker.proof.levels import Voter
 
 log = logging.getLogger("tracker.proof")
 

@@ -32,9 +32,6 @@ import trio
 
 from tracker.config.schema import Config, ObjectStore, TargetGroup
 from tracker.core.digests import Digests, repr_digest
-from tracker.core.index import SnapshotSource, TargetKey
-from tracker.core.logs import log_event
-from tracker.core.metrics import Metrics
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
 from tracker.objectstore.bucket import Bucket
@@ -43,6 +40,9 @@ from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.observability.logs import log_event
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.sharing import SharedRefresh
 from tracker.serving.httpanswer import Answer
 from tracker.serving.ranges import http_date

@@ -41,12 +41,12 @@ import trio
 from tracker.accounting.downloads import outcome_of
 from tracker.cache.refresh import Refresh
 from tracker.clientwire.transport import BigReadStream, splice_stream
-from tracker.core.index import TargetKey
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_text
+from tracker.ordering.index import TargetKey
 from tracker.proxy.clientfeed import ChannelBody, EarlyBody, Flow, channel, pass_on, recorded
 from tracker.proxy.decisions import Found
 from tracker.proxy.manysources import Repair, fill_from_many, identical, use_many

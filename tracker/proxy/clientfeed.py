@@ -38,8 +38,8 @@ import attrs
 import trio
 
 from tracker.clientwire.transport import limit_reads
-from tracker.core.logs import log_event
 from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
+from tracker.observability.logs import log_event
 from tracker.proxy.resume import UpstreamBody
 from tracker.proxy.transfers import Head, RefreshOutcome, StreamEvents, StreamJob
 from tracker.serving.responsebodies import Body, GeneratorBody

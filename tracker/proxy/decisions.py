@@ -19,10 +19,10 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from tracker.core.index import SnapshotSource
-from tracker.core.rejections import PREFIX as REJECTED
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, wants_bytes
+from tracker.ordering.index import SnapshotSource
+from tracker.ordering.rejections import PREFIX as REJECTED
 from tracker.serving.ranges import ByteRange, parse_range
 
 # -- facts ---------------------------------------------------------------------------------------

@@ -26,12 +26,12 @@ import trio
 
 from tracker.clientwire.transport import body_started
 from tracker.config.schema import TargetGroup
-from tracker.core.index import SnapshotSource, TargetKey
-from tracker.core.logs import log_event
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import one_line
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.net.exchange import source_failures
+from tracker.observability.logs import log_event
+from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.upstream import (
     DownloadClients,
     Queueing,

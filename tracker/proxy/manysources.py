@@ -31,15 +31,15 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
-from tracker.core.flowing import Flowing
-from tracker.core.index import TargetKey
-from tracker.core.logs import log_event
-from tracker.core.redact import redact_text
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces, intersect
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
 from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_text
+from tracker.ordering.flowing import Flowing
+from tracker.ordering.index import TargetKey
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import find_liars
 from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
@@ -127,7 +127,7 @@ def window_for(piece: int, lanes: int) -> int:
 
 @attrs.define(eq=False)
 class _Measured:
-    """One source's transfer as :class:`tracker.core.flowing.Flowing` reads it."""
+    """One source's transfer as :class:`tracker.ordering.flowing.Flowing` reads it."""
 
     source: Source
     opened_at: float

@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
 from tracker.multisource.sources import Source
+from tracker.observability.logs import log_event
 from tracker.proxy.clientfeed import EarlyBody, Flow
 from tracker.proxy.failover import head_due
 from tracker.proxy.resume import UpstreamBody, resumable

@@ -22,12 +22,12 @@ from contextlib import AbstractAsyncContextManager
 import attrs
 import trio
 
-from tracker.core.logs import log_event
 from tracker.errors import SourceFailed, TransportError
 from tracker.multisource.claims import merge
 from tracker.multisource.crew import Answer
 from tracker.multisource.sources import Source, check_range
 from tracker.net.bodyreads import body_chunks
+from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.proxy")
 

@@ -22,8 +22,8 @@ import attrs
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.index import Index
-from tracker.core.logs import log_event
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index
 from tracker.proxy.transfers import Transfers
 
 log = logging.getLogger("tracker.prefetch")

@@ -32,11 +32,11 @@ import trio
 
 from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
-from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
 from tracker.objectstore.locks import Holder, Lock
+from tracker.observability.logs import log_event
+from tracker.observability.metrics import ByteSource
 from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask, Wanted
 from tracker.proxy.bucketcopies import ObjectPath

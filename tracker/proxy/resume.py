@@ -12,7 +12,7 @@ Bytes of two versions of a file are never spliced: archives of one slot and hash
 different nodes are not byte-identical, and a source may replace its file between two
 requests. So a resume asks the *same* source only, and is accepted only when the ``206``
 proves the same representation as the first answer (:func:`same_representation`, by the
-one rule of :mod:`tracker.core.samefile`): the same strong ``ETag``, or, when the first
+one rule of :mod:`tracker.multisource.samefile`): the same strong ``ETag``, or, when the first
 answer had none, the same ``Last-Modified``, with a ``Content-Range`` that is exactly the
 rest of the file. A first answer with neither
 validator is not resumed at all (:func:`resumable`). When no resume is possible the body
@@ -30,12 +30,12 @@ import trio
 from tracker.cache.refresh import Refresh
 from tracker.clientwire.transport import splice_stream
 from tracker.config.schema import TargetGroup
-from tracker.core.contentrange import ContentRange, states_range
-from tracker.core.logs import log_event
-from tracker.core.samefile import Validators, not_same_reason
 from tracker.core.text import one_line, quoted
 from tracker.errors import SourceFailed, TransportError, UpstreamError
+from tracker.multisource.contentrange import ContentRange, states_range
+from tracker.multisource.samefile import Validators, not_same_reason
 from tracker.net.bodyreads import body_chunks
+from tracker.observability.logs import log_event
 from tracker.proxy.failover import Asking, open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
@@ -194,7 +194,7 @@ def resumable(first: httpx.Response) -> bool:
 
 def same_representation(first: httpx.Response, resumed: httpx.Response) -> str | None:
     """Why ``resumed`` is not provably the same file as ``first``; None when it is
-    (:func:`tracker.core.samefile.sameness` says *same*)."""
+    (:func:`tracker.multisource.samefile.sameness` says *same*)."""
     return not_same_reason(Validators.of(first.headers), Validators.of(resumed.headers))
 
 

@@ -19,10 +19,10 @@ import attrs
 from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
 from tracker.core.digests import repr_digest
-from tracker.core.logs import log_event
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
 from tracker.objectstore.locks import Holder
+from tracker.observability.logs import log_event
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay

@@ -21,17 +21,16 @@ from functools import partial
 
 import attrs
 
-from tracker.cache.lifting import Voter
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
 from tracker.core.digests import Digests
-from tracker.core.index import Index
-from tracker.core.metrics import Metrics
-from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
+from tracker.observability.metrics import Metrics
+from tracker.ordering.index import Index
+from tracker.ordering.rejections import Rejections
 from tracker.proof.budget import (
     CACHE_TEMP,
     AccountsLimits,
@@ -39,7 +38,7 @@ from tracker.proof.budget import (
     WorkerSlots,
     default_workers,
 )
-from tracker.proof.levels import Level
+from tracker.proof.levels import Level, Voter
 from tracker.proxy import walk as walks
 from tracker.proxy.ask import Ask, Wanted
 from tracker.proxy.bucketcopies import ObjectPath
@@ -302,7 +301,7 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
         wanted = Wanted(target_group, archive, found, cache)
-        # Only the tracker may hold it (tracker.core.holdings): no source to relay from.
+        # Only the tracker may hold it (tracker.ordering.holdings): no source to relay from.
         relayable = any(f.url for f, _source in found)
         walk = request_walk(ask.asked, self._mode(config, cache), relayable=relayable)
         return await RequestSteps(self, ask, wanted).walk(walk)
@@ -452,6 +451,6 @@ class RequestSteps:
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:
     """The disk cache now holds ``files``: the index lists those no source has any more
-    (:mod:`tracker.core.holdings`)."""
+    (:mod:`tracker.ordering.holdings`)."""
     for group in {f.group for f in files} | set(index.holdings.groups()):
         index.hold("cache", group, [(f.name, f.size, f.mtime) for f in files if f.group == group])

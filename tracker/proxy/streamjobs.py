@@ -26,12 +26,12 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.index import Index, TargetKey
-from tracker.core.logs import log_event
-from tracker.core.metrics import ByteSource, Kind, Metrics, Outcome
-from tracker.core.rejections import Rejections
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
+from tracker.observability.logs import log_event
+from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Found, choose_sources

@@ -32,11 +32,11 @@ import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.core.contentrange import parse_content_range
-from tracker.core.flowing import Flowing
-from tracker.core.index import TargetKey
-from tracker.core.logs import log_event
 from tracker.errors import UpstreamError
+from tracker.multisource.contentrange import parse_content_range
+from tracker.observability.logs import log_event
+from tracker.ordering.flowing import Flowing
+from tracker.ordering.index import TargetKey
 from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import Reopen
 from tracker.proxy.upstream import ProxySettings, UpstreamAnswer, client_response_headers

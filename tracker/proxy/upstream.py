@@ -43,11 +43,10 @@ import trio
 
 from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.config.schema import TargetGroup, TLSConfig
-from tracker.core.contentrange import parse_content_range
-from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import SourceFailed
+from tracker.multisource.contentrange import parse_content_range
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
 from tracker.net.exchange import send, source_failures
 from tracker.net.httpclients import (
@@ -69,6 +68,7 @@ from tracker.net.sourcelimits import (
     Slot,
     SourceLimits,
 )
+from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.ask import upstream_request_headers
 
 log = logging.getLogger("tracker.proxy")

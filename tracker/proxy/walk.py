@@ -210,7 +210,7 @@ def _give(
     claim: Claimed | None = None,
 ) -> tuple[Walk, Step]:
     """``step`` given at ``stage``, with what the stage learned (None: as before); a relay,
-    when no source is left to ask, is :class:`Gone` (a kept file, ``core.holdings``, whose
+    when no source is left to ask, is :class:`Gone` (a kept file, ``ordering.holdings``, whose
     copies did not answer). Built field by field: ``attrs.evolve`` would cost several times
     the whole walk (it is on every proxied request's path)."""
     if isinstance(step, Relay):

@@ -1,7 +1,7 @@
 """The public HTTP API (§7): JSON listings, short redirects and concrete archive routes.
 
 Routes only: parsing lives in :mod:`tracker.web.queries`, the byte path in
-:mod:`tracker.web.delivery`, the ranking in :mod:`tracker.core.index`. ``create_app`` takes
+:mod:`tracker.web.delivery`, the ranking in :mod:`tracker.ordering.index`. ``create_app`` takes
 every dependency; nothing is global.
 """
 
@@ -19,9 +19,9 @@ from werkzeug.exceptions import HTTPException
 
 from tracker.config.schema import Config
 from tracker.core.digests import sha256sum_line
-from tracker.core.index import SnapshotSource
-from tracker.core.redact import redact_url
 from tracker.errors import RequestError
+from tracker.observability.redact import redact_url
+from tracker.ordering.index import SnapshotSource
 from tracker.serving.httpanswer import retry_after
 from tracker.web.delivery import redirect
 from tracker.web.deps import ApiDeps, ResponseCounter

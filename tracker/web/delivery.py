@@ -21,12 +21,12 @@ import quart
 
 from tracker.accounting.downloads import DownloadSlots, Slot, account_download
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.index import Index, SnapshotSource
-from tracker.core.metrics import Metrics, Outcome
-from tracker.core.redact import has_secrets, redact_userinfo
 from tracker.core.snapshots import ArchiveName, SnapshotFile
 from tracker.core.text import wants_bytes
 from tracker.errors import RequestError
+from tracker.observability.metrics import Metrics, Outcome
+from tracker.observability.redact import has_secrets, redact_userinfo
+from tracker.ordering.index import Index, SnapshotSource
 from tracker.proxy.ask import Ask, ask_of
 from tracker.serving.fileresponse import ChunkBudget, content_disposition, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
@@ -180,7 +180,7 @@ class Delivery:
         served = root and wants_bytes(ask.asked.user_agent, config.serve_user_agents)
         proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
         if not f.path and not f.url and not config.proxy_snapshot_downloads:
-            # Held by the tracker only (tracker.core.holdings): served by proxy mode alone.
+            # Held by the tracker only (tracker.ordering.holdings): served by proxy mode alone.
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         if not f.path and not proxied:
             self._count("redirect")

@@ -16,11 +16,11 @@ import trio
 from tracker.config.schema import Config
 from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
-from tracker.core.flowing import Flowing
-from tracker.core.index import Index, TargetKey
 from tracker.core.localcopies import Checked
-from tracker.core.rejections import Rejections
 from tracker.discovery.scrape import Scraper
+from tracker.ordering.flowing import Flowing
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import Rejections
 from tracker.web.delivery import Delivery
 from tracker.web.healthcheck import HealthChecker
 

@@ -9,11 +9,11 @@ import httpx
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.index import Index
 from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError, RpcError, TransportError
 from tracker.net.exchange import stream
 from tracker.net.limits import read_capped
+from tracker.ordering.index import Index
 
 RPC_TIMEOUT = 5.0
 MAX_RPC_BODY = 64 * 1024

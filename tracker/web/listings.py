@@ -3,7 +3,7 @@
 ``/v1/snapshots`` of a fleet with 10,000 snapshots is megabytes of JSON: building and
 serialising it took tens of milliseconds per request in the event loop, so 16 clients polling
 at once queued behind each other for seconds. What a listing says depends only on the index
-(its :attr:`~tracker.core.index.Index.generation`), the config in force and the request's
+(its :attr:`~tracker.ordering.index.Index.generation`), the config in force and the request's
 parameters and base URL, so each rendering is kept, keyed by those, until the index changes.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from tracker.core.index import Index
+from tracker.ordering.index import Index
 
 #: Renderings kept at once (distinct groups, filters and base URLs).
 MAX_ENTRIES = 64

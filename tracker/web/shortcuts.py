@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from tracker.core.index import Index, SnapshotSource
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import RequestError
+from tracker.ordering.index import Index, SnapshotSource
 from tracker.web.queries import known_group, resolve_group
 
 if TYPE_CHECKING:

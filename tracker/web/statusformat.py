@@ -8,7 +8,7 @@ import html
 import math
 import time
 
-from tracker.core.redact import redact_text
+from tracker.observability.redact import redact_text
 
 #: The longest text shown in a cell; longer ones are cut with "…".
 MAX_TEXT = 400

@@ -9,7 +9,7 @@ one self-contained HTML document: no external assets, no script (it refreshes it
 Every text a source, a client or the network controls (archive and target names, errors,
 URLs, log fields) goes through :func:`~tracker.web.statusformat.text`
 (:mod:`tracker.web.statusformat`, with the numbers, times and ages people read): URLs are
-masked as in every public output (:func:`tracker.core.redact.redact_text`: userinfo and
+masked as in every public output (:func:`tracker.observability.redact.redact_text`: userinfo and
 query become ``***``), characters that do not print (controls, bidi overrides) are shown as
 ``\\xNN`` / ``\\uNNNN`` escapes, and the result is HTML-escaped, quotes included. The
 response also carries a ``content-security-policy`` that allows no script at all, so a text
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import get_args
 
 from tracker.cache.store import RefreshProgress
-from tracker.core.logs import RecentEvent
+from tracker.observability.logs import RecentEvent
 from tracker.web.statusformat import (
     ago,
     format_age,

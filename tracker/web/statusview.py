@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 import attrs
 
 from tracker.cache.store import RefreshProgress
-from tracker.core.logs import RecentEvent
+from tracker.observability.logs import RecentEvent
 
 #: Seconds between two refreshes of the page by default; ``?refresh=0`` turns it off.
 DEFAULT_REFRESH = 10

@@ -29,8 +29,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from tracker.core.logs import log_event
 from tracker.net.limits import CAPACITY_ERRNOS
+from tracker.observability.logs import log_event
 from tracker.zerocopy.stream import ZeroCopyStream
 
 # CAPACITY_ERRNOS: accept() errors that mean "no room now", not "the listener is broken".

@@ -28,10 +28,10 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from tracker.core.logs import ExpectedErrors
 from tracker.errors import TrackerError
 from tracker.h11patches.headers import install as lower_case_headers
 from tracker.h11patches.statusline import install as reason_phrases
+from tracker.observability.logs import ExpectedErrors
 from tracker.zerocopy.connection import SCOPE_KEY, Connections, sending_last
 from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit

@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from tracker.core.holdings import Holdings, held_sources
-from tracker.core.predict import Ranking
-from tracker.core.ranking import RankedPairs, TimedGroups
-from tracker.core.rankparts import Built, Entry, copies_of, first
-from tracker.core.screens import Screens
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.core.throughputs import Kind, Throughputs
 from tracker.core.trustscreen import TrustPolicy
+from tracker.ordering.holdings import Holdings, held_sources
+from tracker.ordering.predict import Ranking
+from tracker.ordering.ranking import RankedPairs, TimedGroups
+from tracker.ordering.rankparts import Built, Entry, copies_of, first
+from tracker.ordering.screens import Screens
+from tracker.ordering.throughputs import Kind, Throughputs
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -53,7 +53,7 @@ class Index:
 
     def hold(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> None:
         """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
-        stored) of ``group`` (:class:`~tracker.core.holdings.Holdings`)."""
+        stored) of ``group`` (:class:`~tracker.ordering.holdings.Holdings`)."""
         if self.holdings.put(origin, group, files):
             self._changed()
 
@@ -66,7 +66,7 @@ class Index:
 
     def held(self, group: str | None = None) -> list[SnapshotSource]:
         """The archives the tracker holds of ``group`` (or of every group) that no source
-        advertises any more, newest first (:func:`tracker.core.holdings.held_sources`)."""
+        advertises any more, newest first (:func:`tracker.ordering.holdings.held_sources`)."""
         ranked = self._rank()
         groups = [group] if group is not None else self.holdings.groups()
         return held_sources(self.holdings, groups, lambda name: ranked.get(name, []))
@@ -128,7 +128,7 @@ class Index:
 
     def rank_proven_only(self, group: str, on: bool, *, local: bool | None = None) -> None:
         """``group`` ranks only the copies :meth:`prove` marks (``on``), or every copy; its
-        local files likewise (``local``; None: as they are; :mod:`tracker.core.provenonly`)."""
+        local files likewise (``local``; None: as they are; :mod:`tracker.ordering.provenonly`)."""
         gates = self._screens.proven_only
         if gates.gate(group, on) | (local is not None and gates.gate_local(group, local)):
             self._changed()
@@ -141,7 +141,7 @@ class Index:
     def unproven_best(self, group: str) -> list[list[SnapshotSource]]:
         """For a group that ranks proven copies only: the sources of the best full and best
         incremental it would rank were every copy proven, best first
-        (:func:`tracker.core.provenonly.best_unproven`); empty for any other group."""
+        (:func:`tracker.ordering.provenonly.best_unproven`); empty for any other group."""
         self._rank()
         return self._screens.unproven_best(group)
 
@@ -166,7 +166,7 @@ class Index:
             self._changed()
 
     def throughput(self, key: TargetKey, now: float | None = None) -> float:
-        """``key``'s figure at ``now`` (:func:`tracker.core.throughputs.combined`); 0: none."""
+        """``key``'s figure at ``now`` (:func:`tracker.ordering.throughputs.combined`); 0: none."""
         return self.speeds.rate(key, now)
 
     def restore_throughput(self, key: TargetKey, rate: float, at: float, kind: Kind) -> None:
@@ -301,7 +301,7 @@ class Index:
 
     def _by_time(self, group: str) -> RankedPairs | None:
         """``group``'s pairs ranked by time to running (None: it ranks by slot), once per
-        change (:class:`tracker.core.ranking.TimedGroups`)."""
+        change (:class:`tracker.ordering.ranking.TimedGroups`)."""
         sources = self._rank().get(group, [])
         return self._timed.pairs(
             group, sources, self._fulls.get(group, []), self._screens.cluster_slot
@@ -316,7 +316,7 @@ class Index:
     def find_file(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
         """Every source of ``group`` advertising the archive ``name``, best source first.
 
-        Best is a local copy first, then as :func:`tracker.core.rankparts.source_order` says.
+        Best is a local copy first, then as :func:`tracker.ordering.rankparts.source_order` says.
         """
         found = copies_of(self._rank().get(group, ()), name)
         if not found:  # no source has it any more: the tracker's own copy, if it holds one

@@ -34,7 +34,7 @@ from typing import IO, Literal
 
 import attrs
 
-from tracker.core.redact import redact_text
+from tracker.observability.redact import redact_text
 
 #: Levels accepted by :func:`setup_logging` and :func:`log_event` (``--log-level``).
 LEVELS: dict[str, int] = {

@@ -1,6 +1,6 @@
-"""Every collector of :class:`tracker.core.metrics.Metrics` with a fixed name, declared as data:
-its attribute, kind, name, help, labels and buckets (README.md, "Running it in production").
-:class:`~tracker.core.metrics.Metrics` builds them in one loop."""
+"""Every collector of :class:`tracker.observability.metrics.Metrics` with a fixed name, declared
+as data: its attribute, kind, name, help, labels and buckets (README.md, "Running it in
+production"). :class:`~tracker.observability.metrics.Metrics` builds them in one loop."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Collector:
 
 
 #: Every collector with a fixed name (the probes' per-target series are
-#: :class:`~tracker.core.probemetrics.ProbeSeries`; ``build_info`` an Info).
+#: :class:`~tracker.observability.probemetrics.ProbeSeries`; ``build_info`` an Info).
 COLLECTORS = (
     Collector("targets", Gauge, "targets", "Configured targets.", ("group",)),
     Collector("targets_up", Gauge, "targets_up", "Targets whose last probe succeeded.", ("group",)),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tracker.core.collectors import PREFIX
+from tracker.observability.collectors import PREFIX
 from tracker.proof.budget import MemoryBudget, running
 
 #: Each series: its name after the prefix, its help, the Progress field it sums.

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from tracker.core.index import Index, TargetKey
-from tracker.core.rejections import MAX_REJECTIONS, Rejection, Rejections
-from tracker.core.throughputs import KINDS
 from tracker.core.untrusted import load_json
 from tracker.errors import StateError
+from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.rejections import MAX_REJECTIONS, Rejection, Rejections
+from tracker.ordering.throughputs import KINDS
 
 VERSION = 1
 #: Longest document read back (and written: the newest entries are kept).

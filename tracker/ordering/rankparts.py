@@ -1,5 +1,5 @@
 """Each target's part of a group's ranking, reused between re-rankings, and the order of the
-sources of one file (pure; docs/architecture.md, "Packages and their layers": ``core.index``).
+sources of one file (pure; docs/architecture.md, "Packages and their layers": ``ordering.index``).
 
 A round of thousands of targets hands results over several times a second, each time a few
 dozen of them new: a target's sources, their ranking keys and its fulls are built once and

@@ -30,10 +30,10 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from tracker import __version__
-from tracker.core.collectors import COLLECTORS, PREFIX, SCRAPE_BUCKETS
-from tracker.core.probemetrics import ProbeSeries
-from tracker.core.proofmetrics import ProofProgress
-from tracker.core.redact import redact_text
+from tracker.observability.collectors import COLLECTORS, PREFIX, SCRAPE_BUCKETS
+from tracker.observability.probemetrics import ProbeSeries
+from tracker.observability.proofmetrics import ProofProgress
+from tracker.observability.redact import redact_text
 
 #: What happened to an archive request (label ``outcome``).
 Outcome = Literal[

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracker.core.localcopies import NOT_YET as LOCAL_NOT_YET
-from tracker.core.rankparts import first, full_sources, source_order
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
+from tracker.ordering.rankparts import first, full_sources, source_order
 
 #: Why a copy of a group that ranks proven copies only is out while its proof is awaited.
 NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
@@ -115,7 +115,7 @@ def best_unproven(sources: list[SnapshotSource]) -> list[list[SnapshotSource]]:
     """The sources of the best full (by slot, whatever the group's ranking) and of the best
     incremental on it that ``sources`` (a group's, before any copy is held back for want of
     a proof) would rank, each archive's
-    best source first (as :meth:`tracker.core.index.Index.find_file` orders them): where the
+    best source first (as :meth:`tracker.ordering.index.Index.find_file` orders them): where the
     head reads of a group that ranks proven copies only start."""
     by_target: dict[TargetKey, list[tuple[Any, SnapshotSource]]] = {}
     for s in sources:

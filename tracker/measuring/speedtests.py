@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from tracker.core.index import SnapshotSource, TargetKey
 from tracker.core.snapshots import SnapshotFile
+from tracker.ordering.index import SnapshotSource, TargetKey
 
 
 @attrs.frozen

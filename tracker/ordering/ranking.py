@@ -3,10 +3,10 @@
 Each source of the group is a pair: a full alone, or an incremental with its full (the one
 in its chain, else the full at its base slot that downloads fastest). Every archive is
 downloaded from its fastest source (measured throughput, else ``assumed_throughput``: one
-rule, :func:`tracker.core.predict.priced_throughput`), and
-:func:`tracker.core.predict.predicted_seconds` prices the pair. The pair handed out (short
+rule, :func:`tracker.ordering.predict.priced_throughput`), and
+:func:`tracker.ordering.predict.predicted_seconds` prices the pair. The pair handed out (short
 redirects, status page, first in ``/v1/best_snapshots``) moves only when another beats it by
-``switch_margin`` (:func:`tracker.core.predict.choose`).
+``switch_margin`` (:func:`tracker.ordering.predict.choose`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import math
 
 import attrs
 
-from tracker.core.predict import (
+from tracker.core.snapshotsources import SnapshotSource
+from tracker.ordering.predict import (
     Download,
     Ranking,
     choose,
@@ -23,7 +24,6 @@ from tracker.core.predict import (
     predicted_seconds,
     priced_throughput,
 )
-from tracker.core.snapshotsources import SnapshotSource
 
 #: A pair: the full's archive name, and the incremental's (None: the full alone).
 PairKey = tuple[str, str | None]

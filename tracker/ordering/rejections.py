@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 #: Rejections kept at once; the oldest go first (bounded whatever a hostile source does).
 MAX_REJECTIONS = 4096

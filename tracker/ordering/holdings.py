@@ -2,7 +2,7 @@
 
 They are listed, served from where they are held, once no source advertises them any more
 (docs/http-api.md, "Kept incrementals"), and their fulls count as served when deciding which
-incrementals are kept (:mod:`tracker.core.keeping`). No event loop, no I/O: the cache and the
+incrementals are kept (:mod:`tracker.ordering.keeping`). No event loop, no I/O: the cache and the
 bucket tell what they hold after every change.
 """
 

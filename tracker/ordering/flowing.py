@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from tracker.core.index import TargetKey
+from tracker.ordering.index import TargetKey
 
 #: A transfer younger than this says nothing yet about its source's rate.
 MIN_ELAPSED = 0.2

@@ -1,8 +1,8 @@
 """What each target of a group may contribute to its ranking (pure; docs/http-api.md#trust,
 "Proven archives"): the group's trust policy and the cluster's slot
-(:mod:`tracker.core.trustscreen`), the copies a proof refused (:mod:`tracker.core.disproven`)
+(:mod:`tracker.core.trustscreen`), the copies a proof refused (:mod:`tracker.ordering.disproven`)
 and, in a group that ranks proven copies only, the copies not proven yet
-(:mod:`tracker.core.provenonly`).
+(:mod:`tracker.ordering.provenonly`).
 
 The index asks :meth:`Screens.group` once per group and re-ranking; what a re-ranking found
 (the targets whose hash lost, the copies left out with their reasons, what a group that ranks
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tracker.core.disproven import Disproven
-from tracker.core.provenonly import ProvenOnly, best_unproven
-from tracker.core.rankparts import Entry
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
 from tracker.core.trustscreen import TrustPolicy, needs_screening, screen
+from tracker.ordering.disproven import Disproven
+from tracker.ordering.provenonly import ProvenOnly, best_unproven
+from tracker.ordering.rankparts import Entry
 
 #: A target of a group that ranks proven copies only, as it would rank were every copy
 #: proven: its entry, its speed, its expected speed and what it may contribute.
@@ -82,7 +82,7 @@ class Screens:
         self.refusals = {k: {**pending.get(k, {}), **refused.get(k, {})} for k in both}
 
     def unproven_best(self, group: str) -> list[list[SnapshotSource]]:
-        """:func:`tracker.core.provenonly.best_unproven` of what ``group`` would rank were
+        """:func:`tracker.ordering.provenonly.best_unproven` of what ``group`` would rank were
         every copy proven, as the last re-ranking found it (empty: not such a group)."""
         made = [
             SnapshotSource(i, key, entry.updated_at, speed, entry.latency, expected)
