@@ -179,9 +179,12 @@ def check_file(
 
 def decoders_of(limits: AccountsLimits | None) -> int:
     """Threads decoding the zstd frames of a file's check: the proof's ``workers``
-    (``proof_workers``; docs/architecture.md, "Every core"); one for a check without the
-    accounts level."""
-    return 1 if limits is None else max(1, limits.workers)
+    (``proof_workers``) less the core SHA-256 keeps, at least one (docs/architecture.md,
+    "Every core"); one for a check without the accounts level."""
+    # SHA-256 is serial and is the check's bound: its reading thread needs a core of its
+    # own. On 2 cores, two frame threads beside it took 1.7x as long as the serial decoder
+    # (bench/README.md, "The archive check"): they only took turns with the SHA-256.
+    return 1 if limits is None else max(1, limits.workers - 1)
 
 
 def _open_regular(path: str) -> int:
