@@ -29,6 +29,7 @@ from tracker.fetch.flags import (
 )
 from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
 from tracker.fetch.statementfiles import (
+    add_archives_command,
     add_attest_parser,
     add_trust_flags,
     load_key,
@@ -114,15 +115,16 @@ def build_parser() -> Parser:
         "warnings on stderr (exit 0).",
     )
     add_fetch_parser(commands)
-    verify = commands.add_parser(
+    verify = add_archives_command(
+        commands,
         "verify",
-        help="check snapshot archives: compression, tar, entries; print their SHA-256",
-        description="Check local snapshot archives as the cache does before it serves one. "
+        "check snapshot archives: compression, tar, entries; print their SHA-256",
+        "Check local snapshot archives as the cache does before it serves one. "
         "One line per file: 'ok <level> <sha256> <name>' (the level it is proven to, "
         "a full's account storages included, with why it stops there) or "
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
+        "the archives to check",
     )
-    verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
     add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)
