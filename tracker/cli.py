@@ -29,6 +29,7 @@ from tracker.fetch.flags import (
 )
 from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
 from tracker.fetch.statementfiles import (
+    add_archives_command,
     add_attest_parser,
     add_trust_flags,
     load_key,
@@ -65,6 +66,13 @@ class Parser(argparse.ArgumentParser):
         return [action for action in self._actions if action.option_strings]
 
 
+def _config_command(commands: Any, name: str, summary: str, description: str) -> Any:
+    """A subcommand that reads a config file: ``serve`` and ``check-config`` take it alike."""
+    command = commands.add_parser(name, help=summary, description=description)
+    command.add_argument("--config", required=True, metavar="PATH", help="the config file")
+    return command
+
+
 def build_parser() -> Parser:
     """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
     parser = Parser(
@@ -73,13 +81,13 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.commands = commands.choices
-    serve = commands.add_parser(
+    serve = _config_command(
+        commands,
         "serve",
-        help="run the tracker",
-        description="Run the tracker until SIGTERM or SIGINT; SIGHUP reloads the config. "
+        "run the tracker",
+        "Run the tracker until SIGTERM or SIGINT; SIGHUP reloads the config. "
         "The flags override the config file's keys.",
     )
-    serve.add_argument("--config", required=True, metavar="PATH", help="the config file")
     for flag, key, metavar in (
         ("--listen", "listen", "ADDR"),
         ("--internal-listen", "internal_listen", "ADDR"),
@@ -99,23 +107,24 @@ def build_parser() -> Parser:
         "cluster_proof.also_rpc, whose answers of the cluster's votes must agree",
     )
     add_log_flags(serve)
-    check = commands.add_parser(
+    _config_command(
+        commands,
         "check-config",
-        help="validate a config file",
-        description="Check a config file: every problem with its key path (exit 2), "
+        "validate a config file",
+        "Check a config file: every problem with its key path (exit 2), "
         "warnings on stderr (exit 0).",
     )
-    check.add_argument("--config", required=True, metavar="PATH", help="the config file")
     add_fetch_parser(commands)
-    verify = commands.add_parser(
+    verify = add_archives_command(
+        commands,
         "verify",
-        help="check snapshot archives: compression, tar, entries; print their SHA-256",
-        description="Check local snapshot archives as the cache does before it serves one. "
+        "check snapshot archives: compression, tar, entries; print their SHA-256",
+        "Check local snapshot archives as the cache does before it serves one. "
         "One line per file: 'ok <level> <sha256> <name>' (the level it is proven to, "
         "a full's account storages included, with why it stops there) or "
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
+        "the archives to check",
     )
-    verify.add_argument("files", nargs="+", metavar="FILE", help="the archives to check")
     add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_arg)

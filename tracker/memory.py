@@ -6,6 +6,8 @@ import ctypes
 import gc
 import os
 
+from tracker.core.libc import libc_function
+
 _M_ARENA_MAX = -8  # <malloc.h>
 
 
@@ -19,12 +21,9 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))
 
 

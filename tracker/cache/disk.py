@@ -12,11 +12,11 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Collection
-from typing import cast
 
 import attrs
 
 # The small files' temp prefix and directory fsync, shared with the cache's own temp files.
+from tracker.core.libc import libc_function
 from tracker.core.smallfiles import TEMP_PREFIX as TEMP_PREFIX
 from tracker.core.smallfiles import fsync_dir as fsync_dir
 from tracker.core.smallfiles import read_small_file, write_atomically
@@ -67,7 +67,10 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Only an optimisation: the final fsync is what makes the file durable, so a file system
     that does not support it is fine.
     """
-    sync_file_range = _libc_sync_file_range()
+    # Python's os module has no sync_file_range; glibc has had it since 2.6.
+    sync_file_range = libc_function(
+        "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    )
     if sync_file_range is not None:
         sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: ignored
 
@@ -80,17 +83,6 @@ def writeback_and_close(fd: int, offset: int, length: int) -> None:
         start_writeback(fd, offset, length)
     finally:
         os.close(fd)
-
-
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    # Python's os module has no sync_file_range; glibc has had it since 2.6.
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], function)
 
 
 def write_all(write: Writer, fd: int, data: bytes, offset: int) -> None:

@@ -24,7 +24,7 @@ import contextlib
 import math
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 import h11
@@ -33,6 +33,7 @@ import httpx
 import trio
 
 from tracker.core.text import TRACKER_AGENT
+from tracker.net.egress import WrappingBackend
 
 # The ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
 
@@ -180,52 +181,40 @@ async def body_started(response: httpx.Response) -> bool | None:
     return bool(await sock.recv(1, socket.MSG_PEEK))
 
 
-class BigReadBackend(httpcore.AsyncNetworkBackend):
+class BigReadBackend(WrappingBackend):
     """httpcore's trio backend, with reads of up to ``read_size`` bytes (public httpcore API)."""
 
     def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner if inner is not None else httpcore.TrioBackend()
+        super().__init__(inner if inner is not None else httpcore.TrioBackend())
         self._read_size = read_size
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    def _stream(
+        self, stream: httpcore.AsyncNetworkStream, *, tcp: bool
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return BigReadStream(stream, self._read_size, exact_heads=True)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
-        return BigReadStream(stream, self._read_size)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        # Exact heads need the plain TCP socket's peek; a unix socket reads as it does.
+        return BigReadStream(stream, self._read_size, exact_heads=tcp)
 
 
-#: httpcore's exceptions and the httpx ones a client's callers expect, most specific first.
-_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
+#: httpcore's exceptions that httpx has one of the same name for, the one a client's callers
+#: expect, most specific first.
+_ERROR_NAMES = (
+    "ConnectTimeout",
+    "ReadTimeout",
+    "WriteTimeout",
+    "PoolTimeout",
+    "ConnectError",
+    "ReadError",
+    "WriteError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+    "UnsupportedProtocol",
+    "TimeoutException",
+    "NetworkError",
+    "ProtocolError",
+)
+#: Each of them with its httpx twin: pairing them by name keeps the two lists from parting.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name)) for name in _ERROR_NAMES
 )
 
 

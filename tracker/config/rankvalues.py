@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from tracker.config.values import describe, size_in
+from tracker.config.values import above_zero, describe, size_in
 
 #: The orders a group can rank by (docs/ranking.md).
 RANKING_ORDERS = ("time_to_running", "slot")
@@ -29,12 +29,8 @@ def _number(value: object) -> float:
     return float(value)
 
 
-def positive_number(value: object) -> float:
-    """A finite number above 0."""
-    number = _number(value)
-    if number <= 0:
-        raise ValueError(f"must be above 0, got {value!r}")
-    return number
+#: A finite number above 0.
+positive_number = above_zero(_number, "above 0")
 
 
 def throughput(value: object) -> float:

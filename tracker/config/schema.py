@@ -9,6 +9,8 @@ read at load and never appear in ``repr()``.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -50,6 +52,21 @@ def _inline_token(auth: BearerAuth | ConsulSDConfig) -> str:
     return auth.token
 
 
+def _resolved_secret(inline: Callable[[Any], str]) -> Any:
+    """The field holding a secret as sent: the inline value by default, replaced at load by the
+    secret file's content.
+
+    One definition for every credential-bearing section, so that they all keep the secret out
+    of ``repr`` and out of the YAML keys alike.
+    """
+    return attrs.field(
+        default=attrs.Factory(inline, takes_self=True),
+        repr=False,
+        kw_only=True,
+        metadata=_NOT_YAML,
+    )
+
+
 @attrs.frozen
 class BasicAuth:
     """RFC 7617 credentials sent to the group's own sources."""
@@ -59,12 +76,7 @@ class BasicAuth:
     password_file: str = ""
     #: The password to send: ``password``, or the content of ``password_file`` read at load
     #: (one trailing newline dropped).
-    resolved_password: str = attrs.field(
-        default=attrs.Factory(_inline_password, takes_self=True),
-        repr=False,
-        kw_only=True,
-        metadata=_NOT_YAML,
-    )
+    resolved_password: str = _resolved_secret(_inline_password)
 
 
 @attrs.frozen
@@ -74,12 +86,7 @@ class BearerAuth:
     token: str = attrs.field(default="", repr=False)
     token_file: str = ""
     #: The token to send: ``token``, or the content of ``token_file`` read at load.
-    resolved_token: str = attrs.field(
-        default=attrs.Factory(_inline_token, takes_self=True),
-        repr=False,
-        kw_only=True,
-        metadata=_NOT_YAML,
-    )
+    resolved_token: str = _resolved_secret(_inline_token)
 
 
 @attrs.frozen
@@ -189,12 +196,7 @@ class ConsulSDConfig:
     service: str = ""
     filter: str = ""
     #: The ACL token to send: ``token``, or the content of ``token_file`` read at load.
-    resolved_token: str = attrs.field(
-        default=attrs.Factory(_inline_token, takes_self=True),
-        repr=False,
-        kw_only=True,
-        metadata=_NOT_YAML,
-    )
+    resolved_token: str = _resolved_secret(_inline_token)
 
 
 @attrs.frozen

@@ -203,11 +203,20 @@ def integer_in(lowest: int, highest: int | None = None) -> Callable[[object], in
     return check
 
 
-def positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be a positive duration, got {value!r}")
-    return seconds
+def above_zero(parse: Callable[[object], float], what: str) -> Callable[[object], float]:
+    """The check of a value ``parse`` reads that must be above 0 (else "must be ``what``")."""
+
+    def check(value: object) -> float:
+        number = parse(value)
+        if number <= 0:
+            raise ValueError(f"must be {what}, got {value!r}")
+        return number
+
+    return check
+
+
+#: A duration (seconds or a Go duration string) above 0.
+positive_duration = above_zero(parse_duration, "a positive duration")
 
 
 def address(value: object) -> str:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import attrs
 
-from tracker.core.snapshots import SnapshotInfo
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 
 
 class TargetKey(NamedTuple):
@@ -61,6 +61,20 @@ class SnapshotSource:
             self.updated_at,
             _reverse(self.key.target),
         )
+
+
+@attrs.frozen
+class SourceFile:
+    """``file`` as ``source`` offers it: what one read of a source's copy (a speed test, a
+    head read) is of."""
+
+    source: SnapshotSource
+    file: SnapshotFile
+
+    @property
+    def key(self) -> TargetKey:
+        """The target read."""
+        return self.source.key
 
 
 @functools.lru_cache(maxsize=65536)

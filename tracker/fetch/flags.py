@@ -196,27 +196,24 @@ def add_fetch_parser(commands: Any) -> None:
         help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
     )
     add("--group", default="", help="the tracker's target group (default: its default group)")
-    add(
-        "--min-slots",
-        type=count_in(0, 2**63),
-        default=500,
-        metavar="SLOTS",
-        help="keep a ledger full this close to the offered one (default: %(default)s)",
+    # The three slot counts take the same range; a table keeps them from drifting apart.
+    slot_flags = (
+        (
+            "--min-slots",
+            500,
+            "SLOTS",
+            "keep a ledger full this close to the offered one (default: %(default)s)",
+        ),
+        (
+            "--max-slots",
+            10_000,
+            "SLOTS",
+            "--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
+        ),
+        ("--slot", 0, "SLOT", "the full's slot (default: the best)"),
     )
-    add(
-        "--max-slots",
-        type=count_in(0, 2**63),
-        default=10_000,
-        metavar="SLOTS",
-        help="--slot: refuse a snapshot this much older than the newest (default: %(default)s)",
-    )
-    add(
-        "--slot",
-        type=count_in(0, 2**63),
-        default=0,
-        metavar="SLOT",
-        help="the full's slot (default: the best)",
-    )
+    for flag, default, metavar, text in slot_flags:
+        add(flag, type=count_in(0, 2**63), default=default, metavar=metavar, help=text)
     what = {
         "full": "fetch a full snapshot when the ledger needs one",
         "incremental": "fetch the newest incremental on the ledger's full",

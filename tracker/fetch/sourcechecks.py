@@ -13,7 +13,7 @@ download is then checked against its source by the shared engine
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -57,20 +57,13 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
     URL after redirects, the size, the validators, and whether ranges are honoured."""
     async with request(client, url, {"range": "bytes=0-0"}, settings) as response:
         status = response.status_code
-        if status == 206:
-            got = response.headers.get("content-range", "")
-            total = first_byte_total(got)
-            if total is None:
-                raise SourceFailed(f"{url}: content-range {_shown(got)} is not bytes 0-0/SIZE")
-            size, ranges = total, True
-        elif status == 200:
-            length = response.headers.get("content-length", "")
-            size_or_none = digits(length)
-            if size_or_none is None:
-                raise SourceFailed(f"{url}: content-length {_shown(length)} is not a size")
-            size, ranges = size_or_none, False
-        else:
+        if status not in _SIZE_OF_ANSWER:
             raise SourceFailed(f"{url}: status {status}")
+        header, parse, expected, ranges = _SIZE_OF_ANSWER[status]
+        got = response.headers.get(header, "")
+        size = parse(got)
+        if size is None:
+            raise SourceFailed(f"{url}: {header} {_shown(got)} is not {expected}")
         identity = Identity(
             size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
         )
@@ -89,6 +82,15 @@ def first_byte_total(content_range: str) -> int | None:
     if stated is None or (stated.first, stated.last) != (0, 0):
         return None
     return stated.size
+
+
+#: How the size of the file is read from an answer to ``bytes=0-0``, by status: the header,
+#: its parser, what a bad value is said not to be, and whether the source honours ranges.
+#: One table, so that both answers are checked and reported the same way.
+_SIZE_OF_ANSWER: dict[int, tuple[str, Callable[[str], int | None], str, bool]] = {
+    206: ("content-range", first_byte_total, "bytes 0-0/SIZE", True),
+    200: ("content-length", digits, "a size", False),
+}
 
 
 def _shown(value: str) -> str:

@@ -17,6 +17,8 @@ import errno
 import os
 from collections.abc import Callable
 
+from tracker.core.libc import libc_function
+
 #: The free bytes of the file system holding a path (injectable in tests).
 FreeBytes = Callable[[str], int]
 
@@ -24,18 +26,10 @@ FreeBytes = Callable[[str], int]
 NO_PREALLOCATION = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
 
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    """fallocate(2) of the C library (Linux), or None where there is none."""
-    try:
-        call = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    call.restype = ctypes.c_int
-    return call
-
-
-_FALLOCATE = _libc_fallocate()
+#: fallocate(2) of the C library (Linux), or None where there is none.
+_FALLOCATE = libc_function(
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+)
 
 
 def fallocate(fd: int, size: int) -> None:

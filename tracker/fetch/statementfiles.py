@@ -66,17 +66,30 @@ def add_trust_key_flags(command: argparse.ArgumentParser, count: Any) -> None:
     )
 
 
+def add_archives_command(
+    commands: Any, name: str, summary: str, description: str, files: str
+) -> argparse.ArgumentParser:
+    """A subcommand over local archives, one or more given as its positional arguments
+    (``files``: their help): ``verify`` and ``attest`` take them alike."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description
+    )
+    command.add_argument("files", nargs="+", metavar="FILE", help=files)
+    return command
+
+
 def add_attest_parser(commands: Any, duration: Any) -> None:
     """The ``attest`` subcommand."""
-    attest = commands.add_parser(
+    attest = add_archives_command(
+        commands,
         "attest",
-        help="sign what the check proves of local archives (FILE.attestation)",
-        description="Check each archive as the tracker does and write a signed statement of "
+        "sign what the check proves of local archives (FILE.attestation)",
+        "Check each archive as the tracker does and write a signed statement of "
         "what it proved beside it (FILE.attestation). One line per file: 'signed <level> "
         "<sha256> <statement file>' or 'bad <file>: <reason>'. Exit 0 when every file was "
         "signed, 1 otherwise, 2 for a bad key file.",
+        "the archives to sign",
     )
-    attest.add_argument("files", nargs="+", metavar="FILE", help="the archives to sign")
     attest.add_argument(
         "--key",
         required=True,

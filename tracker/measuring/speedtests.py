@@ -14,21 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from tracker.core.snapshots import SnapshotFile
+from tracker.core.snapshotsources import SourceFile
 from tracker.ordering.index import SnapshotSource, TargetKey
 
 
 @attrs.frozen
-class Probe:
+class Probe(SourceFile):
     """One speed test: read ``length`` bytes from the start of ``file`` of ``source``."""
 
-    source: SnapshotSource
-    file: SnapshotFile
     length: int
-
-    @property
-    def key(self) -> TargetKey:
-        """The target measured."""
-        return self.source.key
 
     @property
     def range_header(self) -> str:

@@ -164,7 +164,72 @@ def _literal(host: str) -> IPAddress | None:
 # ``timeout`` parameters below (ruff ASYNC109) are httpcore's interface, not our choice.
 
 
-class CheckingBackend(httpcore.AsyncNetworkBackend):
+class WrappingBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that opens its connections through ``inner``.
+
+    A wrapper changes where a connection goes (:meth:`_tcp_host`, :meth:`_unix_path`, which
+    may refuse it) or what its stream is (:meth:`_stream`); httpcore's interface is
+    implemented here once for every wrapper (the egress check, the big reads of
+    :mod:`tracker.clientwire.transport`).
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """A TCP connection to ``_tcp_host(host)``, through ``inner``, as ``_stream``."""
+        address = await self._tcp_host(host, port, timeout)
+        stream = await self._inner.connect_tcp(
+            address, port, timeout, local_address, socket_options
+        )
+        return self._stream(stream, tcp=True)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """A unix socket connection to ``_unix_path(path)``, through ``inner``, as
+        ``_stream``."""
+        stream = await self._inner.connect_unix_socket(
+            self._unix_path(path), timeout, socket_options
+        )
+        return self._stream(stream, tcp=False)
+
+    async def sleep(self, seconds: float) -> None:
+        """``inner``'s sleep."""
+        await self._inner.sleep(seconds)
+
+    async def _tcp_host(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> str:
+        """Where a TCP connection to ``host`` goes (``host`` itself unless overridden)."""
+        return host
+
+    def _unix_path(self, path: str) -> str:
+        """Where a unix socket connection to ``path`` goes (``path`` itself unless
+        overridden)."""
+        return path
+
+    def _stream(
+        self, stream: httpcore.AsyncNetworkStream, *, tcp: bool
+    ) -> httpcore.AsyncNetworkStream:
+        """The stream a connection is handed out as (its own unless overridden)."""
+        return stream
+
+
+class CheckingBackend(WrappingBackend):
     """An httpcore network backend that connects only to addresses the policy allows.
 
     ``policy()`` is read per connection (a reload applies at once). The host name is resolved
@@ -179,18 +244,18 @@ class CheckingBackend(httpcore.AsyncNetworkBackend):
         inner: httpcore.AsyncNetworkBackend,
         resolver: Resolver = resolve,
     ) -> None:
+        super().__init__(inner)
         self._policy = policy
-        self._inner = inner
         self._resolver = resolver
 
-    async def connect_tcp(
+    async def _tcp_host(
         self,
         host: str,
         port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> str:
+        """The first allowed address of ``host``; httpcore.ConnectError (ConnectTimeout)
+        when the policy refuses it or it does not resolve (in time)."""
         try:
             with trio.fail_after(timeout if timeout is not None else 30.0):
                 addresses = await checked_addresses(self._policy(), host, port, self._resolver)
@@ -200,17 +265,7 @@ class CheckingBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        return await self._inner.connect_tcp(
-            addresses[0], port, timeout, local_address, socket_options
-        )
+        return addresses[0]
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    def _unix_path(self, path: str) -> str:
         raise httpcore.ConnectError("unix sockets are not reachable from the network")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)

@@ -27,6 +27,18 @@ from tracker.ordering.rankparts import first, full_sources, source_order
 NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
 
 
+def _switch(members: set[str], member: str, on: bool) -> bool:
+    """Put ``member`` in ``members`` (``on``) or take it out; True when that changed them
+    (the index re-ranks only then)."""
+    if (member in members) == on:
+        return False
+    if on:
+        members.add(member)
+    else:
+        members.discard(member)
+    return True
+
+
 class ProvenOnly:
     """The groups that rank proven copies only (every copy, or their local files only), and
     the copies proven, by target."""
@@ -39,13 +51,7 @@ class ProvenOnly:
     def gate_local(self, group: str, on: bool) -> bool:
         """``group`` ranks its local files once proven only (``on``; in either mode), or
         every local file; True when that changed."""
-        if (group in self._local) == on:
-            return False
-        if on:
-            self._local.add(group)
-        else:
-            self._local.discard(group)
-        return True
+        return _switch(self._local, group, on)
 
     def reads_heads(self, group: str) -> bool:
         """Whether ``group`` ranks only the copies a head read proved (redirect mode)."""
@@ -53,13 +59,7 @@ class ProvenOnly:
 
     def gate(self, group: str, on: bool) -> bool:
         """``group`` ranks proven copies only (``on``) or every copy; True when that changed."""
-        if (group in self._groups) == on:
-            return False
-        if on:
-            self._groups.add(group)
-        else:
-            self._groups.discard(group)
-        return True
+        return _switch(self._groups, group, on)
 
     def gates(self, group: str) -> bool:
         """Whether ``group`` holds back any copy not proven (over the network, or local)."""

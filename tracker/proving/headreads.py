@@ -20,7 +20,7 @@ from math import inf
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile
+from tracker.core.snapshotsources import SourceFile
 from tracker.ordering.index import SnapshotSource, TargetKey
 
 #: Copies a group's head reads consider per archive (the best sources of it).
@@ -28,16 +28,8 @@ TOP_SOURCES = 3
 
 
 @attrs.frozen
-class HeadRead:
+class HeadRead(SourceFile):
     """One head read: prove ``file`` as ``source`` holds it."""
-
-    source: SnapshotSource
-    file: SnapshotFile
-
-    @property
-    def key(self) -> TargetKey:
-        """The target whose copy is read."""
-        return self.source.key
 
     @property
     def copy(self) -> tuple[TargetKey, str]:

@@ -39,6 +39,7 @@ from tracker.ordering.index import Index, TargetKey
 from tracker.proof.levels import Level, Proof, shortfall
 from tracker.proving.clustervotes import ClusterVotes
 from tracker.proving.headreads import HeadRead, heads_due
+from tracker.proving.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
@@ -50,10 +51,6 @@ _V = TypeVar("_V")
 #: ``read(n)`` returns, from at most ``limit`` of them (ArchiveInvalid: it fails).
 Prove = Callable[[Callable[[int], bytes], str, int], Proof]
 
-#: How often the groups are looked at for copies due.
-CHECK_EVERY = 1.0
-#: A read that failed for the source's reason is tried again after this many seconds.
-RETRY_AFTER = 60.0
 #: Copies remembered as proven or refused (the oldest forgotten first).
 MAX_KEPT = 4096
 #: Longest one head read may take, whatever its size.
@@ -62,7 +59,7 @@ READ_FOR = 300.0
 READS_AT_ONCE = 4
 
 
-class HeadProofs:
+class HeadProofs(Rounds):
     """The head-read loop of one tracker in redirect mode; started by the service."""
 
     def __init__(
@@ -76,16 +73,13 @@ class HeadProofs:
         retry_after: float = RETRY_AFTER,
         votes: ClusterVotes | None = None,
     ) -> None:
-        self._config = config
+        super().__init__(config, index, every, retry_after)
         self._votes = votes
         #: Copies whose manifest is proven, awaiting the cluster's votes (an RPC failed):
         #: out of the ranking meanwhile, asked again each round (the votes' own back-off).
         self._voting: dict[Copy, tuple[HeadRead, Proof]] = {}
-        self._index = index
         self._clients = clients
         self._prove = prove
-        self._every = every
-        self._retry_after = retry_after
         #: What each copy read was proven to (bounded; the oldest forgotten first).
         self.proven: OrderedDict[tuple[TargetKey, str], Proof] = OrderedDict()
         #: The read of each proven copy, to decide it again under a raised level.
@@ -97,19 +91,9 @@ class HeadProofs:
         self._tried: dict[tuple[TargetKey, str], float] = {}
         #: Copies whose read (or votes) is in flight, and how many may be at once.
         self._reading: set[Copy] = set()
+        # Each read in the background, at most READS_AT_ONCE at once: a slow source holds
+        # back its own copy, never the next round's.
         self._at_once = trio.CapacityLimiter(READS_AT_ONCE)
-        #: Rounds completed (tests wait on it).
-        self.rounds = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the heads due every :data:`CHECK_EVERY` seconds, each read in the
-        background (at most :data:`READS_AT_ONCE` at once), until cancelled: a slow source
-        holds back its own copy, never the next round's."""
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                await self.round(nursery)
-                await trio.sleep(self._every)
 
     async def round(self, nursery: trio.Nursery | None = None) -> int:
         """Read every head due now: in ``nursery`` (None: one after another, awaited); how

@@ -50,16 +50,12 @@ from tracker.observability.logs import log_event
 from tracker.ordering.index import Index
 from tracker.proof.budget import AccountsLimits
 from tracker.proof.levels import Voter
+from tracker.proving.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 
 log = logging.getLogger("tracker.proof")
 
-#: How often the local files are looked at (seconds): a new archive is checked within it.
-CHECK_EVERY = 1.0
-#: A file that could not be read is tried again after this many seconds.
-RETRY_AFTER = 60.0
 
-
-class LocalProofs:
+class LocalProofs(Rounds):
     """The checks of one tracker's local files; started by the service."""
 
     def __init__(
@@ -74,15 +70,12 @@ class LocalProofs:
         retry_after: float = RETRY_AFTER,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._config = config
-        self._index = index
+        super().__init__(config, index, every, retry_after)
         self._digests = digests
         self._votes = votes
         #: The limits of a full's accounts proof (the tracker's shared budget and workers);
         #: None: from the config alone.
         self._accounts = accounts
-        self._every = every
-        self._retry_after = retry_after
         self._clock = clock
         #: What the check of each file's current identity said, by path.
         self._checked: dict[str, Checked] = {}
@@ -93,19 +86,9 @@ class LocalProofs:
         #: The paths whose check is started or running, and one check at a time: it reads
         #: a whole archive (as the cache's start-up check).
         self._checking: set[str] = set()
+        # Each check in the background, one at a time: a long check (a mainnet full) never
+        # holds back noticing that another file changed.
         self._one_at_a_time = trio.Lock()
-        #: Rounds completed (tests wait on it).
-        self.rounds = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Look at the local files every :data:`CHECK_EVERY` seconds and start the checks
-        due, each in the background (one at a time), until cancelled: a long check (a
-        mainnet full) never holds back noticing that another file changed."""
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                await self.round(nursery)
-                await trio.sleep(self._every)
 
     async def round(self, nursery: trio.Nursery | None = None) -> int:
         """Check every local file due now: in ``nursery`` (None: one after another,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from types import TracebackType
 
 import httpx
 import trio
@@ -44,6 +45,62 @@ log = logging.getLogger("tracker.resume")
 #: ``reopen(first, offset, size)``: an answer carrying bytes ``offset``.. of the file ``first``
 #: answered; raises UpstreamError.
 Reopen = Callable[[UpstreamAnswer, int, int], Awaitable[UpstreamAnswer]]
+
+
+class _Reads:
+    """The reads of an :class:`UpstreamBody`'s body, as both its readers make them::
+
+        while await reads.again():
+            with reads:
+                ...  # read the current answer's body
+
+    Leaving the block, a read is whole or says why not: a body ending short, or a break of
+    one of ``breaks`` (caught); anything else propagates (cancellation, a consumer that
+    stops, an answer longer than announced). ``again`` then resumes the break (raising
+    UpstreamError once its attempts are used up), or says the body is whole.
+    """
+
+    def __init__(self, body: UpstreamBody, breaks: tuple[type[Exception], ...]) -> None:
+        self._body = body
+        self._breaks = breaks
+        self._failures = 0
+        #: What the body had received when the last read started (None: no read yet).
+        self._start: int | None = None
+        #: Why the last read did not end the body (None: it did).
+        self._reason: str | None = None
+
+    async def again(self) -> bool:
+        """Whether to read (again): True first, then after each break resumed."""
+        body = self._body
+        if self._start is not None:
+            if self._reason is None:
+                return False
+            # A read that moved bytes before it broke starts a fresh count: each break gets
+            # its own attempts.
+            failures = 0 if body.received > self._start else self._failures
+            self._failures = await body.resume(self._reason, failures)
+        self._start = body.received
+        self._reason = None
+        return True
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        body = self._body
+        if exc_value is None:
+            if body.received != body.length:
+                self._reason = f"upstream ended after {body.received} of {body.length} bytes"
+            return False
+        if isinstance(exc_value, self._breaks):
+            self._reason = f"upstream broke: {exc_value}"
+            return True
+        return False
 
 
 class UpstreamBody:
@@ -77,10 +134,9 @@ class UpstreamBody:
         Raises UpstreamError when the body breaks for good (more bytes than announced, or a
         break no resume could repair). Cancellation propagates.
         """
-        failures = 0
-        while True:
-            start = self.received
-            try:
+        reads = _Reads(self, (TransportError,))
+        while await reads.again():
+            with reads:
                 async with body_chunks(self.answer.response) as chunks:
                     async for chunk in chunks:
                         self.received += len(chunk)
@@ -88,14 +144,6 @@ class UpstreamBody:
                             raise UpstreamError(f"upstream sent more than {self.length} bytes")
                         await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
                         yield chunk
-                if self.received == self.length:
-                    return
-                reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except TransportError as exc:
-                reason = f"upstream broke: {exc}"
-            if self.received > start:
-                failures = 0
-            failures = await self._resume(reason, failures)
 
     async def into(
         self, refresh: Refresh, on_bytes: Callable[[int], None], read_timeout: float
@@ -113,21 +161,10 @@ class UpstreamBody:
             self.received += count
             on_bytes(count)
 
-        failures = 0
-        while True:
-            start = self.received
-            try:
+        reads = _Reads(self, (TransportError, SourceFailed))
+        while await reads.again():
+            with reads:
                 await self._move_answer(refresh, moved, read_timeout)
-                if self.received == self.length:
-                    return
-                reason = f"upstream ended after {self.received} of {self.length} bytes"
-            except TransportError as exc:
-                reason = f"upstream broke: {exc}"
-            except SourceFailed as exc:
-                reason = f"upstream broke: {exc}"
-            if self.received > start:
-                failures = 0
-            failures = await self._resume(reason, failures)
 
     async def _move_answer(
         self, refresh: Refresh, moved: Callable[[int], None], read_timeout: float
@@ -149,7 +186,7 @@ class UpstreamBody:
                 await refresh.write(chunk)
                 await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
 
-    async def _resume(self, reason: str, failures: int) -> int:
+    async def resume(self, reason: str, failures: int) -> int:
         """Replace the broken answer by one carrying the rest; return the failure count.
         Raises UpstreamError(reason) once the attempts for this break are used up."""
         log_event(

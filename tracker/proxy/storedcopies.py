@@ -23,15 +23,40 @@ from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
 from tracker.objectstore.locks import Holder
 from tracker.observability.logs import log_event
+from tracker.observability.metrics import ByteSource, Metrics
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Copy
 from tracker.proxy.streamjobs import Launcher, ProxyContext, head_answer
-from tracker.serving.fileresponse import ChunkBudget, file_response
+from tracker.serving.fileresponse import ChunkBudget, ExtraHeaders, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
 
 log = logging.getLogger("tracker.streamer")
+
+
+async def served_from_disk(
+    path: str,
+    ask: Ask,
+    source: ByteSource,
+    metrics: Metrics | None,
+    budget: ChunkBudget | None,
+    extra_headers: ExtraHeaders | None,
+) -> Answer:
+    """The file at ``path`` as the answer to ``ask`` (Range, conditionals and HEAD answered
+    from disk, zero-copy on the client's connection when it has one), its bytes counted as
+    served from ``source``. Raises FileNotFoundError, or another OSError for what is not a
+    regular file: the caller says what that means for its copy (the cache's, a local one).
+    """
+    on_bytes = partial(metrics.add_served_bytes, source) if metrics is not None else None
+    return await file_response(
+        path,
+        ask,
+        connection=ask.connection,
+        on_bytes=on_bytes,
+        budget=budget,
+        extra_headers=extra_headers,
+    )
 
 
 @attrs.define(eq=False)
@@ -65,16 +90,9 @@ class StoredCopies:
         and HEAD answered from disk; None when it is not there."""
         digest = cache.digest(group, archive.file_name)
         extra = {"repr-digest": repr_digest(digest)} if digest else None
-        metrics = self._context.metrics
-        on_bytes = partial(metrics.add_served_bytes, "cache") if metrics is not None else None
         try:
-            response = await file_response(
-                path,
-                ask,
-                connection=ask.connection,
-                on_bytes=on_bytes,
-                budget=self._budget,
-                extra_headers=extra,
+            response = await served_from_disk(
+                path, ask, "cache", self._context.metrics, self._budget, extra
             )
         except FileNotFoundError:
             return None

@@ -59,6 +59,9 @@ DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 OnBytes = Callable[[int], None]
+#: Headers added to a file answer: fixed, or made from the opened file's fstat (which may
+#: refuse it by raising).
+ExtraHeaders = Mapping[str, str] | Callable[[os.stat_result], Mapping[str, str]]
 
 
 class _Descriptor:
@@ -252,7 +255,7 @@ async def file_response(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_bytes: OnBytes | None = None,
     budget: ChunkBudget | None = None,
-    extra_headers: Mapping[str, str] | Callable[[os.stat_result], Mapping[str, str]] | None = None,
+    extra_headers: ExtraHeaders | None = None,
 ) -> Answer:
     """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
 

@@ -10,29 +10,24 @@ body of the tracker builds on this.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 import trio
 
 
-class Body(ABC):
+class Body(AbstractAsyncContextManager[AsyncIterable[bytes]]):
     """An answer's body, framework-free: ``async with body as chunks`` gives the chunks;
-    leaving the block (the end, an error, the client gone) releases what the body holds."""
+    leaving the block (the end, an error, the client gone) releases what the body holds.
+
+    The standard library's async context manager declares the abstract ``__aexit__``
+    (sending ended, ``exc_value``: why, when early); a body adds its chunks."""
 
     @abstractmethod
     async def __aenter__(self) -> AsyncIterable[bytes]:
         """Start sending: the chunks."""
-
-    @abstractmethod
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Sending ended (``exc_value``: why, when early)."""
 
 
 class GeneratorBody(Body):

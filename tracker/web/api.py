@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import quart
 from quart_trio import QuartTrio
@@ -44,6 +44,9 @@ DIGEST_SUFFIX = ".sha256"
 ATTESTATION_SUFFIX = ".attestation"
 #: Seconds between renderings of ``/v1/targets`` that show the throughputs' decay.
 THROUGHPUT_SHOWN = 10
+
+#: The value of a listing route's one query parameter, as its parser gives it.
+_Q = TypeVar("_Q")
 
 
 def json_response(body: Any, status: int = 200) -> quart.Response:
@@ -141,6 +144,25 @@ def _request_base(config: Config) -> str:
     return public_base(redact_url(config.public_url), headers, req.scheme, req.host)
 
 
+def _query_listing(
+    deps: ApiDeps,
+    listings: ListingCache,
+    name: str,
+    query: tuple[str, Callable[[str | None], _Q]],
+    select: Callable[[Config, str | None, _Q], list[SnapshotSource]],
+) -> quart.Response:
+    """The answer of a listing route: its group and its one query parameter (``query``: the
+    name and the parser) read from the request, the listing of what ``select`` picks kept
+    under ``name`` and both. One reading of the request for every listing, so that they
+    take the group and key their cache alike."""
+    config = deps.config()
+    group = group_filter(config, quart.request.args)
+    arg, parse = query
+    value = parse(quart.request.args.get(arg))
+    picked = partial(select, config, group, value)
+    return _listing(deps, listings, config, (name, group, value), picked)
+
+
 def _listing(
     deps: ApiDeps,
     listings: ListingCache,
@@ -168,35 +190,27 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     target_fragments = Fragments()
     kept_targets: dict[tuple[object, ...], bytes] = {}
 
+    def every_source(config: Config, group: str | None, slot: int | None) -> list[SnapshotSource]:
+        # What the tracker holds (cache, bucket) after every source moved on is listed
+        # too: a node that spent its time on a full still finds an incremental on it.
+        sources = deps.index.sources(group)
+        if config.proxy_snapshot_downloads:
+            sources += deps.index.held(group)
+        if slot is not None:
+            sources = [s for s in sources if s.info.base_slot == slot]
+        return sources
+
+    def best_sources(config: Config, group: str | None, limit: int) -> list[SnapshotSource]:
+        ranked = deps.index.sources(group) if group is not None else deps.index.ranked()
+        return ranked[:limit]
+
     @app.get("/v1/snapshots")
     async def snapshots() -> quart.Response:
-        config = deps.config()
-        group = group_filter(config, quart.request.args)
-        slot = parse_slot(quart.request.args.get("slot"))
-
-        def select() -> list[SnapshotSource]:
-            # What the tracker holds (cache, bucket) after every source moved on is listed
-            # too: a node that spent its time on a full still finds an incremental on it.
-            sources = deps.index.sources(group)
-            if config.proxy_snapshot_downloads:
-                sources += deps.index.held(group)
-            if slot is not None:
-                sources = [s for s in sources if s.info.base_slot == slot]
-            return sources
-
-        return _listing(deps, listings, config, ("snapshots", group, slot), select)
+        return _query_listing(deps, listings, "snapshots", ("slot", parse_slot), every_source)
 
     @app.get("/v1/best_snapshots")
     async def best_snapshots() -> quart.Response:
-        config = deps.config()
-        group = group_filter(config, quart.request.args)
-        limit = parse_max(quart.request.args.get("max"))
-
-        def select() -> list[SnapshotSource]:
-            ranked = deps.index.sources(group) if group is not None else deps.index.ranked()
-            return ranked[:limit]
-
-        return _listing(deps, listings, config, ("best", group, limit), select)
+        return _query_listing(deps, listings, "best", ("max", parse_max), best_sources)
 
     @app.get("/v1/store")
     async def store() -> quart.Response:

@@ -28,7 +28,8 @@ from tracker.observability.metrics import Metrics, Outcome
 from tracker.observability.redact import has_secrets, redact_userinfo
 from tracker.ordering.index import Index, SnapshotSource
 from tracker.proxy.ask import Ask, ask_of
-from tracker.serving.fileresponse import ChunkBudget, content_disposition, file_response
+from tracker.proxy.storedcopies import served_from_disk
+from tracker.serving.fileresponse import ChunkBudget, content_disposition
 from tracker.serving.httpanswer import Answer, redirect_answer
 from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import zero_copy_connection
@@ -207,19 +208,11 @@ class Delivery:
 
     async def _local(self, ask: Ask, path: str, name: str, group: str) -> Answer:
         self._count("local")
-        on_bytes = partial(self._metrics.add_served_bytes, "local") if self._metrics else None
         # The file as opened must be the one its check proved (docs/http-api.md, "Proven
         # archives"): a file replaced since is not served on its predecessor's proof.
         admit = partial(self.local_admit, group, path) if self.local_admit else None
         try:
-            return await file_response(
-                path,
-                ask,
-                connection=ask.connection,
-                on_bytes=on_bytes,
-                budget=self._budget,
-                extra_headers=admit,
-            )
+            return await served_from_disk(path, ask, "local", self._metrics, self._budget, admit)
         except FileNotFoundError as exc:
             raise RequestError(404, f"{name} is gone from its local directory") from exc
         except OSError as exc:  # a symlink, FIFO or directory put there since the scrape

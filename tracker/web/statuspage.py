@@ -202,11 +202,15 @@ def _digest(sha256: str | None, level: str | None = None) -> str:
     return f'<code title="{text(sha256)}">{text(sha256[:16])}…</code>{proven}'
 
 
+def _section(ident: str, title: str, parts: list[str]) -> str:
+    """A section of the page: its anchor, its heading and its parts. Every section is framed
+    here, so that the anchors the docs link to and the headings stay of one form."""
+    return f'<section id="{ident}"><h2>{title}</h2>{"".join(parts)}</section>'
+
+
 def _groups(view: StatusView) -> str:
-    out = ['<section id="snapshots"><h2>Best snapshots</h2>']
     if not view.groups:
-        out.append(_none("No target group is configured."))
-        return "".join(out) + "</section>"
+        return _section("snapshots", "Best snapshots", [_none("No target group is configured.")])
     headers = ["group", "kind", "archive", "slot", "age (slots)", "age", "size", "sources"]
     headers += ["sha256, proven to"]
     rows = []
@@ -230,8 +234,7 @@ def _groups(view: StatusView) -> str:
                 rows.append(_best_row(name + health, best))
             health = ""
     numeric = frozenset({3, 4, 5, 6, 7})
-    out.append(_table(headers, rows, numeric))
-    return "".join(out) + "</section>"
+    return _section("snapshots", "Best snapshots", [_table(headers, rows, numeric)])
 
 
 def _predicted(seconds: float | None) -> str:
@@ -259,12 +262,14 @@ def _best_row(group: str, best: BestView) -> str:
 
 
 def _cache(view: StatusView) -> str:
-    out = ['<section id="cache"><h2>Disk cache</h2>']
     cache = view.cache
     if cache is None:
-        out.append(_none("No disk cache is configured (proxy_snapshot_cache_dir)."))
-        return "".join(out) + "</section>"
-    out.append(f'<p class="meta">Directory <code>{text(cache.directory)}</code></p>')
+        return _section(
+            "cache",
+            "Disk cache",
+            [_none("No disk cache is configured (proxy_snapshot_cache_dir).")],
+        )
+    out = [f'<p class="meta">Directory <code>{text(cache.directory)}</code></p>']
     out += [
         f'<p class="warn">{text(group)}: {text(reason)}</p>' for group, reason in cache.uncached
     ]
@@ -280,7 +285,7 @@ def _cache(view: StatusView) -> str:
     if not cache.files and not cache.refreshes:
         if not cache.problem:
             out.append(_none("The cache is empty: nothing cached, no refresh running."))
-        return "".join(out) + "</section>"
+        return _section("cache", "Disk cache", out)
     headers = ["group", "archive", "size", "state", "progress", "rate", "readers"]
     headers += ["sha256, proven to"]
     rows = [_refresh_row(r, view.now) for r in cache.refreshes]
@@ -293,7 +298,7 @@ def _cache(view: StatusView) -> str:
         for f in cache.files
     ]
     out.append(_table(headers, rows, frozenset({2, 5, 6})))
-    return "".join(out) + "</section>"
+    return _section("cache", "Disk cache", out)
 
 
 def _refresh_row(progress: RefreshProgress, now: float) -> str:
@@ -322,11 +327,9 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
 
 
 def _bucket(view: StatusView) -> str:
-    out = ['<section id="bucket"><h2>Bucket</h2>']
     bucket = view.bucket
     if bucket is None:
-        out.append(_none("No bucket is configured (object_store)."))
-        return "".join(out) + "</section>"
+        return _section("bucket", "Bucket", [_none("No bucket is configured (object_store).")])
     state = (
         '<span class="badge up">up</span>'
         if bucket.up
@@ -340,18 +343,18 @@ def _bucket(view: StatusView) -> str:
         f'<td class="num">{bucket.uploads_running}</td><td>{error}</td></tr>'
     ]
     headers = ["state", "endpoint", "bucket", "prefix", "objects", "uploads", "last error"]
-    out.append(_table(headers, rows, frozenset({4, 5})))
-    return "".join(out) + "</section>"
+    return _section("bucket", "Bucket", [_table(headers, rows, frozenset({4, 5}))])
 
 
 def _signing(view: StatusView) -> str:
     """Whether this tracker signs, with which key, since when, how many statements it holds
     and the last one signed (docs/http-api.md, "The status page")."""
-    out = ['<section id="signing"><h2>Signing</h2>']
     signing = view.signing
     if signing is None or signing.public_key is None:
-        out.append(_none("This tracker signs nothing (no attest in the config)."))
-        return "".join(out) + "</section>"
+        return _section(
+            "signing", "Signing", [_none("This tracker signs nothing (no attest in the config).")]
+        )
+    out: list[str] = []
     if signing.problem:
         out.append(f'<p class="warn">{text(signing.problem)}</p>')
     since = ago(view.now, signing.since) if signing.since is not None else "—"
@@ -366,11 +369,11 @@ def _signing(view: StatusView) -> str:
     ]
     headers = ["public key", "signing since", "statements held", "last signed"]
     out.append(_table(headers, rows, frozenset({2})))
-    return "".join(out) + "</section>"
+    return _section("signing", "Signing", out)
 
 
 def _events(view: StatusView) -> str:
-    out = ['<section id="events"><h2>Rejected archives</h2>']
+    out: list[str] = []
     if view.rejected:
         headers = ["when", "group", "archive", "source", "reason"]
         rows = [_rejected_row(e, view.now) for e in view.rejected]
@@ -388,7 +391,7 @@ def _events(view: StatusView) -> str:
         out.append(_table(["when", "event", "details"], rows, frozenset()))
     else:
         out.append(_none("No failover since the tracker started."))
-    return "".join(out) + "</section>"
+    return _section("events", "Rejected archives", out)
 
 
 def _rejected_row(event: RecentEvent, now: float) -> str:
@@ -447,17 +450,13 @@ def _scraped_cell(seconds: int) -> str:
 def _targets(view: StatusView) -> str:
     ordered = sorted(view.targets, key=target_order)
     unhealthy = sum(t.health != "up" for t in ordered)
-    out = [
-        f'<section id="targets"><h2>Targets ({len(ordered)}, {unhealthy} not up)</h2>',
-    ]
+    title = f"Targets ({len(ordered)}, {unhealthy} not up)"
     if not ordered:
-        out.append(_none("No target yet."))
-        return "".join(out) + "</section>"
+        return _section("targets", title, [_none("No target yet.")])
     headers = ["health", "group", "target", "kind", "last error", "latency", "throughput"]
     headers += ["snapshots", "last scrape"]
     now = view.now
     # Thousands of rows: the cells' styles come from the table's CSS (.targets), not from
     # attributes repeated on every cell.
     rows = [f"{_target_cells(t)}{_scraped(now, t.last_scrape)}</tr>" for t in ordered]
-    out.append(_table(headers, rows, frozenset({5, 6, 7, 8}), "targets"))
-    return "".join(out) + "</section>"
+    return _section("targets", title, [_table(headers, rows, frozenset({5, 6, 7, 8}), "targets")])
