@@ -165,13 +165,12 @@ class Layout:
             self._seen.add(name)
             return
         storage = None if header.directory else storage_of(name)
-        other = _OTHER_SLOT.fullmatch(name)
-        if other is not None and storage is None:
-            raise ArchiveInvalid(
-                f"tar: {name!r} at byte {at} is of slot {other[1]}, not the slot "
-                f"{self.slot} the archive's name says"
-            )
         if storage is None:
+            if other := _OTHER_SLOT.fullmatch(name):
+                raise ArchiveInvalid(
+                    f"tar: {name!r} at byte {at} is of slot {other[1]}, not the slot "
+                    f"{self.slot} the archive's name says"
+                )
             kind = "directory" if header.directory else "file"
             raise ArchiveInvalid(
                 f"tar: {kind} {name!r} at byte {at} is not an entry agave writes in this archive"
