@@ -38,20 +38,19 @@ import os
 import resource
 import subprocess
 import sys
-import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import blake3
 import numpy as np
-import zstandard
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.archives import _add, _FrameEvery
+from tests.archives import write_framed_snapshot
 from tracker.config.values import parse_size
 from tracker.files.archivecheck import READ_SIZE, check_file
 from tracker.proof.budget import AccountsLimits, MemoryBudget
@@ -127,22 +126,14 @@ def build(out: Path, accounts: int) -> Path:
             )
         )
     archive = base / f"snapshot-{SLOT}-{archive_hash_of(lt.value())}.tar.zst"
-    params = zstandard.ZstdCompressionParameters.from_level(1, threads=2, write_checksum=True)
-    with open(archive, "wb") as raw:
-        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
-            raw, closefd=False
-        )
-        frames = _FrameEvery(writer, 32 * 1024 * 1024)
-        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-            _add(tar, "version", b"1.2.0")
-            _add(tar, f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt.value(), storages))
-            _add(tar, "snapshots/status_cache", bytes(1024))
-            for slot, number, _ in storages:
-                part = parts / f"{slot}.{number}"
-                _add(tar, f"accounts/{slot}.{number}", part.read_bytes())
-                part.unlink()
-        writer.flush(zstandard.FLUSH_FRAME)
-        writer.close()
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        for slot, number, _ in storages:  # each part read once, removed once written
+            part = parts / f"{slot}.{number}"
+            yield f"accounts/{slot}.{number}", part.read_bytes()
+            part.unlink()
+
+    write_framed_snapshot(archive, SLOT, write_manifest(SLOT, lt.value(), storages), members(), 1)
     parts.rmdir()
     (base / "messages").write_bytes(messages)
     np.save(base / "ends.npy", np.array(ends, dtype=np.int64))

@@ -16,21 +16,20 @@ budget and the peak of its spilled index on disk (docs/architecture.md, "Bounded
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zstandard
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.archives import _add, _FrameEvery
+from tests.archives import write_framed_snapshot
 from tracker.config.values import parse_size
 from tracker.proof.budget import AccountsLimits, MemoryBudget
 from tracker.proof.lattice import LtHash
@@ -61,22 +60,12 @@ def build(out: Path, accounts: int) -> Path:
     storages = [(SLOT - len(counts) + i, i, count * META) for i, count in enumerate(counts)]
     empty = LtHash().value()  # zero lamports count nothing: the empty state's hash
     archive = base / f"snapshot-{SLOT}-{archive_hash_of(empty)}.tar.zst"
-    params = zstandard.ZstdCompressionParameters.from_level(3, threads=2, write_checksum=True)
-    with open(archive, "wb") as raw:
-        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
-            raw, closefd=False
-        )
-        frames = _FrameEvery(writer, 32 * 1024 * 1024)
-        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-            _add(tar, "version", b"1.2.0")
-            _add(tar, f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, empty, storages))
-            _add(tar, "snapshots/status_cache", bytes(1024))
-            first = 0
-            for (slot, ident, _), count in zip(storages, counts, strict=True):
-                _add(tar, f"accounts/{slot}.{ident}", storage(first, count))
-                first += count
-        writer.flush(zstandard.FLUSH_FRAME)
-        writer.close()
+    firsts = [0, *itertools.accumulate(counts)][:-1]
+    members = (
+        (f"accounts/{slot}.{ident}", storage(first, count))
+        for (slot, ident, _), first, count in zip(storages, firsts, counts, strict=True)
+    )
+    write_framed_snapshot(archive, SLOT, write_manifest(SLOT, empty, storages), members, 3)
     done.write_text(json.dumps({"archive": archive.name}))
     return archive
 

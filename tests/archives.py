@@ -26,7 +26,8 @@ import lzma
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import lz4.frame
 import zstandard
@@ -504,6 +505,28 @@ def build_big_archive(path: str, *, size: int = 1 << 30, level: int = 1, threads
         writer.close()
     os.replace(temp, path)
     return path
+
+
+def write_framed_snapshot(
+    path: Path, slot: int, manifest: bytes, storages: Iterable[tuple[str, bytes]], level: int
+) -> None:
+    """Write a full of ``slot`` to ``path`` as agave lays it out (``version``, the manifest,
+    the status cache, then each ``(name, data)`` of ``storages`` as they come), a zstd frame
+    every 32 MiB of tar, streamed: the storages may be made as they are written."""
+    params = zstandard.ZstdCompressionParameters.from_level(level, threads=2, write_checksum=True)
+    with open(path, "wb") as raw:
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            raw, closefd=False
+        )
+        frames = _FrameEvery(writer, 32 * 1024 * 1024)
+        with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            _add(tar, "version", b"1.2.0")
+            _add(tar, f"snapshots/{slot}/{slot}", manifest)
+            _add(tar, "snapshots/status_cache", bytes(1024))
+            for name, data in storages:
+                _add(tar, name, data)
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
