@@ -10,6 +10,7 @@ import importlib
 import inspect
 import io
 import re
+import sys
 import tokenize
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def test_a_dangling_name_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _table_name_exists("proof", "writing", set())
     real = _package_docstring_names
     monkeypatch.setattr(
-        __import__(__name__), "_package_docstring_names", lambda: [*real(), ("fetch", "pieces")]
+        sys.modules[__name__], "_package_docstring_names", lambda: [*real(), ("fetch", "pieces")]
     )
     assert "tracker/fetch/__init__.py names ``pieces``, which is no module of it" in dangling()
 
