@@ -5,7 +5,7 @@
 
 It builds (under ``--out``, ``bench/out/`` by default, kept for later runs) a ``.tar.zst``
 snapshot archive whose storages hold ``--accounts`` distinct accounts, written with
-:func:`tracker.proof.writing.write_storage` and a manifest listing them with their
+:func:`tracker.proof.formats.writing.write_storage` and a manifest listing them with their
 lattice hash (its name carries the hash): most with 165 bytes of data (token accounts), one in
 ten 0 to 2,000 random bytes; 5% of them stored twice (an older version in an older slot), 2%
 closed (their newest version has zero lamports, an older one has some); a storage a slot of
@@ -15,7 +15,7 @@ its own, ``--runs`` times in alternating order (the best of each side is kept):
 
 - ``baseline``: SHA-256 of the archive file, and the BLAKE3 XOF (2,048 bytes) of every newest
   account with lamports, from ready messages, in a tight loop: what no proof can do without;
-- ``proof``: ``tracker.files.archivecheck.check_file(path, prove_accounts=limits)``, with
+- ``proof``: ``tracker.proof.archive.archivecheck.check_file(path, prove_accounts=limits)``, with
   ``--memory`` as its budget (``prove_accounts_memory``; the index spills to ``--out``'s
   ``tmp`` past it): the whole check (SHA-256 in its reading thread, zstd, the tar walk, the
   manifest level) with the accounts level and its second read, which must reach
@@ -52,10 +52,10 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 
 from tests.archives import write_framed_snapshot
 from tracker.config.values import parse_size
-from tracker.files.archivecheck import READ_SIZE, check_file
-from tracker.proof.budget import AccountsLimits, MemoryBudget
-from tracker.proof.lattice import LtHash
-from tracker.proof.writing import Account, archive_hash_of, write_manifest, write_storage
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.archive.archivecheck import READ_SIZE, check_file
+from tracker.proof.formats.lattice import LtHash
+from tracker.proof.formats.writing import Account, archive_hash_of, write_manifest, write_storage
 
 SLOT = 400_000_000
 PER_SLOT = 5000
@@ -176,7 +176,7 @@ def prove(base: Path, memory: int) -> dict[str, Any]:
     meta = json.loads((base / "meta.json").read_text())
     path = base / meta["archive"]
     w0 = time.perf_counter()
-    from tracker.proof import kernels
+    from tracker.proof.formats import kernels
 
     kernels.warm_up()
     once = time.perf_counter() - w0

@@ -46,8 +46,8 @@ from bench.servers import (
 from bench.weed import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
 from tracker.cache.checked import write_checked
 from tracker.core.digests import Verified
-from tracker.files.archivecheck import check_file
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_file
 
 Result = dict[str, Any]
 # Never let a system-wide proxy setting reach 127.0.0.1.

@@ -31,9 +31,9 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 
 from tests.archives import write_framed_snapshot
 from tracker.config.values import parse_size
-from tracker.proof.budget import AccountsLimits, MemoryBudget
-from tracker.proof.lattice import LtHash
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.formats.lattice import LtHash
+from tracker.proof.formats.writing import archive_hash_of, write_manifest
 
 SLOT = 500_000_000
 PER_STORAGE = 1_000_000
@@ -73,7 +73,7 @@ def build(out: Path, accounts: int) -> Path:
 def check(archive: Path, memory: int) -> dict[str, Any]:
     """The check, timed, with its peaks (bench/accounts.py's measures)."""
     from bench.accounts import _peak_rss, _WorkerPeak
-    from tracker.files.archivecheck import check_file
+    from tracker.proof.archive.archivecheck import check_file
 
     temp = archive.parent / "tmp"
     temp.mkdir(exist_ok=True)

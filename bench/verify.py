@@ -23,8 +23,8 @@ from typing import Any
 
 from bench.tools import find
 from tests.archives import big_archive_name, build_big_archive
-from tracker.files.archivecheck import check_file
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_file
 
 Result = dict[str, Any]
 

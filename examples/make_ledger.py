@@ -1,6 +1,6 @@
 """Write the quickstart's archives into examples/ledger/ (or the directory given).
 
-Real snapshot archives, small, in agave's formats (``tracker.proof.writing``): a tar with
+Real snapshot archives, small, in agave's formats (``tracker.proof.formats.writing``): a tar with
 ``version``, ``snapshots/status_cache``, the manifest ``snapshots/{S}/{S}`` and account
 storages ``accounts/{slot}.{id}`` in agave's AppendVec format, zstd-compressed in independent
 frames as agave writes its fulls (a frame every 32 MiB of tar; at least two here, so that
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.archives import compress, make_tar  # noqa: E402
-from tracker.proof.writing import (  # noqa: E402
+from tracker.proof.formats.writing import (  # noqa: E402
     SNAPSHOT_VERSION,
     Account,
     archive_hash_of,

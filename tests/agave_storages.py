@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 import zstandard
 
-from tracker.files.streamparse import MARK, Feeder, Parser, ParserOf
-from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.storages import META, aligned
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.archive.streamparse import MARK, Feeder, Parser, ParserOf
+from tracker.proof.formats.storages import META, aligned
 
 DATA = Path(__file__).parent / "data" / "agave-snapshot"
 ARCHIVE = DATA / "test-snapshot-v4.2.0-beta.1.tar.zst"

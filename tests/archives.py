@@ -5,8 +5,8 @@ name and size.
 ``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` storages,
 compressed as its extension says. The state is a few accounts drawn from the name's seed
 (:func:`state_accounts`), dealt over the storages in agave's AppendVec format
-(``tracker.proof.writing``); after each storage's valid length comes spare capacity of random
-bytes interleaved with zero runs (about 3x compressible, like account data), which no loader
+(``tracker.proof.formats.writing``); after each storage's valid length comes spare capacity of
+random bytes interleaved with zero runs (about 3x compressible, like account data), which no loader
 reads. The manifest (agave's format) lists the storages with their valid lengths and carries
 the state's lattice hash, and the name's hash is that lattice hash's (SIMD-0220): a full
 proves to ``accounts``, an incremental to ``manifest``.
@@ -33,7 +33,7 @@ import lz4.frame
 import zstandard
 
 from tracker.core.snapshots import parse_archive_name
-from tracker.proof.writing import (
+from tracker.proof.formats.writing import (
     Account,
     archive_hash_of,
     lattice_of,

@@ -21,8 +21,8 @@ from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
 from test_proven import ACCOUNT
 from test_verified import GROUP, Fleet, _config, fleet, target
 
-from tracker.files.archivecheck import check_file
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_file
 
 V = [key(f"validator {n}") for n in range(5)]
 STAKES = {V[0]: 300, V[1]: 250, V[2]: 150, V[3]: 100, V[4]: 200}  # total 1000

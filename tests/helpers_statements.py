@@ -10,8 +10,8 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tracker.core.statements import Expected, Signer, Statement
 from tracker.proof.levels import Level
+from tracker.proof.statements import Expected, Signer, Statement
 
 SHA = "ab" * 32
 NOW = 1_800_000_000

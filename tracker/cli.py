@@ -160,7 +160,7 @@ def verify_main(args: argparse.Namespace) -> int:
     ``--prove-accounts-temp-dir`` past it), with the note that says why it stops lower when it
     could go higher; or ``bad FILE: REASON``); 0 when all pass. With ``--trust-key``, a file
     passes only when enough trusted keys vouch for it in signed statements."""
-    from tracker.files.archivecheck import check_file
+    from tracker.proof.archive.archivecheck import check_file
 
     trust = trust_of(args)
     limits = accounts_limits_of(args)
@@ -187,8 +187,8 @@ def attest_main(args: argparse.Namespace) -> int:
     """``snapshot-tracker attest FILE... --key KEYFILE``: check each archive and sign what
     it proved beside it; one line per file; 0 when every file was signed, 1 when one was
     not, 2 for an unusable key file."""
-    from tracker.files.archivecheck import check_file
-    from tracker.proof.budget import AccountsLimits
+    from tracker.proof.accounts.budget import AccountsLimits
+    from tracker.proof.archive.archivecheck import check_file
 
     try:
         signer = load_key(args.key)
@@ -217,7 +217,7 @@ def cluster_voter(rpcs: tuple[str, ...], client: httpx.AsyncClient) -> Voter:
     cluster level"), the first URL as ``rpc`` and the others as ``cluster_proof.also_rpc``,
     whose answers must agree, with the section's defaults (32 blocks, 30 s per archive)."""
     from tracker.config.schema import ClusterProof, Config
-    from tracker.proving.clustervotes import ClusterVotes
+    from tracker.proof.cluster.clustervotes import ClusterVotes
 
     config = Config(rpc=rpcs[0], cluster_proof=ClusterProof(also_rpc=rpcs[1:]))
     return ClusterVotes(lambda: config, client)

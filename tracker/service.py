@@ -26,12 +26,10 @@ from quart_trio import QuartTrio
 from tracker.config.files import signing
 from tracker.config.schema import Config
 from tracker.config.warnings import restart_needed
-from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
 from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
-from tracker.files.headproof import prove_head
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
 from tracker.net.egress import Resolver, resolve
@@ -41,9 +39,11 @@ from tracker.observability.logs import RecentEvents, log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.rejections import Rejections
-from tracker.proving.clustervotes import ClusterVotes
-from tracker.proving.heads import HeadProofs, proven_only
-from tracker.proving.localfiles import LocalProofs, local_gated
+from tracker.proof.archive.headproof import prove_head
+from tracker.proof.background.heads import HeadProofs, proven_only
+from tracker.proof.background.localfiles import LocalProofs, local_gated
+from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.records.attestations import Attestations
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts

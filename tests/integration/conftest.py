@@ -34,7 +34,7 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[FakeUpstream
 @pytest.fixture
 def quick_vote_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed question to the RPC's votes is asked again after 0.2 s, not a minute
-    (``tracker.proving.clustervotes.RETRY_AFTER``)."""
-    import tracker.proving.clustervotes as votes_module
+    (``tracker.proof.cluster.clustervotes.RETRY_AFTER``)."""
+    import tracker.proof.cluster.clustervotes as votes_module
 
     monkeypatch.setattr(votes_module, "RETRY_AFTER", 0.2)

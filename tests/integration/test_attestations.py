@@ -48,9 +48,9 @@ from helpers_wire import raw_request
 
 from tracker.config.files import signing
 from tracker.config.schema import Attest
-from tracker.core.statements import Attestation, parse_document
 from tracker.observability.logs import TextFormatter
 from tracker.proof.levels import STRUCTURE_ONLY, Level
+from tracker.proof.statements import Attestation, parse_document
 from tracker.web import wire
 
 NAME, GOOD = build_archive(9600, compression="zst", seed=96)

@@ -23,12 +23,12 @@ from helpers_upstream import FakeUpstream, serving
 from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
 from names import full_name
 
-import tracker.proving.clustervotes as votes_module
+import tracker.proof.cluster.clustervotes as votes_module
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.ordering.index import Index, TargetKey
+from tracker.proof.background.heads import HeadProofs
+from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import Level, Proof
-from tracker.proving.clustervotes import ClusterVotes
-from tracker.proving.heads import HeadProofs
 from tracker.proxy.upstream import DownloadClients, ProxySettings
 
 S = 5000

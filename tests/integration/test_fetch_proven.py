@@ -23,9 +23,9 @@ from helpers_votes import VoteRpc
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 
-from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.bankhash import NO_LATTICE_HASH
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.accounts.accountsprover import MISMATCH
+from tracker.proof.formats.bankhash import NO_LATTICE_HASH
+from tracker.proof.formats.writing import archive_hash_of, write_manifest
 
 SLOT = 41_000
 NAME = f"snapshot-{SLOT}-{archive_hash_of(lattice_hash(SLOT))}.tar.zst"

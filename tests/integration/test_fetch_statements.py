@@ -26,13 +26,13 @@ from helpers_upstream import Behaviour, FakeUpstream
 from test_fetch import fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import tracker_of
 
-from tracker.core.statements import Attestation, Statement
 from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.trust import TrustPolicy
 from tracker.proof.levels import Level
+from tracker.proof.statements import Attestation, Statement
 
 SLOT = 52_000
 NAME, GOOD = build_archive(SLOT, accounts=2)
@@ -84,7 +84,7 @@ async def statements_tracker(
             for file in entry["files"]:
                 file["attestations"] = [document(a) for a in listed]
         if route is not None:
-            tracker.files[ROUTE] = route
+            tracker.proof.archive[ROUTE] = route
         if how is not None:
             tracker.behaviour[ROUTE] = how
         yield tracker

@@ -68,7 +68,7 @@ async def test_the_check_reads_the_copy_while_it_is_downloaded(
     from helpers_proxy import wait_for
     from helpers_upstream import Behaviour
 
-    from tracker.files import archivecheck
+    from tracker.proof.archive import archivecheck
 
     name, good = build_archive(32_000, compression="zst", accounts=16, account_size=512 * 1024)
     paused = Behaviour(pause_at=len(good) * 6 // 10)

@@ -29,8 +29,8 @@ from test_attestations import attest
 from test_fetch import fetch_command, run_cli, the_error_line
 
 from tracker.core.digests import repr_digest
-from tracker.core.statements import parse_document
 from tracker.proof.levels import Level
+from tracker.proof.statements import parse_document
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LEDGER = EXAMPLES / "ledger"

@@ -14,7 +14,7 @@ from helpers_wire import raw_request
 from test_proven import wait_until_proof
 from test_verified import GROUP, _listed, fleet, metric
 
-from tracker.proof.budget import CACHE_TEMP, PREFIX
+from tracker.proof.accounts.budget import CACHE_TEMP, PREFIX
 
 BUDGET = 1024**2  # the smallest prove_accounts_memory
 

@@ -25,9 +25,9 @@ from helpers_wire import raw_request
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sources_of, target
 
 from tracker.ordering.rejections import PREFIX as REJECTED
-from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.bankhash import NO_LATTICE_HASH
-from tracker.proof.writing import archive_hash_of, write_manifest
+from tracker.proof.accounts.accountsprover import MISMATCH
+from tracker.proof.formats.bankhash import NO_LATTICE_HASH
+from tracker.proof.formats.writing import archive_hash_of, write_manifest
 from tracker.web.wire import DISPROVEN
 
 #: Account files big enough that an archive is more than the bytes held back (64 KiB).

@@ -28,9 +28,9 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from helpers_wire import Wire, raw_request
 
-from tracker.files import checklimits
-from tracker.files.archivecheck import THREAD_NAME
 from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.proof.archive import checklimits
+from tracker.proof.archive.archivecheck import THREAD_NAME
 
 GROUP = "mainnet"
 HOLD_BACK = 64 * 1024

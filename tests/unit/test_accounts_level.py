@@ -12,17 +12,17 @@ from agave_storages import ARCHIVE
 from archives import build_archive, compress, make_tar, many_accounts_archive
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import FollowingCheck, check_file
-from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.budget import AccountsLimits
-from tracker.proof.levels import Level
-from tracker.proof.writing import (
+from tracker.proof.accounts.accountsprover import MISMATCH
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import FollowingCheck, check_file
+from tracker.proof.formats.writing import (
     Account,
     archive_hash_of,
     lattice_of_slots,
     write_manifest,
     write_storage,
 )
+from tracker.proof.levels import Level
 
 SLOT = 500
 EXT = {"zst": ".tar.zst", "tar": ".tar"}

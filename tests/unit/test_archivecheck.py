@@ -1,4 +1,4 @@
-"""The archive check (tracker.files.archivecheck) on real archives of every compression.
+"""The archive check (tracker.proof.archive.archivecheck) on real archives of every compression.
 
 Good archives pass with the SHA-256 hashlib computes; every bad variant of tests/archives.py
 fails with its reason; truncation anywhere fails (the decompressors themselves stay silent
@@ -40,18 +40,18 @@ from archives import (
     snapshot_entries,
 )
 
-import tracker.files.archivecheck as archivecheck
+import tracker.proof.archive.archivecheck as archivecheck
 from tracker.cli import main
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import (
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import (
     FollowingCheck,
     GrowingFile,
     check_file,
     check_stream,
     decoders_of,
 )
-from tracker.files.tarwalk import Header, read_header
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.archive.tarwalk import Header, read_header
 
 SLOT = 123_456
 VARIANTS = tuple(EXPECTED_REASONS)

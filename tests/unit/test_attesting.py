@@ -1,6 +1,6 @@
-"""What a statement says of a checked copy (core.attesting), when the daemon signs it again,
-the check of one read beside a bucket object, and what the daemon serves
-(core.attestations)."""
+"""What a statement says of a checked copy (proof.records.attesting), when the daemon signs it
+again, the check of one read beside a bucket object, and what the daemon serves
+(proof.records.attestations)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import attrs
 import pytest
 from helpers_statements import SHA, signer
 
-from tracker.core.attestations import Attestations
-from tracker.core.attesting import (
+from tracker.core.digests import Digests, Verified
+from tracker.core.snapshots import parse_archive_name
+from tracker.errors import StatementInvalid
+from tracker.proof.levels import Level, Proof
+from tracker.proof.records.attestations import Attestations
+from tracker.proof.records.attesting import (
     HeldCopy,
     due,
     held_copy,
@@ -20,11 +24,7 @@ from tracker.core.attesting import (
     statement_of,
     to_serve,
 )
-from tracker.core.digests import Digests, Verified
-from tracker.core.snapshots import parse_archive_name
-from tracker.core.statements import Attestation, Statement, parse_document
-from tracker.errors import StatementInvalid
-from tracker.proof.levels import Level, Proof
+from tracker.proof.statements import Attestation, Statement, parse_document
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 INCREMENTAL = "incremental-snapshot-100-160-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -54,7 +54,7 @@ def test_a_statement_says_what_the_check_proved_and_parses_back() -> None:
     assert (inc.slot, inc.base_slot) == (160, 100)
 
 
-# -- what the daemon signs, and when again (core.attesting.held_copy, due) ----------------
+# -- what the daemon signs, and when again (proof.records.attesting.held_copy, due) ----------------
 
 VALID = 600.0
 
@@ -128,7 +128,7 @@ def test_a_document_read_beside_an_object_must_vouch_for_exactly_it(
         of_copy(raw, FULL, 3695, SHA, 2_500.0)
 
 
-# -- another replica's statement read again (core.attesting.reread_due, to_serve) --------
+# -- another replica's statement read again (proof.records.attesting.reread_due, to_serve) --------
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_the_statement_that_expires_last_is_served(
     assert to_serve(served, read) is chosen
 
 
-# -- the daemon's statements (core.attestations.Attestations) ----------------------------
+# -- the daemon's statements (proof.records.attestations.Attestations) ----------------------------
 
 
 def test_held_copies_are_signed_once_and_again_at_half_their_life() -> None:

@@ -1,4 +1,4 @@
-"""What one archive check may cost (tracker.files.checklimits): every number read from an
+"""What one archive check may cost (tracker.proof.archive.checklimits): every number read from an
 archive bounded before it is converted, the memory a decoder may ask for, the expansion ratio,
 the member count and the padding after the end blocks bounded, a cancelled check stopped in
 its decode loop, and any failure of the check that is not the reading's a rejection. Real
@@ -20,11 +20,11 @@ import pytest
 import zstandard
 from archives import archive_name, build_archive, compress, make_tar, snapshot_entries
 
-import tracker.files.archivecheck as archivecheck
+import tracker.proof.archive.archivecheck as archivecheck
 from tracker.errors import ArchiveInvalid
-from tracker.files import checklimits
-from tracker.files.archivecheck import check_stream
-from tracker.files.checklimits import (
+from tracker.proof.archive import checklimits
+from tracker.proof.archive.archivecheck import check_stream
+from tracker.proof.archive.checklimits import (
     DECODED_FLOOR,
     MAX_END_PADDING,
     MEMBER_FLOOR,

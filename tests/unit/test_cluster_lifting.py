@@ -9,9 +9,9 @@ import trio
 from names import full_name, incremental_name
 
 from tracker.cache.checked import Checking
-from tracker.cache.lifting import liftable, required_proof
 from tracker.errors import ArchiveInvalid
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.cluster.lifting import liftable, required_proof
 from tracker.proof.levels import Level, Proof, checked_for
 
 FULL = full_name(500)

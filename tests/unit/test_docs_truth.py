@@ -163,13 +163,13 @@ def _package_docstring_names() -> list[tuple[str, str]]:
     """(package, word) of each ``word`` a package's own docstring names that is no module
     (nor sub-package) of it: its list of modules is read by whoever opens the package."""
     found = []
-    for init in sorted((ROOT / "tracker").glob("*/__init__.py")):
+    for init in sorted((ROOT / "tracker").glob("**/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         modules = {p.stem for p in init.parent.glob("*.py")}
         modules |= {p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()}
         for word in re.findall(r"``([a-z_][a-z0-9_]*)``", doc):
             if word not in modules and word not in NOT_MODULES:
-                found.append((init.parent.name, word))
+                found.append((init.parent.relative_to(ROOT / "tracker").as_posix(), word))
     return found
 
 
@@ -214,8 +214,8 @@ def test_every_name_in_the_docs_and_docstrings_resolves() -> None:
 def test_a_dangling_name_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not _resolves_from("tracker.clientwire.transport", "splice_socket", set())
     assert _resolves_from("tracker.clientwire.transport", "BigReadStream.body_unread", set())
-    assert not _table_name_exists("proof", "storagewrite", {"writing"})
-    assert _table_name_exists("proof", "writing", set())
+    assert not _table_name_exists("proof/formats", "storagewrite", {"writing"})
+    assert _table_name_exists("proof/formats", "writing", set())
     real = _package_docstring_names
     monkeypatch.setattr(
         sys.modules[__name__], "_package_docstring_names", lambda: [*real(), ("fetch", "pieces")]

@@ -15,7 +15,7 @@ from names import full_name
 from tracker.config.values import parse_size
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 from tracker.multisource.claims import MIN_STEAL, Pieces
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
 
 MiB = 1024 * 1024
 

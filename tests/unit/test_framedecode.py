@@ -1,4 +1,4 @@
-"""zstd frames decoded in parallel (tracker.files.framedecode): the same bytes and the same
+"""zstd frames decoded in parallel (tracker.proof.archive.framedecode): the same bytes and the same
 reasons as the serial decoder, whatever the frames, the chunks and the threads."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import zstandard
 from archives import EXPECTED_REASONS, bad_variants, build_archive, compress
 
 from tracker.errors import ArchiveInvalid
-from tracker.files import framedecode
-from tracker.files.archivecheck import check_stream
-from tracker.files.decoders import decode_zstd
-from tracker.files.framedecode import decode_zstd_frames
+from tracker.proof.archive import framedecode
+from tracker.proof.archive.archivecheck import check_stream
+from tracker.proof.archive.decoders import decode_zstd
+from tracker.proof.archive.framedecode import decode_zstd_frames
 
 SLOT = 234_567
 SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"

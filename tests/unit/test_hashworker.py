@@ -1,4 +1,5 @@
-"""Level accounts' hashing in a worker process, and its compiled loops (tracker.proof.kernels).
+"""Level accounts' hashing in a worker process, and its compiled loops
+(tracker.proof.formats.kernels).
 
 The worker is a real child process (no network): its sum must be the calling thread's, a crash
 of it must cost the proof and never reject the archive, and no check may leave it behind.
@@ -23,19 +24,19 @@ from test_accounts_level import STATE, write_archive
 from test_proof_accounts import reread_from
 
 from tracker.errors import ArchiveInvalid
-from tracker.files import hashworker
-from tracker.files.archivecheck import FollowingCheck, check_file
-from tracker.files.hashworker import HashPool, HashWorker
-from tracker.proof import kernels
-from tracker.proof.accounthash import LocalSum
-from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.budget import AccountsLimits, WorkerSlots
+from tracker.proof.accounts import hashworker
+from tracker.proof.accounts.accounthash import LocalSum
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.budget import AccountsLimits, WorkerSlots
+from tracker.proof.accounts.hashworker import HashPool, HashWorker
+from tracker.proof.accounts.pubkeyindex import PubkeyIndex
+from tracker.proof.archive.archivecheck import FollowingCheck, check_file
+from tracker.proof.formats import kernels
+from tracker.proof.formats.storages import MAX_DATA, META
+from tracker.proof.formats.writing import Account
 from tracker.proof.levels import Level
-from tracker.proof.pubkeyindex import PubkeyIndex
-from tracker.proof.storages import MAX_DATA, META
-from tracker.proof.writing import Account
 
-WORKER = "tracker.files.hashworker"
+WORKER = "tracker.proof.accounts.hashworker"
 
 
 def workers() -> list[int]:
@@ -228,8 +229,8 @@ def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
     (verify's of a small archive, the tests' archives) runs the kernels interpreted."""
     path = write_archive(tmp_path, STATE)
     code = (
-        "import sys; from tracker.files.archivecheck import check_file; "
-        "from tracker.proof.budget import AccountsLimits; "
+        "import sys; from tracker.proof.archive.archivecheck import check_file; "
+        "from tracker.proof.accounts.budget import AccountsLimits; "
         f"print(check_file({str(path)!r}, prove_accounts=AccountsLimits()).proof.level.label, "
         "'numba' in sys.modules)"
     )

@@ -10,10 +10,10 @@ from archives import build_archive, compress, lattice_hash, make_tar, snapshot_e
 from test_manifest import ARCHIVE, NAME, NAME_HASH
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import READ_SIZE
-from tracker.files.headproof import prove_head
+from tracker.proof.archive.archivecheck import READ_SIZE
+from tracker.proof.archive.headproof import prove_head
+from tracker.proof.formats.writing import write_manifest
 from tracker.proof.levels import Level
-from tracker.proof.writing import write_manifest
 
 
 class Counted:

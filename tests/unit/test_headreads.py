@@ -10,7 +10,7 @@ import pytest
 
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.ordering.index import SnapshotSource, TargetKey
-from tracker.proving.headreads import heads_due
+from tracker.proof.background.headreads import heads_due
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 HASH = base58.b58encode(bytes(32)).decode()

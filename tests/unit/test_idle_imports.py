@@ -12,7 +12,7 @@ HEAVY = ("numpy", "cryptography")
 
 def test_the_service_and_its_config_load_no_heavy_library() -> None:
     code = (
-        "import sys, tracker.service, tracker.config.loading, tracker.files.archivecheck\n"
+        "import sys, tracker.service, tracker.config.loading, tracker.proof.archive.archivecheck\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     loaded = subprocess.run(
@@ -23,7 +23,7 @@ def test_the_service_and_its_config_load_no_heavy_library() -> None:
 
 def test_a_proof_loads_numpy_where_it_runs() -> None:
     code = (
-        "import sys\nfrom tracker.proof.lattice import LtHash\nLtHash()\n"
+        "import sys\nfrom tracker.proof.formats.lattice import LtHash\nLtHash()\n"
         "print('numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

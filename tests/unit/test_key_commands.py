@@ -15,7 +15,7 @@ from helpers_statements import keypair_json
 
 from tracker.cli import main
 from tracker.config.files import CREDENTIALS_ENV, key_file_problem, load_signer
-from tracker.core.statements import Signer
+from tracker.proof.statements import Signer
 
 DATA = Path(__file__).parent.parent / "data" / "agave-snapshot"
 ARCHIVE = (DATA / "test-snapshot-v4.2.0-beta.1.tar.zst").read_bytes()

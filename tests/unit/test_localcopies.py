@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from tracker.core.digests import Digests, Verified
-from tracker.core.localcopies import (
+from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.ordering.index import Index, TargetKey
+from tracker.proof.levels import Level, Proof
+from tracker.proof.records.localcopies import (
     NOT_YET,
     Checked,
     Identity,
@@ -21,9 +24,6 @@ from tracker.core.localcopies import (
     holder,
     standing,
 )
-from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
-from tracker.ordering.index import Index, TargetKey
-from tracker.proof.levels import Level, Proof
 from tracker.web.wire import held_copy, local_files_json
 
 H = "7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb"

@@ -17,12 +17,11 @@ import zstandard
 from archives import build_archive, compress, make_tar, snapshot_entries
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import check_stream
-from tracker.proof.bankhash import NO_LATTICE_HASH, bank_hash, prove_manifest
-from tracker.proof.levels import Level
-from tracker.proof.manifest import Manifest, ManifestDecoder
-from tracker.proof.parsing import run
-from tracker.proof.writing import (
+from tracker.proof.archive.archivecheck import check_stream
+from tracker.proof.formats.bankhash import NO_LATTICE_HASH, bank_hash, prove_manifest
+from tracker.proof.formats.manifest import Manifest, ManifestDecoder
+from tracker.proof.formats.parsing import run
+from tracker.proof.formats.writing import (
     EXTRA_FIELDS,
     Account,
     archive_hash_of,
@@ -31,6 +30,7 @@ from tracker.proof.writing import (
     write_manifest,
     write_storage,
 )
+from tracker.proof.levels import Level
 
 DATA = Path(__file__).parent.parent / "data" / "agave-snapshot"
 ARCHIVE = (DATA / "test-snapshot-v4.2.0-beta.1.tar.zst").read_bytes()
@@ -197,7 +197,7 @@ def test_the_readme_archives_prove_to_accounts(capsys: pytest.CaptureFixture[str
     """The quickstart's full reaches ``accounts`` in ``verify``, its incrementals
     ``manifest`` (the highest an incremental reaches)."""
     from tracker.cli import main
-    from tracker.files.archivecheck import check_file
+    from tracker.proof.archive.archivecheck import check_file
 
     ledger = Path(__file__).parent.parent.parent / "examples" / "ledger"
     paths = sorted(ledger.glob("*.tar.zst"))

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from test_manifest import MANIFEST, NAME_HASH, decode
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import check_stream
-from tracker.proof.bankhash import NO_LATTICE_HASH, prove_manifest
+from tracker.proof.archive.archivecheck import check_stream
+from tracker.proof.formats.bankhash import NO_LATTICE_HASH, prove_manifest
 from tracker.proof.levels import Level, Proof
 
 

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof import storages as storage_format
-from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.budget import AccountsLimits
-from tracker.proof.writing import Account, lattice_of_slots, write_storage
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.formats import storages as storage_format
+from tracker.proof.formats.writing import Account, lattice_of_slots, write_storage
 
 Members = dict[str, bytes]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.proof.pubkeyindex import PubkeyIndex
+from tracker.proof.accounts.pubkeyindex import PubkeyIndex
 
 
 def keys_of(numbers: list[int], shared: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The second read of an archive on disk (tracker.files.reread) for the accounts proof."""
+"""The second read of an archive on disk (tracker.proof.archive.reread) for the accounts proof."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import zstandard
 from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.reread import ArchiveReread
-from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.reread import ArchiveReread
 
 
 @pytest.fixture(params=[".tar.zst", ".tar"])

@@ -17,10 +17,9 @@ from test_proof_accounts import built, key, model, reread_from, states
 
 from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.observability.metrics import Metrics
-from tracker.proof import spill as spill_module
-from tracker.proof import storages as storage_format
-from tracker.proof.accountsproof import AccountsProof
-from tracker.proof.budget import (
+from tracker.proof.accounts import spill as spill_module
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.budget import (
     LOCKLESS_GRACE,
     PREFIX,
     AccountsLimits,
@@ -29,8 +28,9 @@ from tracker.proof.budget import (
     clean_leftovers,
     running,
 )
-from tracker.proof.spill import SpillDir, SpillIndex, superseded_of
-from tracker.proof.writing import Account
+from tracker.proof.accounts.spill import SpillDir, SpillIndex, superseded_of
+from tracker.proof.formats import storages as storage_format
+from tracker.proof.formats.writing import Account
 
 ZERO_KEY = np.zeros(4, dtype=np.uint64)  # every fingerprint the same: all collide
 

@@ -12,7 +12,9 @@ from helpers_statements import NOW, expected, keypair_json, signer, statement
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.statements import (
+from tracker.errors import StatementInvalid
+from tracker.proof.levels import Level
+from tracker.proof.statements import (
     DOMAIN,
     Attestation,
     Signer,
@@ -20,8 +22,6 @@ from tracker.core.statements import (
     parse_document,
     vouching_signers,
 )
-from tracker.errors import StatementInvalid
-from tracker.proof.levels import Level
 
 
 def test_a_signed_statement_parses_back_and_vouches() -> None:

@@ -45,10 +45,10 @@ from hypothesis import strategies as st
 from tarrs import Refused, Unpacked, unpacked
 
 from tracker.errors import ArchiveInvalid
-from tracker.files.archivecheck import check_stream
-from tracker.files.reread import accounts_prover, proving
-from tracker.files.tarwalk import Header
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_stream
+from tracker.proof.archive.reread import accounts_prover, proving
+from tracker.proof.archive.tarwalk import Header
 from tracker.proof.levels import Level
 
 

@@ -22,9 +22,9 @@ from archives import (
 )
 
 from tracker.cli import main
-from tracker.proof import spill
-from tracker.proof.accountsprover import MISMATCH
-from tracker.proof.writing import (
+from tracker.proof.accounts import spill
+from tracker.proof.accounts.accountsprover import MISMATCH
+from tracker.proof.formats.writing import (
     Account,
     archive_hash_of,
     lattice_of,

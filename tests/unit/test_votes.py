@@ -24,10 +24,10 @@ from helpers_votes import (
 )
 
 from tracker.errors import RpcError, VoteInvalid
+from tracker.proof.cluster.clustervotes import block_votes, judged, vote_stakes
+from tracker.proof.formats.tally import Tally, VoteSeen, tally, transaction_votes
+from tracker.proof.formats.votes import decode_vote
 from tracker.proof.levels import Level, Proof
-from tracker.proof.tally import Tally, VoteSeen, tally, transaction_votes
-from tracker.proof.votes import decode_vote
-from tracker.proving.clustervotes import block_votes, judged, vote_stakes
 
 H = hash_of("H")
 OTHER = hash_of("other")

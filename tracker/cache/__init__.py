@@ -10,6 +10,6 @@ same kind) and the kernel's writeback; :mod:`~tracker.cache.checked` which cache
 their check, with their digests (restored at start-up or checked again);
 :mod:`~tracker.cache.disk` holds the blocking disk helpers.
 
-May import: :mod:`tracker.files`, :mod:`tracker.serving`, :mod:`tracker.zerocopy`,
+May import: :mod:`tracker.proof.archive`, :mod:`tracker.serving`, :mod:`tracker.zerocopy`,
 :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.
 """

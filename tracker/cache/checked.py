@@ -37,9 +37,9 @@ from tracker.core.digests import (
     sha256sum_line,
 )
 from tracker.errors import ArchiveInvalid, RequestError
-from tracker.files.archivecheck import FollowingCheck
 from tracker.observability.logs import log_event
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Checking:
     proof (the shared memory budget, the temporary directory; None: fulls are not proven to
     ``accounts``) and, for a
     group that requires ``cluster``, who asks the cluster's votes before its readers get
-    their last bytes (:mod:`tracker.cache.lifting`)."""
+    their last bytes (:mod:`tracker.proof.cluster.lifting`)."""
 
     verify: bool = False
     require: Level = Level.STRUCTURE
@@ -80,7 +80,7 @@ class CheckedFiles:
     ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
     again and was removed. Without ``verify`` every cached file is servable. ``voter``
     (the cluster's votes, None: not asked) lifts held copies to ``cluster``
-    (:mod:`tracker.cache.lifting`)."""
+    (:mod:`tracker.proof.cluster.lifting`)."""
 
     def __init__(
         self,
@@ -307,7 +307,7 @@ async def check_opened(
     (its limits; None: not proven), in a worker thread. Raises ArchiveInvalid when the
     archive fails, OSError when it cannot be read (a descriptor short included);
     cancellation stops the check. The cache's start-up check and the check of local files
-    (:mod:`tracker.proving.localfiles`) both use it."""
+    (:mod:`tracker.proof.background.localfiles`) both use it."""
     try:
         check = FollowingCheck.start(fd, name, prove_accounts)
     finally:

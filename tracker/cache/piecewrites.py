@@ -17,8 +17,8 @@ import trio
 from tracker.cache.checked import Checking
 from tracker.cache.tempfile import Writeback
 from tracker.errors import CacheError
-from tracker.files.archivecheck import FollowingCheck
 from tracker.multisource.sources import Source
+from tracker.proof.archive.archivecheck import FollowingCheck
 
 
 class GaplessWrites:

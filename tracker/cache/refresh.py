@@ -31,13 +31,13 @@ import trio
 
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
-from tracker.cache.lifting import required_proof
 from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified
 from tracker.errors import CacheError
-from tracker.files.archivecheck import FollowingCheck
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.proof.archive.archivecheck import FollowingCheck
+from tracker.proof.cluster.lifting import required_proof
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
 from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file

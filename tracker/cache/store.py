@@ -42,7 +42,6 @@ from tracker.cache.disk import (
     scan,
     unlink,
 )
-from tracker.cache.lifting import keep_levels
 from tracker.cache.refresh import Refresh
 from tracker.core.digests import Digests, Verified
 from tracker.core.directories import unusable_directory
@@ -51,7 +50,8 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
-from tracker.proof.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
+from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
+from tracker.proof.cluster.lifting import keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voter
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
@@ -199,7 +199,7 @@ class Cache:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
         an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
         the limits of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
-        votes, :mod:`tracker.cache.lifting`); before :meth:`startup_cleanup`."""
+        votes, :mod:`tracker.proof.cluster.lifting`); before :meth:`startup_cleanup`."""
         self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts, voter)
 
     @property
@@ -238,7 +238,7 @@ class Cache:
         """Check the cached files start-up found without a digest that still describes them
         (:meth:`CheckedFiles.recheck`), then keep every cached copy at its group's level:
         checked again after a reload raised it, lifted by the cluster's votes
-        (:func:`tracker.cache.lifting.keep_levels`). Runs until cancelled."""
+        (:func:`tracker.proof.cluster.lifting.keep_levels`). Runs until cancelled."""
         await keep_levels(self.checked, self._path_named, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:

@@ -20,7 +20,7 @@ from tracker.errors import ConfigError, ProbeError, StatementInvalid
 
 if TYPE_CHECKING:
     from tracker.config.schema import Attest
-    from tracker.core.statements import Signer
+    from tracker.proof.statements import Signer
 
 
 class FileChecks:
@@ -132,7 +132,7 @@ def load_signer(path: str) -> Signer:
     user (:func:`key_file_problem`: a credential systemd passed is judged by its rules), or
     not a keypair (the key's bytes are never shown)."""
     # Imported where a key is read: a tracker that signs nothing never loads cryptography.
-    from tracker.core.statements import MAX_KEYPAIR, Signer
+    from tracker.proof.statements import MAX_KEYPAIR, Signer
 
     try:
         data, info = read_small_file(path, MAX_KEYPAIR)

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from tracker.config.values import check_target, format_address, parse_address, parse_duration
-from tracker.proof.budget import DEFAULT_MEMORY
+from tracker.proof.accounts.budget import DEFAULT_MEMORY
 from tracker.proof.levels import Level
 
 __all__ = [

@@ -19,12 +19,12 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, shortfall
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
-    from tracker.core.statements import Attestation
+    from tracker.proof.statements import Attestation
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 #: The holders of local files start with this, their path after it
-#: (:func:`tracker.core.localcopies.holder`): each file is its own copy.
+#: (:func:`tracker.proof.records.localcopies.holder`): each file is its own copy.
 LOCAL = "local:"
 
 

@@ -10,7 +10,7 @@ each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{n
 source that fails three times in a row, or is slower than ``min_speed`` while another is
 left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
 is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
-fetch resumes. A complete file is synced, checked (:mod:`tracker.files.archivecheck`, its
+fetch resumes. A complete file is synced, checked (:mod:`tracker.proof.archive.archivecheck`, its
 SHA-256 against the tracker's and, with ``--trust-key``, against the trusted keys' signed
 statements: :mod:`tracker.fetch.vouching`), renamed into place and given the source's
 ``Last-Modified`` as its mtime. When every source of the pool failed, or its copy failed the
@@ -29,7 +29,6 @@ import attrs
 import httpx
 import trio
 
-from tracker.cache.lifting import lifted
 from tracker.core.digests import below_required
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed
 from tracker.fetch.listing import RemoteFile
@@ -46,10 +45,11 @@ from tracker.fetch.state import (
 )
 from tracker.fetch.vouching import statements_problem
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
-from tracker.files.archivecheck import FollowingCheck
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
 from tracker.observability.logs import log_event
+from tracker.proof.archive.archivecheck import FollowingCheck
+from tracker.proof.cluster.lifting import lifted
 from tracker.proof.levels import Proof
 
 log = logging.getLogger("tracker.fetch")

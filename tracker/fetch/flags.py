@@ -19,7 +19,7 @@ from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
 from tracker.observability.logs import log_event, setup_logging
-from tracker.proof.budget import (
+from tracker.proof.accounts.budget import (
     DEFAULT_MEMORY,
     AccountsLimits,
     MemoryBudget,

@@ -46,7 +46,7 @@ def add_key_parsers(commands: Any) -> None:
 def keygen_main(args: argparse.Namespace) -> int:
     """``keygen --out FILE``: 0 and the public key on stdout; 2 and one line on stderr when
     FILE exists or cannot be written."""
-    from tracker.core.statements import Signer
+    from tracker.proof.statements import Signer
 
     path = os.path.abspath(args.out)
     data = Signer.new_keypair_json()

@@ -16,8 +16,8 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files
 from tracker.errors import ArchiveInvalid, FetchError
 from tracker.fetch.listing import RemoteSnapshot
 from tracker.fetch.state import load_state
-from tracker.files.archivecheck import check_file
 from tracker.observability.logs import log_event
+from tracker.proof.archive.archivecheck import check_file
 
 log = logging.getLogger("tracker.fetch")
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tracker.fetch.trust import TrustPolicy
-from tracker.proof.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.levels import Level
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class FetchSettings:
     #: are asked (first byte, samples) at once.
     max_sources: int = 32
     checks_at_once: int = 16
-    #: Check each downloaded archive (tracker.files.archivecheck) and compare its SHA-256
+    #: Check each downloaded archive (tracker.proof.archive.archivecheck) and compare its SHA-256
     #: with the tracker's before the rename into the ledger.
     verify: bool = True
     #: The level each archive must be proven to (``--require``; docs/architecture.md,

@@ -21,8 +21,8 @@ from tracker.core.snapshots import parse_archive_name
 
 if TYPE_CHECKING:
     from tracker.core.digests import Verified
-    from tracker.core.statements import Signer
     from tracker.fetch.trust import TrustPolicy
+    from tracker.proof.statements import Signer
 
 # The signing and checking libraries (cryptography) are imported where they run: the
 # command line's parser is built for every command, and ``verify`` starts fast.
@@ -123,7 +123,7 @@ def load_key(path: str) -> Signer:
 
 def sign_file(path: str, checked: Verified, signer: Signer, valid_for: float) -> str:
     """Write the signed statement of the checked archive at ``path`` beside it; its path."""
-    from tracker.core.attesting import HeldCopy, statement_of
+    from tracker.proof.records.attesting import HeldCopy, statement_of
 
     name = parse_archive_name(os.path.basename(path))
     if name is None:
@@ -148,8 +148,8 @@ def vouch_problem(
 ) -> str | None:
     """None when ``policy`` asks nothing or enough trusted keys vouch for the archive at
     ``path`` in ``files`` (default: ``path`` + ``.attestation``); else one line."""
-    from tracker.core.statements import MAX_DOCUMENT, Expected
     from tracker.fetch.trust import unvouched
+    from tracker.proof.statements import MAX_DOCUMENT, Expected
 
     if not policy.active:
         return None

@@ -21,9 +21,9 @@ from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level
 
 if TYPE_CHECKING:
-    from tracker.core.statements import Attestation, Expected
+    from tracker.proof.statements import Attestation, Expected
 
-# tracker.core.statements (and with it cryptography) is imported where statements are read:
+# tracker.proof.statements (and with it cryptography) is imported where statements are read:
 # ``fetch``'s settings hold a TrustPolicy, and the command line is built for every command.
 
 #: Statements of one archive read from a listing at most (a tracker and its replicas sign one
@@ -107,7 +107,7 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
     """None when enough trusted keys vouch for the expected file; else one line saying how
     many did of how many needed, why the others' statements were not taken, and which
     trusted keys vouched for nothing."""
-    from tracker.core.statements import parse_document, vouching_signers
+    from tracker.proof.statements import parse_document, vouching_signers
 
     attestations: list[Attestation] = []
     reasons: list[str] = []

@@ -29,7 +29,7 @@ async def statements_problem(
     """None when ``settings.trust`` asks for no statements or enough of its keys vouch for
     ``file``'s checked copy (``size`` bytes, ``sha256``); else one line: how many vouched,
     why each other statement was not taken, which keys said nothing, what could not be read."""
-    from tracker.core.statements import Expected
+    from tracker.proof.statements import Expected
 
     policy = settings.trust
     if not policy.active:
@@ -60,7 +60,7 @@ async def statements_problem(
 async def _route_document(client: httpx.AsyncClient, url: str, settings: FetchSettings) -> bytes:
     """The document the tracker's ``.attestation`` route answers; ProbeError (one line) for
     any other answer, one over 16 KiB, or none within ``statements_timeout``."""
-    from tracker.core.statements import MAX_DOCUMENT
+    from tracker.proof.statements import MAX_DOCUMENT
 
     with trio.move_on_after(settings.statements_timeout):
         return bytes(await fetch_capped(client, url, headers={}, max_body=MAX_DOCUMENT))

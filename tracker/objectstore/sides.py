@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified, parse_sha256sum_line, sha256sum_line
 from tracker.errors import StatementInvalid
 from tracker.objectstore.bucket import Bucket
@@ -45,15 +44,16 @@ from tracker.objectstore.keys import (
 )
 from tracker.observability.logs import log_event
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
+from tracker.proof.records.attestations import Attestations
 
 if TYPE_CHECKING:
-    from tracker.core.statements import Attestation
+    from tracker.proof.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")
 
 #: The largest proof object taken (a real one is under 300 bytes).
 MAX_PROOF = 4096
-#: The largest statement document taken (:data:`tracker.core.statements.MAX_DOCUMENT`, not
+#: The largest statement document taken (:data:`tracker.proof.statements.MAX_DOCUMENT`, not
 #: imported: that module loads cryptography).
 MAX_DOCUMENT = 16 * 1024
 #: The largest digest object read (one ``sha256sum`` line).
@@ -120,7 +120,7 @@ async def _statement(
     if raw is None:
         return None
     # Imported where a document is read: a tracker that reads none never loads cryptography.
-    from tracker.core.attesting import of_copy
+    from tracker.proof.records.attesting import of_copy
 
     try:
         return of_copy(raw, key.rsplit("/", 1)[-1], copy[0], copy[1], now)
@@ -144,9 +144,9 @@ async def reread(
     on_refused: Callable[[str], None],
 ) -> None:
     """Read again the statement object beside each bucket copy under ``prefix`` whose
-    statement, read there, came due (:func:`~tracker.core.attesting.reread_due`), and serve
-    the one :func:`~tracker.core.attesting.to_serve` chooses (held in ``digests``); ``reads``
-    is kept current. A refused document is logged and counted as at start-up; the old
+    statement, read there, came due (:func:`~tracker.proof.records.attesting.reread_due`), and serve
+    the one :func:`~tracker.proof.records.attesting.to_serve` chooses (held in ``digests``);
+    ``reads`` is kept current. A refused document is logged and counted as at start-up; the old
     statement stays served. Raises StoreError when the store failed."""
     served = {
         archive_key(prefix, group, name): (group, name, copy)
@@ -157,7 +157,7 @@ async def reread(
         del reads[key]
     if not served:
         return
-    from tracker.core.attesting import reread_due, to_serve  # a statement is held: loaded
+    from tracker.proof.records.attesting import reread_due, to_serve  # a statement is held: loaded
 
     for key, (group, name, copy) in served.items():
         held = copy.attestation

@@ -31,7 +31,6 @@ import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
-from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
@@ -46,9 +45,10 @@ from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.upload import Growing, upload_following
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
+from tracker.proof.records.attestations import Attestations
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
-    from tracker.core.statements import Attestation
+    from tracker.proof.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")
 

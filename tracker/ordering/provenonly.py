@@ -7,9 +7,9 @@ reason :data:`NOT_YET`. A copy is one target's copy of one archive, and a chain 
 its copies: an incremental ranks once its own copy and its target's copy of its full are
 proven. A local file (a ``local`` target: the tracker's own disk, never read over the
 network) is held back in every mode by a group that gates its local files
-(:meth:`ProvenOnly.gate_local`, :mod:`tracker.core.localcopies`): its check, not a head read,
-proves it, with the reason :data:`tracker.core.localcopies.NOT_YET`. Which copies a head
-read proves next is chosen from what would rank were every copy proven
+(:meth:`ProvenOnly.gate_local`, :mod:`tracker.proof.records.localcopies`): its check, not a head
+read, proves it, with the reason :data:`tracker.proof.records.localcopies.NOT_YET`. Which copies a
+head read proves next is chosen from what would rank were every copy proven
 (:func:`best_unproven`), not from the ranking that leaves them out.
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tracker.core.localcopies import NOT_YET as LOCAL_NOT_YET
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
 from tracker.ordering.rankparts import first, full_sources, source_order
+from tracker.proof.records.localcopies import NOT_YET as LOCAL_NOT_YET
 
 #: Why a copy of a group that ranks proven copies only is out while its proof is awaited.
 NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
@@ -89,7 +89,7 @@ class ProvenOnly:
         in it keeps all of ``infos``) every info whose chain holds a gated copy not proven
         (a copy over the network where the group reads heads, a local file where it gates
         them); the copies left out, by target, with why (:data:`NOT_YET`,
-        :data:`tracker.core.localcopies.NOT_YET`)."""
+        :data:`tracker.proof.records.localcopies.NOT_YET`)."""
         pending: dict[TargetKey, dict[str, str]] = {}
         for key, advertised in infos.items():
             proven = self._proven.get(key, set())

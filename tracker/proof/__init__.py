@@ -1,12 +1,27 @@
-"""Archives proven, not just well formed (docs/architecture.md, "Proven archives").
+"""Archives proven, not just well formed: the proof in one tree (docs/architecture.md,
+"Proven archives" and "Packages and their layers").
 
-The proof of an archive is a thing of its own, with no event loop, no network and no file
-system but the run files of the accounts level's spilled index, in a directory its caller
-names (:mod:`tracker.proof.spill`; docs/architecture.md, "Bounded memory"): its formats
-(agave's snapshot manifest, its account storages), the streaming decoders of those formats
-(parsers of the request protocol of :mod:`tracker.proof.parsing`, fed by the one pass the
-archive check already makes over the tar stream), and the levels an archive reaches
-(:mod:`tracker.proof.levels`), and the cluster's votes for a slot: vote instructions decoded
-(:mod:`tracker.proof.votes`) and weighed by stake (:mod:`tracker.proof.tally`). It imports
-nothing of the tracker but :mod:`tracker.errors`, so every layer above may use its values.
+Everything that decides or runs how far an archive is proven lives under this package, in
+sub-packages by topic. Each sits at the layer of what it uses, so the pure parts stay below
+everything and the executors above what they drive (import-linter checks it):
+
+- :mod:`tracker.proof.levels`: the levels and the value of what was proven (bottom);
+- :mod:`tracker.proof.formats`: agave's formats read and written (bincode, the manifest, the
+  account storages, the lattice and bank hashes, vote instructions and their tally) and the
+  per-archive prover the tar walk feeds;
+- :mod:`tracker.proof.accounts`: the accounts level (the index of the newest versions, its
+  spill past the memory budget, the hash workers, the second read's decisions);
+- :mod:`tracker.proof.statements`: signed statements of what was proven;
+- :mod:`tracker.proof.records`: what a held or local copy is proven to and what is signed
+  of it (above :mod:`tracker.core`'s digests);
+- :mod:`tracker.proof.archive`: the archive check over the tar stream and its second read,
+  the proof from an archive's head;
+- :mod:`tracker.proof.cluster`: the cluster's votes asked of the RPCs, and the cache's copies
+  lifted by them;
+- :mod:`tracker.proof.background`: the proofs that run on their own (redirect mode's head
+  reads, local files), above the proxy and the cache whose parts they use.
+
+Its clients (the cache, the validator's download, the web layer, the composition root) call the
+archive check (:func:`tracker.proof.archive.archivecheck.check_file` and its stream form), the
+levels' values, the statements and the background rounds; nothing else of the tree is theirs.
 """

@@ -132,7 +132,7 @@ def shortfall(proof: Proof, required: Level, *, is_full: bool) -> str | None:
 
 
 class Voter(Protocol):
-    """Who asks the cluster's votes (:class:`tracker.proving.clustervotes.ClusterVotes`)."""
+    """Who asks the cluster's votes (:class:`tracker.proof.cluster.clustervotes.ClusterVotes`)."""
 
     def rpcs(self) -> tuple[str, ...]:
         """The RPC URLs asked (empty: none is configured, nothing is asked)."""

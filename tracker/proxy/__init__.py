@@ -18,7 +18,7 @@ and :mod:`~tracker.proxy.streamer` performs it with the executors
 :mod:`~tracker.proxy.bucketcopies` is the object store's part (303 to presigned URLs, the holder
 replica as a source, the upload beside a refresh).
 
-May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.files`,
+May import: :mod:`tracker.cache`, :mod:`tracker.objectstore`, :mod:`tracker.proof.archive`,
 :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.
 Not :mod:`tracker.discovery`: what the sources hold reaches this package through the index.
 Not the web framework (an import-linter contract).

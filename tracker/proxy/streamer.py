@@ -31,7 +31,7 @@ from tracker.objectstore.locks import Holder, Lock
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.rejections import Rejections
-from tracker.proof.budget import (
+from tracker.proof.accounts.budget import (
     CACHE_TEMP,
     AccountsLimits,
     MemoryBudget,
@@ -83,7 +83,7 @@ class StreamerParts:
     memory, what the archive checks concluded (``digests``, ``rejections``), and the seams
     tests inject faults through (``cache_factory``: a Cache per directory; ``resolver``:
     host names that came from the network); ``voter``: the cluster's votes that lift the
-    cached copies (:mod:`tracker.cache.lifting`), None: not asked."""
+    cached copies (:mod:`tracker.proof.cluster.lifting`), None: not asked."""
 
     metrics: Metrics | None = None
     settings: ProxySettings = attrs.field(factory=ProxySettings)

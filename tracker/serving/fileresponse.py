@@ -271,7 +271,7 @@ async def file_response(
     (e.g. the file's ``repr-digest``, or :func:`content_disposition`); given as a function,
     it is asked of the opened file's status before anything is planned, and raises
     (RequestError) to refuse that very file (a local file's check:
-    :mod:`tracker.proving.localfiles`).
+    :mod:`tracker.proof.background.localfiles`).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
     or is abandoned (client disconnect), or when the unsent response is released. HEAD and

@@ -11,6 +11,7 @@ tells systemd and Prometheus how things go is not HTTP and sits beside the compo
 (:mod:`tracker.notify`, :mod:`tracker.reporting`).
 
 May import every package below it: :mod:`tracker.proxy`, :mod:`tracker.discovery`,
-:mod:`tracker.cache`, :mod:`tracker.files`, :mod:`tracker.serving`, :mod:`tracker.accounting`,
-:mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.
+:mod:`tracker.cache`, :mod:`tracker.proof.archive`, :mod:`tracker.serving`,
+:mod:`tracker.accounting`, :mod:`tracker.zerocopy`, :mod:`tracker.net`, :mod:`tracker.core`,
+:mod:`tracker.errors`.
 """

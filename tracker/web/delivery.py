@@ -90,7 +90,7 @@ def tracker_path(name: str, group: str, *, alias: bool) -> str:
 
 #: ``(group, path, st)``: whether the local file at ``path`` of ``group``, opened as ``st``,
 #: may be served (RequestError when not) and the headers it carries (its ``repr-digest``):
-#: :meth:`tracker.proving.localfiles.LocalProofs.admit`.
+#: :meth:`tracker.proof.background.localfiles.LocalProofs.admit`.
 LocalAdmit = Callable[[str, str, os.stat_result], Mapping[str, str]]
 
 

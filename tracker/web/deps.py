@@ -14,13 +14,13 @@ import attrs
 import trio
 
 from tracker.config.schema import Config
-from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests
-from tracker.core.localcopies import Checked
 from tracker.discovery.scrape import Scraper
 from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.rejections import Rejections
+from tracker.proof.records.attestations import Attestations
+from tracker.proof.records.localcopies import Checked
 from tracker.web.delivery import Delivery
 from tracker.web.healthcheck import HealthChecker
 

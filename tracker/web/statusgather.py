@@ -20,11 +20,11 @@ from tracker import __version__
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
 from tracker.config.warnings import nothing_signed
-from tracker.core.attestations import Attestations
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.observability.logs import RecentEvents
 from tracker.ordering.index import Index, SnapshotSource, TargetKey
-from tracker.proof.budget import running
+from tracker.proof.accounts.budget import running
+from tracker.proof.records.attestations import Attestations
 from tracker.web.statusview import (
     SLOT_SECONDS,
     BestView,

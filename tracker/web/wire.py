@@ -15,13 +15,13 @@ from typing import Any
 
 import attrs
 
-from tracker.core.attestations import Attestations
 from tracker.core.digests import Digests, Verified
-from tracker.core.localcopies import Checked, holder
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.discovery.scrape import TargetHealth
 from tracker.observability.redact import redact_text, redact_userinfo
 from tracker.ordering.index import SnapshotSource, TargetKey
+from tracker.proof.records.attestations import Attestations
+from tracker.proof.records.localcopies import Checked, holder
 from tracker.web.delivery import tracker_path
 from tracker.web.deps import ApiDeps
 from tracker.web.listings import Fragments

@@ -1,0 +1,77 @@
+"""The lattice hashes of many stored records at once, summed. Pure.
+
+One account's lattice hash is the BLAKE3 XOF of 2,048 bytes over ``lamports || data ||
+executable || owner || pubkey`` (:mod:`tracker.proof.formats.lattice`). In a storage record those
+fields are apart and out of that order, so :func:`lane_sum` first lays the messages of a batch
+end to end in a new buffer (one compiled loop, :func:`tracker.proof.formats.kernels.lay_out`), then
+hands it to a :class:`Summer`: what is left per record is one BLAKE3 call on a slice, the
+same tight loop as hashing ready messages (:func:`tracker.proof.formats.lattice.hash_sum`). The
+blake3 package holds the GIL for messages this short, so a thread gains nothing: the
+tracker's summer is a worker process (``tracker.proof.accounts.hashworker``), :class:`LocalSum`
+hashes in the caller's thread (tests, and where no process can be started).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from tracker.proof.formats import kernels
+from tracker.proof.formats.lattice import LANES, hash_sum
+from tracker.proof.formats.storages import EXECUTABLE, LAMPORTS, META, OWNER, PUBKEY, Records
+
+_FIELDS = np.array([LAMPORTS, EXECUTABLE, OWNER, PUBKEY, META], dtype=np.int64)
+
+Lanes = npt.NDArray[np.uint16]
+
+
+def zero_lanes() -> Lanes:
+    """The identity of the sum."""
+    return np.zeros(LANES, dtype=np.uint16)
+
+
+class Summer(Protocol):
+    """Where laid-out messages are hashed and summed: here (:class:`LocalSum`) or in a
+    worker process (``tracker.proof.accounts.hashworker``)."""
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) the hashes of the messages of ``work``."""
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """The sum of everything added, and None; or None and why it could not be made."""
+
+    def close(self) -> None:
+        """Let go of what it holds (a process: stopped, waited for)."""
+
+
+class LocalSum:
+    """A :class:`Summer` that hashes in the calling thread."""
+
+    def __init__(self) -> None:
+        self._total = zero_lanes()
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """See :class:`Summer`."""
+        lanes = hash_sum(work, ends.tolist())
+        if sign > 0:
+            self._total += lanes
+        else:
+            self._total -= lanes
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """See :class:`Summer`."""
+        return self._total.copy(), None
+
+    def close(self) -> None:
+        """Nothing to let go of."""
+
+
+def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, sign: int = 1) -> None:
+    """Hand ``summer`` the lattice hashes of the records ``chosen`` of ``batch`` (every one has
+    lamports: the caller leaves out those without), to add or (``sign`` -1) take out."""
+    if not len(chosen):
+        return
+    work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
+    summer.add(work, ends, sign)

@@ -1,0 +1,120 @@
+"""The accounts level inside an archive's prover: storages in, the lattice hash compared. Pure.
+
+:class:`StoragesProver` is the :class:`~tracker.proof.formats.prover.AccountsProver` of one full
+archive (docs/architecture.md, "Proven archives" → "The accounts level"): the tar walk hands
+it each ``accounts/{slot}.{id}`` member with the decoded manifest, it hands the member to
+:class:`~tracker.proof.accounts.accountsproof.AccountsProof` with the storage's valid length from
+the manifest's storage list, and at the end it compares the recomputed lattice hash with the
+manifest's ``accounts_lt_hash``: equal raises the proof to ``accounts``; different rejects
+the archive, naming the field; not computed (over the bound, no second read) leaves it at
+``manifest`` with the proof's note. A member the manifest does not list is not a storage
+agave would load (it needs the valid length from the manifest): it is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts.accounthash import Summer
+from tracker.proof.accounts.accountsproof import AccountsProof, Reread
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.formats.manifest import Manifest, StorageList
+from tracker.proof.formats.parsing import Parser
+from tracker.proof.levels import Level, Proof
+
+_STORAGE = re.compile(r"accounts/([0-9]{1,20})\.([0-9]{1,20})")
+#: What the note says when the manifest carries no lattice hash (made before SIMD-0215).
+NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
+MISMATCH = (
+    "accounts: the lattice hash recomputed from the account storages differs from the "
+    "manifest's accounts_lt_hash"
+)
+
+
+class _Lengths:
+    """The storage list sorted once, looked up by (slot, id) in O(log n)."""
+
+    def __init__(self, storages: StorageList) -> None:
+        rows: npt.NDArray[np.uint64] = np.frombuffer(storages.entries, dtype=np.uint64).reshape(
+            -1, 3
+        )
+        order = np.lexsort((rows[:, 1], rows[:, 0]))
+        self._slots = rows[order, 0]
+        self._ids = rows[order, 1]
+        self._lengths = rows[order, 2]
+
+    def get(self, slot: int, ident: int) -> int | None:
+        lo = int(np.searchsorted(self._slots, slot, side="left"))
+        hi = int(np.searchsorted(self._slots, slot, side="right"))
+        at = lo + int(np.searchsorted(self._ids[lo:hi], ident))
+        if at < hi and int(self._ids[at]) == ident:
+            return int(self._lengths[at])
+        return None
+
+
+@attrs.define
+class StoragesProver:
+    """The accounts level of one full archive; ``reread()`` makes the second read's source
+    (the verified file on disk), asked at the end only if needed, closed by the caller;
+    ``summer()`` makes where the accounts are hashed (``tracker.proof.accounts.hashworker``: a
+    worker process; in the caller's thread when None), made with the proof at the first storage;
+    ``cancelled()`` ends a wait for the memory budget's room.
+    :meth:`close` once the check is over, whichever way it ended."""
+
+    limits: AccountsLimits
+    reread: Callable[[], Reread] | None = None
+    summer: Callable[[], Summer] | None = None
+    cancelled: Callable[[], bool] | None = None
+    _proof: AccountsProof | None = None
+    _lengths: _Lengths | None = None
+
+    def close(self) -> None:
+        """Let go of the proof (its index, its summer's process); idempotent."""
+        if self._proof is not None:
+            self._proof.close()
+
+    def member(self, name: str, size: int, manifest: Manifest) -> Parser | None:
+        """The parser of the storage ``name``; None for a member the manifest does not list."""
+        match = _STORAGE.fullmatch(name)
+        if match is None:
+            return None
+        if self._lengths is None:
+            self._lengths = _Lengths(manifest.storages)
+            self._proof = AccountsProof(
+                self.limits, self.summer() if self.summer is not None else None, self.cancelled
+            )
+        slot, ident = int(match[1]), int(match[2])
+        valid = self._lengths.get(slot, ident)
+        if valid is None or self._proof is None:
+            return None
+        return self._parse(slot, ident, size, valid)
+
+    def _parse(self, slot: int, ident: int, size: int, valid: int) -> Parser:
+        assert self._proof is not None
+        yield from self._proof.storage(slot, ident, size, valid)
+
+    def proof(self, manifest: Manifest, proven: Proof) -> Proof:
+        """``proven`` raised to ``accounts`` when the storages give the manifest's lattice
+        hash; ArchiveInvalid naming the field when they give another."""
+        proof = self._proof or AccountsProof(self.limits, None, self.cancelled)  # no summer
+        if manifest.accounts_lt_hash is None:
+            proof.close()
+            return attrs.evolve(proven, note=NO_LT_HASH)
+        source = self.reread() if self.reread is not None else None
+        try:
+            lt_hash, note = proof.finish(source)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        if lt_hash is None:
+            return attrs.evolve(proven, note=note)
+        if lt_hash != manifest.accounts_lt_hash:
+            raise ArchiveInvalid(MISMATCH)
+        return attrs.evolve(proven, level=Level.ACCOUNTS)

@@ -1,0 +1,305 @@
+"""The memory budget of the accounts proofs, and what a running proof reports. Pure.
+
+Level ``accounts`` keeps an index of every pubkey of a full (docs/architecture.md, "The
+accounts level" → "Bounded memory"). Its memory is bounded by a budget in bytes
+(``prove_accounts_memory``): :class:`MemoryBudget` is one budget, shared by every proof of a
+process (the daemon's concurrent checks: groups, refreshes, the restore at start), and
+:class:`Held` is one proof's part of it. A proof first waits for its floor (:func:`floor_of`:
+what it needs to run at all, its run buffers), so that a check waits for room rather than
+going over; past the floor it grows only while the budget has room, and spills to disk when it
+has none, never waiting for another proof (two proofs waiting on each other would never end).
+
+:class:`AccountsLimits` is what a check is given: the budget, the temporary directory, the
+operator's optional bound on the accounts, the worker processes. :class:`Progress` is what a
+running proof reports (the status page and the metrics read :func:`running`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import attrs
+
+#: The default budget of all accounts proofs of a process (``prove_accounts_memory``).
+DEFAULT_MEMORY = 512 * 1024**2
+#: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
+#: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
+#: hashing process (~35 MiB), the decoding's buffers (frames in flight); taken off the
+#: budget before the index's room (measured in bench/accounts.py; docs/architecture.md,
+#: "Bounded memory").
+FIXED_COST = 320 * 1024**2
+#: The smallest floor of a proof: run buffers of a few thousand records.
+MIN_FLOOR = 256 * 1024
+#: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
+PREFIX = "accounts-proof-"
+#: The daemon's temporary directory of the proofs, inside its cache directory (a dot
+#: directory: never a group's).
+CACHE_TEMP = ".accounts-proof"
+#: Seconds a spill directory without its lock file is left alone (a proof making it now).
+LOCKLESS_GRACE = 60.0
+#: The seconds between two looks at ``cancelled`` while a proof waits for room.
+_POLL = 0.2
+
+
+def floor_of(room: int) -> int:
+    """The bytes a proof holds from its start in a budget whose accounted part is ``room``:
+    an eighth of it (so that eight proofs can run at once), at least :data:`MIN_FLOOR`, at
+    most the room."""
+    return min(room, max(MIN_FLOOR, room // 8))
+
+
+def room_of(total: int) -> int:
+    """The accounted bytes of a budget of ``total``: the budget less :data:`FIXED_COST`, but
+    never less than a quarter of it (a small budget, as in tests, still proves)."""
+    return max(total - FIXED_COST, total // 4, MIN_FLOOR)
+
+
+class MemoryBudget:
+    """``total`` bytes shared by the proofs of a process, of which ``room`` (default
+    :func:`room_of`) are accounted; thread-safe."""
+
+    def __init__(self, total: int, room: int | None = None) -> None:
+        self.total = total
+        self.room = room if room is not None else room_of(total)
+        self._used = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
+        #: The most its proofs held at once, and the most one of them spilled at once.
+        self.peak = 0
+        self.spilled_peak = 0
+
+    @property
+    def used(self) -> int:
+        """Bytes held by proofs now."""
+        return self._used
+
+    @property
+    def waiting(self) -> int:
+        """Proofs waiting for room now."""
+        return self._waiting
+
+    def wait_for(self, count: int, cancelled: Callable[[], bool] | None = None) -> bool:
+        """Take ``count`` bytes (at most the room), waiting until they are free; False when
+        ``cancelled()`` came true first (nothing taken)."""
+        count = min(count, self.room)
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._used + count > self.room:
+                    if cancelled is not None and cancelled():
+                        return False
+                    self._cond.wait(_POLL)
+                self._used += count
+                self.peak = max(self.peak, self._used)
+                return True
+            finally:
+                self._waiting -= 1
+
+    def try_take(self, count: int) -> bool:
+        """Take ``count`` bytes if they are free now."""
+        with self._cond:
+            if self._used + count > self.room:
+                return False
+            self._used += count
+            self.peak = max(self.peak, self._used)
+            return True
+
+    def give_back(self, count: int) -> None:
+        """Free ``count`` bytes taken before."""
+        with self._cond:
+            self._used = max(0, self._used - count)
+            self._cond.notify_all()
+
+
+class Held:
+    """One proof's part of a :class:`MemoryBudget`: :meth:`start` waits for the floor,
+    :meth:`grow_to` asks for more without waiting, :meth:`release` gives it all back."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.floor = floor_of(budget.room)
+        self.bytes = 0
+        self.peak = 0
+
+    def start(self, cancelled: Callable[[], bool] | None = None) -> bool:
+        """Wait for the floor; False when cancelled first."""
+        if self.bytes:
+            return True
+        if not self.budget.wait_for(self.floor, cancelled):
+            return False
+        self.bytes = min(self.floor, self.budget.room)
+        self.peak = max(self.peak, self.bytes)
+        return True
+
+    def grow_to(self, count: int) -> bool:
+        """Hold at least ``count`` bytes; False (nothing more taken) when the budget has no
+        room for them now."""
+        if count <= self.bytes:
+            return True
+        more = count - self.bytes
+        if not self.budget.try_take(more):
+            return False
+        self.bytes = count
+        self.peak = max(self.peak, count)
+        return True
+
+    def shrink_to(self, count: int) -> None:
+        """Hold at most ``max(count, floor)`` bytes."""
+        keep = max(count, min(self.floor, self.bytes))
+        if keep < self.bytes:
+            self.budget.give_back(self.bytes - keep)
+            self.bytes = keep
+
+    def release(self) -> None:
+        """Give back everything held (idempotent)."""
+        if self.bytes:
+            self.budget.give_back(self.bytes)
+            self.bytes = 0
+
+
+class WorkerSlots:
+    """The worker processes the proofs of a process may run at once (``proof_workers`` less
+    one: the check's own process is the first); thread-safe. A proof takes what is free now
+    and never waits: with none, it hashes in its own process."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Slots taken now."""
+        return self._used
+
+    def take(self, want: int) -> int:
+        """Up to ``want`` slots, as many as are free."""
+        with self._lock:
+            got = max(0, min(want, self.total - self._used))
+            self._used += got
+            return got
+
+    def give(self, count: int) -> None:
+        """Free ``count`` slots taken before."""
+        with self._lock:
+            self._used = max(0, self._used - count)
+
+
+@attrs.define(eq=False, weakref_slot=True)
+class Progress:
+    """What one running proof has done so far (read by other threads: plain counters)."""
+
+    records: int = 0
+    bytes: int = 0
+    spilled: int = 0
+    held: int = 0
+    workers_busy: int = 0
+
+
+_RUNNING: weakref.WeakSet[Progress] = weakref.WeakSet()
+_RUNNING_LOCK = threading.Lock()
+
+
+def track(progress: Progress) -> None:
+    """Count ``progress`` among the running proofs until :func:`untrack`."""
+    with _RUNNING_LOCK:
+        _RUNNING.add(progress)
+
+
+def untrack(progress: Progress) -> None:
+    """The proof of ``progress`` ended."""
+    with _RUNNING_LOCK:
+        _RUNNING.discard(progress)
+
+
+def running() -> list[Progress]:
+    """The proofs running in this process now."""
+    with _RUNNING_LOCK:
+        return list(_RUNNING)
+
+
+def default_workers() -> int:
+    """``proof_workers``'s default: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@attrs.frozen
+class AccountsLimits:
+    """How a check proves a full's accounts (docs/architecture.md, "The accounts level"):
+    ``budget`` (shared by the process's proofs; None: one of ``memory`` bytes for this proof
+    alone), ``temp_dir`` (where the index spills; None: the system's temporary directory),
+    ``max_accounts`` (the operator's bound: over it the archive stays at ``manifest``; None:
+    no bound), ``workers`` (``proof_workers``: processes at most, the check's own included),
+    ``slots`` (the worker processes shared by the process's proofs; None: this proof's own),
+    ``keep_free`` (bytes the spill leaves free on its file system: the cache's
+    ``proxy_snapshot_cache_min_free`` when it spills there)."""
+
+    memory: int = DEFAULT_MEMORY
+    max_accounts: int | None = None
+    temp_dir: str | None = None
+    workers: int = attrs.field(factory=default_workers)
+    budget: MemoryBudget | None = attrs.field(default=None, eq=False)
+    slots: WorkerSlots | None = attrs.field(default=None, eq=False)
+    keep_free: int = 0
+
+    @property
+    def hash_workers(self) -> int:
+        """Hashing processes a proof may start: ``workers`` less the check's own, at least
+        one (on one core the child still halves the check's wait)."""
+        return max(1, self.workers - 1)
+
+    def shared(self) -> MemoryBudget:
+        """The budget a proof takes its part of."""
+        return self.budget if self.budget is not None else MemoryBudget(self.memory)
+
+
+def clean_leftovers(root: str) -> int:
+    """Delete the spill directories under ``root`` that no running proof holds (left by a
+    process killed in the middle); returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        path = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # made and not locked yet (another proof starting now), or half removed
+            if _younger_than(path, LOCKLESS_GRACE):
+                continue
+            fd = -1
+        except OSError:
+            continue
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a running proof holds it
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return removed
+
+
+def _younger_than(path: str, seconds: float) -> bool:
+    """True when ``path`` changed within ``seconds`` (or is gone already)."""
+    try:
+        return time.time() - os.stat(path).st_mtime < seconds
+    except OSError:
+        return True

@@ -1,0 +1,317 @@
+"""The accounts proof's BLAKE3 in a worker process, so that a check uses a second core.
+
+The blake3 package holds the GIL while it hashes a message as short as an account's (a few
+hundred bytes), so a thread cannot share the accounts level's one unavoidable cost, the BLAKE3
+XOF of every account (docs/architecture.md, "The accounts level"). :class:`HashWorker` is the
+:class:`~tracker.proof.accounts.accounthash.Summer` of a check: it starts ``python -m
+tracker.proof.accounts.hashworker`` (a fresh interpreter: never ``fork`` of a process with threads;
+it imports only blake3 and numpy) and writes it the laid-out messages through a pipe; the check's
+process meanwhile decompresses, walks the tar, scans the storages and keeps the index. What is
+in flight is bounded: the pipe's buffer and one batch. The child sums the
+hashes and, asked at the end, writes the 2,048-byte sum back and exits. The pipe is written
+without blocking: while the child has not taken the last batch whole, the check's process
+hashes the next batch itself, so the two share the hashing as their other work allows (the
+check's process also decompresses and walks; a loaded machine gives either less) and neither
+waits for the other but at the end.
+
+Its lifetime is the check's: ``close()`` (the check's end, whatever the way: done, failed,
+cancelled) kills and waits for it; it also exits by itself when the pipe closes (the
+tracker gone). A child that fails (killed, out of memory, not startable) costs the proof: the
+sum is not made, the archive stays at ``manifest`` with the note, never rejected.
+
+Frames, parent to child: a header ``<qQQ`` (sign: 1 add, -1 take out, 0 the end; the number
+of messages; the bytes of the buffer), the messages' ends (little-endian i64), the buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import numpy.typing as npt
+
+from tracker.proof.accounts.budget import WorkerSlots
+from tracker.proof.formats.lattice import LANES, LT_HASH_BYTES, hash_sum
+
+_HEADER = struct.Struct("<qQQ")
+#: The most messages and bytes of one frame the child accepts (a batch is one storage
+#: piece: ~4 MiB, plus one record of at most 10 MiB).
+MAX_MESSAGES = 1 << 22
+MAX_BYTES = 1 << 30
+#: Messages from which the child is started (a tiny proof hashes them here).
+START_FROM = 2048
+#: Seconds the check waits for the child to take a frame or to answer before it gives up on
+#: it (a stuck child costs the proof, never a check that never ends).
+STALLED = 60.0
+#: The pipe's buffer asked for (Linux: F_SETPIPE_SZ), so that the parent rarely waits.
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031
+Lanes = npt.NDArray[np.uint16]
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+class HashWorker:
+    """A :class:`~tracker.proof.accounts.accounthash.Summer` hashing in a child process (see the
+    module), started once ``start_from`` messages came (fewer cost less than a process);
+    ``close()`` when done."""
+
+    def __init__(self, start_from: int | None = None) -> None:
+        self._local = np.zeros(LANES, dtype=np.uint16)
+        self.sent = 0  # messages hashed by the child (the rest: here)
+        self._start_from = START_FROM if start_from is None else start_from
+        self._seen = 0
+        self._pending: list[memoryview] = []  # what the pipe has not taken yet of a frame
+        self._failure: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_package_root(), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "tracker.proof.accounts.hashworker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                env=env,
+            )
+        except (OSError, ValueError, TypeError) as exc:  # no interpreter to start, no fds left
+            detail = getattr(exc, "strerror", None) or exc
+            self._failure = f"the hashing process could not start: {detail}"
+            return
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
+            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+        os.set_blocking(self._proc.stdin.fileno(), False)
+
+    def idle(self) -> bool:
+        """True when a batch given now goes to the child at once (or starts it): the child
+        took the last one whole; False while it is behind or after it failed."""
+        if self._failure is not None:
+            return False
+        if self._proc is None:
+            return True
+        return self._flush(wait=False) and self._failure is None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None when it could not start)."""
+        return None if self._proc is None else self._proc.pid
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1); hash
+        them here instead while the child has not taken the last batch yet (or before it
+        starts)."""
+        if self._failure is not None:
+            return
+        self._seen += len(ends)
+        if self._proc is None and self._seen >= self._start_from:
+            self._start()
+        taken = self._proc is not None and self._flush(wait=False)
+        if self._failure is not None:
+            return
+        if not taken:  # not started, or behind: this batch is hashed here
+            lanes = hash_sum(work, ends.tolist())
+            self._local = self._local + lanes if sign > 0 else self._local - lanes
+            return
+        self.sent += len(ends)
+        ends = np.ascontiguousarray(ends, dtype="<i8")
+        header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work))
+        self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
+        self._flush(wait=False)
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """The sum of everything sent, and None; or None and why not."""
+        if self._failure is None and self._proc is None:
+            return self._local.copy(), None  # the child never started
+        if self._failure is None and self._proc is not None:
+            self._flush(wait=True)
+            self._pending = [memoryview(_HEADER.pack(0, 0, 0))]
+            self._flush(wait=True)
+        if self._failure is not None or self._proc is None:
+            return None, self._note()
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], STALLED)
+        answer = _read_exactly(self._proc.stdout, LT_HASH_BYTES) if ready else None
+        if answer is None:
+            self._failure = self._ended()
+            return None, self._note()
+        return np.frombuffer(answer, dtype="<u2") + self._local, None
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and wait for it; close the pipes."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        self._failure = self._failure or "the hashing process was closed"
+
+    def _flush(self, *, wait: bool) -> bool:
+        """Write what is pending of the last frame into the pipe, waiting for the child to
+        take it all when ``wait``; True once nothing is pending (or the child failed)."""
+        assert self._proc is not None
+        assert self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        try:
+            while self._pending:
+                view = self._pending[0]
+                try:
+                    written = os.write(fd, view)
+                except BlockingIOError:
+                    if not wait:
+                        return False
+                    if not select.select([], [fd], [], STALLED)[1]:
+                        self._proc.kill()  # stuck: the proof is lost, not the check
+                        raise OSError("stalled") from None
+                    continue
+                if written == len(view):
+                    self._pending.pop(0)
+                else:
+                    self._pending[0] = view[written:]
+        except OSError:
+            self._failure = self._ended()
+            self._pending = []
+        return True
+
+    def _ended(self) -> str:
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(min(5.0, STALLED))
+        except subprocess.TimeoutExpired:
+            return "the hashing process stopped answering"
+        return f"the hashing process ended (exit status {code})"
+
+    def _note(self) -> str:
+        return f"not proven: {self._failure}"
+
+
+class HashPool:
+    """A :class:`~tracker.proof.accounts.accounthash.Summer` over several :class:`HashWorker`
+    children (docs/architecture.md, "The accounts level" → "Every core"): each batch goes to
+    the first child that took its last one whole, or is hashed here when all are behind. The
+    sum is commutative (u16 lanes), so each child sums its own batches and :meth:`total` adds
+    the children's partial sums. ``workers`` children at most, taken from ``slots`` (the
+    processes a tracker's proofs share; None: as many as asked) and given back at
+    :meth:`close`; zero when none is free: the check's process hashes alone."""
+
+    def __init__(
+        self,
+        workers: int,
+        slots: WorkerSlots | None = None,
+        start_from: int | None = None,
+    ) -> None:
+        self._slots = slots
+        taken = slots.take(workers) if slots is not None else workers
+        self._children = [HashWorker(start_from) for _ in range(taken)]
+        self._local = np.zeros(LANES, dtype=np.uint16)
+        self._next = 0
+
+    @property
+    def busy(self) -> int:
+        """Children running now."""
+        return sum(1 for child in self._children if child.pid is not None)
+
+    @property
+    def pid(self) -> int | None:
+        """A child's process id (None while none runs)."""
+        return next((child.pid for child in self._children if child.pid is not None), None)
+
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`."""
+        count = len(self._children)
+        for step in range(count):
+            child = self._children[(self._next + step) % count]
+            if child.idle():
+                self._next = (self._next + step + 1) % count
+                child.add(work, ends, sign)
+                return
+        lanes = hash_sum(work, ends.tolist())
+        self._local = self._local + lanes if sign > 0 else self._local - lanes
+
+    def total(self) -> tuple[Lanes | None, str | None]:
+        """The children's partial sums and this process's, added; or None and the first
+        child's note that failed."""
+        total = self._local.copy()
+        for child in self._children:
+            part, note = child.total()
+            if part is None:
+                return None, note
+            total += part
+        return total, None
+
+    def close(self) -> None:
+        """Stop every child; give their slots back."""
+        for child in self._children:
+            child.close()
+        if self._slots is not None:
+            self._slots.give(len(self._children))
+        self._slots = None
+
+
+def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
+    """``count`` bytes of ``stream``, or None when it ends first."""
+    parts: list[bytes] = []
+    left = count
+    while left:
+        part = stream.read(left)
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def serve(source: IO[bytes], sink: IO[bytes]) -> int:
+    """The child's loop: frames from ``source`` summed until the end frame, whose answer
+    (the 2,048-byte sum) goes to ``sink``. Returns the exit status (2: a malformed frame)."""
+    total = np.zeros(LANES, dtype=np.uint16)
+    while True:
+        header = _read_exactly(source, _HEADER.size)
+        if header is None:
+            return 1  # the parent went away
+        sign, count, nbytes = _HEADER.unpack(header)
+        if sign == 0:
+            sink.write(total.astype("<u2").tobytes())
+            sink.flush()
+            return 0
+        if sign not in (1, -1) or count > MAX_MESSAGES or nbytes > MAX_BYTES:
+            return 2
+        raw_ends = _read_exactly(source, 8 * count)
+        work = _read_exactly(source, nbytes)
+        if raw_ends is None or work is None:
+            return 1
+        ends = np.frombuffer(raw_ends, dtype="<i8")
+        if count and (int(ends[-1]) > nbytes or int(ends[0]) < 0 or (np.diff(ends) < 0).any()):
+            return 2
+        lanes = hash_sum(work, ends.tolist())
+        if sign > 0:
+            total += lanes
+        else:
+            total -= lanes
+
+
+if __name__ == "__main__":
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
+    # ends (it kills it, or closes the pipe).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))

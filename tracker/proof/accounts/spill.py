@@ -1,0 +1,320 @@
+"""The accounts proof's pubkey index past its memory: records spilled to run files on disk.
+
+When the in-memory index (:mod:`tracker.proof.accounts.pubkeyindex`) would pass the proof's part of
+the budget (:mod:`tracker.proof.accounts.budget`), :class:`SpillIndex` takes over
+(docs/architecture.md, "The accounts level" → "Bounded memory"): each stored version becomes a
+record of 40 bytes, its pubkey (four u64 words) and its locator (the storage's number << 32 | offset
+/ 8 << 1 | 1 when it counts), and records are partitioned by a fingerprint of the pubkey into
+:data:`FANOUT` run files. The fingerprint is keyed by multipliers drawn per proof, so that no
+archive can choose pubkeys that crowd one partition. At the end each partition is read back
+and deduplicated in memory (:func:`superseded_of`): sorted by fingerprint and slot, with full
+pubkeys compared wherever fingerprints match, so that a collision of fingerprints never makes
+two accounts one (a forgery never passes through one). A partition larger than the proof's
+memory is split again by the next bits of the fingerprint first. What it finds, the versions
+that counted and a newer one superseded, goes to a file of locators, read back in storage
+order for the second read (:func:`tracker.proof.accounts.superseded.subtract_superseded`).
+
+Files live in a directory of their own under the configured temporary directory, holding a
+lock (``flock``) while the proof runs: :meth:`SpillDir.remove` deletes it whichever way the
+proof ends, and :func:`clean_leftovers` deletes those whose lock is free (a process killed in
+the middle) when the next proof starts. Free space is checked before every write: short of
+it, the proof stops with ``not proven: N bytes of temporary space needed, M free``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from tracker.errors import NoRoom
+from tracker.proof.accounts.budget import PREFIX, clean_leftovers
+
+U64 = npt.NDArray[np.uint64]
+
+#: Bytes of one spilled record: four pubkey words and the locator.
+RECORD = 40
+#: Bytes a record costs while its partition is deduplicated (the record, its fingerprint and
+#: slot, the sort's order, the sorted copies).
+DEDUP_COST = 112
+#: Run files a partition splits into (6 bits of the fingerprint a level).
+FANOUT = 64
+_BITS = 6
+#: Levels of splitting at most (the fingerprint's 64 bits; a partition still too large then
+#: holds one pubkey in every slot: it stays at ``manifest``).
+MAX_LEVEL = 64 // _BITS
+#: Free bytes left on the temporary file system, beyond what a write needs.
+KEEP_FREE = 16 * 1024**2
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def draw_multipliers() -> U64:
+    """Four odd u64 multipliers from the system's randomness (the fingerprint's key)."""
+    return np.frombuffer(os.urandom(32), dtype=np.uint64) | np.uint64(1)
+
+
+def fingerprints(keys: U64, mults: U64) -> U64:
+    """The keyed 64-bit fingerprint of each (n, 4) pubkey (multiply-shift; u64 wraps)."""
+    with np.errstate(over="ignore"):
+        mixed: U64 = (
+            keys[:, 0] * mults[0]
+            + keys[:, 1] * mults[1]
+            + keys[:, 2] * mults[2]
+            + keys[:, 3] * mults[3]
+        ) * _GOLDEN
+    return mixed
+
+
+def superseded_of(
+    keys: U64, locators: U64, storage_slots: U64, mults: U64
+) -> tuple[U64, int | None]:
+    """Of the versions ``keys`` (n, 4) at ``locators``: the locators of those that count
+    and that a version of the same pubkey in a higher slot supersedes, and the index of a
+    version whose pubkey is stored twice in its slot (None when none is)."""
+    n = len(locators)
+    if n < 2:
+        return np.zeros(0, dtype=np.uint64), None
+    slots = storage_slots[(locators >> np.uint64(32)).astype(np.int64)]
+    prints = fingerprints(keys, mults)
+    order = np.lexsort((slots, prints))
+    sorted_prints = prints[order]
+    same_print = sorted_prints[1:] == sorted_prints[:-1]
+    if same_print.any():
+        sorted_keys = keys[order]
+        same_key = (sorted_keys[1:] == sorted_keys[:-1]).all(axis=1)
+        if (same_print & ~same_key).any():
+            # Two pubkeys share a fingerprint: their versions may interleave by slot. Sort
+            # on the full pubkeys instead (rare: a 2^-64 chance a pair under a fresh key).
+            order = np.lexsort((slots, keys[:, 3], keys[:, 2], keys[:, 1], keys[:, 0]))
+            sorted_keys = keys[order]
+            same_key = (sorted_keys[1:] == sorted_keys[:-1]).all(axis=1)
+    else:
+        same_key = same_print
+    sorted_slots = slots[order]
+    twice = same_key & (sorted_slots[1:] == sorted_slots[:-1])
+    if twice.any():
+        return np.zeros(0, dtype=np.uint64), int(order[int(np.flatnonzero(twice)[0])])
+    # a version followed (in slot order) by one of the same pubkey is superseded
+    older = order[:-1][same_key]
+    found = locators[older]
+    counted: U64 = found[(found & np.uint64(1)) == np.uint64(1)]
+    return counted, None
+
+
+class SpillDir:
+    """A directory of one proof's run files under ``root`` (None: the system's temporary
+    directory), locked while it exists, leaving at least ``keep_free`` bytes (and
+    :data:`KEEP_FREE`) free on its file system; :meth:`remove` when the proof ends."""
+
+    def __init__(self, root: str | None, keep_free: int = 0) -> None:
+        self.keep_free = max(KEEP_FREE, keep_free)
+        self.root = root if root is not None else tempfile.gettempdir()
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            clean_leftovers(self.root)
+            self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.root)
+            self._lock = os.open(
+                os.path.join(self.path, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except OSError as exc:  # the proof stops, the archive is not at fault
+            raise NoRoom(
+                f"not proven: the temporary directory {self.root!r} is unusable: "
+                f"{exc.strerror or exc}"
+            ) from None
+        self.written = 0  # bytes in its files now
+        self.peak = 0
+
+    def file(self, name: str) -> str:
+        """The path of the run file ``name``."""
+        return os.path.join(self.path, name)
+
+    def append(self, name: str, data: npt.NDArray[np.generic]) -> None:
+        """Append the bytes of ``data`` (contiguous) to the run file ``name``, after checking
+        the room on the file system (NoRoom when short)."""
+        view = np.ascontiguousarray(data).data.cast("B")
+        if not len(view):
+            return
+        self.need(len(view))
+        try:
+            fd = os.open(
+                self.file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise NoRoom(f"not proven: the temporary file could not be made: {exc}") from None
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+                self.written += written
+        except OSError as exc:
+            raise NoRoom(f"not proven: the temporary file could not be written: {exc}") from None
+        finally:
+            os.close(fd)
+        self.peak = max(self.peak, self.written)
+
+    def need(self, count: int) -> None:
+        """NoRoom unless ``count`` more bytes fit on the file system (with a margin)."""
+        free = self.free()
+        if count + self.keep_free > free:
+            raise NoRoom(
+                f"not proven: {self.written + count} bytes of temporary space needed, "
+                f"{self.written + free} free"
+            )
+
+    def free(self) -> int:
+        """Bytes free for this process on the directory's file system."""
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def size(self, name: str) -> int:
+        """The bytes of run file ``name`` (0 when absent)."""
+        try:
+            return os.path.getsize(self.file(name))
+        except FileNotFoundError:
+            return 0
+
+    def delete(self, name: str) -> None:
+        """Remove run file ``name``."""
+        size = self.size(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file(name))
+        self.written -= size
+
+    def remove(self) -> None:
+        """Delete the directory and everything in it (idempotent)."""
+        if self._lock >= 0:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.close(self._lock)
+            self._lock = -1
+            self.written = 0
+
+
+class SpillIndex:
+    """Records of (pubkey, locator) partitioned into run files of ``directory``, staged in
+    memory ``stage_bytes`` at a time (see the module)."""
+
+    def __init__(self, directory: SpillDir, stage_bytes: int, mults: U64 | None = None) -> None:
+        self.dir = directory
+        self.mults = mults if mults is not None else draw_multipliers()
+        # the staged records, the flush's sorted copy, its fingerprints and order
+        self._capacity = max(64, stage_bytes // (2 * RECORD + 24))
+        self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
+        self._staged = 0
+        self.records = 0
+        self.superseded = 0
+
+    def add(self, keys: U64, locators: U64) -> None:
+        """Add versions: their pubkeys (n, 4) and locators."""
+        at = 0
+        while at < len(locators):
+            take = min(len(locators) - at, self._capacity - self._staged)
+            rows = self._stage[self._staged : self._staged + take]
+            rows[:, :4] = keys[at : at + take]
+            rows[:, 4] = locators[at : at + take]
+            self._staged += take
+            at += take
+            if self._staged == self._capacity:
+                self.flush()
+        self.records += len(locators)
+
+    def flush(self) -> None:
+        """Write the staged records to their partitions' run files."""
+        if not self._staged:
+            return
+        self._write(self._stage[: self._staged], "p", 0)
+        self._staged = 0
+
+    def _write(self, rows: U64, prefix: str, level: int) -> None:
+        shift = np.uint64(64 - _BITS * (level + 1))
+        parts = (fingerprints(rows[:, :4], self.mults) >> shift) & np.uint64(FANOUT - 1)
+        order = np.argsort(parts, kind="stable")
+        ordered = rows[order]
+        bounds = np.searchsorted(parts[order], np.arange(FANOUT + 1, dtype=np.uint64))
+        for part in range(FANOUT):
+            lo, hi = int(bounds[part]), int(bounds[part + 1])
+            if hi > lo:
+                self.dir.append(f"{prefix}{part:02d}", ordered[lo:hi])
+
+    def superseded_runs(
+        self,
+        storage_slots: U64,
+        memory: int,
+        twice: Callable[[U64, int], None],
+    ) -> None:
+        """Deduplicate every partition within ``memory`` bytes (splitting those that do
+        not fit), appending the superseded versions that counted to the run file ``s``;
+        ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises)."""
+        self.flush()
+        self._stage = np.empty((0, 5), dtype=np.uint64)
+        for part in range(FANOUT):
+            self._partition(f"p{part:02d}", 0, storage_slots, memory, twice)
+
+    def _partition(
+        self,
+        name: str,
+        level: int,
+        storage_slots: U64,
+        memory: int,
+        twice: Callable[[U64, int], None],
+    ) -> None:
+        size = self.dir.size(name)
+        if not size:
+            return
+        if size // RECORD * DEDUP_COST > memory:
+            if level + 1 >= MAX_LEVEL:
+                raise NoRoom("not proven: one pubkey's versions pass the memory of the proof")
+            step = max(RECORD, memory // (2 * DEDUP_COST) * RECORD)
+            with open(self.dir.file(name), "rb") as source:
+                while chunk := source.read(step):
+                    rows = np.frombuffer(chunk, dtype=np.uint64).reshape(-1, 5)
+                    self._write(rows, f"{name}.", level + 1)
+            self.dir.delete(name)
+            for part in range(FANOUT):
+                self._partition(f"{name}.{part:02d}", level + 1, storage_slots, memory, twice)
+            return
+        rows = np.fromfile(self.dir.file(name), dtype=np.uint64).reshape(-1, 5)
+        self.dir.delete(name)
+        keys = rows[:, :4]
+        counted, at = superseded_of(keys, rows[:, 4], storage_slots, self.mults)
+        if at is not None:
+            twice(keys[at], int(rows[at, 4]))
+        self.superseded += len(counted)
+        self.dir.append("s", counted)
+
+    def superseded_in_order(self, storages: int, memory: int) -> Iterator[U64]:
+        """The superseded locators of run file ``s``, sorted, in pieces of at most
+        ``memory`` bytes' worth that follow each other in storage order."""
+        total = self.dir.size("s") // 8
+        if not total:
+            return
+        if total * 16 <= memory:
+            found = np.fromfile(self.dir.file("s"), dtype=np.uint64)
+            self.dir.delete("s")
+            yield np.sort(found)
+            return
+        ranges = min(max(1, storages), -(-total * 32 // memory))
+        step = max(8, memory // 4 // 8 * 8)
+        with open(self.dir.file("s"), "rb") as source:
+            while chunk := source.read(step):
+                found = np.frombuffer(chunk, dtype=np.uint64)
+                numbers = (found >> np.uint64(32)).astype(np.int64)
+                group = numbers * ranges // max(1, storages)
+                order = np.argsort(group, kind="stable")
+                bounds = np.searchsorted(group[order], np.arange(ranges + 1))
+                for r in range(ranges):
+                    lo, hi = int(bounds[r]), int(bounds[r + 1])
+                    if hi > lo:
+                        self.dir.append(f"s{r}", found[order[lo:hi]])
+        self.dir.delete("s")
+        for r in range(ranges):
+            if self.dir.size(f"s{r}"):
+                found = np.fromfile(self.dir.file(f"s{r}"), dtype=np.uint64)
+                self.dir.delete(f"s{r}")
+                yield np.sort(found)

@@ -1,0 +1,480 @@
+"""The check of a snapshot archive: compression layer, tar stream, entries, SHA-256.
+
+:func:`check_stream` reads an archive's raw bytes once and returns their SHA-256, with what
+the same pass proved (``tracker.proof``: the manifest decoded and checked against the name,
+docs/architecture.md "Proven archives"), when
+
+1. the compression layer named by the extension decodes to its end, checksums verified, with
+   nothing after it (``tracker.proof.archive.decoders``);
+2. the tar stream is well formed up to its end-of-archive blocks
+(``tracker.proof.archive.tarwalk``); 3. it holds ``version``, ``snapshots/status_cache`` and
+``snapshots/{S}/{S}``, S being the
+   slot in the archive's name;
+4. its manifest proves it (``tracker.proof.formats.prover``);
+
+else it raises :class:`~tracker.errors.ArchiveInvalid` with a one-line reason. The reading and
+hashing run in a thread of their own, the decoding and the tar walk in the caller's, so that
+two cores share the work (hashlib, the decompressors and ``os.pread`` release the GIL).
+
+:func:`check_file` checks a file on disk. :class:`GrowingFile` reads a file another task is
+still writing, and :class:`FollowingCheck` runs the check over one from trio, so that the check
+of a download ends shortly after its last byte (docs/architecture.md, "Verified archives").
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from tracker.core.digests import Verified
+from tracker.core.snapshots import parse_archive_name
+from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.checklimits import CANCELLED, Budget
+from tracker.proof.archive.decoders import decoder_for
+from tracker.proof.archive.framedecode import decode_zstd_frames
+from tracker.proof.archive.reread import accounts_prover, proving
+from tracker.proof.archive.streamparse import Feeder
+from tracker.proof.archive.tarwalk import Header, walk_tar
+from tracker.proof.formats.prover import AccountsProver, ArchiveProver
+from tracker.serving.threads import Background
+
+Read = Callable[[int], bytes]
+
+#: Raw bytes asked of ``read`` at once.
+READ_SIZE = 4 * 1024 * 1024
+#: The name of a following check's worker thread while it runs.
+THREAD_NAME = "archive-check"
+#: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
+PREFETCH_DEPTH = 2
+
+
+def required_entries(slot: int) -> tuple[str, ...]:
+    """The entries every agave/Firedancer snapshot archive of ``slot`` holds."""
+    return ("version", "snapshots/status_cache", f"snapshots/{slot}/{slot}")
+
+
+def check_stream(
+    read: Read,
+    name: str,
+    *,
+    prefetch: bool = True,
+    unblock: Callable[[], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    accounts: AccountsProver | None = None,
+    prover: ArchiveProver | None = None,
+    seen: Callable[[Header, int], None] | None = None,
+    decoders: int = 1,
+) -> Verified:
+    """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
+    file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
+    same pass proved (``tracker.proof.formats.prover``: the manifest, and the account storages
+    with ``accounts``; docs/architecture.md, "Proven archives").
+
+    Raises ArchiveInvalid (one-line ``reason``) when the archive fails, whatever part of the
+    check it failed in (:func:`as_rejection`); what ``read`` raises (OSError, a local I/O
+    error, or ArchiveInvalid("check cancelled")) goes through. ``read`` is called from a
+    thread of its own, which has always ended when this returns or raises (so the caller may
+    close what it reads); when the check fails before the end, ``unblock()`` (if given) is
+    called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
+    polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
+    cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
+    too (one core). ``prover`` replaces the archive's own (``proof.archive.headproof``). ``seen`` is
+    told each member the tar walk took (:func:`~tracker.proof.archive.tarwalk.walk_tar`).
+    ``decoders``: threads that decode a multi-frame ``.tar.zst``'s frames in parallel
+    (:mod:`tracker.proof.archive.framedecode`).
+    """
+    parsed = parse_archive_name(name)
+    if parsed is None:
+        raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
+    wanted = required_entries(parsed.slot)
+    budget = Budget(cancelled) if cancelled is not None else Budget()
+    source = _Prefetch(read, unblock) if prefetch else _Inline(read)
+    failed: list[BaseException] = []  # what reading raised: not the archive's fault
+    with source:
+
+        def chunks() -> bytes:
+            if pending:
+                return pending.pop()
+            try:
+                data = source.next()
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            budget.took(len(data))
+            return data
+
+        pending: list[bytes] = []
+        found: set[str] = set()
+        try:
+            first = chunks()
+            if not first:
+                raise ArchiveInvalid("empty file")
+            pending.append(first)
+            if prover is None:
+                prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
+            walk = walk_tar(parsed.slot, found, budget.members_allowed, prover, seen)
+            tar = Feeder(walk)
+
+            def sink(piece: memoryview) -> None:
+                budget.spend(len(piece))
+                tar.feed(piece)
+
+            if parsed.ext == ".tar.zst" and decoders > 1:
+                decode_zstd_frames(chunks, sink, decoders)
+            else:
+                decoder_for(parsed.ext)(chunks, sink)
+            tar.finish()
+        except Exception as exc:
+            if failed and exc is failed[0]:
+                raise
+            raise as_rejection(exc) from None
+        digest = source.hexdigest()
+    missing = [entry for entry in wanted if entry not in found]
+    if missing:
+        raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
+    try:
+        return Verified(digest, prover.proof())
+    except Exception as exc:
+        raise as_rejection(exc) from None
+
+
+def as_rejection(exc: Exception) -> ArchiveInvalid:
+    """What a failure of the check other than reading means: the copy is rejected.
+
+    The check's own reasons pass as they are; anything else a decoder or the tar walk raised
+    on hostile bytes (a library's error the decoders do not know, a ValueError, a
+    MemoryError) rejects the copy with a one-line reason, so that every caller treats it as a
+    bad copy (deleted, its source held back) instead of crashing on it."""
+    if isinstance(exc, ArchiveInvalid):
+        return exc
+    detail = " ".join(str(exc).split())[:200]
+    return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
+
+
+def check_file(
+    path: str, name: str | None = None, *, prove_accounts: AccountsLimits | None = None
+) -> Verified:
+    """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
+    basename); raises OSError when it cannot be opened or read, or is not a regular file (a
+    FIFO, a device, a directory: never opened in a way that could block or read forever).
+    ``prove_accounts`` (its memory budget, temporary directory, optional bound) proves a full
+    to ``accounts``."""
+    fd = _open_regular(path)
+    name = name or os.path.basename(path)
+    with open(fd, "rb", buffering=0) as file:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
+        with proving(accounts):  # its worker process lives as long as the check
+            return check_stream(
+                file.read, name, accounts=accounts, decoders=decoders_of(prove_accounts)
+            )
+
+
+def decoders_of(limits: AccountsLimits | None) -> int:
+    """Threads decoding the zstd frames of a file's check: the proof's ``workers``
+    (``proof_workers``) less the core SHA-256 keeps, at least one (docs/architecture.md,
+    "Every core"); one for a check without the accounts level."""
+    # SHA-256 is serial and is the check's bound: its reading thread needs a core of its
+    # own. On 2 cores, two frame threads beside it took 1.7x as long as the serial decoder
+    # (bench/README.md, "The archive check"): they only took turns with the SHA-256.
+    return 1 if limits is None else max(1, limits.workers - 1)
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at ``path`` (a symbolic link followed):
+    its type is checked before it is opened and again, on the descriptor, after; opened
+    non-blocking so that a FIFO put there meanwhile cannot block the open."""
+    _refuse_unless_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        _refuse_unless_regular(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_unless_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+
+
+class _Inline:
+    """Reads and hashes in the calling thread."""
+
+    def __init__(self, read: Read) -> None:
+        self._read = read
+        self._sha = hashlib.sha256()
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def next(self) -> bytes:
+        data = self._read(READ_SIZE)
+        self._sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+class _Prefetch:
+    """Reads and hashes in a thread of its own, up to PREFETCH_DEPTH chunks ahead.
+
+    On exit the thread is told to stop, ``unblock`` ends a ``read`` that may wait, and the
+    thread is joined: it stops after the ``read`` it may be in (never waiting on the consumer
+    once stopped), so no read is left running on a descriptor its owner then closes.
+    """
+
+    def __init__(self, read: Read, unblock: Callable[[], None] | None = None) -> None:
+        self._read = read
+        self._unblock = unblock
+        self._sha = hashlib.sha256()
+        self._ready: collections.deque[bytes] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._ended = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="archive-check-read", daemon=True)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with self._cond:
+            self._stopped = True
+            self._ready.clear()
+            self._cond.notify_all()
+            running = not self._ended and self._error is None
+        if running and self._unblock is not None:
+            self._unblock()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = self._read(READ_SIZE)
+                if data:
+                    self._sha.update(data)
+                with self._cond:
+                    while len(self._ready) >= PREFETCH_DEPTH and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    if not data:
+                        self._ended = True
+                    else:
+                        self._ready.append(data)
+                    self._cond.notify_all()
+                if not data:
+                    return
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def next(self) -> bytes:
+        """The next chunk; ``b""`` at the end; raises what ``read`` raised."""
+        with self._cond:
+            while not self._ready and not self._ended and self._error is None:
+                self._cond.wait()
+            if self._ready:
+                data = self._ready.popleft()
+                self._cond.notify_all()
+                return data
+            if self._error is not None:
+                raise self._error
+            return b""
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of every byte read (call after :meth:`next` returned ``b""``)."""
+        self._thread.join()
+        return self._sha.hexdigest()
+
+
+class GrowingFile:
+    """Reads a file that someone else is still writing, for one reading thread.
+
+    It reads its own descriptor of the file open at ``fd`` (a duplicate; for a write-only
+    ``fd``, the file opened again read-only through ``/proc/self/fd``), closed when done,
+    with ``os.pread``, never past what :meth:`advance` said is written. :meth:`read` blocks
+    until there are bytes, the end (:meth:`finish`), or :meth:`cancel`. ``advance``,
+    ``finish`` and ``cancel`` never block for long: call them from the trio thread.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = _readable(fd)
+        self._cond = threading.Condition()
+        self._offset = 0
+        self._written = 0
+        self._size: int | None = None
+        self._cancelled = False
+        self._reading = False
+        self._closed = False
+
+    def advance(self, written: int) -> None:
+        """``written`` bytes of the file are on disk (it never shrinks)."""
+        with self._cond:
+            if written > self._written:
+                self._written = written
+                self._cond.notify_all()
+
+    def finish(self, size: int) -> None:
+        """The file is complete at ``size`` bytes: reads end there."""
+        with self._cond:
+            self._size = size
+            self._written = max(self._written, size)
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """A pending or later :meth:`read` raises ArchiveInvalid("check cancelled")."""
+        self._cancelled = True  # read at once by the decode loop (``cancelled``)
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+            self._close_unless_reading()
+
+    @property
+    def reopen_path(self) -> str:
+        """A path that opens the file again with an offset of its own (the accounts proof's
+        second read, while the check runs)."""
+        return f"/proc/self/fd/{self._fd}"
+
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called (any thread may ask)."""
+        return self._cancelled
+
+    @property
+    def closed(self) -> bool:
+        """True once the descriptor is closed."""
+        return self._closed
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes from where the last read ended; ``b""`` at the end."""
+        with self._cond:
+            while True:
+                if self._cancelled:
+                    raise ArchiveInvalid(CANCELLED)
+                limit = self._written if self._size is None else self._size
+                if self._offset < limit:
+                    break
+                if self._size is not None:
+                    self._close_unless_reading()
+                    return b""
+                self._cond.wait()
+            self._reading = True
+            offset, count = self._offset, min(size, limit - self._offset)
+        try:
+            data = os.pread(self._fd, count, offset)
+        finally:
+            with self._cond:
+                self._reading = False
+                if self._cancelled:
+                    self._close_unless_reading()
+        if not data:
+            raise OSError(f"the file ends at byte {offset}, before the {limit} bytes written")
+        with self._cond:
+            self._offset += len(data)
+        return data
+
+    def _close_unless_reading(self) -> None:
+        if not self._reading and not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+
+def _readable(fd: int) -> int:
+    """A new descriptor reading the file open at ``fd``."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    return os.dup(fd)
+
+
+class FollowingCheck:
+    """:func:`check_stream` over a file being written, in a worker thread, from trio.
+
+    The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
+    the check with :meth:`cancel`; one of the last two must come in every path (the thread
+    waits for bytes until then). :meth:`result` is the SHA-256 and the proof, or raises
+    ArchiveInvalid (OSError when the file could not be read).
+    """
+
+    def __init__(
+        self, growing: GrowingFile, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> None:
+        self._growing = growing
+        # the accounts proof's second read needs the file after the check has read it to
+        # its end (when the growing file's own descriptor closes): one of its own
+        again = None if prove_accounts is None else os.open(growing.reopen_path, os.O_RDONLY)
+        path = f"/proc/self/fd/{again}"
+        accounts = (
+            accounts_prover(name, prove_accounts, path, growing.cancelled)
+            if again is not None
+            else None
+        )
+
+        def run() -> Verified:
+            try:
+                with proving(accounts):  # its worker process lives as long as the check
+                    return check_stream(
+                        growing.read,
+                        name,
+                        unblock=growing.cancel,
+                        cancelled=growing.cancelled,
+                        accounts=accounts,
+                        # one decoder: frames decoded apart only once whole would hold back
+                        # the verdict on a bad frame until the source sends all of it
+                        # (docs/architecture.md, "Every core")
+                    )
+            finally:
+                growing.cancel()  # closes the descriptor in every case
+                if again is not None:
+                    os.close(again)
+
+        self._background: Background[Verified] = Background(run, name=THREAD_NAME)
+
+    @classmethod
+    def start(
+        cls, fd: int, name: str, prove_accounts: AccountsLimits | None = None
+    ) -> FollowingCheck:
+        """Start checking the file open at ``fd`` (duplicated: the caller keeps its own) as the
+        archive ``name``, a full to ``accounts`` within ``prove_accounts``; call
+        from trio."""
+        return cls(GrowingFile(fd), name, prove_accounts)
+
+    def advance(self, written: int) -> None:
+        """``written`` bytes are on disk."""
+        self._growing.advance(written)
+
+    def finish(self, size: int) -> None:
+        """Every byte is on disk: the file is ``size`` bytes long."""
+        self._growing.finish(size)
+
+    def cancel(self) -> None:
+        """Stop the check: :meth:`result` raises ArchiveInvalid("check cancelled") unless the
+        check had ended already."""
+        self._growing.cancel()
+
+    def done(self) -> bool:
+        """True once the check has ended (passed or failed)."""
+        return self._background.done()
+
+    async def result(self) -> Verified:
+        """Wait for the check: the SHA-256's hex digest and the proof, or ArchiveInvalid."""
+        return await self._background.result()

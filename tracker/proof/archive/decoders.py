@@ -1,0 +1,349 @@
+"""The compression layers of snapshot archives, decoded to their end in bounded memory.
+
+Each decoder takes ``chunks()`` (the next piece of the raw archive, ``b""`` at its end) and
+``sink(piece)`` (where decompressed bytes go, in pieces of at most :data:`OUT_SIZE`) and
+raises :class:`~tracker.errors.ArchiveInvalid` unless the whole input is one or more complete
+frames / members / streams of its format with nothing after them.
+
+Why the care: none of the libraries says on its own that a stream was cut short. The standard
+library's decompressor objects (``bz2``, ``zlib``, ``lzma``) and ``lz4.frame``'s simply stop
+with ``eof`` false; ``zstandard``'s ``stream_reader`` returns what it decoded and then ``b""``,
+and ``ZstdDecompressor.decompress`` ignores bytes after the first frame. So every decoder here
+checks its end state itself: ``eof`` for the decompressor objects, and for zstd an own parse of
+the frame and block headers (:func:`zstd_frames`), which also says where each frame starts so
+that a decoding error can name its frame. Output is bounded per step (``max_length``, or
+``readinto`` a fixed buffer for zstd), and what a decoder may allocate is capped (the zstd
+window, the xz dictionary: :mod:`tracker.proof.archive.checklimits`), so a decompression bomb costs
+no memory; the time it costs is bounded by the sink (``checklimits.Budget``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import re
+import zlib
+from collections.abc import Callable
+from typing import IO, Any, cast
+
+import attrs
+import lz4.frame
+import zstandard
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.archive.checklimits import XZ_MEMLIMIT, ZSTD_MAX_WINDOW
+from tracker.proof.archive.streamparse import MARK, EndOfInput, Feeder, Parser, ParserOf
+
+#: Largest piece of decompressed output handed to the sink at once.
+OUT_SIZE = 4 * 1024 * 1024
+TRAILING = "trailing bytes after the compressed stream at byte {at}"
+
+Chunks = Callable[[], bytes]
+Sink = Callable[[memoryview], None]
+
+
+def decode_plain(chunks: Chunks, sink: Sink) -> None:
+    """``.tar``: no compression layer."""
+    while data := chunks():
+        sink(memoryview(data))
+
+
+# --- zstd ------------------------------------------------------------------------------------
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_MAX_BLOCK = 128 * 1024
+# Real encoders never write empty blocks that are not the last; a run of them is zero-filled
+# data (a sparse file's hole) and would cost a Python step per 3 bytes.
+_ZSTD_MAX_EMPTY_BLOCKS = 64
+
+
+@attrs.define
+class FrameState:
+    """What :func:`zstd_frames` has seen: where the current frame starts, and whether it is
+    reading the magic number of a next frame (and where that starts)."""
+
+    frame_at: int = 0
+    in_magic: bool = False
+    magic_at: int = 0
+
+
+def zstd_frames(state: FrameState, at: int = 0) -> Parser:
+    """Parse the framing of a zstd stream (RFC 8878: frames, skippable frames, block headers)
+    without decoding it; boundaries between frames are MARKs. ``at``: the offset of its first
+    byte in the archive (a stream taken up at a frame's start)."""
+    try:
+        while True:
+            yield MARK
+            state.in_magic, state.magic_at = True, at
+            magic = int.from_bytes((yield 4), "little")
+            state.in_magic = False
+            state.frame_at = at
+            if magic == _ZSTD_MAGIC:
+                at = yield from _zstd_frame(at)
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+                size = int.from_bytes((yield 4), "little")
+                if size:
+                    yield -size
+                at += 8 + size
+            elif at == 0:
+                raise ArchiveInvalid("zstd: not a zstd stream (no frame at byte 0)")
+            else:
+                raise ArchiveInvalid(TRAILING.format(at=at))
+    except EndOfInput as end:
+        if state.in_magic and at > 0:
+            raise ArchiveInvalid(TRAILING.format(at=at)) from None
+        raise ArchiveInvalid(
+            f"zstd: stream truncated at byte {end.at} (inside the frame at byte {at})"
+        ) from None
+
+
+def _zstd_frame(at: int) -> ParserOf[int]:
+    descriptor = (yield 1)[0]
+    if descriptor & 0x08:
+        raise ArchiveInvalid(f"zstd: reserved bit set in the frame header at byte {at}")
+    single_segment = bool(descriptor & 0x20)
+    header = (
+        (0 if single_segment else 1)
+        + (0, 1, 2, 4)[descriptor & 3]
+        + ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6]
+    )
+    if header:
+        yield -header
+    pos = at + 5 + header
+    empty = 0
+    while True:
+        block = int.from_bytes((yield 3), "little")
+        kind, size = (block >> 1) & 3, block >> 3
+        if kind == 3:
+            raise ArchiveInvalid(f"zstd: reserved block type at byte {pos}")
+        if size > _ZSTD_MAX_BLOCK:
+            raise ArchiveInvalid(f"zstd: block of {size} bytes at byte {pos}")
+        body = 1 if kind == 1 else size
+        if body:
+            yield -body
+        empty = empty + 1 if size == 0 else 0
+        if empty > _ZSTD_MAX_EMPTY_BLOCKS:
+            raise ArchiveInvalid(f"zstd: a run of empty blocks at byte {pos} (zero-filled data?)")
+        pos += 3 + body
+        if block & 1:  # the last block
+            break
+    if descriptor & 0x04:  # content checksum
+        yield -4
+        pos += 4
+    return pos
+
+
+class _FramedSource:
+    """The raw stream as ``zstandard``'s ``stream_reader`` reads it, each piece checked by
+    :func:`zstd_frames` first and never spanning two frames, so that a decoding error belongs
+    to the frame of the last piece handed out."""
+
+    def __init__(self, chunks: Chunks, at: int = 0) -> None:
+        self._chunks = chunks
+        self.state = FrameState(frame_at=at, magic_at=at)
+        self.framing = Feeder(zstd_frames(self.state, at))
+        self._data = memoryview(b"")
+        self._pos = 0
+
+    def read(self, size: int) -> memoryview | bytes:
+        if self._pos >= len(self._data):
+            self._data, self._pos = memoryview(self._chunks()), 0
+            if not self._data:
+                return b""
+        start = self._pos
+        self._pos = self.framing.feed_to_mark(self._data, start, min(len(self._data), start + size))
+        return self._data[start : self._pos]
+
+
+def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0) -> None:
+    """``.tar.zst``: one or more frames (content checksums verified where present), skippable
+    frames allowed, nothing after the last frame. ``at``: the archive offset of the first
+    byte (a stream taken up at a frame's start, as :mod:`tracker.proof.archive.framedecode`
+    does)."""
+    source = _FramedSource(chunks, at)
+    decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    reader = decompressor.stream_reader(
+        cast(IO[bytes], source),  # it only calls read(size)
+        read_size=OUT_SIZE,
+        read_across_frames=True,
+        closefd=False,
+    )
+    out = bytearray(OUT_SIZE)
+    view = memoryview(out)
+    state = source.state
+    try:
+        # readinto1: what there is as soon as there is some (readinto would wait for a full
+        # buffer, holding a following check's verdict back until more bytes are written).
+        while count := reader.readinto1(out):
+            sink(view[:count])
+    except zstandard.ZstdError as exc:
+        if state.in_magic and state.magic_at > 0:
+            # The decoder choked on the first bytes after the last frame, which the framing
+            # had handed over before it had all four bytes of a magic number to refuse.
+            raise ArchiveInvalid(TRAILING.format(at=state.magic_at)) from None
+        reason = zstd_reason(str(exc))
+        raise ArchiveInvalid(f"zstd: {reason} in the frame at byte {state.frame_at}") from None
+    source.framing.finish()
+
+
+def zstd_reason(message: str) -> str:
+    """The one-line reason of a zstandard error message."""
+    text = message.rsplit(": ", 1)[-1]
+    if "checksum" in text.lower():
+        return "frame checksum mismatch"
+    return text[:1].lower() + text[1:]
+
+
+# --- decompressor objects: lz4 frames, bz2, gzip, xz -----------------------------------------
+
+
+@attrs.frozen
+class Layer:
+    """One format decoded with a decompressor object of the ``bz2.BZ2Decompressor`` kind."""
+
+    label: str  # as in the reasons: "gzip"
+    unit: str  # "member", "stream", "frame"
+    new: Callable[[], Any]
+    starts: Callable[[bytes], bool]  # does a unit start with these bytes (its magic)?
+    magic_size: int
+    errors: tuple[type[BaseException], ...]
+    reason: Callable[[BaseException], str]
+
+
+def _pump(decompressor: Any, data: bytes | memoryview, sink: Sink) -> bytes:
+    """Decompress ``data`` in steps of at most OUT_SIZE; returns the input left after the end
+    of the unit (``b""`` while it has not ended)."""
+    zlib_style = hasattr(decompressor, "unconsumed_tail")
+    out = decompressor.decompress(data, OUT_SIZE)
+    while True:
+        if out:
+            sink(memoryview(out))
+        if decompressor.eof:
+            return decompressor.unused_data or b""
+        if zlib_style:
+            tail = decompressor.unconsumed_tail
+            if not tail and len(out) < OUT_SIZE:
+                return b""
+            out = decompressor.decompress(tail, OUT_SIZE)
+        else:
+            if decompressor.needs_input:
+                return b""
+            out = decompressor.decompress(b"", OUT_SIZE)
+
+
+def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
+    """Decode one or more units of ``layer`` (multi-member gzip, multi-stream bz2 and xz,
+    multi-frame lz4) and nothing after them."""
+    at = 0  # offset of `data` in the raw stream
+    unit_at = 0
+    units = 0
+    decompressor = None
+    data = b""
+    while True:
+        if not data:
+            data = chunks()
+            if not data:
+                break
+        if decompressor is None:
+            if len(data) < layer.magic_size:
+                more = chunks()
+                if more:
+                    data = bytes(data) + more
+                    continue
+                break
+            if not layer.starts(bytes(data[: layer.magic_size])):
+                if at == 0:
+                    raise ArchiveInvalid(f"{layer.label}: not a {layer.label} stream")
+                raise ArchiveInvalid(TRAILING.format(at=at))
+            decompressor, unit_at = layer.new(), at
+        try:
+            left = _pump(decompressor, data, sink)
+        except layer.errors as exc:
+            raise ArchiveInvalid(
+                f"{layer.label}: {layer.reason(exc)} in the {layer.unit} at byte {unit_at}"
+            ) from None
+        at += len(data) - len(left)
+        data = left
+        if decompressor.eof:
+            units += 1
+            decompressor = None
+    if decompressor is not None:
+        raise ArchiveInvalid(
+            f"{layer.label}: stream truncated at byte {at} (inside the {layer.unit} at byte "
+            f"{unit_at})"
+        )
+    if units == 0:
+        raise ArchiveInvalid(f"{layer.label}: not a {layer.label} stream")
+    if data:  # fewer bytes than a magic number after the last unit
+        raise ArchiveInvalid(TRAILING.format(at=at))
+
+
+def _lz4_starts(head: bytes) -> bool:
+    magic = int.from_bytes(head, "little")
+    return magic == 0x184D2204 or magic & 0xFFFFFFF0 == 0x184D2A50
+
+
+def _lz4_reason(exc: BaseException) -> str:
+    # "LZ4F_decompress failed with code: ERROR_contentChecksum_invalid" -> readable words
+    code = str(exc).rsplit("ERROR_", 1)[-1]
+    known = {
+        "contentChecksum_invalid": "frame checksum mismatch",
+        "blockChecksum_invalid": "block checksum mismatch",
+    }
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])|_", " ", code).lower()
+    return known.get(code, words)
+
+
+def _after_colon(exc: BaseException) -> str:
+    text = str(exc).rsplit(": ", 1)[-1]
+    return text[:1].lower() + text[1:]
+
+
+LZ4 = Layer(
+    "lz4",
+    "frame",
+    lz4.frame.LZ4FrameDecompressor,
+    _lz4_starts,
+    4,
+    (RuntimeError,),
+    _lz4_reason,
+)
+BZ2 = Layer("bz2", "stream", bz2.BZ2Decompressor, b"BZh".__eq__, 3, (OSError,), _after_colon)
+GZIP = Layer(
+    "gzip",
+    "member",
+    lambda: zlib.decompressobj(wbits=31),
+    b"\x1f\x8b".__eq__,
+    2,
+    (zlib.error,),
+    _after_colon,
+)
+
+
+def _xz_reason(exc: BaseException) -> str:
+    if "memory" in str(exc).lower():  # liblzma: "Memory usage limit exceeded"
+        return f"needs more than {XZ_MEMLIMIT >> 20} MiB of memory (its dictionary)"
+    return _after_colon(exc)
+
+
+XZ = Layer(
+    "xz",
+    "stream",
+    lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT),
+    b"\xfd7zXZ\x00".__eq__,
+    6,
+    (lzma.LZMAError,),
+    _xz_reason,
+)
+
+
+def decoder_for(ext: str) -> Callable[[Chunks, Sink], None]:
+    """The decoder of an archive extension (``.tar.zst``, ... ``.tar``), on the caller's
+    thread (zstd's frames by several threads: :mod:`tracker.proof.archive.framedecode`)."""
+    layers = {".tar.lz4": LZ4, ".tar.bz2": BZ2, ".tar.gz": GZIP, ".tar.xz": XZ}
+    if ext == ".tar.zst":
+        return decode_zstd
+    if ext == ".tar":
+        return decode_plain
+    layer = layers[ext]
+    return lambda chunks, sink: decode_units(layer, chunks, sink)

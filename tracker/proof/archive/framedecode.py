@@ -1,0 +1,157 @@
+"""zstd frames decoded in parallel, handed on in order.
+
+Agave writes a full as independent zstd frames of ~32 MiB of tar each (docs/architecture.md,
+"The accounts level" → "Every core"), so frames can be decoded apart. :func:`decode_zstd_frames`
+is :func:`tracker.proof.archive.decoders.decode_zstd` with ``workers`` threads (python-zstandard
+releases the GIL while it decodes): the framing is parsed here as the raw bytes come
+(:func:`tracker.proof.archive.decoders.zstd_frames`, the same checks: truncation, trailing bytes,
+reserved bits), each complete frame goes to a thread of its own, and its output is handed to
+the sink in order, in pieces of at most ``OUT_SIZE``, while the next frames decode. Memory is
+bounded: at most ``workers`` frames in flight, each holding its compressed bytes (read in
+place, never copied) and a queue of :data:`QUEUED` decoded pieces. A single-frame archive
+decodes on one thread, as before; a decoding error names its frame as the serial decoder
+does. The caller's thread only frames, gathers a frame's bytes and runs the sink.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import zstandard
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
+from tracker.proof.archive.decoders import (
+    OUT_SIZE,
+    Chunks,
+    FrameState,
+    Sink,
+    decode_zstd,
+    zstd_frames,
+    zstd_reason,
+)
+from tracker.proof.archive.streamparse import Feeder
+
+#: Decoded pieces a frame's thread keeps ready ahead of the sink.
+QUEUED = 2
+#: Compressed bytes of one frame held to decode it apart (agave's: ~32 MiB of tar, less
+#: compressed); a larger frame is decoded as it streams.
+MAX_FRAME = 64 * 1024 * 1024
+#: Seconds between two looks at the stop flag while a thread waits for the sink.
+_POLL = 0.1
+_END = object()
+
+
+class _Frame:
+    """One frame in flight: its decoded pieces as they come, then the end (or the error)."""
+
+    def __init__(self, at: int, data: bytearray) -> None:
+        self.at = at
+        self.data: bytearray | bytes = data  # read in place: never changed once launched
+        self.pieces: queue.Queue[object] = queue.Queue(QUEUED)
+
+    def decode(self, stop: threading.Event) -> None:
+        """Decode the frame into :attr:`pieces` (in a worker thread)."""
+        try:
+            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                self.data, read_size=OUT_SIZE, read_across_frames=False
+            )
+            with reader:
+                while not stop.is_set():
+                    piece = reader.read(OUT_SIZE)
+                    if not piece:
+                        break
+                    self._put(piece, stop)
+            self.data = b""
+            self._put(_END, stop)
+        except zstandard.ZstdError as exc:
+            reason = zstd_reason(str(exc))
+            self._put(ArchiveInvalid(f"zstd: {reason} in the frame at byte {self.at}"), stop)
+
+    def _put(self, item: object, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.pieces.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+
+def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
+    """``.tar.zst`` (one or more frames, skippable frames allowed, nothing after the last)
+    decoded by up to ``workers`` threads; raises ArchiveInvalid as the serial decoder. A
+    frame of more than :data:`MAX_FRAME` compressed bytes (not agave's: a single-frame
+    archive of another tool) is decoded as it streams, in this thread, as is the rest."""
+    state = FrameState()
+    framing = Feeder(zstd_frames(state))
+    stop = threading.Event()
+    flight: deque[_Frame] = deque()
+    current = bytearray()
+
+    def drain(keep: int) -> None:
+        """Hand on the output of the oldest frames until ``keep`` are in flight."""
+        while len(flight) > keep:
+            frame = flight.popleft()
+            while (item := frame.pieces.get()) is not _END:
+                if isinstance(item, ArchiveInvalid):
+                    raise item
+                assert isinstance(item, bytes)
+                sink(memoryview(item))
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstd-frame") as pool:
+        try:
+            while data := chunks():
+                view = memoryview(data)
+                pos = 0
+                while pos < len(view):
+                    start = pos
+                    try:
+                        pos = framing.feed_to_mark(view, start, len(view))
+                    except ArchiveInvalid:
+                        drain(0)  # what came before the bad framing goes first, as serially
+                        raise
+                    # ``current`` starts at a frame's first byte (its magic number): the
+                    # framing stops at every end of a frame, where it is handed on
+                    current += view[start:pos]
+                    if framing.at_mark and current:
+                        _launch(pool, flight, state.frame_at, current, stop)
+                        current = bytearray()
+                    elif len(current) > MAX_FRAME:
+                        drain(0)
+                        held = [bytes(current), bytes(view[pos:])]
+                        decode_zstd(_then(held, chunks), sink, state.frame_at)
+                        return
+                    drain(workers - 1)
+            try:
+                framing.finish()  # a frame cut short is refused here, before its output
+            except ArchiveInvalid:
+                drain(0)
+                raise
+            drain(0)
+        finally:
+            stop.set()  # threads waiting for the sink end
+
+
+def _then(held: list[bytes], chunks: Chunks) -> Chunks:
+    """The chunks ``held`` (the empty ones left out), then those of ``chunks``."""
+    left = [piece for piece in held if piece]
+
+    def read() -> bytes:
+        return left.pop(0) if left else chunks()
+
+    return read
+
+
+def _launch(
+    pool: ThreadPoolExecutor,
+    flight: deque[_Frame],
+    at: int,
+    data: bytearray,
+    stop: threading.Event,
+) -> None:
+    frame = _Frame(at, data)
+    flight.append(frame)
+    pool.submit(frame.decode, stop)

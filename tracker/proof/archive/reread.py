@@ -1,0 +1,162 @@
+"""The second read of an archive on disk, for the accounts proof's superseded records.
+
+:class:`ArchiveReread` is the ``reread`` that
+:meth:`tracker.proof.accounts.accountsproof.AccountsProof. finish` asks for the data of a storage
+member from an offset on (docs/architecture.md, "The accounts level"). It decodes the archive
+(already checked, on disk) once, from its start, and keeps its place: the proof asks for members in
+the order they came, so all its asks cost at most one more decompression of the archive up to the
+last member asked for, never one per member; a member before the current place (not asked by the
+proof) starts over. Member data before the wanted offset, and members not asked for, are decoded and
+dropped, not copied.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import lzma
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
+
+import lz4.frame
+import zstandard
+
+from tracker.core.snapshots import parse_archive_name
+from tracker.errors import ArchiveInvalid
+from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
+from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
+
+if TYPE_CHECKING:
+    from tracker.proof.accounts.accountsprover import StoragesProver
+    from tracker.proof.accounts.budget import AccountsLimits
+
+#: Bytes read from the decoded stream at once.
+STEP = 1024 * 1024
+
+
+def _open(path: str, ext: str) -> IO[bytes]:
+    if ext == ".tar.zst":
+        raw = open(path, "rb")  # noqa: SIM115 (closed with the reader: closefd)
+        reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+            raw, read_across_frames=True, closefd=True
+        )
+        return reader  # type: ignore[no-any-return]
+    openers: dict[str, Any] = {
+        ".tar.lz4": lz4.frame.open,
+        ".tar.bz2": bz2.open,
+        ".tar.gz": gzip.open,
+        ".tar.xz": lzma.open,
+    }
+    if ext in openers:
+        return openers[ext](path, "rb")  # type: ignore[no-any-return]
+    return open(path, "rb")
+
+
+def accounts_prover(
+    name: str,
+    limits: AccountsLimits | None,
+    path: str,
+    cancelled: Callable[[], bool] | None = None,
+) -> StoragesProver | None:
+    """The accounts level's part of the check of the archive ``name`` at ``path`` (a path
+    that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when ``limits``
+    (its memory budget, temporary directory, optional bound) are given; None for an
+    incremental or when off. Its accounts are hashed in a worker process
+    (``proof.accounts.hashworker``); the caller closes it (``StoragesProver.close``) when the check
+    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room."""
+    parsed = parse_archive_name(name)
+    if limits is None or parsed is None or parsed.base_slot:
+        return None
+    # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
+    # proves an archive, never by one that only serves.
+    from tracker.proof.accounts.accountsprover import StoragesProver
+    from tracker.proof.accounts.hashworker import HashPool
+
+    return StoragesProver(
+        limits,
+        lambda: ArchiveReread(path, parsed.ext),
+        lambda: HashPool(limits.hash_workers, limits.slots),
+        cancelled=cancelled,
+    )
+
+
+@contextlib.contextmanager
+def proving(accounts: StoragesProver | None) -> Iterator[None]:
+    """The span of a check that proves with ``accounts`` (None: nothing): its summer (a
+    worker process, once the storages came) ends with it, whichever way it ends."""
+    try:
+        yield
+    finally:
+        if accounts is not None:
+            accounts.close()
+
+
+class ArchiveReread:
+    """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
+    for in archive order; :meth:`close` when done."""
+
+    def __init__(self, path: str, ext: str) -> None:
+        self._path = path
+        self._ext = ext
+        self._stream: IO[bytes] | None = None
+        self._at = 0  # decoded offset of the next header
+        self._seen: set[str] = set()
+
+    def close(self) -> None:
+        """Close the decoded stream."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __call__(self, name: str, start: int) -> Iterator[bytes]:
+        """The data of member ``name`` from byte ``start`` to its end, in pieces."""
+        if self._stream is None or name in self._seen:
+            self.close()
+            self._stream = _open(self._path, self._ext)
+            self._at = 0
+            self._seen = set()
+        size = self._find(self._stream, name)
+        padded = -(-size // BLOCK) * BLOCK
+        self._skip(self._stream, min(start, size))
+        left = max(0, size - start)
+        try:
+            while left:
+                piece = self._stream.read(min(STEP, left))
+                if not piece:
+                    raise ArchiveInvalid(f"second read: the archive ends inside {name}")
+                left -= len(piece)
+                yield piece
+        finally:
+            self._skip(self._stream, padded - size + left)
+            self._at += padded + BLOCK
+
+    def _find(self, stream: IO[bytes], name: str) -> int:
+        # The archive passed the check: every header is one read_header takes, read the one
+        # way the check read it (docs/architecture.md, "One reading of the tar stream").
+        while True:
+            block = self._exactly(stream, BLOCK)
+            if block == ZERO_BLOCK:
+                raise ArchiveInvalid(f"second read: no member {name}")
+            header = read_header(block, self._at)
+            self._seen.add(header.name)
+            if header.name == name and not header.directory:
+                return header.size
+            padded = -(-header.size // BLOCK) * BLOCK
+            self._skip(stream, padded)
+            self._at += BLOCK + padded
+
+    @staticmethod
+    def _exactly(stream: IO[bytes], count: int) -> bytes:
+        data = stream.read(count)
+        if len(data) != count:
+            raise ArchiveInvalid("second read: the archive ends early")
+        return data
+
+    @staticmethod
+    def _skip(stream: IO[bytes], count: int) -> None:
+        while count > 0:
+            piece = stream.read(min(STEP, count))
+            if not piece:
+                return
+            count -= len(piece)

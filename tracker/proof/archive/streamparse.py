@@ -1,0 +1,89 @@
+"""Parsers of byte streams that arrive in chunks, written as generators that ask for bytes.
+
+A parser is a generator that yields *requests* and is sent the answers: the protocol is
+written once, in :mod:`tracker.proof.formats.parsing` (the proof's decoders speak it too).
+
+:class:`Feeder` drives one parser with the chunks of a stream. At the end of the stream
+(:meth:`Feeder.finish`) a parser waiting anywhere but at a boundary is sent
+:class:`~tracker.errors.EndOfInput`, which it turns into its own one-line reason. The tar
+walk and the zstd framing (``tracker.proof.archive.tarwalk``, ``tracker.proof.archive.decoders``)
+are such parsers.
+"""
+
+from __future__ import annotations
+
+from tracker.errors import EndOfInput
+from tracker.proof.formats.parsing import MARK, REST, Parser, ParserOf, Request
+
+__all__ = ["MARK", "REST", "EndOfInput", "Feeder", "Parser", "ParserOf", "Request"]
+
+
+class Feeder:
+    """Feeds the chunks of one stream to one parser, in order, without copying skipped bytes."""
+
+    def __init__(self, parser: Parser) -> None:
+        self._parser = parser
+        self._want: Request = next(parser)
+        self._partial = bytearray()
+        self.offset = 0  # bytes of the stream consumed so far
+
+    @property
+    def at_mark(self) -> bool:
+        """True when the parser waits at a boundary (a MARK): what came so far ends a unit."""
+        return self._want == 0
+
+    def feed(self, data: memoryview | bytes) -> None:
+        """Consume all of ``data``."""
+        self._consume(memoryview(data), 0, len(data), stop_at_mark=False)
+
+    def feed_to_mark(self, data: memoryview, start: int, end: int) -> int:
+        """Consume ``data[start:end]`` up to the first boundary after at least one byte;
+        returns the position reached (``end`` when no boundary came first)."""
+        return self._consume(data, start, end, stop_at_mark=True)
+
+    def _consume(self, data: memoryview, start: int, end: int, *, stop_at_mark: bool) -> int:
+        send = self._parser.send
+        want = self._want
+        pos = start
+        try:
+            while pos < end:
+                if want is None:  # REST: everything there is
+                    piece = data[pos:end]
+                    self.offset += end - pos
+                    pos = end
+                    want = send(piece)
+                elif want == 0:  # MARK
+                    if stop_at_mark and pos > start:
+                        break
+                    want = send(None)
+                elif want < 0:  # skip
+                    take = min(-want, end - pos)
+                    pos += take
+                    self.offset += take
+                    want = send(None) if take == -want else want + take
+                else:
+                    want, pos = self._read(data, pos, end, want)
+        finally:
+            self._want = want
+        return pos
+
+    def _read(self, data: memoryview, pos: int, end: int, want: int) -> tuple[Request, int]:
+        partial = self._partial
+        take = min(want - len(partial), end - pos)
+        self.offset += take
+        if not partial and take == want:
+            return self._parser.send(bytes(data[pos : pos + want])), pos + take
+        partial += data[pos : pos + take]
+        if len(partial) < want:
+            return want, pos + take
+        whole = bytes(partial)
+        partial.clear()
+        return self._parser.send(whole), pos + take
+
+    def finish(self) -> None:
+        """The stream has ended: fine at a boundary; else the parser raises its reason."""
+        if self._want is None or self._want == 0:
+            self._parser.close()
+            return
+        self._parser.throw(EndOfInput(self.offset))
+        raise AssertionError("a parser went on after the end of its input")  # pragma: no cover

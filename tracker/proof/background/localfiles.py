@@ -1,0 +1,266 @@
+"""The check and proof of local files (docs/architecture.md, "Proven archives": "Local
+files").
+
+A ``local`` target's archives are on the tracker's own disk: :class:`LocalProofs` checks
+each as the cache checks its copies (:func:`tracker.cache.checked.check_opened`: the archive
+check with its proof, a full to ``accounts`` within the tracker's shared proof limits), in the
+background, one after another, once per file identity (:mod:`tracker.proof.records.localcopies`
+decides which and where each stands). What passed is held verified in the digests as that
+file's own copy (its ``sha256`` and ``proof`` in the JSON, the ``.sha256`` route, a
+statement signed with ``attest``); with ``rpc`` set the cluster's votes are asked of it as
+of a cached copy (:func:`tracker.proof.cluster.lifting.lifted`). A file is never deleted (the
+directory is the validator's). In a group that sets ``trust.require`` above ``structure`` a
+file ranks only once proven there (the index's local gate, :func:`local_gated`, set by the
+composition root before any result ranks), one that fails or falls short is kept out with
+its reason, and the file served must be the one proven (:meth:`LocalProofs.admit`); a group
+that sets none ranks its files as it did, a failure shown only. The files are listed here
+as the scrape lists them, every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from tracker.cache.checked import check_opened, open_copy
+from tracker.config.schema import Config, TargetGroup
+from tracker.core.digests import Digests, repr_digest
+from tracker.core.snapshotsources import TargetKey
+from tracker.discovery.local import scan_local
+from tracker.errors import ArchiveInvalid, ProbeError, RequestError
+from tracker.observability.logs import log_event
+from tracker.ordering.index import Index
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
+from tracker.proof.cluster.lifting import liftable, lifted
+from tracker.proof.levels import Voter
+from tracker.proof.records.localcopies import (
+    Checked,
+    Identity,
+    LocalCopy,
+    admission,
+    checks_due,
+    gated,
+    holder,
+    identity_of,
+    standing,
+)
+
+log = logging.getLogger("tracker.proof")
+
+
+class LocalProofs(Rounds):
+    """The checks of one tracker's local files; started by the service."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        digests: Digests,
+        *,
+        votes: Voter | None = None,
+        accounts: Callable[[], AccountsLimits | None] | None = None,
+        every: float = CHECK_EVERY,
+        retry_after: float = RETRY_AFTER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(config, index, every, retry_after)
+        self._digests = digests
+        self._votes = votes
+        #: The limits of a full's accounts proof (the tracker's shared budget and workers);
+        #: None: from the config alone.
+        self._accounts = accounts
+        self._clock = clock
+        #: What the check of each file's current identity said, by path.
+        self._checked: dict[str, Checked] = {}
+        #: The copy each path was last listed as (its target and name), to undo its marks.
+        self._copies: dict[str, LocalCopy] = {}
+        #: When a check could not read a file, by path.
+        self._tried: dict[str, float] = {}
+        #: The paths whose check is started or running, and one check at a time: it reads
+        #: a whole archive (as the cache's start-up check).
+        self._checking: set[str] = set()
+        # Each check in the background, one at a time: a long check (a mainnet full) never
+        # holds back noticing that another file changed.
+        self._one_at_a_time = trio.Lock()
+
+    async def round(self, nursery: trio.Nursery | None = None) -> int:
+        """Check every local file due now: in ``nursery`` (None: one after another,
+        awaited); how many checks were due."""
+        config = self._config()
+        found = await trio.to_thread.run_sync(_listed, config) if config.verify_archives else []
+        self._forget_changed({c.path: (c, i) for c, i in found})
+        running = [(c, i) for c, i in found if c.path not in self._checking]
+        due = checks_due(
+            running, self._checked, self._tried, now=self._clock(), retry_after=self._retry_after
+        )
+        self._apply(config)  # a reload may have changed a group's level meanwhile
+        for copy, identity in due:
+            self._checking.add(copy.path)
+            if nursery is None:
+                await self._check_one(copy, identity)
+            else:
+                nursery.start_soon(self._check_one, copy, identity)
+        await self._lift()
+        self._apply(self._config())
+        self.rounds += 1
+        return len(due)
+
+    async def _check_one(self, copy: LocalCopy, identity: Identity) -> None:
+        """Check ``copy`` when no other check runs, then mark what it said."""
+        try:
+            async with self._one_at_a_time:
+                await self._check(self._config(), copy, identity)
+            self._apply(self._config())
+        finally:
+            self._checking.discard(copy.path)
+
+    def _forget_changed(self, now: dict[str, tuple[LocalCopy, Identity | None]]) -> None:
+        """Forget what was said of each file that is gone or is another file now (another
+        identity under its path): its digest goes, and it is neither proven nor refused
+        until checked again."""
+        for path, copy in list(self._copies.items()):
+            listed, done = now.get(path, (None, None)), self._checked.get(path)
+            if listed[0] == copy and (done is None or listed[1] == done.identity):
+                continue  # the same file (or not checked yet: nothing said of it)
+            self._checked.pop(path, None)
+            self._tried.pop(path, None)
+            self._digests.drop(holder(path), copy.key.group, copy.name)
+            self._index.prove(copy.key, copy.name, proven=False)
+            self._index.disprove(copy.key, copy.name, None)
+            del self._copies[path]
+        for path, (copy, _identity) in now.items():
+            self._copies.setdefault(path, copy)
+
+    async def _check(self, config: Config, copy: LocalCopy, identity: Identity) -> None:
+        """Check ``copy`` (its file as ``identity``): what it said is kept for that identity
+        (a file replaced while it was opened is checked again at the next round)."""
+        group, name, path = copy.key.group, copy.name, copy.path
+        if self._accounts is not None:
+            bound = self._accounts()
+        elif config.prove_accounts:
+            bound = AccountsLimits(
+                memory=config.prove_accounts_memory,
+                max_accounts=config.prove_accounts_max,
+                temp_dir=config.prove_accounts_temp_dir or None,
+            )
+        else:
+            bound = None
+        try:
+            fd, st = await open_copy(path)
+        except OSError as exc:  # gone, or replaced by something else: tried later
+            self._tried[path] = self._clock()
+            log_event(log, "warning", "local_check_failed", path=path, error=exc)
+            return
+        try:
+            checked = await check_opened(fd, st, name, bound)
+        except ArchiveInvalid as exc:
+            self._checked[path] = Checked(identity_of(st), failed=exc.reason)
+            # Rejected (kept out, on the status page's list) where the group requires a
+            # level; elsewhere ranked as it was, and said.
+            group_config = config.group_named(group)
+            kept_out = group_config is not None and local_gated(config, group_config)
+            event = "archive_rejected" if kept_out else "local_archive_failed"
+            log_event(log, "warning", event, group=group, file=name, source=path, reason=exc.reason)
+            return
+        except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
+            self._tried[path] = self._clock()
+            log_event(log, "warning", "local_check_failed", path=path, error=exc)
+            return
+        self._tried.pop(path, None)
+        held = attrs.evolve(checked, size=st.st_size, checked_at=self._clock())
+        self._checked[path] = Checked(identity_of(st), verified=held)
+        log_event(
+            log, "info", "local_checked", group=group, file=name, sha256=held.sha256,
+            level=held.proof.level.label,
+        )  # fmt: skip
+
+    async def _lift(self) -> None:
+        """Ask the cluster's votes of each checked file they may lift (with ``rpc`` set,
+        as for a cached copy; the voter keeps its tallies and backs off a failure)."""
+        voter = self._votes
+        if voter is None or not voter.rpcs():
+            return
+        for path, done in list(self._checked.items()):
+            copy, verified = self._copies.get(path), done.verified
+            if copy is None or verified is None or not liftable(verified.proof, copy.name):
+                continue
+            proof = await lifted(voter, copy.name, verified.proof)
+            if self._checked.get(path) is done:  # not replaced while the votes were asked
+                lifted_copy = attrs.evolve(verified, proof=proof)
+                self._checked[path] = attrs.evolve(done, verified=lifted_copy)
+
+    def _apply(self, config: Config) -> None:
+        """Mark each listed file in the index (proven for its group's gate, refused with
+        its reason) and hold each that passed in the digests, as its own copy."""
+        for path, copy in self._copies.items():
+            group = config.group_named(copy.key.group)
+            if group is None:
+                continue
+            done = self._checked.get(path)
+            now = standing(done, gated(group.trust.require), copy.name)
+            self._index.prove(copy.key, copy.name, proven=now.proven)
+            self._index.disprove(copy.key, copy.name, now.refused or None)
+            if done is not None and done.verified is not None:
+                self._digests.hold(holder(path), copy.key.group, copy.name, done.verified)
+
+    def admit(self, group: str, path: str, st: os.stat_result) -> dict[str, str]:
+        """Whether the local file at ``path`` of ``group``, opened to be served as ``st``,
+        may be served (:func:`tracker.proof.records.localcopies.admission`): RequestError(404) with
+        the reason when not; its ``repr-digest`` when its check gave one."""
+        config = self._config()
+        found = config.group_named(group)
+        if found is None or not config.verify_archives:
+            return {}
+        required = gated(found.trust.require)
+        name = os.path.basename(path)
+        refusal, sha256 = admission(self._checked.get(path), identity_of(st), required, name)
+        if refusal:
+            raise RequestError(404, f"{name}: {refusal}")
+        return {"repr-digest": repr_digest(sha256)} if sha256 else {}
+
+    def of_target(self, key: TargetKey) -> list[tuple[str, Checked | None]]:
+        """What the check of each file of the local target ``key`` said, by name (None: not
+        checked yet)."""
+        mine = [(c.name, self._checked.get(p)) for p, c in self._copies.items() if c.key == key]
+        return sorted(mine, key=lambda pair: pair[0])
+
+
+def local_gated(config: Config, group: TargetGroup) -> bool:
+    """Whether ``group``'s local files rank only once their check proved them to its
+    ``trust.require`` (in either mode; nothing is checked without ``verify_archives``, which
+    a level above ``structure`` needs: check-config refuses it)."""
+    return config.verify_archives and gated(group.trust.require) is not None
+
+
+def _listed(config: Config) -> list[tuple[LocalCopy, Identity | None]]:
+    """Every archive in the local targets' directories (as the scrape lists them:
+    :func:`tracker.discovery.local.scan_local`, keyed as its targets are), with the
+    identity of its file now (None: gone meanwhile). Blocking: in a worker thread."""
+    found: list[tuple[LocalCopy, Identity | None]] = []
+    for group in config.target_groups:
+        for directory in group.local_targets.paths if group.local_targets is not None else ():
+            key = TargetKey(group.group, directory)
+            try:
+                infos = scan_local(directory)
+            except ProbeError:
+                continue  # its target shows why (the scrape's probe)
+            files = {f.path: f for info in infos for f in info.files}
+            found += [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
+    return found
+
+
+def _identity(path: str) -> Identity | None:
+    """The identity of the regular file at ``path`` (no link followed; None: gone or
+    something else)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return identity_of(st) if stat.S_ISREG(st.st_mode) else None

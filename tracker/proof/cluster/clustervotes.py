@@ -1,0 +1,324 @@
+"""The cluster level: the stake whose votes carry an archive's bank hash, asked of the RPC
+(docs/architecture.md, "The cluster level").
+
+For an archive at slot S with bank hash H (its ``manifest`` proof), :class:`ClusterVotes`
+asks each configured RPC (``rpc`` and every ``cluster_proof.also_rpc``) for the blocks
+S+1 .. S+``blocks`` (``getBlock``, json encoding: raw instruction data; a skipped slot
+answers an error and is passed over) and for the current epoch's stakes
+(``getVoteAccounts``), and weighs the votes for (S, H) (:mod:`tracker.proof.formats.tally`). The
+archive reaches ``cluster`` when every RPC's votes carry at least 2/3 of its active stake;
+an RPC that fails, lies in a way that shows (a malformed answer) or disagrees with another
+leaves the archive at ``manifest`` with the reason in its note.
+
+Bounded: each answer read up to a size cap and decoded one transaction at a time in a worker
+thread (at most :data:`PARSE_THREADS` at once); at most ``blocks`` getBlock calls per RPC,
+:data:`CONCURRENT_BLOCKS` at once, all within ``deadline`` seconds per archive; a tally kept
+per (slot, hash) (at most :data:`MAX_KEPT`), a failure tried again after a back-off that
+doubles from ``retry_after`` up to :data:`MAX_BACKOFF`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import base58
+import httpx
+import trio
+
+from tracker.config.schema import Config
+from tracker.core.text import one_line
+from tracker.errors import ProbeError, RpcError, TransportError, VoteInvalid
+from tracker.net.bodyreads import body_chunks
+from tracker.net.exchange import stream
+from tracker.net.limits import decode_text, iter_json_members, status_reason
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_url
+from tracker.proof.formats.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
+from tracker.proof.levels import Level, Proof
+
+log = logging.getLogger("tracker.proof")
+
+#: The largest getBlock answer read (a busy mainnet block in json is a few MB).
+MAX_BLOCK = 64 * 1024**2
+#: The largest getVoteAccounts answer read (mainnet's ~1,500 accounts are ~1 MB).
+MAX_VOTE_ACCOUNTS = 32 * 1024**2
+#: The largest transaction (with its status) decoded: logs and inner instructions included.
+MAX_TRANSACTION_CHARS = 1024**2
+#: Transactions (or vote accounts) of one answer decoded at most.
+MAX_ITEMS = 200_000
+#: getBlock calls in flight at once per RPC (the blocks are read in batches of this many).
+CONCURRENT_BLOCKS = 4
+#: Answers decoded at once in worker threads (for the whole tracker).
+PARSE_THREADS = 2
+#: (slot, hash) tallies remembered (the oldest forgotten first).
+MAX_KEPT = 4096
+#: The first wait before a failed (slot, hash) is asked again; it doubles to MAX_BACKOFF.
+RETRY_AFTER = 60.0
+MAX_BACKOFF = 3600.0
+#: getBlock's error codes for a slot that has no block (agave ``rpc-client-api``,
+#: ``custom_error.rs``: SLOT_SKIPPED, LONG_TERM_STORAGE_SLOT_SKIPPED).
+SKIPPED_CODES = frozenset({-32007, -32009})
+
+_PARSE = trio.CapacityLimiter(PARSE_THREADS)
+Key = tuple[int, str]
+
+
+@attrs.frozen
+class _Failure:
+    reason: str
+    until: float
+    wait: float
+
+
+class ClusterVotes:
+    """The cluster level of archives, asked of the configured RPCs and kept per (slot, hash)."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        client: httpx.AsyncClient,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self._config = config
+        self._client = client
+        #: The first wait after a failure (None: :data:`RETRY_AFTER`, read when built).
+        self._retry_after = RETRY_AFTER if retry_after is None else retry_after
+        self._kept: OrderedDict[Key, tuple[Tally, ...]] = OrderedDict()
+        self._failed: dict[Key, _Failure] = {}
+        #: RPC calls made (tests count them).
+        self.calls = 0
+
+    def rpcs(self) -> tuple[str, ...]:
+        """The RPC URLs asked: ``rpc`` then each ``cluster_proof.also_rpc`` ("": none)."""
+        config = self._config()
+        return tuple(u for u in (config.rpc, *config.cluster_proof.also_rpc) if u)
+
+    async def lift(self, slot: int, proof: Proof) -> Proof:
+        """``proof`` at ``cluster`` when the votes for (``slot``, its bank hash) carry 2/3
+        of the stake, else ``proof`` with ``voted_stake`` (when known) and a note saying
+        why not. A proof below ``manifest`` or without a bank hash is returned as it is."""
+        if proof.level < Level.MANIFEST or proof.bank_hash is None:
+            return proof
+        urls = self.rpcs()
+        if not urls:
+            return attrs.evolve(proof, note="cluster not proven: no rpc configured")
+        key = (slot, proof.bank_hash)
+        bank_hash = _hash_bytes(proof.bank_hash)
+        if bank_hash is None:
+            return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
+        tallies = self._kept.get(key)
+        if tallies is None:
+            try:
+                tallies = await self._ask_all(key, bank_hash, urls)
+            except RpcError as exc:
+                return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+        return judged(proof, tallies, urls)
+
+    async def _ask_all(
+        self, key: Key, bank_hash: bytes, urls: tuple[str, ...]
+    ) -> tuple[Tally, ...]:
+        failure = self._failed.get(key)
+        now = trio.current_time()
+        if failure is not None and now < failure.until:
+            raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
+        deadline = self._config().cluster_proof.deadline
+        results: dict[str, Tally] = {}
+        failed: list[RpcError] = []
+        with trio.move_on_after(deadline) as within:
+            async with trio.open_nursery() as nursery:
+                for url in urls:
+                    ask = self._ask_into(results, failed, url)
+                    nursery.start_soon(ask, key[0], bank_hash)
+        if within.cancelled_caught and not failed:
+            failed.append(RpcError(f"the votes were not read within {deadline:g}s"))
+        if failed:
+            wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
+            self._failed[key] = _Failure(str(failed[0]), trio.current_time() + wait, wait)
+            log_event(log, "info", "cluster_votes_failed", slot=key[0], reason=failed[0])
+            raise failed[0]
+        tallies = tuple(results[u] for u in urls)
+        self._failed.pop(key, None)
+        self._kept[key] = tallies
+        while len(self._kept) > MAX_KEPT:
+            self._kept.popitem(last=False)
+        return tallies
+
+    def _ask_into(
+        self,
+        results: dict[str, Tally],
+        failed: list[RpcError],
+        url: str,
+    ) -> Callable[[int, bytes], Awaitable[None]]:
+        """The task asking ``url``: its tally into ``results``, or its failure into
+        ``failed`` (one line, no exception group). A failure cancels nothing: httpx leaves
+        a request cancelled while its body is sent half unwound; the deadline bounds all."""
+
+        async def asking(slot: int, bank_hash: bytes) -> None:
+            try:
+                results[url] = await self.ask(url, slot, bank_hash)
+            except RpcError as exc:
+                failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
+
+        return asking
+
+    async def ask(self, url: str, slot: int, bank_hash: bytes) -> Tally:
+        """The tally of the votes for (``slot``, ``bank_hash``) in the blocks after it that
+        ``url`` gives, weighed by its ``getVoteAccounts``. The blocks are read in order,
+        :data:`CONCURRENT_BLOCKS` at a time, until 2/3 voted the hash or ``blocks`` were
+        read (most votes for S land in the next few blocks: a busy mainnet block in json is
+        ~10 MB and ~0.3 s of decoding). Raises RpcError (one line)."""
+        body = await self._call(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS)
+        stakes = await trio.to_thread.run_sync(vote_stakes, body, limiter=_PARSE)
+        votes: list[VoteSeen] = []
+        failed: list[RpcError] = []
+
+        async def one_block(at: int) -> None:
+            try:
+                answer = await self._call(url, _get_block(at), MAX_BLOCK)
+                votes.extend(
+                    await trio.to_thread.run_sync(block_votes, answer, slot, limiter=_PARSE)
+                )
+            except RpcError as exc:
+                failed.append(RpcError(one_line(f"slot {at}: {exc}")))
+
+        end = slot + 1 + self._config().cluster_proof.blocks
+        result = tally(votes, slot, bank_hash, stakes)
+        for first in range(slot + 1, end, CONCURRENT_BLOCKS):
+            async with trio.open_nursery() as nursery:
+                for at in range(first, min(first + CONCURRENT_BLOCKS, end)):
+                    nursery.start_soon(one_block, at)
+            if failed:
+                raise failed[0]
+            result = tally(votes, slot, bank_hash, stakes)
+            if result.supermajority:
+                break
+        return result
+
+    async def _call(self, url: str, payload: dict[str, Any], max_body: int) -> bytearray:
+        """``payload``'s answer from ``url``, at most ``max_body`` bytes, read so that a
+        cancelled read (the deadline, another call failed) unwinds httpx's generators."""
+        self.calls += 1
+        method = payload["method"]
+        headers = {"accept-encoding": "identity", "content-type": "application/json"}
+        body = bytearray()
+        try:
+            async with stream(self._client, "POST", url, json=payload, headers=headers) as r:
+                if r.status_code != 200:
+                    raise RpcError(f"{method}: {status_reason(r)}")
+                async with body_chunks(r) as chunks:
+                    async for chunk in chunks:
+                        if len(body) + len(chunk) > max_body:
+                            raise RpcError(f"{method}: body exceeds the limit of {max_body} bytes")
+                        body += chunk
+        except (TransportError, ProbeError) as exc:
+            raise RpcError(one_line(f"{method}: {exc}")) from exc
+        return body
+
+
+def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> Proof:
+    """``proof`` lifted to ``cluster`` when every RPC's tally reaches 2/3, else kept at its
+    level with the reason; ``voted_stake`` is the least any RPC saw. Pure."""
+    voted = min(t.fraction for t in tallies)
+    if all(t.supermajority for t in tallies):
+        return attrs.evolve(proof, level=Level.CLUSTER, voted_stake=voted, note=None)
+    if any(t.supermajority for t in tallies):
+        seen = "; ".join(
+            f"{redact_url(u)}: {t.describe()}" for u, t in zip(urls, tallies, strict=True)
+        )
+        note = one_line(f"cluster not proven: the RPCs disagree ({seen})")
+    else:
+        worst = min(tallies, key=lambda t: t.fraction)
+        note = f"cluster not proven: {worst.describe()}, 2/3 needed"
+    return attrs.evolve(proof, voted_stake=voted, note=note)
+
+
+def _hash_bytes(text: str) -> bytes | None:
+    try:
+        raw = base58.b58decode(text) if len(text) <= 64 else b""
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _get_block(slot: int) -> dict[str, Any]:
+    config = {
+        "encoding": "json",
+        "transactionDetails": "full",
+        "rewards": False,
+        "maxSupportedTransactionVersion": 0,
+        "commitment": "finalized",
+    }
+    return {"jsonrpc": "2.0", "id": 1, "method": "getBlock", "params": [slot, config]}
+
+
+_GET_VOTE_ACCOUNTS = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "getVoteAccounts",
+    "params": [{"commitment": "finalized"}],
+}
+
+
+def block_votes(body: bytes | bytearray, slot: int) -> list[VoteSeen]:
+    """The votes for ``slot`` in one ``getBlock`` answer, decoded one transaction at a time;
+    [] for a skipped slot. Raises RpcError (one line) for an error answer or a malformed
+    one. Blocking: run it in a worker thread."""
+    found: list[VoteSeen] = []
+    block = False
+    try:
+        members = iter_json_members(
+            decode_text(body),
+            {"transactions"},
+            within=("result",),
+            max_items=MAX_ITEMS,
+            max_item_chars=MAX_TRANSACTION_CHARS,
+        )
+        for name, value in members:
+            if name == "transactions[]":
+                found += [v for v in transaction_votes(value) if v.slot == slot]
+            elif name == "transactions":
+                block = True
+            elif name == "error":
+                if _error_code(value) in SKIPPED_CODES:
+                    return []
+                raise RpcError(one_line(f"getBlock: error {str(value)[:200]}"))
+    except (ProbeError, VoteInvalid) as exc:
+        raise RpcError(one_line(f"getBlock: {exc}")) from exc
+    if not block:
+        raise RpcError("getBlock: an answer without a block's transactions")
+    return found
+
+
+def _error_code(error: object) -> object:
+    return error.get("code") if isinstance(error, dict) else None
+
+
+def vote_stakes(body: bytes | bytearray) -> dict[str, int]:
+    """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
+    and ``delinquent``; an account listed twice counts once). Raises RpcError (one line).
+    Blocking: run it in a worker thread."""
+    stakes: dict[str, int] = {}
+    lists = 0
+    try:
+        members = iter_json_members(
+            decode_text(body), {"current", "delinquent"}, within=("result",), max_items=MAX_ITEMS
+        )
+        for name, value in members:
+            if name in ("current[]", "delinquent[]"):
+                entry = stake_entry(value)
+                if entry is not None:
+                    stakes[entry[0]] = max(entry[1], stakes.get(entry[0], 0))
+            elif name in ("current", "delinquent"):
+                lists += 1
+            elif name == "error":
+                raise RpcError(one_line(f"getVoteAccounts: error {str(value)[:200]}"))
+    except ProbeError as exc:
+        raise RpcError(one_line(f"getVoteAccounts: {exc}")) from exc
+    if lists != 2 or not sum(stakes.values()):
+        raise RpcError("getVoteAccounts: an answer without current and delinquent stakes")
+    return stakes

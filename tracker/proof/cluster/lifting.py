@@ -1,0 +1,134 @@
+"""The cluster level of the copies the cache holds (docs/architecture.md, "The cluster level").
+
+A copy's check proves at most ``accounts`` (``manifest`` for an incremental); the cluster's
+votes for its slot and bank hash lift it to ``cluster``. They are asked of the one voter
+the composition root passes in (:class:`tracker.proof.cluster.clustervotes.ClusterVotes`, its
+tallies and back-off shared with the head reads), never while a refresh waits, except where its
+group requires ``cluster``: there a refresh's readers get their last bytes only once the
+votes carry the copy (:meth:`tracker.cache.refresh.Refresh.verify`).
+
+:func:`keep_levels` runs for as long as the cache: it checks the files start-up found
+unchecked, and then, every :data:`KEEP_EVERY` seconds, checks again the copies a reload put
+below their group's level, and asks the votes of each held copy that has no tally yet (a
+failure is asked again after the voter's back-off). A tally is recorded with the copy's
+digest (the JSON's ``proof``) and kept in its proof file; one that leaves a copy of a group
+requiring ``cluster`` below it removes the copy, like a failed check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from tracker.core.digests import below_required
+from tracker.core.snapshots import parse_archive_name
+from tracker.errors import ArchiveInvalid, RequestError
+from tracker.proof.levels import Level, Proof, Voter, checked_for, required_for
+
+
+class Checking(Protocol):
+    """What a refresh's check knows of its group (the cache's
+    :class:`tracker.cache.checked.Checking`): the level it requires and who is asked."""
+
+    @property
+    def require(self) -> Level: ...
+
+    @property
+    def voter(self) -> Voter | None: ...
+
+
+class CheckedFiles(Protocol):
+    """The copies a cache holds, as the lifting needs them (the cache's
+    :class:`tracker.cache.checked.CheckedFiles`; its methods say what each does)."""
+
+    @property
+    def voter(self) -> Voter | None: ...
+
+    def held(self) -> list[tuple[str, str, Proof]]: ...
+
+    def recheck_below(self) -> None: ...
+
+    async def recheck(
+        self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+    ) -> None: ...
+
+    async def relevel(self, group: str, name: str, proof: Proof, path: str) -> bool: ...
+
+
+#: How often the held copies are looked at (seconds).
+KEEP_EVERY = 1.0
+
+
+def liftable(proof: Proof, name: str) -> bool:
+    """True when the votes may lift ``proof`` of the archive ``name`` and were not counted
+    yet: it reaches what a check shows of ``cluster`` (``accounts``; ``manifest`` for an
+    incremental), has a bank hash, and no tally. Pure."""
+    parsed = parse_archive_name(name)
+    if parsed is None or proof.bank_hash is None or proof.voted_stake is not None:
+        return False
+    needed = required_for(checked_for(Level.CLUSTER), is_full=parsed.is_full)
+    return needed <= proof.level < Level.CLUSTER
+
+
+async def lifted(voter: Voter | None, name: str, proof: Proof) -> Proof:
+    """``proof`` of the archive ``name`` after the cluster's votes (as it is when they
+    cannot lift it; with the voter's note when no RPC is configured)."""
+    parsed = parse_archive_name(name)
+    if voter is None or parsed is None or not liftable(proof, name):
+        return proof
+    return await voter.lift(parsed.slot, proof)
+
+
+async def required_proof(checking: Checking, name: str, proof: Proof) -> Proof:
+    """``proof`` of a refresh of ``name`` that passed its check, once it meets its group's
+    ``trust.require`` (``checking.require``); ArchiveInvalid (one line) when it does not.
+    For ``cluster``, past what the check shows, the votes are asked first (within
+    ``cluster_proof.deadline``): anything but a tally of 2/3 (a minority, an RPC that
+    failed) leaves it below."""
+    require = checking.require
+    below = below_required(proof, checked_for(require), name)
+    if below is None and require > checked_for(require):
+        proof = await lifted(checking.voter, name, proof)
+        below = below_required(proof, require, name)
+    if below is not None:
+        raise ArchiveInvalid(below)
+    return proof
+
+
+async def keep_levels(
+    checked: CheckedFiles,
+    path_for: Callable[[str, str], str],
+    report_size: Callable[[], None],
+    *,
+    every: float = KEEP_EVERY,
+) -> None:
+    """Check the files start-up found unchecked, then keep every held copy at its group's
+    level (the module's docstring), until cancelled (``path_for(group, name)``: the copy's
+    path, RequestError when it may not be read; ``report_size()``: a copy was removed)."""
+    while True:
+        checked.recheck_below()
+        await checked.recheck(path_for, report_size)
+        await lift_held(checked, path_for, report_size)
+        await trio.sleep(every)
+
+
+async def lift_held(
+    checked: CheckedFiles, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+) -> None:
+    """Ask the votes of every held copy they may lift (one after another: the voter keeps
+    its tallies per slot and bank hash, and backs off a failure); a copy whose tally is
+    below its group's level now is removed."""
+    voter = checked.voter
+    asks = voter is not None and bool(voter.rpcs())
+    for group, name, proof in checked.held():
+        if proof.voted_stake is None and not (asks and liftable(proof, name)):
+            continue
+        now = await lifted(voter, name, proof)
+        try:
+            path = path_for(group, name)
+        except RequestError:
+            continue
+        if not await checked.relevel(group, name, now, path):
+            report_size()

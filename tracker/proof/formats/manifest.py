@@ -1,0 +1,356 @@
+"""The manifest ``snapshots/{S}/{S}`` of an agave snapshot archive, decoded as a stream.
+
+Snapshot format 1.2.0 (since 2020): bincode of agave's ``DeserializableVersionedBank``, then
+``AccountsDbFields``, then the extra fields appended over time, each optional at the end of
+the data (agave's ``default_on_eof``): ``lamports_per_signature``, the incremental snapshot
+persistence, the epoch accounts hash, the versioned epoch stakes, the accounts lattice hash
+(SIMD-0215) and the block id (v4.2's 33 bytes: an ``Option<Hash>``). The layout, with the
+agave source files it comes from, is in docs/architecture.md, "Proven archives".
+
+:class:`ManifestDecoder` is a parser of :mod:`tracker.proof.formats.parsing` over one tar member of
+known size: it keeps the fields that prove the archive and counts the rest (a mainnet
+manifest is hundreds of MB, mostly fixed-size stake records, skipped by length). It keeps the
+account storage list (slot, id, valid bytes) compactly for the accounts proof.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import Any
+
+import attrs
+
+from tracker.proof.formats.bincode import Reader
+from tracker.proof.formats.parsing import ParserOf
+
+#: Bytes of a lattice hash.
+LT_HASH_BYTES = 2048
+#: Account storages kept at most (mainnet: ~450k); 24 bytes each.
+MAX_STORAGES = 4_000_000
+#: Hard forks after the parent slot kept at most (real clusters: a handful in all).
+MAX_HARD_FORKS = 65_536
+
+_BANK_MIDDLE = struct.Struct("<5Q")  # transaction_count .. max_tick_height
+_BANK_TIMES = struct.Struct("<Q16sqdQQQQ")  # ticks_per_slot .. block_height
+_FEES = struct.Struct("<QQQQQB")  # fee calculator, fee rate governor
+_SCHEDULE = struct.Struct("<QQ?QQ")
+_INFLATION = struct.Struct("<6d")
+_STORAGE = struct.Struct("<QQ")
+# The names of the decoded fields (agave's, the structs' own dotted before them).
+_MIDDLE_NAMES = "transaction_count tick_height signature_count capitalization max_tick_height"
+_TIMES_NAMES = "ticks_per_slot ns_per_slot genesis_creation_time slots_per_year "
+_TIMES_NAMES += "accounts_data_len slot epoch block_height"
+_FEE_NAMES = tuple(
+    f"fee_rate_governor.{n}"
+    for n in (
+        "target_lamports_per_signature",
+        "target_signatures_per_slot",
+        "min_lamports_per_signature",
+        "max_lamports_per_signature",
+        "burn_percent",
+    )
+)
+_SCHEDULE_NAMES = tuple(
+    f"epoch_schedule.{n}"
+    for n in (
+        "slots_per_epoch",
+        "leader_schedule_slot_offset",
+        "warmup",
+        "first_normal_epoch",
+        "first_normal_slot",
+    )
+)
+_INFLATION_NAMES = tuple(
+    f"inflation.{n}"
+    for n in ("initial", "terminal", "taper", "foundation", "foundation_term", "unused")
+)
+
+# Fixed sizes of skipped records (bincode of agave's types).
+_HASH_AGE = 32 + 24  # Hash -> HashAge{fee_calculator, hash_index, timestamp}
+_DELEGATION = 32 + 64  # Pubkey -> Delegation{voter, stake, activation, deactivation, rate}
+_STAKE = _DELEGATION + 8  # Pubkey -> Stake{delegation, credits_observed}
+_RENT_COLLECTOR = 8 + _SCHEDULE.size + 8 + 17
+_BANK_HASH_INFO = 32 + 32 + 40
+_PERSISTENCE = 8 + 32 + 8 + 32 + 8
+
+
+@attrs.frozen
+class StorageList:
+    """The account storages a manifest lists: ``(slot, id, valid bytes)`` each, in the
+    manifest's order (an ``accounts/{slot}.{id}`` member's valid length)."""
+
+    entries: array[int] = attrs.field(eq=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.entries) // 3
+
+    def items(self) -> list[tuple[int, int, int]]:
+        """Every storage as ``(slot, id, accounts_current_len)``."""
+        e = self.entries
+        return [(e[i], e[i + 1], e[i + 2]) for i in range(0, len(e), 3)]
+
+    def valid_length(self, slot: int, ident: int) -> int | None:
+        """The valid bytes of storage ``accounts/{slot}.{ident}``, None when not listed."""
+        e = self.entries
+        for i in range(0, len(e), 3):
+            if e[i] == slot and e[i + 1] == ident:
+                return e[i + 2]
+        return None
+
+    def by_slot(self) -> dict[int, list[tuple[int, int]]]:
+        """``slot -> [(id, accounts_current_len)]`` (what agave's loader builds)."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for slot, ident, length in self.items():
+            out.setdefault(slot, []).append((ident, length))
+        return out
+
+
+@attrs.frozen
+class Manifest:
+    """What a manifest holds that proves its archive, and counts of what was skipped.
+
+    ``fields`` holds the decoded scalar fields by agave's names (hashes in bytes), ``counts``
+    the element counts of the skipped collections; ``accounts_lt_hash`` is None for a manifest
+    made before SIMD-0215/0220 (it ends before it), ``last_blockhash`` None when the queue
+    has none (agave then hashes ``Hash::default()``).
+    """
+
+    slot: int
+    parent_slot: int
+    bank_hash: bytes
+    parent_hash: bytes
+    signature_count: int
+    last_blockhash: bytes | None
+    hard_forks: tuple[tuple[int, int], ...]
+    accounts_db_slot: int
+    storages: StorageList
+    accounts_lt_hash: bytes | None
+    full_slot: int | None
+    fields: dict[str, Any] = attrs.field(eq=False, repr=False)
+    counts: dict[str, int] = attrs.field(eq=False, repr=False)
+
+
+class ManifestDecoder:
+    """Decodes one manifest member of ``size`` bytes: :meth:`parser` is fed its bytes;
+    :meth:`result` is the :class:`Manifest` once the member ended (ArchiveInvalid when it
+    ended inside a required field, or was refused on the way)."""
+
+    def __init__(self, size: int) -> None:
+        self.r = Reader(size, "manifest")
+        self.fields: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self.storages: array[int] = array("Q")
+        self.forks: list[tuple[int, int]] = []
+        self.complete = False  # every required field came
+        self.done = False  # the parser read every field it knows
+
+    def parser(self) -> ParserOf[None]:
+        """The parser of the member's bytes (ends when the known fields are read)."""
+        yield from self._bank()
+        yield from self._accounts_db()
+        self.complete = True
+        yield from self._extra()
+        self.done = True
+
+    def result(self) -> Manifest:
+        """The decoded manifest; ArchiveInvalid when it is incomplete."""
+        if not self.complete:
+            raise self.r.ended()
+        f = self.fields
+        return Manifest(
+            slot=f["slot"],
+            parent_slot=f["parent_slot"],
+            bank_hash=f["hash"],
+            parent_hash=f["parent_hash"],
+            signature_count=f["signature_count"],
+            last_blockhash=f["blockhash_queue.last_hash"],
+            hard_forks=tuple(self.forks),
+            accounts_db_slot=f["accounts_db.slot"],
+            storages=StorageList(self.storages),
+            accounts_lt_hash=f.get("accounts_lt_hash"),
+            full_slot=f.get("incremental_snapshot_persistence.full_slot"),
+            fields=f,
+            counts=self.counts,
+        )
+
+    # -- the bank (DeserializableVersionedBank) ------------------------------------------
+
+    def _bank(self) -> ParserOf[None]:
+        r, f = self.r, self.fields
+        r.field = "the blockhash queue"
+        f["blockhash_queue.last_hash_index"] = yield from r.u64()
+        has_last = yield from r.flag()
+        f["blockhash_queue.last_hash"] = (yield from r.take(32)) if has_last else None
+        self.counts["blockhash_queue.hashes"] = yield from r.skip_seq(_HASH_AGE)
+        f["blockhash_queue.max_age"] = yield from r.u64()
+        r.field = "the ancestors"
+        self.counts["ancestors"] = yield from r.skip_seq(16)
+        r.field = "the bank hash"
+        head = yield from r.take(72)
+        f["hash"], f["parent_hash"] = head[:32], head[32:64]
+        f["parent_slot"] = struct.unpack_from("<Q", head, 64)[0]
+        yield from self._hard_forks()
+        r.field = "the bank's counters"
+        middle = _BANK_MIDDLE.unpack((yield from r.take(_BANK_MIDDLE.size)))
+        f.update(zip(_MIDDLE_NAMES.split(), middle, strict=True))
+        has_hpt = yield from r.flag()
+        f["hashes_per_tick"] = (yield from r.u64()) if has_hpt else None
+        times = _BANK_TIMES.unpack((yield from r.take(_BANK_TIMES.size)))
+        f.update(zip(_TIMES_NAMES.split(), times, strict=True))
+        f["ns_per_slot"] = int.from_bytes(f["ns_per_slot"], "little")
+        r.field = "the fee fields"
+        f["collector_id"] = yield from r.take(32)
+        f["collector_fees"] = yield from r.u64()
+        fees = _FEES.unpack((yield from r.take(_FEES.size)))
+        f["fee_calculator.lamports_per_signature"] = fees[0]
+        f.update(zip(_FEE_NAMES, fees[1:], strict=True))
+        f["collected_rent"] = yield from r.u64()
+        r.field = "the rent collector"
+        yield from r.skip(_RENT_COLLECTOR)
+        r.field = "the epoch schedule"
+        schedule = _SCHEDULE.unpack((yield from r.take(_SCHEDULE.size)))
+        f.update(zip(_SCHEDULE_NAMES, schedule, strict=True))
+        r.field = "the inflation"
+        inflation = _INFLATION.unpack((yield from r.take(_INFLATION.size)))
+        f.update(zip(_INFLATION_NAMES, inflation, strict=True))
+        yield from self._stakes("stakes", _DELEGATION)
+        r.field = "the unused accounts"
+        for element in (32, 32, 40):
+            yield from r.skip_seq(element)
+        r.field = "the epoch stakes"
+        epochs = yield from r.count(8)
+        self.counts["epoch_stakes"] = epochs
+        for _ in range(epochs):
+            yield from r.skip(8)
+            yield from self._epoch_stakes("epoch_stakes", _DELEGATION)
+        r.field = "is_delta"
+        f["is_delta"] = yield from r.flag()
+
+    def _hard_forks(self) -> ParserOf[None]:
+        # Only forks after the parent slot can count in the bank hash (agave's
+        # HardForks::get_hash_data): those are kept, bounded; the others are counted.
+        r = self.r
+        r.field = "the hard forks"
+        n = yield from r.count(16)
+        self.counts["hard_forks"] = n
+        parent = self.fields["parent_slot"]
+        for _ in range(n):
+            slot, count = _STORAGE.unpack((yield from r.take(16)))
+            if slot > parent:
+                if len(self.forks) >= MAX_HARD_FORKS:
+                    raise r.fail(f"more than {MAX_HARD_FORKS} hard forks after the parent slot")
+                self.forks.append((slot, count))
+
+    def _stakes(self, name: str, delegation: int) -> ParserOf[None]:
+        r = self.r
+        r.field = f"the {name}' vote accounts"
+        votes = yield from r.count(32 + 8 + 8 + 8 + 32 + 1 + 8)
+        for _ in range(votes):  # pubkey, stake, Account{lamports, data, owner, exec, rent}
+            yield from r.skip(48)
+            yield from r.skip_bytes()
+            yield from r.skip(41)
+        r.field = f"the {name}' delegations"
+        self.counts[f"{name}.vote_accounts"] = votes
+        self.counts[f"{name}.stake_delegations"] = yield from r.skip_seq(delegation)
+        yield from r.skip(16)  # unused, epoch
+        r.field = f"the {name}' stake history"
+        self.counts[f"{name}.stake_history"] = yield from r.skip_seq(32)
+
+    def _epoch_stakes(self, name: str, delegation: int) -> ParserOf[None]:
+        r = self.r
+        yield from self._stakes(name, delegation)
+        r.field = f"the {name}"
+        yield from r.skip(8)  # total_stake
+        nodes = yield from r.count(32 + 8 + 8)
+        for _ in range(nodes):  # node id -> NodeVoteAccounts{vote_accounts, total_stake}
+            yield from r.skip(32)
+            yield from r.skip_seq(32)
+            yield from r.skip(8)
+        yield from r.skip_seq(64)  # epoch_authorized_voters
+
+    # -- AccountsDbFields ------------------------------------------------------------------
+
+    def _accounts_db(self) -> ParserOf[None]:
+        r, f = self.r, self.fields
+        r.field = "the account storage list"
+        slots = yield from r.count(16)
+        storages = self.storages
+        for _ in range(slots):
+            slot, n = _STORAGE.unpack((yield from r.take(16)))
+            if n * 16 > r.size - r.at:
+                raise r.fail(f"the storages of slot {slot}: {n} elements past the data")
+            if len(storages) // 3 + n > MAX_STORAGES:
+                raise r.fail(f"more than {MAX_STORAGES} account storages")
+            while n:  # read in pieces of at most 64k entries (1 MiB)
+                piece = min(n, 65536)
+                data = yield from r.take(16 * piece)
+                for ident, length in _STORAGE.iter_unpack(data):
+                    storages.extend((slot, ident, length))
+                n -= piece
+        self.counts["storages"] = len(storages) // 3
+        r.field = "the accounts-db fields"
+        f["accounts_db.write_version"] = yield from r.u64()
+        f["accounts_db.slot"] = yield from r.u64()
+        yield from r.skip(_BANK_HASH_INFO)
+        for key, element in (("historical_roots", 8), ("historical_roots_with_hash", 40)):
+            # Optional at the end (default_on_eof), as the extra fields below.
+            if r.at == r.size:
+                return
+            r.field = f"the {key.replace('_', ' ')}"
+            self.counts[key] = yield from r.skip_seq(element)
+
+    # -- ExtraFieldsToDeserialize: each optional at the end of the data ----------------------
+
+    def _extra(self) -> ParserOf[None]:
+        r, f = self.r, self.fields
+        if not (yield from self._more("lamports_per_signature")):
+            return
+        f["lamports_per_signature"] = yield from r.u64()
+        if not (yield from self._more("the incremental snapshot persistence")):
+            return
+        if (yield from r.flag()):
+            persistence = yield from r.take(_PERSISTENCE)
+            f["incremental_snapshot_persistence.full_slot"] = _u64_at(persistence, 0)
+        if not (yield from self._more("the epoch accounts hash")):
+            return
+        if (yield from r.flag()):
+            yield from r.skip(32)
+        if not (yield from self._more("the versioned epoch stakes")):
+            return
+        epochs = yield from r.count(8 + 4)
+        self.counts["versioned_epoch_stakes"] = epochs
+        for _ in range(epochs):
+            yield from r.skip(8)
+            variant = struct.unpack("<I", (yield from r.take(4)))[0]
+            if variant != 0:
+                raise r.fail(f"versioned epoch stakes: unknown variant {variant}")
+            yield from self._epoch_stakes("versioned_epoch_stakes", _STAKE)
+        if not (yield from self._more("the accounts lattice hash")):
+            return
+        if (yield from r.flag()):
+            if r.size - r.at < LT_HASH_BYTES:
+                raise r.fail(
+                    f"the accounts lattice hash has {r.size - r.at} bytes, not {LT_HASH_BYTES}"
+                )
+            f["accounts_lt_hash"] = yield from r.take(LT_HASH_BYTES)
+        if not (yield from self._more("the block id")):
+            return
+        if (yield from r.flag()):
+            f["block_id"] = yield from r.take(32)
+        # Anything after is a field this decoder does not know yet: agave reads with
+        # allow_trailing_bytes, and so does the tar walk (it skips the rest).
+
+    def _more(self, field: str) -> ParserOf[bool]:
+        """False at the end of the data (the field and every later one absent); a field
+        the data ends inside is refused by the read itself (the size is known)."""
+        if False:  # pragma: no cover - a generator, for ``yield from`` in one style
+            yield None
+        r = self.r
+        r.field = field
+        return r.at < r.size
+
+
+def _u64_at(data: bytes, offset: int) -> int:
+    value: int = struct.unpack_from("<Q", data, offset)[0]
+    return value

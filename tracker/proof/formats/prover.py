@@ -1,0 +1,117 @@
+"""The proof of one archive, fed by the tar walk of the archive check (one pass).
+
+The tar walk knows nothing of formats: for each regular member it asks the archive's
+:class:`MemberProver` ``member(name, size)`` for a parser of that member's bytes (None: skip
+them), feeds it the member's data, and asks :meth:`MemberProver.proof` at the end of the
+archive. :class:`ArchiveProver` decodes the manifest ``snapshots/{S}/{S}`` (level
+``manifest``) and hands each ``accounts/{slot}.{id}`` member to an accounts prover when one
+is given (:class:`AccountsProver`, level ``accounts``). docs/architecture.md, "Proven
+archives".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.formats.bankhash import prove_manifest
+from tracker.proof.formats.manifest import Manifest, ManifestDecoder
+from tracker.proof.formats.parsing import Parser
+from tracker.proof.levels import Level, Proof
+
+#: Why an archive whose manifest the walk did not hand over stops at ``structure``.
+NOT_READ = "its manifest was not read (not a plain file member)"
+
+
+class MemberProver(Protocol):
+    """What the tar walk asks of an archive's prover."""
+
+    def member(self, name: str, size: int) -> Parser | None:
+        """A parser of the data of the regular member ``name`` of ``size`` bytes (names as
+        agave's unpacker compares them), or None to skip it. The parser may return before
+        the data ends (the rest is skipped); a read past ``size`` is its own error."""
+        ...
+
+    def proof(self) -> Proof:
+        """What the archive was proven to, once the tar stream ended; ArchiveInvalid when a
+        member failed its proof."""
+        ...
+
+
+class AccountsProver(Protocol):
+    """The accounts level's part (the account storages), given the decoded manifest."""
+
+    def member(self, name: str, size: int, manifest: Manifest) -> Parser | None:
+        """A parser of the account storage ``name`` (``accounts/{slot}.{id}``), or None."""
+        ...
+
+    def proof(self, manifest: Manifest, proven: Proof) -> Proof:
+        """The proof once every storage was fed: ``proven`` (level ``manifest``) raised to
+        ``accounts`` when the storages give the manifest's lattice hash."""
+        ...
+
+
+class ArchiveProver:
+    """The prover of one archive named with ``slot``, ``base_slot`` and ``name_hash``."""
+
+    def __init__(
+        self,
+        slot: int,
+        base_slot: int,
+        name_hash: str,
+        accounts: AccountsProver | None = None,
+    ) -> None:
+        self.slot = slot
+        self.base_slot = base_slot
+        self.name_hash = name_hash
+        self.manifest_name = f"snapshots/{slot}/{slot}"
+        self._accounts = accounts
+        self._decoder: ManifestDecoder | None = None
+        self._manifest: Manifest | None = None
+        self._proven: Proof | None = None
+
+    @property
+    def manifest_done(self) -> bool:
+        """True once the manifest's decoder read every field it knows (a head read may
+        stop there)."""
+        return self._decoder is not None and self._decoder.done
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The decoded manifest, once its member ended."""
+        self._settle()
+        return self._manifest
+
+    def member(self, name: str, size: int) -> Parser | None:
+        """The manifest's decoder for ``snapshots/{S}/{S}``; account storages go to the
+        accounts prover once the manifest came (agave writes it first)."""
+        if name == self.manifest_name:
+            if self._decoder is not None:
+                raise ArchiveInvalid(f"manifest: {name} twice in the archive")
+            self._decoder = ManifestDecoder(size)
+            return self._decoder.parser()
+        if self._accounts is not None and name.startswith("accounts/"):
+            manifest = self.manifest
+            if manifest is not None:
+                return self._accounts.member(name, size, manifest)
+        return None
+
+    def proof(self) -> Proof:
+        """``manifest`` (or ``accounts``) when proven; ``structure`` when the archive has no
+        manifest to prove (its absence is the structure check's rejection)."""
+        self._settle()
+        if self._manifest is None or self._proven is None:
+            return Proof(Level.STRUCTURE, note=NOT_READ)
+        if self._accounts is not None and self._proven.level >= Level.MANIFEST:
+            return self._accounts.proof(self._manifest, self._proven)
+        return self._proven
+
+    def _settle(self) -> None:
+        if self._decoder is not None and self._manifest is None:
+            self._manifest = self._decoder.result()
+            self._proven = prove_manifest(
+                self._manifest,
+                slot=self.slot,
+                base_slot=self.base_slot,
+                name_hash=self.name_hash,
+            )

@@ -1,0 +1,221 @@
+"""Agave's account storages (append vecs), read as they stream by. Pure.
+
+An archive's ``accounts/{slot}.{id}`` member is one storage: records laid end to end, each
+starting at a multiple of 8 (docs/architecture.md, "Proven archives" → "The accounts level",
+cites agave's ``accounts-db/src/append_vec.rs`` and ``account_storage/meta.rs``)::
+
+    StoredMeta   write_version u64 | data_len u64 | pubkey [32]              48 bytes
+    AccountMeta  lamports u64 | rent_epoch u64 | owner [32] | executable u8
+                 | 7 bytes of padding                                         56 bytes
+    hash         32 bytes, obsolete                                           32 bytes
+    data         data_len bytes, then zeros up to the next multiple of 8
+
+Only the first ``accounts_current_len`` bytes (from the manifest) hold records; the rest of
+the file is spare capacity. Agave refuses a storage whose records do not end exactly at that
+length (rounded up to 8), a data length over 10 MiB, or an executable byte other than 0 or 1;
+so does :func:`parse_storage`, with a one-line reason naming the member.
+
+:func:`parse_storage` is a parser of the request protocol (:mod:`tracker.proof.formats.parsing`)
+that consumes exactly the member's ``size`` bytes. It reads the valid part in pieces of at most
+:data:`PIECE` bytes (plus the one record that straddles two pieces, at most 10 MiB), finds
+the records' offsets in one compiled loop (:mod:`tracker.proof.formats.kernels`), and hands them to
+its sink as a :class:`Records` batch: every field is then a numpy view over the piece, never a
+Python object per record.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from tracker.errors import ArchiveInvalid, EndOfInput
+from tracker.proof.formats import kernels
+from tracker.proof.formats.parsing import ParserOf
+
+#: Fixed bytes of a record before its data (agave's STORE_META_OVERHEAD).
+META = 136
+#: The most data one account holds (agave's MAX_PERMITTED_DATA_LENGTH, 10 MiB).
+MAX_DATA = 10 * 1024 * 1024
+#: The largest storage file agave opens (MAXIMUM_APPEND_VEC_FILE_SIZE, 16 GiB).
+MAX_STORAGE = 16 * 1024**3
+#: Valid bytes asked for at once (the records found in them form one batch).
+PIECE = 4 * 1024 * 1024
+
+# Field offsets within a record.
+DATA_LEN = 8
+PUBKEY = 16
+LAMPORTS = 48
+RENT_EPOCH = 56
+OWNER = 64
+EXECUTABLE = 96
+
+_U64 = struct.Struct("<Q")
+
+
+def aligned(n: int) -> int:
+    """``n`` rounded up to a multiple of 8."""
+    return (n + 7) & ~7
+
+
+@attrs.frozen
+class Records:
+    """The records found in one piece of a storage.
+
+    ``buf`` holds the piece's bytes; ``offsets`` (int64) where each record starts in ``buf``,
+    ``data_lens`` (int64) its data length; ``base`` is the offset of ``buf[0]`` in the storage
+    file, so that ``base + offsets`` locate the records in it (for a second read).
+    """
+
+    buf: npt.NDArray[np.uint8]
+    offsets: npt.NDArray[np.int64]
+    data_lens: npt.NDArray[np.int64]
+    base: int
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def field(self, at: int, width: int) -> npt.NDArray[np.uint8]:
+        """The ``width`` bytes at ``at`` of every record, as an (n, width) array."""
+        index = self.offsets[:, None] + np.arange(at, at + width, dtype=np.int64)
+        taken: npt.NDArray[np.uint8] = self.buf[index]
+        return taken
+
+    def lamports(self) -> npt.NDArray[np.uint64]:
+        """Every record's lamports."""
+        if not len(self.offsets):
+            return np.zeros(0, dtype=np.uint64)
+        # every record of a piece starts at the same offset modulo 8: lamports is a word
+        shift = int(self.offsets[0]) % 8
+        words = np.frombuffer(
+            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
+        )
+        lamports: npt.NDArray[np.uint64] = words[(self.offsets + LAMPORTS - shift) >> 3]
+        return lamports
+
+    def pubkey_words(self) -> npt.NDArray[np.uint64]:
+        """Every record's pubkey as four little-endian u64 words, (n, 4): read as words in
+        place (records of a piece start at the same offset modulo 8), without the (n, 32)
+        index array of :meth:`field`."""
+        keys = np.empty((len(self.offsets), 4), dtype=np.uint64)
+        if not len(self.offsets):
+            return keys
+        shift = int(self.offsets[0]) % 8
+        words = np.frombuffer(
+            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
+        )
+        first = (self.offsets + PUBKEY - shift) >> 3
+        for word in range(4):
+            keys[:, word] = words[first + word]
+        return keys
+
+    def pubkeys(self) -> npt.NDArray[np.uint8]:
+        """Every record's pubkey, (n, 32)."""
+        return self.field(PUBKEY, 32)
+
+    def executable(self) -> npt.NDArray[np.uint8]:
+        """Every record's executable byte."""
+        flags: npt.NDArray[np.uint8] = self.buf[self.offsets + EXECUTABLE]
+        return flags
+
+
+Sink = Callable[[Records], None]
+
+
+def scan(
+    buf: npt.NDArray[np.uint8], start: int, end: int, at: int, name: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """The records wholly within ``buf[start:end]``: their offsets, data lengths, and the
+    offset where the first record not wholly there starts. ``at`` is the storage offset of
+    ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused. One compiled
+    loop (:func:`tracker.proof.formats.kernels.scan`)."""
+    offsets, lens, stop, bad = kernels.scan(buf, start, min(end, len(buf)), at, META, MAX_DATA)
+    if bad >= 0:
+        (data_len,) = _U64.unpack_from(buf.data, bad + DATA_LEN)
+        raise ArchiveInvalid(
+            f"{name}: the record at byte {at + bad} claims {data_len} bytes of data "
+            f"(at most {MAX_DATA})"
+        )
+    return offsets, lens, int(stop)
+
+
+def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserOf[int]:
+    """Parse the storage ``name`` (``accounts/{slot}.{id}``, for reasons) of ``size`` bytes
+    whose first ``current_len`` bytes hold records; hand the records to ``sink`` in batches
+    and return their count. Consumes exactly ``size`` bytes; ArchiveInvalid with one line
+    when the records do not fill exactly ``current_len`` bytes."""
+    if current_len > size:
+        raise ArchiveInvalid(
+            f"{name}: the manifest's length {current_len} is past the file's {size} bytes"
+        )
+    if size > MAX_STORAGE:
+        raise ArchiveInvalid(f"{name}: {size} bytes (a storage holds at most {MAX_STORAGE})")
+    count = 0
+    read = 0  # valid bytes read so far
+    pos = 0  # storage offset of the next buffer's first byte
+    skip = 0  # padding at the start of the next buffer
+    carry = b""  # the start of a record the last buffer ended inside
+    try:
+        while read < current_len:
+            want = _next_read(carry, current_len - read)
+            piece = yield want
+            read += want
+            buf = carry + piece if carry else piece
+            end = len(buf)
+            array = np.frombuffer(buf, dtype=np.uint8)
+            offsets, lens, stop = scan(array, skip, end, pos, name)
+            if len(offsets):
+                batch = Records(array, offsets, lens, pos)
+                _check_executable(batch, name)
+                sink(batch)
+                count += len(offsets)
+            if stop >= end:
+                skip, carry, pos = stop - end, b"", pos + end
+            elif read >= current_len:
+                raise ArchiveInvalid(_inside_reason(name, buf, stop, end, pos))
+            else:
+                skip, carry, pos = 0, buf[stop:], pos + stop
+        rest = size - current_len
+        if rest:
+            yield -rest
+    except EndOfInput as end_of_input:
+        raise ArchiveInvalid(
+            f"{name}: the member ends at byte {end_of_input.at} of its {size}"
+        ) from None
+    return count
+
+
+def _next_read(carry: bytes, left: int) -> int:
+    """Bytes to ask for next: a piece, or all that the carried record still lacks."""
+    want = PIECE
+    if len(carry) >= META:
+        (data_len,) = _U64.unpack_from(carry, DATA_LEN)
+        want = max(want, META + data_len - len(carry))
+    return min(want, left)
+
+
+def _inside_reason(name: str, buf: bytes, stop: int, end: int, at: int) -> str:
+    if end - stop < META:
+        return (
+            f"{name}: the storage ends inside the record at byte {at + stop} "
+            f"({end - stop} bytes of its {META}-byte header)"
+        )
+    (data_len,) = _U64.unpack_from(buf, stop + DATA_LEN)
+    return (
+        f"{name}: the record at byte {at + stop} has {data_len} bytes of data, past the "
+        f"storage's valid length {at + end}"
+    )
+
+
+def _check_executable(batch: Records, name: str) -> None:
+    flags = batch.executable()
+    bad = np.flatnonzero(flags > 1)
+    if len(bad):
+        first = int(bad[0])
+        raise ArchiveInvalid(
+            f"{name}: the record at byte {batch.base + int(batch.offsets[first])} has "
+            f"executable byte {int(flags[first])} (0 or 1)"
+        )

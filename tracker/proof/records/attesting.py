@@ -1,0 +1,126 @@
+"""What a signed statement says of one checked copy of an archive (docs/http-api.md, "Signed
+statements"). Pure: the time is passed in.
+
+:func:`statement_of` turns a checked copy (:class:`HeldCopy`: the archive's name, size and
+SHA-256, what its check proved, when the check ended) into the statement signed for it, valid
+for ``valid_for`` seconds from when it is signed. ``snapshot-tracker attest`` signs with it,
+and so does the daemon (:mod:`tracker.proof.records.attestations`), which asks :func:`held_copy`
+what it may sign of a copy it holds and :func:`due` when to sign it again; :func:`of_copy` is the
+check of a document another replica left in the bucket beside an object, :func:`reread_due`
+when to read that document again (its replica signs it again at half its life) and
+:func:`to_serve` which of the one served and the one read again is served.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tracker.core.digests import Verified
+from tracker.core.snapshots import ArchiveName, parse_archive_name
+from tracker.errors import StatementInvalid
+from tracker.proof.levels import Proof
+from tracker.proof.statements import Attestation, Statement, check_times, parse_document
+
+#: The fewest seconds between two reads of one statement object in the bucket
+#: (:func:`reread_due`): no storm of GETs however short ``valid_for`` is.
+REREAD_AT_LEAST = 1.0
+#: The most seconds between two reads of one statement object past half its life.
+REREAD_AT_MOST = 60.0
+
+
+@attrs.frozen
+class HeldCopy:
+    """One checked copy: its archive, size, SHA-256, proof and the time (seconds since the
+    epoch) its check ended."""
+
+    name: ArchiveName
+    size: int
+    sha256: str
+    proof: Proof
+    checked_at: float
+
+
+def statement_of(held: HeldCopy, now: float, valid_for: float) -> Statement:
+    """What is said of ``held`` when it is signed at ``now`` (seconds since the epoch)."""
+    name, proof = held.name, held.proof
+    return Statement(
+        name=name.file_name,
+        size=held.size,
+        sha256=held.sha256,
+        slot=name.slot,
+        base_slot=None if name.is_full else name.base_slot,
+        snapshot_hash=proof.snapshot_hash,
+        bank_hash=proof.bank_hash,
+        level=proof.level,
+        voted_stake=proof.voted_stake,
+        checked_at=int(held.checked_at),
+        expires=int(now + valid_for),
+    )
+
+
+def held_copy(file_name: str, verified: Verified) -> HeldCopy | None:
+    """The copy of ``file_name`` the tracker may sign a statement of: one it checked itself
+    (``checked_at``) whose size it knows, of a canonical archive name; None otherwise."""
+    name = parse_archive_name(file_name)
+    if name is None or name.file_name != file_name:
+        return None
+    if verified.checked_at is None or verified.size <= 0:
+        return None
+    return HeldCopy(name, verified.size, verified.sha256, verified.proof, verified.checked_at)
+
+
+def due(signed: Statement | None, wanted: Statement, now: float, valid_for: float) -> bool:
+    """True when ``wanted`` (what is said of a copy now) must be signed: nothing was signed
+    yet, what was signed says something else of the copy than its expiry (another copy, or a
+    new proof: say it was lifted to ``cluster``), or half its ``valid_for`` has passed (so a
+    client is always served a statement that holds for at least half its life)."""
+    if signed is None or attrs.evolve(signed, expires=wanted.expires) != wanted:
+        return True
+    return now >= signed.expires - valid_for / 2
+
+
+def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attestation:
+    """The document ``raw`` read beside an object of the archive ``name`` (``size`` bytes of
+    SHA-256 ``sha256``) when it vouches for exactly that object: a valid signature over a
+    canonical statement (:func:`~tracker.proof.statements.parse_document`) naming that name,
+    size and SHA-256, unexpired and not checked in the future at ``now``
+    (:func:`~tracker.proof.statements.check_times`). StatementInvalid naming the first thing that
+    differs otherwise."""
+    attestation = parse_document(raw)
+    statement = attestation.statement
+    if statement.name != name:
+        raise StatementInvalid(f"statement: names {statement.name}, not {name}")
+    if statement.size != size:
+        raise StatementInvalid(f"statement: names size {statement.size}, the object has {size}")
+    if statement.sha256 != sha256:
+        raise StatementInvalid(
+            f"statement: names sha256 {statement.sha256}, the object has {sha256}"
+        )
+    check_times(statement, now)
+    return attestation
+
+
+def reread_due(taken_at: float, expires: float, read_at: float, now: float) -> bool:
+    """True when the statement object beside a bucket copy is to be read again at ``now``:
+    the statement served of it (taken when read at ``taken_at``, ``expires`` its expiry) is
+    past half its life as this replica knows it (its replica signed it no later than
+    ``taken_at`` and signs it again at half its ``valid_for``, so a new one is there by the
+    middle of ``taken_at`` .. ``expires``, still before it expires), and the last read
+    (``read_at``) was at least a quarter of what was then left of it ago, within
+    :data:`REREAD_AT_LEAST` .. :data:`REREAD_AT_MOST` seconds (after it expired:
+    :data:`REREAD_AT_MOST`): a few reads before it expires when none is newer yet, never a
+    storm. Times are seconds since the epoch."""
+    if now < (taken_at + expires) / 2:
+        return False
+    left = expires - read_at
+    wait = REREAD_AT_MOST if left <= 0 else min(max(left / 4, REREAD_AT_LEAST), REREAD_AT_MOST)
+    return now - read_at >= wait
+
+
+def to_serve(served: Attestation | None, read: Attestation | None) -> Attestation | None:
+    """Which statement of a bucket copy is served: ``read`` (read again beside it, checked
+    by :func:`of_copy`; None: none there, or refused) when it expires later than ``served``
+    (the one served, None: none), else ``served``, kept until it expires."""
+    if read is None or (served is not None and read.statement.expires <= served.statement.expires):
+        return served
+    return read
