@@ -21,7 +21,11 @@ everything and the executors above what they drive (import-linter checks it):
 - :mod:`tracker.proof.background`: the proofs that run on their own (redirect mode's head
   reads, local files), above the proxy and the cache whose parts they use.
 
-Its clients (the cache, the validator's download, the web layer, the composition root) call the
-archive check (:func:`tracker.proof.archive.archivecheck.check_file` and its stream form), the
-levels' values, the statements and the background rounds; nothing else of the tree is theirs.
+The face its clients (the cache, the validator's download, the object store, the web layer,
+the composition root) use is small: the levels' values (:mod:`tracker.proof.levels`), the
+archive check (:mod:`tracker.proof.archive.archivecheck`, the head proof
+:mod:`tracker.proof.archive.headproof`), the shared memory budget
+(:mod:`tracker.proof.accounts.budget`), the statements and records, the cluster's voter and
+lifting, and the background rounds. The formats and the accounts level's insides are the
+tree's own (tests/unit/test_proof_face.py keeps it so).
 """
