@@ -84,7 +84,7 @@ async def statements_tracker(
             for file in entry["files"]:
                 file["attestations"] = [document(a) for a in listed]
         if route is not None:
-            tracker.proof.archive[ROUTE] = route
+            tracker.files[ROUTE] = route
         if how is not None:
             tracker.behaviour[ROUTE] = how
         yield tracker
