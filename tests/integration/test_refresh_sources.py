@@ -25,6 +25,7 @@ from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracke
 from helpers_upstream import Behaviour, FakeUpstream, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
+from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
 from tracker.proxy import manysources
 
@@ -247,3 +248,51 @@ async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None
             assert again[:3] == (200, sha256(DATA), SIZE)
     # Comparing cost about one more copy at most, not a refresh per source.
     assert sum(sent(up) for up in ups) <= 2.5 * SIZE
+
+
+async def published(
+    t: TrackerUnderTest, ups: list[FakeUpstream], digests: list[str | None]
+) -> None:
+    """Each of ``ups`` serves a sidecar listing of the archive publishing its ``digests``
+    entry as the file's ``sha256`` (None: none), and the index takes what the real probe
+    of each makes of it (the freshest first: the first is asked first)."""
+    from datetime import UTC, datetime, timedelta
+
+    from helpers_upstream import sidecar_listing
+
+    from tracker.discovery.sidecar import probe_sidecar
+
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        for age, (up, digest) in enumerate(zip(ups, digests, strict=True)):
+            up.listing = sidecar_listing({NAME: DATA})
+            if digest is not None:
+                up.listing[0]["files"][0]["sha256"] = digest
+            infos = await probe_sidecar(client, up.base)
+            assert infos[0].files[0].sha256 == (digest or "")
+            when = datetime.now(UTC) - timedelta(seconds=age)
+            t.index.apply(TargetKey(GROUP, up.base), infos, when)
+
+
+async def test_a_source_publishing_another_sha256_gives_no_pieces_and_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three sidecars of the same name and size; two publish the archive's SHA-256 (one of
+    them the first asked), the third another one: it is never asked for a byte, the refresh
+    comes from the two that agree, and the log names the one refused and why."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="tracker.proxy")
+    other = "0" * 64
+    async with sources(3) as ups, tracker(tmp_path, []) as t:
+        await published(t, ups, [sha256(DATA), None, other])
+        status, digest, size, _seconds = await get(t.url(NAME))
+        assert (status, digest, size) == (200, sha256(DATA), SIZE)
+        await wait_for(lambda: NAME in t.cached())
+        assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+    assert ups[2].gets(NAME) == []
+    assert sent(ups[0]) > 0 and sent(ups[1]) > 0  # the two that agree both gave pieces
+    text = TextFormatter()
+    refused = [text.format(r) for r in caplog.records if r.getMessage() == "refresh_source_refused"]
+    assert len(refused) == 1, refused
+    assert ups[2].base in refused[0]
+    assert f"publishes sha256 {other}, the other sources {sha256(DATA)}" in refused[0]

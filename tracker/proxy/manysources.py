@@ -2,17 +2,18 @@
 
 The refresh's first source answers as it always did (:mod:`tracker.proxy.failover`: the
 first body to start wins, so a client's first byte comes as fast as from one source). When
-the index knows other sources of the same archive (:func:`identical`: the same name and
-size; docs/http-api.md#trust), they join: the shared engine (:mod:`tracker.multisource`)
-cuts the file into pieces, hands them out from the front within a window ahead of the
-gapless prefix, and each source's lanes (at most its ``source_limits.max_transfers``:
-:func:`lanes_for`) fetch them with ``Range`` requests, paced by its ``max_rate``, spliced
-into the temp file at their offsets. The first answer carries the head on for as long as no
-other lane holds the next piece. The refresh's readers follow the gapless prefix
-(:meth:`tracker.cache.refresh.Refresh.landed`), which grows at the sources' combined rate;
-an idle lane steals the back half of the head piece from a laggard, a source that fails
-three times, stalls or delivers under a tenth of the fastest one's rate
-(:func:`tracker.multisource.judging.laggards`) is dropped and its pieces go to the others.
+the index knows other sources of the same archive (:func:`choose`: the same name and size,
+and no other SHA-256 where sources publish one; docs/http-api.md#trust), they join: the
+shared engine (:mod:`tracker.multisource`) cuts the file into pieces, hands them out from
+the front within a window ahead of the gapless prefix, and each source's lanes (at most its
+``source_limits.max_transfers``: :func:`lanes_for`) fetch them with ``Range`` requests,
+paced by its ``max_rate``, spliced into the temp file at their offsets. The first answer
+carries the head on for as long as no other lane holds the next piece. The refresh's
+readers follow the gapless prefix (:meth:`tracker.cache.refresh.Refresh.landed`), which
+grows at the sources' combined rate; an idle lane steals the back half of the head piece
+from a laggard, a source that fails three times, stalls or delivers under a tenth of the
+fastest one's rate (:func:`tracker.multisource.judging.laggards`) is dropped and its pieces
+go to the others.
 
 Which copy is good is not decided here: the whole-file checks stay the gate
 (docs/http-api.md, "Verified archives"; :func:`tracker.proxy.bytepaths.fill`).
@@ -34,6 +35,7 @@ from tracker.config.schema import TargetGroup
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces, intersect
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
+from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
 from tracker.observability.logs import log_event
@@ -82,19 +84,62 @@ class PieceTunables:
     max_failures: int = 3
 
 
-def identical(first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES) -> Found:
+@attrs.frozen
+class Chosen:
+    """The sources a refresh takes pieces from beside its first one, and those it refused
+    (each with its target, URL and the one-line reason)."""
+
+    kept: Found
+    refused: list[tuple[TargetKey, str, str]] = attrs.Factory(list)
+
+
+def choose(
+    first_key: TargetKey,
+    length: int,
+    found: Found,
+    most: int = MAX_SOURCES,
+    *,
+    first_digest: str = "",
+) -> Chosen:
     """The sources of ``found`` (one archive name, best first) that may give pieces beside
-    the first one (``first_key``): another target, a URL, and the first answer's ``length``
-    as their advertised size (an unknown size is not shown to be the same file: left out).
-    Each one's first ``206`` must then state that total too (:func:`check_range`). At most
+    the first one (``first_key``, publishing ``first_digest``; "" none): another target, a
+    URL, the first answer's ``length`` as their advertised size (an unknown size is not
+    shown to be the same file: left out), and no published SHA-256 other than the first
+    source's, or the best-ranked one's that publishes one
+    (:func:`tracker.multisource.digestmatch.refusals`: those are refused, and named). Each
+    one's first ``206`` must then state that total too (:func:`check_range`). At most
     ``most`` sources in all."""
-    kept: Found = []
-    for f, source in found:
-        if len(kept) + 1 >= most:
-            break
-        if source.key != first_key and f.url and f.size == length:
-            kept.append((f, source))
-    return kept
+    candidates = [
+        (f, source) for f, source in found if source.key != first_key and f.url and f.size == length
+    ]
+    reasons = refusals([first_digest, *(f.sha256 for f, _s in candidates)])[1:]
+    kept = [pair for pair, reason in zip(candidates, reasons, strict=True) if not reason]
+    refused = [
+        (source.key, f.url, reason)
+        for (f, source), reason in zip(candidates, reasons, strict=True)
+        if reason
+    ]
+    return Chosen(kept[: max(0, most - 1)], refused)
+
+
+def identical(
+    first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES, first_digest: str = ""
+) -> Found:
+    """The sources :func:`choose` keeps."""
+    return choose(first_key, length, found, most, first_digest=first_digest).kept
+
+
+def others_of(first: UpstreamAnswer, length: int, found: Found) -> Found:
+    """The sources a refresh whose first answer is ``first`` (``length`` bytes) takes
+    pieces from (:func:`choose`); each source refused for the digest it publishes is named
+    in the log (``refresh_source_refused``)."""
+    chosen = choose(first.source.key, length, found, first_digest=first.file.sha256)
+    for _key, url, reason in chosen.refused:
+        name = first.file.bare_name
+        log_event(
+            log, "warning", "refresh_source_refused", file=name, url=redact_text(url), reason=reason
+        )
+    return chosen.kept
 
 
 #: Files smaller than this come from their first source alone: a few requests more would
