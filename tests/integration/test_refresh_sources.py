@@ -296,3 +296,48 @@ async def test_a_source_publishing_another_sha256_gives_no_pieces_and_is_named(
     assert len(refused) == 1, refused
     assert ups[2].base in refused[0]
     assert f"publishes sha256 {other}, the other sources {sha256(DATA)}" in refused[0]
+
+
+class RangeLiar(FakeUpstream):
+    """Serves the archive whole (a 200) as it is, but every range it is asked for with 4 KiB
+    of other bytes in its middle: its pieces are wrong, and asked to compare another
+    source's range (or for its side of a judgement) it lies too."""
+
+    lies: int = 0
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        if seen.headers.get("range", "").startswith("bytes="):
+            self.lies += 1
+            middle = len(body) // 2
+            wrong = bytes(b ^ 0xFF for b in body[middle : middle + 4096])
+            body = body[:middle] + wrong + body[middle + len(wrong) :]
+        return await super()._body(conn, stream, seen, how, body)
+
+
+@pytest.mark.parametrize("liar_first", [False, True], ids=["liar_second", "liar_first"])
+async def test_two_sources_one_liar_the_whole_file_check_judges(
+    tmp_path: Path, liar_first: bool
+) -> None:
+    """Two sources, one lying in every range it sends (also when asked to compare the
+    other's): no third source breaks the tie, and a comparison alone cannot tell which one
+    lies, so the differing ranges are taken from one side and the copy checked, then from
+    the other; the side whose bytes pass is honest. The client that read along never gets a
+    complete body, the cache ends exact, the liar alone is named."""
+    async with sources(1) as honest, serving(RangeLiar(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [liar, *honest] if liar_first else [*honest, liar]
+        async with tracker(tmp_path, ups) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200
+            assert size < SIZE  # never a complete wrong body: a broken stream
+            assert liar.lies > 0
+            await wait_for(lambda: NAME in t.cached(), timeout=30)
+            assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+            rejections = t.streamer.context.rejections
+            named = rejections.errors(t.index.clock())
+            assert list(named) == [TargetKey(GROUP, liar.base)], named
+            assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)
+    # Judging cost the differing bytes and a comparison, not another copy from each.
+    assert sum(sent(up) for up in ups) <= 2.5 * SIZE

@@ -267,3 +267,45 @@ def test_a_refresh_chooses_its_sources_by_size_and_published_sha256(
     chosen = choose(TargetKey("g", "a"), 10, found, first_digest=first)  # type: ignore[arg-type]
     assert [s.key.target for _f, s in chosen.kept] == kept
     assert [key.target for key, _url, _reason in chosen.refused] == refused
+
+
+@pytest.mark.parametrize(
+    ("passed", "liar"),
+    [
+        ([True], 1),  # the first side's bytes pass: the second lied
+        ([False, True], 0),
+        ([None, True], 0),  # the first could not send its bytes; the second's pass
+        ([False, False], None),  # neither passes: no one is named, the copy is refused
+        ([False, None], None),
+        ([None, None], None),
+        ([], None),
+    ],
+)
+def test_two_sources_the_whole_file_check_judges(passed: list[bool | None], liar: int) -> None:
+    from tracker.proxy.piececheck import two_source_liar
+
+    assert two_source_liar(passed) == liar
+
+
+@pytest.mark.parametrize(
+    ("differing", "honest", "liars"),
+    [
+        # Two sources: each one's ranges compared with the other's.
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], 0, {1: [(0, 10), (20, 30)]}),
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], 1, {0: [(0, 10), (20, 30)]}),
+        # Adjacent ranges of one liar are merged.
+        ([(0, 10, 1, 0), (10, 20, 1, 0)], 0, {1: [(0, 20)]}),
+        # A dropped third source's range compared with the first: not the honest one's
+        # business when the second is honest; its lie when the first is.
+        ([(0, 10, 2, 0)], 1, {}),
+        ([(0, 10, 2, 0)], 0, {2: [(0, 10)]}),
+    ],
+)
+def test_once_a_side_passed_the_other_party_of_each_range_lied(
+    differing: list[tuple[int, int, int, int]],
+    honest: int,
+    liars: dict[int, list[tuple[int, int]]],
+) -> None:
+    from tracker.proxy.piececheck import Difference, blamed
+
+    assert blamed([Difference(*d) for d in differing], honest) == liars
