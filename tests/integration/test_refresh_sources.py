@@ -341,3 +341,33 @@ async def test_two_sources_one_liar_the_whole_file_check_judges(
             assert again[:3] == (200, sha256(DATA), SIZE)
     # Judging cost the differing bytes and a comparison, not another copy from each.
     assert sum(sent(up) for up in ups) <= 2.5 * SIZE
+
+
+async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
+    tmp_path: Path, weed: Any
+) -> None:
+    """With an object store: the refresh (under the bucket's lock) that repaired its copy
+    after a liar's bytes uploads the repaired copy itself. The upload that followed the
+    file had read parts before the cut (they may hold the wrong bytes): it is aborted and
+    starts again once the copy passed its check; no part of it stays, and the bucket's
+    object is the exact archive, with no second request."""
+    from helpers_bucket import prefix_of, store_config, uploaded
+
+    async with sources(2) as honest, serving(LyingUpstream(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [*honest, liar]
+        async with tracker(tmp_path, ups, object_store=store_config(weed)) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert (status, size < SIZE) == (200, True)  # the reader was cut off
+            assert liar.lied is not None
+            await uploaded(weed, t, NAME)
+            key = f"{prefix_of(t)}{GROUP}/{NAME}"
+            body = weed.client().get_object(Bucket="snapshots", Key=key)["Body"].read()
+            assert sha256(body) == sha256(DATA)
+            assert weed.uploads(prefix_of(t)) == []  # the aborted upload left no part
+            ok = t.counter("snapshot_tracker_object_uploads_total", outcome="ok")
+            failed = t.counter("snapshot_tracker_object_uploads_total", outcome="failed")
+            assert (ok, failed) == (1, 0)
+            assert TargetKey(GROUP, liar.base) in t.streamer.context.rejections.errors(
+                t.index.clock()
+            )
