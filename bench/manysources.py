@@ -1,38 +1,38 @@
-"""The figure "refresh from 3 sources" (issue 45): three nginx sources of the best archive,
-each sending at most ``rate`` bytes a second (``limit_rate``; the tracker's group allows one
-transfer per source, ``source_limits.max_transfers: 1``, and aria2c opens one connection per
-source, so each source is capped at ``rate`` in all on both sides). Per run, in turns:
+"""The figure "refresh from 3 sources" (issue 45): three sources of the best archive, each
+sending at most ``rate`` bytes a second in total over all of its connections (a shared token
+bucket per source, as validators cap peers: :mod:`bench.capped`, one small real server per
+source, ``sendfile`` paced by the bucket). The tracker's group allows one transfer per source
+(``source_limits.max_transfers: 1``); aria2c may open as many connections as it likes, the
+bucket caps the source anyway. Per run, in turns:
 
 - one ``curl`` through a fresh tracker with an empty cache (a cold refresh; its archive is
   checked, ``verify_archives`` on, which lets it take pieces from every source), to the
-  client's last byte; the upstream bytes it cost, from the three access logs;
+  client's last byte; the upstream bytes it cost (each source's own count, ``/_stats``) and
+  the tracker's peak RSS (``VmHWM``) when it ended;
 - one ``curl`` straight from one source: one source's rate;
-- ``aria2c -x3 -s3`` given the three URLs (``--file-allocation=none``).
+- ``aria2c -x3 -s3`` given the three URLs (``--file-allocation=none``);
+- one ``curl`` through a fresh tracker that knows one source only: today's refresh from one
+  source, for its peak RSS (the memory the refresh from three is held to).
 
 Targets (docs/architecture.md, "A refresh from several sources"): >= 2.4x one source,
->= 0.9x aria2c, upstream bytes <= 1.05x the archive.
+>= 0.9x aria2c, upstream bytes <= 1.05x the archive, peak RSS as the one-source refresh's.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from bench.curl import curl_get
-from bench.figures import Env, _fresh, _timed, get, nginx_path, pair, stop, tracker_path
-from bench.procs import HOST, free_port
-from bench.servers import (
-    GROUP,
-    Nginx,
-    _nginx_common,
-    _nginx_http_common,
-    start_nginx,
-    start_tracker,
-    tracker_config,
-)
+from bench.figures import Env, _fresh, _timed, get, pair, stop, tracker_path
+from bench.procs import HOST, Proc, free_port, rss_kib, wait_for_port
+from bench.servers import GROUP, start_tracker, tracker_config
 
 SOURCES = 3
 
@@ -43,37 +43,37 @@ def capped_rate(size: int) -> int:
     return max(4 * 1024 * 1024, size // 12)
 
 
-def _capped_conf(work: Path, role: str, port: int, env: Env, www: Path, rate: int) -> str:
-    return (
-        _nginx_common(work, role)
-        + f"""http {{
-{_nginx_http_common(work, role)}
-  sendfile on;
-  tcp_nopush on;
-  server {{
-    listen {HOST}:{port};
-    location = /v1/snapshots {{ default_type application/json; root {www}; }}
-    location /v1/snapshot/ {{ alias {env.archives.directory}/; limit_rate {rate}; }}
-  }}
-}}
-"""
-    )
+@attrs.frozen
+class CappedSource:
+    """One running :mod:`bench.capped` server."""
+
+    proc: Proc
+    port: int
+
+    def sent(self) -> int:
+        """Body bytes it sent under ``/v1/snapshot/`` so far."""
+        return int(json.loads(get(f"http://{HOST}:{self.port}/_stats"))["sent"])
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.port}/v1/snapshot/{name}"
 
 
-def start_capped(env: Env) -> list[Nginx]:
-    """The three capped sources (the sidecar JSON of the files nginx, the same archives)."""
+def start_capped(env: Env) -> list[CappedSource]:
+    """The three capped sources (the sidecar JSON and the archives the files nginx serves)."""
     rate = capped_rate(env.archives.size)
-    www = env.work / "www"
+    script = Path(__file__).with_name("capped.py")
     servers = []
     for n in range(SOURCES):
         port = free_port()
-        role = f"capped{n}"
-        conf = _capped_conf(env.work, role, port, env, www, rate)
-        servers.append(start_nginx(env.procs, env.tools["nginx"], env.work, role, conf, port))
+        argv = [sys.executable, str(script), "--port", str(port), "--rate", str(rate)]
+        argv += ["--dir", str(env.archives.directory), "--www", str(env.work / "www")]
+        proc = env.procs.start(f"capped{n}", argv)
+        wait_for_port(proc, port)
+        servers.append(CappedSource(proc, port))
     return servers
 
 
-def _tracker(env: Env, name: str, cache: Path, servers: list[Nginx]) -> Any:
+def _tracker(env: Env, name: str, cache: Path, servers: list[CappedSource]) -> Any:
     group = {
         "group": GROUP,
         "static_targets": {"targets": [f"{HOST}:{s.port}" for s in servers]},
@@ -89,34 +89,42 @@ def _tracker(env: Env, name: str, cache: Path, servers: list[Nginx]) -> Any:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # every source indexed: each is a source of the file
         targets = json.loads(get(f"{tracker.base}/v1/targets"))
-        if len(targets) == SOURCES and all(t.get("snapshots", 0) for t in targets):
+        if len(targets) == len(servers) and all(t.get("snapshots", 0) for t in targets):
             return tracker
         time.sleep(0.1)
-    raise RuntimeError(f"{name}: the three sources were not indexed")
+    raise RuntimeError(f"{name}: the sources were not indexed")
 
 
-def refresh_sources(env: Env, run: int, servers: list[Nginx]) -> dict[str, Any]:
+def _through_tracker(
+    env: Env, name: str, servers: list[CappedSource], outcome: dict[str, int]
+) -> float:
+    """Seconds of one ``curl`` of the best archive through a fresh tracker with an empty
+    cache whose group knows ``servers``; ``outcome`` gets the upstream bytes it cost and the
+    tracker's peak RSS (KiB) when the client had its last byte."""
+    best, size = env.archives.best, env.archives.size
+    cache = env.work / f"cache-{name}"
+    tracker = _tracker(env, name, cache, servers)
+    since = [s.sent() for s in servers]
+    try:
+        got = curl_get(env.tools["curl"], f"{tracker.base}{tracker_path(best)}", size=size)
+        outcome["peak_kib"] = rss_kib(tracker.proc.pid, "VmHWM")
+    finally:
+        stop(env, tracker, cache)
+    outcome["upstream"] = sum(s.sent() - at for s, at in zip(servers, since, strict=True))
+    return got.seconds
+
+
+def refresh_sources(env: Env, run: int, servers: list[CappedSource]) -> dict[str, Any]:
     """One run of the figure (see the module doc)."""
     curl, aria2c = env.tools["curl"], env.tools["aria2c"]
     best, size = env.archives.best, env.archives.size
-    urls = [f"http://{HOST}:{s.port}{nginx_path(best)}" for s in servers]
+    urls = [s.url(best) for s in servers]
     out = env.work / "sources3"
-    upstream = {"bytes": 0}
+    three: dict[str, int] = {}
+    one_refresh: dict[str, int] = {}
 
     def ours() -> float:
-        cache = env.work / f"cache-sources3-{run}"
-        tracker = _tracker(env, f"tracker-sources3-{run}", cache, servers)
-        since = [s.log_size() for s in servers]
-        try:
-            url = f"{tracker.base}{tracker_path(best)}"
-            got = curl_get(curl, url, size=size)
-        finally:
-            stop(env, tracker, cache)
-        time.sleep(0.3)  # nginx logs a request when it has ended
-        upstream["bytes"] = sum(
-            s.sent_bytes(at, "/v1/snapshot/") for s, at in zip(servers, since, strict=True)
-        )
-        return got.seconds
+        return _through_tracker(env, f"tracker-sources3-{run}", servers, three)
 
     def aria() -> float:
         target = _fresh(out / "aria")
@@ -126,12 +134,18 @@ def refresh_sources(env: Env, run: int, servers: list[Nginx]) -> dict[str, Any]:
 
     ours_seconds, aria_seconds = pair(run, ours, aria)
     one = curl_get(curl, urls[run % SOURCES], size=size)
+    alone = servers[run % SOURCES : run % SOURCES + 1]
+    one_seconds = _through_tracker(env, f"tracker-sources1-{run}", alone, one_refresh)
     shutil.rmtree(out, ignore_errors=True)
     return {
         "tracker": size / ours_seconds,
         "reference": size / aria_seconds,
         "one_source": one.rate,
         "vs_one_source": (size / ours_seconds) / one.rate,
-        "upstream_ratio": upstream["bytes"] / size,
+        "upstream_ratio": three["upstream"] / size,
         "rate_cap": capped_rate(size),
+        "peak_rss_mb": three["peak_kib"] / 1024,
+        "one_source_refresh": size / one_seconds,
+        "one_source_peak_rss_mb": one_refresh["peak_kib"] / 1024,
+        "peak_rss_ratio": three["peak_kib"] / one_refresh["peak_kib"],
     }

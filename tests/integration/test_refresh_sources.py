@@ -25,6 +25,7 @@ from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracke
 from helpers_upstream import Behaviour, FakeUpstream, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
+from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
 from tracker.proxy import manysources
 
@@ -247,3 +248,126 @@ async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None
             assert again[:3] == (200, sha256(DATA), SIZE)
     # Comparing cost about one more copy at most, not a refresh per source.
     assert sum(sent(up) for up in ups) <= 2.5 * SIZE
+
+
+async def published(
+    t: TrackerUnderTest, ups: list[FakeUpstream], digests: list[str | None]
+) -> None:
+    """Each of ``ups`` serves a sidecar listing of the archive publishing its ``digests``
+    entry as the file's ``sha256`` (None: none), and the index takes what the real probe
+    of each makes of it (the freshest first: the first is asked first)."""
+    from datetime import UTC, datetime, timedelta
+
+    from helpers_upstream import sidecar_listing
+
+    from tracker.discovery.sidecar import probe_sidecar
+
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        for age, (up, digest) in enumerate(zip(ups, digests, strict=True)):
+            up.listing = sidecar_listing({NAME: DATA})
+            if digest is not None:
+                up.listing[0]["files"][0]["sha256"] = digest
+            infos = await probe_sidecar(client, up.base)
+            assert infos[0].files[0].sha256 == (digest or "")
+            when = datetime.now(UTC) - timedelta(seconds=age)
+            t.index.apply(TargetKey(GROUP, up.base), infos, when)
+
+
+async def test_a_source_publishing_another_sha256_gives_no_pieces_and_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three sidecars of the same name and size; two publish the archive's SHA-256 (one of
+    them the first asked), the third another one: it is never asked for a byte, the refresh
+    comes from the two that agree, and the log names the one refused and why."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="tracker.proxy")
+    other = "0" * 64
+    async with sources(3) as ups, tracker(tmp_path, []) as t:
+        await published(t, ups, [sha256(DATA), None, other])
+        status, digest, size, _seconds = await get(t.url(NAME))
+        assert (status, digest, size) == (200, sha256(DATA), SIZE)
+        await wait_for(lambda: NAME in t.cached())
+        assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+    assert ups[2].gets(NAME) == []
+    assert sent(ups[0]) > 0 and sent(ups[1]) > 0  # the two that agree both gave pieces
+    text = TextFormatter()
+    refused = [text.format(r) for r in caplog.records if r.getMessage() == "refresh_source_refused"]
+    assert len(refused) == 1, refused
+    assert ups[2].base in refused[0]
+    assert f"publishes sha256 {other}, the other sources {sha256(DATA)}" in refused[0]
+
+
+class RangeLiar(FakeUpstream):
+    """Serves the archive whole (a 200) as it is, but every range it is asked for with 4 KiB
+    of other bytes in its middle: its pieces are wrong, and asked to compare another
+    source's range (or for its side of a judgement) it lies too."""
+
+    lies: int = 0
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        if seen.headers.get("range", "").startswith("bytes="):
+            self.lies += 1
+            middle = len(body) // 2
+            wrong = bytes(b ^ 0xFF for b in body[middle : middle + 4096])
+            body = body[:middle] + wrong + body[middle + len(wrong) :]
+        return await super()._body(conn, stream, seen, how, body)
+
+
+@pytest.mark.parametrize("liar_first", [False, True], ids=["liar_second", "liar_first"])
+async def test_two_sources_one_liar_the_whole_file_check_judges(
+    tmp_path: Path, liar_first: bool
+) -> None:
+    """Two sources, one lying in every range it sends (also when asked to compare the
+    other's): no third source breaks the tie, and a comparison alone cannot tell which one
+    lies, so the differing ranges are taken from one side and the copy checked, then from
+    the other; the side whose bytes pass is honest. The client that read along never gets a
+    complete body, the cache ends exact, the liar alone is named."""
+    async with sources(1) as honest, serving(RangeLiar(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [liar, *honest] if liar_first else [*honest, liar]
+        async with tracker(tmp_path, ups) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200
+            assert size < SIZE  # never a complete wrong body: a broken stream
+            assert liar.lies > 0
+            await wait_for(lambda: NAME in t.cached(), timeout=30)
+            assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+            rejections = t.streamer.context.rejections
+            named = rejections.errors(t.index.clock())
+            assert list(named) == [TargetKey(GROUP, liar.base)], named
+            assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)
+    # Judging cost the differing bytes and a comparison, not another copy from each.
+    assert sum(sent(up) for up in ups) <= 2.5 * SIZE
+
+
+async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
+    tmp_path: Path, weed: Any
+) -> None:
+    """With an object store: the refresh (under the bucket's lock) that repaired its copy
+    after a liar's bytes uploads the repaired copy itself. The upload that followed the
+    file had read parts before the cut (they may hold the wrong bytes): it is aborted and
+    starts again once the copy passed its check; no part of it stays, and the bucket's
+    object is the exact archive, with no second request."""
+    from helpers_bucket import prefix_of, store_config, uploaded
+
+    async with sources(2) as honest, serving(LyingUpstream(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [*honest, liar]
+        async with tracker(tmp_path, ups, object_store=store_config(weed)) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert (status, size < SIZE) == (200, True)  # the reader was cut off
+            assert liar.lied is not None
+            await uploaded(weed, t, NAME)
+            key = f"{prefix_of(t)}{GROUP}/{NAME}"
+            body = weed.client().get_object(Bucket="snapshots", Key=key)["Body"].read()
+            assert sha256(body) == sha256(DATA)
+            assert weed.uploads(prefix_of(t)) == []  # the aborted upload left no part
+            ok = t.counter("snapshot_tracker_object_uploads_total", outcome="ok")
+            failed = t.counter("snapshot_tracker_object_uploads_total", outcome="failed")
+            assert (ok, failed) == (1, 0)
+            assert TargetKey(GROUP, liar.base) in t.streamer.context.rejections.errors(
+                t.index.clock()
+            )

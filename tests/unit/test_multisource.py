@@ -204,3 +204,108 @@ async def test_a_whole_file_answer_takes_the_next_piece_only_once_its_own_is_use
     assert writer.take(16 * MiB) > 0 and head.end == 2 * MiB  # then the next one
     other = pieces.claim(0.0)
     assert other is not None and other.start == 2 * MiB  # the rest is the others'
+
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+@pytest.mark.parametrize(
+    ("published", "refused"),
+    [
+        # Nobody publishes one: nobody is refused by it (the whole-file checks judge).
+        (["", "", ""], [False, False, False]),
+        # The first source's digest counts; a source publishing none is kept.
+        ([A, A, "", B], [False, False, False, True]),
+        # The first publishes none: the best-ranked one that does sets the digest.
+        (["", B, A, B], [False, False, True, False]),
+        (["", "", C, A, C], [False, False, False, True, False]),
+        # The first source is never refused (it is the one already answering).
+        ([A, B, B, B], [False, True, True, True]),
+    ],
+)
+def test_sources_publishing_another_sha256_are_refused(
+    published: list[str], refused: list[bool]
+) -> None:
+    from tracker.multisource.digestmatch import refusals
+
+    reasons = refusals(published)
+    assert [bool(r) for r in reasons] == refused
+    for digest, reason in zip(published, reasons, strict=True):
+        if reason:
+            assert reason.startswith(f"publishes sha256 {digest}, the other sources ")
+            assert "\n" not in reason
+
+
+@pytest.mark.parametrize(
+    ("first", "others", "kept", "refused"),
+    [
+        ("", [("b", A), ("c", ""), ("d", B)], ["b", "c"], ["d"]),
+        (B, [("b", A), ("c", ""), ("d", B)], ["c", "d"], ["b"]),
+        # A refused source leaves its place to the next (at most 4 sources in all).
+        (A, [("b", B), ("c", A), ("d", A), ("e", ""), ("f", A)], ["c", "d", "e"], ["b"]),
+    ],
+)
+def test_a_refresh_chooses_its_sources_by_size_and_published_sha256(
+    first: str, others: list[tuple[str, str]], kept: list[str], refused: list[str]
+) -> None:
+    from tracker.core.snapshots import SnapshotFile, parse_archive_name
+    from tracker.ordering.index import TargetKey
+    from tracker.proxy.manysources import choose
+
+    name = parse_archive_name(f"snapshot-100-{'1' * 32}.tar.zst")
+    assert name is not None
+
+    class Held:
+        def __init__(self, target: str) -> None:
+            self.key = TargetKey("g", target)
+
+    def entry(target: str, digest: str) -> tuple[SnapshotFile, Held]:
+        url = f"http://{target}/f"
+        return SnapshotFile(name, url, 10, url=url, sha256=digest), Held(target)
+
+    found = [entry("a", first), *(entry(t, d) for t, d in others)]
+    chosen = choose(TargetKey("g", "a"), 10, found, first_digest=first)  # type: ignore[arg-type]
+    assert [s.key.target for _f, s in chosen.kept] == kept
+    assert [key.target for key, _url, _reason in chosen.refused] == refused
+
+
+@pytest.mark.parametrize(
+    ("passed", "liar"),
+    [
+        ([True], 1),  # the first side's bytes pass: the second lied
+        ([False, True], 0),
+        ([None, True], 0),  # the first could not send its bytes; the second's pass
+        ([False, False], None),  # neither passes: no one is named, the copy is refused
+        ([False, None], None),
+        ([None, None], None),
+        ([], None),
+    ],
+)
+def test_two_sources_the_whole_file_check_judges(passed: list[bool | None], liar: int) -> None:
+    from tracker.proxy.piececheck import two_source_liar
+
+    assert two_source_liar(passed) == liar
+
+
+@pytest.mark.parametrize(
+    ("differing", "honest", "liars"),
+    [
+        # Two sources: each one's ranges compared with the other's.
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], 0, {1: [(0, 10), (20, 30)]}),
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], 1, {0: [(0, 10), (20, 30)]}),
+        # Adjacent ranges of one liar are merged.
+        ([(0, 10, 1, 0), (10, 20, 1, 0)], 0, {1: [(0, 20)]}),
+        # A dropped third source's range compared with the first: not the honest one's
+        # business when the second is honest; its lie when the first is.
+        ([(0, 10, 2, 0)], 1, {}),
+        ([(0, 10, 2, 0)], 0, {2: [(0, 10)]}),
+    ],
+)
+def test_once_a_side_passed_the_other_party_of_each_range_lied(
+    differing: list[tuple[int, int, int, int]],
+    honest: int,
+    liars: dict[int, list[tuple[int, int]]],
+) -> None:
+    from tracker.proxy.piececheck import Difference, blamed
+
+    assert blamed([Difference(*d) for d in differing], honest) == liars

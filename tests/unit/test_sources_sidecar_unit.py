@@ -61,6 +61,9 @@ def with_file(**changes: Any) -> dict[str, Any]:
         (with_file(mod_time="2026-13-01T00:00:00Z"), "files[0].mod_time: not an RFC 3339"),
         (with_file(mod_time="2026-11-21T10:00:00"), "files[0].mod_time: not an RFC 3339"),
         (with_file(mod_time=1700000000), "files[0].mod_time: not an RFC 3339"),
+        (with_file(sha256="ab" * 31), "files[0].sha256: not a SHA-256 (64 hex digits)"),
+        (with_file(sha256="xy" * 32), "files[0].sha256: not a SHA-256 (64 hex digits)"),
+        (with_file(sha256=7), "files[0].sha256: not a SHA-256 (64 hex digits): 7"),
         ([GOOD], "not a JSON object: [{"),
     ],
 )
@@ -70,6 +73,18 @@ def test_one_bad_entry_fails_the_whole_list_naming_it(entry: Any, reason: str) -
         parse_snapshot_list(text, "http://x", max_entries=10)
     assert str(info.value).startswith(f"entry 1: {reason}")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("published", "kept"),
+    [(None, ""), ("ab" * 32, "ab" * 32), ("AB" * 32, "ab" * 32)],
+)
+def test_a_published_sha256_is_kept_with_the_file(published: str | None, kept: str) -> None:
+    """The digest a source publishes for its copy (another tracker's listing carries one),
+    lower-cased: what a refresh from several sources matches them by."""
+    text = json.dumps([with_file(sha256=published)])
+    (info,) = parse_snapshot_list(text, "http://x", max_entries=1)
+    assert info.files[0].sha256 == kept
 
 
 def test_full_info_may_carry_base_slot_zero() -> None:

@@ -35,8 +35,13 @@ class GaplessWrites:
     _writes: collections.deque[Any]
     _queued: int
     _writeback: Writeback
+    verified: bool
     #: Readers cut off: the copy failed its check and is being repaired.
     _cut: bool = False
+    #: How many times readers were cut off (:meth:`cut_readers`): an upload following the
+    #: file that read bytes before the last cut starts again once the copy passed its
+    #: check (:func:`tracker.objectstore.upload.upload_following`).
+    repairs: int = 0
     #: The sources of a refresh from several at once, the first one first (their shares:
     #: the status page); empty for a refresh from one source.
     piece_sources: tuple[Source, ...] = ()
@@ -78,7 +83,14 @@ class GaplessWrites:
         """End every reader's stream in error now and refuse new ones until the refresh
         passes its check (docs/http-api.md, "Verified archives")."""
         self._cut = True
+        self.repairs += 1
         self._notify()
+
+    @property
+    def repairing(self) -> bool:
+        """True while the readers are cut off and the copy is neither checked good again
+        nor given up (the refresh ended)."""
+        return self._cut and not self.verified and not self.ended.is_set()
 
     async def recheck(self) -> None:
         """Check the complete temp file again from its first byte (after a repair), as

@@ -112,6 +112,9 @@ class SnapshotFile:
 
     ``url`` is where the bytes are (absolute http(s) URL) for remote sources; ``path`` is the
     file on disk for local sources. Neither is part of the wire format: ``file_name`` is.
+    ``sha256`` is the SHA-256 the source itself publishes for its copy (lower-case hex; ""
+    none): a claim from the network, never shown as the tracker's own digest, used only to
+    keep sources that disagree about it apart (docs/http-api.md#trust).
     """
 
     name: ArchiveName
@@ -120,6 +123,7 @@ class SnapshotFile:
     mod_time: datetime | None = None
     url: str = ""
     path: str = ""
+    sha256: str = ""
 
     @property
     def bare_name(self) -> str:

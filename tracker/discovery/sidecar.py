@@ -6,6 +6,10 @@ invalid entry fails the whole probe, naming the entry and the field, e.g.
 ``entry 3: files[0].hash: not a base58 32-byte hash: 'abc'``. A sidecar that emits garbage
 is broken and should be fixed; trusting the rest of its answer would send clients to it.
 Unknown keys are ignored so that newer sidecars (the Go one adds ``download_url``) still work.
+A file's ``sha256`` (another tracker's listing carries the digest of its verified copy) is
+kept as the source's published digest when it is 64 hex digits, else the entry is refused:
+a refresh from several sources takes pieces only from sources that agree on it
+(docs/http-api.md#trust).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from datetime import UTC, datetime
 import httpx
 import trio
 
+from tracker.core.digests import is_sha256_hex
 from tracker.core.snapshots import (
     U64_MAX,
     ArchiveName,
@@ -136,6 +141,7 @@ def _file(raw: object, where: str, base_url: str) -> SnapshotFile:
         size=_u64(obj, "size", where, required=False),
         mod_time=_time(obj, "mod_time", where),
         url=f"{base_url}/v1/snapshot/{name_text}",
+        sha256=_sha256(obj, "sha256", where),
     )
 
 
@@ -168,6 +174,16 @@ def _hash(obj: dict[str, object], key: str, where: str) -> str:
     if not isinstance(value, str) or not is_valid_hash(value):
         raise ProbeError(f"{where}{key}: not a base58 32-byte hash: {quoted(value)}")
     return value
+
+
+def _sha256(obj: dict[str, object], key: str, where: str) -> str:
+    """The published digest, lower-cased ("" when absent)."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str) and is_sha256_hex(value.lower()):
+        return value.lower()
+    raise ProbeError(f"{where}{key}: not a SHA-256 (64 hex digits): {quoted(value)}")
 
 
 def _time(obj: dict[str, object], key: str, where: str) -> datetime | None:

@@ -6,6 +6,12 @@ a rename that promotes the file keeps it valid) and uploads the parts one after 
 Memory is one part. The object appears only when the file ended *verified* (every announced
 byte written, the upstream body checked complete) and the store then reports exactly that
 length; on any failure, cancellation included, the upload is aborted so that no part stays.
+
+A refresh from several sources whose copy failed its check is repaired in place (its
+readers cut off, wrong bytes rewritten, the copy checked again: docs/architecture.md, "A
+refresh from several sources"): parts read before the cut may hold the wrong bytes, so the
+upload is aborted, waits for the repair, and starts again from the first byte once the copy
+passed its check: the repaired copy reaches the bucket with that refresh, under its lock.
 """
 
 from __future__ import annotations
@@ -45,8 +51,17 @@ class Growing(Protocol):
     #: What that check proved.
     proof: Proof
 
+    #: How many times the file's readers were cut off for a repair (bytes read before the
+    #: last one may be wrong).
+    repairs: int
+
     @property
     def failed(self) -> bool: ...
+
+    @property
+    def repairing(self) -> bool:
+        """True while the file is being repaired (neither checked good again nor given up)."""
+        ...
 
     def readable(self) -> int: ...
 
@@ -77,6 +92,11 @@ def digest_only(key: str) -> SideObjects:
     return lambda growing: [(digest_key(key), sha256sum_line(growing.sha256, name).encode())]
 
 
+#: Fresh starts of an upload whose file was repaired meanwhile, at most (a refresh repairs
+#: its copy once; a second cut means the repair itself is being redone).
+MAX_RESTARTS = 2
+
+
 async def upload_following(
     bucket: Bucket,
     key: str,
@@ -91,9 +111,35 @@ async def upload_following(
     the objects beside it (``sides``, by default the digest object :func:`digest_key`; the
     tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
     the upload completes, so the archive never appears in the bucket without its digest.
-    Raises StoreError when the store failed or the file ended unverified (the upload is then
-    aborted); cancellation aborts it too.
+    When the file is repaired meanwhile (:attr:`Growing.repairs`), the upload is aborted
+    and started again once the repair passed (see the module doc). Raises StoreError when
+    the store failed or the file ended unverified (the upload is then aborted);
+    cancellation aborts it too.
     """
+    for _start in range(MAX_RESTARTS + 1):
+        repairs = growing.repairs
+        info = await _upload_once(bucket, key, fd, growing, metadata, sides, repairs)
+        if info is not None:
+            return info
+        log_event(log, "info", "object_upload_restarted", key=key, reason="the copy is repaired")
+        while growing.repairing:
+            await growing.wait_progress()
+        if growing.failed:
+            raise StoreError("the refresh this upload followed failed", down=False)
+    raise StoreError("the copy this upload followed was repaired too often", down=False)
+
+
+async def _upload_once(
+    bucket: Bucket,
+    key: str,
+    fd: int,
+    growing: Growing,
+    metadata: dict[str, str],
+    sides: SideObjects | None,
+    repairs: int,
+) -> ObjectInfo | None:
+    """One upload of ``growing`` (see :func:`upload_following`); None (aborted, nothing
+    left) when the file's readers were cut off since ``repairs``."""
     size = growing.size
     step = part_size(size)
     upload_id = await bucket.create_upload(key, metadata)
@@ -101,24 +147,28 @@ async def upload_following(
         etags: list[str] = []
         for offset in range(0, size, step):
             end = min(size, offset + step)
-            await _until_readable(growing, end)
+            if not await _until_readable(growing, end, repairs):
+                break
             data = await trio.to_thread.run_sync(os.pread, fd, end - offset, offset)
             if len(data) != end - offset:
                 raise StoreError(f"the local file ended at byte {offset + len(data)}", down=False)
             etags.append(await bucket.upload_part(key, upload_id, len(etags) + 1, data))
-        if size == 0:
-            raise StoreError("an empty archive is not uploaded", down=False)
-        if growing.sha256:
-            for side, body in (sides or digest_only(key))(growing):
-                await bucket.put(side, body)
-        await bucket.complete_upload(key, upload_id, etags)
+        else:
+            if size == 0:
+                raise StoreError("an empty archive is not uploaded", down=False)
+            if growing.sha256 and growing.repairs == repairs:
+                for side, body in (sides or digest_only(key))(growing):
+                    await bucket.put(side, body)
+            if growing.repairs == repairs:  # no part read before a cut
+                await bucket.complete_upload(key, upload_id, etags)
+                upload_id = ""
+        if upload_id:
+            await _abort(bucket, key, upload_id)
+            return None
     except BaseException:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + ABORT_TIMEOUT
-            try:
-                await bucket.abort_upload(key, upload_id)
-            except StoreError as exc:
-                log_event(log, "warning", "object_upload_abort_failed", key=key, reason=str(exc))
+            await _abort(bucket, key, upload_id)
         raise
     info = await bucket.head(key)
     if info is None or info.size != size:
@@ -127,9 +177,24 @@ async def upload_following(
     return info
 
 
-async def _until_readable(growing: Growing, end: int) -> None:
-    """Wait until bytes up to ``end`` may be read (the last one only once verified)."""
+async def _abort(bucket: Bucket, key: str, upload_id: str) -> None:
+    """Abort the multipart upload ``upload_id`` of ``key`` ("": none left), logging a
+    failure (the store's own expiry of unfinished uploads then cleans up)."""
+    if not upload_id:
+        return
+    try:
+        await bucket.abort_upload(key, upload_id)
+    except StoreError as exc:
+        log_event(log, "warning", "object_upload_abort_failed", key=key, reason=str(exc))
+
+
+async def _until_readable(growing: Growing, end: int, repairs: int) -> bool:
+    """Wait until bytes up to ``end`` may be read (the last one only once verified); False
+    when the file's readers were cut off since ``repairs`` (its bytes may be rewritten)."""
     while growing.readable() < end:
+        if growing.repairs != repairs:
+            return False
         if growing.failed:
             raise StoreError("the refresh this upload followed failed", down=False)
         await growing.wait_progress()
+    return growing.repairs == repairs

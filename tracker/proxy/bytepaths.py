@@ -49,7 +49,7 @@ from tracker.observability.redact import redact_text
 from tracker.ordering.index import TargetKey
 from tracker.proxy.clientfeed import ChannelBody, EarlyBody, Flow, channel, pass_on, recorded
 from tracker.proxy.decisions import Found
-from tracker.proxy.manysources import Repair, fill_from_many, identical, use_many
+from tracker.proxy.manysources import Repair, fill_from_many, others_of, use_many
 from tracker.proxy.opening import Upstream, keeps_promise, opened
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.resume import UpstreamBody
@@ -219,15 +219,15 @@ async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: F
 
 def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int) -> Found:
     """The sources a refresh may take pieces from beside ``first`` (docs/http-api.md#trust:
-    the same name and size, the whole-file checks as the gate): none when the archive is not
-    checked (``verify_archives`` off: nothing would tell a mixed copy), or the answer is no
-    whole file."""
+    the same name and size, no other published SHA-256, the whole-file checks as the gate):
+    none when the archive is not checked (``verify_archives`` off: nothing would tell a
+    mixed copy), or the answer is no whole file."""
     peers = job.peers
     if peers is None or not peers.enabled or first.response.status_code != 200:
         return []
     if not refresh.checked:
         return []
-    return identical(first.source.key, length, peers.found)
+    return others_of(first, length, peers.found)
 
 
 async def _to_many(

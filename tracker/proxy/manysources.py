@@ -2,17 +2,18 @@
 
 The refresh's first source answers as it always did (:mod:`tracker.proxy.failover`: the
 first body to start wins, so a client's first byte comes as fast as from one source). When
-the index knows other sources of the same archive (:func:`identical`: the same name and
-size; docs/http-api.md#trust), they join: the shared engine (:mod:`tracker.multisource`)
-cuts the file into pieces, hands them out from the front within a window ahead of the
-gapless prefix, and each source's lanes (at most its ``source_limits.max_transfers``:
-:func:`lanes_for`) fetch them with ``Range`` requests, paced by its ``max_rate``, spliced
-into the temp file at their offsets. The first answer carries the head on for as long as no
-other lane holds the next piece. The refresh's readers follow the gapless prefix
-(:meth:`tracker.cache.refresh.Refresh.landed`), which grows at the sources' combined rate;
-an idle lane steals the back half of the head piece from a laggard, a source that fails
-three times, stalls or delivers under a tenth of the fastest one's rate
-(:func:`tracker.multisource.judging.laggards`) is dropped and its pieces go to the others.
+the index knows other sources of the same archive (:func:`choose`: the same name and size,
+and no other SHA-256 where sources publish one; docs/http-api.md#trust), they join: the
+shared engine (:mod:`tracker.multisource`) cuts the file into pieces, hands them out from
+the front within a window ahead of the gapless prefix, and each source's lanes (at most its
+``source_limits.max_transfers``: :func:`lanes_for`) fetch them with ``Range`` requests,
+paced by its ``max_rate``, spliced into the temp file at their offsets. The first answer
+carries the head on for as long as no other lane holds the next piece. The refresh's
+readers follow the gapless prefix (:meth:`tracker.cache.refresh.Refresh.landed`), which
+grows at the sources' combined rate; an idle lane steals the back half of the head piece
+from a laggard, a source that fails three times, stalls or delivers under a tenth of the
+fastest one's rate (:func:`tracker.multisource.judging.laggards`) is dropped and its pieces
+go to the others.
 
 Which copy is good is not decided here: the whole-file checks stay the gate
 (docs/http-api.md, "Verified archives"; :func:`tracker.proxy.bytepaths.fill`).
@@ -31,17 +32,27 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
-from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportError, UpstreamError
 from tracker.multisource.claims import Pieces, intersect
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
+from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
-from tracker.multisource.sources import Identity, Source
+from tracker.multisource.sources import Identity, Source, check_range
+from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import TargetKey
 from tracker.proxy.decisions import Found
-from tracker.proxy.piececheck import find_liars
+from tracker.proxy.piececheck import (
+    SLOWEST_COMPARE,
+    Difference,
+    Findings,
+    Opener,
+    blamed,
+    find_liars,
+    two_source_liar,
+)
 from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
 
 log = logging.getLogger("tracker.proxy")
@@ -82,19 +93,62 @@ class PieceTunables:
     max_failures: int = 3
 
 
-def identical(first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES) -> Found:
+@attrs.frozen
+class Chosen:
+    """The sources a refresh takes pieces from beside its first one, and those it refused
+    (each with its target, URL and the one-line reason)."""
+
+    kept: Found
+    refused: list[tuple[TargetKey, str, str]] = attrs.Factory(list)
+
+
+def choose(
+    first_key: TargetKey,
+    length: int,
+    found: Found,
+    most: int = MAX_SOURCES,
+    *,
+    first_digest: str = "",
+) -> Chosen:
     """The sources of ``found`` (one archive name, best first) that may give pieces beside
-    the first one (``first_key``): another target, a URL, and the first answer's ``length``
-    as their advertised size (an unknown size is not shown to be the same file: left out).
-    Each one's first ``206`` must then state that total too (:func:`check_range`). At most
+    the first one (``first_key``, publishing ``first_digest``; "" none): another target, a
+    URL, the first answer's ``length`` as their advertised size (an unknown size is not
+    shown to be the same file: left out), and no published SHA-256 other than the first
+    source's, or the best-ranked one's that publishes one
+    (:func:`tracker.multisource.digestmatch.refusals`: those are refused, and named). Each
+    one's first ``206`` must then state that total too (:func:`check_range`). At most
     ``most`` sources in all."""
-    kept: Found = []
-    for f, source in found:
-        if len(kept) + 1 >= most:
-            break
-        if source.key != first_key and f.url and f.size == length:
-            kept.append((f, source))
-    return kept
+    candidates = [
+        (f, source) for f, source in found if source.key != first_key and f.url and f.size == length
+    ]
+    reasons = refusals([first_digest, *(f.sha256 for f, _s in candidates)])[1:]
+    kept = [pair for pair, reason in zip(candidates, reasons, strict=True) if not reason]
+    refused = [
+        (source.key, f.url, reason)
+        for (f, source), reason in zip(candidates, reasons, strict=True)
+        if reason
+    ]
+    return Chosen(kept[: max(0, most - 1)], refused)
+
+
+def identical(
+    first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES, first_digest: str = ""
+) -> Found:
+    """The sources :func:`choose` keeps."""
+    return choose(first_key, length, found, most, first_digest=first_digest).kept
+
+
+def others_of(first: UpstreamAnswer, length: int, found: Found) -> Found:
+    """The sources a refresh whose first answer is ``first`` (``length`` bytes) takes
+    pieces from (:func:`choose`); each source refused for the digest it publishes is named
+    in the log (``refresh_source_refused``)."""
+    chosen = choose(first.source.key, length, found, first_digest=first.file.sha256)
+    for _key, url, reason in chosen.refused:
+        name = first.file.bare_name
+        log_event(
+            log, "warning", "refresh_source_refused", file=name, url=redact_text(url), reason=reason
+        )
+    return chosen.kept
 
 
 #: Files smaller than this come from their first source alone: a few requests more would
@@ -282,7 +336,8 @@ class Repair:
     off, the liars found by comparing every source's ranges with another's and their bytes
     rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the liars named
     (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
-    ``last_error``) once it passed."""
+    ``last_error``) once it passed. With two sources left, no third breaks a tie: the
+    whole-file check judges (:meth:`_judge_two`)."""
 
     peers: Peers
     refresh: Refresh
@@ -295,18 +350,30 @@ class Repair:
         refresh, outcome = self.refresh, self.outcome
         refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
         log_event(log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
+        live = [s for s in outcome.sources if not s.dropped]
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.keys)
             # The check read the file in order and failed on bytes it had read: only those
-            # are compared (the rest of the file costs nothing more).
+            # are compared (the rest of the file costs nothing more). With two sources the
+            # whole file is: a side's check failing must mean its bytes are wrong, not that
+            # a lie past the first one was never compared (about one more copy at most).
+            two = len(live) == 2
+            within = refresh.size if two else refresh.failed_within or refresh.size
             suspect = {
-                source: intersect(ranges, [(0, refresh.failed_within or refresh.size)])
+                source: intersect(ranges, [(0, within)])
                 for source, ranges in outcome.written.items()
             }
+            sources = list(outcome.sources)
             found = await find_liars(
-                list(outcome.sources), suspect, fd, ask, self.peers.read_timeout
+                sources, suspect, fd, ask, self.peers.read_timeout, judge_later=two
             )
+            if two and found.differing and not found.undecided:
+                judged = await self._judge_two(sources, live, found.differing, fd, ask)
+                if judged is None:
+                    return False
+                found.liars = judged
+                return self._named(found)
         finally:
             os.close(fd)
         if not found.liars or found.undecided:
@@ -324,6 +391,11 @@ class Repair:
         except ArchiveInvalid as exc:
             log_event(log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason)
             return False
+        return self._named(found)
+
+    def _named(self, found: Findings) -> bool:
+        """Name the liars of a copy that passed its check again; True."""
+        refresh, outcome = self.refresh, self.outcome
         for liar, ranges in found.liars.items():
             shown = ", ".join(f"{start}-{end - 1}" for start, end in ranges[:4])
             reason = (
@@ -334,3 +406,68 @@ class Repair:
             self.liar_found(outcome.keys[liar], reason)
         log_event(log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten)
         return True
+
+    async def _judge_two(
+        self,
+        sources: list[Source],
+        live: list[Source],
+        differing: list[Difference],
+        fd: int,
+        ask: Opener,
+    ) -> dict[Source, list[tuple[int, int]]] | None:
+        """Two live sources that differ: the differing ranges taken from the first and the
+        copy checked again, then (when that fails) from the second; the side whose bytes
+        pass is honest, the other one lied (:func:`two_source_liar`, :func:`blamed`). None
+        (not repaired) when neither passes. Only the differing bytes are fetched again."""
+        refresh = self.refresh
+        holders = {(d.start, d.end): d.owner for d in differing}  # whose bytes are on disk
+        passed: list[bool | None] = []
+        for side in live:
+            index = sources.index(side)
+            wanted = [span for span, holder in holders.items() if holder != index]
+            if not wanted:
+                passed.append(False)  # the copy as it failed: every differing byte is its
+                continue
+            if not await _rewrite(side, wanted, fd, ask, self.peers.read_timeout):
+                passed.append(None)
+                continue
+            holders.update(dict.fromkeys(wanted, index))
+            try:
+                await refresh.recheck()
+            except ArchiveInvalid as exc:
+                log_event(log, "warning", "refresh_side_failed", url=side.url, reason=exc.reason)
+                passed.append(False)
+                continue
+            passed.append(True)
+            break
+        liar = two_source_liar(passed)
+        if liar is None:
+            log_event(log, "warning", "refresh_not_repaired", file=refresh.name, sides=len(passed))
+            return None
+        honest = sources.index(live[1 - liar])
+        return {sources[i]: ranges for i, ranges in blamed(differing, honest).items()}
+
+
+async def _rewrite(
+    source: Source, spans: list[tuple[int, int]], fd: int, ask: Opener, read_timeout: float
+) -> bool:
+    """Write ``source``'s bytes of each of ``spans`` over ``fd``'s, chunk by chunk as they
+    arrive (memory: one chunk); False when it could not send them all in time."""
+    for start, end in spans:
+        position = start
+        with trio.move_on_after(read_timeout + (end - start) / SLOWEST_COMPARE):
+            try:
+                async with ask(source, {"range": f"bytes={start}-{end - 1}"}) as answer:
+                    check_range(answer.response, source, start, end)
+                    async with body_chunks(answer.response) as chunks:
+                        async for chunk in chunks:
+                            data = chunk[: end - position]
+                            await trio.to_thread.run_sync(os.pwrite, fd, data, position)
+                            position += len(data)
+                            if position >= end:
+                                break
+            except (SourceFailed, TransportError) as exc:
+                log_event(log, "warning", "refresh_compare_failed", url=source.url, reason=str(exc))
+        if position < end:
+            return False
+    return True

@@ -9,6 +9,12 @@ are right. The bytes found right are written over the wrong ones, and the copy i
 again from its first byte; only when that check passes are the liars named
 (``/v1/targets`` ``last_error``) and held back for this archive. Memory stays bounded: one
 chunk of each answer at a time.
+
+With only two sources left there is no third to break a tie: the ranges where they differ
+are only recorded (``judge_later``), and the whole-file check judges
+(:func:`tracker.proxy.manysources.Repair`): the differing ranges are taken from one side and
+the copy checked, then from the other; the side whose bytes pass is honest
+(:func:`two_source_liar`, :func:`blamed`).
 """
 
 from __future__ import annotations
@@ -68,13 +74,47 @@ def comparers(owner: int, live: list[int]) -> list[int]:
     return after[:2]
 
 
+def two_source_liar(passed: list[bool | None]) -> int | None:
+    """Which of two sides lied (0: the first, 1: the second) from the checks of the copy with
+    the differing ranges taken from the first side, then from the second (True: passed,
+    False: failed, None: its bytes could not be had); None while no side passed."""
+    for side, result in enumerate(passed[:2]):
+        if result:
+            return 1 - side
+    return None
+
+
+@attrs.frozen
+class Difference:
+    """A range where the bytes on disk (``owner``'s) and ``comparer``'s differ."""
+
+    start: int
+    end: int
+    owner: int
+    comparer: int
+
+
+def blamed(differing: list[Difference], honest: int) -> dict[int, list[tuple[int, int]]]:
+    """Who lied where, once the copy passed with ``honest``'s bytes in every differing
+    range: the other party of each range ``honest`` took part in (a range between two
+    others is no one's proven lie)."""
+    found: dict[int, list[tuple[int, int]]] = {}
+    for d in differing:
+        if honest in (d.owner, d.comparer) and d.owner != d.comparer:
+            liar = d.comparer if d.owner == honest else d.owner
+            found[liar] = merge([*found.get(liar, []), (d.start, d.end)])
+    return found
+
+
 @attrs.define
 class Findings:
-    """What the comparison found: the sources that lied (and where), the bytes rewritten."""
+    """What the comparison found: the sources that lied (and where), the bytes rewritten;
+    with ``judge_later``, the differing ranges instead (nothing rewritten)."""
 
     liars: dict[Source, list[tuple[int, int]]] = attrs.Factory(dict)
     rewritten: int = 0
     undecided: int = 0
+    differing: list[Difference] = attrs.Factory(list)
 
     def blame(self, source: Source, start: int, end: int) -> None:
         self.liars[source] = merge([*self.liars.get(source, []), (start, end)])
@@ -91,11 +131,14 @@ async def find_liars(
     fd: int,
     ask: Opener,
     read_timeout: float,
+    *,
+    judge_later: bool = False,
 ) -> Findings:
     """Compare every range each source wrote into ``fd`` with another live source's bytes
-    (see the module doc); rewrite the bytes found wrong. A range whose comparer fails or
-    takes too long stays undecided (``Findings.undecided``)."""
-    comparison = _Comparison(fd, ask, Findings())
+    (see the module doc); rewrite the bytes found wrong, or with ``judge_later`` only record
+    where they differ (``Findings.differing``, indices of ``sources``). A range whose
+    comparer fails or takes too long stays undecided (``Findings.undecided``)."""
+    comparison = _Comparison(fd, ask, Findings(), sources if judge_later else None)
     live = [i for i, s in enumerate(sources) if not s.dropped]
     for owner, source in enumerate(sources):
         for start, end in written.get(source, []):
@@ -117,6 +160,8 @@ class _Comparison:
     fd: int
     ask: Opener
     findings: Findings
+    #: Set: the differences are only recorded (indices of these sources), not judged.
+    recording: list[Source] | None = None
 
     async def range(self, owner: Source, asked: list[Source], start: int, end: int) -> None:
         """``owner``'s bytes ``start`` to ``end`` on disk against ``asked[0]``'s (the next
@@ -145,6 +190,19 @@ class _Comparison:
         findings = self.findings
         on_disk = await trio.to_thread.run_sync(os.pread, self.fd, len(piece), position)
         if on_disk == piece:
+            return
+        if self.recording is not None:
+            index = self.recording.index
+            differs = Difference(position, position + len(piece), index(owner), index(comparer))
+            last = findings.differing[-1] if findings.differing else None
+            if last is not None and (last.end, last.owner, last.comparer) == (
+                differs.start,
+                differs.owner,
+                differs.comparer,
+            ):  # the same difference going on
+                differs = attrs.evolve(last, end=differs.end)
+                findings.differing.pop()
+            findings.differing.append(differs)
             return
         tie = None if third is None else await _read(third, position, len(piece), self.ask)
         found = verdict(on_disk, piece, tie)
