@@ -89,7 +89,10 @@ async def test_aria2c_with_four_connections_on_a_cached_file(
     await run(curl, "-fsS", "-o", "warm", t.url(FULL), cwd=tmp_path)  # fills the cache
     await wait_for(lambda: t.cached() == [FULL])
     requests = len(up.seen)
-    args = ["-q", "-x4", "-s4", "--min-split-size=1M", "--allow-overwrite=true"]
+    # Each connection paced to 1 MiB/s: the first cannot take all four pieces of 1 MiB before
+    # aria2c opens the others, however loaded the machine (the split is what is tested).
+    args = ["-q", "-x4", "-s4", "--min-split-size=1M", "--max-download-limit=1M"]
+    args.append("--allow-overwrite=true")
     await run(aria2c, *args, "-d", str(tmp_path), "-o", "aria", t.url(FULL), cwd=tmp_path)
     assert sha256((tmp_path / "aria").read_bytes()) == sha256(FULL_DATA)
     assert len(up.seen) == requests  # every range came from the disk cache
