@@ -28,7 +28,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Copy
-from tracker.proxy.streamjobs import Launcher, ProxyContext, head_answer
+from tracker.proxy.streamjobs import Launcher, head_answer
 from tracker.serving.fileresponse import ChunkBudget, ExtraHeaders, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
 
@@ -64,7 +64,6 @@ class StoredCopies:
     """Answers from the copies a file has beside its sources; see the module doc.
     ``objects`` is the bucket's part (None without an object store)."""
 
-    _context: ProxyContext
     _launcher: Launcher
     objects: ObjectPath | None
     _budget: ChunkBudget | None
@@ -92,7 +91,7 @@ class StoredCopies:
         extra = {"repr-digest": repr_digest(digest)} if digest else None
         try:
             response = await served_from_disk(
-                path, ask, "cache", self._context.metrics, self._budget, extra
+                path, ask, "cache", self._launcher.metrics, self._budget, extra
             )
         except FileNotFoundError:
             return None
