@@ -40,9 +40,10 @@ from tracker.observability.metrics import ByteSource
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import fill
+from tracker.proxy.clientfeed import EarlyBody
 from tracker.proxy.decisions import Asked, Claimed, Start, prefetches, start_prefetch
 from tracker.proxy.failover import head_due
-from tracker.proxy.sharing import LateBody, SharedRefresh, join
+from tracker.proxy.sharing import SharedRefresh, join
 from tracker.proxy.streamjobs import Launcher, Pump, early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head
 from tracker.serving.httpanswer import Answer
@@ -254,7 +255,7 @@ class Refreshes:
             await done.wait()
             return await self._follow(outcome[0], step.early, step.origin, connection)
 
-        return early_answer(step.early, LateBody(resolve))
+        return early_answer(step.early, EarlyBody(resolve))
 
     async def _follow(
         self, started: Started, size: int, origin: ByteSource, connection: Connection | None

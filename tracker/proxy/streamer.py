@@ -34,6 +34,7 @@ from tracker.proof.budget import (
     default_workers,
 )
 from tracker.proof.levels import Level, Voter
+from tracker.proxy import storedcopies as copies
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.decisions import (
@@ -55,7 +56,7 @@ from tracker.proxy.decisions import (
 )
 from tracker.proxy.refreshing import Refreshes, claimed_of
 from tracker.proxy.sharing import SharedRefresh
-from tracker.proxy.storedcopies import StoredCopies, cache_path, copy_of
+from tracker.proxy.storedcopies import cache_path, copy_of
 from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
@@ -127,9 +128,9 @@ class ProxyStreamer:
         )
         #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None
         #: without one.
-        self._objects = objects
-        #: The executors of the route's decisions.
-        self.stored = StoredCopies(self.launcher, objects, budget)
+        self.objects = objects
+        #: The read memory of cache hits.
+        self.budget = budget
         self.shared_refreshes = Refreshes(self.launcher, objects)
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
@@ -287,7 +288,7 @@ class ProxyStreamer:
         return await Route(self, ask, target_group, archive, found, cache, mode).answer()
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
-        objects = self._objects if cache is not None else None
+        objects = self.objects if cache is not None else None
         return Mode(
             bucket=objects is not None,
             store_up=objects is None or objects.tier.usable,
@@ -308,7 +309,7 @@ class ProxyStreamer:
             return None
         if not redirect(Asked("GET", user_agent=user_agent), mode):
             return None
-        return await self.stored.presigned(group, archive)
+        return await copies.presigned(self.launcher, self.objects, group, archive)
 
     async def prefetch(self, group: str, name: str) -> bool:
         """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
@@ -464,20 +465,16 @@ class Route:
     async def perform(self, decision: Decision) -> Answer | None:
         """Perform ``decision`` as it says; None: it passed."""
         run, ask, shared, group, archive = self.run, self.ask, self.shared, self.group, self.archive
-        stored_, refreshes, launcher, cache = (
-            run.stored,
-            run.shared_refreshes,
-            run.launcher,
-            self.cache,
-        )
+        refreshes, launcher, objects = run.shared_refreshes, run.launcher, run.objects
+        cache, path = self.cache, self.path
         match decision:
             case Step.REDIRECT:
-                return await stored_.redirect(group.group, archive)
-            case Step.CACHE_HIT if cache is not None and self.path is not None:
-                return await stored_.cache_hit(cache, self.path, group.group, archive, ask)
+                return await copies.redirect(launcher, objects, group.group, archive)
+            case Step.CACHE_HIT if cache is not None and path is not None:
+                hit = copies.cache_hit(launcher, run.budget, cache, path, group.group, archive, ask)
+                return await hit
             case Step.FROM_BUCKET:
-                head = ask.method == "HEAD"
-                return await stored_.from_bucket(head, ask, group.group, archive)
+                return await copies.from_bucket(launcher, objects, ask, group.group, archive)
             case Step.JOIN_SHARED if shared is not None:
                 self.read = shared
                 return await refreshes.join_shared(shared, ask)
@@ -490,7 +487,10 @@ class Route:
                 )
                 return answer
             case Step.FROM_HOLDER if isinstance(self.lock, Holder):
-                return await stored_.from_holder(self.lock, ask, group, archive, self.size)
+                holder, size = self.lock, self.size
+                return await copies.from_holder(
+                    launcher, objects, holder, ask, group, archive, size
+                )
             case Step.GONE:
                 raise RequestError(404, f"{self.name} is no longer held nor advertised")
             case Step.RELAY | Step.RELAY_INTEREST:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
@@ -33,7 +34,7 @@ from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import open_upstream
 from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import resume_upstream
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
+from tracker.proxy.transfers import Head, StreamJob, Transfers
 from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
@@ -110,12 +111,11 @@ class Launcher:
         )
         if refusal:
             opener = partial(_refuse, refusal)
-        return StreamJob(
+        job = StreamJob(
             open=opener,
             method=method,
             known_size=size,
             settings=self.settings,
-            events=self._events(group.group, archive, origin=origin),
             reopen=partial(self._reopen, group),
             zero_copy=ask.connection if zero_copy else None,
             early_size=early,
@@ -129,6 +129,7 @@ class Launcher:
                 read_timeout=self.settings.read_timeout,
             ),
         )
+        return self._reported(job, group.group, archive, origin)
 
     async def start(
         self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
@@ -187,31 +188,34 @@ class Launcher:
             return _nothing
         return partial(metrics.add_served_bytes, origin)
 
-    def _events(
-        self, group: str, archive: ArchiveName, *, origin: ByteSource = "upstream"
-    ) -> StreamEvents:
-        """Metrics callbacks of a stream from ``origin``; only a source of the index has its
-        transfers ranked (not the bucket, not a replica)."""
+    def _reported(
+        self, job: StreamJob, group: str, archive: ArchiveName, origin: ByteSource
+    ) -> StreamJob:
+        """``job`` with the metrics callbacks of a stream from ``origin``; only a source of
+        the index has its transfers ranked (not the bucket, not a replica)."""
         metrics = self.metrics
-        ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
         rejected = partial(self._archive_rejected, group, archive.file_name)
-        flowing = self.transfers.flowing if origin == "upstream" else None
+        if metrics is None and origin == "upstream":
+            flowing = self.transfers.flowing
+            return attrs.evolve(
+                job, source_transfer=self._measured, archive_rejected=rejected, flowing=flowing
+            )
         if metrics is None:
-            return StreamEvents(source_transfer=ranked, archive_rejected=rejected, flowing=flowing)
+            return attrs.evolve(job, archive_rejected=rejected)
         kind: Kind = "full" if archive.is_full else "incremental"
         if origin != "upstream":
-            return StreamEvents(
-                client_bytes=partial(metrics.add_served_bytes, origin), archive_rejected=rejected
-            )
-        return StreamEvents(
+            served = partial(metrics.add_served_bytes, origin)
+            return attrs.evolve(job, client_bytes=served, archive_rejected=rejected)
+        return attrs.evolve(
+            job,
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
             refresh_share=partial(self._share, metrics, group),
-            source_transfer=ranked,
+            source_transfer=self._measured,
             archive_rejected=rejected,
-            flowing=flowing,
+            flowing=self.transfers.flowing,
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
