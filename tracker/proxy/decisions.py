@@ -2,8 +2,8 @@
 decided from: plain values and pure functions, no I/O at all.
 
 The facts are what a request asked (:class:`Asked`), the mode it is served under
-(:class:`Mode`) and what the disk cache, the refreshes and the bucket hold (:class:`Copy`,
-:class:`Now`, :class:`Claimed`); each stage is one function here from facts to a decision
+(:class:`Mode`) and what the disk cache, the refreshes and the bucket hold (``Copy``,
+:class:`Now`, ``Claimed``); each stage is one function here from facts to a decision
 (a :class:`Step`, or a :class:`Start` that carries what starting a refresh takes), tested as
 a table in tests/unit/test_plan.py. :meth:`tracker.proxy.streamer.Route.answer` asks them in
 order and performs what they say; :func:`choose_sources` picks the sources a stream may use
@@ -80,18 +80,13 @@ class Mode:
         return self.share or self.bucket
 
 
-class Copy(enum.Enum):
-    """What the disk cache may hold of the file, before it is opened."""
-
-    #: No disk cache is configured.
-    NO_CACHE = "no_cache"
-    #: The file cannot be cached here: its group is no directory name (``..``), or its path
-    #: leads out of the cache directory through a planted symlink.
-    OUTSIDE = "outside"
-    #: A copy that has not passed its check yet (``verify_archives``): not served.
-    UNCHECKED = "unchecked"
-    #: A copy is served if the file is there (checked, or ``verify_archives: false``).
-    SERVABLE = "servable"
+#: What the disk cache may hold of the file, before it is opened: ``no_cache`` (none is
+#: configured); ``outside`` (the file cannot be cached here: its group is no directory name,
+#: ``..``, or its path leads out of the cache directory through a planted symlink);
+#: ``unchecked`` (a copy that has not passed its check yet, ``verify_archives``: not
+#: served); ``servable`` (a copy is served if the file is there: checked, or
+#: ``verify_archives: false``).
+Copy = Literal["no_cache", "outside", "unchecked", "servable"]
 
 
 @attrs.frozen
@@ -107,16 +102,11 @@ class Now:
     refreshing: bool = False
 
 
-class Claimed(enum.Enum):
-    """What asking the bucket for the file's lock gave."""
-
-    #: This replica holds the lock: it refreshes the file and uploads it.
-    LOCK = "lock"
-    #: Another replica holds it: its refresh in flight is a source.
-    HOLDER = "holder"
-    #: No lock to be had (the store is down, or it is our own lock of a refresh that just
-    #: ended): the disk cache alone.
-    NONE = "none"
+#: What asking the bucket for the file's lock gave: ``lock`` (this replica holds it: it
+#: refreshes the file and uploads it), ``holder`` (another replica holds it: its refresh in
+#: flight is a source) or ``none`` (no lock to be had, the store is down, or it is our own
+#: lock of a refresh that just ended: the disk cache alone).
+Claimed = Literal["lock", "holder", "none"]
 
 
 Found = list[tuple[SnapshotFile, SnapshotSource]]
@@ -229,10 +219,10 @@ def stored(asked: Asked, mode: Mode, copy: Copy) -> tuple[Step, ...]:
     stored copies to try in order, then :attr:`Step.MISS`; :attr:`Step.RELAY` when the file
     cannot be cached at all. A HEAD is answered from the object's metadata only while the
     store is up."""
-    if copy in (Copy.NO_CACHE, Copy.OUTSIDE):
+    if copy in ("no_cache", "outside"):
         return (Step.RELAY,)
     steps: list[Step] = []
-    if copy is Copy.SERVABLE:
+    if copy == "servable":
         steps.append(Step.CACHE_HIT)
     if mode.bucket and (asked.method != "HEAD" or mode.store_up):
         steps.append(Step.FROM_BUCKET)
@@ -265,9 +255,9 @@ def claimed(asked: Asked, mode: Mode, claim: Claimed, size: int) -> Decision:
     replica's lock: its refresh is followed, unless this request came from a replica (two
     replicas must never forward to each other) or the index does not know the file's
     ``size`` (what the holder answers could not be checked); then it is relayed."""
-    if claim is Claimed.LOCK:
+    if claim == "lock":
         return start_shared(keep=True, locked=True)
-    if claim is Claimed.NONE:
+    if claim == "none":
         return start_shared(keep=mode.keep)
     if asked.user_agent == TRACKER_AGENT or size <= 0:
         return Step.RELAY

@@ -196,7 +196,7 @@ class Refreshes:
             if await self._objects.tier.lookup(group.group, name) is not None:
                 return False  # clients are sent to the bucket's copy
             claim = await self.claim((cache.root, group.group, name))
-            if claimed_of(claim) is Claimed.HOLDER:  # another replica refreshes the file
+            if claimed_of(claim) == "holder":  # another replica refreshes the file
                 return False
             lock = claim if isinstance(claim, Lock) else None
         step = start_prefetch(locked=lock is not None)
@@ -353,5 +353,5 @@ def _cached(cache: Cache, group: str, name: str) -> bool:
 def claimed_of(claim: Lock | Holder | None) -> Claimed:
     """What asking the bucket for a file's lock gave, as the decisions know it."""
     if isinstance(claim, Holder):
-        return Claimed.HOLDER
-    return Claimed.NONE if claim is None else Claimed.LOCK
+        return "holder"
+    return "none" if claim is None else "lock"

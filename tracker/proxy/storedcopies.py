@@ -152,13 +152,13 @@ async def from_holder(
 
 
 def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Copy:
-    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.decisions.Copy`), its
+    """What the disk cache may hold of ``name`` (``tracker.proxy.decisions.Copy``), its
     ``path`` in the cache being None when the file cannot be cached there."""
     if cache is None:
-        return Copy.NO_CACHE
+        return "no_cache"
     if path is None:
-        return Copy.OUTSIDE
-    return Copy.SERVABLE if cache.servable(group, name) else Copy.UNCHECKED
+        return "outside"
+    return "servable" if cache.servable(group, name) else "unchecked"
 
 
 def cache_path(cache: Cache, group: str, archive: ArchiveName) -> str | None:

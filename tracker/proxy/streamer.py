@@ -389,7 +389,7 @@ class Route:
             return answer
         # 4. It passed. A refresh it read may have been promoted meanwhile: a cache hit.
         read = decision is Step.JOIN_SHARED or isinstance(decision, Start)
-        if read and self.promoted() and await self.copy() is Copy.SERVABLE:
+        if read and self.promoted() and await self.copy() == "servable":
             answer = await self.perform(Step.CACHE_HIT)
             if answer is not None:
                 return answer
