@@ -26,7 +26,7 @@ removed, its outcome counted and logged. A stream whose bytes cross Python is fe
 :mod:`tracker.proxy.clientfeed`.
 
 Opening a pump's upstream, with its early head, is :mod:`tracker.proxy.opening`'s (the size
-an early head promises is the walk's, :func:`tracker.proxy.decisions.early_head`).
+an early head promises is the decisions', :func:`tracker.proxy.decisions.early_head`).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from tracker.proxy.upstream import (
 log = logging.getLogger("tracker.proxy")
 
 #: Seconds a request that may get an early head, and cannot hold its early head back while it
-#: waits (no ``Asking.slotted``), waits in the queue of the last source of a file left to ask
+#: waits (no ``slotted`` event), waits in the queue of the last source of a file left to ask
 #: when it has no free transfer slot (``source_limits.max_transfers``), before the answer is
 #: 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers): a 503 must go out
 #: before a 200 head would. Other requests wait up to

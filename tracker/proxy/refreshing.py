@@ -1,25 +1,14 @@
-"""The executors of the refresh decisions: start a refresh, join one, read it.
+"""The executors of the refresh decisions: start a refresh, join one, read it, and find
+those running here (docs/architecture.md, "One request's path").
 
-A :class:`~tracker.proxy.decisions.Start` (shared, its client's own, or a prefetch) starts a
-*detached* refresh (:func:`tracker.proxy.bytepaths.fill` in the transfers
-nursery: it writes the temp file at the upstream's pace and may outlive its client);
-``JOIN_SHARED`` and ``JOIN_BEHIND`` (:class:`~tracker.proxy.decisions.Step`) read one
-that runs. Every client reads the growing temp file (:mod:`tracker.proxy.sharing`), so
-no byte of a refresh passes through Python: the upstream bytes go into the temp file by
-splice (:meth:`tracker.proxy.resume.UpstreamBody.into`) and out by sendfile (a refresh that
-received, wrote and sent every byte itself filled its cache at ~0.65x nginx
-``proxy_cache``; bench: refresh). A client whose refresh has not opened within
-``early_head_after`` gets the early head its decision carries (docs/http-api.md, "Archive
-answers"): the executors perform what the decision says, they do not decide.
-
-:class:`Refreshes` is also where requests find the refreshes this replica runs, and the
-bucket's locks it asks for. A refresh is *followed* from its start to its end (the status
-page lists its readers) and, when it is shared (``cache_share_inflight``, the bucket, a
-prefetch), also *registered*: requests of its file find it (:meth:`Refreshes.running`)
-and join it rather than asking the source again. Registering happens synchronously with the
-start, so a request arriving next finds it. While a request asks the bucket for a file's
-lock, others of that file wait (:meth:`Refreshes.settled`): the lock decides who
-refreshes.
+A :class:`~tracker.proxy.decisions.Start` begins a *detached* refresh
+(:func:`tracker.proxy.bytepaths.fill` in the transfers nursery: it may outlive its client);
+every client reads its growing temp file (:mod:`tracker.proxy.sharing`). A refresh is
+*followed* from its start to its end (the status page lists its readers) and, when its start
+says ``register``, also found by requests of its file (:meth:`Refreshes.running`); it is
+registered synchronously with the start, so a request arriving next finds it. While a
+request asks the bucket for a file's lock, others of that file wait
+(:meth:`Refreshes.settled`): the lock decides who refreshes.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The executors of the stored copies: the bucket's redirect, the disk cache, the bucket's
-stream and the holder replica (:class:`~tracker.proxy.decisions.Redirect`,
-:class:`~tracker.proxy.decisions.CacheHit`, :class:`~tracker.proxy.decisions.FromBucket`,
-:class:`~tracker.proxy.decisions.FromHolder`).
+stream and the holder replica (``REDIRECT``, ``CACHE_HIT``, ``FROM_BUCKET`` and
+``FROM_HOLDER`` of :class:`~tracker.proxy.decisions.Step`).
 
 Each answers the request, counted as its outcome, or passes (None) when performing it shows
 that it cannot: the object is not there, the URL could not be signed, the cached file is
-gone, the stream could not start. The walk then goes on (docs/http-api.md, "With an object
+gone, the stream could not start. The route then goes on (docs/http-api.md, "With an object
 store"). A copy whose digest is known says so (``repr-digest``, "Verified archives").
 """
 

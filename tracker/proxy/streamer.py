@@ -272,8 +272,7 @@ class ProxyStreamer:
 
     async def serve(self, ask: Ask, group: str, archive: ArchiveName, found: Found) -> Answer:
         """Answer ``ask``, a GET or HEAD of ``archive`` (parsed once, by the route) of
-        ``group`` (advertised by ``found``): its walk (:func:`tracker.proxy.walk.request_walk`),
-        performed.
+        ``group`` (advertised by ``found``): its route, :meth:`Route.answer`.
 
         Raises RequestError (404/400) for a group that cannot be used. Upstream
         failures answer 502 with a one-line reason; a stopping tracker answers 503.
