@@ -46,7 +46,7 @@ from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.records.attestations import Attestations
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
-from tracker.proxy.streamer import CacheFactory, ProxyStreamer, StreamerParts
+from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
 from tracker.reporting import ScrapeReporter, track_snapshot_age
@@ -179,9 +179,12 @@ def build(
         objects.tier.retainer.served = index.served_fulls
         objects.tier.retainer.on_listed = partial(index.hold, "bucket")
     votes = ClusterVotes(current, rpc)  # one, its tallies shared by every copy it lifts
-    parts = StreamerParts(
+    streamer = ProxyStreamer(
+        current,
+        index,
+        transfers,
         metrics=metrics,
-        settings=settings if settings is not None else ProxySettings(),
+        settings=settings,
         objects=objects,
         budget=budget,
         digests=digests,
@@ -190,8 +193,7 @@ def build(
         resolver=resolver,
         voter=votes,
     )
-    streamer = ProxyStreamer(current, index, transfers, parts)
-    prefetcher = Prefetcher(current, index, streamer, transfers)
+    prefetcher = Prefetcher(current, index, streamer.prefetch, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
     local_proofs = LocalProofs(current, index, digests, votes=votes, accounts=streamer.proof_limits)

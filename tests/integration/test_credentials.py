@@ -97,7 +97,7 @@ async def test_a_prefetch_never_sends_credentials_to_another_origin(
         overrides = {"cache_prefetch": True, "egress": egress}
         async with running_tracker(config(cache, **overrides)) as t:
             advertise(t.index, source.base, [(NAME, elsewhere.url(NAME), len(DATA))])
-            prefetcher = Prefetcher(lambda t=t: t.config, t.index, t.streamer, t.transfers)
+            prefetcher = Prefetcher(lambda t=t: t.config, t.index, t.streamer.prefetch, t.transfers)
             assert prefetcher.check() == 1
             if egress == LOOPBACK:
                 await wait_for(lambda t=t: t.cached() == [NAME])

@@ -30,7 +30,7 @@ UPSTREAM_FILES = FILES
 
 
 def prefetcher(t: TrackerUnderTest) -> Prefetcher:
-    return Prefetcher(lambda: t.config, t.index, t.streamer, t.transfers)
+    return Prefetcher(lambda: t.config, t.index, t.streamer.prefetch, t.transfers)
 
 
 async def test_prefetch_fills_the_cache_with_no_client_request(

@@ -237,7 +237,7 @@ async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None
             assert liar.lied is not None
             await wait_for(lambda: NAME in t.cached(), timeout=30)
             assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
-            rejections = t.streamer.context.rejections
+            rejections = t.streamer.rejections
             named = rejections.errors(t.index.clock())
             assert list(named) == [TargetKey(GROUP, liar.base)], named
             assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]

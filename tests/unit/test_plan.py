@@ -1,12 +1,11 @@
 """The byte path of proxy mode as a table: docs/http-api.md against tracker/proxy/decisions.py
-and the walk that orders them, tracker/proxy/walk.py.
+and the route that asks them in order, tracker/proxy/streamer.py (:meth:`Route.answer`).
 
-No sockets, no event loop. Each row is one rule of docs/http-api.md ("Archive answers",
-"With an object store", "Verified archives") as the decisions a request goes through:
-:func:`walk` drives the very walk the streamer performs (:func:`tracker.proxy.walk.next_step`,
-tracker/proxy/streamer.py), answering its lookups from the row's facts, every decision
-answering the request except those the row says pass (the file turned out not to be there, a
-URL could not be signed, a refresh ended).
+No sockets. Each row is one rule of docs/http-api.md ("Archive answers", "With an object
+store", "Verified archives") as the decisions a request goes through: :func:`walk` runs the
+very route the streamer runs (:meth:`tracker.proxy.streamer.Route.answer`), its lookups
+answered from the row's facts, every decision answering the request except those the row
+says pass (the file turned out not to be there, a URL could not be signed, a refresh ended).
 """
 
 from __future__ import annotations
@@ -14,34 +13,33 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import trio
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
 from tracker.core.text import TRACKER_AGENT
+from tracker.objectstore.locks import Holder, Lock
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy import decisions as plan
-from tracker.proxy import walk as walks
+from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import (
     Asked,
-    Bucket,
-    CacheHit,
-    Claim,
     Claimed,
     Copy,
-    FromBucket,
-    FromHolder,
-    JoinBehind,
-    JoinShared,
-    Miss,
+    Decision,
     Mode,
     Now,
-    OwnRefresh,
-    Redirect,
-    Relay,
-    Running,
-    StartShared,
+    Start,
+    Step,
+    own_refresh,
+    start_shared,
 )
+from tracker.proxy.refreshing import Refreshes
+from tracker.proxy.streamer import Route
+from tracker.serving.httpanswer import Answer
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"
 SIZE = 1000
@@ -60,453 +58,525 @@ FROM_REPLICA = Asked("GET", user_agent=TRACKER_AGENT)
 CACHE = Mode(serve_user_agents=("Firedancer",))
 KEEP = Mode(keep=True)
 SHARE = Mode(share=True)
-BUCKET = Mode(bucket=Bucket(), serve_user_agents=("Firedancer",))
-NO_DIRECT = Mode(bucket=Bucket(direct_serve=False))
-DOWN = Mode(bucket=Bucket(usable=False))
+BUCKET = Mode(bucket=True, serve_user_agents=("Firedancer",))
+NO_DIRECT = Mode(bucket=True, direct_serve=False)
+DOWN = Mode(bucket=True, store_up=False)
 
 BEST = Now(best=True)
 OTHER = Now(best=False)
 REFRESHING = Now(best=True, refreshing=True)
 #: A registered refresh with 500 of its 1000 bytes written.
-RUNNING = Now(best=True, running=Running(SIZE, 500), refreshing=True)
+RUNNING = Now(best=True, running=(SIZE, 500), refreshing=True)
 
-Step = object
+#: What the table lists: a decision, or a holder followed as a source of the index's size.
+Tried = Decision | tuple[Step, int]
+#: The kinds of decision that pass: a :class:`Step`, or :class:`Start` for any start.
+Passing = Step | type[Start]
+
+LOCK = Lock(cast(Any, None), "lock", "me", "http://127.0.0.1:1", "etag")
+HOLDER = Holder("other", "http://127.0.0.2:1", 0.0)
+CLAIMS: dict[Claimed, Lock | Holder | None] = {"lock": LOCK, "holder": HOLDER, "none": None}
+
+
+class Table(Route):
+    """The route with its lookups answered from a row and its decisions recorded, not
+    performed (see :func:`walk`)."""
+
+    def __init__(
+        self,
+        asked: Asked,
+        mode: Mode,
+        *,
+        facts: dict[str, Any],
+        passes: tuple[Passing, ...],
+        relayable: bool,
+    ) -> None:
+        self.ask, self.mode, self.lock, self.read, self.size = Ask(asked, {}), mode, None, None, 0
+        self.nows = [facts["now"], facts["after"] or facts["now"]]
+        self.copies = [facts["copy"], facts["later"]]
+        self.facts, self.passes, self.relayable_ = facts, passes, relayable
+        self.tried: list[Tried] = []
+
+    @property
+    def relayable(self) -> bool:
+        return self.relayable_
+
+    async def copy(self) -> Copy:
+        copy: Copy = self.copies.pop(0) if len(self.copies) > 1 else self.copies[0]
+        return copy
+
+    def missed(self) -> None:
+        self.tried.append(Step.MISS)
+
+    async def now(self, *, settle: bool = False) -> Now:
+        # Only the miss waits for another request claiming the lock; the fallback does not.
+        assert settle is (self.mode.shares and len(self.nows) > 1)
+        now: Now = self.nows.pop(0) if len(self.nows) > 1 else self.nows[0]
+        return now
+
+    async def claim(self) -> Claimed:
+        self.tried.append(Step.CLAIM)
+        self.lock = CLAIMS[self.facts["claim"]]
+        return cast(Claimed, self.facts["claim"])
+
+    def index_size(self) -> int:
+        self.size = self.facts["size"]
+        return self.size
+
+    def promoted(self) -> bool:
+        return bool(self.facts["promoted"])
+
+    async def perform(self, decision: Decision) -> Answer | None:
+        if decision is Step.GONE:
+            self.tried.append(decision)
+            return Answer(404, {})
+        self.tried.append((decision, self.size) if decision is Step.FROM_HOLDER else decision)
+        kind = Start if isinstance(decision, Start) else decision
+        return None if kind in self.passes else Answer(200, {})
 
 
 def walk(
     asked: Asked,
     mode: Mode,
     *,
-    copy: Copy = Copy.SERVABLE,
-    passes: tuple[type, ...] = (),
+    copy: Copy = "servable",
+    passes: tuple[Passing, ...] = (),
     now: Now = BEST,
     after: Now | None = None,
-    claim: Claimed = Claimed.LOCK,
+    claim: Claimed = "lock",
     size: int = SIZE,
     promoted: bool = False,
-    later: Copy = Copy.SERVABLE,
+    later: Copy = "servable",
     relayable: bool = True,
-) -> list[Step]:
-    """The decisions a request goes through, in order, until one answers: the real walk
-    driven with fake lookups. ``passes``: the kinds of decision that cannot answer; ``now``:
+) -> list[Tried]:
+    """The decisions a request goes through, in order, until one answers: the real route
+    run with fake lookups. ``passes``: the kinds of decision that cannot answer; ``now``:
     what a miss finds, ``after``: what the fallback finds once a miss's decision passed
     (default: the same); ``promoted``: a refresh read that passed was promoted meanwhile,
     ``later``: the copy on disk then."""
-    nows = [now, after or now]
-    copies = [copy, later]
-    answers: dict[type, walks.Reply] = {
-        walks.NeedSize: size,
-        walks.NeedPromoted: promoted,
-        Claim: claim,
+    facts = {
+        "copy": copy,
+        "now": now,
+        "after": after,
+        "claim": claim,
+        "size": size,
+        "promoted": promoted,
+        "later": later,
     }
-    tried: list[Step] = []
-    path, step = walks.next_step(walks.request_walk(asked, mode, relayable=relayable))
-    while step is not None:
-        reply: walks.Reply
-        if isinstance(step, walks.NeedNow):
-            reply = nows.pop(0) if len(nows) > 1 else nows[0]
-        elif isinstance(step, walks.NeedCopy):
-            reply = copies.pop(0) if len(copies) > 1 else copies[0]
-        elif type(step) in answers:
-            reply = answers[type(step)]
-        else:
-            reply = type(step) not in passes
-        if not isinstance(step, walks.Lookup):
-            tried.append(step)  # a decision, or the Claim that takes the lock
-        path, step = walks.next_step(path, reply)
-    return tried
+    route = Table(asked, mode, facts=facts, passes=passes, relayable=relayable)
+    trio.run(route.answer)
+    return route.tried
 
 
 ROWS = [
     # -- "Archive answers": the disk cache ----------------------------------------------------
-    pytest.param(GET, CACHE, {"copy": Copy.NO_CACHE}, [Relay()], id="no cache: relayed"),
+    pytest.param(GET, CACHE, {"copy": "no_cache"}, [Step.RELAY], id="no cache: relayed"),
     pytest.param(
-        GET, CACHE, {"copy": Copy.OUTSIDE}, [Relay()], id="a path out of the cache: relayed"
+        GET, CACHE, {"copy": "outside"}, [Step.RELAY], id="a path out of the cache: relayed"
     ),
-    pytest.param(GET, CACHE, {}, [CacheHit()], id="cached: GET from disk"),
-    pytest.param(HEAD, CACHE, {}, [CacheHit()], id="cached: HEAD from disk"),
-    pytest.param(RANGE, CACHE, {}, [CacheHit()], id="cached: Range from disk"),
-    pytest.param(IF_NONE_MATCH, CACHE, {}, [CacheHit()], id="cached: conditional from disk"),
+    pytest.param(GET, CACHE, {}, [Step.CACHE_HIT], id="cached: GET from disk"),
+    pytest.param(HEAD, CACHE, {}, [Step.CACHE_HIT], id="cached: HEAD from disk"),
+    pytest.param(RANGE, CACHE, {}, [Step.CACHE_HIT], id="cached: Range from disk"),
+    pytest.param(IF_NONE_MATCH, CACHE, {}, [Step.CACHE_HIT], id="cached: conditional from disk"),
     pytest.param(
         GET,
         CACHE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), OwnRefresh(keep=False, early=SIZE)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, own_refresh(keep=False, early=SIZE)],
         id="plain GET of the best, not cached: its refresh, read by its client",
     ),
     pytest.param(
         GET,
         KEEP,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), OwnRefresh(keep=True, early=SIZE)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, own_refresh(keep=True, early=SIZE)],
         id="cache_complete_on_disconnect: the refresh outlives its client",
     ),
     pytest.param(
         GET,
         CACHE,
-        {"passes": (CacheHit,), "now": OTHER},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": OTHER},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="not the group's best: relayed uncached",
     ),
     pytest.param(
         HEAD,
         CACHE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="HEAD of the best, not cached: relayed",
     ),
     pytest.param(
         IF_NONE_MATCH,
         CACHE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="conditional GET of the best, not cached: relayed (only the source answers it)",
     ),
     pytest.param(
         GET,
         CACHE,
-        {"passes": (CacheHit,), "now": REFRESHING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": REFRESHING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="a refresh runs, sharing off: other requests relayed uncached",
     ),
     pytest.param(
         GET,
         CACHE,
-        {"passes": (CacheHit, OwnRefresh), "after": REFRESHING},
-        [CacheHit(), Miss(), OwnRefresh(keep=False, early=SIZE), Relay()],
+        {"passes": (Step.CACHE_HIT, Start), "after": REFRESHING},
+        [Step.CACHE_HIT, Step.MISS, own_refresh(keep=False, early=SIZE), Step.RELAY],
         id="a refresh began meanwhile: relayed",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), Relay(interest=True)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY_INTEREST],
         id="Range of the best, nothing refreshes it: relayed, a background refresh starts",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"passes": (CacheHit,), "now": REFRESHING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": REFRESHING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="Range of the best while a client's refresh runs: relayed, no second refresh",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"passes": (CacheHit,), "now": OTHER},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": OTHER},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="Range of another file: relayed, nothing started",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), JoinBehind()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
         id="Range whose first byte the background refresh wrote: read from its temp file",
     ),
     pytest.param(
         RANGE_AHEAD,
         CACHE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="Range ahead of the background refresh: relayed in parallel",
     ),
     pytest.param(
         RANGE_AT_EDGE,
         CACHE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="Range from the first byte not written yet: relayed",
     ),
     pytest.param(
         Asked("GET", range="bytes=499-"),
         CACHE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), JoinBehind()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
         id="Range from the last byte written: read from the temp file",
     ),
     pytest.param(
         IF_RANGE,
         CACHE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="Range with If-Range: relayed, not read from a refresh",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"passes": (CacheHit, JoinBehind), "now": RUNNING, "after": BEST},
-        [CacheHit(), Miss(), JoinBehind(), Relay(interest=True)],
+        {"passes": (Step.CACHE_HIT, Step.JOIN_BEHIND), "now": RUNNING, "after": BEST},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND, Step.RELAY_INTEREST],
         id="the background refresh ended unread: relayed, interest noted from what is now",
     ),
     # -- "Archive answers": cache_share_inflight -----------------------------------------------
     pytest.param(
         GET,
         SHARE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), StartShared(keep=False, early=SIZE)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, start_shared(keep=False, early=SIZE)],
         id="shared: a plain GET of the best starts the refresh others join",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), JoinShared()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED],
         id="shared: a GET while it runs reads the same temp file",
     ),
     pytest.param(
         RANGE_AHEAD,
         SHARE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), JoinShared()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED],
         id="shared: a Range GET too, wherever it starts",
     ),
     pytest.param(
         HEAD,
         SHARE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="shared: a HEAD is relayed",
     ),
     pytest.param(
         IF_RANGE,
         SHARE,
-        {"passes": (CacheHit,), "now": RUNNING},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="shared: a conditional GET is relayed",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"passes": (CacheHit, JoinShared), "now": RUNNING, "after": BEST},
-        [CacheHit(), Miss(), JoinShared(), Relay()],
+        {"passes": (Step.CACHE_HIT, Step.JOIN_SHARED), "now": RUNNING, "after": BEST},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED, Step.RELAY],
         id="shared: a refresh that ended unread: relayed",
     ),
     pytest.param(
         RANGE,
         SHARE,
-        {"passes": (CacheHit,)},
-        [CacheHit(), Miss(), Relay(interest=True)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY_INTEREST],
         id="shared: Range of the best, nothing refreshes it: relayed, a refresh starts",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"copy": Copy.UNCHECKED, "passes": (JoinShared,), "now": RUNNING, "promoted": True},
-        [Miss(), JoinShared(), CacheHit()],
+        {"copy": "unchecked", "passes": (Step.JOIN_SHARED,), "now": RUNNING, "promoted": True},
+        [Step.MISS, Step.JOIN_SHARED, Step.CACHE_HIT],
         id="shared: the refresh was promoted while joining it: a cache hit",
     ),
     pytest.param(
         GET,
         CACHE,
-        {"copy": Copy.UNCHECKED, "passes": (OwnRefresh,), "promoted": True},
-        [Miss(), OwnRefresh(keep=False, early=SIZE), CacheHit()],
+        {"copy": "unchecked", "passes": (Start,), "promoted": True},
+        [Step.MISS, own_refresh(keep=False, early=SIZE), Step.CACHE_HIT],
         id="its own refresh promoted before it was read: a cache hit",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"passes": (CacheHit, JoinShared), "now": RUNNING, "promoted": True, "after": OTHER},
-        [CacheHit(), Miss(), JoinShared(), CacheHit(), Relay()],
+        {
+            "passes": (Step.CACHE_HIT, Step.JOIN_SHARED),
+            "now": RUNNING,
+            "promoted": True,
+            "after": OTHER,
+        },
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED, Step.CACHE_HIT, Step.RELAY],
         id="shared: promoted, then gone from disk: relayed",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"copy": Copy.UNCHECKED, "passes": (JoinShared,), "now": RUNNING, "promoted": False},
-        [Miss(), JoinShared(), Relay()],
+        {"copy": "unchecked", "passes": (Step.JOIN_SHARED,), "now": RUNNING, "promoted": False},
+        [Step.MISS, Step.JOIN_SHARED, Step.RELAY],
         id="shared: the refresh failed while joining it: relayed",
     ),
     pytest.param(
         GET,
         SHARE,
         {
-            "passes": (JoinShared,),
-            "copy": Copy.UNCHECKED,
+            "passes": (Step.JOIN_SHARED,),
+            "copy": "unchecked",
             "now": RUNNING,
             "promoted": True,
-            "later": Copy.UNCHECKED,
+            "later": "unchecked",
         },
-        [Miss(), JoinShared(), Relay()],
+        [Step.MISS, Step.JOIN_SHARED, Step.RELAY],
         id="shared: promoted but its copy not checked yet: relayed",
     ),
     pytest.param(
         RANGE,
         CACHE,
-        {"copy": Copy.UNCHECKED, "passes": (JoinBehind,), "now": RUNNING, "promoted": True},
-        [Miss(), JoinBehind(), Relay(interest=False)],
+        {"copy": "unchecked", "passes": (Step.JOIN_BEHIND,), "now": RUNNING, "promoted": True},
+        [Step.MISS, Step.JOIN_BEHIND, Step.RELAY],
         id="a Range behind a background refresh that ended: relayed (no promotion asked)",
     ),
     pytest.param(
         GET,
         SHARE,
-        {"passes": (CacheHit,), "now": OTHER},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": OTHER},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="shared: another file is relayed",
     ),
     # -- "With an object store" ----------------------------------------------------------------
-    pytest.param(GET, BUCKET, {}, [Redirect()], id="bucket: GET of a stored archive: 303"),
+    pytest.param(GET, BUCKET, {}, [Step.REDIRECT], id="bucket: GET of a stored archive: 303"),
     pytest.param(
         GET,
         BUCKET,
-        {"copy": Copy.OUTSIDE},
-        [Redirect()],
+        {"copy": "outside"},
+        [Step.REDIRECT],
         id="bucket: the 303 comes before any file system work",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect,)},
-        [Redirect(), CacheHit()],
+        {"passes": (Step.REDIRECT,)},
+        [Step.REDIRECT, Step.CACHE_HIT],
         id="bucket: signing failed (or not there): bytes from the disk cache",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit)},
-        [Redirect(), CacheHit(), FromBucket(head=False)],
+        {"passes": (Step.REDIRECT, Step.CACHE_HIT)},
+        [Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: not on disk: streamed from the bucket",
     ),
     pytest.param(
         FROM_FIREDANCER,
         BUCKET,
         {},
-        [CacheHit()],
+        [Step.CACHE_HIT],
         id="bucket: serve_user_agents get bytes from the disk cache",
     ),
     pytest.param(
         FROM_FIREDANCER,
         BUCKET,
-        {"passes": (CacheHit,)},
-        [CacheHit(), FromBucket(head=False)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: serve_user_agents, not on disk: streamed from the bucket",
     ),
     pytest.param(
         FROM_REPLICA,
         BUCKET,
-        {"passes": (CacheHit,)},
-        [CacheHit(), FromBucket(head=False)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: another tracker gets bytes, never a redirect",
     ),
     pytest.param(
         GET,
         NO_DIRECT,
-        {"passes": (CacheHit,)},
-        [CacheHit(), FromBucket(head=False)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: direct_serve false: streamed",
     ),
     pytest.param(
         GET,
         DOWN,
-        {"passes": (CacheHit,)},
-        [CacheHit(), FromBucket(head=False)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: the store down: no 303, a known object still streamed",
     ),
     pytest.param(
         HEAD,
         BUCKET,
-        {"passes": (CacheHit,)},
-        [CacheHit(), FromBucket(head=True)],
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.FROM_BUCKET],
         id="bucket: HEAD not on disk: from the object's metadata",
     ),
     pytest.param(
         HEAD,
         DOWN,
-        {"passes": (CacheHit,), "now": OTHER},
-        [CacheHit(), Miss(), Relay()],
+        {"passes": (Step.CACHE_HIT,), "now": OTHER},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="bucket: HEAD, the store down: relayed",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket)},
+        {"passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET)},
         [
-            Redirect(),
-            CacheHit(),
-            FromBucket(head=False),
-            Miss(),
-            Claim(),
-            StartShared(True, True, early=SIZE),
+            Step.REDIRECT,
+            Step.CACHE_HIT,
+            Step.FROM_BUCKET,
+            Step.MISS,
+            Step.CLAIM,
+            start_shared(True, True, early=SIZE),
         ],
         id="bucket: a miss: the replica with the lock refreshes, uploads, keeps it",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.HOLDER},
-        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), FromHolder(SIZE)],
+        {"passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET), "claim": "holder"},
+        [
+            Step.REDIRECT,
+            Step.CACHE_HIT,
+            Step.FROM_BUCKET,
+            Step.MISS,
+            Step.CLAIM,
+            (Step.FROM_HOLDER, SIZE),
+        ],
         id="bucket: another replica holds the lock: proxied from its refresh",
     ),
     pytest.param(
         FROM_REPLICA,
         BUCKET,
-        {"passes": (CacheHit, FromBucket), "claim": Claimed.HOLDER},
-        [CacheHit(), FromBucket(head=False), Miss(), Claim(), Relay()],
+        {"passes": (Step.CACHE_HIT, Step.FROM_BUCKET), "claim": "holder"},
+        [Step.CACHE_HIT, Step.FROM_BUCKET, Step.MISS, Step.CLAIM, Step.RELAY],
         id="bucket: a replica's request is never sent on to a third one",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.HOLDER, "size": 0},
-        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), Claim(), Relay()],
+        {
+            "passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET),
+            "claim": "holder",
+            "size": 0,
+        },
+        [Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET, Step.MISS, Step.CLAIM, Step.RELAY],
         id="bucket: the size unknown, the holder's answer cannot be checked: relayed",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket, FromHolder), "claim": Claimed.HOLDER},
+        {
+            "passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET, Step.FROM_HOLDER),
+            "claim": "holder",
+        },
         [
-            Redirect(),
-            CacheHit(),
-            FromBucket(head=False),
-            Miss(),
-            Claim(),
-            FromHolder(SIZE),
-            Relay(),
+            Step.REDIRECT,
+            Step.CACHE_HIT,
+            Step.FROM_BUCKET,
+            Step.MISS,
+            Step.CLAIM,
+            (Step.FROM_HOLDER, SIZE),
+            Step.RELAY,
         ],
         id="bucket: the holder unreachable or not to be followed: relayed",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket), "claim": Claimed.NONE},
+        {"passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET), "claim": "none"},
         [
-            Redirect(),
-            CacheHit(),
-            FromBucket(head=False),
-            Miss(),
-            Claim(),
-            StartShared(False, early=SIZE),
+            Step.REDIRECT,
+            Step.CACHE_HIT,
+            Step.FROM_BUCKET,
+            Step.MISS,
+            Step.CLAIM,
+            start_shared(False, early=SIZE),
         ],
         id="bucket: no lock to be had (store down): the disk cache alone",
     ),
     pytest.param(
         GET,
         BUCKET,
-        {"passes": (Redirect, CacheHit, FromBucket), "now": RUNNING},
-        [Redirect(), CacheHit(), FromBucket(head=False), Miss(), JoinShared()],
+        {"passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET), "now": RUNNING},
+        [Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET, Step.MISS, Step.JOIN_SHARED],
         id="bucket: every request on the refreshing replica reads the growing file",
     ),
     # -- "Verified archives" --------------------------------------------------------------------
     pytest.param(
         GET,
         CACHE,
-        {"copy": Copy.UNCHECKED},
-        [Miss(), OwnRefresh(keep=False, early=SIZE)],
+        {"copy": "unchecked"},
+        [Step.MISS, own_refresh(keep=False, early=SIZE)],
         id="verified: a copy not checked yet is no hit",
     ),
     pytest.param(
         HEAD,
         CACHE,
-        {"copy": Copy.UNCHECKED},
-        [Miss(), Relay()],
+        {"copy": "unchecked"},
+        [Step.MISS, Step.RELAY],
         id="verified: nor is it for HEAD",
     ),
     pytest.param(
         FROM_FIREDANCER,
         BUCKET,
-        {"copy": Copy.UNCHECKED},
-        [FromBucket(head=False)],
+        {"copy": "unchecked"},
+        [Step.FROM_BUCKET],
         id="verified: the bucket's (checked) copy instead of an unchecked one on disk",
     ),
 ]
@@ -515,13 +585,13 @@ ROWS = [
 @pytest.mark.parametrize(
     ("copy", "passes", "expected"),
     [
-        (Copy.SERVABLE, (), [CacheHit()]),
-        (Copy.SERVABLE, (CacheHit,), [CacheHit(), Miss(), plan.Gone()]),
-        (Copy.NO_CACHE, (), [plan.Gone()]),
+        ("servable", (), [Step.CACHE_HIT]),
+        ("servable", (Step.CACHE_HIT,), [Step.CACHE_HIT, Step.MISS, Step.GONE]),
+        ("no_cache", (), [Step.GONE]),
     ],
 )
 def test_a_file_no_source_advertises_is_served_from_its_copy_or_gone(
-    copy: Copy, passes: tuple[type, ...], expected: list[Step]
+    copy: Copy, passes: tuple[Passing, ...], expected: list[Tried]
 ) -> None:
     """Only the tracker holds it (kept incrementals): its copy answers, else 404, never a
     relay from nowhere."""
@@ -531,7 +601,7 @@ def test_a_file_no_source_advertises_is_served_from_its_copy_or_gone(
 
 @pytest.mark.parametrize(("asked", "mode", "facts", "expected"), ROWS)
 def test_the_byte_path_of_docs_http_api(
-    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Step]
+    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Tried]
 ) -> None:
     assert walk(asked, mode, **facts) == expected  # type: ignore[arg-type]
 
@@ -596,51 +666,75 @@ def test_a_prefetch_refreshes_only_a_remote_best_file_not_cached() -> None:
     assert not plan.prefetches(True, remote, True)  # cached already
 
 
+class Prefetching(Refreshes):
+    """The prefetch's order (:meth:`Refreshes.prefetch`) with fake lookups: its claim and
+    its start recorded, not performed."""
+
+    def __init__(
+        self, bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed
+    ) -> None:
+        found = _found(SIZE)
+        index = SimpleNamespace(find_file=lambda group, name: found)
+        launcher = SimpleNamespace(is_best=lambda group, name: best, index=index)
+
+        async def lookup(group: str, name: str) -> object:
+            return object() if in_bucket else None
+
+        objects = SimpleNamespace(tier=SimpleNamespace(lookup=lookup)) if bucket else None
+        super().__init__(cast(Any, launcher), cast(Any, objects))
+        self.cache = SimpleNamespace(
+            root="/cache", lookup=lambda g, n: object() if cached else None
+        )
+        self.claimed = claim
+        self.tried: list[Tried] = []
+
+    async def claim(self, key: tuple[str, str, str]) -> Lock | Holder | None:
+        self.tried.append(Step.CLAIM)
+        return CLAIMS[self.claimed]
+
+    async def start(self, group: Any, archive: Any, cache: Any, step: Start, lock: Any) -> None:
+        assert (lock is not None) is step.locked
+        self.tried.append(step)
+
+
 def prefetch_walk(
-    bucket: bool, facts: walks.Prefetching, in_bucket: bool, claim: Claimed
-) -> list[Step]:
-    """The steps a prefetch goes through (the real walk, fake lookups): its Claim and its
-    StartPrefetch, if any."""
-    answers: dict[type, walks.Reply] = {
-        walks.NeedFound: facts,
-        walks.NeedInBucket: in_bucket,
-        Claim: claim,
-    }
-    tried: list[Step] = []
-    path, step = walks.next_step(walks.prefetch_walk(bucket))
-    while step is not None:
-        if not isinstance(step, walks.Lookup):
-            tried.append(step)
-        path, step = walks.next_step(path, answers.get(type(step), True))
-    return tried
+    bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed
+) -> list[Tried]:
+    """The steps a prefetch goes through (the real order, fake lookups): its claim and its
+    start, if any."""
+    prefetch = Prefetching(bucket, best, cached, in_bucket, claim)
+    group, archive = SimpleNamespace(group="g"), parse_archive_name(NAME)
+    assert archive is not None
+    trio.run(prefetch.prefetch, cast(Any, group), cast(Any, prefetch.cache), archive)
+    return prefetch.tried
 
 
-START = plan.StartPrefetch
+START = plan.start_prefetch
 
 
 @pytest.mark.parametrize(
     ("bucket", "best", "cached", "in_bucket", "claim", "expected"),
     [
-        pytest.param(False, True, False, False, Claimed.LOCK, [START()], id="refreshed"),
-        pytest.param(False, False, False, False, Claimed.LOCK, [], id="not the best: nothing"),
-        pytest.param(False, True, True, False, Claimed.LOCK, [], id="cached: nothing"),
+        pytest.param(False, True, False, False, "lock", [START()], id="refreshed"),
+        pytest.param(False, False, False, False, "lock", [], id="not the best: nothing"),
+        pytest.param(False, True, True, False, "lock", [], id="cached: nothing"),
         pytest.param(
             True,
             True,
             False,
             False,
-            Claimed.LOCK,
-            [Claim(), START(locked=True)],
+            "lock",
+            [Step.CLAIM, START(locked=True)],
             id="bucket: its lock got: refreshed, uploaded",
         ),
-        pytest.param(True, True, False, True, Claimed.LOCK, [], id="bucket: it has the file"),
+        pytest.param(True, True, False, True, "lock", [], id="bucket: it has the file"),
         pytest.param(
             True,
             True,
             False,
             False,
-            Claimed.HOLDER,
-            [Claim()],
+            "holder",
+            [Step.CLAIM],
             id="bucket: another replica refreshes it",
         ),
         pytest.param(
@@ -648,30 +742,22 @@ START = plan.StartPrefetch
             True,
             False,
             False,
-            Claimed.NONE,
-            [Claim(), START(locked=False)],
+            "none",
+            [Step.CLAIM, START(locked=False)],
             id="bucket: no lock to be had: refreshed for the disk cache alone",
         ),
-        pytest.param(True, False, False, False, Claimed.LOCK, [], id="bucket: not the best"),
+        pytest.param(True, False, False, False, "lock", [], id="bucket: not the best"),
     ],
 )
 def test_a_prefetch_asks_the_bucket_and_its_lock(
-    bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed, expected: list[Step]
+    bucket: bool, best: bool, cached: bool, in_bucket: bool, claim: Claimed, expected: list[Tried]
 ) -> None:
-    facts = walks.Prefetching(best, _found(SIZE), cached)
-    assert prefetch_walk(bucket, facts, in_bucket, claim) == expected
-
-
-def test_a_wrong_reply_is_refused() -> None:
-    path, step = walks.next_step(walks.request_walk(GET, CACHE))
-    assert isinstance(step, walks.NeedCopy)
-    with pytest.raises(TypeError, match="Copy"):
-        walks.next_step(path, True)
+    assert prefetch_walk(bucket, best, cached, in_bucket, claim) == expected
 
 
 def test_the_plan_needs_no_event_loop_and_no_network() -> None:
     code = (
-        "import sys, tracker.proxy.walk, tracker.proxy.decisions; "
+        "import sys, tracker.proxy.decisions; "
         "print(sorted(m for m in ('trio', 'quart', 'httpx', 'httpcore', 'hypercorn') "
         "if m in sys.modules))"
     )
@@ -688,35 +774,35 @@ def test_the_plan_needs_no_event_loop_and_no_network() -> None:
         pytest.param(
             GET,
             CACHE,
-            {"passes": (CacheHit,), "size": 0},
-            [CacheHit(), Miss(), OwnRefresh(keep=False)],
+            {"passes": (Step.CACHE_HIT,), "size": 0},
+            [Step.CACHE_HIT, Step.MISS, own_refresh(keep=False)],
             id="size unknown: a refresh with no early head",
         ),
         pytest.param(
             GET,
             SHARE,
-            {"passes": (CacheHit,), "size": 0},
-            [CacheHit(), Miss(), StartShared(keep=False)],
+            {"passes": (Step.CACHE_HIT,), "size": 0},
+            [Step.CACHE_HIT, Step.MISS, start_shared(keep=False)],
             id="size unknown: a shared refresh with no early head",
         ),
         pytest.param(
             GET,
             BUCKET,
-            {"passes": (Redirect, CacheHit, FromBucket), "size": 0},
+            {"passes": (Step.REDIRECT, Step.CACHE_HIT, Step.FROM_BUCKET), "size": 0},
             [
-                Redirect(),
-                CacheHit(),
-                FromBucket(head=False),
-                Miss(),
-                Claim(),
-                StartShared(True, True),
+                Step.REDIRECT,
+                Step.CACHE_HIT,
+                Step.FROM_BUCKET,
+                Step.MISS,
+                Step.CLAIM,
+                start_shared(True, True),
             ],
             id="size unknown: a locked refresh with no early head",
         ),
     ],
 )
 def test_a_start_carries_its_early_head(
-    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Step]
+    asked: Asked, mode: Mode, facts: dict[str, object], expected: list[Tried]
 ) -> None:
     assert walk(asked, mode, **facts) == expected  # type: ignore[arg-type]
 
@@ -740,10 +826,10 @@ def test_an_early_head_promises_the_index_size_to_a_plain_request(
 @pytest.mark.parametrize(
     ("step", "keep", "register", "origin", "client"),
     [
-        pytest.param(StartShared(keep=False), False, True, "cache", True, id="shared"),
-        pytest.param(StartShared(keep=True, locked=True), True, True, "cache", True, id="locked"),
-        pytest.param(OwnRefresh(keep=True), True, False, "upstream", True, id="its own"),
-        pytest.param(plan.StartPrefetch(), True, True, "cache", False, id="prefetch"),
+        pytest.param(start_shared(keep=False), False, True, "cache", True, id="shared"),
+        pytest.param(start_shared(keep=True, locked=True), True, True, "cache", True, id="locked"),
+        pytest.param(own_refresh(keep=True), True, False, "upstream", True, id="its own"),
+        pytest.param(plan.start_prefetch(), True, True, "cache", False, id="prefetch"),
     ],
 )
 def test_a_start_says_how_it_is_performed(
@@ -752,24 +838,3 @@ def test_a_start_says_how_it_is_performed(
     """Registered for other readers or not, what its starting client's bytes count as, and
     whether a client waits (relayed uncached when the temp file cannot be opened)."""
     assert (step.keep, step.register, step.origin, step.client) == (keep, register, origin, client)
-
-
-def test_the_walk_state_is_visible() -> None:
-    """Each state names its stage and what the stages before learned."""
-    path, step = walks.next_step(walks.request_walk(GET, SHARE))
-    assert (path.stage, step) == (walks.Stage.COPY, walks.NeedCopy())
-    path, step = walks.next_step(path, Copy.UNCHECKED)
-    assert (path.stage, step) == (walks.Stage.MISS, Miss())
-    path, step = walks.next_step(path, False)
-    assert (path.stage, step) == (walks.Stage.ON_MISS, walks.NeedNow(settle=True))
-    path, step = walks.next_step(path, BEST)
-    assert (path.stage, step, path.decided) == (
-        walks.Stage.SIZE,
-        walks.NeedSize(),
-        StartShared(keep=False),
-    )
-    path, step = walks.next_step(path, SIZE)
-    assert step == path.decided == StartShared(keep=False, early=SIZE)
-    path, step = walks.next_step(path, True)
-    assert (path.stage, step) == (walks.Stage.DONE, None)
-    assert walks.next_step(path, None) == (path, None)

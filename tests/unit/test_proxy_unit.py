@@ -15,7 +15,7 @@ from tracker.config.schema import Config, TLSConfig
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
 from tracker.ordering.index import Index, SnapshotSource, TargetKey
-from tracker.proxy.streamer import ProxyStreamer, StreamerParts
+from tracker.proxy.streamer import ProxyStreamer
 from tracker.proxy.transfers import Transfers, plan_head
 from tracker.proxy.upstream import (
     DownloadClients,
@@ -167,13 +167,12 @@ async def test_transfers_refuse_new_work_once_closed() -> None:
     assert not transfers.accepting
 
 
-async def test_the_proxy_context_holds_its_settings_as_a_plain_value() -> None:
-    """One value of the tunables, given when the streamer is built: the context (frozen)
-    and the download clients hold it, and nothing replaces it afterwards."""
+async def test_the_proxy_holds_its_settings_as_a_plain_value() -> None:
+    """One value of the tunables, given when the streamer is built: the launcher and the
+    download clients hold it, and nothing replaces it afterwards."""
     settings = ProxySettings(read_size=2 * 1024 * 1024)
-    parts = StreamerParts(settings=settings)
-    streamer = ProxyStreamer(Config, Index(clock=lambda: 0.0), Transfers(), parts)
-    assert streamer.context.settings is settings
+    streamer = ProxyStreamer(Config, Index(clock=lambda: 0.0), Transfers(), settings=settings)
+    assert streamer.launcher.settings is settings
     assert streamer.clients.settings is settings
     assert streamer.settings is settings
     with pytest.raises(AttributeError):

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 MAX_FILES = 8
 MAX_CARRIERS = 4
-#: The walk's own values (its state, facts and decisions) are its language, not carriers.
-WALK_MODULES = ("tracker.proxy.walk", "tracker.proxy.decisions")
+#: The decisions' own values (facts and decisions) are their language, not carriers.
+WALK_MODULES = ("tracker.proxy.decisions",)
 
 
 def _between(tag: str) -> str:
@@ -80,7 +80,7 @@ def required(entry: object) -> list[object]:
 
 
 def proxy_values(annotation: object) -> set[type]:
-    """The attrs classes of proxy/ (outside the walk's modules) in ``annotation``."""
+    """The attrs classes of proxy/ (outside the decisions' module) in ``annotation``."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
         return set().union(*(proxy_values(arg) for arg in typing.get_args(annotation)))
     if (
@@ -141,11 +141,11 @@ def test_an_entry_point_is_given_no_other_value_of_proxy(entry: str) -> None:
 
 def test_a_value_of_proxy_is_found_in_an_annotation() -> None:
     from tracker.proxy.ask import Ask
+    from tracker.proxy.decisions import Mode
     from tracker.proxy.transfers import Head, StreamJob
-    from tracker.proxy.walk import Walk
 
     assert proxy_values(Ask | None) == {Ask}
     assert proxy_values(list[StreamJob]) == {StreamJob}
     assert proxy_values(Head) == {Head}
-    assert proxy_values(Walk) == set()  # the walk's state: its own language
+    assert proxy_values(Mode) == set()  # a fact of the decisions: their own language
     assert proxy_values(int | str) == set()

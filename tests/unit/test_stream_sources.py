@@ -72,6 +72,6 @@ def test_the_sources_a_stream_may_use(
     early: int,
     refusal: str,
 ) -> None:
-    sources = choose_sources(GET if plain else RANGE, _found(*sizes), held)
-    assert _hosts(sources.found) == [f"http://127.0.0.{i}" for i in hosts]
-    assert (sources.size, sources.early, sources.refusal) == (size, early, refusal)
+    kept, known, promised, why = choose_sources(GET if plain else RANGE, _found(*sizes), held)
+    assert _hosts(kept) == [f"http://127.0.0.{i}" for i in hosts]
+    assert (known, promised, why) == (size, early, refusal)

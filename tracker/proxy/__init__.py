@@ -5,13 +5,12 @@ credentials only to their own origin, header whitelists); :mod:`~tracker.proxy.r
 a broken refresh only when the source proves it is the same file;
 :mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns;
 :mod:`~tracker.proxy.ask` is what a client asked, read once by the web layer;
-:mod:`~tracker.proxy.decisions` decides a request's byte path from its facts, in the order of
-one walk (:mod:`~tracker.proxy.walk`, a state machine; both pure: no event loop, no network),
-and :mod:`~tracker.proxy.streamer` performs it with the executors
+:mod:`~tracker.proxy.decisions` decides a request's byte path from its facts, with
+pure functions (no event loop, no network), which the route
+(:meth:`tracker.proxy.streamer.Route.answer`) asks in order and performs with the executors
 (:mod:`~tracker.proxy.storedcopies`, :mod:`~tracker.proxy.refreshing`,
-:mod:`~tracker.proxy.streamjobs`), which share one frozen context
-(:class:`~tracker.proxy.streamjobs.ProxyContext`, the tunables
-:class:`~tracker.proxy.upstream.ProxySettings` in it); every answer is a framework-free
+:mod:`~tracker.proxy.streamjobs`, whose launcher holds the tunables,
+:class:`~tracker.proxy.upstream.ProxySettings`); every answer is a framework-free
 :class:`~tracker.serving.httpanswer.Answer`; :mod:`~tracker.proxy.bytepaths` moves the bytes;
 :mod:`~tracker.proxy.sharing` lets clients read a refresh's growing temp file;
 :mod:`~tracker.proxy.prefetch` refreshes new best files before anyone asks;

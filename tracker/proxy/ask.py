@@ -1,7 +1,5 @@
-"""What a client asked for, built once at the web boundary, and the file it names: the facts
-the walk decides on, the headers forwarded to a source, the connection that takes zero-copy
-pieces (:class:`Ask`); the group, the parsed name, its sources and the cache it may be kept
-in (:class:`Wanted`).
+"""What a client asked for, built once at the web boundary: the facts the route decides on,
+the headers forwarded to a source, the connection that takes zero-copy pieces (:class:`Ask`).
 
 tracker/web/delivery.py builds an :class:`Ask` from the web framework's request; nothing
 under it reads the request again (docs/architecture.md, "One request's path"). Which client
@@ -14,10 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from tracker.cache.store import Cache
-from tracker.config.schema import TargetGroup
-from tracker.core.snapshots import ArchiveName
-from tracker.proxy.decisions import Asked, Found
+from tracker.proxy.decisions import Asked
 from tracker.zerocopy.connection import Connection
 
 #: Client request headers sent on upstream (lower case). Everything else stays here.
@@ -50,27 +45,6 @@ class Ask:
     @property
     def method(self) -> str:
         return self.asked.method
-
-
-@attrs.frozen
-class Wanted:
-    """The file a request (or a prefetch) asks for: its group, its parsed name, the sources
-    the index knows for it, and the disk cache it may be kept in (None: none configured)."""
-
-    group: TargetGroup
-    archive: ArchiveName
-    found: Found
-    cache: Cache | None
-
-    @property
-    def name(self) -> str:
-        return self.archive.file_name
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """Its refreshes' key: cache root, group, file name (only with a cache)."""
-        assert self.cache is not None  # the walk looks refreshes up only with a cache
-        return (self.cache.root, self.group.group, self.archive.file_name)
 
 
 def ask_of(

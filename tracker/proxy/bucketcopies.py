@@ -101,7 +101,7 @@ class ObjectPath:
         self, holder: Holder, group: str, archive: ArchiveName, size: int
     ) -> tuple[TargetGroup, Found] | None:
         """The holder's refresh in flight as a source of the ``size``-byte archive (its size
-        in the index: the walk follows a holder only when it is known, and never for a
+        in the index: the route follows a holder only when it is known, and never for a
         request of another replica); None when it cannot be followed: its ``replica_url``
         (read from the bucket: network input) is missing, this replica's own, not a base
         URL, or not in ``object_store.replicas`` when that is set

@@ -26,7 +26,7 @@ removed, its outcome counted and logged. A stream whose bytes cross Python is fe
 :mod:`tracker.proxy.clientfeed`.
 
 Opening a pump's upstream, with its early head, is :mod:`tracker.proxy.opening`'s (the size
-an early head promises is the walk's, :func:`tracker.proxy.decisions.early_head`).
+an early head promises is the decisions', :func:`tracker.proxy.decisions.early_head`).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ async def _follow_early(
             await _spliced(job, upstream, body)
         return
     send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
-    if not early.decide(ChannelBody(receive, length, flow, job.events)):
+    if not early.decide(ChannelBody(receive, length, flow, job.client_bytes)):
         send.close()  # the client left before the answer came: nobody reads it
         receive.close()
         return
@@ -161,7 +161,7 @@ async def _open_temp_file(
 def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, flow: Flow) -> None:
     """The last step of every refresh: nothing left behind, its outcome counted and logged."""
     refresh.abort()  # no-op after a promotion
-    flow.report(job.events)
+    flow.report(job)
     body = upstream.body if upstream is not None else None
     many = upstream.many if upstream is not None else []
     received = body.received if body is not None else sum(s.sent for s in many)
@@ -182,15 +182,14 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
 def _splice_body(job: StreamJob, stream: BigReadStream, length: int) -> SpliceBody:
     """A body that splices the upstream socket of ``stream`` to the client's connection."""
     assert job.zero_copy is not None
-    events = job.events
     return SpliceBody(
         job.zero_copy,
         stream.get_extra_info("socket"),
         lambda: stream.body_unread,
         length,
         job.settings.read_timeout,
-        events.upstream_bytes,
-        events.client_bytes,
+        job.upstream_bytes,
+        job.client_bytes,
     )
 
 
@@ -210,10 +209,10 @@ async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody) -> None
 async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: Flow) -> None:
     """A refresh: upstream bytes to the temp file only, its readers follow the file
     (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
-    await body.into(refresh, job.events.upstream_bytes, job.settings.read_timeout)
+    await body.into(refresh, job.upstream_bytes, job.settings.read_timeout)
     if await _promote(job, refresh, body.first):
         flow.outcome = "refresh_ok"
-        flow.report(job.events)
+        flow.report(job)
     flow.complete = True
 
 
@@ -247,22 +246,22 @@ async def _to_many(
         refresh,
         first,
         others,
-        upstream_bytes=job.events.upstream_bytes,
-        flowing=job.events.flowing,
+        upstream_bytes=job.upstream_bytes,
+        flowing=job.flowing,
         on_sources=known,
     )
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
     for source in outcome.sources:
         key = outcome.keys[source]
-        job.events.refresh_share(key, source.sent, outcome.seconds)
+        job.refresh_share(key, source.sent, outcome.seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
-            job.events.source_transfer(key, source.sent, outcome.seconds)
+            job.source_transfer(key, source.sent, outcome.seconds)
     senders = [outcome.keys[s] for s in outcome.sources if s.sent]
     repair = Repair(job.peers, refresh, outcome)
-    repair.liar_found = job.events.archive_rejected
+    repair.liar_found = job.archive_rejected
     if await _promote(job, refresh, first, blame=senders, repair=repair.run):
         flow.outcome = "refresh_ok"
-        flow.report(job.events)
+        flow.report(job)
     flow.complete = True
 
 
@@ -295,7 +294,7 @@ async def _promote(
                     source=redact_text(key.target),
                     reason=exc.reason,
                 )
-                job.events.archive_rejected(key, exc.reason)
+                job.archive_rejected(key, exc.reason)
             raise
     if not job.still_wanted():
         log_event(

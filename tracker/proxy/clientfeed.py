@@ -41,7 +41,7 @@ from tracker.clientwire.transport import limit_reads
 from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
 from tracker.observability.logs import log_event
 from tracker.proxy.resume import UpstreamBody
-from tracker.proxy.transfers import Head, RefreshOutcome, StreamEvents, StreamJob
+from tracker.proxy.transfers import Head, RefreshOutcome, StreamJob
 from tracker.serving.responsebodies import Body, GeneratorBody
 
 log = logging.getLogger("tracker.transfers")
@@ -122,11 +122,11 @@ class Flow:
     outcome: RefreshOutcome = "refresh_failed"
     reported: bool = False
 
-    def report(self, events: StreamEvents) -> None:
+    def report(self, job: StreamJob) -> None:
         """Report the refresh outcome (first call only)."""
         if not self.reported:
             self.reported = True
-            events.refresh_outcome(self.outcome)
+            job.refresh_outcome(self.outcome)
 
     def client_left(self) -> None:
         """The response body was left (end, error or client gone)."""
@@ -147,7 +147,8 @@ class ChannelBody(GeneratorBody):
     _receive: trio.MemoryReceiveChannel[bytes]
     length: int
     _flow: Flow
-    _events: StreamEvents
+    #: Told the length of each chunk sent (metrics).
+    _client_bytes: Callable[[int], None]
 
     async def _start(self) -> None:
         self._flow.draining.set()
@@ -161,7 +162,7 @@ class ChannelBody(GeneratorBody):
         async for chunk in self._receive:
             yield chunk
             sent += len(chunk)
-            self._events.client_bytes(len(chunk))
+            self._client_bytes(len(chunk))
         if not self._flow.complete or sent != self.length:
             reason = self._flow.error or f"stream ended after {sent} of {self.length} bytes"
             raise UpstreamError(reason)
@@ -186,16 +187,19 @@ async def hand_over(
 class EarlyBody(GeneratorBody):
     """The body of an early head (docs/http-api.md, "Proxy mode"): the head went out before
     any source answered, so its bytes come from whichever body the pump :meth:`decide`\\ s
-    on once one does (a splice of the upstream socket, or a channel). When none does
-    (:meth:`fail`), iteration raises UpstreamError and the server breaks the connection:
+    on once one does (a splice of the upstream socket, or a channel), or, with ``resolve``,
+    from the body it returns once the server starts sending (a refresh's reader, found
+    once the refresh opens). When none comes (:meth:`fail`, or ``resolve`` raises
+    UpstreamError), iteration raises UpstreamError and the server breaks the connection:
     never a short 200.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resolve: Callable[[], Awaitable[Body]] | None = None) -> None:
         self._decided = trio.Event()
         self._body: Body | None = None
         self._error = "no source answered"
         self._left = False
+        self._resolve = resolve
 
     def decide(self, body: Body) -> bool:
         """Send ``body``; False (``body`` will never be started) when the client has left
@@ -216,7 +220,10 @@ class EarlyBody(GeneratorBody):
         self._left = True
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
-        await self._decided.wait()
+        if self._resolve is not None:
+            self._body = await self._resolve()
+        else:
+            await self._decided.wait()
         if self._body is None:
             raise UpstreamError(self._error)
         async with self._body as chunks:
@@ -268,7 +275,7 @@ async def channel(
     client leaving stops the pump at once, even while it waits for a stalled upstream."""
     send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
     task_status.started(
-        attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.events))
+        attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.client_bytes))
     )
     await pass_on(job, body, send, flow)
 
@@ -334,7 +341,7 @@ async def _read_ahead(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> N
         _follow_budget(job, body, ahead)
         async with aclosing(body.chunks()) as chunks:
             async for chunk in chunks:
-                job.events.upstream_bytes(len(chunk))
+                job.upstream_bytes(len(chunk))
                 _follow_budget(job, body, ahead)
                 await ahead.put(chunk)
     except Exception as exc:  # re-raised by the consumer, in its own task (no group)

@@ -2,20 +2,19 @@
 decided from: plain values and pure functions, no I/O at all.
 
 The facts are what a request asked (:class:`Asked`), the mode it is served under
-(:class:`Mode`) and what the disk cache, the refreshes and the bucket hold (:class:`Copy`,
-:class:`Now`, :class:`Claimed`); each stage of the walk (:mod:`tracker.proxy.walk`, which
-orders them) is one function here from facts to a decision value, tested as a table in
-tests/unit/test_plan.py. A decision carries what performing it needs (a refresh's early
-head, whether its client falls back to an uncached stream, what its bytes count as), and
-:func:`choose_sources` picks the sources a stream may use: the executors perform, they do
-not decide (docs/architecture.md, "The byte path as a plan").
+(:class:`Mode`) and what the disk cache, the refreshes and the bucket hold (``Copy``,
+:class:`Now`, ``Claimed``); each stage is one function here from facts to a decision
+(a :class:`Step`, or a :class:`Start` that carries what starting a refresh takes), tested as
+a table in tests/unit/test_plan.py. :meth:`tracker.proxy.streamer.Route.answer` asks them in
+order and performs what they say; :func:`choose_sources` picks the sources a stream may use
+(docs/architecture.md, "The byte path as a plan").
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Literal
 
 import attrs
 
@@ -57,22 +56,16 @@ class Asked:
 
 
 @attrs.frozen
-class Bucket:
-    """The object store's state as a request finds it."""
+class Mode:
+    """The configuration a request is served under, and the object store's state."""
 
+    #: An object store (docs/http-api.md#with-an-object-store-object_store) is configured
+    #: along with the disk cache.
+    bucket: bool = False
     #: False while the store is down (between retries).
-    usable: bool = True
+    store_up: bool = True
     #: ``object_store.direct_serve``: GETs of stored archives are sent to the bucket.
     direct_serve: bool = True
-
-
-@attrs.frozen
-class Mode:
-    """The configuration a request is served under."""
-
-    #: The object store (docs/http-api.md#with-an-object-store-object_store), when one is
-    #: configured along with the disk cache.
-    bucket: Bucket | None = None
     #: ``cache_share_inflight``: readers share one refresh of a file.
     share: bool = False
     #: ``cache_complete_on_disconnect``: a refresh outlives its last client.
@@ -84,29 +77,16 @@ class Mode:
     def shares(self) -> bool:
         """Refreshes are shared: ``cache_share_inflight``, or the bucket (the refresh is then
         one for the whole fleet, and replicas follow it)."""
-        return self.share or self.bucket is not None
+        return self.share or self.bucket
 
 
-class Copy(enum.Enum):
-    """What the disk cache may hold of the file, before it is opened."""
-
-    #: No disk cache is configured.
-    NO_CACHE = "no_cache"
-    #: The file cannot be cached here: its group is no directory name (``..``), or its path
-    #: leads out of the cache directory through a planted symlink.
-    OUTSIDE = "outside"
-    #: A copy that has not passed its check yet (``verify_archives``): not served.
-    UNCHECKED = "unchecked"
-    #: A copy is served if the file is there (checked, or ``verify_archives: false``).
-    SERVABLE = "servable"
-
-
-@attrs.frozen
-class Running:
-    """A refresh of the file that readers may find (registered), and its progress."""
-
-    size: int
-    written: int
+#: What the disk cache may hold of the file, before it is opened: ``no_cache`` (none is
+#: configured); ``outside`` (the file cannot be cached here: its group is no directory name,
+#: ``..``, or its path leads out of the cache directory through a planted symlink);
+#: ``unchecked`` (a copy that has not passed its check yet, ``verify_archives``: not
+#: served); ``servable`` (a copy is served if the file is there: checked, or
+#: ``verify_archives: false``).
+Copy = Literal["no_cache", "outside", "unchecked", "servable"]
 
 
 @attrs.frozen
@@ -115,22 +95,18 @@ class Now:
 
     #: The file is its group's current best full or best incremental.
     best: bool = False
-    #: A registered refresh of the file (shared, or a background one), if any.
-    running: Running | None = None
+    #: A registered refresh of the file (shared, or a background one): its size and the
+    #: bytes written so far; None: none.
+    running: tuple[int, int] | None = None
     #: Any refresh of the file runs, registered or not (the cache's own record).
     refreshing: bool = False
 
 
-class Claimed(enum.Enum):
-    """What asking the bucket for the file's lock gave."""
-
-    #: This replica holds the lock: it refreshes the file and uploads it.
-    LOCK = "lock"
-    #: Another replica holds it: its refresh in flight is a source.
-    HOLDER = "holder"
-    #: No lock to be had (the store is down, or it is our own lock of a refresh that just
-    #: ended): the disk cache alone.
-    NONE = "none"
+#: What asking the bucket for the file's lock gave: ``lock`` (this replica holds it: it
+#: refreshes the file and uploads it), ``holder`` (another replica holds it: its refresh in
+#: flight is a source) or ``none`` (no lock to be had, the store is down, or it is our own
+#: lock of a refresh that just ended: the disk cache alone).
+Claimed = Literal["lock", "holder", "none"]
 
 
 Found = list[tuple[SnapshotFile, SnapshotSource]]
@@ -140,142 +116,121 @@ Origin = Literal["cache", "upstream"]
 # -- decisions ---------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Redirect:
-    """303 to a presigned URL of the bucket's object (passes: not in the bucket, no URL)."""
+class Step(enum.Enum):
+    """A decision that carries nothing but itself. Each may *pass* when performing it shows
+    that it cannot answer; the route then goes on (docs/architecture.md, "The byte path as a
+    plan")."""
+
+    #: 303 to a presigned URL of the bucket's object (passes: not in the bucket, no URL).
+    REDIRECT = "redirect"
+    #: The disk cache's file: Range, conditionals and HEAD answered from disk (passes: the
+    #: file is not there).
+    CACHE_HIT = "cache_hit"
+    #: Not on disk: a HEAD answered from the object's metadata, or the object streamed
+    #: through the tracker, Range and conditionals passed on (passes: not in the bucket, or
+    #: the store failed).
+    FROM_BUCKET = "from_bucket"
+    #: No stored copy answered: counted as a cache miss, then :func:`on_miss`.
+    MISS = "miss"
+    #: Read the running shared refresh's growing temp file (passes: it ended unread).
+    JOIN_SHARED = "join_shared"
+    #: A ``Range`` GET whose first byte the running background refresh already wrote: read
+    #: from its temp file rather than asking the source again.
+    JOIN_BEHIND = "join_behind"
+    #: Ask the bucket for the file's lock before refreshing it; then :func:`claimed`.
+    CLAIM = "claim"
+    #: Proxied from the replica holding the lock, which refreshes the file, as a source of
+    #: the index's size (passes: its address may not be followed, or it failed).
+    FROM_HOLDER = "from_holder"
+    #: Stream from the sources, uncached.
+    RELAY = "relay"
+    #: A relay of a ``Range`` GET of a best file that nothing refreshes, which also starts a
+    #: background refresh of the whole file (aria2c, axel, ``curl -C -`` ask for ranges only
+    #: and would otherwise never get it cached).
+    RELAY_INTEREST = "relay_interest"
+    #: 404: no source advertises the file any more and the copies the tracker held of it
+    #: (docs/http-api.md, kept incrementals) did not answer: there is nothing to relay.
+    GONE = "gone"
+
+    @property
+    def relays(self) -> bool:
+        """A stream from the sources: the last decision of a request."""
+        return self in (Step.RELAY, Step.RELAY_INTEREST)
 
 
 @attrs.frozen
-class CacheHit:
-    """The disk cache's file: Range, conditionals and HEAD answered from disk (passes: the
-    file is not there)."""
+class Start:
+    """Start a refresh of the file and, with a ``client``, read it: what performing it takes.
 
-
-@attrs.frozen
-class FromBucket:
-    """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
-    streamed through the tracker, Range and conditionals passed on (passes: not in the
-    bucket, or the store failed)."""
-
-    head: bool
-
-
-@attrs.frozen
-class Miss:
-    """No stored copy answered: counted as a cache miss, then :func:`on_miss`."""
-
-
-@attrs.frozen
-class JoinShared:
-    """Read the running shared refresh's growing temp file (passes: it ended unread)."""
-
-
-@attrs.frozen
-class JoinBehind:
-    """A ``Range`` GET whose first byte the running background refresh already wrote: read
-    from its temp file rather than asking the source again."""
-
-
-@attrs.frozen
-class Claim:
-    """Ask the bucket for the file's lock before refreshing it; then :func:`claimed`."""
-
-
-@attrs.frozen
-class StartShared:
-    """Start the file's refresh, registered for other readers, and read it. ``locked``: under
-    the bucket's lock (uploaded, kept to its end); ``keep``: it outlives its last reader;
-    ``early``: the size of the early head its client gets when the refresh has not opened
-    within ``early_head_after`` (0: none, :func:`early_head`). Its client is relayed
-    uncached when the temp file cannot be opened. Passes when a refresh of the file began
-    meanwhile."""
+    ``keep``: it outlives its last reader; ``locked``: under the bucket's lock (uploaded,
+    kept to its end); ``early``: the size of the early head its client gets when the refresh
+    has not opened within ``early_head_after`` (0: none, :func:`early_head`); ``register``:
+    other requests of the file find it and join it; ``origin``: what its starting client's
+    bytes count as; ``client``: a client waits (relayed uncached when the temp file cannot
+    be opened). Passes when a refresh of the file began meanwhile. Made by
+    :func:`start_shared`, :func:`own_refresh` and :func:`start_prefetch`.
+    """
 
     keep: bool
     locked: bool = False
     early: int = 0
-    #: Other requests of the file find it and join it.
-    register: ClassVar[bool] = True
-    #: Its starting client's bytes count as the cache's, as every other reader's do.
-    origin: ClassVar[Origin] = "cache"
-    #: A client waits for it: relayed uncached when the temp file cannot be opened.
-    client: ClassVar[bool] = True
+    register: bool = True
+    origin: Origin = "cache"
+    client: bool = True
 
 
-@attrs.frozen
-class FromHolder:
-    """Proxied from the replica holding the lock, which refreshes the file, as a source of
-    ``size`` bytes, the index's (passes: its address may not be followed, or it failed)."""
-
-    size: int
+def start_shared(keep: bool, locked: bool = False, early: int = 0) -> Start:
+    """The file's refresh, registered for other readers (its starter's bytes count as the
+    cache's, as every other reader's do)."""
+    return Start(keep, locked, early)
 
 
-@attrs.frozen
-class OwnRefresh:
-    """Start the file's refresh, registered for nobody else (``cache_share_inflight`` off),
-    and read it; ``keep``: it outlives this client; ``early`` as :class:`StartShared`'s."""
-
-    keep: bool
-    early: int = 0
-    locked: ClassVar[bool] = False
-    register: ClassVar[bool] = False
-    #: Its bytes count as the upstream's, as they did when this client's stream fed the
-    #: file: only readers of a shared refresh count as cache hits.
-    origin: ClassVar[Origin] = "upstream"
-    client: ClassVar[bool] = True
+def own_refresh(keep: bool, early: int = 0) -> Start:
+    """The file's refresh, registered for nobody else (``cache_share_inflight`` off); its
+    bytes count as the upstream's, as they did when this client's stream fed the file: only
+    readers of a shared refresh count as cache hits."""
+    return Start(keep, False, early, register=False, origin="upstream")
 
 
-@attrs.frozen
-class Relay:
-    """Stream from the sources, uncached. ``interest``: a ``Range`` GET of a best file that
-    nothing refreshes, which starts a background refresh of the whole file (aria2c, axel,
-    ``curl -C -`` ask for ranges only and would otherwise never get it cached)."""
-
-    interest: bool = False
+def start_prefetch(locked: bool = False) -> Start:
+    """A detached refresh with no client, registered and kept to its end; nobody waits:
+    when the temp file cannot be opened, nothing is streamed."""
+    return Start(True, locked, client=False)
 
 
-@attrs.frozen
-class Gone:
-    """404: no source advertises the file any more and the copies the tracker held of it
-    (docs/http-api.md, kept incrementals) did not answer: there is nothing to relay."""
-
-
-Stored = Redirect | CacheHit | FromBucket | Miss | Relay
-AfterMiss = JoinShared | JoinBehind | Claim | StartShared | OwnRefresh | Relay
-AfterClaim = StartShared | FromHolder | Relay
+Decision = Step | Start
 
 # -- stages ------------------------------------------------------------------------------------
 
 
-def redirect(asked: Asked, mode: Mode) -> Redirect | None:
+def redirect(asked: Asked, mode: Mode) -> bool:
     """First, before any file system work: a GET is sent to the bucket's copy, unless the
     client must get the bytes from the tracker (``serve_user_agents``), is another tracker
     (which never forwards to a third replica), ``direct_serve`` is off or the store down."""
-    bucket = mode.bucket
-    if bucket is None or asked.method != "GET" or not (bucket.usable and bucket.direct_serve):
-        return None
-    if asked.user_agent == TRACKER_AGENT or wants_bytes(asked.user_agent, mode.serve_user_agents):
-        return None
-    return Redirect()
+    if not mode.bucket or asked.method != "GET" or not (mode.store_up and mode.direct_serve):
+        return False
+    return not (
+        asked.user_agent == TRACKER_AGENT or wants_bytes(asked.user_agent, mode.serve_user_agents)
+    )
 
 
-def stored(asked: Asked, mode: Mode, copy: Copy) -> tuple[Stored, ...]:
+def stored(asked: Asked, mode: Mode, copy: Copy) -> tuple[Step, ...]:
     """After a redirect passed, and after a promotion of the file in flight ended: the
-    stored copies to try in order, then :class:`Miss`; :class:`Relay` when the file cannot
-    be cached at all. A HEAD is answered from the object's metadata only while the store is
-    up."""
-    if copy in (Copy.NO_CACHE, Copy.OUTSIDE):
-        return (Relay(),)
-    steps: list[Stored] = []
-    if copy is Copy.SERVABLE:
-        steps.append(CacheHit())
-    bucket = mode.bucket
-    if bucket is not None and (asked.method != "HEAD" or bucket.usable):
-        steps.append(FromBucket(head=asked.method == "HEAD"))
-    steps.append(Miss())
+    stored copies to try in order, then :attr:`Step.MISS`; :attr:`Step.RELAY` when the file
+    cannot be cached at all. A HEAD is answered from the object's metadata only while the
+    store is up."""
+    if copy in ("no_cache", "outside"):
+        return (Step.RELAY,)
+    steps: list[Step] = []
+    if copy == "servable":
+        steps.append(Step.CACHE_HIT)
+    if mode.bucket and (asked.method != "HEAD" or mode.store_up):
+        steps.append(Step.FROM_BUCKET)
+    steps.append(Step.MISS)
     return tuple(steps)
 
 
-def on_miss(asked: Asked, mode: Mode, now: Now) -> AfterMiss:
+def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
     """A cache miss. Shared refreshes: a reader joins the running one; a plain GET of the
     best file starts one (under the bucket's lock when there is a bucket). Unshared: a
     plain GET of the best file starts its own refresh; a ``Range`` GET reads a background
@@ -283,38 +238,38 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> AfterMiss:
     starts = asked.plain_get and now.best and not now.refreshing
     if mode.shares:
         if now.running is not None:
-            return JoinShared() if asked.may_join else fallback(asked, now)
+            return Step.JOIN_SHARED if asked.may_join else fallback(asked, now)
         if not starts:
             return fallback(asked, now)
-        return Claim() if mode.bucket is not None else StartShared(keep=mode.keep)
+        return Step.CLAIM if mode.bucket else start_shared(keep=mode.keep)
     if now.running is not None and asked.may_join and _written(asked.range, now.running):
-        return JoinBehind()
+        return Step.JOIN_BEHIND
     if starts:
-        return OwnRefresh(keep=mode.keep)
+        return own_refresh(keep=mode.keep)
     return fallback(asked, now)
 
 
-def claimed(asked: Asked, mode: Mode, claim: Claimed, size: int) -> AfterClaim:
-    """After :class:`Claim`: refresh under the lock (kept to its end: other replicas wait
-    for the upload), or without the bucket when there is no lock to be had. Another
+def claimed(asked: Asked, mode: Mode, claim: Claimed, size: int) -> Decision:
+    """After :attr:`Step.CLAIM`: refresh under the lock (kept to its end: other replicas
+    wait for the upload), or without the bucket when there is no lock to be had. Another
     replica's lock: its refresh is followed, unless this request came from a replica (two
     replicas must never forward to each other) or the index does not know the file's
     ``size`` (what the holder answers could not be checked); then it is relayed."""
-    if claim is Claimed.LOCK:
-        return StartShared(keep=True, locked=True)
-    if claim is Claimed.NONE:
-        return StartShared(keep=mode.keep)
+    if claim == "lock":
+        return start_shared(keep=True, locked=True)
+    if claim == "none":
+        return start_shared(keep=mode.keep)
     if asked.user_agent == TRACKER_AGENT or size <= 0:
-        return Relay()
-    return FromHolder(size)
+        return Step.RELAY
+    return Step.FROM_HOLDER
 
 
-def fallback(asked: Asked, now: Now) -> Relay:
+def fallback(asked: Asked, now: Now) -> Step:
     """A miss that nothing else answers is relayed; a ``Range`` GET of a best file that
     nothing refreshes also starts a background refresh (docs/http-api.md, "Archive
     answers")."""
     interest = asked.method == "GET" and asked.range is not None
-    return Relay(interest=interest and now.best and not now.refreshing)
+    return Step.RELAY_INTEREST if interest and now.best and not now.refreshing else Step.RELAY
 
 
 def early_head(asked: Asked, size: int) -> int:
@@ -323,12 +278,13 @@ def early_head(asked: Asked, size: int) -> int:
     return size if asked.plain and size > 0 else 0
 
 
-def _written(range_header: str | None, running: Running) -> bool:
+def _written(range_header: str | None, running: tuple[int, int]) -> bool:
     """True when the range's first byte is in the refresh's temp file already."""
     if range_header is None:
         return False
-    wanted = parse_range(range_header, running.size)
-    return isinstance(wanted, ByteRange) and wanted.start < running.written
+    size, written = running
+    wanted = parse_range(range_header, size)
+    return isinstance(wanted, ByteRange) and wanted.start < written
 
 
 # -- prefetch ------------------------------------------------------------------------------------
@@ -337,51 +293,24 @@ def _written(range_header: str | None, running: Running) -> bool:
 def prefetches(best: bool, found: Found, cached: bool) -> bool:
     """A file may be refreshed with no client (``cache_prefetch``, or a ``Range`` request's
     interest) when it is its group's best, advertised by remote sources only, and not cached.
-    With a bucket, :func:`tracker.proxy.walk.prefetch_walk` then also asks the bucket and
-    its lock."""
+    With a bucket, :meth:`tracker.proxy.refreshing.Refreshes.prefetch` then also asks the
+    bucket and its lock."""
     return best and bool(found) and not any(f.path for f, _ in found) and not cached
 
-
-@attrs.frozen
-class StartPrefetch:
-    """Start a detached refresh of the file with no client, registered and kept to its end;
-    ``locked``: under the bucket's lock (uploaded)."""
-
-    locked: bool = False
-    keep: ClassVar[bool] = True
-    early: ClassVar[int] = 0
-    register: ClassVar[bool] = True
-    origin: ClassVar[Origin] = "cache"
-    #: Nobody waits: when the temp file cannot be opened, nothing is streamed.
-    client: ClassVar[bool] = False
-
-
-#: The decisions that start a refresh, each with what starting it takes.
-Start = StartShared | OwnRefresh | StartPrefetch
-Decision = Redirect | CacheHit | FromBucket | Miss | AfterMiss | AfterClaim | StartPrefetch | Gone
 
 # -- the sources of a stream -----------------------------------------------------------------------
 
 
-@attrs.frozen
-class Sources:
-    """The sources a stream may use, best first, and what it may promise."""
-
-    found: Found
-    #: The index's size of the file (0: unknown): the length of a 200 that states none.
-    size: int = 0
-    #: The size an early head may promise (0: none, :func:`early_head`).
-    early: int = 0
-    #: Why no source is left, when every one is held back (empty otherwise).
-    refusal: str = ""
-
-
-def choose_sources(asked: Asked, found: Found, held: Sequence[str | None]) -> Sources:
+def choose_sources(
+    asked: Asked, found: Found, held: Sequence[str | None]
+) -> tuple[Found, int, int, str]:
     """The sources of ``found`` whose copy is not held back (``held``: each one's reason,
     None when it is not held back) after a failed check (docs/http-api.md, "Verified
-    archives"). With none left the answer is 502 with the latest reason. A request that may
-    get an early head (:func:`early_head`) may be followed only by sources of that size (or
-    of unknown size, checked when they answer).
+    archives"), best first; the index's size of the file (0: unknown: the length of a 200
+    that states none); the size an early head may promise (0: none, :func:`early_head`); and
+    why no source is left when every one is held back (empty otherwise: with none left the
+    answer is 502 with the latest reason). A request that may get an early head may be
+    followed only by sources of that size (or of unknown size, checked when they answer).
     """
     kept = [pair for pair, reason in zip(found, held, strict=True) if reason is None]
     latest = next((reason for reason in reversed(held) if reason is not None), "")
@@ -389,4 +318,4 @@ def choose_sources(asked: Asked, found: Found, held: Sequence[str | None]) -> So
     early = early_head(asked, size)
     if early:
         kept = [(f, s) for f, s in kept if f.size in (0, early)]
-    return Sources(kept, size, early, REJECTED + latest if not kept and latest else "")
+    return kept, size, early, REJECTED + latest if not kept and latest else ""

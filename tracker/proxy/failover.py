@@ -43,7 +43,7 @@ from tracker.proxy.upstream import (
 log = logging.getLogger("tracker.proxy")
 
 #: Seconds a request that may get an early head, and cannot hold its early head back while it
-#: waits (no ``Asking.slotted``), waits in the queue of the last source of a file left to ask
+#: waits (no ``slotted`` event), waits in the queue of the last source of a file left to ask
 #: when it has no free transfer slot (``source_limits.max_transfers``), before the answer is
 #: 503. Below the early head's 0.5 s (docs/http-api.md#archive-answers): a 503 must go out
 #: before a 200 head would. Other requests wait up to
@@ -53,25 +53,12 @@ BUSY_WAIT = 0.4
 
 @attrs.define
 class _Race:
-    """The attempts of one request: the winner, and why each loser failed."""
+    """One request's attempts: what every source is asked (``method`` with ``headers``
+    through the group's ``clients``; ``promised``: the length an early head promised the
+    client, 0: none; ``exact``: sources that always state their length, the bucket and a
+    holder), the winner, and why each loser failed."""
 
     scope: trio.CancelScope
-    reasons: dict[int, str] = attrs.Factory(dict)
-    #: The attempts that failed for want of a transfer slot.
-    busy: set[int] = attrs.Factory(set)
-    #: When the busy sources expect a slot to free (seconds from their refusal; None: unknown).
-    retry_after: list[float] = attrs.Factory(list)
-    winner: UpstreamAnswer | None = None
-    #: Told of every source that failed (metrics).
-    on_failure: Callable[[], None] | None = None
-
-
-@attrs.frozen
-class Asking:
-    """What every source of one stream is asked: ``method`` with ``headers`` through the
-    group's ``clients``; ``promised``: the length an early head promised the client (0:
-    none); ``exact``: sources that always state their length (the bucket, a holder)."""
-
     clients: DownloadClients
     group: TargetGroup
     method: str
@@ -84,6 +71,14 @@ class Asking:
     #: Set once a source is asked (a transfer slot is held): an early head is due only
     #: ``early_head_after`` seconds after that, never while the request waits in a queue.
     slotted: trio.Event | None = None
+    #: Told of every source that failed (metrics).
+    on_failure: Callable[[], None] | None = None
+    reasons: dict[int, str] = attrs.Factory(dict)
+    #: The attempts that failed for want of a transfer slot.
+    busy: set[int] = attrs.Factory(set)
+    #: When the busy sources expect a slot to free (seconds from their refusal; None: unknown).
+    retry_after: list[float] = attrs.Factory(list)
+    winner: UpstreamAnswer | None = None
 
     @property
     def queue_wait(self) -> float:
@@ -93,19 +88,29 @@ class Asking:
 
 
 async def open_upstream(
-    asking: Asking,
+    clients: DownloadClients,
+    group: TargetGroup,
+    method: str,
+    headers: Mapping[str, str],
     found: Iterable[tuple[SnapshotFile, SnapshotSource]],
     *,
+    promised: int = 0,
+    exact: bool = False,
+    rate: Callable[[TargetKey], float] | None = None,
+    slotted: trio.Event | None = None,
     hedge_after: float | None = None,
     on_failure: Callable[[], None] | None = None,
 ) -> UpstreamAnswer:
-    """The first usable answer of the sources in ``found`` (in order), body unread.
+    """The first usable answer of the sources in ``found`` (in order) to ``method``, body
+    unread, asked through the group's ``clients``.
 
-    ``asking.headers`` are the client's whitelisted headers (credentials are added per origin by
+    ``headers`` are the client's whitelisted headers (credentials are added per origin by
     :func:`~tracker.proxy.upstream.ask_source`). A source fails on a connection error, a
     timeout, a status that is not an answer, too many redirects, or a length that
     contradicts its advertised size; when the client may be promised the whole file of
     ``promised`` bytes (an early head), also on any status but 200 or any other length.
+    ``rate``: a source's measured bytes per second (when a busy source's transfer ends,
+    ``Retry-After``); ``slotted`` is set once a source is asked (a transfer slot held).
     With ``hedge_after`` the next source is also asked when the previous one has not started
     its body after that many seconds (see the module doc); without it, sources are asked one
     after another. Raises :class:`UpstreamError` with a one-line reason when every source
@@ -120,12 +125,23 @@ async def open_upstream(
     race: _Race | None = None
     try:
         async with trio.open_nursery() as nursery:
-            race = _Race(nursery.cancel_scope, on_failure=on_failure)
+            race = _Race(
+                nursery.cancel_scope,
+                clients,
+                group,
+                method,
+                headers,
+                promised,
+                exact,
+                rate,
+                slotted,
+                on_failure,
+            )
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
                 # A busy source gives way to the next at once; the last one is waited for.
-                busy_wait = asking.queue_wait if index + 1 == len(candidates) else 0.0
-                nursery.start_soon(_attempt, race, index, done, asking, f, source, busy_wait)
+                busy_wait = race.queue_wait if index + 1 == len(candidates) else 0.0
+                nursery.start_soon(_attempt, race, index, done, f, source, busy_wait)
                 if index + 1 < len(candidates):
                     with trio.move_on_after(wait):
                         await done.wait()
@@ -147,14 +163,13 @@ async def _attempt(
     race: _Race,
     index: int,
     done: trio.Event,
-    asking: Asking,
     f: SnapshotFile,
     source: SnapshotSource,
     busy_wait: float,
 ) -> None:
     """One source's attempt: the winner when its body starts first, else closed."""
     try:
-        answer = await _answer(asking, f, source, busy_wait)
+        answer = await _answer(race, f, source, busy_wait)
     except SourceFailed as exc:
         if isinstance(exc, SourceBusy):
             race.busy.add(index)
@@ -175,25 +190,25 @@ async def _attempt(
 
 
 async def _answer(
-    asking: Asking, f: SnapshotFile, source: SnapshotSource, busy_wait: float = 0.0
+    race: _Race, f: SnapshotFile, source: SnapshotSource, busy_wait: float = 0.0
 ) -> UpstreamAnswer:
     """Ask one source (within its ``source_limits``: a transfer slot, waited for at most
     ``busy_wait`` seconds, else SourceBusy); return once its answer is usable and its body
     (if any) started."""
-    clients, group = asking.clients, asking.group
-    slotted = asking.slotted
+    clients, group = race.clients, race.group
+    slotted = race.slotted
     queueing = Queueing(busy_wait, slotted.set if slotted is not None else None)
     asked = await ask_source(
-        clients, group, source.key, f.url, asking.method, asking.headers, queueing=queueing
+        clients, group, source.key, f.url, race.method, race.headers, queueing=queueing
     )
     answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
-    response, method = asked.response, asking.method
-    if asking.rate is not None:
-        asked.transfer.ends_at = expected_end(response, asking.rate(source.key), asked.pacer.rate)
+    response, method = asked.response, race.method
+    if race.rate is not None:
+        asked.transfer.ends_at = expected_end(response, race.rate(source.key), asked.pacer.rate)
     try:
-        await check_size(response, asking.promised or f.size, exact=asking.exact)
+        await check_size(response, race.promised or f.size, exact=race.exact)
         status = response.status_code
-        if asking.promised and status != 200:
+        if race.promised and status != 200:
             raise SourceFailed(f"answered {status} to a request for the whole file")
         if method == "GET" and status in (200, 206):
             await _body_start(response, clients.settings.answer_timeout)

@@ -63,7 +63,7 @@ class Upstream:
             length,
             reopen=job.reopen if may_resume else None,
             delays=job.settings.resume_delays,
-            on_resume=job.events.refresh_resumed,
+            on_resume=job.refresh_resumed,
         )
         return self.body
 
@@ -101,7 +101,7 @@ async def opened(
     else:
         answer = await job.open()
     upstream = Upstream(answer, early)
-    flowing = job.events.flowing
+    flowing = job.flowing
     stop = flowing.start(upstream.first.source.key, upstream) if flowing is not None else None
     try:
         yield upstream
@@ -112,7 +112,7 @@ async def opened(
         # What this source delivered, and how fast: its throughput ranks it
         # (docs/http-api.md#trust).
         elapsed = trio.current_time() - upstream.opened_at
-        job.events.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
+        job.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
 
 
 async def _open_or_head_early(

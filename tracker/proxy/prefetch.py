@@ -15,8 +15,8 @@ service stops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import attrs
 import trio
@@ -33,12 +33,9 @@ FileKey = tuple[str, str, str]
 T = TypeVar("T")
 
 
-class Refresher(Protocol):
-    """What the prefetcher drives (the proxy streamer)."""
-
-    async def prefetch(self, group: str, name: str) -> bool:
-        """Refresh ``name`` of ``group`` into the cache; True when it was promoted."""
-        ...
+#: What the prefetcher drives (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`):
+#: refresh ``name`` of ``group`` into the cache; True when it was promoted.
+Refresher = Callable[[str, str], Awaitable[bool]]
 
 
 @attrs.define(eq=False)
@@ -47,7 +44,7 @@ class Prefetcher:
 
     _config: Callable[[], Config]
     _index: Index
-    _refresher: Refresher
+    _refresh: Refresher
     _transfers: Transfers
     _seen: set[FileKey] = attrs.field(init=False, factory=set)
     _wanted: set[FileKey] = attrs.field(init=False, factory=set)
@@ -123,7 +120,7 @@ class Prefetcher:
         _root, group, name = key
         try:
             async with self._limiter:
-                done = await self._refresher.prefetch(group, name)
+                done = await self._refresh(group, name)
         except Exception:  # a bug must not take the transfers nursery (the service) down
             log_event(log, "error", "cache_prefetch_failed", group=group, file=name, exc_info=True)
             return

@@ -1,25 +1,14 @@
-"""The executors of the refresh decisions: start a refresh, join one, read it.
+"""The executors of the refresh decisions: start a refresh, join one, read it, and find
+those running here (docs/architecture.md, "One request's path").
 
-:class:`~tracker.proxy.decisions.StartShared`, :class:`~tracker.proxy.decisions.OwnRefresh` and a
-prefetch start a *detached* refresh (:func:`tracker.proxy.bytepaths.fill` in the transfers
-nursery: it writes the temp file at the upstream's pace and may outlive its client);
-:class:`~tracker.proxy.decisions.JoinShared` and :class:`~tracker.proxy.decisions.JoinBehind` read
-one that runs. Every client reads the growing temp file (:mod:`tracker.proxy.sharing`), so
-no byte of a refresh passes through Python: the upstream bytes go into the temp file by
-splice (:meth:`tracker.proxy.resume.UpstreamBody.into`) and out by sendfile (a refresh that
-received, wrote and sent every byte itself filled its cache at ~0.65x nginx
-``proxy_cache``; bench: refresh). A client whose refresh has not opened within
-``early_head_after`` gets the early head its decision carries (docs/http-api.md, "Archive
-answers"): the executors perform what the decision says, they do not decide.
-
-:class:`RefreshRegistry` is where requests find the refreshes this replica runs, and the
-bucket's locks it asks for. A refresh is *followed* from its start to its end (the status
-page lists its readers) and, when it is shared (``cache_share_inflight``, the bucket, a
-prefetch), also *registered*: requests of its file find it (:meth:`RefreshRegistry.running`)
-and join it rather than asking the source again. Registering happens synchronously with the
-start, so a request arriving next finds it. While a request asks the bucket for a file's
-lock, others of that file wait (:meth:`RefreshRegistry.settled`): the lock decides who
-refreshes.
+A :class:`~tracker.proxy.decisions.Start` begins a *detached* refresh
+(:func:`tracker.proxy.bytepaths.fill` in the transfers nursery: it may outlive its client);
+every client reads its growing temp file (:mod:`tracker.proxy.sharing`). A refresh is
+*followed* from its start to its end (the status page lists its readers) and, when its start
+says ``register``, also found by requests of its file (:meth:`Refreshes.running`); it is
+registered synchronously with the start, so a request arriving next finds it. While a
+request asks the bucket for a file's lock, others of that file wait
+(:meth:`Refreshes.settled`): the lock decides who refreshes.
 """
 
 from __future__ import annotations
@@ -37,21 +26,14 @@ from tracker.errors import RequestError, UpstreamError
 from tracker.objectstore.locks import Holder, Lock
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource
-from tracker.proxy import walk as walks
-from tracker.proxy.ask import Ask, Wanted
+from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import fill
-from tracker.proxy.decisions import Asked, Claim, Claimed, Running, Start, StartPrefetch
+from tracker.proxy.clientfeed import EarlyBody
+from tracker.proxy.decisions import Asked, Claimed, Start, prefetches, start_prefetch
 from tracker.proxy.failover import head_due
-from tracker.proxy.sharing import LateBody, SharedRefresh, join
-from tracker.proxy.streamjobs import (
-    Launcher,
-    ProxyContext,
-    Pump,
-    early_answer,
-    head_answer,
-    text_answer,
-)
+from tracker.proxy.sharing import SharedRefresh, join
+from tracker.proxy.streamjobs import Launcher, Pump, early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body
@@ -64,254 +46,16 @@ Started = SharedRefresh | Answer | None
 WHOLE_FILE = Ask(Asked("GET"), {})
 
 
-@attrs.define(eq=False)
-class Refreshes:
-    """Starts, joins and reads the disk cache's refreshes; see the module doc."""
-
-    _context: ProxyContext
-    _launcher: Launcher
-    _objects: ObjectPath | None
-    #: Where requests find the refreshes running here and the bucket's locks asked for.
-    registry: RefreshRegistry = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.registry = RefreshRegistry(self._objects)
-
-    async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.decisions.JoinShared`: read the running refresh (counted as a
-        shared reader); None when it ended unread."""
-        return self._counted(await self.read(shared, ask))
-
-    async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
-        """:class:`~tracker.proxy.decisions.JoinBehind`: a ``Range`` GET read from a background
-        refresh's temp file (the range's first byte is written); None when it ended."""
-        return self._counted(await join(shared, "GET", ask.asked.range))
-
-    def _counted(self, answer: Answer | None) -> Answer | None:
-        """``answer`` of a shared reader, counted as one when there is one."""
-        metrics = self._context.metrics
-        if answer is not None and metrics is not None:
-            metrics.count_shared_reader()
-        return answer
-
-    async def start_and_read(
-        self, wanted: Wanted, step: Start, lock: Lock | None, ask: Ask
-    ) -> tuple[Answer | None, SharedRefresh | None]:
-        """:class:`~tracker.proxy.decisions.StartShared` and
-        :class:`~tracker.proxy.decisions.OwnRefresh`: start the refresh, with the early head
-        the walk decided on, and read it. The answer (None: a refresh of the file runs
-        already, or the one started ended unread), and the refresh read when one was."""
-        if step.early:
-            started = await self._start_early(wanted, step, lock, ask.connection)
-        else:
-            started = await self.start(wanted, step, lock)
-        if not isinstance(started, SharedRefresh):
-            return started, None  # None (a refresh runs), 502/503, uncached, early
-        return await self.read(started, ask, step.origin), started
-
-    async def read(
-        self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
-    ) -> Answer | None:
-        """``ask`` answered from the temp file of ``shared``; None when it cannot be (the
-        walk then asks whether it was promoted meanwhile). Its bytes count as ``origin``'s."""
-        return await join(
-            shared,
-            ask.method,
-            ask.asked.range,
-            events=self._launcher.reader_events(origin),
-            connection=ask.connection,
-        )
-
-    async def start(self, wanted: Wanted, step: Start, lock: Lock | None) -> Started:
-        """Begin a detached refresh of ``wanted`` as ``step`` says (kept to its end or not,
-        registered or not, whether a client waits), under the bucket's ``lock`` when one
-        was got (the refresh is then uploaded, which releases it); once it is open, the
-        SharedRefresh.
-
-        None when a refresh of the file already runs, or (no client waits) it could not open.
-        For a client, an Answer when the upstream failed (502/503) or the refresh could
-        not open (no room): the client is then streamed uncached.
-        """
-        begun = self._begin(wanted, step, lock)
-        if begun is None:
-            return None
-        return await self._open(begun[0], begun[1], client=step.client)
-
-    async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
-        """Perform the walk of :func:`tracker.proxy.walk.prefetch_walk`: refresh ``archive``
-        with no client when it decides so; whether it was promoted (see
-        :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
-        launcher, name = self._launcher, archive.file_name
-        wanted = Wanted(group, archive, [], cache)
-        walk, step = walks.next_step(walks.prefetch_walk(bucket=self._objects is not None))
-        lock = None
-        while step is not None:
-            reply: walks.Reply = None
-            match step:
-                case walks.NeedFound():
-                    best = launcher.is_best(group.group, name)
-                    found = self._context.index.find_file(group.group, name) if best else []
-                    cached = bool(found) and _cached(cache, group.group, name)
-                    reply = walks.Prefetching(best, found, cached)
-                case walks.NeedInBucket() if self._objects is not None:
-                    reply = await self._objects.tier.lookup(group.group, name) is not None
-                case Claim():
-                    claimed = await self.registry.claim(wanted.key)
-                    lock = claimed if isinstance(claimed, Lock) else None
-                    reply = claimed_of(claimed)
-                case StartPrefetch(locked=locked):
-                    started = await self.start(wanted, step, lock if locked else None)
-                    if not isinstance(started, SharedRefresh):
-                        return False
-                    return await _prefetched(started, cache, group.group, name)
-                case _:
-                    raise AssertionError(f"not a step of a prefetch: {step!r}")
-            walk, step = walks.next_step(walk, reply)
-        return False
-
-    async def _start_early(
-        self, wanted: Wanted, step: Start, lock: Lock | None, connection: Connection | None
-    ) -> Started:
-        """:meth:`start` for a client that is sent an early head (README.md#clients) when the
-        refresh has not opened within ``early_head_after`` of asking a source (not while it
-        waits in a source's queue): the start goes on in the
-        background, and the early head's body follows the refresh once it is open (or
-        breaks when it never does). A fast start answers as :meth:`start` does."""
-        begun = self._begin(wanted, step, lock)
-        if begun is None:
-            return None
-        done = trio.Event()
-        outcome: list[Started] = []
-
-        async def opening() -> None:
-            try:
-                outcome.append(await self._open(begun[0], begun[1], client=True))
-            except Exception:  # a bug must not take the transfers nursery down
-                log_event(log, "error", "stream_failed", file=wanted.name, exc_info=True)
-                outcome.append(None)
-            finally:
-                done.set()
-
-        if not self._context.transfers.spawn(opening):
-            begun[0].fail()
-            begun[0].refresh.abort()
-            return text_answer(503, "the tracker is stopping")
-        async with trio.open_nursery() as nursery:
-
-            async def head_is_due() -> None:
-                # Not while the refresh waits in a source's queue ("Source limits").
-                await head_due(begun[2], self._context.settings.early_head_after)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(head_is_due)
-            await done.wait()
-            nursery.cancel_scope.cancel()
-        if done.is_set():
-            return outcome[0]
-
-        async def resolve() -> Body:
-            await done.wait()
-            return await self._follow(outcome[0], step.early, step.origin, connection)
-
-        return early_answer(step.early, LateBody(resolve))
-
-    async def _follow(
-        self, started: Started, size: int, origin: ByteSource, connection: Connection | None
-    ) -> Body:
-        """The body that follows an early head of ``size`` bytes: the shared refresh's, or
-        the uncached stream's when the refresh could not open; UpstreamError otherwise."""
-        if isinstance(started, SharedRefresh):
-            events = self._launcher.reader_events(origin)
-            response = await join(started, "GET", None, events=events, connection=connection)
-        else:
-            response = started
-        if response is None:
-            raise UpstreamError("the cache refresh this download followed ended")
-        length = response.headers.get("content-length")
-        if response.status != 200 or length != str(size) or not isinstance(response.body, Body):
-            raise UpstreamError(f"the source answered {response.status} after an early head")
-        return response.body
-
-    def _begin(
-        self, wanted: Wanted, step: Start, lock: Lock | None
-    ) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
-        """Claim the refresh of the file and, when ``step`` says so, register it for
-        readers, synchronously (a request arriving next finds it); its pump, still to start,
-        and the event set once it asks a source (``StreamJob.slotted``).
-        None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
-        off). With the bucket's lock, the refresh's file is also uploaded to the bucket
-        (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
-        """
-        launcher, transfers = self._launcher, self._context.transfers
-        group, name, cache = wanted.group.group, wanted.name, wanted.cache
-        assert cache is not None  # the walk starts refreshes only with a cache
-        refresh = cache.begin_refresh(group, name)
-        if refresh is None or (lock is not None and not transfers.accepting):
-            if refresh is not None:
-                refresh.abort()
-            if lock is not None:
-                transfers.spawn(lock.release)
-            return None
-        found = self._context.index.find_file(group, name)
-        job = launcher.job(wanted.group, WHOLE_FILE, wanted.archive, found)
-        job = attrs.evolve(
-            job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
-        )
-        shared = SharedRefresh(refresh, job.stop, keep=step.keep)
-        self.registry.add(wanted.key, shared, register=step.register)
-        if lock is not None and self._objects is not None:
-            transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, fallback=step.client), job.slotted
-
-    async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
-        """Start a begun refresh's pump; see :meth:`start` for what it returns."""
-        try:
-            head = await self._launcher.start(pump, refresh=shared.refresh, client=client)
-        except BaseException:
-            shared.fail()
-            raise
-        if isinstance(head, Head) and head.refresh is not None:
-            shared.announce(head.headers)
-            return shared
-        shared.fail()
-        if not client:
-            return None
-        if isinstance(head, Answer):
-            return head
-        self._launcher.count("proxy")  # the refresh could not open (no room): streamed uncached
-        return head_answer(head)
-
-
-async def _prefetched(started: SharedRefresh, cache: Cache, group: str, name: str) -> bool:
-    """Wait for a prefetch's refresh to end; whether it was promoted. Cancelled (the service
-    stopping), it stops the refresh unless clients read it."""
-    log_event(log, "info", "cache_prefetch_started", group=group, file=name)
-    refresh = started.refresh
-    try:
-        await refresh.ended.wait()
-    except BaseException:
-        if started.readers == 0:
-            started.fail()
-            started.stop.cancel()  # nobody waits for this refresh
-        raise
-    return refresh.verified and not refresh.failed and _cached(cache, group, name)
-
-
-def _cached(cache: Cache, group: str, name: str) -> bool:
-    try:
-        return cache.lookup(group, name) is not None
-    except RequestError:
-        return True  # a name or group that cannot be cached: nothing to prefetch
-
-
 #: A refresh's key: cache root, group, file name.
 SharedKey = tuple[str, str, str]
 
 
-class RefreshRegistry:
-    """The refreshes running, by file; see the module doc."""
+class Refreshes:
+    """Starts, joins and reads the disk cache's refreshes, and finds those running; see the
+    module doc."""
 
-    def __init__(self, objects: ObjectPath | None) -> None:
+    def __init__(self, launcher: Launcher, objects: ObjectPath | None) -> None:
+        self._launcher = launcher
         self._objects = objects
         #: Registered refreshes: requests of their file join them.
         self._shared: dict[SharedKey, SharedRefresh] = {}
@@ -359,16 +103,244 @@ class RefreshRegistry:
             del self._claiming[key]
             done.set()
 
+    async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
+        """Read the running refresh (counted as a shared reader); None when it ended
+        unread."""
+        return self._counted(await self.read(shared, ask))
 
-def progress(shared: SharedRefresh | None) -> Running | None:
-    """What the walk knows of a registered refresh: its size and the bytes written."""
-    if shared is None:
-        return None
-    return Running(size=shared.refresh.size, written=shared.refresh.written)
+    async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
+        """A ``Range`` GET read from a background refresh's temp file (the range's first
+        byte is written); None when it ended."""
+        return self._counted(await join(shared, "GET", ask.asked.range))
+
+    def _counted(self, answer: Answer | None) -> Answer | None:
+        """``answer`` of a shared reader, counted as one when there is one."""
+        metrics = self._launcher.metrics
+        if answer is not None and metrics is not None:
+            metrics.count_shared_reader()
+        return answer
+
+    async def start_and_read(
+        self,
+        group: TargetGroup,
+        archive: ArchiveName,
+        cache: Cache,
+        step: Start,
+        lock: Lock | None,
+        ask: Ask,
+    ) -> tuple[Answer | None, SharedRefresh | None]:
+        """Start the refresh of ``archive`` as ``step`` says, with its early head, and read
+        it. The answer (None: a refresh of the file runs already, or the one started ended
+        unread), and the refresh read when one was."""
+        if step.early:
+            started = await self._start_early(group, archive, cache, step, lock, ask.connection)
+        else:
+            started = await self.start(group, archive, cache, step, lock)
+        if not isinstance(started, SharedRefresh):
+            return started, None  # None (a refresh runs), 502/503, uncached, early
+        return await self.read(started, ask, step.origin), started
+
+    async def read(
+        self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
+    ) -> Answer | None:
+        """``ask`` answered from the temp file of ``shared``; None when it cannot be (the
+        route then asks whether it was promoted meanwhile). Its bytes count as ``origin``'s."""
+        return await join(
+            shared,
+            ask.method,
+            ask.asked.range,
+            served=self._launcher.served(origin),
+            connection=ask.connection,
+        )
+
+    async def start(
+        self, group: TargetGroup, archive: ArchiveName, cache: Cache, step: Start, lock: Lock | None
+    ) -> Started:
+        """Begin a detached refresh of ``archive`` as ``step`` says (kept to its end or not,
+        registered or not, whether a client waits), under the bucket's ``lock`` when one
+        was got (the refresh is then uploaded, which releases it); once it is open, the
+        SharedRefresh.
+
+        None when a refresh of the file already runs, or (no client waits) it could not open.
+        For a client, an Answer when the upstream failed (502/503) or the refresh could
+        not open (no room): the client is then streamed uncached.
+        """
+        begun = self._begin(group, archive, cache, step, lock)
+        if begun is None:
+            return None
+        return await self._open(begun[0], begun[1], client=step.client)
+
+    async def prefetch(self, group: TargetGroup, cache: Cache, archive: ArchiveName) -> bool:
+        """Refresh ``archive`` with no client when :func:`~tracker.proxy.decisions.prefetches`
+        says so and, with a bucket, the bucket has no copy and no other replica holds its
+        lock; whether it was promoted (see
+        :meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`)."""
+        name = archive.file_name
+        best = self._launcher.is_best(group.group, name)
+        found = self._launcher.index.find_file(group.group, name) if best else []
+        if not prefetches(best, found, bool(found) and _cached(cache, group.group, name)):
+            return False
+        lock = None
+        if self._objects is not None:
+            if await self._objects.tier.lookup(group.group, name) is not None:
+                return False  # clients are sent to the bucket's copy
+            claim = await self.claim((cache.root, group.group, name))
+            if claimed_of(claim) == "holder":  # another replica refreshes the file
+                return False
+            lock = claim if isinstance(claim, Lock) else None
+        step = start_prefetch(locked=lock is not None)
+        started = await self.start(group, archive, cache, step, lock)
+        if not isinstance(started, SharedRefresh):
+            return False
+        return await _prefetched(started, cache, group.group, name)
+
+    async def _start_early(
+        self,
+        group: TargetGroup,
+        archive: ArchiveName,
+        cache: Cache,
+        step: Start,
+        lock: Lock | None,
+        connection: Connection | None,
+    ) -> Started:
+        """:meth:`start` for a client that is sent an early head (README.md#clients) when the
+        refresh has not opened within ``early_head_after`` of asking a source (not while it
+        waits in a source's queue): the start goes on in the
+        background, and the early head's body follows the refresh once it is open (or
+        breaks when it never does). A fast start answers as :meth:`start` does."""
+        begun = self._begin(group, archive, cache, step, lock)
+        if begun is None:
+            return None
+        done = trio.Event()
+        outcome: list[Started] = []
+
+        async def opening() -> None:
+            try:
+                outcome.append(await self._open(begun[0], begun[1], client=True))
+            except Exception:  # a bug must not take the transfers nursery down
+                log_event(log, "error", "stream_failed", file=archive.file_name, exc_info=True)
+                outcome.append(None)
+            finally:
+                done.set()
+
+        if not self._launcher.transfers.spawn(opening):
+            begun[0].fail()
+            begun[0].refresh.abort()
+            return text_answer(503, "the tracker is stopping")
+        async with trio.open_nursery() as nursery:
+
+            async def head_is_due() -> None:
+                # Not while the refresh waits in a source's queue ("Source limits").
+                await head_due(begun[2], self._launcher.settings.early_head_after)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(head_is_due)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+        if done.is_set():
+            return outcome[0]
+
+        async def resolve() -> Body:
+            await done.wait()
+            return await self._follow(outcome[0], step.early, step.origin, connection)
+
+        return early_answer(step.early, EarlyBody(resolve))
+
+    async def _follow(
+        self, started: Started, size: int, origin: ByteSource, connection: Connection | None
+    ) -> Body:
+        """The body that follows an early head of ``size`` bytes: the shared refresh's, or
+        the uncached stream's when the refresh could not open; UpstreamError otherwise."""
+        if isinstance(started, SharedRefresh):
+            served = self._launcher.served(origin)
+            response = await join(started, "GET", None, served=served, connection=connection)
+        else:
+            response = started
+        if response is None:
+            raise UpstreamError("the cache refresh this download followed ended")
+        length = response.headers.get("content-length")
+        if response.status != 200 or length != str(size) or not isinstance(response.body, Body):
+            raise UpstreamError(f"the source answered {response.status} after an early head")
+        return response.body
+
+    def _begin(
+        self,
+        target: TargetGroup,
+        archive: ArchiveName,
+        cache: Cache,
+        step: Start,
+        lock: Lock | None,
+    ) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
+        """Claim the refresh of the file and, when ``step`` says so, register it for
+        readers, synchronously (a request arriving next finds it); its pump, still to start,
+        and the event set once it asks a source (``StreamJob.slotted``).
+        None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
+        off). With the bucket's lock, the refresh's file is also uploaded to the bucket
+        (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
+        """
+        launcher, transfers = self._launcher, self._launcher.transfers
+        group, name = target.group, archive.file_name
+        refresh = cache.begin_refresh(group, name)
+        if refresh is None or (lock is not None and not transfers.accepting):
+            if refresh is not None:
+                refresh.abort()
+            if lock is not None:
+                transfers.spawn(lock.release)
+            return None
+        found = launcher.index.find_file(group, name)
+        job = launcher.job(target, WHOLE_FILE, archive, found)
+        job = attrs.evolve(
+            job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
+        )
+        shared = SharedRefresh(refresh, job.stop, keep=step.keep)
+        self.add((cache.root, group, name), shared, register=step.register)
+        if lock is not None and self._objects is not None:
+            transfers.spawn(self._objects.upload, shared, lock, group, name)
+        return shared, partial(fill, job, fallback=step.client), job.slotted
+
+    async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
+        """Start a begun refresh's pump; see :meth:`start` for what it returns."""
+        try:
+            head = await self._launcher.start(pump, refresh=shared.refresh, client=client)
+        except BaseException:
+            shared.fail()
+            raise
+        if isinstance(head, Head) and head.refresh is not None:
+            shared.announce(head.headers)
+            return shared
+        shared.fail()
+        if not client:
+            return None
+        if isinstance(head, Answer):
+            return head
+        self._launcher.count("proxy")  # the refresh could not open (no room): streamed uncached
+        return head_answer(head)
+
+
+async def _prefetched(started: SharedRefresh, cache: Cache, group: str, name: str) -> bool:
+    """Wait for a prefetch's refresh to end; whether it was promoted. Cancelled (the service
+    stopping), it stops the refresh unless clients read it."""
+    log_event(log, "info", "cache_prefetch_started", group=group, file=name)
+    refresh = started.refresh
+    try:
+        await refresh.ended.wait()
+    except BaseException:
+        if started.readers == 0:
+            started.fail()
+            started.stop.cancel()  # nobody waits for this refresh
+        raise
+    return refresh.verified and not refresh.failed and _cached(cache, group, name)
+
+
+def _cached(cache: Cache, group: str, name: str) -> bool:
+    try:
+        return cache.lookup(group, name) is not None
+    except RequestError:
+        return True  # a name or group that cannot be cached: nothing to prefetch
 
 
 def claimed_of(claim: Lock | Holder | None) -> Claimed:
-    """What asking the bucket for a file's lock gave, as the walk knows it."""
+    """What asking the bucket for a file's lock gave, as the decisions know it."""
     if isinstance(claim, Holder):
-        return Claimed.HOLDER
-    return Claimed.NONE if claim is None else Claimed.LOCK
+        return "holder"
+    return "none" if claim is None else "lock"

@@ -37,7 +37,7 @@ from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Validators, not_same_reason
 from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
-from tracker.proxy.failover import Asking, open_upstream
+from tracker.proxy.failover import open_upstream
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer
 
 log = logging.getLogger("tracker.resume")
@@ -256,8 +256,7 @@ async def resume_upstream(
         raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
     headers = {"range": f"bytes={offset}-", "if-range": validator}
     try:
-        asking = Asking(clients, group, "GET", headers)
-        answer = await open_upstream(asking, [(first.file, first.source)])
+        answer = await open_upstream(clients, group, "GET", headers, [(first.file, first.source)])
     except UpstreamError as exc:
         raise UpstreamError(one_line(f"cannot resume: {exc}")) from exc
     problem = resume_problem(answer.response, offset, size) or same_representation(

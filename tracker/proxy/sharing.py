@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import attrs
 import trio
@@ -29,7 +29,7 @@ from tracker.cache.refresh import Refresh
 from tracker.errors import UpstreamError
 from tracker.serving.httpanswer import Answer
 from tracker.serving.ranges import UNSATISFIABLE, parse_range
-from tracker.serving.responsebodies import Body, GeneratorBody
+from tracker.serving.responsebodies import GeneratorBody
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 
 #: Bytes read per ``os.pread`` (as for cached files).
@@ -85,19 +85,12 @@ class SharedRefresh:
             self.stop.cancel()
 
 
-@attrs.frozen
-class ReaderEvents:
-    """Callbacks of a reader's body (metrics); synchronous and cheap."""
-
-    served_bytes: Callable[[int], None] = _nothing
-
-
 async def join(
     shared: SharedRefresh,
     method: str,
     range_header: str | None,
     *,
-    events: ReaderEvents | None = None,
+    served: Callable[[int], None] = _nothing,
     chunk_size: int = CHUNK_SIZE,
     connection: Connection | None = None,
 ) -> Answer | None:
@@ -119,16 +112,13 @@ async def join(
         fd = await trio.to_thread.run_sync(_open_reader, refresh.temp)
     except OSError:
         return None  # promoted or removed meanwhile
-    lease = _Lease(fd, shared)  # before any checkpoint: the descriptor has an owner
-    if refresh.failed:
-        lease.release()
-        return None
     response, offset, length = _plan(shared.headers, refresh.size, range_header)
-    if length == 0:
-        lease.release()
-        return response
-    events = events if events is not None else ReaderEvents()
-    response.body = SharedBody(lease, refresh, offset, length, chunk_size, events, connection)
+    # Before any checkpoint: the descriptor has an owner.
+    body = SharedBody(fd, shared, offset, length, chunk_size, served, connection)
+    if refresh.failed or length == 0:
+        body.release()
+        return None if refresh.failed else response
+    response.body = body
     return response
 
 
@@ -158,18 +148,40 @@ def _plan(
     return Answer(status, headers), offset, length
 
 
-class _Lease:
-    """A reader's descriptor of the temp file, and its place among the refresh's readers.
+def _collected(fd: int, token: trio.lowlevel.TrioToken, left: Callable[[], None]) -> None:
+    os.close(fd)
+    with contextlib.suppress(trio.RunFinishedError):
+        token.run_sync_soon(left)
 
-    Released exactly once: explicitly, or when the lease is collected unused (the client
-    left before the server started the body, docs/architecture.md#traps-of-the-stack, 4), which may
-    happen in another
-    thread: the reader count is then updated through the trio token.
+
+class SharedBody(GeneratorBody):
+    """``length`` bytes from ``offset`` of a refresh's temp file, read from the descriptor
+    ``fd`` and sent as they arrive: with sendfile pieces when ``connection`` (the client's
+    zero-copy connection) is given. ``served`` is told the bytes of each piece sent.
+
+    The body holds its reader's place among the refresh's readers, and its descriptor:
+    released exactly once, when it ends, explicitly (:meth:`release`), or when it is
+    collected unsent (the client left before the server started the body,
+    docs/architecture.md#traps-of-the-stack, 4), which may happen in another thread: the
+    reader count is then updated through the trio token.
     """
 
-    def __init__(self, fd: int, shared: SharedRefresh) -> None:
+    def __init__(
+        self,
+        fd: int,
+        shared: SharedRefresh,
+        offset: int,
+        length: int,
+        chunk_size: int,
+        served: Callable[[int], None],
+        connection: Connection | None = None,
+    ) -> None:
         self.fd = fd
         self._shared = shared
+        self._refresh = shared.refresh
+        self._offset, self._length, self._chunk_size = offset, length, chunk_size
+        self._served = served
+        self._connection = connection
         shared.reader_joined()
         token = trio.lowlevel.current_trio_token()
         self._finalizer = weakref.finalize(self, _collected, fd, token, shared.reader_left)
@@ -180,28 +192,8 @@ class _Lease:
             os.close(self.fd)
             self._shared.reader_left()
 
-
-def _collected(fd: int, token: trio.lowlevel.TrioToken, left: Callable[[], None]) -> None:
-    os.close(fd)
-    with contextlib.suppress(trio.RunFinishedError):
-        token.run_sync_soon(left)
-
-
-@attrs.define(eq=False)
-class SharedBody(GeneratorBody):
-    """``length`` bytes from ``offset`` of a refresh's temp file, sent as they arrive:
-    with sendfile pieces when ``connection`` (the client's zero-copy connection) is given."""
-
-    _lease: _Lease
-    _refresh: Refresh
-    _offset: int
-    _length: int
-    _chunk_size: int
-    _events: ReaderEvents
-    _connection: Connection | None = None
-
     async def _finish(self, error: BaseException | None) -> None:
-        self._lease.release()
+        self.release()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
@@ -210,20 +202,20 @@ class SharedBody(GeneratorBody):
             connection = self._connection
             size = piece_size(limit - position) if connection is not None else 0
             if size and connection is not None:
-                piece = FilePiece(size, fd=self._lease.fd, offset=position)
+                piece = FilePiece(size, fd=self.fd, offset=position)
                 yield connection.stage(piece)
                 connection.finish(piece)
             else:
                 size = min(self._chunk_size, limit - position)
                 # Not abandonable on cancel (trio's default): the descriptor is closed only
                 # after the thread has finished reading from it.
-                chunk = await trio.to_thread.run_sync(os.pread, self._lease.fd, size, position)
+                chunk = await trio.to_thread.run_sync(os.pread, self.fd, size, position)
                 if not chunk:
                     raise UpstreamError(f"the refresh's file ended at byte {position}")
                 size = len(chunk)
                 yield chunk
             position += size
-            self._events.served_bytes(size)
+            self._served(size)
 
 
 async def _readable(refresh: Refresh, position: int, end: int) -> int:
@@ -236,18 +228,3 @@ async def _readable(refresh: Refresh, position: int, end: int) -> int:
         if limit > position:
             return limit
         await refresh.wait_progress()
-
-
-@attrs.define(eq=False)
-class LateBody(GeneratorBody):
-    """The body of an early head (README.md#clients) whose bytes are found only later: ``resolve``
-    waits for the shared refresh to open and returns the body to pass on, or raises
-    UpstreamError (the server then breaks the connection: never a short 200)."""
-
-    _resolve: Callable[[], Awaitable[Body]]
-
-    async def _generate(self) -> AsyncGenerator[bytes, None]:
-        inner = await self._resolve()
-        async with inner as chunks:
-            async for chunk in chunks:
-                yield chunk

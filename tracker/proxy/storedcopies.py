@@ -1,11 +1,10 @@
 """The executors of the stored copies: the bucket's redirect, the disk cache, the bucket's
-stream and the holder replica (:class:`~tracker.proxy.decisions.Redirect`,
-:class:`~tracker.proxy.decisions.CacheHit`, :class:`~tracker.proxy.decisions.FromBucket`,
-:class:`~tracker.proxy.decisions.FromHolder`).
+stream and the holder replica (``REDIRECT``, ``CACHE_HIT``, ``FROM_BUCKET`` and
+``FROM_HOLDER`` of :class:`~tracker.proxy.decisions.Step`).
 
 Each answers the request, counted as its outcome, or passes (None) when performing it shows
 that it cannot: the object is not there, the URL could not be signed, the cached file is
-gone, the stream could not start. The walk then goes on (docs/http-api.md, "With an object
+gone, the stream could not start. The route then goes on (docs/http-api.md, "With an object
 store"). A copy whose digest is known says so (``repr-digest``, "Verified archives").
 """
 
@@ -13,8 +12,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-
-import attrs
 
 from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
@@ -28,7 +25,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Copy
-from tracker.proxy.streamjobs import Launcher, ProxyContext, head_answer
+from tracker.proxy.streamjobs import Launcher, head_answer
 from tracker.serving.fileresponse import ChunkBudget, ExtraHeaders, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
 
@@ -59,111 +56,108 @@ async def served_from_disk(
     )
 
 
-@attrs.define(eq=False)
-class StoredCopies:
-    """Answers from the copies a file has beside its sources; see the module doc.
-    ``objects`` is the bucket's part (None without an object store)."""
+async def presigned(
+    launcher: Launcher, objects: ObjectPath | None, group: str, archive: ArchiveName
+) -> str | None:
+    """The bucket's presigned URL of the file (counted as a redirect); None: not there."""
+    assert objects is not None  # the route redirects only with a bucket
+    url = await objects.presigned(group, archive.file_name)
+    if url is not None:
+        launcher.count("object_redirect")
+    return url
 
-    _context: ProxyContext
-    _launcher: Launcher
-    objects: ObjectPath | None
-    _budget: ChunkBudget | None
 
-    async def presigned(self, group: str, archive: ArchiveName) -> str | None:
-        """The bucket's presigned URL of the file (counted as a redirect); None: not there."""
-        assert self.objects is not None  # the walk redirects only with a bucket
-        url = await self.objects.presigned(group, archive.file_name)
-        if url is not None:
-            self._launcher.count("object_redirect")
-        return url
+async def redirect(
+    launcher: Launcher, objects: ObjectPath | None, group: str, archive: ArchiveName
+) -> Answer | None:
+    """303 to the bucket's copy (first: a hit leaves the data path before any file
+    system work)."""
+    url = await presigned(launcher, objects, group, archive)
+    return None if url is None else redirect_answer(url)
 
-    async def redirect(self, group: str, archive: ArchiveName) -> Answer | None:
-        """303 to the bucket's copy (first: a hit leaves the data path before any file
-        system work)."""
-        url = await self.presigned(group, archive)
-        return None if url is None else redirect_answer(url)
 
-    async def cache_hit(
-        self, cache: Cache, path: str, group: str, archive: ArchiveName, ask: Ask
-    ) -> Answer | None:
-        """The cached file at ``path`` (a copy the walk found servable), Range, conditionals
-        and HEAD answered from disk; None when it is not there."""
-        digest = cache.digest(group, archive.file_name)
-        extra = {"repr-digest": repr_digest(digest)} if digest else None
-        try:
-            response = await served_from_disk(
-                path, ask, "cache", self._context.metrics, self._budget, extra
-            )
-        except FileNotFoundError:
-            return None
-        except OSError as exc:  # something else than a file at the path: not cached
-            log_event(log, "warning", "cache_unreadable", path=path, error=exc)
-            return None
-        self._launcher.count("cache_hit")
-        return response
+async def cache_hit(
+    launcher: Launcher,
+    budget: ChunkBudget | None,
+    cache: Cache,
+    path: str,
+    group: str,
+    archive: ArchiveName,
+    ask: Ask,
+) -> Answer | None:
+    """The cached file at ``path`` (a copy the route found servable), Range, conditionals
+    and HEAD answered from disk; None when it is not there."""
+    digest = cache.digest(group, archive.file_name)
+    extra = {"repr-digest": repr_digest(digest)} if digest else None
+    try:
+        response = await served_from_disk(path, ask, "cache", launcher.metrics, budget, extra)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # something else than a file at the path: not cached
+        log_event(log, "warning", "cache_unreadable", path=path, error=exc)
+        return None
+    launcher.count("cache_hit")
+    return response
 
-    async def from_bucket(
-        self, head: bool, ask: Ask, group: str, archive: ArchiveName
-    ) -> Answer | None:
-        """Not on disk: a HEAD answered from the object's metadata (``head``), or the object
-        streamed from the bucket (Range and conditionals passed on). None: the bucket has
-        no copy, or the store failed."""
-        assert self.objects is not None  # the walk asks the bucket only with one
-        if head:
-            return await self.objects.head(group, archive.file_name)
-        source = await self.objects.stream_source(group, archive)
-        if source is None:
-            return None
-        target_group, found, digest = source
-        job = self._launcher.job(target_group, ask, archive, found, origin="object_store")
-        started = await self._launcher.start(
-            partial(relay, job), client=False, failed="object_stream_failed"
-        )
-        if isinstance(started, Answer):
-            return None  # the store failed: another path
-        self._launcher.count("object_store")
-        response = head_answer(started)
-        if digest and started.status in (200, 206):
-            response.headers["repr-digest"] = repr_digest(digest)
-        return response
 
-    async def from_holder(
-        self,
-        holder: Holder,
-        ask: Ask,
-        group: TargetGroup,
-        archive: ArchiveName,
-        size: int,
-    ) -> Answer | None:
-        """Proxied from the replica that holds the file's lock (its refresh in flight) as a
-        source of ``size`` bytes (the index's); None when it cannot be followed or failed
-        (then streamed from upstream uncached)."""
-        assert self.objects is not None  # a holder comes from the bucket
-        source = self.objects.holder_source(holder, group.group, archive, size)
-        if source is None:
-            return None
-        target_group, found = source
-        # No zero-copy connection: a holder's bytes pass through Python (as they always did).
-        job = self._launcher.job(
-            target_group, ask, archive, found, origin="replica", zero_copy=False
-        )
-        started = await self._launcher.start(
-            partial(relay, job), client=False, failed="replica_unreachable"
-        )
-        if isinstance(started, Answer):
-            return None  # streamed from the source uncached instead
-        self._launcher.count("replica")
-        return head_answer(started)
+async def from_bucket(
+    launcher: Launcher, objects: ObjectPath | None, ask: Ask, group: str, archive: ArchiveName
+) -> Answer | None:
+    """Not on disk: a HEAD answered from the object's metadata, or the object
+    streamed from the bucket (Range and conditionals passed on). None: the bucket has
+    no copy, or the store failed."""
+    assert objects is not None  # the route asks the bucket only with one
+    if ask.method == "HEAD":
+        return await objects.head(group, archive.file_name)
+    source = await objects.stream_source(group, archive)
+    if source is None:
+        return None
+    target_group, found, digest = source
+    job = launcher.job(target_group, ask, archive, found, origin="object_store")
+    started = await launcher.start(partial(relay, job), client=False, failed="object_stream_failed")
+    if isinstance(started, Answer):
+        return None  # the store failed: another path
+    launcher.count("object_store")
+    response = head_answer(started)
+    if digest and started.status in (200, 206):
+        response.headers["repr-digest"] = repr_digest(digest)
+    return response
+
+
+async def from_holder(
+    launcher: Launcher,
+    objects: ObjectPath | None,
+    holder: Holder,
+    ask: Ask,
+    group: TargetGroup,
+    archive: ArchiveName,
+    size: int,
+) -> Answer | None:
+    """Proxied from the replica that holds the file's lock (its refresh in flight) as a
+    source of ``size`` bytes (the index's); None when it cannot be followed or failed
+    (then streamed from upstream uncached)."""
+    assert objects is not None  # a holder comes from the bucket
+    source = objects.holder_source(holder, group.group, archive, size)
+    if source is None:
+        return None
+    target_group, found = source
+    # No zero-copy connection: a holder's bytes pass through Python (as they always did).
+    job = launcher.job(target_group, ask, archive, found, origin="replica", zero_copy=False)
+    started = await launcher.start(partial(relay, job), client=False, failed="replica_unreachable")
+    if isinstance(started, Answer):
+        return None  # streamed from the source uncached instead
+    launcher.count("replica")
+    return head_answer(started)
 
 
 def copy_of(cache: Cache | None, path: str | None, group: str, name: str) -> Copy:
-    """What the disk cache may hold of ``name`` (:class:`~tracker.proxy.decisions.Copy`), its
+    """What the disk cache may hold of ``name`` (``tracker.proxy.decisions.Copy``), its
     ``path`` in the cache being None when the file cannot be cached there."""
     if cache is None:
-        return Copy.NO_CACHE
+        return "no_cache"
     if path is None:
-        return Copy.OUTSIDE
-    return Copy.SERVABLE if cache.servable(group, name) else Copy.UNCHECKED
+        return "outside"
+    return "servable" if cache.servable(group, name) else "unchecked"
 
 
 def cache_path(cache: Cache, group: str, archive: ArchiveName) -> str | None:

@@ -1,16 +1,11 @@
-"""Proxy mode's byte path: the walk performed for each archive request.
+"""Proxy mode's byte path: the route of each archive request, and the proxy's parts.
 
-:class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode. For a
-concrete archive request (its name parsed by the route) it performs the request's walk
-(:func:`tracker.proxy.walk.request_walk`) with :class:`RequestSteps`, which answers each
-lookup with what is true now (the disk cache's copy after a promotion in flight, the index
-and the running refreshes, the index's size, the bucket's lock) and hands each decision to
-its executor, :mod:`tracker.proxy.storedcopies` (the bucket, the disk cache, the holder
-replica), :mod:`tracker.proxy.refreshing` (starting, joining and reading refreshes) or
-:mod:`tracker.proxy.streamjobs` (the relay), deciding nothing itself (docs/architecture.md,
-"The byte path as a plan", draws the walk).
-:meth:`ProxyStreamer.prefetch` starts a refresh with no client at all (``cache_prefetch``,
-:mod:`tracker.proxy.prefetch`), its own walk (:func:`tracker.proxy.walk.prefetch_walk`).
+:class:`ProxyStreamer` is the :class:`tracker.web.delivery.ByteStreamer` of proxy mode: it
+owns the disk caches, the download clients and the executors. :meth:`Route.answer` is one
+request's route, its steps in order in one function over the pure decisions of
+:mod:`tracker.proxy.decisions` (docs/architecture.md, "One request's path" and "The byte
+path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
+(``cache_prefetch``, :meth:`tracker.proxy.refreshing.Refreshes.prefetch`).
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from functools import partial
 import attrs
 
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
-from tracker.config.schema import Config
+from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
@@ -39,61 +34,36 @@ from tracker.proof.accounts.budget import (
     default_workers,
 )
 from tracker.proof.levels import Level, Voter
-from tracker.proxy import walk as walks
-from tracker.proxy.ask import Ask, Wanted
+from tracker.proxy import storedcopies as copies
+from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.decisions import (
     Asked,
-    Bucket,
-    CacheHit,
-    Claim,
+    Claimed,
     Copy,
+    Decision,
     Found,
-    FromBucket,
-    FromHolder,
-    Gone,
-    JoinBehind,
-    JoinShared,
-    Miss,
     Mode,
     Now,
-    OwnRefresh,
-    Redirect,
-    Relay,
-    StartShared,
+    Start,
+    Step,
+    claimed,
+    early_head,
+    fallback,
+    on_miss,
     redirect,
+    stored,
 )
-from tracker.proxy.refreshing import Refreshes, claimed_of, progress
+from tracker.proxy.refreshing import Refreshes, claimed_of
 from tracker.proxy.sharing import SharedRefresh
-from tracker.proxy.storedcopies import StoredCopies, cache_path, copy_of
-from tracker.proxy.streamjobs import Launcher, ProxyContext
+from tracker.proxy.storedcopies import cache_path, copy_of
+from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
-from tracker.proxy.walk import request_walk
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer
 
 CacheFactory = Callable[[str], Cache]
-
-
-@attrs.frozen(kw_only=True)
-class StreamerParts:
-    """What a :class:`ProxyStreamer` is built from besides the live config, the index and
-    the transfers' nursery: its metrics, tunables, the object-store tier, the shared read
-    memory, what the archive checks concluded (``digests``, ``rejections``), and the seams
-    tests inject faults through (``cache_factory``: a Cache per directory; ``resolver``:
-    host names that came from the network); ``voter``: the cluster's votes that lift the
-    cached copies (:mod:`tracker.proof.cluster.lifting`), None: not asked."""
-
-    metrics: Metrics | None = None
-    settings: ProxySettings = attrs.field(factory=ProxySettings)
-    objects: ObjectPath | None = None
-    budget: ChunkBudget | None = None
-    digests: Digests = attrs.field(factory=Digests)
-    rejections: Rejections = attrs.field(factory=Rejections)
-    cache_factory: CacheFactory | None = None
-    resolver: Resolver = resolve
-    voter: Voter | None = None
 
 
 class ProxyStreamer:
@@ -101,8 +71,11 @@ class ProxyStreamer:
 
     ``config`` returns the live config (the cache directory is read per request, so a reload
     that changes it takes effect; each directory gets its own :class:`Cache`, cleaned up on
-    first use). ``cache_factory`` builds a Cache for a directory (tests inject faults there);
-    ``resolver`` looks up host names that came from the network (tests inject their own).
+    first use). ``objects``: the object-store tier; ``budget``: the read memory of cache
+    hits; ``digests`` and ``rejections``: what the archive checks concluded; ``voter``: the
+    cluster's votes that lift the cached copies (None: not asked). The seams tests inject
+    faults through: ``cache_factory`` builds a Cache for a directory, ``resolver`` looks up
+    host names that came from the network.
     """
 
     def __init__(
@@ -110,25 +83,30 @@ class ProxyStreamer:
         config: Callable[[], Config],
         index: Index,
         transfers: Transfers,
-        parts: StreamerParts | None = None,
+        *,
+        metrics: Metrics | None = None,
+        settings: ProxySettings | None = None,
+        objects: ObjectPath | None = None,
+        budget: ChunkBudget | None = None,
+        digests: Digests | None = None,
+        rejections: Rejections | None = None,
+        cache_factory: CacheFactory | None = None,
+        resolver: Resolver = resolve,
+        voter: Voter | None = None,
     ) -> None:
-        parts = parts if parts is not None else StreamerParts()
-        metrics, settings, objects = parts.metrics, parts.settings, parts.objects
+        settings = settings if settings is not None else ProxySettings()
         self._config = config
         self._index = index
         #: Digests of the archives held verified, and sources whose copy failed its check
         #: (docs/http-api.md, "Verified archives").
-        self.digests = parts.digests
-        self.rejections = parts.rejections
+        self.digests = digests if digests is not None else Digests()
+        self.rejections = rejections if rejections is not None else Rejections()
         self._transfers = transfers
         self._metrics = metrics
-        #: What the proxy's parts share (tracker/proxy/streamjobs.py), its tunables a value
-        #: given once: a test builds the streamer it needs (``StreamerParts.settings``).
-        self.context = ProxyContext(config, index, transfers, settings, metrics, self.rejections)
         self._clients = DownloadClients(
             settings,
             policy=lambda: policy_of(self._config().egress),
-            resolver=parts.resolver,
+            resolver=resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/clientfeed.py).
@@ -138,17 +116,24 @@ class ProxyStreamer:
             largest=settings.read_size,
             per_stream=CHANNEL_PIECES,
         )
-        self.launcher = Launcher(self.context, self._clients, channel_budget=channel_budget)
+        self.launcher = Launcher(
+            config,
+            index,
+            transfers,
+            settings,
+            metrics,
+            self.rejections,
+            self._clients,
+            channel_budget=channel_budget,
+        )
         #: The object-store tier (docs/http-api.md#with-an-object-store-object_store); None
         #: without one.
-        self._objects = objects
-        #: The executors of the walk's decisions (docs/architecture.md, "The byte path as a
-        #: plan"); the refreshes' registry is the refreshes' own.
-        self.stored = StoredCopies(self.context, self.launcher, objects, parts.budget)
-        self.shared_refreshes = Refreshes(self.context, self.launcher, objects)
-        self.registry = self.shared_refreshes.registry
-        self._cache_factory = parts.cache_factory or self._default_cache
-        self._voter = parts.voter
+        self.objects = objects
+        #: The read memory of cache hits.
+        self.budget = budget
+        self.shared_refreshes = Refreshes(self.launcher, objects)
+        self._cache_factory = cache_factory or self._default_cache
+        self._voter = voter
         self._caches: dict[str, Cache] = {}
         #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
@@ -157,7 +142,6 @@ class ProxyStreamer:
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
-        #: neither cached nor being refreshed (the service plugs in the prefetcher, §9).
         self.on_interest: Callable[[str, str], object] | None = None
 
     @property
@@ -169,7 +153,7 @@ class ProxyStreamer:
     @property
     def settings(self) -> ProxySettings:
         """The proxy's tunables (one value, given at construction)."""
-        return self.context.settings
+        return self.launcher.settings
 
     def _default_cache(self, root: str) -> Cache:
         on_size = self._metrics.set_cache_size if self._metrics is not None else None
@@ -274,10 +258,10 @@ class ProxyStreamer:
         cache = self.cache()
         if cache is None:
             return []
-        self.registry.forget_ended()
+        self.shared_refreshes.forget_ended()
         out = []
         for progress_ in cache.refreshes():
-            shared = self.registry.followed((cache.root, progress_.group, progress_.name))
+            shared = self.shared_refreshes.followed((cache.root, progress_.group, progress_.name))
             readers = shared.readers if shared is not None else None
             out.append(attrs.evolve(progress_, readers=readers))
         return out
@@ -288,8 +272,7 @@ class ProxyStreamer:
 
     async def serve(self, ask: Ask, group: str, archive: ArchiveName, found: Found) -> Answer:
         """Answer ``ask``, a GET or HEAD of ``archive`` (parsed once, by the route) of
-        ``group`` (advertised by ``found``): its walk (:func:`tracker.proxy.walk.request_walk`),
-        performed.
+        ``group`` (advertised by ``found``): its route, :meth:`Route.answer`.
 
         Raises RequestError (404/400) for a group that cannot be used. Upstream
         failures answer 502 with a one-line reason; a stopping tracker answers 503.
@@ -300,19 +283,15 @@ class ProxyStreamer:
         if target_group is None:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
-        wanted = Wanted(target_group, archive, found, cache)
-        # Only the tracker may hold it (tracker.ordering.holdings): no source to relay from.
-        relayable = any(f.url for f, _source in found)
-        walk = request_walk(ask.asked, self._mode(config, cache), relayable=relayable)
-        return await RequestSteps(self, ask, wanted).walk(walk)
+        mode = self._mode(config, cache)
+        return await Route(self, ask, target_group, archive, found, cache, mode).answer()
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
-        objects = self._objects if cache is not None else None
-        bucket = None
-        if objects is not None:
-            bucket = Bucket(objects.tier.usable, objects.store.direct_serve)
+        objects = self.objects if cache is not None else None
         return Mode(
-            bucket=bucket,
+            bucket=objects is not None,
+            store_up=objects is None or objects.tier.usable,
+            direct_serve=objects is None or objects.store.direct_serve,
             share=config.cache_share_inflight,
             keep=config.cache_complete_on_disconnect,
             serve_user_agents=config.serve_user_agents,
@@ -327,9 +306,9 @@ class ProxyStreamer:
         archive = parse_archive_name(name)
         if config.group_named(group) is None or archive is None or archive.file_name != name:
             return None
-        if redirect(Asked("GET", user_agent=user_agent), mode) is None:
+        if not redirect(Asked("GET", user_agent=user_agent), mode):
             return None
-        return await self.stored.presigned(group, archive)
+        return await copies.presigned(self.launcher, self.objects, group, archive)
 
     async def prefetch(self, group: str, name: str) -> bool:
         """Fill the cache with archive ``name`` of ``group`` without a client (prefetch).
@@ -349,103 +328,174 @@ class ProxyStreamer:
         return await self.shared_refreshes.prefetch(target_group, cache, archive)
 
 
-@attrs.define
-class RequestSteps:
-    """One request's executor: what the request holds while it walks (the refresh it found
-    running, the lock it claimed, the refresh it read) and the answer it got. It performs
-    each step of the walk with the streamer's executors and reports back."""
+@attrs.define(eq=False)
+class Route:
+    """One request of ``archive`` of ``group`` (advertised by ``found``) in proxy mode, and
+    what it holds while it goes: the cache path it found, the refresh running, the lock it
+    claimed, the refresh it read, the index's size."""
 
     run: ProxyStreamer
     ask: Ask
-    wanted: Wanted
-    #: The file's path in the cache (None: it cannot be cached there), from the last
-    #: :class:`~tracker.proxy.walk.NeedCopy`.
+    group: TargetGroup
+    archive: ArchiveName
+    found: Found
+    cache: Cache | None
+    mode: Mode
     path: str | None = None
-    #: The registered refresh of the file the last :class:`~tracker.proxy.walk.NeedNow` found.
     shared: SharedRefresh | None = None
-    claim: Lock | Holder | None = None
-    #: The refresh this request read, when it read one.
+    lock: Lock | Holder | None = None
     read: SharedRefresh | None = None
-    answer: Answer | None = None
+    size: int = 0
 
-    async def walk(self, walk: walks.Walk) -> Answer:
-        """Perform ``walk`` to its end; the answer it ended with."""
-        walk, step = walks.next_step(walk)
-        while step is not None:
-            walk, step = walks.next_step(walk, await self._perform(step))
-        if self.answer is None:
-            raise AssertionError("a request's walk ends in an answer")
-        return self.answer
+    @property
+    def relayable(self) -> bool:
+        """Some source of the file can be asked (only the tracker may hold it,
+        tracker.ordering.holdings: then there is nothing to relay)."""
+        return any(f.url for f, _source in self.found)
 
-    async def _perform(self, step: walks.Step) -> walks.Reply:
-        run, wanted = self.run, self.wanted
-        match step:
-            case walks.NeedCopy():
-                return await self._copy()
-            case walks.NeedNow(settle=settle):
-                if settle:
-                    await run.registry.settled(wanted.key)  # another request is claiming
-                return self._now()
-            case walks.NeedSize():
-                return run.launcher.index_size(wanted.group.group, wanted.name)
-            case walks.NeedPromoted():
-                return self.read is not None and self.read.refresh.verified
-            case Claim():
-                self.claim = await run.registry.claim(wanted.key)
-                return claimed_of(self.claim)
-            case Miss():
-                run.launcher.count("cache_miss")
-                return False
-        self.answer = await self._decided(step)
-        return self.answer is not None
+    async def answer(self) -> Answer:
+        """The request's steps, in order: each decision is asked once the lookup it needs is
+        done (what it reads can change while the request waits), and a decision that
+        passes (:meth:`perform` gives None) hands on to the next."""
+        asked, mode = self.ask.asked, self.mode
+        # 1. The bucket's 303, before any file system work.
+        if redirect(asked, mode):
+            answer = await self.perform(Step.REDIRECT)
+            if answer is not None:
+                return answer
+        # 2. The stored copies in order, once a promotion of the file in flight ended.
+        for step in stored(asked, mode, await self.copy()):
+            if step.relays:  # the file cannot be cached here
+                return await self.relay(step)
+            if step is Step.MISS:
+                break
+            answer = await self.perform(step)
+            if answer is not None:
+                return answer
+        # 3. A miss: what runs now decides; a start carries the early head the index's size
+        # allows.
+        self.missed()
+        decision = on_miss(asked, mode, await self.now(settle=mode.shares))
+        if decision is Step.CLAIM:
+            claim = await self.claim()
+            decision = claimed(asked, mode, claim, self.index_size())
+        if isinstance(decision, Start):
+            decision = attrs.evolve(decision, early=early_head(asked, self.index_size()))
+        if isinstance(decision, Step) and decision.relays:
+            return await self.relay(decision)
+        answer = await self.perform(decision)
+        if answer is not None:
+            return answer
+        # 4. It passed. A refresh it read may have been promoted meanwhile: a cache hit.
+        read = decision is Step.JOIN_SHARED or isinstance(decision, Start)
+        if read and self.promoted() and await self.copy() == "servable":
+            answer = await self.perform(Step.CACHE_HIT)
+            if answer is not None:
+                return answer
+        # 5. Otherwise what is true now decides the relay.
+        return await self.relay(fallback(asked, await self.now()))
 
-    async def _copy(self) -> Copy:
-        cache, group, archive = self.wanted.cache, self.wanted.group.group, self.wanted.archive
+    async def relay(self, step: Step) -> Answer:
+        """The last step: a relay, or 404 when no source is left to ask."""
+        answer = await self.perform(step if self.relayable else Step.GONE)
+        if answer is None:
+            raise AssertionError("a relay answers")
+        return answer
+
+    # -- the lookups ---------------------------------------------------------------------------
+
+    async def copy(self) -> Copy:
+        """What the disk cache may hold of the file, after a promotion of it in flight."""
+        cache, group, archive = self.cache, self.group.group, self.archive
         self.path = path = cache_path(cache, group, archive) if cache is not None else None
         if cache is not None and path is not None:
-            wait = self.run.settings.promotion_wait
-            await cache.wait_promotion(group, archive.file_name, wait)
+            await cache.wait_promotion(group, archive.file_name, self.run.settings.promotion_wait)
         return copy_of(cache, path, group, archive.file_name)
 
-    def _now(self) -> Now:
-        cache, group, name = self.wanted.cache, self.wanted.group.group, self.wanted.name
-        assert cache is not None  # the walk looks refreshes up only with a cache
-        self.shared = self.run.registry.running(self.wanted.key)
+    def missed(self) -> None:
+        self.run.launcher.count("cache_miss")
+
+    async def now(self, *, settle: bool = False) -> Now:
+        """The index and the refreshes of the file now; ``settle``: first wait until no
+        other request here is asking the bucket for the file's lock."""
+        refreshes, cache, group, name = (
+            self.run.shared_refreshes,
+            self.cache,
+            self.group.group,
+            self.name,
+        )
+        assert cache is not None  # refreshes are looked up only with a cache
+        if settle:
+            await refreshes.settled(self.key)
+        self.shared = shared = refreshes.running(self.key)
+        running = None if shared is None else (shared.refresh.size, shared.refresh.written)
         return Now(
             best=self.run.launcher.is_best(group, name),
-            running=progress(self.shared),
+            running=running,
             refreshing=cache.is_refreshing(group, name),
         )
 
-    async def _decided(self, step: walks.Step) -> Answer | None:
-        """Perform decision ``step`` as it says; None: it passed."""
-        run, ask, shared, wanted = self.run, self.ask, self.shared, self.wanted
-        stored, refreshes, launcher = run.stored, run.shared_refreshes, run.launcher
-        group, archive, cache = wanted.group, wanted.archive, wanted.cache
-        match step:
-            case Redirect():
-                return await stored.redirect(group.group, archive)
-            case CacheHit() if cache is not None and self.path is not None:
-                return await stored.cache_hit(cache, self.path, group.group, archive, ask)
-            case FromBucket(head=head):
-                return await stored.from_bucket(head, ask, group.group, archive)
-            case JoinShared() if shared is not None:
+    async def claim(self) -> Claimed:
+        """Ask the bucket for the file's lock (other requests of the file wait meanwhile)."""
+        self.lock = await self.run.shared_refreshes.claim(self.key)
+        return claimed_of(self.lock)
+
+    def index_size(self) -> int:
+        """The index's size of the file (0: unknown)."""
+        self.size = self.run.launcher.index_size(self.group.group, self.name)
+        return self.size
+
+    def promoted(self) -> bool:
+        """The refresh this request read was promoted into the cache meanwhile."""
+        return self.read is not None and self.read.refresh.verified
+
+    @property
+    def name(self) -> str:
+        return self.archive.file_name
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The file's refreshes' key: cache root, group, file name (only with a cache)."""
+        assert self.cache is not None
+        return (self.cache.root, self.group.group, self.name)
+
+    # -- the decisions -----------------------------------------------------------------------
+
+    async def perform(self, decision: Decision) -> Answer | None:
+        """Perform ``decision`` as it says; None: it passed."""
+        run, ask, shared, group, archive = self.run, self.ask, self.shared, self.group, self.archive
+        refreshes, launcher, objects = run.shared_refreshes, run.launcher, run.objects
+        cache, path = self.cache, self.path
+        match decision:
+            case Step.REDIRECT:
+                return await copies.redirect(launcher, objects, group.group, archive)
+            case Step.CACHE_HIT if cache is not None and path is not None:
+                hit = copies.cache_hit(launcher, run.budget, cache, path, group.group, archive, ask)
+                return await hit
+            case Step.FROM_BUCKET:
+                return await copies.from_bucket(launcher, objects, ask, group.group, archive)
+            case Step.JOIN_SHARED if shared is not None:
                 self.read = shared
                 return await refreshes.join_shared(shared, ask)
-            case JoinBehind() if shared is not None:
+            case Step.JOIN_BEHIND if shared is not None:
                 return await refreshes.join_behind(shared, ask)
-            case StartShared() | OwnRefresh() if cache is not None:
-                lock = self.claim if isinstance(self.claim, Lock) and step.locked else None
-                answer, self.read = await refreshes.start_and_read(wanted, step, lock, ask)
+            case Start() if cache is not None:
+                lock = self.lock if isinstance(self.lock, Lock) and decision.locked else None
+                answer, self.read = await refreshes.start_and_read(
+                    group, archive, cache, decision, lock, ask
+                )
                 return answer
-            case FromHolder(size=size) if isinstance(self.claim, Holder):
-                return await stored.from_holder(self.claim, ask, group, archive, size)
-            case Gone():
-                raise RequestError(404, f"{archive.file_name} is no longer held nor advertised")
-            case Relay(interest=interest):
-                if interest and run.on_interest is not None:
-                    run.on_interest(group.group, archive.file_name)
-                return await launcher.relay(launcher.job(group, ask, archive, wanted.found))
+            case Step.FROM_HOLDER if isinstance(self.lock, Holder):
+                holder, size = self.lock, self.size
+                return await copies.from_holder(
+                    launcher, objects, holder, ask, group, archive, size
+                )
+            case Step.GONE:
+                raise RequestError(404, f"{self.name} is no longer held nor advertised")
+            case Step.RELAY | Step.RELAY_INTEREST:
+                if decision is Step.RELAY_INTEREST and run.on_interest is not None:
+                    run.on_interest(group.group, self.name)
+                return await launcher.relay(launcher.job(group, ask, archive, self.found))
         return None
 
 

@@ -1,9 +1,5 @@
-"""Starting a stream: what the proxy's parts share (:class:`ProxyContext`), the job a pump is
-given for a file, and the pump started in the nursery.
-
-:class:`ProxyContext` holds the live config, the index, the transfers nursery, the proxy's
-tunables, the metrics and the rejected sources: one frozen value given to each executor
-once, not a locator.
+"""Starting a stream: the job a pump is given for a file, and the pump started in the
+nursery.
 
 Every decision of :mod:`tracker.proxy.decisions` that moves bytes from a source (the upstream, the
 bucket, a holder replica) ends here: :meth:`Launcher.job` gathers what a pump needs (the
@@ -35,11 +31,10 @@ from tracker.ordering.rejections import Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Found, choose_sources
-from tracker.proxy.failover import Asking, open_upstream
+from tracker.proxy.failover import open_upstream
 from tracker.proxy.manysources import Peers
 from tracker.proxy.resume import resume_upstream
-from tracker.proxy.sharing import ReaderEvents
-from tracker.proxy.transfers import Head, StreamEvents, StreamJob, Transfers
+from tracker.proxy.transfers import Head, StreamJob, Transfers
 from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
@@ -53,33 +48,31 @@ MIN_MEASURED_BYTES = 1024 * 1024
 Pump = Callable[..., Awaitable[None]]
 
 
-@attrs.frozen
-class ProxyContext:
-    """The proxy's shared parts; see the module doc."""
-
-    config: Callable[[], Config]
-    index: Index
-    transfers: Transfers
-    settings: ProxySettings
-    metrics: Metrics | None
-    rejections: Rejections
-
-
 class Launcher:
     """Builds the jobs of a file's streams and starts their pumps; counts what they come to
     (what every executor starts its streams with)."""
 
     def __init__(
-        self, context: ProxyContext, clients: DownloadClients, *, channel_budget: ChunkBudget
+        self,
+        config: Callable[[], Config],
+        index: Index,
+        transfers: Transfers,
+        settings: ProxySettings,
+        metrics: Metrics | None,
+        rejections: Rejections,
+        clients: DownloadClients,
+        *,
+        channel_budget: ChunkBudget,
     ) -> None:
-        self.config = context.config
-        self.index = context.index
-        self.transfers = context.transfers
-        self.metrics = context.metrics
-        self.settings = context.settings
+        self.config = config
+        self.index = index
+        self.transfers = transfers
+        #: The proxy's tunables: one value, given at construction.
+        self.settings = settings
+        self.metrics = metrics
+        self.rejections = rejections
         self._clients = clients
         self._channel_budget = channel_budget
-        self._rejections = context.rejections
 
     def job(
         self,
@@ -96,47 +89,47 @@ class Launcher:
         (``ask``: its method and forwarded headers), sent to the client's zero-copy
         connection when it has one (and ``zero_copy``)."""
         now = self.index.clock()  # the clock rejections are kept on
-        held = [self._rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
-        sources = choose_sources(ask.asked, found, [h.reason if h else None for h in held])
+        held = [self.rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
+        kept, size, early, refusal = choose_sources(
+            ask.asked, found, [h.reason if h else None for h in held]
+        )
         method, headers = ask.method, dict(ask.headers)
-        asking = Asking(
+        slotted = trio.Event()  # a source asked: the early head's clock starts
+        opener = partial(
+            open_upstream,
             self._clients,
             group,
             method,
             headers,
-            sources.early,
-            origin != "upstream",  # the bucket and a holder replica always state their length
-            self.index.throughput,  # when a transfer should end: a busy answer's Retry-After
-            trio.Event(),  # a source asked: the early head's clock starts
-        )
-        opener = partial(
-            open_upstream,
-            asking,
-            sources.found,
+            kept,
+            promised=early,
+            exact=origin != "upstream",  # the bucket and a holder always state their length
+            rate=self.index.throughput,  # when a transfer should end: a busy one's Retry-After
+            slotted=slotted,
             hedge_after=self.config().first_byte_timeout,
             on_failure=self._source_failed(group.group, origin),
         )
-        if sources.refusal:
-            opener = partial(_refuse, sources.refusal)
-        return StreamJob(
+        if refusal:
+            opener = partial(_refuse, refusal)
+        job = StreamJob(
             open=opener,
             method=method,
-            known_size=sources.size,
+            known_size=size,
             settings=self.settings,
-            events=self._events(group.group, archive, origin=origin),
             reopen=partial(self._reopen, group),
             zero_copy=ask.connection if zero_copy else None,
-            early_size=sources.early,
+            early_size=early,
             budget=self._channel_budget,
-            slotted=asking.slotted,
+            slotted=slotted,
             peers=Peers(
                 self._clients,
                 group,
-                sources.found,
+                kept,
                 enabled=origin == "upstream",
                 read_timeout=self.settings.read_timeout,
             ),
         )
+        return self._reported(job, group.group, archive, origin)
 
     async def start(
         self, pump: Pump, *, refresh: Refresh | None = None, client: bool = True, failed: str = ""
@@ -166,7 +159,7 @@ class Launcher:
         return head
 
     async def relay(self, job: StreamJob) -> Answer:
-        """A plain stream to one client, nothing cached (:class:`tracker.proxy.decisions.Relay`)."""
+        """A plain stream to one client, nothing cached."""
         head = await self.start(partial(relay, job))
         if isinstance(head, Answer):
             return head
@@ -188,38 +181,41 @@ class Launcher:
         if self.metrics is not None:
             self.metrics.count_outcome(outcome)
 
-    def reader_events(self, origin: ByteSource = "cache") -> ReaderEvents:
-        """Metrics callbacks of a reader of a refresh's temp file, its bytes ``origin``'s."""
+    def served(self, origin: ByteSource = "cache") -> Callable[[int], None]:
+        """What counts the bytes a reader of a refresh's temp file sends, as ``origin``'s."""
         metrics = self.metrics
         if metrics is None:
-            return ReaderEvents()
-        return ReaderEvents(served_bytes=partial(metrics.add_served_bytes, origin))
+            return _nothing
+        return partial(metrics.add_served_bytes, origin)
 
-    def _events(
-        self, group: str, archive: ArchiveName, *, origin: ByteSource = "upstream"
-    ) -> StreamEvents:
-        """Metrics callbacks of a stream from ``origin``; only a source of the index has its
-        transfers ranked (not the bucket, not a replica)."""
+    def _reported(
+        self, job: StreamJob, group: str, archive: ArchiveName, origin: ByteSource
+    ) -> StreamJob:
+        """``job`` with the metrics callbacks of a stream from ``origin``; only a source of
+        the index has its transfers ranked (not the bucket, not a replica)."""
         metrics = self.metrics
-        ranked = self._measured if origin == "upstream" else StreamEvents().source_transfer
         rejected = partial(self._archive_rejected, group, archive.file_name)
-        flowing = self.transfers.flowing if origin == "upstream" else None
+        if metrics is None and origin == "upstream":
+            flowing = self.transfers.flowing
+            return attrs.evolve(
+                job, source_transfer=self._measured, archive_rejected=rejected, flowing=flowing
+            )
         if metrics is None:
-            return StreamEvents(source_transfer=ranked, archive_rejected=rejected, flowing=flowing)
+            return attrs.evolve(job, archive_rejected=rejected)
         kind: Kind = "full" if archive.is_full else "incremental"
         if origin != "upstream":
-            return StreamEvents(
-                client_bytes=partial(metrics.add_served_bytes, origin), archive_rejected=rejected
-            )
-        return StreamEvents(
+            served = partial(metrics.add_served_bytes, origin)
+            return attrs.evolve(job, client_bytes=served, archive_rejected=rejected)
+        return attrs.evolve(
+            job,
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
             client_bytes=partial(metrics.add_served_bytes, "upstream"),
             refresh_outcome=metrics.count_outcome,
             refresh_resumed=metrics.count_refresh_resume,
             refresh_share=partial(self._share, metrics, group),
-            source_transfer=ranked,
+            source_transfer=self._measured,
             archive_rejected=rejected,
-            flowing=flowing,
+            flowing=self.transfers.flowing,
         )
 
     def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
@@ -242,7 +238,7 @@ class Launcher:
     def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
         """A refresh's archive from ``key`` failed its check: not used for it a while."""
         hold = self.config().reject_for
-        self._rejections.reject(key, name, reason, now=self.index.clock(), hold=hold)
+        self.rejections.reject(key, name, reason, now=self.index.clock(), hold=hold)
         if self.metrics is not None:
             self.metrics.count_archive_rejected(group)
 
@@ -251,6 +247,10 @@ class Launcher:
     ) -> UpstreamAnswer:
         """Resume a refresh: the rest of the file, from the source that sent the start."""
         return await resume_upstream(self._clients, group, first, offset, size)
+
+
+def _nothing(*_args: object) -> None:
+    return None
 
 
 async def _refuse(reason: str) -> UpstreamAnswer:
@@ -269,4 +269,4 @@ def head_answer(head: Head) -> Answer:
     return Answer(head.status, dict(head.headers), head.body if head.body is not None else b"")
 
 
-__all__ = ["Launcher", "ProxyContext", "Pump", "early_answer", "head_answer", "text_answer"]
+__all__ = ["Launcher", "Pump", "early_answer", "head_answer", "text_answer"]

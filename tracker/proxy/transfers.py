@@ -18,7 +18,7 @@ starts (``drain_start_timeout``), the upstream breaks, or the service stops (the
 cancelled after the grace period).
 
 :class:`StreamJob` is what every pump needs (how to open the upstream, the method, the
-tunables, the metrics, and for a pump that fills the cache its refresh).
+tunables, the metrics callbacks, and for a pump that fills the cache its refresh).
 :func:`plan_head` turns an upstream answer into the client's status and headers.
 """
 
@@ -50,26 +50,6 @@ RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space", "re
 
 def _nothing(*_args: object) -> None:
     return None
-
-
-@attrs.frozen
-class StreamEvents:
-    """Callbacks the pump reports through (metrics); all synchronous and cheap."""
-
-    upstream_bytes: Callable[[int], None] = _nothing
-    client_bytes: Callable[[int], None] = _nothing
-    refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
-    refresh_resumed: Callable[[], None] = _nothing
-    #: ``(source key, body bytes, seconds)`` of each source of a refresh from several
-    #: sources, once it ended (its share: metrics).
-    refresh_share: Callable[[TargetKey, int, float], None] = _nothing
-    #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
-    source_transfer: Callable[[TargetKey, int, float], None] = _nothing
-    #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
-    archive_rejected: Callable[[TargetKey, str], None] = _nothing
-    #: Where a pump registers the upstream it reads while bytes come (None: not a source of
-    #: the index, e.g. the bucket or a replica).
-    flowing: Flowing | None = None
 
 
 class Transfers:
@@ -174,7 +154,6 @@ class StreamJob:
     method: str
     known_size: int
     settings: ProxySettings
-    events: StreamEvents = StreamEvents()
     reopen: Reopen | None = None
     zero_copy: Connection | None = None
     early_size: int = 0
@@ -192,6 +171,21 @@ class StreamJob:
     #: The other sources a refresh may take pieces from beside its first
     #: (:mod:`tracker.proxy.manysources`; None: its first source alone).
     peers: Peers | None = None
+    # What the pump reports through (metrics): all synchronous and cheap.
+    upstream_bytes: Callable[[int], None] = _nothing
+    client_bytes: Callable[[int], None] = _nothing
+    refresh_outcome: Callable[[RefreshOutcome], None] = _nothing
+    refresh_resumed: Callable[[], None] = _nothing
+    #: ``(source key, body bytes, seconds)`` of each source of a refresh from several
+    #: sources, once it ended (its share: metrics).
+    refresh_share: Callable[[TargetKey, int, float], None] = _nothing
+    #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
+    source_transfer: Callable[[TargetKey, int, float], None] = _nothing
+    #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
+    archive_rejected: Callable[[TargetKey, str], None] = _nothing
+    #: Where a pump registers the upstream it reads while bytes come (None: not a source of
+    #: the index, e.g. the bucket or a replica).
+    flowing: Flowing | None = None
 
 
 def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Head, int | None]:
