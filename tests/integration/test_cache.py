@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -618,3 +619,29 @@ async def test_a_refresh_moves_no_body_byte_through_python(
         served = "snapshot_tracker_served_bytes_total"
         assert t.counter(served, source="upstream") == len(FULL_DATA)
         assert t.counter(served, source="cache") == 0
+
+
+async def test_an_early_heads_body_comes_from_the_cache_when_the_refresh_was_promoted_first(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow source gets the client an early head; when the refresh it started is checked
+    and promoted before the head's body begins (a small archive, a loaded machine), the body
+    comes from the promoted copy instead of breaking the download. The race is made certain:
+    the body's join of the refresh waits until the refresh ended."""
+    import tracker.proxy.refreshing as refreshing
+
+    real_join = refreshing.join
+
+    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
+        await shared.refresh.ended.wait()
+        return await real_join(shared, *args, **kwargs)
+
+    monkeypatch.setattr(refreshing, "join", join_once_ended)
+    upstream.behaviour[FULL] = Behaviour(delay=0.8)  # past early_head_after (0.5 s)
+    async with proxy_tracker(tmp_path / "cache", upstream) as t:
+        got = await get(t.url(FULL))
+        assert got.status_code == 200
+        assert sha256(got.content) == sha256(FULL_DATA)
+        assert t.cached() == [FULL]
+        assert t.outcome("cache_hit") == 1  # the body was the promoted copy's
+        assert len(upstream.gets(FULL)) == 1

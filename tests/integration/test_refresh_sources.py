@@ -333,7 +333,7 @@ async def test_two_sources_one_liar_the_whole_file_check_judges(
             assert liar.lies > 0
             await wait_for(lambda: NAME in t.cached(), timeout=30)
             assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
-            rejections = t.streamer.context.rejections
+            rejections = t.streamer.rejections
             named = rejections.errors(t.index.clock())
             assert list(named) == [TargetKey(GROUP, liar.base)], named
             assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
@@ -368,6 +368,6 @@ async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
             ok = t.counter("snapshot_tracker_object_uploads_total", outcome="ok")
             failed = t.counter("snapshot_tracker_object_uploads_total", outcome="failed")
             assert (ok, failed) == (1, 0)
-            assert TargetKey(GROUP, liar.base) in t.streamer.context.rejections.errors(
+            assert TargetKey(GROUP, liar.base) in t.streamer.rejections.errors(
                 t.index.clock()
             )

@@ -33,11 +33,12 @@ from tracker.proxy.clientfeed import EarlyBody
 from tracker.proxy.decisions import Asked, Claimed, Start, prefetches, start_prefetch
 from tracker.proxy.failover import head_due
 from tracker.proxy.sharing import SharedRefresh, join
+from tracker.proxy.storedcopies import served_from_disk
 from tracker.proxy.streamjobs import Launcher, Pump, early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head
+from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body
-from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.streamer")
 
@@ -54,9 +55,13 @@ class Refreshes:
     """Starts, joins and reads the disk cache's refreshes, and finds those running; see the
     module doc."""
 
-    def __init__(self, launcher: Launcher, objects: ObjectPath | None) -> None:
+    def __init__(
+        self, launcher: Launcher, objects: ObjectPath | None, budget: ChunkBudget | None = None
+    ) -> None:
         self._launcher = launcher
         self._objects = objects
+        #: The read memory of answers from the disk cache (a followed refresh promoted).
+        self._budget = budget
         #: Registered refreshes: requests of their file join them.
         self._shared: dict[SharedKey, SharedRefresh] = {}
         #: Every refresh running, registered or not: who reads it (status page).
@@ -133,7 +138,7 @@ class Refreshes:
         it. The answer (None: a refresh of the file runs already, or the one started ended
         unread), and the refresh read when one was."""
         if step.early:
-            started = await self._start_early(group, archive, cache, step, lock, ask.connection)
+            started = await self._start_early(group, archive, cache, step, lock, ask)
         else:
             started = await self.start(group, archive, cache, step, lock)
         if not isinstance(started, SharedRefresh):
@@ -201,7 +206,7 @@ class Refreshes:
         cache: Cache,
         step: Start,
         lock: Lock | None,
-        connection: Connection | None,
+        ask: Ask,
     ) -> Started:
         """:meth:`start` for a client that is sent an early head (README.md#clients) when the
         refresh has not opened within ``early_head_after`` of asking a source (not while it
@@ -242,18 +247,21 @@ class Refreshes:
 
         async def resolve() -> Body:
             await done.wait()
-            return await self._follow(outcome[0], step.early, step.origin, connection)
+            return await self._follow(outcome[0], step.early, step.origin, ask)
 
         return early_answer(step.early, EarlyBody(resolve))
 
-    async def _follow(
-        self, started: Started, size: int, origin: ByteSource, connection: Connection | None
-    ) -> Body:
-        """The body that follows an early head of ``size`` bytes: the shared refresh's, or
-        the uncached stream's when the refresh could not open; UpstreamError otherwise."""
+    async def _follow(self, started: Started, size: int, origin: ByteSource, ask: Ask) -> Body:
+        """The body that follows an early head of ``size`` bytes: the shared refresh's (or,
+        when it was checked and promoted before the body began, the cached file's), or the
+        uncached stream's when the refresh could not open; UpstreamError otherwise."""
         if isinstance(started, SharedRefresh):
             served = self._launcher.served(origin)
-            response = await join(started, "GET", None, served=served, connection=connection)
+            response = await join(started, "GET", None, served=served, connection=ask.connection)
+            if response is None and started.refresh.verified:
+                # A small or fast refresh ended while its head went out: the copy is whole
+                # and checked on disk now, so the body comes from there.
+                response = await self._promoted(started.refresh.final, ask)
         else:
             response = started
         if response is None:
@@ -262,6 +270,17 @@ class Refreshes:
         if response.status != 200 or length != str(size) or not isinstance(response.body, Body):
             raise UpstreamError(f"the source answered {response.status} after an early head")
         return response.body
+
+    async def _promoted(self, path: str, ask: Ask) -> Answer | None:
+        """The promoted copy at ``path`` as the answer to ``ask``; None when it went again."""
+        try:
+            answer = await served_from_disk(
+                path, ask, "cache", self._launcher.metrics, self._budget, None
+            )
+        except OSError:
+            return None
+        self._launcher.count("cache_hit")
+        return answer
 
     def _begin(
         self,

@@ -131,7 +131,7 @@ class ProxyStreamer:
         self.objects = objects
         #: The read memory of cache hits.
         self.budget = budget
-        self.shared_refreshes = Refreshes(self.launcher, objects)
+        self.shared_refreshes = Refreshes(self.launcher, objects, budget)
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
         self._caches: dict[str, Cache] = {}
