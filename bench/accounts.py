@@ -151,8 +151,8 @@ class _WorkerPeak(threading.Thread):
     """The peak RSS of this process's hash workers (``proof_workers`` less one of them),
     each read every 100 ms while it runs (once it has exited and been waited for, nothing
     tells it), summed: with the check's own, the process tree's peak at most. /proc is
-    searched for new children once a second only: the poll must cost the measured processes
-    next to nothing."""
+    searched for new children at every poll until one is found, then once a second: the poll
+    must cost the measured processes next to nothing."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -167,7 +167,7 @@ class _WorkerPeak(threading.Thread):
     def run(self) -> None:
         ticks = 0
         while not self._done.wait(0.1):
-            if ticks % 10 == 0:
+            if not self.peaks or ticks % 10 == 0:  # every tick until the first is found
                 for pid in _children():
                     self.peaks.setdefault(pid, 0)
             ticks += 1
