@@ -188,6 +188,25 @@ def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums(
     assert not workers()
 
 
+def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe() -> None:
+    worker, here = HashWorker(start_from=0), LocalSum()
+    rng = np.random.default_rng(9)
+    try:
+        for _ in range(6):  # more than the slots: none may be lost
+            work, ends = batch(rng, 50)
+            assert worker.room(len(work)) is not None or worker.pid is None
+            worker.add(work, ends, 1)  # a buffer of its own, not the slot lent
+            here.add(work, ends, 1)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+        assert worker.in_place == 0 and worker.sent > 0
+        assert len(worker._free) == hashworker.SLOTS  # every slot back
+    finally:
+        worker.close()
+    assert not workers()
+
+
 def test_a_worker_killed_while_it_hashes_a_slot_costs_the_proof() -> None:
     worker = HashWorker(start_from=0)
     try:

@@ -96,6 +96,7 @@ class HashWorker:
         self._shared: mmap.mmap | None = None
         self._free: list[int] = []  # shared slots the child is done with
         self._lent: int | None = None  # the slot :meth:`room` gave for the next batch
+        self._base = 0  # the address of the shared slots
         self._due = 0  # slots sent, not answered yet
 
     def _start(self) -> None:
@@ -119,6 +120,9 @@ class HashWorker:
             )
             if shared is not None:
                 self._shared = mmap.mmap(shared, SLOTS * self._slot_bytes)
+                whole = np.frombuffer(self._shared, dtype=np.uint8)
+                self._base = whole.ctypes.data  # where the slots start, in this process
+                del whole  # no view left: close() can unmap
                 self._free = list(range(SLOTS))
         except (OSError, ValueError, TypeError) as exc:  # no interpreter to start, no fds left
             detail = getattr(exc, "strerror", None) or exc
@@ -170,6 +174,9 @@ class HashWorker:
             return
         self._seen += len(ends)
         lent, self._lent = self._lent, None
+        if lent is not None and work.ctypes.data != self._base + lent * self._slot_bytes:
+            self._free.append(lent)  # lent, then not used (the layout failed): free again
+            lent = None
         if lent is not None:  # laid out in a shared slot: only the header and the ends go
             self.sent += len(ends)
             self.in_place += len(ends)
