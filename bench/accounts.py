@@ -32,6 +32,7 @@ budget, and the peak of its spilled index on disk (docs/architecture.md, "Bounde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -40,133 +41,60 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import blake3
-import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.archives import write_framed_snapshot
+from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
 from tracker.proof.archive.archivecheck import READ_SIZE, check_file
-from tracker.proof.formats.lattice import LtHash
-from tracker.proof.formats.writing import Account, archive_hash_of, write_manifest, write_storage
 
 SLOT = 400_000_000
-PER_SLOT = 5000
 
 
-def build(out: Path, accounts: int) -> Path:
-    """The archive and its side files (messages of the newest accounts, the expected
-    lattice hash), built unless there. The storages are written to files first: the
-    manifest, which carries their lattice hash and lengths, comes before them in the tar."""
-    base = out / f"accounts-{accounts}"
+def build(out: Path, accounts: int, *, heavy: bool = False) -> Path:
+    """The archive (``bench/manyaccounts.py``: made storage by storage, in bounded memory),
+    built unless there."""
+    base = out / f"accounts-{accounts}{'-heavy' if heavy else ''}"
     if (base / "meta.json").exists():
         return base
-    parts = base / "storages"
-    parts.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(accounts)
-    slots = max(2, accounts // PER_SLOT)
-    pubkeys = rng.integers(0, 256, size=(accounts, 32), dtype=np.uint8)
-    newest = rng.integers(1, slots, size=accounts)
-    closed = rng.random(accounts) < 0.02
-    twice = (rng.random(accounts) < 0.05) | closed
-    older = (rng.random(accounts) * newest).astype(np.int64)
-    mints = rng.integers(0, 256, size=(64, 32), dtype=np.uint8)
-    token = b"\x06\xdd\xf6\xe1\xd7\x65\xa1\x93\xd9\xcb\xe1\x46\xce\xeb\x79\xac" * 2
-    by_slot: dict[int, list[tuple[int, bool]]] = {}
-    for i in range(accounts):
-        if twice[i]:
-            by_slot.setdefault(int(older[i]), []).append((i, False))
-        by_slot.setdefault(int(newest[i]), []).append((i, True))
-
-    def version(i: int, newer: bool) -> Account:
-        if newer and closed[i]:
-            return Account(pubkeys[i].tobytes(), 0)
-        if i % 10 == 9:
-            payload = rng.bytes(int(rng.integers(0, 2000)))
-        else:
-            payload = mints[i % 64].tobytes() + rng.bytes(40) + bytes(93)
-        return Account(pubkeys[i].tobytes(), 2039280 + (0 if newer else 1), payload, token)
-
-    messages = bytearray()
-    ends: list[int] = []
-    storages: list[tuple[int, int, int]] = []
-    records = 0
-    for number, slot in enumerate(sorted(by_slot)):
-        stored = [version(i, newer) for i, newer in by_slot[slot]]
-        records += len(stored)
-        for (_, newer), account in zip(by_slot[slot], stored, strict=True):
-            if newer and account.lamports:
-                messages += (
-                    account.lamports.to_bytes(8, "little")
-                    + account.data
-                    + bytes([account.executable])
-                    + account.owner
-                    + account.pubkey
-                )
-                ends.append(len(messages))
-        data = write_storage(stored)
-        storages.append((slot, number, len(data)))
-        (parts / f"{slot}.{number}").write_bytes(data + bytes(-len(data) % 4096))
-    lt = LtHash()
-    starts = [0, *ends[:-1]]
-    for first in range(0, len(ends), 4096):
-        lt.add(
-            b"".join(
-                blake3.blake3(messages[a:b]).digest(2048)
-                for a, b in zip(
-                    starts[first : first + 4096], ends[first : first + 4096], strict=True
-                )
-            )
-        )
-    archive = base / f"snapshot-{SLOT}-{archive_hash_of(lt.value())}.tar.zst"
-
-    def members() -> Iterator[tuple[str, bytes]]:
-        for slot, number, _ in storages:  # each part read once, removed once written
-            part = parts / f"{slot}.{number}"
-            yield f"accounts/{slot}.{number}", part.read_bytes()
-            part.unlink()
-
-    write_framed_snapshot(archive, SLOT, write_manifest(SLOT, lt.value(), storages), members(), 1)
-    parts.rmdir()
-    (base / "messages").write_bytes(messages)
-    np.save(base / "ends.npy", np.array(ends, dtype=np.int64))
-    meta = {
-        "archive": archive.name,
-        "records": records,
-        "accounts": accounts,
-        "tar_bytes": sum(-(-size // 512) * 512 + 512 for *_, size in storages),
-    }
+    t0 = time.perf_counter()
+    meta = build_archive(base, SLOT, accounts, accounts, heavy=heavy)
+    meta |= {"heavy": heavy, "seed": accounts, "built_in": time.perf_counter() - t0}
     (base / "meta.json").write_text(json.dumps(meta))
     return base
 
 
 def baseline(base: Path) -> dict[str, Any]:
-    """SHA-256 of the file, then the tight loop of BLAKE3 XOFs."""
+    """SHA-256 of the file, then the tight loop of BLAKE3 XOFs over the newest accounts'
+    messages, made again storage by storage by the builder's generator (only the hashing is
+    timed: the messages are in memory, as a proof's are after its decoding)."""
     meta = json.loads((base / "meta.json").read_text())
-    messages = (base / "messages").read_bytes()
-    ends = np.load(base / "ends.npy").tolist()
-    starts = [0, *ends[:-1]]
     t0, c0 = time.perf_counter(), time.process_time()
     sha = hashlib.sha256()
     with open(base / meta["archive"], "rb", buffering=0) as file:
         while data := file.read(READ_SIZE):
             sha.update(data)
-    t1 = time.perf_counter()
+    sha_wall, sha_cpu = time.perf_counter() - t0, time.process_time() - c0
     hasher = blake3.blake3
-    for first in range(0, len(ends), 4096):
-        [
-            hasher(messages[a:b]).digest(2048)
-            for a, b in zip(starts[first : first + 4096], ends[first : first + 4096], strict=True)
-        ]
-    t2, c2 = time.perf_counter(), time.process_time()
-    return {"sha256": t1 - t0, "blake3": t2 - t1, "cpu": c2 - c0, "hashed": len(ends)}
+    wall = cpu = 0.0
+    hashed = 0
+    for storage in storages(meta["seed"], meta["accounts"], heavy=meta["heavy"]):
+        view = memoryview(storage.messages)  # type: ignore[arg-type]
+        ends = storage.ends.tolist()
+        starts = [0, *ends[:-1]]
+        t1, c1 = time.perf_counter(), time.process_time()
+        for a, b in zip(starts, ends, strict=True):
+            hasher(view[a:b]).digest(2048)
+        wall += time.perf_counter() - t1
+        cpu += time.process_time() - c1
+        hashed += len(ends)
+    return {"sha256": sha_wall, "blake3": wall, "cpu": sha_cpu + cpu, "hashed": hashed}
 
 
 def prove(base: Path, memory: int) -> dict[str, Any]:
@@ -199,6 +127,7 @@ def prove(base: Path, memory: int) -> dict[str, Any]:
         "note": verified.proof.note,
         "max_rss": _peak_rss("self"),
         "worker_max_rss": watch.peak,
+        "workers": len(watch.peaks),
         "budget": memory,
         "held_peak": budget.peak,
         "spill_peak": budget.spilled_peak,
@@ -219,43 +148,52 @@ def _peak_rss(pid: str) -> int:
 
 
 class _WorkerPeak(threading.Thread):
-    """The hash worker's peak RSS, read every 100 ms while it runs (once it has exited and
-    been waited for, nothing tells it). /proc is searched for it only until it is found: the
-    poll must cost the measured process next to nothing."""
+    """The peak RSS of this process's hash workers (``proof_workers`` less one of them),
+    each read every 100 ms while it runs (once it has exited and been waited for, nothing
+    tells it), summed: with the check's own, the process tree's peak at most. /proc is
+    searched for new children at every poll until one is found, then once a second: the poll
+    must cost the measured processes next to nothing."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = 0
+        self.peaks: dict[str, int] = {}
         self._done = threading.Event()
 
+    @property
+    def peak(self) -> int:
+        """The sum of the workers' peaks."""
+        return sum(self.peaks.values())
+
     def run(self) -> None:
-        worker: str | None = None
+        ticks = 0
         while not self._done.wait(0.1):
-            try:
-                worker = worker or _find_worker()
-                if worker is not None:
-                    self.peak = max(self.peak, _peak_rss(worker))
-            except OSError:
-                worker = None  # it ended
+            if not self.peaks or ticks % 10 == 0:  # every tick until the first is found
+                for pid in _children():
+                    self.peaks.setdefault(pid, 0)
+            ticks += 1
+            for pid in self.peaks:
+                with contextlib.suppress(OSError):  # it ended
+                    self.peaks[pid] = max(self.peaks[pid], _peak_rss(pid))
 
     def stop(self) -> None:
         self._done.set()
         self.join()
 
 
-def _find_worker() -> str | None:
-    """The pid of this process's hash worker, if one runs."""
+def _children() -> list[str]:
+    """The pids of this process's children (its hash workers)."""
     me = str(os.getpid())
+    found = []
     for pid in os.listdir("/proc"):
         try:
             if (
                 pid.isdigit()
                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == me
             ):
-                return pid
+                found.append(pid)
         except (OSError, IndexError):
             continue
-    return None
+    return found
 
 
 def _child(part: str, base: Path, memory: int) -> dict[str, Any]:
@@ -276,13 +214,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", type=parse_size, default=512 * 1024**2)
+    parser.add_argument(
+        "--heavy", action="store_true", help="data-heavy storages: every account ~20 KiB"
+    )
     parser.add_argument("--part", choices=("baseline", "proof"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         result = baseline(args.out) if args.part == "baseline" else prove(args.out, args.memory)
         print(json.dumps(result))
         return
-    base = build(args.out, args.accounts)
+    base = build(args.out, args.accounts, heavy=args.heavy)
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
@@ -322,13 +263,15 @@ def main() -> None:
     )
     million = meta["accounts"] / 1e6
     print(
-        f"seconds per million accounts: {spent / million:.2f}; "
+        f"seconds per million accounts: {spent / million:.2f} wall, "
+        f"{proof_times['cpu'] / million:.2f} CPU; "
         f"per GB of storages: {spent / (meta['tar_bytes'] / 1e9):.2f}"
     )
     tree = proof_times["max_rss"] + proof_times["worker_max_rss"]
     print(
         f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB, "
-        f"of its hash worker: {proof_times['worker_max_rss'] / 2**20:.0f} MiB, the tree: "
+        f"of its {proof_times['workers']} hash worker(s): "
+        f"{proof_times['worker_max_rss'] / 2**20:.0f} MiB, the tree: "
         f"{tree / 2**20:.0f} MiB at most; budget {proof_times['budget'] / 2**20:.0f} MiB, "
         f"held of it at most {proof_times['held_peak'] / 2**20:.1f} MiB"
     )

@@ -368,6 +368,4 @@ async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
             ok = t.counter("snapshot_tracker_object_uploads_total", outcome="ok")
             failed = t.counter("snapshot_tracker_object_uploads_total", outcome="failed")
             assert (ok, failed) == (1, 0)
-            assert TargetKey(GROUP, liar.base) in t.streamer.rejections.errors(
-                t.index.clock()
-            )
+            assert TargetKey(GROUP, liar.base) in t.streamer.rejections.errors(t.index.clock())

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,26 @@ def test_the_hostile_bench_proves_empty_accounts_within_the_budget(tmp_path: Pat
     )
     assert "30000 empty accounts" in out and "level accounts (no note)" in out
     assert "held 0 MiB" in out and "spilled 0 MiB at most" not in out
+
+
+def test_the_accounts_bench_proves_data_heavy_storages(tmp_path: Path) -> None:
+    out = bench(
+        "accounts.py", "--heavy", "--accounts", "300", "--runs", "1", "--out", str(tmp_path)
+    )
+    assert "level reached: accounts (no note)" in out
+    assert "300 accounts" in out
+
+
+def test_the_streaming_builder_is_deterministic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.manyaccounts import build_archive
+
+    first = build_archive(tmp_path / "a", 400_000_000, 3, 12_000)
+    again = build_archive(tmp_path / "b", 400_000_000, 3, 12_000)
+    assert first == again  # the same name: the same lattice hash
+    assert first["records"] > first["accounts"] > first["newest_with_lamports"]
+    assert not (tmp_path / "a" / "storages.part").exists()
+    archive = tmp_path / "a" / str(first["archive"])
+    assert archive.read_bytes() == (tmp_path / "b" / str(again["archive"])).read_bytes()

@@ -154,6 +154,42 @@ def test_a_signing_key_of_another_user_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "warned"),
     [
+        ("prove_accounts: true\n", None),  # 512 MiB, the default
+        ("prove_accounts_memory: 427MiB\n", None),
+        (
+            "prove_accounts_memory: 426MiB\n",
+            "prove_accounts_memory: 426 MiB bounds the accounts proofs' index (106 MiB of it)"
+            " but not the tracker: the proving processes need ~320 MiB besides it; at least"
+            " 427 MiB bounds both",
+        ),
+        ("prove_accounts_memory: 1MiB\n", "prove_accounts_memory: 1 MiB bounds"),
+        ("prove_accounts_memory: 1MiB\nprove_accounts: false\n", None),
+    ],
+)
+def test_a_budget_below_what_the_processes_need_warns(
+    tmp_path: Path, settings: str, warned: str | None
+) -> None:
+    found = [w for w in load(tmp_path, settings).warnings if w.startswith("prove_accounts_mem")]
+    if warned is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(warned)
+
+
+@pytest.mark.parametrize(
+    ("bytes_", "bounded"),
+    [(1024**2, False), (256 * 1024**2, False), (426 * 1024**2, False), (427 * 1024**2, True)],
+)
+def test_bounds_the_process_is_the_room_plus_the_fixed_cost(bytes_: int, bounded: bool) -> None:
+    from tracker.proof.accounts.budget import PROCESS_MINIMUM, bounds_the_process
+
+    assert bounds_the_process(bytes_) is bounded
+    assert PROCESS_MINIMUM == 427 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
         ("", True),
         ("rpc: http://127.0.0.1:8899\n", False),
     ],

@@ -146,6 +146,86 @@ def test_a_proof_hashed_by_the_worker_gives_the_manifests_lattice_hash() -> None
     assert not workers()
 
 
+@pytest.mark.parametrize("shared", ["slots", "too small", "none"])
+def test_batches_laid_out_in_shared_memory_prove_what_the_pipe_proves(
+    shared: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages laid out in the worker's shared slots (no copy through the pipe) are
+    hashed where they lie; a batch larger than a slot, or no memfd, goes through the pipe."""
+    if shared == "too small":
+        monkeypatch.setattr(hashworker, "SLOT_BYTES", 64)
+    if shared == "none":
+        monkeypatch.setattr(hashworker, "_shared_memory", lambda size: None)
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
+    given = storages()
+    for storage in given:
+        feed(proof, storage, 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in given})) == (expected_lt_hash(), None)
+    assert worker.sent > 0
+    assert (worker.in_place > 0) == (shared == "slots")
+    assert not workers()
+
+
+def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums() -> None:
+    rng = np.random.default_rng(7)
+    pool, here = HashPool(2, start_from=0), LocalSum()
+    lent = 0
+    try:
+        for count, sign in ((3000, 1), (200, -1), (5000, 1), (4000, 1), (300, -1)) * 3:
+            work, ends = batch(rng, count)
+            room = pool.room(len(work))
+            if room is not None:
+                room[:] = work
+                work, lent = room, lent + 1
+            pool.add(work, ends, sign)
+            here.add(work, ends, sign)
+        total, note = pool.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        pool.close()
+    assert lent > 0
+    assert not workers()
+
+
+def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe() -> None:
+    worker, here = HashWorker(start_from=0), LocalSum()
+    rng = np.random.default_rng(9)
+    try:
+        for _ in range(6):  # more than the slots: none may be lost
+            work, ends = batch(rng, 50)
+            assert worker.room(len(work)) is not None or worker.pid is None
+            worker.add(work, ends, 1)  # a buffer of its own, not the slot lent
+            here.add(work, ends, 1)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+        assert worker.in_place == 0 and worker.sent > 0
+        assert len(worker._free) == hashworker.SLOTS  # every slot back
+    finally:
+        worker.close()
+    assert not workers()
+
+
+def test_a_worker_killed_while_it_hashes_a_slot_costs_the_proof() -> None:
+    worker = HashWorker(start_from=0)
+    try:
+        work, ends = batch(np.random.default_rng(8), 10)
+        assert worker.room(len(work)) is None  # not started yet: the first batch starts it
+        worker.add(work, ends, 1)
+        assert worker.pid is not None
+        room = worker.room(len(work))
+        assert room is not None
+        room[:] = work
+        worker.add(room, ends, 1)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert worker.total() == (None, "not proven: the hashing process ended (exit status -9)")
+    finally:
+        worker.close()
+    assert not workers()
+
+
 def test_a_check_leaves_no_worker_behind_whether_it_passes_or_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from tracker.config.targetfile import read_target_file
 from tracker.core.trustscreen import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
 from tracker.observability.redact import redact_text
+from tracker.proof.accounts.budget import FIXED_COST, PROCESS_MINIMUM, bounds_the_process, room_of
 from tracker.proof.levels import Level
 
 
@@ -27,10 +28,29 @@ def config_warnings(config: Config) -> list[str]:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    memory = memory_warning(config)
+    if memory:
+        found.append(f"prove_accounts_memory: {memory}")
     unsigned = nothing_signed(config)
     if unsigned:
         found.append(f"attest: {unsigned}")
     return found
+
+
+def memory_warning(config: Config) -> str:
+    """Why ``prove_accounts_memory`` bounds the proofs' index but not their processes (""
+    when it bounds both, or nothing is proven): below ``PROCESS_MINIMUM`` the index keeps
+    within a quarter of it and the interpreter, numpy, numba and the hashing processes
+    (~320 MiB) come on top (docs/architecture.md, "Bounded memory"). Valid, since the
+    proofs still prove and spill (tests use budgets of a MiB), so a warning, not a refusal."""
+    total = config.prove_accounts_memory
+    if not config.prove_accounts or bounds_the_process(total):
+        return ""
+    return (
+        f"{total // 1024**2} MiB bounds the accounts proofs' index ({room_of(total) // 1024**2}"
+        f" MiB of it) but not the tracker: the proving processes need ~{FIXED_COST // 1024**2}"
+        f" MiB besides it; at least {PROCESS_MINIMUM // 1024**2} MiB bounds both"
+    )
 
 
 def nothing_signed(config: Config) -> str:

@@ -24,6 +24,9 @@ from tracker.proof.formats.storages import EXECUTABLE, LAMPORTS, META, OWNER, PU
 
 _FIELDS = np.array([LAMPORTS, EXECUTABLE, OWNER, PUBKEY, META], dtype=np.int64)
 
+#: A message's bytes besides the data: lamports, executable, owner, pubkey.
+_MESSAGE = 8 + 1 + 32 + 32
+
 Lanes = npt.NDArray[np.uint16]
 
 
@@ -35,6 +38,11 @@ def zero_lanes() -> Lanes:
 class Summer(Protocol):
     """Where laid-out messages are hashed and summed: here (:class:`LocalSum`) or in a
     worker process (``tracker.proof.accounts.hashworker``)."""
+
+    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+        """A buffer of ``size`` bytes to lay the next batch's messages out in, where the
+        hashing reads them (a worker's shared memory: no copy through a pipe), or None:
+        the caller lays them out in a buffer of its own. The next :meth:`add` passes it."""
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """Add (``sign`` 1) or take out (-1) the hashes of the messages of ``work``."""
@@ -51,6 +59,10 @@ class LocalSum:
 
     def __init__(self) -> None:
         self._total = zero_lanes()
+
+    def room(self, size: int) -> None:
+        """See :class:`Summer`: hashed where it is laid out."""
+        return None
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """See :class:`Summer`."""
@@ -73,5 +85,13 @@ def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, sign
     lamports: the caller leaves out those without), to add or (``sign`` -1) take out."""
     if not len(chosen):
         return
-    work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
+    size = int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)
+    room = summer.room(size)
+    if room is None:
+        work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
+    else:  # laid out where the worker reads it (docs/architecture.md, "Every core")
+        _, ends = kernels.lay_out_into(
+            batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room
+        )
+        work = room
     summer.add(work, ends, sign)

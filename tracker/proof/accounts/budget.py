@@ -34,6 +34,9 @@ DEFAULT_MEMORY = 512 * 1024**2
 #: budget before the index's room (measured in bench/accounts.py; docs/architecture.md,
 #: "Bounded memory").
 FIXED_COST = 320 * 1024**2
+#: The smallest budget that bounds the proving processes too (:func:`bounds_the_process`):
+#: its room, past a quarter of it, leaves :data:`FIXED_COST` (4/3 of it, 427 MiB).
+PROCESS_MINIMUM = -(-FIXED_COST * 4 // 3 // 1024**2) * 1024**2
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
@@ -52,6 +55,15 @@ def floor_of(room: int) -> int:
     an eighth of it (so that eight proofs can run at once), at least :data:`MIN_FLOOR`, at
     most the room."""
     return min(room, max(MIN_FLOOR, room // 8))
+
+
+def bounds_the_process(total: int) -> bool:
+    """True when a budget of ``total`` bytes bounds the proving processes, not only the
+    index: its accounted room (:func:`room_of`) and :data:`FIXED_COST` fit in it. Below
+    :data:`PROCESS_MINIMUM` the room is a quarter of the budget, and the interpreter, numpy,
+    numba and the hashing process come on top of it (docs/architecture.md, "Bounded
+    memory")."""
+    return room_of(total) + FIXED_COST <= total
 
 
 def room_of(total: int) -> int:

@@ -19,14 +19,26 @@ cancelled) kills and waits for it; it also exits by itself when the pipe closes 
 tracker gone). A child that fails (killed, out of memory, not startable) costs the proof: the
 sum is not made, the archive stays at ``manifest`` with the note, never rejected.
 
-Frames, parent to child: a header ``<qQQ`` (sign: 1 add, -1 take out, 0 the end; the number
-of messages; the bytes of the buffer), the messages' ends (little-endian i64), the buffer.
+The messages are not copied through the pipe when they fit in a slot of the memory the
+two processes share (a ``memfd`` mapped by both, :data:`SLOTS` of :data:`SLOT_BYTES`): the
+check lays a batch out there (:meth:`HashWorker.room`, ``kernels.lay_out_into``) and sends
+only the frame's header and the messages' ends; the child hashes the slot where it lies and
+answers one byte, the slot's number, once it is free again. A data-heavy storage (accounts of
+~20 KiB) cost ~4x its bare BLAKE3 when every byte went through the pipe (docs/architecture.md,
+"The accounts level" → "Every core"). A batch larger than a slot, or a system without
+``memfd_create``, goes through the pipe as before.
+
+Frames, parent to child: a header ``<qQQq`` (sign: 1 add, -1 take out, 0 the end; the number
+of messages; the bytes of the buffer; the shared slot holding them, or -1: they follow in the
+pipe), the messages' ends (little-endian i64), the buffer unless in a slot. Child to parent:
+a slot's number (one byte) when it is hashed, and the 2,048-byte sum at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import select
 import signal
@@ -42,7 +54,11 @@ import numpy.typing as npt
 from tracker.proof.accounts.budget import WorkerSlots
 from tracker.proof.formats.lattice import LANES, LT_HASH_BYTES, hash_sum
 
-_HEADER = struct.Struct("<qQQ")
+_HEADER = struct.Struct("<qQQq")
+#: Slots of the shared memory (one laid out while the child hashes the other) and their
+#: size: a batch is ~4 MiB of a storage's records, their messages no larger.
+SLOTS = 2
+SLOT_BYTES = 8 * 1024 * 1024
 #: The most messages and bytes of one frame the child accepts (a batch is one storage
 #: piece: ~4 MiB, plus one record of at most 10 MiB).
 MAX_MESSAGES = 1 << 22
@@ -70,30 +86,51 @@ class HashWorker:
     def __init__(self, start_from: int | None = None) -> None:
         self._local = np.zeros(LANES, dtype=np.uint16)
         self.sent = 0  # messages hashed by the child (the rest: here)
+        self.in_place = 0  # of them, hashed where they were laid out (a shared slot)
+        self._slot_bytes = SLOT_BYTES
         self._start_from = START_FROM if start_from is None else start_from
         self._seen = 0
         self._pending: list[memoryview] = []  # what the pipe has not taken yet of a frame
         self._failure: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._shared: mmap.mmap | None = None
+        self._free: list[int] = []  # shared slots the child is done with
+        self._lent: int | None = None  # the slot :meth:`room` gave for the next batch
+        self._base = 0  # the address of the shared slots
+        self._due = 0  # slots sent, not answered yet
 
     def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [_package_root(), *filter(None, [env.get("PYTHONPATH")])]
         )
+        shared = _shared_memory(SLOTS * self._slot_bytes)
+        args = [sys.executable, "-m", "tracker.proof.accounts.hashworker"]
         try:
+            if shared is not None:
+                args += [str(shared), str(self._slot_bytes)]
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tracker.proof.accounts.hashworker"],
+                args,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 bufsize=0,
                 close_fds=True,
+                pass_fds=() if shared is None else (shared,),
                 env=env,
             )
+            if shared is not None:
+                self._shared = mmap.mmap(shared, SLOTS * self._slot_bytes)
+                whole = np.frombuffer(self._shared, dtype=np.uint8)
+                self._base = whole.ctypes.data  # where the slots start, in this process
+                del whole  # no view left: close() can unmap
+                self._free = list(range(SLOTS))
         except (OSError, ValueError, TypeError) as exc:  # no interpreter to start, no fds left
             detail = getattr(exc, "strerror", None) or exc
             self._failure = f"the hashing process could not start: {detail}"
             return
+        finally:
+            if shared is not None:
+                os.close(shared)  # the child has its own; the mapping keeps the memory
         assert self._proc.stdin is not None
         with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
@@ -106,7 +143,23 @@ class HashWorker:
             return False
         if self._proc is None:
             return True
-        return self._flush(wait=False) and self._failure is None
+        if not self._flush(wait=False) or self._failure is not None:
+            return False
+        if self._shared is None:
+            return True
+        self._answers(wait=False)  # behind while it hashes both slots
+        return bool(self._free) and self._failure is None
+
+    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: a free slot of the shared memory
+        when the child runs, has taken the last frame and the batch fits in a slot."""
+        self._lent = None
+        if self._shared is None or size > self._slot_bytes or not self.idle():
+            return None
+        self._lent = self._free.pop()
+        return np.frombuffer(
+            self._shared, dtype=np.uint8, count=size, offset=self._lent * self._slot_bytes
+        )
 
     @property
     def pid(self) -> int | None:
@@ -120,9 +173,22 @@ class HashWorker:
         if self._failure is not None:
             return
         self._seen += len(ends)
+        lent, self._lent = self._lent, None
+        if lent is not None and work.ctypes.data != self._base + lent * self._slot_bytes:
+            self._free.append(lent)  # lent, then not used (the layout failed): free again
+            lent = None
+        if lent is not None:  # laid out in a shared slot: only the header and the ends go
+            self.sent += len(ends)
+            self.in_place += len(ends)
+            self._due += 1
+            ends = np.ascontiguousarray(ends, dtype="<i8")
+            header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work), lent)
+            self._pending = [memoryview(header + ends.tobytes())]  # one write: a few KiB
+            self._flush(wait=False)
+            return
         if self._proc is None and self._seen >= self._start_from:
             self._start()
-        taken = self._proc is not None and self._flush(wait=False)
+        taken = self._proc is not None and self.idle()
         if self._failure is not None:
             return
         if not taken:  # not started, or behind: this batch is hashed here
@@ -131,7 +197,7 @@ class HashWorker:
             return
         self.sent += len(ends)
         ends = np.ascontiguousarray(ends, dtype="<i8")
-        header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work))
+        header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work), -1)
         self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
         self._flush(wait=False)
 
@@ -141,8 +207,10 @@ class HashWorker:
             return self._local.copy(), None  # the child never started
         if self._failure is None and self._proc is not None:
             self._flush(wait=True)
-            self._pending = [memoryview(_HEADER.pack(0, 0, 0))]
-            self._flush(wait=True)
+            self._answers(wait=True)  # before the end frame: the sum is all that comes after
+            if self._failure is None:
+                self._pending = [memoryview(_HEADER.pack(0, 0, 0, -1))]
+                self._flush(wait=True)
         if self._failure is not None or self._proc is None:
             return None, self._note()
         assert self._proc.stdout is not None
@@ -158,6 +226,10 @@ class HashWorker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            with contextlib.suppress(BufferError):  # a batch's view still held: freed with it
+                shared.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -193,6 +265,27 @@ class HashWorker:
             self._pending = []
         return True
 
+    def _answers(self, *, wait: bool) -> None:
+        """Take the child's answers for the shared slots it hashed (all of them when
+        ``wait``): those slots are free again."""
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while self._due and self._failure is None:
+            if not select.select([fd], [], [], STALLED if wait else 0)[0]:
+                if wait:  # stuck: the proof is lost, not the check (close() kills it)
+                    self._failure = "the hashing process stopped answering"
+                return
+            try:
+                answer = os.read(fd, self._due)
+            except OSError:
+                answer = b""
+            if not answer or any(slot >= SLOTS for slot in answer):
+                self._failure = self._ended() if not answer else "the hashing process misspoke"
+                return
+            self._free.extend(answer)
+            self._due -= len(answer)
+
     def _ended(self) -> str:
         assert self._proc is not None
         try:
@@ -225,6 +318,7 @@ class HashPool:
         self._children = [HashWorker(start_from) for _ in range(taken)]
         self._local = np.zeros(LANES, dtype=np.uint16)
         self._next = 0
+        self._lender: HashWorker | None = None
 
     @property
     def busy(self) -> int:
@@ -236,8 +330,27 @@ class HashPool:
         """A child's process id (None while none runs)."""
         return next((child.pid for child in self._children if child.pid is not None), None)
 
+    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: a shared slot of the first idle
+        child that has one; the next :meth:`add` goes to that child."""
+        self._lender = None
+        count = len(self._children)
+        for step in range(count):
+            child = self._children[(self._next + step) % count]
+            if child.idle():
+                room = child.room(size)
+                if room is not None:
+                    self._next = (self._next + step + 1) % count
+                    self._lender = child
+                return room
+        return None
+
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`."""
+        lender, self._lender = self._lender, None
+        if lender is not None:
+            lender.add(work, ends, sign)
+            return
         count = len(self._children)
         for step in range(count):
             child = self._children[(self._next + step) % count]
@@ -281,23 +394,49 @@ def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
     return b"".join(parts)
 
 
-def serve(source: IO[bytes], sink: IO[bytes]) -> int:
+def _shared_memory(size: int) -> int | None:
+    """A file descriptor of ``size`` bytes of memory to share with a child, or None where
+    there is no ``memfd_create`` (or no room): the batches then go through the pipe."""
+    try:
+        fd = os.memfd_create("tracker-hashworker", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        return None
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def serve(
+    source: IO[bytes], sink: IO[bytes], shared: mmap.mmap | None = None, slot_bytes: int = 0
+) -> int:
     """The child's loop: frames from ``source`` summed until the end frame, whose answer
-    (the 2,048-byte sum) goes to ``sink``. Returns the exit status (2: a malformed frame)."""
+    (the 2,048-byte sum) goes to ``sink``; a frame in a slot (of ``slot_bytes``) of
+    ``shared`` is answered with the slot's number once hashed. Returns the exit status (2: a
+    malformed frame)."""
     total = np.zeros(LANES, dtype=np.uint16)
     while True:
         header = _read_exactly(source, _HEADER.size)
         if header is None:
             return 1  # the parent went away
-        sign, count, nbytes = _HEADER.unpack(header)
+        sign, count, nbytes, slot = _HEADER.unpack(header)
         if sign == 0:
             sink.write(total.astype("<u2").tobytes())
             sink.flush()
             return 0
         if sign not in (1, -1) or count > MAX_MESSAGES or nbytes > MAX_BYTES:
             return 2
+        if slot != -1 and (shared is None or not 0 <= slot < SLOTS or nbytes > slot_bytes):
+            return 2
         raw_ends = _read_exactly(source, 8 * count)
-        work = _read_exactly(source, nbytes)
+        work: bytes | npt.NDArray[np.uint8] | None
+        if slot == -1:
+            work = _read_exactly(source, nbytes)
+        else:  # hashed where the parent laid it out
+            assert shared is not None
+            work = np.frombuffer(shared, dtype=np.uint8, count=nbytes, offset=slot * slot_bytes)
         if raw_ends is None or work is None:
             return 1
         ends = np.frombuffer(raw_ends, dtype="<i8")
@@ -308,10 +447,23 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> int:
             total += lanes
         else:
             total -= lanes
+        if slot != -1:
+            del work  # the slot is the parent's again
+            sink.write(bytes([slot]))
+            sink.flush()
+
+
+def _main(argv: list[str]) -> int:
+    if not argv:
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    # the shared memory's file descriptor and its slots' size, passed by the parent
+    slot_bytes = int(argv[1])
+    shared = mmap.mmap(int(argv[0]), SLOTS * slot_bytes)
+    return serve(sys.stdin.buffer, sys.stdout.buffer, shared, slot_bytes)
 
 
 if __name__ == "__main__":
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
     # ends (it kills it, or closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(_main(sys.argv[1:]))

@@ -126,6 +126,19 @@ def lay_out(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any) -> Any:
     data || executable || owner || pubkey``, end to end in one new buffer, with where each
     starts and ends in it. ``fields`` gives the record's layout: lamports, executable, owner,
     pubkey, and where the data starts (offsets within a record)."""
+    total = 0
+    for i in chosen:
+        total += 8 + lens[i] + 65
+    out = np.empty(total, dtype=np.uint8)
+    starts, ends = lay_out_into(buf, offsets, lens, chosen, fields, out)
+    return out, starts, ends
+
+
+@_kernel(3)
+def lay_out_into(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any, out: Any) -> Any:
+    """:func:`lay_out` into ``out``, which holds the messages' bytes (8 + data + 65 a
+    record) at least: a hash worker's shared memory (docs/architecture.md, "The accounts
+    level" → "Every core"). Returns where each message starts and ends in ``out``."""
     lamports, executable, owner, pubkey, data = (
         fields[0],
         fields[1],
@@ -133,10 +146,6 @@ def lay_out(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any) -> Any:
         fields[3],
         fields[4],
     )
-    total = 0
-    for i in chosen:
-        total += 8 + lens[i] + 65
-    out = np.empty(total, dtype=np.uint8)
     starts = np.empty(len(chosen), dtype=np.int64)
     ends = np.empty(len(chosen), dtype=np.int64)
     pos = 0
@@ -153,7 +162,7 @@ def lay_out(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any) -> Any:
         out[pos + 33 : pos + 65] = buf[off + pubkey : off + pubkey + 32]
         pos += 65
         ends[n] = pos
-    return out, starts, ends
+    return starts, ends
 
 
 @_kernel(None)
