@@ -308,3 +308,42 @@ def test_require_cluster_on_one_rpc_warns(tmp_path: Path, settings: str, warned:
     assert bool(found) is warned
     if warned:
         assert found[0].startswith("target_groups[0].trust.require: cluster rests on one RPC")
+
+
+MiB_ = 1024**2
+
+
+@pytest.mark.parametrize(
+    ("total_mib", "wanted", "workers"),
+    [
+        (512, 1, 1),  # two cores: the one worker FIXED_COST counts
+        (512, 15, 2),  # sixteen cores, the default budget: half of 192 MiB pays one more
+        (256, 15, 1),  # a small budget: the first only
+        (2048, 15, 15),  # a budget that pays for every core
+        (2048, 31, 16),  # thirty-two cores: half of 1,728 MiB pays fifteen more
+        (100_000, 0, 1),  # one core: still one child
+    ],
+)
+def test_a_budget_pays_for_the_hashing_processes_it_allows(
+    total_mib: int, wanted: int, workers: int
+) -> None:
+    from tracker.proof.accounts.budget import (
+        FIXED_COST,
+        WORKER_COST,
+        AccountsLimits,
+        hash_workers_within,
+        room_of,
+        shared_limits,
+    )
+
+    total = total_mib * MiB_
+    assert hash_workers_within(total, wanted) == workers
+    budget, slots = shared_limits(total, wanted + 1)
+    assert slots.total == workers
+    assert budget.room == room_of(total, workers)
+    if total >= FIXED_COST + (workers - 1) * WORKER_COST + total // 4:
+        # The whole process tree within the budget: the check, its workers and the index.
+        assert budget.room + FIXED_COST + (workers - 1) * WORKER_COST <= total
+    limits = AccountsLimits(memory=total, workers=wanted + 1)
+    assert limits.hash_workers == workers
+    assert limits.shared().room == room_of(total, workers)

@@ -22,9 +22,8 @@ from tracker.observability.logs import log_event, setup_logging
 from tracker.proof.accounts.budget import (
     DEFAULT_MEMORY,
     AccountsLimits,
-    MemoryBudget,
-    WorkerSlots,
     default_workers,
+    shared_limits,
 )
 from tracker.proof.levels import LEVEL_NAMES, Level
 
@@ -158,13 +157,14 @@ def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
     """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
     that every proof of the run shares (``fetch`` checks several downloads at once)."""
     workers = args.proof_workers or default_workers()
+    budget, slots = shared_limits(args.prove_accounts_memory, workers)
     return AccountsLimits(
         memory=args.prove_accounts_memory,
         max_accounts=args.prove_accounts_max,
         temp_dir=args.prove_accounts_temp_dir,
         workers=workers,
-        budget=MemoryBudget(args.prove_accounts_memory),
-        slots=WorkerSlots(max(1, workers - 1)),
+        budget=budget,
+        slots=slots,
     )
 
 

@@ -32,6 +32,7 @@ from tracker.proof.accounts.budget import (
     MemoryBudget,
     WorkerSlots,
     default_workers,
+    shared_limits,
 )
 from tracker.proof.levels import Level, Voter
 from tracker.proxy import storedcopies as copies
@@ -139,6 +140,7 @@ class ProxyStreamer:
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
         self._proof_budget: MemoryBudget | None = None
         self._proof_slots: WorkerSlots | None = None
+        self._proof_workers = 0
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
@@ -217,13 +219,18 @@ class ProxyStreamer:
         ``prove_accounts_temp_dir`` says where; without either, the system's), the
         operator's bound."""
         config = self._config()
-        if self._proof_budget is None or self._proof_budget.total != config.prove_accounts_memory:
-            budget = self._proof_budget = MemoryBudget(config.prove_accounts_memory)
+        total, workers = config.prove_accounts_memory, config.proof_workers or default_workers()
+        budget, slots = self._proof_budget, self._proof_slots
+        if (
+            budget is None
+            or slots is None
+            or (budget.total, self._proof_workers) != (total, workers)
+        ):
+            # A reload that changes either starts a new budget; running proofs keep theirs.
+            budget, slots = self._proof_budget, self._proof_slots = shared_limits(total, workers)
+            self._proof_workers = workers
             if self._metrics is not None:
                 self._metrics.proofs.budget = lambda: budget
-        workers = config.proof_workers or default_workers()
-        if self._proof_slots is None or self._proof_slots.total != max(1, workers - 1):
-            self._proof_slots = WorkerSlots(max(1, workers - 1))
         in_cache = not config.prove_accounts_temp_dir and root is not None
         return AccountsLimits(
             memory=config.prove_accounts_memory,

@@ -37,6 +37,10 @@ FIXED_COST = 320 * 1024**2
 #: The smallest budget that bounds the proving processes too (:func:`bounds_the_process`):
 #: its room, past a quarter of it, leaves :data:`FIXED_COST` (4/3 of it, 427 MiB).
 PROCESS_MINIMUM = -(-FIXED_COST * 4 // 3 // 1024**2) * 1024**2
+#: What each hashing process past the first costs (:data:`FIXED_COST` counts one): its
+#: interpreter with blake3 and numpy (~37 MiB) and its two shared slots (16 MiB), measured in
+#: bench/accounts.py.
+WORKER_COST = 56 * 1024**2
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
@@ -66,10 +70,30 @@ def bounds_the_process(total: int) -> bool:
     return room_of(total) + FIXED_COST <= total
 
 
-def room_of(total: int) -> int:
-    """The accounted bytes of a budget of ``total``: the budget less :data:`FIXED_COST`, but
-    never less than a quarter of it (a small budget, as in tests, still proves)."""
-    return max(total - FIXED_COST, total // 4, MIN_FLOOR)
+def room_of(total: int, hash_workers: int = 1) -> int:
+    """The accounted bytes of a budget of ``total`` whose proofs run ``hash_workers``
+    hashing processes: the budget less :data:`FIXED_COST` and :data:`WORKER_COST` for each
+    process past the first, but never less than a quarter of it (a small budget, as in
+    tests, still proves)."""
+    paid = FIXED_COST + max(0, hash_workers - 1) * WORKER_COST
+    return max(total - paid, total // 4, MIN_FLOOR)
+
+
+def hash_workers_within(total: int, wanted: int) -> int:
+    """The hashing processes a budget of ``total`` bytes pays for, of ``wanted``
+    (``proof_workers`` less the check's own): the first always (:data:`FIXED_COST` counts
+    it), the others only while together they take at most half of what the budget leaves
+    past :data:`FIXED_COST`, the other half staying the index's (docs/architecture.md,
+    "Bounded memory": the budget bounds the whole process tree, on any number of cores)."""
+    spare = max(0, total - FIXED_COST) // 2
+    return max(1, min(wanted, 1 + spare // WORKER_COST))
+
+
+def shared_limits(total: int, workers: int) -> tuple[MemoryBudget, WorkerSlots]:
+    """The one budget of ``total`` bytes and the hashing processes the proofs of a process
+    share, for ``workers`` processes at most (``proof_workers``, the checks' own included)."""
+    hash_workers = hash_workers_within(total, max(1, workers - 1))
+    return MemoryBudget(total, room_of(total, hash_workers)), WorkerSlots(hash_workers)
 
 
 class MemoryBudget:
@@ -266,12 +290,16 @@ class AccountsLimits:
     @property
     def hash_workers(self) -> int:
         """Hashing processes a proof may start: ``workers`` less the check's own, at least
-        one (on one core the child still halves the check's wait)."""
-        return max(1, self.workers - 1)
+        one (on one core the child still halves the check's wait), as many as its budget
+        pays for (:func:`hash_workers_within`)."""
+        total = self.budget.total if self.budget is not None else self.memory
+        return hash_workers_within(total, max(1, self.workers - 1))
 
     def shared(self) -> MemoryBudget:
         """The budget a proof takes its part of."""
-        return self.budget if self.budget is not None else MemoryBudget(self.memory)
+        if self.budget is not None:
+            return self.budget
+        return MemoryBudget(self.memory, room_of(self.memory, self.hash_workers))
 
 
 def clean_leftovers(root: str) -> int:
