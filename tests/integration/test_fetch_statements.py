@@ -226,3 +226,25 @@ async def test_each_archive_needs_its_own_statements(tmp_path: Path) -> None:
     assert [s.target for s in tracker.gets(f"{INCREMENTAL}.attestation")] == [
         f"/v1/{GROUP}/{INCREMENTAL}.attestation"
     ]
+
+
+@pytest.mark.parametrize(
+    ("level", "code"), [(Level.ACCOUNTS, 0), (Level.MANIFEST, 1)], ids=["accounts", "manifest"]
+)
+async def test_a_trusted_statement_stands_in_for_proving_the_accounts_again(
+    level: Level, code: int, tmp_path: Path
+) -> None:
+    """``--require accounts`` without ``--prove-accounts``: the download's own check passes
+    and computes the SHA-256; the trusted key's statement of that SHA-256 at ``accounts``
+    carries the level (the tracker proved it once, the validator does not again). A
+    statement at ``manifest`` leaves it out."""
+    flags = ("--trust-key", K1.public_key, "--require", "accounts", "--prove-accounts=false")
+    got, line, ledger, _tracker = await fetch(
+        tmp_path, [K1.sign(statement(level=level))], None, *flags
+    )
+    assert got == code, line
+    if code == 0:
+        assert (ledger / NAME).read_bytes() == GOOD
+    else:
+        assert "level manifest, below the required accounts" in line, line
+        assert list(ledger.iterdir()) == []

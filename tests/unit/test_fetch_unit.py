@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers_statements import signer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from names import full_name
@@ -16,6 +17,7 @@ from tracker.config.values import parse_size
 from tracker.fetch.state import Identity, State, load_state, save_state, temp_path
 from tracker.multisource.claims import MIN_STEAL, Pieces
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.levels import Level
 
 MiB = 1024 * 1024
 
@@ -228,6 +230,10 @@ def test_a_memory_below_the_smallest_is_a_usage_error(capsys: pytest.CaptureFixt
     assert "--prove-accounts-memory: expected at least 1048576 bytes" in capsys.readouterr().err
 
 
+#: A trusted key.
+TRUST = "--trust-key=" + signer(1).public_key
+
+
 @pytest.mark.parametrize(
     ("flags", "refused"),
     [
@@ -236,11 +242,16 @@ def test_a_memory_below_the_smallest_is_a_usage_error(capsys: pytest.CaptureFixt
         (["--require", "accounts", "--prove-accounts=false", "--full=false"], False),
         (["--require", "manifest", "--prove-accounts=false"], False),
         (["--require", "accounts"], False),
+        # a trusted key's statements carry the level: the tracker proved it once
+        (["--require", "accounts", "--prove-accounts=false", TRUST], False),
+        (["--require", "cluster", "--prove-accounts=false", TRUST], False),
+        (["--require", "accounts", "--verify=false", TRUST], True),
     ],
 )
 def test_require_accounts_needs_the_accounts_proven(flags: list[str], refused: bool) -> None:
-    """No full could reach ``accounts`` without its proof: a usage error before any
-    download (an incremental's ``accounts`` is ``manifest``)."""
+    """No full could reach ``accounts`` without its proof, its own or trusted keys'
+    statements: a usage error before any download (an incremental's ``accounts`` is
+    ``manifest``)."""
     from tracker.cli import build_parser
     from tracker.fetch.flags import unreachable_level
 
@@ -248,6 +259,25 @@ def test_require_accounts_needs_the_accounts_proven(flags: list[str], refused: b
     reason = unreachable_level(args)
     assert bool(reason) is refused
     assert not reason or "needs --verify and --prove-accounts true" in reason
+
+
+@pytest.mark.parametrize(
+    ("keys", "require", "here"),
+    [
+        (frozenset(), Level.ACCOUNTS, Level.ACCOUNTS),
+        (frozenset(), Level.CLUSTER, Level.CLUSTER),
+        (frozenset({"k"}), Level.ACCOUNTS, Level.STRUCTURE),
+        (frozenset({"k"}), Level.CLUSTER, Level.STRUCTURE),
+    ],
+)
+def test_trusted_statements_stand_in_for_the_level_past_the_check(
+    keys: frozenset[str], require: Level, here: Level
+) -> None:
+    from tracker.fetch.trust import TrustPolicy
+
+    policy = TrustPolicy(keys, 1, require)
+    assert policy.checked_here(require) is here
+    assert policy.required is require  # what the statements must name stays all of it
 
 
 def test_an_unreachable_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -326,7 +326,7 @@ async def _verify(
             # --rpc: the votes lift what the check proved to cluster (docs/architecture.md,
             # "The cluster level"); a minority or a failed RPC leaves it, with the reason.
             proof = await lifted(crew.settings.voter, name, proof)
-        below = below_required(proof, require, name)
+        below = below_required(proof, crew.settings.trust.checked_here(require), name)
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:

@@ -372,10 +372,13 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
 def unreachable_level(args: argparse.Namespace) -> str:
     """Why no archive could reach ``--require`` with these flags ("" when one can): none
     reaches ``cluster`` without ``--rpc`` (nor is anything lifted without ``--verify``), a
-    full reaches ``accounts`` only with its
-    accounts proven; said before any download, not after each (an incremental's
-    ``accounts`` is ``manifest``). Pure."""
+    full reaches ``accounts`` only with its accounts proven, unless trusted keys' statements
+    carry the level (``--trust-key`` with ``--verify``); said before any download, not after
+    each (an incremental's ``accounts`` is ``manifest``). Pure."""
     required = Level.parse(args.require) or Level.STRUCTURE
+    if args.trust_key and args.verify:
+        # Trusted statements carry the level past the check's (TrustPolicy.checked_here).
+        return ""
     if required >= Level.CLUSTER and not args.rpc:
         # Only an RPC's answers of the votes lift a copy to cluster (docs/architecture.md,
         # "The cluster level"): every archive would be downloaded whole, then refused.

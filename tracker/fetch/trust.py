@@ -72,6 +72,14 @@ class TrustPolicy:
         """True when statements are asked for at all (a ``--trust-key`` was given)."""
         return bool(self.keys)
 
+    def checked_here(self, require: Level) -> Level:
+        """The level the download's own check must show, of ``--require``: all of it without
+        trusted keys; with them, only that the check passes (``structure``: its SHA-256 is
+        the one the statements name), their signed level standing in for the rest. A fleet
+        whose tracker proved an archive once takes that proof instead of proving it again on
+        every validator (docs/http-api.md, "Signed statements"). Pure."""
+        return Level.STRUCTURE if self.active else require
+
 
 def public_key(text: str) -> str:
     """A ``--trust-key`` value: an ed25519 public key in base58 (as ``solana-keygen pubkey``
