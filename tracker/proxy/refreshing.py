@@ -47,6 +47,9 @@ Started = SharedRefresh | Answer | None
 WHOLE_FILE = Ask(Asked("GET"), {})
 
 
+#: A refresh begun: its shared state, its pump still to start, the event set once it asks a
+#: source.
+Begun = tuple[SharedRefresh, Pump, trio.Event | None]
 #: A refresh's key: cache root, group, file name.
 SharedKey = tuple[str, str, str]
 
@@ -138,7 +141,8 @@ class Refreshes:
         it. The answer (None: a refresh of the file runs already, or the one started ended
         unread), and the refresh read when one was."""
         if step.early:
-            started = await self._start_early(group, archive, cache, step, lock, ask)
+            begun = self._begin(group, archive, cache, step, lock)
+            started = None if begun is None else await self._start_early(begun, archive, step, ask)
         else:
             started = await self.start(group, archive, cache, step, lock)
         if not isinstance(started, SharedRefresh):
@@ -200,22 +204,13 @@ class Refreshes:
         return await _prefetched(started, cache, group.group, name)
 
     async def _start_early(
-        self,
-        group: TargetGroup,
-        archive: ArchiveName,
-        cache: Cache,
-        step: Start,
-        lock: Lock | None,
-        ask: Ask,
+        self, begun: Begun, archive: ArchiveName, step: Start, ask: Ask
     ) -> Started:
-        """:meth:`start` for a client that is sent an early head (README.md#clients) when the
-        refresh has not opened within ``early_head_after`` of asking a source (not while it
-        waits in a source's queue): the start goes on in the
+        """:meth:`start` (its refresh ``begun``) for a client that is sent an early head
+        (README.md#clients) when the refresh has not opened within ``early_head_after`` of
+        asking a source (not while it waits in a source's queue): the start goes on in the
         background, and the early head's body follows the refresh once it is open (or
         breaks when it never does). A fast start answers as :meth:`start` does."""
-        begun = self._begin(group, archive, cache, step, lock)
-        if begun is None:
-            return None
         done = trio.Event()
         outcome: list[Started] = []
 
@@ -289,7 +284,7 @@ class Refreshes:
         cache: Cache,
         step: Start,
         lock: Lock | None,
-    ) -> tuple[SharedRefresh, Pump, trio.Event | None] | None:
+    ) -> Begun | None:
         """Claim the refresh of the file and, when ``step`` says so, register it for
         readers, synchronously (a request arriving next finds it); its pump, still to start,
         and the event set once it asks a source (``StreamJob.slotted``).

@@ -48,31 +48,20 @@ MIN_MEASURED_BYTES = 1024 * 1024
 Pump = Callable[..., Awaitable[None]]
 
 
+@attrs.define(eq=False)
 class Launcher:
     """Builds the jobs of a file's streams and starts their pumps; counts what they come to
-    (what every executor starts its streams with)."""
+    (what every executor starts its streams with). ``settings``: the proxy's tunables, one
+    value given at construction."""
 
-    def __init__(
-        self,
-        config: Callable[[], Config],
-        index: Index,
-        transfers: Transfers,
-        settings: ProxySettings,
-        metrics: Metrics | None,
-        rejections: Rejections,
-        clients: DownloadClients,
-        *,
-        channel_budget: ChunkBudget,
-    ) -> None:
-        self.config = config
-        self.index = index
-        self.transfers = transfers
-        #: The proxy's tunables: one value, given at construction.
-        self.settings = settings
-        self.metrics = metrics
-        self.rejections = rejections
-        self._clients = clients
-        self._channel_budget = channel_budget
+    config: Callable[[], Config]
+    index: Index
+    transfers: Transfers
+    settings: ProxySettings
+    metrics: Metrics | None
+    rejections: Rejections
+    _clients: DownloadClients = attrs.field(alias="clients")
+    _channel_budget: ChunkBudget = attrs.field(alias="channel_budget", kw_only=True)
 
     def job(
         self,
