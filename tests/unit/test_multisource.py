@@ -264,9 +264,9 @@ def test_a_refresh_chooses_its_sources_by_size_and_published_sha256(
         return SnapshotFile(name, url, 10, url=url, sha256=digest), Held(target)
 
     found = [entry("a", first), *(entry(t, d) for t, d in others)]
-    chosen = choose(TargetKey("g", "a"), 10, found, first_digest=first)  # type: ignore[arg-type]
-    assert [s.key.target for _f, s in chosen.kept] == kept
-    assert [key.target for key, _url, _reason in chosen.refused] == refused
+    got, gone = choose(TargetKey("g", "a"), 10, found, first_digest=first)  # type: ignore[arg-type]
+    assert [s.key.target for _f, s in got] == kept
+    assert [key.target for key, _url, _reason in gone] == refused
 
 
 @pytest.mark.parametrize(

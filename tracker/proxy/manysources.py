@@ -93,13 +93,8 @@ class PieceTunables:
     max_failures: int = 3
 
 
-@attrs.frozen
-class Chosen:
-    """The sources a refresh takes pieces from beside its first one, and those it refused
-    (each with its target, URL and the one-line reason)."""
-
-    kept: Found
-    refused: list[tuple[TargetKey, str, str]] = attrs.Factory(list)
+#: The sources kept for pieces, and those refused (target, URL, the one-line reason).
+Chosen = tuple[Found, list[tuple[TargetKey, str, str]]]
 
 
 def choose(
@@ -128,27 +123,27 @@ def choose(
         for (f, source), reason in zip(candidates, reasons, strict=True)
         if reason
     ]
-    return Chosen(kept[: max(0, most - 1)], refused)
+    return kept[: max(0, most - 1)], refused
 
 
 def identical(
     first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES, first_digest: str = ""
 ) -> Found:
     """The sources :func:`choose` keeps."""
-    return choose(first_key, length, found, most, first_digest=first_digest).kept
+    return choose(first_key, length, found, most, first_digest=first_digest)[0]
 
 
 def others_of(first: UpstreamAnswer, length: int, found: Found) -> Found:
     """The sources a refresh whose first answer is ``first`` (``length`` bytes) takes
     pieces from (:func:`choose`); each source refused for the digest it publishes is named
     in the log (``refresh_source_refused``)."""
-    chosen = choose(first.source.key, length, found, first_digest=first.file.sha256)
-    for _key, url, reason in chosen.refused:
+    kept, refused = choose(first.source.key, length, found, first_digest=first.file.sha256)
+    for _key, url, reason in refused:
         name = first.file.bare_name
         log_event(
             log, "warning", "refresh_source_refused", file=name, url=redact_text(url), reason=reason
         )
-    return chosen.kept
+    return kept
 
 
 #: Files smaller than this come from their first source alone: a few requests more would
