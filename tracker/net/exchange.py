@@ -130,10 +130,50 @@ async def stream(
     client: httpx.AsyncClient, method: str, url: str, **options: Any
 ) -> AsyncIterator[httpx.Response]:
     """``client.stream(method, url, **options)``: what httpx raises while it is open (the
-    body read in the block included) comes out as TransportError."""
+    body read in the block included) comes out as TransportError. A request body (``json``,
+    ``content``) is sent as one :class:`WholeBody`."""
+    send = {k: options.pop(k) for k in ("follow_redirects", "auth") if k in options}
     with mapped():
-        async with client.stream(method, url, **options) as response:
+        request = client.build_request(method, url, **options)
+        if request.method in ("POST", "PUT", "PATCH"):
+            request.stream = WholeBody(await request.aread())
+        response = await client.send(request, stream=True, **send)
+        try:
             yield response
+        finally:
+            await response.aclose()
+
+
+class WholeBody(httpx.AsyncByteStream):
+    """A request body of known bytes sent in one piece, whose iterator is a plain object.
+    httpx's own body stream is an async generator: a request cancelled while it sends (a
+    deadline, the service stopping) leaves it half run, and trio warns when the garbage
+    collector finds it; this one leaves nothing to finalize."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> _Once:
+        return _Once(self._data)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class _Once:
+    """Yields its bytes once."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 def parse_url(text: str) -> httpx.URL:
