@@ -222,6 +222,25 @@ class LyingUpstream(FakeUpstream):
         return await super()._body(conn, stream, seen, how, body)
 
 
+async def read_along_then_repaired(t: Any) -> None:
+    """A client reads along a refresh with a liar among its sources: it never gets a
+    complete body (its stream breaks), and the cache then holds the exact archive."""
+    status, _digest, size, _seconds = await get(t.url(NAME))
+    assert status == 200
+    assert size < SIZE  # never a complete wrong body: a broken stream
+    await wait_for(lambda: NAME in t.cached(), timeout=30)
+    assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
+
+
+def only_named(t: Any) -> TargetKey:
+    """The one source held back, for bytes that differ from the other sources'."""
+    named = t.streamer.rejections.errors(t.index.clock())
+    assert len(named) == 1, named
+    [(key, reason)] = named.items()
+    assert "differ from the other sources'" in reason, reason
+    return key  # type: ignore[no-any-return]
+
+
 async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None:
     """A source that lies in one range: the client that read along never gets a complete
     body (its stream breaks), the copy is repaired from the others (compared with another
@@ -231,16 +250,10 @@ async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None
         liar.behaviour[NAME] = Behaviour(rate=RATE)
         ups = [*honest, liar]
         async with tracker(tmp_path, ups) as t:
-            status, _digest, size, _seconds = await get(t.url(NAME))
-            assert status == 200
-            assert size < SIZE  # never a complete wrong body: a broken stream
+            await read_along_then_repaired(t)
             assert liar.lied is not None
-            await wait_for(lambda: NAME in t.cached(), timeout=30)
-            assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
             rejections = t.streamer.rejections
-            named = rejections.errors(t.index.clock())
-            assert list(named) == [TargetKey(GROUP, liar.base)], named
-            assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
+            assert only_named(t) == TargetKey(GROUP, liar.base)
             # Skipped for this archive from now on: the next refresh would not ask it.
             assert rejections.rejected(TargetKey(GROUP, liar.base), NAME, t.index.clock())
             # The cache hit that follows is the exact archive.
@@ -327,16 +340,9 @@ async def test_two_sources_one_liar_the_whole_file_check_judges(
         liar.behaviour[NAME] = Behaviour(rate=RATE)
         ups = [liar, *honest] if liar_first else [*honest, liar]
         async with tracker(tmp_path, ups) as t:
-            status, _digest, size, _seconds = await get(t.url(NAME))
-            assert status == 200
-            assert size < SIZE  # never a complete wrong body: a broken stream
+            await read_along_then_repaired(t)
             assert liar.lies > 0
-            await wait_for(lambda: NAME in t.cached(), timeout=30)
-            assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
-            rejections = t.streamer.rejections
-            named = rejections.errors(t.index.clock())
-            assert list(named) == [TargetKey(GROUP, liar.base)], named
-            assert "differ from the other sources'" in named[TargetKey(GROUP, liar.base)]
+            assert only_named(t) == TargetKey(GROUP, liar.base)
             again = await get(t.url(NAME))
             assert again[:3] == (200, sha256(DATA), SIZE)
     # Judging cost the differing bytes and a comparison, not another copy from each.
