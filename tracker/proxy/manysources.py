@@ -32,25 +32,24 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
-from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces, intersect
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
 from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
-from tracker.multisource.sources import Identity, Source, check_range
-from tracker.net.bodyreads import body_chunks
+from tracker.multisource.sources import Identity, Source
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import TargetKey
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import (
-    SLOWEST_COMPARE,
     Difference,
     Findings,
     Opener,
     blamed,
     find_liars,
+    rewrite,
     two_source_liar,
 )
 from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
@@ -423,7 +422,7 @@ class Repair:
             if not wanted:
                 passed.append(False)  # the copy as it failed: every differing byte is its
                 continue
-            if not await _rewrite(side, wanted, fd, ask, self.peers.read_timeout):
+            if not await rewrite(side, wanted, fd, ask, self.peers.read_timeout):
                 passed.append(None)
                 continue
             holders.update(dict.fromkeys(wanted, index))
@@ -441,28 +440,3 @@ class Repair:
             return None
         honest = sources.index(live[1 - liar])
         return {sources[i]: ranges for i, ranges in blamed(differing, honest).items()}
-
-
-async def _rewrite(
-    source: Source, spans: list[tuple[int, int]], fd: int, ask: Opener, read_timeout: float
-) -> bool:
-    """Write ``source``'s bytes of each of ``spans`` over ``fd``'s, chunk by chunk as they
-    arrive (memory: one chunk); False when it could not send them all in time."""
-    for start, end in spans:
-        position = start
-        with trio.move_on_after(read_timeout + (end - start) / SLOWEST_COMPARE):
-            try:
-                async with ask(source, {"range": f"bytes={start}-{end - 1}"}) as answer:
-                    check_range(answer.response, source, start, end)
-                    async with body_chunks(answer.response) as chunks:
-                        async for chunk in chunks:
-                            data = chunk[: end - position]
-                            await trio.to_thread.run_sync(os.pwrite, fd, data, position)
-                            position += len(data)
-                            if position >= end:
-                                break
-            except (SourceFailed, TransportError) as exc:
-                log_event(log, "warning", "refresh_compare_failed", url=source.url, reason=str(exc))
-        if position < end:
-            return False
-    return True

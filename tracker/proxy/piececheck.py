@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -167,21 +167,14 @@ class _Comparison:
         """``owner``'s bytes ``start`` to ``end`` on disk against ``asked[0]``'s (the next
         one, if any, breaks a tie)."""
         comparer, third = asked[0], asked[1] if len(asked) > 1 else None
-        position = start
-        try:
-            async with self.ask(comparer, {"range": f"bytes={start}-{end - 1}"}) as answer:
-                check_range(answer.response, comparer, start, end)
-                async with body_chunks(answer.response) as chunks:
-                    async for chunk in chunks:
-                        for cut in range(0, len(chunk), COMPARE_SIZE):
-                            piece = chunk[cut : cut + COMPARE_SIZE][: end - position]
-                            await self.piece(owner, comparer, third, position, piece)
-                            position += len(piece)
-                        if position >= end:
-                            break
-        except (SourceFailed, TransportError) as exc:
-            log_event(log, "warning", "refresh_compare_failed", url=comparer.url, reason=str(exc))
-            self.findings.undecided += end - position
+
+        async def compare(position: int, chunk: bytes) -> None:
+            for cut in range(0, len(chunk), COMPARE_SIZE):
+                piece = chunk[cut : cut + COMPARE_SIZE]
+                await self.piece(owner, comparer, third, position + cut, piece)
+
+        reached = await fetch_range(comparer, start, end, self.ask, compare)
+        self.findings.undecided += end - reached
 
     async def piece(
         self, owner: Source, comparer: Source, third: Source | None, position: int, piece: bytes
@@ -220,15 +213,53 @@ class _Comparison:
 async def _read(source: Source, position: int, length: int, ask: Opener) -> bytes | None:
     """``length`` bytes of ``source`` at ``position`` (None: it could not say)."""
     data = bytearray()
+
+    async def keep(_at: int, chunk: bytes) -> None:
+        data.extend(chunk)
+
+    reached = await fetch_range(source, position, position + length, ask, keep)
+    return bytes(data) if reached == position + length else None
+
+
+async def rewrite(
+    source: Source, spans: list[tuple[int, int]], fd: int, ask: Opener, read_timeout: float
+) -> bool:
+    """Write ``source``'s bytes of each of ``spans`` over ``fd``'s, chunk by chunk as they
+    arrive (memory: one chunk); False when it could not send them all in time."""
+
+    async def write(position: int, chunk: bytes) -> None:
+        await trio.to_thread.run_sync(os.pwrite, fd, chunk, position)
+
+    for start, end in spans:
+        reached = start
+        with trio.move_on_after(read_timeout + (end - start) / SLOWEST_COMPARE):
+            reached = await fetch_range(source, start, end, ask, write)
+        if reached < end:
+            return False
+    return True
+
+
+async def fetch_range(
+    source: Source,
+    start: int,
+    end: int,
+    ask: Opener,
+    take: Callable[[int, bytes], Awaitable[None]],
+) -> int:
+    """Ask ``source`` for bytes ``start`` to ``end`` and hand each chunk of its answer to
+    ``take(position, chunk)``, cut at ``end``; the position reached (``end``: all of them).
+    A source that fails is logged (``refresh_compare_failed``) and stops it early."""
+    position = start
     try:
-        async with ask(source, {"range": f"bytes={position}-{position + length - 1}"}) as answer:
-            check_range(answer.response, source, position, position + length)
+        async with ask(source, {"range": f"bytes={start}-{end - 1}"}) as answer:
+            check_range(answer.response, source, start, end)
             async with body_chunks(answer.response) as chunks:
                 async for chunk in chunks:
-                    data += chunk
-                    if len(data) >= length:
+                    data = chunk[: end - position]
+                    await take(position, data)
+                    position += len(data)
+                    if position >= end:
                         break
     except (SourceFailed, TransportError) as exc:
         log_event(log, "warning", "refresh_compare_failed", url=source.url, reason=str(exc))
-        return None
-    return bytes(data[:length]) if len(data) >= length else None
+    return position
