@@ -21,6 +21,7 @@ import trio
 from tracker.errors import SourceFailed
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Sameness, Validators, sameness
+from tracker.net.httpclients import origin
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.multisource")
@@ -65,7 +66,7 @@ class Source:
     drop_event: str = "fetch_source_dropped"
     #: The validators of each other origin the source redirected to (a tracker's bucket: its
     #: presigned URLs answer with the store's own ETag and date), first seen there.
-    elsewhere: dict[str, Identity] = attrs.Factory(dict)
+    elsewhere: dict[tuple[str, str, int | None], Identity] = attrs.Factory(dict)
 
     def identity_of(self, response: httpx.Response) -> Identity:
         """The identity ``response`` is held to: the source's own, or, for an answer a
@@ -74,16 +75,16 @@ class Source:
         validators of its own (docs/http-api.md, "With an object store"): proven different by
         validators only within one origin, the whole-file check and the published SHA-256 still
         judging the bytes."""
-        if not response.history or same_origin(response.url, httpx.URL(self.url)):
+        where = origin(str(response.url))  # httpx parsed it: the port is a number
+        if not response.history or where == origin(self.url):
             return self.identity
-        origin = f"{response.url.scheme}://{response.url.netloc.decode('ascii', 'replace')}"
-        known = self.elsewhere.get(origin)
+        known = self.elsewhere.get(where)
         if known is None:
             headers = response.headers
             known = Identity(
                 self.identity.size, headers.get("etag", ""), headers.get("last-modified", "")
             )
-            self.elsewhere[origin] = known
+            self.elsewhere[where] = known
         return known
 
     def drop(self, reason: str) -> None:
@@ -127,11 +128,6 @@ def check_whole(response: httpx.Response, source: Source) -> None:
         )
     if not same_validators(response, source.identity_of(response)):
         raise SourceFailed(f"{source.url}: the file changed (etag or last-modified)")
-
-
-def same_origin(one: httpx.URL, other: httpx.URL) -> bool:
-    """Scheme, host and port alike."""
-    return (one.scheme, one.host, one.port) == (other.scheme, other.host, other.port)
 
 
 def same_validators(response: httpx.Response, identity: Identity) -> bool:
