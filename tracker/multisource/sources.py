@@ -75,8 +75,10 @@ class Source:
         validators of its own (docs/http-api.md, "With an object store"): proven different by
         validators only within one origin, the whole-file check and the published SHA-256 still
         judging the bytes."""
+        if not response.history:
+            return self.identity
         where = origin(str(response.url))  # httpx parsed it: the port is a number
-        if not response.history or where == origin(self.url):
+        if where == origin(self.url):
             return self.identity
         known = self.elsewhere.get(where)
         if known is None:
