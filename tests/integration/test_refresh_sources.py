@@ -201,7 +201,7 @@ def test_pieces_come_only_from_sources_of_the_same_size() -> None:
 
     found = [entry("a", SIZE), entry("b", SIZE), entry("c", SIZE + 1), entry("d", SIZE, "")]
     found += [entry("e", 0), entry("f", SIZE), entry("g", SIZE), entry("h", SIZE)]
-    kept = manysources.identical(TargetKey(GROUP, "a"), SIZE, found)  # type: ignore[arg-type]
+    kept, _refused = manysources.choose(TargetKey(GROUP, "a"), SIZE, found)  # type: ignore[arg-type]
     assert [s.key.target for _f, s in kept] == ["b", "f", "g"]  # type: ignore[attr-defined]
 
 

@@ -125,13 +125,6 @@ def choose(
     return kept[: max(0, most - 1)], refused
 
 
-def identical(
-    first_key: TargetKey, length: int, found: Found, most: int = MAX_SOURCES, first_digest: str = ""
-) -> Found:
-    """The sources :func:`choose` keeps."""
-    return choose(first_key, length, found, most, first_digest=first_digest)[0]
-
-
 def others_of(first: UpstreamAnswer, length: int, found: Found) -> Found:
     """The sources a refresh whose first answer is ``first`` (``length`` bytes) takes
     pieces from (:func:`choose`); each source refused for the digest it publishes is named
