@@ -81,7 +81,10 @@ def baseline(base: Path) -> dict[str, Any]:
         while data := file.read(READ_SIZE):
             sha.update(data)
     sha_wall, sha_cpu = time.perf_counter() - t0, time.process_time() - c0
-    hasher = blake3.blake3
+    # the fastest single-thread loop measured: one hasher reset for each message (a new
+    # hasher a message, ``blake3.blake3(view[a:b]).digest(2048)``, takes ~11% longer)
+    hasher = blake3.blake3()
+    reset, update, digest = hasher.reset, hasher.update, hasher.digest
     wall = cpu = 0.0
     hashed = 0
     for storage in storages(meta["seed"], meta["accounts"], heavy=meta["heavy"]):
@@ -90,7 +93,9 @@ def baseline(base: Path) -> dict[str, Any]:
         starts = [0, *ends[:-1]]
         t1, c1 = time.perf_counter(), time.process_time()
         for a, b in zip(starts, ends, strict=True):
-            hasher(view[a:b]).digest(2048)
+            reset()
+            update(view[a:b])
+            digest(2048)
         wall += time.perf_counter() - t1
         cpu += time.process_time() - c1
         hashed += len(ends)

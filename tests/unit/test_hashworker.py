@@ -438,3 +438,11 @@ def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPa
     lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
     assert lt_hash is None
     assert note is not None and note.startswith("not proven: the hashing process could not start")
+
+
+def test_the_worker_is_started_with_the_directory_that_holds_the_package() -> None:
+    # run from a source tree (no installed package), the child finds ``tracker`` only by the
+    # PYTHONPATH entry the parent adds: the directory above the package, wherever the
+    # module lies inside it
+    root = Path(hashworker._package_root())
+    assert (root / "tracker" / "proof" / "accounts" / "hashworker.py").is_file()

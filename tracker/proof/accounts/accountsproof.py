@@ -50,7 +50,7 @@ from tracker.proof.accounts.pubkeyindex import MAX_ENTRIES, PubkeyIndex
 from tracker.proof.accounts.spill import RECORD, SpillDir, SpillIndex
 from tracker.proof.accounts.superseded import Reread, subtract_superseded
 from tracker.proof.formats.parsing import ParserOf
-from tracker.proof.formats.storages import PUBKEY, Records, parse_storage
+from tracker.proof.formats.storages import META, PUBKEY, Records, parse_storage
 
 __all__ = ["AccountsProof", "Reread", "member_name"]
 
@@ -93,7 +93,13 @@ class AccountsProof:
         self._superseded_count = 0
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
+        self._expected_bytes = 0
         track(self.progress)
+
+    def expect(self, valid_bytes: int) -> None:
+        """The valid bytes of all the archive's storages (the manifest's list): the first
+        batch then sizes the index's table for the records they hold at its density."""
+        self._expected_bytes = valid_bytes
 
     @property
     def records(self) -> int:
@@ -140,6 +146,8 @@ class AccountsProof:
             | counts.astype(np.uint64)
         )
         try:
+            if self._expected_bytes and self.spill is None and not self.index.count:
+                self._reserve(batch)
             if self.spill is None and not self._index_fits(len(batch)):
                 self._to_spill()
             if self.spill is not None:
@@ -161,6 +169,18 @@ class AccountsProof:
         if len(seen):
             add |= self._seen_before(seen, entry, locators, slot, name, batch)
         lane_sum(batch, np.flatnonzero(add), self._summer)
+
+    def _reserve(self, batch: Records) -> None:
+        """Size the table at the first batch for as many records as the manifest's valid
+        bytes hold at this batch's density, unless that index would not fit in what the
+        budget can give (it will spill: its table stays small)."""
+        span = int(batch.offsets[-1]) + META + int(batch.data_lens[-1]) - int(batch.offsets[0])
+        estimate = min(self.index.capacity, self._expected_bytes * len(batch) // max(1, span))
+        self._expected_bytes = 0  # once
+        table = self.index.table_bytes_for(estimate)
+        # the table is ~a sixth of the index it serves (8.3-16.7 of 48-57 bytes an entry)
+        if 6 * table <= self.held.bytes + self.held.budget.room:
+            self.index.reserve(estimate)
 
     def _index_fits(self, more: int) -> bool:
         """True when the in-memory index with ``more`` new entries (and the superseded

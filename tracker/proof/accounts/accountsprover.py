@@ -48,6 +48,8 @@ class _Lengths:
         self._slots = rows[order, 0]
         self._ids = rows[order, 1]
         self._lengths = rows[order, 2]
+        #: The valid bytes of every storage the manifest lists.
+        self.total = int(rows[:, 2].sum(dtype=np.uint64)) if len(rows) else 0
 
     def get(self, slot: int, ident: int) -> int | None:
         lo = int(np.searchsorted(self._slots, slot, side="left"))
@@ -89,6 +91,7 @@ class StoragesProver:
             self._proof = AccountsProof(
                 self.limits, self.summer() if self.summer is not None else None, self.cancelled
             )
+            self._proof.expect(self._lengths.total)
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
         if valid is None or self._proof is None:

@@ -38,7 +38,7 @@ FIXED_COST = 320 * 1024**2
 #: its room, past a quarter of it, leaves :data:`FIXED_COST` (4/3 of it, 427 MiB).
 PROCESS_MINIMUM = -(-FIXED_COST * 4 // 3 // 1024**2) * 1024**2
 #: What each hashing process past the first costs (:data:`FIXED_COST` counts one): its
-#: interpreter with blake3 and numpy (~37 MiB) and its two shared slots (16 MiB), measured in
+#: interpreter with blake3 and numpy (~37 MiB) and its four shared slots (16 MiB), measured in
 #: bench/accounts.py.
 WORKER_COST = 56 * 1024**2
 #: The smallest floor of a proof: run buffers of a few thousand records.

@@ -103,8 +103,27 @@ class PubkeyIndex:
         )
         return entry, made
 
-    def _grow(self) -> None:
-        self._bits += 1
+    def table_bytes_for(self, entries: int) -> int:
+        """The bytes of the table (and its fingerprints) sized for ``entries`` by
+        :meth:`reserve` (its size now when it is already large enough)."""
+        return (1 << self._bits_for(entries)) * WIDE * 5
+
+    def reserve(self, entries: int) -> None:
+        """Size the table for ``entries`` distinct pubkeys at once, so that it does not double
+        its way there: each doubling places every entry again, ~40% of the index's work when a
+        million are made one batch at a time (docs/architecture.md, "The accounts level")."""
+        bits = self._bits_for(entries)
+        if bits > self._bits:
+            self._grow(bits)
+
+    def _bits_for(self, entries: int) -> int:
+        bits = self._bits
+        while entries > LOAD * ((1 << bits) * WIDE):
+            bits += 1
+        return bits
+
+    def _grow(self, bits: int | None = None) -> None:
+        self._bits = self._bits + 1 if bits is None else bits
         old = self._table[self._table > 0].astype(np.int64) - 1
         self._table = np.zeros((1 << self._bits, WIDE), dtype=np.uint32)
         self._prints = np.zeros((1 << self._bits, WIDE), dtype=np.uint8)
