@@ -446,3 +446,29 @@ def test_the_worker_is_started_with_the_directory_that_holds_the_package() -> No
     # module lies inside it
     root = Path(hashworker._package_root())
     assert (root / "tracker" / "proof" / "accounts" / "hashworker.py").is_file()
+
+
+def test_the_compiled_copy_copies_what_a_slice_copies() -> None:
+    # the canary of the one use of numba below its documented API (kernels._compile_copy):
+    # the layout compiled with memcpy gives the interpreted layout's bytes, and refuses a
+    # record or a message outside its buffer rather than copying past it
+    rng = np.random.default_rng(7)
+    lens = rng.integers(1, 3000, 500)
+    sizes = META + ((lens + 7) & ~7)
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    buf = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+    chosen = np.flatnonzero(rng.random(500) < 0.7).astype(np.int64)
+    fields = np.array([48, 96, 64, 16, META], dtype=np.int64)
+    kernels.load()
+    compiled = kernels.lay_out(buf, offsets, lens.astype(np.int64), chosen, fields)
+    laid = np.zeros(len(compiled[0]), dtype=np.uint8)
+    _, ends = interpreted("lay_out_into")(buf, offsets, lens.astype(np.int64), chosen, fields, laid)
+    assert compiled[0].tobytes() == laid.tobytes()
+    assert compiled[2].tolist() == ends.tolist()
+    short = np.zeros(int(compiled[2][-1]) - 1, dtype=np.uint8)
+    with pytest.raises(ValueError, match="pass the end"):
+        kernels.lay_out_into(buf, offsets, lens.astype(np.int64), chosen, fields, short)
+    beyond = offsets.copy()
+    beyond[chosen[-1]] = len(buf) - META
+    with pytest.raises(ValueError, match="outside its buffer"):
+        kernels.lay_out(buf, beyond, lens.astype(np.int64), chosen, fields)

@@ -75,12 +75,60 @@ def load() -> None:
         import numba
 
         module = globals()
+        _compile_copy()  # before the kernels that call it are compiled
         for name, function in _RAW.items():
             dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
             with contextlib.suppress(RuntimeError):  # no writable cache directory
                 dispatcher.enable_caching()
             module[name] = dispatcher
         _LOADED.append(True)
+
+
+def _copy(dst: Any, at: Any, src: Any, start: Any, count: Any) -> None:
+    """``dst[at:at + count] = src[start:start + count]``; the caller has checked that both
+    lie within their arrays. Compiled (:func:`_compile_copy`), one memcpy."""
+    dst[at : at + count] = src[start : start + count]
+
+
+def _compile_copy() -> None:
+    """Give :func:`_copy` its compiled form: one ``memcpy`` (LLVM's intrinsic), where numba
+    lowers a slice assignment to a loop of its own, ~5x slower for the few dozen bytes of an
+    account's fields (docs/architecture.md, "The accounts level" → "Cost").
+
+    The one use of numba below its documented API: ``overload`` and ``intrinsic`` are
+    public, the context's ``make_array`` and ``cgutils.raw_memcpy`` are not; so
+    pyproject.toml pins numba's minor version. Canary:
+    tests/unit/test_hashworker.py::test_the_compiled_copy_copies_what_a_slice_copies."""
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic, overload
+
+    raw_memcpy: Any = cgutils.raw_memcpy  # unannotated in numba
+
+    def typed(typingctx: Any, dst: Any, at: Any, src: Any, start: Any, count: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            dst_arg, at_arg, src_arg, start_arg, count_arg = args
+            into = context.make_array(signature.args[0])(context, builder, dst_arg)
+            outof = context.make_array(signature.args[2])(context, builder, src_arg)
+            raw_memcpy(
+                builder,
+                builder.gep(into.data, [at_arg]),
+                builder.gep(outof.data, [start_arg]),
+                count_arg,
+                1,
+            )
+            return context.get_dummy_value()
+
+        return types.void(dst, at, src, start, count), codegen
+
+    memcpy: Any = intrinsic(typed)
+
+    def copied(dst: Any, at: Any, src: Any, start: Any, count: Any) -> Any:
+        def compiled(dst: Any, at: Any, src: Any, start: Any, count: Any) -> None:
+            memcpy(dst, at, src, start, count)
+
+        return compiled
+
+    overload(_copy, jit_options={"nogil": True})(copied)
 
 
 @_kernel(None)
@@ -148,18 +196,24 @@ def lay_out_into(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any, ou
     )
     starts = np.empty(len(chosen), dtype=np.int64)
     ends = np.empty(len(chosen), dtype=np.int64)
+    # every copy is checked here, whatever the caller passed: compiled, a copy is a memcpy
+    reach = max(lamports + 8, executable + 1, owner + 32, pubkey + 32, data)
     pos = 0
     for n, i in enumerate(chosen):
         off = offsets[i]
-        starts[n] = pos
-        out[pos : pos + 8] = buf[off + lamports : off + lamports + 8]
-        pos += 8
         size = lens[i]
-        out[pos : pos + size] = buf[off + data : off + data + size]
+        if off < 0 or size < 0 or off + reach > len(buf) or off + data + size > len(buf):
+            raise ValueError("a record lies outside its buffer")
+        if pos + 73 + size > len(out):
+            raise ValueError("the messages pass the end of their buffer")
+        starts[n] = pos
+        _copy(out, pos, buf, off + lamports, 8)
+        pos += 8
+        _copy(out, pos, buf, off + data, size)
         pos += size
         out[pos] = buf[off + executable]
-        out[pos + 1 : pos + 33] = buf[off + owner : off + owner + 32]
-        out[pos + 33 : pos + 65] = buf[off + pubkey : off + pubkey + 32]
+        _copy(out, pos + 1, buf, off + owner, 32)
+        _copy(out, pos + 33, buf, off + pubkey, 32)
         pos += 65
         ends[n] = pos
     return starts, ends
