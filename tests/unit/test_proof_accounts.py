@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsproof import AccountsProof
-from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.accounts.pubkeyindex import PubkeyIndex
 from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.writing import Account, lattice_of_slots, write_storage
 
@@ -321,3 +322,28 @@ def test_small_pieces_keep_records_aligned_to_the_storage(
     slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
     for chunk in (1, 7, 4096):
         assert prove(built(slots, [3, 4]), chunk) == (model(slots), None)
+
+
+def test_the_index_table_is_sized_at_the_first_batch_from_the_manifests_valid_bytes() -> None:
+    # many storages of many accounts: sized once from the first batch's density, the table
+    # never doubles; the same archive with a budget too small to hold that index is not
+    # reserved for (it spills instead), and both prove the same lattice hash
+    slots = {
+        s: [Account(key(s * 1000 + n), 1 + n, b"t" * 165) for n in range(1000)] for s in range(1, 9)
+    }
+    given = built(slots, list(slots))
+    total = sum(s.current_len for s in given)
+    sizes = []
+    for memory in (512 * 1024**2, 64 * 1024):
+        proof = AccountsProof(AccountsLimits(memory=memory, budget=MemoryBudget(memory)))
+        proof.expect(total)
+        first = True
+        for storage in given:
+            feed(proof, storage, 1 << 20)
+            if first and proof.spill is None:
+                sizes.append(proof.index.nbytes() - 40 * proof.index.count)
+            first = False
+        if proof.spill is None:
+            assert proof.index.nbytes() - 40 * proof.index.count == sizes[-1]  # no doubling
+        assert proof.finish(reread_from({s.name: s.data for s in given})) == (model(slots), None)
+    assert sizes[0] >= PubkeyIndex(8000).table_bytes_for(8000)

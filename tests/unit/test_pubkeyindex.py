@@ -69,3 +69,22 @@ def test_capacity_is_checked_before_a_batch() -> None:
     assert index.fits(2) and not index.fits(3)
     with pytest.raises(ValueError, match="capacity"):
         PubkeyIndex(0)
+
+
+def test_a_reserved_table_takes_its_keys_without_doubling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = PubkeyIndex(10**6)
+    index.reserve(100_000)
+    reserved = index.table_bytes_for(100_000)
+    assert index.nbytes() == reserved  # the table alone, sized once
+    doublings: list[int] = []
+    grow = index._grow
+    monkeypatch.setattr(index, "_grow", lambda bits=None: doublings.append(1) or grow(bits))
+    numbers = list(range(100_000))
+    check_against_dict(index, [numbers[i : i + 7_000] for i in range(0, 100_000, 7_000)])
+    assert doublings == []
+    index.find(keys_of(list(range(100_000, 160_000))))  # past what was reserved: it grows
+    assert doublings
+    entry, made = index.find(keys_of(list(range(0, 160_000, 3))))  # every one found again
+    assert not made.any() and entry.tolist() == list(range(0, 160_000, 3))
