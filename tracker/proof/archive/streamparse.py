@@ -13,7 +13,7 @@ are such parsers.
 from __future__ import annotations
 
 from tracker.errors import EndOfInput
-from tracker.proof.formats.parsing import MARK, REST, Parser, ParserOf, Request
+from tracker.proof.formats.parsing import MARK, REST, Bulk, Parser, ParserOf, Request
 
 __all__ = ["MARK", "REST", "EndOfInput", "Feeder", "Parser", "ParserOf", "Request"]
 
@@ -25,6 +25,7 @@ class Feeder:
         self._parser = parser
         self._want: Request = next(parser)
         self._partial = bytearray()
+        self._views = False
         self.offset = 0  # bytes of the stream consumed so far
 
     @property
@@ -34,11 +35,13 @@ class Feeder:
 
     def feed(self, data: memoryview | bytes) -> None:
         """Consume all of ``data``."""
+        self._views = _immutable(data)
         self._consume(memoryview(data), 0, len(data), stop_at_mark=False)
 
     def feed_to_mark(self, data: memoryview, start: int, end: int) -> int:
         """Consume ``data[start:end]`` up to the first boundary after at least one byte;
         returns the position reached (``end`` when no boundary came first)."""
+        self._views = _immutable(data)
         return self._consume(data, start, end, stop_at_mark=True)
 
     def _consume(self, data: memoryview, start: int, end: int, *, stop_at_mark: bool) -> int:
@@ -72,7 +75,9 @@ class Feeder:
         take = min(want - len(partial), end - pos)
         self.offset += take
         if not partial and take == want:
-            return self._parser.send(bytes(data[pos : pos + want])), pos + take
+            view = data[pos : pos + want]
+            sent = view if self._views and type(want) is Bulk else bytes(view)
+            return self._parser.send(sent), pos + take
         partial += data[pos : pos + take]
         if len(partial) < want:
             return want, pos + take
@@ -87,3 +92,9 @@ class Feeder:
             return
         self._parser.throw(EndOfInput(self.offset))
         raise AssertionError("a parser went on after the end of its input")  # pragma: no cover
+
+
+def _immutable(data: memoryview | bytes) -> bool:
+    """True when ``data`` is (a view of) ``bytes``: a Bulk request may be sent a view of it,
+    which nothing can change and which keeps it alive."""
+    return isinstance(data.obj if isinstance(data, memoryview) else data, bytes)

@@ -6,7 +6,12 @@ A parser is a generator that yields *requests* and is sent the answers:
 - ``n < 0``: skip ``-n`` bytes (it is sent ``None``): data that is not needed is never copied;
 - :data:`MARK`: a boundary where the stream may end (it is sent ``None`` once more bytes come);
 - :data:`REST`: whatever bytes come next, at least one, as a ``memoryview`` valid until the
-  next request (the stream may end here too).
+  next request (the stream may end here too);
+- ``Bulk(n)``: the next ``n`` bytes like ``n``, but sent as a read-only ``memoryview`` over
+  the stream's own chunk, not copied, when they lie in one chunk of immutable ``bytes`` (the
+  view keeps it alive: it stays valid as long as the parser holds it). For the large reads
+  (a storage's pieces, megabytes each) whose copy was the feeding's main cost
+  (docs/architecture.md, "The accounts level" → "Cost").
 
 A stream that ends while a parser wants bytes throws :class:`~tracker.errors.EndOfInput` into
 it, which it turns into its own one-line reason. ``tracker.proof.archive.streamparse.Feeder`` drives
@@ -27,6 +32,12 @@ Parser: TypeAlias = ParserOf[None]
 
 MARK: Request = 0
 REST: Request = None
+
+
+class Bulk(int):
+    """A request of ``n`` bytes that may be answered with a view (see the module)."""
+
+    __slots__ = ()
 
 
 def run(parser: ParserOf[T], data: bytes) -> T | None:

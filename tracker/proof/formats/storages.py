@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, EndOfInput
 from tracker.proof.formats import kernels
-from tracker.proof.formats.parsing import ParserOf
+from tracker.proof.formats.parsing import Bulk, ParserOf
 
 #: Fixed bytes of a record before its data (agave's STORE_META_OVERHEAD).
 META = 136
@@ -157,13 +157,13 @@ def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserO
     read = 0  # valid bytes read so far
     pos = 0  # storage offset of the next buffer's first byte
     skip = 0  # padding at the start of the next buffer
-    carry = b""  # the start of a record the last buffer ended inside
+    carry: bytes | memoryview = b""  # the start of a record the last buffer ended inside
     try:
         while read < current_len:
             want = _next_read(carry, current_len - read)
-            piece = yield want
+            piece = yield Bulk(want)  # a view of the decoded chunk where it lies in one
             read += want
-            buf = carry + piece if carry else piece
+            buf = b"".join((carry, piece)) if carry else piece
             end = len(buf)
             array = np.frombuffer(buf, dtype=np.uint8)
             offsets, lens, stop = scan(array, skip, end, pos, name)
@@ -188,7 +188,7 @@ def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserO
     return count
 
 
-def _next_read(carry: bytes, left: int) -> int:
+def _next_read(carry: bytes | memoryview, left: int) -> int:
     """Bytes to ask for next: a piece, or all that the carried record still lacks."""
     want = PIECE
     if len(carry) >= META:
