@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits
-from tracker.proof.archive import reread as reread_module
 from tracker.proof.archive.reread import ArchiveReread
 
 
@@ -71,37 +69,3 @@ def test_the_second_read_reads_headers_as_the_check_does(tmp_path: Path) -> None
             b"".join(reread("accounts/2.2", 7))
     finally:
         reread.close()
-
-
-def _readers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "accounts-reread"]
-
-
-def test_the_decoding_thread_ends_with_the_read_whichever_way_it_ends(
-    archive: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # decoded ahead by a thread of its own: closed after a whole read, after one left
-    # half-way (the thread waits to hand a piece over: pieces of 512 bytes, two ahead), and
-    # a decoding error in the thread reaches the reader as it did in the reader's own thread
-    monkeypatch.setattr(reread_module, "STEP", 512)
-    first = storages()[0]
-    whole = ArchiveReread(*archive)
-    assert b"".join(whole(first.name, 0)) == first.data
-    half = ArchiveReread(*archive)
-    next(iter(half(first.name, 0)))
-    assert len(_readers()) >= 1  # the half-way one, waiting
-    whole.close()
-    half.close()
-    assert _readers() == []
-    broken = tmp_path / "snapshot-100.tar.zst"
-    data = bytearray(ARCHIVE.read_bytes())
-    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # its second half zeroed
-    broken.write_bytes(data)
-    reread = ArchiveReread(str(broken), ".tar.zst")
-    try:
-        last = storages()[-1]  # the storages come in the archive's order: read up to it
-        with pytest.raises(zstandard.ZstdError):
-            b"".join(reread(last.name, 0))
-    finally:
-        reread.close()
-    assert _readers() == []

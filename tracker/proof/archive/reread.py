@@ -7,9 +7,7 @@ member from an offset on (docs/architecture.md, "The accounts level"). It decode
 the order they came, so all its asks cost at most one more decompression of the archive up to the
 last member asked for, never one per member; a member before the current place (not asked by the
 proof) starts over. Member data before the wanted offset, and members not asked for, are decoded and
-dropped, not copied. A thread of its own decodes ahead (:class:`_ReadAhead`; the decompressors
-release the GIL), so that the next piece decodes while the proof takes the superseded records
-out of this one.
+dropped, not copied.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ import bz2
 import contextlib
 import gzip
 import lzma
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,8 +33,6 @@ if TYPE_CHECKING:
 
 #: Bytes read from the decoded stream at once.
 STEP = 1024 * 1024
-#: Decoded pieces of STEP held ahead of the proof.
-AHEAD = 2
 
 
 def _open(path: str, ext: str) -> IO[bytes]:
@@ -105,7 +99,7 @@ class ArchiveReread:
     def __init__(self, path: str, ext: str) -> None:
         self._path = path
         self._ext = ext
-        self._stream: _ReadAhead | None = None
+        self._stream: IO[bytes] | None = None
         self._at = 0  # decoded offset of the next header
         self._seen: set[str] = set()
 
@@ -115,11 +109,11 @@ class ArchiveReread:
             self._stream.close()
             self._stream = None
 
-    def __call__(self, name: str, start: int) -> Iterator[bytes | memoryview]:
+    def __call__(self, name: str, start: int) -> Iterator[bytes]:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            self._stream = _ReadAhead(_open(self._path, self._ext))
+            self._stream = _open(self._path, self._ext)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -127,16 +121,17 @@ class ArchiveReread:
         self._skip(self._stream, min(start, size))
         left = max(0, size - start)
         try:
-            for piece in self._stream.pieces(left):
+            while left:
+                piece = self._stream.read(min(STEP, left))
+                if not piece:
+                    raise ArchiveInvalid(f"second read: the archive ends inside {name}")
                 left -= len(piece)
                 yield piece
-            if left:
-                raise ArchiveInvalid(f"second read: the archive ends inside {name}")
         finally:
             self._skip(self._stream, padded - size + left)
             self._at += padded + BLOCK
 
-    def _find(self, stream: _ReadAhead, name: str) -> int:
+    def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one
         # way the check read it (docs/architecture.md, "One reading of the tar stream").
         while True:
@@ -152,73 +147,16 @@ class ArchiveReread:
             self._at += BLOCK + padded
 
     @staticmethod
-    def _exactly(stream: _ReadAhead, count: int) -> bytes:
-        data = b"".join(stream.pieces(count))
+    def _exactly(stream: IO[bytes], count: int) -> bytes:
+        data = stream.read(count)
         if len(data) != count:
             raise ArchiveInvalid("second read: the archive ends early")
         return data
 
     @staticmethod
-    def _skip(stream: _ReadAhead, count: int) -> None:
-        for _ in stream.pieces(count):
-            pass
-
-
-class _ReadAhead:
-    """A decoded stream read by a thread of its own, :data:`AHEAD` pieces of :data:`STEP`
-    ahead of its reader (what the decompressor raises is raised to the reader);
-    :meth:`close` stops the thread and closes the stream."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(AHEAD)
-        self._stop = threading.Event()
-        self._piece = memoryview(b"")
-        self._ended = False
-        self._thread = threading.Thread(target=self._decode, name="accounts-reread", daemon=True)
-        self._thread.start()
-
-    def _decode(self) -> None:
-        try:
-            while not self._stop.is_set():
-                piece = self._stream.read(STEP)
-                self._put(piece)
-                if not piece:
-                    return
-        except BaseException as exc:  # handed to the reader, raised there
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(item, timeout=0.1)
-                return
-
-    def pieces(self, count: int) -> Iterator[memoryview]:
-        """The next ``count`` bytes (fewer at the stream's end), as views of the decoded
-        pieces, each valid as long as it is held."""
+    def _skip(stream: IO[bytes], count: int) -> None:
         while count > 0:
-            if not self._piece:
-                if self._ended:
-                    return
-                item = self._queue.get()
-                if isinstance(item, BaseException):
-                    self._ended = True
-                    raise item
-                if not item:
-                    self._ended = True
-                    return
-                self._piece = memoryview(item)
-            piece = self._piece[:count]
-            self._piece = self._piece[len(piece) :]
+            piece = stream.read(min(STEP, count))
+            if not piece:
+                return
             count -= len(piece)
-            yield piece
-
-    def close(self) -> None:
-        """Stop the decoding thread (it ends within one piece) and close the stream."""
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:  # a thread waiting to put is let go at once
-                self._queue.get_nowait()
-        self._thread.join()
-        self._stream.close()
