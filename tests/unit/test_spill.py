@@ -352,3 +352,17 @@ def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) ->
     assert 0 < budget.peak <= room  # shared, never over
     assert any(spilled)
     assert budget.used == 0 and os.listdir(tmp_path) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4)), min_size=0, max_size=300),
+    st.booleans(),
+)
+def test_the_partitions_order_is_lexsorts(pairs: list[tuple[int, int]], wide: bool) -> None:
+    # the dedup's order (by fingerprint, then slot, then index: which copy of a pubkey stored
+    # twice in a slot is named) is exactly np.lexsort's, ties of both kinds included
+    prints = np.array([p * (2**60 if wide else 1) for p, _ in pairs], dtype=np.uint64)
+    slots = np.array([s for _, s in pairs], dtype=np.uint64)
+    expected = np.lexsort((slots, prints))
+    assert spill_module._by_print_then_slot(prints, slots).tolist() == expected.tolist()
