@@ -249,10 +249,14 @@ class SpillIndex:
 
     def _write(self, rows: U64, prefix: str, level: int) -> None:
         shift = np.uint64(64 - _BITS * (level + 1))
-        parts = (fingerprints(rows[:, :4], self.mults) >> shift) & np.uint64(FANOUT - 1)
+        # a partition's number as a byte: numpy's stable sort of bytes is a radix sort,
+        # ~13x faster than of the u64 words
+        parts = ((fingerprints(rows[:, :4], self.mults) >> shift) & np.uint64(FANOUT - 1)).astype(
+            np.uint8
+        )
         order = np.argsort(parts, kind="stable")
         ordered = rows[order]
-        bounds = np.searchsorted(parts[order], np.arange(FANOUT + 1, dtype=np.uint64))
+        bounds = np.searchsorted(parts[order], np.arange(FANOUT + 1, dtype=np.uint8))
         for part in range(FANOUT):
             lo, hi = int(bounds[part]), int(bounds[part + 1])
             if hi > lo:
