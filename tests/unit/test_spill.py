@@ -95,10 +95,16 @@ def test_colliding_fingerprints_never_make_two_accounts_one() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_versions.filter(lambda r: not model_superseded(r)[1]), st.booleans())
+@given(
+    _versions.filter(lambda r: not model_superseded(r)[1]), st.booleans(), st.sampled_from([1, 3])
+)
 def test_the_spilled_index_matches_a_dict_through_splits(
-    tmp_path_factory: pytest.TempPathFactory, rnd: list[tuple[int, int, bool]], colliding: bool
+    tmp_path_factory: pytest.TempPathFactory,
+    rnd: list[tuple[int, int, bool]],
+    colliding: bool,
+    threads: int,
 ) -> None:
+    # partitions deduplicated one at a time or by three threads, each within its share
     root = tmp_path_factory.mktemp("spill")
     keys, locators, storage_slots = versions_of(rnd)
     directory = SpillDir(str(root))
@@ -109,13 +115,13 @@ def test_the_spilled_index_matches_a_dict_through_splits(
     def twice(key: np.ndarray, locator: int) -> None:
         raise AssertionError("no pubkey is twice in a slot here")
 
-    memory = 20 * spill_module.DEDUP_COST  # partitions of more than 20 records split
+    memory = 20 * spill_module.DEDUP_COST * threads  # partitions of over 20 records split
     if colliding and len(rnd) > 20:  # one partition whatever the bits: it cannot split
         with pytest.raises(NoRoom, match="pass the memory of the proof"):
-            index.superseded_runs(storage_slots, memory, twice)
+            index.superseded_runs(storage_slots, memory, twice, threads)
         directory.remove()
         return
-    index.superseded_runs(storage_slots, memory, twice)
+    index.superseded_runs(storage_slots, memory, twice, threads)
     pieces = list(index.superseded_in_order(64, 16 * 10))  # pieces of at most ~10 locators
     got = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint64)
     assert (np.diff(got.astype(np.int64)) > 0).all()  # sorted across pieces: storage order

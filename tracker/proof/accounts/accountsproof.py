@@ -301,7 +301,7 @@ class AccountsProof:
             )
 
         try:
-            spill.superseded_runs(slots, memory, twice)
+            spill.superseded_runs(slots, memory, twice, self.limits.workers)
             self.progress.spilled = spill.dir.written
             if not spill.dir.size("s"):
                 return None

@@ -28,7 +28,9 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -146,6 +148,7 @@ class SpillDir:
             ) from None
         self.written = 0  # bytes in its files now
         self.peak = 0
+        self._writing = threading.Lock()  # partitions deduplicated in threads append here
 
     def file(self, name: str) -> str:
         """The path of the run file ``name``."""
@@ -157,23 +160,26 @@ class SpillDir:
         view = np.ascontiguousarray(data).data.cast("B")
         if not len(view):
             return
-        self.need(len(view))
-        try:
-            fd = os.open(
-                self.file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise NoRoom(f"not proven: the temporary file could not be made: {exc}") from None
-        try:
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-                self.written += written
-        except OSError as exc:
-            raise NoRoom(f"not proven: the temporary file could not be written: {exc}") from None
-        finally:
-            os.close(fd)
-        self.peak = max(self.peak, self.written)
+        with self._writing:
+            self.need(len(view))
+            try:
+                fd = os.open(
+                    self.file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            except OSError as exc:
+                raise NoRoom(f"not proven: the temporary file could not be made: {exc}") from None
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    self.written += written
+            except OSError as exc:
+                raise NoRoom(
+                    f"not proven: the temporary file could not be written: {exc}"
+                ) from None
+            finally:
+                os.close(fd)
+            self.peak = max(self.peak, self.written)
 
     def need(self, count: int) -> None:
         """NoRoom unless ``count`` more bytes fit on the file system (with a margin)."""
@@ -198,10 +204,11 @@ class SpillDir:
 
     def delete(self, name: str) -> None:
         """Remove run file ``name``."""
-        size = self.size(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.file(name))
-        self.written -= size
+        with self._writing:
+            size = self.size(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.file(name))
+            self.written -= size
 
     def remove(self) -> None:
         """Delete the directory and everything in it (idempotent)."""
@@ -225,6 +232,7 @@ class SpillIndex:
         self._staged = 0
         self.records = 0
         self.superseded = 0
+        self._counting = threading.Lock()
 
     def add(self, keys: U64, locators: U64) -> None:
         """Add versions: their pubkeys (n, 4) and locators."""
@@ -267,14 +275,31 @@ class SpillIndex:
         storage_slots: U64,
         memory: int,
         twice: Callable[[U64, int], None],
+        threads: int = 1,
     ) -> None:
         """Deduplicate every partition within ``memory`` bytes (splitting those that do
         not fit), appending the superseded versions that counted to the run file ``s``;
-        ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises)."""
+        ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises).
+        ``threads`` partitions at once, each within its share of ``memory`` (numpy's sorts
+        and reads release the GIL; the hashing processes are idle by then)."""
         self.flush()
         self._stage = np.empty((0, 5), dtype=np.uint64)
-        for part in range(FANOUT):
-            self._partition(f"p{part:02d}", 0, storage_slots, memory, twice)
+        threads = max(1, min(threads, FANOUT))
+        share = memory // threads
+        if threads == 1:
+            for part in range(FANOUT):
+                self._partition(f"p{part:02d}", 0, storage_slots, share, twice)
+            return
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
+        try:
+            done = [
+                pool.submit(self._partition, f"p{part:02d}", 0, storage_slots, share, twice)
+                for part in range(FANOUT)
+            ]
+            for future in done:
+                future.result()  # the first failure raises; the rest are not started
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def _partition(
         self,
@@ -305,8 +330,9 @@ class SpillIndex:
         counted, at = superseded_of(keys, rows[:, 4], storage_slots, self.mults)
         if at is not None:
             twice(keys[at], int(rows[at, 4]))
-        self.superseded += len(counted)
         self.dir.append("s", counted)
+        with self._counting:
+            self.superseded += len(counted)
 
     def superseded_in_order(self, storages: int, memory: int) -> Iterator[U64]:
         """The superseded locators of run file ``s``, sorted, in pieces of at most
