@@ -472,3 +472,35 @@ def test_the_compiled_copy_copies_what_a_slice_copies() -> None:
     beyond[chosen[-1]] = len(buf) - META
     with pytest.raises(ValueError, match="outside its buffer"):
         kernels.lay_out(buf, beyond, lens.astype(np.int64), chosen, fields)
+
+
+def test_the_child_starts_with_what_it_hashes_with_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its start-up is paid by every proof: no budget module (attrs and the rest) in the child,
+    # and one OpenBLAS thread (numpy's import starts one a core otherwise, never used here)
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tracker.proof.accounts.hashworker;"
+            "print(sorted(m for m in sys.modules if m.startswith(('tracker', 'attr'))))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": hashworker._package_root()},
+    ).stdout
+    assert "tracker.proof.accounts.budget" not in loaded and "'attr'" not in loaded
+    started: list[dict[str, str]] = []
+    real = subprocess.Popen
+
+    def popen(*args: object, **kwargs: object) -> object:
+        started.append(kwargs["env"])  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(hashworker.subprocess, "Popen", popen)
+    worker = HashWorker(start_from=0)
+    try:
+        worker.add(np.zeros(73, dtype=np.uint8), np.array([73], dtype=np.int64), 1)
+    finally:
+        worker.close()
+    assert started and started[0]["OPENBLAS_NUM_THREADS"] == "1"
