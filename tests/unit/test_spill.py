@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -227,6 +229,39 @@ def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
     old = time.time() - 2 * LOCKLESS_GRACE
     os.utime(starting, (old, old))  # long since: a killed process's half-made directory
     assert clean_leftovers(str(tmp_path)) == 1 and not starting.exists()
+
+
+def test_a_proof_starting_while_another_cleans_keeps_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another proof cleans leftovers in the very moment between this one's making its lock
+    # file and locking it (three proofs starting at once hit it): the directory stays
+    real = fcntl.flock
+    cleaned: list[int] = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not cleaned:
+            cleaned.append(clean_leftovers(str(tmp_path)))
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    directory = SpillDir(str(tmp_path))
+    monkeypatch.undo()
+    assert cleaned == [0] and os.path.isdir(directory.path)
+    assert clean_leftovers(str(tmp_path)) == 0  # locked now: kept
+    directory.append("p00", np.zeros(5, dtype=np.uint64))
+    directory.remove()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_spill_directory_gone_in_the_middle_stops_the_proof_not_the_check(
+    tmp_path: Path,
+) -> None:
+    directory = SpillDir(str(tmp_path))
+    shutil.rmtree(directory.path)  # removed under the proof (an operator, a full disk's fsck)
+    with pytest.raises(NoRoom, match="is unusable"):
+        directory.need(40)
+    directory.remove()
 
 
 def test_an_unusable_temporary_directory_leaves_the_archive_at_manifest(tmp_path: Path) -> None:

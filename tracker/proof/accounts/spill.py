@@ -137,10 +137,14 @@ class SpillDir:
             os.makedirs(self.root, exist_ok=True)
             clean_leftovers(self.root)
             self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.root)
-            self._lock = os.open(
-                os.path.join(self.path, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            # The lock file appears locked or not at all: made under another name, locked,
+            # then renamed. Another proof cleaning leftovers meanwhile would otherwise find
+            # it unlocked and remove a directory just made (its grace period covers a young
+            # directory without a lock file, not one whose lock is free).
+            starting = os.path.join(self.path, "lock.new")
+            self._lock = os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
+            os.rename(starting, os.path.join(self.path, "lock"))
         except OSError as exc:  # the proof stops, the archive is not at fault
             raise NoRoom(
                 f"not proven: the temporary directory {self.root!r} is unusable: "
@@ -191,8 +195,16 @@ class SpillDir:
             )
 
     def free(self) -> int:
-        """Bytes free for this process on the directory's file system."""
-        stats = os.statvfs(self.path)
+        """Bytes free for this process on the directory's file system; NoRoom when the
+        directory cannot be asked (gone, the file system failing): the proof stops, the
+        archive is not at fault."""
+        try:
+            stats = os.statvfs(self.path)
+        except OSError as exc:
+            raise NoRoom(
+                f"not proven: the temporary directory {self.root!r} is unusable: "
+                f"{exc.strerror or exc}"
+            ) from None
         return stats.f_bavail * stats.f_frsize
 
     def size(self, name: str) -> int:
