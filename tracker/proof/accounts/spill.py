@@ -242,9 +242,6 @@ class SpillIndex:
         self._capacity = max(64, stage_bytes // (2 * RECORD + 24))
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
-        self.records = 0
-        self.superseded = 0
-        self._counting = threading.Lock()
 
     def add(self, keys: U64, locators: U64) -> None:
         """Add versions: their pubkeys (n, 4) and locators."""
@@ -258,7 +255,6 @@ class SpillIndex:
             at += take
             if self._staged == self._capacity:
                 self.flush()
-        self.records += len(locators)
 
     def flush(self) -> None:
         """Write the staged records to their partitions' run files."""
@@ -298,10 +294,6 @@ class SpillIndex:
         self._stage = np.empty((0, 5), dtype=np.uint64)
         threads = max(1, min(threads, FANOUT))
         share = memory // threads
-        if threads == 1:
-            for part in range(FANOUT):
-                self._partition(f"p{part:02d}", 0, storage_slots, share, twice)
-            return
         pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
         try:
             done = [
@@ -343,8 +335,6 @@ class SpillIndex:
         if at is not None:
             twice(keys[at], int(rows[at, 4]))
         self.dir.append("s", counted)
-        with self._counting:
-            self.superseded += len(counted)
 
     def superseded_in_order(self, storages: int, memory: int) -> Iterator[U64]:
         """The superseded locators of run file ``s``, sorted, in pieces of at most
