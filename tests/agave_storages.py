@@ -15,8 +15,8 @@ import attrs
 import zstandard
 
 from tracker.proof.accounts.accountsproof import AccountsProof
-from tracker.proof.archive.streamparse import MARK, Feeder, Parser, ParserOf
 from tracker.proof.formats.storages import META, aligned
+from tracker.proof.formats.streamparse import MARK, Feeder, Parser, ParserOf
 
 DATA = Path(__file__).parent / "data" / "agave-snapshot"
 ARCHIVE = DATA / "test-snapshot-v4.2.0-beta.1.tar.zst"

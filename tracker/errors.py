@@ -31,7 +31,7 @@ exception class::
     ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
     ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
     ├── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
-    │                      by tracker.proof.archive.streamparse; it words its own ArchiveInvalid)
+    │                      by tracker.proof.formats.streamparse; it words its own ArchiveInvalid)
     ├── StatementInvalid   a signed statement about an archive (an attestation) or its signing
     │                      key is malformed, badly signed, expired or about another file
     ├── VoteInvalid        a vote instruction's data does not decode (the cluster level)
@@ -179,7 +179,7 @@ class ArchiveInvalid(TrackerError):
 
 
 class EndOfInput(TrackerError):
-    """Thrown into a stream parser (:mod:`tracker.proof.archive.streamparse`) when the stream ends
+    """Thrown into a stream parser (:mod:`tracker.proof.formats.streamparse`) when the stream ends
     while it still wants bytes; ``at`` is the stream's length (every byte the parser was
     given, including a partial read)."""
 

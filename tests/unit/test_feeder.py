@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker.proof.archive.streamparse import Feeder
 from tracker.proof.formats.parsing import Bulk, ParserOf
+from tracker.proof.formats.streamparse import Feeder
 
 
 def asking(*wants: int) -> tuple[list[Any], ParserOf[None]]:

@@ -29,7 +29,6 @@ from tracker.proof.accounts.accounthash import LocalSum
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, WorkerSlots
 from tracker.proof.accounts.hashworker import HashPool, HashWorker
-from tracker.proof.accounts.pubkeyindex import PubkeyIndex
 from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats import kernels
 from tracker.proof.formats.storages import MAX_DATA, META
@@ -267,15 +266,6 @@ async def test_a_cancelled_check_stops_its_worker(
     assert not workers()
 
 
-def test_the_index_reads_no_pubkey_outside_its_buffer() -> None:
-    index = PubkeyIndex(100)
-    buf = np.zeros(64, dtype=np.uint8)
-    with pytest.raises(ValueError, match="outside"):
-        index.find_at(buf, np.array([33], dtype=np.int64))
-    with pytest.raises(ValueError, match="capacity"):
-        PubkeyIndex(1).find_at(buf, np.array([0, 32], dtype=np.int64))
-
-
 def interpreted(name: str) -> kernels._Kernel:
     return kernels._Kernel(kernels._RAW[name], None, 1)
 
@@ -400,33 +390,6 @@ async def test_a_following_check_of_a_large_full_proves_it_with_a_worker(tmp_pat
     assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
     assert kernels._LOADED
     assert not workers()
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.integers(-300, 3000), max_size=12),
-    st.lists(st.sampled_from([0, 1, 165, MAX_DATA + 1, 2**63, 2**64 - 1]), min_size=1),
-    st.booleans(),
-)
-def test_the_second_reads_records_are_found_within_the_chunk(
-    offsets: list[int], lens: list[int], zero_lamports: bool
-) -> None:
-    """Hostile offsets and lengths (before the chunk, past it, data past 10 MiB or past i64):
-    compiled and interpreted find the same records and stop at the same one, never reading
-    outside the chunk."""
-    chunk = bytearray(2048)
-    for i, at in enumerate(range(0, 2048 - META, 256)):
-        struct.pack_into("<Q", chunk, at + 8, lens[i % len(lens)])
-        struct.pack_into("<Q", chunk, at + 48, 0 if zero_lamports and i == 2 else 5)
-    array = np.frombuffer(bytes(chunk), dtype=np.uint8)
-    rel = np.array(sorted(offsets), dtype=np.int64)
-    kernels.load()
-    got = kernels.wanted_records(array, rel, META, MAX_DATA, 48)
-    want = interpreted("wanted_records")(array, rel, META, MAX_DATA, 48)
-    assert got[0].tolist() == want[0].tolist()
-    assert (int(got[1]), int(got[2])) == (int(want[1]), int(want[2]))
-    for at, size in zip(rel[: int(got[1])].tolist(), got[0].tolist(), strict=True):
-        assert at >= 0 and at + META + size <= len(array)
 
 
 def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -12,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts.accounthash import LocalSum
 from tracker.proof.accounts.accountsproof import AccountsProof
-from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
-from tracker.proof.accounts.pubkeyindex import PubkeyIndex
+from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.formats import storages as storage_format
+from tracker.proof.formats.parsing import run
 from tracker.proof.formats.writing import Account, lattice_of_slots, write_storage
 
 Members = dict[str, bytes]
@@ -57,21 +59,52 @@ def test_the_superseded_version_is_left_out_whatever_order_the_storages_come_in(
     assert prove([storages()[i] for i in order]) == (expected_lt_hash(), None)
 
 
-def test_without_a_second_read_an_older_version_first_is_not_proven() -> None:
-    proof = AccountsProof(AccountsLimits(max_accounts=1000))
-    for storage in storages():  # slot 98 first: its version counted, superseded later
-        feed(proof, storage, 4096)
-    assert proof.finish(None) == (
-        None,
-        "not proven: 1 superseded versions need a second read of the archive",
-    )
+def test_without_a_second_read_nothing_is_proven() -> None:
+    # the first read indexes, the second hashes: whatever the order of the storages
+    for ordered in (storages(), list(reversed(storages()))):
+        proof = AccountsProof(AccountsLimits(max_accounts=1000))
+        for storage in ordered:
+            feed(proof, storage, 4096)
+        assert proof.finish(None) == (None, "not proven: 9 accounts need a second read")
 
 
-def test_the_newest_version_first_needs_no_second_read() -> None:
-    proof = AccountsProof(AccountsLimits(max_accounts=1000))
-    for storage in reversed(storages()):
-        feed(proof, storage, 4096)
-    assert proof.finish(None) == (expected_lt_hash(), None)
+def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> None:
+    # slot 98's version of the pubkey that slot 100 stores again is never hashed, in either
+    # order: the summer sees exactly the newest versions with lamports
+    seen: list[int] = []
+
+    class Counting(LocalSum):
+        def add(self, work: Any, ends: Any, sign: int) -> None:
+            assert sign == 1
+            seen.append(len(ends))
+            super().add(work, ends, sign)
+
+    for ordered in (storages(), list(reversed(storages()))):
+        seen.clear()
+        proof = AccountsProof(AccountsLimits(max_accounts=1000), Counting())
+        for storage in ordered:
+            feed(proof, storage, 4096)
+        assert proof.finish(reread_from({s.name: s.data for s in ordered})) == (
+            expected_lt_hash(),
+            None,
+        )
+        assert sum(seen) == newest_with_lamports(ordered) == 8
+
+
+def newest_with_lamports(given: Sequence[Storage]) -> int:
+    """How many pubkeys' newest version (by slot) has lamports: read with the storage parser."""
+    newest: dict[bytes, int] = {}
+    for storage in sorted(given, key=lambda s: s.slot):
+
+        def sink(batch: storage_format.Records) -> None:
+            for pubkey, lamports in zip(batch.pubkeys(), batch.lamports(), strict=True):
+                newest[pubkey.tobytes()] = int(lamports)
+
+        parser = storage_format.parse_storage(
+            storage.name, len(storage.data), storage.current_len, sink
+        )
+        run(parser, storage.data)
+    return sum(1 for lamports in newest.values() if lamports)
 
 
 def test_a_storage_with_spare_capacity_is_read_to_its_valid_length_only() -> None:
@@ -217,19 +250,19 @@ def test_superseded_versions_past_the_bound_stop_the_level_too() -> None:
 
 
 def test_a_second_read_that_differs_is_refused() -> None:
-    slots = {1: [Account(key(1), 5, b"x")], 2: [Account(key(1), 6, b"y")]}
+    slots = {1: [Account(key(1), 5, b"x")], 2: [Account(key(1), 6, b"y"), Account(key(2), 1)]}
     made = built(slots, [1, 2])
-    proof = AccountsProof(AccountsLimits(max_accounts=10))
-    for storage in made:
-        feed(proof, storage, 4096)
-    changed = write_storage([Account(key(1), 0, b"x")])
-    with pytest.raises(ArchiveInvalid, match="second read of the record at byte 0 differs"):
-        proof.finish(reread_from({"accounts/1.0": changed, "accounts/2.1": made[1].data}))
-    proof = AccountsProof(AccountsLimits(max_accounts=10))
-    for storage in made:
-        feed(proof, storage, 4096)
-    with pytest.raises(ArchiveInvalid, match="second read ended at byte 0, before"):
-        proof.finish(reread_from({"accounts/1.0": b"", "accounts/2.1": made[1].data}))
+    again = {"accounts/1.0": made[0].data, "accounts/2.1": made[1].data}
+    for changed, reason in (
+        # as many bytes, one record fewer
+        (write_storage([Account(key(1), 6, b"y" * 144)]), r"differs from the first \(1 rec"),
+        (b"", "the member ends at byte 0"),
+    ):
+        proof = AccountsProof(AccountsLimits(max_accounts=10))
+        for storage in made:
+            feed(proof, storage, 4096)
+        with pytest.raises(ArchiveInvalid, match=reason):
+            proof.finish(reread_from({**again, "accounts/2.1": changed}))
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -322,28 +355,3 @@ def test_small_pieces_keep_records_aligned_to_the_storage(
     slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
     for chunk in (1, 7, 4096):
         assert prove(built(slots, [3, 4]), chunk) == (model(slots), None)
-
-
-def test_the_index_table_is_sized_at_the_first_batch_from_the_manifests_valid_bytes() -> None:
-    # many storages of many accounts: sized once from the first batch's density, the table
-    # never doubles; the same archive with a budget too small to hold that index is not
-    # reserved for (it spills instead), and both prove the same lattice hash
-    slots = {
-        s: [Account(key(s * 1000 + n), 1 + n, b"t" * 165) for n in range(1000)] for s in range(1, 9)
-    }
-    given = built(slots, list(slots))
-    total = sum(s.current_len for s in given)
-    sizes = []
-    for memory in (512 * 1024**2, 64 * 1024):
-        proof = AccountsProof(AccountsLimits(memory=memory, budget=MemoryBudget(memory)))
-        proof.expect(total)
-        first = True
-        for storage in given:
-            feed(proof, storage, 1 << 20)
-            if first and proof.spill is None:
-                sizes.append(proof.index.nbytes() - 40 * proof.index.count)
-            first = False
-        if proof.spill is None:
-            assert proof.index.nbytes() - 40 * proof.index.count == sizes[-1]  # no doubling
-        assert proof.finish(reread_from({s.name: s.data for s in given})) == (model(slots), None)
-    assert sizes[0] >= PubkeyIndex(8000).table_bytes_for(8000)

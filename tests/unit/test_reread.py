@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits
-from tracker.proof.archive.reread import ArchiveReread
+from tracker.proof.archive.reread import STEP, ArchiveReread
+from tracker.proof.formats import storages as storage_format
 
 
 @pytest.fixture(params=[".tar.zst", ".tar"])
@@ -69,3 +72,29 @@ def test_the_second_read_reads_headers_as_the_check_does(tmp_path: Path) -> None
             b"".join(reread("accounts/2.2", 7))
     finally:
         reread.close()
+
+
+def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
+    # each piece a storage parser asks for is then one chunk, taken as a view, not copied
+    assert STEP == storage_format.PIECE
+
+
+def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / ARCHIVE.name
+    path.write_bytes(ARCHIVE.read_bytes())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # what the check read
+    first = storages()[0].name
+    reread = ArchiveReread(str(path), ".tar.zst", digest)
+    b"".join(reread(first, 0))
+    reread.confirm()  # the same bytes: the rest read to the end, its digest the check's
+    reread.close()
+    with path.open("r+b") as f:  # the last byte rewritten before the second read
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    changed = ArchiveReread(str(path), ".tar.zst", digest)
+    b"".join(changed(first, 0))
+    with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
+        changed.confirm()
+    changed.close()

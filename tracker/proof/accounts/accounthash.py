@@ -44,6 +44,11 @@ class Summer(Protocol):
         hashing reads them (a worker's shared memory: no copy through a pipe), or None:
         the caller lays them out in a buffer of its own. The next :meth:`add` passes it."""
 
+    def expect(self, count: int) -> None:
+        """At least ``count`` messages will come (the first read's records, before the second
+        read hashes them): a worker process is started now when that many are worth one, so
+        that it is ready when they come."""
+
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """Add (``sign`` 1) or take out (-1) the hashes of the messages of ``work``."""
 
@@ -63,6 +68,9 @@ class LocalSum:
     def room(self, size: int) -> None:
         """See :class:`Summer`: hashed where it is laid out."""
         return None
+
+    def expect(self, count: int) -> None:
+        """See :class:`Summer`: no process to start."""
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """See :class:`Summer`."""

@@ -1,4 +1,4 @@
-"""The accounts level: an archive's lattice hash recomputed from its storages as they stream by.
+"""The accounts level: an archive's lattice hash recomputed from its storages, in two reads.
 
 Use (docs/architecture.md, "Proven archives" → "The accounts level")::
 
@@ -13,50 +13,43 @@ Use (docs/architecture.md, "Proven archives" → "The accounts level")::
 why the archive stays at ``manifest`` (``not proven: N accounts over the bound of M``, an
 operator's bound; ``not proven: N bytes of temporary space needed, M free``).
 ``reread(member, start)`` gives the bytes of a storage member's data from byte ``start``
-on, as an iterable of chunks (it is closed once enough came); it is asked only for storages
-holding versions that a newer one superseded after they were counted, once per storage, in
-the order the storages came. Bad storages raise ArchiveInvalid with one line from the parser
-or from ``finish``. The messages are hashed by ``summer``
-(:class:`~tracker.proof.accounts.accounthash. Summer`; in the caller's thread when None); a summer
-that fails (a worker process gone) leaves the archive at ``manifest`` with its note, never rejects
-it.
+on, as an iterable of chunks; it is asked for every storage, once, in the order the storages
+came. Bad storages raise ArchiveInvalid with one line from the parser or from ``finish``. The
+messages are hashed by ``summer`` (:class:`~tracker.proof.accounts.accounthash.Summer`; in the
+caller's thread when None); a summer that fails (a worker process gone) leaves the archive at
+``manifest`` with its note, never rejects it.
 
 The newest version of each pubkey wins: the one in the highest slot. A pubkey twice in one
 slot is refused (agave's storages hold one version per pubkey a slot). A version with zero
-lamports counts nothing, yet supersedes older ones. Which version is newest is known only at
-the end: each version is added when it comes unless a newer one was seen; when a newer one
-comes later, the older one's locator is kept and its hash is taken back out at ``finish``,
-after a second read of just those records.
-
-Memory is bounded by the proof's part of the budget (:mod:`tracker.proof.accounts.budget`): the
-index lives in memory while it fits (the fast path), and when it would not, its entries and every
-version after them go to the spilled index (:mod:`tracker.proof.accounts.spill`), which finds the
-superseded versions at ``finish`` by sorting partitions read back from disk. Spilled, every
-version with lamports is added as it comes; the second read takes out those superseded.
+lamports counts nothing, yet supersedes older ones. The first read (the check's one pass)
+hashes nothing: it records every version (its pubkey and locator) in the index
+(:mod:`tracker.proof.accounts.spill`: in memory while the proof's part of the budget holds it,
+then in run files), whose partitions, sorted at ``finish``, give the superseded versions; the
+second read (:mod:`tracker.proof.accounts.newest`) then hashes every newest version with
+lamports exactly once, on every hashing process at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import base58
 import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, NoRoom
-from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum
+from tracker.proof.accounts.accounthash import LocalSum, Summer
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
-from tracker.proof.accounts.pubkeyindex import MAX_ENTRIES, PubkeyIndex
-from tracker.proof.accounts.spill import RECORD, SpillDir, SpillIndex
-from tracker.proof.accounts.superseded import Reread, subtract_superseded
+from tracker.proof.accounts.newest import Reread, Stored, hash_newest
+from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.formats.parsing import ParserOf
-from tracker.proof.formats.storages import META, PUBKEY, Records, parse_storage
+from tracker.proof.formats.storages import Records, parse_storage
 
 __all__ = ["AccountsProof", "Reread", "member_name"]
 
 U64 = npt.NDArray[np.uint64]
 _COUNTS = np.uint64(1)
-#: Bytes asked of the budget at once while the in-memory index grows.
+#: Bytes asked of the budget at once while the index's runs held in memory grow.
 _GROW_STEP = 4 * 1024 * 1024
 _OVER_BOUND = "over the bound"
 
@@ -84,22 +77,13 @@ class AccountsProof:
         if not self.held.start(cancelled):
             self._note = "not proven: the check was cancelled while it waited for memory"
         self.progress.held = self.held.bytes
-        capacity = min(MAX_ENTRIES, max(1, self.held.budget.room // RECORD))
-        self.index = PubkeyIndex(capacity)  # reserved lazily: resident as entries are made
-        self.spill: SpillIndex | None = None
-        self._names: list[str] = []
+        # every version's record, in memory while the budget holds them, then on disk
+        self.index = SpillIndex(MemoryRuns(), self.held.floor)
+        self._stored: list[Stored] = []
         self._slots: U64 = np.zeros(64, dtype=np.uint64)
-        self._superseded: list[U64] = []
-        self._superseded_count = 0
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
-        self._expected_bytes = 0
         track(self.progress)
-
-    def expect(self, valid_bytes: int) -> None:
-        """The valid bytes of all the archive's storages (the manifest's list): the first
-        batch then sizes the index's table for the records they hold at its density."""
-        self._expected_bytes = valid_bytes
 
     @property
     def records(self) -> int:
@@ -109,14 +93,14 @@ class AccountsProof:
     @property
     def spilled(self) -> int:
         """The most bytes the spilled index had on disk at once (0: it never spilled)."""
-        return 0 if self.spill is None else self.spill.dir.peak
+        return self.index.dir.peak
 
     def storage(self, slot: int, ident: int, size: int, current_len: int) -> ParserOf[int]:
         """The parser of the storage ``accounts/{slot}.{ident}`` of ``size`` bytes, the first
         ``current_len`` of them valid."""
-        number = len(self._names)
+        number = len(self._stored)
         name = member_name(slot, ident)
-        self._names.append(name)
+        self._stored.append(Stored(name, size, current_len, 0))
         if number >= len(self._slots):
             self._slots = np.concatenate((self._slots, np.zeros_like(self._slots)))
         self._slots[number] = slot
@@ -125,15 +109,14 @@ class AccountsProof:
         def sink(batch: Records) -> None:
             self._take(batch, number, slot, name)
 
-        return (yield from parse_storage(name, size, current_len, sink))
+        count = yield from parse_storage(name, size, current_len, sink)
+        self._stored[number] = Stored(name, size, current_len, count)
+        return count
 
     def _take(self, batch: Records, number: int, slot: int, name: str) -> None:
         self._records += len(batch)
         self.progress.records = self._records
-        busy = getattr(self._summer, "busy", None)  # a pool of workers: how many run
-        self.progress.workers_busy = (
-            busy if isinstance(busy, int) else int(getattr(self._summer, "pid", None) is not None)
-        )
+        self.progress.workers_busy = _workers_busy(self._summer)
         if self._note is not None:
             return
         if self.max_accounts is not None and self._records > self.max_accounts:
@@ -145,117 +128,43 @@ class AccountsProof:
             | (((batch.offsets + batch.base) >> 3).astype(np.uint64) << np.uint64(1))
             | counts.astype(np.uint64)
         )
+        self._summer.expect(self._records)  # its processes start now, ready for the second read
         try:
-            if self._expected_bytes and self.spill is None and not self.index.count:
-                self._reserve(batch)
-            if self.spill is None and not self._index_fits(len(batch)):
-                self._to_spill()
-            if self.spill is not None:
-                # Spilled: every version with lamports counts now; those superseded are
-                # taken out after the partitions are sorted (finish).
-                self.spill.add(batch.pubkey_words(), locators)
-                self.progress.spilled = self.spill.dir.written
-                self._note_peaks()
-                lane_sum(batch, np.flatnonzero(counts), self._summer)
-                return
+            self.index.add(batch.pubkey_words(), locators)
+            self._within_budget()
         except NoRoom as exc:
             self._give_up(exc.note)
+
+    def _within_budget(self) -> None:
+        """Keep the records held in memory within what the proof holds or can take of the
+        budget, a step ahead; past it, move them to disk and go on there (NoRoom when the
+        temporary directory cannot take them)."""
+        index = self.index
+        if index.on_disk:
+            self.progress.spilled = index.dir.written
+            self._note_peaks()
             return
-        entry, made = self.index.find_at(batch.buf, batch.offsets + PUBKEY)
-        where = self.index.where
-        where[entry[made]] = locators[made]
-        add = made & counts
-        seen = np.flatnonzero(~made)
-        if len(seen):
-            add |= self._seen_before(seen, entry, locators, slot, name, batch)
-        lane_sum(batch, np.flatnonzero(add), self._summer)
-
-    def _reserve(self, batch: Records) -> None:
-        """Size the table at the first batch for as many records as the manifest's valid
-        bytes hold at this batch's density, unless that index would not fit in what the
-        budget can give (it will spill: its table stays small)."""
-        span = int(batch.offsets[-1]) + META + int(batch.data_lens[-1]) - int(batch.offsets[0])
-        estimate = min(self.index.capacity, self._expected_bytes * len(batch) // max(1, span))
-        self._expected_bytes = 0  # once
-        table = self.index.table_bytes_for(estimate)
-        # the table is ~a sixth of the index it serves (8.3-16.7 of 48-57 bytes an entry)
-        if 6 * table <= self.held.bytes + self.held.budget.room:
-            self.index.reserve(estimate)
-
-    def _index_fits(self, more: int) -> bool:
-        """True when the in-memory index with ``more`` new entries (and the superseded
-        versions' locators) stays within what the proof holds or can take of the budget."""
-        if not self.index.fits(more):
-            return False
-        # the floor stays free for the spill's run buffers, made while the index still lives
-        needed = (
-            self.index.nbytes_after(more) + 8 * (self._superseded_count + more) + self.held.floor
-        )
+        # the floor stays free: the staging buffer and a flush's sorted copy
+        needed = index.dir.written + self.held.floor
         if needed <= self.held.bytes:
-            return True
+            return
         # a step ahead (at most a 16th of the room: other proofs need theirs), else just enough
         step = max(1, min(_GROW_STEP, self.held.budget.room // 16))
         grown = -(-needed // step) * step
         taken = self.held.grow_to(min(grown, self.held.budget.room)) or self.held.grow_to(needed)
-        fits = taken and needed <= self.held.bytes
         self.progress.held = self.held.bytes
-        return fits
-
-    def _to_spill(self) -> None:
-        """Move the in-memory index to the spilled one and go on there (see the module)."""
+        if taken and needed <= self.held.bytes:
+            return
         directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
-        try:
-            directory.need(self.index.count * RECORD * 2)  # the index now, and as much again
-            spill = SpillIndex(directory, self.held.floor)
-            count = self.index.count
-            spill.add(self.index.keys[:count], self.index.where[:count])
-            for found in self._superseded:
-                directory.append("s", found)
-        except BaseException:
-            directory.remove()
-            raise
-        self.spill = spill
-        self._superseded = []
-        self.index = PubkeyIndex(1)
+        index.to_disk(directory)
         self.held.shrink_to(0)
         self.progress.held = self.held.bytes
-
-    def _seen_before(
-        self,
-        seen: npt.NDArray[np.int64],
-        entry: npt.NDArray[np.int64],
-        locators: U64,
-        slot: int,
-        name: str,
-        batch: Records,
-    ) -> npt.NDArray[np.bool_]:
-        """Records whose pubkey has an entry: which of them now count (the newer ones)."""
-        where = self.index.where
-        entries = entry[seen]
-        before = where[entries]
-        before_slots = self._slots[(before >> np.uint64(32)).astype(np.int64)]
-        twice = before_slots == np.uint64(slot)
-        if twice.any() or len(np.unique(entries)) < len(entries):
-            first = seen[np.flatnonzero(twice)[0]] if twice.any() else _repeated(seen, entries)
-            pubkey = base58.b58encode(batch.pubkeys()[first].tobytes()).decode()
-            raise ArchiveInvalid(f"{name}: pubkey {pubkey} is stored twice in slot {slot}")
-        newer = before_slots < np.uint64(slot)
-        replaced = before[newer]
-        counted = replaced[(replaced & _COUNTS) == _COUNTS]
-        if len(counted):
-            self._superseded.append(counted)
-            self._superseded_count += len(counted)
-        where[entries[newer]] = locators[seen[newer]]
-        now = np.zeros(len(entry), dtype=np.bool_)
-        now[seen[newer]] = (locators[seen[newer]] & _COUNTS) == _COUNTS
-        return now
+        self.progress.spilled = directory.written
+        self._note_peaks()
 
     def _give_up(self, note: str) -> None:
         self._note = note
-        self._superseded = []
-        self.index = PubkeyIndex(1)
-        if self.spill is not None:
-            self.spill.dir.remove()
+        self.index.dir.remove()
         self.held.shrink_to(0)
 
     def finish(self, reread: Reread | None) -> tuple[bytes | None, str | None]:
@@ -267,15 +176,13 @@ class AccountsProof:
                 )
             if self._note is not None:
                 return None, self._note
-            if self.spill is not None:
-                note = self._finish_spilled(reread)
+            if self._records and reread is None:
+                return None, f"not proven: {self._records} accounts need a second read"
+            if self._records:
+                assert reread is not None
+                note = self._finish_index(reread)
                 if note is not None:
                     return None, note
-            elif self._superseded:
-                if reread is None:
-                    return None, _needs_reread(self._superseded_count)
-                locators = np.sort(np.concatenate(self._superseded))
-                subtract_superseded(locators, self._names, reread, self._summer)
             total, note = self._summer.total()
             if total is None:
                 return None, note
@@ -283,12 +190,20 @@ class AccountsProof:
         finally:
             self.close()
 
-    def _finish_spilled(self, reread: Reread | None) -> str | None:
-        """Sort the spilled partitions and take the superseded versions out; a note when
-        the proof cannot end (no room, no second read)."""
-        assert self.spill is not None
-        spill = self.spill
-        storages = len(self._names)
+    def _hash_newest(self, superseded: Iterable[U64], reread: Reread) -> None:
+        """The second read: every newest version with lamports hashed (:mod:`.newest`)."""
+        self.progress.workers_busy = _workers_busy(self._summer)
+
+        def hashed(count: int) -> None:
+            self.progress.hashed += count
+
+        hash_newest(self._stored, superseded, reread, self._summer, hashed)
+
+    def _finish_index(self, reread: Reread) -> str | None:
+        """Sort the index's partitions and hash the newest versions; a note when the proof
+        cannot end (no room, the temporary files unreadable)."""
+        index = self.index
+        storages = len(self._stored)
         slots = self._slots[:storages]
         memory = self._dedup_memory()
 
@@ -296,19 +211,15 @@ class AccountsProof:
             number = locator >> 32
             pubkey = base58.b58encode(np.ascontiguousarray(key, dtype="<u8").tobytes()).decode()
             raise ArchiveInvalid(
-                f"{self._names[number]}: pubkey {pubkey} is stored twice in slot "
+                f"{self._stored[number].name}: pubkey {pubkey} is stored twice in slot "
                 f"{int(slots[number])}"
             )
 
         try:
-            spill.superseded_runs(slots, memory, twice, self.limits.workers)
-            self.progress.spilled = spill.dir.written
-            if not spill.dir.size("s"):
-                return None
-            if reread is None:
-                return _needs_reread(spill.dir.size("s") // 8)
-            for locators in spill.superseded_in_order(storages, memory):
-                subtract_superseded(locators, self._names, reread, self._summer)
+            index.superseded_runs(slots, memory, twice, self.limits.workers)
+            if index.on_disk:
+                self.progress.spilled = index.dir.written
+            self._hash_newest(index.superseded_in_order(storages, memory), reread)
         except NoRoom as exc:
             return exc.note
         except OSError as exc:  # a run file read back: the disk's fault, not the archive's
@@ -333,22 +244,14 @@ class AccountsProof:
         """Let go of what the proof holds (``finish`` does too): the index's memory, its
         spilled files, its part of the budget, and the summer's (a worker process:
         stopped)."""
-        self._superseded = []
-        self.index = PubkeyIndex(1)
-        if self.spill is not None:
-            self.spill.dir.remove()
+        self.index.dir.remove()
         self._note_peaks()
         self.held.release()
         untrack(self.progress)
         self._summer.close()
 
 
-def _needs_reread(count: int) -> str:
-    return f"not proven: {count} superseded versions need a second read of the archive"
-
-
-def _repeated(seen: npt.NDArray[np.int64], entries: npt.NDArray[np.int64]) -> int:
-    order = np.argsort(entries, kind="stable")
-    ordered = entries[order]
-    at = int(np.flatnonzero(ordered[1:] == ordered[:-1])[0]) + 1
-    return int(seen[order[at]])
+def _workers_busy(summer: Summer) -> int:
+    """How many processes ``summer`` hashes in: a pool's count, one worker's one."""
+    busy = getattr(summer, "busy", None)
+    return busy if isinstance(busy, int) else int(getattr(summer, "pid", None) is not None)

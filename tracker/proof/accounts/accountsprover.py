@@ -48,8 +48,6 @@ class _Lengths:
         self._slots = rows[order, 0]
         self._ids = rows[order, 1]
         self._lengths = rows[order, 2]
-        #: The valid bytes of every storage the manifest lists.
-        self.total = int(rows[:, 2].sum(dtype=np.uint64)) if len(rows) else 0
 
     def get(self, slot: int, ident: int) -> int | None:
         lo = int(np.searchsorted(self._slots, slot, side="left"))
@@ -70,11 +68,16 @@ class StoragesProver:
     :meth:`close` once the check is over, whichever way it ended."""
 
     limits: AccountsLimits
-    reread: Callable[[], Reread] | None = None
+    reread: Callable[[str | None], Reread] | None = None
     summer: Callable[[], Summer] | None = None
     cancelled: Callable[[], bool] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
+    _digest: str | None = None
+
+    def first_read(self, digest: str) -> None:
+        """The SHA-256 of the archive as the check read it: the second read is held to it."""
+        self._digest = digest
 
     def close(self) -> None:
         """Let go of the proof (its index, its summer's process); idempotent."""
@@ -91,7 +94,6 @@ class StoragesProver:
             self._proof = AccountsProof(
                 self.limits, self.summer() if self.summer is not None else None, self.cancelled
             )
-            self._proof.expect(self._lengths.total)
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
         if valid is None or self._proof is None:
@@ -109,9 +111,12 @@ class StoragesProver:
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)
-        source = self.reread() if self.reread is not None else None
+        source = self.reread(self._digest) if self.reread is not None else None
         try:
             lt_hash, note = proof.finish(source)
+            confirm = getattr(source, "confirm", None)
+            if lt_hash is not None and confirm is not None:
+                confirm()
         finally:
             close = getattr(source, "close", None)
             if close is not None:

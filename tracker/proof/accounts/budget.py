@@ -233,6 +233,7 @@ class Progress:
 
     records: int = 0
     bytes: int = 0
+    hashed: int = 0
     spilled: int = 0
     held: int = 0
     workers_busy: int = 0

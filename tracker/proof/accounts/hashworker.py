@@ -177,6 +177,12 @@ class HashWorker:
         """The child's process id (None when it could not start)."""
         return None if self._proc is None else self._proc.pid
 
+    def expect(self, count: int) -> None:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: the child starts once
+        ``start_from`` messages are expected."""
+        if self._proc is None and self._failure is None and count >= self._start_from:
+            self._start()
+
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1); hash
         them here instead while the child has not taken the last batch yet (or before it
@@ -355,6 +361,11 @@ class HashPool:
                     self._lender = child
                 return room
         return None
+
+    def expect(self, count: int) -> None:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: every child."""
+        for child in self._children:
+            child.expect(count)
 
     def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`."""

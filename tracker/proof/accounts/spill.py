@@ -1,8 +1,10 @@
-"""The accounts proof's pubkey index past its memory: records spilled to run files on disk.
+"""The accounts proof's index: every stored version's record, partitioned by pubkey, in memory
+and past the budget in run files on disk.
 
-When the in-memory index (:mod:`tracker.proof.accounts.pubkeyindex`) would pass the proof's part of
-the budget (:mod:`tracker.proof.accounts.budget`), :class:`SpillIndex` takes over
-(docs/architecture.md, "The accounts level" → "Bounded memory"): each stored version becomes a
+:class:`SpillIndex` keeps its runs in memory (:class:`MemoryRuns`) while the proof's part of the
+budget (:mod:`tracker.proof.accounts.budget`) holds them, then moves them to files
+(:class:`SpillDir`) and goes on there (docs/architecture.md, "The accounts level" → "Bounded
+memory"); both ways are one code path. Each stored version becomes a
 record of 40 bytes, its pubkey (four u64 words) and its locator (the storage's number << 32 | offset
 / 8 << 1 | 1 when it counts), and records are partitioned by a fingerprint of the pubkey into
 :data:`FANOUT` run files. The fingerprint is keyed by multipliers drawn per proof, so that no
@@ -11,8 +13,9 @@ and deduplicated in memory (:func:`superseded_of`): sorted by fingerprint and sl
 pubkeys compared wherever fingerprints match, so that a collision of fingerprints never makes
 two accounts one (a forgery never passes through one). A partition larger than the proof's
 memory is split again by the next bits of the fingerprint first. What it finds, the versions
-that counted and a newer one superseded, goes to a file of locators, read back in storage
-order for the second read (:func:`tracker.proof.accounts.superseded.subtract_superseded`).
+that count and a newer one superseded, goes to one more run of locators, read back in
+storage order for the second read, which leaves them out
+(:func:`tracker.proof.accounts.newest.hash_newest`).
 
 Files live in a directory of their own under the configured temporary directory, holding a
 lock (``flock``) while the proof runs: :meth:`SpillDir.remove` deletes it whichever way the
@@ -207,6 +210,16 @@ class SpillDir:
             ) from None
         return stats.f_bavail * stats.f_frsize
 
+    def read(self, name: str) -> U64:
+        """All of run file ``name``, as u64 words."""
+        return np.fromfile(self.file(name), dtype=np.uint64)
+
+    def pieces(self, name: str, step: int) -> Iterator[U64]:
+        """Run file ``name`` in pieces of at most ``step`` bytes (a multiple of 8)."""
+        with open(self.file(name), "rb") as source:
+            while chunk := source.read(step):
+                yield np.frombuffer(chunk, dtype=np.uint64)
+
     def size(self, name: str) -> int:
         """The bytes of run file ``name`` (0 when absent)."""
         try:
@@ -231,11 +244,68 @@ class SpillDir:
             self.written = 0
 
 
+class MemoryRuns:
+    """Run files kept in memory: what :class:`SpillIndex` writes while the proof's part of
+    the budget holds it (the caller counts :attr:`written` against it), moved to a
+    :class:`SpillDir` (:meth:`SpillIndex.to_disk`) when it would not."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[U64]] = {}
+        self.written = 0  # bytes held now
+        self.peak = 0  # on disk: never
+        self._writing = threading.Lock()  # partitions deduplicated in threads append here
+
+    def append(self, name: str, data: npt.NDArray[np.generic]) -> None:
+        """Append the words of ``data`` (kept as it is: the caller hands over a new array)."""
+        words = np.ascontiguousarray(data).view(np.uint64).reshape(-1)
+        if not len(words):
+            return
+        with self._writing:
+            self._runs.setdefault(name, []).append(words)
+            self.written += words.nbytes
+
+    def names(self) -> list[str]:
+        """The runs held."""
+        return list(self._runs)
+
+    def read(self, name: str) -> U64:
+        """All of run ``name``."""
+        parts = self._runs.get(name, [])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts or [_NO_WORDS])
+
+    def pieces(self, name: str, step: int) -> Iterator[U64]:
+        """Run ``name`` in pieces of at most ``step`` bytes (a multiple of 8)."""
+        words = max(1, step // 8)
+        for part in list(self._runs.get(name, [])):
+            for at in range(0, len(part), words):
+                yield part[at : at + words]
+
+    def size(self, name: str) -> int:
+        """The bytes of run ``name`` (0 when absent)."""
+        return sum(part.nbytes for part in self._runs.get(name, []))
+
+    def delete(self, name: str) -> None:
+        """Let go of run ``name``."""
+        with self._writing:
+            self.written -= sum(part.nbytes for part in self._runs.pop(name, []))
+
+    def remove(self) -> None:
+        """Let go of every run (idempotent)."""
+        with self._writing:
+            self._runs.clear()
+            self.written = 0
+
+
+_NO_WORDS: U64 = np.zeros(0, dtype=np.uint64)
+
+
 class SpillIndex:
     """Records of (pubkey, locator) partitioned into run files of ``directory``, staged in
     memory ``stage_bytes`` at a time (see the module)."""
 
-    def __init__(self, directory: SpillDir, stage_bytes: int, mults: U64 | None = None) -> None:
+    def __init__(
+        self, directory: SpillDir | MemoryRuns, stage_bytes: int, mults: U64 | None = None
+    ) -> None:
         self.dir = directory
         self.mults = mults if mults is not None else draw_multipliers()
         # the staged records, the flush's sorted copy, its fingerprints and order
@@ -255,6 +325,33 @@ class SpillIndex:
             at += take
             if self._staged == self._capacity:
                 self.flush()
+
+    @property
+    def on_disk(self) -> bool:
+        """True once its runs are files (:meth:`to_disk`)."""
+        return isinstance(self.dir, SpillDir)
+
+    @property
+    def staged_bytes(self) -> int:
+        """The bytes of its staging buffer."""
+        return self._stage.nbytes
+
+    def to_disk(self, directory: SpillDir) -> None:
+        """Move the runs held in memory to files of ``directory`` and go on there (NoRoom
+        when they do not fit: then the runs stay where they were)."""
+        held = self.dir
+        if not isinstance(held, MemoryRuns):
+            return
+        try:
+            directory.need(held.written)
+            for name in held.names():
+                for piece in held.pieces(name, 1 << 24):
+                    directory.append(name, piece)
+        except BaseException:
+            directory.remove()
+            raise
+        held.remove()
+        self.dir = directory
 
     def flush(self) -> None:
         """Write the staged records to their partitions' run files."""
@@ -320,15 +417,13 @@ class SpillIndex:
             if level + 1 >= MAX_LEVEL:
                 raise NoRoom("not proven: one pubkey's versions pass the memory of the proof")
             step = max(RECORD, memory // (2 * DEDUP_COST) * RECORD)
-            with open(self.dir.file(name), "rb") as source:
-                while chunk := source.read(step):
-                    rows = np.frombuffer(chunk, dtype=np.uint64).reshape(-1, 5)
-                    self._write(rows, f"{name}.", level + 1)
+            for piece in self.dir.pieces(name, step):
+                self._write(piece.reshape(-1, 5), f"{name}.", level + 1)
             self.dir.delete(name)
             for part in range(FANOUT):
                 self._partition(f"{name}.{part:02d}", level + 1, storage_slots, memory, twice)
             return
-        rows = np.fromfile(self.dir.file(name), dtype=np.uint64).reshape(-1, 5)
+        rows = self.dir.read(name).reshape(-1, 5)
         self.dir.delete(name)
         keys = rows[:, :4]
         counted, at = superseded_of(keys, rows[:, 4], storage_slots, self.mults)
@@ -343,26 +438,24 @@ class SpillIndex:
         if not total:
             return
         if total * 16 <= memory:
-            found = np.fromfile(self.dir.file("s"), dtype=np.uint64)
+            found = self.dir.read("s")
             self.dir.delete("s")
             yield np.sort(found)
             return
         ranges = min(max(1, storages), -(-total * 32 // memory))
         step = max(8, memory // 4 // 8 * 8)
-        with open(self.dir.file("s"), "rb") as source:
-            while chunk := source.read(step):
-                found = np.frombuffer(chunk, dtype=np.uint64)
-                numbers = (found >> np.uint64(32)).astype(np.int64)
-                group = numbers * ranges // max(1, storages)
-                order = np.argsort(group, kind="stable")
-                bounds = np.searchsorted(group[order], np.arange(ranges + 1))
-                for r in range(ranges):
-                    lo, hi = int(bounds[r]), int(bounds[r + 1])
-                    if hi > lo:
-                        self.dir.append(f"s{r}", found[order[lo:hi]])
+        for found in self.dir.pieces("s", step):
+            numbers = (found >> np.uint64(32)).astype(np.int64)
+            group = numbers * ranges // max(1, storages)
+            order = np.argsort(group, kind="stable")
+            bounds = np.searchsorted(group[order], np.arange(ranges + 1))
+            for r in range(ranges):
+                lo, hi = int(bounds[r]), int(bounds[r + 1])
+                if hi > lo:
+                    self.dir.append(f"s{r}", found[order[lo:hi]])
         self.dir.delete("s")
         for r in range(ranges):
             if self.dir.size(f"s{r}"):
-                found = np.fromfile(self.dir.file(f"s{r}"), dtype=np.uint64)
+                found = self.dir.read(f"s{r}")
                 self.dir.delete(f"s{r}")
                 yield np.sort(found)

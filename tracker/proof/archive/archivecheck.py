@@ -41,9 +41,9 @@ from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import decode_zstd_frames
 from tracker.proof.archive.reread import accounts_prover, proving
-from tracker.proof.archive.streamparse import Feeder
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
+from tracker.proof.formats.streamparse import Feeder
 from tracker.serving.threads import Background
 
 Read = Callable[[int], bytes]
@@ -140,6 +140,8 @@ def check_stream(
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
+    if accounts is not None:  # the second read must read these very bytes
+        accounts.first_read(digest)
     try:
         return Verified(digest, prover.proof())
     except Exception as exc:

@@ -32,7 +32,7 @@ import zstandard
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.checklimits import XZ_MEMLIMIT, ZSTD_MAX_WINDOW
-from tracker.proof.archive.streamparse import MARK, EndOfInput, Feeder, Parser, ParserOf
+from tracker.proof.formats.streamparse import MARK, EndOfInput, Feeder, Parser, ParserOf
 
 #: Largest piece of decompressed output handed to the sink at once.
 OUT_SIZE = 4 * 1024 * 1024

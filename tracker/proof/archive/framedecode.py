@@ -33,7 +33,7 @@ from tracker.proof.archive.decoders import (
     zstd_frames,
     zstd_reason,
 )
-from tracker.proof.archive.streamparse import Feeder
+from tracker.proof.formats.streamparse import Feeder
 
 #: Decoded pieces a frame's thread keeps ready ahead of the sink.
 QUEUED = 2

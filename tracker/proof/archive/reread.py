@@ -15,6 +15,8 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import hashlib
+import io
 import lzma
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -31,17 +33,42 @@ if TYPE_CHECKING:
     from tracker.proof.accounts.accountsprover import StoragesProver
     from tracker.proof.accounts.budget import AccountsLimits
 
-#: Bytes read from the decoded stream at once.
-STEP = 1024 * 1024
+#: Bytes read from the decoded stream at once: a storage parser's piece, so that each piece it asks
+#: for is one chunk, taken as a view rather than copied (proof.formats.parsing.Bulk).
+STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here)
 
 
-def _open(path: str, ext: str) -> IO[bytes]:
+class _Hashing(io.RawIOBase):
+    """The raw bytes of a file as they are read, into a SHA-256."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.sha.update(memoryview(buffer)[:count])
+        return int(count or 0)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open(path: str, ext: str) -> tuple[IO[bytes], _Hashing]:
+    """The decoded stream of the archive at ``path``, and the hashing of its raw bytes (the
+    caller closes both: the compression modules leave a file object they were given open)."""
+    hashing = _Hashing(open(path, "rb", buffering=0))  # noqa: SIM115 (closed with the reader)
+    raw = io.BufferedReader(hashing, STEP)
     if ext == ".tar.zst":
-        raw = open(path, "rb")  # noqa: SIM115 (closed with the reader: closefd)
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
             raw, read_across_frames=True, closefd=True
         )
-        return reader  # type: ignore[no-any-return]
+        return reader, hashing
     openers: dict[str, Any] = {
         ".tar.lz4": lz4.frame.open,
         ".tar.bz2": bz2.open,
@@ -49,8 +76,8 @@ def _open(path: str, ext: str) -> IO[bytes]:
         ".tar.xz": lzma.open,
     }
     if ext in openers:
-        return openers[ext](path, "rb")  # type: ignore[no-any-return]
-    return open(path, "rb")
+        return openers[ext](raw, "rb"), hashing
+    return raw, hashing
 
 
 def accounts_prover(
@@ -75,7 +102,7 @@ def accounts_prover(
 
     return StoragesProver(
         limits,
-        lambda: ArchiveReread(path, parsed.ext),
+        lambda digest: ArchiveReread(path, parsed.ext, digest),
         lambda: HashPool(limits.hash_workers, limits.slots),
         cancelled=cancelled,
     )
@@ -96,10 +123,12 @@ class ArchiveReread:
     """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
     for in archive order; :meth:`close` when done."""
 
-    def __init__(self, path: str, ext: str) -> None:
+    def __init__(self, path: str, ext: str, digest: str | None = None) -> None:
         self._path = path
         self._ext = ext
+        self._digest = digest
         self._stream: IO[bytes] | None = None
+        self._hashing: _Hashing | None = None
         self._at = 0  # decoded offset of the next header
         self._seen: set[str] = set()
 
@@ -108,12 +137,14 @@ class ArchiveReread:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        if self._hashing is not None:
+            self._hashing.close()
 
     def __call__(self, name: str, start: int) -> Iterator[bytes]:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            self._stream = _open(self._path, self._ext)
+            self._stream, self._hashing = _open(self._path, self._ext)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -130,6 +161,20 @@ class ArchiveReread:
         finally:
             self._skip(self._stream, padded - size + left)
             self._at += padded + BLOCK
+
+    def confirm(self) -> None:
+        """ArchiveInvalid unless the file read again is the one the check read: its SHA-256
+        (the rest of the file read to its end) is ``digest``. A proof that read the archive
+        twice holds its second read to its first, so that bytes written in between can never
+        be proven under the first read's digest."""
+        if self._digest is None or self._hashing is None:
+            return
+        hashing = self._hashing
+        rest = bytearray(STEP)
+        while hashing.readinto(rest):
+            pass
+        if hashing.sha.hexdigest() != self._digest:
+            raise ArchiveInvalid("second read: the file changed after the check read it")
 
     def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one

@@ -1,6 +1,6 @@
 """A walk over a tar stream: headers checked, member data skipped, to the end-of-archive blocks.
 
-:func:`walk_tar` is a parser for :class:`~tracker.proof.archive.streamparse.Feeder`. It reads each
+:func:`walk_tar` is a parser for :class:`~tracker.proof.formats.streamparse.Feeder`. It reads each
 512-byte header with :func:`read_header` and refuses every member agave's writer never emits
 (docs/architecture.md, "What the check allows" → "One reading of the tar stream"): an archive
 that agave's unpacker (the ``tar`` crate) and this walk could read two ways is refused, never
@@ -23,8 +23,8 @@ import attrs
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.checklimits import MAX_END_PADDING, MEMBER_FLOOR
-from tracker.proof.archive.streamparse import REST, EndOfInput, Parser, ParserOf
 from tracker.proof.formats.prover import MemberProver
+from tracker.proof.formats.streamparse import REST, EndOfInput, Parser, ParserOf
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)

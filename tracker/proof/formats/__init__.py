@@ -1,6 +1,8 @@
 """agave's formats as the proof reads and writes them, with no event loop and no network.
 
-The stream parsers' request protocol written once (:mod:`~tracker.proof.formats.parsing`),
+The stream parsers' request protocol written once (:mod:`~tracker.proof.formats.parsing`) and
+their driver over a stream's chunks (:mod:`~tracker.proof.formats.streamparse`: the archive
+check's and the accounts proof's second read's),
 bincode read as such a parser, every length bounded (:mod:`~tracker.proof.formats.bincode`),
 the manifest decoded (:mod:`~tracker.proof.formats.manifest`), the bank hash recomputed
 (:mod:`~tracker.proof.formats.bankhash`), the accounts lattice hash

@@ -1,8 +1,8 @@
 """The accounts level's per-record loops, compiled with numba. Pure.
 
 Level ``accounts`` does a few steps for every stored record: find the next record
-(:mod:`tracker.proof.formats.storages`), find or make its pubkey's entry
-(:mod:`tracker.proof.accounts.pubkeyindex`), lay its message out for BLAKE3
+(:mod:`tracker.proof.formats.storages`), twice (its index record in the first read, its hash in
+the second), and lay the message of each newest version out for BLAKE3
 (:mod:`tracker.proof.accounts.accounthash`). In Python or in numpy rounds they cost ~1.5 µs a
 record, twice BLAKE3 itself; compiled, a few hundredths (docs/architecture.md, "The accounts level",
 has the measurements). Every kernel releases the GIL (``nogil``), and every read is checked
@@ -28,11 +28,8 @@ import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Places a bucket of the pubkey index's table.
-WIDE = 8
 #: Items (records, keys) in one call from which the kernels are compiled.
 COMPILE_FROM = 2048
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _RAW: dict[str, Callable[..., Any]] = {}
 _LOADED: list[bool] = []
 _LOCK = threading.Lock()
@@ -219,116 +216,6 @@ def lay_out_into(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any, ou
     return starts, ends
 
 
-@_kernel(None)
-def _shift(table: Any) -> Any:
-    """64 less the bits of a bucket number (the table has a power of two of rows)."""
-    bits = 0
-    while (1 << bits) < table.shape[0]:
-        bits += 1
-    return np.uint64(64 - bits)
-
-
-@_kernel(1)
-def wanted_records(buf: Any, rel: Any, meta: Any, max_data: Any, lamports: Any) -> Any:
-    """Of the records starting at ``rel`` (sorted offsets into ``buf``, a second read's bytes),
-    how many lie wholly in ``buf`` in a row from the first, their data lengths, and the index
-    of the first one that cannot be the record the first read saw (a data length over
-    ``max_data``, or zero lamports: the first read counted it), -1 when none."""
-    n = len(rel)
-    lens = np.empty(n, dtype=np.int64)
-    size = len(buf)
-    for i in range(n):
-        r = rel[i]
-        if r < 0:
-            return lens[:i], i, i
-        if r + meta > size:
-            return lens[:i], i, -1
-        data_len = _word(buf, r + 8)
-        if data_len > np.uint64(max_data):
-            return lens[:i], i, i
-        if r + meta + np.int64(data_len) > size:
-            return lens[:i], i, -1
-        if _word(buf, r + lamports) == 0:
-            return lens[:i], i, i
-        lens[i] = data_len
-    return lens, n, -1
-
-
-@_kernel(None)
-def _bucket(k0: Any, k1: Any, k2: Any, k3: Any, mults: Any, shift: Any) -> Any:
-    mixed = (k0 * mults[0] + k1 * mults[1] + k2 * mults[2] + k3 * mults[3]) * _GOLDEN
-    return np.int64(mixed >> shift), np.uint8(mixed & np.uint64(0xFF))
-
-
-@_kernel(1)
-def find(buf: Any, at: Any, keys: Any, table: Any, prints: Any, mults: Any, count: Any) -> Any:
-    """Each pubkey's entry, the 32 bytes at ``buf[at[i]:at[i] + 32]``, making one for a
-    pubkey not seen before (its words into ``keys[count]``, then the next): returns the
-    entries, whether each was made, and the new count. Buckets of :data:`WIDE` places
-    (entry + 1, 0 for empty) probed linearly; the caller keeps the table under 100% full
-    and ``keys`` large enough (``count + len(at)`` entries)."""
-    n = len(at)
-    entry = np.empty(n, dtype=np.int64)
-    made = np.zeros(n, dtype=np.bool_)
-    mask = table.shape[0] - 1
-    shift = _shift(table)
-    for i in range(n):
-        p = at[i]
-        k0, k1 = _word(buf, p), _word(buf, p + 8)
-        k2, k3 = _word(buf, p + 16), _word(buf, p + 24)
-        bucket, printed = _bucket(k0, k1, k2, k3, mults, shift)
-        while True:
-            done = False
-            for place in range(WIDE):
-                held = np.int64(table[bucket, place])
-                if held == 0:
-                    keys[count, 0], keys[count, 1] = k0, k1
-                    keys[count, 2], keys[count, 3] = k2, k3
-                    table[bucket, place] = count + 1
-                    prints[bucket, place] = printed
-                    entry[i] = count
-                    made[i] = True
-                    count += 1
-                    done = True
-                    break
-                if prints[bucket, place] == printed:
-                    e = held - 1
-                    if (
-                        keys[e, 0] == k0
-                        and keys[e, 1] == k1
-                        and keys[e, 2] == k2
-                        and keys[e, 3] == k3
-                    ):
-                        entry[i] = e
-                        done = True
-                        break
-            if done:
-                break
-            bucket = (bucket + 1) & mask
-    return entry, made, count
-
-
-@_kernel(0)
-def place(ids: Any, keys: Any, table: Any, prints: Any, mults: Any) -> None:
-    """Put the entries ``ids`` (distinct, already made, not in the table) into an empty
-    place each: the first one of the buckets from their own on."""
-    mask = table.shape[0] - 1
-    shift = _shift(table)
-    for e in ids:
-        bucket, printed = _bucket(keys[e, 0], keys[e, 1], keys[e, 2], keys[e, 3], mults, shift)
-        while True:
-            free = -1
-            for spot in range(WIDE):
-                if table[bucket, spot] == 0:
-                    free = spot
-                    break
-            if free >= 0:
-                table[bucket, free] = e + 1
-                prints[bucket, free] = printed
-                break
-            bucket = (bucket + 1) & mask
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the accounts
     level passes, so that the first check of a process does not pay for it (~0.3 s from the
@@ -338,13 +225,5 @@ def warm_up() -> None:
     offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1)
     chosen = np.arange(len(offsets), dtype=np.int64)
     lay_out(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64))
-    keys = np.zeros((2, 4), dtype=np.uint64)
-    table = np.zeros((2, WIDE), dtype=np.uint32)
-    prints = np.zeros((2, WIDE), dtype=np.uint8)
-    mults = np.ones(4, dtype=np.uint64)
-    find(piece, offsets + 16, keys, table, prints, mults, 0)
-    find(
-        keys.view(np.uint8).reshape(-1), np.zeros(1, dtype=np.int64), keys, table, prints, mults, 0
-    )
-    place(np.zeros(0, dtype=np.int64), keys, table, prints, mults)
-    wanted_records(piece, offsets, 136, 1, 48)
+    out = np.zeros(256, dtype=np.uint8)
+    lay_out_into(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64), out)

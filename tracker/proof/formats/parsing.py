@@ -14,7 +14,7 @@ A parser is a generator that yields *requests* and is sent the answers:
   (docs/architecture.md, "The accounts level" → "Cost").
 
 A stream that ends while a parser wants bytes throws :class:`~tracker.errors.EndOfInput` into
-it, which it turns into its own one-line reason. ``tracker.proof.archive.streamparse.Feeder`` drives
+it, which it turns into its own one-line reason. ``tracker.proof.formats.streamparse.Feeder`` drives
 parsers with the chunks of a stream.
 """
 

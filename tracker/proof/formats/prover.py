@@ -45,6 +45,11 @@ class AccountsProver(Protocol):
         """A parser of the account storage ``name`` (``accounts/{slot}.{id}``), or None."""
         ...
 
+    def first_read(self, digest: str) -> None:
+        """The SHA-256 (hex) of the archive as the check read it, before :meth:`proof`: what
+        the storages' second read must read again."""
+        ...
+
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
         """The proof once every storage was fed: ``proven`` (level ``manifest``) raised to
         ``accounts`` when the storages give the manifest's lattice hash."""

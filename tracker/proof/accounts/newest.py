@@ -1,0 +1,138 @@
+"""The second read: the newest version of every account hashed, once. Pure.
+
+The first read indexes every stored version and hashes nothing; once it is over, which
+versions a newer one superseded is known (their locators: a storage's number and an offset,
+:mod:`tracker.proof.accounts.spill`).
+:func:`hash_newest` then reads every storage again, in the order the storages came, with the
+same parser as the first read (:func:`tracker.proof.formats.storages.parse_storage`), and hands
+the summer every record that has lamports and is not superseded: each account's newest version
+is hashed exactly once, nothing is hashed to be taken out again, and every hashing process has
+work from the second read's first storage on (docs/architecture.md, "The accounts level").
+What the second read finds is held to the first: as many records in each storage, a record at
+every superseded locator; a file that changed in between is refused, never proven.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts.accounthash import Summer, lane_sum
+from tracker.proof.formats.parsing import MARK, Parser
+from tracker.proof.formats.storages import Records, Sink, parse_storage
+from tracker.proof.formats.streamparse import Feeder
+
+#: ``reread(member, start)``: the bytes of a storage member's data from byte ``start`` on,
+#: as an iterable of chunks (closed, when it has ``close``, once enough came).
+Reread = Callable[[str, int], Iterable[bytes | memoryview]]
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+_NONE: I64 = np.zeros(0, dtype=np.int64)
+
+
+@attrs.frozen
+class Stored:
+    """A storage as the first read found it: its member's name and size, its valid bytes
+    (the manifest's ``accounts_current_len``) and the records they held."""
+
+    name: str
+    size: int
+    valid: int
+    records: int
+
+
+def locator_offsets(locators: U64) -> I64:
+    """The storage offsets of ``locators`` (``number << 32 | offset / 8 << 1 | counts``)."""
+    offsets: I64 = ((locators & np.uint64(0xFFFFFFFF)) >> np.uint64(1)).astype(np.int64) << 3
+    return offsets
+
+
+def by_storage(superseded: Iterable[U64]) -> Iterator[tuple[int, I64]]:
+    """Each storage's number with the sorted offsets of its superseded versions, from
+    ``superseded``: sorted pieces of locators that follow each other in storage order."""
+    for piece in superseded:
+        if not len(piece):
+            continue
+        numbers = (piece >> np.uint64(32)).astype(np.int64)
+        offsets = locator_offsets(piece)
+        bounds = [0, *(np.flatnonzero(np.diff(numbers)) + 1).tolist(), len(piece)]
+        for lo, hi in itertools.pairwise(bounds):
+            yield int(numbers[lo]), offsets[lo:hi]
+
+
+def hash_newest(
+    storages: Sequence[Stored],
+    superseded: Iterable[U64],
+    reread: Reread,
+    summer: Summer,
+    hashed: Callable[[int], None] | None = None,
+) -> None:
+    """Read every storage of ``storages`` again (``reread``) and add to ``summer`` the hash of
+    each record with lamports whose locator ``superseded`` (sorted pieces, in storage order)
+    does not name; ``hashed(n)`` is told of each batch's records, for the progress. Raises
+    ArchiveInvalid when a storage reads otherwise than it did the first time."""
+    pending = by_storage(superseded)
+    upcoming = next(pending, None)
+    for number, stored in enumerate(storages):
+        skip = _NONE
+        if upcoming is not None and upcoming[0] == number:
+            skip = upcoming[1]
+            upcoming = next(pending, None)
+        if stored.valid:
+            _hash_storage(stored, skip, reread, summer, hashed)
+    if upcoming is not None:  # the index named a storage the proof never had
+        raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
+
+
+def _hash_storage(
+    stored: Stored,
+    skip: I64,
+    reread: Reread,
+    summer: Summer,
+    hashed: Callable[[int], None] | None,
+) -> None:
+    """Hash the records of one storage that count: with lamports, not at ``skip``."""
+    found = records = 0  # superseded versions met, records met
+
+    def sink(batch: Records) -> None:
+        nonlocal found, records
+        records += len(batch)
+        counts = batch.lamports() != 0
+        if len(skip):
+            at = batch.offsets + batch.base
+            places = np.searchsorted(skip, at)
+            there = skip[np.minimum(places, len(skip) - 1)] == at
+            found += int(there.sum())
+            counts &= ~there
+        lane_sum(batch, np.flatnonzero(counts), summer)
+        if hashed is not None:
+            hashed(len(batch))
+
+    feeder = Feeder(_whole(stored, sink))
+    chunks = reread(stored.name, 0)
+    try:
+        for chunk in chunks:
+            feeder.feed(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    feeder.finish()
+    if records != stored.records or found != len(skip):
+        raise ArchiveInvalid(
+            f"{stored.name}: the second read differs from the first ({records} records, "
+            f"{stored.records} the first time)"
+        )
+
+
+def _whole(stored: Stored, sink: Sink) -> Parser:
+    """The storage's parser, then the end: a byte past the member's size is refused."""
+    yield from parse_storage(stored.name, stored.size, stored.valid, sink)
+    yield MARK
+    raise ArchiveInvalid(f"{stored.name}: the second read gives more than {stored.size} bytes")
