@@ -66,10 +66,10 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     rng = np.random.default_rng(5)
     worker, here = HashWorker(start_from=0), LocalSum()
     try:
-        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1)):
+        for count in (3000, 1, 2000, 5000):
             work, ends = batch(rng, count)
-            worker.add(work, ends, sign)
-            here.add(work, ends, sign)
+            worker.add(work, ends)
+            here.add(work, ends)
         total, note = worker.total()
         assert note is None and total is not None
         assert worker.sent > 0  # the child hashed some of them
@@ -88,10 +88,10 @@ def test_a_pool_of_workers_sums_what_the_calling_thread_sums_with_the_slots_it_g
     pool, here = HashPool(3, slots, start_from=0), LocalSum()
     assert slots.used == free  # as many children as slots were free, never more
     try:
-        for count, sign in ((3000, 1), (1, 1), (2000, -1), (5000, 1), (4000, 1), (300, -1)):
+        for count in (3000, 1, 2000, 5000, 4000, 300):
             work, ends = batch(rng, count)
-            pool.add(work, ends, sign)
-            here.add(work, ends, sign)
+            pool.add(work, ends)
+            here.add(work, ends)
         assert pool.busy == free  # every child it got took batches (partial sums)
         total, note = pool.total()
         assert note is None and total is not None
@@ -171,14 +171,14 @@ def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums(
     pool, here = HashPool(2, start_from=0), LocalSum()
     lent = 0
     try:
-        for count, sign in ((3000, 1), (200, -1), (5000, 1), (4000, 1), (300, -1)) * 3:
+        for count in (3000, 200, 5000, 4000, 300) * 3:
             work, ends = batch(rng, count)
             room = pool.room(len(work))
             if room is not None:
                 room[:] = work
                 work, lent = room, lent + 1
-            pool.add(work, ends, sign)
-            here.add(work, ends, sign)
+            pool.add(work, ends)
+            here.add(work, ends)
         total, note = pool.total()
         assert note is None and total is not None
         assert np.array_equal(total, here.total()[0])

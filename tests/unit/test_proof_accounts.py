@@ -74,10 +74,9 @@ def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> N
     seen: list[int] = []
 
     class Counting(LocalSum):
-        def add(self, work: Any, ends: Any, sign: int) -> None:
-            assert sign == 1
+        def add(self, work: Any, ends: Any) -> None:
             seen.append(len(ends))
-            super().add(work, ends, sign)
+            super().add(work, ends)
 
     for ordered in (storages(), list(reversed(storages()))):
         seen.clear()

@@ -49,8 +49,8 @@ class Summer(Protocol):
         read hashes them): a worker process is started now when that many are worth one, so
         that it is ready when they come."""
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
-        """Add (``sign`` 1) or take out (-1) the hashes of the messages of ``work``."""
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
+        """Add the hashes of the messages of ``work`` to the sum."""
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The sum of everything added, and None; or None and why it could not be made."""
@@ -72,13 +72,9 @@ class LocalSum:
     def expect(self, count: int) -> None:
         """See :class:`Summer`: no process to start."""
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
         """See :class:`Summer`."""
-        lanes = hash_sum(work, ends.tolist())
-        if sign > 0:
-            self._total += lanes
-        else:
-            self._total -= lanes
+        self._total += hash_sum(work, ends.tolist())
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """See :class:`Summer`."""
@@ -88,9 +84,9 @@ class LocalSum:
         """Nothing to let go of."""
 
 
-def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, sign: int = 1) -> None:
+def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer) -> None:
     """Hand ``summer`` the lattice hashes of the records ``chosen`` of ``batch`` (every one has
-    lamports: the caller leaves out those without), to add or (``sign`` -1) take out."""
+    lamports: the caller leaves out those without), to add."""
     if not len(chosen):
         return
     size = int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)
@@ -102,4 +98,4 @@ def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, sign
             batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room
         )
         work = room
-    summer.add(work, ends, sign)
+    summer.add(work, ends)

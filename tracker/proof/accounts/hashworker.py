@@ -28,7 +28,7 @@ answers one byte, the slot's number, once it is free again. A data-heavy storage
 "The accounts level" → "Every core"). A batch larger than a slot, or a system without
 ``memfd_create``, goes through the pipe as before.
 
-Frames, parent to child: a header ``<qQQq`` (sign: 1 add, -1 take out, 0 the end; the number
+Frames, parent to child: a header ``<qQQq`` (its kind: 1 a batch, 0 the end; the number
 of messages; the bytes of the buffer; the shared slot holding them, or -1: they follow in the
 pipe), the messages' ends (little-endian i64), the buffer unless in a slot. Child to parent:
 a slot's number (one byte) when it is hashed, and the 2,048-byte sum at the end.
@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # the child imports no more than it hashes with (its start-up
     from tracker.proof.accounts.budget import WorkerSlots
 
 _HEADER = struct.Struct("<qQQq")
+#: A frame's kind: a batch of messages, or the end (the sum is asked for).
+_BATCH, _END = 1, 0
 #: Slots of the shared memory and their size: a batch is ~4 MiB of a storage's records,
 #: their messages no larger. Four slots, not two, let the check hand the child three batches
 #: ahead before it hashes one itself: on 2 cores the child then takes ~18% more of the
@@ -183,8 +185,8 @@ class HashWorker:
         if self._proc is None and self._failure is None and count >= self._start_from:
             self._start()
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
-        """Send the messages of ``work`` to be added (``sign`` 1) or taken out (-1); hash
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
+        """Send the messages of ``work`` to be added to the sum; hash
         them here instead while the child has not taken the last batch yet (or before it
         starts)."""
         if self._failure is not None:
@@ -199,7 +201,7 @@ class HashWorker:
             self.in_place += len(ends)
             self._due += 1
             ends = np.ascontiguousarray(ends, dtype="<i8")
-            header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work), lent)
+            header = _HEADER.pack(_BATCH, len(ends), len(work), lent)
             self._pending = [memoryview(header + ends.tobytes())]  # one write: a few KiB
             self._flush(wait=False)
             return
@@ -209,12 +211,11 @@ class HashWorker:
         if self._failure is not None:
             return
         if not taken:  # not started, or behind: this batch is hashed here
-            lanes = hash_sum(work, ends.tolist())
-            self._local = self._local + lanes if sign > 0 else self._local - lanes
+            self._local = self._local + hash_sum(work, ends.tolist())
             return
         self.sent += len(ends)
         ends = np.ascontiguousarray(ends, dtype="<i8")
-        header = _HEADER.pack(1 if sign > 0 else -1, len(ends), len(work), -1)
+        header = _HEADER.pack(_BATCH, len(ends), len(work), -1)
         self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
         self._flush(wait=False)
 
@@ -226,7 +227,7 @@ class HashWorker:
             self._flush(wait=True)
             self._answers(wait=True)  # before the end frame: the sum is all that comes after
             if self._failure is None:
-                self._pending = [memoryview(_HEADER.pack(0, 0, 0, -1))]
+                self._pending = [memoryview(_HEADER.pack(_END, 0, 0, -1))]
                 self._flush(wait=True)
         if self._failure is not None or self._proc is None:
             return None, self._note()
@@ -367,21 +368,20 @@ class HashPool:
         for child in self._children:
             child.expect(count)
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], sign: int) -> None:
+    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`."""
         lender, self._lender = self._lender, None
         if lender is not None:
-            lender.add(work, ends, sign)
+            lender.add(work, ends)
             return
         count = len(self._children)
         for step in range(count):
             child = self._children[(self._next + step) % count]
             if child.idle():
                 self._next = (self._next + step + 1) % count
-                child.add(work, ends, sign)
+                child.add(work, ends)
                 return
-        lanes = hash_sum(work, ends.tolist())
-        self._local = self._local + lanes if sign > 0 else self._local - lanes
+        self._local = self._local + hash_sum(work, ends.tolist())
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The children's partial sums and this process's, added; or None and the first
@@ -443,12 +443,12 @@ def serve(
         header = _read_exactly(source, _HEADER.size)
         if header is None:
             return 1  # the parent went away
-        sign, count, nbytes, slot = _HEADER.unpack(header)
-        if sign == 0:
+        kind, count, nbytes, slot = _HEADER.unpack(header)
+        if kind == _END:
             sink.write(total.astype("<u2").tobytes())
             sink.flush()
             return 0
-        if sign not in (1, -1) or count > MAX_MESSAGES or nbytes > MAX_BYTES:
+        if kind != _BATCH or count > MAX_MESSAGES or nbytes > MAX_BYTES:
             return 2
         if slot != -1 and (shared is None or not 0 <= slot < SLOTS or nbytes > slot_bytes):
             return 2
@@ -464,11 +464,7 @@ def serve(
         ends = np.frombuffer(raw_ends, dtype="<i8")
         if count and (int(ends[-1]) > nbytes or int(ends[0]) < 0 or (np.diff(ends) < 0).any()):
             return 2
-        lanes = hash_sum(work, ends.tolist())
-        if sign > 0:
-            total += lanes
-        else:
-            total -= lanes
+        total += hash_sum(work, ends.tolist())
         if slot != -1:
             del work  # the slot is the parent's again
             sink.write(bytes([slot]))
