@@ -195,8 +195,8 @@ def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe()
         for _ in range(6):  # more than the slots: none may be lost
             work, ends = batch(rng, 50)
             assert worker.room(len(work)) is not None or worker.pid is None
-            worker.add(work, ends, 1)  # a buffer of its own, not the slot lent
-            here.add(work, ends, 1)
+            worker.add(work, ends)  # a buffer of its own, not the slot lent
+            here.add(work, ends)
         total, note = worker.total()
         assert note is None and total is not None
         assert np.array_equal(total, here.total()[0])
@@ -212,12 +212,12 @@ def test_a_worker_killed_while_it_hashes_a_slot_costs_the_proof() -> None:
     try:
         work, ends = batch(np.random.default_rng(8), 10)
         assert worker.room(len(work)) is None  # not started yet: the first batch starts it
-        worker.add(work, ends, 1)
+        worker.add(work, ends)
         assert worker.pid is not None
         room = worker.room(len(work))
         assert room is not None
         room[:] = work
-        worker.add(room, ends, 1)
+        worker.add(room, ends)
         os.kill(worker.pid, signal.SIGKILL)
         assert worker.total() == (None, "not proven: the hashing process ended (exit status -9)")
     finally:
@@ -463,7 +463,7 @@ def test_the_child_starts_with_what_it_hashes_with_only(monkeypatch: pytest.Monk
     monkeypatch.setattr(hashworker.subprocess, "Popen", popen)
     worker = HashWorker(start_from=0)
     try:
-        worker.add(np.zeros(73, dtype=np.uint8), np.array([73], dtype=np.int64), 1)
+        worker.add(np.zeros(73, dtype=np.uint8), np.array([73], dtype=np.int64))
     finally:
         worker.close()
     assert started and started[0]["OPENBLAS_NUM_THREADS"] == "1"
