@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import lz4.frame
 import zstandard
 
+from tracker.core.libc import keep_large_buffers
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
@@ -95,6 +96,7 @@ def accounts_prover(
     parsed = parse_archive_name(name)
     if limits is None or parsed is None or parsed.base_slot:
         return None
+    keep_large_buffers()  # the proof's buffers reused from the first proof of the process on
     # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
     # proves an archive, never by one that only serves.
     from tracker.proof.accounts.accountsprover import StoragesProver
