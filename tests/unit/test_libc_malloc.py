@@ -1,5 +1,5 @@
-"""glibc's malloc keeps an accounts proof's large buffers in its heap (core.libc.keep_large_buffers):
-a process's first proof does not fault in every decoded piece afresh."""
+"""glibc's malloc keeps an accounts proof's large buffers in its heap
+(core.libc.keep_large_buffers): a process's first proof does not fault every piece in afresh."""
 
 from __future__ import annotations
 

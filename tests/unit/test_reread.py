@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 import zstandard
 from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
+from archives import many_accounts_archive
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.archive.reread import STEP, ArchiveReread
 from tracker.proof.formats import storages as storage_format
 
@@ -82,19 +85,41 @@ def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # what the check read
-    first = storages()[0].name
-    reread = ArchiveReread(str(path), ".tar.zst", digest)
-    b"".join(reread(first, 0))
-    reread.confirm()  # the same bytes: the rest read to the end, its digest the check's
+    key = os.urandom(32)
+    first = (key, blake3.blake3(path.read_bytes(), key=key).digest())  # what the check read
+    member = storages()[0].name
+    reread = ArchiveReread(str(path), ".tar.zst", first)
+    b"".join(reread(member, 0))
+    reread.confirm()  # the same bytes: the rest read to the end, its keyed BLAKE3 the check's
     reread.close()
     with path.open("r+b") as f:  # the last byte rewritten before the second read
         f.seek(-1, os.SEEK_END)
         last = f.read(1)
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 1]))
-    changed = ArchiveReread(str(path), ".tar.zst", digest)
-    b"".join(changed(first, 0))
+    changed = ArchiveReread(str(path), ".tar.zst", first)
+    b"".join(changed(member, 0))
     with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
         changed.confirm()
     changed.close()
+
+
+def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) -> None:
+    # the whole check of a real archive on disk: what the check tells the accounts prover is
+    # the keyed BLAKE3 of the file's bytes under the key it drew
+    name, data = many_accounts_archive(300_000_000, 3000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    told: list[tuple[bytes, bytes]] = []
+    real = StoragesProver.first_read
+
+    def first_read(self: StoragesProver, key: bytes, digest: bytes) -> None:
+        told.append((key, digest))
+        real(self, key, digest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StoragesProver, "first_read", first_read)
+        verified = check_file(str(path), prove_accounts=AccountsLimits())
+    assert verified.proof.level.label == "accounts"
+    ((key, digest),) = told
+    assert digest == blake3.blake3(path.read_bytes(), key=key).digest()

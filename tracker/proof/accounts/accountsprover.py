@@ -68,16 +68,17 @@ class StoragesProver:
     :meth:`close` once the check is over, whichever way it ended."""
 
     limits: AccountsLimits
-    reread: Callable[[str | None], Reread] | None = None
+    reread: Callable[[tuple[bytes, bytes] | None], Reread] | None = None
     summer: Callable[[], Summer] | None = None
     cancelled: Callable[[], bool] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
-    _digest: str | None = None
+    _first: tuple[bytes, bytes] | None = None
 
-    def first_read(self, digest: str) -> None:
-        """The SHA-256 of the archive as the check read it: the second read is held to it."""
-        self._digest = digest
+    def first_read(self, key: bytes, digest: bytes) -> None:
+        """The keyed BLAKE3 of the archive's raw bytes as the check read them (its key, its
+        digest): the second read is held to it."""
+        self._first = (key, digest)
 
     def close(self) -> None:
         """Let go of the proof (its index, its summer's process); idempotent."""
@@ -111,7 +112,7 @@ class StoragesProver:
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)
-        source = self.reread(self._digest) if self.reread is not None else None
+        source = self.reread(self._first) if self.reread is not None else None
         try:
             lt_hash, note = proof.finish(source)
             confirm = getattr(source, "confirm", None)

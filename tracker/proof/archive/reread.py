@@ -15,12 +15,12 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
-import hashlib
 import io
 import lzma
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
+import blake3
 import lz4.frame
 import zstandard
 
@@ -40,11 +40,11 @@ STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here
 
 
 class _Hashing(io.RawIOBase):
-    """The raw bytes of a file as they are read, into a SHA-256."""
+    """The raw bytes of a file as they are read, into a keyed BLAKE3 (``key``)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], key: bytes | None) -> None:
         self._raw = raw
-        self.sha = hashlib.sha256()
+        self.bound = blake3.blake3(key=key) if key is not None else blake3.blake3()
 
     def readable(self) -> bool:
         return True
@@ -52,7 +52,7 @@ class _Hashing(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
         if count:
-            self.sha.update(memoryview(buffer)[:count])
+            self.bound.update(memoryview(buffer)[:count])
         return int(count or 0)
 
     def close(self) -> None:
@@ -60,10 +60,10 @@ class _Hashing(io.RawIOBase):
         super().close()
 
 
-def _open(path: str, ext: str) -> tuple[IO[bytes], _Hashing]:
+def _open(path: str, ext: str, key: bytes | None) -> tuple[IO[bytes], _Hashing]:
     """The decoded stream of the archive at ``path``, and the hashing of its raw bytes (the
     caller closes both: the compression modules leave a file object they were given open)."""
-    hashing = _Hashing(open(path, "rb", buffering=0))  # noqa: SIM115 (closed with the reader)
+    hashing = _Hashing(open(path, "rb", buffering=0), key)  # noqa: SIM115 (closed with the reader)
     raw = io.BufferedReader(hashing, STEP)
     if ext == ".tar.zst":
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
@@ -104,7 +104,7 @@ def accounts_prover(
 
     return StoragesProver(
         limits,
-        lambda digest: ArchiveReread(path, parsed.ext, digest),
+        lambda first: ArchiveReread(path, parsed.ext, first),
         lambda: HashPool(limits.hash_workers, limits.slots),
         cancelled=cancelled,
     )
@@ -125,10 +125,10 @@ class ArchiveReread:
     """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
     for in archive order; :meth:`close` when done."""
 
-    def __init__(self, path: str, ext: str, digest: str | None = None) -> None:
+    def __init__(self, path: str, ext: str, first: tuple[bytes, bytes] | None = None) -> None:
         self._path = path
         self._ext = ext
-        self._digest = digest
+        self._first = first  # the first read's key and keyed BLAKE3
         self._stream: IO[bytes] | None = None
         self._hashing: _Hashing | None = None
         self._at = 0  # decoded offset of the next header
@@ -146,7 +146,8 @@ class ArchiveReread:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            self._stream, self._hashing = _open(self._path, self._ext)
+            key = None if self._first is None else self._first[0]
+            self._stream, self._hashing = _open(self._path, self._ext, key)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -165,17 +166,17 @@ class ArchiveReread:
             self._at += padded + BLOCK
 
     def confirm(self) -> None:
-        """ArchiveInvalid unless the file read again is the one the check read: its SHA-256
-        (the rest of the file read to its end) is ``digest``. A proof that read the archive
-        twice holds its second read to its first, so that bytes written in between can never
-        be proven under the first read's digest."""
-        if self._digest is None or self._hashing is None:
+        """ArchiveInvalid unless the file read again is the one the check read: its keyed
+        BLAKE3 (the rest of the file read to its end) is the first read's. A proof that read
+        the archive twice holds its second read to its first, so that bytes written in between
+        can never be proven under the first read's SHA-256."""
+        if self._first is None or self._hashing is None:
             return
         hashing = self._hashing
         rest = bytearray(STEP)
         while hashing.readinto(rest):
             pass
-        if hashing.sha.hexdigest() != self._digest:
+        if hashing.bound.digest() != self._first[1]:
             raise ArchiveInvalid("second read: the file changed after the check read it")
 
     def _find(self, stream: IO[bytes], name: str) -> int:
