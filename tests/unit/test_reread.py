@@ -85,13 +85,26 @@ def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
-    key = os.urandom(32)
-    first = (key, blake3.blake3(path.read_bytes(), key=key).digest())  # what the check read
+    key, size = os.urandom(32), path.stat().st_size
+    first = (key, blake3.blake3(path.read_bytes(), key=key).digest(), size)  # the check's read
     member = storages()[0].name
     reread = ArchiveReread(str(path), ".tar.zst", first)
     b"".join(reread(member, 0))
     reread.confirm()  # the same bytes: the rest read to the end, its keyed BLAKE3 the check's
     reread.close()
+    with path.open("ab") as f:  # bytes past what the check read are not its archive's
+        f.write(b"more")
+    longer = ArchiveReread(str(path), ".tar.zst", first)
+    b"".join(longer(member, 0))
+    longer.confirm()
+    longer.close()
+    os.truncate(path, size - 1)  # one of them missing
+    shorter = ArchiveReread(str(path), ".tar.zst", first)
+    b"".join(shorter(member, 0))
+    with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
+        shorter.confirm()
+    shorter.close()
+    path.write_bytes(ARCHIVE.read_bytes())
     with path.open("r+b") as f:  # the last byte rewritten before the second read
         f.seek(-1, os.SEEK_END)
         last = f.read(1)
@@ -110,16 +123,16 @@ def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) ->
     name, data = many_accounts_archive(300_000_000, 3000)
     path = tmp_path / name
     path.write_bytes(data)
-    told: list[tuple[bytes, bytes]] = []
+    told: list[tuple[bytes, bytes, int]] = []
     real = StoragesProver.first_read
 
-    def first_read(self: StoragesProver, key: bytes, digest: bytes) -> None:
-        told.append((key, digest))
-        real(self, key, digest)
+    def first_read(self: StoragesProver, key: bytes, digest: bytes, size: int) -> None:
+        told.append((key, digest, size))
+        real(self, key, digest, size)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(StoragesProver, "first_read", first_read)
         verified = check_file(str(path), prove_accounts=AccountsLimits())
     assert verified.proof.level.label == "accounts"
-    ((key, digest),) = told
-    assert digest == blake3.blake3(path.read_bytes(), key=key).digest()
+    ((key, digest, size),) = told
+    assert (digest, size) == (blake3.blake3(data, key=key).digest(), len(data))

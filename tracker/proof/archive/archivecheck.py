@@ -146,7 +146,7 @@ def check_stream(
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
     if accounts is not None and key is not None and bound is not None:
-        accounts.first_read(key, bound)  # the second read must read these very bytes
+        accounts.first_read(key, *bound)  # the second read must read these very bytes
     try:
         return Verified(digest, prover.proof())
     except Exception as exc:
@@ -225,15 +225,17 @@ class _RawDigests:
     def __init__(self, key: bytes | None) -> None:
         self.sha = hashlib.sha256()
         self._bound = blake3.blake3(key=key) if key is not None else None
+        self._size = 0
 
     def update(self, data: bytes) -> None:
         self.sha.update(data)
         if self._bound is not None:
             self._bound.update(data)
+            self._size += len(data)
 
-    def bound(self) -> bytes | None:
-        """The keyed BLAKE3 of the bytes read (None without a key)."""
-        return None if self._bound is None else self._bound.digest()
+    def bound(self) -> tuple[bytes, int] | None:
+        """The keyed BLAKE3 of the bytes read and their count (None without a key)."""
+        return None if self._bound is None else (self._bound.digest(), self._size)
 
 
 class _Inline:
@@ -257,7 +259,7 @@ class _Inline:
     def hexdigest(self) -> str:
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> bytes | None:
+    def bound(self) -> tuple[bytes, int] | None:
         return self._sha.bound()
 
 
@@ -339,8 +341,9 @@ class _Prefetch:
         self._thread.join()
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> bytes | None:
-        """The keyed BLAKE3 of every byte read (after :meth:`hexdigest`; None without a key)."""
+    def bound(self) -> tuple[bytes, int] | None:
+        """The keyed BLAKE3 of every byte read and their count (after :meth:`hexdigest`; None
+        without a key)."""
         return self._sha.bound()
 
 

@@ -40,30 +40,41 @@ STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here
 
 
 class _Hashing(io.RawIOBase):
-    """The raw bytes of a file as they are read, into a keyed BLAKE3 (``key``)."""
+    """The first ``limit`` raw bytes of a file (all of it: None) as they are read, into a
+    keyed BLAKE3 (``key``); the file ends there for its reader."""
 
-    def __init__(self, raw: IO[bytes], key: bytes | None) -> None:
+    def __init__(self, raw: IO[bytes], key: bytes | None, limit: int | None) -> None:
         self._raw = raw
         self.bound = blake3.blake3(key=key) if key is not None else blake3.blake3()
+        self._left = limit
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        view = memoryview(buffer).cast("B")
+        if self._left is not None:
+            view = view[: self._left]
+        count = int(self._raw.readinto(view) or 0) if len(view) else 0  # type: ignore[attr-defined]
         if count:
-            self.bound.update(memoryview(buffer)[:count])
-        return int(count or 0)
+            self.bound.update(view[:count])
+            if self._left is not None:
+                self._left -= count
+        return count
+
+    def at_limit(self) -> bool:
+        """True when all ``limit`` bytes were read (the file was not shorter)."""
+        return not self._left
 
     def close(self) -> None:
         self._raw.close()
         super().close()
 
 
-def _open(path: str, ext: str, key: bytes | None) -> tuple[IO[bytes], _Hashing]:
+def _open(path: str, ext: str, key: bytes | None, limit: int | None) -> tuple[IO[bytes], _Hashing]:
     """The decoded stream of the archive at ``path``, and the hashing of its raw bytes (the
     caller closes both: the compression modules leave a file object they were given open)."""
-    hashing = _Hashing(open(path, "rb", buffering=0), key)  # noqa: SIM115 (closed with the reader)
+    hashing = _Hashing(open(path, "rb", buffering=0), key, limit)  # noqa: SIM115 (closed with the reader)
     raw = io.BufferedReader(hashing, STEP)
     if ext == ".tar.zst":
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
@@ -125,10 +136,10 @@ class ArchiveReread:
     """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
     for in archive order; :meth:`close` when done."""
 
-    def __init__(self, path: str, ext: str, first: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(self, path: str, ext: str, first: tuple[bytes, bytes, int] | None = None) -> None:
         self._path = path
         self._ext = ext
-        self._first = first  # the first read's key and keyed BLAKE3
+        self._first = first  # the first read's key, keyed BLAKE3 and size
         self._stream: IO[bytes] | None = None
         self._hashing: _Hashing | None = None
         self._at = 0  # decoded offset of the next header
@@ -146,8 +157,8 @@ class ArchiveReread:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            key = None if self._first is None else self._first[0]
-            self._stream, self._hashing = _open(self._path, self._ext, key)
+            key, limit = (None, None) if self._first is None else (self._first[0], self._first[2])
+            self._stream, self._hashing = _open(self._path, self._ext, key, limit)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -166,8 +177,9 @@ class ArchiveReread:
             self._at += padded + BLOCK
 
     def confirm(self) -> None:
-        """ArchiveInvalid unless the file read again is the one the check read: its keyed
-        BLAKE3 (the rest of the file read to its end) is the first read's. A proof that read
+        """ArchiveInvalid unless the file read again is the one the check read: the keyed
+        BLAKE3 of its first bytes, as many as the check read (the rest of them read now), is
+        the first read's, and none of them is missing. A proof that read
         the archive twice holds its second read to its first, so that bytes written in between
         can never be proven under the first read's SHA-256."""
         if self._first is None or self._hashing is None:
@@ -176,7 +188,7 @@ class ArchiveReread:
         rest = bytearray(STEP)
         while hashing.readinto(rest):
             pass
-        if hashing.bound.digest() != self._first[1]:
+        if hashing.bound.digest() != self._first[1] or not hashing.at_limit():
             raise ArchiveInvalid("second read: the file changed after the check read it")
 
     def _find(self, stream: IO[bytes], name: str) -> int:
