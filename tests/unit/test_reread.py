@@ -7,7 +7,6 @@ import os
 import tarfile
 from pathlib import Path
 
-import blake3
 import pytest
 import zstandard
 from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
@@ -18,6 +17,7 @@ from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_file
+from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.reread import STEP, ArchiveReread
 from tracker.proof.formats import storages as storage_format
 
@@ -85,8 +85,9 @@ def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
-    key, size = os.urandom(32), path.stat().st_size
-    first = (key, blake3.blake3(path.read_bytes(), key=key).digest(), size)  # the check's read
+    blocks = BlockDigests(os.urandom(32))
+    blocks.update(path.read_bytes())  # what the check read
+    first, size = (blocks.key, blocks.digests(), blocks.size), blocks.size
     member = storages()[0].name
     reread = ArchiveReread(str(path), ".tar.zst", first)
     b"".join(reread(member, 0))
@@ -100,9 +101,8 @@ def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> No
     longer.close()
     os.truncate(path, size - 1)  # one of them missing
     shorter = ArchiveReread(str(path), ".tar.zst", first)
-    b"".join(shorter(member, 0))
     with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
-        shorter.confirm()
+        read_and_confirm(shorter, member)
     shorter.close()
     path.write_bytes(ARCHIVE.read_bytes())
     with path.open("r+b") as f:  # the last byte rewritten before the second read
@@ -111,10 +111,14 @@ def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> No
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 1]))
     changed = ArchiveReread(str(path), ".tar.zst", first)
-    b"".join(changed(member, 0))
     with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
-        changed.confirm()
+        read_and_confirm(changed, member)  # refused as soon as its block is read
     changed.close()
+
+
+def read_and_confirm(reread: ArchiveReread, member: str) -> None:
+    b"".join(reread(member, 0))
+    reread.confirm()
 
 
 def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) -> None:
@@ -134,5 +138,7 @@ def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) ->
         patch.setattr(StoragesProver, "first_read", first_read)
         verified = check_file(str(path), prove_accounts=AccountsLimits())
     assert verified.proof.level.label == "accounts"
-    ((key, digest, size),) = told
-    assert (digest, size) == (blake3.blake3(data, key=key).digest(), len(data))
+    ((key, digests, size),) = told
+    blocks = BlockDigests(key)
+    blocks.update(data)
+    assert (digests, size) == (blocks.digests(), len(data))

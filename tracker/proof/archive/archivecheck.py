@@ -33,12 +33,11 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-import blake3
-
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import decode_zstd_frames
@@ -145,8 +144,8 @@ def check_stream(
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
-    if accounts is not None and key is not None and bound is not None:
-        accounts.first_read(key, *bound)  # the second read must read these very bytes
+    if accounts is not None and bound is not None:  # the second read must read these bytes
+        accounts.first_read(bound.key, bound.digests(), bound.size)
     try:
         return Verified(digest, prover.proof())
     except Exception as exc:
@@ -217,25 +216,21 @@ def _refuse_unless_regular(mode: int) -> None:
 
 
 class _RawDigests:
-    """The SHA-256 of the raw bytes, and with a ``key`` their keyed BLAKE3 too: what an
-    accounts proof's second read must read again (docs/architecture.md, "Two reads"),
-    cheaper to take again than SHA-256 (~3.5x here) and unknowable to whoever does not hold
-    the key, drawn anew for each check."""
+    """The SHA-256 of the raw bytes, and with a ``key`` their keyed BLAKE3 in blocks too:
+    what an accounts proof's second read must read again (:mod:`.binding`)."""
 
     def __init__(self, key: bytes | None) -> None:
         self.sha = hashlib.sha256()
-        self._bound = blake3.blake3(key=key) if key is not None else None
-        self._size = 0
+        self._blocks = BlockDigests(key) if key is not None else None
 
     def update(self, data: bytes) -> None:
         self.sha.update(data)
-        if self._bound is not None:
-            self._bound.update(data)
-            self._size += len(data)
+        if self._blocks is not None:
+            self._blocks.update(data)
 
-    def bound(self) -> tuple[bytes, int] | None:
-        """The keyed BLAKE3 of the bytes read and their count (None without a key)."""
-        return None if self._bound is None else (self._bound.digest(), self._size)
+    def bound(self) -> BlockDigests | None:
+        """The keyed BLAKE3 of the bytes read, in blocks (None without a key)."""
+        return self._blocks
 
 
 class _Inline:
@@ -259,7 +254,7 @@ class _Inline:
     def hexdigest(self) -> str:
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> tuple[bytes, int] | None:
+    def bound(self) -> BlockDigests | None:
         return self._sha.bound()
 
 
@@ -341,8 +336,8 @@ class _Prefetch:
         self._thread.join()
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> tuple[bytes, int] | None:
-        """The keyed BLAKE3 of every byte read and their count (after :meth:`hexdigest`; None
+    def bound(self) -> BlockDigests | None:
+        """The keyed BLAKE3 of every byte read, in blocks (after :meth:`hexdigest`; None
         without a key)."""
         return self._sha.bound()
 

@@ -20,13 +20,13 @@ import lzma
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-import blake3
 import lz4.frame
 import zstandard
 
 from tracker.core.libc import keep_large_buffers
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
+from tracker.proof.archive.binding import CHANGED, BlockCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
@@ -39,14 +39,14 @@ if TYPE_CHECKING:
 STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here)
 
 
-class _Hashing(io.RawIOBase):
-    """The first ``limit`` raw bytes of a file (all of it: None) as they are read, into a
-    keyed BLAKE3 (``key``); the file ends there for its reader."""
+class _Bound(io.RawIOBase):
+    """The raw bytes of a file as they are read, held to the check's (``first``: its key,
+    block digests and size; :mod:`.binding`); the file ends where the check's read ended."""
 
-    def __init__(self, raw: IO[bytes], key: bytes | None, limit: int | None) -> None:
+    def __init__(self, raw: IO[bytes], first: tuple[bytes, bytes, int] | None) -> None:
         self._raw = raw
-        self.bound = blake3.blake3(key=key) if key is not None else blake3.blake3()
-        self._left = limit
+        self.check = BlockCheck(*first) if first is not None else None
+        self._left = first[2] if first is not None else None
 
     def readable(self) -> bool:
         return True
@@ -55,26 +55,25 @@ class _Hashing(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self._left is not None:
             view = view[: self._left]
-        count = int(self._raw.readinto(view) or 0) if len(view) else 0  # type: ignore[attr-defined]
-        if count:
-            self.bound.update(view[:count])
-            if self._left is not None:
-                self._left -= count
+        if not len(view):
+            return 0
+        count = int(self._raw.readinto(view) or 0)  # type: ignore[attr-defined]
+        if count and self.check is not None:
+            assert self._left is not None
+            self._left -= count
+            self.check.update(view[:count])
         return count
-
-    def at_limit(self) -> bool:
-        """True when all ``limit`` bytes were read (the file was not shorter)."""
-        return not self._left
 
     def close(self) -> None:
         self._raw.close()
         super().close()
 
 
-def _open(path: str, ext: str, key: bytes | None, limit: int | None) -> tuple[IO[bytes], _Hashing]:
-    """The decoded stream of the archive at ``path``, and the hashing of its raw bytes (the
-    caller closes both: the compression modules leave a file object they were given open)."""
-    hashing = _Hashing(open(path, "rb", buffering=0), key, limit)  # noqa: SIM115 (closed with the reader)
+def _open(path: str, ext: str, first: tuple[bytes, bytes, int] | None) -> tuple[IO[bytes], _Bound]:
+    """The decoded stream of the archive at ``path``, and its raw bytes held to the check's
+    (the caller closes both: the compression modules leave a file object they were given
+    open)."""
+    hashing = _Bound(open(path, "rb", buffering=0), first)  # noqa: SIM115 (closed with the reader)
     raw = io.BufferedReader(hashing, STEP)
     if ext == ".tar.zst":
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
@@ -141,7 +140,7 @@ class ArchiveReread:
         self._ext = ext
         self._first = first  # the first read's key, keyed BLAKE3 and size
         self._stream: IO[bytes] | None = None
-        self._hashing: _Hashing | None = None
+        self._hashing: _Bound | None = None
         self._at = 0  # decoded offset of the next header
         self._seen: set[str] = set()
 
@@ -157,8 +156,7 @@ class ArchiveReread:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            key, limit = (None, None) if self._first is None else (self._first[0], self._first[2])
-            self._stream, self._hashing = _open(self._path, self._ext, key, limit)
+            self._stream, self._hashing = _open(self._path, self._ext, self._first)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -177,19 +175,17 @@ class ArchiveReread:
             self._at += padded + BLOCK
 
     def confirm(self) -> None:
-        """ArchiveInvalid unless the file read again is the one the check read: the keyed
-        BLAKE3 of its first bytes, as many as the check read (the rest of them read now), is
-        the first read's, and none of them is missing. A proof that read
-        the archive twice holds its second read to its first, so that bytes written in between
-        can never be proven under the first read's SHA-256."""
-        if self._first is None or self._hashing is None:
+        """ArchiveInvalid unless every block of raw bytes the second read read is the one the
+        check read (the last one read to its end now; :mod:`.binding`). A proof that reads
+        the archive twice holds its second read to its first, so that bytes written in
+        between can never be proven under the first read's SHA-256."""
+        if self._hashing is None or self._hashing.check is None:
             return
-        hashing = self._hashing
-        rest = bytearray(STEP)
-        while hashing.readinto(rest):
-            pass
-        if hashing.bound.digest() != self._first[1] or not hashing.at_limit():
-            raise ArchiveInvalid("second read: the file changed after the check read it")
+        check = self._hashing.check
+        while left := check.left_in_block():
+            rest = bytearray(left)
+            if not self._hashing.readinto(rest):  # the file ends before the check's did
+                raise ArchiveInvalid(CHANGED)
 
     def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one
