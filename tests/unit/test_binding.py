@@ -1,7 +1,8 @@
-"""The second read held to the check's bytes, block by block (proof.archive.binding)."""
+"""The second read held to the check's bytes, prefix by prefix (proof.archive.binding)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive import binding
-from tracker.proof.archive.binding import CHANGED, BlockCheck, BlockDigests
+from tracker.proof.archive.binding import CHANGED, PrefixCheck, PrefixDigests
 
 SMALL = 64  # bytes a block in these tests
 
@@ -32,12 +33,12 @@ def test_the_same_bytes_in_any_pieces_pass_block_by_block(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(binding, "BLOCK", SMALL)
-        blocks = BlockDigests(os.urandom(32))
+        blocks = PrefixDigests()
         for piece in pieces(data, first_cuts):
             blocks.update(piece)
         assert blocks.size == len(data)
         assert len(blocks.digests()) == -(-len(data) // SMALL) * 32
-        check = BlockCheck(blocks.key, blocks.digests(), blocks.size)
+        check = PrefixCheck(blocks.digests(), blocks.size)
         for piece in pieces(data, second_cuts):
             check.update(piece)
         assert check.left_in_block() == 0 and check.read == len(data)
@@ -53,26 +54,24 @@ def test_a_changed_byte_is_found_in_its_block_and_bytes_never_read_are_not(
     changed[at] ^= 1
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(binding, "BLOCK", SMALL)
-        blocks = BlockDigests(os.urandom(32))
+        blocks = PrefixDigests()
         blocks.update(data)
-        check = BlockCheck(blocks.key, blocks.digests(), blocks.size)
+        check = PrefixCheck(blocks.digests(), blocks.size)
         block_end = min(len(data), (at // SMALL + 1) * SMALL)
         check.update(bytes(changed[: (at // SMALL) * SMALL]))  # the blocks before: the same
         with pytest.raises(ArchiveInvalid, match=CHANGED):
             check.update(bytes(changed[(at // SMALL) * SMALL : block_end]))
         # a second read that stops before the changed block never sees it
-        early = BlockCheck(blocks.key, blocks.digests(), blocks.size)
+        early = PrefixCheck(blocks.digests(), blocks.size)
         early.update(bytes(changed[: (at // SMALL) * SMALL]))
         assert early.left_in_block() == 0
 
 
-def test_bytes_past_the_checks_read_and_another_key_are_refused() -> None:
+def test_bytes_past_the_checks_read_are_refused_and_the_last_digest_is_the_files() -> None:
     data = os.urandom(1000)
-    blocks = BlockDigests(os.urandom(32))
+    blocks = PrefixDigests()
     blocks.update(data)
-    check = BlockCheck(blocks.key, blocks.digests(), blocks.size)
+    assert blocks.digests()[-32:] == hashlib.sha256(data).digest() == blocks.sha.digest()
+    check = PrefixCheck(blocks.digests(), blocks.size)
     with pytest.raises(ArchiveInvalid, match=CHANGED):
         check.update(data + b"x")
-    other = BlockCheck(os.urandom(32), blocks.digests(), blocks.size)
-    with pytest.raises(ArchiveInvalid, match=CHANGED):
-        other.update(data)

@@ -17,7 +17,7 @@ from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_file
-from tracker.proof.archive.binding import BlockDigests
+from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.reread import STEP, ArchiveReread
 from tracker.proof.formats import storages as storage_format
 
@@ -85,9 +85,9 @@ def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
-    blocks = BlockDigests(os.urandom(32))
+    blocks = PrefixDigests()
     blocks.update(path.read_bytes())  # what the check read
-    first, size = (blocks.key, blocks.digests(), blocks.size), blocks.size
+    first, size = (blocks.digests(), blocks.size), blocks.size
     member = storages()[0].name
     reread = ArchiveReread(str(path), ".tar.zst", first)
     b"".join(reread(member, 0))
@@ -127,18 +127,19 @@ def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) ->
     name, data = many_accounts_archive(300_000_000, 3000)
     path = tmp_path / name
     path.write_bytes(data)
-    told: list[tuple[bytes, bytes, int]] = []
+    told: list[tuple[bytes, int]] = []
     real = StoragesProver.first_read
 
-    def first_read(self: StoragesProver, key: bytes, digest: bytes, size: int) -> None:
-        told.append((key, digest, size))
-        real(self, key, digest, size)
+    def first_read(self: StoragesProver, digests: bytes, size: int) -> None:
+        told.append((digests, size))
+        real(self, digests, size)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(StoragesProver, "first_read", first_read)
         verified = check_file(str(path), prove_accounts=AccountsLimits())
     assert verified.proof.level.label == "accounts"
-    ((key, digests, size),) = told
-    blocks = BlockDigests(key)
+    ((digests, size),) = told
+    blocks = PrefixDigests()
     blocks.update(data)
     assert (digests, size) == (blocks.digests(), len(data))
+    assert digests[-32:].hex() == verified.sha256  # the last: the file's SHA-256

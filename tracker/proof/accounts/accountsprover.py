@@ -68,17 +68,17 @@ class StoragesProver:
     :meth:`close` once the check is over, whichever way it ended."""
 
     limits: AccountsLimits
-    reread: Callable[[tuple[bytes, bytes, int] | None], Reread] | None = None
+    reread: Callable[[tuple[bytes, int] | None], Reread] | None = None
     summer: Callable[[], Summer] | None = None
     cancelled: Callable[[], bool] | None = None
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
-    _first: tuple[bytes, bytes, int] | None = None
+    _first: tuple[bytes, int] | None = None
 
-    def first_read(self, key: bytes, digest: bytes, size: int) -> None:
-        """The keyed BLAKE3 of the archive's ``size`` raw bytes as the check read them (its
-        key, its digest): the second read is held to it."""
-        self._first = (key, digest, size)
+    def first_read(self, digests: bytes, size: int) -> None:
+        """The digests of the prefixes of the archive's ``size`` raw bytes as the check read
+        them: the second read is held to them."""
+        self._first = (digests, size)
 
     def close(self) -> None:
         """Let go of the proof (its index, its summer's process); idempotent."""

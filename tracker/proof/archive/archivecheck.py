@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import threading
@@ -37,7 +36,7 @@ from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
-from tracker.proof.archive.binding import BlockDigests
+from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import decode_zstd_frames
@@ -97,9 +96,9 @@ def check_stream(
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
     budget = Budget(cancelled) if cancelled is not None else Budget()
-    # the bytes an accounts proof's second read must read again, bound by a key of this check
-    key = os.urandom(32) if accounts is not None else None
-    source = _Prefetch(read, unblock, key) if prefetch else _Inline(read, key)
+    # an accounts proof's second read is held to the bytes read here (.binding)
+    bind = accounts is not None
+    source = _Prefetch(read, unblock, bind) if prefetch else _Inline(read, bind)
     failed: list[BaseException] = []  # what reading raised: not the archive's fault
     with source:
 
@@ -145,7 +144,7 @@ def check_stream(
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
     if accounts is not None and bound is not None:  # the second read must read these bytes
-        accounts.first_read(bound.key, bound.digests(), bound.size)
+        accounts.first_read(bound.digests(), bound.size)
     try:
         return Verified(digest, prover.proof())
     except Exception as exc:
@@ -216,29 +215,31 @@ def _refuse_unless_regular(mode: int) -> None:
 
 
 class _RawDigests:
-    """The SHA-256 of the raw bytes, and with a ``key`` their keyed BLAKE3 in blocks too:
-    what an accounts proof's second read must read again (:mod:`.binding`)."""
+    """The SHA-256 of the raw bytes, and with ``bind`` the digest of every block's prefix
+    too: what an accounts proof's second read must read again (:mod:`.binding`)."""
 
-    def __init__(self, key: bytes | None) -> None:
-        self.sha = hashlib.sha256()
-        self._blocks = BlockDigests(key) if key is not None else None
+    def __init__(self, bind: bool) -> None:
+        self._prefixes = PrefixDigests()
+        self.sha = self._prefixes.sha
+        self._bind = bind
 
     def update(self, data: bytes) -> None:
-        self.sha.update(data)
-        if self._blocks is not None:
-            self._blocks.update(data)
+        if self._bind:
+            self._prefixes.update(data)
+        else:
+            self.sha.update(data)
 
-    def bound(self) -> BlockDigests | None:
-        """The keyed BLAKE3 of the bytes read, in blocks (None without a key)."""
-        return self._blocks
+    def bound(self) -> PrefixDigests | None:
+        """The prefixes' digests (None without ``bind``)."""
+        return self._prefixes if self._bind else None
 
 
 class _Inline:
     """Reads and hashes in the calling thread."""
 
-    def __init__(self, read: Read, key: bytes | None = None) -> None:
+    def __init__(self, read: Read, bind: bool = False) -> None:
         self._read = read
-        self._sha = _RawDigests(key)
+        self._sha = _RawDigests(bind)
 
     def __enter__(self) -> _Inline:
         return self
@@ -254,7 +255,7 @@ class _Inline:
     def hexdigest(self) -> str:
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> BlockDigests | None:
+    def bound(self) -> PrefixDigests | None:
         return self._sha.bound()
 
 
@@ -267,11 +268,11 @@ class _Prefetch:
     """
 
     def __init__(
-        self, read: Read, unblock: Callable[[], None] | None = None, key: bytes | None = None
+        self, read: Read, unblock: Callable[[], None] | None = None, bind: bool = False
     ) -> None:
         self._read = read
         self._unblock = unblock
-        self._sha = _RawDigests(key)
+        self._sha = _RawDigests(bind)
         self._ready: collections.deque[bytes] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -336,9 +337,8 @@ class _Prefetch:
         self._thread.join()
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> BlockDigests | None:
-        """The keyed BLAKE3 of every byte read, in blocks (after :meth:`hexdigest`; None
-        without a key)."""
+    def bound(self) -> PrefixDigests | None:
+        """The digests of the prefixes read (after :meth:`hexdigest`; None unless bound)."""
         return self._sha.bound()
 
 

@@ -26,7 +26,7 @@ import zstandard
 from tracker.core.libc import keep_large_buffers
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.binding import CHANGED, BlockCheck
+from tracker.proof.archive.binding import CHANGED, PrefixCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
@@ -40,13 +40,13 @@ STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here
 
 
 class _Bound(io.RawIOBase):
-    """The raw bytes of a file as they are read, held to the check's (``first``: its key,
-    block digests and size; :mod:`.binding`); the file ends where the check's read ended."""
+    """The raw bytes of a file as they are read, held to the check's (``first``: its prefixes'
+    digests and size; :mod:`.binding`); the file ends where the check's read ended."""
 
-    def __init__(self, raw: IO[bytes], first: tuple[bytes, bytes, int] | None) -> None:
+    def __init__(self, raw: IO[bytes], first: tuple[bytes, int] | None) -> None:
         self._raw = raw
-        self.check = BlockCheck(*first) if first is not None else None
-        self._left = first[2] if first is not None else None
+        self.check = PrefixCheck(*first) if first is not None else None
+        self._left = first[1] if first is not None else None
 
     def readable(self) -> bool:
         return True
@@ -69,7 +69,7 @@ class _Bound(io.RawIOBase):
         super().close()
 
 
-def _open(path: str, ext: str, first: tuple[bytes, bytes, int] | None) -> tuple[IO[bytes], _Bound]:
+def _open(path: str, ext: str, first: tuple[bytes, int] | None) -> tuple[IO[bytes], _Bound]:
     """The decoded stream of the archive at ``path``, and its raw bytes held to the check's
     (the caller closes both: the compression modules leave a file object they were given
     open)."""
@@ -135,10 +135,10 @@ class ArchiveReread:
     """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
     for in archive order; :meth:`close` when done."""
 
-    def __init__(self, path: str, ext: str, first: tuple[bytes, bytes, int] | None = None) -> None:
+    def __init__(self, path: str, ext: str, first: tuple[bytes, int] | None = None) -> None:
         self._path = path
         self._ext = ext
-        self._first = first  # the first read's key, keyed BLAKE3 and size
+        self._first = first  # the first read's prefix digests and size
         self._stream: IO[bytes] | None = None
         self._hashing: _Bound | None = None
         self._at = 0  # decoded offset of the next header

@@ -45,9 +45,10 @@ class AccountsProver(Protocol):
         """A parser of the account storage ``name`` (``accounts/{slot}.{id}``), or None."""
         ...
 
-    def first_read(self, key: bytes, digest: bytes, size: int) -> None:
-        """The keyed BLAKE3 (``key``) of the archive's ``size`` raw bytes as the check read
-        them, before :meth:`proof`: what the storages' second read must read again."""
+    def first_read(self, digests: bytes, size: int) -> None:
+        """The SHA-256 digests of the prefixes of the archive's ``size`` raw bytes as the check
+        read them (``proof.archive.binding``), before :meth:`proof`: what the storages' second
+        read must read again."""
         ...
 
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
