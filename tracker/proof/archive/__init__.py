@@ -7,7 +7,8 @@
 :mod:`~tracker.proof.formats.streamparse`, its bounds in
 :mod:`~tracker.proof.archive.checklimits`) and returns its SHA-256, also while it is being
 written; :mod:`~tracker.proof.archive.reread` reads a checked archive again for the accounts
-proof, held to the bytes the check read (:mod:`~tracker.proof.archive.binding`); :mod:`~tracker.proof.archive.headproof` proves an archive from its head. Answering with
+proof, held to the bytes the check read (:mod:`~tracker.proof.archive.binding`);
+:mod:`~tracker.proof.archive.headproof` proves an archive from its head. Answering with
 files is :mod:`tracker.serving`'s, accounting for downloads :mod:`tracker.accounting`'s.
 
 May import: :mod:`tracker.serving`, :mod:`tracker.net`, :mod:`tracker.core`, the proof's
