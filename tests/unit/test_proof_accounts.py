@@ -87,7 +87,7 @@ def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> N
             expected_lt_hash(),
             None,
         )
-        assert sum(seen) == newest_with_lamports(ordered) == 8
+        assert sum(seen) == newest_with_lamports(ordered) == 8 == proof.progress.hashed
 
 
 def newest_with_lamports(given: Sequence[Storage]) -> int:

@@ -367,10 +367,16 @@ def test_a_targets_throughput_shows_the_probed_and_achieved_figures(
 
 def test_running_accounts_proofs_show_their_progress() -> None:
     proof = ProofView(
-        records=12_345_678, bytes=3 * 1024**3, spilled=2 * 1024**2, held=5, workers_busy=1
+        records=12_345_678,
+        bytes=3 * 1024**3,
+        spilled=2 * 1024**2,
+        held=5,
+        workers_busy=1,
+        hashed=4_000_000,
     )
     page = render_status(view(cache=CacheView("/c", (), (), proofs=(proof,))))
     assert "Accounts proof running: 12,345,678 accounts, 3.0 GiB of storages read" in page
+    assert "4,000,000 accounts hashed by the second read" in page
     assert "spilled to disk" in page and "1 worker busy" in page
 
 

@@ -22,6 +22,11 @@ SERIES = (
     ("accounts_proof_accounts", "Stored accounts the running proofs have read.", "records"),
     ("accounts_proof_bytes", "Storage bytes the running proofs have read.", "bytes"),
     (
+        "accounts_proof_hashed",
+        "Accounts the running proofs' second reads have hashed (their newest versions).",
+        "hashed",
+    ),
+    (
         "accounts_proof_spill_bytes",
         "Bytes of the running proofs' spilled index on disk.",
         "spilled",

@@ -118,7 +118,8 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         uncached = tuple(sorted(cache.uncached.items()))
         refreshes = tuple(sources.refreshes())
         proofs = tuple(
-            ProofView(p.records, p.bytes, p.spilled, p.held, p.workers_busy) for p in running()
+            ProofView(p.records, p.bytes, p.spilled, p.held, p.workers_busy, p.hashed)
+            for p in running()
         )
         cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem, proofs)
     health = sources.scraper.in_order()

@@ -112,14 +112,16 @@ class CacheView:
 
 @attrs.frozen
 class ProofView:
-    """One running accounts proof's progress: stored accounts and storage bytes read, its
-    spilled index on disk, what it holds of the memory budget, its busy worker processes."""
+    """One running accounts proof's progress: stored accounts and storage bytes read, the
+    accounts its second read hashed, its spilled index on disk, what it holds of the memory
+    budget, its busy worker processes."""
 
     records: int
     bytes: int
     spilled: int
     held: int
     workers_busy: int
+    hashed: int = 0
 
 
 @attrs.frozen

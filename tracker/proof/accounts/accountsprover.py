@@ -60,8 +60,9 @@ class _Lengths:
 
 @attrs.define
 class StoragesProver:
-    """The accounts level of one full archive; ``reread()`` makes the second read's source
-    (the verified file on disk), asked at the end only if needed, closed by the caller;
+    """The accounts level of one full archive; ``reread(first)`` makes the second read's
+    source (the verified file on disk, held to the check's read ``first``: its prefixes'
+    digests and size, from :meth:`first_read`), asked at the end, closed by the caller;
     ``summer()`` makes where the accounts are hashed (``tracker.proof.accounts.hashworker``: a
     worker process; in the caller's thread when None), made with the proof at the first storage;
     ``cancelled()`` ends a wait for the memory budget's room.

@@ -75,7 +75,7 @@ def hash_newest(
 ) -> None:
     """Read every storage of ``storages`` again (``reread``) and add to ``summer`` the hash of
     each record with lamports whose locator ``superseded`` (sorted pieces, in storage order)
-    does not name; ``hashed(n)`` is told of each batch's records, for the progress. Raises
+    does not name; ``hashed(n)`` is told how many of each batch it hashed, for the progress. Raises
     ArchiveInvalid when a storage reads otherwise than it did the first time."""
     pending = by_storage(superseded)
     upcoming = next(pending, None)
@@ -110,9 +110,10 @@ def _hash_storage(
             there = skip[np.minimum(places, len(skip) - 1)] == at
             found += int(there.sum())
             counts &= ~there
-        lane_sum(batch, np.flatnonzero(counts), summer)
+        chosen = np.flatnonzero(counts)
+        lane_sum(batch, chosen, summer)
         if hashed is not None:
-            hashed(len(batch))
+            hashed(len(chosen))
 
     feeder = Feeder(_whole(stored, sink))
     chunks = reread(stored.name, 0)

@@ -1,4 +1,4 @@
-"""The second read of an archive on disk, for the accounts proof's superseded records.
+"""The second read of an archive on disk, where the accounts proof hashes its newest accounts.
 
 :class:`ArchiveReread` is the ``reread`` that
 :meth:`tracker.proof.accounts.accountsproof.AccountsProof. finish` asks for the data of a storage
@@ -7,7 +7,8 @@ member from an offset on (docs/architecture.md, "The accounts level"). It decode
 the order they came, so all its asks cost at most one more decompression of the archive up to the
 last member asked for, never one per member; a member before the current place (not asked by the
 proof) starts over. Member data before the wanted offset, and members not asked for, are decoded and
-dropped, not copied.
+dropped, not copied. The raw bytes it reads are held to those the check read
+(:mod:`tracker.proof.archive.binding`, :meth:`ArchiveReread.confirm`).
 """
 
 from __future__ import annotations
