@@ -354,3 +354,19 @@ def test_small_pieces_keep_records_aligned_to_the_storage(
     slots = {3: accounts, 4: [Account(key(n), 9, b"z" * (n * 5)) for n in range(30, 50)]}
     for chunk in (1, 7, 4096):
         assert prove(built(slots, [3, 4]), chunk) == (model(slots), None)
+
+
+def test_hundreds_of_storages_keep_their_names_slots_and_counts() -> None:
+    # the storage table grows past its first 64 rows: every storage is read again under its
+    # own name, and a pubkey twice in a late storage's slot is named with that storage
+    slots = {s: [Account(key(s), s, b"a" * (s % 9)), Account(key(1000 + s), 1)] for s in range(200)}
+    made = built(slots, list(slots))
+    assert prove(made, max_accounts=10_000) == (model(slots), None)
+    twice = Storage(150, 999, made[150].data, made[150].current_len)  # slot 150 again
+    proof = AccountsProof(AccountsLimits(max_accounts=10_000))
+    for storage in (*made, twice):
+        feed(proof, storage, 4096)
+    with pytest.raises(
+        ArchiveInvalid, match=r"^accounts/150\.(150|999): pubkey .* twice in slot 150$"
+    ):
+        proof.finish(reread_from({s.name: s.data for s in (*made, twice)}))

@@ -40,23 +40,18 @@ import numpy.typing as npt
 from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.proof.accounts.accounthash import LocalSum, Summer
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
-from tracker.proof.accounts.newest import Reread, Stored, hash_newest
+from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.formats.parsing import ParserOf
 from tracker.proof.formats.storages import Records, parse_storage
 
-__all__ = ["AccountsProof", "Reread", "member_name"]
+__all__ = ["AccountsProof", "Reread"]
 
 U64 = npt.NDArray[np.uint64]
 _COUNTS = np.uint64(1)
 #: Bytes asked of the budget at once while the index's runs held in memory grow.
 _GROW_STEP = 4 * 1024 * 1024
 _OVER_BOUND = "over the bound"
-
-
-def member_name(slot: int, ident: int) -> str:
-    """The tar member of a storage."""
-    return f"accounts/{slot}.{ident}"
 
 
 class AccountsProof:
@@ -79,8 +74,7 @@ class AccountsProof:
         self.progress.held = self.held.bytes
         # every version's record, in memory while the budget holds them, then on disk
         self.index = SpillIndex(MemoryRuns(), self.held.floor)
-        self._stored: list[Stored] = []
-        self._slots: U64 = np.zeros(64, dtype=np.uint64)
+        self._storages = StorageTable()
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
         track(self.progress)
@@ -98,19 +92,15 @@ class AccountsProof:
     def storage(self, slot: int, ident: int, size: int, current_len: int) -> ParserOf[int]:
         """The parser of the storage ``accounts/{slot}.{ident}`` of ``size`` bytes, the first
         ``current_len`` of them valid."""
-        number = len(self._stored)
+        number = self._storages.add(slot, ident, size, current_len)
         name = member_name(slot, ident)
-        self._stored.append(Stored(name, size, current_len, 0))
-        if number >= len(self._slots):
-            self._slots = np.concatenate((self._slots, np.zeros_like(self._slots)))
-        self._slots[number] = slot
         self.progress.bytes += size
 
         def sink(batch: Records) -> None:
             self._take(batch, number, slot, name)
 
         count = yield from parse_storage(name, size, current_len, sink)
-        self._stored[number] = Stored(name, size, current_len, count)
+        self._storages.counted(number, count)
         return count
 
     def _take(self, batch: Records, number: int, slot: int, name: str) -> None:
@@ -197,21 +187,21 @@ class AccountsProof:
         def hashed(count: int) -> None:
             self.progress.hashed += count
 
-        hash_newest(self._stored, superseded, reread, self._summer, hashed)
+        hash_newest(self._storages, superseded, reread, self._summer, hashed)
 
     def _finish_index(self, reread: Reread) -> str | None:
         """Sort the index's partitions and hash the newest versions; a note when the proof
         cannot end (no room, the temporary files unreadable)."""
         index = self.index
-        storages = len(self._stored)
-        slots = self._slots[:storages]
+        storages = len(self._storages)
+        slots = self._storages.slots()
         memory = self._dedup_memory()
 
         def twice(key: U64, locator: int) -> None:
             number = locator >> 32
             pubkey = base58.b58encode(np.ascontiguousarray(key, dtype="<u8").tobytes()).decode()
             raise ArchiveInvalid(
-                f"{self._stored[number].name}: pubkey {pubkey} is stored twice in slot "
+                f"{self._storages.name(number)}: pubkey {pubkey} is stored twice in slot "
                 f"{int(slots[number])}"
             )
 

@@ -15,7 +15,7 @@ every superseded locator; a file that changed in between is refused, never prove
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 import numpy as np
@@ -36,6 +36,11 @@ I64 = npt.NDArray[np.int64]
 _NONE: I64 = np.zeros(0, dtype=np.int64)
 
 
+def member_name(slot: int, ident: int) -> str:
+    """The tar member of a storage."""
+    return f"accounts/{slot}.{ident}"
+
+
 @attrs.frozen
 class Stored:
     """A storage as the first read found it: its member's name and size, its valid bytes
@@ -45,6 +50,46 @@ class Stored:
     size: int
     valid: int
     records: int
+
+
+class StorageTable:
+    """The storages the first read found, in the order they came, numbered from 0: 40 bytes
+    each (slot, id, size, valid bytes, records), whatever their number (a mainnet full holds
+    hundreds of thousands)."""
+
+    def __init__(self) -> None:
+        self._rows: U64 = np.zeros((64, 5), dtype=np.uint64)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, slot: int, ident: int, size: int, valid: int) -> int:
+        """A storage's number, its records not counted yet (:meth:`counted`)."""
+        if self._count == len(self._rows):
+            self._rows = np.concatenate((self._rows, np.zeros_like(self._rows)))
+        self._rows[self._count, :4] = (slot, ident, size, valid)
+        self._count += 1
+        return self._count - 1
+
+    def counted(self, number: int, records: int) -> None:
+        """The records storage ``number`` held."""
+        self._rows[number, 4] = records
+
+    def slots(self) -> U64:
+        """Every storage's slot, by number."""
+        slots: U64 = self._rows[: self._count, 0]
+        return slots
+
+    def name(self, number: int) -> str:
+        """Storage ``number``'s member name."""
+        slot, ident = self._rows[number, :2].tolist()
+        return member_name(slot, ident)
+
+    def __iter__(self) -> Iterator[Stored]:
+        for number in range(self._count):
+            _, _, size, valid, records = self._rows[number].tolist()
+            yield Stored(self.name(number), size, valid, records)
 
 
 def locator_offsets(locators: U64) -> I64:
@@ -67,7 +112,7 @@ def by_storage(superseded: Iterable[U64]) -> Iterator[tuple[int, I64]]:
 
 
 def hash_newest(
-    storages: Sequence[Stored],
+    storages: Iterable[Stored],
     superseded: Iterable[U64],
     reread: Reread,
     summer: Summer,
