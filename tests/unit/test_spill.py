@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -409,3 +410,27 @@ def test_the_partitions_order_is_lexsorts(pairs: list[tuple[int, int]], wide: bo
     slots = np.array([s for _, s in pairs], dtype=np.uint64)
     expected = np.lexsort((slots, prints))
     assert spill_module._by_print_then_slot(prints, slots).tolist() == expected.tolist()
+
+
+def test_the_partitions_sort_within_what_the_proof_holds_beside_its_runs_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the runs still in memory are part of what the proof holds: the sort gets the rest
+    slots = {3: many(3000, 3), 5: many(2000, 5, lamports=2), 9: many(1500, 9, start=1000)}
+    made = built(slots, [5, 3, 9])
+    seen: list[tuple[int, int, int]] = []
+    real = spill_module.SpillIndex.superseded_runs
+
+    def superseded_runs(self: SpillIndex, slots: Any, memory: int, *rest: Any) -> None:
+        self.seal()  # the runs whole (idempotent): what they hold in memory
+        seen.append((memory, self.dir.written, proof.held.bytes))
+        real(self, slots, memory, *rest)
+
+    monkeypatch.setattr(spill_module.SpillIndex, "superseded_runs", superseded_runs)
+    proof = AccountsProof(AccountsLimits(temp_dir=str(tmp_path)))
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    assert not proof.index.on_disk  # the default budget holds them all
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    ((memory, resident, held),) = seen
+    assert resident > 0 and memory + resident <= held

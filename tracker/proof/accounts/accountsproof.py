@@ -48,7 +48,6 @@ from tracker.proof.formats.storages import Records, parse_storage
 __all__ = ["AccountsProof", "Reread"]
 
 U64 = npt.NDArray[np.uint64]
-_COUNTS = np.uint64(1)
 #: Bytes asked of the budget at once while the index's runs held in memory grow.
 _GROW_STEP = 4 * 1024 * 1024
 _OVER_BOUND = "over the bound"
@@ -97,13 +96,13 @@ class AccountsProof:
         self.progress.bytes += size
 
         def sink(batch: Records) -> None:
-            self._take(batch, number, slot, name)
+            self._take(batch, number)
 
         count = yield from parse_storage(name, size, current_len, sink)
         self._storages.counted(number, count)
         return count
 
-    def _take(self, batch: Records, number: int, slot: int, name: str) -> None:
+    def _take(self, batch: Records, number: int) -> None:
         self._records += len(batch)
         self.progress.records = self._records
         self.progress.workers_busy = _workers_busy(self._summer)
@@ -166,10 +165,9 @@ class AccountsProof:
                 )
             if self._note is not None:
                 return None, self._note
-            if self._records and reread is None:
-                return None, f"not proven: {self._records} accounts need a second read"
             if self._records:
-                assert reread is not None
+                if reread is None:
+                    return None, f"not proven: {self._records} accounts need a second read"
                 note = self._finish_index(reread)
                 if note is not None:
                     return None, note
@@ -195,7 +193,6 @@ class AccountsProof:
         index = self.index
         storages = len(self._storages)
         slots = self._storages.slots()
-        memory = self._dedup_memory()
 
         def twice(key: U64, locator: int) -> None:
             number = locator >> 32
@@ -206,6 +203,8 @@ class AccountsProof:
             )
 
         try:
+            index.seal()  # its runs whole, the staging buffer gone: the sort's memory is known
+            memory = self._dedup_memory()
             index.superseded_runs(slots, memory, twice, self.limits.workers)
             if index.on_disk:
                 self.progress.spilled = index.dir.written
@@ -221,14 +220,17 @@ class AccountsProof:
         budget.spilled_peak = max(budget.spilled_peak, self.spilled)
 
     def _dedup_memory(self) -> int:
-        """As much of the budget as the proof can hold now for sorting partitions: up to
-        half the room, at least its floor."""
+        """As much of the budget as the proof can hold now for sorting partitions, beside the
+        index's runs it holds in memory: up to half the room, at least its floor (which the
+        runs held in memory always left free: the staging buffer's, gone by then)."""
         room = self.held.budget.room
+        resident = 0 if self.index.on_disk else self.index.dir.written
         for share in (room // 2, room // 4, room // 8):
-            if share > self.held.bytes and self.held.grow_to(share):
+            wanted = min(room, resident + share)
+            if wanted > self.held.bytes and self.held.grow_to(wanted):
                 break
         self.progress.held = self.held.bytes
-        return max(self.held.bytes, self.held.floor)
+        return max(self.held.bytes - resident, self.held.floor)
 
     def close(self) -> None:
         """Let go of what the proof holds (``finish`` does too): the index's memory, its

@@ -256,7 +256,8 @@ class MemoryRuns:
         self._writing = threading.Lock()  # partitions deduplicated in threads append here
 
     def append(self, name: str, data: npt.NDArray[np.generic]) -> None:
-        """Append the words of ``data`` (kept as it is: the caller hands over a new array)."""
+        """Append the words of ``data``, kept as they are (not copied: the caller changes it
+        no more; a partition of a flush is a view of that flush's sorted copy)."""
         words = np.ascontiguousarray(data).view(np.uint64).reshape(-1)
         if not len(words):
             return
@@ -353,6 +354,12 @@ class SpillIndex:
         held.remove()
         self.dir = directory
 
+    def seal(self) -> None:
+        """Write the staged records to their runs and let go of the staging buffer: no more
+        records come (idempotent)."""
+        self.flush()
+        self._stage = np.empty((0, 5), dtype=np.uint64)
+
     def flush(self) -> None:
         """Write the staged records to their partitions' run files."""
         if not self._staged:
@@ -387,8 +394,7 @@ class SpillIndex:
         ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises).
         ``threads`` partitions at once, each within its share of ``memory`` (numpy's sorts
         and reads release the GIL; the hashing processes are idle by then)."""
-        self.flush()
-        self._stage = np.empty((0, 5), dtype=np.uint64)
+        self.seal()
         threads = max(1, min(threads, FANOUT))
         share = memory // threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
