@@ -96,9 +96,7 @@ def check_stream(
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
     budget = Budget(cancelled) if cancelled is not None else Budget()
-    # an accounts proof's second read is held to the bytes read here (.binding)
-    bind = accounts is not None
-    source = _Prefetch(read, unblock, bind) if prefetch else _Inline(read, bind)
+    source = _Prefetch(read, unblock) if prefetch else _Inline(read)
     failed: list[BaseException] = []  # what reading raised: not the archive's fault
     with source:
 
@@ -139,12 +137,12 @@ def check_stream(
                 raise
             raise as_rejection(exc) from None
         digest = source.hexdigest()
-        bound = source.bound()
+        prefixes = source.prefixes()
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
-    if accounts is not None and bound is not None:  # the second read must read these bytes
-        accounts.first_read(bound.digests(), bound.size)
+    if accounts is not None:  # its second read must read these bytes (.binding)
+        accounts.first_read(prefixes.digests(), prefixes.size)
     try:
         return Verified(digest, prover.proof())
     except Exception as exc:
@@ -214,32 +212,12 @@ def _refuse_unless_regular(mode: int) -> None:
         raise OSError(errno.EINVAL, "not a regular file")
 
 
-class _RawDigests:
-    """The SHA-256 of the raw bytes, and with ``bind`` the digest of every block's prefix
-    too: what an accounts proof's second read must read again (:mod:`.binding`)."""
-
-    def __init__(self, bind: bool) -> None:
-        self._prefixes = PrefixDigests()
-        self.sha = self._prefixes.sha
-        self._bind = bind
-
-    def update(self, data: bytes) -> None:
-        if self._bind:
-            self._prefixes.update(data)
-        else:
-            self.sha.update(data)
-
-    def bound(self) -> PrefixDigests | None:
-        """The prefixes' digests (None without ``bind``)."""
-        return self._prefixes if self._bind else None
-
-
 class _Inline:
     """Reads and hashes in the calling thread."""
 
-    def __init__(self, read: Read, bind: bool = False) -> None:
+    def __init__(self, read: Read) -> None:
         self._read = read
-        self._sha = _RawDigests(bind)
+        self._sha = PrefixDigests()
 
     def __enter__(self) -> _Inline:
         return self
@@ -255,8 +233,8 @@ class _Inline:
     def hexdigest(self) -> str:
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> PrefixDigests | None:
-        return self._sha.bound()
+    def prefixes(self) -> PrefixDigests:
+        return self._sha
 
 
 class _Prefetch:
@@ -267,12 +245,10 @@ class _Prefetch:
     once stopped), so no read is left running on a descriptor its owner then closes.
     """
 
-    def __init__(
-        self, read: Read, unblock: Callable[[], None] | None = None, bind: bool = False
-    ) -> None:
+    def __init__(self, read: Read, unblock: Callable[[], None] | None = None) -> None:
         self._read = read
         self._unblock = unblock
-        self._sha = _RawDigests(bind)
+        self._sha = PrefixDigests()
         self._ready: collections.deque[bytes] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -337,9 +313,9 @@ class _Prefetch:
         self._thread.join()
         return self._sha.sha.hexdigest()
 
-    def bound(self) -> PrefixDigests | None:
-        """The digests of the prefixes read (after :meth:`hexdigest`; None unless bound)."""
-        return self._sha.bound()
+    def prefixes(self) -> PrefixDigests:
+        """The SHA-256 of every prefix read that ends a block (after :meth:`hexdigest`)."""
+        return self._sha
 
 
 class GrowingFile:

@@ -59,9 +59,9 @@ class _Bound(io.RawIOBase):
         if not len(view):
             return 0
         count = int(self._raw.readinto(view) or 0)  # type: ignore[attr-defined]
-        if count and self.check is not None:
-            assert self._left is not None
+        if self._left is not None:
             self._left -= count
+        if count and self.check is not None:
             self.check.update(view[:count])
         return count
 
