@@ -7,6 +7,7 @@ library without it gives None and the caller takes its fallback.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -33,9 +34,9 @@ _M_MMAP_THRESHOLD = -3
 #: Buffers up to this size come from the heap, and this much free heap is kept, rather than
 #: each buffer mapped afresh and its pages faulted in again.
 LARGE_BUFFER = 32 * 1024 * 1024
-_KEPT: list[bool] = []
 
 
+@functools.cache  # once a process
 def keep_large_buffers() -> bool:
     """Have glibc's malloc serve buffers of up to 32 MiB from its heap and keep 64 MiB of
     free heap, for the rest of the process; True once set (False: not glibc).
@@ -47,13 +48,9 @@ def keep_large_buffers() -> bool:
     "History of the figures"). The same bounds glibc settles on by itself after its first
     large frees (a mapping threshold of at most 32 MiB, twice that of free heap kept), set at
     once."""
-    if _KEPT:
-        return _KEPT[0]
     mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
-    kept = (
+    return (
         mallopt is not None
         and mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER) == 1
         and mallopt(_M_TRIM_THRESHOLD, 2 * LARGE_BUFFER) == 1
     )
-    _KEPT.append(kept)
-    return kept

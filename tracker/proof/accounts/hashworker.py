@@ -205,8 +205,7 @@ class HashWorker:
             self._pending = [memoryview(header + ends.tobytes())]  # one write: a few KiB
             self._flush(wait=False)
             return
-        if self._proc is None and self._seen >= self._start_from:
-            self._start()
+        self.expect(self._seen)
         taken = self._proc is not None and self.idle()
         if self._failure is not None:
             return
