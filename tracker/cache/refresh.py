@@ -33,7 +33,7 @@ from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.core.digests import Verified
+from tracker.core.digests import Verified, below_required
 from tracker.errors import CacheError
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
@@ -164,6 +164,11 @@ class Refresh(GaplessWrites):
         #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked), and what
         #: that check proved (docs/architecture.md, "Proven archives").
         self.sha256, self.proof = "", STRUCTURE_ONLY
+        #: Set (by :meth:`verify`) while the accounts level's second read runs, once the
+        #: check's read of the file passed and met the group's ``trust.require``: readers
+        #: may send every byte, the copy is neither promoted nor stored for others yet
+        #: (docs/architecture.md, "Two reads").
+        self.readers_released = False
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -197,8 +202,17 @@ class Refresh(GaplessWrites):
         the last byte, or the last HOLD_BACK bytes while the archive is checked: a reader's
         end waits until the refresh is known good, so that it never completes a body the
         refresh then finds broken. It does not wait for the fsync and rename (a request
-        arriving then waits for them instead: :meth:`Cache.wait_promotion`).
+        arriving then waits for them instead: :meth:`Cache.wait_promotion`), nor for the
+        accounts level's second read where the group's ``trust.require`` is met without it
+        (:attr:`readers_released`).
         """
+        if self.readers_released:
+            return self.size
+        return self.storable()
+
+    def storable(self) -> int:
+        """How many bytes from the start may be stored for others (the bucket's upload):
+        :meth:`readable`, but the end only once the whole check passed."""
         if self.verified:
             return self.size
         return min(self.written, max(0, self.size - self._hold_back))
@@ -228,21 +242,40 @@ class Refresh(GaplessWrites):
         if check is not None:
             check.finish(self.size)
             try:
+                await self._release_readers(check)
                 checked = await check.result()
                 self.sha256, self.proof = checked.sha256, checked.proof
-            except OSError as exc:  # the disk's fault, not the source's
-                reason = os.strerror(exc.errno or errno.EIO)
-                raise CacheError(f"archive check could not read the temp file: {reason}") from exc
+            except BaseException as exc:
+                # Failed: a reader that has not sent the end yet never will.
+                self.readers_released = False
+                if isinstance(exc, OSError):  # the disk's fault, not the source's
+                    reason = os.strerror(exc.errno or errno.EIO)
+                    raise CacheError(
+                        f"archive check could not read the temp file: {reason}"
+                    ) from exc
+                raise
             finally:
                 # Cancelled while waiting: the check's thread would decode on, unseen.
                 check.cancel()  # a no-op once it has ended
                 self._check = None
         if self.ended.is_set():  # aborted while the check ran
+            self.readers_released = False
             raise CacheError("refresh aborted")
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
             self.proof = await required_proof(self._checking, self.name, self.proof)
         self.verified = True
         self._notify()
+
+    async def _release_readers(self, check: FollowingCheck) -> None:
+        """Let the readers end once the check's read of the file passed, while the accounts
+        level's second read runs on, where what that read proved meets the group's
+        ``trust.require`` (a group requiring ``accounts`` or ``cluster`` waits for it all)."""
+        first = await check.first_read()
+        if check.done() or self._cut:
+            return
+        if below_required(first.proof, self._checking.require, self.name) is None:
+            self.readers_released = True
+            self._notify()
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".

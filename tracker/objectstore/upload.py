@@ -63,7 +63,9 @@ class Growing(Protocol):
         """True while the file is being repaired (neither checked good again nor given up)."""
         ...
 
-    def readable(self) -> int: ...
+    def storable(self) -> int:
+        """How many bytes from the start may be stored (the end once the whole check passed)."""
+        ...
 
     async def wait_progress(self) -> None: ...
 
@@ -191,7 +193,7 @@ async def _abort(bucket: Bucket, key: str, upload_id: str) -> None:
 async def _until_readable(growing: Growing, end: int, repairs: int) -> bool:
     """Wait until bytes up to ``end`` may be read (the last one only once verified); False
     when the file's readers were cut off since ``repairs`` (its bytes may be rewritten)."""
-    while growing.readable() < end:
+    while growing.storable() < end:
         if growing.repairs != repairs:
             return False
         if growing.failed:

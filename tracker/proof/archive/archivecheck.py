@@ -24,6 +24,7 @@ of a download ends shortly after its last byte (docs/architecture.md, "Verified 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,6 +32,8 @@ import stat
 import threading
 from collections.abc import Callable
 from types import TracebackType
+
+import trio
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
@@ -72,6 +75,7 @@ def check_stream(
     prover: ArchiveProver | None = None,
     seen: Callable[[Header, int], None] | None = None,
     decoders: int = 1,
+    first_read: Callable[[Verified], None] | None = None,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
@@ -89,7 +93,10 @@ def check_stream(
     too (one core). ``prover`` replaces the archive's own (``proof.archive.headproof``). ``seen`` is
     told each member the tar walk took (:func:`~tracker.proof.archive.tarwalk.walk_tar`).
     ``decoders``: threads that decode a multi-frame ``.tar.zst``'s frames in parallel
-    (:mod:`tracker.proof.archive.framedecode`).
+    (:mod:`tracker.proof.archive.framedecode`). ``first_read`` (if given) is told what the
+    read of the file proved before the accounts level's second read starts (the SHA-256 and
+    the manifest's level: a refresh's readers may end there, docs/architecture.md "Two
+    reads").
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -144,6 +151,8 @@ def check_stream(
     if accounts is not None:  # its second read must read these bytes (.binding)
         accounts.first_read(prefixes.digests(), prefixes.size)
     try:
+        if first_read is not None:
+            first_read(Verified(digest, prover.first_proof()))
         return Verified(digest, prover.proof())
     except Exception as exc:
         raise as_rejection(exc) from None
@@ -422,7 +431,8 @@ class FollowingCheck:
     The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
     the check with :meth:`cancel`; one of the last two must come in every path (the thread
     waits for bytes until then). :meth:`result` is the SHA-256 and the proof, or raises
-    ArchiveInvalid (OSError when the file could not be read).
+    ArchiveInvalid (OSError when the file could not be read); :meth:`first_read` is what the
+    read of the file proved, before the accounts level's second read.
     """
 
     def __init__(
@@ -439,6 +449,17 @@ class FollowingCheck:
             else None
         )
 
+        token = trio.lowlevel.current_trio_token()
+        #: What the read of the file proved, once it has (before the second read).
+        self._first: Verified | None = None
+        #: Set once the first read passed or the check ended.
+        self._early = trio.Event()
+
+        def told(verified: Verified) -> None:
+            self._first = verified
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._early.set)
+
         def run() -> Verified:
             try:
                 with proving(accounts):  # its worker process lives as long as the check
@@ -448,6 +469,7 @@ class FollowingCheck:
                         unblock=growing.cancel,
                         cancelled=growing.cancelled,
                         accounts=accounts,
+                        first_read=told,
                         # one decoder: frames decoded apart only once whole would hold back
                         # the verdict on a bad frame until the source sends all of it
                         # (docs/architecture.md, "Every core")
@@ -457,7 +479,9 @@ class FollowingCheck:
                 if again is not None:
                     os.close(again)
 
-        self._background: Background[Verified] = Background(run, name=THREAD_NAME)
+        self._background: Background[Verified] = Background(
+            run, on_done=lambda _ended: self._early.set(), name=THREAD_NAME
+        )
 
     @classmethod
     def start(
@@ -488,3 +512,13 @@ class FollowingCheck:
     async def result(self) -> Verified:
         """Wait for the check: the SHA-256's hex digest and the proof, or ArchiveInvalid."""
         return await self._background.result()
+
+    async def first_read(self) -> Verified:
+        """Wait until the check has read the whole file and passed all but the accounts
+        level: the SHA-256 and what that read proved (``manifest`` at most), while the
+        accounts level's second read may still run (:meth:`result` waits for it). Raises
+        what :meth:`result` raises when the check failed or ended before."""
+        await self._early.wait()
+        if self._first is not None:
+            return self._first
+        return await self.result()

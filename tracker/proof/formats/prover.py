@@ -105,11 +105,18 @@ class ArchiveProver:
     def proof(self) -> Proof:
         """``manifest`` (or ``accounts``) when proven; ``structure`` when the archive has no
         manifest to prove (its absence is the structure check's rejection)."""
+        proven = self.first_proof()
+        accounts, manifest = self._accounts, self._manifest
+        if accounts is not None and manifest is not None and proven.level >= Level.MANIFEST:
+            return accounts.proof(manifest, proven)
+        return proven
+
+    def first_proof(self) -> Proof:
+        """What the read of the tar stream proved by itself: :meth:`proof` without the
+        accounts level (whose second read of the storages :meth:`proof` runs)."""
         self._settle()
         if self._manifest is None or self._proven is None:
             return Proof(Level.STRUCTURE, note=NOT_READ)
-        if self._accounts is not None and self._proven.level >= Level.MANIFEST:
-            return self._accounts.proof(self._manifest, self._proven)
         return self._proven
 
     def _settle(self) -> None:

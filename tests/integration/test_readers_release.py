@@ -1,0 +1,37 @@
+"""A refresh's readers end at the group's ``trust.require``, end to end (docs/architecture.md,
+"Two reads"): a client of a real tracker gets the whole full while the accounts level's second
+read still runs, and the copy is listed proven to ``accounts`` once it ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from archives import many_accounts_archive
+from helpers_secondread import hold_second_read
+from helpers_tracker import wait_until
+from helpers_wire import raw_request
+from test_proven import wait_until_proof
+from test_verified import GROUP, _listed, fleet
+
+from tracker.proof.levels import Level
+
+
+async def test_a_client_gets_the_full_while_its_second_read_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = hold_second_read(monkeypatch)
+    name, data = many_accounts_archive(7200, 3000, seed=2)
+    try:
+        async with fleet(tmp_path, name, data, data, trust={"require": "manifest"}) as f:
+            await wait_until(lambda: _listed(f.public, name, 1))
+            with trio.fail_after(20):  # the second read is held for 60 s
+                served = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+            assert served.status == 200 and served.body == data
+            assert held.started.is_set() and not held.allowed.is_set()  # still held
+            held.go()
+            proof = await wait_until_proof(f.public, name)
+            assert proof["level"] == Level.ACCOUNTS.label
+    finally:
+        held.go()
