@@ -14,10 +14,12 @@ dropped, not copied. The raw bytes it reads are held to those the check read
 from __future__ import annotations
 
 import bz2
+import collections
 import contextlib
 import gzip
 import io
 import lzma
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -38,36 +40,110 @@ if TYPE_CHECKING:
 #: Bytes read from the decoded stream at once: a storage parser's piece, so that each piece it asks
 #: for is one chunk, taken as a view rather than copied (proof.formats.parsing.Bulk).
 STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here)
+#: Raw chunks of STEP bytes read and hashed ahead of the decoder.
+AHEAD = 2
 
 
 class _Bound(io.RawIOBase):
     """The raw bytes of a file as they are read, held to the check's (``first``: its prefixes'
-    digests and size; :mod:`.binding`); the file ends where the check's read ended."""
+    digests and size; :mod:`.binding`); the file ends where the check's read ended.
+
+    A thread of its own reads the file and takes the SHA-256 prefixes :data:`AHEAD` chunks
+    ahead of the decoder (``os.read`` and hashlib release the GIL): the check's thread then
+    only decodes, parses and hashes accounts, and a second read of data-heavy storages, where
+    the SHA-256 is most of the work, takes two cores instead of one."""
 
     def __init__(self, raw: IO[bytes], first: tuple[bytes, int] | None) -> None:
         self._raw = raw
         self.check = PrefixCheck(*first) if first is not None else None
         self._left = first[1] if first is not None else None
+        self._chunk = memoryview(b"")
+        self._ready: collections.deque[bytes | BaseException] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._ended: bytes | BaseException | None = None  # b"" at the end, or what failed
+        self._thread = threading.Thread(target=self._run, name="second-read", daemon=True)
+        self._thread.start()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        if self._left is not None:
-            view = view[: self._left]
         if not len(view):
             return 0
-        count = int(self._raw.readinto(view) or 0)  # type: ignore[attr-defined]
-        if self._left is not None:
-            self._left -= count
-        if count and self.check is not None:
-            self.check.update(view[:count])
+        if not len(self._chunk):
+            data = self._next()
+            if not data:
+                return 0
+            self._chunk = memoryview(data)
+        count = min(len(view), len(self._chunk))
+        view[:count] = self._chunk[:count]
+        self._chunk = self._chunk[count:]
         return count
 
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all of a chunk read ahead: ``size`` -1); a whole chunk
+        when ``size`` takes it, not copied (the zstd reader asks for STEP at once)."""
+        if not len(self._chunk):
+            data = self._next()
+            if size < 0 or size >= len(data):
+                return data
+            self._chunk = memoryview(data)
+        count = len(self._chunk) if size < 0 else min(size, len(self._chunk))
+        taken = bytes(self._chunk[:count])
+        self._chunk = self._chunk[count:]
+        return taken
+
     def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()  # within one chunk's read and hash
         self._raw.close()
         super().close()
+
+    def _next(self) -> bytes:
+        """The next chunk read ahead (b"" at the end); raises what reading it raised."""
+        if self._ended is not None:
+            if isinstance(self._ended, BaseException):
+                raise self._ended
+            return b""
+        with self._cond:
+            while not self._ready:
+                self._cond.wait()
+            item = self._ready.popleft()
+            self._cond.notify_all()
+        if isinstance(item, BaseException) or not item:
+            self._ended = item
+            return self._next()
+        return item
+
+    def _run(self) -> None:
+        try:
+            while True:
+                want = STEP if self._left is None else min(STEP, self._left)
+                data = self._raw.read(want) if want else b""
+                if self._left is not None:
+                    self._left -= len(data)
+                if data and self.check is not None:
+                    self.check.update(data)
+                if not self._put(data) or not data:
+                    return
+        except BaseException as exc:  # handed to the reader, in its thread
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        """Queue ``item`` once there is room; False when the reader closed meanwhile."""
+        with self._cond:
+            while len(self._ready) >= AHEAD and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return False
+            self._ready.append(item)
+            self._cond.notify_all()
+            return True
 
 
 def _open(path: str, ext: str, first: tuple[bytes, int] | None) -> tuple[IO[bytes], _Bound]:
@@ -75,12 +151,12 @@ def _open(path: str, ext: str, first: tuple[bytes, int] | None) -> tuple[IO[byte
     (the caller closes both: the compression modules leave a file object they were given
     open)."""
     hashing = _Bound(open(path, "rb", buffering=0), first)  # noqa: SIM115 (closed with the reader)
-    raw = io.BufferedReader(hashing, STEP)
-    if ext == ".tar.zst":
+    if ext == ".tar.zst":  # asks for whole chunks: nothing copied on the way
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
-            raw, read_across_frames=True, closefd=True
+            hashing, read_size=STEP, read_across_frames=True, closefd=True
         )
         return reader, hashing
+    raw = io.BufferedReader(hashing, STEP)
     openers: dict[str, Any] = {
         ".tar.lz4": lz4.frame.open,
         ".tar.bz2": bz2.open,
