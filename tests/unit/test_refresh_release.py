@@ -75,6 +75,8 @@ async def test_readers_end_at_the_groups_level_while_the_second_read_runs(
         assert refresh.readable() == (len(data) if released else max(0, len(data) - HOLD_BACK))
         assert not refresh.verified and not refresh.failed
         assert refresh.storable() < len(data)  # the bucket gets the end after the proof
+        [progress] = cache.refreshes()
+        assert progress.proving is released  # the status page says why it still runs
         second_read.go()
     assert refresh.verified and refresh.proof.level == Level.ACCOUNTS
     assert refresh.storable() == refresh.readable() == len(data)

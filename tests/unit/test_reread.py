@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.archive.binding import PrefixDigests
-from tracker.proof.archive.reread import STEP, ArchiveReread
+from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread
 from tracker.proof.formats import storages as storage_format
 
 
@@ -91,7 +92,7 @@ def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> No
     member = storages()[0].name
     reread = ArchiveReread(str(path), ".tar.zst", first)
     b"".join(reread(member, 0))
-    reread.confirm()  # the same bytes: the rest read to the end, its keyed BLAKE3 the check's
+    reread.confirm()  # the same bytes: the rest read to the end, its digests the check's
     reread.close()
     with path.open("ab") as f:  # bytes past what the check read are not its archive's
         f.write(b"more")
@@ -114,6 +115,35 @@ def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> No
     with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
         read_and_confirm(changed, member)  # refused as soon as its block is read
     changed.close()
+
+
+def test_a_second_read_closed_part_way_stops_its_reading_thread(tmp_path: Path) -> None:
+    name, data = many_accounts_archive(900, 160_000, seed=5)
+    assert len(data) > (AHEAD + 2) * STEP  # its reading thread waits for room when closed
+    path = tmp_path / name
+    path.write_bytes(data)
+    blocks = PrefixDigests()
+    blocks.update(data)
+    reread = ArchiveReread(str(path), ".tar.zst", (blocks.digests(), blocks.size))
+    first = min(storages_named(data))
+    next(iter(reread(first, 0)))  # one piece of the first storage: the thread reads ahead
+    reread.close()
+    assert not [t for t in threading.enumerate() if t.name == "second-read"]
+    assert not [fd for fd in os.listdir("/proc/self/fd") if _opens(fd, path)]
+
+
+def storages_named(data: bytes) -> list[str]:
+    """The account storages' member names of the ``.tar.zst`` archive ``data``."""
+    plain = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        return [m.name for m in tar.getmembers() if m.name.startswith("accounts/")]
+
+
+def _opens(fd: str, path: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    except OSError:
+        return False
 
 
 def read_and_confirm(reread: ArchiveReread, member: str) -> None:

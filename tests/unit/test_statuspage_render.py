@@ -242,6 +242,11 @@ def test_no_reload_without_refresh() -> None:
         ),
         # The source has not answered yet: no size.
         (RefreshProgress("mainnet", FULL, 0, 0, NOW, 1), ["waiting for the source"]),
+        # Every byte served, the accounts level's second read running.
+        (
+            RefreshProgress("mainnet", FULL, 100, 100, NOW - 9, 2, proving=True),
+            [">proving<", "every byte served to its readers"],
+        ),
     ],
 )
 def test_refreshes_show_percentage_rate_and_readers(

@@ -316,10 +316,17 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
         f'<br><span class="meta">{text(url)}: {share:.0f} % at {format_rate(rate)}</span>'
         for url, share, rate in source_shares(progress, now)
     )
+    state = "refreshing"
+    if progress.proving:  # docs/architecture.md, "Two reads"
+        state = "proving"
+        shares += (
+            '<br><span class="meta">every byte served to its readers; cached once its '
+            "accounts are proven</span>"
+        )
     return (
         f"<tr><td>{text(progress.group)}</td><td><code>{text(progress.name)}</code></td>"
         f'<td class="num">{format_bytes(progress.written)}</td>'
-        '<td><span class="badge refreshing">refreshing</span></td>'
+        f'<td><span class="badge refreshing">{state}</span></td>'
         f'<td>{bar}<br><span class="meta">started {ago(now, progress.started_at)}</span>'
         f"{shares}</td>"
         f'<td class="num">{format_rate(refresh_rate(progress, now))}</td>'

@@ -21,7 +21,7 @@ import io
 import lzma
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import lz4.frame
 import zstandard
@@ -153,7 +153,7 @@ def _open(path: str, ext: str, first: tuple[bytes, int] | None) -> tuple[IO[byte
     hashing = _Bound(open(path, "rb", buffering=0), first)  # noqa: SIM115 (closed with the reader)
     if ext == ".tar.zst":  # asks for whole chunks: nothing copied on the way
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
-            hashing, read_size=STEP, read_across_frames=True, closefd=True
+            cast(IO[bytes], hashing), read_size=STEP, read_across_frames=True, closefd=True
         )
         return reader, hashing
     raw = io.BufferedReader(hashing, STEP)
