@@ -1,16 +1,22 @@
 """A refresh's readers end at the group's ``trust.require``, end to end (docs/architecture.md,
 "Two reads"): a client of a real tracker gets the whole full while the accounts level's second
-read still runs, and the copy is listed proven to ``accounts`` once it ends."""
+read still runs, and the copy is listed proven to ``accounts`` once it ends; the bucket (a real
+SeaweedFS) gets it only then."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
 import trio
 from archives import many_accounts_archive
+from helpers_proxy import wait_for
+from helpers_replicas import idle, replica
+from helpers_s3 import Weed
 from helpers_secondread import hold_second_read
 from helpers_tracker import wait_until
+from helpers_upstream import FakeUpstream, serving
 from helpers_wire import raw_request
 from test_proven import wait_until_proof
 from test_verified import GROUP, _listed, fleet
@@ -33,5 +39,32 @@ async def test_a_client_gets_the_full_while_its_second_read_runs(
             held.go()
             proof = await wait_until_proof(f.public, name)
             assert proof["level"] == Level.ACCOUNTS.label
+    finally:
+        held.go()
+
+
+async def test_the_bucket_gets_the_full_only_once_its_accounts_are_proven(
+    weed: Weed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = hold_second_read(monkeypatch)
+    name, data = many_accounts_archive(7300, 3000, seed=4)
+    prefix = f"r-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{name}"
+    try:
+        async with (
+            serving(FakeUpstream(files={name: data})) as up,
+            replica(weed, up, tmp_path, prefix) as t,
+        ):
+            with trio.fail_after(20):  # the second read is held for 60 s
+                served = await raw_request(t.base, f"/v1/{GROUP}/{name}")
+            assert served.status == 200 and served.body == data  # the readers got it all
+            assert held.started.is_set() and not held.allowed.is_set()
+            assert key not in weed.objects(prefix)  # not stored for others yet
+            assert weed.uploads(prefix)  # its multipart upload waits for the proof
+            held.go()
+            await wait_for(lambda: key in weed.objects(prefix), timeout=30)
+            await idle(t)
+            proven = t.parts.streamer.digests.verified(GROUP, name)
+            assert proven is not None and proven.proof.level == Level.ACCOUNTS
     finally:
         held.go()
