@@ -188,6 +188,30 @@ def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums(
     assert not workers()
 
 
+def test_small_batches_share_a_slot_and_sum_what_the_calling_thread_sums() -> None:
+    worker, here = HashWorker(start_from=0), LocalSum()
+    rng = np.random.default_rng(11)
+    batches = 0
+    try:
+        for count in (120, 90, 150, 3, 110) * 12:  # ~10-40 KB each: dozens to a slot
+            work, ends = batch(rng, count)
+            room = worker.room(len(work))
+            if room is not None:
+                room[:] = work
+                work, batches = room, batches + 1
+            worker.add(work, ends)
+            here.add(work, ends)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, here.total()[0])
+        assert batches > 40 and worker.in_place > 0
+        assert worker.frames * 8 < batches  # the child woken once for many of them
+        assert len(worker._free) == hashworker.SLOTS  # every slot back
+    finally:
+        worker.close()
+    assert not workers()
+
+
 def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe() -> None:
     worker, here = HashWorker(start_from=0), LocalSum()
     rng = np.random.default_rng(9)

@@ -25,7 +25,9 @@ check lays a batch out there (:meth:`HashWorker.room`, ``kernels.lay_out_into``)
 only the frame's header and the messages' ends; the child hashes the slot where it lies and
 answers one byte, the slot's number, once it is free again. A data-heavy storage (accounts of
 ~20 KiB) cost ~4x its bare BLAKE3 when every byte went through the pipe (docs/architecture.md,
-"The accounts level" → "Every core"). A batch larger than a slot, or a system without
+"The accounts level" → "Every core"). Batches smaller than :data:`SEND_AT` share a slot: it
+is sent once it holds that much (or the next batch does not fit, or at the end), so that the
+child is woken once for several. A batch larger than a slot, or a system without
 ``memfd_create``, goes through the pipe as before.
 
 Frames, parent to child: a header ``<qQQq`` (its kind: 1 a batch, 0 the end; the number
@@ -67,6 +69,11 @@ _BATCH, _END = 1, 0
 #: against 1.30-1.38 s), for the same 16 MiB shared.
 SLOTS = 4
 SLOT_BYTES = 4 * 1024 * 1024
+#: A slot is sent once it holds this much: smaller batches (a storage of a few large
+#: accounts, or of a few hundred small ones) share a slot, so that the child is woken once
+#: for several of them (a wake-up through the pipe cost ~90 µs on this host, more than
+#: hashing a 250 KB batch).
+SEND_AT = 1024 * 1024
 #: The most messages and bytes of one frame the child accepts (a batch is one storage
 #: piece: ~4 MiB, plus one record of at most 10 MiB).
 MAX_MESSAGES = 1 << 22
@@ -97,6 +104,7 @@ class HashWorker:
         self._local = np.zeros(LANES, dtype=np.uint16)
         self.sent = 0  # messages hashed by the child (the rest: here)
         self.in_place = 0  # of them, hashed where they were laid out (a shared slot)
+        self.frames = 0  # batches written to the child: a slot's, or one through the pipe
         self._slot_bytes = SLOT_BYTES
         self._start_from = START_FROM if start_from is None else start_from
         self._seen = 0
@@ -105,7 +113,9 @@ class HashWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._shared: mmap.mmap | None = None
         self._free: list[int] = []  # shared slots the child is done with
-        self._lent: int | None = None  # the slot :meth:`room` gave for the next batch
+        self._lent: int | None = None  # the slot being filled (:meth:`room`), not sent yet
+        self._filled = 0  # its bytes laid out so far
+        self._lent_ends: list[npt.NDArray[np.int64]] = []  # their messages' ends in it
         self._base = 0  # the address of the shared slots
         self._due = 0  # slots sent, not answered yet
 
@@ -165,14 +175,38 @@ class HashWorker:
 
     def room(self, size: int) -> npt.NDArray[np.uint8] | None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`: a free slot of the shared memory
-        when the child runs, has taken the last frame and the batch fits in a slot."""
-        self._lent = None
-        if self._shared is None or size > self._slot_bytes or not self.idle():
-            return None
-        self._lent = self._free.pop()
+        when the child runs and the batch fits in the slot being filled, or the child has
+        taken the last frame and a slot is free (the one being filled is sent first)."""
+        if self._lent is not None and self._filled + size > self._slot_bytes:
+            self._send_lent()
+        if self._lent is None:
+            if self._shared is None or size > self._slot_bytes or not self.idle():
+                return None
+            self._lent, self._filled = self._free.pop(), 0
+        assert self._shared is not None  # a slot is lent only from the shared memory
         return np.frombuffer(
-            self._shared, dtype=np.uint8, count=size, offset=self._lent * self._slot_bytes
+            self._shared,
+            dtype=np.uint8,
+            count=size,
+            offset=self._lent * self._slot_bytes + self._filled,
         )
+
+    def _send_lent(self) -> None:
+        """Send the slot being filled (its header and its messages' ends; nothing when empty)."""
+        lent, self._lent = self._lent, None
+        ends, self._lent_ends = self._lent_ends, []
+        filled, self._filled = self._filled, 0
+        if lent is None:
+            return
+        if not ends:
+            self._free.append(lent)
+            return
+        self._due += 1
+        self.frames += 1
+        joined = np.ascontiguousarray(np.concatenate(ends), dtype="<i8")
+        header = _HEADER.pack(_BATCH, len(joined), filled, lent)
+        self._pending.append(memoryview(header + joined.tobytes()))  # one write: a few KiB
+        self._flush(wait=False)
 
     @property
     def pid(self) -> int | None:
@@ -192,18 +226,17 @@ class HashWorker:
         if self._failure is not None:
             return
         self._seen += len(ends)
-        lent, self._lent = self._lent, None
-        if lent is not None and work.ctypes.data != self._base + lent * self._slot_bytes:
-            self._free.append(lent)  # lent, then not used (the layout failed): free again
-            lent = None
-        if lent is not None:  # laid out in a shared slot: only the header and the ends go
+        lent = self._lent
+        at = self._base + (lent or 0) * self._slot_bytes + self._filled
+        if lent is not None and work.ctypes.data == at:
+            # laid out where the slot being filled ends: only the header and the ends go,
+            # once the slot holds SEND_AT bytes (or the next batch does not fit, or the end)
             self.sent += len(ends)
             self.in_place += len(ends)
-            self._due += 1
-            ends = np.ascontiguousarray(ends, dtype="<i8")
-            header = _HEADER.pack(_BATCH, len(ends), len(work), lent)
-            self._pending = [memoryview(header + ends.tobytes())]  # one write: a few KiB
-            self._flush(wait=False)
+            self._lent_ends.append(np.asarray(ends, dtype=np.int64) + self._filled)
+            self._filled += len(work)
+            if self._filled >= SEND_AT:
+                self._send_lent()
             return
         self.expect(self._seen)
         taken = self._proc is not None and self.idle()
@@ -213,6 +246,7 @@ class HashWorker:
             self._local = self._local + hash_sum(work, ends.tolist())
             return
         self.sent += len(ends)
+        self.frames += 1
         ends = np.ascontiguousarray(ends, dtype="<i8")
         header = _HEADER.pack(_BATCH, len(ends), len(work), -1)
         self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
@@ -223,6 +257,7 @@ class HashWorker:
         if self._failure is None and self._proc is None:
             return self._local.copy(), None  # the child never started
         if self._failure is None and self._proc is not None:
+            self._send_lent()
             self._flush(wait=True)
             self._answers(wait=True)  # before the end frame: the sum is all that comes after
             if self._failure is None:
@@ -348,17 +383,16 @@ class HashPool:
         return next((child.pid for child in self._children if child.pid is not None), None)
 
     def room(self, size: int) -> npt.NDArray[np.uint8] | None:
-        """See :class:`~tracker.proof.accounts.accounthash.Summer`: a shared slot of the first idle
-        child that has one; the next :meth:`add` goes to that child."""
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: room in the slot a child is
+        filling, or a free slot of an idle child; the next :meth:`add` goes to that child."""
         self._lender = None
         count = len(self._children)
         for step in range(count):
             child = self._children[(self._next + step) % count]
-            if child.idle():
-                room = child.room(size)
-                if room is not None:
-                    self._next = (self._next + step + 1) % count
-                    self._lender = child
+            room = child.room(size)
+            if room is not None:
+                self._next = (self._next + step + 1) % count
+                self._lender = child
                 return room
         return None
 
