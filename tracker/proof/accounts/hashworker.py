@@ -353,7 +353,8 @@ class HashWorker:
 class HashPool:
     """A :class:`~tracker.proof.accounts.accounthash.Summer` over several :class:`HashWorker`
     children (docs/architecture.md, "The accounts level" → "Every core"): each batch goes to
-    the first child that took its last one whole, or is hashed here when all are behind. The
+    the slot a child is filling when it fits there, else to the first child that took its last
+    one whole, or is hashed here when all are behind. The
     sum is commutative (u16 lanes), so each child sums its own batches and :meth:`total` adds
     the children's partial sums. ``workers`` children at most, taken from ``slots`` (the
     processes a tracker's proofs share; None: as many as asked) and given back at
