@@ -166,19 +166,30 @@ def test_batches_laid_out_in_shared_memory_prove_what_the_pipe_proves(
     assert not workers()
 
 
+def add_through_slots(
+    summer: HashWorker | HashPool, rng: np.random.Generator, counts: tuple[int, ...]
+) -> tuple[int, LocalSum]:
+    """Random batches of ``counts`` messages added to ``summer``, each laid out in the room it
+    lends when it lends some (as ``accounthash.lane_sum`` does); how many were, and the same
+    batches summed here."""
+    lent, here = 0, LocalSum()
+    for count in counts:
+        work, ends = batch(rng, count)
+        room = summer.room(len(work))
+        if room is not None:
+            room[:] = work
+            work, lent = room, lent + 1
+        summer.add(work, ends)
+        here.add(work, ends)
+    return lent, here
+
+
 def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums() -> None:
-    rng = np.random.default_rng(7)
-    pool, here = HashPool(2, start_from=0), LocalSum()
-    lent = 0
+    pool = HashPool(2, start_from=0)
     try:
-        for count in (3000, 200, 5000, 4000, 300) * 3:
-            work, ends = batch(rng, count)
-            room = pool.room(len(work))
-            if room is not None:
-                room[:] = work
-                work, lent = room, lent + 1
-            pool.add(work, ends)
-            here.add(work, ends)
+        lent, here = add_through_slots(
+            pool, np.random.default_rng(7), (3000, 200, 5000, 4000, 300) * 3
+        )
         total, note = pool.total()
         assert note is None and total is not None
         assert np.array_equal(total, here.total()[0])
@@ -189,18 +200,11 @@ def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums(
 
 
 def test_small_batches_share_a_slot_and_sum_what_the_calling_thread_sums() -> None:
-    worker, here = HashWorker(start_from=0), LocalSum()
-    rng = np.random.default_rng(11)
-    batches = 0
+    worker = HashWorker(start_from=0)
     try:
-        for count in (120, 90, 150, 3, 110) * 12:  # ~10-40 KB each: dozens to a slot
-            work, ends = batch(rng, count)
-            room = worker.room(len(work))
-            if room is not None:
-                room[:] = work
-                work, batches = room, batches + 1
-            worker.add(work, ends)
-            here.add(work, ends)
+        # ~10-40 KB each: dozens to a slot
+        counts = (120, 90, 150, 3, 110) * 12
+        batches, here = add_through_slots(worker, np.random.default_rng(11), counts)
         total, note = worker.total()
         assert note is None and total is not None
         assert np.array_equal(total, here.total()[0])
