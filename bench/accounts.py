@@ -25,6 +25,11 @@ its own, ``--runs`` times in alternating order (the best of each side is kept):
   before its first proof (numba imported, the compiled kernels loaded from numba's cache) is
   timed apart, not in the ratio: the tracker proves many archives in one process.
 
+With ``--paced MBPS``, each run also times what a refresh sees (``paced``): the check
+following the archive's bytes as they arrive at MBPS MB/s (``check_stream`` reading the file
+at that pace, as it follows a download), and how long after the last byte its first read ends
+(a refresh's readers get their last bytes then) and the proof ends (the copy is promoted).
+
 It prints the ratio proof / baseline (the targets: 1.0 wall, 2.0 CPU) in wall and CPU time, seconds
 per million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
 its hash worker (their sum: the process tree's peak at most), the most the proof held of its
@@ -54,7 +59,8 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
-from tracker.proof.archive.archivecheck import READ_SIZE, check_file
+from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stream
+from tracker.proof.archive.reread import accounts_prover, proving
 
 SLOT = 400_000_000
 
@@ -155,6 +161,52 @@ def prove(base: Path, memory: int) -> dict[str, Any]:
     }
 
 
+def paced(base: Path, memory: int, rate: float) -> dict[str, Any]:
+    """The check following the archive's bytes as they arrive at ``rate`` MB/s: seconds from
+    the last byte to the end of its first read and to its verdict (``kernels.warm_up`` first,
+    untimed, as in :func:`prove`)."""
+    from tracker.proof.formats import kernels
+
+    kernels.warm_up()
+    meta = json.loads((base / "meta.json").read_text())
+    path = str(base / meta["archive"])
+    temp = base / "tmp"
+    temp.mkdir(exist_ok=True)
+    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=MemoryBudget(memory))
+    first: list[float] = []
+    last = [0.0]
+    with open(path, "rb", buffering=0) as raw:
+        sent = 0
+        t0 = time.perf_counter()
+
+        def read(size: int) -> bytes:
+            nonlocal sent
+            wait = t0 + sent / (rate * 1e6) - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            data = raw.read(min(size, 1 << 20))
+            sent += len(data)
+            if not data:
+                last[0] = time.perf_counter()
+            return data
+
+        accounts = accounts_prover(meta["archive"], limits, path)
+        with proving(accounts):
+            verified = check_stream(
+                read,
+                meta["archive"],
+                accounts=accounts,
+                first_read=lambda _: first.append(time.perf_counter()),
+            )
+        done = time.perf_counter()
+    return {
+        "arrival": last[0] - t0,
+        "first_read_after": first[0] - last[0],
+        "proven_after": done - last[0],
+        "level": verified.proof.level.label,
+    }
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -217,9 +269,20 @@ def _children() -> list[str]:
     return found
 
 
-def _child(part: str, base: Path, memory: int) -> dict[str, Any]:
+def _child(part: str, base: Path, memory: int, rate: float = 0.0) -> dict[str, Any]:
     answer = subprocess.run(
-        [sys.executable, __file__, "--part", part, "--out", str(base), "--memory", str(memory)],
+        [
+            sys.executable,
+            __file__,
+            "--part",
+            part,
+            "--out",
+            str(base),
+            "--memory",
+            str(memory),
+            "--paced",
+            str(rate),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -238,11 +301,18 @@ def main() -> None:
     parser.add_argument(
         "--heavy", action="store_true", help="data-heavy storages: every account ~20 KiB"
     )
-    parser.add_argument("--part", choices=("baseline", "proof"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--paced", type=float, default=0.0, help="also time the check following bytes at MB/s"
+    )
+    parser.add_argument("--part", choices=("baseline", "proof", "paced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        result = baseline(args.out) if args.part == "baseline" else prove(args.out, args.memory)
-        print(json.dumps(result))
+        parts = {
+            "baseline": lambda: baseline(args.out),
+            "proof": lambda: prove(args.out, args.memory),
+            "paced": lambda: paced(args.out, args.memory, args.paced),
+        }
+        print(json.dumps(parts[args.part]()))
         return
     base = build(args.out, args.accounts, heavy=args.heavy)
     runs = []
@@ -250,6 +320,8 @@ def main() -> None:
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
         times = {first: _child(first, base, args.memory)}
         times[second] = _child(second, base, args.memory)
+        if args.paced:
+            times["paced"] = _child("paced", base, args.memory, args.paced)
         runs.append(times)
     base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
     proof_times = min((r["proof"] for r in runs), key=lambda t: t["check"])
@@ -305,6 +377,15 @@ def main() -> None:
         f"peak temporary disk (the spilled index): {proof_times['spill_peak'] / 2**20:.1f} MiB"
         f" ({proof_times['spill_peak'] / max(1, meta['records']):.1f} bytes a stored version)"
     )
+    if args.paced:
+        best = min((r["paced"] for r in runs), key=lambda t: t["proven_after"])
+        print(
+            f"following the bytes at {args.paced:g} MB/s ({best['arrival']:.2f} s, best of "
+            f"{args.runs}): first read ended {best['first_read_after']:.2f} s after the last "
+            f"byte, proven ({best['level']}) {best['proven_after']:.2f} s after it "
+            f"({best['proven_after'] / million:.2f} s per million accounts); each run: "
+            + ", ".join(f"{r['paced']['proven_after']:.2f}" for r in runs)
+        )
 
 
 if __name__ == "__main__":

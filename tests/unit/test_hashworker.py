@@ -184,6 +184,71 @@ def add_through_slots(
     return lent, here
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: HashWorker(start_from=0), lambda: HashPool(2, start_from=0)]
+)
+def test_batches_taken_out_leave_the_sum_of_the_others(make: object) -> None:
+    # the first read hashes ahead, the second takes the superseded versions out again: in a
+    # slot (small and large batches, the sign switching the slot being filled) or by the pipe
+    summer = make()  # type: ignore[operator]
+    rng = np.random.default_rng(13)
+    made = [batch(rng, count) for count in (3000, 120, 90, 4000, 150, 7, 2000, 60)]
+    kept = LocalSum()
+    try:
+        for work, ends in made:
+            room = summer.room(len(work))
+            if room is not None:
+                room[:] = work
+            summer.add(work if room is None else room, ends)
+        for n, (work, ends) in enumerate(made):
+            if n % 3 == 1:
+                kept.add(work, ends)
+                continue
+            room = summer.room(len(work), negative=True) if n % 2 else None
+            if room is not None:
+                room[:] = work
+            summer.add(work if room is None else room, ends, negative=True)
+        total, note = summer.total()
+        assert note is None and total is not None
+        assert np.array_equal(total, kept.total()[0])
+    finally:
+        summer.close()
+    assert not workers()
+
+
+def test_the_child_hashes_at_a_lower_priority_than_the_check() -> None:
+    worker = HashWorker(start_from=0)
+    try:
+        worker.expect(1)
+        assert worker.pid is not None
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, mine + hashworker.NICE)
+    finally:
+        worker.close()
+
+
+def test_a_negative_frame_in_a_slot_is_taken_out_by_the_child() -> None:
+    worker = HashWorker(start_from=0)
+    rng = np.random.default_rng(17)
+    try:
+        worker.expect(1)  # started: every batch is laid out in a slot
+        work, ends = batch(rng, 40)
+        for negative in (False, False, True):
+            room = worker.room(len(work), negative=negative)
+            assert room is not None
+            room[:] = work
+            worker.add(room, ends, negative=negative)
+        total, note = worker.total()
+        assert note is None and total is not None
+        once = LocalSum()
+        once.add(work, ends)
+        assert np.array_equal(total, once.total()[0])
+        assert worker.in_place == 120 and worker.frames == 2  # the sign ended the first slot
+    finally:
+        worker.close()
+    assert not workers()
+
+
 def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums() -> None:
     pool = HashPool(2, start_from=0)
     try:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import pytest
 from agave_storages import Storage, expected_lt_hash, feed, storages
 from hypothesis import HealthCheck, given, settings
@@ -31,13 +32,34 @@ def reread_from(members: Members) -> Callable[[str, int], Iterable[bytes]]:
     return reread
 
 
+class Lending(LocalSum):
+    """A summer that has room for a batch when ``lends()`` says so (a hashing process with a
+    free slot): the first read hashes ahead what it lends room for; counts what it hashed."""
+
+    def __init__(self, lends: Callable[[], bool] = lambda: True) -> None:
+        super().__init__()
+        self.lends = lends
+        self.added = self.taken_out = 0
+
+    def room(self, size: int, negative: bool = False) -> Any:
+        return np.empty(size, dtype=np.uint8) if self.lends() else None
+
+    def add(self, work: Any, ends: Any, negative: bool = False) -> None:
+        if negative:
+            self.taken_out += len(ends)
+        else:
+            self.added += len(ends)
+        super().add(work, ends, negative)
+
+
 def prove(
     given_storages: Sequence[Storage],
     chunk: int = 4096,
     max_accounts: int = 1000,
     limits: AccountsLimits | None = None,
+    summer: LocalSum | None = None,
 ) -> tuple[bytes | None, str | None]:
-    proof = AccountsProof(limits or AccountsLimits(max_accounts=max_accounts))
+    proof = AccountsProof(limits or AccountsLimits(max_accounts=max_accounts), summer)
     for storage in given_storages:
         feed(proof, storage, chunk)
     return proof.finish(reread_from({s.name: s.data for s in given_storages}))
@@ -74,7 +96,8 @@ def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> N
     seen: list[int] = []
 
     class Counting(LocalSum):
-        def add(self, work: Any, ends: Any) -> None:
+        def add(self, work: Any, ends: Any, negative: bool = False) -> None:
+            assert not negative  # nothing was hashed ahead: nothing is taken out
             seen.append(len(ends))
             super().add(work, ends)
 
@@ -88,6 +111,35 @@ def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> N
             None,
         )
         assert sum(seen) == newest_with_lamports(ordered) == 8 == proof.progress.hashed
+
+
+def asking(
+    reread: Callable[[str, int], Iterable[bytes]], asked: list[str]
+) -> Callable[[str, int], Iterable[bytes]]:
+    """``reread`` noting in ``asked`` the members asked of it."""
+
+    def noted(name: str, start: int) -> Iterable[bytes]:
+        asked.append(name)
+        return reread(name, start)
+
+    return noted
+
+
+def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_out() -> None:
+    # every batch hashed ahead: the storage holding the superseded version (slot 98) is read
+    # again to take it out; the two others, hashed whole with nothing superseded, are not
+    for ordered in (storages(), list(reversed(storages()))):
+        asked: list[str] = []
+        reread = asking(reread_from({s.name: s.data for s in ordered}), asked)
+        summer = Lending()
+        proof = AccountsProof(AccountsLimits(max_accounts=1000), summer)
+        for storage in ordered:
+            feed(proof, storage, 4096)
+        assert proof.progress.hashed == 9  # every version with lamports, ahead
+        assert proof.finish(reread) == (expected_lt_hash(), None)
+        assert asked == [s.name for s in ordered if s.slot == 98]
+        assert (summer.added, summer.taken_out) == (9, 1)
+        assert proof.progress.hashed == newest_with_lamports(ordered) == 8
 
 
 def newest_with_lamports(given: Sequence[Storage]) -> int:
@@ -296,6 +348,29 @@ def test_any_order_and_any_chunking_gives_the_models_hash(
     assert prove(built(slots, order), chunk) == (model(slots), None)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    states(),
+    st.randoms(),
+    st.sampled_from([140, 150, 301, 4096]),
+    st.lists(st.booleans(), min_size=1, max_size=6),
+)
+def test_whatever_the_first_read_hashed_ahead_the_hash_is_the_models(
+    slots: dict[int, list[Account]], rnd: object, piece: int, lends: list[bool]
+) -> None:
+    # a hashing process has room for some batches and not others (a storage is hashed ahead
+    # up to its first batch without room, small pieces: several batches a storage); the
+    # second read adds the rest and takes out what turned out superseded
+    order = list(slots)
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    pattern = itertools.cycle(lends)
+    summer = Lending(lambda: next(pattern))
+    with mock.patch.object(storage_format, "PIECE", piece):
+        assert prove(built(slots, order), 64, summer=summer) == (model(slots), None)
+    newest = newest_with_lamports(built(slots, order))
+    assert summer.added - summer.taken_out == newest
+
+
 @settings(max_examples=100, deadline=None)
 @given(states(), st.sampled_from([140, 150, 301, 512]), st.sampled_from([1, 5, 4096]))
 def test_any_piece_size_gives_the_models_hash(
@@ -362,8 +437,9 @@ def test_hundreds_of_storages_keep_their_names_slots_and_counts() -> None:
     slots = {s: [Account(key(s), s, b"a" * (s % 9)), Account(key(1000 + s), 1)] for s in range(200)}
     made = built(slots, list(slots))
     assert prove(made, max_accounts=10_000) == (model(slots), None)
+    assert prove(made, max_accounts=10_000, summer=Lending()) == (model(slots), None)
     twice = Storage(150, 999, made[150].data, made[150].current_len)  # slot 150 again
-    proof = AccountsProof(AccountsLimits(max_accounts=10_000))
+    proof = AccountsProof(AccountsLimits(max_accounts=10_000), Lending())
     for storage in (*made, twice):
         feed(proof, storage, 4096)
     with pytest.raises(

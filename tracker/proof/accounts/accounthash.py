@@ -39,18 +39,23 @@ class Summer(Protocol):
     """Where laid-out messages are hashed and summed: here (:class:`LocalSum`) or in a
     worker process (``tracker.proof.accounts.hashworker``)."""
 
-    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+    def room(self, size: int, negative: bool = False) -> npt.NDArray[np.uint8] | None:
         """A buffer of ``size`` bytes to lay the next batch's messages out in, where the
         hashing reads them (a worker's shared memory: no copy through a pipe), or None:
-        the caller lays them out in a buffer of its own. The next :meth:`add` passes it."""
+        the caller lays them out in a buffer of its own (or, in the first read, leaves them
+        to the second: :func:`lane_sum_in_room`). The next :meth:`add` passes it, with the
+        same ``negative``."""
 
     def expect(self, count: int) -> None:
         """At least ``count`` messages will come (the first read's records, before the second
         read hashes them): a worker process is started now when that many are worth one, so
         that it is ready when they come."""
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
-        """Add the hashes of the messages of ``work`` to the sum."""
+    def add(
+        self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], negative: bool = False
+    ) -> None:
+        """Add the hashes of the messages of ``work`` to the sum (``negative``: take them
+        out of it, the versions the first read hashed that turned out superseded)."""
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The sum of everything added, and None; or None and why it could not be made."""
@@ -65,16 +70,21 @@ class LocalSum:
     def __init__(self) -> None:
         self._total = zero_lanes()
 
-    def room(self, size: int) -> None:
+    def room(self, size: int, negative: bool = False) -> None:
         """See :class:`Summer`: hashed where it is laid out."""
         return None
 
     def expect(self, count: int) -> None:
         """See :class:`Summer`: no process to start."""
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
+    def add(
+        self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], negative: bool = False
+    ) -> None:
         """See :class:`Summer`."""
-        self._total += hash_sum(work, ends.tolist())
+        if negative:
+            self._total -= hash_sum(work, ends.tolist())
+        else:
+            self._total += hash_sum(work, ends.tolist())
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """See :class:`Summer`."""
@@ -84,13 +94,15 @@ class LocalSum:
         """Nothing to let go of."""
 
 
-def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer) -> None:
+def lane_sum(
+    batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, negative: bool = False
+) -> None:
     """Hand ``summer`` the lattice hashes of the records ``chosen`` of ``batch`` (every one has
-    lamports: the caller leaves out those without), to add."""
+    lamports: the caller leaves out those without), to add (``negative``: to take out)."""
     if not len(chosen):
         return
-    size = int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)
-    room = summer.room(size)
+    size = _size(batch, chosen)
+    room = summer.room(size, negative) if negative else summer.room(size)
     if room is None:
         work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
     else:  # laid out where the worker reads it (docs/architecture.md, "Every core")
@@ -98,4 +110,28 @@ def lane_sum(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer) -> N
             batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room
         )
         work = room
-    summer.add(work, ends)
+    if negative:
+        summer.add(work, ends, negative)
+    else:
+        summer.add(work, ends)
+
+
+def lane_sum_in_room(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer) -> bool:
+    """:func:`lane_sum` when ``summer`` has room for the messages where it hashes them (a
+    worker's free slot), and True; False, nothing laid out or hashed, when it has none (every
+    worker busy, none started, or the batch larger than a slot). The first read hashes ahead
+    this way (docs/architecture.md, "The accounts level" → "Hashing ahead"): with a worker's
+    spare time, never with its own."""
+    if not len(chosen):
+        return True
+    room = summer.room(_size(batch, chosen))
+    if room is None:
+        return False
+    _, ends = kernels.lay_out_into(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room)
+    summer.add(room, ends)
+    return True
+
+
+def _size(batch: Records, chosen: npt.NDArray[np.int64]) -> int:
+    """The bytes of the messages of the records ``chosen``."""
+    return int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)

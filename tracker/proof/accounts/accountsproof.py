@@ -22,11 +22,15 @@ caller's thread when None); a summer that fails (a worker process gone) leaves t
 The newest version of each pubkey wins: the one in the highest slot. A pubkey twice in one
 slot is refused (agave's storages hold one version per pubkey a slot). A version with zero
 lamports counts nothing, yet supersedes older ones. The first read (the check's one pass)
-hashes nothing: it records every version (its pubkey and locator) in the index
-(:mod:`tracker.proof.accounts.spill`: in memory while the proof's part of the budget holds it,
-then in run files), whose partitions, sorted at ``finish``, give the superseded versions; the
-second read (:mod:`tracker.proof.accounts.newest`) then hashes every newest version with
-lamports exactly once, on every hashing process at once.
+records every version (its pubkey and locator) in the index (:mod:`tracker.proof.accounts.spill`:
+in memory while the proof's part of the budget holds it, then in run files), whose partitions,
+sorted at ``finish``, give the superseded versions; it also hands the summer the versions with
+lamports of each storage while the summer has room for them where it hashes (a hashing
+process's free slot), up to the storage's first batch it has none for: hashing ahead with the
+processes' spare time, never its own (docs/architecture.md, "The accounts level" → "Hashing
+ahead"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions
+with lamports that were not hashed ahead and takes out the superseded ones that were, on every
+hashing process at once: each newest version is in the sum exactly once.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, NoRoom
-from tracker.proof.accounts.accounthash import LocalSum, Summer
+from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_room
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
@@ -117,12 +121,28 @@ class AccountsProof:
             | (((batch.offsets + batch.base) >> 3).astype(np.uint64) << np.uint64(1))
             | counts.astype(np.uint64)
         )
-        self._summer.expect(self._records)  # its processes start now, ready for the second read
+        self._summer.expect(self._records)  # its processes start now: they hash ahead
         try:
             self.index.add(batch.pubkey_words(), locators)
             self._within_budget()
         except NoRoom as exc:
             self._give_up(exc.note)
+            return
+        self._hash_ahead(batch, counts, number)
+
+    def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
+        """Hand a hashing process the versions with lamports of ``batch`` (of storage
+        ``number``) while one has room for them now; from the first batch none has room for,
+        the rest of the storage is left to the second read (:mod:`.newest`). A process's spare
+        time hashes ahead, never the reading thread's: the first read goes as fast as before
+        (docs/architecture.md, "The accounts level" → "Hashing ahead")."""
+        if not self._storages.hashing_ahead(number):
+            return
+        chosen = np.flatnonzero(counts)
+        if lane_sum_in_room(batch, chosen, self._summer):
+            self.progress.hashed += len(chosen)
+        else:
+            self._storages.stop_ahead(number, batch.base + int(batch.offsets[0]))
 
     def _within_budget(self) -> None:
         """Keep the records held in memory within what the proof holds or can take of the

@@ -14,7 +14,10 @@ hashes the next batch itself, so the two share the hashing as their other work a
 check's process also decompresses and walks; a loaded machine gives either less) and neither
 waits for the other but at the end.
 
-Its lifetime is the check's: ``close()`` (the check's end, whatever the way: done, failed,
+The child runs at ``nice`` 10 (:data:`NICE`, set by the parent once it started): what it
+hashes ahead in the first read takes the CPU the reading thread and the serving leave, never
+theirs (docs/architecture.md, "The accounts level" → "Hashing ahead"). Its lifetime is the
+check's: ``close()`` (the check's end, whatever the way: done, failed,
 cancelled) kills and waits for it; it also exits by itself when the pipe closes (the
 tracker gone). A child that fails (killed, out of memory, not startable) costs the proof: the
 sum is not made, the archive stays at ``manifest`` with the note, never rejected.
@@ -30,7 +33,8 @@ is sent once it holds that much (or the next batch does not fit, or at the end),
 child is woken once for several. A batch larger than a slot, or a system without
 ``memfd_create``, goes through the pipe as before.
 
-Frames, parent to child: a header ``<qQQq`` (its kind: 1 a batch, 0 the end; the number
+Frames, parent to child: a header ``<qQQq`` (its kind: 1 a batch to add, 2 a batch to take
+out of the sum, 0 the end; the number
 of messages; the bytes of the buffer; the shared slot holding them, or -1: they follow in the
 pipe), the messages' ends (little-endian i64), the buffer unless in a slot. Child to parent:
 a slot's number (one byte) when it is hashed, and the 2,048-byte sum at the end.
@@ -60,8 +64,9 @@ if TYPE_CHECKING:  # the child imports no more than it hashes with (its start-up
     from tracker.proof.accounts.budget import WorkerSlots
 
 _HEADER = struct.Struct("<qQQq")
-#: A frame's kind: a batch of messages, or the end (the sum is asked for).
-_BATCH, _END = 1, 0
+#: A frame's kind: a batch of messages to add, one to take out (versions the first read
+#: hashed ahead that turned out superseded), or the end (the sum is asked for).
+_BATCH, _NEGATIVE, _END = 1, 2, 0
 #: Slots of the shared memory and their size: a batch is ~4 MiB of a storage's records,
 #: their messages no larger. Four slots, not two, let the check hand the child three batches
 #: ahead before it hashes one itself: on 2 cores the child then takes ~18% more of the
@@ -78,6 +83,8 @@ SEND_AT = 1024 * 1024
 #: piece: ~4 MiB, plus one record of at most 10 MiB).
 MAX_MESSAGES = 1 << 22
 MAX_BYTES = 1 << 30
+#: How much the child lowers its scheduling priority (``nice``) when it starts.
+NICE = 10
 #: Messages from which the child is started (a tiny proof hashes them here).
 START_FROM = 2048
 #: Seconds the check waits for the child to take a frame or to answer before it gives up on
@@ -116,6 +123,7 @@ class HashWorker:
         self._lent: int | None = None  # the slot being filled (:meth:`room`), not sent yet
         self._filled = 0  # its bytes laid out so far
         self._lent_ends: list[npt.NDArray[np.int64]] = []  # their messages' ends in it
+        self._lent_negative = False  # its messages are taken out of the sum, not added
         self._base = 0  # the address of the shared slots
         self._due = 0  # slots sent, not answered yet
 
@@ -155,6 +163,9 @@ class HashWorker:
             if shared is not None:
                 os.close(shared)  # the child has its own; the mapping keeps the memory
         assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):  # gone already: its failure shows at the first write
+            mine = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, min(19, mine + NICE))
         with contextlib.suppress(OSError):  # a smaller pipe: more waits, same result
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
         os.set_blocking(self._proc.stdin.fileno(), False)
@@ -173,16 +184,20 @@ class HashWorker:
         self._answers(wait=False)  # behind while it hashes both slots
         return bool(self._free) and self._failure is None
 
-    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+    def room(self, size: int, negative: bool = False) -> npt.NDArray[np.uint8] | None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`: a free slot of the shared memory
-        when the child runs and the batch fits in the slot being filled, or the child has
-        taken the last frame and a slot is free (the one being filled is sent first)."""
-        if self._lent is not None and self._filled + size > self._slot_bytes:
+        when the child runs and the batch fits in the slot being filled (whose messages have
+        the same sign), or the child has taken the last frame and a slot is free (the one
+        being filled is sent first)."""
+        if self._lent is not None and (
+            self._filled + size > self._slot_bytes or negative != self._lent_negative
+        ):
             self._send_lent()
         if self._lent is None:
             if self._shared is None or size > self._slot_bytes or not self.idle():
                 return None
             self._lent, self._filled = self._free.pop(), 0
+            self._lent_negative = negative
         assert self._shared is not None  # a slot is lent only from the shared memory
         return np.frombuffer(
             self._shared,
@@ -204,7 +219,8 @@ class HashWorker:
         self._due += 1
         self.frames += 1
         joined = np.ascontiguousarray(np.concatenate(ends), dtype="<i8")
-        header = _HEADER.pack(_BATCH, len(joined), filled, lent)
+        kind = _NEGATIVE if self._lent_negative else _BATCH
+        header = _HEADER.pack(kind, len(joined), filled, lent)
         self._pending.append(memoryview(header + joined.tobytes()))  # one write: a few KiB
         self._flush(wait=False)
 
@@ -219,16 +235,18 @@ class HashWorker:
         if self._proc is None and self._failure is None and count >= self._start_from:
             self._start()
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
-        """Send the messages of ``work`` to be added to the sum; hash
-        them here instead while the child has not taken the last batch yet (or before it
-        starts)."""
+    def add(
+        self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], negative: bool = False
+    ) -> None:
+        """Send the messages of ``work`` to be added to the sum (``negative``: taken out of
+        it); hash them here instead while the child has not taken the last batch yet (or
+        before it starts)."""
         if self._failure is not None:
             return
         self._seen += len(ends)
         lent = self._lent
         at = self._base + (lent or 0) * self._slot_bytes + self._filled
-        if lent is not None and work.ctypes.data == at:
+        if lent is not None and work.ctypes.data == at and negative == self._lent_negative:
             # laid out where the slot being filled ends: only the header and the ends go,
             # once the slot holds SEND_AT bytes (or the next batch does not fit, or the end)
             self.sent += len(ends)
@@ -243,12 +261,12 @@ class HashWorker:
         if self._failure is not None:
             return
         if not taken:  # not started, or behind: this batch is hashed here
-            self._local = self._local + hash_sum(work, ends.tolist())
+            self._local = _summed(self._local, work, ends, negative)
             return
         self.sent += len(ends)
         self.frames += 1
         ends = np.ascontiguousarray(ends, dtype="<i8")
-        header = _HEADER.pack(_BATCH, len(ends), len(work), -1)
+        header = _HEADER.pack(_NEGATIVE if negative else _BATCH, len(ends), len(work), -1)
         self._pending = [memoryview(header), ends.data.cast("B"), work.data.cast("B")]
         self._flush(wait=False)
 
@@ -383,14 +401,14 @@ class HashPool:
         """A child's process id (None while none runs)."""
         return next((child.pid for child in self._children if child.pid is not None), None)
 
-    def room(self, size: int) -> npt.NDArray[np.uint8] | None:
+    def room(self, size: int, negative: bool = False) -> npt.NDArray[np.uint8] | None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`: room in the slot a child is
         filling, or a free slot of an idle child; the next :meth:`add` goes to that child."""
         self._lender = None
         count = len(self._children)
         for step in range(count):
             child = self._children[(self._next + step) % count]
-            room = child.room(size)
+            room = child.room(size, negative)
             if room is not None:
                 self._next = (self._next + step + 1) % count
                 self._lender = child
@@ -402,20 +420,22 @@ class HashPool:
         for child in self._children:
             child.expect(count)
 
-    def add(self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> None:
+    def add(
+        self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], negative: bool = False
+    ) -> None:
         """See :class:`~tracker.proof.accounts.accounthash.Summer`."""
         lender, self._lender = self._lender, None
         if lender is not None:
-            lender.add(work, ends)
+            lender.add(work, ends, negative)
             return
         count = len(self._children)
         for step in range(count):
             child = self._children[(self._next + step) % count]
             if child.idle():
                 self._next = (self._next + step + 1) % count
-                child.add(work, ends)
+                child.add(work, ends, negative)
                 return
-        self._local = self._local + hash_sum(work, ends.tolist())
+        self._local = _summed(self._local, work, ends, negative)
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The children's partial sums and this process's, added; or None and the first
@@ -435,6 +455,14 @@ class HashPool:
         if self._slots is not None:
             self._slots.give(len(self._children))
         self._slots = None
+
+
+def _summed(
+    total: Lanes, work: npt.NDArray[np.uint8] | bytes, ends: npt.NDArray[np.int64], negative: bool
+) -> Lanes:
+    """``total`` with the hashes of the messages of ``work`` added (``negative``: taken out)."""
+    part = hash_sum(work, ends.tolist())
+    return total - part if negative else total + part
 
 
 def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
@@ -482,7 +510,7 @@ def serve(
             sink.write(total.astype("<u2").tobytes())
             sink.flush()
             return 0
-        if kind != _BATCH or count > MAX_MESSAGES or nbytes > MAX_BYTES:
+        if kind not in (_BATCH, _NEGATIVE) or count > MAX_MESSAGES or nbytes > MAX_BYTES:
             return 2
         if slot != -1 and (shared is None or not 0 <= slot < SLOTS or nbytes > slot_bytes):
             return 2
@@ -498,7 +526,7 @@ def serve(
         ends = np.frombuffer(raw_ends, dtype="<i8")
         if count and (int(ends[-1]) > nbytes or int(ends[0]) < 0 or (np.diff(ends) < 0).any()):
             return 2
-        total += hash_sum(work, ends.tolist())
+        total = _summed(total, work, ends, kind == _NEGATIVE)
         if slot != -1:
             del work  # the slot is the parent's again
             sink.write(bytes([slot]))

@@ -1,13 +1,15 @@
-"""The second read: the newest version of every account hashed, once. Pure.
+"""The second read: what the first left of the newest versions' hashes. Pure.
 
-The first read indexes every stored version and hashes nothing; once it is over, which
-versions a newer one superseded is known (their locators: a storage's number and an offset,
-:mod:`tracker.proof.accounts.spill`).
-:func:`hash_newest` then reads every storage again, in the order the storages came, with the
-same parser as the first read (:func:`tracker.proof.formats.storages.parse_storage`), and hands
-the summer every record that has lamports and is not superseded: each account's newest version
-is hashed exactly once, nothing is hashed to be taken out again, and every hashing process has
-work from the second read's first storage on (docs/architecture.md, "The accounts level").
+The first read indexes every stored version, and hashes ahead the versions with lamports of
+each storage while a hashing process has room for them: a storage's records from its start up
+to where a process first had none (:attr:`Stored.ahead`; docs/architecture.md, "The accounts
+level" → "Hashing ahead"). Once it is over, which versions a newer one superseded is known
+(their locators: a storage's number and an offset, :mod:`tracker.proof.accounts.spill`).
+:func:`hash_newest` then reads the storages again, in the order they came, with the same
+parser as the first read (:func:`tracker.proof.formats.storages.parse_storage`), and hands the
+summer every record with lamports past ``ahead`` that is not superseded, to add, and every
+superseded one before it, to take out: each account's newest version is in the sum exactly
+once. A storage the first read hashed whole, with no superseded version, is not read again.
 What the second read finds is held to the first: as many records in each storage, a record at
 every superseded locator; a file that changed in between is refused, never proven.
 """
@@ -41,24 +43,30 @@ def member_name(slot: int, ident: int) -> str:
     return f"accounts/{slot}.{ident}"
 
 
+#: :attr:`Stored.ahead` of a storage whose every record the first read hashed.
+WHOLE = (1 << 64) - 1
+
+
 @attrs.frozen
 class Stored:
     """A storage as the first read found it: its member's name and size, its valid bytes
-    (the manifest's ``accounts_current_len``) and the records they held."""
+    (the manifest's ``accounts_current_len``), the records they held, and the storage offset
+    from which the first read hashed none of them ahead (:data:`WHOLE`: it hashed them all)."""
 
     name: str
     size: int
     valid: int
     records: int
+    ahead: int = WHOLE
 
 
 class StorageTable:
-    """The storages the first read found, in the order they came, numbered from 0: 40 bytes
-    each (slot, id, size, valid bytes, records), whatever their number (a mainnet full holds
-    hundreds of thousands)."""
+    """The storages the first read found, in the order they came, numbered from 0: 48 bytes
+    each (slot, id, size, valid bytes, records, where hashing ahead stopped), whatever their
+    number (a mainnet full holds hundreds of thousands)."""
 
     def __init__(self) -> None:
-        self._rows: U64 = np.zeros((64, 5), dtype=np.uint64)
+        self._rows: U64 = np.zeros((64, 6), dtype=np.uint64)
         self._count = 0
 
     def __len__(self) -> int:
@@ -68,9 +76,17 @@ class StorageTable:
         """A storage's number, its records not counted yet (:meth:`counted`)."""
         if self._count == len(self._rows):
             self._rows = np.concatenate((self._rows, np.zeros_like(self._rows)))
-        self._rows[self._count, :4] = (slot, ident, size, valid)
+        self._rows[self._count] = (slot, ident, size, valid, 0, WHOLE)
         self._count += 1
         return self._count - 1
+
+    def hashing_ahead(self, number: int) -> bool:
+        """True while the first read has hashed every record of storage ``number`` so far."""
+        return int(self._rows[number, 5]) == WHOLE
+
+    def stop_ahead(self, number: int, offset: int) -> None:
+        """The first read hashes no more of storage ``number`` ahead, from its ``offset`` on."""
+        self._rows[number, 5] = offset
 
     def counted(self, number: int, records: int) -> None:
         """The records storage ``number`` held."""
@@ -88,8 +104,8 @@ class StorageTable:
 
     def __iter__(self) -> Iterator[Stored]:
         for number in range(self._count):
-            _, _, size, valid, records = self._rows[number].tolist()
-            yield Stored(self.name(number), size, valid, records)
+            _, _, size, valid, records, ahead = self._rows[number].tolist()
+            yield Stored(self.name(number), size, valid, records, ahead)
 
 
 def locator_offsets(locators: U64) -> I64:
@@ -118,10 +134,13 @@ def hash_newest(
     summer: Summer,
     hashed: Callable[[int], None] | None = None,
 ) -> None:
-    """Read every storage of ``storages`` again (``reread``) and add to ``summer`` the hash of
-    each record with lamports whose locator ``superseded`` (sorted pieces, in storage order)
-    does not name; ``hashed(n)`` is told how many of each batch it hashed, for the progress. Raises
-    ArchiveInvalid when a storage reads otherwise than it did the first time."""
+    """Read the storages of ``storages`` again (``reread``) and hand ``summer`` what the
+    first read left of the sum (see the module): the hash of each record with lamports past
+    the storage's ``ahead`` whose locator ``superseded`` (sorted pieces, in storage order)
+    does not name, to add; of each before it that it names, to take out. ``hashed(n)`` is
+    told how many newest versions each batch added to the sum (less those taken out), for the
+    progress. Raises ArchiveInvalid when a storage reads otherwise than it did the first
+    time."""
     pending = by_storage(superseded)
     upcoming = next(pending, None)
     for number, stored in enumerate(storages):
@@ -129,7 +148,7 @@ def hash_newest(
         if upcoming is not None and upcoming[0] == number:
             skip = upcoming[1]
             upcoming = next(pending, None)
-        if stored.valid:
+        if stored.valid and (len(skip) or stored.ahead < stored.valid):
             _hash_storage(stored, skip, reread, summer, hashed)
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
@@ -142,23 +161,29 @@ def _hash_storage(
     summer: Summer,
     hashed: Callable[[int], None] | None,
 ) -> None:
-    """Hash the records of one storage that count: with lamports, not at ``skip``."""
+    """Hash the records of one storage with lamports: past ``stored.ahead`` those not at
+    ``skip``, to add; before it those at ``skip``, to take out."""
     found = records = 0  # superseded versions met, records met
 
     def sink(batch: Records) -> None:
         nonlocal found, records
         records += len(batch)
         counts = batch.lamports() != 0
+        at = batch.offsets + batch.base
+        early = at < stored.ahead if stored.ahead != WHOLE else np.ones(len(at), dtype=bool)
         if len(skip):
-            at = batch.offsets + batch.base
             places = np.searchsorted(skip, at)
             there = skip[np.minimum(places, len(skip) - 1)] == at
             found += int(there.sum())
+            taken_out = np.flatnonzero(counts & there & early)
+            lane_sum(batch, taken_out, summer, negative=True)
             counts &= ~there
-        chosen = np.flatnonzero(counts)
+        else:
+            taken_out = _NONE
+        chosen = np.flatnonzero(counts & ~early)
         lane_sum(batch, chosen, summer)
         if hashed is not None:
-            hashed(len(chosen))
+            hashed(len(chosen) - len(taken_out))
 
     feeder = Feeder(_whole(stored, sink))
     chunks = reread(stored.name, 0)
