@@ -173,3 +173,70 @@ def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) ->
     blocks.update(data)
     assert (digests, size) == (blocks.digests(), len(data))
     assert digests[-32:].hex() == verified.sha256  # the last: the file's SHA-256
+
+
+# --- frames decoded by several threads (a proof with more than two workers) ------------------
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 40])
+def test_frames_decoded_by_threads_read_what_one_decoder_reads(tmp_path: Path, pieces: int) -> None:
+    # frames cut anywhere in the tar (headers and records across them): every member read
+    # again the same, from any offset, and the read held to the check's bytes to the end
+    name, data = many_accounts_archive(700, 4000, seed=3, pieces=pieces)
+    path = tmp_path / name
+    path.write_bytes(data)
+    blocks = PrefixDigests()
+    blocks.update(data)
+    first = (blocks.digests(), blocks.size)
+    serial = ArchiveReread(str(path), ".tar.zst", first)
+    threads = ArchiveReread(str(path), ".tar.zst", first, decoders=3)
+    try:
+        for member in storages_named(data):
+            for start in (0, 9):
+                assert b"".join(threads(member, start)) == b"".join(serial(member, start))
+        threads.confirm()
+    finally:
+        serial.close()
+        threads.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("second-read", "zstd"))]
+
+
+def test_a_proof_whose_frames_are_decoded_by_threads_gives_the_lattice_hash(
+    tmp_path: Path,
+) -> None:
+    name, data = many_accounts_archive(800, 3000, seed=4, pieces=9)
+    path = tmp_path / name
+    path.write_bytes(data)
+    limits = AccountsLimits(workers=4)  # three frame threads in both reads
+    assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
+
+
+def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
+    tmp_path: Path,
+) -> None:
+    name, data = many_accounts_archive(900, 3000, seed=6, pieces=9)
+    path = tmp_path / name
+    blocks = PrefixDigests()
+    blocks.update(data)
+    changed = bytearray(data)
+    changed[-1] ^= 1  # the last byte: past every member, found by confirm
+    path.write_bytes(bytes(changed))
+    reread = ArchiveReread(str(path), ".tar.zst", (blocks.digests(), blocks.size), decoders=3)
+    try:
+        with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
+            read_and_confirm(reread, storages_named(data)[0])
+    finally:
+        reread.close()
+
+
+def test_frames_decoded_by_threads_stop_when_the_second_read_closes_part_way(
+    tmp_path: Path,
+) -> None:
+    name, data = many_accounts_archive(900, 160_000, seed=5, pieces=12)
+    path = tmp_path / name
+    path.write_bytes(data)
+    reread = ArchiveReread(str(path), ".tar.zst", None, decoders=3)
+    next(iter(reread(min(storages_named(data)), 0)))  # the decoders run ahead, then wait
+    reread.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("second-read", "zstd"))]
+    assert not [fd for fd in os.listdir("/proc/self/fd") if _opens(fd, path)]

@@ -381,7 +381,7 @@ def test_running_accounts_proofs_show_their_progress() -> None:
     )
     page = render_status(view(cache=CacheView("/c", (), (), proofs=(proof,))))
     assert "Accounts proof running: 12,345,678 accounts, 3.0 GiB of storages read" in page
-    assert "4,000,000 accounts hashed by the second read" in page
+    assert "4,000,000 accounts hashed (their newest versions)" in page
     assert "spilled to disk" in page and "1 worker busy" in page
 
 

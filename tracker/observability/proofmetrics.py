@@ -23,7 +23,7 @@ SERIES = (
     ("accounts_proof_bytes", "Storage bytes the running proofs have read.", "bytes"),
     (
         "accounts_proof_hashed",
-        "Accounts the running proofs' second reads have hashed (their newest versions).",
+        "Newest versions the running proofs have hashed, ahead and in their second reads.",
         "hashed",
     ),
     (

@@ -277,8 +277,8 @@ def _cache(view: StatusView) -> str:
         out.append(f'<p class="warn">The directory is unusable: {text(cache.problem)}</p>')
     out += [
         f'<p class="meta">Accounts proof running: {proof.records:,} accounts, '
-        f"{format_bytes(proof.bytes)} of storages read, {proof.hashed:,} accounts hashed by "
-        f"the second read, {format_bytes(proof.spilled)} "
+        f"{format_bytes(proof.bytes)} of storages read, {proof.hashed:,} accounts hashed "
+        f"(their newest versions), {format_bytes(proof.spilled)} "
         f"spilled to disk, {format_bytes(proof.held)} of memory held, "
         f"{proof.workers_busy} worker{'' if proof.workers_busy == 1 else 's'} busy</p>"
         for proof in cache.proofs

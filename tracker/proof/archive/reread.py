@@ -8,7 +8,10 @@ the order they came, so all its asks cost at most one more decompression of the 
 last member asked for, never one per member; a member before the current place (not asked by the
 proof) starts over. Member data before the wanted offset, and members not asked for, are decoded and
 dropped, not copied. The raw bytes it reads are held to those the check read
-(:mod:`tracker.proof.archive.binding`, :meth:`ArchiveReread.confirm`).
+(:mod:`tracker.proof.archive.binding`, :meth:`ArchiveReread.confirm`). A multi-frame
+``.tar.zst`` is decoded by ``decoders`` threads where the proof has more than one
+(:class:`_Frames`: :mod:`tracker.proof.archive.framedecode`, as the check's read of a file on
+disk), so that on a host of many cores the second read is not bound by its decoding.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.binding import CHANGED, PrefixCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
+from tracker.proof.archive.framedecode import decode_zstd_frames
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
 if TYPE_CHECKING:
@@ -146,11 +150,108 @@ class _Bound(io.RawIOBase):
             return True
 
 
-def _open(path: str, ext: str, first: tuple[bytes, int] | None) -> tuple[IO[bytes], _Bound]:
-    """The decoded stream of the archive at ``path``, and its raw bytes held to the check's
-    (the caller closes both: the compression modules leave a file object they were given
-    open)."""
+#: Why :class:`_Frames` stops decoding: its reader halted it (never seen by a reader).
+_HALTED = "second read: halted"
+
+
+class _Frames(io.RawIOBase):
+    """The decoded stream of a multi-frame ``.tar.zst`` whose raw bytes ``raw`` gives, its
+    frames decoded by ``workers`` threads (:func:`~tracker.proof.archive.framedecode.
+    decode_zstd_frames`, driven from a thread of its own) and read here in order.
+
+    The decoded pieces (whole frames' output, 4 MiB at most) are immutable bytes: a read
+    returns a view of the piece, never a copy, and :data:`AHEAD` pieces wait at most.
+    :meth:`halt` stops the decoding and lets go of ``raw`` (which it does not close), so
+    that its last block can be read to its end in the caller's thread."""
+
+    def __init__(self, raw: _Bound, workers: int) -> None:
+        self._raw = raw
+        self._chunk = memoryview(b"")
+        self._ready: collections.deque[memoryview | BaseException | None] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._ended: BaseException | bool = False  # True: the stream's end was read
+        self._thread = threading.Thread(
+            target=self._run, args=(workers,), name="second-read-frames", daemon=True
+        )
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> memoryview:
+        """Up to ``size`` decoded bytes (a whole piece: -1), a view; empty at the end."""
+        if not len(self._chunk):
+            self._chunk = self._next()
+        count = len(self._chunk) if size < 0 else min(size, len(self._chunk))
+        taken = self._chunk[:count]
+        self._chunk = self._chunk[count:]
+        return taken
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def halt(self) -> None:
+        """Stop decoding and wait for the thread (within one piece's hand-over)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def close(self) -> None:
+        self.halt()
+        super().close()
+
+    def _next(self) -> memoryview:
+        if self._ended is True:
+            return memoryview(b"")
+        if isinstance(self._ended, BaseException):
+            raise self._ended
+        with self._cond:
+            while not self._ready:
+                self._cond.wait()
+            item = self._ready.popleft()
+            self._cond.notify_all()
+        if item is None:
+            self._ended = True
+            return memoryview(b"")
+        if isinstance(item, BaseException):
+            self._ended = item
+            raise item
+        return item
+
+    def _run(self, workers: int) -> None:
+        try:
+            decode_zstd_frames(lambda: self._raw.read(-1), self._put, workers)
+            self._put(None)
+        except BaseException as exc:  # handed to the reader, in its thread, unless halted
+            with contextlib.suppress(ArchiveInvalid):
+                self._put(exc)
+
+    def _put(self, item: memoryview | BaseException | None) -> None:
+        """Queue ``item`` once there is room; ArchiveInvalid once the reader halted (it ends
+        the decoding, and is never queued)."""
+        with self._cond:
+            while len(self._ready) >= AHEAD and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                raise ArchiveInvalid(_HALTED)
+            self._ready.append(item)
+            self._cond.notify_all()
+
+
+def _open(
+    path: str, ext: str, first: tuple[bytes, int] | None, decoders: int = 1
+) -> tuple[IO[bytes], _Bound]:
+    """The decoded stream of the archive at ``path`` (its zstd frames decoded by
+    ``decoders`` threads), and its raw bytes held to the check's (the caller closes both: the
+    compression modules leave a file object they were given open)."""
     hashing = _Bound(open(path, "rb", buffering=0), first)  # noqa: SIM115 (closed with the reader)
+    if ext == ".tar.zst" and decoders > 1:
+        return cast(IO[bytes], _Frames(hashing, decoders)), hashing
     if ext == ".tar.zst":  # asks for whole chunks: nothing copied on the way
         reader: Any = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
             cast(IO[bytes], hashing), read_size=STEP, read_across_frames=True, closefd=True
@@ -189,9 +290,10 @@ def accounts_prover(
     from tracker.proof.accounts.accountsprover import StoragesProver
     from tracker.proof.accounts.hashworker import HashPool
 
+    decoders = max(1, limits.workers - 1)  # as the check's read of a file: archivecheck.decoders_of
     return StoragesProver(
         limits,
-        lambda first: ArchiveReread(path, parsed.ext, first),
+        lambda first: ArchiveReread(path, parsed.ext, first, decoders),
         lambda: HashPool(limits.hash_workers, limits.slots),
         cancelled=cancelled,
     )
@@ -210,11 +312,15 @@ def proving(accounts: StoragesProver | None) -> Iterator[None]:
 
 class ArchiveReread:
     """Member data of the archive at ``path`` (extension ``ext``, e.g. ``.tar.zst``), asked
-    for in archive order; :meth:`close` when done."""
+    for in archive order, its zstd frames decoded by ``decoders`` threads; :meth:`close` when
+    done."""
 
-    def __init__(self, path: str, ext: str, first: tuple[bytes, int] | None = None) -> None:
+    def __init__(
+        self, path: str, ext: str, first: tuple[bytes, int] | None = None, decoders: int = 1
+    ) -> None:
         self._path = path
         self._ext = ext
+        self._decoders = decoders
         self._first = first  # the first read's prefix digests and size
         self._stream: IO[bytes] | None = None
         self._hashing: _Bound | None = None
@@ -233,7 +339,7 @@ class ArchiveReread:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
             self.close()
-            self._stream, self._hashing = _open(self._path, self._ext, self._first)
+            self._stream, self._hashing = _open(self._path, self._ext, self._first, self._decoders)
             self._at = 0
             self._seen = set()
         size = self._find(self._stream, name)
@@ -258,6 +364,8 @@ class ArchiveReread:
         between can never be proven under the first read's SHA-256."""
         if self._hashing is None or self._hashing.check is None:
             return
+        if isinstance(self._stream, _Frames):
+            self._stream.halt()  # its thread reads the raw bytes no more: they are read here
         check = self._hashing.check
         while left := check.left_in_block():
             rest = bytearray(left)
@@ -281,10 +389,15 @@ class ArchiveReread:
 
     @staticmethod
     def _exactly(stream: IO[bytes], count: int) -> bytes:
-        data = stream.read(count)
-        if len(data) != count:
+        # a read may end where a decoded piece does (a frame's end, :class:`_Frames`)
+        parts = [bytes(stream.read(count))]
+        got = len(parts[0])
+        while got < count and (part := bytes(stream.read(count - got))):
+            parts.append(part)
+            got += len(part)
+        if got != count:
             raise ArchiveInvalid("second read: the archive ends early")
-        return data
+        return b"".join(parts)
 
     @staticmethod
     def _skip(stream: IO[bytes], count: int) -> None:
