@@ -16,10 +16,18 @@ from hypothesis import strategies as st
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accounthash import LocalSum
 from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.accountsprover import NO_LT_HASH, StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.formats import storages as storage_format
+from tracker.proof.formats.manifest import ManifestDecoder
 from tracker.proof.formats.parsing import run
-from tracker.proof.formats.writing import Account, lattice_of_slots, write_storage
+from tracker.proof.formats.writing import (
+    Account,
+    lattice_of_slots,
+    write_manifest,
+    write_storage,
+)
+from tracker.proof.levels import Level, Proof
 
 Members = dict[str, bytes]
 
@@ -140,6 +148,31 @@ def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_ou
         assert asked == [s.name for s in ordered if s.slot == 98]
         assert (summer.added, summer.taken_out) == (9, 1)
         assert proof.progress.hashed == newest_with_lamports(ordered) == 8
+
+
+def test_without_a_lattice_hash_in_the_manifest_nothing_is_hashed() -> None:
+    # the storages are still read (their structure checked) and indexed, but nothing hashed
+    # ahead and no hashing process started: the level cannot be proven
+    data = write_manifest(100, None, [(s.slot, s.ident, s.current_len) for s in storages()])
+    decoder = ManifestDecoder(len(data))
+    run(decoder.parser(), data)
+    manifest = decoder.result()
+    assert manifest.accounts_lt_hash is None
+    summers: list[Lending] = []
+
+    def lend() -> Lending:
+        summers.append(Lending())
+        return summers[-1]
+
+    prover = StoragesProver(AccountsLimits(max_accounts=1000), summer=lend)
+    for storage in storages():
+        parser = prover.member(storage.name, len(storage.data), manifest)
+        assert parser is not None
+        run(parser, storage.data)
+    assert not summers  # none made: no process to start
+    assert prover._proof is not None and prover._proof.records == 9  # read and indexed
+    assert prover.proof(manifest, Proof(Level.MANIFEST)).note == NO_LT_HASH
+    prover.close()
 
 
 def newest_with_lamports(given: Sequence[Storage]) -> int:

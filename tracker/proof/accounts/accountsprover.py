@@ -93,8 +93,12 @@ class StoragesProver:
             return None
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
+            hashing = manifest.accounts_lt_hash is not None  # else nothing to compare it with
             self._proof = AccountsProof(
-                self.limits, self.summer() if self.summer is not None else None, self.cancelled
+                self.limits,
+                self.summer() if self.summer is not None and hashing else None,
+                self.cancelled,
+                hashing,
             )
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
