@@ -178,13 +178,20 @@ def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) ->
 # --- frames decoded by several threads (a proof with more than two workers) ------------------
 
 
+def written(tmp_path: Path, slot: int, count: int, seed: int, pieces: int) -> tuple[Path, bytes]:
+    """A many-account full of ``pieces`` zstd frames written under ``tmp_path``: its path and
+    bytes."""
+    name, data = many_accounts_archive(slot, count, seed=seed, pieces=pieces)
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
 @pytest.mark.parametrize("pieces", [1, 7, 40])
 def test_frames_decoded_by_threads_read_what_one_decoder_reads(tmp_path: Path, pieces: int) -> None:
     # frames cut anywhere in the tar (headers and records across them): every member read
     # again the same, from any offset, and the read held to the check's bytes to the end
-    name, data = many_accounts_archive(700, 4000, seed=3, pieces=pieces)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 700, 4000, 3, pieces)
     blocks = PrefixDigests()
     blocks.update(data)
     first = (blocks.digests(), blocks.size)
@@ -204,9 +211,7 @@ def test_frames_decoded_by_threads_read_what_one_decoder_reads(tmp_path: Path, p
 def test_a_proof_whose_frames_are_decoded_by_threads_gives_the_lattice_hash(
     tmp_path: Path,
 ) -> None:
-    name, data = many_accounts_archive(800, 3000, seed=4, pieces=9)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, _ = written(tmp_path, 800, 3000, 4, 9)
     limits = AccountsLimits(workers=4)  # three frame threads in both reads
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
 
@@ -214,8 +219,7 @@ def test_a_proof_whose_frames_are_decoded_by_threads_gives_the_lattice_hash(
 def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
     tmp_path: Path,
 ) -> None:
-    name, data = many_accounts_archive(900, 3000, seed=6, pieces=9)
-    path = tmp_path / name
+    path, data = written(tmp_path, 900, 3000, 6, 9)
     blocks = PrefixDigests()
     blocks.update(data)
     changed = bytearray(data)
@@ -232,9 +236,7 @@ def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
 def test_frames_decoded_by_threads_stop_when_the_second_read_closes_part_way(
     tmp_path: Path,
 ) -> None:
-    name, data = many_accounts_archive(900, 160_000, seed=5, pieces=12)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 900, 160_000, 5, 12)
     reread = ArchiveReread(str(path), ".tar.zst", None, decoders=3)
     next(iter(reread(min(storages_named(data)), 0)))  # the decoders run ahead, then wait
     reread.close()
