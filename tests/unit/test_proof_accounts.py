@@ -150,6 +150,34 @@ def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_ou
         assert proof.progress.hashed == newest_with_lamports(ordered) == 8
 
 
+def test_a_batch_without_room_leaves_only_itself_to_the_second_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one storage of many batches (small pieces): the first finds every process busy, the
+    # others find room; they are hashed ahead all the same (an ancient storage of agave's
+    # holds dozens of batches), and the second read adds the first batch's only
+    monkeypatch.setattr(storage_format, "PIECE", 1024)
+    slots = {7: [Account(key(n), n + 1, bytes(100)) for n in range(40)]}
+    asks = itertools.count()
+    summer = Lending(lambda: next(asks) > 0)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), summer)
+    (storage,) = built(slots, [7])
+    batches: list[int] = []
+
+    def sink(batch: storage_format.Records) -> None:
+        batches.append(len(batch))
+
+    run(
+        storage_format.parse_storage(storage.name, len(storage.data), len(storage.data), sink),
+        storage.data,
+    )
+    assert len(batches) > 4
+    feed(proof, storage, 4096)
+    assert proof.progress.hashed == 40 - batches[0]  # every batch but the first, ahead
+    assert proof.finish(reread_from({storage.name: storage.data})) == (model(slots), None)
+    assert (summer.added, summer.taken_out) == (40, 0)
+
+
 def test_without_a_lattice_hash_in_the_manifest_nothing_is_hashed() -> None:
     # the storages are still read (their structure checked) and indexed, but nothing hashed
     # ahead and no hashing process started: the level cannot be proven

@@ -25,9 +25,9 @@ lamports counts nothing, yet supersedes older ones. The first read (the check's 
 records every version (its pubkey and locator) in the index (:mod:`tracker.proof.accounts.spill`:
 in memory while the proof's part of the budget holds it, then in run files), whose partitions,
 sorted at ``finish``, give the superseded versions; it also hands the summer the versions with
-lamports of each storage while the summer has room for them where it hashes (a hashing
-process's free slot), up to the storage's first batch it has none for: hashing ahead with the
-processes' spare time, never its own (docs/architecture.md, "The accounts level" → "Hashing
+lamports of each batch the summer has room for where it hashes (a hashing process's free
+slot), and leaves the others to the second read: hashing ahead with the processes' spare time,
+never its own (docs/architecture.md, "The accounts level" → "Hashing
 ahead"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions
 with lamports that were not hashed ahead and takes out the superseded ones that were, on every
 hashing process at once: each newest version is in the sum exactly once.
@@ -137,17 +137,17 @@ class AccountsProof:
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
-        ``number``) while one has room for them now; from the first batch none has room for,
-        the rest of the storage is left to the second read (:mod:`.newest`). A process's spare
-        time hashes ahead, never the reading thread's: the first read goes as fast as before
-        (docs/architecture.md, "The accounts level" → "Hashing ahead")."""
-        if not self._storages.hashing_ahead(number):
-            return
+        ``number``) when one has room for them now; else the batch is left to the second read
+        (:mod:`.newest`). A process's spare time hashes ahead, never the reading thread's: the
+        first read goes as fast as before (docs/architecture.md, "The accounts level" →
+        "Hashing ahead")."""
         chosen = np.flatnonzero(counts)
         if lane_sum_in_room(batch, chosen, self._summer):
             self.progress.hashed += len(chosen)
+            self._storages.hashed_ahead()
         else:
-            self._storages.stop_ahead(number, batch.base + int(batch.offsets[0]))
+            first, last = batch.base + int(batch.offsets[0]), batch.base + int(batch.offsets[-1])
+            self._storages.left(number, first, last)
 
     def _within_budget(self) -> None:
         """Keep the records held in memory within what the proof holds or can take of the

@@ -1,15 +1,15 @@
 """The second read: what the first left of the newest versions' hashes. Pure.
 
 The first read indexes every stored version, and hashes ahead the versions with lamports of
-each storage while a hashing process has room for them: a storage's records from its start up
-to where a process first had none (:attr:`Stored.ahead`; docs/architecture.md, "The accounts
-level" → "Hashing ahead"). Once it is over, which versions a newer one superseded is known
-(their locators: a storage's number and an offset, :mod:`tracker.proof.accounts.spill`).
-:func:`hash_newest` then reads the storages again, in the order they came, with the same
-parser as the first read (:func:`tracker.proof.formats.storages.parse_storage`), and hands the
-summer every record with lamports past ``ahead`` that is not superseded, to add, and every
-superseded one before it, to take out: each account's newest version is in the sum exactly
-once. A storage the first read hashed whole, with no superseded version, is not read again.
+each batch a hashing process has room for; the batches it had none for are left to the second
+read (:attr:`Stored.left`, ranges of record offsets; docs/architecture.md, "The accounts level"
+→ "Hashing ahead"). Once it is over, which versions a newer one superseded is known (their
+locators: a storage's number and an offset, :mod:`tracker.proof.accounts.spill`).
+:func:`hash_newest` then reads the storages again, in the order they came, with the same parser
+as the first read (:func:`tracker.proof.formats.storages.parse_storage`), and hands the summer
+every record with lamports left to it that is not superseded, to add, and every superseded one
+hashed ahead, to take out: each account's newest version is in the sum exactly once. A
+storage the first read hashed whole, with no superseded version, is not read again.
 What the second read finds is held to the first: as many records in each storage, a record at
 every superseded locator; a file that changed in between is refused, never proven.
 """
@@ -43,31 +43,33 @@ def member_name(slot: int, ident: int) -> str:
     return f"accounts/{slot}.{ident}"
 
 
-#: :attr:`Stored.ahead` of a storage whose every record the first read hashed.
-WHOLE = (1 << 64) - 1
-
-
 @attrs.frozen
 class Stored:
     """A storage as the first read found it: its member's name and size, its valid bytes
-    (the manifest's ``accounts_current_len``), the records they held, and the storage offset
-    from which the first read hashed none of them ahead (:data:`WHOLE`: it hashed them all)."""
+    (the manifest's ``accounts_current_len``), the records they held, and the records it did
+    not hash ahead: ``left``, (n, 2) ranges of record offsets, first and last record of each
+    (none: it hashed them all)."""
 
     name: str
     size: int
     valid: int
     records: int
-    ahead: int = WHOLE
+    left: U64 = attrs.field(factory=lambda: np.zeros((0, 2), dtype=np.uint64), eq=False)
 
 
 class StorageTable:
     """The storages the first read found, in the order they came, numbered from 0: 48 bytes
-    each (slot, id, size, valid bytes, records, where hashing ahead stopped), whatever their
-    number (a mainnet full holds hundreds of thousands)."""
+    each (slot, id, size, valid bytes, records, ranges left to the second read), whatever
+    their number (a mainnet full holds hundreds of thousands), and 16 bytes a range of
+    batches the first read did not hash ahead (consecutive ones joined): at most one a batch
+    of 4 MiB, ~25,000 for a mainnet full."""
 
     def __init__(self) -> None:
         self._rows: U64 = np.zeros((64, 6), dtype=np.uint64)
         self._count = 0
+        self._left: U64 = np.zeros((64, 2), dtype=np.uint64)
+        self._lefts = 0
+        self._open: int | None = None  # the storage whose last batch was left: its range grows
 
     def __len__(self) -> int:
         return self._count
@@ -76,17 +78,27 @@ class StorageTable:
         """A storage's number, its records not counted yet (:meth:`counted`)."""
         if self._count == len(self._rows):
             self._rows = np.concatenate((self._rows, np.zeros_like(self._rows)))
-        self._rows[self._count] = (slot, ident, size, valid, 0, WHOLE)
+        self._rows[self._count] = (slot, ident, size, valid, 0, 0)
         self._count += 1
+        self._open = None
         return self._count - 1
 
-    def hashing_ahead(self, number: int) -> bool:
-        """True while the first read has hashed every record of storage ``number`` so far."""
-        return int(self._rows[number, 5]) == WHOLE
+    def hashed_ahead(self) -> None:
+        """The batch the first read just read was hashed ahead."""
+        self._open = None
 
-    def stop_ahead(self, number: int, offset: int) -> None:
-        """The first read hashes no more of storage ``number`` ahead, from its ``offset`` on."""
-        self._rows[number, 5] = offset
+    def left(self, number: int, first: int, last: int) -> None:
+        """The batch of storage ``number`` whose records start from ``first`` to ``last`` was
+        not hashed ahead: the second read hashes it."""
+        if self._open == number:
+            self._left[self._lefts - 1, 1] = last
+            return
+        if self._lefts == len(self._left):
+            self._left = np.concatenate((self._left, np.zeros_like(self._left)))
+        self._left[self._lefts] = (first, last)
+        self._lefts += 1
+        self._rows[number, 5] += 1
+        self._open = number
 
     def counted(self, number: int, records: int) -> None:
         """The records storage ``number`` held."""
@@ -103,9 +115,11 @@ class StorageTable:
         return member_name(slot, ident)
 
     def __iter__(self) -> Iterator[Stored]:
+        at = 0
         for number in range(self._count):
-            _, _, size, valid, records, ahead = self._rows[number].tolist()
-            yield Stored(self.name(number), size, valid, records, ahead)
+            _, _, size, valid, records, lefts = self._rows[number].tolist()
+            yield Stored(self.name(number), size, valid, records, self._left[at : at + lefts])
+            at += lefts
 
 
 def locator_offsets(locators: U64) -> I64:
@@ -135,9 +149,9 @@ def hash_newest(
     hashed: Callable[[int], None] | None = None,
 ) -> None:
     """Read the storages of ``storages`` again (``reread``) and hand ``summer`` what the
-    first read left of the sum (see the module): the hash of each record with lamports past
-    the storage's ``ahead`` whose locator ``superseded`` (sorted pieces, in storage order)
-    does not name, to add; of each before it that it names, to take out. ``hashed(n)`` is
+    first read left of the sum (see the module): the hash of each record with lamports in the
+    storage's ``left`` ranges whose locator ``superseded`` (sorted pieces, in storage order)
+    does not name, to add; of each outside them that it names, to take out. ``hashed(n)`` is
     told how many newest versions each batch added to the sum (less those taken out), for the
     progress. Raises ArchiveInvalid when a storage reads otherwise than it did the first
     time."""
@@ -148,7 +162,7 @@ def hash_newest(
         if upcoming is not None and upcoming[0] == number:
             skip = upcoming[1]
             upcoming = next(pending, None)
-        if stored.valid and (len(skip) or stored.ahead < stored.valid):
+        if stored.valid and (len(skip) or len(stored.left)):
             _hash_storage(stored, skip, reread, summer, hashed)
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
@@ -161,8 +175,8 @@ def _hash_storage(
     summer: Summer,
     hashed: Callable[[int], None] | None,
 ) -> None:
-    """Hash the records of one storage with lamports: past ``stored.ahead`` those not at
-    ``skip``, to add; before it those at ``skip``, to take out."""
+    """Hash the records of one storage with lamports: in ``stored.left`` those not at
+    ``skip``, to add; outside it those at ``skip``, to take out."""
     found = records = 0  # superseded versions met, records met
 
     def sink(batch: Records) -> None:
@@ -170,7 +184,7 @@ def _hash_storage(
         records += len(batch)
         counts = batch.lamports() != 0
         at = batch.offsets + batch.base
-        early = at < stored.ahead if stored.ahead != WHOLE else np.ones(len(at), dtype=bool)
+        early = ~_within(at, stored.left)  # hashed ahead by the first read
         if len(skip):
             places = np.searchsorted(skip, at)
             there = skip[np.minimum(places, len(skip) - 1)] == at
@@ -200,6 +214,17 @@ def _hash_storage(
             f"{stored.name}: the second read differs from the first ({records} records, "
             f"{stored.records} the first time)"
         )
+
+
+def _within(offsets: I64, ranges: U64) -> npt.NDArray[np.bool_]:
+    """Which of ``offsets`` lie in one of ``ranges`` (sorted, apart: first and last, both
+    in)."""
+    if not len(ranges):
+        return np.zeros(len(offsets), dtype=bool)
+    at = offsets.astype(np.uint64)
+    place = np.searchsorted(ranges[:, 0], at, side="right") - 1
+    inside: npt.NDArray[np.bool_] = (place >= 0) & (at <= ranges[np.maximum(place, 0), 1])
+    return inside
 
 
 def _whole(stored: Stored, sink: Sink) -> Parser:
