@@ -65,14 +65,14 @@ from tracker.proof.archive.reread import accounts_prover, proving
 SLOT = 400_000_000
 
 
-def build(out: Path, accounts: int, *, heavy: bool = False) -> Path:
+def build(out: Path, accounts: int, *, heavy: bool = False, per: int | None = None) -> Path:
     """The archive (``bench/manyaccounts.py``: made storage by storage, in bounded memory),
-    built unless there."""
-    base = out / f"accounts-{accounts}{'-heavy' if heavy else ''}"
+    built unless there; ``per``: accounts a storage."""
+    base = out / f"accounts-{accounts}{'-heavy' if heavy else ''}{f'-per{per}' if per else ''}"
     if (base / "meta.json").exists():
         return base
     t0 = time.perf_counter()
-    meta = build_archive(base, SLOT, accounts, accounts, heavy=heavy)
+    meta = build_archive(base, SLOT, accounts, accounts, heavy=heavy, per=per)
     meta |= {"heavy": heavy, "seed": accounts, "built_in": time.perf_counter() - t0}
     (base / "meta.json").write_text(json.dumps(meta))
     return base
@@ -304,6 +304,9 @@ def main() -> None:
     parser.add_argument(
         "--paced", type=float, default=0.0, help="also time the check following bytes at MB/s"
     )
+    parser.add_argument(
+        "--per-storage", type=int, help="accounts a storage (agave's ancient ones: ~500000)"
+    )
     parser.add_argument("--part", choices=("baseline", "proof", "paced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
@@ -314,7 +317,7 @@ def main() -> None:
         }
         print(json.dumps(parts[args.part]()))
         return
-    base = build(args.out, args.accounts, heavy=args.heavy)
+    base = build(args.out, args.accounts, heavy=args.heavy, per=args.per_storage)
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")

@@ -174,12 +174,15 @@ def _homes(rng: np.random.Generator, count: int, heavy: bool) -> Records:
     return Records(pubkeys, lamports, owners, lens, blob)
 
 
-def storages(seed: int, accounts: int, *, heavy: bool = False) -> Iterator[Storage]:
+def storages(
+    seed: int, accounts: int, *, heavy: bool = False, per: int | None = None
+) -> Iterator[Storage]:
     """The storages of a state of ``accounts`` accounts, in ascending slots as agave writes
-    them. Each storage homes ``PER_STORAGE`` new accounts (heavy: 12); 5% of them are written
+    them. Each storage homes ``per`` new accounts (default ``PER_STORAGE``; heavy: 12; agave's
+    ancient storages of ~128 MiB hold ~500,000); 5% of them are written
     again (newer) 1 to ``REACH`` storages later, a fifth of those closed (zero lamports, no
     data, no owner): the older version is then superseded, so a proof needs its second read."""
-    per = 12 if heavy else PER_STORAGE
+    per = per or (12 if heavy else PER_STORAGE)
     count = max(2, -(-accounts // per))
     later: dict[int, list[Records]] = {}
     for slot in range(count):
@@ -255,16 +258,17 @@ class _Frames:
 
 
 def build_archive(
-    base: Path, slot: int, seed: int, accounts: int, *, heavy: bool = False
+    base: Path, slot: int, seed: int, accounts: int, *, heavy: bool = False, per: int | None = None
 ) -> dict[str, Any]:
-    """Write the full of ``storages(seed, accounts)`` at ``slot`` into ``base``; what it is."""
+    """Write the full of ``storages(seed, accounts, per=per)`` at ``slot`` into ``base``; what
+    it is."""
     base.mkdir(parents=True, exist_ok=True)
     part = base / "storages.part"
     frames = _Frames(part)
     lt = LtHash()
     listed: list[tuple[int, int, int]] = []
     records = newest = 0
-    for number, storage in enumerate(storages(seed, accounts, heavy=heavy)):
+    for number, storage in enumerate(storages(seed, accounts, heavy=heavy, per=per)):
         lattice_sum(storage.messages, storage.ends, lt)
         newest += len(storage.ends)
         records += storage.records
