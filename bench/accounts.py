@@ -29,6 +29,9 @@ With ``--paced MBPS``, each run also times what a refresh sees (``paced``): the 
 following the archive's bytes as they arrive at MBPS MB/s (``check_stream`` reading the file
 at that pace, as it follows a download), and how long after the last byte its first read ends
 (a refresh's readers get their last bytes then) and the proof ends (the copy is promoted).
+``--per-storage N`` builds storages of N accounts instead of ~5,000 (agave's ancient storages,
+~128 MiB, hold ~500,000): storages of many batches, which the first read hashes ahead batch by
+batch.
 
 It prints the ratio proof / baseline (the targets: 1.0 wall, 2.0 CPU) in wall and CPU time, seconds
 per million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
