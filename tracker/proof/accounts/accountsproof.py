@@ -138,9 +138,9 @@ class AccountsProof:
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
         ``number``) when one has room for them now; else the batch is left to the second read
-        (:mod:`.newest`). A process's spare time hashes ahead, never the reading thread's: the
-        first read goes as fast as before (docs/architecture.md, "The accounts level" →
-        "Hashing ahead")."""
+        (:mod:`.newest`). A process's spare time hashes ahead, never the reading thread's, which
+        only lays the messages out, as the second read did (docs/architecture.md, "The
+        accounts level" → "Hashing ahead")."""
         chosen = np.flatnonzero(counts)
         if lane_sum_in_room(batch, chosen, self._summer):
             self.progress.hashed += len(chosen)
