@@ -49,8 +49,8 @@ from tracker.proof.archive.archivecheck import (
     GrowingFile,
     check_file,
     check_stream,
-    decoders_of,
 )
+from tracker.proof.archive.framedecode import decoders_of
 from tracker.proof.archive.tarwalk import Header, read_header
 
 SLOT = 123_456

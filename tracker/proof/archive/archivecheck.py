@@ -42,7 +42,7 @@ from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
-from tracker.proof.archive.framedecode import decode_zstd_frames
+from tracker.proof.archive.framedecode import decode_zstd_frames, decoders_of
 from tracker.proof.archive.reread import accounts_prover, proving
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
@@ -188,16 +188,6 @@ def check_file(
             return check_stream(
                 file.read, name, accounts=accounts, decoders=decoders_of(prove_accounts)
             )
-
-
-def decoders_of(limits: AccountsLimits | None) -> int:
-    """Threads decoding the zstd frames of a file's check: the proof's ``workers``
-    (``proof_workers``) less the core SHA-256 keeps, at least one (docs/architecture.md,
-    "Every core"); one for a check without the accounts level."""
-    # SHA-256 is serial and is the check's bound: its reading thread needs a core of its
-    # own. On 2 cores, two frame threads beside it took 1.7x as long as the serial decoder
-    # (bench/README.md, "The archive check"): they only took turns with the SHA-256.
-    return 1 if limits is None else max(1, limits.workers - 1)
 
 
 def _open_regular(path: str) -> int:

@@ -34,7 +34,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.binding import CHANGED, PrefixCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
-from tracker.proof.archive.framedecode import decode_zstd_frames
+from tracker.proof.archive.framedecode import decode_zstd_frames, decoders_of
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
 if TYPE_CHECKING:
@@ -290,10 +290,9 @@ def accounts_prover(
     from tracker.proof.accounts.accountsprover import StoragesProver
     from tracker.proof.accounts.hashworker import HashPool
 
-    decoders = max(1, limits.workers - 1)  # as the check's read of a file: archivecheck.decoders_of
     return StoragesProver(
         limits,
-        lambda first: ArchiveReread(path, parsed.ext, first, decoders),
+        lambda first: ArchiveReread(path, parsed.ext, first, decoders_of(limits)),
         lambda: HashPool(limits.hash_workers, limits.slots),
         cancelled=cancelled,
     )
