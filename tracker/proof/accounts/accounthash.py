@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.proof.formats import kernels
-from tracker.proof.formats.lattice import LANES, hash_sum
+from tracker.proof.formats.lattice import LANES, hash_sum_into
 from tracker.proof.formats.storages import EXECUTABLE, LAMPORTS, META, OWNER, PUBKEY, Records
 
 _FIELDS = np.array([LAMPORTS, EXECUTABLE, OWNER, PUBKEY, META], dtype=np.int64)
@@ -81,10 +81,7 @@ class LocalSum:
         self, work: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], negative: bool = False
     ) -> None:
         """See :class:`Summer`."""
-        if negative:
-            self._total -= hash_sum(work, ends.tolist())
-        else:
-            self._total += hash_sum(work, ends.tolist())
+        self._total = hash_sum_into(self._total, work, ends, negative)
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """See :class:`Summer`."""
@@ -99,39 +96,25 @@ def lane_sum(
 ) -> None:
     """Hand ``summer`` the lattice hashes of the records ``chosen`` of ``batch`` (every one has
     lamports: the caller leaves out those without), to add (``negative``: to take out)."""
-    if not len(chosen):
-        return
-    size = _size(batch, chosen)
-    room = summer.room(size, negative) if negative else summer.room(size)
-    if room is None:
+    if not lane_sum_in_room(batch, chosen, summer, negative):  # laid out in a buffer here
         work, _, ends = kernels.lay_out(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS)
-    else:  # laid out where the worker reads it (docs/architecture.md, "Every core")
-        _, ends = kernels.lay_out_into(
-            batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room
-        )
-        work = room
-    if negative:
         summer.add(work, ends, negative)
-    else:
-        summer.add(work, ends)
 
 
-def lane_sum_in_room(batch: Records, chosen: npt.NDArray[np.int64], summer: Summer) -> bool:
+def lane_sum_in_room(
+    batch: Records, chosen: npt.NDArray[np.int64], summer: Summer, negative: bool = False
+) -> bool:
     """:func:`lane_sum` when ``summer`` has room for the messages where it hashes them (a
-    worker's free slot), and True; False, nothing laid out or hashed, when it has none (every
-    worker busy, none started, or the batch larger than a slot). The first read hashes ahead
-    this way (docs/architecture.md, "The accounts level" → "Hashing ahead"): with a worker's
-    spare time, never with its own."""
+    worker's free slot: docs/architecture.md, "Every core"), and True; False, nothing laid out
+    or hashed, when it has none (every worker busy, none started, or the batch larger than a
+    slot). The first read hashes ahead this way ("The accounts level" → "Hashing ahead"):
+    with a worker's spare time, never with its own."""
     if not len(chosen):
         return True
-    room = summer.room(_size(batch, chosen))
+    size = int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)
+    room = summer.room(size, negative)
     if room is None:
         return False
     _, ends = kernels.lay_out_into(batch.buf, batch.offsets, batch.data_lens, chosen, _FIELDS, room)
-    summer.add(room, ends)
+    summer.add(room, ends, negative)
     return True
-
-
-def _size(batch: Records, chosen: npt.NDArray[np.int64]) -> int:
-    """The bytes of the messages of the records ``chosen``."""
-    return int(batch.data_lens[chosen].sum()) + _MESSAGE * len(chosen)

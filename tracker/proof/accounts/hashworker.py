@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 import tracker
-from tracker.proof.formats.lattice import LANES, LT_HASH_BYTES, hash_sum
+from tracker.proof.formats.lattice import LANES, LT_HASH_BYTES, hash_sum_into
 
 if TYPE_CHECKING:  # the child imports no more than it hashes with (its start-up is a proof's)
     from tracker.proof.accounts.budget import WorkerSlots
@@ -261,7 +261,7 @@ class HashWorker:
         if self._failure is not None:
             return
         if not taken:  # not started, or behind: this batch is hashed here
-            self._local = _summed(self._local, work, ends, negative)
+            self._local = hash_sum_into(self._local, work, ends, negative)
             return
         self.sent += len(ends)
         self.frames += 1
@@ -435,7 +435,7 @@ class HashPool:
                 self._next = (self._next + step + 1) % count
                 child.add(work, ends, negative)
                 return
-        self._local = _summed(self._local, work, ends, negative)
+        self._local = hash_sum_into(self._local, work, ends, negative)
 
     def total(self) -> tuple[Lanes | None, str | None]:
         """The children's partial sums and this process's, added; or None and the first
@@ -455,14 +455,6 @@ class HashPool:
         if self._slots is not None:
             self._slots.give(len(self._children))
         self._slots = None
-
-
-def _summed(
-    total: Lanes, work: npt.NDArray[np.uint8] | bytes, ends: npt.NDArray[np.int64], negative: bool
-) -> Lanes:
-    """``total`` with the hashes of the messages of ``work`` added (``negative``: taken out)."""
-    part = hash_sum(work, ends.tolist())
-    return total - part if negative else total + part
 
 
 def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
@@ -526,7 +518,7 @@ def serve(
         ends = np.frombuffer(raw_ends, dtype="<i8")
         if count and (int(ends[-1]) > nbytes or int(ends[0]) < 0 or (np.diff(ends) < 0).any()):
             return 2
-        total = _summed(total, work, ends, kind == _NEGATIVE)
+        total = hash_sum_into(total, work, ends, kind == _NEGATIVE)
         if slot != -1:
             del work  # the slot is the parent's again
             sink.write(bytes([slot]))

@@ -72,6 +72,18 @@ def hash_sum(
     return total
 
 
+def hash_sum_into(
+    total: npt.NDArray[np.uint16],
+    work: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
+    ends: npt.NDArray[np.int64],
+    negative: bool = False,
+) -> npt.NDArray[np.uint16]:
+    """``total`` with :func:`hash_sum` of the messages of ``work`` added (``negative``: taken
+    out: versions hashed ahead that turned out superseded; the lanes wrap, so it is exact)."""
+    part = hash_sum(work, ends.tolist())
+    return total - part if negative else total + part
+
+
 def checksum(lt_hash: bytes) -> bytes:
     """The 32-byte BLAKE3 of a lattice hash: what an archive's name carries (in base58)."""
     return blake3.blake3(lt_hash).digest()
