@@ -59,15 +59,13 @@ _OVER_BOUND = "over the bound"
 
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module) within ``limits``;
-    ``cancelled()`` ends a wait for the budget's room; ``hashing`` False: the storages are
-    read and indexed but nothing is hashed (the manifest has no lattice hash to compare)."""
+    ``cancelled()`` ends a wait for the budget's room."""
 
     def __init__(
         self,
         limits: AccountsLimits | None = None,
         summer: Summer | None = None,
         cancelled: Callable[[], bool] | None = None,
-        hashing: bool = True,
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
@@ -81,7 +79,6 @@ class AccountsProof:
         self.index = SpillIndex(MemoryRuns(), self.held.floor)
         self._storages = StorageTable()
         self._records = 0
-        self._hashing = hashing
         self._summer: Summer = summer if summer is not None else LocalSum()
         track(self.progress)
 
@@ -124,16 +121,14 @@ class AccountsProof:
             | (((batch.offsets + batch.base) >> 3).astype(np.uint64) << np.uint64(1))
             | counts.astype(np.uint64)
         )
-        if self._hashing:
-            self._summer.expect(self._records)  # its processes start now: they hash ahead
+        self._summer.expect(self._records)  # its processes start now: they hash ahead
         try:
             self.index.add(batch.pubkey_words(), locators)
             self._within_budget()
         except NoRoom as exc:
             self._give_up(exc.note)
             return
-        if self._hashing:
-            self._hash_ahead(batch, counts, number)
+        self._hash_ahead(batch, counts, number)
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage

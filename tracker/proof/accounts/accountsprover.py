@@ -93,12 +93,11 @@ class StoragesProver:
             return None
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
-            hashing = manifest.accounts_lt_hash is not None  # else nothing to compare it with
+            # no lattice hash to compare: the storages are read and indexed, and no hashing
+            # process is started (the summer of the caller's thread lends no room ahead)
+            summer = self.summer if manifest.accounts_lt_hash is not None else None
             self._proof = AccountsProof(
-                self.limits,
-                self.summer() if self.summer is not None and hashing else None,
-                self.cancelled,
-                hashing,
+                self.limits, summer() if summer is not None else None, self.cancelled
             )
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
