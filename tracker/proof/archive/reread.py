@@ -24,7 +24,7 @@ import io
 import lzma
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import lz4.frame
 import zstandard
@@ -48,6 +48,54 @@ STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here
 AHEAD = 2
 
 
+_C = TypeVar("_C", bytes, memoryview)
+
+
+class _Handover(Generic[_C]):
+    """Chunks a thread of its own makes, handed to the reading thread in order, at most
+    :data:`AHEAD` waiting (the maker waits for room). The maker ends with None (the end) or
+    an exception (what failed); the reader is given either again at every later take. Once
+    stopped, :meth:`put` takes nothing more and says so."""
+
+    def __init__(self) -> None:
+        self._ready: collections.deque[_C | BaseException | None] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._ended: BaseException | bool = False  # True: the end was taken
+
+    def put(self, item: _C | BaseException | None) -> bool:
+        """Queue ``item`` once there is room; False when the reader stopped meanwhile."""
+        with self._cond:
+            while len(self._ready) >= AHEAD and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return False
+            self._ready.append(item)
+            self._cond.notify_all()
+            return True
+
+    def take(self) -> _C | None:
+        """The next chunk (None at the end); raises what the maker failed with."""
+        if self._ended is False:
+            with self._cond:
+                while not self._ready:
+                    self._cond.wait()
+                item = self._ready.popleft()
+                self._cond.notify_all()
+            if item is not None and not isinstance(item, BaseException):
+                return item
+            self._ended = True if item is None else item
+        if isinstance(self._ended, BaseException):
+            raise self._ended
+        return None
+
+    def stop(self) -> None:
+        """The reader takes no more: a waiting maker is let go."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
 class _Bound(io.RawIOBase):
     """The raw bytes of a file as they are read, held to the check's (``first``: its prefixes'
     digests and size; :mod:`.binding`); the file ends where the check's read ended.
@@ -62,10 +110,7 @@ class _Bound(io.RawIOBase):
         self.check = PrefixCheck(*first) if first is not None else None
         self._left = first[1] if first is not None else None
         self._chunk = memoryview(b"")
-        self._ready: collections.deque[bytes | BaseException] = collections.deque()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._ended: bytes | BaseException | None = None  # b"" at the end, or what failed
+        self._ahead: _Handover[bytes] = _Handover()
         self._thread = threading.Thread(target=self._run, name="second-read", daemon=True)
         self._thread.start()
 
@@ -100,9 +145,7 @@ class _Bound(io.RawIOBase):
         return taken
 
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+        self._ahead.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()  # within one chunk's read and hash
         self._raw.close()
@@ -110,19 +153,7 @@ class _Bound(io.RawIOBase):
 
     def _next(self) -> bytes:
         """The next chunk read ahead (b"" at the end); raises what reading it raised."""
-        if self._ended is not None:
-            if isinstance(self._ended, BaseException):
-                raise self._ended
-            return b""
-        with self._cond:
-            while not self._ready:
-                self._cond.wait()
-            item = self._ready.popleft()
-            self._cond.notify_all()
-        if isinstance(item, BaseException) or not item:
-            self._ended = item
-            return self._next()
-        return item
+        return self._ahead.take() or b""
 
     def _run(self) -> None:
         try:
@@ -133,21 +164,10 @@ class _Bound(io.RawIOBase):
                     self._left -= len(data)
                 if data and self.check is not None:
                     self.check.update(data)
-                if not self._put(data) or not data:
+                if not self._ahead.put(data or None) or not data:
                     return
         except BaseException as exc:  # handed to the reader, in its thread
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> bool:
-        """Queue ``item`` once there is room; False when the reader closed meanwhile."""
-        with self._cond:
-            while len(self._ready) >= AHEAD and not self._stop:
-                self._cond.wait()
-            if self._stop:
-                return False
-            self._ready.append(item)
-            self._cond.notify_all()
-            return True
+            self._ahead.put(exc)
 
 
 #: Why :class:`_Frames` stops decoding: its reader halted it (never seen by a reader).
@@ -167,10 +187,7 @@ class _Frames(io.RawIOBase):
     def __init__(self, raw: _Bound, workers: int) -> None:
         self._raw = raw
         self._chunk = memoryview(b"")
-        self._ready: collections.deque[memoryview | BaseException | None] = collections.deque()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._ended: BaseException | bool = False  # True: the stream's end was read
+        self._ahead: _Handover[memoryview] = _Handover()
         self._thread = threading.Thread(
             target=self._run, args=(workers,), name="second-read-frames", daemon=True
         )
@@ -195,9 +212,7 @@ class _Frames(io.RawIOBase):
 
     def halt(self) -> None:
         """Stop decoding and wait for the thread (within one piece's hand-over)."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+        self._ahead.stop()
         if self._thread.is_alive():
             self._thread.join()
 
@@ -206,41 +221,22 @@ class _Frames(io.RawIOBase):
         super().close()
 
     def _next(self) -> memoryview:
-        if self._ended is True:
-            return memoryview(b"")
-        if isinstance(self._ended, BaseException):
-            raise self._ended
-        with self._cond:
-            while not self._ready:
-                self._cond.wait()
-            item = self._ready.popleft()
-            self._cond.notify_all()
-        if item is None:
-            self._ended = True
-            return memoryview(b"")
-        if isinstance(item, BaseException):
-            self._ended = item
-            raise item
-        return item
+        piece = self._ahead.take()
+        return piece if piece is not None else memoryview(b"")
 
     def _run(self, workers: int) -> None:
         try:
-            decode_zstd_frames(lambda: self._raw.read(-1), self._put, workers)
-            self._put(None)
+            decode_zstd_frames(lambda: self._raw.read(-1), self._piece, workers)
         except BaseException as exc:  # handed to the reader, in its thread, unless halted
-            with contextlib.suppress(ArchiveInvalid):
-                self._put(exc)
+            self._ahead.put(exc)
+        else:
+            self._ahead.put(None)
 
-    def _put(self, item: memoryview | BaseException | None) -> None:
-        """Queue ``item`` once there is room; ArchiveInvalid once the reader halted (it ends
-        the decoding, and is never queued)."""
-        with self._cond:
-            while len(self._ready) >= AHEAD and not self._stop:
-                self._cond.wait()
-            if self._stop:
-                raise ArchiveInvalid(_HALTED)
-            self._ready.append(item)
-            self._cond.notify_all()
+    def _piece(self, piece: memoryview) -> None:
+        """Hand on a decoded piece (an empty one is not the end: left out); once the reader
+        halted, ArchiveInvalid ends the decoding (never seen by the reader)."""
+        if len(piece) and not self._ahead.put(piece):
+            raise ArchiveInvalid(_HALTED)
 
 
 def _open(
