@@ -31,7 +31,10 @@ at that pace, as it follows a download), and how long after the last byte its fi
 (a refresh's readers get their last bytes then) and the proof ends (the copy is promoted).
 ``--per-storage N`` builds storages of N accounts instead of ~5,000 (agave's ancient storages,
 ~128 MiB, hold ~500,000): storages of many batches, which the first read hashes ahead batch by
-batch.
+batch. ``--workers N`` is the proof's ``proof_workers`` (default: this machine's cores); from
+3, the first read's bookkeeping runs in a thread of its own and the frames are decoded apart.
+It prints the CPU seconds a million accounts of the first read's reading thread and of its
+bookkeeping thread: on a host of many cores, the larger is the first read's floor.
 
 It prints the ratio proof / baseline (the targets: 1.0 wall, 2.0 CPU) in wall and CPU time, seconds
 per million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
@@ -61,7 +64,8 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 
 from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
-from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.accounts.accountsproof import AccountsProof, Reread
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, default_workers
 from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stream
 from tracker.proof.archive.reread import accounts_prover, proving
 
@@ -127,7 +131,7 @@ def baseline(base: Path) -> dict[str, Any]:
     }
 
 
-def prove(base: Path, memory: int) -> dict[str, Any]:
+def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     """The archive check with level ``accounts``, timed: its one pass and the second read,
     its CPU time with its hash worker's. First, untimed, what a process pays once: numba
     imported, the compiled kernels loaded (``kernels.warm_up``), timed on its own."""
@@ -143,9 +147,11 @@ def prove(base: Path, memory: int) -> dict[str, Any]:
     temp = base / "tmp"
     temp.mkdir(exist_ok=True)
     budget = MemoryBudget(memory)
-    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget)
+    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget, workers=workers)
+    threads = _FirstRead()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-    verified = check_file(str(path), prove_accounts=limits)
+    with threads:
+        verified = check_file(str(path), prove_accounts=limits)
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
     return {
@@ -161,10 +167,41 @@ def prove(base: Path, memory: int) -> dict[str, Any]:
         "budget": memory,
         "held_peak": budget.peak,
         "spill_peak": budget.spilled_peak,
+        "workers_limit": workers,
+        "first_reading_cpu": threads.reading,
+        "first_bookkeeping_cpu": threads.bookkeeping,
     }
 
 
-def paced(base: Path, memory: int, rate: float) -> dict[str, Any]:
+class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
+    """The CPU of the first read's two threads: the reading thread's (the check's calling
+    thread, up to :meth:`AccountsProof.finish`, which it calls once the walk is over) and
+    the bookkeeping's (``AccountsProof.bookkeeping_cpu``: 0 when it ran in the reading one)."""
+
+    def __init__(self) -> None:
+        self.reading = 0.0
+        self.bookkeeping = 0.0
+        self._finish = AccountsProof.finish
+
+    def __enter__(self) -> _FirstRead:
+        start = time.thread_time()
+        finish = self._finish
+
+        def timed(proof: AccountsProof, reread: Reread | None) -> tuple[bytes | None, str | None]:
+            self.reading = time.thread_time() - start
+            try:
+                return finish(proof, reread)
+            finally:
+                self.bookkeeping = proof.bookkeeping_cpu
+
+        AccountsProof.finish = timed  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        AccountsProof.finish = self._finish  # type: ignore[method-assign]
+
+
+def paced(base: Path, memory: int, rate: float, workers: int) -> dict[str, Any]:
     """The check following the archive's bytes as they arrive at ``rate`` MB/s: seconds from
     the last byte to the end of its first read and to its verdict (``kernels.warm_up`` first,
     untimed, as in :func:`prove`)."""
@@ -175,7 +212,9 @@ def paced(base: Path, memory: int, rate: float) -> dict[str, Any]:
     path = str(base / meta["archive"])
     temp = base / "tmp"
     temp.mkdir(exist_ok=True)
-    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=MemoryBudget(memory))
+    limits = AccountsLimits(
+        memory=memory, temp_dir=str(temp), budget=MemoryBudget(memory), workers=workers
+    )
     first: list[float] = []
     last = [0.0]
     with open(path, "rb", buffering=0) as raw:
@@ -272,7 +311,9 @@ def _children() -> list[str]:
     return found
 
 
-def _child(part: str, base: Path, memory: int, rate: float = 0.0) -> dict[str, Any]:
+def _child(
+    part: str, base: Path, memory: int, rate: float = 0.0, workers: int | None = None
+) -> dict[str, Any]:
     answer = subprocess.run(
         [
             sys.executable,
@@ -285,6 +326,7 @@ def _child(part: str, base: Path, memory: int, rate: float = 0.0) -> dict[str, A
             str(memory),
             "--paced",
             str(rate),
+            *(["--workers", str(workers)] if workers else []),
         ],
         check=True,
         capture_output=True,
@@ -310,13 +352,16 @@ def main() -> None:
     parser.add_argument(
         "--per-storage", type=int, help="accounts a storage (agave's ancient ones: ~500000)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=default_workers(), help="proof_workers (default: cores)"
+    )
     parser.add_argument("--part", choices=("baseline", "proof", "paced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         parts = {
             "baseline": lambda: baseline(args.out),
-            "proof": lambda: prove(args.out, args.memory),
-            "paced": lambda: paced(args.out, args.memory, args.paced),
+            "proof": lambda: prove(args.out, args.memory, args.workers),
+            "paced": lambda: paced(args.out, args.memory, args.paced, args.workers),
         }
         print(json.dumps(parts[args.part]()))
         return
@@ -324,10 +369,10 @@ def main() -> None:
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
-        times = {first: _child(first, base, args.memory)}
-        times[second] = _child(second, base, args.memory)
+        times = {first: _child(first, base, args.memory, workers=args.workers)}
+        times[second] = _child(second, base, args.memory, workers=args.workers)
         if args.paced:
-            times["paced"] = _child("paced", base, args.memory, args.paced)
+            times["paced"] = _child("paced", base, args.memory, args.paced, args.workers)
         runs.append(times)
     base_times = min((r["baseline"] for r in runs), key=lambda t: t["sha256"] + t["blake3"])
     proof_times = min((r["proof"] for r in runs), key=lambda t: t["check"])
@@ -370,6 +415,15 @@ def main() -> None:
         f"seconds per million accounts: {spent / million:.2f} wall, "
         f"{proof_times['cpu'] / million:.2f} CPU; "
         f"per GB of storages: {spent / (meta['tar_bytes'] / 1e9):.2f}"
+    )
+    print(
+        f"the first read's threads (proof_workers {args.workers}), CPU seconds a million "
+        f"accounts: reading {proof_times['first_reading_cpu'] / million:.3f}, bookkeeping "
+        + (
+            f"{proof_times['first_bookkeeping_cpu'] / million:.3f} in a thread of its own"
+            if proof_times["first_bookkeeping_cpu"]
+            else "in the reading thread"
+        )
     )
     tree = proof_times["max_rss"] + proof_times["worker_max_rss"]
     print(

@@ -19,7 +19,9 @@ from tracker.proof.accounts.budget import CACHE_TEMP, PREFIX
 BUDGET = 1024**2  # the smallest prove_accounts_memory
 
 
-async def proven_within_the_budget(tmp_path: Path, name: str, data: bytes) -> None:
+async def proven_within_the_budget(
+    tmp_path: Path, name: str, data: bytes, **config: object
+) -> None:
     """The tracker caches ``data`` proven to ``accounts``, having spilled; the most a proof
     held of the budget stays within it, and the spilled files are gone."""
     async with fleet(
@@ -29,6 +31,7 @@ async def proven_within_the_budget(tmp_path: Path, name: str, data: bytes) -> No
         data,
         prove_accounts_memory=BUDGET,
         trust={"require": "accounts"},
+        **config,
     ) as f:
         await wait_until(lambda: _listed(f.public, name, 1))
         served = await raw_request(f.public, f"/v1/{GROUP}/{name}")
@@ -52,6 +55,15 @@ async def test_a_full_larger_than_the_memory_budget_is_proven_by_spilling(
     (left / "p00").write_bytes(bytes(400))
     await proven_within_the_budget(tmp_path, name, data)
     assert not left.exists()  # cleaned at the start
+
+
+async def test_a_full_is_proven_with_the_first_reads_bookkeeping_in_a_thread_apart(
+    tmp_path: Path,
+) -> None:
+    # four proof workers: the index and the hashing ahead in a thread beside the reading one
+    # (docs/architecture.md, "Every core"), spilling within the same budget
+    name, data = many_accounts_archive(7200, 12_000, seed=2)
+    await proven_within_the_budget(tmp_path, name, data, proof_workers=4)
 
 
 async def test_a_hostile_full_of_empty_accounts_costs_no_more_than_the_budget(

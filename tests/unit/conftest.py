@@ -11,7 +11,7 @@ tests/integration.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -39,3 +39,17 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
         monkeypatch.setattr(socket.socket, name, guard(name))
+
+
+@pytest.fixture(scope="module", params=["inline", "apart"])
+def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a module's tests of the accounts proof with the first read's bookkeeping in the
+    reading thread and in a thread of its own (``accountsproof.parse_apart``: apart from
+    three cores), whatever this machine's cores. Opted into with ``pytestmark``; module-wide,
+    so that hypothesis's examples share it."""
+    from tracker.proof.accounts import accountsproof
+
+    apart = request.param == "apart"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accountsproof, "parse_apart", lambda limits: apart)
+        yield str(request.param)

@@ -24,6 +24,8 @@ from tracker.proof.formats.writing import (
 )
 from tracker.proof.levels import Level
 
+pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
+
 SLOT = 500
 EXT = {"zst": ".tar.zst", "tar": ".tar"}
 

@@ -35,6 +35,8 @@ from tracker.proof.formats.storages import MAX_DATA, META
 from tracker.proof.formats.writing import Account
 from tracker.proof.levels import Level
 
+pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
+
 WORKER = "tracker.proof.accounts.hashworker"
 
 
@@ -107,6 +109,7 @@ def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
     proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()
     feed(proof, given[0], 4096)
+    proof.settle()  # its bookkeeping done: the worker started
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
     for storage in given[1:]:
@@ -125,6 +128,7 @@ def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
     proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()
     feed(proof, given[0], 4096)
+    proof.settle()  # its bookkeeping done: the worker started
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGSTOP)
     for storage in given[1:]:

@@ -29,6 +29,8 @@ from tracker.proof.formats.writing import (
 )
 from tracker.proof.levels import Level, Proof
 
+pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
+
 Members = dict[str, bytes]
 
 
@@ -143,6 +145,7 @@ def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_ou
         proof = AccountsProof(AccountsLimits(max_accounts=1000), summer)
         for storage in ordered:
             feed(proof, storage, 4096)
+        proof.settle()
         assert proof.progress.hashed == 9  # every version with lamports, ahead
         assert proof.finish(reread) == (expected_lt_hash(), None)
         assert asked == [s.name for s in ordered if s.slot == 98]
@@ -173,6 +176,7 @@ def test_a_batch_without_room_leaves_only_itself_to_the_second_read(
     )
     assert len(batches) > 4
     feed(proof, storage, 4096)
+    proof.settle()
     assert proof.progress.hashed == 40 - batches[0]  # every batch but the first, ahead
     assert proof.finish(reread_from({storage.name: storage.data})) == (model(slots), None)
     assert (summer.added, summer.taken_out) == (40, 0)

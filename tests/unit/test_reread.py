@@ -22,6 +22,8 @@ from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread
 from tracker.proof.formats import storages as storage_format
 
+pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
+
 
 @pytest.fixture(params=[".tar.zst", ".tar"])
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:

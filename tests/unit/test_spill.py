@@ -35,6 +35,8 @@ from tracker.proof.accounts.spill import SpillDir, SpillIndex, superseded_of
 from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.writing import Account
 
+pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
+
 ZERO_KEY = np.zeros(4, dtype=np.uint64)  # every fingerprint the same: all collide
 
 
@@ -150,6 +152,7 @@ def test_a_proof_past_its_budget_spills_and_gives_the_models_hash(
     proof = AccountsProof(tiny(root))  # not even the index's first table fits
     for storage in made:
         feed(proof, storage, 64)
+    proof.settle()
     versions = sum(len(accounts) for accounts in slots.values())
     # on disk, but for versions that all fit in its staging buffer, held within the budget
     assert proof.index.on_disk or versions <= proof.index.staged_bytes // spill_module.RECORD
@@ -205,6 +208,7 @@ def test_a_proof_closed_in_the_middle_removes_its_files(tmp_path: Path) -> None:
     proof = AccountsProof(tiny(tmp_path))
     for storage in built({3: many(400, 3)}, [3]):
         feed(proof, storage, 4096)
+    proof.settle()
     assert proof.index.on_disk and os.listdir(tmp_path)
     proof.close()  # the check cancelled: its prover is closed
     assert os.listdir(tmp_path) == []

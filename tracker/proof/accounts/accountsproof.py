@@ -28,15 +28,21 @@ sorted at ``finish``, give the superseded versions; it also hands the summer the
 lamports of each batch the summer has room for where it hashes (a hashing process's free
 slot), and leaves the others to the second read: hashing ahead with the processes' spare time,
 never its own (docs/architecture.md, "The accounts level" → "Hashing
-ahead"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions
+ahead"). From three cores (:func:`parse_apart`) that bookkeeping runs in a thread of its own
+(:class:`Apart`), in the order the batches came, so that the reading thread only walks and
+scans ("Every core"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions
 with lamports that were not hashed ahead and takes out the superseded ones that were, on every
 hashing process at once: each newest version is in the sum exactly once.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable
 
+import attrs
 import base58
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +72,7 @@ class AccountsProof:
         limits: AccountsLimits | None = None,
         summer: Summer | None = None,
         cancelled: Callable[[], bool] | None = None,
+        apart: bool | None = None,
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
@@ -78,33 +85,71 @@ class AccountsProof:
         # every version's record, in memory while the budget holds them, then on disk
         self.index = SpillIndex(MemoryRuns(), self.held.floor)
         self._storages = StorageTable()
+        self._started = 0  # storages the reading thread began (their numbers)
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
+        # the bookkeeping of each batch (index, hashing ahead) in a thread of its own, or in
+        # the reading thread (docs/architecture.md, "The accounts level" → "Every core")
+        self._apart = (
+            Apart() if (apart if apart is not None else parse_apart(self.limits)) else None
+        )
         track(self.progress)
 
     @property
     def records(self) -> int:
-        """Stored versions seen so far."""
+        """Stored versions seen so far (every batch read so far counted)."""
+        self.settle()
         return self._records
 
     @property
     def spilled(self) -> int:
-        """The most bytes the spilled index had on disk at once (0: it never spilled)."""
+        """The most bytes the spilled index had on disk at once (0: it never spilled; every
+        batch read so far counted)."""
+        self.settle()
         return self.index.dir.peak
+
+    @property
+    def bookkeeping_cpu(self) -> float:
+        """CPU seconds the first read's bookkeeping took in its thread apart (0.0: in the
+        reading thread), counted once the thread ended (:meth:`finish`, :meth:`close`)."""
+        return self._apart.cpu if self._apart is not None else 0.0
+
+    def settle(self) -> None:
+        """Wait until every batch read so far is in the index and the sum (at once when
+        they are taken in the reading thread); what the bookkeeping raised, raised here."""
+        if self._apart is not None:
+            self._apart.settle()
+
+    def _then(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (the bookkeeping of the storages' table, the index and the sum) after
+        those before it: in the bookkeeping thread when there is one, else now."""
+        if self._apart is not None:
+            self._apart.put(job)
+        else:
+            job()
 
     def storage(self, slot: int, ident: int, size: int, current_len: int) -> ParserOf[int]:
         """The parser of the storage ``accounts/{slot}.{ident}`` of ``size`` bytes, the first
         ``current_len`` of them valid."""
-        number = self._storages.add(slot, ident, size, current_len)
+        number = self._started
+        self._started += 1
+        self._then(lambda: self._add_storage(number, slot, ident, size, current_len))
         name = member_name(slot, ident)
         self.progress.bytes += size
 
         def sink(batch: Records) -> None:
-            self._take(batch, number)
+            if self._apart is not None and batch.buf.flags.writeable:
+                # a view of a buffer the decoder fills again: the thread gets a copy
+                batch = attrs.evolve(batch, buf=batch.buf.copy())
+            self._then(lambda: self._take(batch, number))
 
         count = yield from parse_storage(name, size, current_len, sink)
-        self._storages.counted(number, count)
+        self._then(lambda: self._storages.counted(number, count))
         return count
+
+    def _add_storage(self, number: int, slot: int, ident: int, size: int, valid: int) -> None:
+        added = self._storages.add(slot, ident, size, valid)
+        assert added == number  # the table numbers them in the order they began
 
     def _take(self, batch: Records, number: int) -> None:
         self._records += len(batch)
@@ -179,6 +224,7 @@ class AccountsProof:
     def finish(self, reread: Reread | None) -> tuple[bytes | None, str | None]:
         """The lattice hash and None, or None and why not (see the module)."""
         try:
+            self.settle()
             if self._note is _OVER_BOUND:
                 return None, (
                     f"not proven: {self._records} accounts over the bound of {self.max_accounts}"
@@ -237,7 +283,7 @@ class AccountsProof:
 
     def _note_peaks(self) -> None:
         budget = self.held.budget
-        budget.spilled_peak = max(budget.spilled_peak, self.spilled)
+        budget.spilled_peak = max(budget.spilled_peak, self.index.dir.peak)
 
     def _dedup_memory(self) -> int:
         """As much of the budget as the proof can hold now for sorting partitions, beside the
@@ -256,11 +302,115 @@ class AccountsProof:
         """Let go of what the proof holds (``finish`` does too): the index's memory, its
         spilled files, its part of the budget, and the summer's (a worker process:
         stopped)."""
+        if self._apart is not None:
+            self._apart.close()  # before what it writes to is let go of
         self.index.dir.remove()
         self._note_peaks()
         self.held.release()
         untrack(self.progress)
         self._summer.close()
+
+
+def parse_apart(limits: AccountsLimits) -> bool:
+    """Whether the first read keeps its bookkeeping (the index, the hashing ahead) in a
+    thread of its own (:class:`Apart`) rather than in the reading thread: when the proof
+    has more than two cores (``proof_workers``). On two, the reading thread, the SHA-256's
+    and the hashing process keep both busy already, and a fourth thread only takes turns
+    with them (docs/architecture.md, "The accounts level" → "Every core")."""
+    return limits.workers > 2
+
+
+class Apart:
+    """Jobs run in order in a thread of their own, at most :data:`QUEUED` waiting: the
+    first read's bookkeeping of each batch, so that the reading thread (the tar walk and
+    the storages' scan, which must follow the stream) does only what must be serial. What a
+    job raises is raised by the next :meth:`put` or :meth:`settle`; the jobs after it are
+    dropped. The thread ends once it has had nothing to do for :data:`IDLE` seconds (the
+    next job starts another) and at :meth:`close`, which drops what waits."""
+
+    #: Jobs waiting at most: each holds a batch's piece (~4 MiB).
+    QUEUED = 4
+    #: Seconds the thread waits for a job before it ends.
+    IDLE = 1.0
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | threading.Event | None] = queue.Queue(
+            self.QUEUED
+        )
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.cpu = 0.0  # CPU seconds its threads used, added as each ends (bench/accounts.py)
+
+    def put(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` (waits while :data:`QUEUED` wait)."""
+        self._raise()
+        self._queue(job)
+
+    def settle(self) -> None:
+        """Wait until every job queued so far has run (at once in the thread itself)."""
+        if threading.current_thread() is not self._thread:
+            done = threading.Event()
+            if self._queue(done):
+                done.wait()
+        self._raise()
+
+    def close(self) -> None:
+        """Drop the jobs that wait, end the thread (idempotent)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            if thread is not None:
+                self._jobs.put(None)  # the thread drops what waits before it, then ends
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _queue(self, item: Callable[[], None] | threading.Event) -> bool:
+        """Queue ``item`` with a thread to take it; False when closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="accounts-index", daemon=True
+                )
+                self._thread.start()
+            # under the lock: the thread ends only under it, when nothing is queued (a full
+            # queue never waits on the lock: its thread is busy, not ending)
+            self._jobs.put(item)
+        return True
+
+    def _raise(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        start = time.thread_time()
+        try:
+            self._take_jobs()
+        finally:
+            self.cpu += time.thread_time() - start
+
+    def _take_jobs(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            if job is None:
+                return
+            if isinstance(job, threading.Event):
+                job.set()  # every job before it has run (or was dropped)
+            elif self._failure is None and not self._closed:
+                try:
+                    job()
+                except BaseException as exc:  # raised in the reading thread (put, settle)
+                    self._failure = exc
 
 
 def _workers_busy(summer: Summer) -> int:
