@@ -43,14 +43,18 @@ from archives import (
 import tracker.proof.archive.archivecheck as archivecheck
 from tracker.cli import main
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.budget import (
+    AccountsLimits,
+    FrameThreads,
+    frame_threads_within,
+    shared_limits,
+)
 from tracker.proof.archive.archivecheck import (
     FollowingCheck,
     GrowingFile,
     check_file,
     check_stream,
 )
-from tracker.proof.archive.framedecode import decoders_of
 from tracker.proof.archive.tarwalk import Header, read_header
 
 SLOT = 123_456
@@ -729,9 +733,43 @@ def test_verify_as_a_command(archive_files: tuple[Path, Path, str]) -> None:
     assert usage.returncode == 2
 
 
-@pytest.mark.parametrize(("workers", "decoders"), [(1, 1), (2, 1), (3, 2), (16, 15)])
-def test_the_sha256_keeps_a_core_of_its_own(workers: int, decoders: int) -> None:
-    # docs/architecture.md, "Every core": frame threads beside the SHA-256 thread on every
-    # core took turns with it (1.7x as long as the serial decoder on 2 cores)
-    assert decoders_of(AccountsLimits(workers=workers)) == decoders
-    assert decoders_of(None) == 1
+@pytest.mark.parametrize(
+    ("total_mib", "workers", "threads"),
+    [
+        (512, 2, 0),  # two cores: SHA-256 keeps one, a frame thread alone is no gain
+        (512, 16, 0),  # the default budget: the hashing processes take what it pays for
+        (1024, 3, 2),  # three cores: two frame threads beside the SHA-256's core
+        (1024, 16, 0),  # seven hashing processes come first
+        (2048, 16, 3),  # eight hashing processes, then three frame threads (then three more)
+        (2048, 4, 3),
+        (3072, 16, 3),  # fifteen hashing processes paid, then three frame threads
+        (100_000, 64, 3),  # more would only hold memory: the reading thread is the floor
+        (100_000, 1, 0),
+    ],
+)
+def test_frame_threads_are_what_the_budget_pays_for_after_the_hashing(
+    total_mib: int, workers: int, threads: int
+) -> None:
+    # docs/architecture.md, "Every core" and "Bounded memory": each frame thread holds a
+    # frame (~70 MiB measured); the SHA-256 keeps a core of its own
+    assert frame_threads_within(total_mib * 1024**2, workers) == threads
+    limits = AccountsLimits(memory=total_mib * 1024**2, workers=workers)
+    assert limits.frame_threads == threads
+    assert FrameThreads(limits).count == max(1, threads)
+    assert FrameThreads(None).count == 1
+
+
+def test_concurrent_checks_share_the_frame_threads_and_give_them_back() -> None:
+    budget, slots, frames = shared_limits(3 * 1024**3, 16)
+    limits = AccountsLimits(workers=16, budget=budget, slots=slots, frames=frames)
+    first, second = FrameThreads(limits), FrameThreads(limits)
+    assert (first.count, second.count) == (3, 1)  # the second decodes serially
+    assert frames.used == 3
+    first.release()
+    first.release()  # idempotent
+    assert frames.used == 0
+    third = FrameThreads(limits)
+    assert third.count == 3
+    third.release()
+    second.release()
+    assert frames.used == 0

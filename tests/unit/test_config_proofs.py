@@ -319,8 +319,9 @@ MiB_ = 1024**2
         (512, 1, 1),  # two cores: the one worker FIXED_COST counts
         (512, 15, 2),  # sixteen cores, the default budget: half of 192 MiB pays one more
         (256, 15, 1),  # a small budget: the first only
-        (2048, 15, 15),  # a budget that pays for every core
-        (2048, 31, 16),  # thirty-two cores: half of 1,728 MiB pays fifteen more
+        (2048, 15, 11),  # eight, then three frame threads, then three more
+        (3072, 15, 15),  # a budget that pays for every core and the frame threads
+        (2048, 31, 11),  # thirty-two cores: the same half of 1,728 MiB
         (100_000, 0, 1),  # one core: still one child
     ],
 )
@@ -329,6 +330,7 @@ def test_a_budget_pays_for_the_hashing_processes_it_allows(
 ) -> None:
     from tracker.proof.accounts.budget import (
         FIXED_COST,
+        FRAME_THREAD_COST,
         WORKER_COST,
         AccountsLimits,
         hash_workers_within,
@@ -338,12 +340,14 @@ def test_a_budget_pays_for_the_hashing_processes_it_allows(
 
     total = total_mib * MiB_
     assert hash_workers_within(total, wanted) == workers
-    budget, slots = shared_limits(total, wanted + 1)
+    budget, slots, frames = shared_limits(total, wanted + 1)
     assert slots.total == workers
-    assert budget.room == room_of(total, workers)
-    if total >= FIXED_COST + (workers - 1) * WORKER_COST + total // 4:
-        # The whole process tree within the budget: the check, its workers and the index.
-        assert budget.room + FIXED_COST + (workers - 1) * WORKER_COST <= total
+    assert budget.room == room_of(total, workers, frames.total)
+    paid = FIXED_COST + (workers - 1) * WORKER_COST + frames.total * FRAME_THREAD_COST
+    if total >= paid + total // 4:
+        # The whole process tree within the budget: the check, its workers, its frame
+        # threads and the index.
+        assert budget.room + paid <= total
     limits = AccountsLimits(memory=total, workers=wanted + 1)
     assert limits.hash_workers == workers
-    assert limits.shared().room == room_of(total, workers)
+    assert limits.shared().room == room_of(total, workers, limits.frame_threads)

@@ -16,10 +16,10 @@ from archives import many_accounts_archive
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
-from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits, shared_limits
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.archive.binding import PrefixDigests
-from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread
+from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread, accounts_prover
 from tracker.proof.formats import storages as storage_format
 
 pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
@@ -214,8 +214,31 @@ def test_a_proof_whose_frames_are_decoded_by_threads_gives_the_lattice_hash(
     tmp_path: Path,
 ) -> None:
     path, _ = written(tmp_path, 800, 3000, 4, 9)
-    limits = AccountsLimits(workers=4)  # three frame threads in both reads
+    limits = AccountsLimits(workers=4, memory=2 * 1024**3)  # pays three frame threads
+    assert limits.frame_threads == 3  # in both reads
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
+
+
+def test_a_second_read_takes_frame_threads_and_gives_them_back_when_it_closes(
+    tmp_path: Path,
+) -> None:
+    # a following check (a download) decodes its first read as the bytes come; its second
+    # read takes the frame threads the budget pays for from those the checks share
+    path, _ = written(tmp_path, 810, 3000, 4, 9)
+    budget, slots, frames = shared_limits(3 * 1024**3, 16)
+    limits = AccountsLimits(workers=16, budget=budget, slots=slots, frames=frames)
+    prover = accounts_prover(path.name, limits, str(path))
+    assert prover is not None and prover.reread is not None
+    reread = prover.reread(None)
+    assert frames.used == 3
+    reread.close()
+    reread.close()
+    assert frames.used == 0
+    # a check of a file on disk lends its own to its second read: none taken again
+    lent = accounts_prover(path.name, limits, str(path), decoders=3)
+    assert lent is not None and lent.reread is not None
+    lent.reread(None).close()
+    assert frames.used == 0
 
 
 def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(

@@ -157,7 +157,7 @@ def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
     """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
     that every proof of the run shares (``fetch`` checks several downloads at once)."""
     workers = args.proof_workers or default_workers()
-    budget, slots = shared_limits(args.prove_accounts_memory, workers)
+    budget, slots, frames = shared_limits(args.prove_accounts_memory, workers)
     return AccountsLimits(
         memory=args.prove_accounts_memory,
         max_accounts=args.prove_accounts_max,
@@ -165,6 +165,7 @@ def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
         workers=workers,
         budget=budget,
         slots=slots,
+        frames=frames,
     )
 
 

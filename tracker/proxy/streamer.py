@@ -140,6 +140,7 @@ class ProxyStreamer:
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
         self._proof_budget: MemoryBudget | None = None
         self._proof_slots: WorkerSlots | None = None
+        self._proof_frames: WorkerSlots | None = None
         self._proof_workers = 0
         #: Cache roots whose start-up check of unverified files has not been started yet.
         self._rechecking: set[str] = set()
@@ -214,8 +215,8 @@ class ProxyStreamer:
 
     def _accounts_limits(self, root: str | None) -> AccountsLimits:
         """The limits of the accounts proofs of the cache at ``root`` (None: no cache): the
-        tracker's one shared budget and worker processes (``proof_workers``), the temporary
-        directory (``.accounts-proof`` in the cache directory unless
+        tracker's one shared budget, worker processes (``proof_workers``) and frame threads,
+        the temporary directory (``.accounts-proof`` in the cache directory unless
         ``prove_accounts_temp_dir`` says where; without either, the system's), the
         operator's bound."""
         config = self._config()
@@ -227,7 +228,8 @@ class ProxyStreamer:
             or (budget.total, self._proof_workers) != (total, workers)
         ):
             # A reload that changes either starts a new budget; running proofs keep theirs.
-            budget, slots = self._proof_budget, self._proof_slots = shared_limits(total, workers)
+            budget, slots, self._proof_frames = shared_limits(total, workers)
+            self._proof_budget, self._proof_slots = budget, slots
             self._proof_workers = workers
             if self._metrics is not None:
                 self._metrics.proofs.budget = lambda: budget
@@ -243,6 +245,7 @@ class ProxyStreamer:
             workers=workers,
             budget=self._proof_budget,
             slots=self._proof_slots,
+            frames=self._proof_frames,
             # in the cache's directory the spill never takes the room kept for its refreshes
             keep_free=config.proxy_snapshot_cache_min_free if in_cache else 0,
         )

@@ -30,9 +30,9 @@ slot), and leaves the others to the second read: hashing ahead with the processe
 never its own (docs/architecture.md, "The accounts level" → "Hashing
 ahead"). From three cores (:func:`parse_apart`) that bookkeeping runs in a thread of its own
 (:class:`Apart`), in the order the batches came, so that the reading thread only walks and
-scans ("Every core"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions
-with lamports that were not hashed ahead and takes out the superseded ones that were, on every
-hashing process at once: each newest version is in the sum exactly once.
+scans ("Every core"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the
+newest versions with lamports that were not hashed ahead and takes out the superseded ones that
+were, on every hashing process at once: each newest version is in the sum exactly once.
 """
 
 from __future__ import annotations

@@ -41,6 +41,21 @@ PROCESS_MINIMUM = -(-FIXED_COST * 4 // 3 // 1024**2) * 1024**2
 #: interpreter with blake3 and numpy (~37 MiB) and its four shared slots (16 MiB), measured in
 #: bench/accounts.py.
 WORKER_COST = 56 * 1024**2
+#: What each thread decoding a check's zstd frames apart holds (the serial decoder, the one
+#: thread of a check without them, is in :data:`FIXED_COST`): its frame's compressed bytes (at
+#: most ``framedecode.MAX_FRAME``, 64 MiB; agave's ~15-30 MB), the decoder's window (at most
+#: 8 MiB), three decoded pieces of 4 MiB, the allocator's slack. Measured 60-77 MiB a thread
+#: with agave-sized frames (bench/accounts.py, ``--workers``: the check's VmHWM).
+FRAME_THREAD_COST = 96 * 1024**2
+#: The most threads a check decodes frames on: with two or three, decoding (~0.1 CPU-s a
+#: million accounts a thread) is off the first read's floor, its reading thread (~0.14);
+#: more would only hold memory (docs/architecture.md, "The accounts level" → "Every core").
+MAX_FRAME_THREADS = 3
+#: The hashing processes a budget pays for before any frame thread: as many as keep pace with
+#: a first read whose frames are decoded apart (~1.15 CPU-s of hashing a million accounts
+#: against ~0.15 s of the first read's reading thread; docs/architecture.md, "A mainnet
+#: full"); past them, frame threads shorten the proof more than more hashing does.
+PACED_HASHERS = 8
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
@@ -70,30 +85,60 @@ def bounds_the_process(total: int) -> bool:
     return room_of(total) + FIXED_COST <= total
 
 
-def room_of(total: int, hash_workers: int = 1) -> int:
+def room_of(total: int, hash_workers: int = 1, frame_threads: int = 0) -> int:
     """The accounted bytes of a budget of ``total`` whose proofs run ``hash_workers``
-    hashing processes: the budget less :data:`FIXED_COST` and :data:`WORKER_COST` for each
-    process past the first, but never less than a quarter of it (a small budget, as in
-    tests, still proves)."""
-    paid = FIXED_COST + max(0, hash_workers - 1) * WORKER_COST
+    hashing processes and decode on ``frame_threads`` threads apart: the budget less
+    :data:`FIXED_COST`, :data:`WORKER_COST` for each process past the first and
+    :data:`FRAME_THREAD_COST` for each frame thread, but never less than a quarter of it (a
+    small budget, as in tests, still proves)."""
+    paid = FIXED_COST + max(0, hash_workers - 1) * WORKER_COST + frame_threads * FRAME_THREAD_COST
     return max(total - paid, total // 4, MIN_FLOOR)
+
+
+def paid_within(total: int, workers: int) -> tuple[int, int]:
+    """The hashing processes and the frame threads apart a budget of ``total`` bytes pays
+    for, for ``workers`` (``proof_workers``, the check's own process included): what they
+    cost (:data:`WORKER_COST` each past the first, which :data:`FIXED_COST` counts;
+    :data:`FRAME_THREAD_COST` each) takes at most half of what the budget leaves past
+    :data:`FIXED_COST`, the other half staying the index's, so that the budget bounds the
+    whole process tree on any number of cores (docs/architecture.md, "Bounded memory").
+
+    In that half: hashing processes first, up to :data:`PACED_HASHERS`; then two or three
+    frame threads (:data:`MAX_FRAME_THREADS`, one less than the workers: SHA-256 keeps a
+    core; fewer than two: none, each check decodes serially); then the other hashing
+    processes, up to one less than the workers (at least one)."""
+    spare = max(0, total - FIXED_COST) // 2
+    wanted = max(1, workers - 1)
+    hashers = min(wanted, PACED_HASHERS, 1 + spare // WORKER_COST)
+    spare -= (hashers - 1) * WORKER_COST
+    frames = min(workers - 1, MAX_FRAME_THREADS, spare // FRAME_THREAD_COST)
+    frames = frames if frames >= 2 else 0
+    spare -= frames * FRAME_THREAD_COST
+    hashers += min(wanted - hashers, spare // WORKER_COST)
+    return max(1, hashers), frames
 
 
 def hash_workers_within(total: int, wanted: int) -> int:
     """The hashing processes a budget of ``total`` bytes pays for, of ``wanted``
-    (``proof_workers`` less the check's own): the first always (:data:`FIXED_COST` counts
-    it), the others only while together they take at most half of what the budget leaves
-    past :data:`FIXED_COST`, the other half staying the index's (docs/architecture.md,
-    "Bounded memory": the budget bounds the whole process tree, on any number of cores)."""
-    spare = max(0, total - FIXED_COST) // 2
-    return max(1, min(wanted, 1 + spare // WORKER_COST))
+    (``proof_workers`` less the check's own; :func:`paid_within`)."""
+    return paid_within(total, wanted + 1)[0]
 
 
-def shared_limits(total: int, workers: int) -> tuple[MemoryBudget, WorkerSlots]:
-    """The one budget of ``total`` bytes and the hashing processes the proofs of a process
-    share, for ``workers`` processes at most (``proof_workers``, the checks' own included)."""
+def frame_threads_within(total: int, workers: int) -> int:
+    """The threads apart a budget of ``total`` bytes pays for to decode zstd frames on, for
+    ``workers`` (``proof_workers``; :func:`paid_within`): 0, each check decodes serially (in
+    :data:`FIXED_COST`), or two to :data:`MAX_FRAME_THREADS`."""
+    return paid_within(total, workers)[1]
+
+
+def shared_limits(total: int, workers: int) -> tuple[MemoryBudget, WorkerSlots, WorkerSlots]:
+    """The one budget of ``total`` bytes, the hashing processes and the frame threads the
+    proofs of a process share, for ``workers`` at most (``proof_workers``, the checks' own
+    included)."""
     hash_workers = hash_workers_within(total, max(1, workers - 1))
-    return MemoryBudget(total, room_of(total, hash_workers)), WorkerSlots(hash_workers)
+    frames = frame_threads_within(total, workers)
+    budget = MemoryBudget(total, room_of(total, hash_workers, frames))
+    return budget, WorkerSlots(hash_workers), WorkerSlots(frames)
 
 
 class MemoryBudget:
@@ -199,6 +244,35 @@ class Held:
             self.bytes = 0
 
 
+class FrameThreads:
+    """The threads one check (or one second read) decodes zstd frames on (:attr:`count`),
+    taken from the frame threads its limits' budget pays for (``limits.frames``, shared by
+    the process's checks; none: its own), never waited for, and given back by
+    :meth:`release` (idempotent). With fewer than two free: one, the serial decoder."""
+
+    def __init__(self, limits: AccountsLimits | None) -> None:
+        self.count = 1
+        self._slots = limits.frames if limits is not None else None
+        self._taken = 0
+        wanted = limits.frame_threads if limits is not None else 0
+        if wanted < 2:
+            return
+        taken = self._slots.take(wanted) if self._slots is not None else wanted
+        if taken < 2:
+            self._give(taken)
+            return
+        self.count = self._taken = taken
+
+    def release(self) -> None:
+        """Give the threads back."""
+        self._give(self._taken)
+        self._taken = 0
+
+    def _give(self, count: int) -> None:
+        if self._slots is not None and count:
+            self._slots.give(count)
+
+
 class WorkerSlots:
     """The worker processes the proofs of a process may run at once (``proof_workers`` less
     one: the check's own process is the first); thread-safe. A proof takes what is free now
@@ -278,7 +352,8 @@ class AccountsLimits:
     no bound), ``workers`` (``proof_workers``: processes at most, the check's own included),
     ``slots`` (the worker processes shared by the process's proofs; None: this proof's own),
     ``keep_free`` (bytes the spill leaves free on its file system: the cache's
-    ``proxy_snapshot_cache_min_free`` when it spills there)."""
+    ``proxy_snapshot_cache_min_free`` when it spills there), ``frames`` (the threads apart
+    that the process's checks decode zstd frames on, shared; None: this check's own)."""
 
     memory: int = DEFAULT_MEMORY
     max_accounts: int | None = None
@@ -287,6 +362,7 @@ class AccountsLimits:
     budget: MemoryBudget | None = attrs.field(default=None, eq=False)
     slots: WorkerSlots | None = attrs.field(default=None, eq=False)
     keep_free: int = 0
+    frames: WorkerSlots | None = attrs.field(default=None, eq=False)
 
     @property
     def hash_workers(self) -> int:
@@ -296,11 +372,20 @@ class AccountsLimits:
         total = self.budget.total if self.budget is not None else self.memory
         return hash_workers_within(total, max(1, self.workers - 1))
 
+    @property
+    def frame_threads(self) -> int:
+        """Threads apart a check may decode zstd frames on (0: serially), as many as its
+        budget pays for (:func:`frame_threads_within`)."""
+        total = self.budget.total if self.budget is not None else self.memory
+        return frame_threads_within(total, self.workers)
+
     def shared(self) -> MemoryBudget:
         """The budget a proof takes its part of."""
         if self.budget is not None:
             return self.budget
-        return MemoryBudget(self.memory, room_of(self.memory, self.hash_workers))
+        return MemoryBudget(
+            self.memory, room_of(self.memory, self.hash_workers, self.frame_threads)
+        )
 
 
 def clean_leftovers(root: str) -> int:

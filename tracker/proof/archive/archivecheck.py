@@ -38,11 +38,11 @@ import trio
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits, FrameThreads
 from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
-from tracker.proof.archive.framedecode import decode_zstd_frames, decoders_of
+from tracker.proof.archive.framedecode import decode_zstd_frames
 from tracker.proof.archive.reread import accounts_prover, proving
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
@@ -178,16 +178,21 @@ def check_file(
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever).
     ``prove_accounts`` (its memory budget, temporary directory, optional bound) proves a full
-    to ``accounts``."""
+    to ``accounts``; its frame threads (``FrameThreads``, as many as its budget pays for and
+    are free) decode a ``.tar.zst`` in both reads."""
     fd = _open_regular(path)
     name = name or os.path.basename(path)
-    with open(fd, "rb", buffering=0) as file:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        accounts = accounts_prover(name, prove_accounts, f"/proc/self/fd/{fd}")
-        with proving(accounts):  # its worker process lives as long as the check
-            return check_stream(
-                file.read, name, accounts=accounts, decoders=decoders_of(prove_accounts)
+    frames = FrameThreads(prove_accounts)
+    try:
+        with open(fd, "rb", buffering=0) as file:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            accounts = accounts_prover(
+                name, prove_accounts, f"/proc/self/fd/{fd}", decoders=frames.count
             )
+            with proving(accounts):  # its worker process lives as long as the check
+                return check_stream(file.read, name, accounts=accounts, decoders=frames.count)
+    finally:
+        frames.release()
 
 
 def _open_regular(path: str) -> int:

@@ -19,7 +19,6 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -35,9 +34,6 @@ from tracker.proof.archive.decoders import (
     zstd_reason,
 )
 from tracker.proof.formats.streamparse import Feeder
-
-if TYPE_CHECKING:
-    from tracker.proof.accounts.budget import AccountsLimits
 
 #: Decoded pieces a frame's thread keeps ready ahead of the sink.
 QUEUED = 2
@@ -82,17 +78,6 @@ class _Frame:
                 return
             except queue.Full:
                 continue
-
-
-def decoders_of(limits: AccountsLimits | None) -> int:
-    """Threads decoding the zstd frames of a file on disk, in its check and in its accounts
-    proof's second read: the proof's ``workers`` (``proof_workers``) less the core SHA-256
-    keeps, at least one (docs/architecture.md, "Every core"); one for a check without the
-    accounts level."""
-    # SHA-256 is serial and is the check's bound: its reading thread needs a core of its
-    # own. On 2 cores, two frame threads beside it took 1.7x as long as the serial decoder
-    # (bench/README.md, "The archive check"): they only took turns with the SHA-256.
-    return 1 if limits is None else max(1, limits.workers - 1)
 
 
 def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:

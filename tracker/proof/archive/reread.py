@@ -34,7 +34,7 @@ from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.binding import CHANGED, PrefixCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
-from tracker.proof.archive.framedecode import decode_zstd_frames, decoders_of
+from tracker.proof.archive.framedecode import decode_zstd_frames
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
 
 if TYPE_CHECKING:
@@ -270,13 +270,17 @@ def accounts_prover(
     limits: AccountsLimits | None,
     path: str,
     cancelled: Callable[[], bool] | None = None,
+    decoders: int | None = None,
 ) -> StoragesProver | None:
     """The accounts level's part of the check of the archive ``name`` at ``path`` (a path
     that opens the checked file again, e.g. ``/proc/self/fd/N``): a full's, when ``limits``
     (its memory budget, temporary directory, optional bound) are given; None for an
     incremental or when off. Its accounts are hashed in a worker process
     (``proof.accounts.hashworker``); the caller closes it (``StoragesProver.close``) when the check
-    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room."""
+    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room.
+    ``decoders``: the threads the second read decodes zstd frames on, held by the caller (the
+    check's own, free again once its first read is over); None: the second read takes its
+    own from the limits' (``FrameThreads``) and gives them back when it closes."""
     parsed = parse_archive_name(name)
     if limits is None or parsed is None or parsed.base_slot:
         return None
@@ -284,11 +288,18 @@ def accounts_prover(
     # Imported where a proof runs: numpy (about 12 MB of RSS) is then loaded by a tracker that
     # proves an archive, never by one that only serves.
     from tracker.proof.accounts.accountsprover import StoragesProver
+    from tracker.proof.accounts.budget import FrameThreads
     from tracker.proof.accounts.hashworker import HashPool
+
+    def reread(first: tuple[bytes, int] | None) -> ArchiveReread:
+        if decoders is not None:
+            return ArchiveReread(path, parsed.ext, first, decoders)
+        frames = FrameThreads(limits)
+        return ArchiveReread(path, parsed.ext, first, frames.count, frames.release)
 
     return StoragesProver(
         limits,
-        lambda first: ArchiveReread(path, parsed.ext, first, decoders_of(limits)),
+        reread,
         lambda: HashPool(limits.hash_workers, limits.slots),
         cancelled=cancelled,
     )
@@ -311,9 +322,15 @@ class ArchiveReread:
     done."""
 
     def __init__(
-        self, path: str, ext: str, first: tuple[bytes, int] | None = None, decoders: int = 1
+        self,
+        path: str,
+        ext: str,
+        first: tuple[bytes, int] | None = None,
+        decoders: int = 1,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._path = path
+        self._release = release  # what close gives back: the frame threads it was lent
         self._ext = ext
         self._decoders = decoders
         self._first = first  # the first read's prefix digests and size
@@ -323,7 +340,13 @@ class ArchiveReread:
         self._seen: set[str] = set()
 
     def close(self) -> None:
-        """Close the decoded stream."""
+        """Close the decoded stream; give back what it was lent."""
+        self._close_stream()
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -333,7 +356,7 @@ class ArchiveReread:
     def __call__(self, name: str, start: int) -> Iterator[bytes]:
         """The data of member ``name`` from byte ``start`` to its end, in pieces."""
         if self._stream is None or name in self._seen:
-            self.close()
+            self._close_stream()
             self._stream, self._hashing = _open(self._path, self._ext, self._first, self._decoders)
             self._at = 0
             self._seen = set()
