@@ -30,9 +30,10 @@ import attrs
 DEFAULT_MEMORY = 512 * 1024**2
 #: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
 #: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
-#: hashing process (~35 MiB), the decoding's buffers (frames in flight); taken off the
-#: budget before the index's room (measured in bench/accounts.py; docs/architecture.md,
-#: "Bounded memory").
+#: hashing process (~35 MiB), the serial decoder's buffers, the first read's batches waiting
+#: for their bookkeeping (at most four, from three ``proof_workers``: 14-29 MiB measured);
+#: taken off the budget before the index's room (measured in bench/accounts.py, 85 MiB to
+#: spare at 10 million accounts; docs/architecture.md, "Bounded memory").
 FIXED_COST = 320 * 1024**2
 #: The smallest budget that bounds the proving processes too (:func:`bounds_the_process`):
 #: its room, past a quarter of it, leaves :data:`FIXED_COST` (4/3 of it, 427 MiB).
