@@ -65,7 +65,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
-from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, default_workers
+from tracker.proof.accounts.budget import AccountsLimits, default_workers, shared_limits
 from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stream
 from tracker.proof.archive.reread import accounts_prover, proving
 
@@ -146,8 +146,8 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     watch.start()
     temp = base / "tmp"
     temp.mkdir(exist_ok=True)
-    budget = MemoryBudget(memory)
-    limits = AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget, workers=workers)
+    limits = _limits(memory, temp, workers)
+    budget = limits.shared()
     threads = _FirstRead()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
     with threads:
@@ -212,9 +212,7 @@ def paced(base: Path, memory: int, rate: float, workers: int) -> dict[str, Any]:
     path = str(base / meta["archive"])
     temp = base / "tmp"
     temp.mkdir(exist_ok=True)
-    limits = AccountsLimits(
-        memory=memory, temp_dir=str(temp), budget=MemoryBudget(memory), workers=workers
-    )
+    limits = _limits(memory, temp, workers)
     first: list[float] = []
     last = [0.0]
     with open(path, "rb", buffering=0) as raw:
@@ -247,6 +245,20 @@ def paced(base: Path, memory: int, rate: float, workers: int) -> dict[str, Any]:
         "proven_after": done - last[0],
         "level": verified.proof.level.label,
     }
+
+
+def _limits(memory: int, temp: Path, workers: int) -> AccountsLimits:
+    """The proof's limits as ``verify`` and ``fetch`` make them (``fetch.flags``): one budget
+    of ``memory`` bytes with the hashing processes and frame threads it pays for."""
+    budget, slots, frames = shared_limits(memory, workers)
+    return AccountsLimits(
+        memory=memory,
+        temp_dir=str(temp),
+        workers=workers,
+        budget=budget,
+        slots=slots,
+        frames=frames,
+    )
 
 
 def _children_cpu() -> float:
