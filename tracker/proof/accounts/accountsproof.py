@@ -65,7 +65,8 @@ _OVER_BOUND = "over the bound"
 
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module) within ``limits``;
-    ``cancelled()`` ends a wait for the budget's room."""
+    ``cancelled()`` ends a wait for the budget's room; ``apart``: the first read's
+    bookkeeping in a thread of its own (:class:`Apart`; None: as :func:`parse_apart` says)."""
 
     def __init__(
         self,
@@ -90,9 +91,8 @@ class AccountsProof:
         self._summer: Summer = summer if summer is not None else LocalSum()
         # the bookkeeping of each batch (index, hashing ahead) in a thread of its own, or in
         # the reading thread (docs/architecture.md, "The accounts level" → "Every core")
-        self._apart = (
-            Apart() if (apart if apart is not None else parse_apart(self.limits)) else None
-        )
+        apart = parse_apart(self.limits) if apart is None else apart
+        self._apart = Apart() if apart else None
         track(self.progress)
 
     @property
