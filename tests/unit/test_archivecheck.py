@@ -37,6 +37,7 @@ from archives import (
     build_archive,
     compress,
     make_tar,
+    many_accounts_archive,
     snapshot_entries,
 )
 
@@ -772,4 +773,28 @@ def test_concurrent_checks_share_the_frame_threads_and_give_them_back() -> None:
     assert third.count == 3
     third.release()
     second.release()
+    assert frames.used == 0
+
+
+@pytest.mark.parametrize(("memory", "threads"), [(512 * 1024**2, None), (3 * 1024**3, 3)])
+def test_a_check_of_a_file_decodes_on_the_frame_threads_its_budget_pays_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: int, threads: int | None
+) -> None:
+    # the default budget pays for none (the serial decoder); 3 GiB on 16 workers for three,
+    # taken from those the checks share for the check and given back at its end
+    name, data = many_accounts_archive(820, 3000, seed=5, pieces=6)
+    path = tmp_path / name
+    path.write_bytes(data)
+    used: list[int] = []
+    frames_decoder = archivecheck.decode_zstd_frames
+
+    def counted(chunks: Callable[[], bytes], sink: Callable[[memoryview], None], n: int) -> None:
+        used.append(n)
+        frames_decoder(chunks, sink, n)
+
+    monkeypatch.setattr(archivecheck, "decode_zstd_frames", counted)
+    budget, slots, frames = shared_limits(memory, 16)
+    limits = AccountsLimits(memory=memory, workers=16, budget=budget, slots=slots, frames=frames)
+    assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
+    assert used == ([] if threads is None else [threads])
     assert frames.used == 0
