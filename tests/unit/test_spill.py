@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 import numpy as np
@@ -121,18 +122,33 @@ def test_the_spilled_index_matches_a_dict_through_splits(
         raise AssertionError("no pubkey is twice in a slot here")
 
     memory = 20 * spill_module.DEDUP_COST * threads  # partitions of over 20 records split
+    # shares of 20 records' worth allowed (a tracker's keep a MiB each): three threads here
+    small_shares = mock.patch.object(spill_module, "MIN_SHARE", 20 * spill_module.DEDUP_COST)
     if colliding and len(rnd) > 20:  # one partition whatever the bits: it cannot split
-        with pytest.raises(NoRoom, match="pass the memory of the proof"):
+        with small_shares, pytest.raises(NoRoom, match="pass the memory of the proof"):
             index.superseded_runs(storage_slots, memory, twice, threads)
         directory.remove()
         return
-    index.superseded_runs(storage_slots, memory, twice, threads)
+    with small_shares:
+        index.superseded_runs(storage_slots, memory, twice, threads)
     pieces = list(index.superseded_in_order(64, 16 * 10))  # pieces of at most ~10 locators
     got = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint64)
     assert (np.diff(got.astype(np.int64)) > 0).all()  # sorted across pieces: storage order
     assert {int(loc >> np.uint64(1)) & 0x7FFFFFFF for loc in got} == model_superseded(rnd)[0]
     directory.remove()
     assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize(
+    ("workers", "memory_mib", "threads"),
+    [(2, 512, 2), (16, 512, 16), (128, 512, 64), (16, 4, 4), (16, 1, 1), (16, 0, 1)],
+)
+def test_partitions_are_deduplicated_by_as_many_threads_as_keep_a_share_each(
+    workers: int, memory_mib: int, threads: int
+) -> None:
+    # a small budget is not cut in more pieces on more cores: a proof that passes on two
+    # cores passes on sixteen (one pubkey's versions must fit a share)
+    assert spill_module.dedup_threads(workers, memory_mib * 1024**2) == threads
 
 
 def tiny(tmp_path: Path, room: int = 4096) -> AccountsLimits:

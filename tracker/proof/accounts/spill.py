@@ -54,9 +54,20 @@ _BITS = 6
 #: Levels of splitting at most (the fingerprint's 64 bits; a partition still too large then
 #: holds one pubkey in every slot: it stays at ``manifest``).
 MAX_LEVEL = 64 // _BITS
+#: The least memory of a thread deduplicating partitions: ~9,000 versions of one pubkey.
+MIN_SHARE = 1024 * 1024
 #: Free bytes left on the temporary file system, beyond what a write needs.
 KEEP_FREE = 16 * 1024**2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def dedup_threads(workers: int, memory: int) -> int:
+    """The partitions deduplicated at once by ``workers`` threads in ``memory`` bytes: at
+    most :data:`FANOUT`, and one more only while each keeps :data:`MIN_SHARE`. A share must
+    hold every version of one pubkey (a partition split down to :data:`MAX_LEVEL` is one
+    pubkey's), so a small budget is not cut in more pieces on a host of more cores: the
+    proof that passes on two cores passes on sixteen."""
+    return max(1, min(workers, FANOUT, memory // MIN_SHARE))
 
 
 def draw_multipliers() -> U64:
@@ -395,9 +406,10 @@ class SpillIndex:
         not fit), appending the superseded versions that counted to the run file ``s``;
         ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises).
         ``threads`` partitions at once, each within its share of ``memory`` (numpy's sorts
-        and reads release the GIL; the hashing processes are idle by then)."""
+        and reads release the GIL; the hashing processes are idle by then), as many as
+        keep :data:`MIN_SHARE` each (:func:`dedup_threads`)."""
         self.seal()
-        threads = max(1, min(threads, FANOUT))
+        threads = dedup_threads(threads, memory)
         share = memory // threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
         try:
