@@ -47,7 +47,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import (
     AccountsLimits,
     FrameThreads,
-    frame_threads_within,
+    paid_within,
     shared_limits,
 )
 from tracker.proof.archive.archivecheck import (
@@ -753,7 +753,7 @@ def test_frame_threads_are_what_the_budget_pays_for_after_the_hashing(
 ) -> None:
     # docs/architecture.md, "Every core" and "Bounded memory": each frame thread holds a
     # frame (~70 MiB measured); the SHA-256 keeps a core of its own
-    assert frame_threads_within(total_mib * 1024**2, workers) == threads
+    assert paid_within(total_mib * 1024**2, workers)[1] == threads
     limits = AccountsLimits(memory=total_mib * 1024**2, workers=workers)
     assert limits.frame_threads == threads
     assert FrameThreads(limits).count == max(1, threads)

@@ -125,19 +125,11 @@ def hash_workers_within(total: int, wanted: int) -> int:
     return paid_within(total, wanted + 1)[0]
 
 
-def frame_threads_within(total: int, workers: int) -> int:
-    """The threads apart a budget of ``total`` bytes pays for to decode zstd frames on, for
-    ``workers`` (``proof_workers``; :func:`paid_within`): 0, each check decodes serially (in
-    :data:`FIXED_COST`), or two to :data:`MAX_FRAME_THREADS`."""
-    return paid_within(total, workers)[1]
-
-
 def shared_limits(total: int, workers: int) -> tuple[MemoryBudget, WorkerSlots, WorkerSlots]:
     """The one budget of ``total`` bytes, the hashing processes and the frame threads the
     proofs of a process share, for ``workers`` at most (``proof_workers``, the checks' own
     included)."""
-    hash_workers = hash_workers_within(total, max(1, workers - 1))
-    frames = frame_threads_within(total, workers)
+    hash_workers, frames = paid_within(total, workers)
     budget = MemoryBudget(total, room_of(total, hash_workers, frames))
     return budget, WorkerSlots(hash_workers), WorkerSlots(frames)
 
@@ -369,16 +361,19 @@ class AccountsLimits:
     def hash_workers(self) -> int:
         """Hashing processes a proof may start: ``workers`` less the check's own, at least
         one (on one core the child still halves the check's wait), as many as its budget
-        pays for (:func:`hash_workers_within`)."""
-        total = self.budget.total if self.budget is not None else self.memory
-        return hash_workers_within(total, max(1, self.workers - 1))
+        pays for (:func:`paid_within`)."""
+        return paid_within(self._total, self.workers)[0]
 
     @property
     def frame_threads(self) -> int:
         """Threads apart a check may decode zstd frames on (0: serially), as many as its
-        budget pays for (:func:`frame_threads_within`)."""
-        total = self.budget.total if self.budget is not None else self.memory
-        return frame_threads_within(total, self.workers)
+        budget pays for (:func:`paid_within`)."""
+        return paid_within(self._total, self.workers)[1]
+
+    @property
+    def _total(self) -> int:
+        """The bytes of the budget its proofs share."""
+        return self.budget.total if self.budget is not None else self.memory
 
     def shared(self) -> MemoryBudget:
         """The budget a proof takes its part of."""
