@@ -115,13 +115,16 @@ def test_a_batch_in_a_buffer_the_reader_fills_again_is_copied_before_it_goes_apa
 def test_what_a_job_raises_comes_out_of_the_next_put_and_the_rest_is_dropped() -> None:
     apart = Apart()
     ran: list[int] = []
+    gate = threading.Event()
 
     def fail() -> None:
+        assert gate.wait(10)
         raise OSError("disk gone")
 
     apart.put(lambda: ran.append(1))
     apart.put(fail)
-    apart.put(lambda: ran.append(2))  # may be queued before the failure is known
+    apart.put(lambda: ran.append(2))  # queued before the failure: dropped
+    gate.set()
     with pytest.raises(OSError, match="disk gone"):
         apart.settle()
     with pytest.raises(OSError, match="disk gone"):
@@ -145,8 +148,10 @@ def test_close_drops_what_waits_and_ends_the_thread() -> None:
     gate = threading.Event()
     started = threading.Event()
     ran: list[int] = []
+    threads: list[threading.Thread] = []
 
     def first() -> None:
+        threads.append(threading.current_thread())
         started.set()
         assert gate.wait(10)
         ran.append(0)
@@ -161,7 +166,7 @@ def test_close_drops_what_waits_and_ends_the_thread() -> None:
     closer.join(10)
     assert not closer.is_alive()
     assert ran == [0]  # what waited was dropped
-    assert "accounts-index" not in {t.name for t in threading.enumerate()}
+    assert not threads[0].is_alive()
     apart.put(lambda: ran.append(99))  # closed: nothing runs any more
     apart.settle()
     assert ran == [0]
@@ -172,15 +177,14 @@ def test_an_idle_thread_ends_and_the_next_job_starts_another(
 ) -> None:
     monkeypatch.setattr(Apart, "IDLE", 0.01)
     apart = Apart()
-    ran: list[str] = []
-    apart.put(lambda: ran.append(threading.current_thread().name))
+    ran: list[threading.Thread] = []
+    apart.put(lambda: ran.append(threading.current_thread()))
     apart.settle()
-    first = next(t for t in threading.enumerate() if t.name == "accounts-index")
-    first.join(10)  # nothing more to do: it ends by itself
-    assert not first.is_alive()
-    apart.put(lambda: ran.append(threading.current_thread().name))
+    ran[0].join(10)  # nothing more to do: it ends by itself
+    assert not ran[0].is_alive()
+    apart.put(lambda: ran.append(threading.current_thread()))
     apart.settle()
-    assert ran == ["accounts-index", "accounts-index"]
+    assert ran[1] is not ran[0] and ran[1].name == "accounts-index"
     apart.close()
     assert apart.cpu >= 0.0
 
