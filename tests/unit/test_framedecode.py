@@ -55,6 +55,50 @@ def test_the_frames_decode_to_the_serial_output(frames: int, workers: int, chunk
     assert run(data, workers, chunk) == raw
 
 
+def test_a_frames_compressed_bytes_are_the_views_of_their_chunks_not_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gathering each frame's bytes into one growing buffer was a third of the first read's
+    # reading thread where frames decode apart (docs/architecture.md, "Every core")
+    raw, data = stream(9 << 20, 3)
+    given = [data[at : at + (1 << 20)] for at in range(0, len(data), 1 << 20)]
+    pieces = list(given)
+    held: list[list[memoryview]] = []
+
+    class Recorded(framedecode._Frame):
+        def __init__(self, at: int, frame: list[memoryview]) -> None:
+            held.append(list(frame))
+            super().__init__(at, frame)
+
+    monkeypatch.setattr(framedecode, "_Frame", Recorded)
+    out = bytearray()
+    decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", out.extend, 2)
+    assert bytes(out) == raw
+    assert len(held) == 3
+    assert all(any(view.obj is chunk for chunk in given) for frame in held for view in frame)
+    assert b"".join(bytes(view) for frame in held for view in frame) == data
+
+
+def test_a_frames_raw_bytes_are_held_as_they_came_and_a_reused_chunk_is_copied() -> None:
+    # the frame's compressed bytes are views of the chunks (immutable: never joined), and a
+    # chunk its source fills again is copied before it is held
+    raw, data = stream(9 << 20, 3)
+    reused = bytearray(1 << 20)
+    offsets = list(range(0, len(data), 1 << 20))
+
+    def chunks() -> memoryview:
+        if not offsets:
+            return memoryview(b"")
+        at = offsets.pop(0)
+        piece = data[at : at + (1 << 20)]
+        reused[: len(piece)] = piece
+        return memoryview(reused)[: len(piece)]
+
+    out = bytearray()
+    decode_zstd_frames(chunks, lambda piece: out.extend(piece), 2)  # type: ignore[arg-type]
+    assert bytes(out) == raw
+
+
 def test_skippable_frames_and_frames_without_checksums_decode_too() -> None:
     raw, data = stream(300_000, 3)
     plain = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False)

@@ -7,8 +7,9 @@ releases the GIL while it decodes): the framing is parsed here as the raw bytes 
 (:func:`tracker.proof.archive.decoders.zstd_frames`, the same checks: truncation, trailing bytes,
 reserved bits), each complete frame goes to a thread of its own, and its output is handed to
 the sink in order, in pieces of at most ``OUT_SIZE``, while the next frames decode. Memory is
-bounded: at most ``workers`` frames in flight, each holding its compressed bytes (read in
-place, never copied) and a queue of :data:`QUEUED` decoded pieces. A single-frame archive
+bounded: at most ``workers`` frames in flight, each holding its compressed bytes (the
+views of the raw chunks they came in, never copied) and a queue of :data:`QUEUED` decoded
+pieces. A single-frame archive
 decodes on one thread, as before; a decoding error names its frame as the serial decoder
 does. The caller's thread only frames, gathers a frame's bytes and runs the sink.
 """
@@ -19,6 +20,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import IO, cast
 
 import zstandard
 
@@ -45,19 +47,39 @@ _POLL = 0.1
 _END = object()
 
 
+class _Views:
+    """The compressed bytes of one frame as the views of the raw chunks they came in, read
+    in order by the decoder (``read``), never joined into one buffer."""
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self._views = deque(views)
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        if not self._views:
+            return b""
+        view = self._views[0]
+        if 0 <= size < len(view):
+            self._views[0] = view[size:]
+            return view[:size]
+        self._views.popleft()
+        return view
+
+
 class _Frame:
     """One frame in flight: its decoded pieces as they come, then the end (or the error)."""
 
-    def __init__(self, at: int, data: bytearray) -> None:
+    def __init__(self, at: int, data: list[memoryview]) -> None:
         self.at = at
-        self.data: bytearray | bytes = data  # read in place: never changed once launched
+        self.data = data  # views of immutable chunks: never changed once launched
         self.pieces: queue.Queue[object] = queue.Queue(QUEUED)
 
     def decode(self, stop: threading.Event) -> None:
         """Decode the frame into :attr:`pieces` (in a worker thread)."""
         try:
             reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
-                self.data, read_size=OUT_SIZE, read_across_frames=False
+                cast(IO[bytes], _Views(self.data)),  # it only calls read(size)
+                read_size=OUT_SIZE,
+                read_across_frames=False,
             )
             with reader:
                 while not stop.is_set():
@@ -65,7 +87,7 @@ class _Frame:
                     if not piece:
                         break
                     self._put(piece, stop)
-            self.data = b""
+            self.data = []
             self._put(_END, stop)
         except zstandard.ZstdError as exc:
             reason = zstd_reason(str(exc))
@@ -89,7 +111,8 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
     framing = Feeder(zstd_frames(state))
     stop = threading.Event()
     flight: deque[_Frame] = deque()
-    current = bytearray()
+    current: list[memoryview] = []  # the frame's raw bytes so far, views of their chunks
+    held = 0  # their length
 
     def drain(keep: int) -> None:
         """Hand on the output of the oldest frames until ``keep`` are in flight."""
@@ -104,7 +127,9 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstd-frame") as pool:
         try:
             while data := chunks():
-                view = memoryview(data)
+                # kept as views until the frame is decoded: a chunk its source may fill
+                # again is copied first
+                view = memoryview(data if isinstance(data, bytes) else bytes(data))
                 pos = 0
                 while pos < len(view):
                     start = pos
@@ -115,14 +140,16 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
                         raise
                     # ``current`` starts at a frame's first byte (its magic number): the
                     # framing stops at every end of a frame, where it is handed on
-                    current += view[start:pos]
+                    if pos > start:
+                        current.append(view[start:pos])
+                        held += pos - start
                     if framing.at_mark and current:
                         _launch(pool, flight, state.frame_at, current, stop)
-                        current = bytearray()
-                    elif len(current) > MAX_FRAME:
+                        current, held = [], 0
+                    elif held > MAX_FRAME:
                         drain(0)
-                        held = [bytes(current), bytes(view[pos:])]
-                        decode_zstd(_then(held, chunks), sink, state.frame_at)
+                        rest = [*map(bytes, current), bytes(view[pos:])]
+                        decode_zstd(_then(rest, chunks), sink, state.frame_at)
                         return
                     drain(workers - 1)
             try:
@@ -149,7 +176,7 @@ def _launch(
     pool: ThreadPoolExecutor,
     flight: deque[_Frame],
     at: int,
-    data: bytearray,
+    data: list[memoryview],
     stop: threading.Event,
 ) -> None:
     frame = _Frame(at, data)
