@@ -453,6 +453,33 @@ def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compil
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 63), max_size=3000), st.integers(1, 5), st.booleans())
+def test_grouped_rows_are_a_stable_sort_by_group(
+    groups: list[int], width: int, compiled: bool
+) -> None:
+    """The index's flush (SpillIndex._write): every row once, grouped in group order, in
+    their order within a group, and the groups' bounds; compiled and interpreted."""
+    rows = np.arange(len(groups) * width, dtype=np.uint64).reshape(len(groups), width)
+    numbers = np.array(groups, dtype=np.uint8)
+    if compiled:
+        kernels.load()
+    group_rows = kernels.group_rows if compiled else interpreted("group_rows")
+    got, bounds = group_rows(rows, numbers, 64)
+    order = np.argsort(numbers, kind="stable")
+    assert got.tolist() == rows[order].tolist()
+    assert bounds.tolist() == np.searchsorted(numbers[order], np.arange(65)).tolist()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_group_past_the_count_is_refused_before_a_row_is_written(compiled: bool) -> None:
+    if compiled:
+        kernels.load()
+    group_rows = kernels.group_rows if compiled else interpreted("group_rows")
+    with pytest.raises(ValueError, match="a group past the count"):
+        group_rows(np.zeros((3, 5), dtype=np.uint64), np.array([1, 64, 2], dtype=np.uint8), 64)
+
+
 def large_state(accounts: int) -> dict[int, list[Account]]:
     """Three storages of ``accounts`` each, every pubkey of the first stored again in the
     third (superseded, its older version first), a few closed there."""
