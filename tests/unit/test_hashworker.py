@@ -31,8 +31,8 @@ from tracker.proof.accounts.budget import AccountsLimits, WorkerSlots
 from tracker.proof.accounts.hashworker import HashPool, HashWorker
 from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats import kernels
-from tracker.proof.formats.storages import MAX_DATA, META
-from tracker.proof.formats.writing import Account
+from tracker.proof.formats.storages import MAX_DATA, META, Records
+from tracker.proof.formats.writing import Account, write_storage
 from tracker.proof.levels import Level
 
 pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
@@ -469,6 +469,49 @@ def test_grouped_rows_are_a_stable_sort_by_group(
     order = np.argsort(numbers, kind="stable")
     assert got.tolist() == rows[order].tolist()
     assert bounds.tolist() == np.searchsorted(numbers[order], np.arange(65)).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.sampled_from([0, 1, 2**64 - 1]))),
+    st.integers(0, 2**31),
+    st.booleans(),
+)
+def test_the_index_rows_are_the_records_pubkeys_and_locators(
+    accounts: list[tuple[bytes, int]], number: int, compiled: bool
+) -> None:
+    """Compiled and interpreted: each record's pubkey words and its locator (the storage's
+    number, the offset / 8, whether its lamports count), as numpy's gathers made them."""
+    data = write_storage([Account(key, lamports, b"x" * 9) for key, lamports in accounts])
+    buf = np.frombuffer(data, dtype=np.uint8)
+    offsets, lens, _, _ = kernels.scan(buf, 0, len(buf), 0, META, MAX_DATA)
+    batch = Records(buf, offsets, lens, 4096)
+    if compiled:
+        kernels.load()
+    index_rows = kernels.index_rows if compiled else interpreted("index_rows")
+    words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
+    rows, counts = index_rows(words, offsets, 0, 4096, np.uint64(number << 32), np.array([16, 48]))
+    assert counts.tolist() == [lamports != 0 for _, lamports in accounts]
+    assert [row[:4].astype("<u8").tobytes() for row in rows] == [key for key, _ in accounts]
+    want = [
+        (number << 32) | ((4096 + int(off)) >> 3 << 1) | int(lamports != 0)
+        for off, (_, lamports) in zip(offsets, accounts, strict=True)
+    ]
+    assert rows[:, 4].tolist() == want
+    assert batch.lamports().tolist() == [lamports for _, lamports in accounts]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_index_row_outside_its_buffer_is_refused(compiled: bool) -> None:
+    if compiled:
+        kernels.load()
+    index_rows = kernels.index_rows if compiled else interpreted("index_rows")
+    words = np.zeros(17, dtype=np.uint64)  # 136 bytes
+    fields = np.array([16, 48])
+    with pytest.raises(ValueError, match="a record lies outside its buffer"):
+        index_rows(words, np.array([0, 104]), 0, 0, np.uint64(0), fields)
+    with pytest.raises(ValueError, match="not where its piece's records start"):
+        index_rows(words, np.array([0, 12]), 0, 0, np.uint64(0), fields)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

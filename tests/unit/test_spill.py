@@ -116,7 +116,7 @@ def test_the_spilled_index_matches_a_dict_through_splits(
     directory = SpillDir(str(root))
     index = SpillIndex(directory, 64 * 80, ZERO_KEY if colliding else None)  # 64 staged
     for at in range(0, len(rnd), 37):
-        index.add(keys[at : at + 37], locators[at : at + 37])
+        index.add(np.column_stack((keys[at : at + 37], locators[at : at + 37])))
 
     def twice(key: np.ndarray, locator: int) -> None:
         raise AssertionError("no pubkey is twice in a slot here")

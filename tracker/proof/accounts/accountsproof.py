@@ -160,15 +160,11 @@ class AccountsProof:
         if self.max_accounts is not None and self._records > self.max_accounts:
             self._give_up(_OVER_BOUND)  # said with the count of every version at the end
             return
-        counts = batch.lamports() != 0
-        locators = (
-            (np.uint64(number) << np.uint64(32))
-            | (((batch.offsets + batch.base) >> 3).astype(np.uint64) << np.uint64(1))
-            | counts.astype(np.uint64)
-        )
+        # the locator: the storage's number, the record's offset / 8, whether it counts
+        rows, counts = batch.index_rows(number << 32)
         self._summer.expect(self._records)  # its processes start now: they hash ahead
         try:
-            self.index.add(batch.pubkey_words(), locators)
+            self.index.add(rows)
             self._within_budget()
         except NoRoom as exc:
             self._give_up(exc.note)

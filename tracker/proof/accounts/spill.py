@@ -326,14 +326,12 @@ class SpillIndex:
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
 
-    def add(self, keys: U64, locators: U64) -> None:
-        """Add versions: their pubkeys (n, 4) and locators."""
+    def add(self, rows: U64) -> None:
+        """Add versions: (n, 5) rows of their pubkeys' four words and their locators."""
         at = 0
-        while at < len(locators):
-            take = min(len(locators) - at, self._capacity - self._staged)
-            rows = self._stage[self._staged : self._staged + take]
-            rows[:, :4] = keys[at : at + take]
-            rows[:, 4] = locators[at : at + take]
+        while at < len(rows):
+            take = min(len(rows) - at, self._capacity - self._staged)
+            self._stage[self._staged : self._staged + take] = rows[at : at + take]
             self._staged += take
             at += take
             if self._staged == self._capacity:

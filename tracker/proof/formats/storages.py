@@ -54,6 +54,7 @@ OWNER = 64
 EXECUTABLE = 96
 
 _U64 = struct.Struct("<Q")
+_INDEX_FIELDS = np.array([PUBKEY, LAMPORTS], dtype=np.int64)
 
 
 def aligned(n: int) -> int:
@@ -96,21 +97,22 @@ class Records:
         lamports: npt.NDArray[np.uint64] = words[(self.offsets + LAMPORTS - shift) >> 3]
         return lamports
 
-    def pubkey_words(self) -> npt.NDArray[np.uint64]:
-        """Every record's pubkey as four little-endian u64 words, (n, 4): read as words in
-        place (records of a piece start at the same offset modulo 8), without the (n, 32)
-        index array of :meth:`field`."""
-        keys = np.empty((len(self.offsets), 4), dtype=np.uint64)
+    def index_rows(self, head: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+        """Every record's pubkey as four little-endian u64 words and its locator, ``head |
+        offset / 8 << 1 | counts`` (its offset in the storage file; ``counts``: lamports
+        other than zero), as (n, 5) rows, and the counts: one compiled pass
+        (:func:`tracker.proof.formats.kernels.index_rows`)."""
         if not len(self.offsets):
-            return keys
+            return np.zeros((0, 5), dtype=np.uint64), np.zeros(0, dtype=np.bool_)
+        # every record of a piece starts at the same offset modulo 8: its fields are words
         shift = int(self.offsets[0]) % 8
         words = np.frombuffer(
             self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
         )
-        first = (self.offsets + PUBKEY - shift) >> 3
-        for word in range(4):
-            keys[:, word] = words[first + word]
-        return keys
+        rows, counts = kernels.index_rows(
+            words, self.offsets, shift, self.base, np.uint64(head), _INDEX_FIELDS
+        )
+        return rows, counts
 
     def pubkeys(self) -> npt.NDArray[np.uint8]:
         """Every record's pubkey, (n, 32)."""
