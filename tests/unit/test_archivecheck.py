@@ -23,6 +23,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lz4.frame
 import pytest
@@ -47,6 +48,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import (
     AccountsLimits,
     FrameThreads,
+    decodes_ahead,
     paid_within,
     shared_limits,
 )
@@ -798,3 +800,41 @@ def test_a_check_of_a_file_decodes_on_the_frame_threads_its_budget_pays_for(
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
     assert used == ([] if threads is None else [threads])
     assert frames.used == 0
+
+
+@pytest.mark.parametrize(
+    ("workers", "frame_threads", "ahead"),
+    [
+        (2, 1, False),  # two cores: the SHA-256, the reading thread and the hashing fill them
+        (3, 1, True),  # from three, as the bookkeeping apart
+        (16, 1, True),  # a following check, or a budget that pays for no frame thread
+        (16, 3, False),  # frames decoded apart already
+    ],
+)
+def test_the_serial_decoder_runs_ahead_in_a_thread_from_three_workers(
+    workers: int, frame_threads: int, ahead: bool
+) -> None:
+    assert decodes_ahead(AccountsLimits(workers=workers), frame_threads) is ahead
+    assert not decodes_ahead(None, frame_threads)  # no accounts to prove: one thread
+
+
+@pytest.mark.parametrize(("workers", "ahead"), [(2, False), (4, True)])
+def test_a_check_of_a_file_at_the_default_budget_decodes_ahead_from_three_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, ahead: bool
+) -> None:
+    name, data = many_accounts_archive(820, 3000, seed=5, pieces=6)
+    path = tmp_path / name
+    path.write_bytes(data)
+    threads: list[str] = []
+
+    class Watched(archivecheck.DecodeAhead):
+        def run(self, *args: Any) -> None:
+            super().run(*args)
+            assert self._thread is not None
+            threads.append(self._thread.name)
+
+    monkeypatch.setattr(archivecheck, "DecodeAhead", Watched)
+    budget, slots, frames = shared_limits(512 * 1024**2, workers)
+    limits = AccountsLimits(workers=workers, budget=budget, slots=slots, frames=frames)
+    assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
+    assert threads == (["decode-ahead"] if ahead else [])

@@ -133,6 +133,69 @@ def test_bad_archives_are_refused_as_the_serial_check_refuses_them(variant: str)
     assert reason(3) == reason(1)
 
 
+@pytest.mark.parametrize("compression", ["zst", "lz4"])
+@pytest.mark.parametrize("variant", list(EXPECTED_REASONS))
+def test_a_decoder_ahead_refuses_what_the_serial_check_refuses(
+    compression: str, variant: str
+) -> None:
+    name, good = build_archive(SLOT, compression=compression)
+    bad = bad_variants(name, good)[variant]
+
+    def reason(ahead: bool) -> str:
+        with pytest.raises(ArchiveInvalid) as caught:
+            check_stream(io.BytesIO(bad).read, name, decode_ahead=ahead)
+        return caught.value.reason
+
+    assert reason(True) == reason(False)
+    assert check_stream(io.BytesIO(good).read, name, decode_ahead=True) == check_stream(
+        io.BytesIO(good).read, name
+    )
+    assert not [t for t in threading.enumerate() if t.name == "decode-ahead"]
+
+
+def test_a_decoder_ahead_refuses_a_copy_while_its_source_holds_the_rest_back() -> None:
+    # the verdict of a following check comes as soon as the bytes so far fail, as with the
+    # serial decoder (frames decoded apart would wait for the frame's end): here a valid zstd
+    # stream of what is not a tar, its source paused at 60 %
+    name, good = build_archive(SLOT, accounts=16, account_size=512 * 1024)
+    bad = bad_variants(name, good)["not_tar"]
+    given = [bad[: len(bad) * 6 // 10]]
+    more = threading.Event()  # set by the check's unblock, or at the test's end
+    ended: list[str] = []
+
+    def read(size: int) -> bytes:
+        if given:
+            return given.pop()
+        more.wait()
+        return b""
+
+    def check() -> None:
+        try:
+            check_stream(read, name, unblock=more.set, decode_ahead=True)
+        except ArchiveInvalid as exc:
+            ended.append(exc.reason)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    try:
+        thread.join(30)
+        assert ended and ended[0].startswith("tar: ")
+        assert not thread.is_alive()
+    finally:
+        more.set()
+    assert not [t for t in threading.enumerate() if t.name == "decode-ahead"]
+
+
+def test_a_walk_that_fails_stops_the_decoder_ahead() -> None:
+    # the walk refuses the archive early; the decoder ahead, waiting for room or for bytes,
+    # ends with the check
+    name, good = build_archive(SLOT, accounts=40)
+    bad = bad_variants(name, good)["other_slot"]
+    with pytest.raises(ArchiveInvalid):
+        check_stream(io.BytesIO(bad).read, name, decode_ahead=True)
+    assert not [t for t in threading.enumerate() if t.name == "decode-ahead"]
+
+
 def test_a_frame_larger_than_the_held_bound_is_decoded_as_it_streams(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -30,8 +30,9 @@ import attrs
 DEFAULT_MEMORY = 512 * 1024**2
 #: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
 #: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
-#: hashing process (~35 MiB), the serial decoder's buffers, the first read's batches waiting
-#: for their bookkeeping (at most four, from three ``proof_workers``: 14-29 MiB measured);
+#: hashing process (~35 MiB), the serial decoder's buffers (from three ``proof_workers`` in a
+#: thread of its own, with two decoded pieces waiting: 8-12 MiB), the first read's batches
+#: waiting for their bookkeeping (at most four, from three ``proof_workers``: 14-29 MiB);
 #: taken off the budget before the index's room (measured in bench/accounts.py, 85 MiB to
 #: spare at 10 million accounts; docs/architecture.md, "Bounded memory").
 FIXED_COST = 320 * 1024**2
@@ -264,6 +265,16 @@ class FrameThreads:
     def _give(self, count: int) -> None:
         if self._slots is not None and count:
             self._slots.give(count)
+
+
+def decodes_ahead(limits: AccountsLimits | None, frame_threads: int) -> bool:
+    """Whether a check proving accounts within ``limits`` runs its serial decoder in a thread
+    of its own, ahead of its reading thread (``framedecode.DecodeAhead``): from three
+    ``proof_workers``, as the first read's bookkeeping (a core for the SHA-256, the reading
+    thread and its bookkeeping already keep two busy), when it decodes no frames apart
+    (``frame_threads`` below two: a following check, or a budget that pays for none).
+    docs/architecture.md, "The accounts level" → "Every core"."""
+    return limits is not None and limits.workers > 2 and frame_threads < 2
 
 
 class WorkerSlots:

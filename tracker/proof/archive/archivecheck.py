@@ -38,11 +38,11 @@ import trio
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts.budget import AccountsLimits, FrameThreads
+from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
 from tracker.proof.archive.binding import PrefixDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
-from tracker.proof.archive.framedecode import decode_zstd_frames
+from tracker.proof.archive.framedecode import DecodeAhead, decode_zstd_frames
 from tracker.proof.archive.reread import accounts_prover, proving
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
@@ -75,6 +75,7 @@ def check_stream(
     prover: ArchiveProver | None = None,
     seen: Callable[[Header, int], None] | None = None,
     decoders: int = 1,
+    decode_ahead: bool = False,
     first_read: Callable[[Verified], None] | None = None,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
@@ -93,10 +94,11 @@ def check_stream(
     too (one core). ``prover`` replaces the archive's own (``proof.archive.headproof``). ``seen`` is
     told each member the tar walk took (:func:`~tracker.proof.archive.tarwalk.walk_tar`).
     ``decoders``: threads that decode a multi-frame ``.tar.zst``'s frames in parallel
-    (:mod:`tracker.proof.archive.framedecode`). ``first_read`` (if given) is told what the
-    read of the file proved before the accounts level's second read starts (the SHA-256 and
-    the manifest's level: a refresh's readers may end there, docs/architecture.md "Two
-    reads").
+    (:mod:`tracker.proof.archive.framedecode`); with one, ``decode_ahead`` runs the serial
+    decoder in a thread of its own (``framedecode.DecodeAhead``; with ``prefetch`` only).
+    ``first_read`` (if given) is told what the read of the file proved before the accounts
+    level's second read starts (the SHA-256 and the manifest's level: a refresh's readers may
+    end there, docs/architecture.md "Two reads").
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -105,46 +107,54 @@ def check_stream(
     budget = Budget(cancelled) if cancelled is not None else Budget()
     source = _Prefetch(read, unblock) if prefetch else _Inline(read)
     failed: list[BaseException] = []  # what reading raised: not the archive's fault
-    with source:
+    # a thread of its own decodes only where the source stops when the check does (prefetch)
+    ahead = DecodeAhead() if decode_ahead and decoders <= 1 and prefetch else None
+    try:
+        with source:
 
-        def chunks() -> bytes:
-            if pending:
-                return pending.pop()
+            def chunks() -> bytes:
+                if pending:
+                    return pending.pop()
+                try:
+                    data = source.next()
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+                budget.took(len(data))
+                return data
+
+            pending: list[bytes] = []
+            found: set[str] = set()
             try:
-                data = source.next()
-            except BaseException as exc:
-                failed.append(exc)
-                raise
-            budget.took(len(data))
-            return data
+                first = chunks()
+                if not first:
+                    raise ArchiveInvalid("empty file")
+                pending.append(first)
+                if prover is None:
+                    prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
+                walk = walk_tar(parsed.slot, found, budget.members_allowed, prover, seen)
+                tar = Feeder(walk)
 
-        pending: list[bytes] = []
-        found: set[str] = set()
-        try:
-            first = chunks()
-            if not first:
-                raise ArchiveInvalid("empty file")
-            pending.append(first)
-            if prover is None:
-                prover = ArchiveProver(parsed.slot, parsed.base_slot, parsed.hash, accounts)
-            walk = walk_tar(parsed.slot, found, budget.members_allowed, prover, seen)
-            tar = Feeder(walk)
+                def sink(piece: memoryview) -> None:
+                    budget.spend(len(piece))
+                    tar.feed(piece)
 
-            def sink(piece: memoryview) -> None:
-                budget.spend(len(piece))
-                tar.feed(piece)
-
-            if parsed.ext == ".tar.zst" and decoders > 1:
-                decode_zstd_frames(chunks, sink, decoders)
-            else:
-                decoder_for(parsed.ext)(chunks, sink)
-            tar.finish()
-        except Exception as exc:
-            if failed and exc is failed[0]:
-                raise
-            raise as_rejection(exc) from None
-        digest = source.hexdigest()
-        prefixes = source.prefixes()
+                if parsed.ext == ".tar.zst" and decoders > 1:
+                    decode_zstd_frames(chunks, sink, decoders)
+                elif ahead is not None:
+                    ahead.run(decoder_for(parsed.ext), chunks, sink)
+                else:
+                    decoder_for(parsed.ext)(chunks, sink)
+                tar.finish()
+            except Exception as exc:
+                if failed and exc is failed[0]:
+                    raise
+                raise as_rejection(exc) from None
+            digest = source.hexdigest()
+            prefixes = source.prefixes()
+    finally:
+        if ahead is not None:
+            ahead.close()  # after the source stopped: its decoder may have waited on it
     missing = [entry for entry in wanted if entry not in found]
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
@@ -190,7 +200,13 @@ def check_file(
                 name, prove_accounts, f"/proc/self/fd/{fd}", decoders=frames.count
             )
             with proving(accounts):  # its worker process lives as long as the check
-                return check_stream(file.read, name, accounts=accounts, decoders=frames.count)
+                return check_stream(
+                    file.read,
+                    name,
+                    accounts=accounts,
+                    decoders=frames.count,
+                    decode_ahead=decodes_ahead(prove_accounts, frames.count),
+                )
     finally:
         frames.release()
 
@@ -300,9 +316,11 @@ class _Prefetch:
                 self._cond.notify_all()
 
     def next(self) -> bytes:
-        """The next chunk; ``b""`` at the end; raises what ``read`` raised."""
+        """The next chunk; ``b""`` at the end; raises what ``read`` raised, and
+        ArchiveInvalid("check cancelled") once stopped (a decoder in a thread of its own may
+        still ask: ``DecodeAhead``)."""
         with self._cond:
-            while not self._ready and not self._ended and self._error is None:
+            while not (self._ready or self._ended or self._error or self._stopped):
                 self._cond.wait()
             if self._ready:
                 data = self._ready.popleft()
@@ -310,6 +328,8 @@ class _Prefetch:
                 return data
             if self._error is not None:
                 raise self._error
+            if self._stopped:
+                raise ArchiveInvalid(CANCELLED)
             return b""
 
     def hexdigest(self) -> str:
@@ -466,8 +486,10 @@ class FollowingCheck:
                         accounts=accounts,
                         first_read=told,
                         # one decoder: frames decoded apart only once whole would hold back
-                        # the verdict on a bad frame until the source sends all of it
+                        # the verdict on a bad frame until the source sends all of it; from
+                        # three workers in a thread of its own, decoding as the bytes come
                         # (docs/architecture.md, "Every core")
+                        decode_ahead=decodes_ahead(prove_accounts, 1),
                     )
             finally:
                 growing.cancel()  # closes the descriptor in every case

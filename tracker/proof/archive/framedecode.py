@@ -12,6 +12,9 @@ views of the raw chunks they came in, never copied) and a queue of :data:`QUEUED
 pieces. A single-frame archive
 decodes on one thread, as before; a decoding error names its frame as the serial decoder
 does. The caller's thread only frames, gathers a frame's bytes and runs the sink.
+
+:class:`DecodeAhead` runs the serial decoder in one thread of its own instead, as the raw
+bytes come (a check that follows a download, where a frame is decoded apart only once whole).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, cast
 
 import zstandard
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
+from tracker.proof.archive.checklimits import CANCELLED, ZSTD_MAX_WINDOW
 from tracker.proof.archive.decoders import (
     OUT_SIZE,
     Chunks,
@@ -160,6 +164,69 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
             drain(0)
         finally:
             stop.set()  # threads waiting for the sink end
+
+
+class DecodeAhead:
+    """One decoder, of any format (``decode(chunks, sink)``: the serial decoder's), run in a
+    thread of its own a step ahead of the thread that walks what it decodes: the reading thread
+    then only walks and scans (docs/architecture.md, "The accounts level" → "Every core").
+
+    Unlike frames decoded apart, it decodes the raw bytes as they come: a bad byte is refused
+    as soon as it is decoded, whatever follows it, so a following check's verdict is never held
+    back by a source that stops sending. At most :data:`QUEUED` pieces wait; a piece of a buffer
+    the decoder fills again is copied first. :meth:`run` hands the pieces to its sink in the
+    calling thread and raises what either thread raised; :meth:`close`, once whatever
+    ``chunks`` may wait on was stopped (the check's reading of the raw bytes), joins the
+    thread."""
+
+    def __init__(self) -> None:
+        self._pieces: queue.Queue[object] = queue.Queue(QUEUED)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self, decode: Callable[[Chunks, Sink], None], chunks: Chunks, sink: Sink) -> None:
+        """Decode ``chunks`` with ``decode`` in the thread; hand its pieces to ``sink`` here."""
+        self._thread = threading.Thread(
+            target=self._decode, args=(decode, chunks), name="decode-ahead", daemon=True
+        )
+        self._thread.start()
+        try:
+            while (item := self._pieces.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, memoryview)
+                sink(item)
+        finally:
+            self._stop.set()  # a decoder that waits for room ends; one that reads, at close
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (it may be in ``chunks``: stop that first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _decode(self, decode: Callable[[Chunks, Sink], None], chunks: Chunks) -> None:
+        try:
+            decode(chunks, self._put)
+            item: object = _END
+        except BaseException as exc:  # raised in the reading thread (unless it stopped)
+            item = exc
+        self._offer(item)
+
+    def _put(self, piece: memoryview) -> None:
+        # a view of bytes stays valid; the serial zstd decoder fills one buffer again
+        if not self._offer(piece if isinstance(piece.obj, bytes) else memoryview(bytes(piece))):
+            raise ArchiveInvalid(CANCELLED)  # the reader stopped: the decoder ends here
+
+    def _offer(self, item: object) -> bool:
+        """Queue ``item`` once there is room; False when the reader stopped first."""
+        while not self._stop.is_set():
+            try:
+                self._pieces.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def _then(held: list[bytes], chunks: Chunks) -> Chunks:
