@@ -803,24 +803,27 @@ def test_a_check_of_a_file_decodes_on_the_frame_threads_its_budget_pays_for(
 
 
 @pytest.mark.parametrize(
-    ("workers", "frame_threads", "ahead"),
+    ("memory_mib", "workers", "frame_threads", "ahead"),
     [
-        (2, 1, False),  # two cores: the SHA-256, the reading thread and the hashing fill them
-        (3, 1, True),  # from three, as the bookkeeping apart
-        (16, 1, True),  # a following check, or a budget that pays for no frame thread
-        (16, 3, False),  # frames decoded apart already
+        (512, 2, 1, False),  # two cores: the SHA-256, the reading thread and the hashing
+        (512, 16, 1, False),  # two hashing processes paid: the hashing is the floor
+        (1024, 16, 1, True),  # seven: the serial reading thread is
+        (1024, 6, 1, False),  # five (one less than the workers): the hashing still is
+        (3072, 16, 1, True),  # a following check at a budget that pays for frame threads
+        (3072, 16, 3, False),  # frames decoded apart already
     ],
 )
-def test_the_serial_decoder_runs_ahead_in_a_thread_from_three_workers(
-    workers: int, frame_threads: int, ahead: bool
+def test_the_serial_decoder_runs_ahead_where_the_reading_thread_is_the_floor(
+    memory_mib: int, workers: int, frame_threads: int, ahead: bool
 ) -> None:
-    assert decodes_ahead(AccountsLimits(workers=workers), frame_threads) is ahead
+    limits = AccountsLimits(memory=memory_mib * 1024**2, workers=workers)
+    assert decodes_ahead(limits, frame_threads) is ahead
     assert not decodes_ahead(None, frame_threads)  # no accounts to prove: one thread
 
 
-@pytest.mark.parametrize(("workers", "ahead"), [(2, False), (4, True)])
-def test_a_check_of_a_file_at_the_default_budget_decodes_ahead_from_three_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, ahead: bool
+@pytest.mark.parametrize(("memory_mib", "ahead"), [(512, False), (1024, True)])
+def test_a_check_of_a_file_that_decodes_serially_decodes_ahead_where_it_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_mib: int, ahead: bool
 ) -> None:
     name, data = many_accounts_archive(820, 3000, seed=5, pieces=6)
     path = tmp_path / name
@@ -834,7 +837,8 @@ def test_a_check_of_a_file_at_the_default_budget_decodes_ahead_from_three_worker
             threads.append(self._thread.name)
 
     monkeypatch.setattr(archivecheck, "DecodeAhead", Watched)
-    budget, slots, frames = shared_limits(512 * 1024**2, workers)
-    limits = AccountsLimits(workers=workers, budget=budget, slots=slots, frames=frames)
+    memory = memory_mib * 1024**2  # on 16 workers: 2 hashing processes paid, or 7
+    budget, slots, frames = shared_limits(memory, 16)
+    limits = AccountsLimits(memory=memory, workers=16, budget=budget, slots=slots, frames=frames)
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
     assert threads == (["decode-ahead"] if ahead else [])

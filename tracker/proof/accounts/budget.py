@@ -58,6 +58,12 @@ MAX_FRAME_THREADS = 3
 #: against ~0.15 s of the first read's reading thread; docs/architecture.md, "A mainnet
 #: full"); past them, frame threads shorten the proof more than more hashing does.
 PACED_HASHERS = 8
+#: The hashing processes from which a check that decodes serially runs its decoder ahead in a
+#: thread of its own (:func:`decodes_ahead`): six hash ~0.19 CPU-s of a million accounts'
+#: ~1.15 each, faster than the first read's reading thread decodes and walks them serially
+#: (~0.22), which is then its floor; with fewer the hashing is, and a thread more only costs
+#: CPU (50 million accounts with two: 3.00 CPU-s a million against 2.31, on this 2-core host).
+AHEAD_FROM_HASHERS = 6
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
@@ -269,12 +275,13 @@ class FrameThreads:
 
 def decodes_ahead(limits: AccountsLimits | None, frame_threads: int) -> bool:
     """Whether a check proving accounts within ``limits`` runs its serial decoder in a thread
-    of its own, ahead of its reading thread (``framedecode.DecodeAhead``): from three
-    ``proof_workers``, as the first read's bookkeeping (a core for the SHA-256, the reading
-    thread and its bookkeeping already keep two busy), when it decodes no frames apart
-    (``frame_threads`` below two: a following check, or a budget that pays for none).
-    docs/architecture.md, "The accounts level" → "Every core"."""
-    return limits is not None and limits.workers > 2 and frame_threads < 2
+    of its own, ahead of its reading thread (``framedecode.DecodeAhead``): when it decodes no
+    frames apart (``frame_threads`` below two: a following check, or a budget that pays for
+    none) and its budget pays for :data:`AHEAD_FROM_HASHERS` hashing processes or more, so
+    that its reading thread, not the hashing, is the first read's floor (with fewer, the
+    thread only takes turns with the others and costs CPU: docs/architecture.md, "The
+    accounts level" → "Every core")."""
+    return limits is not None and frame_threads < 2 and limits.hash_workers >= AHEAD_FROM_HASHERS
 
 
 class WorkerSlots:
