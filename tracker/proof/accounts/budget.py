@@ -30,9 +30,10 @@ import attrs
 DEFAULT_MEMORY = 512 * 1024**2
 #: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
 #: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
-#: hashing process (~35 MiB), the serial decoder's buffers (from three ``proof_workers`` in a
-#: thread of its own, with two decoded pieces waiting: 8-12 MiB), the first read's batches
-#: waiting for their bookkeeping (at most four, from three ``proof_workers``: 14-29 MiB);
+#: hashing process (~35 MiB), the serial decoder's buffers (where it decodes ahead in a thread
+#: of its own, :func:`decodes_ahead`, two decoded pieces more: ~18 MiB measured), the first
+#: read's batches waiting for their bookkeeping (at most four, from three ``proof_workers``:
+#: 14-29 MiB);
 #: taken off the budget before the index's room (measured in bench/accounts.py, 85 MiB to
 #: spare at 10 million accounts; docs/architecture.md, "Bounded memory").
 FIXED_COST = 320 * 1024**2
@@ -59,10 +60,11 @@ MAX_FRAME_THREADS = 3
 #: full"); past them, frame threads shorten the proof more than more hashing does.
 PACED_HASHERS = 8
 #: The hashing processes from which a check that decodes serially runs its decoder ahead in a
-#: thread of its own (:func:`decodes_ahead`): six hash ~0.19 CPU-s of a million accounts'
-#: ~1.15 each, faster than the first read's reading thread decodes and walks them serially
-#: (~0.22), which is then its floor; with fewer the hashing is, and a thread more only costs
-#: CPU (50 million accounts with two: 3.00 CPU-s a million against 2.31, on this 2-core host).
+#: thread of its own (:func:`decodes_ahead`): six share a million accounts' ~1.15 CPU-s of
+#: BLAKE3 in ~0.19 s, less than the first read's reading thread takes to decode and walk them
+#: serially (~0.22 s), which is then its floor; with fewer the hashing is, and a thread more
+#: only costs CPU (forced with two, 50 million accounts on two cores took 3.00 CPU-s a
+#: million instead of 2.31).
 AHEAD_FROM_HASHERS = 6
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024

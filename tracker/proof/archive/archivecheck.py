@@ -486,9 +486,9 @@ class FollowingCheck:
                         accounts=accounts,
                         first_read=told,
                         # one decoder: frames decoded apart only once whole would hold back
-                        # the verdict on a bad frame until the source sends all of it; from
-                        # three workers in a thread of its own, decoding as the bytes come
-                        # (docs/architecture.md, "Every core")
+                        # the verdict on a bad frame until the source sends all of it; where
+                        # the hashing keeps pace, in a thread of its own, decoding as the bytes
+                        # come (docs/architecture.md, "Every core")
                         decode_ahead=decodes_ahead(prove_accounts, 1),
                     )
             finally:
