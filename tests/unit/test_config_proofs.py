@@ -333,13 +333,13 @@ def test_a_budget_pays_for_the_hashing_processes_it_allows(
         FRAME_THREAD_COST,
         WORKER_COST,
         AccountsLimits,
-        hash_workers_within,
+        paid_within,
         room_of,
         shared_limits,
     )
 
     total = total_mib * MiB_
-    assert hash_workers_within(total, wanted) == workers
+    assert paid_within(total, wanted + 1)[0] == workers  # wanted: besides the check's own
     budget, slots, frames = shared_limits(total, wanted + 1)
     assert slots.total == workers
     assert budget.room == room_of(total, workers, frames.total)

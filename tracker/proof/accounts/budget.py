@@ -128,12 +128,6 @@ def paid_within(total: int, workers: int) -> tuple[int, int]:
     return max(1, hashers), frames
 
 
-def hash_workers_within(total: int, wanted: int) -> int:
-    """The hashing processes a budget of ``total`` bytes pays for, of ``wanted``
-    (``proof_workers`` less the check's own; :func:`paid_within`)."""
-    return paid_within(total, wanted + 1)[0]
-
-
 def shared_limits(total: int, workers: int) -> tuple[MemoryBudget, WorkerSlots, WorkerSlots]:
     """The one budget of ``total`` bytes, the hashing processes and the frame threads the
     proofs of a process share, for ``workers`` at most (``proof_workers``, the checks' own

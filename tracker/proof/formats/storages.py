@@ -89,11 +89,7 @@ class Records:
         """Every record's lamports."""
         if not len(self.offsets):
             return np.zeros(0, dtype=np.uint64)
-        # every record of a piece starts at the same offset modulo 8: lamports is a word
-        shift = int(self.offsets[0]) % 8
-        words = np.frombuffer(
-            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
-        )
+        shift, words = self._words()
         lamports: npt.NDArray[np.uint64] = words[(self.offsets + LAMPORTS - shift) >> 3]
         return lamports
 
@@ -104,15 +100,21 @@ class Records:
         (:func:`tracker.proof.formats.kernels.index_rows`)."""
         if not len(self.offsets):
             return np.zeros((0, 5), dtype=np.uint64), np.zeros(0, dtype=np.bool_)
-        # every record of a piece starts at the same offset modulo 8: its fields are words
-        shift = int(self.offsets[0]) % 8
-        words = np.frombuffer(
-            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
-        )
+        shift, words = self._words()
         rows, counts = kernels.index_rows(
             words, self.offsets, shift, self.base, np.uint64(head), _INDEX_FIELDS
         )
         return rows, counts
+
+    def _words(self) -> tuple[int, npt.NDArray[np.uint64]]:
+        """The piece as little-endian u64 words from where its records start modulo 8 (every
+        record of a piece starts at the same offset modulo 8: its u64 fields are words), and
+        that offset; there is at least one record."""
+        shift = int(self.offsets[0]) % 8
+        words: npt.NDArray[np.uint64] = np.frombuffer(
+            self.buf, dtype="<u8", offset=shift, count=(len(self.buf) - shift) // 8
+        )
+        return shift, words
 
     def pubkeys(self) -> npt.NDArray[np.uint8]:
         """Every record's pubkey, (n, 32)."""
