@@ -41,15 +41,15 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(socket.socket, name, guard(name))
 
 
-@pytest.fixture(scope="module", params=["inline", "apart"])
+@pytest.fixture(scope="module", params=["inline", "one lane", "three lanes"])
 def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run a module's tests of the accounts proof with the first read's bookkeeping in the
-    reading thread and in a thread of its own (``accountsproof.parse_apart``: apart from
-    three cores), whatever this machine's cores. Opted into with ``pytestmark``; module-wide,
-    so that hypothesis's examples share it."""
+    """Run a module's tests of the accounts proof with the first read's scan and bookkeeping
+    in the reading thread, in one scan lane and in three (``accountsproof.scan_lanes``:
+    lanes from three cores), whatever this machine's cores. Opted into with ``pytestmark``;
+    module-wide, so that hypothesis's examples share it."""
     from tracker.proof.accounts import accountsproof
 
-    apart = request.param == "apart"
+    lanes = {"inline": 0, "one lane": 1, "three lanes": 3}[request.param]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(accountsproof, "parse_apart", lambda limits: apart)
+        patch.setattr(accountsproof, "scan_lanes", lambda limits: lanes)
         yield str(request.param)

@@ -1,8 +1,9 @@
-"""The first read's bookkeeping in a thread of its own (``accountsproof.Apart``): what it runs,
-in which thread, in which order, and what it raises, drops and leaves behind."""
+"""The first read's scan lanes (``accountsproof.Apart``, ``scan_lanes``): what they run, in
+which thread, in which order, and what they raise, drop and leave behind."""
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -10,14 +11,24 @@ from typing import Any
 import numpy as np
 import pytest
 from agave_storages import Storage, expected_lt_hash, feed, storages
+from archives import make_tar
 
+from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts import accountsproof
 from tracker.proof.accounts.accounthash import LocalSum
-from tracker.proof.accounts.accountsproof import AccountsProof, Apart, parse_apart
+from tracker.proof.accounts.accountsproof import AccountsProof, Apart, scan_lanes
+from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.parsing import Bulk
-from tracker.proof.formats.writing import Account, lattice_of_slots, write_storage
+from tracker.proof.formats.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of_slots,
+    write_manifest,
+    write_storage,
+)
 
 
 def reread_from(given: Iterable[Storage]) -> accountsproof.Reread:
@@ -30,12 +41,22 @@ def reread_from(given: Iterable[Storage]) -> accountsproof.Reread:
 
 
 @pytest.mark.parametrize(
-    ("workers", "apart"),
-    [(1, False), (2, False), (3, True), (16, True)],
+    ("workers", "memory_mib", "lanes"),
+    [
+        (1, 512, 0),
+        (2, 4096, 0),  # on two, the reading thread, SHA-256's and the hashing keep both busy
+        (3, 512, 1),
+        (16, 512, 1),  # two hashing processes paid for: one lane keeps pace
+        (16, 1024, 2),  # seven
+        (16, 2048, 3),  # eleven
+        (32, 4096, 4),  # twenty-nine: at most four, past them the lock is the floor
+        (64, 8192, 4),
+    ],
 )
-def test_the_bookkeeping_goes_apart_from_three_cores(workers: int, apart: bool) -> None:
-    # on two, the reading thread, SHA-256's and the hashing process keep both busy already
-    assert parse_apart(AccountsLimits(workers=workers)) is apart
+def test_the_storages_are_scanned_in_lanes_from_three_cores(
+    workers: int, memory_mib: int, lanes: int
+) -> None:
+    assert scan_lanes(AccountsLimits(memory=memory_mib << 20, workers=workers)) == lanes
 
 
 class Watching(LocalSum):
@@ -60,7 +81,7 @@ def test_the_reading_thread_goes_on_while_the_bookkeeping_of_a_batch_waits(
 ) -> None:
     monkeypatch.setattr(storage_format, "PIECE", 1024)  # several batches a storage
     summer = Watching()
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), summer, apart=True)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), summer, lanes=1)
     given = storages()
     # the first storage's batches are read, while the bookkeeping waits on the first of them
     feed(proof, given[0], 4096)
@@ -70,7 +91,7 @@ def test_the_reading_thread_goes_on_while_the_bookkeeping_of_a_batch_waits(
     for storage in given[1:]:
         feed(proof, storage, 4096)
     proof.settle()
-    assert summer.threads == {"accounts-index"}  # the first read's asks (the second's: here)
+    assert summer.threads == {"accounts-scan"}  # the first read's asks (the second's: here)
     assert proof.finish(reread_from(given)) == (expected_lt_hash(), None)
     assert proof.bookkeeping_cpu > 0
 
@@ -78,7 +99,7 @@ def test_the_reading_thread_goes_on_while_the_bookkeeping_of_a_batch_waits(
 def test_inline_the_bookkeeping_is_the_reading_threads() -> None:
     summer = Watching()
     summer.gate.set()
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), summer, apart=False)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), summer, lanes=0)
     given = storages()
     for storage in given:
         feed(proof, storage, 4096)
@@ -92,7 +113,7 @@ def test_a_batch_in_a_buffer_the_reader_fills_again_is_copied_before_it_goes_apa
     # reads later would be the next piece's bytes
     accounts = [Account(bytes([n]) * 32, n + 1, bytes([n]) * 40) for n in range(30)]
     data = write_storage(accounts)
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), LocalSum(), apart=True)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), LocalSum(), lanes=1)
     parser = proof.storage(5, 0, len(data), len(data))
     want = next(parser)
     buffer = bytearray(len(data))
@@ -184,7 +205,7 @@ def test_an_idle_thread_ends_and_the_next_job_starts_another(
     assert not ran[0].is_alive()
     apart.put(lambda: ran.append(threading.current_thread()))
     apart.settle()
-    assert ran[1] is not ran[0] and ran[1].name == "accounts-index"
+    assert ran[1] is not ran[0] and ran[1].name == "accounts-scan"
     apart.close()
 
 
@@ -200,3 +221,109 @@ def test_a_job_that_settles_does_not_wait_for_itself() -> None:
     apart.settle()
     assert done.is_set()
     apart.close()
+
+
+class Told(AccountsProof):
+    """A proof whose storage 0's batches wait in their lane until ``gate`` opens (outside the
+    lock the lanes' bookkeeping shares), and that says when a lane kept a refusal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.told = threading.Event()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def _take(self, batch: storage_format.Records, number: int) -> None:
+        if number == 0:
+            self.entered.set()
+            assert self.gate.wait(10)
+        super()._take(batch, number)
+
+    def _refuse(self, number: int, exc: BaseException) -> None:
+        super()._refuse(number, exc)
+        self.told.set()
+
+
+def bad_late(slot: int, ident: int, count: int, bad_at: int) -> Storage:
+    """A storage of ``count`` accounts whose record ``bad_at`` has executable byte 2."""
+    accounts = [Account(bytes([slot, n]) * 16, n + 1, bytes(100)) for n in range(count)]
+    data = bytearray(write_storage(accounts))
+    at = bad_at * storage_format.aligned(storage_format.META + 100)
+    data[at + storage_format.EXECUTABLE] = 2
+    return Storage(slot, ident, bytes(data), len(data))
+
+
+def test_the_first_storage_in_the_stream_that_fails_is_the_refusal_whatever_lane_meets_it_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # storage 0 (bad in its second piece) waits in one lane while storage 1 (bad in its first
+    # record) fails in the other: the refusal is still storage 0's, the serial reading's
+    monkeypatch.setattr(storage_format, "PIECE", 1024)  # four records a piece
+    proof = Told(AccountsLimits(max_accounts=1000), LocalSum(), lanes=2)
+    first, second = bad_late(7, 0, 8, 6), bad_late(8, 1, 3, 0)  # two pieces: the lane holds them
+
+    def open_once_the_second_failed() -> None:
+        assert proof.told.wait(10)
+        proof.gate.set()
+
+    opener = threading.Thread(target=open_once_the_second_failed)
+    opener.start()
+    feed(proof, first, 4096)  # its first batch waits in its lane
+    assert proof.entered.wait(10)
+
+    def both() -> None:
+        feed(proof, second, 4096)
+        proof.settle()
+
+    with pytest.raises(ArchiveInvalid) as caught:
+        both()
+    opener.join(10)
+    assert caught.value.reason == (
+        f"accounts/7.0: the record at byte {6 * 240} has executable byte 2 (0 or 1)"
+    )
+    proof.close()
+
+
+class GatedProver(StoragesProver):
+    """The storages' prover of a check whose lane waits until the check settles it."""
+
+    gate: threading.Event
+
+    def settle(self) -> None:
+        self.gate.set()
+        super().settle()
+
+
+def test_a_storage_scanned_apart_refuses_before_what_the_reading_thread_met_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the stream is cut after a bad storage; its lane waits until the reading thread met the
+    # cut: the refusal is still the storage's, as when the reading thread scans it
+    monkeypatch.setattr(accountsproof, "scan_lanes", lambda limits: 1)
+    monkeypatch.setattr(storage_format, "PIECE", 1024)
+    storage = bad_late(7, 0, 12, 10)
+    lt_hash = bytes(2048)
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", b"1.2.0"),
+        ("snapshots/9/9", write_manifest(9, lt_hash, [(7, 0, len(storage.data))])),
+        ("snapshots/status_cache", bytes(64)),
+        (storage.name, storage.data),
+        ("accounts/8.1", bytes(4096)),
+    ]
+    tar = make_tar(entries)
+    cut = tar[: tar.index(b"accounts/8.1") + 1024]  # inside the member after the storage
+    summer = Watching()
+    prover = GatedProver(AccountsLimits(max_accounts=1000), summer=lambda: summer)
+    prover.gate = summer.gate
+    stream = io.BytesIO(cut)
+    with pytest.raises(ArchiveInvalid) as caught:
+        check_stream(
+            stream.read,
+            f"snapshot-9-{archive_hash_of(lt_hash)}.tar",
+            prefetch=False,
+            accounts=prover,
+        )
+    prover.close()
+    assert caught.value.reason == (
+        f"accounts/7.0: the record at byte {10 * 240} has executable byte 2 (0 or 1)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import shutil
 import threading
@@ -424,12 +425,29 @@ def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) ->
     st.booleans(),
 )
 def test_the_partitions_order_is_lexsorts(pairs: list[tuple[int, int]], wide: bool) -> None:
-    # the dedup's order (by fingerprint, then slot, then index: which copy of a pubkey stored
-    # twice in a slot is named) is exactly np.lexsort's, ties of both kinds included
+    # the dedup's order (by fingerprint, then slot, then locator: which copy of a pubkey
+    # stored twice in a slot is named, whatever order the lanes added them in) is exactly
+    # np.lexsort's, ties of both kinds included
     prints = np.array([p * (2**60 if wide else 1) for p, _ in pairs], dtype=np.uint64)
     slots = np.array([s for _, s in pairs], dtype=np.uint64)
-    expected = np.lexsort((slots, prints))
-    assert spill_module._by_print_then_slot(prints, slots).tolist() == expected.tolist()
+    locators = np.random.default_rng(len(pairs)).permutation(len(pairs)).astype(np.uint64)
+    expected = np.lexsort((locators, slots, prints))
+    got = spill_module._by_print_then_slot(prints, slots, locators)
+    assert got.tolist() == expected.tolist()
+
+
+def test_a_pubkey_twice_in_a_slot_is_named_by_its_first_copy_whatever_the_rows_order() -> None:
+    # three copies in one slot, added in every order: the one named is the first in the
+    # stream (the lowest locator), as the serial reading adds it first
+    keys = np.array([[7, 7, 7, 7]] * 3 + [[1, 2, 3, 4]], dtype=np.uint64)
+    locators = np.array([(2 << 32) | 9, (0 << 32) | 41, (1 << 32) | 3, 5 << 32], dtype=np.uint64)
+    storage_slots = np.array([8, 8, 8, 4, 4, 4], dtype=np.uint64)
+    for mults, order in itertools.product(
+        (spill_module.draw_multipliers(), ZERO_KEY), itertools.permutations(range(4))
+    ):
+        picked = list(order)
+        _, twice_at = superseded_of(keys[picked], locators[picked], storage_slots, mults)
+        assert twice_at is not None and int(locators[picked][twice_at]) == 41
 
 
 def test_the_partitions_sort_within_what_the_proof_holds_beside_its_runs_in_memory(

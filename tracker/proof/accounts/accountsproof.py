@@ -28,32 +28,43 @@ sorted at ``finish``, give the superseded versions; it also hands the summer the
 lamports of each batch the summer has room for where it hashes (a hashing process's free
 slot), and leaves the others to the second read: hashing ahead with the processes' spare time,
 never its own (docs/architecture.md, "The accounts level" → "Hashing
-ahead"). From three cores (:func:`parse_apart`) that bookkeeping runs in a thread of its own
-(:class:`Apart`), in the order the batches came, so that the reading thread only walks and
-scans ("Every core"). The second read (:mod:`tracker.proof.accounts.newest`) then adds the
-newest versions with lamports that were not hashed ahead and takes out the superseded ones that
-were, on every hashing process at once: each newest version is in the sum exactly once.
+ahead"). From three cores (:func:`scan_lanes`) the storages are scanned in parallel, each in one
+of a few *scan lanes* (:class:`Apart`, threads of their own) with its batches' bookkeeping, so
+that the reading thread only walks the tar and hands each storage's pieces on ("Every core");
+the bookkeeping's shared part (the index, the summer, the table) is taken under one lock. A
+refusal is the serial reading's: the one of the first storage in the stream that fails, since
+every piece a lane holds lies before where the reading thread is. The second read
+(:mod:`tracker.proof.accounts.newest`) then adds the newest versions with lamports that were
+not hashed ahead and takes out the superseded ones that were, on every hashing process at once:
+each newest version is in the sum exactly once.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-import attrs
 import base58
 import numpy as np
 import numpy.typing as npt
 
-from tracker.errors import ArchiveInvalid, NoRoom
+from tracker.errors import ArchiveInvalid, EndOfInput, NoRoom
 from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_room
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
-from tracker.proof.formats.parsing import ParserOf
-from tracker.proof.formats.storages import Records, parse_storage
+from tracker.proof.formats import storages
+from tracker.proof.formats.parsing import Bulk, Parser
+from tracker.proof.formats.storages import (
+    Records,
+    StorageScan,
+    check_bounds,
+    member_ended,
+    parse_storage,
+)
 
 __all__ = ["AccountsProof", "Reread"]
 
@@ -61,19 +72,24 @@ U64 = npt.NDArray[np.uint64]
 #: Bytes asked of the budget at once while the index's runs held in memory grow.
 _GROW_STEP = 4 * 1024 * 1024
 _OVER_BOUND = "over the bound"
+#: Hashing processes a scan lane keeps busy (:func:`scan_lanes`): measured in
+#: bench/accounts.py, a lane takes ~0.2 CPU-s a million accounts, a hashing process ~1.15.
+HASHERS_PER_LANE = 4
+#: The most scan lanes of a check: past them, the lock their bookkeeping shares is the floor.
+MAX_LANES = 4
 
 
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module) within ``limits``;
-    ``cancelled()`` ends a wait for the budget's room; ``apart``: the first read's
-    bookkeeping in a thread of its own (:class:`Apart`; None: as :func:`parse_apart` says)."""
+    ``cancelled()`` ends a wait for the budget's room; ``lanes``: the threads the first read
+    scans storages in (0: the reading thread; None: as :func:`scan_lanes` says)."""
 
     def __init__(
         self,
         limits: AccountsLimits | None = None,
         summer: Summer | None = None,
         cancelled: Callable[[], bool] | None = None,
-        apart: bool | None = None,
+        lanes: int | None = None,
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
@@ -89,10 +105,13 @@ class AccountsProof:
         self._started = 0  # storages the reading thread began (their numbers)
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
-        # the bookkeeping of each batch (index, hashing ahead) in a thread of its own, or in
-        # the reading thread (docs/architecture.md, "The accounts level" → "Every core")
-        apart = parse_apart(self.limits) if apart is None else apart
-        self._apart = Apart() if apart else None
+        # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
+        # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
+        lanes = scan_lanes(self.limits) if lanes is None else lanes
+        queued = max(2, Apart.QUEUED // max(1, lanes))  # the pieces held stay near one lane's
+        self._lanes = [Apart(queued) for _ in range(lanes)]
+        self._lock = threading.Lock()  # the index, the summer, the table: one lane at a time
+        self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
         track(self.progress)
 
     @property
@@ -110,66 +129,119 @@ class AccountsProof:
 
     @property
     def bookkeeping_cpu(self) -> float:
-        """CPU seconds the first read's bookkeeping took in its thread apart (0.0: in the
-        reading thread), counted once the thread ended (:meth:`finish`, :meth:`close`)."""
-        return self._apart.cpu if self._apart is not None else 0.0
+        """CPU seconds the first read's scan lanes took, their bookkeeping included (0.0: all
+        in the reading thread), counted once each thread ended (:meth:`finish`,
+        :meth:`close`)."""
+        return sum(lane.cpu for lane in self._lanes)
 
     def settle(self) -> None:
-        """Wait until every batch read so far is in the index and the sum (at once when
-        they are taken in the reading thread); what the bookkeeping raised, raised here."""
-        if self._apart is not None:
-            self._apart.settle()
+        """Wait until every piece handed to the scan lanes so far is scanned, in the index
+        and in the sum (at once without lanes); then raise the refusal of the first storage
+        that failed (the serial reading's), if one did."""
+        for lane in self._lanes:
+            lane.settle()
+        if self._refused is not None:
+            raise self._refused[1]
 
-    def _then(self, job: Callable[[], None]) -> None:
-        """Run ``job`` (the bookkeeping of the storages' table, the index and the sum) after
-        those before it: in the bookkeeping thread when there is one, else now."""
-        if self._apart is not None:
-            self._apart.put(job)
-        else:
-            job()
-
-    def storage(self, slot: int, ident: int, size: int, current_len: int) -> ParserOf[int]:
+    def storage(self, slot: int, ident: int, size: int, current_len: int) -> Parser:
         """The parser of the storage ``accounts/{slot}.{ident}`` of ``size`` bytes, the first
-        ``current_len`` of them valid."""
+        ``current_len`` of them valid: it consumes exactly ``size`` bytes, scanning them here
+        or handing them to a scan lane."""
         number = self._started
         self._started += 1
-        self._then(lambda: self._add_storage(number, slot, ident, size, current_len))
         name = member_name(slot, ident)
         self.progress.bytes += size
+        if self._lanes:
+            yield from self._hand_on(number, slot, ident, size, current_len)
+            return
+        self._add_storage(number, slot, ident, size, current_len)
+        count = yield from parse_storage(name, size, current_len, lambda b: self._take(b, number))
+        self._counted(number, count)
 
-        def sink(batch: Records) -> None:
-            if self._apart is not None and batch.buf.flags.writeable:
-                # a view of a buffer the decoder fills again: the thread gets a copy
-                batch = attrs.evolve(batch, buf=batch.buf.copy())
-            self._then(lambda: self._take(batch, number))
+    def _hand_on(self, number: int, slot: int, ident: int, size: int, valid: int) -> Parser:
+        """Storage ``number``'s valid bytes handed, a piece at a time, to the least busy
+        lane, which scans them in order (:class:`~tracker.proof.formats.storages.StorageScan`:
+        the same reading and the same reasons as :func:`parse_storage`)."""
+        name = member_name(slot, ident)
+        check_bounds(name, size, valid)
+        self._add_storage(number, slot, ident, size, valid)
+        lanes = len(self._lanes)
+        lane = min(
+            (self._lanes[(number + step) % lanes] for step in range(lanes)),
+            key=lambda each: each.waiting,
+        )
+        scanner = StorageScan(name, valid, lambda batch: self._take(batch, number))
+        read = 0
+        try:
+            while read < valid:
+                want = min(storages.PIECE, valid - read)  # as parse_storage asks
+                piece = yield Bulk(want)
+                read += want
+                if not (isinstance(piece, bytes) or memoryview(piece).readonly):
+                    piece = bytes(piece)  # a buffer its decoder fills again: the lane's copy
+                self._in_lane(lane, number, functools.partial(scanner.take, piece))
+            self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
+            rest = size - valid
+            if rest:
+                yield -rest
+        except EndOfInput as end_of_input:
+            raise member_ended(name, size, end_of_input) from None
 
-        count = yield from parse_storage(name, size, current_len, sink)
-        self._then(lambda: self._storages.counted(number, count))
-        return count
+    def _in_lane(self, lane: Apart, number: int, job: Callable[[], None]) -> None:
+        """Run ``job`` of storage ``number`` in ``lane`` after its jobs before it; what it
+        raises is kept as the storage's refusal, raised here (as :meth:`settle` does) once
+        a storage has one: the jobs of it and of those after it are dropped."""
+
+        def run() -> None:
+            refused = self._refused
+            if refused is not None and number >= refused[0]:
+                return
+            try:
+                job()
+            except BaseException as exc:
+                self._refuse(number, exc)
+
+        lane.put(run)
+        if self._refused is not None:
+            self.settle()
+
+    def _refuse(self, number: int, exc: BaseException) -> None:
+        """Keep ``exc`` as storage ``number``'s refusal unless one of a storage before it in
+        the stream is kept: the serial reading would have stopped there."""
+        with self._lock:
+            if self._refused is None or number < self._refused[0]:
+                self._refused = (number, exc)
 
     def _add_storage(self, number: int, slot: int, ident: int, size: int, valid: int) -> None:
-        added = self._storages.add(slot, ident, size, valid)
+        with self._lock:
+            added = self._storages.add(slot, ident, size, valid)
         assert added == number  # the table numbers them in the order they began
 
+    def _counted(self, number: int, count: int) -> None:
+        with self._lock:
+            self._storages.counted(number, count)
+
     def _take(self, batch: Records, number: int) -> None:
-        self._records += len(batch)
-        self.progress.records = self._records
-        self.progress.workers_busy = _workers_busy(self._summer)
-        if self._note is not None:
-            return
-        if self.max_accounts is not None and self._records > self.max_accounts:
-            self._give_up(_OVER_BOUND)  # said with the count of every version at the end
-            return
-        # the locator: the storage's number, the record's offset / 8, whether it counts
+        # the locator: the storage's number, the record's offset / 8, whether it counts (one
+        # compiled pass, outside the lock: the lanes compute theirs at once)
         rows, counts = batch.index_rows(number << 32)
-        self._summer.expect(self._records)  # its processes start now: they hash ahead
-        try:
-            self.index.add(rows)
-            self._within_budget()
-        except NoRoom as exc:
-            self._give_up(exc.note)
-            return
-        self._hash_ahead(batch, counts, number)
+        with self._lock:
+            self._records += len(batch)
+            self.progress.records = self._records
+            self.progress.workers_busy = _workers_busy(self._summer)
+            if self._note is not None:
+                return
+            if self.max_accounts is not None and self._records > self.max_accounts:
+                self._give_up(_OVER_BOUND)  # said with the count of every version at the end
+                return
+            self._summer.expect(self._records)  # its processes start now: they hash ahead
+            try:
+                self.index.add(rows)
+                self._within_budget()
+            except NoRoom as exc:
+                self._give_up(exc.note)
+                return
+            self._hash_ahead(batch, counts, number)
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
@@ -298,8 +370,8 @@ class AccountsProof:
         """Let go of what the proof holds (``finish`` does too): the index's memory, its
         spilled files, its part of the budget, and the summer's (a worker process:
         stopped)."""
-        if self._apart is not None:
-            self._apart.close()  # before what it writes to is let go of
+        for lane in self._lanes:
+            lane.close()  # before what it writes to is let go of
         self.index.dir.remove()
         self._note_peaks()
         self.held.release()
@@ -307,37 +379,46 @@ class AccountsProof:
         self._summer.close()
 
 
-def parse_apart(limits: AccountsLimits) -> bool:
-    """Whether the first read keeps its bookkeeping (the index, the hashing ahead) in a
-    thread of its own (:class:`Apart`) rather than in the reading thread: when the proof
-    has more than two cores (``proof_workers``). On two, the reading thread, the SHA-256's
-    and the hashing process keep both busy already, and a fourth thread only takes turns
-    with them (docs/architecture.md, "The accounts level" → "Every core")."""
-    return limits.workers > 2
+def scan_lanes(limits: AccountsLimits) -> int:
+    """The threads the first read scans storages in (:class:`Apart`, each with its batches'
+    bookkeeping: the index, the hashing ahead), 0 for none: on two cores (``proof_workers``)
+    the reading thread, the SHA-256's and the hashing process keep both busy already, and a
+    fourth thread only takes turns with them; from three, one lane, and one more for each
+    :data:`HASHERS_PER_LANE` hashing processes the budget pays for, up to :data:`MAX_LANES`
+    (docs/architecture.md, "The accounts level" → "Every core")."""
+    if limits.workers <= 2:
+        return 0
+    return min(MAX_LANES, max(1, -(-limits.hash_workers // HASHERS_PER_LANE)))
 
 
 class Apart:
-    """Jobs run in order in a thread of their own, at most :data:`QUEUED` waiting: the
-    first read's bookkeeping of each batch, so that the reading thread (the tar walk and
-    the storages' scan, which must follow the stream) does only what must be serial. What a
-    job raises is raised by the next :meth:`put` or :meth:`settle`; the jobs after it are
-    dropped. The thread ends once it has had nothing to do for :data:`IDLE` seconds (the
-    next job starts another) and at :meth:`close`, which drops what waits."""
+    """Jobs run in order in a thread of their own, at most :data:`QUEUED` waiting: a scan
+    lane of the first read (the pieces of the storages it was given, scanned, and their
+    batches' bookkeeping), so that the reading thread (the tar walk, which must follow the
+    stream) does only what must be serial. What a job raises is raised by the next
+    :meth:`put` or :meth:`settle`; the jobs after it are dropped. The thread ends once it has
+    had nothing to do for :data:`IDLE` seconds (the next job starts another) and at
+    :meth:`close`, which drops what waits."""
 
-    #: Jobs waiting at most: each holds a batch's piece (~4 MiB).
+    #: Jobs waiting at most (unless told): each holds a storage's piece (~4 MiB).
     QUEUED = 4
     #: Seconds the thread waits for a job before it ends.
     IDLE = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, queued: int | None = None) -> None:
         self._jobs: queue.Queue[Callable[[], None] | threading.Event | None] = queue.Queue(
-            self.QUEUED
+            self.QUEUED if queued is None else queued
         )
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
         self.cpu = 0.0  # CPU seconds its threads used, added as each ends (bench/accounts.py)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued now (approximately: the thread takes them meanwhile)."""
+        return self._jobs.qsize()
 
     def put(self, job: Callable[[], None]) -> None:
         """Queue ``job`` (waits while :data:`QUEUED` wait)."""
@@ -368,9 +449,7 @@ class Apart:
             if self._closed:
                 return False
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="accounts-index", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="accounts-scan", daemon=True)
                 self._thread.start()
             # under the lock: the thread ends only under it, when nothing is queued (a full
             # queue never waits on the lock: its thread is busy, not ending)

@@ -81,6 +81,11 @@ class StoragesProver:
         them: the second read is held to them."""
         self._first = (digests, size)
 
+    def settle(self) -> None:
+        """See :class:`~tracker.proof.formats.prover.AccountsProver`."""
+        if self._proof is not None:
+            self._proof.settle()
+
     def close(self) -> None:
         """Let go of the proof (its index, its summer's process); idempotent."""
         if self._proof is not None:

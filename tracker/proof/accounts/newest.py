@@ -60,14 +60,15 @@ class Stored:
 class StorageTable:
     """The storages the first read found, in the order they came, numbered from 0: 48 bytes
     each (slot, id, size, valid bytes, records, ranges left to the second read), whatever
-    their number (a mainnet full holds hundreds of thousands), and 16 bytes a range of
+    their number (a mainnet full holds hundreds of thousands), and 24 bytes a range of
     batches the first read did not hash ahead (consecutive ones joined): at most one a batch
-    of 4 MiB, ~25,000 for a mainnet full."""
+    of 4 MiB, ~25,000 for a mainnet full. The ranges of different storages may come
+    interleaved (the first read's scan lanes); each storage's own come in order."""
 
     def __init__(self) -> None:
         self._rows: U64 = np.zeros((64, 6), dtype=np.uint64)
         self._count = 0
-        self._left: U64 = np.zeros((64, 2), dtype=np.uint64)
+        self._left: U64 = np.zeros((64, 3), dtype=np.uint64)  # number, first, last
         self._lefts = 0
         self._open: int | None = None  # the storage whose last batch was left: its range grows
 
@@ -91,11 +92,11 @@ class StorageTable:
         """The batch of storage ``number`` whose records start from ``first`` to ``last`` was
         not hashed ahead: the second read hashes it."""
         if self._open == number:
-            self._left[self._lefts - 1, 1] = last
+            self._left[self._lefts - 1, 2] = last
             return
         if self._lefts == len(self._left):
             self._left = np.concatenate((self._left, np.zeros_like(self._left)))
-        self._left[self._lefts] = (first, last)
+        self._left[self._lefts] = (number, first, last)
         self._lefts += 1
         self._rows[number, 5] += 1
         self._open = number
@@ -115,10 +116,13 @@ class StorageTable:
         return member_name(slot, ident)
 
     def __iter__(self) -> Iterator[Stored]:
+        # each storage's ranges together, in the order they came (a stable sort by number)
+        left = self._left[: self._lefts]
+        ranges = left[np.argsort(left[:, 0], kind="stable"), 1:]
         at = 0
         for number in range(self._count):
             _, _, size, valid, records, lefts = self._rows[number].tolist()
-            yield Stored(self.name(number), size, valid, records, self._left[at : at + lefts])
+            yield Stored(self.name(number), size, valid, records, ranges[at : at + lefts])
             at += lefts
 
 

@@ -99,7 +99,7 @@ def superseded_of(
         return np.zeros(0, dtype=np.uint64), None
     slots = storage_slots[(locators >> np.uint64(32)).astype(np.int64)]
     prints = fingerprints(keys, mults)
-    order = _by_print_then_slot(prints, slots)
+    order = _by_print_then_slot(prints, slots, locators)
     sorted_prints = prints[order]
     same_print = sorted_prints[1:] == sorted_prints[:-1]
     if same_print.any():
@@ -108,7 +108,7 @@ def superseded_of(
         if (same_print & ~same_key).any():
             # Two pubkeys share a fingerprint: their versions may interleave by slot. Sort
             # on the full pubkeys instead (rare: a 2^-64 chance a pair under a fresh key).
-            order = np.lexsort((slots, keys[:, 3], keys[:, 2], keys[:, 1], keys[:, 0]))
+            order = np.lexsort((locators, slots, keys[:, 3], keys[:, 2], keys[:, 1], keys[:, 0]))
             sorted_keys = np.take(keys, order, axis=0)
             same_key = (sorted_keys[1:] == sorted_keys[:-1]).all(axis=1)
     else:
@@ -124,19 +124,20 @@ def superseded_of(
     return counted, None
 
 
-def _by_print_then_slot(prints: U64, slots: U64) -> npt.NDArray[np.intp]:
-    """The order of ``np.lexsort((slots, prints))`` (by fingerprint, then slot, then index),
-    ~10x faster: one unstable sort of the fingerprints (numpy's vectorised quicksort), then the
-    lexsort of only the versions whose fingerprint is not alone (a pubkey stored in several
-    slots: a few percent), in their places."""
+def _by_print_then_slot(prints: U64, slots: U64, locators: U64) -> npt.NDArray[np.intp]:
+    """The order of ``np.lexsort((locators, slots, prints))`` (by fingerprint, then slot,
+    then where the version lies: whatever order the first read's lanes added them in, the
+    version a refusal names is the serial reading's first), ~10x faster: one unstable sort of
+    the fingerprints (numpy's vectorised quicksort), then the lexsort of only the versions
+    whose fingerprint is not alone (a pubkey stored in several slots: a few percent), in
+    their places."""
     order = np.argsort(prints)
     sorted_prints = prints[order]
     tied = sorted_prints[1:] == sorted_prints[:-1]
     if tied.any():
         places = np.flatnonzero(np.concatenate(([False], tied)) | np.concatenate((tied, [False])))
         members = order[places]
-        members.sort()  # the index breaks the last ties, as lexsort's stability does
-        order[places] = members[np.lexsort((slots[members], prints[members]))]
+        order[places] = members[np.lexsort((locators[members], slots[members], prints[members]))]
     return order
 
 

@@ -146,9 +146,18 @@ def check_stream(
                 else:
                     decoder_for(parsed.ext)(chunks, sink)
                 tar.finish()
+                if accounts is not None:
+                    accounts.settle()  # a storage scanned apart may have refused
             except Exception as exc:
                 if failed and exc is failed[0]:
                     raise
+                if accounts is not None:
+                    # a storage the stream went past before this failure refuses first, as
+                    # when the reading thread scans them (docs/architecture.md, "Every core")
+                    try:
+                        accounts.settle()
+                    except Exception as earlier:
+                        raise as_rejection(earlier) from None
                 raise as_rejection(exc) from None
             digest = source.hexdigest()
             prefixes = source.prefixes()

@@ -45,6 +45,12 @@ class AccountsProver(Protocol):
         """A parser of the account storage ``name`` (``accounts/{slot}.{id}``), or None."""
         ...
 
+    def settle(self) -> None:
+        """Wait for the storages handed so far to parsers running apart (the first read's
+        scan lanes); raise the refusal of the first of them in the stream that failed: it
+        precedes whatever the reading thread met after it."""
+        ...
+
     def first_read(self, digests: bytes, size: int) -> None:
         """The SHA-256 digests of the prefixes of the archive's ``size`` raw bytes as the check
         read them (``proof.archive.binding``), before :meth:`proof`: what the storages' second

@@ -146,50 +146,79 @@ def scan(
     return offsets, lens, int(stop)
 
 
-def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserOf[int]:
-    """Parse the storage ``name`` (``accounts/{slot}.{id}``, for reasons) of ``size`` bytes
-    whose first ``current_len`` bytes hold records; hand the records to ``sink`` in batches
-    and return their count. Consumes exactly ``size`` bytes; ArchiveInvalid with one line
-    when the records do not fill exactly ``current_len`` bytes."""
+def check_bounds(name: str, size: int, current_len: int) -> None:
+    """Refuse a storage whose manifest's length is past its file, or whose file is larger
+    than agave opens (before any of its bytes is read)."""
     if current_len > size:
         raise ArchiveInvalid(
             f"{name}: the manifest's length {current_len} is past the file's {size} bytes"
         )
     if size > MAX_STORAGE:
         raise ArchiveInvalid(f"{name}: {size} bytes (a storage holds at most {MAX_STORAGE})")
-    count = 0
-    read = 0  # valid bytes read so far
-    pos = 0  # storage offset of the next buffer's first byte
-    skip = 0  # padding at the start of the next buffer
-    carry: bytes | memoryview = b""  # the start of a record the last buffer ended inside
+
+
+class StorageScan:
+    """The records of one storage's valid bytes (``current_len`` of them), given in pieces of
+    any size in order (:meth:`take`): each piece's whole records go to ``sink`` as a batch,
+    a record the piece ends inside is carried to the next. The one reading of a storage,
+    whether its pieces are asked for (:func:`parse_storage`) or handed over as they come
+    (the first read's scan lanes, docs/architecture.md "Every core")."""
+
+    def __init__(self, name: str, current_len: int, sink: Sink) -> None:
+        self.name = name
+        self.current_len = current_len
+        self.sink = sink
+        self.count = 0  # records found so far
+        self.read = 0  # valid bytes taken so far
+        self.carry: bytes | memoryview = b""  # the start of a record the last piece ended inside
+        self._pos = 0  # storage offset of the next buffer's first byte
+        self._skip = 0  # padding at the start of the next buffer
+
+    def take(self, piece: bytes | memoryview) -> None:
+        """Scan the next ``len(piece)`` valid bytes (never past ``current_len``);
+        ArchiveInvalid with one line for a bad record, or when the last piece ends inside
+        one. The batches are views of ``piece`` (or of it joined to the carry)."""
+        self.read += len(piece)
+        carry, pos = self.carry, self._pos
+        buf = b"".join((carry, piece)) if carry else piece
+        end = len(buf)
+        array = np.frombuffer(buf, dtype=np.uint8)
+        offsets, lens, stop = scan(array, self._skip, end, pos, self.name)
+        if len(offsets):
+            batch = Records(array, offsets, lens, pos)
+            _check_executable(batch, self.name)
+            self.sink(batch)
+            self.count += len(offsets)
+        if stop >= end:
+            self._skip, self.carry, self._pos = stop - end, b"", pos + end
+        elif self.read >= self.current_len:
+            raise ArchiveInvalid(_inside_reason(self.name, buf, stop, end, pos))
+        else:
+            self._skip, self.carry, self._pos = 0, buf[stop:], pos + stop
+
+
+def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserOf[int]:
+    """Parse the storage ``name`` (``accounts/{slot}.{id}``, for reasons) of ``size`` bytes
+    whose first ``current_len`` bytes hold records; hand the records to ``sink`` in batches
+    and return their count. Consumes exactly ``size`` bytes; ArchiveInvalid with one line
+    when the records do not fill exactly ``current_len`` bytes."""
+    check_bounds(name, size, current_len)
+    scanner = StorageScan(name, current_len, sink)
     try:
-        while read < current_len:
-            want = _next_read(carry, current_len - read)
-            piece = yield Bulk(want)  # a view of the decoded chunk where it lies in one
-            read += want
-            buf = b"".join((carry, piece)) if carry else piece
-            end = len(buf)
-            array = np.frombuffer(buf, dtype=np.uint8)
-            offsets, lens, stop = scan(array, skip, end, pos, name)
-            if len(offsets):
-                batch = Records(array, offsets, lens, pos)
-                _check_executable(batch, name)
-                sink(batch)
-                count += len(offsets)
-            if stop >= end:
-                skip, carry, pos = stop - end, b"", pos + end
-            elif read >= current_len:
-                raise ArchiveInvalid(_inside_reason(name, buf, stop, end, pos))
-            else:
-                skip, carry, pos = 0, buf[stop:], pos + stop
+        while scanner.read < current_len:
+            want = _next_read(scanner.carry, current_len - scanner.read)
+            scanner.take((yield Bulk(want)))  # a view of the decoded chunk where it lies in one
         rest = size - current_len
         if rest:
             yield -rest
     except EndOfInput as end_of_input:
-        raise ArchiveInvalid(
-            f"{name}: the member ends at byte {end_of_input.at} of its {size}"
-        ) from None
-    return count
+        raise member_ended(name, size, end_of_input) from None
+    return scanner.count
+
+
+def member_ended(name: str, size: int, end_of_input: EndOfInput) -> ArchiveInvalid:
+    """The reason of a storage member the stream ends inside."""
+    return ArchiveInvalid(f"{name}: the member ends at byte {end_of_input.at} of its {size}")
 
 
 def _next_read(carry: bytes | memoryview, left: int) -> int:
@@ -201,7 +230,7 @@ def _next_read(carry: bytes | memoryview, left: int) -> int:
     return min(want, left)
 
 
-def _inside_reason(name: str, buf: bytes, stop: int, end: int, at: int) -> str:
+def _inside_reason(name: str, buf: bytes | memoryview, stop: int, end: int, at: int) -> str:
     if end - stop < META:
         return (
             f"{name}: the storage ends inside the record at byte {at + stop} "
