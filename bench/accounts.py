@@ -32,9 +32,11 @@ at that pace, as it follows a download), and how long after the last byte its fi
 ``--per-storage N`` builds storages of N accounts instead of ~5,000 (agave's ancient storages,
 ~128 MiB, hold ~500,000): storages of many batches, which the first read hashes ahead batch by
 batch. ``--workers N`` is the proof's ``proof_workers`` (default: this machine's cores); from
-3, the first read's bookkeeping runs in a thread of its own and the frames are decoded apart.
-It prints the CPU seconds a million accounts of the first read's reading thread and of its
-bookkeeping thread: on a host of many cores, the larger is the first read's floor.
+3, the first read scans the storages in scan lanes (threads of their own, with their batches'
+bookkeeping) and the frames are decoded apart. It prints the CPU seconds a million accounts of
+the first read's reading thread, of its lanes together and of their part under the lock they
+share: on a host of many cores, the largest of the reading thread, the lanes' share each and
+the locked part is the first read's floor.
 
 It prints the ratio proof / baseline (the targets: 1.0 wall, 2.0 CPU) in wall and CPU time, seconds
 per million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
@@ -170,17 +172,22 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
         "workers_limit": workers,
         "first_reading_cpu": threads.reading,
         "first_bookkeeping_cpu": threads.bookkeeping,
+        "first_locked_cpu": threads.locked,
+        "scan_lanes": threads.lanes,
     }
 
 
 class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
-    """The CPU of the first read's two threads: the reading thread's (the check's calling
-    thread, up to :meth:`AccountsProof.finish`, which it calls once the walk is over) and
-    the bookkeeping's (``AccountsProof.bookkeeping_cpu``: 0 when it ran in the reading one)."""
+    """The CPU of the first read's threads: the reading thread's (the check's calling thread,
+    up to :meth:`AccountsProof.finish`, which it calls once the walk is over), the scan
+    lanes' together (``AccountsProof.bookkeeping_cpu``: 0 when they ran in the reading one)
+    and their part under the lock they share (``locked_cpu``), and how many lanes."""
 
     def __init__(self) -> None:
         self.reading = 0.0
         self.bookkeeping = 0.0
+        self.locked = 0.0
+        self.lanes = 0
         self._finish = AccountsProof.finish
 
     def __enter__(self) -> _FirstRead:
@@ -193,6 +200,8 @@ class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
                 return finish(proof, reread)
             finally:
                 self.bookkeeping = proof.bookkeeping_cpu
+                self.locked = proof.locked_cpu
+                self.lanes = proof.lanes
 
         AccountsProof.finish = timed  # type: ignore[method-assign,assignment]
         return self
@@ -430,11 +439,13 @@ def main() -> None:
     )
     print(
         f"the first read's threads (proof_workers {args.workers}), CPU seconds a million "
-        f"accounts: reading {proof_times['first_reading_cpu'] / million:.3f}, bookkeeping "
+        f"accounts: reading {proof_times['first_reading_cpu'] / million:.3f}, "
         + (
-            f"{proof_times['first_bookkeeping_cpu'] / million:.3f} in a thread of its own"
-            if proof_times["first_bookkeeping_cpu"]
-            else "in the reading thread"
+            f"{proof_times['scan_lanes']} scan lanes "
+            f"{proof_times['first_bookkeeping_cpu'] / million:.3f} together, "
+            f"{proof_times['first_locked_cpu'] / million:.3f} of it under their lock"
+            if proof_times["scan_lanes"]
+            else "the scan and the bookkeeping in the reading thread"
         )
     )
     tree = proof_times["max_rss"] + proof_times["worker_max_rss"]

@@ -112,6 +112,8 @@ class AccountsProof:
         self._lanes = [Apart(queued) for _ in range(lanes)]
         self._lock = threading.Lock()  # the index, the summer, the table: one lane at a time
         self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
+        #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
+        self.locked_cpu = 0.0
         track(self.progress)
 
     @property
@@ -126,6 +128,11 @@ class AccountsProof:
         batch read so far counted)."""
         self.settle()
         return self.index.dir.peak
+
+    @property
+    def lanes(self) -> int:
+        """The scan lanes of the first read (0: it scans in the reading thread)."""
+        return len(self._lanes)
 
     @property
     def bookkeeping_cpu(self) -> float:
@@ -226,22 +233,32 @@ class AccountsProof:
         # compiled pass, outside the lock: the lanes compute theirs at once)
         rows, counts = batch.index_rows(number << 32)
         with self._lock:
-            self._records += len(batch)
-            self.progress.records = self._records
-            self.progress.workers_busy = _workers_busy(self._summer)
-            if self._note is not None:
-                return
-            if self.max_accounts is not None and self._records > self.max_accounts:
-                self._give_up(_OVER_BOUND)  # said with the count of every version at the end
-                return
-            self._summer.expect(self._records)  # its processes start now: they hash ahead
+            start = time.thread_time()
             try:
-                self.index.add(rows)
-                self._within_budget()
-            except NoRoom as exc:
-                self._give_up(exc.note)
-                return
-            self._hash_ahead(batch, counts, number)
+                self._take_locked(batch, number, rows, counts)
+            finally:
+                self.locked_cpu += time.thread_time() - start
+
+    def _take_locked(
+        self, batch: Records, number: int, rows: U64, counts: npt.NDArray[np.bool_]
+    ) -> None:
+        """A batch's bookkeeping on what the lanes share: the count, the index, the sum."""
+        self._records += len(batch)
+        self.progress.records = self._records
+        self.progress.workers_busy = _workers_busy(self._summer)
+        if self._note is not None:
+            return
+        if self.max_accounts is not None and self._records > self.max_accounts:
+            self._give_up(_OVER_BOUND)  # said with the count of every version at the end
+            return
+        self._summer.expect(self._records)  # its processes start now: they hash ahead
+        try:
+            self.index.add(rows)
+            self._within_budget()
+        except NoRoom as exc:
+            self._give_up(exc.note)
+            return
+        self._hash_ahead(batch, counts, number)
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
