@@ -441,7 +441,7 @@ def main() -> None:
         f"the first read's threads (proof_workers {args.workers}), CPU seconds a million "
         f"accounts: reading {proof_times['first_reading_cpu'] / million:.3f}, "
         + (
-            f"{proof_times['scan_lanes']} scan lanes "
+            f"scan lanes ({proof_times['scan_lanes']}) "
             f"{proof_times['first_bookkeeping_cpu'] / million:.3f} together, "
             f"{proof_times['first_locked_cpu'] / million:.3f} of it under their lock"
             if proof_times["scan_lanes"]

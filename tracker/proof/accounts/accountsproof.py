@@ -184,7 +184,7 @@ class AccountsProof:
                 want = min(storages.PIECE, valid - read)  # as parse_storage asks
                 piece = yield Bulk(want)
                 read += want
-                if not (isinstance(piece, bytes) or memoryview(piece).readonly):
+                if not (isinstance(piece, bytes | tuple) or memoryview(piece).readonly):
                     piece = bytes(piece)  # a buffer its decoder fills again: the lane's copy
                 self._in_lane(lane, number, functools.partial(scanner.take, piece))
             self._in_lane(lane, number, lambda: self._counted(number, scanner.count))

@@ -7,11 +7,13 @@ A parser is a generator that yields *requests* and is sent the answers:
 - :data:`MARK`: a boundary where the stream may end (it is sent ``None`` once more bytes come);
 - :data:`REST`: whatever bytes come next, at least one, as a ``memoryview`` valid until the
   next request (the stream may end here too);
-- ``Bulk(n)``: the next ``n`` bytes like ``n``, but sent as a read-only ``memoryview`` over
-  the stream's own chunk, not copied, when they lie in one chunk of immutable ``bytes`` (the
-  view keeps it alive: it stays valid as long as the parser holds it). For the large reads
-  (a storage's pieces, megabytes each) whose copy was the feeding's main cost
-  (docs/architecture.md, "The accounts level" → "Cost").
+- ``Bulk(n)``: the next ``n`` bytes like ``n``, but sent as read-only memory the parser may
+  keep: a ``memoryview`` over the stream's own chunk, not copied, when they lie in one chunk
+  of immutable ``bytes`` (the view keeps it alive); a tuple of such views, in order, when
+  they span several (the parser joins them once, where it joins them with what it carries);
+  else a read-only view of a buffer of their own. For the large reads (a storage's pieces,
+  megabytes each) whose copies were the feeding's main cost (docs/architecture.md, "The
+  accounts level" → "Cost").
 
 A stream that ends while a parser wants bytes throws :class:`~tracker.errors.EndOfInput` into
 it, which it turns into its own one-line reason. ``tracker.proof.formats.streamparse.Feeder`` drives
@@ -38,6 +40,18 @@ class Bulk(int):
     """A request of ``n`` bytes that may be answered with a view (see the module)."""
 
     __slots__ = ()
+
+
+#: What a Bulk request is answered with (see the module).
+BulkPiece: TypeAlias = bytes | memoryview | tuple[memoryview, ...]
+
+
+def joined(piece: BulkPiece, before: bytes | memoryview = b"") -> bytes | memoryview:
+    """``before`` and ``piece`` as one buffer: copied once when there are several parts,
+    ``piece`` itself when it is one and nothing comes before it."""
+    if isinstance(piece, tuple):
+        return b"".join((before, *piece))
+    return b"".join((before, piece)) if before else piece
 
 
 def run(parser: ParserOf[T], data: bytes) -> T | None:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, EndOfInput
 from tracker.proof.formats import kernels
-from tracker.proof.formats.parsing import Bulk, ParserOf
+from tracker.proof.formats.parsing import Bulk, BulkPiece, ParserOf, joined
 
 #: Fixed bytes of a record before its data (agave's STORE_META_OVERHEAD).
 META = 136
@@ -174,13 +174,13 @@ class StorageScan:
         self._pos = 0  # storage offset of the next buffer's first byte
         self._skip = 0  # padding at the start of the next buffer
 
-    def take(self, piece: bytes | memoryview) -> None:
+    def take(self, piece: BulkPiece) -> None:
         """Scan the next ``len(piece)`` valid bytes (never past ``current_len``);
         ArchiveInvalid with one line for a bad record, or when the last piece ends inside
         one. The batches are views of ``piece`` (or of it joined to the carry)."""
-        self.read += len(piece)
         carry, pos = self.carry, self._pos
-        buf = b"".join((carry, piece)) if carry else piece
+        buf = joined(piece, carry)
+        self.read += len(buf) - len(carry)
         end = len(buf)
         array = np.frombuffer(buf, dtype=np.uint8)
         offsets, lens, stop = scan(array, self._skip, end, pos, self.name)

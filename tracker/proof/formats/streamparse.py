@@ -25,6 +25,8 @@ class Feeder:
         self._parser = parser
         self._want: Request = next(parser)
         self._partial = bytearray()
+        self._held: list[memoryview] = []  # a Bulk request's views of immutable chunks so far
+        self._held_len = 0
         self._views = False
         self.offset = 0  # bytes of the stream consumed so far
 
@@ -71,19 +73,50 @@ class Feeder:
         return pos
 
     def _read(self, data: memoryview, pos: int, end: int, want: int) -> tuple[Request, int]:
+        if type(want) is Bulk:
+            return self._read_bulk(data, pos, end, want)
         partial = self._partial
         take = min(want - len(partial), end - pos)
         self.offset += take
         if not partial and take == want:
-            view = data[pos : pos + want]
-            sent = view if self._views and type(want) is Bulk else bytes(view)
-            return self._parser.send(sent), pos + take
+            return self._parser.send(bytes(data[pos : pos + want])), pos + take
         partial += data[pos : pos + take]
         if len(partial) < want:
             return want, pos + take
         whole = bytes(partial)
         partial.clear()
         return self._parser.send(whole), pos + take
+
+    def _read_bulk(self, data: memoryview, pos: int, end: int, want: int) -> tuple[Request, int]:
+        """A Bulk request: views of immutable chunks, never copied here (one, or a tuple
+        when it spans chunks); bytes of a chunk its source fills again are copied, once,
+        into a buffer of the request's own."""
+        partial, held = self._partial, self._held
+        have = self._held_len + len(partial)
+        take = min(want - have, end - pos)
+        self.offset += take
+        view = data[pos : pos + take]
+        if not have and take == want:
+            return self._parser.send(view if self._views else bytes(view)), pos + take
+        if self._views and not partial:
+            held.append(view)
+            self._held_len += take
+        else:
+            if held:  # a chunk that is filled again came: what was held is copied after all
+                partial += b"".join(held)
+                held.clear()
+                self._held_len = 0
+            partial += view
+        if have + take < want:
+            return want, pos + take
+        if held:
+            sent: bytes | memoryview | tuple[memoryview, ...] = tuple(held)
+            held.clear()
+            self._held_len = 0
+        else:
+            sent = memoryview(partial).toreadonly()  # the parser's to keep: a new one next
+            self._partial = bytearray()
+        return self._parser.send(sent), pos + take
 
     def finish(self) -> None:
         """The stream has ended: fine at a boundary; else the parser raises its reason."""
