@@ -327,3 +327,55 @@ def test_a_storage_scanned_apart_refuses_before_what_the_reading_thread_met_afte
     assert caught.value.reason == (
         f"accounts/7.0: the record at byte {10 * 240} has executable byte 2 (0 or 1)"
     )
+
+
+class SeesWrites(LocalSum):
+    """A summer that notes a batch laid out while the index's runs were being written."""
+
+    def __init__(self, writing: threading.Event) -> None:
+        super().__init__()
+        self.writing = writing
+        self.beside = threading.Event()
+
+    def room(self, size: int, negative: bool = False) -> Any:
+        if self.writing.is_set():
+            self.beside.set()
+        return super().room(size, negative)
+
+
+def test_a_lane_writes_the_index_s_full_staging_buffer_while_the_others_go_on(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # storage 0 fills the index's staging buffer (~1,800 records at the smallest floor): its
+    # lane writes it, held here; storage 1's batch is still laid out meanwhile, in the other
+    # lane: the write holds none of what the lanes share
+    writing, gate = threading.Event(), threading.Event()
+    real = accountsproof.SpillIndex.write
+
+    def held(self: Any, rows: Any) -> None:
+        writing.set()
+        assert gate.wait(10)
+        real(self, rows)
+
+    monkeypatch.setattr(accountsproof.SpillIndex, "write", held)
+    summer = SeesWrites(writing)
+    limits = AccountsLimits(memory=1 << 20, temp_dir=str(tmp_path))
+    proof = AccountsProof(limits, summer, lanes=2)
+    first = Storage(5, 0, write_storage([Account(key(n), 1) for n in range(2000)]), 0)
+    first = Storage(5, 0, first.data, len(first.data))
+    second = Storage(6, 1, write_storage([Account(key(9000 + n), 1) for n in range(10)]), 0)
+    second = Storage(6, 1, second.data, len(second.data))
+    try:
+        feed(proof, first, 1 << 20)
+        assert writing.wait(10)
+        feed(proof, second, 1 << 20)
+        assert summer.beside.wait(10)
+    finally:
+        gate.set()
+    proof.settle()
+    assert proof.records == 2010
+    proof.close()
+
+
+def key(n: int) -> bytes:
+    return n.to_bytes(4, "big") * 8

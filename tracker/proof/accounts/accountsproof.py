@@ -100,17 +100,21 @@ class AccountsProof:
             self._note = "not proven: the check was cancelled while it waited for memory"
         self.progress.held = self.held.bytes
         # every version's record, in memory while the budget holds them, then on disk
-        self.index = SpillIndex(MemoryRuns(), self.held.floor)
+        # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
+        # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
+        lanes = scan_lanes(self.limits) if lanes is None else lanes
+        # with lanes, a full staging buffer is written outside their lock while another fills
+        self.index = SpillIndex(MemoryRuns(), self.held.floor, spare_stage=lanes > 0)
         self._storages = StorageTable()
         self._started = 0  # storages the reading thread began (their numbers)
         self._records = 0
         self._summer: Summer = summer if summer is not None else LocalSum()
-        # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
-        # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
-        lanes = scan_lanes(self.limits) if lanes is None else lanes
         queued = max(2, Apart.QUEUED // max(1, lanes))  # the pieces held stay near one lane's
         self._lanes = [Apart(queued) for _ in range(lanes)]
         self._lock = threading.Lock()  # the index, the summer, the table: one lane at a time
+        # the index's runs: one staging buffer written at a time, outside ``_lock`` (taken
+        # after it, never before: a writer that ran out of room gives up once it let go)
+        self._writing = threading.Lock()
         self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
@@ -235,30 +239,63 @@ class AccountsProof:
         with self._lock:
             start = time.thread_time()
             try:
-                self._take_locked(batch, number, rows, counts)
+                full = self._take_locked(batch, number, rows, counts)
+                if full:  # the last buffer is written: this one waits for it, then is written
+                    self._writing.acquire()
             finally:
                 self.locked_cpu += time.thread_time() - start
+        if full:
+            self._write_runs(full)
+
+    def _write_runs(self, full: list[U64]) -> None:
+        """Write staging buffers that filled, holding ``_writing`` (taken under ``_lock``)
+        but not ``_lock``: the lanes go on staging meanwhile. Then the runs it added are
+        held to the budget as a batch's are (moved to disk past it)."""
+        note = None
+        try:
+            for rows in full:
+                self.index.write(rows)
+        except NoRoom as exc:
+            note = exc.note
+        finally:
+            self._writing.release()
+        with self._lock:
+            if self._note is not None:
+                return
+            try:
+                if note is not None:
+                    raise NoRoom(note)
+                self._within_budget()
+            except NoRoom as exc:
+                self._give_up(exc.note)
 
     def _take_locked(
         self, batch: Records, number: int, rows: U64, counts: npt.NDArray[np.bool_]
-    ) -> None:
-        """A batch's bookkeeping on what the lanes share: the count, the index, the sum."""
+    ) -> list[U64]:
+        """A batch's bookkeeping on what the lanes share: the count, the index, the sum; the
+        index's staging buffers that filled, to be written once the lock is let go (with
+        lanes; without, they are written here)."""
         self._records += len(batch)
         self.progress.records = self._records
         self.progress.workers_busy = _workers_busy(self._summer)
         if self._note is not None:
-            return
+            return []
         if self.max_accounts is not None and self._records > self.max_accounts:
             self._give_up(_OVER_BOUND)  # said with the count of every version at the end
-            return
+            return []
         self._summer.expect(self._records)  # its processes start now: they hash ahead
+        full: list[U64] = []
         try:
-            self.index.add(rows)
+            if self._lanes:
+                full = self.index.stage(rows)
+            else:
+                self.index.add(rows)
             self._within_budget()
         except NoRoom as exc:
             self._give_up(exc.note)
-            return
+            return []
         self._hash_ahead(batch, counts, number)
+        return full
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
@@ -295,7 +332,8 @@ class AccountsProof:
         if taken and needed <= self.held.bytes:
             return
         directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
-        index.to_disk(directory)
+        with self._writing:  # not while a lane writes to the runs held in memory
+            index.to_disk(directory)
         self.held.shrink_to(0)
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
@@ -303,7 +341,8 @@ class AccountsProof:
 
     def _give_up(self, note: str) -> None:
         self._note = note
-        self.index.dir.remove()
+        with self._writing:
+            self.index.dir.remove()
         self.held.shrink_to(0)
 
     def finish(self, reread: Reread | None) -> tuple[bytes | None, str | None]:

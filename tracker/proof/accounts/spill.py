@@ -315,20 +315,36 @@ _NO_WORDS: U64 = np.zeros(0, dtype=np.uint64)
 
 class SpillIndex:
     """Records of (pubkey, locator) partitioned into run files of ``directory``, staged in
-    memory ``stage_bytes`` at a time (see the module)."""
+    memory ``stage_bytes`` at a time (see the module); ``spare_stage``: a second staging
+    buffer fills while a full one is written (:meth:`stage`), within the same bytes."""
 
     def __init__(
-        self, directory: SpillDir | MemoryRuns, stage_bytes: int, mults: U64 | None = None
+        self,
+        directory: SpillDir | MemoryRuns,
+        stage_bytes: int,
+        mults: U64 | None = None,
+        *,
+        spare_stage: bool = False,
     ) -> None:
         self.dir = directory
         self.mults = mults if mults is not None else draw_multipliers()
-        # the staged records, the flush's sorted copy, its fingerprints and order
-        self._capacity = max(64, stage_bytes // (2 * RECORD + 24))
+        # the staged records (and the one being written), the flush's sorted copy, its
+        # fingerprints and order
+        stages = 3 if spare_stage else 2
+        self._capacity = max(64, stage_bytes // (stages * RECORD + 24))
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
 
     def add(self, rows: U64) -> None:
         """Add versions: (n, 5) rows of their pubkeys' four words and their locators."""
+        for full in self.stage(rows):
+            self.write(full)
+
+    def stage(self, rows: U64) -> list[U64]:
+        """Stage versions (as :meth:`add`) without writing: the staging buffers that filled,
+        in order, each to be written with :meth:`write` (then let go of); a new one is
+        staged into meanwhile. The caller keeps one at most waiting (with ``spare_stage``)."""
+        full: list[U64] = []
         at = 0
         while at < len(rows):
             take = min(len(rows) - at, self._capacity - self._staged)
@@ -336,7 +352,14 @@ class SpillIndex:
             self._staged += take
             at += take
             if self._staged == self._capacity:
-                self.flush()
+                full.append(self._stage)
+                self._stage = np.empty_like(self._stage)
+                self._staged = 0
+        return full
+
+    def write(self, rows: U64) -> None:
+        """Write staged records (a buffer :meth:`stage` gave) to their partitions' runs."""
+        self._write(rows, "p", 0)
 
     @property
     def on_disk(self) -> bool:
