@@ -236,6 +236,7 @@ class AccountsProof:
         # the locator: the storage's number, the record's offset / 8, whether it counts (one
         # compiled pass, outside the lock: the lanes compute theirs at once)
         rows, counts = batch.index_rows(number << 32)
+        full: list[U64] = []
         with self._lock:
             start = time.thread_time()
             try:

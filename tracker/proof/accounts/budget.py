@@ -32,8 +32,9 @@ DEFAULT_MEMORY = 512 * 1024**2
 #: check's process (the interpreter, numpy, numba and the compiled kernels: ~190 MiB), its
 #: hashing process (~35 MiB), the serial decoder's buffers (where it decodes ahead in a thread
 #: of its own, :func:`decodes_ahead`, two decoded pieces more: ~18 MiB measured), the first
-#: read's batches waiting for their bookkeeping (at most four, from three ``proof_workers``:
-#: 14-29 MiB);
+#: read's pieces waiting in its scan lanes (from three ``proof_workers``: four with one lane,
+#: two a lane with more, each ~4 MiB or the decoded chunks it lies in: 14-29 MiB with one,
+#: ~26 MiB more with four at 10 million accounts, docs/architecture.md "Every core");
 #: taken off the budget before the index's room (measured in bench/accounts.py, 85 MiB to
 #: spare at 10 million accounts; docs/architecture.md, "Bounded memory").
 FIXED_COST = 320 * 1024**2

@@ -27,6 +27,8 @@ class Feeder:
         self._partial = bytearray()
         self._held: list[memoryview] = []  # a Bulk request's views of immutable chunks so far
         self._held_len = 0
+        self._own: bytearray | None = None  # or its bytes copied, from a chunk filled again
+        self._own_len = 0
         self._views = False
         self.offset = 0  # bytes of the stream consumed so far
 
@@ -90,32 +92,36 @@ class Feeder:
     def _read_bulk(self, data: memoryview, pos: int, end: int, want: int) -> tuple[Request, int]:
         """A Bulk request: views of immutable chunks, never copied here (one, or a tuple
         when it spans chunks); bytes of a chunk its source fills again are copied, once,
-        into a buffer of the request's own."""
-        partial, held = self._partial, self._held
-        have = self._held_len + len(partial)
+        into a buffer of the request's own, made at its full size."""
+        held, own = self._held, self._own
+        have = self._held_len + self._own_len
         take = min(want - have, end - pos)
         self.offset += take
         view = data[pos : pos + take]
         if not have and take == want:
             return self._parser.send(view if self._views else bytes(view)), pos + take
-        if self._views and not partial:
+        if self._views and own is None:
             held.append(view)
             self._held_len += take
         else:
-            if held:  # a chunk that is filled again came: what was held is copied after all
-                partial += b"".join(held)
+            if own is None:  # a chunk that is filled again came: what was held is copied
+                own = self._own = bytearray(want)
+                for part in held:
+                    own[self._own_len : self._own_len + len(part)] = part
+                    self._own_len += len(part)
                 held.clear()
                 self._held_len = 0
-            partial += view
+            own[self._own_len : self._own_len + take] = view
+            self._own_len += take
         if have + take < want:
             return want, pos + take
-        if held:
-            sent: bytes | memoryview | tuple[memoryview, ...] = tuple(held)
+        if own is not None:
+            sent: bytes | memoryview | tuple[memoryview, ...] = memoryview(own).toreadonly()
+            self._own, self._own_len = None, 0  # the parser's to keep
+        else:
+            sent = tuple(held)
             held.clear()
             self._held_len = 0
-        else:
-            sent = memoryview(partial).toreadonly()  # the parser's to keep: a new one next
-            self._partial = bytearray()
         return self._parser.send(sent), pos + take
 
     def finish(self) -> None:
