@@ -75,7 +75,8 @@ _OVER_BOUND = "over the bound"
 #: Hashing processes a scan lane keeps busy (:func:`scan_lanes`): measured in
 #: bench/accounts.py, a lane takes ~0.2 CPU-s a million accounts, a hashing process ~1.15.
 HASHERS_PER_LANE = 4
-#: The most scan lanes of a check: past them, the lock their bookkeeping shares is the floor.
+#: The most scan lanes of a check: past them, the lock their bookkeeping shares and a spilled
+#: index's one writer are the floor (~0.03-0.04 and ~0.08 s a million; docs "Every core").
 MAX_LANES = 4
 
 
