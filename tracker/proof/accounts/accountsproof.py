@@ -51,20 +51,13 @@ import base58
 import numpy as np
 import numpy.typing as npt
 
-from tracker.errors import ArchiveInvalid, EndOfInput, NoRoom
+from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_room
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
-from tracker.proof.formats import storages
-from tracker.proof.formats.parsing import Bulk, Parser
-from tracker.proof.formats.storages import (
-    Records,
-    StorageScan,
-    check_bounds,
-    member_ended,
-    parse_storage,
-)
+from tracker.proof.formats.parsing import BulkPiece, Parser
+from tracker.proof.formats.storages import Records, StorageScan, parse_storage, storage_pieces
 
 __all__ = ["AccountsProof", "Reread"]
 
@@ -174,30 +167,21 @@ class AccountsProof:
         """Storage ``number``'s valid bytes handed, a piece at a time, to the least busy
         lane, which scans them in order (:class:`~tracker.proof.formats.storages.StorageScan`:
         the same reading and the same reasons as :func:`parse_storage`)."""
-        name = member_name(slot, ident)
-        check_bounds(name, size, valid)
         self._add_storage(number, slot, ident, size, valid)
         lanes = len(self._lanes)
         lane = min(
             (self._lanes[(number + step) % lanes] for step in range(lanes)),
             key=lambda each: each.waiting,
         )
-        scanner = StorageScan(name, valid, lambda batch: self._take(batch, number))
-        read = 0
-        try:
-            while read < valid:
-                want = min(storages.PIECE, valid - read)  # as parse_storage asks
-                piece = yield Bulk(want)
-                read += want
-                if not (isinstance(piece, bytes | tuple) or memoryview(piece).readonly):
-                    piece = bytes(piece)  # a buffer its decoder fills again: the lane's copy
-                self._in_lane(lane, number, functools.partial(scanner.take, piece))
-            self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
-            rest = size - valid
-            if rest:
-                yield -rest
-        except EndOfInput as end_of_input:
-            raise member_ended(name, size, end_of_input) from None
+        scanner = StorageScan(member_name(slot, ident), valid, lambda b: self._take(b, number))
+
+        def hand(piece: BulkPiece) -> None:
+            if not (isinstance(piece, bytes | tuple) or memoryview(piece).readonly):
+                piece = bytes(piece)  # a buffer its decoder fills again: the lane's copy
+            self._in_lane(lane, number, functools.partial(scanner.take, piece))
+
+        yield from storage_pieces(member_name(slot, ident), size, valid, hand)
+        self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
 
     def _in_lane(self, lane: Apart, number: int, job: Callable[[], None]) -> None:
         """Run ``job`` of storage ``number`` in ``lane`` after its jobs before it; what it

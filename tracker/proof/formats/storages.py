@@ -146,17 +146,6 @@ def scan(
     return offsets, lens, int(stop)
 
 
-def check_bounds(name: str, size: int, current_len: int) -> None:
-    """Refuse a storage whose manifest's length is past its file, or whose file is larger
-    than agave opens (before any of its bytes is read)."""
-    if current_len > size:
-        raise ArchiveInvalid(
-            f"{name}: the manifest's length {current_len} is past the file's {size} bytes"
-        )
-    if size > MAX_STORAGE:
-        raise ArchiveInvalid(f"{name}: {size} bytes (a storage holds at most {MAX_STORAGE})")
-
-
 class StorageScan:
     """The records of one storage's valid bytes (``current_len`` of them), given in pieces of
     any size in order (:meth:`take`): each piece's whole records go to ``sink`` as a batch,
@@ -202,32 +191,37 @@ def parse_storage(name: str, size: int, current_len: int, sink: Sink) -> ParserO
     whose first ``current_len`` bytes hold records; hand the records to ``sink`` in batches
     and return their count. Consumes exactly ``size`` bytes; ArchiveInvalid with one line
     when the records do not fill exactly ``current_len`` bytes."""
-    check_bounds(name, size, current_len)
     scanner = StorageScan(name, current_len, sink)
+    yield from storage_pieces(name, size, current_len, scanner.take)
+    return scanner.count
+
+
+def storage_pieces(
+    name: str, size: int, current_len: int, take: Callable[[BulkPiece], None]
+) -> ParserOf[None]:
+    """Ask for the ``current_len`` valid bytes of the storage member ``name`` of ``size`` bytes
+    :data:`PIECE` at a time (views of the decoded chunks where they lie), hand each piece to
+    ``take`` (a :class:`StorageScan`'s, here or in a scan lane), and skip the rest of the
+    member. ArchiveInvalid with one line for bounds past agave's or a member cut short."""
+    if current_len > size:
+        raise ArchiveInvalid(
+            f"{name}: the manifest's length {current_len} is past the file's {size} bytes"
+        )
+    if size > MAX_STORAGE:
+        raise ArchiveInvalid(f"{name}: {size} bytes (a storage holds at most {MAX_STORAGE})")
+    read = 0
     try:
-        while scanner.read < current_len:
-            want = _next_read(scanner.carry, current_len - scanner.read)
-            scanner.take((yield Bulk(want)))  # a view of the decoded chunk where it lies in one
+        while read < current_len:
+            want = min(PIECE, current_len - read)
+            take((yield Bulk(want)))
+            read += want
         rest = size - current_len
         if rest:
             yield -rest
     except EndOfInput as end_of_input:
-        raise member_ended(name, size, end_of_input) from None
-    return scanner.count
-
-
-def member_ended(name: str, size: int, end_of_input: EndOfInput) -> ArchiveInvalid:
-    """The reason of a storage member the stream ends inside."""
-    return ArchiveInvalid(f"{name}: the member ends at byte {end_of_input.at} of its {size}")
-
-
-def _next_read(carry: bytes | memoryview, left: int) -> int:
-    """Bytes to ask for next: a piece, or all that the carried record still lacks."""
-    want = PIECE
-    if len(carry) >= META:
-        (data_len,) = _U64.unpack_from(carry, DATA_LEN)
-        want = max(want, META + data_len - len(carry))
-    return min(want, left)
+        raise ArchiveInvalid(
+            f"{name}: the member ends at byte {end_of_input.at} of its {size}"
+        ) from None
 
 
 def _inside_reason(name: str, buf: bytes | memoryview, stop: int, end: int, at: int) -> str:

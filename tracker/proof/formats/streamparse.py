@@ -13,7 +13,7 @@ are such parsers.
 from __future__ import annotations
 
 from tracker.errors import EndOfInput
-from tracker.proof.formats.parsing import MARK, REST, Bulk, Parser, ParserOf, Request
+from tracker.proof.formats.parsing import MARK, REST, Bulk, BulkPiece, Parser, ParserOf, Request
 
 __all__ = ["MARK", "REST", "EndOfInput", "Feeder", "Parser", "ParserOf", "Request"]
 
@@ -116,7 +116,7 @@ class Feeder:
         if have + take < want:
             return want, pos + take
         if own is not None:
-            sent: bytes | memoryview | tuple[memoryview, ...] = memoryview(own).toreadonly()
+            sent: BulkPiece = memoryview(own).toreadonly()
             self._own, self._own_len = None, 0  # the parser's to keep
         else:
             sent = tuple(held)
