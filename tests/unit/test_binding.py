@@ -1,18 +1,20 @@
-"""The second read held to the check's bytes, prefix by prefix (proof.archive.binding)."""
+"""The second read held to the check's bytes, block by block (proof.archive.binding)."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
+import threading
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive import binding
-from tracker.proof.archive.binding import CHANGED, PrefixCheck, PrefixDigests
+from tracker.proof.archive.binding import CHANGED, BlockCheck, BlockDigests
 
 SMALL = 64  # bytes a block in these tests
 
@@ -22,56 +24,105 @@ def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+def kept(data: bytes, cuts: list[int], switch_at: int | None, apart: bool) -> BlockDigests:
+    """The check's read of ``data`` in the pieces ``cuts`` make, told to switch to each
+    block's BLAKE3 once ``switch_at`` bytes were given (None: never)."""
+    switch = threading.Event()
+    blocks = BlockDigests(switch, apart=apart)
+    given = 0
+    for piece in pieces(data, cuts):
+        if switch_at is not None and given >= switch_at:
+            switch.set()
+        blocks.update(piece)
+        given += len(piece)
+    return blocks
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.binary(min_size=1, max_size=700),
     st.lists(st.integers(0, 700)),
     st.lists(st.integers(0, 700)),
+    st.one_of(st.none(), st.integers(0, 700)),
+    st.booleans(),
 )
 def test_the_same_bytes_in_any_pieces_pass_block_by_block(
-    data: bytes, first_cuts: list[int], second_cuts: list[int]
+    data: bytes,
+    first_cuts: list[int],
+    second_cuts: list[int],
+    switch_at: int | None,
+    apart: bool,
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(binding, "BLOCK", SMALL)
-        blocks = PrefixDigests()
-        for piece in pieces(data, first_cuts):
-            blocks.update(piece)
+        blocks = kept(data, first_cuts, switch_at, apart)
+        digests = blocks.digests()
         assert blocks.size == len(data)
-        assert len(blocks.digests()) == -(-len(data) // SMALL) * 32
-        check = PrefixCheck(blocks.digests(), blocks.size)
+        assert len(digests) == -(-len(data) // SMALL) * 32
+        assert blocks.sha.digest() == hashlib.sha256(data).digest()  # the file's, published
+        for number in range(-(-len(data) // SMALL)):
+            digest = digests[number * 32 : (number + 1) * 32]
+            if number < blocks.sha_blocks:  # a prefix's SHA-256
+                assert digest == hashlib.sha256(data[: (number + 1) * SMALL]).digest()
+            else:  # the block's own BLAKE3, from the first block that began once switched
+                assert switch_at is not None and number * SMALL >= switch_at
+                assert digest == blake3.blake3(data[number * SMALL : (number + 1) * SMALL]).digest()
+        check = BlockCheck(digests, blocks.size, blocks.sha_blocks)
         for piece in pieces(data, second_cuts):
             check.update(piece)
         assert check.left_in_block() == 0 and check.read == len(data)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(min_size=2, max_size=700), st.data())
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=2, max_size=700), st.one_of(st.none(), st.integers(0, 700)), st.data())
 def test_a_changed_byte_is_found_in_its_block_and_bytes_never_read_are_not(
-    data: bytes, draw: st.DataObject
+    data: bytes, switch_at: int | None, draw: st.DataObject
 ) -> None:
     at = draw.draw(st.integers(0, len(data) - 1))
     changed = bytearray(data)
     changed[at] ^= 1
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(binding, "BLOCK", SMALL)
-        blocks = PrefixDigests()
-        blocks.update(data)
-        check = PrefixCheck(blocks.digests(), blocks.size)
+        blocks = kept(data, list(range(0, 700, 50)), switch_at, apart=False)
+        first = (blocks.digests(), blocks.size, blocks.sha_blocks)
+        check = BlockCheck(*first)
         block_end = min(len(data), (at // SMALL + 1) * SMALL)
         check.update(bytes(changed[: (at // SMALL) * SMALL]))  # the blocks before: the same
         with pytest.raises(ArchiveInvalid, match=CHANGED):
             check.update(bytes(changed[(at // SMALL) * SMALL : block_end]))
         # a second read that stops before the changed block never sees it
-        early = PrefixCheck(blocks.digests(), blocks.size)
+        early = BlockCheck(*first)
         early.update(bytes(changed[: (at // SMALL) * SMALL]))
         assert early.left_in_block() == 0
 
 
-def test_bytes_past_the_checks_read_are_refused_and_the_last_digest_is_the_files() -> None:
+def test_bytes_past_the_checks_read_are_refused_either_way() -> None:
     data = os.urandom(1000)
-    blocks = PrefixDigests()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binding, "BLOCK", SMALL)
+        for switch_at in (None, 0, 500):
+            blocks = kept(data, [100, 600], switch_at, apart=True)
+            check = BlockCheck(blocks.digests(), blocks.size, blocks.sha_blocks)
+            with pytest.raises(ArchiveInvalid, match=CHANGED):
+                check.update(data + b"x")
+
+
+def test_a_check_never_switched_keeps_its_prefixes_the_last_one_the_files_sha256() -> None:
+    data = os.urandom(3 * binding.BLOCK // 2)
+    blocks = BlockDigests(threading.Event(), apart=True)
     blocks.update(data)
-    assert blocks.digests()[-32:] == hashlib.sha256(data).digest() == blocks.sha.digest()
-    check = PrefixCheck(blocks.digests(), blocks.size)
-    with pytest.raises(ArchiveInvalid, match=CHANGED):
-        check.update(data + b"x")
+    digests = blocks.digests()
+    assert blocks.sha_blocks == 2
+    assert digests[:32] == hashlib.sha256(data[: binding.BLOCK]).digest()
+    assert digests[32:] == hashlib.sha256(data).digest() == blocks.sha.digest()
+    assert not [t for t in threading.enumerate() if t.name == "archive-check-bind"]
+
+
+def test_the_thread_apart_ends_when_the_check_stops_early() -> None:
+    switch = threading.Event()
+    switch.set()
+    blocks = BlockDigests(switch, apart=True)
+    blocks.update(os.urandom(binding.BLOCK // 2))
+    assert [t for t in threading.enumerate() if t.name == "archive-check-bind"]
+    blocks.close()  # a check that failed: no digests asked for
+    assert not [t for t in threading.enumerate() if t.name == "archive-check-bind"]

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
 import threading
 from pathlib import Path
 
+import blake3
 import pytest
 import zstandard
 from agave_storages import ARCHIVE, expected_lt_hash, feed, storages
 from archives import many_accounts_archive
 
+from tracker.core.digests import Verified
 from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts import accountsprover
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits, shared_limits
+from tracker.proof.archive import archivecheck, binding
 from tracker.proof.archive.archivecheck import check_file
-from tracker.proof.archive.binding import PrefixDigests
+from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread, accounts_prover
 from tracker.proof.formats import storages as storage_format
 
@@ -88,9 +93,9 @@ def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
-    blocks = PrefixDigests()
+    blocks = BlockDigests()
     blocks.update(path.read_bytes())  # what the check read
-    first, size = (blocks.digests(), blocks.size), blocks.size
+    first, size = (blocks.digests(), blocks.size, blocks.sha_blocks), blocks.size
     member = storages()[0].name
     reread = ArchiveReread(str(path), ".tar.zst", first)
     b"".join(reread(member, 0))
@@ -124,9 +129,10 @@ def test_a_second_read_closed_part_way_stops_its_reading_thread(tmp_path: Path) 
     assert len(data) > (AHEAD + 2) * STEP  # its reading thread waits for room when closed
     path = tmp_path / name
     path.write_bytes(data)
-    blocks = PrefixDigests()
+    blocks = BlockDigests()
     blocks.update(data)
-    reread = ArchiveReread(str(path), ".tar.zst", (blocks.digests(), blocks.size))
+    first = (blocks.digests(), blocks.size, blocks.sha_blocks)
+    reread = ArchiveReread(str(path), ".tar.zst", first)
     first = min(storages_named(data))
     next(iter(reread(first, 0)))  # one piece of the first storage: the thread reads ahead
     reread.close()
@@ -153,28 +159,62 @@ def read_and_confirm(reread: ArchiveReread, member: str) -> None:
     reread.confirm()
 
 
-def test_the_check_binds_its_second_read_to_the_bytes_it_read(tmp_path: Path) -> None:
-    # the whole check of a real archive on disk: what the check tells the accounts prover is
-    # the keyed BLAKE3 of the file's bytes under the key it drew
-    name, data = many_accounts_archive(300_000_000, 3000)
-    path = tmp_path / name
-    path.write_bytes(data)
-    told: list[tuple[bytes, int]] = []
+def told_first_read(path: Path) -> tuple[Verified, tuple[bytes, int, int]]:
+    """The check of ``path`` proving accounts, and what it told the accounts prover its
+    first read kept (the blocks' digests, the size, how many are prefixes' SHA-256)."""
+    told: list[tuple[bytes, int, int]] = []
     real = StoragesProver.first_read
 
-    def first_read(self: StoragesProver, digests: bytes, size: int) -> None:
-        told.append((digests, size))
-        real(self, digests, size)
+    def first_read(self: StoragesProver, digests: bytes, size: int, sha_blocks: int) -> None:
+        told.append((digests, size, sha_blocks))
+        real(self, digests, size, sha_blocks)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(StoragesProver, "first_read", first_read)
         verified = check_file(str(path), prove_accounts=AccountsLimits())
     assert verified.proof.level.label == "accounts"
-    ((digests, size),) = told
-    blocks = PrefixDigests()
+    (kept,) = told
+    return verified, kept
+
+
+def test_the_check_binds_its_second_read_to_the_prefixes_it_read(tmp_path: Path) -> None:
+    # a short second read (the storages far below BLAKE3_FROM): held by the SHA-256 of every
+    # prefix the check read, copies of its running digest
+    name, data = many_accounts_archive(300_000_000, 3000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    verified, (digests, size, sha_blocks) = told_first_read(path)
+    blocks = BlockDigests()
     blocks.update(data)
-    assert (digests, size) == (blocks.digests(), len(data))
+    assert (digests, size, sha_blocks) == (blocks.digests(), len(data), blocks.sha_blocks)
+    assert sha_blocks == -(-len(data) // binding.BLOCK)  # every one a prefix
     assert digests[-32:].hex() == verified.sha256  # the last: the file's SHA-256
+
+
+def test_a_long_second_read_is_held_by_each_blocks_blake3_from_the_manifests_word(
+    tmp_path: Path,
+) -> None:
+    # the manifest's storages pass BLAKE3_FROM: from the block after it said so, the check
+    # keeps each block's own BLAKE3, and the second read, held to them, passes
+    name, data = many_accounts_archive(300_000_000, 6000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    small = 16 * 1024
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binding, "BLOCK", small)
+        patch.setattr(archivecheck, "READ_SIZE", small)  # the reading thread a few blocks ahead
+        patch.setattr(accountsprover, "BLAKE3_FROM", 0)
+        verified, (digests, size, sha_blocks) = told_first_read(path)
+    count = -(-len(data) // small)
+    assert size == len(data) and len(digests) == count * binding.DIGEST
+    assert 0 < sha_blocks < count - 4  # switched once the manifest was read, early on
+    for number in range(count):
+        kept = digests[number * 32 : (number + 1) * 32]
+        if number < sha_blocks:
+            assert kept == hashlib.sha256(data[: (number + 1) * small]).digest()
+        else:
+            assert kept == blake3.blake3(data[number * small : (number + 1) * small]).digest()
+    assert verified.sha256 == hashlib.sha256(data).hexdigest()
 
 
 # --- frames decoded by several threads (a proof with more than two workers) ------------------
@@ -194,9 +234,9 @@ def test_frames_decoded_by_threads_read_what_one_decoder_reads(tmp_path: Path, p
     # frames cut anywhere in the tar (headers and records across them): every member read
     # again the same, from any offset, and the read held to the check's bytes to the end
     path, data = written(tmp_path, 700, 4000, 3, pieces)
-    blocks = PrefixDigests()
+    blocks = BlockDigests()
     blocks.update(data)
-    first = (blocks.digests(), blocks.size)
+    first = (blocks.digests(), blocks.size, blocks.sha_blocks)
     serial = ArchiveReread(str(path), ".tar.zst", first)
     threads = ArchiveReread(str(path), ".tar.zst", first, decoders=3)
     try:
@@ -245,12 +285,13 @@ def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
     tmp_path: Path,
 ) -> None:
     path, data = written(tmp_path, 900, 3000, 6, 9)
-    blocks = PrefixDigests()
+    blocks = BlockDigests()
     blocks.update(data)
     changed = bytearray(data)
     changed[-1] ^= 1  # the last byte: past every member, found by confirm
     path.write_bytes(bytes(changed))
-    reread = ArchiveReread(str(path), ".tar.zst", (blocks.digests(), blocks.size), decoders=3)
+    first = (blocks.digests(), blocks.size, blocks.sha_blocks)
+    reread = ArchiveReread(str(path), ".tar.zst", first, decoders=3)
     try:
         with pytest.raises(ArchiveInvalid, match="the file changed after the check read it"):
             read_and_confirm(reread, storages_named(data)[0])

@@ -39,7 +39,7 @@ from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
-from tracker.proof.archive.binding import PrefixDigests
+from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import DecodeAhead, decode_zstd_frames
@@ -105,7 +105,8 @@ def check_stream(
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
     budget = Budget(cancelled) if cancelled is not None else Budget()
-    source = _Prefetch(read, unblock) if prefetch else _Inline(read)
+    switch = accounts.binds if accounts is not None else None  # .binding: when to BLAKE3
+    source = _Prefetch(read, unblock, switch) if prefetch else _Inline(read, switch)
     failed: list[BaseException] = []  # what reading raised: not the archive's fault
     # a thread of its own decodes only where the source stops when the check does (prefetch)
     ahead = DecodeAhead() if decode_ahead and decoders <= 1 and prefetch else None
@@ -160,7 +161,7 @@ def check_stream(
                         raise as_rejection(earlier) from None
                 raise as_rejection(exc) from None
             digest = source.hexdigest()
-            prefixes = source.prefixes()
+            blocks = source.blocks()
     finally:
         if ahead is not None:
             ahead.close()  # after the source stopped: its decoder may have waited on it
@@ -168,7 +169,7 @@ def check_stream(
     if missing:
         raise ArchiveInvalid(f"tar: missing {', '.join(missing)}")
     if accounts is not None:  # its second read must read these bytes (.binding)
-        accounts.first_read(prefixes.digests(), prefixes.size)
+        accounts.first_read(blocks.digests(), blocks.size, blocks.sha_blocks)
     try:
         if first_read is not None:
             first_read(Verified(digest, prover.first_proof()))
@@ -244,9 +245,9 @@ def _refuse_unless_regular(mode: int) -> None:
 class _Inline:
     """Reads and hashes in the calling thread."""
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self, read: Read, switch: threading.Event | None) -> None:
         self._read = read
-        self._sha = PrefixDigests()
+        self._sha = BlockDigests(switch)
 
     def __enter__(self) -> _Inline:
         return self
@@ -262,7 +263,7 @@ class _Inline:
     def hexdigest(self) -> str:
         return self._sha.sha.hexdigest()
 
-    def prefixes(self) -> PrefixDigests:
+    def blocks(self) -> BlockDigests:
         return self._sha
 
 
@@ -274,10 +275,15 @@ class _Prefetch:
     once stopped), so no read is left running on a descriptor its owner then closes.
     """
 
-    def __init__(self, read: Read, unblock: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        read: Read,
+        unblock: Callable[[], None] | None = None,
+        switch: threading.Event | None = None,
+    ) -> None:
         self._read = read
         self._unblock = unblock
-        self._sha = PrefixDigests()
+        self._sha = BlockDigests(switch, apart=True)
         self._ready: collections.deque[bytes] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -300,6 +306,7 @@ class _Prefetch:
         if running and self._unblock is not None:
             self._unblock()
         self._thread.join()
+        self._sha.close()  # its thread apart (.binding), given nothing more now
 
     def _run(self) -> None:
         try:
@@ -346,8 +353,8 @@ class _Prefetch:
         self._thread.join()
         return self._sha.sha.hexdigest()
 
-    def prefixes(self) -> PrefixDigests:
-        """The SHA-256 of every prefix read that ends a block (after :meth:`hexdigest`)."""
+    def blocks(self) -> BlockDigests:
+        """The digests of the blocks read (after :meth:`hexdigest`; :mod:`.binding`)."""
         return self._sha
 
 

@@ -32,7 +32,7 @@ import zstandard
 from tracker.core.libc import keep_large_buffers
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.binding import CHANGED, PrefixCheck
+from tracker.proof.archive.binding import CHANGED, BlockCheck
 from tracker.proof.archive.checklimits import ZSTD_MAX_WINDOW
 from tracker.proof.archive.framedecode import decode_zstd_frames
 from tracker.proof.archive.tarwalk import BLOCK, ZERO_BLOCK, read_header
@@ -97,17 +97,17 @@ class _Handover(Generic[_C]):
 
 
 class _Bound(io.RawIOBase):
-    """The raw bytes of a file as they are read, held to the check's (``first``: its prefixes'
+    """The raw bytes of a file as they are read, held to the check's (``first``: its blocks'
     digests and size; :mod:`.binding`); the file ends where the check's read ended.
 
-    A thread of its own reads the file and takes the SHA-256 prefixes :data:`AHEAD` chunks
-    ahead of the decoder (``os.read`` and hashlib release the GIL): the check's thread then
+    A thread of its own reads the file and takes each block's BLAKE3 :data:`AHEAD` chunks
+    ahead of the decoder (``os.read`` and blake3 release the GIL): the check's thread then
     only decodes, parses and hashes accounts, and a second read of data-heavy storages, where
-    the SHA-256 is most of the work, takes two cores instead of one."""
+    reading and holding the bytes is much of the work, takes two cores instead of one."""
 
-    def __init__(self, raw: IO[bytes], first: tuple[bytes, int] | None) -> None:
+    def __init__(self, raw: IO[bytes], first: tuple[bytes, int, int] | None) -> None:
         self._raw = raw
-        self.check = PrefixCheck(*first) if first is not None else None
+        self.check = BlockCheck(*first) if first is not None else None
         self._left = first[1] if first is not None else None
         self._chunk = memoryview(b"")
         self._ahead: _Handover[bytes] = _Handover()
@@ -240,7 +240,7 @@ class _Frames(io.RawIOBase):
 
 
 def _open(
-    path: str, ext: str, first: tuple[bytes, int] | None, decoders: int = 1
+    path: str, ext: str, first: tuple[bytes, int, int] | None, decoders: int = 1
 ) -> tuple[IO[bytes], _Bound]:
     """The decoded stream of the archive at ``path`` (its zstd frames decoded by
     ``decoders`` threads), and its raw bytes held to the check's (the caller closes both: the
@@ -291,7 +291,7 @@ def accounts_prover(
     from tracker.proof.accounts.budget import FrameThreads
     from tracker.proof.accounts.hashworker import HashPool
 
-    def reread(first: tuple[bytes, int] | None) -> ArchiveReread:
+    def reread(first: tuple[bytes, int, int] | None) -> ArchiveReread:
         if decoders is not None:
             return ArchiveReread(path, parsed.ext, first, decoders)
         frames = FrameThreads(limits)
@@ -325,7 +325,7 @@ class ArchiveReread:
         self,
         path: str,
         ext: str,
-        first: tuple[bytes, int] | None = None,
+        first: tuple[bytes, int, int] | None = None,
         decoders: int = 1,
         release: Callable[[], None] | None = None,
     ) -> None:
@@ -333,7 +333,7 @@ class ArchiveReread:
         self._release = release  # what close gives back: the frame threads it was lent
         self._ext = ext
         self._decoders = decoders
-        self._first = first  # the first read's prefix digests and size
+        self._first = first  # the first read's block digests and size
         self._stream: IO[bytes] | None = None
         self._hashing: _Bound | None = None
         self._at = 0  # decoded offset of the next header

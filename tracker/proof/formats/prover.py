@@ -11,6 +11,7 @@ archives".
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from tracker.errors import ArchiveInvalid
@@ -51,10 +52,16 @@ class AccountsProver(Protocol):
         precedes whatever the reading thread met after it."""
         ...
 
-    def first_read(self, digests: bytes, size: int) -> None:
-        """The SHA-256 digests of the prefixes of the archive's ``size`` raw bytes as the check
-        read them (``proof.archive.binding``), before :meth:`proof`: what the storages' second
-        read must read again."""
+    @property
+    def binds(self) -> threading.Event:
+        """Set once the manifest says the second read will read many bytes: the check then
+        keeps each block's BLAKE3 from there on (``proof.archive.binding``)."""
+        ...
+
+    def first_read(self, digests: bytes, size: int, sha_blocks: int) -> None:
+        """The digests of the blocks of the archive's ``size`` raw bytes as the check read them
+        (``proof.archive.binding``: the first ``sha_blocks`` of them its prefixes' SHA-256),
+        before :meth:`proof`: what the storages' second read must read again."""
         ...
 
     def proof(self, manifest: Manifest, proven: Proof) -> Proof:
