@@ -94,6 +94,19 @@ def saved_bytes(state: Path) -> int:
         return 0
 
 
+async def saved_at_least(f: Fetching, count: int, timeout: float = 60) -> None:
+    """Wait until the fetch's state says ``count`` bytes are saved; on a timeout, fail with
+    what the fetch and its upstream did meanwhile (a fetch that stalls says why)."""
+    try:
+        await wait_for(lambda: saved_bytes(f.state) >= count, timeout=timeout)
+    except trio.TooSlowError:
+        raise AssertionError(
+            f"{saved_bytes(f.state)} bytes saved in {timeout} s, process "
+            f"{f.process.poll()}, {len(f.up.gets(FULL))} requests upstream; stderr: "
+            f"{f.errors.read_text()[-3000:]!r}"
+        ) from None
+
+
 def one_line(stderr: str, marker: str) -> str:
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if marker in line]
@@ -106,7 +119,7 @@ async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
     tmp_path: Path, signum: int, code: int
 ) -> None:
     async with fetching(tmp_path, 71, as_a_terminal_starts_it) as f:
-        await wait_for(lambda: saved_bytes(f.state) >= 4 * MiB, timeout=60)
+        await saved_at_least(f, 4 * MiB)
         f.process.send_signal(signum)
         with trio.fail_after(5):
             returncode = await f.process.wait()
@@ -137,7 +150,7 @@ async def test_fetch_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Pat
     """A background job of a script: Ctrl-C in the terminal is for the script; SIGTERM
     still ends the fetch with its one line."""
     async with fetching(tmp_path, 72, sigint_ignored) as f:
-        await wait_for(lambda: saved_bytes(f.state) >= 4 * MiB, timeout=60)
+        await saved_at_least(f, 4 * MiB)
         f.process.send_signal(signal.SIGINT)
         # Still fetching after it: more bytes saved, or the process ended (a failure).
         more = saved_bytes(f.state) + 4 * MiB

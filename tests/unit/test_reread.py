@@ -217,6 +217,29 @@ def test_a_long_second_read_is_held_by_each_blocks_blake3_from_the_manifests_wor
     assert verified.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_check_that_fails_after_the_switch_ends_its_blake3_thread(tmp_path: Path) -> None:
+    name, data = many_accounts_archive(300_000_000, 6000)
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) * 3 // 4])  # cut: the check fails at its end
+    small = 16 * 1024
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binding, "BLOCK", small)
+        patch.setattr(archivecheck, "READ_SIZE", small)
+        patch.setattr(accountsprover, "BLAKE3_FROM", 0)
+        started: list[str] = []
+        real = binding.BlockDigests._blake3
+
+        def blake3_of(self: BlockDigests, view: memoryview) -> None:
+            started.append("switched")
+            real(self, view)
+
+        patch.setattr(binding.BlockDigests, "_blake3", blake3_of)
+        with pytest.raises(ArchiveInvalid):
+            check_file(str(path), prove_accounts=AccountsLimits())
+    assert started  # it did switch before the cut
+    assert not [t for t in threading.enumerate() if t.name == "archive-check-bind"]
+
+
 # --- frames decoded by several threads (a proof with more than two workers) ------------------
 
 
