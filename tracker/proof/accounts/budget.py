@@ -34,9 +34,12 @@ DEFAULT_MEMORY = 512 * 1024**2
 #: of its own, :func:`decodes_ahead`, two decoded pieces more: ~18 MiB measured), the first
 #: read's pieces waiting in its scan lanes (from three ``proof_workers``: four with one lane,
 #: two a lane with more, each ~4 MiB or the decoded chunks it lies in: 14-29 MiB with one,
-#: ~26 MiB more with four at 10 million accounts, docs/architecture.md "Every core");
-#: taken off the budget before the index's room (measured in bench/accounts.py, 85 MiB to
-#: spare at 10 million accounts; docs/architecture.md, "Bounded memory").
+#: ~26 MiB more with four at 10 million accounts, docs/architecture.md "Every core"), the
+#: raw chunks waiting for the blocks' BLAKE3 of a long second read's binding (at most three
+#: of 4 MiB, ``proof.archive.binding``; the peaks measured the same with them at 1 and 10
+#: million accounts); taken off the budget before the index's room (measured in
+#: bench/accounts.py, 85 MiB to spare at 10 million accounts; docs/architecture.md,
+#: "Bounded memory").
 FIXED_COST = 320 * 1024**2
 #: The smallest budget that bounds the proving processes too (:func:`bounds_the_process`):
 #: its room, past a quarter of it, leaves :data:`FIXED_COST` (4/3 of it, 427 MiB).
