@@ -473,6 +473,32 @@ def test_grouped_rows_are_a_stable_sort_by_group(
 
 @settings(max_examples=100, deadline=None)
 @given(
+    st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=5, max_size=5), max_size=3000),
+    st.lists(st.integers(0, 2**64 - 1), min_size=4, max_size=4),
+    st.booleans(),
+)
+def test_the_fingerprints_are_the_multiply_shift_of_the_keys(
+    rows: list[list[int]], mults: list[int], compiled: bool
+) -> None:
+    """The index's fingerprint of each pubkey (spill.fingerprints): the four words times
+    the key's multipliers, summed, times the golden ratio, u64 wrapping; of the keys as a
+    view of the index's (n, 5) rows, compiled and interpreted."""
+    table = np.array(rows, dtype=np.uint64).reshape(-1, 5)
+    keys = np.array(mults, dtype=np.uint64)
+    golden = 0x9E3779B97F4A7C15
+    if compiled:
+        kernels.load()
+    fingerprint_keys = kernels.fingerprint_keys if compiled else interpreted("fingerprint_keys")
+    got = fingerprint_keys(table[:, :4], keys, np.uint64(golden))
+    expected = [
+        (sum(int(w) * m for w, m in zip(row[:4], mults, strict=True)) * golden) % 2**64
+        for row in rows
+    ]
+    assert got.dtype == np.uint64 and got.tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
     st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.sampled_from([0, 1, 2**64 - 1]))),
     st.integers(0, 2**31),
     st.booleans(),

@@ -77,14 +77,9 @@ def draw_multipliers() -> U64:
 
 
 def fingerprints(keys: U64, mults: U64) -> U64:
-    """The keyed 64-bit fingerprint of each (n, 4) pubkey (multiply-shift; u64 wraps)."""
-    with np.errstate(over="ignore"):
-        mixed: U64 = (
-            keys[:, 0] * mults[0]
-            + keys[:, 1] * mults[1]
-            + keys[:, 2] * mults[2]
-            + keys[:, 3] * mults[3]
-        ) * _GOLDEN
+    """The keyed 64-bit fingerprint of each (n, 4) pubkey (multiply-shift; u64 wraps), one
+    compiled pass on large inputs (:func:`tracker.proof.formats.kernels.fingerprint_keys`)."""
+    mixed: U64 = kernels.fingerprint_keys(keys, mults, _GOLDEN)
     return mixed
 
 

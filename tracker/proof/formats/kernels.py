@@ -195,6 +195,21 @@ def index_rows(words: Any, offsets: Any, shift: Any, base: Any, head: Any, field
     return rows, counts
 
 
+@_kernel(0)
+def fingerprint_keys(keys: Any, mults: Any, golden: Any) -> Any:
+    """The keyed 64-bit fingerprint of each (n, 4) pubkey of ``keys`` (four u64 words; a
+    view of the index's (n, 5) rows): multiply-shift with ``mults``, times ``golden``, u64
+    wrapping (``tracker.proof.accounts.spill.fingerprints``). One array expression: numpy's
+    when interpreted, one fused loop compiled (0.54 against 3.1 ms for a staging buffer of
+    210,000 rows: two thirds of a flush's compute, docs/architecture.md "Bounded memory")."""
+    return (
+        keys[:, 0] * mults[0]
+        + keys[:, 1] * mults[1]
+        + keys[:, 2] * mults[2]
+        + keys[:, 3] * mults[3]
+    ) * golden
+
+
 @_kernel(1)
 def group_rows(rows: Any, groups: Any, count: Any) -> Any:
     """The rows of ``rows`` (n, w) grouped by ``groups`` (n numbers below ``count``), in
@@ -286,5 +301,7 @@ def warm_up() -> None:
     out = np.zeros(256, dtype=np.uint8)
     lay_out_into(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64), out)
     group_rows(np.zeros((4, 5), dtype=np.uint64), np.zeros(4, dtype=np.uint8), 64)
+    rows = np.zeros((4, 5), dtype=np.uint64)  # the index's rows: their keys a view
+    fingerprint_keys(rows[:, :4], np.ones(4, dtype=np.uint64), np.uint64(1))
     words = np.frombuffer(bytes(256), dtype=np.uint64)  # read-only, as a piece's words
     index_rows(words, offsets, 0, 0, np.uint64(1 << 32), np.array([16, 48], dtype=np.int64))
