@@ -23,8 +23,9 @@ Two digests, one after the other:
   instead of 0.13-0.16, and on a host of many cores the second read is no longer bound by
   its SHA-256. Where the second read reads a few storages of a large file
   (bench/verify.py's archive) the BLAKE3 of the first read would cost more than it saves:
-  `verify` of that 1 GiB archive took 1.23-1.31 s with it from the start, against
-  1.11-1.18 without (2026-11-26, twelfth round), which is why it waits for the manifest.
+  `verify` of that 1 GiB archive took 1.23-1.31 s with it from the start in the reading
+  thread, against 1.11-1.18 without; 1.11-1.22 s in a thread of its own, against 1.04-1.05
+  (2026-11-26, twelfth round, alternating), which is why it waits for the manifest.
 
 A block's BLAKE3 is a collision-resistant digest of that block alone, so each block is held to
 its own digest in its place. The check's reading thread hands its chunks to a thread of its
