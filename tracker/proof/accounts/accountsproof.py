@@ -173,14 +173,15 @@ class AccountsProof:
             (self._lanes[(number + step) % lanes] for step in range(lanes)),
             key=lambda each: each.waiting,
         )
-        scanner = StorageScan(member_name(slot, ident), valid, lambda b: self._take(b, number))
+        name = member_name(slot, ident)
+        scanner = StorageScan(name, valid, lambda batch: self._take(batch, number))
 
         def hand(piece: BulkPiece) -> None:
             if not (isinstance(piece, bytes | tuple) or memoryview(piece).readonly):
                 piece = bytes(piece)  # a buffer its decoder fills again: the lane's copy
             self._in_lane(lane, number, functools.partial(scanner.take, piece))
 
-        yield from storage_pieces(member_name(slot, ident), size, valid, hand)
+        yield from storage_pieces(name, size, valid, hand)
         self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
 
     def _in_lane(self, lane: Apart, number: int, job: Callable[[], None]) -> None:

@@ -177,10 +177,8 @@ class BlockCheck:
     def _compare(self, prefix: bool) -> None:
         number = (self.read - 1) // BLOCK
         expected = self._digests[number * DIGEST : (number + 1) * DIGEST]
-        if prefix:
-            if self._sha.copy().digest() != expected:
-                raise ArchiveInvalid(CHANGED)
-        else:
-            if self._block.digest() != expected:
-                raise ArchiveInvalid(CHANGED)
-            self._block.reset()
+        got = self._sha.copy().digest() if prefix else self._block.digest()
+        if got != expected:
+            raise ArchiveInvalid(CHANGED)
+        if not prefix:
+            self._block.reset()  # each block's BLAKE3 is of that block alone
