@@ -399,16 +399,63 @@ class FailingWriter:
         return moved
 
 
-async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_path: Path) -> None:
-    def factory(path: str) -> Cache:
-        writer = FailingWriter(1 * MiB)
-        return Cache(path, ops=DiskOps(write=writer, splice=writer.splice))
+def failing_disk(path: str) -> Cache:
+    """A cache whose writes fail with ENOSPC after 1 MiB."""
+    writer = FailingWriter(1 * MiB)
+    return Cache(path, ops=DiskOps(write=writer, splice=writer.splice))
 
-    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
-        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+
+def served(t: TrackerUnderTest) -> float:
+    """Archive bytes sent to clients so far, from any origin."""
+    name = "snapshot_tracker_served_bytes_total"
+    return sum(t.counter(name, source=s) for s in ("cache", "upstream"))
+
+
+async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The client reading the refresh is cut short when the disk fills under it. The source
+    pauses before the failing write until the client has its first bytes: the client has
+    joined the refresh (a refresh that failed before it joined is the next test's case)."""
+    upstream.behaviour[FULL] = Behaviour(pause_at=MiB // 2)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=failing_disk) as t:
+        async with trio.open_nursery() as nursery:
+            wires = []
+
+            async def fetch() -> None:
+                wires.append(await raw_request(t.base, f"/v1/{FULL}?group={GROUP}"))
+
+            nursery.start_soon(fetch)
+            await wait_for(lambda: served(t) > 0)
+            upstream.behaviour[FULL].resume.set()
+        [wire] = wires
         assert wire.closed and len(wire.body) < len(FULL_DATA)
         await wait_for(lambda: t.outcome("refresh_failed") == 1)
         assert_nothing_promoted(t)
+        assert len(upstream.gets(FULL)) == 1
+
+
+async def test_a_refresh_that_failed_before_its_client_joined_is_streamed_uncached(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the refresh may fail (the disk full after 1 MiB) before the
+    client that started it reads its file: the client then gets the whole archive from the
+    source, uncached, never a short 200. The race is made certain: the client's join of the
+    refresh waits until the refresh ended."""
+    import tracker.proxy.refreshing as refreshing
+
+    real_join = refreshing.join
+
+    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
+        await shared.refresh.ended.wait()
+        return await real_join(shared, *args, **kwargs)
+
+    monkeypatch.setattr(refreshing, "join", join_once_ended)
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=failing_disk) as t:
+        got = await get(t.url(FULL))
+        assert got.status_code == 200
+        assert sha256(got.content) == sha256(FULL_DATA)
+        assert t.outcome("refresh_failed") == 1
+        assert_nothing_promoted(t)
+        assert len(upstream.gets(FULL)) == 2  # the refresh's, then the client's own
 
 
 @contextlib.contextmanager
