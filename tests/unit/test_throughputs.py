@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import attrs
 import pytest
 
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
+from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.rejections import Rejections
-from tracker.ordering.throughputs import HALF_LIFE, TRUST_HALF_LIFE, Measured, combined
+from tracker.ordering.throughputs import (
+    HALF_LIFE,
+    TRUST_HALF_LIFE,
+    Measured,
+    Shown,
+    Throughputs,
+    combined,
+)
 
 H, T = HALF_LIFE, TRUST_HALF_LIFE
 
@@ -85,3 +96,65 @@ def test_replicas_merge_each_figure_by_its_newest_and_an_older_document_has_none
     older = encode(Learned({SLY: (500.0, 10.0)})).replace(b',"achieved":[]', b"")
     assert b"achieved" not in older
     assert decode(older) == Learned({SLY: (500.0, 10.0)})
+
+
+def _each_figure(speeds: Throughputs, keys: list[TargetKey], at: float) -> dict[TargetKey, Shown]:
+    """What :meth:`Throughputs.shown` must give: each key's figures asked one by one."""
+    out = {}
+    for key in keys:
+        probed, achieved = speeds.figures(key, at)
+        if probed or achieved:
+            out[key] = (round(speeds.rate(key, at)), round(probed), round(achieved))
+    return out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.record(SLY, 900, 1.0, 5.0, "achieved"),
+        lambda s: s.record(STEADY, 70, 1.0, 5.0, "probed"),
+        lambda s: s.restore(STEADY, 1234.0, 7.0, "achieved"),
+        lambda s: s.drop(SLY),
+    ],
+    ids=["record", "record-new-key", "restore", "drop"],
+)
+def test_the_listings_figures_are_each_targets_kept_until_a_measurement_or_the_time_moves(
+    change: Callable[[Throughputs], object],
+) -> None:
+    """/v1/targets asks for every target's figures once a rendering: kept between
+    renderings at one time, they must still follow every change (docs/ranking.md)."""
+    speeds = Throughputs(lambda: 0.0)
+    speeds.record(SLY, 500, 1.0, 0.0, "probed")
+    speeds.record(SLY, 10, 1.0, 1.0, "achieved")
+    keys = [SLY, STEADY]
+    first = speeds.shown(10.0)
+    assert first == _each_figure(speeds, keys, 10.0)
+    assert speeds.shown(10.0) is first  # kept: nothing moved
+    later = speeds.shown(10.0 + HALF_LIFE)
+    assert later == _each_figure(speeds, keys, 10.0 + HALF_LIFE) != first
+    change(speeds)
+    assert speeds.shown(10.0) == _each_figure(speeds, keys, 10.0) != first
+
+
+def test_an_unchanged_restore_or_drop_keeps_the_listings_figures() -> None:
+    speeds = Throughputs(lambda: 0.0)
+    speeds.record(SLY, 500, 1.0, 5.0, "probed")
+    first = speeds.shown(10.0)
+    assert not speeds.restore(SLY, 400.0, 1.0, "probed")  # older than its own: not taken
+    speeds.drop(STEADY)  # never measured
+    assert speeds.shown(10.0) is first
+
+
+@attrs.frozen
+class _Answer:
+    moved: int
+    opened_at: float
+
+
+def test_the_live_rates_are_those_of_the_sources_bytes_come_from() -> None:
+    flowing = Flowing()
+    assert flowing.rates(5.0) == {}
+    stop = flowing.start(SLY, _Answer(moved=400, opened_at=1.0))
+    assert flowing.rates(5.0) == {SLY: 100.0}
+    stop()
+    assert flowing.rates(5.0) == {}

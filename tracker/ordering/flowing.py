@@ -54,6 +54,10 @@ class Flowing:
         """Whether bytes come from any source now."""
         return bool(self._open)
 
+    def rates(self, now: float) -> dict[TargetKey, float]:
+        """:meth:`rate` of every source bytes come from now (the others' is 0)."""
+        return {key: self.rate(key, now) for key in self._open}
+
     def rate(self, key: TargetKey, now: float) -> float:
         """Bytes per second coming from ``key`` at ``now`` (trio's clock), summed over its
         open answers; 0 when none is open (or all are too young to tell)."""

@@ -206,8 +206,8 @@ class Index:
             self._screens.begin()
             now = self.clock()
             built: dict[TargetKey, Built] = {}
+            speeds = self.speeds.rates(now)  # every group's, once
             for group, entries in self._by_group().items():
-                speeds = self.speeds.rates(now)
                 measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                 typical = measured[len(measured) // 2] if measured else 0.0
                 screened = self._screens.group(group, entries, speeds, typical)

@@ -228,7 +228,8 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         # What the body shows changes only with these: kept until one of them moves.
         # Measured throughputs decay with age: shown afresh every THROUGHPUT_SHOWN seconds.
         # While bytes come from a source, its live rate is shown afresh every second.
-        tick = int(now // (1 if deps.flowing.active else THROUGHPUT_SHOWN))
+        period = 1 if deps.flowing.active else THROUGHPUT_SHOWN
+        tick = int(now // period)
         state = (
             group,
             scraper.roster,
@@ -241,7 +242,9 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         body = kept_targets.get(state)
         if body is None:
             kept_targets.clear()
-            body = targets_body(deps, target_fragments, group, now)
+            # the throughputs as of the tick's start: a target's entry (its kept JSON) stays
+            # the same until the next tick, not re-rendered for every request of a round
+            body = targets_body(deps, target_fragments, group, now, shown_at=tick * period)
             kept_targets[state] = body
         return quart.Response(body, content_type="application/json")
 

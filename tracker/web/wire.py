@@ -281,15 +281,33 @@ def disproven_errors(disproven: Mapping[TargetKey, Mapping[str, str]]) -> dict[T
     }
 
 
-def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: float) -> bytes:
+#: The figures of a target never measured.
+_UNMEASURED = (0, 0, 0)
+
+
+def targets_body(
+    deps: ApiDeps,
+    fragments: Fragments,
+    group: str | None,
+    now: float,
+    shown_at: float | None = None,
+) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check or a proof (``deps.rejections``,
     :func:`disproven_errors`) shows why unless its
-    probe failed; a measured one its throughput as of ``now`` (while bytes come from it,
-    the rate they come at: ``deps.flowing``) and the probed and achieved figures it
-    combines; the targets of a group whose last refresh
-    streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``."""
-    scraper, index, flowing = deps.scraper, deps.index, deps.flowing.rate
+    probe failed; a measured one its throughput as of ``shown_at`` (default ``now``; while
+    bytes come from it, the rate they come at now: ``deps.flowing``) and the probed and
+    achieved figures it combines; the targets of a group whose last refresh
+    streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``.
+
+    A target's JSON is rendered again only when what it shows changes (``fragments``): the
+    same ``shown_at`` for several requests keeps the decaying throughputs, and with them the
+    entries of thousands of discovered nodes, the same between them."""
+    scraper, index = deps.scraper, deps.index
+    # the figures of every measured target once (kept between renderings at one shown_at),
+    # the live rates of the few sources bytes come from now
+    shown = index.speeds.shown(now if shown_at is None else shown_at)
+    live = deps.flowing.rates(now)
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
@@ -304,9 +322,9 @@ def targets_body(deps: ApiDeps, fragments: Fragments, group: str | None, now: fl
             count, mismatch = index.count(key), mismatches.get(key, "")
         # A target's entry changes only when its probe does: its JSON is kept until then
         # (thousands of discovered nodes, polled during a round).
-        probed, achieved = index.speeds.figures(key, now)
-        speed = round(flowing(key, now) or index.throughput(key, now))
-        speeds = (speed, round(probed), round(achieved))
+        figure, probed, achieved = shown.get(key, _UNMEASURED)
+        rate = live.get(key, 0.0)
+        speeds = (round(rate) if rate else figure, probed, achieved)
         reason = uncached.get(key.group, "")
         checks = deps.local_checks(key) if h.target.kind == "local" else []
         state = (
