@@ -204,6 +204,20 @@ def sent(up: FakeUpstream, name: str) -> int:
     return gets[0].body_sent if gets else -1
 
 
+def join_once_the_refresh_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a client's join of a refresh wait until that refresh ended: the race of a
+    loaded machine, where the refresh ends before its client reads it, made certain."""
+    import tracker.proxy.refreshing as refreshing
+
+    real_join = refreshing.join
+
+    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
+        await shared.refresh.ended.wait()
+        return await real_join(shared, *args, **kwargs)
+
+    monkeypatch.setattr(refreshing, "join", join_once_ended)
+
+
 def assert_nothing_promoted(t: TrackerUnderTest) -> None:
     assert t.cached() == []  # neither the archive nor a temp file
 
@@ -440,15 +454,7 @@ async def test_a_refresh_that_failed_before_its_client_joined_is_streamed_uncach
     client that started it reads its file: the client then gets the whole archive from the
     source, uncached, never a short 200. The race is made certain: the client's join of the
     refresh waits until the refresh ended."""
-    import tracker.proxy.refreshing as refreshing
-
-    real_join = refreshing.join
-
-    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
-        await shared.refresh.ended.wait()
-        return await real_join(shared, *args, **kwargs)
-
-    monkeypatch.setattr(refreshing, "join", join_once_ended)
+    join_once_the_refresh_ended(monkeypatch)
     async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=failing_disk) as t:
         got = await get(t.url(FULL))
         assert got.status_code == 200
@@ -675,15 +681,7 @@ async def test_an_early_heads_body_comes_from_the_cache_when_the_refresh_was_pro
     and promoted before the head's body begins (a small archive, a loaded machine), the body
     comes from the promoted copy instead of breaking the download. The race is made certain:
     the body's join of the refresh waits until the refresh ended."""
-    import tracker.proxy.refreshing as refreshing
-
-    real_join = refreshing.join
-
-    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
-        await shared.refresh.ended.wait()
-        return await real_join(shared, *args, **kwargs)
-
-    monkeypatch.setattr(refreshing, "join", join_once_ended)
+    join_once_the_refresh_ended(monkeypatch)
     upstream.behaviour[FULL] = Behaviour(delay=0.8)  # past early_head_after (0.5 s)
     async with proxy_tracker(tmp_path / "cache", upstream) as t:
         got = await get(t.url(FULL))

@@ -66,8 +66,7 @@ class Throughputs:
         #: The one clock measurements are recorded and aged on.
         self.clock = clock
         self._measured: dict[Kind, dict[TargetKey, Measured]] = {k: {} for k in KINDS}
-        #: Moves with every change of a measurement (what :meth:`shown` keeps depends on it).
-        self.version = 0
+        self._version = 0  # moves with every change of a measurement (:meth:`shown` keeps)
         self._shown: tuple[float, int, dict[TargetKey, Shown]] | None = None
 
     def record(
@@ -82,7 +81,7 @@ class Throughputs:
         known = self._measured[kind]
         rate, old = size / seconds, decayed(known.get(key), now)
         known[key] = ((old + rate) / 2 if old else rate, now)
-        self.version += 1
+        self._version += 1
         return True
 
     def rate(self, key: TargetKey, now: float | None = None) -> float:
@@ -102,7 +101,7 @@ class Throughputs:
         discovered nodes, rendered again and again during a round, asks for them once a
         tick instead of once a target and a rendering (~2 µs each)."""
         kept = self._shown
-        if kept is not None and kept[0] == at and kept[1] == self.version:
+        if kept is not None and kept[0] == at and kept[1] == self._version:
             return kept[2]
         probed, achieved = self._measured["probed"], self._measured["achieved"]
         figures = {}
@@ -113,7 +112,7 @@ class Throughputs:
                 round(decayed(fast, at)),
                 round(decayed(served, at)),
             )
-        self._shown = (at, self.version, figures)
+        self._shown = (at, self._version, figures)
         return figures
 
     def rates(self, now: float) -> dict[TargetKey, float]:
@@ -131,7 +130,7 @@ class Throughputs:
         known = self._measured[kind].get(key)
         if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
             self._measured[kind][key] = (rate, at)
-            self.version += 1
+            self._version += 1
             return True
         return False
 
@@ -139,4 +138,4 @@ class Throughputs:
         """Forget ``key``'s measurements."""
         for known in self._measured.values():
             if known.pop(key, None) is not None:
-                self.version += 1
+                self._version += 1

@@ -290,13 +290,13 @@ def targets_body(
     fragments: Fragments,
     group: str | None,
     now: float,
-    shown_at: float | None = None,
+    shown_at: float,
 ) -> bytes:
     """The JSON array of every target's health (of ``group``), in display order. A target
     whose copy of an archive failed its check or a proof (``deps.rejections``,
     :func:`disproven_errors`) shows why unless its
-    probe failed; a measured one its throughput as of ``shown_at`` (default ``now``; while
-    bytes come from it, the rate they come at now: ``deps.flowing``) and the probed and
+    probe failed; a measured one its throughput as of ``shown_at`` (while bytes come from
+    it, the rate they come at ``now``: ``deps.flowing``) and the probed and
     achieved figures it combines; the targets of a group whose last refresh
     streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``.
 
@@ -306,7 +306,7 @@ def targets_body(
     scraper, index = deps.scraper, deps.index
     # the figures of every measured target once (kept between renderings at one shown_at),
     # the live rates of the few sources bytes come from now
-    shown = index.speeds.shown(now if shown_at is None else shown_at)
+    shown = index.speeds.shown(shown_at)
     live = deps.flowing.rates(now)
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
     parts = []
