@@ -247,7 +247,7 @@ class CheckedFiles:
             group=group,
             file=name,
             sha256=sha256,
-            level=proof.level.label,
+            proven=proof.level.label,
         )
         return True
 

@@ -220,7 +220,7 @@ class HeadProofs(Rounds):
             log_event(log, "warning", "archive_disproven", url=url, reason=reason)
             return 1
         self._proved(read, proof)
-        log_event(log, "info", "archive_proven", url=url, level=proof.level.label)
+        log_event(log, "info", "archive_proven", url=url, proven=proof.level.label)
         return 1
 
     def _proved(self, read: HeadRead, proof: Proof) -> None:

@@ -178,7 +178,7 @@ class LocalProofs(Rounds):
         self._checked[path] = Checked(identity_of(st), verified=held)
         log_event(
             log, "info", "local_checked", group=group, file=name, sha256=held.sha256,
-            level=held.proof.level.label,
+            proven=held.proof.level.label,
         )  # fmt: skip
 
     async def _lift(self) -> None:
