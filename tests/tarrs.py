@@ -44,13 +44,18 @@ def _truncate(field: bytes) -> bytes:
 
 
 def _octal(field: bytes) -> int:
+    # octal_from: the field up to its first NUL, trimmed, through u64::from_str_radix(_, 8):
+    # an optional "+" then octal digits, nothing else (no "_", no "0o", not empty).
     text = _truncate(field)
     try:
-        value = int(text.decode("utf-8").strip(), 8)
-    except (UnicodeDecodeError, ValueError):
-        raise Refused("numeric field was not a number") from None
-    if value < 0 or value >= 1 << 64:
-        raise Refused("numeric field out of range")
+        digits = text.decode("utf-8").strip().removeprefix("+")
+    except UnicodeDecodeError:
+        raise Refused("numeric field did not have utf-8 text") from None
+    if not digits or digits.strip("01234567"):
+        raise Refused("numeric field was not a number")
+    value = int(digits, 8)
+    if value >= 1 << 64:
+        raise Refused("numeric field was not a number")
     return value
 
 

@@ -219,7 +219,44 @@ FORGERIES: list[tuple[str, Callable[[], bytes], str]] = [
         lambda: with_parts(AT[STORAGE] + 1, _huge_size(member("accounts/99.9", b""))),
         f"tar: bad size field at byte {offset(AT[STORAGE] + 1)}",
     ),
+    *[
+        (
+            f"a directory's size field {label}",
+            lambda blank=blank: with_parts(
+                AT["accounts"], _with_field(PLAIN[AT["accounts"]], 124, blank), replace=True
+            ),
+            f"tar: bad size field at byte {offset(AT['accounts'])}",
+        )
+        for label, blank in [
+            ("all NULs", bytes(12)),
+            ("all spaces", b" " * 12),
+            ("spaces then NUL", b" " * 11 + b"\0"),
+            ("one space then NULs", b" " + bytes(11)),
+        ]
+    ],
+    (
+        "a blank checksum field",
+        lambda: with_parts(
+            AT["accounts"], _blank_checksum(PLAIN[AT["accounts"]]), replace=True
+        ),
+        f"tar: bad header checksum at byte {offset(AT['accounts'])}",
+    ),
 ]
+
+
+def _with_field(part: bytes, at: int, value: bytes) -> bytes:
+    """``part`` with the header field at ``at`` set to ``value``, its checksum made again."""
+    block = bytearray(part[:BLOCK])
+    block[at : at + len(value)] = value
+    block[148:156] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block) + part[BLOCK:]
+
+
+def _blank_checksum(part: bytes) -> bytes:
+    block = bytearray(part[:BLOCK])
+    block[148:156] = b" " * 8
+    return bytes(block) + part[BLOCK:]
 
 
 def _signed_checksum(part: bytes) -> bytes:
@@ -310,6 +347,11 @@ _NAMES = [
 ]
 
 
+# Size fields tar-rs's ``octal_from`` refuses (nothing left once trimmed) and, last, one it
+# reads as 0.
+_BLANKS = [bytes(12), b" " * 12, b" " * 11 + b"\0", b"   \0" + bytes(8), b"0" + bytes(11)]
+
+
 def _mostly(usual: object, *others: object) -> st.SearchStrategy[object]:
     # The usual choice seven times in eight: archives the check passes come up often
     # enough for the rule to be asserted on them, not only on refusals.
@@ -329,6 +371,7 @@ _INSERTED = st.fixed_dictionaries(
         "pax_path": st.none() | st.sampled_from(_NAMES),
         "pax_size": st.none() | st.integers(0, 2000),
         "data": st.sampled_from(["honest", "forged", "empty"]),
+        "size_field": st.none() | st.sampled_from(_BLANKS),
     }
 )
 # One of the shipped members written again with other header features, its own name and data.
@@ -344,6 +387,7 @@ _REWRITTEN = st.fixed_dictionaries(
         "pax_path": _mostly(None, *_NAMES),
         "pax_size": _mostly(None, 0, 152),
         "data": st.just("own"),
+        "size_field": _mostly(None, *_BLANKS),
     }
 )
 _FEATURE = st.one_of(_REWRITTEN, _REWRITTEN, _REWRITTEN, _INSERTED)
@@ -367,7 +411,14 @@ def _mutated(features: list[dict[str, object]]) -> bytes:
         body = b"" if kind == b"5" or data is None else padded(data)
         magic, prefix = f["magic"], f["prefix"]
         assert isinstance(magic, bytes) and isinstance(prefix, bytes)
-        new = header(name, size, kind, magic, prefix) + body
+        field = f["size_field"]
+        assert field is None or isinstance(field, bytes)
+
+        def size_field(block: bytearray, field: bytes | None = field) -> None:
+            if field is not None:
+                block[124:136] = field
+
+        new = header(name, size, kind, magic, prefix, extra=size_field) + body
         before = b""
         if f["long_name"] is not None:
             before += long_name(str(f["long_name"]).encode())

@@ -335,10 +335,11 @@ def feed_member(member: Parser, size: int) -> ParserOf[int]:
 
 
 def _octal(field: bytes) -> int | None:
-    # A header field is 8 or 12 bytes: its digits are bounded by the block itself.
+    # A header field is 8 or 12 bytes: its digits are bounded by the block itself. tar-rs's
+    # ``octal_from`` (src/header.rs) takes the field up to its first NUL, trims it and hands
+    # it to ``u64::from_str_radix(_, 8)``, which refuses an empty string: a blank field (all
+    # NULs, all spaces, spaces then a NUL) is no number to it, so it is none here either.
     text = field.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    if text.strip(b"01234567"):
+    if not text or text.strip(b"01234567"):
         return None
     return int(text, 8)
