@@ -151,8 +151,9 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     limits = _limits(memory, temp, workers)
     budget = limits.shared()
     threads = _FirstRead()
+    stages = _Stages()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-    with threads:
+    with threads, stages:
         verified = check_file(str(path), prove_accounts=limits)
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
@@ -174,7 +175,73 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
         "first_bookkeeping_cpu": threads.bookkeeping,
         "first_locked_cpu": threads.locked,
         "scan_lanes": threads.lanes,
+        "threads_cpu": stages.threads,
+        "stages_cpu": stages.stages,
     }
+
+
+class _Stages(contextlib.AbstractContextManager["_Stages"]):
+    """The CPU seconds of each thread of the check by its name (the numbers of a pool's
+    threads left out: ``zstd-frame``, ``accounts-dedup`` summed), taken as each thread ends,
+    and the check's own thread's split by stage: the first read (up to
+    :meth:`AccountsProof.finish`), the partitions' sort (``SpillIndex.superseded_runs``), the
+    second read (``hash_newest``: its walk, layout and what it hashes itself), the rest."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, float] = {}
+        self.stages: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _add(self, table: dict[str, float], key: str, cpu: float) -> None:
+        with self._lock:
+            table[key] = table.get(key, 0.0) + cpu
+
+    def _patch(self, owner: Any, name: str, stage: str) -> None:
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+        add, stages = self._add, self.stages
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                add(stages, stage, time.thread_time() - start)
+
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> _Stages:
+        from tracker.proof.accounts import accountsproof
+        from tracker.proof.accounts.spill import SpillIndex
+
+        run = threading.Thread.run
+        self._saved.append((threading.Thread, "run", run))
+        add, threads = self._add, self.threads
+
+        def counted(thread: threading.Thread) -> None:
+            start = time.thread_time()
+            try:
+                run(thread)
+            finally:
+                add(threads, thread.name.rstrip("0123456789_-"), time.thread_time() - start)
+
+        threading.Thread.run = counted  # type: ignore[method-assign]
+        self._patch(SpillIndex, "superseded_runs", "sort")
+        self._patch(accountsproof, "hash_newest", "second read")
+        self._patch(AccountsProof, "finish", "finish")
+        from tracker.proof.accounts import accounthash, hashworker
+
+        # what the check's process hashes itself (all hashing processes behind)
+        self._patch(accounthash, "hash_sum_into", "hashed here")
+        self._patch(hashworker, "hash_sum_into", "hashed here")
+        self._start = time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.threads["check (all stages)"] = time.thread_time() - self._start
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
 
 
 class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
@@ -357,6 +424,37 @@ def _child(
     return result
 
 
+def _by_thread(proof: dict[str, Any], million: float) -> str:
+    """Each thread's CPU seconds a million accounts, the check's own by stage, and the serial
+    chain's share: the check's thread (first read, sort, second read in it) against all the
+    CPU of the tree (docs/architecture.md, "A mainnet full")."""
+    threads: dict[str, float] = dict(proof["threads_cpu"])
+    own = threads.pop("check (all stages)")
+    stages = proof["stages_cpu"]
+    first = proof["first_reading_cpu"]
+    finish = stages.get("finish", 0.0)
+    sort, second = stages.get("sort", 0.0), stages.get("second read", 0.0)
+    rows = [
+        ("check's thread: first read", first),
+        ("check's thread: partitions' sort", sort),
+        ("check's thread: second read", second),
+        ("check's thread: the rest", own - first - finish + (finish - sort - second)),
+        ("  of the check's thread: hashing in it", stages.get("hashed here", 0.0)),
+        *sorted(threads.items(), key=lambda item: -item[1]),
+        ("hashing processes", proof["worker_cpu"]),
+    ]
+    total = proof["cpu"]
+    lines = [f"CPU seconds a million accounts, by thread ({total / million:.3f} in all):"]
+    lines += [f"  {name}: {cpu / million:.3f} ({cpu / total:.0%})" for name, cpu in rows]
+    serial = own - stages.get("hashed here", 0.0)
+    lines.append(
+        f"  serial chain (the check's thread less the hashing it took on): "
+        f"{serial / million:.3f}, {serial / total:.0%} of the tree's CPU: no host ends the "
+        f"proof in less than {serial / million:.2f} s a million"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Build, measure, print."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -448,6 +546,7 @@ def main() -> None:
             else "the scan and the bookkeeping in the reading thread"
         )
     )
+    print(_by_thread(proof_times, million))
     tree = proof_times["max_rss"] + proof_times["worker_max_rss"]
     print(
         f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB, "
