@@ -12,11 +12,17 @@ to ``manifest`` (and the storages give the lattice hash: level ``accounts``). Th
 the same bytes on every run (fixed seeds and mtimes): run it again after changing it and
 commit the result.
 
-    python3 examples/make_ledger.py [DIR]
+    python3 examples/make_ledger.py [DIR] [--size SIZE]
+
+``--size 3MiB`` gives the full snapshot more account storages, of incompressible data, until
+it holds at least that many bytes (the incrementals are written on it): an archive big enough
+for a refresh from several sources (at least 2 MiB, docs/architecture.md, "A refresh from
+several sources"). Its names differ from the quickstart's, since its accounts do.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from pathlib import Path
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.archives import compress, make_tar  # noqa: E402
+from tracker.config.values import parse_size  # noqa: E402
 from tracker.proof.formats.writing import (  # noqa: E402
     SNAPSHOT_VERSION,
     Account,
@@ -44,11 +51,41 @@ INCREMENTALS = (1100, 1200)
 STORAGES = {FULL: 4, 1100: 2, 1200: 2}
 PER_STORAGE = 8
 SYSTEM = bytes(32)
+#: The data of each account of the storages ``--size`` adds to the full (random: it does not
+#: compress, so each such storage adds ~PER_STORAGE * BIG_DATA bytes to the archive).
+BIG_DATA = 64 * 1024
 
 
-def accounts_of(slot: int) -> list[list[Account]]:
-    """The accounts written at ``slot``, one list per storage: the full creates 32 accounts;
-    each later slot changes some (new lamports and data) and closes one (zero lamports)."""
+def extra_storages(size: int) -> int:
+    """How many storages of big accounts the full needs on top of its own to hold at least
+    ``size`` bytes (0 for the quickstart's own archives)."""
+    return -(-size // (PER_STORAGE * BIG_DATA)) if size > 0 else 0
+
+
+def big_accounts(extra: int) -> list[list[Account]]:
+    """The ``extra`` storages of big accounts the full gets (pubkeys past the 32 the
+    incrementals change, so those stay as they are)."""
+    storages = []
+    for storage in range(extra):
+        rnd = random.Random(f"ledger-big-{storage}")
+        accounts = [
+            Account(
+                pubkey=random.Random(f"pubkey-big-{storage}-{n}").randbytes(32),
+                lamports=1_000_000 + rnd.randrange(1_000_000),
+                data=rnd.randbytes(BIG_DATA),
+                owner=SYSTEM,
+                rent_epoch=2**64 - 1,
+            )
+            for n in range(PER_STORAGE)
+        ]
+        storages.append(accounts)
+    return storages
+
+
+def accounts_of(slot: int, extra: int = 0) -> list[list[Account]]:
+    """The accounts written at ``slot``, one list per storage: the full creates 32 accounts
+    (and ``extra`` storages of big ones); each later slot changes some (new lamports and
+    data) and closes one (zero lamports)."""
     rnd = random.Random(f"ledger-{slot}")
     count = STORAGES[slot] * PER_STORAGE
     # One version of an account per slot: the pubkeys a slot writes are distinct.
@@ -69,19 +106,21 @@ def accounts_of(slot: int) -> list[list[Account]]:
                 )
             )
         storages.append(accounts)
-    return storages
+    return storages + big_accounts(extra) if slot == FULL else storages
 
 
-def archive_of(slot: int, base: int | None) -> tuple[str, bytes]:
-    """The name and bytes of the full (``base`` None) or incremental archive of ``slot``."""
+def archive_of(slot: int, base: int | None, extra: int = 0) -> tuple[str, bytes]:
+    """The name and bytes of the full (``base`` None) or incremental archive of ``slot``
+    (on a full with ``extra`` storages of big accounts)."""
     slots = [FULL] if base is None else [s for s in INCREMENTALS if s <= slot]
     state = [FULL, *slots] if base is not None else slots  # the accounts the state holds
-    lattice = lattice_of(a for s in state for storage in accounts_of(s) for a in storage)
+    written = {s: accounts_of(s, extra) for s in state}
+    lattice = lattice_of(a for s in state for storage in written[s] for a in storage)
     entries: list[tuple[str, bytes | None]] = []
     storages: list[tuple[int, int, int]] = []
     ident = 0
     for storage_slot in slots:
-        for accounts in accounts_of(storage_slot):
+        for accounts in written[storage_slot]:
             data = padded(write_storage(accounts))
             entries.append((f"accounts/{storage_slot}.{ident}", data))
             storages.append((storage_slot, ident, len(data)))
@@ -104,16 +143,46 @@ def archive_of(slot: int, base: int | None) -> tuple[str, bytes]:
     return name, compress(tar, "zst", pieces=max(2, -(-len(tar) // FRAME)))
 
 
-def archives() -> list[tuple[str, bytes]]:
-    """Every archive of the quickstart: the full and its incrementals."""
-    return [archive_of(FULL, None)] + [archive_of(s, FULL) for s in INCREMENTALS]
+def archives(size: int = 0) -> list[tuple[str, bytes]]:
+    """Every archive of the quickstart: the full and its incrementals (the full of at least
+    ``size`` bytes when given)."""
+    extra = extra_storages(size)
+    return [archive_of(FULL, None, extra)] + [archive_of(s, FULL, extra) for s in INCREMENTALS]
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The script's arguments (``--help`` prints them and writes nothing)."""
+    default = Path(__file__).resolve().parent / "ledger"
+    parser = argparse.ArgumentParser(
+        prog="make_ledger.py",
+        description="Write a full snapshot at slot 1000 and two incrementals on it, real "
+        "archives in agave's formats, the same bytes every run.",
+    )
+    parser.add_argument(
+        "directory", nargs="?", type=Path, default=default,
+        help=f"where to write them (created if missing; default: {default})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--size", type=_size, default=0, metavar="SIZE",
+        help="make the full at least SIZE bytes (e.g. 3MiB), with more accounts; other "
+        "names than the quickstart's (default: the quickstart's archives, ~35-68 KB)",
+    )  # fmt: skip
+    return parser
 
 
 def main(argv: list[str]) -> int:
-    """Write every archive into ``argv[0]`` (default: examples/ledger)."""
-    out = Path(argv[0]) if argv else Path(__file__).resolve().parent / "ledger"
+    """Write every archive into the directory given (default: examples/ledger)."""
+    args = parser().parse_args(argv)
+    out: Path = args.directory
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in archives():
+    for name, data in archives(args.size):
         (out / name).write_bytes(data)
         print(out / name)
     return 0
