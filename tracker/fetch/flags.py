@@ -77,6 +77,23 @@ def url_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
 
 
+def tracker_url_arg(text: str) -> str:
+    """``--tracker``: a URL (:func:`url_arg`) that is the tracker's base, as its own routes
+    are ``{base}/v1/...``: one whose path names ``/v1`` (``http://127.0.0.1:8458/v1``, a
+    route copied from the tour) is answered with the base it meant."""
+    url = url_arg(text)
+    scheme, _sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    segments = path.split("?", 1)[0].split("/")
+    if slash and "v1" in segments:
+        base = f"{scheme}://{authority}/" + "/".join(segments[: segments.index("v1")])
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is one of the tracker's routes; --tracker wants its base URL, "
+            f"without /v1: did you mean {base.rstrip('/')}?"
+        )
+    return url
+
+
 def _rate(text: str) -> float:
     """A positive, finite number (slots per second)."""
     try:
@@ -183,7 +200,7 @@ def add_fetch_parser(commands: Any) -> None:
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
     add(
         "--tracker",
-        type=url_arg,
+        type=tracker_url_arg,
         default="",
         metavar="URL",
         help="the tracker to ask (this or --source is required)",

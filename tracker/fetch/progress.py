@@ -8,6 +8,7 @@ end with the caller's summary line.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Never, Protocol, TextIO
@@ -114,10 +115,21 @@ class LogProgress:
 
 def progress_for(mode: str, stream: TextIO | None = None, *, every: float = 5.0) -> Progress:
     """``auto``: a bar when ``stream`` (stderr) is a terminal, else log lines (one every
-    ``every`` seconds)."""
+    ``every`` seconds). A terminal that says it has no columns (a pseudo-terminal nobody
+    sized: ``script``, some ``ssh``/``docker exec`` sessions) gets log lines for ``bar`` too:
+    tqdm draws an empty bar there, so nothing would show until the file is done."""
     stream = stream if stream is not None else sys.stderr
     if mode == "none":
         return NoProgress()
     if mode == "bar" or (mode == "auto" and stream.isatty()):
-        return BarProgress(stream)
+        if not _unsized_terminal(stream):
+            return BarProgress(stream)
     return LogProgress(every)
+
+
+def _unsized_terminal(stream: TextIO) -> bool:
+    """True when ``stream`` is a terminal whose size is 0 columns."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns == 0
+    except (OSError, ValueError, AttributeError):  # no descriptor, or not a terminal
+        return False

@@ -122,7 +122,31 @@ async def error_snippet(response: httpx.Response, limit: int = 200) -> str:
     except httpx.HTTPError:
         return ""
     text = data[:limit].decode("utf-8", "replace")
+    if _is_html(response.headers.get("content-type", ""), text):
+        return html_reason(text)
     return one_line("".join(c if c.isprintable() else " " for c in text), limit)
+
+
+#: The most of an HTML error page's text a reason quotes: a web server's or a proxy's page
+#: says little in its first words ("404 Not Found nginx"), and the markup says nothing.
+HTML_REASON = 80
+_HTML_DROPPED = re.compile(r"<(head|script|style)\b.*?(</\1\s*>|$)", re.I | re.S)
+_HTML_TAG = re.compile(r"<[^>]*(>|$)", re.S)
+
+
+def _is_html(content_type: str, text: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("text/html", "application/xhtml+xml") or text.lstrip()[:1] == "<"
+
+
+def html_reason(text: str) -> str:
+    """The start of an HTML error page as plain text: its visible words, tags, head, scripts
+    and entities' markup left out, at most :data:`HTML_REASON` characters ("" when it shows
+    none). Pure."""
+    import html
+
+    words = html.unescape(_HTML_TAG.sub(" ", _HTML_DROPPED.sub(" ", text)))
+    return one_line("".join(c if c.isprintable() else " " for c in words), HTML_REASON)
 
 
 def status_reason(response: httpx.Response, snippet: str = "") -> str:
