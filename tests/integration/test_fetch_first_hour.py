@@ -5,17 +5,14 @@ progress lines (tqdm draws nothing there)."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import trio
 from helpers_bytes import MiB, archive_bytes
+from helpers_fileserver import file_server
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
@@ -43,28 +40,6 @@ def test_a_tracker_url_with_v1_is_answered_with_the_base_url(tmp_path: Path) -> 
         assert "base URL" in line and f"did you mean {base}?" in line, line
         assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing asked, nothing written
-
-
-@contextmanager
-def file_server(directory: Path) -> Iterator[str]:
-    """Python's own file server on 127.0.0.1 (its 404 is an HTML page)."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_an_html_error_page_is_quoted_in_a_few_plain_words(tmp_path: Path) -> None:

@@ -45,6 +45,24 @@ class TargetHealth:
     failures: int = 0
 
 
+#: Why a target that answers lists no snapshot, by its kind (docs/http-api.md, ``note``).
+NOTHING_LISTED = {
+    "http": "lists no snapshot: HEAD /snapshot.tar.bz2 and /incremental-snapshot.tar.bz2 "
+    "answered 404 or 202; a validator redirects them to its newest archives, a plain file "
+    "server has no such routes (serve its directory with local_targets instead)",
+    "sidecar": "lists no snapshot: its /v1/snapshots answered an empty list",
+    "local": "lists no snapshot: no file in the directory is named as agave names its archives",
+}
+
+
+def nothing_listed(kind: str, health: str, snapshots: int) -> str:
+    """Why a target that is up lists no snapshot ("" when it lists some, or is not up: its
+    ``last_error`` says why). Pure."""
+    if health != "up" or snapshots:
+        return ""
+    return NOTHING_LISTED.get(kind, "")
+
+
 def mark_up(health: TargetHealth) -> datetime:
     """A probe succeeded: the target is up; returns the time it was scraped."""
     now = datetime.now(UTC)

@@ -20,6 +20,7 @@ from tracker import __version__
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config
 from tracker.config.warnings import nothing_signed
+from tracker.discovery.roster import nothing_listed
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.observability.logs import RecentEvents
 from tracker.ordering.index import Index, SnapshotSource, TargetKey
@@ -264,6 +265,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 snapshots=index.count(key),
                 probed=probed,
                 achieved=achieved,
+                note=nothing_listed(h.target.kind, h.health, index.count(key)),
             )
         )
     return out

@@ -111,7 +111,7 @@ td.nowrap{white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
 overflow-wrap:anywhere}
-.err{color:var(--down);overflow-wrap:anywhere}.none{color:var(--muted);font-style:italic}
+.err{color:var(--down);overflow-wrap:anywhere}.none{color:var(--muted);font-style:italic}.note{color:var(--muted)}
 .badge{display:inline-block;min-width:64px;text-align:center;border-radius:10px;
 padding:0 8px;font-size:12px;font-weight:600;color:#fff}
 .up{background:var(--up)}.down{background:var(--down)}.blocked{background:var(--warn)}p.warn{color:var(--warn)}
@@ -433,9 +433,16 @@ def _target_cells(t: TargetView) -> str:
         f"<tr><td>{_health(t.health)}</td>"
         f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
         f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
-        f"<td>{text(t.last_error)}</td><td>{format_latency(t.latency)}</td>"
+        f"<td>{_error_or_note(t)}</td><td>{format_latency(t.latency)}</td>"
         f"<td>{format_rate(t.throughput)}{_figures(t)}</td><td>{t.snapshots}</td>"
     )
+
+
+def _error_or_note(t: TargetView) -> str:
+    """The last error, else why a target that is up lists nothing (as a note)."""
+    if t.last_error or not t.note:
+        return text(t.last_error)
+    return f'<span class="note">{text(t.note)}</span>'
 
 
 def _figures(t: TargetView) -> str:

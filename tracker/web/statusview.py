@@ -80,6 +80,8 @@ class TargetView(NamedTuple):
     #: "Probed and achieved"), bytes per second; 0: not measured.
     probed: float = 0.0
     achieved: float = 0.0
+    #: Why a target that is up lists nothing ("": it lists some, or ``last_error`` says).
+    note: str = ""
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ import attrs
 
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo
+from tracker.discovery.roster import nothing_listed
 from tracker.discovery.scrape import TargetHealth
 from tracker.observability.redact import redact_text, redact_userinfo
 from tracker.ordering.index import SnapshotSource, TargetKey
@@ -118,6 +119,7 @@ def health_json(health: TargetHealth, count: int, mismatch: str = "") -> dict[st
         "last_duration_ms": None if duration is None else math.ceil(duration * 1000),
         "snapshots": count,
         "consecutive_failures": health.failures,
+        "note": nothing_listed(health.target.kind, health.health, count),
     }
     if health.target.version:  # a discovered node's (docs/http-api.md#trust)
         out["version"] = health.target.version
