@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from helpers_process import Serve, start_serve
@@ -66,3 +67,40 @@ async def test_the_configs_download_command_keeps_the_name_verify_needs(
     ]
     done = verify(*written)
     assert done.returncode == 0 and done.stdout.startswith("ok "), done
+
+
+async def test_what_the_readme_says_a_tracker_without_snapshots_answers(tmp_path: Path) -> None:
+    """README's "Answers in short", each claim read from the README and asked of a tracker
+    whose one local directory is empty: the listings are 200 ``[]``, not 202."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    claims = {
+        "202 `no snapshot available` on the `/v1/` short redirects": [
+            ("/v1/snapshot.tar.bz2", 202, "no snapshot available"),
+            ("/v1/incremental-snapshot.tar.zst", 202, "no snapshot available"),
+        ],
+        "200 with `[]` from the listings (`/v1/snapshots`, `/v1/best_snapshots`)": [
+            ("/v1/snapshots", 200, "[]"),
+            ("/v1/best_snapshots", 200, "[]"),
+        ],
+        "500 `no snapshots` from `/v1/health`": [("/v1/health", 500, "no snapshots")],
+        "an empty 404 on the root aliases": [("/snapshot.tar.bz2", 404, "")],
+    }
+    for claim in claims:
+        assert claim in readme, claim
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "empty.yml"
+    config.write_text(
+        'listen: "127.0.0.1:0"\ninternal_listen: ""\ntarget_groups:\n'
+        '  - group: local\n    local_targets: {paths: ["empty"]}\n'
+    )
+    serve = await start_serve("--config", str(config))
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for answers in claims.values():
+                for path, status, body in answers:
+                    got = await client.get(serve.base + path)
+                    assert got.status_code == status, (path, got.status_code, got.text)
+                    assert body in got.text and (body or not got.text), (path, got.text)
+    finally:
+        serve.kill()
+        await serve.proc.wait()
