@@ -49,14 +49,14 @@ def storage(first: int, count: int) -> bytes:
     return records.tobytes()
 
 
-def build(out: Path, accounts: int) -> Path:
-    """The archive, built unless there."""
-    base = out / f"hostile-{accounts}"
+def build(out: Path, accounts: int, per: int = PER_STORAGE) -> Path:
+    """The archive of storages of ``per`` records, built unless there."""
+    base = out / f"hostile-{accounts}{f'-per{per}' if per != PER_STORAGE else ''}"
     done = base / "meta.json"
     if done.exists():
         return base / json.loads(done.read_text())["archive"]
     base.mkdir(parents=True, exist_ok=True)
-    counts = [min(PER_STORAGE, accounts - at) for at in range(0, accounts, PER_STORAGE)]
+    counts = [min(per, accounts - at) for at in range(0, accounts, per)]
     storages = [(SLOT - len(counts) + i, i, count * META) for i, count in enumerate(counts)]
     empty = LtHash().value()  # zero lamports count nothing: the empty state's hash
     archive = base / f"snapshot-{SLOT}-{archive_hash_of(empty)}.tar.zst"
@@ -72,7 +72,7 @@ def build(out: Path, accounts: int) -> Path:
 
 def check(archive: Path, memory: int) -> dict[str, Any]:
     """The check, timed, with its peaks (bench/accounts.py's measures)."""
-    from bench.accounts import _peak_rss, _WorkerPeak
+    from bench.accounts import _children_cpu, _peak_rss, _WorkerPeak
     from tracker.proof.archive.archivecheck import check_file
 
     temp = archive.parent / "tmp"
@@ -80,15 +80,17 @@ def check(archive: Path, memory: int) -> dict[str, Any]:
     budget = MemoryBudget(memory)
     watch = _WorkerPeak()
     watch.start()
-    t0 = time.perf_counter()
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
     verified = check_file(
         str(archive),
         prove_accounts=AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget),
     )
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0 + _children_cpu() - k0
     watch.stop()
     return {
         "wall": wall,
+        "cpu": cpu,
         "level": verified.proof.level.label,
         "note": verified.proof.note,
         "max_rss": _peak_rss("self"),
@@ -104,12 +106,18 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=10_000_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--memory", type=parse_size, default=512 * 1024**2)
+    parser.add_argument(
+        "--per-storage",
+        type=int,
+        default=PER_STORAGE,
+        help="records a storage (1: a storage member for each account)",
+    )
     parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.check:
         print(json.dumps(check(args.check, args.memory)))
         return
-    archive = build(args.out, args.accounts)
+    archive = build(args.out, args.accounts, args.per_storage)
     answer = subprocess.run(
         [sys.executable, __file__, "--check", str(archive), "--memory", str(args.memory)],
         check=True,
@@ -119,8 +127,11 @@ def main() -> None:
     result = json.loads(answer.stdout)
     size = archive.stat().st_size
     print(
-        f"{args.accounts} empty accounts: {size / 2**20:.1f} MiB archive; level "
-        f"{result['level']} ({result['note'] or 'no note'}) in {result['wall']:.1f} s; "
+        f"{args.accounts} empty accounts, {args.per_storage} a storage: {size / 2**20:.1f} MiB "
+        f"archive; level {result['level']} ({result['note'] or 'no note'}) in "
+        f"{result['wall']:.2f} s, {result['cpu']:.2f} CPU-s (the tree; "
+        f"{result['cpu'] / max(1, -(-args.accounts // args.per_storage)) * 1e6:.0f} µs a "
+        f"storage); "
         f"peak RSS check {result['max_rss'] / 2**20:.0f} MiB + worker "
         f"{result['worker_max_rss'] / 2**20:.0f} MiB; budget {args.memory / 2**20:.0f} MiB, "
         f"held {result['held_peak'] / 2**20:.0f} MiB; spilled {result['spill_peak'] / 2**20:.0f}"

@@ -511,3 +511,43 @@ def test_hundreds_of_storages_keep_their_names_slots_and_counts() -> None:
         ArchiveInvalid, match=r"^accounts/150\.(150|999): pubkey .* twice in slot 150$"
     ):
         proof.finish(reread_from({s.name: s.data for s in (*made, twice)}))
+
+
+# --- a storage member's cost (docs/architecture.md, "The accounts level" → "Cost") --------
+
+
+def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -> None:
+    # the keys are u64 in the look-up: numpy cast a Python int and the whole table to float64
+    # at each look-up (a cost growing with the storages), where these slots are one number
+    from array import array
+
+    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageList
+
+    big = 1 << 53
+    listed = [(big, 1, 136), (big + 1, 1, 272), (big + 2, 7, 408), ((1 << 64) - 1, 0, 544)]
+    lengths = _Lengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
+    for slot, ident, length in listed:
+        assert lengths.get(slot, ident) == length
+    assert lengths.get(big + 3, 1) is None
+    assert lengths.get(big + 2, 1) is None
+    assert lengths.get(1 << 64, 0) is None  # past u64: no storage agave lists
+
+
+def test_a_proof_of_many_storages_compiles_its_kernels_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a storage of a few records costs an interpreted call more than a compiled one: past
+    # KERNELS_FROM storages the proof loads the compiled kernels, once, whatever their size
+    from tracker.proof.accounts import accountsproof
+
+    loads: list[int] = []
+    monkeypatch.setattr(accountsproof, "KERNELS_FROM", 5)
+    monkeypatch.setattr(accountsproof.kernels, "load", lambda: loads.append(len(loads)))
+    slots = {s: [Account(key(s), s + 1)] for s in range(12)}
+    made = built(slots, list(slots))
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), LocalSum())
+    for at, storage in enumerate(made):
+        feed(proof, storage, 4096)
+        assert len(loads) == (at >= 5)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)

@@ -56,6 +56,7 @@ from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_roo
 from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
+from tracker.proof.formats import kernels
 from tracker.proof.formats.parsing import BulkPiece, Parser
 from tracker.proof.formats.storages import Records, StorageScan, parse_storage, storage_pieces
 
@@ -68,6 +69,12 @@ _OVER_BOUND = "over the bound"
 #: Hashing processes a scan lane keeps busy (:func:`scan_lanes`): measured in
 #: bench/accounts.py, a lane takes ~0.2 CPU-s a million accounts, a hashing process ~1.15.
 HASHERS_PER_LANE = 4
+#: The storages of a proof from which its kernels are compiled whatever their size: an
+#: interpreted call on a storage of a few records costs ~20 µs more than a compiled one, so
+#: past a few thousand storages numba's one load (~0.4 s) is paid back (a small proof, as
+#: the tests' archives, never loads it: ``proof.formats.kernels``).
+KERNELS_FROM = 4096
+_NONE = np.zeros(0, dtype=np.int64)
 #: The most scan lanes of a check: past them, the lock their bookkeeping shares and a spilled
 #: index's one writer are the floor (~0.03-0.04 and ~0.08 s a million; docs "Every core").
 MAX_LANES = 4
@@ -154,6 +161,10 @@ class AccountsProof:
         or handing them to a scan lane."""
         number = self._started
         self._started += 1
+        if number == KERNELS_FROM:
+            # many storages: a compiled call is cheaper than an interpreted one however few
+            # records it has (docs/architecture.md, "The accounts level" → "Cost")
+            kernels.load()
         name = member_name(slot, ident)
         self.progress.bytes += size
         if self._lanes:
@@ -223,14 +234,16 @@ class AccountsProof:
         # compiled pass, outside the lock: the lanes compute theirs at once)
         rows, counts = batch.index_rows(number << 32)
         full: list[U64] = []
+        timed = bool(self._lanes)  # the clock costs a system call: lanes only (the bench)
         with self._lock:
-            start = time.thread_time()
+            start = time.thread_time() if timed else 0.0
             try:
                 full = self._take_locked(batch, number, rows, counts)
                 if full:  # the last buffer is written: this one waits for it, then is written
                     self._writing.acquire()
             finally:
-                self.locked_cpu += time.thread_time() - start
+                if timed:
+                    self.locked_cpu += time.thread_time() - start
         if full:
             self._write_runs(full)
 
@@ -290,7 +303,7 @@ class AccountsProof:
         (:mod:`.newest`). A process's spare time hashes ahead, never the reading thread's, which
         only lays the messages out, as the second read did (docs/architecture.md, "The
         accounts level" → "Hashing ahead")."""
-        chosen = np.flatnonzero(counts)
+        chosen = np.flatnonzero(counts) if counts.any() else _NONE
         if lane_sum_in_room(batch, chosen, self._summer):
             self.progress.hashed += len(chosen)
             self._storages.hashed_ahead()

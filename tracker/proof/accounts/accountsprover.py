@@ -37,6 +37,7 @@ NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: second read reads most of a large file, and the BLAKE3 of the first read (~0.17 s a GB)
 #: costs less than the SHA-256 of the second saves (~0.43 s a GB; proof.archive.binding).
 BLAKE3_FROM = 256 * 1024 * 1024
+_U64_MAX = (1 << 64) - 1
 MISMATCH = (
     "accounts: the lattice hash recomputed from the account storages differs from the "
     "manifest's accounts_lt_hash"
@@ -58,9 +59,14 @@ class _Lengths:
         self.total = int(np.minimum(rows[:, 2], np.uint64(1 << 36)).sum(dtype=np.uint64))
 
     def get(self, slot: int, ident: int) -> int | None:
-        lo = int(np.searchsorted(self._slots, slot, side="left"))
-        hi = int(np.searchsorted(self._slots, slot, side="right"))
-        at = lo + int(np.searchsorted(self._ids[lo:hi], ident))
+        # the keys as u64: a Python int would make numpy cast the whole table to float64 at
+        # each look-up (a storage's cost growing with the storages; inexact past 2^53)
+        if slot > _U64_MAX or ident > _U64_MAX:
+            return None
+        key = np.uint64(slot)
+        lo = int(self._slots.searchsorted(key, side="left"))
+        hi = int(self._slots.searchsorted(key, side="right"))
+        at = lo + int(self._ids[lo:hi].searchsorted(np.uint64(ident)))
         if at < hi and int(self._ids[at]) == ident:
             return int(self._lengths[at])
         return None

@@ -239,6 +239,8 @@ def _inside_reason(name: str, buf: bytes | memoryview, stop: int, end: int, at: 
 
 def _check_executable(batch: Records, name: str) -> None:
     flags = batch.executable()
+    if flags.max() <= 1:  # the batch has a record: cheaper than looking for the first
+        return
     bad = np.flatnonzero(flags > 1)
     if len(bad):
         first = int(bad[0])
