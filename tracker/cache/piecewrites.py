@@ -55,6 +55,12 @@ class GaplessWrites:
         gate that lets a refresh take pieces from several sources (docs/http-api.md#trust)."""
         return self._checking.verify
 
+    @property
+    def proves_accounts(self) -> bool:
+        """True when the check proves a full to ``accounts`` (what vouches for every byte of
+        a full from several sources without a trusted digest: :mod:`tracker.cache.vouching`)."""
+        return self._checking.verify and self._checking.prove_accounts is not None
+
     def descriptor(self) -> int:
         """The open temp file, for pieces written at their offsets (through a duplicate:
         ``abort`` may close this one meanwhile). CacheError when the refresh is not open or

@@ -33,7 +33,8 @@ from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.core.digests import Verified, below_required
+from tracker.cache.vouching import Vouching
+from tracker.core.digests import Verified
 from tracker.errors import CacheError
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
@@ -165,10 +166,14 @@ class Refresh(GaplessWrites):
         #: that check proved (docs/architecture.md, "Proven archives").
         self.sha256, self.proof = "", STRUCTURE_ONLY
         #: Set (by :meth:`verify`) while the accounts level's second read runs, once the
-        #: check's read of the file passed and met the group's ``trust.require``: readers
-        #: may send every byte, the copy is neither promoted nor stored for others yet
-        #: (docs/architecture.md, "Two reads").
-        self.readers_released = False
+        #: check's read of the file passed: what the status page shows. Readers still wait
+        #: for the end of every check the tracker runs on the copy (docs/architecture.md,
+        #: "The release rule").
+        self.proving = False
+        #: For a copy taken from several sources at once: what must vouch for every byte
+        #: of it before it counts as checked (:mod:`tracker.cache.vouching`; None: one
+        #: source's copy, the check alone).
+        self.vouching: Vouching | None = None
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -198,24 +203,33 @@ class Refresh(GaplessWrites):
         """How many bytes from the start a reader of the temp file may send now.
 
         Everything once the refresh is verified (every byte written, the upstream body
-        checked complete, the archive check passed); before that, what was written except
-        the last byte, or the last HOLD_BACK bytes while the archive is checked: a reader's
-        end waits until the refresh is known good, so that it never completes a body the
-        refresh then finds broken. It does not wait for the fsync and rename (a request
-        arriving then waits for them instead: :meth:`Cache.wait_promotion`), nor for the
-        accounts level's second read where the group's ``trust.require`` is met without it
-        (:attr:`readers_released`).
+        checked complete, every check the tracker runs on the copy passed: the accounts
+        level's second read, and for a copy from several sources what vouches for each of
+        its bytes, included); before that, what was written except the last byte, or the
+        last HOLD_BACK bytes while the archive is checked: a reader's end waits until the
+        refresh is known good, so that it never completes a body the refresh then finds
+        broken (docs/architecture.md, "The release rule"). It does not wait for the fsync
+        and rename (a request arriving then waits for them instead:
+        :meth:`Cache.wait_promotion`).
         """
-        if self.readers_released:
-            return self.size
         return self.storable()
 
     def storable(self) -> int:
         """How many bytes from the start may be stored for others (the bucket's upload):
-        :meth:`readable`, but the end only once the whole check passed."""
+        the same as :meth:`readable`, the end only once the whole check passed."""
         if self.verified:
             return self.size
         return min(self.written, max(0, self.size - self._hold_back))
+
+    def range_end(self, end: int) -> int:
+        """How far a reader of bytes up to ``end`` (exclusive; a ``Range`` of the file)
+        may send now: :meth:`readable`, and while the archive is checked and not verified
+        yet, never the range's own last byte (a 206 of unchecked bytes must not look
+        complete: docs/architecture.md, "The release rule")."""
+        limit = min(end, self.readable())
+        if self._checking.verify and not self.verified:
+            limit = min(limit, end - 1)
+        return limit
 
     async def wait_progress(self) -> None:
         """Sleep until more bytes were written or the refresh ended (returns at once if it
@@ -242,12 +256,11 @@ class Refresh(GaplessWrites):
         if check is not None:
             check.finish(self.size)
             try:
-                await self._release_readers(check)
+                await self._note_first_read(check)
                 checked = await check.result()
                 self.sha256, self.proof = checked.sha256, checked.proof
             except BaseException as exc:
                 # Failed: a reader that has not sent the end yet never will.
-                self.readers_released = False
                 if isinstance(exc, OSError):  # the disk's fault, not the source's
                     reason = os.strerror(exc.errno or errno.EIO)
                     raise CacheError(
@@ -258,24 +271,23 @@ class Refresh(GaplessWrites):
                 # Cancelled while waiting: the check's thread would decode on, unseen.
                 check.cancel()  # a no-op once it has ended
                 self._check = None
+                self.proving = False
         if self.ended.is_set():  # aborted while the check ran
-            self.readers_released = False
             raise CacheError("refresh aborted")
+        if check is not None and self.vouching is not None:
+            self.vouching.vouch(self.name, self.sha256, self.proof)  # raises when it does not
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
             self.proof = await required_proof(self._checking, self.name, self.proof)
         self.verified = True
         self._notify()
 
-    async def _release_readers(self, check: FollowingCheck) -> None:
-        """Let the readers end once the check's read of the file passed, while the accounts
-        level's second read runs on, where what that read proved meets the group's
-        ``trust.require`` (a group requiring ``accounts`` or ``cluster`` waits for it all)."""
-        first = await check.first_read()
-        if check.done() or self._cut:
-            return
-        if below_required(first.proof, self._checking.require, self.name) is None:
-            self.readers_released = True
-            self._notify()
+    async def _note_first_read(self, check: FollowingCheck) -> None:
+        """Mark the refresh ``proving`` once the check's read of the file passed and the
+        accounts level's second read runs on (the status page says so); the readers' end
+        still waits for it (docs/architecture.md, "The release rule")."""
+        await check.first_read()
+        if not check.done() and not self._cut:
+            self.proving = True
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".

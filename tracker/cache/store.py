@@ -94,8 +94,9 @@ class RefreshProgress:
     #: Each source of a refresh from several at once: its URL (redacted) and the bytes it
     #: gave so far, the first source first (empty: one source).
     sources: tuple[tuple[str, int], ...] = ()
-    #: Its readers got every byte while the accounts level's second read runs: it is cached
-    #: once that passed (docs/architecture.md, "Two reads").
+    #: Every byte is written and the check's first read passed; the accounts level's second
+    #: read runs: its readers get the end, and it is cached, once that passed
+    #: (docs/architecture.md, "The release rule").
     proving: bool = False
 
 
@@ -270,7 +271,7 @@ class Cache:
                 r.written,
                 r.started_at,
                 sources=tuple((redact_text(s.url), s.sent) for s in r.piece_sources),
-                proving=r.readers_released and not r.verified,
+                proving=r.proving and not r.verified,
             )
             for _key, r in sorted(self._refreshing.items())
         ]

@@ -40,6 +40,7 @@ import trio
 
 from tracker.accounting.downloads import outcome_of
 from tracker.cache.refresh import Refresh
+from tracker.cache.vouching import plan, trusted_digest
 from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.multisource.sources import Source
@@ -220,13 +221,26 @@ def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int
     """The sources a refresh may take pieces from beside ``first`` (docs/http-api.md#trust:
     the same name and size, no other published SHA-256, the whole-file checks as the gate):
     none when the archive is not checked (``verify_archives`` off: nothing would tell a
-    mixed copy), or the answer is no whole file."""
+    mixed copy), the answer is no whole file, or nothing would vouch for every byte of a
+    mixed copy (:func:`tracker.cache.vouching.plan`: an incremental without a trusted
+    digest); otherwise the refresh is told what must vouch for it."""
     peers = job.peers
     if peers is None or not peers.enabled or first.response.status_code != 200:
         return []
     if not refresh.checked:
         return []
-    return others_of(first, length, peers.found)
+    others = others_of(first, length, peers.found)
+    if not use_many(length, others):
+        return others
+    published = [(first.source.key.target, first.file.sha256)]
+    published += [(source.key.target, f.sha256) for f, source in peers.found]
+    trusted = trusted_digest(published, frozenset(peers.group.trust.known_sources))
+    vouching = plan(refresh.name, trusted, first.file.sha256, refresh.proves_accounts)
+    if isinstance(vouching, str):  # nothing would vouch for a mixture: one source's copy
+        log_event(log, "info", "refresh_one_source", file=refresh.name, reason=vouching)
+        return []
+    refresh.vouching = vouching
+    return others
 
 
 async def _to_many(
@@ -256,10 +270,10 @@ async def _to_many(
         job.refresh_share(key, source.sent, outcome.seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
             job.source_transfer(key, source.sent, outcome.seconds)
-    senders = [outcome.keys[s] for s in outcome.sources if s.sent]
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
-    if await _promote(job, refresh, first, blame=senders, repair=repair.run):
+    # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
+    if await _promote(job, refresh, first, blame=repair.blame, repair=repair.run):
         flow.outcome = "refresh_ok"
         flow.report(job)
     flow.complete = True

@@ -72,6 +72,11 @@ class Mode:
     keep: bool = False
     #: ``serve_user_agents``: clients that get the bytes, never a redirect to another host.
     serve_user_agents: tuple[str, ...] = ()
+    #: The group's level is one no relayed stream meets (``trust.require`` ``accounts`` or
+    #: ``cluster``, archives checked): a request of a best file that may read a refresh
+    #: reads one, whole body or ``Range``, never a source's unchecked bytes
+    #: (docs/architecture.md, "The release rule").
+    strict: bool = False
 
     @property
     def shares(self) -> bool:
@@ -95,8 +100,9 @@ class Now:
 
     #: The file is its group's current best full or best incremental.
     best: bool = False
-    #: A registered refresh of the file (shared, or a background one): its size and the
-    #: bytes written so far; None: none.
+    #: A registered refresh of the file (shared, or a background one; under a strict level
+    #: any refresh of it: :attr:`Mode.strict`): its size and the bytes written so far;
+    #: None: none.
     running: tuple[int, int] | None = None
     #: Any refresh of the file runs, registered or not (the cache's own record).
     refreshing: bool = False
@@ -234,18 +240,29 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
     """A cache miss. Shared refreshes: a reader joins the running one; a plain GET of the
     best file starts one (under the bucket's lock when there is a bucket). Unshared: a
     plain GET of the best file starts its own refresh; a ``Range`` GET reads a background
-    refresh when its first byte is already written. Anything else: :func:`fallback`."""
+    refresh when its first byte is already written. Under a strict level
+    (:attr:`Mode.strict`) every GET that may read a refresh reads the one running (its
+    own refresh included, ``Now.running``), or starts one. Anything else:
+    :func:`fallback`."""
     starts = asked.plain_get and now.best and not now.refreshing
+    # Under a strict level a Range GET of a best file nothing refreshes starts a refresh
+    # kept to its end and reads it, as a plain GET would (a relay would be unchecked).
+    strict_start = mode.strict and asked.may_join and now.best and not now.refreshing
     if mode.shares:
         if now.running is not None:
             return Step.JOIN_SHARED if asked.may_join else fallback(asked, now)
+        if strict_start and not starts:
+            return Step.CLAIM if mode.bucket else start_shared(keep=True)
         if not starts:
             return fallback(asked, now)
         return Step.CLAIM if mode.bucket else start_shared(keep=mode.keep)
-    if now.running is not None and asked.may_join and _written(asked.range, now.running):
+    joins = mode.strict or (now.running is not None and _written(asked.range, now.running))
+    if now.running is not None and asked.may_join and joins:
         return Step.JOIN_BEHIND
     if starts:
         return own_refresh(keep=mode.keep)
+    if strict_start:
+        return start_shared(keep=True)
     return fallback(asked, now)
 
 

@@ -12,7 +12,10 @@ that promotes the file keeps the inode, so its reads go on. It sends what is on 
 (a late joiner starts with everything written so far), then waits for the refresh's progress.
 It is told the full ``content-length`` up front; if the refresh fails, its body raises and
 the server breaks the connection (never a short 200). The last byte of the file is sent only
-once the refresh ended verified (see :meth:`tracker.cache.store.Refresh.readable`).
+once the refresh ended verified (see :meth:`tracker.cache.store.Refresh.readable`), and
+while the archive is checked, so is the last byte of every range
+(:meth:`tracker.cache.refresh.Refresh.range_end`): a 206 of bytes not checked yet never
+looks complete.
 """
 
 from __future__ import annotations
@@ -224,7 +227,7 @@ async def _readable(refresh: Refresh, position: int, end: int) -> int:
     while True:
         if refresh.failed:
             raise UpstreamError("the cache refresh this download followed failed")
-        limit = min(end, refresh.readable())
+        limit = refresh.range_end(end)  # a range's own end waits for the check too
         if limit > position:
             return limit
         await refresh.wait_progress()

@@ -62,7 +62,7 @@ from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
 from tracker.serving.fileresponse import ChunkBudget
-from tracker.serving.httpanswer import Answer
+from tracker.serving.httpanswer import Answer, text_answer
 
 CacheFactory = Callable[[str], Cache]
 
@@ -294,6 +294,9 @@ class ProxyStreamer:
             raise RequestError(404, f"unknown group {group!r}")
         cache = self.cache()
         mode = self._mode(config, cache)
+        if cache is not None and cache.checked.verify:  # docs/architecture.md, "The release rule"
+            strict = cache.checked.required(group) >= Level.ACCOUNTS
+            mode = attrs.evolve(mode, strict=strict)
         return await Route(self, ask, target_group, archive, found, cache, mode).answer()
 
     def _mode(self, config: Config, cache: Cache | None) -> Mode:
@@ -402,8 +405,19 @@ class Route:
             answer = await self.perform(Step.CACHE_HIT)
             if answer is not None:
                 return answer
-        # 5. Otherwise what is true now decides the relay.
-        return await self.relay(fallback(asked, await self.now()))
+        # 5. Otherwise what is true now decides the relay; under a strict level a request
+        # that may read a refresh never gets a source's unchecked bytes: it reads the one
+        # running now or starts one, else it is asked to come again.
+        now = await self.now()
+        if mode.strict and asked.may_join and now.best:
+            again = on_miss(asked, mode, now)
+            passes = again is Step.CLAIM or (isinstance(again, Step) and again.relays)
+            answer = None if passes else await self.perform(again)
+            if answer is not None:
+                return answer
+            reason = f"the refresh of {self.name} ended before it could be read; try again"
+            return text_answer(503, reason, retry=1.0)
+        return await self.relay(fallback(asked, now))
 
     async def relay(self, step: Step) -> Answer:
         """The last step: a relay, or 404 when no source is left to ask."""
@@ -438,6 +452,9 @@ class Route:
         if settle:
             await refreshes.settled(self.key)
         self.shared = shared = refreshes.running(self.key)
+        if shared is None and self.mode.strict:  # any refresh of it, its own included
+            refreshes.forget_ended()
+            self.shared = shared = refreshes.followed(self.key)
         running = None if shared is None else (shared.refresh.size, shared.refresh.written)
         return Now(
             best=self.run.launcher.is_best(group, name),
