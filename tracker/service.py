@@ -199,6 +199,7 @@ def build(
     local_proofs = LocalProofs(current, index, digests, votes=votes, accounts=streamer.proof_limits)
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it
+    delivery.cut = transfers.cut  # past the shutdown grace, the tracker ends what is sent
     health = HealthChecker(current, index, rpc)
     status = objects.tier.status if objects is not None else lambda: None
     deps = ApiDeps(

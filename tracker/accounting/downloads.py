@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,16 +23,26 @@ from tracker.observability.metrics import Metrics
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body, BytesBody, WrappedBody
 
+if TYPE_CHECKING:
+    from tracker.zerocopy.connection import Connection
+
 log = logging.getLogger("tracker.download")
 
 
-def outcome_of(sent: int, expected: int | None, error: BaseException | None) -> str:
-    """``complete``, ``client_gone`` (cancelled: the client went away) or ``error``."""
+def outcome_of(
+    sent: int, expected: int | None, error: BaseException | None, *, cut: bool = False
+) -> str:
+    """``complete``, ``client_gone`` (cancelled: the client went away), ``shutdown`` (cut
+    by the tracker: its grace period after SIGTERM ended, ``cut``) or ``error``."""
     if error is None:
         return "complete" if expected is None or sent == expected else "error"
     if isinstance(error, (trio.Cancelled, ClientGone)):
-        return "client_gone"
+        return "shutdown" if cut else "client_gone"
     return "error"
+
+
+def _never() -> bool:
+    return False
 
 
 #: Seconds a download's client may take nothing before its slot can go to a new download
@@ -143,12 +153,20 @@ class DownloadBody(WrappedBody):
         expected: int | None,
         metrics: Metrics | None,
         slot: Slot | None = None,
+        *,
+        connection: Connection | None = None,
+        cut: Callable[[], bool] = _never,
     ) -> None:
         super().__init__(inner)
         self._fields = fields
         self._expected = expected
         self._metrics = metrics
         self._slot = slot
+        #: The client's connection when it takes zero-copy pieces: a piece cut short never
+        #: comes back through the body, the connection counts what went of it.
+        self._connection = connection
+        #: Whether the tracker itself is ending what is still sent (its grace ended).
+        self._cut = cut
         self._sent = 0
         self._began = time.monotonic()
 
@@ -169,7 +187,9 @@ class DownloadBody(WrappedBody):
                 self._slot.release()
             if self._metrics is not None and self._inner_chunks is not None:
                 self._metrics.active_streams.dec()
-            outcome = outcome_of(self._sent, self._expected, error)
+            if error is not None and self._connection is not None:
+                self._sent += self._connection.take_cut()
+            outcome = outcome_of(self._sent, self._expected, error, cut=self._cut())
             seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"
             log_event(
@@ -188,11 +208,16 @@ def account_download(
     method: str,
     metrics: Metrics | None,
     slot: Slot | None = None,
+    *,
+    connection: Connection | None = None,
+    cut: Callable[[], bool] = _never,
     **fields: Any,
 ) -> None:
     """Make ``answer`` to a ``method`` request count and log its download (GET answers with
     a body only); its ``slot`` is released when the body ends, or at once when there is
-    none to send."""
+    none to send. ``connection``: the client's, when it takes zero-copy pieces (the bytes
+    of one cut short are counted); ``cut``: whether the tracker is ending what is still
+    sent (its shutdown grace ended: the outcome is ``shutdown``)."""
     if method != "GET" or answer.status not in (200, 206):
         if slot is not None:
             slot.release()
@@ -201,4 +226,6 @@ def account_download(
     length = answer.headers.get("content-length")
     expected = int(length) if length is not None and length.isdigit() else None
     body = answer.body if isinstance(answer.body, Body) else BytesBody(answer.body)
-    answer.body = DownloadBody(body, fields, expected, metrics, slot)
+    answer.body = DownloadBody(
+        body, fields, expected, metrics, slot, connection=connection, cut=cut
+    )

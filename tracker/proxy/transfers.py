@@ -45,6 +45,10 @@ from tracker.zerocopy.connection import Connection
 
 log = logging.getLogger("tracker.transfers")
 
+#: Seconds before the end of the grace period from which an answer cut short counts as
+#: cut by the tracker (:meth:`Transfers.cut`).
+CUT_MARGIN = 0.25
+
 RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space", "refresh_rejected"]
 
 
@@ -65,6 +69,8 @@ class Transfers:
         self._background: trio.Nursery | None = None
         self._stop = trio.Event()
         self._grace = 0.0
+        #: When running transfers are cancelled (trio time; set once stopping).
+        self._cut_at: float | None = None
         #: The sources bytes come from now (their live rates: status page, /v1/targets).
         self.flowing = Flowing()
 
@@ -93,9 +99,16 @@ class Transfers:
         """Refuse new transfers; running ones get ``grace`` seconds to finish, background
         tasks (:meth:`spawn`) are cancelled at once."""
         self._grace = grace
+        self._cut_at = trio.current_time() + grace
         self._stop.set()
         if self._background is not None:
             self._background.cancel_scope.cancel()
+
+    def cut(self) -> bool:
+        """True once the grace period after :meth:`close` ended: what is still being sent
+        then is ended by the tracker, not by its client. The listeners' graceful timeout
+        starts when the stop is asked, a moment before this one: CUT_MARGIN covers that."""
+        return self._cut_at is not None and trio.current_time() >= self._cut_at - CUT_MARGIN
 
     def spawn(self, task: Callable[..., Awaitable[None]], *args: Any) -> bool:
         """Run ``task(*args)`` in the background (prefetch); False when stopping.

@@ -117,6 +117,9 @@ class Delivery:
         self._index = index
         self._streamer = streamer
         self._metrics = metrics
+        #: Whether the tracker is ending the transfers still running (its shutdown grace
+        #: ended: ``Transfers.cut``); the download line says who ended an answer.
+        self.cut: Callable[[], bool] = lambda: False
 
     def serves_bytes(self, f: SnapshotFile, source: SnapshotSource) -> bool:
         """True when the tracker answers for ``f`` of ``source`` itself: a local file, proxy
@@ -165,7 +168,10 @@ class Delivery:
             # (often /snapshot.tar.bz2 before its redirect) the client started from.
             # An archive name is parsed, so always safe: the one builder checks it anyway.
             answer.headers["content-disposition"] = content_disposition(name)
-        account_download(answer, ask.method, self._metrics, slot, group=group, file=name)
+        account_download(
+            answer, ask.method, self._metrics, slot, group=group, file=name,
+            connection=zero_copy_connection(request.scope), cut=self.cut,
+        )  # fmt: skip
         return to_response(answer)
 
     async def _answer(

@@ -109,6 +109,8 @@ class Connection:
         self.between_requests: Callable[[], bool] = lambda: False
         self._gone = False
         self._progress = ClientProgress()
+        #: Bytes of the last piece put on the socket before it was cut short (0: none was).
+        self._cut = 0
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
@@ -180,8 +182,15 @@ class Connection:
         placeholder = self._placeholders.get(piece.count)
         if placeholder is None:
             raise ValueError(f"not a piece size: {piece.count}")
-        self._staged = piece
+        self._staged, self._cut = piece, 0
         return placeholder
+
+    def take_cut(self) -> int:
+        """The bytes of the last piece that went out before it was cut short (the client
+        left, the source failed, the tracker stopped: the body's end counts them, since
+        its placeholder never came back); 0 when none was, or they were taken already."""
+        cut, self._cut = self._cut, 0
+        return cut
 
     def finish(self, piece: Piece) -> None:
         """After the placeholder of ``piece`` was handed to the server: check it went out.
@@ -219,8 +228,10 @@ class Connection:
         if piece is None or piece.count != len(data):
             self.broken = True
             raise trio.BrokenResourceError("a zero-copy placeholder that was not staged")
+        sent = False
         try:
             await self._connections.senders.send(sock, piece, lambda: self.broken, self._progress)
+            sent = True
         except (SourceFailed, OSError) as exc:
             if isinstance(exc, SourceFailed):
                 piece.source_error = exc
@@ -230,6 +241,8 @@ class Connection:
             raise trio.BrokenResourceError(str(exc)) from exc
         finally:
             piece.close()
+            if not sent:  # cut short, also by a cancellation (the tracker stopping)
+                self._cut = piece.went()
         piece.sent = True
         self._connections.pieces += 1
 

@@ -194,6 +194,8 @@ class SocketSplice:
     #: When bytes last came from the source, and last went to the client (monotonic).
     arrived: float = attrs.field(factory=time.monotonic)
     delivered: float = attrs.field(factory=time.monotonic)
+    #: Bytes put on the client's socket so far.
+    sent: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -266,6 +268,7 @@ class SocketSplice:
         except BlockingIOError:
             return -1
         self.buffered -= put
+        self.sent += put
         return put
 
     def _wait(self, src: int, out: int, want_in: bool, seconds: float) -> bool:

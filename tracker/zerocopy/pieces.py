@@ -70,6 +70,13 @@ class Piece:
     #: Why the source failed (raised by the connection's ``finish``); the client's loss
     #: shows as the connection being ``broken`` instead.
     source_error: TrackerError | None = None
+    #: Bytes of the piece put on the client's socket so far.
+    out: int = 0
+
+    def went(self) -> int:
+        """Bytes of the piece put on the client's socket so far (a piece cut short: the
+        bytes the client may have got of it)."""
+        return self.out
 
     def prepare(self) -> tuple[int, ...]:
         """In the event-loop thread: duplicate the descriptors :meth:`transfer` uses, so
@@ -106,6 +113,7 @@ class FilePiece(Piece):
             out, self.fd, self.offset, self.count, crowded=self.crowded, linger=kernelcopy.LINGER
         )
         self.offset, self.count = self.offset + sent, self.count - sent
+        self.out += sent
         return Wait.CLIENT if self.count else None
 
 
@@ -133,6 +141,10 @@ class SocketPiece(Piece):
         waiting = self.splice.move(sources[0], out, kernelcopy.LINGER)
         self.splice.check(self.read_timeout)
         return waiting
+
+    def went(self) -> int:
+        """See :meth:`Piece.went`."""
+        return self.splice.sent if self.splice is not None else 0
 
     async def wait_source(self) -> None:
         """See :meth:`Piece.wait_source`: at most ``read_timeout`` since the last bytes."""
