@@ -61,6 +61,9 @@ SHARE = Mode(share=True)
 BUCKET = Mode(bucket=True, serve_user_agents=("Firedancer",))
 NO_DIRECT = Mode(bucket=True, direct_serve=False)
 DOWN = Mode(bucket=True, store_up=False)
+#: trust.require accounts (docs/architecture.md, "The release rule"), unshared and shared.
+STRICT = Mode(strict=True)
+STRICT_SHARE = Mode(strict=True, share=True)
 
 BEST = Now(best=True)
 OTHER = Now(best=False)
@@ -399,6 +402,56 @@ ROWS = [
         {"passes": (Step.CACHE_HIT,), "now": OTHER},
         [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="shared: another file is relayed",
+    ),
+    # -- "The release rule": trust.require accounts --------------------------------------------
+    pytest.param(
+        RANGE_AHEAD,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
+        id="accounts: a Range ahead of the refresh reads it, never a source's bytes",
+    ),
+    pytest.param(
+        GET,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
+        id="accounts: a GET while a client's refresh runs reads it, never the source's stream",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, start_shared(keep=True)],
+        id="accounts: a Range of the best nothing refreshes starts a kept refresh, read",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT_SHARE,
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, start_shared(keep=True)],
+        id="accounts, shared: a Range of the best starts the refresh others join",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT, Step.JOIN_BEHIND), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND, Step.JOIN_BEHIND],
+        id="accounts: the refresh ended unread: read again, then a 503, never relayed",
+    ),
+    pytest.param(
+        IF_RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
+        id="accounts: If-Range only the source can answer: relayed",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": OTHER},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
+        id="accounts: a Range of another file: relayed, nothing started",
     ),
     # -- "With an object store" ----------------------------------------------------------------
     pytest.param(GET, BUCKET, {}, [Step.REDIRECT], id="bucket: GET of a stored archive: 303"),

@@ -415,7 +415,7 @@ class Route:
             answer = None if passes else await self.perform(again)
             if answer is not None:
                 return answer
-            reason = f"the refresh of {self.name} ended before it could be read; try again"
+            reason = "the refresh of this file ended before it could be read; try again"
             return text_answer(503, reason, retry=1.0)
         return await self.relay(fallback(asked, now))
 
