@@ -10,6 +10,7 @@ node serving them (a real quart-trio app, served on 127.0.0.1 by ``serve_app``).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import struct
@@ -221,6 +222,39 @@ def vote_accounts_answer(
     }
 
 
+def epoch_info(epoch: int, first: int, slots: int) -> dict[str, Any]:
+    """getEpochInfo's result, the current slot 100 into the epoch."""
+    return {
+        "absoluteSlot": first + 100,
+        "blockHeight": first,
+        "epoch": epoch,
+        "slotIndex": 100,
+        "slotsInEpoch": slots,
+        "transactionCount": 1,
+    }
+
+
+def accounts_answer(
+    accounts: dict[str, bytes], keys: list[str], data_slice: dict[str, int]
+) -> dict[str, Any]:
+    """getMultipleAccounts' answer (base64, the slice asked), as agave writes it."""
+    at, length = data_slice["offset"], data_slice["length"]
+    value = [
+        None
+        if k not in accounts
+        else {
+            "data": [base64.b64encode(accounts[k][at : at + length]).decode(), "base64"],
+            "executable": False,
+            "lamports": 27074400,
+            "owner": VOTE_PROGRAM,
+            "rentEpoch": 2**64 - 1,
+            "space": len(accounts[k]),
+        }
+        for k in keys
+    ]
+    return {"jsonrpc": "2.0", "result": {"context": {"slot": 1}, "value": value}, "id": 1}
+
+
 @attrs.define
 class VoteRpc:
     """A fake JSON-RPC node: ``blocks[slot]`` is the block's transactions (a slot not in it
@@ -231,6 +265,15 @@ class VoteRpc:
 
     blocks: dict[int, list[dict[str, Any]]] = attrs.Factory(dict)
     stakes: dict[str, int] = attrs.Factory(dict)
+    #: getAgGenesisCert's answer: "unsupported" (-32601, agave before 4.3), None (not
+    #: migrated) or the certificate object (migrated).
+    genesis: Any = "unsupported"
+    #: getEpochInfo's current epoch: (epoch, first slot, slots in it).
+    epoch: tuple[int, int, int] = (11, 4752000, 432000)
+    #: The vote accounts' data getMultipleAccounts gives (an account not in it: null).
+    accounts: dict[str, bytes] = attrs.Factory(dict)
+    #: The certificate documents served at GET /certificates/{slot}.json.
+    documents: dict[int, bytes] = attrs.Factory(dict)
     delinquent: dict[str, int] = attrs.Factory(dict)
     raw: dict[str, bytes] = attrs.Factory(dict)
     stall: set[str] = attrs.Factory(set)
@@ -267,9 +310,22 @@ class VoteRpc:
                 answer = vote_accounts_answer(self.stakes, self.delinquent)
             elif method == "getSlot":
                 answer = {"jsonrpc": "2.0", "result": self.slot, "id": 1}
+            elif method == "getAgGenesisCert" and self.genesis != "unsupported":
+                answer = {"jsonrpc": "2.0", "result": self.genesis, "id": 1}
+            elif method == "getEpochInfo":
+                answer = {"jsonrpc": "2.0", "result": epoch_info(*self.epoch), "id": 1}
+            elif method == "getMultipleAccounts":
+                answer = accounts_answer(self.accounts, params[0], params[1]["dataSlice"])
             else:
                 answer = {"jsonrpc": "2.0", "error": {"code": -32601}, "id": 1}
             return quart.Response(json.dumps(answer), content_type="application/json")
+
+        @app.get("/certificates/<int:slot>.json")
+        async def certificate(slot: int) -> quart.Response:
+            self.calls.append(("certificate", slot))
+            if slot not in self.documents:
+                return quart.Response("no such certificate", status=404)
+            return quart.Response(self.documents[slot], content_type="application/json")
 
         return app
 

@@ -199,6 +199,12 @@ class VoteInvalid(TrackerError):
     "The cluster level"); the message is one line."""
 
 
+class CertificateInvalid(TrackerError):
+    """An Alpenglow certificate, its bitmap, a block footer or a vote account's BLS key does
+    not decode, or does not check against the rank map (docs/http-api.md, "The cluster
+    level"); the message is one line."""
+
+
 class NoRoom(TrackerError):
     """The accounts proof cannot go on in its memory budget or its temporary space
     (docs/architecture.md, "Bounded memory"); ``note`` says why, in one line."""

@@ -115,6 +115,7 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "blocks": values.integer_in(1, 512),
         "deadline": values.duration_in(1, 3600),
         "also_rpc": list_of(values.rpc_url),
+        "certificates": values.rpc_url,
     }
     add_hook(converter, ClusterProof, cluster_proof)
     attest = {"key": files.signing_key, "valid_for": values.duration_in(60, 366 * 24 * 3600)}

@@ -173,6 +173,9 @@ class ClusterProof:
     blocks: int = 32
     deadline: float = 30.0
     also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
+    #: After the Alpenglow migration: the URL prefix whose ``{slot}.json`` is a slot's
+    #: finality certificate document (docs/http-api.md, "The cluster level"); "": none.
+    certificates: str = attrs.field(default="", repr=False)
 
 
 @attrs.frozen

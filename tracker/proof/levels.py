@@ -8,7 +8,9 @@ Each level implies the ones before it (docs/architecture.md, "Proven archives"):
   hash); the bank hash recomputed from its fields equals its ``hash``;
 - ``accounts``: the lattice hash recomputed from the archive's account storages equals the
   manifest's (fulls only: an incremental's lattice hash is that of the whole state);
-- ``cluster``: votes of at least 2/3 of the cluster's active stake carry the bank hash.
+- ``cluster``: votes of at least 2/3 of the cluster's active stake carry the bank hash
+  (TowerBFT), or a finality certificate of the epoch's stake is for the manifest's block id
+  (Alpenglow, after the migration).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Level(enum.IntEnum):
 
 #: The level names, lowest first (config values and command-line choices).
 LEVEL_NAMES = tuple(level.label for level in Level)
+#: What can lift an archive to ``cluster`` (docs/http-api.md, "The cluster level"): the votes
+#: of TowerBFT, or an Alpenglow finality certificate.
+CLUSTER_PROOFS = ("votes", "certificate")
 
 
 def required_for(required: Level, *, is_full: bool) -> Level:
@@ -70,7 +75,10 @@ class Proof:
     the manifest's bank hash, both None below ``manifest``; ``voted_stake`` the fraction of
     the cluster's active stake whose votes carry the bank hash (None when not asked);
     ``note`` says why the archive stops at its level when it could go higher (e.g. "not
-    proven: 12000000 accounts over the bound of 10000000"), None otherwise.
+    proven: 12000000 accounts over the bound of 10000000"), None otherwise; ``block_id`` the
+    manifest's block id (base58, SIMD-0333; None when it has none); ``cluster_proof`` what
+    lifted it to ``cluster``: ``votes`` (TowerBFT) or ``certificate`` (an Alpenglow finality
+    certificate), None below it.
     """
 
     level: Level
@@ -78,6 +86,8 @@ class Proof:
     bank_hash: str | None = None
     voted_stake: float | None = None
     note: str | None = None
+    block_id: str | None = None
+    cluster_proof: str | None = None
 
     def meets(self, required: Level, *, is_full: bool) -> bool:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""
@@ -91,13 +101,16 @@ class Proof:
             return None
         label = body.get("level")
         level = Level.parse(label) if isinstance(label, str) else None
-        texts = [body.get(k) for k in ("snapshot_hash", "bank_hash", "note")]
+        texts = [body.get(k) for k in ("snapshot_hash", "bank_hash", "note", "block_id")]
         if level is None or any(t is not None and not _short(t) for t in texts):
             return None
         stake = body.get("voted_stake")
         if stake is not None and not (isinstance(stake, float) and 0.0 <= stake <= 1.0):
             return None
-        return cls(level, texts[0], texts[1], stake, texts[2])
+        kind = body.get("cluster_proof")
+        if kind is not None and kind not in CLUSTER_PROOFS:
+            return None
+        return cls(level, texts[0], texts[1], stake, texts[2], texts[3], kind)
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (``proof`` in the JSON entries; additive keys)."""
@@ -110,6 +123,10 @@ class Proof:
             body["voted_stake"] = self.voted_stake
         if self.note is not None:
             body["note"] = self.note
+        if self.block_id is not None:
+            body["block_id"] = self.block_id
+        if self.cluster_proof is not None:
+            body["cluster_proof"] = self.cluster_proof
         return body
 
 

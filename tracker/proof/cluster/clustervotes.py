@@ -1,5 +1,12 @@
-"""The cluster level: the stake whose votes carry an archive's bank hash, asked of the RPC
-(docs/architecture.md, "The cluster level").
+"""The cluster level: the stake whose votes carry an archive's bank hash, or the finality
+certificate of its block, asked of the RPC (docs/architecture.md, "The cluster level";
+docs/http-api.md, "The cluster level").
+
+Each RPC is first asked ``getAgGenesisCert`` (:mod:`tracker.proof.cluster.consensus`; an
+answer that reports the migration is kept for good): a slot at or before the Alpenglow
+genesis is proven by votes, read only from the blocks up to the genesis; a slot after it
+only by a finality certificate (:mod:`tracker.proof.cluster.finality`), vote transactions
+counting for nothing there.
 
 For an archive at slot S with bank hash H (its ``manifest`` proof), :class:`ClusterVotes`
 asks each configured RPC (``rpc`` and every ``cluster_proof.also_rpc``) for the blocks
@@ -22,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import base58
@@ -31,12 +38,30 @@ import trio
 
 from tracker.config.schema import Config
 from tracker.core.text import one_line
-from tracker.errors import ProbeError, RpcError, TransportError, VoteInvalid
+from tracker.errors import CertificateInvalid, ProbeError, RpcError, TransportError, VoteInvalid
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import stream
 from tracker.net.limits import decode_text, iter_json_members, status_reason
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
+from tracker.proof.cluster.consensus import (
+    MAX_GENESIS_ANSWER,
+    Genesis,
+    by_certificate,
+    genesis_answer,
+    migration_of,
+    vote_blocks,
+)
+from tracker.proof.cluster.finality import (
+    MAX_DOCUMENT,
+    Document,
+    EpochRanks,
+    Finality,
+    check_block,
+    document,
+    epoch_ranks,
+    judge_rpc,
+)
 from tracker.proof.formats.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
 from tracker.proof.levels import Level, Proof
 
@@ -63,8 +88,12 @@ MAX_BACKOFF = 3600.0
 #: ``custom_error.rs``: SLOT_SKIPPED, LONG_TERM_STORAGE_SLOT_SKIPPED).
 SKIPPED_CODES = frozenset({-32007, -32009})
 
+#: How long an RPC's rank map is used again before it is read anew (seconds).
+RANKS_FOR = 600.0
+
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 Key = tuple[int, str]
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -89,7 +118,12 @@ class ClusterVotes:
         #: The first wait after a failure (None: :data:`RETRY_AFTER`, read when built).
         self._retry_after = RETRY_AFTER if retry_after is None else retry_after
         self._kept: OrderedDict[Key, tuple[Tally, ...]] = OrderedDict()
+        self._certified: OrderedDict[Key, tuple[Finality, ...]] = OrderedDict()
         self._failed: dict[Key, _Failure] = {}
+        #: Each RPC's report of the migration, kept once it is one (it never changes).
+        self._genesis: dict[str, Genesis] = {}
+        #: Each RPC's rank map and when it was read.
+        self._ranks: dict[str, tuple[EpochRanks, float]] = {}
         #: RPC calls made (tests count them).
         self.calls = 0
 
@@ -100,78 +134,207 @@ class ClusterVotes:
 
     async def lift(self, slot: int, proof: Proof) -> Proof:
         """``proof`` at ``cluster`` when the votes for (``slot``, its bank hash) carry 2/3
-        of the stake, else ``proof`` with ``voted_stake`` (when known) and a note saying
-        why not. A proof below ``manifest`` or without a bank hash is returned as it is."""
+        of the stake (TowerBFT), or when a finality certificate for its block checks
+        against every RPC's rank map (after the Alpenglow migration); else ``proof`` with
+        ``voted_stake`` (when known) and a note saying why not. A proof below ``manifest``
+        or without a bank hash is returned as it is."""
         if proof.level < Level.MANIFEST or proof.bank_hash is None:
             return proof
         urls = self.rpcs()
         if not urls:
             return attrs.evolve(proof, note="cluster not proven: no rpc configured")
-        key = (slot, proof.bank_hash)
         bank_hash = _hash_bytes(proof.bank_hash)
         if bank_hash is None:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
+        key = (slot, proof.bank_hash)
         tallies = self._kept.get(key)
-        if tallies is None:
-            try:
-                tallies = await self._ask_all(key, bank_hash, urls)
-            except RpcError as exc:
-                return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+        if tallies is not None:  # asked before (a slot proven by votes stays so)
+            return judged(proof, tallies, urls)
+        finals = self._certified.get(_certificate_key(slot, proof))
+        if finals is not None:
+            return judged_finality(proof, finals, urls)
+        now = trio.current_time()
+        for asked in (key, _certificate_key(slot, proof)):
+            failure = self._failed.get(asked)
+            if failure is not None and now < failure.until:  # backing off: ask nothing
+                left = f"asked again in {failure.until - now:.0f}s"
+                return attrs.evolve(proof, note=f"cluster not proven: {failure.reason} ({left})")
+        try:
+            genesis = await self.migration(urls)
+        except RpcError as exc:
+            return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+        if by_certificate(slot, genesis):
+            assert genesis is not None
+            return await self._lift_by_certificate(slot, proof, bank_hash, genesis, urls)
+        if genesis is not None and slot == genesis.slot:
+            note = (
+                f"cluster not proven: slot {slot} is the last TowerBFT block (the Alpenglow"
+                " genesis); its votes are due in blocks after the migration, which count"
+                " for nothing"
+            )
+            return attrs.evolve(proof, note=note)
+
+        def votes_of(url: str) -> Awaitable[Tally]:
+            return self.ask(url, slot, bank_hash, genesis)
+
+        try:
+            tallies = await self._ask_all(key, urls, votes_of, "votes")
+        except RpcError as exc:
+            return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+        _keep(self._kept, key, tallies)
         return judged(proof, tallies, urls)
 
-    async def _ask_all(
-        self, key: Key, bank_hash: bytes, urls: tuple[str, ...]
-    ) -> tuple[Tally, ...]:
+    async def migration(self, urls: tuple[str, ...]) -> Genesis | None:
+        """The Alpenglow genesis the RPCs report (None: not migrated); an RPC's report is
+        kept once it is one. RpcError (one line) when one fails or they disagree."""
+        answers: dict[str, Genesis | str | None] = {}
+        failed: list[RpcError] = []
+
+        async def ask(url: str) -> None:
+            kept = self._genesis.get(url)
+            if kept is not None:
+                answers[url] = kept
+                return
+            try:
+                body = await self._call(url, _GET_GENESIS, MAX_GENESIS_ANSWER)
+                answer = await trio.to_thread.run_sync(genesis_answer, body, limiter=_PARSE)
+            except RpcError as exc:
+                failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
+                return
+            if isinstance(answer, Genesis):
+                self._genesis[url] = answer
+            answers[url] = answer
+
+        key = (-1, "getAgGenesisCert")
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
             raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
         deadline = self._config().cluster_proof.deadline
-        results: dict[str, Tally] = {}
+        with trio.move_on_after(deadline) as within:
+            async with trio.open_nursery() as nursery:
+                for url in urls:
+                    nursery.start_soon(ask, url)
+        if within.cancelled_caught and not failed:
+            failed.append(RpcError(f"getAgGenesisCert was not answered within {deadline:g}s"))
+        if failed:
+            self._back_off(key, failure, failed[0])
+            raise failed[0]
+        self._failed.pop(key, None)
+        return migration_of({u: answers[u] for u in urls})
+
+    async def _lift_by_certificate(
+        self, slot: int, proof: Proof, bank_hash: bytes, genesis: Genesis, urls: tuple[str, ...]
+    ) -> Proof:
+        block_id = _hash_bytes(proof.block_id) if proof.block_id is not None else None
+        if block_id is None:
+            note = (
+                f"cluster not proven: slot {slot} is after the Alpenglow migration (slot"
+                f" {genesis.slot}) and the manifest has no block id"
+            )
+            return attrs.evolve(proof, note=note)
+        prefix = self._config().cluster_proof.certificates
+        if not prefix:
+            note = f"cluster not proven: the RPC serves no finality certificate for slot {slot}"
+            return attrs.evolve(proof, note=note)
+        key = _certificate_key(slot, proof)
+        try:
+            doc = await self._document(key, prefix, slot, block_id, bank_hash)
+
+            def finality_of(url: str) -> Awaitable[Finality]:
+                return self.certify(url, doc)
+
+            finals = await self._ask_all(key, urls, finality_of, "certificate")
+        except RpcError as exc:
+            return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+        _keep(self._certified, key, finals)
+        return judged_finality(proof, finals, urls)
+
+    async def _document(
+        self, key: Key, prefix: str, slot: int, block_id: bytes, bank_hash: bytes
+    ) -> Document:
+        """The certificate document of ``slot`` from ``prefix``, checked against the
+        manifest's block id and bank hash (RpcError, one line, backed off)."""
+        failure = self._failed.get(key)
+        now = trio.current_time()
+        if failure is not None and now < failure.until:
+            raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
+        url = f"{prefix.rstrip('/')}/{slot}.json"
+        try:
+            with trio.fail_after(self._config().cluster_proof.deadline):
+                body = await self._call(url, None, MAX_DOCUMENT)
+            doc = document(body, slot)
+            check_block(doc, slot, block_id, bank_hash)
+        except trio.TooSlowError:
+            error = RpcError(f"{redact_url(url)}: not read within the deadline")
+        except RpcError as exc:
+            error = RpcError(one_line(f"{redact_url(url)}: {exc}"))
+        except CertificateInvalid as exc:
+            error = RpcError(str(exc))
+        else:
+            return doc
+        self._back_off(key, failure, error)
+        raise error
+
+    def _back_off(self, key: Key, failure: _Failure | None, error: RpcError) -> None:
+        wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
+        self._failed[key] = _Failure(str(error), trio.current_time() + wait, wait)
+        log_event(log, "info", "cluster_proof_failed", slot=key[0], reason=error)
+
+    async def _ask_all(
+        self,
+        key: Key,
+        urls: tuple[str, ...],
+        ask: Callable[[str], Awaitable[_T]],
+        what: str,
+    ) -> tuple[_T, ...]:
+        failure = self._failed.get(key)
+        now = trio.current_time()
+        if failure is not None and now < failure.until:
+            raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
+        deadline = self._config().cluster_proof.deadline
+        results: dict[str, _T] = {}
         failed: list[RpcError] = []
         with trio.move_on_after(deadline) as within:
             async with trio.open_nursery() as nursery:
                 for url in urls:
-                    ask = self._ask_into(results, failed, url)
-                    nursery.start_soon(ask, key[0], bank_hash)
+                    nursery.start_soon(self._ask_into(results, failed, url, ask))
         if within.cancelled_caught and not failed:
-            failed.append(RpcError(f"the votes were not read within {deadline:g}s"))
+            failed.append(RpcError(f"the {what} were not read within {deadline:g}s"))
         if failed:
-            wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
-            self._failed[key] = _Failure(str(failed[0]), trio.current_time() + wait, wait)
-            log_event(log, "info", "cluster_votes_failed", slot=key[0], reason=failed[0])
+            self._back_off(key, failure, failed[0])
             raise failed[0]
-        tallies = tuple(results[u] for u in urls)
         self._failed.pop(key, None)
-        self._kept[key] = tallies
-        while len(self._kept) > MAX_KEPT:
-            self._kept.popitem(last=False)
-        return tallies
+        return tuple(results[u] for u in urls)
 
     def _ask_into(
         self,
-        results: dict[str, Tally],
+        results: dict[str, _T],
         failed: list[RpcError],
         url: str,
-    ) -> Callable[[int, bytes], Awaitable[None]]:
-        """The task asking ``url``: its tally into ``results``, or its failure into
+        ask: Callable[[str], Awaitable[_T]],
+    ) -> Callable[[], Awaitable[None]]:
+        """The task asking ``url``: its answer into ``results``, or its failure into
         ``failed`` (one line, no exception group). A failure cancels nothing: httpx leaves
         a request cancelled while its body is sent half unwound; the deadline bounds all."""
 
-        async def asking(slot: int, bank_hash: bytes) -> None:
+        async def asking() -> None:
             try:
-                results[url] = await self.ask(url, slot, bank_hash)
+                results[url] = await ask(url)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
 
         return asking
 
-    async def ask(self, url: str, slot: int, bank_hash: bytes) -> Tally:
+    async def ask(
+        self, url: str, slot: int, bank_hash: bytes, genesis: Genesis | None = None
+    ) -> Tally:
         """The tally of the votes for (``slot``, ``bank_hash``) in the blocks after it that
-        ``url`` gives, weighed by its ``getVoteAccounts``. The blocks are read in order,
-        :data:`CONCURRENT_BLOCKS` at a time, until 2/3 voted the hash or ``blocks`` were
-        read (most votes for S land in the next few blocks: a busy mainnet block in json is
-        ~10 MB and ~0.3 s of decoding). Raises RpcError (one line)."""
+        ``url`` gives (none past the Alpenglow genesis), weighed by its
+        ``getVoteAccounts``. The blocks are read in order, :data:`CONCURRENT_BLOCKS` at a
+        time, until 2/3 voted the hash or ``blocks`` were read (most votes for S land in
+        the next few blocks: a busy mainnet block in json is ~10 MB and ~0.3 s of
+        decoding). Raises RpcError (one line)."""
         body = await self._call(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS)
         stakes = await trio.to_thread.run_sync(vote_stakes, body, limiter=_PARSE)
         votes: list[VoteSeen] = []
@@ -186,11 +349,11 @@ class ClusterVotes:
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"slot {at}: {exc}")))
 
-        end = slot + 1 + self._config().cluster_proof.blocks
+        blocks = vote_blocks(slot, self._config().cluster_proof.blocks, genesis)
         result = tally(votes, slot, bank_hash, stakes)
-        for first in range(slot + 1, end, CONCURRENT_BLOCKS):
+        for first in range(blocks.start, blocks.stop, CONCURRENT_BLOCKS):
             async with trio.open_nursery() as nursery:
-                for at in range(first, min(first + CONCURRENT_BLOCKS, end)):
+                for at in range(first, min(first + CONCURRENT_BLOCKS, blocks.stop)):
                     nursery.start_soon(one_block, at)
             if failed:
                 raise failed[0]
@@ -199,15 +362,39 @@ class ClusterVotes:
                 break
         return result
 
-    async def _call(self, url: str, payload: dict[str, Any], max_body: int) -> bytearray:
-        """``payload``'s answer from ``url``, at most ``max_body`` bytes, read so that a
-        cancelled read (the deadline, another call failed) unwinds httpx's generators."""
-        self.calls += 1
-        method = payload["method"]
-        headers = {"accept-encoding": "identity", "content-type": "application/json"}
-        body = bytearray()
+    async def certify(self, url: str, doc: Document) -> Finality:
+        """What ``url``'s rank map says of ``doc``'s certificate (its rank map read again
+        after :data:`RANKS_FOR` seconds or for a slot outside its epoch). Raises RpcError
+        (one line)."""
+        kept = self._ranks.get(url)
+        now = trio.current_time()
+        if (
+            kept is None
+            or now - kept[1] > RANKS_FOR
+            or not kept[0].first <= doc.slot <= kept[0].last
+        ):
+            ranks = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+            self._ranks[url] = (ranks, now)
+        else:
+            ranks = kept[0]
         try:
-            async with stream(self._client, "POST", url, json=payload, headers=headers) as r:
+            return await trio.to_thread.run_sync(judge_rpc, doc, ranks, limiter=_PARSE)
+        except CertificateInvalid as exc:
+            raise RpcError(str(exc)) from exc
+
+    async def _call(self, url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+        """``payload``'s answer from ``url`` (a GET of ``url`` when None), at most
+        ``max_body`` bytes, read so that a cancelled read (the deadline, another call
+        failed) unwinds httpx's generators."""
+        self.calls += 1
+        method = payload["method"] if payload is not None else "GET"
+        headers = {"accept-encoding": "identity"}
+        if payload is not None:
+            headers["content-type"] = "application/json"
+        body = bytearray()
+        verb = "POST" if payload is not None else "GET"
+        try:
+            async with stream(self._client, verb, url, json=payload, headers=headers) as r:
                 if r.status_code != 200:
                     raise RpcError(f"{method}: {status_reason(r)}")
                 async with body_chunks(r) as chunks:
@@ -220,12 +407,24 @@ class ClusterVotes:
         return body
 
 
+def _certificate_key(slot: int, proof: Proof) -> Key:
+    return (slot, f"{proof.bank_hash}/{proof.block_id}")
+
+
+def _keep(kept: OrderedDict[Key, tuple[_T, ...]], key: Key, value: tuple[_T, ...]) -> None:
+    kept[key] = value
+    while len(kept) > MAX_KEPT:
+        kept.popitem(last=False)
+
+
 def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> Proof:
     """``proof`` lifted to ``cluster`` when every RPC's tally reaches 2/3, else kept at its
     level with the reason; ``voted_stake`` is the least any RPC saw. Pure."""
     voted = min(t.fraction for t in tallies)
     if all(t.supermajority for t in tallies):
-        return attrs.evolve(proof, level=Level.CLUSTER, voted_stake=voted, note=None)
+        return attrs.evolve(
+            proof, level=Level.CLUSTER, voted_stake=voted, note=None, cluster_proof="votes"
+        )
     if any(t.supermajority for t in tallies):
         seen = "; ".join(
             f"{redact_url(u)}: {t.describe()}" for u, t in zip(urls, tallies, strict=True)
@@ -234,6 +433,26 @@ def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> P
     else:
         worst = min(tallies, key=lambda t: t.fraction)
         note = f"cluster not proven: {worst.describe()}, 2/3 needed"
+    return attrs.evolve(proof, voted_stake=voted, note=note)
+
+
+def judged_finality(proof: Proof, finals: tuple[Finality, ...], urls: tuple[str, ...]) -> Proof:
+    """``proof`` lifted to ``cluster`` when the certificate reaches its thresholds in every
+    RPC's rank map, else kept at its level with the reason; ``voted_stake`` is the least
+    stake behind it any RPC saw. Pure."""
+    voted = min(f.fraction for f in finals)
+    if all(f.supermajority for f in finals):
+        return attrs.evolve(
+            proof, level=Level.CLUSTER, voted_stake=voted, note=None, cluster_proof="certificate"
+        )
+    if any(f.supermajority for f in finals):
+        seen = "; ".join(
+            f"{redact_url(u)}: {f.describe()}" for u, f in zip(urls, finals, strict=True)
+        )
+        note = one_line(f"cluster not proven: the RPCs disagree ({seen})")
+    else:
+        worst = min(finals, key=lambda f: f.fraction)
+        note = f"cluster not proven: {worst.describe()}, {worst.needed}"
     return attrs.evolve(proof, voted_stake=voted, note=note)
 
 
@@ -255,6 +474,8 @@ def _get_block(slot: int) -> dict[str, Any]:
     }
     return {"jsonrpc": "2.0", "id": 1, "method": "getBlock", "params": [slot, config]}
 
+
+_GET_GENESIS = {"jsonrpc": "2.0", "id": 1, "method": "getAgGenesisCert"}
 
 _GET_VOTE_ACCOUNTS = {
     "jsonrpc": "2.0",

@@ -74,7 +74,13 @@ def prove_manifest(manifest: Manifest, *, slot: int, base_slot: int, name_hash: 
     computed = _b58(bank_hash(manifest))
     if computed != stored:
         raise ArchiveInvalid(f"manifest: bank hash {stored}, its fields give {computed}")
-    return Proof(Level.MANIFEST, snapshot_hash=snapshot_hash, bank_hash=stored)
+    block_id = manifest.fields.get("block_id")
+    return Proof(
+        Level.MANIFEST,
+        snapshot_hash=snapshot_hash,
+        bank_hash=stored,
+        block_id=_b58(block_id) if block_id is not None else None,
+    )
 
 
 def _b58(raw: bytes) -> str:

@@ -1,0 +1,391 @@
+"""The cluster level on both consensus kinds (docs/http-api.md, "The cluster level") against
+test RPCs on 127.0.0.1 that answer ``getAgGenesisCert`` (a certificate, ``null``, -32601),
+``getEpochInfo``, ``getVoteAccounts``, ``getMultipleAccounts`` (V4 vote accounts with BLS
+keys) and ``getBlock``, and serve certificate documents whose certificates are really signed
+(``tests/helpers_alpenglow.py``, keys made with ``py_ecc``) over the rank map of their vote
+accounts.
+
+Before the migration a slot is proven by votes, from the blocks up to the genesis only;
+after it vote transactions count for nothing and only a finality certificate of the
+manifest's block id, fast (>= 80%) or slow (finalize and notarize >= 60%), verified over
+the signers its bitmap names in each RPC's rank map, lifts an archive."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import base58
+import httpx
+import pytest
+import trio
+from helpers_alpenglow import (
+    BLOCK_ID,
+    OTHER_BLOCK,
+    alpenglow_rpc,
+    bitmap,
+    document,
+    fast_certificate,
+    genesis_answer,
+    payload,
+    ranked,
+    slow_certificate,
+    validators,
+)
+from helpers_server import serve_app
+from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
+
+import tracker.proof.cluster.finality as finality_module
+from tracker.config.schema import ClusterProof, Config
+from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.levels import Level, Proof
+
+H = hash_of("bank hash")
+S = 4_800_000  # in the test RPC's epoch 11 (slots 4,752,000 to 5,183,999)
+VALS = validators([300, 250, 150, 100, 200])  # 1,000 in all
+ORDER = ranked(VALS)  # 300, 250, 200, 150, 100
+V300, V250, V200, V150, V100 = ORDER
+
+
+def proof_of(bank: bytes = H, block_id: bytes | None = BLOCK_ID) -> Proof:
+    return Proof(
+        Level.MANIFEST,
+        snapshot_hash="x",
+        bank_hash=base58.b58encode(bank).decode(),
+        block_id=None if block_id is None else base58.b58encode(block_id).decode(),
+    )
+
+
+@asynccontextmanager
+async def rpcs(*nodes: VoteRpc) -> AsyncIterator[list[str]]:
+    async with trio.open_nursery() as nursery:
+        urls = [await nursery.start(serve_app, node.app()) for node in nodes]
+        yield [url + "/" for url in urls]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def voter(
+    urls: list[str], *, certificates: bool = True, **more: Any
+) -> AsyncIterator[ClusterVotes]:
+    proof = ClusterProof(
+        blocks=8,
+        deadline=20.0,
+        also_rpc=tuple(urls[1:]),
+        certificates=urls[0] + "certificates" if certificates else "",
+    )
+    config = Config(rpc=urls[0], cluster_proof=proof, **more)
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        yield ClusterVotes(lambda: config, client, retry_after=0)
+
+
+def majority_votes(slot: int, at: int) -> dict[int, list[dict[str, Any]]]:
+    """Votes for (slot, H) of 90% of the stake in block ``at``."""
+    return {at: [vote_transaction(v.vote, tower([(slot, 1)], H)) for v in ORDER[:4]]}
+
+
+async def lift(node: VoteRpc, slot: int, proof: Proof | None = None, **options: Any) -> Proof:
+    async with rpcs(node) as urls, voter(urls, **options) as cv:
+        return await cv.lift(slot, proof or proof_of())
+
+
+# --- which consensus -------------------------------------------------------------------------
+
+
+async def test_vote_transactions_after_the_migration_never_count() -> None:
+    # The issue's case: the RPC reports the migration at slot 50 and serves vote
+    # transactions of 90% of the stake for the archive's slot 100.
+    node = alpenglow_rpc(VALS, genesis_slot=50, blocks=majority_votes(100, 101))
+    proof = await lift(node, 100, certificates=False)
+    assert proof.level == Level.MANIFEST and proof.voted_stake is None
+    assert proof.note == "cluster not proven: the RPC serves no finality certificate for slot 100"
+    assert node.block_calls() == []  # no block after the migration is even read
+
+
+async def test_before_the_migration_votes_prove_as_they_did() -> None:
+    for genesis in (None, "unsupported"):  # not migrated; an RPC older than agave 4.3
+        node = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))
+        node.genesis = genesis
+        proof = await lift(node, 100)
+        assert (proof.level, proof.voted_stake, proof.cluster_proof) == (
+            Level.CLUSTER,
+            0.9,
+            "votes",
+        )
+        assert proof.to_json()["cluster_proof"] == "votes"
+
+
+async def test_the_genesis_is_the_last_towerbft_block() -> None:
+    # Votes for slot 100 land in block 101 (a minority, 30%) and 103 (60% more).
+    blocks = {
+        101: [vote_transaction(V300.vote, tower([(100, 1)], H))],
+        103: [vote_transaction(v.vote, tower([(100, 1)], H)) for v in (V250, V200, V150)],
+    }
+    # Migrated after 103: both blocks count.
+    node = alpenglow_rpc(VALS, genesis_slot=103, blocks=dict(blocks))
+    assert (await lift(node, 100)).level == Level.CLUSTER
+    # Migrated at 102: block 103 is an Alpenglow slot; its votes count for nothing.
+    node = alpenglow_rpc(VALS, genesis_slot=102, blocks=dict(blocks))
+    proof = await lift(node, 100)
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.3)
+    assert sorted(node.block_calls()) == [101, 102]
+    # The genesis itself: its votes would be in blocks after it.
+    node = alpenglow_rpc(VALS, genesis_slot=100, blocks=dict(blocks))
+    proof = await lift(node, 100)
+    assert proof.level == Level.MANIFEST and node.block_calls() == []
+    assert proof.note is not None and "slot 100 is the last TowerBFT block" in proof.note
+    # The slot right after it: a certificate's, not the votes'.
+    node = alpenglow_rpc(VALS, genesis_slot=99, blocks=dict(blocks))
+    proof = await lift(node, 100, certificates=False)
+    assert proof.note == "cluster not proven: the RPC serves no finality certificate for slot 100"
+
+
+async def test_the_migration_is_asked_once_it_is_reported() -> None:
+    node = alpenglow_rpc(VALS, genesis_slot=50)
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    async with rpcs(node) as urls, voter(urls) as cv:
+        assert (await cv.lift(S, proof_of())).level == Level.CLUSTER
+        other = proof_of(bank=hash_of("another"))
+        await cv.lift(S, other)
+    assert [m for m, _ in node.calls].count("getAgGenesisCert") == 1
+
+
+async def test_rpcs_that_disagree_on_the_migration_prove_nothing() -> None:
+    migrated = alpenglow_rpc(VALS, genesis_slot=50)
+    not_yet = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))
+    not_yet.genesis = None
+    async with rpcs(not_yet, migrated) as urls, voter(urls) as cv:
+        proof = await cv.lift(100, proof_of())
+    assert proof.level == Level.MANIFEST
+    assert proof.note is not None
+    assert proof.note.startswith("cluster not proven: the RPCs disagree on the Alpenglow migration")
+    assert "not migrated" in proof.note and "slot 50" in proof.note
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"jsonrpc":"2.0","result":{"block":{"slot":-1}},"id":1}', "without a block slot"),
+        (
+            b'{"jsonrpc":"2.0","result":{"block":{"slot":5,"blockId":[1,2]}},"id":1}',
+            "blockId is not 32 bytes",
+        ),
+        (b'{"jsonrpc":"2.0","result":', "getAgGenesisCert"),
+        (b'{"jsonrpc":"2.0","error":{"code":-32005,"message":"behind"},"id":1}', "-32005"),
+    ],
+)
+async def test_a_malformed_migration_answer_proves_nothing(raw: bytes, reason: str) -> None:
+    node = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))
+    node.raw["getAgGenesisCert"] = raw
+    proof = await lift(node, 100)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.startswith("cluster not proven: http://127.0.0.1")
+    assert reason in proof.note
+
+
+# --- after the migration: finality certificates ------------------------------------------------
+
+
+async def test_a_fast_finalization_lifts_an_archive_to_cluster() -> None:
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200, V150], ORDER))
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake, proof.note) == (Level.CLUSTER, 0.9, None)
+    assert proof.cluster_proof == "certificate"
+    assert proof.to_json()["cluster_proof"] == "certificate"
+    assert node.block_calls() == []  # no vote transaction read
+
+
+async def test_a_slow_finalization_lifts_an_archive_to_cluster() -> None:
+    node = alpenglow_rpc(VALS)
+    cert = slow_certificate(S, [V300, V250, V100], [V300, V250, V200], ORDER)  # 65%, 75%
+    node.documents[S] = document(S, H, cert)
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake, proof.cluster_proof) == (
+        Level.CLUSTER,
+        0.65,
+        "certificate",
+    )
+
+
+def _wrong_bitmap() -> bytes:
+    # Signed by V300, V250, V200, V150; the bitmap names V300, V250, V200, V100.
+    cert = bytearray(fast_certificate(S, [V300, V250, V200, V150], ORDER))
+    bits = bitmap([0, 1, 2, 4], 5)
+    cert[40 + 96 + 2 : 40 + 96 + 2 + len(bits)] = bits
+    return bytes(cert)
+
+
+def _outside_the_rank_map() -> bytes:
+    cert = fast_certificate(S, [V300, V250, V200, V150], ORDER)
+    bits = bitmap([0, 1, 2, 3, 7], 8)  # 8 ranks named, 5 in the map
+    return cert[:136] + len(bits).to_bytes(2, "little") + bits + b"\x00"
+
+
+def _another_epochs_rank_map() -> bytes:
+    # Last epoch's stakes ranked V100 first: the same signers, their ranks in that order
+    # (1 to 4, which name V250, V200, V150 and V100 in this epoch's map).
+    last_epoch = [V100, V300, V250, V200, V150]
+    return fast_certificate(S, [V300, V250, V200, V150], last_epoch)
+
+
+@pytest.mark.parametrize(
+    ("certificate", "reason", "stake"),
+    [
+        (
+            fast_certificate(S, [V300, V250, V200], ORDER),
+            "cluster not proven: the fast-finalize certificate carries 75.0% of the stake,"
+            " 80% needed",
+            0.75,
+        ),
+        (
+            slow_certificate(S, [V300, V250], [V300, V250, V200], ORDER),
+            "cluster not proven: the finalize and notarize certificate carries 55.0% of the"
+            " stake, 60% finalize and 60% notarize needed",
+            0.55,
+        ),
+        (
+            fast_certificate(S, ORDER[:4], ORDER, block_id=OTHER_BLOCK),
+            "cluster not proven: the finality certificate is for block id "
+            f"{base58.b58encode(OTHER_BLOCK).decode()}, the manifest's is "
+            f"{base58.b58encode(BLOCK_ID).decode()}",
+            None,
+        ),
+        (
+            fast_certificate(S, ORDER[:4], ORDER, signed_block=OTHER_BLOCK),  # forged
+            "the notarize aggregate does not verify over the 4 signers its bitmap names",
+            None,
+        ),
+        (
+            _wrong_bitmap(),
+            "the notarize aggregate does not verify over the 4 signers its bitmap names",
+            None,
+        ),
+        (
+            _outside_the_rank_map(),
+            "the signer bitmap names 8 ranks, the rank map holds 5",
+            None,
+        ),
+        (
+            _another_epochs_rank_map(),
+            "the notarize aggregate does not verify over the 4 signers its bitmap names",
+            None,
+        ),
+    ],
+    ids=[
+        "fast-below-80",
+        "slow-below-60",
+        "another-block-id",
+        "forged-aggregate",
+        "wrong-bitmap",
+        "bitmap-outside-rank-map",
+        "another-epochs-rank-map",
+    ],
+)
+async def test_a_certificate_that_does_not_hold_is_refused_with_its_reason(
+    certificate: bytes, reason: str, stake: float | None
+) -> None:
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, certificate)
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake, proof.cluster_proof) == (Level.MANIFEST, stake, None)
+    assert proof.note is not None and proof.note.startswith("cluster not proven: ")
+    assert reason in proof.note
+    assert "\n" not in proof.note
+
+
+async def test_a_slot_of_another_epoch_is_refused() -> None:
+    node = alpenglow_rpc(VALS)
+    old = 4_700_000  # epoch 10: getVoteAccounts gives epoch 11's stakes
+    node.documents[old] = document(old, H, fast_certificate(old, ORDER[:4], ORDER))
+    proof = await lift(node, old)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert "slot 4700000 is not in the RPC's epoch 11 (slots 4752000 to 5183999)" in proof.note
+
+
+async def test_the_footer_must_carry_the_manifests_bank_hash() -> None:
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, hash_of("another bank"), fast_certificate(S, ORDER[:4], ORDER))
+    proof = await lift(node, S)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.startswith("cluster not proven: the block footer's bank hash is ")
+
+
+async def test_without_a_block_id_or_a_certificate_nothing_is_proven() -> None:
+    node = alpenglow_rpc(VALS)
+    proof = await lift(node, S, proof_of(block_id=None))
+    assert proof.note == (
+        f"cluster not proven: slot {S} is after the Alpenglow migration (slot 50) and the"
+        " manifest has no block id"
+    )
+    proof = await lift(node, S)  # a certificates URL, but none for this slot
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert f"/certificates/{S}.json" in proof.note and "404" in proof.note
+
+
+async def test_several_rpcs_must_each_hold_the_certificate() -> None:
+    cert = fast_certificate(S, [V300, V250, V200, V150], ORDER)
+    agreeing = alpenglow_rpc(VALS)
+    agreeing.documents[S] = document(S, H, cert)
+    # Another RPC's stakes: V150 holds far more, so the same signers hold 70% there and the
+    # rank order differs (the signature does not verify over its rank map either).
+    other_vals = [*ORDER[:3], attrs.evolve(V150, stake=150), attrs.evolve(V100, stake=700)]
+    other = alpenglow_rpc(other_vals)
+    async with rpcs(agreeing, other) as urls, voter(urls) as cv:
+        proof = await cv.lift(S, proof_of())
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.startswith(f"cluster not proven: {urls[1]}")
+    async with rpcs(agreeing, agreeing) as urls, voter(urls) as cv:
+        assert (await cv.lift(S, proof_of())).level == Level.CLUSTER
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{", "the certificate document is not JSON"),
+        (b'{"slot": 1}', f"the certificate document is for slot 1, not {S}"),
+        (
+            b'{"slot": %d, "shred_version": 7, "footer": "AA==", "certificate": "%%%%"}' % S,
+            "the certificate document's certificate is not base64",
+        ),
+        (b" " * (70 * 1024), "body exceeds the limit of 65536 bytes"),
+    ],
+    ids=["not-json", "another-slot", "not-base64", "oversized"],
+)
+async def test_a_malformed_or_oversized_document_is_refused(body: bytes, reason: str) -> None:
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = body
+    proof = await lift(node, S)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.startswith("cluster not proven: ") and reason in proof.note
+
+
+async def test_an_oversized_accounts_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finality_module, "MAX_ACCOUNTS", 1024)
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    node.raw["getMultipleAccounts"] = b'{"jsonrpc":"2.0","result":{"value":[' + b" " * 4096
+    proof = await lift(node, S)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert "getMultipleAccounts: body exceeds the limit of 1024 bytes" in proof.note
+
+
+async def test_a_vote_account_without_a_bls_key_is_outside_the_rank_map() -> None:
+    node = alpenglow_rpc(VALS)
+    # V100 holds no BLS key (a V3 vote state): the rank map is the four others (900).
+    node.accounts[V100.vote] = b"\x02\x00\x00\x00" + V100.node + bytes(200)
+    four = [V300, V250, V200, V150]
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200], four))
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake) == (Level.CLUSTER, 750 / 900)
+
+
+def test_the_payloads_are_agaves() -> None:
+    # VotePayloadToSign::Notar { block: Block { slot, block_id }, shred_version } in
+    # wincode: tag 1, u64 slot, 32 bytes, u16; Finalize has no block.
+    notar = payload(1, 0x0102, b"\xaa" * 32, 0x0304)
+    assert notar == b"\x01" + b"\x02\x01" + bytes(6) + b"\xaa" * 32 + b"\x04\x03"
+    assert payload(2, 7, None, 9) == b"\x02\x07" + bytes(7) + b"\x09\x00"
+    assert genesis_answer(5)["block"]["slot"] == 5

@@ -1,0 +1,353 @@
+"""The cluster level after the Alpenglow migration: a finality certificate for the
+manifest's ``(slot, block_id)`` checked against each RPC's rank map (docs/http-api.md, "The
+cluster level", "After the migration: finality certificates").
+
+No JSON-RPC method serves a finality certificate: ``getBlock`` gives no block footer
+(agave's ``UiConfirmedBlock``) and ``getAgGenesisCert`` only the genesis. Block footers,
+each with the ``FinalCertificate`` of a recent block, reach Geyser plugins (agave's
+``geyser-plugin-interface`` ``block_footer``). So the certificate comes from the operator:
+``cluster_proof.certificates`` is a URL prefix under which ``{slot}.json`` is the
+:class:`Document` of a slot (its block's footer and a certificate for it, base64), checked
+here exactly as agave checks a footer's certificate; without it the level says the RPC
+serves none.
+
+Each RPC is asked for its current epoch (``getEpochInfo``: the slot must lie in it, the only
+epoch whose stakes ``getVoteAccounts`` gives), its vote accounts' stakes
+(``getVoteAccounts``) and their data (``getMultipleAccounts``, the first bytes only: the
+node and the BLS key of a V4 vote state), from which the rank map is built
+(:func:`tracker.proof.formats.alpenglow.rank_map`). The aggregates are verified in a worker
+thread (:mod:`tracker.proof.cluster.bls`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import base58
+import trio
+
+from tracker.core.text import one_line
+from tracker.errors import CertificateInvalid, ProbeError, RpcError
+from tracker.net.limits import decode_text, iter_json_members
+from tracker.proof.cluster import bls
+from tracker.proof.formats.alpenglow import (
+    FAST_FINALIZE_PERCENT,
+    FINALIZE,
+    FINALIZE_PERCENT,
+    NOTARIZE,
+    NOTARIZE_PERCENT,
+    VOTE_PREFIX,
+    Aggregate,
+    Candidate,
+    FinalCertificate,
+    RankMap,
+    decode_final_certificate,
+    footer_bank_hash,
+    meets,
+    rank_map,
+    vote_account_keys,
+    vote_payload,
+)
+
+#: The largest certificate document read (a real one is ~1 KB: 2,000 ranks are 250 bytes
+#: of bitmap per aggregate).
+MAX_DOCUMENT = 64 * 1024
+#: The largest getEpochInfo and getMultipleAccounts answers read.
+MAX_EPOCH_INFO = 64 * 1024
+MAX_ACCOUNTS = 4 * 1024**2
+#: Accounts asked per getMultipleAccounts call (agave's limit, ``MAX_MULTIPLE_ACCOUNTS``).
+ACCOUNTS_PER_CALL = 100
+#: Vote accounts with stake read at most from getVoteAccounts.
+MAX_VOTE_ACCOUNTS = 20_000
+
+Call = Callable[[str, dict[str, Any], int], Awaitable[bytearray]]
+
+
+@attrs.frozen
+class Document:
+    """A slot's certificate document: the block's footer and a ``FinalCertificate``."""
+
+    slot: int
+    shred_version: int
+    footer: bytes
+    certificate: bytes
+
+
+@attrs.frozen
+class Finality:
+    """What one RPC's rank map says of a certificate: the stake behind it (the least of its
+    aggregates for a slow finalization) and whether that reaches its thresholds."""
+
+    fast: bool
+    fraction: float
+    supermajority: bool
+    needed: str
+
+    def describe(self) -> str:
+        """One line: the certificate's kind and the stake behind it."""
+        kind = "fast-finalize" if self.fast else "finalize and notarize"
+        return f"the {kind} certificate carries {self.fraction:.1%} of the stake"
+
+
+def document(body: bytes | bytearray, slot: int) -> Document:
+    """The certificate document of ``slot`` (JSON: ``slot``, ``shred_version``, ``footer``
+    and ``certificate`` in base64). Raises CertificateInvalid (one line)."""
+    try:
+        data = json.loads(decode_text(body))
+    except (ValueError, ProbeError, RecursionError) as exc:
+        raise CertificateInvalid(one_line(f"the certificate document is not JSON: {exc}")) from exc
+    if not isinstance(data, dict):
+        raise CertificateInvalid("the certificate document is not a JSON object")
+    at, shred = data.get("slot"), data.get("shred_version")
+    if not isinstance(at, int) or isinstance(at, bool) or at != slot:
+        raise CertificateInvalid(f"the certificate document is for slot {at!r}, not {slot}")
+    if not isinstance(shred, int) or isinstance(shred, bool) or not 0 <= shred < 2**16:
+        raise CertificateInvalid("the certificate document has no shred_version (a u16)")
+    return Document(slot, shred, _base64(data, "footer"), _base64(data, "certificate"))
+
+
+def _base64(data: dict[str, Any], key: str) -> bytes:
+    text = data.get(key)
+    if not isinstance(text, str):
+        raise CertificateInvalid(f"the certificate document has no {key}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CertificateInvalid(f"the certificate document's {key} is not base64") from exc
+
+
+def check_block(doc: Document, slot: int, block_id: bytes, bank_hash: bytes) -> None:
+    """What the document says before any stake is weighed: its certificate is for
+    (``slot``, ``block_id``) and its footer's bank hash is ``bank_hash``. Raises
+    CertificateInvalid (one line) naming what differs. Pure."""
+    head = doc.certificate[:40]
+    if len(head) < 40:
+        raise CertificateInvalid("the finality certificate ends in its block")
+    at = int.from_bytes(head[:8], "little")
+    if at != slot:
+        raise CertificateInvalid(f"the finality certificate is for slot {at}, not {slot}")
+    if head[8:40] != block_id:
+        raise CertificateInvalid(
+            f"the finality certificate is for block id {_b58(head[8:40])}, "
+            f"the manifest's is {_b58(block_id)}"
+        )
+    footer_hash = footer_bank_hash(doc.footer)
+    if footer_hash != bank_hash:
+        raise CertificateInvalid(
+            f"the block footer's bank hash is {_b58(footer_hash)}, "
+            f"the manifest's is {_b58(bank_hash)}"
+        )
+
+
+def weigh(
+    cert: FinalCertificate,
+    ranks: RankMap,
+    shred_version: int,
+    verify: Callable[[tuple[int, ...], bytes, bytes], bool],
+) -> Finality:
+    """The stake behind ``cert`` in ``ranks``, each aggregate verified by ``verify(ranks,
+    message, signature)``; CertificateInvalid (one line) for an aggregate that does not
+    verify. Pure but for ``verify``."""
+    block_id = cert.block_id
+    checks: list[tuple[str, Aggregate, int, bytes | None, int]]
+    if cert.notar is None:
+        checks = [("notarize", cert.final, NOTARIZE, block_id, FAST_FINALIZE_PERCENT)]
+    else:
+        checks = [
+            ("finalize", cert.final, FINALIZE, None, FINALIZE_PERCENT),
+            ("notarize", cert.notar, NOTARIZE, block_id, NOTARIZE_PERCENT),
+        ]
+    fractions: list[float] = []
+    met = True
+    for name, agg, tag, block, percent in checks:
+        _verified(name, agg, vote_payload(tag, cert.slot, block, shred_version), verify)
+        stake = sum(ranks.stakes[r] for r in agg.ranks)
+        fractions.append(stake / ranks.total)
+        met = met and meets(stake, ranks.total, percent)
+    needed = (
+        f"{FAST_FINALIZE_PERCENT}% needed"
+        if cert.fast
+        else f"{FINALIZE_PERCENT}% finalize and {NOTARIZE_PERCENT}% notarize needed"
+    )
+    return Finality(cert.fast, min(fractions), met, needed)
+
+
+def _verified(
+    name: str,
+    agg: Aggregate,
+    message: bytes,
+    verify: Callable[[tuple[int, ...], bytes, bytes], bool],
+) -> None:
+    if not agg.ranks:
+        raise CertificateInvalid(f"the {name} aggregate names no signer")
+    if not verify(agg.ranks, message, agg.signature):
+        raise CertificateInvalid(
+            f"the {name} aggregate does not verify over the {len(agg.ranks)} signers "
+            "its bitmap names"
+        )
+
+
+def epoch_window(body: bytes | bytearray) -> tuple[int, int, int]:
+    """``(epoch, first slot, last slot)`` of the current epoch from ``getEpochInfo``.
+    Raises RpcError (one line)."""
+    values: dict[str, int] = {}
+    try:
+        members = iter_json_members(decode_text(body), (), within=("result",), max_items=64)
+        for name, value in members:
+            if name == "error":
+                raise RpcError(one_line(f"getEpochInfo: error {str(value)[:200]}"))
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                values[name] = value
+    except ProbeError as exc:
+        raise RpcError(one_line(f"getEpochInfo: {exc}")) from exc
+    try:
+        epoch, index = values["epoch"], values["slotIndex"]
+        absolute, length = values["absoluteSlot"], values["slotsInEpoch"]
+    except KeyError as exc:
+        raise RpcError(f"getEpochInfo: an answer without {exc.args[0]}") from exc
+    if index > absolute or length == 0:
+        raise RpcError("getEpochInfo: a slot index past the absolute slot")
+    first = absolute - index
+    return epoch, first, first + length - 1
+
+
+def accounts_data(body: bytes | bytearray, count: int) -> list[bytes | None]:
+    """The data of each account a ``getMultipleAccounts`` answer gives (base64, the slice
+    asked), None for an account that does not exist. Raises RpcError (one line)."""
+    found: list[bytes | None] = []
+    listed = False
+    try:
+        members = iter_json_members(
+            decode_text(body), {"value"}, within=("result",), max_items=count + 1
+        )
+        for name, value in members:
+            if name == "value[]":
+                found.append(None if value is None else _account(value))
+            elif name == "value":
+                listed = True
+            elif name == "error":
+                raise RpcError(one_line(f"getMultipleAccounts: error {str(value)[:200]}"))
+    except ProbeError as exc:
+        raise RpcError(one_line(f"getMultipleAccounts: {exc}")) from exc
+    if not listed or len(found) != count:
+        raise RpcError(f"getMultipleAccounts: {len(found)} accounts for the {count} asked")
+    return found
+
+
+def _account(value: object) -> bytes:
+    data = value.get("data") if isinstance(value, dict) else None
+    if not (isinstance(data, list) and len(data) == 2 and data[1] == "base64"):
+        raise RpcError("getMultipleAccounts: an account without base64 data")
+    text = data[0]
+    if not isinstance(text, str) or len(text) > 4 * VOTE_PREFIX:
+        raise RpcError("getMultipleAccounts: an account's data longer than the slice asked")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RpcError("getMultipleAccounts: an account's data is not base64") from exc
+
+
+def candidates(stakes: dict[str, int], data: list[bytes | None]) -> list[Candidate]:
+    """The vote accounts as the rank map weighs them (``data`` in ``stakes``' order); an
+    account whose data does not decode holds no BLS key. Pure."""
+    out = []
+    for (vote, stake), raw in zip(stakes.items(), data, strict=True):
+        node, key = b"", None
+        if raw is not None:
+            try:
+                node, key = vote_account_keys(raw)
+            except CertificateInvalid:
+                node, key = b"", None
+        out.append(Candidate(vote, node, stake, key))
+    return out
+
+
+def get_epoch_info() -> dict[str, Any]:
+    """The ``getEpochInfo`` request (finalized)."""
+    return _request("getEpochInfo", [{"commitment": "finalized"}])
+
+
+def get_accounts(votes: list[str]) -> dict[str, Any]:
+    """The ``getMultipleAccounts`` request of ``votes``' first :data:`VOTE_PREFIX` bytes."""
+    config = {
+        "encoding": "base64",
+        "dataSlice": {"offset": 0, "length": VOTE_PREFIX},
+        "commitment": "finalized",
+    }
+    return _request("getMultipleAccounts", [votes, config])
+
+
+def _request(method: str, params: list[Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+
+
+@attrs.frozen
+class EpochRanks:
+    """One RPC's rank map of an epoch, with its keys decoded."""
+
+    epoch: int
+    first: int
+    last: int
+    ranks: RankMap
+    keys: bls.PublicKeys = attrs.field(eq=False, repr=False)
+
+
+async def epoch_ranks(
+    call: Call,
+    url: str,
+    stakes_of: Callable[[bytes | bytearray], dict[str, int]],
+    max_vote_accounts: int,
+    limiter: trio.CapacityLimiter,
+) -> EpochRanks:
+    """``url``'s current epoch and its rank map (RpcError, one line, when it cannot be
+    read or built)."""
+    epoch, first, last = epoch_window(await call(url, get_epoch_info(), MAX_EPOCH_INFO))
+    body = await call(
+        url, _request("getVoteAccounts", [{"commitment": "finalized"}]), max_vote_accounts
+    )
+    stakes = await trio.to_thread.run_sync(stakes_of, body, limiter=limiter)
+    staked = {v: s for v, s in stakes.items() if s > 0}
+    if len(staked) > MAX_VOTE_ACCOUNTS:
+        raise RpcError(f"getVoteAccounts: {len(staked)} staked vote accounts")
+    votes = list(staked)
+    data: list[bytes | None] = []
+    for at in range(0, len(votes), ACCOUNTS_PER_CALL):
+        part = votes[at : at + ACCOUNTS_PER_CALL]
+        answer = await call(url, get_accounts(part), MAX_ACCOUNTS)
+        data += await trio.to_thread.run_sync(accounts_data, answer, len(part), limiter=limiter)
+
+    def build() -> EpochRanks:
+        try:
+            ranks = rank_map(candidates(staked, data), bls.valid_key)
+        except CertificateInvalid as exc:
+            raise RpcError(str(exc)) from exc
+        return EpochRanks(epoch, first, last, ranks, bls.PublicKeys(ranks.keys))
+
+    return await trio.to_thread.run_sync(build, limiter=limiter)
+
+
+def judge_rpc(doc: Document, epoch: EpochRanks) -> Finality:
+    """The finality ``doc``'s certificate shows in one RPC's rank map. Raises
+    CertificateInvalid (one line) for a slot outside the rank map's epoch, a bitmap that
+    does not fit it, or an aggregate that does not verify. Blocking (the pairings): run it
+    in a worker thread."""
+    if not epoch.first <= doc.slot <= epoch.last:
+        raise CertificateInvalid(
+            f"slot {doc.slot} is not in the RPC's epoch {epoch.epoch} (slots {epoch.first}"
+            f" to {epoch.last}); getVoteAccounts gives only that epoch's stakes"
+        )
+    cert = decode_final_certificate(doc.certificate, len(epoch.ranks))
+
+    def verify(ranks: tuple[int, ...], message: bytes, signature: bytes) -> bool:
+        return bls.verify(epoch.keys, ranks, message, signature)
+
+    return weigh(cert, epoch.ranks, doc.shred_version, verify)
+
+
+def _b58(raw: bytes) -> str:
+    return base58.b58encode(raw).decode("ascii")
