@@ -4,10 +4,14 @@ again, the check of one read beside a bucket object, and what the daemon serves
 
 from __future__ import annotations
 
+import json
 import re
 
 import attrs
+import base58
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from helpers_statements import SHA, signer
 
 from tracker.core.digests import Digests, Verified
@@ -24,7 +28,7 @@ from tracker.proof.records.attesting import (
     statement_of,
     to_serve,
 )
-from tracker.proof.statements import Attestation, Statement, parse_document
+from tracker.proof.statements import DOMAIN, Attestation, Statement, parse_document
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 INCREMENTAL = "incremental-snapshot-100-160-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -286,3 +290,47 @@ def test_what_the_signing_card_reads_since_when_how_many_and_the_last() -> None:
     assert (attestations.since, attestations.last_signed, attestations.held) == (2_100.0, None, 0)
     attestations.configure(None, 0.0, now=2_200.0)
     assert (attestations.since, attestations.last_signed) == (None, None)
+
+
+@pytest.mark.parametrize("kind", ["votes", "certificate"])
+def test_a_statement_records_what_proved_the_cluster_level(kind: str) -> None:
+    key = signer()
+    proof = attrs.evolve(PROOF, level=Level.CLUSTER, cluster_proof=kind)
+    copy = attrs.evolve(held(FULL), proof=proof)
+    document = parse_document(key.sign(statement_of(copy, 2_000.0, 600.0)).encode())
+    assert (document.statement.level, document.statement.cluster_proof) == (Level.CLUSTER, kind)
+    assert f'"cluster_proof":"{kind}"' in document.statement.canonical().decode()
+    # Below cluster nothing is recorded, and a statement made before the key reads as signed.
+    below = parse_document(key.sign(statement_of(held(FULL), 2_000.0, 600.0)).encode())
+    assert below.statement.cluster_proof is None
+    assert "cluster_proof" not in below.statement.canonical().decode()
+
+
+@pytest.mark.parametrize(
+    ("level", "kind", "reason"),
+    [
+        ("accounts", "votes", "cluster_proof is not votes or certificate at cluster"),
+        ("cluster", "gossip", "cluster_proof is not votes or certificate at cluster"),
+        ("cluster", None, "cluster_proof is not votes or certificate at cluster"),
+        ("cluster", "votes", None),
+    ],
+)
+def test_a_statement_whose_proof_kind_does_not_fit_is_refused(
+    level: str, kind: object, reason: str | None
+) -> None:
+    private = Ed25519PrivateKey.generate()
+    body = json.loads(statement_of(held(FULL), 2_000.0, 600.0).canonical())
+    body["level"], body["cluster_proof"] = level, kind
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    document = {
+        "statement": text,
+        "signer": base58.b58encode(public).decode(),
+        "signature": base58.b58encode(private.sign(DOMAIN + text.encode())).decode(),
+    }
+    raw = json.dumps(document).encode()
+    if reason is None:  # the same text signed, but fitting: read back
+        assert parse_document(raw).statement.cluster_proof == kind
+    else:
+        with pytest.raises(StatementInvalid, match=reason):
+            parse_document(raw)

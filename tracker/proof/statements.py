@@ -1,7 +1,8 @@
 """Signed statements of what was proven about an archive (attestations). Pure.
 
 A statement names one archive exactly (name, size, SHA-256) and what was proven of it (slot,
-base slot, snapshot hash, bank hash, level, voted stake), when it was checked and until when it
+base slot, snapshot hash, bank hash, level, voted stake; at level ``cluster`` what proved it,
+``cluster_proof``: the votes or a finality certificate), when it was checked and until when it
 holds. Its wire form is one canonical JSON text (keys sorted, no spaces, ASCII, no floats but
 ``voted_stake`` rounded to six decimals), signed with ed25519 over a domain prefix and that
 text's bytes, so that a signature for a statement can never be taken for a signature of
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tracker.errors import StatementInvalid
-from tracker.proof.levels import Level, required_for
+from tracker.proof.levels import CLUSTER_PROOFS, Level, required_for
 
 #: What the signature covers before the statement's bytes: no other message of any protocol
 #: starts so, so a signature made here is worth nothing elsewhere.
@@ -83,6 +84,9 @@ class Statement:
     voted_stake: float | None
     checked_at: int
     expires: int
+    #: What lifted it to ``cluster`` ("votes" or "certificate"); absent from the text when
+    #: None, so that statements made before it was recorded read as they were signed.
+    cluster_proof: str | None = None
 
     def canonical(self) -> bytes:
         """The one text of this statement that is signed and sent."""
@@ -99,6 +103,8 @@ class Statement:
             "snapshot_hash": self.snapshot_hash,
             "voted_stake": None if self.voted_stake is None else round(self.voted_stake, 6),
         }
+        if self.cluster_proof is not None:
+            body["cluster_proof"] = self.cluster_proof
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return text.encode("ascii")
 
@@ -270,11 +276,14 @@ def vouching_signers(
 
 def _statement(text: bytes) -> Statement:
     body = _json_object(text, "statement")
-    if set(body) != _FIELDS:
+    if set(body) - {"cluster_proof"} != _FIELDS:
         raise StatementInvalid("statement: not the fields of a statement")
     level = Level.parse(body["level"]) if isinstance(body["level"], str) else None
     if level is None:
         raise StatementInvalid("statement: an unknown level")
+    kind = body.get("cluster_proof")
+    if "cluster_proof" in body and (kind not in CLUSTER_PROOFS or level != Level.CLUSTER):
+        raise StatementInvalid("statement: cluster_proof is not votes or certificate at cluster")
     stake = body["voted_stake"]
     if stake is not None and (
         type(stake) not in (int, float) or not (math.isfinite(stake) and 0 <= stake <= 1)
@@ -292,6 +301,7 @@ def _statement(text: bytes) -> Statement:
         voted_stake=None if stake is None else float(stake),
         checked_at=_int(body, "checked_at"),
         expires=_int(body, "expires"),
+        cluster_proof=kind if isinstance(kind, str) else None,
     )
     if statement.canonical() != text:
         raise StatementInvalid("statement: not in its canonical form")

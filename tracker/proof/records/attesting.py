@@ -18,7 +18,7 @@ import attrs
 from tracker.core.digests import Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import StatementInvalid
-from tracker.proof.levels import Proof
+from tracker.proof.levels import Level, Proof
 from tracker.proof.statements import Attestation, Statement, check_times, parse_document
 
 #: The fewest seconds between two reads of one statement object in the bucket
@@ -55,6 +55,7 @@ def statement_of(held: HeldCopy, now: float, valid_for: float) -> Statement:
         voted_stake=proof.voted_stake,
         checked_at=int(held.checked_at),
         expires=int(now + valid_for),
+        cluster_proof=proof.cluster_proof if proof.level == Level.CLUSTER else None,
     )
 
 
