@@ -21,7 +21,7 @@ Blocking and CPU-bound: the callers run these in a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from py_arkworks_bls12381 import GT, G1Point, G2Point
 
@@ -31,10 +31,14 @@ _FP = 48
 
 
 class PublicKeys:
-    """The rank map's keys decoded once (a key that does not decode is None)."""
+    """The rank map's keys decoded once (a key that does not decode is None); ``known``
+    holds keys decoded before (:func:`decode_all`)."""
 
-    def __init__(self, compressed: Sequence[bytes]) -> None:
-        self._points = [_g1(key) for key in compressed]
+    def __init__(
+        self, compressed: Sequence[bytes], known: Mapping[bytes, G1Point | None] | None = None
+    ) -> None:
+        known = known or {}
+        self._points = [known[key] if key in known else _g1(key) for key in compressed]
 
     def __len__(self) -> int:
         return len(self._points)
@@ -48,6 +52,11 @@ class PublicKeys:
                 return None
             total = point if total is None else total + point
         return total
+
+
+def decode_all(keys: Iterable[bytes]) -> dict[bytes, G1Point | None]:
+    """Each compressed key decoded (None: off the curve, outside the subgroup, infinity)."""
+    return {key: _g1(key) for key in keys}
 
 
 def valid_key(compressed: bytes) -> bool:

@@ -322,11 +322,13 @@ async def epoch_ranks(
         data += await trio.to_thread.run_sync(accounts_data, answer, len(part), limiter=limiter)
 
     def build() -> EpochRanks:
+        accounts = candidates(staked, data)
+        points = bls.decode_all(c.bls_key for c in accounts if c.bls_key is not None)
         try:
-            ranks = rank_map(candidates(staked, data), bls.valid_key)
+            ranks = rank_map(accounts, lambda key: points.get(key) is not None)
         except CertificateInvalid as exc:
             raise RpcError(str(exc)) from exc
-        return EpochRanks(epoch, first, last, ranks, bls.PublicKeys(ranks.keys))
+        return EpochRanks(epoch, first, last, ranks, bls.PublicKeys(ranks.keys, points))
 
     return await trio.to_thread.run_sync(build, limiter=limiter)
 
