@@ -50,10 +50,16 @@ from tracker.serving.ranges import METHODS, RequestHeaders, make_etag, plan_file
 from tracker.serving.responsebodies import Body, GeneratorBody
 from tracker.serving.threads import Background
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
+from tracker.zerocopy.pieces import SMALLEST_PIECE
 
 #: Bytes read per ``os.pread``; large reads are what make a file response fast. A stream
 #: holds two chunks at most (the one being sent, the one being read).
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+#: The last bytes of a zero-copy body are read and sent only once the file is found
+#: unchanged (:func:`unchanged`): a piece sent with sendfile cannot be held back once it
+#: started. Those are the bytes under the smallest piece that every body ends with anyway,
+#: or, when the length is a multiple of it, one smallest piece's worth.
+TAIL = SMALLEST_PIECE
 
 # Names put in a Content-Disposition header verbatim (no quoting needed); archive names fit.
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -104,15 +110,32 @@ class ChunkBudget:
         return max(self.smallest, min(self.largest, share))
 
 
+def unchanged(fd: int, opened: os.stat_result, position: int) -> None:
+    """TrackerError when the open file ``fd`` is no longer as it was when opened
+    (``opened``), so bytes sent of it may mix two contents (a file overwritten in place while
+    it was sent): its size or mtime moved, or its ctime with its link count the same (a
+    write whose mtime was set back: no one can set the ctime back; a file unlinked or
+    replaced by a rename over its name moves its ctime too, but its link count with it, and
+    its bytes stay what they were). Asked once the last bytes are read and before they go,
+    so the client never gets the end of a body that changed under it."""
+    now = os.fstat(fd)
+    if (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or (
+        now.st_ctime_ns != opened.st_ctime_ns and now.st_nlink == opened.st_nlink
+    ):
+        raise TrackerError(f"file changed while being sent (at byte {position})")
+
+
 @attrs.define(eq=False)
 class _PreadBody(GeneratorBody):
-    """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time."""
+    """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time; the
+    last chunk goes only while the file is as it was opened (``opened``: :func:`unchanged`)."""
 
     _descriptor: _Descriptor
     _offset: int
     _length: int
     _chunk_size: int
     _on_bytes: OnBytes | None
+    _opened: os.stat_result
     _budget: ChunkBudget | None = None
 
     def _next_size(self, left: int) -> int:
@@ -144,6 +167,8 @@ class _PreadBody(GeneratorBody):
                 ahead = None
                 if position < end:
                     ahead = _read(self._descriptor, self._next_size(end - position), position)
+                else:
+                    unchanged(self._descriptor.fd, self._opened, position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -161,7 +186,9 @@ class _SendfileBody(GeneratorBody):
     """``length`` bytes of an open file from ``offset``, sent by the server with sendfile.
 
     Yields placeholders (see tracker/zerocopy/connection.py) for pieces of 64 KiB to 128 MiB,
-    and reads the last bytes under 64 KiB itself. Holds no file data in memory.
+    and reads the last bytes itself (those under 64 KiB, else the last 64 KiB: :data:`TAIL`): they
+    go only while the file is as it was opened (``opened``: :func:`unchanged`). Holds no
+    file data in memory but that tail.
     """
 
     _descriptor: _Descriptor
@@ -169,23 +196,28 @@ class _SendfileBody(GeneratorBody):
     _length: int
     _connection: Connection
     _on_bytes: OnBytes | None
+    _opened: os.stat_result
 
     async def _finish(self, error: BaseException | None) -> None:
         self._descriptor.close()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
+        # the tail is read, checked, then sent
+        pieces_end = end - (self._length % TAIL or min(TAIL, self._length))
         while position < end:
-            size = piece_size(end - position)
+            size = piece_size(pieces_end - position)
             if size:
                 piece = FilePiece(size, fd=self._descriptor.fd, offset=position)
                 yield self._connection.stage(piece)
                 self._connection.finish(piece)
             else:
-                size = end - position
+                size = (pieces_end if position < pieces_end else end) - position
                 chunk = await _read(self._descriptor, size, position).result()
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
+                if position + size == end:
+                    unchanged(self._descriptor.fd, self._opened, position)
                 yield chunk
             position += size
             if self._on_bytes is not None:
@@ -282,7 +314,8 @@ async def file_response(
     method other than GET/HEAD or a non-positive ``chunk_size``. On
     cancellation the open, which runs in a thread that is waited for, finishes first and its
     descriptor is closed. While the body streams, a file that shrinks under it raises
-    TrackerError into the server, which aborts the connection (never a silently short body).
+    TrackerError into the server, which aborts the connection (never a silently short body);
+    so does one changed in place (its size, mtime or ctime moved), before its last bytes.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive: {chunk_size}")
@@ -302,9 +335,9 @@ async def file_response(
         raise
     body: Body | bytes = b""
     if plan.send_body and plan.length > 0 and connection is not None:
-        body = _SendfileBody(descriptor, plan.offset, plan.length, connection, on_bytes)
+        body = _SendfileBody(descriptor, plan.offset, plan.length, connection, on_bytes, st)
     elif plan.send_body and plan.length > 0:
-        body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, budget)
+        body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, st, budget)
     else:
         descriptor.close()
     # Exactly the planned headers (no text/html default type, no content-length 0 of an

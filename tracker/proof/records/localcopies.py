@@ -3,7 +3,7 @@ docs/architecture.md, "Proven archives": "Local files"; docs/http-api.md, "Prove
 
 A ``local`` target's files are on the tracker's own disk, so they are checked and proven as
 the cache's copies are, in the background: once per file identity (device, inode, size,
-mtime), again when the file under a name changes. A file that passes is held verified as
+mtime, ctime), again when the file under a name changes. A file that passes is held verified as
 the holder :func:`holder` (its digest and proof in the JSON, signed with ``attest``); one
 that fails shows why (``/v1/targets``, the log). In a group that sets ``trust.require``
 above ``structure`` a local file is ranked only once its check proved it to that level, one
@@ -24,9 +24,12 @@ from tracker.core.digests import LOCAL, Verified, below_required
 from tracker.core.snapshotsources import TargetKey
 from tracker.proof.levels import Level
 
-#: A file's identity: device, inode, size, mtime (ns). Another identity under the same path
-#: is another file (a validator writes a new archive and renames it over the old one).
-Identity = tuple[int, int, int, int]
+#: A file's identity: device, inode, size, mtime and ctime (ns). Another identity under the
+#: same path is another file (a validator writes a new archive and renames it over the old
+#: one). The ctime is there because anyone who may write the file can set its mtime back
+#: (``touch -d``, ``os.utime``) after changing its bytes in place; no one can set the ctime
+#: back (every write and every ``utime`` moves it to now).
+Identity = tuple[int, int, int, int, int]
 
 #: Why a local file of a group that requires a level is out while its check runs.
 NOT_YET = "not proven yet: ranked once its check proves it to trust.require"
@@ -40,7 +43,7 @@ def holder(path: str) -> str:
 
 def identity_of(st: os.stat_result) -> Identity:
     """The identity of a file from its status."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @attrs.frozen
