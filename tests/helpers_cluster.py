@@ -59,12 +59,22 @@ def votes_for(slot: int, bank: bytes, *, majority: bool) -> dict[int, list[dict[
 
 @asynccontextmanager
 async def cluster(
-    tmp_path: Path, name: str, data: bytes, node: VoteRpc, **extra: Any
+    tmp_path: Path,
+    name: str,
+    data: bytes,
+    node: VoteRpc,
+    *,
+    certificates: bool = False,
+    **extra: Any,
 ) -> AsyncIterator[Fleet]:
-    """A tracker whose one sidecar lists ``name`` at once, with ``node`` as its ``rpc``."""
+    """A tracker whose one sidecar lists ``name`` at once, with ``node`` as its ``rpc`` (and,
+    with ``certificates``, its certificate documents as ``cluster_proof.certificates``)."""
     async with trio.open_nursery() as nursery:
         url = await nursery.start(serve_app, node.app())
-        settings = {"rpc": url + "/", "cluster_proof": {"blocks": 4, "deadline": "10s"}, **extra}
+        proof: dict[str, Any] = {"blocks": 4, "deadline": "10s"}
+        if certificates:
+            proof["certificates"] = url + "/certificates"
+        settings = {"rpc": url + "/", "cluster_proof": proof, **extra}
         async with fleet(tmp_path, name, data, data, **settings) as f:
             yield f
         nursery.cancel_scope.cancel()
