@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -130,13 +132,55 @@ def test_an_incremental_stays_at_manifest(tmp_path: Path) -> None:
     )
 
 
-def test_over_the_bound_the_archive_stays_at_manifest_and_says_so(tmp_path: Path) -> None:
+def storages_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The slots of the storages the proof reads from now on."""
+    from tracker.proof.accounts.accountsproof import AccountsProof
+
+    read: list[int] = []
+    storage = AccountsProof.storage
+
+    def counted(proof: AccountsProof, slot: int, *args: int) -> Any:
+        read.append(slot)
+        return storage(proof, slot, *args)
+
+    monkeypatch.setattr(AccountsProof, "storage", counted)
+    return read
+
+
+def test_over_the_bound_the_archive_stays_at_manifest_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bookkeeping_both_ways: str
+) -> None:
+    state = {480: [Account(key(n), 1) for n in range(5)], 490: STATE[490], 500: STATE[500]}
+    path = write_archive(tmp_path, state)
+    read = storages_read(monkeypatch)
+    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=4)).proof
+    assert proof.level == Level.MANIFEST
+    # past the bound the storages after are not read (the level says nothing of them); in
+    # lanes, those handed on before a lane stopped the proof are
+    if bookkeeping_both_ways == "inline":
+        assert (read, proof.note) == ([480], "not proven: 5 accounts over the bound of 4")
+    else:
+        assert read[0] == 480
+        assert re.fullmatch(r"not proven: [5-8] accounts over the bound of 4", proof.note or "")
+
+
+def test_a_bound_the_manifests_storages_pass_reads_no_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # three storages, each at least one version: over a bound of 2 before any is read (the
+    # plain check of a large full: `verify --prove-accounts-max 1000`)
     path = write_archive(tmp_path, STATE)
+    read = storages_read(monkeypatch)
     proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=2)).proof
     assert (proof.level, proof.note) == (
         Level.MANIFEST,
-        "not proven: 5 accounts over the bound of 2",
+        "not proven: at least 3 accounts (the storages the manifest lists) over the bound of 2",
     )
+    assert read == []
+    assert check_file(str(path), prove_accounts=AccountsLimits(max_accounts=5)).proof.level == (
+        Level.ACCOUNTS
+    )
+    assert read == [480, 490, 500]
 
 
 async def test_a_following_check_proves_accounts_with_a_second_read(tmp_path: Path) -> None:

@@ -126,3 +126,25 @@ def test_the_thread_apart_ends_when_the_check_stops_early() -> None:
     assert [t for t in threading.enumerate() if t.name == "archive-check-bind"]
     blocks.close()  # a check that failed: no digests asked for
     assert not [t for t in threading.enumerate() if t.name == "archive-check-bind"]
+
+
+def test_a_switch_cleared_again_stops_the_blocks_blake3_and_binds_nothing() -> None:
+    # the proof stopped (over its bound): no second read comes, so the blocks' BLAKE3 is not
+    # taken any more, and the digests, left unfinished, hold no read to anything
+    data = os.urandom(1000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binding, "BLOCK", SMALL)
+        switch = threading.Event()
+        switch.set()
+        blocks = BlockDigests(switch, apart=False)
+        blocks.update(data[:200])
+        taken = blocks._taken
+        assert taken == 200
+        switch.clear()
+        blocks.update(data[200:])
+        assert blocks._taken == taken  # nothing more hashed
+        assert blocks.sha.digest() == hashlib.sha256(data).digest()  # the SHA-256 whole
+        assert blocks.digests() == b""
+        check = BlockCheck(blocks.digests(), blocks.size, blocks.sha_blocks)
+        with pytest.raises(ArchiveInvalid, match=CHANGED):
+            check.update(data)

@@ -135,6 +135,13 @@ class AccountsProof:
         return self.index.dir.peak
 
     @property
+    def stopped(self) -> bool:
+        """True once the proof cannot reach ``accounts`` whatever comes (over the bound, no
+        room, cancelled): :meth:`finish` gives its note, and the storages still to come
+        need not be read (``accountsprover.StoragesProver.member``)."""
+        return self._note is not None
+
+    @property
     def lanes(self) -> int:
         """The scan lanes of the first read (0: it scans in the reading thread)."""
         return len(self._lanes)
@@ -232,6 +239,10 @@ class AccountsProof:
     def _take(self, batch: Records, number: int) -> None:
         # the locator: the storage's number, the record's offset / 8, whether it counts (one
         # compiled pass, outside the lock: the lanes compute theirs at once)
+        if self._note is not None:  # stopped: only counted (the rest of its storage)
+            with self._lock:
+                self._records += len(batch)
+            return
         rows, counts = batch.index_rows(number << 32)
         full: list[U64] = []
         timed = bool(self._lanes)  # the clock costs a system call: lanes only (the bench)
@@ -338,6 +349,15 @@ class AccountsProof:
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
         self._note_peaks()
+
+    def at_least(self, count: int) -> None:
+        """The archive holds ``count`` stored versions or more (its manifest's storage
+        list says so): over the bound, the proof stops before it reads any."""
+        if self.max_accounts is not None and count > self.max_accounts and self._note is None:
+            self._give_up(
+                f"not proven: at least {count} accounts (the storages the manifest lists) "
+                f"over the bound of {self.max_accounts}"
+            )
 
     def _give_up(self, note: str) -> None:
         self._note = note

@@ -27,6 +27,7 @@ from tracker.proof.accounts.accountsproof import AccountsProof, Reread
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.formats.manifest import Manifest, StorageList
 from tracker.proof.formats.parsing import Parser
+from tracker.proof.formats.storages import MAX_DATA, META, aligned
 from tracker.proof.levels import Level, Proof
 
 _STORAGE = re.compile(r"accounts/([0-9]{1,20})\.([0-9]{1,20})")
@@ -38,6 +39,8 @@ NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: costs less than the SHA-256 of the second saves (~0.43 s a GB; proof.archive.binding).
 BLAKE3_FROM = 256 * 1024 * 1024
 _U64_MAX = (1 << 64) - 1
+#: The largest record of a storage: its header and the most data agave stores, aligned.
+_LARGEST = aligned(META + MAX_DATA)
 MISMATCH = (
     "accounts: the lattice hash recomputed from the account storages differs from the "
     "manifest's accounts_lt_hash"
@@ -56,7 +59,11 @@ class _Lengths:
         self._ids = rows[order, 1]
         self._lengths = rows[order, 2]
         # the bytes they hold (each clipped past any storage agave loads: no sum wraps)
-        self.total = int(np.minimum(rows[:, 2], np.uint64(1 << 36)).sum(dtype=np.uint64))
+        clipped = np.minimum(rows[:, 2], np.uint64(1 << 36))
+        self.total = int(clipped.sum(dtype=np.uint64))
+        # the fewest records they can hold: a storage's valid bytes are whole records, each
+        # at most _LARGEST bytes
+        self.records = int(((clipped + np.uint64(_LARGEST - 1)) // np.uint64(_LARGEST)).sum())
 
     def get(self, slot: int, ident: int) -> int | None:
         # the keys as u64: a Python int would make numpy cast the whole table to float64 at
@@ -122,6 +129,14 @@ class StoragesProver:
             self._proof = AccountsProof(
                 self.limits, summer() if summer is not None else None, self.cancelled
             )
+            # a bound the storage list already passes: no storage is read (the plain check)
+            self._proof.at_least(self._lengths.records)
+        if self._proof is not None and self._proof.stopped:
+            # the archive stays at ``manifest`` whatever comes: its storages are not read
+            # (that level says nothing of them), and no second read needs the blocks' BLAKE3
+            # (docs/architecture.md, "The accounts level" → "Bounded memory")
+            self.binds.clear()
+            return None
         slot, ident = int(match[1]), int(match[2])
         valid = self._lengths.get(slot, ident)
         if valid is None or self._proof is None:
@@ -139,7 +154,9 @@ class StoragesProver:
         if manifest.accounts_lt_hash is None:
             proof.close()
             return attrs.evolve(proven, note=NO_LT_HASH)
-        source = self.reread(self._first) if self.reread is not None else None
+        # stopped: its note is the verdict, no second read (its blocks' digests not all taken)
+        reread = self.reread if not proof.stopped else None
+        source = reread(self._first) if reread is not None else None
         try:
             lt_hash, note = proof.finish(source)
             confirm = getattr(source, "confirm", None)

@@ -56,7 +56,8 @@ class BlockDigests:
     of every :data:`BLOCK` of them: its prefix's SHA-256, or, from the first block that
     starts once ``switch`` is set, its own BLAKE3 (taken in a thread of its own when
     ``apart``: the chunks must not change once given, bytes; :meth:`digests` or
-    :meth:`close` ends it)."""
+    :meth:`close` ends it). A ``switch`` cleared again once set stops the blocks' BLAKE3
+    (the proof stopped: no second read will come); :meth:`digests` is then empty."""
 
     def __init__(self, switch: threading.Event | None = None, apart: bool = False) -> None:
         self.sha = hashlib.sha256()
@@ -69,6 +70,7 @@ class BlockDigests:
         self._taken = 0  # bytes in the blocks' BLAKE3 so far
         self._queue: queue.Queue[bytes | memoryview | None] | None = None
         self._thread: threading.Thread | None = None
+        self._dropped = False  # the blocks' BLAKE3 stopped: the digests are not whole
 
     @property
     def sha_blocks(self) -> int:
@@ -93,12 +95,17 @@ class BlockDigests:
         if len(view):
             self.sha.update(view)
             self.size += len(view)
-            self._blake3(view)
+            if self._switch is None or self._switch.is_set():
+                self._blake3(view)
+            else:  # cleared again: no second read will come (its digests are left unfinished)
+                self._dropped = True
 
     def digests(self) -> bytes:
         """The digest of every block, the last one's whether whole or not (after the last
         :meth:`update`)."""
         self.close()
+        if self._dropped:  # nothing to hold a second read to: any block it reads differs
+            return b""
         if self._sha_blocks is None:
             return bytes(self._kept) + (self.sha.digest() if self.size % BLOCK else b"")
         return bytes(self._kept) + (self._block.digest() if self._taken % BLOCK else b"")
