@@ -73,12 +73,23 @@ def test_the_required_level_of_a_group(
             "cluster_proof.also_rpc[0]",
             "not an absolute http(s) URL",
         ),
+        (
+            "cluster_proof: {certificates: '/var/certs'}\n",
+            "cluster_proof.certificates",
+            "not an absolute http(s) URL",
+        ),
     ],
 )
 def test_bad_proof_settings_name_their_key(
     tmp_path: Path, text: str, path: str, reason: str
 ) -> None:
     assert reason in problem_at(problems(tmp_path, text), path)
+
+
+def test_the_certificates_url_is_read(tmp_path: Path) -> None:
+    text = "cluster_proof: {certificates: 'https://certs.example/mainnet'}\n"
+    assert load(tmp_path, text).cluster_proof.certificates == "https://certs.example/mainnet"
+    assert load(tmp_path, "cluster_proof: {blocks: 4}\n").cluster_proof.certificates == ""
 
 
 def test_prove_accounts_false_allows_require_manifest(tmp_path: Path) -> None:
