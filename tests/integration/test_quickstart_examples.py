@@ -5,6 +5,7 @@ config's comment suggests keeps the archive's real name, so ``verify`` takes the
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -104,3 +105,58 @@ async def test_what_the_readme_says_a_tracker_without_snapshots_answers(tmp_path
     finally:
         serve.kill()
         await serve.proc.wait()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tracker", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+async def test_attest_beside_the_served_archives_then_fetch_trust_key_takes_them(
+    tmp_path: Path,
+) -> None:
+    """The quickstart serving a ledger (a copy), ``keygen`` and ``attest`` of its archives
+    (statements beside them), then a real ``fetch --trust-key`` against the tracker: the
+    statements are served (checked against each file's size and digest first), the ledger
+    gets both archives and ``fetch_done`` says which key vouched. A statement that names
+    another file is refused (logged), never served."""
+    ledger = tmp_path / "served"
+    shutil.copytree(EXAMPLES / "ledger", ledger)
+    config = tmp_path / "local.yml"
+    text = (EXAMPLES / "local.yml").read_text().replace('["ledger"]', f'["{ledger}"]')
+    config.write_text(text.replace("127.0.0.1:8458", "127.0.0.1:0").replace(":8457", ":0"))
+    assert cli("keygen", "--out", "tour.key", cwd=tmp_path).returncode == 0
+    key = cli("pubkey", "tour.key", cwd=tmp_path).stdout.strip()
+    archives = sorted(str(p) for p in ledger.glob("*.tar.zst"))
+    signed = cli("attest", *archives, "--key", "tour.key", cwd=tmp_path)
+    assert signed.returncode == 0, signed.stderr
+    full = next(p for p in ledger.glob("snapshot-*.tar.zst"))
+    incrementals = sorted(ledger.glob("incremental-*.tar.zst"))
+    # The older incremental's statement swapped for the newer one's: it names another file.
+    shutil.copy(f"{incrementals[1]}.attestation", f"{incrementals[0]}.attestation")
+    serve = await start_serve("--config", str(config))
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+
+            async def served(name: str) -> httpx.Response:
+                return await client.get(f"{serve.base}/v1/local/{name}.attestation")
+
+            with trio.fail_after(30):
+                while (await served(full.name)).status_code != 200:
+                    await trio.sleep(0.05)
+                while "local_attestation_refused" not in serve.log:
+                    await trio.sleep(0.05)
+            assert (await served(incrementals[0].name)).status_code == 404
+            assert (await served(incrementals[1].name)).status_code == 200
+            assert f"{incrementals[0].name}.attestation" in serve.log
+        trusted = tmp_path / "trusted"
+        trusted.mkdir()
+        fetch = ["fetch", "--ledger", str(trusted), "--tracker", serve.base, "--group", "local"]
+        done = cli(*fetch, "--trust-key", key, "--progress", "none", cwd=tmp_path)
+    finally:
+        serve.kill()
+        await serve.proc.wait()
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in trusted.iterdir()) == [incrementals[1].name, full.name]
+    done_lines = [line for line in done.stderr.splitlines() if "fetch_done" in line]
+    assert len(done_lines) == 2 and all(f"vouched_by={key}" in x for x in done_lines), done_lines

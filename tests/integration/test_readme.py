@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,14 +58,29 @@ def root_ignored(name: str, is_dir: bool) -> bool:
 
 
 def quickstart_config(tmp_path: Path, path: str) -> Path:
-    """A copy of the quickstart's config on port 0, next to a link to its ledger."""
+    """A copy of the quickstart's config on port 0, next to a link to its ledger: a copy of
+    examples/ledger/ where the tour runs (``work/examples/ledger``: the tour's ``attest``
+    writes beside those archives, never beside the repository's)."""
     original = ROOT / path
     text = original.read_text()
     assert "127.0.0.1:8458" in text and "127.0.0.1:8457" in text
     copy = tmp_path / original.name
     copy.write_text(text.replace("127.0.0.1:8458", "127.0.0.1:0").replace(":8457", ":0"))
-    (tmp_path / "ledger").symlink_to(EXAMPLES / "ledger")
+    ledger = tmp_path / "work" / "examples" / "ledger"
+    shutil.copytree(EXAMPLES / "ledger", ledger, ignore=shutil.ignore_patterns("*.attestation"))
+    (tmp_path / "ledger").symlink_to(ledger)
     return copy
+
+
+def ignored_in(directory: str, name: str) -> bool:
+    """Whether .gitignore ignores ``name`` in ``directory`` (a pattern anchored there)."""
+    for line in (ROOT / ".gitignore").read_text().splitlines():
+        pattern = line.strip()
+        if pattern.startswith(f"/{directory}/") and fnmatch.fnmatchcase(
+            name, pattern.removeprefix(f"/{directory}/")
+        ):
+            return True
+    return False
 
 
 async def test_the_readme_quickstart_tour_and_fetch_run_as_written(tmp_path: Path) -> None:
@@ -82,7 +98,7 @@ async def test_the_readme_quickstart_tour_and_fetch_run_as_written(tmp_path: Pat
                     await trio.sleep(0.05)
         [tour] = [block for block in blocks if "/v1/snapshots" in block and "fetch" in block]
         work = tmp_path / "work"
-        work.mkdir()
+        work.mkdir(exist_ok=True)
         for line in commands(tour):
             typed = as_typed_here(line, serve.base, serve.internal)
             with trio.fail_after(60):
@@ -99,10 +115,17 @@ async def test_the_readme_quickstart_tour_and_fetch_run_as_written(tmp_path: Pat
     finally:
         assert await serve.stop() == 0
     # What the tour writes where it runs (the repository root, as written) is ignored by git.
-    written = sorted(work.iterdir())
-    assert {p.name for p in written} >= {"head.bin", "quickstart-ledger"}
+    written = sorted(p for p in work.iterdir() if p.name != "examples")
+    assert {p.name for p in written} >= {"head.bin", "quickstart-ledger", "trusted-ledger"}
     for path in written:
         assert root_ignored(path.name, path.is_dir()), f"the tour leaves {path.name} in the root"
+    shipped = {p.name for p in (EXAMPLES / "ledger").iterdir()}
+    beside = [p.name for p in (work / "examples" / "ledger").iterdir() if p.name not in shipped]
+    assert beside, "the tour's attest wrote no statement"
+    for name in beside:
+        assert ignored_in("examples/ledger", name), f"the tour leaves examples/ledger/{name}"
+    trusted = sorted(path.name for path in (work / "trusted-ledger").glob("*.tar.zst"))
+    assert trusted == sorted(path.name for path in (work / "quickstart-ledger").glob("*.tar.zst"))
     fetched = sorted(path.name for path in (work / "quickstart-ledger").glob("*.tar.zst"))
     newest = "incremental-snapshot-1000-1200-4mw8VCyuMF11mUnaehdwtVDZ4z3VnoLzmhczSrUFoqLz.tar.zst"
     full = "snapshot-1000-DSDfJEwPp5cKu4Mgf2hZkPQ3abRDccBgmvS3CFJXc2Yt.tar.zst"
@@ -117,6 +140,7 @@ def test_the_example_ledger_is_what_make_ledger_writes(tmp_path: Path) -> None:
     import subprocess
 
     subprocess.run([sys.executable, str(EXAMPLES / "make_ledger.py"), str(tmp_path)], check=True)
-    shipped = {path.name: path.read_bytes() for path in (EXAMPLES / "ledger").iterdir()}
+    # (statements the tour's `attest` wrote beside them are the operator's, not shipped)
+    shipped = {path.name: path.read_bytes() for path in (EXAMPLES / "ledger").glob("*.tar.zst")}
     made = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert made == shipped

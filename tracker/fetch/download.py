@@ -43,7 +43,7 @@ from tracker.fetch.state import (
     restart_reason,
     temp_path,
 )
-from tracker.fetch.vouching import statements_problem
+from tracker.fetch.vouching import vouched_for
 from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
@@ -69,6 +69,8 @@ class Result:
     sha256: str = ""
     #: What its check proved (None: not verified).
     proof: Proof | None = None
+    #: The trusted keys whose signed statements vouched for it (``--trust-key``), sorted.
+    vouched_by: tuple[str, ...] = ()
 
 
 async def download(
@@ -243,15 +245,15 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
         raise
     finally:
         progress.finish()
-    digest, proof = "", None
+    digest, proof, vouchers = "", None, tuple[str, ...]()
     if check is not None:
-        digest, proof = await _verify(crew, file, live, check, ledger)
+        digest, proof, vouchers = await _verify(crew, file, live, check, ledger)
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
     seconds = trio.current_time() - started
-    return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof)
+    return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof, vouchers)
 
 
 async def _move_pieces(
@@ -306,11 +308,12 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 async def _verify(
     crew: Crew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
-) -> tuple[str, Proof]:
+) -> tuple[str, Proof, tuple[str, ...]]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
     told its end) and what its check proved (and the votes, with ``--rpc``), when it passes
     the archive check, is proven to ``--require``, is one of the tracker's ``sha256`` (when
-    that lists any) and enough trusted keys vouch for it (``--trust-key``); else the temp
+    that lists any) and enough trusted keys vouch for it (``--trust-key``: which did, third);
+    else the temp
     file and its state are deleted and CopyRejected raised, or FetchError when the
     statements refused it (docs/http-api.md, "Signed statements")."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
@@ -333,9 +336,9 @@ async def _verify(
             reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
         else:
             size = pool[0].identity.size
-            unvouched = await statements_problem(crew.client, file, size, digest, crew.settings)
+            unvouched, keys = await vouched_for(crew.client, file, size, digest, crew.settings)
             if unvouched is None:
-                return digest, proof
+                return digest, proof, keys
             reason = unvouched
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)

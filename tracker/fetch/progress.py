@@ -121,9 +121,8 @@ def progress_for(mode: str, stream: TextIO | None = None, *, every: float = 5.0)
     stream = stream if stream is not None else sys.stderr
     if mode == "none":
         return NoProgress()
-    if mode == "bar" or (mode == "auto" and stream.isatty()):
-        if not _unsized_terminal(stream):
-            return BarProgress(stream)
+    if (mode == "bar" or (mode == "auto" and stream.isatty())) and not _unsized_terminal(stream):
+        return BarProgress(stream)
     return LogProgress(every)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import attrs
 import httpx
@@ -289,8 +290,15 @@ async def _download(
         steals=result.steals,
         sha256=result.sha256 or "not verified",
         proven=proven_text(result.proof, file.name.is_full, options.settings.require),
+        **_vouched(result.vouched_by),
     )
     return result
+
+
+def _vouched(keys: tuple[str, ...]) -> dict[str, Any]:
+    """``fetch_done``'s ``vouched_by``: the trusted keys whose statements it took (absent
+    without ``--trust-key``)."""
+    return {"vouched_by": ",".join(keys)} if keys else {}
 
 
 def proven_text(proof: Proof | None, is_full: bool, required: Level) -> str:

@@ -115,6 +115,14 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
     """None when enough trusted keys vouch for the expected file; else one line saying how
     many did of how many needed, why the others' statements were not taken, and which
     trusted keys vouched for nothing."""
+    return weighed(documents, policy, expected)[0]
+
+
+def weighed(
+    documents: Iterable[bytes], policy: TrustPolicy, expected: Expected
+) -> tuple[str | None, tuple[str, ...]]:
+    """:func:`unvouched`'s answer, and the trusted keys that vouched (sorted): a fetch that
+    takes the archive says whose statements it took."""
     from tracker.proof.statements import parse_document, vouching_signers
 
     attestations: list[Attestation] = []
@@ -126,7 +134,7 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
             reasons.append(str(exc))
     vouching, refused = vouching_signers(attestations, policy.keys, expected)
     if len(vouching) >= policy.minimum:
-        return None
+        return None, tuple(sorted(vouching))
     distinct = list(dict.fromkeys(reasons + refused))
     shown = "; ".join(distinct[:MAX_REASONS])
     if len(distinct) > MAX_REASONS:
@@ -135,4 +143,4 @@ def unvouched(documents: Iterable[bytes], policy: TrustPolicy, expected: Expecte
     silent = sorted(policy.keys - vouching)
     missing = f"; none from {', '.join(silent)}" if silent else ""
     line = f"{len(vouching)} of the {policy.minimum} trusted statements needed vouch for it"
-    return line + why + missing
+    return line + why + missing, tuple(sorted(vouching))

@@ -18,7 +18,7 @@ import trio
 from tracker.errors import ProbeError
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.trust import unvouched
+from tracker.fetch.trust import weighed
 from tracker.net.limits import fetch_capped
 from tracker.observability.redact import redact_userinfo
 
@@ -29,11 +29,19 @@ async def statements_problem(
     """None when ``settings.trust`` asks for no statements or enough of its keys vouch for
     ``file``'s checked copy (``size`` bytes, ``sha256``); else one line: how many vouched,
     why each other statement was not taken, which keys said nothing, what could not be read."""
+    return (await vouched_for(client, file, size, sha256, settings))[0]
+
+
+async def vouched_for(
+    client: httpx.AsyncClient, file: RemoteFile, size: int, sha256: str, settings: FetchSettings
+) -> tuple[str | None, tuple[str, ...]]:
+    """:func:`statements_problem`'s answer, and the trusted keys whose statements vouch for
+    the copy (sorted; none without ``--trust-key``)."""
     from tracker.proof.statements import Expected
 
     policy = settings.trust
     if not policy.active:
-        return None
+        return None, ()
     expected = Expected(
         name=file.name.file_name,
         size=size,
@@ -43,9 +51,9 @@ async def statements_problem(
         now=int(time.time()),  # statements expire on the wall clock
     )
     documents = list(file.statements)
-    problem = unvouched(documents, policy, expected)
+    problem, keys = weighed(documents, policy, expected)
     if problem is None or not file.statements_url:
-        return None if problem is None else f"statements: {problem}"
+        return (None if problem is None else f"statements: {problem}"), keys
     # The listing's are not enough: the route may hold one it did not carry (a statement
     # signed since, or a listing from a tracker without ``attestations``).
     unread = ""
@@ -53,8 +61,8 @@ async def statements_problem(
         documents.append(await _route_document(client, file.statements_url, settings))
     except ProbeError as exc:
         unread = f"; not read: {redact_userinfo(file.statements_url)}: {exc}"
-    problem = unvouched(documents, policy, expected)
-    return None if problem is None else f"statements: {problem}{unread}"
+    problem, keys = weighed(documents, policy, expected)
+    return (None if problem is None else f"statements: {problem}{unread}"), keys
 
 
 async def _route_document(client: httpx.AsyncClient, url: str, settings: FetchSettings) -> bytes:

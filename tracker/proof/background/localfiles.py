@@ -7,8 +7,10 @@ check with its proof, a full to ``accounts`` within the tracker's shared proof l
 background, one after another, once per file identity (:mod:`tracker.proof.records.localcopies`
 decides which and where each stands). What passed is held verified in the digests as that
 file's own copy (its ``sha256`` and ``proof`` in the JSON, the ``.sha256`` route, a
-statement signed with ``attest``); with ``rpc`` set the cluster's votes are asked of it as
-of a cached copy (:func:`tracker.proof.cluster.lifting.lifted`). A file is never deleted (the
+statement signed with ``attest``, and the statement ``snapshot-tracker attest`` wrote beside
+it, ``FILE.attestation``, once it is found valid for that very file: its name, size and
+SHA-256, unexpired, signature checked); with ``rpc`` set the cluster's votes are asked of it
+as of a cached copy (:func:`tracker.proof.cluster.lifting.lifted`). A file is never deleted (the
 directory is the validator's). In a group that sets ``trust.require`` above ``structure`` a
 file ranks only once proven there (the index's local gate, :func:`local_gated`, set by the
 composition root before any result ranks), one that fails or falls short is kept out with
@@ -24,13 +26,15 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from tracker.cache.checked import check_opened, open_copy
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.digests import Digests, repr_digest
+from tracker.core.digests import Digests, Verified, repr_digest
+from tracker.core.smallfiles import read_small_file
 from tracker.core.snapshotsources import TargetKey
 from tracker.discovery.local import scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
@@ -52,7 +56,19 @@ from tracker.proof.records.localcopies import (
     standing,
 )
 
+if TYPE_CHECKING:
+    from tracker.proof.statements import Attestation
+
 log = logging.getLogger("tracker.proof")
+
+#: The statement ``snapshot-tracker attest`` writes beside an archive: ``{path}{suffix}``.
+STATEMENT_SUFFIX = ".attestation"
+#: The largest statement file read (:data:`tracker.proof.statements.MAX_DOCUMENT`, not
+#: imported: that module loads cryptography, which a tracker without statements never needs).
+MAX_STATEMENT = 16 * 1024
+#: What is known of the statement file beside a checked local file: the identity it had
+#: when read (None: there was none) and the statement taken of it (None: none, or refused).
+Beside = tuple[Identity | None, "Attestation | None"]
 
 
 class LocalProofs(Rounds):
@@ -83,6 +99,8 @@ class LocalProofs(Rounds):
         self._copies: dict[str, LocalCopy] = {}
         #: When a check could not read a file, by path.
         self._tried: dict[str, float] = {}
+        #: The statement file beside each checked file, by the archive's path.
+        self._beside: dict[str, Beside] = {}
         #: The paths whose check is started or running, and one check at a time: it reads
         #: a whole archive (as the cache's start-up check).
         self._checking: set[str] = set()
@@ -108,6 +126,7 @@ class LocalProofs(Rounds):
             else:
                 nursery.start_soon(self._check_one, copy, identity)
         await self._lift()
+        await self._read_statements()
         self._apply(self._config())
         self.rounds += 1
         return len(due)
@@ -131,6 +150,7 @@ class LocalProofs(Rounds):
                 continue  # the same file (or not checked yet: nothing said of it)
             self._checked.pop(path, None)
             self._tried.pop(path, None)
+            self._beside.pop(path, None)
             self._digests.drop(holder(path), copy.key.group, copy.name)
             self._index.prove(copy.key, copy.name, proven=False)
             self._index.disprove(copy.key, copy.name, None)
@@ -181,6 +201,30 @@ class LocalProofs(Rounds):
             proven=held.proof.level.label,
         )  # fmt: skip
 
+    async def _read_statements(self) -> None:
+        """Read the statement file beside each checked file whose statement file is new or
+        changed, and take it when it vouches for exactly that file (its name, size and
+        SHA-256, unexpired, a valid signature: :func:`tracker.proof.records.attesting.of_copy`);
+        one that does not is refused and logged once (``local_attestation_refused``)."""
+        checked = {
+            path: (copy.name, done.verified)
+            for path, done in self._checked.items()
+            if done.verified is not None and (copy := self._copies.get(path)) is not None
+        }
+        known = {path: self._beside.get(path, (None, None))[0] for path in checked}
+        found = await trio.to_thread.run_sync(_statement_files, known)
+        for path, (identity, raw, error) in found.items():
+            name, verified = checked[path]
+            taken: Attestation | None = None
+            if raw is not None:
+                taken, error = _statement_of(raw, name, verified, self._clock())
+            if error:
+                log_event(
+                    log, "warning", "local_attestation_refused", file=path + STATEMENT_SUFFIX,
+                    reason=error,
+                )  # fmt: skip
+            self._beside[path] = (identity, taken)
+
     async def _lift(self) -> None:
         """Ask the cluster's votes of each checked file they may lift (with ``rpc`` set,
         as for a cached copy; the voter keeps its tallies and backs off a failure)."""
@@ -208,7 +252,11 @@ class LocalProofs(Rounds):
             self._index.prove(copy.key, copy.name, proven=now.proven)
             self._index.disprove(copy.key, copy.name, now.refused or None)
             if done is not None and done.verified is not None:
-                self._digests.hold(holder(path), copy.key.group, copy.name, done.verified)
+                statement = self._beside.get(path, (None, None))[1]
+                held = done.verified
+                if statement is not None:  # served beside the file's own digest and proof
+                    held = attrs.evolve(held, attestation=statement)
+                self._digests.hold(holder(path), copy.key.group, copy.name, held)
 
     def admit(self, group: str, path: str, st: os.stat_result) -> dict[str, str]:
         """Whether the local file at ``path`` of ``group``, opened to be served as ``st``,
@@ -254,6 +302,45 @@ def _listed(config: Config) -> list[tuple[LocalCopy, Identity | None]]:
             files = {f.path: f for info in infos for f in info.files}
             found += [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
     return found
+
+
+def _statement_files(
+    known: dict[str, Identity | None],
+) -> dict[str, tuple[Identity | None, bytes | None, str]]:
+    """The statement file beside each archive path of ``known`` whose identity is no longer
+    the one known: its identity now (None: none there), its bytes (None: none, or unreadable)
+    and why it could not be read (""). No link is followed; at most MAX_STATEMENT bytes.
+    Blocking: in a worker thread."""
+    changed: dict[str, tuple[Identity | None, bytes | None, str]] = {}
+    for path, was in known.items():
+        beside = path + STATEMENT_SUFFIX
+        now = _identity(beside)
+        if now == was:
+            continue
+        if now is None:
+            changed[path] = (None, None, "")
+            continue
+        try:
+            raw, st = read_small_file(beside, MAX_STATEMENT)
+        except OSError as exc:
+            changed[path] = (now, None, f"unreadable: {exc.strerror or exc}")
+            continue
+        changed[path] = (identity_of(st), raw, "")
+    return changed
+
+
+def _statement_of(
+    raw: bytes, name: str, verified: Verified, now: float
+) -> tuple[Attestation | None, str]:
+    """The statement ``raw`` when it vouches for exactly the checked file (``verified``: its
+    SHA-256 and size), else None and why not."""
+    from tracker.errors import StatementInvalid
+    from tracker.proof.records.attesting import of_copy
+
+    try:
+        return of_copy(raw, name, verified.size, verified.sha256, now), ""
+    except StatementInvalid as exc:
+        return None, str(exc)
 
 
 def _identity(path: str) -> Identity | None:
