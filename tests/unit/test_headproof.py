@@ -36,7 +36,8 @@ def test_the_read_stops_after_the_manifest() -> None:
     name, data = build_archive(5000, compression="zst", accounts=48, account_size=1 << 20)
     source = Counted(data)
     assert prove_head(source.read, name, len(data)).level == Level.MANIFEST
-    assert source.taken <= READ_SIZE < len(data) // 3  # one read: the accounts after it not
+    # a read or two (the decoder fills a piece first): the accounts after them not
+    assert source.taken <= 2 * READ_SIZE < len(data) // 3
 
 
 def test_a_manifest_past_the_bound_stays_at_structure_with_its_note() -> None:

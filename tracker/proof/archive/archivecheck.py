@@ -51,12 +51,14 @@ from tracker.serving.threads import Background
 
 Read = Callable[[int], bytes]
 
-#: Raw bytes asked of ``read`` at once.
-READ_SIZE = 4 * 1024 * 1024
+#: Raw bytes asked of ``read`` at once: a chunk SHA-256 reads while the copy from the page
+#: cache still lies in the core's cache (4 MiB chunks took the reading thread 1.14-1.18 CPU-s
+#: a GiB, 1 MiB 0.87-0.95; docs/architecture.md, "The accounts level" → "Bounded memory").
+READ_SIZE = 1024 * 1024
 #: The name of a following check's worker thread while it runs.
 THREAD_NAME = "archive-check"
 #: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
-PREFETCH_DEPTH = 2
+PREFETCH_DEPTH = 8
 
 
 def required_entries(slot: int) -> tuple[str, ...]:
