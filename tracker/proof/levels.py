@@ -78,7 +78,9 @@ class Proof:
     proven: 12000000 accounts over the bound of 10000000"), None otherwise; ``block_id`` the
     manifest's block id (base58, SIMD-0333; None when it has none); ``cluster_proof`` what
     lifted it to ``cluster``: ``votes`` (TowerBFT) or ``certificate`` (an Alpenglow finality
-    certificate), None below it.
+    certificate), None below it; ``unloadable`` why agave refuses to load the archive though
+    it is proven (several account storages for one slot, as Firedancer writes them; an
+    invalid vote account in its stakes), None when nothing in it says so.
     """
 
     level: Level
@@ -88,6 +90,7 @@ class Proof:
     note: str | None = None
     block_id: str | None = None
     cluster_proof: str | None = None
+    unloadable: str | None = None
 
     def meets(self, required: Level, *, is_full: bool) -> bool:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""
@@ -101,7 +104,8 @@ class Proof:
             return None
         label = body.get("level")
         level = Level.parse(label) if isinstance(label, str) else None
-        texts = [body.get(k) for k in ("snapshot_hash", "bank_hash", "note", "block_id")]
+        keys = ("snapshot_hash", "bank_hash", "note", "block_id", "unloadable")
+        texts = [body.get(k) for k in keys]
         if level is None or any(t is not None and not _short(t) for t in texts):
             return None
         stake = body.get("voted_stake")
@@ -110,7 +114,7 @@ class Proof:
         kind = body.get("cluster_proof")
         if kind is not None and kind not in CLUSTER_PROOFS:
             return None
-        return cls(level, texts[0], texts[1], stake, texts[2], texts[3], kind)
+        return cls(level, texts[0], texts[1], stake, texts[2], texts[3], kind, texts[4])
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (``proof`` in the JSON entries; additive keys)."""
@@ -127,6 +131,8 @@ class Proof:
             body["block_id"] = self.block_id
         if self.cluster_proof is not None:
             body["cluster_proof"] = self.cluster_proof
+        if self.unloadable is not None:
+            body["unloadable"] = self.unloadable
         return body
 
 

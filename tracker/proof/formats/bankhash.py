@@ -17,6 +17,7 @@ sdk hard-forks), SHA-256 of that and their count (u64 little endian). docs/archi
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 
 import base58
 
@@ -80,7 +81,28 @@ def prove_manifest(manifest: Manifest, *, slot: int, base_slot: int, name_hash: 
         snapshot_hash=snapshot_hash,
         bank_hash=stored,
         block_id=_b58(block_id) if block_id is not None else None,
+        unloadable=unloadable(manifest),
     )
+
+
+def unloadable(manifest: Manifest) -> str | None:
+    """Why agave refuses to load the archive of ``manifest`` though it may be the cluster's
+    state (one line), None when nothing in it says so: several account storages for one
+    slot (agave's ``SnapshotStorageRebuilder`` takes one a slot; Firedancer writes several,
+    firedancer-io/firedancer#10706), or an invalid vote account in its stakes (a load error
+    since agave 4.3, anza-xyz/agave#13875: :mod:`tracker.proof.formats.voteaccounts`)."""
+    slots = Counter(manifest.storages.entries[0::3])
+    twice, count = max(slots.items(), key=lambda item: item[1], default=(0, 0))
+    if count > 1:
+        return (
+            f"agave cannot load it: {count} account storages for slot {twice} (agave loads one"
+            " a slot; Firedancer writes several)"
+        )
+    invalid = manifest.fields.get("invalid_vote_account")
+    if invalid is not None:
+        pubkey, problem = invalid
+        return f"agave 4.3 and later refuse to load it: vote account {_b58(pubkey)}: {problem}"
+    return None
 
 
 def _b58(raw: bytes) -> str:

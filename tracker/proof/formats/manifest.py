@@ -23,6 +23,7 @@ import attrs
 
 from tracker.proof.formats.bincode import Reader
 from tracker.proof.formats.parsing import ParserOf
+from tracker.proof.formats.voteaccounts import vote_account_problem
 
 #: Bytes of a lattice hash.
 LT_HASH_BYTES = 2048
@@ -30,6 +31,9 @@ LT_HASH_BYTES = 2048
 MAX_STORAGES = 4_000_000
 #: Hard forks after the parent slot kept at most (real clusters: a handful in all).
 MAX_HARD_FORKS = 65_536
+#: The bytes of a vote account's data read to check it as agave loads it (a vote state's
+#: frame ends within ~23 KB whatever its lists hold; the rest is skipped).
+VOTE_DATA_READ = 64 * 1024
 
 _BANK_MIDDLE = struct.Struct("<5Q")  # transaction_count .. max_tick_height
 _BANK_TIMES = struct.Struct("<Q16sqdQQQQ")  # ticks_per_slot .. block_height
@@ -247,9 +251,15 @@ class ManifestDecoder:
         r.field = f"the {name}' vote accounts"
         votes = yield from r.count(32 + 8 + 8 + 8 + 32 + 1 + 8)
         for _ in range(votes):  # pubkey, stake, Account{lamports, data, owner, exec, rent}
-            yield from r.skip(48)
-            yield from r.skip_bytes()
-            yield from r.skip(41)
+            head = yield from r.take(48)
+            length = yield from r.count(1)
+            data = (yield from r.take(min(length, VOTE_DATA_READ))) if length else b""
+            yield from r.skip(length - len(data))
+            tail = yield from r.take(41)
+            if "invalid_vote_account" not in self.fields:
+                problem = vote_account_problem(tail[:32], data)
+                if problem is not None:  # the first one found is reported
+                    self.fields["invalid_vote_account"] = (head[:32], problem)
         r.field = f"the {name}' delegations"
         self.counts[f"{name}.vote_accounts"] = votes
         self.counts[f"{name}.stake_delegations"] = yield from r.skip_seq(delegation)
