@@ -341,6 +341,24 @@ async def test_several_rpcs_must_each_hold_the_certificate() -> None:
         assert (await cv.lift(S, proof_of())).level == Level.CLUSTER
 
 
+async def test_rpcs_whose_stakes_weigh_a_certificate_differently_disagree() -> None:
+    # Signed by V300, V250, V200 and V100: 85% here; the other RPC's stakes keep the rank
+    # order but weigh the same signers at 79.5% (890 of 1,120), below the 80% of a fast one.
+    cert = fast_certificate(S, [V300, V250, V200, V100], ORDER)
+    here = alpenglow_rpc(VALS)
+    here.documents[S] = document(S, H, cert)
+    stakes = {V300: 300, V250: 250, V200: 240, V150: 230, V100: 100}
+    there = alpenglow_rpc([attrs.evolve(v, stake=stakes[v]) for v in ORDER])
+    async with rpcs(here, there) as urls, voter(urls) as cv:
+        proof = await cv.lift(S, proof_of())
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 890 / 1120)
+    assert proof.note == (
+        f"cluster not proven: the RPCs disagree ({urls[0]}: the fast-finalize certificate"
+        f" carries 85.0% of the stake; {urls[1]}: the fast-finalize certificate carries 79.5%"
+        " of the stake)"
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
