@@ -24,7 +24,12 @@ import numpy.typing as npt
 import zstandard
 
 from tracker.proof.formats.lattice import LtHash
-from tracker.proof.formats.writing import SNAPSHOT_VERSION, archive_hash_of, write_manifest
+from tracker.proof.formats.writing import (
+    SNAPSHOT_VERSION,
+    archive_hash_of,
+    write_manifest,
+    write_status_cache,
+)
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -283,7 +288,7 @@ def build_archive(
     for name, data in (
         ("version", SNAPSHOT_VERSION),
         (f"snapshots/{slot}/{slot}", manifest),
-        ("snapshots/status_cache", bytes(1024)),
+        ("snapshots/status_cache", write_status_cache([slot])),
     ):
         head += _member(name, len(data)) + data + bytes(-len(data) % 512)
     archive = base / f"snapshot-{slot}-{archive_hash_of(lt.value())}.tar.zst"

@@ -39,6 +39,7 @@ from tracker.proof.formats.writing import (  # noqa: E402
     lattice_of,
     padded,
     write_manifest,
+    write_status_cache,
     write_storage,
 )
 
@@ -130,7 +131,7 @@ def archive_of(slot: int, base: int | None, extra: int = 0) -> tuple[str, bytes]
         ("snapshots", None),
         (f"snapshots/{slot}", None),
         (f"snapshots/{slot}/{slot}", write_manifest(slot, lattice, storages)),
-        ("snapshots/status_cache", bytes(8)),  # an empty Vec<BankSlotDelta>
+        ("snapshots/status_cache", write_status_cache([slot])),  # the slot rooted
         ("accounts", None),
     ]
     hash_ = archive_hash_of(lattice)

@@ -34,12 +34,15 @@ import zstandard
 
 from tracker.core.snapshots import parse_archive_name
 from tracker.proof.formats.writing import (
+    CUSTOM_ERROR,
+    OK_RESULT,
     Account,
     archive_hash_of,
     lattice_of,
     lattice_of_slots,
     padded,
     write_manifest,
+    write_status_cache,
     write_storage,
 )
 
@@ -126,13 +129,20 @@ def snapshot_entries(
         ("snapshots", None),
         (f"snapshots/{slot}", None),
         (f"snapshots/{slot}/{slot}", manifest),
-        ("snapshots/status_cache", rnd.randbytes(1024) + bytes(1024)),
+        ("snapshots/status_cache", status_cache_of(slot, rnd)),
     ]
     for i, data in enumerate(valid):
         data = padded(data)
         spare = account_bytes(rnd, max(account_size - len(data), 0))
         entries.append((f"accounts/{slot}.{i}", data + spare))
     return entries
+
+
+def status_cache_of(slot: int, rnd: random.Random) -> bytes:
+    """A status cache as agave writes one at ``slot``: the slot and the two before it rooted,
+    each with a transaction that succeeded and one that failed."""
+    statuses = [(rnd.randbytes(20), OK_RESULT), (rnd.randbytes(20), CUSTOM_ERROR)]
+    return write_status_cache([slot, *range(max(slot - 2, 0), slot)], statuses)
 
 
 def make_tar(entries: list[tuple[str, bytes | None]], mtime: int = MTIME) -> bytes:
@@ -522,7 +532,7 @@ def write_framed_snapshot(
         with tarfile.open(fileobj=frames, mode="w|", format=tarfile.GNU_FORMAT) as tar:
             _add(tar, "version", b"1.2.0")
             _add(tar, f"snapshots/{slot}/{slot}", manifest)
-            _add(tar, "snapshots/status_cache", bytes(1024))
+            _add(tar, "snapshots/status_cache", write_status_cache([slot]))
             for name, data in storages:
                 _add(tar, name, data)
         writer.flush(zstandard.FLUSH_FRAME)
@@ -589,7 +599,7 @@ def many_accounts_archive(
         ("snapshots", None),
         (f"snapshots/{slot}", None),
         (f"snapshots/{slot}/{slot}", write_manifest(slot, lattice, storages)),
-        ("snapshots/status_cache", bytes(1024)),
+        ("snapshots/status_cache", write_status_cache([slot])),
     ]
     for (s, data), (_, ident, _) in zip(sorted(valid.items()), storages, strict=True):
         entries.append((f"accounts/{s}.{ident}", padded(data)))

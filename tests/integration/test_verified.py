@@ -31,6 +31,7 @@ from helpers_wire import Wire, raw_request
 from tracker.ordering.rejections import PREFIX as REJECTED
 from tracker.proof.archive import checklimits
 from tracker.proof.archive.archivecheck import THREAD_NAME
+from tracker.proof.formats.writing import write_status_cache
 
 GROUP = "mainnet"
 HOLD_BACK = 64 * 1024
@@ -357,7 +358,7 @@ async def test_a_client_that_left_leaves_no_check_decoding(
     # with cache_complete_on_disconnect off, and the check stops with it.
     monkeypatch.setattr(checklimits, "DECODED_FLOOR", 64 << 30)
     name = build_archive(830, compression="bz2", seed=11)[0]
-    bomb = _zeros_member_bz2(256 << 20) * 8
+    bomb = _zeros_member_bz2(256 << 20, 830) * 8
     async with fleet(tmp_path, name, bomb, bomb, cache_complete_on_disconnect=False) as f:
         await wait_until(lambda: _listed(f.public, name, 1))
         assert checks_running() == 0
@@ -372,15 +373,17 @@ async def _none_running() -> bool:
     return checks_running() == 0
 
 
-def _zeros_member_bz2(size: int) -> bytes:
-    """One bz2 stream: a tar header of a member of ``size`` bytes, then its zeros."""
+def _zeros_member_bz2(size: int, slot: int) -> bytes:
+    """One bz2 stream: a tar header of a status cache of ``size`` bytes, a valid start of one
+    at ``slot`` (all that is read of it), then zeros."""
     import bz2
     import tarfile
 
-    info = tarfile.TarInfo("snapshots/status_cache")  # a member no parser reads
+    info = tarfile.TarInfo("snapshots/status_cache")
     info.size = size
     compressor = bz2.BZ2Compressor(1)
     zeros = bytes(16 << 20)
-    parts = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
+    head = info.tobuf(tarfile.GNU_FORMAT) + write_status_cache([slot])
+    parts = [compressor.compress(head)]
     parts += [compressor.compress(zeros) for _ in range(size // len(zeros))]
     return b"".join([*parts, compressor.flush()])

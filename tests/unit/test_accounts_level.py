@@ -22,6 +22,7 @@ from tracker.proof.formats.writing import (
     archive_hash_of,
     lattice_of_slots,
     write_manifest,
+    write_status_cache,
     write_storage,
 )
 from tracker.proof.levels import Level
@@ -67,7 +68,7 @@ def write_archive(
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         (f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt_hash, storages)),
-        ("snapshots/status_cache", bytes(64)),
+        ("snapshots/status_cache", write_status_cache([SLOT])),
         *members,
     ]
     hash_ = archive_hash_of(lt_hash)

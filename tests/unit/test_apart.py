@@ -27,6 +27,7 @@ from tracker.proof.formats.writing import (
     archive_hash_of,
     lattice_of_slots,
     write_manifest,
+    write_status_cache,
     write_storage,
 )
 
@@ -306,7 +307,7 @@ def test_a_storage_scanned_apart_refuses_before_what_the_reading_thread_met_afte
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         ("snapshots/9/9", write_manifest(9, lt_hash, [(7, 0, len(storage.data))])),
-        ("snapshots/status_cache", bytes(64)),
+        ("snapshots/status_cache", write_status_cache([9])),
         (storage.name, storage.data),
         ("accounts/8.1", bytes(4096)),
     ]

@@ -59,6 +59,7 @@ from tracker.proof.archive.archivecheck import (
     check_stream,
 )
 from tracker.proof.archive.tarwalk import Header, read_header
+from tracker.proof.formats.writing import write_status_cache
 
 SLOT = 123_456
 VARIANTS = tuple(EXPECTED_REASONS)
@@ -380,28 +381,29 @@ _ZEROS = bytes(16 << 20)
 
 
 def _bomb(compression: str, size: int) -> bytes:
-    """A tar header of a member of ``size`` bytes, then ``size`` zero bytes, compressed in a
-    stream (never all in memory): zeros that are member data, read to the end or to the
-    expansion limit."""
-    info = tarfile.TarInfo("snapshots/status_cache")  # a member no parser reads
+    """A tar header of a status cache of ``size`` bytes: a valid start (all that is read of
+    it), then zeros to ``size``, compressed in a stream (never all in memory): zeros that are
+    member data, read to the end or to the expansion limit."""
+    info = tarfile.TarInfo("snapshots/status_cache")
     info.size = size
-    head = info.tobuf(format=tarfile.GNU_FORMAT)
-    pieces = size // len(_ZEROS)
+    start = write_status_cache([SLOT])
+    chunks = [
+        info.tobuf(format=tarfile.GNU_FORMAT) + start,
+        *[_ZEROS] * (size // len(_ZEROS) - 1),
+        _ZEROS[len(start) :],
+    ]
     if compression == "zst":
         z = zstandard.ZstdCompressor(level=1).compressobj()
-        body = [z.compress(head), *(z.compress(_ZEROS) for _ in range(pieces)), z.flush()]
-        return b"".join(body)
+        return b"".join([*(z.compress(c) for c in chunks), z.flush()])
     if compression == "lz4":
         lz = lz4.frame.LZ4FrameCompressor()
-        zeros = (lz.compress(_ZEROS) for _ in range(pieces))
-        return b"".join([lz.begin(), lz.compress(head), *zeros, lz.flush()])
+        return b"".join([lz.begin(), *(lz.compress(c) for c in chunks), lz.flush()])
     compressor = {
         "gz": lambda: zlib.compressobj(1, wbits=31),
         "bz2": lambda: bz2.BZ2Compressor(1),
         "xz": lambda: lzma.LZMACompressor(preset=0),
     }[compression]()
-    zeros = (compressor.compress(_ZEROS) for _ in range(pieces))
-    return b"".join([compressor.compress(head), *zeros, compressor.flush()])
+    return b"".join([*(compressor.compress(c) for c in chunks), compressor.flush()])
 
 
 @pytest.mark.parametrize(

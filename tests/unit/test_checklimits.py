@@ -32,6 +32,7 @@ from tracker.proof.archive.checklimits import (
     decoded_allowed,
     members_allowed,
 )
+from tracker.proof.formats.writing import write_status_cache
 
 SLOT = 234_567
 MiB = 1 << 20
@@ -256,10 +257,11 @@ def test_gigabytes_of_zeros_after_the_end_blocks_end_at_once() -> None:
 def _member_then_zeros(
     size: int, compressor: zstandard.ZstdCompressionObj | bz2.BZ2Compressor
 ) -> bytes:
-    info = tarfile.TarInfo("snapshots/status_cache")  # a member no parser reads
+    info = tarfile.TarInfo("snapshots/status_cache")  # read to its valid start only
     info.size = size
     zeros = bytes(16 * MiB)
-    parts = [compressor.compress(info.tobuf(tarfile.GNU_FORMAT))]
+    head = info.tobuf(tarfile.GNU_FORMAT) + write_status_cache([SLOT])
+    parts = [compressor.compress(head)]
     parts += [compressor.compress(zeros) for _ in range(size // len(zeros))]
     return b"".join([*parts, compressor.flush()])
 

@@ -236,9 +236,7 @@ FORGERIES: list[tuple[str, Callable[[], bytes], str]] = [
     ],
     (
         "a blank checksum field",
-        lambda: with_parts(
-            AT["accounts"], _blank_checksum(PLAIN[AT["accounts"]]), replace=True
-        ),
+        lambda: with_parts(AT["accounts"], _blank_checksum(PLAIN[AT["accounts"]]), replace=True),
         f"tar: bad header checksum at byte {offset(AT['accounts'])}",
     ),
 ]
@@ -314,7 +312,8 @@ def test_agaves_own_headers_and_gnu_and_old_ones_are_read_one_way(tmp_path: Path
 def test_a_base256_size_is_read_as_tar_rs_reads_it(tmp_path: Path) -> None:
     def base256(part: bytes) -> bytes:
         block = bytearray(part[:BLOCK])
-        block[124:136] = b"\x80" + (len(part) - BLOCK).to_bytes(11, "big")
+        size = int(bytes(block[124:135]), 8)
+        block[124:136] = b"\x80" + size.to_bytes(11, "big")
         block[148:156] = b" " * 8
         block[148:155] = b"%06o\0" % sum(block)
         return bytes(block) + part[BLOCK:]

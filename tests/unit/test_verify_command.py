@@ -30,6 +30,7 @@ from tracker.proof.formats.writing import (
     lattice_of,
     padded,
     write_manifest,
+    write_status_cache,
     write_storage,
 )
 
@@ -90,7 +91,7 @@ def many_accounts(slot: int, count: int) -> tuple[str, bytes]:
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         (f"snapshots/{slot}/{slot}", write_manifest(slot, lt_hash, [(slot, 0, len(storage))])),
-        ("snapshots/status_cache", bytes(8)),
+        ("snapshots/status_cache", write_status_cache([slot])),
         (f"accounts/{slot}.0", padded(storage)),
     ]
     name = f"snapshot-{slot}-{archive_hash_of(lt_hash)}.tar.zst"

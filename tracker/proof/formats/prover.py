@@ -3,10 +3,11 @@
 The tar walk knows nothing of formats: for each regular member it asks the archive's
 :class:`MemberProver` ``member(name, size)`` for a parser of that member's bytes (None: skip
 them), feeds it the member's data, and asks :meth:`MemberProver.proof` at the end of the
-archive. :class:`ArchiveProver` decodes the manifest ``snapshots/{S}/{S}`` (level
-``manifest``) and hands each ``accounts/{slot}.{id}`` member to an accounts prover when one
-is given (:class:`AccountsProver`, level ``accounts``). docs/architecture.md, "Proven
-archives".
+archive. :class:`ArchiveProver` reads ``version`` and ``snapshots/status_cache`` as agave
+reads them at load (:mod:`tracker.proof.formats.statuscache`: refused otherwise, whatever the
+level), decodes the manifest ``snapshots/{S}/{S}`` (level ``manifest``) and hands each
+``accounts/{slot}.{id}`` member to an accounts prover when one is given
+(:class:`AccountsProver`, level ``accounts``). docs/architecture.md, "Proven archives".
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.formats.bankhash import prove_manifest
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder
 from tracker.proof.formats.parsing import Parser
+from tracker.proof.formats.statuscache import status_cache_parser, version_parser
 from tracker.proof.levels import Level, Proof
 
+#: The status cache's member name.
+STATUS_CACHE = "snapshots/status_cache"
 #: Why an archive whose manifest the walk did not hand over stops at ``structure``.
 NOT_READ = "its manifest was not read (not a plain file member)"
 
@@ -103,7 +107,12 @@ class ArchiveProver:
 
     def member(self, name: str, size: int) -> Parser | None:
         """The manifest's decoder for ``snapshots/{S}/{S}``; account storages go to the
-        accounts prover once the manifest came (agave writes it first)."""
+        accounts prover once the manifest came (agave writes it first); ``version`` and the
+        status cache are read as agave reads them at load (:mod:`.statuscache`)."""
+        if name == "version":
+            return version_parser(size)
+        if name == STATUS_CACHE:
+            return status_cache_parser(size, self.slot)
         if name == self.manifest_name:
             if self._decoder is not None:
                 raise ArchiveInvalid(f"manifest: {name} twice in the archive")

@@ -34,6 +34,7 @@ EXTRA_FIELDS = (
 )
 
 _Q = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 #: A record's header: StoredMeta, AccountMeta and the obsolete hash (136 bytes).
 _HEAD = struct.Struct("<QQ32sQQ32sB7x32x")
 _SCHEDULE = struct.Struct("<QQ?QQ").pack(432_000, 432_000, True, 14, 524_256)
@@ -83,6 +84,35 @@ def write_storage(accounts: Iterable[Account]) -> bytes:
 def padded(storage: bytes) -> bytes:
     """A storage's bytes padded to a multiple of 8, as agave's files of them end."""
     return storage + bytes(-len(storage) % 8)
+
+
+#: One transaction's result in a status cache: Ok, or a TransactionError's bincode.
+OK_RESULT = b"\0\0\0\0"
+#: ``Err(InstructionError(0, Custom(1)))``.
+CUSTOM_ERROR = _U32.pack(1) + _U32.pack(8) + b"\0" + _U32.pack(25) + _U32.pack(1)
+
+
+def write_status_cache(
+    slots: Iterable[int],
+    statuses: Sequence[tuple[bytes, bytes]] = (),
+    blockhash: bytes = b"\x41" * 32,
+) -> bytes:
+    """A status cache (``snapshots/status_cache``, bincode of agave's ``Vec<BankSlotDelta>``:
+    :mod:`tracker.proof.formats.statuscache`) with one rooted entry per slot of ``slots``,
+    each holding ``statuses`` (``(20-byte key, result)``: :data:`OK_RESULT`, :data:`CUSTOM_ERROR`)
+    under ``blockhash``, none when it is empty. agave loads an archive of slot S only when S
+    has an entry."""
+    listed = list(slots)
+    out = bytearray(_Q.pack(len(listed)))
+    for slot in listed:
+        out += _Q.pack(slot) + b"\x01"
+        if not statuses:
+            out += _Q.pack(0)
+            continue
+        out += _Q.pack(1) + blockhash + _Q.pack(0) + _Q.pack(len(statuses))
+        for key, result in statuses:
+            out += key + result
+    return bytes(out)
 
 
 def lattice_of(accounts: Iterable[Account]) -> bytes:

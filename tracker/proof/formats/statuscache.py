@@ -1,0 +1,161 @@
+"""The ``version`` file and the status cache ``snapshots/status_cache``, read as agave reads
+them when it loads a snapshot (docs/architecture.md, "Proven archives" → "Version and status
+cache").
+
+Sources (anza-xyz/agave; the enums from anza-xyz/solana-sdk):
+
+- ``version``: ``snapshot_version_from_file`` (snapshots crate, ``snapshot_utils.rs``): at most
+  ``MAX_SNAPSHOT_VERSION_FILE_SIZE`` (8) bytes, read as UTF-8, trimmed of white space; then
+  ``SnapshotVersion::from_str`` (``snapshot_version.rs``): one leading ``v``/``V`` dropped,
+  and the rest must be ``1.2.0``, the only version agave knows.
+- the status cache: ``deserialize_status_cache`` (``runtime/src/snapshot_bank_utils.rs``):
+  bincode (fixed-int, trailing bytes allowed) of ``Vec<BankSlotDelta>``, a ``BankSlotDelta``
+  being ``(Slot, bool, Status<Result<(), TransactionError>>)`` and a ``Status`` a map of
+  blockhash → ``(usize, Vec<([u8; 20], Result<(), TransactionError>)>)``
+  (``runtime/src/status_cache.rs``); then ``verify_slot_deltas_structural``: at most
+  ``MAX_CACHE_ENTRIES`` (300) entries, each a root, none for a slot above the bank's, no slot
+  twice. ``verify_slot_deltas_with_history`` then wants every rooted slot of the bank's slot
+  history (its newest 300) to have an entry; the history is an account (the SlotHistory
+  sysvar), which this check does not read, but the bank's own slot is always in it (its
+  newest slot, set when the bank was made), so that slot's entry is required here.
+- ``TransactionError`` (``transaction-error/src/lib.rs``) and ``InstructionError``
+  (``instruction-error/src/lib.rs``): bincode enums, a u32 variant index then the fields.
+
+Every count is bounded by the bytes left in the member before it is used
+(:class:`~tracker.proof.formats.bincode.Reader`), so a hostile count costs nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tracker.errors import ArchiveInvalid, EndOfInput
+from tracker.proof.formats.bincode import Reader
+from tracker.proof.formats.parsing import Parser, ParserOf
+
+#: The version agave knows (``VERSION_STRING_V1_2_0``).
+KNOWN_VERSION = "1.2.0"
+#: agave's ``MAX_SNAPSHOT_VERSION_FILE_SIZE``.
+MAX_VERSION_SIZE = 8
+#: agave's ``status_cache::MAX_CACHE_ENTRIES`` (``MAX_RECENT_BLOCKHASHES``).
+MAX_CACHE_ENTRIES = 300
+#: Rust's ``char::is_whitespace`` (Unicode White_Space), what ``str::trim`` removes.
+_RUST_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# ``TransactionError``'s variants with fields (index: the bytes of its fields, after the
+# index), every other index below ``_TRANSACTION_ERRORS`` has none. 8: InstructionError(u8,
+# InstructionError) is read apart; 30: DuplicateInstruction(u8); 31:
+# InsufficientFundsForRent { account_index: u8 }; 35: ProgramExecutionTemporarilyRestricted
+# { account_index: u8 }.
+_TRANSACTION_ERRORS = 39  # AccountInUse .. CommitCancelled
+_INSTRUCTION_ERROR = 8
+_ONE_BYTE = frozenset({30, 31, 35})
+_INSTRUCTION_ERRORS = 55  # GenericError .. BailOut
+_CUSTOM = 25  # InstructionError::Custom(u32)
+_U32 = struct.Struct("<I")
+# A Vec's element (the 20-byte key and the Result's tag) and a slot delta's fixed part.
+_KEYED_RESULT = 20 + 4
+_SLOT_DELTA = 8 + 1 + 8
+_BLOCKHASH_ENTRY = 32 + 8 + 8
+
+
+def version_parser(size: int) -> Parser:
+    """A parser of the ``version`` member of ``size`` bytes: ArchiveInvalid unless agave
+    loads it (at most 8 bytes of UTF-8 that, trimmed, read ``1.2.0``, a ``v`` allowed)."""
+    if size > MAX_VERSION_SIZE:
+        raise ArchiveInvalid(
+            f"version: {size} bytes, agave reads a version file of at most {MAX_VERSION_SIZE}"
+        )
+    data = (yield size) if size else b""
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveInvalid(f"version: not UTF-8 ({bytes(data)!r})") from None
+    trimmed = text.strip(_RUST_WHITE_SPACE)
+    named = trimmed[1:] if trimmed[:1] in ("v", "V") else trimmed
+    if named != KNOWN_VERSION:
+        raise ArchiveInvalid(
+            f"version: {trimmed!r} is not a snapshot version agave loads ({KNOWN_VERSION})"
+        )
+
+
+def status_cache_parser(size: int, bank_slot: int) -> Parser:
+    """A parser of ``snapshots/status_cache`` (``size`` bytes) of the archive of
+    ``bank_slot``: ArchiveInvalid with one line unless agave's ``deserialize_status_cache``
+    reads it and ``verify_slot_deltas`` passes what it can check without the slot history
+    (see the module)."""
+    reader = Reader(size, "status cache")
+    try:
+        yield from _slot_deltas(reader, bank_slot)
+    except EndOfInput as end:
+        raise reader.ended(end) from None
+
+
+def _slot_deltas(reader: Reader, bank_slot: int) -> ParserOf[None]:
+    reader.field = "the count of slot deltas"
+    count = yield from reader.count(_SLOT_DELTA)
+    if count > MAX_CACHE_ENTRIES:
+        raise reader.fail(f"{count} slot deltas, agave loads at most {MAX_CACHE_ENTRIES}")
+    slots: set[int] = set()
+    for index in range(count):
+        reader.field = f"slot delta {index}"
+        slot = yield from reader.u64()
+        root = yield from reader.flag()
+        if not root:
+            raise reader.fail(f"slot {slot} is not a root (slot delta {index})")
+        if slot > bank_slot:
+            raise reader.fail(f"slot {slot} is after the bank's slot {bank_slot}")
+        if slot in slots:
+            raise reader.fail(f"slot {slot} has more than one entry")
+        slots.add(slot)
+        yield from _status(reader, slot)
+    if bank_slot not in slots:
+        raise reader.fail(f"no entry for the bank's slot {bank_slot}")
+
+
+def _status(reader: Reader, slot: int) -> ParserOf[None]:
+    reader.field = f"the blockhashes of slot {slot}"
+    hashes = yield from reader.count(_BLOCKHASH_ENTRY)
+    for _ in range(hashes):
+        reader.field = f"a blockhash of slot {slot}"
+        yield from reader.skip(32 + 8)  # the blockhash, the key's index (usize)
+        reader.field = f"the statuses of slot {slot}"
+        entries = yield from reader.count(_KEYED_RESULT)
+        for _ in range(entries):
+            head = yield from reader.take(_KEYED_RESULT)
+            tag = _U32.unpack_from(head, 20)[0]
+            if tag == 1:
+                yield from _transaction_error(reader, slot)
+            elif tag:
+                raise reader.fail(
+                    f"slot {slot}: a transaction's result of variant {tag} at byte {reader.at - 4}"
+                )
+
+
+def _transaction_error(reader: Reader, slot: int) -> ParserOf[None]:
+    reader.field = f"a transaction error of slot {slot}"
+    tag = yield from _u32(reader)
+    if tag == _INSTRUCTION_ERROR:
+        yield from reader.skip(1)  # the instruction's index
+        inner = yield from _u32(reader)
+        if inner == _CUSTOM:
+            yield from reader.skip(4)
+        elif inner >= _INSTRUCTION_ERRORS:
+            raise reader.fail(
+                f"slot {slot}: an instruction error of unknown variant {inner} at byte "
+                f"{reader.at - 4}"
+            )
+    elif tag in _ONE_BYTE:
+        yield from reader.skip(1)
+    elif tag >= _TRANSACTION_ERRORS:
+        raise reader.fail(
+            f"slot {slot}: a transaction error of unknown variant {tag} at byte {reader.at - 4}"
+        )
+
+
+def _u32(reader: Reader) -> ParserOf[int]:
+    data = yield from reader.take(4)
+    value: int = _U32.unpack(data)[0]
+    return value
