@@ -4,6 +4,7 @@ state and a rerun resumes. Real subprocesses, waited on through their files and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +12,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
-from archives import build_archive
+from archives import build_archive, many_accounts_archive
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
@@ -191,6 +193,83 @@ async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, c
         await ended(process)
     assert returncode == code
     assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
+
+
+@pytest.fixture(scope="module")
+def big_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full of 200,000 accounts (~21 MB): its accounts proof within 4 MiB spills for
+    seconds."""
+    name, data = many_accounts_archive(7_000, 200_000, seed=5)
+    path = tmp_path_factory.mktemp("big") / name
+    path.write_bytes(data)
+    return path
+
+
+def spilled(directory: Path) -> int:
+    """Bytes the proof's files under ``directory`` hold now (files come and go meanwhile)."""
+    total = 0
+    for path in directory.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def _mid_proof(process: trio.Process, spill: Path, at: int) -> bool:
+    """True once ``process`` ended, or its proof spilled ``at`` bytes to ``spill``."""
+    return process.poll() is not None or (any(spill.iterdir()) and spilled(spill) >= at)
+
+
+#: When each try signals: once the proof's first file is there, once it spilled 1 MiB, 4 MiB.
+SPILLED = [0, 1 * MiB, 4 * MiB]
+
+
+@pytest.mark.parametrize("to_the_group", [False, True], ids=["to-verify", "to-its-group"])
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+async def test_a_signal_during_the_accounts_proof_is_an_interruption_never_a_verdict(
+    tmp_path: Path, big_full: Path, signum: int, code: int, to_the_group: bool
+) -> None:
+    """A good full's ``verify`` signalled while its accounts proof runs (its index spilling
+    to the temporary directory, the event waited on), at three points of the proof, the
+    signal sent to ``verify`` alone or to its process group as a terminal's Ctrl-C is: exit
+    128 + the signal, the one line, nothing on stdout (never ``bad``), no file left."""
+    for attempt, spill_at in enumerate(SPILLED):
+        spill = tmp_path / f"spill-{attempt}"
+        spill.mkdir()
+        errors = tmp_path / f"stderr-{attempt}"
+        command = [
+            *(sys.executable, "-m", "tracker", "verify", "--prove-accounts-memory", "4MiB"),
+            *("--prove-accounts-temp-dir", str(spill), str(big_full)),
+        ]
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=sink,
+                preexec_fn=as_a_terminal_starts_it,
+                start_new_session=to_the_group,
+            )
+        assert process.stdout is not None
+        out = b""
+        try:
+            with trio.fail_after(120):
+                await wait_for(
+                    partial(_mid_proof, process, spill, spill_at),
+                    timeout=120,
+                )
+                assert process.returncode is None, (attempt, errors.read_text())
+                if to_the_group:
+                    os.killpg(process.pid, signum)
+                else:
+                    process.send_signal(signum)
+                while piece := await process.stdout.receive_some(65536):
+                    out += piece
+                returncode = await process.wait()
+        finally:
+            await ended(process)
+        assert (attempt, returncode, out) == (attempt, code, b"")
+        line = one_line(errors.read_text(), "interrupted")
+        assert line == "snapshot-tracker: interrupted"
+        assert list(spill.iterdir()) == []
 
 
 @pytest.mark.parametrize(("signum", "code"), SIGNALS)

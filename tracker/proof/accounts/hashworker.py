@@ -148,6 +148,10 @@ class HashWorker:
                 close_fds=True,
                 pass_fds=() if shared is None else (shared,),
                 env=env,
+                # a session of its own: a terminal's Ctrl-C or a signal to the command's
+                # process group reaches the parent alone, never an interpreter starting up
+                # (which would print "Fatal Python error" before it could ignore SIGINT)
+                start_new_session=True,
             )
             if shared is not None:
                 self._shared = mmap.mmap(shared, SLOTS * self._slot_bytes)

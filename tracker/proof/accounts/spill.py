@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -145,10 +146,15 @@ class SpillDir:
     def __init__(self, root: str | None, keep_free: int = 0) -> None:
         self.keep_free = max(KEEP_FREE, keep_free)
         self.root = root if root is not None else tempfile.gettempdir()
+        self.path = ""
+        self._lock = -1
         try:
             os.makedirs(self.root, exist_ok=True)
             clean_leftovers(self.root)
-            self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.root)
+            # named before it is made (tempfile.mkdtemp would name it only once made): a
+            # signal's interrupt raised right after the mkdir finds it to remove
+            self.path = os.path.join(self.root, PREFIX + secrets.token_hex(16))
+            os.mkdir(self.path, 0o700)
             # The lock file appears locked or not at all: made under another name, locked,
             # then renamed. Another proof cleaning leftovers meanwhile would otherwise find
             # it unlocked and remove a directory just made (its grace period covers a young
@@ -157,7 +163,14 @@ class SpillDir:
             self._lock = os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             os.rename(starting, os.path.join(self.path, "lock"))
-        except OSError as exc:  # the proof stops, the archive is not at fault
+        except BaseException as exc:
+            if self.path and not isinstance(exc, FileExistsError):  # none left behind
+                shutil.rmtree(self.path, ignore_errors=True)
+            if self._lock >= 0:
+                os.close(self._lock)
+            if not isinstance(exc, OSError):
+                raise
+            # the proof stops, the archive is not at fault
             raise NoRoom(
                 f"not proven: the temporary directory {self.root!r} is unusable: "
                 f"{exc.strerror or exc}"

@@ -154,6 +154,8 @@ def check_stream(
             except Exception as exc:
                 if failed and exc is failed[0]:
                     raise
+                if (interrupt := interruption_in(exc)) is not None:
+                    raise interrupt from None  # before any storage's refusal: no verdict
                 if accounts is not None:
                     # a storage the stream went past before this failure refuses first, as
                     # when the reading thread scans them (docs/architecture.md, "Every core")
@@ -186,11 +188,33 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     The check's own reasons pass as they are; anything else a decoder or the tar walk raised
     on hostile bytes (a library's error the decoders do not know, a ValueError, a
     MemoryError) rejects the copy with a one-line reason, so that every caller treats it as a
-    bad copy (deleted, its source held back) instead of crashing on it."""
+    bad copy (deleted, its source held back) instead of crashing on it.
+
+    An interrupt is no verdict: a signal's KeyboardInterrupt raised while a compiled kernel
+    (numba's dispatcher) or another C function ran comes back as a SystemError ("returned a
+    result with an exception set") whose cause is the interrupt; that interrupt is raised
+    again here, so the caller is interrupted (``verify``: exit 130 or 143, one line), never
+    told the copy is bad."""
+    interrupt = interruption_in(exc)
+    if interrupt is not None:
+        raise interrupt
     if isinstance(exc, ArchiveInvalid):
         return exc
     detail = " ".join(str(exc).split())[:200]
     return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
+
+
+def interruption_in(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit ``exc`` is, or was raised from or during (its
+    ``__cause__`` and ``__context__`` chain); None when it holds none."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt | SystemExit):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def check_file(
