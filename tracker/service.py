@@ -124,7 +124,10 @@ class Components:
 
         def level(group: str, name: str) -> str | None:
             held = digests.verified(group, name)
-            return held.proof.level.label if held is not None else None
+            if held is None:
+                return None
+            unloadable = " (agave cannot load it)" if held.proof.unloadable else ""
+            return held.proof.level.label + unloadable
 
         return StatusSources(
             config=self.tracker.current,
