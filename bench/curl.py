@@ -12,6 +12,8 @@ import time
 
 import attrs
 
+from bench.procs import die_with_parent
+
 #: What curl prints after a transfer: status, body bytes, seconds to the first byte, in total.
 _WRITE_OUT = "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"
 
@@ -54,8 +56,9 @@ def curl_get(
 ) -> CurlGet:
     """GET ``url`` with curl into /dev/null on a fresh connection."""
     done = subprocess.run(
-        _argv(curl, url, timeout), capture_output=True, text=True, timeout=timeout + 30
-    )
+        _argv(curl, url, timeout), capture_output=True, text=True, timeout=timeout + 30,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
     if done.returncode != 0:
         raise CurlError(f"{url}: curl exit {done.returncode}: {done.stderr.strip()}")
     return _parse(url, done.stdout, expect, size)
@@ -69,7 +72,11 @@ def curl_many(
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            _argv(curl, url, timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            _argv(curl, url, timeout),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
         )
         for url in urls
     ]

@@ -29,7 +29,7 @@ import attrs
 
 from bench.client import Fetch, fetch, fetch_many, fetch_paced, first_byte, hold_keepalive
 from bench.curl import curl_get, curl_many
-from bench.procs import HOST, Procs, free_port, rss_kib
+from bench.procs import HOST, Procs, die_with_parent, free_port, rss_kib
 from bench.profile import Profiler
 from bench.servers import (
     GROUP,
@@ -487,7 +487,10 @@ def wrk(env: Env, address: tuple[str, int], path: str) -> tuple[float, float]:
     seconds = env.options.wrk_seconds
     argv = [env.tools["wrk"], "-t1", f"-c{env.options.wrk_connections}"]
     argv += [f"-d{seconds:g}s", "--latency", f"http://{address[0]}:{address[1]}{path}"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=True,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
     rate, p99 = _WRK_RATE.search(done.stdout), _WRK_P99.search(done.stdout)
     errors = _WRK_ERRORS.search(done.stdout)
     if rate is None or p99 is None or errors is not None:
@@ -609,7 +612,9 @@ def share_supported(env: Env) -> str | None:
     )
     path.write_text(json.dumps(config))
     argv = [sys.executable, "-m", "tracker", "check-config", "--config", str(path)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, preexec_fn=die_with_parent
+    )
     if done.returncode == 0:
         return None
     reason = (done.stdout + done.stderr).strip().splitlines()
@@ -714,7 +719,10 @@ def discovery(env: Env, tracker: Tracker, run: int) -> Result:
 def _timed(command: list[str], cwd: Path) -> float:
     """Seconds ``command`` took (it must succeed), as a user would time it."""
     start = time.monotonic()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, check=False, timeout=600)
+    done = subprocess.run(
+        command, cwd=cwd, capture_output=True, check=False, timeout=600,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
     seconds = time.monotonic() - start
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} failed: {done.stderr.decode()[-500:]}")

@@ -3,12 +3,16 @@
 Every process is started by :meth:`Procs.start`, which remembers it; :meth:`Procs.stop` and
 :meth:`Procs.close` end them by their own process-group id (SIGTERM, then SIGKILL after a
 short wait). ``run.py`` calls ``close`` in a ``finally`` and turns SIGTERM into
-KeyboardInterrupt, so an error, Ctrl-C or a kill leaves nothing running.
+KeyboardInterrupt, so an error, Ctrl-C or a kill leaves nothing running. A bench killed
+outright (SIGKILL: no ``finally`` runs) takes its children with it: each is started with
+the kernel's parent-death signal (``PR_SET_PDEATHSIG``, SIGKILL), and what they started in
+their own process group (nginx's workers) ends with its leader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -20,6 +24,16 @@ from pathlib import Path
 import attrs
 
 HOST = "127.0.0.1"
+#: ``prctl(2)``'s option that sends the caller a signal when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be SIGKILLed when the process that started it dies (Linux;
+    elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @attrs.define
@@ -76,6 +90,7 @@ class Procs:
                 start_new_session=True,
                 env=env,
                 cwd=cwd,
+                preexec_fn=die_with_parent,
             )
         proc = self.running[name] = Proc(name, popen, log_path)
         return proc

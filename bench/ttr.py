@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import HOST, Procs, free_port
+from bench.procs import HOST, Procs, die_with_parent, free_port
 from bench.servers import (
     GROUP,
     full_name,
@@ -167,7 +167,10 @@ def fetch(tracker: str, ledger: Path) -> tuple[float, float, list[str]]:
     argv += ["--tracker", tracker, "--group", GROUP, "--connections", "1", "--min-speed", "0"]
     argv += ["--verify=false", "--progress", "none", "--keep", "0", "--log-format", "json"]
     began = time.monotonic()
-    done = subprocess.run(argv, check=True, cwd=ledger.parent, capture_output=True, timeout=600)
+    done = subprocess.run(
+        argv, check=True, cwd=ledger.parent, capture_output=True, timeout=600,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
     wall = time.monotonic() - began
     lines = (done.stdout + done.stderr).decode().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]

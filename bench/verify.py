@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.procs import die_with_parent
 from bench.tools import find
 from tests.archives import big_archive_name, build_big_archive
 from tracker.proof.accounts.budget import AccountsLimits
@@ -54,7 +55,9 @@ def _cpu(who: int) -> float:
 def _timed(argv: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds (user + system) of a command."""
     cpu, start = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, preexec_fn=die_with_parent
+    )
     took = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
