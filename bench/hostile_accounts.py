@@ -20,6 +20,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 
 from tests.archives import write_framed_snapshot
 from tracker.config.values import parse_size
-from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.accounts.budget import AccountsLimits, default_workers, shared_limits
 from tracker.proof.formats.lattice import LtHash
 from tracker.proof.formats.writing import archive_hash_of, write_manifest
 
@@ -70,21 +71,37 @@ def build(out: Path, accounts: int, per: int = PER_STORAGE) -> Path:
     return archive
 
 
-def check(archive: Path, memory: int) -> dict[str, Any]:
-    """The check, timed, with its peaks (bench/accounts.py's measures)."""
+def check(archive: Path, memory: int, concurrent: int = 1) -> dict[str, Any]:
+    """The check, timed, with its peaks (bench/accounts.py's measures); ``concurrent``
+    checks of the archive at once, in threads of one process sharing one budget, its
+    hashing processes and frame threads (as the tracker's concurrent proofs do)."""
     from bench.accounts import _children_cpu, _peak_rss, _WorkerPeak
+    from tracker.memory import limit_malloc_arenas
     from tracker.proof.archive.archivecheck import check_file
+
+    limit_malloc_arenas()  # as the tracker does at its start (serve)
 
     temp = archive.parent / "tmp"
     temp.mkdir(exist_ok=True)
-    budget = MemoryBudget(memory)
+    budget, slots, frames = shared_limits(memory, default_workers())
+    limits = AccountsLimits(
+        memory=memory, temp_dir=str(temp), budget=budget, slots=slots, frames=frames
+    )
     watch = _WorkerPeak()
     watch.start()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-    verified = check_file(
-        str(archive),
-        prove_accounts=AccountsLimits(memory=memory, temp_dir=str(temp), budget=budget),
-    )
+    results: list[Any] = [None] * concurrent
+
+    def one(at: int) -> None:
+        results[at] = check_file(str(archive), prove_accounts=limits)
+
+    threads = [threading.Thread(target=one, args=(at,)) for at in range(concurrent)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    verified = results[0]
+    assert all(result is not None for result in results)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0 + _children_cpu() - k0
     watch.stop()
@@ -112,14 +129,26 @@ def main() -> None:
         default=PER_STORAGE,
         help="records a storage (1: a storage member for each account)",
     )
+    parser.add_argument(
+        "--concurrent", type=int, default=1, help="checks at once in one process, one budget"
+    )
     parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.check:
-        print(json.dumps(check(args.check, args.memory)))
+        print(json.dumps(check(args.check, args.memory, args.concurrent)))
         return
     archive = build(args.out, args.accounts, args.per_storage)
     answer = subprocess.run(
-        [sys.executable, __file__, "--check", str(archive), "--memory", str(args.memory)],
+        [
+            sys.executable,
+            __file__,
+            "--check",
+            str(archive),
+            "--memory",
+            str(args.memory),
+            "--concurrent",
+            str(args.concurrent),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -127,7 +156,9 @@ def main() -> None:
     result = json.loads(answer.stdout)
     size = archive.stat().st_size
     print(
-        f"{args.accounts} empty accounts, {args.per_storage} a storage: {size / 2**20:.1f} MiB "
+        f"{args.accounts} empty accounts, {args.per_storage} a storage"
+        f"{f', {args.concurrent} checks at once' if args.concurrent > 1 else ''}: "
+        f"{size / 2**20:.1f} MiB "
         f"archive; level {result['level']} ({result['note'] or 'no note'}) in "
         f"{result['wall']:.2f} s, {result['cpu']:.2f} CPU-s (the tree; "
         f"{result['cpu'] / max(1, -(-args.accounts // args.per_storage)) * 1e6:.0f} µs a "

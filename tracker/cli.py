@@ -302,7 +302,10 @@ def _run(argv: Sequence[str], sigterm: Any) -> int:
     if args.command == "check-config":
         for warning in warnings(config):
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
-        print(f"{args.config}: OK")
+        from tracker.config.warnings import proof_settings
+
+        settings = proof_settings(config)
+        print(f"{args.config}: {f'{settings}: ' if settings else ''}OK")
         return EXIT_OK
     return serve(args, config)
 

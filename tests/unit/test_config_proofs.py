@@ -11,6 +11,7 @@ from helpers_config import load, problem_at, problems
 from helpers_statements import keypair_json
 
 from tracker.config.files import load_signer
+from tracker.proof.accounts.budget import default_memory
 from tracker.proof.levels import Level
 
 
@@ -102,7 +103,8 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
     assert config.prove_accounts is True
     assert config.manifest_read == 512 * 1024**2
     assert config.prove_accounts_max is None  # a mainnet full is proven: no count bound
-    assert config.prove_accounts_memory == 512 * 1024**2
+    # derived from the cores and the memory (the rule: test_the_default_memory_...)
+    assert config.prove_accounts_memory == default_memory() >= 512 * 1024**2
     assert config.prove_accounts_temp_dir == ""
     assert config.proof_workers is None  # the machine's cores
     assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
@@ -362,3 +364,32 @@ def test_a_budget_pays_for_the_hashing_processes_it_allows(
     limits = AccountsLimits(memory=total, workers=wanted + 1)
     assert limits.hash_workers == workers
     assert limits.shared().room == room_of(total, workers, limits.frame_threads)
+
+
+@pytest.mark.parametrize(
+    ("cores", "ram_gib", "memory_mib", "hashers", "frames"),
+    [
+        (1, 8, 512, 1, 0),  # one core: the least budget, one child
+        (2, 24, 512, 1, 0),  # this bench's host: unchanged
+        (4, 64, 1120, 3, 3),  # a hashing process on every core but one, three frame threads
+        (16, 128, 2464, 15, 3),
+        (32, 256, 4256, 31, 3),
+        (16, 8, 1024, 7, 0),  # little memory: an eighth of it
+        (16, 2, 512, 2, 0),  # less: never below the least budget
+    ],
+)
+def test_the_default_memory_pays_for_every_core_within_the_machines_memory(
+    cores: int, ram_gib: int, memory_mib: int, hashers: int, frames: int
+) -> None:
+    from tracker.proof.accounts.budget import paid_within
+
+    memory = default_memory(cores, ram_gib * 1024**3)
+    assert memory == memory_mib * MiB_
+    assert paid_within(memory, cores) == (hashers, frames)
+
+
+def test_proof_workers_set_derives_the_memory_from_them(tmp_path: Path) -> None:
+    config = load(tmp_path, "proof_workers: 16\ntarget_groups: [{group: g}]\n")
+    assert config.prove_accounts_memory == default_memory(16)
+    config = load(tmp_path, "proof_workers: 16\nprove_accounts_memory: 1GiB\n")
+    assert config.prove_accounts_memory == 1024 * MiB_  # set: kept as it is

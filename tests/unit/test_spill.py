@@ -474,3 +474,27 @@ def test_the_partitions_sort_within_what_the_proof_holds_beside_its_runs_in_memo
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
     ((memory, resident, held),) = seen
     assert resident > 0 and memory + resident <= held
+
+
+def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
+    # the budget bounds the process tree however many proofs run at once: each holds its
+    # check's buffers (CHECK_COST) beside its index, so the default 512 MiB runs three at
+    # once, not eight (six concurrent proofs took a tree to 585 MiB before)
+    from tracker.proof.accounts.budget import CHECK_COST, FIXED_COST, shared_limits
+
+    budget, _, _ = shared_limits(512 * 1024**2, 2)
+    started: list[Held] = []
+    while True:
+        held = Held(budget)
+        if not held.start(cancelled=lambda: True):
+            break
+        started.append(held)
+    assert [h.reserved for h in started] == [CHECK_COST] * len(started) == [CHECK_COST] * 3
+    assert budget.used == sum(h.bytes + h.reserved for h in started) <= budget.room
+    assert FIXED_COST + budget.room <= budget.total
+    for held in started:
+        held.release()
+    assert budget.used == 0
+    # a budget below what the processes need bounds the index only: nothing reserved
+    small, _, _ = shared_limits(64 * 1024**2, 2)
+    assert Held(small).reserved == 0

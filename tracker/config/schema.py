@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from tracker.config.values import check_target, format_address, parse_address, parse_duration
-from tracker.proof.accounts.budget import DEFAULT_MEMORY
+from tracker.proof.accounts.budget import default_memory
 from tracker.proof.levels import Level
 
 __all__ = [
@@ -386,15 +386,22 @@ class Config:
     #: archive stays at ``manifest``, said so. None: no bound (the memory is bounded by
     #: ``prove_accounts_memory`` whatever the count).
     prove_accounts_max: int | None = None
-    #: The bytes of memory every ``accounts`` proof of the tracker shares (docs/architecture.md,
-    #: "The accounts level" → "Bounded memory"): past it the index spills to disk.
-    prove_accounts_memory: int = DEFAULT_MEMORY
-    #: Where the proofs' spilled index lives; empty: ``.accounts-proof`` in the cache
-    #: directory.
-    prove_accounts_temp_dir: str = ""
     #: Processes the accounts proofs use at most, the tracker's own included (its hashing
     #: children: this less one, at least one); None: the machine's cores.
     proof_workers: int | None = None
+    #: The bytes of memory every ``accounts`` proof of the tracker shares, its processes
+    #: included (docs/architecture.md, "The accounts level" → "Bounded memory"): past it the
+    #: index spills to disk. Default: derived from ``proof_workers`` and the machine's memory
+    #: (``proof.accounts.budget.default_memory``; 512 MiB on 2 cores, ~2.4 GiB on 16).
+    prove_accounts_memory: int = attrs.field()
+    #: Where the proofs' spilled index lives; empty: ``.accounts-proof`` in the cache
+    #: directory.
+    prove_accounts_temp_dir: str = ""
+
+    @prove_accounts_memory.default
+    def _prove_accounts_memory(self) -> int:
+        return default_memory(self.proof_workers)
+
     #: Redirect mode: the bounded head read of a source's copy that proves its manifest.
     manifest_read: int = 512 * 1024**2
     cluster_proof: ClusterProof = ClusterProof()

@@ -14,7 +14,15 @@ from tracker.config.targetfile import read_target_file
 from tracker.core.trustscreen import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
 from tracker.observability.redact import redact_text
-from tracker.proof.accounts.budget import FIXED_COST, PROCESS_MINIMUM, bounds_the_process, room_of
+from tracker.proof.accounts.budget import (
+    FIXED_COST,
+    PROCESS_MINIMUM,
+    bounds_the_process,
+    default_memory,
+    default_workers,
+    machine_memory,
+    room_of,
+)
 from tracker.proof.levels import Level
 
 
@@ -50,6 +58,27 @@ def memory_warning(config: Config) -> str:
         f"{total // 1024**2} MiB bounds the accounts proofs' index ({room_of(total) // 1024**2}"
         f" MiB of it) but not the tracker: the proving processes need ~{FIXED_COST // 1024**2}"
         f" MiB besides it; at least {PROCESS_MINIMUM // 1024**2} MiB bounds both"
+    )
+
+
+def proof_settings(config: Config) -> str:
+    """What the accounts proofs run within, as ``check-config`` shows it ("" when nothing is
+    proven): ``prove_accounts_memory`` and ``proof_workers``, each said to be derived (from
+    the machine's cores and memory: ``proof.accounts.budget.default_memory``) or set."""
+    if not config.prove_accounts:
+        return ""
+    cores = default_workers()
+    workers = config.proof_workers or cores
+    memory = config.prove_accounts_memory
+    derived = default_memory(config.proof_workers)
+    how = (
+        f"derived from {workers} cores and {machine_memory() / 1024**3:.0f} GiB of memory"
+        if memory == derived
+        else "set"
+    )
+    return (
+        f"accounts proofs within prove_accounts_memory {memory // 1024**2} MiB ({how}), "
+        f"proof_workers {workers} ({'the cores' if config.proof_workers is None else 'set'})"
     )
 
 

@@ -20,8 +20,8 @@ from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
 from tracker.observability.logs import log_event, setup_logging
 from tracker.proof.accounts.budget import (
-    DEFAULT_MEMORY,
     AccountsLimits,
+    default_memory,
     default_workers,
     shared_limits,
 )
@@ -139,10 +139,11 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--prove-accounts-memory",
         type=_size_from(PROVE_ACCOUNTS_MIN_MEMORY),
-        default=DEFAULT_MEMORY,
+        default=None,
         metavar="SIZE",
-        help="memory of the accounts proof (e.g. 2GiB); past it its index spills to "
-        "--prove-accounts-temp-dir (default: 512MiB)",
+        help="memory of the accounts proof, its processes included (e.g. 2GiB); past it its "
+        "index spills to --prove-accounts-temp-dir (default: from the cores and the memory, "
+        f"{default_memory() // 1024**2}MiB here)",
     )
     command.add_argument(
         "--proof-workers",
@@ -174,9 +175,10 @@ def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
     """The accounts proof's limits of parsed ``fetch`` or ``verify`` arguments: one budget
     that every proof of the run shares (``fetch`` checks several downloads at once)."""
     workers = args.proof_workers or default_workers()
-    budget, slots, frames = shared_limits(args.prove_accounts_memory, workers)
+    memory = args.prove_accounts_memory or default_memory(workers)
+    budget, slots, frames = shared_limits(memory, workers)
     return AccountsLimits(
-        memory=args.prove_accounts_memory,
+        memory=memory,
         max_accounts=args.prove_accounts_max,
         temp_dir=args.prove_accounts_temp_dir,
         workers=workers,

@@ -70,8 +70,20 @@ PACED_HASHERS = 8
 #: only costs CPU (forced with two, 50 million accounts on two cores took 3.00 CPU-s a
 #: million instead of 2.31).
 AHEAD_FROM_HASHERS = 6
+#: What each running check holds beside its index and is in no other cost: its raw chunks
+#: read ahead (8 MiB), its decoder's window and pieces, its scan lanes' waiting pieces, its
+#: second read's chunks and decoder. :data:`FIXED_COST` counts one check's; with several at
+#: once (the tracker's groups, refreshes, local files) each holds this much of the budget
+#: while it runs, so that the budget bounds the process tree however many run (six
+#: concurrent hostile proofs took a tree to 585 MiB in 512 before; docs/architecture.md,
+#: "The accounts level" → "Bounded memory"). Held only where the budget bounds the process
+#: (:func:`bounds_the_process`).
+CHECK_COST = 40 * 1024**2
 #: The smallest floor of a proof: run buffers of a few thousand records.
 MIN_FLOOR = 256 * 1024
+#: The share of the machine's memory that ``prove_accounts_memory``'s default takes at most
+#: (:func:`default_memory`).
+MEMORY_SHARE = 8
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
 PREFIX = "accounts-proof-"
 #: The daemon's temporary directory of the proofs, inside its cache directory (a dot
@@ -199,21 +211,28 @@ class MemoryBudget:
 
 
 class Held:
-    """One proof's part of a :class:`MemoryBudget`: :meth:`start` waits for the floor,
-    :meth:`grow_to` asks for more without waiting, :meth:`release` gives it all back."""
+    """One proof's part of a :class:`MemoryBudget`: :meth:`start` waits for the floor and
+    the check's own :data:`CHECK_COST` (:attr:`reserved`, where the budget bounds the
+    process), :meth:`grow_to` asks for more without waiting, :meth:`release` gives it all
+    back. :attr:`bytes` is the index's part."""
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.floor = floor_of(budget.room)
         self.bytes = 0
         self.peak = 0
+        reserved = CHECK_COST if bounds_the_process(budget.total) else 0
+        #: the check's buffers, held apart from the index while the proof runs
+        self.reserved = min(reserved, max(0, budget.room - self.floor))
+        self._started = False
 
     def start(self, cancelled: Callable[[], bool] | None = None) -> bool:
-        """Wait for the floor; False when cancelled first."""
-        if self.bytes:
+        """Wait for the floor and the reserve; False when cancelled first."""
+        if self._started:
             return True
-        if not self.budget.wait_for(self.floor, cancelled):
+        if not self.budget.wait_for(self.floor + self.reserved, cancelled):
             return False
+        self._started = True
         self.bytes = min(self.floor, self.budget.room)
         self.peak = max(self.peak, self.bytes)
         return True
@@ -239,9 +258,10 @@ class Held:
 
     def release(self) -> None:
         """Give back everything held (idempotent)."""
-        if self.bytes:
-            self.budget.give_back(self.bytes)
+        if self._started:
+            self.budget.give_back(self.bytes + self.reserved)
             self.bytes = 0
+            self._started = False
 
 
 class FrameThreads:
@@ -344,6 +364,34 @@ def running() -> list[Progress]:
     """The proofs running in this process now."""
     with _RUNNING_LOCK:
         return list(_RUNNING)
+
+
+def default_memory(workers: int | None = None, ram: int | None = None) -> int:
+    """``prove_accounts_memory``'s default on a machine of ``workers`` cores (default: this
+    one's, :func:`default_workers`) and ``ram`` bytes of memory (default: this one's): the
+    smallest budget that pays (:func:`paid_within`) for a hashing process on every core but
+    the check's own and for the frame threads (two or three, one less than the cores), with
+    as much again for the index; at least :data:`DEFAULT_MEMORY`, at most a
+    :data:`MEMORY_SHARE`-th of the memory (but never below :data:`DEFAULT_MEMORY`). 512 MiB
+    on 2 cores, 1,120 MiB on 4, 2,464 MiB on 16 (docs/architecture.md, "The accounts level"
+    → "Bounded memory")."""
+    cores = workers if workers is not None else default_workers()
+    hashers = max(1, cores - 1)
+    frames = min(MAX_FRAME_THREADS, cores - 1) if cores - 1 >= 2 else 0
+    paid = (hashers - 1) * WORKER_COST + frames * FRAME_THREAD_COST
+    wanted = FIXED_COST + 2 * paid
+    memory = ram if ram is not None else machine_memory()
+    share = memory // MEMORY_SHARE if memory else wanted
+    mib = 1024**2
+    return max(DEFAULT_MEMORY, -(-min(wanted, share) // mib) * mib)
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def default_workers() -> int:
