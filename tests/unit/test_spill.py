@@ -311,8 +311,31 @@ def test_short_of_temporary_space_the_proof_says_how_much(
     lt_hash, note = proof.finish(None)
     assert lt_hash is None
     assert note is not None
-    assert note.startswith("not proven: ") and "bytes of temporary space needed, 1000 free" in note
+    assert note.startswith("not proven: ")
+    assert "bytes of temporary space needed plus a 16 MiB margin, 1000 free" in note
+    assert proof.local_cause  # the tracker's shortage: never booked against a source
     assert os.listdir(tmp_path) == []
+
+
+def test_only_the_trackers_own_shortage_is_its_own_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator's bound on the accounts stops the proof too, but for the archive's size:
+    # any copy of it stops there, its source's as well as another's.
+    bounded = AccountsProof(AccountsLimits(max_accounts=100, temp_dir=str(tmp_path)))
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(bounded, storage, 4096)
+    lt_hash, note = bounded.finish(None)
+    assert lt_hash is None and note is not None and "over the bound of 100" in note
+    assert not bounded.local_cause
+    monkeypatch.setattr(SpillDir, "free", lambda self: 10 * 1024**2)
+    limits = attrs.evolve(tiny(tmp_path), keep_free=64 * 1024**2 + 1)
+    short = AccountsProof(limits)
+    for storage in built({3: many(400, 3)}, [3]):
+        feed(short, storage, 4096)
+    lt_hash, note = short.finish(None)
+    assert lt_hash is None and note is not None and short.local_cause
+    assert f"plus a {64 * 1024**2 + 1} bytes margin, {10 * 1024**2} free" in note
 
 
 def test_the_spill_leaves_the_room_its_caller_keeps_free(

@@ -34,12 +34,12 @@ from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.cache.vouching import Vouching
-from tracker.core.digests import Verified
+from tracker.core.digests import Verified, below_required
 from tracker.errors import CacheError
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
-from tracker.proof.levels import STRUCTURE_ONLY, Proof
+from tracker.proof.levels import STRUCTURE_ONLY, Proof, checked_for
 from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
@@ -81,6 +81,18 @@ class _Appender:
         if moved:
             self.left -= moved
             self.landed(moved)
+
+
+def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
+    """Why the copy ``name`` proven to ``proof`` falls short of its group's level for a cause
+    of this tracker's own (``Proof.local_cause``: its temporary space, its memory, its
+    hashing process), None otherwise: such a copy is not the source's fault, so the refresh
+    ends as a local failure and its source is not held back (docs/architecture.md, "Bounded
+    memory"). Pure."""
+    if not proof.local_cause:
+        return None
+    below = below_required(proof, checked_for(checking.require), name)
+    return None if below is None else f"archive not proven here: {below}"
 
 
 def _splice_or_cache_error(
@@ -274,6 +286,8 @@ class Refresh(GaplessWrites):
                 self.proving = False
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
+        if check is not None and (short := own_shortfall(self._checking, self.name, self.proof)):
+            raise CacheError(short)  # the tracker's own shortage: no verdict on the source
         if check is not None and self.vouching is not None:
             self.vouching.vouch(self.name, self.sha256, self.proof)  # raises when it does not
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes

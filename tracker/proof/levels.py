@@ -80,7 +80,11 @@ class Proof:
     lifted it to ``cluster``: ``votes`` (TowerBFT) or ``certificate`` (an Alpenglow finality
     certificate), None below it; ``unloadable`` why agave refuses to load the archive though
     it is proven (several account storages for one slot, as Firedancer writes them; an
-    invalid vote account in its stakes), None when nothing in it says so.
+    invalid vote account in its stakes), None when nothing in it says so; ``local_cause``
+    True when what ``note`` says stopped the proof is this tracker's own shortage (its
+    temporary space, its hashing process, its memory), not the archive nor its source: the
+    copy is not booked against its source (never written to a proof file: a copy read again
+    may be proven).
     """
 
     level: Level
@@ -91,6 +95,7 @@ class Proof:
     block_id: str | None = None
     cluster_proof: str | None = None
     unloadable: str | None = None
+    local_cause: bool = False
 
     def meets(self, required: Level, *, is_full: bool) -> bool:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""

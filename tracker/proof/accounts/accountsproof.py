@@ -11,7 +11,8 @@ Use (docs/architecture.md, "Proven archives" → "The accounts level")::
 
 ``finish`` returns the 2,048-byte lattice hash and None, or None and a one-line note saying
 why the archive stays at ``manifest`` (``not proven: N accounts over the bound of M``, an
-operator's bound; ``not proven: N bytes of temporary space needed, M free``).
+operator's bound; ``not proven: N bytes of temporary space needed plus a 16 MiB margin, M
+free``).
 ``reread(member, start)`` gives the bytes of a storage member's data from byte ``start``
 on, as an iterable of chunks; it is asked for every storage, once, in the order the storages
 came. Bad storages raise ArchiveInvalid with one line from the parser or from ``finish``. The
@@ -97,6 +98,10 @@ class AccountsProof:
         self.held = Held(self.limits.shared())
         self.progress = Progress()
         self._note: str | None = None
+        #: True once :meth:`finish` said why it could not end for a reason of this tracker's
+        #: own (temporary space, files, memory, the hashing process), not the archive's.
+        self.local_cause = False
+        self._bounded = False  # the note is the operator's bound on the accounts
         if not self.held.start(cancelled):
             self._note = "not proven: the check was cancelled while it waited for memory"
         self.progress.held = self.held.bytes
@@ -354,6 +359,7 @@ class AccountsProof:
         """The archive holds ``count`` stored versions or more (its manifest's storage
         list says so): over the bound, the proof stops before it reads any."""
         if self.max_accounts is not None and count > self.max_accounts and self._note is None:
+            self._bounded = True
             self._give_up(
                 f"not proven: at least {count} accounts (the storages the manifest lists) "
                 f"over the bound of {self.max_accounts}"
@@ -374,15 +380,18 @@ class AccountsProof:
                     f"not proven: {self._records} accounts over the bound of {self.max_accounts}"
                 )
             if self._note is not None:
+                self.local_cause = not self._bounded
                 return None, self._note
             if self._records:
                 if reread is None:
                     return None, f"not proven: {self._records} accounts need a second read"
                 note = self._finish_index(reread)
                 if note is not None:
+                    self.local_cause = True
                     return None, note
             total, note = self._summer.total()
             if total is None:
+                self.local_cause = True  # the hashing process failed
                 return None, note
             return total.astype("<u2").tobytes(), None
         finally:

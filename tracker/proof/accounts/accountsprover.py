@@ -167,7 +167,7 @@ class StoragesProver:
             if close is not None:
                 close()
         if lt_hash is None:
-            return attrs.evolve(proven, note=note)
+            return attrs.evolve(proven, note=note, local_cause=proof.local_cause)
         if lt_hash != manifest.accounts_lt_hash:
             raise ArchiveInvalid(MISMATCH)
         return attrs.evolve(proven, level=Level.ACCOUNTS)

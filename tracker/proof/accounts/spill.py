@@ -21,7 +21,8 @@ Files live in a directory of their own under the configured temporary directory,
 lock (``flock``) while the proof runs: :meth:`SpillDir.remove` deletes it whichever way the
 proof ends, and :func:`clean_leftovers` deletes those whose lock is free (a process killed in
 the middle) when the next proof starts. Free space is checked before every write: short of
-it, the proof stops with ``not proven: N bytes of temporary space needed, M free``.
+it, the proof stops with ``not proven: N bytes of temporary space needed plus a 16 MiB
+margin, M free`` (the margin: what the spill leaves free, :data:`KEEP_FREE` or its caller's).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ def _by_print_then_slot(prints: U64, slots: U64, locators: U64) -> npt.NDArray[n
     return order
 
 
+def _size_text(count: int) -> str:
+    """``count`` bytes as the operator sets such a size: in MiB when whole."""
+    return f"{count // 1024**2} MiB" if count and count % 1024**2 == 0 else f"{count} bytes"
+
+
 class SpillDir:
     """A directory of one proof's run files under ``root`` (None: the system's temporary
     directory), locked while it exists, leaving at least ``keep_free`` bytes (and
@@ -215,8 +221,8 @@ class SpillDir:
         free = self.free()
         if count + self.keep_free > free:
             raise NoRoom(
-                f"not proven: {self.written + count} bytes of temporary space needed, "
-                f"{self.written + free} free"
+                f"not proven: {self.written + count} bytes of temporary space needed plus a "
+                f"{_size_text(self.keep_free)} margin, {self.written + free} free"
             )
 
     def free(self) -> int:
