@@ -20,6 +20,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.archive.reread import accounts_prover, proving
+from tracker.proof.formats import kernels, statuscache
 from tracker.proof.formats.parsing import run
 from tracker.proof.formats.statuscache import (
     MAX_CACHE_ENTRIES,
@@ -201,7 +202,7 @@ CACHES_REFUSED = [
     (
         "cut inside a status",
         write_status_cache([SLOT], [(b"k" * 20, CUSTOM_ERROR)])[:-3],
-        f"status cache: the data ends inside a transaction error of slot {SLOT} at byte 107",
+        f"status cache: the data ends inside a transaction status of slot {SLOT} at byte 107",
     ),
     (
         "a huge count of statuses",
@@ -227,3 +228,57 @@ def test_the_parsers_read_only_what_they_need() -> None:
     assert run(version_parser(5), b"1.2.0") is None
     with pytest.raises(ArchiveInvalid, match="no entry for the bank's slot 101"):
         run(status_cache_parser(len(REAL_CACHE), 101), REAL_CACHE)
+
+
+MIXED = [
+    (bytes([i]) * 20, result)
+    for i, result in enumerate(
+        [
+            OK_RESULT,
+            CUSTOM_ERROR,
+            error(8, b"\x02" + struct.pack("<I", 54)),
+            error(30, b"\x01"),
+            error(31, b"\x01"),
+            error(35, b"\x07"),
+            error(38),
+            OK_RESULT,
+        ]
+    )
+]
+
+
+@pytest.mark.parametrize("piece", [1, 37, 100, 1 << 20])
+def test_statuses_read_in_pieces_of_any_size(monkeypatch: pytest.MonkeyPatch, piece: int) -> None:
+    # Every status kind across every piece boundary; a piece never reads past the statuses
+    # (the next slot delta follows them), and a bad one is named at its byte whatever the cut.
+    monkeypatch.setattr(statuscache, "PIECE", piece)
+    cache = write_status_cache([SLOT, 7, 3], MIXED * 3)
+    assert run(status_cache_parser(len(cache), SLOT), cache + b"trailing") is None
+    bad = write_status_cache([SLOT], [*MIXED, (b"z" * 20, error(39))])
+    with pytest.raises(ArchiveInvalid) as caught:
+        run(status_cache_parser(len(bad), SLOT), bad)
+    at = len(bad) - 4  # the unknown variant's index: the last 4 bytes
+    assert caught.value.reason == (
+        f"status cache: slot {SLOT}: a transaction error of unknown variant 39 at byte {at}"
+    )
+
+
+def test_a_large_status_cache_is_read_by_the_compiled_kernel() -> None:
+    # 16,000 statuses a slot, each slot's in pieces the compiled kernel reads.
+    kernels.load()
+    assert type(kernels.skip_statuses).__name__ == "CPUDispatcher"
+    cache = write_status_cache(range(SLOT - 2, SLOT + 1), MIXED * 2000)
+    assert run(status_cache_parser(len(cache), SLOT), cache) is None
+    bad = bytearray(cache)
+    bad[-4:] = struct.pack("<I", 1)  # the last status, Ok, made an Err whose error is cut
+    with pytest.raises(ArchiveInvalid) as caught:
+        run(status_cache_parser(len(bad), SLOT), bytes(bad))
+    assert caught.value.reason == (
+        f"status cache: the data ends inside a transaction status of slot {SLOT} at byte {len(bad)}"
+    )
+    bad[-4:] = struct.pack("<I", 2)
+    with pytest.raises(ArchiveInvalid) as caught:
+        run(status_cache_parser(len(bad), SLOT), bytes(bad))
+    assert caught.value.reason == (
+        f"status cache: slot {SLOT}: a transaction's result of variant 2 at byte {len(bad) - 4}"
+    )

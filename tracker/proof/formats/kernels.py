@@ -289,6 +289,62 @@ def lay_out_into(buf: Any, offsets: Any, lens: Any, chosen: Any, fields: Any, ou
     return starts, ends
 
 
+@_kernel(None)
+def _u32(buf: Any, at: int) -> int:
+    """The little-endian u32 at ``buf[at:at + 4]`` (the caller checked)."""
+    return int(buf[at]) | int(buf[at + 1]) << 8 | int(buf[at + 2]) << 16 | int(buf[at + 3]) << 24
+
+
+@_kernel(0, per=24)
+def skip_statuses(buf: Any, start: int, end: int, count: int) -> tuple[int, int, int, int]:
+    """Read past up to ``count`` of a status cache's transaction statuses in
+    ``buf[start:end]`` (each a 20-byte key and a bincode ``Result<(), TransactionError>``:
+    :mod:`tracker.proof.formats.statuscache` has the layout). Returns (where it stopped, the
+    statuses read, what was wrong there: 0 nothing, 1 a result that is neither Ok nor Err, 2
+    an unknown TransactionError, 3 an unknown InstructionError; the bytes the next status
+    needs past ``end`` when it stopped short of it, else 0).
+
+    ``TransactionError`` has 39 variants (AccountInUse .. CommitCancelled), with fields: 8
+    InstructionError(u8, InstructionError), 30 DuplicateInstruction(u8), 31
+    InsufficientFundsForRent { u8 }, 35 ProgramExecutionTemporarilyRestricted { u8 };
+    ``InstructionError`` 55 (GenericError .. BailOut), with fields: 25 Custom(u32)."""
+    pos = start
+    read = 0
+    while read < count:
+        if pos + 24 > end:
+            return pos, read, 0, pos + 24 - end
+        tag = _u32(buf, pos + 20)
+        if tag == 0:
+            pos += 24
+            read += 1
+            continue
+        if tag != 1:
+            return pos, read, 1, 0
+        if pos + 28 > end:
+            return pos, read, 0, pos + 28 - end
+        error = _u32(buf, pos + 24)
+        length = 28
+        if error == 8:  # InstructionError(u8, InstructionError)
+            if pos + 33 > end:
+                return pos, read, 0, pos + 33 - end
+            inner = _u32(buf, pos + 29)
+            if inner == 25:  # Custom(u32)
+                length = 37
+            elif inner >= 55:
+                return pos, read, 3, 0
+            else:
+                length = 33
+        elif error == 30 or error == 31 or error == 35:  # one u8
+            length = 29
+        elif error >= 39:
+            return pos, read, 2, 0
+        if pos + length > end:
+            return pos, read, 0, pos + length - end
+        pos += length
+        read += 1
+    return pos, read, 0, 0
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the accounts
     level passes, so that the first check of a process does not pay for it (~0.3 s from the

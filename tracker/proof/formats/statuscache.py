@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from tracker.errors import ArchiveInvalid, EndOfInput
 from tracker.proof.formats.bincode import Reader
+from tracker.proof.formats.kernels import skip_statuses
 from tracker.proof.formats.parsing import Parser, ParserOf
 
 #: The version agave knows (``VERSION_STRING_V1_2_0``).
@@ -44,17 +47,9 @@ _RUST_WHITE_SPACE = (
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-# ``TransactionError``'s variants with fields (index: the bytes of its fields, after the
-# index), every other index below ``_TRANSACTION_ERRORS`` has none. 8: InstructionError(u8,
-# InstructionError) is read apart; 30: DuplicateInstruction(u8); 31:
-# InsufficientFundsForRent { account_index: u8 }; 35: ProgramExecutionTemporarilyRestricted
-# { account_index: u8 }.
-_TRANSACTION_ERRORS = 39  # AccountInUse .. CommitCancelled
-_INSTRUCTION_ERROR = 8
-_ONE_BYTE = frozenset({30, 31, 35})
-_INSTRUCTION_ERRORS = 55  # GenericError .. BailOut
-_CUSTOM = 25  # InstructionError::Custom(u32)
 _U32 = struct.Struct("<I")
+#: Bytes of statuses read at once (the kernel's piece).
+PIECE = 1024 * 1024
 # A Vec's element (the 20-byte key and the Result's tag) and a slot delta's fixed part.
 _KEYED_RESULT = 20 + 4
 _SLOT_DELTA = 8 + 1 + 8
@@ -123,39 +118,42 @@ def _status(reader: Reader, slot: int) -> ParserOf[None]:
         yield from reader.skip(32 + 8)  # the blockhash, the key's index (usize)
         reader.field = f"the statuses of slot {slot}"
         entries = yield from reader.count(_KEYED_RESULT)
-        for _ in range(entries):
-            head = yield from reader.take(_KEYED_RESULT)
-            tag = _U32.unpack_from(head, 20)[0]
-            if tag == 1:
-                yield from _transaction_error(reader, slot)
-            elif tag:
-                raise reader.fail(
-                    f"slot {slot}: a transaction's result of variant {tag} at byte {reader.at - 4}"
-                )
+        yield from _statuses(reader, slot, entries)
 
 
-def _transaction_error(reader: Reader, slot: int) -> ParserOf[None]:
-    reader.field = f"a transaction error of slot {slot}"
-    tag = yield from _u32(reader)
-    if tag == _INSTRUCTION_ERROR:
-        yield from reader.skip(1)  # the instruction's index
-        inner = yield from _u32(reader)
-        if inner == _CUSTOM:
-            yield from reader.skip(4)
-        elif inner >= _INSTRUCTION_ERRORS:
-            raise reader.fail(
-                f"slot {slot}: an instruction error of unknown variant {inner} at byte "
-                f"{reader.at - 4}"
-            )
-    elif tag in _ONE_BYTE:
-        yield from reader.skip(1)
-    elif tag >= _TRANSACTION_ERRORS:
-        raise reader.fail(
-            f"slot {slot}: a transaction error of unknown variant {tag} at byte {reader.at - 4}"
+def _statuses(reader: Reader, slot: int, count: int) -> ParserOf[None]:
+    """Read past ``count`` transaction statuses, in pieces of at most :data:`PIECE` bytes
+    read by a compiled kernel (``kernels.skip_statuses``): never more bytes than the statuses
+    left take at least (24 each), so that the piece never reaches into what follows."""
+    reader.field = f"a transaction status of slot {slot}"
+    carry = b""
+    need = _KEYED_RESULT  # the bytes the next status takes at least, past those carried
+    while count:
+        data = yield from reader.take(max(need, min(PIECE, need + _KEYED_RESULT * (count - 1))))
+        piece = carry + data if carry else data
+        pos, read, wrong, need = skip_statuses(
+            np.frombuffer(piece, dtype=np.uint8), 0, len(piece), count
         )
+        count -= read
+        if wrong:
+            raise _unknown(reader, slot, piece, pos, wrong)
+        carry = piece[pos:]
 
 
-def _u32(reader: Reader) -> ParserOf[int]:
-    data = yield from reader.take(4)
-    value: int = _U32.unpack(data)[0]
-    return value
+def _unknown(reader: Reader, slot: int, piece: bytes, pos: int, wrong: int) -> ArchiveInvalid:
+    """The refusal of the status at ``piece[pos:]`` whose variant ``wrong`` says is unknown."""
+    at = reader.at - len(piece) + pos  # where the status starts in the member
+    if wrong == 1:
+        tag = _U32.unpack_from(piece, pos + 20)[0]
+        return reader.fail(
+            f"slot {slot}: a transaction's result of variant {tag} at byte {at + 20}"
+        )
+    if wrong == 2:
+        tag = _U32.unpack_from(piece, pos + 24)[0]
+        return reader.fail(
+            f"slot {slot}: a transaction error of unknown variant {tag} at byte {at + 24}"
+        )
+    tag = _U32.unpack_from(piece, pos + 29)[0]
+    return reader.fail(
+        f"slot {slot}: an instruction error of unknown variant {tag} at byte {at + 29}"
+    )
