@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 from helpers_votes import VoteRpc, key
-from py_ecc.bls import G2ProofOfPossession as Pop
+from pyecc import G2ProofOfPossession as Pop
 
 #: The block id every test archive's manifest carries (tests/archives.py writes it).
 BLOCK_ID = b"\x33" * 32

@@ -5,8 +5,10 @@ outside the subgroup or at infinity are refused; ``G1Point()`` is the generator.
 
 from __future__ import annotations
 
+import sys
+
 from py_arkworks_bls12381 import G1Point
-from py_ecc.bls import G2ProofOfPossession as Pop
+from pyecc import G2ProofOfPossession as Pop
 
 from tracker.proof.cluster import bls
 
@@ -64,3 +66,9 @@ def test_the_generator_is_the_default_point() -> None:
         "97f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb"
     )
     assert G1Point() == G1Point.from_compressed_bytes(generator)
+
+
+def test_importing_the_tests_signer_leaves_the_recursion_limit_alone() -> None:
+    # py_ecc raises it to 100,000 at import; tests/pyecc.py puts it back (deeply nested
+    # JSON in other tests must raise RecursionError, not overflow the C stack).
+    assert sys.getrecursionlimit() < 100_000
