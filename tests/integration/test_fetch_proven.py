@@ -14,6 +14,7 @@ from archives import (
     forged_accounts_archive,
     lattice_hash,
     make_tar,
+    many_accounts_archive,
     snapshot_entries,
 )
 from helpers_cluster import MINORITY, STAKES, bank_hash, votes_for
@@ -160,3 +161,29 @@ async def test_require_accounts_says_an_incremental_stops_at_manifest(tmp_path: 
     assert "proven=accounts" in full_line, full_line
     note = "incremental: proven to manifest, the most an incremental can reach"
     assert note in inc_line, inc_line
+
+
+async def test_require_accounts_short_of_temporary_space_blames_no_source(
+    tmp_path: Path,
+) -> None:
+    """The proof cannot spill here (its temporary directory is a file): the copy is not
+    proven for this machine's cause, so no source is blamed (not "failed verification")
+    and the fetch stops there rather than take another source's copy to meet the same
+    shortage (exit 1, the one line, nothing in the ledger)."""
+    name, data = many_accounts_archive(SLOT + 7, 40_000, seed=2)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_bytes(b"")
+    ledger = ledger_of(tmp_path)
+    first, second = FakeUpstream(files={name: data}), FakeUpstream(files={name: data})
+    async with tracker_of([first, second]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        done = await run_cli(
+            *command,
+            *("--require", "accounts", "--prove-accounts-memory", "1MiB"),
+            *("--prove-accounts-temp-dir", str(blocked)),
+        )
+    line = the_error_line(done)
+    assert f"{name}: archive not proven here: proven to manifest, accounts required: " in line
+    assert f"the temporary directory {str(blocked)!r} is unusable" in line, line
+    assert "failed verification" not in line
+    assert list(ledger.iterdir()) == []

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from archives import archive_name, compress, make_tar, snapshot_entries
+from archives import archive_name, compress, make_tar, snapshot_entries, status_cache_of
 from helpers_bytes import sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_upstream import Behaviour, FakeUpstream, serving
@@ -147,12 +147,12 @@ async def test_a_json_answer_is_not_taken_for_the_archive(tmp_path: Path) -> Non
 
 def _archives_of(slot: int) -> tuple[bytes, bytes]:
     """Two real archives of ``slot`` (both pass the check) of the same size, other bytes:
-    two nodes' archives of one slot and hash (other random bytes in the status cache)."""
+    two nodes' archives of one slot and hash (other transactions in the status cache)."""
     entries = snapshot_entries(slot, accounts=4, account_size=512 * 1024, seed=91)
     good = compress(make_tar(entries), "zst")
     status, _data = entries[4]
     for seed in range(64):
-        entries[4] = (status, random.Random(seed).randbytes(1024) + bytes(1024))
+        entries[4] = (status, status_cache_of(slot, random.Random(seed)))
         other = compress(make_tar(entries), "zst")
         if len(other) == len(good):
             return good, other

@@ -330,6 +330,11 @@ async def _verify(
             # "The cluster level"); a minority or a failed RPC leaves it, with the reason.
             proof = await lifted(crew.settings.voter, name, proof)
         below = below_required(proof, crew.settings.trust.checked_here(require), name)
+        if below is not None and proof.local_cause:
+            # this machine's shortage (temporary space, memory, the hashing process): no
+            # source is at fault, and another's copy would meet the same one
+            remove_state(ledger, name)
+            raise FetchError(f"{name}: archive not proven here: {below}")
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:
