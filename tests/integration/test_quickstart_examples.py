@@ -4,8 +4,14 @@ config's comment suggests keeps the archive's real name, so ``verify`` takes the
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import select
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -160,3 +166,82 @@ async def test_attest_beside_the_served_archives_then_fetch_trust_key_takes_them
     assert sorted(p.name for p in trusted.iterdir()) == [incrementals[1].name, full.name]
     done_lines = [line for line in done.stderr.splitlines() if "fetch_done" in line]
     assert len(done_lines) == 2 and all(f"vouched_by={key}" in x for x in done_lines), done_lines
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` ports free on 127.0.0.1 a moment ago (for servers the README starts on
+    ports of its own: a script cannot be told a port the kernel chose)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def end_group(group: int) -> None:
+    """SIGKILL what is left of process group ``group`` and wait for each to end."""
+    while members := [
+        int(pid) for pid in filter(str.isdigit, os.listdir("/proc")) if _group_of(pid) == group
+    ]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                ended = os.pidfd_open(pid)
+                try:
+                    select.select([ended], [], [], 30)
+                finally:
+                    os.close(ended)
+
+
+def _group_of(pid: str) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == b"Z" else int(fields[2])
+
+
+async def test_the_readme_refresh_from_three_sources_runs_as_written(tmp_path: Path) -> None:
+    """README's refresh from three sources, its block run as written (the ports changed to
+    free ones, in the block and in copies of its two configs): every source sends part of
+    the full in parallel, as /v1/targets says."""
+    readme = (ROOT / "README.md").read_text()
+    [block] = [b for b in re.findall(r"^```sh\n(.*?)^```", readme, re.S | re.M) if "three-" in b]
+    ports = dict(
+        zip(("8461", "8462", "8463", "8468", "8467"), map(str, free_ports(5)), strict=True)
+    )
+    work = tmp_path / "work"
+    (work / "examples").mkdir(parents=True)
+    (work / "examples" / "make_ledger.py").symlink_to(EXAMPLES / "make_ledger.py")
+    for name in ("source.yml", "three-sources.yml"):
+        text = (EXAMPLES / name).read_text()
+        for old, new in ports.items():
+            text = text.replace(old, new)
+        (work / "examples" / name).write_text(text)
+    script = block.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    for old, new in ports.items():
+        script = script.replace(old, new)
+    script = script.replace("python3 -c", f"{sys.executable} -c")
+    process = await trio.lowlevel.open_process(
+        ["bash", "-e", "-c", script], cwd=work, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with trio.fail_after(120):
+            assert process.stdout is not None
+            out = b""
+            while chunk := await process.stdout.receive_some():
+                out += chunk
+            assert await process.wait() == 0, out
+    finally:
+        end_group(process.pid)
+    lines = [x for x in out.decode().splitlines() if x.startswith("http://")]
+    assert len(lines) == 3, out
+    for port in (ports["8461"], ports["8462"], ports["8463"]):
+        [line] = [x for x in lines if x.startswith(f"http://127.0.0.1:{port} ")]
+        assert "'used': 'parallel'" in line, lines
+    [full] = work.glob("snapshot-1000-*.tar.zst")
+    assert full.read_bytes() == next((work / "big-ledger").glob("snapshot-*")).read_bytes()
