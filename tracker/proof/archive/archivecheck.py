@@ -53,7 +53,7 @@ Read = Callable[[int], bytes]
 
 #: Raw bytes asked of ``read`` at once: a chunk SHA-256 reads while the copy from the page
 #: cache still lies in the core's cache (4 MiB chunks took the reading thread 1.14-1.18 CPU-s
-#: a GiB, 1 MiB 0.87-0.95; docs/architecture.md, "The accounts level" → "Bounded memory").
+#: a GiB, 1 MiB 0.87-0.95; docs/architecture.md, "The accounts level" → "Every core").
 READ_SIZE = 1024 * 1024
 #: The name of a following check's worker thread while it runs.
 THREAD_NAME = "archive-check"
