@@ -15,7 +15,7 @@ from archives import build_archive, compress, make_tar, many_accounts_archive
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsprover import MISMATCH
-from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
 from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats.writing import (
     Account,
@@ -172,12 +172,14 @@ def test_a_bound_the_manifests_storages_pass_reads_no_storage(
     # plain check of a large full: `verify --prove-accounts-max 1000`)
     path = write_archive(tmp_path, STATE)
     read = storages_read(monkeypatch)
-    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=2)).proof
+    budget = MemoryBudget(512 * 1024**2)
+    limits = AccountsLimits(max_accounts=2, budget=budget)
+    proof = check_file(str(path), prove_accounts=limits).proof
     assert (proof.level, proof.note) == (
         Level.MANIFEST,
         "not proven: at least 3 accounts (the storages the manifest lists) over the bound of 2",
     )
-    assert read == []
+    assert read == [] and budget.peak == 0  # no storage read, no memory held
     assert check_file(str(path), prove_accounts=AccountsLimits(max_accounts=5)).proof.level == (
         Level.ACCOUNTS
     )

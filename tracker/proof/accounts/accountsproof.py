@@ -92,6 +92,7 @@ class AccountsProof:
         summer: Summer | None = None,
         cancelled: Callable[[], bool] | None = None,
         lanes: int | None = None,
+        at_least: int = 0,
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
@@ -102,7 +103,15 @@ class AccountsProof:
         #: own (temporary space, files, memory, the hashing process), not the archive's.
         self.local_cause = False
         self._bounded = False  # the note is the operator's bound on the accounts
-        if not self.held.start(cancelled):
+        if self.max_accounts is not None and at_least > self.max_accounts:
+            # the archive holds ``at_least`` versions or more (its manifest's storage list
+            # says so): over the bound, the proof stops before it reads any or holds memory
+            self._bounded = True
+            self._note = (
+                f"not proven: at least {at_least} accounts (the storages the manifest lists) "
+                f"over the bound of {self.max_accounts}"
+            )
+        elif not self.held.start(cancelled):
             self._note = "not proven: the check was cancelled while it waited for memory"
         self.progress.held = self.held.bytes
         # every version's record, in memory while the budget holds them, then on disk
@@ -354,16 +363,6 @@ class AccountsProof:
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
         self._note_peaks()
-
-    def at_least(self, count: int) -> None:
-        """The archive holds ``count`` stored versions or more (its manifest's storage
-        list says so): over the bound, the proof stops before it reads any."""
-        if self.max_accounts is not None and count > self.max_accounts and self._note is None:
-            self._bounded = True
-            self._give_up(
-                f"not proven: at least {count} accounts (the storages the manifest lists) "
-                f"over the bound of {self.max_accounts}"
-            )
 
     def _give_up(self, note: str) -> None:
         self._note = note

@@ -124,13 +124,18 @@ class StoragesProver:
             if self._lengths.total >= BLAKE3_FROM:  # a long second read will follow
                 self.binds.set()
             # no lattice hash to compare: the storages are read and indexed, and no hashing
-            # process is started (the summer of the caller's thread lends no room ahead)
-            summer = self.summer if manifest.accounts_lt_hash is not None else None
+            # process is started (the summer of the caller's thread lends no room ahead); a
+            # bound the storage list already passes: none is read (the plain check), and
+            # neither memory nor a hashing process is taken
+            bound = self.limits.max_accounts
+            over = bound is not None and self._lengths.records > bound
+            summer = self.summer if manifest.accounts_lt_hash is not None and not over else None
             self._proof = AccountsProof(
-                self.limits, summer() if summer is not None else None, self.cancelled
+                self.limits,
+                summer() if summer is not None else None,
+                self.cancelled,
+                at_least=self._lengths.records,
             )
-            # a bound the storage list already passes: no storage is read (the plain check)
-            self._proof.at_least(self._lengths.records)
         if self._proof is not None and self._proof.stopped:
             # the archive stays at ``manifest`` whatever comes: its storages are not read
             # (that level says nothing of them), and no second read needs the blocks' BLAKE3
