@@ -117,6 +117,7 @@ def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
     lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
     assert lt_hash is None
     assert note is not None and note.startswith("not proven: the hashing process ended")
+    assert proof.local_cause  # this machine's failure: never booked against a source
     assert not workers()
 
 
