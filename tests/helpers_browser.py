@@ -11,7 +11,10 @@ read without it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
+import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -83,6 +86,10 @@ async def screenshot(url: str, path: Path, profile: Path, size: tuple[int, int])
     assert (await trio.Path(path).stat()).st_size > 10_000  # a page, not an empty frame
 
 
+#: The elements whose text says what a page is made of (its sections and columns).
+LAYOUT_TAGS = ("h1", "h2", "th")
+
+
 class Dom(HTMLParser):
     """A page parsed back: its element names, attributes and text, as a browser sees them."""
 
@@ -91,17 +98,64 @@ class Dom(HTMLParser):
         self.tags: list[str] = []
         self.attributes: list[tuple[str, str | None]] = []
         self.texts: list[str] = []
+        #: The text of each heading and column head (LAYOUT_TAGS), in order.
+        self.heads: list[str] = []
+        self._head: list[str] | None = None
         self.feed(html)
         self.close()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attributes.extend(attrs)
+        if tag in LAYOUT_TAGS:
+            self._head = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in LAYOUT_TAGS and self._head is not None:
+            self.heads.append(" ".join("".join(self._head).split()))
+            self._head = None
 
     def handle_data(self, data: str) -> None:
         self.texts.append(data)
+        if self._head is not None:
+            self._head.append(data)
+
+    @property
+    def layout(self) -> str:
+        """What the page is made of whatever it shows: its headings and column heads, one a
+        line, numbers as ``N`` (``Targets (3, 1 not up)`` is ``Targets (N, N not up)``)."""
+        return "\n".join(
+            re.sub(r"(?<![A-Za-z])[0-9]+(?:[,.][0-9]+)*", "N", head) for head in self.heads
+        )
 
     @property
     def text(self) -> str:
         """Every text node joined (what the page reads as)."""
         return "".join(self.texts)
+
+
+#: The PNG text chunk's keyword under which a screenshot keeps the layout of its page.
+LAYOUT_KEYWORD = b"status-page-layout"
+
+
+def with_layout(png: bytes, layout: str) -> bytes:
+    """``png`` with ``layout`` in a ``tEXt`` chunk after its header (PNG: 8 bytes of
+    signature, then chunks of length, type, data and the CRC-32 of type and data)."""
+    data = LAYOUT_KEYWORD + b"\0" + layout.encode("latin-1")
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    header_end = 8 + 4 + 4 + 13 + 4  # the signature, then IHDR (13 bytes of data)
+    assert png[12:16] == b"IHDR"
+    return png[:header_end] + chunk + png[header_end:]
+
+
+def layout_of(png: bytes) -> str | None:
+    """The layout a screenshot made by :func:`with_layout` keeps (None: none)."""
+    at = 8
+    while at + 8 <= len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        kind, data = png[at + 4 : at + 8], png[at + 8 : at + 8 + length]
+        if kind == b"tEXt" and data.startswith(LAYOUT_KEYWORD + b"\0"):
+            return data[len(LAYOUT_KEYWORD) + 1 :].decode("latin-1")
+        at += 12 + length
+    return None

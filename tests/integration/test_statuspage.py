@@ -19,7 +19,16 @@ from typing import Any
 import httpx
 import trio
 from fakes import Rpc
-from helpers_browser import CHROMIUM, PAGE_TAGS, Dom, dump_dom, needs_chromium, screenshot
+from helpers_browser import (
+    CHROMIUM,
+    PAGE_TAGS,
+    Dom,
+    dump_dom,
+    layout_of,
+    needs_chromium,
+    screenshot,
+    with_layout,
+)
 from helpers_bytes import archive_bytes
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
@@ -40,8 +49,12 @@ INCR = incremental_name(FULL_SLOT, FULL_SLOT + 1_500)
 FULL_DATA = archive_bytes(8 * MiB, seed=1)
 INCR_DATA = archive_bytes(1 * MiB, seed=2)
 PAUSE = int(len(FULL_DATA) * 0.4)
-#: Set to a path (e.g. docs/status-page.png) to keep the browser test's screenshot there.
+#: The screenshot README.md shows, made by the browser test below from the live page. It
+#: keeps the layout of the page it shows (its headings and column heads); the test fails
+#: when the page's layout is another, until the screenshot is made again: set this variable
+#: to the path to write (``docs/status-page.png``). Nothing is written without it.
 SCREENSHOT_ENV = "STATUS_PAGE_SCREENSHOT"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "status-page.png"
 log = logging.getLogger("tracker.test")
 
 
@@ -81,6 +94,20 @@ async def read_all(client: httpx.AsyncClient, url: str, bodies: list[bytes]) -> 
 def readers_of_refresh(page: str) -> int | None:
     found = re.search(r'>(\d+)</td><td><span class="none">when complete', page)
     return int(found[1]) if found else None
+
+
+def keep_or_compare(shot: Path, layout: str) -> None:
+    """Write the screenshot where SCREENSHOT_ENV says, keeping ``layout`` in it; then the
+    shipped one must show a page of that layout (else it is stale: one line says how to
+    make it again)."""
+    wanted = os.environ.get(SCREENSHOT_ENV)
+    if wanted:
+        Path(wanted).write_bytes(with_layout(shot.read_bytes(), layout))
+    shown = layout_of(SCREENSHOT.read_bytes())
+    assert shown == layout, (
+        f"{SCREENSHOT.name} shows another page than today's: make it again with "
+        f"{SCREENSHOT_ENV}=docs/status-page.png (README.md, 'The status page')"
+    )
 
 
 @needs_chromium
@@ -148,7 +175,7 @@ async def test_the_page_in_a_browser_during_a_refresh(
             await wait_until(lambda: refreshing(2))
             dom = Dom(await dump_dom(f"{internal}/", tmp_path / "profile"))
             shot = tmp_path / "status-page.png"
-            await screenshot(f"{internal}/", shot, tmp_path / "profile", (1280, 1180))
+            await screenshot(f"{internal}/", shot, tmp_path / "profile", (1280, 1480))
             good.behaviour[FULL].resume.set()
         assert bodies == [FULL_DATA, FULL_DATA]
     text = dom.text
@@ -184,9 +211,7 @@ async def test_the_page_in_a_browser_during_a_refresh(
     signing = text[text.index("Signing") : text.index("Rejected archives")]
     assert key_of(key.key) in signing, signing
     assert "nothing can be signed: verify_archives is false" in signing
-    wanted = os.environ.get(SCREENSHOT_ENV)
-    if wanted:
-        shutil.copyfile(shot, wanted)
+    keep_or_compare(shot, dom.layout)
 
 
 @needs_chromium
