@@ -4,7 +4,7 @@ cache").
 
 Sources (anza-xyz/agave; the enums from anza-xyz/solana-sdk):
 
-- ``version``: ``snapshot_version_from_file`` (snapshots crate, ``snapshot_utils.rs``): at most
+- ``version``: ``snapshot_version_from_file`` (``runtime/src/snapshot_utils.rs``): at most
   ``MAX_SNAPSHOT_VERSION_FILE_SIZE`` (8) bytes, read as UTF-8, trimmed of white space; then
   ``SnapshotVersion::from_str`` (``snapshot_version.rs``): one leading ``v``/``V`` dropped,
   and the rest must be ``1.2.0``, the only version agave knows.
@@ -22,7 +22,8 @@ Sources (anza-xyz/agave; the enums from anza-xyz/solana-sdk):
   (``instruction-error/src/lib.rs``): bincode enums, a u32 variant index then the fields.
 
 Every count is bounded by the bytes left in the member before it is used
-(:class:`~tracker.proof.formats.bincode.Reader`), so a hostile count costs nothing.
+(:class:`~tracker.proof.formats.bincode.Reader`), so a hostile count costs nothing; the
+statuses, millions on mainnet, are read by a compiled kernel (``kernels.skip_statuses``).
 """
 
 from __future__ import annotations
