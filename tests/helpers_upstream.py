@@ -74,8 +74,18 @@ class Behaviour:
     body_delay: float = 0.0  # seconds between the head and the first body byte
     gzip_if_asked: bool = False  # a gzip-coded body for a client whose accept-encoding has gzip
     ignore_range: bool = False  # answer a Range request with 200 and the whole body
+    accept_ranges: bool = True  # send ``Accept-Ranges: bytes``
     # body bytes per second of a request without Range (a real transfer, not a speed test)
     unranged_rate: float | None = None
+
+
+def agave_rpc(rate: float | None = None) -> Behaviour:
+    """How agave's RPC serves a snapshot archive (rpc/src/rpc_service.rs,
+    ``process_file_get``): the whole file as a 200 with ``Content-Length`` and nothing else,
+    whatever the request's ``Range``; no ETag, no Last-Modified, no Accept-Ranges."""
+    return Behaviour(
+        rate=rate, ignore_range=True, accept_ranges=False, etag=None, last_modified=None
+    )
 
 
 @attrs.define
@@ -227,7 +237,7 @@ class FakeUpstream:
         validators = [("etag", how.etag), ("last-modified", how.last_modified)]
         response_headers = [
             *((k, v) for k, v in validators if v is not None),
-            ("accept-ranges", "bytes"),
+            *([("accept-ranges", "bytes")] if how.accept_ranges else []),
             ("content-type", "application/x-zstd"),
             ("server", "fake-upstream"),
             *extra,

@@ -141,6 +141,7 @@ class Components:
             level=level,
             flowing=self.transfers.flowing.rate,
             attestations=self.attestations,
+            sources_used=self.streamer.launcher.sources_used.shown,
         )
 
     async def aclose(self) -> None:
@@ -216,6 +217,7 @@ def build(
         rejections=rejections,
         attestations=attestations,
         uncached=streamer.uncached,
+        sources_used=streamer.launcher.sources_used.shown,
         clock=index.clock,
         flowing=transfers.flowing,
         local_checks=local_proofs.of_target,

@@ -11,18 +11,20 @@ it from several.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 from archives import build_archive
 from helpers_bytes import MiB, sha256
 from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
-from helpers_upstream import Behaviour, FakeUpstream, serving
+from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
 from tracker.observability.logs import TextFormatter
@@ -206,14 +208,15 @@ def test_pieces_come_only_from_sources_of_the_same_size() -> None:
 
 
 class LyingUpstream(FakeUpstream):
-    """Serves the archive, except that the first range it is asked for has 4 KiB of other
-    bytes in its middle (right name, right size, wrong bytes)."""
+    """Serves the archive, except that the first piece it is asked for (a range longer
+    than the refresh's one-byte probe) has 4 KiB of other bytes in its middle (right name,
+    right size, wrong bytes)."""
 
     lied: tuple[int, int] | None = None
 
     async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
         asked = seen.headers.get("range", "")
-        if self.lied is None and asked.startswith("bytes="):
+        if self.lied is None and asked.startswith("bytes=") and len(body) > 8192:
             middle = len(body) // 2
             start = int(asked.removeprefix("bytes=").split("-")[0]) + middle
             self.lied = (start, start + 4096)
@@ -375,3 +378,222 @@ async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
             failed = t.counter("snapshot_tracker_object_uploads_total", outcome="failed")
             assert (ok, failed) == (1, 0)
             assert TargetKey(GROUP, liar.base) in t.streamer.rejections.errors(t.index.clock())
+
+
+# Sources as they are: agave's RPC ignores Range (tests/helpers_upstream.py, agave_rpc).
+#: A smaller archive (about 7 MB: a few seconds from one source at RATE).
+SMALL_NAME, SMALL = build_archive(9310, accounts=20, account_size=MiB, seed=5)
+#: What a source may send besides what the refresh reads of it: the probe's answer, closed
+#: unread (a 64 KiB chunk or two at RATE before the close reaches it), with room to spare.
+PROBE = MiB
+
+
+def sent_small(up: FakeUpstream) -> int:
+    return sum(s.body_sent for s in up.gets(SMALL_NAME))
+
+
+@asynccontextmanager
+async def small_sources(
+    ranged: list[bool], rate: float | None = RATE
+) -> AsyncIterator[list[FakeUpstream]]:
+    """One upstream per entry of ``ranged`` serving SMALL at ``rate``: True honours Range
+    (a tracker, nginx), False is agave's RPC (the whole file, a 200, no validators)."""
+    async with AsyncExitStack() as stack:
+        ups = []
+        for honours in ranged:
+            how = Behaviour(rate=rate) if honours else agave_rpc(rate=rate)
+            up = FakeUpstream(files={SMALL_NAME: SMALL}, behaviour={SMALL_NAME: how})
+            ups.append(await stack.enter_async_context(serving(up)))
+        yield ups
+
+
+@asynccontextmanager
+async def small_tracker(
+    tmp_path: Path, ups: list[FakeUpstream], max_transfers: int = 1
+) -> AsyncIterator[TrackerUnderTest]:
+    """A tracker whose group lists ``ups`` as its HTTP targets (``/v1/targets`` shows
+    them), each advertising SMALL (the first the freshest: asked first)."""
+    from tracker.config.schema import HttpTargets
+
+    listed = HttpTargets(targets=tuple(up.base for up in ups))
+    limits = SourceLimits(max_transfers=max_transfers)
+    with_targets = TargetGroup(
+        group=GROUP, bearer_auth=BearerAuth(token="t"), source_limits=limits, http_targets=listed
+    )
+    config = {"verify_archives": True, "target_groups": (with_targets,)}
+    async with proxy_tracker(tmp_path / "cache", **config) as t:
+        await t.parts.scraper.scrape_round()  # /v1/targets lists them (none lists SMALL)
+        for age, up in enumerate(ups):
+            advertise(t.index, up.base, [(SMALL_NAME, up.url(SMALL_NAME), len(SMALL))], age=age)
+        yield t
+
+
+async def shown_uses(t: TrackerUnderTest) -> dict[str, dict[str, Any]]:
+    """Each target's ``refresh`` as ``/v1/targets`` shows it, by target."""
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        entries = (await client.get(f"{t.base}/v1/targets")).json()
+    return {e["target"]: e["refresh"] for e in entries if "refresh" in e}
+
+
+@pytest.mark.parametrize("max_transfers", [1, 2])
+async def test_sources_that_ignore_range_give_the_archive_as_one_stream(
+    tmp_path: Path, max_transfers: int
+) -> None:
+    """Three sources of one archive as agave's RPC serves it: the client gets the whole
+    archive, it is cached, the best source sends it once and the others a probe's worth
+    at most; ``/v1/targets`` says the first was used alone and why the others were left
+    out."""
+    async with small_sources([False, False, False]) as ups:
+        async with small_tracker(tmp_path, ups, max_transfers) as t:
+            status, digest, size, _seconds = await get(t.url(SMALL_NAME))
+            assert (status, digest, size) == (200, sha256(SMALL), len(SMALL))
+            await wait_for(lambda: SMALL_NAME in t.cached())
+            assert sha256((t.group_dir() / SMALL_NAME).read_bytes()) == sha256(SMALL)
+            uses = await shown_uses(t)
+        assert uses[ups[0].base]["used"] == "alone", uses
+        assert uses[ups[0].base]["bytes"] == len(SMALL)
+        for up in ups[1:]:
+            assert uses[up.base]["used"] == "left out", uses
+            assert "ignores Range" in uses[up.base]["reason"]
+    assert len(SMALL) <= sent_small(ups[0]) <= len(SMALL) + PROBE
+    assert all(sent_small(up) <= PROBE for up in ups[1:]), [sent_small(u) for u in ups]
+
+
+@pytest.mark.parametrize("agave_first", [False, True], ids=["agave_second", "agave_first"])
+async def test_with_a_mix_only_sources_that_honour_range_read_in_parallel(
+    tmp_path: Path, agave_first: bool
+) -> None:
+    """Two sources that honour Range and one agave RPC: the two give pieces in parallel;
+    the RPC gives a probe's worth when it is not the first source, and its one stream of
+    the head (never more than the archive once) when it is."""
+    ranged = [False, True, True] if agave_first else [True, False, True]
+    async with small_sources(ranged) as ups, small_tracker(tmp_path, ups) as t:
+        status, digest, size, _seconds = await get(t.url(SMALL_NAME))
+        assert (status, digest, size) == (200, sha256(SMALL), len(SMALL))
+        await wait_for(lambda: SMALL_NAME in t.cached())
+        uses = await shown_uses(t)
+    rpc = ups[ranged.index(False)]
+    pieces = [up for up, honours in zip(ups, ranged, strict=True) if honours]
+    assert all(sent_small(up) > 0 for up in pieces)
+    assert all(uses[up.base]["used"] == "parallel" for up in pieces), uses
+    if agave_first:
+        assert sent_small(rpc) <= len(SMALL) + PROBE
+        assert uses[rpc.base]["used"] == "parallel", uses
+        assert "ignores Range" in uses[rpc.base]["reason"]
+    else:
+        assert sent_small(rpc) <= PROBE
+        assert uses[rpc.base]["used"] == "left out", uses
+
+
+class Dripper(FakeUpstream):
+    """Answers every request as it should (a 206 of the range asked) and then sends its
+    body one byte a second: never silent long enough for a read timeout."""
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        if len(body) > 1:  # its one-byte probe comes at once: the pieces drip
+            self.chunk, how = 1, attrs.evolve(how, rate=1.0)
+        return await super()._body(conn, stream, seen, how, body)
+
+
+async def test_a_source_that_drips_does_not_hold_the_refresh(tmp_path: Path) -> None:
+    """Two fast sources and one that answers its 206s and drips a byte a second: the
+    others soon have nothing left to claim and idle (a rate of 0 over every window the
+    speed is judged on), yet the dripper's claim is taken from it and it is dropped (judged
+    against the others' rate over the refresh, and the floor); the client gets the archive
+    whole."""
+    async with small_sources([True, True], rate=None) as honest, serving(Dripper()) as dripper:
+        dripper.files = {SMALL_NAME: SMALL}
+        ups = [*honest, dripper]
+        async with small_tracker(tmp_path, ups) as t:
+            status, digest, size, _seconds = await get(t.url(SMALL_NAME))
+            assert (status, digest, size) == (200, sha256(SMALL), len(SMALL))
+            await wait_for(lambda: SMALL_NAME in t.cached())
+            uses = await shown_uses(t)
+    assert uses[dripper.base]["used"] == "dropped", uses
+    assert "floor" in uses[dripper.base]["reason"] or "of another" in uses[dripper.base]["reason"]
+
+
+class WrongEverywhere(FakeUpstream):
+    """Right name, right size, every byte of every range it sends wrong (its pieces, and
+    its answers when asked to compare or break a tie)."""
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        if seen.headers.get("range", "").startswith("bytes="):
+            body = bytes(b ^ 0x5A for b in body)
+        return await super()._body(conn, stream, seen, how, body)
+
+
+async def test_a_liar_wrong_everywhere_is_repaired_around_and_alone_held_back(
+    tmp_path: Path,
+) -> None:
+    """Two honest sources and one whose every byte is wrong: every range each source wrote
+    is compared (not only those before the check's first failure), so all the liar's
+    pieces are found and rewritten; the copy passes, the liar alone is held back and the
+    honest ones still serve the next client (a cache hit, never a 502)."""
+    async with sources(2) as honest, serving(WrongEverywhere(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        ups = [*honest, liar]
+        async with tracker(tmp_path, ups) as t:
+            await read_along_then_repaired(t)
+            assert only_named(t) == TargetKey(GROUP, liar.base)
+            now = t.index.clock()
+            for up in honest:
+                assert not t.streamer.rejections.rejected(TargetKey(GROUP, up.base), NAME, now)
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)
+
+
+class WrongThenMute(WrongEverywhere):
+    """As WrongEverywhere until the refresh starts comparing (``mute``, set when the tracker
+    logs ``refresh_comparing``): then it answers 500 to every range, so the comparisons it
+    is asked for stay undecided."""
+
+    mute: bool = False
+
+    async def _answer(self, conn: Any, stream: Any, req: Any) -> bool:
+        if not self.mute:
+            return await super()._answer(conn, stream, req)
+        how = self.behaviour[NAME]
+        self.behaviour[NAME] = attrs.evolve(how, status=500)
+        try:
+            return await super()._answer(conn, stream, req)
+        finally:
+            self.behaviour[NAME] = how
+
+
+class MuteWhenComparing(logging.Handler):
+    """Mutes ``liar`` as the repair begins (the log record comes before any comparison)."""
+
+    def __init__(self, liar: WrongThenMute) -> None:
+        super().__init__()
+        self.liar = liar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "refresh_comparing":
+            self.liar.mute = True
+
+
+async def test_an_undecided_repair_holds_back_only_the_liar(tmp_path: Path) -> None:
+    """Two honest sources and a liar that will not answer once the comparison begins: its
+    own pieces are found wrong, the honest ones' bytes were confirmed by each other, but
+    what it was asked to compare stays undecided and the copy is not cached. The liar alone
+    carries the failed check: the next client gets the archive from the two honest sources
+    (never a 502)."""
+    async with sources(2) as honest, serving(WrongThenMute(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        handler = MuteWhenComparing(liar)
+        logging.getLogger("tracker.proxy").addHandler(handler)
+        try:
+            async with tracker(tmp_path, [*honest, liar]) as t:
+                status, _digest, size, _seconds = await get(t.url(NAME))
+                assert (status, size < SIZE) == (200, True)
+                clock = t.index.clock
+                rejected = t.streamer.rejections
+                key = TargetKey(GROUP, liar.base)
+                await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
+                assert liar.mute and NAME not in t.cached()
+                assert list(rejected.errors(clock())) == [key]
+                again = await get(t.url(NAME))
+                assert again[:3] == (200, sha256(DATA), SIZE)
+        finally:
+            logging.getLogger("tracker.proxy").removeHandler(handler)

@@ -63,6 +63,38 @@ def test_a_window_steals_from_the_head(
         assert stolen.end == 4 * MIN_STEAL and victim.end == stolen.start
 
 
+@pytest.mark.parametrize("left", [1, 4096, MIN_STEAL, 2 * MIN_STEAL - 1])
+def test_the_claim_that_blocks_the_prefix_is_stolen_whatever_its_size(left: int) -> None:
+    """A source answered its 206 and drips: its claim at the gapless prefix, however little
+    is left of it, goes whole to an idle connection once its owner would need longer than
+    STEAL_AFTER_SECONDS; a later claim that small stays its owner's."""
+    pieces = Pieces(4 * MIN_STEAL, left + 10, window=8 * MIN_STEAL)
+    head = pieces.claim(0.0)
+    assert head is not None
+    pieces.advance(head, 10)  # ten bytes in 10 s: a byte a second
+    later = pieces.claim(0.0)
+    assert later is not None and later.left < 2 * MIN_STEAL
+    while (rest := pieces.claim(0.0)) is not None:  # every other piece is taken
+        pieces.advance(rest, rest.left)
+        pieces.finish(rest)
+    stolen = pieces.claim(10.0)
+    assert stolen is not None and (stolen.start, stolen.end) == (10, left + 10)
+    assert head.end == 10 and head.left == 0
+    assert pieces.claim(10.0) is None  # the later claim is small and not at the prefix
+
+
+def test_a_piece_given_back_keeps_the_pieces_in_order() -> None:
+    """A probe or a failed request gives its claim back: a whole-file answer still runs on
+    over the next pieces in order (it cannot skip one)."""
+    pieces = Pieces(4 * MiB, MiB, window=4 * MiB)
+    head, second, third = (pieces.claim(0.0) for _ in range(3))
+    assert head is not None and second is not None and third is not None
+    pieces.finish(second)
+    pieces.finish(third)
+    assert pieces.extend(head) and head.end == 2 * MiB
+    assert pieces.extend(head) and head.end == 3 * MiB
+
+
 def test_a_running_answer_extends_its_claim_over_free_pieces_only() -> None:
     pieces = Pieces(4 * MiB, MiB, window=4 * MiB)
     head = pieces.claim(0.0)
@@ -87,25 +119,45 @@ def test_fetch_drops_sources_under_its_speed_floor(
     assert slower_than(10, rates, live) == expected
 
 
+K = 1024.0
+
+
 @pytest.mark.parametrize(
     ("rates", "busy", "expected"),
     [
-        ([100.0, 100.0, 100.0], [True, True, True], ["", "", ""]),
-        ([100.0, 0.0, 50.0], [True, True, True], ["", "stalled", ""]),
-        ([100.0, 0.0, 50.0], [True, False, True], ["", "", ""]),  # waited for a piece
-        ([100.0, 5.0, 50.0], [True, True, True], ["", "5 bytes/s", ""]),
+        ([100 * K, 100 * K, 100 * K], [True, True, True], ["", "", ""]),
+        ([100 * K, 0.0, 500 * K], [True, True, True], ["", "stalled", ""]),
+        ([100 * K, 0.0, 500 * K], [True, False, True], ["", "", ""]),  # waited for a piece
+        ([9000 * K, 800 * K, 5000 * K], [True, True, True], ["", "819200 bytes/s", ""]),
         ([0.0, 0.0, 0.0], [True, True, True], ["", "", ""]),  # nobody: the timeouts decide
         # The others wait behind the stalled one's claim (the window is full): it goes.
         ([0.0, 0.0, 0.0], [True, False, False], ["stalled", "", ""]),
+        # Under the floor while another source can take its pieces, whatever the others do.
+        ([1.0, 50 * K, 0.0], [True, True, False], ["1 bytes/s", "51200 bytes/s", ""]),
+        # Two under the floor and nobody else: the last one stays.
+        ([1.0, 2.0], [True, True], ["1 bytes/s", ""]),
     ],
 )
-def test_a_refresh_drops_laggards_relative_to_the_fastest(
+def test_a_refresh_drops_laggards_relative_to_the_others(
     rates: list[float], busy: list[bool], expected: list[str]
 ) -> None:
     got = laggards(rates, [True] * len(rates), busy)
     assert [
         g.split(":")[0].split(",")[0][: len(e)] for g, e in zip(got, expected, strict=True)
     ] == expected
+
+
+def test_a_busy_source_is_judged_against_the_others_rate_over_the_refresh() -> None:
+    """A source that drips while the others, their pieces done, idle behind its claim: over
+    the last window they sent nothing, but over the refresh MiBs a second; and a slow one
+    above the floor against a fast one now idle."""
+    idle = [False, False]
+    drip = laggards([2.0, 0.0, 0.0], [True] * 3, [True, *idle], [2.0, 3e6, 3e6])
+    assert drip[0].startswith("2 bytes/s, under the floor") and drip[1:] == ["", ""]
+    slow = laggards([100 * K, 0.0], [True, True], [True, False], [100 * K, 5e6])
+    assert slow[0].startswith("102400 bytes/s, under 10% of another source's") and not slow[1]
+    # What the others sent over the refresh is only their best, not a floor of its own.
+    assert laggards([100 * K, 0.0], [True, True], [True, False], [100 * K, 500 * K]) == ["", ""]
 
 
 @pytest.mark.parametrize(("max_transfers", "lanes"), [(0, 2), (1, 1), (2, 2), (8, 2)])
@@ -309,3 +361,66 @@ def test_once_a_side_passed_the_other_party_of_each_range_lied(
     from tracker.proxy.piececheck import Difference, blamed
 
     assert blamed([Difference(*d) for d in differing], honest) == liars
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        # (sent, honours Range, dropped, left out)
+        ([(5, True, "", ""), (7, True, "", "")], [("parallel", ""), ("parallel", "")]),
+        (
+            [(9, False, "", ""), (0, False, "", "ignores Range"), (0, True, "slow", "")],
+            [("alone", "one stream"), ("left out", "ignores Range"), ("dropped", "slow")],
+        ),
+        (
+            [(3, False, "", ""), (6, True, "", "")],
+            [("parallel", "one stream"), ("parallel", "")],
+        ),
+    ],
+)
+def test_a_refresh_says_how_it_used_each_source(
+    given: list[tuple[int, bool, str, str]], used: list[tuple[str, str]]
+) -> None:
+    from tracker.multisource.sources import Identity, Source
+    from tracker.proxy.manysources import uses_of
+
+    sources = [
+        Source(f"http://s{i}/f", Identity(10), ranges, sent=sent, dropped=dropped, left_out=out)
+        for i, (sent, ranges, dropped, out) in enumerate(given)
+    ]
+    got = uses_of(sources)
+    assert [how for how, _reason in got] == [how for how, _r in used]
+    assert all(r in reason for (_h, reason), (_u, r) in zip(got, used, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("liars", "agreed", "undecided", "differing", "held"),
+    [
+        # Liars found: they alone carry it, never a source whose bytes were confirmed.
+        ({2}, {0: 10, 1: 10}, 0, False, [2]),
+        ({2}, {}, 4, True, [2]),
+        # Nothing differs and everything was compared: the archive itself is bad.
+        (set(), {0: 10, 1: 10, 2: 10}, 0, False, [0, 1, 2]),
+        # Undecided: the sources another one confirmed whole are cleared.
+        (set(), {0: 10, 1: 4}, 6, True, [1, 2]),
+    ],
+)
+def test_an_honest_source_never_carries_a_liars_error(
+    liars: set[int],
+    agreed: dict[int, int],
+    undecided: int,
+    differing: bool,
+    held: list[int],
+) -> None:
+    from tracker.multisource.sources import Identity, Source
+    from tracker.proxy.piececheck import Difference, Findings, held_back
+
+    sources = [Source(f"http://s{i}/f", Identity(30), True) for i in range(3)]
+    written = {s: [(i * 10, i * 10 + 10)] for i, s in enumerate(sources)}
+    found = Findings(
+        liars={sources[i]: [(0, 1)] for i in liars},
+        undecided=undecided,
+        differing=[Difference(20, 21, 2, 0)] if differing else [],
+        agreed={sources[i]: count for i, count in agreed.items()},
+    )
+    assert held_back(sources, written, found) == [sources[i] for i in held]

@@ -121,6 +121,21 @@ def rejected(**fields: str) -> RecentEvent:
             view(failovers=(RecentEvent(NOW, "WARNING", HOSTILE, {HOSTILE: HOSTILE}),)),
         ),
         ("version", view(version=HOSTILE)),
+        ("refresh use", view(targets=(target("t")._replace(refresh=HOSTILE),))),
+        (
+            "refresh source",
+            view(
+                cache=CacheView(
+                    "/c",
+                    (),
+                    (
+                        RefreshProgress(
+                            "g", "n", 10, 5, NOW, sources=((HOSTILE, 1),), notes=(HOSTILE,)
+                        ),
+                    ),
+                )
+            ),
+        ),
     ],
 )
 def test_hostile_text_renders_as_text_never_as_markup(where: str, page_view: StatusView) -> None:
@@ -256,6 +271,23 @@ def test_refreshes_show_percentage_rate_and_readers(
     assert "refreshing" in page
     for part in shown:
         assert part in page
+
+
+def test_the_sources_of_a_refresh_and_how_each_was_used_are_shown() -> None:
+    """While a refresh from several sources runs, each source's share and how it is used;
+    after it, under each target, how the latest one used it (``/v1/targets`` ``refresh``)."""
+    from tracker.web.statusview import refresh_use
+
+    sources = (("http://a/f", 40), ("http://b/f", 0))
+    notes = ("", "left out: ignores Range (answered a Range request with the whole file)")
+    progress = RefreshProgress("mainnet", FULL, 100, 40, NOW - 5, 1, sources, notes=notes)
+    used = {"file": FULL, "used": "left out", "bytes": 0, "reason": "ignores Range"}
+    row = target("http://b")._replace(refresh=refresh_use(used))
+    page = render_status(view(cache=CacheView("/c", (), (progress,)), targets=(row,)))
+    assert "http://a/f: 100 % at 8 B/s</span>" in page
+    assert "http://b/f: 0 % at — (left out: ignores Range (answered a Range" in page
+    assert f"refresh of {FULL}: left out: ignores Range</span>" in page
+    assert refresh_use(None) == "" and "refresh of" not in render_status(view())
 
 
 def test_cached_files_and_best_archives_show_their_digest_when_known() -> None:

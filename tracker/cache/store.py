@@ -94,6 +94,9 @@ class RefreshProgress:
     #: Each source of a refresh from several at once: its URL (redacted) and the bytes it
     #: gave so far, the first source first (empty: one source).
     sources: tuple[tuple[str, int], ...] = ()
+    #: How the refresh uses each of them ("" gives pieces; else dropped, left out or one
+    #: stream, and why: :attr:`tracker.multisource.sources.Source.state`).
+    notes: tuple[str, ...] = ()
     #: Every byte is written and the check's first read passed; the accounts level's second
     #: read runs: its readers get the end, and it is cached, once that passed
     #: (docs/architecture.md, "The release rule").
@@ -271,6 +274,7 @@ class Cache:
                 r.written,
                 r.started_at,
                 sources=tuple((redact_text(s.url), s.sent) for s in r.piece_sources),
+                notes=tuple(redact_text(s.state) for s in r.piece_sources),
                 proving=r.proving and not r.verified,
             )
             for _key, r in sorted(self._refreshing.items())

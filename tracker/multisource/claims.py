@@ -12,13 +12,16 @@ complete: pieces go in order, and the claim that needs longest is stolen from. T
 refresh is read while it grows (docs/architecture.md, "A refresh from several sources"):
 with a ``window``, no piece starting more than ``window`` bytes past the gapless prefix is
 handed out, and an idle connection steals from the *earliest* claim that would need longer
-than STEAL_AFTER_SECONDS (the head a laggard holds back), so the prefix readers get grows at
-the sources' combined rate. A connection whose answer runs on (a whole-file ``200``) may
-:meth:`Pieces.extend` its claim over the next piece while nobody else holds it.
+than STEAL_AFTER_SECONDS (the head a laggard holds back; the claim at the gapless prefix is
+stolen whatever its size, the rest of it whole when too small to halve), so the prefix
+readers get grows at the sources' combined rate. A connection whose answer runs on (a
+whole-file ``200``) may :meth:`Pieces.extend` its claim over the next piece while nobody
+else holds it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import attrs
@@ -127,7 +130,9 @@ class Pieces:
         victim = self._victim(now)
         if victim is None:
             return None
-        middle = max(victim.position, victim.reserved) + victim.left // 2
+        taken = max(victim.position, victim.reserved)
+        # The head of a window whose owner lags is taken whole when too small to halve.
+        middle = taken + victim.left // 2 if victim.left >= 2 * MIN_STEAL else taken
         claim = Claim(middle, middle, victim.end, started=now)
         victim.end = middle
         self._claims.add(claim)
@@ -138,9 +143,11 @@ class Pieces:
         return not self.window or start < self.prefix + self.window
 
     def _victim(self, now: float) -> Claim | None:
-        """The claim to steal the back half of: worth stealing (at least 2 * MIN_STEAL left,
-        more than STEAL_AFTER_SECONDS of its owner's time); with a window the earliest such
-        claim, else the one that needs longest."""
+        """The claim to steal from: worth stealing (at least 2 * MIN_STEAL left, more than
+        STEAL_AFTER_SECONDS of its owner's time); with a window the earliest such claim, and
+        the claim that blocks the gapless prefix whatever its size (a source that drips a
+        byte a second would otherwise hold every reader back), else the one that needs
+        longest."""
         if not self.window:
             victim = max(self._claims, key=lambda c: (c.seconds_left(now), c.left), default=None)
             worth = [victim] if victim is not None else []
@@ -149,8 +156,10 @@ class Pieces:
                 (c for c in self._claims if now - c.started >= STEAL_AFTER_SECONDS),
                 key=lambda c: c.start,
             )
+        prefix = self.prefix if self.window else -1
         for claim in worth:
-            if claim.left >= 2 * MIN_STEAL and claim.seconds_left(now) >= STEAL_AFTER_SECONDS:
+            least = 1 if claim.position == prefix else 2 * MIN_STEAL
+            if claim.left >= least and claim.seconds_left(now) >= STEAL_AFTER_SECONDS:
                 return claim
         return None
 
@@ -171,8 +180,8 @@ class Pieces:
         self._claims.discard(claim)
         if claim.position > claim.start:
             self._done = merge([*self._done, (claim.start, claim.position)])
-        if claim.position < claim.end:
-            self._todo.insert(0, (claim.position, claim.end))
+        if claim.position < claim.end:  # in order: a whole-file answer extends over it
+            bisect.insort(self._todo, (claim.position, claim.end))
 
 
 def intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -125,6 +125,9 @@ class Crew:
     splice: Splicer = splice_to_file
     write: Writer = write_all
     fetch_claim: Callable[[Crew, Source, Claim, Answer | None], Awaitable[None]] | None = None
+    #: Each source is asked for one byte before its lanes claim a piece (the refresh):
+    #: whether it honours ``Range`` (:func:`lane`).
+    probe_ranges: bool = False
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     def changed(self) -> None:
@@ -149,15 +152,37 @@ async def worker(crew: Crew, index: int, pool: list[Source]) -> None:
             return
 
 
+#: Why a source that ignores ``Range`` gives no pieces (:attr:`Source.left_out`).
+IGNORES_RANGE = "ignores Range (answered a Range request with the whole file)"
+
+
 async def lane(crew: Crew, source: Source, first: tuple[Answer, Claim] | None = None) -> None:
     """Claim pieces and fetch them from ``source`` alone until none is left or it is
     dropped. ``first``: an answer of the source already open, the whole file from byte 0
     (the refresh's first answer, which its readers got their first byte from), with the
     claim it carries (made before any lane ran, so that it is the file's head): it carries
-    that claim on over the next pieces for as long as nobody else holds them."""
+    that claim on over the next pieces for as long as nobody else holds them.
+
+    With ``crew.probe_ranges``, the source is asked for its first byte before this lane
+    claims a piece (:func:`_probe`, one at a time for all its lanes, holding no claim so
+    the first answer may run on meanwhile); one that ignores Range asks nothing more: only
+    an answer already open (the first) goes on, and once no answer of it runs the source is
+    left out (:data:`IGNORES_RANGE`)."""
     answer, claim = first if first is not None else (None, None)
     try:
-        while not source.dropped:
+        while source.live:
+            if answer is None and not source.ranges:
+                # It ignores Range: an answer of it still open (the first) is all it gives.
+                if not source.scopes:
+                    source.left_out = IGNORES_RANGE
+                    crew.changed()
+                return
+            if answer is None and crew.probe_ranges and not source.ranges_shown:
+                if source.probing:
+                    await crew.idle()  # one probe tells for all its lanes
+                else:
+                    await _probe(crew, source)
+                continue
             if not await _one_claim(crew, source, answer, claim):
                 return
             claim = None  # finished (or given back) by _one_claim
@@ -170,6 +195,43 @@ async def lane(crew: Crew, source: Source, first: tuple[Answer, Claim] | None = 
             await answer.aclose()
         if claim is not None:
             crew.pieces.finish(claim)  # never fetched (the source was dropped): back to the pool
+
+
+async def _probe(crew: Crew, source: Source) -> None:
+    """Ask ``source`` for its first byte, holding no claim, to learn whether it honours
+    ``Range``: a checked 206 shows it does (:attr:`Source.ranges_shown`), a 200 that it
+    ignores Range (:meth:`Source.ignores_range`; the answer closed unread: a probe's worth
+    of its bytes at most, never the file); any other answer is a failure as a piece's is."""
+    scope = trio.CancelScope()
+    source.scopes.add(scope)
+    source.probing = True
+    try:
+        with scope:
+            async with crew.open(source, {"range": "bytes=0-0"}) as answer:
+                response = answer.response
+                if response.status_code == 200:
+                    check_whole(response, source)  # the file it was chosen for, whole
+                    source.ignores_range(response.status_code)
+                else:
+                    check_range(response, source, 0, 1)
+                    source.ranges_shown = True
+        source.failures = 0
+    except SourceBusy:
+        await trio.sleep(BUSY_PAUSE)
+    except SourceFailed as exc:
+        _failed(crew, source, exc)
+    finally:
+        source.probing = False
+        source.scopes.discard(scope)
+        crew.changed()
+
+
+def _failed(crew: Crew, source: Source, exc: SourceFailed) -> None:
+    """One more failure of ``source`` in a row: dropped at ``max_failures``."""
+    source.failures += 1
+    log_event(log, "warning", "piece_failed", url=source.url, reason=str(exc))
+    if source.failures >= crew.settings.max_failures:
+        source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url
 
 
 async def _one_claim(
@@ -194,10 +256,7 @@ async def _one_claim(
     except SourceBusy:
         await trio.sleep(BUSY_PAUSE)  # the origin's slots are taken: not the source's fault
     except SourceFailed as exc:
-        source.failures += 1
-        log_event(log, "warning", "piece_failed", url=source.url, reason=str(exc))
-        if source.failures >= crew.settings.max_failures:
-            source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url
+        _failed(crew, source, exc)
     finally:
         source.scopes.discard(scope)
         crew.pieces.finish(claim)
@@ -265,6 +324,7 @@ class ClaimWriter:
         ranged = source.ranges and not self.continuous
         if ranged:
             check_range(response, source, first, end)
+            source.ranges_shown = True
         else:
             check_whole(response, source)
             skip = first
@@ -384,23 +444,27 @@ async def skipped(
         yield chunk
 
 
-#: ``judge(rates, live, busy)``: the reason to drop each source ("" to keep it), from the
-#: bytes per second each delivered over the last window, whether it is still in use, and
-#: whether it had a request running at both ends of the window.
-Judge = Callable[[list[float], list[bool], list[bool]], list[str]]
+#: ``judge(rates, live, busy, overall)``: the reason to drop each source ("" to keep it),
+#: from the bytes per second each delivered over the last window, whether it is still in
+#: use, whether it had a request running at both ends of the window, and the bytes per
+#: second each delivered since the watch began.
+Judge = Callable[[list[float], list[bool], list[bool], list[float]], list[str]]
 
 
 async def watch_speed(pool: list[Source], window: float, judge: Judge) -> None:
     """Every ``window`` seconds, drop the sources ``judge`` finds too slow (the caller's
     policy: :mod:`tracker.multisource.judging`); their claims go back to the others."""
-    last = [s.sent for s in pool]
+    began, first = trio.current_time(), [s.sent for s in pool]
+    last = list(first)
     asking = [bool(s.scopes) for s in pool]
     while True:
         await trio.sleep(window)
+        elapsed = max(window, trio.current_time() - began)
         rates = [(s.sent - before) / window for s, before in zip(pool, last, strict=True)]
+        overall = [(s.sent - before) / elapsed for s, before in zip(pool, first, strict=True)]
         busy = [was and bool(s.scopes) for s, was in zip(pool, asking, strict=True)]
         last, asking = [s.sent for s in pool], [bool(s.scopes) for s in pool]
-        reasons = judge(rates, [not s.dropped for s in pool], busy)
+        reasons = judge(rates, [s.live for s in pool], busy, overall)
         for source, reason in zip(pool, reasons, strict=True):
-            if reason and not source.dropped:
+            if reason and source.live:
                 source.drop(reason)

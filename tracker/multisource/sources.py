@@ -55,10 +55,19 @@ class Source:
 
     url: str
     identity: Identity
+    #: Whether its answers honour ``Range`` (the refresh starts with True and learns
+    #: otherwise from its first answer to a ``Range`` request: :meth:`ignores_range`).
     ranges: bool
     sent: int = 0
     failures: int = 0
     dropped: str = ""
+    #: Why it gives no (more) pieces though it did not fail ("" while it may): it ignores
+    #: ``Range``, and its one stream, if it had one, ended.
+    left_out: str = ""
+    #: One of its answers honoured ``Range`` (a checked 206), or a request that would tell
+    #: is out (``probing``): until one of those, it gets one request at a time.
+    ranges_shown: bool = False
+    probing: bool = False
     scopes: set[trio.CancelScope] = attrs.Factory(set)
     #: The caller's own handle of the source (the refresh: its index entry), never read here.
     tag: object = None
@@ -88,6 +97,31 @@ class Source:
             )
             self.elsewhere[where] = known
         return known
+
+    @property
+    def state(self) -> str:
+        """How the download uses it, in a few words: "" while it gives pieces, else dropped,
+        left out (and why) or read as one stream (it ignores ``Range``)."""
+        if self.dropped:
+            return f"dropped: {self.dropped}"
+        if self.left_out and not self.sent:
+            return f"left out: {self.left_out}"
+        if not self.ranges:
+            return "one stream: it ignores Range"
+        return ""
+
+    @property
+    def live(self) -> bool:
+        """True while it may still give bytes: not dropped, not left out."""
+        return not self.dropped and not self.left_out
+
+    def ignores_range(self, status: int) -> None:
+        """It answered a ``Range`` request with the whole file (``status``, a 200: agave's
+        RPC, a plain file server): read as one stream from now on, never asked for a piece
+        again (docs/architecture.md, "A refresh from several sources")."""
+        if self.ranges:
+            self.ranges = False
+            log_event(log, "info", "source_ignores_range", url=self.url, status=status)
 
     def drop(self, reason: str) -> None:
         """Stop using this source; its running requests are cancelled (their pieces return)."""

@@ -6,14 +6,17 @@ the index knows other sources of the same archive (:func:`choose`: the same name
 and no other SHA-256 where sources publish one; docs/http-api.md#trust), they join: the
 shared engine (:mod:`tracker.multisource`) cuts the file into pieces, hands them out from
 the front within a window ahead of the gapless prefix, and each source's lanes (at most its
-``source_limits.max_transfers``: :func:`lanes_for`) fetch them with ``Range`` requests,
+``source_limits.max_transfers``: :func:`lanes_for`), once a one-byte probe showed that it
+honours ``Range`` (one that ignores it, as agave's RPC does, is closed unread and gives no
+pieces; the first answer still runs on), fetch them with ``Range`` requests,
 paced by its ``max_rate``, spliced into the temp file at their offsets. The first answer
 carries the head on for as long as no other lane holds the next piece. The refresh's
 readers follow the gapless prefix (:meth:`tracker.cache.refresh.Refresh.landed`), which
 grows at the sources' combined rate; an idle lane steals the back half of the head piece
-from a laggard, a source that fails three times, stalls or delivers under a tenth of the
-fastest one's rate (:func:`tracker.multisource.judging.laggards`) is dropped and its pieces
-go to the others.
+from a laggard (whatever its size when it blocks the prefix), a source that fails three
+times, stalls, drips under a floor or delivers under a tenth of another one's rate
+(:func:`tracker.multisource.judging.laggards`) is dropped and its pieces go to the others.
+How each source was used is kept per target (:class:`SourcesUsed`, ``/v1/targets``).
 
 Which copy is good is not decided here: the whole-file checks stay the gate
 (docs/http-api.md, "Verified archives"; :func:`tracker.proxy.bytepaths.fill`).
@@ -23,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Literal
 
 import attrs
 import trio
@@ -33,7 +37,7 @@ import trio
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
-from tracker.multisource.claims import Pieces, intersect
+from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Answer, Crew, lane, watch_speed
 from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
@@ -49,6 +53,7 @@ from tracker.proxy.piececheck import (
     Opener,
     blamed,
     find_liars,
+    held_back,
     rewrite,
     two_source_liar,
 )
@@ -80,6 +85,8 @@ class Peers:
     enabled: bool = True
     #: Longest wait for one read of a body (``ProxySettings.read_timeout``).
     read_timeout: float = 60.0
+    #: Where each refresh from several sources says how it used them (None: nowhere).
+    uses: SourcesUsed | None = None
 
 
 @attrs.frozen
@@ -166,6 +173,57 @@ def window_for(piece: int, lanes: int) -> int:
     return max(4, 2 * lanes) * piece
 
 
+#: How a refresh used a source (``/v1/targets`` ``refresh.used``).
+Used = Literal["parallel", "alone", "left out", "dropped"]
+
+
+def uses_of(sources: Sequence[Source]) -> list[tuple[Used, str]]:
+    """How a refresh used each of its ``sources`` (the first first) and why, once it
+    ended: in parallel with others, alone (the only one that gave bytes: the others ignore
+    Range, or failed), left out (it gave nothing: it ignores Range, so it could only have
+    sent the whole file again) or dropped (failed, stalled or too slow)."""
+    givers = sum(1 for s in sources if s.sent)
+    out: list[tuple[Used, str]] = []
+    for source in sources:
+        if source.dropped:
+            out.append(("dropped", source.dropped))
+        elif not source.sent:
+            out.append(("left out", source.left_out or "no piece was left for it"))
+        elif givers == 1:
+            out.append(("alone", "" if source.ranges else "one stream: it ignores Range"))
+        else:
+            out.append(("parallel", "" if source.ranges else "one stream: it ignores Range"))
+    return out
+
+
+#: Targets whose latest use is kept (a fleet's discovered nodes are thousands).
+MAX_USES = 4096
+
+
+class SourcesUsed:
+    """How the latest refresh from several sources that asked each target used it
+    (docs/http-api.md, ``/v1/targets``: ``refresh``); at most MAX_USES targets, the
+    oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._uses: dict[TargetKey, dict[str, object]] = {}
+
+    def record(self, name: str, keys: Sequence[TargetKey], sources: Sequence[Source]) -> None:
+        """The refresh of ``name`` used ``sources`` (of targets ``keys``, in order)."""
+        for key, source, (used, reason) in zip(keys, sources, uses_of(sources), strict=True):
+            entry: dict[str, object] = {"file": name, "used": used, "bytes": source.sent}
+            if reason:
+                entry["reason"] = redact_text(reason)
+            self._uses.pop(key, None)  # the newest last
+            self._uses[key] = entry
+        while len(self._uses) > MAX_USES:
+            del self._uses[next(iter(self._uses))]
+
+    def shown(self) -> dict[TargetKey, dict[str, object]]:
+        """Each target's latest use (a copy)."""
+        return dict(self._uses)
+
+
 @attrs.define(eq=False)
 class _Measured:
     """One source's transfer as :class:`tracker.ordering.flowing.Flowing` reads it."""
@@ -240,7 +298,12 @@ async def fill_from_many(
     if flowing is not None:
         stops = [flowing.start(keys[s], _Measured(s, started)) for s in sources[1:]]
     crew = Crew(
-        PieceTunables(peers.read_timeout), pieces, fd, partial(_ask, peers, keys), landed=landed
+        PieceTunables(peers.read_timeout),
+        pieces,
+        fd,
+        partial(_ask, peers, keys),
+        landed=landed,
+        probe_ranges=True,  # a source that ignores Range is read as one stream at most
     )
     head = pieces.claim(started)
     if head is None:
@@ -261,9 +324,11 @@ async def fill_from_many(
         os.close(fd)
         for stop in stops:
             stop()
+        if peers.uses is not None:
+            peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
     outcome = Outcome(tuple(sources), trio.current_time() - started, written, keys)
     if not pieces.complete:
-        reasons = "; ".join(f"{redact_text(s.url)}: {s.dropped or 'failed'}" for s in sources)
+        reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
     log_event(log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
     return outcome
@@ -320,47 +385,51 @@ def _no_one(_key: TargetKey, _reason: str) -> None:
 @attrs.define
 class Repair:
     """After the copy of a refresh from several sources failed its check: its readers cut
-    off, the liars found by comparing every source's ranges with another's and their bytes
-    rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the liars named
-    (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
+    off, the liars found by comparing every range each source wrote with another's and
+    their bytes rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the
+    liars named (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
     ``last_error``) once it passed. With two sources left, no third breaks a tie: the
-    whole-file check judges (:meth:`_judge_two`)."""
+    whole-file check judges (:meth:`_judge_two`). ``blame``: the targets that carry the
+    failed check when the repair did not pass (every sender at first, narrowed by
+    :func:`~tracker.proxy.piececheck.held_back`: an honest source never carries a liar's
+    error)."""
 
     peers: Peers
     refresh: Refresh
     outcome: Outcome
     liar_found: Callable[[TargetKey, str], None] = _no_one
+    blame: list[TargetKey] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        outcome = self.outcome
+        self.blame = [outcome.keys[s] for s in outcome.sources if outcome.written.get(s)]
 
     async def run(self, failed: ArchiveInvalid) -> bool:
         """Whether the copy was repaired and passed its check again (else the caller
-        rejects it as it stands)."""
+        rejects it as it stands, held back against :attr:`blame`)."""
         refresh, outcome = self.refresh, self.outcome
         refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
         log_event(log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
-        live = [s for s in outcome.sources if not s.dropped]
+        # Those that can be asked for a range again (one that ignores Range cannot).
+        live = [s for s in outcome.sources if not s.dropped and s.ranges]
+        sources = list(outcome.sources)
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.keys)
-            # The check read the file in order and failed on bytes it had read: only those
-            # are compared (the rest of the file costs nothing more). With two sources the
-            # whole file is: a side's check failing must mean its bytes are wrong, not that
-            # a lie past the first one was never compared (about one more copy at most).
+            # Every range each source wrote is compared, not only those before the byte the
+            # check failed on: a liar's later pieces would stay, and the copy fail again
+            # (about one more copy of the archive at most).
             two = len(live) == 2
-            within = refresh.size if two else refresh.failed_within or refresh.size
-            suspect = {
-                source: intersect(ranges, [(0, within)])
-                for source, ranges in outcome.written.items()
-            }
-            sources = list(outcome.sources)
             found = await find_liars(
-                sources, suspect, fd, ask, self.peers.read_timeout, judge_later=two
+                sources, outcome.written, fd, ask, self.peers.read_timeout, judge_later=two
             )
             if two and found.differing and not found.undecided:
                 judged = await self._judge_two(sources, live, found.differing, fd, ask)
-                if judged is None:
-                    return False
-                found.liars = judged
-                return self._named(found)
+                if judged is not None:
+                    found.liars = judged
+                    return self._named(found)
+                self._narrow(found)
+                return False
         finally:
             os.close(fd)
         if not found.liars or found.undecided:
@@ -372,13 +441,21 @@ class Repair:
                 liars=len(found.liars),
                 undecided=found.undecided,
             )
+            self._narrow(found)
             return False
         try:
             await refresh.recheck()
         except ArchiveInvalid as exc:
             log_event(log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason)
+            self._narrow(found)
             return False
         return self._named(found)
+
+    def _narrow(self, found: Findings) -> None:
+        """Who carries the failed check now that the repair did not pass (:attr:`blame`)."""
+        outcome = self.outcome
+        kept = held_back(list(outcome.sources), outcome.written, found)
+        self.blame[:] = [outcome.keys[s] for s in kept]
 
     def _named(self, found: Findings) -> bool:
         """Name the liars of a copy that passed its check again; True."""

@@ -115,9 +115,35 @@ class Findings:
     rewritten: int = 0
     undecided: int = 0
     differing: list[Difference] = attrs.Factory(list)
+    #: Bytes of each source's ranges another source sent the same (it agreed with them).
+    agreed: dict[Source, int] = attrs.Factory(dict)
 
     def blame(self, source: Source, start: int, end: int) -> None:
         self.liars[source] = merge([*self.liars.get(source, []), (start, end)])
+
+    def agree(self, source: Source, count: int) -> None:
+        self.agreed[source] = self.agreed.get(source, 0) + count
+
+
+def held_back(
+    sources: list[Source],
+    written: dict[Source, list[tuple[int, int]]],
+    found: Findings,
+) -> list[Source]:
+    """Who carries a copy's failed check once its repair did not pass (who sent bytes of
+    it, ``written``): the liars found, when any were, and no one else; else, when every
+    range was compared and no source's bytes differed from another's, every sender (they
+    agree: the archive they serve fails its check); else the senders whose every byte was
+    not sent the same by another source (the liar is among them; a source whose bytes
+    another one confirmed never carries the error)."""
+    senders = [s for s in sources if written.get(s)]
+    if found.liars:
+        return [s for s in senders if s in found.liars]
+    if not found.undecided and not found.differing:
+        return senders
+    return [
+        s for s in senders if found.agreed.get(s, 0) < sum(end - start for start, end in written[s])
+    ]
 
 
 #: The slowest a comparison may go before it is given up (bytes per second), on top of one
@@ -139,7 +165,9 @@ async def find_liars(
     where they differ (``Findings.differing``, indices of ``sources``). A range whose
     comparer fails or takes too long stays undecided (``Findings.undecided``)."""
     comparison = _Comparison(fd, ask, Findings(), sources if judge_later else None)
-    live = [i for i, s in enumerate(sources) if not s.dropped]
+    # Only sources that honour Range can be asked for a range (one that ignores it sent
+    # its one stream: its bytes are compared, it compares nothing).
+    live = [i for i, s in enumerate(sources) if not s.dropped and s.ranges]
     for owner, source in enumerate(sources):
         for start, end in written.get(source, []):
             asked = [sources[i] for i in comparers(owner, live)]
@@ -183,6 +211,7 @@ class _Comparison:
         findings = self.findings
         on_disk = await trio.to_thread.run_sync(os.pread, self.fd, len(piece), position)
         if on_disk == piece:
+            findings.agree(owner, len(piece))
             return
         if self.recording is not None:
             index = self.recording.index

@@ -32,7 +32,7 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import open_upstream
-from tracker.proxy.manysources import Peers
+from tracker.proxy.manysources import Peers, SourcesUsed
 from tracker.proxy.resume import resume_upstream
 from tracker.proxy.transfers import Head, StreamJob, Transfers
 from tracker.proxy.upstream import DownloadClients, ProxySettings, UpstreamAnswer
@@ -62,6 +62,8 @@ class Launcher:
     rejections: Rejections
     _clients: DownloadClients = attrs.field(alias="clients")
     _channel_budget: ChunkBudget = attrs.field(alias="channel_budget", kw_only=True)
+    #: How the latest refresh from several sources used each target (``/v1/targets``).
+    sources_used: SourcesUsed = attrs.field(factory=SourcesUsed, kw_only=True)
 
     def job(
         self,
@@ -116,6 +118,7 @@ class Launcher:
                 kept,
                 enabled=origin == "upstream",
                 read_timeout=self.settings.read_timeout,
+                uses=self.sources_used,
             ),
         )
         return self._reported(job, group.group, archive, origin)

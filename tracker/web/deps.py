@@ -54,6 +54,8 @@ class ApiDeps:
     clock: Callable[[], float] = trio.current_time
     #: Per group: why its last refresh streamed uncached for want of disk room.
     uncached: Callable[[], Mapping[str, str]] = dict
+    #: Per target: how the latest refresh from several sources that asked it used it.
+    sources_used: Callable[[], Mapping[TargetKey, Mapping[str, object]]] = dict
     #: The sources bytes come from now: a target's rate meanwhile is shown before the
     #: index's throughput, which is measured when a transfer ends.
     flowing: Flowing = attrs.Factory(Flowing)

@@ -10,7 +10,7 @@ holds every decision about what to show and how. The service wires the sources i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -37,6 +37,7 @@ from tracker.web.statusview import (
     SigningView,
     StatusView,
     TargetView,
+    refresh_use,
 )
 from tracker.web.wire import disproven_errors
 
@@ -93,6 +94,8 @@ class StatusSources:
     flowing: Callable[[TargetKey, float], float] = lambda _key, _now: 0.0
     #: The statements this tracker signs (None: not shown).
     attestations: Attestations | None = None
+    #: Per target: how the latest refresh from several sources that asked it used it.
+    sources_used: Callable[[], Mapping[TargetKey, Mapping[str, object]]] = dict
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -247,6 +250,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
     index, flowing = sources.index, sources.flowing
     # A copy a proof kept out of the ranking says why, as in /v1/targets.
     mismatches = {**index.mismatches(), **disproven_errors(index.disproven())}
+    uses = sources.sources_used()
     out = []
     for h in health:
         key = h.target.key
@@ -266,6 +270,7 @@ def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetV
                 probed=probed,
                 achieved=achieved,
                 note=nothing_listed(h.target.kind, h.health, index.count(key)),
+                refresh=refresh_use(uses.get(key)),
             )
         )
     return out

@@ -312,9 +312,11 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
             f"{percent:.1f} % of {format_bytes(progress.size)}"
         )
     readers = "—" if progress.readers is None else str(progress.readers)
+    notes = progress.notes or ("",) * len(progress.sources)
     shares = "".join(
-        f'<br><span class="meta">{text(url)}: {share:.0f} % at {format_rate(rate)}</span>'
-        for url, share, rate in source_shares(progress, now)
+        f'<br><span class="meta">{text(url)}: {share:.0f} % at {format_rate(rate)}'
+        f"{f' ({text(note)})' if note else ''}</span>"
+        for (url, share, rate), note in zip(source_shares(progress, now), notes, strict=True)
     )
     state = "refreshing"
     if progress.proving:  # docs/architecture.md, "Two reads"
@@ -433,7 +435,7 @@ def _target_cells(t: TargetView) -> str:
         f"<tr><td>{_health(t.health)}</td>"
         f"<td>{text(t.group)}</td><td><code>{text(t.target)}</code></td>"
         f"<td>{text(t.kind)}{' (discovered)' if t.discovered else ''}</td>"
-        f"<td>{_error_or_note(t)}</td><td>{format_latency(t.latency)}</td>"
+        f"<td>{_error_or_note(t)}{_used(t)}</td><td>{format_latency(t.latency)}</td>"
         f"<td>{format_rate(t.throughput)}{_figures(t)}</td><td>{t.snapshots}</td>"
     )
 
@@ -443,6 +445,11 @@ def _error_or_note(t: TargetView) -> str:
     if t.last_error or not t.note:
         return text(t.last_error)
     return f'<span class="note">{text(t.note)}</span>'
+
+
+def _used(t: TargetView) -> str:
+    """Under its error, how the latest refresh from several sources used the target."""
+    return f'<br><span class="meta">{text(t.refresh)}</span>' if t.refresh else ""
 
 
 def _figures(t: TargetView) -> str:

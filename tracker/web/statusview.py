@@ -7,6 +7,7 @@ and rendered (:mod:`tracker.web.statuspage`); the decisions here (the order of t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 import attrs
@@ -82,6 +83,8 @@ class TargetView(NamedTuple):
     achieved: float = 0.0
     #: Why a target that is up lists nothing ("": it lists some, or ``last_error`` says).
     note: str = ""
+    #: How the latest refresh from several sources that asked it used it ("" none).
+    refresh: str = ""
 
 
 @attrs.frozen
@@ -210,6 +213,15 @@ def refresh_rate(progress: RefreshProgress, now: float) -> float:
     """A refresh's mean rate so far, bytes per second (0 before its first second)."""
     elapsed = now - progress.started_at
     return progress.written / elapsed if elapsed >= 1.0 else 0.0
+
+
+def refresh_use(used: Mapping[str, object] | None) -> str:
+    """A target's ``refresh`` of ``/v1/targets`` in words: the archive, how the refresh
+    used the source, why ("" when no refresh from several sources asked it)."""
+    if not used:
+        return ""
+    reason = f": {used['reason']}" if used.get("reason") else ""
+    return f"refresh of {used.get('file')}: {used.get('used')}{reason}"
 
 
 def source_shares(progress: RefreshProgress, now: float) -> list[tuple[str, float, float]]:

@@ -256,8 +256,11 @@ def _health_bytes(
     speeds: tuple[int, int, int],
     uncached: str,
     checks: list[tuple[str, Checked | None]],
+    used: Mapping[str, object] | None = None,
 ) -> bytes:
     out = health_json(health, count, mismatch)
+    if used:  # how the latest refresh from several sources that asked it used it
+        out["refresh"] = dict(used)
     if health.target.kind == "local":  # its files' checks and proofs, on the tracker's disk
         out["local_files"] = local_files_json(checks)
     # Measured (docs/http-api.md#speed-tests): the figure ranked, and the two it combines.
@@ -300,7 +303,9 @@ def targets_body(
     probe failed; a measured one its throughput as of ``shown_at`` (while bytes come from
     it, the rate they come at ``now``: ``deps.flowing``) and the probed and
     achieved figures it combines; the targets of a group whose last refresh
-    streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``.
+    streamed uncached for want of disk room show why (``deps.uncached``) as ``cache``; a
+    target the latest refresh from several sources asked shows how it was used
+    (``deps.sources_used``) as ``refresh``: in parallel, alone, left out or dropped, why.
 
     A target's JSON is rendered again only when what it shows changes (``fragments``): the
     same ``shown_at`` for several requests keeps the decaying throughputs, and with them the
@@ -311,6 +316,7 @@ def targets_body(
     shown = index.speeds.shown(shown_at)
     live = deps.flowing.rates(now)
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
+    uses = deps.sources_used()
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
     mismatches = {**index.mismatches(), **disproven_errors(index.disproven()), **rejected}
@@ -329,10 +335,12 @@ def targets_body(
         speeds = (round(rate) if rate else figure, probed, achieved)
         reason = uncached.get(key.group, "")
         checks = deps.local_checks(key) if h.target.kind == "local" else []
+        used = uses.get(key)
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),
             *(count, mismatch, speeds, reason, tuple(checks)),
+            tuple(used.items()) if used else (),
         )
-        render = partial(_health_bytes, h, count, mismatch, speeds, reason, checks)
+        render = partial(_health_bytes, h, count, mismatch, speeds, reason, checks, used)
         parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"
