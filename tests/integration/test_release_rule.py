@@ -242,10 +242,11 @@ async def test_requests_during_a_refresh_meet_the_accounts_level(
     tmp_path: Path, forged: bool
 ) -> None:
     """Under ``trust.require: accounts`` (unshared refreshes): while a refresh of a full
-    runs, a whole-file GET and a Range GET of bytes already written both read the
-    refresh, and neither gets its last byte before the copy passed every check: a copy
-    whose accounts were changed reaches neither complete (never a source's stream, never
-    a 206 of unchecked bytes); a good one reaches both, exact."""
+    runs, a whole-file GET reads the refresh (never the source's own stream) and gets its
+    end only once the copy passed every check; a Range GET gets no unchecked byte at all
+    (a ``503`` with ``retry-after``, never a 206 from the growing file or a source). A copy
+    whose accounts were changed reaches no client complete; a good one reaches both
+    readers exact, and the Range once it is cached."""
     name, good = forged_accounts_archive(2100, seed=27, account_size=256 * 1024)
     if not forged:
         from archives import build_archive
@@ -257,42 +258,44 @@ async def test_requests_during_a_refresh_meet_the_accounts_level(
     async with (
         upstreams([data], name, pause_at=pause) as ups,
         tracker(tmp_path, ups, name, len(data), target_groups=accounts) as t,
-        trio.open_nursery() as nursery,
     ):
         results: dict[str, tuple[int, str, int]] = {}
+        async with trio.open_nursery() as nursery:
 
-        async def client(label: str, headers: dict[str, str] | None = None) -> None:
-            results[label] = await get(t.url(name), headers)
+            async def client(label: str) -> None:
+                results[label] = await get(t.url(name))
 
-        nursery.start_soon(client, "first")
-        await wait_for(lambda: sent(ups[0], name) >= pause)  # the refresh runs, paused
-        nursery.start_soon(client, "whole")
-        nursery.start_soon(client, "range", {"range": "bytes=0-65535"})
-        await wait_for(lambda: t.counter("snapshot_tracker_shared_readers_total") >= 2)
-        assert results == {}  # nobody got a last byte while the copy is unchecked
-        ups[0].behaviour[name].resume.set()
-    assert len(ups[0].gets(name)) == 1  # one stream from the source, the refresh's
-    if forged:
-        assert results["first"][2] < len(data) and results["whole"][2] < len(data)
-        assert results["range"][0] == 206 and results["range"][2] < 65536
-    else:
-        assert results["first"] == results["whole"] == (200, sha256(data), len(data))
-        assert results["range"] == (206, sha256(data[:65536]), 65536)
+            nursery.start_soon(client, "first")
+            await wait_for(lambda: sent(ups[0], name) >= pause)  # the refresh runs, paused
+            nursery.start_soon(client, "whole")
+            await wait_for(lambda: t.counter("snapshot_tracker_shared_readers_total") >= 1)
+            during = await get(t.url(name), {"range": "bytes=0-65535"})
+            assert results == {}  # nobody got a last byte while the copy is unchecked
+            ups[0].behaviour[name].resume.set()
+        assert during[0] == 503  # no byte of a range before the check passed
+        assert len(ups[0].gets(name)) == 1  # one stream from the source, the refresh's
+        if forged:
+            assert results["first"][2] < len(data) and results["whole"][2] < len(data)
+        else:
+            assert results["first"] == results["whole"] == (200, sha256(data), len(data))
+            after = await get(t.url(name), {"range": "bytes=0-65535"})
+            assert after == (206, sha256(data[:65536]), 65536)
 
 
+@pytest.mark.parametrize("liar", [True, False], ids=["liar_first", "honest"])
 async def test_aria2c_through_a_cold_tracker_never_ends_with_a_poisoned_file(
-    tmp_path: Path,
+    tmp_path: Path, liar: bool
 ) -> None:
     """The README's ``aria2c -x4 -s4`` through a cold tracker under ``trust.require:
     accounts``, three sources of a full, the freshest one changing a byte inside each raw
     block of the storages: aria2c ends with the exact archive or fails; never exit 0 with
-    the liar's bytes."""
+    the liar's bytes. With three honest sources it gets the exact archive (exit 0)."""
     aria2c = tool("aria2c")
     name, data = storage_heavy_archive(tmp_path)
     lie, _count = flipped_in_raw_blocks(data)
     accounts = (group(Level.ACCOUNTS),)
     async with (
-        upstreams([lie, data, data], name) as ups,
+        upstreams([lie if liar else data, data, data], name) as ups,
         tracker(tmp_path, ups, name, len(data), target_groups=accounts) as t,
     ):
         args = ["-q", "-x4", "-s4", "--min-split-size=1M", "--allow-overwrite=true"]
@@ -308,4 +311,6 @@ async def test_aria2c_through_a_cold_tracker_never_ends_with_a_poisoned_file(
         got = (tmp_path / "aria").read_bytes() if (tmp_path / "aria").exists() else b""
         if done.returncode == 0:
             assert sha256(got) == sha256(data), "aria2c exit 0 with a file that is not the archive"
-        assert sent(ups[0], name) > 0  # the liar was asked
+        assert sent(ups[0], name) > 0  # the freshest source was asked
+        if not liar:
+            assert done.returncode == 0, done.stderr[-300:]

@@ -405,11 +405,35 @@ ROWS = [
     ),
     # -- "The release rule": trust.require accounts --------------------------------------------
     pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.CHECKING],
+        id="accounts: a Range during the refresh: 503 until checked, never unchecked bytes",
+    ),
+    pytest.param(
         RANGE_AHEAD,
         STRICT,
         {"passes": (Step.CACHE_HIT,), "now": RUNNING},
-        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
-        id="accounts: a Range ahead of the refresh reads it, never a source's bytes",
+        [Step.CACHE_HIT, Step.MISS, Step.CHECKING],
+        id="accounts: a Range ahead of the refresh: 503, never relayed",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, Step.CHECKING],
+        id="accounts: a Range of the best nothing refreshes: 503 (a refresh started)",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT_SHARE,
+        {"passes": (Step.CACHE_HIT,), "now": RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.CHECKING],
+        id="accounts, shared: a Range during the refresh: 503 until checked",
+    ),
+    pytest.param(
+        RANGE, STRICT, {}, [Step.CACHE_HIT], id="accounts: a checked copy: Range from disk"
     ),
     pytest.param(
         GET,
@@ -419,32 +443,25 @@ ROWS = [
         id="accounts: a GET while a client's refresh runs reads it, never the source's stream",
     ),
     pytest.param(
-        RANGE,
-        STRICT,
-        {"passes": (Step.CACHE_HIT,)},
-        [Step.CACHE_HIT, Step.MISS, start_shared(keep=True)],
-        id="accounts: a Range of the best nothing refreshes starts a kept refresh, read",
-    ),
-    pytest.param(
-        RANGE,
-        STRICT_SHARE,
-        {"passes": (Step.CACHE_HIT,)},
-        [Step.CACHE_HIT, Step.MISS, start_shared(keep=True)],
-        id="accounts, shared: a Range of the best starts the refresh others join",
-    ),
-    pytest.param(
-        RANGE,
+        GET,
         STRICT,
         {"passes": (Step.CACHE_HIT, Step.JOIN_BEHIND), "now": RUNNING},
         [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND, Step.JOIN_BEHIND],
         id="accounts: the refresh ended unread: read again, then a 503, never relayed",
     ),
     pytest.param(
+        GET,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,)},
+        [Step.CACHE_HIT, Step.MISS, own_refresh(keep=False, early=SIZE)],
+        id="accounts: a plain GET of the best nothing refreshes starts its refresh",
+    ),
+    pytest.param(
         IF_RANGE,
         STRICT,
         {"passes": (Step.CACHE_HIT,), "now": RUNNING},
-        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
-        id="accounts: If-Range only the source can answer: relayed",
+        [Step.CACHE_HIT, Step.MISS, Step.CHECKING],
+        id="accounts: If-Range during the refresh: 503, never a source's 206",
     ),
     pytest.param(
         RANGE,

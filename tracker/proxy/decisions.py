@@ -73,8 +73,8 @@ class Mode:
     #: ``serve_user_agents``: clients that get the bytes, never a redirect to another host.
     serve_user_agents: tuple[str, ...] = ()
     #: The group's level is one no relayed stream meets (``trust.require`` ``accounts`` or
-    #: ``cluster``, archives checked): a request of a best file that may read a refresh
-    #: reads one, whole body or ``Range``, never a source's unchecked bytes
+    #: ``cluster``, archives checked): a plain GET of a best file reads a refresh, a
+    #: ``Range`` GET waits for a checked copy, never a source's unchecked bytes
     #: (docs/architecture.md, "The release rule").
     strict: bool = False
 
@@ -154,6 +154,12 @@ class Step(enum.Enum):
     #: background refresh of the whole file (aria2c, axel, ``curl -C -`` ask for ranges only
     #: and would otherwise never get it cached).
     RELAY_INTEREST = "relay_interest"
+    #: 503 with ``retry-after``: a ``Range`` or conditional GET of a best file under a strict
+    #: level (:attr:`Mode.strict`) while no checked copy is held: no byte of the range is sent
+    #: before the copy passed every check (a reader that takes a prefix and stops, or
+    #: resumes elsewhere after a cut, must not keep unchecked bytes); a background refresh is
+    #: started when none runs.
+    CHECKING = "checking"
     #: 404: no source advertises the file any more and the copies the tracker held of it
     #: (docs/http-api.md, kept incrementals) did not answer: there is nothing to relay.
     GONE = "gone"
@@ -241,18 +247,16 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
     best file starts one (under the bucket's lock when there is a bucket). Unshared: a
     plain GET of the best file starts its own refresh; a ``Range`` GET reads a background
     refresh when its first byte is already written. Under a strict level
-    (:attr:`Mode.strict`) every GET that may read a refresh reads the one running (its
-    own refresh included, ``Now.running``), or starts one. Anything else:
+    (:attr:`Mode.strict`) a plain GET reads the refresh running (another client's own
+    included, ``Now.running``) or starts one, and a ``Range`` or conditional GET of the
+    best file waits for a checked copy (:attr:`Step.CHECKING`). Anything else:
     :func:`fallback`."""
     starts = asked.plain_get and now.best and not now.refreshing
-    # Under a strict level a Range GET of a best file nothing refreshes starts a refresh
-    # kept to its end and reads it, as a plain GET would (a relay would be unchecked).
-    strict_start = mode.strict and asked.may_join and now.best and not now.refreshing
+    if mode.strict and asked.method == "GET" and not asked.plain and now.best:
+        return Step.CHECKING  # never a source's or a growing file's unchecked range
     if mode.shares:
         if now.running is not None:
             return Step.JOIN_SHARED if asked.may_join else fallback(asked, now)
-        if strict_start and not starts:
-            return Step.CLAIM if mode.bucket else start_shared(keep=True)
         if not starts:
             return fallback(asked, now)
         return Step.CLAIM if mode.bucket else start_shared(keep=mode.keep)
@@ -261,8 +265,6 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
         return Step.JOIN_BEHIND
     if starts:
         return own_refresh(keep=mode.keep)
-    if strict_start:
-        return start_shared(keep=True)
     return fallback(asked, now)
 
 

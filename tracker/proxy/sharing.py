@@ -109,6 +109,8 @@ async def join(
         return None
     await shared.ready.wait()
     refresh = shared.refresh
+    while refresh.repairing:  # its readers were cut off: the repaired copy, or none
+        await refresh.wait_progress()
     if not shared.joinable or not refresh.temp:
         return None
     try:

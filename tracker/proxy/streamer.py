@@ -11,6 +11,7 @@ path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -65,6 +66,11 @@ from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
 
 CacheFactory = Callable[[str], Cache]
+#: Seconds a ``Range`` reader is asked to wait beyond a refresh's remaining bytes at its rate
+#: (the check's tail), or in all while nothing measured the rate yet (:meth:`Route.checking`).
+CHECKING_RETRY = 5.0
+#: The longest ``retry-after`` such a reader is given.
+MAX_RETRY = 600.0
 
 
 class ProxyStreamer:
@@ -174,6 +180,12 @@ class ProxyStreamer:
         found = config.group_named(group)
         return config.required_level(found) if found is not None else Level.STRUCTURE
 
+    def _loadable_by(self, group: str) -> str | None:
+        """The validators that must be able to load ``group``'s archives before they are
+        cached or served (its ``trust.loadable_by``, docs/http-api.md)."""
+        found = self._config().group_named(group)
+        return found.trust.loadable_by if found is not None else None
+
     def cache(self) -> Cache | None:
         """The cache of the current config (None without one); made and cleaned on first use.
 
@@ -194,6 +206,7 @@ class ProxyStreamer:
                 self._required_level,
                 self._accounts_limits(root) if config.prove_accounts else None,
                 self._voter,
+                self._loadable_by,
             )
             cache.served = self._index.served_fulls
             cache.on_files = partial(hold_cached, self._index)
@@ -409,7 +422,7 @@ class Route:
         # that may read a refresh never gets a source's unchecked bytes: it reads the one
         # running now or starts one, else it is asked to come again.
         now = await self.now()
-        if mode.strict and asked.may_join and now.best:
+        if mode.strict and asked.method == "GET" and now.best:
             again = on_miss(asked, mode, now)
             passes = again is Step.CLAIM or (isinstance(again, Step) and again.relays)
             answer = None if passes else await self.perform(again)
@@ -486,6 +499,22 @@ class Route:
         assert self.cache is not None
         return (self.cache.root, self.group.group, self.name)
 
+    def checking(self) -> Answer:
+        """503 to a ``Range`` GET under a strict level while no checked copy is held
+        (:attr:`Step.CHECKING`), its ``retry-after`` the refresh's remaining bytes at its
+        rate so far; a background refresh is started when none runs."""
+        shared, run = self.shared, self.run
+        if shared is None and run.on_interest is not None:
+            run.on_interest(self.group.group, self.name)
+        retry = CHECKING_RETRY
+        if shared is not None:
+            refresh = shared.refresh
+            rate = refresh.written / max(1e-3, time.time() - refresh.started_at)
+            if rate > 0:
+                retry = min(MAX_RETRY, CHECKING_RETRY + refresh.remaining / rate)
+        reason = "the file is being fetched and checked; its ranges are served once it passed"
+        return text_answer(503, reason, retry=retry)
+
     # -- the decisions -----------------------------------------------------------------------
 
     async def perform(self, decision: Decision) -> Answer | None:
@@ -517,6 +546,8 @@ class Route:
                 return await copies.from_holder(
                     launcher, objects, holder, ask, group, archive, size
                 )
+            case Step.CHECKING:
+                return self.checking()
             case Step.GONE:
                 raise RequestError(404, f"{self.name} is no longer held nor advertised")
             case Step.RELAY | Step.RELAY_INTEREST:
