@@ -551,3 +551,40 @@ def test_a_proof_of_many_storages_compiles_its_kernels_once(
         feed(proof, storage, 4096)
         assert len(loads) == (at >= 5)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+def test_the_second_read_parses_in_the_lanes_and_refuses_the_first_storage_that_differs(
+    monkeypatch: pytest.MonkeyPatch, bookkeeping_both_ways: str
+) -> None:
+    # with scan lanes the second read's calling thread only walks: each storage is parsed
+    # in a lane (its serial chain, docs/architecture.md "Every core"); of two storages that
+    # differ, the refusal names the first, as the serial reading would
+    import threading
+
+    from tracker.proof.accounts import newest
+
+    parsed_in: set[str] = set()
+    feed_one = newest._StorageHash.feed
+
+    def feed_seen(self: Any, chunk: Any) -> None:
+        parsed_in.add(threading.current_thread().name)
+        feed_one(self, chunk)
+
+    monkeypatch.setattr(newest._StorageHash, "feed", feed_seen)
+    slots = {s: [Account(key(s), s, b"x" * s), Account(key(100), s)] for s in range(1, 9)}
+    made = built(slots, list(slots))
+    again = {s.name: s.data for s in made}
+    assert prove(made, max_accounts=100) == (model(slots), None)
+    caller = threading.current_thread().name
+    lanes = bookkeeping_both_ways != "inline"
+    assert parsed_in == ({"accounts-scan"} if lanes else {caller})
+    for first in (2, 5):
+        # as many bytes, one record fewer (its data over where the second one lay)
+        one = write_storage([Account(key(first), first, b"z" * (-(-(136 + first) // 8) * 8))])
+        assert len(one) == len(made[first].data)
+        changed = {**again, made[first].name: one, made[7].name: b""}
+        proof = AccountsProof(AccountsLimits(max_accounts=100))
+        for storage in made:
+            feed(proof, storage, 4096)
+        with pytest.raises(ArchiveInvalid, match=rf"^{made[first].name}: the second read differ"):
+            proof.finish(reread_from(changed))

@@ -403,7 +403,8 @@ class AccountsProof:
         def hashed(count: int) -> None:
             self.progress.hashed += count
 
-        hash_newest(self._storages, superseded, reread, self._summer, hashed)
+        lanes = _SecondReadLanes(self) if self._lanes else None
+        hash_newest(self._storages, superseded, reread, self._summer, hashed, lanes)
 
     def _finish_index(self, reread: Reread) -> str | None:
         """Sort the index's partitions and hash the newest versions; a note when the proof
@@ -570,6 +571,26 @@ class Apart:
                     job()
                 except BaseException as exc:  # raised in the reading thread (put, settle)
                     self._failure = exc
+
+
+class _SecondReadLanes:
+    """The scan lanes of ``proof`` as the second read's (:class:`~.newest.Lanes`): a
+    storage's pieces go to the least busy lane, its batches to the summer under the lanes'
+    lock, and a refusal is the first storage's, as in the first read."""
+
+    def __init__(self, proof: AccountsProof) -> None:
+        self._proof = proof
+        self.lock = proof._lock
+
+    def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
+        """See :class:`~.newest.Lanes`."""
+        proof = self._proof
+        lane = min(proof._lanes, key=lambda each: each.waiting)
+        return lambda job: proof._in_lane(lane, number, job)
+
+    def settle(self) -> None:
+        """See :class:`~.newest.Lanes`."""
+        self._proof.settle()
 
 
 def _workers_busy(summer: Summer) -> int:

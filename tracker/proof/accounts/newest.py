@@ -12,12 +12,22 @@ hashed ahead, to take out: each account's newest version is in the sum exactly o
 storage the first read hashed whole, with no superseded version, is not read again.
 What the second read finds is held to the first: as many records in each storage, a record at
 every superseded locator; a file that changed in between is refused, never proven.
+
+With :class:`Lanes` (the first read's scan lanes, from three cores) the calling thread only
+walks the archive and hands each storage's pieces to a lane, which parses them and hands the
+summer their messages under the lanes' lock, as the first read's lanes do: the calling
+thread's part, the second read's serial chain, is the walk alone (docs/architecture.md, "The
+accounts level" → "Every core"). A refusal is the serial reading's: the first storage's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import attrs
 import numpy as np
@@ -36,6 +46,20 @@ Reread = Callable[[str, int], Iterable[bytes | memoryview]]
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 _NONE: I64 = np.zeros(0, dtype=np.int64)
+
+
+class Lanes(Protocol):
+    """Where the second read parses storages apart (``AccountsProof``'s scan lanes)."""
+
+    #: held while a storage's batch goes to the summer (and its ``hashed``)
+    lock: threading.Lock
+
+    def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
+        """What runs the jobs of storage ``number``, in order, in one lane (a job that raises
+        is the storage's refusal, raised by a later hand-over or :meth:`settle`)."""
+
+    def settle(self) -> None:
+        """Wait for every job handed so far; raise the first storage's refusal, if any."""
 
 
 def member_name(slot: int, ident: int) -> str:
@@ -151,6 +175,7 @@ def hash_newest(
     reread: Reread,
     summer: Summer,
     hashed: Callable[[int], None] | None = None,
+    lanes: Lanes | None = None,
 ) -> None:
     """Read the storages of ``storages`` again (``reread``) and hand ``summer`` what the
     first read left of the sum (see the module): the hash of each record with lamports in the
@@ -158,16 +183,26 @@ def hash_newest(
     does not name, to add; of each outside them that it names, to take out. ``hashed(n)`` is
     told how many newest versions each batch added to the sum (less those taken out), for the
     progress. Raises ArchiveInvalid when a storage reads otherwise than it did the first
-    time."""
+    time. With ``lanes`` the storages are parsed there (see the module)."""
     pending = by_storage(superseded)
     upcoming = next(pending, None)
-    for number, stored in enumerate(storages):
-        skip = _NONE
-        if upcoming is not None and upcoming[0] == number:
-            skip = upcoming[1]
-            upcoming = next(pending, None)
-        if stored.valid and (len(skip) or len(stored.left)):
-            _hash_storage(stored, skip, reread, summer, hashed)
+    try:
+        for number, stored in enumerate(storages):
+            skip = _NONE
+            if upcoming is not None and upcoming[0] == number:
+                skip = upcoming[1]
+                upcoming = next(pending, None)
+            if stored.valid and (len(skip) or len(stored.left)):
+                if lanes is None:
+                    _hash_storage(stored, skip, reread, summer, hashed)
+                else:
+                    _hand_storage(number, stored, skip, reread, summer, hashed, lanes)
+    except Exception:
+        if lanes is not None:
+            lanes.settle()  # a storage the walk went past refuses first
+        raise
+    if lanes is not None:
+        lanes.settle()
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
 
@@ -181,43 +216,97 @@ def _hash_storage(
 ) -> None:
     """Hash the records of one storage with lamports: in ``stored.left`` those not at
     ``skip``, to add; outside it those at ``skip``, to take out."""
-    found = records = 0  # superseded versions met, records met
-
-    def sink(batch: Records) -> None:
-        nonlocal found, records
-        records += len(batch)
-        counts = batch.lamports() != 0
-        at = batch.offsets + batch.base
-        early = ~_within(at, stored.left)  # hashed ahead by the first read
-        if len(skip):
-            places = np.searchsorted(skip, at)
-            there = skip[np.minimum(places, len(skip) - 1)] == at
-            found += int(there.sum())
-            taken_out = np.flatnonzero(counts & there & early)
-            lane_sum(batch, taken_out, summer, negative=True)
-            counts &= ~there
-        else:
-            taken_out = _NONE
-        chosen = np.flatnonzero(counts & ~early)
-        lane_sum(batch, chosen, summer)
-        if hashed is not None:
-            hashed(len(chosen) - len(taken_out))
-
-    feeder = Feeder(_whole(stored, sink))
+    storage = _StorageHash(stored, skip, summer, hashed, None)
     chunks = reread(stored.name, 0)
     try:
         for chunk in chunks:
-            feeder.feed(chunk)
+            storage.feed(chunk)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    feeder.finish()
-    if records != stored.records or found != len(skip):
-        raise ArchiveInvalid(
-            f"{stored.name}: the second read differs from the first ({records} records, "
-            f"{stored.records} the first time)"
-        )
+    storage.finish()
+
+
+def _hand_storage(
+    number: int,
+    stored: Stored,
+    skip: I64,
+    reread: Reread,
+    summer: Summer,
+    hashed: Callable[[int], None] | None,
+    lanes: Lanes,
+) -> None:
+    """:func:`_hash_storage` in a lane: this thread reads the storage's pieces (immutable:
+    bytes, or views of a decoded frame's bytes) and hands them on."""
+    storage = _StorageHash(stored, skip, summer, hashed, lanes.lock)
+    put = lanes.hand(number)
+    chunks = reread(stored.name, 0)
+    try:
+        for chunk in chunks:
+            put(functools.partial(storage.feed, chunk))
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    put(storage.finish)
+
+
+class _StorageHash:
+    """One storage's second read: its pieces fed in order (:meth:`feed`), then
+    :meth:`finish`; its batches handed to ``summer`` under ``lock`` (None: none needed)."""
+
+    def __init__(
+        self,
+        stored: Stored,
+        skip: I64,
+        summer: Summer,
+        hashed: Callable[[int], None] | None,
+        lock: threading.Lock | None,
+    ) -> None:
+        self.stored = stored
+        self.skip = skip
+        self.summer = summer
+        self.hashed = hashed
+        self.lock = lock
+        self.found = 0  # superseded versions met
+        self.records = 0  # records met
+        self.feeder = Feeder(_whole(stored, self._sink))
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """The storage's next piece."""
+        self.feeder.feed(chunk)
+
+    def finish(self) -> None:
+        """The storage's end: ArchiveInvalid unless it read as the first time."""
+        self.feeder.finish()
+        if self.records != self.stored.records or self.found != len(self.skip):
+            raise ArchiveInvalid(
+                f"{self.stored.name}: the second read differs from the first ({self.records} "
+                f"records, {self.stored.records} the first time)"
+            )
+
+    def _sink(self, batch: Records) -> None:
+        skip = self.skip
+        self.records += len(batch)
+        counts = batch.lamports() != 0
+        at = batch.offsets + batch.base
+        early = ~_within(at, self.stored.left)  # hashed ahead by the first read
+        if len(skip):
+            places = np.searchsorted(skip, at)
+            there = skip[np.minimum(places, len(skip) - 1)] == at
+            self.found += int(there.sum())
+            taken_out = np.flatnonzero(counts & there & early)
+            counts &= ~there
+        else:
+            taken_out = _NONE
+        chosen = np.flatnonzero(counts & ~early)
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            if len(taken_out):
+                lane_sum(batch, taken_out, self.summer, negative=True)
+            lane_sum(batch, chosen, self.summer)
+            if self.hashed is not None:
+                self.hashed(len(chosen) - len(taken_out))
 
 
 def _within(offsets: I64, ranges: U64) -> npt.NDArray[np.bool_]:
