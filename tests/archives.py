@@ -2,8 +2,11 @@
 name and size.
 
 ``build_archive`` writes a real tar (GNU format, as agave's tar-rs writes) holding ``version``,
-``snapshots/status_cache``, ``snapshots/{S}/{S}`` and ``accounts/{S}.{i}`` storages,
-compressed as its extension says. The state is a few accounts drawn from the name's seed
+``snapshots/status_cache``, ``snapshots/{S}/{S}`` and the account storages, compressed as its
+extension says. The storages are laid out as agave writes them, one a slot (storage ``i`` is
+``accounts/{S-i}.{i}``), or with ``layout="firedancer"`` as Firedancer v26 writes them, every
+one of the snapshot's slot (``accounts/{S}.{i}``: agave cannot load it, firedancer-io/
+firedancer#10706). The state is a few accounts drawn from the name's seed
 (:func:`state_accounts`), dealt over the storages in agave's AppendVec format
 (``tracker.proof.formats.writing``); after each storage's valid length comes spare capacity of
 random bytes interleaved with zero runs (about 3x compressible, like account data), which no loader
@@ -57,6 +60,8 @@ EXTENSIONS = {
 }
 MTIME = 1_767_225_600  # 2026-01-01: fixed, so that archives are the same bytes every run
 VERSION = b"1.2.0"
+#: How the storages are laid out (:func:`storage_slots`): as agave writes them, or Firedancer.
+LAYOUTS = ("agave", "firedancer")
 
 
 #: Accounts in an archive's state: a few, so that the lattice hash costs microseconds.
@@ -114,15 +119,29 @@ def account_bytes(rnd: random.Random, size: int) -> bytes:
     return bytes(out[:size])
 
 
+def storage_slots(slot: int, count: int, layout: str = "agave") -> list[int]:
+    """The slot of each of ``count`` storages of a snapshot of ``slot``: agave writes one
+    storage a slot (storage ``i`` of slot ``slot - i``, never below 0), Firedancer v26 names
+    every storage with the snapshot's slot (several storages of one slot, which agave's
+    loader refuses)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout: {layout}")
+    if layout == "firedancer":
+        return [slot] * count
+    return [max(slot - i, 0) for i in range(count)]
+
+
 def snapshot_entries(
-    slot: int, *, accounts: int, account_size: int, seed: int
+    slot: int, *, accounts: int, account_size: int, seed: int, layout: str = "agave"
 ) -> list[tuple[str, bytes | None]]:
-    """The (name, data) entries of a snapshot tar in agave's order; None data: a directory."""
+    """The (name, data) entries of a snapshot tar in agave's order; None data: a directory.
+    ``layout``: the storages as agave writes them, or as Firedancer does (:func:`storage_slots`)."""
     rnd = random.Random(f"{seed}-{slot}")
     state = state_accounts(name_seed(slot, seed))
     # The state's accounts dealt over the storages: storage i holds every accounts-th one.
     valid = [write_storage(state[i::accounts]) for i in range(accounts)]
-    storages = [(slot, i, len(data)) for i, data in enumerate(valid)]
+    slots = storage_slots(slot, accounts, layout)
+    storages = [(slots[i], i, len(data)) for i, data in enumerate(valid)]
     manifest = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
     entries: list[tuple[str, bytes | None]] = [
         ("version", VERSION),
@@ -134,7 +153,7 @@ def snapshot_entries(
     for i, data in enumerate(valid):
         data = padded(data)
         spare = account_bytes(rnd, max(account_size - len(data), 0))
-        entries.append((f"accounts/{slot}.{i}", data + spare))
+        entries.append((f"accounts/{slots[i]}.{i}", data + spare))
     return entries
 
 
@@ -195,10 +214,14 @@ def build_archive(
     accounts: int = 3,
     account_size: int = 64 * 1024,
     seed: int = 0,
+    layout: str = "agave",
 ) -> tuple[str, bytes]:
-    """(canonical archive name, archive bytes) of a real snapshot archive of ``slot``."""
+    """(canonical archive name, archive bytes) of a real snapshot archive of ``slot``, its
+    storages laid out as agave writes them (``layout="firedancer"``: as Firedancer does)."""
     name = archive_name(slot, base_slot, compression, seed)
-    entries = snapshot_entries(slot, accounts=accounts, account_size=account_size, seed=seed)
+    entries = snapshot_entries(
+        slot, accounts=accounts, account_size=account_size, seed=seed, layout=layout
+    )
     return name, compress(make_tar(entries), compression)
 
 
@@ -360,6 +383,15 @@ def _renamed(
     return [(rename(n), d) for n, d in entries]
 
 
+def _moved(name: str, slot: int, other: int) -> str:
+    """``name`` of an archive of ``slot`` in the archive of ``other``: a storage moves with
+    the snapshot's slot (``accounts/{S-i}.{i}`` becomes ``accounts/{O-i}.{i}``)."""
+    if name.startswith("accounts/"):
+        storage_slot, _, ident = name.removeprefix("accounts/").partition(".")
+        return f"accounts/{int(storage_slot) - slot + other}.{ident}"
+    return name.replace(str(slot), str(other))
+
+
 def _other_slot(
     entries: list[tuple[str, bytes | None]], slot: int, compression: str, size: int
 ) -> bytes:
@@ -368,7 +400,7 @@ def _other_slot(
         for other in range(slot + 1, slot + _SEARCH):
             if len(str(other)) != digits:
                 break
-            renamed = _renamed(entries, lambda n, o=other: n.replace(str(slot), str(o)))
+            renamed = _renamed(entries, lambda n, o=other: _moved(n, slot, o))
             yield compress(make_tar(renamed), compression)
 
     return _fit(size, candidates())

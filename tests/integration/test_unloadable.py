@@ -1,53 +1,20 @@
 """What agave refuses at load, said in the proof and on the status page before anyone loads the
 archive (docs/http-api.md, "Proven archives", "What agave refuses at load"): a real tracker in
 proxy mode caches an archive whose manifest lists several account storages for one slot (as
-Firedancer writes them; the tests' archive builder does too) with ``unloadable`` in its
-``proof`` and "(agave cannot load it)" beside its level; the same state with one storage a
-slot (as agave writes it) carries neither."""
+Firedancer writes them: the tests' archive builder's ``layout="firedancer"``) with
+``unloadable`` in its ``proof`` and "(agave cannot load it)" beside its level; the same
+builder's archive as agave writes it (one storage a slot, its default) carries neither."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
-from archives import (
-    archive_name,
-    build_archive,
-    compress,
-    lattice_hash,
-    make_tar,
-    name_seed,
-    snapshot_entries,
-)
+from archives import build_archive
 from helpers_tracker import wait_until
 from helpers_wire import raw_request
 from test_proven import ACCOUNT, wait_until_proof
 from test_verified import GROUP, fleet, sources_of
-
-from tracker.proof.formats.manifest import ManifestDecoder
-from tracker.proof.formats.parsing import run
-from tracker.proof.formats.writing import write_manifest
-
-
-def one_storage_a_slot(slot: int, seed: int) -> tuple[str, bytes]:
-    """``build_archive(slot)``'s state with storage i at slot ``slot - i`` (agave's layout)."""
-    entries = snapshot_entries(slot, accounts=3, account_size=ACCOUNT, seed=seed)
-    manifest = dict(entries)[f"snapshots/{slot}/{slot}"]
-    assert manifest is not None
-    decoder = ManifestDecoder(len(manifest))
-    run(decoder.parser(), manifest)
-    valid = {ident: length for _, ident, length in decoder.result().storages.items()}
-    storages = [(slot - ident, ident, length) for ident, length in valid.items()]
-    rewritten = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
-    out: list[tuple[str, bytes | None]] = []
-    for member, data in entries:
-        if member.startswith("accounts/"):
-            ident = int(member.rsplit(".", 1)[1])
-            member = f"accounts/{slot - ident}.{ident}"
-        elif member == f"snapshots/{slot}/{slot}":
-            data = rewritten
-        out.append((member, data))
-    return archive_name(slot, None, "zst", seed), compress(make_tar(out), "zst")
 
 
 async def listed(base: str, name: str) -> bool:
@@ -68,7 +35,7 @@ async def cached_proof_and_page(
 
 
 async def test_several_storages_of_a_slot_are_said_unloadable_by_agave(tmp_path: Path) -> None:
-    name, data = build_archive(2100, seed=41, account_size=ACCOUNT)
+    name, data = build_archive(2100, seed=41, account_size=ACCOUNT, layout="firedancer")
     proof, page = await cached_proof_and_page(tmp_path, name, data)
     assert proof["level"] == "accounts"
     assert proof["unloadable"] == (
@@ -79,7 +46,7 @@ async def test_several_storages_of_a_slot_are_said_unloadable_by_agave(tmp_path:
 
 
 async def test_one_storage_a_slot_is_loadable(tmp_path: Path) -> None:
-    name, data = one_storage_a_slot(2200, 42)
+    name, data = build_archive(2200, seed=42, account_size=ACCOUNT)
     proof, page = await cached_proof_and_page(tmp_path, name, data)
     assert proof["level"] == "accounts" and "unloadable" not in proof
     assert '<span class="meta">accounts</span>' in page

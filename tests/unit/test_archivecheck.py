@@ -352,9 +352,9 @@ def test_a_single_end_block_is_not_the_end() -> None:
 
 def test_a_truncated_member_is_named() -> None:
     name, good = build_archive(SLOT, compression="tar")
-    cut = good.index(f"accounts/{SLOT}.1".encode()) + 1000
+    cut = good.index(f"accounts/{SLOT - 1}.1".encode()) + 1000
     assert reason_of(good[:cut], name) == (
-        f"tar: the stream ends inside 'accounts/{SLOT}.1' at byte {cut}"
+        f"tar: the stream ends inside 'accounts/{SLOT - 1}.1' at byte {cut}"
     )
 
 

@@ -25,7 +25,7 @@ def test_every_subcommand_is_seen() -> None:
     commands = {"serve", "check-config", "fetch", "verify", "attest", "keygen", "pubkey"}
     assert set(build_parser().commands) == commands
     fetch = [a for command, a in options() if command == "fetch" and a.dest != "help"]
-    assert len(fetch) == 29
+    assert len(fetch) == 30
 
 
 @pytest.mark.parametrize(

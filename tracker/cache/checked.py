@@ -53,14 +53,16 @@ class Checking:
     """How one archive of a group is checked as it is cached: at all (``verify_archives``),
     the level it must reach (its group's ``trust.require``), the limits of its ``accounts``
     proof (the shared memory budget, the temporary directory; None: fulls are not proven to
-    ``accounts``) and, for a
+    ``accounts``), for a
     group that requires ``cluster``, who asks the cluster's votes before its readers get
-    their last bytes (:mod:`tracker.proof.cluster.lifting`)."""
+    their last bytes (:mod:`tracker.proof.cluster.lifting`), and the validators that must be
+    able to load it (its group's ``trust.loadable_by``; None: any)."""
 
     verify: bool = False
     require: Level = Level.STRUCTURE
     prove_accounts: AccountsLimits | None = None
     voter: Voter | None = None
+    loadable_by: str | None = None
 
 
 #: Archives not checked (``verify_archives: false``).
@@ -80,7 +82,8 @@ class CheckedFiles:
     ``on_rejected(group, name, reason)`` is told of every cached file that failed its check
     again and was removed. Without ``verify`` every cached file is servable. ``voter``
     (the cluster's votes, None: not asked) lifts held copies to ``cluster``
-    (:mod:`tracker.proof.cluster.lifting`)."""
+    (:mod:`tracker.proof.cluster.lifting`); ``loadable_by(group)``: the group's
+    ``trust.loadable_by`` (None: any archive)."""
 
     def __init__(
         self,
@@ -90,10 +93,12 @@ class CheckedFiles:
         required: Callable[[str], Level] | None = None,
         prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
+        loadable_by: Callable[[str], str | None] | None = None,
     ) -> None:
         self.verify = verify
         self.voter = voter
         self._required = required
+        self._loadable_by = loadable_by
         #: The limits of the ``accounts`` proof of fulls (None: not proven).
         self.prove_accounts = prove_accounts
         self._digests = digests if digests is not None else Digests()
@@ -113,7 +118,7 @@ class CheckedFiles:
         held = self._checked.get((group, name))
         if held is None:
             return False
-        return below_required(held.proof, self.required(group), name) is None
+        return self._below(held.proof, self.required(group), group, name) is None
 
     def proof(self, group: str, name: str) -> Proof | None:
         """What was proven of the cached copy of ``name``, when it passed its check."""
@@ -136,11 +141,24 @@ class CheckedFiles:
             return Level.STRUCTURE
         return self._required(group)
 
+    def loadable_by(self, group: str) -> str | None:
+        """The validators that must be able to load an archive of ``group`` before it is
+        cached or served (its ``trust.loadable_by``; None without archive checks)."""
+        if not self.verify or self._loadable_by is None:
+            return None
+        return self._loadable_by(group)
+
+    def _below(self, proof: Proof, required: Level, group: str, name: str) -> str | None:
+        """Why ``group`` refuses its copy of ``name`` proven to ``proof`` (below ``required``,
+        or one its validators cannot load), None when it takes it."""
+        return below_required(proof, required, name, loadable_by=self.loadable_by(group))
+
     def checking(self, group: str) -> Checking:
         """How an archive of ``group`` is checked as it is cached."""
         required = self.required(group)
         voter = self.voter if required >= Level.CLUSTER else None
-        return Checking(self.verify, required, self.prove_accounts, voter)
+        loadable_by = self.loadable_by(group)
+        return Checking(self.verify, required, self.prove_accounts, voter, loadable_by)
 
     def promoted(
         self, group: str, name: str, checked: Verified | None, ino: int, evicted: list[str]
@@ -177,7 +195,7 @@ class CheckedFiles:
             proof = (_restored_proof(path) or STRUCTURE_ONLY) if restored is not None else None
             # What a check can show of the group's level: the votes are asked later.
             required = checked_for(self.required(group))
-            if restored is None or proof is None or below_required(proof, required, name):
+            if restored is None or proof is None or self._below(proof, required, group, name):
                 # No digest or proof that still describes the file, or one below the
                 # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
@@ -192,7 +210,7 @@ class CheckedFiles:
         show of its group's level now (a reload raised its ``trust.require``): it is not
         served meanwhile, and is removed if its check does not reach it."""
         for group, name, proof in self.held():
-            if below_required(proof, checked_for(self.required(group)), name) is not None:
+            if self._below(proof, checked_for(self.required(group)), group, name) is not None:
                 self._forget(group, name)
                 self._unchecked.append((group, name))
 
@@ -222,7 +240,7 @@ class CheckedFiles:
         try:
             checked = await check_opened(fd, st, name, self.prove_accounts)
             sha256, proof = checked.sha256, checked.proof
-            below = below_required(proof, checked_for(self.required(group)), name)
+            below = self._below(proof, checked_for(self.required(group)), group, name)
             if below is not None:  # the group's trust.require: not kept, like a bad copy
                 raise ArchiveInvalid(below)
         except OSError as exc:  # a descriptor short, a read error
@@ -259,7 +277,7 @@ class CheckedFiles:
         checked = self._checked.get((group, name))
         if checked is None:
             return True
-        below = below_required(proof, self.required(group), name)
+        below = self._below(proof, self.required(group), group, name)
         if below is not None and proof.voted_stake is not None:  # the votes say no
             await self.remove(group, name, path, checked.ino, below)
             return False

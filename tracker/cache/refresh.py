@@ -39,7 +39,7 @@ from tracker.errors import CacheError
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
-from tracker.proof.levels import STRUCTURE_ONLY, Proof, checked_for
+from tracker.proof.levels import STRUCTURE_ONLY, Proof, checked_for, not_loadable
 from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
@@ -89,8 +89,8 @@ def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
     hashing process), None otherwise: such a copy is not the source's fault, so the refresh
     ends as a local failure and its source is not held back (docs/architecture.md, "Bounded
     memory"). Pure."""
-    if not proof.local_cause:
-        return None
+    if not proof.local_cause or not_loadable(proof, checking.loadable_by) is not None:
+        return None  # what the group's validators cannot load is the archive's own fault
     below = below_required(proof, checked_for(checking.require), name)
     return None if below is None else f"archive not proven here: {below}"
 

@@ -202,12 +202,16 @@ class Cache:
         required: Callable[[str], Level] | None = None,
         prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
+        loadable_by: Callable[[str], str | None] | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level
         an archive of ``group`` must be proven to, its ``trust.require``; ``prove_accounts``:
         the limits of a full's ``accounts`` proof, None for none; ``voter``: the cluster's
-        votes, :mod:`tracker.proof.cluster.lifting`); before :meth:`startup_cleanup`."""
-        self.checked = CheckedFiles(verify, digests, on_rejected, required, prove_accounts, voter)
+        votes, :mod:`tracker.proof.cluster.lifting`; ``loadable_by(group)``: its
+        ``trust.loadable_by``); before :meth:`startup_cleanup`."""
+        self.checked = CheckedFiles(
+            verify, digests, on_rejected, required, prove_accounts, voter, loadable_by
+        )
 
     @property
     def verify(self) -> bool:

@@ -107,6 +107,7 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "min_agreeing_sources": values.integer_in(1, 1000),
         "max_slot_ahead": values.integer_in(0),
         "require": values.proof_level,
+        "loadable_by": values.loader,
     }
     add_hook(converter, Trust, trust)
     limits = {"max_transfers": values.integer_in(0, 10_000), "max_rate": values.byte_rate}

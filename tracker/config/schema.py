@@ -152,6 +152,19 @@ class Trust:
     #: "Proven archives"); None: ``manifest`` when archives are checked (``verify_archives``),
     #: else ``structure`` (:meth:`Config.required_level`).
     require: Level | None = None
+    #: The validators that must be able to load every archive the group hands out
+    #: (``agave``: none whose manifest shows what agave refuses at load, docs/http-api.md,
+    #: "Proven archives"); None: any archive, as before.
+    loadable_by: str | None = None
+
+    @property
+    def asked(self) -> Level | None:
+        """The level the group asks for itself, where copies are proven before they rank
+        (redirect mode's head reads, local files): ``require``, else ``manifest`` when
+        ``loadable_by`` is set (the manifest shows what a loader refuses), else None."""
+        if self.require is None and self.loadable_by is not None:
+            return Level.MANIFEST
+        return self.require
 
 
 @attrs.frozen

@@ -163,6 +163,8 @@ def proof_problems(config: Config) -> list[tuple[Path, str]]:
     "Proven archives")."""
     found: list[tuple[Path, str]] = []
     for index, group in enumerate(config.target_groups):
+        if group.trust.loadable_by is not None:
+            found.extend(_loadable_problems(config, index, group.trust.require))
         required = group.trust.require
         if required is None or required == Level.STRUCTURE:
             continue
@@ -172,3 +174,17 @@ def proof_problems(config: Config) -> list[tuple[Path, str]]:
         elif required >= Level.ACCOUNTS and not config.prove_accounts:
             found.append((path, "needs prove_accounts: true"))
     return found
+
+
+def _loadable_problems(
+    config: Config, index: int, required: Level | None
+) -> list[tuple[Path, str]]:
+    """A group's ``trust.loadable_by`` is read from the manifest: it needs archives checked
+    and a level that reads it (docs/http-api.md, "Proven archives")."""
+    path = ("target_groups", index, "trust", "loadable_by")
+    if not config.verify_archives:
+        return [(path, "needs verify_archives: true (the manifest shows what a loader refuses)")]
+    if required == Level.STRUCTURE:
+        why = "needs trust.require manifest or above (the manifest shows what a loader refuses)"
+        return [(path, why)]
+    return []

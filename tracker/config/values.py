@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from tracker.core.groupname import group_name_problem
 from tracker.core.hosts import is_host_name
 from tracker.observability.redact import redact_url
-from tracker.proof.levels import LEVEL_NAMES, Level
+from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (bool, "a boolean"),  # before int: bool is an int subclass
@@ -435,3 +435,12 @@ def proof_level(value: object) -> Level:
         got = repr(value) if isinstance(value, str) else describe(value)
         raise ValueError(f"must be one of {', '.join(LEVEL_NAMES)}, got {got}")
     return level
+
+
+def loader(value: object) -> str:
+    """A validator client whose loader a group's archives must suit (``trust.loadable_by``,
+    docs/http-api.md, "Proven archives"): ``agave``."""
+    if not isinstance(value, str) or value not in LOADERS:
+        got = repr(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f"must be one of {', '.join(LOADERS)}, got {got}")
+    return value

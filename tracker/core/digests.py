@@ -52,12 +52,16 @@ def repr_digest(hex_digest: str) -> str:
     return f"sha-256=:{base64.b64encode(raw).decode()}:"
 
 
-def below_required(proof: Proof, required: Level, name: str) -> str | None:
+def below_required(
+    proof: Proof, required: Level, name: str, *, loadable_by: str | None = None
+) -> str | None:
     """Why the archive ``name`` proven to ``proof`` is below ``required`` (a group's
     ``trust.require``, ``fetch --require``; an incremental needs ``manifest`` where a full
-    needs ``accounts``), None when it reaches it."""
+    needs ``accounts``) or one its validators cannot load (``trust.loadable_by``), None when
+    it reaches it (:func:`tracker.proof.levels.shortfall`)."""
     parsed = parse_archive_name(name)
-    return shortfall(proof, required, is_full=parsed is None or parsed.is_full)
+    full = parsed is None or parsed.is_full
+    return shortfall(proof, required, is_full=full, loadable_by=loadable_by)
 
 
 @attrs.frozen

@@ -50,7 +50,7 @@ from tracker.multisource.sources import Source
 from tracker.observability.logs import log_event
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import lifted
-from tracker.proof.levels import Proof
+from tracker.proof.levels import Proof, not_loadable
 
 log = logging.getLogger("tracker.fetch")
 
@@ -329,8 +329,10 @@ async def _verify(
             # --rpc: the votes lift what the check proved to cluster (docs/architecture.md,
             # "The cluster level"); a minority or a failed RPC leaves it, with the reason.
             proof = await lifted(crew.settings.voter, name, proof)
-        below = below_required(proof, crew.settings.trust.checked_here(require), name)
-        if below is not None and proof.local_cause:
+        loadable_by = crew.settings.loadable_by  # --loadable-by: the archive's own fault
+        needed = crew.settings.trust.checked_here(require)
+        below = below_required(proof, needed, name, loadable_by=loadable_by)
+        if below is not None and proof.local_cause and not not_loadable(proof, loadable_by):
             # this machine's shortage (temporary space, memory, the hashing process): no
             # source is at fault, and another's copy would meet the same one
             remove_state(ledger, name)

@@ -25,7 +25,7 @@ from tracker.proof.accounts.budget import (
     default_workers,
     shared_limits,
 )
-from tracker.proof.levels import LEVEL_NAMES, Level
+from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
 
 if TYPE_CHECKING:
     import httpx
@@ -262,6 +262,16 @@ def add_fetch_parser(commands: Any) -> None:
         "reach; cluster needs --rpc",
     )
     add(
+        "--loadable-by",
+        choices=LOADERS,
+        default=None,
+        metavar="CLIENT",
+        help="refuse an archive whose manifest shows CLIENT cannot load it: "
+        f'{", ".join(LOADERS)} (docs/http-api.md, "Proven archives": several account storages '
+        "for one slot, as Firedancer writes them; an invalid vote account); needs --verify "
+        "(default: none)",
+    )
+    add(
         "--rpc",
         action="append",
         default=[],
@@ -365,6 +375,7 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         request_timeout=args.request_timeout,
         verify=args.verify,
         require=required,
+        loadable_by=args.loadable_by,
         prove_accounts=accounts_limits_of(args) if args.prove_accounts else None,
         trust=TrustPolicy(frozenset(args.trust_key), args.trust_min, required),
     )
@@ -405,6 +416,8 @@ def unreachable_level(args: argparse.Namespace) -> str:
         return f"--require {args.require} needs --rpc URL: the cluster's votes are asked of an RPC"
     if args.rpc and not args.verify:
         return "--rpc needs --verify true: the votes are weighed for the bank hash the check reads"
+    if args.loadable_by and not args.verify:
+        return "--loadable-by needs --verify true: the check reads what a loader refuses"
     if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
         return f"--require {args.require} needs --verify and --prove-accounts true"
     return ""

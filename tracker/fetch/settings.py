@@ -52,6 +52,9 @@ class FetchSettings:
     #: The level each archive must be proven to (``--require``; docs/architecture.md,
     #: "Proven archives"); with ``verify`` only.
     require: Level = Level.STRUCTURE
+    #: The validators that must be able to load each archive (``--loadable-by``; None: any;
+    #: docs/http-api.md, "Proven archives"); with ``verify`` only.
+    loadable_by: str | None = None
     #: The limits of a full's ``accounts`` proof (``--prove-accounts-memory``, ``-temp-dir``,
     #: ``-max``; docs/architecture.md, "The accounts level"); None: fulls are not proven to
     #: ``accounts``. With ``verify`` only.

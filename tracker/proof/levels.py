@@ -48,6 +48,9 @@ LEVEL_NAMES = tuple(level.label for level in Level)
 #: What can lift an archive to ``cluster`` (docs/http-api.md, "The cluster level"): the votes
 #: of TowerBFT, or an Alpenglow finality certificate.
 CLUSTER_PROOFS = ("votes", "certificate")
+#: The validators a group may require its archives to be loadable by (``trust.loadable_by``,
+#: docs/http-api.md, "Proven archives"): those whose load-time refusals the manifest shows.
+LOADERS = ("agave",)
 
 
 def required_for(required: Level, *, is_full: bool) -> Level:
@@ -149,9 +152,27 @@ def _short(text: object) -> bool:
 STRUCTURE_ONLY = Proof(Level.STRUCTURE)
 
 
-def shortfall(proof: Proof, required: Level, *, is_full: bool) -> str | None:
-    """Why an archive proven to ``proof`` is below ``required`` (one line, with the note
-    that says why it stops there), None when it reaches it."""
+def not_loadable(proof: Proof, loadable_by: str | None) -> str | None:
+    """Why a group whose validators are ``loadable_by`` (its ``trust.loadable_by``; None:
+    any archive goes) refuses the archive proven to ``proof`` (one line), None when it does
+    not: ``agave`` refuses what the proof says agave cannot load (``Proof.unloadable``, read
+    from the manifest: a proof below ``manifest`` says nothing of it)."""
+    if loadable_by == "agave" and proof.unloadable is not None:
+        return f"trust.loadable_by agave: {proof.unloadable}"
+    return None
+
+
+def shortfall(
+    proof: Proof, required: Level, *, is_full: bool, loadable_by: str | None = None
+) -> str | None:
+    """Why a group that requires ``required`` (its ``trust.require``) and archives its
+    validators can load (``loadable_by``, :func:`not_loadable`) refuses an archive proven to
+    ``proof`` (one line: what its validators cannot load, else the level and the note that
+    says why it stops there), None when it takes it: the one decision of every place that
+    holds a copy to its group's trust (ranking, cache, local files, ``fetch``)."""
+    refused = not_loadable(proof, loadable_by)
+    if refused is not None:
+        return refused
     if proof.meets(required, is_full=is_full):
         return None
     needed = required_for(required, is_full=is_full)

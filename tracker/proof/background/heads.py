@@ -39,7 +39,7 @@ from tracker.ordering.index import Index, TargetKey
 from tracker.proof.background.headreads import HeadRead, heads_due
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.clustervotes import ClusterVotes
-from tracker.proof.levels import Level, Proof, shortfall
+from tracker.proof.levels import Level, Proof, not_loadable, shortfall
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
@@ -107,8 +107,9 @@ class HeadProofs(Rounds):
             if not gated:
                 self._lowered(None, group.group)
                 continue
-            self._below_now(config.required_level(group), group.group)
-            self._lowered(config.required_level(group), group.group)
+            loadable_by = group.trust.loadable_by
+            self._below_now(config.required_level(group), group.group, loadable_by)
+            self._lowered(config.required_level(group), group.group, loadable_by)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
                 if read.copy not in self._reading:
                     decided += await step(read, partial(self._decide, config, group, read, proof))
@@ -136,30 +137,33 @@ class HeadProofs(Rounds):
         nursery.start_soon(done)
         return 0
 
-    def _below_now(self, required: Level, group: str) -> None:
+    def _below_now(self, required: Level, group: str, loadable_by: str | None) -> None:
         """Put every proven copy of ``group`` below ``required`` (a reload raised its
-        ``trust.require``) back to be decided, with the proof its read gave: out of the
-        ranking until the votes (``cluster``) carry it, if they can."""
+        ``trust.require``, or set ``trust.loadable_by``) back to be decided, with the proof its
+        read gave: out of the ranking until the votes (``cluster``) carry it, if they can."""
         for copy, proof in list(self.proven.items()):
             read = self._proven_reads.get(copy)
             if copy[0].group != group or read is None:
                 continue
-            if shortfall(proof, required, is_full=read.file.name.is_full) is not None:
+            full = read.file.name.is_full
+            if shortfall(proof, required, is_full=full, loadable_by=loadable_by) is not None:
                 del self.proven[copy]
                 self._index.prove(*copy, proven=False)
                 self._voting[copy] = (read, proof)
 
-    def _lowered(self, required: Level | None, group: str) -> None:
+    def _lowered(self, required: Level | None, group: str, loadable_by: str | None = None) -> None:
         """Bring back every copy of ``group`` refused only for being below a level that a
-        reload lowered to ``required`` (None: the group requires nothing any more), and
-        those awaiting votes no longer required: proven as their head read gave them."""
+        reload lowered to ``required`` (None: the group requires nothing any more), or for a
+        ``trust.loadable_by`` it dropped, and those awaiting votes no longer required: proven
+        as their head read gave them."""
         short = [*self._short.items(), *(() if required is not None else self._voting.items())]
         for copy, (read, proof) in short:
             if copy[0].group != group:
                 continue
+            full = read.file.name.is_full
             if (
                 required is None
-                or shortfall(proof, required, is_full=read.file.name.is_full) is None
+                or shortfall(proof, required, is_full=full, loadable_by=loadable_by) is None
             ):
                 self._short.pop(copy, None)
                 self._refused.pop(copy, None)
@@ -201,16 +205,19 @@ class HeadProofs(Rounds):
         the cluster's votes (:class:`ClusterVotes`). 1 when decided, 0 when the votes could
         not be read yet (the copy stays out of the ranking with the reason meanwhile)."""
         url = read.file.url
-        required = config.required_level(group)
+        required, loadable_by = config.required_level(group), group.trust.loadable_by
         self._voting.pop(read.copy, None)
-        if required >= Level.CLUSTER and self._votes is not None:
+        # A copy its group's validators cannot load is refused whatever the votes say.
+        unloadable = not_loadable(proof, loadable_by) is not None
+        if required >= Level.CLUSTER and self._votes is not None and not unloadable:
             proof = await self._votes.lift(read.file.name.slot, proof)
         elif required >= Level.CLUSTER and proof.level < Level.CLUSTER:
             proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
-        reason = shortfall(proof, required, is_full=read.file.name.is_full)
+        full = read.file.name.is_full
+        reason = shortfall(proof, required, is_full=full, loadable_by=loadable_by)
         if reason is not None:
             self._index.disprove(read.key, read.file.bare_name, reason)
-            if proof.level >= Level.MANIFEST and proof.voted_stake is None:
+            if proof.level >= Level.MANIFEST and proof.voted_stake is None and not unloadable:
                 self._voting[read.copy] = (read, proof)  # no tally yet: ask again
                 while len(self._voting) > MAX_KEPT:
                     del self._voting[next(iter(self._voting))]
@@ -249,7 +256,7 @@ def proven_only(config: Config, group: TargetGroup) -> bool:
     sets a ``trust.require`` above ``structure`` (redirect mode checks no archive by
     default, as the Go tracker: a head read costs a source up to ``manifest_read`` bytes per
     copy)."""
-    asked = group.trust.require
+    asked = group.trust.asked  # `trust.loadable_by` alone asks for `manifest`
     cached = config.proxy_snapshot_downloads and bool(config.proxy_snapshot_cache_dir)
     return not cached and asked is not None and asked > Level.STRUCTURE
 

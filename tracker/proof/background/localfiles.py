@@ -248,7 +248,8 @@ class LocalProofs(Rounds):
             if group is None:
                 continue
             done = self._checked.get(path)
-            now = standing(done, gated(group.trust.require), copy.name)
+            trust = group.trust
+            now = standing(done, gated(trust.asked), copy.name, trust.loadable_by)
             self._index.prove(copy.key, copy.name, proven=now.proven)
             self._index.disprove(copy.key, copy.name, now.refused or None)
             if done is not None and done.verified is not None:
@@ -266,9 +267,10 @@ class LocalProofs(Rounds):
         found = config.group_named(group)
         if found is None or not config.verify_archives:
             return {}
-        required = gated(found.trust.require)
+        required, loadable_by = gated(found.trust.asked), found.trust.loadable_by
         name = os.path.basename(path)
-        refusal, sha256 = admission(self._checked.get(path), identity_of(st), required, name)
+        done = self._checked.get(path)
+        refusal, sha256 = admission(done, identity_of(st), required, name, loadable_by)
         if refusal:
             raise RequestError(404, f"{name}: {refusal}")
         return {"repr-digest": repr_digest(sha256)} if sha256 else {}
@@ -284,7 +286,7 @@ def local_gated(config: Config, group: TargetGroup) -> bool:
     """Whether ``group``'s local files rank only once their check proved them to its
     ``trust.require`` (in either mode; nothing is checked without ``verify_archives``, which
     a level above ``structure`` needs: check-config refuses it)."""
-    return config.verify_archives and gated(group.trust.require) is not None
+    return config.verify_archives and gated(group.trust.asked) is not None
 
 
 def _listed(config: Config) -> list[tuple[LocalCopy, Identity | None]]:

@@ -30,13 +30,17 @@ from tracker.proof.levels import Level, Proof, Voter, checked_for, required_for
 
 class Checking(Protocol):
     """What a refresh's check knows of its group (the cache's
-    :class:`tracker.cache.checked.Checking`): the level it requires and who is asked."""
+    :class:`tracker.cache.checked.Checking`): the level it requires, who is asked and the
+    validators that must be able to load it."""
 
     @property
     def require(self) -> Level: ...
 
     @property
     def voter(self) -> Voter | None: ...
+
+    @property
+    def loadable_by(self) -> str | None: ...
 
 
 class CheckedFiles(Protocol):
@@ -83,15 +87,15 @@ async def lifted(voter: Voter | None, name: str, proof: Proof) -> Proof:
 
 async def required_proof(checking: Checking, name: str, proof: Proof) -> Proof:
     """``proof`` of a refresh of ``name`` that passed its check, once it meets its group's
-    ``trust.require`` (``checking.require``); ArchiveInvalid (one line) when it does not.
-    For ``cluster``, past what the check shows, the votes are asked first (within
-    ``cluster_proof.deadline``): anything but a tally of 2/3 (a minority, an RPC that
-    failed) leaves it below."""
-    require = checking.require
-    below = below_required(proof, checked_for(require), name)
+    ``trust.require`` (``checking.require``) and its ``trust.loadable_by``; ArchiveInvalid
+    (one line) when it does not. For ``cluster``, past what the check shows, the votes are
+    asked first (within ``cluster_proof.deadline``): anything but a tally of 2/3 (a
+    minority, an RPC that failed) leaves it below."""
+    require, loadable_by = checking.require, checking.loadable_by
+    below = below_required(proof, checked_for(require), name, loadable_by=loadable_by)
     if below is None and require > checked_for(require):
         proof = await lifted(checking.voter, name, proof)
-        below = below_required(proof, require, name)
+        below = below_required(proof, require, name, loadable_by=loadable_by)
     if below is not None:
         raise ArchiveInvalid(below)
     return proof

@@ -102,18 +102,21 @@ class Standing:
     refused: str = ""
 
 
-def standing(done: Checked | None, required: Level | None, name: str) -> Standing:
+def standing(
+    done: Checked | None, required: Level | None, name: str, loadable_by: str | None = None
+) -> Standing:
     """Where the local file of the archive ``name`` stands: ``done`` is what the check of its
     current identity said (None: not checked yet), ``required`` its group's
     ``trust.require`` when above ``structure`` (None: the group requires nothing and ranks
-    every file, one that failed its check included: the failure is shown, not enforced)."""
+    every file, one that failed its check included: the failure is shown, not enforced),
+    ``loadable_by`` its ``trust.loadable_by``."""
     if done is None:
         return Standing(proven=False)
     if done.verified is None:
         return Standing(proven=False, refused=done.failed if required is not None else "")
     if required is None:
         return Standing(proven=True)
-    below = below_required(done.verified.proof, required, name)
+    below = below_required(done.verified.proof, required, name, loadable_by=loadable_by)
     return Standing(proven=below is None, refused=below or "")
 
 
@@ -125,7 +128,11 @@ def gated(required: Level | None) -> Level | None:
 
 
 def admission(
-    done: Checked | None, opened: Identity, required: Level | None, name: str
+    done: Checked | None,
+    opened: Identity,
+    required: Level | None,
+    name: str,
+    loadable_by: str | None = None,
 ) -> tuple[str, str]:
     """Whether the local file of the archive ``name``, as it was opened to be served
     (``opened``: its identity then), may be served now: ``(refusal, sha256)``, a refusal
@@ -135,7 +142,7 @@ def admission(
     elsewhere it is served without a digest. Read where the bytes go out, so a file replaced
     between the ranking and the request is never served on its predecessor's proof."""
     same = done if done is not None and done.identity == opened else None
-    now = standing(same, required, name)
+    now = standing(same, required, name, loadable_by)
     refusal = now.refused or (NOT_YET if required is not None and not now.proven else "")
     verified = same.verified if same is not None else None
     return refusal, verified.sha256 if verified is not None and not refusal else ""

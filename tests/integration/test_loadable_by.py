@@ -1,0 +1,117 @@
+"""A group of agave validators refuses what agave cannot load (``trust.loadable_by: agave``,
+docs/http-api.md, "Proven archives"): a real tracker, sidecars that are real HTTP servers, and
+two copies of one archive (same name, same state): one with several account storages for the
+snapshot's slot, as Firedancer writes them, one with a storage a slot, as agave does.
+
+In redirect mode the Firedancer copy is never ranked (its source shows why in ``/v1/targets``
+and on the status page) and the agave copy is; in proxy mode with a disk cache it is never
+cached nor handed out complete, its source held back with the reason. A group without the key
+ranks and serves the Firedancer copy (proxy mode: tests/integration/test_unloadable.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from archives import build_archive
+from helpers_proxy import wait_for
+from helpers_tracker import wait_until
+from helpers_upstream import sidecar_listing
+from helpers_wire import raw_request
+from test_proven import ACCOUNT, wait_until_proof
+from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
+
+from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.web.wire import DISPROVEN
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def refused_for(slot: int) -> str:
+    """Why a group with ``trust.loadable_by: agave`` refuses the Firedancer copy of ``slot``."""
+    return (
+        f"trust.loadable_by agave: agave cannot load it: 3 account storages for slot {slot}"
+        " (agave loads one a slot; Firedancer writes several)"
+    )
+
+
+def copies(slot: int, seed: int) -> tuple[str, bytes, bytes]:
+    """The name, the Firedancer copy and the agave copy of one archive of ``slot``."""
+    name, firedancer = build_archive(slot, seed=seed, account_size=ACCOUNT, layout="firedancer")
+    same, agave = build_archive(slot, seed=seed, account_size=ACCOUNT)
+    assert same == name and agave != firedancer
+    return name, firedancer, agave
+
+
+async def best_urls(base: str) -> list[str]:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        best = (await client.get(f"{base}/v1/best_snapshots?group={GROUP}")).json()
+    return [file["url"] for source in best for file in source["files"]]
+
+
+async def status_page(internal: str) -> str:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        return (await client.get(f"{internal}/")).text
+
+
+async def test_redirect_mode_ranks_only_the_copy_agave_loads(tmp_path: Path) -> None:
+    name, firedancer, agave = copies(2300, 51)
+    # loadable_by alone: the group reads heads as with `require: manifest`.
+    settings: dict[str, Any] = {"proxy_snapshot_downloads": False}
+    async with fleet(
+        tmp_path, name, firedancer, agave, trust={"loadable_by": "agave"}, **settings
+    ) as f:
+        f.good.listing = sidecar_listing({name: agave})
+        expected = f"{DISPROVEN}{name}: {refused_for(2300)}"
+
+        async def refused() -> bool:
+            return bool((await target(f.public, f.bad))["last_error"] == expected)
+
+        await wait_until(refused, timeout=20)
+        assert f.bad.gets(name)  # its head was read
+
+        async def agave_ranked() -> bool:
+            urls = await best_urls(f.public)
+            return bool(urls) and all(u.startswith(f.good.base) for u in urls)
+
+        await wait_until(agave_ranked, timeout=20)
+        assert refused_for(2300) in await status_page(f.internal)
+
+
+async def test_redirect_mode_without_the_key_ranks_the_firedancer_copy(tmp_path: Path) -> None:
+    name, firedancer, _agave = copies(2400, 52)
+    settings: dict[str, Any] = {"proxy_snapshot_downloads": False}
+    async with fleet(
+        tmp_path, name, firedancer, _agave, trust={"require": "manifest"}, **settings
+    ) as f:
+
+        async def ranked() -> bool:
+            urls = await best_urls(f.public)
+            return bool(urls) and all(u.startswith(f.bad.base) for u in urls)
+
+        await wait_until(ranked, timeout=20)
+        assert f.bad.gets(name)  # proven by its head read, not ranked unread
+        assert not (await target(f.public, f.bad))["last_error"]
+
+
+async def test_proxy_mode_never_caches_nor_hands_out_what_agave_cannot_load(
+    tmp_path: Path,
+) -> None:
+    name, firedancer, agave = copies(2500, 53)
+    async with fleet(tmp_path, name, firedancer, agave, trust={"loadable_by": "agave"}) as f:
+        await wait_until(lambda: _listed(f.public, name, 1))
+        first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
+        never_complete(first, len(firedancer))
+        assert leftovers(f.cache) == []
+        bad_target = await target(f.public, f.bad)
+        assert bad_target["last_error"] == f"{REJECTED}{refused_for(2500)}", bad_target
+        assert refused_for(2500) in await status_page(f.internal)
+        # The agave copy, listed now, is cached and handed out.
+        f.good.listing = sidecar_listing({name: agave})
+        await wait_until(lambda: _listed(f.public, name, 2))
+        second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert second.status == 200 and second.body == agave
+        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        proof = await wait_until_proof(f.public, name)
+        assert proof["level"] == "accounts" and "unloadable" not in proof
