@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-
 from tracker.errors import ArchiveInvalid, EndOfInput
 from tracker.proof.formats.bincode import Reader
-from tracker.proof.formats.kernels import skip_statuses
 from tracker.proof.formats.parsing import Parser, ParserOf
 
 #: The version agave knows (``VERSION_STRING_V1_2_0``).
@@ -126,6 +123,12 @@ def _statuses(reader: Reader, slot: int, count: int) -> ParserOf[None]:
     """Read past ``count`` transaction statuses, in pieces of at most :data:`PIECE` bytes
     read by a compiled kernel (``kernels.skip_statuses``): never more bytes than the statuses
     left take at least (24 each), so that the piece never reaches into what follows."""
+    # numpy and the kernels loaded here, where statuses are read: a tracker that only serves
+    # loads neither (tests/unit/test_idle_imports.py)
+    import numpy as np
+
+    from tracker.proof.formats.kernels import skip_statuses
+
     reader.field = f"a transaction status of slot {slot}"
     carry = b""
     need = _KEYED_RESULT  # the bytes the next status takes at least, past those carried
