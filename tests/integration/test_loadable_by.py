@@ -6,7 +6,9 @@ snapshot's slot, as Firedancer writes them, one with a storage a slot, as agave 
 In redirect mode the Firedancer copy is never ranked (its source shows why in ``/v1/targets``
 and on the status page) and the agave copy is; in proxy mode with a disk cache it is never
 cached nor handed out complete, its source held back with the reason. A group without the key
-ranks and serves the Firedancer copy (proxy mode: tests/integration/test_unloadable.py)."""
+ranks and serves the Firedancer copy (proxy mode: tests/integration/test_unloadable.py). A
+reload that sets the key refuses a copy already proven; one that drops it brings the copy back
+(under ``require: cluster``, once the votes carry it)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from archives import build_archive
+from helpers_cluster import REDIRECT, STAKES, bank_hash, cluster, node_url, reload, votes_for
 from helpers_proxy import wait_for
 from helpers_tracker import wait_until
 from helpers_upstream import sidecar_listing
+from helpers_votes import VoteRpc
 from helpers_wire import raw_request
 from test_proven import ACCOUNT, wait_until_proof
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
@@ -115,3 +119,32 @@ async def test_proxy_mode_never_caches_nor_hands_out_what_agave_cannot_load(
         await wait_for(lambda: (f.cache / GROUP / name).exists())
         proof = await wait_until_proof(f.public, name)
         assert proof["level"] == "accounts" and "unloadable" not in proof
+
+
+async def test_a_reload_drops_and_sets_the_key_in_redirect_mode(tmp_path: Path) -> None:
+    name, firedancer, _agave = copies(2600, 54)
+    bank = bank_hash(tmp_path, name, firedancer)
+    node = VoteRpc(blocks=votes_for(2600, bank, majority=True), stakes=STAKES)
+    require: dict[str, Any] = {"require": "cluster"}
+    refusing = {**require, "loadable_by": "agave"}
+    async with cluster(tmp_path, name, firedancer, node, trust=refusing, **REDIRECT) as f:
+        bad, expected = (
+            f"{f.bad.base}/v1/snapshot/{name}",
+            f"{DISPROVEN}{name}: {refused_for(2600)}",
+        )
+
+        async def refused() -> bool:
+            out = await best_urls(f.public) == []
+            return out and (await target(f.public, f.bad))["last_error"] == expected
+
+        async def ranked() -> bool:
+            return await best_urls(f.public) == [bad]
+
+        await wait_until(refused, timeout=20)
+        assert 2601 not in node.block_calls()  # refused before any vote was asked
+        rpc = node_url(f, node)
+        await reload(f, tmp_path, rpc=rpc, trust=require, **REDIRECT)
+        await wait_until(ranked, timeout=20)  # decided again: the votes carry it
+        await reload(f, tmp_path, rpc=rpc, trust=refusing, **REDIRECT)
+        await wait_until(refused, timeout=20)
+        assert len(f.bad.gets(name)) == 1  # decided with the proof its head read gave

@@ -51,6 +51,8 @@ CLUSTER_PROOFS = ("votes", "certificate")
 #: The validators a group may require its archives to be loadable by (``trust.loadable_by``,
 #: docs/http-api.md, "Proven archives"): those whose load-time refusals the manifest shows.
 LOADERS = ("agave",)
+#: How a refusal for ``trust.loadable_by`` starts (:func:`not_loadable`).
+NOT_LOADABLE = "trust.loadable_by "
 
 
 def required_for(required: Level, *, is_full: bool) -> Level:
@@ -158,7 +160,7 @@ def not_loadable(proof: Proof, loadable_by: str | None) -> str | None:
     not: ``agave`` refuses what the proof says agave cannot load (``Proof.unloadable``, read
     from the manifest: a proof below ``manifest`` says nothing of it)."""
     if loadable_by == "agave" and proof.unloadable is not None:
-        return f"trust.loadable_by agave: {proof.unloadable}"
+        return f"{NOT_LOADABLE}agave: {proof.unloadable}"
     return None
 
 

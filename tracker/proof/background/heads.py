@@ -39,7 +39,7 @@ from tracker.ordering.index import Index, TargetKey
 from tracker.proof.background.headreads import HeadRead, heads_due
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.clustervotes import ClusterVotes
-from tracker.proof.levels import Level, Proof, not_loadable, shortfall
+from tracker.proof.levels import NOT_LOADABLE, Level, Proof, not_loadable, shortfall
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
@@ -169,6 +169,14 @@ class HeadProofs(Rounds):
                 self._refused.pop(copy, None)
                 self._voting.pop(copy, None)
                 self._proved(read, proof)
+            elif self._refused.get(copy, "").startswith(NOT_LOADABLE) and not not_loadable(
+                proof, loadable_by
+            ):
+                # Refused for a `trust.loadable_by` the group dropped: decided again (the
+                # votes are asked then, where its level needs them).
+                self._short.pop(copy, None)
+                self._refused.pop(copy, None)
+                self._voting[copy] = (read, proof)
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
@@ -209,10 +217,11 @@ class HeadProofs(Rounds):
         self._voting.pop(read.copy, None)
         # A copy its group's validators cannot load is refused whatever the votes say.
         unloadable = not_loadable(proof, loadable_by) is not None
-        if required >= Level.CLUSTER and self._votes is not None and not unloadable:
-            proof = await self._votes.lift(read.file.name.slot, proof)
-        elif required >= Level.CLUSTER and proof.level < Level.CLUSTER:
-            proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
+        if required >= Level.CLUSTER and not unloadable:
+            if self._votes is not None:
+                proof = await self._votes.lift(read.file.name.slot, proof)
+            elif proof.level < Level.CLUSTER:
+                proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
         full = read.file.name.is_full
         reason = shortfall(proof, required, is_full=full, loadable_by=loadable_by)
         if reason is not None:
