@@ -3,6 +3,7 @@ budget small enough that the index spills, and say so (not a performance test)."
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,31 @@ def test_the_streaming_builder_is_deterministic(
     assert not (tmp_path / "a" / "storages.part").exists()
     archive = tmp_path / "a" / str(first["archive"])
     assert archive.read_bytes() == (tmp_path / "b" / str(again["archive"])).read_bytes()
+
+
+def test_the_hostile_bench_runs_storages_of_one_record_and_concurrent_checks(
+    tmp_path: Path,
+) -> None:
+    out = bench(
+        "hostile_accounts.py",
+        "--accounts",
+        "3000",
+        "--per-storage",
+        "1",
+        "--concurrent",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    assert "3000 empty accounts, 1 a storage, 2 checks at once" in out
+    assert "level accounts (no note)" in out and "µs a storage" in out
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="openssl is the plain check's yardstick"
+)
+def test_the_accounts_bench_times_the_plain_check(tmp_path: Path) -> None:
+    out = bench(
+        "accounts.py", "--accounts", "20000", "--plain", "--runs", "1", "--out", str(tmp_path)
+    )
+    assert out.startswith("plain check of a ") and "verify --prove-accounts-max 1000" in out
