@@ -129,11 +129,17 @@ class Crew:
     #: whether it honours ``Range`` (:func:`lane`).
     probe_ranges: bool = False
     _changed: trio.Event = attrs.Factory(trio.Event)
+    #: The probes running (:func:`_probe`): cancelled once the file is complete.
+    _probes: set[trio.CancelScope] = attrs.Factory(set)
 
     def changed(self) -> None:
-        """A claim ended or bytes landed: idle connections look again."""
+        """A claim ended or bytes landed: idle connections look again (a probe still out
+        once every byte is in tells nothing anyone needs: cancelled)."""
         self._changed.set()
         self._changed = trio.Event()
+        if self.pieces.complete:
+            for probe in self._probes:
+                probe.cancel()
 
     async def idle(self) -> None:
         """Wait until something changed, at most IDLE_LOOK seconds."""
@@ -170,7 +176,7 @@ async def lane(crew: Crew, source: Source, first: tuple[Answer, Claim] | None = 
     left out (:data:`IGNORES_RANGE`)."""
     answer, claim = first if first is not None else (None, None)
     try:
-        while source.live:
+        while source.live and not crew.pieces.complete:
             if answer is None and not source.ranges:
                 # It ignores Range: an answer of it still open (the first) is all it gives.
                 if not source.scopes:
@@ -204,6 +210,7 @@ async def _probe(crew: Crew, source: Source) -> None:
     of its bytes at most, never the file); any other answer is a failure as a piece's is."""
     scope = trio.CancelScope()
     source.scopes.add(scope)
+    crew._probes.add(scope)
     source.probing = True
     try:
         with scope:
@@ -223,6 +230,7 @@ async def _probe(crew: Crew, source: Source) -> None:
     finally:
         source.probing = False
         source.scopes.discard(scope)
+        crew._probes.discard(scope)
         crew.changed()
 
 
