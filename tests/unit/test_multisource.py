@@ -398,6 +398,9 @@ def test_a_refresh_says_how_it_used_each_source(
     [
         # Liars found: they alone carry it, never a source whose bytes were confirmed.
         ({2}, {0: 10, 1: 10}, 0, False, [2]),
+        # Taken for a liar without a third source, and the check then failed: not proven;
+        # the sources no other confirmed carry it.
+        ({-2}, {0: 10}, 10, True, [1, 2]),
         ({2}, {}, 4, True, [2]),
         # Nothing differs and everything was compared: the archive itself is bad.
         (set(), {0: 10, 1: 10, 2: 10}, 0, False, [0, 1, 2]),
@@ -418,7 +421,8 @@ def test_an_honest_source_never_carries_a_liars_error(
     sources = [Source(f"http://s{i}/f", Identity(30), True) for i in range(3)]
     written = {s: [(i * 10, i * 10 + 10)] for i, s in enumerate(sources)}
     found = Findings(
-        liars={sources[i]: [(0, 1)] for i in liars},
+        liars={sources[abs(i)]: [(0, 1)] for i in liars},
+        provisional={sources[-i] for i in liars if i < 0},
         undecided=undecided,
         differing=[Difference(20, 21, 2, 0)] if differing else [],
         agreed={sources[i]: count for i, count in agreed.items()},

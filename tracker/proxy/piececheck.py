@@ -117,9 +117,13 @@ class Findings:
     differing: list[Difference] = attrs.Factory(list)
     #: Bytes of each source's ranges another source sent the same (it agreed with them).
     agreed: dict[Source, int] = attrs.Factory(dict)
+    #: Liars taken for liars without a third source (only the check that follows proves it).
+    provisional: set[Source] = attrs.Factory(set)
 
-    def blame(self, source: Source, start: int, end: int) -> None:
+    def blame(self, source: Source, start: int, end: int, *, proven: bool = True) -> None:
         self.liars[source] = merge([*self.liars.get(source, []), (start, end)])
+        if not proven:
+            self.provisional.add(source)
 
     def agree(self, source: Source, count: int) -> None:
         self.agreed[source] = self.agreed.get(source, 0) + count
@@ -131,15 +135,16 @@ def held_back(
     found: Findings,
 ) -> list[Source]:
     """Who carries a copy's failed check once its repair did not pass (who sent bytes of
-    it, ``written``): the liars found, when any were, and no one else; else, when every
-    range was compared and no source's bytes differed from another's, every sender (they
-    agree: the archive they serve fails its check); else the senders whose every byte was
-    not sent the same by another source (the liar is among them; a source whose bytes
-    another one confirmed never carries the error)."""
+    it, ``written``): the liars found by two sources against one, when any were, and no one
+    else; else, when every range was compared and no source's bytes differed from another's,
+    every sender (they agree: the archive they serve fails its check); else the senders whose
+    every byte was not sent the same by another source (the liar is among them; a source
+    whose bytes another one confirmed never carries the error)."""
     senders = [s for s in sources if written.get(s)]
-    if found.liars:
-        return [s for s in senders if s in found.liars]
-    if not found.undecided and not found.differing:
+    proven = [s for s in senders if s in found.liars and s not in found.provisional]
+    if proven:
+        return proven
+    if not found.undecided and not found.differing and not found.liars:
         return senders
     return [
         s for s in senders if found.agreed.get(s, 0) < sum(end - start for start, end in written[s])
@@ -231,7 +236,7 @@ class _Comparison:
         end = position + len(piece)
         if found is Verdict.OWNER_LIED:
             await trio.to_thread.run_sync(os.pwrite, self.fd, piece, position)
-            findings.blame(owner, position, end)
+            findings.blame(owner, position, end, proven=tie is not None)
             findings.rewritten += len(piece)
         elif found is Verdict.COMPARER_LIED:
             findings.blame(comparer, position, end)
