@@ -2,7 +2,8 @@
 
 Real snapshot archives, small, in agave's formats (``tracker.proof.formats.writing``): a tar with
 ``version``, ``snapshots/status_cache``, the manifest ``snapshots/{S}/{S}`` and account
-storages ``accounts/{slot}.{id}`` in agave's AppendVec format, zstd-compressed in independent
+storages ``accounts/{slot}.{id}`` in agave's AppendVec format, one a slot as agave writes them
+(agave refuses to load several storages of one slot), zstd-compressed in independent
 frames as agave writes its fulls (a frame every 32 MiB of tar; at least two here, so that
 every reader of the examples meets a multi-frame archive). Each name's
 hash is that of the accounts lattice hash of the state at its slot (SIMD-0220: a full's own
@@ -120,8 +121,12 @@ def archive_of(slot: int, base: int | None, extra: int = 0) -> tuple[str, bytes]
     entries: list[tuple[str, bytes | None]] = []
     storages: list[tuple[int, int, int]] = []
     ident = 0
-    for storage_slot in slots:
-        for accounts in written[storage_slot]:
+    for slot_written in slots:
+        for number, accounts in enumerate(written[slot_written]):
+            # One storage a slot, as agave writes them (its loader refuses several for one
+            # slot): a slot's next storages go to the slots just below it, still above the
+            # slot written before it, so the newest version of each account stays the same.
+            storage_slot = slot_written - number
             data = padded(write_storage(accounts))
             entries.append((f"accounts/{storage_slot}.{ident}", data))
             storages.append((storage_slot, ident, len(data)))
@@ -151,11 +156,18 @@ def archives(size: int = 0) -> list[tuple[str, bytes]]:
     return [archive_of(FULL, None, extra)] + [archive_of(s, FULL, extra) for s in INCREMENTALS]
 
 
+#: The largest ``--size``: the full's storages take one slot each, below slot 1000.
+MAX_SIZE = 256 * 1024**2
+
+
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"at most 256MiB (one storage a slot), got {text}")
+    return size
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ reload that sets the key refuses a copy already proven; one that drops it brings
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import httpx
 from archives import build_archive
@@ -26,10 +27,13 @@ from test_proven import ACCOUNT, wait_until_proof
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
 
 from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import check_file
+from tracker.proof.levels import Level
 from tracker.web.wire import DISPROVEN
 
-if TYPE_CHECKING:
-    from pathlib import Path
+#: The quickstart's archives (examples/make_ledger.py writes them).
+EXAMPLE_LEDGER = Path(__file__).resolve().parents[2] / "examples" / "ledger"
 
 
 def refused_for(slot: int) -> str:
@@ -148,3 +152,13 @@ async def test_a_reload_drops_and_sets_the_key_in_redirect_mode(tmp_path: Path) 
         await reload(f, tmp_path, rpc=rpc, trust=refusing, **REDIRECT)
         await wait_until(refused, timeout=20)
         assert len(f.bad.gets(name)) == 1  # decided with the proof its head read gave
+
+
+def test_the_quickstart_archives_are_loadable_by_agave() -> None:
+    """examples/ledger/ stands for agave's archives: one storage a slot (make_ledger.py)."""
+    names = sorted(p.name for p in EXAMPLE_LEDGER.iterdir() if p.name.endswith(".tar.zst"))
+    assert len(names) == 3, names
+    limits = AccountsLimits(max_accounts=1_000_000)
+    for name in names:
+        proof = check_file(str(EXAMPLE_LEDGER / name), name, prove_accounts=limits).proof
+        assert proof.level >= Level.MANIFEST and proof.unloadable is None, (name, proof)
