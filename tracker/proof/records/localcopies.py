@@ -121,9 +121,10 @@ def standing(
 
 
 def gated(required: Level | None) -> Level | None:
-    """The level a group's local files must be proven to before they rank: its explicit
-    ``trust.require`` when above ``structure`` (None: they rank unproven, unless their check
-    fails; as in redirect mode, a group that sets nothing ranks every copy as it did)."""
+    """The level a group's local files must be proven to before they rank: the one it asks
+    for itself (``Trust.asked``: its ``trust.require``, ``manifest`` for ``trust.loadable_by``
+    alone) when above ``structure`` (None: they rank unproven, unless their check fails; as
+    in redirect mode, a group that sets nothing ranks every copy as it did)."""
     return required if required is not None and required > Level.STRUCTURE else None
 
 
