@@ -259,8 +259,11 @@ class Refresh(GaplessWrites):
         """Record that all ``size`` bytes were written and the upstream body is complete,
         once the archive check (when on) has read them and passed; readers may then finish.
 
-        Raises ArchiveInvalid (the check failed: the caller rejects the refresh) or
-        CacheError (not every byte was written). Cancellation cancels the check.
+        Raises ArchiveInvalid (the check failed, or a copy from several sources has not the
+        digest that vouches for it: the caller rejects or repairs the refresh) or CacheError
+        (not every byte was written, a shortfall of the tracker's own, or a copy from
+        several sources whose level cannot vouch for it: :mod:`tracker.cache.vouching`).
+        Cancellation cancels the check.
         """
         if self.written != self.size or self.ended.is_set():
             raise CacheError(f"refresh ended at byte {self.written} of {self.size}")
