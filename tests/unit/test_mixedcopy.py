@@ -1,10 +1,10 @@
-"""What vouches for a copy from several sources (tracker.cache.vouching), as tables."""
+"""What vouches for a copy from several sources (tracker.cache.mixedcopy), as tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from tracker.cache.vouching import Vouching, covers, plan, trusted_digest
+from tracker.cache.mixedcopy import Vouching, covers, plan, trusted_digest
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.proof.levels import Level, Proof
 

@@ -58,7 +58,7 @@ class GaplessWrites:
     @property
     def proves_accounts(self) -> bool:
         """True when the check proves a full to ``accounts`` (what vouches for every byte of
-        a full from several sources without a trusted digest: :mod:`tracker.cache.vouching`)."""
+        a full from several sources without a trusted digest: :mod:`tracker.cache.mixedcopy`)."""
         return self._checking.verify and self._checking.prove_accounts is not None
 
     def descriptor(self) -> int:

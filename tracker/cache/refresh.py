@@ -31,9 +31,9 @@ import trio
 
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
+from tracker.cache.mixedcopy import Vouching
 from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
-from tracker.cache.vouching import Vouching
 from tracker.core.digests import Verified, below_required
 from tracker.errors import CacheError
 from tracker.net.sourcelimits import UNCAPPED, Pacer
@@ -183,7 +183,7 @@ class Refresh(GaplessWrites):
         #: "The release rule").
         self.proving = False
         #: For a copy taken from several sources at once: what must vouch for every byte
-        #: of it before it counts as checked (:mod:`tracker.cache.vouching`; None: one
+        #: of it before it counts as checked (:mod:`tracker.cache.mixedcopy`; None: one
         #: source's copy, the check alone).
         self.vouching: Vouching | None = None
         #: The archive check following the temp file as it grows (None: not checked).
@@ -262,7 +262,7 @@ class Refresh(GaplessWrites):
         Raises ArchiveInvalid (the check failed, or a copy from several sources has not the
         digest that vouches for it: the caller rejects or repairs the refresh) or CacheError
         (not every byte was written, a shortfall of the tracker's own, or a copy from
-        several sources whose level cannot vouch for it: :mod:`tracker.cache.vouching`).
+        several sources whose level cannot vouch for it: :mod:`tracker.cache.mixedcopy`).
         Cancellation cancels the check.
         """
         if self.written != self.size or self.ended.is_set():

@@ -39,8 +39,8 @@ import attrs
 import trio
 
 from tracker.accounting.downloads import outcome_of
+from tracker.cache.mixedcopy import plan, trusted_digest
 from tracker.cache.refresh import Refresh
-from tracker.cache.vouching import plan, trusted_digest
 from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.multisource.sources import Source
@@ -222,7 +222,7 @@ def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int
     the same name and size, no other published SHA-256, the whole-file checks as the gate):
     none when the archive is not checked (``verify_archives`` off: nothing would tell a
     mixed copy), the answer is no whole file, or nothing would vouch for every byte of a
-    mixed copy (:func:`tracker.cache.vouching.plan`: an incremental without a trusted
+    mixed copy (:func:`tracker.cache.mixedcopy.plan`: an incremental without a trusted
     digest); otherwise the refresh is told what must vouch for it."""
     peers = job.peers
     if peers is None or not peers.enabled or first.response.status_code != 200:
