@@ -25,7 +25,7 @@ from tracker.fetch.sourcechecks import request
 from tracker.fetch.state import State, save_state
 from tracker.multisource import crew as engine
 from tracker.multisource.claims import Claim, Pieces
-from tracker.multisource.crew import Answer, skipped
+from tracker.multisource.crew import PieceAnswer, skipped
 from tracker.multisource.judging import slower_than
 from tracker.multisource.sources import Source
 from tracker.zerocopy.kernelcopy import splice_to_file
@@ -102,9 +102,9 @@ class Crew:
         object.__setattr__(self, "engine", crew)
 
     @asynccontextmanager
-    async def _open(self, source: Source, headers: dict[str, str]) -> AsyncIterator[Answer]:
+    async def _open(self, source: Source, headers: dict[str, str]) -> AsyncIterator[PieceAnswer]:
         async with request(self.client, source.url, headers, self.settings) as response:
-            yield Answer(response)
+            yield PieceAnswer(response)
 
     def _landed(self, _source: Source, _offset: int, count: int) -> None:
         self.progress.add(count)
@@ -121,7 +121,7 @@ async def _fetch_claim(crew: engine.Crew, source: Source, claim: Claim) -> None:
 
 
 async def _engine_fetch_claim(
-    crew: engine.Crew, source: Source, claim: Claim, first: Answer | None
+    crew: engine.Crew, source: Source, claim: Claim, first: PieceAnswer | None
 ) -> None:
     await _fetch_claim(crew, source, claim)  # looked up at each call (tests replace it)
 

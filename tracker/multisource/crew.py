@@ -68,7 +68,7 @@ class Tunables(Protocol):
 
 
 @attrs.frozen
-class Answer:
+class PieceAnswer:
     """An answer to a request for a piece, body unread, and the rate its source may send
     at (``source_limits.max_rate``)."""
 
@@ -88,7 +88,7 @@ class Answer:
 
 #: ``open(source, headers)``: the source asked for a piece with ``headers`` (a ``Range``),
 #: as an async context manager that closes the answer (and frees its transfer slot).
-Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[Answer]]
+Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[PieceAnswer]]
 #: ``write(fd, buffers, offset)``: the buffers written at ``offset`` (blocking).
 Writer = Callable[[int, list[memoryview], int], None]
 
@@ -124,7 +124,7 @@ class Crew:
     landed: Callable[[Source, int, int], None] = _nothing
     splice: Splicer = splice_to_file
     write: Writer = write_all
-    fetch_claim: Callable[[Crew, Source, Claim, Answer | None], Awaitable[None]] | None = None
+    fetch_claim: Callable[[Crew, Source, Claim, PieceAnswer | None], Awaitable[None]] | None = None
     #: Each source is asked for one byte before its lanes claim a piece (the refresh):
     #: whether it honours ``Range`` (:func:`lane`).
     probe_ranges: bool = False
@@ -162,7 +162,7 @@ async def worker(crew: Crew, index: int, pool: list[Source]) -> None:
 IGNORES_RANGE = "ignores Range (answered a Range request with the whole file)"
 
 
-async def lane(crew: Crew, source: Source, first: tuple[Answer, Claim] | None = None) -> None:
+async def lane(crew: Crew, source: Source, first: tuple[PieceAnswer, Claim] | None = None) -> None:
     """Claim pieces and fetch them from ``source`` alone until none is left or it is
     dropped. ``first``: an answer of the source already open, the whole file from byte 0
     (the refresh's first answer, which its readers got their first byte from), with the
@@ -243,7 +243,7 @@ def _failed(crew: Crew, source: Source, exc: SourceFailed) -> None:
 
 
 async def _one_claim(
-    crew: Crew, source: Source, first: Answer | None, claim: Claim | None = None
+    crew: Crew, source: Source, first: PieceAnswer | None, claim: Claim | None = None
 ) -> bool:
     """Claim a piece (or take ``claim``) and fetch it from ``source`` (with ``first``: from
     that answer); False once there is nothing left to claim."""
@@ -272,7 +272,7 @@ async def _one_claim(
     return True
 
 
-async def fetch_claim(crew: Crew, source: Source, claim: Claim, first: Answer | None) -> None:
+async def fetch_claim(crew: Crew, source: Source, claim: Claim, first: PieceAnswer | None) -> None:
     """Fetch the bytes of ``claim`` from ``source`` (or from ``first``, an answer of the
     whole file already open) and write them at their offsets."""
     writer = ClaimWriter(crew, source, claim, continuous=first is not None)
@@ -321,7 +321,7 @@ class ClaimWriter:
         async with self.crew.open(source, headers) as answer:
             await self.take_answer(answer, first, end)
 
-    async def take_answer(self, answer: Answer, first: int, end: int) -> None:
+    async def take_answer(self, answer: PieceAnswer, first: int, end: int) -> None:
         """Write the body of ``answer`` (bytes ``first`` to ``end`` when the source honours
         ranges and this is not the whole-file answer, else the whole file) at its offsets."""
         source, claim, settings = self.source, self.claim, self.crew.settings

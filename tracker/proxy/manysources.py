@@ -38,7 +38,7 @@ from tracker.cache.refresh import Refresh
 from tracker.config.schema import TargetGroup
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces
-from tracker.multisource.crew import Answer, Crew, lane, watch_speed
+from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
 from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
@@ -308,7 +308,7 @@ async def fill_from_many(
     head = pieces.claim(started)
     if head is None:
         raise UpstreamError("an empty file has no pieces")  # use_many refuses those first
-    firsts = Answer(first.response, first.pacer, first.aclose)
+    firsts = PieceAnswer(first.response, first.pacer, first.aclose)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_speed, sources, SPEED_WINDOW, laggards)
@@ -351,7 +351,7 @@ def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
 @asynccontextmanager
 async def _ask(
     peers: Peers, keys: dict[Source, TargetKey], source: Source, headers: dict[str, str]
-) -> AsyncIterator[Answer]:
+) -> AsyncIterator[PieceAnswer]:
     """``source`` asked for a piece within its origin's ``source_limits`` (credentials only
     to its own origin: :func:`tracker.proxy.upstream.ask_source`); the answer closed and its
     transfer slot freed when the block ends. The first answer's validators become the
@@ -369,7 +369,7 @@ async def _ask(
     try:
         if reply.response.status_code == 206:
             source.adopt_validators(reply.response)
-        yield Answer(reply.response, reply.pacer)
+        yield PieceAnswer(reply.response, reply.pacer)
     finally:
         with trio.CancelScope(shield=True):
             try:

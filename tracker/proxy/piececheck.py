@@ -30,7 +30,7 @@ import trio
 
 from tracker.errors import SourceFailed, TransportError
 from tracker.multisource.claims import merge
-from tracker.multisource.crew import Answer
+from tracker.multisource.crew import PieceAnswer
 from tracker.multisource.sources import Source, check_range
 from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
@@ -40,7 +40,7 @@ log = logging.getLogger("tracker.proxy")
 #: Bytes compared at once (a chunk of an answer is cut to this).
 COMPARE_SIZE = 1024 * 1024
 
-Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[Answer]]
+Opener = Callable[[Source, dict[str, str]], AbstractAsyncContextManager[PieceAnswer]]
 
 
 class Verdict(enum.Enum):
