@@ -17,7 +17,7 @@ import trio.testing
 from tracker.errors import SourceFailed
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.workers import Crew
+from tracker.fetch.workers import FetchCrew
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import ClaimWriter
 from tracker.multisource.sources import Identity, Source
@@ -162,7 +162,7 @@ def writer(size: int = 8 * 1024 * 1024) -> ClaimWriter:
     claim = pieces.claim(0.0)
     assert claim is not None
     source = Source("http://s/x", Identity(size), ranges=True)
-    crew = Crew(httpx.AsyncClient(), FetchSettings(write_size=1024), pieces, -1, NoProgress())
+    crew = FetchCrew(httpx.AsyncClient(), FetchSettings(write_size=1024), pieces, -1, NoProgress())
     return ClaimWriter(crew.engine, source, claim)
 
 

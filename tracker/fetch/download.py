@@ -44,7 +44,7 @@ from tracker.fetch.state import (
     temp_path,
 )
 from tracker.fetch.vouching import vouched_for
-from tracker.fetch.workers import Crew, StateSaver, watch_speed, worker
+from tracker.fetch.workers import FetchCrew, StateSaver, watch_speed, worker
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
 from tracker.observability.logs import log_event
@@ -202,12 +202,12 @@ async def _download_from(
     flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        return await _fill(Crew(client, settings, pieces, fd, progress), file, pool, ledger)
+        return await _fill(FetchCrew(client, settings, pieces, fd, progress), file, pool, ledger)
     finally:
         os.close(fd)
 
 
-async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -> Result:
+async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: str) -> Result:
     """Download the missing pieces into the crew's temp file, check the copy, and rename
     that very file into place."""
     name, pieces, fd, progress = file.file_name, crew.pieces, crew.fd, crew.progress
@@ -257,7 +257,7 @@ async def _fill(crew: Crew, file: RemoteFile, pool: list[Source], ledger: str) -
 
 
 async def _move_pieces(
-    crew: Crew, live: list[Source], saver: StateSaver, check: FollowingCheck | None
+    crew: FetchCrew, live: list[Source], saver: StateSaver, check: FollowingCheck | None
 ) -> None:
     """The workers and their helpers (state saves, the following check, the speed watch)
     until every worker ended."""
@@ -307,7 +307,7 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 
 async def _verify(
-    crew: Crew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
+    crew: FetchCrew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
 ) -> tuple[str, Proof, tuple[str, ...]]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
     told its end) and what its check proved (and the votes, with ``--rpc``), when it passes

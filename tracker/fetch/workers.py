@@ -2,7 +2,7 @@
 (:mod:`tracker.multisource.crew`): connection ``index`` asks the live sources of the pool in
 turn; a source slower than ``min_speed`` while another is left is dropped
 (:func:`watch_speed`, fetch's policy); the state file is saved as bytes land
-(:class:`StateSaver`). What the connections share is one :class:`Crew`; the engine's
+(:class:`StateSaver`). What the connections share is one :class:`FetchCrew`; the engine's
 blocking steps are looked up here at each call (``splice_to_file``, ``_write_all``,
 ``_fetch_claim``), where tests inject their faults."""
 
@@ -76,7 +76,7 @@ async def watch_speed(pool: list[Source], settings: FetchSettings) -> None:
 
 
 @attrs.frozen
-class Crew:
+class FetchCrew:
     """What the connections of one download share: the client they ask with, its tunables,
     the pieces they claim, the temp file they write (``fd``) and the progress shown; and
     the engine's crew made of them (:attr:`engine`)."""
@@ -110,7 +110,7 @@ class Crew:
         self.progress.add(count)
 
 
-async def worker(crew: Crew, index: int, pool: list[Source]) -> None:
+async def worker(crew: FetchCrew, index: int, pool: list[Source]) -> None:
     """Claim pieces and fetch them until none is left or no source is."""
     await engine.worker(crew.engine, index, pool)
 
