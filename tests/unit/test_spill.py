@@ -28,7 +28,7 @@ from tracker.proof.accounts.budget import (
     LOCKLESS_GRACE,
     PREFIX,
     AccountsLimits,
-    Held,
+    BudgetShare,
     MemoryBudget,
     clean_leftovers,
     running,
@@ -360,9 +360,9 @@ def test_the_count_bound_is_an_option_not_the_default() -> None:
 
 def test_a_proof_waits_for_the_room_another_holds() -> None:
     budget = MemoryBudget(1 << 20, room=1 << 20)
-    first = Held(budget)
+    first = BudgetShare(budget)
     assert first.start() and first.grow_to(1 << 20)
-    second = Held(budget)
+    second = BudgetShare(budget)
     started = threading.Event()
     waited: list[bool] = []
 
@@ -506,9 +506,9 @@ def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
     from tracker.proof.accounts.budget import CHECK_COST, FIXED_COST, shared_limits
 
     budget, _, _ = shared_limits(512 * 1024**2, 2)
-    started: list[Held] = []
+    started: list[BudgetShare] = []
     while True:
-        held = Held(budget)
+        held = BudgetShare(budget)
         if not held.start(cancelled=lambda: True):
             break
         started.append(held)
@@ -520,4 +520,4 @@ def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
     assert budget.used == 0
     # a budget below what the processes need bounds the index only: nothing reserved
     small, _, _ = shared_limits(64 * 1024**2, 2)
-    assert Held(small).reserved == 0
+    assert BudgetShare(small).reserved == 0

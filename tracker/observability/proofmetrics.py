@@ -1,7 +1,7 @@
 """The progress of the running accounts proofs, read at each scrape of ``/metrics``.
 
 A proof runs in a check's worker thread and counts what it did in its
-:class:`~tracker.proof.accounts.budget.Progress` (docs/architecture.md, "Bounded memory"); this
+:class:`~tracker.proof.accounts.budget.ProofCounters` (docs/architecture.md, "Bounded memory"); this
 collector sums those of the proofs running now, so that the series stay few (no label per
 archive) and cost nothing between scrapes.
 """
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from tracker.observability.collectors import PREFIX
 from tracker.proof.accounts.budget import MemoryBudget, running
 
-#: Each series: its name after the prefix, its help, the Progress field it sums.
+#: Each series: its name after the prefix, its help, the ProofCounters field it sums.
 SERIES = (
     ("accounts_proofs_running", "Accounts proofs running now.", None),
     ("accounts_proof_accounts", "Stored accounts the running proofs have read.", "records"),

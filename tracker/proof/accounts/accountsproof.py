@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_room
-from tracker.proof.accounts.budget import AccountsLimits, Held, Progress, track, untrack
+from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.formats import kernels
@@ -96,8 +96,8 @@ class AccountsProof:
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
-        self.held = Held(self.limits.shared())
-        self.progress = Progress()
+        self.held = BudgetShare(self.limits.shared())
+        self.progress = ProofCounters()
         self._note: str | None = None
         #: True once :meth:`finish` said why it could not end for a reason of this tracker's
         #: own (temporary space, files, memory, the hashing process), not the archive's.

@@ -4,13 +4,13 @@ Level ``accounts`` keeps an index of every pubkey of a full (docs/architecture.m
 accounts level" → "Bounded memory"). Its memory is bounded by a budget in bytes
 (``prove_accounts_memory``): :class:`MemoryBudget` is one budget, shared by every proof of a
 process (the daemon's concurrent checks: groups, refreshes, the restore at start), and
-:class:`Held` is one proof's part of it. A proof first waits for its floor (:func:`floor_of`:
+:class:`BudgetShare` is one proof's part of it. A proof first waits for its floor (:func:`floor_of`:
 what it needs to run at all, its run buffers), so that a check waits for room rather than
 going over; past the floor it grows only while the budget has room, and spills to disk when it
 has none, never waiting for another proof (two proofs waiting on each other would never end).
 
 :class:`AccountsLimits` is what a check is given: the budget, the temporary directory, the
-operator's optional bound on the accounts, the worker processes. :class:`Progress` is what a
+operator's optional bound on the accounts, the worker processes. :class:`ProofCounters` is what a
 running proof reports (the status page and the metrics read :func:`running`).
 """
 
@@ -210,7 +210,7 @@ class MemoryBudget:
             self._cond.notify_all()
 
 
-class Held:
+class BudgetShare:
     """One proof's part of a :class:`MemoryBudget`: :meth:`start` waits for the floor and
     the check's own :data:`CHECK_COST` (:attr:`reserved`, where the budget bounds the
     process), :meth:`grow_to` asks for more without waiting, :meth:`release` gives it all
@@ -333,7 +333,7 @@ class WorkerSlots:
 
 
 @attrs.define(eq=False, weakref_slot=True)
-class Progress:
+class ProofCounters:
     """What one running proof has done so far (read by other threads: plain counters)."""
 
     records: int = 0
@@ -344,23 +344,23 @@ class Progress:
     workers_busy: int = 0
 
 
-_RUNNING: weakref.WeakSet[Progress] = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[ProofCounters] = weakref.WeakSet()
 _RUNNING_LOCK = threading.Lock()
 
 
-def track(progress: Progress) -> None:
+def track(progress: ProofCounters) -> None:
     """Count ``progress`` among the running proofs until :func:`untrack`."""
     with _RUNNING_LOCK:
         _RUNNING.add(progress)
 
 
-def untrack(progress: Progress) -> None:
+def untrack(progress: ProofCounters) -> None:
     """The proof of ``progress`` ended."""
     with _RUNNING_LOCK:
         _RUNNING.discard(progress)
 
 
-def running() -> list[Progress]:
+def running() -> list[ProofCounters]:
     """The proofs running in this process now."""
     with _RUNNING_LOCK:
         return list(_RUNNING)
