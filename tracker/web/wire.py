@@ -29,7 +29,7 @@ from tracker.web.listings import Fragments
 
 
 @attrs.frozen
-class Held:
+class HeldProofs:
     """What the tracker holds of a file of a group: its verified copy, the statements of it."""
 
     verified: Callable[[str, SnapshotFile], Verified | None]
@@ -132,7 +132,7 @@ def source_json(
     *,
     files_base: str | None = None,
     here: str = "",
-    held: Held | None = None,
+    held: HeldProofs | None = None,
     predicted: float | None = None,
     node_version: str = "",
 ) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def _source_bytes(
         base,
         files_base=files_base,
         here=here,
-        held=Held(partial(held_copy, deps.digests), deps.attestations.documents_json),
+        held=HeldProofs(partial(held_copy, deps.digests), deps.attestations.documents_json),
         predicted=predicted,
         node_version=node_version,
     )
