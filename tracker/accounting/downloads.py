@@ -50,7 +50,7 @@ def _never() -> bool:
 RECLAIM_AFTER = 10.0
 
 
-class Holder(Protocol):
+class SlotHolder(Protocol):
     """What holds a slot: a client connection that can tell how long its client has taken
     nothing, and be given up on (tracker.zerocopy.connection.Connection)."""
 
@@ -87,7 +87,7 @@ class DownloadSlots:
         self.refused = 0
         self.reclaimed = 0
         #: The slots taken, and what holds each (None: nothing to reclaim it from).
-        self._held: dict[int, Holder | None] = {}
+        self._held: dict[int, SlotHolder | None] = {}
         self._tokens = itertools.count()
         # A slot may be released by the garbage collector, in whichever thread drops it.
         self._lock = threading.Lock()
@@ -97,10 +97,10 @@ class DownloadSlots:
         """Slots taken now."""
         return len(self._held)
 
-    def take(self, holder: Holder | None = None) -> Slot:
+    def take(self, holder: SlotHolder | None = None) -> DownloadSlot:
         """A slot for one answer held by ``holder``; when all are taken, the slot of a
         stalled client (see the class doc); RequestError(503) when there is none."""
-        victim: Holder | None = None
+        victim: SlotHolder | None = None
         with self._lock:
             if self.limit is not None and len(self._held) >= self.limit:
                 victim = self._reclaim_one()
@@ -111,9 +111,9 @@ class DownloadSlots:
             self._held[token] = holder
         if victim is not None:
             victim.reclaim()
-        return Slot(self, token)
+        return DownloadSlot(self, token)
 
-    def _reclaim_one(self) -> Holder | None:
+    def _reclaim_one(self) -> SlotHolder | None:
         """Uncount the slot of the longest stalled client (see :func:`reclaimable`)."""
         stalls = {key: h.stalled() for key, h in self._held.items() if h is not None}
         key = reclaimable(stalls, self.reclaim_after)
@@ -123,13 +123,13 @@ class DownloadSlots:
         return self._held.pop(key)
 
     def give_back(self, token: int) -> None:
-        """Slot ``token`` is free again (called once per slot, by :class:`Slot`; nothing for
+        """Slot ``token`` is free again (called once per slot, by :class:`DownloadSlot`; nothing for
         a slot that was reclaimed)."""
         with self._lock:
             self._held.pop(token, None)
 
 
-class Slot:
+class DownloadSlot:
     """One taken :class:`DownloadSlots` slot: released once, by :meth:`release` or when the
     slot is collected (an answer dropped before its body started,
     docs/architecture.md#traps-of-the-stack, 4)."""
@@ -152,7 +152,7 @@ class DownloadBody(WrappedBody):
         fields: dict[str, Any],
         expected: int | None,
         metrics: Metrics | None,
-        slot: Slot | None = None,
+        slot: DownloadSlot | None = None,
         *,
         connection: Connection | None = None,
         cut: Callable[[], bool] = _never,
@@ -207,7 +207,7 @@ def account_download(
     answer: Answer,
     method: str,
     metrics: Metrics | None,
-    slot: Slot | None = None,
+    slot: DownloadSlot | None = None,
     *,
     connection: Connection | None = None,
     cut: Callable[[], bool] = _never,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import quart
 
-from tracker.accounting.downloads import DownloadSlots, Slot, account_download
+from tracker.accounting.downloads import DownloadSlot, DownloadSlots, account_download
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import ArchiveName, SnapshotFile
 from tracker.core.text import wants_bytes
@@ -176,7 +176,7 @@ class Delivery:
 
     async def _answer(
         self, ask: Ask, group: str, archive: ArchiveName, *, root: bool
-    ) -> tuple[Slot | None, Answer]:
+    ) -> tuple[DownloadSlot | None, Answer]:
         """The answer, and the download slot it holds (None: a redirect, which holds none)."""
         name = archive.file_name
         found = self._index.find_file(group, name)
@@ -203,7 +203,7 @@ class Delivery:
             slot.release()
             raise
 
-    def _take_slot(self, ask: Ask) -> Slot:
+    def _take_slot(self, ask: Ask) -> DownloadSlot:
         try:
             # The connection can tell whether its client takes bytes (its slot may be
             # reclaimed when it does not); a connection of plain bytes cannot.
