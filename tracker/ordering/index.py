@@ -15,7 +15,7 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
 from tracker.core.trustscreen import TrustPolicy
 from tracker.ordering.holdings import Holdings, held_sources
-from tracker.ordering.predict import Ranking
+from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import RankedPairs, TimedGroups
 from tracker.ordering.rankparts import Built, Entry, copies_of, first
 from tracker.ordering.screens import Screens
@@ -98,7 +98,7 @@ class Index:
             self._screens.policies[group] = policy
             self._changed()
 
-    def set_ranking(self, group: str, ranking: Ranking | None) -> None:
+    def set_ranking(self, group: str, ranking: RankingSettings | None) -> None:
         """Rank ``group`` by ``ranking`` (None or ``by: slot``: by slot, docs/ranking.md)."""
         if self._timed.set(group, ranking):
             self._changed()

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 import attrs
 
 
-class Ranking(Protocol):
+class RankingSettings(Protocol):
     """The settings a prediction uses (the config's ``ranking`` section, docs/ranking.md):
     read-only, so the config's frozen value is one."""
 
@@ -50,13 +50,13 @@ class Download:
     throughput: float = 0.0
 
 
-def priced_throughput(measured: float, ranking: Ranking) -> float:
+def priced_throughput(measured: float, ranking: RankingSettings) -> float:
     """The throughput a download is priced at: ``measured`` once there is one (above 0),
     else the ranking's ``assumed_throughput`` (a source never measured, NaN included)."""
     return measured if measured > 0 else ranking.assumed_throughput
 
 
-def download_seconds(downloads: Sequence[Download], ranking: Ranking) -> float:
+def download_seconds(downloads: Sequence[Download], ranking: RankingSettings) -> float:
     """Seconds to download ``downloads`` one after the other."""
     total = 0.0
     for d in downloads:
@@ -64,7 +64,7 @@ def download_seconds(downloads: Sequence[Download], ranking: Ranking) -> float:
     return total
 
 
-def catch_up_seconds(slots_behind: float, ranking: Ranking) -> float:
+def catch_up_seconds(slots_behind: float, ranking: RankingSettings) -> float:
     """Seconds a node ``slots_behind`` the tip needs to reach it (infinite when it replays
     no faster than the cluster makes slots)."""
     if slots_behind <= 0:
@@ -76,7 +76,7 @@ def catch_up_seconds(slots_behind: float, ranking: Ranking) -> float:
 
 
 def predicted_seconds(
-    downloads: Sequence[Download], slot: int, tip: int, ranking: Ranking
+    downloads: Sequence[Download], slot: int, tip: int, ranking: RankingSettings
 ) -> float:
     """Seconds from "needs a snapshot" to "runs at the tip" for a pair whose newest archive
     is at ``slot`` and whose archives still to download are ``downloads``."""

@@ -18,7 +18,7 @@ import attrs
 from tracker.core.snapshotsources import SnapshotSource
 from tracker.ordering.predict import (
     Download,
-    Ranking,
+    RankingSettings,
     choose,
     download_seconds,
     predicted_seconds,
@@ -45,7 +45,7 @@ def rank_pairs(
     sources: list[SnapshotSource],
     fulls: list[SnapshotSource],
     tip: int,
-    ranking: Ranking,
+    ranking: RankingSettings,
     held: PairKey | None,
 ) -> RankedPairs:
     """Rank ``sources`` (best first by slot) by their pair's predicted seconds; ``fulls``
@@ -86,7 +86,7 @@ def _head(source: SnapshotSource) -> str:
 
 
 def _archives(
-    sources: list[SnapshotSource], ranking: Ranking
+    sources: list[SnapshotSource], ranking: RankingSettings
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Each archive's best throughput (measured, else assumed) and its size."""
     speeds: dict[str, float] = {}
@@ -131,11 +131,11 @@ class TimedGroups:
     ``switch_margin`` (docs/ranking.md)."""
 
     def __init__(self) -> None:
-        self._rankings: dict[str, Ranking] = {}
+        self._rankings: dict[str, RankingSettings] = {}
         self._pairs: dict[str, RankedPairs] = {}
         self._held: dict[str, PairKey] = {}
 
-    def set(self, group: str, ranking: Ranking | None) -> bool:
+    def set(self, group: str, ranking: RankingSettings | None) -> bool:
         """Rank ``group`` by ``ranking`` (None or ``by: slot``: not by time); whether that
         changed anything."""
         wanted = ranking if ranking is not None and ranking.by == "time_to_running" else None
