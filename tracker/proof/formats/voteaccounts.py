@@ -31,7 +31,7 @@ _PRIOR_VOTERS = 1545
 _TIMESTAMP = 16
 
 
-class _Frame:
+class _Cursor:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
@@ -63,7 +63,7 @@ def vote_state_problem(data: bytes) -> str | None:
         return "its vote state is of the old version 0.23.5"
     if version > 3:
         return f"its vote state has the unknown version {version}"
-    frame = _Frame(data)
+    frame = _Cursor(data)
     if version == 3:
         frame.at = 4 + 4 * 32 + 2 + 2 + 8
         tag = frame.tag()

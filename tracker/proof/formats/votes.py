@@ -58,7 +58,7 @@ class Voted:
     hash: bytes
 
 
-class Reader:
+class InstructionReader:
     """Bounded bincode reads of one instruction's data."""
 
     def __init__(self, data: bytes) -> None:
@@ -131,7 +131,7 @@ def decode_vote(data: bytes) -> Voted | None:
     does not decode as its kind."""
     if len(data) > MAX_DATA:
         raise VoteInvalid(f"{len(data)} bytes of instruction data")
-    reader = Reader(data)
+    reader = InstructionReader(data)
     kind = KINDS.get(reader.uint(4))
     if kind is None:
         return None
@@ -154,14 +154,14 @@ def decode_vote(data: bytes) -> Voted | None:
     return Voted(name, slot, voted)
 
 
-def _vote_slots(reader: Reader) -> int | None:
+def _vote_slots(reader: InstructionReader) -> int | None:
     last = None
     for _ in range(reader.length(8)):
         last = reader.uint(8)
     return last
 
 
-def _lockouts(reader: Reader) -> int | None:
+def _lockouts(reader: InstructionReader) -> int | None:
     last = None
     for _ in range(reader.length(12)):
         last = reader.uint(8)
@@ -170,7 +170,7 @@ def _lockouts(reader: Reader) -> int | None:
     return last
 
 
-def _compact_lockouts(reader: Reader) -> int | None:
+def _compact_lockouts(reader: InstructionReader) -> int | None:
     root = reader.uint(8)
     slot = 0 if root == _U64_MAX else root
     count = reader.short_len()
