@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from tracker.errors import SourceBusy
-from tracker.net.sourcelimits import BURST, UNCAPPED, Limits, Pacer, SourceLimits, source_of
+from tracker.net.sourcelimits import BURST, UNCAPPED, Limits, Pacer, SourceLimiter, source_of
 
 MiB = 1024 * 1024
 URL = "http://127.0.0.1:8899/snapshot-100-abc.tar.zst"
@@ -33,14 +33,14 @@ async def _paced(pacer: Pacer, total: int, chunk: int) -> float:
 async def test_the_rate_is_honoured_after_a_burst(
     autojump_clock: trio.testing.MockClock, rate: int, total: int, chunk: int
 ) -> None:
-    async with SourceLimits().transfer(URL, Limits(max_rate=rate), wait=0) as slot:
+    async with SourceLimiter().transfer(URL, Limits(max_rate=rate), wait=0) as slot:
         took = await _paced(slot.pacer, total, chunk)
     # An idle source may send BURST seconds' worth at once; then it is held to ``rate``.
     assert took == pytest.approx(total / rate - BURST, rel=0.02)
 
 
 async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> None:
-    limits = SourceLimits()
+    limits = SourceLimiter()
     async with limits.transfer(URL, Limits(), wait=0) as slot:
         assert slot.pacer is UNCAPPED
         assert await _paced(slot.pacer, 1024 * MiB, MiB) == 0.0
@@ -52,7 +52,7 @@ async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> Non
 async def test_transfers_of_one_source_share_its_rate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    limits = SourceLimits()
+    limits = SourceLimiter()
     caps = Limits(max_rate=MiB)
     took: list[float] = []
 
@@ -65,7 +65,7 @@ async def test_transfers_of_one_source_share_its_rate(
         nursery.start_soon(one, SAME)  # another file, the same source: the same budget
     assert max(took) == pytest.approx(8 - BURST, rel=0.03)
     took.clear()
-    limits = SourceLimits()  # idle sources again (the first one's budget is spent)
+    limits = SourceLimiter()  # idle sources again (the first one's budget is spent)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one, URL)
         nursery.start_soon(one, OTHER)  # another source: a budget of its own
@@ -75,7 +75,7 @@ async def test_transfers_of_one_source_share_its_rate(
 async def test_slots_are_counted_waited_for_and_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    limits = SourceLimits()
+    limits = SourceLimiter()
     caps = Limits(max_transfers=2)
     release = trio.Event()
 
@@ -110,7 +110,7 @@ async def test_slots_are_counted_waited_for_and_refused(
 async def test_a_cancelled_transfer_or_waiter_gives_its_slot_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    limits = SourceLimits()
+    limits = SourceLimiter()
     caps = Limits(max_transfers=1)
     async with trio.open_nursery() as nursery:
         holder = trio.CancelScope()
@@ -154,7 +154,7 @@ async def test_the_queue_is_bounded_in_length_and_time_and_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     events: list[str] = []
-    limits = SourceLimits(on_queue=events.append)
+    limits = SourceLimiter(on_queue=events.append)
     caps = Limits(max_transfers=1)
     release = trio.Event()
     got: list[float] = []

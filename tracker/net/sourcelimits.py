@@ -115,7 +115,7 @@ def _ignore(_event: QueueEvent) -> None:
     return None
 
 
-class SourceLimits:
+class SourceLimiter:
     """Transfer slots and rate per source (see the module doc)."""
 
     def __init__(

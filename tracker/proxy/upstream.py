@@ -66,7 +66,7 @@ from tracker.net.sourcelimits import (
     Pacer,
     QueueEvent,
     Slot,
-    SourceLimits,
+    SourceLimiter,
 )
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.ask import upstream_request_headers
@@ -186,7 +186,7 @@ class DownloadClients:
         self._transport = transport  # what every client's pool is wrapped in (download_client)
         #: Transfers and rate per source (``source_limits``), shared by every stream;
         #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
-        self.limits = SourceLimits() if on_queue is None else SourceLimits(on_queue=on_queue)
+        self.limits = SourceLimiter() if on_queue is None else SourceLimiter(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
         #: By TLS setting (None: the foreign client's key is "foreign").
