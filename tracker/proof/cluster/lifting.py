@@ -28,7 +28,7 @@ from tracker.errors import ArchiveInvalid, RequestError
 from tracker.proof.levels import Level, Proof, Voter, checked_for, required_for
 
 
-class Checking(Protocol):
+class GroupRequirement(Protocol):
     """What a refresh's check knows of its group (the cache's
     :class:`tracker.cache.checked.Checking`): the level it requires, who is asked and the
     validators that must be able to load it."""
@@ -43,7 +43,7 @@ class Checking(Protocol):
     def loadable_by(self) -> str | None: ...
 
 
-class CheckedFiles(Protocol):
+class HeldCopies(Protocol):
     """The copies a cache holds, as the lifting needs them (the cache's
     :class:`tracker.cache.checked.CheckedFiles`; its methods say what each does)."""
 
@@ -85,7 +85,7 @@ async def lifted(voter: Voter | None, name: str, proof: Proof) -> Proof:
     return await voter.lift(parsed.slot, proof)
 
 
-async def required_proof(checking: Checking, name: str, proof: Proof) -> Proof:
+async def required_proof(checking: GroupRequirement, name: str, proof: Proof) -> Proof:
     """``proof`` of a refresh of ``name`` that passed its check, once it meets its group's
     ``trust.require`` (``checking.require``) and its ``trust.loadable_by``; ArchiveInvalid
     (one line) when it does not. For ``cluster``, past what the check shows, the votes are
@@ -102,7 +102,7 @@ async def required_proof(checking: Checking, name: str, proof: Proof) -> Proof:
 
 
 async def keep_levels(
-    checked: CheckedFiles,
+    checked: HeldCopies,
     path_for: Callable[[str, str], str],
     report_size: Callable[[], None],
     *,
@@ -119,7 +119,7 @@ async def keep_levels(
 
 
 async def lift_held(
-    checked: CheckedFiles, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+    checked: HeldCopies, path_for: Callable[[str, str], str], report_size: Callable[[], None]
 ) -> None:
     """Ask the votes of every held copy they may lift (one after another: the voter keeps
     its tallies per slot and bank hash, and backs off a failure); a copy whose tally is
