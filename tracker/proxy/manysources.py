@@ -237,7 +237,7 @@ class _Measured:
 
 
 @attrs.frozen
-class Outcome:
+class Delivered:
     """What the sources of a refresh delivered: each one, its bytes and seconds."""
 
     sources: tuple[Source, ...]
@@ -261,7 +261,7 @@ async def fill_from_many(
     upstream_bytes: Callable[[int], None],
     flowing: Flowing | None,
     on_sources: Callable[[list[Source]], None],
-) -> Outcome:
+) -> Delivered:
     """Fill ``refresh`` (open, ``refresh.size`` bytes) from ``first`` (its answer, body
     unread) and the sources ``others`` at once; see the module doc. ``on_sources`` is told
     the sources once they are known (the status page reads their shares).
@@ -326,7 +326,7 @@ async def fill_from_many(
             stop()
         if peers.uses is not None:
             peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
-    outcome = Outcome(tuple(sources), trio.current_time() - started, written, keys)
+    outcome = Delivered(tuple(sources), trio.current_time() - started, written, keys)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
@@ -396,7 +396,7 @@ class Repair:
 
     peers: Peers
     refresh: Refresh
-    outcome: Outcome
+    outcome: Delivered
     liar_found: Callable[[TargetKey, str], None] = _no_one
     blame: list[TargetKey] = attrs.field(init=False)
 
