@@ -27,7 +27,6 @@ from tracker.config.files import signing
 from tracker.config.schema import Config
 from tracker.config.warnings import restart_needed
 from tracker.core.digests import Digests
-from tracker.core.trustscreen import TrustPolicy
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.learning.sync import Learning
@@ -39,6 +38,7 @@ from tracker.observability.logs import RecentEvents, log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.rejections import Rejections
+from tracker.ordering.trustscreen import SourceTrust
 from tracker.proof.archive.headproof import prove_head
 from tracker.proof.background.heads import HeadProofs, proven_only
 from tracker.proof.background.localfiles import LocalProofs, local_gated
@@ -252,7 +252,7 @@ def apply_trust(index: Index, config: Config) -> None:
     (docs/ranking.md); on start and every reload."""
     for group in config.target_groups:
         trust = group.trust
-        policy = TrustPolicy(
+        policy = SourceTrust(
             frozenset(trust.known_sources), trust.min_agreeing_sources, trust.max_slot_ahead
         )
         index.set_policy(group.group, policy)

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
-from tracker.core.trustscreen import TrustPolicy, is_known
+from tracker.core.snapshotsources import is_known
 from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.trustscreen import SourceTrust
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -166,7 +167,7 @@ def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> N
     """A re-rank reuses each unchanged target's sources, keys and fulls: after any sequence
     of changes (ranked after each one) the answers equal those of an index built afresh."""
     index = Index()
-    index.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
     applied: dict[TargetKey, tuple[list[SnapshotInfo], datetime]] = {}
     slot: int | None = None
     for n, (op, arg, chosen) in enumerate(ops):
@@ -183,7 +184,7 @@ def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> N
             index.set_cluster_slot(slot)
         index.sources("g")  # ranked after each change: the next one reuses what it can
     fresh = Index()
-    fresh.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    fresh.set_policy("g", SourceTrust(min_agreeing_sources=2))
     fresh.set_cluster_slot(slot)
     for key, (its_infos, at) in applied.items():
         fresh.apply(key, its_infos, at)
@@ -204,18 +205,18 @@ BOGUS = "snapshot-18446744073709551615-H.tar.zst"
     ("holders", "policy", "ranked"),
     [
         # (configured, discovered) targets advertising the bogus full; is it ranked?
-        ((0, 1), TrustPolicy(), False),  # one discovered node alone never wins
-        ((0, 2), TrustPolicy(), True),
-        ((1, 0), TrustPolicy(), True),  # the operator's own target: as configured (1)
-        ((1, 1), TrustPolicy(), True),
-        ((0, 2), TrustPolicy(min_agreeing_sources=3), False),
-        ((0, 3), TrustPolicy(min_agreeing_sources=3), True),
-        ((1, 0), TrustPolicy(min_agreeing_sources=2), False),
-        ((0, 1), TrustPolicy(known_sources=frozenset({"http://d0"})), True),  # trusted
+        ((0, 1), SourceTrust(), False),  # one discovered node alone never wins
+        ((0, 2), SourceTrust(), True),
+        ((1, 0), SourceTrust(), True),  # the operator's own target: as configured (1)
+        ((1, 1), SourceTrust(), True),
+        ((0, 2), SourceTrust(min_agreeing_sources=3), False),
+        ((0, 3), SourceTrust(min_agreeing_sources=3), True),
+        ((1, 0), SourceTrust(min_agreeing_sources=2), False),
+        ((0, 1), SourceTrust(known_sources=frozenset({"http://d0"})), True),  # trusted
     ],
 )
 def test_discovered_nodes_alone_need_two_agreeing(
-    holders: tuple[int, int], policy: TrustPolicy, ranked: bool
+    holders: tuple[int, int], policy: SourceTrust, ranked: bool
 ) -> None:
     """Beside them, three discovered nodes advertise slot 100; the group's best full is the
     bogus slot only when its holders pass the trust rules."""
@@ -257,7 +258,7 @@ def test_a_known_host_port_decides_the_hash() -> None:
     """A sidecar at a known host:port wins its slot's hash against two other targets."""
     other = "snapshot-100-" + base58.b58encode(bytes(32)).decode() + ".tar.zst"
     index = Index()
-    index.set_policy("g", TrustPolicy(known_sources=frozenset({"10.0.0.1:13080"})))
+    index.set_policy("g", SourceTrust(known_sources=frozenset({"10.0.0.1:13080"})))
     index.apply(TargetKey("g", "http://10.0.0.1:13080"), infos(FULL), T0)
     index.apply(TargetKey("g", "http://10.0.0.2:13080"), infos(other), T0)
     index.apply(TargetKey("g", "http://10.0.0.3:13080"), infos(other), T0)
@@ -284,7 +285,7 @@ def test_a_disproven_copy_is_not_ranked_and_its_chain_goes_with_it() -> None:
 
 def test_disproving_screens_alongside_the_trust_policy() -> None:
     index = Index()
-    index.set_policy("g", TrustPolicy(min_agreeing_sources=2))
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
     a, b, c = TargetKey("g", "a"), TargetKey("g", "b"), TargetKey("g", "c")
     for key in (a, b, c):
         index.apply(key, infos("snapshot-100-H.tar"), T0)

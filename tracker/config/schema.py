@@ -143,7 +143,7 @@ class ClusterDiscovery:
 @attrs.frozen
 class Trust:
     """Which advertised snapshots may be ranked (docs/http-api.md#trust,
-    :mod:`tracker.core.trustscreen`)."""
+    :mod:`tracker.ordering.trustscreen`)."""
 
     known_sources: tuple[str, ...] = ()
     min_agreeing_sources: int = 1

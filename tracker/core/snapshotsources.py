@@ -1,13 +1,17 @@
 """A snapshot as one target holds it, and the target's identity: the values the index ranks.
 
 Pure values (no clock, no I/O), apart from the index so that the ranking modules
-(:mod:`tracker.ordering.ranking`) and the index share them.
+(:mod:`tracker.ordering.ranking`) and the index share them; with the one rule of which
+targets a group knows (:func:`is_known`, ``trust.known_sources``), which the ranking's trust
+screen (:mod:`tracker.ordering.trustscreen`), the config's warnings and the cache's mixed
+copies share.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Set
 from datetime import datetime
 from typing import NamedTuple
 
@@ -81,3 +85,19 @@ class SourceFile:
 def _reverse(text: str) -> str:
     # Descending sort of the whole key must list equal-rank targets in ascending name order.
     return "".join(chr(0x10FFFF - ord(c)) for c in text)
+
+
+#: Distinct sources that must agree on a (slot, hash) only discovered nodes advertise.
+MIN_DISCOVERED_AGREEING = 2
+
+
+def is_known(target: str, known_sources: Set[str]) -> bool:
+    """True when ``target`` (a target's URL or path) is one of ``known_sources``: the same
+    URL or path, or its ``host:port`` (an entry that names every target at that address)."""
+    if target in known_sources:
+        return True
+    _scheme, sep, rest = target.partition("://")
+    if not sep:
+        return False
+    authority = rest.split("/", 1)[0].rpartition("@")[2]
+    return authority in known_sources

@@ -13,13 +13,13 @@ from typing import Any
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.core.trustscreen import TrustPolicy
 from tracker.ordering.holdings import Holdings, held_sources
 from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import RankedPairs, TimedGroups
 from tracker.ordering.rankparts import Built, Entry, copies_of, first
 from tracker.ordering.screens import Screens
 from tracker.ordering.throughputs import Kind, Throughputs
+from tracker.ordering.trustscreen import SourceTrust
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -92,7 +92,7 @@ class Index:
         if entries:
             self._changed()
 
-    def set_policy(self, group: str, policy: TrustPolicy) -> None:
+    def set_policy(self, group: str, policy: SourceTrust) -> None:
         """Use ``policy`` to screen what ``group``'s targets advertise (docs/http-api.md#trust)."""
         if self._screens.policies.get(group) != policy:
             self._screens.policies[group] = policy

@@ -1,8 +1,8 @@
 """What each target of a group may contribute to its ranking (pure; docs/http-api.md#trust,
-"Proven archives"): the group's trust policy and the cluster's slot
-(:mod:`tracker.core.trustscreen`), the copies a proof refused (:mod:`tracker.ordering.disproven`)
-and, in a group that ranks proven copies only, the copies not proven yet
-(:mod:`tracker.ordering.provenonly`).
+"Proven archives"): the group's trust in its sources and the cluster's slot
+(:mod:`tracker.ordering.trustscreen`), the copies a proof refused
+(:mod:`tracker.ordering.disproven`) and, in a group that ranks proven copies only, the
+copies not proven yet (:mod:`tracker.ordering.provenonly`).
 
 The index asks :meth:`Screens.group` once per group and re-ranking; what a re-ranking found
 (the targets whose hash lost, the copies left out with their reasons, what a group that ranks
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.core.trustscreen import TrustPolicy, needs_screening, screen
 from tracker.ordering.disproven import Disproven
 from tracker.ordering.provenonly import ProvenOnly, best_unproven
 from tracker.ordering.rankparts import Entry
+from tracker.ordering.trustscreen import SourceTrust, needs_screening, screen
 
 #: A target of a group that ranks proven copies only, as it would rank were every copy
 #: proven: its entry, its speed, its expected speed and what it may contribute.
@@ -29,7 +29,7 @@ class Screens:
     """Every group's screens, and what the last re-ranking found."""
 
     def __init__(self) -> None:
-        self.policies: dict[str, TrustPolicy] = {}
+        self.policies: dict[str, SourceTrust] = {}
         #: The cluster's current slot (None: unknown): snapshots far above it are not ranked.
         self.cluster_slot: int | None = None
         #: Copies a proof showed below their group's level: never ranked.
@@ -56,7 +56,7 @@ class Screens:
         """What each target of ``group`` (its ``entries``) may contribute to the ranking (a
         target not in the answer: all it advertises); ``speeds`` and ``typical`` (the group's
         median) are kept with what it would rank were every copy proven."""
-        policy = self.policies.get(group, TrustPolicy())
+        policy = self.policies.get(group, SourceTrust())
         screened = _screen(entries, policy, self.cluster_slot, self.mismatches)
         if self.disproven.view():  # rare: only copies a proof refused
             self.disproven.screen({k: e.infos for k, e in entries.items()}, screened)
@@ -94,7 +94,7 @@ class Screens:
 
 def _screen(
     entries: dict[TargetKey, Entry],
-    policy: TrustPolicy,
+    policy: SourceTrust,
     cluster_slot: int | None,
     mismatches: dict[TargetKey, str],
 ) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:

@@ -2,7 +2,8 @@
 
 What a source says is data, not authority. A (slot, hash) advertised by a *known source*
 (``trust.known_sources``) is trusted; otherwise it is ranked only once ``min_agreeing_sources``
-distinct targets advertise it, and at least :data:`MIN_DISCOVERED_AGREEING` when only
+distinct targets advertise it, and at least
+:data:`~tracker.core.snapshotsources.MIN_DISCOVERED_AGREEING` when only
 discovered nodes (cluster discovery: addresses from the network) advertise it, so that one node
 alone never wins whatever the config says. When targets advertise different hashes for one
 slot, the trusted hash wins, else the one most targets advertise (ties: none wins), and every
@@ -20,11 +21,13 @@ from typing import Generic, TypeVar
 import attrs
 
 from tracker.core.snapshots import SnapshotInfo
+from tracker.core.snapshotsources import MIN_DISCOVERED_AGREEING, is_known
 
 
 @attrs.frozen
-class TrustPolicy:
-    """A group's trust settings (the defaults trust everything, as before §11)."""
+class SourceTrust:
+    """A group's trust in its sources, from its ``trust`` settings (the defaults trust
+    everything)."""
 
     known_sources: frozenset[str] = frozenset()
     min_agreeing_sources: int = 1
@@ -32,9 +35,6 @@ class TrustPolicy:
 
 
 K = TypeVar("K", bound=Hashable)
-
-#: Distinct sources that must agree on a (slot, hash) only discovered nodes advertise.
-MIN_DISCOVERED_AGREEING = 2
 
 
 @attrs.frozen
@@ -50,7 +50,7 @@ class Screened(Generic[K]):
 
 def screen(
     advertised: Mapping[K, tuple[tuple[SnapshotInfo, ...], str]],
-    policy: TrustPolicy,
+    policy: SourceTrust,
     cluster_slot: int | None = None,
     discovered: Set[K] = frozenset(),
 ) -> Screened[K]:
@@ -97,25 +97,13 @@ def screen(
     return Screened(kept, mismatches)
 
 
-def is_known(target: str, known_sources: Set[str]) -> bool:
-    """True when ``target`` (a target's URL or path) is one of ``known_sources``: the same
-    URL or path, or its ``host:port`` (an entry that names every target at that address)."""
-    if target in known_sources:
-        return True
-    _scheme, sep, rest = target.partition("://")
-    if not sep:
-        return False
-    authority = rest.split("/", 1)[0].rpartition("@")[2]
-    return authority in known_sources
-
-
-def needs_screening(policy: TrustPolicy, cluster_slot: int | None, discovered: bool) -> bool:
+def needs_screening(policy: SourceTrust, cluster_slot: int | None, discovered: bool) -> bool:
     """False when :func:`screen` would pass everything: the default policy, no cluster slot
     and no discovered node among the targets."""
-    return policy != TrustPolicy() or cluster_slot is not None or discovered
+    return policy != SourceTrust() or cluster_slot is not None or discovered
 
 
-def _agreeing(policy: TrustPolicy, holders: set[K], discovered: Set[K]) -> int:
+def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
     """How many distinct holders a (slot, hash) that is not trusted needs."""
     if discovered and holders <= discovered:
         return max(policy.min_agreeing_sources, MIN_DISCOVERED_AGREEING)
