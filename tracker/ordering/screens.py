@@ -1,8 +1,8 @@
 """What each target of a group may contribute to its ranking (pure; docs/http-api.md#trust,
 "Proven archives"): the group's trust in its sources and the cluster's slot
-(:mod:`tracker.ordering.trustscreen`), the copies a proof refused
-(:mod:`tracker.ordering.disproven`) and, in a group that ranks proven copies only, the
-copies not proven yet (:mod:`tracker.ordering.provenonly`).
+(:mod:`tracker.ordering.trustscreen`), the copies a proof refused (:class:`Disproven`) and, in a
+group that ranks proven copies only, the copies not proven yet
+(:mod:`tracker.ordering.provenonly`).
 
 The index asks :meth:`Screens.group` once per group and re-ranking; what a re-ranking found
 (the targets whose hash lost, the copies left out with their reasons, what a group that ranks
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.ordering.disproven import Disproven
 from tracker.ordering.provenonly import ProvenOnly, best_unproven
 from tracker.ordering.rankparts import Entry
 from tracker.ordering.trustscreen import SourceTrust, needs_screening, screen
@@ -23,6 +22,51 @@ from tracker.ordering.trustscreen import SourceTrust, needs_screening, screen
 #: A target of a group that ranks proven copies only, as it would rank were every copy
 #: proven: its entry, its speed, its expected speed and what it may contribute.
 Unproven = tuple[TargetKey, Entry, float, float, tuple[SnapshotInfo, ...]]
+
+
+class Disproven:
+    """The copies a proof showed below their group's level, kept out of the ranking, by
+    target, each with its reason (docs/architecture.md, "Proven archives").
+
+    A copy is one target's copy of one archive: another target's copy of the same name may
+    be fine (archives of one slot and hash made by different nodes are different bytes). A
+    chain that needs a refused copy goes with it: an incremental is of no use without its
+    full."""
+
+    def __init__(self) -> None:
+        self._held: dict[TargetKey, dict[str, str]] = {}
+
+    def set(self, key: TargetKey, name: str, reason: str | None) -> bool:
+        """``key``'s copy of ``name`` is refused for ``reason`` (None: it is not);
+        True when that changed anything."""
+        held = self._held.get(key, {})
+        if held.get(name) == reason:
+            return False
+        if reason is None:
+            held.pop(name, None)
+        else:
+            held[name] = reason
+        if held:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+        return True
+
+    def view(self) -> Mapping[TargetKey, Mapping[str, str]]:
+        """Every refused copy, by target, with its reason (do not modify)."""
+        return self._held
+
+    def screen(
+        self,
+        infos: Mapping[TargetKey, tuple[SnapshotInfo, ...]],
+        kept: dict[TargetKey, tuple[SnapshotInfo, ...]],
+    ) -> None:
+        """Drop from ``kept`` (what each target may contribute; a target not in it keeps
+        all of ``infos``) every info whose chain holds a refused copy of that target."""
+        for key, names in self._held.items():  # few: only copies a proof refused
+            if key in infos:
+                mine = kept.get(key, infos[key])
+                kept[key] = tuple(i for i in mine if not any(f.bare_name in names for f in i.files))
 
 
 class Screens:
