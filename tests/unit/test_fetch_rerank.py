@@ -10,7 +10,7 @@ import pytest
 from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, snapshots_from_json
-from tracker.fetch.rerank import rerank
+from tracker.fetch.run import rerank
 
 H = base58.b58encode(bytes(range(32))).decode()
 MB = 1_000_000

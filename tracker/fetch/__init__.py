@@ -2,7 +2,7 @@
 ledger").
 
 ``run`` orchestrates; ``listing`` reads what is on offer (the tracker's JSON, or validators'
-aliases); ``plan`` decides what to download and ``rerank`` prices the tracker's pairs again
+aliases); ``plan`` decides what to download and ``run.rerank`` prices the tracker's pairs again
 with the ledger's files; ``download`` moves one archive with parallel ``Range`` requests over
 the sources proven to hold the same bytes, and checks it before the rename into the ledger,
 with ``workers`` (the connections that move the bytes, the state file's saves) and
