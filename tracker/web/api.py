@@ -1,15 +1,16 @@
 """The public HTTP API (§7): JSON listings, short redirects and concrete archive routes.
 
-Routes only: parsing lives in :mod:`tracker.web.queries`, the byte path in
-:mod:`tracker.web.delivery`, the ranking in :mod:`tracker.ordering.index`. ``create_app`` takes
-every dependency; nothing is global.
+Routes only, with the tracker's own base URL as clients see it (:func:`public_base`):
+parsing lives in :mod:`tracker.web.queries`, the byte path in :mod:`tracker.web.delivery`, the
+ranking in :mod:`tracker.ordering.index`. ``create_app`` takes every dependency; nothing is
+global.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from tracker.config.schema import Config
 from tracker.core.digests import sha256sum_line
+from tracker.core.hosts import is_authority
 from tracker.errors import RequestError
 from tracker.observability.redact import redact_url
 from tracker.ordering.index import SnapshotSource
@@ -35,7 +37,6 @@ from tracker.web.queries import (
     resolve_group,
 )
 from tracker.web.shortcuts import SHORT_NAMES, best_source, short_answer
-from tracker.web.urls import public_base
 from tracker.web.wire import listing_body, statements_json, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
@@ -129,6 +130,25 @@ def _register_errors(app: QuartTrio) -> None:
     async def unexpected(exc: Exception) -> quart.Response:
         app.logger.exception("unhandled error on %s", quart.request.path)
         return _error(500, "internal error")
+
+
+# What may appear in a Host / X-Forwarded-Host value we echo back into URLs: a host name, an
+# IPv4 or bracketed IPv6 address, and a port (core.hosts). Anything else falls back to the
+# request's Host.
+
+
+def public_base(public_url: str, headers: Mapping[str, str], scheme: str, host: str) -> str:
+    """The tracker's own base URL as clients see it (proxy mode rewrites JSON URLs with it):
+    ``public_url`` (trailing slash dropped), else X-Forwarded-Proto/Host, else the request."""
+    if public_url:
+        return public_url.rstrip("/")
+    proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    fwd_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    if proto not in ("http", "https"):
+        proto = scheme if scheme in ("http", "https") else "http"
+    if not is_authority(fwd_host):
+        fwd_host = host if is_authority(host) else "localhost"
+    return f"{proto}://{fwd_host}"
 
 
 def _base_url(config: Config) -> str | None:
