@@ -1,10 +1,12 @@
-"""No two modules of tracker/ share a file name (``__init__.py`` apart): a module is named for
-what it holds, and a name that stands in two packages says two things (``health``: a target's,
-the store's, the API's?) and makes a traceback or a grep ambiguous (docs/architecture.md,
-"Packages and their layers")."""
+"""No two modules of tracker/ share a file name (``__init__.py`` apart), and no two define a
+class of the same name: a module or a type is named for what it holds, and a name that stands
+in two places says two things (``health``: a target's, the store's, the API's?; ``Held``: an
+archive held, a proof's share of the memory?) and makes a traceback or a grep ambiguous
+(docs/architecture.md, "Packages and their layers")."""
 
 from __future__ import annotations
 
+import ast
 from collections import defaultdict
 from pathlib import Path
 
@@ -62,3 +64,42 @@ def test_the_allow_list_names_only_what_is_still_shared() -> None:
     shared = shared_names(package_paths())
     stale = sorted(name for name, found in ALLOWED.items() if shared.get(name) != found)
     assert not stale, f"no longer shared as listed: update ALLOWED: {stale}"
+
+
+def shared_class_names(sources: dict[str, str]) -> dict[str, set[str]]:
+    """The names of the classes defined at the top of more than one of ``sources`` (path →
+    source text), each with the paths that define it."""
+    by_name: dict[str, set[str]] = defaultdict(set)
+    for path, text in sources.items():
+        for node in ast.parse(text, filename=path).body:
+            if isinstance(node, ast.ClassDef):
+                by_name[node.name].add(path)
+    return {name: found for name, found in by_name.items() if len(found) > 1}
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        ({}, {}),
+        ({"a.py": "class Held: ...\n", "b.py": "class Holdings: ...\n"}, {}),
+        ({"a.py": "class Held: ...\nclass Held2: ...\n", "b.py": "x = 1\n"}, {}),
+        (
+            {"a.py": "class Held: ...\n", "b/c.py": "import x\n\n\nclass Held(Protocol): ...\n"},
+            {"Held": {"a.py", "b/c.py"}},
+        ),
+        (
+            {"a.py": "class _Frame: ...\n", "b.py": "class _Frame: ...\n", "c.py": "Held = int\n"},
+            {"_Frame": {"a.py", "b.py"}},
+        ),
+        # a class inside a function or a class is that scope's, not the package's
+        ({"a.py": "class Held: ...\n", "b.py": "def f():\n    class Held: ...\n"}, {}),
+    ],
+)
+def test_shared_class_names(sources: dict[str, str], expected: dict[str, set[str]]) -> None:
+    assert shared_class_names(sources) == expected
+
+
+def test_no_two_modules_define_a_class_of_the_same_name() -> None:
+    sources = {path: (PACKAGE / path).read_text() for path in package_paths()}
+    shared = shared_class_names(sources)
+    assert not shared, f"name each class for what it is: {shared}"
