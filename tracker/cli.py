@@ -52,14 +52,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("tracker.cli")
 
 
-class Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """An argument parser that takes no flag by a prefix of its name (a mistyped flag is
     named, not guessed) and knows its flags and subcommands."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
-        self.commands: dict[str, Parser] = {}
+        self.commands: dict[str, CommandParser] = {}
 
     def options(self) -> list[argparse.Action]:
         """The actions of the flags (not of the positional arguments)."""
@@ -73,9 +73,9 @@ def _config_command(commands: Any, name: str, summary: str, description: str) ->
     return command
 
 
-def build_parser() -> Parser:
+def build_parser() -> CommandParser:
     """The argument parser (argparse exits 2 on usage errors, as the contract wants)."""
-    parser = Parser(
+    parser = CommandParser(
         prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -132,7 +132,7 @@ def build_parser() -> Parser:
     return parser
 
 
-def unknown_flag(parser: Parser, argv: Sequence[str]) -> str:
+def unknown_flag(parser: CommandParser, argv: Sequence[str]) -> str:
     """The usage error for the first flag ``argv`` gives its subcommand that it does not
     know (with the closest known one), "" when there is none: argparse reports a missing
     required flag first, so ``serve --conifg x`` would only say that ``--config`` is

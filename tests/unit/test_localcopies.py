@@ -15,7 +15,7 @@ from tracker.proof.levels import Level, Proof
 from tracker.proof.records.localcopies import (
     NOT_YET,
     Checked,
-    Identity,
+    FileIdentity,
     LocalCopy,
     Standing,
     admission,
@@ -31,14 +31,14 @@ FULL = f"snapshot-100-{H}.tar.zst"
 INC = f"incremental-snapshot-100-160-{H}.tar.zst"
 KEY = TargetKey("g", "/ledger")
 A, B = LocalCopy(KEY, FULL, f"/ledger/{FULL}"), LocalCopy(KEY, INC, f"/ledger/{INC}")
-ONE: Identity = (1, 10, 500, 7)
+ONE: FileIdentity = (1, 10, 500, 7)
 SHA = "ab" * 32
 ACCOUNTS = Proof(Level.ACCOUNTS, H, "FF2m")
 MANIFEST = Proof(Level.MANIFEST, H, "FF2m")
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 
 
-def passed(proof: Proof = ACCOUNTS, identity: Identity = ONE) -> Checked:
+def passed(proof: Proof = ACCOUNTS, identity: FileIdentity = ONE) -> Checked:
     return Checked(identity, Verified(SHA, proof, 500, 1_000.0))
 
 
@@ -62,7 +62,7 @@ def passed(proof: Proof = ACCOUNTS, identity: Identity = ONE) -> Checked:
     ],
 )
 def test_which_local_files_are_checked(
-    found: list[tuple[LocalCopy, Identity | None]],
+    found: list[tuple[LocalCopy, FileIdentity | None]],
     checked: dict[str, Checked],
     tried: dict[str, float],
     due: list[LocalCopy],
@@ -237,7 +237,7 @@ def test_a_local_target_s_files_in_v1_targets() -> None:
     ]
 
 
-OTHER: Identity = (1, 99, 500, 7)
+OTHER: FileIdentity = (1, 99, 500, 7)
 
 
 @pytest.mark.parametrize(
@@ -280,6 +280,6 @@ OTHER: Identity = (1, 99, 500, 7)
     ],
 )
 def test_whether_a_local_file_as_opened_may_be_served(
-    done: Checked | None, opened: Identity, required: Level | None, expected: tuple[str, str]
+    done: Checked | None, opened: FileIdentity, required: Level | None, expected: tuple[str, str]
 ) -> None:
     assert admission(done, opened, required, FULL) == expected

@@ -66,15 +66,38 @@ def test_the_allow_list_names_only_what_is_still_shared() -> None:
     assert not stale, f"no longer shared as listed: update ALLOWED: {stale}"
 
 
+def _type_alias(node: ast.stmt) -> str | None:
+    """The name ``node`` gives a type at the top of a module (``Outcome = Literal[...]``,
+    ``Lanes = NDArray[...]``, ``Answer = tuple[...] | None``, ``X: TypeAlias = ...``), else
+    None; a constant (``MiB = 1 << 20``, ``KINDS = (...)``) is no type."""
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id if ast.unparse(node.annotation).endswith("TypeAlias") else None
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+        return None
+    target, value = node.targets[0], node.value
+    is_type = isinstance(value, ast.Subscript) or (
+        isinstance(value, ast.BinOp) and isinstance(value.op, ast.BitOr)
+    )
+    if isinstance(target, ast.Name) and target.id[:1].isupper() and not target.id.isupper():
+        return target.id if is_type else None
+    return None
+
+
 def shared_class_names(sources: dict[str, str]) -> dict[str, set[str]]:
     """The names of the classes defined at the top of more than one of ``sources`` (path →
-    source text), each with the paths that define it."""
-    by_name: dict[str, set[str]] = defaultdict(set)
+    source text), or at the top of one and given to a type alias at the top of another, each
+    with the paths that define it (aliases of one name in modules without such a class are
+    not classes: not counted)."""
+    classes: dict[str, set[str]] = defaultdict(set)
+    aliases: dict[str, set[str]] = defaultdict(set)
     for path, text in sources.items():
         for node in ast.parse(text, filename=path).body:
             if isinstance(node, ast.ClassDef):
-                by_name[node.name].add(path)
-    return {name: found for name, found in by_name.items() if len(found) > 1}
+                classes[node.name].add(path)
+            elif (alias := _type_alias(node)) is not None:
+                aliases[alias].add(path)
+    named = {name: found | aliases.get(name, set()) for name, found in classes.items()}
+    return {name: found for name, found in named.items() if len(found) > 1}
 
 
 @pytest.mark.parametrize(
@@ -93,6 +116,22 @@ def shared_class_names(sources: dict[str, str]) -> dict[str, set[str]]:
         ),
         # a class inside a function or a class is that scope's, not the package's
         ({"a.py": "class Held: ...\n", "b.py": "def f():\n    class Held: ...\n"}, {}),
+        # a class in one module, a type of the same name in another
+        (
+            {"a.py": "class Outcome: ...\n", "b.py": "Outcome = Literal['hit', 'miss']\n"},
+            {"Outcome": {"a.py", "b.py"}},
+        ),
+        (
+            {"a.py": "class Lanes: ...\n", "b.py": "Lanes: TypeAlias = list[int]\n"},
+            {"Lanes": {"a.py", "b.py"}},
+        ),
+        (
+            {"a.py": "class Answer: ...\n", "b.py": "Answer = int | None\n"},
+            {"Answer": {"a.py", "b.py"}},
+        ),
+        # constants, and types of one name in modules without such a class, are no classes
+        ({"a.py": "class MiB: ...\n", "b.py": "MiB = 1 << 20\nKINDS = X[0]\n"}, {}),
+        ({"a.py": "Kind = Literal['a']\n", "b.py": "Kind = Literal['b']\n"}, {}),
     ],
 )
 def test_shared_class_names(sources: dict[str, str], expected: dict[str, set[str]]) -> None:

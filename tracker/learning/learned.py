@@ -38,7 +38,7 @@ MAX_WALL = 1e10
 MAX_BPS = 1e12
 
 #: Per source: (bytes per second, wall-clock time measured).
-Throughputs = Mapping[TargetKey, tuple[float, float]]
+Speeds = Mapping[TargetKey, tuple[float, float]]
 
 
 @attrs.frozen
@@ -46,9 +46,9 @@ class Learned:
     """Throughputs (probed, then achieved by real transfers) and rejections with wall-clock
     times (``Rejection.until`` too)."""
 
-    throughputs: Throughputs = attrs.Factory(dict)
+    throughputs: Speeds = attrs.Factory(dict)
     rejections: tuple[Rejection, ...] = ()
-    achieved: Throughputs = attrs.Factory(dict)
+    achieved: Speeds = attrs.Factory(dict)
     #: Entries of the document read that were not kept (not what :func:`encode` writes).
     dropped: int = 0
 
@@ -103,7 +103,7 @@ def merge(documents: Iterable[Learned]) -> Learned:
     return Learned(speeds, tuple(held.values()), achieved)
 
 
-def _newest(into: dict[TargetKey, tuple[float, float]], speeds: Throughputs) -> None:
+def _newest(into: dict[TargetKey, tuple[float, float]], speeds: Speeds) -> None:
     """Per source of ``speeds``, its measurement into ``into`` unless that one is newer."""
     for key, (rate, at) in speeds.items():
         if key not in into or into[key][1] < at:
@@ -157,7 +157,7 @@ def decode(data: bytes) -> Learned:
     return Learned(speeds, tuple(held), achieved, dropped)
 
 
-def _speeds_json(speeds: Throughputs) -> list[dict[str, object]]:
+def _speeds_json(speeds: Speeds) -> list[dict[str, object]]:
     """The newest :data:`MAX_THROUGHPUTS` of ``speeds`` as JSON entries."""
     newest = sorted(speeds.items(), key=lambda item: -item[1][1])[:MAX_THROUGHPUTS]
     return [{**_key_json(key), "bps": rate, "at": at} for key, (rate, at) in newest]

@@ -16,7 +16,7 @@ from tracker.ordering.index import TargetKey
 MIN_ELAPSED = 0.2
 
 
-class Measured(Protocol):
+class OpenTransfer(Protocol):
     """An open upstream answer: bytes it delivered so far since it opened."""
 
     @property
@@ -34,9 +34,9 @@ class Flowing:
     """The open upstream answers by source (the pumps register theirs)."""
 
     def __init__(self) -> None:
-        self._open: dict[TargetKey, list[Measured]] = {}
+        self._open: dict[TargetKey, list[OpenTransfer]] = {}
 
-    def start(self, key: TargetKey, source: Measured) -> Callable[[], None]:
+    def start(self, key: TargetKey, source: OpenTransfer) -> Callable[[], None]:
         """``source`` delivers bytes from ``key`` until the returned function is called."""
         self._open.setdefault(key, []).append(source)
 

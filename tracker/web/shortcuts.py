@@ -43,7 +43,7 @@ SHORT_NAMES = {
 _TEXT = (b"content-type", b"text/plain")
 _NO_SNAPSHOT = b"no snapshot available\n"
 
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+RawAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 def best_source(index: Index, group: str, kind: str) -> SnapshotSource | None:
@@ -124,7 +124,7 @@ class FastRedirects:
             self._on_response(rule, status, time.monotonic() - began)
         await send({"type": "http.response.body", "body": b"" if head else body})
 
-    async def _bucket(self, scope: Any, path: str) -> tuple[Answer | None, str]:
+    async def _bucket(self, scope: Any, path: str) -> tuple[RawAnswer | None, str]:
         """A GET of ``/v1/{group}/{name}`` or ``/{name}`` that the object store answers with
         a 303 (and the route's rule, for the metrics)."""
         parts = path.split("/")
@@ -147,7 +147,7 @@ class FastRedirects:
             return None, ""
         return _redirect(location), rule
 
-    def _answer(self, scope: Any, kind: str, alias: bool) -> Answer | None:
+    def _answer(self, scope: Any, kind: str, alias: bool) -> RawAnswer | None:
         """The answer, or None when Quart must give it (an error with its own wording)."""
         config = self._deps.config()
         if alias:
@@ -173,7 +173,7 @@ def _first_values(query: bytes) -> dict[str, str]:
     return values
 
 
-def _redirect(location: str) -> Answer | None:
+def _redirect(location: str) -> RawAnswer | None:
     """A 303 as :func:`tracker.web.delivery.redirect` makes it (None: not latin-1, which
     werkzeug would refuse in its own words)."""
     try:

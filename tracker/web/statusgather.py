@@ -60,7 +60,7 @@ Digest = Callable[[str, str], str | None]
 
 
 #: ``(group, archive name)`` -> the level its verified copy was proven to, or None.
-Level = Callable[[str, str], str | None]
+LevelOf = Callable[[str, str], str | None]
 
 
 def no_digest(_group: str, _name: str) -> str | None:
@@ -87,7 +87,7 @@ class StatusSources:
     store_status: Callable[[], dict[str, Any] | None]
     events: RecentEvents
     digest: Digest = no_digest
-    level: Level = no_digest
+    level: LevelOf = no_digest
     clock: Callable[[], float] = time.time
     #: A target's bytes per second while bytes come from it (0: none do), on the index's
     #: clock; shown before the index's throughput, which a transfer's end updates.

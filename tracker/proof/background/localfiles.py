@@ -46,7 +46,7 @@ from tracker.proof.cluster.lifting import liftable, lifted
 from tracker.proof.levels import Voter
 from tracker.proof.records.localcopies import (
     Checked,
-    Identity,
+    FileIdentity,
     LocalCopy,
     admission,
     checks_due,
@@ -68,7 +68,7 @@ STATEMENT_SUFFIX = ".attestation"
 MAX_STATEMENT = 16 * 1024
 #: What is known of the statement file beside a checked local file: the identity it had
 #: when read (None: there was none) and the statement taken of it (None: none, or refused).
-Beside = tuple[Identity | None, "Attestation | None"]
+Beside = tuple[FileIdentity | None, "Attestation | None"]
 
 
 class LocalProofs(Rounds):
@@ -131,7 +131,7 @@ class LocalProofs(Rounds):
         self.rounds += 1
         return len(due)
 
-    async def _check_one(self, copy: LocalCopy, identity: Identity) -> None:
+    async def _check_one(self, copy: LocalCopy, identity: FileIdentity) -> None:
         """Check ``copy`` when no other check runs, then mark what it said."""
         try:
             async with self._one_at_a_time:
@@ -140,7 +140,7 @@ class LocalProofs(Rounds):
         finally:
             self._checking.discard(copy.path)
 
-    def _forget_changed(self, now: dict[str, tuple[LocalCopy, Identity | None]]) -> None:
+    def _forget_changed(self, now: dict[str, tuple[LocalCopy, FileIdentity | None]]) -> None:
         """Forget what was said of each file that is gone or is another file now (another
         identity under its path): its digest goes, and it is neither proven nor refused
         until checked again."""
@@ -158,7 +158,7 @@ class LocalProofs(Rounds):
         for path, (copy, _identity) in now.items():
             self._copies.setdefault(path, copy)
 
-    async def _check(self, config: Config, copy: LocalCopy, identity: Identity) -> None:
+    async def _check(self, config: Config, copy: LocalCopy, identity: FileIdentity) -> None:
         """Check ``copy`` (its file as ``identity``): what it said is kept for that identity
         (a file replaced while it was opened is checked again at the next round)."""
         group, name, path = copy.key.group, copy.name, copy.path
@@ -289,11 +289,11 @@ def local_gated(config: Config, group: TargetGroup) -> bool:
     return config.verify_archives and gated(group.trust.asked) is not None
 
 
-def _listed(config: Config) -> list[tuple[LocalCopy, Identity | None]]:
+def _listed(config: Config) -> list[tuple[LocalCopy, FileIdentity | None]]:
     """Every archive in the local targets' directories (as the scrape lists them:
     :func:`tracker.discovery.local.scan_local`, keyed as its targets are), with the
     identity of its file now (None: gone meanwhile). Blocking: in a worker thread."""
-    found: list[tuple[LocalCopy, Identity | None]] = []
+    found: list[tuple[LocalCopy, FileIdentity | None]] = []
     for group in config.target_groups:
         for directory in group.local_targets.paths if group.local_targets is not None else ():
             key = TargetKey(group.group, directory)
@@ -307,13 +307,13 @@ def _listed(config: Config) -> list[tuple[LocalCopy, Identity | None]]:
 
 
 def _statement_files(
-    known: dict[str, Identity | None],
-) -> dict[str, tuple[Identity | None, bytes | None, str]]:
+    known: dict[str, FileIdentity | None],
+) -> dict[str, tuple[FileIdentity | None, bytes | None, str]]:
     """The statement file beside each archive path of ``known`` whose identity is no longer
     the one known: its identity now (None: none there), its bytes (None: none, or unreadable)
     and why it could not be read (""). No link is followed; at most MAX_STATEMENT bytes.
     Blocking: in a worker thread."""
-    changed: dict[str, tuple[Identity | None, bytes | None, str]] = {}
+    changed: dict[str, tuple[FileIdentity | None, bytes | None, str]] = {}
     for path, was in known.items():
         beside = path + STATEMENT_SUFFIX
         now = _identity(beside)
@@ -345,7 +345,7 @@ def _statement_of(
         return None, str(exc)
 
 
-def _identity(path: str) -> Identity | None:
+def _identity(path: str) -> FileIdentity | None:
     """The identity of the regular file at ``path`` (no link followed; None: gone or
     something else)."""
     try:

@@ -29,7 +29,7 @@ from tracker.proof.levels import Level
 #: one). The ctime is there because anyone who may write the file can set its mtime back
 #: (``touch -d``, ``os.utime``) after changing its bytes in place; no one can set the ctime
 #: back (every write and every ``utime`` moves it to now).
-Identity = tuple[int, int, int, int, int]
+FileIdentity = tuple[int, int, int, int, int]
 
 #: Why a local file of a group that requires a level is out while its check runs.
 NOT_YET = "not proven yet: ranked once its check proves it to trust.require"
@@ -41,7 +41,7 @@ def holder(path: str) -> str:
     return LOCAL + path
 
 
-def identity_of(st: os.stat_result) -> Identity:
+def identity_of(st: os.stat_result) -> FileIdentity:
     """The identity of a file from its status."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -60,25 +60,25 @@ class Checked:
     """What the check of one identity of a local file said: ``verified`` when it passed,
     else ``failed`` (the one-line reason)."""
 
-    identity: Identity
+    identity: FileIdentity
     verified: Verified | None = None
     failed: str = ""
 
 
 def checks_due(
-    found: Iterable[tuple[LocalCopy, Identity | None]],
+    found: Iterable[tuple[LocalCopy, FileIdentity | None]],
     checked: Mapping[str, Checked],
     tried: Mapping[str, float],
     *,
     now: float,
     retry_after: float,
-) -> list[tuple[LocalCopy, Identity]]:
+) -> list[tuple[LocalCopy, FileIdentity]]:
     """The local files to check now, in the order ``found`` gives them (each with its
     identity now; None: gone or not a regular file, nothing to check): those whose identity
     was not checked yet (``checked``, by path), unless a check that could not read the file
     (``tried``: when, by path) was less than ``retry_after`` seconds before ``now``. Each
     path once."""
-    due: list[tuple[LocalCopy, Identity]] = []
+    due: list[tuple[LocalCopy, FileIdentity]] = []
     seen: set[str] = set()
     for copy, identity in found:
         if identity is None or copy.path in seen:
@@ -130,7 +130,7 @@ def gated(required: Level | None) -> Level | None:
 
 def admission(
     done: Checked | None,
-    opened: Identity,
+    opened: FileIdentity,
     required: Level | None,
     name: str,
     loadable_by: str | None = None,
