@@ -131,29 +131,78 @@ def storage_slots(slot: int, count: int, layout: str = "agave") -> list[int]:
     return [max(slot - i, 0) for i in range(count)]
 
 
+def closed_versions(slot: int, seed: int, closed: str | None) -> dict[int, list[Account]]:
+    """The versions of an account closed before the snapshot, by storage index (0: the
+    snapshot's slot, the last: the oldest), as a full written with ``closed`` holds them:
+
+    - None: no closed account;
+    - ``"tombstone"``: its older open version in the oldest storage and its tombstone (zero
+      lamports, the newest version) in the first, as agave writes a full since
+      anza-xyz/agave#14867 (tombstones always kept);
+    - ``"dropped"``: neither, as a full of anza-xyz/agave#13851 is written when the older
+      version was marked obsolete (tombstones left out of fulls, v4.3.0-beta);
+    - ``"stale"``: the older open version without its tombstone, the state #13851 wrote when
+      the obsolete mark came after the storage was read (#14867: agave's load then fails,
+      "capitalization mismatch"): the account comes back to life.
+
+    The bank's state never holds the account: the manifest's lattice hash is the same."""
+    if closed is None or closed == "dropped":
+        return {}
+    rnd = random.Random(f"closed-{seed}-{slot}")
+    pubkey, owner = rnd.randbytes(32), rnd.randbytes(32)
+    older = Account(
+        pubkey, 1 + rnd.randrange(10**9), rnd.randbytes(40), owner, rent_epoch=2**64 - 1
+    )
+    if closed == "stale":
+        return {-1: [older]}
+    if closed == "tombstone":
+        return {-1: [older], 0: [Account(pubkey, 0)]}
+    raise ValueError(f"unknown closed: {closed}")
+
+
 def snapshot_entries(
-    slot: int, *, accounts: int, account_size: int, seed: int, layout: str = "agave"
+    slot: int,
+    *,
+    accounts: int,
+    account_size: int,
+    seed: int,
+    layout: str = "agave",
+    closed: str | None = None,
+    listed: bool = True,
 ) -> list[tuple[str, bytes | None]]:
     """The (name, data) entries of a snapshot tar in agave's order; None data: a directory.
-    ``layout``: the storages as agave writes them, or as Firedancer does (:func:`storage_slots`)."""
+    ``layout``: the storages as agave writes them, or as Firedancer does (:func:`storage_slots`);
+    ``closed``: an account closed before the snapshot, its versions kept as
+    :func:`closed_versions` says (agave's layout, two storages at least); ``listed=False``:
+    the manifest lists no storage and the status cache comes last, as Firedancer v26.08
+    writes a full (``src/discof/backup/fd_ssmanifest_encoder.c``, ``fd_snapmk_tile.c``)."""
     rnd = random.Random(f"{seed}-{slot}")
     state = state_accounts(name_seed(slot, seed))
     # The state's accounts dealt over the storages: storage i holds every accounts-th one.
-    valid = [write_storage(state[i::accounts]) for i in range(accounts)]
+    dealt = [state[i::accounts] for i in range(accounts)]
+    if closed is not None and (accounts < 2 or layout != "agave"):
+        raise ValueError("a closed account needs agave's layout and two storages")
+    for at, versions in closed_versions(slot, seed, closed).items():
+        dealt[at] = dealt[at] + versions
+    valid = [write_storage(held) for held in dealt]
     slots = storage_slots(slot, accounts, layout)
-    storages = [(slots[i], i, len(data)) for i, data in enumerate(valid)]
+    storages = [(slots[i], i, len(data)) for i, data in enumerate(valid)] if listed else []
     manifest = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
+    status_cache = ("snapshots/status_cache", status_cache_of(slot, rnd))
     entries: list[tuple[str, bytes | None]] = [
         ("version", VERSION),
         ("snapshots", None),
         (f"snapshots/{slot}", None),
         (f"snapshots/{slot}/{slot}", manifest),
-        ("snapshots/status_cache", status_cache_of(slot, rnd)),
     ]
+    if listed:
+        entries.append(status_cache)
     for i, data in enumerate(valid):
         data = padded(data)
-        spare = account_bytes(rnd, max(account_size - len(data), 0))
+        spare = account_bytes(rnd, max(account_size - len(data), 0)) if listed else b""
         entries.append((f"accounts/{slots[i]}.{i}", data + spare))
+    if not listed:
+        entries.append(status_cache)
     return entries
 
 
@@ -215,12 +264,21 @@ def build_archive(
     account_size: int = 64 * 1024,
     seed: int = 0,
     layout: str = "agave",
+    closed: str | None = None,
+    listed: bool = True,
 ) -> tuple[str, bytes]:
     """(canonical archive name, archive bytes) of a real snapshot archive of ``slot``, its
-    storages laid out as agave writes them (``layout="firedancer"``: as Firedancer does)."""
+    storages laid out as agave writes them (``layout="firedancer"``: as Firedancer does;
+    ``closed`` and ``listed``: :func:`snapshot_entries`)."""
     name = archive_name(slot, base_slot, compression, seed)
     entries = snapshot_entries(
-        slot, accounts=accounts, account_size=account_size, seed=seed, layout=layout
+        slot,
+        accounts=accounts,
+        account_size=account_size,
+        seed=seed,
+        layout=layout,
+        closed=closed,
+        listed=listed,
     )
     return name, compress(make_tar(entries), compression)
 

@@ -143,7 +143,11 @@ class StoragesProver:
             self.binds.clear()
             return None
         slot, ident = int(match[1]), int(match[2])
-        valid = self._lengths.get(slot, ident)
+        # A manifest with a lattice hash that lists no storage (Firedancer v26.08's): each
+        # storage is valid to its end, as Firedancer's own loader reads it
+        # (docs/architecture.md, "The accounts level" → "Fulls as today's producers write them").
+        unlisted = not manifest.storages and manifest.accounts_lt_hash is not None
+        valid = size if unlisted else self._lengths.get(slot, ident)
         if valid is None or self._proof is None:
             return None
         return self._parse(slot, ident, size, valid)

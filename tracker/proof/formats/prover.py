@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+import attrs
+
 from tracker.errors import ArchiveInvalid
 from tracker.proof.formats.bankhash import prove_manifest
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder
@@ -26,6 +28,14 @@ from tracker.proof.levels import Level, Proof
 STATUS_CACHE = "snapshots/status_cache"
 #: Why an archive whose manifest the walk did not hand over stops at ``structure``.
 NOT_READ = "its manifest was not read (not a plain file member)"
+#: Why agave cannot load an archive holding account storages its manifest does not list
+#: (Firedancer v26.08's manifest lists none): agave's ``SnapshotStorageRebuilder`` takes each
+#: storage's length from that list, and stops at a storage it does not name
+#: (docs/architecture.md, "The accounts level" → "Fulls as today's producers write them").
+UNLISTED = (
+    "agave cannot load it: its manifest lists no account storages, yet it holds {} "
+    "(as Firedancer v26.08 writes a full)"
+)
 
 
 class MemberProver(Protocol):
@@ -92,6 +102,7 @@ class ArchiveProver:
         self._decoder: ManifestDecoder | None = None
         self._manifest: Manifest | None = None
         self._proven: Proof | None = None
+        self._unlisted: str | None = None  # a storage member of a manifest that lists none
 
     @property
     def manifest_done(self) -> bool:
@@ -118,10 +129,14 @@ class ArchiveProver:
                 raise ArchiveInvalid(f"manifest: {name} twice in the archive")
             self._decoder = ManifestDecoder(size)
             return self._decoder.parser()
-        if self._accounts is not None and name.startswith("accounts/"):
-            manifest = self.manifest
-            if manifest is not None:
-                return self._accounts.member(name, size, manifest)
+        if name.startswith("accounts/"):
+            decoder = self._decoder
+            if decoder is not None and decoder.complete and not decoder.storages:
+                self._unlisted = self._unlisted or name
+            if self._accounts is not None:
+                manifest = self.manifest
+                if manifest is not None:
+                    return self._accounts.member(name, size, manifest)
         return None
 
     def proof(self) -> Proof:
@@ -139,6 +154,8 @@ class ArchiveProver:
         self._settle()
         if self._manifest is None or self._proven is None:
             return Proof(Level.STRUCTURE, note=NOT_READ)
+        if self._unlisted is not None and self._proven.unloadable is None:
+            return attrs.evolve(self._proven, unloadable=UNLISTED.format(self._unlisted))
         return self._proven
 
     def _settle(self) -> None:
