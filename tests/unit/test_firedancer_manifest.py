@@ -22,6 +22,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import zstandard
 from archives import build_archive, compress, make_tar, snapshot_entries
 
 from tracker.errors import ArchiveInvalid
@@ -161,3 +162,66 @@ def test_a_firedancer_full_with_a_changed_account_is_refused(tmp_path: Path) -> 
     with pytest.raises(ArchiveInvalid) as caught:
         check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000))
     assert caught.value.reason == MISMATCH
+
+
+def fd_tar_header(name: str, size: int, *, directory: bool = False) -> bytes:
+    """A header as ``fd_backup_tar_file_hdr``/``fd_backup_tar_dir_hdr`` write it (GNU magic,
+    short mode, octal fields of width-1 digits and a NUL, no mtime)."""
+    block = bytearray(512)
+    block[: len(name)] = name.encode()
+    mode = b"755" if directory else b"644"
+    block[100 : 100 + len(mode)] = mode
+    block[108:109] = block[116:117] = b"0"
+    block[124:136] = f"{size:011o}".encode() + b"\0"
+    block[148:156] = b" " * 8
+    block[156:157] = b"5" if directory else b"0"
+    block[257:265] = b"ustar  \0"
+    block[148:156] = f"{sum(block):07o}".encode() + b"\0"
+    return bytes(block)
+
+
+def padded512(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def firedancer_zst(entries: list[tuple[str, bytes | None]]) -> bytes:
+    """The ``.tar.zst`` of ``entries`` framed as fd_snapmk_tile.c and fd_snapzp_tile.c write
+    it: the heads and the manifest in frames of their own; each storage a raw-block frame
+    holding its 512-byte tar header, its content's frame, then a skippable frame that aligns
+    the member to 4 KiB; the status cache's frame; the end-of-archive blocks' frame."""
+    zstd = zstandard.ZstdCompressor(write_checksum=True)
+    out = bytearray()
+    head = b""
+    for name, data in entries:
+        if data is None:
+            head += fd_tar_header(name + "/", 0, directory=True)
+        elif name == "version":
+            head += fd_tar_header(name, len(data)) + padded512(data)
+        elif name.startswith("snapshots/") and name != "snapshots/status_cache":
+            out += zstd.compress(head + fd_tar_header(name, len(data)))
+            out += zstd.compress(padded512(data))
+        elif name.startswith("accounts/"):
+            framed = b"\x28\xb5\x2f\xfd\x60\x00\x01\x01\x10\x00" + fd_tar_header(name, len(data))
+            framed += zstd.compress(padded512(data))
+            pad = -len(framed) % 4096
+            pad += 4096 if 0 < pad < 8 else 0
+            if pad:
+                framed += struct.pack("<II", 0x184D2A50, pad - 8) + bytes(pad - 8)
+            out += framed
+        else:  # the status cache
+            out += zstd.compress(fd_tar_header(name, len(data)) + padded512(data))
+    return bytes(out + zstd.compress(bytes(1024)))
+
+
+def test_a_firedancer_full_framed_as_firedancer_writes_it_is_proven(tmp_path: Path) -> None:
+    name, _ = build_archive(SLOT, accounts=3, layout="firedancer", listed=False)
+    entries = snapshot_entries(
+        SLOT, accounts=3, account_size=0, seed=0, layout="firedancer", listed=False
+    )
+    path = tmp_path / name
+    path.write_bytes(firedancer_zst(entries))
+    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
+    assert (proof.level, proof.unloadable) == (
+        Level.ACCOUNTS,
+        UNLISTED.format(f"accounts/{SLOT}.0"),
+    )
