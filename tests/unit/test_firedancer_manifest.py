@@ -218,6 +218,13 @@ def test_a_firedancer_full_framed_as_firedancer_writes_it_is_proven(tmp_path: Pa
     entries = snapshot_entries(
         SLOT, accounts=3, account_size=0, seed=0, layout="firedancer", listed=False
     )
+    # the status cache as fd_txncache_encoder.c writes it: one rooted delta, the snapshot's
+    # slot, holding every rooted blockhash (agave writes a delta a slot)
+    status = q(1) + q(SLOT) + b"\x01" + q(2)
+    for n, count in ((0x31, 3), (0x32, 0)):
+        status += bytes([n]) * 32 + q(7) + q(count)
+        status += b"".join(bytes([n + i]) * 20 + struct.pack("<I", 0) for i in range(count))
+    entries = [(n, status if n == "snapshots/status_cache" else d) for n, d in entries]
     path = tmp_path / name
     path.write_bytes(firedancer_zst(entries))
     proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
