@@ -28,9 +28,9 @@ from tracker.proof.levels import Level, Proof
 STATUS_CACHE = "snapshots/status_cache"
 #: Why an archive whose manifest the walk did not hand over stops at ``structure``.
 NOT_READ = "its manifest was not read (not a plain file member)"
-#: Why agave cannot load an archive holding account storages its manifest does not list
-#: (Firedancer v26.08's manifest lists none): agave's ``SnapshotStorageRebuilder`` takes each
-#: storage's length from that list, and stops at a storage it does not name
+#: Why agave cannot load an archive holding account storages while its manifest, one with a
+#: lattice hash, lists none (as Firedancer v26.08's): agave's ``SnapshotStorageRebuilder``
+#: takes each storage's length from that list, and stops at a storage it does not name
 #: (docs/architecture.md, "The accounts level" → "Fulls as today's producers write them").
 UNLISTED = (
     "agave cannot load it: its manifest lists no account storages, yet it holds {} "
@@ -130,8 +130,9 @@ class ArchiveProver:
             self._decoder = ManifestDecoder(size)
             return self._decoder.parser()
         if name.startswith("accounts/"):
-            decoder = self._decoder
-            if decoder is not None and decoder.complete and not decoder.storages:
+            decoder = self._decoder  # a manifest with a lattice hash that lists no storage
+            listed = decoder is None or not decoder.complete or bool(decoder.storages)
+            if not listed and decoder is not None and "accounts_lt_hash" in decoder.fields:
                 self._unlisted = self._unlisted or name
             if self._accounts is not None:
                 manifest = self.manifest
