@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts import accountsproof
 from tracker.proof.accounts.accounthash import LocalSum
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import NO_LT_HASH, StoragesProver
@@ -100,9 +101,13 @@ def test_without_a_second_read_nothing_is_proven() -> None:
         assert proof.finish(None) == (None, "not proven: 9 accounts need a second read")
 
 
-def test_the_second_read_hashes_each_newest_version_once_and_nothing_else() -> None:
+def test_the_second_read_hashes_each_newest_version_once_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # slot 98's version of the pubkey that slot 100 stores again is never hashed, in either
-    # order: the summer sees exactly the newest versions with lamports
+    # order: the summer sees exactly the newest versions with lamports (every one of them:
+    # none kept, agave's archive holds one large account)
+    monkeypatch.setattr(accountsproof, "KEEP_FROM", 1 << 40)
     seen: list[int] = []
 
     class Counting(LocalSum):
@@ -135,9 +140,13 @@ def asking(
     return noted
 
 
-def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_out() -> None:
+def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # every batch hashed ahead: the storage holding the superseded version (slot 98) is read
     # again to take it out; the two others, hashed whole with nothing superseded, are not
+    # (none kept: test_large_versions_are_hashed_where_they_lie_and_never_read_again)
+    monkeypatch.setattr(accountsproof, "KEEP_FROM", 1 << 40)
     for ordered in (storages(), list(reversed(storages()))):
         asked: list[str] = []
         reread = asking(reread_from({s.name: s.data for s in ordered}), asked)
@@ -588,3 +597,79 @@ def test_the_second_read_parses_in_the_lanes_and_refuses_the_first_storage_that_
             feed(proof, storage, 4096)
         with pytest.raises(ArchiveInvalid, match=rf"^{made[first].name}: the second read differ"):
             proof.finish(reread_from(changed))
+
+
+# --- large accounts: hashed where they lie, their hashes kept --------------------------------
+
+
+def large(n: int, lamports: int, size: int = accountsproof.KEEP_FROM) -> Account:
+    return Account(key(n), lamports, bytes([n % 251]) * size + bytes([lamports % 256]))
+
+
+def test_large_versions_are_hashed_where_they_lie_and_never_read_again() -> None:
+    # every version of KEEP_FROM bytes of data or more is hashed in the first read and kept:
+    # the superseded ones (slot 5's key 1 and 2: a newer version, a closed one) are taken out
+    # from memory, so no storage is read again, and no batch goes to a summer
+    slots = {
+        5: [large(1, 10), large(2, 7), large(3, 4)],
+        9: [large(1, 11), Account(key(2), 0)],
+    }
+    for order in ([5, 9], [9, 5]):
+        asked: list[str] = []
+        given = built(slots, order)
+        summer = Lending()
+        proof = AccountsProof(AccountsLimits(max_accounts=1000), summer)
+        for storage in given:
+            feed(proof, storage, 4096)
+        reread = asking(reread_from({s.name: s.data for s in given}), asked)
+        assert proof.finish(reread) == (model(slots), None)
+        assert asked == []
+        assert (summer.added, summer.taken_out) == (0, 0)
+
+
+def test_kept_and_laid_out_versions_mix_in_one_storage() -> None:
+    # small versions beside large ones, a batch left to the second read: it adds the small
+    # ones it holds and never the kept ones, which lie in its range too
+    slots = {
+        3: [large(1, 5), Account(key(2), 6, b"small"), large(3, 7)],
+        4: [Account(key(1), 8, b"newer, small"), large(2, 9)],
+    }
+    for order in ([3, 4], [4, 3]):
+        summer = Lending(lambda: False)  # no room: every batch's small versions are left
+        assert prove(built(slots, order), summer=summer) == (model(slots), None)
+        assert (summer.added, summer.taken_out) == (1, 0)  # slot 4's key 1: key 2 at 3 superseded
+
+
+def test_past_its_share_of_the_budget_a_large_version_goes_as_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the budget's share for kept hashes holds none: every version is laid out for a summer
+    # as before, and the second read takes out the superseded one hashed ahead
+    monkeypatch.setattr(accountsproof, "KEEP_SHARE", 1 << 62)
+    slots = {5: [large(1, 10), large(2, 7)], 9: [large(1, 11)]}
+    summer = Lending()
+    assert prove(built(slots, [5, 9]), summer=summer) == (model(slots), None)
+    assert (summer.added, summer.taken_out) == (3, 1)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    states(),
+    st.randoms(),
+    st.sampled_from([140, 150, 301, 4096]),
+    st.lists(st.booleans(), min_size=1, max_size=6),
+    st.sampled_from([1, 41, 200]),
+)
+def test_whatever_is_kept_or_hashed_ahead_the_hash_is_the_models(
+    slots: dict[int, list[Account]], rnd: object, piece: int, lends: list[bool], keep_from: int
+) -> None:
+    # versions of ``keep_from`` bytes of data or more kept, the others hashed ahead or left
+    order = list(slots)
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    pattern = itertools.cycle(lends)
+    summer = Lending(lambda: next(pattern))
+    with (
+        mock.patch.object(storage_format, "PIECE", piece),
+        mock.patch.object(accountsproof, "KEEP_FROM", keep_from),
+    ):
+        assert prove(built(slots, order), 64, summer=summer) == (model(slots), None)

@@ -46,14 +46,20 @@ import functools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import base58
 import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, NoRoom
-from tracker.proof.accounts.accounthash import LocalSum, Summer, lane_sum_in_room
+from tracker.proof.accounts.accounthash import (
+    LocalSum,
+    Summer,
+    hashes_in_place,
+    lane_sum_in_room,
+    zero_lanes,
+)
 from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
@@ -76,6 +82,16 @@ HASHERS_PER_LANE = 4
 #: the tests' archives, never loads it: ``proof.formats.kernels``).
 KERNELS_FROM = 4096
 _NONE = np.zeros(0, dtype=np.int64)
+#: Data bytes from which a version is hashed in the thread that holds its bytes, where they
+#: lie, and its hash kept (docs/architecture.md, "The accounts level" → "Large accounts"):
+#: a kept hash (2 KiB) is at most an eighth of its data, and a superseded one is taken out
+#: of the sum from memory, its storage never read again for it.
+KEEP_FROM = 16 * 1024
+#: Bytes a kept version holds of the budget: its hash and its locator.
+KEPT_BYTES = 2048 + 8
+#: The part of the budget's room kept hashes may hold (past it, large versions go the way of
+#: the others: the index needs the rest).
+KEEP_SHARE = 4
 #: The most scan lanes of a check: past them, the lock their bookkeeping shares and a spilled
 #: index's one writer are the floor (~0.03-0.04 and ~0.08 s a million; docs "Every core").
 MAX_LANES = 4
@@ -131,6 +147,13 @@ class AccountsProof:
         # after it, never before: a writer that ran out of room gives up once it let go)
         self._writing = threading.Lock()
         self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
+        # large versions hashed where they lie: their locators and hashes (the budget holds
+        # them), the sum of those hashes (in no summer), and whether more may be kept
+        self._kept: list[tuple[U64, npt.NDArray[np.uint16]]] = []
+        self._kept_bytes = 0
+        self._kept_count = 0
+        self._keeping = True
+        self._own = zero_lanes()
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
         track(self.progress)
@@ -258,12 +281,18 @@ class AccountsProof:
                 self._records += len(batch)
             return
         rows, counts = batch.index_rows(number << 32)
+        large = _NONE
+        hashes = None
+        if self._keeping:  # hashed here, where they lie, outside the lock (see KEEP_FROM)
+            large = np.flatnonzero(counts & (batch.data_lens >= KEEP_FROM))
+            if len(large):
+                hashes = hashes_in_place(batch, large)
         full: list[U64] = []
         timed = bool(self._lanes)  # the clock costs a system call: lanes only (the bench)
         with self._lock:
             start = time.thread_time() if timed else 0.0
             try:
-                full = self._take_locked(batch, number, rows, counts)
+                full = self._take_locked(batch, number, rows, counts, large, hashes)
                 if full:  # the last buffer is written: this one waits for it, then is written
                     self._writing.acquire()
             finally:
@@ -295,7 +324,13 @@ class AccountsProof:
                 self._give_up(exc.note)
 
     def _take_locked(
-        self, batch: Records, number: int, rows: U64, counts: npt.NDArray[np.bool_]
+        self,
+        batch: Records,
+        number: int,
+        rows: U64,
+        counts: npt.NDArray[np.bool_],
+        large: npt.NDArray[np.int64] = _NONE,
+        hashes: npt.NDArray[np.uint16] | None = None,
     ) -> list[U64]:
         """A batch's bookkeeping on what the lanes share: the count, the index, the sum; the
         index's staging buffers that filled, to be written once the lock is let go (with
@@ -308,7 +343,8 @@ class AccountsProof:
         if self.max_accounts is not None and self._records > self.max_accounts:
             self._give_up(_OVER_BOUND)  # said with the count of every version at the end
             return []
-        self._summer.expect(self._records)  # its processes start now: they hash ahead
+        # its processes start now, once enough versions need them: they hash ahead
+        self._summer.expect(self._records - self._kept_count)
         full: list[U64] = []
         try:
             if self._lanes:
@@ -319,8 +355,33 @@ class AccountsProof:
         except NoRoom as exc:
             self._give_up(exc.note)
             return []
+        if hashes is not None and self._keep(rows[large, 4], hashes):
+            counts = counts.copy()
+            counts[large] = False  # in the sum already
+            self.progress.hashed += len(large)
         self._hash_ahead(batch, counts, number)
         return full
+
+    def _keep(self, locators: U64, hashes: npt.NDArray[np.uint16]) -> bool:
+        """Add the hashes of large versions (hashed where they lie) to the sum and keep them,
+        by locator, while the budget holds them (at most a :data:`KEEP_SHARE`-th of its
+        room); False, nothing kept from now on, when it does not."""
+        more = KEPT_BYTES * len(locators)
+        index = 0 if self.index.on_disk else self.index.dir.written + self.held.floor
+        wanted = max(self.held.bytes, index + self._kept_bytes + more)
+        if (
+            not self._keeping
+            or self._kept_bytes + more > self.held.budget.room // KEEP_SHARE
+            or not self.held.grow_to(wanted)
+        ):
+            self._keeping = False
+            return False
+        self.progress.held = self.held.bytes
+        self._kept.append((locators, hashes))
+        self._kept_bytes += more
+        self._kept_count += len(locators)
+        self._own += np.add.reduce(hashes, axis=0, dtype=np.uint16)
+        return True
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
         """Hand a hashing process the versions with lamports of ``batch`` (of storage
@@ -345,8 +406,8 @@ class AccountsProof:
             self.progress.spilled = index.dir.written
             self._note_peaks()
             return
-        # the floor stays free: the staging buffer and a flush's sorted copy
-        needed = index.dir.written + self.held.floor
+        # the floor stays free: the staging buffer and a flush's sorted copy; kept hashes
+        needed = index.dir.written + self.held.floor + self._kept_bytes
         if needed <= self.held.bytes:
             return
         # a step ahead (at most a 16th of the room: other proofs need theirs), else just enough
@@ -359,7 +420,7 @@ class AccountsProof:
         directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
         with self._writing:  # not while a lane writes to the runs held in memory
             index.to_disk(directory)
-        self.held.shrink_to(0)
+        self.held.shrink_to(self._kept_bytes)
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
         self._note_peaks()
@@ -392,7 +453,7 @@ class AccountsProof:
             if total is None:
                 self.local_cause = True  # the hashing process failed
                 return None, note
-            return total.astype("<u2").tobytes(), None
+            return (total + self._own).astype("<u2").tobytes(), None
         finally:
             self.close()
 
@@ -404,7 +465,47 @@ class AccountsProof:
             self.progress.hashed += count
 
         lanes = _SecondReadLanes(self) if self._lanes else None
-        hash_newest(self._storages, superseded, reread, self._summer, hashed, lanes)
+        kept, hashes, order = self._kept_in_order()
+        self._kept = []
+        hash_newest(
+            self._storages,
+            self._taken_out(superseded, kept, hashes, order),
+            reread,
+            self._summer,
+            hashed,
+            lanes,
+            kept=(kept,),
+        )
+
+    def _kept_in_order(self) -> tuple[U64, npt.NDArray[np.uint16], npt.NDArray[np.intp]]:
+        """The kept versions' locators sorted (storage order), their hashes as kept, and
+        the order that sorts them."""
+        if not self._kept:
+            return np.zeros(0, dtype=np.uint64), np.zeros((0, 1024), dtype=np.uint16), _NONE
+        locators = np.concatenate([each for each, _ in self._kept])
+        hashes = np.concatenate([each for _, each in self._kept])
+        order = np.argsort(locators, kind="stable")
+        return locators[order], hashes, order
+
+    def _taken_out(
+        self,
+        superseded: Iterable[U64],
+        kept: U64,
+        hashes: npt.NDArray[np.uint16],
+        order: npt.NDArray[np.intp],
+    ) -> Iterator[U64]:
+        """``superseded`` less the kept versions, whose hashes are taken out of the sum here:
+        their storages need not be read again for them."""
+        for piece in superseded:
+            if not len(kept) or not len(piece):
+                yield piece
+                continue
+            places = np.minimum(np.searchsorted(kept, piece), len(kept) - 1)
+            there = kept[places] == piece
+            if there.any():
+                self._own -= np.add.reduce(hashes[order[places[there]]], axis=0, dtype=np.uint16)
+                piece = piece[~there]
+            yield piece
 
     def _finish_index(self, reread: Reread) -> str | None:
         """Sort the index's partitions and hash the newest versions; a note when the proof
@@ -443,7 +544,7 @@ class AccountsProof:
         index's runs it holds in memory: up to half the room, at least its floor (which the
         runs held in memory always left free: the staging buffer's, gone by then)."""
         room = self.held.budget.room
-        resident = 0 if self.index.on_disk else self.index.dir.written
+        resident = self._kept_bytes + (0 if self.index.on_disk else self.index.dir.written)
         for share in (room // 2, room // 4, room // 8):
             wanted = min(room, resident + share)
             if wanted > self.held.bytes and self.held.grow_to(wanted):

@@ -176,6 +176,7 @@ def hash_newest(
     summer: Summer,
     hashed: Callable[[int], None] | None = None,
     lanes: ScanLanes | None = None,
+    kept: Iterable[U64] = (),
 ) -> None:
     """Read the storages of ``storages`` again (``reread``) and hand ``summer`` what the
     first read left of the sum (see the module): the hash of each record with lamports in the
@@ -183,20 +184,31 @@ def hash_newest(
     does not name, to add; of each outside them that it names, to take out. ``hashed(n)`` is
     told how many newest versions each batch added to the sum (less those taken out), for the
     progress. Raises ArchiveInvalid when a storage reads otherwise than it did the first
-    time. With ``lanes`` the storages are parsed there (see the module)."""
+    time. With ``lanes`` the storages are parsed there (see the module). ``kept`` (sorted
+    pieces of locators, in storage order) names the versions the first read hashed where they
+    lay and kept the hashes of (``AccountsProof``, "Large accounts"): in the sum already,
+    whatever range they lie in, and left out of ``superseded`` by the caller, which takes
+    their kept hashes out itself."""
     pending = by_storage(superseded)
     upcoming = next(pending, None)
+    keeping = by_storage(kept)
+    keep_next = next(keeping, None)
     try:
         for number, stored in enumerate(storages):
             skip = _NONE
             if upcoming is not None and upcoming[0] == number:
                 skip = upcoming[1]
                 upcoming = next(pending, None)
+            keep = _NONE
+            while keep_next is not None and keep_next[0] <= number:
+                if keep_next[0] == number:
+                    keep = keep_next[1]
+                keep_next = next(keeping, None)
             if stored.valid and (len(skip) or len(stored.left)):
                 if lanes is None:
-                    _hash_storage(stored, skip, reread, summer, hashed)
+                    _hash_storage(stored, skip, reread, summer, hashed, keep)
                 else:
-                    _hand_storage(number, stored, skip, reread, summer, hashed, lanes)
+                    _hand_storage(number, stored, skip, reread, summer, hashed, lanes, keep)
     except Exception:
         if lanes is not None:
             lanes.settle()  # a storage the walk went past refuses first
@@ -213,10 +225,11 @@ def _hash_storage(
     reread: Reread,
     summer: Summer,
     hashed: Callable[[int], None] | None,
+    keep: I64 = _NONE,
 ) -> None:
     """Hash the records of one storage with lamports: in ``stored.left`` those not at
-    ``skip``, to add; outside it those at ``skip``, to take out."""
-    storage = _StorageHash(stored, skip, summer, hashed, None)
+    ``skip`` nor at ``keep``, to add; outside it those at ``skip``, to take out."""
+    storage = _StorageHash(stored, skip, summer, hashed, None, keep)
     chunks = reread(stored.name, 0)
     try:
         for chunk in chunks:
@@ -236,10 +249,11 @@ def _hand_storage(
     summer: Summer,
     hashed: Callable[[int], None] | None,
     lanes: ScanLanes,
+    keep: I64 = _NONE,
 ) -> None:
     """:func:`_hash_storage` in a lane: this thread reads the storage's pieces (immutable:
     bytes, or views of a decoded frame's bytes) and hands them on."""
-    storage = _StorageHash(stored, skip, summer, hashed, lanes.lock)
+    storage = _StorageHash(stored, skip, summer, hashed, lanes.lock, keep)
     put = lanes.hand(number)
     chunks = reread(stored.name, 0)
     try:
@@ -263,9 +277,11 @@ class _StorageHash:
         summer: Summer,
         hashed: Callable[[int], None] | None,
         lock: threading.Lock | None,
+        keep: I64 = _NONE,
     ) -> None:
         self.stored = stored
         self.skip = skip
+        self.keep = keep  # in the sum already, their hashes kept: never added nor taken out
         self.summer = summer
         self.hashed = hashed
         self.lock = lock
@@ -291,6 +307,9 @@ class _StorageHash:
         self.records += len(batch)
         counts = batch.lamports() != 0
         at = batch.offsets + batch.base
+        if len(self.keep):
+            places = np.searchsorted(self.keep, at)
+            counts &= self.keep[np.minimum(places, len(self.keep) - 1)] != at
         early = ~_within(at, self.stored.left)  # hashed ahead by the first read
         if len(skip):
             places = np.searchsorted(skip, at)
