@@ -18,6 +18,7 @@ the tower-to-Alpenglow migration: a 24-byte entry like any other, which agave's
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -29,19 +30,26 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsprover import MISMATCH
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_file
-from tracker.proof.formats.bankhash import bank_hash, prove_manifest
+from tracker.proof.archive.headproof import prove_head
+from tracker.proof.formats.bankhash import UNLISTED, bank_hash, prove_manifest
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder
 from tracker.proof.formats.parsing import run
-from tracker.proof.formats.prover import UNLISTED
 from tracker.proof.formats.voteaccounts import VOTE_PROGRAM_ID, vote_state_problem
-from tracker.proof.formats.writing import archive_hash_of, lattice_of
+from tracker.proof.formats.writing import (
+    Account,
+    archive_hash_of,
+    lattice_of,
+    write_manifest,
+    write_status_cache,
+    write_storage,
+)
 from tracker.proof.levels import Level
 
 pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
 
 SLOT = 1100
 EPOCH = 2
-LT_HASH = lattice_of([])
+LT_HASH = lattice_of([Account(b"\x09" * 32, 5, b"data")])
 BLOCK_ID = b"\x5b" * 32
 #: agave's AG_MIGRATION_EPOCH_CREDIT (votor-messages/src/migration.rs).
 MARKER = (2**64 - 1, 2**64 - 1, 2**64 - 1)
@@ -63,7 +71,7 @@ def v4_firedancer(node: bytes, credits: list[tuple[int, int, int]]) -> bytes:
     return out + q(0) + q(0)  # last timestamp
 
 
-def firedancer_manifest(bank_hash_: bytes = b"\x55" * 32) -> bytes:
+def firedancer_manifest(bank_hash_: bytes = b"\x55" * 32, lt_hash: bytes = LT_HASH) -> bytes:
     """The bytes fd_ssmanifest_encoder.c writes for a bank of ``SLOT`` (its states in order)."""
     last = b"\x41" * 32
     out = q(0) + b"\x01" + last + q(1) + last + q(5000) + q(0) + q(0) + q(299)  # queue
@@ -91,7 +99,7 @@ def firedancer_manifest(bank_hash_: bytes = b"\x55" * 32) -> bytes:
             out += vote + q(1_000_000) + q(0) + q(len(data)) + data
             out += VOTE_PROGRAM_ID + b"\x01" + q(0)  # owner, executable, rent epoch
         out += q(0) + q(0) + q(EPOCH - 1 + index) + q(0) + q(2_000_000) + q(0) + q(0)
-    return out + b"\x01" + LT_HASH + b"\x01" + BLOCK_ID
+    return out + b"\x01" + lt_hash + b"\x01" + BLOCK_ID
 
 
 def decode(data: bytes) -> Manifest:
@@ -117,6 +125,15 @@ def test_firedancers_manifest_is_decoded_and_proven() -> None:
     assert manifest.counts["ancestors"] == 0
     assert "invalid_vote_account" not in manifest.fields  # agave's frame takes them
     proof = prove_manifest(manifest, slot=SLOT, base_slot=0, name_hash=archive_hash_of(LT_HASH))
+    # no storage listed for a state that holds accounts: agave cannot load it
+    assert (proof.level, proof.unloadable) == (Level.MANIFEST, UNLISTED)
+
+
+def test_an_empty_state_listing_no_storage_is_not_said_unloadable() -> None:
+    empty = lattice_of([])
+    manifest = decode(firedancer_manifest(lt_hash=empty))
+    manifest = decode(firedancer_manifest(bank_hash(manifest), lt_hash=empty))
+    proof = prove_manifest(manifest, slot=SLOT, base_slot=0, name_hash=archive_hash_of(empty))
     assert (proof.level, proof.unloadable) == (Level.MANIFEST, None)
 
 
@@ -142,10 +159,11 @@ def test_a_firedancer_full_is_proven_to_accounts_and_said_unloadable(tmp_path: P
     path = tmp_path / name
     path.write_bytes(data)
     proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
-    unlisted = UNLISTED.format(f"accounts/{SLOT}.0")
-    assert (proof.level, proof.unloadable) == (Level.ACCOUNTS, unlisted)
+    assert (proof.level, proof.unloadable) == (Level.ACCOUNTS, UNLISTED)
     plain = check_file(str(path)).proof  # the manifest level says it too
-    assert (plain.level, plain.unloadable) == (Level.MANIFEST, unlisted)
+    assert (plain.level, plain.unloadable) == (Level.MANIFEST, UNLISTED)
+    head = prove_head(io.BytesIO(data).read, name, 1 << 20)  # and so before the download
+    assert (head.level, head.unloadable) == (Level.MANIFEST, UNLISTED)
 
 
 def test_a_firedancer_full_with_a_changed_account_is_refused(tmp_path: Path) -> None:
@@ -230,5 +248,24 @@ def test_a_firedancer_full_framed_as_firedancer_writes_it_is_proven(tmp_path: Pa
     proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
     assert (proof.level, proof.unloadable) == (
         Level.ACCOUNTS,
-        UNLISTED.format(f"accounts/{SLOT}.0"),
+        UNLISTED,
     )
+
+
+def test_storages_under_an_empty_states_manifest_that_lists_none_are_said_unloadable(
+    tmp_path: Path,
+) -> None:
+    """The empty state's lattice hash listing no storage is said unloadable once a storage
+    member comes (the manifest alone cannot tell)."""
+    empty = lattice_of([])
+    storage = write_storage([Account(b"\x09" * 32, 0)])  # a closed account: counts nothing
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", b"1.2.0"),
+        (f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, empty)),
+        (f"accounts/{SLOT}.0", storage),
+        ("snapshots/status_cache", write_status_cache([SLOT])),
+    ]
+    path = tmp_path / f"snapshot-{SLOT}-{archive_hash_of(empty)}.tar.zst"
+    path.write_bytes(compress(make_tar(entries), "zst"))
+    proof = check_file(str(path), prove_accounts=AccountsLimits(max_accounts=1000)).proof
+    assert (proof.level, proof.unloadable) == (Level.ACCOUNTS, UNLISTED)

@@ -22,12 +22,21 @@ from collections import Counter
 import base58
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.formats.lattice import checksum
+from tracker.proof.formats.lattice import LT_HASH_BYTES, checksum
 from tracker.proof.formats.manifest import Manifest
 from tracker.proof.levels import Level, Proof
 
 #: Why an archive made before SIMD-0220 stops at ``structure``.
 NO_LATTICE_HASH = "its manifest has no accounts lattice hash (made before SIMD-0220)"
+#: Why agave cannot load an archive whose manifest has a lattice hash but lists no account
+#: storage (as Firedancer v26.08's, ``fd_ssmanifest_encoder.c``): agave's
+#: ``SnapshotStorageRebuilder`` takes each storage's length from that list and stops at a
+#: storage it does not name (docs/architecture.md, "The accounts level" → "Fulls as today's
+#: producers write them").
+UNLISTED = (
+    "agave cannot load it: its manifest lists no account storages (as Firedancer v26.08 "
+    "writes a full; agave takes each storage's length from that list)"
+)
 
 
 def bank_hash(manifest: Manifest) -> bytes:
@@ -89,8 +98,10 @@ def unloadable(manifest: Manifest) -> str | None:
     """Why agave refuses to load the archive of ``manifest`` though it may be the cluster's
     state (one line), None when nothing in it says so: several account storages for one
     slot (agave's ``SnapshotStorageRebuilder`` takes one a slot; Firedancer writes several,
-    firedancer-io/firedancer#10706), or an invalid vote account in its stakes (a load error
-    since agave 4.3, anza-xyz/agave#13875: :mod:`tracker.proof.formats.voteaccounts`)."""
+    firedancer-io/firedancer#10706), no storage listed under a lattice hash of a state that
+    holds accounts (:data:`UNLISTED`; the identity is the empty state's), or an invalid vote
+    account in its stakes (a load error since agave 4.3, anza-xyz/agave#13875:
+    :mod:`tracker.proof.formats.voteaccounts`)."""
     slots = Counter(manifest.storages.entries[0::3])
     twice, count = max(slots.items(), key=lambda item: item[1], default=(0, 0))
     if count > 1:
@@ -98,6 +109,9 @@ def unloadable(manifest: Manifest) -> str | None:
             f"agave cannot load it: {count} account storages for slot {twice} (agave loads one"
             " a slot; Firedancer writes several)"
         )
+    lt_hash = manifest.accounts_lt_hash
+    if not manifest.storages and lt_hash is not None and lt_hash != bytes(LT_HASH_BYTES):
+        return UNLISTED
     invalid = manifest.fields.get("invalid_vote_account")
     if invalid is not None:
         pubkey, problem = invalid

@@ -18,7 +18,7 @@ from typing import Protocol
 import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.formats.bankhash import prove_manifest
+from tracker.proof.formats.bankhash import UNLISTED, prove_manifest
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder
 from tracker.proof.formats.parsing import Parser
 from tracker.proof.formats.statuscache import status_cache_parser, version_parser
@@ -28,14 +28,6 @@ from tracker.proof.levels import Level, Proof
 STATUS_CACHE = "snapshots/status_cache"
 #: Why an archive whose manifest the walk did not hand over stops at ``structure``.
 NOT_READ = "its manifest was not read (not a plain file member)"
-#: Why agave cannot load an archive holding account storages while its manifest, one with a
-#: lattice hash, lists none (as Firedancer v26.08's): agave's ``SnapshotStorageRebuilder``
-#: takes each storage's length from that list, and stops at a storage it does not name
-#: (docs/architecture.md, "The accounts level" → "Fulls as today's producers write them").
-UNLISTED = (
-    "agave cannot load it: its manifest lists no account storages, yet it holds {} "
-    "(as Firedancer v26.08 writes a full)"
-)
 
 
 class MemberProver(Protocol):
@@ -102,7 +94,9 @@ class ArchiveProver:
         self._decoder: ManifestDecoder | None = None
         self._manifest: Manifest | None = None
         self._proven: Proof | None = None
-        self._unlisted: str | None = None  # a storage member of a manifest that lists none
+        # a storage member came though the manifest, one with a lattice hash, lists none (the
+        # empty state's lattice hash: bankhash.unloadable cannot tell from the manifest alone)
+        self._unlisted = False
 
     @property
     def manifest_done(self) -> bool:
@@ -133,7 +127,7 @@ class ArchiveProver:
             decoder = self._decoder  # a manifest with a lattice hash that lists no storage
             listed = decoder is None or not decoder.complete or bool(decoder.storages)
             if not listed and decoder is not None and "accounts_lt_hash" in decoder.fields:
-                self._unlisted = self._unlisted or name
+                self._unlisted = True
             if self._accounts is not None:
                 manifest = self.manifest
                 if manifest is not None:
@@ -155,8 +149,8 @@ class ArchiveProver:
         self._settle()
         if self._manifest is None or self._proven is None:
             return Proof(Level.STRUCTURE, note=NOT_READ)
-        if self._unlisted is not None and self._proven.unloadable is None:
-            return attrs.evolve(self._proven, unloadable=UNLISTED.format(self._unlisted))
+        if self._unlisted and self._proven.unloadable is None:
+            return attrs.evolve(self._proven, unloadable=UNLISTED)
         return self._proven
 
     def _settle(self) -> None:
