@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import errno
 import logging
 import os
 import time
 from collections.abc import Callable, Collection
 from functools import partial
-from typing import Protocol
+from typing import Literal, Protocol
 
 import attrs
 import outcome
@@ -32,10 +33,10 @@ import trio
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import DiskOps, unlink, write_all
 from tracker.cache.mixedcopy import Vouching
-from tracker.cache.piecewrites import GaplessWrites
 from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified, below_required
 from tracker.errors import CacheError
+from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
@@ -50,6 +51,55 @@ WRITE_WINDOW = 4
 #: Bytes a reader of a refresh being checked gets only once the check passed: enough that no
 #: archive format looks complete without them (docs/http-api.md, "Verified archives").
 HOLD_BACK = 64 * 1024
+
+
+class Phase(enum.Enum):
+    """Where a refresh stands; it moves only as :func:`next_phase` says
+    (docs/architecture.md, "One refresh, one owner")."""
+
+    #: Registered: its temp file and bytes are arriving, readers follow the written prefix.
+    WRITING = "writing"
+    #: Every byte written and the check's first read passed; the accounts level's second
+    #: read runs (the status page says so; readers still wait for its end).
+    PROVING = "proving"
+    #: Its readers were cut off: the copy failed its check and is being repaired.
+    REPAIRING = "repairing"
+    #: Every byte written and every check the tracker runs on the copy passed: readers get
+    #: the end, promoted or not.
+    VERIFIED = "verified"
+    #: Ended verified (promoted, unless its commit failed).
+    DONE = "done"
+    #: Ended without passing its check: its readers' streams break.
+    FAILED = "failed"
+
+
+#: What happens to a refresh: the check's first read passed (``proving``), the check ended
+#: either way (``checked``), its readers cut off for a repair (``cut``), every check passed
+#: (``verified``), it ended (``ended``, by :meth:`Refresh.abort`).
+Change = Literal["proving", "checked", "cut", "verified", "ended"]
+#: The phases a refresh never leaves.
+ENDED = frozenset({Phase.DONE, Phase.FAILED})
+
+
+def next_phase(phase: Phase, change: Change) -> Phase:
+    """The phase a refresh in ``phase`` moves to on ``change``. Pure; a table in
+    tests/unit/test_refresh_phase.py.
+
+    An ended refresh stays as it ended; a verified one is never cut off again, nor proving.
+    """
+    if phase in ENDED:
+        return phase
+    match change:
+        case "ended":
+            return Phase.DONE if phase is Phase.VERIFIED else Phase.FAILED
+        case "verified":
+            return Phase.VERIFIED
+        case "cut":
+            return phase if phase is Phase.VERIFIED else Phase.REPAIRING
+        case "proving":
+            return Phase.PROVING if phase is Phase.WRITING else phase
+        case "checked":
+            return Phase.WRITING if phase is Phase.PROVING else phase
 
 
 @attrs.define
@@ -138,8 +188,9 @@ class Registry(Protocol):
         ...
 
 
-class Refresh(GaplessWrites):
-    """One refresh of one cached file: temp file, writes, then promotion or removal.
+class Refresh:
+    """One refresh of one cached file: temp file, writes, then promotion or removal; its
+    state in one place, its :class:`Phase` moved only by :func:`next_phase`.
 
     ``registry`` is the cache that registered it, ``ops`` its disk operations and limits;
     with ``checking.verify`` the archive is checked as it is written (:meth:`verify`), a
@@ -170,18 +221,11 @@ class Refresh(GaplessWrites):
         self._writeback = Writeback(ops.writeback_every)
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
-        #: Set (by :meth:`verify`) once all ``size`` bytes are written, the upstream body was
-        #: checked complete and the archive passed its check; readers may then send every
-        #: byte, promoted or not.
-        self.verified = False
+        #: Where it stands (:func:`next_phase` moves it; see :class:`Phase`).
+        self.phase = Phase.WRITING
         #: The SHA-256 of the archive (hex) once it passed its check ("" unchecked), and what
         #: that check proved (docs/architecture.md, "Proven archives").
         self.sha256, self.proof = "", STRUCTURE_ONLY
-        #: Set (by :meth:`verify`) while the accounts level's second read runs, once the
-        #: check's read of the file passed: what the status page shows. Readers still wait
-        #: for the end of every check the tracker runs on the copy (docs/architecture.md,
-        #: "The release rule").
-        self.proving = False
         #: For a copy taken from several sources at once: what must vouch for every byte
         #: of it before it counts as checked (:mod:`tracker.cache.mixedcopy`; None: one
         #: source's copy, the check alone).
@@ -199,6 +243,53 @@ class Refresh(GaplessWrites):
         self._write_error: OSError | None = None
         self._done = False
         self._no_room = ""  # why open() found too little room on the disk
+        #: How many times readers were cut off (:meth:`cut_readers`): an upload following the
+        #: file that read bytes before the last cut starts again once the copy passed its
+        #: check (:func:`tracker.objectstore.upload.upload_following`).
+        self.repairs = 0
+        #: The sources of a refresh from several at once, the first one first (their shares:
+        #: the status page); empty for a refresh from one source.
+        self.piece_sources: tuple[Source, ...] = ()
+        #: When the check failed before the last byte: a prefix holding every byte it read
+        #: (the bad ones are among them); 0: not known (the whole file is suspect).
+        self.failed_within = 0
+
+    def _move(self, change: Change) -> None:
+        """Move to the phase :func:`next_phase` gives for ``change``."""
+        self.phase = next_phase(self.phase, change)
+
+    @property
+    def verified(self) -> bool:
+        """True (by :meth:`verify`) once all ``size`` bytes are written, the upstream body
+        was checked complete and the archive passed its check; readers may then send every
+        byte, promoted or not."""
+        return self.phase in (Phase.VERIFIED, Phase.DONE)
+
+    @property
+    def proving(self) -> bool:
+        """True (by :meth:`verify`) while the accounts level's second read runs, once the
+        check's read of the file passed: what the status page shows. Readers still wait for
+        the end of every check the tracker runs on the copy (docs/architecture.md, "The
+        release rule")."""
+        return self.phase is Phase.PROVING
+
+    @property
+    def repairing(self) -> bool:
+        """True while the readers are cut off and the copy is neither checked good again
+        nor given up (the refresh ended)."""
+        return self.phase is Phase.REPAIRING
+
+    @property
+    def checked(self) -> bool:
+        """True when the archive is checked before its readers get their last bytes: the
+        gate that lets a refresh take pieces from several sources (docs/http-api.md#trust)."""
+        return self._checking.verify
+
+    @property
+    def proves_accounts(self) -> bool:
+        """True when the check proves a full to ``accounts`` (what vouches for every byte of
+        a full from several sources without a trusted digest: :mod:`tracker.cache.mixedcopy`)."""
+        return self._checking.verify and self._checking.prove_accounts is not None
 
     @property
     def remaining(self) -> int:
@@ -209,7 +300,7 @@ class Refresh(GaplessWrites):
     def failed(self) -> bool:
         """True once the refresh ended without all of its bytes, or its readers were cut
         off (:meth:`cut_readers`) and it has not passed its check since."""
-        return (self.ended.is_set() or self._cut) and not self.verified
+        return self.phase in (Phase.FAILED, Phase.REPAIRING)
 
     def readable(self) -> int:
         """How many bytes from the start a reader of the temp file may send now.
@@ -286,7 +377,7 @@ class Refresh(GaplessWrites):
                 # Cancelled while waiting: the check's thread would decode on, unseen.
                 check.cancel()  # a no-op once it has ended
                 self._check = None
-                self.proving = False
+                self._move("checked")
         if self.ended.is_set():  # aborted while the check ran
             raise CacheError("refresh aborted")
         if check is not None and (short := own_shortfall(self._checking, self.name, self.proof)):
@@ -295,7 +386,9 @@ class Refresh(GaplessWrites):
             self.vouching.vouch(self.name, self.sha256, self.proof)  # raises when it does not
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
             self.proof = await required_proof(self._checking, self.name, self.proof)
-        self.verified = True
+            if self.ended.is_set():  # aborted while the votes were awaited
+                raise CacheError("refresh aborted")
+        self._move("verified")
         self._notify()
 
     async def _note_first_read(self, check: FollowingCheck) -> None:
@@ -303,8 +396,51 @@ class Refresh(GaplessWrites):
         accounts level's second read runs on (the status page says so); the readers' end
         still waits for it (docs/architecture.md, "The release rule")."""
         await check.first_read()
-        if not check.done() and not self._cut:
-            self.proving = True
+        if not check.done() and not self.repairs:  # a repaired copy is never shown proving
+            self._move("proving")
+
+    def descriptor(self) -> int:
+        """The open temp file, for pieces written at their offsets (through a duplicate:
+        ``abort`` may close this one meanwhile). CacheError when the refresh is not open or
+        was written in order already."""
+        if self._fd is None or self._writes or self._queued:
+            raise CacheError("refresh is not open, or written in order already")
+        return self._fd
+
+    def landed(self, prefix: int) -> None:
+        """The first ``prefix`` bytes of the temp file are written without a gap (pieces
+        beyond them may be too; a refresh from several sources): readers may follow up to
+        there, the archive check reads on. Never moves back; ignored once the refresh
+        ended."""
+        if prefix <= self.written or self.ended.is_set():
+            return
+        check = self._check
+        if check is not None and check.done() and not self.failed_within:
+            # It passes only once told the end: ended before, it failed on bytes it had
+            # read, all of them before this prefix (what a repair compares).
+            self.failed_within = self.written
+        self.written = min(prefix, self.size)
+        self._notify()
+        if self._fd is not None:
+            self._writeback.advance(self._fd, self.written)
+
+    def cut_readers(self) -> None:
+        """End every reader's stream in error now and refuse new ones until the refresh
+        passes its check (docs/http-api.md, "Verified archives"): a reader that has read a
+        liar's bytes must never get a complete body (docs/architecture.md, "A refresh from
+        several sources")."""
+        self._move("cut")
+        self.repairs += 1
+        self._notify()
+
+    async def recheck(self) -> None:
+        """Check the complete temp file again from its first byte (after a repair), as
+        :meth:`verify` does; raises what it raises."""
+        if self._fd is None or self.written != self.size:
+            raise CacheError(f"refresh ended at byte {self.written} of {self.size}")
+        self._check = FollowingCheck.start(self._fd, self.name, self._checking.prove_accounts)
+        self._check.advance(self.size)
+        await self.verify()
 
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
@@ -484,6 +620,7 @@ class Refresh(GaplessWrites):
             unlink(self.temp)
             self.temp = ""
         self._registry.release(self)
+        self._move("ended")
         self.ended.set()
         self._notify()
 

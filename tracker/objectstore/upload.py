@@ -45,7 +45,12 @@ class Growing(Protocol):
     """A file being written (:class:`tracker.cache.refresh.Refresh` is one)."""
 
     size: int
-    verified: bool
+
+    @property
+    def verified(self) -> bool:
+        """True once every byte is written and every check passed."""
+        ...
+
     #: The archive's SHA-256 (hex) once it passed its check ("" unchecked).
     sha256: str
     #: What that check proved.
