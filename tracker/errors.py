@@ -35,6 +35,8 @@ exception class::
     ├── StatementInvalid   a signed statement about an archive (an attestation) or its signing
     │                      key is malformed, badly signed, expired or about another file
     ├── VoteInvalid        a vote instruction's data does not decode (the cluster level)
+    ├── CertificateInvalid an Alpenglow finality certificate, its signer bitmap, a block
+    │                      footer or a BLS key does not decode or check (the cluster level)
     └── NoRoom             the accounts proof cannot go on in its memory or its temporary
                            space (the archive stays at ``manifest`` with the note)
 """

@@ -130,7 +130,7 @@ class Crew:
     probe_ranges: bool = False
     _changed: trio.Event = attrs.Factory(trio.Event)
     #: The probes running (:func:`_probe`): cancelled once the file is complete.
-    _probes: set[trio.CancelScope] = attrs.Factory(set)
+    probes: set[trio.CancelScope] = attrs.field(factory=set, init=False)
 
     def changed(self) -> None:
         """A claim ended or bytes landed: idle connections look again (a probe still out
@@ -138,7 +138,7 @@ class Crew:
         self._changed.set()
         self._changed = trio.Event()
         if self.pieces.complete:
-            for probe in self._probes:
+            for probe in self.probes:
                 probe.cancel()
 
     async def idle(self) -> None:
@@ -210,7 +210,7 @@ async def _probe(crew: Crew, source: Source) -> None:
     of its bytes at most, never the file); any other answer is a failure as a piece's is."""
     scope = trio.CancelScope()
     source.scopes.add(scope)
-    crew._probes.add(scope)
+    crew.probes.add(scope)
     source.probing = True
     try:
         with scope:
@@ -230,7 +230,7 @@ async def _probe(crew: Crew, source: Source) -> None:
     finally:
         source.probing = False
         source.scopes.discard(scope)
-        crew._probes.discard(scope)
+        crew.probes.discard(scope)
         crew.changed()
 
 

@@ -56,7 +56,7 @@ class Source:
     url: str
     identity: Identity
     #: Whether its answers honour ``Range`` (the refresh starts with True and learns
-    #: otherwise from its first answer to a ``Range`` request: :meth:`ignores_range`).
+    #: otherwise from its first answer to a ``Range`` request: :meth:`Source.ignores_range`).
     ranges: bool
     sent: int = 0
     failures: int = 0
