@@ -625,6 +625,7 @@ def test_large_versions_are_hashed_where_they_lie_and_never_read_again() -> None
         assert proof.finish(reread) == (model(slots), None)
         assert asked == []
         assert (summer.added, summer.taken_out) == (0, 0)
+        assert proof.progress.hashed == newest_with_lamports(given) == 2
 
 
 def test_kept_and_laid_out_versions_mix_in_one_storage() -> None:

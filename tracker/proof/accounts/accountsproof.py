@@ -465,37 +465,34 @@ class AccountsProof:
             self.progress.hashed += count
 
         lanes = _SecondReadLanes(self) if self._lanes else None
-        kept, hashes, order = self._kept_in_order()
-        self._kept = []
+        kept, order = self._kept_in_order()
         hash_newest(
             self._storages,
-            self._taken_out(superseded, kept, hashes, order),
+            self._taken_out(superseded, kept, order),
             reread,
             self._summer,
             hashed,
             lanes,
             kept=(kept,),
         )
+        self._kept = []
 
-    def _kept_in_order(self) -> tuple[U64, npt.NDArray[np.uint16], npt.NDArray[np.intp]]:
-        """The kept versions' locators sorted (storage order), their hashes as kept, and
-        the order that sorts them."""
+    def _kept_in_order(self) -> tuple[U64, npt.NDArray[np.intp]]:
+        """The kept versions' locators sorted (storage order), and the order that sorts
+        them (an index into the kept hashes as they came, never joined: no second copy of
+        them beside the budget's)."""
         if not self._kept:
-            return np.zeros(0, dtype=np.uint64), np.zeros((0, 1024), dtype=np.uint16), _NONE
+            return np.zeros(0, dtype=np.uint64), _NONE
         locators = np.concatenate([each for each, _ in self._kept])
-        hashes = np.concatenate([each for _, each in self._kept])
         order = np.argsort(locators, kind="stable")
-        return locators[order], hashes, order
+        return locators[order], order
 
     def _taken_out(
-        self,
-        superseded: Iterable[U64],
-        kept: U64,
-        hashes: npt.NDArray[np.uint16],
-        order: npt.NDArray[np.intp],
+        self, superseded: Iterable[U64], kept: U64, order: npt.NDArray[np.intp]
     ) -> Iterator[U64]:
         """``superseded`` less the kept versions, whose hashes are taken out of the sum here:
         their storages need not be read again for them."""
+        firsts = np.cumsum([0, *(len(each) for each, _ in self._kept)])
         for piece in superseded:
             if not len(kept) or not len(piece):
                 yield piece
@@ -503,7 +500,10 @@ class AccountsProof:
             places = np.minimum(np.searchsorted(kept, piece), len(kept) - 1)
             there = kept[places] == piece
             if there.any():
-                self._own -= np.add.reduce(hashes[order[places[there]]], axis=0, dtype=np.uint16)
+                for at in order[places[there]].tolist():
+                    chunk = int(np.searchsorted(firsts, at, side="right")) - 1
+                    self._own -= self._kept[chunk][1][at - int(firsts[chunk])]
+                self.progress.hashed -= int(there.sum())
                 piece = piece[~there]
             yield piece
 
