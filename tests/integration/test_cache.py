@@ -211,9 +211,9 @@ def join_once_the_refresh_ended(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_join = refreshing.join
 
-    async def join_once_ended(shared: Any, *args: Any, **kwargs: Any) -> Any:
-        await shared.refresh.ended.wait()
-        return await real_join(shared, *args, **kwargs)
+    async def join_once_ended(refresh: Any, *args: Any, **kwargs: Any) -> Any:
+        await refresh.ended.wait()
+        return await real_join(refresh, *args, **kwargs)
 
     monkeypatch.setattr(refreshing, "join", join_once_ended)
 

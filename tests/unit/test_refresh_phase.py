@@ -1,6 +1,6 @@
 """A refresh's phases as a table (tracker.cache.refresh.next_phase): the one place that
-says how its readers, its check and its repair move it (docs/architecture.md, "One refresh,
-one owner")."""
+says how its readers, its check and its repair move it; and the cache as the one registry
+of refreshes (docs/architecture.md, "One refresh, one owner")."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import trio
 from names import full_name
 
 from tracker.cache.refresh import ENDED, Change, Phase, next_phase
@@ -64,3 +65,29 @@ async def test_a_refresh_cut_off_is_failed_until_its_repaired_copy_passes(
     assert refresh.verified and refresh.repairs == 2
     refresh.abort()
     assert refresh.phase is Phase.DONE and refresh.ended.is_set() and not refresh.failed
+
+
+async def test_the_cache_is_the_one_registry_requests_join_a_refresh_through(
+    tmp_path: Path,
+) -> None:
+    cache = Cache(str(tmp_path / "cache"))
+    own, shared = full_name(100), full_name(200)
+    alone = cache.begin_refresh("g", own)
+    joined = cache.begin_refresh("g", shared)
+    assert alone is not None and joined is not None
+    # begun, not shared yet: nobody may read either
+    assert cache.running("g", shared, any_refresh=True) is None
+    assert [p.readers for p in cache.refreshes()] == [None, None]
+    stop = trio.CancelScope()  # the pump's
+    alone.share(stop, keep=True, register=False)  # cache_share_inflight off
+    joined.share(stop, keep=False, register=True)
+    assert cache.running("g", own) is None  # its starter's only
+    assert cache.running("g", own, any_refresh=True) is alone  # a strict level waits on it
+    assert cache.running("g", shared) is joined
+    joined.reader_joined()
+    assert [p.readers for p in cache.refreshes()] == [0, 1]  # by name: the own one first
+    joined.reader_left()  # the last reader of a refresh not kept stops it
+    assert stop.cancel_called and not joined.joinable
+    joined.abort()
+    assert cache.running("g", shared, any_refresh=True) is None
+    assert [p.name for p in cache.refreshes()] == [own]

@@ -253,6 +253,57 @@ class Refresh:
         #: When the check failed before the last byte: a prefix holding every byte it read
         #: (the bad ones are among them); 0: not known (the whole file is suspect).
         self.failed_within = 0
+        # -- its readers (docs/architecture.md, "One refresh, one owner") --
+        #: Cancels the refresh's pump (:meth:`share`; None: not shared, a test's own).
+        self.stop: trio.CancelScope | None = None
+        #: False: the refresh is cancelled when its last reader leaves
+        #: (``cache_complete_on_disconnect: false``).
+        self.keep = True
+        #: True: requests of its file join it (:meth:`Cache.running`); else only its
+        #: starter reads it (``cache_share_inflight`` off).
+        self.registered = False
+        #: Set once the refresh is open (:meth:`announce`: size and headers known) or will
+        #: never be (:meth:`shut`).
+        self.ready = trio.Event()
+        #: The client headers of the upstream's 200 (content-length included).
+        self.headers: dict[str, str] = {}
+        #: Clients reading its temp file now (``tracker.proxy.sharing``).
+        self.readers = 0
+        self._announced = False
+
+    def share(self, stop: trio.CancelScope, *, keep: bool, register: bool) -> None:
+        """Let clients read the refresh while it runs: ``stop`` cancels its pump, ``keep``
+        false stops it when its last reader leaves, ``register`` makes requests of its file
+        join it. Synchronous with :meth:`Cache.begin_refresh`: a request arriving next
+        finds it."""
+        self.stop, self.keep, self.registered = stop, keep, register
+
+    @property
+    def joinable(self) -> bool:
+        """True while a new reader may join: announced, not ended, not being stopped."""
+        return self._announced and not self.ended.is_set()
+
+    def announce(self, headers: dict[str, str]) -> None:
+        """The refresh is open: readers may join, with these response headers."""
+        self.headers = dict(headers)
+        self._announced = True
+        self.ready.set()
+
+    def shut(self) -> None:
+        """The refresh could not start (or is being stopped): nobody may join."""
+        self._announced = False
+        self.ready.set()
+
+    def reader_joined(self) -> None:
+        self.readers += 1
+
+    def reader_left(self) -> None:
+        """A reader is done; the last one stops a refresh that is not to be kept."""
+        self.readers -= 1
+        if self.readers <= 0 and not self.keep and not self.ended.is_set():
+            self.shut()
+            if self.stop is not None:
+                self.stop.cancel()
 
     def _move(self, change: Change) -> None:
         """Move to the phase :func:`next_phase` gives for ``change``."""

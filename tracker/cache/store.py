@@ -81,8 +81,8 @@ class RefreshProgress:
     """A refresh in flight, as the status page shows it.
 
     ``size`` is 0 until the refresh is open (the upstream answered); ``started_at`` is Unix
-    time; ``readers``: clients reading its temp file, None when the cache cannot know
-    (readers of shared refreshes are the proxy's, :mod:`tracker.proxy.sharing`).
+    time; ``readers``: clients reading its temp file (:mod:`tracker.proxy.sharing`), None
+    for a refresh not shared (:meth:`Refresh.share`).
     """
 
     group: str
@@ -268,6 +268,17 @@ class Cache:
         """True while a refresh of ``name`` of ``group`` is running."""
         return (group, name) in self._refreshing
 
+    def running(self, group: str, name: str, *, any_refresh: bool = False) -> Refresh | None:
+        """The refresh of ``name`` of ``group`` that requests of the file join (one
+        :meth:`Refresh.share` registered), or with ``any_refresh`` whichever runs, its own
+        starter's only included; None when none runs. The one registry of refreshes: a
+        refresh is here from :meth:`begin_refresh` to its end (docs/architecture.md, "One
+        refresh, one owner")."""
+        refresh = self._refreshing.get((group, name))
+        if refresh is None or refresh.ended.is_set() or refresh.stop is None:
+            return None  # none, or one no client may read
+        return refresh if any_refresh or refresh.registered else None
+
     def refreshes(self) -> list[RefreshProgress]:
         """Every refresh running now, by group and name (read-only; no file system access)."""
         return [
@@ -277,6 +288,7 @@ class Cache:
                 r.size,
                 r.written,
                 r.started_at,
+                readers=r.readers if r.stop is not None else None,
                 sources=tuple((redact_text(s.url), s.sent) for s in r.piece_sources),
                 notes=tuple(redact_text(s.state) for s in r.piece_sources),
                 proving=r.proving and not r.verified,

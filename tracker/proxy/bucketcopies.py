@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import trio
 
+from tracker.cache.refresh import Refresh
 from tracker.config.schema import Config, ObjectStore, TargetGroup
 from tracker.core.digests import Digests, repr_digest
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
@@ -43,7 +44,6 @@ from tracker.objectstore.tier import ObjectTier, TierEvents
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import SnapshotSource, TargetKey
-from tracker.proxy.sharing import SharedRefresh
 from tracker.serving.httpanswer import Answer
 from tracker.serving.ranges import http_date
 
@@ -116,16 +116,16 @@ class ObjectPath:
         url = f"{route.base}/v1/{quote(group, safe='')}/{archive.file_name}"
         return _source(group, archive, url, size, from_network=not route.trusted)
 
-    async def upload(self, shared: SharedRefresh, lock: Lock, group: str, name: str) -> None:
-        """Fill the bucket from ``shared``'s temp file while holding ``lock``; never raises
+    async def upload(self, refresh: Refresh, lock: Lock, group: str, name: str) -> None:
+        """Fill the bucket from ``refresh``'s temp file while holding ``lock``; never raises
         but Cancelled (failures are logged and counted; the upload is aborted, the lock
         released)."""
         tier = self.tier
         tier.uploads_running += 1
         try:
-            info = await self._upload(shared, lock, group, name)
+            info = await self._upload(refresh, lock, group, name)
             if info is not None:
-                await tier.completed(group, name, info, shared.refresh.sha256)
+                await tier.completed(group, name, info, refresh.sha256)
         except (StoreError, OSError) as exc:
             tier.events.upload("failed")
             log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
@@ -136,14 +136,13 @@ class ObjectPath:
             tier.uploads_running -= 1
 
     async def _upload(
-        self, shared: SharedRefresh, lock: Lock, group: str, name: str
+        self, refresh: Refresh, lock: Lock, group: str, name: str
     ) -> ObjectInfo | None:
         """The upload with its lock kept renewed; None when the refresh never opened.
         Raises StoreError (or OSError reading the file) when it failed."""
-        await shared.ready.wait()
-        refresh = shared.refresh
+        await refresh.ready.wait()
         path = refresh.temp or (refresh.final if refresh.verified else "")
-        if not path or (not shared.joinable and not refresh.verified):
+        if not path or (not refresh.joinable and not refresh.verified):
             return None
         tier = self.tier
         fd = await trio.to_thread.run_sync(_open, path)
@@ -156,7 +155,7 @@ class ObjectPath:
                 nursery.start_soon(_cancel_when, lost, nursery.cancel_scope)
                 try:
                     key = tier.object_key(group, name)
-                    metadata = tier.upload_metadata(shared.headers)
+                    metadata = tier.upload_metadata(refresh.headers)
                     info = await tier.upload(key, fd, refresh, metadata)
                 except (StoreError, OSError) as exc:  # raised here, not as an ExceptionGroup
                     failure = exc

@@ -4,9 +4,10 @@ those running here (docs/architecture.md, "One request's path").
 A :class:`~tracker.proxy.decisions.Start` begins a *detached* refresh
 (:func:`tracker.proxy.bytepaths.fill` in the transfers nursery: it may outlive its client);
 every client reads its growing temp file (:mod:`tracker.proxy.sharing`). A refresh is
-*followed* from its start to its end (the status page lists its readers) and, when its start
-says ``register``, also found by requests of its file (:meth:`Refreshes.running`); it is
-registered synchronously with the start, so a request arriving next finds it. While a
+registered in one place, the cache (:meth:`tracker.cache.store.Cache.begin_refresh`), from
+its start to its end (the status page lists its readers) and, when its start says
+``register``, found there by requests of its file (:meth:`tracker.cache.store.Cache.running`);
+it is shared synchronously with the start, so a request arriving next finds it. While a
 request asks the bucket for a file's lock, others of that file wait
 (:meth:`Refreshes.settled`): the lock decides who refreshes.
 """
@@ -19,6 +20,7 @@ from functools import partial
 import attrs
 import trio
 
+from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache
 from tracker.config.schema import TargetGroup
 from tracker.core.snapshots import ArchiveName
@@ -32,7 +34,7 @@ from tracker.proxy.bytepaths import fill
 from tracker.proxy.clientfeed import EarlyBody
 from tracker.proxy.decisions import Asked, Claimed, Start, prefetches, start_prefetch
 from tracker.proxy.failover import head_due
-from tracker.proxy.sharing import SharedRefresh, join
+from tracker.proxy.sharing import join
 from tracker.proxy.storedcopies import served_from_disk
 from tracker.proxy.streamjobs import Launcher, Pump, early_answer, head_answer, text_answer
 from tracker.proxy.transfers import Head
@@ -42,21 +44,19 @@ from tracker.serving.responsebodies import Body
 
 log = logging.getLogger("tracker.streamer")
 
-Started = SharedRefresh | Answer | None
+Started = Refresh | Answer | None
 #: What a refresh's own stream asks its sources: the whole file.
 WHOLE_FILE = Ask(Asked("GET"), {})
 
 
-#: A refresh begun: its shared state, its pump still to start, the event set once it asks a
-#: source.
-Begun = tuple[SharedRefresh, Pump, trio.Event | None]
-#: A refresh's key: cache root, group, file name.
+#: A refresh begun: the refresh, its pump still to start, the event set once it asks a source.
+Begun = tuple[Refresh, Pump, trio.Event | None]
+#: A file's key while its bucket lock is asked for: cache root, group, file name.
 SharedKey = tuple[str, str, str]
 
 
 class Refreshes:
-    """Starts, joins and reads the disk cache's refreshes, and finds those running; see the
-    module doc."""
+    """Starts, joins and reads the disk cache's refreshes; see the module doc."""
 
     def __init__(
         self, launcher: Launcher, objects: ObjectPath | None, budget: ChunkBudget | None = None
@@ -65,34 +65,8 @@ class Refreshes:
         self._objects = objects
         #: The read memory of answers from the disk cache (a followed refresh promoted).
         self._budget = budget
-        #: Registered refreshes: requests of their file join them.
-        self._shared: dict[SharedKey, SharedRefresh] = {}
-        #: Every refresh running, registered or not: who reads it (status page).
-        self._followed: dict[SharedKey, SharedRefresh] = {}
         #: Files whose bucket lock this replica is asking for (a second request waits).
         self._claiming: dict[SharedKey, trio.Event] = {}
-
-    def add(self, key: SharedKey, shared: SharedRefresh, *, register: bool) -> None:
-        """A refresh began: followed, and with ``register`` found by requests of its file."""
-        self.forget_ended()  # a few at a time: the names change with every snapshot
-        self._followed[key] = shared
-        if register:
-            self._shared[key] = shared
-
-    def running(self, key: SharedKey) -> SharedRefresh | None:
-        """The registered refresh of a file still running (ended ones are dropped)."""
-        for ended in [k for k, s in self._shared.items() if s.refresh.ended.is_set()]:
-            del self._shared[ended]
-        return self._shared.get(key)
-
-    def followed(self, key: SharedKey) -> SharedRefresh | None:
-        """The refresh of a file, registered or not (call :meth:`forget_ended` first to
-        leave out those that ended)."""
-        return self._followed.get(key)
-
-    def forget_ended(self) -> None:
-        for key in [k for k, s in self._followed.items() if s.refresh.ended.is_set()]:
-            del self._followed[key]
 
     async def settled(self, key: SharedKey) -> None:
         """Return once no request here is asking for the bucket's lock of the file."""
@@ -111,15 +85,15 @@ class Refreshes:
             del self._claiming[key]
             done.set()
 
-    async def join_shared(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
+    async def join_shared(self, refresh: Refresh, ask: Ask) -> Answer | None:
         """Read the running refresh (counted as a shared reader); None when it ended
         unread."""
-        return self._counted(await self.read(shared, ask))
+        return self._counted(await self.read(refresh, ask))
 
-    async def join_behind(self, shared: SharedRefresh, ask: Ask) -> Answer | None:
+    async def join_behind(self, refresh: Refresh, ask: Ask) -> Answer | None:
         """A ``Range`` GET read from a background refresh's temp file (the range's first
         byte is written); None when it ended."""
-        return self._counted(await join(shared, "GET", ask.asked.range))
+        return self._counted(await join(refresh, "GET", ask.asked.range))
 
     def _counted(self, answer: Answer | None) -> Answer | None:
         """``answer`` of a shared reader, counted as one when there is one."""
@@ -136,7 +110,7 @@ class Refreshes:
         step: Start,
         lock: Lock | None,
         ask: Ask,
-    ) -> tuple[Answer | None, SharedRefresh | None]:
+    ) -> tuple[Answer | None, Refresh | None]:
         """Start the refresh of ``archive`` as ``step`` says, with its early head, and read
         it. The answer (None: a refresh of the file runs already, or the one started ended
         unread), and the refresh read when one was."""
@@ -145,17 +119,15 @@ class Refreshes:
             started = None if begun is None else await self._start_early(begun, archive, step, ask)
         else:
             started = await self.start(group, archive, cache, step, lock)
-        if not isinstance(started, SharedRefresh):
+        if not isinstance(started, Refresh):
             return started, None  # None (a refresh runs), 502/503, uncached, early
         return await self.read(started, ask, step.origin), started
 
-    async def read(
-        self, shared: SharedRefresh, ask: Ask, origin: ByteSource = "cache"
-    ) -> Answer | None:
-        """``ask`` answered from the temp file of ``shared``; None when it cannot be (the
+    async def read(self, refresh: Refresh, ask: Ask, origin: ByteSource = "cache") -> Answer | None:
+        """``ask`` answered from the temp file of ``refresh``; None when it cannot be (the
         route then asks whether it was promoted meanwhile). Its bytes count as ``origin``'s."""
         return await join(
-            shared,
+            refresh,
             ask.method,
             ask.asked.range,
             served=self._launcher.served(origin),
@@ -168,7 +140,7 @@ class Refreshes:
         """Begin a detached refresh of ``archive`` as ``step`` says (kept to its end or not,
         registered or not, whether a client waits), under the bucket's ``lock`` when one
         was got (the refresh is then uploaded, which releases it); once it is open, the
-        SharedRefresh.
+        Refresh.
 
         None when a refresh of the file already runs, or (no client waits) it could not open.
         For a client, an Answer when the upstream failed (502/503) or the refresh could
@@ -199,7 +171,7 @@ class Refreshes:
             lock = claim if isinstance(claim, Lock) else None
         step = start_prefetch(locked=lock is not None)
         started = await self.start(group, archive, cache, step, lock)
-        if not isinstance(started, SharedRefresh):
+        if not isinstance(started, Refresh):
             return False
         return await _prefetched(started, cache, group.group, name)
 
@@ -224,8 +196,8 @@ class Refreshes:
                 done.set()
 
         if not self._launcher.transfers.spawn(opening):
-            begun[0].fail()
-            begun[0].refresh.abort()
+            begun[0].shut()
+            begun[0].abort()
             return text_answer(503, "the tracker is stopping")
         async with trio.open_nursery() as nursery:
 
@@ -247,16 +219,16 @@ class Refreshes:
         return early_answer(step.early, EarlyBody(resolve))
 
     async def _follow(self, started: Started, size: int, origin: ByteSource, ask: Ask) -> Body:
-        """The body that follows an early head of ``size`` bytes: the shared refresh's (or,
+        """The body that follows an early head of ``size`` bytes: the refresh's (or,
         when it was checked and promoted before the body began, the cached file's), or the
         uncached stream's when the refresh could not open; UpstreamError otherwise."""
-        if isinstance(started, SharedRefresh):
+        if isinstance(started, Refresh):
             served = self._launcher.served(origin)
             response = await join(started, "GET", None, served=served, connection=ask.connection)
-            if response is None and started.refresh.verified:
+            if response is None and started.verified:
                 # A small or fast refresh ended while its head went out: the copy is whole
                 # and checked on disk now, so the body comes from there.
-                response = await self._promoted(started.refresh.final, ask)
+                response = await self._promoted(started.final, ask)
         else:
             response = started
         if response is None:
@@ -306,23 +278,22 @@ class Refreshes:
         job = attrs.evolve(
             job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
         )
-        shared = SharedRefresh(refresh, job.stop, keep=step.keep)
-        self.add((cache.root, group, name), shared, register=step.register)
+        refresh.share(job.stop, keep=step.keep, register=step.register)
         if lock is not None and self._objects is not None:
-            transfers.spawn(self._objects.upload, shared, lock, group, name)
-        return shared, partial(fill, job, fallback=step.client), job.slotted
+            transfers.spawn(self._objects.upload, refresh, lock, group, name)
+        return refresh, partial(fill, job, fallback=step.client), job.slotted
 
-    async def _open(self, shared: SharedRefresh, pump: Pump, *, client: bool) -> Started:
+    async def _open(self, refresh: Refresh, pump: Pump, *, client: bool) -> Started:
         """Start a begun refresh's pump; see :meth:`start` for what it returns."""
         try:
-            head = await self._launcher.start(pump, refresh=shared.refresh, client=client)
+            head = await self._launcher.start(pump, refresh=refresh, client=client)
         except BaseException:
-            shared.fail()
+            refresh.shut()
             raise
         if isinstance(head, Head) and head.refresh is not None:
-            shared.announce(head.headers)
-            return shared
-        shared.fail()
+            refresh.announce(head.headers)
+            return refresh
+        refresh.shut()
         if not client:
             return None
         if isinstance(head, Answer):
@@ -331,17 +302,17 @@ class Refreshes:
         return head_answer(head)
 
 
-async def _prefetched(started: SharedRefresh, cache: Cache, group: str, name: str) -> bool:
+async def _prefetched(refresh: Refresh, cache: Cache, group: str, name: str) -> bool:
     """Wait for a prefetch's refresh to end; whether it was promoted. Cancelled (the service
     stopping), it stops the refresh unless clients read it."""
     log_event(log, "info", "cache_prefetch_started", group=group, file=name)
-    refresh = started.refresh
     try:
         await refresh.ended.wait()
     except BaseException:
-        if started.readers == 0:
-            started.fail()
-            started.stop.cancel()  # nobody waits for this refresh
+        if refresh.readers == 0:
+            refresh.shut()
+            if refresh.stop is not None:
+                refresh.stop.cancel()  # nobody waits for this refresh
         raise
     return refresh.verified and not refresh.failed and _cached(cache, group, name)
 

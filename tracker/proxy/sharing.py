@@ -25,7 +25,6 @@ import os
 import weakref
 from collections.abc import AsyncGenerator, Callable
 
-import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
@@ -43,53 +42,8 @@ def _nothing(*_args: object) -> None:
     return None
 
 
-@attrs.define(eq=False)
-class SharedRefresh:
-    """A detached refresh that clients may read while it runs.
-
-    ``stop`` cancels the refresh's pump; with ``keep`` false it is cancelled when the last
-    reader leaves (``cache_complete_on_disconnect: false``). ``ready`` is set once the
-    refresh is open (:meth:`announce`: size and headers known) or failed to (:meth:`fail`).
-    """
-
-    refresh: Refresh
-    stop: trio.CancelScope
-    keep: bool = True
-    ready: trio.Event = attrs.Factory(trio.Event)
-    #: The client headers of the upstream's 200 (content-length included).
-    headers: dict[str, str] = attrs.Factory(dict)
-    readers: int = 0
-    _open: bool = False
-
-    @property
-    def joinable(self) -> bool:
-        """True while a new reader may join: announced, not ended, not being stopped."""
-        return self._open and not self.refresh.ended.is_set()
-
-    def announce(self, headers: dict[str, str]) -> None:
-        """The refresh is open: readers may join, with these response headers."""
-        self.headers = dict(headers)
-        self._open = True
-        self.ready.set()
-
-    def fail(self) -> None:
-        """The refresh could not start (or is being stopped): nobody may join."""
-        self._open = False
-        self.ready.set()
-
-    def reader_joined(self) -> None:
-        self.readers += 1
-
-    def reader_left(self) -> None:
-        """A reader is done; the last one stops a refresh that is not to be kept."""
-        self.readers -= 1
-        if self.readers <= 0 and not self.keep and not self.refresh.ended.is_set():
-            self.fail()
-            self.stop.cancel()
-
-
 async def join(
-    shared: SharedRefresh,
+    refresh: Refresh,
     method: str,
     range_header: str | None,
     *,
@@ -97,29 +51,29 @@ async def join(
     chunk_size: int = CHUNK_SIZE,
     connection: Connection | None = None,
 ) -> Answer | None:
-    """Answer a GET (``range_header`` honoured) from ``shared``'s temp file.
+    """Answer a GET (``range_header`` honoured) from ``refresh``'s temp file: the one place
+    a reader joins a refresh (docs/architecture.md, "One refresh, one owner").
 
-    Waits until the refresh is open. Returns None when it cannot be read (it failed or
-    ended meanwhile: the caller serves the request another way); otherwise a 200, 206 or 416
-    response whose body follows the refresh. With the client's zero-copy ``connection``
-    the bytes on disk go out with sendfile, else through ``os.pread``. Cancellation (client
-    gone) closes what was opened.
+    Waits until the refresh is open (:meth:`Refresh.announce`). Returns None when it cannot
+    be read (it failed or ended meanwhile: the caller serves the request another way);
+    otherwise a 200, 206 or 416 response whose body follows the refresh. With the client's
+    zero-copy ``connection`` the bytes on disk go out with sendfile, else through
+    ``os.pread``. Cancellation (client gone) closes what was opened.
     """
     if method != "GET":
         return None
-    await shared.ready.wait()
-    refresh = shared.refresh
+    await refresh.ready.wait()
     while refresh.repairing:  # its readers were cut off: the repaired copy, or none
         await refresh.wait_progress()
-    if not shared.joinable or not refresh.temp:
+    if not refresh.joinable or not refresh.temp:
         return None
     try:
         fd = await trio.to_thread.run_sync(_open_reader, refresh.temp)
     except OSError:
         return None  # promoted or removed meanwhile
-    response, offset, length = _plan(shared.headers, refresh.size, range_header)
+    response, offset, length = _plan(refresh.headers, refresh.size, range_header)
     # Before any checkpoint: the descriptor has an owner.
-    body = SharedBody(fd, shared, offset, length, chunk_size, served, connection)
+    body = SharedBody(fd, refresh, offset, length, chunk_size, served, connection)
     if refresh.failed or length == 0:
         body.release()
         return None if refresh.failed else response
@@ -174,7 +128,7 @@ class SharedBody(GeneratorBody):
     def __init__(
         self,
         fd: int,
-        shared: SharedRefresh,
+        refresh: Refresh,
         offset: int,
         length: int,
         chunk_size: int,
@@ -182,20 +136,19 @@ class SharedBody(GeneratorBody):
         connection: Connection | None = None,
     ) -> None:
         self.fd = fd
-        self._shared = shared
-        self._refresh = shared.refresh
+        self._refresh = refresh
         self._offset, self._length, self._chunk_size = offset, length, chunk_size
         self._served = served
         self._connection = connection
-        shared.reader_joined()
+        refresh.reader_joined()
         token = trio.lowlevel.current_trio_token()
-        self._finalizer = weakref.finalize(self, _collected, fd, token, shared.reader_left)
+        self._finalizer = weakref.finalize(self, _collected, fd, token, refresh.reader_left)
 
     def release(self) -> None:
         """Close the descriptor and leave the readers (idempotent)."""
         if self._finalizer.detach() is not None:
             os.close(self.fd)
-            self._shared.reader_left()
+            self._refresh.reader_left()
 
     async def _finish(self, error: BaseException | None) -> None:
         self.release()

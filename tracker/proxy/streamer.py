@@ -17,6 +17,7 @@ from functools import partial
 
 import attrs
 
+from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests
@@ -57,7 +58,6 @@ from tracker.proxy.decisions import (
     stored,
 )
 from tracker.proxy.refreshing import Refreshes, claimed_of
-from tracker.proxy.sharing import SharedRefresh
 from tracker.proxy.storedcopies import cache_path, copy_of
 from tracker.proxy.streamjobs import Launcher
 from tracker.proxy.transfers import Transfers
@@ -281,13 +281,7 @@ class ProxyStreamer:
         cache = self.cache()
         if cache is None:
             return []
-        self.shared_refreshes.forget_ended()
-        out = []
-        for progress_ in cache.refreshes():
-            shared = self.shared_refreshes.followed((cache.root, progress_.group, progress_.name))
-            readers = shared.readers if shared is not None else None
-            out.append(attrs.evolve(progress_, readers=readers))
-        return out
+        return cache.refreshes()
 
     async def aclose(self) -> None:
         """Close the download clients (at service stop, after the transfers ended)."""
@@ -368,9 +362,9 @@ class Route:
     cache: Cache | None
     mode: Mode
     path: str | None = None
-    shared: SharedRefresh | None = None
+    shared: Refresh | None = None
     lock: Lock | Holder | None = None
-    read: SharedRefresh | None = None
+    read: Refresh | None = None
     size: int = 0
 
     @property
@@ -464,11 +458,9 @@ class Route:
         assert cache is not None  # refreshes are looked up only with a cache
         if settle:
             await refreshes.settled(self.key)
-        self.shared = shared = refreshes.running(self.key)
-        if shared is None and self.mode.strict:  # any refresh of it, its own included
-            refreshes.forget_ended()
-            self.shared = shared = refreshes.followed(self.key)
-        running = None if shared is None else (shared.refresh.size, shared.refresh.written)
+        # any refresh of it under a strict level, its own starter's only included
+        self.shared = shared = cache.running(group, name, any_refresh=self.mode.strict)
+        running = None if shared is None else (shared.size, shared.written)
         return Now(
             best=self.run.launcher.is_best(group, name),
             running=running,
@@ -487,7 +479,7 @@ class Route:
 
     def promoted(self) -> bool:
         """The refresh this request read was promoted into the cache meanwhile."""
-        return self.read is not None and self.read.refresh.verified
+        return self.read is not None and self.read.verified
 
     @property
     def name(self) -> str:
@@ -507,8 +499,7 @@ class Route:
         if shared is None and run.on_interest is not None:
             run.on_interest(self.group.group, self.name)
         retry = CHECKING_RETRY
-        if shared is not None:
-            refresh = shared.refresh
+        if (refresh := shared) is not None:
             rate = refresh.written / max(1e-3, time.time() - refresh.started_at)
             if rate > 0:
                 retry = min(MAX_RETRY, CHECKING_RETRY + refresh.remaining / rate)
