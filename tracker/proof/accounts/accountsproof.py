@@ -239,6 +239,17 @@ class AccountsProof:
         yield from storage_pieces(name, size, valid, hand)
         self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
 
+    @property
+    def lanes_lock(self) -> threading.Lock:
+        """The lock the scan lanes take to touch the index, the summer and the table."""
+        return self._lock
+
+    def least_busy_lane(self, number: int) -> Callable[[Callable[[], None]], None]:
+        """How storage ``number``'s jobs run in the least busy scan lane (in order, its
+        refusal kept as :meth:`_in_lane` keeps it): the second read's hand-over."""
+        lane = min(self._lanes, key=lambda each: each.waiting)
+        return lambda job: self._in_lane(lane, number, job)
+
     def _in_lane(self, lane: Apart, number: int, job: Callable[[], None]) -> None:
         """Run ``job`` of storage ``number`` in ``lane`` after its jobs before it; what it
         raises is kept as the storage's refusal, raised here (as :meth:`settle` does) once
@@ -681,13 +692,11 @@ class _SecondReadLanes:
 
     def __init__(self, proof: AccountsProof) -> None:
         self._proof = proof
-        self.lock = proof._lock
+        self.lock = proof.lanes_lock
 
     def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
         """See :class:`~.newest.ScanLanes`."""
-        proof = self._proof
-        lane = min(proof._lanes, key=lambda each: each.waiting)
-        return lambda job: proof._in_lane(lane, number, job)
+        return self._proof.least_busy_lane(number)
 
     def settle(self) -> None:
         """See :class:`~.newest.ScanLanes`."""
