@@ -14,10 +14,11 @@ Sources (anza-xyz/agave; the enums from anza-xyz/solana-sdk):
   blockhash → ``(usize, Vec<([u8; 20], Result<(), TransactionError>)>)``
   (``runtime/src/status_cache.rs``); then ``verify_slot_deltas_structural``: at most
   ``MAX_CACHE_ENTRIES`` (300) entries, each a root, none for a slot above the bank's, no slot
-  twice. ``verify_slot_deltas_with_history`` then wants every rooted slot of the bank's slot
-  history (its newest 300) to have an entry; the history is an account (the SlotHistory
-  sysvar), which this check does not read, but the bank's own slot is always in it (its
-  newest slot, set when the bank was made), so that slot's entry is required here.
+  twice. ``verify_slot_deltas_with_history`` then holds the slots to the bank's slot history,
+  an account (the SlotHistory sysvar): :mod:`tracker.proof.formats.slothistory` does, given
+  the slots read here (handed on as :class:`SlotDeltas`); the bank's own slot is always in
+  the history (its newest slot, set when the bank was made), so that slot's entry is
+  required here already.
 - ``TransactionError`` (``transaction-error/src/lib.rs``) and ``InstructionError``
   (``instruction-error/src/lib.rs``): bincode enums, a u32 variant index then the fields.
 
@@ -29,6 +30,9 @@ statuses, millions on mainnet, are read by a compiled kernel (``kernels.skip_sta
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+
+import attrs
 
 from tracker.errors import ArchiveInvalid, EndOfInput
 from tracker.proof.formats.bincode import Reader
@@ -54,6 +58,14 @@ _SLOT_DELTA = 8 + 1 + 8
 _BLOCKHASH_ENTRY = 32 + 8 + 8
 
 
+@attrs.frozen
+class SlotDeltas:
+    """The slots a status cache of the bank at ``bank_slot`` has an entry for."""
+
+    bank_slot: int
+    slots: frozenset[int]
+
+
 def version_parser(size: int) -> Parser:
     """A parser of the ``version`` member of ``size`` bytes: ArchiveInvalid unless agave
     loads it (at most 8 bytes of UTF-8 that, trimmed, read ``1.2.0``, a ``v`` allowed)."""
@@ -74,19 +86,23 @@ def version_parser(size: int) -> Parser:
         )
 
 
-def status_cache_parser(size: int, bank_slot: int) -> Parser:
+def status_cache_parser(
+    size: int, bank_slot: int, read: Callable[[SlotDeltas], None] | None = None
+) -> Parser:
     """A parser of ``snapshots/status_cache`` (``size`` bytes) of the archive of
     ``bank_slot``: ArchiveInvalid with one line unless agave's ``deserialize_status_cache``
     reads it and ``verify_slot_deltas`` passes what it can check without the slot history
-    (see the module)."""
+    (see the module); ``read`` is given its slots once it did."""
     reader = Reader(size, "status cache")
     try:
-        yield from _slot_deltas(reader, bank_slot)
+        slots = yield from _slot_deltas(reader, bank_slot)
     except EndOfInput as end:
         raise reader.ended(end) from None
+    if read is not None:
+        read(SlotDeltas(bank_slot, frozenset(slots)))
 
 
-def _slot_deltas(reader: Reader, bank_slot: int) -> ParserOf[None]:
+def _slot_deltas(reader: Reader, bank_slot: int) -> ParserOf[set[int]]:
     reader.field = "the count of slot deltas"
     count = yield from reader.count(_SLOT_DELTA)
     if count > MAX_CACHE_ENTRIES:
@@ -106,6 +122,7 @@ def _slot_deltas(reader: Reader, bank_slot: int) -> ParserOf[None]:
         yield from _status(reader, slot)
     if bank_slot not in slots:
         raise reader.fail(f"no entry for the bank's slot {bank_slot}")
+    return slots
 
 
 def _status(reader: Reader, slot: int) -> ParserOf[None]:

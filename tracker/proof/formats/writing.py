@@ -115,6 +115,17 @@ def write_status_cache(
     return bytes(out)
 
 
+def write_slot_history(slots: Iterable[int], next_slot: int) -> bytes:
+    """The data of a SlotHistory sysvar (:mod:`tracker.proof.formats.slothistory`) whose
+    history holds ``slots`` (each within its newest ``MAX_ENTRIES`` before ``next_slot``),
+    as agave writes it: all 1,048,576 bits."""
+    entries = 1024 * 1024
+    bits = bytearray(entries // 8)
+    for slot in slots:
+        bits[slot % entries // 8] |= 1 << (slot % 8)
+    return b"\x01" + _Q.pack(entries // 64) + bytes(bits) + _Q.pack(entries) + _Q.pack(next_slot)
+
+
 def lattice_of(accounts: Iterable[Account]) -> bytes:
     """The lattice hash of a state holding ``accounts`` (newest version of each pubkey
     last in the iteration; zero lamports count nothing)."""
