@@ -114,11 +114,14 @@ def error(variant: int, fields: bytes = b"") -> bytes:
     return struct.pack("<II", 1, variant) + fields
 
 
+#: The roots of the archive's SlotHistory sysvar (slots 0, 99 and the bank's): agave loads a
+#: status cache that has an entry for each of them and for no other slot.
+ROOTS = [SLOT, 99, 0]
 CACHES_LOADED = [
-    ("the bank's slot alone", write_status_cache([SLOT])),
-    ("trailing bytes after it", write_status_cache([SLOT]) + random.Random(1).randbytes(500)),
-    ("every slot to the bank's", write_status_cache(range(SLOT + 1))),
-    ("every status kind", write_status_cache([SLOT, 3], [(b"k" * 20, OK_RESULT)] * 2)),
+    ("the history's roots", write_status_cache(ROOTS)),
+    ("trailing bytes after it", write_status_cache(ROOTS) + random.Random(1).randbytes(500)),
+    ("oldest first", write_status_cache(ROOTS[::-1])),
+    ("every status kind", write_status_cache(ROOTS, [(b"k" * 20, OK_RESULT)] * 2)),
     (
         "errors with fields",
         deltas(
@@ -132,7 +135,9 @@ CACHES_LOADED = [
                     error(35, b"\x07"),  # ProgramExecutionTemporarilyRestricted
                     error(38),  # CommitCancelled
                 ),
-            )
+            ),
+            delta(99),
+            delta(0),
         ),
     ),
 ]
@@ -162,6 +167,17 @@ CACHES_REFUSED = [
         "another slot's (after)",
         write_status_cache([SLOT + 1, SLOT]),
         f"status cache: slot {SLOT + 1} is after the bank's slot {SLOT}",
+    ),
+    (
+        "the bank's slot alone (agave's verify_slot_deltas_with_history)",
+        write_status_cache([SLOT]),
+        "status cache: no entry for slot 99, a root in the SlotHistory sysvar (of its newest "
+        "300, agave wants every one)",
+    ),
+    (
+        "a slot the history has no root for",
+        write_status_cache([*ROOTS, 3]),
+        "status cache: slot 3 has an entry but is not a root in the SlotHistory sysvar",
     ),
     (
         "more than MAX_CACHE_ENTRIES",

@@ -156,6 +156,8 @@ class AccountsProof:
         self._own = zero_lanes()
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
+        #: shown each batch's index rows (``watch(batch, rows, number)``, in its lane)
+        self.watch: Callable[[Records, U64, int], None] | None = None
         track(self.progress)
 
     @property
@@ -292,6 +294,8 @@ class AccountsProof:
                 self._records += len(batch)
             return
         rows, counts = batch.index_rows(number << 32)
+        if self.watch is not None:
+            self.watch(batch, rows, number)
         large = _NONE
         hashes = None
         if self._keeping:  # hashed here, where they lie, outside the lock (see KEEP_FROM)

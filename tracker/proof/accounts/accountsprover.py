@@ -25,8 +25,11 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accounthash import Summer
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.sysvars import SysvarWatch
 from tracker.proof.formats.manifest import Manifest, StorageList
 from tracker.proof.formats.parsing import Parser
+from tracker.proof.formats.slothistory import check_slot_deltas, decode_slot_history
+from tracker.proof.formats.statuscache import SlotDeltas
 from tracker.proof.formats.storages import MAX_DATA, META, aligned
 from tracker.proof.levels import Level, Proof
 
@@ -96,6 +99,7 @@ class StoragesProver:
     _proof: AccountsProof | None = None
     _lengths: _Lengths | None = None
     _first: tuple[bytes, int, int] | None = None
+    _sysvars: SysvarWatch = attrs.field(factory=SysvarWatch)
     binds: threading.Event = attrs.field(factory=threading.Event)
 
     def first_read(self, digests: bytes, size: int, sha_blocks: int) -> None:
@@ -136,6 +140,7 @@ class StoragesProver:
                 self.cancelled,
                 at_least=self._lengths.records,
             )
+            self._proof.watch = self._sysvars.see
         if self._proof is not None and self._proof.stopped:
             # the archive stays at ``manifest`` whatever comes: its storages are not read
             # (that level says nothing of them), and no second read needs the blocks' BLAKE3
@@ -154,11 +159,13 @@ class StoragesProver:
 
     def _parse(self, slot: int, ident: int, size: int, valid: int) -> Parser:
         assert self._proof is not None
+        self._sysvars.storage(slot)  # numbered as the proof numbers it, when it begins
         yield from self._proof.storage(slot, ident, size, valid)
 
-    def proof(self, manifest: Manifest, proven: Proof) -> Proof:
+    def proof(self, manifest: Manifest, proven: Proof, deltas: SlotDeltas | None = None) -> Proof:
         """``proven`` raised to ``accounts`` when the storages give the manifest's lattice
-        hash; ArchiveInvalid naming the field when they give another."""
+        hash; ArchiveInvalid naming the field when they give another, or when the status
+        cache's slot ``deltas`` disagree with the SlotHistory sysvar the storages hold."""
         proof = self._proof or AccountsProof(self.limits, None, self.cancelled)  # no summer
         if manifest.accounts_lt_hash is None:
             proof.close()
@@ -179,4 +186,17 @@ class StoragesProver:
             return attrs.evolve(proven, note=note, local_cause=proof.local_cause)
         if lt_hash != manifest.accounts_lt_hash:
             raise ArchiveInvalid(MISMATCH)
+        self._check_slot_history(deltas)
         return attrs.evolve(proven, level=Level.ACCOUNTS)
+
+    def _check_slot_history(self, deltas: SlotDeltas | None) -> None:
+        """agave's ``verify_slot_deltas_with_history`` on the newest SlotHistory version
+        (:mod:`tracker.proof.formats.slothistory`); a state without one is not held to it
+        (docs/architecture.md, "What no level binds")."""
+        newest = self._sysvars.newest
+        if deltas is None or newest is None:
+            return
+        lamports, data = newest
+        if not lamports:  # closed: agave's bank has no SlotHistory to load with
+            raise ArchiveInvalid("accounts: the SlotHistory sysvar is closed (zero lamports)")
+        check_slot_deltas(deltas, decode_slot_history(data))

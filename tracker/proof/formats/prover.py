@@ -21,7 +21,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.formats.bankhash import UNLISTED, prove_manifest
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder
 from tracker.proof.formats.parsing import Parser
-from tracker.proof.formats.statuscache import status_cache_parser, version_parser
+from tracker.proof.formats.statuscache import SlotDeltas, status_cache_parser, version_parser
 from tracker.proof.levels import Level, Proof
 
 #: The status cache's member name.
@@ -70,9 +70,10 @@ class AccountsProver(Protocol):
         before :meth:`proof`: what the storages' second read must read again."""
         ...
 
-    def proof(self, manifest: Manifest, proven: Proof) -> Proof:
+    def proof(self, manifest: Manifest, proven: Proof, deltas: SlotDeltas | None = None) -> Proof:
         """The proof once every storage was fed: ``proven`` (level ``manifest``) raised to
-        ``accounts`` when the storages give the manifest's lattice hash."""
+        ``accounts`` when the storages give the manifest's lattice hash (and the status
+        cache's slot ``deltas`` agree with the SlotHistory sysvar they hold)."""
         ...
 
 
@@ -94,6 +95,7 @@ class ArchiveProver:
         self._decoder: ManifestDecoder | None = None
         self._manifest: Manifest | None = None
         self._proven: Proof | None = None
+        self._deltas: SlotDeltas | None = None  # the status cache's slots, once it was read
         # a storage member came though the manifest, one with a lattice hash, lists none (the
         # empty state's lattice hash: bankhash.unloadable cannot tell from the manifest alone)
         self._unlisted = False
@@ -117,7 +119,7 @@ class ArchiveProver:
         if name == "version":
             return version_parser(size)
         if name == STATUS_CACHE:
-            return status_cache_parser(size, self.slot)
+            return status_cache_parser(size, self.slot, self._read_deltas)
         if name == self.manifest_name:
             if self._decoder is not None:
                 raise ArchiveInvalid(f"manifest: {name} twice in the archive")
@@ -140,8 +142,11 @@ class ArchiveProver:
         proven = self.first_proof()
         accounts, manifest = self._accounts, self._manifest
         if accounts is not None and manifest is not None and proven.level >= Level.MANIFEST:
-            return accounts.proof(manifest, proven)
+            return accounts.proof(manifest, proven, self._deltas)
         return proven
+
+    def _read_deltas(self, deltas: SlotDeltas) -> None:
+        self._deltas = deltas
 
     def first_proof(self) -> Proof:
         """What the read of the tar stream proved by itself: :meth:`proof` without the
