@@ -10,6 +10,7 @@ import trio
 
 from tracker.proof.accounts import accountsprover
 from tracker.proof.formats.manifest import Manifest
+from tracker.proof.formats.statuscache import SlotDeltas
 from tracker.proof.levels import Proof
 
 
@@ -37,10 +38,15 @@ def hold_second_read(monkeypatch: pytest.MonkeyPatch) -> SecondRead:
     held = SecondRead()
     proof = accountsprover.StoragesProver.proof
 
-    def waiting(self: accountsprover.StoragesProver, manifest: Manifest, proven: Proof) -> Proof:
+    def waiting(
+        self: accountsprover.StoragesProver,
+        manifest: Manifest,
+        proven: Proof,
+        deltas: SlotDeltas | None = None,
+    ) -> Proof:
         held.started.set()
         held.allowed.wait(60)
-        return proof(self, manifest, proven)
+        return proof(self, manifest, proven, deltas)
 
     monkeypatch.setattr(accountsprover.StoragesProver, "proof", waiting)
     return held
