@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -420,38 +420,34 @@ def _keep(kept: OrderedDict[Key, tuple[_T, ...]], key: Key, value: tuple[_T, ...
 def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> Proof:
     """``proof`` lifted to ``cluster`` when every RPC's tally reaches 2/3, else kept at its
     level with the reason; ``voted_stake`` is the least any RPC saw. Pure."""
-    voted = min(t.fraction for t in tallies)
-    if all(t.supermajority for t in tallies):
-        return attrs.evolve(
-            proof, level=Level.CLUSTER, voted_stake=voted, note=None, cluster_proof="votes"
-        )
-    if any(t.supermajority for t in tallies):
-        seen = "; ".join(
-            f"{redact_url(u)}: {t.describe()}" for u, t in zip(urls, tallies, strict=True)
-        )
-        note = one_line(f"cluster not proven: the RPCs disagree ({seen})")
-    else:
-        worst = min(tallies, key=lambda t: t.fraction)
-        note = f"cluster not proven: {worst.describe()}, 2/3 needed"
-    return attrs.evolve(proof, voted_stake=voted, note=note)
+    return _judged(proof, tallies, urls, "votes")
 
 
 def judged_finality(proof: Proof, finals: tuple[Finality, ...], urls: tuple[str, ...]) -> Proof:
     """``proof`` lifted to ``cluster`` when the certificate reaches its thresholds in every
     RPC's rank map, else kept at its level with the reason; ``voted_stake`` is the least
     stake behind it any RPC saw. Pure."""
-    voted = min(f.fraction for f in finals)
-    if all(f.supermajority for f in finals):
+    return _judged(proof, finals, urls, "certificate")
+
+
+def _judged(
+    proof: Proof, weighed: Sequence[Tally | Finality], urls: tuple[str, ...], kind: str
+) -> Proof:
+    """The one rule of both kinds of proof: every RPC must see the stake reach its
+    threshold; RPCs that disagree are named each with what it saw; else the weakest
+    RPC's figure and what was needed."""
+    voted = min(w.fraction for w in weighed)
+    if all(w.supermajority for w in weighed):
         return attrs.evolve(
-            proof, level=Level.CLUSTER, voted_stake=voted, note=None, cluster_proof="certificate"
+            proof, level=Level.CLUSTER, voted_stake=voted, note=None, cluster_proof=kind
         )
-    if any(f.supermajority for f in finals):
+    if any(w.supermajority for w in weighed):
         seen = "; ".join(
-            f"{redact_url(u)}: {f.describe()}" for u, f in zip(urls, finals, strict=True)
+            f"{redact_url(u)}: {w.describe()}" for u, w in zip(urls, weighed, strict=True)
         )
         note = one_line(f"cluster not proven: the RPCs disagree ({seen})")
     else:
-        worst = min(finals, key=lambda f: f.fraction)
+        worst = min(weighed, key=lambda w: w.fraction)
         note = f"cluster not proven: {worst.describe()}, {worst.needed}"
     return attrs.evolve(proof, voted_stake=voted, note=note)
 

@@ -151,6 +151,11 @@ class Tally:
         """True when ``voted`` is at least 2/3 of ``total`` (compared in integers)."""
         return self.total > 0 and 3 * self.voted >= 2 * self.total
 
+    @property
+    def needed(self) -> str:
+        """What :attr:`supermajority` asks for, in words."""
+        return "2/3 needed"
+
     def describe(self) -> str:
         """One line: how much stake voted the hash, another hash, and unknown voters."""
         text = f"{self.fraction:.1%} of the stake voted the bank hash"
