@@ -213,6 +213,20 @@ def status_cache_of(slot: int, rnd: random.Random) -> bytes:
     return write_status_cache([slot, *range(max(slot - 2, 0), slot)], statuses)
 
 
+def storage_members(
+    state: dict[int, list[Account]],
+) -> tuple[list[tuple[int, int, int]], list[tuple[str, bytes | None]]]:
+    """Each slot's accounts as one storage, as agave writes them: the manifest's storage list
+    ``(slot, id, length)`` and the tar members ``accounts/{slot}.{id}``, padded to 4 KiB."""
+    storages: list[tuple[int, int, int]] = []
+    members: list[tuple[str, bytes | None]] = []
+    for ident, slot in enumerate(sorted(state)):
+        data = write_storage(state[slot])
+        storages.append((slot, ident, len(data)))
+        members.append((f"accounts/{slot}.{ident}", data + bytes(-len(data) % 4096)))
+    return storages, members
+
+
 def make_tar(entries: list[tuple[str, bytes | None]], mtime: int = MTIME) -> bytes:
     """A GNU-format tar of ``entries`` (end blocks and record padding as tarfile writes)."""
     out = io.BytesIO()

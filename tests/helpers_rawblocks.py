@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 import zstandard
-from archives import make_tar
+from archives import make_tar, storage_members
 
 from tracker.proof.formats.writing import (
     Account,
@@ -20,7 +20,6 @@ from tracker.proof.formats.writing import (
     lattice_of_slots,
     write_manifest,
     write_status_cache,
-    write_storage,
 )
 
 MAGIC = b"\x28\xb5\x2f\xfd"
@@ -96,11 +95,7 @@ def storage_heavy_archive(directory: Path, *, base_slot: int | None = None) -> t
         for i in range(16)
     }
     lt_hash = lattice_of_slots(state)
-    storages, members = [], []
-    for ident, slot in enumerate(sorted(state)):
-        data = write_storage(state[slot])
-        storages.append((slot, ident, len(data)))
-        members.append((f"accounts/{slot}.{ident}", data + bytes(-len(data) % 4096)))
+    storages, members = storage_members(state)
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         ("snapshots/500/500", write_manifest(500, lt_hash, storages)),

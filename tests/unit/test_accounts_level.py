@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 from agave_storages import ARCHIVE
-from archives import build_archive, compress, make_tar, many_accounts_archive
+from archives import build_archive, compress, make_tar, many_accounts_archive, storage_members
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accountsprover import MISMATCH
@@ -23,7 +23,6 @@ from tracker.proof.formats.writing import (
     lattice_of_slots,
     write_manifest,
     write_status_cache,
-    write_storage,
 )
 from tracker.proof.levels import Level
 
@@ -59,12 +58,7 @@ def write_archive(
     base_slot: int | None = None,
 ) -> Path:
     lt_hash = lattice(state) if lt_hash is None else lt_hash
-    storages = []
-    members: list[tuple[str, bytes | None]] = []
-    for ident, slot in enumerate(sorted(state)):
-        data = write_storage(state[slot])
-        storages.append((slot, ident, len(data)))
-        members.append((f"accounts/{slot}.{ident}", data + bytes(-len(data) % 4096)))
+    storages, members = storage_members(state)
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         (f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt_hash, storages)),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import base58
 import pytest
-from archives import compress, make_tar
+from archives import compress, make_tar, storage_members
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
@@ -58,12 +58,7 @@ def write_archive(
     if rooted is not None:
         state[SLOT].append(sysvar(history(rooted), lamports))
     lt_hash = lattice_of_slots(state)
-    storages = []
-    members: list[tuple[str, bytes | None]] = []
-    for ident, slot in enumerate(sorted(state)):
-        data = write_storage(state[slot])
-        storages.append((slot, ident, len(data)))
-        members.append((f"accounts/{slot}.{ident}", data + bytes(-len(data) % 4096)))
+    storages, members = storage_members(state)
     entries: list[tuple[str, bytes | None]] = [
         ("version", b"1.2.0"),
         (f"snapshots/{SLOT}/{SLOT}", write_manifest(SLOT, lt_hash, storages)),
