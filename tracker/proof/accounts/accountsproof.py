@@ -142,8 +142,8 @@ class AccountsProof:
         self._summer: Summer = summer if summer is not None else LocalSum()
         queued = max(2, Apart.QUEUED // max(1, lanes))  # the pieces held stay near one lane's
         self._lanes = [Apart(queued) for _ in range(lanes)]
-        self._lock = threading.Lock()  # the index, the summer, the table: one lane at a time
-        # the index's runs: one staging buffer written at a time, outside ``_lock`` (taken
+        self.lock = threading.Lock()  # the index, the summer, the table: one lane at a time
+        # the index's runs: one staging buffer written at a time, outside ``lock`` (taken
         # after it, never before: a writer that ran out of room gives up once it let go)
         self._writing = threading.Lock()
         self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
@@ -241,14 +241,10 @@ class AccountsProof:
         yield from storage_pieces(name, size, valid, hand)
         self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
 
-    @property
-    def lanes_lock(self) -> threading.Lock:
-        """The lock the scan lanes take to touch the index, the summer and the table."""
-        return self._lock
-
-    def least_busy_lane(self, number: int) -> Callable[[Callable[[], None]], None]:
+    def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
         """How storage ``number``'s jobs run in the least busy scan lane (in order, its
-        refusal kept as :meth:`_in_lane` keeps it): the second read's hand-over."""
+        refusal kept as :meth:`_in_lane` keeps it): the second read's hand-over, the proof
+        being its own :class:`~.newest.ScanLanes`."""
         lane = min(self._lanes, key=lambda each: each.waiting)
         return lambda job: self._in_lane(lane, number, job)
 
@@ -273,24 +269,24 @@ class AccountsProof:
     def _refuse(self, number: int, exc: BaseException) -> None:
         """Keep ``exc`` as storage ``number``'s refusal unless one of a storage before it in
         the stream is kept: the serial reading would have stopped there."""
-        with self._lock:
+        with self.lock:
             if self._refused is None or number < self._refused[0]:
                 self._refused = (number, exc)
 
     def _add_storage(self, number: int, slot: int, ident: int, size: int, valid: int) -> None:
-        with self._lock:
+        with self.lock:
             added = self._storages.add(slot, ident, size, valid)
         assert added == number  # the table numbers them in the order they began
 
     def _counted(self, number: int, count: int) -> None:
-        with self._lock:
+        with self.lock:
             self._storages.counted(number, count)
 
     def _take(self, batch: Records, number: int) -> None:
         # the locator: the storage's number, the record's offset / 8, whether it counts (one
         # compiled pass, outside the lock: the lanes compute theirs at once)
         if self._note is not None:  # stopped: only counted (the rest of its storage)
-            with self._lock:
+            with self.lock:
                 self._records += len(batch)
             return
         rows, counts = batch.index_rows(number << 32)
@@ -304,7 +300,7 @@ class AccountsProof:
                 hashes = hashes_in_place(batch, large)
         full: list[U64] = []
         timed = bool(self._lanes)  # the clock costs a system call: lanes only (the bench)
-        with self._lock:
+        with self.lock:
             start = time.thread_time() if timed else 0.0
             try:
                 full = self._take_locked(batch, number, rows, counts, large, hashes)
@@ -317,8 +313,8 @@ class AccountsProof:
             self._write_runs(full)
 
     def _write_runs(self, full: list[U64]) -> None:
-        """Write staging buffers that filled, holding ``_writing`` (taken under ``_lock``)
-        but not ``_lock``: the lanes go on staging meanwhile. Then the runs it added are
+        """Write staging buffers that filled, holding ``_writing`` (taken under ``lock``)
+        but not ``lock``: the lanes go on staging meanwhile. Then the runs it added are
         held to the budget as a batch's are (moved to disk past it)."""
         note = None
         try:
@@ -328,7 +324,7 @@ class AccountsProof:
             note = exc.note
         finally:
             self._writing.release()
-        with self._lock:
+        with self.lock:
             if self._note is not None:
                 return
             try:
@@ -479,7 +475,7 @@ class AccountsProof:
         def hashed(count: int) -> None:
             self.progress.hashed += count
 
-        lanes = _SecondReadLanes(self) if self._lanes else None
+        lanes = self if self._lanes else None
         kept, order = self._kept_in_order()
         hash_newest(
             self._storages,
@@ -687,24 +683,6 @@ class Apart:
                     job()
                 except BaseException as exc:  # raised in the reading thread (put, settle)
                     self._failure = exc
-
-
-class _SecondReadLanes:
-    """The scan lanes of ``proof`` as the second read's (:class:`~.newest.ScanLanes`): a
-    storage's pieces go to the least busy lane, its batches to the summer under the lanes'
-    lock, and a refusal is the first storage's, as in the first read."""
-
-    def __init__(self, proof: AccountsProof) -> None:
-        self._proof = proof
-        self.lock = proof.lanes_lock
-
-    def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
-        """See :class:`~.newest.ScanLanes`."""
-        return self._proof.least_busy_lane(number)
-
-    def settle(self) -> None:
-        """See :class:`~.newest.ScanLanes`."""
-        self._proof.settle()
 
 
 def _workers_busy(summer: Summer) -> int:
