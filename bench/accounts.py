@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,30 +73,51 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
-from tracker.proof.accounts.budget import AccountsLimits, default_workers, shared_limits
+from tracker.proof.accounts.budget import (
+    AccountsLimits,
+    default_memory,
+    default_workers,
+    shared_limits,
+)
 from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stream
 from tracker.proof.archive.reread import accounts_prover, proving
 
 SLOT = 400_000_000
 
 
-def build(out: Path, accounts: int, *, heavy: bool = False, per: int | None = None) -> Path:
-    """The archive (``bench/manyaccounts.py``: made storage by storage, in bounded memory),
-    built unless there; ``per``: accounts a storage."""
+def build(
+    out: Path, accounts: int, *, heavy: bool = False, per: int | None = None, processes: int = 1
+) -> Path:
+    """The archive (``bench/manyaccounts.py``: made storage by storage, in bounded memory, in
+    ``processes`` parts at once), built unless there; ``per``: accounts a storage."""
     base = out / f"accounts-{accounts}{'-heavy' if heavy else ''}{f'-per{per}' if per else ''}"
     if (base / "meta.json").exists():
         return base
     t0 = time.perf_counter()
-    meta = build_archive(base, SLOT, accounts, accounts, heavy=heavy, per=per)
+    meta = build_archive(base, SLOT, accounts, accounts, heavy=heavy, per=per, processes=processes)
     meta |= {"heavy": heavy, "seed": accounts, "built_in": time.perf_counter() - t0}
     (base / "meta.json").write_text(json.dumps(meta))
     return base
 
 
-def baseline(base: Path) -> dict[str, Any]:
+def _messages(meta: dict[str, Any]) -> Any:
+    """The newest accounts' messages and their ends, a storage (made again by the builder's
+    generator) or a part of the build (read from the files it left, ``messages`` in
+    ``meta``) at a time."""
+    if "messages" not in meta:
+        for storage in storages(meta["seed"], meta["accounts"], heavy=meta["heavy"]):
+            yield storage.messages, storage.ends
+        return
+    for first in meta["messages"]:
+        blob = (meta["base"] / f"messages-{first}.bin").read_bytes()
+        yield blob, np.load(meta["base"] / f"ends-{first}.npy")
+
+
+def baseline(base: Path, one_loop: bool = False) -> dict[str, Any]:
     """SHA-256 of the file, then the tight loop of BLAKE3 XOFs over the newest accounts'
-    messages, made again storage by storage by the builder's generator (only the hashing is
-    timed: the messages are in memory, as a proof's are after its decoding)."""
+    messages, made again storage by storage by the builder's generator or read from the
+    build's files (only the hashing is timed: the messages are in memory, as a proof's are
+    after its decoding). ``one_loop``: the earlier loop (a new hasher a message) not timed."""
     meta = json.loads((base / "meta.json").read_text())
     t0, c0 = time.perf_counter(), time.process_time()
     sha = hashlib.sha256()
@@ -111,9 +133,10 @@ def baseline(base: Path) -> dict[str, Any]:
     new = blake3.blake3
     wall = cpu = new_wall = new_cpu = 0.0
     hashed = 0
-    for storage in storages(meta["seed"], meta["accounts"], heavy=meta["heavy"]):
-        view = memoryview(storage.messages)  # type: ignore[arg-type]
-        ends = storage.ends.tolist()
+    meta["base"] = base
+    for messages, message_ends in _messages(meta):
+        view = memoryview(messages)
+        ends = message_ends.tolist()
         starts = [0, *ends[:-1]]
         t1, c1 = time.perf_counter(), time.process_time()
         for a, b in zip(starts, ends, strict=True):
@@ -121,7 +144,7 @@ def baseline(base: Path) -> dict[str, Any]:
             update(view[a:b])
             digest(2048)
         t2, c2 = time.perf_counter(), time.process_time()
-        for a, b in zip(starts, ends, strict=True):
+        for a, b in zip(starts, ends, strict=True) if not one_loop else ():
             new(view[a:b]).digest(2048)
         wall += t2 - t1
         cpu += c2 - c1
@@ -405,7 +428,12 @@ def _children() -> list[str]:
 
 
 def _child(
-    part: str, base: Path, memory: int, rate: float = 0.0, workers: int | None = None
+    part: str,
+    base: Path,
+    memory: int,
+    rate: float = 0.0,
+    workers: int | None = None,
+    one_loop: bool = False,
 ) -> dict[str, Any]:
     answer = subprocess.run(
         [
@@ -420,6 +448,7 @@ def _child(
             "--paced",
             str(rate),
             *(["--workers", str(workers)] if workers else []),
+            *(["--one-loop"] if one_loop else []),
         ],
         check=True,
         capture_output=True,
@@ -499,11 +528,34 @@ def plain(base: Path, runs: int) -> None:
 
 def main() -> None:
     """Build, measure, print."""
+    pin = argparse.ArgumentParser(add_help=False)
+    pin.add_argument("--cores", type=int)
+    cores = pin.parse_known_args()[0].cores
+    if cores:  # before the defaults below are read off this process's cores
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--cores", type=int, help="run the bench (and its children) on the first N cores only"
+    )
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--memory", type=parse_size, default=512 * 1024**2)
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        help="prove_accounts_memory (default: the tracker's for these cores and this memory)",
+    )
+    parser.add_argument(
+        "--build-processes",
+        type=int,
+        default=default_workers(),
+        help="processes that build the archive (default: cores)",
+    )
+    parser.add_argument(
+        "--one-loop",
+        action="store_true",
+        help="time only the yardstick's loop, not also the earlier one (a new hasher a message)",
+    )
     parser.add_argument(
         "--heavy", action="store_true", help="data-heavy storages: every account ~20 KiB"
     )
@@ -523,23 +575,35 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=("baseline", "proof", "paced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory is None:
+        args.memory = default_memory(args.workers)
     if args.part:
         parts = {
-            "baseline": lambda: baseline(args.out),
+            "baseline": lambda: baseline(args.out, args.one_loop),
             "proof": lambda: prove(args.out, args.memory, args.workers),
             "paced": lambda: paced(args.out, args.memory, args.paced, args.workers),
         }
         print(json.dumps(parts[args.part]()))
         return
-    base = build(args.out, args.accounts, heavy=args.heavy, per=args.per_storage)
+    base = build(
+        args.out,
+        args.accounts,
+        heavy=args.heavy,
+        per=args.per_storage,
+        processes=args.build_processes,
+    )
     if args.plain:
         plain(base, args.runs)
         return
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
         first, second = ("baseline", "proof") if run % 2 == 0 else ("proof", "baseline")
-        times = {first: _child(first, base, args.memory, workers=args.workers)}
-        times[second] = _child(second, base, args.memory, workers=args.workers)
+        times = {
+            first: _child(first, base, args.memory, workers=args.workers, one_loop=args.one_loop)
+        }
+        times[second] = _child(
+            second, base, args.memory, workers=args.workers, one_loop=args.one_loop
+        )
         if args.paced:
             times["paced"] = _child("paced", base, args.memory, args.paced, args.workers)
         runs.append(times)
@@ -562,7 +626,8 @@ def main() -> None:
         f"{proof_times['worker_cpu']:.2f} s included)"
     )
     slower = base_times["sha256"] + base_times["blake3_new_hasher"]
-    print(
+    print_slower = print if not args.one_loop else (lambda *_: None)
+    print_slower(
         f"against the earlier yardstick (a new hasher a message: {slower:.2f} s): "
         f"{spent / slower:.2f} wall, {proof_times['cpu'] / base_times['cpu_new_hasher']:.2f} CPU"
     )
@@ -580,6 +645,11 @@ def main() -> None:
         f"{(spent + proof_times['once']) / unavoidable:.2f} wall"
     )
     million = meta["accounts"] / 1e6
+    print(
+        f"cores used on average: {proof_times['cpu'] / spent:.1f} of {len(os.sched_getaffinity(0))}"
+        f" (proof_workers {args.workers}, budget {args.memory / 2**20:.0f} MiB); wall / the "
+        f"single-thread BLAKE3 XOF loop alone: {spent / base_times['blake3']:.2f}"
+    )
     print(
         f"seconds per million accounts: {spent / million:.2f} wall, "
         f"{proof_times['cpu'] / million:.2f} CPU; "

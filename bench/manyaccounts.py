@@ -12,7 +12,10 @@ zstd frames are independent, tar members are 512-aligned, so the two parts join 
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,18 +182,34 @@ def _homes(rng: np.random.Generator, count: int, heavy: bool) -> Records:
     return Records(pubkeys, lamports, owners, lens, blob)
 
 
+def storage_count(accounts: int, *, heavy: bool = False, per: int | None = None) -> int:
+    """How many storages :func:`storages` makes."""
+    per = per or (12 if heavy else PER_STORAGE)
+    return max(2, -(-accounts // per))
+
+
 def storages(
-    seed: int, accounts: int, *, heavy: bool = False, per: int | None = None
+    seed: int,
+    accounts: int,
+    *,
+    heavy: bool = False,
+    per: int | None = None,
+    first: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Storage]:
     """The storages of a state of ``accounts`` accounts, in ascending slots as agave writes
     them. Each storage homes ``per`` new accounts (default ``PER_STORAGE``; heavy: 12; agave's
     ancient storages of ~128 MiB hold ~500,000); 5% of them are written
     again (newer) 1 to ``REACH`` storages later, a fifth of those closed (zero lamports, no
-    data, no owner): the older version is then superseded, so a proof needs its second read."""
+    data, no owner): the older version is then superseded, so a proof needs its second read.
+    ``first``, ``stop``: only the storages of those slots (the ``REACH`` before ``first`` are
+    made again, unwritten, for the newer versions they leave to it): a part of the same
+    storages, which builders in several processes make apart."""
     per = per or (12 if heavy else PER_STORAGE)
     count = max(2, -(-accounts // per))
+    stop = count if stop is None else min(stop, count)
     later: dict[int, list[Records]] = {}
-    for slot in range(count):
+    for slot in range(max(0, first - REACH), stop):
         rng = np.random.default_rng([seed, slot])
         homed = accounts // count + (1 if slot < accounts % count else 0)
         homes = _homes(rng, homed, heavy)
@@ -211,6 +230,9 @@ def storages(
                 np.zeros(0, dtype=np.uint8),
             )
             later.setdefault(slot + int(step), []).extend([newer, shut])
+        if slot < first:  # made again for what it leaves to later slots only
+            later.pop(slot, None)
+            continue
         newest = Records.join([homes.take(~again), *later.pop(slot, [])])
         stored = Records.join([older.take(again), newest])
         messages, ends = messages_of(newest.take(newest.lamports > 0))
@@ -243,9 +265,9 @@ class _Frames:
     """Tar bytes into a file as zstd frames of ``FRAME`` bytes of tar each (agave's
     framing), each with its content checksum."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 2) -> None:
         self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self._zstd = zstandard.ZstdCompressor(level=1, write_checksum=True, threads=2)
+        self._zstd = zstandard.ZstdCompressor(level=1, write_checksum=True, threads=threads)
         self._pending = bytearray()
         self.tar_bytes = 0
 
@@ -262,27 +284,85 @@ class _Frames:
         self._file.close()
 
 
-def build_archive(
-    base: Path, slot: int, seed: int, accounts: int, *, heavy: bool = False, per: int | None = None
+def _build_part(
+    base: Path,
+    seed: int,
+    accounts: int,
+    heavy: bool,
+    per: int | None,
+    first: int,
+    stop: int,
+    threads: int,
 ) -> dict[str, Any]:
-    """Write the full of ``storages(seed, accounts, per=per)`` at ``slot`` into ``base``; what
-    it is."""
-    base.mkdir(parents=True, exist_ok=True)
-    part = base / "storages.part"
-    frames = _Frames(part)
+    """The tar of the storages of slots [``first``, ``stop``) as zstd frames into
+    ``storages-FIRST.part`` (and their newest messages into ``messages-FIRST.bin``, their ends
+    into ``ends-FIRST.npy``, for the baseline's loop), and what they are: the part's lattice
+    sum, its storages' list, counts."""
+    frames = _Frames(base / f"storages-{first}.part", threads)
     lt = LtHash()
     listed: list[tuple[int, int, int]] = []
     records = newest = 0
-    for number, storage in enumerate(storages(seed, accounts, heavy=heavy, per=per)):
-        lattice_sum(storage.messages, storage.ends, lt)
-        newest += len(storage.ends)
-        records += storage.records
-        listed.append((storage.slot, number, len(storage.data)))
-        body = storage.data + bytes(-len(storage.data) % 4096)  # the file's spare room
-        frames.write(_member(f"accounts/{storage.slot}.{number}", len(body)))
-        frames.write(body + bytes(-len(body) % 512))
-    frames.write(bytes(1024))  # the tar's end
+    ends: list[I64] = []
+    with open(base / f"messages-{first}.bin", "wb") as messages:
+        at = 0
+        for storage in storages(seed, accounts, heavy=heavy, per=per, first=first, stop=stop):
+            lattice_sum(storage.messages, storage.ends, lt)
+            messages.write(memoryview(storage.messages))  # type: ignore[arg-type]
+            ends.append(storage.ends + at)
+            at += len(storage.messages)
+            newest += len(storage.ends)
+            records += storage.records
+            listed.append((storage.slot, storage.slot, len(storage.data)))
+            body = storage.data + bytes(-len(storage.data) % 4096)  # the file's spare room
+            frames.write(_member(f"accounts/{storage.slot}.{storage.slot}", len(body)))
+            frames.write(body + bytes(-len(body) % 512))
+    np.save(base / f"ends-{first}.npy", np.concatenate(ends) if ends else np.zeros(0, np.int64))
     frames.close()
+    return {
+        "first": first,
+        "lt": lt.value(),
+        "listed": listed,
+        "records": records,
+        "newest": newest,
+        "tar_bytes": frames.tar_bytes,
+    }
+
+
+def build_archive(
+    base: Path,
+    slot: int,
+    seed: int,
+    accounts: int,
+    *,
+    heavy: bool = False,
+    per: int | None = None,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """Write the full of ``storages(seed, accounts, per=per)`` at ``slot`` into ``base``; what
+    it is. ``processes``: the storages are made in that many parts at once, each a process
+    (the same archive but for where a zstd frame ends: each part's last frame is short)."""
+    base.mkdir(parents=True, exist_ok=True)
+    count = storage_count(accounts, heavy=heavy, per=per)
+    parts = max(1, min(processes, count))
+    bounds = [count * k // parts for k in range(parts + 1)]
+    jobs = [
+        (base, seed, accounts, heavy, per, a, b, 2 if parts == 1 else 0)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    if parts == 1:
+        done = [_build_part(*jobs[0])]
+    else:
+        # fork: the builder's process runs no thread of its own yet
+        with multiprocessing.get_context("fork").Pool(parts) as pool:
+            done = pool.starmap(_build_part, jobs)
+    lt = LtHash()
+    listed: list[tuple[int, int, int]] = []
+    for part in done:
+        lt.add(part["lt"])
+        listed += part["listed"]
+    last = base / f"storages-{done[-1]['first']}.part"
+    with open(last, "ab") as tail:  # the tar's end
+        tail.write(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(bytes(1024)))
     manifest = write_manifest(slot, lt.value(), listed)
     head = bytearray()
     for name, data in (
@@ -292,18 +372,28 @@ def build_archive(
     ):
         head += _member(name, len(data)) + data + bytes(-len(data) % 512)
     archive = base / f"snapshot-{slot}-{archive_hash_of(lt.value())}.tar.zst"
-    with open(archive, "wb") as out, open(part, "rb") as src:
+    with open(archive, "wb") as out:
         out.write(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(bytes(head)))
         out.flush()  # before the kernel copies after it
-        left = os.fstat(src.fileno()).st_size
-        while left:
-            left -= os.copy_file_range(src.fileno(), out.fileno(), min(left, 1 << 30))
-    part.unlink()
+        for part in done:
+            out_start = out.seek(0, os.SEEK_END)
+            path = base / f"storages-{part['first']}.part"
+            with open(path, "rb") as src:
+                try:
+                    left = os.fstat(src.fileno()).st_size
+                    while left:
+                        left -= os.copy_file_range(src.fileno(), out.fileno(), min(left, 1 << 30))
+                except OSError:  # a file system without it: copied through this process
+                    src.seek(out.tell() - out_start)
+                    shutil.copyfileobj(src, out, 1 << 24)
+                    out.flush()
+            path.unlink()
     return {
         "archive": archive.name,
         "accounts": accounts,
-        "records": records,
-        "newest_with_lamports": newest,
+        "records": sum(part["records"] for part in done),
+        "newest_with_lamports": sum(part["newest"] for part in done),
         "storages": len(listed),
-        "tar_bytes": frames.tar_bytes,
+        "tar_bytes": sum(part["tar_bytes"] for part in done) + 1024,
+        "messages": [part["first"] for part in done],
     }
