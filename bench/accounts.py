@@ -83,6 +83,21 @@ from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stre
 from tracker.proof.archive.reread import accounts_prover, proving
 
 SLOT = 400_000_000
+#: ``--set`` what-ifs, passed on to the measured processes
+SETS: list[str] = []
+
+
+def _what_if(assignment: str) -> None:
+    """``MODULE.NAME=INT``: a constant of ``tracker.proof.MODULE`` set (``--set``), to
+    measure what another value would do before it is made the default."""
+    import importlib
+
+    target, _, value = assignment.partition("=")
+    module, _, name = target.rpartition(".")
+    owner = importlib.import_module(f"tracker.proof.{module}")
+    if not hasattr(owner, name):
+        raise SystemExit(f"--set: tracker.proof.{module} has no {name}")
+    setattr(owner, name, int(value))
 
 
 def build(
@@ -180,12 +195,17 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     budget = limits.shared()
     threads = _FirstRead()
     stages = _Stages()
+    timeline = _Timeline()
+    timeline.start()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
     with threads, stages:
         verified = check_file(str(path), prove_accounts=limits)
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
+    timeline.stop()
     return {
+        "timeline": [(t - t0, cores) for t, cores in timeline.cores()],
+        "spans": [(stage, a - t0, b - t0) for stage, a, b in stages.spans],
         "check": t1 - t0,
         "cpu": c1 - c0 + k1 - k0,
         "worker_cpu": k1 - k0,
@@ -218,6 +238,8 @@ class _Stages(contextlib.AbstractContextManager["_Stages"]):
     def __init__(self) -> None:
         self.threads: dict[str, float] = {}
         self.stages: dict[str, float] = {}
+        #: (stage, wall start, wall end) of each patched call, in the order they ended
+        self.spans: list[tuple[str, float, float]] = []
         self._lock = threading.Lock()
         self._saved: list[tuple[Any, str, Any]] = []
 
@@ -230,12 +252,16 @@ class _Stages(contextlib.AbstractContextManager["_Stages"]):
         self._saved.append((owner, name, original))
         add, stages = self._add, self.stages
 
+        spans = self.spans
+
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.thread_time()
+            start, began = time.thread_time(), time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 add(stages, stage, time.thread_time() - start)
+                if stage != "hashed here":  # one call each, not one a batch
+                    spans.append((stage, began, time.perf_counter()))
 
         setattr(owner, name, timed)
 
@@ -411,6 +437,64 @@ class _WorkerPeak(threading.Thread):
         self.join()
 
 
+class _Timeline(threading.Thread):
+    """The cores the process tree (this process and its children, the hashing processes)
+    used, sampled every 50 ms from /proc: where a proof leaves cores idle, and when."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._last: dict[str, int] = {}
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _cpu(self, pid: str) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+
+    def run(self) -> None:
+        total = 0
+        while True:
+            for pid in ["self", *_direct_children()]:
+                with contextlib.suppress(OSError, IndexError, ValueError):  # it ended
+                    now = self._cpu(pid)
+                    # a child's CPU counts from 0 (it began with the check), this process's
+                    # from the first sample
+                    total += max(0, now - self._last.get(pid, now if pid == "self" else 0))
+                    self._last[pid] = now
+            self.samples.append((time.perf_counter(), total / self._ticks))
+            if self._done.wait(0.05):
+                return
+
+    def cores(self, step: float = 0.5) -> list[tuple[float, float]]:
+        """(time, cores used over the ``step`` seconds before it)."""
+        out: list[tuple[float, float]] = []
+        if not self.samples:
+            return out
+        t, cpu = self.samples[0]
+        for when, used in self.samples[1:]:
+            if when - t >= step:
+                out.append((when, (used - cpu) / (when - t)))
+                t, cpu = when, used
+        return out
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _direct_children() -> list[str]:
+    """This process's children, from each of its threads' ``children`` list (cheap enough to
+    read at every sample); every /proc entry searched where the kernel has no such list."""
+    found: list[str] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            found += Path(f"/proc/self/task/{task}/children").read_text().split()
+    except FileNotFoundError:
+        return _children()
+    return found
+
+
 def _children() -> list[str]:
     """The pids of this process's children (its hash workers)."""
     me = str(os.getpid())
@@ -449,6 +533,7 @@ def _child(
             str(rate),
             *(["--workers", str(workers)] if workers else []),
             *(["--one-loop"] if one_loop else []),
+            *(f"--set={what}" for what in SETS),
         ],
         check=True,
         capture_output=True,
@@ -487,6 +572,14 @@ def _by_thread(proof: dict[str, Any], million: float) -> str:
         f"proof in less than {serial / million:.2f} s a million"
     )
     return "\n".join(lines)
+
+
+def _phases(proof: dict[str, Any]) -> str:
+    """When each stage of the check's thread ran (seconds from the check's start) and the
+    cores the tree used, half a second at a time."""
+    spans = ", ".join(f"{stage} {a:.2f}-{b:.2f}" for stage, a, b in proof["spans"])
+    steps = " ".join(f"{cores:.1f}" for _, cores in proof["timeline"])
+    return f"stages (s): {spans}\ncores used a half second: {steps}"
 
 
 def plain(base: Path, runs: int) -> None:
@@ -573,8 +666,24 @@ def main() -> None:
         action="store_true",
         help="time only the plain check (verify --prove-accounts-max 1000) against openssl",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MODULE.NAME=INT",
+        help="what-if: a constant of tracker.proof.MODULE set in the measured processes "
+        "(e.g. accounts.accountsproof.MAX_LANES=8)",
+    )
+    parser.add_argument(
+        "--proof-only",
+        action="store_true",
+        help="time the proof alone (no baseline): its wall, cores, threads and stages",
+    )
     parser.add_argument("--part", choices=("baseline", "proof", "paced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    SETS[:] = args.set
+    for assignment in SETS:
+        _what_if(assignment)
     if args.memory is None:
         args.memory = default_memory(args.workers)
     if args.part:
@@ -594,6 +703,20 @@ def main() -> None:
     )
     if args.plain:
         plain(base, args.runs)
+        return
+    if args.proof_only:
+        meta = json.loads((base / "meta.json").read_text())
+        for _ in range(args.runs):
+            proof = _child("proof", base, args.memory, workers=args.workers)
+            million = meta["accounts"] / 1e6
+            print(
+                f"proof alone ({' '.join(SETS) or 'as built'}; proof_workers {args.workers}, "
+                f"budget {args.memory / 2**20:.0f} MiB): {proof['check']:.2f} s, "
+                f"{proof['cpu'] / proof['check']:.1f} cores used, level {proof['level']}; "
+                f"peak of the tree {(proof['max_rss'] + proof['worker_max_rss']) / 2**20:.0f} MiB"
+            )
+            print(_by_thread(proof, million))
+            print(_phases(proof))
         return
     runs = []
     for run in range(args.runs):  # alternating who goes first: the shared machine is noisy
@@ -667,6 +790,7 @@ def main() -> None:
         )
     )
     print(_by_thread(proof_times, million))
+    print(_phases(proof_times))
     tree = proof_times["max_rss"] + proof_times["worker_max_rss"]
     print(
         f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB, "
