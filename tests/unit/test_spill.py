@@ -152,6 +152,61 @@ def test_partitions_are_deduplicated_by_as_many_threads_as_keep_a_share_each(
     assert spill_module.dedup_threads(workers, memory_mib * 1024**2) == threads
 
 
+MIB = 1024**2
+#: the records whose sort takes one MiB
+PER_MIB = MIB // spill_module.DEDUP_COST * spill_module.RECORD
+
+
+@pytest.mark.parametrize(
+    ("workers", "memory_mib", "largest_mib_of_sort", "threads"),
+    [
+        (16, 268, 0, 16),  # nothing known of the partitions: the share's floor alone
+        (16, 268, 29, 9),  # 16 million accounts in the default budget on 16 cores
+        (16, 268, 16, 16),
+        (2, 268, 29, 2),
+        (16, 268, 300, 1),  # the largest does not fit even alone: split, in one thread
+        (16, 4096, 29, 16),
+    ],
+)
+def test_no_more_threads_than_the_largest_partition_fits_in_the_shares_of(
+    workers: int, memory_mib: int, largest_mib_of_sort: int, threads: int
+) -> None:
+    largest = largest_mib_of_sort * PER_MIB
+    assert spill_module.dedup_threads(workers, memory_mib * MIB, largest) == threads
+
+
+def test_partitions_that_fit_a_share_of_fewer_threads_are_not_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every partition fits the memory of one of two threads, none one of sixteen's: the
+    # deduplication takes fewer threads rather than writing each partition again in pieces
+    monkeypatch.setattr(spill_module, "MIN_SHARE", spill_module.DEDUP_COST)
+    index = SpillIndex(SpillDir(str(tmp_path)), 1 << 20)
+    rows = np.zeros((20_000, 5), dtype=np.uint64)
+    rows[:, :4] = np.random.default_rng(7).integers(0, 2**63, size=(20_000, 4), dtype=np.uint64)
+    rows[:, 4] = (np.arange(20_000, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
+    index.add(rows)
+    index.seal()
+    split: list[str] = []
+    pieces = spill_module.SpillDir.pieces
+
+    def counted(self: SpillDir, name: str, step: int) -> Any:
+        split.append(name)
+        return pieces(self, name, step)
+
+    def twice(key: np.ndarray, locator: int) -> None:
+        raise AssertionError("no pubkey is twice in a slot here")
+
+    monkeypatch.setattr(spill_module.SpillDir, "pieces", counted)
+    sizes = [index.dir.size(f"p{part:02d}") for part in range(spill_module.FANOUT)]
+    largest = max(sizes) // spill_module.RECORD * spill_module.DEDUP_COST
+    assert largest * 2 < min(sizes) // spill_module.RECORD * spill_module.DEDUP_COST * 16
+    index.superseded_runs(np.zeros(1, dtype=np.uint64), largest * 2, twice, 16)
+    assert split == []
+    assert index.dir.size("s") == 0  # every pubkey once: nothing superseded
+    index.dir.remove()
+
+
 def tiny(tmp_path: Path, room: int = 4096) -> AccountsLimits:
     """Limits whose budget has ``room`` accounted bytes: the index spills at once."""
     return AccountsLimits(temp_dir=str(tmp_path), budget=MemoryBudget(room, room=room))

@@ -64,13 +64,19 @@ KEEP_FREE = 16 * 1024**2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def dedup_threads(workers: int, memory: int) -> int:
-    """The partitions deduplicated at once by ``workers`` threads in ``memory`` bytes: at
-    most :data:`FANOUT`, and one more only while each keeps :data:`MIN_SHARE`. A share must
-    hold every version of one pubkey (a partition split down to :data:`MAX_LEVEL` is one
-    pubkey's), so a small budget is not cut in more pieces on a host of more cores: the
-    proof that passes on two cores passes on sixteen."""
-    return max(1, min(workers, FANOUT, memory // MIN_SHARE))
+def dedup_threads(workers: int, memory: int, largest: int = 0) -> int:
+    """The partitions deduplicated at once by ``workers`` threads in ``memory`` bytes, the
+    largest partition holding ``largest`` bytes of records: at most :data:`FANOUT`, and one
+    more only while each keeps :data:`MIN_SHARE` and the sort of the largest partition
+    (:data:`DEDUP_COST` a record). A share must hold every version of one pubkey (a partition
+    split down to :data:`MAX_LEVEL` is one pubkey's), so a small budget is not cut in more
+    pieces on a host of more cores: the proof that passes on two cores passes on sixteen.
+    Nor is a partition split only to give more threads a share: splitting writes the
+    partition again, which costs more than the threads gain (on 16 cores, 16 million
+    accounts in the default budget: 2.5 s of deduplication in 16 threads that split every
+    partition, docs/architecture.md "Every core")."""
+    need = max(MIN_SHARE, largest // RECORD * DEDUP_COST)
+    return max(1, min(workers, FANOUT, memory // need))
 
 
 def draw_multipliers() -> U64:
@@ -443,7 +449,8 @@ class SpillIndex:
         and reads release the GIL; the hashing processes are idle by then), as many as
         keep :data:`MIN_SHARE` each (:func:`dedup_threads`)."""
         self.seal()
-        threads = dedup_threads(threads, memory)
+        largest = max(self.dir.size(f"p{part:02d}") for part in range(FANOUT))
+        threads = dedup_threads(threads, memory, largest)
         share = memory // threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
         try:
