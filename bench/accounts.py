@@ -89,10 +89,14 @@ SETS: list[str] = []
 
 def _what_if(assignment: str) -> None:
     """``MODULE.NAME=INT``: a constant of ``tracker.proof.MODULE`` set (``--set``), to
-    measure what another value would do before it is made the default."""
+    measure what another value would do before it is made the default; ``switchinterval=S``:
+    the interpreter's thread switch interval."""
     import importlib
 
     target, _, value = assignment.partition("=")
+    if target == "switchinterval":  # the interpreter's (sys.setswitchinterval), in seconds
+        sys.setswitchinterval(float(value))
+        return
     module, _, name = target.rpartition(".")
     owner = importlib.import_module(f"tracker.proof.{module}")
     if not hasattr(owner, name):
@@ -672,7 +676,7 @@ def main() -> None:
         default=[],
         metavar="MODULE.NAME=INT",
         help="what-if: a constant of tracker.proof.MODULE set in the measured processes "
-        "(e.g. accounts.accountsproof.MAX_LANES=8)",
+        "(e.g. accounts.accountsproof.MAX_LANES=8), or switchinterval=SECONDS",
     )
     parser.add_argument(
         "--proof-only",
