@@ -29,7 +29,7 @@ from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
 from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
-from tracker.proxy import manysources
+from tracker.proxy import cachefill
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
 SIZE = len(DATA)
@@ -203,7 +203,7 @@ def test_pieces_come_only_from_sources_of_the_same_size() -> None:
 
     found = [entry("a", SIZE), entry("b", SIZE), entry("c", SIZE + 1), entry("d", SIZE, "")]
     found += [entry("e", 0), entry("f", SIZE), entry("g", SIZE), entry("h", SIZE)]
-    kept, _refused = manysources.choose(TargetKey(GROUP, "a"), SIZE, found)  # type: ignore[arg-type]
+    kept, _refused = cachefill.choose(TargetKey(GROUP, "a"), SIZE, found)  # type: ignore[arg-type]
     assert [s.key.target for _f, s in kept] == ["b", "f", "g"]  # type: ignore[attr-defined]
 
 

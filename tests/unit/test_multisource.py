@@ -1,5 +1,5 @@
 """The pure decisions of the shared download engine (tracker/multisource/) and of a refresh
-from several sources (tracker/proxy/manysources.py, tracker/proxy/piececheck.py), as
+from several sources (tracker/proxy/cachefill.py, tracker/proxy/piececheck.py), as
 tables."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from tracker.multisource.claims import MIN_STEAL, STEAL_AFTER_SECONDS, Pieces
 from tracker.multisource.judging import laggards, slower_than
-from tracker.proxy.manysources import lanes_for, piece_size_for, use_many, window_for
+from tracker.proxy.cachefill import lanes_for, piece_size_for, use_many, window_for
 from tracker.proxy.piececheck import Verdict, comparers, verdict
 
 MiB = 1024 * 1024
@@ -225,7 +225,7 @@ def test_a_lanes_failure_becomes_the_refreshs() -> None:
     import errno
 
     from tracker.errors import CacheError, UpstreamError
-    from tracker.proxy.manysources import _unwrapped
+    from tracker.proxy.cachefill import _unwrapped
 
     disk = _unwrapped(ExceptionGroup("", [OSError(errno.ENOSPC, "full")]))
     assert isinstance(disk, CacheError) and "No space left" in str(disk)
@@ -302,7 +302,7 @@ def test_a_refresh_chooses_its_sources_by_size_and_published_sha256(
 ) -> None:
     from tracker.core.snapshots import SnapshotFile, parse_archive_name
     from tracker.ordering.index import TargetKey
-    from tracker.proxy.manysources import choose
+    from tracker.proxy.cachefill import choose
 
     name = parse_archive_name(f"snapshot-100-{'1' * 32}.tar.zst")
     assert name is not None
@@ -381,8 +381,7 @@ def test_once_a_side_passed_the_other_party_of_each_range_lied(
 def test_a_refresh_says_how_it_used_each_source(
     given: list[tuple[int, bool, str, str]], used: list[tuple[str, str]]
 ) -> None:
-    from tracker.multisource.sources import Identity, Source
-    from tracker.proxy.manysources import uses_of
+    from tracker.multisource.sources import Identity, Source, uses_of
 
     sources = [
         Source(f"http://s{i}/f", Identity(10), ranges, sent=sent, dropped=dropped, left_out=out)

@@ -10,7 +10,7 @@ at their offsets through the temp file's descriptor (:meth:`Refresh.descriptor`)
 the gapless prefix as it grows (:meth:`Refresh.landed`): readers follow that prefix, never a
 byte past a gap (docs/architecture.md, "A refresh from several sources"). The blocking steps
 at both ends (room and the temp file; sync, rename, eviction) are
-:mod:`tracker.cache.tempfile`'s.
+:mod:`tracker.cache.disk`'s.
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ import outcome
 import trio
 
 from tracker.cache.checked import UNCHECKED, Checking
-from tracker.cache.disk import DiskOps, unlink, write_all
+from tracker.cache.disk import (
+    DiskOps,
+    Writeback,
+    open_temp,
+    rename_into_place,
+    settle,
+    unlink,
+    write_all,
+)
 from tracker.cache.mixedcopy import Vouching
-from tracker.cache.tempfile import Writeback, open_temp, rename_into_place, settle
 from tracker.core.digests import Verified, below_required
 from tracker.errors import CacheError
 from tracker.multisource.sources import Source
@@ -267,7 +274,7 @@ class Refresh:
         self.ready = trio.Event()
         #: The client headers of the upstream's 200 (content-length included).
         self.headers: dict[str, str] = {}
-        #: Clients reading its temp file now (``tracker.proxy.sharing``).
+        #: Clients reading its temp file now (``tracker.proxy.refreshing.join``).
         self.readers = 0
         self._announced = False
 

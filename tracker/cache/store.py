@@ -16,7 +16,7 @@ too. Blocking file work runs in worker threads that are not abandoned on cancell
 descriptor is never closed while a thread still uses it.
 
 A refresh also exposes its progress to readers of the growing temp file (shared in-flight
-downloads, :mod:`tracker.proxy.sharing`): ``written`` bytes so far of ``size``,
+downloads, :func:`tracker.proxy.refreshing.join`): ``written`` bytes so far of ``size``,
 :meth:`Refresh.wait_progress` to sleep until that changes, and how it ended (``ended`` is set
 by ``abort``, which ends every refresh; ``verified`` tells that every byte arrived and was
 checked, promoted or not).
@@ -81,7 +81,7 @@ class RefreshProgress:
     """A refresh in flight, as the status page shows it.
 
     ``size`` is 0 until the refresh is open (the upstream answered); ``started_at`` is Unix
-    time; ``readers``: clients reading its temp file (:mod:`tracker.proxy.sharing`), None
+    time; ``readers``: clients reading its temp file (:func:`tracker.proxy.refreshing.join`), None
     for a refresh not shared (:meth:`Refresh.share`).
     """
 

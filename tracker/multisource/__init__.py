@@ -1,7 +1,7 @@
 """One download engine for one archive over several byte-identical sources: parallel
 ``Range`` pieces, work stealing, slow sources dropped, per-origin limits honoured; used by
 ``snapshot-tracker fetch`` (:mod:`tracker.fetch.download`) and by the cache's refresh in
-proxy mode (:mod:`tracker.proxy.manysources`). Each caller keeps its own policy (which
+proxy mode (:mod:`tracker.proxy.cachefill`). Each caller keeps its own policy (which
 sources go together, where pieces go, what a client sees); the mechanism is here.
 
 :mod:`~tracker.multisource.claims` is the pure bookkeeping of who fetches which bytes (in

@@ -1,4 +1,5 @@
-"""The sources of one download, as the engine sees them, and what each answer must prove.
+"""The sources of one download, as the engine sees them, what each answer must prove, and
+how a download used them (:class:`SourcesUsed`).
 
 A :class:`Source` is one URL of a file of known size (its :class:`Identity`: the size and the
 validators it was first sent with) and what it delivered so far. Which sources may be used
@@ -13,16 +14,20 @@ same size, not provably another file (:func:`check_range`, :func:`check_whole`; 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 import httpx
 import trio
 
+from tracker.core.snapshotsources import TargetKey
 from tracker.errors import SourceFailed
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Sameness, Validators, sameness
 from tracker.net.httpclients import origin
 from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_text
 
 log = logging.getLogger("tracker.multisource")
 
@@ -174,3 +179,54 @@ def same_validators(response: httpx.Response, identity: Identity) -> bool:
     """
     found = Validators.of(response.headers)
     return sameness(identity.validators, found) is not Sameness.DIFFERENT
+
+
+#: How a refresh used a source (``/v1/targets`` ``refresh.used``).
+Used = Literal["parallel", "alone", "left out", "dropped"]
+
+
+def uses_of(sources: Sequence[Source]) -> list[tuple[Used, str]]:
+    """How a refresh used each of its ``sources`` (the first first) and why, once it
+    ended: in parallel with others, alone (the only one that gave bytes: the others ignore
+    Range, or failed), left out (it gave nothing: it ignores Range, so it could only have
+    sent the whole file again) or dropped (failed, stalled or too slow)."""
+    givers = sum(1 for s in sources if s.sent)
+    out: list[tuple[Used, str]] = []
+    for source in sources:
+        if source.dropped:
+            out.append(("dropped", source.dropped))
+        elif not source.sent:
+            out.append(("left out", source.left_out or "no piece was left for it"))
+        elif givers == 1:
+            out.append(("alone", "" if source.ranges else "one stream: it ignores Range"))
+        else:
+            out.append(("parallel", "" if source.ranges else "one stream: it ignores Range"))
+    return out
+
+
+#: Targets whose latest use is kept (a fleet's discovered nodes are thousands).
+MAX_USES = 4096
+
+
+class SourcesUsed:
+    """How the latest refresh from several sources that asked each target used it
+    (docs/http-api.md, ``/v1/targets``: ``refresh``); at most MAX_USES targets, the
+    oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._uses: dict[TargetKey, dict[str, object]] = {}
+
+    def record(self, name: str, keys: Sequence[TargetKey], sources: Sequence[Source]) -> None:
+        """The refresh of ``name`` used ``sources`` (of targets ``keys``, in order)."""
+        for key, source, (used, reason) in zip(keys, sources, uses_of(sources), strict=True):
+            entry: dict[str, object] = {"file": name, "used": used, "bytes": source.sent}
+            if reason:
+                entry["reason"] = redact_text(reason)
+            self._uses.pop(key, None)  # the newest last
+            self._uses[key] = entry
+        while len(self._uses) > MAX_USES:
+            del self._uses[next(iter(self._uses))]
+
+    def shown(self) -> dict[TargetKey, dict[str, object]]:
+        """Each target's latest use (a copy)."""
+        return dict(self._uses)

@@ -34,7 +34,6 @@ from tracker.observability.logs import log_event
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.upstream import (
     DownloadClients,
-    Queueing,
     UpstreamAnswer,
     ask_source,
     check_size,
@@ -197,9 +196,9 @@ async def _answer(
     (if any) started."""
     clients, group = race.clients, race.group
     slotted = race.slotted
-    queueing = Queueing(busy_wait, slotted.set if slotted is not None else None)
+    taken = slotted.set if slotted is not None else None
     asked = await ask_source(
-        clients, group, source.key, f.url, race.method, race.headers, queueing=queueing
+        clients, group, source.key, f.url, race.method, race.headers, wait=busy_wait, taken=taken
     )
     answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
     response, method = asked.response, race.method

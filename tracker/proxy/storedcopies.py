@@ -23,9 +23,9 @@ from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Metrics
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
-from tracker.proxy.bytepaths import relay
 from tracker.proxy.decisions import Copy
-from tracker.proxy.streamjobs import Launcher, head_answer
+from tracker.proxy.relay import relay
+from tracker.proxy.transfers import Launcher, head_answer
 from tracker.serving.fileresponse import ChunkBudget, ExtraHeaders, file_response
 from tracker.serving.httpanswer import Answer, redirect_answer
 

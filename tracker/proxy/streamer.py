@@ -58,9 +58,9 @@ from tracker.proxy.decisions import (
     stored,
 )
 from tracker.proxy.refreshing import Refreshes, claimed_of
+from tracker.proxy.relay import relay_answer
 from tracker.proxy.storedcopies import cache_path, copy_of
-from tracker.proxy.streamjobs import Launcher
-from tracker.proxy.transfers import Transfers
+from tracker.proxy.transfers import Launcher, Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
@@ -116,7 +116,7 @@ class ProxyStreamer:
             resolver=resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
         )
-        #: Memory shared by the streams passed through Python (tracker/proxy/clientfeed.py).
+        #: Memory shared by the streams passed through Python (tracker/proxy/pumps.py).
         channel_budget = ChunkBudget(
             total=settings.channel_budget,
             smallest=settings.smallest_read,
@@ -544,7 +544,7 @@ class Route:
             case Step.RELAY | Step.RELAY_INTEREST:
                 if decision is Step.RELAY_INTEREST and run.on_interest is not None:
                     run.on_interest(group.group, self.name)
-                return await launcher.relay(launcher.job(group, ask, archive, self.found))
+                return await relay_answer(launcher, launcher.job(group, ask, archive, self.found))
         return None
 
 

@@ -272,16 +272,6 @@ class SourceReply:
         return self.transfer.pacer
 
 
-@attrs.frozen
-class Queueing:
-    """How a request waits for a transfer slot: at most ``wait`` seconds in all (0: not at
-    all, SourceBusy at once); ``taken`` is told each time it holds one (the early head's
-    clock starts then, not while it waits)."""
-
-    wait: float = 0.0
-    taken: Callable[[], None] | None = None
-
-
 async def ask_source(
     clients: DownloadClients,
     group: TargetGroup,
@@ -290,7 +280,8 @@ async def ask_source(
     method: str,
     headers: Mapping[str, str],
     *,
-    queueing: Queueing = Queueing(),
+    wait: float = 0.0,
+    taken: Callable[[], None] | None = None,
 ) -> SourceReply:
     """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
     ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
@@ -298,7 +289,9 @@ async def ask_source(
 
     The transfer slot (docs/http-api.md, "Source limits") belongs to the origin asked for the
     bytes: each hop takes a slot of its own origin (waiting for one at most ``wait`` seconds
-    in all, else SourceBusy) and gives it back as soon as that origin answered a redirect, so
+    in all, else SourceBusy; ``taken`` is told each time it holds one: the early head's
+    clock starts then, not while it waits) and gives it back as soon as that origin answered
+    a redirect, so
     a request never holds one origin's slot while it waits for another's (two requests
     redirected across each other's origins would wait for each other for ever). The answer
     keeps the slot of the origin that gave it, in :attr:`SourceReply.slot`.
@@ -313,7 +306,7 @@ async def ask_source(
     own_origin = origin(key.target) if trusted else None
     credentials = authorization(group, key.target) if trusted else None
     caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
-    deadline = trio.current_time() + queueing.wait
+    deadline = trio.current_time() + wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
         client = clients.for_tls(group.tls_config) if own else clients.foreign()
@@ -323,8 +316,8 @@ async def ask_source(
         left = max(0.0, deadline - trio.current_time())
         taking = clients.limits.transfer(url, caps, wait=left, queue=settings.busy_queue)
         transfer = await slot.enter_async_context(taking)
-        if queueing.taken is not None:
-            queueing.taken()
+        if taken is not None:
+            taken()
         try:
             response = await _send(client, method, url, request_headers, settings.answer_timeout)
             status = response.status_code

@@ -1,41 +1,50 @@
-"""A refresh of the cache from every byte-identical source of its archive at once.
+"""The fill: a refresh of the cache from one source or from several at once, its temp
+file written at the sources' pace while its readers follow it (docs/architecture.md, "One
+refresh, one owner" and "A refresh from several sources").
 
-The refresh's first source answers as it always did (:mod:`tracker.proxy.failover`: the
-first body to start wins, so a client's first byte comes as fast as from one source). When
-the index knows other sources of the same archive (:func:`choose`: the same name and size,
-and no other SHA-256 where sources publish one; docs/http-api.md#trust), they join: the
-shared engine (:mod:`tracker.multisource`) cuts the file into pieces, hands them out from
-the front within a window ahead of the gapless prefix, and each source's lanes (at most its
-``source_limits.max_transfers``: :func:`lanes_for`), once a one-byte probe showed that it
-honours ``Range`` (one that ignores it, as agave's RPC does, is closed unread and gives no
-pieces; the first answer still runs on), fetch them with ``Range`` requests,
-paced by its ``max_rate``, spliced into the temp file at their offsets. The first answer
-carries the head on for as long as no other lane holds the next piece. The refresh's
-readers follow the gapless prefix (:meth:`tracker.cache.refresh.Refresh.landed`), which
-grows at the sources' combined rate; an idle lane steals the back half of the head piece
-from a laggard (whatever its size when it blocks the prefix), a source that fails three
-times, stalls, drips under a floor or delivers under a tenth of another one's rate
-(:func:`tracker.multisource.judging.laggards`) is dropped and its pieces go to the others.
-How each source was used is kept per target (:class:`SourcesUsed`, ``/v1/targets``).
+:func:`fill` is the refresh's pump, started by :mod:`tracker.proxy.refreshing` in the
+transfers nursery: it opens the upstream (:func:`tracker.proxy.pumps.opened`: failover
+inside), reports the client's :class:`~tracker.proxy.transfers.Head` once the temp file is
+open (the refresh itself is announced to its readers first), then moves the body into the
+temp file, spliced from the socket when it allows (:meth:`tracker.proxy.resume.UpstreamBody.into`;
+a break is resumed on the same source). When the temp file cannot be opened (no room), the
+starter is relayed uncached. A complete file is checked and promoted (:func:`_promote`); a
+refresh always ends in :func:`_end_refresh`: promoted, or its temp file removed, its outcome
+counted and logged.
 
-Which copy is good is not decided here: the whole-file checks stay the gate
-(docs/http-api.md, "Verified archives"; :func:`tracker.proxy.bytepaths.fill`).
+From several sources: a checked archive whose first source answered a whole file, when the
+index knows other sources of the same archive (:func:`choose`: the same name and size, and no
+other SHA-256 where sources publish one; docs/http-api.md#trust), is filled by all of them at
+once (:func:`fill_from_many`). The shared engine (:mod:`tracker.multisource`) cuts the file
+into pieces, hands them out from the front within a window ahead of the gapless prefix, and
+each source's lanes (at most its ``source_limits.max_transfers``: :func:`lanes_for`), once a
+one-byte probe showed that it honours ``Range`` (one that ignores it, as agave's RPC does, is
+closed unread and gives no pieces; the first answer still runs on), fetch them with
+``Range`` requests, paced by its ``max_rate``, spliced into the temp file at their offsets.
+The first answer carries the head on for as long as no other lane holds the next piece. The
+refresh's readers follow the gapless prefix (:meth:`tracker.cache.refresh.Refresh.landed`),
+which grows at the sources' combined rate; an idle lane steals the back half of the head
+piece from a laggard, a source that fails three times, stalls, drips under a floor or
+delivers under a tenth of another one's rate (:func:`tracker.multisource.judging.laggards`)
+is dropped and its pieces go to the others. How each source was used is kept per target
+(:class:`tracker.multisource.sources.SourcesUsed`, ``/v1/targets``). Which copy is good is
+not decided by the pieces: the whole-file checks stay the gate (docs/http-api.md, "Verified
+archives"); a copy from several sources that fails them is repaired (:class:`Repair`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Literal
 
 import attrs
 import trio
 
+from tracker.cache.mixedcopy import plan, trusted_digest
 from tracker.cache.refresh import Refresh
-from tracker.config.schema import TargetGroup
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
@@ -57,9 +66,207 @@ from tracker.proxy.piececheck import (
     rewrite,
     two_source_liar,
 )
-from tracker.proxy.upstream import DownloadClients, Queueing, UpstreamAnswer, ask_source
+from tracker.proxy.pumps import Flow, Upstream, channel, opened, recorded
+from tracker.proxy.resume import UpstreamBody
+from tracker.proxy.transfers import Head, Peers, StreamJob
+from tracker.proxy.upstream import UpstreamAnswer, ask_source
+from tracker.serving.ranges import parse_http_date
 
-log = logging.getLogger("tracker.proxy")
+log = logging.getLogger("tracker.transfers")
+#: The events of a refresh from several sources.
+many_log = logging.getLogger("tracker.proxy")
+
+
+async def fill(job: StreamJob, *, fallback: bool, task_status: trio.TaskStatus[Head]) -> None:
+    """A refresh of the cache (``job.refresh``); its clients read the temp file (see the
+    module doc). Once the temp file is open the refresh is announced to its readers
+    (:meth:`Refresh.announce`) and the Head carries it; when it cannot be opened, the
+    requester is relayed uncached if ``fallback``, else the Head has neither body nor
+    refresh."""
+    refresh = job.refresh
+    assert refresh is not None  # a job for a refresh has one
+    flow = Flow()
+    upstream: Upstream | None = None
+    try:
+        async with opened(job, flow, None) as upstream:
+            assert upstream is not None  # no early head without a task_status to report it
+            head, length = job.head_of(upstream.first)
+            if length is None:
+                task_status.started(head)
+                return
+            on_disk = await _open_temp_file(refresh, upstream.first, length, flow)
+            if not on_disk and fallback:
+                body = upstream.read(job, length)
+                await channel(job, body, head, flow, task_status)
+                return
+            if on_disk:  # readers may join now, with the upstream's headers
+                refresh.announce(head.headers)
+            task_status.started(attrs.evolve(head, refresh=refresh if on_disk else None))
+            others = _others(job, refresh, upstream.first, length)
+            if on_disk and use_many(length, others):
+                to_many = partial(_to_many, job, refresh, upstream, others, flow)
+                await recorded(upstream.first.url, flow, job.stop, to_many, "no reader left")
+            elif on_disk:
+                body = upstream.read(job, length, resume=True)
+                to_disk = partial(_to_disk, job, refresh, body, flow)
+                await recorded(body.first.url, flow, job.stop, to_disk, "no reader left")
+    finally:
+        _end_refresh(job, refresh, upstream, flow)
+
+
+async def _open_temp_file(
+    refresh: Refresh, answer: UpstreamAnswer, length: int, flow: Flow
+) -> bool:
+    """Open the refresh's temp file for a 200 of ``length`` bytes; False (the refresh is
+    over, ``flow.outcome`` says why) for another status, too little room or an unwritable
+    cache: the file is then not cached."""
+    if answer.response.status_code != 200:
+        refresh.abort()
+        return False
+    if await refresh.open(length):
+        return True
+    flow.outcome = "refresh_no_space" if refresh.no_space else "refresh_failed"
+    return False
+
+
+def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, flow: Flow) -> None:
+    """The last step of every refresh: nothing left behind, its outcome counted and logged."""
+    refresh.abort()  # no-op after a promotion
+    flow.report(job)
+    body = upstream.body if upstream is not None else None
+    many = upstream.many if upstream is not None else []
+    received = body.received if body is not None else sum(s.sent for s in many)
+    log_event(
+        log,
+        "info",
+        "cache_refresh_ended",
+        group=refresh.group,
+        file=refresh.name,
+        outcome=flow.outcome,
+        size=refresh.size,
+        upstream_bytes=received,
+        resumes=body.resumes if body is not None else 0,
+        sources=len(many) or 1,
+    )
+
+
+async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: Flow) -> None:
+    """A refresh: upstream bytes to the temp file only, its readers follow the file
+    (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
+    await body.into(refresh, job.upstream_bytes, job.settings.read_timeout)
+    if await _promote(job, refresh, body.first):
+        flow.outcome = "refresh_ok"
+        flow.report(job)
+    flow.complete = True
+
+
+def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int) -> Found:
+    """The sources a refresh may take pieces from beside ``first`` (docs/http-api.md#trust:
+    the same name and size, no other published SHA-256, the whole-file checks as the gate):
+    none when the archive is not checked (``verify_archives`` off: nothing would tell a
+    mixed copy), the answer is no whole file, or nothing would vouch for every byte of a
+    mixed copy (:func:`tracker.cache.mixedcopy.plan`: an incremental without a trusted
+    digest); otherwise the refresh is told what must vouch for it."""
+    peers = job.peers
+    if peers is None or not peers.enabled or first.response.status_code != 200:
+        return []
+    if not refresh.checked:
+        return []
+    others = others_of(first, length, peers.found)
+    if not use_many(length, others):
+        return others
+    published = [(first.source.key.target, first.file.sha256)]
+    published += [(source.key.target, f.sha256) for f, source in peers.found]
+    trusted = trusted_digest(published, frozenset(peers.group.trust.known_sources))
+    vouching = plan(refresh.name, trusted, first.file.sha256, refresh.proves_accounts)
+    if isinstance(vouching, str):  # nothing would vouch for a mixture: one source's copy
+        log_event(log, "info", "refresh_one_source", file=refresh.name, reason=vouching)
+        return []
+    refresh.vouching = vouching
+    return others
+
+
+async def _to_many(
+    job: StreamJob, refresh: Refresh, upstream: Upstream, others: Found, flow: Flow
+) -> None:
+    """A refresh from ``upstream``'s source and ``others`` at once
+    (:func:`fill_from_many`); its readers follow the gapless prefix."""
+    assert job.peers is not None  # others come from it
+    first = upstream.first
+
+    def known(sources: list[Source]) -> None:
+        upstream.splicing = lambda: sources[0].sent  # the first source's bytes, live
+        upstream.many = sources
+
+    outcome = await fill_from_many(
+        job.peers,
+        refresh,
+        first,
+        others,
+        upstream_bytes=job.upstream_bytes,
+        flowing=job.flowing,
+        on_sources=known,
+    )
+    upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
+    for source in outcome.sources:
+        key = outcome.keys[source]
+        job.refresh_share(key, source.sent, outcome.seconds)
+        if source is not outcome.sources[0]:  # the first one's is told when it closes
+            job.source_transfer(key, source.sent, outcome.seconds)
+    repair = Repair(job.peers, refresh, outcome)
+    repair.liar_found = job.archive_rejected
+    # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
+    if await _promote(job, refresh, first, blame=repair.blame, repair=repair.run):
+        flow.outcome = "refresh_ok"
+        flow.report(job)
+    flow.complete = True
+
+
+async def _promote(
+    job: StreamJob,
+    refresh: Refresh,
+    first: UpstreamAnswer,
+    *,
+    blame: list[TargetKey] | None = None,
+    repair: Callable[[ArchiveInvalid], Awaitable[bool]] | None = None,
+) -> bool:
+    """Promote a complete refresh whose archive passed its check; a failure after the check
+    costs the cache, never the client. A failed check raises ArchiveInvalid: the refresh's
+    readers never get their last bytes (docs/http-api.md, "Verified archives"), and the
+    sources that sent the copy (``blame``, default: ``first``'s) are held back for it,
+    unless ``repair`` (a refresh from several sources) found the liars and the repaired copy
+    passed the check again."""
+    await refresh.flush()  # the last write may still be in flight (raises CacheError)
+    try:
+        await refresh.verify()  # readers may finish once it passed, whatever comes next
+    except ArchiveInvalid as exc:
+        if repair is None or not await repair(exc):
+            for key in blame if blame is not None else [first.source.key]:
+                log_event(
+                    log,
+                    "warning",
+                    "archive_rejected",
+                    group=refresh.group,
+                    file=refresh.name,
+                    source=redact_text(key.target),
+                    reason=exc.reason,
+                )
+                job.archive_rejected(key, exc.reason)
+            raise
+    if not job.still_wanted():
+        log_event(
+            log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
+        )
+        refresh.abort()
+        return False
+    mtime = parse_http_date(first.response.headers.get("last-modified"))
+    try:
+        await refresh.commit(None if mtime is None else float(mtime))
+    except CacheError as exc:
+        log_event(log, "warning", "cache_commit_failed", file=refresh.name, reason=exc)
+        return False
+    return True
+
 
 MiB = 1024 * 1024
 #: Connections per source at most (fewer when its ``max_transfers`` says so): two keep one
@@ -71,22 +278,6 @@ MAX_SOURCES = 4
 SPEED_WINDOW = 2.0
 #: Seconds a lane waits in its source's queue for a transfer slot before it looks again.
 SLOT_WAIT = 1.0
-
-
-@attrs.frozen
-class Peers:
-    """What a refresh may add beside its first source: the group's download clients, the
-    group, and the sources of the file the request may use (best first, those held back
-    after a failed check already left out); ``enabled`` False keeps one source."""
-
-    clients: DownloadClients
-    group: TargetGroup
-    found: Found
-    enabled: bool = True
-    #: Longest wait for one read of a body (``ProxySettings.read_timeout``).
-    read_timeout: float = 60.0
-    #: Where each refresh from several sources says how it used them (None: nowhere).
-    uses: SourcesUsed | None = None
 
 
 @attrs.frozen
@@ -140,7 +331,12 @@ def others_of(first: UpstreamAnswer, length: int, found: Found) -> Found:
     for _key, url, reason in refused:
         name = first.file.bare_name
         log_event(
-            log, "warning", "refresh_source_refused", file=name, url=redact_text(url), reason=reason
+            many_log,
+            "warning",
+            "refresh_source_refused",
+            file=name,
+            url=redact_text(url),
+            reason=reason,
         )
     return kept
 
@@ -171,57 +367,6 @@ def window_for(piece: int, lanes: int) -> int:
     """How far past the gapless prefix pieces are handed out: two per lane (an idle lane
     steals the head instead of running further ahead)."""
     return max(4, 2 * lanes) * piece
-
-
-#: How a refresh used a source (``/v1/targets`` ``refresh.used``).
-Used = Literal["parallel", "alone", "left out", "dropped"]
-
-
-def uses_of(sources: Sequence[Source]) -> list[tuple[Used, str]]:
-    """How a refresh used each of its ``sources`` (the first first) and why, once it
-    ended: in parallel with others, alone (the only one that gave bytes: the others ignore
-    Range, or failed), left out (it gave nothing: it ignores Range, so it could only have
-    sent the whole file again) or dropped (failed, stalled or too slow)."""
-    givers = sum(1 for s in sources if s.sent)
-    out: list[tuple[Used, str]] = []
-    for source in sources:
-        if source.dropped:
-            out.append(("dropped", source.dropped))
-        elif not source.sent:
-            out.append(("left out", source.left_out or "no piece was left for it"))
-        elif givers == 1:
-            out.append(("alone", "" if source.ranges else "one stream: it ignores Range"))
-        else:
-            out.append(("parallel", "" if source.ranges else "one stream: it ignores Range"))
-    return out
-
-
-#: Targets whose latest use is kept (a fleet's discovered nodes are thousands).
-MAX_USES = 4096
-
-
-class SourcesUsed:
-    """How the latest refresh from several sources that asked each target used it
-    (docs/http-api.md, ``/v1/targets``: ``refresh``); at most MAX_USES targets, the
-    oldest forgotten first."""
-
-    def __init__(self) -> None:
-        self._uses: dict[TargetKey, dict[str, object]] = {}
-
-    def record(self, name: str, keys: Sequence[TargetKey], sources: Sequence[Source]) -> None:
-        """The refresh of ``name`` used ``sources`` (of targets ``keys``, in order)."""
-        for key, source, (used, reason) in zip(keys, sources, uses_of(sources), strict=True):
-            entry: dict[str, object] = {"file": name, "used": used, "bytes": source.sent}
-            if reason:
-                entry["reason"] = redact_text(reason)
-            self._uses.pop(key, None)  # the newest last
-            self._uses[key] = entry
-        while len(self._uses) > MAX_USES:
-            del self._uses[next(iter(self._uses))]
-
-    def shown(self) -> dict[TargetKey, dict[str, object]]:
-        """Each target's latest use (a copy)."""
-        return dict(self._uses)
 
 
 @attrs.define(eq=False)
@@ -330,7 +475,7 @@ async def fill_from_many(
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
-    log_event(log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
+    log_event(many_log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
     return outcome
 
 
@@ -356,15 +501,8 @@ async def _ask(
     to its own origin: :func:`tracker.proxy.upstream.ask_source`); the answer closed and its
     transfer slot freed when the block ends. The first answer's validators become the
     source's (every later one must be of the same file)."""
-    queueing = Queueing(SLOT_WAIT)
     reply = await ask_source(
-        peers.clients,
-        peers.group,
-        keys[source],
-        source.url,
-        "GET",
-        headers,
-        queueing=queueing,
+        peers.clients, peers.group, keys[source], source.url, "GET", headers, wait=SLOT_WAIT
     )
     try:
         if reply.response.status_code == 206:
@@ -409,7 +547,7 @@ class Repair:
         rejects it as it stands, held back against :attr:`blame`)."""
         refresh, outcome = self.refresh, self.outcome
         refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
-        log_event(log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
+        log_event(many_log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
         # Those that can be asked for a range again (one that ignores Range cannot).
         live = [s for s in outcome.sources if not s.dropped and s.ranges]
         sources = list(outcome.sources)
@@ -434,7 +572,7 @@ class Repair:
             os.close(fd)
         if not found.liars or found.undecided:
             log_event(
-                log,
+                many_log,
                 "warning",
                 "refresh_not_repaired",
                 file=refresh.name,
@@ -446,7 +584,9 @@ class Repair:
         try:
             await refresh.recheck()
         except ArchiveInvalid as exc:
-            log_event(log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason)
+            log_event(
+                many_log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason
+            )
             self._narrow(found)
             return False
         return self._named(found)
@@ -466,9 +606,11 @@ class Repair:
                 f"sent bytes {shown} of {refresh.name} that differ from the other sources' "
                 "(the copy passed its check without them)"
             )
-            log_event(log, "warning", "refresh_source_lied", url=liar.url, reason=reason)
+            log_event(many_log, "warning", "refresh_source_lied", url=liar.url, reason=reason)
             self.liar_found(outcome.keys[liar], reason)
-        log_event(log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten)
+        log_event(
+            many_log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten
+        )
         return True
 
     async def _judge_two(
@@ -499,14 +641,18 @@ class Repair:
             try:
                 await refresh.recheck()
             except ArchiveInvalid as exc:
-                log_event(log, "warning", "refresh_side_failed", url=side.url, reason=exc.reason)
+                log_event(
+                    many_log, "warning", "refresh_side_failed", url=side.url, reason=exc.reason
+                )
                 passed.append(False)
                 continue
             passed.append(True)
             break
         liar = two_source_liar(passed)
         if liar is None:
-            log_event(log, "warning", "refresh_not_repaired", file=refresh.name, sides=len(passed))
+            log_event(
+                many_log, "warning", "refresh_not_repaired", file=refresh.name, sides=len(passed)
+            )
             return None
         honest = sources.index(live[1 - liar])
         return {sources[i]: ranges for i, ranges in blamed(differing, honest).items()}
