@@ -4,6 +4,7 @@ which thread, in which order, and what they raise, drop and leave behind."""
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -380,3 +381,38 @@ def test_a_lane_writes_the_index_s_full_staging_buffer_while_the_others_go_on(
 
 def key(n: int) -> bytes:
     return n.to_bytes(4, "big") * 8
+
+
+def test_the_switch_interval_is_short_while_a_lane_runs_and_restored_after() -> None:
+    # a lane holding the lanes' lock waits for the GIL after each kernel or write: up to the
+    # interval; while any lane of any proof runs it is SWITCH_INTERVAL, then the one before
+    before = sys.getswitchinterval()
+    assert before > accountsproof.SWITCH_INTERVAL  # Python's 5 ms (no other test keeps it)
+    seen: list[float] = []
+    first, second = Apart(), Apart()
+    try:
+        first.put(lambda: seen.append(sys.getswitchinterval()))
+        first.settle()
+        second.put(lambda: seen.append(sys.getswitchinterval()))
+        second.settle()
+        first.close()  # the other still runs: still short
+        second.put(lambda: seen.append(sys.getswitchinterval()))
+        second.settle()
+    finally:
+        first.close()
+        second.close()
+    assert seen == [accountsproof.SWITCH_INTERVAL] * 3
+    assert sys.getswitchinterval() == before
+
+
+def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accountsproof, "SWITCH_INTERVAL", 0)
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    lane = Apart()
+    try:
+        lane.put(lambda: seen.append(sys.getswitchinterval()))
+        lane.settle()
+    finally:
+        lane.close()
+    assert seen == [before]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -660,7 +661,8 @@ class Apart:
     def _run(self) -> None:
         start = time.thread_time()
         try:
-            self._take_jobs()
+            with _QUICK_SWITCHES:
+                self._take_jobs()
         finally:
             self.cpu += time.thread_time() - start
 
@@ -683,6 +685,41 @@ class Apart:
                     job()
                 except BaseException as exc:  # raised in the reading thread (put, settle)
                     self._failure = exc
+
+
+#: The interpreter's thread switch interval while scan lanes run, in seconds (Python's own is
+#: 5 ms; 0: left as it is). A lane that took the lock the lanes share and let go of the GIL
+#: (a compiled kernel, a copy, a write to a hashing process) waits for it again to go on: up
+#: to the whole interval while another thread runs Python, the lock held all the while
+#: (docs/architecture.md, "The accounts level" → "Every core").
+SWITCH_INTERVAL = 0.0005
+
+
+class _QuickSwitches:
+    """The process's switch interval at :data:`SWITCH_INTERVAL` while one scan lane or more
+    runs (process-wide, counted across proofs), the one it had back once none does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._saved = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._saved = sys.getswitchinterval()
+                if SWITCH_INTERVAL:
+                    sys.setswitchinterval(min(self._saved, SWITCH_INTERVAL))
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                sys.setswitchinterval(self._saved)
+
+
+_QUICK_SWITCHES = _QuickSwitches()
 
 
 def _workers_busy(summer: Summer) -> int:
