@@ -88,7 +88,7 @@ SETS: list[str] = []
 
 
 def _what_if(assignment: str) -> None:
-    """``MODULE.NAME=INT``: a constant of ``tracker.proof.MODULE`` set (``--set``), to
+    """``MODULE.NAME=NUMBER``: a constant of ``tracker.proof.MODULE`` set (``--set``), to
     measure what another value would do before it is made the default; ``switchinterval=S``:
     the interpreter's thread switch interval."""
     import importlib
@@ -101,7 +101,7 @@ def _what_if(assignment: str) -> None:
     owner = importlib.import_module(f"tracker.proof.{module}")
     if not hasattr(owner, name):
         raise SystemExit(f"--set: tracker.proof.{module} has no {name}")
-    setattr(owner, name, int(value))
+    setattr(owner, name, float(value) if "." in value else int(value))
 
 
 def build(
@@ -674,7 +674,7 @@ def main() -> None:
         "--set",
         action="append",
         default=[],
-        metavar="MODULE.NAME=INT",
+        metavar="MODULE.NAME=NUMBER",
         help="what-if: a constant of tracker.proof.MODULE set in the measured processes "
         "(e.g. accounts.accountsproof.MAX_LANES=8), or switchinterval=SECONDS",
     )
