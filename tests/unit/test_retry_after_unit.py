@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from tracker.proxy.failover import expected_end
+from tracker.proxy.upstream import expected_end
 from tracker.serving.httpanswer import MAX_RETRY_AFTER, RETRY_AFTER, retry_after, text_answer
 
 MiB = 1024 * 1024

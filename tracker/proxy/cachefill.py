@@ -6,7 +6,7 @@ refresh, one owner" and "A refresh from several sources").
 transfers nursery: it opens the upstream (:func:`tracker.proxy.pumps.opened`: failover
 inside), reports the client's :class:`~tracker.proxy.transfers.Head` once the temp file is
 open (the refresh itself is announced to its readers first), then moves the body into the
-temp file, spliced from the socket when it allows (:meth:`tracker.proxy.resume.UpstreamBody.into`;
+temp file, spliced from the socket when it allows (:meth:`tracker.proxy.pumps.UpstreamBody.into`;
 a break is resumed on the same source). When the temp file cannot be opened (no room), the
 starter is relayed uncached. A complete file is checked and promoted (:func:`_promote`); a
 refresh always ends in :func:`_end_refresh`: promoted, or its temp file removed, its outcome
@@ -66,8 +66,7 @@ from tracker.proxy.piececheck import (
     rewrite,
     two_source_liar,
 )
-from tracker.proxy.pumps import Flow, Upstream, channel, opened, recorded
-from tracker.proxy.resume import UpstreamBody
+from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, channel, opened, recorded
 from tracker.proxy.transfers import Head, Peers, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
 from tracker.serving.ranges import parse_http_date

@@ -3,7 +3,8 @@
 upstream opened and closed on every path, how it went, and the channel that feeds a client's
 body through Python.
 
-:func:`opened` asks the sources (``job.open``: failover inside, :mod:`tracker.proxy.failover`)
+:func:`opened` asks the sources (``job.open``: failover inside,
+:func:`tracker.proxy.upstream.open_upstream`)
 and closes the answer when its block ends, reporting what the source delivered and how fast
 (its throughput ranks it, docs/http-api.md#trust). A plain request of a file of known size
 whose source has not answered within ``early_head_after`` gets its head anyway
@@ -36,6 +37,17 @@ it arrives, and the consumer :meth:`~ReadAhead.take`\\ s *everything* held at th
 once. While the consumer is busy with one piece the next one grows; when it is idle, each
 chunk goes on alone, immediately. At most ``limit`` bytes (plus one chunk) are held; the
 reader may lower or raise ``limit`` at any time (a budget shared by many streams).
+
+The body a pump reads (:class:`UpstreamBody`) is resumed with a Range request when the
+connection breaks: a cache refresh of a 100 GB archive that loses its upstream connection at
+60 % should not start over, nor fail every client reading along. It yields the body's chunks;
+when the body breaks (a transport error, a read timeout, a body ending short) and a
+``reopen`` function is given, it waits a little (``delays``), asks the same source for the
+rest (:func:`tracker.proxy.upstream.resume_upstream`) and goes on yielding, so the consumer
+sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream that
+delivered bytes before breaking again starts a fresh count. A first answer with neither
+validator is not resumed at all (:func:`resumable`). When no resume is possible the body
+raises: every client stream it fed ends in error and nothing is promoted.
 """
 
 from __future__ import annotations
@@ -44,21 +56,25 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
+from types import TracebackType
 
 import attrs
 import trio
 
-from tracker.clientwire.transport import limit_reads
-from tracker.errors import ArchiveInvalid, CacheError, TransportError, UpstreamError
+from tracker.cache.refresh import Refresh
+from tracker.clientwire.transport import limit_reads, splice_stream
+from tracker.core.text import one_line
+from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportError, UpstreamError
 from tracker.multisource.sources import Source
+from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
-from tracker.proxy.failover import head_due
-from tracker.proxy.resume import UpstreamBody, resumable
 from tracker.proxy.transfers import Head, RefreshOutcome, StreamJob
-from tracker.proxy.upstream import UpstreamAnswer
+from tracker.proxy.upstream import Reopen, UpstreamAnswer, head_due, resumable
 from tracker.serving.responsebodies import Body, GeneratorBody
 
 log = logging.getLogger("tracker.transfers")
+#: The events of a resume.
+resume_log = logging.getLogger("tracker.resume")
 
 
 class ReadAhead:
@@ -534,9 +550,194 @@ def _report_early(
 
 def keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -> bool:
     """True when the answer can follow the early head (a 200 of the promised size); else
-    its body breaks. :func:`tracker.proxy.failover.open_upstream` already refuses others."""
+    its body breaks. :func:`tracker.proxy.upstream.open_upstream` already refuses others."""
     if head.status == 200 and length == job.early_size:
         return True
     flow.error = f"the source answered {head.status} with {length} bytes after an early head"
     log_event(log, "warning", "stream_failed", reason=flow.error)
     return False
+
+
+# -- the body a pump reads, resumed ---------------------------------------------------------
+
+
+class _Reads:
+    """The reads of an :class:`UpstreamBody`'s body, as both its readers make them::
+
+        while await reads.again():
+            with reads:
+                ...  # read the current answer's body
+
+    Leaving the block, a read is whole or says why not: a body ending short, or a break of
+    one of ``breaks`` (caught); anything else propagates (cancellation, a consumer that
+    stops, an answer longer than announced). ``again`` then resumes the break (raising
+    UpstreamError once its attempts are used up), or says the body is whole.
+    """
+
+    def __init__(self, body: UpstreamBody, breaks: tuple[type[Exception], ...]) -> None:
+        self._body = body
+        self._breaks = breaks
+        self._failures = 0
+        #: What the body had received when the last read started (None: no read yet).
+        self._start: int | None = None
+        #: Why the last read did not end the body (None: it did).
+        self._reason: str | None = None
+
+    async def again(self) -> bool:
+        """Whether to read (again): True first, then after each break resumed."""
+        body = self._body
+        if self._start is not None:
+            if self._reason is None:
+                return False
+            # A read that moved bytes before it broke starts a fresh count: each break gets
+            # its own attempts.
+            failures = 0 if body.received > self._start else self._failures
+            self._failures = await body.resume(self._reason, failures)
+        self._start = body.received
+        self._reason = None
+        return True
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        body = self._body
+        if exc_value is None:
+            if body.received != body.length:
+                self._reason = f"upstream ended after {body.received} of {body.length} bytes"
+            return False
+        if isinstance(exc_value, self._breaks):
+            self._reason = f"upstream broke: {exc_value}"
+            return True
+        return False
+
+
+class UpstreamBody:
+    """``length`` body bytes of ``first`` (and, after breaks, of the answers resuming it).
+
+    ``answer`` is the answer being read; the owner closes it at the end (older ones are
+    closed here when replaced). ``received`` counts the body bytes yielded so far.
+    """
+
+    def __init__(
+        self,
+        first: UpstreamAnswer,
+        length: int,
+        *,
+        reopen: Reopen | None = None,
+        delays: tuple[float, ...] = (),
+        on_resume: Callable[[], None] | None = None,
+    ) -> None:
+        self.first = first
+        self.answer = first
+        self.length = length
+        self.received = 0
+        self.resumes = 0
+        self._reopen = reopen
+        self._delays = delays
+        self._on_resume = on_resume
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body, chunk by chunk; use under ``contextlib.aclosing``.
+
+        Raises UpstreamError when the body breaks for good (more bytes than announced, or a
+        break no resume could repair). Cancellation propagates.
+        """
+        reads = _Reads(self, (TransportError,))
+        while await reads.again():
+            with reads:
+                async with body_chunks(self.answer.response) as chunks:
+                    async for chunk in chunks:
+                        self.received += len(chunk)
+                        if self.received > self.length:
+                            raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                        await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
+                        yield chunk
+
+    async def into(
+        self, refresh: Refresh, on_bytes: Callable[[int], None], read_timeout: float
+    ) -> None:
+        """Move the whole body into ``refresh``'s temp file, resuming breaks as
+        :meth:`chunks` does: spliced from the socket while an answer's body is whole in a
+        plain TCP socket (:meth:`Refresh.splice_from`), else chunk by chunk.
+        ``on_bytes(n)`` is told of every body byte that arrived.
+
+        Raises UpstreamError as :meth:`chunks`, CacheError when the file cannot be written.
+        Cancellation propagates (after the current splice slice).
+        """
+
+        def moved(count: int) -> None:
+            self.received += count
+            on_bytes(count)
+
+        reads = _Reads(self, (TransportError, SourceFailed))
+        while await reads.again():
+            with reads:
+                await self._move_answer(refresh, moved, read_timeout)
+
+    async def _move_answer(
+        self, refresh: Refresh, moved: Callable[[int], None], read_timeout: float
+    ) -> None:
+        """Move the current answer's body (the rest of the file) into ``refresh``."""
+        left = self.length - self.received
+        stream = splice_stream(self.answer.response, left)
+        if stream is not None:
+            stream.take_body()
+            sock = stream.get_extra_info("socket")
+            pacer = self.answer.pacer
+            await refresh.splice_from(sock, left, read_timeout, moved, pacer=pacer)
+            return
+        async with body_chunks(self.answer.response) as chunks:
+            async for chunk in chunks:
+                if self.received + len(chunk) > self.length:
+                    raise UpstreamError(f"upstream sent more than {self.length} bytes")
+                moved(len(chunk))
+                await refresh.write(chunk)
+                await self.answer.pacer.pace(len(chunk))  # source_limits.max_rate
+
+    async def resume(self, reason: str, failures: int) -> int:
+        """Replace the broken answer by one carrying the rest; return the failure count.
+        Raises UpstreamError(reason) once the attempts for this break are used up."""
+        log_event(
+            resume_log,
+            "warning",
+            "upstream_broke",
+            url=self.answer.url,
+            received=self.received,
+            of=self.length,
+            reason=reason,
+        )
+        await self.answer.aclose()
+        while self._reopen is not None and failures < len(self._delays):
+            await trio.sleep(self._delays[failures])
+            failures += 1
+            try:
+                answer = await self._reopen(self.first, self.received, self.length)
+            except UpstreamError as exc:
+                log_event(
+                    resume_log,
+                    "warning",
+                    "upstream_resume_failed",
+                    attempt=failures,
+                    reason=exc,
+                )
+                continue
+            self.answer = answer
+            self.resumes += 1
+            if self._on_resume is not None:
+                self._on_resume()
+            log_event(
+                resume_log,
+                "info",
+                "upstream_resumed",
+                url=answer.url,
+                offset=self.received,
+                attempt=failures,
+            )
+            return failures
+        raise UpstreamError(one_line(reason))

@@ -56,13 +56,14 @@ from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.rejections import Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
-from tracker.proxy.failover import open_upstream
-from tracker.proxy.resume import Reopen, resume_upstream
 from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,
+    Reopen,
     UpstreamAnswer,
     client_response_headers,
+    open_upstream,
+    resume_upstream,
 )
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
@@ -198,7 +199,8 @@ class StreamJob:
 
     ``open`` asks the sources (raising UpstreamError when none answers); ``known_size`` is
     the index's size of the file (0: unknown), used when a 200 comes without a length;
-    ``reopen`` resumes a refresh's broken upstream body (see :mod:`tracker.proxy.resume`);
+    ``reopen`` resumes a refresh's broken upstream body
+    (:class:`tracker.proxy.pumps.UpstreamBody`);
     ``zero_copy`` is the client's connection when it takes zero-copy pieces (a plain stream
     is then spliced); ``early_size`` (0: none) is the size of the whole file a plain request
     may be promised in an early head when the source is slow to answer (README.md#clients);
