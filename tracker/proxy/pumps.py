@@ -4,9 +4,9 @@ upstream opened and closed on every path, how it went, and the channel that feed
 body through Python.
 
 :func:`opened` asks the sources (``job.open``: failover inside,
-:func:`tracker.proxy.upstream.open_upstream`)
-and closes the answer when its block ends, reporting what the source delivered and how fast
-(its throughput ranks it, docs/http-api.md#trust). A plain request of a file of known size
+:func:`tracker.proxy.upstream.open_upstream`) and closes the answer when its block ends,
+reporting what the source delivered and how fast (its throughput ranks it,
+docs/http-api.md#trust). A plain request of a file of known size
 whose source has not answered within ``early_head_after`` gets its head anyway
 (docs/http-api.md, "Archive answers": an *early head*); only a source that then answers 200
 with the promised length may follow it (:func:`keeps_promise`), or the body breaks.
@@ -46,8 +46,9 @@ when the body breaks (a transport error, a read timeout, a body ending short) an
 rest (:func:`tracker.proxy.upstream.resume_upstream`) and goes on yielding, so the consumer
 sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream that
 delivered bytes before breaking again starts a fresh count. A first answer with neither
-validator is not resumed at all (:func:`resumable`). When no resume is possible the body
-raises: every client stream it fed ends in error and nothing is promoted.
+validator is not resumed at all (:func:`tracker.proxy.upstream.resumable`). When no resume
+is possible the body raises: every client stream it fed ends in error and nothing is
+promoted.
 """
 
 from __future__ import annotations
