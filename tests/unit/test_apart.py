@@ -386,6 +386,7 @@ def key(n: int) -> bytes:
 def test_the_switch_interval_is_short_while_a_lane_runs_and_restored_after() -> None:
     # a lane holding the lanes' lock waits for the GIL after each kernel or write: up to the
     # interval; while any lane of any proof runs it is SWITCH_INTERVAL, then the one before
+    _no_lane_running()
     before = sys.getswitchinterval()
     assert before > accountsproof.SWITCH_INTERVAL  # Python's 5 ms (no other test keeps it)
     seen: list[float] = []
@@ -406,6 +407,7 @@ def test_the_switch_interval_is_short_while_a_lane_runs_and_restored_after() -> 
 
 
 def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_lane_running()
     monkeypatch.setattr(accountsproof, "SWITCH_INTERVAL", 0)
     before = sys.getswitchinterval()
     seen: list[float] = []
@@ -416,3 +418,8 @@ def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.Monk
     finally:
         lane.close()
     assert seen == [before]
+
+
+def _no_lane_running() -> None:
+    """The lanes of earlier tests in this process have ended."""
+    assert accountsproof.no_lanes_running(timeout=10 * Apart.IDLE)

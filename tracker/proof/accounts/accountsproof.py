@@ -700,12 +700,12 @@ class _QuickSwitches:
     runs (process-wide, counted across proofs), the one it had back once none does."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._idle = threading.Condition()
         self._running = 0
         self._saved = sys.getswitchinterval()
 
     def __enter__(self) -> None:
-        with self._lock:
+        with self._idle:
             if not self._running:
                 self._saved = sys.getswitchinterval()
                 if SWITCH_INTERVAL:
@@ -713,13 +713,26 @@ class _QuickSwitches:
             self._running += 1
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
+        with self._idle:
             self._running -= 1
             if not self._running:
                 sys.setswitchinterval(self._saved)
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no lane runs; False if one still does after ``timeout`` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
 
 
 _QUICK_SWITCHES = _QuickSwitches()
+
+
+def no_lanes_running(timeout: float) -> bool:
+    """Wait until no scan lane of any proof runs in this process (each ends once idle for
+    :attr:`Apart.IDLE` seconds, or when its proof is closed); False if one still does after
+    ``timeout`` seconds."""
+    return _QUICK_SWITCHES.wait_idle(timeout)
 
 
 def _workers_busy(summer: Summer) -> int:
