@@ -8,6 +8,7 @@ of it must cost the proof and never reject the archive, and no check may leave i
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import struct
 import subprocess
@@ -79,6 +80,34 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     finally:
         worker.close()
     assert not workers()
+
+
+def test_the_worker_process_is_reached_past_a_thousand_descriptors() -> None:
+    # a tracker serving a thousand connections holds descriptors past select()'s 1,024: a
+    # proof started then still talks to its process (each wait is a poll)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this system allows {hard} descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    rng = np.random.default_rng(6)
+    worker, here = HashWorker(start_from=0), LocalSum()
+    try:
+        while not held or held[-1] < 1100:  # the worker's pipes come after these
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        for count in (3000, 2000):
+            work, ends = batch(rng, count)
+            worker.add(work, ends)
+            here.add(work, ends)
+        total, note = worker.total()
+        assert note is None and total is not None
+        assert worker.sent > 0
+        assert np.array_equal(total, here.total()[0])
+    finally:
+        worker.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.parametrize("free", [3, 1, 0])

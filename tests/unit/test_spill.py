@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 import pytest
 from agave_storages import feed
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_proof_accounts import built, key, model, reread_from, states
 
@@ -105,6 +105,9 @@ def test_colliding_fingerprints_never_make_two_accounts_one() -> None:
 @given(
     _versions.filter(lambda r: not model_superseded(r)[1]), st.booleans(), st.sampled_from([1, 3])
 )
+# one partition of 30 versions: over one share of 20, within the 60 of three: one thread
+@example(rnd=[(key, 5, True) for key in range(30)], colliding=True, threads=3)
+@example(rnd=[(key, 5, True) for key in range(61)], colliding=True, threads=3)
 def test_the_spilled_index_matches_a_dict_through_splits(
     tmp_path_factory: pytest.TempPathFactory,
     rnd: list[tuple[int, int, bool]],
@@ -122,10 +125,12 @@ def test_the_spilled_index_matches_a_dict_through_splits(
     def twice(key: np.ndarray, locator: int) -> None:
         raise AssertionError("no pubkey is twice in a slot here")
 
-    memory = 20 * spill_module.DEDUP_COST * threads  # partitions of over 20 records split
-    # shares of 20 records' worth allowed (a tracker's keep a MiB each): three threads here
+    # 20 records' worth a thread: as many threads as keep the largest partition in a share
+    # (at least 20 records' worth, a tracker's a MiB), one when it passes all of it: then it
+    # is split
+    memory = 20 * spill_module.DEDUP_COST * threads
     small_shares = mock.patch.object(spill_module, "MIN_SHARE", 20 * spill_module.DEDUP_COST)
-    if colliding and len(rnd) > 20:  # one partition whatever the bits: it cannot split
+    if colliding and len(rnd) > 20 * threads:  # one partition whatever the bits: no split
         with small_shares, pytest.raises(NoRoom, match="pass the memory of the proof"):
             index.superseded_runs(storage_slots, memory, twice, threads)
         directory.remove()

@@ -288,7 +288,7 @@ class HashWorker:
         if self._failure is not None or self._proc is None:
             return None, self._note()
         assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], STALLED)
+        ready = _ready(self._proc.stdout.fileno(), select.POLLIN, STALLED)
         answer = _read_exactly(self._proc.stdout, LT_HASH_BYTES) if ready else None
         if answer is None:
             self._failure = self._ended()
@@ -326,7 +326,7 @@ class HashWorker:
                 except BlockingIOError:
                     if not wait:
                         return False
-                    if not select.select([], [fd], [], STALLED)[1]:
+                    if not _ready(fd, select.POLLOUT, STALLED):
                         self._proc.kill()  # stuck: the proof is lost, not the check
                         raise OSError("stalled") from None
                     continue
@@ -346,7 +346,7 @@ class HashWorker:
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         while self._due and self._failure is None:
-            if not select.select([fd], [], [], STALLED if wait else 0)[0]:
+            if not _ready(fd, select.POLLIN, STALLED if wait else 0):
                 if wait:  # stuck: the proof is lost, not the check (close() kills it)
                     self._failure = "the hashing process stopped answering"
                 return
@@ -459,6 +459,15 @@ class HashPool:
         if self._slots is not None:
             self._slots.give(len(self._children))
         self._slots = None
+
+
+def _ready(fd: int, events: int, timeout: float) -> bool:
+    """True once ``fd`` is ready for ``events`` (or closed) within ``timeout`` seconds.
+    ``poll``, not ``select``: a tracker serving a thousand connections has descriptors past
+    ``select``'s 1,024, and a proof started then must still talk to its processes."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
