@@ -676,7 +676,7 @@ def main() -> None:
         default=[],
         metavar="MODULE.NAME=NUMBER",
         help="what-if: a constant of tracker.proof.MODULE set in the measured processes "
-        "(e.g. accounts.accountsproof.MAX_LANES=8), or switchinterval=SECONDS",
+        "(e.g. accounts.scanlanes.MAX_LANES=8), or switchinterval=SECONDS",
     )
     parser.add_argument(
         "--proof-only",

@@ -1,4 +1,4 @@
-"""The first read's scan lanes (``accountsproof.Apart``, ``scan_lanes``): what they run, in
+"""The first read's scan lanes (``scanlanes.Apart``, ``scan_lanes``): what they run, in
 which thread, in which order, and what they raise, drop and leave behind."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from agave_storages import Storage, expected_lt_hash, feed, storages
 from archives import make_tar
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsproof
+from tracker.proof.accounts import accountsproof, scanlanes
 from tracker.proof.accounts.accounthash import LocalSum
-from tracker.proof.accounts.accountsproof import AccountsProof, Apart, scan_lanes
+from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.scanlanes import Apart, scan_lanes
 from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.parsing import Bulk
@@ -388,7 +389,7 @@ def test_the_switch_interval_is_short_while_a_lane_runs_and_restored_after() -> 
     # interval; while any lane of any proof runs it is SWITCH_INTERVAL, then the one before
     _no_lane_running()
     before = sys.getswitchinterval()
-    assert before > accountsproof.SWITCH_INTERVAL  # Python's 5 ms (no other test keeps it)
+    assert before > scanlanes.SWITCH_INTERVAL  # Python's 5 ms (no other test keeps it)
     seen: list[float] = []
     first, second = Apart(), Apart()
     try:
@@ -402,13 +403,13 @@ def test_the_switch_interval_is_short_while_a_lane_runs_and_restored_after() -> 
     finally:
         first.close()
         second.close()
-    assert seen == [accountsproof.SWITCH_INTERVAL] * 3
+    assert seen == [scanlanes.SWITCH_INTERVAL] * 3
     assert sys.getswitchinterval() == before
 
 
 def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.MonkeyPatch) -> None:
     _no_lane_running()
-    monkeypatch.setattr(accountsproof, "SWITCH_INTERVAL", 0)
+    monkeypatch.setattr(scanlanes, "SWITCH_INTERVAL", 0)
     before = sys.getswitchinterval()
     seen: list[float] = []
     lane = Apart()
@@ -422,4 +423,4 @@ def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.Monk
 
 def _no_lane_running() -> None:
     """The lanes of earlier tests in this process have ended."""
-    assert accountsproof.no_lanes_running(timeout=10 * Apart.IDLE)
+    assert scanlanes.no_lanes_running(timeout=10 * Apart.IDLE)
