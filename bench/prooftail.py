@@ -32,30 +32,14 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 
 from bench.accounts import build
 from bench.curl import curl_get
-from bench.figures import tracker_path
+from bench.figures import get, tracker_path
 from bench.manysources import SOURCES, CappedSource
 from bench.procs import HOST, Procs, free_port, wait_for_port
 from bench.servers import GROUP, start_tracker, tracker_config
 from bench.tools import ensure
-from tracker.core.snapshots import parse_archive_name
+from bench.ttr import sidecar_json
 
 MIB = 1024 * 1024
-
-
-def sidecar(name: str, size: int) -> str:
-    """The ``/v1/snapshots`` answer of a source holding the one full ``name``."""
-    parsed = parse_archive_name(name)
-    assert parsed is not None, name
-    file = {
-        "file_name": name,
-        "slot": parsed.slot,
-        "hash": parsed.hash,
-        "ext": ".tar.zst",
-        "size": size,
-        "mod_time": "2026-01-01T00:00:00Z",
-    }
-    info = {"slot": parsed.slot, "base_slot": parsed.slot, "hash": parsed.hash, "files": [file]}
-    return json.dumps([info])
 
 
 class LastByte(threading.Thread):
@@ -99,7 +83,7 @@ def one_fetch(
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            targets = json.loads(curl_text(f"{tracker.base}/v1/targets"))
+            targets = json.loads(get(f"{tracker.base}/v1/targets"))
             if len(targets) == len(sources) and all(t.get("snapshots", 0) for t in targets):
                 break
             time.sleep(0.1)
@@ -114,7 +98,7 @@ def one_fetch(
         level = "none"
         deadline = time.monotonic() + 10  # the listing shows the copy once it is cached
         while level == "none" and time.monotonic() < deadline:
-            level = _proof_level(json.loads(curl_text(f"{tracker.base}/v1/snapshots")))
+            level = _proof_level(json.loads(get(f"{tracker.base}/v1/snapshots")))
             time.sleep(0.05)
     finally:
         procs.stop(label)
@@ -144,14 +128,6 @@ def _proof_level(listing: Any) -> str:
     return "none"
 
 
-def curl_text(url: str) -> str:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=10) as answer:
-        return str(answer.read().decode())
-
-
 def main() -> None:
     """Build, serve, fetch, print."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -170,7 +146,7 @@ def main() -> None:
     (work / "logs").mkdir()
     (work / "archives" / name).hardlink_to(base / name)
     size = (base / name).stat().st_size
-    (work / "www" / "v1" / "snapshots").write_text(sidecar(name, size))
+    (work / "www" / "v1" / "snapshots").write_text(sidecar_json([(name, size)]))
     procs = Procs(work / "logs")
     try:
         sources = []
