@@ -24,8 +24,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from tracker.serving.fileresponse import PlainRequest, file_response
+from tracker.web.delivery import to_response
 from tracker.web.listeners import bind_socket
-from tracker.web.quartanswers import to_response
 from tracker.zerocopy.connection import Connections, zero_copy_connection
 from tracker.zerocopy.server import serve
 

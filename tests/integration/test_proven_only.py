@@ -34,7 +34,7 @@ from helpers_votes import VoteRpc
 from test_proven import ACCOUNT
 from test_verified import GROUP, Fleet, fleet
 
-from tracker.ordering.provenonly import NOT_YET
+from tracker.ordering.screens import NOT_YET
 from tracker.web.wire import DISPROVEN
 
 pytestmark = pytest.mark.usefixtures("quick_vote_retries")

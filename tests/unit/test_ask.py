@@ -1,5 +1,5 @@
 """What a request asked, read once at the web boundary (tracker/proxy/ask.py), and the byte
-path's answers, framework-free (tracker/serving/httpanswer.py, tracker/web/quartanswers.py)."""
+path's answers, framework-free (tracker/serving/httpanswer.py, tracker/web/delivery.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tracker.proxy.ask import ask_of
 from tracker.proxy.decisions import Asked
 from tracker.serving.httpanswer import Answer, redirect_answer, text_answer
 from tracker.serving.responsebodies import BytesBody
-from tracker.web.quartanswers import to_response
+from tracker.web.delivery import to_response
 
 
 def test_an_ask_holds_the_facts_the_forwarded_headers_and_every_forwarded_line() -> None:

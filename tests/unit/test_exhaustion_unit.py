@@ -13,9 +13,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tracker.accounting.downloads import DownloadSlots, reclaimable
+from tracker.accounting.downloads import DownloadSlots, outcome_of, reclaimable
 from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
-from tracker.errors import RequestError
+from tracker.errors import ClientGone, RequestError
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
@@ -145,3 +145,28 @@ def test_a_stalled_download_gives_its_slot_to_a_new_one_only_when_all_are_taken(
     new.release()
     assert slots.taken == 1
     held.release()
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected", "error", "cut", "outcome"),
+    [
+        (10, 10, None, None, "complete"),
+        (10, None, None, None, "complete"),
+        (5, 10, None, None, "error"),  # ended short without an error: never complete
+        (5, 10, OSError("disk"), None, "error"),
+        (5, 10, ClientGone("gone"), False, "client_gone"),
+        (5, 10, ClientGone("gone"), True, "shutdown"),  # past the shutdown grace
+    ],
+)
+def test_a_downloads_outcome_asks_who_cut_it_only_when_it_was_cancelled(
+    sent: int, expected: int | None, error: BaseException | None, cut: bool | None, outcome: str
+) -> None:
+    asked: list[bool] = []
+
+    def tracker_cut() -> bool:
+        assert cut is not None, "asked who ended an answer that was not cancelled"
+        asked.append(cut)
+        return cut
+
+    assert outcome_of(sent, expected, error, cut=tracker_cut) == outcome
+    assert asked == ([] if cut is None else [cut])

@@ -12,7 +12,7 @@ import trio
 from helpers_fds import open_fds
 
 from tracker.serving.fileresponse import PlainRequest, content_disposition, file_response
-from tracker.web.quartanswers import to_response
+from tracker.web.delivery import to_response
 
 
 async def test_unsent_response_releases_the_fd(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.snapshotsources import is_known
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.trustscreen import SourceTrust
+from tracker.ordering.screens import SourceTrust
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -291,3 +291,18 @@ def test_disproving_screens_alongside_the_trust_policy() -> None:
         index.apply(key, infos("snapshot-100-H.tar"), T0)
     index.disprove(c, f"snapshot-100-{H}.tar", "manifest: bank hash differs")
     assert sorted(s.key.target for s in index.sources("g")) == ["a", "b"]
+
+
+def test_what_the_tracker_holds_changes_listings_not_the_ranking() -> None:
+    index = Index()
+    index.apply(TargetKey("g", "a"), infos("snapshot-100-H.tar"), T0)
+    ranked, generation = index.ranked(), index.generation
+    name = f"snapshot-90-{H}.tar"
+    index.hold("cache", "g", [(name, 10, 1.0)])
+    assert index.generation == generation + 1  # listings are made again
+    assert index.ranked() is ranked  # the ranking is not: holdings are not in it
+    assert [s.info.files[0].bare_name for s in index.held("g")] == [name]
+    assert [f.bare_name for f, _source in index.find_file("g", name)] == [name]
+    assert index.served_fulls("g") == {100, 90}
+    index.hold("cache", "g", [(name, 10, 1.0)])  # the same: nothing changed
+    assert index.generation == generation + 1

@@ -13,7 +13,7 @@ from helpers_config import load
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.provenonly import NOT_YET
+from tracker.ordering.screens import NOT_YET
 from tracker.proof.background.heads import proven_only
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)

@@ -29,20 +29,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracker.download")
 
 
+def _never() -> bool:
+    return False
+
+
 def outcome_of(
-    sent: int, expected: int | None, error: BaseException | None, *, cut: bool = False
+    sent: int,
+    expected: int | None,
+    error: BaseException | None,
+    *,
+    cut: Callable[[], bool] = _never,
 ) -> str:
     """``complete``, ``client_gone`` (cancelled: the client went away), ``shutdown`` (cut
-    by the tracker: its grace period after SIGTERM ended, ``cut``) or ``error``."""
+    by the tracker: its grace period after SIGTERM ended, ``cut()``) or ``error``. ``cut``
+    is asked of a cancelled answer only: who ended a complete one is no question."""
     if error is None:
         return "complete" if expected is None or sent == expected else "error"
     if isinstance(error, (trio.Cancelled, ClientGone)):
-        return "shutdown" if cut else "client_gone"
+        return "shutdown" if cut() else "client_gone"
     return "error"
-
-
-def _never() -> bool:
-    return False
 
 
 #: Seconds a download's client may take nothing before its slot can go to a new download
@@ -189,7 +194,7 @@ class DownloadBody(WrappedBody):
                 self._metrics.active_streams.dec()
             if error is not None and self._connection is not None:
                 self._sent += self._connection.take_cut()
-            outcome = outcome_of(self._sent, self._expected, error, cut=self._cut())
+            outcome = outcome_of(self._sent, self._expected, error, cut=self._cut)
             seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"
             log_event(

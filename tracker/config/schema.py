@@ -143,7 +143,7 @@ class ClusterDiscovery:
 @attrs.frozen
 class Trust:
     """Which advertised snapshots may be ranked (docs/http-api.md#trust,
-    :mod:`tracker.ordering.trustscreen`)."""
+    :func:`tracker.ordering.screens.screen`)."""
 
     known_sources: tuple[str, ...] = ()
     min_agreeing_sources: int = 1

@@ -3,7 +3,7 @@
 Pure values (no clock, no I/O), apart from the index so that the ranking modules
 (:mod:`tracker.ordering.ranking`) and the index share them; with the one rule of which
 targets a group knows (:func:`is_known`, ``trust.known_sources``), which the ranking's trust
-screen (:mod:`tracker.ordering.trustscreen`), the config's warnings and the cache's mixed
+screen (:func:`tracker.ordering.screens.screen`), the config's warnings and the cache's mixed
 copies share.
 """
 

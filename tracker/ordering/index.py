@@ -17,9 +17,8 @@ from tracker.ordering.holdings import Holdings, held_sources
 from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import RankedPairs, TimedGroups
 from tracker.ordering.rankparts import Built, Entry, copies_of, first
-from tracker.ordering.screens import Screens
+from tracker.ordering.screens import Screens, SourceTrust
 from tracker.ordering.throughputs import Kind, Throughputs
-from tracker.ordering.trustscreen import SourceTrust
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -55,7 +54,11 @@ class Index:
         """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
         stored) of ``group`` (:class:`~tracker.ordering.holdings.Holdings`)."""
         if self.holdings.put(origin, group, files):
-            self._changed()
+            # Listings change (a new generation); the rankings do not: they are built from
+            # what the targets advertise, and ``held`` and ``served_fulls`` read the holdings
+            # as they are. So a cache's promotion does not make the next request re-rank
+            # every group.
+            self.generation += 1
 
     def served_fulls(self, group: str) -> set[int]:
         """The slots of ``group``'s fulls still served: advertised by a source (on its own
@@ -128,7 +131,8 @@ class Index:
 
     def rank_proven_only(self, group: str, on: bool, *, local: bool | None = None) -> None:
         """``group`` ranks only the copies :meth:`prove` marks (``on``), or every copy; its
-        local files likewise (``local``; None: as they are; :mod:`tracker.ordering.provenonly`)."""
+        local files likewise (``local``; None: as they are;
+        :class:`tracker.ordering.screens.ProvenOnly`)."""
         gates = self._screens.proven_only
         if gates.gate(group, on) | (local is not None and gates.gate_local(group, local)):
             self._changed()
@@ -141,7 +145,7 @@ class Index:
     def unproven_best(self, group: str) -> list[list[SnapshotSource]]:
         """For a group that ranks proven copies only: the sources of the best full and best
         incremental it would rank were every copy proven, best first
-        (:func:`tracker.ordering.provenonly.best_unproven`); empty for any other group."""
+        (:func:`tracker.ordering.screens.best_unproven`); empty for any other group."""
         self._rank()
         return self._screens.unproven_best(group)
 

@@ -1,23 +1,291 @@
 """What each target of a group may contribute to its ranking (pure; docs/http-api.md#trust,
-"Proven archives"): the group's trust in its sources and the cluster's slot
-(:mod:`tracker.ordering.trustscreen`), the copies a proof refused (:class:`Disproven`) and, in a
-group that ranks proven copies only, the copies not proven yet
-(:mod:`tracker.ordering.provenonly`).
+"Proven archives"): three screens, asked by :meth:`Screens.group` once per group and
+re-ranking; what a re-ranking found (the targets whose hash lost, the copies left out with
+their reasons, what a group that ranks proven copies only would rank were every copy proven)
+is kept until the next one.
 
-The index asks :meth:`Screens.group` once per group and re-ranking; what a re-ranking found
-(the targets whose hash lost, the copies left out with their reasons, what a group that ranks
-proven copies only would rank were every copy proven) is kept until the next one.
+**Trust** (:func:`screen`, from the group's :class:`SourceTrust`). What a source says is
+data, not authority. A (slot, hash) advertised by a *known source* (``trust.known_sources``)
+is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct targets
+advertise it, and at least :data:`~tracker.core.snapshotsources.MIN_DISCOVERED_AGREEING` when
+only discovered nodes (cluster discovery: addresses from the network) advertise it, so that
+one node alone never wins whatever the config says. When targets advertise different hashes
+for one slot, the trusted hash wins, else the one most targets advertise (ties: none wins),
+and every target advertising another hash is marked (``hash mismatch at slot N``). With the
+cluster's current slot known, a snapshot more than ``max_slot_ahead`` slots above it is never
+ranked: a node advertising a bogus slot cannot win.
+
+**Refused by a proof** (:class:`Disproven`): the copies a proof showed below their group's
+level.
+
+**Proven only** (:class:`ProvenOnly`, docs/architecture.md, "Proven archives"). In redirect
+mode a group that requires a level above ``structure`` ranks (lists, redirects to) a copy
+only once a head read proved it there: until then the copy is out, with the reason
+:data:`NOT_YET`. A copy is one target's copy of one archive, and a chain needs each of its
+copies: an incremental ranks once its own copy and its target's copy of its full are proven.
+A local file (a ``local`` target: the tracker's own disk, never read over the network) is
+held back in every mode by a group that gates its local files (:meth:`ProvenOnly.gate_local`,
+:mod:`tracker.proof.records.localcopies`): its check, not a head read, proves it, with the
+reason :data:`tracker.proof.records.localcopies.NOT_YET`. Which copies a head read proves
+next is chosen from what would rank were every copy proven (:func:`best_unproven`), not from
+the ranking that leaves them out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Hashable, Mapping, Set
+from typing import Any, Generic, TypeVar
+
+import attrs
 
 from tracker.core.snapshots import SnapshotInfo
-from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.ordering.provenonly import ProvenOnly, best_unproven
-from tracker.ordering.rankparts import Entry
-from tracker.ordering.trustscreen import SourceTrust, needs_screening, screen
+from tracker.core.snapshotsources import (
+    MIN_DISCOVERED_AGREEING,
+    SnapshotSource,
+    TargetKey,
+    is_known,
+)
+from tracker.ordering.rankparts import Entry, first, full_sources, source_order
+from tracker.proof.records.localcopies import NOT_YET as LOCAL_NOT_YET
+
+# The trust in a group's sources.
+
+
+@attrs.frozen
+class SourceTrust:
+    """A group's trust in its sources, from its ``trust`` settings (the defaults trust
+    everything)."""
+
+    known_sources: frozenset[str] = frozenset()
+    min_agreeing_sources: int = 1
+    max_slot_ahead: int = 100
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+@attrs.frozen
+class Screened(Generic[K]):
+    """What may be ranked, per target, and why the others were held back."""
+
+    #: What each target holding something held back may contribute; a target not listed
+    #: keeps all it advertises.
+    infos: dict[K, tuple[SnapshotInfo, ...]]
+    #: Targets advertising a hash that lost, with the reason shown in ``/v1/targets``.
+    mismatches: dict[K, str]
+
+
+def screen(
+    advertised: Mapping[K, tuple[tuple[SnapshotInfo, ...], str]],
+    policy: SourceTrust,
+    cluster_slot: int | None = None,
+    discovered: Set[K] = frozenset(),
+) -> Screened[K]:
+    """Screen what each target (key → (infos, its target URL or path)) advertises;
+    ``discovered``: the keys of discovered nodes.
+
+    A snapshot is identified by the (slot, hash) of every file of its chain: an incremental
+    is ranked only when its own (slot, hash) and its full's pass.
+    """
+    holders: dict[tuple[int, str], set[K]] = defaultdict(set)
+    trusted: set[tuple[int, str]] = set()
+    for key, (infos, target) in advertised.items():
+        known = is_known(target, policy.known_sources)
+        for info in infos:
+            for f in info.files:
+                pair = (f.name.slot, f.name.hash)
+                holders[pair].add(key)
+                if known:
+                    trusted.add(pair)
+    winners = _winners(holders, trusted)
+    mismatches: dict[K, str] = {}
+    passed: set[tuple[int, str]] = set()
+    for pair, keys in holders.items():
+        slot = pair[0]
+        if winners.get(slot) != pair[1]:
+            for key in keys:
+                mismatches.setdefault(key, f"hash mismatch at slot {slot}")
+            continue
+        if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
+            continue
+        if pair in trusted or len(keys) >= _agreeing(policy, keys, discovered):
+            passed.add(pair)
+    # Only the targets holding something that did not pass are filtered: in a healthy
+    # cluster that is none of thousands.
+    affected = {key for pair, keys in holders.items() if pair not in passed for key in keys}
+    kept = {
+        key: tuple(
+            info
+            for info in advertised[key][0]
+            if all((f.name.slot, f.name.hash) in passed for f in info.files)
+        )
+        for key in affected
+    }
+    return Screened(kept, mismatches)
+
+
+def needs_screening(policy: SourceTrust, cluster_slot: int | None, discovered: bool) -> bool:
+    """False when :func:`screen` would pass everything: the default policy, no cluster slot
+    and no discovered node among the targets."""
+    return policy != SourceTrust() or cluster_slot is not None or discovered
+
+
+def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
+    """How many distinct holders a (slot, hash) that is not trusted needs."""
+    if discovered and holders <= discovered:
+        return max(policy.min_agreeing_sources, MIN_DISCOVERED_AGREEING)
+    return policy.min_agreeing_sources
+
+
+def _winners(
+    holders: Mapping[tuple[int, str], set[K]], trusted: set[tuple[int, str]]
+) -> dict[int, str]:
+    """The hash that wins at each slot: the trusted one, else the strict majority's."""
+    by_slot: dict[int, list[tuple[str, int, bool]]] = defaultdict(list)
+    for (slot, hash_), keys in holders.items():
+        by_slot[slot].append((hash_, len(keys), (slot, hash_) in trusted))
+    winners: dict[int, str] = {}
+    for slot, candidates in by_slot.items():
+        known = [h for h, _n, is_trusted in candidates if is_trusted]
+        if len(known) == 1:
+            winners[slot] = known[0]
+            continue
+        if len(known) > 1:
+            continue  # known sources disagree: nothing at this slot is ranked
+        candidates.sort(key=lambda c: c[1], reverse=True)
+        if len(candidates) == 1 or candidates[0][1] > candidates[1][1]:
+            winners[slot] = candidates[0][0]
+    return winners
+
+
+# Groups that rank proven copies only.
+
+#: Why a copy of a group that ranks proven copies only is out while its proof is awaited.
+NOT_YET = "not proven yet: ranked once a head read proves it to trust.require"
+
+
+def _switch(members: set[str], member: str, on: bool) -> bool:
+    """Put ``member`` in ``members`` (``on``) or take it out; True when that changed them
+    (the index re-ranks only then)."""
+    if (member in members) == on:
+        return False
+    if on:
+        members.add(member)
+    else:
+        members.discard(member)
+    return True
+
+
+class ProvenOnly:
+    """The groups that rank proven copies only (every copy, or their local files only), and
+    the copies proven, by target."""
+
+    def __init__(self) -> None:
+        self._groups: set[str] = set()
+        self._local: set[str] = set()
+        self._proven: dict[TargetKey, set[str]] = {}
+
+    def gate_local(self, group: str, on: bool) -> bool:
+        """``group`` ranks its local files once proven only (``on``; in either mode), or
+        every local file; True when that changed."""
+        return _switch(self._local, group, on)
+
+    def reads_heads(self, group: str) -> bool:
+        """Whether ``group`` ranks only the copies a head read proved (redirect mode)."""
+        return group in self._groups
+
+    def gate(self, group: str, on: bool) -> bool:
+        """``group`` ranks proven copies only (``on``) or every copy; True when that changed."""
+        return _switch(self._groups, group, on)
+
+    def gates(self, group: str) -> bool:
+        """Whether ``group`` holds back any copy not proven (over the network, or local)."""
+        return group in self._groups or group in self._local
+
+    def set(self, key: TargetKey, name: str, proven: bool) -> bool:
+        """``key``'s copy of ``name`` is proven (or no longer); True when that changed what
+        a group that ranks proven copies only ranks."""
+        names = self._proven.get(key, set())
+        if (name in names) == proven:
+            return False
+        if proven:
+            names.add(name)
+            self._proven[key] = names
+        else:
+            names.discard(name)
+            if not names:
+                self._proven.pop(key, None)
+        return key.group in self._groups or key.group in self._local
+
+    def screen(
+        self,
+        infos: Mapping[TargetKey, tuple[SnapshotInfo, ...]],
+        kept: dict[TargetKey, tuple[SnapshotInfo, ...]],
+    ) -> dict[TargetKey, dict[str, str]]:
+        """Drop from ``kept`` (what each target of a gated group may contribute; a target not
+        in it keeps all of ``infos``) every info whose chain holds a gated copy not proven
+        (a copy over the network where the group reads heads, a local file where it gates
+        them); the copies left out, by target, with why (:data:`NOT_YET`,
+        :data:`tracker.proof.records.localcopies.NOT_YET`)."""
+        pending: dict[TargetKey, dict[str, str]] = {}
+        for key, advertised in infos.items():
+            proven = self._proven.get(key, set())
+            remote, local = key.group in self._groups, key.group in self._local
+            mine = kept.get(key, advertised)
+            ranked = []
+            for info in mine:
+                missing = {
+                    f.bare_name: LOCAL_NOT_YET if f.path else NOT_YET
+                    for f in info.files
+                    if (local if f.path else remote) and f.bare_name not in proven
+                }
+                if missing:
+                    pending.setdefault(key, {}).update(missing)
+                else:
+                    ranked.append(info)
+            if len(ranked) != len(mine):
+                kept[key] = tuple(ranked)
+        return pending
+
+
+def best_unproven(sources: list[SnapshotSource]) -> list[list[SnapshotSource]]:
+    """The sources of the best full (by slot, whatever the group's ranking) and of the best
+    incremental on it that ``sources`` (a group's, before any copy is held back for want of
+    a proof) would rank, each archive's
+    best source first (as :meth:`tracker.ordering.index.Index.find_file` orders them): where the
+    head reads of a group that ranks proven copies only start."""
+    by_target: dict[TargetKey, list[tuple[Any, SnapshotSource]]] = {}
+    for s in sources:
+        by_target.setdefault(s.key, []).append((s.rank_key(), s))
+    ranked = [
+        p
+        for pairs in by_target.values()
+        for p in full_sources(sorted(pairs, key=first, reverse=True))
+    ]
+    fulls = [s for _key, s in sorted(ranked, key=first, reverse=True)]
+    if not fulls:
+        return []
+    full = fulls[0].info.files[0].bare_name
+    found = [_holders(fulls, full)]
+    slot = fulls[0].info.slot
+    increments = [s for s in sources if not s.info.is_full and s.info.base_slot == slot]
+    if increments:
+        best = max(increments, key=SnapshotSource.rank_key).info.files[0].bare_name
+        found.append(_holders(increments, best))
+    return found
+
+
+def _holders(sources: list[SnapshotSource], name: str) -> list[SnapshotSource]:
+    """The sources of ``sources`` whose archive is ``name``, best first, one per target."""
+    holders: dict[TargetKey, SnapshotSource] = {}
+    for s in sources:
+        if s.info.files[0].bare_name == name:
+            holders.setdefault(s.key, s)
+    return sorted(holders.values(), key=lambda s: source_order((s.info.files[0], s)))
+
+
+# Every screen of every group.
 
 #: A target of a group that ranks proven copies only, as it would rank were every copy
 #: proven: its entry, its speed, its expected speed and what it may contribute.
@@ -126,7 +394,7 @@ class Screens:
         self.refusals = {k: {**pending.get(k, {}), **refused.get(k, {})} for k in both}
 
     def unproven_best(self, group: str) -> list[list[SnapshotSource]]:
-        """:func:`tracker.ordering.provenonly.best_unproven` of what ``group`` would rank were
+        """:func:`best_unproven` of what ``group`` would rank were
         every copy proven, as the last re-ranking found it (empty: not such a group)."""
         made = [
             SnapshotSource(i, key, entry.updated_at, speed, entry.latency, expected)

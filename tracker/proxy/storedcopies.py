@@ -77,7 +77,7 @@ async def redirect(
 
 
 async def cache_hit(
-    launcher: Launcher,
+    metrics: Metrics | None,
     budget: ChunkBudget | None,
     cache: Cache,
     path: str,
@@ -90,13 +90,14 @@ async def cache_hit(
     digest = cache.digest(group, archive.file_name)
     extra = {"repr-digest": repr_digest(digest)} if digest else None
     try:
-        response = await served_from_disk(path, ask, "cache", launcher.metrics, budget, extra)
+        response = await served_from_disk(path, ask, "cache", metrics, budget, extra)
     except FileNotFoundError:
         return None
     except OSError as exc:  # something else than a file at the path: not cached
         log_event(log, "warning", "cache_unreadable", path=path, error=exc)
         return None
-    launcher.count("cache_hit")
+    if metrics is not None:
+        metrics.count_outcome("cache_hit")
     return response
 
 

@@ -511,14 +511,15 @@ class Route:
     async def perform(self, decision: Decision) -> Answer | None:
         """Perform ``decision`` as it says; None: it passed."""
         run, ask, shared, group, archive = self.run, self.ask, self.shared, self.group, self.archive
-        refreshes, launcher, objects = run.shared_refreshes, run.launcher, run.objects
         cache, path = self.cache, self.path
+        if decision is Step.CACHE_HIT and cache is not None and path is not None:
+            # First, on its own: a hit reads nothing of the transfers nor the refreshes.
+            metrics, name = run.launcher.metrics, group.group
+            return await copies.cache_hit(metrics, run.budget, cache, path, name, archive, ask)
+        refreshes, launcher, objects = run.shared_refreshes, run.launcher, run.objects
         match decision:
             case Step.REDIRECT:
                 return await copies.redirect(launcher, objects, group.group, archive)
-            case Step.CACHE_HIT if cache is not None and path is not None:
-                hit = copies.cache_hit(launcher, run.budget, cache, path, group.group, archive, ask)
-                return await hit
             case Step.FROM_BUCKET:
                 return await copies.from_bucket(launcher, objects, ask, group.group, archive)
             case Step.JOIN_SHARED if shared is not None:

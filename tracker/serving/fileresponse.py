@@ -18,7 +18,7 @@ How the pieces fit Quart 0.22 / quart-trio 0.12 / hypercorn 0.18 (read in their 
   that header it would announce ``transfer-encoding: chunked``.
 - Quart sends ``response.response`` as ``async with body: async for chunk in body``, so the
   body is a :class:`tracker.serving.responsebodies.Body` (a ``ResponseBody`` to Quart, see
-  tracker/web/quartanswers.py) whose ``__aexit__`` closes the
+  tracker/web/delivery.py) whose ``__aexit__`` closes the
   descriptor whatever happens once sending has begun (client gone, read error).
 - The descriptor is opened (and fstat'ed) before the headers are planned, so that headers and
   bytes describe the same inode even if the file is replaced by ``os.replace`` meanwhile. If
@@ -341,7 +341,7 @@ async def file_response(
     else:
         descriptor.close()
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
-    # empty body: tracker/web/quartanswers.py sends these only).
+    # empty body: tracker/web/delivery.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)
     if extra and plan.status in (200, 206):
         answer.headers.update(extra)

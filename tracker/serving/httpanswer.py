@@ -1,7 +1,7 @@
 """An HTTP answer without a web framework: what the byte paths return.
 
 The files, the disk cache and the proxy answer with an :class:`Answer` (its status, exactly
-the headers to send, its body); tracker/web/quartanswers.py alone turns one into the web
+the headers to send, its body); tracker/web/delivery.py alone turns one into the web
 framework's response (docs/architecture.md, "One request's path").
 """
 

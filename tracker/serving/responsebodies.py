@@ -1,7 +1,7 @@
 """Response bodies produced by an async generator and closed deterministically.
 
 A body is sent as ``async with body as chunks: async for chunk in chunks`` (as Quart sends
-its ``ResponseBody``; tracker/web/quartanswers.py hands a :class:`Body` to Quart as one). When
+its ``ResponseBody``; tracker/web/delivery.py hands a :class:`Body` to Quart as one). When
 sending stops early (client gone, error), the generator must be closed right there, shielded
 from the cancellation that may be unwinding the request, and the body's resources released:
 never left to the garbage collector (docs/architecture.md#traps-of-the-stack, 4). Every archive

@@ -7,6 +7,14 @@ A source that needs credentials (the group's basic or bearer auth, a TLS client 
 or userinfo or a query in its configured URL) is proxied in redirect mode too: a client sent
 to it would either fail without the credentials or have to be handed them. Its files then go
 through the plain proxy (the disk cache exists only with ``proxy_snapshot_downloads``).
+
+It is also the one place an :class:`~tracker.serving.httpanswer.Answer` becomes a Quart
+response (:func:`to_response`): the byte paths (tracker/serving, tracker/cache,
+tracker/proxy) know no web framework; they answer with a status, exactly the headers to send
+and a :class:`~tracker.serving.responsebodies.Body`. Quart sends a body it knows as a
+``ResponseBody`` untouched (``async with body as chunks``), so a Body is registered as one:
+the zero-copy placeholders (tracker/zerocopy/connection.py) pass through as the very objects
+the body yields.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import quote
 
 import quart
+from quart.wrappers.response import ResponseBody
 
 from tracker.accounting.downloads import DownloadSlot, DownloadSlots, account_download
 from tracker.config.schema import Config, TargetGroup
@@ -31,8 +40,23 @@ from tracker.proxy.ask import Ask, ask_of
 from tracker.proxy.storedcopies import served_from_disk
 from tracker.serving.fileresponse import ChunkBudget, content_disposition
 from tracker.serving.httpanswer import Answer, redirect_answer
-from tracker.web.quartanswers import to_response
+from tracker.serving.responsebodies import Body
 from tracker.zerocopy.connection import zero_copy_connection
+
+ResponseBody.register(Body)  # type: ignore[type-abstract]
+
+
+def to_response(answer: Answer) -> quart.Response:
+    """``answer`` as a Quart response: exactly its headers (not Quart's text/html default
+    type nor a derived length), no response timeout (downloads last hours,
+    docs/architecture.md#traps-of-the-stack, 2)."""
+    body = answer.body
+    response = quart.Response(body if isinstance(body, bytes) else cast(ResponseBody, body))
+    response.status_code = answer.status
+    response.headers.clear()
+    response.headers.update(answer.headers)
+    response.timeout = None
+    return response
 
 
 class ByteStreamer(Protocol):

@@ -6,11 +6,11 @@ comes first in its stream: one bounded read of a copy's head proves it to ``mani
 copies worth that read are those that would be handed out were they proven: the best full
 and best incremental a group would rank were every copy proven, from each of their ``top``
 best sources (a group that requires a level ranks only proven copies:
-:mod:`tracker.ordering.provenonly`). A copy proven (or refused) is not read again; one whose read
-failed for a reason that is not the archive's (the source busy, unreachable, an answer that
-is not the file) waits ``retry_after`` before it is tried again, and the next source of the
-archive is read meanwhile.
-Times are seconds on the caller's one clock, so the rules are tested as a table.
+:class:`tracker.ordering.screens.ProvenOnly`). A copy proven (or refused) is not read again;
+one whose read failed for a reason that is not the archive's (the source busy, unreachable,
+an answer that is not the file) waits ``retry_after`` before it is tried again, and the next
+source of the archive is read meanwhile. Times are seconds on the caller's one clock, so the
+rules are tested as a table.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def heads_due(
     top: int = TOP_SOURCES,
 ) -> list[HeadRead]:
     """The head reads due: for each archive of ``candidates`` (its sources, best first, as
-    :func:`tracker.ordering.provenonly.best_unproven` gives them), its first ``top`` sources over
+    :func:`tracker.ordering.screens.best_unproven` gives them), its first ``top`` sources over
     the network whose copies are not waiting for a retry: each copy of their chain (an
     incremental's and its target's full) that is neither ``done`` (proven, refused or
     awaiting its votes) nor ``tried`` (a failed read, at that time) within ``retry_after`` of

@@ -3,7 +3,7 @@
 
 In redirect mode the tracker never holds the bytes, but an archive's manifest comes before
 its accounts. A group that sets ``trust.require`` above ``structure`` (:func:`proven_only`)
-ranks only the copies proven here (:mod:`tracker.ordering.provenonly`). Every second
+ranks only the copies proven here (:class:`tracker.ordering.screens.ProvenOnly`). Every second
 :class:`HeadProofs` asks :func:`tracker.proof.background.headreads.heads_due` which copies of the
 best full and incremental such a group would rank were every copy proven have not been read yet, and
 reads each from the start, through the archive check with its proof (``prove``, the files layer's
