@@ -1,6 +1,7 @@
 """The files and classes one proxied request passes (docs/architecture.md, "Following one
 relay"): a cache miss (the first GET of the best full: its own refresh, read by its client),
-a cache hit (the next GET of it), and a miss refreshed from three sources at once (a real
+a cache hit (the next GET of it, which re-ranks the group: the miss measured its source),
+another hit (the ranking current), and a miss refreshed from three sources at once (a real
 archive, ``verify_archives`` on), each run through a real tracker and real upstreams on
 127.0.0.1 with ``sys.setprofile`` on from the request to its last body byte. Every function
 of ``tracker/`` entered counts its file; every class of ``tracker/`` among the arguments of
@@ -127,7 +128,9 @@ async def main() -> None:
             proxy_tracker(Path(tmp) / "cache", upstream) as t,
             httpx.AsyncClient(timeout=20, trust_env=False) as client,
         ):
-            for label in ("miss", "hit"):
+            # The first hit re-ranks the group (the miss's transfer measured its source);
+            # the next one finds the ranking current, as most hits do.
+            for label in ("miss", "hit", "hit_ranking_current"):
                 out[label] = await traced(client, t.url(name), data)
                 with trio.fail_after(10):  # promoted, its pump ended: the next GET is a hit
                     while t.cached() != [name] or t.streamer.refreshes():

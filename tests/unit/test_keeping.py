@@ -10,8 +10,7 @@ from names import full_name, incremental_name
 
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.objectstore.retention import superseded
-from tracker.ordering.holdings import HELD_TARGET
-from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.index import HELD_TARGET, Index, TargetKey
 from tracker.ordering.keeping import cache_keeps, newest_incrementals
 
 F1, F2, F3 = full_name(100), full_name(200), full_name(300)

@@ -9,12 +9,12 @@ import attrs
 import pytest
 
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
-from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.rejections import Rejections
 from tracker.ordering.throughputs import (
     HALF_LIFE,
     TRUST_HALF_LIFE,
+    Flowing,
     Measured,
     Shown,
     Throughputs,

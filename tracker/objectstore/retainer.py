@@ -60,7 +60,7 @@ class Retainer:
     #: newest incremental on each is kept (:func:`~tracker.objectstore.retention.superseded`).
     served: Callable[[str], Collection[int]] = attrs.field(default=_none_served, init=False)
     #: Told the archives (name, bytes, Unix time stored) of a group the bucket holds
-    #: after each retention (the index lists them: :mod:`tracker.ordering.holdings`).
+    #: after each retention (the index lists them: :class:`tracker.ordering.index.Holdings`).
     on_listed: Callable[[str, list[tuple[str, int, float]]], None] = attrs.field(
         default=_ignore_listed, init=False
     )

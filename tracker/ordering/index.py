@@ -1,22 +1,30 @@
-"""The in-memory index of what every target holds, ranked best first per group.
+"""The in-memory index of what every target holds, ranked best first per group, and of what
+the tracker itself holds.
 
 Synchronous and free of I/O: the scrape loop feeds it results, the API reads it. Every read
 sees a consistent state because trio only switches tasks at ``await``.
+
+**What the tracker holds** (:class:`Holdings`: its disk cache's and its bucket's archives,
+per group) is listed, served from where it is held, once no source advertises it any more
+(docs/http-api.md, "Kept incrementals"), and its fulls count as served when deciding which
+incrementals are kept (:mod:`tracker.ordering.keeping`). The cache and the bucket tell what
+they hold after every change: that changes listings (a new :attr:`Index.generation`), not
+the ranking.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo
+import attrs
+
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files, parse_archive_name
 from tracker.core.snapshotsources import SnapshotSource, TargetKey
-from tracker.ordering.holdings import Holdings, held_sources
 from tracker.ordering.predict import RankingSettings
-from tracker.ordering.ranking import RankedPairs, TimedGroups
-from tracker.ordering.rankparts import Built, Entry, copies_of, first
+from tracker.ordering.ranking import Built, Entry, RankedPairs, TimedGroups, copies_of, first
 from tracker.ordering.screens import Screens, SourceTrust
 from tracker.ordering.throughputs import Kind, Throughputs
 
@@ -52,7 +60,7 @@ class Index:
 
     def hold(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> None:
         """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
-        stored) of ``group`` (:class:`~tracker.ordering.holdings.Holdings`)."""
+        stored) of ``group`` (:class:`~tracker.ordering.index.Holdings`)."""
         if self.holdings.put(origin, group, files):
             # Listings change (a new generation); the rankings do not: they are built from
             # what the targets advertise, and ``held`` and ``served_fulls`` read the holdings
@@ -69,7 +77,7 @@ class Index:
 
     def held(self, group: str | None = None) -> list[SnapshotSource]:
         """The archives the tracker holds of ``group`` (or of every group) that no source
-        advertises any more, newest first (:func:`tracker.ordering.holdings.held_sources`)."""
+        advertises any more, newest first (:func:`tracker.ordering.index.held_sources`)."""
         ranked = self._rank()
         groups = [group] if group is not None else self.holdings.groups()
         return held_sources(self.holdings, groups, lambda name: ranked.get(name, []))
@@ -320,7 +328,7 @@ class Index:
     def find_file(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
         """Every source of ``group`` advertising the archive ``name``, best source first.
 
-        Best is a local copy first, then as :func:`tracker.ordering.rankparts.source_order` says.
+        Best is a local copy first, then as :func:`tracker.ordering.ranking.source_order` says.
         """
         found = copies_of(self._rank().get(group, ()), name)
         if not found:  # no source has it any more: the tracker's own copy, if it holds one
@@ -328,3 +336,82 @@ class Index:
                 (s.info.files[0], s) for s in self.held(group) if s.info.files[0].bare_name == name
             ]
         return found
+
+
+# What the tracker itself holds.
+
+#: The target name of an archive listed because the tracker holds it (no source has it).
+HELD_TARGET = "(held by the tracker)"
+
+
+@attrs.frozen
+class Held:
+    """One archive held complete: its file (no ``url``, no ``path``: the tracker serves it
+    from where it is held) and when it was stored."""
+
+    file: SnapshotFile
+    stored_at: datetime
+
+
+class Holdings:
+    """What each origin (``"cache"``, ``"bucket"``) holds of each group."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], dict[str, Held]] = {}
+
+    def put(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> bool:
+        """``origin`` now holds ``files`` (name, bytes, Unix time stored) of ``group``; names
+        that are not canonical archive names are ignored. True when that changed anything."""
+        held: dict[str, Held] = {}
+        for name, size, stored in files:
+            parsed = parse_archive_name(name)
+            if parsed is None or parsed.file_name != name:
+                continue
+            when = datetime.fromtimestamp(max(0.0, stored), UTC)
+            held[name] = Held(SnapshotFile(name=parsed, file_name=name, size=size), when)
+        key = (origin, group)
+        if self._held.get(key, {}) == held:
+            return False
+        if held:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+        return True
+
+    def groups(self) -> list[str]:
+        """Every group something is held of, by name."""
+        return sorted({group for _origin, group in self._held})
+
+    def of(self, group: str) -> dict[str, Held]:
+        """Every archive held of ``group`` by name (the newest copy when several origins
+        hold one)."""
+        found: dict[str, Held] = {}
+        for (_origin, held_group), held in sorted(self._held.items()):
+            if held_group != group:
+                continue
+            for name, one in held.items():
+                if name not in found or one.stored_at > found[name].stored_at:
+                    found[name] = one
+        return found
+
+    def full_slots(self, group: str) -> frozenset[int]:
+        """The slots of the fulls held of ``group``."""
+        return frozenset(h.file.name.slot for h in self.of(group).values() if h.file.name.is_full)
+
+
+def held_sources(
+    holdings: Holdings, groups: Iterable[str], advertised: Callable[[str], list[SnapshotSource]]
+) -> list[SnapshotSource]:
+    """The archives ``holdings`` has of ``groups`` that no source of ``advertised(group)``
+    lists any more, newest first, grouped by group: each a source of its own, target
+    :data:`HELD_TARGET`, its file with neither URL nor path."""
+    out: list[SnapshotSource] = []
+    for name in groups:
+        listed = {f.bare_name for s in advertised(name) for f in s.info.files}
+        key = TargetKey(name, HELD_TARGET)
+        for archive, held in holdings.of(name).items():
+            if archive not in listed:
+                out.append(SnapshotSource(info_from_files([held.file]), key, held.stored_at))
+    out.sort(key=lambda s: s.info.rank_key(), reverse=True)
+    out.sort(key=lambda s: s.key.group)
+    return out

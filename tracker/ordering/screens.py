@@ -46,7 +46,7 @@ from tracker.core.snapshotsources import (
     TargetKey,
     is_known,
 )
-from tracker.ordering.rankparts import Entry, first, full_sources, source_order
+from tracker.ordering.ranking import Entry, first, full_sources, source_order
 from tracker.proof.records.localcopies import NOT_YET as LOCAL_NOT_YET
 
 # The trust in a group's sources.

@@ -1,4 +1,5 @@
-"""Measured throughputs per target, on one clock (docs/ranking.md).
+"""Measured throughputs per target, on one clock (docs/ranking.md), and the rates of the
+transfers running now.
 
 Two figures per target: what its speed tests read (*probed*) and what real transfers from it
 achieved (*achieved*: proxied streams, refreshes into the cache, prefetches). A speed test
@@ -7,13 +8,18 @@ slowly: the figure the ranking uses is :func:`combined`, in which a real transfe
 the speed tests made after it until it is old (docs/ranking.md, "Probed and achieved").
 Every figure loses half its weight every :data:`HALF_LIFE` seconds of the clock, so a
 source that slowed down falls behind.
+
+The sources bytes come from right now (:class:`Flowing`), each with the rate it delivers at:
+a transfer's throughput reaches the index when the transfer ends (it ranks the source:
+docs/http-api.md#trust); a 100 GB download takes an hour, and meanwhile the status page and
+``/v1/targets`` show the rate measured while the bytes come, read from there.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 from tracker.core.snapshotsources import TargetKey
 
@@ -139,3 +145,63 @@ class Throughputs:
         for known in self._measured.values():
             if known.pop(key, None) is not None:
                 self._version += 1
+
+
+# The transfers running now.
+
+#: A transfer younger than this says nothing yet about its source's rate.
+MIN_ELAPSED = 0.2
+
+
+class OpenTransfer(Protocol):
+    """An open upstream answer: bytes it delivered so far since it opened."""
+
+    @property
+    def moved(self) -> int:
+        """Body bytes that came from the source so far."""
+        ...
+
+    @property
+    def opened_at(self) -> float:
+        """When it opened, on trio's clock (the index's)."""
+        ...
+
+
+class Flowing:
+    """The open upstream answers by source (the pumps register theirs)."""
+
+    def __init__(self) -> None:
+        self._open: dict[TargetKey, list[OpenTransfer]] = {}
+
+    def start(self, key: TargetKey, source: OpenTransfer) -> Callable[[], None]:
+        """``source`` delivers bytes from ``key`` until the returned function is called."""
+        self._open.setdefault(key, []).append(source)
+
+        def stop() -> None:
+            sources = self._open.get(key, [])
+            if source in sources:
+                sources.remove(source)
+            if not sources:
+                self._open.pop(key, None)
+
+        return stop
+
+    @property
+    def active(self) -> bool:
+        """Whether bytes come from any source now."""
+        return bool(self._open)
+
+    def rates(self, now: float) -> dict[TargetKey, float]:
+        """:meth:`rate` of every source bytes come from now (the others' is 0)."""
+        return {key: self.rate(key, now) for key in self._open}
+
+    def rate(self, key: TargetKey, now: float) -> float:
+        """Bytes per second coming from ``key`` at ``now`` (trio's clock), summed over its
+        open answers; 0 when none is open (or all are too young to tell)."""
+        return float(
+            sum(
+                source.moved / (now - source.opened_at)
+                for source in self._open.get(key, ())
+                if now - source.opened_at >= MIN_ELAPSED
+            )
+        )

@@ -53,8 +53,8 @@ from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
-from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import TargetKey
+from tracker.ordering.throughputs import Flowing
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import (
     Difference,
@@ -370,7 +370,7 @@ def window_for(piece: int, lanes: int) -> int:
 
 @attrs.define(eq=False)
 class _Measured:
-    """One source's transfer as :class:`tracker.ordering.flowing.Flowing` reads it."""
+    """One source's transfer as :class:`tracker.ordering.throughputs.Flowing` reads it."""
 
     source: Source
     opened_at: float

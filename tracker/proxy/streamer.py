@@ -370,7 +370,7 @@ class Route:
     @property
     def relayable(self) -> bool:
         """Some source of the file can be asked (only the tracker may hold it,
-        tracker.ordering.holdings: then there is nothing to relay)."""
+        tracker.ordering.index.Holdings: then there is nothing to relay)."""
         return any(f.url for f, _source in self.found)
 
     async def answer(self) -> Answer:
@@ -551,6 +551,6 @@ class Route:
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:
     """The disk cache now holds ``files``: the index lists those no source has any more
-    (:mod:`tracker.ordering.holdings`)."""
+    (:class:`tracker.ordering.index.Holdings`)."""
     for group in {f.group for f in files} | set(index.holdings.groups()):
         index.hold("cache", group, [(f.name, f.size, f.mtime) for f in files if f.group == group])

@@ -211,7 +211,7 @@ class Delivery:
         served = root and wants_bytes(ask.asked.user_agent, config.serve_user_agents)
         proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
         if not f.path and not f.url and not config.proxy_snapshot_downloads:
-            # Held by the tracker only (tracker.ordering.holdings): served by proxy mode alone.
+            # Held by the tracker only (ordering.index.Holdings): served by proxy mode alone.
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         if not f.path and not proxied:
             self._count("redirect")

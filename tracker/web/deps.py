@@ -16,9 +16,9 @@ import trio
 from tracker.config.schema import Config
 from tracker.core.digests import Digests
 from tracker.discovery.scrape import Scraper
-from tracker.ordering.flowing import Flowing
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.rejections import Rejections
+from tracker.ordering.throughputs import Flowing
 from tracker.proof.records.attestations import Attestations
 from tracker.proof.records.localcopies import Checked
 from tracker.web.delivery import Delivery
