@@ -278,7 +278,7 @@ A, B, C = "a" * 64, "b" * 64, "c" * 64
 def test_sources_publishing_another_sha256_are_refused(
     published: list[str], refused: list[bool]
 ) -> None:
-    from tracker.multisource.digestmatch import refusals
+    from tracker.multisource.samefile import refusals
 
     reasons = refusals(published)
     assert [bool(r) for r in reasons] == refused

@@ -9,7 +9,7 @@ order, or in a window ahead of a growing file's readers); :mod:`~tracker.multiso
 a source and the checks of every answer; :mod:`~tracker.multisource.crew` the connections
 that claim, fetch and write pieces (spliced when the answer allows); which sources are too
 slow to keep is :mod:`~tracker.multisource.judging` (pure); which sources may give pieces of
-one copy by the SHA-256 each publishes is :mod:`~tracker.multisource.digestmatch` (pure).
+one copy by the SHA-256 each publishes is :func:`~tracker.multisource.samefile.refusals` (pure).
 The rules every answer of a download is held to live here too: the one ``Content-Range`` parser
 (:mod:`~tracker.multisource.contentrange`) and the one rule of when two answers are the same
 file (:mod:`~tracker.multisource.samefile`).

@@ -17,12 +17,24 @@ for a ``first`` answer and a ``later`` one (of the same size: callers check size
 What needs proof (resuming a broken refresh, resuming a download from its state file) takes
 only *same*; what checks each answer of a download already going on (its size and sampled
 bytes checked besides) refuses only *different*. The rule is symmetric.
+
+**Published digests** (:func:`refusals`): which sources of one archive may give pieces of one
+copy. Sources of the same name and size are taken for byte-identical (the whole-file checks
+are the gate, docs/http-api.md#trust); where sources publish the SHA-256 of their copy
+(another tracker's listing carries the digest of its verified copy), two that publish
+different ones hold different files, and pieces of one copy come only from sources that
+agree. A source that publishes none is not refused by it: the checks of the whole file still
+judge its bytes. The digest that counts is the first source's (the one already answering),
+else the best-ranked source's that publishes one; sources that publish another are refused
+with the reason (docs/architecture.md, "A refresh from several sources"). A published digest
+is a claim from the network: it only ever keeps sources apart, it is never shown as the
+tracker's own (docs/http-api.md, "Verified archives").
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -89,3 +101,25 @@ def not_same_reason(first: Validators, later: Validators) -> str | None:
         f"last-modified {quoted(later.last_modified)} is not the first answer's "
         f"{quoted(first.last_modified)}"
     )
+
+
+# Published digests.
+
+
+def reference(published: Sequence[str]) -> str:
+    """The digest the others must agree with: the first one published in ``published`` (each
+    source's, best first, "" for none); "" when none is."""
+    return next((digest for digest in published if digest), "")
+
+
+def refusals(published: Sequence[str]) -> list[str]:
+    """For each source's published SHA-256 (lower-case hex, "" none; the first source
+    first, then best first), "" when it may give pieces, else the one-line reason it may
+    not: it publishes another digest than :func:`reference`."""
+    agreed = reference(published)
+    return [
+        f"publishes sha256 {digest}, the other sources {agreed}"
+        if digest and digest != agreed
+        else ""
+        for digest in published
+    ]

@@ -48,8 +48,8 @@ from tracker.cache.refresh import Refresh
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
-from tracker.multisource.digestmatch import refusals
 from tracker.multisource.judging import laggards
+from tracker.multisource.samefile import refusals
 from tracker.multisource.sources import Identity, Source
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
@@ -306,7 +306,7 @@ def choose(
     URL, the first answer's ``length`` as their advertised size (an unknown size is not
     shown to be the same file: left out), and no published SHA-256 other than the first
     source's, or the best-ranked one's that publishes one
-    (:func:`tracker.multisource.digestmatch.refusals`: those are refused, and named). Each
+    (:func:`tracker.multisource.samefile.refusals`: those are refused, and named). Each
     one's first ``206`` must then state that total too (:func:`check_range`). At most
     ``most`` sources in all."""
     candidates = [
