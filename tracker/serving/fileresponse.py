@@ -213,7 +213,10 @@ class _SendfileBody(GeneratorBody):
                 self._connection.finish(piece)
             else:
                 size = (pieces_end if position < pieces_end else end) - position
-                chunk = await _read(self._descriptor, size, position).result()
+                # Read and awaited at once: nothing to overlap, so a plain worker thread (it
+                # is waited for on cancellation: the descriptor stays open under the read).
+                fd = self._descriptor.fd
+                chunk = await trio.to_thread.run_sync(os.pread, fd, size, position)
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
                 if position + size == end:
