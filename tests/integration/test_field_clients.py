@@ -194,7 +194,9 @@ async def test_two_sources_one_never_answers(tmp_path: Path) -> None:
     # the dead source stays first for all 8 GETs.
     dead = FakeUpstream(files=dict(FILES), behaviour={INCR: Behaviour(delay=math.inf)})
     good = FakeUpstream(files=dict(FILES))
-    async with serving(good), serving(dead), running_tracker(config_for("proxy", tmp_path)) as t:
+    # a short first_byte_timeout: eight waits for the dead source, each with the same margin
+    config = config_for("proxy", tmp_path, first_byte_timeout=0.5)
+    async with serving(good), serving(dead), running_tracker(config) as t:
         advertise_files(t.index, good, FILES)
         advertise_files(t.index, dead, FILES)  # scraped last: asked first
         assert t.index.find_file(GROUP, INCR)[0][1].key.target == dead.base

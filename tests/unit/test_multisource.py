@@ -68,7 +68,9 @@ def test_the_claim_that_blocks_the_prefix_is_stolen_whatever_its_size(left: int)
     """A source answered its 206 and drips: its claim at the gapless prefix, however little
     is left of it, goes whole to an idle connection once its owner would need longer than
     STEAL_AFTER_SECONDS; a later claim that small stays its owner's."""
-    pieces = Pieces(4 * MIN_STEAL, left + 10, window=8 * MIN_STEAL)
+    # four pieces: the head, the later one and two more (a file of 4 MiB in pieces of 11
+    # bytes would be 381,000 claims for the same question)
+    pieces = Pieces(min(4 * MIN_STEAL, 4 * (left + 10)), left + 10, window=8 * MIN_STEAL)
     head = pieces.claim(0.0)
     assert head is not None
     pieces.advance(head, 10)  # ten bytes in 10 s: a byte a second
