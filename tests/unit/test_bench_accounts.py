@@ -3,6 +3,7 @@ budget small enough that the index spills, and say so (not a performance test)."
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,13 @@ def test_the_accounts_bench_times_the_plain_check(tmp_path: Path) -> None:
         "accounts.py", "--accounts", "20000", "--plain", "--runs", "1", "--out", str(tmp_path)
     )
     assert out.startswith("plain check of a ") and "verify --prove-accounts-max 1000" in out
+
+
+def test_the_kernel_processes_bench_scans_in_a_fresh_and_in_forked_processes() -> None:
+    """bench/kernelprocs.py: every process scans every record; the forked ones hold the
+    loaded kernels shared (what each holds alone is far less than a fresh process's)."""
+    report = json.loads(bench("kernelprocs.py", "--accounts", "20000", "--children", "2"))
+    fresh, forked = report["fresh"], report["forked"]
+    assert len(forked) == 2
+    assert {each["records"] for each in [fresh, *forked]} == {fresh["records"]} != {0}
+    assert all(each["uss"] < fresh["uss"] / 2 for each in forked), report
