@@ -11,7 +11,9 @@ on the path) is not counted: it happens once per process, not per request.
     .venv/bin/python bench/routepath.py                      # the tracker of this checkout
     PYTHONPATH=/tmp/other .venv/bin/python bench/routepath.py  # another copy of ``tracker``
 
-Prints one JSON object: per request, its files and types, all of them and those of proxy/.
+Prints one JSON object: per request, its files and types, all of them, those of the fenced
+packages (``zerocopy``, ``clientwire``, ``h11patches``) and of ``proxy.decisions``, the rest,
+and those of proxy/.
 """
 
 from __future__ import annotations
@@ -71,12 +73,31 @@ def tracer(files: set[str], types: set[str]) -> Hook:
     return hook
 
 
+#: The packages fenced around library internals (docs/architecture.md, "Packages and their
+#: layers"; each assumption in tracker/zerocopy/README.md): the zero-copy server, the download
+#: client's transport, h11's patches; and the route's decisions (``proxy.decisions``), one
+#: table of pure functions, kept as it is.
+FENCED = ("zerocopy", "clientwire", "h11patches")
+KEPT = ("tracker/proxy/decisions.py", "tracker.proxy.decisions.")
+
+
 def summary(files: set[str], types: set[str]) -> dict[str, Any]:
+    """The counts of one request: all files and types, those of ``proxy/``, and those
+    outside the fenced packages and the decisions (``rest_files``, ``rest_types``)."""
     proxy_files = sorted(f for f in files if f.startswith("tracker/proxy/"))
     proxy_types = sorted(t for t in types if t.startswith("tracker.proxy."))
+    fenced_files = {f for f in files if f.split("/")[1] in FENCED}
+    fenced_types = {t for t in types if t.split(".")[1] in FENCED}
+    kept_files = {f for f in files if f == KEPT[0]}
+    kept_types = {t for t in types if t.startswith(KEPT[1])}
     return {
         "files": len(files),
         "types": len(types),
+        "fenced_files": len(fenced_files),
+        "fenced_types": len(fenced_types),
+        "decisions_types": len(kept_types),
+        "rest_files": len(files - fenced_files - kept_files),
+        "rest_types": len(types - fenced_types - kept_types),
         "proxy_files": proxy_files,
         "proxy_types": proxy_types,
     }
