@@ -4,4 +4,8 @@ import sys
 
 from tracker.cli import main
 
-sys.exit(main())
+# Guarded: a process started from a forkserver (the accounts proof's scan processes,
+# ``tracker.proof.accounts.scanprocs``) imports the parent's main module again, under
+# another name, before it runs.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,9 +62,11 @@ from tracker.proof.accounts.accounthash import (
 from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.scanlanes import Apart, scan_lanes
+from tracker.proof.accounts.scanprocs import PROCESS_BYTES, Scanners, scan_processes
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
+from tracker.proof.accounts.sysvars import sysvar_versions
 from tracker.proof.formats import kernels
-from tracker.proof.formats.parsing import BulkPiece, Parser
+from tracker.proof.formats.parsing import BulkPiece, Parser, joined
 from tracker.proof.formats.storages import Records, StorageScan, parse_storage, storage_pieces
 
 __all__ = ["AccountsProof", "Reread"]
@@ -94,7 +96,9 @@ KEEP_SHARE = 4
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module) within ``limits``;
     ``cancelled()`` ends a wait for the budget's room; ``lanes``: the threads the first read
-    scans storages in (0: the reading thread; None: as :func:`scan_lanes` says)."""
+    scans storages in (0: the reading thread; None: as :func:`scan_lanes` says);
+    ``scanners``: the processes it scans them in instead (:mod:`.scanprocs`; None: as
+    :func:`~.scanprocs.scan_processes` says, 0: none)."""
 
     def __init__(
         self,
@@ -103,6 +107,7 @@ class AccountsProof:
         cancelled: Callable[[], bool] | None = None,
         lanes: int | None = None,
         at_least: int = 0,
+        scanners: int | None = None,
     ) -> None:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
@@ -128,8 +133,17 @@ class AccountsProof:
         # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
         # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
         lanes = scan_lanes(self.limits) if lanes is None else lanes
-        # with lanes, a full staging buffer is written outside their lock while another fills
-        self.index = SpillIndex(MemoryRuns(), self.held.floor, spare_stage=lanes > 0)
+        # or in processes (off unless ``scanprocs.SCAN_PROCESSES``), each held from the
+        # budget beside the index (as many as it holds)
+        processes = scan_processes(self.limits) if scanners is None else scanners
+        while processes and not self.held.grow_to(self.held.bytes + processes * PROCESS_BYTES):
+            processes -= 1
+        self._scan_bytes = processes * PROCESS_BYTES
+        # with lanes or processes, a full staging buffer is written outside their lock while
+        # another fills
+        self.index = SpillIndex(
+            MemoryRuns(), self.held.floor, spare_stage=lanes > 0 or processes > 0
+        )
         self._storages = StorageTable()
         self._started = 0  # storages the reading thread began (their numbers)
         self._records = 0
@@ -150,8 +164,15 @@ class AccountsProof:
         self._own = zero_lanes()
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
-        #: shown each batch's index rows (``watch(batch, rows, number)``, in its lane)
-        self.watch: Callable[[Records, U64, int], None] | None = None
+        #: told each SlotHistory version found (``watch(number, lamports, data)``, in the
+        #: thread that found it: a lane, or one reading a scan process's answers)
+        self.watch: Callable[[int, int, bytes], None] | None = None
+        self._scanners: Scanners | None = None
+        if processes and self._note is None:
+            try:
+                self._scanners = Scanners(processes, self)
+            except OSError:  # no process to start (no fds, no memory): the lanes' way
+                self._close_scanners()
         track(self.progress)
 
     @property
@@ -192,6 +213,8 @@ class AccountsProof:
         that failed (the serial reading's), if one did."""
         for lane in self._lanes:
             lane.settle()
+        if self._scanners is not None:
+            self._scanners.settle()
         if self._refused is not None:
             raise self._refused[1]
 
@@ -207,6 +230,9 @@ class AccountsProof:
             kernels.load()
         name = member_name(slot, ident)
         self.progress.bytes += size
+        if self._scanners is not None:
+            yield from self._to_process(number, slot, ident, size, current_len)
+            return
         if self._lanes:
             yield from self._hand_on(number, slot, ident, size, current_len)
             return
@@ -234,6 +260,71 @@ class AccountsProof:
 
         yield from storage_pieces(name, size, valid, hand)
         self._in_lane(lane, number, lambda: self._counted(number, scanner.count))
+
+    def _to_process(self, number: int, slot: int, ident: int, size: int, valid: int) -> Parser:
+        """Storage ``number``'s valid bytes sent, a piece at a time, to a scan process
+        (:mod:`.scanprocs`), which scans, indexes and hashes them; its answers come back
+        through :meth:`scanned` and the other calls of a ``scanprocs.Sink``."""
+        self._add_storage(number, slot, ident, size, valid)
+        name = member_name(slot, ident)
+        scanners = self._scanners
+        assert scanners is not None
+
+        def hand(piece: BulkPiece) -> None:
+            if self._note is None and self._refused is None:
+                scanners.piece(number, name, valid, joined(piece))
+            if self._refused is not None:
+                self.settle()  # raises the refusal, as the serial reading would have
+
+        yield from storage_pieces(name, size, valid, hand)
+        if self._note is None and self._refused is None:
+            scanners.end(number)
+
+    # -- what the scan processes answer (a ``scanprocs.Sink``), in their pipes' threads
+
+    def scanned(self, number: int, rows: U64, records: int, hashed: int) -> None:
+        """A batch of storage ``number`` scanned in a process: its index ``rows`` (of
+        ``records`` versions), ``hashed`` of them in that process's sum."""
+        full: list[U64] = []
+        with self.lock:
+            self._records += records
+            self.progress.records = self._records
+            if self._note is not None:
+                return
+            if self.max_accounts is not None and self._records > self.max_accounts:
+                self._give_up(_OVER_BOUND)
+                return
+            try:
+                full = self.index.stage(rows)
+                self._within_budget()
+            except NoRoom as exc:
+                self._give_up(exc.note)
+                return
+            self.progress.hashed += hashed
+            self._storages.hashed_ahead()
+            if full:
+                self._writing.acquire()
+        if full:
+            self._write_runs(full)
+
+    def found(self, number: int, lamports: int, data: bytes) -> None:
+        """A SlotHistory version a scan process found in storage ``number``."""
+        if self.watch is not None:
+            self.watch(number, lamports, data)
+
+    def counted(self, number: int, count: int) -> None:
+        """Storage ``number`` held ``count`` records (a scan process counted them)."""
+        self._counted(number, count)
+
+    def refused(self, number: int, reason: str) -> None:
+        """A scan process refused storage ``number``: the archive is invalid."""
+        self._refuse(number, ArchiveInvalid(reason))
+
+    def failed(self, reason: str) -> None:
+        """A scan process failed (not the archive's fault): the proof stops with a note."""
+        with self.lock:
+            if self._note is None:
+                self._give_up(f"not proven: {reason}")
 
     def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
         """How storage ``number``'s jobs run in the least busy scan lane (in order, its
@@ -285,7 +376,8 @@ class AccountsProof:
             return
         rows, counts = batch.index_rows(number << 32)
         if self.watch is not None:
-            self.watch(batch, rows, number)
+            for lamports, data in sysvar_versions(batch, rows):
+                self.watch(number, lamports, data)
         large = _NONE
         hashes = None
         if self._keeping:  # hashed here, where they lie, outside the lock (see KEEP_FROM)
@@ -373,7 +465,7 @@ class AccountsProof:
         room); False, nothing kept from now on, when it does not."""
         more = KEPT_BYTES * len(locators)
         index = 0 if self.index.on_disk else self.index.dir.written + self.held.floor
-        wanted = max(self.held.bytes, index + self._kept_bytes + more)
+        wanted = max(self.held.bytes, index + self._kept_bytes + self._scan_bytes + more)
         if (
             not self._keeping
             or self._kept_bytes + more > self.held.budget.room // KEEP_SHARE
@@ -411,8 +503,9 @@ class AccountsProof:
             self.progress.spilled = index.dir.written
             self._note_peaks()
             return
-        # the floor stays free: the staging buffer and a flush's sorted copy; kept hashes
-        needed = index.dir.written + self.held.floor + self._kept_bytes
+        # the floor stays free: the staging buffer and a flush's sorted copy; kept hashes; the
+        # scan processes
+        needed = index.dir.written + self.held.floor + self._kept_bytes + self._scan_bytes
         if needed <= self.held.bytes:
             return
         # a step ahead (at most a 16th of the room: other proofs need theirs), else just enough
@@ -425,7 +518,7 @@ class AccountsProof:
         directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
         with self._writing:  # not while a lane writes to the runs held in memory
             index.to_disk(directory)
-        self.held.shrink_to(self._kept_bytes)
+        self.held.shrink_to(self._kept_bytes + self._scan_bytes)
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
         self._note_peaks()
@@ -440,6 +533,7 @@ class AccountsProof:
         """The lattice hash and None, or None and why not (see the module)."""
         try:
             self.settle()
+            self._scanned_sums()
             if self._note is _OVER_BOUND:
                 return None, (
                     f"not proven: {self._records} accounts over the bound of {self.max_accounts}"
@@ -461,6 +555,26 @@ class AccountsProof:
             return (total + self._own).astype("<u2").tobytes(), None
         finally:
             self.close()
+
+    def _scanned_sums(self) -> None:
+        """Once the first read is over: the scan processes' sums added to the proof's own,
+        the processes ended."""
+        scanners = self._scanners
+        if scanners is None:
+            return
+        scanned = scanners.totals() if self._note is None else None
+        self._close_scanners()
+        if scanned is not None:
+            self._own += scanned
+        elif self._note is None:
+            self._give_up("not proven: a scanning process failed")
+
+    def _close_scanners(self) -> None:
+        """End the scan processes; what the budget held for them is the index's now."""
+        if self._scanners is not None:
+            self._scanners.close()
+            self._scanners = None
+        self._scan_bytes = 0
 
     def _hash_newest(self, superseded: Iterable[U64], reread: Reread) -> None:
         """The second read: every newest version with lamports hashed (:mod:`.newest`)."""
@@ -549,7 +663,8 @@ class AccountsProof:
         index's runs it holds in memory: up to half the room, at least its floor (which the
         runs held in memory always left free: the staging buffer's, gone by then)."""
         room = self.held.budget.room
-        resident = self._kept_bytes + (0 if self.index.on_disk else self.index.dir.written)
+        resident = self._kept_bytes + self._scan_bytes
+        resident += 0 if self.index.on_disk else self.index.dir.written
         for share in (room // 2, room // 4, room // 8):
             wanted = min(room, resident + share)
             if wanted > self.held.bytes and self.held.grow_to(wanted):
@@ -563,6 +678,7 @@ class AccountsProof:
         stopped)."""
         for lane in self._lanes:
             lane.close()  # before what it writes to is let go of
+        self._close_scanners()
         self.index.dir.remove()
         self._note_peaks()
         self.held.release()

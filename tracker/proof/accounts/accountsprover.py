@@ -140,7 +140,7 @@ class StoragesProver:
                 self.cancelled,
                 at_least=self._lengths.records,
             )
-            self._proof.watch = self._sysvars.see
+            self._proof.watch = self._sysvars.keep
         if self._proof is not None and self._proof.stopped:
             # the archive stays at ``manifest`` whatever comes: its storages are not read
             # (that level says nothing of them), and no second read needs the blocks' BLAKE3

@@ -1,0 +1,145 @@
+"""The first read's scan in processes (tracker.proof.accounts.scanprocs, off by default): the
+same hash, the same refusals and the same notes as the scan in the reading thread; the
+budget and the worker slots held; a process that dies costs the proof, never the check;
+no process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from agave_storages import Storage, feed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_proof_accounts import built, key, model, reread_from, states
+from test_spill import many, tiny
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts import scanprocs
+from tracker.proof.accounts.accountsproof import AccountsProof
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
+from tracker.proof.formats.writing import Account
+
+
+def outcome(
+    storages: list[Storage], scanners: int, chunk: int = 4096, limits: AccountsLimits | None = None
+) -> tuple[bytes | None, str | None] | str:
+    """The proof's (hash, note), or the reason it refused the storages with."""
+    proof = AccountsProof(limits or AccountsLimits(max_accounts=1000), scanners=scanners, lanes=0)
+    try:
+        for storage in storages:
+            feed(proof, storage, chunk)
+        return proof.finish(reread_from({s.name: s.data for s in storages}))
+    except ArchiveInvalid as exc:
+        return exc.reason
+    finally:
+        proof.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states(), st.randoms(), st.sampled_from([1, 64, 4096]))
+def test_scan_processes_give_the_models_hash(
+    slots: dict[int, list[Account]], rnd: object, chunk: int
+) -> None:
+    order = list(slots)
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    assert outcome(built(slots, order), 2, chunk) == (model(slots), None)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    states(),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 200),
+)
+def test_mutated_storages_are_refused_for_the_reason_the_serial_reading_gives(
+    slots: dict[int, list[Account]], flips: list[tuple[int, int]], cut: int
+) -> None:
+    mutated = []
+    for storage in built(slots, sorted(slots)):
+        data = bytearray(storage.data)
+        for at, value in flips:
+            if data:
+                data[at % len(data)] = value
+        mutated.append(Storage(storage.slot, storage.ident, bytes(data), max(0, len(data) - cut)))
+    assert outcome(mutated, 2) == outcome(mutated, 0)
+
+
+def test_the_index_spills_within_the_budget_as_it_does_without_them(tmp_path: Path) -> None:
+    slots = {3: many(3000, 3), 5: many(2000, 5, lamports=2), 9: many(1500, 9, start=1000)}
+    made = built(slots, [5, 3, 9])
+    limits = tiny(tmp_path, room=64 * 1024)
+    proof = AccountsProof(limits, scanners=2, lanes=0)
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    assert proof.spilled > 0 and proof.held.peak <= 64 * 1024
+    assert os.listdir(tmp_path) == [] and limits.shared().used == 0
+
+
+def test_the_budget_holds_them_and_has_it_all_back() -> None:
+    limits = AccountsLimits(max_accounts=1000)
+    slots_of = {5: [Account(key(1), 4, b"a")], 9: [Account(key(1), 3), Account(key(2), 1)]}
+    made = built(slots_of, [5, 9])
+    proof = AccountsProof(limits, scanners=2, lanes=0)
+    assert proof.held.bytes >= 2 * scanprocs.PROCESS_BYTES
+    for storage in made:
+        feed(proof, storage, 7)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots_of), None)
+    assert limits.shared().used == 0
+    small = AccountsLimits(
+        budget=MemoryBudget(scanprocs.PROCESS_BYTES, room=scanprocs.PROCESS_BYTES)
+    )
+    proof = AccountsProof(small, scanners=2, lanes=0)  # room for none beside its floor
+    assert proof._scanners is None
+    proof.close()
+
+
+def test_the_slot_history_found_in_a_process_is_told_to_the_watch() -> None:
+    history = Account(SLOT_HISTORY_ID, 7, b"h" * 40)
+    made = built({4: [history, Account(key(1), 1)], 6: [Account(key(2), 2)]}, [4, 6])
+    seen: list[tuple[int, int, bytes]] = []
+    proof = AccountsProof(AccountsLimits(max_accounts=100), scanners=2, lanes=0)
+    proof.watch = lambda number, lamports, data: seen.append((number, lamports, data))
+    for storage in made:
+        feed(proof, storage, 4096)
+    proof.settle()
+    assert seen == [(0, 7, b"h" * 40)]
+    proof.close()
+
+
+def test_over_the_bound_the_note_is_the_serial_readings() -> None:
+    made = built({4: many(30, 4)}, [4])
+    limits = AccountsLimits(max_accounts=10)
+    assert outcome(made, 2, limits=limits) == outcome(made, 0, limits=limits)
+
+
+def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running() -> None:
+    made = built({3: many(500, 3), 5: many(400, 5)}, [3, 5])
+    proof = AccountsProof(AccountsLimits(max_accounts=10_000), scanners=2, lanes=0)
+    scanners = proof._scanners  # the processes, to kill one
+    assert scanners is not None
+    processes = [each.proc for each in scanners._processes]
+    feed(proof, made[0], 4096)
+    proof.settle()
+    os.kill(processes[0].pid, signal.SIGKILL)
+    feed(proof, made[1], 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+    assert lt_hash is None and note is not None and note.startswith("not proven: the scanning")
+    assert proof.local_cause  # the tracker's, not the archive's
+    assert all(each.exitcode is not None for each in processes)
+
+
+@pytest.mark.parametrize("chunk", [1, 4096])
+def test_no_process_outlives_its_proof(chunk: int) -> None:
+    made = built({3: many(50, 3)}, [3])
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), scanners=2, lanes=0)
+    scanners = proof._scanners
+    assert scanners is not None
+    processes = [each.proc for each in scanners._processes]
+    feed(proof, made[0], chunk)
+    proof.close()  # cancelled part way: no finish
+    assert all(each.exitcode is not None for each in processes)

@@ -1,0 +1,348 @@
+"""The first read's scan in processes: each storage's pieces scanned, indexed and hashed in a
+process of its own, so that the check's process only decodes, walks the tar and keeps the
+index (docs/architecture.md, "The accounts level" → "Every core").
+
+Off by default (:data:`SCAN_PROCESSES` 0): the first read then scans in the reading thread or
+in scan lanes (:mod:`.scanlanes`). It is meant for hosts of many cores, where the check's
+process, one interpreter, holds the first read near three cores; it is not measured there
+yet (``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``).
+
+The processes are forked from one forkserver (``multiprocessing``'s, a fresh interpreter:
+never ``fork`` of a process with threads) that loaded numba and the compiled kernels once
+before it forks (:data:`PRELOAD`): each holds ~8 MiB of its own, not ~140, and is ready at
+once (``bench/kernelprocs.py``). A :class:`Scanners` is one proof's: a storage is one
+process's, its pieces sent in order through that process's pipe (at most :data:`IN_FLIGHT`
+unanswered); the process scans each piece (:class:`~tracker.proof.formats.storages.StorageScan`,
+the one reading of a storage), makes each batch's index rows and hashes its versions with
+lamports into a sum of its own (every one: the second read takes out those superseded),
+and answers with the rows. What it finds of the SlotHistory sysvar goes back too.
+
+Frames, parent to process (pickled tuples, then raw bytes): ``("piece", number, name, valid)``
+and the piece; ``("end", number)``; ``("finish",)``. Process to parent: ``("rows", number,
+records, hashed)`` and the rows' bytes; ``("sysvar", number, lamports, data)``; ``("done",)``
+for each piece; ``("count", number, count)``; ``("refused", number, reason)``; at the end
+``("sum", lanes)``; ``("failed", reason)`` for anything else it raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from tracker.errors import ArchiveInvalid
+from tracker.proof.accounts.budget import AccountsLimits
+
+#: Processes a proof's first read scans in (0: none, the reading thread or scan lanes do).
+SCAN_PROCESSES = 0
+#: Pieces sent to one process and not answered yet, at most (each ~4 MiB).
+IN_FLIGHT = 4
+#: The module the forkserver imports before it forks: numba and the kernels loaded.
+PRELOAD = "tracker.proof.accounts.scanpreload"
+#: Seconds a proof waits for a process's answer before it gives up on it.
+STALLED = 60.0
+
+U64 = npt.NDArray[np.uint64]
+_CONTEXT: Any = None
+_CONTEXT_LOCK = threading.Lock()
+
+
+#: What the budget holds for each scan process: its own pages (~8 MiB forked from the
+#: forkserver, ``bench/kernelprocs.py``), :data:`IN_FLIGHT` pieces of ~4 MiB in its pipe,
+#: a record carried across pieces and a batch's rows.
+PROCESS_BYTES = 32 * 1024 * 1024
+
+
+def scan_processes(limits: AccountsLimits) -> int:
+    """The scan processes a proof within ``limits`` asks for: :data:`SCAN_PROCESSES` (0:
+    none), at most its hashing processes' number (``proof_workers`` less one): the first
+    read's hashing is theirs, the hashing processes then only hash in the second read."""
+    return max(0, min(SCAN_PROCESSES, limits.hash_workers)) if SCAN_PROCESSES > 0 else 0
+
+
+def _context() -> Any:
+    """The forkserver context the scan processes come from, made once a process."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            context = multiprocessing.get_context("forkserver")
+            # the main module too: imported once there, not again in each process it forks
+            # (a process started this way imports its parent's main module first, unless
+            # its forkserver has: ``multiprocessing``'s documented preload of ``__main__``)
+            context.set_forkserver_preload(["__main__", PRELOAD])
+            _CONTEXT = context
+        return _CONTEXT
+
+
+class Sink(Protocol):
+    """What the parent does with a process's answers (the proof's bookkeeping:
+    :class:`~tracker.proof.accounts.accountsproof.AccountsProof`), called in the thread that
+    reads that process's pipe."""
+
+    def scanned(self, number: int, rows: U64, records: int, hashed: int) -> None:
+        """A batch of storage ``number``: its index rows, ``hashed`` of them summed."""
+
+    def found(self, number: int, lamports: int, data: bytes) -> None:
+        """A SlotHistory version found in storage ``number``."""
+
+    def counted(self, number: int, count: int) -> None:
+        """Storage ``number`` held ``count`` records."""
+
+    def refused(self, number: int, reason: str) -> None:
+        """Storage ``number`` is invalid (one line)."""
+
+    def failed(self, reason: str) -> None:
+        """A process failed: the proof cannot end."""
+
+
+class _Process:
+    """One scan process, its pipe, and the thread reading its answers."""
+
+    def __init__(self, sink: Sink) -> None:
+        context = _context()
+        self._sink = sink
+        self.conn, theirs = context.Pipe(duplex=True)
+        self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.free = threading.Semaphore(IN_FLIGHT)
+        self.pending = 0  # pieces and ends sent, not answered
+        self.idle = threading.Condition()
+        self.total: npt.NDArray[np.uint16] | None = None
+        self.failure: str | None = None
+        self.closing = False
+        self.reader = threading.Thread(target=self._read, name="accounts-scan-answers", daemon=True)
+        self.reader.start()
+
+    def send_piece(self, number: int, name: str, valid: int, piece: Any) -> None:
+        """Send a piece once fewer than :data:`IN_FLIGHT` wait (dropped once it failed:
+        the proof has stopped)."""
+        while not self.free.acquire(timeout=1.0):
+            if self.failure is not None:
+                return
+        self._send(("piece", number, name, valid), piece)
+
+    def send_end(self, number: int) -> None:
+        """Storage ``number`` is whole."""
+        self._send(("end", number))
+
+    def _send(self, frame: tuple[Any, ...], piece: Any = None) -> None:
+        if self.failure is not None:
+            return
+        with self.idle:
+            self.pending += 1
+        try:
+            self.conn.send(frame)
+            if piece is not None:
+                self.conn.send_bytes(piece)
+        except OSError:  # gone: its reading thread says so (EOF)
+            self._failed("the scanning process ended")
+
+    def settle(self) -> None:
+        """Wait until every piece and end sent so far is answered."""
+        first = False
+        with self.idle:
+            while self.pending and self.failure is None:
+                if not self.idle.wait(STALLED) and self.pending:
+                    first = self._fail("the scanning process stalled")
+        if first:
+            self._sink.failed("the scanning process stalled")
+
+    def finish(self) -> None:
+        """Ask for the process's sum; wait for it."""
+        if self.failure is None:
+            with contextlib.suppress(OSError):
+                self.conn.send(("finish",))
+        self.reader.join(STALLED)
+
+    def close(self) -> None:
+        """End the process (at once unless it gave its sum and ends by itself), then the
+        thread reading it, then the pipe (idempotent)."""
+        self.closing = True
+        if self.total is not None:
+            self.proc.join(1.0)  # it ends by itself once it gave its sum
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.reader.join()  # the pipe's other end is gone: it has read its end
+        self.conn.close()
+
+    def _fail(self, reason: str) -> bool:
+        """Note the failure (under ``idle``); True when it is the first, to be told to the
+        sink once ``idle`` is let go of (unless the proof closes the process)."""
+        first = self.failure is None and not self.closing
+        if self.failure is None:
+            self.failure = reason
+        self.idle.notify_all()
+        return first
+
+    def _read(self) -> None:
+        sink = self._sink
+        try:
+            while True:
+                message = self.conn.recv()
+                kind = message[0]
+                if kind == "rows":
+                    _, number, records, hashed = message
+                    raw = self.conn.recv_bytes()
+                    rows = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 5)
+                    sink.scanned(number, rows, records, hashed)
+                elif kind == "done":
+                    self.free.release()
+                    self._answered()
+                elif kind == "count":
+                    sink.counted(message[1], message[2])
+                    self._answered()
+                elif kind == "sysvar":
+                    sink.found(message[1], message[2], message[3])
+                elif kind == "refused":
+                    sink.refused(message[1], message[2])
+                elif kind == "sum":
+                    self.total = np.frombuffer(message[1], dtype="<u2").copy()
+                    return
+                else:  # "failed"
+                    self._failed(f"the scanning process failed: {message[1]}")
+                    return
+        except (EOFError, OSError):
+            self._failed("the scanning process ended")
+
+    def _failed(self, reason: str) -> None:
+        with self.idle:
+            first = self._fail(reason)
+        if first:
+            self._sink.failed(reason)
+
+    def _answered(self) -> None:
+        with self.idle:
+            self.pending -= 1
+            if not self.pending:
+                self.idle.notify_all()
+
+
+class Scanners:
+    """The scan processes of one proof's first read (see the module): :meth:`piece` and
+    :meth:`end` for each storage, :meth:`settle` to wait for every answer, :meth:`Scanners.totals`
+    for their sums at the end, :meth:`close` whatever the way it ended."""
+
+    def __init__(self, count: int, sink: Sink) -> None:
+        self._processes: list[_Process] = []
+        self._owner: dict[int, _Process] = {}
+        try:
+            for _ in range(count):
+                self._processes.append(_Process(sink))
+        except BaseException:  # those started end with it
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._processes)
+
+    def piece(self, number: int, name: str, valid: int, piece: Any) -> None:
+        """Send storage ``number``'s next piece to the process that has it (the least busy
+        one, at its first piece)."""
+        process = self._owner.get(number)
+        if process is None:
+            process = min(self._processes, key=lambda each: each.pending)
+            self._owner[number] = process
+        process.send_piece(number, name, valid, piece)
+
+    def end(self, number: int) -> None:
+        """Storage ``number`` is whole: its process answers with its count."""
+        process = self._owner.pop(number, None)
+        if process is None:  # no valid byte: its count is 0, asked of any process
+            process = min(self._processes, key=lambda each: each.pending)
+        process.send_end(number)
+
+    def settle(self) -> None:
+        """Wait until every process answered all it was sent."""
+        for process in self._processes:
+            process.settle()
+
+    def totals(self) -> npt.NDArray[np.uint16] | None:
+        """The processes' sums added; None when one failed."""
+        total = np.zeros(1024, dtype=np.uint16)
+        for process in self._processes:
+            process.finish()
+            if process.total is None:
+                return None
+            total += process.total
+        return total
+
+    def close(self) -> None:
+        """End every process (idempotent)."""
+        for process in self._processes:
+            process.close()
+
+
+# -- the process -------------------------------------------------------------------------------
+
+
+def serve(conn: Connection) -> None:
+    """A scan process's loop (see the module); ends at ``finish`` or when the pipe closes."""
+    try:
+        _serve(conn)
+    except (EOFError, OSError):
+        return
+    except BaseException as exc:  # said to the parent in one line; the proof stops
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+
+
+def _serve(conn: Connection) -> None:
+    from tracker.proof.accounts.accounthash import LocalSum, lane_sum
+    from tracker.proof.accounts.sysvars import sysvar_versions
+    from tracker.proof.formats import kernels
+    from tracker.proof.formats.storages import Records, StorageScan
+
+    kernels.load()
+    summer = LocalSum()
+    hashed = 0
+    scans: dict[int, StorageScan] = {}
+    refused: set[int] = set()
+
+    def sink_for(number: int) -> Callable[[Records], None]:
+        def sink(batch: Records) -> None:
+            nonlocal hashed
+            rows, counts = batch.index_rows(number << 32)
+            chosen = np.flatnonzero(counts)
+            lane_sum(batch, chosen, summer)
+            hashed += len(chosen)
+            conn.send(("rows", number, len(batch), len(chosen)))
+            conn.send_bytes(np.ascontiguousarray(rows, dtype=np.uint64).data)
+            for lamports, data in sysvar_versions(batch, rows):
+                conn.send(("sysvar", number, lamports, data))
+
+        return sink
+
+    while True:
+        message = conn.recv()
+        kind = message[0]
+        if kind == "piece":
+            _, number, name, valid = message
+            piece = conn.recv_bytes()
+            if number not in refused:
+                scan = scans.get(number)
+                if scan is None:
+                    scan = scans[number] = StorageScan(name, valid, sink_for(number))
+                try:
+                    scan.take(piece)
+                except ArchiveInvalid as exc:
+                    refused.add(number)
+                    scans.pop(number, None)
+                    conn.send(("refused", number, exc.reason))
+            conn.send(("done",))
+        elif kind == "end":
+            number = message[1]
+            done = scans.pop(number, None)
+            conn.send(("count", number, done.count if done is not None else 0))
+        else:  # "finish"
+            total, _ = summer.total()
+            assert total is not None
+            conn.send(("sum", total.astype("<u2").tobytes()))
+            return
