@@ -429,7 +429,7 @@ class _WorkerPeak(threading.Thread):
         ticks = 0
         while not self._done.wait(0.1):
             if not self.peaks or ticks % 10 == 0:  # every tick until the first is found
-                for pid in _children():
+                for pid in _direct_children():
                     self.peaks.setdefault(pid, 0)
             ticks += 1
             for pid in self.peaks:
@@ -487,16 +487,19 @@ class _Timeline(threading.Thread):
         self.join()
 
 
-def _direct_children() -> list[str]:
-    """This process's children, from each of its threads' ``children`` list (cheap enough to
-    read at every sample); every /proc entry searched where the kernel has no such list."""
+def _direct_children(pid: str = "self") -> list[str]:
+    """The children of ``pid`` (this process), from each of its threads' ``children`` list
+    (cheap enough to read at every sample), and theirs: the scan processes of
+    ``accounts.scanprocs`` are the children of its forkserver; every /proc entry searched
+    where the kernel has no such list (children only)."""
     found: list[str] = []
     try:
-        for task in os.listdir("/proc/self/task"):
-            found += Path(f"/proc/self/task/{task}/children").read_text().split()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that ended
+                found += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
     except FileNotFoundError:
-        return _children()
-    return found
+        return _children() if pid == "self" else []
+    return found + [each for child in found for each in _direct_children(child)]
 
 
 def _children() -> list[str]:

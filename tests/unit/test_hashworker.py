@@ -188,7 +188,7 @@ def test_batches_laid_out_in_shared_memory_prove_what_the_pipe_proves(
     if shared == "too small":
         monkeypatch.setattr(hashworker, "SLOT_BYTES", 64)
     if shared == "none":
-        monkeypatch.setattr(hashworker, "_shared_memory", lambda size: None)
+        monkeypatch.setattr(hashworker, "shared_memory", lambda size, name="": None)
     worker = HashWorker(start_from=0)
     proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()

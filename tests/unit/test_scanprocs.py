@@ -123,6 +123,7 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     scanners = proof._scanners  # the processes, to kill one
     assert scanners is not None
     processes = [each.proc for each in scanners._processes]
+    assert all(each.shared is not None for each in scanners._processes)  # pieces in slots
     feed(proof, made[0], 4096)
     proof.settle()
     os.kill(processes[0].pid, signal.SIGKILL)
@@ -143,3 +144,17 @@ def test_no_process_outlives_its_proof(chunk: int) -> None:
     feed(proof, made[0], chunk)
     proof.close()  # cancelled part way: no finish
     assert all(each.exitcode is not None for each in processes)
+
+
+def test_without_shared_memory_the_pieces_go_through_the_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scanprocs, "shared_memory", lambda size, name: None)  # no memfd
+    slots = {3: many(300, 3), 5: many(200, 5, lamports=2)}
+    made = built(slots, [5, 3])
+    proof = AccountsProof(AccountsLimits(max_accounts=10_000), scanners=2, lanes=0)
+    assert proof._scanners is not None
+    assert all(each.shared is None for each in proof._scanners._processes)
+    for storage in made:
+        feed(proof, storage, 1000)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)

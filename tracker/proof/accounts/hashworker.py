@@ -135,7 +135,7 @@ class HashWorker:
         # numpy's OpenBLAS starts a thread a core at import, which the child never uses: one
         # thread halves the child's start-up CPU (0.15 -> 0.09 s)
         env["OPENBLAS_NUM_THREADS"] = "1"
-        shared = _shared_memory(SLOTS * self._slot_bytes)
+        shared = shared_memory(SLOTS * self._slot_bytes)
         args = [sys.executable, "-m", "tracker.proof.accounts.hashworker"]
         try:
             if shared is not None:
@@ -483,11 +483,12 @@ def _read_exactly(stream: IO[bytes], count: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _shared_memory(size: int) -> int | None:
+def shared_memory(size: int, name: str = "tracker-hashworker") -> int | None:
     """A file descriptor of ``size`` bytes of memory to share with a child, or None where
-    there is no ``memfd_create`` (or no room): the batches then go through the pipe."""
+    there is no ``memfd_create`` (or no room): what would lie there then goes through the
+    pipe."""
     try:
-        fd = os.memfd_create("tracker-hashworker", os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
     except (AttributeError, OSError):
         return None
     try:

@@ -27,7 +27,10 @@ for each piece; ``("count", number, count)``; ``("refused", number, reason)``; a
 from __future__ import annotations
 
 import contextlib
+import mmap
 import multiprocessing
+import os
+import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -38,11 +41,14 @@ import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.accounts.hashworker import shared_memory
 
 #: Processes a proof's first read scans in (0: none, the reading thread or scan lanes do).
 SCAN_PROCESSES = 0
-#: Pieces sent to one process and not answered yet, at most (each ~4 MiB).
+#: Pieces sent to one process and not answered yet, at most (each ~4 MiB): the slots of the
+#: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
 IN_FLIGHT = 4
+SLOT_BYTES = 4 * 1024 * 1024
 #: The module the forkserver imports before it forks: numba and the kernels loaded.
 PRELOAD = "tracker.proof.accounts.scanpreload"
 #: Seconds a proof waits for a process's answer before it gives up on it.
@@ -111,6 +117,23 @@ class _Process:
         self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
         self.proc.start()
         theirs.close()
+        # the pieces' slots: memory both map (sent with the first frame), else the pipe
+        self.shared: mmap.mmap | None = None
+        fd = shared_memory(IN_FLIGHT * SLOT_BYTES, "tracker-scan")
+        try:
+            with socket.socket(fileno=os.dup(self.conn.fileno())) as raw:
+                socket.send_fds(raw, [b"1" if fd is not None else b"0"], [] if fd is None else [fd])
+            if fd is not None:
+                self.shared = mmap.mmap(fd, IN_FLIGHT * SLOT_BYTES)
+        except OSError:
+            self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)  # the mapping (and the process's) keep the memory
+        self.slots = list(range(IN_FLIGHT))  # the free ones
         self.free = threading.Semaphore(IN_FLIGHT)
         self.pending = 0  # pieces and ends sent, not answered
         self.idle = threading.Condition()
@@ -122,11 +145,22 @@ class _Process:
 
     def send_piece(self, number: int, name: str, valid: int, piece: Any) -> None:
         """Send a piece once fewer than :data:`IN_FLIGHT` wait (dropped once it failed:
-        the proof has stopped)."""
+        the proof has stopped): copied into a free slot of the shared memory when it fits,
+        else through the pipe."""
         while not self.free.acquire(timeout=1.0):
             if self.failure is not None:
                 return
-        self._send(("piece", number, name, valid), piece)
+        with self.idle:
+            slot = self.slots.pop()
+        size = len(piece)
+        if self.shared is not None and size <= SLOT_BYTES:
+            at = slot * SLOT_BYTES
+            view = np.frombuffer(self.shared, dtype=np.uint8, count=size, offset=at)
+            view[:] = np.frombuffer(piece, dtype=np.uint8)  # one copy (numpy lets go of the GIL)
+            del view  # no view left: close() can unmap
+            self._send(("piece", number, name, valid, slot, size))
+        else:
+            self._send(("piece", number, name, valid, slot, -1), piece)
 
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole."""
@@ -172,6 +206,9 @@ class _Process:
         self.proc.join()
         self.reader.join()  # the pipe's other end is gone: it has read its end
         self.conn.close()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
     def _fail(self, reason: str) -> bool:
         """Note the failure (under ``idle``); True when it is the first, to be told to the
@@ -194,6 +231,8 @@ class _Process:
                     rows = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 5)
                     sink.scanned(number, rows, records, hashed)
                 elif kind == "done":
+                    with self.idle:
+                        self.slots.append(message[1])
                     self.free.release()
                     self._answered()
                 elif kind == "count":
@@ -301,6 +340,11 @@ def _serve(conn: Connection) -> None:
     from tracker.proof.formats.storages import Records, StorageScan
 
     kernels.load()
+    with socket.socket(fileno=os.dup(conn.fileno())) as raw:
+        flag, fds, _, _ = socket.recv_fds(raw, 1, 1)
+    shared = mmap.mmap(fds[0], IN_FLIGHT * SLOT_BYTES) if flag == b"1" and fds else None
+    for fd in fds:
+        os.close(fd)
     summer = LocalSum()
     hashed = 0
     scans: dict[int, StorageScan] = {}
@@ -324,19 +368,27 @@ def _serve(conn: Connection) -> None:
         message = conn.recv()
         kind = message[0]
         if kind == "piece":
-            _, number, name, valid = message
-            piece = conn.recv_bytes()
+            _, number, name, valid, slot, size = message
+            if size < 0:
+                piece: bytes | memoryview = conn.recv_bytes()
+            else:
+                assert shared is not None
+                piece = memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
             if number not in refused:
                 scan = scans.get(number)
                 if scan is None:
                     scan = scans[number] = StorageScan(name, valid, sink_for(number))
                 try:
                     scan.take(piece)
+                    if isinstance(scan.carry, memoryview):
+                        scan.carry = bytes(scan.carry)  # the slot is written again
                 except ArchiveInvalid as exc:
                     refused.add(number)
                     scans.pop(number, None)
                     conn.send(("refused", number, exc.reason))
-            conn.send(("done",))
+            if isinstance(piece, memoryview):
+                piece.release()
+            conn.send(("done", slot))
         elif kind == "end":
             number = message[1]
             done = scans.pop(number, None)
