@@ -6,22 +6,28 @@ no process left behind."""
 from __future__ import annotations
 
 import os
+import runpy
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
-from agave_storages import Storage, feed
+from agave_storages import ARCHIVE, Storage, feed
+from archives import build_archive
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_proof_accounts import built, key, model, reread_from, states
 from test_spill import many, tiny
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import scanprocs
+from tracker.proof.accounts import accountsproof, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
+from tracker.proof.accounts.scanprocs import scan_processes
+from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
 from tracker.proof.formats.writing import Account
+from tracker.proof.levels import Level
 
 
 def outcome(
@@ -158,3 +164,36 @@ def test_without_shared_memory_the_pieces_go_through_the_pipe(
     for storage in made:
         feed(proof, storage, 1000)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+@pytest.mark.parametrize("compression", ["zst", "tar"])
+def test_a_real_archive_proves_to_accounts_with_scan_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    """The whole check (decoded chunks, pieces across them, the second read from the file)
+    with the first read's scan in two processes: agave's own archive and the tests' of
+    several storages reach ``accounts``; changed accounts are refused."""
+    monkeypatch.setattr(scanprocs, "SCAN_PROCESSES", 2)
+    started: list[scanprocs.Scanners] = []
+
+    class Counted(scanprocs.Scanners):
+        def __init__(self, count: int, sink: scanprocs.ScanAnswers) -> None:
+            super().__init__(count, sink)
+            started.append(self)
+
+    monkeypatch.setattr(accountsproof, "Scanners", Counted)
+    limits = AccountsLimits(max_accounts=100_000, workers=3)
+    agave = tmp_path / "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
+    shutil.copy(ARCHIVE, agave)
+    name, data = build_archive(1100, compression=compression, accounts=7)
+    (tmp_path / name).write_bytes(data)
+    for path in (agave, tmp_path / name):
+        proof = check_file(str(path), prove_accounts=limits).proof
+        assert (proof.level, proof.note) == (Level.ACCOUNTS, None), path.name
+    assert scan_processes(limits) == 2 and [len(each) for each in started] == [2, 2]
+
+
+def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> None:
+    # a forkserver's process imports its parent's main module under another name first:
+    # ``python -m tracker`` must not run the command line again there
+    runpy.run_module("tracker.__main__", run_name="__mp_main__")

@@ -264,7 +264,7 @@ class AccountsProof:
     def _to_process(self, number: int, slot: int, ident: int, size: int, valid: int) -> Parser:
         """Storage ``number``'s valid bytes sent, a piece at a time, to a scan process
         (:mod:`.scanprocs`), which scans, indexes and hashes them; its answers come back
-        through :meth:`scanned` and the other calls of a ``scanprocs.Sink``."""
+        through :meth:`scanned` and the other calls of a ``scanprocs.ScanAnswers``."""
         self._add_storage(number, slot, ident, size, valid)
         name = member_name(slot, ident)
         scanners = self._scanners
@@ -280,7 +280,7 @@ class AccountsProof:
         if self._note is None and self._refused is None:
             scanners.end(number)
 
-    # -- what the scan processes answer (a ``scanprocs.Sink``), in their pipes' threads
+    # -- what the scan processes answer (a ``scanprocs.ScanAnswers``), in their pipes' threads
 
     def scanned(self, number: int, rows: U64, records: int, hashed: int) -> None:
         """A batch of storage ``number`` scanned in a process: its index ``rows`` (of

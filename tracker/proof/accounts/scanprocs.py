@@ -86,7 +86,7 @@ def _context() -> Any:
         return _CONTEXT
 
 
-class Sink(Protocol):
+class ScanAnswers(Protocol):
     """What the parent does with a process's answers (the proof's bookkeeping:
     :class:`~tracker.proof.accounts.accountsproof.AccountsProof`), called in the thread that
     reads that process's pipe."""
@@ -110,7 +110,7 @@ class Sink(Protocol):
 class _Process:
     """One scan process, its pipe, and the thread reading its answers."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: ScanAnswers) -> None:
         context = _context()
         self._sink = sink
         self.conn, theirs = context.Pipe(duplex=True)
@@ -269,7 +269,7 @@ class Scanners:
     :meth:`end` for each storage, :meth:`settle` to wait for every answer, :meth:`Scanners.totals`
     for their sums at the end, :meth:`close` whatever the way it ended."""
 
-    def __init__(self, count: int, sink: Sink) -> None:
+    def __init__(self, count: int, sink: ScanAnswers) -> None:
         self._processes: list[_Process] = []
         self._owner: dict[int, _Process] = {}
         try:
