@@ -342,7 +342,13 @@ def _serve(conn: Connection) -> None:
     kernels.load()
     with socket.socket(fileno=os.dup(conn.fileno())) as raw:
         flag, fds, _, _ = socket.recv_fds(raw, 1, 1)
-    shared = mmap.mmap(fds[0], IN_FLIGHT * SLOT_BYTES) if flag == b"1" and fds else None
+    # read-only: the pieces are the parent's to write, and a read-only piece is the type
+    # the kernels were compiled for in the forkserver (a writable one would compile again)
+    shared = (
+        mmap.mmap(fds[0], IN_FLIGHT * SLOT_BYTES, prot=mmap.PROT_READ)
+        if flag == b"1" and fds
+        else None
+    )
     for fd in fds:
         os.close(fd)
     summer = LocalSum()
@@ -386,8 +392,6 @@ def _serve(conn: Connection) -> None:
                     refused.add(number)
                     scans.pop(number, None)
                     conn.send(("refused", number, exc.reason))
-            if isinstance(piece, memoryview):
-                piece.release()
             conn.send(("done", slot))
         elif kind == "end":
             number = message[1]
