@@ -197,3 +197,28 @@ def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> Non
     # a forkserver's process imports its parent's main module under another name first:
     # ``python -m tracker`` must not run the command line again there
     runpy.run_module("tracker.__main__", run_name="__mp_main__")
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"", "an answer of 0 bytes"),
+        (scanprocs._answer(9, 0), "an answer of kind 9"),
+        (scanprocs._answer(1, 0, 1, 1, b"x" * 41), "an answer of kind 1, 0, and 41 bytes"),
+        (scanprocs._answer(2, scanprocs.IN_FLIGHT), "an answer of kind 2, 4"),
+        (scanprocs._answer(2, -1), "an answer of kind 2, -1"),
+        (scanprocs._answer(3, 0, 1, 0, b"x"), "an answer of kind 3, 0, and 1 bytes"),
+        (scanprocs._answer(6, 0, 0, 0, b"\0" * 2047), "an answer of kind 6, 0, and 2047"),
+    ],
+)
+def test_an_answer_no_scan_process_sends_is_refused(raw: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        scanprocs.decode_answer(raw)
+
+
+def test_the_answers_a_scan_process_sends_are_read_back() -> None:
+    rows = bytes(range(80))
+    assert scanprocs.decode_answer(scanprocs._answer(1, 7, 2, 1, rows))[:4] == (1, 7, 2, 1)
+    assert bytes(scanprocs.decode_answer(scanprocs._answer(1, 7, 2, 1, rows))[4]) == rows
+    assert scanprocs.decode_answer(scanprocs._answer(2, 3))[:2] == (2, 3)
+    assert scanprocs.decode_answer(scanprocs._answer(4, 5, 2**64 - 1, 0, b"d"))[2] == 2**64 - 1

@@ -10,18 +10,24 @@ yet (``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``).
 The processes are forked from one forkserver (``multiprocessing``'s, a fresh interpreter:
 never ``fork`` of a process with threads) that loaded numba and the compiled kernels once
 before it forks (:data:`PRELOAD`): each holds ~8 MiB of its own, not ~140, and is ready at
-once (``bench/kernelprocs.py``). A :class:`Scanners` is one proof's: a storage is one
-process's, its pieces sent in order through that process's pipe (at most :data:`IN_FLIGHT`
-unanswered); the process scans each piece (:class:`~tracker.proof.formats.storages.StorageScan`,
-the one reading of a storage), makes each batch's index rows and hashes its versions with
-lamports into a sum of its own (every one: the second read takes out those superseded),
-and answers with the rows. What it finds of the SlotHistory sysvar goes back too.
+once (``bench/kernelprocs.py``); the forkserver itself holds ~140 MiB once a tracker, not
+counted in the proofs' budget yet. A :class:`Scanners` is one proof's: a storage is one
+process's, its pieces sent in order, each copied into a free one of :data:`IN_FLIGHT` slots
+of memory the two map (a ``memfd`` sent over the pipe at the start; where there is none, the
+pieces go through the pipe); the process scans each piece
+(:class:`~tracker.proof.formats.storages.StorageScan`, the one reading of a storage), makes
+each batch's index rows and hashes its versions with lamports into a sum of its own (every
+one: the second read takes out those superseded), and answers with the rows. What it finds
+of the SlotHistory sysvar goes back too. The proof holds :data:`PROCESS_BYTES` of its budget
+for each.
 
-Frames, parent to process (pickled tuples, then raw bytes): ``("piece", number, name, valid)``
-and the piece; ``("end", number)``; ``("finish",)``. Process to parent: ``("rows", number,
-records, hashed)`` and the rows' bytes; ``("sysvar", number, lamports, data)``; ``("done",)``
-for each piece; ``("count", number, count)``; ``("refused", number, reason)``; at the end
-``("sum", lanes)``; ``("failed", reason)`` for anything else it raised.
+Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
+pickled frames. Parent to process: ``("piece", number, name, valid, slot, size)``, followed
+by the piece's bytes when ``size`` is -1 (no shared slot); ``("end", number)``;
+``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind, three numbers,
+a body; each bounded): a batch's rows (its storage, its records, those hashed; the rows);
+a SlotHistory version (its storage, its lamports; its data); a piece done (its slot); a
+storage's count; a storage refused (its reason); at the end the sum; a failure.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import mmap
 import multiprocessing
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -42,6 +49,7 @@ import numpy.typing as npt
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.accounts.hashworker import shared_memory
+from tracker.proof.formats.lattice import LT_HASH_BYTES
 
 #: Processes a proof's first read scans in (0: none, the reading thread or scan lanes do).
 SCAN_PROCESSES = 0
@@ -55,6 +63,45 @@ PRELOAD = "tracker.proof.accounts.scanpreload"
 STALLED = 60.0
 
 U64 = npt.NDArray[np.uint64]
+#: An answer's head (its kind and three numbers), then its body; the most bytes an answer may
+#: have (a batch's rows: at most a piece's records, 40 bytes each).
+_ANSWER = struct.Struct("<BqQQ")
+MAX_ANSWER = 64 * 1024 * 1024
+_ROW_BYTES = 40
+_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED = range(1, 8)
+
+
+def _answer(kind: int, first: int, second: int = 0, third: int = 0, body: bytes = b"") -> bytes:
+    return _ANSWER.pack(kind, first, second, third) + body
+
+
+def _line(body: memoryview) -> str:
+    """A reason a process sent, as one line of at most 300 characters."""
+    return " ".join(bytes(body).decode("utf-8", "replace").split())[:300]
+
+
+def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
+    """A scan process's answer: its kind, its three numbers and its body; ValueError with
+    one line for one no scan process sends (short, of no kind, rows not whole, a slot or a
+    sum of another size)."""
+    if len(raw) < _ANSWER.size:
+        raise ValueError(f"an answer of {len(raw)} bytes")
+    kind, first, second, third = _ANSWER.unpack_from(raw)
+    body = memoryview(raw)[_ANSWER.size :]
+    fits = {
+        _ROWS: len(body) % _ROW_BYTES == 0,
+        _DONE: 0 <= first < IN_FLIGHT and not body,
+        _COUNT: not body,
+        _SYSVAR: True,
+        _REFUSED: True,
+        _SUM: len(body) == LT_HASH_BYTES,
+        _FAILED: True,
+    }
+    if not fits.get(kind, False):
+        raise ValueError(f"an answer of kind {kind}, {first}, and {len(body)} bytes")
+    return kind, first, second, third, body
+
+
 _CONTEXT: Any = None
 _CONTEXT_LOCK = threading.Lock()
 
@@ -134,6 +181,7 @@ class _Process:
             if fd is not None:
                 os.close(fd)  # the mapping (and the process's) keep the memory
         self.slots = list(range(IN_FLIGHT))  # the free ones
+        self.storages: set[int] = set()  # those sent to it, not counted yet
         self.free = threading.Semaphore(IN_FLIGHT)
         self.pending = 0  # pieces and ends sent, not answered
         self.idle = threading.Condition()
@@ -152,6 +200,7 @@ class _Process:
                 return
         with self.idle:
             slot = self.slots.pop()
+            self.storages.add(number)
         size = len(piece)
         if self.shared is not None and size <= SLOT_BYTES:
             at = slot * SLOT_BYTES
@@ -163,7 +212,9 @@ class _Process:
             self._send(("piece", number, name, valid, slot, -1), piece)
 
     def send_end(self, number: int) -> None:
-        """Storage ``number`` is whole."""
+        """Storage ``number`` is whole (or had no valid byte)."""
+        with self.idle:
+            self.storages.add(number)
         self._send(("end", number))
 
     def _send(self, frame: tuple[Any, ...], piece: Any = None) -> None:
@@ -220,36 +271,42 @@ class _Process:
         return first
 
     def _read(self) -> None:
+        """The process's answers, each read whole and bounded, never unpickled: a process
+        that read a hostile archive says only what these frames can say."""
         sink = self._sink
         try:
             while True:
-                message = self.conn.recv()
-                kind = message[0]
-                if kind == "rows":
-                    _, number, records, hashed = message
-                    raw = self.conn.recv_bytes()
-                    rows = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 5)
-                    sink.scanned(number, rows, records, hashed)
-                elif kind == "done":
+                kind, first, second, third, body = decode_answer(self.conn.recv_bytes(MAX_ANSWER))
+                if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED) and first not in self.storages:
+                    raise ValueError(f"an answer of storage {first}, never sent to it")
+                if kind == _ROWS:
+                    rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
+                    sink.scanned(first, rows, second, third)
+                elif kind == _DONE:
                     with self.idle:
-                        self.slots.append(message[1])
+                        self.slots.append(first)
                     self.free.release()
                     self._answered()
-                elif kind == "count":
-                    sink.counted(message[1], message[2])
+                elif kind == _COUNT:
+                    with self.idle:
+                        self.storages.discard(first)
+                    sink.counted(first, second)
                     self._answered()
-                elif kind == "sysvar":
-                    sink.found(message[1], message[2], message[3])
-                elif kind == "refused":
-                    sink.refused(message[1], message[2])
-                elif kind == "sum":
-                    self.total = np.frombuffer(message[1], dtype="<u2").copy()
+                elif kind == _SYSVAR:
+                    sink.found(first, second, bytes(body))
+                elif kind == _REFUSED:
+                    sink.refused(first, _line(body))
+                elif kind == _SUM:
+                    self.total = np.frombuffer(body, dtype="<u2").copy()
                     return
-                else:  # "failed"
-                    self._failed(f"the scanning process failed: {message[1]}")
+                else:  # _FAILED
+                    reason = _line(body)
+                    self._failed(f"the scanning process failed: {reason}")
                     return
         except (EOFError, OSError):
             self._failed("the scanning process ended")
+        except ValueError as exc:  # a process that says what it cannot
+            self._failed(f"the scanning process answered badly: {exc}")
 
     def _failed(self, reason: str) -> None:
         with self.idle:
@@ -330,7 +387,7 @@ def serve(conn: Connection) -> None:
         return
     except BaseException as exc:  # said to the parent in one line; the proof stops
         with contextlib.suppress(OSError):
-            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            conn.send_bytes(_answer(_FAILED, 0, 0, 0, f"{type(exc).__name__}: {exc}".encode()))
 
 
 def _serve(conn: Connection) -> None:
@@ -363,10 +420,10 @@ def _serve(conn: Connection) -> None:
             chosen = np.flatnonzero(counts)
             lane_sum(batch, chosen, summer)
             hashed += len(chosen)
-            conn.send(("rows", number, len(batch), len(chosen)))
-            conn.send_bytes(np.ascontiguousarray(rows, dtype=np.uint64).data)
+            words = np.ascontiguousarray(rows, dtype="<u8").tobytes()
+            conn.send_bytes(_answer(_ROWS, number, len(batch), len(chosen), words))
             for lamports, data in sysvar_versions(batch, rows):
-                conn.send(("sysvar", number, lamports, data))
+                conn.send_bytes(_answer(_SYSVAR, number, lamports, 0, data))
 
         return sink
 
@@ -391,14 +448,14 @@ def _serve(conn: Connection) -> None:
                 except ArchiveInvalid as exc:
                     refused.add(number)
                     scans.pop(number, None)
-                    conn.send(("refused", number, exc.reason))
-            conn.send(("done", slot))
+                    conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
+            conn.send_bytes(_answer(_DONE, slot))
         elif kind == "end":
             number = message[1]
             done = scans.pop(number, None)
-            conn.send(("count", number, done.count if done is not None else 0))
+            conn.send_bytes(_answer(_COUNT, number, done.count if done is not None else 0))
         else:  # "finish"
             total, _ = summer.total()
             assert total is not None
-            conn.send(("sum", total.astype("<u2").tobytes()))
+            conn.send_bytes(_answer(_SUM, 0, 0, 0, total.astype("<u2").tobytes()))
             return
