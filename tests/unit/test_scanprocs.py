@@ -20,7 +20,7 @@ from test_proof_accounts import built, key, model, reread_from, states
 from test_spill import many, tiny
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsproof, scanprocs
+from tracker.proof.accounts import accountsproof, budget, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
 from tracker.proof.accounts.scanprocs import scan_processes
@@ -30,11 +30,17 @@ from tracker.proof.formats.writing import Account
 from tracker.proof.levels import Level
 
 
+def roomy(max_accounts: int = 1000) -> AccountsLimits:
+    """Limits whose budget has room for two scan processes and their forkserver (the
+    default's of two cores has none: ``scanprocs.held_for``)."""
+    return AccountsLimits(max_accounts=max_accounts, budget=MemoryBudget(1 << 30, room=1 << 30))
+
+
 def outcome(
     storages: list[Storage], scanners: int, chunk: int = 4096, limits: AccountsLimits | None = None
 ) -> tuple[bytes | None, str | None] | str:
     """The proof's (hash, note), or the reason it refused the storages with."""
-    proof = AccountsProof(limits or AccountsLimits(max_accounts=1000), scanners=scanners, lanes=0)
+    proof = AccountsProof(limits or roomy(), scanners=scanners, lanes=0)
     try:
         for storage in storages:
             feed(proof, storage, chunk)
@@ -74,24 +80,32 @@ def test_mutated_storages_are_refused_for_the_reason_the_serial_reading_gives(
     assert outcome(mutated, 2) == outcome(mutated, 0)
 
 
-def test_the_index_spills_within_the_budget_as_it_does_without_them(tmp_path: Path) -> None:
+def test_the_index_spills_within_the_budget_as_it_does_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what the processes hold made small (the budget's part for them is held as any other:
+    # test_the_budget_holds_them_and_has_it_all_back), so that the index has only its floor
+    monkeypatch.setattr(scanprocs, "PROCESS_BYTES", 16 * 1024)
+    monkeypatch.setattr(scanprocs, "FORKSERVER_BYTES", 16 * 1024)
     slots = {3: many(3000, 3), 5: many(2000, 5, lamports=2), 9: many(1500, 9, start=1000)}
     made = built(slots, [5, 3, 9])
-    limits = tiny(tmp_path, room=64 * 1024)
+    room = budget.MIN_FLOOR + scanprocs.held_for(2)  # the proof's floor, and theirs
+    limits = tiny(tmp_path, room=room)
     proof = AccountsProof(limits, scanners=2, lanes=0)
+    assert proof._scanners is not None and len(proof._scanners) == 2
     for storage in made:
         feed(proof, storage, 1 << 20)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
-    assert proof.spilled > 0 and proof.held.peak <= 64 * 1024
+    assert proof.spilled > 0 and proof.held.peak <= room
     assert os.listdir(tmp_path) == [] and limits.shared().used == 0
 
 
 def test_the_budget_holds_them_and_has_it_all_back() -> None:
-    limits = AccountsLimits(max_accounts=1000)
+    limits = roomy()
     slots_of = {5: [Account(key(1), 4, b"a")], 9: [Account(key(1), 3), Account(key(2), 1)]}
     made = built(slots_of, [5, 9])
     proof = AccountsProof(limits, scanners=2, lanes=0)
-    assert proof.held.bytes >= 2 * scanprocs.PROCESS_BYTES
+    assert proof.held.bytes >= scanprocs.held_for(2) > 2 * scanprocs.PROCESS_BYTES
     for storage in made:
         feed(proof, storage, 7)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots_of), None)
@@ -108,7 +122,7 @@ def test_the_slot_history_found_in_a_process_is_told_to_the_watch() -> None:
     history = Account(SLOT_HISTORY_ID, 7, b"h" * 40)
     made = built({4: [history, Account(key(1), 1)], 6: [Account(key(2), 2)]}, [4, 6])
     seen: list[tuple[int, int, bytes]] = []
-    proof = AccountsProof(AccountsLimits(max_accounts=100), scanners=2, lanes=0)
+    proof = AccountsProof(roomy(100), scanners=2, lanes=0)
     proof.watch = lambda number, lamports, data: seen.append((number, lamports, data))
     for storage in made:
         feed(proof, storage, 4096)
@@ -119,13 +133,13 @@ def test_the_slot_history_found_in_a_process_is_told_to_the_watch() -> None:
 
 def test_over_the_bound_the_note_is_the_serial_readings() -> None:
     made = built({4: many(30, 4)}, [4])
-    limits = AccountsLimits(max_accounts=10)
+    limits = roomy(10)
     assert outcome(made, 2, limits=limits) == outcome(made, 0, limits=limits)
 
 
 def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running() -> None:
     made = built({3: many(500, 3), 5: many(400, 5)}, [3, 5])
-    proof = AccountsProof(AccountsLimits(max_accounts=10_000), scanners=2, lanes=0)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
     scanners = proof._scanners  # the processes, to kill one
     assert scanners is not None
     processes = [each.proc for each in scanners._processes]
@@ -143,7 +157,7 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
 @pytest.mark.parametrize("chunk", [1, 4096])
 def test_no_process_outlives_its_proof(chunk: int) -> None:
     made = built({3: many(50, 3)}, [3])
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), scanners=2, lanes=0)
+    proof = AccountsProof(roomy(1000), scanners=2, lanes=0)
     scanners = proof._scanners
     assert scanners is not None
     processes = [each.proc for each in scanners._processes]
@@ -158,7 +172,7 @@ def test_without_shared_memory_the_pieces_go_through_the_pipe(
     monkeypatch.setattr(scanprocs, "shared_memory", lambda size, name: None)  # no memfd
     slots = {3: many(300, 3), 5: many(200, 5, lamports=2)}
     made = built(slots, [5, 3])
-    proof = AccountsProof(AccountsLimits(max_accounts=10_000), scanners=2, lanes=0)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
     assert proof._scanners is not None
     assert all(each.shared is None for each in proof._scanners._processes)
     for storage in made:
@@ -182,7 +196,9 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
             started.append(self)
 
     monkeypatch.setattr(accountsproof, "Scanners", Counted)
-    limits = AccountsLimits(max_accounts=100_000, workers=3)
+    limits = AccountsLimits(
+        max_accounts=100_000, workers=3, budget=MemoryBudget(1 << 30, room=1 << 30)
+    )
     agave = tmp_path / "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
     shutil.copy(ARCHIVE, agave)
     name, data = build_archive(1100, compression=compression, accounts=7)

@@ -62,7 +62,7 @@ from tracker.proof.accounts.accounthash import (
 from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
 from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
 from tracker.proof.accounts.scanlanes import Apart, scan_lanes
-from tracker.proof.accounts.scanprocs import PROCESS_BYTES, Scanners, scan_processes
+from tracker.proof.accounts.scanprocs import Scanners, held_for, scan_processes
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.accounts.sysvars import sysvar_versions
 from tracker.proof.formats import kernels
@@ -133,12 +133,12 @@ class AccountsProof:
         # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
         # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
         lanes = scan_lanes(self.limits) if lanes is None else lanes
-        # or in processes (off unless ``scanprocs.SCAN_PROCESSES``), each held from the
-        # budget beside the index (as many as it holds)
+        # or in processes (off unless ``scanprocs.SCAN_PROCESSES``), held from the budget
+        # beside the index with their forkserver (as many as it holds)
         processes = scan_processes(self.limits) if scanners is None else scanners
-        while processes and not self.held.grow_to(self.held.bytes + processes * PROCESS_BYTES):
+        while processes and not self.held.grow_to(self.held.bytes + held_for(processes)):
             processes -= 1
-        self._scan_bytes = processes * PROCESS_BYTES
+        self._scan_bytes = held_for(processes)
         # with lanes or processes, a full staging buffer is written outside their lock while
         # another fills
         self.index = SpillIndex(

@@ -10,8 +10,8 @@ yet (``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``).
 The processes are forked from one forkserver (``multiprocessing``'s, a fresh interpreter:
 never ``fork`` of a process with threads) that loaded numba and the compiled kernels once
 before it forks (:data:`PRELOAD`): each holds ~8 MiB of its own, not ~140, and is ready at
-once (``bench/kernelprocs.py``); the forkserver itself holds ~140 MiB once a tracker, not
-counted in the proofs' budget yet. A :class:`Scanners` is one proof's: a storage is one
+once (``bench/kernelprocs.py``); the forkserver itself holds ~130 MiB, and stays for the
+next proof. A :class:`Scanners` is one proof's: a storage is one
 process's, its pieces sent in order, each copied into a free one of :data:`IN_FLIGHT` slots
 of memory the two map (a ``memfd`` sent over the pipe at the start; where there is none, the
 pieces go through the pipe); the process scans each piece
@@ -19,7 +19,7 @@ pieces go through the pipe); the process scans each piece
 each batch's index rows and hashes its versions with lamports into a sum of its own (every
 one: the second read takes out those superseded), and answers with the rows. What it finds
 of the SlotHistory sysvar goes back too. The proof holds :data:`PROCESS_BYTES` of its budget
-for each.
+for each, and :data:`FORKSERVER_BYTES` for the forkserver (:func:`held_for`).
 
 Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
 pickled frames. Parent to process: ``("piece", number, name, valid, slot, size)``, followed
@@ -110,6 +110,16 @@ _CONTEXT_LOCK = threading.Lock()
 #: forkserver, ``bench/kernelprocs.py``), :data:`IN_FLIGHT` pieces of ~4 MiB in its pipe,
 #: a record carried across pieces and a batch's rows.
 PROCESS_BYTES = 32 * 1024 * 1024
+#: What the budget holds for the forkserver, in each proof that scans in processes: its own
+#: pages with numba and the kernels loaded (126 MiB measured, ``bench/kernelprocs.py``). It
+#: outlives the proof (the next one forks from it at once), so proofs at once count it
+#: each: more than it holds, never less.
+FORKSERVER_BYTES = 144 * 1024 * 1024
+
+
+def held_for(processes: int) -> int:
+    """What a proof's budget holds for ``processes`` scan processes and their forkserver."""
+    return FORKSERVER_BYTES + processes * PROCESS_BYTES if processes else 0
 
 
 def scan_processes(limits: AccountsLimits) -> int:
