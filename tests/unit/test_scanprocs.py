@@ -238,3 +238,22 @@ def test_the_answers_a_scan_process_sends_are_read_back() -> None:
     assert bytes(scanprocs.decode_answer(scanprocs._answer(1, 7, 2, 1, rows))[4]) == rows
     assert scanprocs.decode_answer(scanprocs._answer(2, 3))[:2] == (2, 3)
     assert scanprocs.decode_answer(scanprocs._answer(4, 5, 2**64 - 1, 0, b"d"))[2] == 2**64 - 1
+
+
+def test_an_answer_the_proof_cannot_keep_costs_the_proof_not_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = built({3: many(200, 3)}, [3])
+    proof = AccountsProof(roomy(), scanners=2, lanes=0)
+
+    def broken(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(proof, "scanned", broken)  # what the pipes' threads call
+    assert proof._scanners is not None
+    for each in proof._scanners._processes:
+        each._sink = proof  # the patched method, as the proof's own
+    feed(proof, made[0], 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+    assert lt_hash is None and note is not None and "could not be kept" in note
+    assert proof.local_cause

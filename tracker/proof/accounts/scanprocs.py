@@ -283,40 +283,54 @@ class _Process:
     def _read(self) -> None:
         """The process's answers, each read whole and bounded, never unpickled: a process
         that read a hostile archive says only what these frames can say."""
+        while True:
+            try:
+                answer = decode_answer(self.conn.recv_bytes(MAX_ANSWER))
+            except (EOFError, OSError):
+                self._failed("the scanning process ended")
+                return
+            except ValueError as exc:  # a process that says what it cannot
+                self._failed(f"the scanning process answered badly: {exc}")
+                return
+            try:
+                if not self._take(*answer):
+                    return
+            except ValueError as exc:
+                self._failed(f"the scanning process answered badly: {exc}")
+                return
+            except Exception as exc:  # the proof could not keep it (its disk, its index)
+                self._failed(f"a scanned batch could not be kept: {type(exc).__name__}: {exc}")
+                return
+
+    def _take(self, kind: int, first: int, second: int, third: int, body: memoryview) -> bool:
+        """One answer handed to the proof; False once the process said its last."""
         sink = self._sink
-        try:
-            while True:
-                kind, first, second, third, body = decode_answer(self.conn.recv_bytes(MAX_ANSWER))
-                if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED) and first not in self.storages:
-                    raise ValueError(f"an answer of storage {first}, never sent to it")
-                if kind == _ROWS:
-                    rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
-                    sink.scanned(first, rows, second, third)
-                elif kind == _DONE:
-                    with self.idle:
-                        self.slots.append(first)
-                    self.free.release()
-                    self._answered()
-                elif kind == _COUNT:
-                    with self.idle:
-                        self.storages.discard(first)
-                    sink.counted(first, second)
-                    self._answered()
-                elif kind == _SYSVAR:
-                    sink.found(first, second, bytes(body))
-                elif kind == _REFUSED:
-                    sink.refused(first, _line(body))
-                elif kind == _SUM:
-                    self.total = np.frombuffer(body, dtype="<u2").copy()
-                    return
-                else:  # _FAILED
-                    reason = _line(body)
-                    self._failed(f"the scanning process failed: {reason}")
-                    return
-        except (EOFError, OSError):
-            self._failed("the scanning process ended")
-        except ValueError as exc:  # a process that says what it cannot
-            self._failed(f"the scanning process answered badly: {exc}")
+        if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED) and first not in self.storages:
+            raise ValueError(f"an answer of storage {first}, never sent to it")
+        if kind == _ROWS:
+            rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
+            sink.scanned(first, rows, second, third)
+        elif kind == _DONE:
+            with self.idle:
+                self.slots.append(first)
+            self.free.release()
+            self._answered()
+        elif kind == _COUNT:
+            with self.idle:
+                self.storages.discard(first)
+            sink.counted(first, second)
+            self._answered()
+        elif kind == _SYSVAR:
+            sink.found(first, second, bytes(body))
+        elif kind == _REFUSED:
+            sink.refused(first, _line(body))
+        elif kind == _SUM:
+            self.total = np.frombuffer(body, dtype="<u2").copy()
+            return False
+        else:  # _FAILED
+            self._failed(f"the scanning process failed: {_line(body)}")
+            return False
+        return True
 
     def _failed(self, reason: str) -> None:
         with self.idle:
