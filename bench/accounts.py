@@ -211,8 +211,11 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
         "timeline": [(t - t0, cores) for t, cores in timeline.cores()],
         "spans": [(stage, a - t0, b - t0) for stage, a, b in stages.spans],
         "check": t1 - t0,
-        "cpu": c1 - c0 + k1 - k0,
+        # the scan processes are the forkserver's children, not this process's: they tell
+        # their CPU themselves
+        "cpu": c1 - c0 + k1 - k0 + threads.scanning,
         "worker_cpu": k1 - k0,
+        "scan_cpu": threads.scanning,
         "once": once,
         "level": verified.proof.level.label,
         "note": verified.proof.note,
@@ -306,13 +309,15 @@ class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
     """The CPU of the first read's threads: the reading thread's (the check's calling thread,
     up to :meth:`AccountsProof.finish`, which it calls once the walk is over), the scan
     lanes' together (``AccountsProof.bookkeeping_cpu``: 0 when they ran in the reading one)
-    and their part under the lock they share (``locked_cpu``), and how many lanes."""
+    and their part under the lock they share (``locked_cpu``), how many lanes, and the scan
+    processes' CPU where the first read scanned in them (``scan_cpu``)."""
 
     def __init__(self) -> None:
         self.reading = 0.0
         self.bookkeeping = 0.0
         self.locked = 0.0
         self.lanes = 0
+        self.scanning = 0.0  # the scan processes' (``accounts.scanprocs``), when they ran
         self._finish = AccountsProof.finish
 
     def __enter__(self) -> _FirstRead:
@@ -327,6 +332,7 @@ class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
                 self.bookkeeping = proof.bookkeeping_cpu
                 self.locked = proof.locked_cpu
                 self.lanes = proof.lanes
+                self.scanning = proof.scan_cpu
 
         AccountsProof.finish = timed  # type: ignore[method-assign,assignment]
         return self
@@ -568,6 +574,7 @@ def _by_thread(proof: dict[str, Any], million: float) -> str:
         ("  of the check's thread: hashing in it", stages.get("hashed here", 0.0)),
         *sorted(threads.items(), key=lambda item: -item[1]),
         ("hashing processes", proof["worker_cpu"]),
+        *([("scan processes", proof["scan_cpu"])] if proof.get("scan_cpu") else []),
     ]
     total = proof["cpu"]
     lines = [f"CPU seconds a million accounts, by thread ({total / million:.3f} in all):"]

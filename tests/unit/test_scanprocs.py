@@ -257,3 +257,11 @@ def test_an_answer_the_proof_cannot_keep_costs_the_proof_not_its_thread(
     lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
     assert lt_hash is None and note is not None and "could not be kept" in note
     assert proof.local_cause
+
+
+def test_the_scan_processes_tell_their_cpu() -> None:
+    made = built({3: many(2000, 3)}, [3])
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    feed(proof, made[0], 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in made}))[0] is not None
+    assert 0 < proof.scan_cpu < 60  # both processes' seconds, as each told with its sum

@@ -164,6 +164,8 @@ class AccountsProof:
         self._own = zero_lanes()
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
+        #: CPU seconds the scan processes used, told once the first read is over
+        self.scan_cpu = 0.0
         #: told each SlotHistory version found (``watch(number, lamports, data)``, in the
         #: thread that found it: a lane, or one reading a scan process's answers)
         self.watch: Callable[[int, int, bytes], None] | None = None
@@ -563,6 +565,7 @@ class AccountsProof:
         if scanners is None:
             return
         scanned = scanners.totals() if self._note is None else None
+        self.scan_cpu = scanners.cpu
         self._close_scanners()
         if scanned is not None:
             self._own += scanned

@@ -39,6 +39,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -196,6 +197,7 @@ class _Process:
         self.pending = 0  # pieces and ends sent, not answered
         self.idle = threading.Condition()
         self.total: npt.NDArray[np.uint16] | None = None
+        self.cpu = 0.0  # CPU seconds it used, told with its sum
         self.failure: str | None = None
         self.closing = False
         self.reader = threading.Thread(target=self._read, name="accounts-scan-answers", daemon=True)
@@ -326,6 +328,7 @@ class _Process:
             sink.refused(first, _line(body))
         elif kind == _SUM:
             self.total = np.frombuffer(body, dtype="<u2").copy()
+            self.cpu = second / 1e6
             return False
         else:  # _FAILED
             self._failed(f"the scanning process failed: {_line(body)}")
@@ -383,6 +386,11 @@ class Scanners:
         """Wait until every process answered all it was sent."""
         for process in self._processes:
             process.settle()
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds the processes used, as each told with its sum (:meth:`totals`)."""
+        return sum(process.cpu for process in self._processes)
 
     def totals(self) -> npt.NDArray[np.uint16] | None:
         """The processes' sums added; None when one failed."""
@@ -481,5 +489,6 @@ def _serve(conn: Connection) -> None:
         else:  # "finish"
             total, _ = summer.total()
             assert total is not None
-            conn.send_bytes(_answer(_SUM, 0, 0, 0, total.astype("<u2").tobytes()))
+            cpu = round(time.process_time() * 1e6)  # its CPU, in µs (bench/accounts.py)
+            conn.send_bytes(_answer(_SUM, 0, cpu, 0, total.astype("<u2").tobytes()))
             return
