@@ -136,6 +136,7 @@ class AccountsProof:
         # or in processes (off unless ``scanprocs.SCAN_PROCESSES``), held from the budget
         # beside the index with their forkserver (as many as it holds)
         processes = scan_processes(self.limits) if scanners is None else scanners
+        processes = processes if self._note is None else 0  # stopped before it began
         while processes and not self.held.grow_to(self.held.bytes + held_for(processes)):
             processes -= 1
         self._scan_bytes = held_for(processes)

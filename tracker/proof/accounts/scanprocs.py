@@ -389,7 +389,7 @@ class Scanners:
 
     @property
     def cpu(self) -> float:
-        """CPU seconds the processes used, as each told with its sum (:meth:`totals`)."""
+        """CPU seconds the processes used, as each told with its sum (:meth:`Scanners.totals`)."""
         return sum(process.cpu for process in self._processes)
 
     def totals(self) -> npt.NDArray[np.uint16] | None:
