@@ -39,8 +39,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-#: The module the forkserver imports before it forks: it loads the kernels.
-PRELOAD = "bench.kernelpreload"
+#: The module the forkserver imports before it forks: the one the scan processes' forkserver
+#: imports (numba and the kernels loaded, and what a scan process runs).
+PRELOAD = "tracker.proof.accounts.scanpreload"
 
 
 def memory() -> dict[str, float]:

@@ -468,7 +468,7 @@ class AccountsProof:
         room); False, nothing kept from now on, when it does not."""
         more = KEPT_BYTES * len(locators)
         index = 0 if self.index.on_disk else self.index.dir.written + self.held.floor
-        wanted = max(self.held.bytes, index + self._kept_bytes + self._scan_bytes + more)
+        wanted = max(self.held.bytes, index + self._beside_index + more)
         if (
             not self._keeping
             or self._kept_bytes + more > self.held.budget.room // KEEP_SHARE
@@ -508,7 +508,7 @@ class AccountsProof:
             return
         # the floor stays free: the staging buffer and a flush's sorted copy; kept hashes; the
         # scan processes
-        needed = index.dir.written + self.held.floor + self._kept_bytes + self._scan_bytes
+        needed = index.dir.written + self.held.floor + self._beside_index
         if needed <= self.held.bytes:
             return
         # a step ahead (at most a 16th of the room: other proofs need theirs), else just enough
@@ -521,10 +521,16 @@ class AccountsProof:
         directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
         with self._writing:  # not while a lane writes to the runs held in memory
             index.to_disk(directory)
-        self.held.shrink_to(self._kept_bytes + self._scan_bytes)
+        self.held.shrink_to(self._beside_index)
         self.progress.held = self.held.bytes
         self.progress.spilled = directory.written
         self._note_peaks()
+
+    @property
+    def _beside_index(self) -> int:
+        """What the proof holds of its budget besides the index: kept hashes, and the scan
+        processes with their forkserver while they run."""
+        return self._kept_bytes + self._scan_bytes
 
     def _give_up(self, note: str) -> None:
         self._note = note
@@ -667,8 +673,7 @@ class AccountsProof:
         index's runs it holds in memory: up to half the room, at least its floor (which the
         runs held in memory always left free: the staging buffer's, gone by then)."""
         room = self.held.budget.room
-        resident = self._kept_bytes + self._scan_bytes
-        resident += 0 if self.index.on_disk else self.index.dir.written
+        resident = self._beside_index + (0 if self.index.on_disk else self.index.dir.written)
         for share in (room // 2, room // 4, room // 8):
             wanted = min(room, resident + share)
             if wanted > self.held.bytes and self.held.grow_to(wanted):
