@@ -55,6 +55,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -72,6 +73,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
 
 from bench.manyaccounts import build_archive, storages
 from tracker.config.values import parse_size
+from tracker.proof.accounts import scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
 from tracker.proof.accounts.budget import (
     AccountsLimits,
@@ -183,13 +185,16 @@ def baseline(base: Path, one_loop: bool = False) -> dict[str, Any]:
 def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     """The archive check with level ``accounts``, timed: its one pass and the second read,
     its CPU time with its hash worker's. First, untimed, what a process pays once: numba
-    imported, the compiled kernels loaded (``kernels.warm_up``), timed on its own."""
+    imported, the compiled kernels loaded (``kernels.warm_up``), and with scan processes
+    their forkserver started (``scanprocs.warm``), timed on its own."""
     meta = json.loads((base / "meta.json").read_text())
     path = base / meta["archive"]
     w0 = time.perf_counter()
     from tracker.proof.formats import kernels
 
     kernels.warm_up()
+    if scanprocs.scan_processes(_limits(memory, base, workers)):
+        scanprocs.warm()
     once = time.perf_counter() - w0
     watch = _WorkerPeak()
     watch.start()
@@ -221,6 +226,7 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
         "note": verified.proof.note,
         "max_rss": _peak_rss("self"),
         "worker_max_rss": watch.peak,
+        "tree_pss_peak": watch.pss_peak,
         "workers": len(watch.peaks),
         "budget": memory,
         "held_peak": budget.peak,
@@ -414,16 +420,29 @@ def _peak_rss(pid: str) -> int:
     return 0
 
 
+def _pss(pid: str) -> int:
+    """A process's proportional set size now (0: it ended)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class _WorkerPeak(threading.Thread):
     """The peak RSS of this process's hash workers (``proof_workers`` less one of them),
     each read every 100 ms while it runs (once it has exited and been waited for, nothing
-    tells it), summed: with the check's own, the process tree's peak at most. /proc is
-    searched for new children at every poll until one is found, then once a second: the poll
-    must cost the measured processes next to nothing."""
+    tells it), summed: with the check's own, the process tree's peak at most (pages the
+    processes share, such as those the scan processes have from their forkserver, counted
+    in each). And the most the tree held at one poll counting each page once: the sum of
+    the processes' PSS (``/proc/PID/smaps_rollup``: a shared page split among those that
+    share it). /proc is searched for new children at every poll until one is found, then
+    once a second: the poll must cost the measured processes next to nothing."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peaks: dict[str, int] = {}
+        self.pss_peak = 0
         self._done = threading.Event()
 
     @property
@@ -438,9 +457,12 @@ class _WorkerPeak(threading.Thread):
                 for pid in _direct_children():
                     self.peaks.setdefault(pid, 0)
             ticks += 1
+            pss = _pss("self")
             for pid in self.peaks:
                 with contextlib.suppress(OSError):  # it ended
                     self.peaks[pid] = max(self.peaks[pid], _peak_rss(pid))
+                    pss += _pss(pid)
+            self.pss_peak = max(self.pss_peak, pss)
 
     def stop(self) -> None:
         self._done.set()
@@ -596,6 +618,61 @@ def _phases(proof: dict[str, Any]) -> str:
     return f"stages (s): {spans}\ncores used a half second: {steps}"
 
 
+def _spread_part(base: str, ways: int, part: int, barrier: Any, answers: Any) -> None:
+    """One of ``spread``'s processes: the yardstick's loop over every ``ways``-th storage
+    (or build part) from ``part``, timed from the barrier that all of them pass at once."""
+    meta = json.loads((Path(base) / "meta.json").read_text())
+    meta["base"] = Path(base)
+    mine = [
+        (bytes(messages), ends.tolist())
+        for index, (messages, ends) in enumerate(_messages(meta))
+        if index % ways == part
+    ]
+    hasher = blake3.blake3()
+    reset, update, digest = hasher.reset, hasher.update, hasher.digest
+    barrier.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    hashed = 0
+    for messages, message_ends in mine:
+        view = memoryview(messages)
+        for a, b in zip([0, *message_ends[:-1]], message_ends, strict=True):
+            reset()
+            update(view[a:b])
+            digest(2048)
+        hashed += len(message_ends)
+    answers.put((t0, time.perf_counter(), time.process_time() - c0, hashed))
+
+
+def spread(base: Path, ways: list[int]) -> None:
+    """The host's hashing floor: the yardstick's loop split over K processes at once (each
+    every K-th storage), for each K in ``ways``; wall from the first process's start to the
+    last one's end, and how many times the one-process loop's rate that is. On a host whose
+    cores share their units (hyperthreads), K processes hash less than K times faster: the
+    proof's hashing cannot beat this."""
+    context = multiprocessing.get_context("spawn")
+    one = 0.0
+    for k in ways:
+        barrier, answers = context.Barrier(k), context.Queue()
+        processes = [
+            context.Process(target=_spread_part, args=(str(base), k, i, barrier, answers))
+            for i in range(k)
+        ]
+        for process in processes:
+            process.start()
+        results = [answers.get() for _ in processes]
+        for process in processes:
+            process.join()
+        wall = max(r[1] for r in results) - min(r[0] for r in results)
+        cpu = sum(r[2] for r in results)
+        hashed = sum(r[3] for r in results)
+        one = one or wall * k if k == 1 else one
+        print(
+            f"XOF loop spread over {k} process(es): {wall:.2f} s wall, {cpu:.2f} CPU-s "
+            f"({cpu / hashed * 1e6:.2f} a million), {hashed / wall / 1e6:.2f} M messages a second"
+            + (f", {one / wall:.2f}x the loop in one process" if one else "")
+        )
+
+
 def plain(base: Path, runs: int) -> None:
     """The plain check: ``snapshot-tracker verify --prove-accounts-max 1000`` of the archive
     (it stops at ``manifest``: over the bound) against ``openssl dgst -sha256`` of the file,
@@ -689,6 +766,11 @@ def main() -> None:
         "(e.g. accounts.scanlanes.MAX_LANES=8), or switchinterval=SECONDS",
     )
     parser.add_argument(
+        "--spread",
+        help="time only the yardstick's loop split over K processes at once, for each K of a "
+        "comma-separated list (e.g. 1,2,4,8,16): the host's hashing floor",
+    )
+    parser.add_argument(
         "--proof-only",
         action="store_true",
         help="time the proof alone (no baseline): its wall, cores, threads and stages",
@@ -718,6 +800,9 @@ def main() -> None:
     if args.plain:
         plain(base, args.runs)
         return
+    if args.spread:
+        spread(base, [int(k) for k in args.spread.split(",")])
+        return
     if args.proof_only:
         meta = json.loads((base / "meta.json").read_text())
         for _ in range(args.runs):
@@ -728,6 +813,7 @@ def main() -> None:
                 f"budget {args.memory / 2**20:.0f} MiB): {proof['check']:.2f} s, "
                 f"{proof['cpu'] / proof['check']:.1f} cores used, level {proof['level']}; "
                 f"peak of the tree {(proof['max_rss'] + proof['worker_max_rss']) / 2**20:.0f} MiB"
+                f" (sum of VmHWM), {proof['tree_pss_peak'] / 2**20:.0f} MiB (PSS, polled)"
             )
             print(_by_thread(proof, million))
             print(_phases(proof))
@@ -810,7 +896,9 @@ def main() -> None:
         f"peak memory (VmHWM) of the check: {proof_times['max_rss'] / 2**20:.0f} MiB, "
         f"of its {proof_times['workers']} hash worker(s): "
         f"{proof_times['worker_max_rss'] / 2**20:.0f} MiB, the tree: "
-        f"{tree / 2**20:.0f} MiB at most; budget {proof_times['budget'] / 2**20:.0f} MiB, "
+        f"{tree / 2**20:.0f} MiB at most (PSS, polled: "
+        f"{proof_times['tree_pss_peak'] / 2**20:.0f} MiB); "
+        f"budget {proof_times['budget'] / 2**20:.0f} MiB, "
         f"held of it at most {proof_times['held_peak'] / 2**20:.1f} MiB"
     )
     print(

@@ -41,15 +41,28 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(socket.socket, name, guard(name))
 
 
+@pytest.fixture
+def no_scan_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accounts proof's first read in its own process whatever this machine's cores (a
+    host of many cores scans in processes: ``scanprocs.scan_processes``), for the tests of
+    the ways it has without them."""
+    from tracker.proof.accounts import accountsproof
+
+    monkeypatch.setattr(accountsproof, "scan_processes", lambda limits: 0)
+
+
 @pytest.fixture(scope="module", params=["inline", "one lane", "three lanes"])
 def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a module's tests of the accounts proof with the first read's scan and bookkeeping
     in the reading thread, in one scan lane and in three (``accountsproof.scan_lanes``:
-    lanes from three cores), whatever this machine's cores. Opted into with ``pytestmark``;
-    module-wide, so that hypothesis's examples share it."""
+    lanes from three cores), whatever this machine's cores: never in scan processes, which
+    a host of many cores would use (``scanprocs.scan_processes``; tests/unit/test_scanprocs.py
+    holds them to the same outcomes). Opted into with ``pytestmark``; module-wide, so that
+    hypothesis's examples share it."""
     from tracker.proof.accounts import accountsproof
 
     lanes = {"inline": 0, "one lane": 1, "three lanes": 3}[request.param]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(accountsproof, "scan_lanes", lambda limits: lanes)
+        patch.setattr(accountsproof, "scan_processes", lambda limits: 0)
         yield str(request.param)

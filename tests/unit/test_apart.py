@@ -33,6 +33,9 @@ from tracker.proof.formats.writing import (
     write_storage,
 )
 
+# the scan lanes, as a host of many cores would not use them (it scans in processes)
+pytestmark = pytest.mark.usefixtures("no_scan_processes")
+
 
 def reread_from(given: Iterable[Storage]) -> accountsproof.Reread:
     members = {s.name: s.data for s in given}

@@ -11,6 +11,7 @@ from helpers_config import load, problem_at, problems
 from helpers_statements import keypair_json
 
 from tracker.config.files import load_signer
+from tracker.config.warnings import proof_settings
 from tracker.proof.accounts.budget import default_memory
 from tracker.proof.levels import Level
 
@@ -108,6 +109,33 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
     assert config.prove_accounts_temp_dir == ""
     assert config.proof_workers is None  # the machine's cores
     assert (config.cluster_proof.blocks, config.cluster_proof.deadline) == (32, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "shown"),
+    [
+        (
+            "proof_workers: 16\nprove_accounts_memory: 8GiB\n",
+            "prove_accounts_memory 8192 MiB (set), proof_workers 16 (set), "
+            "scan processes 15 (from 8 proof_workers)",
+        ),
+        (
+            "proof_workers: 16\nprove_accounts_memory: 512MiB\n",
+            "proof_workers 16 (set), scan processes 2 (from 8 proof_workers)",
+        ),
+        (
+            "proof_workers: 4\nprove_accounts_memory: 8GiB\n",
+            "proof_workers 4 (set), scan processes 0 (from 8 proof_workers)",
+        ),
+        ("prove_accounts: false\n", ""),
+    ],
+)
+def test_check_config_shows_what_the_proofs_run_within(
+    tmp_path: Path, settings: str, shown: str
+) -> None:
+    config = load(tmp_path, settings + "target_groups: [{group: g, trust: {require: manifest}}]\n")
+    said = proof_settings(config)
+    assert said.endswith(shown) if shown else said == ""
 
 
 def _keypair(path: Path, mode: int = 0o600, content: bytes | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""The first read's scan in processes (tracker.proof.accounts.scanprocs, off by default): the
+"""Both reads' scan in processes (tracker.proof.accounts.scanprocs, off by default): the
 same hash, the same refusals and the same notes as the scan in the reading thread; the
 budget and the worker slots held; a process that dies costs the proof, never the check;
 no process left behind."""
@@ -9,8 +9,11 @@ import os
 import runpy
 import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from agave_storages import ARCHIVE, Storage, feed
 from archives import build_archive
@@ -20,13 +23,13 @@ from test_proof_accounts import built, key, model, reread_from, states
 from test_spill import many, tiny
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsproof, budget, scanprocs
+from tracker.proof.accounts import accountsproof, budget, newest, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
 from tracker.proof.accounts.scanprocs import scan_processes
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
-from tracker.proof.formats.writing import Account
+from tracker.proof.formats.writing import Account, write_storage
 from tracker.proof.levels import Level
 
 
@@ -78,6 +81,114 @@ def test_mutated_storages_are_refused_for_the_reason_the_serial_reading_gives(
                 data[at % len(data)] = value
         mutated.append(Storage(storage.slot, storage.ident, bytes(data), max(0, len(data) - cut)))
     assert outcome(mutated, 2) == outcome(mutated, 0)
+
+
+class NoSum:
+    """A summer that fails the test if anything is handed to it: with scan processes, both
+    reads hash in them."""
+
+    def room(self, size: int, negative: bool = False) -> None:
+        raise AssertionError("a batch was laid out for the proof's summer")
+
+    def expect(self, count: int) -> None:
+        raise AssertionError("the proof's summer was told to start a process")
+
+    def add(self, *_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a batch was hashed in the proof's summer")
+
+    def total(self) -> tuple[Any, None]:
+        return np.zeros(1024, dtype=np.uint16), None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 4096])
+def test_the_second_read_parses_and_hashes_in_the_scan_processes(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each storage but the last holds versions that a later one supersedes, hashed ahead in
+    # a process: the second read takes them out there too; the proof's thread only walks,
+    # its summer is never handed a batch
+    slots = {s: [Account(key(s), s, b"x" * s), Account(key(100 + s % 3), s)] for s in range(1, 9)}
+    made = built(slots, list(slots))
+    parsed: list[object] = []
+    monkeypatch.setattr(newest._StorageHash, "feed", lambda *_: parsed.append(_))
+    proof = AccountsProof(roomy(100), summer=NoSum(), scanners=2, lanes=0)
+    for storage in made:
+        feed(proof, storage, chunk)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    assert parsed == [] and proof.progress.hashed == len({a.pubkey for a in model_accounts(slots)})
+
+
+def model_accounts(slots: dict[int, list[Account]]) -> list[Account]:
+    """Each pubkey's newest version with lamports."""
+    newest_of: dict[bytes, tuple[int, Account]] = {}
+    for slot, accounts in slots.items():
+        for account in accounts:
+            if account.pubkey not in newest_of or newest_of[account.pubkey][0] < slot:
+                newest_of[account.pubkey] = (slot, account)
+    return [account for _, account in newest_of.values() if account.lamports]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_a_second_read_that_differs_is_refused_as_the_serial_reading_refuses_it(
+    processes: int,
+) -> None:
+    slots = {s: [Account(key(s), s, b"x" * s), Account(key(100), s)] for s in range(1, 9)}
+    made = built(slots, list(slots))
+    again = {s.name: s.data for s in made}
+    for first in (2, 5):
+        # as many bytes, one record fewer (its data over where the second one lay); a later
+        # storage cut short: the refusal names the first
+        one = write_storage([Account(key(first), first, b"z" * (-(-(136 + first) // 8) * 8))])
+        changed = {**again, made[first].name: one, made[7].name: b""}
+        proof = AccountsProof(roomy(100), scanners=processes, lanes=0)
+        for storage in made:
+            feed(proof, storage, 4096)
+        with pytest.raises(ArchiveInvalid, match=rf"^{made[first].name}: the second read differ"):
+            proof.finish(reread_from(changed))
+    proof = AccountsProof(roomy(100), scanners=processes, lanes=0)
+    for storage in made:
+        feed(proof, storage, 4096)
+    with pytest.raises(ArchiveInvalid, match="the member ends at byte 0"):
+        proof.finish(reread_from({**again, made[3].name: b""}))
+
+
+@pytest.mark.parametrize(
+    ("at", "counts", "left", "skip", "keep", "chosen", "taken_out", "found"),
+    [
+        # nothing left, nothing superseded: all hashed ahead, nothing to do
+        ([0, 8, 16], [1, 1, 1], [], [], [], [], [], 0),
+        # all left: each with lamports added
+        ([0, 8, 16], [1, 0, 1], [(0, 16)], [], [], [0, 2], [], 0),
+        # superseded and hashed ahead: taken out; superseded and left: neither
+        ([0, 8, 16], [1, 1, 1], [(16, 16)], [8, 16], [], [], [1], 2),
+        # superseded without lamports: met, never taken out
+        ([0, 8], [0, 1], [], [0], [], [], [], 1),
+        # kept (hashed where it lay): neither added nor taken out, even when left
+        ([0, 8, 16], [1, 1, 1], [(0, 16)], [], [8], [0, 2], [], 0),
+        ([0, 8, 16], [1, 1, 1], [], [8], [8], [], [], 1),
+    ],
+)
+def test_the_second_reads_choice(
+    at: list[int],
+    counts: list[int],
+    left: list[tuple[int, int]],
+    skip: list[int],
+    keep: list[int],
+    chosen: list[int],
+    taken_out: list[int],
+    found: int,
+) -> None:
+    got = newest.second_choice(
+        np.array(at, dtype=np.int64),
+        np.array(counts, dtype=bool),
+        np.array(left, dtype=np.uint64).reshape(-1, 2),
+        np.array(skip, dtype=np.int64),
+        np.array(keep, dtype=np.int64),
+    )
+    assert (got[0].tolist(), got[1].tolist(), got[2]) == (chosen, taken_out, found)
 
 
 def test_the_index_spills_within_the_budget_as_it_does_without_them(
@@ -154,6 +265,41 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     assert all(each.exitcode is not None for each in processes)
 
 
+@pytest.mark.parametrize("spilled", [False, True])
+def test_processes_that_die_in_the_second_read_cost_the_proof_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spilled: bool
+) -> None:
+    # killed once the second read began: its note is theirs (not the index's files, which
+    # the proof let go of when it stopped), nothing is left running nor on disk
+    monkeypatch.setattr(scanprocs, "PROCESS_BYTES", 16 * 1024)
+    monkeypatch.setattr(scanprocs, "FORKSERVER_BYTES", 16 * 1024)
+    slots = {s: many(1200, s, start=s % 2 * 600) for s in range(3, 9)}
+    made = built(slots, list(slots))
+    room = budget.MIN_FLOOR + scanprocs.held_for(2)
+    limits = tiny(tmp_path, room=room) if spilled else roomy(10_000)
+    proof = AccountsProof(limits, scanners=2, lanes=0)
+    scanners = proof._scanners
+    assert scanners is not None
+    processes = [each.proc for each in scanners._processes]
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    reread = reread_from({s.name: s.data for s in made})
+
+    def killing(name: str, start: int) -> Iterable[bytes]:
+        for each in processes:
+            if each.exitcode is None:
+                each.kill()
+                each.join()
+        return reread(name, start)
+
+    assert proof.spilled > 0 if spilled else proof.spilled == 0
+    lt_hash, note = proof.finish(killing)
+    assert lt_hash is None and note is not None and note.startswith("not proven: the scanning")
+    assert proof.local_cause
+    assert all(each.exitcode is not None for each in processes)
+    assert os.listdir(tmp_path) == [] and limits.shared().used == 0
+
+
 @pytest.mark.parametrize("chunk", [1, 4096])
 def test_no_process_outlives_its_proof(chunk: int) -> None:
     made = built({3: many(50, 3)}, [3])
@@ -209,6 +355,28 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
     assert scan_processes(limits) == 2 and [len(each) for each in started] == [2, 2]
 
 
+@pytest.mark.parametrize(
+    ("setting", "workers", "memory", "asked"),
+    [
+        # by default: from eight proof_workers, as many as the hashing processes
+        (-1, 2, 8 << 30, 0),
+        (-1, 7, 8 << 30, 0),
+        (-1, 8, 8 << 30, 7),
+        (-1, 16, 8 << 30, 15),
+        (-1, 16, 512 << 20, 2),  # as many as the budget pays hashing processes for
+        # set: none, or at most that many
+        (0, 16, 8 << 30, 0),
+        (4, 16, 8 << 30, 4),
+        (4, 2, 8 << 30, 1),
+    ],
+)
+def test_how_many_scan_processes_a_proof_asks_for(
+    monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, memory: int, asked: int
+) -> None:
+    monkeypatch.setattr(scanprocs, "SCAN_PROCESSES", setting)
+    assert scan_processes(AccountsLimits(workers=workers, memory=memory)) == asked
+
+
 def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> None:
     # a forkserver's process imports its parent's main module under another name first:
     # ``python -m tracker`` must not run the command line again there
@@ -225,6 +393,7 @@ def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> Non
         (scanprocs._answer(2, -1), "an answer of kind 2, -1"),
         (scanprocs._answer(3, 0, 1, 0, b"x"), "an answer of kind 3, 0, and 1 bytes"),
         (scanprocs._answer(6, 0, 0, 0, b"\0" * 2047), "an answer of kind 6, 0, and 2047"),
+        (scanprocs._answer(8, 0, 1, 0, b"x"), "an answer of kind 8, 0, and 1 bytes"),
     ],
 )
 def test_an_answer_no_scan_process_sends_is_refused(raw: bytes, problem: str) -> None:

@@ -17,6 +17,7 @@ from tracker.observability.redact import redact_text
 from tracker.proof.accounts.budget import (
     FIXED_COST,
     PROCESS_MINIMUM,
+    AccountsLimits,
     bounds_the_process,
     default_memory,
     default_workers,
@@ -64,7 +65,8 @@ def memory_warning(config: Config) -> str:
 def proof_settings(config: Config) -> str:
     """What the accounts proofs run within, as ``check-config`` shows it ("" when nothing is
     proven): ``prove_accounts_memory`` and ``proof_workers``, each said to be derived (from
-    the machine's cores and memory: ``proof.accounts.budget.default_memory``) or set."""
+    the machine's cores and memory: ``proof.accounts.budget.default_memory``) or set, and
+    the scan processes they give."""
     if not config.prove_accounts:
         return ""
     cores = default_workers()
@@ -76,9 +78,15 @@ def proof_settings(config: Config) -> str:
         if memory == derived
         else "set"
     )
+    # the processes both reads scan in (from this many proof_workers, as many as the budget
+    # pays hashing processes for): docs/architecture.md, "The accounts level" → "Every core"
+    from tracker.proof.accounts.scanprocs import SCAN_FROM_WORKERS, scan_processes
+
+    scanning = scan_processes(AccountsLimits(memory=memory, workers=workers))
     return (
         f"accounts proofs within prove_accounts_memory {memory // 1024**2} MiB ({how}), "
-        f"proof_workers {workers} ({'the cores' if config.proof_workers is None else 'set'})"
+        f"proof_workers {workers} ({'the cores' if config.proof_workers is None else 'set'}), "
+        f"scan processes {scanning} (from {SCAN_FROM_WORKERS} proof_workers)"
     )
 
 

@@ -60,7 +60,14 @@ from tracker.proof.accounts.accounthash import (
     zero_lanes,
 )
 from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
-from tracker.proof.accounts.newest import Reread, StorageTable, hash_newest, member_name
+from tracker.proof.accounts.newest import (
+    I64,
+    Reread,
+    StorageTable,
+    Stored,
+    hash_newest,
+    member_name,
+)
 from tracker.proof.accounts.scanlanes import Apart, scan_lanes
 from tracker.proof.accounts.scanprocs import Scanners, held_for, scan_processes
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
@@ -329,6 +336,35 @@ class AccountsProof:
             if self._note is None:
                 self._give_up(f"not proven: {reason}")
 
+    def rehashed(self, number: int, added: int, taken_out: int) -> None:
+        """Storage ``number``'s second read is over in a scan process."""
+        with self.lock:
+            self.progress.hashed += added - taken_out
+
+    # -- the second read in the scan processes (a ``newest.StorageProcesses``)
+
+    def rescan(
+        self, number: int, stored: Stored, skip: I64, keep: I64
+    ) -> Callable[[BulkPiece], None]:
+        """Storage ``number``'s second read, sent to a scan process (:meth:`_to_process`'s
+        way): what takes its valid bytes."""
+        scanners = self._scanners
+        assert scanners is not None
+        scanners.rescan(number, stored.name, stored.valid, stored.records, stored.left, skip, keep)
+
+        def take(piece: BulkPiece) -> None:
+            if self._note is None and self._refused is None:
+                scanners.piece(number, stored.name, stored.valid, joined(piece))
+            if self._refused is not None:
+                self.settle()  # raises the refusal, as the serial reading would have
+
+        return take
+
+    def rescanned(self, number: int) -> None:
+        """Every valid byte of storage ``number`` was sent: its process answers."""
+        if self._scanners is not None and self._note is None and self._refused is None:
+            self._scanners.end(number)
+
     def hand(self, number: int) -> Callable[[Callable[[], None]], None]:
         """How storage ``number``'s jobs run in the least busy scan lane (in order, its
         refusal kept as :meth:`_in_lane` keeps it): the second read's hand-over, the proof
@@ -542,7 +578,6 @@ class AccountsProof:
         """The lattice hash and None, or None and why not (see the module)."""
         try:
             self.settle()
-            self._scanned_sums()
             if self._note is _OVER_BOUND:
                 return None, (
                     f"not proven: {self._records} accounts over the bound of {self.max_accounts}"
@@ -557,6 +592,10 @@ class AccountsProof:
                 if note is not None:
                     self.local_cause = True
                     return None, note
+            self._scanned_sums()
+            if self._note is not None:
+                self.local_cause = True
+                return None, self._note
             total, note = self._summer.total()
             if total is None:
                 self.local_cause = True  # the hashing process failed
@@ -566,8 +605,8 @@ class AccountsProof:
             self.close()
 
     def _scanned_sums(self) -> None:
-        """Once the first read is over: the scan processes' sums added to the proof's own,
-        the processes ended."""
+        """Once both reads are over: the scan processes' sums added to the proof's own, the
+        processes ended."""
         scanners = self._scanners
         if scanners is None:
             return
@@ -594,6 +633,7 @@ class AccountsProof:
             self.progress.hashed += count
 
         lanes = self if self._lanes else None
+        processes = self if self._scanners is not None else None
         kept, order = self._kept_in_order()
         hash_newest(
             self._storages,
@@ -603,6 +643,7 @@ class AccountsProof:
             hashed,
             lanes,
             kept=(kept,),
+            processes=processes,
         )
         self._kept = []
 
@@ -661,6 +702,8 @@ class AccountsProof:
         except NoRoom as exc:
             return exc.note
         except OSError as exc:  # a run file read back: the disk's fault, not the archive's
+            if self._note is not None:  # a scan process failed: the proof let go of its files
+                return self._note
             return f"not proven: the temporary files could not be read: {exc.strerror or exc}"
         return None
 

@@ -35,8 +35,8 @@ import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accounthash import Summer, lane_sum
-from tracker.proof.formats.parsing import MARK, Parser
-from tracker.proof.formats.storages import Records, Sink, parse_storage
+from tracker.proof.formats.parsing import MARK, BulkPiece, Parser
+from tracker.proof.formats.storages import Records, Sink, parse_storage, storage_pieces
 from tracker.proof.formats.streamparse import Feeder
 
 #: ``reread(member, start)``: the bytes of a storage member's data from byte ``start`` on,
@@ -60,6 +60,23 @@ class ScanLanes(Protocol):
 
     def settle(self) -> None:
         """Wait for every job handed so far; raise the first storage's refusal, if any."""
+
+
+class StorageProcesses(Protocol):
+    """Where the second read's storages are parsed and hashed in processes of their own
+    (the first read's scan processes, :mod:`.scanprocs`; ``AccountsProof`` is one)."""
+
+    def rescan(
+        self, number: int, stored: Stored, skip: I64, keep: I64
+    ) -> Callable[[BulkPiece], None]:
+        """Storage ``number``'s second read begins (``skip``, ``keep``: as
+        :func:`second_choice` takes them): what takes its valid bytes, a piece at a time."""
+
+    def rescanned(self, number: int) -> None:
+        """Every valid byte of storage ``number`` was taken."""
+
+    def settle(self) -> None:
+        """Wait for every storage sent so far; raise the first storage's refusal, if any."""
 
 
 def member_name(slot: int, ident: int) -> str:
@@ -177,6 +194,7 @@ def hash_newest(
     hashed: Callable[[int], None] | None = None,
     lanes: ScanLanes | None = None,
     kept: Iterable[U64] = (),
+    processes: StorageProcesses | None = None,
 ) -> None:
     """Read the storages of ``storages`` again (``reread``) and hand ``summer`` what the
     first read left of the sum (see the module): the hash of each record with lamports in the
@@ -188,7 +206,9 @@ def hash_newest(
     pieces of locators, in storage order) names the versions the first read hashed where they
     lay and kept the hashes of (``AccountsProof``, "Large accounts"): in the sum already,
     whatever range they lie in, and left out of ``superseded`` by the caller, which takes
-    their kept hashes out itself."""
+    their kept hashes out itself. With ``processes`` (instead of ``lanes``) each storage's
+    valid bytes are sent to a process that parses and hashes them: this thread only walks."""
+    apart = processes if processes is not None else lanes
     pending = by_storage(superseded)
     upcoming = next(pending, None)
     keeping = by_storage(kept)
@@ -205,16 +225,18 @@ def hash_newest(
                     keep = keep_next[1]
                 keep_next = next(keeping, None)
             if stored.valid and (len(skip) or len(stored.left)):
-                if lanes is None:
-                    _hash_storage(stored, skip, reread, summer, hashed, keep)
-                else:
+                if processes is not None:
+                    _send_storage(number, stored, skip, reread, processes, keep)
+                elif lanes is not None:
                     _hand_storage(number, stored, skip, reread, summer, hashed, lanes, keep)
+                else:
+                    _hash_storage(stored, skip, reread, summer, hashed, keep)
     except Exception:
-        if lanes is not None:
-            lanes.settle()  # a storage the walk went past refuses first
+        if apart is not None:
+            apart.settle()  # a storage the walk went past refuses first
         raise
-    if lanes is not None:
-        lanes.settle()
+    if apart is not None:
+        apart.settle()
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
 
@@ -266,6 +288,30 @@ def _hand_storage(
     put(storage.finish)
 
 
+def _send_storage(
+    number: int,
+    stored: Stored,
+    skip: I64,
+    reread: Reread,
+    processes: StorageProcesses,
+    keep: I64 = _NONE,
+) -> None:
+    """:func:`_hash_storage` in a process: this thread reads the storage, checks its bounds
+    and sends its valid bytes on; the process parses them and hashes (``processes``)."""
+    take = processes.rescan(number, stored, skip, keep)
+    feeder = Feeder(_valid_pieces(stored, take))
+    chunks = reread(stored.name, 0)
+    try:
+        for chunk in chunks:
+            feeder.feed(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    feeder.finish()
+    processes.rescanned(number)
+
+
 class _StorageHash:
     """One storage's second read: its pieces fed in order (:meth:`feed`), then
     :meth:`finish`; its batches handed to ``summer`` under ``lock`` (None: none needed)."""
@@ -303,29 +349,44 @@ class _StorageHash:
             )
 
     def _sink(self, batch: Records) -> None:
-        skip = self.skip
         self.records += len(batch)
-        counts = batch.lamports() != 0
-        at = batch.offsets + batch.base
-        if len(self.keep):
-            places = np.searchsorted(self.keep, at)
-            counts &= self.keep[np.minimum(places, len(self.keep) - 1)] != at
-        early = ~_within(at, self.stored.left)  # hashed ahead by the first read
-        if len(skip):
-            places = np.searchsorted(skip, at)
-            there = skip[np.minimum(places, len(skip) - 1)] == at
-            self.found += int(there.sum())
-            taken_out = np.flatnonzero(counts & there & early)
-            counts &= ~there
-        else:
-            taken_out = _NONE
-        chosen = np.flatnonzero(counts & ~early)
+        chosen, taken_out, found = second_choice(
+            batch.offsets + batch.base,
+            batch.lamports() != 0,
+            self.stored.left,
+            self.skip,
+            self.keep,
+        )
+        self.found += found
         with self.lock if self.lock is not None else contextlib.nullcontext():
             if len(taken_out):
                 lane_sum(batch, taken_out, self.summer, negative=True)
             lane_sum(batch, chosen, self.summer)
             if self.hashed is not None:
                 self.hashed(len(chosen) - len(taken_out))
+
+
+def second_choice(
+    at: I64, counts: npt.NDArray[np.bool_], left: U64, skip: I64, keep: I64 = _NONE
+) -> tuple[I64, I64, int]:
+    """What the second read does with a batch of one storage, its records at the storage
+    offsets ``at``, ``counts`` those with lamports (the array is the caller's no more):
+    the records to add (in ``left``, the ranges the first read did not hash ahead, neither
+    superseded, at ``skip``, nor kept, at ``keep``), those to take out (hashed ahead and
+    superseded), and how many superseded ones it met (each sorted array of offsets)."""
+    if len(keep):
+        places = np.searchsorted(keep, at)
+        counts &= keep[np.minimum(places, len(keep) - 1)] != at
+    early = ~_within(at, left)  # hashed ahead by the first read
+    found = 0
+    taken_out = _NONE
+    if len(skip):
+        places = np.searchsorted(skip, at)
+        there = skip[np.minimum(places, len(skip) - 1)] == at
+        found = int(there.sum())
+        taken_out = np.flatnonzero(counts & there & early)
+        counts &= ~there
+    return np.flatnonzero(counts & ~early), taken_out, found
 
 
 def _within(offsets: I64, ranges: U64) -> npt.NDArray[np.bool_]:
@@ -342,5 +403,15 @@ def _within(offsets: I64, ranges: U64) -> npt.NDArray[np.bool_]:
 def _whole(stored: Stored, sink: Sink) -> Parser:
     """The storage's parser, then the end: a byte past the member's size is refused."""
     yield from parse_storage(stored.name, stored.size, stored.valid, sink)
+    yield from _past_end(stored)
+
+
+def _valid_pieces(stored: Stored, take: Callable[[BulkPiece], None]) -> Parser:
+    """:func:`_whole` with the valid bytes handed to ``take`` unparsed."""
+    yield from storage_pieces(stored.name, stored.size, stored.valid, take)
+    yield from _past_end(stored)
+
+
+def _past_end(stored: Stored) -> Parser:
     yield MARK
     raise ArchiveInvalid(f"{stored.name}: the second read gives more than {stored.size} bytes")

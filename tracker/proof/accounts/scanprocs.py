@@ -1,33 +1,41 @@
-"""The first read's scan in processes: each storage's pieces scanned, indexed and hashed in a
+"""Both reads' scan in processes: each storage's pieces scanned, indexed and hashed in a
 process of its own, so that the check's process only decodes, walks the tar and keeps the
 index (docs/architecture.md, "The accounts level" → "Every core").
 
-Off by default (:data:`SCAN_PROCESSES` 0): the first read then scans in the reading thread or
-in scan lanes (:mod:`.scanlanes`). It is meant for hosts of many cores, where the check's
-process, one interpreter, holds the first read near three cores; it is not measured there
-yet (``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``).
+On by default from :data:`SCAN_FROM_WORKERS` ``proof_workers`` (:func:`scan_processes`),
+where the budget holds them: on 16 cores the proof of 16 million accounts took 9.2-11.0 s
+with them against 10.3-15.8 without, on 8 cores 12.4 against 13.9; on 2 cores it is slower
+(``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``; bench/README.md). Without
+them the first read scans in the reading thread or in scan lanes (:mod:`.scanlanes`).
 
 The processes are forked from one forkserver (``multiprocessing``'s, a fresh interpreter:
 never ``fork`` of a process with threads) that loaded numba and the compiled kernels once
 before it forks (:data:`PRELOAD`): each holds ~8 MiB of its own, not ~140, and is ready at
 once (``bench/kernelprocs.py``); the forkserver itself holds ~130 MiB, and stays for the
-next proof. A :class:`Scanners` is one proof's: a storage is one
-process's, its pieces sent in order, each copied into a free one of :data:`IN_FLIGHT` slots
+next proof. A :class:`Scanners` is one proof's: a storage is one process's, its pieces sent
+in order, each copied into a free one of :data:`IN_FLIGHT` slots
 of memory the two map (a ``memfd`` sent over the pipe at the start; where there is none, the
 pieces go through the pipe); the process scans each piece
 (:class:`~tracker.proof.formats.storages.StorageScan`, the one reading of a storage), makes
 each batch's index rows and hashes its versions with lamports into a sum of its own (every
 one: the second read takes out those superseded), and answers with the rows. What it finds
-of the SlotHistory sysvar goes back too. The proof holds :data:`PROCESS_BYTES` of its budget
-for each, and :data:`FORKSERVER_BYTES` for the forkserver (:func:`held_for`).
+of the SlotHistory sysvar goes back too. The second read sends each storage it reads again
+the same way, after a frame that says what the first read found in it (its records, the
+ranges left, its superseded and kept versions: :func:`.newest.second_choice`); the process
+parses it again, adds and takes out what that says into the same sum, and answers with
+what it added and took out, or refuses a storage that reads otherwise than the first time.
+The proof holds :data:`PROCESS_BYTES` of its budget for each, and :data:`FORKSERVER_BYTES`
+for the forkserver (:func:`held_for`), through both reads.
 
 Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
 pickled frames. Parent to process: ``("piece", number, name, valid, slot, size)``, followed
 by the piece's bytes when ``size`` is -1 (no shared slot); ``("end", number)``;
+``("second", number, name, valid, records, left, skip, keep)`` (the arrays as bytes);
 ``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind, three numbers,
 a body; each bounded): a batch's rows (its storage, its records, those hashed; the rows);
 a SlotHistory version (its storage, its lamports; its data); a piece done (its slot); a
-storage's count; a storage refused (its reason); at the end the sum; a failure.
+storage's count; a storage refused (its reason); a storage read again (what it added and
+took out); at the end the sum; a failure.
 """
 
 from __future__ import annotations
@@ -52,8 +60,13 @@ from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.accounts.hashworker import shared_memory
 from tracker.proof.formats.lattice import LT_HASH_BYTES
 
-#: Processes a proof's first read scans in (0: none, the reading thread or scan lanes do).
-SCAN_PROCESSES = 0
+#: Processes a proof scans in: -1, as many as it has hashing processes from
+#: :data:`SCAN_FROM_WORKERS` ``proof_workers`` on, none below; 0: none (the reading thread or
+#: scan lanes scan, the hashing processes hash); N: at most N.
+SCAN_PROCESSES = -1
+#: ``proof_workers`` from which a proof scans in processes by default: measured faster on 8
+#: and 16 cores, slower on 2 (docs/architecture.md, "The accounts level" → "Every core").
+SCAN_FROM_WORKERS = 8
 #: Pieces sent to one process and not answered yet, at most (each ~4 MiB): the slots of the
 #: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
 IN_FLIGHT = 4
@@ -69,7 +82,7 @@ U64 = npt.NDArray[np.uint64]
 _ANSWER = struct.Struct("<BqQQ")
 MAX_ANSWER = 64 * 1024 * 1024
 _ROW_BYTES = 40
-_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED = range(1, 8)
+_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED, _REHASHED = range(1, 9)
 
 
 def _answer(kind: int, first: int, second: int = 0, third: int = 0, body: bytes = b"") -> bytes:
@@ -97,6 +110,7 @@ def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
         _REFUSED: True,
         _SUM: len(body) == LT_HASH_BYTES,
         _FAILED: True,
+        _REHASHED: not body,
     }
     if not fits.get(kind, False):
         raise ValueError(f"an answer of kind {kind}, {first}, and {len(body)} bytes")
@@ -124,10 +138,13 @@ def held_for(processes: int) -> int:
 
 
 def scan_processes(limits: AccountsLimits) -> int:
-    """The scan processes a proof within ``limits`` asks for: :data:`SCAN_PROCESSES` (0:
-    none), at most its hashing processes' number (``proof_workers`` less one): the first
-    read's hashing is theirs, the hashing processes then only hash in the second read."""
-    return max(0, min(SCAN_PROCESSES, limits.hash_workers)) if SCAN_PROCESSES > 0 else 0
+    """The scan processes a proof within ``limits`` asks for (:data:`SCAN_PROCESSES`), at
+    most its hashing processes' number (``proof_workers`` less one, less where the budget
+    pays for fewer): both reads' hashing is theirs, the hashing processes then hash
+    nothing. The budget may hold fewer still (``AccountsProof``)."""
+    if SCAN_PROCESSES < 0:
+        return limits.hash_workers if limits.workers >= SCAN_FROM_WORKERS else 0
+    return min(SCAN_PROCESSES, limits.hash_workers)
 
 
 def _context() -> Any:
@@ -142,6 +159,15 @@ def _context() -> Any:
             context.set_forkserver_preload(["__main__", PRELOAD])
             _CONTEXT = context
         return _CONTEXT
+
+
+def warm() -> None:
+    """Start the forkserver now (numba and the kernels loaded in it) rather than at the
+    first proof that scans in processes, which would wait for it: what a process pays once
+    (``bench/accounts.py`` times it with the kernels' loading, apart from the proof)."""
+    process = _context().Process(target=os.getpid, daemon=True)
+    process.start()
+    process.join()
 
 
 class ScanAnswers(Protocol):
@@ -163,6 +189,10 @@ class ScanAnswers(Protocol):
 
     def failed(self, reason: str) -> None:
         """A process failed: the proof cannot end."""
+
+    def rehashed(self, number: int, added: int, taken_out: int) -> None:
+        """Storage ``number``'s second read is over: ``added`` versions added to the sum,
+        ``taken_out`` taken out of it."""
 
 
 class _Process:
@@ -223,17 +253,24 @@ class _Process:
         else:
             self._send(("piece", number, name, valid, slot, -1), piece)
 
+    def send_rescan(self, frame: tuple[Any, ...]) -> None:
+        """Storage ``frame[1]``'s second read begins: its pieces follow (no answer of its
+        own)."""
+        with self.idle:
+            self.storages.add(frame[1])
+        self._send(frame, counted=False)
+
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole (or had no valid byte)."""
         with self.idle:
             self.storages.add(number)
         self._send(("end", number))
 
-    def _send(self, frame: tuple[Any, ...], piece: Any = None) -> None:
+    def _send(self, frame: tuple[Any, ...], piece: Any = None, counted: bool = True) -> None:
         if self.failure is not None:
             return
         with self.idle:
-            self.pending += 1
+            self.pending += counted
         try:
             self.conn.send(frame)
             if piece is not None:
@@ -307,7 +344,7 @@ class _Process:
     def _take(self, kind: int, first: int, second: int, third: int, body: memoryview) -> bool:
         """One answer handed to the proof; False once the process said its last."""
         sink = self._sink
-        if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED) and first not in self.storages:
+        if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED, _REHASHED) and first not in self.storages:
             raise ValueError(f"an answer of storage {first}, never sent to it")
         if kind == _ROWS:
             rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
@@ -317,10 +354,13 @@ class _Process:
                 self.slots.append(first)
             self.free.release()
             self._answered()
-        elif kind == _COUNT:
+        elif kind in (_COUNT, _REHASHED):
             with self.idle:
                 self.storages.discard(first)
-            sink.counted(first, second)
+            if kind == _COUNT:
+                sink.counted(first, second)
+            else:
+                sink.rehashed(first, second, third)
             self._answered()
         elif kind == _SYSVAR:
             sink.found(first, second, bytes(body))
@@ -375,8 +415,29 @@ class Scanners:
             self._owner[number] = process
         process.send_piece(number, name, valid, piece)
 
+    def rescan(
+        self,
+        number: int,
+        name: str,
+        valid: int,
+        records: int,
+        left: U64,
+        skip: npt.NDArray[np.int64],
+        keep: npt.NDArray[np.int64],
+    ) -> None:
+        """Storage ``number``'s second read begins, in the least busy process: the records
+        the first read found in it, the ranges it left (``newest.Stored.left``), the
+        offsets of its superseded versions and of those kept (``newest.second_choice``);
+        its pieces and its end follow as in the first read."""
+        process = min(self._processes, key=lambda each: each.pending)
+        self._owner[number] = process
+        frame = ("second", number, name, valid, records)
+        arrays = (left.astype("<u8"), skip.astype("<i8"), keep.astype("<i8"))
+        process.send_rescan(frame + tuple(each.tobytes() for each in arrays))
+
     def end(self, number: int) -> None:
-        """Storage ``number`` is whole: its process answers with its count."""
+        """Storage ``number`` is whole: its process answers with its count (in the second
+        read: what it added and took out)."""
         process = self._owner.pop(number, None)
         if process is None:  # no valid byte: its count is 0, asked of any process
             process = min(self._processes, key=lambda each: each.pending)
@@ -424,6 +485,7 @@ def serve(conn: Connection) -> None:
 
 def _serve(conn: Connection) -> None:
     from tracker.proof.accounts.accounthash import LocalSum, lane_sum
+    from tracker.proof.accounts.newest import second_choice
     from tracker.proof.accounts.sysvars import sysvar_versions
     from tracker.proof.formats import kernels
     from tracker.proof.formats.storages import Records, StorageScan
@@ -444,6 +506,9 @@ def _serve(conn: Connection) -> None:
     hashed = 0
     scans: dict[int, StorageScan] = {}
     refused: set[int] = set()
+    # the second read's storages: their scan, the records and superseded versions the first
+    # read found in them, and what the scan met, added and took out so far
+    rescans: dict[int, tuple[StorageScan, int, int, list[int]]] = {}
 
     def sink_for(number: int) -> Callable[[Records], None]:
         def sink(batch: Records) -> None:
@@ -459,6 +524,49 @@ def _serve(conn: Connection) -> None:
 
         return sink
 
+    def rescan_sink(
+        left: U64, skip: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], met: list[int]
+    ) -> Callable[[Records], None]:
+        def sink(batch: Records) -> None:
+            at = batch.offsets + batch.base
+            chosen, taken_out, found = second_choice(at, batch.lamports() != 0, left, skip, keep)
+            if len(taken_out):
+                lane_sum(batch, taken_out, summer, negative=True)
+            lane_sum(batch, chosen, summer)
+            met[0] += found
+            met[1] += len(chosen)
+            met[2] += len(taken_out)
+
+        return sink
+
+    def scan_for(number: int, name: str, valid: int) -> StorageScan | None:
+        if number in refused:
+            return None
+        if number in rescans:
+            return rescans[number][0]
+        scan = scans.get(number)
+        if scan is None:
+            scan = scans[number] = StorageScan(name, valid, sink_for(number))
+        return scan
+
+    def ended(number: int) -> bytes:
+        """The answer to a storage's end: its count, or its second read's outcome."""
+        if number not in rescans:
+            done = scans.pop(number, None)
+            return _answer(_COUNT, number, done.count if done is not None else 0)
+        scan, records, superseded, (found, added, taken_out) = rescans.pop(number)
+        if number in refused:  # said already
+            return _answer(_REHASHED, number)
+        if scan.count != records or found != superseded:
+            refused.add(number)
+            reason = (
+                f"{scan.name}: the second read differs from the first ({scan.count} records, "
+                f"{records} the first time)"
+            )
+            conn.send_bytes(_answer(_REFUSED, number, 0, 0, reason.encode()))
+            return _answer(_REHASHED, number)
+        return _answer(_REHASHED, number, added, taken_out)
+
     while True:
         message = conn.recv()
         kind = message[0]
@@ -469,10 +577,8 @@ def _serve(conn: Connection) -> None:
             else:
                 assert shared is not None
                 piece = memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
-            if number not in refused:
-                scan = scans.get(number)
-                if scan is None:
-                    scan = scans[number] = StorageScan(name, valid, sink_for(number))
+            scan = scan_for(number, name, valid)
+            if scan is not None:
                 try:
                     scan.take(piece)
                     if isinstance(scan.carry, memoryview):
@@ -482,10 +588,19 @@ def _serve(conn: Connection) -> None:
                     scans.pop(number, None)
                     conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
             conn.send_bytes(_answer(_DONE, slot))
+        elif kind == "second":
+            _, number, name, valid, records, left, skip, keep = message
+            refused.discard(number)
+            met = [0, 0, 0]
+            arrays = (
+                np.frombuffer(left, dtype="<u8").reshape(-1, 2),
+                np.frombuffer(skip, dtype="<i8"),
+                np.frombuffer(keep, dtype="<i8"),
+            )
+            scan = StorageScan(name, valid, rescan_sink(*arrays, met))
+            rescans[number] = (scan, records, len(arrays[1]), met)
         elif kind == "end":
-            number = message[1]
-            done = scans.pop(number, None)
-            conn.send_bytes(_answer(_COUNT, number, done.count if done is not None else 0))
+            conn.send_bytes(ended(message[1]))
         else:  # "finish"
             total, _ = summer.total()
             assert total is not None
