@@ -265,6 +265,20 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     assert all(each.exitcode is not None for each in processes)
 
 
+def test_ctrl_c_at_a_terminal_is_the_proofs_process_to_answer_not_theirs() -> None:
+    # the terminal sends SIGINT to the whole process group: the scan processes go on
+    slots = {3: many(500, 3), 5: many(400, 5, start=100)}
+    made = built(slots, [3, 5])
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    assert proof._scanners is not None
+    feed(proof, made[0], 4096)
+    proof.settle()
+    for each in proof._scanners._processes:
+        os.kill(each.proc.pid, signal.SIGINT)
+    feed(proof, made[1], 4096)
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
 @pytest.mark.parametrize("spilled", [False, True])
 def test_processes_that_die_in_the_second_read_cost_the_proof_a_note(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spilled: bool

@@ -44,6 +44,7 @@ import contextlib
 import mmap
 import multiprocessing
 import os
+import signal
 import socket
 import struct
 import threading
@@ -474,6 +475,9 @@ class Scanners:
 
 def serve(conn: Connection) -> None:
     """A scan process's loop (see the module); ends at ``finish`` or when the pipe closes."""
+    # Ctrl-C at a terminal reaches the whole process group: the proof's process decides
+    # when this ends (it closes the pipe, or kills it), as with the hashing processes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _serve(conn)
     except (EOFError, OSError):
