@@ -17,7 +17,10 @@ With :class:`ScanLanes` (the first read's scan lanes, from three cores) the call
 walks the archive and hands each storage's pieces to a lane, which parses them and hands the
 summer their messages under the lanes' lock, as the first read's lanes do: the calling
 thread's part, the second read's serial chain, is the walk alone (docs/architecture.md, "The
-accounts level" → "Every core"). A refusal is the serial reading's: the first storage's.
+accounts level" → "Every core"). With :class:`StorageProcesses` (the first read's scan
+processes) it sends each storage's valid bytes to a process, which makes the same choice
+(:func:`second_choice`) and hashes there. A refusal is the serial reading's: the first
+storage's.
 """
 
 from __future__ import annotations
@@ -252,14 +255,7 @@ def _hash_storage(
     """Hash the records of one storage with lamports: in ``stored.left`` those not at
     ``skip`` nor at ``keep``, to add; outside it those at ``skip``, to take out."""
     storage = _StorageHash(stored, skip, summer, hashed, None, keep)
-    chunks = reread(stored.name, 0)
-    try:
-        for chunk in chunks:
-            storage.feed(chunk)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+    _read_again(reread, stored.name, storage.feed)
     storage.finish()
 
 
@@ -277,14 +273,7 @@ def _hand_storage(
     bytes, or views of a decoded frame's bytes) and hands them on."""
     storage = _StorageHash(stored, skip, summer, hashed, lanes.lock, keep)
     put = lanes.hand(number)
-    chunks = reread(stored.name, 0)
-    try:
-        for chunk in chunks:
-            put(functools.partial(storage.feed, chunk))
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+    _read_again(reread, stored.name, lambda chunk: put(functools.partial(storage.feed, chunk)))
     put(storage.finish)
 
 
@@ -300,16 +289,22 @@ def _send_storage(
     and sends its valid bytes on; the process parses them and hashes (``processes``)."""
     take = processes.rescan(number, stored, skip, keep)
     feeder = Feeder(_valid_pieces(stored, take))
-    chunks = reread(stored.name, 0)
+    _read_again(reread, stored.name, feeder.feed)
+    feeder.finish()
+    processes.rescanned(number)
+
+
+def _read_again(reread: Reread, name: str, take: Callable[[bytes | memoryview], None]) -> None:
+    """Each chunk of the storage member ``name`` read again, handed to ``take`` in order; the
+    chunks closed (when they can be) however it ends."""
+    chunks = reread(name, 0)
     try:
         for chunk in chunks:
-            feeder.feed(chunk)
+            take(chunk)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    feeder.finish()
-    processes.rescanned(number)
 
 
 class _StorageHash:

@@ -13,9 +13,9 @@ never ``fork`` of a process with threads) that loaded numba and the compiled ker
 before it forks (:data:`PRELOAD`): each holds ~8 MiB of its own, not ~140, and is ready at
 once (``bench/kernelprocs.py``); the forkserver itself holds ~130 MiB, and stays for the
 next proof. A :class:`Scanners` is one proof's: a storage is one process's, its pieces sent
-in order, each copied into a free one of :data:`IN_FLIGHT` slots
-of memory the two map (a ``memfd`` sent over the pipe at the start; where there is none, the
-pieces go through the pipe); the process scans each piece
+in order, each copied into a free one of :data:`IN_FLIGHT` slots of memory the two map (a
+``memfd`` sent over the pipe at the start; where there is none, the pieces go through the
+pipe); the process scans each piece
 (:class:`~tracker.proof.formats.storages.StorageScan`, the one reading of a storage), makes
 each batch's index rows and hashes its versions with lamports into a sum of its own (every
 one: the second read takes out those superseded), and answers with the rows. What it finds
