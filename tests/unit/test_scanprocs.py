@@ -377,6 +377,7 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
         (-1, 7, 8 << 30, 0),
         (-1, 8, 8 << 30, 7),
         (-1, 16, 8 << 30, 15),
+        (-1, 64, 32 << 30, 15),  # at most SCAN_MOST, the most measured
         (-1, 16, 512 << 20, 2),  # as many as the budget pays hashing processes for
         # set: none, or at most that many
         (0, 16, 8 << 30, 0),

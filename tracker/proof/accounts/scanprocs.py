@@ -68,6 +68,9 @@ SCAN_PROCESSES = -1
 #: ``proof_workers`` from which a proof scans in processes by default: measured faster on 8
 #: and 16 cores, slower on 2 (docs/architecture.md, "The accounts level" → "Every core").
 SCAN_FROM_WORKERS = 8
+#: The most a proof scans in by default: on 16 cores the check's process fed 15 at 9-11 cores
+#: in all; more were not measured, and each costs the budget its part and a start.
+SCAN_MOST = 15
 #: Pieces sent to one process and not answered yet, at most (each ~4 MiB): the slots of the
 #: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
 IN_FLIGHT = 4
@@ -139,12 +142,13 @@ def held_for(processes: int) -> int:
 
 
 def scan_processes(limits: AccountsLimits) -> int:
-    """The scan processes a proof within ``limits`` asks for (:data:`SCAN_PROCESSES`), at
-    most its hashing processes' number (``proof_workers`` less one, less where the budget
-    pays for fewer): both reads' hashing is theirs, the hashing processes then hash
-    nothing. The budget may hold fewer still (``AccountsProof``)."""
+    """The scan processes a proof within ``limits`` asks for (:data:`SCAN_PROCESSES`; by
+    default at most :data:`SCAN_MOST`), at most its hashing processes' number
+    (``proof_workers`` less one, less where the budget pays for fewer): both reads' hashing
+    is theirs, the hashing processes then hash nothing. The budget may hold fewer still
+    (``AccountsProof``)."""
     if SCAN_PROCESSES < 0:
-        return limits.hash_workers if limits.workers >= SCAN_FROM_WORKERS else 0
+        return min(limits.hash_workers, SCAN_MOST) if limits.workers >= SCAN_FROM_WORKERS else 0
     return min(SCAN_PROCESSES, limits.hash_workers)
 
 
