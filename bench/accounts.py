@@ -79,6 +79,7 @@ from tracker.proof.accounts.budget import (
     AccountsLimits,
     default_memory,
     default_workers,
+    scan_processes,
     shared_limits,
 )
 from tracker.proof.archive.archivecheck import READ_SIZE, check_file, check_stream
@@ -193,7 +194,7 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     from tracker.proof.formats import kernels
 
     kernels.warm_up()
-    if scanprocs.scan_processes(_limits(memory, base, workers)):
+    if scan_processes(_limits(memory, base, workers)):
         scanprocs.warm()
     once = time.perf_counter() - w0
     watch = _WorkerPeak()

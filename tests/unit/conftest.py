@@ -44,7 +44,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def no_scan_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The accounts proof's first read in its own process whatever this machine's cores (a
-    host of many cores scans in processes: ``scanprocs.scan_processes``), for the tests of
+    host of many cores scans in processes: ``budget.scan_processes``), for the tests of
     the ways it has without them."""
     from tracker.proof.accounts import accountsproof
 
@@ -56,7 +56,7 @@ def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a module's tests of the accounts proof with the first read's scan and bookkeeping
     in the reading thread, in one scan lane and in three (``accountsproof.scan_lanes``:
     lanes from three cores), whatever this machine's cores: never in scan processes, which
-    a host of many cores would use (``scanprocs.scan_processes``; tests/unit/test_scanprocs.py
+    a host of many cores would use (``budget.scan_processes``; tests/unit/test_scanprocs.py
     holds them to the same outcomes). Opted into with ``pytestmark``; module-wide, so that
     hypothesis's examples share it."""
     from tracker.proof.accounts import accountsproof

@@ -25,8 +25,7 @@ from test_spill import many, tiny
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts import accountsproof, budget, newest, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
-from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget
-from tracker.proof.accounts.scanprocs import scan_processes
+from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, scan_processes
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
 from tracker.proof.formats.writing import Account, write_storage
@@ -347,7 +346,7 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
     """The whole check (decoded chunks, pieces across them, the second read from the file)
     with the first read's scan in two processes: agave's own archive and the tests' of
     several storages reach ``accounts``; changed accounts are refused."""
-    monkeypatch.setattr(scanprocs, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(budget, "SCAN_PROCESSES", 2)
     started: list[scanprocs.Scanners] = []
 
     class Counted(scanprocs.Scanners):
@@ -388,7 +387,7 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
 def test_how_many_scan_processes_a_proof_asks_for(
     monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, memory: int, asked: int
 ) -> None:
-    monkeypatch.setattr(scanprocs, "SCAN_PROCESSES", setting)
+    monkeypatch.setattr(budget, "SCAN_PROCESSES", setting)
     assert scan_processes(AccountsLimits(workers=workers, memory=memory)) == asked
 
 

@@ -17,12 +17,14 @@ from tracker.observability.redact import redact_text
 from tracker.proof.accounts.budget import (
     FIXED_COST,
     PROCESS_MINIMUM,
+    SCAN_FROM_WORKERS,
     AccountsLimits,
     bounds_the_process,
     default_memory,
     default_workers,
     machine_memory,
     room_of,
+    scan_processes,
 )
 from tracker.proof.levels import Level
 
@@ -80,8 +82,6 @@ def proof_settings(config: Config) -> str:
     )
     # the processes both reads scan in (from this many proof_workers, as many as the budget
     # pays hashing processes for): docs/architecture.md, "The accounts level" → "Every core"
-    from tracker.proof.accounts.scanprocs import SCAN_FROM_WORKERS, scan_processes
-
     scanning = scan_processes(AccountsLimits(memory=memory, workers=workers))
     return (
         f"accounts proofs within prove_accounts_memory {memory // 1024**2} MiB ({how}), "

@@ -59,7 +59,14 @@ from tracker.proof.accounts.accounthash import (
     lane_sum_in_room,
     zero_lanes,
 )
-from tracker.proof.accounts.budget import AccountsLimits, BudgetShare, ProofCounters, track, untrack
+from tracker.proof.accounts.budget import (
+    AccountsLimits,
+    BudgetShare,
+    ProofCounters,
+    scan_processes,
+    track,
+    untrack,
+)
 from tracker.proof.accounts.newest import (
     I64,
     Reread,
@@ -69,7 +76,7 @@ from tracker.proof.accounts.newest import (
     member_name,
 )
 from tracker.proof.accounts.scanlanes import Apart, scan_lanes
-from tracker.proof.accounts.scanprocs import Scanners, held_for, scan_processes
+from tracker.proof.accounts.scanprocs import Scanners, held_for
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.accounts.sysvars import sysvar_versions
 from tracker.proof.formats import kernels
@@ -105,7 +112,7 @@ class AccountsProof:
     ``cancelled()`` ends a wait for the budget's room; ``lanes``: the threads the first read
     scans storages in (0: the reading thread; None: as :func:`scan_lanes` says);
     ``scanners``: the processes it scans them in instead (:mod:`.scanprocs`; None: as
-    :func:`~.scanprocs.scan_processes` says, 0: none)."""
+    :func:`~.budget.scan_processes` says, 0: none)."""
 
     def __init__(
         self,
@@ -140,8 +147,8 @@ class AccountsProof:
         # each storage scanned, and its batches' bookkeeping done, in a lane of its own, or
         # all in the reading thread (docs/architecture.md, "The accounts level" → "Every core")
         lanes = scan_lanes(self.limits) if lanes is None else lanes
-        # or in processes (off unless ``scanprocs.SCAN_PROCESSES``), held from the budget
-        # beside the index with their forkserver (as many as it holds)
+        # or in processes (from eight ``proof_workers``: ``budget.scan_processes``), held from
+        # the budget beside the index with their forkserver (as many as it holds)
         processes = scan_processes(self.limits) if scanners is None else scanners
         processes = processes if self._note is None else 0  # stopped before it began
         while processes and not self.held.grow_to(self.held.bytes + held_for(processes)):

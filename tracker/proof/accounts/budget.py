@@ -95,6 +95,19 @@ LOCKLESS_GRACE = 60.0
 _POLL = 0.2
 
 
+#: Processes a proof scans in: -1, as many as it has hashing processes from
+#: :data:`SCAN_FROM_WORKERS` ``proof_workers`` on, none below; 0: none (the reading thread or
+#: scan lanes scan, the hashing processes hash); N: at most N.
+SCAN_PROCESSES = -1
+#: ``proof_workers`` from which a proof scans in processes (``proof.accounts.scanprocs``) by
+#: default: measured faster on 8 and 16 cores, slower on 2 (docs/architecture.md, "The
+#: accounts level" → "Every core").
+SCAN_FROM_WORKERS = 8
+#: The most a proof scans in by default: on 16 cores the check's process fed 15 at 9-11 cores
+#: in all; more were not measured, and each costs the budget its part and a start.
+SCAN_MOST = 15
+
+
 def floor_of(room: int) -> int:
     """The bytes a proof holds from its start in a budget whose accounted part is ``room``:
     an eighth of it (so that eight proofs can run at once), at least :data:`MIN_FLOOR`, at
@@ -291,6 +304,17 @@ class FrameThreads:
     def _give(self, count: int) -> None:
         if self._slots is not None and count:
             self._slots.give(count)
+
+
+def scan_processes(limits: AccountsLimits) -> int:
+    """The scan processes a proof within ``limits`` asks for (:data:`SCAN_PROCESSES`; by
+    default at most :data:`SCAN_MOST`), at most its hashing processes' number
+    (``proof_workers`` less one, less where the budget pays for fewer): both reads' hashing
+    is theirs, the hashing processes then hash nothing. The budget may hold fewer still
+    (``AccountsProof``)."""
+    if SCAN_PROCESSES < 0:
+        return min(limits.hash_workers, SCAN_MOST) if limits.workers >= SCAN_FROM_WORKERS else 0
+    return min(SCAN_PROCESSES, limits.hash_workers)
 
 
 def decodes_ahead(limits: AccountsLimits | None, frame_threads: int) -> bool:

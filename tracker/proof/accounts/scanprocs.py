@@ -2,10 +2,10 @@
 process of its own, so that the check's process only decodes, walks the tar and keeps the
 index (docs/architecture.md, "The accounts level" → "Every core").
 
-On by default from :data:`SCAN_FROM_WORKERS` ``proof_workers`` (:func:`scan_processes`),
-where the budget holds them: on 16 cores the proof of 16 million accounts took 9.2-11.0 s
+On by default from eight ``proof_workers`` (``budget.scan_processes``), where the budget
+holds them: on 16 cores the proof of 16 million accounts took 9.2-11.0 s
 with them against 10.3-15.8 without, on 8 cores 12.4 against 13.9; on 2 cores it is slower
-(``bench/accounts.py --set accounts.scanprocs.SCAN_PROCESSES=N``; bench/README.md). Without
+(``bench/accounts.py --set accounts.budget.SCAN_PROCESSES=N``; bench/README.md). Without
 them the first read scans in the reading thread or in scan lanes (:mod:`.scanlanes`).
 
 The processes are forked from one forkserver (``multiprocessing``'s, a fresh interpreter:
@@ -57,20 +57,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.accounts.hashworker import shared_memory
 from tracker.proof.formats.lattice import LT_HASH_BYTES
 
-#: Processes a proof scans in: -1, as many as it has hashing processes from
-#: :data:`SCAN_FROM_WORKERS` ``proof_workers`` on, none below; 0: none (the reading thread or
-#: scan lanes scan, the hashing processes hash); N: at most N.
-SCAN_PROCESSES = -1
-#: ``proof_workers`` from which a proof scans in processes by default: measured faster on 8
-#: and 16 cores, slower on 2 (docs/architecture.md, "The accounts level" → "Every core").
-SCAN_FROM_WORKERS = 8
-#: The most a proof scans in by default: on 16 cores the check's process fed 15 at 9-11 cores
-#: in all; more were not measured, and each costs the budget its part and a start.
-SCAN_MOST = 15
 #: Pieces sent to one process and not answered yet, at most (each ~4 MiB): the slots of the
 #: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
 IN_FLIGHT = 4
@@ -139,17 +128,6 @@ FORKSERVER_BYTES = 144 * 1024 * 1024
 def held_for(processes: int) -> int:
     """What a proof's budget holds for ``processes`` scan processes and their forkserver."""
     return FORKSERVER_BYTES + processes * PROCESS_BYTES if processes else 0
-
-
-def scan_processes(limits: AccountsLimits) -> int:
-    """The scan processes a proof within ``limits`` asks for (:data:`SCAN_PROCESSES`; by
-    default at most :data:`SCAN_MOST`), at most its hashing processes' number
-    (``proof_workers`` less one, less where the budget pays for fewer): both reads' hashing
-    is theirs, the hashing processes then hash nothing. The budget may hold fewer still
-    (``AccountsProof``)."""
-    if SCAN_PROCESSES < 0:
-        return min(limits.hash_workers, SCAN_MOST) if limits.workers >= SCAN_FROM_WORKERS else 0
-    return min(SCAN_PROCESSES, limits.hash_workers)
 
 
 def _context() -> Any:
