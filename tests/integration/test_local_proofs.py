@@ -9,9 +9,11 @@ a real ``snapshot-tracker fetch --trust-key`` against the tracker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +341,71 @@ def test_check_config_says_when_attest_can_sign_nothing(tmp_path: Path) -> None:
     result = run_command("check-config", "--config", str(local))
     assert result.returncode == 0 and "attest" not in result.stderr, result.stderr
     assert os.stat(key).st_mode & 0o777 == 0o600
+
+
+def _running(pids: dict[int, str]) -> bool:
+    """True while one of ``pids`` runs (is in /proc)."""
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` and their command lines, from /proc."""
+    found: dict[int, str] = {}
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                try:
+                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().decode()
+                except OSError:
+                    continue
+                parents.append(child)
+    return found
+
+
+async def test_a_tracker_of_many_proof_workers_proves_in_scan_processes(tmp_path: Path) -> None:
+    """``serve`` with ``proof_workers: 8`` (a host of eight cores or more, whatever this one
+    has) proves the ledger's full to ``accounts`` in scan processes (their forkserver is the
+    daemon's child), and Ctrl-C (SIGINT to the process group, as a terminal sends it) ends
+    it with no traceback and nothing of them left running."""
+    path = quickstart_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config.update(proof_workers=8, prove_accounts_memory="2GiB")
+    path.write_text(yaml.safe_dump(config))
+    serve = await start_serve("--config", str(path))
+    disk = on_disk(tmp_path / "ledger")
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+
+            async def proven() -> bool:
+                files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())
+                return FULL in files and "proof" in files[FULL]
+
+            await wait_until(proven, timeout=60)
+            files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())
+            assert files[FULL]["proof"]["level"] == "accounts"
+            assert files[FULL]["sha256"] == disk[FULL]
+        below = _descendants(serve.proc.pid)
+        forkservers = [pid for pid, line in below.items() if "multiprocessing.forkserver" in line]
+        assert forkservers, below
+        serve.proc.send_signal(signal.SIGINT)
+        for pid in below:  # a terminal's Ctrl-C reaches every process of the group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        with trio.fail_after(20):
+            assert await serve.proc.wait() == 0
+        assert "Traceback" not in serve.log
+
+        async def all_gone() -> bool:
+            return not _running(below)
+
+        await wait_until(all_gone, timeout=20)
+    finally:
+        if serve.proc.returncode is None:
+            serve.kill()
+            await serve.proc.wait()

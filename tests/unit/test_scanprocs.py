@@ -9,6 +9,7 @@ import os
 import runpy
 import shutil
 import signal
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,14 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     assert all(each.exitcode is not None for each in processes)
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """True once process ``pid`` ignores SIGINT (its ``SigIgn`` mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGINT - 1))
+    return False
+
+
 def test_ctrl_c_at_a_terminal_is_the_proofs_process_to_answer_not_theirs() -> None:
     # the terminal sends SIGINT to the whole process group: the scan processes go on
     slots = {3: many(500, 3), 5: many(400, 5, start=100)}
@@ -273,6 +282,11 @@ def test_ctrl_c_at_a_terminal_is_the_proofs_process_to_answer_not_theirs() -> No
     feed(proof, made[0], 4096)
     proof.settle()
     for each in proof._scanners._processes:
+        # once it ignores SIGINT (a process that was sent nothing yet may still be starting)
+        deadline = time.monotonic() + 10
+        while not _ignores_sigint(each.proc.pid):
+            assert time.monotonic() < deadline, "a scan process never ignored SIGINT"
+            time.sleep(0.01)
         os.kill(each.proc.pid, signal.SIGINT)
     feed(proof, made[1], 4096)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
