@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsproof
+from tracker.proof.accounts import kepthashes
 from tracker.proof.accounts.accounthash import LocalSum
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import NO_LT_HASH, StoragesProver
@@ -107,7 +107,7 @@ def test_the_second_read_hashes_each_newest_version_once_and_nothing_else(
     # slot 98's version of the pubkey that slot 100 stores again is never hashed, in either
     # order: the summer sees exactly the newest versions with lamports (every one of them:
     # none kept, agave's archive holds one large account)
-    monkeypatch.setattr(accountsproof, "KEEP_FROM", 1 << 40)
+    monkeypatch.setattr(kepthashes, "KEEP_FROM", 1 << 40)
     seen: list[int] = []
 
     class Counting(LocalSum):
@@ -146,7 +146,7 @@ def test_what_the_first_read_hashed_ahead_the_second_reads_again_only_to_take_ou
     # every batch hashed ahead: the storage holding the superseded version (slot 98) is read
     # again to take it out; the two others, hashed whole with nothing superseded, are not
     # (none kept: test_large_versions_are_hashed_where_they_lie_and_never_read_again)
-    monkeypatch.setattr(accountsproof, "KEEP_FROM", 1 << 40)
+    monkeypatch.setattr(kepthashes, "KEEP_FROM", 1 << 40)
     for ordered in (storages(), list(reversed(storages()))):
         asked: list[str] = []
         reread = asking(reread_from({s.name: s.data for s in ordered}), asked)
@@ -602,7 +602,7 @@ def test_the_second_read_parses_in_the_lanes_and_refuses_the_first_storage_that_
 # --- large accounts: hashed where they lie, their hashes kept --------------------------------
 
 
-def large(n: int, lamports: int, size: int = accountsproof.KEEP_FROM) -> Account:
+def large(n: int, lamports: int, size: int = kepthashes.KEEP_FROM) -> Account:
     return Account(key(n), lamports, bytes([n % 251]) * size + bytes([lamports % 256]))
 
 
@@ -646,7 +646,7 @@ def test_past_its_share_of_the_budget_a_large_version_goes_as_the_others(
 ) -> None:
     # the budget's share for kept hashes holds none: every version is laid out for a summer
     # as before, and the second read takes out the superseded one hashed ahead
-    monkeypatch.setattr(accountsproof, "KEEP_SHARE", 1 << 62)
+    monkeypatch.setattr(kepthashes, "KEEP_SHARE", 1 << 62)
     slots = {5: [large(1, 10), large(2, 7)], 9: [large(1, 11)]}
     summer = Lending()
     assert prove(built(slots, [5, 9]), summer=summer) == (model(slots), None)
@@ -671,6 +671,30 @@ def test_whatever_is_kept_or_hashed_ahead_the_hash_is_the_models(
     summer = Lending(lambda: next(pattern))
     with (
         mock.patch.object(storage_format, "PIECE", piece),
-        mock.patch.object(accountsproof, "KEEP_FROM", keep_from),
+        mock.patch.object(kepthashes, "KEEP_FROM", keep_from),
     ):
         assert prove(built(slots, order), 64, summer=summer) == (model(slots), None)
+
+
+def test_kept_hashes_are_summed_held_and_taken_out_by_locator() -> None:
+    kept = kepthashes.KeptHashes()
+    rows = np.arange(3 * 1024, dtype=np.uint16).reshape(3, 1024)
+    room = 4 * kepthashes.KEEP_SHARE * kepthashes.KEPT_BYTES  # room for four in their share
+    assert kept.fits(3, room) and not kept.fits(5, room)
+    kept.add(np.array([9 << 32, 2 << 32], dtype=np.uint64), rows[:2])
+    kept.add(np.array([5 << 32], dtype=np.uint64), rows[2:])
+    assert (kept.count, kept.bytes) == (3, 3 * kepthashes.KEPT_BYTES)
+    assert not kept.fits(2, room) and kept.fits(1, room)
+    assert (kept.total == rows.sum(axis=0, dtype=np.uint16)).all()
+    locators, order = kept.in_order()
+    assert locators.tolist() == [2 << 32, 5 << 32, 9 << 32] and order.tolist() == [1, 2, 0]
+    taken: list[int] = []
+    superseded = [
+        np.array([1 << 32, 2 << 32], dtype=np.uint64),
+        np.array([9 << 32], dtype=np.uint64),
+    ]
+    left = [each.tolist() for each in kept.taken_out(superseded, locators, order, taken.append)]
+    assert left == [[1 << 32], []] and taken == [1, 1]  # the two kept ones taken out here
+    assert (kept.total == rows[2]).all()  # only the one at 5 << 32 is still in the sum
+    kept.keeping = False
+    assert not kept.fits(0, room)

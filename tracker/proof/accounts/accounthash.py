@@ -125,7 +125,7 @@ def hashes_in_place(batch: Records, chosen: npt.NDArray[np.int64]) -> Lanes:
     """The lattice hashes of the records ``chosen`` of ``batch``, (n, 1,024) u16 lanes each,
     hashed in the calling thread where the records lie: each message's five fields joined
     from views of the piece into one buffer and fed to one hasher in one call. For records
-    of large data (:data:`tracker.proof.accounts.accountsproof.KEEP_FROM`) that costs less
+    of large data (:data:`tracker.proof.accounts.kepthashes.KEEP_FROM`) that costs less
     than the five calls it replaces: BLAKE3 hashes many 1 KiB chunks at once only from a
     chunk's start, and the data follows the 8 bytes of lamports (20 KiB of data: 4.5 µs
     against 7.1, docs/architecture.md, "The accounts level" → "Large accounts")."""

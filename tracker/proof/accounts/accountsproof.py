@@ -34,10 +34,13 @@ few *scan lanes* (:class:`~.scanlanes.Apart`, threads of their own) with its bat
 bookkeeping, so that the reading thread only walks the tar and hands each storage's pieces
 on ("Every core"); the bookkeeping's shared part (the index, the summer, the table) is taken
 under one lock. A refusal is the serial reading's: the one of the first storage in the stream
-that fails, since every piece a lane holds lies before where the reading thread is. The second
+that fails, since every piece a lane holds lies before where the reading thread is. From eight
+(:func:`~.budget.scan_processes`) both reads scan and hash in processes instead
+(:mod:`.scanprocs`), which answer through this class's ``ScanAnswers`` calls. The second
 read (:mod:`tracker.proof.accounts.newest`) then adds the newest versions with lamports that
 were not hashed ahead and takes out the superseded ones that were, on every hashing process at
-once: each newest version is in the sum exactly once.
+once: each newest version is in the sum exactly once. Large versions are hashed where they
+lie and their hashes kept (:mod:`.kepthashes`).
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import base58
 import numpy as np
 import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid, NoRoom
+from tracker.proof.accounts import kepthashes
 from tracker.proof.accounts.accounthash import (
     LocalSum,
     Summer,
@@ -67,6 +71,7 @@ from tracker.proof.accounts.budget import (
     track,
     untrack,
 )
+from tracker.proof.accounts.kepthashes import KeptHashes
 from tracker.proof.accounts.newest import (
     I64,
     Reread,
@@ -95,16 +100,6 @@ _OVER_BOUND = "over the bound"
 #: the tests' archives, never loads it: ``proof.formats.kernels``).
 KERNELS_FROM = 4096
 _NONE = np.zeros(0, dtype=np.int64)
-#: Data bytes from which a version is hashed in the thread that holds its bytes, where they
-#: lie, and its hash kept (docs/architecture.md, "The accounts level" → "Large accounts"):
-#: a kept hash (2 KiB) is at most an eighth of its data, and a superseded one is taken out
-#: of the sum from memory, its storage never read again for it.
-KEEP_FROM = 16 * 1024
-#: Bytes a kept version holds of the budget: its hash and its locator.
-KEPT_BYTES = 2048 + 8
-#: The part of the budget's room kept hashes may hold (past it, large versions go the way of
-#: the others: the index needs the rest).
-KEEP_SHARE = 4
 
 
 class AccountsProof:
@@ -170,13 +165,9 @@ class AccountsProof:
         # after it, never before: a writer that ran out of room gives up once it let go)
         self._writing = threading.Lock()
         self._refused: tuple[int, BaseException] | None = None  # the first storage's refusal
-        # large versions hashed where they lie: their locators and hashes (the budget holds
-        # them), the sum of those hashes (in no summer), and whether more may be kept
-        self._kept: list[tuple[U64, npt.NDArray[np.uint16]]] = []
-        self._kept_bytes = 0
-        self._kept_count = 0
-        self._keeping = True
-        self._own = zero_lanes()
+        # large versions hashed where they lie, their hashes kept (the budget holds them)
+        self._kept = KeptHashes()
+        self._own = zero_lanes()  # the scan processes' sums (in no summer)
         #: CPU seconds the batches' bookkeeping took under the lock (bench/accounts.py)
         self.locked_cpu = 0.0
         #: CPU seconds the scan processes used, told once the first read is over
@@ -284,18 +275,23 @@ class AccountsProof:
         through :meth:`scanned` and the other calls of a ``scanprocs.ScanAnswers``."""
         self._add_storage(number, slot, ident, size, valid)
         name = member_name(slot, ident)
+        yield from storage_pieces(name, size, valid, self._sender(number, name, valid))
+        self.rescanned(number)
+
+    def _sender(self, number: int, name: str, valid: int) -> Callable[[BulkPiece], None]:
+        """What sends storage ``number``'s valid bytes, a piece at a time, to its scan
+        process (none once the proof stopped); a refusal met meanwhile is raised there, as
+        the serial reading would have."""
         scanners = self._scanners
         assert scanners is not None
 
-        def hand(piece: BulkPiece) -> None:
+        def send(piece: BulkPiece) -> None:
             if self._note is None and self._refused is None:
                 scanners.piece(number, name, valid, joined(piece))
             if self._refused is not None:
-                self.settle()  # raises the refusal, as the serial reading would have
+                self.settle()
 
-        yield from storage_pieces(name, size, valid, hand)
-        if self._note is None and self._refused is None:
-            scanners.end(number)
+        return send
 
     # -- what the scan processes answer (a ``scanprocs.ScanAnswers``), in their pipes' threads
 
@@ -353,22 +349,16 @@ class AccountsProof:
     def rescan(
         self, number: int, stored: Stored, skip: I64, keep: I64
     ) -> Callable[[BulkPiece], None]:
-        """Storage ``number``'s second read, sent to a scan process (:meth:`_to_process`'s
-        way): what takes its valid bytes."""
+        """Storage ``number``'s second read, sent to a scan process as the first read sends
+        a storage (:meth:`_sender`): what takes its valid bytes."""
         scanners = self._scanners
         assert scanners is not None
         scanners.rescan(number, stored.name, stored.valid, stored.records, stored.left, skip, keep)
-
-        def take(piece: BulkPiece) -> None:
-            if self._note is None and self._refused is None:
-                scanners.piece(number, stored.name, stored.valid, joined(piece))
-            if self._refused is not None:
-                self.settle()  # raises the refusal, as the serial reading would have
-
-        return take
+        return self._sender(number, stored.name, stored.valid)
 
     def rescanned(self, number: int) -> None:
-        """Every valid byte of storage ``number`` was sent: its process answers."""
+        """Every valid byte of storage ``number`` was sent: its process answers (its count,
+        or in the second read what it added and took out)."""
         if self._scanners is not None and self._note is None and self._refused is None:
             self._scanners.end(number)
 
@@ -426,8 +416,8 @@ class AccountsProof:
                 self.watch(number, lamports, data)
         large = _NONE
         hashes = None
-        if self._keeping:  # hashed here, where they lie, outside the lock (see KEEP_FROM)
-            large = np.flatnonzero(counts & (batch.data_lens >= KEEP_FROM))
+        if self._kept.keeping:  # hashed here, where they lie, outside the lock (.kepthashes)
+            large = np.flatnonzero(counts & (batch.data_lens >= kepthashes.KEEP_FROM))
             if len(large):
                 hashes = hashes_in_place(batch, large)
         full: list[U64] = []
@@ -487,7 +477,7 @@ class AccountsProof:
             self._give_up(_OVER_BOUND)  # said with the count of every version at the end
             return []
         # its processes start now, once enough versions need them: they hash ahead
-        self._summer.expect(self._records - self._kept_count)
+        self._summer.expect(self._records - self._kept.count)
         full: list[U64] = []
         try:
             if self._lanes:
@@ -507,23 +497,18 @@ class AccountsProof:
 
     def _keep(self, locators: U64, hashes: npt.NDArray[np.uint16]) -> bool:
         """Add the hashes of large versions (hashed where they lie) to the sum and keep them,
-        by locator, while the budget holds them (at most a :data:`KEEP_SHARE`-th of its
-        room); False, nothing kept from now on, when it does not."""
-        more = KEPT_BYTES * len(locators)
+        by locator, while the budget holds them (:mod:`.kepthashes`); False, nothing kept from
+        now on, when it does not."""
+        more = kepthashes.KEPT_BYTES * len(locators)
         index = 0 if self.index.on_disk else self.index.dir.written + self.held.floor
         wanted = max(self.held.bytes, index + self._beside_index + more)
-        if (
-            not self._keeping
-            or self._kept_bytes + more > self.held.budget.room // KEEP_SHARE
-            or not self.held.grow_to(wanted)
+        if not self._kept.fits(len(locators), self.held.budget.room) or not self.held.grow_to(
+            wanted
         ):
-            self._keeping = False
+            self._kept.keeping = False
             return False
         self.progress.held = self.held.bytes
-        self._kept.append((locators, hashes))
-        self._kept_bytes += more
-        self._kept_count += len(locators)
-        self._own += np.add.reduce(hashes, axis=0, dtype=np.uint16)
+        self._kept.add(locators, hashes)
         return True
 
     def _hash_ahead(self, batch: Records, counts: npt.NDArray[np.bool_], number: int) -> None:
@@ -573,7 +558,7 @@ class AccountsProof:
     def _beside_index(self) -> int:
         """What the proof holds of its budget besides the index: kept hashes, and the scan
         processes with their forkserver while they run."""
-        return self._kept_bytes + self._scan_bytes
+        return self._kept.bytes + self._scan_bytes
 
     def _give_up(self, note: str) -> None:
         self._note = note
@@ -607,7 +592,7 @@ class AccountsProof:
             if total is None:
                 self.local_cause = True  # the hashing process failed
                 return None, note
-            return (total + self._own).astype("<u2").tobytes(), None
+            return (total + self._own + self._kept.total).astype("<u2").tobytes(), None
         finally:
             self.close()
 
@@ -639,12 +624,15 @@ class AccountsProof:
         def hashed(count: int) -> None:
             self.progress.hashed += count
 
+        def taken(count: int) -> None:  # kept hashes taken out: no longer in the sum
+            self.progress.hashed -= count
+
         lanes = self if self._lanes else None
         processes = self if self._scanners is not None else None
-        kept, order = self._kept_in_order()
+        kept, order = self._kept.in_order()
         hash_newest(
             self._storages,
-            self._taken_out(superseded, kept, order),
+            self._kept.taken_out(superseded, kept, order, taken),
             reread,
             self._summer,
             hashed,
@@ -652,37 +640,7 @@ class AccountsProof:
             kept=(kept,),
             processes=processes,
         )
-        self._kept = []
-
-    def _kept_in_order(self) -> tuple[U64, npt.NDArray[np.intp]]:
-        """The kept versions' locators sorted (storage order), and the order that sorts
-        them (an index into the kept hashes as they came, never joined: no second copy of
-        them beside the budget's)."""
-        if not self._kept:
-            return np.zeros(0, dtype=np.uint64), _NONE
-        locators = np.concatenate([each for each, _ in self._kept])
-        order = np.argsort(locators, kind="stable")
-        return locators[order], order
-
-    def _taken_out(
-        self, superseded: Iterable[U64], kept: U64, order: npt.NDArray[np.intp]
-    ) -> Iterator[U64]:
-        """``superseded`` less the kept versions, whose hashes are taken out of the sum here:
-        their storages need not be read again for them."""
-        firsts = np.cumsum([0, *(len(each) for each, _ in self._kept)])
-        for piece in superseded:
-            if not len(kept) or not len(piece):
-                yield piece
-                continue
-            places = np.minimum(np.searchsorted(kept, piece), len(kept) - 1)
-            there = kept[places] == piece
-            if there.any():
-                for at in order[places[there]].tolist():
-                    chunk = int(np.searchsorted(firsts, at, side="right")) - 1
-                    self._own -= self._kept[chunk][1][at - int(firsts[chunk])]
-                self.progress.hashed -= int(there.sum())
-                piece = piece[~there]
-            yield piece
+        self._kept.clear()
 
     def _finish_index(self, reread: Reread) -> str | None:
         """Sort the index's partitions and hash the newest versions; a note when the proof
