@@ -265,6 +265,25 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     assert all(each.exitcode is not None for each in processes)
 
 
+def test_proofs_at_once_fork_from_the_one_forkserver_and_each_gets_its_hash() -> None:
+    # a tracker proves several archives at once: each proof's processes are its own
+    import threading
+
+    states_of = [{s: many(300, s, start=s * 50 + k) for s in range(3, 7)} for k in range(3)]
+    results: list[object] = [None] * len(states_of)
+
+    def prove(at: int) -> None:
+        made = built(states_of[at], list(states_of[at]))
+        results[at] = outcome(made, 2, 4096, roomy(10_000))
+
+    threads = [threading.Thread(target=prove, args=(at,)) for at in range(len(states_of))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [(model(each), None) for each in states_of]
+
+
 def _ignores_sigint(pid: int) -> bool:
     """True once process ``pid`` ignores SIGINT (its ``SigIgn`` mask in /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
