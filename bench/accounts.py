@@ -453,7 +453,7 @@ class _WorkerPeak(threading.Thread):
 
     def run(self) -> None:
         ticks = 0
-        while not self._done.wait(0.1):
+        while True:  # a poll at once, then every 100 ms: a short proof is polled too
             if not self.peaks or ticks % 10 == 0:  # every tick until the first is found
                 for pid in _direct_children():
                     self.peaks.setdefault(pid, 0)
@@ -464,6 +464,8 @@ class _WorkerPeak(threading.Thread):
                     self.peaks[pid] = max(self.peaks[pid], _peak_rss(pid))
                     pss += _pss(pid)
             self.pss_peak = max(self.pss_peak, pss)
+            if self._done.wait(0.1):
+                return
 
     def stop(self) -> None:
         self._done.set()

@@ -93,6 +93,37 @@ def test_the_hostile_bench_runs_storages_of_one_record_and_concurrent_checks(
     assert "level accounts (no note)" in out and "µs a storage" in out
 
 
+def test_the_accounts_bench_spreads_the_yardstick_over_processes(tmp_path: Path) -> None:
+    """``--spread``: every newest account hashed once in all, however many processes."""
+    out = bench("accounts.py", "--accounts", "3000", "--spread", "1,2", "--out", str(tmp_path))
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "XOF loop spread over 1 process(es)",
+        "XOF loop spread over 2 process(es)",
+    ]
+    rates = [float(line.split(", ")[-1].split("x")[0]) for line in lines]
+    assert rates[0] == 1.0 and rates[1] > 0  # the second against the first
+    hashed = [line.split(" CPU-s (")[1].split(" a million")[0] for line in lines]
+    assert all(float(each) > 0 for each in hashed)
+
+
+def test_the_proof_alone_reports_the_trees_pss_beside_its_peaks(tmp_path: Path) -> None:
+    out = bench(
+        "accounts.py",
+        "--accounts",
+        "3000",
+        "--proof-only",
+        "--runs",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    line = next(each for each in out.splitlines() if each.startswith("proof alone"))
+    vmhwm = int(line.split("peak of the tree ")[1].split(" MiB")[0])
+    pss = int(line.split("(sum of VmHWM), ")[1].split(" MiB")[0])
+    assert 0 < pss <= vmhwm, line
+
+
 @pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl is the plain check's yardstick"
 )
