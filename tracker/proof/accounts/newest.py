@@ -337,28 +337,53 @@ class _StorageHash:
     def finish(self) -> None:
         """The storage's end: ArchiveInvalid unless it read as the first time."""
         self.feeder.finish()
-        if self.records != self.stored.records or self.found != len(self.skip):
-            raise ArchiveInvalid(
-                f"{self.stored.name}: the second read differs from the first ({self.records} "
-                f"records, {self.stored.records} the first time)"
-            )
+        check_reread(
+            self.stored.name, self.stored.records, self.records, self.found, len(self.skip)
+        )
 
     def _sink(self, batch: Records) -> None:
         self.records += len(batch)
-        chosen, taken_out, found = second_choice(
-            batch.offsets + batch.base,
-            batch.lamports() != 0,
-            self.stored.left,
-            self.skip,
-            self.keep,
+        stored = self.stored
+        _, _, found = rehash(
+            batch, stored.left, self.skip, self.keep, self.summer, self.lock, self.hashed
         )
         self.found += found
-        with self.lock if self.lock is not None else contextlib.nullcontext():
-            if len(taken_out):
-                lane_sum(batch, taken_out, self.summer, negative=True)
-            lane_sum(batch, chosen, self.summer)
-            if self.hashed is not None:
-                self.hashed(len(chosen) - len(taken_out))
+
+
+def rehash(
+    batch: Records,
+    left: U64,
+    skip: I64,
+    keep: I64,
+    summer: Summer,
+    lock: threading.Lock | None = None,
+    hashed: Callable[[int], None] | None = None,
+) -> tuple[int, int, int]:
+    """One batch of a storage read again, as :func:`second_choice` says, handed to ``summer``
+    under ``lock`` (None: none needed): those to take out, then those to add; ``hashed``
+    told the difference, under the lock too. Returns how many it added and took out, and
+    how many superseded versions it met: in this thread, a scan lane or a scan process."""
+    chosen, taken_out, found = second_choice(
+        batch.offsets + batch.base, batch.lamports() != 0, left, skip, keep
+    )
+    with lock if lock is not None else contextlib.nullcontext():
+        if len(taken_out):
+            lane_sum(batch, taken_out, summer, negative=True)
+        lane_sum(batch, chosen, summer)
+        if hashed is not None:
+            hashed(len(chosen) - len(taken_out))
+    return len(chosen), len(taken_out), found
+
+
+def check_reread(name: str, first: int, records: int, found: int, superseded: int) -> None:
+    """ArchiveInvalid unless storage ``name`` read again held as many ``records`` as the
+    first read found in it (``first``) and a record at each of its ``superseded`` versions'
+    offsets (``found``)."""
+    if records != first or found != superseded:
+        raise ArchiveInvalid(
+            f"{name}: the second read differs from the first ({records} records, "
+            f"{first} the first time)"
+        )
 
 
 def second_choice(

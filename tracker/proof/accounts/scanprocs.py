@@ -471,7 +471,7 @@ def serve(conn: Connection) -> None:
 
 def _serve(conn: Connection) -> None:
     from tracker.proof.accounts.accounthash import LocalSum, lane_sum
-    from tracker.proof.accounts.newest import second_choice
+    from tracker.proof.accounts.newest import check_reread, rehash
     from tracker.proof.accounts.sysvars import sysvar_versions
     from tracker.proof.formats import kernels
     from tracker.proof.formats.storages import Records, StorageScan
@@ -492,8 +492,8 @@ def _serve(conn: Connection) -> None:
     hashed = 0
     scans: dict[int, StorageScan] = {}
     refused: set[int] = set()
-    # the second read's storages: their scan, the records and superseded versions the first
-    # read found in them, and what the scan met, added and took out so far
+    # the second read's storages: their scan, what the first read found in them (records,
+    # superseded versions), and what the scan met, added and took out so far
     rescans: dict[int, tuple[StorageScan, int, int, list[int]]] = {}
 
     def sink_for(number: int) -> Callable[[Records], None]:
@@ -514,14 +514,10 @@ def _serve(conn: Connection) -> None:
         left: U64, skip: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], met: list[int]
     ) -> Callable[[Records], None]:
         def sink(batch: Records) -> None:
-            at = batch.offsets + batch.base
-            chosen, taken_out, found = second_choice(at, batch.lamports() != 0, left, skip, keep)
-            if len(taken_out):
-                lane_sum(batch, taken_out, summer, negative=True)
-            lane_sum(batch, chosen, summer)
+            added, taken_out, found = rehash(batch, left, skip, keep, summer)
             met[0] += found
-            met[1] += len(chosen)
-            met[2] += len(taken_out)
+            met[1] += added
+            met[2] += taken_out
 
         return sink
 
@@ -543,13 +539,11 @@ def _serve(conn: Connection) -> None:
         scan, records, superseded, (found, added, taken_out) = rescans.pop(number)
         if number in refused:  # said already
             return _answer(_REHASHED, number)
-        if scan.count != records or found != superseded:
+        try:
+            check_reread(scan.name, records, scan.count, found, superseded)
+        except ArchiveInvalid as exc:
             refused.add(number)
-            reason = (
-                f"{scan.name}: the second read differs from the first ({scan.count} records, "
-                f"{records} the first time)"
-            )
-            conn.send_bytes(_answer(_REFUSED, number, 0, 0, reason.encode()))
+            conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
             return _answer(_REHASHED, number)
         return _answer(_REHASHED, number, added, taken_out)
 
