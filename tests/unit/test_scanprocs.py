@@ -9,6 +9,7 @@ import os
 import runpy
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -198,6 +199,7 @@ def test_the_index_spills_within_the_budget_as_it_does_without_them(
     # test_the_budget_holds_them_and_has_it_all_back), so that the index has only its floor
     monkeypatch.setattr(scanprocs, "PROCESS_BYTES", 16 * 1024)
     monkeypatch.setattr(scanprocs, "FORKSERVER_BYTES", 16 * 1024)
+    monkeypatch.setattr(scanprocs, "UNSENT_BYTES", 16 * 1024)
     slots = {3: many(3000, 3), 5: many(2000, 5, lamports=2), 9: many(1500, 9, start=1000)}
     made = built(slots, [5, 3, 9])
     room = budget.MIN_FLOOR + scanprocs.held_for(2)  # the proof's floor, and theirs
@@ -319,6 +321,7 @@ def test_processes_that_die_in_the_second_read_cost_the_proof_a_note(
     # the proof let go of when it stopped), nothing is left running nor on disk
     monkeypatch.setattr(scanprocs, "PROCESS_BYTES", 16 * 1024)
     monkeypatch.setattr(scanprocs, "FORKSERVER_BYTES", 16 * 1024)
+    monkeypatch.setattr(scanprocs, "UNSENT_BYTES", 16 * 1024)
     slots = {s: many(1200, s, start=s % 2 * 600) for s in range(3, 9)}
     made = built(slots, list(slots))
     room = budget.MIN_FLOOR + scanprocs.held_for(2)
@@ -481,3 +484,62 @@ def test_the_scan_processes_tell_their_cpu() -> None:
     feed(proof, made[0], 4096)
     assert proof.finish(reread_from({s.name: s.data for s in made}))[0] is not None
     assert 0 < proof.scan_cpu < 60  # both processes' seconds, as each told with its sum
+
+
+def test_the_walking_thread_hands_pieces_over_and_waits_past_those_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the copies and the sends are the sending threads' (one a process): the thread that
+    # walks the archive has handed UNSENT pieces over before any is copied, then waits for
+    # the next until one is; what it handed over still gives the model's hash
+    slots = {s: many(200 * s, s, start=100 * s) for s in range(1, 9)}
+    made = built(slots, list(slots))
+    gate, enough = threading.Event(), threading.Event()
+    handed, copied = [0], [0]
+    real_copy, real_send = scanprocs._Process._copy, scanprocs._Process.send_piece
+
+    def gated_copy(self: Any, slot: int, parts: tuple[Any, ...]) -> None:
+        assert gate.wait(30)
+        real_copy(self, slot, parts)
+        copied[0] += 1
+
+    def counted_send(self: Any, *args: Any) -> None:
+        real_send(self, *args)
+        handed[0] += 1
+        if handed[0] == scanprocs.UNSENT:
+            enough.set()
+
+    monkeypatch.setattr(scanprocs._Process, "_copy", gated_copy)
+    monkeypatch.setattr(scanprocs._Process, "send_piece", counted_send)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    walking = threading.Thread(target=lambda: [feed(proof, each, 1 << 20) for each in made])
+    try:
+        walking.start()
+        assert enough.wait(30) and copied[0] == 0
+        walking.join(0.3)  # it stays at the next piece while none of those is copied
+        assert walking.is_alive() and handed[0] == scanprocs.UNSENT
+    finally:
+        gate.set()
+        walking.join(30)
+    assert handed[0] == len(made) > scanprocs.UNSENT
+    assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+def test_a_piece_that_cannot_be_sent_costs_the_proof_a_note_never_a_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_args: object) -> None:
+        raise ValueError("no such slot")
+
+    monkeypatch.setattr(scanprocs._Process, "_copy", broken)
+    slots = {s: many(100 * s, s) for s in range(1, 9)}  # more pieces than wait unsent
+    made = built(slots, list(slots))
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    assert proof._scanners is not None
+    senders = [each.sender for each in proof._scanners._processes]
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+    assert lt_hash is None and note is not None
+    assert "a piece could not be sent: ValueError: no such slot" in note
+    assert not any(each.is_alive() for each in senders)  # ended with their processes

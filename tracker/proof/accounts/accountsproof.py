@@ -85,7 +85,7 @@ from tracker.proof.accounts.scanprocs import Scanners, held_for
 from tracker.proof.accounts.spill import MemoryRuns, SpillDir, SpillIndex
 from tracker.proof.accounts.sysvars import sysvar_versions
 from tracker.proof.formats import kernels
-from tracker.proof.formats.parsing import BulkPiece, Parser, joined
+from tracker.proof.formats.parsing import BulkPiece, Parser
 from tracker.proof.formats.storages import Records, StorageScan, parse_storage, storage_pieces
 
 __all__ = ["AccountsProof", "Reread"]
@@ -287,7 +287,7 @@ class AccountsProof:
 
         def send(piece: BulkPiece) -> None:
             if self._note is None and self._refused is None:
-                scanners.piece(number, name, valid, joined(piece))
+                scanners.piece(number, name, valid, piece)
             if self._refused is not None:
                 self.settle()
 
