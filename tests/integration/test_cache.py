@@ -666,11 +666,11 @@ async def test_a_refresh_moves_no_body_byte_through_python(
         await wait_for(lambda: t.cached() == [FULL])
         assert sum(spliced) == len(FULL_DATA)
         assert written == []
-        # Sent from the temp file with sendfile pieces (counted once the sending thread is
-        # back, which may be after the client had its last byte).
+        # Sent from the temp file with sendfile pieces (each counted once the sending thread
+        # is back, which may be after the client had its last byte: waited for, every one).
         await wait_for(lambda: t.connections is not None and t.connections.pieces > pieces)
         served = "snapshot_tracker_served_bytes_total"
-        assert t.counter(served, source="upstream") == len(FULL_DATA)
+        await wait_for(lambda: t.counter(served, source="upstream") == len(FULL_DATA))
         assert t.counter(served, source="cache") == 0
 
 
