@@ -47,6 +47,9 @@ It prints the ratio proof / baseline (the targets: 1.0 wall, 2.0 CPU) in wall an
 per million accounts and per GB of storages, the peak memory (VmHWM) of the check's process and of
 its hash worker (their sum: the process tree's peak at most), the most the proof held of its
 budget, and the peak of its spilled index on disk (docs/architecture.md, "Bounded memory").
+For each stage (the first read, the partitions' sort, the second read) it also prints the
+cores each thread used, by name, sampled every 50 ms, with the other processes together: a
+thread near 1.00 is what holds that stage on a host of more cores.
 """
 
 from __future__ import annotations
@@ -213,9 +216,14 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
     timeline.stop()
+    finish = next((a for stage, a, _b in stages.spans if stage == "finish"), t1)
+    by_stage = [("first read", t0, finish)] + [
+        (stage, a, b) for stage, a, b in stages.spans if stage in ("sort", "second read")
+    ]
     return {
         "timeline": [(t - t0, cores) for t, cores in timeline.cores()],
         "spans": [(stage, a - t0, b - t0) for stage, a, b in stages.spans],
+        "busiest": [(stage, timeline.busiest(a, b)) for stage, a, b in by_stage],
         "check": t1 - t0,
         # the scan processes are the forkserver's children, not this process's: they tell
         # their CPU themselves
@@ -441,7 +449,7 @@ class _WorkerPeak(threading.Thread):
     once a second: the poll must cost the measured processes next to nothing."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
+        super().__init__(name="bench-peak", daemon=True)
         self.peaks: dict[str, int] = {}
         self.pss_peak = 0
         self._done = threading.Event()
@@ -472,13 +480,24 @@ class _WorkerPeak(threading.Thread):
         self.join()
 
 
+#: The name of the other processes' part in :attr:`_Timeline.threads` (the hashing or scan
+#: processes together).
+PROCESSES = "processes (together)"
+#: The check runs in the bench's main thread.
+CHECKS = {"MainThread": "check's thread"}
+
+
 class _Timeline(threading.Thread):
     """The cores the process tree (this process and its children, the hashing processes)
-    used, sampled every 50 ms from /proc: where a proof leaves cores idle, and when."""
+    used, sampled every 50 ms from /proc: where a proof leaves cores idle, and when; and each
+    thread of this process by its name (a pool's numbers left out) with the other processes
+    together, at the same samples (:meth:`busiest`: which thread bounds each stage)."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
+        super().__init__(name="bench-timeline", daemon=True)
         self.samples: list[tuple[float, float]] = []
+        #: at each sample: each thread's CPU seconds so far, by native id, and its name
+        self.threads: list[dict[int, tuple[str, float]]] = []
         self._done = threading.Event()
         self._last: dict[str, int] = {}
         self._ticks = os.sysconf("SC_CLK_TCK")
@@ -488,18 +507,54 @@ class _Timeline(threading.Thread):
         return int(fields[11]) + int(fields[12])  # utime, stime
 
     def run(self) -> None:
-        total = 0
+        total = children = 0
         while True:
             for pid in ["self", *_direct_children()]:
                 with contextlib.suppress(OSError, IndexError, ValueError):  # it ended
                     now = self._cpu(pid)
                     # a child's CPU counts from 0 (it began with the check), this process's
                     # from the first sample
-                    total += max(0, now - self._last.get(pid, now if pid == "self" else 0))
+                    step = max(0, now - self._last.get(pid, now if pid == "self" else 0))
+                    total += step
+                    children += step if pid != "self" else 0
                     self._last[pid] = now
             self.samples.append((time.perf_counter(), total / self._ticks))
+            self.threads.append(self._by_thread(children / self._ticks))
             if self._done.wait(0.05):
                 return
+
+    def _by_thread(self, children: float) -> dict[int, tuple[str, float]]:
+        """Each thread's CPU seconds so far (by native id, with its name; one that ended keeps
+        its last figure), and the other processes' (id 0). The bench's own threads are left
+        out."""
+        seen = dict(self.threads[-1]) if self.threads else {}
+        seen[0] = (PROCESSES, children)
+        for thread in threading.enumerate():
+            if thread.native_id is None or thread.name.startswith("bench-"):
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):  # it ended
+                ticks = self._cpu(f"self/task/{thread.native_id}")
+                seen[thread.native_id] = (thread.name.rstrip("0123456789_-"), ticks / self._ticks)
+        return seen
+
+    def busiest(self, start: float, end: float) -> dict[str, tuple[float, float, int]]:
+        """Between ``start`` and ``end`` (perf_counter): each thread name's cores used (its
+        threads' CPU over the wall), the busiest one thread's share of the wall, and how many
+        threads of that name ran."""
+        inside = [i for i, (when, _) in enumerate(self.samples) if start <= when <= end]
+        if len(inside) < 2:
+            return {}
+        first, last = inside[0], inside[-1]
+        wall = self.samples[last][0] - self.samples[first][0]
+        before, after = self.threads[first], self.threads[last]
+        out: dict[str, tuple[float, float, int]] = {}
+        for ident, (name, cpu) in after.items():
+            used = cpu - before.get(ident, (name, 0.0))[1]
+            if used <= 0:
+                continue
+            cores, top, count = out.get(name, (0.0, 0.0, 0))
+            out[name] = (cores + used / wall, max(top, used / wall), count + 1)
+        return out
 
     def cores(self, step: float = 0.5) -> list[tuple[float, float]]:
         """(time, cores used over the ``step`` seconds before it)."""
@@ -614,11 +669,27 @@ def _by_thread(proof: dict[str, Any], million: float) -> str:
 
 
 def _phases(proof: dict[str, Any]) -> str:
-    """When each stage of the check's thread ran (seconds from the check's start) and the
-    cores the tree used, half a second at a time."""
+    """When each stage of the check's thread ran (seconds from the check's start), the cores
+    the tree used, half a second at a time, and in each stage the threads that used the most
+    (:func:`_busiest`)."""
     spans = ", ".join(f"{stage} {a:.2f}-{b:.2f}" for stage, a, b in proof["spans"])
     steps = " ".join(f"{cores:.1f}" for _, cores in proof["timeline"])
-    return f"stages (s): {spans}\ncores used a half second: {steps}"
+    lines = [f"stages (s): {spans}", f"cores used a half second: {steps}"]
+    lines += [_busiest(stage, named) for stage, named in proof.get("busiest", []) if named]
+    return "\n".join(lines)
+
+
+def _busiest(stage: str, named: dict[str, Any], most: int = 6) -> str:
+    """One stage's threads that used the most cores (``named``: :meth:`_Timeline.busiest`),
+    each as its cores and, for several threads of one name, the busiest one's share: a thread
+    near 1.00 is what holds the stage on a host of more cores."""
+    ranked = sorted(named.items(), key=lambda item: -item[1][0])[:most]
+    parts = [
+        f"{CHECKS.get(name, name)} {cores:.2f}"
+        + (f" (x{count}, busiest {top:.2f})" if count > 1 else "")
+        for name, (cores, top, count) in ranked
+    ]
+    return f"  {stage}, cores by thread: " + ", ".join(parts)
 
 
 def _spread_part(base: str, ways: int, part: int, barrier: Any, answers: Any) -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,47 @@ def test_the_kernel_processes_bench_scans_in_a_fresh_and_in_forked_processes() -
     assert len(forked) == 2
     assert {each["records"] for each in [fresh, *forked]} == {fresh["records"]} != {0}
     assert all(each["uss"] < fresh["uss"] / 2 for each in forked), report
+
+
+def test_the_busiest_threads_of_a_stage_from_the_timelines_samples() -> None:
+    from bench.accounts import PROCESSES, _busiest, _Timeline
+
+    timeline = _Timeline()  # its samples given, not taken
+    timeline.samples = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0)]
+    check, frames = "MainThread", "zstd-frame"
+    timeline.threads = [
+        {0: (PROCESSES, 0.0), 7: (check, 0.0)},
+        {0: (PROCESSES, 0.5), 7: (check, 0.9), 8: (frames, 0.2), 9: (frames, 0.4)},
+        {0: (PROCESSES, 1.5), 7: (check, 1.9), 8: (frames, 0.2), 9: (frames, 0.4)},
+        {0: (PROCESSES, 1.5), 7: (check, 2.0), 8: (frames, 0.2), 9: (frames, 0.4)},
+    ]
+    # each name's cores over the stage's wall, the busiest one thread, how many; threads
+    # born in the stage count from zero, those idle in it not at all
+    assert timeline.busiest(0.0, 2.0) == {
+        PROCESSES: (0.75, 0.75, 1),
+        check: (0.95, 0.95, 1),
+        frames: (pytest.approx(0.3), 0.2, 2),
+    }
+    assert timeline.busiest(2.0, 3.0) == {check: (pytest.approx(0.1), pytest.approx(0.1), 1)}
+    assert timeline.busiest(0.5, 1.5) == {}  # one sample: no wall to share
+    line = _busiest("first read", timeline.busiest(0.0, 2.0))
+    assert line == (
+        "  first read, cores by thread: check's thread 0.95, processes (together) 0.75, "
+        "zstd-frame 0.30 (x2, busiest 0.20)"
+    )
+
+
+def test_a_thread_that_ended_keeps_its_cpu_in_the_timeline() -> None:
+    from bench.accounts import _Timeline
+
+    timeline = _Timeline()
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait, name="lane-3")
+    worker.start()
+    timeline.threads.append(timeline._by_thread(0.0))
+    ident = worker.native_id
+    assert ident is not None and timeline.threads[-1][ident][0] == "lane"
+    done.set()
+    worker.join()
+    after = timeline._by_thread(0.0)
+    assert after[ident] == timeline.threads[-1][ident]  # ended: its last figure stays
