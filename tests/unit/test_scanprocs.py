@@ -543,3 +543,23 @@ def test_a_piece_that_cannot_be_sent_costs_the_proof_a_note_never_a_wait(
     assert lt_hash is None and note is not None
     assert "a piece could not be sent: ValueError: no such slot" in note
     assert not any(each.is_alive() for each in senders)  # ended with their processes
+
+
+def test_a_piece_answered_twice_costs_the_proof_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process that says a slot is done twice (it is free by then) would let two pieces
+    # share a slot and its count of pieces go below zero: the second answer is refused as
+    # any other it cannot send, and the proof stops with a note
+    real_take, twice = scanprocs._Process._take, []
+
+    def doubled(self: Any, kind: int, *rest: Any) -> bool:
+        if kind == scanprocs._DONE and not twice:
+            twice.append(real_take(self, kind, *rest))  # the one it owed, then once more
+        return real_take(self, kind, *rest)
+
+    monkeypatch.setattr(scanprocs._Process, "_take", doubled)
+    made = built({3: many(200, 3)}, [3])
+    proof = AccountsProof(roomy(), scanners=1, lanes=0)
+    feed(proof, made[0], 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+    assert twice and lt_hash is None and note is not None
+    assert "the scanning process answered badly: slot" in note and "never in use" in note

@@ -389,6 +389,8 @@ class _Process:
             sink.scanned(first, rows, second, third)
         elif kind == _DONE:
             with self.idle:
+                if first in self.slots:  # free already: a second answer for one piece
+                    raise ValueError(f"slot {first} done, never in use")
                 self.slots.append(first)
             self.free.release()
             self._answered()
