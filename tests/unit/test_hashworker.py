@@ -690,3 +690,32 @@ def test_the_child_starts_with_what_it_hashes_with_only(monkeypatch: pytest.Monk
     finally:
         worker.close()
     assert started and started[0]["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_a_worker_that_answers_a_slot_twice_costs_the_proof(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a slot named again once free would be lent twice (two batches laid out in it): the
+    # answer is taken as the child misspeaking, the proof stops, the archive is not judged
+    monkeypatch.setattr(hashworker, "STALLED", 0.3)
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
+    given = storages()
+    feed(proof, given[0], 4096)
+    proof.settle()  # its bookkeeping done: the worker started
+    assert worker._proc is not None and worker._proc.stdout is not None
+    answers, real_read, doubled = worker._proc.stdout.fileno(), os.read, []
+
+    def read(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        if fd == answers and data and not doubled:
+            doubled.append(data)
+            return data + data[:1]
+        return data
+
+    monkeypatch.setattr(hashworker.os, "read", read)
+    for storage in given[1:]:
+        feed(proof, storage, 4096)
+    lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
+    assert doubled and (lt_hash, note) == (None, "not proven: the hashing process misspoke")
+    assert not workers()

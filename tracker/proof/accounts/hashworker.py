@@ -354,11 +354,22 @@ class HashWorker:
                 answer = os.read(fd, self._due)
             except OSError:
                 answer = b""
-            if not answer or any(slot >= SLOTS for slot in answer):
+            if not answer or not self._sent_slots(answer):
                 self._failure = self._ended() if not answer else "the hashing process misspoke"
                 return
             self._free.extend(answer)
             self._due -= len(answer)
+
+    def _sent_slots(self, answer: bytes) -> bool:
+        """Whether ``answer`` names only slots sent to the child and not answered yet, each
+        once: a slot answered twice would be lent twice, two batches laid out in it."""
+        named = set(answer)
+        return (
+            len(named) == len(answer)
+            and all(slot < SLOTS for slot in named)
+            and not named & set(self._free)
+            and self._lent not in named
+        )
 
     def _ended(self) -> str:
         assert self._proc is not None
