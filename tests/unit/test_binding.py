@@ -148,3 +148,25 @@ def test_a_switch_cleared_again_stops_the_blocks_blake3_and_binds_nothing() -> N
         check = BlockCheck(blocks.digests(), blocks.size, blocks.sha_blocks)
         with pytest.raises(ArchiveInvalid, match=CHANGED):
             check.update(data)
+
+
+def test_blocks_the_second_read_hashes_on_several_threads_are_the_checks() -> None:
+    # real 8 MiB blocks in the 4 MiB pieces the second read reads: large enough for the
+    # blake3 package to split them over its threads (BlockCheck), against the check's
+    # digests taken on one thread (BlockDigests), the last block part of one
+    data = os.urandom(2 * binding.BLOCK + binding.BLOCK // 3)
+    blocks = kept(data, list(range(0, len(data), 1 << 20)), 0, apart=False)
+    digests = blocks.digests()
+    assert digests[32:64] == blake3.blake3(data[binding.BLOCK : 2 * binding.BLOCK]).digest()
+
+    def read_again(raw: bytes) -> BlockCheck:
+        check = BlockCheck(digests, len(data), blocks.sha_blocks)
+        for piece in pieces(raw, list(range(0, len(raw), 4 << 20))):
+            check.update(piece)
+        return check
+
+    assert read_again(data).read == len(data)
+    changed = bytearray(data)
+    changed[binding.BLOCK + 12345] ^= 1  # in the second block
+    with pytest.raises(ArchiveInvalid, match=CHANGED):
+        read_again(bytes(changed))
