@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from agave_storages import expected_lt_hash, feed, storages
+from agave_storages import Storage, expected_lt_hash, feed, storages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_accounts_level import STATE, write_archive
@@ -133,12 +133,18 @@ def test_a_pool_of_workers_sums_what_the_calling_thread_sums_with_the_slots_it_g
     assert not workers()
 
 
-def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
+def begun() -> tuple[HashWorker, AccountsProof, list[Storage]]:
+    """A proof hashed by a worker process, its first storage fed and the worker started."""
     worker = HashWorker(start_from=0)
     proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
     given = storages()
     feed(proof, given[0], 4096)
     proof.settle()  # its bookkeeping done: the worker started
+    return worker, proof, given
+
+
+def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
+    worker, proof, given = begun()
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
     for storage in given[1:]:
@@ -154,11 +160,7 @@ def test_a_stuck_worker_costs_the_proof_never_a_check_that_never_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(hashworker, "STALLED", 0.3)
-    worker = HashWorker(start_from=0)
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
-    given = storages()
-    feed(proof, given[0], 4096)
-    proof.settle()  # its bookkeeping done: the worker started
+    worker, proof, given = begun()
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGSTOP)
     for storage in given[1:]:
@@ -698,11 +700,7 @@ def test_a_worker_that_answers_a_slot_twice_costs_the_proof(
     # a slot named again once free would be lent twice (two batches laid out in it): the
     # answer is taken as the child misspeaking, the proof stops, the archive is not judged
     monkeypatch.setattr(hashworker, "STALLED", 0.3)
-    worker = HashWorker(start_from=0)
-    proof = AccountsProof(AccountsLimits(max_accounts=1000), worker)
-    given = storages()
-    feed(proof, given[0], 4096)
-    proof.settle()  # its bookkeeping done: the worker started
+    worker, proof, given = begun()
     assert worker._proc is not None and worker._proc.stdout is not None
     answers, real_read, doubled = worker._proc.stdout.fileno(), os.read, []
 
