@@ -290,12 +290,14 @@ class _Process:
         process failed only ``finish`` still goes (its reading thread then ends at once)."""
         while (item := self._outbox.get()) is not None:
             frame, parts = item
+            # a piece's frame ends with its slot and its size, -1 when it goes by the pipe
+            slot, size = frame[-2:] if parts is not None else (0, 0)
             try:
                 if self.failure is None or frame[0] == "finish":
-                    if parts is not None and frame[-1] >= 0:
-                        self._copy(frame[-2], parts)
+                    if parts is not None and size >= 0:
+                        self._copy(slot, parts)
                     self.conn.send(frame)
-                    if parts is not None and frame[-1] < 0:
+                    if parts is not None and size < 0:
                         self.conn.send_bytes(joined(parts))
             except OSError:  # gone: its reading thread says so (EOF)
                 self._failed("the scanning process ended")
