@@ -17,7 +17,7 @@ from archives import many_accounts_archive
 
 from tracker.core.digests import Verified
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsprover
+from tracker.proof.accounts import accountsprover, kepthashes
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits, shared_limits
@@ -215,6 +215,34 @@ def test_a_long_second_read_is_held_by_each_blocks_blake3_from_the_manifests_wor
         else:
             assert kept == blake3.blake3(data[number * small : (number + 1) * small]).digest()
     assert verified.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_no_blake3_of_blocks_when_the_second_read_will_read_no_storage(tmp_path: Path) -> None:
+    # every version hashed where it lay and kept (KEEP_FROM 0): no storage is read again, so
+    # however large its storages the check takes no block's BLAKE3 (its prefixes' SHA-256 are
+    # all it keeps, at no cost), and the proof still reaches ``accounts``
+    name, data = many_accounts_archive(300_000_000, 6000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    small = 16 * 1024
+    taken: list[int] = []
+    real = binding.BlockDigests._blake3
+
+    def blake3_of(self: BlockDigests, view: memoryview) -> None:
+        taken.append(len(view))
+        real(self, view)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binding, "BLOCK", small)
+        patch.setattr(archivecheck, "READ_SIZE", small)
+        patch.setattr(accountsprover, "BLAKE3_FROM", 0)
+        patch.setattr(kepthashes, "KEEP_FROM", 0)
+        patch.setattr(binding.BlockDigests, "_blake3", blake3_of)
+        verified, (digests, size, sha_blocks) = told_first_read(path)
+    assert taken == []
+    assert size == len(data) and sha_blocks == -(-len(data) // small)
+    assert len(digests) == sha_blocks * binding.DIGEST
+    assert verified.proof.level.label == "accounts"
 
 
 def test_a_check_that_fails_after_the_switch_ends_its_blake3_thread(tmp_path: Path) -> None:

@@ -175,6 +175,11 @@ class AccountsProof:
         #: told each SlotHistory version found (``watch(number, lamports, data)``, in the
         #: thread that found it: a lane, or one reading a scan process's answers)
         self.watch: Callable[[int, int, bytes], None] | None = None
+        #: set once the first read leaves the second one something to read (a version hashed
+        #: ahead, which it may take out again, or left to it): the check then binds the bytes
+        #: it reads from there by each block's BLAKE3 (tracker.proof.archive.binding); a
+        #: storage whose versions were all hashed where they lay and kept is never read again
+        self.rereads: threading.Event | None = None
         self._scanners: Scanners | None = None
         if processes and self._note is None:
             try:
@@ -275,6 +280,8 @@ class AccountsProof:
         through :meth:`scanned` and the other calls of a ``scanprocs.ScanAnswers``."""
         self._add_storage(number, slot, ident, size, valid)
         name = member_name(slot, ident)
+        if self.rereads is not None and valid:  # hashed there: any version may be taken out
+            self.rereads.set()
         yield from storage_pieces(name, size, valid, self._sender(number, name, valid))
         self.rescanned(number)
 
@@ -518,6 +525,8 @@ class AccountsProof:
         only lays the messages out, as the second read did (docs/architecture.md, "The
         accounts level" → "Hashing ahead")."""
         chosen = np.flatnonzero(counts) if counts.any() else _NONE
+        if len(chosen) and self.rereads is not None:
+            self.rereads.set()
         if lane_sum_in_room(batch, chosen, self._summer):
             self.progress.hashed += len(chosen)
             self._storages.hashed_ahead()

@@ -125,8 +125,6 @@ class StoragesProver:
             return None
         if self._lengths is None:
             self._lengths = _Lengths(manifest.storages)
-            if self._lengths.total >= BLAKE3_FROM:  # a long second read will follow
-                self.binds.set()
             # no lattice hash to compare: the storages are read and indexed, and no hashing
             # process is started (the summer of the caller's thread lends no room ahead); a
             # bound the storage list already passes: none is read (the plain check), and
@@ -141,6 +139,11 @@ class StoragesProver:
                 at_least=self._lengths.records,
             )
             self._proof.watch = self._sysvars.keep
+            if summer is not None and self._lengths.total >= BLAKE3_FROM:
+                # a long second read may follow: from the first storage it will read again
+                # (none when every version was hashed where it lay and kept, nor without a
+                # lattice hash to compare), the check holds it by each block's BLAKE3
+                self._proof.rereads = self.binds
         if self._proof is not None and self._proof.stopped:
             # the archive stays at ``manifest`` whatever comes: its storages are not read
             # (that level says nothing of them), and no second read needs the blocks' BLAKE3
