@@ -294,6 +294,19 @@ def _ignores_sigint(pid: int) -> bool:
     return False
 
 
+def test_a_scan_process_ignores_sigint_from_the_moment_it_is_forked() -> None:
+    # the forkserver ignores SIGINT, and each child it forks puts back the handlers the
+    # forkserver had before: a SIGINT between the fork and the process's own SIG_IGN (in
+    # ``serve``) would end it; here it is ignored from the fork on (exit status 0, where
+    # Python's handler would raise KeyboardInterrupt: 1)
+    process = scanprocs._context().Process(
+        target=signal.raise_signal, args=(signal.SIGINT,), daemon=True
+    )
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+
+
 def test_ctrl_c_at_a_terminal_is_the_proofs_process_to_answer_not_theirs() -> None:
     # the terminal sends SIGINT to the whole process group: the scan processes go on
     slots = {3: many(500, 3), 5: many(400, 5, start=100)}
