@@ -32,7 +32,7 @@ from tracker.proof.accounts.budget import AccountsLimits, WorkerSlots
 from tracker.proof.accounts.hashworker import HashPool, HashWorker
 from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats import kernels
-from tracker.proof.formats.storages import MAX_DATA, META, Records
+from tracker.proof.formats.storages import EXECUTABLE, MAX_DATA, META, Records
 from tracker.proof.formats.writing import Account, write_storage
 from tracker.proof.levels import Level
 
@@ -449,6 +449,8 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
         stop = off + META + data_len
         if stop > end:
             break
+        if buf[off + EXECUTABLE] > 1:  # a whole record's flag: neither false nor true
+            return offsets, lens, -off - 1
         offsets.append(off)
         lens.append(data_len)
         off = stop + (-(at + stop) & 7)
@@ -457,18 +459,27 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1])),
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1]),
+            st.sampled_from([0, 0, 1, 2, 255]),
+        )
+    ),
     st.integers(0, 7),
     st.integers(0, 64),
     st.booleans(),
 )
-def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compiled: bool) -> None:
+def test_the_scan_is_the_formats_scan(
+    records: list[tuple[int, int]], at: int, cut: int, compiled: bool
+) -> None:
     """Compiled and interpreted, hostile lengths included (past the buffer, past 10 MiB, past
-    i64): the same records, the same stop, the same refusal."""
+    i64) and executable bytes neither 0 nor 1: the same records, the same stop, the same
+    refusal."""
     parts = bytearray()
-    for data_len in lens:
+    for data_len, flag in records:
         record = bytearray(META + min(data_len, 200))
         struct.pack_into("<Q", record, 8, data_len)
+        record[EXECUTABLE] = flag
         parts += record + bytes(-len(record) % 8)
     buf = bytes(parts)
     end = max(0, len(buf) - cut)
@@ -476,7 +487,7 @@ def test_the_scan_is_the_formats_scan(lens: list[int], at: int, cut: int, compil
         kernels.load()
     scan = kernels.scan if compiled else interpreted("scan")
     offsets, got_lens, stop, bad = scan(
-        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA
+        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA, EXECUTABLE
     )
     want_offsets, want_lens, want_stop = reference_scan(buf, 0, end, at)
     assert offsets.tolist() == want_offsets and got_lens.tolist() == want_lens
@@ -542,7 +553,7 @@ def test_the_index_rows_are_the_records_pubkeys_and_locators(
     number, the offset / 8, whether its lamports count), as numpy's gathers made them."""
     data = write_storage([Account(key, lamports, b"x" * 9) for key, lamports in accounts])
     buf = np.frombuffer(data, dtype=np.uint8)
-    offsets, lens, _, _ = kernels.scan(buf, 0, len(buf), 0, META, MAX_DATA)
+    offsets, lens, _, _ = kernels.scan(buf, 0, len(buf), 0, META, MAX_DATA, EXECUTABLE)
     batch = Records(buf, offsets, lens, 4096)
     if compiled:
         kernels.load()

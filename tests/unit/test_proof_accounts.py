@@ -543,6 +543,26 @@ def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -
     assert lengths.get(1 << 64, 0) is None  # past u64: no storage agave lists
 
 
+def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
+    # every real list: slot and id packed in one u64 key, found exactly, never a neighbour's
+    # (the slot of one and the id of another), a look-up past 32 bits found nowhere
+    from array import array
+
+    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageList
+
+    top = (1 << 32) - 1
+    listed = [(5, 2, 136), (6, 1, 272), (6, 9, 408), (top, top, 544), (0, 0, 680)]
+    lengths = _Lengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
+    assert lengths._keys is not None  # the one-key look-up
+    for slot, ident, length in listed:
+        assert lengths.get(slot, ident) == length
+    for slot, ident in [(5, 1), (6, 2), (5, 9), (7, 0), (top, top - 1), (1 << 32, 0), (0, 1 << 32)]:
+        assert lengths.get(slot, ident) is None
+    empty = _Lengths(StorageList(array("Q")))
+    assert empty.get(5, 2) is None
+
+
 def test_a_proof_of_many_storages_compiles_its_kernels_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

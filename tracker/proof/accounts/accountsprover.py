@@ -42,6 +42,7 @@ NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: costs less than the SHA-256 of the second saves (~0.43 s a GB; proof.archive.binding).
 BLAKE3_FROM = 256 * 1024 * 1024
 _U64_MAX = (1 << 64) - 1
+_PACKED = 1 << 32
 #: The largest record of a storage: its header and the most data agave stores, aligned.
 _LARGEST = aligned(META + MAX_DATA)
 MISMATCH = (
@@ -61,6 +62,11 @@ class _Lengths:
         self._slots = rows[order, 0]
         self._ids = rows[order, 1]
         self._lengths = rows[order, 2]
+        # slots and ids that fit 32 bits each (every real list: slots ~4·10^8, agave's ids
+        # u32) are one sorted u64 key, ``slot << 32 | id``: one search a storage, not three
+        self._keys: npt.NDArray[np.uint64] | None = None
+        if not len(rows) or max(int(self._slots.max()), int(self._ids.max())) < _PACKED:
+            self._keys = self._slots << np.uint64(32) | self._ids
         # the bytes they hold (each clipped past any storage agave loads: no sum wraps)
         clipped = np.minimum(rows[:, 2], np.uint64(1 << 36))
         self.total = int(clipped.sum(dtype=np.uint64))
@@ -72,6 +78,14 @@ class _Lengths:
         # the keys as u64: a Python int would make numpy cast the whole table to float64 at
         # each look-up (a storage's cost growing with the storages; inexact past 2^53)
         if slot > _U64_MAX or ident > _U64_MAX:
+            return None
+        if self._keys is not None:
+            if slot >= _PACKED or ident >= _PACKED:
+                return None
+            packed = np.uint64(slot << 32 | ident)
+            at = int(self._keys.searchsorted(packed))
+            if at < len(self._keys) and self._keys[at] == packed:
+                return int(self._lengths[at])
             return None
         key = np.uint64(slot)
         lo = int(self._slots.searchsorted(key, side="left"))

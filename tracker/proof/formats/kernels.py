@@ -138,12 +138,13 @@ def _word(buf: Any, at: int) -> Any:
 
 
 @_kernel(0, per=136)
-def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any) -> Any:
+def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any, executable: Any) -> Any:
     """The records wholly within ``buf[start:end]`` (``end <= len(buf)``): their offsets and
     data lengths (int64 arrays), the offset where the first record not wholly there starts,
-    and the offset of a record whose data length passes ``max_data`` (-1 when none: the scan
-    stops there). ``at`` is the storage offset of ``buf[0]``; records start at multiples of 8
-    of the storage."""
+    and the offset of a bad record (-1 when none: the scan stops there): its data length
+    passes ``max_data``, or, wholly there, its executable byte (at ``executable`` in its
+    header) is neither 0 nor 1. ``at`` is the storage offset of ``buf[0]``; records start at
+    multiples of 8 of the storage."""
     end = min(end, len(buf))
     room = max(0, end - start) // meta + 1
     offsets = np.empty(room, dtype=np.int64)
@@ -158,6 +159,8 @@ def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any) -> A
         stop = off + meta + np.int64(data_len)
         if stop > end:
             break
+        if buf[off + executable] > 1:
+            return offsets[:count], lens[:count], off, off
         offsets[count] = off
         lens[count] = data_len
         count += 1
@@ -351,7 +354,7 @@ def warm_up() -> None:
     cache, ~3 s without one)."""
     load()
     piece = np.frombuffer(bytes(256), dtype=np.uint8)  # read-only, as a storage's piece
-    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1)
+    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1, 96)
     chosen = np.arange(len(offsets), dtype=np.int64)
     lay_out(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64))
     out = np.zeros(256, dtype=np.uint8)

@@ -120,11 +120,6 @@ class Records:
         """Every record's pubkey, (n, 32)."""
         return self.field(PUBKEY, 32)
 
-    def executable(self) -> npt.NDArray[np.uint8]:
-        """Every record's executable byte."""
-        flags: npt.NDArray[np.uint8] = self.buf[self.offsets + EXECUTABLE]
-        return flags
-
 
 Sink = Callable[[Records], None]
 
@@ -134,14 +129,22 @@ def scan(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
     """The records wholly within ``buf[start:end]``: their offsets, data lengths, and the
     offset where the first record not wholly there starts. ``at`` is the storage offset of
-    ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused. One compiled
-    loop (:func:`tracker.proof.formats.kernels.scan`)."""
-    offsets, lens, stop, bad = kernels.scan(buf, start, min(end, len(buf)), at, META, MAX_DATA)
+    ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused, as is an
+    executable byte neither 0 nor 1 (agave's ``sanitize_executable``). One compiled loop
+    (:func:`tracker.proof.formats.kernels.scan`)."""
+    offsets, lens, stop, bad = kernels.scan(
+        buf, start, min(end, len(buf)), at, META, MAX_DATA, EXECUTABLE
+    )
     if bad >= 0:
         (data_len,) = _U64.unpack_from(buf.data, bad + DATA_LEN)
+        if data_len > MAX_DATA:
+            raise ArchiveInvalid(
+                f"{name}: the record at byte {at + bad} claims {data_len} bytes of data "
+                f"(at most {MAX_DATA})"
+            )
         raise ArchiveInvalid(
-            f"{name}: the record at byte {at + bad} claims {data_len} bytes of data "
-            f"(at most {MAX_DATA})"
+            f"{name}: the record at byte {at + bad} has executable byte "
+            f"{int(buf[bad + EXECUTABLE])} (0 or 1)"
         )
     return offsets, lens, int(stop)
 
@@ -175,7 +178,6 @@ class StorageScan:
         offsets, lens, stop = scan(array, self._skip, end, pos, self.name)
         if len(offsets):
             batch = Records(array, offsets, lens, pos)
-            _check_executable(batch, self.name)
             self.sink(batch)
             self.count += len(offsets)
         if stop >= end:
@@ -235,16 +237,3 @@ def _inside_reason(name: str, buf: bytes | memoryview, stop: int, end: int, at: 
         f"{name}: the record at byte {at + stop} has {data_len} bytes of data, past the "
         f"storage's valid length {at + end}"
     )
-
-
-def _check_executable(batch: Records, name: str) -> None:
-    flags = batch.executable()
-    if flags.max() <= 1:  # the batch has a record: cheaper than looking for the first
-        return
-    bad = np.flatnonzero(flags > 1)
-    if len(bad):
-        first = int(bad[0])
-        raise ArchiveInvalid(
-            f"{name}: the record at byte {batch.base + int(batch.offsets[first])} has "
-            f"executable byte {int(flags[first])} (0 or 1)"
-        )
