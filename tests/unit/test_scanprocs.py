@@ -29,6 +29,7 @@ from tracker.proof.accounts import accountsproof, budget, newest, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, scan_processes
 from tracker.proof.archive.archivecheck import check_file
+from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
 from tracker.proof.formats.writing import Account, write_storage
 from tracker.proof.levels import Level
@@ -292,6 +293,36 @@ def _ignores_sigint(pid: int) -> bool:
         if line.startswith("SigIgn:"):
             return bool(int(line.split()[1], 16) & 1 << (signal.SIGINT - 1))
     return False
+
+
+def test_a_storages_last_piece_carries_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one frame for a storage of one piece, not two (what many small storages cost: mainnet
+    # holds hundreds of thousands); a storage of no valid byte still sends its end alone,
+    # and one of many pieces ends with its last; the hash is the model's either way
+    slots = {3: many(20, 3), 4: [], 5: many(130, 5, start=100), 6: many(700, 6, start=200)}
+    made = built(slots, list(slots))
+    monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 6 in nine pieces
+    assert [-(-each.current_len // 8192) for each in made] == [1, 0, 1, 9]
+    frames: list[tuple[str, bool]] = []
+    real = scanprocs._Process._send
+
+    def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
+        frames.append((frame[0], frame[4] if frame[0] == "piece" else False))
+        real(self, frame, *args)
+
+    monkeypatch.setattr(scanprocs._Process, "_send", send)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    try:
+        for storage in made:
+            feed(proof, storage, 4096)
+        proof.settle()
+        first = list(frames)
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    finally:
+        proof.close()
+    assert first.count(("end", False)) == 1  # storage 4's
+    assert first.count(("piece", True)) == 3  # each other storage's last piece
+    assert first.count(("piece", False)) == 8  # storage 6's pieces before its last
 
 
 def test_a_scan_process_ignores_sigint_from_the_moment_it_is_forked() -> None:

@@ -32,8 +32,10 @@ for the forkserver and :data:`UNSENT_BYTES` for the pieces waiting to be sent
 (:func:`held_for`), through both reads.
 
 Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
-pickled frames. Parent to process: ``("piece", number, name, valid, slot, size)``, followed
-by the piece's bytes when ``size`` is -1 (no shared slot); ``("end", number)``;
+pickled frames. Parent to process: ``("piece", number, name, valid, last, slot, size)``,
+followed by the piece's bytes when ``size`` is -1 (no shared slot), ``last`` when it ends
+its storage (then answered as an end too: one frame a storage of one piece, mainnet's many
+small storages); ``("end", number)`` (a storage of no valid byte);
 ``("second", number, name, valid, records, left, skip, keep)`` (the arrays as bytes);
 ``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind, three numbers,
 a body; each bounded): a batch's rows (its storage, its records, those hashed; the rows);
@@ -238,14 +240,17 @@ class _Process:
         self.sender = threading.Thread(target=self._write, name="accounts-scan-sends", daemon=True)
         self.sender.start()
 
-    def send_piece(self, number: int, name: str, valid: int, piece: BulkPiece) -> None:
+    def send_piece(
+        self, number: int, name: str, valid: int, piece: BulkPiece, last: bool = False
+    ) -> None:
         """Send a piece once fewer than :data:`IN_FLIGHT` wait (dropped once it failed:
         the proof has stopped): copied into a free slot of the shared memory when it fits,
         else through the pipe. The copy and the send are the sending thread's
         (:meth:`_write`): the thread that walks the archive (the serial chain of the proof,
         docs/architecture.md, "Every core") only hands the piece over, while at most
         :data:`UNSENT` pieces of the proof's processes wait for theirs (what they keep of
-        the decoded archive stays bounded)."""
+        the decoded archive stays bounded). The ``last`` piece of a storage carries its end
+        (:meth:`send_end`'s answer follows the piece's)."""
         while not self.free.acquire(timeout=1.0):
             if self.failure is not None:
                 return
@@ -255,14 +260,15 @@ class _Process:
         parts = piece if isinstance(piece, tuple) else (piece,)
         size = sum(len(part) for part in parts)
         shared = self.shared is not None and size <= SLOT_BYTES
-        self._send(("piece", number, name, valid, slot, size if shared else -1), parts)
+        frame = ("piece", number, name, valid, last, slot, size if shared else -1)
+        self._send(frame, parts, 2 if last else 1)
 
     def send_rescan(self, frame: tuple[Any, ...]) -> None:
         """Storage ``frame[1]``'s second read begins: its pieces follow (no answer of its
         own)."""
         with self.idle:
             self.storages.add(frame[1])
-        self._send(frame, counted=False)
+        self._send(frame, counted=0)
 
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole (or had no valid byte)."""
@@ -271,9 +277,10 @@ class _Process:
         self._send(("end", number))
 
     def _send(
-        self, frame: tuple[Any, ...], parts: tuple[Any, ...] | None = None, counted: bool = True
+        self, frame: tuple[Any, ...], parts: tuple[Any, ...] | None = None, counted: int = 1
     ) -> None:
-        """Hand ``frame`` (and a piece's ``parts``) to the sending thread, in order."""
+        """Hand ``frame`` (and a piece's ``parts``) to the sending thread, in order;
+        ``counted``: the answers it asks for."""
         if self.failure is not None:
             return
         with self.idle:
@@ -449,14 +456,17 @@ class Scanners:
     def __len__(self) -> int:
         return len(self._processes)
 
-    def piece(self, number: int, name: str, valid: int, piece: BulkPiece) -> None:
+    def piece(
+        self, number: int, name: str, valid: int, piece: BulkPiece, last: bool = False
+    ) -> None:
         """Send storage ``number``'s next piece to the process that has it (the least busy
-        one, at its first piece)."""
-        process = self._owner.get(number)
+        one, at its first piece); its ``last`` piece carries its end (as :meth:`end`)."""
+        process = self._owner.pop(number, None) if last else self._owner.get(number)
         if process is None:
             process = min(self._processes, key=lambda each: each.pending)
-            self._owner[number] = process
-        process.send_piece(number, name, valid, piece)
+            if not last:
+                self._owner[number] = process
+        process.send_piece(number, name, valid, piece, last)
 
     def rescan(
         self,
@@ -611,7 +621,7 @@ def _serve(conn: Connection) -> None:
         message = conn.recv()
         kind = message[0]
         if kind == "piece":
-            _, number, name, valid, slot, size = message
+            _, number, name, valid, last, slot, size = message
             if size < 0:
                 piece: bytes | memoryview = conn.recv_bytes()
             else:
@@ -628,6 +638,8 @@ def _serve(conn: Connection) -> None:
                     scans.pop(number, None)
                     conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
             conn.send_bytes(_answer(_DONE, slot))
+            if last:
+                conn.send_bytes(ended(number))
         elif kind == "second":
             _, number, name, valid, records, left, skip, keep = message
             refused.discard(number)
