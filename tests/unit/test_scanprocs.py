@@ -589,6 +589,26 @@ def test_a_piece_that_cannot_be_sent_costs_the_proof_a_note_never_a_wait(
     assert not any(each.is_alive() for each in senders)  # ended with their processes
 
 
+def test_a_last_pieces_slot_is_freed_by_its_storages_end_alone() -> None:
+    # the slot of a storage's last piece is free once its end is answered: an answer that
+    # says that piece is done on its own would free it twice (two pieces in one slot)
+    proof = AccountsProof(roomy(), scanners=1, lanes=0)
+    try:
+        assert proof._scanners is not None
+        process = proof._scanners._processes[0]
+        with process.idle:  # as send_piece leaves it for the last piece of storage 7
+            slot = process.slots.pop()
+            process.storages.add(7)
+            process._last_slots[7] = slot
+            process.pending += 2
+        with pytest.raises(ValueError, match=f"slot {slot} done, never in use"):
+            process._take(scanprocs._DONE, slot, 0, 0, memoryview(b""))
+        assert process._take(scanprocs._COUNT, 7, 0, 0, memoryview(b""))
+        assert slot in process.slots and process.pending == 0 and 7 not in process.storages
+    finally:
+        proof.close()
+
+
 def test_a_piece_answered_twice_costs_the_proof_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     # a process that says a slot is done twice (it is free by then) would let two pieces
     # share a slot and its count of pieces go below zero: the second answer is refused as
@@ -601,6 +621,7 @@ def test_a_piece_answered_twice_costs_the_proof_a_note(monkeypatch: pytest.Monke
         return real_take(self, kind, *rest)
 
     monkeypatch.setattr(scanprocs._Process, "_take", doubled)
+    monkeypatch.setattr(storage_format, "PIECE", 1024)  # pieces before the last are answered
     made = built({3: many(200, 3)}, [3])
     proof = AccountsProof(roomy(), scanners=1, lanes=0)
     feed(proof, made[0], 4096)

@@ -41,7 +41,8 @@ small storages); ``("end", number)`` (a storage of no valid byte);
 a body; each bounded): a batch's rows (its storage, its records, those hashed; the rows);
 a SlotHistory version (its storage, its lamports; its data); a piece done (its slot); a
 storage's count; a storage refused (its reason); a storage read again (what it added and
-took out); at the end the sum; a failure.
+took out); at the end the sum; a failure. A storage's count (or what it added and took out)
+also frees its last piece's slot: no piece-done answer for that one.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ class _Process:
             if fd is not None:
                 os.close(fd)  # the mapping (and the process's) keep the memory
         self.slots = list(range(IN_FLIGHT))  # the free ones
+        #: the slot of each storage's last piece: free once the storage's end is answered
+        self._last_slots: dict[int, int] = {}
         self.storages: set[int] = set()  # those sent to it, not counted yet
         self.free = threading.Semaphore(IN_FLIGHT)
         self.pending = 0  # pieces and ends sent, not answered
@@ -257,6 +260,8 @@ class _Process:
         with self.idle:
             slot = self.slots.pop()
             self.storages.add(number)
+            if last:
+                self._last_slots[number] = slot
         parts = piece if isinstance(piece, tuple) else (piece,)
         size = sum(len(part) for part in parts)
         shared = self.shared is not None and size <= SLOT_BYTES
@@ -397,20 +402,19 @@ class _Process:
             rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
             sink.scanned(first, rows, second, third)
         elif kind == _DONE:
-            with self.idle:
-                if first in self.slots:  # free already: a second answer for one piece
-                    raise ValueError(f"slot {first} done, never in use")
-                self.slots.append(first)
-            self.free.release()
+            self._slot_done(first)
             self._answered()
         elif kind in (_COUNT, _REHASHED):
             with self.idle:
                 self.storages.discard(first)
+                last = self._last_slots.pop(first, None)
+            if last is not None:  # its last piece's slot, done with the storage
+                self._slot_done(last)
             if kind == _COUNT:
                 sink.counted(first, second)
             else:
                 sink.rehashed(first, second, third)
-            self._answered()
+            self._answered(1 if last is None else 2)
         elif kind == _SYSVAR:
             sink.found(first, second, bytes(body))
         elif kind == _REFUSED:
@@ -424,15 +428,25 @@ class _Process:
             return False
         return True
 
+    def _slot_done(self, slot: int) -> None:
+        """``slot`` is free again (ValueError when it is free already, or is a last piece's,
+        which its storage's end frees: a second answer for one piece would let two pieces
+        share it)."""
+        with self.idle:
+            if slot in self.slots or (slot in self._last_slots.values()):
+                raise ValueError(f"slot {slot} done, never in use")
+            self.slots.append(slot)
+        self.free.release()
+
     def _failed(self, reason: str) -> None:
         with self.idle:
             first = self._fail(reason)
         if first:
             self._sink.failed(reason)
 
-    def _answered(self) -> None:
+    def _answered(self, count: int = 1) -> None:
         with self.idle:
-            self.pending -= 1
+            self.pending -= count
             if not self.pending:
                 self.idle.notify_all()
 
@@ -637,9 +651,8 @@ def _serve(conn: Connection) -> None:
                     refused.add(number)
                     scans.pop(number, None)
                     conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
-            conn.send_bytes(_answer(_DONE, slot))
-            if last:
-                conn.send_bytes(ended(number))
+            # a storage's last piece: its end's answer says the slot is free too
+            conn.send_bytes(ended(number) if last else _answer(_DONE, slot))
         elif kind == "second":
             _, number, name, valid, records, left, skip, keep = message
             refused.discard(number)
