@@ -252,8 +252,8 @@ class _Process:
         (:meth:`_write`): the thread that walks the archive (the serial chain of the proof,
         docs/architecture.md, "Every core") only hands the piece over, while at most
         :data:`UNSENT` pieces of the proof's processes wait for theirs (what they keep of
-        the decoded archive stays bounded). The ``last`` piece of a storage carries its end
-        (:meth:`send_end`'s answer follows the piece's)."""
+        the decoded archive stays bounded). The ``last`` piece of a storage carries its end:
+        the end's answer (as to :meth:`send_end`) also frees its slot."""
         while not self.free.acquire(timeout=1.0):
             if self.failure is not None:
                 return

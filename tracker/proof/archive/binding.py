@@ -20,11 +20,10 @@ Two digests, one after the other:
   ``proof.accounts.accountsprover.BLAKE3_FROM`` bytes or more, and the first read left the
   second a storage to read: none is read again when every version was hashed where it lay
   and kept, as in data-heavy storages, where the blocks' BLAKE3 took 9% of the proof's CPU
-  for nothing). BLAKE3
-  runs at 5.9 GB/s here, so the first read spends ~0.17 s a GB more and the second ~0.43 s
-  a GB less: at a million accounts the second read's reading thread took 0.06-0.09 CPU-s
-  instead of 0.13-0.16, and on a host of many cores the second read is no longer bound by
-  its SHA-256. Where the second read reads a few storages of a large file
+  for nothing). BLAKE3 runs at 5.9 GB/s here, so the first read spends ~0.17 s a GB more
+  and the second ~0.43 s a GB less: at a million accounts the second read's reading thread
+  took 0.06-0.09 CPU-s instead of 0.13-0.16, and on a host of many cores the second read is
+  no longer bound by its SHA-256. Where the second read reads a few storages of a large file
   (bench/verify.py's archive) the BLAKE3 of the first read would cost more than it saves:
   `verify` of that 1 GiB archive took 1.23-1.31 s with it from the start in the reading
   thread, against 1.11-1.18 without; 1.11-1.22 s in a thread of its own, against 1.04-1.05
