@@ -304,22 +304,38 @@ def test_a_storages_last_piece_carries_its_end(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 6 in nine pieces
     assert [-(-each.current_len // 8192) for each in made] == [1, 0, 1, 9]
     frames: list[tuple[str, bool]] = []
-    real = scanprocs._Process._send
+    answers: list[tuple[int, int]] = []
+    real, real_take = scanprocs._Process._send, scanprocs._Process._take
 
     def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
         frames.append((frame[0], frame[4] if frame[0] == "piece" else False))
         real(self, frame, *args)
 
+    def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
+        if kind != scanprocs._DONE:
+            answers.append((kind, first))
+        return bool(real_take(self, kind, first, *rest))
+
     monkeypatch.setattr(scanprocs._Process, "_send", send)
+    monkeypatch.setattr(scanprocs._Process, "_take", take)
     proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
     try:
         for storage in made:
             feed(proof, storage, 4096)
         proof.settle()
-        first = list(frames)
+        first, answered = list(frames), list(answers)
         assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
     finally:
         proof.close()
+    # and its process answers with its last rows and its count at once, one answer for a
+    # storage of one piece (the empty one: its count alone)
+    numbers = range(len(made))
+    ends = {number: [k for k, n in answered if n == number][-1] for number in numbers}
+    assert ends == {0: scanprocs._ROWS_END, 1: scanprocs._COUNT} | {
+        number: scanprocs._ROWS_END for number in (2, 3)
+    }
+    assert [k for k, n in answered if n in (0, 2)] == [scanprocs._ROWS_END] * 2
+    assert [k for k, n in answered if n == 3] == [scanprocs._ROWS] * 8 + [scanprocs._ROWS_END]
     assert first.count(("end", False)) == 1  # storage 4's
     assert first.count(("piece", True)) == 3  # each other storage's last piece
     assert first.count(("piece", False)) == 8  # storage 6's pieces before its last
@@ -481,7 +497,8 @@ def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> Non
     ("raw", "problem"),
     [
         (b"", "an answer of 0 bytes"),
-        (scanprocs._answer(9, 0), "an answer of kind 9"),
+        (scanprocs._answer(10, 0), "an answer of kind 10"),
+        (scanprocs._answer(9, 0, 1, 1, b"x" * 40), "an answer of kind 9, 0, and 40 bytes"),
         (scanprocs._answer(1, 0, 1, 1, b"x" * 41), "an answer of kind 1, 0, and 41 bytes"),
         (scanprocs._answer(2, scanprocs.IN_FLIGHT), "an answer of kind 2, 4"),
         (scanprocs._answer(2, -1), "an answer of kind 2, -1"),

@@ -42,7 +42,8 @@ a body; each bounded): a batch's rows (its storage, its records, those hashed; t
 a SlotHistory version (its storage, its lamports; its data); a piece done (its slot); a
 storage's count; a storage refused (its reason); a storage read again (what it added and
 took out); at the end the sum; a failure. A storage's count (or what it added and took out)
-also frees its last piece's slot: no piece-done answer for that one.
+also frees its last piece's slot: no piece-done answer for that one; a storage whose last
+piece held records ends with its last batch's rows and its count in one answer.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ U64 = npt.NDArray[np.uint64]
 _ANSWER = struct.Struct("<BqQQ")
 MAX_ANSWER = 64 * 1024 * 1024
 _ROW_BYTES = 40
-_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED, _REHASHED = range(1, 9)
+_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED, _REHASHED, _ROWS_END = range(1, 10)
+_COUNT_BYTES = struct.Struct("<Q")
 
 
 def _answer(kind: int, first: int, second: int = 0, third: int = 0, body: bytes = b"") -> bytes:
@@ -117,6 +119,7 @@ def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
         _SUM: len(body) == LT_HASH_BYTES,
         _FAILED: True,
         _REHASHED: not body,
+        _ROWS_END: len(body) % _ROW_BYTES == _COUNT_BYTES.size,
     }
     if not fits.get(kind, False):
         raise ValueError(f"an answer of kind {kind}, {first}, and {len(body)} bytes")
@@ -396,7 +399,7 @@ class _Process:
     def _take(self, kind: int, first: int, second: int, third: int, body: memoryview) -> bool:
         """One answer handed to the proof; False once the process said its last."""
         sink = self._sink
-        if kind in (_ROWS, _COUNT, _SYSVAR, _REFUSED, _REHASHED) and first not in self.storages:
+        if kind not in (_DONE, _SUM, _FAILED) and first not in self.storages:
             raise ValueError(f"an answer of storage {first}, never sent to it")
         if kind == _ROWS:
             rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
@@ -404,17 +407,13 @@ class _Process:
         elif kind == _DONE:
             self._slot_done(first)
             self._answered()
+        elif kind == _ROWS_END:  # the storage's last rows, then its count
+            rows = np.frombuffer(body[: -_COUNT_BYTES.size], dtype="<u8").reshape(-1, 5)
+            sink.scanned(first, rows, second, third)
+            (count,) = _COUNT_BYTES.unpack(body[-_COUNT_BYTES.size :])
+            self._ended(_COUNT, first, count, 0)
         elif kind in (_COUNT, _REHASHED):
-            with self.idle:
-                self.storages.discard(first)
-                last = self._last_slots.pop(first, None)
-            if last is not None:  # its last piece's slot, done with the storage
-                self._slot_done(last)
-            if kind == _COUNT:
-                sink.counted(first, second)
-            else:
-                sink.rehashed(first, second, third)
-            self._answered(1 if last is None else 2)
+            self._ended(kind, first, second, third)
         elif kind == _SYSVAR:
             sink.found(first, second, bytes(body))
         elif kind == _REFUSED:
@@ -427,6 +426,20 @@ class _Process:
             self._failed(f"the scanning process failed: {_line(body)}")
             return False
         return True
+
+    def _ended(self, kind: int, number: int, second: int, third: int) -> None:
+        """Storage ``number`` is over in its process: its count, or what its second read
+        added and took out; its last piece's slot free with it."""
+        with self.idle:
+            self.storages.discard(number)
+            last = self._last_slots.pop(number, None)
+        if last is not None:  # its last piece's slot, done with the storage
+            self._slot_done(last)
+        if kind == _COUNT:
+            self._sink.counted(number, second)
+        else:
+            self._sink.rehashed(number, second, third)
+        self._answered(1 if last is None else 2)
 
     def _slot_done(self, slot: int) -> None:
         """``slot`` is free again (ValueError when it is free already, or is a last piece's,
@@ -580,6 +593,10 @@ def _serve(conn: Connection) -> None:
     # superseded versions), and what the scan met, added and took out so far
     rescans: dict[int, tuple[StorageScan, int, int, list[int]]] = {}
 
+    # the rows of the batch of a storage's last piece, held to go with its count (one answer)
+    held: dict[int, tuple[int, int, bytes]] = {}
+    closing: set[int] = set()  # the storage whose last piece is being scanned
+
     def sink_for(number: int) -> Callable[[Records], None]:
         def sink(batch: Records) -> None:
             nonlocal hashed
@@ -587,10 +604,13 @@ def _serve(conn: Connection) -> None:
             chosen = np.flatnonzero(counts)
             lane_sum(batch, chosen, summer)
             hashed += len(chosen)
-            words = np.ascontiguousarray(rows, dtype="<u8").tobytes()
-            conn.send_bytes(_answer(_ROWS, number, len(batch), len(chosen), words))
             for lamports, data in sysvar_versions(batch, rows):
                 conn.send_bytes(_answer(_SYSVAR, number, lamports, 0, data))
+            words = np.ascontiguousarray(rows, dtype="<u8").tobytes()
+            if number in closing:  # a piece gives one batch: the storage's last
+                held[number] = (len(batch), len(chosen), words)
+            else:
+                conn.send_bytes(_answer(_ROWS, number, len(batch), len(chosen), words))
 
         return sink
 
@@ -616,10 +636,17 @@ def _serve(conn: Connection) -> None:
         return scan
 
     def ended(number: int) -> bytes:
-        """The answer to a storage's end: its count, or its second read's outcome."""
+        """The answer to a storage's end: its count (with its last rows when they are held),
+        or its second read's outcome."""
         if number not in rescans:
             done = scans.pop(number, None)
-            return _answer(_COUNT, number, done.count if done is not None else 0)
+            count = done.count if done is not None else 0
+            last = held.pop(number, None)
+            if last is not None:
+                records, chosen, words = last
+                body = words + _COUNT_BYTES.pack(count)
+                return _answer(_ROWS_END, number, records, chosen, body)
+            return _answer(_COUNT, number, count)
         scan, records, superseded, (found, added, taken_out) = rescans.pop(number)
         if number in refused:  # said already
             return _answer(_REHASHED, number)
@@ -643,6 +670,8 @@ def _serve(conn: Connection) -> None:
                 piece = memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
             scan = scan_for(number, name, valid)
             if scan is not None:
+                if last:
+                    closing.add(number)
                 try:
                     scan.take(piece)
                     if isinstance(scan.carry, memoryview):
@@ -650,7 +679,12 @@ def _serve(conn: Connection) -> None:
                 except ArchiveInvalid as exc:
                     refused.add(number)
                     scans.pop(number, None)
+                    rows = held.pop(number, None)
+                    if rows is not None:  # as any batch's: its rows, then the refusal
+                        conn.send_bytes(_answer(_ROWS, number, *rows))
                     conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
+                finally:
+                    closing.discard(number)
             # a storage's last piece: its end's answer says the slot is free too
             conn.send_bytes(ended(number) if last else _answer(_DONE, slot))
         elif kind == "second":
