@@ -295,20 +295,26 @@ def _ignores_sigint(pid: int) -> bool:
     return False
 
 
-def test_a_storages_last_piece_carries_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # one frame for a storage of one piece, not two (what many small storages cost: mainnet
     # holds hundreds of thousands); a storage of no valid byte still sends its end alone,
     # and one of many pieces ends with its last; the hash is the model's either way
-    slots = {3: many(20, 3), 4: [], 5: many(130, 5, start=100), 6: many(700, 6, start=200)}
+    # slot 6 holds newer versions of ten of slot 5's accounts: slot 5 is read again
+    slots = {3: many(20, 3), 4: [], 5: many(210, 5, start=190), 6: many(700, 6, start=200)}
     made = built(slots, list(slots))
     monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 6 in nine pieces
     assert [-(-each.current_len // 8192) for each in made] == [1, 0, 1, 9]
     frames: list[tuple[str, bool]] = []
+    seconds: list[int] = []  # the storages whose piece carried their second read's start
     answers: list[tuple[int, int]] = []
     real, real_take = scanprocs._Process._send, scanprocs._Process._take
 
     def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
         frames.append((frame[0], frame[4] if frame[0] == "piece" else False))
+        if frame[0] == "piece" and frame[5] is not None:
+            seconds.append(frame[1])
         real(self, frame, *args)
 
     def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
@@ -336,6 +342,10 @@ def test_a_storages_last_piece_carries_its_end(monkeypatch: pytest.MonkeyPatch) 
     }
     assert [k for k, n in answered if n in (0, 2)] == [scanprocs._ROWS_END] * 2
     assert [k for k, n in answered if n == 3] == [scanprocs._ROWS] * 8 + [scanprocs._ROWS_END]
+    # the second read of slot 5's storage starts with the piece it sends, never a frame of
+    # its own
+    assert {kind for kind, _ in frames} == {"piece", "end"}
+    assert seconds == [2]
     assert first.count(("end", False)) == 1  # storage 4's
     assert first.count(("piece", True)) == 3  # each other storage's last piece
     assert first.count(("piece", False)) == 8  # storage 6's pieces before its last

@@ -32,18 +32,18 @@ for the forkserver and :data:`UNSENT_BYTES` for the pieces waiting to be sent
 (:func:`held_for`), through both reads.
 
 Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
-pickled frames. Parent to process: ``("piece", number, name, valid, last, slot, size)``,
-followed by the piece's bytes when ``size`` is -1 (no shared slot), ``last`` when it ends
-its storage (then answered as an end too: one frame a storage of one piece, mainnet's many
-small storages); ``("end", number)`` (a storage of no valid byte);
-``("second", number, name, valid, records, left, skip, keep)`` (the arrays as bytes);
-``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind, three numbers,
-a body; each bounded): a batch's rows (its storage, its records, those hashed; the rows);
-a SlotHistory version (its storage, its lamports; its data); a piece done (its slot); a
-storage's count; a storage refused (its reason); a storage read again (what it added and
-took out); at the end the sum; a failure. A storage's count (or what it added and took out)
-also frees its last piece's slot: no piece-done answer for that one; a storage whose last
-piece held records ends with its last batch's rows and its count in one answer.
+pickled frames. Parent to process: ``("piece", number, name, valid, last, second, slot,
+size)``, followed by the piece's bytes when ``size`` is -1 (no shared slot), ``last`` when it
+ends its storage (then answered as an end too: one frame a storage of one piece, mainnet's
+many small storages), ``second`` with a storage's first piece in the second read (``(records,
+left, skip, keep)``, the arrays as bytes; else None); ``("end", number)`` (a storage of no
+valid byte); ``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind,
+three numbers, a body; each bounded): a batch's rows (its storage, its records, those
+hashed; the rows); a SlotHistory version (its storage, its lamports; its data); a piece done
+(its slot); a storage's count; a storage refused (its reason); a storage read again (what it
+added and took out); at the end the sum; a failure. A storage's count (or what it added and
+took out) also frees its last piece's slot: no piece-done answer for that one; a storage
+whose last piece held records ends with its last batch's rows and its count in one answer.
 """
 
 from __future__ import annotations
@@ -247,7 +247,13 @@ class _Process:
         self.sender.start()
 
     def send_piece(
-        self, number: int, name: str, valid: int, piece: BulkPiece, last: bool = False
+        self,
+        number: int,
+        name: str,
+        valid: int,
+        piece: BulkPiece,
+        last: bool = False,
+        second: tuple[Any, ...] | None = None,
     ) -> None:
         """Send a piece once fewer than :data:`IN_FLIGHT` wait (dropped once it failed:
         the proof has stopped): copied into a free slot of the shared memory when it fits,
@@ -256,7 +262,8 @@ class _Process:
         docs/architecture.md, "Every core") only hands the piece over, while at most
         :data:`UNSENT` pieces of the proof's processes wait for theirs (what they keep of
         the decoded archive stays bounded). The ``last`` piece of a storage carries its end:
-        the end's answer (as to :meth:`send_end`) also frees its slot."""
+        the end's answer (as to :meth:`send_end`) also frees its slot; the first piece of its
+        second read carries what that read needs (``second``, :meth:`Scanners.rescan`)."""
         while not self.free.acquire(timeout=1.0):
             if self.failure is not None:
                 return
@@ -268,15 +275,8 @@ class _Process:
         parts = piece if isinstance(piece, tuple) else (piece,)
         size = sum(len(part) for part in parts)
         shared = self.shared is not None and size <= SLOT_BYTES
-        frame = ("piece", number, name, valid, last, slot, size if shared else -1)
+        frame = ("piece", number, name, valid, last, second, slot, size if shared else -1)
         self._send(frame, parts, 2 if last else 1)
-
-    def send_rescan(self, frame: tuple[Any, ...]) -> None:
-        """Storage ``frame[1]``'s second read begins: its pieces follow (no answer of its
-        own)."""
-        with self.idle:
-            self.storages.add(frame[1])
-        self._send(frame, counted=0)
 
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole (or had no valid byte)."""
@@ -472,6 +472,8 @@ class Scanners:
     def __init__(self, count: int, sink: ScanAnswers) -> None:
         self._processes: list[_Process] = []
         self._owner: dict[int, _Process] = {}
+        #: what a storage's second read needs, sent with its first piece (:meth:`rescan`)
+        self._second: dict[int, tuple[Any, ...]] = {}
         unsent = threading.Semaphore(UNSENT)
         try:
             for _ in range(count):
@@ -493,7 +495,7 @@ class Scanners:
             process = min(self._processes, key=lambda each: each.pending)
             if not last:
                 self._owner[number] = process
-        process.send_piece(number, name, valid, piece, last)
+        process.send_piece(number, name, valid, piece, last, self._second.pop(number, None))
 
     def rescan(
         self,
@@ -507,13 +509,12 @@ class Scanners:
     ) -> None:
         """Storage ``number``'s second read begins, in the least busy process: the records
         the first read found in it, the ranges it left (``newest.Stored.left``), the
-        offsets of its superseded versions and of those kept (``newest.second_choice``);
-        its pieces and its end follow as in the first read."""
-        process = min(self._processes, key=lambda each: each.pending)
-        self._owner[number] = process
-        frame = ("second", number, name, valid, records)
+        offsets of its superseded versions and of those kept (``newest.second_choice``),
+        sent with its first piece (a storage the second read reads has a valid byte); its
+        pieces and its end follow as in the first read."""
+        self._owner[number] = min(self._processes, key=lambda each: each.pending)
         arrays = (left.astype("<u8"), skip.astype("<i8"), keep.astype("<i8"))
-        process.send_rescan(frame + tuple(each.tobytes() for each in arrays))
+        self._second[number] = (records, *(each.tobytes() for each in arrays))
 
     def end(self, number: int) -> None:
         """Storage ``number`` is whole: its process answers with its count (in the second
@@ -635,6 +636,19 @@ def _serve(conn: Connection) -> None:
             scan = scans[number] = StorageScan(name, valid, sink_for(number))
         return scan
 
+    def rescan(
+        number: int, name: str, valid: int, records: int, left: bytes, skip: bytes, keep: bytes
+    ) -> None:
+        refused.discard(number)
+        met = [0, 0, 0]
+        arrays = (
+            np.frombuffer(left, dtype="<u8").reshape(-1, 2),
+            np.frombuffer(skip, dtype="<i8"),
+            np.frombuffer(keep, dtype="<i8"),
+        )
+        scan = StorageScan(name, valid, rescan_sink(*arrays, met))
+        rescans[number] = (scan, records, len(arrays[1]), met)
+
     def ended(number: int) -> bytes:
         """The answer to a storage's end: its count (with its last rows when they are held),
         or its second read's outcome."""
@@ -662,7 +676,9 @@ def _serve(conn: Connection) -> None:
         message = conn.recv()
         kind = message[0]
         if kind == "piece":
-            _, number, name, valid, last, slot, size = message
+            _, number, name, valid, last, second, slot, size = message
+            if second is not None:  # its second read begins
+                rescan(number, name, valid, *second)
             if size < 0:
                 piece: bytes | memoryview = conn.recv_bytes()
             else:
@@ -687,17 +703,6 @@ def _serve(conn: Connection) -> None:
                     closing.discard(number)
             # a storage's last piece: its end's answer says the slot is free too
             conn.send_bytes(ended(number) if last else _answer(_DONE, slot))
-        elif kind == "second":
-            _, number, name, valid, records, left, skip, keep = message
-            refused.discard(number)
-            met = [0, 0, 0]
-            arrays = (
-                np.frombuffer(left, dtype="<u8").reshape(-1, 2),
-                np.frombuffer(skip, dtype="<i8"),
-                np.frombuffer(keep, dtype="<i8"),
-            )
-            scan = StorageScan(name, valid, rescan_sink(*arrays, met))
-            rescans[number] = (scan, records, len(arrays[1]), met)
         elif kind == "end":
             conn.send_bytes(ended(message[1]))
         else:  # "finish"
