@@ -557,14 +557,17 @@ def test_the_scan_processes_tell_their_cpu() -> None:
     assert 0 < proof.scan_cpu < 60  # both processes' seconds, as each told with its sum
 
 
-def test_the_walking_thread_hands_pieces_over_and_waits_past_those_unsent(
+def test_the_walking_thread_hands_pieces_over_and_waits_past_what_they_keep_alive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # the copies and the sends are the sending threads' (one a process): the thread that
-    # walks the archive has handed UNSENT pieces over before any is copied, then waits for
-    # the next until one is; what it handed over still gives the model's hash
+    # walks the archive hands pieces over before any is copied while what they keep alive
+    # fits UNSENT_BYTES (here each storage is fed as one chunk of its own, which its piece
+    # keeps alive: three of them fit), then waits for the next until one is copied; what it
+    # handed over still gives the model's hash
     slots = {s: many(200 * s, s, start=100 * s) for s in range(1, 9)}
     made = built(slots, list(slots))
+    monkeypatch.setattr(scanprocs, "UNSENT_BYTES", sum(len(each.data) for each in made[:3]))
     gate, enough = threading.Event(), threading.Event()
     handed, copied = [0], [0]
     real_copy, real_send = scanprocs._Process._copy, scanprocs._Process.send_piece
@@ -577,7 +580,7 @@ def test_the_walking_thread_hands_pieces_over_and_waits_past_those_unsent(
     def counted_send(self: Any, *args: Any) -> None:
         real_send(self, *args)
         handed[0] += 1
-        if handed[0] == scanprocs.UNSENT:
+        if handed[0] == 3:
             enough.set()
 
     monkeypatch.setattr(scanprocs._Process, "_copy", gated_copy)
@@ -588,12 +591,21 @@ def test_the_walking_thread_hands_pieces_over_and_waits_past_those_unsent(
         walking.start()
         assert enough.wait(30) and copied[0] == 0
         walking.join(0.3)  # it stays at the next piece while none of those is copied
-        assert walking.is_alive() and handed[0] == scanprocs.UNSENT
+        assert walking.is_alive() and handed[0] == 3
     finally:
         gate.set()
         walking.join(30)
-    assert handed[0] == len(made) > scanprocs.UNSENT
+    assert handed[0] == len(made)
     assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+
+
+def test_a_waiting_piece_counts_every_buffer_it_keeps_alive_whole() -> None:
+    chunk, other = bytes(4096), bytes(1000)
+    view = memoryview(chunk)[100:200]  # a piece of a decoded chunk keeps all of it alive
+    assert scanprocs.kept_alive((view,)) == 4096
+    assert scanprocs.kept_alive((view, memoryview(other)[:10])) == 5096  # across two chunks
+    assert scanprocs.kept_alive((b"x" * 300,)) == 300  # a piece of its own
+    assert scanprocs.kept_alive((memoryview(bytearray(700)).toreadonly(),)) == 700
 
 
 def test_a_piece_that_cannot_be_sent_costs_the_proof_a_note_never_a_wait(
@@ -603,7 +615,7 @@ def test_a_piece_that_cannot_be_sent_costs_the_proof_a_note_never_a_wait(
         raise ValueError("no such slot")
 
     monkeypatch.setattr(scanprocs._Process, "_copy", broken)
-    slots = {s: many(100 * s, s) for s in range(1, 9)}  # more pieces than wait unsent
+    slots = {s: many(100 * s, s) for s in range(1, 9)}  # more pieces than the unsent hold
     made = built(slots, list(slots))
     proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
     assert proof._scanners is not None

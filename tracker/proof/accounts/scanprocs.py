@@ -16,7 +16,8 @@ next proof. A :class:`Scanners` is one proof's: a storage is one process's, its 
 in order, each copied into a free one of :data:`IN_FLIGHT` slots of memory the two map (a
 ``memfd`` sent over the pipe at the start; where there is none, the pieces go through the
 pipe). Each process has a sending thread of its own in the check's process that copies and
-sends what the thread walking the archive hands it (at most :data:`UNSENT` pieces wait),
+sends what the thread walking the archive hands it (the pieces waiting keep at most
+:data:`UNSENT_BYTES` of decoded archive alive),
 so that this thread, the one every piece passes, only walks: on two cores it took 0.08
 CPU-s a million accounts instead of 0.30 (bench/README.md). The process scans each piece
 (:class:`~tracker.proof.formats.storages.StorageScan`, the one reading of a storage), makes
@@ -74,10 +75,6 @@ from tracker.proof.formats.parsing import BulkPiece, joined
 #: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
 IN_FLIGHT = 4
 SLOT_BYTES = 4 * 1024 * 1024
-#: Pieces of one proof handed to its processes' sending threads and not copied or sent yet,
-#: at most (the thread that walks the archive waits past them). Each keeps what it is a view
-#: of: the decoded pieces it spans (4 MiB each), or a record of up to 10 MiB and those.
-UNSENT = 4
 #: The module the forkserver imports before it forks: numba and the kernels loaded.
 PRELOAD = "tracker.proof.accounts.scanpreload"
 #: Seconds a proof waits for a process's answer before it gives up on it.
@@ -139,9 +136,49 @@ PROCESS_BYTES = 32 * 1024 * 1024
 #: outlives the proof (the next one forks from it at once), so proofs at once count it
 #: each: more than it holds, never less.
 FORKSERVER_BYTES = 144 * 1024 * 1024
-#: What the budget holds, in each proof that scans in processes, for the pieces waiting for
-#: the sending threads (:data:`UNSENT`, 16 MiB each at most).
-UNSENT_BYTES = UNSENT * 16 * 1024 * 1024
+#: What the pieces of one proof handed to its processes' sending threads, and not copied or
+#: sent yet, keep alive at most (the thread that walks the archive waits past it): each
+#: counts every buffer it is a view of, whole (a decoded chunk of 4 MiB, a record joined
+#: across chunks), so pieces of one chunk count it each (more than they keep, never less).
+#: Small storages' pieces wait many to a chunk: a count of pieces had the walk wait at each
+#: (~30 CPU µs a storage of 10 accounts, ``bench/accounts.py --per-storage 10``). The
+#: budget holds it in each proof that scans in processes.
+UNSENT_BYTES = 64 * 1024 * 1024
+
+
+def kept_alive(parts: tuple[Any, ...]) -> int:
+    """The bytes a piece's ``parts`` keep alive while they wait: every buffer each is a view
+    of, whole."""
+    total = 0
+    for part in parts:
+        view = memoryview(part)
+        total += memoryview(view.obj).nbytes if view.obj is not None else view.nbytes
+    return total
+
+
+class _Unsent:
+    """The bytes the pieces waiting for a proof's sending threads keep alive, held within
+    :data:`UNSENT_BYTES` (a piece alone always passes)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.held = 0
+
+    def take(self, size: int, failed: Callable[[], bool]) -> bool:
+        """Hold ``size`` more once they fit; False once ``failed()`` (asked each second)."""
+        with self._changed:
+            while self.held and self.held + size > UNSENT_BYTES:
+                if failed():
+                    return False
+                self._changed.wait(1.0)
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        """``size`` bytes were sent (or dropped): others may wait no more."""
+        with self._changed:
+            self.held -= size
+            self._changed.notify_all()
 
 
 def held_for(processes: int) -> int:
@@ -202,7 +239,7 @@ class _Process:
     """One scan process, its pipe, the thread sending to it and the thread reading its
     answers."""
 
-    def __init__(self, sink: ScanAnswers, unsent: threading.Semaphore) -> None:
+    def __init__(self, sink: ScanAnswers, unsent: _Unsent) -> None:
         context = _context()
         self._sink = sink
         self.conn, theirs = context.Pipe(duplex=True)
@@ -240,7 +277,7 @@ class _Process:
         self.reader.start()
         #: What the sending thread sends, in order (None: it ends), and the bound on the
         #: pieces waiting for it.
-        self._outbox: queue.SimpleQueue[tuple[tuple[Any, ...], tuple[Any, ...] | None] | None]
+        self._outbox: queue.SimpleQueue[tuple[tuple[Any, ...], tuple[Any, ...] | None, int] | None]
         self._outbox = queue.SimpleQueue()
         self._unsent = unsent
         self.sender = threading.Thread(target=self._write, name="accounts-scan-sends", daemon=True)
@@ -260,8 +297,8 @@ class _Process:
         else through the pipe. The copy and the send are the sending thread's
         (:meth:`_write`): the thread that walks the archive (the serial chain of the proof,
         docs/architecture.md, "Every core") only hands the piece over, while at most
-        :data:`UNSENT` pieces of the proof's processes wait for theirs (what they keep of
-        the decoded archive stays bounded). The ``last`` piece of a storage carries its end:
+        :data:`UNSENT_BYTES` of decoded archive are kept alive by the pieces of the proof's
+        processes that wait for theirs. The ``last`` piece of a storage carries its end:
         the end's answer (as to :meth:`send_end`) also frees its slot; the first piece of its
         second read carries what that read needs (``second``, :meth:`Scanners.rescan`)."""
         while not self.free.acquire(timeout=1.0):
@@ -293,18 +330,17 @@ class _Process:
             return
         with self.idle:
             self.pending += counted
-        if parts is not None:
-            while not self._unsent.acquire(timeout=1.0):
-                if self.failure is not None:
-                    return
-        self._outbox.put((frame, parts))
+        held = kept_alive(parts) if parts is not None else 0
+        if held and not self._unsent.take(held, lambda: self.failure is not None):
+            return
+        self._outbox.put((frame, parts, held))
 
     def _write(self) -> None:
         """The sending thread: each frame in order, a piece copied into its slot (one copy
         a part; numpy lets go of the GIL) or sent after its frame through the pipe. Once the
         process failed only ``finish`` still goes (its reading thread then ends at once)."""
         while (item := self._outbox.get()) is not None:
-            frame, parts = item
+            frame, parts, held = item
             # a piece's frame ends with its slot and its size, -1 when it goes by the pipe
             slot, size = frame[-2:] if parts is not None else (0, 0)
             try:
@@ -319,8 +355,8 @@ class _Process:
             except Exception as exc:  # never a thread left dead with the proof waiting on it
                 self._failed(f"a piece could not be sent: {type(exc).__name__}: {exc}")
             finally:
-                if parts is not None:
-                    self._unsent.release()
+                if held:
+                    self._unsent.give(held)
 
     def _copy(self, slot: int, parts: tuple[Any, ...]) -> None:
         """A piece's ``parts`` one after the other into ``slot`` of the shared memory."""
@@ -345,7 +381,7 @@ class _Process:
     def finish(self) -> None:
         """Ask for the process's sum; wait for it."""
         if self.failure is None:
-            self._outbox.put((("finish",), None))
+            self._outbox.put((("finish",), None, 0))
         self.reader.join(STALLED)
 
     def close(self) -> None:
@@ -474,7 +510,7 @@ class Scanners:
         self._owner: dict[int, _Process] = {}
         #: what a storage's second read needs, sent with its first piece (:meth:`rescan`)
         self._second: dict[int, tuple[Any, ...]] = {}
-        unsent = threading.Semaphore(UNSENT)
+        unsent = _Unsent()
         try:
             for _ in range(count):
                 self._processes.append(_Process(sink, unsent))
