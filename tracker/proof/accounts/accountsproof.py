@@ -181,8 +181,6 @@ class AccountsProof:
         #: storage whose versions were all hashed where they lay and kept is never read again
         self.rereads: threading.Event | None = None
         self._scanners: Scanners | None = None
-        #: storages sent to a scan process whose end no piece carried yet (the walk's own)
-        self._unended: set[int] = set()
         if processes and self._note is None:
             try:
                 self._scanners = Scanners(processes, self)
@@ -293,19 +291,10 @@ class AccountsProof:
         the serial reading would have."""
         scanners = self._scanners
         assert scanners is not None
-        sent = 0
-        # the last piece carries the storage's end (one frame a small storage, not two: the
-        # frames' cost is what many small storages pay, docs/architecture.md, "Every core")
-        self._unended.add(number)
 
         def send(piece: BulkPiece) -> None:
-            nonlocal sent
-            sent += len(piece) if not isinstance(piece, tuple) else sum(map(len, piece))
             if self._note is None and self._refused is None:
-                last = sent >= valid
-                scanners.piece(number, name, valid, piece, last)
-                if last:
-                    self._unended.discard(number)
+                scanners.piece(number, name, valid, piece)
             if self._refused is not None:
                 self.settle()
 
@@ -377,9 +366,6 @@ class AccountsProof:
     def rescanned(self, number: int) -> None:
         """Every valid byte of storage ``number`` was sent: its process answers (its count,
         or in the second read what it added and took out)."""
-        if number not in self._unended:  # its last piece carried its end
-            return
-        self._unended.discard(number)
         if self._scanners is not None and self._note is None and self._refused is None:
             self._scanners.end(number)
 

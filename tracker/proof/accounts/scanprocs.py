@@ -510,6 +510,11 @@ class Scanners:
         self._owner: dict[int, _Process] = {}
         #: what a storage's second read needs, sent with its first piece (:meth:`rescan`)
         self._second: dict[int, tuple[Any, ...]] = {}
+        #: the valid bytes of each storage sent so far, and the storages whose last piece
+        #: carried their end (one frame a small storage, not two: what many small storages
+        #: cost, docs/architecture.md, "Every core"), so :meth:`end` sends none
+        self._sent: dict[int, int] = {}
+        self._carried: set[int] = set()
         unsent = _Unsent()
         try:
             for _ in range(count):
@@ -521,11 +526,17 @@ class Scanners:
     def __len__(self) -> int:
         return len(self._processes)
 
-    def piece(
-        self, number: int, name: str, valid: int, piece: BulkPiece, last: bool = False
-    ) -> None:
+    def piece(self, number: int, name: str, valid: int, piece: BulkPiece) -> None:
         """Send storage ``number``'s next piece to the process that has it (the least busy
-        one, at its first piece); its ``last`` piece carries its end (as :meth:`end`)."""
+        one, at its first piece); the piece that ends its ``valid`` bytes carries its end
+        (as :meth:`end`)."""
+        size = sum(map(len, piece)) if isinstance(piece, tuple) else len(piece)
+        sent = self._sent.pop(number, 0) + size
+        last = sent >= valid
+        if last:
+            self._carried.add(number)
+        else:
+            self._sent[number] = sent
         process = self._owner.pop(number, None) if last else self._owner.get(number)
         if process is None:
             process = min(self._processes, key=lambda each: each.pending)
@@ -554,7 +565,10 @@ class Scanners:
 
     def end(self, number: int) -> None:
         """Storage ``number`` is whole: its process answers with its count (in the second
-        read: what it added and took out)."""
+        read: what it added and took out); nothing to send when its last piece carried it."""
+        if number in self._carried:
+            self._carried.discard(number)
+            return
         process = self._owner.pop(number, None)
         if process is None:  # no valid byte: its count is 0, asked of any process
             process = min(self._processes, key=lambda each: each.pending)
