@@ -25,7 +25,7 @@ from test_proof_accounts import built, key, model, reread_from, states
 from test_spill import many, tiny
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.accounts import accountsproof, budget, newest, scanprocs
+from tracker.proof.accounts import accountsproof, budget, newest, scanprocess, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, scan_processes
 from tracker.proof.archive.archivecheck import check_file
@@ -318,7 +318,7 @@ def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
         real(self, frame, *args)
 
     def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
-        if kind != scanprocs._DONE:
+        if kind != scanprocess.DONE:
             answers.append((kind, first))
         return bool(real_take(self, kind, first, *rest))
 
@@ -337,11 +337,11 @@ def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
     # storage of one piece (the empty one: its count alone)
     numbers = range(len(made))
     ends = {number: [k for k, n in answered if n == number][-1] for number in numbers}
-    assert ends == {0: scanprocs._ROWS_END, 1: scanprocs._COUNT} | {
-        number: scanprocs._ROWS_END for number in (2, 3)
+    assert ends == {0: scanprocess.ROWS_END, 1: scanprocess.COUNT} | {
+        number: scanprocess.ROWS_END for number in (2, 3)
     }
-    assert [k for k, n in answered if n in (0, 2)] == [scanprocs._ROWS_END] * 2
-    assert [k for k, n in answered if n == 3] == [scanprocs._ROWS] * 8 + [scanprocs._ROWS_END]
+    assert [k for k, n in answered if n in (0, 2)] == [scanprocess.ROWS_END] * 2
+    assert [k for k, n in answered if n == 3] == [scanprocess.ROWS] * 8 + [scanprocess.ROWS_END]
     # the second read of slot 5's storage starts with the piece it sends, never a frame of
     # its own
     assert {kind for kind, _ in frames} == {"piece", "end"}
@@ -507,27 +507,27 @@ def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> Non
     ("raw", "problem"),
     [
         (b"", "an answer of 0 bytes"),
-        (scanprocs._answer(10, 0), "an answer of kind 10"),
-        (scanprocs._answer(9, 0, 1, 1, b"x" * 40), "an answer of kind 9, 0, and 40 bytes"),
-        (scanprocs._answer(1, 0, 1, 1, b"x" * 41), "an answer of kind 1, 0, and 41 bytes"),
-        (scanprocs._answer(2, scanprocs.IN_FLIGHT), "an answer of kind 2, 4"),
-        (scanprocs._answer(2, -1), "an answer of kind 2, -1"),
-        (scanprocs._answer(3, 0, 1, 0, b"x"), "an answer of kind 3, 0, and 1 bytes"),
-        (scanprocs._answer(6, 0, 0, 0, b"\0" * 2047), "an answer of kind 6, 0, and 2047"),
-        (scanprocs._answer(8, 0, 1, 0, b"x"), "an answer of kind 8, 0, and 1 bytes"),
+        (scanprocess.answer(10, 0), "an answer of kind 10"),
+        (scanprocess.answer(9, 0, 1, 1, b"x" * 40), "an answer of kind 9, 0, and 40 bytes"),
+        (scanprocess.answer(1, 0, 1, 1, b"x" * 41), "an answer of kind 1, 0, and 41 bytes"),
+        (scanprocess.answer(2, scanprocess.IN_FLIGHT), "an answer of kind 2, 4"),
+        (scanprocess.answer(2, -1), "an answer of kind 2, -1"),
+        (scanprocess.answer(3, 0, 1, 0, b"x"), "an answer of kind 3, 0, and 1 bytes"),
+        (scanprocess.answer(6, 0, 0, 0, b"\0" * 2047), "an answer of kind 6, 0, and 2047"),
+        (scanprocess.answer(8, 0, 1, 0, b"x"), "an answer of kind 8, 0, and 1 bytes"),
     ],
 )
 def test_an_answer_no_scan_process_sends_is_refused(raw: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        scanprocs.decode_answer(raw)
+        scanprocess.decode_answer(raw)
 
 
 def test_the_answers_a_scan_process_sends_are_read_back() -> None:
     rows = bytes(range(80))
-    assert scanprocs.decode_answer(scanprocs._answer(1, 7, 2, 1, rows))[:4] == (1, 7, 2, 1)
-    assert bytes(scanprocs.decode_answer(scanprocs._answer(1, 7, 2, 1, rows))[4]) == rows
-    assert scanprocs.decode_answer(scanprocs._answer(2, 3))[:2] == (2, 3)
-    assert scanprocs.decode_answer(scanprocs._answer(4, 5, 2**64 - 1, 0, b"d"))[2] == 2**64 - 1
+    assert scanprocess.decode_answer(scanprocess.answer(1, 7, 2, 1, rows))[:4] == (1, 7, 2, 1)
+    assert bytes(scanprocess.decode_answer(scanprocess.answer(1, 7, 2, 1, rows))[4]) == rows
+    assert scanprocess.decode_answer(scanprocess.answer(2, 3))[:2] == (2, 3)
+    assert scanprocess.decode_answer(scanprocess.answer(4, 5, 2**64 - 1, 0, b"d"))[2] == 2**64 - 1
 
 
 def test_an_answer_the_proof_cannot_keep_costs_the_proof_not_its_thread(
@@ -641,8 +641,8 @@ def test_a_last_pieces_slot_is_freed_by_its_storages_end_alone() -> None:
             process._last_slots[7] = slot
             process.pending += 2
         with pytest.raises(ValueError, match=f"slot {slot} done, never in use"):
-            process._take(scanprocs._DONE, slot, 0, 0, memoryview(b""))
-        assert process._take(scanprocs._COUNT, 7, 0, 0, memoryview(b""))
+            process._take(scanprocess.DONE, slot, 0, 0, memoryview(b""))
+        assert process._take(scanprocess.COUNT, 7, 0, 0, memoryview(b""))
         assert slot in process.slots and process.pending == 0 and 7 not in process.storages
     finally:
         proof.close()
@@ -655,7 +655,7 @@ def test_a_piece_answered_twice_costs_the_proof_a_note(monkeypatch: pytest.Monke
     real_take, twice = scanprocs._Process._take, []
 
     def doubled(self: Any, kind: int, *rest: Any) -> bool:
-        if kind == scanprocs._DONE and not twice:
+        if kind == scanprocess.DONE and not twice:
             twice.append(real_take(self, kind, *rest))  # the one it owed, then once more
         return real_take(self, kind, *rest)
 

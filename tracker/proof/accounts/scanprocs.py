@@ -30,98 +30,50 @@ parses it again, adds and takes out what that says into the same sum, and answer
 what it added and took out, or refuses a storage that reads otherwise than the first time.
 The proof holds :data:`PROCESS_BYTES` of its budget for each, :data:`FORKSERVER_BYTES`
 for the forkserver and :data:`UNSENT_BYTES` for the pieces waiting to be sent
-(:func:`held_for`), through both reads.
-
-Over the pipe (a socket pair), first the memory's descriptor (``socket.send_fds``), then
-pickled frames. Parent to process: ``("piece", number, name, valid, last, second, slot,
-size)``, followed by the piece's bytes when ``size`` is -1 (no shared slot), ``last`` when it
-ends its storage (then answered as an end too: one frame a storage of one piece, mainnet's
-many small storages), ``second`` with a storage's first piece in the second read (``(records,
-left, skip, keep)``, the arrays as bytes; else None); ``("end", number)`` (a storage of no
-valid byte); ``("finish",)``. Process to parent, never pickled (:data:`_ANSWER`: a kind,
-three numbers, a body; each bounded): a batch's rows (its storage, its records, those
-hashed; the rows); a SlotHistory version (its storage, its lamports; its data); a piece done
-(its slot); a storage's count; a storage refused (its reason); a storage read again (what it
-added and took out); at the end the sum; a failure. A storage's count (or what it added and
-took out) also frees its last piece's slot: no piece-done answer for that one; a storage
-whose last piece held records ends with its last batch's rows and its count in one answer.
+(:func:`held_for`), through both reads. What the two say to each other, and the scan
+process's loop: :mod:`.scanprocess`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import multiprocessing
 import os
 import queue
-import signal
 import socket
-import struct
 import threading
-import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.hashworker import shared_memory
-from tracker.proof.formats.lattice import LT_HASH_BYTES
+from tracker.proof.accounts.scanprocess import (
+    COUNT,
+    COUNT_BYTES,
+    DONE,
+    FAILED,
+    IN_FLIGHT,
+    MAX_ANSWER,
+    REFUSED,
+    REHASHED,
+    ROWS,
+    ROWS_END,
+    SLOT_BYTES,
+    SUM,
+    SYSVAR,
+    U64,
+    decode_answer,
+    line,
+    serve,
+)
 from tracker.proof.formats.parsing import BulkPiece, joined
 
-#: Pieces sent to one process and not answered yet, at most (each ~4 MiB): the slots of the
-#: memory the two share, :data:`SLOT_BYTES` each (a larger piece goes through the pipe).
-IN_FLIGHT = 4
-SLOT_BYTES = 4 * 1024 * 1024
 #: The module the forkserver imports before it forks: numba and the kernels loaded.
 PRELOAD = "tracker.proof.accounts.scanpreload"
 #: Seconds a proof waits for a process's answer before it gives up on it.
 STALLED = 60.0
-
-U64 = npt.NDArray[np.uint64]
-#: An answer's head (its kind and three numbers), then its body; the most bytes an answer may
-#: have (a batch's rows: at most a piece's records, 40 bytes each).
-_ANSWER = struct.Struct("<BqQQ")
-MAX_ANSWER = 64 * 1024 * 1024
-_ROW_BYTES = 40
-_ROWS, _DONE, _COUNT, _SYSVAR, _REFUSED, _SUM, _FAILED, _REHASHED, _ROWS_END = range(1, 10)
-_COUNT_BYTES = struct.Struct("<Q")
-
-
-def _answer(kind: int, first: int, second: int = 0, third: int = 0, body: bytes = b"") -> bytes:
-    return _ANSWER.pack(kind, first, second, third) + body
-
-
-def _line(body: memoryview) -> str:
-    """A reason a process sent, as one line of at most 300 characters."""
-    return " ".join(bytes(body).decode("utf-8", "replace").split())[:300]
-
-
-def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
-    """A scan process's answer: its kind, its three numbers and its body; ValueError with
-    one line for one no scan process sends (short, of no kind, rows not whole, a slot or a
-    sum of another size)."""
-    if len(raw) < _ANSWER.size:
-        raise ValueError(f"an answer of {len(raw)} bytes")
-    kind, first, second, third = _ANSWER.unpack_from(raw)
-    body = memoryview(raw)[_ANSWER.size :]
-    fits = {
-        _ROWS: len(body) % _ROW_BYTES == 0,
-        _DONE: 0 <= first < IN_FLIGHT and not body,
-        _COUNT: not body,
-        _SYSVAR: True,
-        _REFUSED: True,
-        _SUM: len(body) == LT_HASH_BYTES,
-        _FAILED: True,
-        _REHASHED: not body,
-        _ROWS_END: len(body) % _ROW_BYTES == _COUNT_BYTES.size,
-    }
-    if not fits.get(kind, False):
-        raise ValueError(f"an answer of kind {kind}, {first}, and {len(body)} bytes")
-    return kind, first, second, third, body
-
 
 _CONTEXT: Any = None
 _CONTEXT_LOCK = threading.Lock()
@@ -435,31 +387,31 @@ class _Process:
     def _take(self, kind: int, first: int, second: int, third: int, body: memoryview) -> bool:
         """One answer handed to the proof; False once the process said its last."""
         sink = self._sink
-        if kind not in (_DONE, _SUM, _FAILED) and first not in self.storages:
+        if kind not in (DONE, SUM, FAILED) and first not in self.storages:
             raise ValueError(f"an answer of storage {first}, never sent to it")
-        if kind == _ROWS:
+        if kind == ROWS:
             rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
             sink.scanned(first, rows, second, third)
-        elif kind == _DONE:
+        elif kind == DONE:
             self._slot_done(first)
             self._answered()
-        elif kind == _ROWS_END:  # the storage's last rows, then its count
-            rows = np.frombuffer(body[: -_COUNT_BYTES.size], dtype="<u8").reshape(-1, 5)
+        elif kind == ROWS_END:  # the storage's last rows, then its count
+            rows = np.frombuffer(body[: -COUNT_BYTES.size], dtype="<u8").reshape(-1, 5)
             sink.scanned(first, rows, second, third)
-            (count,) = _COUNT_BYTES.unpack(body[-_COUNT_BYTES.size :])
-            self._ended(_COUNT, first, count, 0)
-        elif kind in (_COUNT, _REHASHED):
+            (count,) = COUNT_BYTES.unpack(body[-COUNT_BYTES.size :])
+            self._ended(COUNT, first, count, 0)
+        elif kind in (COUNT, REHASHED):
             self._ended(kind, first, second, third)
-        elif kind == _SYSVAR:
+        elif kind == SYSVAR:
             sink.found(first, second, bytes(body))
-        elif kind == _REFUSED:
-            sink.refused(first, _line(body))
-        elif kind == _SUM:
+        elif kind == REFUSED:
+            sink.refused(first, line(body))
+        elif kind == SUM:
             self.total = np.frombuffer(body, dtype="<u2").copy()
             self.cpu = second / 1e6
             return False
-        else:  # _FAILED
-            self._failed(f"the scanning process failed: {_line(body)}")
+        else:  # FAILED
+            self._failed(f"the scanning process failed: {line(body)}")
             return False
         return True
 
@@ -471,7 +423,7 @@ class _Process:
             last = self._last_slots.pop(number, None)
         if last is not None:  # its last piece's slot, done with the storage
             self._slot_done(last)
-        if kind == _COUNT:
+        if kind == COUNT:
             self._sink.counted(number, second)
         else:
             self._sink.rehashed(number, second, third)
@@ -598,166 +550,3 @@ class Scanners:
         """End every process (idempotent)."""
         for process in self._processes:
             process.close()
-
-
-# -- the process -------------------------------------------------------------------------------
-
-
-def serve(conn: Connection) -> None:
-    """A scan process's loop (see the module); ends at ``finish`` or when the pipe closes."""
-    # Ctrl-C at a terminal reaches the whole process group: the proof's process decides
-    # when this ends (it closes the pipe, or kills it), as with the hashing processes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        _serve(conn)
-    except (EOFError, OSError):
-        return
-    except BaseException as exc:  # said to the parent in one line; the proof stops
-        with contextlib.suppress(OSError):
-            conn.send_bytes(_answer(_FAILED, 0, 0, 0, f"{type(exc).__name__}: {exc}".encode()))
-
-
-def _serve(conn: Connection) -> None:
-    from tracker.proof.accounts.accounthash import LocalSum, lane_sum
-    from tracker.proof.accounts.newest import check_reread, rehash
-    from tracker.proof.accounts.sysvars import sysvar_versions
-    from tracker.proof.formats import kernels
-    from tracker.proof.formats.storages import Records, StorageScan
-
-    kernels.load()
-    with socket.socket(fileno=os.dup(conn.fileno())) as raw:
-        flag, fds, _, _ = socket.recv_fds(raw, 1, 1)
-    # read-only: the pieces are the parent's to write, and a read-only piece is the type
-    # the kernels were compiled for in the forkserver (a writable one would compile again)
-    shared = (
-        mmap.mmap(fds[0], IN_FLIGHT * SLOT_BYTES, prot=mmap.PROT_READ)
-        if flag == b"1" and fds
-        else None
-    )
-    for fd in fds:
-        os.close(fd)
-    summer = LocalSum()
-    hashed = 0
-    scans: dict[int, StorageScan] = {}
-    refused: set[int] = set()
-    # the second read's storages: their scan, what the first read found in them (records,
-    # superseded versions), and what the scan met, added and took out so far
-    rescans: dict[int, tuple[StorageScan, int, int, list[int]]] = {}
-
-    # the rows of the batch of a storage's last piece, held to go with its count (one answer)
-    held: dict[int, tuple[int, int, bytes]] = {}
-    closing: set[int] = set()  # the storage whose last piece is being scanned
-
-    def sink_for(number: int) -> Callable[[Records], None]:
-        def sink(batch: Records) -> None:
-            nonlocal hashed
-            rows, counts = batch.index_rows(number << 32)
-            chosen = np.flatnonzero(counts)
-            lane_sum(batch, chosen, summer)
-            hashed += len(chosen)
-            for lamports, data in sysvar_versions(batch, rows):
-                conn.send_bytes(_answer(_SYSVAR, number, lamports, 0, data))
-            words = np.ascontiguousarray(rows, dtype="<u8").tobytes()
-            if number in closing:  # a piece gives one batch: the storage's last
-                held[number] = (len(batch), len(chosen), words)
-            else:
-                conn.send_bytes(_answer(_ROWS, number, len(batch), len(chosen), words))
-
-        return sink
-
-    def rescan_sink(
-        left: U64, skip: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], met: list[int]
-    ) -> Callable[[Records], None]:
-        def sink(batch: Records) -> None:
-            added, taken_out, found = rehash(batch, left, skip, keep, summer)
-            met[0] += found
-            met[1] += added
-            met[2] += taken_out
-
-        return sink
-
-    def scan_for(number: int, name: str, valid: int) -> StorageScan | None:
-        if number in refused:
-            return None
-        if number in rescans:
-            return rescans[number][0]
-        scan = scans.get(number)
-        if scan is None:
-            scan = scans[number] = StorageScan(name, valid, sink_for(number))
-        return scan
-
-    def rescan(
-        number: int, name: str, valid: int, records: int, left: bytes, skip: bytes, keep: bytes
-    ) -> None:
-        refused.discard(number)
-        met = [0, 0, 0]
-        arrays = (
-            np.frombuffer(left, dtype="<u8").reshape(-1, 2),
-            np.frombuffer(skip, dtype="<i8"),
-            np.frombuffer(keep, dtype="<i8"),
-        )
-        scan = StorageScan(name, valid, rescan_sink(*arrays, met))
-        rescans[number] = (scan, records, len(arrays[1]), met)
-
-    def ended(number: int) -> bytes:
-        """The answer to a storage's end: its count (with its last rows when they are held),
-        or its second read's outcome."""
-        if number not in rescans:
-            done = scans.pop(number, None)
-            count = done.count if done is not None else 0
-            last = held.pop(number, None)
-            if last is not None:
-                records, chosen, words = last
-                body = words + _COUNT_BYTES.pack(count)
-                return _answer(_ROWS_END, number, records, chosen, body)
-            return _answer(_COUNT, number, count)
-        scan, records, superseded, (found, added, taken_out) = rescans.pop(number)
-        if number in refused:  # said already
-            return _answer(_REHASHED, number)
-        try:
-            check_reread(scan.name, records, scan.count, found, superseded)
-        except ArchiveInvalid as exc:
-            refused.add(number)
-            conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
-            return _answer(_REHASHED, number)
-        return _answer(_REHASHED, number, added, taken_out)
-
-    while True:
-        message = conn.recv()
-        kind = message[0]
-        if kind == "piece":
-            _, number, name, valid, last, second, slot, size = message
-            if second is not None:  # its second read begins
-                rescan(number, name, valid, *second)
-            if size < 0:
-                piece: bytes | memoryview = conn.recv_bytes()
-            else:
-                assert shared is not None
-                piece = memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
-            scan = scan_for(number, name, valid)
-            if scan is not None:
-                if last:
-                    closing.add(number)
-                try:
-                    scan.take(piece)
-                    if isinstance(scan.carry, memoryview):
-                        scan.carry = bytes(scan.carry)  # the slot is written again
-                except ArchiveInvalid as exc:
-                    refused.add(number)
-                    scans.pop(number, None)
-                    rows = held.pop(number, None)
-                    if rows is not None:  # as any batch's: its rows, then the refusal
-                        conn.send_bytes(_answer(_ROWS, number, *rows))
-                    conn.send_bytes(_answer(_REFUSED, number, 0, 0, exc.reason.encode()))
-                finally:
-                    closing.discard(number)
-            # a storage's last piece: its end's answer says the slot is free too
-            conn.send_bytes(ended(number) if last else _answer(_DONE, slot))
-        elif kind == "end":
-            conn.send_bytes(ended(message[1]))
-        else:  # "finish"
-            total, _ = summer.total()
-            assert total is not None
-            cpu = round(time.process_time() * 1e6)  # its CPU, in µs (bench/accounts.py)
-            conn.send_bytes(_answer(_SUM, 0, cpu, 0, total.astype("<u2").tobytes()))
-            return
