@@ -305,6 +305,7 @@ def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
     slots = {3: many(20, 3), 4: [], 5: many(210, 5, start=190), 6: many(700, 6, start=200)}
     made = built(slots, list(slots))
     monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 6 in nine pieces
+    monkeypatch.setattr(scanprocs, "GATHERED_PIECE", 0)  # none gathered with others
     assert [-(-each.current_len // 8192) for each in made] == [1, 0, 1, 9]
     frames: list[tuple[str, bool]] = []
     seconds: list[int] = []  # the storages whose piece carried their second read's start
@@ -507,7 +508,9 @@ def test_the_command_lines_main_module_runs_nothing_when_imported_again() -> Non
     ("raw", "problem"),
     [
         (b"", "an answer of 0 bytes"),
-        (scanprocess.answer(10, 0), "an answer of kind 10"),
+        (scanprocess.answer(11, 0), "an answer of kind 11"),
+        (scanprocess.answer(10, 0), "an answer of kind 10, 0, and 0 bytes"),  # ends nothing
+        (scanprocess.answer(10, 4, 0, 0, b"x"), "an answer of kind 10, 4"),  # no such slot
         (scanprocess.answer(9, 0, 1, 1, b"x" * 40), "an answer of kind 9, 0, and 40 bytes"),
         (scanprocess.answer(1, 0, 1, 1, b"x" * 41), "an answer of kind 1, 0, and 41 bytes"),
         (scanprocess.answer(2, scanprocess.IN_FLIGHT), "an answer of kind 2, 4"),
@@ -528,6 +531,117 @@ def test_the_answers_a_scan_process_sends_are_read_back() -> None:
     assert bytes(scanprocess.decode_answer(scanprocess.answer(1, 7, 2, 1, rows))[4]) == rows
     assert scanprocess.decode_answer(scanprocess.answer(2, 3))[:2] == (2, 3)
     assert scanprocess.decode_answer(scanprocess.answer(4, 5, 2**64 - 1, 0, b"d"))[2] == 2**64 - 1
+
+
+def _ends(*answers: bytes) -> memoryview:
+    return memoryview(b"".join(scanprocess.ENDS_LENGTH.pack(len(a)) + a for a in answers))
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (_ends(scanprocess.answer(1, 7, 1, 1, b"x" * 40)), "an end of kind 1"),  # rows alone
+        (_ends(scanprocess.answer(2, 0)), "an end of kind 2"),  # a piece done
+        (_ends(scanprocess.answer(3, 7))[:-1], "an end of 25 bytes past the answer's 28"),
+        (_ends(scanprocess.answer(3, 7))[:3], "an end's length cut at byte 0"),
+        (_ends(scanprocess.answer(3, 7), scanprocess.answer(8, 7, 0, 0, b"x")), "kind 8, 7"),
+    ],
+)
+def test_an_answer_of_ends_that_no_scan_process_sends_is_refused(
+    body: memoryview, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        scanprocess.split_ends(body)
+
+
+def test_the_ends_a_scan_process_sends_at_once_are_read_back() -> None:
+    rows = bytes(range(40)) + scanprocess.COUNT_BYTES.pack(3)
+    body = _ends(
+        scanprocess.answer(scanprocess.ROWS_END, 7, 3, 1, rows),
+        scanprocess.answer(scanprocess.COUNT, 8, 5),
+        scanprocess.answer(scanprocess.REHASHED, 9, 2, 1),
+    )
+    raw = scanprocess.answer(scanprocess.ENDS, 2, 0, 0, bytes(body))
+    kind, slot, _, _, decoded = scanprocess.decode_answer(raw)
+    assert (kind, slot) == (scanprocess.ENDS, 2)
+    ends = scanprocess.split_ends(decoded)
+    assert [each[:4] for each in ends] == [(9, 7, 3, 1), (3, 8, 5, 0), (8, 9, 2, 1)]
+    assert bytes(ends[0][4]) == rows
+
+
+def test_small_storages_go_whole_many_to_a_frame_and_end_in_one_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # storages of one small piece are copied and gathered, at most GATHERED_MOST (here 4)
+    # and GATHERED_BYTES to a frame, in both reads (the second's start with its storage);
+    # one answer ends those of a frame and frees its slot. A storage of many pieces and one
+    # of no valid byte go as before. The hash is the model's.
+    slots = {s: many(6 * s + 12, s, start=6 * s) for s in range(1, 12)}  # half the last anew
+    slots[20] = many(1500, 20, start=1000)
+    slots[21] = []
+    made = built(slots, list(slots))
+    monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 20 in nine pieces
+    monkeypatch.setattr(scanprocs, "GATHERED_MOST", 4)
+    frames: list[tuple[Any, ...]] = []
+    ends: list[list[int]] = []
+    real, real_take = scanprocs._Process._send, scanprocs._Process._take
+
+    def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
+        frames.append(frame)
+        real(self, frame, *args)
+
+    def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
+        if kind == scanprocess.ENDS:
+            ends.append([each[1] for each in scanprocess.split_ends(rest[-1])])
+        return bool(real_take(self, kind, first, *rest))
+
+    monkeypatch.setattr(scanprocs._Process, "_send", send)
+    monkeypatch.setattr(scanprocs._Process, "_take", take)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    try:
+        for storage in made:
+            feed(proof, storage, 4096)
+        proof.settle()
+        first = list(frames)
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+        assert proof._scanners is None  # closed, each process's slots had come back
+    finally:
+        proof.close()
+    gathered = [f for f in first if f[0] == "storages"]
+    assert [[entry[0] for entry in f[1]] for f in gathered] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10],
+    ]
+    assert all(f[-1] == sum(entry[-1] for entry in f[1]) for f in gathered)  # bytes, in a slot
+    assert [f[1] for f in first if f[0] == "piece"] == [11] * 9 and ("end", 12) in first
+    assert sorted(n for each in ends[:3] for n in each) == list(
+        range(11)
+    )  # one answer a frame ends them
+    # the second read: storages 0-9 hold superseded versions, read again whole, gathered
+    again = [e for f in frames[len(first) :] if f[0] == "storages" for e in f[1]]
+    assert sorted(e[0] for e in again) == list(range(10))
+    assert all(e[3] is not None for e in again)  # each with its second read's start
+
+
+def test_gathered_storages_keep_within_the_bytes_of_a_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slots = {s: many(100 * s + 10, s, start=100 * s) for s in range(1, 9)}
+    made = built(slots, list(slots))
+    size = max(each.current_len for each in made)
+    monkeypatch.setattr(scanprocs, "GATHERED_BYTES", 3 * size)
+    sizes: list[int] = []
+    real = scanprocs._Process.send_storages
+
+    def send(self: Any, entries: list[tuple[Any, ...]], data: bytearray) -> None:
+        sizes.append(len(data))
+        real(self, entries, data)
+
+    monkeypatch.setattr(scanprocs._Process, "send_storages", send)
+    assert outcome(made, 2) == (model(slots), None)
+    assert sum(sizes) == sum(each.current_len for each in made) and len(sizes) >= 3
+    assert max(sizes) <= 3 * size
 
 
 def test_an_answer_the_proof_cannot_keep_costs_the_proof_not_its_thread(
@@ -568,6 +682,7 @@ def test_the_walking_thread_hands_pieces_over_and_waits_past_what_they_keep_aliv
     slots = {s: many(200 * s, s, start=100 * s) for s in range(1, 9)}
     made = built(slots, list(slots))
     monkeypatch.setattr(scanprocs, "UNSENT_BYTES", sum(len(each.data) for each in made[:3]))
+    monkeypatch.setattr(scanprocs, "GATHERED_PIECE", 0)  # none gathered with others
     gate, enough = threading.Event(), threading.Event()
     handed, copied = [0], [0]
     real_copy, real_send = scanprocs._Process._copy, scanprocs._Process.send_piece

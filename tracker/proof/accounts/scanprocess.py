@@ -9,13 +9,19 @@ size)``, followed by the piece's bytes when ``size`` is -1 (no shared slot), ``l
 ends its storage (then answered as an end too: one frame a storage of one piece, mainnet's
 many small storages), ``second`` with a storage's first piece in the second read (``(records,
 left, skip, keep)``, the arrays as bytes; else None); ``("end", number)`` (a storage of no
-valid byte); ``("finish",)``. Process to parent, never pickled (:data:`ANSWER`: a kind,
+valid byte); ``("storages", entries, slot, size)``: small storages whole, each
+``(number, name, valid, second, length)``, their bytes one after the other (as a piece's);
+``("finish",)``. Process to parent, never pickled (:data:`ANSWER`: a kind,
 three numbers, a body; each bounded): a batch's rows (its storage, its records, those
 hashed; the rows); a SlotHistory version (its storage, its lamports; its data); a piece done
 (its slot); a storage's count; a storage refused (its reason); a storage read again (what it
 added and took out); at the end the sum; a failure. A storage's count (or what it added and
 took out) also frees its last piece's slot: no piece-done answer for that one; a storage
-whose last piece held records ends with its last batch's rows and its count in one answer.
+whose last piece held records ends with its last batch's rows and its count in one answer. The
+answer to ``storages`` holds each one's end (:func:`split_ends`) and frees their slot: one
+frame and one answer for many small storages, where each cost the check's process a frame
+and an answer of its own (docs/architecture.md, "What a storage costs the check's
+process").
 """
 
 from __future__ import annotations
@@ -46,8 +52,12 @@ U64 = npt.NDArray[np.uint64]
 ANSWER = struct.Struct("<BqQQ")
 MAX_ANSWER = 64 * 1024 * 1024
 ROW_BYTES = 40
-ROWS, DONE, COUNT, SYSVAR, REFUSED, SUM, FAILED, REHASHED, ROWS_END = range(1, 10)
+ROWS, DONE, COUNT, SYSVAR, REFUSED, SUM, FAILED, REHASHED, ROWS_END, ENDS = range(1, 11)
 COUNT_BYTES = struct.Struct("<Q")
+#: Each answer an ``ENDS`` answer holds: its length, then the answer.
+ENDS_LENGTH = struct.Struct("<I")
+#: What ends a storage: the answers an ``ENDS`` answer may hold.
+ENDINGS = (COUNT, REHASHED, ROWS_END)
 
 
 def answer(kind: int, first: int, second: int = 0, third: int = 0, body: bytes = b"") -> bytes:
@@ -60,7 +70,7 @@ def line(body: memoryview) -> str:
     return " ".join(bytes(body).decode("utf-8", "replace").split())[:300]
 
 
-def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
+def decode_answer(raw: bytes | memoryview) -> tuple[int, int, int, int, memoryview]:
     """A scan process's answer: its kind, its three numbers and its body; ValueError with
     one line for one no scan process sends (short, of no kind, rows not whole, a slot or a
     sum of another size)."""
@@ -78,10 +88,31 @@ def decode_answer(raw: bytes) -> tuple[int, int, int, int, memoryview]:
         FAILED: True,
         REHASHED: not body,
         ROWS_END: len(body) % ROW_BYTES == COUNT_BYTES.size,
+        ENDS: 0 <= first < IN_FLIGHT and len(body) > 0,
     }
     if not fits.get(kind, False):
         raise ValueError(f"an answer of kind {kind}, {first}, and {len(body)} bytes")
     return kind, first, second, third, body
+
+
+def split_ends(body: memoryview) -> list[tuple[int, int, int, int, memoryview]]:
+    """The answers an ``ENDS`` answer holds, each decoded (:func:`decode_answer`); ValueError
+    with one line for a length past the body or an answer that ends no storage."""
+    answers = []
+    at = 0
+    while at < len(body):
+        if at + ENDS_LENGTH.size > len(body):
+            raise ValueError(f"an end's length cut at byte {at}")
+        (length,) = ENDS_LENGTH.unpack_from(body, at)
+        at += ENDS_LENGTH.size
+        if at + length > len(body):
+            raise ValueError(f"an end of {length} bytes past the answer's {len(body)}")
+        each = decode_answer(body[at : at + length])
+        if each[0] not in ENDINGS:
+            raise ValueError(f"an end of kind {each[0]}")
+        answers.append(each)
+        at += length
+    return answers
 
 
 def serve(conn: Connection) -> None:
@@ -203,6 +234,34 @@ def _serve(conn: Connection) -> None:
             return answer(REHASHED, number)
         return answer(REHASHED, number, added, taken_out)
 
+    def take(number: int, name: str, valid: int, piece: bytes | memoryview, last: bool) -> None:
+        """A piece of storage ``number`` scanned (nothing once it was refused)."""
+        scan = scan_for(number, name, valid)
+        if scan is None:
+            return
+        if last:
+            closing.add(number)
+        try:
+            scan.take(piece)
+            if isinstance(scan.carry, memoryview):
+                scan.carry = bytes(scan.carry)  # the slot is written again
+        except ArchiveInvalid as exc:
+            refused.add(number)
+            scans.pop(number, None)
+            rows = held.pop(number, None)
+            if rows is not None:  # as any batch's: its rows, then the refusal
+                conn.send_bytes(answer(ROWS, number, *rows))
+            conn.send_bytes(answer(REFUSED, number, 0, 0, exc.reason.encode()))
+        finally:
+            closing.discard(number)
+
+    def received(slot: int, size: int) -> bytes | memoryview:
+        """A frame's bytes: in its slot of the shared memory, or next in the pipe."""
+        if size < 0:
+            return conn.recv_bytes()
+        assert shared is not None
+        return memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
+
     while True:
         message = conn.recv()
         kind = message[0]
@@ -210,30 +269,22 @@ def _serve(conn: Connection) -> None:
             _, number, name, valid, last, second, slot, size = message
             if second is not None:  # its second read begins
                 rescan(number, name, valid, *second)
-            if size < 0:
-                piece: bytes | memoryview = conn.recv_bytes()
-            else:
-                assert shared is not None
-                piece = memoryview(shared)[slot * SLOT_BYTES : slot * SLOT_BYTES + size]
-            scan = scan_for(number, name, valid)
-            if scan is not None:
-                if last:
-                    closing.add(number)
-                try:
-                    scan.take(piece)
-                    if isinstance(scan.carry, memoryview):
-                        scan.carry = bytes(scan.carry)  # the slot is written again
-                except ArchiveInvalid as exc:
-                    refused.add(number)
-                    scans.pop(number, None)
-                    rows = held.pop(number, None)
-                    if rows is not None:  # as any batch's: its rows, then the refusal
-                        conn.send_bytes(answer(ROWS, number, *rows))
-                    conn.send_bytes(answer(REFUSED, number, 0, 0, exc.reason.encode()))
-                finally:
-                    closing.discard(number)
+            take(number, name, valid, received(slot, size), last)
             # a storage's last piece: its end's answer says the slot is free too
             conn.send_bytes(ended(number) if last else answer(DONE, slot))
+        elif kind == "storages":  # small storages whole, one after the other; one answer
+            _, entries, slot, size = message
+            data = memoryview(received(slot, size))  # each storage a view, not a copy
+            at = 0
+            ends = []
+            for number, name, valid, second, length in entries:
+                if second is not None:
+                    rescan(number, name, valid, *second)
+                take(number, name, valid, data[at : at + length], True)
+                at += length
+                end = ended(number)
+                ends.append(ENDS_LENGTH.pack(len(end)) + end)
+            conn.send_bytes(answer(ENDS, slot, 0, 0, b"".join(ends)))
         elif kind == "end":
             conn.send_bytes(ended(message[1]))
         else:  # "finish"

@@ -53,6 +53,7 @@ from tracker.proof.accounts.scanprocess import (
     COUNT,
     COUNT_BYTES,
     DONE,
+    ENDS,
     FAILED,
     IN_FLIGHT,
     MAX_ANSWER,
@@ -67,6 +68,7 @@ from tracker.proof.accounts.scanprocess import (
     decode_answer,
     line,
     serve,
+    split_ends,
 )
 from tracker.proof.formats.parsing import BulkPiece, joined
 
@@ -96,6 +98,15 @@ FORKSERVER_BYTES = 144 * 1024 * 1024
 #: (~30 CPU µs a storage of 10 accounts, ``bench/accounts.py --per-storage 10``). The
 #: budget holds it in each proof that scans in processes.
 UNSENT_BYTES = 64 * 1024 * 1024
+#: A storage whose valid bytes are one piece of at most :data:`GATHERED_PIECE` is gathered
+#: with others, copied, and they go whole to one process in one frame of at most
+#: :data:`GATHERED_BYTES` and :data:`GATHERED_MOST` storages, answered in one: each storage
+#: of 10 accounts cost the check's process a frame and an answer, ~150 CPU µs in its
+#: sending and answers' threads (``bench/accounts.py --per-storage 10``). The budget holds
+#: the bytes gathered in each proof that scans in processes.
+GATHERED_PIECE = 128 * 1024
+GATHERED_BYTES = 1024 * 1024
+GATHERED_MOST = 256
 
 
 def kept_alive(parts: tuple[Any, ...]) -> int:
@@ -136,7 +147,9 @@ class _Unsent:
 def held_for(processes: int) -> int:
     """What a proof's budget holds for ``processes`` scan processes, their forkserver and
     the pieces waiting to be sent to them."""
-    return FORKSERVER_BYTES + UNSENT_BYTES + processes * PROCESS_BYTES if processes else 0
+    if not processes:
+        return 0
+    return FORKSERVER_BYTES + UNSENT_BYTES + GATHERED_BYTES + processes * PROCESS_BYTES
 
 
 def _context() -> Any:
@@ -267,6 +280,19 @@ class _Process:
         frame = ("piece", number, name, valid, last, second, slot, size if shared else -1)
         self._send(frame, parts, 2 if last else 1)
 
+    def send_storages(self, entries: list[tuple[Any, ...]], data: bytearray) -> None:
+        """Send small storages whole, their ``entries`` (each ``(number, name, valid,
+        second, length)``) and their bytes one after the other, as one frame in one slot
+        (as :meth:`send_piece`): one answer ends them all and frees it."""
+        while not self.free.acquire(timeout=1.0):
+            if self.failure is not None:
+                return
+        with self.idle:
+            slot = self.slots.pop()
+            self.storages.update(entry[0] for entry in entries)
+        size = len(data) if self.shared is not None and len(data) <= SLOT_BYTES else -1
+        self._send(("storages", entries, slot, size), (data,), len(entries) + 1)
+
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole (or had no valid byte)."""
         with self.idle:
@@ -387,12 +413,17 @@ class _Process:
     def _take(self, kind: int, first: int, second: int, third: int, body: memoryview) -> bool:
         """One answer handed to the proof; False once the process said its last."""
         sink = self._sink
-        if kind not in (DONE, SUM, FAILED) and first not in self.storages:
+        if kind not in (DONE, SUM, FAILED, ENDS) and first not in self.storages:
             raise ValueError(f"an answer of storage {first}, never sent to it")
         if kind == ROWS:
             rows = np.frombuffer(body, dtype="<u8").reshape(-1, 5)
             sink.scanned(first, rows, second, third)
         elif kind == DONE:
+            self._slot_done(first)
+            self._answered()
+        elif kind == ENDS:  # small storages' ends, then their slot free
+            for each in split_ends(body):
+                self._take(*each)
             self._slot_done(first)
             self._answered()
         elif kind == ROWS_END:  # the storage's last rows, then its count
@@ -467,6 +498,12 @@ class Scanners:
         #: cost, docs/architecture.md, "Every core"), so :meth:`end` sends none
         self._sent: dict[int, int] = {}
         self._carried: set[int] = set()
+        #: small storages gathered to go whole to one process in one frame (:meth:`piece`):
+        #: their entries and their bytes, copied (the reading threads of the second read
+        #: share it)
+        self._gathered: list[tuple[Any, ...]] = []
+        self._gathered_bytes = bytearray()
+        self._gathering = threading.Lock()
         unsent = _Unsent()
         try:
             for _ in range(count):
@@ -483,8 +520,14 @@ class Scanners:
         one, at its first piece); the piece that ends its ``valid`` bytes carries its end
         (as :meth:`end`)."""
         size = sum(map(len, piece)) if isinstance(piece, tuple) else len(piece)
+        first = number not in self._sent
         sent = self._sent.pop(number, 0) + size
         last = sent >= valid
+        if first and last and size <= GATHERED_PIECE:  # a small storage whole
+            self._carried.add(number)
+            self._owner.pop(number, None)  # its second read's process: the frame's instead
+            self._gather((number, name, valid, self._second.pop(number, None), size), piece)
+            return
         if last:
             self._carried.add(number)
         else:
@@ -495,6 +538,26 @@ class Scanners:
             if not last:
                 self._owner[number] = process
         process.send_piece(number, name, valid, piece, last, self._second.pop(number, None))
+
+    def _gather(self, entry: tuple[Any, ...], piece: BulkPiece) -> None:
+        """A small storage whole, with those gathered before it unless they would pass
+        :data:`GATHERED_BYTES` or :data:`GATHERED_MOST` (then they go first)."""
+        with self._gathering:
+            if (
+                len(self._gathered_bytes) + entry[-1] > GATHERED_BYTES
+                or len(self._gathered) >= GATHERED_MOST
+            ):
+                self._send_gathered()
+            self._gathered.append(entry)
+            for part in piece if isinstance(piece, tuple) else (piece,):
+                self._gathered_bytes += part
+
+    def _send_gathered(self) -> None:
+        """The storages gathered, to the least busy process (under ``_gathering``)."""
+        if self._gathered:
+            process = min(self._processes, key=lambda each: each.pending)
+            process.send_storages(self._gathered, self._gathered_bytes)
+            self._gathered, self._gathered_bytes = [], bytearray()
 
     def rescan(
         self,
@@ -527,7 +590,9 @@ class Scanners:
         process.send_end(number)
 
     def settle(self) -> None:
-        """Wait until every process answered all it was sent."""
+        """Send the storages gathered; wait until every process answered all it was sent."""
+        with self._gathering:
+            self._send_gathered()
         for process in self._processes:
             process.settle()
 
@@ -538,6 +603,7 @@ class Scanners:
 
     def totals(self) -> npt.NDArray[np.uint16] | None:
         """The processes' sums added; None when one failed."""
+        self.settle()  # the storages gathered too
         total = np.zeros(1024, dtype=np.uint16)
         for process in self._processes:
             process.finish()
