@@ -5,17 +5,21 @@ tests/integration/test_exhaustion.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import subprocess
 import sys
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import attrs
 import pytest
 
-from tracker.accounting.downloads import DownloadSlots, outcome_of, reclaimable
+from tracker.accounting.downloads import DownloadBody, DownloadSlots, outcome_of, reclaimable
 from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
-from tracker.errors import ClientGone, RequestError
+from tracker.errors import ClientGone, RequestError, TrackerError
+from tracker.serving.responsebodies import GeneratorBody
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
@@ -153,12 +157,14 @@ def test_a_stalled_download_gives_its_slot_to_a_new_one_only_when_all_are_taken(
         (10, 10, None, None, "complete"),
         (10, None, None, None, "complete"),
         (5, 10, None, None, "error"),  # ended short without an error: never complete
-        (5, 10, OSError("disk"), None, "error"),
+        (5, 10, OSError("disk"), False, "error"),
         (5, 10, ClientGone("gone"), False, "client_gone"),
         (5, 10, ClientGone("gone"), True, "shutdown"),  # past the shutdown grace
+        # the grace ended: the tracker closed the relay's upstream, which the piece read
+        (5, 10, TrackerError("upstream connection closed"), True, "shutdown"),
     ],
 )
-def test_a_downloads_outcome_asks_who_cut_it_only_when_it_was_cancelled(
+def test_a_downloads_outcome_asks_who_cut_it_only_when_it_ended_with_an_error(
     sent: int, expected: int | None, error: BaseException | None, cut: bool | None, outcome: str
 ) -> None:
     asked: list[bool] = []
@@ -170,3 +176,56 @@ def test_a_downloads_outcome_asks_who_cut_it_only_when_it_was_cancelled(
 
     assert outcome_of(sent, expected, error, cut=tracker_cut) == outcome
     assert asked == ([] if cut is None else [cut])
+
+
+class _CutConnection:
+    """A client connection whose staged piece was cut short after ``went`` bytes, as
+    tracker.zerocopy.connection.Connection tells it (once)."""
+
+    def __init__(self, went: int | None) -> None:
+        self.went = went
+
+    def take_cut(self) -> int | None:
+        went, self.went = self.went, None
+        return went
+
+
+class _Pieces(GeneratorBody):
+    def __init__(self, sizes: list[int], fails: bool) -> None:
+        self.sizes, self.fails = sizes, fails
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        for size in self.sizes:
+            yield b"\0" * size
+        if self.fails:  # the relay's next step: the piece did not go whole
+            raise TrackerError("upstream connection closed")
+
+
+@pytest.mark.parametrize(
+    ("went", "fails", "logged"),
+    [
+        (None, False, 3000),  # every piece went whole
+        (500, True, 1500),  # the last came back as if whole (hypercorn kept the failure)
+    ],
+)
+async def test_a_piece_cut_short_counts_what_went_of_it_once(
+    went: int | None, fails: bool, logged: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = _CutConnection(None)
+    body = DownloadBody(
+        _Pieces([1000, 2000], fails),
+        {"file": "x"},
+        3000,
+        None,
+        connection=connection,  # type: ignore[arg-type]
+    )
+    caplog.set_level(logging.INFO, logger="tracker.download")
+    with pytest.raises(TrackerError) if fails else contextlib.nullcontext():
+        async with body as chunks:
+            async for chunk in chunks:
+                if len(chunk) == 2000:  # its send was cut after ``went`` bytes
+                    connection.went = went
+    [record] = [r for r in caplog.records if r.getMessage() == "download"]
+    fields = record.tracker_fields
+    assert fields["bytes"] == logged
+    assert fields["outcome"] == ("error" if fails else "complete")

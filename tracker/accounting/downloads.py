@@ -42,12 +42,14 @@ def outcome_of(
 ) -> str:
     """``complete``, ``client_gone`` (cancelled: the client went away), ``shutdown`` (cut
     by the tracker: its grace period after SIGTERM ended, ``cut()``) or ``error``. ``cut``
-    is asked of a cancelled answer only: who ended a complete one is no question."""
+    is asked of an answer that ended with an error only (who ended a complete one is no
+    question): past the grace period the tracker ends what is still sent, the upstream
+    connections of relays too, so any error then is its doing."""
     if error is None:
         return "complete" if expected is None or sent == expected else "error"
-    if isinstance(error, (trio.Cancelled, ClientGone)):
-        return "shutdown" if cut() else "client_gone"
-    return "error"
+    if cut():
+        return "shutdown"
+    return "client_gone" if isinstance(error, (trio.Cancelled, ClientGone)) else "error"
 
 
 #: Seconds a download's client may take nothing before its slot can go to a new download
@@ -182,7 +184,10 @@ class DownloadBody(WrappedBody):
             self._metrics.active_streams.inc()
 
     def _passed(self, size: int) -> None:
-        self._sent += size
+        # a zero-copy piece cut short may come back as if it had gone whole (the server
+        # kept its failure to itself): what went of it, never its size
+        cut = self._connection.take_cut() if self._connection is not None else None
+        self._sent += size if cut is None else cut
 
     async def _finish(self, error: BaseException | None) -> None:
         try:
@@ -193,7 +198,7 @@ class DownloadBody(WrappedBody):
             if self._metrics is not None and self._inner_chunks is not None:
                 self._metrics.active_streams.dec()
             if error is not None and self._connection is not None:
-                self._sent += self._connection.take_cut()
+                self._sent += self._connection.take_cut() or 0
             outcome = outcome_of(self._sent, self._expected, error, cut=self._cut)
             seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"

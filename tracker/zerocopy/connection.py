@@ -109,8 +109,9 @@ class Connection:
         self.between_requests: Callable[[], bool] = lambda: False
         self._gone = False
         self._progress = ClientProgress()
-        #: Bytes of the last piece put on the socket before it was cut short (0: none was).
-        self._cut = 0
+        #: Bytes of the last piece put on the socket before it was cut short (None: none
+        #: was, or they were taken already: :meth:`take_cut`).
+        self._cut: int | None = None
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
@@ -182,14 +183,16 @@ class Connection:
         placeholder = self._placeholders.get(piece.count)
         if placeholder is None:
             raise ValueError(f"not a piece size: {piece.count}")
-        self._staged, self._cut = piece, 0
+        self._staged, self._cut = piece, None
         return placeholder
 
-    def take_cut(self) -> int:
+    def take_cut(self) -> int | None:
         """The bytes of the last piece that went out before it was cut short (the client
-        left, the source failed, the tracker stopped: the body's end counts them, since
-        its placeholder never came back); 0 when none was, or they were taken already."""
-        cut, self._cut = self._cut, 0
+        left, the source failed, the tracker stopped); None when none was, or they were
+        taken already. Whoever counts the bytes counts these instead of the piece's size:
+        hypercorn keeps a failed send to itself (``protocol_send`` ends the connection
+        quietly), so the placeholder may come back to the body as if it had gone whole."""
+        cut, self._cut = self._cut, None
         return cut
 
     def finish(self, piece: Piece) -> None:
