@@ -484,9 +484,10 @@ class _Process:
 
 
 class Scanners:
-    """The scan processes of one proof's first read (see the module): :meth:`piece` and
-    :meth:`end` for each storage, :meth:`settle` to wait for every answer, :meth:`Scanners.totals`
-    for their sums at the end, :meth:`close` whatever the way it ended."""
+    """The scan processes of one proof, both reads (see the module): :meth:`piece` and
+    :meth:`end` for each storage (:meth:`rescan` first in the second read), :meth:`settle`
+    to send what is gathered and wait for every answer, :meth:`Scanners.totals` for their
+    sums at the end, :meth:`close` whatever the way it ended."""
 
     def __init__(self, count: int, sink: ScanAnswers) -> None:
         self._processes: list[_Process] = []
@@ -518,7 +519,9 @@ class Scanners:
     def piece(self, number: int, name: str, valid: int, piece: BulkPiece) -> None:
         """Send storage ``number``'s next piece to the process that has it (the least busy
         one, at its first piece); the piece that ends its ``valid`` bytes carries its end
-        (as :meth:`end`)."""
+        (as :meth:`end`). A storage whose first piece is its last and small
+        (:data:`GATHERED_PIECE`) is copied and gathered with others instead (:meth:`_gather`),
+        which go at once to one process, in one frame answered once."""
         size = sum(map(len, piece)) if isinstance(piece, tuple) else len(piece)
         first = number not in self._sent
         sent = self._sent.pop(number, 0) + size
