@@ -295,6 +295,39 @@ def _ignores_sigint(pid: int) -> bool:
     return False
 
 
+def _spied(
+    monkeypatch: pytest.MonkeyPatch, made: list[Storage], slots: dict[int, list[Account]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int, int]:
+    """The proof of ``made`` (the model's hash, asserted) in two scan processes, fed 4 KiB at
+    a time: every frame sent to them, every answer taken (those an ``ENDS`` holds too), and
+    how many of each the first read had."""
+    frames: list[tuple[Any, ...]] = []
+    answers: list[tuple[Any, ...]] = []
+    real_send, real_take = scanprocs._Process._send, scanprocs._Process._take
+
+    def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
+        frames.append(frame)
+        real_send(self, frame, *args)
+
+    def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
+        answers.append((kind, first, *rest))
+        return bool(real_take(self, kind, first, *rest))
+
+    monkeypatch.setattr(scanprocs._Process, "_send", send)
+    monkeypatch.setattr(scanprocs._Process, "_take", take)
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    try:
+        for storage in made:
+            feed(proof, storage, 4096)
+        proof.settle()
+        firsts = len(frames), len(answers)
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+        assert proof._scanners is None  # closed, each process's slots had come back
+    finally:
+        proof.close()
+    return frames, answers, *firsts
+
+
 def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -307,33 +340,11 @@ def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
     monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 6 in nine pieces
     monkeypatch.setattr(scanprocs, "GATHERED_PIECE", 0)  # none gathered with others
     assert [-(-each.current_len // 8192) for each in made] == [1, 0, 1, 9]
-    frames: list[tuple[str, bool]] = []
-    seconds: list[int] = []  # the storages whose piece carried their second read's start
-    answers: list[tuple[int, int]] = []
-    real, real_take = scanprocs._Process._send, scanprocs._Process._take
-
-    def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
-        frames.append((frame[0], frame[4] if frame[0] == "piece" else False))
-        if frame[0] == "piece" and frame[5] is not None:
-            seconds.append(frame[1])
-        real(self, frame, *args)
-
-    def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
-        if kind != scanprocess.DONE:
-            answers.append((kind, first))
-        return bool(real_take(self, kind, first, *rest))
-
-    monkeypatch.setattr(scanprocs._Process, "_send", send)
-    monkeypatch.setattr(scanprocs._Process, "_take", take)
-    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
-    try:
-        for storage in made:
-            feed(proof, storage, 4096)
-        proof.settle()
-        first, answered = list(frames), list(answers)
-        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
-    finally:
-        proof.close()
+    sent, answers, sent_first, answered_first = _spied(monkeypatch, made, slots)
+    first = [(f[0], f[4] if f[0] == "piece" else False) for f in sent[:sent_first]]
+    frames = [f[0] for f in sent]
+    seconds = [f[1] for f in sent if f[0] == "piece" and f[5] is not None]
+    answered = [(k, n) for k, n, *_ in answers[:answered_first] if k != scanprocess.DONE]
     # and its process answers with its last rows and its count at once, one answer for a
     # storage of one piece (the empty one: its count alone)
     numbers = range(len(made))
@@ -345,7 +356,7 @@ def test_a_storages_pieces_carry_its_end_and_its_second_reads_start(
     assert [k for k, n in answered if n == 3] == [scanprocess.ROWS] * 8 + [scanprocess.ROWS_END]
     # the second read of slot 5's storage starts with the piece it sends, never a frame of
     # its own
-    assert {kind for kind, _ in frames} == {"piece", "end"}
+    assert set(frames) == {"piece", "end"}
     assert seconds == [2]
     assert first.count(("end", False)) == 1  # storage 4's
     assert first.count(("piece", True)) == 3  # each other storage's last piece
@@ -582,31 +593,11 @@ def test_small_storages_go_whole_many_to_a_frame_and_end_in_one_answer(
     made = built(slots, list(slots))
     monkeypatch.setattr(storage_format, "PIECE", 8192)  # storage 20 in nine pieces
     monkeypatch.setattr(scanprocs, "GATHERED_MOST", 4)
-    frames: list[tuple[Any, ...]] = []
-    ends: list[list[int]] = []
-    real, real_take = scanprocs._Process._send, scanprocs._Process._take
-
-    def send(self: Any, frame: tuple[Any, ...], *args: Any) -> None:
-        frames.append(frame)
-        real(self, frame, *args)
-
-    def take(self: Any, kind: int, first: int, *rest: Any) -> bool:
-        if kind == scanprocess.ENDS:
-            ends.append([each[1] for each in scanprocess.split_ends(rest[-1])])
-        return bool(real_take(self, kind, first, *rest))
-
-    monkeypatch.setattr(scanprocs._Process, "_send", send)
-    monkeypatch.setattr(scanprocs._Process, "_take", take)
-    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
-    try:
-        for storage in made:
-            feed(proof, storage, 4096)
-        proof.settle()
-        first = list(frames)
-        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
-        assert proof._scanners is None  # closed, each process's slots had come back
-    finally:
-        proof.close()
+    frames, answers, sent_first, _ = _spied(monkeypatch, made, slots)
+    first = frames[:sent_first]
+    ends = [
+        [e[1] for e in scanprocess.split_ends(a[-1])] for a in answers if a[0] == scanprocess.ENDS
+    ]
     gathered = [f for f in first if f[0] == "storages"]
     assert [[entry[0] for entry in f[1]] for f in gathered] == [
         [0, 1, 2, 3],
@@ -615,9 +606,8 @@ def test_small_storages_go_whole_many_to_a_frame_and_end_in_one_answer(
     ]
     assert all(f[-1] == sum(entry[-1] for entry in f[1]) for f in gathered)  # bytes, in a slot
     assert [f[1] for f in first if f[0] == "piece"] == [11] * 9 and ("end", 12) in first
-    assert sorted(n for each in ends[:3] for n in each) == list(
-        range(11)
-    )  # one answer a frame ends them
+    # one answer a frame ends them
+    assert sorted(n for each in ends[:3] for n in each) == list(range(11))
     # the second read: storages 0-9 hold superseded versions, read again whole, gathered
     again = [e for f in frames[len(first) :] if f[0] == "storages" for e in f[1]]
     assert sorted(e[0] for e in again) == list(range(10))
