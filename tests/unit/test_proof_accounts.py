@@ -526,8 +526,8 @@ def test_hundreds_of_storages_keep_their_names_slots_and_counts() -> None:
 
 
 def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -> None:
-    # the keys are u64 in the look-up: numpy cast a Python int and the whole table to float64
-    # at each look-up (a cost growing with the storages), where these slots are one number
+    # exact past 2^53 (numpy once cast a Python int and the whole table to float64 at each
+    # look-up, where these slots are one number) and past 32 bits (three searches)
     from array import array
 
     from tracker.proof.accounts.accountsprover import _Lengths
@@ -561,6 +561,36 @@ def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
         assert lengths.get(slot, ident) is None
     empty = _Lengths(StorageList(array("Q")))
     assert empty.get(5, 2) is None
+
+
+def test_a_storage_look_up_never_calls_numpy() -> None:
+    # numpy's searchsorted lets go of the GIL at each call: the check's thread, which every
+    # storage passes, then waits behind the proof's other threads for its turn (docs
+    # architecture, "What a storage costs the check's process"); the look-up is bisect's
+    import sys
+    from array import array
+    from types import FrameType
+
+    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageList
+
+    called: list[str] = []
+
+    def hook(_frame: FrameType, event: str, arg: object) -> None:
+        if event == "c_call":
+            called.append(f"{getattr(arg, '__module__', None)}.{getattr(arg, '__qualname__', arg)}")
+
+    for big in (1, 1 << 40):  # one packed key, and three searches
+        listed = [(5 * big, 2, 136), (6 * big, 1, 272), (6 * big, 9, 408)]
+        lengths = _Lengths(StorageList(array("Q", [n for row in listed for n in row])))
+        sys.setprofile(hook)
+        try:
+            found = [lengths.get(slot, ident) for slot, ident, _ in listed]
+            missing = lengths.get(7 * big, 0)
+        finally:
+            sys.setprofile(None)
+        assert found == [136, 272, 408] and missing is None
+    assert called and not [name for name in called if "numpy" in name or "ndarray" in name], called
 
 
 def test_a_proof_of_many_storages_compiles_its_kernels_once(

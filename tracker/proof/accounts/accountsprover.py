@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 import threading
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 import attrs
@@ -41,7 +43,6 @@ NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: second read reads most of a large file, and the BLAKE3 of the first read (~0.17 s a GB)
 #: costs less than the SHA-256 of the second saves (~0.43 s a GB; proof.archive.binding).
 BLAKE3_FROM = 256 * 1024 * 1024
-_U64_MAX = (1 << 64) - 1
 _PACKED = 1 << 32
 #: The largest record of a storage: its header and the most data agave stores, aligned.
 _LARGEST = aligned(META + MAX_DATA)
@@ -52,21 +53,31 @@ MISMATCH = (
 
 
 class _Lengths:
-    """The storage list sorted once, looked up by (slot, id) in O(log n)."""
+    """The storage list sorted once, looked up by (slot, id) in O(log n).
+
+    The look-up is the standard library's ``bisect`` over ``array("Q")`` columns, never
+    numpy's ``searchsorted``: that one lets go of the GIL at each call, and the check's
+    thread, which every storage passes, then waits for its turn behind the proof's other
+    threads (its scan processes' sending and answers' threads: ~40 µs a look-up with one busy
+    thread beside it, against ~0.6; docs/architecture.md, "What a storage costs the check's
+    process")."""
 
     def __init__(self, storages: StorageList) -> None:
         rows: npt.NDArray[np.uint64] = np.frombuffer(storages.entries, dtype=np.uint64).reshape(
             -1, 3
         )
         order = np.lexsort((rows[:, 1], rows[:, 0]))
-        self._slots = rows[order, 0]
-        self._ids = rows[order, 1]
-        self._lengths = rows[order, 2]
+        slots, ids = rows[order, 0], rows[order, 1]
+        self._lengths: array[int] = array("Q", rows[order, 2].tobytes())
         # slots and ids that fit 32 bits each (every real list: slots ~4·10^8, agave's ids
-        # u32) are one sorted u64 key, ``slot << 32 | id``: one search a storage, not three
-        self._keys: npt.NDArray[np.uint64] | None = None
-        if not len(rows) or max(int(self._slots.max()), int(self._ids.max())) < _PACKED:
-            self._keys = self._slots << np.uint64(32) | self._ids
+        # u32) are one sorted key, ``slot << 32 | id``: one search a storage, not three
+        self._keys: array[int] | None = None
+        self._slots: array[int] = array("Q")
+        self._ids: array[int] = array("Q")
+        if not len(rows) or max(int(slots.max()), int(ids.max())) < _PACKED:
+            self._keys = array("Q", (slots << np.uint64(32) | ids).tobytes())
+        else:
+            self._slots, self._ids = array("Q", slots.tobytes()), array("Q", ids.tobytes())
         # the bytes they hold (each clipped past any storage agave loads: no sum wraps)
         clipped = np.minimum(rows[:, 2], np.uint64(1 << 36))
         self.total = int(clipped.sum(dtype=np.uint64))
@@ -75,24 +86,21 @@ class _Lengths:
         self.records = int(((clipped + np.uint64(_LARGEST - 1)) // np.uint64(_LARGEST)).sum())
 
     def get(self, slot: int, ident: int) -> int | None:
-        # the keys as u64: a Python int would make numpy cast the whole table to float64 at
-        # each look-up (a storage's cost growing with the storages; inexact past 2^53)
-        if slot > _U64_MAX or ident > _U64_MAX:
-            return None
+        """The valid length the list gives storage ``slot``.``ident``; None when it lists
+        none."""
         if self._keys is not None:
             if slot >= _PACKED or ident >= _PACKED:
                 return None
-            packed = np.uint64(slot << 32 | ident)
-            at = int(self._keys.searchsorted(packed))
+            packed = slot << 32 | ident
+            at = bisect_left(self._keys, packed)
             if at < len(self._keys) and self._keys[at] == packed:
-                return int(self._lengths[at])
+                return self._lengths[at]
             return None
-        key = np.uint64(slot)
-        lo = int(self._slots.searchsorted(key, side="left"))
-        hi = int(self._slots.searchsorted(key, side="right"))
-        at = lo + int(self._ids[lo:hi].searchsorted(np.uint64(ident)))
-        if at < hi and int(self._ids[at]) == ident:
-            return int(self._lengths[at])
+        lo = bisect_left(self._slots, slot)
+        hi = bisect_right(self._slots, slot, lo)
+        at = bisect_left(self._ids, ident, lo, hi)
+        if at < hi and self._ids[at] == ident:
+            return self._lengths[at]
         return None
 
 
