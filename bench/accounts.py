@@ -75,6 +75,9 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.manyaccounts import build_archive, storages
+from bench.procwatch import PeakWatch
+from bench.procwatch import direct_children as _direct_children
+from bench.procwatch import peak_rss as _peak_rss
 from tracker.config.values import parse_size
 from tracker.proof.accounts import scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
@@ -200,7 +203,7 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     if scan_processes(_limits(memory, base, workers)):
         scanprocs.warm()
     once = time.perf_counter() - w0
-    watch = _WorkerPeak()
+    watch = PeakWatch()  # in a process of its own: no turn at this one's GIL
     watch.start()
     temp = base / "tmp"
     temp.mkdir(exist_ok=True)
@@ -421,65 +424,6 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _peak_rss(pid: str) -> int:
-    """A process's peak RSS (VmHWM: ru_maxrss would count the parent's before the exec)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _pss(pid: str) -> int:
-    """A process's proportional set size now (0: it ended)."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class _WorkerPeak(threading.Thread):
-    """The peak RSS of this process's hash workers (``proof_workers`` less one of them),
-    each read every 100 ms while it runs (once it has exited and been waited for, nothing
-    tells it), summed: with the check's own, the process tree's peak at most (pages the
-    processes share, such as those the scan processes have from their forkserver, counted
-    in each). And the most the tree held at one poll counting each page once: the sum of
-    the processes' PSS (``/proc/PID/smaps_rollup``: a shared page split among those that
-    share it). /proc is searched for new children at every poll until one is found, then
-    once a second: the poll must cost the measured processes next to nothing."""
-
-    def __init__(self) -> None:
-        super().__init__(name="bench-peak", daemon=True)
-        self.peaks: dict[str, int] = {}
-        self.pss_peak = 0
-        self._done = threading.Event()
-
-    @property
-    def peak(self) -> int:
-        """The sum of the workers' peaks."""
-        return sum(self.peaks.values())
-
-    def run(self) -> None:
-        ticks = 0
-        while True:  # a poll at once, then every 100 ms: a short proof is polled too
-            if not self.peaks or ticks % 10 == 0:  # every tick until the first is found
-                for pid in _direct_children():
-                    self.peaks.setdefault(pid, 0)
-            ticks += 1
-            pss = _pss("self")
-            for pid in self.peaks:
-                with contextlib.suppress(OSError):  # it ended
-                    self.peaks[pid] = max(self.peaks[pid], _peak_rss(pid))
-                    pss += _pss(pid)
-            self.pss_peak = max(self.pss_peak, pss)
-            if self._done.wait(0.1):
-                return
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
 #: The name of the other processes' part in :attr:`_Timeline.threads` (the hashing or scan
 #: processes together).
 PROCESSES = "processes (together)"
@@ -571,37 +515,6 @@ class _Timeline(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join()
-
-
-def _direct_children(pid: str = "self") -> list[str]:
-    """The children of ``pid`` (this process), from each of its threads' ``children`` list
-    (cheap enough to read at every sample), and theirs: the scan processes of
-    ``accounts.scanprocs`` are the children of its forkserver; every /proc entry searched
-    where the kernel has no such list (children only)."""
-    found: list[str] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # a thread that ended
-                found += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-    except FileNotFoundError:
-        return _children() if pid == "self" else []
-    return found + [each for child in found for each in _direct_children(child)]
-
-
-def _children() -> list[str]:
-    """The pids of this process's children (its hash workers)."""
-    me = str(os.getpid())
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            if (
-                pid.isdigit()
-                and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == me
-            ):
-                found.append(pid)
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def _child(

@@ -75,7 +75,8 @@ def check(archive: Path, memory: int, concurrent: int = 1) -> dict[str, Any]:
     """The check, timed, with its peaks (bench/accounts.py's measures); ``concurrent``
     checks of the archive at once, in threads of one process sharing one budget, its
     hashing processes and frame threads (as the tracker's concurrent proofs do)."""
-    from bench.accounts import _children_cpu, _peak_rss, _WorkerPeak
+    from bench.accounts import _children_cpu
+    from bench.procwatch import PeakWatch, peak_rss
     from tracker.memory import limit_malloc_arenas
     from tracker.proof.archive.archivecheck import check_file
 
@@ -87,7 +88,7 @@ def check(archive: Path, memory: int, concurrent: int = 1) -> dict[str, Any]:
     limits = AccountsLimits(
         memory=memory, temp_dir=str(temp), budget=budget, slots=slots, frames=frames
     )
-    watch = _WorkerPeak()
+    watch = PeakWatch()
     watch.start()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
     results: list[Any] = [None] * concurrent
@@ -110,7 +111,7 @@ def check(archive: Path, memory: int, concurrent: int = 1) -> dict[str, Any]:
         "cpu": cpu,
         "level": verified.proof.level.label,
         "note": verified.proof.note,
-        "max_rss": _peak_rss("self"),
+        "max_rss": peak_rss("self"),
         "worker_max_rss": watch.peak,
         "held_peak": budget.peak,
         "spill_peak": budget.spilled_peak,
