@@ -38,15 +38,22 @@ def pss(pid: str) -> int:
 def direct_children(pid: str = "self") -> list[str]:
     """The children of ``pid``, from each of its threads' ``children`` list (cheap enough
     to read at every sample), and theirs: the scan processes of ``accounts.scanprocs`` are
-    the children of its forkserver; every /proc entry searched where the kernel has no such
-    list (children only)."""
-    found: list[str] = []
+    the children of its forkserver. Where the kernel keeps no such list, every /proc entry
+    is searched (children only); a process that ended has none."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # a thread that ended
-                found += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        return children_of(pid)
+        return []
+    found: list[str] = []
+    for task in tasks:
+        listed = Path(f"/proc/{pid}/task/{task}/children")
+        try:
+            found += listed.read_text().split()
+        except FileNotFoundError:
+            if listed.parent.exists():  # the thread is there, the list is not: no such list
+                return children_of(pid)
+        except OSError:  # a thread that ended
+            continue
     return found + [each for child in found for each in direct_children(child)]
 
 
