@@ -321,6 +321,12 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     limit_malloc_arenas()
     for warning in warnings(config):
         log_event(log, "warning", "config_warning", problem=warning)
+    from tracker.config.warnings import proof_settings
+
+    # what check-config shows: in a container, whether its limits sized the proofs
+    settings = proof_settings(config)
+    if settings:
+        log_event(log, "info", "accounts_proofs", settings=settings)
     try:
         # Imported here: `fetch` and `check-config` start without the server's libraries.
         from tracker.service import run_tracker

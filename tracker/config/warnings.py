@@ -22,7 +22,7 @@ from tracker.proof.accounts.budget import (
     bounds_the_process,
     default_memory,
     default_workers,
-    machine_memory,
+    derived_from,
     room_of,
     scan_processes,
 )
@@ -67,19 +67,15 @@ def memory_warning(config: Config) -> str:
 def proof_settings(config: Config) -> str:
     """What the accounts proofs run within, as ``check-config`` shows it ("" when nothing is
     proven): ``prove_accounts_memory`` and ``proof_workers``, each said to be derived (from
-    the machine's cores and memory: ``proof.accounts.budget.default_memory``) or set, and
-    the scan processes they give."""
+    the cores and memory the tracker may use, a container's limits included:
+    ``proof.accounts.budget.derived_from``) or set, and the scan processes they give."""
     if not config.prove_accounts:
         return ""
     cores = default_workers()
     workers = config.proof_workers or cores
     memory = config.prove_accounts_memory
     derived = default_memory(config.proof_workers)
-    how = (
-        f"derived from {workers} cores and {machine_memory() / 1024**3:.0f} GiB of memory"
-        if memory == derived
-        else "set"
-    )
+    how = f"derived from {derived_from(workers)}" if memory == derived else "set"
     # the processes both reads scan in (from this many proof_workers, as many as the budget
     # pays hashing processes for): docs/architecture.md, "The accounts level" → "Every core"
     scanning = scan_processes(AccountsLimits(memory=memory, workers=workers))

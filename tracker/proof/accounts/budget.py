@@ -26,6 +26,13 @@ from collections.abc import Callable
 
 import attrs
 
+from tracker.proof.accounts.machine import (
+    cgroup_cores,
+    cgroup_memory,
+    usable_cores,
+    usable_memory,
+)
+
 #: The default budget of all accounts proofs of a process (``prove_accounts_memory``).
 DEFAULT_MEMORY = 512 * 1024**2
 #: Bytes of a proof that do not grow with the archive and are not in the accounted part: the
@@ -392,7 +399,8 @@ def running() -> list[ProofCounters]:
 
 def default_memory(workers: int | None = None, ram: int | None = None) -> int:
     """``prove_accounts_memory``'s default on a machine of ``workers`` cores (default: this
-    one's, :func:`default_workers`) and ``ram`` bytes of memory (default: this one's): the
+    one's, :func:`default_workers`) and ``ram`` bytes of memory (default: what this process
+    may use, a container's limit included: :func:`.machine.usable_memory`): the
     smallest budget that pays (:func:`paid_within`) for a hashing process on every core but
     the check's own and for the frame threads (two or three, one less than the cores), with
     as much again for the index; at least :data:`DEFAULT_MEMORY`, at most a
@@ -404,26 +412,30 @@ def default_memory(workers: int | None = None, ram: int | None = None) -> int:
     frames = min(MAX_FRAME_THREADS, cores - 1) if cores - 1 >= 2 else 0
     paid = (hashers - 1) * WORKER_COST + frames * FRAME_THREAD_COST
     wanted = FIXED_COST + 2 * paid
-    memory = ram if ram is not None else machine_memory()
+    memory = ram if ram is not None else usable_memory()
     share = memory // MEMORY_SHARE if memory else wanted
     mib = 1024**2
     return max(DEFAULT_MEMORY, -(-min(wanted, share) // mib) * mib)
 
 
-def machine_memory() -> int:
-    """This machine's physical memory in bytes (0 when unknown)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return 0
+def derived_from(workers: int) -> str:
+    """What the defaults were derived from, as ``check-config`` and the daemon's start say
+    it: ``workers`` cores and the memory this process may use, and the limits of its
+    cgroup that bounded them (a container's: :mod:`.machine`)."""
+    bounds = [
+        what
+        for what, limit in (("CPU quota", cgroup_cores()), ("memory limit", cgroup_memory()))
+        if limit is not None
+    ]
+    within = f", within its cgroup's {' and '.join(bounds)}" if bounds else ""
+    cores = f"{workers} core{'' if workers == 1 else 's'}"
+    return f"{cores} and {usable_memory() / 1024**3:.0f} GiB of memory{within}"
 
 
 def default_workers() -> int:
-    """``proof_workers``'s default: the cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """``proof_workers``'s default: the cores this process may use (its CPU affinity's, at
+    most what its container's CPU quota is worth: :func:`.machine.usable_cores`)."""
+    return usable_cores()
 
 
 @attrs.frozen

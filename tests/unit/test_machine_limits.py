@@ -1,0 +1,206 @@
+"""What the process may use of the machine, a container's limits included
+(tracker.proof.accounts.machine): the parsers and the cgroup's directories as tables, the
+limits read through a given reader. A real cgroup: tests/integration/test_cgroup_defaults.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker.proof.accounts.budget import default_memory
+from tracker.proof.accounts.machine import (
+    NO_LIMIT,
+    cgroup_cores,
+    cgroup_dirs,
+    cgroup_memory,
+    parse_bytes_limit,
+    parse_cpu_max,
+    quota_cores,
+)
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("quota", "period", "cores"),
+    [
+        (200_000, 100_000, 2),
+        (150_000, 100_000, 2),  # 1.5 CPUs: two cores, each busy three quarters of the time
+        (50_000, 100_000, 1),
+        (1_000, 100_000, 1),  # never below one
+        (1_600_000, 100_000, 16),
+        (-1, 100_000, None),  # v1's "no quota"
+        (0, 100_000, None),
+        (100_000, 0, None),
+    ],
+)
+def test_a_quota_is_worth_its_cores_rounded_up(quota: int, period: int, cores: int | None) -> None:
+    assert quota_cores(quota, period) == cores
+
+
+@pytest.mark.parametrize(
+    ("text", "cores"),
+    [
+        ("max 100000\n", None),
+        ("200000 100000\n", 2),
+        ("250000 100000", 3),
+        ("", None),
+        ("200000", None),
+        ("x 100000", None),
+        ("200000 100000 7", None),
+    ],
+)
+def test_cpu_max(text: str, cores: int | None) -> None:
+    assert parse_cpu_max(text) == cores
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("max\n", None),
+        ("4294967296\n", 4 * GIB),
+        ("9223372036854771712\n", None),  # v1's "no limit"
+        (str(NO_LIMIT), None),
+        ("0", None),
+        ("-1", None),
+        ("\uff11\uff12", None),  # not ASCII digits
+        ("", None),
+    ],
+)
+def test_memory_limits(text: str, limit: int | None) -> None:
+    assert parse_bytes_limit(text) == limit
+
+
+HOST_V1 = "4:memory:/user.slice/job\n3:cpu,cpuacct:/user.slice/job\n0::/user.slice/job\n"
+MOUNTS_V1 = (
+    "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+    "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+    "33 31 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "34 31 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+DOCKER_V1 = "5:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n"
+DOCKER_MOUNTS = (
+    "40 30 0:29 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n"
+    "41 30 0:30 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n"
+)
+V2 = "0::/system.slice/tracker.service\n"
+V2_MOUNTS = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+V2_NAMESPACED = "0::/\n"
+
+
+@pytest.mark.parametrize(
+    ("cgroups", "mounts", "controller", "dirs"),
+    [
+        # a host's process in nested cgroups: its own, then each parent's, up to the mount
+        (
+            HOST_V1,
+            MOUNTS_V1,
+            "cpu",
+            [
+                "/sys/fs/cgroup/cpu,cpuacct/user.slice/job",
+                "/sys/fs/cgroup/cpu,cpuacct/user.slice",
+                "/sys/fs/cgroup/cpu,cpuacct",
+            ],
+        ),
+        (
+            HOST_V1,
+            MOUNTS_V1,
+            "memory",
+            [
+                "/sys/fs/cgroup/memory/user.slice/job",
+                "/sys/fs/cgroup/memory/user.slice",
+                "/sys/fs/cgroup/memory",
+            ],
+        ),
+        # a container's: the hierarchy mounted from its own cgroup, whose files are the mount's
+        (DOCKER_V1, DOCKER_MOUNTS, "cpu", ["/sys/fs/cgroup/cpu,cpuacct"]),
+        (DOCKER_V1, DOCKER_MOUNTS, "memory", ["/sys/fs/cgroup/memory"]),
+        # cgroup v2 alone: one hierarchy for every controller
+        (
+            V2,
+            V2_MOUNTS,
+            "cpu",
+            [
+                "/sys/fs/cgroup/system.slice/tracker.service",
+                "/sys/fs/cgroup/system.slice",
+                "/sys/fs/cgroup",
+            ],
+        ),
+        (V2_NAMESPACED, V2_MOUNTS, "memory", ["/sys/fs/cgroup"]),
+        # no hierarchy of the controller, or no mount of it: none
+        ("3:cpu,cpuacct:/x\n", MOUNTS_V1, "memory", []),
+        (HOST_V1, "", "cpu", []),
+        ("", V2_MOUNTS, "cpu", []),
+        # a path that climbs out of its hierarchy is none
+        ("0::/a/../../etc\n", V2_MOUNTS, "cpu", []),
+        # malformed lines are skipped
+        ("garbage\n0::relative\n", "nonsense\n1 2 3 - \n", "cpu", []),
+    ],
+)
+def test_the_cgroup_directories(
+    cgroups: str, mounts: str, controller: str, dirs: list[str]
+) -> None:
+    assert cgroup_dirs(cgroups, mounts, controller) == dirs
+
+
+def test_the_least_quota_along_the_parents_bounds_the_cores() -> None:
+    files = {
+        "/proc/self/cgroup": V2,
+        "/proc/self/mountinfo": V2_MOUNTS,
+        "/sys/fs/cgroup/system.slice/tracker.service/cpu.max": "max 100000\n",
+        "/sys/fs/cgroup/system.slice/cpu.max": "300000 100000\n",
+        "/sys/fs/cgroup/cpu.max": "max 100000\n",
+    }
+    assert cgroup_cores(files.get) == 3
+    files["/sys/fs/cgroup/system.slice/tracker.service/cpu.max"] = "150000 100000\n"
+    assert cgroup_cores(files.get) == 2
+    del files["/sys/fs/cgroup/system.slice/cpu.max"]
+    files["/sys/fs/cgroup/system.slice/tracker.service/cpu.max"] = "max 100000\n"
+    assert cgroup_cores(files.get) is None
+
+
+def test_v1_quota_and_memory_limit() -> None:
+    files = {
+        "/proc/self/cgroup": DOCKER_V1,
+        "/proc/self/mountinfo": DOCKER_MOUNTS,
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "250000\n",
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes": f"{6 * GIB}\n",
+    }
+    assert cgroup_cores(files.get) == 3
+    assert cgroup_memory(files.get) == 6 * GIB
+    files["/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"] = "-1\n"
+    files["/sys/fs/cgroup/memory/memory.limit_in_bytes"] = "9223372036854771712\n"
+    assert (cgroup_cores(files.get), cgroup_memory(files.get)) == (None, None)
+    files["/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"] = "lots\n"
+    assert cgroup_cores(files.get) is None
+
+
+def test_nothing_readable_is_no_limit() -> None:
+    assert (cgroup_cores(lambda _path: None), cgroup_memory(lambda _path: None)) == (None, None)
+
+
+def test_the_least_memory_limit_along_the_parents() -> None:
+    files = {
+        "/proc/self/cgroup": V2,
+        "/proc/self/mountinfo": V2_MOUNTS,
+        "/sys/fs/cgroup/system.slice/tracker.service/memory.max": f"{8 * GIB}\n",
+        "/sys/fs/cgroup/system.slice/memory.max": f"{5 * GIB}\n",
+    }
+    assert cgroup_memory(files.get) == 5 * GIB
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory", "budget_mib"),
+    [
+        # a container given 2 CPUs and 4 GiB on a host of 16 cores: the 2-core default
+        (2, 4 * GIB, 512),
+        # the host itself: the 16-core default
+        (16, 128 * GIB, 2464),
+        # 16 cores but 8 GiB: an eighth of the limit, not of the host's memory
+        (16, 8 * GIB, 1024),
+    ],
+)
+def test_the_default_budget_follows_what_the_process_may_use(
+    cores: int, memory: int, budget_mib: int
+) -> None:
+    assert default_memory(cores, memory) == budget_mib * 1024**2
