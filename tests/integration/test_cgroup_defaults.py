@@ -110,3 +110,13 @@ async def test_the_daemon_says_what_sized_its_proofs(cgroup: tuple[Path, Path]) 
         assert "derived from 1 core and 3 GiB of memory, within its cgroup's" in serve.log
     finally:
         assert await serve.stop() == 0
+
+
+def test_a_memory_limit_too_small_for_the_proofs_is_said(cgroup: tuple[Path, Path]) -> None:
+    cpu, memory = cgroup
+    (memory / "memory.limit_in_bytes").write_text(str(640 * 1024**2))
+    shown = check_config_in(cpu, memory)
+    assert (
+        "warning: prove_accounts_memory: 512 MiB leaves the tracker less than 256 MiB of its"
+        " cgroup's 640 MiB memory limit" in shown
+    ), shown

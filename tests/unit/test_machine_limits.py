@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.proof.accounts.budget import default_memory
+from tracker.proof.accounts.budget import default_memory, limit_problem
 from tracker.proof.accounts.machine import (
     NO_LIMIT,
     cgroup_cores,
@@ -204,3 +204,24 @@ def test_the_default_budget_follows_what_the_process_may_use(
     cores: int, memory: int, budget_mib: int
 ) -> None:
     assert default_memory(cores, memory) == budget_mib * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("budget_mib", "limit_mib", "warned"),
+    [
+        (512, None, False),  # no limit
+        (512, 768, False),  # 256 MiB left beside the proofs
+        (512, 767, True),
+        (2464, 4096, False),
+        (2464, 2048, True),  # a budget over the limit itself
+    ],
+)
+def test_a_budget_that_leaves_too_little_of_the_limit_is_said(
+    budget_mib: int, limit_mib: int | None, warned: bool
+) -> None:
+    mib = 1024**2
+    said = limit_problem(budget_mib * mib, limit_mib * mib if limit_mib is not None else None)
+    assert bool(said) is warned
+    if warned:
+        assert said.startswith(f"{budget_mib} MiB leaves the tracker less than 256 MiB of its")
+        assert f"cgroup's {limit_mib} MiB memory limit" in said

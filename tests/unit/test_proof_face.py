@@ -13,6 +13,7 @@ FACE = {
     "tracker.proof.levels",
     "tracker.proof.statements",
     "tracker.proof.accounts.budget",
+    "tracker.proof.accounts.machine",
     "tracker.proof.archive.archivecheck",
     "tracker.proof.archive.headproof",
     "tracker.proof.records.attestations",

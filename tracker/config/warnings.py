@@ -23,9 +23,11 @@ from tracker.proof.accounts.budget import (
     default_memory,
     default_workers,
     derived_from,
+    limit_problem,
     room_of,
     scan_processes,
 )
+from tracker.proof.accounts.machine import cgroup_memory
 from tracker.proof.levels import Level
 
 
@@ -42,6 +44,13 @@ def config_warnings(config: Config) -> list[str]:
     memory = memory_warning(config)
     if memory:
         found.append(f"prove_accounts_memory: {memory}")
+    over = (
+        limit_problem(config.prove_accounts_memory, cgroup_memory())
+        if config.prove_accounts
+        else ""
+    )
+    if over:
+        found.append(f"prove_accounts_memory: {over}")
     unsigned = nothing_signed(config)
     if unsigned:
         found.append(f"attest: {unsigned}")
