@@ -97,8 +97,9 @@ def cgroup_dirs(cgroups: str, mountinfo: str, controller: str) -> list[str]:
 
 def _up_to_root(path: str, root: str, point: str) -> list[str]:
     """The directories of ``path`` (a cgroup path) and its parents within a hierarchy
-    mounted at ``point`` from ``root``; none when the path is not under the root (a cgroup
-    namespace shows it as the root itself)."""
+    mounted at ``point`` from ``root``: the mount's own alone when the path is the root or
+    outside it (a container's hierarchy mounted from its own cgroup); none when the path
+    climbs out with ``..``."""
     root = root.rstrip("/")
     if root == "":
         relative = path
