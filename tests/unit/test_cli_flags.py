@@ -9,7 +9,7 @@ import argparse
 import pytest
 
 from tracker.cli import build_parser, main, unknown_flag
-from tracker.proof.accounts.budget import default_memory
+from tracker.proof.accounts.budget import default_memory, default_workers
 
 
 def options() -> list[tuple[str, argparse.Action]]:
@@ -45,9 +45,14 @@ def test_help_names_the_defaults() -> None:
     flat = " ".join(fetch.split())
     assert '"The accounts level") (default: true)' in flat  # --prove-accounts
     assert "said so (default: no bound)" in flat  # --prove-accounts-max
-    assert f"(default: from the cores and the memory, {default_memory() // 1024**2}MiB here)" in (
-        flat
-    )  # --prove-accounts-memory
+    assert (
+        "(default: from the cores and the memory it may use, a container's limits included,"
+        f" {default_memory() // 1024**2}MiB here)"
+    ) in flat  # --prove-accounts-memory
+    assert (
+        "(default: the cores this process may use, a container's CPU quota included:"
+        f" {default_workers()} here)"
+    ) in flat  # --proof-workers
     verify = " ".join(build_parser().commands["verify"].format_help().split())
     assert "--prove-accounts-max N a full of more accounts" in verify
     assert "said so (default: no bound)" in verify

@@ -142,7 +142,8 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SIZE",
         help="memory of the accounts proof, its processes included (e.g. 2GiB); past it its "
-        "index spills to --prove-accounts-temp-dir (default: from the cores and the memory, "
+        "index spills to --prove-accounts-temp-dir (default: from the cores and the memory it "
+        "may use, a container's limits included, "
         f"{default_memory() // 1024**2}MiB here)",
     )
     command.add_argument(
@@ -151,7 +152,7 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="processes the accounts proof uses at most, this one included (default: the "
-        "machine's cores)",
+        f"cores this process may use, a container's CPU quota included: {default_workers()} here)",
     )
     command.add_argument(
         "--prove-accounts-temp-dir",
