@@ -306,6 +306,40 @@ def test_leftovers_of_a_killed_proof_go_at_the_next_start_and_a_running_ones_sta
     assert os.listdir(tmp_path) == []
 
 
+def test_a_spill_directory_let_go_of_without_remove_is_removed(tmp_path: Path) -> None:
+    # a signal's interrupt between two statements of whoever holds it (made, not yet handed
+    # to the index): the directory goes with the last reference, its lock file closed
+    directory = SpillDir(str(tmp_path))
+    directory.append("p00", np.zeros(5, dtype=np.uint64))
+    path = directory.path
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+    del directory
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupt_as_the_index_moves_to_disk_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the interrupt lands once every run is copied, as the runs held in memory go: the
+    # directory is the index's already, and its close removes it
+    index = SpillIndex(spill_module.MemoryRuns(), 1 << 20)
+    rows = np.zeros((1000, 5), dtype=np.uint64)
+    rows[:, :4] = np.random.default_rng(5).integers(0, 2**63, size=(1000, 4), dtype=np.uint64)
+    index.add(rows)
+    index.flush()
+
+    def interrupted(self: spill_module.MemoryRuns) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spill_module.MemoryRuns, "remove", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        index.to_disk(SpillDir(str(tmp_path)))
+    monkeypatch.undo()
+    assert index.on_disk
+    index.dir.remove()
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
     tmp_path: Path,
 ) -> None:

@@ -34,6 +34,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,6 +188,10 @@ class SpillDir:
                 f"not proven: the temporary directory {self.root!r} is unusable: "
                 f"{exc.strerror or exc}"
             ) from None
+        # Removed when the last reference goes, too: a signal's interrupt can land between
+        # two statements of whoever holds it (made, not yet handed to the index), and the
+        # directory must not outlive the proof (at exit, atexit runs what is left).
+        self._finalizer = weakref.finalize(self, _discard, self.path, self._lock)
         self.written = 0  # bytes in its files now
         self.peak = 0
         self._writing = threading.Lock()  # partitions deduplicated in threads append here
@@ -272,10 +277,22 @@ class SpillDir:
     def remove(self) -> None:
         """Delete the directory and everything in it (idempotent)."""
         if self._lock >= 0:
-            shutil.rmtree(self.path, ignore_errors=True)
-            os.close(self._lock)
             self._lock = -1
             self.written = 0
+            self._finalizer()
+
+
+def _discard(path: str, lock: int) -> None:
+    """Delete a spill directory and close its lock, all of it even when a signal's interrupt
+    lands midway (then raised once it is gone)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(lock)
 
 
 class MemoryRuns:
@@ -403,11 +420,12 @@ class SpillIndex:
             for name in held.names():
                 for piece in held.pieces(name, 1 << 24):
                     directory.append(name, piece)
+            self.dir = directory  # before the runs held go: the proof's close removes it now
         except BaseException:
-            directory.remove()
+            if self.dir is not directory:
+                directory.remove()
             raise
         held.remove()
-        self.dir = directory
 
     def seal(self) -> None:
         """Write the staged records to their runs and let go of the staging buffer: no more
