@@ -161,6 +161,7 @@ class SpillDir:
         self.root = root if root is not None else tempfile.gettempdir()
         self.path = ""
         self._lock = -1
+        self._finalizer: weakref.finalize[[str, int], SpillDir] | None = None
         try:
             os.makedirs(self.root, exist_ok=True)
             clean_leftovers(self.root)
@@ -176,11 +177,19 @@ class SpillDir:
             self._lock = os.open(starting, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             os.rename(starting, os.path.join(self.path, "lock"))
+            # Removed when the last reference goes, too: a signal's interrupt can land
+            # between two statements of whoever holds it (made, not yet handed to the
+            # index), and the directory must not outlive the proof (at exit, atexit runs
+            # what is left).
+            self._finalizer = weakref.finalize(self, _discard, self.path, self._lock)
         except BaseException as exc:
-            if self.path and not isinstance(exc, FileExistsError):  # none left behind
-                shutil.rmtree(self.path, ignore_errors=True)
-            if self._lock >= 0:
-                os.close(self._lock)
+            if self._finalizer is not None:  # an interrupt right after: it removes all, once
+                self._finalizer()
+            else:
+                if self.path and not isinstance(exc, FileExistsError):  # none left behind
+                    shutil.rmtree(self.path, ignore_errors=True)
+                if self._lock >= 0:
+                    os.close(self._lock)
             if not isinstance(exc, OSError):
                 raise
             # the proof stops, the archive is not at fault
@@ -188,10 +197,6 @@ class SpillDir:
                 f"not proven: the temporary directory {self.root!r} is unusable: "
                 f"{exc.strerror or exc}"
             ) from None
-        # Removed when the last reference goes, too: a signal's interrupt can land between
-        # two statements of whoever holds it (made, not yet handed to the index), and the
-        # directory must not outlive the proof (at exit, atexit runs what is left).
-        self._finalizer = weakref.finalize(self, _discard, self.path, self._lock)
         self.written = 0  # bytes in its files now
         self.peak = 0
         self._writing = threading.Lock()  # partitions deduplicated in threads append here
@@ -276,7 +281,7 @@ class SpillDir:
 
     def remove(self) -> None:
         """Delete the directory and everything in it (idempotent)."""
-        if self._lock >= 0:
+        if self._lock >= 0 and self._finalizer is not None:
             self._lock = -1
             self.written = 0
             self._finalizer()
