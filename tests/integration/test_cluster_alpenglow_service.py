@@ -30,6 +30,7 @@ from helpers_cluster import (
     cluster,
     get_json,
     last_error,
+    nothing_refused,
     status_page,
 )
 from helpers_proxy import wait_for
@@ -54,7 +55,7 @@ async def test_a_certificate_ranks_an_archive_after_the_migration(tmp_path: Path
     async with cluster(tmp_path, name, data, node, certificates=True, **settings) as f:
 
         async def ranked_now() -> bool:
-            return bool(await best_urls(f)) and await last_error(f) == ""
+            return bool(await best_urls(f)) and await nothing_refused(f)
 
         await wait_until(ranked_now, timeout=30)
         assert (await best_urls(f))[0] == f"{f.bad.base}/v1/snapshot/{name}"

@@ -24,6 +24,7 @@ from helpers_cluster import (
     get_json,
     last_error,
     node_url,
+    nothing_refused,
     reload,
     status_page,
     votes_for,
@@ -63,7 +64,7 @@ async def assert_handed_out(f: Fleet, name: str) -> None:
     assert (await best_urls(f))[0] == url
     answer = await short_redirect(f)
     assert answer.status_code == 303 and answer.headers["location"] == url
-    assert await last_error(f) == ""
+    assert await nothing_refused(f)
 
 
 async def test_a_copy_whose_head_read_is_held_back_is_never_redirected_to(
