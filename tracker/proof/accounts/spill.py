@@ -281,10 +281,9 @@ class SpillDir:
 
     def remove(self) -> None:
         """Delete the directory and everything in it (idempotent)."""
-        if self._lock >= 0 and self._finalizer is not None:
-            self._lock = -1
-            self.written = 0
-            self._finalizer()
+        self.written = 0
+        if self._finalizer is not None:
+            self._finalizer()  # runs once: later calls do nothing
 
 
 def _discard(path: str, lock: int) -> None:
