@@ -37,8 +37,8 @@ from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.observability.logs import RecentEvents, log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
-from tracker.ordering.rejections import Rejections
 from tracker.ordering.screens import SourceTrust
+from tracker.ordering.sourcehistory import Rejections
 from tracker.proof.archive.headproof import prove_head
 from tracker.proof.background.heads import HeadProofs, proven_only
 from tracker.proof.background.localfiles import LocalProofs, local_gated

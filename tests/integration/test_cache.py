@@ -618,7 +618,7 @@ async def test_a_group_named_dot_dot_touches_nothing_outside_the_cache(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """A group the config could never name (``..``, built here past its checks) is refused
-    by the one group-name rule before any file system work (tracker/core/groupname.py)."""
+    by the one group-name rule before any file system work (tracker/core/cachedirs.py)."""
     from tracker.config.schema import TargetGroup
 
     groups = (TargetGroup(group=".."),)

@@ -38,7 +38,7 @@ from helpers_wire import raw_request
 from test_proven import proof_of
 from test_verified import GROUP, Fleet, fleet, leftovers, never_complete
 
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.web.wire import DISPROVEN
 
 pytestmark = pytest.mark.usefixtures("quick_vote_retries")

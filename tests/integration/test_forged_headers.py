@@ -21,7 +21,7 @@ from test_fetch_sources import tracker_of
 from test_verified import GROUP, _listed, fleet, leftovers, target
 
 from tracker.cli import main
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 
 NAME = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 FORGED = compressed(long_name_forgery())

@@ -26,7 +26,7 @@ from helpers_wire import raw_request
 from test_proven import ACCOUNT, wait_until_proof
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
 
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.levels import Level

@@ -17,7 +17,7 @@ from helpers_tracker import wait_until
 from helpers_wire import raw_request
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
 
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.proof.accounts.spill import SpillDir
 
 FREE = 8 * 1024**2  # what the spill's file system says it has free, the test's shortage

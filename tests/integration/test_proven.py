@@ -24,7 +24,7 @@ from helpers_upstream import sidecar_listing
 from helpers_wire import raw_request
 from test_verified import GROUP, _listed, fleet, leftovers, never_complete, sources_of, target
 
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.proof.accounts.accountsprover import MISMATCH
 from tracker.proof.formats.bankhash import NO_LATTICE_HASH
 from tracker.proof.formats.writing import archive_hash_of, write_manifest

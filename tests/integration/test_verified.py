@@ -28,7 +28,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from helpers_wire import Wire, raw_request
 
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.proof.archive import checklimits
 from tracker.proof.archive.archivecheck import THREAD_NAME
 from tracker.proof.formats.writing import write_status_cache

@@ -12,7 +12,7 @@ import pytest
 from tracker.config.loading import load_config
 from tracker.config.schema import Config
 from tracker.config.warnings import restart_needed
-from tracker.core.directories import unusable_directory
+from tracker.core.cachedirs import unusable_directory
 
 
 def load(tmp_path: Path, text: str) -> Config:

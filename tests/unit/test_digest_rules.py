@@ -18,7 +18,7 @@ from tracker.core.digests import (
     sha256sum_line,
 )
 from tracker.ordering.index import TargetKey
-from tracker.ordering.rejections import PREFIX, Rejections
+from tracker.ordering.sourcehistory import PREFIX, Rejections
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 
 NAME = "snapshot-100-7jMmeXZSNcWPrB2RsTdeXfXrsyW5c1BfPjqoLW2X5T7V.tar.zst"

@@ -1,4 +1,4 @@
-"""The one rule of a group's name (tracker.core.groupname), and that the config, the
+"""The one rule of a group's name (tracker.core.cachedirs), and that the config, the
 requests and the disk cache all apply it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from tracker.cache.store import Cache
 from tracker.config.schema import Config, TargetGroup
 from tracker.config.values import group_name
-from tracker.core.groupname import group_name_problem, is_group_name
+from tracker.core.cachedirs import group_name_problem, is_group_name
 from tracker.errors import RequestError
 from tracker.web.queries import known_group
 

@@ -9,8 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
-from tracker.core.snapshotsources import is_known
+from tracker.core.snapshots import (
+    SnapshotFile,
+    SnapshotInfo,
+    chains_from_files,
+    is_known,
+    parse_archive_name,
+)
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.screens import SourceTrust
 from tracker.web.listings import ListingCache

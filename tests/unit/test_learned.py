@@ -9,7 +9,7 @@ import pytest
 from tracker.errors import StateError
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import Rejection, Rejections
+from tracker.ordering.sourcehistory import Rejection, Rejections
 
 A = TargetKey("g", "http://a")
 B = TargetKey("g", "http://b", discovered=True)

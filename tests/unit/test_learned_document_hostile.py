@@ -25,7 +25,7 @@ from tracker.learning.learned import (
     restore,
 )
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import Rejections
+from tracker.ordering.sourcehistory import Rejections
 
 HUGE = 10**400  # 401 digits: float() of it raises OverflowError
 WALL = 1_800_000_000.0

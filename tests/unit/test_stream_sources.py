@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from test_plan import GET, RANGE, SIZE, _found, _hosts
 
-from tracker.ordering.rejections import PREFIX
+from tracker.ordering.sourcehistory import PREFIX
 from tracker.proxy.decisions import choose_sources
 
 

@@ -1,5 +1,5 @@
 """A source's figure from what its speed tests read and what real transfers achieved
-(tracker/ordering/throughputs.py; docs/ranking.md, "Probed and achieved")."""
+(tracker/ordering/sourcehistory.py; docs/ranking.md, "Probed and achieved")."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import Rejections
-from tracker.ordering.throughputs import (
+from tracker.ordering.sourcehistory import (
     HALF_LIFE,
     TRUST_HALF_LIFE,
     Flowing,
     Measured,
+    Rejections,
     Shown,
     Throughputs,
     combined,

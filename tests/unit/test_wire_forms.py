@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from names import full_name, incremental_name
 
-from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
-from tracker.core.snapshotsources import TargetKey
+from tracker.core.snapshots import SnapshotFile, TargetKey, info_from_files, parse_archive_name
 from tracker.discovery.roster import Target, TargetHealth
 from tracker.web.wire import file_to_json, health_json, info_to_json, wire_time
 

@@ -23,8 +23,7 @@ from collections.abc import Iterable, Set
 
 import attrs
 
-from tracker.core.snapshots import parse_archive_name
-from tracker.core.snapshotsources import is_known
+from tracker.core.snapshots import is_known, parse_archive_name
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.proof.levels import Level, Proof
 

@@ -43,9 +43,8 @@ from tracker.cache.disk import (
     unlink,
 )
 from tracker.cache.refresh import Refresh
+from tracker.core.cachedirs import is_group_name, unusable_directory
 from tracker.core.digests import Digests, Verified
-from tracker.core.directories import unusable_directory
-from tracker.core.groupname import is_group_name
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.observability.logs import log_event

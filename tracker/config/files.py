@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
-from tracker.core.directories import unusable_directory
+from tracker.core.cachedirs import unusable_directory
 from tracker.core.smallfiles import read_small_file
 from tracker.errors import ConfigError, ProbeError, StatementInvalid
 

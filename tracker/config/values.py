@@ -14,7 +14,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from urllib.parse import urlsplit
 
-from tracker.core.groupname import group_name_problem
+from tracker.core.cachedirs import group_name_problem
 from tracker.core.hosts import is_host_name
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level

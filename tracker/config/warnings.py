@@ -11,7 +11,7 @@ import os
 
 from tracker.config.schema import Config, TargetGroup
 from tracker.config.targetfile import read_target_file
-from tracker.core.snapshotsources import MIN_DISCOVERED_AGREEING, is_known
+from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
 from tracker.observability.redact import redact_text
 from tracker.proof.accounts.budget import (

@@ -22,8 +22,7 @@ import attrs
 from tracker.core.untrusted import load_json
 from tracker.errors import StateError
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import MAX_REJECTIONS, Rejection, Rejections
-from tracker.ordering.throughputs import KINDS
+from tracker.ordering.sourcehistory import KINDS, MAX_REJECTIONS, Rejection, Rejections
 
 VERSION = 1
 #: Longest document read back (and written: the newest entries are kept).

@@ -32,7 +32,7 @@ from tracker.objectstore.bucket import Bucket
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import LearnedLoss, Metrics
 from tracker.ordering.index import Index
-from tracker.ordering.rejections import Rejections
+from tracker.ordering.sourcehistory import Rejections
 
 log = logging.getLogger("tracker.learned")
 

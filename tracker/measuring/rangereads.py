@@ -7,7 +7,7 @@ read at a time (so never more than one per source), each bounded in bytes and in
 timed from the request to the last byte (connecting and the response head included: a
 source that makes its answer wait is as slow as one that sends slowly). The bytes per second
 it saw are the source's *probed* figure, which the index combines with what real transfers
-achieved (:func:`tracker.ordering.throughputs.combined`). Every read goes through
+achieved (:func:`tracker.ordering.sourcehistory.combined`). Every read goes through
 :func:`speed_test`, the one place a speed test touches a source: the proxy's upstream client
 path, so credentials reach only their origin and the egress policy applies
 (docs/http-api.md#speed-tests). A read takes one of the source's transfer slots and is paced
@@ -31,7 +31,7 @@ from tracker.net.bodyreads import body_chunks
 from tracker.net.sourcelimits import Pacer
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.throughputs import KINDS
+from tracker.ordering.sourcehistory import KINDS
 from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
 
 log = logging.getLogger("tracker.speedtest")

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile
-from tracker.core.snapshotsources import SourceFile
+from tracker.core.snapshots import SnapshotFile, SourceFile
 from tracker.ordering.index import SnapshotSource, TargetKey
 
 

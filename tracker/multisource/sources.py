@@ -21,7 +21,7 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.snapshotsources import TargetKey
+from tracker.core.snapshots import TargetKey
 from tracker.errors import SourceFailed
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Sameness, Validators, sameness

@@ -21,12 +21,18 @@ from typing import Any
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files, parse_archive_name
-from tracker.core.snapshotsources import SnapshotSource, TargetKey
+from tracker.core.snapshots import (
+    SnapshotFile,
+    SnapshotInfo,
+    SnapshotSource,
+    TargetKey,
+    info_from_files,
+    parse_archive_name,
+)
 from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import Built, Entry, RankedPairs, TimedGroups, copies_of, first
 from tracker.ordering.screens import Screens, SourceTrust
-from tracker.ordering.throughputs import Kind, Throughputs
+from tracker.ordering.sourcehistory import Kind, Throughputs
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -178,7 +184,7 @@ class Index:
             self._changed()
 
     def throughput(self, key: TargetKey, now: float | None = None) -> float:
-        """``key``'s figure at ``now`` (:func:`tracker.ordering.throughputs.combined`); 0: none."""
+        """``key``'s figure at ``now`` (:func:`.sourcehistory.combined`); 0: none."""
         return self.speeds.rate(key, now)
 
     def restore_throughput(self, key: TargetKey, rate: float, at: float, kind: Kind) -> None:

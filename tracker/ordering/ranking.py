@@ -24,8 +24,13 @@ from typing import Any
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files
-from tracker.core.snapshotsources import SnapshotSource, TargetKey
+from tracker.core.snapshots import (
+    SnapshotFile,
+    SnapshotInfo,
+    SnapshotSource,
+    TargetKey,
+    info_from_files,
+)
 from tracker.ordering.predict import (
     Download,
     RankingSettings,

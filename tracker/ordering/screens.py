@@ -7,7 +7,7 @@ is kept until the next one.
 **Trust** (:func:`screen`, from the group's :class:`SourceTrust`). What a source says is
 data, not authority. A (slot, hash) advertised by a *known source* (``trust.known_sources``)
 is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct targets
-advertise it, and at least :data:`~tracker.core.snapshotsources.MIN_DISCOVERED_AGREEING` when
+advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when
 only discovered nodes (cluster discovery: addresses from the network) advertise it, so that
 one node alone never wins whatever the config says. When targets advertise different hashes
 for one slot, the trusted hash wins, else the one most targets advertise (ties: none wins),
@@ -39,9 +39,9 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from tracker.core.snapshots import SnapshotInfo
-from tracker.core.snapshotsources import (
+from tracker.core.snapshots import (
     MIN_DISCOVERED_AGREEING,
+    SnapshotInfo,
     SnapshotSource,
     TargetKey,
     is_known,

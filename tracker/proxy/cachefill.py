@@ -54,7 +54,7 @@ from tracker.multisource.sources import Identity, Source
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.index import TargetKey
-from tracker.ordering.throughputs import Flowing
+from tracker.ordering.sourcehistory import Flowing
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import (
     Difference,
@@ -370,7 +370,7 @@ def window_for(piece: int, lanes: int) -> int:
 
 @attrs.define(eq=False)
 class _Measured:
-    """One source's transfer as :class:`tracker.ordering.throughputs.Flowing` reads it."""
+    """One source's transfer as :class:`tracker.ordering.sourcehistory.Flowing` reads it."""
 
     source: Source
     opened_at: float

@@ -21,7 +21,7 @@ import attrs
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, wants_bytes
 from tracker.ordering.index import SnapshotSource
-from tracker.ordering.rejections import PREFIX as REJECTED
+from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.serving.ranges import ByteRange, parse_range
 
 # -- facts ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
-from tracker.ordering.rejections import Rejections
+from tracker.ordering.sourcehistory import Rejections
 from tracker.proof.accounts.budget import (
     CACHE_TEMP,
     AccountsLimits,

@@ -52,8 +52,7 @@ from tracker.multisource.sources import SourcesUsed
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import Rejections
-from tracker.ordering.throughputs import Flowing
+from tracker.ordering.sourcehistory import Flowing, Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.upstream import (

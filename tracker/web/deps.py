@@ -17,8 +17,7 @@ from tracker.config.schema import Config
 from tracker.core.digests import Digests
 from tracker.discovery.scrape import Scraper
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.rejections import Rejections
-from tracker.ordering.throughputs import Flowing
+from tracker.ordering.sourcehistory import Flowing, Rejections
 from tracker.proof.records.attestations import Attestations
 from tracker.proof.records.localcopies import Checked
 from tracker.web.delivery import Delivery

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 
 from tracker.config.schema import Config
-from tracker.core.groupname import is_group_name
+from tracker.core.cachedirs import is_group_name
 from tracker.core.snapshots import U64_MAX, ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 

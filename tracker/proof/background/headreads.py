@@ -20,7 +20,7 @@ from math import inf
 
 import attrs
 
-from tracker.core.snapshotsources import SourceFile
+from tracker.core.snapshots import SourceFile
 from tracker.ordering.index import SnapshotSource, TargetKey
 
 #: Copies a group's head reads consider per archive (the best sources of it).

@@ -35,7 +35,7 @@ from tracker.cache.checked import check_opened, open_copy
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified, repr_digest
 from tracker.core.smallfiles import read_small_file
-from tracker.core.snapshotsources import TargetKey
+from tracker.core.snapshots import TargetKey
 from tracker.discovery.local import scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
 from tracker.observability.logs import log_event

@@ -21,7 +21,7 @@ from math import inf
 import attrs
 
 from tracker.core.digests import LOCAL, Verified, below_required
-from tracker.core.snapshotsources import TargetKey
+from tracker.core.snapshots import TargetKey
 from tracker.proof.levels import Level
 
 #: A file's identity: device, inode, size, mtime and ctime (ns). Another identity under the
