@@ -8,8 +8,10 @@ signatures are enforced with the credentials written to ``s3.json``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,16 +36,47 @@ def weed_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
+#: Where :func:`free_ports` looks, below and above the kernel's ephemeral range.
+PORTS_FROM = 10000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives to ``bind(0)`` and to outgoing connections
+    (``net.ipv4.ip_local_port_range``; Linux's default when unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+    """``count`` distinct ports free on 127.0.0.1 a moment ago, for a server that must be
+    told its port before it starts (weed, a replica listed in its fleet's configs).
+
+    Drawn outside the kernel's ephemeral range: a port that ``bind(0)`` returns comes from
+    that range, where any outgoing connection of the machine (another test worker's client)
+    may take it as its local port before the server binds it (seen: ``Address already in
+    use`` at a replica's start). Inside the range only when nothing is left outside it.
+    """
+    low, high = ephemeral_range()
+    outside = [p for p in range(PORTS_FROM, 65536) if not low <= p <= high]
+    draw = random.SystemRandom()
+    held: list[socket.socket] = []
+    try:
+        for attempt in itertools.count():
+            if len(held) == count:
+                return [sock.getsockname()[1] for sock in held]
+            sock = socket.socket()
+            held.append(sock)  # closed below, bound or not
+            try:  # (after 1,000 taken draws, the kernel's choice)
+                sock.bind(("127.0.0.1", draw.choice(outside) if outside and attempt < 1000 else 0))
+            except OSError:
+                held.pop().close()  # taken: draw another
+        raise AssertionError("unreachable")
+    finally:
+        for sock in held:
+            sock.close()
 
 
 class Weed:

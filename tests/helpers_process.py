@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -31,9 +33,13 @@ class Serve:
             return f.read().decode(errors="replace")
 
     def kill(self) -> None:
-        """Kill the process if it still runs (test teardown)."""
+        """Kill the process if it still runs, and reap it (test teardown: a process left
+        unreaped warns when collected, in whichever later test of the worker that is)."""
         if self.proc.poll() is None:
             self.proc.kill()
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        self.proc.poll()  # reaped by its own Popen, which keeps its exit code
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig`` and wait for the exit code."""

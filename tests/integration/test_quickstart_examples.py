@@ -11,7 +11,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import httpx
 import pytest
 import trio
 from helpers_process import Serve, start_serve
+from helpers_s3 import free_ports  # ports outside the kernel's ephemeral range
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -173,19 +173,6 @@ async def test_attest_beside_the_served_archives_then_fetch_trust_key_takes_them
     assert sorted(p.name for p in trusted.iterdir()) == [incrementals[1].name, full.name]
     done_lines = [line for line in done.stderr.splitlines() if "fetch_done" in line]
     assert len(done_lines) == 2 and all(f"vouched_by={key}" in x for x in done_lines), done_lines
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` ports free on 127.0.0.1 a moment ago (for servers the README starts on
-    ports of its own: a script cannot be told a port the kernel chose)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def end_group(group: int) -> None:
