@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers_s3 import free_ports
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
@@ -137,9 +138,9 @@ conn.close()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port free a moment ago, outside the kernel's ephemeral range (for a listener made
+    by another program: systemd-socket-activate)."""
+    (port,) = free_ports(1)
     return port
 
 

@@ -18,6 +18,7 @@ import yaml
 from fakes import Rpc, Sidecar, sidecar_info
 from helpers_process import start_serve
 from helpers_proxy import wait_for
+from helpers_s3 import free_ports
 from helpers_server import serve_app
 from helpers_tracker import wait_until
 from names import full_name
@@ -241,9 +242,7 @@ async def _listed(client: httpx.AsyncClient, base: str) -> bool:
 async def test_socket_activation(tmp_path: Path) -> None:
     path = local_config(tmp_path)
     name, data = big_archive(tmp_path, 1000)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)  # outside the ephemeral range: no client takes it meanwhile
     serve = await start_serve(
         "--config",
         str(path),
