@@ -366,7 +366,8 @@ def bad_variants(name: str, good: bytes) -> Mapping[str, bytes]:
     - ``flipped_byte``: one byte flipped in the middle of the compressed data (for ``.tar``,
       which has no checksum over member data, in the first account's header);
     - ``other_slot``: a valid archive of another slot of as many digits;
-    - ``not_tar``: a valid compressed stream of random bytes (for ``.tar``: random bytes);
+    - ``not_tar``: a valid compressed stream of random bytes (for ``.tar``: random bytes; for
+      ``.tar.bz2`` two streams, which the check reads as one);
     - ``truncated_zero_padded``: cut at 60% and filled up with zeros, as a sparse file whose
       download stopped (for ``.tar``: cut 200 bytes into an account's header, else the zeros
       would read as the end-of-archive blocks and the tar would pass: a plain tar has no
