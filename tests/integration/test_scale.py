@@ -55,7 +55,9 @@ async def test_500_http_targets_in_one_round(
     async def all_indexed() -> bool:
         return len((await client.get(f"{base}/v1/snapshots")).json()) == 2 * TARGETS
 
-    await wait_until(all_indexed, timeout=60)
+    # by the first round (the next begins at 120 s), however loaded the machine: with two
+    # CPU hogs beside the suite's three workers, 60 s did not always suffice
+    await wait_until(all_indexed, timeout=110)
     elapsed = trio.current_time() - start
     print(f"\n{TARGETS} HTTP targets indexed in {elapsed:.2f} s")
     best = (await client.get(f"{base}/v1/best_snapshots?max=1")).json()
