@@ -8,7 +8,6 @@ signatures are enforced with the credentials written to ``s3.json``.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -63,17 +62,18 @@ def free_ports(count: int) -> list[int]:
     outside = [p for p in range(PORTS_FROM, 65536) if not low <= p <= high]
     draw = random.SystemRandom()
     held: list[socket.socket] = []
+    attempts = 0
     try:
-        for attempt in itertools.count():
-            if len(held) == count:
-                return [sock.getsockname()[1] for sock in held]
+        while len(held) < count:
             sock = socket.socket()
             held.append(sock)  # closed below, bound or not
-            try:  # (after 1,000 taken draws, the kernel's choice)
-                sock.bind(("127.0.0.1", draw.choice(outside) if outside and attempt < 1000 else 0))
+            port = draw.choice(outside) if outside and attempts < 1000 else 0  # then the kernel's
+            attempts += 1
+            try:
+                sock.bind(("127.0.0.1", port))
             except OSError:
                 held.pop().close()  # taken: draw another
-        raise AssertionError("unreachable")
+        return [sock.getsockname()[1] for sock in held]
     finally:
         for sock in held:
             sock.close()

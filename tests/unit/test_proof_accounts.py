@@ -35,10 +35,14 @@ pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
 Members = dict[str, bytes]
 
 
-def reread_from(members: Members) -> Callable[[str, int], Iterable[bytes]]:
+def reread_from(members: Members, piece: int = 5) -> Callable[[str, int], Iterable[bytes]]:
+    """The second read of ``members`` in pieces of ``piece`` bytes (5: records cross every
+    end, the chunking's own tests; the spill's and the budget's read larger pieces, each
+    piece being one lane job)."""
+
     def reread(name: str, start: int) -> Iterable[bytes]:
         data = members[name]
-        return (data[at : at + 5] for at in range(start, len(data), 5))
+        return (data[at : at + piece] for at in range(start, len(data), piece))
 
     return reread
 

@@ -238,18 +238,9 @@ def test_a_proof_past_its_budget_spills_and_gives_the_models_hash(
     assert os.listdir(root) == []  # removed at the end
 
 
-def reread_in_pieces(members: dict[str, bytes]) -> Any:
-    """The second read in pieces of 4,099 bytes (records still cross their ends): for the
-    tests of the spill and the budget, whose point is not the chunking, which
-    ``reread_from``'s 5-byte pieces test (one lane's job each: 470,000 for three proofs)."""
-
-    def reread(name: str, start: int) -> Any:
-        data = members[name]
-        return (data[at : at + PIECE] for at in range(start, len(data), PIECE))
-
-    return reread
-
-
+#: The second read's pieces in the spill and budget tests, whose point is not the chunking
+#: (records still cross their ends): ``reread_from``'s 5 bytes made one lane job each,
+#: 470,000 for three proofs.
 PIECE = 4099
 
 
@@ -279,7 +270,7 @@ def test_a_proof_of_more_accounts_than_its_memory_holds_is_proven_and_reports_it
             assert float(values["snapshot_tracker_accounts_proof_spill_bytes"]) > 0
     assert spilled_dir and spilled_dir[0].startswith(PREFIX)
     assert proof.held.peak <= 64 * 1024  # the budget held
-    assert proof.finish(reread_in_pieces({s.name: s.data for s in made})) == (model(slots), None)
+    assert proof.finish(reread_from({s.name: s.data for s in made}, PIECE)) == (model(slots), None)
     assert proof.spilled > 3000 * spill_module.RECORD
     assert os.listdir(tmp_path) == []
     assert limits.shared().used == 0  # every byte given back
@@ -538,7 +529,7 @@ def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) ->
             together.wait(120)  # every proof holds its floor: the rest is shared
             for storage in made:
                 feed(proof, storage, 1 << 20)
-            results.append(proof.finish(reread_in_pieces({s.name: s.data for s in made})))
+            results.append(proof.finish(reread_from({s.name: s.data for s in made}, PIECE)))
             spilled.append(proof.spilled)
 
         jobs.append(threading.Thread(target=prove))
@@ -603,7 +594,7 @@ def test_the_partitions_sort_within_what_the_proof_holds_beside_its_runs_in_memo
         feed(proof, storage, 1 << 20)
     proof.settle()
     assert not proof.index.on_disk  # the default budget holds them all
-    assert proof.finish(reread_in_pieces({s.name: s.data for s in made})) == (model(slots), None)
+    assert proof.finish(reread_from({s.name: s.data for s in made}, PIECE)) == (model(slots), None)
     ((memory, resident, held),) = seen
     assert resident > 0 and memory + resident <= held
 
