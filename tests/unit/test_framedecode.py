@@ -217,3 +217,53 @@ def test_a_sink_that_fails_ends_the_threads() -> None:
     with pytest.raises(ArchiveInvalid, match="tar: a bad header"):
         decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", sink, 3)
     assert not [t for t in threading.enumerate() if t.name.startswith("zstd-frame")]
+
+
+def test_the_frames_behind_the_one_handed_on_decode_whole_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the sink holds the first frame's first piece, the two frames behind it decode to
+    their end (their threads put it): they do not stop a few pieces in and wait their turn."""
+    frame = bytes(8 * framedecode.OUT_SIZE)  # an agave frame's 32 MiB of tar: eight pieces
+    data = b"".join(zstandard.ZstdCompressor().compress(frame) for _ in range(3))
+    ended: list[int] = []
+    behind_done = threading.Event()
+    put = framedecode._Frame._put
+
+    def noted(self: framedecode._Frame, item: object, stop: threading.Event) -> None:
+        put(self, item, stop)
+        if item is framedecode._END:
+            ended.append(self.at)
+            if len([at for at in ended if at > 0]) == 2:
+                behind_done.set()
+
+    monkeypatch.setattr(framedecode._Frame, "_put", noted)
+    pieces = [data]
+    out: list[int] = []
+
+    def sink(piece: memoryview) -> None:
+        if not out:
+            out.append(behind_done.wait(30))  # held until both frames behind have ended
+        out.append(len(piece))
+
+    decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", sink, 3)
+    assert out[0] is True
+    assert sum(out[1:]) == 3 * len(frame)
+
+
+@pytest.mark.parametrize(
+    ("compressed", "queued"),
+    [
+        (1, framedecode.QUEUED),
+        (framedecode.LARGE_FRAME, framedecode.QUEUED),
+        (framedecode.LARGE_FRAME + 1, framedecode.QUEUED_LARGE),
+        (framedecode.MAX_FRAME, framedecode.QUEUED_LARGE),
+    ],
+)
+def test_a_large_frame_keeps_fewer_pieces_ready(compressed: int, queued: int) -> None:
+    """What a frame's thread holds stays within budget.FRAME_THREAD_COST: the compressed bytes,
+    the window and the pieces ready, the larger frames keeping fewer."""
+    assert framedecode.queued_for(compressed) == queued
+    window, piece = 8 << 20, framedecode.OUT_SIZE
+    held = min(compressed, framedecode.MAX_FRAME) + window + (queued + 1) * piece
+    assert held <= 84 << 20

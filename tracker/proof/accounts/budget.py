@@ -58,8 +58,11 @@ WORKER_COST = 56 * 1024**2
 #: What each thread decoding a check's zstd frames apart holds (the serial decoder, the one
 #: thread of a check without them, is in :data:`FIXED_COST`): its frame's compressed bytes (at
 #: most ``framedecode.MAX_FRAME``, 64 MiB; agave's ~15-30 MB), the decoder's window (at most
-#: 8 MiB), three decoded pieces of 4 MiB, the allocator's slack. Measured 60-77 MiB a thread
-#: with agave-sized frames (bench/accounts.py, ``--workers``: the check's VmHWM).
+#: 8 MiB), its decoded pieces of 4 MiB (a frame of up to 32 MiB compressed keeps ten ready,
+#: a larger one two: ``framedecode.queued_for``, at most 84 MiB in all either way), the
+#: allocator's slack. Measured 60-77 MiB a thread with agave-sized frames and two pieces
+#: ready (bench/accounts.py, ``--workers``: the check's VmHWM); ten added 5-13 MiB a thread
+#: on 16 cores (bench/README.md, "The frames decoded whole ahead").
 FRAME_THREAD_COST = 96 * 1024**2
 #: The most threads a check decodes frames on: with two or three, decoding (~0.1 CPU-s a
 #: million accounts a thread) is off the first read's floor, its reading thread (~0.14);

@@ -6,10 +6,10 @@ is :func:`tracker.proof.archive.decoders.decode_zstd` with ``workers`` threads (
 releases the GIL while it decodes): the framing is parsed here as the raw bytes come
 (:func:`tracker.proof.archive.decoders.zstd_frames`, the same checks: truncation, trailing bytes,
 reserved bits), each complete frame goes to a thread of its own, and its output is handed to
-the sink in order, in pieces of at most ``OUT_SIZE``, while the next frames decode. Memory is
-bounded: at most ``workers`` frames in flight, each holding its compressed bytes (the
-views of the raw chunks they came in, never copied) and a queue of :data:`QUEUED` decoded
-pieces. A single-frame archive
+the sink in order, in pieces of at most ``OUT_SIZE``, while the next frames decode whole.
+Memory is bounded: at most ``workers`` frames in flight, each holding its compressed bytes
+(the views of the raw chunks they came in, never copied) and a queue of decoded pieces
+(:func:`queued_for`). A single-frame archive
 decodes on one thread, as before; a decoding error names its frame as the serial decoder
 does. The caller's thread only frames, gathers a frame's bytes and runs the sink.
 
@@ -41,14 +41,33 @@ from tracker.proof.archive.decoders import (
 )
 from tracker.proof.formats.streamparse import Feeder
 
-#: Decoded pieces a frame's thread keeps ready ahead of the sink.
-QUEUED = 2
+#: Decoded pieces a frame's thread keeps ready ahead of the sink: an agave frame's whole
+#: output (32 MiB of tar: eight pieces, and its end), so that the frames behind the one being
+#: handed on decode whole meanwhile. With two, each frame ahead stopped after 8 MiB and the
+#: frames decoded nearly one at a time: on 16 cores the second read of 16 million accounts
+#: took 2.0-2.15 s with ten against 2.7-3.9 s with two (bench/README.md, "The frames decoded
+#: whole ahead").
+QUEUED = 10
+#: A frame of more compressed bytes than this (not agave's: its frames hold 32 MiB of tar,
+#: less compressed) keeps :data:`QUEUED_LARGE` pieces ready, so that what a frame's thread
+#: holds (its compressed bytes, the window, its pieces) stays within what the budget pays for
+#: it (``budget.FRAME_THREAD_COST``) whatever the frame.
+LARGE_FRAME = 32 * 1024 * 1024
+QUEUED_LARGE = 2
+#: Decoded pieces the decoder ahead (:class:`DecodeAhead`) keeps ready for the walk.
+AHEAD = 2
 #: Compressed bytes of one frame held to decode it apart (agave's: ~32 MiB of tar, less
 #: compressed); a larger frame is decoded as it streams.
 MAX_FRAME = 64 * 1024 * 1024
 #: Seconds between two looks at the stop flag while a thread waits for the sink.
 _POLL = 0.1
 _END = object()
+
+
+def queued_for(compressed: int) -> int:
+    """The decoded pieces a frame of ``compressed`` bytes keeps ready ahead of the sink (its
+    end counted as one): :data:`QUEUED`, or :data:`QUEUED_LARGE` past :data:`LARGE_FRAME`."""
+    return QUEUED if compressed <= LARGE_FRAME else QUEUED_LARGE
 
 
 class _Views:
@@ -75,7 +94,7 @@ class _Frame:
     def __init__(self, at: int, data: list[memoryview]) -> None:
         self.at = at
         self.data = data  # views of immutable chunks: never changed once launched
-        self.pieces: queue.Queue[object] = queue.Queue(QUEUED)
+        self.pieces: queue.Queue[object] = queue.Queue(queued_for(sum(map(len, data))))
 
     def decode(self, stop: threading.Event) -> None:
         """Decode the frame into :attr:`pieces` (in a worker thread)."""
@@ -173,14 +192,14 @@ class DecodeAhead:
 
     Unlike frames decoded apart, it decodes the raw bytes as they come: a bad byte is refused
     as soon as it is decoded, whatever follows it, so a following check's verdict is never held
-    back by a source that stops sending. At most :data:`QUEUED` pieces wait; a piece of a buffer
+    back by a source that stops sending. At most :data:`AHEAD` pieces wait; a piece of a buffer
     the decoder fills again is copied first. :meth:`run` hands the pieces to its sink in the
     calling thread and raises what either thread raised; :meth:`close`, once whatever
     ``chunks`` may wait on was stopped (the check's reading of the raw bytes), joins the
     thread."""
 
     def __init__(self) -> None:
-        self._pieces: queue.Queue[object] = queue.Queue(QUEUED)
+        self._pieces: queue.Queue[object] = queue.Queue(AHEAD)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
