@@ -65,6 +65,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +212,11 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
     budget = limits.shared()
     threads = _FirstRead()
     stages = _Stages()
+    waits = _Waits()
     timeline = _Timeline()
     timeline.start()
     t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-    with threads, stages:
+    with threads, stages, waits:
         verified = check_file(str(path), prove_accounts=limits)
     t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
     watch.stop()
@@ -250,6 +252,7 @@ def prove(base: Path, memory: int, workers: int) -> dict[str, Any]:
         "scan_lanes": threads.lanes,
         "threads_cpu": stages.threads,
         "stages_cpu": stages.stages,
+        "waits": waits.table(),
     }
 
 
@@ -305,7 +308,7 @@ class _Stages(contextlib.AbstractContextManager["_Stages"]):
             finally:
                 add(threads, thread.name.rstrip("0123456789_-"), time.thread_time() - start)
 
-        threading.Thread.run = counted  # type: ignore[method-assign]
+        threading.Thread.run = counted  # type: ignore[method-assign,assignment]
         self._patch(SpillIndex, "superseded_runs", "sort")
         self._patch(accountsproof, "hash_newest", "second read")
         self._patch(AccountsProof, "finish", "finish")
@@ -321,6 +324,83 @@ class _Stages(contextlib.AbstractContextManager["_Stages"]):
         self.threads["check (all stages)"] = time.thread_time() - self._start
         for owner, name, original in reversed(self._saved):
             setattr(owner, name, original)
+
+
+class _Waits(contextlib.AbstractContextManager["_Waits"]):
+    """The wall seconds the check's own thread (the one that walks the archive) waited, in
+    each read, for what feeds it and for where it hands on: the raw chunks (``raw``), the
+    decoded frames (``decoded``), a free slot of the scan process a piece goes to (``slot``,
+    with the room to send under ``scanprocs.UNSENT_BYTES``: ``unsent`` alone). What the
+    thread waits for most is what holds a read on a host of many cores."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str], float] = {}
+        self._second = False
+        self._saved: list[tuple[Any, str, Any]] = []
+        self._thread = threading.get_ident()
+
+    def _patch(self, owner: Any, name: str, what: str) -> None:
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+        seconds, me = self.seconds, self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != me._thread:
+                return original(*args, **kwargs)
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                key = ("second read" if me._second else "first read", what)
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - began
+
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> _Waits:
+        import queue as queues
+
+        from tracker.proof.accounts import accountsproof, scanprocs
+        from tracker.proof.archive import archivecheck, framedecode, reread
+
+        self._thread = threading.get_ident()
+        me = self
+
+        class Timed(queues.Queue[object]):
+            def get(self, block: bool = True, timeout: float | None = None) -> object:
+                if threading.get_ident() != me._thread:
+                    return super().get(block, timeout)
+                began = time.perf_counter()
+                try:
+                    return super().get(block, timeout)
+                finally:
+                    key = ("second read" if me._second else "first read", "decoded")
+                    me.seconds[key] = me.seconds.get(key, 0.0) + time.perf_counter() - began
+
+        shim = types.SimpleNamespace(Queue=Timed, Full=queues.Full, Empty=queues.Empty)
+        self._saved.append((framedecode, "queue", getattr(framedecode, "queue")))  # noqa: B009
+        setattr(framedecode, "queue", shim)  # noqa: B010
+        self._patch(archivecheck._Prefetch, "next", "raw")
+        self._patch(reread._Frames, "_next", "decoded")
+        self._patch(scanprocs._Process, "send_piece", "slot")
+        self._patch(scanprocs._Process, "send_storages", "slot")
+        self._patch(scanprocs._Unsent, "take", "unsent")
+        hash_newest = getattr(accountsproof, "hash_newest")  # noqa: B009
+        self._saved.append((accountsproof, "hash_newest", hash_newest))
+
+        def second(*args: Any, **kwargs: Any) -> Any:
+            me._second = True
+            return hash_newest(*args, **kwargs)
+
+        setattr(accountsproof, "hash_newest", second)  # noqa: B010
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+
+    def table(self) -> list[tuple[str, str, float]]:
+        """(read, what, wall seconds) of each wait."""
+        return [(read, what, wall) for (read, what), wall in sorted(self.seconds.items())]
 
 
 class _FirstRead(contextlib.AbstractContextManager["_FirstRead"]):
@@ -588,6 +668,13 @@ def _phases(proof: dict[str, Any]) -> str:
     spans = ", ".join(f"{stage} {a:.2f}-{b:.2f}" for stage, a, b in proof["spans"])
     steps = " ".join(f"{cores:.1f}" for _, cores in proof["timeline"])
     lines = [f"stages (s): {spans}", f"cores used a half second: {steps}"]
+    for read in ("first read", "second read"):
+        waited = [(what, wall) for each, what, wall in proof.get("waits", []) if each == read]
+        if waited:
+            lines.append(
+                f"  {read}, the check's thread waited (s): "
+                + ", ".join(f"{what} {wall:.2f}" for what, wall in waited)
+            )
     lines += [_busiest(stage, named) for stage, named in proof.get("busiest", []) if named]
     return "\n".join(lines)
 

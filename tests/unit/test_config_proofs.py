@@ -360,9 +360,9 @@ MiB_ = 1024**2
         (512, 1, 1),  # two cores: the one worker FIXED_COST counts
         (512, 15, 2),  # sixteen cores, the default budget: half of 192 MiB pays one more
         (256, 15, 1),  # a small budget: the first only
-        (2048, 15, 11),  # eight, then three frame threads, then three more
+        (2048, 15, 9),  # eight, then three frame threads, then one more
         (3072, 15, 15),  # a budget that pays for every core and the frame threads
-        (2048, 31, 11),  # thirty-two cores: the same half of 1,728 MiB
+        (2048, 31, 9),  # thirty-two cores: the same half of 1,728 MiB
         (100_000, 0, 1),  # one core: still one child
     ],
 )
@@ -399,9 +399,9 @@ def test_a_budget_pays_for_the_hashing_processes_it_allows(
     [
         (1, 8, 512, 1, 0),  # one core: the least budget, one child
         (2, 24, 512, 1, 0),  # this bench's host: unchanged
-        (4, 64, 1120, 3, 3),  # a hashing process on every core but one, three frame threads
-        (16, 128, 2464, 15, 3),
-        (32, 256, 4256, 31, 3),
+        (4, 64, 1312, 3, 3),  # a hashing process on every core but one, three frame threads
+        (16, 128, 2656, 15, 3),
+        (32, 256, 4448, 31, 3),
         (16, 8, 1024, 7, 0),  # little memory: an eighth of it
         (16, 2, 512, 2, 0),  # less: never below the least budget
     ],

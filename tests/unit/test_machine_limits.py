@@ -195,7 +195,7 @@ def test_the_least_memory_limit_along_the_parents() -> None:
         # a container given 2 CPUs and 4 GiB on a host of 16 cores: the 2-core default
         (2, 4 * GIB, 512),
         # the host itself: the 16-core default
-        (16, 128 * GIB, 2464),
+        (16, 128 * GIB, 2656),
         # 16 cores but 8 GiB: an eighth of the limit, not of the host's memory
         (16, 8 * GIB, 1024),
     ],

@@ -61,9 +61,10 @@ WORKER_COST = 56 * 1024**2
 #: 8 MiB), its decoded pieces of 4 MiB (a frame of up to 32 MiB compressed keeps ten ready,
 #: a larger one two: ``framedecode.queued_for``, at most 84 MiB in all either way), the
 #: allocator's slack. Measured 60-77 MiB a thread with agave-sized frames and two pieces
-#: ready (bench/accounts.py, ``--workers``: the check's VmHWM); ten added 5-13 MiB a thread
-#: on 16 cores (bench/README.md, "The frames decoded whole ahead").
-FRAME_THREAD_COST = 96 * 1024**2
+#: ready (bench/accounts.py, ``--workers``: the check's VmHWM); ten ready took the check's
+#: VmHWM on 16 cores from 1,017 to 1,115 MiB with three threads, ~33 MiB more a thread
+#: (bench/README.md, "The frames decoded whole ahead").
+FRAME_THREAD_COST = 128 * 1024**2
 #: The most threads a check decodes frames on: with two or three, decoding (~0.1 CPU-s a
 #: million accounts a thread) is off the first read's floor, its reading thread (~0.14);
 #: more would only hold memory (docs/architecture.md, "The accounts level" → "Every core").
@@ -408,7 +409,7 @@ def default_memory(workers: int | None = None, ram: int | None = None) -> int:
     the check's own and for the frame threads (two or three, one less than the cores), with
     as much again for the index; at least :data:`DEFAULT_MEMORY`, at most a
     :data:`MEMORY_SHARE`-th of the memory (but never below :data:`DEFAULT_MEMORY`). 512 MiB
-    on 2 cores, 1,120 MiB on 4, 2,464 MiB on 16 (docs/architecture.md, "The accounts level"
+    on 2 cores, 1,312 MiB on 4, 2,656 MiB on 16 (docs/architecture.md, "The accounts level"
     → "Bounded memory")."""
     cores = workers if workers is not None else default_workers()
     hashers = max(1, cores - 1)

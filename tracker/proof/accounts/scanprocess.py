@@ -142,7 +142,7 @@ def _serve(conn: Connection) -> None:
     # read-only: the pieces are the parent's to write, and a read-only piece is the type
     # the kernels were compiled for in the forkserver (a writable one would compile again)
     shared = (
-        mmap.mmap(fds[0], IN_FLIGHT * SLOT_BYTES, prot=mmap.PROT_READ)
+        mmap.mmap(fds[0], 0, prot=mmap.PROT_READ)  # whole: its IN_FLIGHT slots
         if flag == b"1" and fds
         else None
     )

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tracker.proof.accounts import scanprocess
 from tracker.proof.accounts.hashworker import shared_memory
 from tracker.proof.accounts.scanprocess import (
     COUNT,
@@ -55,7 +56,6 @@ from tracker.proof.accounts.scanprocess import (
     DONE,
     ENDS,
     FAILED,
-    IN_FLIGHT,
     MAX_ANSWER,
     REFUSED,
     REHASHED,
@@ -211,14 +211,16 @@ class _Process:
         self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
         self.proc.start()
         theirs.close()
-        # the pieces' slots: memory both map (sent with the first frame), else the pipe
+        # the pieces' slots: memory both map (sent with the first frame), else the pipe; the
+        # process maps what it is sent, whole (bench/accounts.py --set may change the count)
+        in_flight = scanprocess.IN_FLIGHT
         self.shared: mmap.mmap | None = None
-        fd = shared_memory(IN_FLIGHT * SLOT_BYTES, "tracker-scan")
+        fd = shared_memory(in_flight * SLOT_BYTES, "tracker-scan")
         try:
             with socket.socket(fileno=os.dup(self.conn.fileno())) as raw:
                 socket.send_fds(raw, [b"1" if fd is not None else b"0"], [] if fd is None else [fd])
             if fd is not None:
-                self.shared = mmap.mmap(fd, IN_FLIGHT * SLOT_BYTES)
+                self.shared = mmap.mmap(fd, in_flight * SLOT_BYTES)
         except OSError:
             self.proc.kill()
             self.proc.join()
@@ -227,11 +229,11 @@ class _Process:
         finally:
             if fd is not None:
                 os.close(fd)  # the mapping (and the process's) keep the memory
-        self.slots = list(range(IN_FLIGHT))  # the free ones
+        self.slots = list(range(in_flight))  # the free ones
         #: the slot of each storage's last piece: free once the storage's end is answered
         self._last_slots: dict[int, int] = {}
         self.storages: set[int] = set()  # those sent to it, not counted yet
-        self.free = threading.Semaphore(IN_FLIGHT)
+        self.free = threading.Semaphore(in_flight)
         self.pending = 0  # pieces and ends sent, not answered
         self.idle = threading.Condition()
         self.total: npt.NDArray[np.uint16] | None = None
