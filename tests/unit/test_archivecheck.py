@@ -844,3 +844,91 @@ def test_a_check_of_a_file_that_decodes_serially_decodes_ahead_where_it_pays(
     limits = AccountsLimits(memory=memory, workers=16, budget=budget, slots=slots, frames=frames)
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
     assert threads == (["decode-ahead"] if ahead else [])
+
+
+# --- the raw chunks' SHA-256 in a thread of its own (archivecheck.SHA_APART) ---------------
+
+
+def _read_all(prefetch: Any) -> bytes:
+    out = bytearray()
+    with prefetch:
+        while data := prefetch.next():
+            out += data
+        digest = prefetch.hexdigest()
+    assert digest == hashlib.sha256(bytes(out)).hexdigest()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("behind", [1, 3, 32])
+def test_the_sha256_apart_is_the_files_and_its_blocks_the_inline_ones(
+    monkeypatch: pytest.MonkeyPatch, behind: int
+) -> None:
+    from tracker.proof.archive import binding
+
+    monkeypatch.setattr(archivecheck, "SHA_APART", True)
+    monkeypatch.setattr(archivecheck, "SHA_BEHIND", behind)
+    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    monkeypatch.setattr(binding, "BLOCK", 3 * 4096 + 5)  # blocks across chunks
+    data = os.urandom(200_000)
+    hashed_in: set[str] = set()
+    update = binding.BlockDigests.update
+
+    def noted(self: binding.BlockDigests, chunk: bytes) -> None:
+        hashed_in.add(threading.current_thread().name)
+        update(self, chunk)
+
+    monkeypatch.setattr(binding.BlockDigests, "update", noted)
+    apart = archivecheck._Prefetch(io.BytesIO(data).read)
+    assert _read_all(apart) == data
+    assert hashed_in == {"archive-check-sha"}  # not the reading thread
+    monkeypatch.setattr(binding.BlockDigests, "update", update)
+    assert not [t for t in threading.enumerate() if t.name == "archive-check-sha"]
+    inline = binding.BlockDigests()
+    for at in range(0, len(data), 4096):
+        inline.update(data[at : at + 4096])
+    assert apart.blocks().digests() == inline.digests()
+    assert apart.blocks().size == len(data)
+
+
+def test_a_whole_check_with_the_sha256_apart_gives_the_same_verdicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(archivecheck, "SHA_APART", True)
+    monkeypatch.setattr(archivecheck, "READ_SIZE", 64 * 1024)
+    name, good = build_archive(SLOT, compression="zst")
+    assert check_bytes(good, name) == hashlib.sha256(good).hexdigest()
+    for variant, bad in bad_variants(name, good).items():
+        assert re.match(EXPECTED_REASONS[variant]["zst"], reason_of(bad, name)), variant
+
+
+def test_a_hashing_thread_that_fails_fails_the_read_and_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tracker.proof.archive import binding
+
+    monkeypatch.setattr(archivecheck, "SHA_APART", True)
+    monkeypatch.setattr(archivecheck, "SHA_BEHIND", 2)
+    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    update = binding.BlockDigests.update
+
+    def failing(self: binding.BlockDigests, data: bytes) -> None:
+        if self.size >= 5 * 4096:
+            raise MemoryError("no room to hash")
+        update(self, data)
+
+    monkeypatch.setattr(binding.BlockDigests, "update", failing)
+    with pytest.raises(MemoryError, match="no room to hash"):
+        _read_all(archivecheck._Prefetch(io.BytesIO(os.urandom(100 * 4096)).read))
+    assert not [t for t in threading.enumerate() if t.name.startswith("archive-check")]
+
+
+def test_a_reader_that_stops_early_ends_the_hashing_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(archivecheck, "SHA_APART", True)
+    monkeypatch.setattr(archivecheck, "SHA_BEHIND", 2)
+    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    prefetch = archivecheck._Prefetch(io.BytesIO(os.urandom(100 * 4096)).read)
+    with prefetch:
+        assert prefetch.next()
+    assert not [t for t in threading.enumerate() if t.name.startswith("archive-check")]

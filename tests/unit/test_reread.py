@@ -376,3 +376,30 @@ def test_frames_decoded_by_threads_stop_when_the_second_read_closes_part_way(
     reread.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("second-read", "zstd"))]
     assert not [fd for fd in os.listdir("/proc/self/fd") if _opens(fd, path)]
+
+
+def test_the_sha256_apart_binds_the_second_read_as_the_inline_one(tmp_path: Path) -> None:
+    # the raw chunks' SHA-256 in a thread of its own (archivecheck.SHA_APART): it may switch
+    # to the blocks' BLAKE3 at another block than the reading thread would, each block still
+    # kept as the digest of its kind, and the second read, held to them, proves the accounts
+    name, data = many_accounts_archive(300_000_000, 6000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    small = 16 * 1024
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(archivecheck, "SHA_APART", True)
+        patch.setattr(archivecheck, "SHA_BEHIND", 4)
+        patch.setattr(binding, "BLOCK", small)
+        patch.setattr(archivecheck, "READ_SIZE", small // 2)
+        patch.setattr(accountsprover, "BLAKE3_FROM", 0)
+        verified, (digests, size, sha_blocks) = told_first_read(path)
+    count = -(-len(data) // small)
+    assert size == len(data) and len(digests) == count * binding.DIGEST
+    assert sha_blocks < count
+    for number in range(count):
+        kept = digests[number * 32 : (number + 1) * 32]
+        if number < sha_blocks:
+            assert kept == hashlib.sha256(data[: (number + 1) * small]).digest()
+        else:
+            assert kept == blake3.blake3(data[number * small : (number + 1) * small]).digest()
+    assert verified.sha256 == hashlib.sha256(data).hexdigest()

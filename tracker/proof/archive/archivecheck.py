@@ -59,6 +59,18 @@ READ_SIZE = 1024 * 1024
 THREAD_NAME = "archive-check"
 #: Raw chunks read and hashed ahead of the decoder (memory: this many READ_SIZE chunks).
 PREFETCH_DEPTH = 8
+#: Whether the raw chunks' SHA-256 runs in a thread of its own behind the reading one, which
+#: then hands each chunk on as soon as it is read (at most :data:`SHA_BEHIND` chunks wait
+#: for the hash). Off: on 16 cores the first read's walk waited ~3.9 s of ~6.1 for the raw
+#: chunks of a thread that reads and hashes each (docs/architecture.md, "Every core"), but
+#: this is not measured there yet (``bench/accounts.py --set archive.archivecheck.SHA_APART=1``;
+#: two cores with the 16-core settings: the walk's wait for raw chunks 0.13-0.39 s instead
+#: of 0.77-0.90, the proof 2.79-2.80 s instead of 2.91-2.92); on two cores hashing each chunk
+#: while the copy lies in the core's cache costs less. Made the default, the chunks waiting
+#: for the hash (:data:`SHA_BEHIND` MiB) are to be counted in ``budget.CHECK_COST``.
+SHA_APART = False
+#: Raw chunks read and handed on, not hashed yet, at most (:data:`SHA_APART`).
+SHA_BEHIND = 32
 
 
 def required_entries(slot: int) -> tuple[str, ...]:
@@ -316,9 +328,18 @@ class _Prefetch:
         self._ended = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="archive-check-read", daemon=True)
+        #: the chunks read and not hashed yet, None once the last one is in (SHA_APART)
+        self._unhashed: collections.deque[bytes | None] = collections.deque()
+        self._hashing: threading.Thread | None = None
+        if SHA_APART:
+            self._hashing = threading.Thread(
+                target=self._hash, name="archive-check-sha", daemon=True
+            )
 
     def __enter__(self) -> _Prefetch:
         self._thread.start()
+        if self._hashing is not None:
+            self._hashing.start()
         return self
 
     def __exit__(
@@ -332,13 +353,17 @@ class _Prefetch:
         if running and self._unblock is not None:
             self._unblock()
         self._thread.join()
+        self._join_hashing()
         self._sha.close()  # its thread apart (.binding), given nothing more now
 
     def _run(self) -> None:
         try:
             while True:
                 data = self._read(READ_SIZE)
-                if data:
+                if self._hashing is not None:
+                    if not self._hand_to_hashing(data or None):
+                        return
+                elif data:
                     self._sha.update(data)
                 with self._cond:
                     while len(self._ready) >= PREFETCH_DEPTH and not self._stopped:
@@ -377,7 +402,46 @@ class _Prefetch:
     def hexdigest(self) -> str:
         """The SHA-256 of every byte read (call after :meth:`next` returned ``b""``)."""
         self._thread.join()
+        self._join_hashing()
+        if self._error is not None:  # the hashing thread's (a read's raised in next)
+            raise self._error
         return self._sha.sha.hexdigest()
+
+    def _hand_to_hashing(self, data: bytes | None) -> bool:
+        """Queue ``data`` (None: the end) for the hashing thread once fewer than
+        :data:`SHA_BEHIND` wait; False once stopped."""
+        with self._cond:
+            while len(self._unhashed) >= SHA_BEHIND and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return False
+            self._unhashed.append(data)
+            self._cond.notify_all()
+            return True
+
+    def _hash(self) -> None:
+        """The hashing thread (:data:`SHA_APART`): each chunk in the order read, until the
+        end or a stop; what it raises is the reader's, as a read's."""
+        try:
+            while True:
+                with self._cond:
+                    while not self._unhashed and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped or self._unhashed[0] is None:
+                        return
+                    data = self._unhashed.popleft()
+                    self._cond.notify_all()
+                assert data is not None
+                self._sha.update(data)
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _join_hashing(self) -> None:
+        """Wait for the hashing thread, if any: it ends at the end or once stopped."""
+        if self._hashing is not None and self._hashing.is_alive():
+            self._hashing.join()
 
     def blocks(self) -> BlockDigests:
         """The digests of the blocks read (after :meth:`hexdigest`; :mod:`.binding`)."""
