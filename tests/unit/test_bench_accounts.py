@@ -187,3 +187,33 @@ def test_a_thread_that_ended_keeps_its_cpu_in_the_timeline() -> None:
     worker.join()
     after = timeline._by_thread(0.0)
     assert after[ident] == timeline.threads[-1][ident]  # ended: its last figure stays
+
+
+def test_the_proof_alone_says_what_the_checks_thread_waited_for_in_each_read(
+    tmp_path: Path,
+) -> None:
+    # the 16-core settings (scan processes): the walk hands pieces to them, so it may wait
+    # for a slot as well as for the raw chunks and the decoded frames
+    out = bench(
+        "accounts.py",
+        "--accounts",
+        "20000",
+        "--proof-only",
+        "--runs",
+        "1",
+        "--workers",
+        "16",
+        "--memory",
+        "2656MiB",
+        "--out",
+        str(tmp_path),
+    )
+    waited = {
+        line.split(",")[0].strip(): line.split("(s): ")[1]
+        for line in out.splitlines()
+        if "the check's thread waited (s)" in line
+    }
+    assert set(waited) == {"first read", "second read"}, out
+    first = dict(each.rsplit(" ", 1) for each in waited["first read"].split(", "))
+    assert {"raw", "slot"} <= set(first), waited
+    assert all(float(seconds) >= 0 for seconds in first.values())
