@@ -63,7 +63,7 @@ WORKER_COST = 56 * 1024**2
 #: allocator's slack. Measured 60-77 MiB a thread with agave-sized frames and two pieces
 #: ready (bench/accounts.py, ``--workers``: the check's VmHWM); ten ready took the check's
 #: VmHWM on 16 cores from 1,017 to 1,115 MiB with three threads, ~33 MiB more a thread
-#: (bench/README.md, "The frames decoded whole ahead").
+#: (bench/README.md, "Level `accounts` on 16 cores again").
 FRAME_THREAD_COST = 128 * 1024**2
 #: The most threads a check decodes frames on: with two or three, decoding (~0.1 CPU-s a
 #: million accounts a thread) is off the first read's floor, its reading thread (~0.14);

@@ -45,8 +45,8 @@ from tracker.proof.formats.streamparse import Feeder
 #: output (32 MiB of tar: eight pieces, and its end), so that the frames behind the one being
 #: handed on decode whole meanwhile. With two, each frame ahead stopped after 8 MiB and the
 #: frames decoded nearly one at a time: on 16 cores the second read of 16 million accounts
-#: took 2.0-2.15 s with ten against 2.7-3.9 s with two (bench/README.md, "The frames decoded
-#: whole ahead").
+#: took 2.0-2.3 s with eight or ten against 2.6-3.9 s with two (bench/README.md, "Level
+#: `accounts` on 16 cores again").
 QUEUED = 10
 #: A frame of more compressed bytes than this (not agave's: its frames hold 32 MiB of tar,
 #: less compressed) keeps :data:`QUEUED_LARGE` pieces ready, so that what a frame's thread
