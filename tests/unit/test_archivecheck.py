@@ -849,6 +849,13 @@ def test_a_check_of_a_file_that_decodes_serially_decodes_ahead_where_it_pays(
 # --- the raw chunks' SHA-256 in a thread of its own (archivecheck.SHA_APART) ---------------
 
 
+def _sha_apart(monkeypatch: pytest.MonkeyPatch, behind: int) -> None:
+    """The SHA-256 in a thread of its own, ``behind`` chunks of 4 KiB at most."""
+    monkeypatch.setattr(archivecheck, "SHA_APART", True)
+    monkeypatch.setattr(archivecheck, "SHA_BEHIND", behind)
+    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+
+
 def _read_all(prefetch: Any) -> bytes:
     out = bytearray()
     with prefetch:
@@ -865,9 +872,7 @@ def test_the_sha256_apart_is_the_files_and_its_blocks_the_inline_ones(
 ) -> None:
     from tracker.proof.archive import binding
 
-    monkeypatch.setattr(archivecheck, "SHA_APART", True)
-    monkeypatch.setattr(archivecheck, "SHA_BEHIND", behind)
-    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    _sha_apart(monkeypatch, behind)
     monkeypatch.setattr(binding, "BLOCK", 3 * 4096 + 5)  # blocks across chunks
     data = os.urandom(200_000)
     hashed_in: set[str] = set()
@@ -906,9 +911,7 @@ def test_a_hashing_thread_that_fails_fails_the_read_and_ends(
 ) -> None:
     from tracker.proof.archive import binding
 
-    monkeypatch.setattr(archivecheck, "SHA_APART", True)
-    monkeypatch.setattr(archivecheck, "SHA_BEHIND", 2)
-    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    _sha_apart(monkeypatch, 2)
     update = binding.BlockDigests.update
 
     def failing(self: binding.BlockDigests, data: bytes) -> None:
@@ -925,9 +928,7 @@ def test_a_hashing_thread_that_fails_fails_the_read_and_ends(
 def test_a_reader_that_stops_early_ends_the_hashing_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(archivecheck, "SHA_APART", True)
-    monkeypatch.setattr(archivecheck, "SHA_BEHIND", 2)
-    monkeypatch.setattr(archivecheck, "READ_SIZE", 4096)
+    _sha_apart(monkeypatch, 2)
     prefetch = archivecheck._Prefetch(io.BytesIO(os.urandom(100 * 4096)).read)
     with prefetch:
         assert prefetch.next()

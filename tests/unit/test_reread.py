@@ -177,6 +177,17 @@ def told_first_read(path: Path) -> tuple[Verified, tuple[bytes, int, int]]:
     return verified, kept
 
 
+def assert_kept(digests: bytes, data: bytes, block: int, sha_blocks: int) -> None:
+    """Each ``block`` of ``data`` kept as its kind's digest: its prefix's SHA-256 for the first
+    ``sha_blocks``, its own BLAKE3 after them."""
+    for number in range(-(-len(data) // block)):
+        kept = digests[number * 32 : (number + 1) * 32]
+        if number < sha_blocks:
+            assert kept == hashlib.sha256(data[: (number + 1) * block]).digest()
+        else:
+            assert kept == blake3.blake3(data[number * block : (number + 1) * block]).digest()
+
+
 def test_the_check_binds_its_second_read_to_the_prefixes_it_read(tmp_path: Path) -> None:
     # a short second read (the storages far below BLAKE3_FROM): held by the SHA-256 of every
     # prefix the check read, copies of its running digest
@@ -211,12 +222,7 @@ def test_a_long_second_read_is_held_by_each_blocks_blake3_from_the_manifests_wor
     count = -(-len(data) // small)
     assert size == len(data) and len(digests) == count * binding.DIGEST
     assert 0 < sha_blocks < count - 4  # switched once the manifest was read, early on
-    for number in range(count):
-        kept = digests[number * 32 : (number + 1) * 32]
-        if number < sha_blocks:
-            assert kept == hashlib.sha256(data[: (number + 1) * small]).digest()
-        else:
-            assert kept == blake3.blake3(data[number * small : (number + 1) * small]).digest()
+    assert_kept(digests, data, small, sha_blocks)
     assert verified.sha256 == hashlib.sha256(data).hexdigest()
 
 
@@ -396,10 +402,5 @@ def test_the_sha256_apart_binds_the_second_read_as_the_inline_one(tmp_path: Path
     count = -(-len(data) // small)
     assert size == len(data) and len(digests) == count * binding.DIGEST
     assert sha_blocks < count
-    for number in range(count):
-        kept = digests[number * 32 : (number + 1) * 32]
-        if number < sha_blocks:
-            assert kept == hashlib.sha256(data[: (number + 1) * small]).digest()
-        else:
-            assert kept == blake3.blake3(data[number * small : (number + 1) * small]).digest()
+    assert_kept(digests, data, small, sha_blocks)
     assert verified.sha256 == hashlib.sha256(data).hexdigest()
