@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 STEP = 4 * 1024 * 1024  # proof.formats.storages.PIECE (numpy is not loaded here)
 #: Raw chunks of STEP bytes read and hashed ahead of the decoder.
 AHEAD = 2
+#: Decoded pieces (whole frames' output, 4 MiB at most) ready ahead of the walk when the
+#: frames decode apart (:class:`_Frames`).
+PIECES_AHEAD = 2
 
 
 _C = TypeVar("_C", bytes, memoryview)
@@ -53,11 +56,12 @@ _C = TypeVar("_C", bytes, memoryview)
 
 class _Handover(Generic[_C]):
     """Chunks a thread of its own makes, handed to the reading thread in order, at most
-    :data:`AHEAD` waiting (the maker waits for room). The maker ends with None (the end) or
-    an exception (what failed); the reader is given either again at every later take. Once
+    ``ahead`` waiting (the maker waits for room). The maker ends with None (the end) or an
+    exception (what failed); the reader is given either again at every later take. Once
     stopped, :meth:`put` takes nothing more and says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, ahead: int) -> None:
+        self._room = ahead
         self._ready: collections.deque[_C | BaseException | None] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -66,7 +70,7 @@ class _Handover(Generic[_C]):
     def put(self, item: _C | BaseException | None) -> bool:
         """Queue ``item`` once there is room; False when the reader stopped meanwhile."""
         with self._cond:
-            while len(self._ready) >= AHEAD and not self._stopped:
+            while len(self._ready) >= self._room and not self._stopped:
                 self._cond.wait()
             if self._stopped:
                 return False
@@ -110,7 +114,7 @@ class _Bound(io.RawIOBase):
         self.check = BlockCheck(*first) if first is not None else None
         self._left = first[1] if first is not None else None
         self._chunk = memoryview(b"")
-        self._ahead: _Handover[bytes] = _Handover()
+        self._ahead: _Handover[bytes] = _Handover(AHEAD)
         self._thread = threading.Thread(target=self._run, name="second-read", daemon=True)
         self._thread.start()
 
@@ -180,14 +184,14 @@ class _Frames(io.RawIOBase):
     decode_zstd_frames`, driven from a thread of its own) and read here in order.
 
     The decoded pieces (whole frames' output, 4 MiB at most) are immutable bytes: a read
-    returns a view of the piece, never a copy, and :data:`AHEAD` pieces wait at most.
+    returns a view of the piece, never a copy, and :data:`PIECES_AHEAD` pieces wait at most.
     :meth:`halt` stops the decoding and lets go of ``raw`` (which it does not close), so
     that its last block can be read to its end in the caller's thread."""
 
     def __init__(self, raw: _Bound, workers: int) -> None:
         self._raw = raw
         self._chunk = memoryview(b"")
-        self._ahead: _Handover[memoryview] = _Handover()
+        self._ahead: _Handover[memoryview] = _Handover(PIECES_AHEAD)
         self._thread = threading.Thread(
             target=self._run, args=(workers,), name="second-read-frames", daemon=True
         )
