@@ -43,7 +43,7 @@ from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import DecodeAhead, decode_zstd_frames
-from tracker.proof.archive.reread import accounts_prover, proving
+from tracker.proof.archive.reread import Handover, accounts_prover, proving
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
 from tracker.proof.formats.streamparse import Feeder
@@ -328,10 +328,11 @@ class _Prefetch:
         self._ended = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="archive-check-read", daemon=True)
-        #: the chunks read and not hashed yet, None once the last one is in (SHA_APART)
-        self._unhashed: collections.deque[bytes | None] = collections.deque()
+        #: the chunks read and not hashed yet, and the thread that hashes them (SHA_APART)
+        self._unhashed: Handover[bytes] | None = None
         self._hashing: threading.Thread | None = None
         if SHA_APART:
+            self._unhashed = Handover(SHA_BEHIND)
             self._hashing = threading.Thread(
                 target=self._hash, name="archive-check-sha", daemon=True
             )
@@ -352,6 +353,8 @@ class _Prefetch:
             running = not self._ended and self._error is None
         if running and self._unblock is not None:
             self._unblock()
+        if self._unhashed is not None:
+            self._unhashed.stop()  # a reading thread waiting for room, the hashing one, end
         self._thread.join()
         self._join_hashing()
         self._sha.close()  # its thread apart (.binding), given nothing more now
@@ -360,8 +363,8 @@ class _Prefetch:
         try:
             while True:
                 data = self._read(READ_SIZE)
-                if self._hashing is not None:
-                    if not self._hand_to_hashing(data or None):
+                if self._unhashed is not None:
+                    if not self._unhashed.put(data or None):  # stopped meanwhile
                         return
                 elif data:
                     self._sha.update(data)
@@ -407,31 +410,12 @@ class _Prefetch:
             raise self._error
         return self._sha.sha.hexdigest()
 
-    def _hand_to_hashing(self, data: bytes | None) -> bool:
-        """Queue ``data`` (None: the end) for the hashing thread once fewer than
-        :data:`SHA_BEHIND` wait; False once stopped."""
-        with self._cond:
-            while len(self._unhashed) >= SHA_BEHIND and not self._stopped:
-                self._cond.wait()
-            if self._stopped:
-                return False
-            self._unhashed.append(data)
-            self._cond.notify_all()
-            return True
-
     def _hash(self) -> None:
         """The hashing thread (:data:`SHA_APART`): each chunk in the order read, until the
         end or a stop; what it raises is the reader's, as a read's."""
+        assert self._unhashed is not None
         try:
-            while True:
-                with self._cond:
-                    while not self._unhashed and not self._stopped:
-                        self._cond.wait()
-                    if self._stopped or self._unhashed[0] is None:
-                        return
-                    data = self._unhashed.popleft()
-                    self._cond.notify_all()
-                assert data is not None
+            while (data := self._unhashed.take()) is not None:
                 self._sha.update(data)
         except BaseException as exc:
             with self._cond:

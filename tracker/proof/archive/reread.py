@@ -54,11 +54,12 @@ PIECES_AHEAD = 2
 _C = TypeVar("_C", bytes, memoryview)
 
 
-class _Handover(Generic[_C]):
+class Handover(Generic[_C]):
     """Chunks a thread of its own makes, handed to the reading thread in order, at most
     ``ahead`` waiting (the maker waits for room). The maker ends with None (the end) or an
     exception (what failed); the reader is given either again at every later take. Once
-    stopped, :meth:`put` takes nothing more and says so."""
+    stopped, :meth:`put` takes nothing more and says so, and :meth:`take` gives the end (a
+    reader in a thread of its own, stopped by another: ``archivecheck._Prefetch``'s hash)."""
 
     def __init__(self, ahead: int) -> None:
         self._room = ahead
@@ -82,9 +83,9 @@ class _Handover(Generic[_C]):
         """The next chunk (None at the end); raises what the maker failed with."""
         if self._ended is False:
             with self._cond:
-                while not self._ready:
+                while not self._ready and not self._stopped:
                     self._cond.wait()
-                item = self._ready.popleft()
+                item = None if self._stopped else self._ready.popleft()
                 self._cond.notify_all()
             if item is not None and not isinstance(item, BaseException):
                 return item
@@ -114,7 +115,7 @@ class _Bound(io.RawIOBase):
         self.check = BlockCheck(*first) if first is not None else None
         self._left = first[1] if first is not None else None
         self._chunk = memoryview(b"")
-        self._ahead: _Handover[bytes] = _Handover(AHEAD)
+        self._ahead: Handover[bytes] = Handover(AHEAD)
         self._thread = threading.Thread(target=self._run, name="second-read", daemon=True)
         self._thread.start()
 
@@ -191,7 +192,7 @@ class _Frames(io.RawIOBase):
     def __init__(self, raw: _Bound, workers: int) -> None:
         self._raw = raw
         self._chunk = memoryview(b"")
-        self._ahead: _Handover[memoryview] = _Handover(PIECES_AHEAD)
+        self._ahead: Handover[memoryview] = Handover(PIECES_AHEAD)
         self._thread = threading.Thread(
             target=self._run, args=(workers,), name="second-read-frames", daemon=True
         )
