@@ -1,4 +1,4 @@
-"""tracker.proxy.pumps.ReadAhead on its own: pieces join what arrived, never wait for more."""
+"""tracker.proxy.channel.ReadAhead on its own: pieces join what arrived, never wait for more."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from tracker.errors import UpstreamError
-from tracker.proxy.pumps import ReadAhead
+from tracker.proxy.channel import ReadAhead
 
 
 async def test_a_take_gets_everything_held_at_once() -> None:

@@ -55,6 +55,7 @@ from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.index import TargetKey
 from tracker.ordering.sourcehistory import Flowing
+from tracker.proxy.channel import channel
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import (
     Difference,
@@ -66,7 +67,7 @@ from tracker.proxy.piececheck import (
     rewrite,
     two_source_liar,
 )
-from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, channel, opened, recorded
+from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
 from tracker.proxy.transfers import Head, Peers, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
 from tracker.serving.ranges import parse_http_date

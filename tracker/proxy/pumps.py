@@ -1,7 +1,7 @@
 """What every pump shares between its upstream and where its bytes go (the relay,
 :mod:`tracker.proxy.relay`; the fill of a refresh, :mod:`tracker.proxy.cachefill`): its
-upstream opened and closed on every path, how it went, and the channel that feeds a client's
-body through Python.
+upstream opened and closed on every path, how it went, and the body of an early head. The
+channel that feeds a client's body through Python is :mod:`tracker.proxy.channel`.
 
 :func:`opened` asks the sources (``job.open``: failover inside,
 :func:`tracker.proxy.upstream.open_upstream`) and closes the answer when its block ends,
@@ -14,29 +14,8 @@ with the promised length may follow it (:func:`keeps_promise`), or the body brea
 :func:`recorded` runs a pump's work and records how it failed in its :class:`Flow` rather
 than raising.
 
-The path of a stream whose bytes cross Python (a TLS source, an HTTP/2 client): a reader task
-reads the upstream ahead (:class:`ReadAhead`) while the pump hands what arrived to the
-client's bounded channel (:class:`ChannelBody`); what both hold follows the memory budget
-shared by every such stream.
-
-Memory is bounded: at most ``queue_chunks`` pieces wait in the channel (none by default: the
-pump's read-ahead holds what arrived), and every piece is bounded by the process's share for
-each channel stream (``ChunkBudget``); when the client reads slowly the pump blocks on it and
-stops reading the upstream socket (backpressure). A pump that fails after the head went out
-makes the body raise, so the server aborts the connection: a client never gets a silently
-short 200. An early head's body (:class:`EarlyBody`) is decided only once a source answers: a
-splice of the upstream socket when the connections allow it, else this channel.
-
-Read-ahead: a pump that reads an upstream body and passes it on (to a client, to the cache
-temp file) pays a fixed cost per piece: a channel hop, an ASGI send, a write in a worker
-thread. Socket reads on a fast link return far less than asked (~90 KiB on loopback), so
-pieces should be larger than reads; but a piece must never wait for bytes that have not
-arrived yet (an upstream that sends 100 KiB and pauses would hold them back from the client).
-:class:`ReadAhead` gets both: a reader task :meth:`~ReadAhead.put`\\ s every chunk as soon as
-it arrives, and the consumer :meth:`~ReadAhead.take`\\ s *everything* held at that moment, at
-once. While the consumer is busy with one piece the next one grows; when it is idle, each
-chunk goes on alone, immediately. At most ``limit`` bytes (plus one chunk) are held; the
-reader may lower or raise ``limit`` at any time (a budget shared by many streams).
+An early head's body (:class:`EarlyBody`) is decided only once a source answers: a splice
+of the upstream socket when the connections allow it, else a channel.
 
 The body a pump reads (:class:`UpstreamBody`) is resumed with a Range request when the
 connection breaks: a cache refresh of a 100 GB archive that loses its upstream connection at
@@ -55,15 +34,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
-from functools import partial
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 import attrs
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.clientwire.transport import limit_reads, splice_stream
+from tracker.clientwire.transport import splice_stream
 from tracker.core.text import one_line
 from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportError, UpstreamError
 from tracker.multisource.sources import Source
@@ -76,68 +54,6 @@ from tracker.serving.responsebodies import Body, GeneratorBody
 log = logging.getLogger("tracker.transfers")
 #: The events of a resume.
 resume_log = logging.getLogger("tracker.resume")
-
-
-class ReadAhead:
-    """Chunks put by a reader task, taken joined by one consumer; see the module doc."""
-
-    def __init__(self, limit: int) -> None:
-        if limit <= 0:
-            raise ValueError(f"limit must be positive: {limit}")
-        self._limit = limit
-        self._parts: list[bytes] = []
-        self._held = 0
-        self._ended = False
-        self._error: BaseException | None = None
-        # Wakes whoever waits (the reader for room, the consumer for bytes); never both at
-        # once for the same reason, so waking everyone is cheap and simple.
-        self._lot = trio.lowlevel.ParkingLot()
-
-    @property
-    def limit(self) -> int:
-        """Bytes held before :meth:`put` waits."""
-        return self._limit
-
-    @limit.setter
-    def limit(self, value: int) -> None:
-        if value <= 0:
-            raise ValueError(f"limit must be positive: {value}")
-        self._limit = value
-        self._lot.unpark_all()  # a raised limit may let the reader go on
-
-    @property
-    def held(self) -> int:
-        """Bytes put and not taken yet."""
-        return self._held
-
-    async def put(self, chunk: bytes) -> None:
-        """Hold ``chunk`` for the consumer; waits while ``limit`` bytes are held already
-        (backpressure: the reader stops reading its socket). Cancellation ends the wait."""
-        while self._held >= self._limit:
-            await self._lot.park()
-        self._parts.append(chunk)
-        self._held += len(chunk)
-        self._lot.unpark_all()
-
-    def end(self, error: BaseException | None = None) -> None:
-        """No more chunks: the body ended, or broke with ``error`` (raised by :meth:`take`
-        once every byte put before it was taken)."""
-        self._ended, self._error = True, error
-        self._lot.unpark_all()
-
-    async def take(self) -> bytes | None:
-        """Every byte held, as one piece; waits while none is. None once the reader ended
-        and everything was taken; the reader's error instead, if it ended with one.
-        Cancellation ends the wait (nothing is lost: the bytes stay held)."""
-        while not self._parts:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                return None
-            await self._lot.park()
-        parts, self._parts, self._held = self._parts, [], 0
-        self._lot.unpark_all()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @attrs.define
@@ -163,56 +79,6 @@ class Flow:
         """The response body was left (end, error or client gone)."""
         if not self.complete and self.on_leave is not None:
             self.on_leave.cancel()
-
-
-@attrs.define(eq=False)
-class ChannelBody(GeneratorBody):
-    """The response body of a proxied stream: the chunks the pump sends, ``length`` in all.
-
-    Entering it tells the pump the server started sending; leaving it (end, error or client
-    gone) closes the channel, which the pump sees at its next send. If the stream ends short
-    or the pump failed, iteration raises :class:`UpstreamError` and the server aborts the
-    connection.
-    """
-
-    _receive: trio.MemoryReceiveChannel[bytes]
-    length: int
-    _flow: Flow
-    #: Told the length of each chunk sent (metrics).
-    _client_bytes: Callable[[int], None]
-
-    async def _start(self) -> None:
-        self._flow.draining.set()
-
-    async def _finish(self, error: BaseException | None) -> None:
-        self._receive.close()
-        self._flow.client_left()
-
-    async def _generate(self) -> AsyncGenerator[bytes, None]:
-        sent = 0
-        async for chunk in self._receive:
-            yield chunk
-            sent += len(chunk)
-            self._client_bytes(len(chunk))
-        if not self._flow.complete or sent != self.length:
-            reason = self._flow.error or f"stream ended after {sent} of {self.length} bytes"
-            raise UpstreamError(reason)
-
-
-async def hand_over(
-    send: trio.MemorySendChannel[bytes], chunk: bytes, flow: Flow, start_timeout: float
-) -> bool:
-    """Hand ``chunk`` to the response body; False once the client is gone."""
-    if not flow.draining.is_set():
-        with trio.move_on_after(start_timeout):
-            await flow.draining.wait()
-        if not flow.draining.is_set():
-            return False  # the server never started the body: the client left before it
-    try:
-        await send.send(chunk)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return True
 
 
 class EarlyBody(GeneratorBody):
@@ -293,110 +159,6 @@ async def recorded(
         log_event(log, "error", "stream_failed", url=url, exc_info=True)
         flow.error = f"internal error: {type(exc).__name__}"
     log_event(log, "warning", "stream_failed", url=url, reason=flow.error)
-
-
-async def channel(
-    job: StreamJob,
-    body: UpstreamBody,
-    head: Head,
-    flow: Flow,
-    task_status: trio.TaskStatus[Head],
-) -> None:
-    """Report a Head whose body is a channel, then pass the upstream body into it. The
-    client leaving stops the pump at once, even while it waits for a stalled upstream."""
-    send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
-    task_status.started(
-        attrs.evolve(head, body=ChannelBody(receive, body.length, flow, job.client_bytes))
-    )
-    await pass_on(job, body, send, flow)
-
-
-async def pass_on(
-    job: StreamJob, body: UpstreamBody, send: trio.MemorySendChannel[bytes], flow: Flow
-) -> None:
-    """Pass the upstream body into the client's channel ``send``; the channel is closed at
-    the end, whatever ends it."""
-    leave = trio.CancelScope()
-    flow.on_leave = leave
-    with send:
-        to_client = partial(_to_client, job, body, send, flow)
-        await recorded(body.first.url, flow, leave, to_client, "client went away")
-
-
-async def _to_client(
-    job: StreamJob, body: UpstreamBody, send: trio.MemorySendChannel[bytes], flow: Flow
-) -> None:
-    # A reader task reads the upstream ahead while this task sends what has arrived so far
-    # (ReadAhead, above): pieces grow while a slow client keeps this task busy,
-    # and no byte waits for later ones to arrive. What it holds follows the budget shared
-    # by every such stream (a slow client would otherwise hold several MiB: bench/README.md).
-    ahead = ReadAhead(job.settings.read_size)
-    budget = job.budget
-    if budget is not None:
-        budget.streams += 1
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_ahead, job, body, ahead)
-            try:
-                delivered = await _send(job, ahead, send, flow)
-            finally:
-                nursery.cancel_scope.cancel()  # the reader, when this ended early
-    except BaseExceptionGroup as group:
-        # The reader hands its errors over, so only this task's own error (or the
-        # cancellation both got) comes out: raise it as itself, for recorded to tell apart.
-        raise _leading(group) from None
-    finally:
-        if budget is not None:
-            budget.streams -= 1
-    if delivered:
-        flow.complete = True
-
-
-def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error of ``group`` that is not a cancellation, else its first one."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
-
-
-async def _read_ahead(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> None:
-    """Read the upstream body into ``ahead``; its end or break goes to the consumer. Each
-    read, and what ``ahead`` holds, follow the stream's share of ``job.budget``."""
-    try:
-        _follow_budget(job, body, ahead)
-        async with aclosing(body.chunks()) as chunks:
-            async for chunk in chunks:
-                job.upstream_bytes(len(chunk))
-                _follow_budget(job, body, ahead)
-                await ahead.put(chunk)
-    except Exception as exc:  # re-raised by the consumer, in its own task (no group)
-        ahead.end(exc)
-    else:
-        ahead.end()
-
-
-def _follow_budget(job: StreamJob, body: UpstreamBody, ahead: ReadAhead) -> None:
-    if job.budget is not None:
-        share = job.budget.chunk()
-        ahead.limit = share
-        limit_reads(body.answer.response, share)
-
-
-async def _send(
-    job: StreamJob, ahead: ReadAhead, send: trio.MemorySendChannel[bytes], flow: Flow
-) -> bool:
-    """Send every piece; False when the client went away."""
-    while (piece := await ahead.take()) is not None:
-        if not await hand_over(send, piece, flow, job.settings.drain_start_timeout):
-            flow.error = "client went away"
-            return False
-    return True
 
 
 # -- the upstream a pump opens ---------------------------------------------------------------

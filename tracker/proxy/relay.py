@@ -25,17 +25,9 @@ from tracker.accounting.downloads import outcome_of
 from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.net.sourcelimits import UNCAPPED
 from tracker.observability.logs import log_event
+from tracker.proxy.channel import ChannelBody, channel, pass_on
 from tracker.proxy.passthrough import SpliceBody
-from tracker.proxy.pumps import (
-    ChannelBody,
-    EarlyBody,
-    Flow,
-    Upstream,
-    channel,
-    keeps_promise,
-    opened,
-    pass_on,
-)
+from tracker.proxy.pumps import EarlyBody, Flow, Upstream, keeps_promise, opened
 from tracker.proxy.transfers import Head, Launcher, StreamJob, head_answer
 from tracker.serving.httpanswer import Answer
 

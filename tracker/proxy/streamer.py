@@ -116,7 +116,7 @@ class ProxyStreamer:
             resolver=resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
         )
-        #: Memory shared by the streams passed through Python (tracker/proxy/pumps.py).
+        #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
             total=settings.channel_budget,
             smallest=settings.smallest_read,
