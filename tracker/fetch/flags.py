@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tracker.config.schema import Ranking
 from tracker.config.values import parse_duration, parse_size
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
@@ -367,6 +366,7 @@ def add_log_flags(parser: argparse.ArgumentParser) -> None:
 
 def options_of(args: argparse.Namespace) -> FetchOptions:
     """The options of parsed ``fetch`` arguments."""
+    from tracker.config.schema import Ranking  # the config's types: not for `verify`
     from tracker.fetch.run import FetchOptions
 
     required = Level.parse(args.require) or Level.STRUCTURE

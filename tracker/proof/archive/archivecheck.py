@@ -32,8 +32,7 @@ import stat
 import threading
 from collections.abc import Callable
 from types import TracebackType
-
-import trio
+from typing import TYPE_CHECKING
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
@@ -47,7 +46,9 @@ from tracker.proof.archive.reread import Handover, accounts_prover, proving
 from tracker.proof.archive.tarwalk import Header, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
 from tracker.proof.formats.streamparse import Feeder
-from tracker.serving.threads import Background
+
+if TYPE_CHECKING:
+    from tracker.serving.threads import Background
 
 Read = Callable[[int], bytes]
 
@@ -553,6 +554,12 @@ class FollowingCheck:
             if again is not None
             else None
         )
+
+        # Imported here: `verify` of a file checks it without the event loop's library
+        # (a tenth of a second of its start-up).
+        import trio
+
+        from tracker.serving.threads import Background
 
         token = trio.lowlevel.current_trio_token()
         #: What the read of the file proved, once it has (before the second read).
