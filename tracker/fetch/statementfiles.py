@@ -148,11 +148,12 @@ def vouch_problem(
 ) -> str | None:
     """None when ``policy`` asks nothing or enough trusted keys vouch for the archive at
     ``path`` in ``files`` (default: ``path`` + ``.attestation``); else one line."""
+    if not policy.active:
+        return None
+    # Imported here: the statements' library (cryptography) only where a key is asked for.
     from tracker.fetch.trust import unvouched
     from tracker.proof.statements import MAX_DOCUMENT, Expected
 
-    if not policy.active:
-        return None
     name = parse_archive_name(os.path.basename(path))
     documents: list[bytes] = []
     unread: list[str] = []
