@@ -34,12 +34,26 @@ class Serve:
 
     def kill(self) -> None:
         """Kill the process if it still runs, and reap it (test teardown: a process left
-        unreaped warns when collected, in whichever later test of the worker that is)."""
+        unreaped warns when collected, in whichever later test of the worker that is). Also
+        outside a trio run (the leftover teardown, once a test's run ended: a test that failed
+        or skipped half-way): trio's process closes its pidfd through the running loop, so
+        there it is reaped in a run of its own."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            trio.run(self._kill_and_reap)
+            return
         if self.proc.poll() is None:
             self.proc.kill()
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
         self.proc.poll()  # reaped by its own Popen, which keeps its exit code
+
+    async def _kill_and_reap(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with trio.fail_after(20):
+            await self.proc.wait()
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig`` and wait for the exit code."""
