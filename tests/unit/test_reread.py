@@ -147,6 +147,17 @@ def storages_named(data: bytes) -> list[str]:
         return [m.name for m in tar.getmembers() if m.name.startswith("accounts/")]
 
 
+def written(
+    tmp_path: Path, slot: int, count: int, seed: int = 0, pieces: int = 4
+) -> tuple[Path, bytes]:
+    """A many-account full of ``pieces`` zstd frames written under ``tmp_path``: its path and
+    bytes."""
+    name, data = many_accounts_archive(slot, count, seed=seed, pieces=pieces)
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
 def _opens(fd: str, path: Path) -> bool:
     try:
         return os.readlink(f"/proc/self/fd/{fd}") == str(path)
@@ -191,9 +202,7 @@ def assert_kept(digests: bytes, data: bytes, block: int, sha_blocks: int) -> Non
 def test_the_check_binds_its_second_read_to_the_prefixes_it_read(tmp_path: Path) -> None:
     # a short second read (the storages far below BLAKE3_FROM): held by the SHA-256 of every
     # prefix the check read, copies of its running digest
-    name, data = many_accounts_archive(300_000_000, 3000)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 300_000_000, 3000)
     verified, (digests, size, sha_blocks) = told_first_read(path)
     blocks = BlockDigests()
     blocks.update(data)
@@ -207,9 +216,7 @@ def test_a_long_second_read_is_held_by_each_blocks_blake3_from_the_manifests_wor
 ) -> None:
     # the manifest's storages pass BLAKE3_FROM: from the block after it said so, the check
     # keeps each block's own BLAKE3, and the second read, held to them, passes
-    name, data = many_accounts_archive(300_000_000, 6000)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 300_000_000, 6000)
     small = 16 * 1024
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(binding, "BLOCK", small)
@@ -230,9 +237,7 @@ def test_no_blake3_of_blocks_when_the_second_read_will_read_no_storage(tmp_path:
     # every version hashed where it lay and kept (KEEP_FROM 0): no storage is read again, so
     # however large its storages the check takes no block's BLAKE3 (its prefixes' SHA-256 are
     # all it keeps, at no cost), and the proof still reaches ``accounts``
-    name, data = many_accounts_archive(300_000_000, 6000)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 300_000_000, 6000)
     small = 16 * 1024
     taken: list[int] = []
     real = binding.BlockDigests._blake3
@@ -292,15 +297,6 @@ def test_a_check_that_fails_after_the_switch_ends_its_blake3_thread(tmp_path: Pa
 
 
 # --- frames decoded by several threads (a proof with more than two workers) ------------------
-
-
-def written(tmp_path: Path, slot: int, count: int, seed: int, pieces: int) -> tuple[Path, bytes]:
-    """A many-account full of ``pieces`` zstd frames written under ``tmp_path``: its path and
-    bytes."""
-    name, data = many_accounts_archive(slot, count, seed=seed, pieces=pieces)
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path, data
 
 
 @pytest.mark.parametrize("pieces", [1, 7, 40])
@@ -388,9 +384,7 @@ def test_the_sha256_apart_binds_the_second_read_as_the_inline_one(tmp_path: Path
     # the raw chunks' SHA-256 in a thread of its own (archivecheck.SHA_APART): it may switch
     # to the blocks' BLAKE3 at another block than the reading thread would, each block still
     # kept as the digest of its kind, and the second read, held to them, proves the accounts
-    name, data = many_accounts_archive(300_000_000, 6000)
-    path = tmp_path / name
-    path.write_bytes(data)
+    path, data = written(tmp_path, 300_000_000, 6000)
     small = 16 * 1024
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(archivecheck, "SHA_APART", True)
