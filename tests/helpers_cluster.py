@@ -87,9 +87,18 @@ async def get_json(url: str) -> Any:
         return answer.json()
 
 
-async def status_page(f: Fleet) -> str:
+async def shown(f: Fleet, text: str) -> bool:
+    """Whether the status page shows ``text``. Ask it in a wait (``wait_until``): a scrape
+    that outlasts the fleet's 0.2 s timeout on a loaded host writes its own error over the
+    target's last one for a round (see ``nothing_refused``)."""
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-        return (await client.get(f"{f.internal}/")).text
+        return text in (await client.get(f"{f.internal}/")).text
+
+
+async def error_is(f: Fleet, expected: str) -> bool:
+    """Whether the bad sidecar's target shows ``expected`` as its last error (asked in a
+    wait, as ``shown``)."""
+    return await last_error(f) == expected
 
 
 async def best_urls(f: Fleet) -> list[str]:

@@ -437,7 +437,9 @@ async def _background(
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(scraper.run)
-            nursery.start_soon(_signals, tracker, reload)
+            # Started, not scheduled: from READY=1 on, SIGTERM must be the daemon's own (a
+            # handler installed only later leaves systemd's stop to the default: killed).
+            await nursery.start(_signals, tracker, reload)
             for task in tasks:
                 nursery.start_soon(task)
             interval = watchdog_interval(environ)
@@ -446,8 +448,13 @@ async def _background(
             task_status.started(scope)
 
 
-async def _signals(tracker: Tracker, reload: Reload) -> None:
+async def _signals(
+    tracker: Tracker,
+    reload: Reload,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum != signal.SIGHUP:
                 tracker.stop.set()

@@ -31,7 +31,7 @@ from helpers_cluster import (
     get_json,
     last_error,
     nothing_refused,
-    status_page,
+    shown,
 )
 from helpers_proxy import wait_for
 from helpers_tracker import wait_until
@@ -102,5 +102,5 @@ async def test_vote_transactions_after_the_migration_keep_an_archive_out(tmp_pat
 
         await wait_until(out, timeout=30)
         assert await best_urls(f) == []
-        assert reason in await status_page(f)
+        await wait_until(lambda: shown(f, reason), timeout=20)
     assert node.block_calls() == []

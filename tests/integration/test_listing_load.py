@@ -10,6 +10,7 @@ listing is rendered once per index change, and the ranking compares hashes it de
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
@@ -30,6 +31,12 @@ PATHS = [
     "/v1/snapshots?group=g&slot=7",
     "/v1/targets",
 ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def listing() -> list[dict[str, object]]:
@@ -67,20 +74,23 @@ async def test_listings_with_10000_snapshots_under_16_clients(tmp_path: Path) ->
                     latencies[p].append(trio.current_time() - start)
                     assert answer.status_code == 200
 
+            before = cpu_seconds(serve.proc.pid)
             async with trio.open_nursery() as nursery:
                 for c in range(CLIENTS):
                     nursery.start_soon(one_client, c)
+            spent = cpu_seconds(serve.proc.pid) - before
         assert await serve.stop() == 0
     every = sorted(t for ts in latencies.values() for t in ts)
     p99 = every[int(len(every) * 0.99) - 1]
     for p, ts in latencies.items():
         print(f"\n{p}: p50 {statistics.median(ts) * 1000:.1f} ms, max {max(ts) * 1000:.1f} ms")
     print(f"\nall {len(every)} requests: p99 {p99 * 1000:.1f} ms")
+    per_request = spent / len(every)
+    print(f"\nthe tracker's CPU: {per_request * 1000:.2f} ms a request")
     assert len(every) == CLIENTS * ROUNDS * len(PATHS)
-    # The contract is p99 < 100 ms, which a load generator in its own process measures here
-    # (wrk: 32-60 ms). This client shares the machine's two cores with the server and, under
-    # xdist, with other tests: the bounds below hold there and still fail by far on a
-    # tracker that sorts and serialises 10,000 snapshots per request (p50 1.0 s, p99 2.5 s).
-    median = statistics.median(every)
-    assert median < 0.25, f"p50 {median * 1000:.0f} ms"
-    assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms"
+    # The contract is p99 < 100 ms, which a load generator in its own process measures (wrk:
+    # 32-60 ms; bench/README.md). Here the clients share the host with the server and, under
+    # xdist, with other tests, so their latency says how loaded the host is. What the test
+    # holds is the tracker's own CPU time a request, which load does not change: a tracker
+    # that sorted and serialised the 10,000 snapshots per request spent ~60 ms on each.
+    assert per_request < 0.015, f"{per_request * 1000:.1f} ms of CPU a request"

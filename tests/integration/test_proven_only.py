@@ -21,12 +21,13 @@ from helpers_cluster import (
     an_archive,
     best_urls,
     cluster,
+    error_is,
     get_json,
     last_error,
     node_url,
     nothing_refused,
     reload,
-    status_page,
+    shown,
     votes_for,
 )
 from helpers_tracker import wait_until
@@ -55,8 +56,8 @@ async def assert_nothing_handed_out(f: Fleet, name: str) -> None:
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
         by_name = await client.get(f"{f.public}/v1/{GROUP}/{name}")
     assert by_name.status_code == 404
-    assert await last_error(f) == f"{DISPROVEN}{name}: {NOT_YET}"
-    assert NOT_YET in await status_page(f)
+    await wait_until(lambda: error_is(f, f"{DISPROVEN}{name}: {NOT_YET}"), timeout=20)
+    await wait_until(lambda: shown(f, NOT_YET), timeout=20)
 
 
 async def assert_handed_out(f: Fleet, name: str) -> None:

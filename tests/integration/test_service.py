@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from helpers_process import start_serve
 from helpers_proxy import wait_for
 from helpers_s3 import free_ports
 from helpers_server import serve_app
-from helpers_tracker import wait_until
+from helpers_tracker import start_tracker, wait_until
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -357,3 +358,38 @@ async def test_reload_keeps_a_running_download(tmp_path: Path) -> None:
     assert hashlib.sha256(reader.body).digest() == hashlib.sha256(data).digest()
     assert serve.log.count("config_reloaded") == 2
     assert await serve.stop() == 0
+
+
+class _TermAtReady(logging.Handler):
+    """Sends this process SIGTERM the moment the tracker logs its ``listening`` line (when
+    it tells systemd ``READY=1``), from inside that call: no task runs in between."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "listening":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("attempt", range(8))
+async def test_a_sigterm_at_ready_stops_it_gracefully(tmp_path: Path, attempt: int) -> None:
+    """From the moment the daemon says it is ready (``READY=1``, its listening line), SIGTERM
+    is its own: systemd may stop it at once. The signals' task used to be only scheduled by
+    then, so a SIGTERM at that moment went to the handler before it (here: the test's; for
+    ``serve``: the default, which killed the daemon without its graceful stop). Eight runs:
+    the scheduler orders the tasks woken together at random, so one run alone could miss."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    handler, logger = _TermAtReady(), logging.getLogger("tracker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with trio.fail_after(20):  # the tracker stops, so its nursery ends
+            async with trio.open_nursery() as nursery:
+                await start_tracker(nursery, local_config(tmp_path))
+                if received:  # the test's handler took it: the tracker runs on
+                    nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        signal.signal(signal.SIGTERM, previous)
+    assert received == []

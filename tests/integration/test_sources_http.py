@@ -12,9 +12,11 @@ import trio
 from helpers_server import local_config, serve_app
 from helpers_sources import HASHES, Answer, Request, ScriptedApp
 
+from tracker.config.schema import TargetGroup
 from tracker.discovery.http import SizeMemo, probe_http
 from tracker.errors import ProbeError
 from tracker.net.egress import EgressPolicy
+from tracker.net.httpclients import build_client
 
 H0, H1 = HASHES[:2]
 FULL = f"snapshot-100-{H0}.tar.zst"
@@ -226,3 +228,58 @@ async def test_a_head_without_a_usable_length_leaves_the_size_unknown(
         [full] = await probe_http(client, base, sizes=sizes)
         assert full.files[0].size == 0
     assert [r.path for r in app.requests].count(f"/{FULL}") == 1  # remembered as unknown
+
+
+class ClosingAfterOne:
+    """A real HTTP/1.1 server on 127.0.0.1 that answers the first request of each
+    connection (keep-alive) and, when the next one arrives, closes without answering: the
+    moment a server's keep-alive timeout ends a connection as a request goes out on it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buffered = b""
+        answered = False
+        async with stream:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+                while b"\r\n\r\n" in buffered:  # the requests here carry no body
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    self.requests.append(head.split(b" ", 1)[0])
+                    if answered:
+                        return  # closed: no answer
+                    answered = True
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_a_keep_alive_connection_closed_as_a_probe_goes_out_is_asked_again(
+    nursery: trio.Nursery, method: str
+) -> None:
+    server = ClosingAfterOne()
+    [listener] = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/snapshot.tar.bz2"
+    group = TargetGroup(group="g")
+    async with build_client(group, connect_timeout=5, read_timeout=5, max_connections=2) as c:
+        for _ in range(3):
+            assert (await c.request(method, url)).status_code == 200
+    # 1st on connection 1; 2nd closed there, asked again on connection 2; 3rd the same.
+    assert server.requests == [method.encode()] * 5 and server.connections == 3
+
+
+async def test_a_post_on_a_closed_connection_is_not_sent_again(nursery: trio.Nursery) -> None:
+    server = ClosingAfterOne()
+    [listener] = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/"
+    group = TargetGroup(group="g")
+    async with build_client(group, connect_timeout=5, read_timeout=5, max_connections=2) as c:
+        assert (await c.post(url)).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.post(url)  # not idempotent: the caller decides
+    assert server.requests == [b"POST", b"POST"] and server.connections == 1

@@ -70,17 +70,52 @@ def build_client(
     ``tls``: a context built by :func:`ssl_context` for this group, to share between clients
     (loading the system's CA store costs milliseconds each time).
     """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=min(64, max_connections)
+    )
+    pool = httpx.AsyncHTTPTransport(
+        verify=tls or ssl_context(group.tls_config), trust_env=False, limits=limits
+    )
     return httpx.AsyncClient(
-        verify=tls or ssl_context(group.tls_config),
+        transport=AskedAgain(pool),
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(connect_timeout, read=read_timeout, pool=connect_timeout),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=min(64, max_connections)
-        ),
         headers={"accept-encoding": "identity", "user-agent": TRACKER_AGENT},
         cookies=no_cookies(),
     )
+
+
+class AskedAgain(httpx.AsyncBaseTransport):
+    """Sends a ``GET`` or ``HEAD`` once more when its connection broke before any answer.
+
+    A source's server ends an idle keep-alive connection when its own timeout says so; a
+    request sent on that connection at that moment meets a close, not an answer (``Server
+    disconnected without sending a response``, or a reset). The request was not handled, and
+    these methods are idempotent, so it is sent again (RFC 9110, 9.2.2, as browsers do), on
+    another connection: the pool drops the broken one. Without it one source of a round now
+    and then counted as down until the next round, more often the busier the host. A second
+    failure is the answer. Anything else (a timeout, a refused connect, another method)
+    is not repeated.
+    """
+
+    RETRIED = ("GET", "HEAD")
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The answer to ``request``, asked twice at most (see the class doc)."""
+        try:
+            return await self._inner.handle_async_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if request.method not in self.RETRIED:
+                raise
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the pool under it."""
+        await self._inner.aclose()
 
 
 def rpc_client() -> httpx.AsyncClient:
