@@ -52,7 +52,9 @@ async def test_a_second_fetch_into_the_same_ledger_stops_at_once(tmp_path: Path)
     """Sources without validators, a second fetch while the first runs: it stops with one
     line and touches nothing; the first ends with the right bytes."""
     data = archive_bytes(24 * MiB, seed=61)
-    plain = Behaviour(rate=8 * MiB, etag=None, last_modified=None)
+    # The first fetch's every request waits after 1 MiB until the second fetch has ended,
+    # however slow the host (one started after the first ended finds nothing to do).
+    plain = Behaviour(pause_at=MiB, etag=None, last_modified=None)
     up = FakeUpstream(files={FULL: data}, behaviour={FULL: plain})
     ledger = ledger_of(tmp_path)
     async with serving(up), tracker_for("redirect", tmp_path) as t:
@@ -65,6 +67,7 @@ async def test_a_second_fetch_into_the_same_ledger_stops_at_once(tmp_path: Path)
         try:
             await wait_for(lambda: has_state(ledger, FULL), timeout=30)
             second = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
+            plain.resume.set()
             with trio.fail_after(60):
                 assert await first.wait() == 0
         finally:
