@@ -465,8 +465,10 @@ async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
 async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """While the tracker reads and parses the 32 MiB answer, /v1/targets keeps answering
-    within 0.5 s (json.loads on the event loop held it for seconds)."""
+    """While the tracker reads and parses the 32 MiB answer, /v1/targets keeps answering:
+    no poll waits a quarter of the time the answer took. Parsed on the event loop, one poll
+    waited for the whole parse, most of that time, however fast or loaded the host; a
+    bound in seconds measured the host instead (0.93 s at -n 4 beside two CPU hogs)."""
     asked = trio.Event()
 
     async def handle(request: Request) -> Answer:
@@ -482,6 +484,7 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
     [base] = await start_tracker(nursery, write_config(tmp_path, settings))
     with trio.fail_after(20):
         await asked.wait()
+    began = trio.current_time()
     slowest, polls = 0.0, 0
     async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
         with trio.fail_after(60):
@@ -493,8 +496,9 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
                 entries = {e["target"]: e for e in answer.json()}
                 if rpc in entries:  # the answer was read and parsed
                     break
-    print(f"\n32 MiB answer: {polls} polls, slowest {slowest:.3f}s")
-    assert slowest < 0.5
+    took = trio.current_time() - began
+    print(f"\n32 MiB answer: {took:.3f}s, {polls} polls, slowest {slowest:.3f}s")
+    assert slowest < 0.25 * took
     assert entries[rpc]["health"] == "down"
     assert entries[rpc]["last_error"] == f"more than {MAX_NODES} entries"
 
