@@ -59,6 +59,7 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
             assert answer.status_code == 200, answer.text
             reloaded.set()
 
+        began = trio.current_time()
         nursery.start_soon(reload)
         while not reloaded.is_set():
             start = trio.current_time()
@@ -66,10 +67,13 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
             slowest = max(slowest, trio.current_time() - start)
             polls += 1
             await trio.sleep(0.05)  # paces the polls: this loop measures the API during the parse
+        took = trio.current_time() - began
     size = path.stat().st_size
-    print(f"\nreload of a {size:,} byte config: {polls} polls, slowest {slowest:.3f}s")
+    print(f"\nreload of a {size:,} byte config: {took:.2f}s, {polls} polls, slowest {slowest:.3f}s")
     assert polls >= 5  # the parse took a while: the API was asked throughout
-    assert slowest < 1.0  # parsing in the event loop stalled it for the whole parse
+    # Parsing in the event loop stalled one poll for the whole parse, most of the reload's
+    # time on any host; held to a share of it, not to seconds, which the host's load decides.
+    assert slowest < 0.25 * took
     assert await serve.stop() == 0
 
 
