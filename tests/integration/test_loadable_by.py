@@ -22,6 +22,7 @@ from helpers_cluster import (
     STAKES,
     bank_hash,
     cluster,
+    error_is,
     node_url,
     reload,
     shown,
@@ -117,11 +118,7 @@ async def test_proxy_mode_never_caches_nor_hands_out_what_agave_cannot_load(
         never_complete(first, len(firedancer))
         assert leftovers(f.cache) == []
         expected = f"{REJECTED}{refused_for(2500)}"
-
-        async def refused() -> bool:
-            return bool((await target(f.public, f.bad))["last_error"] == expected)
-
-        await wait_until(refused, timeout=20)
+        await wait_until(lambda: error_is(f, expected), timeout=20)
         await wait_until(lambda: shown(f, refused_for(2500)), timeout=20)
         # The agave copy, listed now, is cached and handed out.
         f.good.listing = sidecar_listing({name: agave})

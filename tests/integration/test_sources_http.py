@@ -239,6 +239,11 @@ class ClosingAfterOne:
         self.connections = 0
         self.requests: list[bytes] = []
 
+    async def start(self, nursery: trio.Nursery) -> str:
+        """Serve in ``nursery``; its base URL."""
+        [listener] = await nursery.start(partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1"))
+        return f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         buffered = b""
@@ -258,15 +263,20 @@ class ClosingAfterOne:
                     await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
+def probe_client() -> httpx.AsyncClient:
+    """A group's probe client, as discovery builds it (``Probes``)."""
+    return build_client(
+        TargetGroup(group="g"), connect_timeout=5, read_timeout=5, max_connections=2
+    )
+
+
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
 async def test_a_keep_alive_connection_closed_as_a_probe_goes_out_is_asked_again(
     nursery: trio.Nursery, method: str
 ) -> None:
     server = ClosingAfterOne()
-    [listener] = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
-    url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/snapshot.tar.bz2"
-    group = TargetGroup(group="g")
-    async with build_client(group, connect_timeout=5, read_timeout=5, max_connections=2) as c:
+    url = f"{await server.start(nursery)}/snapshot.tar.bz2"
+    async with probe_client() as c:
         for _ in range(3):
             assert (await c.request(method, url)).status_code == 200
     # 1st on connection 1; 2nd closed there, asked again on connection 2; 3rd the same.
@@ -275,10 +285,8 @@ async def test_a_keep_alive_connection_closed_as_a_probe_goes_out_is_asked_again
 
 async def test_a_post_on_a_closed_connection_is_not_sent_again(nursery: trio.Nursery) -> None:
     server = ClosingAfterOne()
-    [listener] = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
-    url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/"
-    group = TargetGroup(group="g")
-    async with build_client(group, connect_timeout=5, read_timeout=5, max_connections=2) as c:
+    url = f"{await server.start(nursery)}/"
+    async with probe_client() as c:
         assert (await c.post(url)).status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             await c.post(url)  # not idempotent: the caller decides
