@@ -18,7 +18,7 @@ from helpers_upstream import FakeUpstream, sidecar_listing
 from helpers_wire import raw_request
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
-from test_verified import GROUP, _listed, fleet, leftovers, target
+from test_verified import GROUP, _listed, fleet, leftovers, shows_error
 
 from tracker.cli import main
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
@@ -48,8 +48,7 @@ async def test_the_cache_never_hands_out_nor_signs_the_forgery(tmp_path: Path) -
             assert b"GNU long name" in first.body, first
         else:
             assert first.closed and len(first.body) < len(FORGED)
-        bad_target = await target(f.public, f.bad)
-        assert bad_target["last_error"].startswith(REJECTED + REASON), bad_target
+        await shows_error(f, lambda error: error.startswith(REJECTED + REASON))
         statement = await raw_request(f.public, f"/v1/{GROUP}/{NAME}.attestation")
         assert statement.status == 404  # nothing held, nothing signed
         assert leftovers(f.cache) == []
