@@ -207,7 +207,9 @@ async def test_idle_and_half_sent_connections_cannot_lock_the_api_out(tmp_path: 
             answer = await client.get(f"{serve.base}/v1/snapshots")
         elapsed = trio.current_time() - start
         assert answer.status_code == 200
-        assert elapsed < 1.0, f"the API took {elapsed:.2f}s"
+        # At once: not after the idle connections' KEEP_ALIVE_TIMEOUT freed descriptors (when
+        # none is closed to make room, the answer waits that long in the listen backlog).
+        assert elapsed < KEEP_ALIVE_TIMEOUT / 2, f"the API took {elapsed:.2f}s"
     finally:
         for stream in idle:
             await stream.aclose()
