@@ -169,9 +169,11 @@ async def test_a_bad_copy_is_never_handed_out_and_its_source_is_skipped(
         second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert second.status == 200 and second.body == good
         assert len(f.bad.gets(name)) == 1 and len(f.good.gets(name)) == 1
-        await wait_for(lambda: (f.cache / GROUP / name).exists())
+        digest_file = f.cache / GROUP / f".{name}.sha256"
+        await wait_for(digest_file.exists)  # written just after the archive's rename
+        assert (f.cache / GROUP / name).read_bytes() == good
         digest = hashlib.sha256(good).hexdigest()
-        assert (f.cache / GROUP / f".{name}.sha256").read_text() == f"{digest}  {name}\n"
+        assert digest_file.read_text() == f"{digest}  {name}\n"
 
 
 def never_complete(answer: Wire, size: int) -> None:
