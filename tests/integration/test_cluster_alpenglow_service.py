@@ -37,7 +37,7 @@ from helpers_proxy import wait_for
 from helpers_tracker import wait_until
 from helpers_votes import tower, vote_transaction
 from helpers_wire import raw_request
-from test_proven import proof_of
+from test_proven import wait_until_proof
 from test_verified import GROUP, Fleet
 
 from tracker.web.wire import DISPROVEN
@@ -72,9 +72,9 @@ async def test_proxy_mode_caches_it_at_cluster_by_its_certificate(tmp_path: Path
         await wait_until(lambda: _listed(f))
         answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert answer.status == 200 and answer.body == data
-        await wait_for(lambda: (f.cache / GROUP / name).exists())
-        proof = await proof_of(f.public, name)
-    assert proof is not None
+        # the digest file is written last, after the archive's rename and its proof's file
+        await wait_for((f.cache / GROUP / f".{name}.sha256").exists)
+        proof = await wait_until_proof(f.public, name)
     assert (proof["level"], proof["cluster_proof"], proof["voted_stake"]) == (
         "cluster",
         "certificate",

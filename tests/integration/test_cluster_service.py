@@ -36,7 +36,7 @@ from helpers_proxy import wait_for
 from helpers_tracker import wait_until
 from helpers_votes import VoteRpc
 from helpers_wire import raw_request
-from test_proven import proof_of
+from test_proven import proof_of, wait_until_proof
 from test_verified import GROUP, Fleet, fleet, leftovers, never_complete
 
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
@@ -109,9 +109,10 @@ async def test_proxy_mode_caches_an_archive_2_3_voted_at_cluster(tmp_path: Path)
         await wait_until(lambda: _listed(f))
         answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert answer.status == 200 and answer.body == data
-        await wait_for(lambda: (f.cache / GROUP / name).exists())
-        proof = await proof_of(f.public, name)
-        assert proof is not None and proof["level"] == "cluster"
+        # the digest file is written last, after the archive's rename and its proof's file
+        await wait_for((f.cache / GROUP / f".{name}.sha256").exists)
+        proof = await wait_until_proof(f.public, name)
+        assert proof["level"] == "cluster"
         assert proof["voted_stake"] == 0.7 and "note" not in proof
         kept = (f.cache / GROUP / f".{name}.proof").read_text()
         assert '"level": "cluster"' in kept
@@ -167,8 +168,8 @@ async def test_proxy_mode_rpc_failing_rejects_then_caches_once_it_answers(
         await wait_until(released, timeout=20)
         answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert answer.status == 200 and answer.body == data
-        proof = await proof_of(f.public, name)
-        assert proof is not None and proof["level"] == "cluster"
+        proof = await wait_until_proof(f.public, name)  # promoted just after the last byte
+        assert proof["level"] == "cluster"
 
 
 async def test_a_held_copy_is_lifted_in_the_background_once_the_rpc_answers(
