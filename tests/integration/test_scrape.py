@@ -77,27 +77,28 @@ async def test_hanging_target_delays_nobody(
     path = write_config(
         tmp_path,
         {
-            "scrape_interval": "3s",
-            "scrape_timeout": "2s",
+            "scrape_interval": "5s",
+            "scrape_timeout": "4s",
             "target_groups": [
                 {"group": "g", "static_targets": {"targets": [hang_up[7:], good_up[7:]]}}
             ],
         },
     )
-    start = trio.current_time()
     base = (await start_tracker(nursery, path))[0]
 
     async def good_listed() -> bool:
-        with trio.fail_after(0.5):  # no API answer may wait for the hanging probe
+        with trio.fail_after(1.0):  # no API answer may wait for the hanging probe
             return len((await client.get(f"{base}/v1/snapshots")).json()) == 1
 
-    await wait_until(good_listed, timeout=1.5)
-    assert trio.current_time() - start < 1.5
+    await wait_until(good_listed, timeout=10)
+    # Listed while the hanging probe still waits (not yet timed out, which a round that
+    # published only once every probe ended would have to wait for), whatever the host's load.
+    assert (await targets(client, base))[hang_up]["health"] != "down"
 
     async def hang_timed_out() -> bool:
         return (await targets(client, base))[hang_up]["health"] == "down"
 
-    await wait_until(hang_timed_out, timeout=5)
+    await wait_until(hang_timed_out, timeout=10)
     t = (await targets(client, base))[hang_up]
     assert "timed out" in t["last_error"]
     release.set()
