@@ -209,15 +209,17 @@ def test_pieces_come_only_from_sources_of_the_same_size() -> None:
 
 class LyingUpstream(FakeUpstream):
     """Serves the archive, except that the first piece it is asked for (a range longer
-    than the refresh's one-byte probe) has 4 KiB of other bytes in its middle (right name,
-    right size, wrong bytes)."""
+    than the refresh's one-byte probe) has 4 KiB of other bytes after its first 8 KiB (right
+    name, right size, wrong bytes). Early in the piece: they land within milliseconds of its
+    start, before a loaded host's speed window could drop the source (its piece then goes to
+    the others, and nothing wrong would land)."""
 
     lied: tuple[int, int] | None = None
 
     async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
         asked = seen.headers.get("range", "")
-        if self.lied is None and asked.startswith("bytes=") and len(body) > 8192:
-            middle = len(body) // 2
+        if self.lied is None and asked.startswith("bytes=") and len(body) > 3 * 4096:
+            middle = 2 * 4096
             start = int(asked.removeprefix("bytes=").split("-")[0]) + middle
             self.lied = (start, start + 4096)
             wrong = bytes(b ^ 0xFF for b in body[middle : middle + 4096])
@@ -228,9 +230,9 @@ class LyingUpstream(FakeUpstream):
 async def read_along_then_repaired(t: Any) -> None:
     """A client reads along a refresh with a liar among its sources: it never gets a
     complete body (its stream breaks), and the cache then holds the exact archive."""
-    status, _digest, size, _seconds = await get(t.url(NAME))
+    status, digest, size, _seconds = await get(t.url(NAME))
     assert status == 200
-    assert size < SIZE  # never a complete wrong body: a broken stream
+    assert size < SIZE, digest == sha256(DATA)  # never a complete wrong body: a broken stream
     await wait_for(lambda: NAME in t.cached(), timeout=30)
     assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
 
@@ -366,8 +368,9 @@ async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
         liar.behaviour[NAME] = Behaviour(rate=RATE)
         ups = [*honest, liar]
         async with tracker(tmp_path, ups, object_store=store_config(weed)) as t:
-            status, _digest, size, _seconds = await get(t.url(NAME))
-            assert (status, size < SIZE) == (200, True)  # the reader was cut off
+            status, digest, size, _seconds = await get(t.url(NAME))
+            # the reader was cut off (never a complete body: not even the right one here)
+            assert (status, size < SIZE) == (200, True), digest == sha256(DATA)
             assert liar.lied is not None
             await uploaded(weed, t, NAME)
             key = f"{prefix_of(t)}{GROUP}/{NAME}"
