@@ -23,6 +23,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from tracker.h11patches.headers import install as lower_case_headers
+from tracker.h11patches.statusline import install as reason_phrases
 from tracker.serving.fileresponse import PlainRequest, file_response
 from tracker.web.delivery import to_response
 from tracker.web.listeners import bind_socket
@@ -73,6 +75,11 @@ async def serve_app(
     async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
         with server_scope:
             if plain:
+                # The tracker's h11 patches, which its server installs process-wide: installed
+                # here too, the wire of a plain server does not depend on whether a test of
+                # this process started the tracker's server before (a reason phrase or not).
+                lower_case_headers()
+                reason_phrases()
                 config.bind = ["127.0.0.1:0"]
                 await hypercorn_serve(
                     app, config, shutdown_trigger=shutdown.wait, task_status=task_status
