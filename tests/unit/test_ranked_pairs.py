@@ -33,6 +33,13 @@ def infos(*named: tuple[str, int]) -> list[SnapshotInfo]:
 SLOW, FAST = TargetKey("g", "slow"), TargetKey("g", "fast")
 
 
+def still() -> Index:
+    """An index on a clock that does not move: a measured throughput does not age between
+    its record and the prediction read from it, so the predictions are the formula's (on
+    ``time.monotonic`` a loaded host's milliseconds between the two showed in the digits)."""
+    return Index(clock=lambda: 0.0)
+
+
 def two_sources(index: Index) -> None:
     """The issue's case: the newest full on a slow source, an older full on a fast one with
     a recent incremental on it."""
@@ -58,7 +65,7 @@ def two_sources(index: Index) -> None:
 def test_the_pair_handed_out_follows_the_ranking(
     ranking: Ranking | None, full: int, incremental: int | None, first: int
 ) -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", ranking)
     two_sources(index)
     best = index.best_full("g")
@@ -70,7 +77,7 @@ def test_the_pair_handed_out_follows_the_ranking(
 
 
 def test_every_pair_carries_its_prediction_by_the_formula() -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", RANKING)
     two_sources(index)
     predicted = {s.info.slot: index.predicted(s) for s in index.sources("g")}
@@ -80,13 +87,13 @@ def test_every_pair_carries_its_prediction_by_the_formula() -> None:
     assert predicted[990] == pytest.approx(10.25 + 35.625 / 22.5)
     # The older full alone: 10 s, then 100 + 25 slots behind.
     assert predicted[900] == pytest.approx(10 + 125 / 22.5)
-    by_slot = Index()
+    by_slot = still()
     two_sources(by_slot)
     assert {by_slot.predicted(s) for s in by_slot.sources("g")} == {None}
 
 
 def test_the_tip_is_the_cluster_slot_when_known() -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", RANKING)
     two_sources(index)
     index.set_cluster_slot(1225)
@@ -95,7 +102,7 @@ def test_the_tip_is_the_cluster_slot_when_known() -> None:
 
 
 def test_an_unmeasured_source_is_priced_at_the_assumed_throughput() -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", RANKING)
     index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 500 * MB)), T0)
     [source] = index.sources("g")
@@ -103,7 +110,7 @@ def test_an_unmeasured_source_is_priced_at_the_assumed_throughput() -> None:
 
 
 def test_equal_candidates_keep_one_answer_across_changes() -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", RANKING)
     a, b = TargetKey("g", "a"), TargetKey("g", "b")
     index.apply(a, infos(("snapshot-1000-H.tar.zst", 100 * MB)), T0)
@@ -117,7 +124,7 @@ def test_equal_candidates_keep_one_answer_across_changes() -> None:
 
 
 def test_the_pair_moves_only_by_the_switch_margin() -> None:
-    index = Index()
+    index = still()
     index.set_ranking("g", RANKING)
     a, b = TargetKey("g", "a"), TargetKey("g", "b")
     index.apply(a, infos(("snapshot-1000-H.tar.zst", 1000 * MB)), T0)
