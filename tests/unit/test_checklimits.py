@@ -181,14 +181,14 @@ def _xz_with_dictionary(data: bytes, props: int) -> bytes:
 def test_an_xz_dictionary_over_the_memory_limit_is_refused(props: int, passes: bool) -> None:
     data = _xz_with_dictionary(snapshot_tar(), props)
     name = archive_name(SLOT, compression="xz")
-    started = time.perf_counter()
+    started = time.process_time()  # the process's CPU (its threads too), not the host's load
     if passes:  # up to 64 MiB: what xz -9 writes
         assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
     else:
         assert reason_of(data, name) == (
             "xz: needs more than 80 MiB of memory (its dictionary) in the stream at byte 0"
         )
-        assert time.perf_counter() - started < 1.0  # refused at the block header
+        assert time.process_time() - started < 1.0  # refused at the block header
 
 
 def _zstd(data: bytes, window_log: int) -> bytes:
@@ -248,10 +248,10 @@ def test_gigabytes_of_zeros_after_the_end_blocks_end_at_once() -> None:
             compressor.flush(),
         ]
     )
-    started = time.perf_counter()
+    started = time.process_time()
     reason = reason_of(data, archive_name(SLOT))
     assert reason.startswith(f"tar: more than {MAX_END_PADDING} bytes of padding after")
-    assert time.perf_counter() - started < 2.0
+    assert time.process_time() - started < 2.0
 
 
 def _member_then_zeros(
@@ -271,12 +271,12 @@ def test_an_archive_that_expands_too_much_is_refused_early() -> None:
     data = _member_then_zeros(2 << 30, zstandard.ZstdCompressor(level=1).compressobj())
     assert len(data) < 200_000
     budget_end = decoded_allowed(len(data))
-    started = time.perf_counter()
+    started = time.process_time()
     reason = reason_of(data, archive_name(SLOT))
     assert reason.startswith("the archive expands more than 64 times: ")
     decoded = int(reason.split(": ")[1].split()[0])
     assert budget_end < decoded <= budget_end + 4 * MiB  # stopped within a piece
-    assert time.perf_counter() - started < 5.0
+    assert time.process_time() - started < 5.0
 
 
 def _empty_storage(ident: int) -> bytes:

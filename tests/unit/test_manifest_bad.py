@@ -74,12 +74,12 @@ def test_huge_lengths_are_refused_at_once(at: int, count: int) -> None:
     data = bytearray(MANIFEST)
     data[at : at + 8] = struct.pack("<Q", count)
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.process_time()  # CPU, not wall: the host's load does not count
     reason = outcome(bytes(data))
     used = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert isinstance(reason, str) and " elements of " in reason and "bytes left" in reason
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert used < 1 << 20
 
 
@@ -88,9 +88,9 @@ def test_huge_lengths_are_refused_at_once(at: int, count: int) -> None:
 def test_any_u64_anywhere_is_a_reason_or_a_proof(at: int, value: int) -> None:
     data = bytearray(MANIFEST)
     data[at : at + 8] = struct.pack("<Q", value)
-    started = time.perf_counter()
+    started = time.process_time()
     outcome(bytes(data))
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_a_truncated_manifest_member_rejects_the_archive() -> None:
