@@ -10,13 +10,16 @@ module names are unique across the two layers (pytest imports them by their base
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from helpers_process import RUNNING
+
+from tracker.observability.logs import TextFormatter
 
 
 @pytest.fixture
@@ -28,6 +31,46 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     no_idle = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=10, trust_env=False, limits=no_idle) as c:
         yield c
+
+
+class _Events(logging.Handler):
+    """The log records of one test in the tracker's own text format: its events with their
+    fields (pytest's captured log shows an event's name only, so a failure under load said
+    ``upstream_failed`` without the reason)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(TextFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+_EVENTS = pytest.StashKey[_Events]()
+
+
+@pytest.fixture(autouse=True)
+def _events_with_fields(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep the test's log records with their fields for its report should it fail."""
+    handler = _Events()
+    request.node.stash[_EVENTS] = handler
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield
+    root.removeHandler(handler)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report shows its log records with their fields (:class:`_Events`)."""
+    report = yield
+    handler = item.stash.get(_EVENTS, None)
+    if report.failed and handler is not None and handler.lines:
+        report.sections.append(("Captured events with their fields", "\n".join(handler.lines)))
+    return report
 
 
 @pytest.fixture(autouse=True)
