@@ -133,7 +133,15 @@ def advertise_files(index: Index, up: FakeUpstream, files: dict[str, bytes]) -> 
     advertise(index, up.base, [(name, up.url(name), len(data)) for name, data in files.items()])
 
 
-FAST = ProxySettings(connect_timeout=2.0, answer_timeout=5.0, read_timeout=10.0)
+#: The tests' proxy settings: short timeouts, and an early head only after 30 s, so that a
+#: source that fails answers the client's 502 whatever the host's load (the product's early
+#: head after 0.5 s rightly turns a failure that slow into a 200 whose body breaks, and on
+#: a loaded host a refused redirect took that long). The tests of early heads take EARLY.
+FAST = ProxySettings(
+    connect_timeout=2.0, answer_timeout=5.0, read_timeout=10.0, early_head_after=30.0
+)
+#: FAST with the product's early head (``ProxySettings.early_head_after``).
+EARLY = attrs.evolve(FAST, early_head_after=ProxySettings().early_head_after)
 
 
 @attrs.frozen

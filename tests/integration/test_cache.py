@@ -24,6 +24,7 @@ import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
+    EARLY,
     FAST,
     GROUP,
     TrackerUnderTest,
@@ -657,7 +658,10 @@ async def test_a_refresh_moves_no_body_byte_through_python(
     # A slow source (head_delay > early_head_after) gets the client an early head, whose
     # body follows the refresh once it opens: the same path.
     upstream.behaviour[FULL] = Behaviour(delay=head_delay)
-    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
+    settings = EARLY if head_delay else FAST
+    async with proxy_tracker(
+        tmp_path / "cache", upstream, cache_factory=factory, settings=settings
+    ) as t:
         assert t.connections is not None
         pieces = t.connections.pieces
         got = await get(t.url(FULL))
@@ -682,8 +686,8 @@ async def test_an_early_heads_body_comes_from_the_cache_when_the_refresh_was_pro
     comes from the promoted copy instead of breaking the download. The race is made certain:
     the body's join of the refresh waits until the refresh ended."""
     join_once_the_refresh_ended(monkeypatch)
-    upstream.behaviour[FULL] = Behaviour(delay=0.8)  # past early_head_after (0.5 s)
-    async with proxy_tracker(tmp_path / "cache", upstream) as t:
+    upstream.behaviour[FULL] = Behaviour(delay=EARLY.early_head_after + 0.3)
+    async with proxy_tracker(tmp_path / "cache", upstream, settings=EARLY) as t:
         got = await get(t.url(FULL))
         assert got.status_code == 200
         assert sha256(got.content) == sha256(FULL_DATA)

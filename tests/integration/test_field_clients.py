@@ -22,6 +22,7 @@ import trio
 from field_clients import ALIASES, PeerRefused, firedancer, request, snapshot_finder_heads
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
+    EARLY,
     FAST,
     GROUP,
     TrackerUnderTest,
@@ -39,6 +40,7 @@ from test_clients_real import run, tool
 from tracker.config.schema import TargetGroup
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.ordering.index import TargetKey
+from tracker.proxy.upstream import ProxySettings
 
 FULL = full_name(12_000)
 INCR = incremental_name(12_000, 12_040)
@@ -87,10 +89,12 @@ async def setup(
     *,
     upstream: FakeUpstream | None = None,
     files: dict[str, bytes] = FILES,
+    settings: ProxySettings = FAST,
     **overrides: Any,
 ) -> AsyncIterator[Setup]:
     up = upstream if upstream is not None else FakeUpstream(files=dict(files))
-    async with serving(up), running_tracker(config_for(mode, tmp_path, **overrides)) as t:
+    config = config_for(mode, tmp_path, **overrides)
+    async with serving(up), running_tracker(config, settings=settings) as t:
         if mode == "local":
             ledger = tmp_path / "ledger"
             ledger.mkdir()
@@ -131,7 +135,7 @@ async def test_firedancer_gets_a_head_within_a_second_from_a_slow_source(
     """The source takes 1.5 s to answer: the head still goes out within 1 s (early head)."""
     slow = {name: Behaviour(delay=1.5) for name in FILES}
     up = FakeUpstream(files=dict(FILES), behaviour=slow)
-    async with setup(mode, tmp_path, upstream=up) as s:
+    async with setup(mode, tmp_path, upstream=up, settings=EARLY) as s:
         got = await firedancer(s.host, s.port)
         for name, data in got.values():
             assert sha256(data) == sha256(FILES[name])
@@ -219,7 +223,8 @@ async def test_a_source_that_answers_but_never_starts_its_body_is_given_up(
     went out, with the index's size)."""
     stalls = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(body_delay=math.inf)})
     good = FakeUpstream(files=dict(FILES))
-    async with serving(good), serving(stalls), running_tracker(config_for("proxy", tmp_path)) as t:
+    config = config_for("proxy", tmp_path)
+    async with serving(good), serving(stalls), running_tracker(config, settings=EARLY) as t:
         advertise_files(t.index, good, FILES)
         advertise_files(t.index, stalls, FILES)
         start = trio.current_time()
@@ -264,7 +269,7 @@ async def test_a_slow_source_that_fails_after_the_early_head_breaks_the_connecti
     breaks, never a short 200 that looks complete, and nothing is cached."""
     failing = {FULL: Behaviour(delay=1.0, status=500)}
     up = FakeUpstream(files=dict(FILES), behaviour=failing)
-    async with setup(mode, tmp_path, upstream=up) as s:
+    async with setup(mode, tmp_path, upstream=up, settings=EARLY) as s:
         wire = await raw_request(s.tracker.base, f"/v1/{GROUP}/{FULL}")
         assert wire.status == 200 and wire.header("content-length") == str(len(FILES[FULL]))
         assert wire.closed and wire.body == b""
@@ -275,10 +280,10 @@ async def test_every_source_failing_fast_is_still_a_502(tmp_path: Path) -> None:
     """The early head is for slow sources: refused or erroring sources answer 502 at once."""
     broken = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(status=500)})
     # "Fast" is before the early head's timer: on a loaded machine the two failures may take
-    # longer than the default 0.5 s, and then a 200 head rightly goes out first.
-    patient = attrs.evolve(FAST, early_head_after=60.0)
+    # longer than the product's 0.5 s, and then a 200 head rightly goes out first (FAST's
+    # early head comes after 30 s).
     config = config_for("proxy", tmp_path)
-    async with serving(broken), running_tracker(config, settings=patient) as t:
+    async with serving(broken), running_tracker(config) as t:
         advertise_files(t.index, broken, FILES)
         advertise(t, "http://127.0.0.1:9", FULL)  # nothing listens on port 9 (discard)
         wire = await raw_request(t.base, f"/v1/{GROUP}/{FULL}")

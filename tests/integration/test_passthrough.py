@@ -16,7 +16,15 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import (
+    EARLY,
+    FAST,
+    GROUP,
+    TrackerUnderTest,
+    advertise,
+    proxy_tracker,
+    wait_for,
+)
 from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
@@ -74,8 +82,8 @@ async def test_the_body_of_an_early_head_is_spliced_too(upstream: FakeUpstream) 
     """A source slower than early_head_after gets the client its head first; its body then
     takes the splice like a prompt one, not the channel through Python (that held ~7 MB per
     stream for slow clients: bench/README.md, "memory")."""
-    upstream.behaviour[NAME] = Behaviour(delay=FAST.early_head_after + 0.3)
-    async with proxying(upstream.base) as t:
+    upstream.behaviour[NAME] = Behaviour(delay=EARLY.early_head_after + 0.3)
+    async with proxying(upstream.base, settings=EARLY) as t:
         async with httpx.AsyncClient(timeout=20) as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 200

@@ -16,7 +16,16 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import FAST, GROUP, TOKEN, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import (
+    EARLY,
+    FAST,
+    GROUP,
+    TOKEN,
+    TrackerUnderTest,
+    advertise,
+    proxy_tracker,
+    wait_for,
+)
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -349,7 +358,8 @@ async def test_slow_clients_of_the_channel_share_a_bounded_memory(upstream: Fake
     # Every stream has started before any body byte flows: each reads its share of all.
     upstream.behaviour[name] = Behaviour(pause_at=0)
     budget = 4 * MiB
-    settings = attrs.evolve(FAST, channel_budget=budget)
+    # the early head gets each client its head while the source holds its body back
+    settings = attrs.evolve(EARLY, channel_budget=budget)
     clients = 8
     async with proxy_tracker(settings=settings, plain=True) as t:
         advertise(t.index, upstream.base, [(name, upstream.url(name), len(big))])

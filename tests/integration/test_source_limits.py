@@ -14,6 +14,7 @@ import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
+    EARLY,
     FAST,
     GROUP,
     TOKEN,
@@ -320,7 +321,7 @@ async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retr
     # Longer than the early head's 0.5 s: a plain GET still gets its 503, not a 200 head.
     name = next(iter(SIX))
     up = FakeUpstream(files={name: SIX[name]}, behaviour={name: Behaviour(pause_at=MiB)})
-    settings = attrs.evolve(FAST, busy_wait=1.0)
+    settings = attrs.evolve(EARLY, busy_wait=1.0)
     async with serving(up), running_tracker(limited(None, 1), settings=settings) as t:  # type: ignore[arg-type]
         advertise_files(t.index, up, {name: SIX[name]})
         # The source's measured speed (1 MiB/s): the running 2 MiB transfer ends in ~2 s.
@@ -351,7 +352,7 @@ async def test_a_plain_get_waits_in_the_queue_with_no_early_head(
     # the source's validators), or a 503 with Retry-After, never a 200 whose body breaks.
     held, best = sorted(SIX)[0], sorted(SIX)[-1]  # another archive holds the one slot
     files = {held: SIX[held], best: SIX[best]}
-    settings = attrs.evolve(FAST, busy_wait=30.0)
+    settings = attrs.evolve(EARLY, busy_wait=30.0)
     config = limited(tmp_path / "cache" if cached else None, 1)
     up = FakeUpstream(files=files, behaviour={held: Behaviour(pause_at=MiB)})
     async with serving(up), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
