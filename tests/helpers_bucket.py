@@ -27,6 +27,10 @@ def store_config(weed: Weed, **overrides: Any) -> ObjectStore:
         "access_key_id": ACCESS_KEY,
         "secret_access_key": SECRET_KEY,
         "lock_ttl": 3.0,
+        # The product's 2 s: a loaded host's SeaweedFS answered a HEAD later than that, the
+        # store counted as down and a test waiting for an upload waited in vain. The tests
+        # of a hung store set their own.
+        "request_timeout": 10.0,
     }
     settings.update(overrides)
     return ObjectStore(**settings)
