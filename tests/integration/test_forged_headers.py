@@ -57,7 +57,17 @@ async def test_the_cache_never_hands_out_nor_signs_the_forgery(tmp_path: Path) -
         await wait_until(lambda: _listed(f.public, NAME, 2))
         again = await raw_request(f.public, f"/v1/{GROUP}/{NAME}")
         assert again.status == 200 and again.body == good
+        # The last bytes go once the check passed; the copy is promoted and its proof held a
+        # moment later (a loaded host: after this client read them), and a statement is
+        # signed of a held copy only.
         signed = await raw_request(f.public, f"/v1/{GROUP}/{NAME}.attestation")
+
+        async def statement_signed() -> bool:
+            nonlocal signed
+            signed = await raw_request(f.public, f"/v1/{GROUP}/{NAME}.attestation")
+            return signed.status != 404
+
+        await wait_until(statement_signed)
         assert signed.status == 200 and b'\\"level\\":\\"accounts\\"' in signed.body
 
 
