@@ -75,7 +75,7 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
 async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=3.0) as t:
         objects = t.parts.objects
         assert objects is not None
         tier, s3 = objects.tier, weed.client()
@@ -85,8 +85,9 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
         # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
-        # of an age still differ by at least 2 after 2.1 s).
-        await trio.sleep(2.1)  # wall-clock time: the bucket dates the uploads, not this test
+        # of an age still differ by at least 4 after 4.1 s). lock_ttl is 3 s, not less: the
+        # lock put below must still be fresh at the start-up on a loaded host.
+        await trio.sleep(4.1)  # wall-clock time: the bucket dates the uploads, not this test
         # INCR's refresher is alive: its lock is fresh.
         s3.put_object(Bucket="snapshots", Key=tier.lock_key(GROUP, INCR), Body=b"")
         # A refresher that began just now has no lock yet: its young upload is no orphan.
@@ -120,7 +121,10 @@ async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
 async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
     """Digests, locks, marks and stray keys are not archives; the locks and marks of an
     older version (no suffix: they ended in the archive's name) are deleted once expired."""
-    tier = tier_of(weed, lock_ttl=1.0, direct_serve_ttl=1.0)
+    # Ages are the store's (its dates, whole seconds), so each start-up's TTLs leave room
+    # for a loaded host: a minute while nothing may expire yet, and, after the wait, a lock
+    # four seconds old when put just before is still live.
+    tier = tier_of(weed, lock_ttl=60.0, direct_serve_ttl=60.0)
     prefix = tier.store.prefix
     archive = tier.object_key(GROUP, FULL)
     stray = [f"{archive}.sha256", f"{archive}.part", tier.object_key(GROUP, "notes.txt")]
@@ -132,18 +136,22 @@ async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: 
     young_lock = f"{prefix}.locks/{GROUP}/{INCR}"
     await tier.startup()
     assert tier.status()["objects_known"] == 1
-    assert old_lock in weed.objects(prefix)  # not expired yet: an older replica may hold it
-    # lock_ttl and a second of HTTP-date slack; the mark's hold is ttl + HANDOUT_MARGIN.
+    left = weed.objects(prefix)
+    assert old_lock in left and old_mark in left  # not expired yet: an older replica may hold it
+    from tracker.objectstore.locks import CLOCK_STEP
     from tracker.objectstore.retainer import HANDOUT_MARGIN
 
-    await trio.sleep(1.0 + HANDOUT_MARGIN + 0.1)  # wall-clock time: the bucket dates locks
+    later = tier_of(weed, prefix=prefix, lock_ttl=4.0, direct_serve_ttl=1.0)
+    # The lock's TTL and the mark's hold (direct_serve_ttl + HANDOUT_MARGIN) passed, with a
+    # second of the store's whole-second dates on top. Wall-clock time: the bucket dates them.
+    await trio.sleep(max(4.0 + CLOCK_STEP, 1.0 + HANDOUT_MARGIN) + 1.1)
     put(weed, young_lock, Metadata={"owner": "old", "replica": ""})
-    await tier.startup()
+    await later.startup()
     left = weed.objects(prefix)
     assert old_lock not in left and old_mark not in left, left
     assert young_lock in left  # live: left to its holder
     assert sorted(left) == sorted([archive, *stray, young_lock])
-    assert tier.status()["objects_known"] == 1
+    assert later.status()["objects_known"] == 1
 
 
 async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None:
@@ -175,7 +183,7 @@ async def test_retention_deletes_the_digest_with_its_archive(weed: Weed) -> None
 async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=1.0) as t:
+    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=3.0) as t:
         objects = t.parts.objects
         assert objects is not None
         tier, s3 = objects.tier, weed.client()
@@ -188,12 +196,13 @@ async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
         )
         s3.create_multipart_upload(Bucket="snapshots", Key=key)
         async with httpx.AsyncClient() as client:
-            # The lock is live: no replica_url to follow, so the bytes come uncached.
+            # The lock is live (3 s: on a loaded host too): no replica_url to follow, so the
+            # bytes come uncached.
             first = await client.get(t.url(FULL))
             assert first.content == FULL_DATA
             assert weed.objects(prefix_of(t)).get(key) is None
             assert t.cached() == []
-            await trio.sleep(2.1)  # lock_ttl without renewal (and a second: HTTP dates)
+            await trio.sleep(4.1)  # lock_ttl without renewal (and a second: HTTP dates)
             second = await client.get(t.url(FULL))
         assert second.status_code == 200, (second.status_code, second.text)
         assert second.content == FULL_DATA
