@@ -47,9 +47,11 @@ class Probes:
         #: The client of discovered nodes (plain HTTP, no credentials; holds nothing open).
         self._lean = HeadClient(config.scrape_timeout)
 
-    def client(self, group: str) -> httpx.AsyncClient:
-        """A client of ``group`` for its discovery calls (Consul, ``getClusterNodes``)."""
-        return self._clients[group][0]
+    def client(self, group: str) -> httpx.AsyncClient | None:
+        """A client of ``group`` for its discovery calls (Consul, ``getClusterNodes``); None
+        when the config in use has no such group (a reload dropped it during a round)."""
+        clients = self._clients.get(group)
+        return clients[0] if clients else None
 
     async def check_egress(self, target: Target) -> None:
         """A discovered node is an address from the network: the egress policy decides
@@ -58,10 +60,9 @@ class Probes:
         policy = policy_of(self.config.egress)
         await checked_addresses(policy, host, port or 80, self.resolver)
 
-    def probe(self, target: Target) -> Awaitable[list[SnapshotInfo]]:
-        """What ``target`` offers now. Raises ProbeError."""
-        group = self.config.group_named(target.key.group)
-        assert group is not None
+    def probe(self, target: Target, group: TargetGroup) -> Awaitable[list[SnapshotInfo]]:
+        """What ``target`` of ``group`` (configured now: this config's clients) offers now.
+        Raises ProbeError."""
         client = _shard(self._clients[group.group], target.key.target)
         # A discovered node is not the operator's: the group's credentials never go there.
         headers = {} if target.key.discovered else auth_headers(group, target.location)

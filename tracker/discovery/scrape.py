@@ -97,7 +97,9 @@ class Scraper:
         return self._roster.in_order()
 
     def update_config(self, config: Config) -> None:
-        """Use ``config`` from the next round on; the index of remaining targets is kept."""
+        """Use ``config`` from now on and start the next round at once: a round going on
+        probes no target of a group ``config`` dropped; the next one drops them. The index
+        of remaining targets is kept."""
         self.config = config
         self._probes.use(config)
         self._wakeup.set()
@@ -148,10 +150,16 @@ class Scraper:
         if health.target.key.discovered and not await self._allowed(health):
             return
         async with limiter:
+            group = self.config.group_named(health.target.key.group)
+            if group is None:
+                # A reload dropped its group while this round went on (the new config takes
+                # effect at once): not probed; the next round, which a reload starts at
+                # once, drops the target.
+                return
             start = trio.current_time()
             try:
                 with trio.fail_after(self.config.scrape_timeout):
-                    infos = await self._probes.probe(health.target)
+                    infos = await self._probes.probe(health.target, group)
             except trio.TooSlowError:
                 self._failed(health, f"timed out after {self.config.scrape_timeout:g}s")
             except ProbeError as exc:

@@ -30,7 +30,8 @@ log = logging.getLogger("tracker.scrape")
 #: How a ``getClusterNodes`` RPC URL answered: (group, url, reason or "", seconds).
 RpcAnswered = Callable[[str, str, str, float], None]
 #: The HTTP client of a group for its discovery calls.
-ClientOf = Callable[[str], httpx.AsyncClient]
+#: A group's discovery client; None once a reload dropped the group (during a round).
+ClientOf = Callable[[str], httpx.AsyncClient | None]
 
 
 def sidecar_base(group: TargetGroup, host: str) -> str:
@@ -105,6 +106,8 @@ class TargetFinder:
             return nodes
         report = partial(self._rpc_answered, group.group)
         client = self._client_of(group.group)
+        if client is None:  # dropped by a reload during this round: not asked
+            return nodes
         try:
             nodes = await cluster_targets(client, discovery, report=report)
         except ProbeError as exc:
@@ -126,12 +129,15 @@ class TargetFinder:
         sd = group.consul_sd_config
         assert sd is not None
         key = f"consul:{group.group}"
+        client = self._client_of(group.group)
+        if client is None:  # dropped by a reload during this round: not asked
+            return self._hosts.get(key, [])
         try:
             with trio.fail_after(within):
                 query = CatalogQuery(
                     sd.host, sd.service, sd.resolved_token, sd.datacenter, sd.filter
                 )
-                self._hosts[key] = await discover_consul(self._client_of(group.group), query)
+                self._hosts[key] = await discover_consul(client, query)
         except (ProbeError, trio.TooSlowError) as exc:
             reason = str(exc) or "timed out"
             log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)

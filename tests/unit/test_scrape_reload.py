@@ -1,0 +1,108 @@
+"""A reload during a scrape round (docs/http-api.md, "Internal routes"): the new config takes
+effect at once, so a probe still waiting for its turn in the round is not made for a group
+the reload dropped, and the round ends as usual. Local targets: no network."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from test_sources_local import FULL, write
+
+import tracker.discovery.probing as probing
+from tracker.config.schema import (
+    ClusterDiscovery,
+    Config,
+    ConsulSDConfig,
+    LocalTargets,
+    TargetGroup,
+)
+from tracker.discovery.scrape import Scraper
+from tracker.ordering.index import Index
+
+
+async def test_a_reload_dropping_a_group_mid_round_skips_its_waiting_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledgers: dict[str, str] = {}
+    for name in ("g", "h"):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / FULL, 10)
+        ledgers[name] = str(tmp_path / name)
+    groups = [TargetGroup(group=n, local_targets=LocalTargets((p,))) for n, p in ledgers.items()]
+    # One probe at a time: the first scan holds the round's only slot, the other waits.
+    config = Config(target_groups=tuple(groups), scrape_concurrency=1)
+    scanned: list[str] = []
+    scanning, go_on = threading.Event(), threading.Event()
+    real_scan = probing.scan_local
+
+    def held_scan(path: str) -> object:
+        scanned.append(path)
+        if len(scanned) == 1:
+            scanning.set()
+            go_on.wait(10)
+        return real_scan(path)
+
+    monkeypatch.setattr(probing, "scan_local", held_scan)
+    index = Index()
+    scraper = Scraper(config, index)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scraper.scrape_round)
+            await trio.to_thread.run_sync(scanning.wait, 10)
+            [first] = [n for n, p in ledgers.items() if p == scanned[0]]
+            kept = [g for g in groups if g.group == first]
+            scraper.update_config(attrs.evolve(config, target_groups=tuple(kept)))
+            go_on.set()
+        assert scanned == [ledgers[first]]  # the dropped group's probe was never made
+        [dropped] = set(ledgers) - {first}
+        assert index.find_file(dropped, FULL) == []
+        assert [f.file_name for f, _ in index.find_file(first, FULL)] == [FULL]
+    finally:
+        go_on.set()
+        await scraper.aclose()
+
+
+def _discovered_by(kind: str, name: str) -> TargetGroup:
+    if kind == "consul":
+        return TargetGroup(group=name, consul_sd_config=ConsulSDConfig(host=name, service="s"))
+    return TargetGroup(group=name, cluster_discovery=ClusterDiscovery(rpc=(f"http://{name}",)))
+
+
+@pytest.mark.parametrize("kind", ["consul", "cluster"])
+async def test_a_reload_dropping_a_group_mid_discovery_asks_nothing_of_it(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups are discovered one after another; a reload while the first one's Consul or
+    cluster RPC is asked drops the second: nothing is asked for it (its client went with
+    it), and the round ends as usual."""
+    import tracker.discovery.targetset as targetset
+
+    groups = (_discovered_by(kind, "a"), _discovered_by(kind, "b"))
+    config = Config(target_groups=groups)
+    asked: list[str] = []
+    asking, go_on = trio.Event(), trio.Event()
+
+    async def held(_client: object, query: Any, **_kwargs: Any) -> list[Any]:
+        asked.append(query.host if kind == "consul" else query.rpc[0])
+        asking.set()
+        await go_on.wait()
+        return []  # no targets: nothing to probe
+
+    monkeypatch.setattr(
+        targetset, "discover_consul" if kind == "consul" else "cluster_targets", held
+    )
+    scraper = Scraper(config, Index())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scraper.scrape_round)
+            await asking.wait()
+            scraper.update_config(attrs.evolve(config, target_groups=groups[:1]))
+            go_on.set()
+        assert asked == (["a"] if kind == "consul" else ["http://a"])
+    finally:
+        await scraper.aclose()
