@@ -117,8 +117,16 @@ class Weed:
             f"-s3.localSocket={self.root / 's3.sock'}", *args,
         ]  # fmt: skip
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115
+        # Its gRPC sockets go to the temporary directory (/tmp by default), and one killed
+        # left them there: under its own directory, discard() removes them whatever the end.
+        env = {**os.environ, "TMPDIR": str(self.root)}
         self.proc = subprocess.Popen(
-            command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -65,20 +65,27 @@ def _events_with_fields(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_runtest_makereport(
     item: pytest.Item,
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report shows its log records with their fields (:class:`_Events`)."""
+    """A failed test's report shows its log records with their fields (:class:`_Events`)
+    and the stderr of each ``serve`` subprocess it started."""
     report = yield
     handler = item.stash.get(_EVENTS, None)
     if report.failed and handler is not None and handler.lines:
         report.sections.append(("Captured events with their fields", "\n".join(handler.lines)))
+    if report.failed:  # a serve subprocess logs in its own stderr, not in this process
+        for serve in RUNNING:
+            report.sections.append((f"serve (pid {serve.proc.pid}) stderr", serve.log_tail()))
     return report
 
 
 @pytest.fixture(autouse=True)
 def _no_leftover_processes() -> Iterator[None]:
-    """Kill every ``serve`` subprocess a test started and did not stop."""
+    """Kill and reap every ``serve`` subprocess a test started and did not stop, and remove
+    the stderr file of each (a failed test's report has shown it by then)."""
     yield
     while RUNNING:
-        RUNNING.pop().kill()
+        serve = RUNNING.pop()
+        serve.kill()
+        serve.discard()
 
 
 def _loopback(address: Any) -> bool:

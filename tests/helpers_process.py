@@ -49,6 +49,18 @@ class Serve:
             os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
         self.proc.poll()  # reaped by its own Popen, which keeps its exit code
 
+    def discard(self) -> None:
+        """Remove the stderr file (test teardown: nothing of a test left in /tmp)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log_path)
+
+    def log_tail(self, lines: int = 200) -> str:
+        """The last ``lines`` lines of stderr (a failed test's report)."""
+        try:
+            return "\n".join(self.log.splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no stderr file)"
+
     async def _kill_and_reap(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -62,6 +74,8 @@ class Serve:
             return await self.proc.wait()
 
 
+#: Every ``serve`` a test started; the test's teardown kills what still runs, reaps it and
+#: removes its stderr file (tests/conftest.py), a failed test's report shows that stderr.
 RUNNING: list[Serve] = []
 
 
