@@ -8,6 +8,7 @@ signatures are enforced with the credentials written to ``s3.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -117,16 +118,8 @@ class Weed:
             f"-s3.localSocket={self.root / 's3.sock'}", *args,
         ]  # fmt: skip
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115
-        # Its gRPC sockets go to the temporary directory (/tmp by default), and one killed
-        # left them there: under its own directory, discard() removes them whatever the end.
-        env = {**os.environ, "TMPDIR": str(self.root)}
         self.proc = subprocess.Popen(
-            command,
-            cwd=self.root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
+            command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -158,9 +151,15 @@ class Weed:
     def discard(self) -> None:
         """Stop the store for good and remove its data directory: a store's objects take
         ~1 GB after a test session, and a shared disk fills (204 sessions' leftovers once
-        filled 54 GB of /tmp and failed a CI run)."""
+        filled 54 GB of /tmp and failed a CI run). Its gRPC sockets too: weed puts them in
+        /tmp whatever ``TMPDIR`` says, named by service and port, and removes them only
+        when it stops gracefully (a store killed, or stopped past its 10 s, left them)."""
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        for service in ("master", "volume", "filer", "s3", "admin"):
+            port = self.ports[f"{service}.port.grpc"]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/seaweedfs-{service}-grpc-{port}.sock")
 
     def client(self) -> Any:
         """A boto3 client of this store (for the tests' own checks)."""
