@@ -29,8 +29,8 @@ log = logging.getLogger("tracker.scrape")
 
 #: How a ``getClusterNodes`` RPC URL answered: (group, url, reason or "", seconds).
 RpcAnswered = Callable[[str, str, str, float], None]
-#: The HTTP client of a group for its discovery calls.
-#: A group's discovery client; None once a reload dropped the group (during a round).
+#: The HTTP client of a group for its discovery calls; None once a reload dropped the group
+#: (during a round).
 ClientOf = Callable[[str], httpx.AsyncClient | None]
 
 
