@@ -1,6 +1,7 @@
 """A reload during a scrape round (docs/http-api.md, "Internal routes"): the new config takes
 effect at once, so a probe still waiting for its turn in the round is not made for a group
-the reload dropped, and the round ends as usual. Local targets: no network."""
+the reload dropped, nor its Consul or cluster RPC asked, and the round ends as usual. Local
+targets, and discovery calls replaced by held ones: no network."""
 
 from __future__ import annotations
 
