@@ -68,12 +68,13 @@ def pytest_runtest_makereport(
     """A failed test's report shows its log records with their fields (:class:`_Events`)
     and the stderr of each ``serve`` subprocess it started."""
     report = yield
+    if not report.failed:
+        return report
     handler = item.stash.get(_EVENTS, None)
-    if report.failed and handler is not None and handler.lines:
+    if handler is not None and handler.lines:
         report.sections.append(("Captured events with their fields", "\n".join(handler.lines)))
-    if report.failed:  # a serve subprocess logs in its own stderr, not in this process
-        for serve in RUNNING:
-            report.sections.append((f"serve (pid {serve.proc.pid}) stderr", serve.log_tail()))
+    for serve in RUNNING:  # a serve subprocess logs in its own stderr, not in this process
+        report.sections.append((f"serve (pid {serve.proc.pid}) stderr", serve.log_tail()))
     return report
 
 
