@@ -13,11 +13,19 @@ import pytest
 from helpers_bytes import MiB, sha256
 from helpers_fetch import Canned, HostileUpstream
 from helpers_proxy import advertise
-from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, serving
+from helpers_upstream import (
+    UPSTREAM_ETAG,
+    UPSTREAM_LAST_MODIFIED,
+    Behaviour,
+    FakeUpstream,
+    agave_rpc,
+    serving,
+)
 from test_fetch import (
     FAST,
     FILES,
     FULL,
+    advertise_all,
     fetch_command,
     ledger_of,
     options,
@@ -25,8 +33,10 @@ from test_fetch import (
     the_error_line,
     tracker_for,
 )
+from test_fetch_sources import tracker_of
 
 import tracker.fetch.workers
+from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
 from tracker.fetch.state import Identity, State, save_state
@@ -210,3 +220,43 @@ async def test_the_temp_file_is_synced_before_a_state_claims_its_bytes(
             growing += 1
         claimed, synced_since = count, False
     assert growing >= 3, events  # several states while the bytes came in
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Mon, 01 Jan 2024 00:00:00 +999999999999999999999999",  # OverflowError
+        "Fri, 31 Dec 99999 23:59:59 GMT",
+        "not a date",
+    ],
+)
+async def test_a_source_date_that_is_none_leaves_the_download_time(
+    date: str, tmp_path: Path
+) -> None:
+    """The archive is dated as its source says once it is in place: a Last-Modified that
+    is no date, or one no clock can hold, leaves the download's time and the fetch goes
+    on to the incremental (it was an OverflowError after the full's rename: exit 1, the
+    incremental never fetched)."""
+    up = FakeUpstream(files=dict(FILES))
+    for name in FILES:
+        up.behaviour[name] = Behaviour(last_modified=date)
+    ledger = ledger_of(tmp_path)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, FILES)
+        results = await run_fetch(options(ledger, t.base), NoProgress())
+    assert sorted(r.path for r in results) == sorted(str(ledger / name) for name in FILES)
+    assert {p.name: sha256(p.read_bytes()) for p in ledger.iterdir()} == {
+        name: sha256(data) for name, data in FILES.items()
+    }
+
+
+async def test_an_empty_answer_is_never_installed_as_the_archive(tmp_path: Path) -> None:
+    """No size listed and the one source answers 200 with nothing (agave's RPC serving an
+    empty file): no source could deliver it, nothing lands in the ledger (it was a 0-byte
+    archive renamed into place as a success)."""
+    up = FakeUpstream(files={FULL: b""}, behaviour={FULL: agave_rpc()})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([up], sizes=False) as t:
+        with pytest.raises(FetchError, match=r"no source could deliver it \(an empty file\)"):
+            await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert list(ledger.iterdir()) == []

@@ -35,7 +35,7 @@ from test_fetch_sources import body_bytes, tracker_of
 from tracker.errors import FetchError
 from tracker.fetch.download import Result
 from tracker.fetch.progress import NoProgress
-from tracker.fetch.run import run_fetch
+from tracker.fetch.run import FetchOptions, run_fetch
 
 NAME, GOOD = build_archive(33_000, compression="zst", accounts=16, account_size=256 * 1024)
 VERIFYING = attrs.evolve(FAST, verify=True)
@@ -132,6 +132,27 @@ async def test_a_good_archive_of_another_size_is_kept(tmp_path: Path) -> None:
         assert await run_fetch(opts, NoProgress()) == []
     assert not up.gets(NAME)
     assert (ledger / NAME).read_bytes() == other
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_with_no_size_listed_the_check_tells_a_half_copy(whole: bool, tmp_path: Path) -> None:
+    """``--source``: a validator's alias gives no size, so the check alone decides what a
+    file under the archive's name is: a half copy (an interrupted ``wget``) is fetched
+    again, a whole one kept with nothing asked of its bytes (the half copy was taken as
+    held: nothing to do, exit 0, half an archive left for the validator)."""
+    ledger = ledger_of(tmp_path)
+    (ledger / NAME).write_bytes(GOOD if whole else GOOD[: len(GOOD) // 2])
+    up = FakeUpstream(files={NAME: GOOD})
+    up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{NAME}")
+    async with serving(up):
+        opts = FetchOptions(
+            ledger=str(ledger), sources=(up.base,), settings=VERIFYING, incremental=False
+        )
+        results = await run_fetch(opts, NoProgress())
+    assert [r.sha256 for r in results] == ([] if whole else [sha256(GOOD)])
+    assert bool(up.gets(NAME)) is not whole
+    assert sorted(p.name for p in ledger.iterdir()) == [NAME]
+    assert (ledger / NAME).read_bytes() == GOOD
 
 
 async def test_a_directory_at_the_archive_name_fails_before_the_download(tmp_path: Path) -> None:
@@ -255,6 +276,26 @@ async def test_a_source_bad_outside_the_samples_does_not_sink_a_good_one(tmp_pat
     assert [s.url for s in result.sources] == [second.base + f"/v1/snapshot/{NAME}"]
     assert sorted(p.name for p in ledger.iterdir()) == [NAME]
     assert (ledger / NAME).read_bytes() == GOOD
+
+
+async def test_the_one_source_that_sent_a_rejected_copy_is_not_asked_for_it_again(
+    tmp_path: Path,
+) -> None:
+    """Two sources pass the samples; the good one dies right after them, so the bad one
+    alone sends the copy, which fails its check: it is the bad one and is not tried alone
+    (it was: a second whole copy from a source known bad), only the other is."""
+    bad = corrupt_between_samples(GOOD)
+    first = FakeUpstream(files={NAME: bad})
+    second = FakeUpstream(files={NAME: GOOD}, dies_after=1 + 3 * 64 * 1024)
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(VERIFYING, piece_size=256 * 1024)
+    async with tracker_of([first, second]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        with pytest.raises(FetchError, match="no source delivered a good copy") as failed:
+            await run_fetch(opts, NoProgress())
+    assert first.body_sent < 2 * len(GOOD)  # the samples and one copy
+    assert str(failed.value).count(first.base) == 1
+    assert not (ledger / NAME).exists()
 
 
 # -- a resume that starts over says why -----------------------------------------------------------

@@ -134,12 +134,18 @@ def test_suspects_are_files_of_another_size_than_listed() -> None:
     offered = [RemoteSnapshot(remote(full, 1000), remote(incr, 7))]
     from tracker.fetch.ledger import listed_sizes
 
-    found = suspects(local, listed_sizes(offered))
-    assert [f.file_name for f in found] == [full]
+    for checked in (True, False):
+        found = suspects(local, listed_sizes(offered), checked=checked)
+        assert [f.file_name for f in found] == [full]
     left = {f.file_name for info in without(local, found) for f in info.files}
     assert left == {incr, other}
-    # An unknown listed size (0) makes nothing suspect.
-    assert suspects(local, listed_sizes([RemoteSnapshot(remote(full, 0))])) == []
+    # A size not listed (0: ``--source``): the check decides, so each file of an offered
+    # name is a suspect when checked; unchecked, its name is all there is to go by.
+    unsized = listed_sizes([RemoteSnapshot(remote(full, 0), remote(incr, 0))])
+    assert sorted(f.file_name for f in suspects(local, unsized, checked=True)) == sorted(
+        [full, incr]
+    )
+    assert suspects(local, unsized, checked=False) == []
 
 
 def source(url: str, sent: int) -> Source:

@@ -25,6 +25,9 @@ ARCHIVE, PAGE = 6_291_456, 31_744
         (0, [ARCHIVE, PAGE], ARCHIVE),
         (0, [ARCHIVE], ARCHIVE),
         (0, [], 0),
+        # An empty answer is never the archive, however many sources give it.
+        (0, [0, 0, ARCHIVE], ARCHIVE),
+        (0, [0], 0),
     ],
 )
 def test_chosen_size(listed: int, offered: list[int], size: int) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 
 import attrs
@@ -102,10 +103,11 @@ async def download(
         if isinstance(s, Source):
             finals.setdefault(s.url, s)
     wanted = chosen_size(file.size, [s.identity.size for s in finals.values()])
-    usable = [s for s in finals.values() if s.identity.size == wanted]
+    usable = [s for s in finals.values() if s.identity.size == wanted] if wanted else []
     if not usable:
         why = summary([str(s) for s in inspected if not isinstance(s, Source)])
-        raise FetchError(f"{name}: no source could deliver it ({why or 'wrong size'})")
+        wrong = "wrong size" if wanted else "an empty file"
+        raise FetchError(f"{name}: no source could deliver it ({why or wrong})")
     for other in finals.values():
         if other.identity.size != wanted:
             reason = f"size {other.identity.size}, not {wanted}"
@@ -121,7 +123,7 @@ async def download(
         tried.update(s.url for s in pool)
         # A copy of several sources that fails its check has a bad source among them, but
         # which one the check cannot tell: each is then tried alone, best first.
-        for attempt in [pool] if len(pool) == 1 else [pool, *alone(pool, usable)]:
+        for attempt in attempts(pool, usable):
             try:
                 return await _download_from(client, file, attempt, ledger, settings, progress)
             except CopyRejected as exc:
@@ -133,6 +135,15 @@ async def download(
                     break  # every source of the pool failed: none is tried alone
     what = "no source delivered a good copy" if rejected else "every source failed"
     raise FetchError(f"{name}: {what}: " + summary(reasons))
+
+
+def attempts(pool: list[Source], ranked: list[Source]) -> Iterator[list[Source]]:
+    """The pools to try in turn: ``pool``, then, once its copy was rejected, :func:`alone`'s.
+    A generator, so that :func:`alone` reads what each source sent of the rejected copy
+    only once it was tried."""
+    yield pool
+    if len(pool) > 1:
+        yield from alone(pool, ranked)
 
 
 def alone(pool: list[Source], ranked: list[Source]) -> list[list[Source]]:
@@ -163,12 +174,13 @@ def summary(reasons: list[str]) -> str:
 def chosen_size(listed: int, offered: list[int]) -> int:
     """The size of the archive: the listed one when known (0: not), else the one most
     sources announce (``offered``, best source first; a tie goes to the better source), so
-    that one source's error page or JSON answer is never taken for the archive. 0 when
-    nothing is known."""
+    that one source's error page or JSON answer is never taken for the archive, nor an
+    empty answer (an archive is never empty). 0 when nothing is known."""
     if listed:
         return listed
-    votes = Counter(offered)
-    return max(offered, key=lambda size: votes[size], default=0)
+    sizes = [size for size in offered if size > 0]
+    votes = Counter(sizes)
+    return max(sizes, key=lambda size: votes[size], default=0)
 
 
 async def _download_from(
@@ -374,10 +386,13 @@ def held_bytes(ledger: str, name: str) -> int:
 
 
 def _set_mtime(path: str, last_modified: str) -> None:
+    """Date the archive, in place and complete, as its source does: a source's date that
+    cannot be one (junk, an offset of many digits, a year past the file system's) or a
+    file system that refuses it leaves the download's own time, never fails the fetch."""
     if not last_modified:
         return
     try:
         when = parsedate_to_datetime(last_modified).timestamp()
-    except (TypeError, ValueError):
-        return
-    os.utime(path, (when, when))
+        os.utime(path, (when, when))
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        log_event(log, "debug", "fetch_date_unused", file=path, reason=str(exc))

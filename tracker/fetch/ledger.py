@@ -23,19 +23,28 @@ log = logging.getLogger("tracker.fetch")
 
 
 def listed_sizes(remote: list[RemoteSnapshot]) -> dict[str, int]:
-    """The size the listing gives each archive it names (those with a known size)."""
+    """The size the listing gives each archive it names (0: not given, as by ``--source``)."""
     return {
         f.file_name: f.size
         for snapshot in remote
         for f in (snapshot.full, snapshot.incremental)
-        if f is not None and f.size > 0
+        if f is not None
     }
 
 
-def suspects(local: list[SnapshotInfo], listed: dict[str, int]) -> list[SnapshotFile]:
-    """The ledger's archives whose size is not the listed size of the same name. Pure."""
+def suspects(
+    local: list[SnapshotInfo], listed: dict[str, int], *, checked: bool
+) -> list[SnapshotFile]:
+    """The ledger's archives under an offered name that may be half copies: of another size
+    than the listed one, or, where the listing gives no size, every one when they are
+    ``checked`` (the check alone can tell), none when not (the name is all there is to go
+    by). Pure."""
     files = {f.file_name: f for info in local for f in info.files}
-    return [f for name, f in files.items() if name in listed and listed[name] != f.size]
+    return [
+        f
+        for name, f in files.items()
+        if name in listed and (listed[name] != f.size if listed[name] else checked)
+    ]
 
 
 def without(local: list[SnapshotInfo], dropped: list[SnapshotFile]) -> list[SnapshotInfo]:

@@ -254,21 +254,24 @@ async def _local(ledger: str) -> list[SnapshotInfo]:
 async def _really_held(
     local: list[SnapshotInfo], remote: list[RemoteSnapshot], verify: bool
 ) -> list[SnapshotInfo]:
-    """``local`` less the archives under an offered name but of another size than the
-    listed one (an interrupted copy) that fail their check (or are not checked: verify
-    off); such a file is fetched again, and replaced once the new copy is in place."""
+    """``local`` less the archives under an offered name that may be an interrupted copy
+    (:func:`suspects`: of another size than the listed one, or of a size not listed) and
+    fail their check (or are not checked: verify off); such a file is fetched again, and
+    replaced once the new copy is in place."""
     dropped = []
-    for file in suspects(local, listed_sizes(remote)):
+    listed = listed_sizes(remote)
+    for file in suspects(local, listed, checked=verify):
         if verify and file.path and await trio.to_thread.run_sync(passes_check, file.path):
             continue  # a good archive of another node: archives of a slot differ in size
         dropped.append(file)
+        size = listed[file.file_name]
         log_event(
             log,
             "warning",
             "fetch_local_copy_replaced",
             file=file.file_name,
-            reason=f"{file.size} bytes, not the {listed_sizes(remote)[file.file_name]} "
-            + ("listed, and it fails its check" if verify else "listed (not checked)")
+            reason=(f"{file.size} bytes, not the {size} listed" if size else "size not listed")
+            + (", and it fails its check" if verify else " (not checked)")
             + "; fetching it again",
         )
     return without(local, dropped) if dropped else local
