@@ -1,6 +1,7 @@
 """An upstream redirect that cannot be followed is a failed source (502), never a 500: end to
 end, for one of each kind (one the tracker refuses, one httpx refuses, one the connection
-refuses); which Locations fail and why is tests/unit/test_upstream_answers.py's table."""
+refuses, and hosts IDNA refuses); which Locations fail and why is
+tests/unit/test_upstream_answers.py's table."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ FULL = full_name(8800)
 
 @pytest.mark.parametrize(
     "location",
-    # No host: refused only where the connection is attempted.
-    ["ftp://127.0.0.1/x", "http://[::1/x", "http:///no-host"],
+    # No host: refused only where the connection is attempted. A host IDNA refuses: by
+    # httpx as it reads the Location (``xn--zz``), or by the resolver (an empty label,
+    # an over-long one); each was a 500 with a traceback.
+    [
+        "ftp://127.0.0.1/x",
+        "http://[::1/x",
+        "http:///no-host",
+        "http://xn--zz/x",
+        "http://a..b.example/x",
+        "http://" + "a" * 64 + ".example/x",
+    ],
 )
 async def test_an_unusable_redirect_answers_502(tmp_path: Path, location: str) -> None:
     up = FakeUpstream(files={FULL: b"x" * 100})

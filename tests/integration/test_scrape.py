@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import quart
 import trio
 from fakes import Sidecar, Validator, sidecar_info
 from helpers_server import serve_app
+from helpers_sources import Answer, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name, incremental_name
 from quart_trio import QuartTrio
@@ -104,6 +106,11 @@ async def test_hanging_target_delays_nobody(
     release.set()
 
 
+def dated(info: dict[str, Any], mod_time: str) -> dict[str, Any]:
+    """A sidecar's ``info`` with every file's ``mod_time`` set to ``mod_time``."""
+    return {**info, "files": [{**f, "mod_time": mod_time} for f in info["files"]]}
+
+
 BAD_BODIES: dict[str, Any] = {
     "invalid json": b"[{",
     "wrong types": [{"slot": "1", "base_slot": 1, "hash": "x", "files": [], "size": 0}],
@@ -115,6 +122,10 @@ BAD_BODIES: dict[str, Any] = {
     ],
     "a million entries": b"[" + b",".join([b"{}"] * 1_000_000) + b"]",
     "not a list": {"slot": 1},
+    # OverflowError once in UTC: it ended the scrape loop, then the daemon.
+    "a time past the calendar": [
+        dated(sidecar_info((full_name(100), 1)), "0001-01-01T00:00:00+01:00")
+    ],
 }
 
 
@@ -284,3 +295,32 @@ async def test_the_size_memo_has_room_for_every_url_of_a_round() -> None:
     finally:
         await scraper.aclose()
     assert scraper.sizes.limit >= 4 * len(targets)
+
+
+@pytest.mark.parametrize(
+    "host",
+    # an empty label, an over-long one (the standard library's IDNA), a name IDNA 2008
+    # refuses (trio's: idna.IDNAError), a port httpx parses and no socket has
+    ["a..b.example", "a" * 64 + ".example", "xn--zz", "127.0.0.1:65536"],
+)
+async def test_a_location_no_host_could_have_costs_its_target_only(
+    nursery: trio.Nursery, host: str
+) -> None:
+    """A target's alias redirects to a host that can be no host: that target is down with
+    a one-line reason, the round goes on (the error was a UnicodeError or ValueError that
+    ended the scrape loop, then the daemon)."""
+    name = full_name(100)
+    bad = ScriptedApp({"/snapshot.tar.bz2": Answer(302, (("location", f"http://{host}/{name}"),))})
+    good = ScriptedApp({"/snapshot.tar.bz2": Answer(302, (("location", f"/{name}"),))})
+    urls = [await nursery.start(serve_app, app) for app in (bad, good)]
+    config = Config(target_groups=(TargetGroup(group="g", http_targets=HttpTargets(tuple(urls))),))
+    index = Index()
+    scraper = Scraper(config, index)
+    try:
+        await scraper.scrape_round()
+    finally:
+        await scraper.aclose()
+    health = {key.target: h for key, h in scraper.health.items()}
+    assert health[urls[0]].last_error and "\n" not in health[urls[0]].last_error
+    assert health[urls[0]].health == "down" and health[urls[1]].health == "up"
+    assert [s.key.target for s in index.sources("g")] == [urls[1]]

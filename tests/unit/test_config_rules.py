@@ -134,6 +134,18 @@ RULES = [
         "target_groups[0].http_targets.targets[0]",
         "not an absolute http(s) URL",
     ),
+    # A blank, a double quote or an angle bracket ends a URL in free text: what followed
+    # one in a password would have been logged and listed unmasked.
+    (
+        GROUP + "    http_targets: {targets: ['http://snap:hunter\"2@10.0.0.5:8899']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "URL must not contain blanks, double quotes or angle brackets",
+    ),
+    (
+        GROUP + "    http_targets: {targets: ['http://snap:a<b>c@10.0.0.5:8899']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "'http://***@10.0.0.5:8899'",
+    ),
     (
         GROUP + "    http_targets: {targets: ['http://h:99999']}\n",
         "target_groups[0].http_targets.targets[0]",

@@ -17,8 +17,9 @@ import attrs
 import pytest
 
 from tracker.accounting.downloads import DownloadBody, DownloadSlots, outcome_of, reclaimable
-from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES
-from tracker.errors import ClientGone, RequestError, TrackerError
+from tracker.config.loading import load_config
+from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES, MAX_DEPTH
+from tracker.errors import ClientGone, ConfigError, RequestError, TrackerError
 from tracker.serving.responsebodies import GeneratorBody
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
@@ -56,6 +57,36 @@ def test_a_config_with_too_many_aliases_is_refused(tmp_path: Path) -> None:
     done = check_config(path)
     assert done.returncode == 2
     assert f"more than {MAX_ALIASES} aliases" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "target_groups: " + "[" * 3000 + "]" * 3000,  # flow style
+        "target_groups:\n" + "- " * 3000 + "x",  # block style, compact
+    ],
+)
+def test_a_config_nested_too_deeply_is_one_line_not_a_recursion_error(
+    nested: str, tmp_path: Path
+) -> None:
+    """Thousands of levels made the YAML library recurse past Python's limit: a traceback
+    (``check-config``), the daemon ended by SIGHUP, a 500 from ``POST /reload``."""
+    path = tmp_path / "tracker.yml"
+    path.write_text(nested + "\n")
+    done = check_config(path)
+    assert done.returncode == 2, done.stderr
+    assert f"values nested more than {MAX_DEPTH} levels deep" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_config_nested_as_deep_as_allowed_gets_its_checks(tmp_path: Path) -> None:
+    """Up to the bound a config's nesting is judged by the checks, never by the bound."""
+    nested = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)  # the top mapping is one level
+    path = tmp_path / "tracker.yml"
+    path.write_text(f"target_groups: {nested}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "target_groups[0]: expected a mapping, got a list" in str(refused.value)
 
 
 @pytest.mark.parametrize(

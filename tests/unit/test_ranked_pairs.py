@@ -11,6 +11,7 @@ import pytest
 from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.ranking import priced_sizes
 from tracker.ordering.sourcehistory import HALF_LIFE as THROUGHPUT_HALF_LIFE
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -154,3 +155,52 @@ def test_throughput_decays_on_the_index_clock() -> None:
     index.apply(FAST, infos(("snapshot-900-H.tar.zst", MB)), T0)  # a change re-ranks
     [slow] = [s for s in index.sources("g") if s.key == SLOW]
     assert slow.throughput == pytest.approx(50 * MB)
+
+
+F1, F2, I1 = "full 1000", "full 900", "incremental 900-990"
+
+
+@pytest.mark.parametrize(
+    ("listed", "priced"),
+    [
+        # One source's size is the archive's.
+        ([(F1, True, 2000)], {F1: 2000}),
+        # Several: the smallest, so a source listing another's archive as huge changes
+        # nothing (the largest was taken: one liar priced the honest full out).
+        ([(F1, True, 2000), (F1, True, 2**63)], {F1: 2000}),
+        ([(F1, True, 2**63), (F1, True, 2000), (F1, True, 0)], {F1: 2000}),
+        # No size given: the largest of its kind on offer, never free (it was 0 seconds).
+        ([(F1, True, 2000), (F2, True, 0), (I1, False, 50)], {F1: 2000, F2: 2000, I1: 50}),
+        ([(F1, True, 2000), (I1, False, 0)], {F1: 2000, I1: 0}),
+        ([(F1, True, 0), (F2, True, 0)], {F1: 0, F2: 0}),
+    ],
+)
+def test_priced_sizes(listed: list[tuple[str, bool, int]], priced: dict[str, int]) -> None:
+    assert priced_sizes(listed) == priced
+
+
+def test_a_full_listed_without_its_size_is_not_handed_out_as_free() -> None:
+    """A source that leaves out its size (a sidecar may; an HTTP target redirecting to
+    another origin does) and holds an older full: priced as the newest one's size, the
+    newest wins (the older was priced at 0 s and handed out)."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0)
+    index.apply(FAST, infos(("snapshot-900-G.tar.zst", 0)), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+    predicted = {s.info.slot: index.predicted(s) for s in index.sources("g")}
+    assert predicted[900] == pytest.approx(40 + (100 + 100) / 22.5)
+
+
+def test_one_source_cannot_price_another_sources_full_out() -> None:
+    """A source lists the honest full under its name at 2**63 bytes, and its own older full
+    at its real size: the honest one is priced at its own size and handed out."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0)
+    lying = TargetKey("g", "lying")
+    index.apply(lying, infos(("snapshot-1000-H.tar.zst", 2**63)), T0)
+    index.apply(FAST, infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000

@@ -60,6 +60,9 @@ def with_file(**changes: Any) -> dict[str, Any]:
         (with_file(mod_time="yesterday"), "files[0].mod_time: not an RFC 3339 time"),
         (with_file(mod_time="2026-13-01T00:00:00Z"), "files[0].mod_time: not an RFC 3339"),
         (with_file(mod_time="2026-11-21T10:00:00"), "files[0].mod_time: not an RFC 3339"),
+        # Past the calendar once in UTC (OverflowError: it ended the scrape loop).
+        (with_file(mod_time="0001-01-01T00:00:00+01:00"), "files[0].mod_time: not an RFC 3339"),
+        (with_file(mod_time="9999-12-31T23:59:59-01:00"), "files[0].mod_time: not an RFC 3339"),
         (with_file(mod_time=1700000000), "files[0].mod_time: not an RFC 3339"),
         (with_file(sha256="ab" * 31), "files[0].sha256: not a SHA-256 (64 hex digits)"),
         (with_file(sha256="xy" * 32), "files[0].sha256: not a SHA-256 (64 hex digits)"),

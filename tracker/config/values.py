@@ -228,6 +228,10 @@ def optional_address(value: object) -> str:
     return "" if string(value) == "" else address(value)
 
 
+#: Characters that end a URL in free text (besides blanks): see :func:`check_http_url`.
+_ENDS_A_URL = frozenset('"<>')
+
+
 def check_http_url(text: str) -> None:
     try:
         parts = urlsplit(text)
@@ -236,8 +240,14 @@ def check_http_url(text: str) -> None:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
-    if any(c.isspace() for c in text):
-        raise ValueError(f"URL must not contain blanks: {redact_url(text)!r}")
+    if any(c.isspace() or c in _ENDS_A_URL for c in text):
+        # Where a URL is shown in free text (a log line, an error), a blank, a double quote
+        # or an angle bracket ends it, so what followed one in a password would be shown
+        # unmasked (tracker/observability/redact.py); none is valid in a URL unencoded.
+        raise ValueError(
+            f"URL must not contain blanks, double quotes or angle brackets (percent-encode"
+            f" them: %20, %22, %3C, %3E): {redact_url(text)!r}"
+        )
 
 
 def http_target(value: object) -> str:

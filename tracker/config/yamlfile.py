@@ -20,6 +20,11 @@ MAX_CONFIG_BYTES = 2 * 1024 * 1024
 #: The most aliases (``*name``) a config may use: each one is a whole copy of its anchor for
 #: the checks that follow, so a few nested ones could stand for billions of values.
 MAX_ALIASES = 100
+#: The deepest nesting of a config's values. A config nests a few levels (a group's
+#: ``trust``, its lists); reading each level recurses in the YAML library, the checks and
+#: their error lines, so a file of thousands of ``[`` would end in a RecursionError, not a
+#: line naming the problem.
+MAX_DEPTH = 32
 
 
 def read_yaml(path: str) -> object:
@@ -55,19 +60,28 @@ def _size_of(path: str) -> str:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load, but a key given twice in one mapping is an error (as in Go's yaml.v3), and
-    more than MAX_ALIASES aliases are refused."""
+    more than MAX_ALIASES aliases or values nested deeper than MAX_DEPTH are refused."""
 
     _aliases = 0
+    _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(
                     None, None, f"more than {MAX_ALIASES} aliases", mark
                 )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"values nested more than {MAX_DEPTH} levels deep", mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()

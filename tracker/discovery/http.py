@@ -152,7 +152,10 @@ class _Check:
         return origin(url) == self._home
 
     async def __call__(self, alias: str, url: httpx.URL) -> None:
-        scheme, host, port = origin(str(url))
+        try:
+            scheme, host, port = origin(str(url))
+        except ValueError:  # a port httpx parses but no socket has (65536)
+            raise ProbeError(f"{alias}: Location has no usable port") from None
         if (scheme, host, port) == self._home:
             return  # the target itself: configured by the operator, trusted as typed
         if port is None:

@@ -193,6 +193,6 @@ def _time(obj: dict[str, object], key: str, where: str) -> datetime | None:
     if isinstance(value, str) and _RFC3339.fullmatch(value.upper()):
         try:
             return datetime.fromisoformat(value.upper()).astimezone(UTC)
-        except ValueError:
-            pass  # well-formed but impossible, e.g. month 13
+        except (ValueError, OverflowError):
+            pass  # well-formed but impossible: month 13, or past the calendar in UTC
     raise ProbeError(f"{where}{key}: not an RFC 3339 time: {quoted(value)}")

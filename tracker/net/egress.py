@@ -125,8 +125,15 @@ def policy_of(egress: Egress) -> EgressPolicy:
 
 
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to for a TCP connection (the system resolver)."""
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every address ``host`` resolves to for a TCP connection (the system resolver).
+    Raises OSError (``socket.gaierror``) when it does not resolve or is no host name."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        # A name from the network that IDNA refuses before any lookup (an empty or
+        # over-long label: the standard library; ``xn--zz``: trio's ``idna.IDNAError``,
+        # a UnicodeError too) is a name that does not resolve, not a crash.
+        raise socket.gaierror(socket.EAI_NONAME, f"not a host name ({exc})") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

@@ -26,8 +26,10 @@ import trio
 from tracker.core.text import one_line
 from tracker.errors import SourceFailed, TransportError
 
-#: What httpx raises: its failures of a request (``HTTPError``) and URLs it cannot parse.
-HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
+#: What httpx raises: its failures of a request (``HTTPError``), URLs it cannot parse, and
+#: a redirect's host that IDNA refuses (``xn--zz``: ``idna.IDNAError``, a UnicodeError, out
+#: of ``URL.host`` as httpx reads the ``Location`` of any redirect, followed or not).
+HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
 
 
 class Heads(Protocol):
@@ -55,7 +57,7 @@ def transport_reason(exc: Exception) -> str:
         return one_line(f"malformed HTTP answer: {exc}")
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
         return one_line(f"connection broken: {str(exc) or type(root).__name__}")
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL | UnicodeError):
         return one_line(f"invalid URL: {exc}")
     return one_line(f"{type(exc).__name__}: {exc}")
 

@@ -212,18 +212,38 @@ def _head(source: SnapshotSource) -> str:
 def _archives(
     sources: list[SnapshotSource], ranking: RankingSettings
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Each archive's best throughput (measured, else assumed) and its size."""
+    """Each archive's best throughput (measured, else assumed) and its size
+    (:func:`priced_sizes`)."""
     speeds: dict[str, float] = {}
-    sizes: dict[str, int] = {}
+    listed: list[tuple[str, bool, int]] = []
     for s in sources:
         speed = priced_throughput(s.throughput, ranking)
         for f in s.info.files:
             name = f.bare_name
             if speed > speeds.get(name, 0.0):
                 speeds[name] = speed
-            if f.size > sizes.get(name, 0):
-                sizes[name] = f.size
-    return speeds, sizes
+            listed.append((name, f.name.is_full, f.size))
+    return speeds, priced_sizes(listed)
+
+
+def priced_sizes(listed: list[tuple[str, bool, int]]) -> dict[str, int]:
+    """The size each archive is priced at, from what its sources list (``(name, is_full,
+    size)``, 0: not given): the smallest any gives, so that one source listing another's
+    archive as huge cannot make it look costlier (a source can misstate only the size of
+    an archive it alone holds); an archive no source gives a size of, the largest of its
+    kind (full or incremental) on offer, so that a size left out never makes it look free
+    (0 when no archive of its kind has one). Pure."""
+    sizes: dict[str, int] = {}
+    kinds: dict[str, bool] = {}
+    for name, is_full, size in listed:
+        kinds[name] = is_full
+        if size > 0 and (name not in sizes or size < sizes[name]):
+            sizes[name] = size
+    largest = {
+        kind: max((size for name, size in sizes.items() if kinds[name] == kind), default=0)
+        for kind in (True, False)
+    }
+    return {name: sizes.get(name, largest[kind]) for name, kind in kinds.items()}
 
 
 def _pair_of(source: SnapshotSource, base_fulls: dict[int, str]) -> PairKey | None:
