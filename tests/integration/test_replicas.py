@@ -160,6 +160,11 @@ def peak_rss(replica: Serve) -> int:
     return int(line.split()[1]) * 1024
 
 
+def archive_requests(upstream: FakeUpstream) -> int:
+    """The requests ``upstream`` got of the archive (any method; not its listing's)."""
+    return sum(1 for seen in upstream.seen if seen.target.endswith(FULL))
+
+
 async def test_three_replicas_pull_each_archive_from_upstream_once(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -218,7 +223,9 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
             for path in cache_dir(tmp_path, replica).glob("*"):
                 path.unlink()
         upstream.behaviour[FULL] = Behaviour(status=500)
-        asked = len(upstream.seen)
+        # The archive's requests only: the upstream is a sidecar too, and a scrape of its
+        # listing may fall in the loop (a stress run's: 7 == 6, a GET /v1/snapshots).
+        asked = archive_requests(upstream)
         s3_etag = weed.client().head_object(Bucket=BUCKET, Key=key)["ETag"]
         for replica in replicas:
             head = await client.head(f"{replica.base}/v1/{GROUP}/{FULL}")
@@ -227,7 +234,7 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
             assert head.headers["etag"] == s3_etag
             assert "location" not in head.headers
             assert await outcome(client, replica, "object_store") == 0
-        assert len(upstream.seen) == asked
+        assert archive_requests(upstream) == asked
     assert all(loc.startswith(weed.endpoint) for loc in locations)
 
     # Real clients follow each replica's 303s (the root alias, then the archive) to the
