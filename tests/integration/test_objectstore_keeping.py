@@ -249,6 +249,96 @@ async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
     assert await bucket.head(key) is None
 
 
+async def test_a_replica_whose_clock_runs_ahead_makes_retention_hold_that_much_longer(
+    weed: Weed,
+) -> None:
+    """A URL is signed on its replica's clock and judged on the store's: one 30 s ahead
+    stays valid 30 s longer than the hand-out's age on the store's clock says. Its mark
+    says so, and retention holds the superseded archive that much longer (it deleted it
+    after direct_serve_ttl and 5 s of the store's clock, the URL still valid)."""
+    import time
+
+    from tracker.objectstore.retainer import HANDOUT_MARGIN
+
+    ttl = 2.0
+    tier = tier_of(weed, direct_serve_ttl=ttl, keep_previous=0)
+    old, new = full_name(9000), full_name(9500)
+    for name in (old, new):
+        put(weed, tier.object_key(GROUP, name))
+    tier.wall = lambda: time.time() + 30
+    assert await tier.handout(GROUP, old) is not None
+    mark = await tier.bucket.head(tier.mark_key(GROUP, old))
+    assert mark is not None and int(mark.metadata["ahead"]) in (30, 31)
+    began = trio.current_time()
+    await tier.retainer.retain(GROUP, full=True)
+    assert tier.object_key(GROUP, old) in weed.objects(tier.store.prefix)
+    due = tier.retainer._due[(GROUP, True)]
+    assert due - began >= ttl + HANDOUT_MARGIN + 29
+
+
+@pytest.mark.parametrize("ends", ["the store fails", "the client leaves"])
+async def test_a_takeover_whose_uploads_cannot_be_aborted_gives_the_lock_back(
+    weed: Weed, ends: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale lock taken over, then the dead holder's uploads cannot be aborted (the store
+    answers 503, or the client that asked leaves): the lock, written as this replica's, is
+    deleted at once. It was kept unrenewed, and every replica was sent to this one for
+    lock_ttl while it refreshed nothing."""
+    from tracker.errors import StoreError
+    from tracker.objectstore.locks import Lock
+
+    tier = tier_of(weed, lock_ttl=1.0)
+    key = tier.lock_key(GROUP, FULL)
+    put(weed, key, b"", Metadata={"owner": "dead", "replica": ""})
+    await trio.sleep(2.1)  # lock_ttl and a second of HTTP-date slack: stale
+    asked = trio.Event()
+
+    async def list_uploads(prefix: str) -> list[Any]:
+        asked.set()
+        if ends == "the store fails":
+            raise StoreError("ListMultipartUploads: SlowDown (HTTP 503)")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(tier.bucket, "list_uploads", list_uploads)
+    async with trio.open_nursery() as nursery:
+        claimed: list[object] = []
+
+        async def claim() -> None:
+            claimed.append(await tier.claim(GROUP, FULL))
+
+        nursery.start_soon(claim)
+        await asked.wait()
+        if ends == "the client leaves":
+            nursery.cancel_scope.cancel()
+    assert claimed == ([None] if ends == "the store fails" else [])
+    assert await tier.bucket.head(key) is None
+    monkeypatch.undo()
+    other = tier_of(weed, lock_ttl=1.0, prefix=tier.store.prefix)
+    assert isinstance(await other.claim(GROUP, FULL), Lock)
+
+
+async def test_a_release_leaves_the_lock_that_took_this_one_over(weed: Weed) -> None:
+    """One replica's stale lock taken over by the same replica (another refresh of the
+    file, later): releasing the stale one leaves the new one. Its owner is the same; its
+    ETag is not (the owner was compared: the new lock was deleted, and another replica
+    could take the file while this one still uploaded it)."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    stale = await acquire(bucket, key, "a", "http://a", 1.0)
+    await trio.sleep(2.1)  # lock_ttl and a second of HTTP-date slack, not renewed
+    fresh = await acquire(bucket, key, "a", "http://a", 1.0)
+    assert isinstance(stale, Lock) and isinstance(fresh, Lock) and fresh.took_over
+    await stale.release()
+    info = await bucket.head(key)
+    assert info is not None and info.etag == fresh.etag
+    await fresh.release()
+    assert await bucket.head(key) is None
+
+
 async def _append(out: list[Any], value: Any) -> None:
     out.append(await value)
 

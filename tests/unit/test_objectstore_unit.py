@@ -15,7 +15,15 @@ from tracker.objectstore import keys
 from tracker.objectstore.keys import Archive, archive_of, legacy_kind
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.replicas import HolderRoute, base_url, holder_route, own_url_warning
-from tracker.objectstore.retention import Retirement, retirement, superseded
+from tracker.objectstore.retention import (
+    MAX_AHEAD,
+    Retirement,
+    ahead_of,
+    clock_ahead,
+    retirement,
+    superseded,
+)
+from tracker.objectstore.storeanswers import store_time
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
 
 STORE = """
@@ -313,3 +321,54 @@ def test_check_config_prints_the_warning_and_passes(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result
     assert "warning: object_store.replica_url: " in result.stderr
     assert "object_store.replicas or their network in egress.allow" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("date", "expected"),
+    [
+        ("Mon, 01 Jan 2024 00:00:00 GMT", datetime(2024, 1, 1, tzinfo=UTC)),
+        # RFC 5322's "-0000": a zone not known, parsed naive; read as UTC.
+        ("Mon, 01 Jan 2024 00:00:00 -0000", datetime(2024, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_the_store_time_is_aware(date: str, expected: datetime) -> None:
+    assert store_time({"ResponseMetadata": {"HTTPHeaders": {"date": date}}}) == expected
+
+
+@pytest.mark.parametrize(
+    "date", ["not a date", "Mon, 01 Jan 2024 00:00:00 +9999999999999999999999"]
+)
+def test_a_store_time_that_is_none_is_ours(date: str) -> None:
+    before = datetime.now(UTC)
+    when = store_time({"ResponseMetadata": {"HTTPHeaders": {"date": date}}})
+    assert before <= when <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize(
+    ("ours", "store", "ahead"),
+    [
+        (1000.0, 1000.0, 0),
+        (1000.4, 1000.0, 1),  # the store's Date is whole seconds: rounded up
+        (1030.0, 1000.0, 30),
+        (990.0, 1000.0, 0),  # behind: its URLs expire early, nothing to hold
+        (1_000_000.0, 0.0, MAX_AHEAD),
+    ],
+)
+def test_how_far_our_clock_runs_ahead(ours: float, store: float, ahead: int) -> None:
+    assert ahead_of(ours, store) == ahead
+
+
+@pytest.mark.parametrize(
+    ("metadata", "ahead"),
+    [
+        ({"ahead": "30"}, 30),
+        ({}, 0),  # a mark of an older version
+        ({"ahead": "-5"}, 0),
+        ({"ahead": "١٢"}, 0),  # digits, but not ASCII ones
+        ({"ahead": "99999999999"}, 0),
+        ({"ahead": "9999"}, MAX_AHEAD),
+        ({"ahead": "3.5"}, 0),
+    ],
+)
+def test_what_a_mark_says_of_its_replicas_clock(metadata: dict[str, str], ahead: int) -> None:
+    assert clock_ahead(metadata) == ahead

@@ -105,7 +105,9 @@ class Bucket:
                 return result
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(operation, exc) from None
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+            # ValueError: botocore's parse of an answer's field (a Last-Modified that is no
+            # date: "Invalid timestamp"), which it raises as no error of its own.
             reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
             self.health.failed(reason)
             raise StoreError(reason) from None

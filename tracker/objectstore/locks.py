@@ -62,10 +62,12 @@ class Lock:
         )
 
     async def release(self) -> None:
-        """Delete the lock if it is still ours (never raises StoreError)."""
+        """Delete the lock if it is still this one (never raises StoreError): its ETag, the
+        one this holder last wrote. Its owner would not tell: another lock of this replica
+        (a stale one of its own taken over) has the same."""
         try:
             info = await self.bucket.head(self.key)
-            if info is not None and info.metadata.get("owner") == self.owner:
+            if info is not None and info.etag == self.etag:
                 await self.bucket.delete(self.key)
         except StoreError:
             pass  # it expires after lock_ttl

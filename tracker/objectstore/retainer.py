@@ -22,7 +22,7 @@ from tracker.errors import StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
-from tracker.objectstore.retention import retirement, superseded
+from tracker.objectstore.retention import clock_ahead, retirement, superseded
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.objectstore")
@@ -95,13 +95,16 @@ class Retainer:
             self.schedule(group, full, plan.wait)
 
     async def _handed_age(self, group: str, name: str) -> float | None:
-        """Seconds since a URL of ``name`` was last handed out (on the store's clock), None
-        when it never was (the mark of an older version counts too)."""
+        """Seconds since a URL of ``name`` was last handed out (on the store's clock, less
+        what the replica that handed it out said its clock ran ahead: its URL is valid that
+        much longer, :func:`~tracker.objectstore.retention.clock_ahead`), None when it never
+        was (the mark of an older version counts too)."""
         ages = []
         for key in self._mark_keys(group, name):
             mark, now = await self.bucket.head_dated(key)
             if mark is not None:
-                ages.append((now - mark.last_modified).total_seconds())
+                age = (now - mark.last_modified).total_seconds()
+                ages.append(age - clock_ahead(mark.metadata))
         return min(ages, default=None)
 
     def _mark_keys(self, group: str, name: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ tier runs retention again at that moment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping
 
 import attrs
@@ -64,3 +65,32 @@ def retirement(handed: Mapping[str, float | None], *, hold: float) -> Retirement
         else:
             waits.append(hold - age)
     return Retirement(tuple(delete), min(waits) if waits else None)
+
+
+#: The hand-out mark's metadata naming how many whole seconds the clock of the replica that
+#: wrote it ran ahead of the store's (:func:`clock_ahead`).
+AHEAD = "ahead"
+#: The most a mark may say (metadata is read from the bucket: any replica, any value); past
+#: it the hold would keep a superseded archive for hours on one replica's broken clock.
+MAX_AHEAD = 3600
+
+
+def ahead_of(ours: float, store: float) -> int:
+    """Whole seconds our clock (``ours``, Unix seconds) runs ahead of the store's
+    (``store``, from its ``Date``: whole seconds, so rounded up), 0 when behind, at most
+    :data:`MAX_AHEAD`. Pure."""
+    return min(MAX_AHEAD, max(0, math.ceil(ours - store)))
+
+
+def clock_ahead(metadata: Mapping[str, str]) -> int:
+    """What a hand-out mark says of its replica's clock (:data:`AHEAD`): 0 when it says
+    nothing (a mark of an older version) or no whole number of 0 to :data:`MAX_AHEAD`.
+
+    A presigned URL expires ``direct_serve_ttl`` after the time its replica signed it at, by
+    that replica's clock, but the store judges it by its own: a replica whose clock runs
+    ahead hands out URLs that stay valid that much longer than the mark's age (on the
+    store's clock) says, so retention holds the archive that much longer. Pure."""
+    text = metadata.get(AHEAD, "")
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):
+        return 0
+    return min(int(text), MAX_AHEAD)

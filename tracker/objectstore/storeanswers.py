@@ -63,6 +63,9 @@ def store_time(answer: Any) -> datetime:
     """The store's clock from an answer's ``Date`` header (ours when it has none)."""
     date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
     try:
-        return email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError, OverflowError):
         return datetime.now(UTC)
+    # A date whose zone is "-0000" (RFC 5322: unknown) parses naive; it can only be UTC, and
+    # a naive time beside the store's aware ones would be a TypeError in every comparison.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -39,6 +39,7 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
+from tracker.objectstore.retention import AHEAD, ahead_of
 from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.storeanswers import ObjectInfo
@@ -56,6 +57,9 @@ log = logging.getLogger("tracker.objectstore")
 CHECK_EVERY = 5.0
 #: Known objects the health watcher tries to read a byte of, newest first.
 PROBED = 3
+#: Seconds a lock this replica must give back (a takeover whose uploads could not be
+#: aborted) is given to be released, however the claim ended; past them it expires.
+RELEASE_WITHIN = 10.0
 
 
 def _nothing(*_args: object) -> None:
@@ -107,6 +111,8 @@ class ObjectTier:
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
         #: Health checks done (:meth:`watch`).
         self.probes = 0
+        #: This replica's clock (Unix seconds): the one presigned URLs are signed on.
+        self.wall: Callable[[], float] = time.time
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -186,13 +192,17 @@ class ObjectTier:
             return cached
         ttl = self.store.direct_serve_ttl
         try:
-            info = await self.quick.head(key)  # still there? (another replica's retention)
+            # Still there? (another replica's retention); and the store's clock beside ours
+            info, store_now = await self.quick.head_dated(key)
             if info is not None and not health.reads_proven:
                 info = info if await self.quick.read_first_byte(key) else None
             self.known.remember(key, info)
             if info is None:
                 return None
-            await self.quick.put(self.mark_key(group, name), b"")
+            # The URL is signed on our clock and judged on the store's: the mark says how far
+            # ours runs ahead, which retention holds the archive for besides the URL's life.
+            ahead = ahead_of(self.wall(), store_now.timestamp())
+            await self.quick.put(self.mark_key(group, name), b"", metadata={AHEAD: str(ahead)})
             url = self.bucket.presign_get(key, ttl, file_name=name)
         except StoreError as exc:
             self._failed("handout", exc)
@@ -222,15 +232,27 @@ class ObjectTier:
         key = self.lock_key(group, name)
         try:
             got = await acquire(self.quick, key, self.owner, store.replica_url, store.lock_ttl)
-            if isinstance(got, Lock):
-                got.bucket = self.bucket  # renewals run beside the refresh, not on a request
-            if isinstance(got, Lock) and got.took_over:
-                self.events.takeover()
-                log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
-                await abort_uploads(self.bucket, self.store, self.object_key(group, name))
         except StoreError as exc:
             self._failed("lock", exc)
             return None
+        if isinstance(got, Lock):
+            got.bucket = self.bucket  # renewals run beside the refresh, not on a request
+        if isinstance(got, Lock) and got.took_over:
+            self.events.takeover()
+            log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
+            try:
+                await abort_uploads(self.bucket, self.store, self.object_key(group, name))
+            except BaseException as exc:
+                # Not aborted (the store failed, or the client left): no upload may start
+                # beside the dead holder's, and the lock, ours now, must not send the other
+                # replicas to this one for lock_ttl while it refreshes nothing.
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + RELEASE_WITHIN
+                    await got.release()
+                if isinstance(exc, StoreError):
+                    self._failed("lock", exc)
+                    return None
+                raise
         return got
 
     async def keep_renewed(self, lock: Lock, lost: trio.Event) -> None:
