@@ -267,3 +267,40 @@ def test_a_large_frame_keeps_fewer_pieces_ready(compressed: int, queued: int) ->
     window, piece = 8 << 20, framedecode.OUT_SIZE
     held = min(compressed, framedecode.MAX_FRAME) + window + (queued + 1) * piece
     assert held <= 84 << 20
+
+
+def test_a_frame_thread_that_fails_otherwise_fails_the_check_never_hangs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame's thread raising something else than a zstd error (a MemoryError allocating
+    a piece under memory pressure) ends the decoding with that error (the check words it in
+    one line). The checking
+    thread waited on that frame's queue for an end that never came, cancellation too (the
+    pool kept the worker's exception to itself)."""
+    _, data = stream(9 << 20, 4)
+    pieces = [data[at : at + 65536] for at in range(0, len(data), 65536)]
+    read = framedecode._Views.read
+    calls = 0
+
+    def failing(self: framedecode._Views, size: int = -1) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise MemoryError
+        return read(self, size)
+
+    monkeypatch.setattr(framedecode._Views, "read", failing)
+    result: list[object] = []
+
+    def decode() -> None:
+        try:
+            decode_zstd_frames(lambda: pieces.pop(0) if pieces else b"", lambda _: None, 2)
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    thread.join(120)  # ends at once; the bound only keeps a regression from hanging the suite
+    assert not thread.is_alive(), "the decoding hangs"
+    [failed] = result
+    assert isinstance(failed, MemoryError)  # the check words it: "check failed: MemoryError"

@@ -115,6 +115,11 @@ class _Frame:
         except zstandard.ZstdError as exc:
             reason = zstd_reason(str(exc))
             self._put(ArchiveInvalid(f"zstd: {reason} in the frame at byte {self.at}"), stop)
+        except BaseException as exc:
+            # Anything else (a MemoryError allocating a piece): the checking thread waits on
+            # this frame's queue, so it must be told, or it would wait for an end that never
+            # comes (the pool keeps a worker's exception to itself).
+            self._put(exc, stop)
 
     def _put(self, item: object, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -142,7 +147,7 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
         while len(flight) > keep:
             frame = flight.popleft()
             while (item := frame.pieces.get()) is not _END:
-                if isinstance(item, ArchiveInvalid):
+                if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, bytes)
                 sink(memoryview(item))
