@@ -50,6 +50,9 @@ async def test_one_round_measures_each_leading_source_and_ranks_the_faster_first
     sources: tuple[FakeUpstream, FakeUpstream],
 ) -> None:
     fast, slow = sources
+    # The fast one is as fast as the host: beside a stress run's CPU hogs it read its MiB at
+    # 1.4 MB/s, slower than the fixture's 4 MiB/s. At 512 KiB/s the slow one takes 2 s.
+    slow.behaviour[NAME] = Behaviour(rate=MiB // 2)
     config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=600))
     async with running_tracker(config, slow, fast) as t:
         assert _speed(t, fast) == _speed(t, slow) == 0.0  # nothing measured yet
