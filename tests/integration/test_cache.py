@@ -313,6 +313,27 @@ async def test_stopping_during_a_refresh_removes_the_temp_file(
     assert response.status_code == 503
 
 
+async def test_stopping_before_the_refresh_opened_answers_503(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    """The service stops while a refresh's source has not answered yet (before its early
+    head is due): the client is told the tracker is stopping. It was a 500 (an IndexError:
+    the cancelled start left no outcome)."""
+    upstream.behaviour[FULL] = Behaviour(delay=60)
+    async with trio.open_nursery() as nursery:
+        answers: list[httpx.Response] = []
+
+        async def fetch() -> None:
+            answers.append(await get(tracker.url(FULL)))
+
+        nursery.start_soon(fetch)
+        await wait_for(lambda: bool(upstream.gets(FULL)))
+        tracker.transfers.close(0)  # the service stopping, no grace left
+    [answer] = answers
+    assert answer.status_code == 503 and "stopping" in answer.text, answer.text
+    assert_nothing_promoted(tracker)
+
+
 async def test_newer_full_evicts_the_old_full_and_keeps_the_incremental(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:

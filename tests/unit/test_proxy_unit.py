@@ -42,7 +42,7 @@ def test_only_range_and_conditionals_go_upstream() -> None:
         ("X-Hop", "1"),
         ("Accept-Encoding", "gzip"),
         ("Host", "tracker"),
-        ("Range", "bytes=5-6"),  # a repeated header keeps its first value
+        ("If-Match", '"c"'),  # a repeated header keeps its first value
     ]
     assert upstream_request_headers(client, "Bearer group") == {
         "range": "bytes=0-1",
@@ -54,6 +54,23 @@ def test_only_range_and_conditionals_go_upstream() -> None:
         "authorization": "Bearer group",
     }
     assert "authorization" not in upstream_request_headers(client, None)
+
+
+@pytest.mark.parametrize(
+    ("lines", "forwarded"),
+    [
+        ([("Range", "bytes=0-1")], "bytes=0-1"),
+        ([("Range", "bytes=-500")], "bytes=-500"),
+        # Several ranges go on as none, as a file's answer reads them: a source answered
+        # multipart/byteranges, taken for a wrong size (502, every source counted failed).
+        ([("Range", "bytes=0-1,10-11")], None),
+        ([("Range", "bytes=0-1"), ("Range", "bytes=10-11")], None),
+    ],
+)
+def test_one_range_goes_upstream_several_go_as_none(
+    lines: list[tuple[str, str]], forwarded: str | None
+) -> None:
+    assert upstream_request_headers(lines, None).get("range") == forwarded
 
 
 def test_only_entity_headers_come_back() -> None:

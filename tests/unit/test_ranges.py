@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracker.core.untrusted import LAST_SECOND
 from tracker.serving.ranges import (
     UNSATISFIABLE,
     ByteRange,
@@ -145,10 +146,27 @@ def test_http_date_round_trip() -> None:
         ("Sun, 06 Nov 1994 99:49:37 GMT", None),
         ("Sun, 06 Nov 99999 08:49:37 GMT", None),
         (f"{LAST_MODIFIED}, {LAST_MODIFIED}", None),  # a list of dates is ignored
+        # Past the years datetime holds once its zone is applied: it was returned, stamped
+        # on a cached file, and every later hit of it answered 500.
+        ("Fri, 31 Dec 9999 23:59:59 -0001", None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", LAST_SECOND),
     ],
 )
 def test_parse_http_date(value: str | None, expected: int | None) -> None:
     assert parse_http_date(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "formatted"),
+    [
+        (784111777.5, "Sun, 06 Nov 1994 08:49:37 GMT"),
+        # A file's mtime may be anything (a tmpfs keeps it): held to what a date can say.
+        (LAST_SECOND + 3600, "Fri, 31 Dec 9999 23:59:59 GMT"),
+        (-5.0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ],
+)
+def test_http_date_of_any_mtime(seconds: float, formatted: str) -> None:
+    assert http_date(seconds) == formatted
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from tracker.config.targetfile import is_host_port
-from tracker.core.untrusted import ascii_digits, load_json, port_number
+from tracker.core.untrusted import LAST_SECOND, ascii_digits, load_json, port_number, utc_time
 from tracker.errors import ProbeError, RpcError
 
 
@@ -68,3 +70,19 @@ def test_load_json_size_cap_and_values() -> None:
     assert load_json(b'{"result": [1, "x", null]}', ProbeError) == {"result": [1, "x", None]}
     with pytest.raises(ProbeError, match="exceeds the limit of 4"):
         load_json(b"[1, 2]", ProbeError, max_bytes=4)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (784111777.0, datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
+        # A file's mtime may be any: a tmpfs keeps a year past 9999 (a source's date was
+        # stamped on a cached file), which datetime.fromtimestamp refuses.
+        (LAST_SECOND + 10**9, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        (-1.0, datetime(1970, 1, 1, tzinfo=UTC)),
+        (float("nan"), datetime(1970, 1, 1, tzinfo=UTC)),
+        (float("inf"), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_utc_time_of_any_mtime(seconds: float, expected: datetime) -> None:
+    assert utc_time(seconds) == expected

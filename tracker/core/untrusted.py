@@ -12,6 +12,7 @@ a bad answer costs that answer, never the process.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from tracker.core.text import one_line
 from tracker.errors import TrackerError
@@ -20,6 +21,9 @@ from tracker.errors import TrackerError
 #: ValueErrors (NaN refused below, integers too long to convert), and RecursionError for
 #: nesting deeper than the interpreter's recursion limit.
 JSON_ERRORS = (ValueError, RecursionError)
+
+#: The last second ``datetime`` can hold (9999-12-31T23:59:59Z), as POSIX seconds.
+LAST_SECOND = 253_402_300_799
 
 #: The most digits :func:`ascii_digits` reads by default: every u64 fits in 20.
 U64_DIGITS = 20
@@ -76,3 +80,12 @@ def load_json(
 def reject_constant(name: str) -> object:
     """``parse_constant`` of a JSON decoder: NaN, Infinity and -Infinity are not JSON."""
     raise ValueError(f"{name} is not valid JSON")
+
+
+def utc_time(seconds: float) -> datetime:
+    """POSIX ``seconds`` (a file's mtime: any process, or a source's date stamped on it, may
+    have set it) as an aware UTC datetime, held to the years ``datetime`` can hold, 1970 to
+    9999: ``datetime.fromtimestamp`` raises past them (a tmpfs keeps any mtime)."""
+    if seconds != seconds:  # NaN
+        seconds = 0.0
+    return datetime.fromtimestamp(min(max(0.0, seconds), LAST_SECOND), UTC)

@@ -10,9 +10,9 @@ adding that directory as another local target.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.core.untrusted import utc_time
 from tracker.errors import ProbeError
 
 
@@ -53,6 +53,6 @@ def _archive(entry: os.DirEntry[str]) -> SnapshotFile | None:
         name=name,
         file_name=entry.name,
         size=stat.st_size,
-        mod_time=datetime.fromtimestamp(stat.st_mtime, UTC),
+        mod_time=utc_time(stat.st_mtime),
         path=entry.path,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -29,6 +29,7 @@ from tracker.core.snapshots import (
     info_from_files,
     parse_archive_name,
 )
+from tracker.core.untrusted import utc_time
 from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import Built, Entry, RankedPairs, TimedGroups, copies_of, first
 from tracker.ordering.screens import Screens, SourceTrust
@@ -373,7 +374,7 @@ class Holdings:
             parsed = parse_archive_name(name)
             if parsed is None or parsed.file_name != name:
                 continue
-            when = datetime.fromtimestamp(max(0.0, stored), UTC)
+            when = utc_time(stored)
             held[name] = Held(SnapshotFile(name=parsed, file_name=name, size=size), when)
         key = (origin, group)
         if self._held.get(key, {}) == held:

@@ -68,10 +68,18 @@ def upstream_request_headers(
     client_headers: Iterable[tuple[str, str]], authorization: str | None
 ) -> dict[str, str]:
     """The headers of the upstream request: the whitelisted client headers, then the group's
-    credentials. A repeated client header keeps its first value."""
+    credentials. A repeated client header keeps its first value; a ``Range`` of several
+    ranges (a list, or repeated lines) goes on as none, as a file's answer reads it
+    (tracker/serving/ranges.py): a source would answer ``multipart/byteranges``, which is
+    no archive's answer (the whole file is)."""
+    lines = list(client_headers)
+    ranges = [value for name, value in lines if name.lower() == "range"]
+    several = len(ranges) > 1 or any("," in value for value in ranges)
     out: dict[str, str] = {}
-    for name, value in client_headers:
+    for name, value in lines:
         key = name.lower()
+        if key == "range" and several:
+            continue
         if key in FORWARDED_REQUEST_HEADERS and key not in out:
             out[key] = value
     if authorization:

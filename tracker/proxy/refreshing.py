@@ -215,6 +215,8 @@ class Refreshes:
                 log_event(log, "error", "stream_failed", file=archive.file_name, exc_info=True)
                 outcome.append(None)
             finally:
+                if not outcome:  # cancelled: the transfers end, the tracker is stopping
+                    outcome.append(text_answer(503, "the tracker is stopping"))
                 done.set()
 
         if not self._launcher.transfers.spawn(opening):

@@ -33,9 +33,11 @@ import enum
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import attrs
+
+from tracker.core.untrusted import utc_time
 
 #: Request headers as a mapping or as (name, value) pairs (repeated names allowed), any case.
 RequestHeaders = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -154,8 +156,9 @@ def make_etag(size: int, mtime_ns: int, inode: int) -> str:
 
 
 def http_date(ts: float) -> str:
-    """Format a POSIX timestamp as an IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``)."""
-    return email.utils.formatdate(math.floor(ts), usegmt=True)
+    """Format a POSIX timestamp as an IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), held
+    to the years 1970 to 9999 (a file's mtime may be anything: :func:`utc_time`)."""
+    return email.utils.format_datetime(utc_time(math.floor(ts)), usegmt=True)
 
 
 def parse_http_date(value: str | None) -> int | None:
@@ -173,9 +176,13 @@ def parse_http_date(value: str | None) -> int | None:
         # also rejects out-of-range fields (hour 99, year 99999) that timegm would accept.
         year, month, day, hour, minute, second = parsed[:6]
         date = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        # its zone applied inside the years datetime holds: "31 Dec 9999 23:59:59 -0001"
+        # would be a time no datetime can hold, stamped on a cached file, every later hit
+        # of it and the cache's listing failing on it
+        date -= timedelta(seconds=parsed[9] or 0)
     except (ValueError, IndexError, TypeError, OverflowError):
         return None
-    return int(date.timestamp()) - (parsed[9] or 0)
+    return int(date.timestamp())
 
 
 def _entity_tags(value: str) -> list[tuple[bool, str]]:
