@@ -350,6 +350,8 @@ EXPECTED_REASONS: dict[str, dict[str, str]] = {
     },
     "trailing_bytes": {
         **{c: r"trailing bytes after the compressed stream at byte \d+$" for c in COMPRESSIONS},
+        "lz4": r"trailing bytes after the compressed stream at byte \d+ \(agave reads the first"
+        r" lz4 frame only\)$",
         "tar": r"tar: data after the end-of-archive blocks? at byte \d+$",
     },
     # Renamed to keep its size: the new name is one agave does not write.

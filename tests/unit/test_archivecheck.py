@@ -92,13 +92,39 @@ def test_good_archives_pass_with_their_sha256(
     assert check_bytes(good, name, prefetch=prefetch) == hashlib.sha256(good).hexdigest()
 
 
-@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
+@pytest.mark.parametrize("compression", ["zst", "bz2", "gz", "xz"])
 def test_several_frames_members_or_streams_pass(compression: str) -> None:
-    # agave writes a zstd frame every 32 MiB; gzip, bz2, xz and lz4 may be concatenated too.
+    # agave writes a zstd frame every 32 MiB; gzip, bz2 and xz may be concatenated too.
     name = archive_name(SLOT, compression=compression)
     tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
     data = compress(tar, compression, pieces=5)
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+SKIPPABLE_LZ4 = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+
+
+@pytest.mark.parametrize("shape", ["two frames", "an empty frame first", "a skippable frame"])
+def test_an_lz4_archive_is_one_frame_as_agave_reads_it(shape: str) -> None:
+    """agave reads a ``.tar.lz4`` with lz4-rs's ``Decoder``, which ends at the end of the
+    first frame: what follows it, a second frame of the tar or a whole archive after an
+    empty or skippable frame, agave never reads (it unpacked nothing, or no storages, of
+    archives the check passed)."""
+    name = archive_name(SLOT, compression="lz4")
+    tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
+    whole = compress(tar, "lz4")
+    data, at = {
+        "two frames": (compress(tar, "lz4", pieces=2), None),
+        "an empty frame first": (compress(b"", "lz4") + whole, len(compress(b"", "lz4"))),
+        "a skippable frame": (SKIPPABLE_LZ4 + whole, 0),
+    }[shape]
+    reason = reason_of(data, name)
+    if at == 0:
+        assert reason == "lz4: not a lz4 stream"
+    else:
+        assert reason.startswith("trailing bytes after the compressed stream at byte ")
+        assert reason.endswith("(agave reads the first lz4 frame only)")
+        assert at is None or f"at byte {at} " in reason
 
 
 def test_zstd_skippable_frames_pass() -> None:
@@ -115,8 +141,9 @@ def test_zstd_frames_without_checksums_pass() -> None:
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("compression", ["zst", "lz4", "gz"])
-@pytest.mark.parametrize("pieces", [1, 3])
+@pytest.mark.parametrize(
+    ("compression", "pieces"), [("zst", 1), ("zst", 3), ("lz4", 1), ("gz", 1), ("gz", 3)]
+)
 def test_a_big_archive_in_many_chunks(compression: str, pieces: int) -> None:
     # More than one read and one decompressed piece (4 MiB each), headers across chunks,
     # units that end in the middle of a read and of an output step.
@@ -156,8 +183,10 @@ def test_truncated_anywhere_fails(compression: str) -> None:
 UNITS = {"zst": "frame", "lz4": "frame", "bz2": "stream", "gz": "member", "xz": "stream"}
 
 
-@pytest.mark.parametrize("compression", COMPRESSIONS[:-1])
-@pytest.mark.parametrize("pieces", [1, 2])
+@pytest.mark.parametrize(
+    ("compression", "pieces"),
+    [(c, p) for c in COMPRESSIONS[:-1] for p in (1, 2) if (c, p) != ("lz4", 2)],
+)
 def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces: int) -> None:
     # The tar inside is whole (the cut takes a trailer or checksum byte): only the decoder's
     # end state tells, and with two units the first one has ended well.
@@ -177,8 +206,9 @@ def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces:
 @pytest.mark.parametrize("extra", [b"\0", bytes(4), bytes(4096), b"x", b"\x28\xb5\x2f"])
 def test_bytes_after_the_compressed_stream_fail(compression: str, extra: bytes) -> None:
     name, good = build_archive(SLOT, compression=compression)
+    lz4 = " (agave reads the first lz4 frame only)" if compression == "lz4" else ""
     assert reason_of(good + extra, name) == (
-        f"trailing bytes after the compressed stream at byte {len(good)}"
+        f"trailing bytes after the compressed stream at byte {len(good)}{lz4}"
     )
 
 

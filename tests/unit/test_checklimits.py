@@ -27,6 +27,7 @@ from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.archive.checklimits import (
     DECODED_FLOOR,
     MAX_END_PADDING,
+    MAX_MEMBERS,
     MEMBER_FLOOR,
     Budget,
     decoded_allowed,
@@ -73,7 +74,16 @@ def test_decoded_allowed(raw: int, decoded: int) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "members"),
-    [(0, MEMBER_FLOOR), (1023, MEMBER_FLOOR), (1024, MEMBER_FLOOR + 1), (110 * 10**9, 107_521_875)],
+    [
+        (0, MEMBER_FLOOR),
+        (1023, MEMBER_FLOOR),
+        (1024, MEMBER_FLOOR + 1),
+        # Never more than agave unpacks ("too many files in snapshot"): 107,521,875 were
+        # allowed in a 110 GB archive, which no node loads.
+        (110 * 10**9, MAX_MEMBERS),
+        ((MAX_MEMBERS - MEMBER_FLOOR) * 1024, MAX_MEMBERS),
+        ((MAX_MEMBERS - MEMBER_FLOOR) * 1024 - 1, MAX_MEMBERS - 1),
+    ],
 )
 def test_members_allowed(raw: int, members: int) -> None:
     assert members_allowed(raw) == members
@@ -87,7 +97,7 @@ def test_real_shapes_are_far_inside_the_limits() -> None:
         (2 * 10**9, 6 * 10**9, 50_000),
     ):
         assert decoded * 10 < decoded_allowed(raw)
-        assert members * 20 < members_allowed(raw)
+        assert members * 10 < members_allowed(raw)  # agave unpacks at most 5,000,000
 
 
 def test_a_budget_says_how_it_was_spent() -> None:
@@ -301,6 +311,24 @@ def test_empty_members_are_bounded_by_the_archive_size() -> None:
     reason = reason_of(data, archive_name(SLOT))
     allowed = MEMBER_FLOOR + len(data) // 1024
     assert reason.startswith(f"tar: more than {allowed} members by byte ")
+
+
+def test_more_members_than_agave_unpacks_are_refused_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past agave's count (5,000,000: held here to a few, the walk reading the bound where
+    the limits put it) the reason names agave's limit, not the archive's size."""
+    from tracker.proof.archive import checklimits, tarwalk
+
+    monkeypatch.setattr(checklimits, "MAX_MEMBERS", 12)
+    monkeypatch.setattr(tarwalk, "MAX_MEMBERS", 12)
+    head = snapshot_tar(accounts=0)
+    end = tar_end(head)
+    members = b"".join(_empty_storage(i) for i in range(20))
+    data = compress(head[:end] + members + bytes(1024), "zst")
+    reason = reason_of(data, archive_name(SLOT))
+    assert reason.startswith("tar: more than 12 members by byte ")
+    assert reason.endswith("(agave unpacks no more)")
 
 
 def test_real_archives_of_the_tests_pass_far_inside_the_limits() -> None:

@@ -534,12 +534,12 @@ def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -
     # look-up, where these slots are one number) and past 32 bits (three searches)
     from array import array
 
-    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageLengths
     from tracker.proof.formats.manifest import StorageList
 
     big = 1 << 53
     listed = [(big, 1, 136), (big + 1, 1, 272), (big + 2, 7, 408), ((1 << 64) - 1, 0, 544)]
-    lengths = _Lengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
+    lengths = StorageLengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
     for slot, ident, length in listed:
         assert lengths.get(slot, ident) == length
     assert lengths.get(big + 3, 1) is None
@@ -552,18 +552,18 @@ def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
     # (the slot of one and the id of another), a look-up past 32 bits found nowhere
     from array import array
 
-    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageLengths
     from tracker.proof.formats.manifest import StorageList
 
     top = (1 << 32) - 1
     listed = [(5, 2, 136), (6, 1, 272), (6, 9, 408), (top, top, 544), (0, 0, 680)]
-    lengths = _Lengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
+    lengths = StorageLengths(StorageList(array("Q", [n for row in reversed(listed) for n in row])))
     assert lengths._keys is not None  # the one-key look-up
     for slot, ident, length in listed:
         assert lengths.get(slot, ident) == length
     for slot, ident in [(5, 1), (6, 2), (5, 9), (7, 0), (top, top - 1), (1 << 32, 0), (0, 1 << 32)]:
         assert lengths.get(slot, ident) is None
-    empty = _Lengths(StorageList(array("Q")))
+    empty = StorageLengths(StorageList(array("Q")))
     assert empty.get(5, 2) is None
 
 
@@ -575,7 +575,7 @@ def test_a_storage_look_up_never_calls_numpy() -> None:
     from array import array
     from types import FrameType
 
-    from tracker.proof.accounts.accountsprover import _Lengths
+    from tracker.proof.formats.manifest import StorageLengths
     from tracker.proof.formats.manifest import StorageList
 
     called: list[str] = []
@@ -586,7 +586,7 @@ def test_a_storage_look_up_never_calls_numpy() -> None:
 
     for big in (1, 1 << 40):  # one packed key, and three searches
         listed = [(5 * big, 2, 136), (6 * big, 1, 272), (6 * big, 9, 408)]
-        lengths = _Lengths(StorageList(array("Q", [n for row in listed for n in row])))
+        lengths = StorageLengths(StorageList(array("Q", [n for row in listed for n in row])))
         sys.setprofile(hook)
         try:
             found = [lengths.get(slot, ident) for slot, ident, _ in listed]

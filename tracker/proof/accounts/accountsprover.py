@@ -13,29 +13,22 @@ agave would load (it needs the valid length from the manifest): it is skipped.
 
 from __future__ import annotations
 
-import re
 import threading
-from array import array
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 import attrs
-import numpy as np
-import numpy.typing as npt
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.accounthash import Summer
 from tracker.proof.accounts.accountsproof import AccountsProof, Reread
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.accounts.sysvars import SysvarWatch
-from tracker.proof.formats.manifest import Manifest, StorageList
+from tracker.proof.formats.manifest import STORAGE_NAME, Manifest, StorageLengths
 from tracker.proof.formats.parsing import Parser
 from tracker.proof.formats.slothistory import check_slot_deltas, decode_slot_history
 from tracker.proof.formats.statuscache import SlotDeltas
-from tracker.proof.formats.storages import MAX_DATA, META, aligned
 from tracker.proof.levels import Level, Proof
 
-_STORAGE = re.compile(r"accounts/([0-9]{1,20})\.([0-9]{1,20})")
 #: What the note says when the manifest carries no lattice hash (made before SIMD-0215).
 NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: Bytes of storages (the valid lengths the manifest lists) from which the check holds the
@@ -43,65 +36,10 @@ NO_LT_HASH = "not proven: the manifest has no accounts lattice hash"
 #: second read reads most of a large file, and the BLAKE3 of the first read (~0.17 s a GB)
 #: costs less than the SHA-256 of the second saves (~0.43 s a GB; proof.archive.binding).
 BLAKE3_FROM = 256 * 1024 * 1024
-_PACKED = 1 << 32
-#: The largest record of a storage: its header and the most data agave stores, aligned.
-_LARGEST = aligned(META + MAX_DATA)
 MISMATCH = (
     "accounts: the lattice hash recomputed from the account storages differs from the "
     "manifest's accounts_lt_hash"
 )
-
-
-class _Lengths:
-    """The storage list sorted once, looked up by (slot, id) in O(log n).
-
-    The look-up is the standard library's ``bisect`` over ``array("Q")`` columns, never
-    numpy's ``searchsorted``: that one lets go of the GIL at each call, and the check's
-    thread, which every storage passes, then waits for its turn behind the proof's other
-    threads (its scan processes' sending and answers' threads: ~40 µs a look-up with one busy
-    thread beside it, against ~0.6; docs/architecture.md, "What a storage costs the check's
-    process")."""
-
-    def __init__(self, storages: StorageList) -> None:
-        rows: npt.NDArray[np.uint64] = np.frombuffer(storages.entries, dtype=np.uint64).reshape(
-            -1, 3
-        )
-        order = np.lexsort((rows[:, 1], rows[:, 0]))
-        slots, ids = rows[order, 0], rows[order, 1]
-        self._lengths: array[int] = array("Q", rows[order, 2].tobytes())
-        # slots and ids that fit 32 bits each (every real list: slots ~4·10^8, agave's ids
-        # u32) are one sorted key, ``slot << 32 | id``: one search a storage, not three
-        self._keys: array[int] | None = None
-        self._slots: array[int] = array("Q")
-        self._ids: array[int] = array("Q")
-        if not len(rows) or max(int(slots.max()), int(ids.max())) < _PACKED:
-            self._keys = array("Q", (slots << np.uint64(32) | ids).tobytes())
-        else:
-            self._slots, self._ids = array("Q", slots.tobytes()), array("Q", ids.tobytes())
-        # the bytes they hold (each clipped past any storage agave loads: no sum wraps)
-        clipped = np.minimum(rows[:, 2], np.uint64(1 << 36))
-        self.total = int(clipped.sum(dtype=np.uint64))
-        # the fewest records they can hold: a storage's valid bytes are whole records, each
-        # at most _LARGEST bytes
-        self.records = int(((clipped + np.uint64(_LARGEST - 1)) // np.uint64(_LARGEST)).sum())
-
-    def get(self, slot: int, ident: int) -> int | None:
-        """The valid length the list gives storage ``slot``.``ident``; None when it lists
-        none."""
-        if self._keys is not None:
-            if slot >= _PACKED or ident >= _PACKED:
-                return None
-            packed = slot << 32 | ident
-            at = bisect_left(self._keys, packed)
-            if at < len(self._keys) and self._keys[at] == packed:
-                return self._lengths[at]
-            return None
-        lo = bisect_left(self._slots, slot)
-        hi = bisect_right(self._slots, slot, lo)
-        at = bisect_left(self._ids, ident, lo, hi)
-        if at < hi and self._ids[at] == ident:
-            return self._lengths[at]
-        return None
 
 
 @attrs.define
@@ -119,10 +57,12 @@ class StoragesProver:
     summer: Callable[[], Summer] | None = None
     cancelled: Callable[[], bool] | None = None
     _proof: AccountsProof | None = None
-    _lengths: _Lengths | None = None
+    _lengths: StorageLengths | None = None
     _first: tuple[bytes, int, int] | None = None
     _sysvars: SysvarWatch = attrs.field(factory=SysvarWatch)
     binds: threading.Event = attrs.field(factory=threading.Event)
+    #: The first storage member the manifest does not list ("": none), read or not.
+    stray: str = attrs.field(default="", init=False)
 
     def first_read(self, digests: bytes, size: int, sha_blocks: int) -> None:
         """The digests of the blocks of the archive's ``size`` raw bytes as the check read
@@ -142,11 +82,11 @@ class StoragesProver:
 
     def member(self, name: str, size: int, manifest: Manifest) -> Parser | None:
         """The parser of the storage ``name``; None for a member the manifest does not list."""
-        match = _STORAGE.fullmatch(name)
+        match = STORAGE_NAME.fullmatch(name)
         if match is None:
             return None
         if self._lengths is None:
-            self._lengths = _Lengths(manifest.storages)
+            self._lengths = StorageLengths(manifest.storages)
             # no lattice hash to compare: the storages are read and indexed, and no hashing
             # process is started (the summer of the caller's thread lends no room ahead); a
             # bound the storage list already passes: none is read (the plain check), and
@@ -166,18 +106,20 @@ class StoragesProver:
                 # (none when every version was hashed where it lay and kept, nor without a
                 # lattice hash to compare), the check holds it by each block's BLAKE3
                 self._proof.rereads = self.binds
-        if self._proof is not None and self._proof.stopped:
-            # the archive stays at ``manifest`` whatever comes: its storages are not read
-            # (that level says nothing of them), and no second read needs the blocks' BLAKE3
-            # (docs/architecture.md, "The accounts level" → "Bounded memory")
-            self.binds.clear()
-            return None
         slot, ident = int(match[1]), int(match[2])
         # A manifest with a lattice hash that lists no storage (Firedancer v26.08's): each
         # storage is valid to its end, as Firedancer's own loader reads it
         # (docs/architecture.md, "The accounts level" → "Fulls as today's producers write them").
         unlisted = not manifest.storages and manifest.accounts_lt_hash is not None
         valid = size if unlisted else self._lengths.get(slot, ident)
+        if valid is None and not self.stray and manifest.storages:
+            self.stray = name  # not read (the list gives no length), but agave stops on it
+        if self._proof is not None and self._proof.stopped:
+            # the archive stays at ``manifest`` whatever comes: its storages are not read
+            # (that level says nothing of them), and no second read needs the blocks' BLAKE3
+            # (docs/architecture.md, "The accounts level" → "Bounded memory")
+            self.binds.clear()
+            return None
         if valid is None or self._proof is None:
             return None
         return self._parse(slot, ident, size, valid)

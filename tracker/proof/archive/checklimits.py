@@ -37,6 +37,10 @@ MEMBER_FLOOR = 100_000
 #: snapshot has about one account file per slot of its last epoch (~400k in ~110 GB: one
 #: per ~250 KB); an empty member compresses to a few dozen bytes.
 BYTES_PER_MEMBER = 1024
+#: Tar entries agave unpacks at most (``MAX_SNAPSHOT_ARCHIVE_UNPACKED_COUNT``,
+#: accounts-db/src/hardened_unpack.rs: "too many files in snapshot"): past it no node loads
+#: the archive, whatever its size allows.
+MAX_MEMBERS = 5_000_000
 #: Zeros allowed after the two end-of-archive blocks. agave's tar writer adds none; GNU tar
 #: pads to its record (10 KiB by default, 64 KiB with ``-b 128``).
 MAX_END_PADDING = 64 * 1024
@@ -50,8 +54,10 @@ def decoded_allowed(raw: int) -> int:
 
 
 def members_allowed(raw: int) -> int:
-    """Tar headers allowed once ``raw`` compressed bytes were handed to the decoder."""
-    return MEMBER_FLOOR + raw // BYTES_PER_MEMBER
+    """Tar headers allowed once ``raw`` compressed bytes were handed to the decoder: one per
+    :data:`BYTES_PER_MEMBER` beyond :data:`MEMBER_FLOOR`, never more than agave unpacks
+    (:data:`MAX_MEMBERS`)."""
+    return min(MAX_MEMBERS, MEMBER_FLOOR + raw // BYTES_PER_MEMBER)
 
 
 def _never() -> bool:

@@ -208,6 +208,9 @@ class Layer:
     magic_size: int
     errors: tuple[type[BaseException], ...]
     reason: Callable[[BaseException], str]
+    #: Why nothing may follow the first unit ("": several units are one stream): agave's
+    #: reader of the format stops at the first unit's end.
+    single: str = ""
 
 
 def _pump(decompressor: Any, data: bytes | memoryview, sink: Sink) -> bytes:
@@ -232,8 +235,8 @@ def _pump(decompressor: Any, data: bytes | memoryview, sink: Sink) -> bytes:
 
 
 def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
-    """Decode one or more units of ``layer`` (multi-member gzip, multi-stream bz2 and xz,
-    multi-frame lz4) and nothing after them."""
+    """Decode one or more units of ``layer`` (multi-member gzip, multi-stream bz2 and xz;
+    lz4 one frame, as agave reads it: ``Layer.single``) and nothing after them."""
     at = 0  # offset of `data` in the raw stream
     unit_at = 0
     units = 0
@@ -245,6 +248,8 @@ def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
             if not data:
                 break
         if decompressor is None:
+            if layer.single and units:
+                raise ArchiveInvalid(f"{TRAILING.format(at=at)} ({layer.single})")
             if len(data) < layer.magic_size:
                 more = chunks()
                 if more:
@@ -267,6 +272,7 @@ def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
         if decompressor.eof:
             units += 1
             decompressor = None
+
     if decompressor is not None:
         raise ArchiveInvalid(
             f"{layer.label}: stream truncated at byte {at} (inside the {layer.unit} at byte "
@@ -279,8 +285,9 @@ def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
 
 
 def _lz4_starts(head: bytes) -> bool:
-    magic = int.from_bytes(head, "little")
-    return magic == 0x184D2204 or magic & 0xFFFFFFF0 == 0x184D2A50
+    # a data frame only: agave's reader (lz4-rs's ``Decoder``) ends at the end of the first
+    # frame, so a skippable frame first would be all it reads
+    return int.from_bytes(head, "little") == 0x184D2204
 
 
 def _lz4_reason(exc: BaseException) -> str:
@@ -307,6 +314,7 @@ LZ4 = Layer(
     4,
     (RuntimeError,),
     _lz4_reason,
+    single="agave reads the first lz4 frame only",
 )
 BZ2 = Layer("bz2", "stream", bz2.BZ2Decompressor, b"BZh".__eq__, 3, (OSError,), _after_colon)
 GZIP = Layer(

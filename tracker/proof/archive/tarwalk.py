@@ -22,7 +22,7 @@ from collections.abc import Callable
 import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.checklimits import MAX_END_PADDING, MEMBER_FLOOR
+from tracker.proof.archive.checklimits import MAX_END_PADDING, MAX_MEMBERS, MEMBER_FLOOR
 from tracker.proof.formats.prover import MemberProver
 from tracker.proof.formats.streamparse import REST, EndOfInput, Parser, ParserOf
 
@@ -265,10 +265,14 @@ class _Walk:
     def count_header(self) -> None:
         self.headers_limit = self.members_allowed()
         if self.headers > self.headers_limit:
+            why = (
+                "agave unpacks no more"
+                if self.headers_limit == MAX_MEMBERS
+                else "at most one per KiB of the compressed archive beyond the first "
+                f"{MEMBER_FLOOR}"
+            )
             raise ArchiveInvalid(
-                f"tar: more than {self.headers_limit} members by byte {self.at} (at most "
-                "one per KiB of the compressed archive beyond the first "
-                f"{MEMBER_FLOOR})"
+                f"tar: more than {self.headers_limit} members by byte {self.at} ({why})"
             )
 
     def end_blocks(self) -> Parser:

@@ -39,6 +39,13 @@ UNLISTED = (
 )
 
 
+#: Why agave cannot load an archive holding an account storage its manifest does not list
+#: (its ``SnapshotStorageRebuilder`` unwraps the list's entry of the storage's slot and id:
+#: it stops there, or, one of a listed slot arriving after that slot's storage, is left
+#: aside), ``{}`` the member. Firedancer's loader reads what the list names.
+STRAY = "agave cannot load it: {} is an account storage its manifest does not list"
+
+
 def bank_hash(manifest: Manifest) -> bytes:
     """The bank hash agave computes from ``manifest``'s fields (its lattice hash given)."""
     if manifest.accounts_lt_hash is None:

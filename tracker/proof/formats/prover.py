@@ -13,13 +13,20 @@ level), decodes the manifest ``snapshots/{S}/{S}`` (level ``manifest``) and hand
 from __future__ import annotations
 
 import threading
+from array import array
 from typing import Protocol
 
 import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.formats.bankhash import UNLISTED, prove_manifest
-from tracker.proof.formats.manifest import Manifest, ManifestDecoder
+from tracker.proof.formats.bankhash import STRAY, UNLISTED, prove_manifest
+from tracker.proof.formats.manifest import (
+    STORAGE_NAME,
+    Manifest,
+    ManifestDecoder,
+    StorageLengths,
+    StorageList,
+)
 from tracker.proof.formats.parsing import Parser
 from tracker.proof.formats.statuscache import SlotDeltas, status_cache_parser, version_parser
 from tracker.proof.levels import Level, Proof
@@ -50,6 +57,12 @@ class AccountsProver(Protocol):
 
     def member(self, name: str, size: int, manifest: Manifest) -> Parser | None:
         """A parser of the account storage ``name`` (``accounts/{slot}.{id}``), or None."""
+        ...
+
+    @property
+    def stray(self) -> str:
+        """The first account storage of the archive its manifest does not list ("" when
+        none): agave's loader stops on it (:data:`~tracker.proof.formats.bankhash.STRAY`)."""
         ...
 
     def settle(self) -> None:
@@ -99,6 +112,10 @@ class ArchiveProver:
         # a storage member came though the manifest, one with a lattice hash, lists none (the
         # empty state's lattice hash: bankhash.unloadable cannot tell from the manifest alone)
         self._unlisted = False
+        # the first storage the manifest does not list, and the list's index to tell it (the
+        # accounts level keeps its own)
+        self._stray = ""
+        self._listed: StorageLengths | None = None
 
     @property
     def manifest_done(self) -> bool:
@@ -134,7 +151,20 @@ class ArchiveProver:
                 manifest = self.manifest
                 if manifest is not None:
                     return self._accounts.member(name, size, manifest)
+            elif decoder is not None and decoder.complete and decoder.storages:
+                self._note_stray(name, decoder.storages)
         return None
+
+    def _note_stray(self, name: str, storages: array[int]) -> None:
+        """Keep ``name`` when it is the first storage the manifest does not list (the
+        accounts level, when on, tells its own: it looks each storage up anyway)."""
+        match = STORAGE_NAME.fullmatch(name)
+        if self._stray or match is None:
+            return
+        if self._listed is None:
+            self._listed = StorageLengths(StorageList(storages))
+        if self._listed.get(int(match[1]), int(match[2])) is None:
+            self._stray = name
 
     def proof(self) -> Proof:
         """``manifest`` (or ``accounts``) when proven; ``structure`` when the archive has no
@@ -156,6 +186,9 @@ class ArchiveProver:
             return Proof(Level.STRUCTURE, note=NOT_READ)
         if self._unlisted and self._proven.unloadable is None:
             return attrs.evolve(self._proven, unloadable=UNLISTED)
+        stray = self._accounts.stray if self._accounts is not None else self._stray
+        if stray and self._proven.unloadable is None:
+            return attrs.evolve(self._proven, unloadable=STRAY.format(stray))
         return self._proven
 
     def _settle(self) -> None:
