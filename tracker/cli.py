@@ -337,4 +337,15 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         # Typically a listener that cannot be bound: one line, not a traceback.
         log_event(log, "error", "startup_failed", error=str(exc))
         return EXIT_FAILURE
+    except ConfigError as exc:
+        # The listeners systemd passed (LISTEN_FDS) cannot be used: a usage error, as the
+        # config's are (a restart would meet it again).
+        log_event(log, "error", "startup_failed", error="; ".join(exc.problems))
+        return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        # A SIGINT past the daemon's own handling (as it returns) comes out of trio's
+        # nurseries in a group: it is the interruption main() words in one line.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
     return EXIT_OK

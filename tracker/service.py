@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from quart_trio import QuartTrio
 
 from tracker.config.files import signing
 from tracker.config.schema import Config
-from tracker.config.warnings import restart_needed
+from tracker.config.warnings import in_force, restart_needed
 from tracker.core.digests import Digests
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
@@ -305,14 +306,27 @@ async def run_tracker(
         reloading = trio.Lock()
 
         async def reload() -> None:
+            # SIGHUP's and POST /reload's: a refused file is logged for either.
+            try:
+                await apply_reload()
+            except ConfigError as exc:
+                log_event(log, "error", "reload_refused", problems="; ".join(exc.problems))
+                raise
+
+        async def apply_reload() -> None:
             # Parsed in a worker thread: a large file must not stall the API meanwhile.
             # One reload at a time, so a storm of them parses the file once after another.
             async with reloading:
-                new = await trio.to_thread.run_sync(reload_config)
+                # Abandoned on cancellation (the tracker stopping): a file that hangs its read
+                # (a hung network mount) must not hold the daemon's exit.
+                new = await trio.to_thread.run_sync(reload_config, abandon_on_cancel=True)
+            if tracker.stop.is_set():
+                raise ConfigError(["the tracker is stopping: the config is not reloaded"])
             parts.attestations.configure(*signing(new.attest), now=time.time())  # or refused
             dropped = groups_dropped(tracker.config, new)
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
+            new = in_force(tracker.config, new)
             tracker.config = new
             apply_trust(tracker.index, new)
             scraper.update_config(new)
@@ -332,6 +346,12 @@ async def run_tracker(
         apps = {PUBLIC: active, INTERNAL: ActiveRequests(internal)}
         try:
             async with trio.open_nursery() as guard:
+                # Signals are the daemon's own until it returns, the grace included: a second
+                # SIGTERM or SIGINT then ends the grace at once, a SIGHUP is not a reload (the
+                # default actions, back once the handler is gone, killed it or raised
+                # KeyboardInterrupt through the nursery: a traceback).
+                forced = trio.Event()
+                await guard.start(_signals, tracker, reload, forced.set)
                 async with trio.open_nursery() as nursery:
                     # Proxied streams run here: they outlive their requests
                     # (docs/http-api.md#archive-answers).
@@ -392,7 +412,9 @@ async def run_tracker(
                     # The listeners drain for up to `grace` (hypercorn's graceful timeout);
                     # the guard then ends what a stalled client still holds.
                     ports = {port_of(a) for a in addresses}
-                    guard.start_soon(_enforce_grace, grace, ports, apps, nursery.cancel_scope)
+                    guard.start_soon(
+                        _enforce_grace, grace, ports, apps, nursery.cancel_scope, forced
+                    )
                 guard.cancel_scope.cancel()
         finally:
             logging.getLogger("tracker").removeHandler(parts.events)
@@ -405,8 +427,10 @@ async def _enforce_grace(
     ports: set[int],
     apps: dict[str, ActiveRequests],
     servers: trio.CancelScope,
+    forced: trio.Event,
 ) -> None:
-    """Close idle connections during the grace period; past it, every connection left.
+    """Close idle connections during the grace period; past it (or once ``forced``: a second
+    SIGTERM or SIGINT), every connection left.
 
     hypercorn keeps idle keep-alive connections for its whole graceful timeout, so they are
     shut down here as soon as they have no request in flight. It also sends in a shielded
@@ -414,10 +438,11 @@ async def _enforce_grace(
     shutting its socket down is not. Cancelled as soon as the listeners have drained.
     """
     deadline = trio.current_time() + grace
-    while trio.current_time() < deadline:
+    while trio.current_time() < deadline and not forced.is_set():
         busy = set().union(*(a.peers() for a in apps.values()))
         abort_connections(ports, spare=busy)
-        await trio.sleep(0.1)
+        with trio.move_on_after(0.1):
+            await forced.wait()
     aborted = abort_connections(ports)
     log_event(log, "warning", "connections_aborted", count=aborted, grace_seconds=grace)
     await trio.sleep(2)
@@ -437,9 +462,6 @@ async def _background(
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(scraper.run)
-            # Started, not scheduled: from READY=1 on, SIGTERM must be the daemon's own (a
-            # handler installed only later leaves systemd's stop to the default: killed).
-            await nursery.start(_signals, tracker, reload)
             for task in tasks:
                 nursery.start_soon(task)
             interval = watchdog_interval(environ)
@@ -451,15 +473,32 @@ async def _background(
 async def _signals(
     tracker: Tracker,
     reload: Reload,
+    force: Callable[[], object],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """SIGTERM and SIGINT stop the tracker (a second one during the grace ends it at once:
+    ``force``), SIGHUP reloads its config, in a task of its own (a config file that is slow
+    to read holds no later signal back); until cancelled (the tracker has stopped).
+    Started, not scheduled: from READY=1 on, SIGTERM must be the daemon's own (a handler
+    installed only later leaves systemd's stop to the default: killed)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
-        async for signum in signals:
-            if signum != signal.SIGHUP:
-                tracker.stop.set()
-                continue
-            try:
-                await reload()
-            except ConfigError as exc:
-                log_event(log, "error", "reload_refused", problems="; ".join(exc.problems))
+        async with trio.open_nursery() as reloads:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if tracker.stop.is_set():
+                        log_event(log, "info", "reload_ignored", reason="the tracker is stopping")
+                    else:
+                        reloads.start_soon(_reload_on_signal, reload)
+                elif tracker.stop.is_set():
+                    log_event(log, "warning", "stop_forced", signal=name)
+                    force()
+                else:
+                    tracker.stop.set()
+
+
+async def _reload_on_signal(reload: Reload) -> None:
+    """One SIGHUP's reload: a refused file (logged by ``reload``) leaves the config in use."""
+    with contextlib.suppress(ConfigError):
+        await reload()

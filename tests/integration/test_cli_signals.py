@@ -1,6 +1,8 @@
-"""SIGINT and SIGTERM end ``fetch``, ``verify`` and ``check-config`` with one line and exit
-128 + the signal (README.md#command-line), never a traceback; an interrupted fetch keeps its
-state and a rerun resumes. Real subprocesses, waited on through their files and pipes."""
+"""SIGINT and SIGTERM end ``fetch`` and ``verify`` with one line and exit 128 + the signal
+(README.md#command-line), never a traceback; an interrupted fetch keeps its state and a rerun
+resumes. Real subprocesses, waited on through their files and pipes. (``check-config`` has
+the same handler, and nothing it reads waits: a FIFO for a config is refused at once,
+tests/unit/test_exhaustion_unit.py.)"""
 
 from __future__ import annotations
 
@@ -270,33 +272,3 @@ async def test_a_signal_during_the_accounts_proof_is_an_interruption_never_a_ver
         line = one_line(errors.read_text(), "interrupted")
         assert line == "snapshot-tracker: interrupted"
         assert list(spill.iterdir()) == []
-
-
-@pytest.mark.parametrize(("signum", "code"), SIGNALS)
-async def test_a_signal_ends_check_config_with_one_line(
-    tmp_path: Path, signum: int, code: int
-) -> None:
-    """The config is a FIFO the test opened for writing (so the command is reading it,
-    waiting for bytes that never come)."""
-    fifo = tmp_path / "config.yaml"
-    os.mkfifo(fifo)
-    command = [sys.executable, "-m", "tracker", "check-config", "--config", str(fifo)]
-    process = await trio.lowlevel.open_process(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=as_a_terminal_starts_it,
-    )
-    try:
-        with trio.fail_after(30):
-            # Returns once the command opened the FIFO for reading.
-            writer = await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY)
-            process.send_signal(signum)
-            returncode = await process.wait()
-            os.close(writer)
-    finally:
-        await ended(process)
-    assert process.stderr is not None
-    stderr = (await process.stderr.receive_some(65536)).decode()
-    assert returncode == code
-    assert one_line(stderr, "interrupted") == "snapshot-tracker: interrupted"

@@ -13,6 +13,7 @@ import httpx
 import trio
 import yaml
 from helpers_process import start_serve
+from helpers_proxy import wait_for
 
 SETTINGS = {
     "scrape_interval": "200ms",
@@ -71,3 +72,20 @@ async def test_a_reload_that_moves_a_listener_warns_and_health_names_the_missing
         assert await serve.stop() == 0
     assert "config_needs_restart" in serve.log
     assert "listen: 127.0.0.1:0 -> 127.0.0.1:1 takes effect at the next restart" in serve.log
+
+
+async def test_a_refused_reload_is_logged_for_post_reload_too(tmp_path: Path) -> None:
+    """``POST /reload`` of a bad file answers 400 with the problems and logs them, as SIGHUP
+    does (only SIGHUP's was logged: the journal said nothing of a refused reload)."""
+    path = write(tmp_path)
+    serve = await start_serve("--config", str(path))
+    try:
+        write(tmp_path, scrape_interval="soon")
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            refused = await client.post(f"{serve.internal}/reload")
+        assert refused.status_code == 400 and "scrape_interval" in refused.text
+        await wait_for(lambda: "reload_refused" in serve.log)
+        [line] = [line for line in serve.log.splitlines() if "reload_refused" in line]
+        assert "scrape_interval" in line
+    finally:
+        assert await serve.stop() == 0

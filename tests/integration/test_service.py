@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,31 @@ async def test_stalled_client_cannot_hold_exit_past_grace(tmp_path: Path) -> Non
     await reader.stream.aclose()
 
 
+async def test_signals_during_the_grace_are_the_daemons_own(tmp_path: Path) -> None:
+    """While a stalled download holds the grace open: a SIGHUP is not a reload and kills
+    nothing (its default action had ended the daemon at once), a second SIGINT ends the
+    grace at once with one line (it raised KeyboardInterrupt through trio: a traceback,
+    exit 1)."""
+    path = local_config(tmp_path, shutdown_grace="60s")
+    name, _ = big_archive(tmp_path, 64 * 1024 * 1024)
+    serve = await start_serve("--config", str(path))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await wait_until(lambda: _listed(client, serve.base))
+    reader = await SlowReader.open(serve.base, f"/{name}")
+    await reader.stream.receive_some(1024)  # the download started; now stop reading
+    serve.proc.send_signal(signal.SIGINT)
+    await wait_for(lambda: "stopping" in serve.log)
+    serve.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: "reload_ignored" in serve.log)
+    assert serve.proc.returncode is None  # still in its grace
+    serve.proc.send_signal(signal.SIGINT)
+    with trio.fail_after(30):  # not the 60 s of grace
+        code = await serve.proc.wait()
+    assert code == 0, serve.log_tail()
+    assert "stop_forced" in serve.log and "Traceback" not in serve.log
+    await reader.stream.aclose()
+
+
 async def _listed(client: httpx.AsyncClient, base: str) -> bool:
     return bool((await client.get(f"{base}/v1/snapshots")).json())
 
@@ -251,10 +278,25 @@ async def test_socket_activation(tmp_path: Path) -> None:
         knock=("127.0.0.1", port),
     )
     assert serve.base == f"http://127.0.0.1:{port}"
+    # Only the public socket passed: the internal one is the config's (it was dropped, and
+    # /metrics, /reload and /healthz with it).
+    assert serve.internal is not None
     async with httpx.AsyncClient(trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
         assert (await client.get(f"{serve.base}/{name}")).content == data
+        assert (await client.get(f"{serve.internal}/healthz")).status_code == 200
     assert await serve.stop() == 0
+
+
+def test_sockets_passed_that_cannot_be_used_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Three sockets passed (LISTEN_PID this very process, as systemd sets it): one line and
+    exit 2, as a config's problem (it was a traceback and exit 1: a restart loop)."""
+    path = local_config(tmp_path)
+    command = f"LISTEN_PID=$$ LISTEN_FDS=3 exec {sys.executable} -m tracker serve --config {path}"
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "startup_failed" in done.stderr and "3 sockets passed" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -96,12 +96,16 @@ def test_startup_cleanup_removes_only_temp_files(tmp_path: Path) -> None:
     (group / f"{TEMP_PREFIX}dir").mkdir()
     (group / FULL).write_bytes(b"full")
     (group / "notes.txt").write_bytes(b"keep")
+    # the root's own: a learned state's temp file left by a kill before its rename
+    (tmp_path / "root" / f"{TEMP_PREFIX}learned.json.x1y2").write_bytes(b"{")
+    (tmp_path / "root" / "learned.json").write_bytes(b"{}")
     sizes: list[int] = []
     cache = Cache(str(tmp_path / "root"), on_size=sizes.append)
-    assert cache.startup_cleanup() == 1
+    assert cache.startup_cleanup() == 2
     assert sorted(p.name for p in group.iterdir()) == sorted(
         [f"{TEMP_PREFIX}dir", FULL, "notes.txt"]
     )
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["learned.json", "mainnet"]
     assert sizes == [4]
 
 

@@ -10,8 +10,8 @@ import attrs
 import pytest
 
 from tracker.config.loading import load_config
-from tracker.config.schema import Config
-from tracker.config.warnings import restart_needed
+from tracker.config.schema import Config, ObjectStore
+from tracker.config.warnings import RESTART_ONLY, in_force, restart_needed
 from tracker.core.cachedirs import unusable_directory
 
 
@@ -58,13 +58,28 @@ def test_distinct_sidecars_and_http_targets_give_no_warning(tmp_path: Path) -> N
             {"internal_listen": ""},
             ["internal_listen: 127.0.0.1:8457 -> (none) takes effect at the next restart"],
         ),
+        # The descriptor budget is split once, the bucket's tier built once (a reload was
+        # silent on both, and applied the new bucket to the learned state's writes only).
+        (
+            {"max_connections": 10},
+            ["max_connections: 4096 -> 10 takes effect at the next restart"],
+        ),
+        (
+            {"object_store": ObjectStore(endpoint="http://s3:9000", bucket="b")},
+            ["object_store: changed; takes effect at the next restart"],
+        ),
     ],
 )
 def test_a_reload_names_what_waits_for_a_restart(
     change: dict[str, object], expected: list[str]
 ) -> None:
     old = Config()
-    assert restart_needed(old, attrs.evolve(old, **change)) == expected
+    new = attrs.evolve(old, **change)
+    assert restart_needed(old, new) == expected
+    # what the reload applies keeps the values in force, and takes everything else
+    applied = in_force(old, attrs.evolve(new, scrape_interval=7.0))
+    assert all(getattr(applied, key) == getattr(old, key) for key in RESTART_ONLY)
+    assert applied.scrape_interval == 7.0
 
 
 def test_unusable_directories_say_why(tmp_path: Path) -> None:

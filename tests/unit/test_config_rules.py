@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,15 @@ RULES = [
         "target_groups[0].file_targets.path",
         "required key missing",
     ),
-    ("listen: true\n", "listen", "expected a string, got a boolean (true)"),
-    ("rpc: 5\n", "rpc", "expected a string, got an integer (5)"),
+    ("listen: true\n", "listen", "expected a string, got a boolean (quote it"),
+    ("rpc: 5\n", "rpc", "expected a string, got an integer (quote it"),
+    # A text value is never echoed: a password written as a bare number was, in the journal
+    # and in POST /reload's answer.
+    (
+        GROUP + "    basic_auth: {username: u, password: 20240601}\n",
+        "target_groups[0].basic_auth.password",
+        "expected a string, got an integer (quote it to use it as text)",
+    ),
     (GROUP + "    scheme: [http]\n", "target_groups[0].scheme", "expected a string, got a list"),
     (
         "proxy_snapshot_downloads: 'sure'\n",
@@ -176,6 +184,12 @@ RULES = [
         "target_groups[0].basic_auth.password_file",
         "cannot read '{dir}/missing.txt': No such file or directory",
     ),
+    # A FIFO at a secret's path held check-config, serve and a reload: refused at once.
+    (
+        GROUP + "    basic_auth: {username: u, password_file: fifo}\n",
+        "target_groups[0].basic_auth.password_file",
+        "not a regular file: a FIFO",
+    ),
     (
         GROUP + "    bearer_auth: {token: t, token_file: secret.txt}\n",
         "target_groups[0].bearer_auth",
@@ -210,7 +224,7 @@ RULES = [
     (
         GROUP + "    tls_config: {ca_file: subdir}\n",
         "target_groups[0].tls_config.ca_file",
-        "Is a directory",
+        "not a regular file: a directory",
     ),
     (
         GROUP + "    tls_config: {cert_file: missing.pem, key_file: secret.txt}\n",
@@ -272,6 +286,17 @@ RULES = [
     ("listen: '8458'\n", "listen", "not a valid address"),
     ("listen: ''\n", "listen", "not a valid address"),
     ("internal_listen: 'localhost:http'\n", "internal_listen", "port must be a number"),
+    # One port for both listeners: serve could bind one only (check-config said OK).
+    (
+        "listen: '127.0.0.1:9000'\ninternal_listen: '127.0.0.1:9000'\n",
+        "internal_listen",
+        "binds the port of listen ('127.0.0.1:9000')",
+    ),
+    (
+        "listen: ':9000'\ninternal_listen: '127.0.0.1:9000'\n",
+        "internal_listen",
+        "binds the port of listen (':9000')",
+    ),
     ("rpc: localhost:8899\n", "rpc", "not an absolute http(s) URL"),
     ("rpc: 'http://h/#x'\n", "rpc", "must not have a fragment"),
     ("public_url: tracker.example.org\n", "public_url", "not an absolute http(s) URL"),
@@ -304,6 +329,7 @@ def test_each_rule_reports_its_key_path(tmp_path: Path, text: str, path: str, me
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "bad-targets.txt").write_text("10.0.0.1:13080\nhttp://10.0.0.2\n")
     (tmp_path / "subdir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
     line = problem_at(problems(tmp_path, text), path)
     assert message.format(dir=tmp_path) in line
 

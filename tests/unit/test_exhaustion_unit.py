@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncGenerator
@@ -260,3 +261,13 @@ async def test_a_piece_cut_short_counts_what_went_of_it_once(
     fields = record.tracker_fields
     assert fields["bytes"] == logged
     assert fields["outcome"] == ("error" if fails else "complete")
+
+
+def test_a_fifo_for_a_config_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO at the config's path held the read (and a reload with it: the daemon then
+    could not be stopped); it is no regular file: one line, exit 2, at once."""
+    path = tmp_path / "tracker.yml"
+    os.mkfifo(path)
+    done = check_config(path)
+    assert done.returncode == 2
+    assert "cannot read the config file: not a regular file: a FIFO" in done.stderr

@@ -345,6 +345,11 @@ class Cache:
         # the accounts proofs' spilled files left by a tracker killed in the middle
         # (docs/architecture.md, "Bounded memory"); a dot directory, never a group's
         removed = clean_leftovers(os.path.join(self.root, CACHE_TEMP))
+        # the root's own files written atomically (the learned state) by a tracker killed
+        # between the temp file's write and its rename
+        for entry in scan(self.root):
+            if entry.name.startswith(TEMP_PREFIX) and unlink(entry.path):
+                removed += 1
         for group in groups:
             entries = scan(group.path)
             for entry in entries:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.cachedirs import unusable_directory
-from tracker.core.smallfiles import read_small_file
+from tracker.core.smallfiles import read_small, read_small_file
 from tracker.errors import ConfigError, ProbeError, StatementInvalid
 
 if TYPE_CHECKING:
@@ -109,13 +109,20 @@ class FileChecks:
         return path
 
 
+#: The largest file a config names that is read whole (a secret, a CA bundle of TLS).
+MAX_NAMED_FILE = 4 * 1024 * 1024
+
+
 def read_text(path: str) -> str:
-    """The file's whole text, verbatim. Raises ValueError saying why it cannot be read."""
+    """The file's whole text, verbatim (secrets: no ``\r`` -> ``\n``). Raises ValueError
+    saying why it cannot be read: a regular file only, opened without blocking (a FIFO at
+    the path held ``check-config``, ``serve`` and a reload), at most :data:`MAX_NAMED_FILE`."""
     try:
-        with open(path, encoding="utf-8", newline="") as file:  # secrets verbatim, no \r -> \n
-            return file.read()
+        data = read_small(path, MAX_NAMED_FILE, follow=True)
     except OSError as exc:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"cannot read {path!r}: not UTF-8 text") from None
 

@@ -35,7 +35,12 @@ from tracker.config.converter import as_mapping, config_converter
 from tracker.config.files import FileChecks
 from tracker.config.problems import Path, flatten, lines
 from tracker.config.schema import Config
-from tracker.config.sections import file_problems, proof_problems, store_problems
+from tracker.config.sections import (
+    file_problems,
+    listener_problems,
+    proof_problems,
+    store_problems,
+)
 from tracker.config.values import describe
 from tracker.config.warnings import config_warnings
 from tracker.config.yamlfile import read_yaml
@@ -64,7 +69,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         problems = flatten(exc, ())
     problems += file_problems(as_mapping(raw, {}))
     if config is not None:
-        problems += store_problems(config) + proof_problems(config)
+        problems += store_problems(config) + proof_problems(config) + listener_problems(config)
     if problems or config is None:
         raise ConfigError(lines(problems))
     return _finish_config(config, file_path)

@@ -23,7 +23,7 @@ from tracker.config.schema import (
     ObjectStore,
     TLSConfig,
 )
-from tracker.config.values import parse_duration
+from tracker.config.values import parse_address, parse_duration
 from tracker.proof.levels import Level
 
 #: Secret files' texts by absolute path (:attr:`tracker.config.files.FileChecks.secrets`).
@@ -153,6 +153,26 @@ def store_problems(config: Config) -> list[tuple[Path, str]]:
         # (docs/http-api.md#with-an-object-store-object_store).
         reason = "needs proxy_snapshot_downloads: true and a proxy_snapshot_cache_dir"
         return [(("object_store",), reason)]
+    return []
+
+
+#: Hosts that bind every interface: a port of one of them is every address's port.
+_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+
+
+def listener_problems(config: Config) -> list[tuple[Path, str]]:
+    """``internal_listen`` on ``listen``'s port and a host they share: ``serve`` could bind
+    only one of them (exit 1, a restart loop under systemd). Pure."""
+    if not config.internal_listen:
+        return []
+    try:
+        public, internal = parse_address(config.listen), parse_address(config.internal_listen)
+    except ValueError:
+        return []  # each reported as a problem of its own
+    (public_host, public_port), (internal_host, internal_port) = public, internal
+    shared = public_host == internal_host or {public_host, internal_host} & set(_EVERY_INTERFACE)
+    if public_port == internal_port != 0 and shared:
+        return [(("internal_listen",), f"binds the port of listen ({config.listen!r})")]
     return []
 
 

@@ -169,8 +169,16 @@ def check_target(text: str) -> str:
 def string(value: object) -> str:
     if isinstance(value, str):
         return value
+    # Its kind, never its value: a text value may be a secret (a password written as a
+    # bare number is an integer to YAML), and a message goes to the journal and to the
+    # answer of POST /reload.
     hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
-    raise ValueError(f"expected a string, got {describe(value)}{hint}")
+    kind = (
+        "null"
+        if value is None
+        else next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+    )
+    raise ValueError(f"expected a string, got {kind}{hint}")
 
 
 # yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.

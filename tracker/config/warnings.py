@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import attrs
+
 from tracker.config.schema import Config, TargetGroup
 from tracker.config.targetfile import read_target_file
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
@@ -224,16 +226,34 @@ def _configured_targets(group: TargetGroup) -> list[str]:
     return targets
 
 
-#: Settings read once at start-up: a reload that changes them leaves the old value in force.
-RESTART_ONLY = ("listen", "internal_listen")
+#: Settings read once at start-up: a reload that changes them leaves the old value in force
+#: (the listeners stay bound where they are, the descriptor budget is split once, the
+#: object-store tier is built once).
+RESTART_ONLY = ("listen", "internal_listen", "max_connections", "object_store")
+#: Of those, the sections shown as changed, not by value (their secrets stay out of logs).
+_SECTIONS = ("object_store",)
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
-    """What a reload from ``old`` to ``new`` changes that takes effect only at the next start
-    (the listeners stay bound where they are), one line each."""
-    return [
-        f"{key}: {getattr(old, key) or '(none)'} -> {getattr(new, key) or '(none)'} takes"
-        " effect at the next restart"
-        for key in RESTART_ONLY
-        if getattr(old, key) != getattr(new, key)
-    ]
+    """What a reload from ``old`` to ``new`` changes that takes effect only at the next start,
+    one line each. Pure."""
+    lines = []
+    for key in RESTART_ONLY:
+        before, after = getattr(old, key), getattr(new, key)
+        if before == after:
+            continue
+        if key in _SECTIONS:
+            lines.append(f"{key}: changed; takes effect at the next restart")
+        else:
+            lines.append(
+                f"{key}: {before or '(none)'} -> {after or '(none)'} takes effect at the next"
+                " restart"
+            )
+    return lines
+
+
+def in_force(old: Config, new: Config) -> Config:
+    """The config a reload from ``old`` to ``new`` applies: ``new`` with the restart-only
+    settings still ``old``'s, so that what reads the config in use (the status page, the
+    learned state's writes to the bucket) reads what is in force. Pure."""
+    return attrs.evolve(new, **{key: getattr(old, key) for key in RESTART_ONLY})

@@ -6,11 +6,13 @@ after minutes and gigabytes, and a few nested aliases cannot stand for billions 
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
 import yaml
 
+from tracker.core.smallfiles import read_small
 from tracker.errors import ConfigError
 
 #: The largest config file read. A fleet's file is a few KiB (3,000 targets: ~150 KiB);
@@ -31,15 +33,16 @@ def read_yaml(path: str) -> object:
     """The parsed YAML document; ConfigError for unreadable, oversized files and YAML syntax
     errors."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
+        # A regular file only, opened without blocking (a FIFO at the path would hold the
+        # read, and a reload with it, forever); its links followed: the operator's own.
+        data = read_small(path, MAX_CONFIG_BYTES, follow=True)
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            size = _size_of(path)
+            raise ConfigError(
+                [f"{path}: the config file is {size} bytes, more than the {MAX_CONFIG_BYTES} read"]
+            ) from None
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        size = _size_of(path)
-        raise ConfigError(
-            [f"{path}: the config file is {size} bytes, more than the {MAX_CONFIG_BYTES} read"]
-        )
     try:
         return yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as exc:

@@ -93,15 +93,16 @@ def assign_roles(count: int, names: Sequence[str]) -> dict[str, int]:
 
 
 def open_listeners(config: Config, environ: dict[str, str]) -> dict[str, socket.socket]:
-    """The public and (optional) internal sockets: systemd's if it passed any, else bound here.
+    """The public and (optional) internal sockets: each systemd's when it passed it, else
+    bound here (a unit that passes one of them leaves the other to the config: ``listen``,
+    ``internal_listen``).
 
     Raises OSError when an address cannot be bound (in use, not local, ...).
     """
     sockets = listen_fds(environ)
-    if sockets:
-        return sockets
-    sockets = {PUBLIC: bind_address(config.listen, "listen")}
-    if config.internal_listen:
+    if PUBLIC not in sockets:
+        sockets[PUBLIC] = bind_address(config.listen, "listen")
+    if INTERNAL not in sockets and config.internal_listen:
         sockets[INTERNAL] = bind_address(config.internal_listen, "internal_listen")
     return sockets
 
