@@ -93,6 +93,13 @@ def test_require_cluster_without_rpc_is_refused_before_any_download(
             ["--require", "cluster", "--rpc", "http://a", "--prove-accounts=false"],
             "--require cluster needs --verify and --prove-accounts true",
         ),
+        # Unchecked nothing is proven: the level was never asked (whatever came, went in)
+        (["--require", "manifest", "--verify=false"], "--require manifest needs --verify true"),
+        (
+            ["--require", "accounts", "--full=false", "--verify=false"],
+            "--require accounts needs --verify true",
+        ),
+        (["--require", "structure", "--verify=false"], ""),
     ],
 )
 def test_rpc_lifts_the_refusal_of_cluster(flags: list[str], refused: str) -> None:

@@ -16,7 +16,7 @@ from tracker.core.snapshots import parse_archive_name as parse
 from tracker.errors import FetchError
 from tracker.fetch import space
 from tracker.fetch.download import alone
-from tracker.fetch.ledger import suspects, without
+from tracker.fetch.ledger import retired, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
 from tracker.fetch.sourcechecks import Source
@@ -175,3 +175,29 @@ def test_the_ledger_lock_admits_one_fetch(tmp_path: Path) -> None:
     assert not os.path.exists(lock_path(str(tmp_path)))  # removed: the ledger is clean
     with ledger_lock(str(tmp_path)):  # and taken again
         pass
+
+
+F1, F2, F3 = full_name(20_000), full_name(20_400), full_name(19_000)
+I1, I2 = incremental_name(20_000, 20_800), incremental_name(20_400, 20_900)
+
+
+@pytest.mark.parametrize(
+    ("names", "keep", "fresh", "gone"),
+    [
+        # the keep newest of each kind stay
+        ([F1, F2, F3], 1, set(), [F1, F3]),
+        ([F1, F2, F3, I1, I2], 2, set(), [F3]),
+        ([F1, F2], 0, set(), []),  # 0: keep everything
+        # what was just put in place stays, whatever its age
+        ([F1, F2, F3], 1, {F3}, [F1]),
+        # the pair handed out sits on an older full the ledger held: the fetched
+        # incremental's base stays (it was removed: the incremental had nothing to load on)
+        ([F1, F2, I1], 1, {I1}, []),
+        ([F1, F2, F3, I1, I2], 1, {I1}, [F3]),
+        ([F1, F2, F3, I1, I2], 1, {I2}, [F1, F3, I1]),
+        # names that are no archives are never touched
+        ([F1, F2, "notes.txt", ".fetch.lock"], 1, set(), [F1]),
+    ],
+)
+def test_retired(names: list[str], keep: int, fresh: set[str], gone: list[str]) -> None:
+    assert sorted(retired(names, keep, fresh)) == sorted(gone)

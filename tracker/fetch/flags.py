@@ -421,6 +421,9 @@ def unreachable_level(args: argparse.Namespace) -> str:
         return "--loadable-by needs --verify true: the check reads what a loader refuses"
     if args.full and required >= Level.ACCOUNTS and not (args.verify and args.prove_accounts):
         return f"--require {args.require} needs --verify and --prove-accounts true"
+    if required > Level.STRUCTURE and not args.verify:
+        # Unchecked, nothing is proven: the archive would go in whatever the sources sent.
+        return f"--require {args.require} needs --verify true: the check proves the level"
     return ""
 
 

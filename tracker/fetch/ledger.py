@@ -66,6 +66,14 @@ def passes_check(path: str) -> bool:
     return True
 
 
+def no_ledger(ledger: str) -> None:
+    """FetchError when ``ledger`` is no directory (missing, a file), before its lock is
+    taken: the line names the directory, not the lock file in it."""
+    if not os.path.isdir(ledger):
+        why = "No such file or directory" if not os.path.lexists(ledger) else "not a directory"
+        raise FetchError(f"the ledger directory: {ledger}: {why}")
+
+
 def in_the_way(ledger: str, names: list[str]) -> None:
     """FetchError when something that cannot be replaced by a rename (a directory) holds
     the name of an archive about to be fetched: said before the download, not after it."""
@@ -97,27 +105,35 @@ def kept(ledger: str) -> tuple[int, int]:
     return done, total
 
 
-def retain(ledger: str, keep: int, fresh: set[str]) -> None:
-    """Keep the ``keep`` newest full and incremental archives; remove older ones (never
-    one of ``fresh``, the paths just put in place)."""
+def retired(names: list[str], keep: int, fresh: set[str]) -> list[str]:
+    """The archives of ``names`` that ``--keep keep`` removes: fulls and incrementals beyond
+    the ``keep`` newest of each kind, never one of ``fresh`` (the names just put in place),
+    nor the full an incremental that stays builds on (the pair handed out may sit on an
+    older full than the ledger's newest: its base went, the incremental with nothing to
+    load on). Pure."""
     if keep <= 0:
-        return
+        return []
+    archives = [(parsed, name) for name in names if (parsed := parse_archive_name(name))]
+    fulls = sorted(((p.slot, n) for p, n in archives if p.is_full), reverse=True)
+    incrementals = sorted(
+        ((p.slot, n, p.base_slot) for p, n in archives if not p.is_full), reverse=True
+    )
+    staying = incrementals[:keep] + [i for i in incrementals[keep:] if i[1] in fresh]
+    bases = {base for _slot, _name, base in staying}
+    gone = [n for slot, n in fulls[keep:] if n not in fresh and slot not in bases]
+    return gone + [n for _slot, n, _base in incrementals[keep:] if n not in fresh]
+
+
+def retain(ledger: str, keep: int, fresh: set[str]) -> None:
+    """Remove what :func:`retired` names (``fresh``: the paths just put in place); only
+    regular files, no link followed."""
     try:
         names = os.listdir(ledger)
     except OSError:
         return
-    for full in (True, False):
-        archives = sorted(
-            (
-                (parsed.slot, name)
-                for name in names
-                if (parsed := parse_archive_name(name)) is not None and parsed.is_full == full
-            ),
-            reverse=True,
-        )
-        for _slot, name in archives[keep:]:
-            path = os.path.join(ledger, name)
-            if path in fresh or not os.path.isfile(path) or os.path.islink(path):
-                continue
-            os.unlink(path)
-            log_event(log, "info", "fetch_removed_old", file=name)
+    for name in retired(names, keep, {os.path.basename(path) for path in fresh}):
+        path = os.path.join(ledger, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        os.unlink(path)
+        log_event(log, "info", "fetch_removed_old", file=name)

@@ -26,7 +26,15 @@ from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError
 from tracker.fetch.download import Result, download, held_bytes
-from tracker.fetch.ledger import in_the_way, listed_sizes, passes_check, retain, suspects, without
+from tracker.fetch.ledger import (
+    in_the_way,
+    listed_sizes,
+    no_ledger,
+    passes_check,
+    retain,
+    suspects,
+    without,
+)
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
 from tracker.fetch.lock import ledger_lock
 from tracker.fetch.plan import choose_incremental, plan
@@ -158,8 +166,11 @@ def _client(settings: FetchSettings) -> httpx.AsyncClient:
 async def _run(
     client: httpx.AsyncClient, options: FetchOptions, progress: Progress
 ) -> list[Result]:
-    local = await _local(options.ledger)
+    no_ledger(options.ledger)  # said of the directory, not of its lock file
     with ledger_lock(options.ledger):
+        # Read under the lock: a fetch that held it may have put archives in place or
+        # removed old ones (--keep) since a scan made before
+        local = await _local(options.ledger)
         return await _locked(client, options, progress, local)
 
 
