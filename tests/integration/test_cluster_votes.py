@@ -182,6 +182,27 @@ async def test_several_rpcs_must_agree() -> None:
         assert (await votes.lift(S, PROOF)).level == Level.CLUSTER
 
 
+async def test_a_reload_of_the_rpcs_asks_the_ones_in_force() -> None:
+    """The tallies are kept by the RPCs that gave them: a reload that replaces a lying RPC
+    asks its successor (the liar's verdict stood, the successor never asked), and one that
+    adds an RPC to two that disagreed asks all three (a ValueError out of the judging of
+    the kept answers against the new list, which ended the daemon)."""
+    liar, honest, third = majority(), minority(), majority()
+    async with rpcs(liar, honest, third) as urls:
+        config = {"now": settings(urls[:1])}
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            votes = ClusterVotes(lambda: config["now"], client)
+            assert (await votes.lift(S, PROOF)).level == Level.CLUSTER  # the liar alone
+            config["now"] = settings(urls[1:2])  # replaced by the honest one
+            replaced = await votes.lift(S, PROOF)
+            assert honest.calls and replaced.level == Level.MANIFEST
+            config["now"] = settings(urls[:2])  # the two disagree
+            assert "the RPCs disagree" in (await votes.lift(S, PROOF)).note
+            config["now"] = settings(urls)  # a third one added
+            three = await votes.lift(S, PROOF)
+    assert third.calls and "the RPCs disagree" in three.note
+
+
 async def test_without_rpc_or_bank_hash_nothing_is_asked() -> None:
     async with cluster_votes(Config()) as votes:
         proof = await votes.lift(S, PROOF)

@@ -83,3 +83,31 @@ def test_bad_entries_cost_only_themselves() -> None:
     assert learned.throughputs == {A: (7.0, 1.0)}
     [held] = learned.rejections
     assert (held.key, held.name, len(held.reason), held.until) == (A, "n", 300, 9.0)
+
+
+def test_another_replicas_rejections_never_push_out_this_trackers_own() -> None:
+    """A document of as many rejections as the list holds (copies of no source this tracker
+    knows): this tracker's own rejection stays (it was pushed out, its source used again)."""
+    held = Rejections(max_entries=4)
+    held.reject(A, "own", "bad tar", now=0.0, hold=600)
+    hostile = tuple(
+        Rejection(TargetKey("g", f"http://fake-{i}"), "n", "r", until=900.0) for i in range(4)
+    )
+    restore(Learned(rejections=hostile), Index(), held, now=0.0, wall=0.0)
+    assert held.rejected(A, "own", 1.0) is not None
+    assert len(held.held()) == 4
+
+
+def test_measurements_from_elsewhere_are_bounded() -> None:
+    """A replica writing new target names every minute: the throughputs taken from
+    documents stop at MAX_RESTORED targets (they grew without bound, each re-rank reading
+    them all); one measured here is still taken."""
+    from tracker.ordering import sourcehistory
+
+    index = Index()
+    over = sourcehistory.MAX_RESTORED + 10
+    fake = {TargetKey("g", f"http://fake-{i}"): (1e6, 0.0) for i in range(over)}
+    restore(Learned(fake), index, Rejections(), now=0.0, wall=0.0)
+    assert len(index.speeds.measurements("probed")) == sourcehistory.MAX_RESTORED
+    index.record_transfer(A, 100_000_000, 1.0, now=1.0)
+    assert index.throughput(A, 1.0) > 0

@@ -74,6 +74,13 @@ def combined(probed: Measured | None, achieved: Measured | None, now: float) -> 
     return decayed((rate, max(probed_at, achieved_at)), now)
 
 
+#: Targets of one kind whose measurements taken from elsewhere (another replica's learned
+#: document, a previous run's) are kept: past it, a target not measured yet is not taken.
+#: A document holds at most 4,096 a kind; a fleet's targets are a few thousand. Bounds what
+#: a replica writing new target names every minute could add (each re-rank reads them all).
+MAX_RESTORED = 16_384
+
+
 class Throughputs:
     """Per target and kind: (bytes per second, the time measured on :attr:`clock`)."""
 
@@ -142,7 +149,10 @@ class Throughputs:
     def restore(self, key: TargetKey, rate: float, at: float, kind: Kind) -> bool:
         """Take a rate (``kind``) measured elsewhere at ``at`` unless ``key``'s own is as
         recent; whether it was taken."""
-        known = self._measured[kind].get(key)
+        measured = self._measured[kind]
+        known = measured.get(key)
+        if known is None and len(measured) >= MAX_RESTORED:
+            return False
         if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
             self._measured[kind][key] = (rate, at)
             self._version += 1
@@ -258,8 +268,12 @@ class Rejections:
 
     def restore(self, held: Rejection) -> None:
         """Take a rejection made elsewhere (a previous run, another replica) unless one of
-        the same copy is in force as long."""
+        the same copy is in force as long; never in the place of one held here (a full
+        list takes no new copy: another replica's document of 4,096 rejections pushed out
+        every one this tracker made, and their sources were used again)."""
         known = self._held.get((held.key, held.name))
+        if known is None and len(self._held) >= self._max:
+            return
         if known is None or known.until < held.until:
             self.reject(held.key, held.name, held.reason, now=held.until, hold=0.0)
 

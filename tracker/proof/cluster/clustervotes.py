@@ -93,6 +93,8 @@ RANKS_FOR = 600.0
 
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 Key = tuple[int, str]
+#: A key and the RPC URLs that were asked of it.
+Asked = tuple[Key, tuple[str, ...]]
 _T = TypeVar("_T")
 
 
@@ -117,8 +119,11 @@ class ClusterVotes:
         self._client = client
         #: The first wait after a failure (None: :data:`RETRY_AFTER`, read when built).
         self._retry_after = RETRY_AFTER if retry_after is None else retry_after
-        self._kept: OrderedDict[Key, tuple[Tally, ...]] = OrderedDict()
-        self._certified: OrderedDict[Key, tuple[Finality, ...]] = OrderedDict()
+        # What the RPCs in force answered, kept by (slot, hash) and by those RPCs: what
+        # others said is no answer of the ones configured now (a reload that drops a lying
+        # RPC, or adds one, asks again; their count is the answers' count)
+        self._kept: OrderedDict[Asked, tuple[Tally, ...]] = OrderedDict()
+        self._certified: OrderedDict[Asked, tuple[Finality, ...]] = OrderedDict()
         self._failed: dict[Key, _Failure] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
         self._genesis: dict[str, Genesis] = {}
@@ -147,10 +152,10 @@ class ClusterVotes:
         if bank_hash is None:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
         key = (slot, proof.bank_hash)
-        tallies = self._kept.get(key)
+        tallies = self._kept.get((key, urls))
         if tallies is not None:  # asked before (a slot proven by votes stays so)
             return judged(proof, tallies, urls)
-        finals = self._certified.get(_certificate_key(slot, proof))
+        finals = self._certified.get((_certificate_key(slot, proof), urls))
         if finals is not None:
             return judged_finality(proof, finals, urls)
         now = trio.current_time()
@@ -181,7 +186,7 @@ class ClusterVotes:
             tallies = await self._ask_all(key, urls, votes_of, "votes")
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        _keep(self._kept, key, tallies)
+        _keep(self._kept, (key, urls), tallies)
         return judged(proof, tallies, urls)
 
     async def migration(self, urls: tuple[str, ...]) -> Genesis | None:
@@ -247,7 +252,7 @@ class ClusterVotes:
             finals = await self._ask_all(key, urls, finality_of, "certificate")
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        _keep(self._certified, key, finals)
+        _keep(self._certified, (key, urls), finals)
         return judged_finality(proof, finals, urls)
 
     async def _document(
@@ -411,7 +416,7 @@ def _certificate_key(slot: int, proof: Proof) -> Key:
     return (slot, f"{proof.bank_hash}/{proof.block_id}")
 
 
-def _keep(kept: OrderedDict[Key, tuple[_T, ...]], key: Key, value: tuple[_T, ...]) -> None:
+def _keep(kept: OrderedDict[Asked, tuple[_T, ...]], key: Asked, value: tuple[_T, ...]) -> None:
     kept[key] = value
     while len(kept) > MAX_KEPT:
         kept.popitem(last=False)
