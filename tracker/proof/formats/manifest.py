@@ -19,15 +19,15 @@ import re
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
-import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 from tracker.proof.formats.bincode import Reader
 from tracker.proof.formats.parsing import ParserOf
-from tracker.proof.formats.storages import MAX_DATA, META, aligned
 from tracker.proof.formats.voteaccounts import vote_account_problem
 
 #: Bytes of a lattice hash.
@@ -118,8 +118,6 @@ class StorageList:
 #: An account storage's member name, ``accounts/{slot}.{id}``.
 STORAGE_NAME = re.compile(r"accounts/([0-9]{1,20})\.([0-9]{1,20})")
 _PACKED = 1 << 32
-#: The largest record of a storage: its header and the most data agave stores, aligned.
-_LARGEST = aligned(META + MAX_DATA)
 
 
 class StorageLengths:
@@ -134,6 +132,15 @@ class StorageLengths:
     process")."""
 
     def __init__(self, storages: StorageList) -> None:
+        # numpy here, not at the module's import: the service's config imports this module,
+        # and a tracker that proves nothing loads no heavy library (tests/unit/test_idle_imports.py)
+        import numpy as np
+
+        from tracker.proof.formats.storages import MAX_DATA, META, aligned
+
+        # the largest record of a storage: its header and the most data agave stores, aligned
+        largest = aligned(META + MAX_DATA)
+
         rows: npt.NDArray[np.uint64] = np.frombuffer(storages.entries, dtype=np.uint64).reshape(
             -1, 3
         )
@@ -153,8 +160,8 @@ class StorageLengths:
         clipped = np.minimum(rows[:, 2], np.uint64(1 << 36))
         self.total = int(clipped.sum(dtype=np.uint64))
         # the fewest records they can hold: a storage's valid bytes are whole records, each
-        # at most _LARGEST bytes
-        self.records = int(((clipped + np.uint64(_LARGEST - 1)) // np.uint64(_LARGEST)).sum())
+        # at most `largest` bytes
+        self.records = int(((clipped + np.uint64(largest - 1)) // np.uint64(largest)).sum())
 
     def get(self, slot: int, ident: int) -> int | None:
         """The valid length the list gives storage ``slot``.``ident``; None when it lists
