@@ -772,3 +772,57 @@ def test_a_piece_answered_twice_costs_the_proof_a_note(monkeypatch: pytest.Monke
     lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
     assert twice and lt_hash is None and note is not None
     assert "the scanning process answered badly: slot" in note and "never in use" in note
+
+
+def test_a_scan_process_that_answers_nothing_stalls_the_proof_never_hangs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scan process alive but stopped (SIGSTOP: stuck, swapped out): the walk waited for a
+    free slot of it for ever, the stall bound never asked. Past it (2 s here), the proof is
+    not proven, with the reason."""
+    monkeypatch.setattr(scanprocs, "STALLED", 2.0)
+    slots = {s: many(1500, s) for s in range(3, 13)}
+    made = built(slots, list(range(3, 13)))
+    proof = AccountsProof(roomy(10_000), scanners=1, lanes=0)
+    result: list[object] = []
+    try:
+        assert proof._scanners is not None
+        [process] = proof._scanners._processes
+        os.kill(process.proc.pid, signal.SIGSTOP)
+
+        def run() -> None:
+            for storage in made:
+                feed(proof, storage, 4096)
+            result.append(proof.finish(reread_from({s.name: s.data for s in made})))
+
+        walk = threading.Thread(target=run, daemon=True)
+        walk.start()
+        walk.join(120)  # 2 s of stall and the unwinding; the bound only keeps a hang out
+        assert not walk.is_alive(), "the walk hangs on a stopped scan process"
+    finally:
+        proof.close()  # kills the stopped process and reaps it
+    assert result == [(None, "not proven: the scanning process stalled")]
+
+
+def test_a_forkserver_gone_leaves_the_proof_to_its_lanes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The forkserver killed (OOM) while a proof starts its scan processes: EOFError from
+    its pipe. The proof goes on without them and gives the state's hash (it was a refusal of
+    an honest archive, "check failed: EOFError", and its budget share never given back)."""
+
+    def gone(*_args: object, **_kw: object) -> None:
+        raise EOFError("unexpected EOF")
+
+    monkeypatch.setattr(accountsproof, "Scanners", gone)
+    slots = {s: many(50, s) for s in range(3, 8)}
+    made = built(slots, list(range(3, 8)))
+    limits = roomy(10_000)
+    proof = AccountsProof(limits, scanners=2, lanes=0)
+    try:
+        for storage in made:
+            feed(proof, storage, 4096)
+        assert proof.finish(reread_from({s.name: s.data for s in made})) == (model(slots), None)
+    finally:
+        proof.close()
+    assert limits.budget is not None and limits.budget.used == 0

@@ -184,7 +184,9 @@ class AccountsProof:
         if processes and self._note is None:
             try:
                 self._scanners = Scanners(processes, self)
-            except OSError:  # no process to start (no fds, no memory): the lanes' way
+            except (OSError, EOFError):
+                # no process to start (no fds, no memory; the forkserver gone: EOFError):
+                # the lanes' way; the tracker's own fault is no verdict on the archive
                 self._close_scanners()
         track(self.progress)
 

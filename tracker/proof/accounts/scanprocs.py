@@ -268,9 +268,8 @@ class _Process:
         processes that wait for theirs. The ``last`` piece of a storage carries its end:
         the end's answer (as to :meth:`send_end`) also frees its slot; the first piece of its
         second read carries what that read needs (``second``, :meth:`Scanners.rescan`)."""
-        while not self.free.acquire(timeout=1.0):
-            if self.failure is not None:
-                return
+        if not self._free_slot():
+            return
         with self.idle:
             slot = self.slots.pop()
             self.storages.add(number)
@@ -286,14 +285,30 @@ class _Process:
         """Send small storages whole, their ``entries`` (each ``(number, name, valid,
         second, length)``) and their bytes one after the other, as one frame in one slot
         (as :meth:`send_piece`): one answer ends them all and frees it."""
-        while not self.free.acquire(timeout=1.0):
-            if self.failure is not None:
-                return
+        if not self._free_slot():
+            return
         with self.idle:
             slot = self.slots.pop()
             self.storages.update(entry[0] for entry in entries)
         size = len(data) if self.shared is not None and len(data) <= SLOT_BYTES else -1
         self._send(("storages", entries, slot, size), (data,), len(entries) + 1)
+
+    def _free_slot(self) -> bool:
+        """Take a free slot; False once the process failed, or when none came free for
+        :data:`STALLED` seconds (a process alive but answering nothing: stopped, stuck),
+        which fails it as :meth:`settle` does: the walk never waits on it for ever."""
+        waited = 0.0
+        while not self.free.acquire(timeout=1.0):
+            if self.failure is not None:
+                return False
+            waited += 1.0
+            if waited >= STALLED:
+                with self.idle:
+                    first = self._fail("the scanning process stalled")
+                if first:
+                    self._sink.failed("the scanning process stalled")
+                return False
+        return True
 
     def send_end(self, number: int) -> None:
         """Storage ``number`` is whole (or had no valid byte)."""

@@ -165,6 +165,15 @@ class BlockCheck:
         # digest is the same however many threads take it.
         self._block = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self.read = 0
+        #: Set once a block differed (or a byte came past ``size``): whoever asks
+        #: :meth:`confirm` hears of it, though the thread that read it ahead raised it
+        #: where no reader takes it any more (the second read past its last member).
+        self.differed = False
+
+    def confirm(self) -> None:
+        """ArchiveInvalid when a block read so far differed from the check's."""
+        if self.differed:
+            raise ArchiveInvalid(CHANGED)
 
     def left_in_block(self) -> int:
         """Bytes to read to end the current block (0 at a block's end or the check's end)."""
@@ -176,6 +185,7 @@ class BlockCheck:
         """The next raw bytes of the second read."""
         view = memoryview(data)
         if self.read + len(view) > self._size:
+            self.differed = True
             raise ArchiveInvalid(CHANGED)
         while len(view):
             take = min(len(view), BLOCK - self.read % BLOCK)
@@ -191,6 +201,7 @@ class BlockCheck:
         expected = self._digests[number * DIGEST : (number + 1) * DIGEST]
         got = self._sha.copy().digest() if prefix else self._block.digest()
         if got != expected:
+            self.differed = True
             raise ArchiveInvalid(CHANGED)
         if not prefix:
             self._block.reset()  # each block's BLAKE3 is of that block alone

@@ -390,10 +390,12 @@ class ArchiveReread:
         if isinstance(self._stream, _Frames):
             self._stream.halt()  # its thread reads the raw bytes no more: they are read here
         check = self._hashing.check
+        check.confirm()  # a block its reading thread read ahead differed
         while left := check.left_in_block():
             rest = bytearray(left)
             if not self._hashing.readinto(rest):  # the file ends before the check's did
                 raise ArchiveInvalid(CHANGED)
+        check.confirm()
 
     def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one
