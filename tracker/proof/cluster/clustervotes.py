@@ -94,7 +94,7 @@ RANKS_FOR = 600.0
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 Key = tuple[int, str]
 #: A key and the RPC URLs that were asked of it.
-Asked = tuple[Key, tuple[str, ...]]
+AskedOfRpcs = tuple[Key, tuple[str, ...]]
 _T = TypeVar("_T")
 
 
@@ -122,8 +122,8 @@ class ClusterVotes:
         # What the RPCs in force answered, kept by (slot, hash) and by those RPCs: what
         # others said is no answer of the ones configured now (a reload that drops a lying
         # RPC, or adds one, asks again; their count is the answers' count)
-        self._kept: OrderedDict[Asked, tuple[Tally, ...]] = OrderedDict()
-        self._certified: OrderedDict[Asked, tuple[Finality, ...]] = OrderedDict()
+        self._kept: OrderedDict[AskedOfRpcs, tuple[Tally, ...]] = OrderedDict()
+        self._certified: OrderedDict[AskedOfRpcs, tuple[Finality, ...]] = OrderedDict()
         self._failed: dict[Key, _Failure] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
         self._genesis: dict[str, Genesis] = {}
@@ -416,7 +416,9 @@ def _certificate_key(slot: int, proof: Proof) -> Key:
     return (slot, f"{proof.bank_hash}/{proof.block_id}")
 
 
-def _keep(kept: OrderedDict[Asked, tuple[_T, ...]], key: Asked, value: tuple[_T, ...]) -> None:
+def _keep(
+    kept: OrderedDict[AskedOfRpcs, tuple[_T, ...]], key: AskedOfRpcs, value: tuple[_T, ...]
+) -> None:
     kept[key] = value
     while len(kept) > MAX_KEPT:
         kept.popitem(last=False)
