@@ -534,8 +534,7 @@ def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -
     # look-up, where these slots are one number) and past 32 bits (three searches)
     from array import array
 
-    from tracker.proof.formats.manifest import StorageLengths
-    from tracker.proof.formats.manifest import StorageList
+    from tracker.proof.formats.manifest import StorageLengths, StorageList
 
     big = 1 << 53
     listed = [(big, 1, 136), (big + 1, 1, 272), (big + 2, 7, 408), ((1 << 64) - 1, 0, 544)]
@@ -552,8 +551,7 @@ def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
     # (the slot of one and the id of another), a look-up past 32 bits found nowhere
     from array import array
 
-    from tracker.proof.formats.manifest import StorageLengths
-    from tracker.proof.formats.manifest import StorageList
+    from tracker.proof.formats.manifest import StorageLengths, StorageList
 
     top = (1 << 32) - 1
     listed = [(5, 2, 136), (6, 1, 272), (6, 9, 408), (top, top, 544), (0, 0, 680)]
@@ -575,8 +573,7 @@ def test_a_storage_look_up_never_calls_numpy() -> None:
     from array import array
     from types import FrameType
 
-    from tracker.proof.formats.manifest import StorageLengths
-    from tracker.proof.formats.manifest import StorageList
+    from tracker.proof.formats.manifest import StorageLengths, StorageList
 
     called: list[str] = []
 
