@@ -19,7 +19,7 @@ import pytest
 import trio
 import yaml
 from fakes import Rpc, Sidecar, sidecar_info
-from helpers_process import start_serve
+from helpers_process import Serve, start_serve
 from helpers_proxy import wait_for
 from helpers_s3 import free_ports
 from helpers_server import serve_app
@@ -214,14 +214,21 @@ async def test_sigterm_lets_a_slow_download_finish(tmp_path: Path) -> None:
         assert await serve.proc.wait() == 0
 
 
-async def test_stalled_client_cannot_hold_exit_past_grace(tmp_path: Path) -> None:
-    path = local_config(tmp_path, shutdown_grace="1s")
+async def stalled_download(tmp_path: Path, grace: str) -> tuple[Serve, SlowReader]:
+    """A ``serve`` of ``shutdown_grace`` ``grace`` and a download of 64 MiB from it that
+    started, then stopped reading."""
+    path = local_config(tmp_path, shutdown_grace=grace)
     name, _ = big_archive(tmp_path, 64 * 1024 * 1024)
     serve = await start_serve("--config", str(path))
     async with httpx.AsyncClient(trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
     reader = await SlowReader.open(serve.base, f"/{name}")
     await reader.stream.receive_some(1024)  # the download started; now stop reading
+    return serve, reader
+
+
+async def test_stalled_client_cannot_hold_exit_past_grace(tmp_path: Path) -> None:
+    serve, reader = await stalled_download(tmp_path, "1s")
     await trio.sleep(0.5)
     start = trio.current_time()
     serve.proc.send_signal(signal.SIGTERM)
@@ -240,13 +247,7 @@ async def test_signals_during_the_grace_are_the_daemons_own(tmp_path: Path) -> N
     nothing (its default action had ended the daemon at once), a second SIGINT ends the
     grace at once with one line (it raised KeyboardInterrupt through trio: a traceback,
     exit 1)."""
-    path = local_config(tmp_path, shutdown_grace="60s")
-    name, _ = big_archive(tmp_path, 64 * 1024 * 1024)
-    serve = await start_serve("--config", str(path))
-    async with httpx.AsyncClient(trust_env=False) as client:
-        await wait_until(lambda: _listed(client, serve.base))
-    reader = await SlowReader.open(serve.base, f"/{name}")
-    await reader.stream.receive_some(1024)  # the download started; now stop reading
+    serve, reader = await stalled_download(tmp_path, "60s")
     serve.proc.send_signal(signal.SIGINT)
     await wait_for(lambda: "stopping" in serve.log)
     serve.proc.send_signal(signal.SIGHUP)
