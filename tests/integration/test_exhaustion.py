@@ -382,3 +382,31 @@ async def test_stalled_downloads_leave_descriptors_for_the_api_metrics_and_scans
         assert answer.content == data
     assert await serve.stop() == 0
     assert "Too many open files" not in serve.log
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "GET /{name} HTTP/1.0\r\nrange: bytes=0-99\r\n\r\n",
+        "GET /{name} HTTP/1.1\r\nhost: t\r\nrange: bytes=0-99\r\nconnection: close\r\n\r\n",
+    ],
+)
+async def test_a_stray_line_after_a_closing_request_is_ignored(tmp_path: Path, head: str) -> None:
+    """A request that closes its connection (HTTP/1.0, ``connection: close``) and an empty
+    line after it, in one segment: its answer (RFC 9112 section 2.2: a stray CRLF is
+    ignored). It was hypercorn's 400 in place of the 206 (h11 raised on any byte there)."""
+    path = small_tracker(tmp_path)
+    name = "snapshot-700-" + "3" * 44 + ".tar.zst"
+    data = bytes(range(256)) * 4096
+    (tmp_path / "ledger" / name).write_bytes(data)
+    serve = await start_serve("--config", str(path))
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        await wait_until(partial(listed, client, serve.base))
+    try:
+        request = (head.format(name=name) + "\r\n").encode()
+        received, closed = await exchange(serve.base, request)
+        status, _, body = received.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 206"), status
+        assert body == data[:100] and closed
+    finally:
+        assert await serve.stop() == 0

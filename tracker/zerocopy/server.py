@@ -29,6 +29,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from tracker.errors import TrackerError
+from tracker.h11patches.closing import install as bytes_after_the_last_request_dropped
 from tracker.h11patches.headers import install as lower_case_headers
 from tracker.h11patches.statusline import install as reason_phrases
 from tracker.observability.logs import ExpectedErrors
@@ -133,6 +134,7 @@ async def serve(
     """
     lower_case_headers()  # `connection: close` as the clients of README.md#clients expect it
     reason_phrases()  # `HTTP/1.1 303 See Other`, not `HTTP/1.1 303 `
+    bytes_after_the_last_request_dropped()  # a stray CRLF after an HTTP/1.0 request
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
