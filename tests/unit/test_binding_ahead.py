@@ -74,7 +74,7 @@ def test_a_file_rewritten_between_the_reads_is_refused(
 
     def rewritten(self: accountsprover.StoragesProver, *args: object, **kw: object) -> object:
         path.write_bytes(honest)  # between the first read and the second
-        return proof(self, *args, **kw)  # type: ignore[arg-type]
+        return proof(self, *args, **kw)
 
     monkeypatch.setattr(accountsprover.StoragesProver, "proof", rewritten)
     path.write_bytes(forged)

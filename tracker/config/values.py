@@ -29,11 +29,18 @@ _KINDS: tuple[tuple[type, str], ...] = (
 )
 
 
-def describe(value: object) -> str:
-    """How a YAML value reads in a message: ``an integer (5)``, ``a list``, ``null``."""
+def kind_of(value: object) -> str:
+    """What a YAML value is, never what it holds: ``an integer``, ``a list``, ``null``."""
     if value is None:
         return "null"
-    kind = next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+    return next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+
+
+def describe(value: object) -> str:
+    """How a YAML value reads in a message: ``an integer (5)``, ``a list``, ``null``."""
+    kind = kind_of(value)
+    if value is None:
+        return kind
     if isinstance(value, bool):
         return f"{kind} ({str(value).lower()})"
     return f"{kind} ({value!r})" if isinstance(value, int | float) else kind
@@ -173,12 +180,7 @@ def string(value: object) -> str:
     # bare number is an integer to YAML), and a message goes to the journal and to the
     # answer of POST /reload.
     hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
-    kind = (
-        "null"
-        if value is None
-        else next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
-    )
-    raise ValueError(f"expected a string, got {kind}{hint}")
+    raise ValueError(f"expected a string, got {kind_of(value)}{hint}")
 
 
 # yaml.v3 reads these strings (quoted or not) into a Go bool; PyYAML turns only some into bools.

@@ -57,8 +57,8 @@ log = logging.getLogger("tracker.objectstore")
 CHECK_EVERY = 5.0
 #: Known objects the health watcher tries to read a byte of, newest first.
 PROBED = 3
-#: Seconds a lock this replica must give back (a takeover whose uploads could not be
-#: aborted) is given to be released, however the claim ended; past them it expires.
+#: Seconds a lock this replica gives back (its upload ended, or a takeover whose uploads
+#: could not be aborted) is given to be released, however that ended; past them it expires.
 RELEASE_WITHIN = 10.0
 
 

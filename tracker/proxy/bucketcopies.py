@@ -40,7 +40,7 @@ from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.storehealth import StoreHealth
-from tracker.objectstore.tier import ObjectTier, TierEvents
+from tracker.objectstore.tier import RELEASE_WITHIN, ObjectTier, TierEvents
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import SnapshotSource, TargetKey
@@ -131,7 +131,7 @@ class ObjectPath:
             log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
         finally:
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 10
+                scope.deadline = trio.current_time() + RELEASE_WITHIN
                 await lock.release()
             tier.uploads_running -= 1
 

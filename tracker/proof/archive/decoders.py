@@ -272,7 +272,6 @@ def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
         if decompressor.eof:
             units += 1
             decompressor = None
-
     if decompressor is not None:
         raise ArchiveInvalid(
             f"{layer.label}: stream truncated at byte {at} (inside the {layer.unit} at byte "
