@@ -59,7 +59,7 @@ from tracker.web.deps import ApiDeps
 from tracker.web.healthcheck import HealthChecker
 from tracker.web.internal_api import create_internal_app
 from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_listeners, port_of
-from tracker.web.shortcuts import FastRedirects, best_source
+from tracker.web.shortcuts import FastRedirects, best_source, checked_host
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
 from tracker.zerocopy.limit import descriptor_budget
@@ -337,8 +337,8 @@ async def run_tracker(
                 log_event(log, "warning", "config_warning", problem=warning)
 
         sources = parts.status_sources()
-        internal = create_internal_app(
-            reload, tracker.metrics.render, partial(gather_status, sources)
+        internal = checked_host(
+            create_internal_app(reload, tracker.metrics.render, partial(gather_status, sources))
         )
         # The status page lists recent failovers and rejected archives from the log.
         logging.getLogger("tracker").addHandler(parts.events)

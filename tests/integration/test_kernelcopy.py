@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -156,3 +158,39 @@ def test_the_low_water_mark_follows_the_crowd(tmp_path: Path, crowded: bool, mar
         send_file(tx.fileno(), f.fileno(), 0, 256 * 1024, crowded=crowded)
         reader.join(10)
         assert tx.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == mark
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_a_client_that_leaves_mid_call_gets_its_bytes_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallback: bool
+) -> None:
+    """A client that took 1 MiB and reset its connection while a call was sending: the call
+    returns what went (the download's log line counts it), and the next call raises the
+    client's failure. Before, the call raised and its bytes were lost to the count. The same
+    holds where the file system cannot sendfile (pread and write instead)."""
+    if fallback:
+
+        def no_sendfile(*args: object) -> int:
+            raise OSError(errno.EINVAL, "sendfile not supported here")
+
+        monkeypatch.setattr(os, "sendfile", no_sendfile)
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(16 * MiB))
+    with tcp_pair() as (tx, rx), open(path, "rb") as f:
+        tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        tx.setblocking(False)
+        taken = bytearray()
+
+        def take_then_reset() -> None:
+            while len(taken) < MiB:
+                taken.extend(rx.recv(MiB - len(taken)))
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            rx.close()  # unread bytes: a reset
+
+        reader = threading.Thread(target=take_then_reset, daemon=True)
+        reader.start()
+        sent = send_file(tx.fileno(), f.fileno(), 0, 16 * MiB)
+        reader.join(10)
+        assert MiB <= sent < 16 * MiB
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            send_file(tx.fileno(), f.fileno(), sent, 16 * MiB - sent)

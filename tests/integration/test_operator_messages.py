@@ -89,3 +89,39 @@ async def test_a_refused_reload_is_logged_for_post_reload_too(tmp_path: Path) ->
         assert "scrape_interval" in line
     finally:
         assert await serve.stop() == 0
+
+
+async def test_a_host_quart_cannot_route_gets_a_400_counted_not_a_500_traceback(
+    tmp_path: Path,
+) -> None:
+    """A ``Host`` whose name IDNA refuses (an empty label, one over 63 letters) made
+    werkzeug raise before any handler: a 500 on every Quart route of both listeners, a
+    traceback logged at ERROR for each (a log any client could flood), uncounted. It is a
+    400 with one line, counted, and the log stays quiet."""
+    serve = await start_serve("--config", str(write(tmp_path)))
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            for host in ("a..b", ".", "a" * 64 + ".example", "a..b:8458"):
+                for base, path in [
+                    (serve.base, "/v1/snapshots"),
+                    (serve.base, "/v1/targets"),
+                    (serve.base, "/snapshot.tar.bz2"),
+                    (serve.internal, "/healthz"),
+                    (serve.internal, "/metrics"),
+                ]:
+                    answer = await client.get(base + path, headers={"host": host})
+                    assert answer.status_code == 400, (host, path)
+                    assert "malformed host header" in answer.text
+            assert (await client.get(f"{serve.base}/v1/snapshots")).json() == []
+            json_error = await client.get(f"{serve.base}/v1/snapshots", headers={"host": "."})
+            assert json_error.json() == {"error": "malformed host header"}
+            metrics = (await client.get(f"{serve.internal}/metrics")).text
+        [counted] = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("snapshot_tracker_http_requests_total") and 'status="400"' in line
+        ]
+        assert float(counted.rsplit(" ", 1)[1]) == 4 * 3 + 1
+    finally:
+        assert await serve.stop() == 0
+    assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log

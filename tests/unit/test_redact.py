@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 
 from tracker.config.loading import load_config
 from tracker.config.schema import BasicAuth, BearerAuth, TargetGroup, TLSConfig
+from tracker.core.text import one_line, quoted
 from tracker.errors import ConfigError
 from tracker.observability.logs import log_event, setup_logging
 from tracker.observability.metrics import Metrics
 from tracker.observability.redact import has_secrets, redact_text, redact_url, redact_userinfo
+from tracker.serving.httpanswer import text_answer
 from tracker.web.delivery import needs_credentials
 
 # Secrets are built around markers that cannot occur in the generated hosts and paths
@@ -90,10 +92,41 @@ def test_a_url_without_userinfo_or_query_is_unchanged(url: str) -> None:
         ("user:PW@host:8899", "***@host:8899"),  # no scheme: still userinfo
         ("http://[::1:PW@host/", "http://***@host/"),  # does not parse as a URL
         ("http://h/#frag", "http://h/#***"),
+        ("//u:PW@host/x", "//***@host/x"),  # scheme-relative (a Location may be)
+        ("http://u:PWPW…", "http://***"),  # cut inside its userinfo, before the "@"
+        ("http://host:8899/long/pa…", "http://host:8899/long/pa…"),  # cut after the host
     ],
 )
 def test_redact_url_examples(raw: str, shown: str) -> None:
     assert redact_url(raw) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:" + "P" * 160 + "@127.0.0.1:1/nothing",
+        "//user:" + "P" * 160 + "@127.0.0.1:1/nothing",
+        "https://127.0.0.1:1/p?api-key=" + "P" * 160,
+    ],
+)
+def test_a_url_quoted_and_cut_anywhere_shows_no_part_of_its_secret(url: str) -> None:
+    """A peer's value is quoted and cut (tracker.core.text) before the message it is in is
+    masked: cut before its ``@``, a long password was shown (the ``@`` that made it userinfo
+    was cut off), and a scheme-relative one was never taken for a URL."""
+    for limit in range(10, len(url) + 4):
+        for shown in (
+            redact_text(f"snapshot.tar.bz2: Location {quoted(url, limit)} does not name"),
+            redact_text(one_line(f"Location {url} is refused", limit)),
+        ):
+            assert "PP" not in shown and "user" not in shown, (limit, shown)
+
+
+def test_a_refusal_sent_to_a_client_masks_the_urls_it_quotes() -> None:
+    """A 502's reason may quote a source's redirect (``redirect to 'http://u:pw@…' is not a
+    usable URL``): the answer goes to any client."""
+    answer = text_answer(502, "source 1: redirect to 'ftp://admin:PW-s3cr3t@127.0.0.1/x'")
+    assert isinstance(answer.body, bytes)
+    assert b"PW-s3cr3t" not in answer.body and b"admin" not in answer.body
 
 
 def test_redact_userinfo_keeps_the_query_of_a_link_to_download() -> None:

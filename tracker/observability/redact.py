@@ -18,10 +18,15 @@ from urllib.parse import urlsplit
 
 MASK = "***"
 
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# A scheme and its "//", or the "//" alone of a scheme-relative URL ("//user:pw@host/",
+# which a Location may hold: its userinfo is as secret).
+_SCHEME = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//")
 # A URL inside free text: a scheme, then anything up to a blank, a double quote or an angle
 # bracket; a single quote ends it only where it closes a quoted URL ('http://…' in messages).
-_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s"<>]*?(?='?(?:[\s"<>]|$))""")
+_URL_IN_TEXT = re.compile(r"""(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s"<>]*?(?='?(?:[\s"<>]|$))""")
+#: What ends a text cut short (tracker.core.text): a URL cut inside its authority may have
+#: lost the ``@`` that showed the rest was userinfo.
+CUT = "…"
 
 
 def redact_url(text: str) -> str:
@@ -32,11 +37,14 @@ def redact_url(text: str) -> str:
     (or of the text, when it has no ``scheme://``) to the last ``@``; the query or fragment is
     everything from the first ``?`` or ``#``. When an ``@`` follows that ``?`` or ``#`` (one in
     the password, or an ``@`` in the query: the two cannot be told apart) everything after
-    ``scheme://`` is masked.
+    ``scheme://`` is masked, and so it is of a URL cut short (:data:`CUT`) before its
+    authority ended. A scheme-relative ``//user:pw@host/`` is masked as ``//***@host/``.
     """
     scheme = _SCHEME.match(text)
     start = scheme.end() if scheme else 0
     rest = text[start:]
+    if scheme and rest.endswith(CUT) and not any(c in rest for c in "/?#@"):
+        return text[:start] + MASK  # cut inside the authority: what is left may be userinfo
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     at = rest.rfind("@")
     if at > cut:
@@ -54,7 +62,7 @@ def redact_text(text: str) -> str:
     For free text (error messages, log lines, exception texts) and for values that are either
     a URL or something else (a target: a URL, or a local directory shown as it is).
     """
-    if "://" not in text or not any(c in text for c in "@?#"):
+    if "//" not in text or not any(c in text for c in "@?#" + CUT):
         return text  # nothing to hide; the common case, kept cheap for large listings
     return _URL_IN_TEXT.sub(lambda m: redact_url(m[0]), text)
 

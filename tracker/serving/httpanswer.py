@@ -11,6 +11,7 @@ import math
 
 import attrs
 
+from tracker.observability.redact import redact_text
 from tracker.serving.responsebodies import Body
 
 
@@ -42,8 +43,9 @@ def retry_after(seconds: float | None) -> str:
 
 def text_answer(status: int, reason: str, *, retry: float | None = None) -> Answer:
     """A one-line plain-text answer (a 502's or 503's reason); a 503 carries ``Retry-After``
-    (``retry`` seconds, see :func:`retry_after`)."""
-    body = (reason + "\n").encode()
+    (``retry`` seconds, see :func:`retry_after`). URLs in ``reason`` are masked (a source's
+    redirect may name credentials; the answer goes to any client)."""
+    body = (redact_text(reason) + "\n").encode()
     headers = {"content-type": "text/plain", "content-length": str(len(body))}
     if status == 503:
         headers["retry-after"] = retry_after(retry)

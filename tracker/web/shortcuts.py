@@ -16,6 +16,7 @@ other way) goes on to Quart.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -104,7 +105,9 @@ class FastRedirects:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         began = time.monotonic()
         answer, rule = None, ""
-        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
+        if scope["type"] == "http" and unroutable_host(scope):
+            answer, rule = bad_host_answer(scope.get("path", "")), "unmatched"
+        elif scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
             path = scope.get("path", "")
             route = self._routes.get(path)
             if route is not None:
@@ -163,6 +166,48 @@ class FastRedirects:
             return _redirect(short.location)
         length = str(len(short.body)).encode()
         return short.status, [_TEXT, (b"content-length", length)], short.body
+
+
+def unroutable_host(scope: Any) -> bool:
+    """True when the request's ``Host`` is one Quart cannot route: werkzeug binds its URL map
+    to the host's name encoded as IDNA, which refuses an empty label (``a..b``, ``.``) or
+    one over 63 letters, and raises before any handler runs (a 500 with a traceback logged,
+    uncounted). Such a request is answered 400 before Quart (:func:`bad_host_answer`)."""
+    name = _header(scope, b"host").lower().partition(":")[0]
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return True
+    return False
+
+
+def bad_host_answer(path: str) -> RawAnswer:
+    """The 400 of a request :func:`unroutable_host` refuses, worded as the API's errors are
+    (JSON under ``/v1/`` but for an archive's name, text elsewhere)."""
+    reason = "malformed host header"
+    if path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]:
+        body = json.dumps({"error": reason}, separators=(",", ":")).encode()
+        kind = (b"content-type", b"application/json")
+    else:
+        body, kind = f"{reason}\n".encode(), _TEXT
+    return 400, [kind, (b"content-length", str(len(body)).encode())], body
+
+
+def checked_host(app: Any) -> Any:
+    """``app`` (an ASGI app) behind the :func:`unroutable_host` check: for the internal
+    listener, whose requests do not pass :class:`FastRedirects`."""
+
+    async def checked(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not unroutable_host(scope):
+            await app(scope, receive, send)
+            return
+        status, headers, body = bad_host_answer(scope.get("path", ""))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    return checked
 
 
 def _first_values(query: bytes) -> dict[str, str]:

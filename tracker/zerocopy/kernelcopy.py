@@ -58,31 +58,38 @@ def send_file(
 ) -> int:
     """Blocking: send ``count`` bytes of ``file_fd`` from ``offset`` to socket ``out``;
     returns how many went out: ``count``, or fewer when the socket had no room for
-    ``linger`` seconds (the caller waits for it to be writable, and calls again).
+    ``linger`` seconds or a failure came after some bytes went (the caller waits for the
+    socket to be writable, and calls again: the failure then raises, with nothing sent).
 
-    The socket is the event loop's non-blocking one, so this waits for room with poll(). A
-    file system that cannot sendfile (some FUSE and network ones) gets the same bytes through
-    pread and write instead. ``crowded``: other pieces are being sent at the same time (see
-    :func:`_low_water_mark`).
+    A failure raises only from a call that sent nothing, so that the bytes a client got
+    before it left are always counted (the download's log line, tracker/accounting/
+    downloads.py). The socket is the event loop's non-blocking one, so this waits for room
+    with poll(). A file system that cannot sendfile (some FUSE and network ones) gets the
+    same bytes through pread and write instead. ``crowded``: other pieces are being sent at
+    the same time (see :func:`_low_water_mark`).
     """
     _low_water_mark(out, crowded)
     room = _Room(out, linger)
     sent_total = 0
-    while count:
-        try:
-            sent = os.sendfile(out, file_fd, offset, count)
-        except BlockingIOError:
-            if not room.wait():
-                break
-            continue
-        except OSError as exc:
-            if exc.errno not in _NO_SENDFILE:
-                raise
-            return sent_total + _copy_file(room, file_fd, offset, count)
-        if sent == 0:
-            raise SourceFailed(f"file ended at byte {offset} while being sent")
-        offset, count, sent_total = offset + sent, count - sent, sent_total + sent
-        room.progressed()
+    try:
+        while count:
+            try:
+                sent = os.sendfile(out, file_fd, offset, count)
+            except BlockingIOError:
+                if not room.wait():
+                    break
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                return sent_total + _copy_file(room, file_fd, offset, count)
+            if sent == 0:
+                raise SourceFailed(f"file ended at byte {offset} while being sent")
+            offset, count, sent_total = offset + sent, count - sent, sent_total + sent
+            room.progressed()
+    except (OSError, SourceFailed):
+        if not sent_total:
+            raise
     return sent_total
 
 
@@ -119,24 +126,30 @@ _COPY_CHUNK = 1024 * 1024
 
 
 def _copy_file(room: _Room, file_fd: int, offset: int, count: int) -> int:
+    """:func:`send_file` through pread and write; raises, as it does, only having sent
+    nothing."""
     copied = 0
-    while count:
-        # At most what the socket has room for: bytes read and not written would be lost
-        # when the room runs out (the caller sends the rest from the file again).
-        data = os.pread(file_fd, min(count, _COPY_CHUNK), offset)
-        if not data:
-            raise SourceFailed(f"file ended at byte {offset} while being sent")
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(room.out, view)
-            except BlockingIOError:
-                if not room.wait():
-                    return copied
-                continue
-            view = view[written:]
-            offset, count, copied = offset + written, count - written, copied + written
-            room.progressed()
+    try:
+        while count:
+            # At most what the socket has room for: bytes read and not written would be lost
+            # when the room runs out (the caller sends the rest from the file again).
+            data = os.pread(file_fd, min(count, _COPY_CHUNK), offset)
+            if not data:
+                raise SourceFailed(f"file ended at byte {offset} while being sent")
+            view = memoryview(data)
+            while view:
+                try:
+                    written = os.write(room.out, view)
+                except BlockingIOError:
+                    if not room.wait():
+                        return copied
+                    continue
+                view = view[written:]
+                offset, count, copied = offset + written, count - written, copied + written
+                room.progressed()
+    except (OSError, SourceFailed):
+        if not copied:
+            raise
     return copied
 
 
