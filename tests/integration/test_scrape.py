@@ -16,8 +16,11 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name, incremental_name
 from quart_trio import QuartTrio
 
+from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import Config, HttpTargets, TargetGroup
+from tracker.discovery.http import probe_http
 from tracker.discovery.scrape import Scraper
+from tracker.errors import ProbeError
 from tracker.ordering.index import Index
 
 
@@ -324,3 +327,18 @@ async def test_a_location_no_host_could_have_costs_its_target_only(
     assert health[urls[0]].last_error and "\n" not in health[urls[0]].last_error
     assert health[urls[0]].health == "down" and health[urls[1]].health == "up"
     assert [s.key.target for s in index.sources("g")] == [urls[1]]
+
+
+@pytest.mark.parametrize("location", ["http://xn--zz/{}", "http://xn--zz:8899/{}", "//xn--zz/{}"])
+async def test_a_discovered_node_naming_a_host_idna_refuses_is_a_probe_error(
+    nursery: trio.Nursery, location: str
+) -> None:
+    """The nodes of ``cluster_discovery`` are asked with the lean client, which never reads
+    a ``Location``'s host: the probe read it, and httpx raised ``idna.IDNAError`` there,
+    past the scrape loop, which ended ``serve`` (one node of the cluster could). It is a
+    ProbeError of that node."""
+    name = full_name(100)
+    app = ScriptedApp({"/snapshot.tar.bz2": Answer(302, (("location", location.format(name)),))})
+    url = await nursery.start(serve_app, app)
+    with pytest.raises(ProbeError, match="Location"):
+        await probe_http(HeadClient(5.0), url)

@@ -159,6 +159,13 @@ RULES = [
         "target_groups[0].http_targets.targets[0]",
         "not an absolute http(s) URL",
     ),
+    # httpx decodes such a host when first read, and raised then: check-config passed it,
+    # serve ended at the first scrape.
+    (
+        GROUP + "    http_targets: {targets: ['http://xn--zz:8899']}\n",
+        "target_groups[0].http_targets.targets[0]",
+        "host is not a valid internationalised name",
+    ),
     (
         GROUP + "    http_targets: {targets: ['http://h/?a=1']}\n",
         "target_groups[0].http_targets.targets[0]",

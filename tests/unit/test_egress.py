@@ -45,6 +45,10 @@ from tracker.net.egress import (
         ("::", "unspecified"),
         ("240.0.0.1", "reserved"),
         ("192.0.2.1", "private"),  # documentation range
+        # what the standard library takes for global (3.11) and IANA does not
+        ("fec0::1", "site-local"),
+        ("192.0.0.11", "reserved"),  # IETF protocol assignments, past their first /29
+        ("192.0.0.170", "private"),  # NAT64 discovery (the standard library knows it)
         # IPv6 forms that carry a refused IPv4 address
         ("::ffff:127.0.0.1", "loopback"),
         ("::ffff:169.254.169.254", "link-local"),
@@ -53,6 +57,7 @@ from tracker.net.egress import (
         ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
         # public unicast
         ("8.8.8.8", None),
+        ("192.0.0.9", None),  # PCP anycast: globally reachable (IANA)
         ("2606:4700:4700::1111", None),
         ("::ffff:8.8.8.8", None),
     ],

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from urllib.parse import urlsplit
 
+import idna
+
 from tracker.core.cachedirs import group_name_problem
 from tracker.core.hosts import is_host_name
 from tracker.observability.redact import redact_url
@@ -250,6 +252,15 @@ def check_http_url(text: str) -> None:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
+    if parts.hostname.lower().startswith("xn--"):
+        # httpx decodes such a host when it is first read, and raises then (a target that
+        # passed the check would fail at its first scrape, not here).
+        try:
+            idna.decode(parts.hostname)
+        except (idna.IDNAError, UnicodeError):
+            raise ValueError(
+                f"host is not a valid internationalised name: {redact_url(text)!r}"
+            ) from None
     if any(c.isspace() or c in _ENDS_A_URL for c in text):
         # Where a URL is shown in free text (a log line, an error), a blank, a double quote
         # or an angle bracket ends it, so what followed one in a password would be shown

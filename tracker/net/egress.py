@@ -39,6 +39,13 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
+# What the standard library (3.11) takes for global and IANA does not: IPv6 site-local
+# (RFC 3879 deprecated it; still routed inside sites that use it), and the IETF protocol
+# assignments of 192.0.0.0/24 beyond their first /29, but for the two anycast addresses
+# IANA lists as globally reachable.
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+_IETF_PROTOCOL = ipaddress.ip_network("192.0.0.0/24")
+_IETF_GLOBAL = frozenset(map(ipaddress.ip_address, ("192.0.0.9", "192.0.0.10")))
 
 
 def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -90,6 +97,10 @@ def _kind(address: IPAddress) -> str | None:
         return "reserved"
     if address.is_private:
         return "private"
+    if isinstance(address, ipaddress.IPv6Address) and address in _SITE_LOCAL:
+        return "site-local"
+    if address in _IETF_PROTOCOL and address not in _IETF_GLOBAL:
+        return "reserved"
     if not address.is_global:
         return "non-public"
     return None

@@ -179,17 +179,26 @@ class _Once:
 
 
 def parse_url(text: str) -> httpx.URL:
-    """``text`` as a URL; TransportError (httpx's own reason) when httpx cannot take it."""
+    """``text`` as a URL; TransportError (httpx's own reason) when httpx cannot take it,
+    its host included (see :func:`_host_read`)."""
     try:
-        return httpx.URL(text)
-    except httpx.InvalidURL as exc:
+        return _host_read(httpx.URL(text))
+    except (httpx.InvalidURL, UnicodeError) as exc:
         raise TransportError(one_line(str(exc))) from exc
 
 
 def join_url(base: httpx.URL, reference: str) -> httpx.URL:
     """``reference`` (a ``Location``) resolved against ``base``, without its fragment;
-    TransportError when httpx cannot take it."""
+    TransportError when httpx cannot take it, its host included (see :func:`_host_read`)."""
     try:
-        return base.join(reference).copy_with(fragment=None)
-    except httpx.InvalidURL as exc:
+        return _host_read(base.join(reference).copy_with(fragment=None))
+    except (httpx.InvalidURL, UnicodeError) as exc:
         raise TransportError(one_line(str(exc))) from exc
+
+
+def _host_read(url: httpx.URL) -> httpx.URL:
+    """``url`` once its host was read: httpx decodes a host's IDNA only when it is asked
+    for, and raises ``idna.IDNAError`` (a UnicodeError) then for one IDNA refuses
+    (``xn--zz``), wherever that happens to be; here it is at parsing, as a TransportError."""
+    _ = url.host
+    return url
