@@ -5,10 +5,20 @@ tables."""
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
+from tracker.errors import SourceBusy
 from tracker.multisource.claims import MIN_STEAL, STEAL_AFTER_SECONDS, Pieces
 from tracker.multisource.judging import laggards, slower_than
-from tracker.proxy.cachefill import lanes_for, piece_size_for, use_many, window_for
+from tracker.proxy.cachefill import (
+    SLOT_WAIT,
+    SPEED_WINDOW,
+    lanes_for,
+    piece_size_for,
+    use_many,
+    window_for,
+)
 from tracker.proxy.piececheck import Verdict, comparers, verdict
 
 MiB = 1024 * 1024
@@ -108,17 +118,56 @@ def test_a_running_answer_extends_its_claim_over_free_pieces_only() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rates", "live", "expected"),
+    ("rates", "live", "busy", "expected"),
     [
-        ([1.0, 100.0], [True, True], ["slower than 10 bytes/s (1)", ""]),
-        ([1.0, 1.0], [True, True], ["slower than 10 bytes/s (1)", ""]),  # the last one stays
-        ([1.0, 100.0], [True, False], ["", ""]),
+        ([1.0, 100.0], [True, True], [True, True], ["slower than 10 bytes/s (1)", ""]),
+        # the last one stays
+        ([1.0, 1.0], [True, True], [True, True], ["slower than 10 bytes/s (1)", ""]),
+        ([1.0, 100.0], [True, False], [True, True], ["", ""]),
+        # not asked all the window (more sources than connections, the download's end): it
+        # sent nothing by right, and stays for when the others fail
+        ([0.0, 0.0, 100.0], [True] * 3, [False, False, True], ["", "", ""]),
+        ([0.0, 100.0], [True, True], [True, False], ["slower than 10 bytes/s (0)", ""]),
     ],
 )
 def test_fetch_drops_sources_under_its_speed_floor(
-    rates: list[float], live: list[bool], expected: list[str]
+    rates: list[float], live: list[bool], busy: list[bool], expected: list[str]
 ) -> None:
-    assert slower_than(10, rates, live) == expected
+    assert slower_than(10, rates, live, busy) == expected
+
+
+async def test_a_source_waiting_for_a_transfer_slot_is_not_dropped_as_stalled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A source whose origin has no free transfer slot waits for one (``SLOT_WAIT``), gets
+    SourceBusy, pauses and asks again: not its fault, and it sent nothing by right. It was
+    counted busy all along (its request open while it waited and paused) and dropped as
+    stalled for the rest of the refresh, though its slot would free a moment later."""
+    from tracker.multisource.crew import Crew, lane, watch_speed
+    from tracker.multisource.sources import Identity, Source
+
+    class Tunables:
+        read_timeout, write_size, write_delay, max_failures = 30.0, 2 * MiB, 0.05, 3
+
+    fast = Source("http://a/f", Identity(64 * MiB), ranges=True)
+    waiting = Source("http://b/f", Identity(64 * MiB), ranges=True)
+
+    async def fetch(crew: Crew, source: Source, claim: object, first: object) -> None:
+        if source is waiting:
+            await trio.sleep(SLOT_WAIT)  # queued for a slot of its origin: none came
+            raise SourceBusy("no free transfer slot")
+        await trio.sleep(0.1)
+        source.sent += MiB
+
+    crew = Crew(Tunables(), Pieces(64 * MiB, MiB), -1, open=None, fetch_claim=fetch)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for source in (fast, waiting):
+            nursery.start_soon(lane, crew, source)
+        nursery.start_soon(watch_speed, [fast, waiting], SPEED_WINDOW, laggards)
+        await trio.sleep(10 * SPEED_WINDOW)
+        nursery.cancel_scope.cancel()
+    assert waiting.live and fast.live, waiting.dropped
+    assert waiting.slot_waits > 0
 
 
 K = 1024.0

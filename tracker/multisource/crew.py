@@ -212,6 +212,7 @@ async def _probe(crew: Crew, source: Source) -> None:
     source.scopes.add(scope)
     crew.probes.add(scope)
     source.probing = True
+    busy = False
     try:
         with scope:
             async with crew.open(source, {"range": "bytes=0-0"}) as answer:
@@ -224,7 +225,7 @@ async def _probe(crew: Crew, source: Source) -> None:
                     source.ranges_shown = True
         source.failures = 0
     except SourceBusy:
-        await trio.sleep(BUSY_PAUSE)
+        busy = True
     except SourceFailed as exc:
         _failed(crew, source, exc)
     finally:
@@ -232,6 +233,8 @@ async def _probe(crew: Crew, source: Source) -> None:
         source.scopes.discard(scope)
         crew.probes.discard(scope)
         crew.changed()
+    if busy:
+        await _slot_pause(source)
 
 
 def _failed(crew: Crew, source: Source, exc: SourceFailed) -> None:
@@ -256,20 +259,31 @@ async def _one_claim(
         return True
     scope = trio.CancelScope()
     source.scopes.add(scope)
+    busy = False
     try:
         with scope:
             fetch = crew.fetch_claim or fetch_claim
             await fetch(crew, source, claim, first)
         source.failures = 0
     except SourceBusy:
-        await trio.sleep(BUSY_PAUSE)  # the origin's slots are taken: not the source's fault
+        busy = True
     except SourceFailed as exc:
         _failed(crew, source, exc)
     finally:
         source.scopes.discard(scope)
         crew.pieces.finish(claim)
         crew.changed()
+    if busy:
+        await _slot_pause(source)
     return True
+
+
+async def _slot_pause(source: Source) -> None:
+    """After ``source``'s origin had no free transfer slot: not the source's fault, so it
+    is counted (:attr:`Source.slot_waits`: the speed judge leaves that window out) and the
+    pause before its next request runs with no request of it open (not busy)."""
+    source.slot_waits += 1
+    await trio.sleep(BUSY_PAUSE)
 
 
 async def fetch_claim(crew: Crew, source: Source, claim: Claim, first: PieceAnswer | None) -> None:
@@ -454,8 +468,8 @@ async def skipped(
 
 #: ``judge(rates, live, busy, overall)``: the reason to drop each source ("" to keep it),
 #: from the bytes per second each delivered over the last window, whether it is still in
-#: use, whether it had a request running at both ends of the window, and the bytes per
-#: second each delivered since the watch began.
+#: use, whether it had a request running at both ends of the window and never waited for
+#: a transfer slot meanwhile, and the bytes per second each delivered since the watch began.
 Judge = Callable[[list[float], list[bool], list[bool], list[float]], list[str]]
 
 
@@ -465,13 +479,19 @@ async def watch_speed(pool: list[Source], window: float, judge: Judge) -> None:
     began, first = trio.current_time(), [s.sent for s in pool]
     last = list(first)
     asking = [bool(s.scopes) for s in pool]
+    waits = [s.slot_waits for s in pool]
     while True:
         await trio.sleep(window)
         elapsed = max(window, trio.current_time() - began)
         rates = [(s.sent - before) / window for s, before in zip(pool, last, strict=True)]
         overall = [(s.sent - before) / elapsed for s, before in zip(pool, first, strict=True)]
-        busy = [was and bool(s.scopes) for s, was in zip(pool, asking, strict=True)]
+        # busy: asking at both ends of the window, and never for want of a slot meanwhile
+        busy = [
+            was and bool(s.scopes) and s.slot_waits == waited
+            for s, was, waited in zip(pool, asking, waits, strict=True)
+        ]
         last, asking = [s.sent for s in pool], [bool(s.scopes) for s in pool]
+        waits = [s.slot_waits for s in pool]
         reasons = judge(rates, [s.live for s in pool], busy, overall)
         for source, reason in zip(pool, reasons, strict=True):
             if reason and source.live:

@@ -13,16 +13,20 @@ def slower_than(
     least: int,
     rates: list[float],
     live: list[bool],
-    _busy: list[bool] | None = None,
+    busy: list[bool] | None = None,
     _overall: list[float] | None = None,
 ) -> list[str]:
     """``fetch``'s rule: a source slower than ``least`` bytes/s (``--min-speed``) is dropped
-    while another one is left (in order: of two slow sources the second stays)."""
+    while another one is left (in order: of two slow sources the second stays). Only a
+    source ``busy`` all the window long is judged (None: all were): one not asked (more
+    sources than connections, the end of the download) sent nothing by right, and stays
+    for when the others fail."""
+    judged = busy if busy is not None else [True] * len(rates)
     left = list(live)
     reasons = []
     for index, rate in enumerate(rates):
         others = any(on for i, on in enumerate(left) if i != index)
-        if left[index] and others and rate < least:
+        if left[index] and judged[index] and others and rate < least:
             reasons.append(f"slower than {least} bytes/s ({rate:.0f})")
             left[index] = False
         else:

@@ -74,6 +74,9 @@ class Source:
     ranges_shown: bool = False
     probing: bool = False
     scopes: set[trio.CancelScope] = attrs.Factory(set)
+    #: Its requests that found no free transfer slot of its origin (SourceBusy): a speed
+    #: window in which one did judges it not (it waited for a slot, it was not asked).
+    slot_waits: int = 0
     #: The caller's own handle of the source (the refresh: its index entry), never read here.
     tag: object = None
     #: The event logged when the source is dropped (each caller logs under its own name).
