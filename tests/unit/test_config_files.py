@@ -105,11 +105,11 @@ def test_secrets_never_appear_in_repr(tmp_path: Path) -> None:
         target_groups:
           - group: a
             basic_auth: {username: user, password: inline-password-321}
-            consul_sd_config: {host: "localhost:8500", token_file: tok}
+            consul_sd_config: {host: "localhost:8500", service: s, token_file: tok}
           - group: b
             basic_auth: {username: user, password_file: pw}
             bearer_auth: {token: inline-token-654}
-            consul_sd_config: {token: consul-token-987}
+            consul_sd_config: {service: s, token: consul-token-987}
           - group: c
             bearer_auth: {token_file: tok}
         """,

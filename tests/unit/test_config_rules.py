@@ -213,6 +213,28 @@ RULES = [
         "target_groups[0].bearer_auth.token_file",
         "is empty",
     ),
+    # Checked at load, not at the first round (a round-by-round "no Consul service name"
+    # and a group with no targets, though check-config passed).
+    (
+        GROUP + "    consul_sd_config: {host: '127.0.0.1:8500'}\n",
+        "target_groups[0].consul_sd_config.service",
+        "required: the Consul service whose instances are the targets",
+    ),
+    (
+        GROUP + "    consul_sd_config: {host: 'ftp://127.0.0.1:8500', service: s}\n",
+        "target_groups[0].consul_sd_config.host",
+        "not an absolute http(s) URL",
+    ),
+    (
+        GROUP + "    consul_sd_config: {host: 'http://[::1', service: s}\n",
+        "target_groups[0].consul_sd_config.host",
+        "not an absolute http(s) URL",
+    ),
+    (
+        GROUP + "    consul_sd_config: {host: 'http://consul:8500/v1', service: s}\n",
+        "target_groups[0].consul_sd_config.host",
+        "expected host:port or an http(s):// origin",
+    ),
     (
         GROUP + "    consul_sd_config: {token: t, token_file: secret.txt}\n",
         "target_groups[0].consul_sd_config",

@@ -107,3 +107,32 @@ async def test_a_reload_dropping_a_group_mid_discovery_asks_nothing_of_it(
         assert asked == (["a"] if kind == "consul" else ["http://a"])
     finally:
         await scraper.aclose()
+
+
+async def test_a_reload_changing_cluster_discovery_asks_its_rpc_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nodes a group's cluster discovery found were kept by the group's name for
+    ``interval`` (5 minutes by default): a reload to another RPC, version filter or bound
+    kept the old nodes and asked nothing until then, though a reload applies at once."""
+    import tracker.discovery.targetset as targetset
+
+    asked: list[str] = []
+
+    async def nodes_of(_client: object, query: ClusterDiscovery, **_kwargs: Any) -> list[Any]:
+        asked.append(query.rpc[0])
+        return []
+
+    monkeypatch.setattr(targetset, "cluster_targets", nodes_of)
+    before = TargetGroup(group="g", cluster_discovery=ClusterDiscovery(rpc=("http://x",)))
+    config = Config(target_groups=(before,))
+    scraper = Scraper(config, Index())
+    try:
+        await scraper.scrape_round()
+        await scraper.scrape_round()  # within the interval: the kept nodes
+        after = attrs.evolve(before, cluster_discovery=ClusterDiscovery(rpc=("http://y",)))
+        scraper.update_config(attrs.evolve(config, target_groups=(after,)))
+        await scraper.scrape_round()
+    finally:
+        await scraper.aclose()
+    assert asked == ["http://x", "http://y"]

@@ -84,7 +84,8 @@ def _register_auth(converter: cattrs.Converter, files: FileChecks) -> None:
     add_hook(converter, BasicAuth, secret, lambda auth: finish_basic_auth(auth, secrets))
     token = {"token_file": files.secret_file}
     add_hook(converter, BearerAuth, token, lambda auth: finish_bearer_auth(auth, secrets))
-    add_hook(converter, ConsulSDConfig, token, lambda sd: finish_consul(sd, secrets))
+    consul = {**token, "host": values.consul_host}
+    add_hook(converter, ConsulSDConfig, consul, lambda sd: finish_consul(sd, secrets))
     tls_files = {name: files.readable_file for name in ("ca_file", "cert_file", "key_file")}
     add_hook(converter, TLSConfig, tls_files, finish_tls, aliases=TLS_GO_KEYS)
 

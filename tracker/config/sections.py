@@ -75,9 +75,13 @@ def finish_object_store(store: ObjectStore, secrets: Secrets) -> ObjectStore:
 
 
 def finish_consul(consul: ConsulSDConfig, secrets: Secrets) -> ConsulSDConfig:
-    """At most one token: given or read from its file."""
+    """The service to ask, and at most one token: given or read from its file."""
+    problems: list[tuple[Path, str]] = []
+    if not consul.service:
+        problems.append((("service",), "required: the Consul service whose instances are the targets"))
     if consul.token and consul.token_file:
-        raise_problems([((), "set either token or token_file, not both")])
+        problems.append(((), "set either token or token_file, not both"))
+    raise_problems(problems)
     token = secrets.get(consul.token_file, consul.token)
     return attrs.evolve(consul, resolved_token=token)
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import idna
 
 from tracker.core.cachedirs import group_name_problem
-from tracker.core.hosts import is_host_name
+from tracker.core.hosts import is_authority, is_host_name
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
 
@@ -277,6 +277,20 @@ def http_target(value: object) -> str:
     if "?" in text or "#" in text:
         raise ValueError(f"URL must not have a query or fragment: {redact_url(text)!r}")
     return text.rstrip("/")
+
+
+def consul_host(value: object) -> str:
+    """``consul_sd_config.host``: "" (Consul's default address), ``host[:port]``, or an
+    ``http(s)://host[:port]`` URL with no path, query or fragment (what Go's Consul client
+    takes)."""
+    text = string(value)
+    if text == "" or is_authority(text):
+        return text
+    check_http_url(text)
+    parts = urlsplit(text)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"expected host:port or an http(s):// origin, got {redact_url(text)!r}")
+    return text
 
 
 def rpc_url(value: object) -> str:

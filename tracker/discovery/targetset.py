@@ -15,7 +15,7 @@ from functools import partial
 import httpx
 import trio
 
-from tracker.config.schema import Config, TargetGroup
+from tracker.config.schema import ClusterDiscovery, Config, TargetGroup
 from tracker.config.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import CatalogQuery, discover_consul
@@ -62,8 +62,9 @@ class TargetFinder:
         self._rpc_answered = rpc_answered
         #: The hosts each ``file_targets`` file and each group's Consul gave last.
         self._hosts: dict[str, list[str]] = {}
-        #: Per group: the nodes cluster discovery found last, and when it asked.
-        self._cluster: dict[str, tuple[float, list[Node]]] = {}
+        #: Per group: the nodes cluster discovery found last, when it asked, and the
+        #: ``cluster_discovery`` it asked by (a reload that changes it asks again at once).
+        self._cluster: dict[str, tuple[ClusterDiscovery, float, list[Node]]] = {}
 
     async def discover(self, config: Config) -> list[Target]:
         """The current target set of every group (files re-read, Consul asked)."""
@@ -100,7 +101,10 @@ class TargetFinder:
         the last list (nodes do not vanish because one RPC call failed)."""
         discovery = group.cluster_discovery
         assert discovery is not None
-        asked, nodes = self._cluster.get(group.group, (-math.inf, []))
+        kept = self._cluster.get(group.group)
+        asked, nodes = -math.inf, list[Node]()
+        if kept is not None and kept[0] == discovery:  # else another RPC, filter or bound
+            _, asked, nodes = kept
         now = trio.current_time()
         if now - asked < discovery.interval:
             return nodes
@@ -114,7 +118,7 @@ class TargetFinder:
             log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
         else:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
-        self._cluster[group.group] = (now, nodes)
+        self._cluster[group.group] = (discovery, now, nodes)
         return nodes
 
     def _read_file_targets(self, path: str) -> list[str]:
