@@ -83,6 +83,23 @@ def test_empty_directory_is_up_with_no_snapshots(tmp_path: Path) -> None:
     assert scan_local(str(tmp_path)) == []
 
 
+def test_a_directory_past_the_entry_bound_is_a_probe_error_not_a_long_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local target pointed at a directory of hundreds of thousands of files read and
+    stat'ed them all, past the scrape's timeout (its thread held on, round after round):
+    past ``MAX_ENTRIES`` it is an error of that target, at once."""
+    import tracker.discovery.local as local
+
+    monkeypatch.setattr(local, "MAX_ENTRIES", 5)
+    for n in range(5):
+        (tmp_path / f"other-{n}").write_bytes(b"")
+    assert scan_local(str(tmp_path)) == []  # at the bound: listed
+    write(tmp_path / FULL, 1)
+    with pytest.raises(ProbeError, match="holds more than 5 entries: not a ledger"):
+        scan_local(str(tmp_path))
+
+
 def test_missing_or_unlistable_directory_is_a_probe_error(tmp_path: Path) -> None:
     with pytest.raises(ProbeError, match=f"^cannot list {tmp_path}/nope: No such file or"):
         scan_local(str(tmp_path / "nope"))

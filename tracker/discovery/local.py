@@ -15,6 +15,11 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files
 from tracker.core.untrusted import utc_time
 from tracker.errors import ProbeError
 
+#: The most entries a local target's directory may hold: a ledger's or a snapshot
+#: directory's top level holds tens (validators keep a few archives), so two orders of
+#: magnitude above that, which a scan reads in well under a second.
+MAX_ENTRIES = 20_000
+
 
 def scan_local(directory: str) -> list[SnapshotInfo]:
     """Every archive in ``directory`` (not recursive), best first, incrementals chained.
@@ -23,12 +28,22 @@ def scan_local(directory: str) -> list[SnapshotInfo]:
     ``file_name``. Hidden names, names that are not archive names (the validator's
     ``tmp-snapshot-*`` work directories, partial downloads), directories and symlinks are
     skipped. Blocking: run it in a worker thread. Raises :class:`ProbeError` when the
-    directory cannot be listed or an archive in it cannot be stat'ed.
+    directory cannot be listed, an archive in it cannot be stat'ed, or it holds more than
+    :data:`MAX_ENTRIES` entries (no ledger does: a scan that read them all would outlast
+    the scrape's timeout and hold its thread past it, round after round).
     """
     root = os.path.abspath(directory)
+    files: list[SnapshotFile] = []
     try:
         with os.scandir(root) as entries:
-            files = [f for entry in entries if (f := _archive(entry)) is not None]
+            for count, entry in enumerate(entries, 1):
+                if count > MAX_ENTRIES:
+                    raise ProbeError(
+                        f"{root} holds more than {MAX_ENTRIES} entries: not a ledger or"
+                        " snapshot directory"
+                    )
+                if (file := _archive(entry)) is not None:
+                    files.append(file)
     except OSError as exc:
         raise ProbeError(f"cannot list {root}: {exc.strerror or exc}") from exc
     files.sort(key=lambda f: f.name.order_key(), reverse=True)
