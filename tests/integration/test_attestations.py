@@ -509,16 +509,20 @@ async def test_a_tampered_renewal_is_refused_and_the_old_statement_served_until_
     caplog.set_level(logging.WARNING, logger="tracker.objectstore")
     prefix = f"m-{secrets.token_hex(4)}/"
     key = f"{prefix}{GROUP}/{NAME}"
-    key1, now = signer(1), int(time.time())
-    said = statement(
-        name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 14
-    )
-    old = key1.sign(said)
-    await put_copy(weed, key, GOOD, attestation=old.encode())
+    await put_copy(weed, key, GOOD)
     async with (
         serving(FakeUpstream(files={NAME: GOOD})) as up,
         replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 3)) as t,
     ):
+        # The statement's 14 s of life start once the replica is up (its start-up, seconds
+        # on a loaded host, is no part of what is timed), written before the replica's
+        # first look at the archive.
+        key1, now = signer(1), int(time.time())
+        said = statement(
+            name=NAME, size=len(GOOD), sha256=SHA, slot=9600, checked_at=now, expires=now + 14
+        )
+        old = key1.sign(said)
+        weed.client().put_object(Bucket=BUCKET, Key=key + ".attestation", Body=old.encode())
         head = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
         assert head.status == 200  # it read what lies beside the object
         assert await served(t, ROUTES[0]) == old
