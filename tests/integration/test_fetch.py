@@ -351,6 +351,26 @@ async def test_sources_without_a_tracker(tmp_path: Path) -> None:
     assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
 
 
+async def test_a_sources_credentials_go_to_its_own_origin_only(tmp_path: Path) -> None:
+    """``--source http://user:pw@validator``: every request to that origin (its aliases'
+    probe, its archives) carries the credentials, and the other origin an archive's GET is
+    redirected to (a presigned URL) gets none. They were dropped: the probe took
+    them off the URL for a caller that never sent them (a 401 behind an auth proxy)."""
+    up, other = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with serving(up), serving(other):
+        up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+        up.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+        up.behaviour[INCR] = Behaviour(redirect_to=f"{other.base}/files/{INCR}")  # presigned
+        source = up.base.replace("http://", "http://user:pw@", 1)
+        opts = FetchOptions(ledger=str(ledger), sources=(source,), settings=FAST)
+        await run_fetch(opts, NoProgress())
+    assert contents(ledger) == {name: sha256(data) for name, data in FILES.items()}
+    assert up.gets(FULL) and other.gets(INCR)
+    assert {s.headers.get("authorization") for s in up.seen} == {"Basic dXNlcjpwdw=="}
+    assert not [s for s in other.seen if "authorization" in s.headers]
+
+
 async def test_two_sources_on_the_command_line(tmp_path: Path) -> None:
     """``--source A --source B``: both validators' archives, proven the same bytes, are
     fetched from both with ranges."""

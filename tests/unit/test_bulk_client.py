@@ -12,7 +12,7 @@ from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
 from tracker.fetch.settings import FetchSettings
-from tracker.net.httpclients import ClientShape, bulk_client
+from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client
 
 
 class Recorded(httpx.AsyncBaseTransport):
@@ -77,9 +77,27 @@ def test_a_shape_says_what_differs() -> None:
 
 def test_fetchs_client_is_a_bulk_client_that_follows_redirects() -> None:
     settings = FetchSettings(connections=4, request_timeout=3.0, read_timeout=20.0)
-    client = _client(settings)
+    client = _client(settings, OriginCredentials([]))
     assert isinstance(client._transport, PoolTransport)
     assert client.headers["user-agent"] == FETCH_AGENT
     assert client.headers["accept-encoding"] == "identity"
     assert client.follow_redirects and client.max_redirects == 5 and not client.trust_env
     assert client.timeout == httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=20.0)
+
+
+def test_typed_credentials_go_to_their_own_origin_only() -> None:
+    """``fetch --tracker``/``--source`` URLs with userinfo: Basic credentials to each one's
+    origin (the scheme's default port filled in), none to another, one already set kept."""
+    credentials = OriginCredentials(["http://u:p@a.example", "https://b.example:8443/x", ""])
+    client = _client(FetchSettings(), credentials)
+    assert client.auth is credentials
+
+    def sent(url: str, **headers: str) -> str | None:
+        flow = credentials.auth_flow(httpx.Request("GET", url, headers=headers))
+        return next(flow).headers.get("authorization")
+
+    assert sent("http://a.example:80/snapshot.tar.bz2") == "Basic dTpw"
+    assert sent("https://a.example/x") is None  # another scheme: another origin
+    assert sent("http://b.example:8443/") is None  # no credentials typed for it
+    assert sent("http://a.example/", authorization="Bearer t") == "Bearer t"
+    assert not OriginCredentials(["http://a.example"])

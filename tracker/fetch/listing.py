@@ -220,7 +220,7 @@ async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[Re
         try:
             found.append((url, await probe_http(client, url)))
         except ProbeError as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(f"{redact_userinfo(url)}: {exc}")
 
     async with trio.open_nursery() as nursery:
         for url in sources:

@@ -41,7 +41,7 @@ from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
-from tracker.net.httpclients import ClientShape, bulk_client, rpc_client
+from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client, rpc_client
 from tracker.observability.logs import log_event
 from tracker.ordering.predict import Download, choose, predicted_seconds
 from tracker.proof.levels import Level, Proof, Voter
@@ -90,7 +90,11 @@ async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> 
     )
     try:
         with trio.fail_after(options.download_timeout):
-            async with _client(options.settings) as client, AsyncExitStack() as stack:
+            credentials = OriginCredentials([options.tracker, *options.sources])
+            async with (
+                _client(options.settings, credentials) as client,
+                AsyncExitStack() as stack,
+            ):
                 if options.voter_for is not None:
                     rpc = await stack.enter_async_context(rpc_client())
                     settings = attrs.evolve(options.settings, voter=options.voter_for(rpc))
@@ -146,10 +150,11 @@ def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
     return leaf if isinstance(leaf, FetchError) else None
 
 
-def _client(settings: FetchSettings) -> httpx.AsyncClient:
+def _client(settings: FetchSettings, credentials: OriginCredentials) -> httpx.AsyncClient:
     """The client of a fetch: reads of ``read_size`` bytes (httpcore's own 64 KiB reads cost
     a third of the throughput), redirects followed (httpx drops ``Authorization`` on one to
-    another origin), no cookie jar."""
+    another origin), no cookie jar; the ``credentials`` of the URLs typed, each to its own
+    origin."""
     pool = 4 * settings.connections + 8
     shape = ClientShape(
         FETCH_AGENT,
@@ -160,7 +165,10 @@ def _client(settings: FetchSettings) -> httpx.AsyncClient:
         max_keepalive=pool,
         max_redirects=5,
     )
-    return bulk_client(shape, BigReadBackend(settings.read_size), PoolTransport)
+    client = bulk_client(shape, BigReadBackend(settings.read_size), PoolTransport)
+    if credentials:
+        client.auth = credentials
+    return client
 
 
 async def _run(

@@ -13,7 +13,7 @@ import base64
 import http.cookiejar
 import ssl
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -211,14 +211,41 @@ def authorization(group: TargetGroup, target: str) -> str | None:
     The group's ``bearer_auth``/``basic_auth`` first; else the userinfo of the configured
     target URL itself (``http://user:password@host/``), as Basic credentials.
     """
-    value = group.authorization
-    if value:
-        return value
-    parts = urlsplit(target)
+    return group.authorization or basic_credentials(target)
+
+
+def basic_credentials(url: str) -> str | None:
+    """The ``Authorization`` value of the userinfo of ``url`` (``http://user:pw@host/``), as
+    Basic credentials; None when it has none."""
+    parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return None
     pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+class OriginCredentials(httpx.Auth):
+    """The userinfo of URLs the user typed (``fetch --tracker``/``--source``), sent as
+    Basic credentials to each one's own origin only: every request to that origin (the
+    archives a validator redirects to on its own origin, the tracker's routes) carries
+    them, none to another (a redirect to another origin: httpx drops the header)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._by_origin: dict[tuple[str, str, int | None], str] = {}
+        for url in urls:
+            value = basic_credentials(url)
+            if value is not None:
+                self._by_origin.setdefault(origin(url), value)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_origin)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Add the origin's credentials to ``request`` (one it already has are kept)."""
+        value = self._by_origin.get(origin(str(request.url)))
+        if value is not None and "authorization" not in request.headers:
+            request.headers["authorization"] = value
+        yield request
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
