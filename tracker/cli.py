@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tracker import __version__
+from tracker.config.values import VALID_FOR_RANGE
 from tracker.errors import ArchiveInvalid, ConfigError
 from tracker.fetch.flags import (
     accounts_limits_of,
@@ -24,7 +25,7 @@ from tracker.fetch.flags import (
     add_log_flags,
     add_prove_accounts_flags,
     count_in,
-    duration_arg,
+    duration_in_arg,
     fetch_main,
 )
 from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
@@ -127,7 +128,7 @@ def build_parser() -> CommandParser:
     )
     add_prove_accounts_flags(verify)
     add_trust_flags(verify, count_in)
-    add_attest_parser(commands, duration_arg)
+    add_attest_parser(commands, duration_in_arg(*VALID_FOR_RANGE))
     add_key_parsers(commands)
     return parser
 

@@ -69,6 +69,25 @@ def test_a_bad_duration_names_every_unit_the_parser_takes(
     assert "'500ms', '15s', '1m30s' or '7d'" in err
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("59s", "must be from 60s to 3.16224e+07s, got '59s'"),  # expired before it is read
+        ("500ms", "must be from 60s"),  # was signed, already expired (a whole second)
+        ("367d", "must be from 60s"),  # past the 20 digits a reader takes: unreadable
+        ("1" + "0" * 400 + "h", "longer than Go's longest"),  # was an OverflowError traceback
+    ],
+)
+def test_valid_for_takes_the_configs_range(
+    value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``attest --valid-for`` had no bounds but > 0: a statement signed and already
+    expired, or one whose ``expires`` no reader takes, each with exit 0; a huge one a
+    traceback. The config's range, ``attest.valid_for``'s, applies (exit 2)."""
+    err = usage_error(["attest", "f", "--key", "k", "--valid-for", value], capsys)
+    assert said in err.splitlines()[-1]
+
+
 def test_require_cluster_without_rpc_is_refused_before_any_download(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

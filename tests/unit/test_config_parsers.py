@@ -73,6 +73,10 @@ def test_parse_duration(value: object, seconds: float) -> None:
         ([1], "got a list"),
         (float("nan"), "expected a duration"),
         (float("inf"), "expected a duration"),
+        # float() of it overflowed: an OverflowError past every caller's ValueError
+        ("1" + "0" * 400 + "h", "longer than Go's longest"),
+        ("100000000000000000000h", "longer than Go's longest"),
+        (1e300, "longer than Go's longest"),
     ],
 )
 def test_parse_duration_rejects(value: object, message: str) -> None:

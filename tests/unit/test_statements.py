@@ -98,6 +98,14 @@ def _other_signer() -> bytes:
     return json.dumps(document).encode()
 
 
+def _signer_with(tail: str) -> bytes:
+    """A true statement whose ``signer`` has ``tail`` appended: base58's decoder drops
+    trailing blanks, so it read as the signer's key, yet as text another signer."""
+    document = json.loads(signer(1).sign(statement()).encode())
+    document["signer"] += tail
+    return json.dumps(document).encode()
+
+
 def _canonical_text(**changes: object) -> bytes:
     body = json.loads(statement().canonical())
     body.update(changes)
@@ -119,6 +127,8 @@ def _canonical_text(**changes: object) -> bytes:
         (b'{"statement": "\\ud800", "signer": "x", "signature": "y"}', "not ASCII"),
         (b'{"statement": "\xc3\xa9", "signer": "x", "signature": "y"}', "not ASCII"),
         (b'{"statement": "a", "signer": "0OIl", "signature": "y"}', "signer is not 32 bytes"),
+        (_signer_with(" "), "signer is not 32 bytes"),
+        (_signer_with("\r"), "signer is not 32 bytes"),
         (
             b'{"statement": "a", "signer": "' + b"1" * 10_000 + b'", "signature": "y"}',
             "signer is not 32 bytes",

@@ -120,7 +120,7 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "certificates": values.rpc_url,
     }
     add_hook(converter, ClusterProof, cluster_proof)
-    attest = {"key": files.signing_key, "valid_for": values.duration_in(60, 366 * 24 * 3600)}
+    attest = {"key": files.signing_key, "valid_for": values.duration_in(*values.VALID_FOR_RANGE)}
     add_hook(converter, Attest, attest)
 
 

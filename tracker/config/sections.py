@@ -74,11 +74,15 @@ def finish_object_store(store: ObjectStore, secrets: Secrets) -> ObjectStore:
     return attrs.evolve(store, resolved_access_key_id=key_id, resolved_secret_access_key=secret)
 
 
+#: What a ``consul_sd_config`` without a ``service`` is told.
+SERVICE_WANTED = "the Consul service whose instances are the targets"
+
+
 def finish_consul(consul: ConsulSDConfig, secrets: Secrets) -> ConsulSDConfig:
     """The service to ask, and at most one token: given or read from its file."""
     problems: list[tuple[Path, str]] = []
     if not consul.service:
-        problems.append((("service",), "required: the Consul service whose instances are the targets"))
+        problems.append((("service",), f"required: {SERVICE_WANTED}"))
     if consul.token and consul.token_file:
         problems.append(((), "set either token or token_file, not both"))
     raise_problems(problems)

@@ -65,6 +65,11 @@ _PLAIN_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
 _DURATION_HINT = "expected a duration like '500ms', '15s', '1m30s' or '7d', or a number of seconds"
 
 
+#: The longest duration Go has (int64 nanoseconds), seconds: a duration string longer than
+#: that is refused, as Go's ``time.ParseDuration`` refuses it.
+MAX_DURATION = (2**63 - 1) / 10**9
+
+
 def parse_duration(value: object) -> float:
     """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``, ``"300us"``) or a number.
 
@@ -78,10 +83,14 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{_DURATION_HINT}, got {value!r}")
         if value < 0:
             raise ValueError(f"duration must not be negative: {value!r}")
+        if value > MAX_DURATION:
+            raise ValueError(f"duration longer than Go's longest (about 292 years): {value!r}")
         return float(value)
     negative, seconds = _parse_go_duration(value)
     if negative and seconds > 0:
         raise ValueError(f"duration must not be negative: {value!r}")
+    if seconds > MAX_DURATION:  # float() of a longer one may overflow: an OverflowError
+        raise ValueError(f"duration longer than Go's longest (about 292 years): {value!r}")
     return float(seconds)
 
 
@@ -408,6 +417,12 @@ def addressing_style(value: object) -> str:
     if text not in ("path", "virtual"):
         raise ValueError(f"must be 'path' or 'virtual', got {value!r}")
     return text
+
+
+#: The shortest and the longest life of a signed statement, seconds (``attest.valid_for``,
+#: ``attest --valid-for``): shorter expires before anyone reads it, longer outlives the
+#: archive by far.
+VALID_FOR_RANGE = (60.0, 366 * 24 * 3600.0)
 
 
 def duration_in(lowest: float, highest: float) -> Callable[[object], float]:

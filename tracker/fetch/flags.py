@@ -63,6 +63,21 @@ def duration_arg(text: str) -> float:
     return seconds
 
 
+def duration_in_arg(lowest: float, highest: float) -> Callable[[str], float]:
+    """A command-line duration of ``lowest`` to ``highest`` seconds (``attest --valid-for``:
+    the range of the config's ``attest.valid_for``)."""
+
+    def arg(text: str) -> float:
+        seconds = duration_arg(text)
+        if not lowest <= seconds <= highest:
+            raise argparse.ArgumentTypeError(
+                f"must be from {lowest:g}s to {highest:g}s, got {text!r}"
+            )
+        return seconds
+
+    return arg
+
+
 def url_arg(text: str) -> str:
     """An ``http://`` or ``https://`` URL (``--tracker``, ``--source``); one without a
     scheme is answered with the fix (``127.0.0.1:8458``: did you mean

@@ -88,7 +88,9 @@ def public_key(text: str) -> str:
         raw = base58.b58decode(text) if 32 <= len(text) <= 44 else b""
     except ValueError:
         raw = b""
-    if len(raw) != 32:
+    # Canonical only: base58's decoder drops trailing blanks ("K " and "K\r" read as K), and
+    # keys are compared as text: K and "K " would be two keys of one signer.
+    if len(raw) != 32 or base58.b58encode(raw).decode("ascii") != text:
         raise ValueError(f"not a base58 public key of 32 bytes: {text!r}")
     if raw in LOW_ORDER_KEYS:
         raise ValueError(f"a low-order point, whose signatures anyone can forge: {text!r}")

@@ -341,11 +341,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _b58(text: str, size: int, what: str) -> bytes:
+    # Canonical only: base58's decoder drops trailing blanks, so "K " would read as K's
+    # bytes and yet, compared as text, be another signer (one key counted twice).
     try:
         raw = base58.b58decode(text) if len(text) <= 2 * size else b""
     except ValueError:
         raw = b""
-    if len(raw) != size:
+    if len(raw) != size or base58.b58encode(raw).decode("ascii") != text:
         raise StatementInvalid(f"statement: the {what} is not {size} bytes of base58")
     return bytes(raw)
 
