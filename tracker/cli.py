@@ -27,6 +27,7 @@ from tracker.fetch.flags import (
     count_in,
     duration_in_arg,
     fetch_main,
+    too_few_keys,
 )
 from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
 from tracker.fetch.statementfiles import (
@@ -163,6 +164,10 @@ def verify_main(args: argparse.Namespace) -> int:
     passes only when enough trusted keys vouch for it in signed statements."""
     from tracker.proof.archive.archivecheck import check_file
 
+    unmet = too_few_keys(args)
+    if unmet:  # said before minutes of checks, not as each file's failure after them
+        print(f"snapshot-tracker verify: {unmet}", file=sys.stderr)
+        return EXIT_USAGE
     trust = trust_of(args)
     limits = accounts_limits_of(args)
     failed = False

@@ -193,7 +193,14 @@ class EndOfInput(TrackerError):
 class StatementInvalid(TrackerError):
     """A signed statement about an archive (docs/http-api.md, "Signed statements"), or the key
     that signs them, cannot be taken: malformed, signed by another key or badly, expired, about
-    another size or digest, or a key file of the wrong mode; ``str(exc)`` is one line."""
+    another size or digest, or a key file of the wrong mode; ``str(exc)`` is one line.
+    ``valid_from``: when time alone makes it acceptable (seconds since the epoch: one
+    checked ahead of this clock by more than the skew allowed), None for every other
+    refusal."""
+
+    def __init__(self, message: str, *, valid_from: float | None = None) -> None:
+        self.valid_from = valid_from
+        super().__init__(message)
 
 
 class VoteInvalid(TrackerError):

@@ -412,3 +412,53 @@ async def test_a_tracker_of_many_proof_workers_proves_in_scan_processes(tmp_path
         if serve.proc.returncode is None:
             serve.kill()
             await serve.proc.wait()
+
+
+async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_up(
+    tmp_path: Path,
+) -> None:
+    """A local ``FILE.attestation`` signed on a clock 400 s ahead is refused (over the 300 s
+    skew allowed): a refusal time cures. It was never read again while the file stayed as
+    it was; it is taken once this clock is within the skew (no network: the daemon's own
+    class, a real archive, a clock of the test's)."""
+    from archives import build_archive
+    from helpers_statements import signer
+
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index
+    from tracker.proof.background.localfiles import LocalProofs
+    from tracker.proof.statements import MAX_CLOCK_SKEW, Statement
+
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    name, data = build_archive(100)
+    (ledger / name).write_bytes(data)
+    config = load_config(write_config(tmp_path, {
+        "listen": "127.0.0.1:0",
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
+    }))  # fmt: skip
+    start = 1_900_000_000.0
+    now = [start]
+    ahead = int(start) + MAX_CLOCK_SKEW + 100
+    said = Statement(
+        name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest(), slot=100,
+        base_slot=None, snapshot_hash=None, bank_hash=None, level=Level.STRUCTURE,
+        voted_stake=None, checked_at=ahead, expires=ahead + 7 * 86400,
+    )  # fmt: skip
+    (ledger / f"{name}.attestation").write_bytes(signer(7).sign(said).encode())
+    digests = Digests()
+    proofs = LocalProofs(lambda: config, Index(), digests, clock=lambda: now[0])
+
+    def held() -> list[bool]:
+        return [copy.attestation is not None for copy in digests.copies("local", name)]
+
+    for _ in range(2):  # listed, checked, its statement read
+        await proofs.round()
+    assert held() == [False]
+    now[0] = start + 99  # still a second too far ahead: not read again, still refused
+    await proofs.round()
+    assert held() == [False]
+    now[0] = start + 100
+    await proofs.round()
+    assert held() == [True]

@@ -3,6 +3,8 @@ each is the subcommand's usage and one line with the fix, exit 2, before anythin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tracker.cli import build_parser, main
@@ -56,6 +58,22 @@ def test_only_http_urls_are_taken(
         return
     err = usage_error(["fetch", "--ledger", "l", "--tracker", url], capsys)
     assert f"expected an http:// or https:// URL, got {url!r}" in err
+
+
+def test_verify_refuses_a_trust_min_its_keys_cannot_meet_before_any_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``verify --trust-min 2`` with one key checked every archive (minutes for a mainnet
+    full) and then failed each without saying why; ``fetch`` refused it at once. So does
+    ``verify`` now: one line, exit 2, nothing read."""
+    archive = tmp_path / "snapshot-100-11111111111111111111111111111111.tar.zst"
+    archive.write_bytes(b"not read")
+    assert main(["verify", "--trust-key", KEY, "--trust-min", "2", str(archive)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "snapshot-tracker verify: --trust-min 2 needs as many distinct --trust-key, 1 given\n"
+    )
 
 
 def test_a_bad_duration_names_every_unit_the_parser_takes(

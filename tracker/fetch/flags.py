@@ -453,7 +453,14 @@ def trust_usage(args: argparse.Namespace) -> str:
         return "--trust-key needs --tracker: the statements are the tracker's"
     if not args.verify:
         return "--trust-key needs --verify true: a statement names the SHA-256 the check computes"
-    if args.trust_min > keys:
+    return too_few_keys(args)
+
+
+def too_few_keys(args: argparse.Namespace) -> str:
+    """Why ``--trust-min`` cannot be met by the ``--trust-key`` listed ("" when it can):
+    N distinct keys can vouch only when N are listed (``fetch``, ``verify``). Pure."""
+    keys = len(set(args.trust_key))
+    if keys and args.trust_min > keys:
         return f"--trust-min {args.trust_min} needs as many distinct --trust-key, {keys} given"
     return ""
 

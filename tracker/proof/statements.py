@@ -252,7 +252,8 @@ def check_times(statement: Statement, now: float) -> None:
     if statement.checked_at > now + MAX_CLOCK_SKEW:
         raise StatementInvalid(
             f"statement: checked at {statement.checked_at}, ahead of now ({int(now)}) by more "
-            f"than {MAX_CLOCK_SKEW} s"
+            f"than {MAX_CLOCK_SKEW} s",
+            valid_from=statement.checked_at - MAX_CLOCK_SKEW,
         )
 
 

@@ -22,6 +22,7 @@ as the scrape lists them, every second.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import time
@@ -101,6 +102,9 @@ class LocalProofs(Rounds):
         self._tried: dict[str, float] = {}
         #: The statement file beside each checked file, by the archive's path.
         self._beside: dict[str, Beside] = {}
+        #: When a statement file refused for being checked ahead of this clock becomes
+        #: acceptable, by the archive's path: read again then, though it did not change.
+        self._ahead: dict[str, float] = {}
         #: The paths whose check is started or running, and one check at a time: it reads
         #: a whole archive (as the cache's start-up check).
         self._checking: set[str] = set()
@@ -151,6 +155,7 @@ class LocalProofs(Rounds):
             self._checked.pop(path, None)
             self._tried.pop(path, None)
             self._beside.pop(path, None)
+            self._ahead.pop(path, None)
             self._digests.drop(holder(path), copy.key.group, copy.name)
             self._index.prove(copy.key, copy.name, proven=False)
             self._index.disprove(copy.key, copy.name, None)
@@ -211,13 +216,22 @@ class LocalProofs(Rounds):
             for path, done in self._checked.items()
             if done.verified is not None and (copy := self._copies.get(path)) is not None
         }
-        known = {path: self._beside.get(path, (None, None))[0] for path in checked}
+        now = self._clock()
+        known = {
+            path: None
+            if self._ahead.get(path, math.inf) <= now
+            else self._beside.get(path, (None, None))[0]
+            for path in checked
+        }
         found = await trio.to_thread.run_sync(_statement_files, known)
         for path, (identity, raw, error) in found.items():
             name, verified = checked[path]
             taken: Attestation | None = None
+            self._ahead.pop(path, None)
             if raw is not None:
-                taken, error = _statement_of(raw, name, verified, self._clock())
+                taken, error, valid_from = _statement_of(raw, name, verified, now)
+                if valid_from is not None:
+                    self._ahead[path] = valid_from
             if error:
                 log_event(
                     log, "warning", "local_attestation_refused", file=path + STATEMENT_SUFFIX,
@@ -333,16 +347,17 @@ def _statement_files(
 
 def _statement_of(
     raw: bytes, name: str, verified: Verified, now: float
-) -> tuple[Attestation | None, str]:
+) -> tuple[Attestation | None, str, float | None]:
     """The statement ``raw`` when it vouches for exactly the checked file (``verified``: its
-    SHA-256 and size), else None and why not."""
+    SHA-256 and size), else None, why not, and when time alone makes it acceptable (None:
+    never)."""
     from tracker.errors import StatementInvalid
     from tracker.proof.records.attesting import of_copy
 
     try:
-        return of_copy(raw, name, verified.size, verified.sha256, now), ""
+        return of_copy(raw, name, verified.size, verified.sha256, now), "", None
     except StatementInvalid as exc:
-        return None, str(exc)
+        return None, str(exc), exc.valid_from
 
 
 def _identity(path: str) -> FileIdentity | None:
