@@ -262,33 +262,66 @@ def report(exc: ConfigError, path: str) -> int:
     return EXIT_USAGE
 
 
+#: The signals that end a command other than ``serve`` with one line (SIGINT is Python's
+#: KeyboardInterrupt already); ``serve`` keeps their default until it handles them itself.
+STOPPING = (signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code: 128 + the signal's number when SIGINT
-    or SIGTERM ends a command other than ``serve`` (one line on stderr, no traceback)."""
+    """Run the command line; returns the exit code: 128 + the signal's number when SIGINT,
+    SIGTERM or SIGHUP ends a command other than ``serve`` (one line on stderr, no
+    traceback); 1 with one line when its output cannot be written (a full disk, a closed
+    pipe: quietly, as other tools)."""
     received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
     try:
-        return _run(argv if argv is not None else sys.argv[1:], previous)
+        code = _run(argv if argv is not None else sys.argv[1:], previous)
+        sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
+        return code
     except KeyboardInterrupt:
         print("snapshot-tracker: interrupted", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
+    except BrokenPipeError:
+        _stdout_to_devnull()  # the reader left (``| head``): nothing more to say
+        return EXIT_FAILURE
+    except OSError as exc:
+        _stdout_to_devnull()
+        what = exc.strerror or str(exc)
+        print(
+            f"snapshot-tracker: {f'{exc.filename}: ' if exc.filename else ''}{what}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _run(argv: Sequence[str], sigterm: Any) -> int:
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: what it still buffers cannot be written either, and the
+    interpreter's last flush would print a traceback of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # no stdout to point anywhere (closed): nothing will be flushed to it
+
+
+def _run(argv: Sequence[str], handlers: dict[signal.Signals, Any]) -> int:
     parser = build_parser()
     unknown = unknown_flag(parser, argv)
     if unknown:
         parser.commands[next(a for a in argv if not a.startswith("-"))].error(unknown)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        signal.signal(signal.SIGTERM, sigterm)  # the daemon stops gracefully on its own
+        for signum, handler in handlers.items():  # the daemon stops gracefully on its own
+            signal.signal(signum, handler)
     if args.command == "fetch":
         # Its usage errors print fetch's usage, not the top level's.
         voter_for = partial(cluster_voter, tuple(args.rpc)) if args.rpc else None

@@ -101,16 +101,17 @@ def watchdog_interval(environ: Mapping[str, str], pid: int | None = None) -> flo
     """Seconds between watchdog pings: half of ``WATCHDOG_USEC``, or None when no watchdog.
 
     None also when ``WATCHDOG_PID`` is set to another process than ``pid`` (default: this one),
-    or when ``WATCHDOG_USEC`` is not a positive integer.
+    or when ``WATCHDOG_USEC`` is not a positive integer systemd could set (a u64 of ASCII
+    digits: one of hundreds of digits was an OverflowError that ended ``serve``).
     """
     watchdog_pid = environ.get("WATCHDOG_PID")
     if watchdog_pid and watchdog_pid != str(os.getpid() if pid is None else pid):
         return None
-    try:
-        usec = int(environ.get("WATCHDOG_USEC", ""))
-    except ValueError:
+    text = environ.get("WATCHDOG_USEC", "")
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
         return None
-    return usec / 2_000_000 if usec > 0 else None
+    usec = int(text)
+    return usec / 2_000_000 if 0 < usec < 2**64 else None
 
 
 async def run_watchdog(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,36 @@ def test_check_config_ok() -> None:
     result = run_cli("check-config", "--config", str(EXAMPLES / "local.yml"))
     assert result.returncode == 0
     assert result.stdout.strip().endswith("OK") and len(result.stdout.strip().splitlines()) == 1
+
+
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Stdout on a full disk (``/dev/full``): one line and exit 1 (it was an OSError
+    traceback); a reader that left (``| head -0``): exit 1, quietly, as other tools."""
+    key = tmp_path / "key.json"
+    assert run_cli("keygen", "--out", str(key)).returncode == 0
+    commands = [("pubkey", str(key)), ("check-config", "--config", str(EXAMPLES / "local.yml"))]
+    for command in commands:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "tracker", *command],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
+        assert result.returncode == 1, command
+        assert result.stderr == "snapshot-tracker: No space left on device\n", command
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    with os.fdopen(write, "w") as gone:
+        left = subprocess.run(
+            [sys.executable, "-m", "tracker", "pubkey", str(key)],
+            stdout=gone,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert (left.returncode, left.stderr) == (1, "")
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:

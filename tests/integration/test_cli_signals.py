@@ -36,6 +36,8 @@ from test_fetch import (
 )
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+#: SIGHUP too (a closed terminal, a session's end): it killed them with no line at all.
+ENDING = [*SIGNALS, (signal.SIGHUP, 129)]
 
 
 def as_a_terminal_starts_it() -> None:
@@ -118,7 +120,7 @@ def one_line(stderr: str, marker: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+@pytest.mark.parametrize(("signum", "code"), ENDING)
 async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
     tmp_path: Path, signum: int, code: int
 ) -> None:
@@ -169,7 +171,7 @@ async def test_fetch_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Pat
     assert "interrupted; " in one_line(f.errors.read_text(), "interrupted")
 
 
-@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+@pytest.mark.parametrize(("signum", "code"), ENDING)
 async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, code: int) -> None:
     """Many files to check; the signal comes after the first ``ok`` line (the process
     cannot end before: its stdout pipe fills while the test reads no more)."""

@@ -211,3 +211,50 @@ def test_listen_fds_unnamed_sockets_are_public_then_internal() -> None:
     answer, seen = activate([public, internal], None, connect_to=public)
     assert answer.endswith(b"ok")
     assert seen == {"public": passed(public), "internal": passed(internal)}
+
+
+UNUSABLE = """
+import os, socket, sys
+from tracker.errors import ConfigError
+from tracker.web.listeners import listen_fds
+kind = sys.argv[1]
+if kind == "unix":
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(sys.argv[2])
+    sock.listen()
+elif kind == "udp":
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+else:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening
+os.dup2(sock.fileno(), 3)
+try:
+    listen_fds({"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"})
+except ConfigError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("unix", "is not a TCP socket (ListenStream= needs an address and port, not a path)"),
+        ("udp", "is not a stream socket (ListenStream=, not ListenDatagram=)"),
+        ("unlistened", "is a socket that is not listening"),
+    ],
+)
+def test_a_passed_socket_no_tcp_listener_is_a_config_error(
+    tmp_path: Path, kind: str, said: str
+) -> None:
+    """A unit's ``ListenStream=/path``, ``ListenDatagram=`` or a socket not listening: a
+    ConfigError naming the fd (``serve``: one line, exit 2), not a traceback from the
+    server or from reading its port."""
+    result = subprocess.run(
+        [sys.executable, "-c", UNUSABLE, kind, str(tmp_path / "sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.stdout == f"LISTEN_FDS: fd 3 (public) {said}\n", result.stderr

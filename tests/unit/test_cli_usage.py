@@ -3,16 +3,23 @@ each is the subcommand's usage and one line with the fix, exit 2, before anythin
 
 from __future__ import annotations
 
+import errno
+import io
+import sys
 from pathlib import Path
 
 import pytest
 
 from tracker.cli import build_parser, main
+from tracker.fetch.progress import BarProgress, NoProgress, progress_for
 from tracker.fetch.run import proven_text
 from tracker.proof.levels import Level, Proof
 
 KEY = "4Nd1mBQtrMJVYVfKf2PJy9NZUZdTAsp7D4xWLs4gDB4T"
 FETCH = ["fetch", "--ledger", "l", "--tracker", "http://127.0.0.1:8458"]
+
+
+MiB = 1024 * 1024
 
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -47,6 +54,11 @@ def test_a_url_without_a_scheme_gets_the_fix(flag: str, capsys: pytest.CaptureFi
         ("HTTPS://tracker:8458/x", True),
         ("ftp://tracker", False),
         ("http://", False),
+        # taken, then "unexpected error: ValueError: Port out of range" and exit 1
+        ("http://127.0.0.1:99999", False),
+        ("http://127.0.0.1:-1", False),
+        ("http://[zz]:1", False),
+        ("http://127.0.0.1:1/\udcff", False),  # a byte of argv that is no UTF-8
     ],
 )
 def test_only_http_urls_are_taken(
@@ -57,7 +69,21 @@ def test_only_http_urls_are_taken(
         assert args.tracker == url
         return
     err = usage_error(["fetch", "--ledger", "l", "--tracker", url], capsys)
-    assert f"expected an http:// or https:// URL, got {url!r}" in err
+    assert f"expected an http:// or https:// URL, got {url!r}" in err or (
+        f"not an absolute http(s) URL: {url!r}" in err
+    )
+
+
+@pytest.mark.parametrize("group", ["\udcff", "a/b", ".hidden", "x" * 129])
+def test_a_group_no_tracker_has_is_a_usage_error(
+    group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--group`` with a name no group can have (a byte of argv that is no UTF-8 among
+    them) ended as "unexpected error", exit 1, once the tracker was asked."""
+    err = usage_error(
+        ["fetch", "--ledger", "l", "--tracker", "http://t:1", "--group", group], capsys
+    )
+    assert "argument --group: group name must" in err.splitlines()[-1]
 
 
 def test_verify_refuses_a_trust_min_its_keys_cannot_meet_before_any_check(
@@ -189,3 +215,31 @@ def test_the_line_of_each_archive_says_how_far_it_is_proven(
     proof: Proof | None, is_full: bool, required: Level, text: str
 ) -> None:
     assert proven_text(proof, is_full, required) == text
+
+
+class _FullDisk(io.StringIO):
+    """A stderr on a full disk (``2>/dev/full``)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_progress_bar_that_cannot_be_drawn_never_ends_the_download(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``fetch --progress bar 2>/dev/full`` failed the fetch with "No space left on device"
+    (the ledger's disk was not full), and with stderr closed (``2>&-``) it died of
+    ``None.isatty()``: the bar stops, the download goes on."""
+    bar = progress_for("bar", _FullDisk())
+    assert isinstance(bar, BarProgress)
+    bar.start("snapshot-100-x.tar.zst", 10 * MiB, 0)
+    for _ in range(3):
+        bar.add(MiB)
+    bar.finish()
+    bar.start("incremental-snapshot-100-200-x.tar.zst", MiB, 0)  # nothing more is tried
+    bar.finish()
+    monkeypatch.setattr(sys, "stderr", None)
+    assert isinstance(progress_for("auto"), NoProgress)

@@ -77,6 +77,8 @@ def test_parse_duration(value: object, seconds: float) -> None:
         ("1" + "0" * 400 + "h", "longer than Go's longest"),
         ("100000000000000000000h", "longer than Go's longest"),
         (1e300, "longer than Go's longest"),
+        (10**400, "longer than Go's longest"),  # a YAML integer of 400 digits
+        (-(10**400), "longer than Go's longest"),
     ],
 )
 def test_parse_duration_rejects(value: object, message: str) -> None:

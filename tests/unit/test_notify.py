@@ -106,6 +106,9 @@ def test_a_full_socket_does_not_block_the_sender(
         ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),
         ({"WATCHDOG_USEC": "0"}, None),
         ({"WATCHDOG_USEC": "soon"}, None),
+        ({"WATCHDOG_USEC": "1" + "0" * 400}, None),  # was an OverflowError: serve ended
+        ({"WATCHDOG_USEC": str(2**64)}, None),  # past systemd's u64
+        ({"WATCHDOG_USEC": " 30000000"}, None),
         ({}, None),
     ],
 )

@@ -18,6 +18,7 @@ import idna
 
 from tracker.core.cachedirs import group_name_problem
 from tracker.core.hosts import is_authority, is_host_name
+from tracker.core.text import quoted
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
 
@@ -70,6 +71,10 @@ _DURATION_HINT = "expected a duration like '500ms', '15s', '1m30s' or '7d', or a
 MAX_DURATION = (2**63 - 1) / 10**9
 
 
+def _too_long(value: object) -> str:
+    return f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
+
+
 def parse_duration(value: object) -> float:
     """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``, ``"300us"``) or a number.
 
@@ -79,18 +84,26 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{_DURATION_HINT}, got {describe(value)}")
     if not isinstance(value, str):
+        if isinstance(value, int) and abs(value) > MAX_DURATION:  # float() of it overflows
+            raise ValueError(
+                f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
+            )
         if not math.isfinite(value):
             raise ValueError(f"{_DURATION_HINT}, got {value!r}")
         if value < 0:
             raise ValueError(f"duration must not be negative: {value!r}")
         if value > MAX_DURATION:
-            raise ValueError(f"duration longer than Go's longest (about 292 years): {value!r}")
+            raise ValueError(
+                f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
+            )
         return float(value)
     negative, seconds = _parse_go_duration(value)
     if negative and seconds > 0:
         raise ValueError(f"duration must not be negative: {value!r}")
     if seconds > MAX_DURATION:  # float() of a longer one may overflow: an OverflowError
-        raise ValueError(f"duration longer than Go's longest (about 292 years): {value!r}")
+        raise ValueError(
+            f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
+        )
     return float(seconds)
 
 
@@ -254,7 +267,11 @@ _ENDS_A_URL = frozenset('"<>')
 
 
 def check_http_url(text: str) -> None:
+    """None when ``text`` is an absolute http(s) URL the tracker can ask (its port a
+    port, its host one httpx reads, no blank, quote or angle bracket, UTF-8 text); else
+    ValueError, the URL masked."""
     try:
+        text.encode("utf-8")  # a byte of an argument that is no UTF-8 (a surrogate escape)
         parts = urlsplit(text)
         _ = parts.port  # raises ValueError for a port out of range
     except ValueError:

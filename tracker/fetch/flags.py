@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tracker.config.values import parse_duration, parse_size
+from tracker.config.values import check_http_url, parse_duration, parse_size
+from tracker.core.cachedirs import group_name_problem
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
@@ -78,13 +79,28 @@ def duration_in_arg(lowest: float, highest: float) -> Callable[[str], float]:
     return arg
 
 
+def group_arg(text: str) -> str:
+    """``--group``: "" (the tracker's default group) or a name a group can have
+    (:func:`tracker.core.cachedirs.group_name_problem`: the tracker would answer 400)."""
+    problem = group_name_problem(text) if text else ""
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def url_arg(text: str) -> str:
     """An ``http://`` or ``https://`` URL (``--tracker``, ``--source``); one without a
     scheme is answered with the fix (``127.0.0.1:8458``: did you mean
     ``http://127.0.0.1:8458``?), not left for the first request to refuse. "" stays ""
     (the flag's default: not given)."""
     scheme, sep, rest = text.partition("://")
-    if not text or (sep and scheme.lower() in ("http", "https") and rest):
+    if not text:
+        return text
+    if sep and scheme.lower() in ("http", "https") and rest:
+        try:
+            check_http_url(text)  # the config's rule: a port that is a port, a host httpx reads
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     if not sep:
         raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{text}?")
@@ -210,8 +226,8 @@ def add_fetch_parser(commands: Any) -> None:
         help="download the best snapshot into a ledger directory",
         description="Download the best full snapshot (when the ledger needs one) and the "
         "newest incremental on it into a ledger directory. Exit 0: the ledger holds them; "
-        "1: a one-line error; 2: usage; 130/143: interrupted by SIGINT/SIGTERM (run again "
-        "to resume).",
+        "1: a one-line error; 2: usage; 130/143/129: interrupted by SIGINT/SIGTERM/SIGHUP "
+        "(run again to resume).",
     )
     add = fetch.add_argument
     add("--ledger", required=True, metavar="DIR", help="the validator's ledger directory")
@@ -230,7 +246,12 @@ def add_fetch_parser(commands: Any) -> None:
         metavar="URL",
         help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
     )
-    add("--group", default="", help="the tracker's target group (default: its default group)")
+    add(
+        "--group",
+        type=group_arg,
+        default="",
+        help="the tracker's target group (default: its default group)",
+    )
     # The three slot counts take the same range; a table keeps them from drifting apart.
     slot_flags = (
         (
@@ -471,7 +492,7 @@ def fetch_main(
     voter_for: Callable[[httpx.AsyncClient], Voter] | None = None,
 ) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
-    128 + the signal's number when SIGINT or SIGTERM stopped it (the state saved).
+    128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped it (the state saved).
     ``voter_for``: who asks the cluster's votes with ``--rpc`` (the command line's)."""
     if bool(args.tracker) == bool(args.source):
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
@@ -512,18 +533,19 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 
 def watched_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM, and SIGINT unless fetch was started with SIGINT ignored (a background job
+    """SIGTERM and SIGHUP, and SIGINT unless fetch was started with SIGINT ignored (a background job
     of a script: Ctrl-C in its terminal is for the script, as for verify and check-config)."""
     # Read inside trio.run: trio replaces only Python's default SIGINT handler, so an
     # inherited SIG_IGN is still what getsignal sees.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        return (signal.SIGTERM,)
-    return (signal.SIGINT, signal.SIGTERM)
+        return (signal.SIGTERM, signal.SIGHUP)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
-    """Run the fetch until it ends or SIGINT/SIGTERM arrives (its number appended to
-    ``stopped``): then it is cancelled, and the downloads save their state on the way out."""
+    """Run the fetch until it ends or a signal of :func:`watched_signals` arrives (its
+    number appended to ``stopped``): then it is cancelled, and the downloads save their
+    state on the way out."""
     import trio
 
     from tracker.fetch.run import run_fetch

@@ -47,33 +47,53 @@ class NoProgress:
 
 
 class BarProgress:
-    """A tqdm bar on ``stream`` (a terminal)."""
+    """A tqdm bar on ``stream`` (a terminal). A stream that cannot be written (a full disk,
+    a closed terminal) ends the bar, never the download: what is shown is no part of it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._bar: tqdm[Never] | None = None
+        self._broken = False
 
     def start(self, name: str, size: int, done: int) -> None:
-        self._bar = tqdm(
-            total=size,
-            initial=done,
-            desc=name[:48],
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=self._stream,
-            dynamic_ncols=True,
-            mininterval=0.2,
-        )
+        if self._broken:
+            return
+        try:
+            self._bar = tqdm(
+                total=size,
+                initial=done,
+                desc=name[:48],
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self._stream,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
+        except (OSError, ValueError):  # ValueError: a closed stream
+            self._give_up()
 
     def add(self, count: int) -> None:
         if self._bar is not None:
-            self._bar.update(count)
+            try:
+                self._bar.update(count)
+            except (OSError, ValueError):
+                self._give_up()
 
     def finish(self) -> None:
         if self._bar is not None:
-            self._bar.close()
+            try:
+                self._bar.close()
+            except (OSError, ValueError):
+                self._give_up()
             self._bar = None
+
+    def _give_up(self) -> None:
+        """Show nothing more: the stream refused a write (the bar disabled first, so that
+        it writes nothing as it is collected either)."""
+        if self._bar is not None:
+            self._bar.disable = True
+        self._bar, self._broken = None, True
 
 
 class LogProgress:
@@ -119,7 +139,7 @@ def progress_for(mode: str, stream: TextIO | None = None, *, every: float = 5.0)
     sized: ``script``, some ``ssh``/``docker exec`` sessions) gets log lines for ``bar`` too:
     tqdm draws an empty bar there, so nothing would show until the file is done."""
     stream = stream if stream is not None else sys.stderr
-    if mode == "none":
+    if mode == "none" or stream is None:  # None: started with stderr closed (2>&-)
         return NoProgress()
     if (mode == "bar" or (mode == "auto" and stream.isatty())) and not _unsized_terminal(stream):
         return BarProgress(stream)

@@ -60,11 +60,29 @@ def listen_fds(
             sock = socket.socket(fileno=fd)
         except OSError as exc:
             raise ConfigError([f"LISTEN_FDS: fd {fd} ({role}) is not a socket: {exc}"]) from None
+        unusable = _not_a_tcp_listener(sock)
+        if unusable:
+            sock.detach()  # systemd's descriptor: left as it was passed
+            raise ConfigError([f"LISTEN_FDS: fd {fd} ({role}) is {unusable}"])
         sock.set_inheritable(False)
         if user_timeout is not None and _is_tcp(sock):
             set_user_timeout(sock, user_timeout)
         sockets[role] = sock
     return sockets
+
+
+def _not_a_tcp_listener(sock: socket.socket) -> str:
+    """What makes a passed socket no TCP listener ("" when it is one): a unit's
+    ``ListenStream=/path`` (a Unix socket), ``ListenDatagram=``, or one not listening."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return "not a TCP socket (ListenStream= needs an address and port, not a path)"
+    if sock.type != socket.SOCK_STREAM:
+        return "not a stream socket (ListenStream=, not ListenDatagram=)"
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    return "" if listening else "a socket that is not listening"
 
 
 def assign_roles(count: int, names: Sequence[str]) -> dict[str, int]:
