@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -437,6 +438,29 @@ class Config:
             return group.trust.require
         return Level.MANIFEST if self.verify_archives else Level.STRUCTURE
 
+    def cluster_rpcs(self) -> tuple[str, ...]:
+        """The RPCs the cluster level asks: ``rpc`` then each ``cluster_proof.also_rpc``,
+        each once: the same RPC written twice (``…:8899/``, ``HTTP://…``) is one witness,
+        not two that agree."""
+        seen: set[str] = set()
+        distinct: list[str] = []
+        for url in (self.rpc, *self.cluster_proof.also_rpc):
+            same = _rpc_identity(url)
+            if url and same not in seen:
+                seen.add(same)
+                distinct.append(url)
+        return tuple(distinct)
+
     def group_named(self, name: str) -> TargetGroup | None:
         """The group called ``name``, or None."""
         return next((g for g in self.target_groups if g.group == name), None)
+
+
+def _rpc_identity(url: str) -> str:
+    """``url`` as one RPC: scheme and host lower case, the scheme's default port and a
+    trailing ``/`` dropped."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}?{parts.query}"

@@ -164,7 +164,7 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             " handed out (local files, read whole, can reach it); require manifest, or use"
             " proxy mode with proxy_snapshot_cache_dir"
         )
-    if group.trust.require == Level.CLUSTER and config.rpc and not config.cluster_proof.also_rpc:
+    if group.trust.require == Level.CLUSTER and config.rpc and len(config.cluster_rpcs()) == 1:
         found.append(
             ".trust.require: cluster rests on one RPC's word: a lying `rpc` reaches a"
             ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'

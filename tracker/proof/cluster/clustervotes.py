@@ -93,8 +93,9 @@ RANKS_FOR = 600.0
 
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 Key = tuple[int, str]
-#: A key and the RPC URLs that were asked of it.
-AskedOfRpcs = tuple[Key, tuple[str, ...]]
+#: A question, the RPC URLs that were asked it and the certificates' relay read for it ("":
+#: none): what is kept and what backs off, so that a reload that changes either asks again.
+AskedOfRpcs = tuple[Key, tuple[str, ...], str]
 _T = TypeVar("_T")
 
 
@@ -124,7 +125,9 @@ class ClusterVotes:
         # RPC, or adds one, asks again; their count is the answers' count)
         self._kept: OrderedDict[AskedOfRpcs, tuple[Tally, ...]] = OrderedDict()
         self._certified: OrderedDict[AskedOfRpcs, tuple[Finality, ...]] = OrderedDict()
-        self._failed: dict[Key, _Failure] = {}
+        self._failed: dict[AskedOfRpcs, _Failure] = {}
+        #: The questions being asked now, each once: another lift of one waits for it.
+        self._asking: dict[AskedOfRpcs, trio.Event] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
         self._genesis: dict[str, Genesis] = {}
         #: Each RPC's rank map and when it was read.
@@ -133,9 +136,9 @@ class ClusterVotes:
         self.calls = 0
 
     def rpcs(self) -> tuple[str, ...]:
-        """The RPC URLs asked: ``rpc`` then each ``cluster_proof.also_rpc`` ("": none)."""
-        config = self._config()
-        return tuple(u for u in (config.rpc, *config.cluster_proof.also_rpc) if u)
+        """The RPC URLs asked: ``rpc`` then each ``cluster_proof.also_rpc``, each RPC once
+        (:meth:`tracker.config.schema.Config.cluster_rpcs`)."""
+        return self._config().cluster_rpcs()
 
     async def lift(self, slot: int, proof: Proof) -> Proof:
         """``proof`` at ``cluster`` when the votes for (``slot``, its bank hash) carry 2/3
@@ -151,26 +154,48 @@ class ClusterVotes:
         bank_hash = _hash_bytes(proof.bank_hash)
         if bank_hash is None:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
-        key = (slot, proof.bank_hash)
-        tallies = self._kept.get((key, urls))
+        prefix = self._config().cluster_proof.certificates
+        by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
+        by_certificate_: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
+        tallies = self._kept.get(by_votes)
         if tallies is not None:  # asked before (a slot proven by votes stays so)
             return judged(proof, tallies, urls)
-        finals = self._certified.get((_certificate_key(slot, proof), urls))
-        if finals is not None:
+        finals = self._certified.get(by_certificate_)
+        if finals is not None:  # kept only once it reached cluster
             return judged_finality(proof, finals, urls)
         now = trio.current_time()
-        for asked in (key, _certificate_key(slot, proof)):
+        for asked in (by_votes, by_certificate_):
             failure = self._failed.get(asked)
             if failure is not None and now < failure.until:  # backing off: ask nothing
                 left = f"asked again in {failure.until - now:.0f}s"
                 return attrs.evolve(proof, note=f"cluster not proven: {failure.reason} ({left})")
+        asking = self._asking.get(by_votes)
+        if asking is not None:  # the same question is out: its answer is this one's
+            await asking.wait()
+            return await self.lift(slot, proof)
+        self._asking[by_votes] = trio.Event()
         try:
-            genesis = await self.migration(urls)
+            return await self._lift(slot, proof, bank_hash, urls, prefix)
+        finally:
+            self._asking.pop(by_votes).set()
+
+    async def _lift(
+        self, slot: int, proof: Proof, bank_hash: bytes, urls: tuple[str, ...], prefix: str
+    ) -> Proof:
+        """:meth:`lift`'s questions, asked: all of them within one ``cluster_proof.deadline``
+        (the migration, the certificate's document, every RPC's answer)."""
+        ends = trio.current_time() + self._config().cluster_proof.deadline
+        assert proof.bank_hash is not None
+        key = (slot, proof.bank_hash)
+        try:
+            genesis = await self.migration(urls, ends)
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
         if by_certificate(slot, genesis):
             assert genesis is not None
-            return await self._lift_by_certificate(slot, proof, bank_hash, genesis, urls)
+            return await self._lift_by_certificate(
+                slot, proof, bank_hash, genesis, (urls, prefix), ends
+            )
         if genesis is not None and slot == genesis.slot:
             note = (
                 f"cluster not proven: slot {slot} is the last TowerBFT block (the Alpenglow"
@@ -182,16 +207,18 @@ class ClusterVotes:
         def votes_of(url: str) -> Awaitable[Tally]:
             return self.ask(url, slot, bank_hash, genesis)
 
+        asked: AskedOfRpcs = (key, urls, "")
         try:
-            tallies = await self._ask_all(key, urls, votes_of, "votes")
+            tallies = await self._ask_all(asked, votes_of, "votes", ends)
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        _keep(self._kept, (key, urls), tallies)
+        _keep(self._kept, asked, tallies)
         return judged(proof, tallies, urls)
 
-    async def migration(self, urls: tuple[str, ...]) -> Genesis | None:
-        """The Alpenglow genesis the RPCs report (None: not migrated); an RPC's report is
-        kept once it is one. RpcError (one line) when one fails or they disagree."""
+    async def migration(self, urls: tuple[str, ...], ends: float) -> Genesis | None:
+        """The Alpenglow genesis the RPCs report (None: not migrated), asked until ``ends``
+        (trio's clock); an RPC's report is kept once it is one. RpcError (one line) when
+        one fails or they disagree."""
         answers: dict[str, Genesis | str | None] = {}
         failed: list[RpcError] = []
 
@@ -210,18 +237,17 @@ class ClusterVotes:
                 self._genesis[url] = answer
             answers[url] = answer
 
-        key = (-1, "getAgGenesisCert")
+        key: AskedOfRpcs = ((-1, "getAgGenesisCert"), urls, "")
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
             raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
-        deadline = self._config().cluster_proof.deadline
-        with trio.move_on_after(deadline) as within:
+        with trio.move_on_at(ends) as within:
             async with trio.open_nursery() as nursery:
                 for url in urls:
                     nursery.start_soon(ask, url)
         if within.cancelled_caught and not failed:
-            failed.append(RpcError(f"getAgGenesisCert was not answered within {deadline:g}s"))
+            failed.append(RpcError(f"getAgGenesisCert was not answered within {self._deadline()}"))
         if failed:
             self._back_off(key, failure, failed[0])
             raise failed[0]
@@ -229,8 +255,15 @@ class ClusterVotes:
         return migration_of({u: answers[u] for u in urls})
 
     async def _lift_by_certificate(
-        self, slot: int, proof: Proof, bank_hash: bytes, genesis: Genesis, urls: tuple[str, ...]
+        self,
+        slot: int,
+        proof: Proof,
+        bank_hash: bytes,
+        genesis: Genesis,
+        scope: tuple[tuple[str, ...], str],
+        ends: float,
     ) -> Proof:
+        urls, prefix = scope
         block_id = _hash_bytes(proof.block_id) if proof.block_id is not None else None
         if block_id is None:
             note = (
@@ -238,35 +271,42 @@ class ClusterVotes:
                 f" {genesis.slot}) and the manifest has no block id"
             )
             return attrs.evolve(proof, note=note)
-        prefix = self._config().cluster_proof.certificates
         if not prefix:
             note = f"cluster not proven: the RPC serves no finality certificate for slot {slot}"
             return attrs.evolve(proof, note=note)
-        key = _certificate_key(slot, proof)
+        asked: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
+        before = self._failed.get(asked)  # a short certificate's wait doubles as a failure's
         try:
-            doc = await self._document(key, prefix, slot, block_id, bank_hash)
+            doc = await self._document(asked, slot, block_id, bank_hash, ends)
 
             def finality_of(url: str) -> Awaitable[Finality]:
                 return self.certify(url, doc)
 
-            finals = await self._ask_all(key, urls, finality_of, "certificate")
+            finals = await self._ask_all(asked, finality_of, "certificate", ends)
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        _keep(self._certified, (key, urls), finals)
-        return judged_finality(proof, finals, urls)
+        lifted = judged_finality(proof, finals, urls)
+        if lifted.level == Level.CLUSTER:
+            _keep(self._certified, asked, finals)
+        else:  # a certificate short of its stake may be followed by one that is not: read again
+            reason = (lifted.note or "").removeprefix("cluster not proven: ")
+            self._back_off(asked, before, RpcError(reason))
+        return lifted
 
     async def _document(
-        self, key: Key, prefix: str, slot: int, block_id: bytes, bank_hash: bytes
+        self, key: AskedOfRpcs, slot: int, block_id: bytes, bank_hash: bytes, ends: float
     ) -> Document:
-        """The certificate document of ``slot`` from ``prefix``, checked against the
-        manifest's block id and bank hash (RpcError, one line, backed off)."""
+        """The certificate document of ``slot`` from the relay of ``key``, read until
+        ``ends``, checked against the manifest's block id and bank hash (RpcError, one
+        line, backed off)."""
+        prefix = key[2]
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
             raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
         url = f"{prefix.rstrip('/')}/{slot}.json"
         try:
-            with trio.fail_after(self._config().cluster_proof.deadline):
+            with trio.fail_at(ends):
                 body = await self._call(url, None, MAX_DOCUMENT)
             doc = document(body, slot)
             check_block(doc, slot, block_id, bank_hash)
@@ -281,31 +321,37 @@ class ClusterVotes:
         self._back_off(key, failure, error)
         raise error
 
-    def _back_off(self, key: Key, failure: _Failure | None, error: RpcError) -> None:
+    def _back_off(self, key: AskedOfRpcs, failure: _Failure | None, error: RpcError) -> None:
         wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
         self._failed[key] = _Failure(str(error), trio.current_time() + wait, wait)
-        log_event(log, "info", "cluster_proof_failed", slot=key[0], reason=error)
+        log_event(log, "info", "cluster_proof_failed", slot=key[0][0], reason=error)
+
+    def _deadline(self) -> str:
+        """``cluster_proof.deadline`` as a reason says it."""
+        return f"{self._config().cluster_proof.deadline:g}s"
 
     async def _ask_all(
         self,
-        key: Key,
-        urls: tuple[str, ...],
+        key: AskedOfRpcs,
         ask: Callable[[str], Awaitable[_T]],
         what: str,
+        ends: float,
     ) -> tuple[_T, ...]:
+        """``ask`` of every RPC of ``key`` at once, until ``ends``; their answers in order,
+        or the first failure (RpcError, one line, backed off)."""
+        urls = key[1]
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
             raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
-        deadline = self._config().cluster_proof.deadline
         results: dict[str, _T] = {}
         failed: list[RpcError] = []
-        with trio.move_on_after(deadline) as within:
+        with trio.move_on_at(ends) as within:
             async with trio.open_nursery() as nursery:
                 for url in urls:
                     nursery.start_soon(self._ask_into(results, failed, url, ask))
         if within.cancelled_caught and not failed:
-            failed.append(RpcError(f"the {what} were not read within {deadline:g}s"))
+            failed.append(RpcError(f"the {what} were not read within {self._deadline()}"))
         if failed:
             self._back_off(key, failure, failed[0])
             raise failed[0]

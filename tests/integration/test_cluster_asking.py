@@ -1,0 +1,160 @@
+"""How the cluster level asks (tracker/proof/cluster/clustervotes.py): one deadline for
+the whole check, each question asked once while it is out, back-offs and verdicts that a
+reload of the RPCs or of the certificates' relay asks again, a certificate short of its
+stake read again, and one RPC written twice counted once. Fake RPCs on 127.0.0.1 (the
+deadline's test: a fake call on trio's clock, no network)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import base58
+import httpx
+import pytest
+import trio
+import trio.testing
+from helpers_alpenglow import (
+    BLOCK_ID,
+    alpenglow_rpc,
+    document,
+    fast_certificate,
+    ranked,
+    validators,
+)
+from helpers_server import serve_app
+from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
+
+from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
+from tracker.config.warnings import config_warnings
+from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.levels import Level, Proof
+
+BANK = hash_of("bank hash")
+VALIDATORS = validators([300, 250, 150, 100, 200])
+ORDER = ranked(VALIDATORS)
+SLOT = 4_800_000
+
+
+def manifest_proof() -> Proof:
+    return Proof(
+        Level.MANIFEST,
+        snapshot_hash="x",
+        bank_hash=base58.b58encode(BANK).decode(),
+        block_id=base58.b58encode(BLOCK_ID).decode(),
+    )
+
+
+def voted_by(count: int) -> VoteRpc:
+    """An RPC before the migration whose next block holds the votes of ``count`` validators."""
+    votes = [vote_transaction(v.vote, tower([(SLOT, 1)], BANK)) for v in ORDER[:count]]
+    return VoteRpc(stakes={v.vote: v.stake for v in VALIDATORS}, blocks={SLOT + 1: votes})
+
+
+async def test_one_deadline_bounds_the_whole_check(autojump_clock: trio.testing.MockClock) -> None:
+    """Each question had its own ``cluster_proof.deadline``, one after the other: an RPC
+    answering each just under it made one archive's check take twice the deadline (three
+    times by certificate), and readers waiting on it wait as long."""
+    config = Config(rpc="http://rpc.invalid/", cluster_proof=ClusterProof(deadline=2.0))
+    async with httpx.AsyncClient() as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=0)
+
+        async def slow(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+            assert payload is not None
+            if payload["method"] == "getAgGenesisCert":  # not migrated, just in time
+                await trio.sleep(1.6)
+                answer = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "no"}}
+                return bytearray(json.dumps(answer).encode())
+            await trio.sleep(3600)  # the votes never come
+            raise AssertionError("unreachable")
+
+        voter._call = slow  # type: ignore[method-assign]
+        began = trio.current_time()
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert trio.current_time() - began == pytest.approx(2.0)
+    assert lifted.level == Level.MANIFEST
+    assert lifted.note == "cluster not proven: the votes were not read within 2s"
+
+
+async def test_a_reload_to_another_rpc_asks_it_at_once(nursery: trio.Nursery) -> None:
+    """A failure's back-off was kept by (slot, hash) alone: after a reload replaced a broken
+    ``rpc`` by a working one, the broken one's failure was said again, the new RPC not asked,
+    for up to an hour (the wait doubles)."""
+    good, broken = voted_by(4), voted_by(4)
+    broken.raw["getVoteAccounts"] = b"not json"
+    good_url = await nursery.start(serve_app, good.app()) + "/"
+    broken_url = await nursery.start(serve_app, broken.app()) + "/"
+    config = {"now": Config(rpc=broken_url, cluster_proof=ClusterProof(blocks=8))}
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config["now"], client)  # waits 60 s after a failure
+        failed = await voter.lift(SLOT, manifest_proof())
+        assert failed.level == Level.MANIFEST and "not a JSON object" in (failed.note or "")
+        config["now"] = Config(rpc=good_url, cluster_proof=ClusterProof(blocks=8))
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert lifted.level == Level.CLUSTER
+    assert good.block_calls()
+
+
+async def test_a_certificate_short_of_its_stake_is_read_again(nursery: trio.Nursery) -> None:
+    """A certificate that verifies but carries too little stake (a fast one of 75%) was a
+    verdict kept for good: once the relay served the right one, it was never read again
+    (and the copy refused for good); a certificate whose signature failed was read again."""
+    node = alpenglow_rpc(VALIDATORS, genesis_slot=50)
+    node.documents[SLOT] = document(SLOT, BANK, fast_certificate(SLOT, ORDER[:3], ORDER))
+    url = await nursery.start(serve_app, node.app()) + "/"
+    proof = ClusterProof(blocks=8, certificates=url + "certificates")
+    config = Config(rpc=url, cluster_proof=proof)
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=0)
+        short = await voter.lift(SLOT, manifest_proof())
+        assert short.level == Level.MANIFEST
+        assert short.note == (
+            "cluster not proven: the fast-finalize certificate carries 75.0% of the stake,"
+            " 80% needed"
+        )
+        node.documents[SLOT] = document(SLOT, BANK, fast_certificate(SLOT, ORDER[:4], ORDER))
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert lifted.level == Level.CLUSTER and lifted.voted_stake == pytest.approx(0.9)
+
+
+async def test_the_same_question_out_is_asked_once(nursery: trio.Nursery) -> None:
+    """Four lifts of one (slot, hash) at once (one archive several sources list: the head
+    reads run four at once) each asked the RPC the whole question: four ``getVoteAccounts``
+    of up to 32 MiB, and every block four times."""
+    node = voted_by(4)
+    url = await nursery.start(serve_app, node.app()) + "/"
+    config = Config(rpc=url, cluster_proof=ClusterProof(blocks=8))
+    lifted: list[Proof] = []
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client)
+
+        async def lift() -> None:
+            lifted.append(await voter.lift(SLOT, manifest_proof()))
+
+        async with trio.open_nursery() as asking:
+            for _ in range(4):
+                asking.start_soon(lift)
+    assert [p.level for p in lifted] == [Level.CLUSTER] * 4
+    assert sum(1 for method, _ in node.calls if method == "getVoteAccounts") == 1
+    assert len(node.block_calls()) == len(set(node.block_calls()))
+
+
+@pytest.mark.parametrize(
+    "again", ["http://127.0.0.1:8899", "http://127.0.0.1:8899/", "HTTP://127.0.0.1:8899"]
+)
+def test_one_rpc_written_twice_is_one_witness(again: str) -> None:
+    """``also_rpc`` naming ``rpc`` again (or ``--rpc URL --rpc URL``) silenced the warning
+    that ``require: cluster`` rests on one RPC's word, and its one answer counted as two
+    RPCs that agree."""
+    group = TargetGroup(group="g", trust=Trust(require=Level.CLUSTER))
+    config = Config(
+        rpc="http://127.0.0.1:8899",
+        cluster_proof=ClusterProof(also_rpc=(again,)),
+        target_groups=(group,),
+    )
+    assert config.cluster_rpcs() == ("http://127.0.0.1:8899",)
+    assert any("rests on one RPC's word" in warning for warning in config_warnings(config))
+    other = Config(rpc="http://127.0.0.1:8899", cluster_proof=ClusterProof(also_rpc=(
+        "http://127.0.0.1:8898",
+    )))  # fmt: skip
+    assert other.cluster_rpcs() == ("http://127.0.0.1:8899", "http://127.0.0.1:8898")
