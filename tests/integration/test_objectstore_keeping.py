@@ -339,6 +339,25 @@ async def test_a_release_leaves_the_lock_that_took_this_one_over(weed: Weed) -> 
     assert await bucket.head(key) is None
 
 
+async def test_a_renewal_whose_answer_was_cut_leaves_the_lock_releasable(weed: Weed) -> None:
+    """The refresh ends while a renewal of its lock is out: the store applied it (a new
+    ETag) but its answer was cut with the renewing task. Release compared the ETag last
+    known: the lock stayed for ``lock_ttl``, and the other replicas followed a refresh that
+    had ended (a stress run of the suite found it)."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    lock = await acquire(bucket, key, "a", "http://a", 60.0)
+    assert isinstance(lock, Lock)
+    known = lock.etag
+    await lock.renew()  # applied by the store ...
+    lock.etag = known  # ... its answer never read
+    await lock.release()
+    assert await bucket.head(key) is None
+
+
 async def _append(out: list[Any], value: Any) -> None:
     out.append(await value)
 

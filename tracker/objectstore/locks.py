@@ -50,10 +50,15 @@ class Lock:
     replica_url: str
     etag: str
     took_over: bool = False
+    #: This lock's own mark, in its metadata from its first write to its last: what
+    #: :meth:`release` knows it by (an ETag changes at every renewal, and a renewal the store
+    #: applied but whose answer was cut, the refresh ending, leaves the one known stale).
+    token: str = attrs.Factory(lambda: secrets.token_hex(16))
 
     def metadata(self) -> dict[str, str]:
-        """The lock object's metadata: who holds it and where it serves the file from."""
-        return {"owner": self.owner, "replica": self.replica_url}
+        """The lock object's metadata: who holds it, where it serves the file from, and
+        this lock's own mark (:attr:`token`)."""
+        return {"owner": self.owner, "replica": self.replica_url, "token": self.token}
 
     async def renew(self) -> None:
         """Prove this holder is alive. StoreConflict when the lock was taken over."""
@@ -62,12 +67,13 @@ class Lock:
         )
 
     async def release(self) -> None:
-        """Delete the lock if it is still this one (never raises StoreError): its ETag, the
-        one this holder last wrote. Its owner would not tell: another lock of this replica
-        (a stale one of its own taken over) has the same."""
+        """Delete the lock if it is still this one (never raises StoreError): its
+        :attr:`token`. Its owner would not tell (another lock of this replica, a stale one
+        of its own taken over, has the same), nor the ETag this holder last wrote (a
+        renewal cut as the refresh ended may have changed it)."""
         try:
             info = await self.bucket.head(self.key)
-            if info is not None and info.etag == self.etag:
+            if info is not None and info.metadata.get("token") == self.token:
                 await self.bucket.delete(self.key)
         except StoreError:
             pass  # it expires after lock_ttl
