@@ -33,6 +33,15 @@ def test_an_ask_holds_the_facts_the_forwarded_headers_and_every_forwarded_line()
     assert list(ask.lines) == lines
 
 
+def test_a_heads_range_goes_to_no_source() -> None:
+    """A range applies to a GET only: a HEAD with ``Range`` (and ``If-Range``) was relayed
+    with them and answered the source's 206, where a file's answer (a cache hit, a local
+    file) is its 200."""
+    ask = ask_of("HEAD", [("Range", "bytes=0-9"), ("If-Range", '"x"'), ("If-None-Match", '"y"')])
+    assert ask.asked.range is None
+    assert dict(ask.headers) == {"if-none-match": '"y"'}
+
+
 def test_a_plain_ask_is_plain() -> None:
     ask = ask_of("HEAD", [("Accept", "*/*")])
     assert ask.asked.plain and not ask.headers and ask.connection is None

@@ -65,6 +65,13 @@ def test_only_range_and_conditionals_go_upstream() -> None:
         # multipart/byteranges, taken for a wrong size (502, every source counted failed).
         ([("Range", "bytes=0-1,10-11")], None),
         ([("Range", "bytes=0-1"), ("Range", "bytes=10-11")], None),
+        # As a file's answer reads it (serving.ranges.range_spec), written plainly: an empty
+        # list element is one range (the relay sent none: a 200 where a file's answer is a
+        # 206), an invalid one is none (the source's 416 where a file's answer is a 200).
+        ([("Range", "bytes=0-99,")], "bytes=0-99"),
+        ([("Range", "BYTES = 0 - 99")], "bytes=0-99"),
+        ([("Range", "bytes=5-2")], None),
+        ([("Range", "items=0-1")], None),
     ],
 )
 def test_one_range_goes_upstream_several_go_as_none(

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from tracker.proxy.decisions import Asked
+from tracker.serving.ranges import range_header, range_spec
 from tracker.zerocopy.connection import Connection
 
 #: Client request headers sent on upstream (lower case). Everything else stays here.
@@ -50,8 +51,12 @@ class Ask:
 def ask_of(
     method: str, headers: Iterable[tuple[str, str]], connection: Connection | None = None
 ) -> Ask:
-    """The Ask of a request with ``method`` and every header line ``headers``."""
+    """The Ask of a request with ``method`` and every header line ``headers``. A HEAD's
+    ``Range`` and ``If-Range`` go on to no source: a range applies to a GET only [RFC 9110
+    14.2], and a file's answer to a HEAD is its 200 (a source would answer 206)."""
     lines = list(headers)
+    if method != "GET":
+        lines = [(k, v) for k, v in lines if k.lower() not in ("range", "if-range")]
     forwarded = upstream_request_headers(lines, None)
     kept = tuple((k.lower(), v) for k, v in lines if k.lower() in FORWARDED_REQUEST_HEADERS)
     user_agent = next((value for key, value in lines if key.lower() == "user-agent"), "")
@@ -68,17 +73,21 @@ def upstream_request_headers(
     client_headers: Iterable[tuple[str, str]], authorization: str | None
 ) -> dict[str, str]:
     """The headers of the upstream request: the whitelisted client headers, then the group's
-    credentials. A repeated client header keeps its first value; a ``Range`` of several
-    ranges (a list, or repeated lines) goes on as none, as a file's answer reads it
-    (tracker/serving/ranges.py): a source would answer ``multipart/byteranges``, which is
-    no archive's answer (the whole file is)."""
+    credentials. A repeated client header keeps its first value; a ``Range`` goes on only
+    as a file's answer reads it (:func:`tracker.serving.ranges.range_spec`), written
+    plainly: one of several ranges (a list, or repeated lines) or an invalid one
+    (``bytes=5-2``) goes on as none (a source would answer ``multipart/byteranges``, no
+    archive's answer, or a 416 where a file's answer is the whole file), and an empty list
+    element as one range (``bytes=0-99,``)."""
     lines = list(client_headers)
     ranges = [value for name, value in lines if name.lower() == "range"]
-    several = len(ranges) > 1 or any("," in value for value in ranges)
+    spec = range_spec(ranges[0]) if len(ranges) == 1 else None
     out: dict[str, str] = {}
     for name, value in lines:
         key = name.lower()
-        if key == "range" and several:
+        if key == "range":
+            if spec is not None and key not in out:
+                out[key] = range_header(spec)
             continue
         if key in FORWARDED_REQUEST_HEADERS and key not in out:
             out[key] = value

@@ -103,6 +103,22 @@ def parse_range(header: str | None, size: int) -> ByteRange | Unsatisfiable | No
     """
     if size < 0:
         raise ValueError(f"negative file size: {size}")
+    spec = range_spec(header)
+    if spec is None:
+        return None
+    first, last = spec
+    if first is not None:
+        return _int_range(first, last, size)
+    assert last is not None
+    return _suffix_range(last, size)
+
+
+def range_spec(header: str | None) -> tuple[int | None, int | None] | None:
+    """The one byte range a ``Range`` header asks for, whatever the file: (first, last),
+    (first, None) for an open end, (None, N) for a suffix of N bytes; None when the header
+    is to be ignored (absent, malformed, another unit than ``bytes``, several ranges, a last
+    byte before the first). The one reading of the header for every byte path: a file's
+    answer (:func:`parse_range`) and what a relay asks of its source."""
     if header is None:
         return None
     unit, sep, range_set = header.partition("=")
@@ -117,10 +133,19 @@ def parse_range(header: str | None, size: int) -> ByteRange | Unsatisfiable | No
         return None
     first, last = match.groups()
     if first:
-        return _int_range(_to_int(first), _to_int(last) if last else None, size)
+        start, end = _to_int(first), _to_int(last) if last else None
+        if end is not None and end < start:
+            return None  # an invalid range-spec makes the whole header invalid [14.1.1]
+        return start, end
     if last:
-        return _suffix_range(_to_int(last), size)
+        return None, _to_int(last)
     return None
+
+
+def range_header(spec: tuple[int | None, int | None]) -> str:
+    """The ``Range`` value of :func:`range_spec`'s ``spec``, written plainly."""
+    first, last = spec
+    return f"bytes={'' if first is None else first}-{'' if last is None else last}"
 
 
 def _to_int(digits: str) -> int:
@@ -129,8 +154,6 @@ def _to_int(digits: str) -> int:
 
 
 def _int_range(first: int, last: int | None, size: int) -> ByteRange | Unsatisfiable | None:
-    if last is not None and last < first:
-        return None  # an invalid range-spec makes the whole header invalid [14.1.1]
     if first >= size:
         return UNSATISFIABLE
     end = size - 1 if last is None else min(last, size - 1)
