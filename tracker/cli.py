@@ -281,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
     try:
         code = _run(argv if argv is not None else sys.argv[1:], previous)
-        sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
+        if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
+            sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
         return code
     except KeyboardInterrupt:
         print("snapshot-tracker: interrupted", file=sys.stderr)
@@ -309,8 +310,8 @@ def _stdout_to_devnull() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError):
-        pass  # no stdout to point anywhere (closed): nothing will be flushed to it
+    except (OSError, ValueError, AttributeError):
+        pass  # no stdout to point anywhere (closed, or None): nothing will be flushed to it
 
 
 def _run(argv: Sequence[str], handlers: dict[signal.Signals, Any]) -> int:
