@@ -84,26 +84,19 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{_DURATION_HINT}, got {describe(value)}")
     if not isinstance(value, str):
-        if isinstance(value, int) and abs(value) > MAX_DURATION:  # float() of it overflows
-            raise ValueError(
-                f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
-            )
-        if not math.isfinite(value):
+        # An integer is compared as it is: float() of one of hundreds of digits overflows.
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{_DURATION_HINT}, got {value!r}")
         if value < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
+            raise ValueError(f"duration must not be negative: {quoted(value, 40)}")
         if value > MAX_DURATION:
-            raise ValueError(
-                f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
-            )
+            raise ValueError(_too_long(value))
         return float(value)
     negative, seconds = _parse_go_duration(value)
     if negative and seconds > 0:
         raise ValueError(f"duration must not be negative: {value!r}")
     if seconds > MAX_DURATION:  # float() of a longer one may overflow: an OverflowError
-        raise ValueError(
-            f"duration longer than Go's longest (about 292 years): {quoted(value, 40)}"
-        )
+        raise ValueError(_too_long(value))
     return float(seconds)
 
 
