@@ -5,8 +5,9 @@ Every process is started by :meth:`Procs.start`, which remembers it; :meth:`Proc
 short wait). ``run.py`` calls ``close`` in a ``finally`` and turns SIGTERM into
 KeyboardInterrupt, so an error, Ctrl-C or a kill leaves nothing running. A bench killed
 outright (SIGKILL: no ``finally`` runs) takes its children with it: each is started with
-the kernel's parent-death signal (``PR_SET_PDEATHSIG``, SIGKILL), and what they started in
-their own process group (nginx's workers) ends with its leader.
+the kernel's parent-death signal (``PR_SET_PDEATHSIG``, SIGKILL), but for a child whose own
+children the kernel would orphan (nginx: its workers outlive a master killed outright), which
+gets a signal it ends them on (nginx's master: SIGTERM, a fast shutdown of its workers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -28,12 +30,12 @@ HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """In a child before exec: be SIGKILLed when the process that started it dies (Linux;
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """In a child before exec: get ``signum`` when the process that started it dies (Linux;
     elsewhere nothing)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 @attrs.define
@@ -73,8 +75,10 @@ class Procs:
         argv: Sequence[str],
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        death_signal: int = signal.SIGKILL,
     ) -> Proc:
         """Start ``argv`` in a new session (its own process group); output to a log file.
+        ``death_signal``: what it gets when the bench dies (see the module doc).
 
         A log file, not a pipe: a pipe nobody reads would fill up and block the child.
         """
@@ -90,7 +94,7 @@ class Procs:
                 start_new_session=True,
                 env=env,
                 cwd=cwd,
-                preexec_fn=die_with_parent,
+                preexec_fn=partial(die_with_parent, death_signal),
             )
         proc = self.running[name] = Proc(name, popen, log_path)
         return proc

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -291,7 +292,8 @@ def start_nginx(
     path = work / f"nginx-{role}.conf"
     path.write_text(conf)
     argv = [nginx, "-c", str(path), "-p", str(work), "-e", str(work / f"nginx-{role}.err")]
-    proc = procs.start(f"nginx-{role}", argv)
+    # SIGKILLed with the bench its master would orphan its workers: a SIGTERM it ends them on
+    proc = procs.start(f"nginx-{role}", argv, death_signal=signal.SIGTERM)
     wait_for_port(proc, port, host)
     return Nginx(proc, port, work / f"nginx-{role}.access.log")
 

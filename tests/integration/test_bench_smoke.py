@@ -38,8 +38,10 @@ SMOKE = ("cache_hit_1", "proxy", "redirects", "discovery", "verify")
 
 
 def marked(mark: str, workdir: Path) -> list[int]:
-    """The processes whose environment carries ``MARK=mark`` or whose command line names
-    ``workdir`` (zombies are not counted: they run nothing)."""
+    """The processes whose environment carries ``MARK=mark``, whose command line names
+    ``workdir``, or that hold a file under it open (nginx's workers: their command line is
+    rewritten, their environment cleared; their logs are the work dir's) (zombies are not
+    counted: they run nothing)."""
     needle, path = f"{MARK}={mark}".encode(), str(workdir).encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -47,9 +49,20 @@ def marked(mark: str, workdir: Path) -> list[int]:
             if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
                 continue
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if needle in environ or path in Path(f"/proc/{pid}/cmdline").read_bytes():
+            named = path in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if needle in environ or named or _holds_under(pid, str(workdir)):
                 found.append(int(pid))
     return found
+
+
+def _holds_under(pid: str, workdir: str) -> bool:
+    """True when process ``pid`` holds a file under ``workdir`` open."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(workdir + os.sep):
+                    return True
+    return False
 
 
 def kill_marked(mark: str, workdir: Path) -> None:
