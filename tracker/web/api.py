@@ -36,7 +36,7 @@ from tracker.web.queries import (
     parse_slot,
     resolve_group,
 )
-from tracker.web.shortcuts import SHORT_NAMES, best_source, short_answer
+from tracker.web.shortcuts import SHORT_NAMES, best_source, is_json_route, short_answer
 from tracker.web.wire import listing_body, statements_json, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
@@ -90,13 +90,8 @@ def _count_responses(app: QuartTrio, on_response: ResponseCounter) -> None:
         return response
 
 
-def _is_json_route() -> bool:
-    path = quart.request.path
-    return path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]
-
-
 def _error(status: int, reason: str) -> quart.Response:
-    if _is_json_route():
+    if is_json_route(quart.request.path):
         return json_response({"error": reason}, status)
     path = quart.request.path
     if status == 404 and not path.startswith("/v1/") and not path.endswith(ATTESTATION_SUFFIX):

@@ -181,11 +181,17 @@ def unroutable_host(scope: Any) -> bool:
     return False
 
 
+def is_json_route(path: str) -> bool:
+    """True when the route at ``path`` answers JSON, its errors too: under ``/v1/`` but for
+    an archive's name (a file's name has a dot; an error there is one line of text)."""
+    return path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]
+
+
 def bad_host_answer(path: str) -> RawAnswer:
     """The 400 of a request :func:`unroutable_host` refuses, worded as the API's errors are
     (JSON under ``/v1/`` but for an archive's name, text elsewhere)."""
     reason = "malformed host header"
-    if path.startswith("/v1/") and "." not in path.rsplit("/", 1)[-1]:
+    if is_json_route(path):
         body = json.dumps({"error": reason}, separators=(",", ":")).encode()
         kind = (b"content-type", b"application/json")
     else:

@@ -156,15 +156,15 @@ class ClusterVotes:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
         prefix = self._config().cluster_proof.certificates
         by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
-        by_certificate_: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
+        by_cert: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
         tallies = self._kept.get(by_votes)
         if tallies is not None:  # asked before (a slot proven by votes stays so)
             return judged(proof, tallies, urls)
-        finals = self._certified.get(by_certificate_)
+        finals = self._certified.get(by_cert)
         if finals is not None:  # kept only once it reached cluster
             return judged_finality(proof, finals, urls)
         now = trio.current_time()
-        for asked in (by_votes, by_certificate_):
+        for asked in (by_votes, by_cert):
             failure = self._failed.get(asked)
             if failure is not None and now < failure.until:  # backing off: ask nothing
                 left = f"asked again in {failure.until - now:.0f}s"
