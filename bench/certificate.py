@@ -90,14 +90,14 @@ def measure(count: int, runs: int) -> None:
             signed(secrets, slow_ranks, vote_payload(NOTARIZE, SLOT, BLOCK, SHRED)), slow_ranks
         ),
     )
-    assert weigh(fast, ranks, SHRED, verify).supermajority
-    assert weigh(slow, ranks, SHRED, verify).supermajority
+    assert weigh(fast, ranks.stakes, ranks.total, SHRED, verify).supermajority
+    assert weigh(slow, ranks.stakes, ranks.total, SHRED, verify).supermajority
     one = (0,)
     single = signed(secrets, one, vote_payload(NOTARIZE, SLOT, BLOCK, SHRED))
     message = vote_payload(NOTARIZE, SLOT, BLOCK, SHRED)
     yardstick = best(runs, lambda: bls.verify(public, one, message, single))
-    fast_s = best(runs, lambda: weigh(fast, ranks, SHRED, verify))
-    slow_s = best(runs, lambda: weigh(slow, ranks, SHRED, verify))
+    fast_s = best(runs, lambda: weigh(fast, ranks.stakes, ranks.total, SHRED, verify))
+    slow_s = best(runs, lambda: weigh(slow, ranks.stakes, ranks.total, SHRED, verify))
     print(
         f"ranks {count:5d}: rank map keys {built * 1e3:7.1f} ms;"
         f" fast certificate {fast_s * 1e3:6.2f} ms ({fast_s / yardstick:4.2f}x one signer);"

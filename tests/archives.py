@@ -29,7 +29,7 @@ import lzma
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lz4.frame
@@ -169,13 +169,15 @@ def snapshot_entries(
     layout: str = "agave",
     closed: str | None = None,
     listed: bool = True,
+    epoch_stakes: Mapping[int, Sequence[tuple[bytes, int, bytes]]] | None = None,
 ) -> list[tuple[str, bytes | None]]:
     """The (name, data) entries of a snapshot tar in agave's order; None data: a directory.
     ``layout``: the storages as agave writes them, or as Firedancer does (:func:`storage_slots`);
     ``closed``: an account closed before the snapshot, its versions kept as
     :func:`closed_versions` says (agave's layout, two storages at least); ``listed=False``:
     the manifest lists no storage and the status cache comes last, as Firedancer v26.08
-    writes a full (``src/discof/backup/fd_ssmanifest_encoder.c``, ``fd_snapmk_tile.c``)."""
+    writes a full (``src/discof/backup/fd_ssmanifest_encoder.c``, ``fd_snapmk_tile.c``);
+    ``epoch_stakes``: the manifest's (:func:`~tracker.proof.formats.writing.write_manifest`)."""
     rnd = random.Random(f"{seed}-{slot}")
     state = state_accounts(name_seed(slot, seed))
     # The state's accounts dealt over the storages: storage i holds every accounts-th one.
@@ -187,7 +189,8 @@ def snapshot_entries(
     valid = [write_storage(held) for held in dealt]
     slots = storage_slots(slot, accounts, layout)
     storages = [(slots[i], i, len(data)) for i, data in enumerate(valid)] if listed else []
-    manifest = write_manifest(slot, lattice_hash(name_seed(slot, seed)), storages)
+    lattice = lattice_hash(name_seed(slot, seed))
+    manifest = write_manifest(slot, lattice, storages, epoch_stakes=epoch_stakes)
     status_cache = ("snapshots/status_cache", status_cache_of(slot, rnd))
     entries: list[tuple[str, bytes | None]] = [
         ("version", VERSION),
@@ -280,10 +283,11 @@ def build_archive(
     layout: str = "agave",
     closed: str | None = None,
     listed: bool = True,
+    epoch_stakes: Mapping[int, Sequence[tuple[bytes, int, bytes]]] | None = None,
 ) -> tuple[str, bytes]:
     """(canonical archive name, archive bytes) of a real snapshot archive of ``slot``, its
     storages laid out as agave writes them (``layout="firedancer"``: as Firedancer does;
-    ``closed`` and ``listed``: :func:`snapshot_entries`)."""
+    ``closed``, ``listed`` and ``epoch_stakes``: :func:`snapshot_entries`)."""
     name = archive_name(slot, base_slot, compression, seed)
     entries = snapshot_entries(
         slot,
@@ -293,6 +297,7 @@ def build_archive(
         layout=layout,
         closed=closed,
         listed=listed,
+        epoch_stakes=epoch_stakes,
     )
     return name, compress(make_tar(entries), compression)
 

@@ -21,8 +21,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
+import base58
 from helpers_votes import VoteRpc, key
 from pyecc import G2ProofOfPossession as Pop
+
+from tracker.proof.formats.alpenglow import EpochVoters
+from tracker.proof.formats.manifest import ManifestDecoder
+from tracker.proof.formats.parsing import run
+from tracker.proof.formats.writing import schedule_slot, write_manifest
 
 #: The block id every test archive's manifest carries (tests/archives.py writes it).
 BLOCK_ID = b"\x33" * 32
@@ -39,6 +45,8 @@ class Validator:
     node: bytes
     stake: int
     secret: int
+    #: False: a V4 vote state without a BLS key
+    has_key: bool = True
 
     @property
     def bls_key(self) -> bytes:
@@ -47,7 +55,8 @@ class Validator:
     def account_data(self) -> bytes:
         """The vote account's data: ``VoteStateVersions::V4`` with its BLS key."""
         out = struct.pack("<I", 3) + self.node + bytes(32) * 3  # withdrawer, collectors
-        out += struct.pack("<HHQ", 500, 0, 0) + b"\x01" + self.bls_key
+        key = b"\x01" + self.bls_key if self.has_key else b"\x00"
+        out += struct.pack("<HHQ", 500, 0, 0) + key
         out += struct.pack("<Q", 0) + b"\x00" + struct.pack("<Q", 0) * 2  # votes, root, ...
         return out + struct.pack("<Qq", 0, 0)  # last_timestamp
 
@@ -158,6 +167,24 @@ def genesis_answer(slot: int, block_id: bytes = b"\x07" * 32) -> dict[str, Any]:
         "block": {"slot": slot, "blockId": list(block_id)},
         "signature": {"signature": [7] * 192, "bitmap": [0, 5, 0, 31]},
     }
+
+
+def manifest_stakes(vals: Iterable[Validator]) -> list[tuple[bytes, int, bytes]]:
+    """The vote accounts of an epoch's stakes as a manifest holds them (``write_manifest``'s
+    ``epoch_stakes``): pubkey, stake, data."""
+    return [(base58.b58decode(v.vote), v.stake, v.account_data()) for v in vals]
+
+
+def epoch_stakes(vals: Iterable[Validator], epoch: int = 11) -> bytes:
+    """What a proof carries of a manifest whose stakes of ``epoch`` are ``vals``: the
+    manifest is written, then decoded by the tracker (``Proof.epoch_stakes``)."""
+    slot = schedule_slot(epoch)
+    data = write_manifest(slot, None, epoch_stakes={epoch: manifest_stakes(vals)})
+    decoder = ManifestDecoder(len(data))
+    run(decoder.parser(), data)
+    found = decoder.result().fields.get("epoch_voters")
+    assert isinstance(found, EpochVoters) and found.epoch == epoch, "not the manifest's epoch"
+    return found.to_bytes()
 
 
 def alpenglow_rpc(vals: list[Validator], *, genesis_slot: int = 50, **more: Any) -> VoteRpc:

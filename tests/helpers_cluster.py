@@ -6,7 +6,7 @@ what the tracker's JSON routes, its ``/v1/targets`` and its status page say; a r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,15 @@ async def nothing_refused(f: Fleet) -> bool:
     return error == "" or error.startswith("timed out after")
 
 
-def an_archive(tmp_path: Path, slot: int, seed: int) -> tuple[str, bytes, bytes]:
-    name, data = build_archive(slot, seed=seed, account_size=ACCOUNT)
+def an_archive(
+    tmp_path: Path,
+    slot: int,
+    seed: int,
+    epoch_stakes: Mapping[int, Sequence[tuple[bytes, int, bytes]]] | None = None,
+) -> tuple[str, bytes, bytes]:
+    """A real archive of ``slot`` (its manifest's stakes of each epoch ``epoch_stakes``),
+    its bytes and its bank hash."""
+    name, data = build_archive(slot, seed=seed, account_size=ACCOUNT, epoch_stakes=epoch_stakes)
     return name, data, bank_hash(tmp_path, name, data)
 
 

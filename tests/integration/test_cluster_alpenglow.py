@@ -24,9 +24,11 @@ import trio
 from helpers_alpenglow import (
     BLOCK_ID,
     OTHER_BLOCK,
+    Validator,
     alpenglow_rpc,
     bitmap,
     document,
+    epoch_stakes,
     fast_certificate,
     genesis_answer,
     payload,
@@ -49,12 +51,19 @@ ORDER = ranked(VALS)  # 300, 250, 200, 150, 100
 V300, V250, V200, V150, V100 = ORDER
 
 
-def proof_of(bank: bytes = H, block_id: bytes | None = BLOCK_ID) -> Proof:
+def proof_of(
+    bank: bytes = H,
+    block_id: bytes | None = BLOCK_ID,
+    epoch: list[Validator] | None = VALS,
+    epoch_number: int = 11,
+) -> Proof:
+    """A manifest's proof whose stakes of its epoch (``epoch_number``) are ``epoch``."""
     return Proof(
         Level.MANIFEST,
         snapshot_hash="x",
         bank_hash=base58.b58encode(bank).decode(),
         block_id=None if block_id is None else base58.b58encode(block_id).decode(),
+        epoch_stakes=None if epoch is None else epoch_stakes(epoch, epoch_number),
     )
 
 
@@ -296,13 +305,27 @@ async def test_a_certificate_that_does_not_hold_is_refused_with_its_reason(
     assert "\n" not in proof.note
 
 
-async def test_a_slot_of_another_epoch_is_refused() -> None:
+async def test_a_slot_of_the_epoch_before_is_weighed_two_epochs_back_is_not() -> None:
+    # The RPC's stakes are epoch 11's; an archive of epoch 10 (the newest full snapshot just
+    # after the boundary) is weighed by its own epoch's stakes, bounded by those.
     node = alpenglow_rpc(VALS)
-    old = 4_700_000  # epoch 10: getVoteAccounts gives epoch 11's stakes
-    node.documents[old] = document(old, H, fast_certificate(old, ORDER[:4], ORDER))
-    proof = await lift(node, old)
+    last = 4_700_000  # epoch 10
+    node.documents[last] = document(last, H, fast_certificate(last, ORDER[:4], ORDER))
+    proof = await lift(node, last, proof_of(epoch_number=10))
+    assert (proof.level, proof.voted_stake) == (Level.CLUSTER, 0.9)
+    older = 4_200_000  # epoch 9
+    node.documents[older] = document(older, H, fast_certificate(older, ORDER[:4], ORDER))
+    proof = await lift(node, older, proof_of(epoch_number=9))
     assert proof.level == Level.MANIFEST and proof.note is not None
-    assert "slot 4700000 is not in the RPC's epoch 11 (slots 4752000 to 5183999)" in proof.note
+    assert (
+        "slot 4200000 (epoch 9 by the manifest's schedule) is neither in the RPC's epoch 11"
+        " (slots 4752000 to 5183999) nor in the one before it"
+    ) in proof.note
+    # A manifest whose schedule puts a slot of the RPC's epoch in another one
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    proof = await lift(node, S, proof_of(epoch_number=10))
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert f"slot {S} (epoch 10 by the manifest's schedule) is neither" in proof.note
 
 
 async def test_the_footer_must_carry_the_manifests_bank_hash() -> None:
@@ -329,21 +352,24 @@ async def test_several_rpcs_must_each_hold_the_certificate() -> None:
     cert = fast_certificate(S, [V300, V250, V200, V150], ORDER)
     agreeing = alpenglow_rpc(VALS)
     agreeing.documents[S] = document(S, H, cert)
-    # Another RPC's stakes: V150 holds far more, so the same signers hold 70% there and the
-    # rank order differs (the signature does not verify over its rank map either).
-    other_vals = [*ORDER[:3], attrs.evolve(V150, stake=150), attrs.evolve(V100, stake=700)]
+    # Another RPC's stakes: V100 holds 700 there, so the same signers weigh 900 of its 1,600
+    other_vals = [*ORDER[:4], attrs.evolve(V100, stake=700)]
     other = alpenglow_rpc(other_vals)
     async with rpcs(agreeing, other) as urls, voter(urls) as cv:
         proof = await cv.lift(S, proof_of())
-    assert proof.level == Level.MANIFEST and proof.note is not None
-    assert proof.note.startswith(f"cluster not proven: {urls[1]}")
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 900 / 1600)
+    assert proof.note == (
+        f"cluster not proven: the RPCs disagree ({urls[0]}: the fast-finalize certificate"
+        f" carries 90.0% of the stake; {urls[1]}: the fast-finalize certificate carries 56.2%"
+        " of the stake)"
+    )
     async with rpcs(agreeing, agreeing) as urls, voter(urls) as cv:
         assert (await cv.lift(S, proof_of())).level == Level.CLUSTER
 
 
 async def test_rpcs_whose_stakes_weigh_a_certificate_differently_disagree() -> None:
-    # Signed by V300, V250, V200 and V100: 85% here; the other RPC's stakes keep the rank
-    # order but weigh the same signers at 79.5% (890 of 1,120), below the 80% of a fast one.
+    # Signed by V300, V250, V200 and V100: 85% of the epoch's stakes; the other RPC's stakes
+    # (V200 240, V150 230: 1,120 in all) bound them at 850 of 1,120 (75.9%), below 80%.
     cert = fast_certificate(S, [V300, V250, V200, V100], ORDER)
     here = alpenglow_rpc(VALS)
     here.documents[S] = document(S, H, cert)
@@ -351,11 +377,92 @@ async def test_rpcs_whose_stakes_weigh_a_certificate_differently_disagree() -> N
     there = alpenglow_rpc([attrs.evolve(v, stake=stakes[v]) for v in ORDER])
     async with rpcs(here, there) as urls, voter(urls) as cv:
         proof = await cv.lift(S, proof_of())
-    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 890 / 1120)
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 850 / 1120)
     assert proof.note == (
         f"cluster not proven: the RPCs disagree ({urls[0]}: the fast-finalize certificate"
-        f" carries 85.0% of the stake; {urls[1]}: the fast-finalize certificate carries 79.5%"
+        f" carries 85.0% of the stake; {urls[1]}: the fast-finalize certificate carries 75.9%"
         " of the stake)"
+    )
+
+
+# --- the epoch's rank map: the archive's stakes, bounded by the RPCs' ----------------------------
+
+
+async def test_the_rank_map_is_the_epochs_not_the_rpcs_current_stakes() -> None:
+    # agave reads a certificate in the rank map of epoch_stakes(E), taken as E-1 began; the
+    # RPC's stakes moved since: V150 fell to 95 and V100 rose to 105, which swaps their
+    # ranks. Signed by the first four of the epoch's order (V150 at rank 3): read in the
+    # RPC's current order, rank 3 would name V100 and the aggregate would not verify.
+    now = {V300: 300, V250: 250, V200: 200, V150: 95, V100: 105}
+    node = alpenglow_rpc([attrs.evolve(v, stake=now[v]) for v in ORDER])
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200, V150], ORDER))
+    proof = await lift(node, S)
+    # each signer at the lesser of its two stakes (V150: 95), of the greater total (1,000)
+    assert (proof.level, proof.voted_stake, proof.cluster_proof) == (
+        Level.CLUSTER,
+        845 / 1000,
+        "certificate",
+    )
+
+
+async def test_stakes_a_manifest_inflates_weigh_what_the_rpc_says() -> None:
+    # A forger's archive of a minority's block: its epoch stakes give V150 and V100 (250 of
+    # the RPC's 1,000) 4,000 each, 94% of its own 8,750; their real aggregate over that map.
+    inflated = {V300: 300, V250: 250, V200: 200, V150: 4000, V100: 4000}
+    forged = [attrs.evolve(v, stake=inflated[v]) for v in ORDER]
+    order = ranked(forged)
+    signers = [v for v in order if v.vote in (V150.vote, V100.vote)]
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, signers, order))
+    proof = await lift(node, S, proof_of(epoch=forged))
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 250 / 8750)
+    assert proof.note == (
+        "cluster not proven: the fast-finalize certificate carries 2.9% of the stake, 80% needed"
+    )
+
+
+async def test_a_signers_key_the_rpc_does_not_confirm_is_refused() -> None:
+    # The manifest gives V150's vote account a key of the forger's (a rogue key could cancel
+    # the others' in the aggregate): only the keys the RPC's vote accounts hold are used.
+    rogue = attrs.evolve(V150, secret=validators([1], seed="forger")[0].secret)
+    epoch = [rogue if v is V150 else v for v in ORDER]
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200, rogue], epoch))
+    proof = await lift(node, S, proof_of(epoch=epoch))
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.endswith(
+        f"the signer at rank 3 (vote account {V150.vote}) holds another BLS key at the RPC than"
+        " in the manifest's stakes of epoch 11"
+    )
+
+
+async def test_a_signer_the_rpc_no_longer_stakes_counts_nothing() -> None:
+    # V100 signed; its stake is gone at the RPC (not in getVoteAccounts): its key is read
+    # from its account all the same, and it weighs nothing.
+    node = alpenglow_rpc(VALS)
+    del node.stakes[V100.vote]
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER, ORDER))
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake) == (Level.CLUSTER, 0.9)
+    asked = [p[0] for m, p in node.calls if m == "getMultipleAccounts"]
+    assert [V100.vote] in asked
+    # its account closed: no key to verify the aggregate with
+    del node.accounts[V100.vote]
+    proof = await lift(node, S)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.endswith(
+        f"the signer at rank 4 (vote account {V100.vote}) holds no BLS key at the RPC than in"
+        " the manifest's stakes of epoch 11"
+    )
+
+
+async def test_without_the_epochs_stakes_nothing_is_weighed() -> None:
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    proof = await lift(node, S, proof_of(epoch=None))
+    assert proof.note == (
+        f"cluster not proven: the manifest holds no stakes of slot {S}'s epoch (the rank map"
+        " its certificate is read in)"
     )
 
 
@@ -391,12 +498,13 @@ async def test_an_oversized_accounts_answer_is_refused(monkeypatch: pytest.Monke
 
 
 async def test_a_vote_account_without_a_bls_key_is_outside_the_rank_map() -> None:
+    # V100 held no BLS key as the epoch began: the rank map is the four others (900).
+    keyless = attrs.evolve(V100, has_key=False)
     node = alpenglow_rpc(VALS)
-    # V100 holds no BLS key (a V3 vote state): the rank map is the four others (900).
     node.accounts[V100.vote] = b"\x02\x00\x00\x00" + V100.node + bytes(200)
     four = [V300, V250, V200, V150]
     node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200], four))
-    proof = await lift(node, S)
+    proof = await lift(node, S, proof_of(epoch=[*four, keyless]))
     assert (proof.level, proof.voted_stake) == (Level.CLUSTER, 750 / 900)
 
 

@@ -20,6 +20,7 @@ from helpers_alpenglow import (
     alpenglow_rpc,
     document,
     fast_certificate,
+    manifest_stakes,
     ranked,
     validators,
 )
@@ -37,19 +38,23 @@ from helpers_proxy import wait_for
 from helpers_tracker import wait_until
 from helpers_votes import tower, vote_transaction
 from helpers_wire import raw_request
-from test_proven import wait_until_proof
-from test_verified import GROUP, Fleet
+from test_proven import proof_of, wait_until_proof
+from test_verified import GROUP, Fleet, fleet
 
 from tracker.web.wire import DISPROVEN
 
 pytestmark = pytest.mark.usefixtures("quick_vote_retries")
 
 ORDER = ranked(validators([300, 250, 150, 100, 200]))
+#: The manifests' stakes of epoch 6 (slots 2,016 to 4,063 by their schedule) and the test
+#: RPC's current epoch.
+STAKES = {6: manifest_stakes(ORDER)}
+EPOCH = (6, 2016, 2048)
 
 
 async def test_a_certificate_ranks_an_archive_after_the_migration(tmp_path: Path) -> None:
-    name, data, bank = an_archive(tmp_path, 3400, 35)
-    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=(0, 0, 432_000))
+    name, data, bank = an_archive(tmp_path, 3400, 35, STAKES)
+    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=EPOCH)
     node.documents[3400] = document(3400, bank, fast_certificate(3400, ORDER[:4], ORDER))
     settings = {"trust": {"require": "cluster"}, **REDIRECT}
     async with cluster(tmp_path, name, data, node, certificates=True, **settings) as f:
@@ -63,8 +68,8 @@ async def test_a_certificate_ranks_an_archive_after_the_migration(tmp_path: Path
 
 
 async def test_proxy_mode_caches_it_at_cluster_by_its_certificate(tmp_path: Path) -> None:
-    name, data, bank = an_archive(tmp_path, 3450, 37)
-    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=(0, 0, 432_000))
+    name, data, bank = an_archive(tmp_path, 3450, 37, STAKES)
+    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=EPOCH)
     node.documents[3450] = document(3450, bank, fast_certificate(3450, ORDER[:4], ORDER))
     async with cluster(
         tmp_path, name, data, node, certificates=True, trust={"require": "cluster"}
@@ -104,3 +109,28 @@ async def test_vote_transactions_after_the_migration_keep_an_archive_out(tmp_pat
         assert await best_urls(f) == []
         await wait_until(lambda: shown(f, reason), timeout=20)
     assert node.block_calls() == []
+
+
+async def test_a_restart_keeps_the_epochs_stakes_beside_a_cached_copy(tmp_path: Path) -> None:
+    """A copy cached at ``accounts`` before the RPC was configured is lifted after a restart
+    by its certificate: the stakes of its manifest's epoch, what the certificate is read in,
+    are kept beside it (``.{name}.stakes``), not read from the archive again."""
+    name, data, bank = an_archive(tmp_path, 3480, 38, STAKES)
+    async with fleet(tmp_path, name, data, data) as f:  # no rpc: cached at accounts
+        await wait_until(lambda: _listed(f))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == data
+        await wait_for((f.cache / GROUP / f".{name}.sha256").exists)
+    assert (f.cache / GROUP / f".{name}.stakes").stat().st_size == 20 + 5 * 120
+    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=EPOCH)
+    node.documents[3480] = document(3480, bank, fast_certificate(3480, ORDER[:4], ORDER))
+    async with cluster(
+        tmp_path, name, data, node, certificates=True, trust={"require": "cluster"}
+    ) as f:
+
+        async def lifted() -> bool:
+            return (await proof_of(f.public, name) or {}).get("level") == "cluster"
+
+        await wait_until(lifted, timeout=30)
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.status == 200 and hit.body == data
+        assert f.bad.gets(name) == []  # the kept copy, not read again

@@ -18,6 +18,7 @@ from helpers_alpenglow import (
     BLOCK_ID,
     alpenglow_rpc,
     document,
+    epoch_stakes,
     fast_certificate,
     ranked,
     validators,
@@ -42,6 +43,7 @@ def manifest_proof() -> Proof:
         snapshot_hash="x",
         bank_hash=base58.b58encode(BANK).decode(),
         block_id=base58.b58encode(BLOCK_ID).decode(),
+        epoch_stakes=epoch_stakes(VALIDATORS),
     )
 
 

@@ -5,13 +5,19 @@ migration the RPCs agree on and the blocks whose votes count."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
 
+import base58
 import pytest
+from test_manifest import DATA as AGAVE_DATA
+from test_manifest import MANIFEST as AGAVE_MANIFEST
 
+import tracker.proof.formats.manifest as manifest_module
 from tracker.errors import CertificateInvalid, RpcError
+from tracker.proof.cluster.bls import valid_key
 from tracker.proof.cluster.consensus import (
     UNSUPPORTED,
     Genesis,
@@ -20,11 +26,14 @@ from tracker.proof.cluster.consensus import (
     migration_of,
     vote_blocks,
 )
+from tracker.proof.cluster.finality import EpochRanks, epoch_rank_map
 from tracker.proof.formats.alpenglow import (
     MAX_RANKS,
     Aggregate,
     Candidate,
+    EpochVoters,
     FinalCertificate,
+    RankMap,
     decode_bitmap,
     decode_final_certificate,
     encode_bitmap,
@@ -35,6 +44,9 @@ from tracker.proof.formats.alpenglow import (
     vote_account_keys,
     vote_payload,
 )
+from tracker.proof.formats.manifest import Manifest, ManifestDecoder, slot_epoch
+from tracker.proof.formats.parsing import run
+from tracker.proof.formats.writing import schedule_slot, write_manifest
 
 
 @pytest.mark.parametrize(
@@ -229,3 +241,107 @@ def test_the_blocks_whose_votes_count(
 ) -> None:
     assert vote_blocks(slot, 8, genesis) == blocks
     assert by_certificate(slot, genesis) is certificate
+
+
+# --- the epoch's stakes a manifest holds ------------------------------------------------------
+
+
+def _vote_key(n: int) -> bytes:
+    return hashlib.sha256(b"vote %d" % n).digest()
+
+
+def _decoded(data: bytes) -> Manifest:
+    decoder = ManifestDecoder(len(data))
+    run(decoder.parser(), data)
+    return decoder.result()
+
+
+@pytest.mark.parametrize(
+    ("slot", "epoch"),
+    [
+        # agave's warmup: epochs of 32 slots doubling, (slot + 33).next_power_of_two()
+        (0, 0),
+        (31, 0),
+        (32, 1),
+        (95, 1),
+        (96, 2),
+        (100, 2),
+        (524_255, 13),
+        # then 432,000 slots each from slot 524,256 (epoch 14)
+        (524_256, 14),
+        (956_255, 14),
+        (956_256, 15),
+        (4_800_000, 23),
+    ],
+)
+def test_a_slots_epoch_is_its_schedules(slot: int, epoch: int) -> None:
+    fields = {
+        "slot": slot,
+        "epoch_schedule.slots_per_epoch": 432_000,
+        "epoch_schedule.first_normal_epoch": 14,
+        "epoch_schedule.first_normal_slot": 524_256,
+    }
+    assert slot_epoch(fields) == epoch
+    assert slot_epoch({**fields, "epoch_schedule.first_normal_slot": 0, "slot": 999}) == 14
+    assert slot_epoch({**fields, "epoch_schedule.slots_per_epoch": 0, "slot": 10**6}) is None
+
+
+def test_the_manifest_keeps_the_stakes_of_its_slots_epoch() -> None:
+    node, key = b"\x01" * 32, b"\x02" * 48
+    accounts = [
+        (_vote_key(1), 500, _v4(node, key)),
+        (_vote_key(2), 0, _v4(b"\x03" * 32, b"\x04" * 48)),  # no stake
+        (_vote_key(3), 400, _v4(b"\x05" * 32, None)),  # no BLS key
+        (_vote_key(4), 300, struct.pack("<I", 2) + b"\x06" * 32 + bytes(3800)),  # V3
+        (_vote_key(5), 200, _v4(b"\x07" * 32, key, tag=3)),  # does not decode
+    ]
+    slot = schedule_slot(23) + 5
+    other = [(_vote_key(9), 900, _v4(b"\x09" * 32, b"\x0a" * 48))]
+    stakes = {22: other, 23: accounts, 24: other}
+    voters = _decoded(write_manifest(slot, None, epoch_stakes=stakes)).fields["epoch_voters"]
+    assert voters == EpochVoters(
+        23, (Candidate(base58.b58encode(_vote_key(1)).decode(), node, 500, key),), 1
+    )
+    assert voters.complete and EpochVoters.from_bytes(voters.to_bytes()) == voters
+    # none of its epoch: none kept
+    manifest = _decoded(write_manifest(slot, None, epoch_stakes={22: other}))
+    assert "epoch_voters" not in manifest.fields
+
+
+def test_the_stakes_past_the_bound_are_counted_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_EPOCH_VOTERS", 2)
+    accounts = [(_vote_key(n), 10 + n, _v4(bytes([n]) * 32, bytes([n]) * 48)) for n in range(3)]
+    data = write_manifest(schedule_slot(20), None, epoch_stakes={20: accounts})
+    voters = _decoded(data).fields["epoch_voters"]
+    assert (voters.listed, len(voters.candidates), voters.complete) == (3, 2, False)
+    rpc = EpochRanks(20, 0, 0, RankMap((), (), ()), {}, {}, {})
+    with pytest.raises(CertificateInvalid, match="hold 3 staked vote accounts with a BLS key"):
+        epoch_rank_map(voters, rpc)
+
+
+def test_the_agave_archives_manifest_holds_its_epochs_stakes() -> None:
+    # Slot 100 is in epoch 2 by its schedule (its bank's own epoch field says 0); its
+    # versioned stakes hold epochs 2 and 3, two V4 vote accounts each, with BLS keys: as the
+    # archive's decoded contents list them (node, stake), their keys points of the subgroup.
+    decoded = json.loads((AGAVE_DATA / "test-snapshot-v4.2.0-beta.1.json").read_text())
+    (listed,) = [e for e in decoded["extra_fields"]["versioned_epoch_stakes"] if e["epoch"] == 2]
+    voters = _decoded(AGAVE_MANIFEST).fields["epoch_voters"]
+    assert (voters.epoch, voters.listed) == (2, 2)
+    assert [(c.vote, base58.b58encode(c.node).decode(), c.stake) for c in voters.candidates] == [
+        (v["vote_pubkey"], v["node_pubkey"], v["stake"]) for v in listed["vote_accounts"]
+    ]
+    assert all(c.bls_key is not None and valid_key(c.bls_key) for c in voters.candidates)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"EVS1", "end in their head"),
+        (b"EVS2" + bytes(16), "not in their kept form"),
+        (b"EVS1" + struct.pack("<QII", 5, 1, 2), "not in their kept form"),  # more than listed
+        (b"EVS1" + struct.pack("<QII", 5, 1, 1) + bytes(119), "have 139 bytes for 1"),
+    ],
+)
+def test_kept_stakes_in_another_form_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(CertificateInvalid, match=reason):
+        EpochVoters.from_bytes(data)

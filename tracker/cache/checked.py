@@ -21,13 +21,15 @@ import trio
 
 from tracker.cache.disk import (
     PROOF,
-    SHA256,
+    SIDES,
+    STAKES,
     TEMP_PREFIX,
     digest_path,
     is_archive_entry,
     read_digest,
     unlink,
     write_digest,
+    write_proof_files,
 )
 from tracker.core.digests import (
     Digests,
@@ -36,10 +38,12 @@ from tracker.core.digests import (
     parse_sha256sum_line,
     sha256sum_line,
 )
+from tracker.core.smallfiles import read_small_file
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.observability.logs import log_event
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import FollowingCheck
+from tracker.proof.formats.alpenglow import MAX_VOTERS_BYTES
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
 
 if TYPE_CHECKING:
@@ -372,20 +376,30 @@ def _restored_proof(path: str) -> Proof | None:
     if found is None or not digest_matches(archive, found[1]) or not _own_file(found[1]):
         return None
     try:
-        return Proof.from_json(json.loads(found[0]))
+        proof = Proof.from_json(json.loads(found[0]))
     except ValueError:  # not JSON (RecursionError cannot come from 4 KiB of it)
         return None
+    if proof is None:
+        return None
+    try:
+        stakes, st = read_small_file(digest_path(path, STAKES), MAX_VOTERS_BYTES)
+    except OSError:  # none (a manifest without them, a file another version wrote)
+        return proof
+    if not digest_matches(archive, st) or not _own_file(st):
+        return proof
+    return attrs.evolve(proof, epoch_stakes=stakes)
 
 
 def write_checked(path: str, checked: Verified, name: str) -> None:
     """Write what the check of the cached archive at ``path`` said beside it: the proof file,
     then the digest file (start-up trusts the digest's ctime last)."""
-    write_proof(path, checked.proof)
+    write_proof_files(path, checked.proof)
     write_digest(path, sha256sum_line(checked.sha256, name))
 
 
 def write_proof(path: str, proof: Proof) -> None:
-    """Write the proof file of the cached archive at ``path`` again (its digest stands)."""
+    """Write the proof file of the cached archive at ``path`` again (its digest and its
+    epoch's stakes stand)."""
     write_digest(path, json.dumps(proof.to_json()) + "\n", PROOF)
 
 
@@ -416,15 +430,15 @@ def _unlink_if_same(path: str, ino: int) -> None:
     except OSError:
         return
     unlink(path)
-    unlink(digest_path(path))
-    unlink(digest_path(path, PROOF))
+    for suffix in SIDES:
+        unlink(digest_path(path, suffix))
 
 
 def _orphan_digest(file_name: str, archives: set[str]) -> bool:
     """True for a digest file (``.{name}.sha256``) whose archive is not in ``archives``."""
     if file_name.startswith(TEMP_PREFIX) or not file_name.startswith("."):
         return False
-    for suffix in (SHA256, PROOF):
+    for suffix in SIDES:
         if file_name.endswith(suffix) and file_name[1 : -len(suffix)] not in archives:
             return True
     return False

@@ -31,6 +31,7 @@ from tracker.core.smallfiles import read_small_file, write_atomically
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.observability.logs import log_event
 from tracker.ordering.keeping import cache_keeps
+from tracker.proof.levels import Proof
 from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer
 from tracker.zerocopy.kernelcopy import splice_to_file
@@ -127,15 +128,18 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
     for other in sorted(set(names) - keep):
         path = os.path.join(directory, other)
         if unlink(path):
-            unlink(digest_path(path))
-            unlink(digest_path(path, PROOF))
+            for suffix in SIDES:
+                unlink(digest_path(path, suffix))
             removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
     return removed
 
 
-#: The suffixes of the files kept beside a cached archive: its digest, what its check proved.
-SHA256, PROOF = ".sha256", ".proof"
+#: The suffixes of the files kept beside a cached archive: its digest, what its check proved,
+#: the stakes of its manifest's epoch (what a finality certificate of its slot is read in:
+#: :attr:`tracker.proof.levels.Proof.epoch_stakes`, written only when the manifest had them).
+SHA256, PROOF, STAKES = ".sha256", ".proof", ".stakes"
+SIDES = (SHA256, PROOF, STAKES)
 
 
 def digest_path(path: str, suffix: str = SHA256) -> str:
@@ -150,10 +154,27 @@ def write_digest(path: str, line: str, suffix: str = SHA256) -> None:
     """Write the ``sha256sum`` line of the archive at ``path`` beside it (``suffix``
     :data:`PROOF`: its proof), atomically (:func:`~tracker.core.smallfiles.write_atomically`),
     with the archive's mtime."""
+    write_side(path, line.encode(), suffix)
+
+
+def write_side(path: str, data: bytes, suffix: str) -> None:
+    """Write the file ``suffix`` of the archive at ``path`` beside it (:func:`digest_path`),
+    atomically, with the archive's mtime."""
     st = os.stat(path, follow_symlinks=False)
     # Exactly 0644 whatever the umask: a restart trusts it only when no one else can have
     # written it (cache.checked).
-    write_atomically(digest_path(path, suffix), line.encode(), mode=0o644, mtime_ns=st.st_mtime_ns)
+    write_atomically(digest_path(path, suffix), data, mode=0o644, mtime_ns=st.st_mtime_ns)
+
+
+def write_proof_files(path: str, proof: Proof) -> None:
+    """Write what a check proved of the archive at ``path`` beside it: its proof file, and
+    the stakes of its manifest's epoch (the stale file of an earlier check removed when
+    this one has none)."""
+    if proof.epoch_stakes is not None:
+        write_side(path, proof.epoch_stakes, STAKES)
+    else:
+        unlink(digest_path(path, STAKES))
+    write_digest(path, json.dumps(proof.to_json()) + "\n", PROOF)
 
 
 #: Longest digest file read: a ``sha256sum`` line is 64 hex digits, two spaces and a name.
@@ -270,7 +291,7 @@ def settle(
     if checked is not None:
         # After the rename: the digest file's ctime is then never older than the
         # archive's, which is how start-up knows the archive did not change since.
-        write_digest(final, json.dumps(checked.proof.to_json()) + "\n", PROOF)
+        write_proof_files(final, checked.proof)
         write_digest(final, sha256sum_line(sha256, name))
     try:
         fsync_dir(directory)  # makes the rename durable; the file is in place either way

@@ -89,7 +89,10 @@ class Proof:
     True when what ``note`` says stopped the proof is this tracker's own shortage (its
     temporary space, its hashing process, its memory), not the archive nor its source: the
     copy is not booked against its source (never written to a proof file: a copy read again
-    may be proven).
+    may be proven); ``epoch_stakes`` the rank map's candidates of the manifest's own epoch
+    (the compact form of :class:`tracker.proof.formats.alpenglow.EpochVoters`: what a
+    finality certificate of its slot is weighed by), None when the manifest holds none;
+    never in the JSON (a cached copy keeps it in a file of its own).
     """
 
     level: Level
@@ -101,6 +104,7 @@ class Proof:
     cluster_proof: str | None = None
     unloadable: str | None = None
     local_cause: bool = False
+    epoch_stakes: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
     def meets(self, required: Level, *, is_full: bool) -> bool:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""

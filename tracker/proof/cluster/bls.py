@@ -25,6 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from py_arkworks_bls12381 import GT, G1Point, G2Point
 
+#: Compressed keys and their points (None: a key that does not decode).
+Points = dict[bytes, "G1Point | None"]
+
 #: The hash-to-curve tag of Alpenglow's vote signatures.
 DST = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_"
 _FP = 48
@@ -54,7 +57,7 @@ class PublicKeys:
         return total
 
 
-def decode_all(keys: Iterable[bytes]) -> dict[bytes, G1Point | None]:
+def decode_all(keys: Iterable[bytes]) -> Points:
     """Each compressed key decoded (None: off the curve, outside the subgroup, infinity)."""
     return {key: _g1(key) for key in keys}
 

@@ -57,11 +57,15 @@ from tracker.proof.cluster.finality import (
     Document,
     EpochRanks,
     Finality,
+    candidates,
     check_block,
     document,
+    epoch_rank_map,
     epoch_ranks,
     judge_rpc,
+    vote_accounts_data,
 )
+from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
 from tracker.proof.formats.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
 from tracker.proof.levels import Level, Proof
 
@@ -274,13 +278,25 @@ class ClusterVotes:
         if not prefix:
             note = f"cluster not proven: the RPC serves no finality certificate for slot {slot}"
             return attrs.evolve(proof, note=note)
+        if proof.epoch_stakes is None:
+            note = (
+                f"cluster not proven: the manifest holds no stakes of slot {slot}'s epoch (the"
+                " rank map its certificate is read in)"
+            )
+            return attrs.evolve(proof, note=note)
+        try:
+            voters = await trio.to_thread.run_sync(
+                EpochVoters.from_bytes, proof.epoch_stakes, limiter=_PARSE
+            )
+        except CertificateInvalid as exc:
+            return attrs.evolve(proof, note=f"cluster not proven: {exc}")
         asked: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
         before = self._failed.get(asked)  # a short certificate's wait doubles as a failure's
         try:
             doc = await self._document(asked, slot, block_id, bank_hash, ends)
 
             def finality_of(url: str) -> Awaitable[Finality]:
-                return self.certify(url, doc)
+                return self.certify(url, doc, voters)
 
             finals = await self._ask_all(asked, finality_of, "certificate", ends)
         except RpcError as exc:
@@ -413,23 +429,30 @@ class ClusterVotes:
                 break
         return result
 
-    async def certify(self, url: str, doc: Document) -> Finality:
-        """What ``url``'s rank map says of ``doc``'s certificate (its rank map read again
-        after :data:`RANKS_FOR` seconds or for a slot outside its epoch). Raises RpcError
-        (one line)."""
+    async def certify(self, url: str, doc: Document, voters: EpochVoters) -> Finality:
+        """What ``doc``'s certificate shows by ``url``: its bitmaps read in the rank map of
+        the archive's epoch (``voters``, from its manifest), the signers' keys and stakes
+        bounded by ``url``'s (its rank map read again after :data:`RANKS_FOR` seconds or
+        for a slot past its epoch). Raises RpcError (one line)."""
         kept = self._ranks.get(url)
         now = trio.current_time()
-        if (
-            kept is None
-            or now - kept[1] > RANKS_FOR
-            or not kept[0].first <= doc.slot <= kept[0].last
-        ):
-            ranks = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
-            self._ranks[url] = (ranks, now)
+        if kept is None or now - kept[1] > RANKS_FOR or doc.slot > kept[0].last:
+            rpc = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+            self._ranks[url] = (rpc, now)
         else:
-            ranks = kept[0]
+            rpc = kept[0]
         try:
-            return await trio.to_thread.run_sync(judge_rpc, doc, ranks, limiter=_PARSE)
+            ranks, points = await trio.to_thread.run_sync(
+                epoch_rank_map, voters, rpc, limiter=_PARSE
+            )
+            # the signers' keys where the RPC stakes them not (stake gone since the epoch
+            # began): read for the ranks it does not hold, counted at no stake
+            unstaked = [vote for vote in ranks.votes if vote not in rpc.keys]
+            data = await vote_accounts_data(self._call, url, unstaked, _PARSE)
+            more = {c.vote: c.bls_key for c in candidates(dict.fromkeys(unstaked, 0), data)}
+            return await trio.to_thread.run_sync(
+                judge_rpc, doc, voters, ranks, points, rpc, more, limiter=_PARSE
+            )
         except CertificateInvalid as exc:
             raise RpcError(str(exc)) from exc
 
@@ -459,7 +482,9 @@ class ClusterVotes:
 
 
 def _certificate_key(slot: int, proof: Proof) -> Key:
-    return (slot, f"{proof.bank_hash}/{proof.block_id}")
+    # the epoch's stakes too: a copy whose manifest holds other stakes is weighed anew
+    stakes = voters_digest(proof.epoch_stakes) if proof.epoch_stakes is not None else ""
+    return (slot, f"{proof.bank_hash}/{proof.block_id}/{stakes}")
 
 
 def _keep(

@@ -1,6 +1,6 @@
 """The cluster level after the Alpenglow migration: a finality certificate for the
-manifest's ``(slot, block_id)`` checked against each RPC's rank map (docs/http-api.md, "The
-cluster level", "After the migration: finality certificates").
+manifest's ``(slot, block_id)`` read in the rank map of the slot's epoch, bounded by each
+RPC (docs/http-api.md, "The cluster level", "After the migration: finality certificates").
 
 No JSON-RPC method serves a finality certificate: ``getBlock`` gives no block footer
 (agave's ``UiConfirmedBlock``) and ``getAgGenesisCert`` only the genesis. Block footers,
@@ -8,15 +8,16 @@ each with the ``FinalCertificate`` of a recent block, reach Geyser plugins (agav
 ``geyser-plugin-interface`` ``block_footer``). So the certificate comes from the operator:
 ``cluster_proof.certificates`` is a URL prefix under which ``{slot}.json`` is the
 :class:`Document` of a slot (its block's footer and a certificate for it, base64), checked
-here exactly as agave checks a footer's certificate; without it the level says the RPC
-serves none.
+here as agave checks a footer's certificate; without it the level says the RPC serves none.
 
-Each RPC is asked for its current epoch (``getEpochInfo``: the slot must lie in it, the only
-epoch whose stakes ``getVoteAccounts`` gives), its vote accounts' stakes
-(``getVoteAccounts``) and their data (``getMultipleAccounts``, the first bytes only: the
-node and the BLS key of a V4 vote state), from which the rank map is built
-(:func:`tracker.proof.formats.alpenglow.rank_map`). The aggregates are verified in a worker
-thread (:mod:`tracker.proof.cluster.bls`).
+agave reads a certificate in the rank map of ``epoch_stakes(E)`` (the stakes and vote
+accounts as epoch E-1 began), which no RPC serves and the archive's manifest holds, but
+unbound by its bank hash: the rank order and stakes are the manifest's
+(:class:`~tracker.proof.formats.alpenglow.EpochVoters`), each signer's BLS key must be the
+one its vote account holds at each RPC (``getMultipleAccounts``, the first bytes only) and
+counts at the lesser of its two stakes against the greater of the two totals (the RPC's
+``getVoteAccounts``, of its current epoch: the slot must lie in it or in the one before).
+The aggregates are verified in a worker thread (:mod:`tracker.proof.cluster.bls`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -39,11 +40,13 @@ from tracker.proof.formats.alpenglow import (
     FAST_FINALIZE_PERCENT,
     FINALIZE,
     FINALIZE_PERCENT,
+    MAX_EPOCH_VOTERS,
     NOTARIZE,
     NOTARIZE_PERCENT,
     VOTE_PREFIX,
     Aggregate,
     Candidate,
+    EpochVoters,
     FinalCertificate,
     RankMap,
     decode_final_certificate,
@@ -146,13 +149,15 @@ def check_block(doc: Document, slot: int, block_id: bytes, bank_hash: bytes) -> 
 
 def weigh(
     cert: FinalCertificate,
-    ranks: RankMap,
+    stakes: Sequence[int],
+    total: int,
     shred_version: int,
     verify: Callable[[tuple[int, ...], bytes, bytes], bool],
 ) -> Finality:
-    """The stake behind ``cert`` in ``ranks``, each aggregate verified by ``verify(ranks,
-    message, signature)``; CertificateInvalid (one line) for an aggregate that does not
-    verify. Pure but for ``verify``."""
+    """The stake behind ``cert``: each rank's stake in ``stakes``, the thresholds fractions
+    of ``total``; each aggregate verified by ``verify(ranks, message, signature)``
+    (CertificateInvalid, one line, for one that does not verify). Pure but for
+    ``verify``."""
     block_id = cert.block_id
     checks: list[tuple[str, Aggregate, int, bytes | None, int]]
     if cert.notar is None:
@@ -166,9 +171,9 @@ def weigh(
     met = True
     for name, agg, tag, block, percent in checks:
         _verified(name, agg, vote_payload(tag, cert.slot, block, shred_version), verify)
-        stake = sum(ranks.stakes[r] for r in agg.ranks)
-        fractions.append(stake / ranks.total)
-        met = met and meets(stake, ranks.total, percent)
+        stake = sum(stakes[r] for r in agg.ranks)
+        fractions.append(stake / total)
+        met = met and meets(stake, total, percent)
     needed = (
         f"{FAST_FINALIZE_PERCENT}% needed"
         if cert.fast
@@ -288,13 +293,17 @@ def _request(method: str, params: list[Any]) -> dict[str, Any]:
 
 @attrs.frozen
 class EpochRanks:
-    """One RPC's rank map of an epoch, with its keys decoded."""
+    """One RPC's current epoch: its window, each staked vote account's stake and BLS key
+    (None: none that decodes as V4's), the rank map they make (its total bounds the
+    epoch's from below) and the keys decoded."""
 
     epoch: int
     first: int
     last: int
     ranks: RankMap
-    keys: bls.PublicKeys = attrs.field(eq=False, repr=False)
+    stakes: dict[str, int] = attrs.field(eq=False, repr=False)
+    keys: dict[str, bytes | None] = attrs.field(eq=False, repr=False)
+    points: bls.Points = attrs.field(eq=False, repr=False)
 
 
 async def epoch_ranks(
@@ -314,12 +323,7 @@ async def epoch_ranks(
     staked = {v: s for v, s in stakes.items() if s > 0}
     if len(staked) > MAX_VOTE_ACCOUNTS:
         raise RpcError(f"getVoteAccounts: {len(staked)} staked vote accounts")
-    votes = list(staked)
-    data: list[bytes | None] = []
-    for at in range(0, len(votes), ACCOUNTS_PER_CALL):
-        part = votes[at : at + ACCOUNTS_PER_CALL]
-        answer = await call(url, get_accounts(part), MAX_ACCOUNTS)
-        data += await trio.to_thread.run_sync(accounts_data, answer, len(part), limiter=limiter)
+    data = await vote_accounts_data(call, url, list(staked), limiter)
 
     def build() -> EpochRanks:
         accounts = candidates(staked, data)
@@ -328,27 +332,91 @@ async def epoch_ranks(
             ranks = rank_map(accounts, lambda key: points.get(key) is not None)
         except CertificateInvalid as exc:
             raise RpcError(str(exc)) from exc
-        return EpochRanks(epoch, first, last, ranks, bls.PublicKeys(ranks.keys, points))
+        keys = {c.vote: c.bls_key for c in accounts}
+        return EpochRanks(epoch, first, last, ranks, staked, keys, points)
 
     return await trio.to_thread.run_sync(build, limiter=limiter)
 
 
-def judge_rpc(doc: Document, epoch: EpochRanks) -> Finality:
-    """The finality ``doc``'s certificate shows in one RPC's rank map. Raises
-    CertificateInvalid (one line) for a slot outside the rank map's epoch, a bitmap that
-    does not fit it, or an aggregate that does not verify. Blocking (the pairings): run it
-    in a worker thread."""
-    if not epoch.first <= doc.slot <= epoch.last:
+async def vote_accounts_data(
+    call: Call, url: str, votes: list[str], limiter: trio.CapacityLimiter
+) -> list[bytes | None]:
+    """The first :data:`VOTE_PREFIX` bytes of each vote account of ``votes`` at ``url``
+    (None: no such account), :data:`ACCOUNTS_PER_CALL` a call. Raises RpcError."""
+    data: list[bytes | None] = []
+    for at in range(0, len(votes), ACCOUNTS_PER_CALL):
+        part = votes[at : at + ACCOUNTS_PER_CALL]
+        answer = await call(url, get_accounts(part), MAX_ACCOUNTS)
+        data += await trio.to_thread.run_sync(accounts_data, answer, len(part), limiter=limiter)
+    return data
+
+
+def epoch_rank_map(voters: EpochVoters, rpc: EpochRanks) -> tuple[RankMap, bls.Points]:
+    """The rank map of the archive's epoch (agave's, over the manifest's ``epoch_stakes``
+    of it) and every key it holds decoded. Raises CertificateInvalid (one line) when the
+    manifest held more candidates than were kept, or the map cannot be built. Blocking
+    (the keys' decoding): run it in a worker thread."""
+    if not voters.complete:
         raise CertificateInvalid(
-            f"slot {doc.slot} is not in the RPC's epoch {epoch.epoch} (slots {epoch.first}"
-            f" to {epoch.last}); getVoteAccounts gives only that epoch's stakes"
+            f"the manifest's stakes of epoch {voters.epoch} hold {voters.listed} staked vote"
+            f" accounts with a BLS key, more than the {MAX_EPOCH_VOTERS} read"
         )
-    cert = decode_final_certificate(doc.certificate, len(epoch.ranks))
+    points = dict(rpc.points)
+    new = {c.bls_key for c in voters.candidates if c.bls_key is not None} - points.keys()
+    points.update(bls.decode_all(new))
+    return rank_map(voters.candidates, lambda key: points.get(key) is not None), points
 
-    def verify(ranks: tuple[int, ...], message: bytes, signature: bytes) -> bool:
-        return bls.verify(epoch.keys, ranks, message, signature)
 
-    return weigh(cert, epoch.ranks, doc.shred_version, verify)
+def in_epoch(slot: int, epoch: int, rpc: EpochRanks) -> None:
+    """Raises CertificateInvalid (one line) unless ``slot``, in ``epoch`` by the manifest's
+    schedule, lies in the RPC's current epoch or in the one before it: the stakes the RPC
+    answers bound the signers' from above only while they are that epoch's or the next's.
+    Pure."""
+    if (epoch == rpc.epoch and rpc.first <= slot <= rpc.last) or (
+        epoch + 1 == rpc.epoch and slot < rpc.first
+    ):
+        return
+    raise CertificateInvalid(
+        f"slot {slot} (epoch {epoch} by the manifest's schedule) is neither in the RPC's epoch"
+        f" {rpc.epoch} (slots {rpc.first} to {rpc.last}) nor in the one before it"
+    )
+
+
+def judge_rpc(
+    doc: Document,
+    voters: EpochVoters,
+    ranks: RankMap,
+    points: bls.Points,
+    rpc: EpochRanks,
+    more_keys: dict[str, bytes | None],
+) -> Finality:
+    """The finality ``doc``'s certificate shows by one RPC (docs/http-api.md, "After the
+    migration: finality certificates"): its bitmaps read in the archive's epoch rank map
+    (``ranks``, ``points``: :func:`epoch_rank_map`), each signer's BLS key the one its vote
+    account holds at the RPC (``rpc.keys``, ``more_keys`` for those it does not stake), each
+    signer weighed at the lesser of its stake in the epoch and at the RPC, against the
+    greater of the two totals. Raises CertificateInvalid (one line) for a slot outside the
+    epochs the RPC weighs, a bitmap that does not fit, a key the RPC does not confirm or an
+    aggregate that does not verify. Blocking (the pairings): run it in a worker thread."""
+    in_epoch(doc.slot, voters.epoch, rpc)
+    cert = decode_final_certificate(doc.certificate, len(ranks))
+    keys = bls.PublicKeys(ranks.keys, points)
+
+    def verify(named: tuple[int, ...], message: bytes, signature: bytes) -> bool:
+        for rank in named:
+            vote = ranks.votes[rank]
+            held = rpc.keys[vote] if vote in rpc.keys else more_keys.get(vote)
+            if held != ranks.keys[rank]:
+                other = "no BLS key" if held is None else "another BLS key"
+                raise CertificateInvalid(
+                    f"the signer at rank {rank} (vote account {vote}) holds {other} at the"
+                    f" RPC than in the manifest's stakes of epoch {voters.epoch}"
+                )
+        return bls.verify(keys, named, message, signature)
+
+    stakes = [min(s, rpc.stakes.get(v, 0)) for v, s in zip(ranks.votes, ranks.stakes, strict=True)]
+    total = max(ranks.total, rpc.ranks.total)
+    return weigh(cert, stakes, total, doc.shred_version, verify)
 
 
 def _b58(raw: bytes) -> str:

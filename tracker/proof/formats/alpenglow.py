@@ -30,6 +30,8 @@ decoded and built as agave and Firedancer read and write them (pure; docs/http-a
   Firedancer ``src/choreo/votor/ag_epoch_info.c``): the vote accounts with stake and a BLS
   key that decodes; every copy of a BLS key or node identity listed twice dropped; ranked by
   stake descending, ties by the compressed key ascending; the total is the ranked stake.
+  The vote accounts are those of the epoch's stakes (``epoch_stakes(E)``, taken as epoch
+  E-1 began), which a snapshot's manifest holds (:class:`EpochVoters`) and no RPC serves.
 
 Everything here is hostile input: lengths are checked before they are read and a decoder
 that does not end exactly where its data ends refuses it (:class:`CertificateInvalid`).
@@ -37,11 +39,13 @@ that does not end exactly where its data ends refuses it (:class:`CertificateInv
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 
 import attrs
+import base58
 
 from tracker.errors import CertificateInvalid
 
@@ -246,6 +250,66 @@ class Candidate:
     node: bytes
     stake: int
     bls_key: bytes | None
+
+
+#: Staked vote accounts with a BLS key kept at most of one epoch's stakes (a rank map
+#: admits :data:`MAX_RANKS`; mainnet's epoch stakes hold ~1,500 staked vote accounts).
+MAX_EPOCH_VOTERS = 20_000
+_VOTERS_HEAD = struct.Struct("<4sQII")
+_VOTER = struct.Struct("<32s32sQ48s")
+_VOTERS_MAGIC = b"EVS1"
+#: The largest kept form of :class:`EpochVoters`.
+MAX_VOTERS_BYTES = _VOTERS_HEAD.size + MAX_EPOCH_VOTERS * _VOTER.size
+
+
+@attrs.frozen
+class EpochVoters:
+    """The rank map's candidates of one epoch as a snapshot's manifest holds them: the vote
+    accounts of its ``epoch_stakes(epoch)`` with stake and a BLS key in their data
+    (:func:`vote_account_keys`), in the manifest's order. ``listed`` counts those the
+    manifest held; more than :data:`MAX_EPOCH_VOTERS` are not kept (``listed`` then
+    exceeds ``len(candidates)``)."""
+
+    epoch: int
+    candidates: tuple[Candidate, ...]
+    listed: int
+
+    @property
+    def complete(self) -> bool:
+        """True when every candidate the manifest listed was kept."""
+        return self.listed == len(self.candidates)
+
+    def to_bytes(self) -> bytes:
+        """The compact form kept beside a cached copy and in a proof (:meth:`from_bytes`
+        reads it): a head (magic, epoch, listed, count), then per candidate its vote
+        account, node, stake and BLS key (120 bytes)."""
+        head = _VOTERS_HEAD.pack(_VOTERS_MAGIC, self.epoch, self.listed, len(self.candidates))
+        return head + b"".join(
+            _VOTER.pack(base58.b58decode(c.vote), c.node, c.stake, c.bls_key or bytes(48))
+            for c in self.candidates
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EpochVoters:
+        """What :meth:`to_bytes` wrote. Raises CertificateInvalid (one line) for anything
+        else."""
+        if len(data) < _VOTERS_HEAD.size:
+            raise CertificateInvalid("the epoch's stakes end in their head")
+        magic, epoch, listed, count = _VOTERS_HEAD.unpack_from(data)
+        if magic != _VOTERS_MAGIC or count > min(listed, MAX_EPOCH_VOTERS):
+            raise CertificateInvalid("the epoch's stakes are not in their kept form")
+        if len(data) != _VOTERS_HEAD.size + count * _VOTER.size:
+            raise CertificateInvalid(f"the epoch's stakes have {len(data)} bytes for {count}")
+        candidates = tuple(
+            Candidate(base58.b58encode(vote).decode("ascii"), node, stake, key)
+            for vote, node, stake, key in _VOTER.iter_unpack(data[_VOTERS_HEAD.size :])
+        )
+        return cls(epoch, candidates, listed)
+
+
+def voters_digest(data: bytes) -> str:
+    """A short name of an epoch's stakes in their kept form (what a verdict is kept by)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def rank_map(candidates: Iterable[Candidate], valid: Callable[[bytes], bool]) -> RankMap:

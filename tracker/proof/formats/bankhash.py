@@ -22,6 +22,7 @@ from collections import Counter
 import base58
 
 from tracker.errors import ArchiveInvalid
+from tracker.proof.formats.alpenglow import EpochVoters
 from tracker.proof.formats.lattice import LT_HASH_BYTES, checksum
 from tracker.proof.formats.manifest import Manifest
 from tracker.proof.levels import Level, Proof
@@ -92,12 +93,14 @@ def prove_manifest(manifest: Manifest, *, slot: int, base_slot: int, name_hash: 
     if computed != stored:
         raise ArchiveInvalid(f"manifest: bank hash {stored}, its fields give {computed}")
     block_id = manifest.fields.get("block_id")
+    voters: EpochVoters | None = manifest.fields.get("epoch_voters")
     return Proof(
         Level.MANIFEST,
         snapshot_hash=snapshot_hash,
         bank_hash=stored,
         block_id=_b58(block_id) if block_id is not None else None,
         unloadable=unloadable(manifest),
+        epoch_stakes=voters.to_bytes() if voters is not None else None,
     )
 
 

@@ -22,10 +22,18 @@ from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import base58
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
+from tracker.errors import CertificateInvalid
+from tracker.proof.formats.alpenglow import (
+    MAX_EPOCH_VOTERS,
+    Candidate,
+    EpochVoters,
+    vote_account_keys,
+)
 from tracker.proof.formats.bincode import Reader
 from tracker.proof.formats.parsing import ParserOf
 from tracker.proof.formats.voteaccounts import vote_account_problem
@@ -220,6 +228,9 @@ class ManifestDecoder:
         self.forks: list[tuple[int, int]] = []
         self.complete = False  # every required field came
         self.done = False  # the parser read every field it knows
+        # the rank map's candidates of the bank's own epoch's stakes, while they are read
+        self._voters: list[Candidate] | None = None
+        self._listed = 0
 
     def parser(self) -> ParserOf[None]:
         """The parser of the member's bytes (ends when the known fields are read)."""
@@ -298,8 +309,8 @@ class ManifestDecoder:
         epochs = yield from r.count(8)
         self.counts["epoch_stakes"] = epochs
         for _ in range(epochs):
-            yield from r.skip(8)
-            yield from self._epoch_stakes("epoch_stakes", _DELEGATION)
+            epoch = yield from r.u64()
+            yield from self._epoch_stakes("epoch_stakes", _DELEGATION, epoch)
         r.field = "is_delta"
         f["is_delta"] = yield from r.flag()
 
@@ -332,6 +343,8 @@ class ManifestDecoder:
                 problem = vote_account_problem(tail[:32], data)
                 if problem is not None:  # the first one found is reported
                     self.fields["invalid_vote_account"] = (head[:32], problem)
+            if self._voters is not None:
+                self._keep_voter(head, data)
         r.field = f"the {name}' delegations"
         self.counts[f"{name}.vote_accounts"] = votes
         self.counts[f"{name}.stake_delegations"] = yield from r.skip_seq(delegation)
@@ -339,9 +352,35 @@ class ManifestDecoder:
         r.field = f"the {name}' stake history"
         self.counts[f"{name}.stake_history"] = yield from r.skip_seq(32)
 
-    def _epoch_stakes(self, name: str, delegation: int) -> ParserOf[None]:
+    def _keep_voter(self, head: bytes, data: bytes) -> None:
+        """Keep a vote account of the bank's epoch's stakes as the rank map weighs it: with
+        stake and a BLS key in its data (docs/http-api.md, "After the migration")."""
+        stake = _u64_at(head, 32)
+        if stake == 0 or self._voters is None:
+            return
+        try:
+            node, key = vote_account_keys(data)
+        except CertificateInvalid:  # data agave's vote state view does not read
+            return
+        if key is None:
+            return
+        self._listed += 1
+        if len(self._voters) < MAX_EPOCH_VOTERS:
+            vote = base58.b58encode(head[:32]).decode("ascii")
+            self._voters.append(Candidate(vote, node, stake, key))
+
+    def _epoch_stakes(self, name: str, delegation: int, epoch: int) -> ParserOf[None]:
         r = self.r
+        # The rank map of a certificate for this bank's slot is that of the slot's epoch by
+        # the bank's schedule (agave's ``get_key_to_rank_map``); the versioned map, read
+        # after the bank's, wins where both hold one
+        own = epoch == slot_epoch(self.fields)
+        if own:
+            self._voters, self._listed = [], 0
         yield from self._stakes(name, delegation)
+        if own and self._voters is not None:
+            self.fields["epoch_voters"] = EpochVoters(epoch, tuple(self._voters), self._listed)
+            self._voters = None
         r.field = f"the {name}"
         yield from r.skip(8)  # total_stake
         nodes = yield from r.count(32 + 8 + 8)
@@ -403,11 +442,11 @@ class ManifestDecoder:
         epochs = yield from r.count(8 + 4)
         self.counts["versioned_epoch_stakes"] = epochs
         for _ in range(epochs):
-            yield from r.skip(8)
+            epoch = yield from r.u64()
             variant = struct.unpack("<I", (yield from r.take(4)))[0]
             if variant != 0:
                 raise r.fail(f"versioned epoch stakes: unknown variant {variant}")
-            yield from self._epoch_stakes("versioned_epoch_stakes", _STAKE)
+            yield from self._epoch_stakes("versioned_epoch_stakes", _STAKE, epoch)
         if not (yield from self._more("the accounts lattice hash")):
             return
         if (yield from r.flag()):
@@ -431,6 +470,28 @@ class ManifestDecoder:
         r = self.r
         r.field = field
         return r.at < r.size
+
+
+#: The shortest epoch of a schedule's warmup (agave's ``MINIMUM_SLOTS_PER_EPOCH``).
+MINIMUM_SLOTS_PER_EPOCH = 32
+
+
+def slot_epoch(fields: dict[str, Any]) -> int | None:
+    """The epoch of the bank's slot by the bank's epoch schedule (solana-sdk
+    ``epoch-schedule`` ``EpochSchedule::get_epoch``: during the warmup, epochs of 32 slots
+    doubling; then ``slots_per_epoch`` each from ``first_normal_slot``); None for a schedule
+    of epochs of no slots. Pure."""
+    slot: int = fields["slot"]
+    first_normal: int = fields["epoch_schedule.first_normal_slot"]
+    if slot < first_normal:
+        # (slot + 33).next_power_of_two().trailing_zeros() - 5 - 1, saturating
+        zeros = (slot + MINIMUM_SLOTS_PER_EPOCH).bit_length()
+        return max(zeros - MINIMUM_SLOTS_PER_EPOCH.bit_length(), 0)
+    per_epoch = fields["epoch_schedule.slots_per_epoch"]
+    if per_epoch == 0:
+        return None
+    epoch: int = fields["epoch_schedule.first_normal_epoch"] + (slot - first_normal) // per_epoch
+    return epoch
 
 
 def _u64_at(data: bytes, offset: int) -> int:

@@ -19,7 +19,8 @@ import base58
 
 from tracker.proof.formats.bankhash import bank_hash
 from tracker.proof.formats.lattice import LtHash, account_lt_hash, checksum
-from tracker.proof.formats.manifest import Manifest, StorageList
+from tracker.proof.formats.manifest import Manifest, StorageList, slot_epoch
+from tracker.proof.formats.voteaccounts import VOTE_PROGRAM_ID
 
 #: The ``version`` file of every archive.
 SNAPSHOT_VERSION = b"1.2.0"
@@ -38,6 +39,19 @@ _U32 = struct.Struct("<I")
 #: A record's header: StoredMeta, AccountMeta and the obsolete hash (136 bytes).
 _HEAD = struct.Struct("<QQ32sQQ32sB7x32x")
 _SCHEDULE = struct.Struct("<QQ?QQ").pack(432_000, 432_000, True, 14, 524_256)
+_SCHEDULE_FIELDS = {
+    "epoch_schedule.slots_per_epoch": 432_000,
+    "epoch_schedule.first_normal_epoch": 14,
+    "epoch_schedule.first_normal_slot": 524_256,
+}
+
+
+def schedule_slot(epoch: int) -> int:
+    """The first slot of ``epoch`` by the schedule :func:`write_manifest` writes (mainnet's:
+    a warmup of epochs from 32 slots doubling up to epoch 14, then 432,000 slots each)."""
+    if epoch < 14:
+        return 32 * ((1 << epoch) - 1)
+    return 524_256 + (epoch - 14) * 432_000
 
 
 @attrs.frozen
@@ -157,10 +171,14 @@ def write_manifest(
     last_blockhash: bytes = b"\x41" * 32,
     signature_count: int = 0,
     extra: int = len(EXTRA_FIELDS),
+    epoch_stakes: Mapping[int, Sequence[tuple[bytes, int, bytes]]] | None = None,
 ) -> bytes:
     """A manifest of ``slot`` listing ``storages`` (``(slot, id, valid bytes)``) with the
     lattice hash ``lt_hash``; its bank hash is agave's formula over these fields. ``extra``
-    writes only that many extra fields (an older manifest; the lattice hash is the fifth)."""
+    writes only that many extra fields (an older manifest; the lattice hash is the fifth).
+    ``epoch_stakes`` are the versioned epoch stakes, each epoch's vote accounts as
+    ``(pubkey, stake, data)`` (owned by the vote program); the bank's epoch is its slot's by
+    the manifest's schedule (mainnet's: :func:`schedule_slot` gives an epoch's first slot)."""
     lt = lt_hash if extra > EXTRA_FIELDS.index("accounts_lt_hash") else None
     parent_slot = max(slot - 1, 0)
     fields = Manifest(
@@ -191,7 +209,8 @@ def write_manifest(
     out += struct.pack("<5Q", 0, tick, signature_count, 1_000_000, tick)
     out += b"\x01" + _Q.pack(12_500)  # hashes_per_tick
     out += _Q.pack(64) + (400_000_000).to_bytes(16, "little")
-    out += struct.pack("<qdQQQQ", 1_700_000_000, 78_892_314.98630137, 0, slot, 0, slot)
+    epoch = slot_epoch({"slot": slot, **_SCHEDULE_FIELDS})
+    out += struct.pack("<qdQQQQ", 1_700_000_000, 78_892_314.98630137, 0, slot, epoch, slot)
     out += bytes(32) + _Q.pack(0)  # collector id, collector fees
     out += struct.pack("<QQQQQB", 0, 5000, 20_000, 2500, 50_000, 50)  # fees
     out += _Q.pack(0)  # collected rent
@@ -216,12 +235,36 @@ def write_manifest(
         _Q.pack(5000),
         b"\x00",
         b"\x00",
-        _Q.pack(0),
+        write_epoch_stakes(epoch_stakes or {}),
         (b"\x01" + lt) if lt is not None else b"\x00",
         b"\x01" + b"\x33" * 32,
     )
     for part in parts[:extra]:
         out += part
+    return bytes(out)
+
+
+def write_epoch_stakes(epochs: Mapping[int, Sequence[tuple[bytes, int, bytes]]]) -> bytes:
+    """agave's ``versioned_epoch_stakes`` (``HashMap<Epoch, VersionedEpochStakes>``, each
+    ``Current``: ``SerializableEpochStakes`` (the vote accounts, no delegations, the unused
+    u64, the epoch, no stake history), the total stake, the nodes' vote accounts and the
+    authorized voters); each vote account ``(pubkey, stake, data)`` an ``Account`` of the
+    vote program."""
+    out = bytearray(_Q.pack(len(epochs)))
+    for epoch, accounts in epochs.items():
+        out += _Q.pack(epoch) + _U32.pack(0) + _Q.pack(len(accounts))
+        nodes: dict[bytes, list[tuple[bytes, int]]] = {}
+        for pubkey, stake, data in accounts:
+            out += pubkey + _Q.pack(stake) + _Q.pack(1_000_000) + _Q.pack(len(data)) + data
+            out += VOTE_PROGRAM_ID + b"\x00" + _Q.pack(0)
+            if stake:
+                nodes.setdefault(data[4:36], []).append((pubkey, stake))
+        out += _Q.pack(0) + _Q.pack(0) + _Q.pack(epoch) + _Q.pack(0)
+        out += _Q.pack(sum(stake for _, stake, _ in accounts)) + _Q.pack(len(nodes))
+        for node, votes in nodes.items():
+            out += node + _Q.pack(len(votes)) + b"".join(v for v, _ in votes)
+            out += _Q.pack(sum(stake for _, stake in votes))
+        out += _Q.pack(0)  # the authorized voters
     return bytes(out)
 
 
