@@ -28,6 +28,7 @@ from tracker.proof.cluster.consensus import (
 )
 from tracker.proof.cluster.finality import EpochRanks, epoch_rank_map
 from tracker.proof.formats.alpenglow import (
+    MAX_EPOCH_VOTERS,
     MAX_RANKS,
     Aggregate,
     Candidate,
@@ -47,6 +48,7 @@ from tracker.proof.formats.alpenglow import (
 from tracker.proof.formats.manifest import Manifest, ManifestDecoder, slot_epoch
 from tracker.proof.formats.parsing import run
 from tracker.proof.formats.writing import schedule_slot, write_manifest
+from tracker.proof.levels import MAX_EPOCH_STAKES_BYTES
 
 
 @pytest.mark.parametrize(
@@ -345,3 +347,9 @@ def test_the_agave_archives_manifest_holds_its_epochs_stakes() -> None:
 def test_kept_stakes_in_another_form_are_refused(data: bytes, reason: str) -> None:
     with pytest.raises(CertificateInvalid, match=reason):
         EpochVoters.from_bytes(data)
+
+
+def test_the_most_stakes_kept_are_read_back() -> None:
+    one = Candidate(base58.b58encode(bytes(32)).decode(), bytes(32), 1, bytes(48))
+    most = EpochVoters(0, (one,) * MAX_EPOCH_VOTERS, MAX_EPOCH_VOTERS).to_bytes()
+    assert len(most) <= MAX_EPOCH_STAKES_BYTES

@@ -11,6 +11,8 @@ import pytest
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proof.background.headreads import heads_due
+from tracker.proof.background.heads import MAX_SHARED_STAKES, SharedStakes
+from tracker.proof.levels import Level, Proof
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 HASH = base58.b58encode(bytes(32)).decode()
@@ -102,3 +104,23 @@ def test_an_incremental_is_read_with_its_targets_full(
     )
     got = sorted((read.key.target, read.file.bare_name) for read in found)
     assert got == sorted(due)
+
+
+def test_equal_epoch_stakes_are_held_once() -> None:
+    # Each head read decodes its own copy of the epoch's stakes (~180 KB on mainnet); the
+    # copies of one archive from hundreds of sources hold one object between them.
+    shared = SharedStakes()
+    first = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
+    again = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
+    assert first.epoch_stakes is not again.epoch_stakes
+    assert shared.shared(first) is first
+    assert shared.shared(again).epoch_stakes is first.epoch_stakes
+    other = Proof(Level.MANIFEST, epoch_stakes=b"other")
+    assert shared.shared(other) is other
+    none = Proof(Level.MANIFEST)
+    assert shared.shared(none) is none
+    # a bounded number of them: the oldest let go
+    for n in range(MAX_SHARED_STAKES):
+        shared.shared(Proof(Level.MANIFEST, epoch_stakes=b"%d" % n))
+    late = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
+    assert shared.shared(late) is late

@@ -43,8 +43,13 @@ from tracker.errors import ArchiveInvalid, RequestError
 from tracker.observability.logs import log_event
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import FollowingCheck
-from tracker.proof.formats.alpenglow import MAX_VOTERS_BYTES
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, checked_for
+from tracker.proof.levels import (
+    MAX_EPOCH_STAKES_BYTES,
+    STRUCTURE_ONLY,
+    Level,
+    Proof,
+    checked_for,
+)
 
 if TYPE_CHECKING:
     from tracker.proof.levels import Voter
@@ -382,7 +387,7 @@ def _restored_proof(path: str) -> Proof | None:
     if proof is None:
         return None
     try:
-        stakes, st = read_small_file(digest_path(path, STAKES), MAX_VOTERS_BYTES)
+        stakes, st = read_small_file(digest_path(path, STAKES), MAX_EPOCH_STAKES_BYTES)
     except OSError:  # none (a manifest without them, a file another version wrote)
         return proof
     if not digest_matches(archive, st) or not _own_file(st):

@@ -72,6 +72,11 @@ def checked_for(required: Level) -> Level:
     return min(required, Level.ACCOUNTS)
 
 
+#: The largest :attr:`Proof.epoch_stakes` read back from a file (its kept form of the most
+#: vote accounts a manifest's epoch stakes are read for is ~2.3 MiB).
+MAX_EPOCH_STAKES_BYTES = 4 * 1024**2
+
+
 @attrs.frozen
 class Proof:
     """What was proven of one archive.

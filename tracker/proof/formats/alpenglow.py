@@ -258,8 +258,6 @@ MAX_EPOCH_VOTERS = 20_000
 _VOTERS_HEAD = struct.Struct("<4sQII")
 _VOTER = struct.Struct("<32s32sQ48s")
 _VOTERS_MAGIC = b"EVS1"
-#: The largest kept form of :class:`EpochVoters`.
-MAX_VOTERS_BYTES = _VOTERS_HEAD.size + MAX_EPOCH_VOTERS * _VOTER.size
 
 
 @attrs.frozen

@@ -379,7 +379,9 @@ class ManifestDecoder:
             self._voters, self._listed = [], 0
         yield from self._stakes(name, delegation)
         if own and self._voters is not None:
-            self.fields["epoch_voters"] = EpochVoters(epoch, tuple(self._voters), self._listed)
+            # in one order whatever the producer's hash map's: equal stakes, equal bytes
+            voters = tuple(sorted(self._voters, key=lambda c: c.vote))
+            self.fields["epoch_voters"] = EpochVoters(epoch, voters, self._listed)
             self._voters = None
         r.field = f"the {name}"
         yield from r.skip(8)  # total_stake
