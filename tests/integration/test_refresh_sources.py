@@ -610,3 +610,27 @@ async def test_an_undecided_repair_holds_back_only_the_liar(tmp_path: Path) -> N
                 assert again[:3] == (200, sha256(DATA), SIZE)
         finally:
             logging.getLogger("tracker.proxy").removeHandler(handler)
+
+
+async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
+    """An honest source on one host and two on another (a sidecar and its validator's RPC
+    on one machine) whose every byte is the same wrong one: counted per source, the two
+    outvoted the honest one at every tie, which was then held back alone (and the copy not
+    repaired). Per host, it is two voices: the whole-file check judges between them, the
+    copy is repaired from the honest host, and the two ports are named."""
+    honest = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)})
+    honest.host = "127.0.0.2"
+    liars = [WrongEverywhere(files={NAME: DATA}) for _ in range(2)]
+    for liar in liars:
+        liar.host = "127.0.0.3"
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+    async with AsyncExitStack() as stack:
+        ups = [await stack.enter_async_context(serving(up)) for up in (honest, *liars)]
+        async with tracker(tmp_path, ups) as t:
+            await read_along_then_repaired(t)
+            now = t.index.clock()
+            named = t.streamer.rejections.errors(now)
+            assert set(named) == {TargetKey(GROUP, liar.base) for liar in liars}
+            assert not t.streamer.rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)

@@ -11,6 +11,7 @@ import trio.testing
 from tracker.errors import SourceBusy
 from tracker.multisource.claims import MIN_STEAL, STEAL_AFTER_SECONDS, Pieces
 from tracker.multisource.judging import laggards, slower_than
+from tracker.multisource.sources import Identity, Source
 from tracker.proxy.cachefill import (
     SLOT_WAIT,
     SPEED_WINDOW,
@@ -19,7 +20,7 @@ from tracker.proxy.cachefill import (
     use_many,
     window_for,
 )
-from tracker.proxy.piececheck import Verdict, comparers, verdict
+from tracker.proxy.piececheck import Verdict, comparers, verdict, voices
 
 MiB = 1024 * 1024
 
@@ -248,13 +249,60 @@ def test_two_of_three_sources_decide_who_lied(
 
 
 @pytest.mark.parametrize(
-    ("owner", "live", "asked"),
-    [(0, [0, 1, 2], [1, 2]), (2, [0, 1, 2], [0, 1]), (1, [0, 1], [0]), (0, [0], [])],
+    ("owner", "live", "hosts", "asked"),
+    [
+        # one host: each source its own voice
+        (0, [0, 1, 2], "aaa", [1, 2]),
+        (2, [0, 1, 2], "aaa", [0, 1]),
+        (1, [0, 1], "aa", [0]),
+        (0, [0], "a", []),
+        # hosts: the comparer of another host, the tie-breaker of a third
+        (0, [0, 1, 2, 3], "abbc", [1, 3]),
+        (0, [0, 1, 2], "abb", [1]),  # two ports of b are one voice: no tie-breaker
+        (1, [0, 1, 2], "abb", [0]),  # b's ranges asked of a, not of b's other port
+        (0, [0, 1, 2], "aab", [2]),
+        (3, [1, 2], "abbc", [1]),  # a dropped owner: b's two ports are one voice
+        (1, [1, 2], "abbc", [2]),  # only b is live: its other port, no tie-breaker
+    ],
 )
-def test_each_sources_ranges_are_asked_of_the_next_ones(
-    owner: int, live: list[int], asked: list[int]
+def test_each_sources_ranges_are_asked_of_the_next_voices(
+    owner: int, live: list[int], hosts: str, asked: list[int]
 ) -> None:
-    assert comparers(owner, live) == asked
+    sources = [_source(f"http://{host}.example:{8000 + n}/x") for n, host in enumerate(hosts)]
+    assert comparers(owner, live, voices(sources)) == asked
+
+
+def _source(url: str) -> Source:
+    return Source(url, Identity(1), ranges=True)
+
+
+def test_a_hosts_ports_speak_as_one_where_there_are_two_hosts() -> None:
+    sources = [_source(u) for u in ("http://A.x:1/f", "http://a.x:2/f", "http://b.x/f")]
+    assert voices(sources) == ["a.x", "a.x", "b.x"]
+    assert voices(sources[:2]) == ["a.x#0", "a.x#1"]  # one host: each source its own
+
+
+@pytest.mark.parametrize(
+    ("differing", "holders", "side", "wanted"),
+    [
+        # a's range held by b: sent again by b's party (2, not b's first port 1)
+        ([(0, 10, 0, 2)], {(0, 10): 0}, "b", {2: [(0, 10)]}),
+        # held by a side's own source already: nothing to send
+        ([(0, 10, 0, 2)], {(0, 10): 2}, "b", {}),
+        # a range between a and c (dropped): b took no part, its first live source sends it
+        ([(0, 10, 3, 0)], {(0, 10): 3}, "b", {1: [(0, 10)]}),
+    ],
+)
+def test_each_sides_bytes_come_from_its_party(
+    differing: list[tuple[int, int, int, int]],
+    holders: dict[tuple[int, int], int],
+    side: str,
+    wanted: dict[int, list[tuple[int, int]]],
+) -> None:
+    from tracker.proxy.piececheck import Difference, side_spans
+
+    voice = ["a", "b", "b", "c"]
+    assert side_spans([Difference(*d) for d in differing], holders, side, voice, 1) == wanted
 
 
 def test_the_status_page_shows_each_sources_share_and_rate() -> None:
@@ -394,19 +442,22 @@ def test_two_sources_the_whole_file_check_judges(passed: list[bool | None], liar
     ("differing", "honest", "liars"),
     [
         # Two sources: each one's ranges compared with the other's.
-        ([(0, 10, 0, 1), (20, 30, 1, 0)], 0, {1: [(0, 10), (20, 30)]}),
-        ([(0, 10, 0, 1), (20, 30, 1, 0)], 1, {0: [(0, 10), (20, 30)]}),
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], {0}, {1: [(0, 10), (20, 30)]}),
+        ([(0, 10, 0, 1), (20, 30, 1, 0)], {1}, {0: [(0, 10), (20, 30)]}),
         # Adjacent ranges of one liar are merged.
-        ([(0, 10, 1, 0), (10, 20, 1, 0)], 0, {1: [(0, 20)]}),
+        ([(0, 10, 1, 0), (10, 20, 1, 0)], {0}, {1: [(0, 20)]}),
         # A dropped third source's range compared with the first: not the honest one's
         # business when the second is honest; its lie when the first is.
-        ([(0, 10, 2, 0)], 1, {}),
-        ([(0, 10, 2, 0)], 0, {2: [(0, 10)]}),
+        ([(0, 10, 2, 0)], {1}, {}),
+        ([(0, 10, 2, 0)], {0}, {2: [(0, 10)]}),
+        # A side of two ports (1 and 2 on one host): each of its ports' ranges blamed
+        ([(0, 10, 1, 0), (20, 30, 2, 0)], {0}, {1: [(0, 10)], 2: [(20, 30)]}),
+        ([(0, 10, 1, 0), (20, 30, 2, 0)], {1, 2}, {0: [(0, 10), (20, 30)]}),
     ],
 )
 def test_once_a_side_passed_the_other_party_of_each_range_lied(
     differing: list[tuple[int, int, int, int]],
-    honest: int,
+    honest: set[int],
     liars: dict[int, list[tuple[int, int]]],
 ) -> None:
     from tracker.proxy.piececheck import Difference, blamed

@@ -64,8 +64,11 @@ from tracker.proxy.piececheck import (
     blamed,
     find_liars,
     held_back,
+    live_sources,
     rewrite,
+    side_spans,
     two_source_liar,
+    voices,
 )
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
 from tracker.proxy.transfers import Head, Peers, StreamJob
@@ -548,21 +551,23 @@ class Repair:
         refresh, outcome = self.refresh, self.outcome
         refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
         log_event(many_log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
-        # Those that can be asked for a range again (one that ignores Range cannot).
-        live = [s for s in outcome.sources if not s.dropped and s.ranges]
         sources = list(outcome.sources)
+        # Those that can be asked for a range again (one that ignores Range cannot), and
+        # whose word each is (two ports of one host are one voice)
+        live = live_sources(sources)
+        voice = voices(sources)
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.keys)
             # Every range each source wrote is compared, not only those before the byte the
             # check failed on: a liar's later pieces would stay, and the copy fail again
             # (about one more copy of the archive at most).
-            two = len(live) == 2
+            two = len({voice[i] for i in live}) == 2
             found = await find_liars(
                 sources, outcome.written, fd, ask, self.peers.read_timeout, judge_later=two
             )
             if two and found.differing and not found.undecided:
-                judged = await self._judge_two(sources, live, found.differing, fd, ask)
+                judged = await self._judge_two(sources, live, voice, found.differing, fd, ask)
                 if judged is not None:
                     found.liars = judged
                     return self._named(found)
@@ -616,33 +621,47 @@ class Repair:
     async def _judge_two(
         self,
         sources: list[Source],
-        live: list[Source],
+        live: list[int],
+        voice: list[str],
         differing: list[Difference],
         fd: int,
         ask: Opener,
     ) -> dict[Source, list[tuple[int, int]]] | None:
-        """Two live sources that differ: the differing ranges taken from the first and the
-        copy checked again, then (when that fails) from the second; the side whose bytes
-        pass is honest, the other one lied (:func:`two_source_liar`, :func:`blamed`). None
-        (not repaired) when neither passes. Only the differing bytes are fetched again."""
+        """Two live voices (sources, or hosts: :func:`~tracker.proxy.piececheck.voices`)
+        that differ: the differing ranges taken from the first and the copy checked again,
+        then (when that fails) from the second; the side whose bytes pass is honest, the
+        other one lied (:func:`two_source_liar`, :func:`blamed`). None (not repaired) when
+        neither passes. Only the differing bytes are fetched again, each range from the
+        side's source that took part in it."""
         refresh = self.refresh
         holders = {(d.start, d.end): d.owner for d in differing}  # whose bytes are on disk
+        sides = list(dict.fromkeys(voice[i] for i in live))
         passed: list[bool | None] = []
-        for side in live:
-            index = sources.index(side)
-            wanted = [span for span, holder in holders.items() if holder != index]
+        for side in sides:
+            first = next(i for i in live if voice[i] == side)
+            wanted = side_spans(differing, holders, side, voice, first)
             if not wanted:
                 passed.append(False)  # the copy as it failed: every differing byte is its
                 continue
-            if not await rewrite(side, wanted, fd, ask, self.peers.read_timeout):
+            sent = True
+            for sender, spans in wanted.items():
+                sent = sent and await rewrite(
+                    sources[sender], spans, fd, ask, self.peers.read_timeout
+                )
+                if sent:
+                    holders.update(dict.fromkeys(spans, sender))
+            if not sent:
                 passed.append(None)
                 continue
-            holders.update(dict.fromkeys(wanted, index))
             try:
                 await refresh.recheck()
             except ArchiveInvalid as exc:
                 log_event(
-                    many_log, "warning", "refresh_side_failed", url=side.url, reason=exc.reason
+                    many_log,
+                    "warning",
+                    "refresh_side_failed",
+                    url=sources[first].url,
+                    reason=exc.reason,
                 )
                 passed.append(False)
                 continue
@@ -654,5 +673,5 @@ class Repair:
                 many_log, "warning", "refresh_not_repaired", file=refresh.name, sides=len(passed)
             )
             return None
-        honest = sources.index(live[1 - liar])
+        honest = {i for i, v in enumerate(voice) if v == sides[1 - liar]}
         return {sources[i]: ranges for i, ranges in blamed(differing, honest).items()}

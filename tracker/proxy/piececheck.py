@@ -22,8 +22,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -64,14 +65,30 @@ def verdict(on_disk: bytes, comparer: bytes, third: bytes | None) -> Verdict:
     return Verdict.UNKNOWN
 
 
-def comparers(owner: int, live: list[int]) -> list[int]:
+def voices(sources: Sequence[Source]) -> list[str]:
+    """Whose word each of ``sources`` is: its host as its URL names it, where they name two
+    hosts or more (two ports of one machine, a sidecar and its validator's RPC, serve the
+    file that machine holds: they agree with each other, right or wrong, and count once);
+    each source its own where they all name one host (there is no other voice to ask)."""
+    hosts = [(urlsplit(s.url).hostname or "").lower() for s in sources]
+    if len(set(hosts)) >= 2:
+        return hosts
+    return [f"{host}#{i}" for i, host in enumerate(hosts)]
+
+
+def comparers(owner: int, live: list[int], voice: Sequence[str]) -> list[int]:
     """The sources (indices of ``live``, in order) asked about ``owner``'s ranges: the next
-    live one after it, then the one after that (the tie-breaker)."""
+    live one after it of another voice than the owner's (``voice``: :func:`voices`; the next
+    one of its own where no other is live), then the next of a voice neither of them is
+    (the tie-breaker), when there is one."""
     others = [i for i in live if i != owner]
-    if not others:
-        return []
     after = [i for i in others if i > owner] + [i for i in others if i < owner]
-    return after[:2]
+    if not after:
+        return []
+    comparer = next((i for i in after if voice[i] != voice[owner]), after[0])
+    spoken = (voice[owner], voice[comparer])
+    third = next((i for i in after if voice[i] not in spoken), None)
+    return [comparer] if third is None else [comparer, third]
 
 
 def two_source_liar(passed: list[bool | None]) -> int | None:
@@ -94,16 +111,39 @@ class Difference:
     comparer: int
 
 
-def blamed(differing: list[Difference], honest: int) -> dict[int, list[tuple[int, int]]]:
-    """Who lied where, once the copy passed with ``honest``'s bytes in every differing
-    range: the other party of each range ``honest`` took part in (a range between two
-    others is no one's proven lie)."""
+def blamed(
+    differing: list[Difference], honest: Collection[int]
+) -> dict[int, list[tuple[int, int]]]:
+    """Who lied where, once the copy passed with the bytes of the ``honest`` side (the
+    sources of one voice) in every differing range: the other party of each range one of
+    them took part in (a range between two others is no one's proven lie)."""
     found: dict[int, list[tuple[int, int]]] = {}
     for d in differing:
-        if honest in (d.owner, d.comparer) and d.owner != d.comparer:
-            liar = d.comparer if d.owner == honest else d.owner
+        if (d.owner in honest) != (d.comparer in honest):
+            liar = d.comparer if d.owner in honest else d.owner
             found[liar] = merge([*found.get(liar, []), (d.start, d.end)])
     return found
+
+
+def side_spans(
+    differing: list[Difference],
+    holders: dict[tuple[int, int], int],
+    side: str,
+    voice: Sequence[str],
+    first: int,
+) -> dict[int, list[tuple[int, int]]]:
+    """The differing ranges whose bytes on disk (``holders``: the source that sent them)
+    are not the ``side`` voice's, by the source of that voice that sends them again: its
+    party in the difference, or ``first`` (its first live source) for a range it took no
+    part in. Pure."""
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for d in differing:
+        span = (d.start, d.end)
+        if voice[holders[span]] == side:
+            continue
+        sender = next((i for i in (d.comparer, d.owner) if voice[i] == side), first)
+        wanted.setdefault(sender, []).append(span)
+    return wanted
 
 
 @attrs.define
@@ -172,10 +212,11 @@ async def find_liars(
     comparison = _Comparison(fd, ask, Findings(), sources if judge_later else None)
     # Only sources that honour Range can be asked for a range (one that ignores it sent
     # its one stream: its bytes are compared, it compares nothing).
-    live = [i for i, s in enumerate(sources) if not s.dropped and s.ranges]
+    live = live_sources(sources)
+    voice = voices(sources)
     for owner, source in enumerate(sources):
         for start, end in written.get(source, []):
-            asked = [sources[i] for i in comparers(owner, live)]
+            asked = [sources[i] for i in comparers(owner, live, voice)]
             if not asked:
                 comparison.findings.undecided += end - start
                 continue
@@ -184,6 +225,12 @@ async def find_liars(
             if scope.cancelled_caught:
                 comparison.findings.undecided += end - start
     return comparison.findings
+
+
+def live_sources(sources: Sequence[Source]) -> list[int]:
+    """The sources (indices) that can be asked for a range again: not dropped, honouring
+    ``Range`` (one that ignores it sent its one stream)."""
+    return [i for i, s in enumerate(sources) if not s.dropped and s.ranges]
 
 
 @attrs.define
