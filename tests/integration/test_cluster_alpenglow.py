@@ -446,6 +446,15 @@ async def test_a_signer_the_rpc_no_longer_stakes_counts_nothing() -> None:
     assert (proof.level, proof.voted_stake) == (Level.CLUSTER, 0.9)
     asked = [p[0] for m, p in node.calls if m == "getMultipleAccounts"]
     assert [V100.vote] in asked
+    # only the signers' accounts are read: V150 unstaked too, but it did not sign
+    del node.stakes[V150.vote]
+    node.calls.clear()
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200, V100], ORDER))
+    proof = await lift(node, S)
+    assert proof.voted_stake == 0.75
+    asked = [p[0] for m, p in node.calls if m == "getMultipleAccounts"]
+    assert [V100.vote] in asked and not any(V150.vote in a for a in asked)
+    node.stakes[V150.vote] = V150.stake
     # its account closed: no key to verify the aggregate with
     del node.accounts[V100.vote]
     proof = await lift(node, S)
@@ -453,6 +462,22 @@ async def test_a_signer_the_rpc_no_longer_stakes_counts_nothing() -> None:
     assert proof.note.endswith(
         f"the signer at rank 4 (vote account {V100.vote}) holds no BLS key at the RPC than in"
         " the manifest's stakes of epoch 11"
+    )
+
+
+async def test_an_account_the_rpcs_rank_map_drops_weighs_nothing() -> None:
+    # The attacker's vote account A (900) shares its node with another of its accounts at
+    # the RPC, so the RPC's rank map (agave's) ranks neither: its total is the honest 1,000.
+    # A forged manifest lists A alone under a node of its own: A's own aggregate, over that
+    # map, read at A's RPC stake (900 of 1,000) would have been 90%.
+    a, a2 = validators([900, 1], seed="attacker")
+    a2 = attrs.evolve(a2, node=a.node)
+    node = alpenglow_rpc([*VALS, a, a2])
+    node.documents[S] = document(S, H, fast_certificate(S, [a], [a]))
+    proof = await lift(node, S, proof_of(epoch=[a]))
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.0)
+    assert proof.note == (
+        "cluster not proven: the fast-finalize certificate carries 0.0% of the stake, 80% needed"
     )
 
 

@@ -23,6 +23,7 @@ from helpers_upstream import FakeUpstream, serving
 from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
 from names import full_name
 
+import tracker.proof.background.heads as heads_module
 import tracker.proof.cluster.clustervotes as votes_module
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.ordering.index import Index, TargetKey
@@ -261,6 +262,73 @@ async def test_require_cluster_keeps_a_copy_out_until_the_votes_carry_it() -> No
     assert name2 not in index.disproven().get(key_, {})
     assert heads.proven[(key_, name2)].level == Level.CLUSTER
     assert len(up.gets(name2)) == 1  # the head was read once; the votes were asked twice
+
+
+async def test_epoch_stakes_past_the_bytes_held_are_let_go_and_their_head_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Copies awaiting the votes keep their manifest's epoch stakes; forged copies each
+    bring their own (up to ~1.2 MB), so past ``MAX_HELD_STAKES`` bytes the least recently
+    seen are let go, and a copy whose stakes went is read again before the cluster is asked
+    of it (never lifted without them)."""
+    monkeypatch.setattr(heads_module, "MAX_HELD_STAKES", 1000)
+    name = full_name(S)
+    files = {name: archive_bytes(64 * 1024)}
+    node = minority()
+    node.raw["getBlock"] = b"{}"  # an RPC that fails: the copies await the votes
+    ups = [FakeUpstream(files=files), FakeUpstream(files=files)]  # two copies of it
+    reads = iter(range(100))
+
+    def prove(read: Any, name: str, limit: int) -> Proof:
+        read(1024)
+        return attrs.evolve(PROOF, epoch_stakes=bytes([next(reads)]) * 600)  # each its own
+
+    async with serving(ups[0]), serving(ups[1]), rpcs(node) as urls:
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = settings(urls, target_groups=(group,))
+        index = Index()
+        for up in ups:
+            advertise_files(index, up, files)
+        clients = DownloadClients(ProxySettings())
+        async with cluster_votes(config, retry_after=0) as cv:
+            heads = HeadProofs(lambda: config, index, clients, prove, votes=cv)
+            assert await heads.round() == 0  # both read, 1,200 bytes of stakes: one let go
+            assert [len(up.gets(name)) for up in ups] == [1, 1]
+            # The one let go is read again (its new stakes let the other's go), and so on:
+            # a copy is never weighed without its stakes, and no more than 1,000 bytes held
+            assert await heads.round() == 0
+            assert sorted(len(up.gets(name)) for up in ups) == [1, 2]
+            assert await heads.round() == 0
+            assert [len(up.gets(name)) for up in ups] == [2, 2]
+        await clients.aclose()
+    assert index.best_full(GROUP) is None
+
+
+async def test_refusals_past_the_kept_ones_leave_the_index_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The head reads keep ``MAX_KEPT`` refusals; one forgotten past them stayed in the
+    index's refusals for good (one entry per refused copy, ever: ``/v1/targets`` renders
+    them all): it leaves both, to be read again when due."""
+    monkeypatch.setattr(heads_module, "MAX_KEPT", 1)
+    name = full_name(S)
+    files = {name: archive_bytes(64 * 1024)}
+    ups = [FakeUpstream(files=files), FakeUpstream(files=files)]
+    async with serving(ups[0]), serving(ups[1]), rpcs(minority()) as urls:
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = settings(urls, target_groups=(group,))
+        index = Index()
+        for up in ups:
+            advertise_files(index, up, files)
+        clients = DownloadClients(ProxySettings())
+        async with cluster_votes(config, retry_after=0) as cv:
+            heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF), votes=cv)
+            assert await heads.round() == 2  # both refused: a minority
+        await clients.aclose()
+    reasons = sorted(r for names in index.disproven().values() for r in names.values())
+    assert len(reasons) == 2  # the one forgotten: unproven, to be read again
+    assert reasons[0].startswith("not proven yet")
+    assert reasons[1].startswith("proven to manifest, cluster required: cluster not proven")
 
 
 async def test_require_cluster_without_the_votes_executor_says_why() -> None:

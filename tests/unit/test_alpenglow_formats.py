@@ -10,6 +10,7 @@ import json
 import re
 import struct
 
+import attrs
 import base58
 import pytest
 from test_manifest import DATA as AGAVE_DATA
@@ -26,7 +27,7 @@ from tracker.proof.cluster.consensus import (
     migration_of,
     vote_blocks,
 )
-from tracker.proof.cluster.finality import EpochRanks, epoch_rank_map
+from tracker.proof.cluster.finality import MAX_UNKNOWN_KEYS, EpochRanks, epoch_rank_map, in_epoch
 from tracker.proof.formats.alpenglow import (
     MAX_EPOCH_VOTERS,
     MAX_RANKS,
@@ -353,3 +354,46 @@ def test_the_most_stakes_kept_are_read_back() -> None:
     one = Candidate(base58.b58encode(bytes(32)).decode(), bytes(32), 1, bytes(48))
     most = EpochVoters(0, (one,) * MAX_EPOCH_VOTERS, MAX_EPOCH_VOTERS).to_bytes()
     assert len(most) <= MAX_EPOCH_STAKES_BYTES
+
+
+def _rpc(epoch: int = 11, first: int = 4_752_000, length: int = 432_000) -> EpochRanks:
+    return EpochRanks(epoch, first, first + length - 1, RankMap((), (), ()), {}, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("slot", "epoch", "weighed"),
+    [
+        (4_752_000, 11, True),  # the RPC's epoch
+        (5_183_999, 11, True),
+        (5_184_000, 11, False),  # past it
+        (4_751_999, 10, True),  # the epoch before
+        (4_320_000, 10, True),
+        (4_319_999, 10, False),  # two epochs back, whatever the manifest's schedule says
+        (4_319_999, 9, False),
+        (4_800_000, 10, False),  # the manifest's schedule and the RPC's disagree
+        (4_700_000, 11, False),
+    ],
+)
+def test_a_slot_is_weighed_in_the_rpcs_epoch_or_the_one_before(
+    slot: int, epoch: int, weighed: bool
+) -> None:
+    if weighed:
+        in_epoch(slot, epoch, _rpc())
+    else:
+        with pytest.raises(CertificateInvalid, match="nor in the one before it"):
+            in_epoch(slot, epoch, _rpc())
+
+
+def test_keys_past_the_rpcs_are_counted_before_any_is_decoded() -> None:
+    many = tuple(
+        Candidate(str(n), n.to_bytes(32, "big"), 1, n.to_bytes(48, "big"))
+        for n in range(MAX_UNKNOWN_KEYS + 2)
+    )
+    voters = EpochVoters(11, many[:-1], len(many) - 1)
+    with pytest.raises(CertificateInvalid, match=f"{MAX_UNKNOWN_KEYS + 1} BLS keys no vote"):
+        epoch_rank_map(voters, _rpc())
+    # those the RPC's vote accounts hold are decoded already: not counted
+    known = _rpc()
+    known = attrs.evolve(known, points={c.bls_key: None for c in many[:2] if c.bls_key})
+    with pytest.raises(CertificateInvalid, match="no vote account with stake has a BLS key"):
+        epoch_rank_map(EpochVoters(11, many[: MAX_UNKNOWN_KEYS + 2], MAX_UNKNOWN_KEYS + 2), known)

@@ -11,7 +11,7 @@ import pytest
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proof.background.headreads import heads_due
-from tracker.proof.background.heads import MAX_SHARED_STAKES, SharedStakes
+from tracker.proof.background.heads import SharedStakes
 from tracker.proof.levels import Level, Proof
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
@@ -106,21 +106,22 @@ def test_an_incremental_is_read_with_its_targets_full(
     assert got == sorted(due)
 
 
-def test_equal_epoch_stakes_are_held_once() -> None:
+def test_equal_epoch_stakes_are_held_once_and_their_bytes_bounded() -> None:
     # Each head read decodes its own copy of the epoch's stakes (~180 KB on mainnet); the
     # copies of one archive from hundreds of sources hold one object between them.
-    shared = SharedStakes()
-    first = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
-    again = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
+    shared = SharedStakes(most=3000)
+    first = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 10)
+    again = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 10)
     assert first.epoch_stakes is not again.epoch_stakes
-    assert shared.shared(first) is first
-    assert shared.shared(again).epoch_stakes is first.epoch_stakes
-    other = Proof(Level.MANIFEST, epoch_stakes=b"other")
-    assert shared.shared(other) is other
+    assert shared.shared(first) == (first, [])
+    kept, gone = shared.shared(again)
+    assert kept.epoch_stakes is first.epoch_stakes and gone == []
     none = Proof(Level.MANIFEST)
-    assert shared.shared(none) is none
-    # a bounded number of them: the oldest let go
-    for n in range(MAX_SHARED_STAKES):
-        shared.shared(Proof(Level.MANIFEST, epoch_stakes=b"%d" % n))
-    late = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 900)
-    assert shared.shared(late) is late
+    assert shared.shared(none) == (none, [])
+    # Forged copies each bring their own: past the bytes held, the least recently seen go
+    other = Proof(Level.MANIFEST, epoch_stakes=b"\1" * 900)
+    assert shared.shared(other) == (other, [])  # 2,900 bytes held
+    third = Proof(Level.MANIFEST, epoch_stakes=b"\2" * 900)
+    assert shared.shared(third) == (third, [first.epoch_stakes])
+    late = Proof(Level.MANIFEST, epoch_stakes=bytes(range(200)) * 10)
+    assert shared.shared(late)[0] is late  # not held any more: its own again

@@ -73,7 +73,7 @@ def checked_for(required: Level) -> Level:
 
 
 #: The largest :attr:`Proof.epoch_stakes` read back from a file (its kept form of the most
-#: vote accounts a manifest's epoch stakes are read for is ~2.3 MiB).
+#: vote accounts a manifest's epoch stakes are read for is ~1.2 MB).
 MAX_EPOCH_STAKES_BYTES = 4 * 1024**2
 
 

@@ -59,32 +59,45 @@ READ_FOR = 300.0
 READS_AT_ONCE = 4
 
 
-#: Distinct epoch stakes held once each (a cluster's fulls and incrementals of one epoch
-#: share theirs; a few epochs and clusters at once).
-MAX_SHARED_STAKES = 16
+#: Bytes of distinct epoch stakes the head reads' proofs hold at most (a cluster's fulls and
+#: incrementals of one epoch share one block, ~180 KB on mainnet; forged copies each bring
+#: their own, up to ~1.2 MB).
+MAX_HELD_STAKES = 64 * 1024**2
+#: What a proof's epoch stakes become when they were let go for room: a copy whose lift
+#: needs them is read again.
+DROPPED = b""
 
 
 class SharedStakes:
-    """One object for equal epoch stakes (:attr:`Proof.epoch_stakes`, ~180 KB on mainnet):
-    the copies of one archive, and the archives of one epoch, read from hundreds of sources
-    hold one block between them, not one each (the head reads keep 4,096 proofs)."""
+    """One object for equal epoch stakes (:attr:`Proof.epoch_stakes`), and a bound on the
+    bytes of distinct ones held: the copies of one archive, and the archives of one epoch,
+    read from hundreds of sources hold one block between them, not one each; past
+    :data:`MAX_HELD_STAKES`, the least recently seen are let go (:meth:`shared` says which,
+    for their holders to drop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int | None = None) -> None:
         self._held: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+        self._most = MAX_HELD_STAKES if most is None else most
 
-    def shared(self, proof: Proof) -> Proof:
-        """``proof`` with the epoch stakes equal ones held before are (itself otherwise)."""
+    def shared(self, proof: Proof) -> tuple[Proof, list[bytes]]:
+        """``proof`` with the epoch stakes equal ones held before are (itself otherwise),
+        and the stakes let go to make room for its own."""
         stakes = proof.epoch_stakes
-        if stakes is None:
-            return proof
+        if not stakes:
+            return proof, []
         held = self._held.get(stakes)
-        if held is None:
-            self._held[stakes] = stakes
-            while len(self._held) > MAX_SHARED_STAKES:
-                self._held.popitem(last=False)
-            return proof
-        self._held.move_to_end(stakes)
-        return attrs.evolve(proof, epoch_stakes=held)
+        if held is not None:
+            self._held.move_to_end(stakes)
+            return attrs.evolve(proof, epoch_stakes=held), []
+        self._held[stakes] = stakes
+        self._bytes += len(stakes)
+        gone = []
+        while self._bytes > self._most and len(self._held) > 1:
+            _, old = self._held.popitem(last=False)
+            self._bytes -= len(old)
+            gone.append(old)
+        return proof, gone
 
 
 class HeadProofs(Rounds):
@@ -244,7 +257,11 @@ class HeadProofs(Rounds):
         url = read.file.url
         required, loadable_by = config.required_level(group), group.trust.loadable_by
         self._voting.pop(read.copy, None)
-        proof = self._stakes.shared(proof)
+        if required >= Level.CLUSTER and proof.epoch_stakes == DROPPED:
+            # its stakes were let go for room: read again when due (unproven meanwhile)
+            self._index.disprove(read.key, read.file.bare_name, None)
+            return 0
+        proof = self._shared(proof)
         # A copy its group's validators cannot load is refused whatever the votes say.
         unloadable = not_loadable(proof, loadable_by) is not None
         if required >= Level.CLUSTER and not unloadable:
@@ -280,11 +297,27 @@ class HeadProofs(Rounds):
             del self._proven_reads[copy]
             self._index.prove(*copy, proven=False)
 
+    def _shared(self, proof: Proof) -> Proof:
+        """``proof`` with its epoch stakes shared (:class:`SharedStakes`); the proofs kept
+        whose stakes were let go for room hold :data:`DROPPED` instead."""
+        proof, gone = self._stakes.shared(proof)
+        for stakes in gone:
+            for kept in (self._voting, self._short):
+                for copy, (read, held) in list(kept.items()):
+                    if held.epoch_stakes is stakes:
+                        kept[copy] = (read, attrs.evolve(held, epoch_stakes=DROPPED))
+            for copy, held in list(self.proven.items()):
+                if held.epoch_stakes is stakes:
+                    self.proven[copy] = attrs.evolve(held, epoch_stakes=DROPPED)
+        return proof
+
     def _keep(self, kept: OrderedDict[Copy, _V], copy: Copy, value: _V) -> None:
         kept[copy] = value
         kept.move_to_end(copy)
         while len(kept) > MAX_KEPT:
-            kept.popitem(last=False)
+            old, _ = kept.popitem(last=False)
+            if kept is self._refused:  # out of the index's refusals too: read again if due
+                self._index.disprove(old[0], old[1], None)
         self._tried.pop(copy, None)
 
 

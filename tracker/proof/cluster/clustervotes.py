@@ -63,6 +63,7 @@ from tracker.proof.cluster.finality import (
     epoch_rank_map,
     epoch_ranks,
     judge_rpc,
+    signers,
     vote_accounts_data,
 )
 from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
@@ -446,8 +447,9 @@ class ClusterVotes:
                 epoch_rank_map, voters, rpc, limiter=_PARSE
             )
             # the signers' keys where the RPC stakes them not (stake gone since the epoch
-            # began): read for the ranks it does not hold, counted at no stake
-            unstaked = [vote for vote in ranks.votes if vote not in rpc.keys]
+            # began): read for the signers it does not hold, counted at no stake
+            named = await trio.to_thread.run_sync(signers, doc, ranks, limiter=_PARSE)
+            unstaked = [ranks.votes[r] for r in sorted(named) if ranks.votes[r] not in rpc.keys]
             data = await vote_accounts_data(self._call, url, unstaked, _PARSE)
             more = {c.vote: c.bls_key for c in candidates(dict.fromkeys(unstaked, 0), data)}
             return await trio.to_thread.run_sync(

@@ -67,6 +67,10 @@ MAX_ACCOUNTS = 4 * 1024**2
 ACCOUNTS_PER_CALL = 100
 #: Vote accounts with stake read at most from getVoteAccounts.
 MAX_VOTE_ACCOUNTS = 20_000
+#: BLS keys of a manifest's epoch stakes decoded at most beyond those of the vote accounts
+#: the RPC stakes (validators whose stake went in one epoch: a handful; a forged manifest's
+#: keys each cost ~0.2 ms of a worker thread).
+MAX_UNKNOWN_KEYS = 200
 
 Call = Callable[[str, dict[str, Any], int], Awaitable[bytearray]]
 
@@ -363,8 +367,20 @@ def epoch_rank_map(voters: EpochVoters, rpc: EpochRanks) -> tuple[RankMap, bls.P
         )
     points = dict(rpc.points)
     new = {c.bls_key for c in voters.candidates if c.bls_key is not None} - points.keys()
+    if len(new) > MAX_UNKNOWN_KEYS:  # each costs a decompression; the RPC's are decoded
+        raise CertificateInvalid(
+            f"the manifest's stakes of epoch {voters.epoch} hold {len(new)} BLS keys no vote"
+            f" account the RPC stakes holds, more than {MAX_UNKNOWN_KEYS}"
+        )
     points.update(bls.decode_all(new))
     return rank_map(voters.candidates, lambda key: points.get(key) is not None), points
+
+
+def signers(doc: Document, ranks: RankMap) -> set[int]:
+    """The ranks ``doc``'s certificate names in ``ranks`` (CertificateInvalid, one line,
+    for one that does not decode or fit)."""
+    cert = decode_final_certificate(doc.certificate, len(ranks))
+    return {*cert.final.ranks, *(cert.notar.ranks if cert.notar is not None else ())}
 
 
 def in_epoch(slot: int, epoch: int, rpc: EpochRanks) -> None:
@@ -372,8 +388,9 @@ def in_epoch(slot: int, epoch: int, rpc: EpochRanks) -> None:
     schedule, lies in the RPC's current epoch or in the one before it: the stakes the RPC
     answers bound the signers' from above only while they are that epoch's or the next's.
     Pure."""
+    length = rpc.last - rpc.first + 1  # the epoch before as long (past the warmup)
     if (epoch == rpc.epoch and rpc.first <= slot <= rpc.last) or (
-        epoch + 1 == rpc.epoch and slot < rpc.first
+        epoch + 1 == rpc.epoch and rpc.first - length <= slot < rpc.first
     ):
         return
     raise CertificateInvalid(
@@ -414,7 +431,10 @@ def judge_rpc(
                 )
         return bls.verify(keys, named, message, signature)
 
-    stakes = [min(s, rpc.stakes.get(v, 0)) for v, s in zip(ranks.votes, ranks.stakes, strict=True)]
+    # a signer's stake at the RPC is that of its rank map: an account it does not rank (a
+    # node or key listed twice there) weighs nothing, as it is not in the RPC's total either
+    at_rpc = dict(zip(rpc.ranks.votes, rpc.ranks.stakes, strict=True))
+    stakes = [min(s, at_rpc.get(v, 0)) for v, s in zip(ranks.votes, ranks.stakes, strict=True)]
     total = max(ranks.total, rpc.ranks.total)
     return weigh(cert, stakes, total, doc.shred_version, verify)
 

@@ -253,8 +253,9 @@ class Candidate:
 
 
 #: Staked vote accounts with a BLS key kept at most of one epoch's stakes (a rank map
-#: admits :data:`MAX_RANKS`; mainnet's epoch stakes hold ~1,500 staked vote accounts).
-MAX_EPOCH_VOTERS = 20_000
+#: admits :data:`MAX_RANKS`; mainnet's epoch stakes hold ~1,500 staked vote accounts): 1.2
+#: MB at most in their kept form.
+MAX_EPOCH_VOTERS = 10_000
 _VOTERS_HEAD = struct.Struct("<4sQII")
 _VOTER = struct.Struct("<32s32sQ48s")
 _VOTERS_MAGIC = b"EVS1"
