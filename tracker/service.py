@@ -28,6 +28,7 @@ from tracker.config.files import signing
 from tracker.config.schema import Config
 from tracker.config.warnings import in_force, restart_needed
 from tracker.core.digests import Digests
+from tracker.core.text import one_line
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import ConfigError
 from tracker.learning.sync import Learning
@@ -312,6 +313,10 @@ async def run_tracker(
             except ConfigError as exc:
                 log_event(log, "error", "reload_refused", problems="; ".join(exc.problems))
                 raise
+            except Exception as exc:  # a bug of applying it: the daemon goes on, it says so
+                log.exception("reload_failed")
+                reason = one_line(f"the reload failed: {type(exc).__name__}: {exc}")
+                raise ConfigError([reason]) from exc
 
         async def apply_reload() -> None:
             # Parsed in a worker thread: a large file must not stall the API meanwhile.

@@ -113,6 +113,18 @@ async def test_sighup_adds_a_target_and_keeps_the_index(
     assert refused.status_code == 400
     assert "scrape_interval" in refused.text and "target_groups" in refused.text
     assert await slots({100, 200})
+    # A value YAML itself cannot build (a date that is none): refused as well, where a
+    # SIGHUP ended the daemon with a traceback
+    path.write_text("scrape_interval: 2024-02-30\n")
+    serve.proc.send_signal(signal.SIGHUP)
+
+    async def refused_twice() -> bool:
+        return serve.log.count("reload_refused") >= 2
+
+    await wait_until(refused_twice)
+    refused = await client.post(f"{serve.internal}/reload")
+    assert refused.status_code == 400 and "invalid YAML value" in refused.text
+    assert serve.proc.returncode is None and await slots({100, 200})
     # A valid file through POST /reload drops a target that is no longer configured.
     settings["target_groups"][0]["static_targets"]["targets"] = [b[7:]]
     write(path, settings)

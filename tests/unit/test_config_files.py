@@ -18,6 +18,8 @@ from tracker.config.schema import (
     TargetGroup,
 )
 
+DATA = Path(__file__).parent.parent / "data" / "config"
+
 # --- paths, secrets, warnings ------------------------------------------------------------------
 
 
@@ -27,7 +29,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     conf_dir = tmp_path / "etc"
     (conf_dir / "ledger").mkdir(parents=True)
     (conf_dir / "pw").write_text("pw\n")
-    (conf_dir / "ca.pem").write_text("ca")
+    (conf_dir / "ca.pem").write_bytes((DATA / "ca.pem").read_bytes())
     (conf_dir / "targets.txt").write_text("h:1\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

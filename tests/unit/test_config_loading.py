@@ -163,6 +163,23 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "invalid YAML at line 3" in found[0]
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("scrape_interval: 2024-02-30\n", "invalid YAML value: day is out of range for month"),
+        ("max_connections: !!int abc\n", "invalid YAML value: invalid literal for int()"),
+        ("max_connections: !!float x\n", "invalid YAML value: could not convert"),
+    ],
+)
+def test_a_value_yaml_cannot_build_is_a_problem_not_a_traceback(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    # PyYAML's constructors raise ValueError for these (a traceback, exit 1; a SIGHUP with
+    # such a file ended the daemon)
+    found = problems(tmp_path, text)
+    assert len(found) == 1 and reason in found[0]
+
+
 def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
     found = problems(tmp_path, "scrape_interval: 15s\nlisten: ':1'\nscrape_interval: 5s\n")
     assert len(found) == 1

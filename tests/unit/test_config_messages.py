@@ -68,6 +68,13 @@ def test_distinct_sidecars_and_http_targets_give_no_warning(tmp_path: Path) -> N
             {"object_store": ObjectStore(endpoint="http://s3:9000", bucket="b")},
             ["object_store: changed; takes effect at the next restart"],
         ),
+        # How the disk cache checks its copies is set when it opens: a reload turning
+        # verify_archives on said "reloaded" and stored the next archives unchecked.
+        (
+            {"verify_archives": False},
+            ["verify_archives: True -> False takes effect at the next restart"],
+        ),
+        ({"proof_workers": 3}, ["proof_workers: (none) -> 3 takes effect at the next restart"]),
     ],
 )
 def test_a_reload_names_what_waits_for_a_restart(
@@ -90,3 +97,11 @@ def test_unusable_directories_say_why(tmp_path: Path) -> None:
     assert unusable_directory(str(tmp_path / "file" / "a" / "b")) == (
         f"under a file that is not a directory: '{tmp_path}/file'"
     )
+
+
+def test_a_cache_dir_without_downloads_is_said_to_be_used_still(tmp_path: Path) -> None:
+    # It said "ignored", and the tracker wrote its learned figures there (and would spill
+    # the accounts proofs' index there)
+    config = load(tmp_path, "proxy_snapshot_cache_dir: cache\n")
+    (line,) = [w for w in config.warnings if w.startswith("proxy_snapshot_cache_dir")]
+    assert "ignored" not in line and "learned figures" in line and "spill" in line

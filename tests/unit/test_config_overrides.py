@@ -95,3 +95,22 @@ def test_client_settings_have_defaults_and_can_be_set(tmp_path: Path) -> None:
         "first_byte_timeout: 750ms\nserve_user_agents: []\ntarget_groups: [{group: g}]\n",
     )
     assert (custom.first_byte_timeout, custom.serve_user_agents) == (0.75, ())
+
+
+@pytest.mark.parametrize(
+    ("file", "flags", "named"),
+    [
+        ("listen: '127.0.0.1:9000'\n", {"internal_listen": "127.0.0.1:9000"}, "--internal-listen"),
+        ("internal_listen: ':9000'\n", {"listen": "127.0.0.1:9000"}, "--listen"),
+        ("", {"listen": ":9000", "internal_listen": ":9000"}, "--internal-listen / --listen"),
+    ],
+)
+def test_listeners_the_flags_give_are_checked_as_the_files_are(
+    tmp_path: Path, file: str, flags: dict[str, str], named: str
+) -> None:
+    # The file's clash is refused by check-config; one the flags made got past it, and
+    # serve failed binding the second listener (exit 1, a restart loop under systemd).
+    config = load(tmp_path, file + "target_groups: [{group: g}]\n")
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, **flags)
+    assert caught.value.problems[0].startswith(f"{named}: binds the port of listen")

@@ -251,6 +251,16 @@ RULES = [
         "cannot read '{dir}/missing.pem'",
     ),
     (
+        GROUP + "    tls_config: {ca_file: secret.txt}\n",  # readable, no certificate
+        "target_groups[0].tls_config.ca_file",
+        "does not load as TLS: [X509: NO_CERTIFICATE_OR_CRL_FOUND]",
+    ),
+    (
+        GROUP + "    tls_config: {cert_file: secret.txt, key_file: secret.txt}\n",
+        "target_groups[0].tls_config.cert_file",
+        "does not load as TLS: [SSL]",
+    ),
+    (
         GROUP + "    tls_config: {ca_file: subdir}\n",
         "target_groups[0].tls_config.ca_file",
         "not a regular file: a directory",

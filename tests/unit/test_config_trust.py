@@ -20,6 +20,15 @@ def test_a_known_source_that_names_no_target_is_refused(tmp_path: Path, entry: s
     )
 
 
+def test_a_refused_known_source_is_shown_without_its_credentials(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "target_groups: [{group: g, trust: {known_sources: ['admin:hunter2@10.0.0.1:8899']}}]\n",
+    )
+    reason = problem_at(found, "target_groups[0].trust.known_sources[0]")
+    assert "hunter2" not in reason and "***@10.0.0.1:8899" in reason
+
+
 def test_known_sources_are_kept_as_the_targets_are_named(tmp_path: Path) -> None:
     (tmp_path / "ledger").mkdir()
     config = load(

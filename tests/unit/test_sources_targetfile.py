@@ -53,6 +53,9 @@ def test_empty_file_has_no_targets(tmp_path: Path) -> None:
         ("a:1\nb\n", "line 2: not host:port: 'b'"),
         ('["a:1", 7]', ": [1]: not host:port: 7"),
         ('["a:1", "b"]', ": [1]: not host:port: 'b'"),
+        # credentials never shown (the daemon logged this line at every scrape)
+        ("admin:hunter2@10.0.0.1:8899\n", "line 1: not host:port: '***@10.0.0.1:8899'"),
+        ('["u:pw@h:1"]', ": [0]: not host:port: '***@h:1'"),
         ('["a:1",', ": invalid JSON: Expecting value: line 1 column 8 (char 7)"),
         ("[" * 100_000, ": JSON nested too deeply"),
         (b"a:1\n\xff\n", ": not UTF-8 text (byte 4)"),

@@ -8,11 +8,12 @@ tests/integration (test_proxy.py, test_credentials.py, test_download_client.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tracker.config.schema import BearerAuth, TargetGroup
+from tracker.config.schema import BearerAuth, TargetGroup, TLSConfig
 from tracker.core.text import TRACKER_AGENT
 from tracker.errors import SourceFailed
 from tracker.ordering.index import TargetKey
@@ -227,3 +228,23 @@ async def test_an_answer_of_another_length_fails_the_source(
         await asked.response.aclose()
         await asked.slot.aclose()
         await clients.aclose()
+
+
+async def test_a_tls_file_replaced_makes_the_download_client_again(tmp_path: Path) -> None:
+    # Downloads kept the client made of the first CA file until a restart, while the
+    # probes took the new one at the reload (a source whose certificate changed CA was "up"
+    # and every download of it failed verification).
+    data = Path(__file__).parent.parent / "data" / "config"
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes((data / "ca.pem").read_bytes())
+    tls = TLSConfig(ca_file=str(ca))
+    clients = DownloadClients(ProxySettings())
+    first = clients.for_tls(tls)
+    assert clients.for_tls(tls) is first
+    replaced = tmp_path / "new.pem"
+    replaced.write_bytes((data / "client.pem").read_bytes())
+    replaced.replace(ca)
+    second = clients.for_tls(tls)
+    assert second is not first and clients.for_tls(tls) is second
+    await clients.aclose()
+    assert first.is_closed and second.is_closed

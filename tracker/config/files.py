@@ -9,6 +9,7 @@ is kept (:attr:`FileChecks.secrets`) for the section that uses it
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.cachedirs import unusable_directory
 from tracker.core.smallfiles import read_small, read_small_file
 from tracker.errors import ConfigError, ProbeError, StatementInvalid
+from tracker.observability.redact import redact_url
 
 if TYPE_CHECKING:
     from tracker.config.schema import Attest
@@ -85,7 +87,7 @@ class FileChecks:
         if not is_host_port(text):
             raise ValueError(
                 "expected a target URL (http://host:port), host:port or a path (/..., ./...),"
-                f" got {text!r}"
+                f" got {redact_url(text)!r}"
             )
         return text
 
@@ -196,3 +198,20 @@ def signing(attest: Attest | None) -> tuple[Signer | None, float]:
         return load_signer(attest.key), attest.valid_for
     except ValueError as exc:
         raise ConfigError([f"attest.key: {exc}"]) from None
+
+
+def tls_context(ca_file: str, cert_file: str, key_file: str, insecure: bool) -> ssl.SSLContext:
+    """The client TLS context of a ``tls_config`` (the system's CAs without ``ca_file``). A
+    key that needs a password is refused, never prompted for (a daemon has no terminal).
+    Raises ssl.SSLError or OSError for files that do not load."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None, password=_no_password)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _no_password() -> str:
+    raise ValueError("the key needs a password (not supported)")

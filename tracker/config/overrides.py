@@ -10,6 +10,7 @@ import attrs
 
 from tracker.config import values
 from tracker.config.schema import Config
+from tracker.config.sections import listener_problems
 from tracker.config.warnings import config_warnings
 from tracker.errors import ConfigError
 from tracker.observability.redact import redact_text
@@ -31,6 +32,8 @@ def _rpcs(value: object) -> tuple[str, ...]:
 
 
 #: Command-line overrides: Config field -> (flag, check of the value).
+#: The flags of the listeners, by their keys.
+_LISTENERS = (("internal_listen", "--internal-listen"), ("listen", "--listen"))
 _OVERRIDES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listen": ("--listen", values.address),
     "internal_listen": ("--internal-listen", values.optional_address),
@@ -67,5 +70,11 @@ def with_overrides(config: Config, **values: object) -> Config:
     if len(rpcs) > 1:
         changes["cluster_proof"] = attrs.evolve(config.cluster_proof, also_rpc=rpcs[1:])
     config = attrs.evolve(config, **changes)
+    # The listeners the flags give are checked together with the file's, as the file's are
+    clash = listener_problems(config)
+    if clash:
+        (_path, reason), *_ = clash
+        given = [flag for name, flag in _LISTENERS if values.get(name) is not None]
+        raise ConfigError([f"{' / '.join(given) or 'internal_listen'}: {reason}"])
     # A flag can answer a warning of the file (``--rpc``): warn about the config in force.
     return attrs.evolve(config, warnings=tuple(config_warnings(config)))

@@ -8,11 +8,13 @@ secrets. :func:`file_problems` and :func:`store_problems` check what spans secti
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
+from tracker.config.files import tls_context
 from tracker.config.problems import Path, raise_problems
 from tracker.config.schema import (
     BasicAuth,
@@ -24,6 +26,7 @@ from tracker.config.schema import (
     TLSConfig,
 )
 from tracker.config.values import parse_address, parse_duration
+from tracker.core.text import one_line
 from tracker.proof.levels import Level
 
 #: Secret files' texts by absolute path (:attr:`tracker.config.files.FileChecks.secrets`).
@@ -98,14 +101,27 @@ def finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:
 
 
 def finish_tls(tls: TLSConfig) -> TLSConfig:
-    """A client certificate comes with its key."""
+    """A client certificate comes with its key, and the files load as the TLS context the
+    tracker builds of them (a file that is no certificate, a key that needs a password or
+    is not the certificate's): named here, not at the first connection or at ``serve``."""
     problems: list[tuple[Path, str]] = []
     if tls.cert_file and not tls.key_file:
         problems.append((("key_file",), "required when cert_file is set"))
     if tls.key_file and not tls.cert_file:
         problems.append((("cert_file",), "required when key_file is set"))
     raise_problems(problems)
+    if tls.ca_file:
+        _loads(("ca_file",), lambda: tls_context(tls.ca_file, "", "", False))
+    if tls.cert_file:
+        _loads(("cert_file",), lambda: tls_context("", tls.cert_file, tls.key_file, False))
     return tls
+
+
+def _loads(path: Path, build: Callable[[], object]) -> None:
+    try:
+        build()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise_problems([(path, one_line(f"does not load as TLS: {exc}"))])
 
 
 def file_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:

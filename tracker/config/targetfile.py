@@ -14,6 +14,7 @@ from tracker.core.smallfiles import read_small
 from tracker.core.text import quoted
 from tracker.core.untrusted import load_json
 from tracker.errors import ProbeError
+from tracker.observability.redact import redact_url
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 
@@ -64,7 +65,8 @@ def _json_targets(text: str, path: str) -> list[str]:
     targets = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, str) or not is_host_port(entry):
-            raise ProbeError(f"{path}: [{index}]: not host:port: {quoted(entry)}")
+            shown = redact_url(entry) if isinstance(entry, str) else entry
+            raise ProbeError(f"{path}: [{index}]: not host:port: {quoted(shown)}")
         targets.append(entry)
     return targets
 
@@ -76,6 +78,6 @@ def _line_targets(text: str, path: str) -> list[str]:
         if not entry:
             continue
         if not is_host_port(entry):
-            raise ProbeError(f"{path} line {number}: not host:port: {quoted(entry)}")
+            raise ProbeError(f"{path} line {number}: not host:port: {quoted(redact_url(entry))}")
         targets.append(entry)
     return targets

@@ -38,7 +38,10 @@ def config_warnings(config: Config) -> list[str]:
     (key path first); ``load_config`` puts them in ``Config.warnings``."""
     found: list[str] = []
     if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
-        found.append("proxy_snapshot_cache_dir: ignored while proxy_snapshot_downloads is false")
+        found.append(
+            "proxy_snapshot_cache_dir: caches no archive while proxy_snapshot_downloads is false"
+            " (the learned figures and the accounts proofs' spill still go there)"
+        )
     if not config.target_groups:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     for index, group in enumerate(config.target_groups):
@@ -229,7 +232,19 @@ def _configured_targets(group: TargetGroup) -> list[str]:
 #: Settings read once at start-up: a reload that changes them leaves the old value in force
 #: (the listeners stay bound where they are, the descriptor budget is split once, the
 #: object-store tier is built once).
-RESTART_ONLY = ("listen", "internal_listen", "max_connections", "object_store")
+RESTART_ONLY = (
+    "listen",
+    "internal_listen",
+    "max_connections",
+    "object_store",
+    # how the disk cache checks and proves its copies, set when it is first opened
+    "verify_archives",
+    "prove_accounts",
+    "prove_accounts_memory",
+    "prove_accounts_max",
+    "prove_accounts_temp_dir",
+    "proof_workers",
+)
 #: Of those, the sections shown as changed, not by value (their secrets stay out of logs).
 _SECTIONS = ("object_store",)
 
@@ -246,10 +261,13 @@ def restart_needed(old: Config, new: Config) -> list[str]:
             lines.append(f"{key}: changed; takes effect at the next restart")
         else:
             lines.append(
-                f"{key}: {before or '(none)'} -> {after or '(none)'} takes effect at the next"
-                " restart"
+                f"{key}: {_shown(before)} -> {_shown(after)} takes effect at the next restart"
             )
     return lines
+
+
+def _shown(value: object) -> str:
+    return "(none)" if value is None or value == "" else str(value)
 
 
 def in_force(old: Config, new: Config) -> Config:

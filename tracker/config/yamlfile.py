@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from tracker.core.smallfiles import read_small
+from tracker.core.text import one_line
 from tracker.errors import ConfigError
 
 #: The largest config file read. A fleet's file is a few KiB (3,000 targets: ~150 KiB);
@@ -52,6 +53,10 @@ def read_yaml(path: str) -> object:
         raise ConfigError([f"{path}: invalid YAML at {line}{reason}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for a scalar its tag cannot be
+        # (``2024-02-30``, ``!!int abc``): a bad value of the file, as any other
+        raise ConfigError([one_line(f"{path}: invalid YAML value: {exc}")]) from None
 
 
 def _size_of(path: str) -> str:

@@ -20,21 +20,17 @@ import attrs
 import httpcore
 import httpx
 
+from tracker.config.files import tls_context
 from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.text import TRACKER_AGENT
 
 
 def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
-    """A client TLS context for ``tls`` (system CAs when no ``ca_file``)."""
-    ctx = ssl.create_default_context(cafile=tls.ca_file or None if tls else None)
+    """A client TLS context for ``tls`` (system CAs when no ``ca_file``;
+    :func:`tracker.config.files.tls_context`, which the config's check builds too)."""
     if tls is None:
-        return ctx
-    if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+        return ssl.create_default_context()
+    return tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure_skip_verify)
 
 
 class _RefuseCookies(http.cookiejar.DefaultCookiePolicy):

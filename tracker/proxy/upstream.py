@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from urllib.parse import urljoin, urlsplit
@@ -215,16 +216,27 @@ class DownloadClients:
         self.limits = SourceLimiter() if on_queue is None else SourceLimiter(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
-        #: By TLS setting (None: the foreign client's key is "foreign").
+        #: By TLS setting (None: the foreign client's key is "foreign"), with the files it
+        #: was made of as they were then.
         self._clients: dict[object, httpx.AsyncClient] = {}
+        self._made_of: dict[object, tuple[object, ...]] = {}
+        #: Clients whose files changed since: their downloads go on, closed at the end.
+        self._retired: list[httpx.AsyncClient] = []
 
     def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
-        """The client for sources of a group with TLS settings ``tls``."""
+        """The client for sources of a group with TLS settings ``tls``: made again when
+        one of its files changed (a CA or client certificate replaced, then a reload: the
+        probes use the new one, so must the downloads)."""
         client = self._clients.get(tls)
+        files = tls_files(tls)
+        if client is not None and self._made_of.get(tls) != files:
+            self._retired.append(client)
+            client = None
         if client is None:
             client = self._clients[tls] = download_client(
                 tls, self.settings, transport=self._transport
             )
+            self._made_of[tls] = files
         return client
 
     def foreign(self) -> httpx.AsyncClient:
@@ -239,9 +251,25 @@ class DownloadClients:
 
     async def aclose(self) -> None:
         """Close every client (and the connections they pool)."""
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = [*self._clients.values(), *self._retired], {}
+        self._retired = []
         for client in clients:
             await client.aclose()
+
+
+def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
+    """What the files of ``tls`` are now (each one's identity and mtime; None where it
+    cannot be read): a client made of them is made again when this changes."""
+    if tls is None:
+        return ()
+    found: list[object] = []
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        found.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
