@@ -427,3 +427,47 @@ def test_no_switch_interval_of_its_own_when_set_to_none(monkeypatch: pytest.Monk
 def _no_lane_running() -> None:
     """The lanes of earlier tests in this process have ended."""
     assert scanlanes.no_lanes_running(timeout=10 * Apart.IDLE)
+
+
+class _Watched:
+    """A lock that says when a thread first asks for it."""
+
+    def __init__(self) -> None:
+        self.real = threading.Lock()
+        self.asked = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.asked.set()
+        return self.real.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.real.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_an_idle_lane_never_waits_for_the_lock_its_producer_holds() -> None:
+    # The lane's thread, idle past IDLE, asked for the lock to end; the reading thread held
+    # it while queueing into a full queue that only the lane empties: both waited for good
+    # (the check and its refresh hung).
+    lane = Apart(1)
+    lane.IDLE = 0.0
+    watched = _Watched()
+    lane._lock = watched  # type: ignore[assignment]
+    watched.real.acquire()  # the producer, queueing
+    thread = threading.Thread(target=lane._take_jobs, daemon=True)
+    lane._thread = thread
+    thread.start()
+    assert watched.asked.wait(10)  # idle: it asks for the lock
+    try:
+        for _ in range(3):  # past the one the queue holds: only the lane can make room
+            lane._jobs.put(lambda: None, timeout=10)
+    finally:
+        watched.real.release()
+    lane.close()
+    thread.join(10)
+    assert not thread.is_alive()

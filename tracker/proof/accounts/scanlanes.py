@@ -117,10 +117,17 @@ class Apart:
             try:
                 job = self._jobs.get(timeout=self.IDLE)
             except queue.Empty:
-                with self._lock:
+                # Never wait for the lock here: its holder may be queueing into a full queue
+                # that only this thread empties (both would wait for good). Held: a job is
+                # on its way, take it.
+                if not self._lock.acquire(blocking=False):
+                    continue
+                try:
                     if self._jobs.empty():
                         self._thread = None
                         return
+                finally:
+                    self._lock.release()
                 continue
             if job is None:
                 return
