@@ -32,7 +32,8 @@ from tracker.proof.accounts.budget import AccountsLimits, WorkerSlots
 from tracker.proof.accounts.hashworker import HashPool, HashWorker
 from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats import kernels
-from tracker.proof.formats.storages import EXECUTABLE, MAX_DATA, META, Records
+from tracker.proof.formats.storages import EXECUTABLE, LAMPORTS, MAX_DATA, META, Records
+from tracker.proof.formats.storages import scan as storages_scan
 from tracker.proof.formats.writing import Account, write_storage
 from tracker.proof.levels import Level
 
@@ -451,6 +452,11 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
             break
         if buf[off + EXECUTABLE] > 1:  # a whole record's flag: neither false nor true
             return offsets, lens, -off - 1
+        lamports, rent_epoch = struct.unpack_from("<QQ", buf, off + LAMPORTS)
+        owner = buf[off + LAMPORTS + 16 : off + LAMPORTS + 48]
+        default = not data_len and not buf[off + EXECUTABLE] and not rent_epoch and not any(owner)
+        if lamports == 0 and not default:  # agave's sanitize_lamports
+            return offsets, lens, -off - 1
         offsets.append(off)
         lens.append(data_len)
         off = stop + (-(at + stop) & 7)
@@ -463,6 +469,9 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
         st.tuples(
             st.sampled_from([0, 1, 7, 165, 300, MAX_DATA, MAX_DATA + 1, 2**63, 2**64 - 1]),
             st.sampled_from([0, 0, 1, 2, 255]),
+            st.sampled_from([1, 1, 0]),  # lamports
+            st.sampled_from([0, 0, 3]),  # rent epoch
+            st.sampled_from([0, 0, 9]),  # an owner's last byte
         )
     ),
     st.integers(0, 7),
@@ -470,14 +479,16 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
     st.booleans(),
 )
 def test_the_scan_is_the_formats_scan(
-    records: list[tuple[int, int]], at: int, cut: int, compiled: bool
+    records: list[tuple[int, int, int, int, int]], at: int, cut: int, compiled: bool
 ) -> None:
     """Compiled and interpreted, hostile lengths included (past the buffer, past 10 MiB, past
-    i64) and executable bytes neither 0 nor 1: the same records, the same stop, the same
-    refusal."""
+    i64), executable bytes neither 0 nor 1 and records of no lamports that are not the
+    default account: the same records, the same stop, the same refusal."""
     parts = bytearray()
-    for data_len, flag in records:
+    for data_len, flag, lamports, rent_epoch, owner in records:
         record = bytearray(META + min(data_len, 200))
+        struct.pack_into("<QQ", record, LAMPORTS, lamports, rent_epoch)
+        record[LAMPORTS + 47] = owner
         struct.pack_into("<Q", record, 8, data_len)
         record[EXECUTABLE] = flag
         parts += record + bytes(-len(record) % 8)
@@ -487,7 +498,7 @@ def test_the_scan_is_the_formats_scan(
         kernels.load()
     scan = kernels.scan if compiled else interpreted("scan")
     offsets, got_lens, stop, bad = scan(
-        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA, EXECUTABLE
+        np.frombuffer(buf, dtype=np.uint8), 0, end, at, META, MAX_DATA, EXECUTABLE, LAMPORTS
     )
     want_offsets, want_lens, want_stop = reference_scan(buf, 0, end, at)
     assert offsets.tolist() == want_offsets and got_lens.tolist() == want_lens
@@ -551,9 +562,11 @@ def test_the_index_rows_are_the_records_pubkeys_and_locators(
 ) -> None:
     """Compiled and interpreted: each record's pubkey words and its locator (the storage's
     number, the offset / 8, whether its lamports count), as numpy's gathers made them."""
-    data = write_storage([Account(key, lamports, b"x" * 9) for key, lamports in accounts])
+    data = write_storage(
+        [Account(key, lamports, b"x" * 9 if lamports else b"") for key, lamports in accounts]
+    )
     buf = np.frombuffer(data, dtype=np.uint8)
-    offsets, lens, _, _ = kernels.scan(buf, 0, len(buf), 0, META, MAX_DATA, EXECUTABLE)
+    offsets, lens, _, _ = kernels.scan(buf, 0, len(buf), 0, META, MAX_DATA, EXECUTABLE, LAMPORTS)
     batch = Records(buf, offsets, lens, 4096)
     if compiled:
         kernels.load()
@@ -600,7 +613,10 @@ def large_state(accounts: int) -> dict[int, list[Account]]:
     return {
         480: [Account(k, 5 + i, rng.bytes(165)) for i, k in enumerate(keys[:accounts])],
         490: [Account(k, 7, rng.bytes(i % 300)) for i, k in enumerate(keys[accounts:])],
-        500: [Account(k, (i % 50 != 0) * 9, b"new") for i, k in enumerate(keys[:accounts])],
+        500: [
+            Account(k, 9, b"new") if i % 50 else Account(k, 0)  # closed: the default account
+            for i, k in enumerate(keys[:accounts])
+        ],
     }
 
 
@@ -729,3 +745,23 @@ def test_a_worker_that_answers_a_slot_twice_costs_the_proof(
     lt_hash, note = proof.finish(reread_from({s.name: s.data for s in given}))
     assert doubled and (lt_hash, note) == (None, "not proven: the hashing process misspoke")
     assert not workers()
+
+
+@pytest.mark.parametrize(
+    "closed",
+    [
+        Account(b"\x05" * 32, 0, b"hidden"),
+        Account(b"\x05" * 32, 0, owner=b"\x07" * 32),
+        Account(b"\x05" * 32, 0, rent_epoch=3),
+        Account(b"\x05" * 32, 0, executable=True),
+    ],
+    ids=["data", "owner", "rent-epoch", "executable"],
+)
+def test_a_record_of_no_lamports_must_be_the_default_account(closed: Account) -> None:
+    # agave's sanitize_lamports refuses the storage at load; such a record counts nothing
+    # in the lattice hash, so anything hidden in it left the proof at accounts
+    data = np.frombuffer(write_storage([Account(b"\x01" * 32, 5, b"ok"), closed]), np.uint8)
+    with pytest.raises(ArchiveInvalid, match="has no lamports but is not the default account"):
+        storages_scan(data, 0, len(data), 0, "accounts/9.0")
+    fine = np.frombuffer(write_storage([Account(b"\x05" * 32, 0)]), np.uint8)
+    assert storages_scan(fine, 0, len(fine), 0, "accounts/9.0")[0].tolist() == [0]

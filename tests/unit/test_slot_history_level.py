@@ -56,7 +56,9 @@ def write_archive(
         SLOT: [Account(b"\x09" * 32, 11, b"new")],
     }
     if rooted is not None:
-        state[SLOT].append(sysvar(history(rooted), lamports))
+        newest = sysvar(history(rooted), lamports)
+        # a closed account is the default one, as agave stores it (no data, owner zero)
+        state[SLOT].append(newest if lamports else Account(newest.pubkey, 0))
     lt_hash = lattice_of_slots(state)
     storages, members = storage_members(state)
     entries: list[tuple[str, bytes | None]] = [

@@ -137,14 +137,37 @@ def _word(buf: Any, at: int) -> Any:
     return value
 
 
+@_kernel(None)
+def _default(buf: Any, off: Any, data_len: Any, executable: Any, lamports: Any) -> Any:
+    """True when the record at ``off`` (of no lamports) is the default account: no data, not
+    executable, rent epoch 0, owner zero (agave's ``is_default_account``)."""
+    if data_len != 0 or buf[off + executable] != 0 or _word(buf, off + lamports + 8) != 0:
+        return False
+    for i in range(32):  # noqa: SIM110 - a loop, not all(): numba compiles no generator
+        if buf[off + lamports + 16 + i] != 0:
+            return False
+    return True
+
+
 @_kernel(0, per=136)
-def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any, executable: Any) -> Any:
+def scan(
+    buf: Any,
+    start: Any,
+    end: Any,
+    at: Any,
+    meta: Any,
+    max_data: Any,
+    executable: Any,
+    lamports: Any,
+) -> Any:
     """The records wholly within ``buf[start:end]`` (``end <= len(buf)``): their offsets and
     data lengths (int64 arrays), the offset where the first record not wholly there starts,
     and the offset of a bad record (-1 when none: the scan stops there): its data length
     passes ``max_data``, or, wholly there, its executable byte (at ``executable`` in its
-    header) is neither 0 nor 1. ``at`` is the storage offset of ``buf[0]``; records start at
-    multiples of 8 of the storage."""
+    header) is neither 0 nor 1, or its lamports (the u64 at ``lamports``, then the rent
+    epoch and the 32-byte owner) are 0 while it is not the default account (no data, not
+    executable, rent epoch 0, owner zero). ``at`` is the storage offset of ``buf[0]``;
+    records start at multiples of 8 of the storage."""
     end = min(end, len(buf))
     room = max(0, end - start) // meta + 1
     offsets = np.empty(room, dtype=np.int64)
@@ -160,6 +183,10 @@ def scan(buf: Any, start: Any, end: Any, at: Any, meta: Any, max_data: Any, exec
         if stop > end:
             break
         if buf[off + executable] > 1:
+            return offsets[:count], lens[:count], off, off
+        if _word(buf, off + lamports) == 0 and not _default(
+            buf, off, data_len, executable, lamports
+        ):
             return offsets[:count], lens[:count], off, off
         offsets[count] = off
         lens[count] = data_len
@@ -354,7 +381,7 @@ def warm_up() -> None:
     cache, ~3 s without one)."""
     load()
     piece = np.frombuffer(bytes(256), dtype=np.uint8)  # read-only, as a storage's piece
-    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1, 96)
+    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1, 96, 48)
     chosen = np.arange(len(offsets), dtype=np.int64)
     lay_out(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64))
     out = np.zeros(256, dtype=np.uint8)

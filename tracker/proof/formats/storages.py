@@ -130,21 +130,24 @@ def scan(
     """The records wholly within ``buf[start:end]``: their offsets, data lengths, and the
     offset where the first record not wholly there starts. ``at`` is the storage offset of
     ``buf[0]`` (for reasons). A data length over :data:`MAX_DATA` is refused, as is an
-    executable byte neither 0 nor 1 (agave's ``sanitize_executable``). One compiled loop
-    (:func:`tracker.proof.formats.kernels.scan`)."""
+    executable byte neither 0 nor 1 (agave's ``sanitize_executable``) and a record of no
+    lamports that is not the default account (``sanitize_lamports``: agave refuses the
+    storage at load; such a record counts nothing in the lattice hash, so it would hide
+    anything). One compiled loop (:func:`tracker.proof.formats.kernels.scan`)."""
     offsets, lens, stop, bad = kernels.scan(
-        buf, start, min(end, len(buf)), at, META, MAX_DATA, EXECUTABLE
+        buf, start, min(end, len(buf)), at, META, MAX_DATA, EXECUTABLE, LAMPORTS
     )
     if bad >= 0:
         (data_len,) = _U64.unpack_from(buf.data, bad + DATA_LEN)
+        where = f"{name}: the record at byte {at + bad}"
         if data_len > MAX_DATA:
-            raise ArchiveInvalid(
-                f"{name}: the record at byte {at + bad} claims {data_len} bytes of data "
-                f"(at most {MAX_DATA})"
-            )
+            raise ArchiveInvalid(f"{where} claims {data_len} bytes of data (at most {MAX_DATA})")
+        executable = int(buf[bad + EXECUTABLE])
+        if executable > 1:
+            raise ArchiveInvalid(f"{where} has executable byte {executable} (0 or 1)")
         raise ArchiveInvalid(
-            f"{name}: the record at byte {at + bad} has executable byte "
-            f"{int(buf[bad + EXECUTABLE])} (0 or 1)"
+            f"{where} has no lamports but is not the default account (no data, not"
+            " executable, rent epoch 0, owner zero): agave refuses it at load"
         )
     return offsets, lens, int(stop)
 
