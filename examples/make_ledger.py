@@ -104,7 +104,8 @@ def accounts_of(slot: int, extra: int = 0) -> list[list[Account]]:
                     lamports=0 if closed else 1_000_000 + rnd.randrange(1_000_000),
                     data=b"" if closed else rnd.randbytes(rnd.randrange(64, 4096)),
                     owner=SYSTEM,
-                    rent_epoch=2**64 - 1,
+                    # a closed account is the default one (agave refuses any other at load)
+                    rent_epoch=0 if closed else 2**64 - 1,
                 )
             )
         storages.append(accounts)
