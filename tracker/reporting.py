@@ -62,18 +62,43 @@ def status_line(scraper: Scraper, index: Index) -> str:
     return "; ".join(parts)
 
 
+#: How long the cluster's slot is carried on past the RPC's last answer (an RPC down, slow
+#: or gone): then the tracker screens as without ``rpc``, rather than against a slot that
+#: falls further behind every minute (every newer archive "too far ahead").
+SLOT_KEPT_FOR = 300.0
+#: The slot time the carried slot advances by (mainnet's target).
+NOMINAL_SLOT_SECONDS = 0.4
+
+
+def cluster_slot_now(
+    answered: int | None, last: tuple[int, float] | None, now: float
+) -> tuple[int | None, tuple[int, float] | None]:
+    """The cluster's slot to screen archives with at ``now`` (monotonic seconds), and the
+    last answer to keep: the RPC's ``answered`` slot; without one, the ``last`` answer
+    carried on at :data:`NOMINAL_SLOT_SECONDS` a slot for up to :data:`SLOT_KEPT_FOR`
+    seconds; past that, or with none, None (no slot known). Pure."""
+    if answered is not None:
+        return answered, (answered, now)
+    if last is None or now - last[1] > SLOT_KEPT_FOR:
+        return None, None
+    slot, at = last
+    return slot + int((now - at) / NOMINAL_SLOT_SECONDS), last
+
+
 async def track_snapshot_age(
     health: HealthChecker,
     metrics: Metrics,
     config: Callable[[], Config],
-    on_slot: Callable[[int], None] | None = None,
+    on_slot: Callable[[int | None], None] | None = None,
 ) -> None:
     """Every scrape interval, publish each group's snapshot age in slots (when ``rpc`` answers).
 
-    ``on_slot`` is told the cluster's slot each time the RPC answers (the index's
-    ``max_slot_ahead`` check). Runs until cancelled. An RPC failure removes the series
-    rather than keeping a stale age.
+    ``on_slot`` is told the cluster's slot every interval (the index's ``max_slot_ahead``
+    check): the RPC's answer, carried on for a while when it fails
+    (:func:`cluster_slot_now`), None without ``rpc``. Runs until cancelled. An RPC failure
+    removes the series rather than keeping a stale age.
     """
+    last: tuple[int, float] | None = None
     while True:
         current = config()
         slot: int | None = None
@@ -82,8 +107,11 @@ async def track_snapshot_age(
                 slot = await health.current_slot()
             except RpcError:
                 slot = None
-            if slot is not None and on_slot is not None:
-                on_slot(slot)
+            screened, last = cluster_slot_now(slot, last, trio.current_time())
+        else:
+            screened, last = None, None
+        if on_slot is not None:
+            on_slot(screened)
         for group in current.target_groups:
             newest = health.newest_slot(group.group)
             age = None if slot is None or newest is None else max(0, slot - newest)

@@ -1,0 +1,67 @@
+"""The cluster's slot the index screens archives with (tracker/reporting.py): the RPC's
+answer, carried on for a while when it fails, then none (docs/http-api.md#trust)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tracker.config.schema import Config
+from tracker.errors import RpcError
+from tracker.observability.metrics import Metrics
+from tracker.reporting import SLOT_KEPT_FOR, cluster_slot_now, track_snapshot_age
+
+
+@pytest.mark.parametrize(
+    ("answered", "last", "now", "slot", "kept"),
+    [
+        (1000, None, 5.0, 1000, (1000, 5.0)),
+        (1200, (1000, 5.0), 85.0, 1200, (1200, 85.0)),
+        # the RPC fails: carried on at 0.4 s a slot
+        (None, (1000, 5.0), 45.0, 1100, (1000, 5.0)),
+        (None, (1000, 5.0), 5.0 + SLOT_KEPT_FOR, 1750, (1000, 5.0)),
+        # too long ago: no slot (screened as without rpc)
+        (None, (1000, 5.0), 5.1 + SLOT_KEPT_FOR, None, None),
+        (None, None, 5.0, None, None),
+    ],
+)
+def test_the_slot_is_the_rpcs_then_carried_then_none(
+    answered: int | None,
+    last: tuple[int, float] | None,
+    now: float,
+    slot: int | None,
+    kept: tuple[int, float] | None,
+) -> None:
+    assert cluster_slot_now(answered, last, now) == (slot, kept)
+
+
+class _Health:
+    """The RPC's getSlot: answers once, then fails."""
+
+    def __init__(self) -> None:
+        self.answers = [1000]
+
+    async def current_slot(self) -> int:
+        if self.answers:
+            return self.answers.pop()
+        raise RpcError("getSlot: down")
+
+    def newest_slot(self, group: str) -> int | None:
+        return None
+
+
+async def test_an_rpc_that_fails_stops_holding_the_index_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The index kept the last answer for good: once the cluster moved past it by
+    # max_slot_ahead, every newer archive was "too far ahead" and left out.
+    told: list[int | None] = []
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0)
+    health: Any = _Health()
+    with trio.move_on_after(SLOT_KEPT_FOR + 130):
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, told.append)
+    assert told[0] == 1000 and told[1] == 1150  # carried on a minute later
+    assert told[-1] is None  # then none
