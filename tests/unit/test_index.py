@@ -56,6 +56,25 @@ def test_best_incremental_must_sit_on_best_full() -> None:
     assert full is not None and full.info.slot == 200
 
 
+def test_one_liars_hash_at_a_slot_loses_to_the_majority_without_any_policy() -> None:
+    # With the default trust, no rpc and no discovered node nothing was screened: a liar
+    # listing slot 100 under a hash that sorts above the honest one's became the best full,
+    # while the best incremental sat on the honest full (a pair no validator can load).
+    liar = base58.b58encode(bytes([255] * 32)).decode()
+    index = Index()
+    for n in range(2):
+        index.apply(
+            TargetKey("g", f"honest{n}"),
+            infos("snapshot-100-H.tar", "incremental-snapshot-100-150-H.tar"),
+            T0,
+        )
+    index.apply(TargetKey("g", "liar"), infos(f"snapshot-100-{liar}.tar"), T0)
+    full, incremental = index.best_full("g"), index.best_incremental("g")
+    assert full is not None and full.info.hash == H and full.key.target.startswith("honest")
+    assert incremental is not None and incremental.info.files[-1].name.hash == H
+    assert dict(index.mismatches()) == {TargetKey("g", "liar"): "hash mismatch at slot 100"}
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

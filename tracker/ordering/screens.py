@@ -34,7 +34,7 @@ the ranking that leaves them out.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -125,10 +125,26 @@ def screen(
     return Screened(kept, mismatches)
 
 
-def needs_screening(policy: SourceTrust, cluster_slot: int | None, discovered: bool) -> bool:
-    """False when :func:`screen` would pass everything: the default policy, no cluster slot
-    and no discovered node among the targets."""
-    return policy != SourceTrust() or cluster_slot is not None or discovered
+def needs_screening(
+    policy: SourceTrust, cluster_slot: int | None, discovered: bool, disagree: bool
+) -> bool:
+    """False when :func:`screen` would pass everything: the default policy, no cluster slot,
+    no discovered node among the targets and no slot listed with two hashes (``disagree``:
+    :func:`hashes_disagree`; one liar's hash at a slot must not be ranked over the
+    majority's, nor its full paired with their incremental)."""
+    return policy != SourceTrust() or cluster_slot is not None or discovered or disagree
+
+
+def hashes_disagree(infos: Iterable[Iterable[SnapshotInfo]]) -> bool:
+    """True when two of the archives listed (each target's ``infos``) have one slot and
+    two hashes. Pure."""
+    seen: dict[int, str] = {}
+    for listed in infos:
+        for info in listed:
+            for f in info.files:
+                if seen.setdefault(f.name.slot, f.name.hash) != f.name.hash:
+                    return True
+    return False
 
 
 def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
@@ -413,7 +429,8 @@ def _screen(
     """What each target of a group may contribute to the ranking by its trust ``policy``
     (docs/http-api.md#trust); the targets whose hash lost go into ``mismatches``."""
     discovered = {key for key in entries if key.discovered}
-    if not needs_screening(policy, cluster_slot, bool(discovered)):
+    disagree = hashes_disagree(entry.infos for entry in entries.values())
+    if not needs_screening(policy, cluster_slot, bool(discovered), disagree):
         return {}  # trust everything: nothing to screen (the common, fast path)
     advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
     screened = screen(advertised, policy, cluster_slot, discovered)
