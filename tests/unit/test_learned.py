@@ -7,7 +7,15 @@ import json
 import pytest
 
 from tracker.errors import StateError
-from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
+from tracker.learning.learned import (
+    Learned,
+    decode,
+    encode,
+    gather,
+    merge,
+    plausible,
+    restore,
+)
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import Rejection, Rejections
 
@@ -54,6 +62,26 @@ def test_a_measurement_from_a_clock_ahead_counts_as_now() -> None:
     index = Index()
     restore(Learned({A: (10.0, 5_000.0)}), index, Rejections(), now=1.0, wall=1_000.0)
     assert index.throughput(A, 1.0) == 10.0
+
+
+def test_what_no_replicas_clock_could_have_written_is_dropped() -> None:
+    # A replica's 1 TB/s "measured" at 1e10 was taken for now at every read, beating this
+    # tracker's own measurements for good; a rejection "until 1e10" was renewed to
+    # reject_for at every read and never ended.
+    wall = 1_000_000.0
+    doc = Learned(
+        {A: (1e12, 1e10), B: (5.0, wall + 10)},  # one far ahead, one a clock a bit ahead
+        (Rejection(A, "n", "forever", 1e10), Rejection(B, "n", "held", wall + 500)),
+        {A: (1e12, 1e10)},
+    )
+    kept = plausible(doc, wall=wall, longest_hold=600.0)
+    assert kept.throughputs == {B: (5.0, wall + 10)} and kept.achieved == {}
+    assert [r.reason for r in kept.rejections] == ["held"]
+    assert kept.dropped == 3
+    index = Index()
+    index.record_transfer(A, 100_000_000, 1.0, now=1.0)
+    restore(merge([kept]), index, Rejections(), now=1.0, wall=wall)
+    assert index.throughput(A, 1.0) == pytest.approx(100_000_000)  # its own stays
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,35 @@ def restore(
             rejections.restore(attrs.evolve(held, until=until + shift))
 
 
+#: How far ahead of this machine's clock another replica's times may be and still count
+#: (clocks kept by NTP agree far better); past it an entry is dropped, never taken for now.
+CLOCK_AHEAD = 300.0
+
+
+def plausible(learned: Learned, *, wall: float, longest_hold: float = math.inf) -> Learned:
+    """``learned`` without what no replica's clock could have written: a measurement more
+    than :data:`CLOCK_AHEAD` in the future (taken for now, it beat this tracker's own
+    measurements at every read), a rejection held past ``longest_hold`` (``reject_for``)
+    from now by more than that (renewed to ``reject_for`` at every read, it never ended).
+    Pure."""
+    ahead = wall + CLOCK_AHEAD
+
+    def recent(speeds: Speeds) -> Speeds:
+        return {key: (rate, at) for key, (rate, at) in speeds.items() if at <= ahead}
+
+    held = tuple(r for r in learned.rejections if r.until <= ahead + longest_hold)
+    kept = Learned(recent(learned.throughputs), held, recent(learned.achieved))
+    lost = sum(
+        len(before) - len(after)
+        for before, after in (
+            (learned.throughputs, kept.throughputs),
+            (learned.achieved, kept.achieved),
+            (learned.rejections, kept.rejections),
+        )
+    )
+    return attrs.evolve(kept, dropped=learned.dropped + lost)
+
+
 def merge(documents: Iterable[Learned]) -> Learned:
     """One document of several: per source the newest measurement, per copy the rejection
     that lasts longest."""

@@ -27,7 +27,16 @@ import trio
 from tracker.config.schema import Config
 from tracker.core.smallfiles import read_small, write_atomically
 from tracker.errors import StateError, StoreError
-from tracker.learning.learned import MAX_BYTES, Learned, decode, encode, gather, merge, restore
+from tracker.learning.learned import (
+    MAX_BYTES,
+    Learned,
+    decode,
+    encode,
+    gather,
+    merge,
+    plausible,
+    restore,
+)
 from tracker.objectstore.bucket import Bucket
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import LearnedLoss, Metrics
@@ -89,10 +98,9 @@ class Learning:
         found = await self._read_file()
         found += await self._read_objects()
         if found:
-            hold = self._config().reject_for
-            restore(
-                merge(found), self._index, self._rejections, **self._moment(), longest_hold=hold
-            )
+            hold, moment = self._config().reject_for, self._moment()
+            kept = [plausible(doc, wall=moment["wall"], longest_hold=hold) for doc in found]
+            restore(merge(kept), self._index, self._rejections, **moment, longest_hold=hold)
 
     async def save(self) -> None:
         """Write what is learned now to the state file and this replica's object."""
