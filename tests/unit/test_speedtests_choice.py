@@ -120,3 +120,33 @@ def test_a_bad_speed_test_names_its_key(tmp_path: Path, ranking: str, key: str) 
         _load(tmp_path, ranking)
     [line] = info.value.problems
     assert line.startswith(f"target_groups[0].ranking.speed_test.{key}"), line
+
+
+async def test_a_source_gone_is_forgotten_by_the_speed_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # When each target was last probed was kept for every target ever seen (discovered
+    # nodes come and go: one entry each, for good, copied every second).
+    import tracker.measuring.rangereads as rangereads
+    from tracker.config.schema import Ranking, SpeedTest, TargetGroup
+    from tracker.ordering.index import Index
+
+    async def measured(*_args: object, **_kwargs: object) -> tuple[int, float]:
+        return 16 * 1024 * 1024, 0.5
+
+    monkeypatch.setattr(rangereads, "speed_test", measured)
+    group = TargetGroup(group="g", ranking=Ranking(speed_test=SpeedTest(top=5, interval=600)))
+    config = Config(target_groups=(group,))
+    index = Index(clock=lambda: 0.0)
+    tests = rangereads.SpeedTests(lambda: config, index, clients=None)  # type: ignore[arg-type]
+    for n in range(50):
+        key = TargetKey("g", f"http://node{n}")
+        name = full_name(100)
+        parsed = parse_archive_name(name)
+        assert parsed is not None
+        file = SnapshotFile(parsed, name, size=100, url=f"http://node{n}/{name}")
+        index.apply(key, [info_from_files([file])], datetime(2026, 11, 28, tzinfo=UTC))
+        assert await tests.round() == 1
+        index.drop(key)
+    await tests.round()
+    assert tests._probed == {}

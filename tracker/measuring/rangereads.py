@@ -79,7 +79,11 @@ class SpeedTests:
             await trio.sleep(self._every)
 
     async def round(self) -> int:
-        """Probe every source due now, one after another; how many were measured."""
+        """Probe every source due now, one after another; how many were measured. The
+        sources no longer listed are forgotten first (discovered nodes come and go)."""
+        listed = set(self._index.keys())
+        for key in [k for k in self._probed if k not in listed]:
+            del self._probed[key]
         measured = 0
         for group in self._config().target_groups:
             for probe in self.due(group):
