@@ -54,6 +54,29 @@ def test_members_are_read_again_from_an_offset_in_archive_order(archive: tuple[s
         reread.close()
 
 
+def test_the_second_read_stops_once_the_check_is_cancelled(
+    archive: tuple[str, str], tmp_path: Path
+) -> None:
+    # Cancelling a check ended only its wait for memory: the second read decoded the whole
+    # archive again and hashed it (minutes of every core for a mainnet full, its temp file
+    # held open), and the check then said it passed.
+    stop = threading.Event()
+    path, ext = archive
+    name = f"snapshot-100-{'A' * 44}{ext}"
+    prover = accounts_prover(name, AccountsLimits(max_accounts=100), path, stop.is_set)
+    assert prover is not None and prover.reread is not None
+    reread = prover.reread(None)
+    try:
+        first, *_, last = storages()
+        assert b"".join(reread(first.name, 0)) == first.data  # reading
+        stop.set()
+        with pytest.raises(ArchiveInvalid, match="check cancelled"):
+            list(reread(last.name, 0))
+    finally:
+        reread.close()
+        prover.close()
+
+
 def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]) -> None:
     proof = AccountsProof(AccountsLimits(max_accounts=100))
     for storage in storages():  # slot 98 first: its superseded version is read again

@@ -298,9 +298,11 @@ def accounts_prover(
 
     def reread(first: tuple[bytes, int, int] | None) -> ArchiveReread:
         if decoders is not None:
-            return ArchiveReread(path, parsed.ext, first, decoders)
+            return ArchiveReread(path, parsed.ext, first, decoders, cancelled=cancelled)
         frames = FrameThreads(limits)
-        return ArchiveReread(path, parsed.ext, first, frames.count, frames.release)
+        return ArchiveReread(
+            path, parsed.ext, first, frames.count, frames.release, cancelled=cancelled
+        )
 
     return StoragesProver(
         limits,
@@ -333,8 +335,12 @@ class ArchiveReread:
         first: tuple[bytes, int, int] | None = None,
         decoders: int = 1,
         release: Callable[[], None] | None = None,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         self._path = path
+        # the check's: each piece read again looks (a mainnet full is minutes of every core)
+        self._cancelled = cancelled
         self._release = release  # what close gives back: the frame threads it was lent
         self._ext = ext
         self._decoders = decoders
@@ -371,6 +377,7 @@ class ArchiveReread:
         left = max(0, size - start)
         try:
             while left:
+                self._stop_if_cancelled()
                 piece = self._stream.read(min(STEP, left))
                 if not piece:
                     raise ArchiveInvalid(f"second read: the archive ends inside {name}")
@@ -397,10 +404,15 @@ class ArchiveReread:
                 raise ArchiveInvalid(CHANGED)
         check.confirm()
 
+    def _stop_if_cancelled(self) -> None:
+        if self._cancelled is not None and self._cancelled():
+            raise ArchiveInvalid("check cancelled")
+
     def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one
         # way the check read it (docs/architecture.md, "One reading of the tar stream").
         while True:
+            self._stop_if_cancelled()
             block = self._exactly(stream, BLOCK)
             if block == ZERO_BLOCK:
                 raise ArchiveInvalid(f"second read: no member {name}")
