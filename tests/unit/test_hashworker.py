@@ -765,3 +765,22 @@ def test_a_record_of_no_lamports_must_be_the_default_account(closed: Account) ->
         storages_scan(data, 0, len(data), 0, "accounts/9.0")
     fine = np.frombuffer(write_storage([Account(b"\x05" * 32, 0)]), np.uint8)
     assert storages_scan(fine, 0, len(fine), 0, "accounts/9.0")[0].tolist() == [0]
+
+
+def test_many_small_calls_compile_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a call of COMPILE_FROM items (or 4,096 storages) compiled them: an archive of
+    # storages of a few records each ran interpreted, ~13 times the CPU, until a flush.
+    loads: list[bool] = []
+    monkeypatch.setattr(kernels, "_LOADED", [])
+    monkeypatch.setattr(kernels, "_INTERPRETED", [0])
+    monkeypatch.setattr(kernels, "load", lambda: loads.append(True))
+
+    def probe(items: list[int]) -> str:
+        return "interpreted"
+
+    monkeypatch.setattr(kernels, "probe", lambda items: "compiled", raising=False)
+    kernel = kernels._Kernel(probe, 0, 1)
+    small = [0] * 100
+    runs = [kernel(small) for _ in range(kernels.INTERPRETED_AT_MOST // 100 + 2)]
+    assert runs[0] == "interpreted" and runs[-1] == "compiled" and loads
+    assert runs.count("interpreted") == -(-kernels.INTERPRETED_AT_MOST // 100)

@@ -30,9 +30,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Items (records, keys) in one call from which the kernels are compiled.
 COMPILE_FROM = 2048
+#: Items the kernels take interpreted in all, in calls each below :data:`COMPILE_FROM`,
+#: before they are compiled anyway (an archive of many storages of a few records each
+#: kept them interpreted, ~13 times the CPU, until its first flush).
+INTERPRETED_AT_MOST = 32 * COMPILE_FROM
 _RAW: dict[str, Callable[..., Any]] = {}
 _LOADED: list[bool] = []
 _LOCK = threading.Lock()
+_INTERPRETED = [0]  # items taken interpreted so far (a count, read and added unlocked)
 
 
 class _Kernel:
@@ -45,9 +50,12 @@ class _Kernel:
         self.per = per
 
     def __call__(self, *args: Any) -> Any:
-        if self.sized is not None and (_LOADED or len(args[self.sized]) >= COMPILE_FROM * self.per):
-            load()
-            return globals()[self.function.__name__](*args)
+        if self.sized is not None:
+            items = len(args[self.sized]) // self.per
+            if _LOADED or items >= COMPILE_FROM or _INTERPRETED[0] >= INTERPRETED_AT_MOST:
+                load()
+                return globals()[self.function.__name__](*args)
+            _INTERPRETED[0] += items
         with np.errstate(over="ignore"):  # u64 arithmetic wraps, as compiled
             return self.function(*args)
 
