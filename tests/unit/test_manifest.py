@@ -287,3 +287,20 @@ def test_the_manifest_slots_are_the_names(changes: dict[str, int], base: int, re
     assert caught.value.reason == reason
     # An incremental whose manifest does not say its base (v4.2's) is not refused for it.
     assert prove_manifest(decode(MANIFEST), slot=100, base_slot=50, name_hash=NAME_HASH).level
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_storage_listed_twice_has_the_last_entrys_length(packed: bool) -> None:
+    # agave collects the list into a hash map: the last entry of a (slot, id) wins; the
+    # first was taken, and the bytes past it were never read
+    from array import array
+
+    from tracker.proof.formats.manifest import StorageLengths, StorageList
+
+    big = 0 if packed else 1 << 40  # past 32 bits: the unpacked look-up
+    entries = array("Q", [500 + big, 0, 100, 7, 1, 50, 500 + big, 0, 300, 500 + big, 1, 9])
+    listed = StorageList(entries)
+    lengths = StorageLengths(listed)
+    assert lengths.get(500 + big, 0) == 300 and listed.valid_length(500 + big, 0) == 300
+    assert lengths.get(500 + big, 1) == 9 and lengths.get(7, 1) == 50
+    assert lengths.get(500 + big, 2) is None and listed.valid_length(8, 0) is None

@@ -108,9 +108,10 @@ class StorageList:
         return [(e[i], e[i + 1], e[i + 2]) for i in range(0, len(e), 3)]
 
     def valid_length(self, slot: int, ident: int) -> int | None:
-        """The valid bytes of storage ``accounts/{slot}.{ident}``, None when not listed."""
+        """The valid bytes of storage ``accounts/{slot}.{ident}``, None when not listed (the
+        last entry where it is listed twice: agave collects the list into a map)."""
         e = self.entries
-        for i in range(0, len(e), 3):
+        for i in range(len(e) - 3, -1, -3):
             if e[i] == slot and e[i + 1] == ident:
                 return e[i + 2]
         return None
@@ -173,19 +174,20 @@ class StorageLengths:
 
     def get(self, slot: int, ident: int) -> int | None:
         """The valid length the list gives storage ``slot``.``ident``; None when it lists
-        none."""
+        none. Listed twice, the last entry's (agave collects the list into a hash map: the
+        last insert wins; the sort keeps the list's order among equal keys)."""
         if self._keys is not None:
             if slot >= _PACKED or ident >= _PACKED:
                 return None
             packed = slot << 32 | ident
-            at = bisect_left(self._keys, packed)
-            if at < len(self._keys) and self._keys[at] == packed:
+            at = bisect_right(self._keys, packed) - 1
+            if at >= 0 and self._keys[at] == packed:
                 return self._lengths[at]
             return None
         lo = bisect_left(self._slots, slot)
         hi = bisect_right(self._slots, slot, lo)
-        at = bisect_left(self._ids, ident, lo, hi)
-        if at < hi and self._ids[at] == ident:
+        at = bisect_right(self._ids, ident, lo, hi) - 1
+        if at >= lo and self._ids[at] == ident:
             return self._lengths[at]
         return None
 
