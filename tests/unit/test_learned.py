@@ -77,7 +77,7 @@ def test_what_no_replicas_clock_could_have_written_is_dropped() -> None:
     kept = plausible(doc, wall=wall, longest_hold=600.0)
     assert kept.throughputs == {B: (5.0, wall + 10)} and kept.achieved == {}
     assert [r.reason for r in kept.rejections] == ["held"]
-    assert kept.dropped == 3
+    assert kept.dropped == 3 and merge([kept, Learned(dropped=2)]).dropped == 5
     index = Index()
     index.record_transfer(A, 100_000_000, 1.0, now=1.0)
     restore(merge([kept]), index, Rejections(), now=1.0, wall=wall)

@@ -261,15 +261,16 @@ def test_two_of_three_sources_decide_who_lied(
         (0, [0, 1, 2], "abb", [1]),  # two ports of b are one voice: no tie-breaker
         (1, [0, 1, 2], "abb", [0]),  # b's ranges asked of a, not of b's other port
         (0, [0, 1, 2], "aab", [2]),
-        (3, [1, 2], "abbc", [1]),  # a dropped owner: b's two ports are one voice
-        (1, [1, 2], "abbc", [2]),  # only b is live: its other port, no tie-breaker
+        # only b is live: no other voice to ask, its ports count as before
+        (3, [1, 2], "abbc", [1, 2]),
+        (1, [1, 2], "abbc", [2]),
     ],
 )
 def test_each_sources_ranges_are_asked_of_the_next_voices(
     owner: int, live: list[int], hosts: str, asked: list[int]
 ) -> None:
     sources = [_source(f"http://{host}.example:{8000 + n}/x") for n, host in enumerate(hosts)]
-    assert comparers(owner, live, voices(sources)) == asked
+    assert comparers(owner, live, voices(sources, live)) == asked
 
 
 def _source(url: str) -> Source:
@@ -278,31 +279,35 @@ def _source(url: str) -> Source:
 
 def test_a_hosts_ports_speak_as_one_where_there_are_two_hosts() -> None:
     sources = [_source(u) for u in ("http://A.x:1/f", "http://a.x:2/f", "http://b.x/f")]
-    assert voices(sources) == ["a.x", "a.x", "b.x"]
-    assert voices(sources[:2]) == ["a.x#0", "a.x#1"]  # one host: each source its own
+    assert voices(sources, [0, 1, 2]) == ["a.x", "a.x", "b.x"]
+    # one host among those that can be asked: each source its own (b.x dropped)
+    assert voices(sources, [0, 1]) == ["a.x#0", "a.x#1", "b.x#2"]
 
 
 @pytest.mark.parametrize(
-    ("differing", "holders", "side", "wanted"),
+    ("differing", "holders", "live", "wanted"),
     [
-        # a's range held by b: sent again by b's party (2, not b's first port 1)
-        ([(0, 10, 0, 2)], {(0, 10): 0}, "b", {2: [(0, 10)]}),
+        # a's range held by a: sent again by b's party (2, not b's first port 1)
+        ([(0, 10, 0, 2)], {(0, 10): 0}, {0, 1, 2}, {2: [(0, 10)]}),
         # held by a side's own source already: nothing to send
-        ([(0, 10, 0, 2)], {(0, 10): 2}, "b", {}),
+        ([(0, 10, 0, 2)], {(0, 10): 2}, {0, 1, 2}, {}),
         # a range between a and c (dropped): b took no part, its first live source sends it
-        ([(0, 10, 3, 0)], {(0, 10): 3}, "b", {1: [(0, 10)]}),
+        ([(0, 10, 3, 0)], {(0, 10): 3}, {0, 1, 2}, {1: [(0, 10)]}),
+        # b's party (2) cannot be asked any more: b's first live source sends it instead
+        ([(0, 10, 0, 2)], {(0, 10): 0}, {0, 1}, {1: [(0, 10)]}),
     ],
 )
 def test_each_sides_bytes_come_from_its_party(
     differing: list[tuple[int, int, int, int]],
     holders: dict[tuple[int, int], int],
-    side: str,
+    live: set[int],
     wanted: dict[int, list[tuple[int, int]]],
 ) -> None:
     from tracker.proxy.piececheck import Difference, side_spans
 
     voice = ["a", "b", "b", "c"]
-    assert side_spans([Difference(*d) for d in differing], holders, side, voice, 1) == wanted
+    spans = side_spans([Difference(*d) for d in differing], holders, "b", voice, live)
+    assert spans == wanted
 
 
 def test_the_status_page_shows_each_sources_share_and_rate() -> None:

@@ -246,5 +246,9 @@ async def test_a_tls_file_replaced_makes_the_download_client_again(tmp_path: Pat
     replaced.replace(ca)
     second = clients.for_tls(tls)
     assert second is not first and clients.for_tls(tls) is second
+    # half replaced (no certificate in it yet): the last client that loaded goes on, once
+    ca.write_text("being written")
+    assert clients.for_tls(tls) is second and clients.for_tls(tls) is second
+    assert clients._retired == [first]
     await clients.aclose()
     assert first.is_closed and second.is_closed

@@ -95,8 +95,10 @@ def plausible(learned: Learned, *, wall: float, longest_hold: float = math.inf) 
     """``learned`` without what no replica's clock could have written: a measurement more
     than :data:`CLOCK_AHEAD` in the future (taken for now, it beat this tracker's own
     measurements at every read), a rejection held past ``longest_hold`` (``reject_for``)
-    from now by more than that (renewed to ``reject_for`` at every read, it never ended).
-    Pure."""
+    from now by more than that (renewed to ``reject_for`` at every read, it never ended;
+    one another replica holds longer by its own ``reject_for`` is not taken either: this
+    tracker asks the source again after its own). Each dropped entry is counted in
+    ``dropped``. Pure."""
     ahead = wall + CLOCK_AHEAD
 
     def recent(speeds: Speeds) -> Speeds:
@@ -117,18 +119,20 @@ def plausible(learned: Learned, *, wall: float, longest_hold: float = math.inf) 
 
 def merge(documents: Iterable[Learned]) -> Learned:
     """One document of several: per source the newest measurement, per copy the rejection
-    that lasts longest."""
+    that lasts longest; the entries they dropped, summed."""
     speeds: dict[TargetKey, tuple[float, float]] = {}
     achieved: dict[TargetKey, tuple[float, float]] = {}
     held: dict[tuple[TargetKey, str], Rejection] = {}
+    dropped = 0
     for doc in documents:
+        dropped += doc.dropped
         _newest(speeds, doc.throughputs)
         _newest(achieved, doc.achieved)
         for r in doc.rejections:
             known = held.get((r.key, r.name))
             if known is None or known.until < r.until:
                 held[(r.key, r.name)] = r
-    return Learned(speeds, tuple(held.values()), achieved)
+    return Learned(speeds, tuple(held.values()), achieved, dropped)
 
 
 def _newest(into: dict[TargetKey, tuple[float, float]], speeds: Speeds) -> None:

@@ -100,6 +100,11 @@ class Learning:
         if found:
             hold, moment = self._config().reject_for, self._moment()
             kept = [plausible(doc, wall=moment["wall"], longest_hold=hold) for doc in found]
+            pairs = zip(found, kept, strict=True)
+            future = sum(after.dropped - before.dropped for before, after in pairs)
+            if future:  # times no replica's clock could have written (or a longer hold)
+                log_event(log, "warning", "learned_entries_dropped", source="ahead", count=future)
+                self._count("entry", future)
             restore(merge(kept), self._index, self._rejections, **moment, longest_hold=hold)
 
     async def save(self) -> None:

@@ -555,7 +555,7 @@ class Repair:
         # Those that can be asked for a range again (one that ignores Range cannot), and
         # whose word each is (two ports of one host are one voice)
         live = live_sources(sources)
-        voice = voices(sources)
+        voice = voices(sources, live)
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.keys)
@@ -639,7 +639,7 @@ class Repair:
         passed: list[bool | None] = []
         for side in sides:
             first = next(i for i in live if voice[i] == side)
-            wanted = side_spans(differing, holders, side, voice, first)
+            wanted = side_spans(differing, holders, side, voice, live)
             if not wanted:
                 passed.append(False)  # the copy as it failed: every differing byte is its
                 continue

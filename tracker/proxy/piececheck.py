@@ -65,13 +65,14 @@ def verdict(on_disk: bytes, comparer: bytes, third: bytes | None) -> Verdict:
     return Verdict.UNKNOWN
 
 
-def voices(sources: Sequence[Source]) -> list[str]:
-    """Whose word each of ``sources`` is: its host as its URL names it, where they name two
-    hosts or more (two ports of one machine, a sidecar and its validator's RPC, serve the
-    file that machine holds: they agree with each other, right or wrong, and count once);
-    each source its own where they all name one host (there is no other voice to ask)."""
+def voices(sources: Sequence[Source], live: Collection[int]) -> list[str]:
+    """Whose word each of ``sources`` is: its host as its URL names it, where the ``live``
+    ones (those that can be asked again) name two hosts or more (two ports of one machine,
+    a sidecar and its validator's RPC, serve the file that machine holds: they agree with
+    each other, right or wrong, and count once); each source its own where they name one
+    host (there is no other voice to ask: as before hosts were voices)."""
     hosts = [(urlsplit(s.url).hostname or "").lower() for s in sources]
-    if len(set(hosts)) >= 2:
+    if len({hosts[i] for i in live}) >= 2:
         return hosts
     return [f"{host}#{i}" for i, host in enumerate(hosts)]
 
@@ -130,18 +131,20 @@ def side_spans(
     holders: dict[tuple[int, int], int],
     side: str,
     voice: Sequence[str],
-    first: int,
+    live: Collection[int],
 ) -> dict[int, list[tuple[int, int]]]:
     """The differing ranges whose bytes on disk (``holders``: the source that sent them)
     are not the ``side`` voice's, by the source of that voice that sends them again: its
-    party in the difference, or ``first`` (its first live source) for a range it took no
-    part in. Pure."""
+    party in the difference when that one can be asked (``live``), else the side's first
+    live source. Pure."""
+    first = next(i for i in sorted(live) if voice[i] == side)
     wanted: dict[int, list[tuple[int, int]]] = {}
     for d in differing:
         span = (d.start, d.end)
         if voice[holders[span]] == side:
             continue
-        sender = next((i for i in (d.comparer, d.owner) if voice[i] == side), first)
+        parties = (d.comparer, d.owner)
+        sender = next((i for i in parties if voice[i] == side and i in live), first)
         wanted.setdefault(sender, []).append(span)
     return wanted
 
@@ -213,7 +216,7 @@ async def find_liars(
     # Only sources that honour Range can be asked for a range (one that ignores it sent
     # its one stream: its bytes are compared, it compares nothing).
     live = live_sources(sources)
-    voice = voices(sources)
+    voice = voices(sources, live)
     for owner, source in enumerate(sources):
         for start, end in written.get(source, []):
             asked = [sources[i] for i in comparers(owner, live, voice)]

@@ -55,6 +55,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from urllib.parse import urljoin, urlsplit
@@ -229,15 +230,21 @@ class DownloadClients:
         probes use the new one, so must the downloads)."""
         client = self._clients.get(tls)
         files = tls_files(tls)
-        if client is not None and self._made_of.get(tls) != files:
+        if client is not None and self._made_of.get(tls) == files:
+            return client
+        try:
+            made = download_client(tls, self.settings, transport=self._transport)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            if client is None:
+                raise
+            # half replaced (a certificate written before its key): the client made of
+            # the files as they were goes on until they load again
+            log_event(log, "warning", "tls_files_unusable", error=exc)
+            return client
+        if client is not None:
             self._retired.append(client)
-            client = None
-        if client is None:
-            client = self._clients[tls] = download_client(
-                tls, self.settings, transport=self._transport
-            )
-            self._made_of[tls] = files
-        return client
+        self._clients[tls], self._made_of[tls] = made, files
+        return made
 
     def foreign(self) -> httpx.AsyncClient:
         """The client for origins that are not a group's own configured source."""

@@ -267,6 +267,8 @@ class HeadProofs(Rounds):
         if required >= Level.CLUSTER and not unloadable:
             if self._votes is not None:
                 proof = await self._votes.lift(read.file.name.slot, proof)
+                # other reads may have let its stakes go meanwhile: held (and counted) again
+                proof = self._shared(proof)
             elif proof.level < Level.CLUSTER:
                 proof = attrs.evolve(proof, note="cluster not proven: no votes read here")
         full = read.file.name.is_full
