@@ -207,3 +207,23 @@ def test_one_source_cannot_price_another_sources_full_out() -> None:
     index.apply(FAST, infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0)
     best = index.best_full("g")
     assert best is not None and best.info.slot == 1000
+
+
+def test_the_listing_of_every_group_keeps_a_time_ranked_groups_order() -> None:
+    # /v1/snapshots without ?group= listed a time-ranked group by slot: not the pair handed
+    # out first, as it is with ?group=
+    index = still()
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0)
+    index.apply(
+        FAST,
+        infos(
+            ("snapshot-900-G.tar.zst", 2000 * MB), ("incremental-snapshot-900-990-H.tar.zst", MB)
+        ),
+        T0,
+    )
+    index.record_transfer(SLOW, 20 * MB, 1.0)
+    index.record_transfer(FAST, 200 * MB, 1.0)
+    by_group = [s.info.slot for s in index.sources("g")]
+    assert by_group[0] == 990  # the fast pair first
+    assert [s.info.slot for s in index.sources(None)] == by_group

@@ -15,7 +15,7 @@ the ranking.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -260,12 +260,19 @@ class Index:
         return groups
 
     def sources(self, group: str | None = None) -> list[SnapshotSource]:
-        """Every source of ``group`` (or of all groups, by group name), best first."""
+        """Every source of ``group`` (or of all groups, by group name), best first: a group
+        ranked by time in that order (the pair handed out first), with ``group`` or
+        without."""
         ranked = self._rank()
         if group is not None:
-            timed = self._by_time(group)
-            return list(timed.sources if timed is not None else ranked.get(group, ()))
-        return [s for name in sorted(ranked) for s in ranked[name]]
+            return self._in_order(group, ranked)
+        return [s for name in sorted(ranked) for s in self._in_order(name, ranked)]
+
+    def _in_order(
+        self, group: str, ranked: Mapping[str, Sequence[SnapshotSource]]
+    ) -> list[SnapshotSource]:
+        timed = self._by_time(group)
+        return list(timed.sources if timed is not None else ranked.get(group, ()))
 
     def ranked(self) -> list[SnapshotSource]:
         """Every source of every group, best first (ties: group name, then as in a group).
