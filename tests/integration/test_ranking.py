@@ -82,9 +82,10 @@ async def test_json_and_redirects_follow_the_ranking(
 
 
 async def test_equal_candidates_keep_one_answer_between_requests() -> None:
-    """Two copies as fast as each other, whose measurements take turns being the faster:
-    every request gets the same full."""
-    a, b = full_name(1000), full_name(1000, hash_=archive_hash(12345))
+    """Two fulls a slot apart from sources as fast as each other, whose measurements take
+    turns being the faster: every request gets the same full. (One slot has one hash: two
+    at one slot are screened, the majority's kept, none on a tie.)"""
+    a, b = full_name(1000), full_name(999, hash_=archive_hash(12345))
     async with running_tracker(config(RANKING)) as t:
         advertise(t.index, SLOW, [(a, f"{SLOW}/{a}", 1000 * MB)])
         advertise(t.index, FAST, [(b, f"{FAST}/{b}", 1000 * MB)])
