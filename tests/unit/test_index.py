@@ -75,6 +75,19 @@ def test_one_liars_hash_at_a_slot_loses_to_the_majority_without_any_policy() -> 
     assert dict(index.mismatches()) == {TargetKey("g", "liar"): "hash mismatch at slot 100"}
 
 
+def test_a_full_and_an_incremental_of_one_slot_may_carry_two_hashes() -> None:
+    # Before SIMD-0220 an incremental was named by the accounts changed since its base: a
+    # full and an incremental of one slot, two hashes, is no disagreement (it screened a
+    # fleet of 500 targets whose fulls and incrementals met at slots: a tie each, both out)
+    from tracker.ordering.screens import hashes_disagree
+
+    other = base58.b58encode(bytes([255] * 32)).decode()
+    full = infos("snapshot-100-H.tar")
+    incremental = infos(f"incremental-snapshot-50-100-{other}.tar")
+    assert not hashes_disagree([full, incremental])
+    assert hashes_disagree([full, infos(f"snapshot-100-{other}.tar")])
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

@@ -136,13 +136,16 @@ def needs_screening(
 
 
 def hashes_disagree(infos: Iterable[Iterable[SnapshotInfo]]) -> bool:
-    """True when two of the archives listed (each target's ``infos``) have one slot and
-    two hashes. Pure."""
-    seen: dict[int, str] = {}
+    """True when two fulls (or two incrementals) of the archives listed (each target's
+    ``infos``) have one slot and two hashes: a full and an incremental of one slot may
+    (before SIMD-0220 an incremental was named by the accounts changed since its base).
+    Pure."""
+    seen: dict[tuple[bool, int], str] = {}
     for listed in infos:
         for info in listed:
             for f in info.files:
-                if seen.setdefault(f.name.slot, f.name.hash) != f.name.hash:
+                kind = (f.name.is_full, f.name.slot)
+                if seen.setdefault(kind, f.name.hash) != f.name.hash:
                     return True
     return False
 
