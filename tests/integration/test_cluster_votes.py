@@ -264,6 +264,24 @@ async def test_require_cluster_keeps_a_copy_out_until_the_votes_carry_it() -> No
     assert len(up.gets(name2)) == 1  # the head was read once; the votes were asked twice
 
 
+@asynccontextmanager
+async def heads_of_two_copies(
+    ups: list[FakeUpstream], files: dict[str, bytes], node: VoteRpc, prove: Any
+) -> AsyncIterator[tuple[HeadProofs, Index]]:
+    """Head reads of a group requiring ``cluster`` over two upstreams holding ``files``,
+    asking ``node``."""
+    async with serving(ups[0]), serving(ups[1]), rpcs(node) as urls:
+        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
+        config = settings(urls, target_groups=(group,))
+        index = Index()
+        for up in ups:
+            advertise_files(index, up, files)
+        clients = DownloadClients(ProxySettings())
+        async with cluster_votes(config, retry_after=0) as cv:
+            yield HeadProofs(lambda: config, index, clients, prove, votes=cv), index
+        await clients.aclose()
+
+
 async def test_epoch_stakes_past_the_bytes_held_are_let_go_and_their_head_read_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -283,24 +301,15 @@ async def test_epoch_stakes_past_the_bytes_held_are_let_go_and_their_head_read_a
         read(1024)
         return attrs.evolve(PROOF, epoch_stakes=bytes([next(reads)]) * 600)  # each its own
 
-    async with serving(ups[0]), serving(ups[1]), rpcs(node) as urls:
-        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
-        config = settings(urls, target_groups=(group,))
-        index = Index()
-        for up in ups:
-            advertise_files(index, up, files)
-        clients = DownloadClients(ProxySettings())
-        async with cluster_votes(config, retry_after=0) as cv:
-            heads = HeadProofs(lambda: config, index, clients, prove, votes=cv)
-            assert await heads.round() == 0  # both read, 1,200 bytes of stakes: one let go
-            assert [len(up.gets(name)) for up in ups] == [1, 1]
-            # The one let go is read again (its new stakes let the other's go), and so on:
-            # a copy is never weighed without its stakes, and no more than 1,000 bytes held
-            assert await heads.round() == 0
-            assert sorted(len(up.gets(name)) for up in ups) == [1, 2]
-            assert await heads.round() == 0
-            assert [len(up.gets(name)) for up in ups] == [2, 2]
-        await clients.aclose()
+    async with heads_of_two_copies(ups, files, node, prove) as (heads, index):
+        assert await heads.round() == 0  # both read, 1,200 bytes of stakes: one let go
+        assert [len(up.gets(name)) for up in ups] == [1, 1]
+        # The one let go is read again (its new stakes let the other's go), and so on: a
+        # copy is never weighed without its stakes, and no more than 1,000 bytes held
+        assert await heads.round() == 0
+        assert sorted(len(up.gets(name)) for up in ups) == [1, 2]
+        assert await heads.round() == 0
+        assert [len(up.gets(name)) for up in ups] == [2, 2]
     assert index.best_full(GROUP) is None
 
 
@@ -314,17 +323,8 @@ async def test_refusals_past_the_kept_ones_leave_the_index_too(
     name = full_name(S)
     files = {name: archive_bytes(64 * 1024)}
     ups = [FakeUpstream(files=files), FakeUpstream(files=files)]
-    async with serving(ups[0]), serving(ups[1]), rpcs(minority()) as urls:
-        group = TargetGroup(group=GROUP, trust=Trust(require=Level.CLUSTER))
-        config = settings(urls, target_groups=(group,))
-        index = Index()
-        for up in ups:
-            advertise_files(index, up, files)
-        clients = DownloadClients(ProxySettings())
-        async with cluster_votes(config, retry_after=0) as cv:
-            heads = HeadProofs(lambda: config, index, clients, prove_as(PROOF), votes=cv)
-            assert await heads.round() == 2  # both refused: a minority
-        await clients.aclose()
+    async with heads_of_two_copies(ups, files, minority(), prove_as(PROOF)) as (heads, index):
+        assert await heads.round() == 2  # both refused: a minority
     reasons = sorted(r for names in index.disproven().values() for r in names.values())
     assert len(reasons) == 2  # the one forgotten: unproven, to be read again
     assert reasons[0].startswith("not proven yet")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.cookiejar
+import os
 import ssl
 import urllib.request
 from collections.abc import Callable, Generator
@@ -263,3 +264,18 @@ def without_userinfo(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
+    """What the files of ``tls`` are now (each one's identity and mtime; None where it
+    cannot be read): a client made of them is made again when this changes."""
+    if tls is None:
+        return ()
+    found: list[object] = []
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        found.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)

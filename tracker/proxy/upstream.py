@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -81,6 +80,7 @@ from tracker.net.httpclients import (
     bulk_client,
     origin,
     ssl_context,
+    tls_files,
     without_userinfo,
 )
 from tracker.net.limits import status_reason
@@ -262,21 +262,6 @@ class DownloadClients:
         self._retired = []
         for client in clients:
             await client.aclose()
-
-
-def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
-    """What the files of ``tls`` are now (each one's identity and mtime; None where it
-    cannot be read): a client made of them is made again when this changes."""
-    if tls is None:
-        return ()
-    found: list[object] = []
-    for path in (tls.ca_file, tls.cert_file, tls.key_file):
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        found.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(found)
 
 
 def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
