@@ -638,31 +638,24 @@ class Repair:
         sides = list(dict.fromkeys(voice[i] for i in live))
         passed: list[bool | None] = []
         for side in sides:
-            first = next(i for i in live if voice[i] == side)
             wanted = side_spans(differing, holders, side, voice, live)
             if not wanted:
                 passed.append(False)  # the copy as it failed: every differing byte is its
                 continue
             sent = True
             for sender, spans in wanted.items():
-                sent = sent and await rewrite(
-                    sources[sender], spans, fd, ask, self.peers.read_timeout
-                )
-                if sent:
-                    holders.update(dict.fromkeys(spans, sender))
+                if not await rewrite(sources[sender], spans, fd, ask, self.peers.read_timeout):
+                    sent = False
+                    break
+                holders.update(dict.fromkeys(spans, sender))
             if not sent:
                 passed.append(None)
                 continue
             try:
                 await refresh.recheck()
             except ArchiveInvalid as exc:
-                log_event(
-                    many_log,
-                    "warning",
-                    "refresh_side_failed",
-                    url=sources[first].url,
-                    reason=exc.reason,
-                )
+                url = sources[next(iter(wanted))].url  # a source of the side that failed
+                log_event(many_log, "warning", "refresh_side_failed", url=url, reason=exc.reason)
                 passed.append(False)
                 continue
             passed.append(True)
