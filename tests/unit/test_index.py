@@ -88,6 +88,34 @@ def test_a_full_and_an_incremental_of_one_slot_may_carry_two_hashes() -> None:
     assert hashes_disagree([full, infos(f"snapshot-100-{other}.tar")])
 
 
+def test_screening_compares_fulls_with_fulls_and_incrementals_with_incrementals() -> None:
+    # With screening on (a trust policy), two targets' full of slot 100 outvoted a third's
+    # incremental ending at slot 100 under its own hash (names before SIMD-0220): the
+    # incremental's holder was marked "hash mismatch" and its incremental dropped.
+    other = base58.b58encode(bytes([255] * 32)).decode()
+    index = Index()
+    index.set_policy("g", SourceTrust(max_slot_ahead=50))
+    for n in range(2):
+        index.apply(TargetKey("g", f"full{n}"), infos("snapshot-100-H.tar"), T0)
+    index.apply(
+        TargetKey("g", "incremental"),
+        infos("snapshot-50-H.tar", f"incremental-snapshot-50-100-{other}.tar"),
+        T0,
+    )
+    assert dict(index.mismatches()) == {}
+    assert any(not s.info.is_full for s in index.sources("g"))
+    # Two incrementals of one slot under two hashes still compete.
+    index.apply(
+        TargetKey("g", "liar"), infos("snapshot-50-H.tar", "incremental-snapshot-50-100-H.tar"), T0
+    )
+    index.apply(
+        TargetKey("g", "incremental2"),
+        infos("snapshot-50-H.tar", f"incremental-snapshot-50-100-{other}.tar"),
+        T0,
+    )
+    assert dict(index.mismatches()) == {TargetKey("g", "liar"): "hash mismatch at slot 100"}
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

@@ -64,6 +64,11 @@ class SourceTrust:
 
 K = TypeVar("K", bound=Hashable)
 
+#: An archive as the trust screen tells them apart: (is a full, slot, hash).
+_Archive = tuple[bool, int, str]
+#: A slot of one kind (is a full, slot): where hashes compete.
+_Slot = tuple[bool, int]
+
 
 @attrs.frozen
 class Screened(Generic[K]):
@@ -85,40 +90,43 @@ def screen(
     """Screen what each target (key → (infos, its target URL or path)) advertises;
     ``discovered``: the keys of discovered nodes.
 
-    A snapshot is identified by the (slot, hash) of every file of its chain: an incremental
-    is ranked only when its own (slot, hash) and its full's pass.
+    A snapshot is identified by the (kind, slot, hash) of every file of its chain: an
+    incremental is ranked only when its own and its full's pass. Fulls are compared with
+    fulls and incrementals with incrementals: before SIMD-0220 an incremental was named by
+    the accounts changed since its base, so a full and an incremental of one slot carry two
+    hashes and neither is a liar (as :func:`hashes_disagree` counts them).
     """
-    holders: dict[tuple[int, str], set[K]] = defaultdict(set)
-    trusted: set[tuple[int, str]] = set()
+    holders: dict[_Archive, set[K]] = defaultdict(set)
+    trusted: set[_Archive] = set()
     for key, (infos, target) in advertised.items():
         known = is_known(target, policy.known_sources)
         for info in infos:
             for f in info.files:
-                pair = (f.name.slot, f.name.hash)
-                holders[pair].add(key)
+                archive = (f.name.is_full, f.name.slot, f.name.hash)
+                holders[archive].add(key)
                 if known:
-                    trusted.add(pair)
+                    trusted.add(archive)
     winners = _winners(holders, trusted)
     mismatches: dict[K, str] = {}
-    passed: set[tuple[int, str]] = set()
-    for pair, keys in holders.items():
-        slot = pair[0]
-        if winners.get(slot) != pair[1]:
+    passed: set[_Archive] = set()
+    for archive, keys in holders.items():
+        is_full, slot, hash_ = archive
+        if winners.get((is_full, slot)) != hash_:
             for key in keys:
                 mismatches.setdefault(key, f"hash mismatch at slot {slot}")
             continue
         if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
             continue
-        if pair in trusted or len(keys) >= _agreeing(policy, keys, discovered):
-            passed.add(pair)
+        if archive in trusted or len(keys) >= _agreeing(policy, keys, discovered):
+            passed.add(archive)
     # Only the targets holding something that did not pass are filtered: in a healthy
     # cluster that is none of thousands.
-    affected = {key for pair, keys in holders.items() if pair not in passed for key in keys}
+    affected = {key for archive, keys in holders.items() if archive not in passed for key in keys}
     kept = {
         key: tuple(
             info
             for info in advertised[key][0]
-            if all((f.name.slot, f.name.hash) in passed for f in info.files)
+            if all((f.name.is_full, f.name.slot, f.name.hash) in passed for f in info.files)
         )
         for key in affected
     }
@@ -157,24 +165,24 @@ def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
     return policy.min_agreeing_sources
 
 
-def _winners(
-    holders: Mapping[tuple[int, str], set[K]], trusted: set[tuple[int, str]]
-) -> dict[int, str]:
-    """The hash that wins at each slot: the trusted one, else the strict majority's."""
-    by_slot: dict[int, list[tuple[str, int, bool]]] = defaultdict(list)
-    for (slot, hash_), keys in holders.items():
-        by_slot[slot].append((hash_, len(keys), (slot, hash_) in trusted))
-    winners: dict[int, str] = {}
-    for slot, candidates in by_slot.items():
+def _winners(holders: Mapping[_Archive, set[K]], trusted: set[_Archive]) -> dict[_Slot, str]:
+    """The hash that wins at each slot of each kind: the trusted one, else the strict
+    majority's."""
+    by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
+    for archive, keys in holders.items():
+        is_full, slot, hash_ = archive
+        by_slot[(is_full, slot)].append((hash_, len(keys), archive in trusted))
+    winners: dict[_Slot, str] = {}
+    for where, candidates in by_slot.items():
         known = [h for h, _n, is_trusted in candidates if is_trusted]
         if len(known) == 1:
-            winners[slot] = known[0]
+            winners[where] = known[0]
             continue
         if len(known) > 1:
             continue  # known sources disagree: nothing at this slot is ranked
         candidates.sort(key=lambda c: c[1], reverse=True)
         if len(candidates) == 1 or candidates[0][1] > candidates[1][1]:
-            winners[slot] = candidates[0][0]
+            winners[where] = candidates[0][0]
     return winners
 
 
