@@ -11,7 +11,7 @@ import pytest
 from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.ranking import priced_sizes
+from tracker.ordering.ranking import priced_sizes, voice_of
 from tracker.ordering.sourcehistory import HALF_LIFE as THROUGHPUT_HALF_LIFE
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -167,19 +167,49 @@ F1, F2, I1 = "full 1000", "full 900", "incremental 900-990"
     ("listed", "priced"),
     [
         # One source's size is the archive's.
-        ([(F1, True, 2000)], {F1: 2000}),
-        # Several: the smallest, so a source listing another's archive as huge changes
+        ([(F1, True, 2000, "a")], {F1: 2000}),
+        # Two voices: the smaller, so a source listing another's archive as huge changes
         # nothing (the largest was taken: one liar priced the honest full out).
-        ([(F1, True, 2000), (F1, True, 2**63)], {F1: 2000}),
-        ([(F1, True, 2**63), (F1, True, 2000), (F1, True, 0)], {F1: 2000}),
+        ([(F1, True, 2000, "a"), (F1, True, 2**63, "b")], {F1: 2000}),
+        ([(F1, True, 2**63, "a"), (F1, True, 2000, "b"), (F1, True, 0, "c")], {F1: 2000}),
+        # Three voices: the middle, so one listing an older archive as tiny does not send
+        # the fleet to it either (the smallest was taken: 1 byte).
+        ([(F2, True, 2000, "a"), (F2, True, 2000, "b"), (F2, True, 1, "c")], {F2: 2000}),
+        ([(F2, True, 2000, "a"), (F2, True, 2**63, "b"), (F2, True, 1, "c")], {F2: 2000}),
+        # A voice is a host: three ports of the liar's machine are one (counted as three,
+        # the tiny size was the middle of five).
+        (
+            [(F2, True, 2000, "a"), (F2, True, 2000, "b")] + [(F2, True, 1, "c")] * 3,
+            {F2: 2000},
+        ),
+        # Two voices, one lying tiny: the smaller (which of two is the liar is not known).
+        ([(F2, True, 2000, "a"), (F2, True, 1, "c")], {F2: 1}),
         # No size given: the largest of its kind on offer, never free (it was 0 seconds).
-        ([(F1, True, 2000), (F2, True, 0), (I1, False, 50)], {F1: 2000, F2: 2000, I1: 50}),
-        ([(F1, True, 2000), (I1, False, 0)], {F1: 2000, I1: 0}),
-        ([(F1, True, 0), (F2, True, 0)], {F1: 0, F2: 0}),
+        (
+            [(F1, True, 2000, "a"), (F2, True, 0, "a"), (I1, False, 50, "a")],
+            {F1: 2000, F2: 2000, I1: 50},
+        ),
+        ([(F1, True, 2000, "a"), (I1, False, 0, "a")], {F1: 2000, I1: 0}),
+        ([(F1, True, 0, "a"), (F2, True, 0, "a")], {F1: 0, F2: 0}),
     ],
 )
-def test_priced_sizes(listed: list[tuple[str, bool, int]], priced: dict[str, int]) -> None:
+def test_priced_sizes(listed: list[tuple[str, bool, int, str]], priced: dict[str, int]) -> None:
     assert priced_sizes(listed) == priced
+
+
+@pytest.mark.parametrize(
+    ("target", "voice"),
+    [
+        ("http://10.0.0.1:8899", "10.0.0.1"),
+        ("http://10.0.0.1:9000/snapshots", "10.0.0.1"),  # another port of one machine
+        ("https://User@RPC.example:443", "rpc.example"),
+        ("http://[::1]:8899", "::1"),
+        ("/var/ledger", "/var/ledger"),  # a local directory is its own
+        ("http://[::1", "http://[::1"),  # malformed: its own, never an error
+    ],
+)
+def test_voice_of(target: str, voice: str) -> None:
+    assert voice_of(target) == voice
 
 
 def test_a_full_listed_without_its_size_is_not_handed_out_as_free() -> None:
@@ -205,6 +235,23 @@ def test_one_source_cannot_price_another_sources_full_out() -> None:
     lying = TargetKey("g", "lying")
     index.apply(lying, infos(("snapshot-1000-H.tar.zst", 2**63)), T0)
     index.apply(FAST, infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+
+
+def test_one_source_listing_an_older_full_as_tiny_does_not_send_the_fleet_to_it() -> None:
+    """Three hosts hold the newest full and an older one at their real sizes; a fourth
+    lists the older under its name at 1 byte: it was priced at the smallest size any
+    source listed (a download of no time) and handed out over the newest."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    for n in range(3):
+        index.apply(
+            TargetKey("g", f"http://10.0.0.{n}:8899"),
+            infos(("snapshot-1000-H.tar.zst", 2000 * MB), ("snapshot-900-G.tar.zst", 2000 * MB)),
+            T0,
+        )
+    index.apply(TargetKey("g", "http://10.0.0.9:8899"), infos(("snapshot-900-G.tar.zst", 1)), T0)
     best = index.best_full("g")
     assert best is not None and best.info.slot == 1000
 

@@ -17,10 +17,12 @@ redirects, status page, first in ``/v1/best_snapshots``) moves only when another
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -215,35 +217,62 @@ def _archives(
     """Each archive's best throughput (measured, else assumed) and its size
     (:func:`priced_sizes`)."""
     speeds: dict[str, float] = {}
-    listed: list[tuple[str, bool, int]] = []
+    listed: list[tuple[str, bool, int, str]] = []
     for s in sources:
         speed = priced_throughput(s.throughput, ranking)
+        voice = voice_of(s.key.target)
         for f in s.info.files:
             name = f.bare_name
             if speed > speeds.get(name, 0.0):
                 speeds[name] = speed
-            listed.append((name, f.name.is_full, f.size))
+            listed.append((name, f.name.is_full, f.size, voice))
     return speeds, priced_sizes(listed)
 
 
-def priced_sizes(listed: list[tuple[str, bool, int]]) -> dict[str, int]:
+@functools.lru_cache(maxsize=65_536)  # targets are few and stable; ranked again and again
+def voice_of(target: str) -> str:
+    """Whose word a target's listing is: the host its URL names (two ports of one machine,
+    a sidecar and its validator's RPC, list what that machine holds and count once), a
+    local target's path its own. Pure."""
+    try:
+        host = urlsplit(target).hostname
+    except ValueError:  # a malformed URL is its own voice
+        host = None
+    return (host or target).lower()
+
+
+def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
     """The size each archive is priced at, from what its sources list (``(name, is_full,
-    size)``, 0: not given): the smallest any gives, so that one source listing another's
-    archive as huge cannot make it look costlier (a source can misstate only the size of
-    an archive it alone holds); an archive no source gives a size of, the largest of its
-    kind (full or incremental) on offer, so that a size left out never makes it look free
-    (0 when no archive of its kind has one). Pure."""
-    sizes: dict[str, int] = {}
+    size, voice)``, 0: not given; ``voice``: :func:`voice_of`): the lower median of its
+    voices' sizes (each voice's own: the lower median of what its targets list), so that
+    neither a source listing another's archive as huge (the newest full priced out) nor
+    one listing an older archive as tiny (the fleet sent to it) decides, while the
+    honest voices are more than the liars (a lie of a huge size: at least as many); with
+    two voices the smaller; a source can misstate freely only the size of an archive it
+    alone holds. An archive no source gives a size of: the largest of its kind (full or
+    incremental) on offer, so that a size left out never makes it look free (0 when no
+    archive of its kind has one). Pure."""
+    given: dict[str, dict[str, list[int]]] = {}
     kinds: dict[str, bool] = {}
-    for name, is_full, size in listed:
+    for name, is_full, size, voice in listed:
         kinds[name] = is_full
-        if size > 0 and (name not in sizes or size < sizes[name]):
-            sizes[name] = size
+        if size > 0:
+            given.setdefault(name, {}).setdefault(voice, []).append(size)
+    sizes = {
+        name: _lower_median([_lower_median(said) for said in voices.values()])
+        for name, voices in given.items()
+    }
     largest = {
         kind: max((size for name, size in sizes.items() if kinds[name] == kind), default=0)
         for kind in (True, False)
     }
     return {name: sizes.get(name, largest[kind]) for name, kind in kinds.items()}
+
+
+def _lower_median(values: list[int]) -> int:
+    """The middle of ``values`` (not empty), the lower of the two middles when even."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _pair_of(source: SnapshotSource, base_fulls: dict[int, str]) -> PairKey | None:

@@ -46,6 +46,12 @@ UNLISTED = (
 #: aside), ``{}`` the member. Firedancer's loader reads what the list names.
 STRAY = "agave cannot load it: {} is an account storage its manifest does not list"
 
+#: Why agave cannot load an archive holding an account storage of 0 bytes: its
+#: ``AppendVec::sanitize_len_and_size`` refuses a file of size 0 (``FileSizeTooSmall``) and
+#: the error ends the snapshot's load; its writer never makes one (it archives only
+#: storages holding live accounts). ``{}`` the member.
+EMPTY = "agave cannot load it: {} is an account storage of 0 bytes"
+
 
 def bank_hash(manifest: Manifest) -> bytes:
     """The bank hash agave computes from ``manifest``'s fields (its lattice hash given)."""

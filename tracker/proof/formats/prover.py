@@ -19,7 +19,7 @@ from typing import Protocol
 import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.formats.bankhash import STRAY, UNLISTED, prove_manifest
+from tracker.proof.formats.bankhash import EMPTY, STRAY, UNLISTED, prove_manifest
 from tracker.proof.formats.manifest import (
     STORAGE_NAME,
     Manifest,
@@ -116,6 +116,7 @@ class ArchiveProver:
         # accounts level keeps its own)
         self._stray = ""
         self._listed: StorageLengths | None = None
+        self._empty = ""  # the first account storage of 0 bytes (agave refuses the file)
 
     @property
     def manifest_done(self) -> bool:
@@ -143,6 +144,8 @@ class ArchiveProver:
             self._decoder = ManifestDecoder(size)
             return self._decoder.parser()
         if name.startswith("accounts/"):
+            if size == 0 and not self._empty and STORAGE_NAME.fullmatch(name):
+                self._empty = name
             decoder = self._decoder  # a manifest with a lattice hash that lists no storage
             listed = decoder is None or not decoder.complete or bool(decoder.storages)
             if not listed and decoder is not None and "accounts_lt_hash" in decoder.fields:
@@ -189,6 +192,8 @@ class ArchiveProver:
         stray = self._accounts.stray if self._accounts is not None else self._stray
         if stray and self._proven.unloadable is None:
             return attrs.evolve(self._proven, unloadable=STRAY.format(stray))
+        if self._empty and self._proven.unloadable is None:
+            return attrs.evolve(self._proven, unloadable=EMPTY.format(self._empty))
         return self._proven
 
     def _settle(self) -> None:
