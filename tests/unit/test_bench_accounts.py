@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# ``bench`` is a package of the checkout, not of the install: importable here whichever
+# tests a worker ran before (it was only after one that imports helpers_s3).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def bench(script: str, *flags: str) -> str:
