@@ -39,9 +39,11 @@ from helpers_alpenglow import (
 from helpers_server import serve_app
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
 
+import tracker.proof.cluster.clustervotes as clustervotes_module
 import tracker.proof.cluster.finality as finality_module
 from tracker.config.schema import ClusterProof, Config
 from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.formats.alpenglow import voters_digest as finality_digest
 from tracker.proof.levels import Level, Proof
 
 H = hash_of("bank hash")
@@ -481,6 +483,72 @@ async def test_an_account_the_rpcs_rank_map_drops_weighs_nothing() -> None:
     )
 
 
+async def test_a_vote_account_listed_twice_costs_the_lift_not_the_service() -> None:
+    # A forged manifest lists one vote account the RPC does not stake twice (two nodes, two
+    # keys, the two greatest stakes: ranks 0 and 1), and the relay's certificate names
+    # both: the look-up of its keys at the RPC raised a ValueError out of the lift, and the
+    # task that asked (a refresh's recheck, a head read's round) ended the service.
+    ghost = validators([10_000, 9_000], seed="ghost")
+    ghost = [
+        attrs.evolve(g, vote=ghost[0].vote, node=bytes([0xAA + n]) * 32)
+        for n, g in enumerate(ghost)
+    ]
+    listed = [*VALS, *ghost]
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, ghost, ranked(listed)))
+    proof = await lift(node, S, proof_of(epoch=listed))
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.startswith("cluster not proven: ")
+
+
+async def test_an_unforeseen_failure_of_one_answer_costs_the_lift_not_the_service(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The last guard: whatever an answer or an archive's stakes make fail that no rule
+    # names is that RPC's failure, logged with its traceback; nothing leaves the lift.
+    def fails(*_args: object) -> None:
+        raise ValueError("unforeseen")
+
+    monkeypatch.setattr(clustervotes_module, "judge_rpc", fails)
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    proof = await lift(node, S)
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    assert proof.note.endswith(": not weighed: ValueError")
+    assert any(r.msg == "cluster_proof_error" and r.exc_info for r in caplog.records)
+
+
+async def test_a_lift_backing_off_hashes_its_stakes_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every lift hashed the epoch's stakes (a megabyte on mainnet) for its verdict's key,
+    # even one that backed off at once: a head read re-decides each copy awaiting its tally
+    # every second. Copies of one epoch share one stakes object: hashed once. And what
+    # failed is forgotten past MAX_KEPT (a key a forger's stakes make each).
+    hashed: list[int] = []
+
+    def counting(data: bytes) -> str:
+        hashed.append(len(data))
+        return finality_digest(data)
+
+    monkeypatch.setattr(clustervotes_module, "voters_digest", counting)
+    monkeypatch.setattr(clustervotes_module, "MAX_KEPT", 3)
+    node = alpenglow_rpc(VALS)  # it serves no certificate document: the lift fails
+    proof = proof_of()
+    async with rpcs(node) as urls:
+        config = Config(rpc=urls[0], cluster_proof=ClusterProof(certificates=urls[0] + "c"))
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            cv = ClusterVotes(lambda: config, client, retry_after=600)
+            for _ in range(3):
+                lifted = await cv.lift(S, proof)
+                assert lifted.level == Level.MANIFEST and lifted.note is not None
+            assert "asked again in" in lifted.note and len(hashed) == 1
+            for n in range(5):  # five other stakes: five failures kept, the oldest go
+                other = proof_of(epoch=validators([300 + n, 250, 150, 100, 200]))
+                await cv.lift(S, other)
+            assert len(cv._failed) == 3
+
+
 async def test_without_the_epochs_stakes_nothing_is_weighed() -> None:
     node = alpenglow_rpc(VALS)
     node.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
@@ -510,6 +578,16 @@ async def test_a_malformed_or_oversized_document_is_refused(body: bytes, reason:
     proof = await lift(node, S)
     assert proof.level == Level.MANIFEST and proof.note is not None
     assert proof.note.startswith("cluster not proven: ") and reason in proof.note
+
+
+async def test_a_documents_slot_is_shown_shortened() -> None:
+    # A relay's {"slot": "AAAA…"} of 60 KB went whole into the note, the back-off reason
+    # and the log line (one kept per copy a head read watches).
+    node = alpenglow_rpc(VALS)
+    node.documents[S] = b'{"slot": "%s"}' % (b"A" * 60_000)
+    proof = await lift(node, S)
+    assert proof.note is not None and "the certificate document is for slot 'AAA" in proof.note
+    assert len(proof.note) < 300
 
 
 async def test_an_oversized_accounts_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,6 +148,8 @@ def test_the_rank_map_is_agaves() -> None:
         _c("h", 8, 60, 2),
         _c("i", 9, 70, 3),  # i and j share a node: both dropped
         _c("j", 9, 80, 6),
+        _c("k", 10, 90, 10),  # one account listed twice (a forged map): both dropped
+        _c("k", 11, 95, 11),
     ]
     ranks = rank_map(candidates, lambda k: k != bytes([8]) * 48)
     assert ranks.votes == ("b", "c", "a")
@@ -309,6 +311,26 @@ def test_the_manifest_keeps_the_stakes_of_its_slots_epoch() -> None:
     # none of its epoch: none kept
     manifest = _decoded(write_manifest(slot, None, epoch_stakes={22: other}))
     assert "epoch_voters" not in manifest.fields
+
+
+def test_an_account_listed_twice_is_kept_once_as_the_last_one_read() -> None:
+    # A forged map listing one vote account twice (agave's map is keyed by the account: the
+    # last one read stays) made two candidates of it: the cluster level's look-up of its
+    # signers' keys then failed with a ValueError no rule caught, and the service ended.
+    first, last = _v4(b"\x01" * 32, b"\x02" * 48), _v4(b"\x03" * 32, b"\x04" * 48)
+    accounts = [(_vote_key(1), 500, first), (_vote_key(2), 300, first), (_vote_key(1), 400, last)]
+    accounts[1] = (_vote_key(2), 300, _v4(b"\x05" * 32, b"\x06" * 48))
+    data = write_manifest(schedule_slot(20), None, epoch_stakes={20: accounts})
+    voters = _decoded(data).fields["epoch_voters"]
+    vote = base58.b58encode(_vote_key(1)).decode()
+    assert [c for c in voters.candidates if c.vote == vote] == [
+        Candidate(vote, b"\x03" * 32, 400, b"\x04" * 48)
+    ]
+    assert (voters.listed, len(voters.candidates), voters.complete) == (2, 2, True)
+    # nor is a kept form that lists one twice read back
+    twice = EpochVoters(20, (voters.candidates[0],) * 2, 2).to_bytes()
+    with pytest.raises(CertificateInvalid, match="list a vote account twice"):
+        EpochVoters.from_bytes(twice)
 
 
 def test_the_stakes_past_the_bound_are_counted_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:

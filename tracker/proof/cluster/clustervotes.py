@@ -86,6 +86,9 @@ CONCURRENT_BLOCKS = 4
 PARSE_THREADS = 2
 #: (slot, hash) tallies remembered (the oldest forgotten first).
 MAX_KEPT = 4096
+#: The epochs' stakes whose digests are kept (each at most 4 MiB, held while kept): an
+#: epoch's copies share one; two epochs meet at a boundary.
+_DIGESTS_KEPT = 8
 #: The first wait before a failed (slot, hash) is asked again; it doubles to MAX_BACKOFF.
 RETRY_AFTER = 60.0
 MAX_BACKOFF = 3600.0
@@ -130,7 +133,10 @@ class ClusterVotes:
         # RPC, or adds one, asks again; their count is the answers' count)
         self._kept: OrderedDict[AskedOfRpcs, tuple[Tally, ...]] = OrderedDict()
         self._certified: OrderedDict[AskedOfRpcs, tuple[Finality, ...]] = OrderedDict()
-        self._failed: dict[AskedOfRpcs, _Failure] = {}
+        self._failed: OrderedDict[AskedOfRpcs, _Failure] = OrderedDict()
+        # the digests of the stakes lifted last, by the object (copies of one epoch share
+        # one: heads.SharedStakes), so that a lift backing off hashes no megabyte again
+        self._digests: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
         #: The questions being asked now, each once: another lift of one waits for it.
         self._asking: dict[AskedOfRpcs, trio.Event] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
@@ -161,7 +167,7 @@ class ClusterVotes:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
         prefix = self._config().cluster_proof.certificates
         by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
-        by_cert: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
+        by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
         tallies = self._kept.get(by_votes)
         if tallies is not None:  # asked before (a slot proven by votes stays so)
             return judged(proof, tallies, urls)
@@ -291,7 +297,7 @@ class ClusterVotes:
             )
         except CertificateInvalid as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        asked: AskedOfRpcs = (_certificate_key(slot, proof), urls, prefix)
+        asked: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
         before = self._failed.get(asked)  # a short certificate's wait doubles as a failure's
         try:
             doc = await self._document(asked, slot, block_id, bank_hash, ends)
@@ -332,15 +338,35 @@ class ClusterVotes:
         except RpcError as exc:
             error = RpcError(one_line(f"{redact_url(url)}: {exc}"))
         except CertificateInvalid as exc:
-            error = RpcError(str(exc))
+            error = RpcError(one_line(str(exc)))
         else:
             return doc
         self._back_off(key, failure, error)
         raise error
 
+    def _certificate_key(self, slot: int, proof: Proof) -> Key:
+        """What a certificate's verdict is kept by: the slot, the bank hash, the block id
+        and the epoch's stakes (a copy whose manifest holds other stakes is weighed anew)."""
+        data = proof.epoch_stakes
+        if data is None:
+            return (slot, f"{proof.bank_hash}/{proof.block_id}/")
+        kept = self._digests.get(id(data))
+        if kept is not None and kept[0] is data:
+            digest = kept[1]
+        else:
+            digest = voters_digest(data)
+            self._digests[id(data)] = (data, digest)
+            while len(self._digests) > _DIGESTS_KEPT:
+                self._digests.popitem(last=False)
+        self._digests.move_to_end(id(data))
+        return (slot, f"{proof.bank_hash}/{proof.block_id}/{digest}")
+
     def _back_off(self, key: AskedOfRpcs, failure: _Failure | None, error: RpcError) -> None:
         wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
         self._failed[key] = _Failure(str(error), trio.current_time() + wait, wait)
+        self._failed.move_to_end(key)
+        while len(self._failed) > MAX_KEPT:  # each forged stakes' is a key: the oldest go
+            self._failed.popitem(last=False)
         log_event(log, "info", "cluster_proof_failed", slot=key[0][0], reason=error)
 
     def _deadline(self) -> str:
@@ -391,6 +417,11 @@ class ClusterVotes:
                 results[url] = await ask(url)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
+            except Exception as exc:
+                # the last guard of hostile input: what an archive's or an RPC's bytes made
+                # fail that no rule names costs this copy's lift, never the service's tasks
+                log_event(log, "error", "cluster_proof_error", url=redact_url(url), exc_info=exc)
+                failed.append(RpcError(f"{redact_url(url)}: not weighed: {type(exc).__name__}"))
 
         return asking
 
@@ -449,7 +480,11 @@ class ClusterVotes:
             # the signers' keys where the RPC stakes them not (stake gone since the epoch
             # began): read for the signers it does not hold, counted at no stake
             named = await trio.to_thread.run_sync(signers, doc, ranks, limiter=_PARSE)
-            unstaked = [ranks.votes[r] for r in sorted(named) if ranks.votes[r] not in rpc.keys]
+            unstaked = list(
+                dict.fromkeys(
+                    ranks.votes[r] for r in sorted(named) if ranks.votes[r] not in rpc.keys
+                )
+            )
             data = await vote_accounts_data(self._call, url, unstaked, _PARSE)
             more = {c.vote: c.bls_key for c in candidates(dict.fromkeys(unstaked, 0), data)}
             return await trio.to_thread.run_sync(
@@ -481,12 +516,6 @@ class ClusterVotes:
         except (TransportError, ProbeError) as exc:
             raise RpcError(one_line(f"{method}: {exc}")) from exc
         return body
-
-
-def _certificate_key(slot: int, proof: Proof) -> Key:
-    # the epoch's stakes too: a copy whose manifest holds other stakes is weighed anew
-    stakes = voters_digest(proof.epoch_stakes) if proof.epoch_stakes is not None else ""
-    return (slot, f"{proof.bank_hash}/{proof.block_id}/{stakes}")
 
 
 def _keep(

@@ -32,7 +32,7 @@ import attrs
 import base58
 import trio
 
-from tracker.core.text import one_line
+from tracker.core.text import one_line, quoted
 from tracker.errors import CertificateInvalid, ProbeError, RpcError
 from tracker.net.limits import decode_text, iter_json_members
 from tracker.proof.cluster import bls
@@ -112,7 +112,7 @@ def document(body: bytes | bytearray, slot: int) -> Document:
         raise CertificateInvalid("the certificate document is not a JSON object")
     at, shred = data.get("slot"), data.get("shred_version")
     if not isinstance(at, int) or isinstance(at, bool) or at != slot:
-        raise CertificateInvalid(f"the certificate document is for slot {at!r}, not {slot}")
+        raise CertificateInvalid(f"the certificate document is for slot {quoted(at)}, not {slot}")
     if not isinstance(shred, int) or isinstance(shred, bool) or not 0 <= shred < 2**16:
         raise CertificateInvalid("the certificate document has no shred_version (a u16)")
     return Document(slot, shred, _base64(data, "footer"), _base64(data, "certificate"))

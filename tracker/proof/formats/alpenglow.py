@@ -303,6 +303,8 @@ class EpochVoters:
             Candidate(base58.b58encode(vote).decode("ascii"), node, stake, key)
             for vote, node, stake, key in _VOTER.iter_unpack(data[_VOTERS_HEAD.size :])
         )
+        if len({c.vote for c in candidates}) != count:
+            raise CertificateInvalid("the epoch's stakes list a vote account twice")
         return cls(epoch, candidates, listed)
 
 
@@ -313,14 +315,17 @@ def voters_digest(data: bytes) -> str:
 
 def rank_map(candidates: Iterable[Candidate], valid: Callable[[bytes], bool]) -> RankMap:
     """The rank map of the epoch's vote accounts (agave's ``BLSPubkeyToRankMap::new``):
-    stake above zero and a BLS key that ``valid`` decodes; every copy of a key or node
-    listed twice dropped; stake descending, then the compressed key ascending. Raises
-    CertificateInvalid when none is left or more than :data:`MAX_RANKS` are."""
+    stake above zero and a BLS key that ``valid`` decodes; every copy of a key, node or
+    vote account listed twice dropped (a manifest's map holds each account once; a forged
+    one must not rank one account twice); stake descending, then the compressed key
+    ascending. Raises CertificateInvalid when none is left or more than :data:`MAX_RANKS`
+    are."""
     kept = [c for c in candidates if c.stake > 0 and c.bls_key is not None and valid(c.bls_key)]
     keys = Counter(c.bls_key for c in kept)
     nodes = Counter(c.node for c in kept)
+    votes = Counter(c.vote for c in kept)
     ranked = sorted(
-        (c for c in kept if keys[c.bls_key] == 1 and nodes[c.node] == 1),
+        (c for c in kept if keys[c.bls_key] == 1 and nodes[c.node] == 1 and votes[c.vote] == 1),
         key=lambda c: (-c.stake, c.bls_key),
     )
     if not ranked:

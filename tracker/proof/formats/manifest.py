@@ -231,7 +231,7 @@ class ManifestDecoder:
         self.complete = False  # every required field came
         self.done = False  # the parser read every field it knows
         # the rank map's candidates of the bank's own epoch's stakes, while they are read
-        self._voters: list[Candidate] | None = None
+        self._voters: dict[str, Candidate] | None = None
         self._listed = 0
 
     def parser(self) -> ParserOf[None]:
@@ -366,10 +366,15 @@ class ManifestDecoder:
             return
         if key is None:
             return
+        vote = base58.b58encode(head[:32]).decode("ascii")
+        if vote in self._voters:
+            # listed twice (agave's map is keyed by the vote account: the last one read
+            # stays); never two candidates of one account (its signers counted once)
+            self._voters[vote] = Candidate(vote, node, stake, key)
+            return
         self._listed += 1
         if len(self._voters) < MAX_EPOCH_VOTERS:
-            vote = base58.b58encode(head[:32]).decode("ascii")
-            self._voters.append(Candidate(vote, node, stake, key))
+            self._voters[vote] = Candidate(vote, node, stake, key)
 
     def _epoch_stakes(self, name: str, delegation: int, epoch: int) -> ParserOf[None]:
         r = self.r
@@ -378,11 +383,11 @@ class ManifestDecoder:
         # after the bank's, wins where both hold one
         own = epoch == slot_epoch(self.fields)
         if own:
-            self._voters, self._listed = [], 0
+            self._voters, self._listed = {}, 0
         yield from self._stakes(name, delegation)
         if own and self._voters is not None:
             # in one order whatever the producer's hash map's: equal stakes, equal bytes
-            voters = tuple(sorted(self._voters, key=lambda c: c.vote))
+            voters = tuple(sorted(self._voters.values(), key=lambda c: c.vote))
             self.fields["epoch_voters"] = EpochVoters(epoch, voters, self._listed)
             self._voters = None
         r.field = f"the {name}"
