@@ -167,6 +167,49 @@ async def test_bad_sidecars_are_down_and_isolated(
     assert len((await client.get(f"{base}/v1/snapshots")).json()) == 1
 
 
+async def test_a_probe_failing_as_no_rule_foresaw_costs_that_target_only(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A discovered node's name the URL parser could not split again raised a ValueError
+    # out of the probe: the scrape round's nursery, then the service, ended. What no rule
+    # names is now that target's failure (the other targets scraped, the loop goes on).
+    from tracker.discovery import probing
+
+    good = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    good_up = await nursery.start(serve_app, good.app())
+    bad_up = await nursery.start(serve_app, Sidecar(body=[]).app())
+    probe = probing.Probes.probe
+
+    def failing(self: probing.Probes, target: Any, group: TargetGroup) -> Any:
+        if target.key.target == bad_up:
+            raise ValueError("Invalid IPv6 URL")
+        return probe(self, target, group)
+
+    monkeypatch.setattr(probing.Probes, "probe", failing)
+    path = write_config(
+        tmp_path,
+        {
+            "scrape_interval": "100ms",
+            "target_groups": [
+                {"group": "g", "static_targets": {"targets": [good_up[7:], bad_up[7:]]}}
+            ],
+        },
+    )
+    base = (await start_tracker(nursery, path))[0]
+
+    async def twice_failed() -> bool:
+        return (await targets(client, base))[bad_up]["consecutive_failures"] >= 2
+
+    await wait_until(twice_failed)
+    state = await targets(client, base)
+    assert state[bad_up]["health"] == "down"
+    assert state[bad_up]["last_error"] == "not read: ValueError"
+    assert state[good_up]["health"] == "up"
+
+
 def huge_body_app() -> QuartTrio:
     """Claims and streams a 1 GB JSON body: must be cut off, not buffered."""
     app = QuartTrio(__name__)

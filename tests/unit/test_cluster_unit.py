@@ -22,6 +22,22 @@ from tracker.discovery.nodes import (
 from tracker.errors import ProbeError
 
 
+@pytest.mark.parametrize(
+    ("rpc", "address"),
+    [
+        ("10.0.0.1:8899", "10.0.0.1:8899"),
+        ("[2a00:1450:4001::1]:8899", "[2a00:1450:4001::1]:8899"),
+        # a zone id names an interface of the node's machine: skipped, whatever it holds
+        ("[fe80::1%eth0]:8899", None),
+        ("[fe80::1%a#b]:8899", None),
+        ("[2a00:1450:4001::1%\ud800]:8899", None),
+        ("node.example:8899", None),
+    ],
+)
+def test_a_nodes_rpc_address(rpc: str, address: str | None) -> None:
+    assert rpc_address(rpc) == address
+
+
 def test_select_versions_limits_and_malformed_addresses() -> None:
     nodes = [
         node_entry(3, "127.0.0.3:80", "2.2.1"),

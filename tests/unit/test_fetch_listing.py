@@ -128,3 +128,12 @@ def test_a_listed_attestations_member_is_read_only_so_far() -> None:
     many = [{**DOC, "signer": str(n)} for n in range(10_000)]
     assert len(listed_documents(many)) == MAX_LISTED
     assert listed_documents([DOC, DOC]) == (json.dumps(DOC, sort_keys=True).encode(),)
+
+
+def test_an_entry_of_a_group_no_url_can_name_is_skipped() -> None:
+    # A hostile tracker's "group": "\ud800" (a lone surrogate of a JSON escape): quoting it
+    # into the route raised a UnicodeEncodeError, and the whole fetch ended.
+    bad = {**entry(size=10), "group": "\ud800"}
+    other = {**entry(size=10), "group": 7}
+    [snapshot] = snapshots_from_json(TRACKER, [bad, other, entry(size=10)])
+    assert snapshot.full is not None and snapshot.full.urls[0] == ROUTE

@@ -32,6 +32,13 @@ from tracker.core.hosts import is_authority, is_host_name
         ("no de", False, False, False),
         ("user@node:80", False, False, False),
         ("node:80/path", False, False, False),
+        # a zone id: an interface's name only (the standard library took any text without
+        # % or /, and "#", "?" or a lone surrogate there made a URL no parser splits again)
+        ("[fe80::1%eth0]:8899", False, True, True),
+        ("[fe80::1%a#b]:8899", False, False, False),
+        ("[fe80::1%a?b]:8899", False, False, False),
+        ("[fe80::1%\ud800]:8899", False, False, False),
+        ("[fe80::1%]:8899", False, False, False),
     ],
 )
 def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) -> None:

@@ -21,13 +21,20 @@ def is_host_name(text: str) -> bool:
     return _HOST_NAME.fullmatch(text) is not None
 
 
+#: A zone id as an interface names it (``fe80::1%eth0``): the standard library takes any
+#: text without ``%`` or ``/``, and a ``#``, ``?`` or a lone surrogate there made a URL that
+#: no URL parser splits again (docs/configuration.md, ``static_targets``).
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
 def is_ipv6(text: str) -> bool:
-    """True for an IPv6 address written without brackets."""
+    """True for an IPv6 address written without brackets (a zone id, where there is one,
+    an interface's name)."""
     try:
-        ipaddress.IPv6Address(text)
+        address = ipaddress.IPv6Address(text)
     except ValueError:
         return False
-    return True
+    return address.scope_id is None or _ZONE.fullmatch(address.scope_id) is not None
 
 
 def is_authority(text: str, *, port_required: bool = False) -> bool:

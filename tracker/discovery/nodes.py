@@ -129,6 +129,8 @@ def rpc_address(value: object) -> str | None:
         address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
         return None  # getClusterNodes gives IP addresses; a name is not one
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None  # a zone id names an interface of the machine that wrote it, not ours
     if address.version == 6:
         return f"[{address}]:{port}"
     return f"{address}:{port}"

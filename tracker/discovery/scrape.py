@@ -167,6 +167,13 @@ class Scraper:
                     self._deferred(health, str(exc))
                 else:
                     self._failed(health, str(exc))
+            except Exception as exc:
+                # the last guard of hostile input: what a target's answer or name made fail
+                # that no rule names costs this target's probe, never the scrape loop
+                log_event(
+                    log, "error", "probe_error", target=health.target.key.target, exc_info=exc
+                )
+                self._failed(health, f"not read: {type(exc).__name__}")
             else:
                 self._succeeded(health, infos, trio.current_time() - start)
             health.last_duration = trio.current_time() - start
@@ -182,7 +189,7 @@ class Scraper:
         """A discovered node the egress policy refuses is ``blocked``, not probed."""
         try:
             await self._probes.check_egress(health.target)
-        except (EgressRefused, OSError) as exc:
+        except (EgressRefused, OSError, ValueError) as exc:  # ValueError: a URL unsplittable
             mark_blocked(health, str(exc))
             self._results.drop(health.target.key)
             self._probed(health)

@@ -93,6 +93,14 @@ async def from_tracker(
     return snapshots_from_json(base, entries)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     """The snapshots of the tracker at ``base`` from its JSON ``entries`` (best first), each
     archive with the tracker's route first, then the URL of each source listing it: the
@@ -111,7 +119,9 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
             continue
-        group = str(entry.get("group", ""))
+        group = entry.get("group", "")
+        if not isinstance(group, str) or not _is_utf8(group):
+            continue  # a group no URL can name (a lone surrogate of a JSON escape)
         names = []
         for raw in entry["files"]:
             if not isinstance(raw, dict) or not isinstance(raw.get("file_name"), str):

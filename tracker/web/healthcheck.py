@@ -81,6 +81,8 @@ class HealthChecker:
 def _slot_from(body: bytes) -> int:
     answer = load_json(body, RpcError)
     slot = answer.get("result") if isinstance(answer, dict) else None
-    if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+    # a slot is a u64: a larger number (JSON allows 4,300 digits) made every age and
+    # prediction from it overflow a float, out of the task that tracks the ages
+    if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < 2**64:
         raise RpcError("not a getSlot answer")
     return slot
