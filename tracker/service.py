@@ -363,9 +363,10 @@ async def run_tracker(
                     await nursery.start(transfers.run)
                     streamer.cache()  # start-up: leftover temp files go before any request
                     if parts.objects is not None:  # learns the bucket; requests need not wait
-                        transfers.spawn(parts.objects.tier.startup)
-                        transfers.spawn(parts.objects.tier.watch)
-                        transfers.spawn(parts.objects.tier.retire_when_due)
+                        tier = parts.objects.tier
+                        transfers.spawn(supervised("object_store_startup", tier.startup))
+                        transfers.spawn(supervised("object_store_watch", tier.watch))
+                        transfers.spawn(supervised("object_store_retire", tier.retire_when_due))
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
                     # Descriptors for connections, downloads and a reserve for the rest
@@ -399,11 +400,19 @@ async def run_tracker(
                         reload,
                         notifier,
                         environ,
-                        age,
-                        parts.speedtests.run,
-                        parts.learning.run,
-                        *([parts.heads.run] if parts.heads is not None else []),
-                        *([parts.local_proofs.run] if parts.local_proofs is not None else []),
+                        supervised("snapshot_ages", age),
+                        supervised("speed_tests", parts.speedtests.run),
+                        supervised("learned_sync", parts.learning.run),
+                        *(
+                            [supervised("head_reads", parts.heads.run)]
+                            if parts.heads is not None
+                            else []
+                        ),
+                        *(
+                            [supervised("local_proofs", parts.local_proofs.run)]
+                            if parts.local_proofs is not None
+                            else []
+                        ),
                     )
                     notifier.ready()
                     log_event(log, "info", "listening", addresses=",".join(addresses))
@@ -452,6 +461,34 @@ async def _enforce_grace(
     log_event(log, "warning", "connections_aborted", count=aborted, grace_seconds=grace)
     await trio.sleep(2)
     servers.cancel()
+
+
+#: The first wait before a background task that failed is run again; it doubles to
+#: :data:`MAX_RESTART_AFTER`.
+RESTART_AFTER = 1.0
+MAX_RESTART_AFTER = 60.0
+
+
+def supervised(name: str, task: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``task``, run again when it raised what no rule of its own caught (logged as
+    ``task_failed`` with its traceback), after a wait from :data:`RESTART_AFTER` doubling to
+    :data:`MAX_RESTART_AFTER`; done when ``task`` returns. Hostile input costs the answer that
+    carried it, never the process (docs/architecture.md, "Failures"): a background loop's
+    failure, a bug a review has not found yet, must not end the daemon that serves what it
+    holds, nor stop the loop for good. Cancellation is not caught."""
+
+    async def run() -> None:
+        wait = RESTART_AFTER
+        while True:
+            try:
+                await task()
+                return
+            except Exception as exc:
+                log_event(log, "error", "task_failed", task=name, exc_info=exc, retry_in=wait)
+            await trio.sleep(wait)
+            wait = min(2 * wait, MAX_RESTART_AFTER)
+
+    return run
 
 
 async def _background(

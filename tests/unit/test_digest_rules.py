@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,20 @@ def test_a_new_proof_of_the_same_copy_keeps_its_size_and_check_time() -> None:
     digests.put("cache", "g", NAME, other, lifted)  # another copy: nothing of the old one
     assert digests.verified("g", NAME) == Verified(other, lifted)
     assert [(g, n, h) for g, n, h, _v in digests.held()] == [("g", NAME, "cache")]
+
+
+def test_a_proof_file_nested_past_the_parser_is_no_proof(tmp_path: Path) -> None:
+    # 4 KiB of "[" is deeper than the JSON parser goes: its RecursionError left the cache's
+    # start-up, and the service failed to start while the file lay beside its archive.
+    from tracker.cache.checked import _restored_proof
+    from tracker.cache.disk import PROOF, digest_path
+
+    archive = tmp_path / NAME
+    archive.write_bytes(b"archive")
+    side = digest_path(str(archive), PROOF)
+    with open(side, "w") as out:
+        out.write("[" * 4000)
+    os.chmod(side, 0o644)
+    mtime = archive.stat().st_mtime_ns
+    os.utime(side, ns=(mtime, mtime))  # it describes the archive: only its content is bad
+    assert _restored_proof(str(archive)) is None

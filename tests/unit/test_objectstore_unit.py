@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import urllib3.exceptions
 from helpers_config import load, problem_at, problems
 from names import full_name, incremental_name
 
@@ -229,6 +230,17 @@ def test_an_age_in_whole_seconds_is_judged_late_never_early() -> None:
     assert old_enough(shown.astimezone(timezone(timedelta(hours=2))), shown + timedelta(3), 1.0)
 
 
+def test_a_date_past_the_calendars_edge_in_utc_is_judged() -> None:
+    # A store listing an upload Initiated 0001-01-01T00:00:00+05:00 (botocore keeps the
+    # offset): its conversion to UTC overflowed out of the tier's start-up, which ended the
+    # service at each start while the store listed it.
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    past = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    future = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))
+    assert old_enough(past, now, lock_ttl=1.0)
+    assert not old_enough(future, now, lock_ttl=1.0)
+
+
 @pytest.mark.parametrize(
     ("text", "base"),
     [
@@ -372,3 +384,29 @@ def test_how_far_our_clock_runs_ahead(ours: float, store: float, ahead: int) -> 
 )
 def test_what_a_mark_says_of_its_replicas_clock(metadata: dict[str, str], ahead: int) -> None:
     assert clock_ahead(metadata) == ahead
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib3.exceptions.SSLError("decryption failed or bad record mac"),
+        urllib3.exceptions.ProtocolError("Connection broken"),
+    ],
+)
+async def test_urllib3s_own_errors_of_a_streamed_body_are_store_errors(error: Exception) -> None:
+    # botocore wraps only urllib3's read timeouts and protocol errors while a body streams:
+    # a TLS record failing its MAC came out as urllib3's SSLError (no OSError), past the
+    # tier's calls, and ended the service from its start-up and the learned documents' sync.
+    from tracker.config.schema import ObjectStore
+    from tracker.errors import StoreError
+    from tracker.objectstore.bucket import Bucket
+
+    store = ObjectStore(
+        endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
+    )
+
+    def body_read(**_kwargs: object) -> bytes:
+        raise error
+
+    with pytest.raises(StoreError, match="get_object: "):
+        await Bucket(store)._call("get_object", body_read)

@@ -382,7 +382,7 @@ def _restored_proof(path: str) -> Proof | None:
         return None
     try:
         proof = Proof.from_json(json.loads(found[0]))
-    except ValueError:  # not JSON (RecursionError cannot come from 4 KiB of it)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     if proof is None:
         return None

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import attrs
 import botocore.exceptions
 import trio
+import urllib3.exceptions
 
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
@@ -105,9 +106,16 @@ class Bucket:
                 return result
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(operation, exc) from None
-        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+        except (
+            botocore.exceptions.BotoCoreError,
+            urllib3.exceptions.HTTPError,
+            OSError,
+            ValueError,
+        ) as exc:
             # ValueError: botocore's parse of an answer's field (a Last-Modified that is no
-            # date: "Invalid timestamp"), which it raises as no error of its own.
+            # date: "Invalid timestamp"), which it raises as no error of its own; urllib3's
+            # own errors while a body streams that botocore does not wrap (a TLS record
+            # that fails its MAC: urllib3's SSLError, no OSError).
             reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
             self.health.failed(reason)
             raise StoreError(reason) from None

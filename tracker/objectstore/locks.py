@@ -116,8 +116,14 @@ async def acquire(
 def old_enough(then: datetime, now: datetime, lock_ttl: float) -> bool:
     """True when ``then`` (a lock's date, or an upload's start) lies ``lock_ttl`` plus
     :data:`CLOCK_STEP` before ``now``: store dates are whole seconds, so an age is judged
-    late by up to a second, never early."""
-    return (now - then.astimezone(UTC)).total_seconds() >= lock_ttl + CLOCK_STEP
+    late by up to a second, never early. A date at an edge of the calendar whose offset
+    takes it past the edge (``0001-01-01T00:00:00+05:00``: the store's listing is the
+    network's) is old enough when it is the past's edge, never when the future's."""
+    try:
+        then = then.astimezone(UTC)
+    except OverflowError:
+        return then.year < now.year
+    return (now - then).total_seconds() >= lock_ttl + CLOCK_STEP
 
 
 def _body(owner: str) -> bytes:
