@@ -238,7 +238,7 @@ def voice_of(target: str) -> str:
         host = urlsplit(target).hostname
     except ValueError:  # a malformed URL is its own voice
         host = None
-    return (host or target).lower()
+    return host or target  # the host lower-cased (urlsplit does), a path as it is
 
 
 def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
