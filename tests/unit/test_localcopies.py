@@ -80,8 +80,8 @@ def test_which_local_files_are_checked(
             Checked(ONE, failed="tar: missing version"),
             None,
             FULL,
-            Standing(False),
-            id="failed, no level: ranked as it was (shown, not enforced)",
+            Standing(False, "tar: missing version"),
+            id="failed, no level: refused all the same (an empty file was the best full)",
         ),
         pytest.param(
             Checked(ONE, failed="tar: missing version"),
@@ -253,8 +253,8 @@ OTHER: FileIdentity = (1, 99, 500, 7)
             Checked(ONE, failed="tar: truncated"),
             ONE,
             None,
-            ("", ""),
-            id="failed, no level: served bare, as it was",
+            ("tar: truncated", ""),
+            id="failed, no level: refused all the same (it was served bare)",
         ),
         pytest.param(
             Checked(ONE, failed="tar: truncated"),

@@ -15,7 +15,8 @@ directory is the validator's). In a group that sets ``trust.require`` above ``st
 file ranks only once proven there (the index's local gate, :func:`local_gated`, set by the
 composition root before any result ranks), one that fails or falls short is kept out with
 its reason, and the file served must be the one proven (:meth:`LocalProofs.admit`); a group
-that sets none ranks its files as it did, a failure shown only. The files are listed here
+that sets none ranks its files as it did, but one whose check failed is kept out in every
+group. The files are listed here
 as the scrape lists them, every second.
 """
 
@@ -187,12 +188,11 @@ class LocalProofs(Rounds):
             checked = await check_opened(fd, st, name, bound)
         except ArchiveInvalid as exc:
             self._checked[path] = Checked(identity_of(st), failed=exc.reason)
-            # Rejected (kept out, on the status page's list) where the group requires a
-            # level; elsewhere ranked as it was, and said.
-            group_config = config.group_named(group)
-            kept_out = group_config is not None and local_gated(config, group_config)
-            event = "archive_rejected" if kept_out else "local_archive_failed"
-            log_event(log, "warning", event, group=group, file=name, source=path, reason=exc.reason)
+            # rejected (kept out, on the status page's list) in every group
+            log_event(
+                log, "warning", "archive_rejected", group=group, file=name, source=path,
+                reason=exc.reason,
+            )  # fmt: skip
             return
         except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
             self._tried[path] = self._clock()

@@ -9,7 +9,7 @@ that fails shows why (``/v1/targets``, the log). In a group that sets ``trust.re
 above ``structure`` a local file is ranked only once its check proved it to that level, one
 that fails or falls short is kept out with the reason (:func:`standing`); a group that sets
 none ranks every file as it did (as in redirect mode: no level is enforced where none is
-set).
+set) but one whose check failed, kept out in every group.
 """
 
 from __future__ import annotations
@@ -108,12 +108,13 @@ def standing(
     """Where the local file of the archive ``name`` stands: ``done`` is what the check of its
     current identity said (None: not checked yet), ``required`` its group's
     ``trust.require`` when above ``structure`` (None: the group requires nothing and ranks
-    every file, one that failed its check included: the failure is shown, not enforced),
-    ``loadable_by`` its ``trust.loadable_by``."""
+    every file its check did not refuse, one not checked yet included), ``loadable_by`` its
+    ``trust.loadable_by``. A file whose check failed (an empty file, a corrupt one) is
+    refused in every group: no level asked for makes it fit to hand out."""
     if done is None:
         return Standing(proven=False)
     if done.verified is None:
-        return Standing(proven=False, refused=done.failed if required is not None else "")
+        return Standing(proven=False, refused=done.failed)
     if required is None:
         return Standing(proven=True)
     below = below_required(done.verified.proof, required, name, loadable_by=loadable_by)
