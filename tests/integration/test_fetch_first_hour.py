@@ -6,6 +6,7 @@ progress lines (tqdm draws nothing there)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,55 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the terminal's other side is closed and everything was read
         return b""
+
+
+def test_request_timeout_bounds_the_listing_and_the_sources_answers(tmp_path: Path) -> None:
+    # A tracker or a source that takes the connection and never answers held fetch for the
+    # 30 s of a body's read whatever --request-timeout said (an ExecStartPre= waited so).
+    (tmp_path / "ledger").mkdir()
+    with socket.socket() as silent:  # its backlog takes the connection; nothing answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for flag, reason in (
+            ("--tracker", "no listing within 1s"),
+            ("--source", "no answer within 1s"),
+        ):
+            done = fetch("--ledger", str(tmp_path / "ledger"), flag, url, "--request-timeout", "1s")
+            assert done.returncode == 1, done.stderr
+            [line] = [line for line in done.stderr.splitlines() if "fetch_failed" in line]
+            assert reason in line, line
+
+
+def test_no_snapshot_says_what_each_source_said(tmp_path: Path) -> None:
+    # A plain file server as a --source, beside one that refuses the connection: fetch said
+    # only "no snapshot is available", naming neither.
+    (tmp_path / "www").mkdir()
+    (tmp_path / "ledger").mkdir()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        with file_server(tmp_path / "www") as plain:
+            done = fetch(
+                "--ledger", str(tmp_path / "ledger"), "--source", refused, "--source", plain
+            )
+    assert done.returncode == 1, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "fetch_failed" in line]
+    assert "no snapshot is available: " in line, line
+    assert f"{plain}: its aliases lead to no archive" in line, line
+    assert refused in line, line
+
+
+async def test_no_snapshot_at_a_slot_says_what_the_tracker_was_asked(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    config = make_config(None, target_groups=(TargetGroup(group=GROUP),))
+    async with running_tracker(config) as t:
+        advertise(t.index, "http://127.0.0.1:9", [(FULL, f"http://127.0.0.1:9/{FULL}", 100)])
+        command = [sys.executable, "-m", "tracker", "fetch", "--ledger", str(ledger)]
+        command += ["--tracker", t.base, "--group", GROUP, "--slot", "999"]
+        with trio.fail_after(120):
+            done = await trio.run_process(command, capture_stderr=True, check=False)
+    assert done.returncode == 1
+    [line] = [x for x in done.stderr.decode().splitlines() if "fetch_failed" in x]
+    assert f"lists none of group {GROUP} on the full at slot 999" in line, line

@@ -76,7 +76,12 @@ class RemoteSnapshot:
 
 
 async def from_tracker(
-    client: httpx.AsyncClient, tracker: str, group: str, *, slot: int | None = None
+    client: httpx.AsyncClient,
+    tracker: str,
+    group: str,
+    *,
+    slot: int | None = None,
+    within: float = math.inf,
 ) -> list[RemoteSnapshot]:
     """The snapshots the tracker lists, best first: ``/v1/best_snapshots``, or the ones on
     top of the full at ``slot`` (``/v1/snapshots?slot=``). Raises FetchError."""
@@ -86,8 +91,15 @@ async def from_tracker(
         params["slot"] = str(slot)
     path = "/v1/snapshots" if slot is not None else "/v1/best_snapshots"
     try:
-        body = await fetch_capped(client, base + path, headers={}, max_body=MAX_BODY, params=params)
+        with trio.fail_after(within):  # ``--request-timeout``, not the 30 s of a body's read
+            body = await fetch_capped(
+                client, base + path, headers={}, max_body=MAX_BODY, params=params
+            )
         entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
+    except trio.TooSlowError:
+        raise FetchError(
+            f"tracker {redact_userinfo(base)}: no listing within {within:g}s"
+        ) from None
     except (ProbeError, ValueError) as exc:
         raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
     return snapshots_from_json(base, entries)
@@ -219,16 +231,25 @@ def _file(
     return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]), digest, speed)
 
 
-async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[RemoteSnapshot]:
+async def from_sources(
+    client: httpx.AsyncClient,
+    sources: list[str],
+    within: float = math.inf,
+    why: list[str] | None = None,
+) -> list[RemoteSnapshot]:
     """The snapshots validators at ``sources`` redirect their aliases to, newest first; an
-    archive several of them offer lists all their URLs. Raises FetchError when none
-    answered."""
+    archive several of them offer lists all their URLs; each source's answers within
+    ``within`` seconds (``--request-timeout``); ``why`` gets a line for each source that
+    failed or offers no full. Raises FetchError when none answered."""
     found: list[tuple[str, list[Any]]] = []
     failures: list[str] = []
 
     async def probe(url: str) -> None:
         try:
-            found.append((url, await probe_http(client, url)))
+            with trio.fail_after(within):
+                found.append((url, await probe_http(client, url)))
+        except trio.TooSlowError:
+            failures.append(f"{redact_userinfo(url)}: no answer within {within:g}s")
         except ProbeError as exc:
             failures.append(f"{redact_userinfo(url)}: {exc}")
 
@@ -237,6 +258,14 @@ async def from_sources(client: httpx.AsyncClient, sources: list[str]) -> list[Re
             nursery.start_soon(probe, url)
     if not found:
         raise FetchError("no source answered: " + "; ".join(failures))
+    if why is not None:
+        why.extend(failures)
+        why.extend(
+            f"{redact_userinfo(url)}: its aliases lead to no archive (404 or 202: a plain "
+            "file server has no such routes)"
+            for url, infos in found
+            if not infos
+        )
     urls: dict[str, list[str]] = {}
     snapshots: dict[tuple[str, str | None], int] = {}
     for _url, infos in found:

@@ -43,6 +43,7 @@ from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
 from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client, rpc_client
 from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_userinfo
 from tracker.ordering.predict import Download, choose, predicted_seconds
 from tracker.proof.levels import Level, Proof, Voter
 
@@ -188,7 +189,8 @@ async def _locked(
     progress: Progress,
     local: list[SnapshotInfo],
 ) -> list[Result]:
-    remote = await _offer(client, options, options.slot or None)
+    why: list[str] = []  # what each source or the tracker said, for a plan of nothing
+    remote = await _offer(client, options, options.slot or None, why)
     local = await _really_held(local, remote, options.settings.verify)
     if options.slot:
         await _check_age(client, options, remote)
@@ -206,7 +208,10 @@ async def _locked(
     incremental = what.incremental
     if what.full is None and incremental is None:
         if what.failed:
-            raise FetchError(what.reason)
+            offered = any(s.full is not None for s in remote)
+            raise FetchError(
+                what.reason if offered or not why else f"{what.reason}: {'; '.join(why)}"
+            )
         log_event(log, "info", "fetch_nothing_to_do", reason=what.reason)
         return []
     planned = [f for f in (what.full, incremental) if f is not None]
@@ -308,14 +313,33 @@ def _room_for(options: FetchOptions, planned: list[RemoteFile]) -> None:
 
 
 async def _offer(
-    client: httpx.AsyncClient, options: FetchOptions, slot: int | None
+    client: httpx.AsyncClient,
+    options: FetchOptions,
+    slot: int | None,
+    why: list[str] | None = None,
 ) -> list[RemoteSnapshot]:
+    """What the tracker or the sources offer (on the full at ``slot``); ``why`` gets one
+    line per source that offered no full (its failure, or that it lists none) and, for a
+    tracker that offers none, what was asked of it."""
+    within = options.settings.request_timeout
     if options.tracker:
-        return await from_tracker(client, options.tracker, options.group, slot=slot)
-    offered = await from_sources(client, list(options.sources))
+        offered = await from_tracker(
+            client, options.tracker, options.group, slot=slot, within=within
+        )
+        if why is not None and not any(s.full is not None for s in offered):
+            of = f" of group {options.group}" if options.group else ""
+            on = f" on the full at slot {slot}" if slot is not None else ""
+            why.append(f"tracker {redact_userinfo(options.tracker)} lists none{of}{on}")
+        return offered
+    offered = await from_sources(client, list(options.sources), within, why)
     if slot is None:
         return offered
-    return [s for s in offered if s.full is not None and s.full.name.slot == slot]
+    chosen = [s for s in offered if s.full is not None and s.full.name.slot == slot]
+    if why is not None and not chosen:
+        slots = sorted({s.full.name.slot for s in offered if s.full is not None}, reverse=True)
+        if slots:
+            why.append(f"no full at slot {slot} (on offer: {', '.join(map(str, slots))})")
+    return chosen
 
 
 async def _check_age(
