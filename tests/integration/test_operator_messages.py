@@ -125,3 +125,21 @@ async def test_a_host_quart_cannot_route_gets_a_400_counted_not_a_500_traceback(
     finally:
         assert await serve.stop() == 0
     assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log
+
+
+async def test_the_internal_listener_answers_a_slip_in_one_plain_line(tmp_path: Path) -> None:
+    # A GET of /reload (a likely slip) or an unknown path got the framework's HTML page:
+    # `fetch --tracker` naming this port by mistake quoted a paragraph of it.
+    serve = await start_serve("--config", str(write(tmp_path)))
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            for path, status, line in [
+                ("/reload", 405, "method not allowed\n"),
+                ("/v1/x", 404, "not found\n"),
+            ]:
+                answer = await client.get(serve.internal + path)
+                assert answer.status_code == status, path
+                assert answer.headers["content-type"].startswith("text/plain"), path
+                assert answer.text == line, path
+    finally:
+        assert await serve.stop() == 0

@@ -189,3 +189,21 @@ def test_a_rate_reads_the_same_in_every_key_that_takes_one(tmp_path: Path) -> No
         )
         group = config.target_groups[0]
         assert group.source_limits.max_rate == group.ranking.assumed_throughput
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (366 * 86400.0, "366d"),  # was 3.16224e+07s
+        (60.0, "1m"),
+        (90.0, "90s"),
+        (7200.0, "2h"),
+        (0.5, "0.5s"),
+        (1.0, "1s"),
+        (86400.0 + 1, "86401s"),
+    ],
+)
+def test_a_duration_is_shown_as_the_config_writes_it(seconds: float, text: str) -> None:
+    from tracker.config.values import duration_text
+
+    assert duration_text(seconds) == text

@@ -266,9 +266,12 @@ def check_http_url(text: str) -> None:
     try:
         text.encode("utf-8")  # a byte of an argument that is no UTF-8 (a surrogate escape)
         parts = urlsplit(text)
-        _ = parts.port  # raises ValueError for a port out of range
     except ValueError:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
+    try:
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"port must be a number from 1 to 65535: {redact_url(text)!r}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
     if parts.hostname.lower().startswith("xn--"):
@@ -441,10 +444,20 @@ def duration_in(lowest: float, highest: float) -> Callable[[object], float]:
     def check(value: object) -> float:
         seconds = parse_duration(value)
         if not lowest <= seconds <= highest:
-            raise ValueError(f"must be from {lowest:g}s to {highest:g}s, got {value!r}")
+            shown = f"{duration_text(lowest)} to {duration_text(highest)}"
+            raise ValueError(f"must be from {shown}, got {value!r}")
         return seconds
 
     return check
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` as a duration is written in the config, in its largest whole unit
+    (``366d``, ``10m``, ``60s``, ``0.5s``): never ``3.16224e+07s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds < 1e6 else f"{int(seconds)}s"
 
 
 # Digits bounded: a size of thousands of digits is refused, never turned into an infinite float.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tracker.config.values import check_http_url, parse_duration, parse_size
+from tracker.config.values import check_http_url, duration_text, parse_duration, parse_size
 from tracker.core.cachedirs import group_name_problem
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
@@ -71,9 +71,8 @@ def duration_in_arg(lowest: float, highest: float) -> Callable[[str], float]:
     def arg(text: str) -> float:
         seconds = duration_arg(text)
         if not lowest <= seconds <= highest:
-            raise argparse.ArgumentTypeError(
-                f"must be from {lowest:g}s to {highest:g}s, got {text!r}"
-            )
+            shown = f"{duration_text(lowest)} to {duration_text(highest)}"
+            raise argparse.ArgumentTypeError(f"must be from {shown}, got {text!r}")
         return seconds
 
     return arg

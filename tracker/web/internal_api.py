@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import quart
 import trio
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from tracker.errors import ConfigError
 from tracker.web.statuspage import PAGE_HEADERS, StatusView, parse_refresh, render_status
@@ -57,5 +58,17 @@ def create_internal_app(
             # (thousands of targets make a page of a megabyte).
             page = await trio.to_thread.run_sync(render_status, view)
             return quart.Response(page.encode(), headers=PAGE_HEADERS)
+
+    # One plain line, as the public listener answers (the framework's HTML pages were a
+    # paragraph of markup in `fetch`'s error when its --tracker named this port).
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> quart.Response:
+        reason = (exc.name or "error").lower()
+        return quart.Response(f"{reason}\n", status=exc.code or 500, content_type="text/plain")
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> quart.Response:
+        app.logger.exception("unhandled error on %s", quart.request.path)
+        return quart.Response(b"internal error\n", status=500, content_type="text/plain")
 
     return app
