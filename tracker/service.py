@@ -356,7 +356,11 @@ async def run_tracker(
                 # default actions, back once the handler is gone, killed it or raised
                 # KeyboardInterrupt through the nursery: a traceback).
                 forced = trio.Event()
-                await guard.start(_signals, tracker, reload, forced.set)
+                def force() -> None:  # a second signal: the grace ends now
+                    forced.set()
+                    transfers.cut_now()
+
+                await guard.start(_signals, tracker, reload, force)
                 async with trio.open_nursery() as nursery:
                     # Proxied streams run here: they outlive their requests
                     # (docs/http-api.md#archive-answers).

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_process import start_serve
@@ -22,9 +23,11 @@ FULL = full_name(7300)
 DATA = archive_bytes(8 * MiB, seed=73)
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["grace ended", "second SIGTERM"])
 async def test_a_transfer_the_grace_period_cut_logs_its_bytes_and_shutdown(
-    tmp_path: Path,
+    tmp_path: Path, forced: bool
 ) -> None:
+    # forced: a second SIGTERM ends a long grace at once; the line said client_gone
     stall = 3 * MiB // 2
     up = FakeUpstream(
         files={FULL: DATA},
@@ -38,7 +41,7 @@ async def test_a_transfer_the_grace_period_cut_logs_its_bytes_and_shutdown(
             "scrape_interval": "30s",
             "proxy_snapshot_downloads": True,
             "verify_archives": False,  # an opaque blob
-            "shutdown_grace": "1s",
+            "shutdown_grace": "60s" if forced else "1s",
             "target_groups": [
                 {"group": GROUP, "static_targets": {"targets": [up.base.removeprefix("http://")]}}
             ],
@@ -59,9 +62,15 @@ async def test_a_transfer_the_grace_period_cut_logs_its_bytes_and_shutdown(
                         async for chunk in response.aiter_raw():
                             received += len(chunk)
                             if received >= MiB and not signalled:
-                                # the upstream stalled; the grace period (1 s) will cut it
+                                # the upstream stalled; the grace period (1 s) will cut it,
+                                # or a second SIGTERM once the daemon is stopping
                                 serve.proc.send_signal(signal.SIGTERM)
                                 signalled = True
+                                if forced:
+                                    with trio.fail_after(20):
+                                        while " stopping " not in serve.log:
+                                            await trio.sleep(0.05)
+                                    serve.proc.send_signal(signal.SIGTERM)
                     except httpx.HTTPError:
                         pass  # cut short: never a complete 200
             assert 0 < received < len(DATA)

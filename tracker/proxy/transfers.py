@@ -127,10 +127,17 @@ class Transfers:
         """Refuse new transfers; running ones get ``grace`` seconds to finish, background
         tasks (:meth:`spawn`) are cancelled at once."""
         self._grace = grace
-        self._cut_at = trio.current_time() + grace
+        ends = trio.current_time() + grace
+        self._cut_at = ends if self._cut_at is None else min(self._cut_at, ends)
         self._stop.set()
         if self._background is not None:
             self._background.cancel_scope.cancel()
+
+    def cut_now(self) -> None:
+        """The grace period ends now (a second SIGTERM or SIGINT): what is still being sent
+        is ended by the tracker, and said so (``outcome=shutdown``)."""
+        now = trio.current_time() + CUT_MARGIN
+        self._cut_at = now if self._cut_at is None else min(self._cut_at, now)
 
     def cut(self) -> bool:
         """True once the grace period after :meth:`close` ended: what is still being sent
