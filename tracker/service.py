@@ -356,6 +356,7 @@ async def run_tracker(
                 # default actions, back once the handler is gone, killed it or raised
                 # KeyboardInterrupt through the nursery: a traceback).
                 forced = trio.Event()
+
                 def force() -> None:  # a second signal: the grace ends now
                     forced.set()
                     transfers.cut_now()

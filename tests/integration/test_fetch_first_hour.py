@@ -111,7 +111,7 @@ def test_request_timeout_bounds_the_listing_and_the_sources_answers(tmp_path: Pa
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         for flag, reason in (
-            ("--tracker", "no listing within 1s"),
+            ("--tracker", "no answer within 1s"),
             ("--source", "no answer within 1s"),
         ):
             done = fetch("--ledger", str(tmp_path / "ledger"), flag, url, "--request-timeout", "1s")

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -155,3 +156,24 @@ async def test_a_read_that_hangs_does_not_hold_the_stop(
             assert t.parts.learning.saved == 0
     finally:
         release.set()
+
+
+async def test_a_restore_failing_as_no_rule_foresaw_still_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's document that made the restore raise what no rule names stopped every
+    save: no state file, no document for the other replicas. It costs that restore."""
+
+    async def failing(self: object) -> None:
+        raise ValueError("unforeseen")
+
+    monkeypatch.setattr(tracker.learning.sync.Learning, "restore", failing)
+    up = FakeUpstream(files={NAME: DATA})
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
+        learning = attrs.evolve(t.parts.learning, every=0.01)
+        with trio.fail_after(10), trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(learning.run)
+                while learning.saved < 2:
+                    await trio.sleep(0.01)
+                scope.cancel()

@@ -9,6 +9,7 @@ lowers the level brings back a copy refused only for being below the old one."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -162,3 +163,33 @@ async def test_a_reload_lowering_the_level_brings_back_a_copy_refused_for_it(
         await wait_until(back, timeout=20)
         await assert_handed_out(f, name)
         assert len(f.bad.gets(name)) == 1  # brought back with the proof it had: not read again
+
+
+async def test_a_head_read_failing_as_no_rule_foresaw_costs_that_copy_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One copy's read raising what no rule names ended the round's nursery: the reads
+    beside it were cancelled, and every round met it again. It is that copy's failure
+    now (tried again later); the other copy is proven and handed out."""
+    import tracker.proof.background.heads as heads
+
+    name, data = build_archive(4400, seed=45, account_size=ACCOUNT)
+    settings = {"trust": {"require": "manifest"}, **REDIRECT}
+    prove = heads.prove_copy
+
+    async def failing(clients: object, group: object, read: Any, *args: object) -> Any:
+        if read.file.url.startswith(bad_base):
+            raise ValueError("unforeseen")
+        return await prove(clients, group, read, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heads, "prove_copy", failing)
+    async with fleet(tmp_path, name, data, data, **settings) as f:
+        bad_base = f.bad.base
+        f.good.listing = sidecar_listing({name: data})
+        good = f"{f.good.base}/v1/snapshot/{name}"
+
+        async def good_proven() -> bool:
+            return await best_urls(f) == [good]
+
+        await wait_until(good_proven, timeout=20)
+        assert any(r.msg == "head_read_error" for r in caplog.records)

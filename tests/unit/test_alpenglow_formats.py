@@ -327,6 +327,13 @@ def test_an_account_listed_twice_is_kept_once_as_the_last_one_read() -> None:
         Candidate(vote, b"\x03" * 32, 400, b"\x04" * 48)
     ]
     assert (voters.listed, len(voters.candidates), voters.complete) == (2, 2, True)
+    # the last one read stays even when it cannot be ranked (no stake, no key): the
+    # earlier copy is not (it was kept, unlike agave's map)
+    for unranked in ((_vote_key(1), 0, last), (_vote_key(1), 400, _v4(b"\x03" * 32, None))):
+        data = write_manifest(schedule_slot(20), None, epoch_stakes={20: [*accounts, unranked]})
+        again = _decoded(data).fields["epoch_voters"]
+        assert [c.vote for c in again.candidates] == [base58.b58encode(_vote_key(2)).decode()]
+        assert again.complete
     # nor is a kept form that lists one twice read back
     twice = EpochVoters(20, (voters.candidates[0],) * 2, 2).to_bytes()
     with pytest.raises(CertificateInvalid, match="list a vote account twice"):

@@ -71,6 +71,7 @@ def test_only_http_urls_are_taken(
     err = usage_error(["fetch", "--ledger", "l", "--tracker", url], capsys)
     assert f"expected an http:// or https:// URL, got {url!r}" in err or (
         f"not an absolute http(s) URL: {url!r}" in err
+        or f"port must be a number from 1 to 65535: {url!r}" in err
     )
 
 

@@ -85,6 +85,11 @@ def test_the_required_level_of_a_group(
             "cluster_proof.also_rpc[0]",
             "port must be a number from 1 to 65535",
         ),
+        (
+            "cluster_proof: {also_rpc: ['http://127.0.0.1:0']}\n",
+            "cluster_proof.also_rpc[0]",
+            "port must be a number from 1 to 65535",
+        ),
     ],
 )
 def test_bad_proof_settings_name_their_key(

@@ -157,7 +157,7 @@ RULES = [
     (
         GROUP + "    http_targets: {targets: ['http://h:99999']}\n",
         "target_groups[0].http_targets.targets[0]",
-        "not an absolute http(s) URL",
+        "port must be a number from 1 to 65535",
     ),
     # httpx decodes such a host when first read, and raised then: check-config passed it,
     # serve ended at the first scrape.

@@ -116,6 +116,20 @@ def test_screening_compares_fulls_with_fulls_and_incrementals_with_incrementals(
     assert dict(index.mismatches()) == {TargetKey("g", "liar"): "hash mismatch at slot 100"}
 
 
+def test_a_full_and_an_incremental_of_one_slot_and_hash_agree() -> None:
+    # After SIMD-0220 a full and an incremental ending at one slot carry the state's one
+    # hash: one target listing the full, another the incremental, are two agreeing on it
+    # (keyed by kind, each had one holder and both were dropped under 2 agreeing).
+    index = Index()
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
+    index.apply(TargetKey("g", "a"), infos("snapshot-50-H.tar", "snapshot-100-H.tar"), T0)
+    index.apply(
+        TargetKey("g", "b"), infos("snapshot-50-H.tar", "incremental-snapshot-50-100-H.tar"), T0
+    )
+    ranked = {(s.info.is_full, s.info.slot) for s in index.sources("g")}
+    assert (True, 100) in ranked and (False, 100) in ranked
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

@@ -82,7 +82,7 @@ keep_previous: 2
         ("bucket: b1x\nendpoint: ftp://x", "object_store.endpoint", "http(s) URL"),
         ("bucket: b1x\npublic_endpoint: http://u:p@x", "object_store.public_endpoint", "creden"),
         ("bucket: b1x\naddressing_style: dns", "object_store.addressing_style", "'path'"),
-        ("bucket: b1x\ndirect_serve_ttl: 169h", "object_store.direct_serve_ttl", "604800"),
+        ("bucket: b1x\ndirect_serve_ttl: 169h", "object_store.direct_serve_ttl", "to 7d"),
         ("bucket: b1x\nlock_ttl: 0s", "object_store.lock_ttl", "from 1s"),
         ("bucket: b1x\nkeep_previous: -1", "object_store.keep_previous", "from 0"),
         ("bucket: b1x\nrequest_timeout: 0s", "object_store.request_timeout", "from 0.1s"),
@@ -410,3 +410,14 @@ async def test_urllib3s_own_errors_of_a_streamed_body_are_store_errors(error: Ex
 
     with pytest.raises(StoreError, match="get_object: "):
         await Bucket(store)._call("get_object", body_read)
+
+
+def test_a_head_answer_from_a_date_past_the_calendars_edge_in_utc() -> None:
+    # An object's Last-Modified of 0001-01-01T00:00:00+05:00 overflowed in astimezone(UTC):
+    # a 500 for that HEAD; the answer's date is held to 1970-9999 as every other.
+    from tracker.objectstore.storeanswers import ObjectInfo
+    from tracker.proxy.bucketcopies import head_response
+
+    edge = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    answer = head_response(ObjectInfo("p/g/x", 5, '"e"', edge))
+    assert answer.headers["last-modified"] == "Thu, 01 Jan 1970 00:00:00 GMT"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from names import full_name, incremental_name
@@ -150,3 +151,33 @@ async def test_a_source_gone_is_forgotten_by_the_speed_tests(
         index.drop(key)
     await tests.round()
     assert tests._probed == {}
+
+
+async def test_a_test_failing_as_no_rule_foresaw_costs_that_source_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A source whose test raised what no rule names ended the round; restarted, the loop
+    # met it first again, and the sources after it were never measured.
+    import tracker.measuring.rangereads as rangereads
+    from tracker.config.schema import Ranking, SpeedTest, TargetGroup
+    from tracker.ordering.index import Index
+
+    async def measured(_clients: object, _group: object, probe: Any, *_args: object) -> Any:
+        if probe.key.target == "http://node0":
+            raise ValueError("unforeseen")
+        return 16 * 1024 * 1024, 0.5
+
+    monkeypatch.setattr(rangereads, "speed_test", measured)
+    group = TargetGroup(group="g", ranking=Ranking(speed_test=SpeedTest(top=5, interval=600)))
+    config = Config(target_groups=(group,))
+    index = Index(clock=lambda: 0.0)
+    tests = rangereads.SpeedTests(lambda: config, index, clients=None)  # type: ignore[arg-type]
+    name = full_name(100)
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    for n in range(3):
+        file = SnapshotFile(parsed, name, size=100, url=f"http://node{n}/{name}")
+        key = TargetKey("g", f"http://node{n}")
+        index.apply(key, [info_from_files([file])], datetime(2026, 11, 28, tzinfo=UTC))
+    assert await tests.round() == 2
+    assert set(tests._probed) == {TargetKey("g", f"http://node{n}") for n in range(3)}

@@ -269,9 +269,11 @@ def check_http_url(text: str) -> None:
     except ValueError:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
     try:
-        _ = parts.port  # raises ValueError for a port out of range
+        port = parts.port  # raises ValueError for a port out of range
     except ValueError:
-        raise ValueError(f"port must be a number from 1 to 65535: {redact_url(text)!r}") from None
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535: {redact_url(text)!r}")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
     if parts.hostname.lower().startswith("xn--"):

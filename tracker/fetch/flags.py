@@ -340,8 +340,7 @@ def add_fetch_parser(commands: Any) -> None:
         type=duration_arg,
         default=3.0,
         metavar="DURATION",
-        help="longest wait for a response head, the tracker's listing, a source's "
-        "answer to the aliases (default: 3s)",
+        help="longest wait for an answer's head (default: 3s)",
     )
     add(
         "--download-timeout",

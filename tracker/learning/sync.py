@@ -79,14 +79,22 @@ class Learning:
     def __attrs_post_init__(self) -> None:
         self._replica = self._replica or replica_name(self._config())
 
+    async def _restore_guarded(self) -> None:
+        """:meth:`restore`, whose unforeseen failure (a document no rule refused) is logged
+        and costs that restore only: this replica's own state is saved all the same."""
+        try:
+            await self.restore()
+        except Exception as exc:
+            log_event(log, "error", "learned_restore_error", exc_info=exc)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Restore, then sync every ``every`` seconds until cancelled; a last write then."""
-        await self.restore()
+        await self._restore_guarded()
         task_status.started()
         try:
             while True:
                 await trio.sleep(SYNC_EVERY if self._every is None else self._every)
-                await self.restore()
+                await self._restore_guarded()
                 await self.save()
         finally:
             with trio.CancelScope(shield=True) as scope:

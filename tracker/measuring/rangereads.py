@@ -123,6 +123,12 @@ class SpeedTests:
             self._probed[probe.key] = self._clock()
             log_event(log, "warning", "speed_test_failed", url=probe.file.url, reason=exc)
             return 0
+        except Exception as exc:
+            # the last guard: what no rule foresaw costs this source's test (due again
+            # after its interval), never the tests of the sources after it
+            self._probed[probe.key] = self._clock()
+            log_event(log, "error", "speed_test_error", url=probe.file.url, exc_info=exc)
+            return 0
         self._probed[probe.key] = self._clock()
         self._index.record_transfer(probe.key, size, seconds, self._clock(), kind="probed")
         rate = round(size / seconds) if seconds > 0 else 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import httpx
+import trio
 
 from tracker.core.text import one_line, quoted
 from tracker.core.untrusted import JSON_ERRORS, ascii_digits, json_reason, reject_constant
@@ -351,23 +353,31 @@ async def fetch_capped(
     headers: Mapping[str, str],
     max_body: int,
     params: Mapping[str, str] = NO_HEADERS,
+    head_within: float = math.inf,
 ) -> bytearray:
-    """GET ``url`` without following redirects and return its 200 body, at most ``max_body``.
+    """GET ``url`` without following redirects and return its 200 body, at most ``max_body``;
+    its head within ``head_within`` seconds (the body then has the client's read timeout
+    for each read).
 
     Sends ``accept-encoding: identity``. Any other status, a redirect, a body that is too
-    large or compressed, and every httpx failure (connect, TLS, timeout, protocol) raise
-    :class:`ProbeError` with a one-line reason. Cancellation propagates untouched.
+    large or compressed, no head in time, and every httpx failure (connect, TLS, timeout,
+    protocol) raise :class:`ProbeError` with a one-line reason. Cancellation from outside
+    propagates untouched.
     """
     request_headers = {**headers, "accept": "application/json", "accept-encoding": "identity"}
+    head = trio.CancelScope(deadline=trio.current_time() + head_within)
     try:
-        async with client.stream(
-            "GET", url, headers=request_headers, params=params, follow_redirects=False
-        ) as response:
-            if response.status_code != 200:
-                raise ProbeError(await _unexpected(response))
-            return await read_capped(response, max_body)
+        with head:
+            async with client.stream(
+                "GET", url, headers=request_headers, params=params, follow_redirects=False
+            ) as response:
+                head.deadline = math.inf
+                if response.status_code != 200:
+                    raise ProbeError(await _unexpected(response))
+                return await read_capped(response, max_body)
     except HTTPX_ERRORS as exc:
         raise ProbeError(transport_reason(exc)) from exc
+    raise ProbeError(f"no answer within {head_within:g}s")
 
 
 async def _unexpected(response: httpx.Response) -> str:

@@ -90,22 +90,27 @@ def screen(
     """Screen what each target (key → (infos, its target URL or path)) advertises;
     ``discovered``: the keys of discovered nodes.
 
-    A snapshot is identified by the (kind, slot, hash) of every file of its chain: an
-    incremental is ranked only when its own and its full's pass. Fulls are compared with
-    fulls and incrementals with incrementals: before SIMD-0220 an incremental was named by
-    the accounts changed since its base, so a full and an incremental of one slot carry two
-    hashes and neither is a liar (as :func:`hashes_disagree` counts them).
+    A snapshot is identified by the (slot, hash) of every file of its chain: an incremental
+    is ranked only when its own and its full's pass. Its agreeing holders and its trust are
+    those of the (slot, hash), whichever kind each holder lists (after SIMD-0220 a full and
+    an incremental of one slot carry the same hash: the same state). Hashes compete within
+    a kind, fulls with fulls and incrementals with incrementals: before SIMD-0220 an
+    incremental was named by the accounts changed since its base, so a full and an
+    incremental of one slot carry two hashes and neither is a liar (as
+    :func:`hashes_disagree` counts them).
     """
     holders: dict[_Archive, set[K]] = defaultdict(set)
-    trusted: set[_Archive] = set()
+    agreeing: dict[tuple[int, str], set[K]] = defaultdict(set)
+    trusted: set[tuple[int, str]] = set()
     for key, (infos, target) in advertised.items():
         known = is_known(target, policy.known_sources)
         for info in infos:
             for f in info.files:
-                archive = (f.name.is_full, f.name.slot, f.name.hash)
-                holders[archive].add(key)
+                pair = (f.name.slot, f.name.hash)
+                holders[(f.name.is_full, *pair)].add(key)
+                agreeing[pair].add(key)
                 if known:
-                    trusted.add(archive)
+                    trusted.add(pair)
     winners = _winners(holders, trusted)
     mismatches: dict[K, str] = {}
     passed: set[_Archive] = set()
@@ -117,7 +122,8 @@ def screen(
             continue
         if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
             continue
-        if archive in trusted or len(keys) >= _agreeing(policy, keys, discovered):
+        pooled = agreeing[(slot, hash_)]
+        if (slot, hash_) in trusted or len(pooled) >= _agreeing(policy, pooled, discovered):
             passed.add(archive)
     # Only the targets holding something that did not pass are filtered: in a healthy
     # cluster that is none of thousands.
@@ -165,13 +171,13 @@ def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
     return policy.min_agreeing_sources
 
 
-def _winners(holders: Mapping[_Archive, set[K]], trusted: set[_Archive]) -> dict[_Slot, str]:
-    """The hash that wins at each slot of each kind: the trusted one, else the strict
-    majority's."""
+def _winners(holders: Mapping[_Archive, set[K]], trusted: set[tuple[int, str]]) -> dict[_Slot, str]:
+    """The hash that wins at each slot of each kind: the trusted (slot, hash), else the
+    strict majority's of that kind."""
     by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
     for archive, keys in holders.items():
         is_full, slot, hash_ = archive
-        by_slot[(is_full, slot)].append((hash_, len(keys), archive in trusted))
+        by_slot[(is_full, slot)].append((hash_, len(keys), (slot, hash_) in trusted))
     winners: dict[_Slot, str] = {}
     for where, candidates in by_slot.items():
         known = [h for h, _n, is_trusted in candidates if is_trusted]

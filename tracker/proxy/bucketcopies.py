@@ -182,8 +182,10 @@ def head_response(info: ObjectInfo, digest: str | None = None) -> Answer:
     """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD), with the
     object's ``repr-digest`` when its digest is known."""
     response = Answer(200)
+    # timestamp() of the aware date: astimezone(UTC) overflows at the calendar's edges
+    # (a store's 0001-01-01T00:00:00+05:00); http_date holds it to 1970-9999
     modified = info.metadata.get("upstream-last-modified") or http_date(
-        info.last_modified.astimezone(UTC).timestamp()
+        info.last_modified.timestamp()
     )
     response.headers.update(
         {

@@ -171,6 +171,12 @@ class HeadProofs(Rounds):
             try:
                 async with self._at_once:
                     return await work()
+            except Exception as exc:
+                # the last guard: what no rule of the read or the decision foresaw costs
+                # this copy (tried again after retry_after), never the reads beside it
+                self._tried[read.copy] = self._index.clock()
+                log_event(log, "error", "head_read_error", url=read.file.url, exc_info=exc)
+                return 0
             finally:
                 self._reading.discard(read.copy)
 

@@ -357,20 +357,26 @@ class ManifestDecoder:
     def _keep_voter(self, head: bytes, data: bytes) -> None:
         """Keep a vote account of the bank's epoch's stakes as the rank map weighs it: with
         stake and a BLS key in its data (docs/http-api.md, "After the migration")."""
+        if self._voters is None:
+            return
         stake = _u64_at(head, 32)
-        if stake == 0 or self._voters is None:
-            return
-        try:
-            node, key = vote_account_keys(data)
-        except CertificateInvalid:  # data agave's vote state view does not read
-            return
-        if key is None:
-            return
         vote = base58.b58encode(head[:32]).decode("ascii")
+        key: bytes | None = None
+        if stake:
+            try:
+                node, key = vote_account_keys(data)
+            except CertificateInvalid:  # data agave's vote state view does not read
+                key = None
         if vote in self._voters:
             # listed twice (agave's map is keyed by the vote account: the last one read
-            # stays); never two candidates of one account (its signers counted once)
-            self._voters[vote] = Candidate(vote, node, stake, key)
+            # stays, ranked or not); never two candidates of one account
+            if key is None:
+                del self._voters[vote]
+                self._listed -= 1
+            else:
+                self._voters[vote] = Candidate(vote, node, stake, key)
+            return
+        if key is None:
             return
         self._listed += 1
         if len(self._voters) < MAX_EPOCH_VOTERS:
