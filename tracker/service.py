@@ -485,10 +485,13 @@ def supervised(name: str, task: Callable[[], Awaitable[None]]) -> Callable[[], A
     async def run() -> None:
         wait = RESTART_AFTER
         while True:
+            began = trio.current_time()
             try:
                 await task()
                 return
             except Exception as exc:
+                if trio.current_time() - began > MAX_RESTART_AFTER:
+                    wait = RESTART_AFTER  # it ran a while: a new failure, not the same one
                 log_event(log, "error", "task_failed", task=name, exc_info=exc, retry_in=wait)
             await trio.sleep(wait)
             wait = min(2 * wait, MAX_RESTART_AFTER)

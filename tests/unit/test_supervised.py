@@ -56,3 +56,23 @@ async def test_cancellation_is_not_caught(autojump_clock: trio.testing.MockClock
     with trio.move_on_after(5) as scope:
         await supervised("ages", loop)()
     assert scope.cancelled_caught and runs == 1
+
+
+async def test_a_loop_that_ran_a_while_waits_the_first_wait_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # After failures spread over days every restart waited a minute: the wait doubled for
+    # good. A loop that ran longer than the longest wait before failing starts again at 1 s.
+    started: list[float] = []
+
+    async def loop() -> None:
+        started.append(trio.current_time())
+        if len(started) == 4:
+            await trio.sleep(3600)  # ran an hour, then failed
+        if len(started) <= 4:
+            raise ValueError("again")
+
+    await supervised("ages", loop)()
+    waits = [b - a for a, b in itertools.pairwise(started)]
+    assert waits[:3] == [1.0, 2.0, 4.0]
+    assert waits[3] == pytest.approx(3600 + RESTART_AFTER)
