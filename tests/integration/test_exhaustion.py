@@ -32,6 +32,7 @@ def large_config(group_dir: Path) -> str:
     return (
         f"target_groups: [{{group: g, local_targets: {{paths: ['{group_dir}']}}}}]\n"
         f"internal_listen: 127.0.0.1:0\nlisten: 127.0.0.1:0\negress: {{deny: [{deny}]}}\n"
+        "verify_archives: false\n"
     )
 
 
@@ -41,7 +42,7 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
     path = tmp_path / "tracker.yml"
     path.write_text(
         f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]\n"
-        "internal_listen: 127.0.0.1:0\nlisten: 127.0.0.1:0\n"
+        "internal_listen: 127.0.0.1:0\nlisten: 127.0.0.1:0\nverify_archives: false\n"
     )
     serve = await start_serve("--config", str(path))
     assert serve.internal is not None
@@ -186,6 +187,7 @@ def small_tracker(tmp_path: Path, **extra: str) -> Path:
     path.write_text(
         f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]\n"
         f"listen: 127.0.0.1:0\ninternal_listen: ''\n{settings}"
+        + ("" if "verify_archives" in extra else "verify_archives: false\n")
     )
     return path
 

@@ -41,6 +41,7 @@ def local_config(tmp_path: Path, **extra: Any) -> Path:
         "listen": "127.0.0.1:0",
         "internal_listen": "127.0.0.1:0",
         "target_groups": [{"group": "g", "local_targets": {"paths": ["ledger"]}}],
+        "verify_archives": False,  # random blobs (a failed check keeps a local file out)
         **extra,
     }
     return write(tmp_path / "config.yml", settings)
