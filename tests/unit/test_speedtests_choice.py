@@ -13,7 +13,7 @@ from names import full_name, incremental_name
 
 from tracker.config.loading import load_config
 from tracker.config.schema import Config
-from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
+from tracker.core.snapshots import SnapshotFile, SnapshotInfo, info_from_files, parse_archive_name
 from tracker.errors import ConfigError
 from tracker.measuring.speedtests import probes_due
 from tracker.ordering.index import SnapshotSource, TargetKey
@@ -123,30 +123,42 @@ def test_a_bad_speed_test_names_its_key(tmp_path: Path, ranking: str, key: str) 
     assert line.startswith(f"target_groups[0].ranking.speed_test.{key}"), line
 
 
-async def test_a_source_gone_is_forgotten_by_the_speed_tests(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # When each target was last probed was kept for every target ever seen (discovered
-    # nodes come and go: one entry each, for good, copied every second).
+def speed_tests(monkeypatch: pytest.MonkeyPatch, measured: Any) -> tuple[Any, Any]:
+    """Speed tests of one group ranked by time (five a round, every ten minutes) over an
+    index on a still clock, each test's read answered by ``measured``."""
     import tracker.measuring.rangereads as rangereads
     from tracker.config.schema import Ranking, SpeedTest, TargetGroup
     from tracker.ordering.index import Index
-
-    async def measured(*_args: object, **_kwargs: object) -> tuple[int, float]:
-        return 16 * 1024 * 1024, 0.5
 
     monkeypatch.setattr(rangereads, "speed_test", measured)
     group = TargetGroup(group="g", ranking=Ranking(speed_test=SpeedTest(top=5, interval=600)))
     config = Config(target_groups=(group,))
     index = Index(clock=lambda: 0.0)
     tests = rangereads.SpeedTests(lambda: config, index, clients=None)  # type: ignore[arg-type]
+    return tests, index
+
+
+def node_full(n: int) -> tuple[TargetKey, SnapshotInfo]:
+    """Node ``n``'s target and its full at slot 100."""
+    name = full_name(100)
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    file = SnapshotFile(parsed, name, size=100, url=f"http://node{n}/{name}")
+    return TargetKey("g", f"http://node{n}"), info_from_files([file])
+
+
+async def test_a_source_gone_is_forgotten_by_the_speed_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # When each target was last probed was kept for every target ever seen (discovered
+    # nodes come and go: one entry each, for good, copied every second).
+    async def measured(*_args: object, **_kwargs: object) -> tuple[int, float]:
+        return 16 * 1024 * 1024, 0.5
+
+    tests, index = speed_tests(monkeypatch, measured)
     for n in range(50):
-        key = TargetKey("g", f"http://node{n}")
-        name = full_name(100)
-        parsed = parse_archive_name(name)
-        assert parsed is not None
-        file = SnapshotFile(parsed, name, size=100, url=f"http://node{n}/{name}")
-        index.apply(key, [info_from_files([file])], datetime(2026, 11, 28, tzinfo=UTC))
+        key, info = node_full(n)
+        index.apply(key, [info], datetime(2026, 11, 28, tzinfo=UTC))
         assert await tests.round() == 1
         index.drop(key)
     await tests.round()
@@ -158,26 +170,14 @@ async def test_a_test_failing_as_no_rule_foresaw_costs_that_source_only(
 ) -> None:
     # A source whose test raised what no rule names ended the round; restarted, the loop
     # met it first again, and the sources after it were never measured.
-    import tracker.measuring.rangereads as rangereads
-    from tracker.config.schema import Ranking, SpeedTest, TargetGroup
-    from tracker.ordering.index import Index
-
     async def measured(_clients: object, _group: object, probe: Any, *_args: object) -> Any:
         if probe.key.target == "http://node0":
             raise ValueError("unforeseen")
         return 16 * 1024 * 1024, 0.5
 
-    monkeypatch.setattr(rangereads, "speed_test", measured)
-    group = TargetGroup(group="g", ranking=Ranking(speed_test=SpeedTest(top=5, interval=600)))
-    config = Config(target_groups=(group,))
-    index = Index(clock=lambda: 0.0)
-    tests = rangereads.SpeedTests(lambda: config, index, clients=None)  # type: ignore[arg-type]
-    name = full_name(100)
-    parsed = parse_archive_name(name)
-    assert parsed is not None
+    tests, index = speed_tests(monkeypatch, measured)
     for n in range(3):
-        file = SnapshotFile(parsed, name, size=100, url=f"http://node{n}/{name}")
-        key = TargetKey("g", f"http://node{n}")
-        index.apply(key, [info_from_files([file])], datetime(2026, 11, 28, tzinfo=UTC))
+        key, info = node_full(n)
+        index.apply(key, [info], datetime(2026, 11, 28, tzinfo=UTC))
     assert await tests.round() == 2
     assert set(tests._probed) == {TargetKey("g", f"http://node{n}") for n in range(3)}
