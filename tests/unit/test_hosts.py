@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.core.hosts import is_authority, is_host_name
+from tracker.core.hosts import is_authority, is_host_name, voice_of
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,18 @@ def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) 
     assert is_host_name(text) is name
     assert is_authority(text) is authority
     assert is_authority(text, port_required=True) is with_port
+
+
+@pytest.mark.parametrize(
+    ("target", "voice"),
+    [
+        ("http://10.0.0.1:8899", "10.0.0.1"),
+        ("http://10.0.0.1:9000/snapshots", "10.0.0.1"),  # another port of one machine
+        ("https://User@RPC.example:443", "rpc.example"),
+        ("http://[::1]:8899", "::1"),
+        ("/var/ledger", "/var/ledger"),  # a local directory is its own
+        ("http://[::1", "http://[::1"),  # malformed: its own, never an error
+    ],
+)
+def test_voice_of(target: str, voice: str) -> None:
+    assert voice_of(target) == voice

@@ -11,7 +11,7 @@ import pytest
 from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.ranking import priced_sizes, voice_of
+from tracker.ordering.ranking import priced_sizes
 from tracker.ordering.sourcehistory import HALF_LIFE as THROUGHPUT_HALF_LIFE
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -195,21 +195,6 @@ F1, F2, I1 = "full 1000", "full 900", "incremental 900-990"
 )
 def test_priced_sizes(listed: list[tuple[str, bool, int, str]], priced: dict[str, int]) -> None:
     assert priced_sizes(listed) == priced
-
-
-@pytest.mark.parametrize(
-    ("target", "voice"),
-    [
-        ("http://10.0.0.1:8899", "10.0.0.1"),
-        ("http://10.0.0.1:9000/snapshots", "10.0.0.1"),  # another port of one machine
-        ("https://User@RPC.example:443", "rpc.example"),
-        ("http://[::1]:8899", "::1"),
-        ("/var/ledger", "/var/ledger"),  # a local directory is its own
-        ("http://[::1", "http://[::1"),  # malformed: its own, never an error
-    ],
-)
-def test_voice_of(target: str, voice: str) -> None:
-    assert voice_of(target) == voice
 
 
 def test_a_full_listed_without_its_size_is_not_handed_out_as_free() -> None:

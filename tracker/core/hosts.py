@@ -1,5 +1,6 @@
 """The one rule of host names and ``host:port`` text, wherever the tracker reads one (the
-config's addresses and targets, target files, the ``Host`` header it echoes into URLs). Pure.
+config's addresses and targets, target files, the ``Host`` header it echoes into URLs), and
+whose word a URL is (:func:`voice_of`). Pure.
 
 A host is a DNS name or an IPv4 address: letters, digits, ``_``, ``.`` and ``-``, at most 253
 characters, starting and ending with a letter, digit or ``_`` (container and service names
@@ -8,8 +9,10 @@ use underscores), or a bracketed IPv6 address where a port may follow.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from tracker.core.untrusted import port_number
 
@@ -52,3 +55,16 @@ def is_authority(text: str, *, port_required: bool = False) -> bool:
     if not rest:
         return not port_required
     return rest.startswith(":") and port_number(rest[1:]) is not None
+
+
+@functools.lru_cache(maxsize=65_536)  # targets are few and stable; ranked again and again
+def voice_of(target: str) -> str:
+    """Whose word a target's listing or a source's bytes are: the host its URL names (two
+    ports of one machine, a sidecar and its validator's RPC, hold what that machine holds
+    and count once), a local target's path its own. The ranking's prices and a refresh's
+    piece comparison count voices with it. Pure."""
+    try:
+        host = urlsplit(target).hostname
+    except ValueError:  # a malformed URL is its own voice
+        host = None
+    return host or target  # the host lower-cased (urlsplit does), a path as it is

@@ -17,15 +17,14 @@ redirects, status page, first in ``/v1/best_snapshots``) moves only when another
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
+from tracker.core.hosts import voice_of
 from tracker.core.snapshots import (
     SnapshotFile,
     SnapshotInfo,
@@ -229,21 +228,10 @@ def _archives(
     return speeds, priced_sizes(listed)
 
 
-@functools.lru_cache(maxsize=65_536)  # targets are few and stable; ranked again and again
-def voice_of(target: str) -> str:
-    """Whose word a target's listing is: the host its URL names (two ports of one machine,
-    a sidecar and its validator's RPC, list what that machine holds and count once), a
-    local target's path its own. Pure."""
-    try:
-        host = urlsplit(target).hostname
-    except ValueError:  # a malformed URL is its own voice
-        host = None
-    return host or target  # the host lower-cased (urlsplit does), a path as it is
-
-
 def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
     """The size each archive is priced at, from what its sources list (``(name, is_full,
-    size, voice)``, 0: not given; ``voice``: :func:`voice_of`): the lower median of its
+    size, voice)``, 0: not given; ``voice``:
+    :func:`tracker.core.hosts.voice_of`): the lower median of its
     voices' sizes (each voice's own: the lower median of what its targets list), so that
     neither a source listing another's archive as huge (the newest full priced out) nor
     one listing an older archive as tiny (the fleet sent to it) decides, while the

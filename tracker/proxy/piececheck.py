@@ -24,11 +24,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
-from urllib.parse import urlsplit
 
 import attrs
 import trio
 
+from tracker.core.hosts import voice_of
 from tracker.errors import SourceFailed, TransportError
 from tracker.multisource.claims import merge
 from tracker.multisource.crew import PieceAnswer
@@ -71,7 +71,7 @@ def voices(sources: Sequence[Source], live: Collection[int]) -> list[str]:
     a sidecar and its validator's RPC, serve the file that machine holds: they agree with
     each other, right or wrong, and count once); each source its own where they name one
     host (there is no other voice to ask: as before hosts were voices)."""
-    hosts = [(urlsplit(s.url).hostname or "").lower() for s in sources]
+    hosts = [voice_of(s.url) for s in sources]
     if len({hosts[i] for i in live}) >= 2:
         return hosts
     return [f"{host}#{i}" for i, host in enumerate(hosts)]
