@@ -221,3 +221,11 @@ class NoRoom(TrackerError):
     def __init__(self, note: str) -> None:
         super().__init__(note)
         self.note = note
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """``exc``, or the first exception that is no group inside it: what a one-line reason
+    names (``ValueError``, not ``ExceptionGroup``) when nurseries wrapped it."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

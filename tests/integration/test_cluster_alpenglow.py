@@ -501,13 +501,18 @@ async def test_a_vote_account_listed_twice_costs_the_lift_not_the_service() -> N
     assert proof.note.startswith("cluster not proven: ")
 
 
+@pytest.mark.parametrize(
+    "raised",
+    [ValueError("unforeseen"), ExceptionGroup("a nursery's", [ValueError("unforeseen")])],
+)
 async def test_an_unforeseen_failure_of_one_answer_costs_the_lift_not_the_service(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raised: Exception
 ) -> None:
     # The last guard: whatever an answer or an archive's stakes make fail that no rule
-    # names is that RPC's failure, logged with its traceback; nothing leaves the lift.
+    # names is that RPC's failure, logged with its traceback; nothing leaves the lift. The
+    # note names the error, not the nursery's group around it.
     def fails(*_args: object) -> None:
-        raise ValueError("unforeseen")
+        raise raised
 
     monkeypatch.setattr(clustervotes_module, "judge_rpc", fails)
     node = alpenglow_rpc(VALS)

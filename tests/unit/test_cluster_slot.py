@@ -65,3 +65,26 @@ async def test_an_rpc_that_fails_stops_holding_the_index_back(
         await track_snapshot_age(health, Metrics(process=False), lambda: config, told.append)
     assert told[0] == 1000 and told[1] == 1150  # carried on a minute later
     assert told[-1] is None  # then none
+
+
+class _Breaking(_Health):
+    """Answers once, then fails in a way no rule names (a bug, a library's surprise)."""
+
+    async def current_slot(self) -> int:
+        if self.answers:
+            return self.answers.pop()
+        raise ValueError("nothing foresaw this")
+
+
+async def test_an_unforeseen_failure_keeps_the_carried_slot(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It ended the task: its supervisor started it again without the carried slot, so one
+    # odd answer screened the index as without rpc at once.
+    told: list[int | None] = []
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0)
+    health: Any = _Breaking()
+    with trio.move_on_after(61):
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, told.append)
+    assert told == [1000, 1150]
+    assert any(r.msg == "slot_read_error" and r.exc_info for r in caplog.records)

@@ -24,7 +24,7 @@ from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
-from tracker.errors import FetchError, ProbeError
+from tracker.errors import FetchError, ProbeError, first_leaf
 from tracker.fetch.download import Result, download, held_bytes
 from tracker.fetch.ledger import (
     in_the_way,
@@ -131,8 +131,7 @@ def _unexpected(exc: BaseException) -> FetchError:
     leaf = exc
     if isinstance(exc, BaseExceptionGroup):  # name the unexpected one, not a FetchError
         leaf = exc.split((FetchError, OSError))[1] or exc
-    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-        leaf = leaf.exceptions[0]
+    leaf = first_leaf(leaf)
     what = " ".join(str(leaf).split())[:300]
     return FetchError(f"unexpected error: {type(leaf).__name__}" + (f": {what}" if what else ""))
 
@@ -143,9 +142,7 @@ def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
     matched, rest = group.split((FetchError, OSError))
     if matched is None or rest is not None:
         return None
-    leaf: BaseException = matched
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
+    leaf = first_leaf(matched)
     if isinstance(leaf, OSError):
         return FetchError(os_reason(leaf))
     return leaf if isinstance(leaf, FetchError) else None

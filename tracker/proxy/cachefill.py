@@ -45,7 +45,7 @@ import trio
 
 from tracker.cache.mixedcopy import plan, trusted_digest
 from tracker.cache.refresh import Refresh
-from tracker.errors import ArchiveInvalid, CacheError, UpstreamError
+from tracker.errors import ArchiveInvalid, CacheError, UpstreamError, first_leaf
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
 from tracker.multisource.judging import laggards
@@ -488,9 +488,7 @@ def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     error, a failed write of the temp file as CacheError."""
     if group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
         return group
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-        leaf = leaf.exceptions[0]
+    leaf = first_leaf(group)
     if isinstance(leaf, OSError):
         return CacheError(f"cache write failed: {os.strerror(leaf.errno or 0)}")
     return leaf

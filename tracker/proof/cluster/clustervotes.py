@@ -38,7 +38,14 @@ import trio
 
 from tracker.config.schema import Config
 from tracker.core.text import one_line
-from tracker.errors import CertificateInvalid, ProbeError, RpcError, TransportError, VoteInvalid
+from tracker.errors import (
+    CertificateInvalid,
+    ProbeError,
+    RpcError,
+    TransportError,
+    VoteInvalid,
+    first_leaf,
+)
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import stream
 from tracker.net.limits import decode_text, iter_json_members, status_reason
@@ -421,7 +428,8 @@ class ClusterVotes:
                 # the last guard of hostile input: what an archive's or an RPC's bytes made
                 # fail that no rule names costs this copy's lift, never the service's tasks
                 log_event(log, "error", "cluster_proof_error", url=redact_url(url), exc_info=exc)
-                failed.append(RpcError(f"{redact_url(url)}: not weighed: {type(exc).__name__}"))
+                what = type(first_leaf(exc)).__name__  # ValueError, not ExceptionGroup
+                failed.append(RpcError(f"{redact_url(url)}: not weighed: {what}"))
 
         return asking
 
