@@ -6,8 +6,11 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 import urllib3.exceptions
 from helpers_config import load, problem_at, problems
 from names import full_name, incremental_name
@@ -16,6 +19,7 @@ from tracker.objectstore import keys
 from tracker.objectstore.keys import Archive, archive_of, legacy_kind
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.replicas import HolderRoute, base_url, holder_route, own_url_warning
+from tracker.objectstore.retainer import RETRY_AFTER, Retainer
 from tracker.objectstore.retention import (
     MAX_AHEAD,
     Retirement,
@@ -421,3 +425,29 @@ def test_a_head_answer_from_a_date_past_the_calendars_edge_in_utc() -> None:
     edge = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
     answer = head_response(ObjectInfo("p/g/x", 5, '"e"', edge))
     assert answer.headers["last-modified"] == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+async def test_a_retention_failing_as_no_rule_foresaw_is_asked_again(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its due entry was deleted before it ran: the exception ended the timer task, whose
+    # supervisor started it again without that group's schedule (its archives kept until
+    # the next upload).
+    runs: list[tuple[str, bool]] = []
+
+    async def retain(self: Retainer, group: str, *, full: bool) -> None:
+        runs.append((group, full))
+        if len(runs) == 1:
+            raise ValueError("nothing foresaw this")
+
+    monkeypatch.setattr(Retainer, "retain", retain)
+    failed: list[str] = []
+    none: Any = None
+    retainer = Retainer(none, none, none, none, lambda op, _exc: failed.append(op))
+    retainer.schedule("mainnet", True, 0.0)
+    with trio.move_on_after(RETRY_AFTER + 1):
+        await retainer.retire_when_due()
+    assert runs == [("mainnet", True), ("mainnet", True)]
+    assert any(r.msg == "retention_error" and r.exc_info for r in caplog.records)

@@ -147,6 +147,13 @@ class Retainer:
             for key in [key for key, at in self._due.items() if at <= now]:
                 del self._due[key]
                 group, full = key
-                await self.retain(group, full=full)
+                try:
+                    await self.retain(group, full=full)
+                except Exception as exc:
+                    # the last guard (docs/architecture.md, "Failures"): what no rule names
+                    # costs this group and kind one round, asked again as after a store's
+                    # failure; a restart of the loop would have lost its schedule
+                    log_event(log, "error", "retention_error", group=group, exc_info=exc)
+                    self.schedule(group, full, RETRY_AFTER)
             with trio.move_on_at(min(self._due.values(), default=math.inf)):
                 await self._due_changed.wait()
