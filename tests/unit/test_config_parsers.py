@@ -136,14 +136,27 @@ def test_parse_address_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["10.0.0.1:13080", "node-1.example.org:1", "node", "[2001:db8::1]:13080", "[::1]"]
+    "text",
+    [
+        "10.0.0.1:13080",
+        "node-1.example.org:1",
+        "node",
+        "[2001:db8::1]:13080",
+        "[::1]",
+        "[fe80::1%eth0]:8899",
+    ],
 )
 def test_check_target_accepts(text: str) -> None:
     assert check_target(text) == text
 
 
 @pytest.mark.parametrize(
-    "text", ["", ":13080", "h:0", "h:65536", "h:x", "http://h:1", "h:1/path", "::1", "a b:1"]
+    "text",
+    [
+        *("", ":13080", "h:0", "h:65536", "h:x", "http://h:1", "h:1/path", "::1", "a b:1"),
+        # a zone id is an interface's name: these made URLs no parser splits again
+        *("[fe80::1%eth0#x?y]:8899", "[fe80::1%a b]:1", "[fe80::1%\u00e9]:1", "[fe80::1%a\x00]:1"),
+    ],
 )
 def test_check_target_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a host:port target"):

@@ -271,3 +271,49 @@ def test_docstrings_and_comments_are_whole() -> None:
 def test_a_broken_line_is_found() -> None:
     broken = '"""' + "word " * 18 + "and\nthe\nrest of the sentence.\n\nMore.\n" + '"""\n'
     assert _stray_fragments(broken) == ["the"]
+
+
+#: A section of a doc cited in a docstring or comment: ``docs/http-api.md, "Archive answers"``.
+CITED = re.compile(r"docs/([a-z-]+)\.md, \"([^\"]+)\"")
+
+
+def _sections(doc: str) -> tuple[list[str], str]:
+    """The headings of ``docs/{doc}.md`` and its text on one line (bold run-in labels such
+    as ``**Failures.**`` name sections too)."""
+    text = (ROOT / "docs" / f"{doc}.md").read_text()
+    headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    return headings, " ".join(text.split())
+
+
+def unknown_sections(sources: list[Path]) -> list[str]:
+    """Each citation in ``sources``' prose whose doc has no heading starting with the cited
+    name and no bold label of it."""
+    missing = []
+    for source in sources:
+        where = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source.name
+        for block in _prose_blocks(source.read_text()):
+            for doc, name in CITED.findall(" ".join(" ".join(block).split())):
+                if not (ROOT / "docs" / f"{doc}.md").exists():
+                    missing.append(f"{where}: docs/{doc}.md does not exist")
+                    continue
+                headings, flat = _sections(doc)
+                if not any(h.startswith(name) for h in headings) and f"**{name}" not in flat:
+                    missing.append(f"{where}: docs/{doc}.md has no {name!r}")
+    return missing
+
+
+def test_every_section_the_code_cites_exists() -> None:
+    missing = unknown_sections(SOURCES)
+    assert not missing, "\n".join(missing)
+
+
+def test_a_citation_of_no_section_is_found(tmp_path: Path) -> None:
+    source = tmp_path / "cites.py"
+    source.write_text(
+        '"""See docs/http-api.md, "Wire format", docs/nope.md, "X", and docs/http-api.md,\n'
+        '"Archive answers"; docs/architecture.md, "Failures" is a bold label."""\n'
+    )
+    assert unknown_sections([source]) == [
+        "cites.py: docs/http-api.md has no 'Wire format'",
+        "cites.py: docs/nope.md does not exist",
+    ]

@@ -406,7 +406,7 @@ class Config:
     #: The bytes of memory every ``accounts`` proof of the tracker shares, its processes
     #: included (docs/architecture.md, "The accounts level" → "Bounded memory"): past it the
     #: index spills to disk. Default: derived from ``proof_workers`` and the machine's memory
-    #: (``proof.accounts.budget.default_memory``; 512 MiB on 2 cores, ~2.4 GiB on 16).
+    #: (``proof.accounts.budget.default_memory``; 512 MiB on 2 cores, 2,656 MiB on 16).
     prove_accounts_memory: int = attrs.field()
     #: Where the proofs' spilled index lives; empty: ``.accounts-proof`` in the cache
     #: directory.

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import idna
 
 from tracker.core.cachedirs import group_name_problem
-from tracker.core.hosts import is_authority, is_host_name
+from tracker.core.hosts import is_authority, is_host_name, is_ipv6
 from tracker.core.text import quoted
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
@@ -125,10 +125,8 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise ValueError("malformed [v6addr]")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"not an IPv6 address: {host!r}") from None
+        if not is_ipv6(host):  # a zone id only an interface's name (docs/configuration.md)
+            raise ValueError(f"not an IPv6 address: {host!r}")
         return host, (rest[1:] if rest else None)
     if text.count(":") > 1:
         raise ValueError("an IPv6 address needs brackets: [v6addr]:port")

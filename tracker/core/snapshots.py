@@ -8,7 +8,7 @@ seen, its measured throughput) and ranks them with :meth:`SnapshotSource.rank_ke
 rule of which targets a group knows (:func:`is_known`, ``trust.known_sources``) is here too:
 the ranking's trust screen (:mod:`tracker.ordering.screens`), the config's warnings and the
 cache's mixed copies share it. The JSON wire form is :mod:`tracker.web.wire`'s
-(docs/http-api.md, "Wire format").
+(docs/http-api.md, "Snapshot sources (JSON)").
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class Flow:
 
 
 class EarlyBody(GeneratorBody):
-    """The body of an early head (docs/http-api.md, "Proxy mode"): the head went out before
+    """The body of an early head (docs/http-api.md, "Archive answers"): the head went out before
     any source answered, so its bytes come from whichever body the pump :meth:`decide`\\ s
     on once one does (a splice of the upstream socket, or a channel), or, with ``resolve``,
     from the body it returns once the server starts sending (a refresh's reader, found

@@ -1,8 +1,7 @@
-"""The wire form of what the public API lists (docs/http-api.md, "Wire format"): the one
-place a file, a snapshot (its chain of files), a source and a target's health are written as
-JSON; the JSON arrays of ``/v1/snapshots`` and ``/v1/best_snapshots``, and the targets'
-health of ``/v1/targets``; each element kept between renderings (:class:`Fragments`).
-"""
+"""The wire form of what the public API lists (docs/http-api.md, "Snapshot sources (JSON)"): the
+one place a file, a snapshot (its chain of files), a source and a target's health are written as
+JSON; the JSON arrays of ``/v1/snapshots`` and ``/v1/best_snapshots``, and the targets' health
+of ``/v1/targets``; each element kept between renderings (:class:`Fragments`)."""
 
 from __future__ import annotations
 
@@ -74,8 +73,8 @@ def statements_json(attestations: Attestations) -> dict[str, Any]:
 
 
 def file_to_json(f: SnapshotFile, *, file_name: str | None = None) -> dict[str, Any]:
-    """The wire form of a file (docs/http-api.md, "Wire format"): a zero ``base_slot``, an
-    unknown ``mod_time`` or ``size`` is omitted."""
+    """The wire form of a file (docs/http-api.md, "Snapshot sources (JSON)"): a zero
+    ``base_slot``, an unknown ``mod_time`` or ``size`` is omitted."""
     out: dict[str, Any] = {"file_name": file_name if file_name is not None else f.file_name}
     out["slot"] = f.name.slot
     if f.name.base_slot:
@@ -136,8 +135,8 @@ def source_json(
     predicted: float | None = None,
     node_version: str = "",
 ) -> dict[str, Any]:
-    """The wire form of a source (docs/http-api.md, "Wire format"); with ``base`` (proxy
-    mode) URLs point at the tracker.
+    """The wire form of a source (docs/http-api.md, "Snapshot sources (JSON)"); with
+    ``base`` (proxy mode) URLs point at the tracker.
 
     ``files_base`` (a source the tracker proxies in redirect mode because it needs
     credentials) points only the files' URLs at the tracker. Userinfo and queries of the
