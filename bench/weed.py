@@ -122,6 +122,14 @@ class Weed:
             command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()  # a start that failed leaves no server running (its own session)
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         s3 = self.client()
         while True:
@@ -191,5 +199,9 @@ class Weed:
 
 def start_weed() -> Weed:
     weed = Weed(Path(tempfile.mkdtemp(prefix="weed-")))
-    weed.start()
+    try:
+        weed.start()
+    except BaseException:
+        weed.discard()  # stopped by start; its data directory too
+        raise
     return weed

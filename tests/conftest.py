@@ -116,15 +116,34 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """
 
     def guard(method: Callable[..., Any]) -> Callable[..., Any]:
-        def checked(self: socket.socket, address: Any) -> Any:
-            if not _loopback(address):
+        def checked(self: socket.socket, *args: Any) -> Any:
+            # the address is the last argument of connect, connect_ex, sendto and sendmsg
+            # (a connected socket's sendto/sendmsg without one sends where connect allowed)
+            address = args[-1] if args else None
+            if _names_address(method.__name__, args) and not _loopback(address):
                 raise AssertionError(f"a test tried to connect off the machine: {address!r}")
-            return method(self, address)
+            return method(self, *args)
 
         return checked
 
-    monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
-    monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
+    for name in ("connect", "connect_ex", "sendto", "sendmsg"):
+        monkeypatch.setattr(socket.socket, name, guard(getattr(socket.socket, name)))
+
+    def loopback_lookup(name: str) -> Callable[..., Any]:
+        real = getattr(socket, name)
+
+        def checked(subject: Any, *args: Any, **kwargs: Any) -> Any:
+            address = subject if isinstance(subject, tuple) else (subject, 0)
+            if not _loopback(address):
+                raise AssertionError(f"a test tried a {name} lookup: {subject!r}")
+            return real(subject, *args, **kwargs)
+
+        return checked
+
+    # The old resolver calls may ask a DNS server for any name, or of any address (a reverse
+    # lookup): only loopback (the standard library's http.server names its own address)
+    for name in ("gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+        monkeypatch.setattr(socket, name, loopback_lookup(name))
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
@@ -143,6 +162,17 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_getaddrinfo(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _names_address(method: str, args: tuple[Any, ...]) -> bool:
+    """True when a call of socket ``method`` names an address: connect(address),
+    sendto(data, address), sendto(data, flags, address), sendmsg(buffers, ancdata, flags,
+    address)."""
+    if method == "sendto":
+        return len(args) >= 2
+    if method == "sendmsg":
+        return len(args) >= 4
+    return True
 
 
 def _literal(host: str) -> bool:

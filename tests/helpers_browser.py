@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers_ports import REFUSED
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -59,7 +60,7 @@ def _command(profile: Path, *args: str) -> list[str]:
         "--disable-extensions",
         "--disable-default-apps",
         "--no-pings",
-        "--proxy-server=http://127.0.0.1:9",
+        f"--proxy-server=http://{REFUSED}",
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
         "--hide-scrollbars",
         *args,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Sequence
 
 import attrs
@@ -13,6 +14,15 @@ from tracker.config.loading import load_config
 from tracker.config.schema import Config
 from tracker.config.values import parse_address
 from tracker.errors import ConfigError
+
+#: A loopback port that refuses every connection ("nothing listens here"): bound by this test
+#: process and never listened on, for as long as it runs, so no server of the machine (a
+#: discard service on 9, another worker's) can be there. Bound on import: one a process.
+_HELD = socket.socket()
+_HELD.bind(("127.0.0.1", 0))
+REFUSED_PORT: int = _HELD.getsockname()[1]
+#: ``127.0.0.1:{REFUSED_PORT}``: a source, a target or a proxy that refuses every connection.
+REFUSED = f"127.0.0.1:{REFUSED_PORT}"
 
 #: The ports the product listens on by default (and the quickstart uses).
 DEFAULT_PORTS = frozenset(

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 from helpers_ports import assert_free_ports
@@ -72,6 +72,26 @@ class Serve:
         self.proc.send_signal(sig)
         with trio.fail_after(timeout):
             return await self.proc.wait()
+
+
+async def reap(process: trio.Process) -> None:
+    """Kill ``process`` if it still runs and wait for it, also while the test is being
+    cancelled; a process not gone 20 s after SIGKILL fails the test rather than stay."""
+    if process.poll() is None:
+        process.kill()
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + 20) as scope:
+        await process.wait()
+    if scope.cancelled_caught:
+        raise AssertionError(f"process {process.pid} not reaped 20 s after SIGKILL")
+
+
+@contextlib.asynccontextmanager
+async def reaped(process: trio.Process) -> AsyncIterator[trio.Process]:
+    """``process``, killed (if it still runs) and reaped however the block ends."""
+    try:
+        yield process
+    finally:
+        await reap(process)
 
 
 #: Every ``serve`` a test started; the test's teardown kills what still runs, reaps it and

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 from fakes import Rpc, Sidecar, Validator, sidecar_info
+from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name, incremental_name
@@ -349,13 +350,13 @@ async def test_targets_and_health(
         tmp_path,
         rpc=rpc_url,
         max_snapshot_age=600,
-        target_groups=[{"group": "g", "static_targets": {"targets": [up[7:], "127.0.0.1:9"]}}],
+        target_groups=[{"group": "g", "static_targets": {"targets": [up[7:], f"{REFUSED}"]}}],
     )
     await wait_for_snapshots(client, base)
     targets = (await client.get(f"{base}/v1/targets")).json()
     by_target = {t["target"]: t for t in targets}
     assert by_target[up]["health"] == "up" and by_target[up]["snapshots"] == 1
-    dead = by_target["http://127.0.0.1:9"]
+    dead = by_target[f"http://{REFUSED}"]
     assert dead["health"] in ("down", "unknown")
     assert set(dead) >= {
         "group",

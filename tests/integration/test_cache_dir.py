@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 import yaml
+from helpers_ports import REFUSED
 from helpers_tracker import start_tracker, wait_until, write_config
 from test_cache import tmpfs
 
@@ -79,7 +80,7 @@ async def test_a_cache_dir_that_becomes_unusable_is_shown(
         "internal_listen": "127.0.0.1:0",
         "proxy_snapshot_downloads": True,
         "proxy_snapshot_cache_dir": str(cache),
-        "target_groups": [{"group": "g", "static_targets": {"targets": ["127.0.0.1:1"]}}],
+        "target_groups": [{"group": "g", "static_targets": {"targets": [f"{REFUSED}"]}}],
     }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:

@@ -22,6 +22,7 @@ import pytest
 import trio
 from archives import build_archive, many_accounts_archive
 from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_process import reap
 from helpers_proxy import wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from test_fetch import (
@@ -46,13 +47,6 @@ def as_a_terminal_starts_it() -> None:
     script) passes SIGINT on ignored, and a command then rightly ignores Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-async def ended(process: trio.Process) -> None:
-    """Kill ``process`` if it still runs, and reap it (no leftover for the next test)."""
-    process.kill()
-    with trio.move_on_after(10):
-        await process.wait()
 
 
 @attrs.frozen
@@ -90,7 +84,7 @@ async def fetching(
         try:
             yield Fetching(process, up, data, ledger, state, errors, t.base)
         finally:
-            await ended(process)
+            await reap(process)
 
 
 def saved_bytes(state: Path) -> int:
@@ -194,7 +188,7 @@ async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, c
                 pass
             returncode = await process.wait()
     finally:
-        await ended(process)
+        await reap(process)
     assert returncode == code
     assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
 
@@ -269,7 +263,7 @@ async def test_a_signal_during_the_accounts_proof_is_an_interruption_never_a_ver
                     out += piece
                 returncode = await process.wait()
         finally:
-            await ended(process)
+            await reap(process)
         assert (attempt, returncode, out) == (attempt, code, b"")
         line = one_line(errors.read_text(), "interrupted")
         assert line == "snapshot-tracker: interrupted"

@@ -23,6 +23,7 @@ import pytest
 import trio
 from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
 from helpers_bytes import MiB, archive_bytes
+from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
@@ -354,7 +355,7 @@ async def test_the_lean_head_client_answers_and_fails_like_httpx(nursery: trio.N
     assert (request.method, request.headers["x-probe"]) == ("HEAD", "1")
     assert request.headers["accept-encoding"] == "identity"
     with pytest.raises(httpx.ConnectError):
-        await client.head("http://127.0.0.1:9/", headers={})
+        await client.head(f"http://{REFUSED}/", headers={})
 
 
 async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nursery) -> None:
@@ -370,7 +371,7 @@ async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nu
     index = Index()
     apply_trust(index, config)
     good, bogus = full_name(SLOT - 10), full_name(SLOT + 101)
-    advertise(index, "http://127.0.0.1:1", [(good, "http://127.0.0.1:1/a", 10)])
+    advertise(index, f"http://{REFUSED}", [(good, f"http://{REFUSED}/a", 10)])
     advertise(index, "http://127.0.0.1:2", [(bogus, "http://127.0.0.1:2/b", 10)])
     best = index.best_full(GROUP)
     assert best is not None and best.info.files[0].bare_name == bogus  # no slot known yet

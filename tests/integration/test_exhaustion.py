@@ -244,9 +244,7 @@ async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
     async with await trio.open_tcp_stream(host, int(port)) as download:
         await download.send_all(f"GET /{name} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         received = await download.receive_some(65536)
-        paused = trio.current_time()
         await trio.sleep(KEEP_ALIVE_TIMEOUT + 1)  # the client is busy elsewhere, on purpose
-        assert trio.current_time() - paused > KEEP_ALIVE_TIMEOUT
         with trio.fail_after(30):
             while len(received.partition(b"\r\n\r\n")[2]) < len(data):
                 chunk = await download.receive_some(1024 * 1024)

@@ -19,6 +19,8 @@ import attrs
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_ports import REFUSED
+from helpers_process import reaped
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, make_config, running_tracker, wait_for
 from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
@@ -317,8 +319,8 @@ async def test_every_source_failing_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 async def test_an_unreachable_tracker_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match=re.escape("tracker http://127.0.0.1:9")):
-        await run_fetch(options(ledger_of(tmp_path), "http://127.0.0.1:9"), NoProgress())
+    with pytest.raises(FetchError, match=re.escape(f"tracker http://{REFUSED}")):
+        await run_fetch(options(ledger_of(tmp_path), f"http://{REFUSED}"), NoProgress())
 
 
 async def test_credentials_never_go_to_another_origin(tmp_path: Path) -> None:
@@ -547,10 +549,10 @@ def the_error_line(done: subprocess.CompletedProcess[bytes]) -> str:
 
 
 async def test_cli_an_unreachable_tracker_is_one_line(tmp_path: Path) -> None:
-    done = await run_cli(*fetch_command(ledger_of(tmp_path), "http://user:pw@127.0.0.1:9"))
+    done = await run_cli(*fetch_command(ledger_of(tmp_path), f"http://user:pw@{REFUSED}"))
     line = the_error_line(done)
     assert done.stderr.decode() == line + "\n"  # nothing else on stderr
-    assert "tracker http://***@127.0.0.1:9" in line and "pw" not in line
+    assert f"tracker http://***@{REFUSED}" in line and "pw" not in line
 
 
 async def test_cli_every_source_failing_while_downloading_is_one_line(tmp_path: Path) -> None:
@@ -711,8 +713,8 @@ async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--source", "http://s"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--full=false", "--incremental=no"],
         ["fetch", "--ledger", "x", "--tracker", "http://t", "--min-speed", "fast"],
-        # "\u0662".isdigit() and int() takes it: a bug would fetch (from port 9: refused).
-        ["fetch", "--ledger", "x", "--tracker", "http://127.0.0.1:9", "--connections", "\u0662"],
+        # "\u0662".isdigit() and int() takes it: a bug would fetch (from a refused port).
+        ["fetch", "--ledger", "x", "--tracker", f"http://{REFUSED}", "--connections", "\u0662"],
     ],
 )
 async def test_usage_errors_exit_2(args: list[str]) -> None:
@@ -764,21 +766,26 @@ async def test_progress_bar_in_a_terminal_and_log_lines_without(tmp_path: Path) 
         controller, terminal = pty.openpty()
         # A terminal of 24 rows and 100 columns (a fresh pty has 0x0, where tqdm hides bars).
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        process = await trio.lowlevel.open_process(
-            fetch_command(tty, t.base), stdin=terminal, stdout=terminal, stderr=terminal
-        )
-        os.close(terminal)
+        try:
+            process = await trio.lowlevel.open_process(
+                fetch_command(tty, t.base), stdin=terminal, stdout=terminal, stderr=terminal
+            )
+        finally:
+            os.close(terminal)
         output = bytearray()
-        with trio.fail_after(60):
-            while True:
-                try:
-                    chunk = await trio.to_thread.run_sync(os.read, controller, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            await process.wait()
-        os.close(controller)
+        try:
+            async with reaped(process):
+                with trio.fail_after(60):
+                    while True:
+                        try:
+                            chunk = await trio.to_thread.run_sync(os.read, controller, 65536)
+                        except OSError:
+                            break
+                        if not chunk:
+                            break
+                        output += chunk
+                    await process.wait()
+        finally:
+            os.close(controller)
     assert process.returncode == 0, bytes(output[-2000:])
     assert b"\r" in output and b"100%" in output and b"B/s" in output

@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_fileserver import file_server
+from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
@@ -144,7 +145,7 @@ async def test_no_snapshot_at_a_slot_says_what_the_tracker_was_asked(tmp_path: P
     ledger.mkdir()
     config = make_config(None, target_groups=(TargetGroup(group=GROUP),))
     async with running_tracker(config) as t:
-        advertise(t.index, "http://127.0.0.1:9", [(FULL, f"http://127.0.0.1:9/{FULL}", 100)])
+        advertise(t.index, f"http://{REFUSED}", [(FULL, f"http://{REFUSED}/{FULL}", 100)])
         command = [sys.executable, "-m", "tracker", "fetch", "--ledger", str(ledger)]
         command += ["--tracker", t.base, "--group", GROUP, "--slot", "999"]
         with trio.fail_after(120):

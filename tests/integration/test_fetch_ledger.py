@@ -13,6 +13,7 @@ import pytest
 import trio
 from archives import build_archive
 from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_process import reaped
 from helpers_proxy import wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
@@ -64,14 +65,12 @@ async def test_a_second_fetch_into_the_same_ledger_stops_at_once(tmp_path: Path)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
+        async with reaped(first):
             await wait_for(lambda: has_state(ledger, FULL), timeout=30)
             second = await run_cli(*fetch_command(ledger, t.base, "--progress", "none"))
             plain.resume.set()
             with trio.fail_after(60):
                 assert await first.wait() == 0
-        finally:
-            first.kill()
     assert "another fetch is running" in the_error_line(second)
     assert sorted(p.name for p in ledger.iterdir()) == [FULL]
     assert sha256((ledger / FULL).read_bytes()) == sha256(data)

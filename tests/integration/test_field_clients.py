@@ -21,6 +21,7 @@ import pytest
 import trio
 from field_clients import ALIASES, PeerRefused, firedancer, request, snapshot_finder_heads
 from helpers_bytes import MiB, archive_bytes, sha256
+from helpers_ports import REFUSED
 from helpers_proxy import (
     EARLY,
     FAST,
@@ -288,7 +289,7 @@ async def test_every_source_failing_fast_is_still_a_502(tmp_path: Path) -> None:
     config = config_for("proxy", tmp_path)
     async with serving(broken), running_tracker(config) as t:
         advertise_files(t.index, broken, FILES)
-        advertise(t, "http://127.0.0.1:9", FULL)  # nothing listens on port 9 (discard)
+        advertise(t, f"http://{REFUSED}", FULL)  # nothing listens there
         wire = await raw_request(t.base, f"/v1/{GROUP}/{FULL}")
     assert wire.status == 502
 

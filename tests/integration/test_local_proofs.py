@@ -23,6 +23,7 @@ import trio
 import yaml
 from archives import forged_accounts_archive
 from helpers_cluster import STAKES, bank_hash, votes_for
+from helpers_ports import REFUSED
 from helpers_process import start_serve
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
@@ -339,7 +340,7 @@ def test_check_config_says_when_attest_can_sign_nothing(tmp_path: Path) -> None:
     key = attest(tmp_path, n=5).key
     settings = {
         "attest": {"key": key},
-        "target_groups": [{"group": "g", "http_targets": {"targets": ["http://127.0.0.1:9/"]}}],
+        "target_groups": [{"group": "g", "http_targets": {"targets": [f"http://{REFUSED}/"]}}],
     }
     remote = write_config(tmp_path, settings, "remote.yml")
     result = run_command("check-config", "--config", str(remote))

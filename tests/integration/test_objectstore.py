@@ -23,6 +23,7 @@ import pytest
 import trio
 from helpers_bucket import bucket_tracker, prefix_of, put, tier_of, uploaded
 from helpers_bytes import MiB, archive_bytes
+from helpers_ports import REFUSED
 from helpers_proxy import GROUP, TrackerUnderTest, wait_for
 from helpers_s3 import SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
@@ -423,7 +424,7 @@ async def test_a_lock_naming_another_service_does_not_get_it_served(
     service = InternalService(len(INCR_DATA), chunked=chunked)
     async with trio.open_nursery() as nursery:
         base = await nursery.start(serve_app, service)
-        replicas = () if listed is None else ((base,) if listed else ("http://127.0.0.1:1",))
+        replicas = () if listed is None else ((base,) if listed else (f"http://{REFUSED}",))
         async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=60.0, replicas=replicas) as t:
             objects = t.parts.objects
             assert objects is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers_process import Serve, start_serve
+from helpers_process import Serve, reap, start_serve
 from helpers_s3 import free_ports  # ports outside the kernel's ephemeral range
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,7 +231,8 @@ async def test_the_readme_refresh_from_three_sources_runs_as_written(tmp_path: P
                 out += chunk
             assert await process.wait() == 0, out
     finally:
-        end_group(process.pid)
+        end_group(process.pid)  # the script's children (serve, fetch): not ours to reap
+        await reap(process)  # the script's shell, ours
     lines = [x for x in out.decode().splitlines() if x.startswith("http://")]
     assert len(lines) == 3, out
     for port in (ports["8461"], ports["8462"], ports["8463"]):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import trio
+from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_wire import raw_request
 from names import archive_hash, full_name, incremental_name
@@ -19,7 +20,7 @@ MB = 1_000_000
 NEWEST = full_name(1000)
 OLDER = full_name(900)
 INCR = incremental_name(900, 990)
-SLOW, FAST = "http://127.0.0.1:9/slow", "http://127.0.0.1:9/fast"
+SLOW, FAST = f"http://{REFUSED}/slow", f"http://{REFUSED}/fast"
 RANKING = Ranking(by="time_to_running", replay_slots_per_second=25, slot_seconds=0.4)
 
 

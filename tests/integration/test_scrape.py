@@ -10,6 +10,7 @@ import pytest
 import quart
 import trio
 from fakes import Sidecar, Validator, sidecar_info
+from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_sources import Answer, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
@@ -332,7 +333,7 @@ async def test_the_size_memo_has_room_for_every_url_of_a_round() -> None:
     """1,100 HTTP targets name up to 2,200 archive URLs a round, and their successors: the
     memo of their sizes must hold them all, else each is forgotten before it is asked again
     and every round repeats every size HEAD."""
-    targets = tuple(f"http://127.0.0.1:1/{n}" for n in range(1100))  # port 1: refused
+    targets = tuple(f"http://{REFUSED}/{n}" for n in range(1100))  # refused
     group = TargetGroup(group="g", http_targets=HttpTargets(targets))
     scraper = Scraper(Config(target_groups=(group,), scrape_concurrency=256), Index())
     try:

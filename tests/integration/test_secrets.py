@@ -15,6 +15,7 @@ import trio
 import yaml
 from fakes import Rpc
 from helpers_bytes import archive_bytes, sha256
+from helpers_ports import REFUSED
 from helpers_process import start_serve
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
@@ -54,7 +55,7 @@ async def test_a_running_daemon_never_shows_a_configured_secret(
     # an error quoting that Location (credentials included) into last_error and the log.
     bad = FakeUpstream(
         behaviour={
-            "snapshot.tar.bz2": Behaviour(redirect_to=f"http://u:{SECRET}@127.0.0.1:1/nothing")
+            "snapshot.tar.bz2": Behaviour(redirect_to=f"http://u:{SECRET}@{REFUSED}/nothing")
         }
     )
     await nursery.start(bad.run)
@@ -130,8 +131,8 @@ def test_check_config_masks_urls_in_its_messages(tmp_path: Path) -> None:
                 "target_groups": [
                     {
                         "group": "g",
-                        "http_targets": {"targets": [f"http://user:{SECRET}@127.0.0.1:1/K?a=b"]},
-                        "static_targets": {"targets": [f"http://user:{SECRET}@127.0.0.1:1"]},
+                        "http_targets": {"targets": [f"http://user:{SECRET}@{REFUSED}/K?a=b"]},
+                        "static_targets": {"targets": [f"http://user:{SECRET}@{REFUSED}"]},
                     }
                 ],
             }
@@ -143,7 +144,7 @@ def test_check_config_masks_urls_in_its_messages(tmp_path: Path) -> None:
     assert "rpc: URL must not have a fragment: 'http://127.0.0.1:8899/?***'" in out
     assert "target_groups[0].http_targets.targets[0]:" in out
     assert "target_groups[0].static_targets.targets[0]:" in out
-    assert "'http://***@127.0.0.1:1/K?***'" in out
+    assert f"'http://***@{REFUSED}/K?***'" in out
     assert SECRET not in out and API_KEY not in out
     good = tmp_path / "good.yml"
     good.write_text("target_groups: [{group: g}]\n")
@@ -211,11 +212,11 @@ async def test_redirect_mode_proxies_a_source_that_needs_credentials(
 
 async def test_userinfo_in_public_url_is_not_handed_to_clients(client: httpx.AsyncClient) -> None:
     name = full_name(800)
-    config = make_config(None, public_url=f"http://u:{SECRET}@127.0.0.1:9/pre")
+    config = make_config(None, public_url=f"http://u:{SECRET}@{REFUSED}/pre")
     async with serving(FakeUpstream(files={name: b"x"})) as up, running_tracker(config) as tracker:
         advertise(tracker.index, up.base, [(name, up.url(name), 1)])
         response = await client.get(f"{tracker.base}/v1/snapshots")
         assert SECRET not in response.text
         [source] = response.json()
-        assert source["target"] == "http://***@127.0.0.1:9/pre"
-        assert source["files"][0]["file_name"].startswith("http://***@127.0.0.1:9/pre/v1/")
+        assert source["target"] == f"http://***@{REFUSED}/pre"
+        assert source["files"][0]["file_name"].startswith(f"http://***@{REFUSED}/pre/v1/")

@@ -242,7 +242,6 @@ async def stalled_download(tmp_path: Path, grace: str) -> tuple[Serve, SlowReade
 
 async def test_stalled_client_cannot_hold_exit_past_grace(tmp_path: Path) -> None:
     serve, reader = await stalled_download(tmp_path, "1s")
-    await trio.sleep(0.5)
     start = trio.current_time()
     serve.proc.send_signal(signal.SIGTERM)
     with trio.fail_after(60):

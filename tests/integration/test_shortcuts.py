@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, proxy_tracker, running_tracker
 from helpers_server import serve_app
 from helpers_wire import raw_request
@@ -70,8 +71,8 @@ async def test_the_fast_path_answers_as_quart_does(tmp_path: Path, proxy: bool) 
         quart_base = await nursery.start(serve_app, t.parts.app)
         fast = t.parts.public
         answered = await compare_every_route(t.base, quart_base)  # nothing known yet
-        files = [(FULL, f"http://127.0.0.1:9/{FULL}", 1000), (INCR, "http://127.0.0.1:9/i", 10)]
-        advertise(t.index, "http://127.0.0.1:9", files)
+        files = [(FULL, f"http://{REFUSED}/{FULL}", 1000), (INCR, f"http://{REFUSED}/i", 10)]
+        advertise(t.index, f"http://{REFUSED}", files)
         answered += await compare_every_route(t.base, quart_base)
         nursery.cancel_scope.cancel()
     # Quart answered the unknown and malformed groups (3 queries x 4 names x 2 methods, twice).

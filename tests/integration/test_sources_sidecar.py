@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_sources import HASHES, Answer, ScriptedApp, file_json, info_json, read_head, serve_raw
 
@@ -191,4 +192,4 @@ async def test_transport_failures(nursery, client) -> None:
     with pytest.raises(ProbeError, match=r"^TLS handshake failed: \[SSL"):
         await probe_sidecar(client, base.replace("http://", "https://"))
     with pytest.raises(ProbeError, match=r"^invalid URL: Request URL has an unsupported protocol"):
-        await probe_sidecar(client, "ftp://127.0.0.1:1")
+        await probe_sidecar(client, f"ftp://{REFUSED}")

@@ -30,6 +30,7 @@ from helpers_browser import (
     with_layout,
 )
 from helpers_bytes import archive_bytes
+from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, sidecar_listing
@@ -141,7 +142,7 @@ async def test_the_page_in_a_browser_during_a_refresh(
         target_groups=[
             {"group": "mainnet", "static_targets": {"targets": sidecars}},
             # Sorts after mainnet by name: first on the page only because it is down.
-            {"group": "testnet", "static_targets": {"targets": ["127.0.0.1:1"]}},
+            {"group": "testnet", "static_targets": {"targets": [f"{REFUSED}"]}},
         ],
     )
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
@@ -324,7 +325,7 @@ async def test_no_snapshot_no_cache_no_bucket(nursery: trio.Nursery, tmp_path: P
     _public, internal = await tracker_with(
         nursery,
         tmp_path,
-        target_groups=[{"group": "mainnet", "static_targets": {"targets": ["127.0.0.1:1"]}}],
+        target_groups=[{"group": "mainnet", "static_targets": {"targets": [f"{REFUSED}"]}}],
     )
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         page = await page_of(client, internal)
@@ -344,7 +345,7 @@ async def test_no_snapshot_no_cache_no_bucket(nursery: trio.Nursery, tmp_path: P
 
 async def test_the_bucket_down_and_an_empty_cache(nursery: trio.Nursery, tmp_path: Path) -> None:
     store = {
-        "endpoint": "http://127.0.0.1:1",  # nothing listens: the store is down
+        "endpoint": f"http://{REFUSED}",  # nothing listens: the store is down
         "bucket": "snapshots",
         "prefix": "tracker/",
         "access_key_id": "AKIDEXAMPLE",
@@ -357,7 +358,7 @@ async def test_the_bucket_down_and_an_empty_cache(nursery: trio.Nursery, tmp_pat
         proxy_snapshot_downloads=True,
         proxy_snapshot_cache_dir=str(tmp_path / "cache"),
         object_store=store,
-        target_groups=[{"group": "mainnet", "static_targets": {"targets": ["127.0.0.1:1"]}}],
+        target_groups=[{"group": "mainnet", "static_targets": {"targets": [f"{REFUSED}"]}}],
     )
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
 
