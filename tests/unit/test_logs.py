@@ -179,6 +179,17 @@ def test_format_time_is_rfc3339_utc_with_milliseconds() -> None:
     assert format_time(1795255200.1234) == "2026-11-21T10:00:00.123Z"
 
 
+async def _a_cancelled() -> trio.Cancelled:
+    """A real ``trio.Cancelled`` (trio makes them only inside a cancelled scope)."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            return exc
+    raise AssertionError("a cancelled scope's checkpoint raised nothing")
+
+
 def test_expected_errors_drop_only_their_tracebacks() -> None:
     import sys
 
@@ -199,7 +210,7 @@ def test_expected_errors_drop_only_their_tracebacks() -> None:
     assert keep.filter(record(ExceptionGroup("g", [UpstreamError("x"), KeyError("bug")])))
     assert keep.filter(record(RuntimeError("a bug")))
     stopping = ExpectedErrors((TrackerError, trio.Cancelled))
-    cancelled = trio.Cancelled._create()
+    cancelled = trio.run(_a_cancelled)
     assert not stopping.filter(record(BaseExceptionGroup("g", [cancelled, UpstreamError("x")])))
     plain = logging.LogRecord("hypercorn.error", logging.INFO, "", 0, "Running", (), None)
     assert keep.filter(plain)

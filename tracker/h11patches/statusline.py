@@ -4,7 +4,7 @@ hypercorn builds its ``h11.Response`` without a reason, and h11 then writes the 
 as ``HTTP/1.1 303 `` (the space is mandatory, the phrase optional: RFC 9112 section 4).
 Clients ignore it, but people reading ``curl -I`` and some monitoring checks do not. h11 has
 no option for it; :func:`install` replaces the writer of response heads in h11's table of
-writers (assumption 11 of this package's README, canary in tests/unit/test_zerocopy_unit.py)
+writers (assumption 11 of this package's README, canary in tests/unit/test_statusline.py)
 with one that takes the standard phrase of the code when none is given.
 """
 

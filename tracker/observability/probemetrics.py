@@ -18,10 +18,17 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+
+
+def _le_texts(bounds: Sequence[float]) -> list[str]:
+    """The exact ``le`` texts prometheus_client writes for ``bounds`` (``+Inf``, ``0.005``,
+    ``1e+06``...), read from a histogram of its own (no registry) by its public API."""
+    model = Histogram("le_texts", "", buckets=bounds, registry=None)
+    [family] = model.collect()
+    return [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")]
 
 
 class ProbeSeries(Collector):
@@ -44,8 +51,7 @@ class ProbeSeries(Collector):
         # A counter's family is named without ``_total``, as prometheus_client names it.
         self._errors = (errors_name.removesuffix("_total"), errors_help)
         self._bounds = (*sorted(buckets), math.inf)
-        # The exact ``le`` texts prometheus_client writes (``+Inf``, ``0.005``, ``1e+06``...).
-        self._les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._les = _le_texts(self._bounds)
         self._clock = clock
         self._lock = threading.Lock()
         #: Per series: a count per bucket (not cumulative), then the fields below.
