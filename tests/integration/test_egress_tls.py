@@ -1,83 +1,29 @@
-"""Assumption 5b of tracker/zerocopy/README.md, its canary: through the egress backend, which
+"""TLS credentials and names on the wire, against real TLS servers on 127.0.0.1.
+
+Assumption 5b of tracker/zerocopy/README.md, its canary: through the egress backend, which
 connects to the address it checked (not to the URL's host name), TLS still sends and
-verifies the URL's host name, as httpcore passes it to ``start_tls`` apart from the address.
-A real TLS server on 127.0.0.1 with a certificate for a name only; the name resolved by an
-injected resolver (no DNS)."""
+verifies the URL's host name, as httpcore passes it to ``start_tls`` apart from the address
+(a certificate for a name only; the name resolved by an injected resolver, no DNS). And a
+group's client certificate goes to its sources, never to its Consul or its
+``getClusterNodes`` RPC (docs/configuration.md: a group's credentials and TLS settings)."""
 
 from __future__ import annotations
 
-import datetime
 import ssl
+from functools import partial
 from pathlib import Path
 
 import httpcore
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers_tls import Presented, issue, serve_tls
 
+from tracker.config.schema import Config, ConsulSDConfig, TargetGroup, TLSConfig
+from tracker.discovery.probing import Probes
 from tracker.net.egress import CheckingBackend, EgressPolicy
+from tracker.net.httpclients import build_client
 
 NAME = "source.example"
-
-
-def certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for ``name`` (a DNS name, no IP address) and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-async def serve_tls(
-    cert: Path, key: Path, names: list[str | None], task_status: trio.TaskStatus[int]
-) -> None:
-    """A TLS server on 127.0.0.1 answering every request 200 ``ok``; ``names`` gets the
-    server name (SNI) each client sent."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment]
-
-    async def answer(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        try:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                request += chunk
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        except trio.BrokenResourceError:
-            return  # a client that refused the certificate
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    listeners = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
-    task_status.started(listeners[0].transport_listener.socket.getsockname()[1])
-    await trio.serve_listeners(answer, listeners)
 
 
 async def resolve(host: str, _port: int) -> list[str]:
@@ -90,14 +36,14 @@ async def test_tls_through_the_egress_backend_names_and_checks_the_urls_host(
 ) -> None:
     # The server's certificate (trusted by the client) is for ``certified``: the URL's host
     # passes, another name is refused; neither would with the address (127.0.0.1) checked.
-    cert, key = certificate(tmp_path, certified)
-    names: list[str | None] = []
+    server = issue(tmp_path, certified, names=(certified,))
+    presented = Presented()
     client_context = ssl.create_default_context()
-    client_context.load_verify_locations(cert)
+    client_context.load_verify_locations(server.cert)
     policy = EgressPolicy.from_lists(["127.0.0.0/8"], [])
     backend = CheckingBackend(lambda: policy, httpcore.TrioBackend(), resolve)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_tls, cert, key, names)
+        port = await nursery.start(serve_tls, server, presented)
         async with httpcore.AsyncConnectionPool(
             ssl_context=client_context, network_backend=backend
         ) as pool:
@@ -115,4 +61,33 @@ async def test_tls_through_the_egress_backend_names_and_checks_the_urls_host(
                 failures = [e for e in chain if isinstance(e, ssl.SSLCertVerificationError)]
                 assert failures and "Hostname mismatch" in str(failures[0]), chain
         nursery.cancel_scope.cancel()
-    assert names and set(names) == {NAME}  # the URL's host, not the address connected to
+    assert presented.names and set(presented.names) == {NAME}  # the URL's host, not 127.0.0.1
+
+
+async def test_a_groups_client_certificate_goes_to_its_sources_not_to_its_discovery(
+    tmp_path: Path,
+) -> None:
+    # The probes' client was also the client of the group's Consul and getClusterNodes RPC:
+    # they were shown the certificate that identifies the tracker to the group's sources.
+    ca = issue(tmp_path, "ca")
+    server = issue(tmp_path, "server", addresses=("127.0.0.1",), by=ca)
+    mine = issue(tmp_path, "tracker-client", by=ca)
+    tls = TLSConfig(ca_file=str(ca.cert), cert_file=str(mine.cert), key_file=str(mine.key))
+    presented = Presented()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_tls, server, presented, clients_of=ca))
+        consul = ConsulSDConfig(host=f"https://127.0.0.1:{port}", service="s")
+        group = TargetGroup(group="g", tls_config=tls, consul_sd_config=consul)
+        probes = Probes(Config(target_groups=(group,)), resolve)
+        source = build_client(group, connect_timeout=5, read_timeout=5, max_connections=1)
+        try:
+            discovery = probes.client("g")
+            assert discovery is not None
+            assert (await discovery.get(f"https://127.0.0.1:{port}/v1/catalog")).text == "ok"
+            assert (await source.get(f"https://127.0.0.1:{port}/v1/snapshots")).text == "ok"
+        finally:
+            await source.aclose()
+            await probes.aclose()
+        nursery.cancel_scope.cancel()
+    # the discovery's answer came through the group's CA (the server's is no system CA)
+    assert presented.clients == [None, "tracker-client"]

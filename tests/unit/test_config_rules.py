@@ -213,6 +213,28 @@ RULES = [
         "target_groups[0].bearer_auth.token_file",
         "is empty",
     ),
+    # A token that no header may carry: sent, the client's refusal quoted it whole into
+    # /v1/targets, the status page and the log.
+    (
+        GROUP + "    bearer_auth: {token_file: spaced.txt}\n",
+        "target_groups[0].bearer_auth.token_file",
+        "holds a space, a line break or a character outside visible ASCII",
+    ),
+    (
+        GROUP + "    bearer_auth: {token: 'TOK en'}\n",
+        "target_groups[0].bearer_auth.token",
+        "not usable in a header",
+    ),
+    (
+        GROUP + "    consul_sd_config: {service: s, token_file: spaced.txt}\n",
+        "target_groups[0].consul_sd_config.token_file",
+        "not usable in a header",
+    ),
+    (
+        GROUP + '    consul_sd_config: {service: s, token: "T\\u00e9"}\n',
+        "target_groups[0].consul_sd_config.token",
+        "not usable in a header",
+    ),
     # Checked at load, not at the first round (a round-by-round "no Consul service name"
     # and a group with no targets, though check-config passed).
     (
@@ -366,6 +388,7 @@ RULES = [
 def test_each_rule_reports_its_key_path(tmp_path: Path, text: str, path: str, message: str) -> None:
     (tmp_path / "secret.txt").write_text("s3cret\n")
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "spaced.txt").write_text("TOK-b34r3r\n\n")  # a second newline
     (tmp_path / "bad-targets.txt").write_text("10.0.0.1:13080\nhttp://10.0.0.2\n")
     (tmp_path / "subdir").mkdir()
     os.mkfifo(tmp_path / "fifo")
@@ -425,3 +448,10 @@ def test_config_error_message_is_one_line_per_problem(tmp_path: Path) -> None:
         load(tmp_path, "listen: x\nrpc: y\n")
     assert str(info.value).splitlines() == info.value.problems
     assert len(info.value.problems) == 2
+
+
+def test_a_token_no_header_may_carry_is_refused_without_being_quoted(tmp_path: Path) -> None:
+    (tmp_path / "spaced.txt").write_text("TOK-b34r3r \n")
+    text = GROUP + "    bearer_auth: {token_file: spaced.txt}\n"
+    line = problem_at(problems(tmp_path, text), "target_groups[0].bearer_auth.token_file")
+    assert "not usable in a header" in line and "b34r3r" not in line

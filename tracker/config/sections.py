@@ -8,6 +8,7 @@ secrets. :func:`file_problems` and :func:`store_problems` check what spans secti
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,8 +47,26 @@ def finish_basic_auth(auth: BasicAuth, secrets: Secrets) -> BasicAuth:
     return auth
 
 
+#: What a token must be to go in a header: visible ASCII, nothing else (RFC 6750's
+#: ``b64token`` and Consul's ACL ids are). A space, a line break or a control character is
+#: refused at load: sent, the client library refused the header and its error quoted the
+#: whole token into ``last_error``, the status page and the log.
+_TOKEN = re.compile(r"[!-~]+")
+
+
+def token_problem(token: str, where: str) -> str:
+    """Why ``token`` (named by ``where``: ``token``, ``the token file 'x'``) cannot go in
+    a header; "" when it can. The message never quotes the token."""
+    if _TOKEN.fullmatch(token):
+        return ""
+    return (
+        f"{where} holds a space, a line break or a character outside visible ASCII: "
+        "not usable in a header (a token file may end with one newline)"
+    )
+
+
 def finish_bearer_auth(auth: BearerAuth, secrets: Secrets) -> BearerAuth:
-    """Exactly one token: given or read from a file that is not empty."""
+    """Exactly one token, usable in a header: given or read from a file that is not empty."""
     problems: list[tuple[Path, str]] = []
     if auth.token and auth.token_file:
         problems.append(((), "set either token or token_file, not both"))
@@ -56,7 +75,19 @@ def finish_bearer_auth(auth: BearerAuth, secrets: Secrets) -> BearerAuth:
     if auth.token_file and not secrets[auth.token_file]:
         problems.append((("token_file",), f"the token file {auth.token_file!r} is empty"))
     raise_problems(problems)
+    _check_token(auth.token, auth.token_file, secrets)
     return attrs.evolve(auth, resolved_token=secrets.get(auth.token_file, auth.token))
+
+
+def _check_token(token: str, token_file: str, secrets: Secrets) -> None:
+    """Raise the key's problem when the token given (or read from ``token_file``) cannot
+    go in a header."""
+    if token_file:
+        problem = token_problem(secrets[token_file], f"the token file {token_file!r}")
+        raise_problems([(("token_file",), problem)] if problem else [])
+    elif token:
+        problem = token_problem(token, "token")
+        raise_problems([(("token",), problem)] if problem else [])
 
 
 def finish_object_store(store: ObjectStore, secrets: Secrets) -> ObjectStore:
@@ -90,6 +121,8 @@ def finish_consul(consul: ConsulSDConfig, secrets: Secrets) -> ConsulSDConfig:
         problems.append(((), "set either token or token_file, not both"))
     raise_problems(problems)
     token = secrets.get(consul.token_file, consul.token)
+    if token:
+        _check_token(consul.token, consul.token_file, secrets)
     return attrs.evolve(consul, resolved_token=token)
 
 

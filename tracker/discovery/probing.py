@@ -6,6 +6,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Awaitable
 
+import attrs
 import httpx
 import trio
 
@@ -35,6 +36,8 @@ class Probes:
         self.sizes = SizeMemo()
         self.config = config
         self._clients: dict[str, list[httpx.AsyncClient]] = {}
+        #: Per group with Consul or cluster discovery: the client that asks them.
+        self._discovery: dict[str, httpx.AsyncClient] = {}
         self._retired: list[httpx.AsyncClient] = []
         self.use(config)
 
@@ -43,15 +46,20 @@ class Probes:
         self.config = config
         for clients in self._clients.values():
             self._retired.extend(clients)
+        self._retired.extend(self._discovery.values())
         self._clients = {g.group: _probe_clients(g, config) for g in config.target_groups}
+        self._discovery = {
+            g.group: _discovery_client(g, config)
+            for g in config.target_groups
+            if g.consul_sd_config is not None or g.cluster_discovery is not None
+        }
         #: The client of discovered nodes (plain HTTP, no credentials; holds nothing open).
         self._lean = HeadClient(config.scrape_timeout)
 
     def client(self, group: str) -> httpx.AsyncClient | None:
         """A client of ``group`` for its discovery calls (Consul, ``getClusterNodes``); None
         when the config in use has no such group (a reload dropped it during a round)."""
-        clients = self._clients.get(group)
-        return clients[0] if clients else None
+        return self._discovery.get(group)
 
     async def check_egress(self, target: Target) -> None:
         """A discovered node is an address from the network: the egress policy decides
@@ -92,7 +100,8 @@ class Probes:
         """Close every client (shielded: safe to call while being cancelled)."""
         for clients in self._clients.values():
             self._retired.extend(clients)
-        self._clients = {}
+        self._retired.extend(self._discovery.values())
+        self._clients, self._discovery = {}, {}
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self.close_retired()
 
@@ -111,6 +120,22 @@ def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient
         )
         for _ in range(PROBE_SHARDS)
     ]
+
+
+def _discovery_client(group: TargetGroup, config: Config) -> httpx.AsyncClient:
+    """The client that asks ``group``'s Consul and ``getClusterNodes`` RPCs: the group's CA
+    and verification settings, never its client certificate (a credential of its sources
+    only, docs/configuration.md), nor its ``Authorization``."""
+    tls = group.tls_config
+    if tls is not None and tls.cert_file:
+        tls = attrs.evolve(tls, cert_file="", key_file="")
+    return build_client(
+        group,
+        connect_timeout=config.scrape_timeout,
+        read_timeout=config.scrape_timeout,
+        max_connections=4,
+        tls=ssl_context(tls),
+    )
 
 
 def _shard(clients: list[httpx.AsyncClient], target: str) -> httpx.AsyncClient:
