@@ -7,7 +7,9 @@ import ssl
 
 import httpcore
 import httpx
+import pytest
 
+import tracker.fetch.run as fetch_run
 from tracker.clientwire.transport import BigReadBackend, PoolTransport
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
@@ -101,3 +103,30 @@ def test_typed_credentials_go_to_their_own_origin_only() -> None:
     assert sent("http://b.example:8443/") is None  # no credentials typed for it
     assert sent("http://a.example/", authorization="Bearer t") == "Bearer t"
     assert not OriginCredentials(["http://a.example"])
+
+
+async def test_typed_credentials_do_not_follow_an_upgrade_to_https(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx keeps Authorization on a redirect from http to https of one host (its port 80 to
+    # 443 "upgrade"): another origin, which the typed credentials are not for.
+    seen: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        if request.url.scheme == "http":
+            return httpx.Response(302, headers={"location": "https://a.example/full.tar.zst"})
+        return httpx.Response(200, content=b"x")
+
+    def mocked(*_args: object) -> httpx.AsyncClient:  # the wire replaced: no network here
+        return httpx.AsyncClient(transport=httpx.MockTransport(answer), follow_redirects=True)
+
+    monkeypatch.setattr(fetch_run, "bulk_client", mocked)
+    credentials = OriginCredentials(["http://u:p@a.example"])
+    client = _client(FetchSettings(), credentials)
+    async with client:
+        assert (await client.get("http://a.example/full.tar.zst")).content == b"x"
+    assert seen == [
+        ("http://a.example/full.tar.zst", "Basic dTpw"),
+        ("https://a.example/full.tar.zst", None),
+    ]

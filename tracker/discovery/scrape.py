@@ -29,7 +29,7 @@ from tracker.discovery.roster import (
     mark_down,
     mark_up,
 )
-from tracker.discovery.targetset import TargetFinder, rpc_keys
+from tracker.discovery.targetset import TargetFinder, credentials_left_behind, rpc_keys
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
@@ -99,9 +99,12 @@ class Scraper:
     def update_config(self, config: Config) -> None:
         """Use ``config`` from now on and start the next round at once: a round going on
         probes no target of a group ``config`` dropped; the next one drops them. The index
-        of remaining targets is kept."""
-        self.config = config
+        of remaining targets is kept, but for those a change of their group's credentials
+        leaves behind (:func:`~tracker.discovery.targetset.credentials_left_behind`)."""
+        previous, self.config = self.config, config
         self._probes.use(config)
+        for key in credentials_left_behind(previous, config, self.index.keys()):
+            self.index.drop(key)
         self._wakeup.set()
 
     async def discover(self) -> list[Target]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import httpx
@@ -42,6 +42,49 @@ def sidecar_base(group: TargetGroup, host: str) -> str:
 def _sidecars(group: TargetGroup, hosts: list[str]) -> list[Target]:
     urls = [sidecar_base(group, h) for h in hosts]
     return [Target(TargetKey(group.group, u), "sidecar", u) for u in urls]
+
+
+def named_keys(group: TargetGroup) -> set[TargetKey]:
+    """The keys of the targets ``group``'s config names itself (static, HTTP, local): known
+    without reading a file or asking Consul or the cluster."""
+    name = group.group
+    named = [
+        *(_sidecars(group, list(group.static_targets.targets)) if group.static_targets else []),
+        *(Target(TargetKey(name, u), "http", u) for u in _urls(group)),
+        *(Target(TargetKey(name, p), "local", p) for p in _paths(group)),
+    ]
+    return {t.key for t in named}
+
+
+def _urls(group: TargetGroup) -> tuple[str, ...]:
+    return group.http_targets.targets if group.http_targets else ()
+
+
+def _paths(group: TargetGroup) -> tuple[str, ...]:
+    return group.local_targets.paths if group.local_targets else ()
+
+
+def credentials_left_behind(old: Config, new: Config, keys: Iterable[TargetKey]) -> list[TargetKey]:
+    """Of ``keys`` (the index's), those whose group's credentials (``Authorization``, TLS
+    settings) ``new`` changed, of targets ``new`` does not name itself. Until the next
+    round's discovery tells which targets of a file or Consul stay, such a target still
+    ranks, and a download, speed test or head read would send it the new credentials,
+    though the reload may have removed it (docs/configuration.md: credentials go to the
+    group's configured sources only). Dropped at the reload: one that stays comes back with
+    the round the reload starts. Pure."""
+    before = {g.group: (g.authorization, g.tls_config) for g in old.target_groups}
+    now = {g.group: g for g in new.target_groups}
+    named: dict[str, set[TargetKey]] = {}
+    left = []
+    for key in keys:
+        group = now.get(key.group)
+        if key.discovered or group is None or key.group not in before:
+            continue  # never given credentials; a group dropped or new: nothing to move
+        if before[key.group] == (group.authorization, group.tls_config):
+            continue
+        if key not in named.setdefault(key.group, named_keys(group)):
+            left.append(key)
+    return left
 
 
 def rpc_keys(config: Config) -> set[TargetKey]:
@@ -82,10 +125,8 @@ class TargetFinder:
             out += _sidecars(group, self._read_file_targets(group.file_targets.path))
         if group.consul_sd_config:
             out += _sidecars(group, await self._consul_targets(group, consul_within))
-        if group.http_targets:
-            out += [Target(TargetKey(name, u), "http", u) for u in group.http_targets.targets]
-        if group.local_targets:
-            out += [Target(TargetKey(name, p), "local", p) for p in group.local_targets.paths]
+        out += [Target(TargetKey(name, u), "http", u) for u in _urls(group)]
+        out += [Target(TargetKey(name, p), "local", p) for p in _paths(group)]
         if group.cluster_discovery:
             configured = {t.key.target for t in out}
             out += [

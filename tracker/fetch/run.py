@@ -150,9 +150,9 @@ def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
 
 def _client(settings: FetchSettings, credentials: OriginCredentials) -> httpx.AsyncClient:
     """The client of a fetch: reads of ``read_size`` bytes (httpcore's own 64 KiB reads cost
-    a third of the throughput), redirects followed (httpx drops ``Authorization`` on one to
-    another origin), no cookie jar; the ``credentials`` of the URLs typed, each to its own
-    origin."""
+    a third of the throughput), redirects followed, no cookie jar; the ``credentials`` of
+    the URLs typed, each to its own origin (not on a redirect to another:
+    :meth:`OriginCredentials.own_origin_only`)."""
     pool = 4 * settings.connections + 8
     shape = ClientShape(
         FETCH_AGENT,
@@ -166,6 +166,7 @@ def _client(settings: FetchSettings, credentials: OriginCredentials) -> httpx.As
     client = bulk_client(shape, BigReadBackend(settings.read_size), PoolTransport)
     if credentials:
         client.auth = credentials
+        client.event_hooks = {"request": [credentials.own_origin_only], "response": []}
     return client
 
 

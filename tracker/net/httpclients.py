@@ -225,7 +225,7 @@ class OriginCredentials(httpx.Auth):
     """The userinfo of URLs the user typed (``fetch --tracker``/``--source``), sent as
     Basic credentials to each one's own origin only: every request to that origin (the
     archives a validator redirects to on its own origin, the tracker's routes) carries
-    them, none to another (a redirect to another origin: httpx drops the header)."""
+    them, none to another (a redirect to another origin: :meth:`own_origin_only`)."""
 
     def __init__(self, urls: list[str]) -> None:
         self._by_origin: dict[tuple[str, str, int | None], str] = {}
@@ -243,6 +243,14 @@ class OriginCredentials(httpx.Auth):
         if value is not None and "authorization" not in request.headers:
             request.headers["authorization"] = value
         yield request
+
+    async def own_origin_only(self, request: httpx.Request) -> None:
+        """A request hook, run for every hop of a redirect: an ``Authorization`` that is not
+        this origin's own is removed. httpx keeps the header on a redirect from ``http`` to
+        ``https`` of one host (its "upgrade"): another origin all the same."""
+        value = self._by_origin.get(origin(str(request.url)))
+        if request.headers.get("authorization") not in (None, value):
+            del request.headers["authorization"]
 
 
 def origin(url: str) -> tuple[str, str, int | None]:

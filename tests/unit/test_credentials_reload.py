@@ -1,0 +1,89 @@
+"""Which targets a reload's change of credentials leaves behind
+(tracker.discovery.targetset.credentials_left_behind): until the next round's discovery
+tells whether a file's or Consul's target stays, it must not be sent the group's new
+credentials; the targets the config names itself, and discovered nodes (never given any),
+stay ranked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tracker.config.schema import (
+    BasicAuth,
+    BearerAuth,
+    Config,
+    FileTargets,
+    HttpTargets,
+    StaticTargets,
+    TargetGroup,
+    TLSConfig,
+)
+from tracker.discovery.scrape import Scraper
+from tracker.discovery.targetset import credentials_left_behind
+from tracker.ordering.index import Index, TargetKey
+
+FROM_FILE = TargetKey("g", "http://10.0.0.9:8899")  # a file's (or Consul's) sidecar
+STATIC = TargetKey("g", "http://10.0.0.1:8899")
+HTTP = TargetKey("g", "http://10.0.0.2:8899/")
+NODE = TargetKey("g", "http://10.0.0.3:8899", discovered=True)
+OTHER = TargetKey("h", "http://10.0.0.9:8899")
+KEYS = [FROM_FILE, STATIC, HTTP, NODE, OTHER]
+
+
+def config(**credentials: object) -> Config:
+    named = TargetGroup(
+        group="g",
+        static_targets=StaticTargets(("10.0.0.1:8899",)),
+        http_targets=HttpTargets(("http://10.0.0.2:8899/",)),
+        file_targets=FileTargets("/etc/targets.txt"),
+        **credentials,  # type: ignore[arg-type]
+    )
+    return Config(target_groups=(named, TargetGroup(group="h")))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "left"),
+    [
+        # unchanged credentials: whoever had them before has them still
+        ({"bearer_auth": BearerAuth(token="a")}, {"bearer_auth": BearerAuth(token="a")}, []),
+        # a rotated token, a new password, new TLS settings: the file's target waits
+        (
+            {"bearer_auth": BearerAuth(token="a")},
+            {"bearer_auth": BearerAuth(token="b")},
+            [FROM_FILE],
+        ),
+        (
+            {"basic_auth": BasicAuth(username="u", password="p")},
+            {"basic_auth": BasicAuth(username="u", password="q")},
+            [FROM_FILE],
+        ),
+        ({}, {"tls_config": TLSConfig(insecure_skip_verify=True)}, [FROM_FILE]),
+        ({}, {"bearer_auth": BearerAuth(token="new")}, [FROM_FILE]),
+    ],
+)
+def test_a_change_of_credentials_leaves_behind_what_the_config_does_not_name(
+    old: dict[str, object], new: dict[str, object], left: list[TargetKey]
+) -> None:
+    assert credentials_left_behind(config(**old), config(**new), KEYS) == left
+
+
+def test_a_group_dropped_or_added_leaves_nothing_behind() -> None:
+    token = {"bearer_auth": BearerAuth(token="a")}
+    assert credentials_left_behind(Config(), config(**token), KEYS) == []
+    assert credentials_left_behind(config(**token), Config(), KEYS) == []
+
+
+async def test_a_reload_rotating_a_token_drops_what_it_leaves_behind_at_once() -> None:
+    # A removed file's target still ranked until the next round's discovery: a download
+    # asked of it in that window carried the rotated token to a host no longer configured.
+    index = Index()
+    for key in KEYS:
+        index.apply(key, [], datetime.now(UTC))
+    scraper = Scraper(config(bearer_auth=BearerAuth(token="a")), index)
+    try:
+        scraper.update_config(config(bearer_auth=BearerAuth(token="b")))
+        assert sorted(index.keys()) == sorted([STATIC, HTTP, NODE, OTHER])
+    finally:
+        await scraper.aclose()
