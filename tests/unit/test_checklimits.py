@@ -11,6 +11,7 @@ import bz2
 import hashlib
 import io
 import lzma
+import re
 import tarfile
 import threading
 import time
@@ -25,13 +26,16 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.archive import checklimits
 from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.archive.checklimits import (
+    BYTES_PER_UNIT,
     DECODED_FLOOR,
     MAX_END_PADDING,
     MAX_MEMBERS,
     MEMBER_FLOOR,
+    UNIT_FLOOR,
     Budget,
     decoded_allowed,
     members_allowed,
+    units_allowed,
 )
 from tracker.proof.formats.writing import write_status_cache
 
@@ -376,3 +380,42 @@ def test_a_cancelled_check_stops_in_its_decode_loop(monkeypatch: pytest.MonkeyPa
     assert time.perf_counter() - started < 1.0  # all of it: ~10 s
     [error] = outcome
     assert isinstance(error, ArchiveInvalid) and error.reason == "check cancelled"
+
+
+#: One empty unit of each format that has several: a zstd frame, a skippable frame, a gzip
+#: member, a bz2 stream, an xz stream.
+EMPTY_UNITS = {
+    "zst": zstandard.ZstdCompressor().compress(b""),
+    "zst-skippable": (0x184D2A50).to_bytes(4, "little") + bytes(4),
+    "gz": compress(b"", "gz"),
+    "bz2": compress(b"", "bz2"),
+    "xz": compress(b"", "xz"),
+}
+
+
+@pytest.mark.parametrize(("count", "passes"), [(500, True), (50_000, False)])
+@pytest.mark.parametrize("kind", sorted(EMPTY_UNITS))
+def test_empty_compression_units_are_bounded_by_the_archive_size(
+    kind: str, count: int, passes: bool
+) -> None:
+    # Units that decode to nothing cost a decoder's start each and the ratio bound never saw
+    # them: 16 MiB of empty zstd frames took 9 s of a core before the tar walk refused them.
+    compression = kind.split("-")[0]
+    name, real = build_archive(SLOT, compression=compression, accounts=2, account_size=4096)
+    data = EMPTY_UNITS[kind] * count + real
+    if passes:
+        assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+        return
+    reason = reason_of(data, name)
+    label, unit = {"zst": ("zstd", "frame"), "gz": ("gzip", "member")}.get(
+        compression, (compression, "stream")
+    )
+    found = re.match(rf"{label}: more than (\d+) {unit}s before byte (\d+) \(at most one", reason)
+    assert found, reason
+    # refused at the first unit past the bound, not after the 50,000
+    assert int(found[1]) == units_allowed(int(found[2])) < 1100
+
+
+def test_units_allowed() -> None:
+    assert units_allowed(0) == UNIT_FLOOR
+    assert units_allowed(110 * 10**9) == UNIT_FLOOR + 110 * 10**9 // BYTES_PER_UNIT

@@ -304,3 +304,13 @@ def test_a_frame_thread_that_fails_otherwise_fails_the_check_never_hangs_it(
     assert not thread.is_alive(), "the decoding hangs"
     [failed] = result
     assert isinstance(failed, MemoryError)  # the check words it: "check failed: MemoryError"
+
+
+def test_the_frame_threads_refuse_empty_frames_past_the_bound() -> None:
+    # A thread-pool task per empty frame: 1 MiB of them took 6 s on two frame threads, and a
+    # cancelled check went on for seconds.
+    empty = zstandard.ZstdCompressor().compress(b"")
+    raw, data = stream(64 * 1024, 4)
+    assert run(empty * 500 + data, workers=2) == raw
+    reason = run(empty * 50_000 + data, workers=2)
+    assert isinstance(reason, str) and reason.startswith("zstd: more than 102"), reason

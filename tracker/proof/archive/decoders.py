@@ -31,7 +31,12 @@ import lz4.frame
 import zstandard
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.checklimits import XZ_MEMLIMIT, ZSTD_MAX_WINDOW
+from tracker.proof.archive.checklimits import (
+    XZ_MEMLIMIT,
+    ZSTD_MAX_WINDOW,
+    too_many_units,
+    units_allowed,
+)
 from tracker.proof.formats.streamparse import MARK, EndOfInput, Feeder, Parser, ParserOf
 
 #: Largest piece of decompressed output handed to the sink at once.
@@ -70,7 +75,9 @@ class FrameState:
 def zstd_frames(state: FrameState, at: int = 0) -> Parser:
     """Parse the framing of a zstd stream (RFC 8878: frames, skippable frames, block headers)
     without decoding it; boundaries between frames are MARKs. ``at``: the offset of its first
-    byte in the archive (a stream taken up at a frame's start)."""
+    byte in the archive (a stream taken up at a frame's start). At most
+    :func:`~tracker.proof.archive.checklimits.units_allowed` frames."""
+    frames = 0
     try:
         while True:
             yield MARK
@@ -78,6 +85,9 @@ def zstd_frames(state: FrameState, at: int = 0) -> Parser:
             magic = int.from_bytes((yield 4), "little")
             state.in_magic = False
             state.frame_at = at
+            frames += 1
+            if frames > units_allowed(at):
+                raise too_many_units("zstd", "frame", frames, at)
             if magic == _ZSTD_MAGIC:
                 at = yield from _zstd_frame(at)
             elif magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
@@ -260,6 +270,8 @@ def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
                 if at == 0:
                     raise ArchiveInvalid(f"{layer.label}: not a {layer.label} stream")
                 raise ArchiveInvalid(TRAILING.format(at=at))
+            if units + 1 > units_allowed(at):
+                raise too_many_units(layer.label, layer.unit, units + 1, at)
             decompressor, unit_at = layer.new(), at
         try:
             left = _pump(decompressor, data, sink)
