@@ -401,19 +401,13 @@ async def test_urllib3s_own_errors_of_a_streamed_body_are_store_errors(error: Ex
     # botocore wraps only urllib3's read timeouts and protocol errors while a body streams:
     # a TLS record failing its MAC came out as urllib3's SSLError (no OSError), past the
     # tier's calls, and ended the service from its start-up and the learned documents' sync.
-    from tracker.config.schema import ObjectStore
     from tracker.errors import StoreError
-    from tracker.objectstore.bucket import Bucket
-
-    store = ObjectStore(
-        endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
-    )
 
     def body_read(**_kwargs: object) -> bytes:
         raise error
 
     with pytest.raises(StoreError, match="get_object: "):
-        await Bucket(store)._call("get_object", body_read)
+        await _bucket()._call("get_object", body_read)
 
 
 def test_a_head_answer_from_a_date_past_the_calendars_edge_in_utc() -> None:
@@ -451,3 +445,52 @@ async def test_a_retention_failing_as_no_rule_foresaw_is_asked_again(
         await retainer.retire_when_due()
     assert runs == [("mainnet", True), ("mainnet", True)]
     assert any(r.msg == "retention_error" and r.exc_info for r in caplog.records)
+
+
+def _bucket() -> Any:
+    from tracker.config.schema import ObjectStore
+    from tracker.objectstore.bucket import Bucket
+
+    store = ObjectStore(
+        endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
+    )
+    return Bucket(store)
+
+
+async def test_a_listing_page_of_more_than_was_asked_for_is_cut_to_the_bound() -> None:
+    # MAX_LISTED was checked before each page only: one page of a million entries (asked
+    # for 1,000) was taken whole.
+    from tracker.objectstore.bucket import MAX_LISTED
+
+    when = datetime(2026, 11, 28, tzinfo=UTC)
+    item = {"Key": "p/g/x", "Size": 1, "ETag": '"e"', "LastModified": when}
+
+    class Store:
+        def list_objects_v2(self, **_kwargs: object) -> dict[str, object]:
+            return {"Contents": [item] * (MAX_LISTED + 5000), "IsTruncated": False}
+
+    bucket = _bucket()
+    bucket._client = Store()  # the store's answer, no network
+    assert len(await bucket.list_objects("p/")) == MAX_LISTED
+
+
+async def test_a_call_of_the_trackers_own_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # boto's timeouts bound each read: a store trickling a byte every 10 s held the start-up,
+    # the retention or the sync of learned documents for good.
+    import threading
+
+    from tracker.errors import StoreError
+    from tracker.objectstore import bucket as bucket_module
+
+    monkeypatch.setattr(bucket_module, "CALL_DEADLINE", 0.2)
+    released = threading.Event()
+
+    def trickling(**_kwargs: object) -> bytes:
+        released.wait(30)
+        return b""
+
+    try:
+        with pytest.raises(StoreError, match=r"LIST: no answer within 0\.2s"):
+            await _bucket()._call("LIST", trickling)
+    finally:
+        released.set()

@@ -24,7 +24,6 @@ requests do not each wait for its timeouts. The clients are
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
@@ -54,6 +53,10 @@ _T = TypeVar("_T")
 
 #: Objects listed at most (start-up, retention): far more than a prefix ever holds.
 MAX_LISTED = 100_000
+#: Seconds one of the tracker's own calls (not a client's request's) may take in all: boto's
+#: timeouts bound each read, not a store that trickles its answer a byte at a time, which
+#: held the start-up, the retention or the learned documents' sync for good.
+CALL_DEADLINE = 600.0
 #: Answers that mean "the store works, this object is not there / not as asked".
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload", "InvalidRange"})
 _CONFLICT = frozenset({"412", "409", "PreconditionFailed", "ConditionalRequestConflict"})
@@ -83,7 +86,7 @@ class Bucket:
         self._client = self.clients.calls
         self._signer = self.clients.signer
         self._limiter = self.clients.limiter
-        #: Seconds a call may take in all (None: the client's own timeouts and retry).
+        #: Seconds a call may take in all (None: :data:`CALL_DEADLINE`).
         self._deadline = deadline
 
     def on_request_path(self) -> Bucket:
@@ -96,7 +99,7 @@ class Bucket:
     async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
         """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
         call = partial(fn, Bucket=self.name, **kwargs)
-        deadline = math.inf if self._deadline is None else self._deadline
+        deadline = CALL_DEADLINE if self._deadline is None else self._deadline
         try:
             with trio.move_on_after(deadline):
                 result = await trio.to_thread.run_sync(
@@ -248,6 +251,7 @@ class Bucket:
                 "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
             )
             found += self._parse("LIST", partial(listed, page))
+            del found[MAX_LISTED:]  # a page of more than it was asked for counts too
             token = page.get("NextContinuationToken", "")
             if not page.get("IsTruncated") or not token:
                 break
@@ -314,6 +318,7 @@ class Bucket:
                 "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
             )
             found += self._parse("ListMultipartUploads", partial(uploads, page))
+            del found[MAX_LISTED:]
             key_marker = page.get("NextKeyMarker", "")
             upload_marker = page.get("NextUploadIdMarker", "")
             if not page.get("IsTruncated") or not key_marker:
