@@ -16,6 +16,7 @@ from tracker.cache.refresh import WRITE_WINDOW
 from tracker.cache.store import TEMP_PREFIX, Cache
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import CacheError, RequestError
+from tracker.proof.accounts.budget import CACHE_TEMP, PREFIX
 
 FULL = full_name(300)
 OLDER = full_name(200)
@@ -107,6 +108,22 @@ def test_startup_cleanup_removes_only_temp_files(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["learned.json", "mainnet"]
     assert sizes == [4]
+
+
+def test_a_link_where_the_proofs_spill_is_removed_not_followed(tmp_path: Path) -> None:
+    # A link planted at .accounts-proof made every proof spill, and clean up, where it
+    # pointed: another directory's old accounts-proof-* went at the start.
+    outside = tmp_path / "outside"
+    leftover = outside / f"{PREFIX}keepme"
+    leftover.mkdir(parents=True)
+    old = time.time() - 7200
+    os.utime(leftover, (old, old))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / CACHE_TEMP).symlink_to(outside)
+    Cache(str(root)).startup_cleanup()
+    assert leftover.is_dir()
+    assert not (root / CACHE_TEMP).is_symlink()
 
 
 def test_startup_creates_a_missing_root(tmp_path: Path) -> None:

@@ -621,3 +621,48 @@ def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
     # a budget below what the processes need bounds the index only: nothing reserved
     small, _, _ = shared_limits(64 * 1024**2, 2)
     assert BudgetShare(small).reserved == 0
+
+
+def test_a_shared_temporary_directory_costs_nothing_of_anyone_elses(tmp_path: Path) -> None:
+    # fetch, verify and a daemon without a cache spill to the system's temporary directory:
+    # the clean-up followed a planted link's lock file and blocked on a FIFO there (a proof
+    # that spilled never ended), and removed every user's unlocked leftovers.
+    outside = tmp_path / "outside"
+    (outside / f"{PREFIX}kept").mkdir(parents=True)
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    (shared / f"{PREFIX}link").symlink_to(outside / f"{PREFIX}kept")
+    fifo = shared / f"{PREFIX}fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "lock")
+    linked = shared / f"{PREFIX}linked-lock"
+    linked.mkdir()
+    (linked / "lock").symlink_to(outside / "elsewhere")
+    (outside / "elsewhere").write_bytes(b"")
+    old = time.time() - 2 * LOCKLESS_GRACE
+    for path in (fifo, linked):
+        os.utime(path, (old, old))
+    cleaned: list[int] = []
+    cleaning = threading.Thread(target=lambda: cleaned.append(clean_leftovers(str(shared))))
+    cleaning.daemon = True
+    cleaning.start()
+    cleaning.join(10)
+    if cleaning.is_alive():  # blocked opening the FIFO: a writer lets it go
+        os.close(os.open(fifo / "lock", os.O_WRONLY | os.O_NONBLOCK))
+        cleaning.join(10)
+    assert cleaned == [0] and not cleaning.is_alive()
+    assert sorted(os.listdir(shared)) == sorted(
+        [f"{PREFIX}link", f"{PREFIX}fifo", f"{PREFIX}linked-lock"]
+    )
+    assert (outside / f"{PREFIX}kept").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's directory needs root")
+def test_another_users_leftovers_are_not_removed(tmp_path: Path) -> None:
+    theirs = tmp_path / f"{PREFIX}theirs"
+    theirs.mkdir()
+    (theirs / "lock").write_bytes(b"")
+    os.chown(theirs, 65534, 65534)  # nobody's
+    assert clean_leftovers(str(tmp_path)) == 0 and theirs.is_dir()
+    os.chown(theirs, os.geteuid(), os.getegid())
+    assert clean_leftovers(str(tmp_path)) == 1 and not theirs.exists()

@@ -343,8 +343,12 @@ class Cache:
         if self.check_directory():
             log_event(log, "error", "cache_unusable", root=self.root, error=self.problem)
         # the accounts proofs' spilled files left by a tracker killed in the middle
-        # (docs/architecture.md, "Bounded memory"); a dot directory, never a group's
-        removed = clean_leftovers(os.path.join(self.root, CACHE_TEMP))
+        # (docs/architecture.md, "Bounded memory"); a dot directory, never a group's, and
+        # never a link: the proofs would write, and clean up, where it points
+        spill = os.path.join(self.root, CACHE_TEMP)
+        if os.path.islink(spill) and unlink(spill):
+            log_event(log, "warning", "cache_link_removed", path=spill)
+        removed = clean_leftovers(spill)
         # the root's own files written atomically (the learned state) by a tracker killed
         # between the temp file's write and its rename
         for entry in scan(self.root):

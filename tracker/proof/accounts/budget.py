@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import threading
 import time
 import weakref
@@ -513,7 +514,10 @@ class AccountsLimits:
 
 def clean_leftovers(root: str) -> int:
     """Delete the spill directories under ``root`` that no running proof holds (left by a
-    process killed in the middle); returns how many."""
+    process killed in the middle); returns how many. Only this user's own directories, not
+    links, and their lock files opened without following a link or waiting (``root`` may
+    be the system's shared temporary directory: another user's directory, or a lock file
+    made a FIFO, must cost nothing)."""
     removed = 0
     try:
         names = os.listdir(root)
@@ -524,7 +528,16 @@ def clean_leftovers(root: str) -> int:
             continue
         path = os.path.join(root, name)
         try:
-            fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+            found = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+            continue
+        try:
+            fd = os.open(
+                os.path.join(path, "lock"),
+                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            )
         except FileNotFoundError:
             # made and not locked yet (another proof starting now), or half removed
             if _younger_than(path, LOCKLESS_GRACE):
@@ -533,6 +546,8 @@ def clean_leftovers(root: str) -> int:
         except OSError:
             continue
         try:
+            if fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue  # no lock a proof of ours made: not ours to remove
             if fd >= 0:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
