@@ -296,6 +296,36 @@ async def test_index_size_that_lies_breaks_the_stream(upstream: FakeUpstream) ->
         assert wire.closed
 
 
+@pytest.mark.parametrize("plain", [False, True])
+async def test_an_index_size_below_a_longer_body_never_looks_complete(
+    upstream: FakeUpstream, plain: bool
+) -> None:
+    # A body framed by chunks and longer than the index's size was cut at that size: the
+    # client had every byte its content-length promised, then a close, as after any
+    # complete answer; the surplus was seen only after. The last byte now waits for the
+    # upstream's end.
+    small = len(DATA) - 64 * 1024  # a chunk boundary of the upstream
+    upstream.behaviour[NAME] = Behaviour(chunked=True)
+    async with proxy_tracker(None, plain=plain) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), small)])
+        wire = await raw_request(t.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.status == 200 and wire.header("content-length") == str(small)
+    assert len(wire.body) < small and wire.closed
+
+
+@pytest.mark.parametrize("plain", [False, True])
+async def test_an_early_head_then_a_longer_body_never_looks_complete(
+    upstream: FakeUpstream, plain: bool
+) -> None:
+    small = len(DATA) - 64 * 1024
+    upstream.behaviour[NAME] = Behaviour(chunked=True, delay=1.0)  # after the early head
+    async with proxy_tracker(None, plain=plain, settings=EARLY) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), small)])
+        wire = await raw_request(t.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.status == 200 and wire.header("content-length") == str(small)
+    assert len(wire.body) < small and wire.closed
+
+
 async def test_slow_client_slows_the_upstream_read(upstream: FakeUpstream) -> None:
     big = archive_bytes(48 * MiB, seed=2)
     name = full_name(2000)

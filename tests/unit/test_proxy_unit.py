@@ -122,6 +122,8 @@ def answer(status: int, headers: list[tuple[str, str]]) -> UpstreamAnswer:
         (200, [("content-length", "100")], "GET", 0, "100", 100),
         (200, [("content-length", "100")], "HEAD", 0, "100", None),
         (200, [], "GET", 55, "55", 55),  # chunked upstream: the index's size
+        # a content-length beside a transfer coding says nothing of the body (RFC 9112, 6.3)
+        (200, [("content-length", "10"), ("transfer-encoding", "chunked")], "GET", 55, "55", 55),
         (206, [("content-range", "bytes 10-19/100")], "GET", 0, "10", 10),
         (206, [("content-length", "10"), ("content-range", "bytes 0-9/99")], "GET", 5, "10", 10),
         (416, [("content-range", "bytes */100")], "GET", 100, "0", None),

@@ -129,13 +129,23 @@ class ChannelBody(GeneratorBody):
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         sent = 0
+        last = b""
         async for chunk in self._receive:
-            yield chunk
-            sent += len(chunk)
-            self._client_bytes(len(chunk))
-        if not self._flow.complete or sent != self.length:
+            if sent + len(chunk) >= self.length and chunk:
+                # The last byte waits for the upstream's end: a length that is not the
+                # source's own (the index's size for a chunked body) would otherwise cut a
+                # longer body into a complete-looking answer, its surplus seen only after.
+                chunk, last = chunk[:-1], chunk[-1:]
+            if chunk:
+                yield chunk
+                sent += len(chunk)
+                self._client_bytes(len(chunk))
+        if not self._flow.complete or sent + len(last) != self.length:
             reason = self._flow.error or f"stream ended after {sent} of {self.length} bytes"
             raise UpstreamError(reason)
+        if last:
+            yield last
+            self._client_bytes(len(last))
 
 
 async def hand_over(

@@ -270,7 +270,10 @@ def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Hea
         else:
             headers["content-length"] = "0"
         return Head(status, headers, None), None
-    length = _digits(headers.get("content-length"))
+    # with a transfer coding the body is framed by it, not by its content-length (RFC 9112,
+    # 6.3): that number says nothing of the body's length
+    by_length = "transfer-encoding" not in answer.response.headers
+    length = _digits(headers.get("content-length")) if by_length else None
     if length is None and status == 206:
         length = _range_length(headers.get("content-range"))
     if length is None and status == 200 and known_size > 0:
