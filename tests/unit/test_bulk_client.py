@@ -130,3 +130,17 @@ async def test_typed_credentials_do_not_follow_an_upgrade_to_https(
         ("http://a.example/full.tar.zst", "Basic dTpw"),
         ("https://a.example/full.tar.zst", None),
     ]
+
+
+async def test_only_typed_credentials_of_another_origin_are_removed() -> None:
+    credentials = OriginCredentials(["http://u:p@a.example", "http://v:q@b.example"])
+
+    async def kept(url: str, value: str) -> str | None:
+        request = httpx.Request("GET", url, headers={"authorization": value})
+        await credentials.own_origin_only(request)
+        return request.headers.get("authorization")
+
+    assert await kept("http://a.example/", "Basic dTpw") == "Basic dTpw"  # its own
+    assert await kept("https://a.example/", "Basic dTpw") is None  # another origin's
+    assert await kept("http://b.example/", "Basic dTpw") is None
+    assert await kept("https://c.example/", "Bearer set-by-hand") == "Bearer set-by-hand"

@@ -1,5 +1,5 @@
 """Which targets a reload's change of credentials leaves behind
-(tracker.discovery.targetset.credentials_left_behind): until the next round's discovery
+(tracker.discovery.targetset.credentials_moved, left_behind): until the next round's discovery
 tells whether a file's or Consul's target stays, it must not be sent the group's new
 credentials; the targets the config names itself, and discovered nodes (never given any),
 stay ranked."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import trio
 
 from tracker.config.schema import (
     BasicAuth,
@@ -20,8 +21,9 @@ from tracker.config.schema import (
     TargetGroup,
     TLSConfig,
 )
+from tracker.discovery.roster import Target, TargetHealth
 from tracker.discovery.scrape import Scraper
-from tracker.discovery.targetset import credentials_left_behind
+from tracker.discovery.targetset import credentials_moved, left_behind
 from tracker.ordering.index import Index, TargetKey
 
 FROM_FILE = TargetKey("g", "http://10.0.0.9:8899")  # a file's (or Consul's) sidecar
@@ -66,24 +68,53 @@ def config(**credentials: object) -> Config:
 def test_a_change_of_credentials_leaves_behind_what_the_config_does_not_name(
     old: dict[str, object], new: dict[str, object], left: list[TargetKey]
 ) -> None:
-    assert credentials_left_behind(config(**old), config(**new), KEYS) == left
+    moved = credentials_moved(config(**old), config(**new))
+    assert [key for key in KEYS if left_behind(moved, key)] == left
 
 
 def test_a_group_dropped_or_added_leaves_nothing_behind() -> None:
     token = {"bearer_auth": BearerAuth(token="a")}
-    assert credentials_left_behind(Config(), config(**token), KEYS) == []
-    assert credentials_left_behind(config(**token), Config(), KEYS) == []
+    assert credentials_moved(Config(), config(**token)) == {}
+    assert credentials_moved(config(**token), Config()) == {}
 
 
 async def test_a_reload_rotating_a_token_drops_what_it_leaves_behind_at_once() -> None:
     # A removed file's target still ranked until the next round's discovery: a download
-    # asked of it in that window carried the rotated token to a host no longer configured.
+    # asked of it in that window carried the rotated token to a host no longer configured;
+    # a result of it waiting for the round's next hand-over came back after the reload.
     index = Index()
-    for key in KEYS:
-        index.apply(key, [], datetime.now(UTC))
     scraper = Scraper(config(bearer_auth=BearerAuth(token="a")), index)
     try:
+        for key in KEYS[1:]:
+            index.apply(key, [], datetime.now(UTC))
+        scraper._results.batching = True  # a round going on: FROM_FILE's result waits
+        scraper._results.add(FROM_FILE, [], datetime.now(UTC), 0.1)
         scraper.update_config(config(bearer_auth=BearerAuth(token="b")))
+        scraper._results.flush()
         assert sorted(index.keys()) == sorted([STATIC, HTTP, NODE, OTHER])
+    finally:
+        await scraper.aclose()
+
+
+async def test_a_probe_waiting_in_the_round_is_not_sent_the_new_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The round going on keeps the targets it read before the reload: a probe still waiting
+    # for its turn went out with the group's new credentials to a target the reload may
+    # have removed, and put it back in the index.
+    scraper = Scraper(config(bearer_auth=BearerAuth(token="a")), Index())
+    probed: list[str] = []
+
+    async def probe(target: Target, _group: object) -> list[object]:
+        probed.append(target.key.target)
+        return []
+
+    try:
+        monkeypatch.setattr(scraper._probes, "probe", probe)
+        scraper.update_config(config(bearer_auth=BearerAuth(token="b")))
+        limiter = trio.CapacityLimiter(1)
+        for key, kind in ((FROM_FILE, "sidecar"), (STATIC, "sidecar")):
+            await scraper._probe_one(TargetHealth(Target(key, kind, key.target)), limiter)
+        assert probed == [STATIC.target]
     finally:
         await scraper.aclose()

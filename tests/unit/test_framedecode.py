@@ -12,7 +12,7 @@ import zstandard
 from archives import EXPECTED_REASONS, bad_variants, build_archive, compress
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive import framedecode
+from tracker.proof.archive import checklimits, framedecode
 from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.archive.decoders import decode_zstd
 from tracker.proof.archive.framedecode import decode_zstd_frames
@@ -314,3 +314,20 @@ def test_the_frame_threads_refuse_empty_frames_past_the_bound() -> None:
     assert run(empty * 500 + data, workers=2) == raw
     reason = run(empty * 50_000 + data, workers=2)
     assert isinstance(reason, str) and reason.startswith("zstd: more than 102"), reason
+
+
+def test_frames_before_a_large_one_count_once_against_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past a frame larger than the held bound the stream is decoded serially from that
+    # frame's start: its count began again at 0, so up to twice the bound's frames passed.
+    monkeypatch.setattr(framedecode, "MAX_FRAME", 50_000)
+    empty = zstandard.ZstdCompressor().compress(b"")
+    raw, large = stream(2 << 20, 1)  # one frame over the held bound
+    allowed = checklimits.units_allowed(1000 * len(empty))
+    # below the bound before the large frame, and as many again after it: over it in all
+    data = empty * 1000 + large + empty * 1000
+    assert 1000 < allowed < 2001
+    reason = run(data, 2, 4096)
+    assert isinstance(reason, str) and reason.startswith("zstd: more than"), reason
+    assert run(empty * 1000 + large, 2, 4096) == raw

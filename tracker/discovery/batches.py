@@ -37,6 +37,10 @@ class ResultBatches:
         if not self.batching:
             self.flush()
 
+    def waiting(self) -> list[TargetKey]:
+        """The targets whose results wait for the next hand-over."""
+        return list(self._pending)
+
     def drop(self, key: TargetKey) -> None:
         """Forget a target: its pending result, if any, and what the index holds of it."""
         self._pending.pop(key, None)

@@ -29,7 +29,13 @@ from tracker.discovery.roster import (
     mark_down,
     mark_up,
 )
-from tracker.discovery.targetset import TargetFinder, credentials_left_behind, rpc_keys
+from tracker.discovery.targetset import (
+    Moved,
+    TargetFinder,
+    credentials_moved,
+    left_behind,
+    rpc_keys,
+)
 from tracker.errors import EgressRefused, ProbeError
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
@@ -70,6 +76,9 @@ class Scraper:
         self._probes = Probes(config, resolver)
         self._finder = TargetFinder(self._probes.client, self._roster.rpc_answered)
         self._wakeup = trio.Event()
+        #: The groups a reload changed the credentials of, until a round's discovery under
+        #: the new config told which of their targets stay (:func:`left_behind`).
+        self._moved: Moved = {}
 
     @property
     def health(self) -> dict[TargetKey, TargetHealth]:
@@ -100,11 +109,15 @@ class Scraper:
         """Use ``config`` from now on and start the next round at once: a round going on
         probes no target of a group ``config`` dropped; the next one drops them. The index
         of remaining targets is kept, but for those a change of their group's credentials
-        leaves behind (:func:`~tracker.discovery.targetset.credentials_left_behind`)."""
+        leaves behind (:func:`~tracker.discovery.targetset.left_behind`): dropped, with any
+        result of theirs waiting, and not probed again until the next round's discovery
+        tells whether they stay."""
         previous, self.config = self.config, config
         self._probes.use(config)
-        for key in credentials_left_behind(previous, config, self.index.keys()):
-            self.index.drop(key)
+        self._moved = {**self._moved, **credentials_moved(previous, config)}
+        for key in [*self.index.keys(), *self._results.waiting()]:
+            if left_behind(self._moved, key):
+                self._results.drop(key)
         self._wakeup.set()
 
     async def discover(self) -> list[Target]:
@@ -121,7 +134,10 @@ class Scraper:
     async def scrape_round(self) -> None:
         """Probe every target once; returns when every probe has finished or timed out."""
         await self._probes.close_retired()
+        moved = self._moved
         targets = await self.discover()
+        if self._moved is moved:  # no reload during the discovery: it told what stays
+            self._moved = {}
         self._adopt(targets)
         limiter = trio.CapacityLimiter(self.config.scrape_concurrency)
         async with self._results.batched(), trio.open_nursery() as nursery:
@@ -154,10 +170,11 @@ class Scraper:
             return
         async with limiter:
             group = self.config.group_named(health.target.key.group)
-            if group is None:
-                # A reload dropped its group while this round went on (the new config takes
+            if group is None or left_behind(self._moved, health.target.key):
+                # A reload dropped its group, or changed its credentials and may have
+                # removed this target, while this round went on (the new config takes
                 # effect at once): not probed; the next round, which a reload starts at
-                # once, drops the target.
+                # once, drops the target or probes it again.
                 return
             start = trio.current_time()
             try:
@@ -200,7 +217,9 @@ class Scraper:
         return True
 
     def _succeeded(self, health: TargetHealth, infos: list[SnapshotInfo], latency: float) -> None:
-        self._results.add(health.target.key, infos, mark_up(health), latency)
+        at = mark_up(health)
+        if not left_behind(self._moved, health.target.key):  # a reload came meanwhile
+            self._results.add(health.target.key, infos, at, latency)
 
     def _failed(self, health: TargetHealth, reason: str) -> None:
         mark_down(health, reason)

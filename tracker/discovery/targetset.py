@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 
 import httpx
@@ -64,27 +64,30 @@ def _paths(group: TargetGroup) -> tuple[str, ...]:
     return group.local_targets.paths if group.local_targets else ()
 
 
-def credentials_left_behind(old: Config, new: Config, keys: Iterable[TargetKey]) -> list[TargetKey]:
-    """Of ``keys`` (the index's), those whose group's credentials (``Authorization``, TLS
-    settings) ``new`` changed, of targets ``new`` does not name itself. Until the next
-    round's discovery tells which targets of a file or Consul stay, such a target still
-    ranks, and a download, speed test or head read would send it the new credentials,
-    though the reload may have removed it (docs/configuration.md: credentials go to the
-    group's configured sources only). Dropped at the reload: one that stays comes back with
-    the round the reload starts. Pure."""
+#: Per group whose credentials a reload changed: the keys of the targets its new config
+#: names itself (:func:`credentials_moved`).
+Moved = dict[str, frozenset[TargetKey]]
+
+
+def credentials_moved(old: Config, new: Config) -> Moved:
+    """The groups whose credentials (``Authorization``, TLS settings) ``new`` changed, each
+    with the keys of the targets ``new`` names itself. Pure."""
     before = {g.group: (g.authorization, g.tls_config) for g in old.target_groups}
-    now = {g.group: g for g in new.target_groups}
-    named: dict[str, set[TargetKey]] = {}
-    left = []
-    for key in keys:
-        group = now.get(key.group)
-        if key.discovered or group is None or key.group not in before:
-            continue  # never given credentials; a group dropped or new: nothing to move
-        if before[key.group] == (group.authorization, group.tls_config):
-            continue
-        if key not in named.setdefault(key.group, named_keys(group)):
-            left.append(key)
-    return left
+    return {
+        g.group: frozenset(named_keys(g))
+        for g in new.target_groups
+        if g.group in before and before[g.group] != (g.authorization, g.tls_config)
+    }
+
+
+def left_behind(moved: Moved, key: TargetKey) -> bool:
+    """True for a target of a group in ``moved`` that its new config does not name itself (a
+    file's, Consul's): until the next round's discovery tells whether it stays, it must
+    not be sent the group's new credentials, though a reload may have removed it
+    (docs/configuration.md: credentials go to the group's configured sources only). A
+    discovered node is never given any. Pure."""
+    named = moved.get(key.group)
+    return named is not None and not key.discovered and key not in named
 
 
 def rpc_keys(config: Config) -> set[TargetKey]:

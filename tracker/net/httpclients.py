@@ -245,11 +245,12 @@ class OriginCredentials(httpx.Auth):
         yield request
 
     async def own_origin_only(self, request: httpx.Request) -> None:
-        """A request hook, run for every hop of a redirect: an ``Authorization`` that is not
-        this origin's own is removed. httpx keeps the header on a redirect from ``http`` to
-        ``https`` of one host (its "upgrade"): another origin all the same."""
+        """A request hook, run for every hop of a redirect: typed credentials of another
+        origin are removed (one set otherwise is kept). httpx keeps the header on a redirect
+        from ``http`` to ``https`` of one host (its "upgrade"): another origin all the same."""
         value = self._by_origin.get(origin(str(request.url)))
-        if request.headers.get("authorization") not in (None, value):
+        sent = request.headers.get("authorization")
+        if sent is not None and sent != value and sent in self._by_origin.values():
             del request.headers["authorization"]
 
 

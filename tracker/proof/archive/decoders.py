@@ -70,14 +70,16 @@ class FrameState:
     frame_at: int = 0
     in_magic: bool = False
     magic_at: int = 0
+    #: Frames (skippable ones included) begun so far, the one being read included.
+    frames: int = 0
 
 
 def zstd_frames(state: FrameState, at: int = 0) -> Parser:
     """Parse the framing of a zstd stream (RFC 8878: frames, skippable frames, block headers)
     without decoding it; boundaries between frames are MARKs. ``at``: the offset of its first
     byte in the archive (a stream taken up at a frame's start). At most
-    :func:`~tracker.proof.archive.checklimits.units_allowed` frames."""
-    frames = 0
+    :func:`~tracker.proof.archive.checklimits.units_allowed` frames, ``state.frames``
+    counted already (a stream taken up again at a frame's start)."""
     try:
         while True:
             yield MARK
@@ -85,9 +87,9 @@ def zstd_frames(state: FrameState, at: int = 0) -> Parser:
             magic = int.from_bytes((yield 4), "little")
             state.in_magic = False
             state.frame_at = at
-            frames += 1
-            if frames > units_allowed(at):
-                raise too_many_units("zstd", "frame", frames, at)
+            state.frames += 1
+            if state.frames > units_allowed(at):
+                raise too_many_units("zstd", "frame", state.frames, at)
             if magic == _ZSTD_MAGIC:
                 at = yield from _zstd_frame(at)
             elif magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
@@ -148,9 +150,9 @@ class _FramedSource:
     :func:`zstd_frames` first and never spanning two frames, so that a decoding error belongs
     to the frame of the last piece handed out."""
 
-    def __init__(self, chunks: Chunks, at: int = 0) -> None:
+    def __init__(self, chunks: Chunks, at: int = 0, frames: int = 0) -> None:
         self._chunks = chunks
-        self.state = FrameState(frame_at=at, magic_at=at)
+        self.state = FrameState(frame_at=at, magic_at=at, frames=frames)
         self.framing = Feeder(zstd_frames(self.state, at))
         self._data = memoryview(b"")
         self._pos = 0
@@ -165,12 +167,12 @@ class _FramedSource:
         return self._data[start : self._pos]
 
 
-def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0) -> None:
+def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0, frames: int = 0) -> None:
     """``.tar.zst``: one or more frames (content checksums verified where present), skippable
     frames allowed, nothing after the last frame. ``at``: the archive offset of the first
-    byte (a stream taken up at a frame's start, as :mod:`tracker.proof.archive.framedecode`
-    does)."""
-    source = _FramedSource(chunks, at)
+    byte, ``frames``: the frames before it (a stream taken up at a frame's start, as
+    :mod:`tracker.proof.archive.framedecode` does)."""
+    source = _FramedSource(chunks, at, frames)
     decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     reader = decompressor.stream_reader(
         cast(IO[bytes], source),  # it only calls read(size)

@@ -177,7 +177,8 @@ def decode_zstd_frames(chunks: Chunks, sink: Sink, workers: int) -> None:
                     elif held > MAX_FRAME:
                         drain(0)
                         rest = [*map(bytes, current), bytes(view[pos:])]
-                        decode_zstd(_then(rest, chunks), sink, state.frame_at)
+                        # taken up at the large frame's start: the frames before it counted
+                        decode_zstd(_then(rest, chunks), sink, state.frame_at, state.frames - 1)
                         return
                     drain(workers - 1)
             try:
