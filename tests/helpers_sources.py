@@ -124,7 +124,7 @@ async def serve_raw(
         task_status.started(f"http://127.0.0.1:{port}")
 
 
-async def read_head(stream: trio.SocketStream) -> bytes:
+async def read_head(stream: trio.abc.ReceiveStream) -> bytes:
     """Read a request's header block (up to the blank line)."""
     data = b""
     while b"\r\n\r\n" not in data:

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helpers_sources import read_head
 
 
 @attrs.frozen
@@ -102,12 +103,8 @@ async def serve_tls(
 
     async def answer(stream: trio.SSLStream[trio.SocketStream]) -> None:
         try:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                request += chunk
+            if b"\r\n\r\n" not in await read_head(stream):
+                return
             peer = stream.getpeercert()
             subject = dict(x[0] for x in peer["subject"]) if peer else None
             presented.clients.append(subject["commonName"] if subject else None)
