@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tracker import __version__
 from tracker.config.values import VALID_FOR_RANGE
@@ -66,6 +66,11 @@ class CommandParser(argparse.ArgumentParser):
     def options(self) -> list[argparse.Action]:
         """The actions of the flags (not of the positional arguments)."""
         return [action for action in self._actions if action.option_strings]
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error: one line, ``{command}: error: {what}``, and exit 2 (argparse
+        printed its usage block first; ``--help`` shows it)."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def _config_command(commands: Any, name: str, summary: str, description: str) -> Any:

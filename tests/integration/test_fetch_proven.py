@@ -90,7 +90,7 @@ async def test_require_accounts_fetches_a_full_whose_storages_prove(tmp_path: Pa
 
 async def test_require_cluster_without_rpc_exits_2_before_any_download(tmp_path: Path) -> None:
     """Without ``--rpc`` no archive could reach ``cluster``: refused up front (exit 2, the
-    usage and one line), nothing asked of the tracker or the source."""
+    one line), nothing asked of the tracker or the source."""
     ledger = ledger_of(tmp_path)
     up = FakeUpstream(files={NAME: GOOD})
     async with tracker_of([up]) as tracker:
@@ -99,7 +99,7 @@ async def test_require_cluster_without_rpc_exits_2_before_any_download(tmp_path:
         assert tracker.seen == [] and up.seen == []
     err = done.stderr.decode()
     assert done.returncode == 2, err
-    assert "Traceback" not in err and err.startswith("usage: snapshot-tracker fetch ")
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.splitlines()[-1] == (
         "snapshot-tracker fetch: error: --require cluster needs --rpc URL: the cluster's "
         "votes are asked of an RPC"

@@ -1,5 +1,5 @@
 """Usage errors a newcomer meets on ``fetch`` (issue 47, points 4 and 6; README.md#command-line):
-each is the subcommand's usage and one line with the fix, exit 2, before anything runs."""
+each is one line naming the subcommand and the fix, exit 2, before anything runs."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err
 
 
-def test_trust_min_above_the_keys_prints_fetchs_usage(capsys: pytest.CaptureFixture[str]) -> None:
+def test_trust_min_above_the_keys_is_one_line_of_fetchs(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error([*FETCH, "--trust-key", KEY, "--trust-min", "2"], capsys)
-    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert len(err.splitlines()) == 1, err  # one line, no usage block
     assert err.splitlines()[-1] == (
         "snapshot-tracker fetch: error: --trust-min 2 needs as many distinct --trust-key, 1 given"
     )
@@ -41,7 +41,7 @@ def test_trust_min_above_the_keys_prints_fetchs_usage(capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("flag", ["--tracker", "--source"])
 def test_a_url_without_a_scheme_gets_the_fix(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error(["fetch", "--ledger", "l", flag, "127.0.0.1:8458"], capsys)
-    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert len(err.splitlines()) == 1, err  # one line, no usage block
     assert err.splitlines()[-1].endswith(
         f"argument {flag}: '127.0.0.1:8458' has no scheme: did you mean http://127.0.0.1:8458?"
     )
@@ -142,7 +142,7 @@ def test_require_cluster_without_rpc_is_refused_before_any_download(
     """Without ``--rpc`` nothing could reach ``cluster``: refused at once (this layer has
     no network at all: a request would fail the test), not after a whole download."""
     err = usage_error([*FETCH, "--require", "cluster"], capsys)
-    assert err.startswith("usage: snapshot-tracker fetch "), err
+    assert len(err.splitlines()) == 1, err  # one line, no usage block
     assert err.splitlines()[-1] == (
         "snapshot-tracker fetch: error: --require cluster needs --rpc URL: the cluster's votes "
         "are asked of an RPC"
