@@ -127,15 +127,15 @@ def test_the_proofs_defaults(tmp_path: Path) -> None:
         (
             "proof_workers: 16\nprove_accounts_memory: 8GiB\n",
             "prove_accounts_memory 8192 MiB (set), proof_workers 16 (set), "
-            "scan processes 15 (from 8 proof_workers)",
+            "scan processes 15 (used from 8 proof_workers up)",
         ),
         (
             "proof_workers: 16\nprove_accounts_memory: 512MiB\n",
-            "proof_workers 16 (set), scan processes 2 (from 8 proof_workers)",
+            "proof_workers 16 (set), scan processes 2 (used from 8 proof_workers up)",
         ),
         (
             "proof_workers: 4\nprove_accounts_memory: 8GiB\n",
-            "proof_workers 4 (set), scan processes 0 (from 8 proof_workers)",
+            "proof_workers 4 (set), scan processes 0 (used from 8 proof_workers up)",
         ),
         ("prove_accounts: false\n", ""),
     ],

@@ -96,7 +96,7 @@ def proof_settings(config: Config) -> str:
     return (
         f"accounts proofs within prove_accounts_memory {memory // 1024**2} MiB ({how}), "
         f"proof_workers {workers} ({'the cores' if config.proof_workers is None else 'set'}), "
-        f"scan processes {scanning} (from {SCAN_FROM_WORKERS} proof_workers)"
+        f"scan processes {scanning} (used from {SCAN_FROM_WORKERS} proof_workers up)"
     )
 
 
