@@ -13,6 +13,7 @@ import pytest
 from tracker.cli import build_parser, main
 from tracker.fetch.progress import BarProgress, NoProgress, progress_for
 from tracker.fetch.run import proven_text
+from tracker.proof.accounts.budget import beyond_the_machine
 from tracker.proof.levels import Level, Proof
 
 KEY = "4Nd1mBQtrMJVYVfKf2PJy9NZUZdTAsp7D4xWLs4gDB4T"
@@ -247,3 +248,25 @@ def test_a_progress_bar_that_cannot_be_drawn_never_ends_the_download(
     bar.finish()
     monkeypatch.setattr(sys, "stderr", None)
     assert isinstance(progress_for("auto"), NoProgress)
+
+
+def test_a_proof_budget_beyond_the_machine_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Taken, it made the proof's first allocation fail: a MemoryError that rejected the
+    # archive (fetch deleted a good download).
+    err = usage_error(["verify", "--prove-accounts-memory", "100000GiB", "f.tar.zst"], capsys)
+    assert len(err.splitlines()) == 1 and "of memory this process may use" in err, err
+
+
+@pytest.mark.parametrize(
+    ("memory", "usable", "fits"),
+    [
+        (512 * MiB, 1024 * MiB, True),
+        (1024 * MiB, 1024 * MiB, True),
+        (1025 * MiB, 1024 * MiB, False),
+        (10**15, 0, True),
+    ],
+)
+def test_the_proof_budget_fits_the_machine(memory: int, usable: int, fits: bool) -> None:
+    assert (beyond_the_machine(memory, usable) == "") == fits

@@ -372,6 +372,12 @@ RULES = [
         "must be an origin with an optional path",
     ),
     ("max_target_failures: 0\n", "max_target_failures", "must be at least 1, got 0"),
+    # more than the machine: a proof's first allocation failed and the copy was rejected
+    (
+        "prove_accounts_memory: 100000GiB\n",
+        "prove_accounts_memory",
+        "of memory this process may use",
+    ),
     ("scrape_concurrency: 0\n", "scrape_concurrency", "must be from 1 to 10000, got 0"),
     ("scrape_concurrency: 10001\n", "scrape_concurrency", "must be from 1 to 10000, got 10001"),
     ("max_snapshot_age: -1\n", "max_snapshot_age", "must be at least 0, got -1"),

@@ -53,6 +53,7 @@ from tracker.config.sections import (
     finish_tls,
 )
 from tracker.config.values import check_target, describe
+from tracker.proof.accounts.budget import beyond_the_machine
 
 _T = TypeVar("_T")
 
@@ -163,6 +164,15 @@ def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> No
     add_hook(converter, ObjectStore, checks, lambda store: finish_object_store(store, secrets))
 
 
+def _proof_memory(value: object) -> int:
+    """``prove_accounts_memory``: at least 1 MiB, at most what this process may use."""
+    size = values.size_in(1024**2)(value)
+    problem = beyond_the_machine(size)
+    if problem:
+        raise ValueError(problem)
+    return size
+
+
 def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, Check]:
     return {
         "scrape_interval": values.positive_duration,
@@ -187,7 +197,7 @@ def _config_fields(converter: cattrs.Converter, files: FileChecks) -> dict[str, 
         "manifest_read": values.size_in(1024**2, 16 * 1024**3),
         "prove_accounts_max": values.integer_in(1000, 1_000_000_000_000),
         # A budget below a few MiB would spill almost every account: the smallest is for tests.
-        "prove_accounts_memory": values.size_in(1024**2),
+        "prove_accounts_memory": _proof_memory,
         "prove_accounts_temp_dir": files.cache_dir,
         "proof_workers": values.integer_in(1, 1024),
         "target_groups": list_of(lambda raw: converter.structure(raw, TargetGroup)),

@@ -21,6 +21,7 @@ from tracker.fetch.trust import TrustPolicy
 from tracker.observability.logs import log_event, setup_logging
 from tracker.proof.accounts.budget import (
     AccountsLimits,
+    beyond_the_machine,
     default_memory,
     default_workers,
     shared_limits,
@@ -167,7 +168,7 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--prove-accounts-memory",
-        type=_size_from(PROVE_ACCOUNTS_MIN_MEMORY),
+        type=_proof_memory,
         default=None,
         metavar="SIZE",
         help="memory of the accounts proof, its processes included (e.g. 2GiB); past it its "
@@ -199,6 +200,15 @@ def _size_from(lowest: int) -> Any:
         return value
 
     return check
+
+
+def _proof_memory(text: str) -> int:
+    """``--prove-accounts-memory``: at least 1 MiB, at most what this process may use."""
+    value = int(_size_from(PROVE_ACCOUNTS_MIN_MEMORY)(text))
+    problem = beyond_the_machine(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return value
 
 
 def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:

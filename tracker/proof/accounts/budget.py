@@ -402,6 +402,18 @@ def running() -> list[ProofCounters]:
         return list(_RUNNING)
 
 
+def beyond_the_machine(memory: int, usable: int | None = None) -> str:
+    """Why ``memory`` cannot be the proofs' budget here ("" when it can): more than this
+    process may use (``usable``; default :func:`.machine.usable_memory`, the machine's or
+    its container's limit; not known: no bound). A budget the machine cannot give made a
+    proof's first allocation fail, and that MemoryError was the archive's rejection: a good
+    copy deleted as bad."""
+    usable = usable_memory() if usable is None else usable
+    if usable and memory > usable:
+        return f"more than the {usable // 1024**2} MiB of memory this process may use"
+    return ""
+
+
 def default_memory(workers: int | None = None, ram: int | None = None) -> int:
     """``prove_accounts_memory``'s default on a machine of ``workers`` cores (default: this
     one's, :func:`default_workers`) and ``ram`` bytes of memory (default: what this process
