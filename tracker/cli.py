@@ -283,11 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
+    # SIGINT too, unless it came ignored (a background job of a script): recorded, so that
+    # an interrupt a library swallowed still ends the command as interrupted (below)
+    default_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    watched = (*STOPPING, signal.SIGINT) if default_int else STOPPING
+    previous = {signum: signal.signal(signum, stop) for signum in watched}
     try:
         code = _run(argv if argv is not None else sys.argv[1:], previous)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
+        if received:
+            # its KeyboardInterrupt was raised inside a callback or a __del__ (numba's
+            # object cache, an import lock's), which drop it: the work went on, but the
+            # command was interrupted all the same
+            print("snapshot-tracker: interrupted", file=sys.stderr)
+            return 128 + received[0]
         return code
     except KeyboardInterrupt:
         print("snapshot-tracker: interrupted", file=sys.stderr)
@@ -305,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # the process itself ends now: a signal then changes nothing of what was done
+            # or said (killed by it, the exit status lied and no line said why)
+            signal.signal(signum, handler if argv is not None else signal.SIG_IGN)
 
 
 def _stdout_to_devnull() -> None:
