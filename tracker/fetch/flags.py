@@ -192,19 +192,13 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _size_from(lowest: int) -> Any:
-    def check(text: str) -> int:
-        value = _size(text)
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"expected at least {lowest} bytes, got {text!r}")
-        return value
-
-    return check
-
-
 def _proof_memory(text: str) -> int:
     """``--prove-accounts-memory``: at least 1 MiB, at most what this process may use."""
-    value = int(_size_from(PROVE_ACCOUNTS_MIN_MEMORY)(text))
+    value = _size(text)
+    if value < PROVE_ACCOUNTS_MIN_MEMORY:
+        raise argparse.ArgumentTypeError(
+            f"expected at least {PROVE_ACCOUNTS_MIN_MEMORY} bytes, got {text!r}"
+        )
     problem = beyond_the_machine(value)
     if problem:
         raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
