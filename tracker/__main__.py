@@ -1,8 +1,9 @@
-"""``python -m tracker`` runs the command line."""
+"""``python -m tracker`` runs the command line (its signals held from the first line:
+:mod:`tracker.launch`)."""
 
 import sys
 
-from tracker.cli import main
+from tracker.launch import main
 
 # Guarded: a process started from a forkserver (the accounts proof's scan processes,
 # ``tracker.proof.accounts.scanprocs``) imports the parent's main module again, under

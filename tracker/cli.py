@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -272,24 +272,33 @@ def report(exc: ConfigError, path: str) -> int:
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, original: Mapping[signal.Signals, Any] | None = None
+) -> int:
     """Run the command line; returns the exit code: 128 + the signal's number when SIGINT,
     SIGTERM or SIGHUP ends a command other than ``serve`` (one line on stderr, no
     traceback); 1 with one line when its output cannot be written (a full disk, a closed
-    pipe: quietly, as other tools)."""
+    pipe: quietly, as other tools).
+
+    ``original``: the handlers the process started with, when :mod:`tracker.launch` holds
+    the signals already (None: those in place now)."""
     received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
+    if original is None:
+        original = {signum: signal.getsignal(signum) for signum in (*STOPPING, signal.SIGINT)}
     # SIGINT too, unless it came ignored (a background job of a script): recorded, so that
     # an interrupt a library swallowed still ends the command as interrupted (below)
-    default_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    default_int = original[signal.SIGINT] is signal.default_int_handler
     watched = (*STOPPING, signal.SIGINT) if default_int else STOPPING
-    previous = {signum: signal.signal(signum, stop) for signum in watched}
+    previous = {signum: original[signum] for signum in watched}
+    for signum in watched:
+        signal.signal(signum, stop)
     try:
-        code = _run(argv if argv is not None else sys.argv[1:], previous)
+        code = _run(argv if argv is not None else sys.argv[1:], previous, stop)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
         if received:
@@ -331,15 +340,42 @@ def _stdout_to_devnull() -> None:
         pass  # no stdout to point anywhere (closed, or None): nothing will be flushed to it
 
 
-def _run(argv: Sequence[str], handlers: dict[signal.Signals, Any]) -> int:
+class StartingSignals:
+    """``serve``'s signals until the daemon's own receiver takes them (its ``_signals``
+    task, tracker/service.py): until its event loop runs, SIGINT and SIGTERM end the
+    command as interrupted (``stop``: nothing is started that a stop would end); from then
+    on every signal is held, and the daemon handles what it holds first, as if it came
+    then (a stop is its graceful stop). A SIGHUP is held throughout: a reload of the file
+    just read, which may have changed meanwhile. Once the daemon has stopped, what arrives
+    is held and changes nothing (the process is ending)."""
+
+    def __init__(self, stop: Callable[[int, object], None]) -> None:
+        self._stop = stop
+        #: The signals held, in the order they came.
+        self.held: list[int] = []
+        #: Set as the daemon's event loop starts.
+        self.looping = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if signum != signal.SIGHUP and not self.looping:
+            self._stop(signum, frame)
+        self.held.append(signum)
+
+
+def _run(
+    argv: Sequence[str],
+    handlers: Mapping[signal.Signals, Any],
+    stop: Callable[[int, object], None],
+) -> int:
     parser = build_parser()
     unknown = unknown_flag(parser, argv)
     if unknown:
         parser.commands[next(a for a in argv if not a.startswith("-"))].error(unknown)
     args = parser.parse_args(argv)
+    starting = StartingSignals(stop)
     if args.command == "serve":
-        for signum, handler in handlers.items():  # the daemon stops gracefully on its own
-            signal.signal(signum, handler)
+        for signum in handlers:  # the daemon stops gracefully, or reloads, on its own
+            signal.signal(signum, starting)
     if args.command == "fetch":
         # Its usage errors print fetch's usage, not the top level's.
         voter_for = partial(cluster_voter, tuple(args.rpc)) if args.rpc else None
@@ -364,11 +400,12 @@ def _run(argv: Sequence[str], handlers: dict[signal.Signals, Any]) -> int:
         settings = proof_settings(config)
         print(f"{args.config}: {f'{settings}: ' if settings else ''}OK")
         return EXIT_OK
-    return serve(args, config)
+    return serve(args, config, starting)
 
 
-def serve(args: argparse.Namespace, config: Config) -> int:
-    """Run the tracker until it is stopped; 0, or 1 when it could not start."""
+def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -> int:
+    """Run the tracker until it is stopped; 0, or 1 when it could not start. ``starting``
+    holds the signals until the daemon takes them."""
     import trio
 
     from tracker.memory import freeze_startup_objects, limit_malloc_arenas
@@ -389,7 +426,8 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         from tracker.service import run_tracker
 
         freeze_startup_objects()
-        trio.run(partial(run_tracker, config, partial(load, args)))
+        starting.looping = True
+        trio.run(partial(run_tracker, config, partial(load, args), held=starting.held))
     except OSError as exc:
         # Typically a listener that cannot be bound: one line, not a traceback.
         log_event(log, "error", "startup_failed", error=str(exc))

@@ -16,8 +16,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Literal
 
 import attrs
 import httpx
@@ -277,14 +278,18 @@ async def run_tracker(
     reload_config: Callable[[], Config],
     *,
     environ: dict[str, str] | None = None,
+    held: Sequence[int] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``Tracker.stop``), then stop gracefully and return.
 
     ``reload_config`` loads and validates the config file again (raising ConfigError); it is
-    called on SIGHUP and ``POST /reload``. ``task_status.started`` gets the bound addresses
-    (public first) once the listeners are bound and the first scrape round has started, the
-    moment systemd is told ``READY=1``. Raises OSError when a listener cannot be bound.
+    called on SIGHUP and ``POST /reload``. ``held``: the signals that came while the daemon
+    started (the command line holds them), handled first, in order, once its own receiver
+    takes the signals; read then, so it may grow until that moment. ``task_status.started``
+    gets the bound addresses (public first) once the listeners are bound and the first
+    scrape round has started, the moment systemd is told ``READY=1``. Raises OSError when a
+    listener cannot be bound.
     """
     environ = dict(os.environ) if environ is None else environ
     tracker = Tracker(config)
@@ -361,7 +366,7 @@ async def run_tracker(
                     forced.set()
                     transfers.cut_now()
 
-                await guard.start(_signals, tracker, reload, force)
+                await guard.start(_signals, tracker, reload, force, held)
                 async with trio.open_nursery() as nursery:
                     # Proxied streams run here: they outlive their requests
                     # (docs/http-api.md#archive-answers).
@@ -520,32 +525,54 @@ async def _background(
             task_status.started(scope)
 
 
+#: What a signal does to the daemon (:func:`signal_action`).
+SignalAction = Literal["stop", "force", "reload", "reload_ignored"]
+
+
+def signal_action(signum: int, stopping: bool) -> SignalAction:
+    """What ``signum`` does, the daemon ``stopping`` or not: SIGHUP reloads the config (not
+    while stopping: the reload would race the stop); SIGTERM and SIGINT stop it gracefully,
+    a second one ends the grace at once (``force``)."""
+    if signum == signal.SIGHUP:
+        return "reload_ignored" if stopping else "reload"
+    return "force" if stopping else "stop"
+
+
 async def _signals(
     tracker: Tracker,
     reload: Reload,
     force: Callable[[], object],
+    held: Sequence[int],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """SIGTERM and SIGINT stop the tracker (a second one during the grace ends it at once:
-    ``force``), SIGHUP reloads its config, in a task of its own (a config file that is slow
-    to read holds no later signal back); until cancelled (the tracker has stopped).
+    """SIGTERM, SIGINT and SIGHUP as :func:`signal_action` says, a reload in a task of its
+    own (a config file that is slow to read holds no later signal back); first those
+    ``held`` while the daemon started; until cancelled (the tracker has stopped).
     Started, not scheduled: from READY=1 on, SIGTERM must be the daemon's own (a handler
     installed only later leaves systemd's stop to the default: killed)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        # from here on the receiver gets them: what was held until now is all there is
+        early = list(held)
         task_status.started()
         async with trio.open_nursery() as reloads:
-            async for signum in signals:
+
+            def act(signum: int) -> None:
                 name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if tracker.stop.is_set():
-                        log_event(log, "info", "reload_ignored", reason="the tracker is stopping")
-                    else:
-                        reloads.start_soon(_reload_on_signal, reload)
-                elif tracker.stop.is_set():
+                action = signal_action(signum, tracker.stop.is_set())
+                if action == "reload":
+                    reloads.start_soon(_reload_on_signal, reload)
+                elif action == "reload_ignored":
+                    log_event(log, "info", "reload_ignored", reason="the tracker is stopping")
+                elif action == "force":
                     log_event(log, "warning", "stop_forced", signal=name)
                     force()
                 else:
                     tracker.stop.set()
+
+            for signum in early:
+                act(signum)
+            async for signum in signals:
+                act(signum)
 
 
 async def _reload_on_signal(reload: Reload) -> None:

@@ -22,7 +22,7 @@ import pytest
 import trio
 from archives import build_archive, many_accounts_archive
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_process import reap
+from helpers_process import reap, reaped
 from helpers_proxy import wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from test_fetch import (
@@ -268,3 +268,142 @@ async def test_a_signal_during_the_accounts_proof_is_an_interruption_never_a_ver
         line = one_line(errors.read_text(), "interrupted")
         assert line == "snapshot-tracker: interrupted"
         assert list(spill.iterdir()) == []
+
+
+#: A module put before the real one on the child's path: it says so on the pipe ``HOLD_FD``
+#: names, waits for a line on stdin (the test sends its signal first), then loads the real
+#: module in its place. It holds the child at the moment that module is first imported.
+HOLDER = """\
+import importlib, os, sys
+_here = os.path.dirname(os.path.abspath(__file__))
+os.write(int(os.environ["HOLD_FD"]), b"held\\n")
+sys.stdin.buffer.readline()
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+del sys.modules[__name__]
+sys.modules[__name__] = importlib.import_module(__name__)
+"""
+
+
+@attrs.frozen
+class Held:
+    """A child held at the first import of a module (:data:`HOLDER`)."""
+
+    process: trio.Process
+    errors: Path
+
+    async def release(self) -> None:
+        """Let the child go on past the held import."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(b"go\n")
+
+
+@asynccontextmanager
+async def held_at(tmp_path: Path, module: str, command: list[str]) -> AsyncIterator[Held]:
+    """Start ``command`` and return once it is held at its first import of ``module``;
+    reaped however the block ends."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / f"{module}.py").write_text(HOLDER)
+    read, write = os.pipe()
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{Path.cwd()}", "HOLD_FD": str(write)}
+    errors = tmp_path / "stderr"
+    try:
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                env=env,
+                pass_fds=(write,),
+                preexec_fn=as_a_terminal_starts_it,
+            )
+        os.close(write)
+        write = -1
+        async with reaped(process):
+            with trio.fail_after(30):
+                said = await trio.to_thread.run_sync(os.read, read, 5, abandon_on_cancel=True)
+            assert said == b"held\n", errors.read_text()
+            yield Held(process, errors)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+#: The program's two entry points: the installed script and ``python -m tracker``.
+ENTRIES = {
+    "script": [str(Path(sys.executable).parent / "snapshot-tracker")],
+    "module": [sys.executable, "-m", "tracker"],
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize(("signum", "code"), ENDING)
+async def test_a_signal_while_the_command_line_loads_is_one_line(
+    tmp_path: Path, entry: str, signum: int, code: int
+) -> None:
+    """Held while ``tracker.cli`` imports its first libraries (``difflib``): the signal
+    ends the command as one while it runs does. The handlers were installed only once
+    the command line had loaded: SIGTERM and SIGHUP killed it with no line, SIGINT printed
+    a KeyboardInterrupt traceback."""
+    async with held_at(tmp_path, "difflib", [*ENTRIES[entry], "--version"]) as held:
+        held.process.send_signal(signum)
+        with trio.fail_after(30):
+            returncode = await held.process.wait()
+    assert returncode == code, held.errors.read_text()
+    assert held.errors.read_text() == "snapshot-tracker: interrupted\n"
+
+
+def serve_config(tmp_path: Path) -> Path:
+    """A daemon on 127.0.0.1 (ports the kernel picks) over an empty ledger directory."""
+    (tmp_path / "ledger").mkdir()
+    path = tmp_path / "config.yml"
+    path.write_text(
+        json.dumps(
+            {
+                "listen": "127.0.0.1:0",
+                "internal_listen": "127.0.0.1:0",
+                "target_groups": [{"group": "g", "local_targets": {"paths": ["ledger"]}}],
+            }
+        )
+    )
+    return path
+
+
+def serve_command(tmp_path: Path) -> list[str]:
+    return [*ENTRIES["module"], "serve", "--config", str(serve_config(tmp_path))]
+
+
+async def test_sigterm_while_serve_loads_ends_it_with_one_line(tmp_path: Path) -> None:
+    """Held while the daemon's libraries load (``quart_trio``, before its event loop):
+    nothing is started yet, so SIGTERM ends it as interrupted. It was killed silently (the
+    handlers were back at their defaults until the daemon's own receiver)."""
+    async with held_at(tmp_path, "quart_trio", serve_command(tmp_path)) as held:
+        held.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            returncode = await held.process.wait()
+    assert returncode == 143, held.errors.read_text()
+    assert one_line(held.errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
+
+
+async def test_sighup_while_serve_loads_is_a_reload_once_it_runs(tmp_path: Path) -> None:
+    """A SIGHUP that came while the daemon loaded is held and becomes its first reload (the
+    file may have changed since it was read); the daemon runs on, and stops on SIGTERM. It
+    was killed silently."""
+    async with held_at(tmp_path, "quart_trio", serve_command(tmp_path)) as held:
+        held.process.send_signal(signal.SIGHUP)
+        await held.release()
+        log = held.errors
+
+        def said(event: str) -> bool:
+            return held.process.poll() is not None or event in log.read_text()
+
+        await wait_for(lambda: said("config_reloaded"), timeout=30)
+        assert held.process.poll() is None, log.read_text()
+        assert "listening" in log.read_text()
+        held.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            returncode = await held.process.wait()
+    assert returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text() and "stopped" in log.read_text()

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
+
+from tracker.config.loading import load_config
+from tracker.service import run_tracker
 
 
 def write(path: Path, settings: dict[str, Any]) -> Path:
@@ -448,3 +452,32 @@ async def test_a_sigterm_at_ready_stops_it_gracefully(tmp_path: Path, attempt: i
         logger.setLevel(level)
         signal.signal(signal.SIGTERM, previous)
     assert received == []
+
+
+@pytest.mark.parametrize("held", [[signal.SIGTERM], [signal.SIGINT], [signal.SIGHUP]])
+async def test_signals_held_while_it_started_are_handled_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, held: list[int]
+) -> None:
+    """Signals that came while the daemon started (the command line holds them until the
+    daemon's receiver takes them): a stop stops it gracefully as soon as it runs, a SIGHUP
+    is its first reload."""
+    path = local_config(tmp_path)
+    config = load_config(path)
+    caplog.set_level(logging.INFO, logger="tracker")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            run = partial(run_tracker, config, partial(load_config, path), held=held)
+            await nursery.start(run)
+            if held == [signal.SIGHUP]:
+                await wait_until(lambda: _logged(caplog, "config_reloaded"))
+                nursery.cancel_scope.cancel()  # it runs on: no stop was held
+    stopped = _logged_now(caplog, "stopped")
+    assert stopped == (held != [signal.SIGHUP]), caplog.text
+
+
+def _logged_now(caplog: pytest.LogCaptureFixture, message: str) -> bool:
+    return any(record.getMessage() == message for record in caplog.records)
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
+    return _logged_now(caplog, message)

@@ -1,0 +1,50 @@
+"""The program's entry point (``snapshot-tracker``, ``python -m tracker``): SIGINT, SIGTERM
+and SIGHUP are the command's from its first line, before the command line and its
+libraries are imported (a third of a second, more on a cold disk).
+
+A signal while they load ends the command as one while it runs does (README.md, "Command
+line"): one line, ``snapshot-tracker: interrupted``, and exit 128 + the signal's number;
+it killed the process with no line, or printed a KeyboardInterrupt traceback. Only the
+interpreter's own start, before this module runs, is left to the defaults.
+
+Standard library only: importing this module must itself be quick.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+#: The line a command ends with when a signal stops it.
+INTERRUPTED = "snapshot-tracker: interrupted"
+
+
+def main() -> int:
+    """Hold the signals, load the command line, run it; its exit code."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    original: dict[signal.Signals, Any] = {
+        signum: signal.getsignal(signum)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    }
+    for signum, handler in original.items():
+        # SIGINT that came ignored (a background job of a script) stays ignored
+        if signum != signal.SIGINT or handler is signal.default_int_handler:
+            signal.signal(signum, stop)
+    try:
+        from tracker.cli import main as run
+
+        code = run(None, original)
+    except KeyboardInterrupt:
+        code = 128 + (received[0] if received else signal.SIGINT)
+        print(INTERRUPTED, file=sys.stderr)
+    else:
+        if received:  # raised where it was dropped (an import lock's __del__)
+            print(INTERRUPTED, file=sys.stderr)
+            code = 128 + received[0]
+    return code
