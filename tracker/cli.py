@@ -43,6 +43,7 @@ from tracker.observability.logs import STORE_DEBUG_ENV, log_event, setup_logging
 
 if TYPE_CHECKING:
     import httpx
+    from _typeshed import SupportsWrite
 
     from tracker.config.schema import Config
     from tracker.proof.levels import Voter
@@ -67,10 +68,30 @@ class CommandParser(argparse.ArgumentParser):
         """The actions of the flags (not of the positional arguments)."""
         return [action for action in self._actions if action.option_strings]
 
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        """The help on ``file`` (stdout, flushed): a write that fails is raised, which
+        argparse's own drops (``--help > /dev/full`` exited 0 with nothing written); the
+        command line says it in one line."""
+        (file if file is not None else sys.stdout).write(self.format_help())
+        if file is None:
+            sys.stdout.flush()
+
     def error(self, message: str) -> NoReturn:
         """A usage error: one line, ``{command}: error: {what}``, and exit 2 (argparse
         printed its usage block first; ``--help`` shows it)."""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the program and its version on stdout, flushed (a write that fails is
+    raised, as in :meth:`CommandParser.print_help`), then exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(f"{parser.prog} {__version__}", flush=True)
+        parser.exit()
 
 
 def _config_command(commands: Any, name: str, summary: str, description: str) -> Any:
@@ -85,7 +106,7 @@ def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="snapshot-tracker", description="Find and serve the newest Solana snapshots."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.commands = commands.choices
     serve = _config_command(

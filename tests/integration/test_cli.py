@@ -41,7 +41,14 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Pat
     traceback); a reader that left (``| head -0``): exit 1, quietly, as other tools."""
     key = tmp_path / "key.json"
     assert run_cli("keygen", "--out", str(key)).returncode == 0
-    commands = [("pubkey", str(key)), ("check-config", "--config", str(EXAMPLES / "local.yml"))]
+    commands = [
+        ("pubkey", str(key)),
+        ("check-config", "--config", str(EXAMPLES / "local.yml")),
+        # argparse's own writes drop a failed write: they exited 0 with nothing written
+        ("--help",),
+        ("--version",),
+        ("verify", "--help"),
+    ]
     for command in commands:
         with open("/dev/full", "w") as full:
             result = subprocess.run(
@@ -53,6 +60,17 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Pat
             )
         assert result.returncode == 1, command
         assert result.stderr == "snapshot-tracker: No space left on device\n", command
+    # keygen's key goes when its public key cannot be said (a rerun then works): it stayed
+    fresh = tmp_path / "fresh.json"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", "keygen", "--out", str(fresh)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1 and not fresh.exists(), result.stderr
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
     with os.fdopen(write, "w") as gone:

@@ -13,6 +13,7 @@ never shown) and prints its public key in base58.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -61,7 +62,14 @@ def keygen_main(args: argparse.Namespace) -> int:
         reason = exc.strerror or str(exc)
         print(f"snapshot-tracker keygen: --out: cannot write {args.out}: {reason}", file=sys.stderr)
         return EXIT_USAGE
-    print(Signer.from_keypair_json(data).public_key, flush=True)
+    try:
+        print(Signer.from_keypair_json(data).public_key, flush=True)
+    except BaseException:
+        # The command failed (its output cannot be written, or it was interrupted): the key
+        # goes with it, as nothing was said of it, and a rerun with the same --out works.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     return EXIT_OK
 
 
