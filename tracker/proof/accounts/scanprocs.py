@@ -40,9 +40,11 @@ import mmap
 import multiprocessing
 import os
 import queue
+import signal
 import socket
 import threading
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from typing import Any, Protocol
 
 import numpy as np
@@ -166,12 +168,32 @@ def _context() -> Any:
         return _CONTEXT
 
 
+def start_process(process: Any) -> None:
+    """Start ``process`` with SIGINT blocked in this thread meanwhile: the forkserver (and
+    ``multiprocessing``'s resource tracker), started with the first process, inherit the
+    mask and keep SIGINT blocked. A Ctrl-C at a terminal reaches the whole process group:
+    while the forkserver started (its interpreter, the main module, the imports before the
+    preload's ``SIG_IGN``) it printed the forkserver's KeyboardInterrupt traceback beside
+    the command's one line. The scan processes ignore SIGINT anyway; the parent ends them.
+    A SIGINT meanwhile reaches this process's other threads, or waits for the unblocking.
+
+    The resource tracker is started first, apart: its start blocks SIGINT and SIGTERM
+    around its own spawn and then unblocks them (Python 3.11's ``resource_tracker``), which
+    would undo the block before the forkserver's spawn (tests/unit/test_scanprocs.py)."""
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def warm() -> None:
     """Start the forkserver now (numba and the kernels loaded in it) rather than at the
     first proof that scans in processes, which would wait for it: what a process pays once
     (``bench/accounts.py`` times it with the kernels' loading, apart from the proof)."""
     process = _context().Process(target=os.getpid, daemon=True)
-    process.start()
+    start_process(process)
     process.join()
 
 
@@ -209,7 +231,7 @@ class _Process:
         self._sink = sink
         self.conn, theirs = context.Pipe(duplex=True)
         self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
-        self.proc.start()
+        start_process(self.proc)
         theirs.close()
         # the pieces' slots: memory both map (sent with the first frame), else the pipe; the
         # process maps what it is sent, whole (bench/accounts.py --set may change the count)
