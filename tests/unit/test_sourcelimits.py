@@ -8,8 +8,9 @@ import pytest
 import trio
 import trio.testing
 
+from tracker.config.schema import SourceLimits
 from tracker.errors import SourceBusy
-from tracker.net.sourcelimits import BURST, UNCAPPED, Limits, Pacer, SourceLimiter, source_of
+from tracker.net.sourcelimits import BURST, UNCAPPED, Pacer, SourceLimiter, source_of
 
 MiB = 1024 * 1024
 URL = "http://127.0.0.1:8899/snapshot-100-abc.tar.zst"
@@ -33,7 +34,7 @@ async def _paced(pacer: Pacer, total: int, chunk: int) -> float:
 async def test_the_rate_is_honoured_after_a_burst(
     autojump_clock: trio.testing.MockClock, rate: int, total: int, chunk: int
 ) -> None:
-    async with SourceLimiter().transfer(URL, Limits(max_rate=rate), wait=0) as slot:
+    async with SourceLimiter().transfer(URL, SourceLimits(max_rate=rate), wait=0) as slot:
         took = await _paced(slot.pacer, total, chunk)
     # An idle source may send BURST seconds' worth at once; then it is held to ``rate``.
     assert took == pytest.approx(total / rate - BURST, rel=0.02)
@@ -41,7 +42,7 @@ async def test_the_rate_is_honoured_after_a_burst(
 
 async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> None:
     limits = SourceLimiter()
-    async with limits.transfer(URL, Limits(), wait=0) as slot:
+    async with limits.transfer(URL, SourceLimits(), wait=0) as slot:
         assert slot.pacer is UNCAPPED
         assert await _paced(slot.pacer, 1024 * MiB, MiB) == 0.0
     assert Pacer(0).delay(10**12) == 0.0
@@ -53,7 +54,7 @@ async def test_transfers_of_one_source_share_its_rate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = SourceLimiter()
-    caps = Limits(max_rate=MiB)
+    caps = SourceLimits(max_rate=MiB)
     took: list[float] = []
 
     async def one(url: str) -> None:
@@ -76,7 +77,7 @@ async def test_slots_are_counted_waited_for_and_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = SourceLimiter()
-    caps = Limits(max_transfers=2)
+    caps = SourceLimits(max_transfers=2)
     release = trio.Event()
 
     async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,7 +112,7 @@ async def test_a_cancelled_transfer_or_waiter_gives_its_slot_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = SourceLimiter()
-    caps = Limits(max_transfers=1)
+    caps = SourceLimits(max_transfers=1)
     async with trio.open_nursery() as nursery:
         holder = trio.CancelScope()
 
@@ -155,7 +156,7 @@ async def test_the_queue_is_bounded_in_length_and_time_and_counted(
 ) -> None:
     events: list[str] = []
     limits = SourceLimiter(on_queue=events.append)
-    caps = Limits(max_transfers=1)
+    caps = SourceLimits(max_transfers=1)
     release = trio.Event()
     got: list[float] = []
 

@@ -8,27 +8,41 @@ tests/integration (test_proxy.py, test_credentials.py, test_download_client.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tracker.config.schema import BearerAuth, TargetGroup, TLSConfig
+from tracker.core.snapshots import SnapshotFile, SnapshotSource, info_from_files, parse_archive_name
 from tracker.core.text import TRACKER_AGENT
 from tracker.errors import SourceFailed
 from tracker.ordering.index import TargetKey
 from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,
-    SourceReply,
+    UpstreamAnswer,
     ask_source,
     check_size,
 )
 
 GROUP = TargetGroup(group="g", bearer_auth=BearerAuth(token="s3cret"))
 SOURCE = "http://a.example"
-FILE = f"{SOURCE}/files/x"
+NAME = "snapshot-100-11111111111111111111111111111111.tar.zst"
+FILE = f"{SOURCE}/files/{NAME}"
 KEY = TargetKey("g", SOURCE)
+
+
+def _copy() -> tuple[SnapshotFile, SnapshotSource]:
+    parsed = parse_archive_name(NAME)
+    assert parsed is not None
+    f = SnapshotFile(name=parsed, file_name=NAME, url=FILE)
+    return f, SnapshotSource(info_from_files([f]), KEY, datetime.now(UTC))
+
+
+#: FILE as SOURCE offers it (what :func:`ask_source` is asked for).
+COPY = _copy()
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -43,11 +57,11 @@ async def ask(
     *,
     settings: ProxySettings | None = None,
     headers: dict[str, str] | None = None,
-) -> SourceReply:
+) -> UpstreamAnswer:
     """:func:`ask_source` for FILE of SOURCE, its answer's body already read and closed."""
     clients = mocked(handler, settings)
     try:
-        asked = await ask_source(clients, GROUP, KEY, FILE, "GET", headers or {})
+        asked = await ask_source(clients, GROUP, *COPY, "GET", headers or {})
         await asked.response.aread()
         await asked.response.aclose()
         await asked.slot.aclose()
@@ -182,7 +196,7 @@ async def test_what_goes_upstream_and_no_cookie_comes_back() -> None:
     clients = mocked(planting)
     client_headers = {"range": "bytes=0-9", "cookie": "c=1", "authorization": "Basic eDp5"}
     for _ in range(2):
-        asked = await ask_source(clients, GROUP, KEY, FILE, "GET", client_headers)
+        asked = await ask_source(clients, GROUP, *COPY, "GET", client_headers)
         await asked.response.aclose()
         await asked.slot.aclose()
     await clients.aclose()
@@ -215,7 +229,7 @@ async def test_an_answer_of_another_length_fails_the_source(
         yield b"body"
 
     clients = mocked(lambda _r: httpx.Response(status, headers=headers, content=body()))
-    asked = await ask_source(clients, GROUP, KEY, FILE, "GET", {})
+    asked = await ask_source(clients, GROUP, *COPY, "GET", {})
     try:
         if problem is None:
             await check_size(asked.response, 100)

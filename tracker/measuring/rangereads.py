@@ -32,7 +32,7 @@ from tracker.net.sourcelimits import Pacer
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import KINDS
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
+from tracker.proxy.upstream import DownloadClients, ask_source, size_problem
 
 log = logging.getLogger("tracker.speedtest")
 
@@ -144,24 +144,19 @@ async def speed_test(
     the seconds from sending the request to the last byte read. Raises SourceBusy at once
     when the source has no free transfer slot, SourceFailed (or TransportError) when it
     gives no usable answer."""
-    key = probe.key
     headers = {"range": probe.range_header}
-    url = probe.file.url
     # From the request on: a head held back counts (docs/http-api.md#speed-tests).
     began = trio.current_time()
-    asked = await ask_source(clients, group, key, url, "GET", headers)
-    # The serving origin's slot (after redirects), freed when the answer closes.
-    answer = UpstreamAnswer(
-        asked.response, asked.url, probe.file, probe.source, asked.pacer, asked.slot
-    )
-    response = asked.response
+    # with the serving origin's slot (after redirects), freed when the answer closes
+    answer = await ask_source(clients, group, probe.file, probe.source, "GET", headers)
+    response = answer.response
     try:
         problem = size_problem(response, probe.file.size)
         if response.status_code not in (200, 206):
             problem = f"answered {response.status_code} to a Range request"
         if problem is not None:
             raise SourceFailed(problem)
-        got = await _read(response, probe.length, read_for, asked.pacer)
+        got = await _read(response, probe.length, read_for, answer.pacer)
         seconds = trio.current_time() - began
     finally:
         await answer.aclose()

@@ -26,20 +26,13 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from tracker.config.schema import SourceLimits
 from tracker.errors import SourceBusy
 
 #: Seconds of a source's rate an idle source may send at once.
 BURST = 0.25
 #: Requests that may wait at once for a slot of one source, unless the caller says otherwise.
 QUEUE = 8
-
-
-@attrs.frozen
-class Limits:
-    """A source's caps: concurrent transfers and bytes per second (0: none)."""
-
-    max_transfers: int = 0
-    max_rate: int = 0
 
 
 def source_of(url: str) -> str:
@@ -139,7 +132,7 @@ class SourceLimiter:
 
     @asynccontextmanager
     async def transfer(
-        self, url: str, limits: Limits, *, wait: float, queue: int = QUEUE
+        self, url: str, limits: SourceLimits, *, wait: float, queue: int = QUEUE
     ) -> AsyncIterator[Slot]:
         """One transfer from ``url``'s source, for the block, its :class:`Slot` (with the
         source's :class:`Pacer`).
@@ -172,7 +165,7 @@ class SourceLimiter:
             if not (source.running or source.waiting) and source.pacer is UNCAPPED:
                 self._sources.pop(key, None)  # nothing to remember of it
 
-    async def _queue(self, source: _Source, limits: Limits, wait: float) -> None:
+    async def _queue(self, source: _Source, limits: SourceLimits, wait: float) -> None:
         """Wait in ``source``'s queue for a free slot, at most ``wait`` seconds."""
         source.waiting += 1
         self._on_queue("queued")

@@ -45,6 +45,7 @@ import trio
 
 from tracker.cache.mixedcopy import plan, trusted_digest
 from tracker.cache.refresh import Refresh
+from tracker.core.snapshots import SnapshotFile, SnapshotSource
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError, first_leaf
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
@@ -212,7 +213,7 @@ async def _to_many(
     )
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
     for source in outcome.sources:
-        key = outcome.keys[source]
+        key = outcome.key_of(source)
         job.refresh_share(key, source.sent, outcome.seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
             job.source_transfer(key, source.sent, outcome.seconds)
@@ -392,8 +393,12 @@ class Delivered:
     seconds: float
     #: The byte ranges each source wrote (what a failed check compares).
     written: dict[Source, list[tuple[int, int]]]
-    #: Each source's target in the index.
-    keys: dict[Source, TargetKey]
+    #: The copy each source reads: the file, as the index has it, of which target.
+    copies: dict[Source, tuple[SnapshotFile, SnapshotSource]]
+
+    def key_of(self, source: Source) -> TargetKey:
+        """``source``'s target in the index."""
+        return self.copies[source][1].key
 
     def shares(self) -> str:
         """``url=bytes`` of each source, for the log line."""
@@ -426,7 +431,8 @@ async def fill_from_many(
     dropped = "refresh_source_dropped"
     sources = [Source(first.url, identity, True, drop_event=dropped)]
     sources += [Source(f.url, Identity(size), True, drop_event=dropped) for f, _s in others]
-    keys = dict(zip(sources, [first.source.key, *(s.key for _f, s in others)], strict=True))
+    copies = dict(zip(sources, [(first.file, first.source), *others], strict=True))
+    keys = {each: source.key for each, (_file, source) in copies.items()}
     on_sources(sources)
     refresh.piece_sources = tuple(sources)
     written: dict[Source, list[tuple[int, int]]] = {}
@@ -449,7 +455,7 @@ async def fill_from_many(
         PieceTunables(peers.read_timeout),
         pieces,
         fd,
-        partial(_ask, peers, keys),
+        partial(_ask, peers, copies),
         landed=landed,
         probe_ranges=True,  # a source that ignores Range is read as one stream at most
     )
@@ -474,7 +480,7 @@ async def fill_from_many(
             stop()
         if peers.uses is not None:
             peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
-    outcome = Delivered(tuple(sources), trio.current_time() - started, written, keys)
+    outcome = Delivered(tuple(sources), trio.current_time() - started, written, copies)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
@@ -496,25 +502,26 @@ def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 @asynccontextmanager
 async def _ask(
-    peers: Peers, keys: dict[Source, TargetKey], source: Source, headers: dict[str, str]
+    peers: Peers,
+    copies: dict[Source, tuple[SnapshotFile, SnapshotSource]],
+    source: Source,
+    headers: dict[str, str],
 ) -> AsyncIterator[PieceAnswer]:
-    """``source`` asked for a piece within its origin's ``source_limits`` (credentials only
-    to its own origin: :func:`tracker.proxy.upstream.ask_source`); the answer closed and its
-    transfer slot freed when the block ends. The first answer's validators become the
-    source's (every later one must be of the same file)."""
-    reply = await ask_source(
-        peers.clients, peers.group, keys[source], source.url, "GET", headers, wait=SLOT_WAIT
+    """``source`` (the copy it reads) asked for a piece within its origin's
+    ``source_limits`` (credentials only to its own origin:
+    :func:`tracker.proxy.upstream.ask_source`); the answer closed and its transfer slot
+    freed when the block ends. The first answer's validators become the source's (every
+    later one must be of the same file)."""
+    file, copy = copies[source]
+    answer = await ask_source(
+        peers.clients, peers.group, file, copy, "GET", headers, url=source.url, wait=SLOT_WAIT
     )
     try:
-        if reply.response.status_code == 206:
-            source.adopt_validators(reply.response)
-        yield PieceAnswer(reply.response, reply.pacer)
+        if answer.response.status_code == 206:
+            source.adopt_validators(answer.response)
+        yield PieceAnswer(answer.response, answer.pacer)
     finally:
-        with trio.CancelScope(shield=True):
-            try:
-                await reply.response.aclose()
-            finally:
-                await reply.slot.aclose()
+        await answer.aclose()
 
 
 def _no_one(_key: TargetKey, _reason: str) -> None:
@@ -541,7 +548,7 @@ class Repair:
 
     def __attrs_post_init__(self) -> None:
         outcome = self.outcome
-        self.blame = [outcome.keys[s] for s in outcome.sources if outcome.written.get(s)]
+        self.blame = [outcome.key_of(s) for s in outcome.sources if outcome.written.get(s)]
 
     async def run(self, failed: ArchiveInvalid) -> bool:
         """Whether the copy was repaired and passed its check again (else the caller
@@ -556,7 +563,7 @@ class Repair:
         voice = voices(sources, live)
         fd = os.dup(refresh.descriptor())
         try:
-            ask = partial(_ask, self.peers, outcome.keys)
+            ask = partial(_ask, self.peers, outcome.copies)
             # Every range each source wrote is compared, not only those before the byte the
             # check failed on: a liar's later pieces would stay, and the copy fail again
             # (about one more copy of the archive at most).
@@ -598,7 +605,7 @@ class Repair:
         """Who carries the failed check now that the repair did not pass (:attr:`blame`)."""
         outcome = self.outcome
         kept = held_back(list(outcome.sources), outcome.written, found)
-        self.blame[:] = [outcome.keys[s] for s in kept]
+        self.blame[:] = [outcome.key_of(s) for s in kept]
 
     def _named(self, found: Findings) -> bool:
         """Name the liars of a copy that passed its check again; True."""
@@ -610,7 +617,7 @@ class Repair:
                 "(the copy passed its check without them)"
             )
             log_event(many_log, "warning", "refresh_source_lied", url=liar.url, reason=reason)
-            self.liar_found(outcome.keys[liar], reason)
+            self.liar_found(outcome.key_of(liar), reason)
         log_event(
             many_log, "info", "refresh_repaired", file=refresh.name, rewritten=found.rewritten
         )

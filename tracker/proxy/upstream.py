@@ -87,7 +87,6 @@ from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import (
     QUEUE,
     UNCAPPED,
-    Limits,
     Pacer,
     QueueEvent,
     Slot,
@@ -273,16 +272,24 @@ def client_response_headers(upstream: httpx.Headers) -> dict[str, str]:
 
 @attrs.define
 class UpstreamAnswer:
-    """A usable upstream answer whose body has not been read; the caller must close it."""
+    """A usable upstream answer (body unread) from ``url``, for ``file`` of ``source``
+    (:func:`ask_source`); the caller must close it."""
 
     response: httpx.Response
     url: str
     file: SnapshotFile
     source: SnapshotSource
-    #: The source's rate (``source_limits.max_rate``): readers of the body pace with it.
-    pacer: Pacer = UNCAPPED
+    #: The transfer of the origin that gave it (``source_limits``): its pacer, and when it
+    #: expects to end (None: no transfer slot was taken).
+    transfer: Slot | None = None
     #: The transfer slot of the source (``source_limits.max_transfers``), freed by aclose.
     slot: AsyncExitStack | None = None
+
+    @property
+    def pacer(self) -> Pacer:
+        """The serving origin's rate (``source_limits.max_rate``): readers of the body pace
+        with it."""
+        return self.transfer.pacer if self.transfer is not None else UNCAPPED
 
     async def aclose(self) -> None:
         """Close the answer (drops the connection when the body was not read to its end)
@@ -301,35 +308,20 @@ class UpstreamAnswer:
                     await slot.aclose()
 
 
-@attrs.define
-class SourceReply:
-    """What :func:`ask_source` got: a usable answer (body unread) from ``url``, and the
-    transfer slot of the origin that gave it (``transfer``, with its pacer), given back by
-    closing ``slot`` (the caller closes both)."""
-
-    response: httpx.Response
-    url: str
-    transfer: Slot
-    slot: AsyncExitStack
-
-    @property
-    def pacer(self) -> Pacer:
-        """The serving origin's rate (``source_limits.max_rate``)."""
-        return self.transfer.pacer
-
-
 async def ask_source(
     clients: DownloadClients,
     group: TargetGroup,
-    key: TargetKey,
-    url: str,
+    file: SnapshotFile,
+    source: SnapshotSource,
     method: str,
     headers: Mapping[str, str],
     *,
+    url: str | None = None,
     wait: float = 0.0,
     taken: Callable[[], None] | None = None,
-) -> SourceReply:
-    """Ask ``url`` (a file of the source ``key``), following redirects, each hop within the
+) -> UpstreamAnswer:
+    """Ask for ``file`` of ``source`` (at its URL, or ``url``: where an earlier answer
+    came from), following redirects, each hop within the
     ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
     limits").
 
@@ -340,18 +332,18 @@ async def ask_source(
     a redirect, so
     a request never holds one origin's slot while it waits for another's (two requests
     redirected across each other's origins would wait for each other for ever). The answer
-    keeps the slot of the origin that gave it, in :attr:`SourceReply.slot`.
+    keeps the slot of the origin that gave it, in :attr:`UpstreamAnswer.slot`.
 
     Only a URL on the source's own origin gets the group's credentials and TLS client
     settings; any other origin (named by a probe's Location or by a redirect) gets the
     foreign client, which connects only where the egress policy allows. A discovered source
     (cluster discovery) has no own origin: every URL of it is foreign.
     """
-    settings = clients.settings
+    settings, key = clients.settings, source.key
+    url = file.url if url is None else url
     trusted = not key.discovered
     own_origin = origin(key.target) if trusted else None
     credentials = authorization(group, key.target) if trusted else None
-    caps = Limits(group.source_limits.max_transfers, group.source_limits.max_rate)
     deadline = trio.current_time() + wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
@@ -360,7 +352,9 @@ async def ask_source(
         url = without_userinfo(url)  # credentials go per origin, never from a URL
         slot = AsyncExitStack()
         left = max(0.0, deadline - trio.current_time())
-        taking = clients.limits.transfer(url, caps, wait=left, queue=settings.busy_queue)
+        taking = clients.limits.transfer(
+            url, group.source_limits, wait=left, queue=settings.busy_queue
+        )
         transfer = await slot.enter_async_context(taking)
         if taken is not None:
             taken()
@@ -368,7 +362,7 @@ async def ask_source(
             response = await _send(client, method, url, request_headers, settings.answer_timeout)
             status = response.status_code
             if status in ANSWER_STATUSES:
-                return SourceReply(response, url, transfer, slot)
+                return UpstreamAnswer(response, url, file, source, transfer, slot)
             location = response.headers.get("location")
             await response.aclose()
         except BaseException:
@@ -596,13 +590,13 @@ async def _answer(
     clients, group = race.clients, race.group
     slotted = race.slotted
     taken = slotted.set if slotted is not None else None
-    asked = await ask_source(
-        clients, group, source.key, f.url, race.method, race.headers, wait=busy_wait, taken=taken
+    answer = await ask_source(
+        clients, group, f, source, race.method, race.headers, wait=busy_wait, taken=taken
     )
-    answer = UpstreamAnswer(asked.response, asked.url, f, source, asked.pacer, asked.slot)
-    response, method = asked.response, race.method
-    if race.rate is not None:
-        asked.transfer.ends_at = expected_end(response, race.rate(source.key), asked.pacer.rate)
+    response, method = answer.response, race.method
+    if race.rate is not None and answer.transfer is not None:
+        rate = race.rate(source.key)
+        answer.transfer.ends_at = expected_end(response, rate, answer.pacer.rate)
     try:
         await check_size(response, race.promised or f.size, exact=race.exact)
         status = response.status_code

@@ -40,7 +40,7 @@ from tracker.proof.background.headreads import HeadRead, heads_due
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import NOT_LOADABLE, Level, Proof, not_loadable, shortfall
-from tracker.proxy.upstream import DownloadClients, UpstreamAnswer, ask_source, size_problem
+from tracker.proxy.upstream import DownloadClients, ask_source, size_problem
 
 log = logging.getLogger("tracker.proof")
 
@@ -348,13 +348,9 @@ async def prove_copy(
     body as it arrives, at most ``limit`` bytes). Raises ArchiveInvalid when the copy fails,
     SourceBusy when its source has no free transfer slot, SourceFailed or TransportError
     when it gives no usable answer; cancellation stops the read and the proof."""
-    key, url = read.key, read.file.url
-    asked = await ask_source(clients, group, key, url, "GET", {})
-    # The serving origin's slot (after redirects), freed when the answer closes.
-    answer = UpstreamAnswer(
-        asked.response, asked.url, read.file, read.source, asked.pacer, asked.slot
-    )
-    response = asked.response
+    # with the serving origin's slot (after redirects), freed when the answer closes
+    answer = await ask_source(clients, group, read.file, read.source, "GET", {})
+    response = answer.response
     try:
         problem = size_problem(response, read.file.size)
         if response.status_code != 200:
@@ -365,7 +361,7 @@ async def prove_copy(
         with source_failures("", silence), trio.fail_after(READ_FOR):
             async with body_chunks(response) as chunks:
                 name = read.file.bare_name
-                return await _prove_stream(chunks, name, prove, limit, asked.pacer.pace)
+                return await _prove_stream(chunks, name, prove, limit, answer.pacer.pace)
     finally:
         await answer.aclose()
 
