@@ -319,7 +319,7 @@ def main(
     for signum in watched:
         signal.signal(signum, stop)
     try:
-        code = _run(argv if argv is not None else sys.argv[1:], previous, stop)
+        code = _run(argv if argv is not None else sys.argv[1:], watched, stop)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
         if received:
@@ -385,7 +385,7 @@ class StartingSignals:
 
 def _run(
     argv: Sequence[str],
-    handlers: Mapping[signal.Signals, Any],
+    watched: Sequence[signal.Signals],
     stop: Callable[[int, object], None],
 ) -> int:
     parser = build_parser()
@@ -395,7 +395,7 @@ def _run(
     args = parser.parse_args(argv)
     starting = StartingSignals(stop)
     if args.command == "serve":
-        for signum in handlers:  # the daemon stops gracefully, or reloads, on its own
+        for signum in watched:  # the daemon stops gracefully, or reloads, on its own
             signal.signal(signum, starting)
     if args.command == "fetch":
         # Its usage errors print fetch's usage, not the top level's.

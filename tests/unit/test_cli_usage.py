@@ -282,7 +282,7 @@ def test_an_interrupt_a_library_swallowed_still_ends_the_command_interrupted(
 ) -> None:
     # numba's object-cache callback and an import lock's __del__ drop the KeyboardInterrupt
     # the handler raises: verify and attest went on and exited 0 (7 runs in 100).
-    def swallowing(_argv: object, _handlers: object, _stop: object) -> int:
+    def swallowing(_argv: object, _watched: object, _stop: object) -> int:
         with contextlib.suppress(KeyboardInterrupt):  # as a ctypes callback does
             os.kill(os.getpid(), signum)
         return 0
