@@ -71,8 +71,12 @@ class CommandParser(argparse.ArgumentParser):
     def print_help(self, file: SupportsWrite[str] | None = None) -> None:
         """The help on ``file`` (stdout, flushed): a write that fails is raised, which
         argparse's own drops (``--help > /dev/full`` exited 0 with nothing written); the
-        command line says it in one line."""
-        (file if file is not None else sys.stdout).write(self.format_help())
+        command line says it in one line. Started with stdout closed: nothing to write to,
+        as ``print``."""
+        out = file if file is not None else sys.stdout
+        if out is None:
+            return
+        out.write(self.format_help())
         if file is None:
             sys.stdout.flush()
 
@@ -288,22 +292,25 @@ def report(exc: ConfigError, path: str) -> int:
     return EXIT_USAGE
 
 
-#: The signals that end a command other than ``serve`` with one line (SIGINT is Python's
-#: KeyboardInterrupt already); ``serve`` keeps their default until it handles them itself.
+#: The signals that end a command with one line (SIGINT too, unless it came ignored);
+#: ``serve`` holds them while it starts, then its event loop takes them (:class:`StartingSignals`).
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def main(
-    argv: Sequence[str] | None = None, original: Mapping[signal.Signals, Any] | None = None
+    argv: Sequence[str] | None = None,
+    original: Mapping[signal.Signals, Any] | None = None,
+    received: list[int] | None = None,
 ) -> int:
     """Run the command line; returns the exit code: 128 + the signal's number when SIGINT,
-    SIGTERM or SIGHUP ends a command other than ``serve`` (one line on stderr, no
-    traceback); 1 with one line when its output cannot be written (a full disk, a closed
-    pipe: quietly, as other tools).
+    SIGTERM or SIGHUP ends a command (``serve``: before its event loop runs; one line on
+    stderr, no traceback); 1 with one line when its output cannot be written (a full
+    disk, a closed pipe: quietly, as other tools).
 
-    ``original``: the handlers the process started with, when :mod:`tracker.launch` holds
-    the signals already (None: those in place now)."""
-    received: list[int] = []
+    ``original``: the handlers the process started with, and ``received``: the signals
+    recorded so far, when :mod:`tracker.launch` holds the signals already (None: those in
+    place now, none)."""
+    received = [] if received is None else received
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
@@ -316,9 +323,16 @@ def main(
     default_int = original[signal.SIGINT] is signal.default_int_handler
     watched = (*STOPPING, signal.SIGINT) if default_int else STOPPING
     previous = {signum: original[signum] for signum in watched}
-    for signum in watched:
-        signal.signal(signum, stop)
+
+    def interrupted() -> int:
+        for signum in watched:  # ending: a second signal changes nothing of what is said
+            signal.signal(signum, signal.SIG_IGN)
+        print("snapshot-tracker: interrupted", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+
     try:
+        for signum in watched:
+            signal.signal(signum, stop)
         code = _run(argv if argv is not None else sys.argv[1:], watched, stop)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
@@ -326,12 +340,10 @@ def main(
             # its KeyboardInterrupt was raised inside a callback or a __del__ (numba's
             # object cache, an import lock's), which drop it: the work went on, but the
             # command was interrupted all the same
-            print("snapshot-tracker: interrupted", file=sys.stderr)
-            return 128 + received[0]
+            return interrupted()
         return code
     except KeyboardInterrupt:
-        print("snapshot-tracker: interrupted", file=sys.stderr)
-        return 128 + (received[0] if received else signal.SIGINT)
+        return interrupted()
     except BrokenPipeError:
         _stdout_to_devnull()  # the reader left (``| head``): nothing more to say
         return EXIT_FAILURE
@@ -458,10 +470,4 @@ def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -
         # config's are (a restart would meet it again).
         log_event(log, "error", "startup_failed", error="; ".join(exc.problems))
         return EXIT_USAGE
-    except BaseExceptionGroup as group:
-        # A SIGINT past the daemon's own handling (as it returns) comes out of trio's
-        # nurseries in a group: it is the interruption main() words in one line.
-        if group.subgroup(KeyboardInterrupt) is not None:
-            raise KeyboardInterrupt from None
-        raise
     return EXIT_OK

@@ -39,12 +39,13 @@ def main() -> int:
     try:
         from tracker.cli import main as run
 
-        code = run(None, original)
+        if not received:  # else raised where it was dropped (an import lock's __del__)
+            # the command line takes the signals over, and what it records goes in the
+            # same list: one exit code, one line, whichever handler took the signal
+            return run(None, original, received)
     except KeyboardInterrupt:
-        code = 128 + (received[0] if received else signal.SIGINT)
-        print(INTERRUPTED, file=sys.stderr)
-    else:
-        if received:  # raised where it was dropped (an import lock's __del__)
-            print(INTERRUPTED, file=sys.stderr)
-            code = 128 + received[0]
-    return code
+        pass
+    for signum in original:  # ending: a second signal changes nothing of what is said
+        signal.signal(signum, signal.SIG_IGN)
+    print(INTERRUPTED, file=sys.stderr)
+    return 128 + (received[0] if received else signal.SIGINT)

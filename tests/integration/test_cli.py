@@ -82,14 +82,15 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Pat
             timeout=60,
         )
     assert (left.returncode, left.stderr) == (1, "")
-    closed = subprocess.run(  # started with stdout closed (``>&-``): nothing to write to
-        [sys.executable, "-m", "tracker", "check-config", "--config", str(EXAMPLES / "local.yml")],
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: os.close(1),
-    )
-    assert (closed.returncode, closed.stderr) == (0, "")
+    for command in [("check-config", "--config", str(EXAMPLES / "local.yml")), ("--help",)]:
+        closed = subprocess.run(  # started with stdout closed (``>&-``): nothing to write to
+            [sys.executable, "-m", "tracker", *command],
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: os.close(1),
+        )
+        assert (closed.returncode, closed.stderr) == (0, ""), command
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:

@@ -296,3 +296,25 @@ def test_an_interrupt_a_library_swallowed_still_ends_the_command_interrupted(
     finally:
         signal.signal(signal.SIGINT, before)
     assert capsys.readouterr().err == "snapshot-tracker: interrupted\n"
+
+
+def test_a_signal_the_entry_points_handler_took_is_the_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tracker.launch's handler records into the list it hands over: a SIGTERM it took
+    # while the command line took the handlers over exited 130 (each kept its own list)
+    received: list[int] = []
+
+    def taken_by_the_launcher(_argv: object, _watched: object, _stop: object) -> int:
+        received.append(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_run", taken_by_the_launcher)
+    watchable = (*cli_module.STOPPING, signal.SIGINT)
+    original = {signum: signal.getsignal(signum) for signum in watchable}
+    try:
+        assert main(["verify", "x"], original, received) == 128 + signal.SIGTERM
+    finally:
+        for signum, handler in original.items():
+            signal.signal(signum, handler)
+    assert capsys.readouterr().err == "snapshot-tracker: interrupted\n"

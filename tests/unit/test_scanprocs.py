@@ -5,6 +5,7 @@ no process left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import shutil
@@ -389,16 +390,12 @@ def test_the_forkserver_keeps_sigint_blocked_from_its_start() -> None:
     # the main module, the imports before the preload's SIG_IGN) printed its
     # KeyboardInterrupt traceback beside the command's one line (5 runs in 40)
     scanprocs.warm()
-    children = [
-        int(stat.read_text().rpartition(")")[2].split()[1]) == os.getpid() and stat.parent.name
-        for stat in Path("/proc").glob("[0-9]*/stat")
-        if stat.exists()
-    ]
-    servers = [
-        int(pid)
-        for pid in children
-        if pid and b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    servers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            if parent == os.getpid() and b"forkserver" in (stat.parent / "cmdline").read_bytes():
+                servers.append(int(stat.parent.name))
     assert servers, "no forkserver among this process's children"
     for pid in servers:
         assert _signal_mask(pid, "SigBlk") & 1 << (signal.SIGINT - 1), pid

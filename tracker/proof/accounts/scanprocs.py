@@ -169,13 +169,13 @@ def _context() -> Any:
 
 
 def start_process(process: Any) -> None:
-    """Start ``process`` with SIGINT blocked in this thread meanwhile: the forkserver (and
-    ``multiprocessing``'s resource tracker), started with the first process, inherit the
-    mask and keep SIGINT blocked. A Ctrl-C at a terminal reaches the whole process group:
-    while the forkserver started (its interpreter, the main module, the imports before the
-    preload's ``SIG_IGN``) it printed the forkserver's KeyboardInterrupt traceback beside
-    the command's one line. The scan processes ignore SIGINT anyway; the parent ends them.
-    A SIGINT meanwhile reaches this process's other threads, or waits for the unblocking.
+    """Start ``process`` with SIGINT blocked in this thread meanwhile: the forkserver,
+    started with the first process, inherits the mask and keeps SIGINT blocked. A Ctrl-C at
+    a terminal reaches the whole process group: while the forkserver started (its
+    interpreter, the main module, the imports before the preload's ``SIG_IGN``) it printed
+    its KeyboardInterrupt traceback beside the command's one line. The scan processes
+    ignore SIGINT anyway; the parent ends them. A SIGINT meanwhile reaches this process's
+    other threads, or waits for the unblocking.
 
     The resource tracker is started first, apart: its start blocks SIGINT and SIGTERM
     around its own spawn and then unblocks them (Python 3.11's ``resource_tracker``), which
