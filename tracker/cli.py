@@ -292,7 +292,7 @@ def report(exc: ConfigError, path: str) -> int:
     return EXIT_USAGE
 
 
-#: The signals that end a command with one line (SIGINT too, unless it came ignored);
+#: The signals that end a command with one line, with SIGINT, unless they came ignored;
 #: ``serve`` holds them while it starts, then its event loop takes them (:class:`StartingSignals`).
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
@@ -318,10 +318,12 @@ def main(
 
     if original is None:
         original = {signum: signal.getsignal(signum) for signum in (*STOPPING, signal.SIGINT)}
-    # SIGINT too, unless it came ignored (a background job of a script): recorded, so that
-    # an interrupt a library swallowed still ends the command as interrupted (below)
-    default_int = original[signal.SIGINT] is signal.default_int_handler
-    watched = (*STOPPING, signal.SIGINT) if default_int else STOPPING
+    # SIGINT too (recorded, so that an interrupt a library swallowed still ends the command
+    # as interrupted, below); one that came ignored stays ignored: SIGINT in a background
+    # job of a script, SIGHUP under nohup
+    watched = tuple(
+        signum for signum in (*STOPPING, signal.SIGINT) if original[signum] is not signal.SIG_IGN
+    )
     previous = {signum: original[signum] for signum in watched}
 
     def interrupted() -> int:

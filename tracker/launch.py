@@ -33,8 +33,9 @@ def main() -> int:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     }
     for signum, handler in original.items():
-        # SIGINT that came ignored (a background job of a script) stays ignored
-        if signum != signal.SIGINT or handler is signal.default_int_handler:
+        # one that came ignored stays ignored: SIGINT in a background job of a script,
+        # SIGHUP under nohup
+        if handler is not signal.SIG_IGN:
             signal.signal(signum, stop)
     try:
         from tracker.cli import main as run

@@ -146,12 +146,24 @@ def sigint_ignored() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-async def test_fetch_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
-    """A background job of a script: Ctrl-C in the terminal is for the script; SIGTERM
+def hangup_ignored() -> None:
+    """In the child: SIGHUP ignored, as ``nohup`` starts a command; SIGTERM at its default."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    ("signum", "started"), [(signal.SIGINT, sigint_ignored), (signal.SIGHUP, hangup_ignored)]
+)
+async def test_fetch_started_with_a_signal_ignored_keeps_ignoring_it(
+    tmp_path: Path, signum: int, started: Callable[[], None]
+) -> None:
+    """A background job of a script: Ctrl-C in the terminal is for the script; under
+    ``nohup`` a closed terminal is not for the fetch either (its SIGHUP ended it). SIGTERM
     still ends the fetch with its one line."""
-    async with fetching(tmp_path, 72, sigint_ignored) as f:
+    async with fetching(tmp_path, 72, started) as f:
         await saved_at_least(f, 4 * MiB)
-        f.process.send_signal(signal.SIGINT)
+        f.process.send_signal(signum)
         # Still fetching after it: more bytes saved, or the process ended (a failure).
         more = saved_bytes(f.state) + 4 * MiB
         await wait_for(
@@ -190,6 +202,38 @@ async def test_a_signal_ends_verify_with_one_line(tmp_path: Path, signum: int, c
     finally:
         await reap(process)
     assert returncode == code
+    assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
+
+
+async def test_verify_under_nohup_keeps_ignoring_sighup(tmp_path: Path) -> None:
+    """``nohup snapshot-tracker verify ...``: a SIGHUP (the terminal closed) is for the
+    terminal's jobs, not for this one; SIGTERM still ends it with its one line. The
+    handlers took SIGHUP over whatever it came as."""
+    name, good = build_archive(34_001, compression="zst")
+    archive = tmp_path / name
+    archive.write_bytes(good)
+    errors = tmp_path / "stderr"
+    command = [*ENTRIES["module"], "verify", *[str(archive)] * 3000]
+    with errors.open("wb") as sink:
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=sink, preexec_fn=hangup_ignored
+        )
+    assert process.stdout is not None
+    async with reaped(process):
+        with trio.fail_after(60):
+            first = await process.stdout.receive_some(100)
+            assert first.startswith(b"ok ")
+            process.send_signal(signal.SIGHUP)
+            # still checking after it: more lines come (the pipe was full: it waited on us)
+            more = b""
+            while more.count(b"\n") < 200 and process.poll() is None:
+                more += await process.stdout.receive_some(65536)
+            assert process.poll() is None, errors.read_text()
+            process.send_signal(signal.SIGTERM)
+            while await process.stdout.receive_some(65536):
+                pass
+            returncode = await process.wait()
+    assert returncode == 143, errors.read_text()
     assert one_line(errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
 
 

@@ -536,13 +536,16 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 
 def watched_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM and SIGHUP, and SIGINT unless fetch was started with SIGINT ignored (a background job
-    of a script: Ctrl-C in its terminal is for the script, as for verify and check-config)."""
+    """SIGINT, SIGTERM and SIGHUP, but one that fetch was started with ignored (SIGINT in a
+    background job of a script: Ctrl-C in its terminal is for the script; SIGHUP under
+    ``nohup``), as for every command."""
     # Read inside trio.run: trio replaces only Python's default SIGINT handler, so an
     # inherited SIG_IGN is still what getsignal sees.
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        return (signal.SIGTERM, signal.SIGHUP)
-    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    return tuple(
+        signum
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(signum) != signal.SIG_IGN
+    )
 
 
 async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
