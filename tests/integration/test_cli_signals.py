@@ -42,11 +42,12 @@ ENDING = [*SIGNALS, (signal.SIGHUP, 129)]
 
 
 def as_a_terminal_starts_it() -> None:
-    """In the child before it runs: SIGINT and SIGTERM at their defaults, as a shell starts
-    a command in the foreground. A suite started in the background (``pytest &`` from a
-    script) passes SIGINT on ignored, and a command then rightly ignores Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """In the child before it runs: SIGINT, SIGTERM and SIGHUP at their defaults, as a shell
+    starts a command in the foreground. A suite started in the background (``pytest &`` from
+    a script) passes SIGINT on ignored, one under ``nohup`` SIGHUP, and a command then
+    rightly keeps ignoring them."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 @attrs.frozen

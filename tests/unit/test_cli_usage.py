@@ -289,12 +289,16 @@ def test_an_interrupt_a_library_swallowed_still_ends_the_command_interrupted(
 
     monkeypatch.setattr(cli_module, "_run", swallowing)
     # as a terminal starts a command (a suite started in the background has SIGINT ignored,
-    # which a command rightly keeps)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # one under nohup SIGHUP, which a command rightly keeps ignoring)
+    before = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    }
     try:
         assert main(["verify", "x"]) == 128 + signum
     finally:
-        signal.signal(signal.SIGINT, before)
+        for each, handler in before.items():
+            signal.signal(each, handler)
     assert capsys.readouterr().err == "snapshot-tracker: interrupted\n"
 
 
