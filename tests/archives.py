@@ -754,6 +754,7 @@ class _FrameEvery(io.RawIOBase):
 # --- fulls of many accounts (the accounts proof past its memory) ------------------------------
 
 
+@functools.lru_cache(maxsize=32)  # built once a worker: the lanes run each test three times
 def many_accounts_archive(
     slot: int, count: int, *, seed: int = 0, empty: bool = False, pieces: int = 4
 ) -> tuple[str, bytes]:

@@ -295,6 +295,21 @@ def report(exc: ConfigError, path: str) -> int:
 #: The signals that end a command with one line, with SIGINT, unless they came ignored;
 #: ``serve`` holds them while it starts, then its event loop takes them (:class:`StartingSignals`).
 STOPPING = (signal.SIGTERM, signal.SIGHUP)
+#: Seconds between the raises of a stop that was dropped (:func:`main`).
+RAISE_AGAIN = 0.1
+
+
+def unwinding() -> bool:
+    """Whether a KeyboardInterrupt is on its way up now: the exception being handled is one,
+    or came from one (a generator closed, a ``with`` block left on the way)."""
+    exc: BaseException | None = sys.exc_info()[1]
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def main(
@@ -311,10 +326,26 @@ def main(
     recorded so far, when :mod:`tracker.launch` holds the signals already (None: those in
     place now, none)."""
     received = [] if received is None else received
+    alarm = signal.getsignal(signal.SIGALRM)
+    alarm = signal.SIG_DFL if alarm is None else alarm  # None: set outside Python
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
+        # Raised inside a callback or a __del__ (a weakref's, numba's object cache's, an
+        # import lock's), the interpreter drops it and the work goes on: a verify of 3,000
+        # files ran to its end after SIGTERM. So it is raised again every RAISE_AGAIN
+        # seconds until it lands, never while it is on its way up (its cleanups run whole).
+        signal.signal(signal.SIGALRM, again)
+        signal.setitimer(signal.ITIMER_REAL, RAISE_AGAIN, RAISE_AGAIN)
         raise KeyboardInterrupt
+
+    def again(signum: int, frame: object) -> None:
+        if received and not unwinding():
+            raise KeyboardInterrupt
+
+    def quiet() -> None:  # the stop has landed: nothing is raised again
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, alarm)
 
     if original is None:
         original = {signum: signal.getsignal(signum) for signum in (*STOPPING, signal.SIGINT)}
@@ -329,6 +360,7 @@ def main(
     def interrupted() -> int:
         for signum in watched:  # ending: a second signal changes nothing of what is said
             signal.signal(signum, signal.SIG_IGN)
+        quiet()  # after: a signal meanwhile arms the raises again
         print("snapshot-tracker: interrupted", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
 
@@ -339,9 +371,8 @@ def main(
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
         if received:
-            # its KeyboardInterrupt was raised inside a callback or a __del__ (numba's
-            # object cache, an import lock's), which drop it: the work went on, but the
-            # command was interrupted all the same
+            # its KeyboardInterrupt was dropped (``stop``) and the work ended before it was
+            # raised again: the command was interrupted all the same
             return interrupted()
         return code
     except KeyboardInterrupt:
@@ -358,6 +389,7 @@ def main(
         )
         return EXIT_FAILURE
     finally:
+        quiet()
         for signum, handler in previous.items():
             # the process itself ends now: a signal then changes nothing of what was done
             # or said (killed by it, the exit status lied and no line said why)
