@@ -146,11 +146,14 @@ class Weed:
                     raise
                 time.sleep(0.1)
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop the store: gracefully (its data kept for a restart; killed past 10 s), or
+        killed at once (``graceful=False``)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if graceful:
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(10 if graceful else 0)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
@@ -161,8 +164,10 @@ class Weed:
         ~1 GB after a test session, and a shared disk fills (204 sessions' leftovers once
         filled 54 GB of /tmp and failed a CI run). Its gRPC sockets too: weed puts them in
         /tmp whatever ``TMPDIR`` says, named by service and port, and removes them only
-        when it stops gracefully (a store killed, or stopped past its 10 s, left them)."""
-        self.stop()
+        when it stops gracefully (a store killed, or stopped past its 10 s, left them).
+        Killed at once: nothing of it is kept, and its graceful stop took 2-11 s at the end of
+        each test worker that used it."""
+        self.stop(graceful=False)
         shutil.rmtree(self.root, ignore_errors=True)
         for service in ("master", "volume", "filer", "s3", "admin"):
             port = self.ports[f"{service}.port.grpc"]
