@@ -301,11 +301,14 @@ RAISE_AGAIN = 0.1
 
 def unwinding() -> bool:
     """Whether a KeyboardInterrupt is on its way up now: the exception being handled is one,
-    or came from one (a generator closed, a ``with`` block left on the way)."""
+    holds one (a group, as trio raises it) or came from one (a generator closed, a ``with``
+    block left on the way)."""
     exc: BaseException | None = sys.exc_info()[1]
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+        ):
             return True
         seen.add(id(exc))
         exc = exc.__context__

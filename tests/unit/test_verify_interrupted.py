@@ -180,6 +180,14 @@ def test_unwinding_is_an_interrupt_handled_now_or_what_is_handled_came_from() ->
         raise ValueError("no interrupt")
     except ValueError:
         assert not unwinding()
+    try:  # as trio raises it out of a nursery (fetch handles it there)
+        raise BaseExceptionGroup("", [ValueError(), BaseExceptionGroup("", [KeyboardInterrupt()])])
+    except BaseExceptionGroup:
+        assert unwinding()
+    try:
+        raise ExceptionGroup("", [ValueError()])
+    except ExceptionGroup:
+        assert not unwinding()
     looped = ValueError("a chain that loops")
     looped.__context__ = RuntimeError()
     looped.__context__.__context__ = looped
