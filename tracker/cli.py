@@ -315,6 +315,13 @@ def unwinding() -> bool:
     return False
 
 
+def in_event_loop() -> bool:
+    """Whether trio runs now (``serve``'s daemon, ``fetch``): its own receivers take the
+    signals there, and an interrupt raised into its machinery could break it."""
+    trio = sys.modules.get("trio")  # never imported here: verify starts without it
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
+
+
 def main(
     argv: Sequence[str] | None = None,
     original: Mapping[signal.Signals, Any] | None = None,
@@ -337,13 +344,14 @@ def main(
         # Raised inside a callback or a __del__ (a weakref's, numba's object cache's, an
         # import lock's), the interpreter drops it and the work goes on: a verify of 3,000
         # files ran to its end after SIGTERM. So it is raised again every RAISE_AGAIN
-        # seconds until it lands, never while it is on its way up (its cleanups run whole).
+        # seconds until it lands, never while it is on its way up (its cleanups run whole)
+        # nor into trio's event loop (``in_event_loop``).
         signal.signal(signal.SIGALRM, again)
         signal.setitimer(signal.ITIMER_REAL, RAISE_AGAIN, RAISE_AGAIN)
         raise KeyboardInterrupt
 
     def again(signum: int, frame: object) -> None:
-        if received and not unwinding():
+        if received and not unwinding() and not in_event_loop():
             raise KeyboardInterrupt
 
     def quiet() -> None:  # the stop has landed: nothing is raised again
@@ -370,12 +378,13 @@ def main(
     try:
         for signum in watched:
             signal.signal(signum, stop)
-        code = _run(argv if argv is not None else sys.argv[1:], watched, stop)
+        code = _run(argv if argv is not None else sys.argv[1:], watched, stop, received)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
-        if received:
+        if received and code != 128 + received[0]:
             # its KeyboardInterrupt was dropped (``stop``) and the work ended before it was
-            # raised again: the command was interrupted all the same
+            # raised again: the command was interrupted all the same (unless it said so
+            # itself: fetch's ``fetch_interrupted`` line, its exit code 128 + the signal)
             return interrupted()
         return code
     except KeyboardInterrupt:
@@ -436,6 +445,7 @@ def _run(
     argv: Sequence[str],
     watched: Sequence[signal.Signals],
     stop: Callable[[int, object], None],
+    received: list[int],
 ) -> int:
     parser = build_parser()
     unknown = unknown_flag(parser, argv)
@@ -449,7 +459,7 @@ def _run(
     if args.command == "fetch":
         # Its usage errors print fetch's usage, not the top level's.
         voter_for = partial(cluster_voter, tuple(args.rpc)) if args.rpc else None
-        return fetch_main(args, parser.commands["fetch"], voter_for)
+        return fetch_main(args, parser.commands["fetch"], voter_for, received)
     if args.command == "verify":
         return verify_main(args)
     if args.command == "attest":

@@ -282,7 +282,7 @@ def test_an_interrupt_a_library_swallowed_still_ends_the_command_interrupted(
 ) -> None:
     # numba's object-cache callback and an import lock's __del__ drop the KeyboardInterrupt
     # the handler raises: verify and attest went on and exited 0 (7 runs in 100).
-    def swallowing(_argv: object, _watched: object, _stop: object) -> int:
+    def swallowing(_argv: object, _watched: object, _stop: object, _received: object) -> int:
         with contextlib.suppress(KeyboardInterrupt):  # as a ctypes callback does
             os.kill(os.getpid(), signum)
         return 0
@@ -309,7 +309,9 @@ def test_a_signal_the_entry_points_handler_took_is_the_exit_code(
     # while the command line took the handlers over exited 130 (each kept its own list)
     received: list[int] = []
 
-    def taken_by_the_launcher(_argv: object, _watched: object, _stop: object) -> int:
+    def taken_by_the_launcher(
+        _argv: object, _watched: object, _stop: object, _received: object
+    ) -> int:
         received.append(signal.SIGTERM)
         raise KeyboardInterrupt
 

@@ -493,10 +493,13 @@ def fetch_main(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
     voter_for: Callable[[httpx.AsyncClient], Voter] | None = None,
+    stopped: list[int] | None = None,
 ) -> int:
     """Run ``fetch``; 0 when the ledger holds the wanted files, 1 on failure, 2 on usage,
     128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped it (the state saved).
-    ``voter_for``: who asks the cluster's votes with ``--rpc`` (the command line's)."""
+    ``voter_for``: who asks the cluster's votes with ``--rpc`` (the command line's);
+    ``stopped``: the signals received so far, the command line's list (its handlers take
+    them until fetch's own receiver does: one exit code, one line)."""
     if bool(args.tracker) == bool(args.source):
         parser.error("fetch needs exactly one of --tracker URL or --source URL (repeatable)")
     if not (args.full or args.incremental):
@@ -511,7 +514,7 @@ def fetch_main(
     from tracker.fetch.run import os_reason
 
     options = attrs.evolve(options_of(args), voter_for=voter_for)
-    stopped: list[int] = []
+    stopped = [] if stopped is None else stopped
     try:
         trio.run(_until_signal, options, stopped)
     except BaseException as exc:

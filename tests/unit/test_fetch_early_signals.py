@@ -1,0 +1,99 @@
+"""A signal that reaches ``fetch`` before its own receiver runs (the command line's handlers
+hold it until then, README.md "Command line"): one line, fetch's ``fetch_interrupted`` with
+what the ledger kept, and 128 + the signal; and a stop the interpreter dropped is never raised
+into trio's event loop, whose receivers own the signals there (tracker/cli.py, ``again``).
+
+Fetch's body is replaced by a stand-in (``_until_signal``): nothing is downloaded, no socket
+is opened; the real signal goes through the real handlers."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import tracker.fetch.flags as flags
+from tracker.cli import RAISE_AGAIN, main
+from tracker.fetch.run import FetchOptions
+
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT as a terminal starts a command (a suite started in the background may pass
+    it on ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fetch(tmp_path: Path) -> int:
+    """``fetch`` of a full into ``tmp_path`` (its body replaced), with what the interpreter
+    drops kept from pytest's hook; its exit code."""
+    dropped: list[object] = []
+    hook, sys.unraisablehook = sys.unraisablehook, dropped.append
+    try:
+        return main(
+            ["fetch", "--tracker", "http://127.0.0.1:9/", "--ledger", str(tmp_path), "--full"]
+        )
+    finally:
+        sys.unraisablehook = hook
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def one_fetch_interrupted(err: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "fetch_interrupted" in lines[0] and "interrupted; 0 of 0 bytes kept" in lines[0]
+
+
+@pytest.mark.usefixtures("default_sigint")
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+def test_a_signal_before_fetchs_receiver_is_said_once_by_fetch(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: int,
+    code: int,
+) -> None:
+    async def until_signal(options: FetchOptions, stopped: list[int]) -> None:
+        signal.raise_signal(signum)  # the command line's handler: KeyboardInterrupt here
+        raise AssertionError("the handler did not raise")  # pragma: no cover
+
+    monkeypatch.setattr(flags, "_until_signal", until_signal)
+    assert fetch(tmp_path) == code
+    one_fetch_interrupted(capsys.readouterr().err)
+
+
+class _Dropping:
+    """Sends ``signum`` when collected: the handler's KeyboardInterrupt is dropped there."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)
+
+
+@pytest.mark.usefixtures("default_sigint")
+def test_a_dropped_stop_is_not_raised_into_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lasted: list[bool] = []
+
+    async def until_signal(options: FetchOptions, stopped: list[int]) -> None:
+        _Dropping(signal.SIGTERM)  # collected at once
+        await trio.sleep(5 * RAISE_AGAIN)  # trio's machinery: nothing raised into it
+        lasted.append(True)
+
+    monkeypatch.setattr(flags, "_until_signal", until_signal)
+    assert fetch(tmp_path) == 143
+    assert lasted == [True]
+    one_fetch_interrupted(capsys.readouterr().err)
