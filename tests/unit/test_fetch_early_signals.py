@@ -1,7 +1,8 @@
 """A signal that reaches ``fetch`` before its own receiver runs (the command line's handlers
 hold it until then, README.md "Command line"): one line, fetch's ``fetch_interrupted`` with
-what the ledger kept, and 128 + the signal; and a stop the interpreter dropped is never raised
-into trio's event loop, whose receivers own the signals there (tracker/cli.py, ``again``).
+what the ledger kept, and 128 + the signal; a stop the interpreter dropped is never raised
+into trio's event loop, whose receivers own the signals there (tracker/cli.py, ``again``),
+and one dropped before fetch's receiver opened starts no download.
 
 Fetch's body is replaced by a stand-in (``_until_signal``): nothing is downloaded, no socket
 is opened; the real signal goes through the real handlers."""
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 import tracker.fetch.flags as flags
+import tracker.fetch.run as fetch_run
 from tracker.cli import RAISE_AGAIN, main
 from tracker.fetch.run import FetchOptions
 
@@ -96,4 +98,25 @@ def test_a_dropped_stop_is_not_raised_into_the_event_loop(
     monkeypatch.setattr(flags, "_until_signal", until_signal)
     assert fetch(tmp_path) == 143
     assert lasted == [True]
+    one_fetch_interrupted(capsys.readouterr().err)
+
+
+@pytest.mark.usefixtures("default_sigint")
+def test_a_stop_dropped_before_the_receiver_starts_no_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran: list[FetchOptions] = []
+    watched = flags.watched_signals
+
+    def dropping_then_watched() -> tuple[signal.Signals, ...]:
+        _Dropping(signal.SIGTERM)  # just before fetch's receiver opens
+        return watched()
+
+    async def run_fetch(options: FetchOptions) -> None:
+        ran.append(options)
+
+    monkeypatch.setattr(flags, "watched_signals", dropping_then_watched)
+    monkeypatch.setattr(fetch_run, "run_fetch", run_fetch)
+    assert fetch(tmp_path) == 143
+    assert ran == []
     one_fetch_interrupted(capsys.readouterr().err)

@@ -561,6 +561,8 @@ async def _until_signal(options: FetchOptions, stopped: list[int]) -> None:
 
     failed: list[FetchError | OSError] = []
     with trio.open_signal_receiver(*watched_signals()) as signals:
+        if stopped:  # one came before this receiver, its interrupt dropped: nothing starts
+            return
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
