@@ -436,9 +436,11 @@ class StartingSignals:
         self.looping = False
 
     def __call__(self, signum: int, frame: object) -> None:
+        # held first: a stop whose interrupt the interpreter drops (``main``) is the
+        # daemon's first graceful stop, not lost
+        self.held.append(signum)
         if signum != signal.SIGHUP and not self.looping:
             self._stop(signum, frame)
-        self.held.append(signum)
 
 
 def _run(
