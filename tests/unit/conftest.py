@@ -10,6 +10,7 @@ tests/integration.
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +40,17 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
         monkeypatch.setattr(socket.socket, name, guard(name))
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT as a terminal starts a command (a suite started in the background may pass
+    it on ignored), for a test that sends it to the command line in this process."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ is opened; the real signal goes through the real handlers."""
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from helpers_signals import DroppedStop, drops_kept
 
 import tracker.fetch.flags as flags
 import tracker.fetch.run as fetch_run
@@ -25,29 +24,13 @@ from tracker.fetch.run import FetchOptions
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
 
-@pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """SIGINT as a terminal starts a command (a suite started in the background may pass
-    it on ignored)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def fetch(tmp_path: Path) -> int:
     """``fetch`` of a full into ``tmp_path`` (its body replaced), with what the interpreter
     drops kept from pytest's hook; its exit code."""
-    dropped: list[object] = []
-    hook, sys.unraisablehook = sys.unraisablehook, dropped.append
-    try:
+    with drops_kept():
         return main(
             ["fetch", "--tracker", "http://127.0.0.1:9/", "--ledger", str(tmp_path), "--full"]
         )
-    finally:
-        sys.unraisablehook = hook
-        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def one_fetch_interrupted(err: str) -> None:
@@ -74,16 +57,6 @@ def test_a_signal_before_fetchs_receiver_is_said_once_by_fetch(
     one_fetch_interrupted(capsys.readouterr().err)
 
 
-class _Dropping:
-    """Sends ``signum`` when collected: the handler's KeyboardInterrupt is dropped there."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-    def __del__(self) -> None:
-        signal.raise_signal(self.signum)
-
-
 @pytest.mark.usefixtures("default_sigint")
 def test_a_dropped_stop_is_not_raised_into_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -91,7 +64,7 @@ def test_a_dropped_stop_is_not_raised_into_the_event_loop(
     lasted: list[bool] = []
 
     async def until_signal(options: FetchOptions, stopped: list[int]) -> None:
-        _Dropping(signal.SIGTERM)  # collected at once
+        DroppedStop(signal.SIGTERM)  # collected at once
         await trio.sleep(5 * RAISE_AGAIN)  # trio's machinery: nothing raised into it
         lasted.append(True)
 
@@ -109,7 +82,7 @@ def test_a_stop_dropped_before_the_receiver_starts_no_download(
     watched = flags.watched_signals
 
     def dropping_then_watched() -> tuple[signal.Signals, ...]:
-        _Dropping(signal.SIGTERM)  # just before fetch's receiver opens
+        DroppedStop(signal.SIGTERM)  # just before fetch's receiver opens
         return watched()
 
     async def run_fetch(options: FetchOptions) -> None:

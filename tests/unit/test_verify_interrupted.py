@@ -15,13 +15,13 @@ tests/integration/test_cli_signals.py.
 from __future__ import annotations
 
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from archives import build_archive
+from helpers_signals import DroppedStop, drops_kept
 
 from tracker.cli import RAISE_AGAIN, main, unwinding
 from tracker.proof.archive.archivecheck import as_rejection, interruption_in
@@ -41,17 +41,6 @@ def _interrupted_in_a_kernel(signum: int) -> Parser:
             "exception set"
         ) from interrupt
     raise AssertionError("the signal's handler did not raise")  # pragma: no cover
-
-
-@pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """SIGINT as a terminal starts a command (a suite started in the background may pass
-    it on ignored)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_interrupt_anywhere_in_the_chain_is_raised_again() -> None:
@@ -75,20 +64,9 @@ def test_an_interrupt_anywhere_in_the_chain_is_raised_again() -> None:
     assert interruption_in(looped) is None
 
 
-class _Dropping:
-    """Sends ``signum`` when collected: the handler runs inside ``__del__``, where the
-    interpreter drops the KeyboardInterrupt it raises (as a weakref's callback does)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-    def __del__(self) -> None:
-        signal.raise_signal(self.signum)
-
-
 def _dropped_then_working(signum: int) -> Parser:
     yield 1
-    _Dropping(signum)  # collected at once
+    DroppedStop(signum)  # collected at once
     for _ in range(100):  # five seconds of a scan's work, fifty times RAISE_AGAIN
         time.sleep(0.05)
     raise AssertionError("the scan went on to its end after the signal")
@@ -123,13 +101,8 @@ def _verify_with(
         return parser
 
     monkeypatch.setattr(ArchiveProver, "member", member)
-    dropped: list[object] = []
-    hook, sys.unraisablehook = sys.unraisablehook, dropped.append
-    try:
+    with drops_kept():
         return main(["verify", str(path)])
-    finally:
-        sys.unraisablehook = hook
-        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing raised later
 
 
 @pytest.mark.usefixtures("default_sigint")
