@@ -152,9 +152,9 @@ class Weed:
         if self.proc is not None and self.proc.poll() is None:
             if graceful:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10 if graceful else 0)
-            except subprocess.TimeoutExpired:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(10)
+            if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None

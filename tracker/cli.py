@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tracker import __version__
 from tracker.config.values import VALID_FOR_RANGE
-from tracker.errors import ArchiveInvalid, ConfigError
+from tracker.errors import ArchiveInvalid, ConfigError, interruption_in
 from tracker.fetch.flags import (
     accounts_limits_of,
     add_fetch_parser,
@@ -300,19 +300,11 @@ RAISE_AGAIN = 0.1
 
 
 def unwinding() -> bool:
-    """Whether a KeyboardInterrupt is on its way up now: the exception being handled is one,
+    """Whether an interruption is on its way up now: the exception being handled is one,
     holds one (a group, as trio raises it) or came from one (a generator closed, a ``with``
-    block left on the way)."""
-    exc: BaseException | None = sys.exc_info()[1]
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
-        ):
-            return True
-        seen.add(id(exc))
-        exc = exc.__context__
-    return False
+    block left on the way): :func:`tracker.errors.interruption_in`."""
+    exc = sys.exc_info()[1]
+    return exc is not None and interruption_in(exc) is not None
 
 
 def in_event_loop() -> bool:

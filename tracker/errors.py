@@ -229,3 +229,21 @@ def first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def interruption_in(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit ``exc`` is, holds (a group, as trio raises it out
+    of a nursery) or was raised from or during (its ``__cause__`` and ``__context__``
+    chain); None when it holds none."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt | SystemExit):
+            return link
+        seen.add(id(link))
+        if isinstance(link, BaseExceptionGroup):
+            for inner in link.exceptions:
+                if (found := interruption_in(inner)) is not None:
+                    return found
+        link = link.__cause__ or link.__context__
+    return None

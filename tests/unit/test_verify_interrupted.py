@@ -24,7 +24,8 @@ from archives import build_archive
 from helpers_signals import DroppedStop, drops_kept
 
 from tracker.cli import RAISE_AGAIN, main, unwinding
-from tracker.proof.archive.archivecheck import as_rejection, interruption_in
+from tracker.errors import interruption_in
+from tracker.proof.archive.archivecheck import as_rejection
 from tracker.proof.formats.parsing import Parser
 from tracker.proof.formats.prover import ArchiveProver
 
@@ -55,6 +56,8 @@ def test_an_interrupt_anywhere_in_the_chain_is_raised_again() -> None:
             as_rejection(exc)
     exit_ = SystemExit(3)
     assert interruption_in(exit_) is exit_
+    grouped = KeyboardInterrupt()  # as trio raises it out of a nursery
+    assert interruption_in(BaseExceptionGroup("", [ValueError(), grouped])) is grouped
     plain = SystemError("a kernel's own failure")
     assert interruption_in(plain) is None
     assert as_rejection(plain).reason == "check failed: SystemError: a kernel's own failure"

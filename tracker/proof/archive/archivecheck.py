@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
-from tracker.errors import ArchiveInvalid
+from tracker.errors import ArchiveInvalid, interruption_in
 from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
 from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
@@ -215,19 +215,6 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
         return exc
     detail = " ".join(str(exc).split())[:200]
     return ArchiveInvalid(f"check failed: {type(exc).__name__}{': ' if detail else ''}{detail}")
-
-
-def interruption_in(exc: BaseException) -> BaseException | None:
-    """The KeyboardInterrupt or SystemExit ``exc`` is, or was raised from or during (its
-    ``__cause__`` and ``__context__`` chain); None when it holds none."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        if isinstance(link, KeyboardInterrupt | SystemExit):
-            return link
-        seen.add(id(link))
-        link = link.__cause__ or link.__context__
-    return None
 
 
 def check_file(
