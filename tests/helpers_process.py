@@ -85,6 +85,38 @@ async def reap(process: trio.Process) -> None:
         raise AssertionError(f"process {process.pid} not reaped 20 s after SIGKILL")
 
 
+#: The environment that makes a Python child dump every thread's stack on SIGABRT
+#: (:func:`ended_or_explained`).
+DUMPS_STACKS = {"PYTHONFAULTHANDLER": "1"}
+
+
+def signal_state(pid: int) -> str:
+    """The state and signal masks of process ``pid`` (``/proc/PID/status``): what a child
+    that does not end on a signal shows of why (pending, blocked, ignored, caught)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        return f"(no status: {exc})"
+    keep = ("State", "Threads", "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return "; ".join(line.replace("\t", " ") for line in lines if line.startswith(keep))
+
+
+async def ended_or_explained(process: trio.Process, seconds: float, stderr: str) -> int:
+    """``process``'s exit code once it ended within ``seconds``; else AssertionError with
+    its signal state and its stacks (SIGABRT: a child started with :data:`DUMPS_STACKS`
+    writes them to its stderr, the file ``stderr``), then the process reaped."""
+    with trio.move_on_after(seconds):
+        return await process.wait()
+    state = signal_state(process.pid)
+    process.send_signal(signal.SIGABRT)
+    with trio.move_on_after(10):
+        await process.wait()
+    await reap(process)
+    said = (await trio.Path(stderr).read_bytes()).decode(errors="replace")
+    raise AssertionError(f"not ended in {seconds} s: {state}\n{said}")
+
+
 @contextlib.asynccontextmanager
 async def reaped(process: trio.Process) -> AsyncIterator[trio.Process]:
     """``process``, killed (if it still runs) and reaped however the block ends."""

@@ -22,7 +22,7 @@ import pytest
 import trio
 from archives import build_archive, many_accounts_archive
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_process import reap, reaped
+from helpers_process import DUMPS_STACKS, ended_or_explained, reap, reaped
 from helpers_proxy import wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from test_fetch import (
@@ -341,6 +341,11 @@ class Held:
         assert self.process.stdin is not None
         await self.process.stdin.send_all(b"go\n")
 
+    async def ended(self, seconds: float = 30) -> int:
+        """The exit code, once the child ended (AssertionError with its signal state and
+        stacks when it did not within ``seconds``)."""
+        return await ended_or_explained(self.process, seconds, str(self.errors))
+
 
 @asynccontextmanager
 async def held_at(tmp_path: Path, module: str, command: list[str]) -> AsyncIterator[Held]:
@@ -350,7 +355,12 @@ async def held_at(tmp_path: Path, module: str, command: list[str]) -> AsyncItera
     shim.mkdir()
     (shim / f"{module}.py").write_text(HOLDER)
     read, write = os.pipe()
-    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{Path.cwd()}", "HOLD_FD": str(write)}
+    env = {
+        **os.environ,
+        **DUMPS_STACKS,
+        "PYTHONPATH": f"{shim}{os.pathsep}{Path.cwd()}",
+        "HOLD_FD": str(write),
+    }
     errors = tmp_path / "stderr"
     try:
         with errors.open("wb") as sink:
@@ -394,8 +404,7 @@ async def test_a_signal_while_the_command_line_loads_is_one_line(
     a KeyboardInterrupt traceback."""
     async with held_at(tmp_path, "difflib", [*ENTRIES[entry], "--version"]) as held:
         held.process.send_signal(signum)
-        with trio.fail_after(30):
-            returncode = await held.process.wait()
+        returncode = await held.ended()
     assert returncode == code, held.errors.read_text()
     assert held.errors.read_text() == "snapshot-tracker: interrupted\n"
 
@@ -426,8 +435,7 @@ async def test_sigterm_while_serve_loads_ends_it_with_one_line(tmp_path: Path) -
     handlers were back at their defaults until the daemon's own receiver)."""
     async with held_at(tmp_path, "quart_trio", serve_command(tmp_path)) as held:
         held.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            returncode = await held.process.wait()
+        returncode = await held.ended()
     assert returncode == 143, held.errors.read_text()
     assert one_line(held.errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
 
@@ -448,7 +456,6 @@ async def test_sighup_while_serve_loads_is_a_reload_once_it_runs(tmp_path: Path)
         assert held.process.poll() is None, log.read_text()
         assert "listening" in log.read_text()
         held.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            returncode = await held.process.wait()
+        returncode = await held.ended()
     assert returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text() and "stopped" in log.read_text()

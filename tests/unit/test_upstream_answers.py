@@ -7,12 +7,14 @@ tests/integration (test_proxy.py, test_credentials.py, test_download_client.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tracker.config.schema import BearerAuth, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotFile, SnapshotSource, info_from_files, parse_archive_name
@@ -266,3 +268,29 @@ async def test_a_tls_file_replaced_makes_the_download_client_again(tmp_path: Pat
     assert clients._retired == [first]
     await clients.aclose()
     assert first.is_closed and second.is_closed
+
+
+async def test_a_tls_file_rewritten_in_place_with_its_mtime_kept_is_seen(tmp_path: Path) -> None:
+    # `cp -p new.pem ca.pem` writes into the same inode and sets the old mtime back: the
+    # same size too (two certificates of one key type often are), only the ctime moved.
+    data = Path(__file__).parent.parent / "data" / "config"
+    ca, other = tmp_path / "ca.pem", data / "ca.pem"
+    ca.write_bytes(other.read_bytes())
+    tls = TLSConfig(ca_file=str(ca))
+    clients = DownloadClients(ProxySettings())
+    first = clients.for_tls(tls)
+    before = ca.stat()
+    after = before
+    while after.st_ctime_ns == before.st_ctime_ns:  # file times tick coarsely: a later tick
+        await trio.sleep(0.001)
+        with ca.open("r+b") as f:  # the same bytes, written again in place
+            f.write(other.read_bytes())
+        os.utime(ca, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = ca.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns,
+    )  # fmt: skip
+    try:
+        assert clients.for_tls(tls) is not first
+    finally:
+        await clients.aclose()

@@ -276,8 +276,10 @@ def without_userinfo(url: str) -> str:
 
 
 def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
-    """What the files of ``tls`` are now (each one's identity and mtime; None where it
-    cannot be read): a client made of them is made again when this changes."""
+    """What the files of ``tls`` are now (each one's identity, size, mtime and ctime; None
+    where it cannot be read): a client made of them is made again when this changes. The
+    ctime tells a file rewritten in place with its mtime kept (``cp -p``, ``install -p``:
+    same inode, often the same size) from the one loaded; nobody can set it back."""
     if tls is None:
         return ()
     found: list[object] = []
@@ -286,5 +288,7 @@ def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
             st = os.stat(path) if path else None
         except OSError:
             st = None
-        found.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+        found.append(
+            None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        )
     return tuple(found)

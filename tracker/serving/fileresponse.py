@@ -70,19 +70,6 @@ OnBytes = Callable[[int], None]
 ExtraHeaders = Mapping[str, str] | Callable[[os.stat_result], Mapping[str, str]]
 
 
-class _Descriptor:
-    """Owns one open file descriptor; closes it exactly once, explicitly or when collected."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        # finalize runs os.close at most once, so an explicit close() and garbage collection
-        # can never close a reused descriptor number twice.
-        self._finalizer = weakref.finalize(self, os.close, fd)
-
-    def close(self) -> None:
-        self._finalizer()
-
-
 class ChunkBudget:
     """Read-ahead memory shared by every stream of one kind in the process.
 
@@ -126,16 +113,31 @@ def unchanged(fd: int, opened: os.stat_result, position: int) -> None:
 
 
 @attrs.define(eq=False)
-class _PreadBody(GeneratorBody):
-    """``length`` bytes of an open file from ``offset``, read ``chunk_size`` at a time; the
-    last chunk goes only while the file is as it was opened (``opened``: :func:`unchanged`)."""
+class _FileBody(GeneratorBody):
+    """``length`` bytes of the open file ``fd`` from ``offset`` (``opened``: its fstat when it
+    was opened, for :func:`unchanged`; ``on_bytes(n)`` after each ``n`` bytes went). The body
+    owns the descriptor: it is closed exactly once, when the body ends or, never sent, when
+    the body is collected."""
 
-    _descriptor: _Descriptor
+    _fd: int
     _offset: int
     _length: int
-    _chunk_size: int
     _on_bytes: OnBytes | None
     _opened: os.stat_result
+    _close: Callable[[], object] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # finalize runs os.close at most once, so the explicit close and garbage collection
+        # can never close a reused descriptor number twice.
+        self._close = weakref.finalize(self, os.close, self._fd)
+
+
+@attrs.define(eq=False)
+class _PreadBody(_FileBody):
+    """A file's bytes read ``chunk_size`` at a time (a ``budget``'s chunk instead, when
+    given); the last chunk goes only while the file is as it was opened."""
+
+    _chunk_size: int
     _budget: ChunkBudget | None = None
 
     def _next_size(self, left: int) -> int:
@@ -149,15 +151,13 @@ class _PreadBody(GeneratorBody):
     async def _finish(self, error: BaseException | None) -> None:
         if self._budget is not None:
             self._budget.streams -= 1
-        self._descriptor.close()
+        self._close()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
         # Read-ahead: the next chunk is read in a worker thread while the server sends the
         # current one, so the two copies (page cache -> chunk, chunk -> socket) overlap.
-        ahead: Background[bytes] | None = _read(
-            self._descriptor, self._next_size(end - position), position
-        )
+        ahead: Background[bytes] | None = self._read(self._next_size(end - position), position)
         try:
             while ahead is not None:
                 chunk = await ahead.result()
@@ -166,9 +166,9 @@ class _PreadBody(GeneratorBody):
                 position += len(chunk)
                 ahead = None
                 if position < end:
-                    ahead = _read(self._descriptor, self._next_size(end - position), position)
+                    ahead = self._read(self._next_size(end - position), position)
                 else:
-                    unchanged(self._descriptor.fd, self._opened, position)
+                    unchanged(self._fd, self._opened, position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -178,12 +178,18 @@ class _PreadBody(GeneratorBody):
             if ahead is not None:
                 # The descriptor is closed only after the thread has finished reading.
                 await ahead.settle()
-            self._descriptor.close()
+            self._close()
+
+    def _read(self, size: int, position: int) -> Background[bytes]:
+        """Start one ``os.pread`` in a worker thread. The closure holds the body, so its
+        finalizer cannot close the fd under a running read; each stream has at most one read
+        in flight, so there are at most as many read threads as streams being sent."""
+        return Background(lambda: os.pread(self._fd, size, position))
 
 
 @attrs.define(eq=False)
-class _SendfileBody(GeneratorBody):
-    """``length`` bytes of an open file from ``offset``, sent by the server with sendfile.
+class _SendfileBody(_FileBody):
+    """A file's bytes sent by the server with sendfile on the client's ``connection``.
 
     Yields placeholders (see tracker/zerocopy/connection.py) for pieces of 64 KiB to 128 MiB,
     and reads the last bytes itself (those under 64 KiB, else the last 64 KiB: :data:`TAIL`): they
@@ -191,15 +197,10 @@ class _SendfileBody(GeneratorBody):
     file data in memory but that tail.
     """
 
-    _descriptor: _Descriptor
-    _offset: int
-    _length: int
     _connection: Connection
-    _on_bytes: OnBytes | None
-    _opened: os.stat_result
 
     async def _finish(self, error: BaseException | None) -> None:
-        self._descriptor.close()
+        self._close()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
@@ -208,30 +209,22 @@ class _SendfileBody(GeneratorBody):
         while position < end:
             size = piece_size(pieces_end - position)
             if size:
-                piece = FilePiece(size, fd=self._descriptor.fd, offset=position)
+                piece = FilePiece(size, fd=self._fd, offset=position)
                 yield self._connection.stage(piece)
                 self._connection.finish(piece)
             else:
                 size = (pieces_end if position < pieces_end else end) - position
                 # Read and awaited at once: nothing to overlap, so a plain worker thread (it
                 # is waited for on cancellation: the descriptor stays open under the read).
-                fd = self._descriptor.fd
-                chunk = await trio.to_thread.run_sync(os.pread, fd, size, position)
+                chunk = await trio.to_thread.run_sync(os.pread, self._fd, size, position)
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
                 if position + size == end:
-                    unchanged(self._descriptor.fd, self._opened, position)
+                    unchanged(self._fd, self._opened, position)
                 yield chunk
             position += size
             if self._on_bytes is not None:
                 self._on_bytes(size)
-
-
-def _read(descriptor: _Descriptor, size: int, position: int) -> Background[bytes]:
-    """Start one ``os.pread`` in a worker thread. The closure holds the _Descriptor, so its
-    finalizer cannot close the fd under a running read; each stream has at most one read in
-    flight, so there are at most as many read threads as streams being sent."""
-    return Background(lambda: os.pread(descriptor.fd, size, position))
 
 
 def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
@@ -327,22 +320,21 @@ async def file_response(
         raise ValueError(f"cannot serve a file to {method!r}")
     fd, st = await trio.to_thread.run_sync(_open_and_stat, path)
     # No checkpoint until the descriptor has an owner: a cancellation after the thread
-    # returned would otherwise leak it.
-    descriptor = _Descriptor(fd)
+    # returned would otherwise leak it. Until its body owns it, this frame does.
     try:
         extra = extra_headers(st) if callable(extra_headers) else extra_headers
         etag = make_etag(st.st_size, st.st_mtime_ns, st.st_ino)
         plan = plan_file_response(method, headers, st.st_size, st.st_mtime, etag)
     except BaseException:
-        descriptor.close()
+        os.close(fd)
         raise
     body: Body | bytes = b""
     if plan.send_body and plan.length > 0 and connection is not None:
-        body = _SendfileBody(descriptor, plan.offset, plan.length, connection, on_bytes, st)
+        body = _SendfileBody(fd, plan.offset, plan.length, on_bytes, st, connection)
     elif plan.send_body and plan.length > 0:
-        body = _PreadBody(descriptor, plan.offset, plan.length, chunk_size, on_bytes, st, budget)
+        body = _PreadBody(fd, plan.offset, plan.length, on_bytes, st, chunk_size, budget)
     else:
-        descriptor.close()
+        os.close(fd)
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
     # empty body: tracker/web/delivery.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)
