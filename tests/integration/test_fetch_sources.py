@@ -18,6 +18,7 @@ from archives import archive_name, compress, make_tar, snapshot_entries, status_
 from helpers_bytes import sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_upstream import Behaviour, FakeUpstream, serving
+from names import full_name, incremental_name
 from test_fetch import (
     FAST,
     FILES,
@@ -31,7 +32,7 @@ from test_fetch import (
 )
 
 from tracker.fetch.progress import NoProgress
-from tracker.fetch.run import run_fetch
+from tracker.fetch.run import FetchOptions, run_fetch
 
 #: The identity samples compared before two sources are used together (3 x 64 KiB).
 SAMPLES = 3 * 64 * 1024
@@ -208,3 +209,64 @@ async def test_verify_false_keeps_what_the_source_sent(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b'sha256="not verified"' in done.stderr, done.stderr
     assert sha256((ledger / PROVEN).read_bytes()) == sha256(OTHER)
+
+
+async def test_a_listed_source_redirecting_past_port_65535_costs_itself_only(
+    tmp_path: Path,
+) -> None:
+    """``--tracker http://user:pw@...`` listing two sidecars, one redirecting the archive to
+    ``http://127.0.0.1:65536/...`` (a URL httpx takes and the origin check could not
+    parse): that source fails at its connect and the other delivers. The check raised
+    ValueError out of the request: the whole fetch ended, ``unexpected error``."""
+    good, bad = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    bad.behaviour[FULL] = Behaviour(redirect_to=f"http://127.0.0.1:65536/x/{FULL}")
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([good, bad]) as tracker:
+        typed = tracker.base.replace("http://", "http://user:pw@", 1)
+        await run_fetch(options(ledger, typed, incremental=False), NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+    assert bad.gets(FULL)  # it was asked, and failed on its own
+
+
+async def test_a_validator_without_a_full_offers_no_full(tmp_path: Path) -> None:
+    """``--source A --source B``: A offers a full and an incremental on it, B's full alias
+    answers 404 and its incremental alias leads to a newer incremental on another full. A's
+    pair is fetched; B's incremental was taken for a full (the newest "snapshot"): the
+    ledger got it alone, which no validator can start from, and fetch said done."""
+    other = incremental_name(20_100, 20_900)
+    a = FakeUpstream(files=dict(FILES))
+    b = FakeUpstream(files={other: FILES[INCR]})
+    a.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+    a.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    b.behaviour["snapshot.tar.bz2"] = Behaviour(status=404)
+    b.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{other}")
+    ledger = ledger_of(tmp_path)
+    async with serving(a), serving(b):
+        opts = FetchOptions(ledger=str(ledger), sources=(a.base, b.base), settings=FAST)
+        results = await run_fetch(opts, NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, INCR])
+    assert not b.gets(other)
+
+
+async def test_an_incremental_alone_on_the_ledger_s_full_is_fetched(tmp_path: Path) -> None:
+    """The ledger holds the full at 20,000; A offers a full 50 slots newer (within
+    ``min_slots``: not worth its download) without an incremental, B's full alias answers
+    404 and its incremental alias leads to one on the ledger's full: that incremental is
+    fetched alone, from B (what a validator offers without its full is asked for by its
+    base)."""
+    newer_full = full_name(20_050)
+    a = FakeUpstream(files={newer_full: FILES[FULL]})
+    b = FakeUpstream(files={INCR: FILES[INCR]})
+    a.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{newer_full}")
+    a.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(status=404)
+    b.behaviour["snapshot.tar.bz2"] = Behaviour(status=404)
+    b.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).write_bytes(FILES[FULL])
+    async with serving(a), serving(b):
+        opts = FetchOptions(ledger=str(ledger), sources=(a.base, b.base), settings=FAST)
+        results = await run_fetch(opts, NoProgress())
+    assert [Path(r.path).name for r in results] == [INCR]
+    assert sha256((ledger / INCR).read_bytes()) == sha256(FILES[INCR])
+    assert not a.gets(newer_full)

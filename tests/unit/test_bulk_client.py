@@ -144,3 +144,7 @@ async def test_only_typed_credentials_of_another_origin_are_removed() -> None:
     assert await kept("https://a.example/", "Basic dTpw") is None  # another origin's
     assert await kept("http://b.example/", "Basic dTpw") is None
     assert await kept("https://c.example/", "Bearer set-by-hand") == "Bearer set-by-hand"
+    # a port httpx takes and the origin's parse refuses (network input): nobody's origin
+    assert await kept("http://a.example:65536/", "Basic dTpw") is None
+    flow = credentials.auth_flow(httpx.Request("GET", "http://a.example:65536/"))
+    assert "authorization" not in next(flow).headers

@@ -264,16 +264,21 @@ async def from_sources(
             if not infos
         )
     urls: dict[str, list[str]] = {}
-    snapshots: dict[tuple[str, str | None], int] = {}
+    snapshots: dict[tuple[str | None, str | None], int] = {}
     for _url, infos in found:
         for info in infos:
             for f in info.files:
                 urls.setdefault(f.bare_name, []).append(f.url)
-            full = info.files[-1].bare_name
-            head = info.files[0].bare_name if len(info.files) > 1 else None
+            # An incremental whose validator offers no full (its full alias answered 404)
+            # stands alone: never taken for the full (plan() wants one with a full).
+            first, last = info.files[0], info.files[-1]
+            full = last.bare_name if last.name.is_full else None
+            head = first.bare_name if not first.name.is_full else None
             snapshots[(full, head)] = info.slot
     ranked = sorted(snapshots, key=lambda k: snapshots[k], reverse=True)
     return [
-        RemoteSnapshot(_file(full, {}, urls), _file(head, {}, urls) if head else None)
+        RemoteSnapshot(
+            _file(full, {}, urls) if full else None, _file(head, {}, urls) if head else None
+        )
         for full, head in ranked
     ]

@@ -332,12 +332,20 @@ async def _offer(
     offered = await from_sources(client, list(options.sources), within, why)
     if slot is None:
         return offered
-    chosen = [s for s in offered if s.full is not None and s.full.name.slot == slot]
+    chosen = [s for s in offered if _on_full(s, slot)]
     if why is not None and not chosen:
         slots = sorted({s.full.name.slot for s in offered if s.full is not None}, reverse=True)
         if slots:
             why.append(f"no full at slot {slot} (on offer: {', '.join(map(str, slots))})")
     return chosen
+
+
+def _on_full(snapshot: RemoteSnapshot, slot: int) -> bool:
+    """True for ``snapshot`` built on the full at ``slot``: that full, or an incremental
+    on it (one a validator offers without its full too)."""
+    if snapshot.full is not None:
+        return snapshot.full.name.slot == slot
+    return snapshot.incremental is not None and snapshot.incremental.name.base_slot == slot
 
 
 async def _check_age(

@@ -237,9 +237,19 @@ class OriginCredentials(httpx.Auth):
     def __bool__(self) -> bool:
         return bool(self._by_origin)
 
+    def _typed_for(self, request: httpx.Request) -> str | None:
+        """The credentials typed for the origin ``request`` goes to. None too for a URL
+        httpx takes and :func:`origin` refuses (a port past 65535, from a listing or a
+        redirect: network input): no typed URL's origin, it fails at its connect as any
+        unreachable source does."""
+        try:
+            return self._by_origin.get(origin(str(request.url)))
+        except ValueError:
+            return None
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add the origin's credentials to ``request`` (one it already has are kept)."""
-        value = self._by_origin.get(origin(str(request.url)))
+        value = self._typed_for(request)
         if value is not None and "authorization" not in request.headers:
             request.headers["authorization"] = value
         yield request
@@ -248,7 +258,7 @@ class OriginCredentials(httpx.Auth):
         """A request hook, run for every hop of a redirect: typed credentials of another
         origin are removed (one set otherwise is kept). httpx keeps the header on a redirect
         from ``http`` to ``https`` of one host (its "upgrade"): another origin all the same."""
-        value = self._by_origin.get(origin(str(request.url)))
+        value = self._typed_for(request)
         sent = request.headers.get("authorization")
         if sent is not None and sent != value and sent in self._by_origin.values():
             del request.headers["authorization"]
