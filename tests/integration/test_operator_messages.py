@@ -141,5 +141,67 @@ async def test_the_internal_listener_answers_a_slip_in_one_plain_line(tmp_path: 
                 assert answer.status_code == status, path
                 assert answer.headers["content-type"].startswith("text/plain"), path
                 assert answer.text == line, path
+            # a 405 names the methods the route takes (RFC 9110 says it must; it had none)
+            assert (await client.get(serve.internal + "/reload")).headers["allow"] == "POST"
+            refused = await client.delete(serve.base + "/v1/snapshots")
+            assert refused.status_code == 405
+            assert set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}
     finally:
         assert await serve.stop() == 0
+
+
+async def upgrade(base: str, path: str) -> bytes:
+    """The head of the answer to a WebSocket upgrade of ``path`` (sent by hand: no client
+    of the suite speaks WebSocket)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request.encode())
+        answer = b""
+        with trio.fail_after(10):
+            while not _whole(answer) and (chunk := await stream.receive_some(4096)):
+                answer += chunk
+    return answer
+
+
+def _whole(answer: bytes) -> bool:
+    """True once ``answer`` holds its head and as many body bytes as its content-length."""
+    head, blank, body = answer.partition(b"\r\n\r\n")
+    field = b"content-length:"
+    lengths = [line[len(field) :] for line in head.split(b"\r\n") if line.lower().startswith(field)]
+    if not blank:
+        return False
+    return len(body) >= int(lengths[0]) if lengths else True
+
+
+async def test_a_websocket_upgrade_gets_a_400_line_not_a_500_traceback(tmp_path: Path) -> None:
+    """No route speaks WebSocket: an upgrade reached Quart, whose error handlers read the
+    HTTP request it does not have: a 500 and a traceback logged for each (a log any client
+    could flood), uncounted. It is a 400 with one line on both listeners, counted."""
+    serve = await start_serve("--config", str(write(tmp_path)))
+    try:
+        for base, path in [
+            (serve.base, "/v1/snapshots"),
+            (serve.base, "/snapshot.tar.bz2"),
+            (serve.internal, "/healthz"),
+        ]:
+            answer = await upgrade(base, path)
+            assert answer.startswith(b"HTTP/1.1 400 "), (path, answer)
+            assert answer.endswith(b"\r\n\r\nthis server does not speak WebSocket\n"), answer
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            assert (await client.get(f"{serve.base}/v1/snapshots")).json() == []
+            metrics = (await client.get(f"{serve.internal}/metrics")).text
+        [counted] = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("snapshot_tracker_http_requests_total") and 'status="400"' in line
+        ]
+        assert float(counted.rsplit(" ", 1)[1]) == 2  # the public listener's
+    finally:
+        assert await serve.stop() == 0
+    assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log

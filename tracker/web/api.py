@@ -119,7 +119,10 @@ def _register_errors(app: QuartTrio) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> quart.Response:
-        return _error(exc.code or 500, (exc.name or "error").lower())
+        response = _error(exc.code or 500, (exc.name or "error").lower())
+        # a 405 names the methods the route takes (RFC 9110, 15.5.6: it must)
+        response.headers.update((k, v) for k, v in exc.get_headers() if k.lower() == "allow")
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> quart.Response:

@@ -64,7 +64,10 @@ def create_internal_app(
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> quart.Response:
         reason = (exc.name or "error").lower()
-        return quart.Response(f"{reason}\n", status=exc.code or 500, content_type="text/plain")
+        response = quart.Response(f"{reason}\n", status=exc.code or 500, content_type="text/plain")
+        # a 405 names the methods the route takes (RFC 9110, 15.5.6: it must)
+        response.headers.update((k, v) for k, v in exc.get_headers() if k.lower() == "allow")
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> quart.Response:

@@ -105,6 +105,12 @@ class FastRedirects:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         began = time.monotonic()
         answer, rule = None, ""
+        if scope["type"] == "websocket":
+            status = await refuse_websocket(scope, send)
+            self.answered += 1
+            if self._on_response is not None:
+                self._on_response("unmatched", status, time.monotonic() - began)
+            return
         if scope["type"] == "http" and unroutable_host(scope):
             answer, rule = bad_host_answer(scope.get("path", "")), "unmatched"
         elif scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
@@ -199,11 +205,35 @@ def bad_host_answer(path: str) -> RawAnswer:
     return 400, [kind, (b"content-length", str(len(body)).encode())], body
 
 
+#: The one line a WebSocket request is answered (:func:`refuse_websocket`).
+NO_WEBSOCKET = "this server does not speak WebSocket"
+
+
+async def refuse_websocket(scope: Any, send: Any) -> int:
+    """Answer a WebSocket request before Quart (no route speaks it, and Quart's error
+    handlers, which read the HTTP request, raised on one: a 500 and a traceback logged for
+    every upgrade a client sent): 400 with one line where the server can send an HTTP
+    answer to it (the ASGI ``websocket.http.response`` extension, hypercorn's), else the
+    handshake refused (the server answers 403). Returns the status."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return 403
+    body = f"{NO_WEBSOCKET}\n".encode()
+    headers = [_TEXT, (b"content-length", str(len(body)).encode())]
+    await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+    return 400
+
+
 def checked_host(app: Any) -> Any:
-    """``app`` (an ASGI app) behind the :func:`unroutable_host` check: for the internal
-    listener, whose requests do not pass :class:`FastRedirects`."""
+    """``app`` (an ASGI app) behind the :func:`unroutable_host` check and the WebSocket
+    refusal (:func:`refuse_websocket`): for the internal listener, whose requests do not
+    pass :class:`FastRedirects`."""
 
     async def checked(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send)
+            return
         if scope["type"] != "http" or not unroutable_host(scope):
             await app(scope, receive, send)
             return
