@@ -93,6 +93,19 @@ async def test_head_is_answered_from_the_object_without_the_store_get(
         upstream.behaviour[FULL] = Behaviour(status=500)
         asked = len(upstream.seen)
         head = await client.head(tracker.url(FULL))
+        # Its conditionals are the object's validators', as a disk copy's HEAD answers them
+        # (they were ignored: 200 whatever was asked, where a GET said 304 or 412).
+        etag, modified = head.headers["etag"], head.headers["last-modified"]
+        conditionals = [
+            ({"if-none-match": etag}, 304),
+            ({"if-match": '"another"'}, 412),
+            ({"if-modified-since": modified}, 304),
+            ({"if-match": etag, "if-none-match": '"another"'}, 200),
+        ]
+        for headers, status in conditionals:
+            answer = await client.head(tracker.url(FULL), headers=headers)
+            assert answer.status_code == status, headers
+            assert answer.headers["etag"] == etag, headers
     assert head.status_code == 200
     assert head.headers["content-length"] == str(len(FULL_DATA))
     assert FULL in head.headers["content-disposition"]

@@ -421,6 +421,41 @@ def test_a_head_answer_from_a_date_past_the_calendars_edge_in_utc() -> None:
     assert answer.headers["last-modified"] == "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
+@pytest.mark.parametrize(
+    ("metadata", "asked", "status"),
+    [
+        ({}, [], 200),
+        ({}, [("If-None-Match", '"e"')], 304),
+        ({}, [("If-None-Match", '"other", "e"')], 304),
+        ({}, [("If-None-Match", "*")], 304),
+        ({}, [("If-Match", '"other"')], 412),
+        ({}, [("If-Match", '"e"')], 200),
+        ({}, [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 304),
+        ({}, [("If-Modified-Since", "Fri, 31 Dec 1999 23:59:59 GMT")], 200),
+        ({}, [("If-Unmodified-Since", "Fri, 31 Dec 1999 23:59:59 GMT")], 412),
+        # the upstream's own date, kept in the object's metadata, is the one compared
+        ({"upstream-last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
+         [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
+        # a date the bucket garbled: nothing to compare a date with (RFC 9110, 13.1.3-4)
+        ({"upstream-last-modified": "yesterday"},
+         [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
+        ({"upstream-last-modified": "yesterday"},
+         [("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
+    ],
+)  # fmt: skip
+def test_a_head_from_the_bucket_answers_its_conditionals(
+    metadata: dict[str, str], asked: list[tuple[str, str]], status: int
+) -> None:
+    from tracker.objectstore.storeanswers import ObjectInfo
+    from tracker.proxy.bucketcopies import head_response
+
+    stored = datetime(2000, 1, 1, tzinfo=UTC)
+    answer = head_response(ObjectInfo("p/g/x", 5, '"e"', stored, metadata), None, asked)
+    assert answer.status == status
+    assert answer.headers["etag"] == '"e"'
+    assert ("content-length" in answer.headers) == (status != 304)
+
+
 async def test_a_retention_failing_as_no_rule_foresaw_is_asked_again(
     autojump_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,

@@ -45,7 +45,13 @@ from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.serving.httpanswer import Answer
-from tracker.serving.ranges import http_date
+from tracker.serving.ranges import (
+    RequestHeaders,
+    evaluate_preconditions,
+    http_date,
+    normalize_headers,
+    parse_http_date,
+)
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -69,12 +75,13 @@ class ObjectPath:
             return None
         return await self.tier.handout(group, name)
 
-    async def head(self, group: str, name: str) -> Answer | None:
-        """A HEAD answered from the object's metadata; None when the bucket does not have it."""
+    async def head(self, group: str, name: str, asked: RequestHeaders = ()) -> Answer | None:
+        """A HEAD (request header lines ``asked``) answered from the object's metadata; None
+        when the bucket does not have it."""
         info = await self.tier.lookup(group, name)
         if info is None:
             return None
-        return head_response(info, await self.tier.digest(group, name, info))
+        return head_response(info, await self.tier.digest(group, name, info), asked)
 
     async def stream_source(
         self, group: str, archive: ArchiveName
@@ -178,15 +185,27 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
-def head_response(info: ObjectInfo, digest: str | None = None) -> Answer:
+def head_response(
+    info: ObjectInfo, digest: str | None = None, asked: RequestHeaders = ()
+) -> Answer:
     """A HEAD answer from an object's metadata (a presigned GET URL refuses HEAD), with the
-    object's ``repr-digest`` when its digest is known."""
-    response = Answer(200)
+    object's ``repr-digest`` when its digest is known. The conditionals of the request
+    header lines ``asked`` are evaluated against the validators it gives, as a file's
+    HEAD (a disk copy's) and the bucket's GET do: 304 or 412, bodiless."""
     # timestamp() of the aware date: astimezone(UTC) overflows at the calendar's edges
     # (a store's 0001-01-01T00:00:00+05:00); http_date holds it to 1970-9999
     modified = info.metadata.get("upstream-last-modified") or http_date(
         info.last_modified.timestamp()
     )
+    validators = {"last-modified": modified, **({"etag": info.etag} if info.etag else {})}
+    request = normalize_headers(asked)
+    seconds = parse_http_date(modified)
+    if seconds is None:  # a date the bucket's metadata garbled: none to compare (RFC 9110)
+        request = {k: v for k, v in request.items() if not k.endswith("modified-since")}
+    status = evaluate_preconditions("HEAD", request, info.etag, seconds or 0)
+    if status is not None:
+        return Answer(status, {**validators, **({"content-length": "0"} if status == 412 else {})})
+    response = Answer(200)
     response.headers.update(
         {
             "content-length": str(info.size),

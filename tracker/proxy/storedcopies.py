@@ -109,7 +109,7 @@ async def from_bucket(
     no copy, or the store failed."""
     assert objects is not None  # the route asks the bucket only with one
     if ask.method == "HEAD":
-        return await objects.head(group, archive.file_name)
+        return await objects.head(group, archive.file_name, ask.lines)
     source = await objects.stream_source(group, archive)
     if source is None:
         return None
