@@ -636,6 +636,50 @@ async def test_symlinks_planted_in_the_cache_are_not_followed(
     assert len(upstream.gets()) == 2
 
 
+async def test_an_archive_name_linked_inside_the_cache_is_not_followed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The best archive's name linked to an older archive of the cache: that archive's
+    bytes were served for it (a clean 200, the source never asked). It streams from the
+    source, uncached, and the older archive stays."""
+    old, old_data = full_name(4000), archive_bytes(MiB, seed=12)
+    (tmp_path / "cache" / GROUP).mkdir(parents=True)
+    (tmp_path / "cache" / GROUP / old).write_bytes(old_data)
+    (tmp_path / "cache" / GROUP / FULL).symlink_to(old)
+    async with proxy_tracker(tmp_path / "cache", upstream) as t:
+        full = await get(t.url(FULL))
+        assert sha256(full.content) == sha256(FULL_DATA)
+        with trio.fail_after(10):
+            while t.streamer.refreshes():
+                await trio.sleep(0.05)
+    assert len(upstream.gets(FULL)) == 1
+    assert (tmp_path / "cache" / GROUP / old).read_bytes() == old_data
+
+
+async def test_a_group_directory_linked_to_another_group_is_not_followed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A group's directory linked to another group's: the refresh was written, renamed and
+    evicted there (that group's archive deleted). It streams from the source, uncached, and
+    the other group's directory keeps what it held."""
+    from tracker.config.schema import TargetGroup
+
+    old, old_data = full_name(4000), archive_bytes(MiB, seed=12)
+    root = tmp_path / "cache"
+    (root / "other").mkdir(parents=True)
+    (root / "other" / old).write_bytes(old_data)
+    (root / GROUP).symlink_to("other", target_is_directory=True)
+    groups = (TargetGroup(group=GROUP), TargetGroup(group="other"))
+    async with proxy_tracker(root, upstream, target_groups=groups) as t:
+        full = await get(t.url(FULL))
+        assert sha256(full.content) == sha256(FULL_DATA)
+        with trio.fail_after(10):
+            while t.streamer.refreshes():
+                await trio.sleep(0.05)
+    assert sorted(p.name for p in (root / "other").iterdir()) == [old]
+    assert (root / "other" / old).read_bytes() == old_data
+
+
 async def test_a_group_named_dot_dot_touches_nothing_outside_the_cache(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:

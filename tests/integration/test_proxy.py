@@ -286,6 +286,25 @@ async def test_answer_without_any_known_length_is_a_502(upstream: FakeUpstream) 
         assert "without content-length" in response.text
 
 
+@pytest.mark.parametrize("cached", [False, True])
+async def test_a_206_to_a_whole_file_request_is_no_answer(
+    upstream: FakeUpstream, tmp_path: Path, cached: bool
+) -> None:
+    """A source answering a plain GET with 206 and its first bytes, the index knowing no
+    size to tell them from the file: the client got those 11 bytes as its whole answer
+    (206, a status it took for success), relayed or from a refresh. The source failed."""
+    body = b"status 206\n"
+    upstream.behaviour[NAME] = Behaviour(
+        status=206, headers=[("content-range", f"bytes 0-{len(body) - 1}/{len(DATA)}")]
+    )
+    async with proxy_tracker(tmp_path / "cache" if cached else None) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), 0)])
+        async with httpx.AsyncClient() as client:
+            response = await client.get(t.url(NAME))
+        assert response.status_code == 502
+        assert upstream.gets(NAME)
+
+
 async def test_index_size_that_lies_breaks_the_stream(upstream: FakeUpstream) -> None:
     upstream.behaviour[NAME] = Behaviour(chunked=True)
     async with proxy_tracker() as t:

@@ -162,8 +162,8 @@ class Cache:
         """The cache path of ``archive`` of ``group`` (a name parsed once, where it came
         in), validated.
 
-        Raises RequestError: 400 for a malformed group; 400 if the path would resolve
-        outside the root (a symlink planted in the cache directory).
+        Raises RequestError: 400 for a malformed group; 400 if the path passes a symlink
+        (one planted in the cache directory: leading out of it or elsewhere inside it).
         """
         return self._inside(os.path.join(self.group_dir(group), archive.file_name))
 
@@ -179,6 +179,11 @@ class Cache:
         real = os.path.realpath(path)
         if os.path.commonpath([self.root, real]) != self.root or real == self.root:
             raise RequestError(400, "path outside the cache directory")
+        if real != os.path.normpath(path):
+            # A symlink inside the cache (an archive's name, a group's directory) would have
+            # the cache read, write, rename and evict where it points: an older archive served
+            # for a newer name, another group's archives replaced and evicted.
+            raise RequestError(400, "a symlink in the cache directory")
         return real
 
     def lookup(self, group: str, name: str) -> str | None:
