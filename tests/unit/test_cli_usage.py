@@ -52,6 +52,19 @@ def test_a_url_without_a_scheme_gets_the_fix(flag: str, capsys: pytest.CaptureFi
     )
 
 
+@pytest.mark.parametrize("flag", ["--source", "--rpc"])
+def test_an_empty_url_of_a_repeatable_flag_is_a_usage_error(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--source=` (a variable that was not set) was taken as a source: the run failed
+    # later, "no source answered: : target is not an absolute http(s) URL", exit 1.
+    err = usage_error([*FETCH, f"{flag}="], capsys)
+    assert len(err.splitlines()) == 1, err
+    assert err.splitlines()[-1].endswith(
+        f"argument {flag}: empty: expected an http:// or https:// URL"
+    )
+
+
 @pytest.mark.parametrize(
     ("url", "taken"),
     [

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers_config import load, write
+from helpers_config import load, problem_at, problems, write
 
 from tracker.config.loading import load_config
 from tracker.config.schema import (
@@ -168,3 +168,44 @@ def test_file_targets_file_is_checked_when_present(tmp_path: Path, content: str)
     (tmp_path / "t.txt").write_text(content)
     config = load(tmp_path, "target_groups: [{group: g, file_targets: {path: t.txt}}]\n")
     assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("proxy_snapshot_cache_dir", "/tmp/a\\0b"),
+        ("proxy_snapshot_cache_dir", "/tmp/\\ud800"),
+        ("prove_accounts_temp_dir", "/tmp/a\\0b"),
+    ],
+)
+def test_a_path_no_file_system_call_takes_is_a_config_error(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    # os.path.exists says False for it where open raises: it passed check-config and the
+    # daemon died at start with a traceback (a reload of a file target's: at its next round).
+    found = problems(tmp_path, f'proxy_snapshot_downloads: true\n{key}: "{value}"\n')
+    assert problem_at(found, key).split(": ", 1)[1].startswith("a path ")
+
+
+def test_a_file_targets_path_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
+    text = 'target_groups:\n- group: g\n  file_targets: {path: "t\\0"}\n'
+    found = problems(tmp_path, text)
+    assert problem_at(found, "target_groups[0].file_targets.path").endswith(
+        "a path cannot hold a NUL character"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://a\\0b/", "a URL cannot hold a control character"),
+        ("http://\\u2603.com:8899", "host is not a valid internationalised name"),
+    ],
+)
+def test_a_url_httpx_would_refuse_later_is_a_config_error(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    text = f'target_groups:\n- group: g\n  http_targets: {{targets: ["{url}"]}}\n'
+    assert problem in problem_at(
+        problems(tmp_path, text), "target_groups[0].http_targets.targets[0]"
+    )

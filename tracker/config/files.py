@@ -34,8 +34,17 @@ class FileChecks:
         self.secrets: dict[str, str] = {}
 
     def resolve(self, value: object) -> str:
-        """A string path, absolute (relative to the config's directory); ``""`` stays."""
+        """A string path, absolute (relative to the config's directory); ``""`` stays.
+        ValueError for one no file system call can take (a NUL, a lone surrogate of a
+        JSON escape): ``os.path.exists`` says False for it where ``open`` raises, so it
+        passed every check here and broke the daemon at its first use."""
         text = values.string(value)
+        if "\0" in text:
+            raise ValueError("a path cannot hold a NUL character")
+        try:
+            os.fsencode(text)
+        except UnicodeEncodeError:
+            raise ValueError("a path must be text the file system can hold (UTF-8)") from None
         return os.path.abspath(os.path.join(self.base_dir, text)) if text else ""
 
     def readable_file(self, value: object) -> str:

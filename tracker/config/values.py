@@ -274,15 +274,19 @@ def check_http_url(text: str) -> None:
         raise ValueError(f"port must be a number from 1 to 65535: {redact_url(text)!r}")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
-    if parts.hostname.lower().startswith("xn--"):
-        # httpx decodes such a host when it is first read, and raises then (a target that
-        # passed the check would fail at its first scrape, not here).
+    if parts.hostname.lower().startswith("xn--") or not parts.hostname.isascii():
+        # httpx decodes such a host (encodes one not in ASCII) when it is first read, and
+        # raises then (a target that passed the check would fail at its first scrape).
         try:
-            idna.decode(parts.hostname)
+            convert = idna.encode if not parts.hostname.isascii() else idna.decode
+            convert(parts.hostname.lower())
         except (idna.IDNAError, UnicodeError):
             raise ValueError(
                 f"host is not a valid internationalised name: {redact_url(text)!r}"
             ) from None
+    if any((c < " " or c == "\x7f") and not c.isspace() for c in text):
+        # a NUL or another control character: no request line can carry it
+        raise ValueError(f"a URL cannot hold a control character: {redact_url(text)!r}")
     if any(c.isspace() or c in _ENDS_A_URL for c in text):
         # Where a URL is shown in free text (a log line, an error), a blank, a double quote
         # or an angle bracket ends it, so what followed one in a password would be shown

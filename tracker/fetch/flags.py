@@ -107,6 +107,14 @@ def url_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
 
 
+def listed_url_arg(text: str) -> str:
+    """A URL of a repeatable flag (``--source``, ``--rpc``): :func:`url_arg`, where "" is no
+    default but an empty value typed (``--source=``, a variable that was not set)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty: expected an http:// or https:// URL")
+    return url_arg(text)
+
+
 def tracker_url_arg(text: str) -> str:
     """``--tracker``: a URL (:func:`url_arg`) that is the tracker's base, as its own routes
     are ``{base}/v1/...``: one whose path names ``/v1`` (``http://127.0.0.1:8458/v1``, a
@@ -244,7 +252,7 @@ def add_fetch_parser(commands: Any) -> None:
     add(
         "--source",
         action="append",
-        type=url_arg,
+        type=listed_url_arg,
         default=[],
         metavar="URL",
         help="a validator's RPC URL to fetch from, repeatable (this or --tracker is required)",
@@ -314,7 +322,7 @@ def add_fetch_parser(commands: Any) -> None:
         "--rpc",
         action="append",
         default=[],
-        type=url_arg,
+        type=listed_url_arg,
         metavar="URL",
         help="a Solana JSON-RPC URL whose votes lift each checked archive to cluster "
         '(docs/architecture.md, "The cluster level"), repeatable: every one must agree, as '
