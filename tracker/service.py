@@ -27,7 +27,7 @@ from quart_trio import QuartTrio
 
 from tracker.config.files import signing
 from tracker.config.schema import Config
-from tracker.config.warnings import in_force, restart_needed
+from tracker.config.warnings import in_force, reload_problems, restart_needed
 from tracker.core.digests import Digests
 from tracker.core.text import one_line
 from tracker.discovery.scrape import Scraper, TargetHealth
@@ -332,6 +332,9 @@ async def run_tracker(
                 new = await trio.to_thread.run_sync(reload_config, abandon_on_cancel=True)
             if tracker.stop.is_set():
                 raise ConfigError(["the tracker is stopping: the config is not reloaded"])
+            refused = reload_problems(tracker.config, new)
+            if refused:  # what it would put in force, no start would take
+                raise ConfigError(refused)
             parts.attestations.configure(*signing(new.attest), now=time.time())  # or refused
             dropped = groups_dropped(tracker.config, new)
             for change in restart_needed(tracker.config, new):

@@ -14,6 +14,7 @@ import trio
 import yaml
 from helpers_process import start_serve
 from helpers_proxy import wait_for
+from names import full_name
 
 SETTINGS = {
     "scrape_interval": "200ms",
@@ -89,6 +90,38 @@ async def test_a_refused_reload_is_logged_for_post_reload_too(tmp_path: Path) ->
         assert "scrape_interval" in line
     finally:
         assert await serve.stop() == 0
+
+
+async def test_a_reload_whose_setting_in_force_no_start_would_take_is_refused(
+    tmp_path: Path,
+) -> None:
+    """``verify_archives: true`` with a group's ``trust.require: cluster``, reloaded over
+    ``verify_archives: false``: the file passes its checks, but ``verify_archives`` waits
+    for a restart, and ``require: cluster`` with nothing checked (no start takes that) was
+    put in force: the group's archives still listed, its require not enforced. Refused."""
+    path = write(tmp_path, verify_archives=False)
+    (tmp_path / "ledger" / full_name(100)).write_bytes(b"x")
+    serve = await start_serve("--config", str(path))
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            await wait_for_listed(client, f"{serve.base}/v1/snapshots")
+            groups = [{**SETTINGS["target_groups"][0], "trust": {"require": "cluster"}}]
+            write(tmp_path, verify_archives=True, target_groups=groups, rpc="http://127.0.0.1:9")
+            refused = await client.post(f"{serve.internal}/reload")
+            assert refused.status_code == 400, refused.text
+            assert "needs verify_archives: true" in refused.text
+            assert "until a restart the config in force keeps its verify_archives" in refused.text
+            listed = (await client.get(f"{serve.base}/v1/snapshots")).json()
+        assert [entry["slot"] for entry in listed] == [100]  # the old config, whole
+    finally:
+        assert await serve.stop() == 0
+
+
+async def wait_for_listed(client: httpx.AsyncClient, url: str) -> None:
+    """Return once ``url`` lists an archive (the first scrape ended)."""
+    with trio.fail_after(20):
+        while not (await client.get(url)).json():
+            await trio.sleep(0.05)
 
 
 async def test_a_host_quart_cannot_route_gets_a_400_counted_not_a_500_traceback(

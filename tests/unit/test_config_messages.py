@@ -11,7 +11,7 @@ import pytest
 
 from tracker.config.loading import load_config
 from tracker.config.schema import Config, ObjectStore
-from tracker.config.warnings import RESTART_ONLY, in_force, restart_needed
+from tracker.config.warnings import RESTART_ONLY, in_force, reload_problems, restart_needed
 from tracker.core.cachedirs import unusable_directory
 
 
@@ -87,6 +87,18 @@ def test_a_reload_names_what_waits_for_a_restart(
     applied = in_force(old, attrs.evolve(new, scrape_interval=7.0))
     assert all(getattr(applied, key) == getattr(old, key) for key in RESTART_ONLY)
     assert applied.scrape_interval == 7.0
+
+
+def test_a_reload_is_refused_where_what_it_puts_in_force_no_start_would_take() -> None:
+    store = ObjectStore(endpoint="http://s3:9000", bucket="b")
+    old = Config(proxy_snapshot_downloads=True, proxy_snapshot_cache_dir="/c", object_store=store)
+    # the bucket waits for a restart; the disk cache it needs goes at once
+    off = attrs.evolve(old, proxy_snapshot_downloads=False, object_store=None)
+    [problem] = reload_problems(old, off)
+    assert problem.startswith("object_store: ")
+    assert problem.endswith("(until a restart the config in force keeps its object_store)")
+    assert reload_problems(old, attrs.evolve(old, scrape_interval=7.0)) == []
+    assert reload_problems(old, attrs.evolve(off, proxy_snapshot_downloads=True)) == []
 
 
 def test_unusable_directories_say_why(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import os
 
 import attrs
 
+from tracker.config.problems import lines
 from tracker.config.schema import Config, TargetGroup
+from tracker.config.sections import proof_problems, store_problems
 from tracker.config.targetfile import read_target_file
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
@@ -275,3 +277,15 @@ def in_force(old: Config, new: Config) -> Config:
     settings still ``old``'s, so that what reads the config in use (the status page, the
     learned state's writes to the bucket) reads what is in force. Pure."""
     return attrs.evolve(new, **{key: getattr(old, key) for key in RESTART_ONLY})
+
+
+def reload_problems(old: Config, new: Config) -> list[str]:
+    """Why a reload from ``old`` to ``new`` is refused: the checks across sections that the
+    new file passed, failed by what it would put in force (:func:`in_force`: the
+    restart-only settings stay ``old``'s), e.g. a group's ``trust.require: cluster`` with
+    ``verify_archives`` false until a restart, which no start would take. Pure."""
+    applied = in_force(old, new)
+    found = store_problems(applied) + proof_problems(applied)
+    kept = [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+    until = f" (until a restart the config in force keeps its {', '.join(kept)})" if kept else ""
+    return [line + until for line in lines(found)]
