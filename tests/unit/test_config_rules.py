@@ -358,6 +358,22 @@ RULES = [
         "internal_listen",
         "binds the port of listen (':9000')",
     ),
+    # one address in two spellings (they were compared as text: serve failed to bind)
+    (
+        "listen: '127.0.0.1:9000'\ninternal_listen: 'localhost:9000'\n",
+        "internal_listen",
+        "binds the port of listen ('127.0.0.1:9000')",
+    ),
+    (
+        "listen: '[::1]:9000'\ninternal_listen: '[0:0:0:0:0:0:0:1]:9000'\n",
+        "internal_listen",
+        "binds the port of listen ('[::1]:9000')",
+    ),
+    (
+        "listen: '[::ffff:127.0.0.1]:9000'\ninternal_listen: '127.0.0.1:9000'\n",
+        "internal_listen",
+        "binds the port of listen ('[::ffff:127.0.0.1]:9000')",
+    ),
     ("rpc: localhost:8899\n", "rpc", "not an absolute http(s) URL"),
     ("rpc: 'http://h/#x'\n", "rpc", "must not have a fragment"),
     ("public_url: tracker.example.org\n", "public_url", "not an absolute http(s) URL"),

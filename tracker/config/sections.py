@@ -8,6 +8,7 @@ secrets. :func:`file_problems` and :func:`store_problems` check what spans secti
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -217,6 +218,22 @@ def store_problems(config: Config) -> list[tuple[Path, str]]:
 _EVERY_INTERFACE = ("", "0.0.0.0", "::")
 
 
+def _interfaces(host: str) -> set[str]:
+    """The addresses a listener's ``host`` binds, as far as the text tells: an address in
+    one spelling (``0:0:0:0:0:0:0:1`` is ``::1``, ``::ffff:127.0.0.1`` is ``127.0.0.1``),
+    ``localhost`` its loopback addresses, another name itself (resolving it is no check's
+    business: it may resolve elsewhere at the start). Pure."""
+    if host.lower() == "localhost":
+        return {"127.0.0.1", "::1"}
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return {host.lower()}
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return {str(address)}
+
+
 def listener_problems(config: Config) -> list[tuple[Path, str]]:
     """``internal_listen`` on ``listen``'s port and a host they share: ``serve`` could bind
     only one of them (exit 1, a restart loop under systemd). Pure."""
@@ -227,7 +244,8 @@ def listener_problems(config: Config) -> list[tuple[Path, str]]:
     except ValueError:
         return []  # each reported as a problem of its own
     (public_host, public_port), (internal_host, internal_port) = public, internal
-    shared = public_host == internal_host or {public_host, internal_host} & set(_EVERY_INTERFACE)
+    hosts = _interfaces(public_host), _interfaces(internal_host)
+    shared = bool(hosts[0] & hosts[1]) or bool((hosts[0] | hosts[1]) & set(_EVERY_INTERFACE))
     if public_port == internal_port != 0 and shared:
         return [(("internal_listen",), f"binds the port of listen ({config.listen!r})")]
     return []
