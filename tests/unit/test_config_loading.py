@@ -164,6 +164,25 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'listen: ":8458"\n\xff\xfe bad\n', "invalid YAML at line 2: invalid start byte (byte"),
+        (b"scrape_interval: 5s\x00\n", "invalid YAML at line 1: special characters"),
+    ],
+)
+def test_a_file_that_is_no_text_is_one_line_naming_where(
+    tmp_path: Path, data: bytes, reason: str
+) -> None:
+    # its problem ran over two lines, with a byte position of "<byte string>"
+    path = tmp_path / "tracker.yml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert "\n" not in problem and reason in problem, problem
+
+
+@pytest.mark.parametrize(
     ("text", "reason"),
     [
         ("scrape_interval: 2024-02-30\n", "invalid YAML value: day is out of range for month"),

@@ -51,8 +51,14 @@ def read_yaml(path: str) -> object:
         line = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
         reason = exc.problem or exc.context or "invalid YAML"
         raise ConfigError([f"{path}: invalid YAML at {line}{reason}"]) from None
+    except yaml.reader.ReaderError as exc:  # a byte no text holds (not UTF-8, a NUL)
+        number = data[: exc.position].count(b"\n") + 1 if isinstance(data, bytes) else None
+        at = f" at line {number}" if number is not None else ""
+        raise ConfigError(
+            [f"{path}: invalid YAML{at}: {exc.reason} (byte {exc.position}; UTF-8 text only)"]
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+        raise ConfigError([one_line(f"{path}: invalid YAML: {exc}")]) from None
     except (ValueError, TypeError, OverflowError) as exc:
         # PyYAML's constructors raise these for a scalar its tag cannot be
         # (``2024-02-30``, ``!!int abc``): a bad value of the file, as any other
