@@ -25,22 +25,21 @@ class ScrapeReporter:
     def __init__(self, metrics: Metrics, notifier: Notifier) -> None:
         self.metrics = metrics
         self.notifier = notifier
-        self._known: set[tuple[str, str]] = set()
 
     def probe_done(self, health: TargetHealth) -> None:
         """Record one probe's duration and outcome."""
         key = health.target.key
         ok = health.health == "up"
         self.metrics.observe_scrape(key.group, key.target, health.last_duration or 0.0, ok=ok)
-        self._known.add((key.group, key.target))
 
     def round_done(self, scraper: Scraper) -> None:
         """Refresh per-group gauges, drop series of retired targets, update the status line."""
         index, config = scraper.index, scraper.config
         current = {(k.group, k.target) for k in scraper.health}
-        for group_name, target in self._known - current:
+        # every target with series, not only those probed: a share of a refresh from
+        # several sources counted after its node left made series nobody removed
+        for group_name, target in self.metrics.reported_targets() - current:
             self.metrics.remove_target(group_name, target)
-        self._known &= current
         for group in config.target_groups:
             name = group.group
             states = [h for h in scraper.health.values() if h.target.key.group == name]

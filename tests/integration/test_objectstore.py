@@ -213,7 +213,7 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
         logged = [str(vars(record)) for record in caplog.records]
         assert any("object_store" in line for line in logged)  # the failure was logged…
         assert not any("wrong-secret" in line for line in logged)  # …without the secret
-        assert t.counter("snapshot_tracker_object_store_up") == 0
+        assert t.counter("snapshot_tracker_object_store_up", bucket="snapshots") == 0
         assert weed.objects(prefix_of(t)) == {}
 
 
@@ -236,7 +236,7 @@ async def redirects_resume(
     back = await client.get(t.url(FULL))
     assert back.status_code == 303
     assert (await client.get(back.headers["location"])).content == FULL_DATA
-    assert t.counter("snapshot_tracker_object_store_up") == 1
+    assert t.counter("snapshot_tracker_object_store_up", bucket="snapshots") == 1
 
 
 async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
                 down = await client.get(t.url(FULL))
                 assert down.status_code == 200 and down.content == FULL_DATA
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is False
-                assert t.counter("snapshot_tracker_object_store_up") == 0
+                assert t.counter("snapshot_tracker_object_store_up", bucket="snapshots") == 0
                 own.start()
                 await redirects_resume(t, client, health)
                 assert (await client.get(f"{t.base}/v1/store")).json()["up"] is True
@@ -382,7 +382,7 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
                 assert not health.up
             status = await client.get(f"{t.base}/v1/store")
             assert status.json()["up"] is False and "no answer" in status.json()["last_error"]
-            assert t.counter("snapshot_tracker_object_store_up") == 0
+            assert t.counter("snapshot_tracker_object_store_up", bucket="snapshots") == 0
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(tier.watch, 0.2)  # the service's health check
                 os.killpg(group_id, signal.SIGCONT)

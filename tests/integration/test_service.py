@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from tracker.config.loading import load_config
+from tracker.observability.metrics import Metrics
 from tracker.service import run_tracker
 
 
@@ -314,6 +316,37 @@ def test_sockets_passed_that_cannot_be_used_are_one_line_and_exit_2(tmp_path: Pa
     assert done.returncode == 2, done.stderr
     assert "startup_failed" in done.stderr and "3 sockets passed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_metrics_are_rendered_off_the_event_loop(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/metrics`` of thousands of targets is megabytes of text, half a second of
+    rendering: it ran on the event loop and held every other request meanwhile. A render
+    held here until the public API answered shows it runs beside it (on the loop, the API
+    answered only once the render gave up its 5 s wait)."""
+    entered, released = threading.Event(), threading.Event()
+    order: list[str] = []
+    render = Metrics.render
+
+    def held(self: Metrics) -> tuple[bytes, str]:
+        entered.set()
+        released.wait(5)
+        order.append("rendered")
+        return render(self)
+
+    monkeypatch.setattr(Metrics, "render", held)
+    public, internal = await start_tracker(nursery, local_config(tmp_path))
+    async with (
+        httpx.AsyncClient(trust_env=False, timeout=20) as client,
+        trio.open_nursery() as scrape,
+    ):
+        scrape.start_soon(client.get, f"{internal}/metrics")
+        await trio.to_thread.run_sync(entered.wait, 10)
+        assert (await client.get(f"{public}/v1/snapshots")).status_code == 200
+        order.append("answered")
+        released.set()
+    assert order == ["answered", "rendered"]
 
 
 async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) -> None:

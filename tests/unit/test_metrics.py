@@ -266,3 +266,69 @@ def test_request_durations_failovers_and_rejected_archives() -> None:
     assert (
         value(samples(metrics), "snapshot_tracker_source_failures_total", group="mainnet") is None
     )
+
+
+def test_a_groups_counters_start_at_zero_with_its_first_round() -> None:
+    # Born at 1 by their first event, they had no sample before it: increase() over the
+    # rejected-archive alert's window never saw a group's first rejection.
+    metrics = Metrics(process=False)
+    metrics.set_targets("testnet", up=1, total=1)
+    found = samples(metrics)
+    assert value(found, "snapshot_tracker_archives_rejected_total", group="testnet") == 0
+    assert value(found, "snapshot_tracker_source_failures_total", group="testnet") == 0
+    metrics.remove_group("testnet")
+    assert (
+        value(samples(metrics), "snapshot_tracker_archives_rejected_total", group="testnet") is None
+    )
+
+
+def test_the_bucket_is_up_or_down_only_where_there_is_one() -> None:
+    # An unlabelled gauge read 0, "down", on every tracker without a bucket: its alert fired.
+    metrics = Metrics(process=False)
+    assert value(samples(metrics), "snapshot_tracker_object_store_up") is None
+    assert "snapshot_tracker_object_store_up" not in names(samples(metrics))
+    metrics.set_object_store_up("snapshots", False)
+    assert value(samples(metrics), "snapshot_tracker_object_store_up", bucket="snapshots") == 0
+
+
+def test_every_target_with_series_is_one_the_reporter_can_retire() -> None:
+    # A share of a refresh from several sources, counted after its node left the round's
+    # targets, made series nobody removed (the reporter knew only the targets it probed).
+    metrics = Metrics(process=False)
+    metrics.observe_scrape("g", "http://a:8899", 0.1, ok=True)
+    metrics.count_refresh_share("g", "http://b:8899", 100, 1.0)
+    assert metrics.reported_targets() == {("g", "http://a:8899"), ("g", "http://b:8899")}
+    metrics.remove_target("g", "http://b:8899")
+    assert metrics.reported_targets() == {("g", "http://a:8899")}
+    found = samples(metrics)
+    assert (
+        value(
+            found, "snapshot_tracker_refresh_source_bytes_total", group="g", target="http://b:8899"
+        )
+        is None
+    )
+
+
+def test_the_reporter_retires_a_share_counted_after_its_node_left() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from tracker.ordering.index import TargetKey
+    from tracker.reporting import ScrapeReporter
+
+    metrics = Metrics(process=False)
+    reporter = ScrapeReporter(metrics, SimpleNamespace(status=lambda _line: None))  # type: ignore[arg-type]
+    node = "http://203.0.113.7:8899"  # an address of documentation, never asked
+    key = TargetKey("mainnet", node)
+    health = SimpleNamespace(target=SimpleNamespace(key=key), health="up", last_duration=0.1)
+    index = SimpleNamespace(best_full=lambda _g: None, best_incremental=lambda _g: None)
+    config = SimpleNamespace(target_groups=[SimpleNamespace(group="mainnet")])
+    scraper: Any = SimpleNamespace(health={key: health}, index=index, config=config)
+    reporter.probe_done(health)  # type: ignore[arg-type]
+    reporter.round_done(scraper)
+    scraper.health = {}  # the node left the round while a refresh read from it
+    reporter.round_done(scraper)
+    metrics.count_refresh_share("mainnet", node, 10**9, 60.0)  # that refresh ends
+    reporter.round_done(scraper)
+    assert metrics.reported_targets() == set()
+    assert node not in metrics.render()[0].decode()

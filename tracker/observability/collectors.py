@@ -155,7 +155,9 @@ COLLECTORS = (
         "object_store_up",
         Gauge,
         "object_store_up",
-        "1 when the object store answered its last call, 0 when it failed.",
+        "1 when the object store answered its last call, 0 when it failed; by bucket, "
+        "none without one.",
+        ("bucket",),
     ),
     Collector(
         "object_uploads",

@@ -155,9 +155,23 @@ class Metrics:
         self.probes.observe(group, label, seconds, failed=not ok)  # errors present at 0
 
     def set_targets(self, group: str, *, up: int, total: int) -> None:
-        """``up`` of the ``total`` configured targets of ``group`` answered their last probe."""
+        """``up`` of the ``total`` configured targets of ``group`` answered their last probe.
+        The group's counters are there from its first round, at 0: a series born at 1 by
+        its first event has no sample before it, so ``increase()`` (the rejected-archive
+        alert) never saw that first one."""
         self.targets.labels(group).set(total)
         self.targets_up.labels(group).set(up)
+        for per_group in (self.source_failures, self.archives_rejected):
+            per_group.labels(group)
+
+    def reported_targets(self) -> set[tuple[str, str]]:
+        """Every ``(group, target)`` with series now (probes, shares of refreshes)."""
+        return {
+            (group, target)
+            for group, labels in self._targets.items()
+            for targets in labels.values()
+            for target in targets
+        }
 
     def set_best_slots(self, group: str, *, full: int | None, incremental: int | None) -> None:
         """Slots of the group's best full and best incremental snapshot; None drops the series
@@ -207,9 +221,11 @@ class Metrics:
         """``count`` bytes of a ``kind`` archive of ``group`` were read from upstream."""
         self.upstream_bytes.labels(group, kind).inc(count)
 
-    def set_object_store_up(self, up: bool) -> None:
-        """The object store answered (``up``) or failed its last call."""
-        self.object_store_up.set(1 if up else 0)
+    def set_object_store_up(self, bucket: str, up: bool) -> None:
+        """The object store of ``bucket`` answered (``up``) or failed its last call. No
+        series without a bucket: an unlabelled gauge reads 0, "down", on every tracker
+        that has none (its alert fired there)."""
+        self.object_store_up.labels(bucket).set(1 if up else 0)
 
     def count_object_upload(self, outcome: str) -> None:
         """An upload into the object store ended ("ok" or "failed")."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import UTC, datetime
+from functools import partial
 from urllib.parse import quote, urlsplit
 
 import trio
@@ -248,8 +249,8 @@ def object_path(
     store = config.object_store
     if store is None:
         return None
-    health = StoreHealth(on_change=metrics.set_object_store_up)
-    metrics.set_object_store_up(True)
+    health = StoreHealth(on_change=partial(metrics.set_object_store_up, store.bucket))
+    metrics.set_object_store_up(store.bucket, True)
     events = TierEvents(
         upload=metrics.count_object_upload,
         takeover=metrics.count_object_takeover,

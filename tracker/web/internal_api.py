@@ -32,7 +32,10 @@ def create_internal_app(
 
     @app.get("/metrics")
     async def metrics() -> quart.Response:
-        body, content_type = render_metrics()
+        # In a worker thread: thousands of discovered targets make megabytes of text, half a
+        # second of rendering that held every other request (the collectors lock their
+        # series for it).
+        body, content_type = await trio.to_thread.run_sync(render_metrics)
         return quart.Response(body, content_type=content_type)
 
     @app.post("/reload")
