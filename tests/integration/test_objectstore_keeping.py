@@ -358,6 +358,32 @@ async def test_a_renewal_whose_answer_was_cut_leaves_the_lock_releasable(weed: W
     assert await bucket.head(key) is None
 
 
+async def test_a_renewal_whose_answer_was_lost_keeps_the_lock(weed: Weed) -> None:
+    """A renewal the store applied but whose answer was lost, sent again by the client with
+    the ETag before it (412): the holder took its own lock for taken over and cancelled its
+    upload, though nobody else held it. The lock's token says it is still this one."""
+    from tracker.errors import StoreConflict
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    key = f"locks-{secrets.token_hex(4)}/x"
+    lock = await acquire(bucket, key, "a", "http://a", 60.0)
+    assert isinstance(lock, Lock)
+    known = lock.etag
+    await lock.renew()  # applied by the store ...
+    lock.etag = known  # ... its answer lost
+    await lock.renew()  # the next one: still this holder's lock
+    info = await bucket.head(key)
+    assert info is not None and info.etag == lock.etag
+    # another's lock (taken over meanwhile) is lost all the same
+    other = Lock(bucket, key, "b", "http://b", etag=known)
+    with pytest.raises(StoreConflict):
+        await other.renew()
+    await lock.release()
+    assert await bucket.head(key) is None
+
+
 async def _append(out: list[Any], value: Any) -> None:
     out.append(await value)
 

@@ -61,10 +61,20 @@ class Lock:
         return {"owner": self.owner, "replica": self.replica_url, "token": self.token}
 
     async def renew(self) -> None:
-        """Prove this holder is alive. StoreConflict when the lock was taken over."""
-        self.etag = await self.bucket.put(
-            self.key, _body(self.owner), metadata=self.metadata(), if_match=self.etag
-        )
+        """Prove this holder is alive. StoreConflict when the lock was taken over.
+
+        A renewal the store applied whose answer was lost (the client then sends it again,
+        with the ETag before it: 412) leaves the ETag known stale, not the lock another's:
+        its :attr:`token` tells, and the lock's ETag now is taken."""
+        try:
+            self.etag = await self.bucket.put(
+                self.key, _body(self.owner), metadata=self.metadata(), if_match=self.etag
+            )
+        except StoreConflict:
+            info = await self.bucket.head(self.key)
+            if info is None or info.metadata.get("token") != self.token:
+                raise
+            self.etag = info.etag  # renewed by the answer we lost
 
     async def release(self) -> None:
         """Delete the lock if it is still this one (never raises StoreError): its
