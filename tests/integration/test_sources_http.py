@@ -230,6 +230,26 @@ async def test_a_head_without_a_usable_length_leaves_the_size_unknown(
     assert [r.path for r in app.requests].count(f"/{FULL}") == 1  # remembered as unknown
 
 
+async def test_a_size_head_that_hangs_costs_the_size_not_the_source(nursery, client) -> None:
+    """The aliases answer, the archive's HEAD (a size hint for the proxy) never does: the
+    probe took the whole scrape_timeout and failed, the target down every round, dropped
+    after max_target_failures. It answers within its time, the size unknown, and the size
+    is asked again at the next probe (a hang is not remembered)."""
+
+    async def hang(_request: Request) -> Answer:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    app = ScriptedApp({FULL_PATH: redirect(f"/{FULL}"), f"/{FULL}": hang})
+    base = await nursery.start(serve_app, app)
+    sizes = SizeMemo()
+    for _ in range(2):
+        with trio.fail_after(2):  # the probe's deadline (scrape_timeout): half for the size
+            [full] = await probe_http(client, base, sizes=sizes)
+        assert full.files[0].name.file_name == FULL and full.files[0].size == 0
+    assert [r.path for r in app.requests].count(f"/{FULL}") == 2
+
+
 class ClosingAfterOne:
     """A real HTTP/1.1 server on 127.0.0.1 that answers the first request of each
     connection (keep-alive) and, when the next one arrives, closes without answering: the

@@ -60,3 +60,34 @@ def test_the_array_member_of_an_answer() -> None:
     for text in ('{"result":7}', '{"error":{}}', '{"result[]":[1]}'):
         with pytest.raises(ProbeError, match="no 'result' array"):
             list(iter_json_member(text, "result", max_items=5))
+
+
+def _cut_at(token: str, before: str) -> str:
+    """An array of one object whose first 2,048-character window (the decoder's first
+    try) ends inside ``token``, ``before`` leading up to it."""
+    pad = 2048 - len('[{"pad":"",') - len(before) - 2
+    return '[{"pad":"' + "x" * pad + '",' + before + token + "}]"
+
+
+@pytest.mark.parametrize(
+    ("before", "token"),
+    [
+        ('"ok":', "true"),
+        ('"ok":', "false"),
+        ('"no":', "null"),
+        ('"name":"', '\\u00e9t\\u00e9"'),
+    ],
+)
+def test_an_element_whose_first_window_ends_inside_a_token_is_read_whole(
+    before: str, token: str
+) -> None:
+    # The decoder blames the token's start, characters before the window's end: a valid
+    # answer (Consul's catalog with its tags, a sidecar's listing with unknown keys) was
+    # "invalid JSON at character 2045" every round.
+    import json
+
+    from tracker.net.limits import iter_json_array
+
+    for shift in range(len(token) + 1):
+        text = _cut_at(token, " " * shift + before)
+        assert list(iter_json_array(text, max_items=1)) == json.loads(text)

@@ -17,6 +17,7 @@ client connects without the egress check, which the proxy's downloads of such UR
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -35,6 +36,8 @@ from tracker.net.limits import NO_HEADERS, status_reason
 
 __all__ = ["Heads", "SizeMemo", "probe_http"]
 
+#: Seconds an archive's size HEAD may take when the probe has no deadline of its own.
+SIZE_WITHIN = 5.0
 FULL_ALIAS = "snapshot.tar.bz2"
 INCREMENTAL_ALIAS = "incremental-snapshot.tar.bz2"
 
@@ -207,10 +210,17 @@ async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: S
     if known is not None:
         return known
     size = 0
-    try:
-        response = await head(client, url, headers)
-    except TransportError:
-        return 0  # asked again at the next scrape: a transient failure is not remembered
+    # Within half the probe's time left: a HEAD that hangs took the whole probe's
+    # scrape_timeout, and a target whose aliases answered was down every round.
+    left = trio.current_effective_deadline() - trio.current_time()
+    response: httpx.Response | None = None
+    with trio.move_on_after(left / 2 if math.isfinite(left) else SIZE_WITHIN):
+        try:
+            response = await head(client, url, headers)
+        except TransportError:
+            return 0  # asked again at the next scrape: a transient failure is not remembered
+    if response is None:
+        return 0  # no answer in time: asked again at the next scrape
     length = ascii_digits(response.headers.get("content-length", "").strip(), max_digits=19)
     if response.status_code == 200 and length is not None:
         size = length

@@ -314,10 +314,13 @@ def _decode_element(
         try:
             value, end = decoder.raw_decode(text[pos : pos + window])
         except json.JSONDecodeError as exc:
+            if cut and window < max_chars:
+                # The first window may end anywhere in the element: inside a `true`, a
+                # `\uXXXX` escape, where the decoder blames the token's start, characters
+                # before the cut. Only the whole limit tells.
+                window = max_chars
+                continue
             if cut and _ran_out(exc, window):
-                if window < max_chars:
-                    window = max_chars
-                    continue
                 reason = f"{label}: larger than {max_chars} characters"
             else:
                 reason = f"invalid JSON at character {pos + exc.pos}: {exc.msg}"
@@ -330,9 +333,14 @@ def _decode_element(
         return value, pos + end
 
 
+#: How far before a window's end the decoder may blame a token the window cut: the start
+#: of a ``\uXXXX`` escape or of a ``false``.
+_CUT_TOKEN = 6
+
+
 def _ran_out(exc: json.JSONDecodeError, window: int) -> bool:
     """True when decoding failed only because the element goes on past the window."""
-    return exc.pos >= window - 1 or exc.msg.startswith("Unterminated string")
+    return exc.pos >= window - _CUT_TOKEN or exc.msg.startswith("Unterminated string")
 
 
 def _skip_ws(text: str, pos: int) -> int:
