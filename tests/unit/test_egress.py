@@ -157,3 +157,38 @@ async def test_the_test_guard_refuses_name_lookups() -> None:
     """Resolving a name sends a DNS query: tests inject a resolver instead."""
     with pytest.raises(AssertionError, match="resolve a host name"):
         await trio.socket.getaddrinfo("metadata.example", 80)
+
+
+async def test_lookups_that_never_end_keep_to_their_own_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names whose server never answers (a discovered node's redirect to one): each lookup
+    holds its thread until the system resolver gives up, after its caller left. They took
+    trio's shared pool whole (40 threads), and file answers and parsers stalled. At most
+    LOOKUPS_AT_ONCE are in threads, none of the shared pool's."""
+    import socket
+    import threading
+
+    from tracker.net import egress
+
+    answered = threading.Event()
+    started: list[object] = []
+
+    def never(host: object, *_args: object, **_kwargs: object) -> list[object]:
+        started.append(host)
+        answered.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never)
+    shared = trio.to_thread.current_default_thread_limiter()
+    try:
+        for n in range(50):  # more than the shared pool holds
+            with trio.move_on_after(0.01):
+                await egress.resolve(f"n{n}.slow.example", 80)
+        assert shared.borrowed_tokens == 0
+        assert len(started) <= egress.LOOKUPS_AT_ONCE
+        # the shared pool answers at once meanwhile
+        with trio.fail_after(5):
+            assert await trio.to_thread.run_sync(lambda: 7) == 7
+    finally:
+        answered.set()

@@ -17,13 +17,20 @@ from tracker.discovery.http import Heads, SizeMemo, probe_http
 from tracker.discovery.local import scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
+from tracker.errors import ProbeError
 from tracker.net.egress import Resolver, checked_addresses, policy_of
 from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
+from tracker.net.limits import run_limiter
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
 #: as fast as one pool of the same total size (bench/README.md, discovery).
 PROBE_SHARDS = 32
+
+
+#: Local directories scanned at once, in threads of their own (not trio's shared pool).
+SCANS_AT_ONCE = 4
+_scans: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("tracker_scans")
 
 
 class Probes:
@@ -39,6 +46,8 @@ class Probes:
         #: Per group with Consul or cluster discovery: the client that asks them.
         self._discovery: dict[str, httpx.AsyncClient] = {}
         self._retired: list[httpx.AsyncClient] = []
+        #: Local directories being scanned now (in a thread, maybe abandoned).
+        self._scanning: set[str] = set()
         self.use(config)
 
     def use(self, config: Config) -> None:
@@ -87,7 +96,35 @@ class Probes:
                 resolver=self.resolver,
                 sizes=self.sizes,
             )
-        return trio.to_thread.run_sync(scan_local, target.location, abandon_on_cancel=True)
+        return self._scan(target.location)
+
+    async def _scan(self, path: str) -> list[SnapshotInfo]:
+        """The archives of the local directory ``path``, scanned in a thread of the scans'
+        own (:data:`SCANS_AT_ONCE`). A scan that hangs (a stuck network mount) is abandoned
+        at the probe's timeout, its thread kept until the file system answers: the next
+        probe of it is refused while it runs, so that every round does not leave one more
+        thread there (they took trio's shared pool, then every file answer stalled)."""
+        if path in self._scanning:
+            raise ProbeError("the last scan of this directory has not ended (a hung mount?)")
+        self._scanning.add(path)
+        started = False
+
+        def scan() -> list[SnapshotInfo]:
+            nonlocal started
+            started = True
+            try:
+                return scan_local(path)
+            finally:
+                self._scanning.discard(path)  # in the thread: when it ends, however late
+
+        try:
+            return await trio.to_thread.run_sync(
+                scan, abandon_on_cancel=True, limiter=run_limiter(_scans, SCANS_AT_ONCE)
+            )
+        except BaseException:
+            if not started:  # cancelled while waiting for a thread: none will run
+                self._scanning.discard(path)
+            raise
 
     async def close_retired(self) -> None:
         """Close the clients a reload replaced. Only between rounds: rounds never overlap,

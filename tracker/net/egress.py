@@ -25,10 +25,12 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 import httpcore
+import idna
 import trio
 
 from tracker.config.schema import Egress
 from tracker.errors import EgressRefused
+from tracker.net.limits import run_limiter
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -135,11 +137,27 @@ def policy_of(egress: Egress) -> EgressPolicy:
     return EgressPolicy.from_lists(egress.allow, egress.deny)
 
 
+#: Name lookups at once: each runs in a thread the system resolver holds until it gives
+#: up (tens of seconds for a name whose server never answers) after its caller left. Their
+#: own threads: names from the network (a discovered node's redirect) took trio's shared
+#: pool whole, and file answers and parsers, which need it, stalled.
+LOOKUPS_AT_ONCE = 8
+_lookups: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("tracker_lookups")
+
+
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to for a TCP connection (the system resolver).
-    Raises OSError (``socket.gaierror``) when it does not resolve or is no host name."""
+    """Every address ``host`` resolves to for a TCP connection (the system resolver, at
+    most :data:`LOOKUPS_AT_ONCE` at a time). Raises OSError (``socket.gaierror``) when it
+    does not resolve or is no host name."""
     try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        # trio's own encoding of a name (IDNA 2008, as it connects), its lookup in a
+        # thread of our own
+        name = host.encode("ascii") if host.isascii() else idna.encode(host, uts46=True)
+        infos = await trio.to_thread.run_sync(
+            functools.partial(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM),
+            abandon_on_cancel=True,
+            limiter=run_limiter(_lookups, LOOKUPS_AT_ONCE),
+        )
     except UnicodeError as exc:
         # A name from the network that IDNA refuses before any lookup (an empty or
         # over-long label: the standard library; ``xn--zz``: trio's ``idna.IDNAError``,

@@ -393,3 +393,18 @@ async def _unexpected(response: httpx.Response) -> str:
     if response.is_redirect and location is not None:
         return status_reason(response, f"redirect to {quoted(location)} not followed")
     return status_reason(response, await error_snippet(response))
+
+
+def run_limiter(
+    slot: trio.lowlevel.RunVar[trio.CapacityLimiter], size: int
+) -> trio.CapacityLimiter:
+    """The limiter kept in ``slot`` for this ``trio.run`` (made of ``size`` tokens on first
+    use): threads of their own for calls a hostile or hung peer can keep blocked after
+    their caller left (trio's shared pool serves file answers and parsers). One per run: a
+    thread abandoned in one run gives its token back to that run only."""
+    try:
+        return slot.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(size)
+        slot.set(limiter)
+        return limiter
