@@ -43,6 +43,15 @@ def test_apply_replaces_and_drop_forgets() -> None:
     assert index.sources("g") == [] and index.best_full("g") is None
 
 
+def test_an_entry_a_target_lists_twice_is_one_snapshot() -> None:
+    # A sidecar repeating an entry showed it as many times in the group's listing.
+    index = Index()
+    a = TargetKey("g", "a")
+    index.apply(a, infos("snapshot-100-H.tar") * 3 + infos("snapshot-200-H.tar"), T0)
+    assert sorted(s.info.slot for s in index.sources("g")) == [100, 200]
+    assert index.count(a) == 2
+
+
 def test_best_incremental_must_sit_on_best_full() -> None:
     index = Index()
     index.apply(TargetKey("g", "a"), infos("snapshot-100-H.tar", "snapshot-200-H.tar"), T0)

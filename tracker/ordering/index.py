@@ -105,7 +105,12 @@ class Index:
     ) -> None:
         """:meth:`apply` for several targets at once: the ranking is rebuilt once, not once
         per target (a scrape round of thousands of targets hands results over in batches)."""
-        entries = [(key, Entry(tuple(infos), at, latency)) for key, infos, at, latency in results]
+        # An entry listed twice (a sidecar repeating itself) is one snapshot of the target,
+        # not two in its group's listing.
+        entries = [
+            (key, Entry(tuple(dict.fromkeys(infos)), at, latency))
+            for key, infos, at, latency in results
+        ]
         self._entries.update(entries)
         if entries:
             self._changed()
