@@ -81,6 +81,45 @@ async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
     assert tracker.counter("snapshot_tracker_object_uploads_total", outcome="failed") == 0
 
 
+async def test_a_lock_that_came_free_with_its_upload_done_pulls_nothing(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica B looked the archive up (missing, remembered so) just before replica A
+    completed its upload and let its lock go: B took the free lock, pulled the archive from
+    the source again and replaced the complete object. With its lock, B finds the object
+    there and answers from it; the source is asked once for the whole fleet."""
+    import tracker.objectstore.known
+
+    monkeypatch.setattr(tracker.objectstore.known, "MISSED_FOR", 600.0)  # B's miss holds
+    prefix = prefix_of_new(weed)
+    async with (
+        bucket_tracker(weed, upstream, tmp_path / "a", prefix=prefix) as a,
+        bucket_tracker(weed, upstream, tmp_path / "b", prefix=prefix) as b,
+        httpx.AsyncClient(timeout=60) as client,
+    ):
+        objects = b.parts.objects
+        assert objects is not None
+        assert await objects.tier.lookup(GROUP, FULL) is None  # B misses it
+        assert (await client.get(a.url(FULL))).content == FULL_DATA
+        await uploaded(weed, a, FULL)  # A's upload done, its lock let go
+        key = f"{prefix}{GROUP}/{FULL}"
+        before = weed.client().head_object(Bucket="snapshots", Key=key)["ETag"]
+        answer = await client.get(b.url(FULL))
+        assert answer.status_code == 303  # the bucket's copy
+        assert (await client.get(answer.headers["location"])).content == FULL_DATA
+        await uploaded(weed, b, FULL)
+        assert weed.client().head_object(Bucket="snapshots", Key=key)["ETag"] == before
+    assert len(upstream.gets(FULL)) == 1
+    assert b.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 0
+
+
+def prefix_of_new(weed: Weed) -> str:
+    """A prefix of its own in ``weed``'s bucket, for replicas that share it."""
+    from helpers_bucket import store_config
+
+    return store_config(weed).prefix
+
+
 async def test_head_is_answered_from_the_object_without_the_store_get(
     tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
 ) -> None:

@@ -825,6 +825,24 @@ def test_a_prefetch_asks_the_bucket_and_its_lock(
     assert prefetch_walk(bucket, best, cached, in_bucket, claim) == expected
 
 
+@pytest.mark.parametrize(
+    ("asked", "mode", "step"),
+    [
+        (GET, BUCKET, Step.REDIRECT),  # a client that follows redirects: the bucket's 303
+        (FROM_FIREDANCER, BUCKET, Step.FROM_BUCKET),  # one served the bytes: streamed
+        (HEAD, BUCKET, Step.FROM_BUCKET),  # the object's metadata
+    ],
+)
+def test_an_object_that_landed_as_its_lock_came_free_answers(
+    asked: Asked, mode: Mode, step: Step
+) -> None:
+    # The lock was free because the replica that held it completed its upload, after this
+    # request's lookup missed (a miss is remembered a second): the request pulled the file
+    # from its source again and replaced the complete object (tests/integration/
+    # test_replicas.py::test_a_lock_that_came_free_with_its_upload_done_pulls_nothing).
+    assert plan.claimed(asked, mode, "stored", SIZE) is step
+
+
 def test_the_plan_needs_no_event_loop_and_no_network() -> None:
     code = (
         "import sys, tracker.proxy.decisions; "

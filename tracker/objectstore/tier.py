@@ -221,11 +221,12 @@ class ObjectTier:
 
     # -- refreshing ----------------------------------------------------------------------
 
-    async def claim(self, group: str, name: str) -> Lock | Holder | None:
-        """Take the refresh lock of ``name``: the Lock, the live Holder, or None when the
-        store cannot be used (down, or no answer within ``request_timeout``). A lock taken
-        over from a dead replica has that replica's incomplete uploads of the key aborted
-        first."""
+    async def claim(self, group: str, name: str) -> Lock | Holder | ObjectInfo | None:
+        """Take the refresh lock of ``name``: the Lock, the live Holder, the object itself
+        when it landed meanwhile (the lock free because its upload completed: it is let go
+        at once, no refresh pulls the file again), or None when the store cannot be used
+        (down, or no answer within ``request_timeout``). A lock taken over from a dead
+        replica has that replica's incomplete uploads of the key aborted first."""
         if not self.usable:
             return None
         store = self.store
@@ -237,6 +238,13 @@ class ObjectTier:
             return None
         if isinstance(got, Lock):
             got.bucket = self.bucket  # renewals run beside the refresh, not on a request
+        if isinstance(got, Lock) and not got.took_over:
+            stored = await self._landed(group, name)
+            if stored is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + RELEASE_WITHIN
+                    await got.release()
+                return stored
         if isinstance(got, Lock) and got.took_over:
             self.events.takeover()
             log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
@@ -254,6 +262,21 @@ class ObjectTier:
                     return None
                 raise
         return got
+
+    async def _landed(self, group: str, name: str) -> ObjectInfo | None:
+        """The object of ``name`` when it is in the bucket after all: the lock was free
+        because the replica that held it completed the upload and let it go, after this
+        request's lookup missed (a miss is remembered for a second). None when it is not,
+        or the store does not say (the refresh goes on under the lock)."""
+        key = self.object_key(group, name)
+        try:
+            info = await self.quick.head(key)
+        except StoreError as exc:
+            self._failed("HEAD", exc)
+            return None
+        if info is not None:
+            self.known.remember(key, info)  # the request's next lookup finds it
+        return info
 
     async def keep_renewed(self, lock: Lock, lost: trio.Event) -> None:
         """Renew ``lock`` every third of ``lock_ttl`` until cancelled; sets ``lost`` and

@@ -97,9 +97,10 @@ class ObjectPath:
         digest = await self.tier.digest(group, name, info)
         return (*_source(group, archive, url, info.size), digest)
 
-    async def claim(self, group: str, name: str) -> Lock | Holder | None:
-        """Before a refresh of ``name``: this replica's lock, the live holder, or None (the
-        store is down: the disk cache alone)."""
+    async def claim(self, group: str, name: str) -> Lock | Holder | ObjectInfo | None:
+        """Before a refresh of ``name``: this replica's lock, the live holder, the object
+        (it landed meanwhile: answered from the bucket), or None (the store is down: the
+        disk cache alone)."""
         claimed = await self.tier.claim(group, name)
         if isinstance(claimed, Holder) and claimed.owner == self.tier.owner:
             return None  # our own lock from a refresh that just ended: refresh locally

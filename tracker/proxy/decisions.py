@@ -112,7 +112,7 @@ class Now:
 #: refreshes the file and uploads it), ``holder`` (another replica holds it: its refresh in
 #: flight is a source) or ``none`` (no lock to be had, the store is down, or it is our own
 #: lock of a refresh that just ended: the disk cache alone).
-Claimed = Literal["lock", "holder", "none"]
+Claimed = Literal["lock", "holder", "none", "stored"]
 
 
 Found = list[tuple[SnapshotFile, SnapshotSource]]
@@ -270,10 +270,13 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
 
 def claimed(asked: Asked, mode: Mode, claim: Claimed, size: int) -> Decision:
     """After :attr:`Step.CLAIM`: refresh under the lock (kept to its end: other replicas
-    wait for the upload), or without the bucket when there is no lock to be had. Another
+    wait for the upload), or without the bucket when there is no lock to be had; the
+    bucket's copy when the object landed as its lock came free. Another
     replica's lock: its refresh is followed, unless this request came from a replica (two
     replicas must never forward to each other) or the index does not know the file's
     ``size`` (what the holder answers could not be checked); then it is relayed."""
+    if claim == "stored":  # landed as the lock came free: the bucket's copy answers
+        return Step.REDIRECT if redirect(asked, mode) else Step.FROM_BUCKET
     if claim == "lock":
         return start_shared(keep=True, locked=True)
     if claim == "none":

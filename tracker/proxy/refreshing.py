@@ -48,6 +48,7 @@ from tracker.config.schema import TargetGroup
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
 from tracker.objectstore.locks import Holder, Lock
+from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource
 from tracker.proxy.ask import Ask
@@ -95,9 +96,10 @@ class Refreshes:
         while (claiming := self._claiming.get(key)) is not None:
             await claiming.wait()
 
-    async def claim(self, key: SharedKey) -> Lock | Holder | None:
+    async def claim(self, key: SharedKey) -> Lock | Holder | ObjectInfo | None:
         """The bucket's lock of a file about to be refreshed here (None: no bucket, or it
-        cannot be used), or its live holder. Other requests for the file wait meanwhile."""
+        cannot be used), its live holder, or the object that landed meanwhile. Other
+        requests for the file wait meanwhile."""
         if self._objects is None:
             return None
         self._claiming[key] = done = trio.Event()
@@ -347,10 +349,12 @@ def _cached(cache: Cache, group: str, name: str) -> bool:
         return True  # a name or group that cannot be cached: nothing to prefetch
 
 
-def claimed_of(claim: Lock | Holder | None) -> Claimed:
+def claimed_of(claim: Lock | Holder | ObjectInfo | None) -> Claimed:
     """What asking the bucket for a file's lock gave, as the decisions know it."""
     if isinstance(claim, Holder):
         return "holder"
+    if isinstance(claim, ObjectInfo):
+        return "stored"
     return "none" if claim is None else "lock"
 
 

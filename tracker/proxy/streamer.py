@@ -25,6 +25,7 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
 from tracker.objectstore.locks import Holder, Lock
+from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.sourcehistory import Rejections
@@ -363,7 +364,7 @@ class Route:
     mode: Mode
     path: str | None = None
     shared: Refresh | None = None
-    lock: Lock | Holder | None = None
+    lock: Lock | Holder | ObjectInfo | None = None
     read: Refresh | None = None
     size: int = 0
 
