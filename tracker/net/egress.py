@@ -150,9 +150,10 @@ async def resolve(host: str, port: int) -> list[str]:
     most :data:`LOOKUPS_AT_ONCE` at a time). Raises OSError (``socket.gaierror``) when it
     does not resolve or is no host name."""
     try:
-        # trio's own encoding of a name (IDNA 2008, as it connects), its lookup in a
-        # thread of our own
-        name = host.encode("ascii") if host.isascii() else idna.encode(host, uts46=True)
+        # The name encoded as trio's own lookup does (an ASCII one by the standard
+        # library's codec, which refuses an empty or over-long label before any query; any
+        # other by IDNA 2008), its lookup in a thread of our own
+        name = host.encode("idna") if host.isascii() else idna.encode(host, uts46=True)
         infos = await trio.to_thread.run_sync(
             functools.partial(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM),
             abandon_on_cancel=True,
