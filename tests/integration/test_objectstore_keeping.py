@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,6 +19,10 @@ from helpers_proxy import GROUP, advertise, advertise_files, proxy_tracker, wait
 from helpers_s3 import Weed
 from helpers_upstream import FakeUpstream
 from names import full_name, incremental_name
+
+if TYPE_CHECKING:
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock
 
 FULL = full_name(9000)
 INCR = incremental_name(9000, 9100)
@@ -339,23 +343,29 @@ async def test_a_release_leaves_the_lock_that_took_this_one_over(weed: Weed) -> 
     assert await bucket.head(key) is None
 
 
+async def renewed_unknowingly(weed: Weed) -> tuple[Bucket, Lock, str]:
+    """A lock of its own key whose renewal the store applied but whose answer its holder
+    never read (its ETag the one before): the bucket, the lock, that older ETag."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    bucket = Bucket(store_config(weed))
+    lock = await acquire(bucket, f"locks-{secrets.token_hex(4)}/x", "a", "http://a", 60.0)
+    assert isinstance(lock, Lock)
+    known = lock.etag
+    await lock.renew()  # applied by the store ...
+    lock.etag = known  # ... its answer never read
+    return bucket, lock, known
+
+
 async def test_a_renewal_whose_answer_was_cut_leaves_the_lock_releasable(weed: Weed) -> None:
     """The refresh ends while a renewal of its lock is out: the store applied it (a new
     ETag) but its answer was cut with the renewing task. Release compared the ETag last
     known: the lock stayed for ``lock_ttl``, and the other replicas followed a refresh that
     had ended (a stress run of the suite found it)."""
-    from tracker.objectstore.bucket import Bucket
-    from tracker.objectstore.locks import Lock, acquire
-
-    bucket = Bucket(store_config(weed))
-    key = f"locks-{secrets.token_hex(4)}/x"
-    lock = await acquire(bucket, key, "a", "http://a", 60.0)
-    assert isinstance(lock, Lock)
-    known = lock.etag
-    await lock.renew()  # applied by the store ...
-    lock.etag = known  # ... its answer never read
+    bucket, lock, _known = await renewed_unknowingly(weed)
     await lock.release()
-    assert await bucket.head(key) is None
+    assert await bucket.head(lock.key) is None
 
 
 async def test_a_renewal_whose_answer_was_lost_keeps_the_lock(weed: Weed) -> None:
@@ -363,25 +373,18 @@ async def test_a_renewal_whose_answer_was_lost_keeps_the_lock(weed: Weed) -> Non
     the ETag before it (412): the holder took its own lock for taken over and cancelled its
     upload, though nobody else held it. The lock's token says it is still this one."""
     from tracker.errors import StoreConflict
-    from tracker.objectstore.bucket import Bucket
-    from tracker.objectstore.locks import Lock, acquire
+    from tracker.objectstore.locks import Lock
 
-    bucket = Bucket(store_config(weed))
-    key = f"locks-{secrets.token_hex(4)}/x"
-    lock = await acquire(bucket, key, "a", "http://a", 60.0)
-    assert isinstance(lock, Lock)
-    known = lock.etag
-    await lock.renew()  # applied by the store ...
-    lock.etag = known  # ... its answer lost
+    bucket, lock, known = await renewed_unknowingly(weed)
     await lock.renew()  # the next one: still this holder's lock
-    info = await bucket.head(key)
+    info = await bucket.head(lock.key)
     assert info is not None and info.etag == lock.etag
     # another's lock (taken over meanwhile) is lost all the same
-    other = Lock(bucket, key, "b", "http://b", etag=known)
+    other = Lock(bucket, lock.key, "b", "http://b", etag=known)
     with pytest.raises(StoreConflict):
         await other.renew()
     await lock.release()
-    assert await bucket.head(key) is None
+    assert await bucket.head(lock.key) is None
 
 
 async def _append(out: list[Any], value: Any) -> None:
