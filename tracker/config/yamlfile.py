@@ -52,11 +52,9 @@ def read_yaml(path: str) -> object:
         reason = exc.problem or exc.context or "invalid YAML"
         raise ConfigError([f"{path}: invalid YAML at {line}{reason}"]) from None
     except yaml.reader.ReaderError as exc:  # a byte no text holds (not UTF-8, a NUL)
-        number = data[: exc.position].count(b"\n") + 1 if isinstance(data, bytes) else None
-        at = f" at line {number}" if number is not None else ""
-        raise ConfigError(
-            [f"{path}: invalid YAML{at}: {exc.reason} (byte {exc.position}; UTF-8 text only)"]
-        ) from None
+        number = data[: exc.position].count(b"\n") + 1
+        reason = f"{exc.reason} (byte {exc.position}; UTF-8 text only)"
+        raise ConfigError([f"{path}: invalid YAML at line {number}: {reason}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([one_line(f"{path}: invalid YAML: {exc}")]) from None
     except (ValueError, TypeError, OverflowError) as exc:

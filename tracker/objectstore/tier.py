@@ -241,9 +241,7 @@ class ObjectTier:
         if isinstance(got, Lock) and not got.took_over:
             stored = await self._landed(group, name)
             if stored is not None:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + RELEASE_WITHIN
-                    await got.release()
+                await _let_go(got)
                 return stored
         if isinstance(got, Lock) and got.took_over:
             self.events.takeover()
@@ -254,9 +252,7 @@ class ObjectTier:
                 # Not aborted (the store failed, or the client left): no upload may start
                 # beside the dead holder's, and the lock, ours now, must not send the other
                 # replicas to this one for lock_ttl while it refreshes nothing.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + RELEASE_WITHIN
-                    await got.release()
+                await _let_go(got)
                 if isinstance(exc, StoreError):
                     self._failed("lock", exc)
                     return None
@@ -413,3 +409,11 @@ class ObjectTier:
             "direct_serve": self.store.direct_serve,
             "replica_url": self.store.replica_url or None,
         }
+
+
+async def _let_go(lock: Lock) -> None:
+    """Release ``lock`` now, also while being cancelled (within RELEASE_WITHIN): a lock
+    kept sends the other replicas to this one for lock_ttl while it refreshes nothing."""
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + RELEASE_WITHIN
+        await lock.release()

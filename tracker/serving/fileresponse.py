@@ -131,6 +131,9 @@ class _FileBody(GeneratorBody):
         # can never close a reused descriptor number twice.
         self._close = weakref.finalize(self, os.close, self._fd)
 
+    async def _finish(self, error: BaseException | None) -> None:
+        self._close()
+
 
 @attrs.define(eq=False)
 class _PreadBody(_FileBody):
@@ -151,7 +154,7 @@ class _PreadBody(_FileBody):
     async def _finish(self, error: BaseException | None) -> None:
         if self._budget is not None:
             self._budget.streams -= 1
-        self._close()
+        await super()._finish(error)
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
@@ -198,9 +201,6 @@ class _SendfileBody(_FileBody):
     """
 
     _connection: Connection
-
-    async def _finish(self, error: BaseException | None) -> None:
-        self._close()
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         position, end = self._offset, self._offset + self._length
