@@ -253,15 +253,79 @@ async def test_locks_one_holder_renewal_and_takeover(weed: Weed) -> None:
     assert await bucket.head(key) is None
 
 
-async def test_a_replica_whose_clock_runs_ahead_makes_retention_hold_that_much_longer(
+def _store_expiry(url: str, ahead: float) -> float:
+    """When the store holds ``url`` expired (Unix seconds on its clock), the URL signed by a
+    replica whose clock runs ``ahead`` of it: its ``X-Amz-Date`` would be that much later
+    (here every tier signs on the real clock, the store's)."""
+    from datetime import UTC, datetime
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return signed.timestamp() + ahead + int(query["X-Amz-Expires"][0])
+
+
+async def test_a_url_from_a_clock_ahead_expires_within_the_mark_of_a_slower_replica(
     weed: Weed,
 ) -> None:
-    """A URL is signed on its replica's clock and judged on the store's: one 30 s ahead
-    stays valid 30 s longer than the hand-out's age on the store's clock says. Its mark
-    says so, and retention holds the superseded archive that much longer (it deleted it
-    after direct_serve_ttl and 5 s of the store's clock, the URL still valid)."""
+    """A URL is signed on its replica's clock and judged on the store's. A replica whose
+    clock runs 20 s ahead hands a URL out, then one whose clock is right hands out another
+    and its mark replaces the first: retention holds the superseded archive for
+    ``direct_serve_ttl`` after that mark, and the first URL must have expired by then (it
+    was valid 20 s longer when signed for the whole ttl on the clock ahead)."""
     import time
 
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.tier import ObjectTier
+
+    ttl = 60.0
+    ahead = 20.0
+    fast = tier_of(weed, direct_serve_ttl=ttl, keep_previous=0)
+    right = ObjectTier(fast.store, Bucket(fast.store))
+    old, new = full_name(9000), full_name(9500)
+    for name in (old, new):
+        put(weed, fast.object_key(GROUP, name))
+    fast.wall = lambda: time.time() + ahead
+    first = await fast.handout(GROUP, old)
+    second = await right.handout(GROUP, old)
+    assert first is not None and second is not None
+    mark = await right.bucket.head(right.mark_key(GROUP, old))
+    assert mark is not None
+    covered = mark.last_modified.timestamp() + ttl  # what retention holds the archive for
+    # (the store dates in whole seconds, the mark no earlier than either signing)
+    assert _store_expiry(first, ahead) <= covered + 1
+    assert _store_expiry(second, 0.0) <= covered + 1
+    began = trio.current_time()
+    await right.retainer.retain(GROUP, full=True)
+    assert right.object_key(GROUP, old) in weed.objects(right.store.prefix)
+    assert right.retainer._due[(GROUP, True)] - began <= ttl + 10
+
+
+async def test_a_clock_too_far_ahead_hands_out_no_url(weed: Weed) -> None:
+    """A replica whose clock runs ahead of the store's by more than half of
+    ``direct_serve_ttl`` hands out no URL (the tracker serves the bytes itself), writes no
+    mark, and says so; with its clock right again it hands one out."""
+    import time
+
+    ttl = 60.0
+    tier = tier_of(weed, direct_serve_ttl=ttl)
+    name = full_name(9000)
+    put(weed, tier.object_key(GROUP, name))
+    tier.wall = lambda: time.time() + 31
+    assert await tier.handout(GROUP, name) is None
+    assert await tier.bucket.head(tier.mark_key(GROUP, name)) is None
+    tier.wall = time.time
+    assert await tier.handout(GROUP, name) is not None
+    assert await tier.bucket.head(tier.mark_key(GROUP, name)) is not None
+
+
+async def test_the_mark_of_an_older_version_from_a_clock_ahead_holds_that_much_longer(
+    weed: Weed,
+) -> None:
+    """An older version signed its URLs for the whole ttl on its own clock and wrote how far
+    it ran ahead in the mark (``ahead``): during an upgrade one replica at a time, retention
+    still holds a superseded archive that much longer (it deleted it after
+    direct_serve_ttl and 5 s of the store's clock, the URL still valid)."""
     from tracker.objectstore.retainer import HANDOUT_MARGIN
 
     ttl = 2.0
@@ -269,10 +333,7 @@ async def test_a_replica_whose_clock_runs_ahead_makes_retention_hold_that_much_l
     old, new = full_name(9000), full_name(9500)
     for name in (old, new):
         put(weed, tier.object_key(GROUP, name))
-    tier.wall = lambda: time.time() + 30
-    assert await tier.handout(GROUP, old) is not None
-    mark = await tier.bucket.head(tier.mark_key(GROUP, old))
-    assert mark is not None and int(mark.metadata["ahead"]) in (30, 31)
+    put(weed, tier.mark_key(GROUP, old), b"", Metadata={"ahead": "30"})
     began = trio.current_time()
     await tier.retainer.retain(GROUP, full=True)
     assert tier.object_key(GROUP, old) in weed.objects(tier.store.prefix)

@@ -27,6 +27,7 @@ from tracker.objectstore.retention import (
     clock_ahead,
     retirement,
     superseded,
+    url_life,
 )
 from tracker.objectstore.storeanswers import store_time
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
@@ -378,7 +379,7 @@ def test_how_far_our_clock_runs_ahead(ours: float, store: float, ahead: int) -> 
     ("metadata", "ahead"),
     [
         ({"ahead": "30"}, 30),
-        ({}, 0),  # a mark of an older version
+        ({}, 0),  # a mark of an older version without it, or one of this version
         ({"ahead": "-5"}, 0),
         ({"ahead": "١٢"}, 0),  # digits, but not ASCII ones
         ({"ahead": "99999999999"}, 0),
@@ -388,6 +389,21 @@ def test_how_far_our_clock_runs_ahead(ours: float, store: float, ahead: int) -> 
 )
 def test_what_a_mark_says_of_its_replicas_clock(metadata: dict[str, str], ahead: int) -> None:
     assert clock_ahead(metadata) == ahead
+
+
+@pytest.mark.parametrize(
+    ("ttl", "ahead", "life"),
+    [
+        (900.0, 0, 900.0),
+        (900.0, 30, 870.0),  # expires ttl after the mark on the store's clock
+        (900.0, 450, 450.0),
+        (900.0, 451, None),  # a clock that far off hands out no URL
+        (2.0, 1, 1.0),
+        (900.0, MAX_AHEAD, None),
+    ],
+)
+def test_how_long_a_url_is_signed_for(ttl: float, ahead: int, life: float | None) -> None:
+    assert url_life(ttl, ahead) == life
 
 
 @pytest.mark.parametrize(

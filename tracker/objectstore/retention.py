@@ -67,8 +67,9 @@ def retirement(handed: Mapping[str, float | None], *, hold: float) -> Retirement
     return Retirement(tuple(delete), min(waits) if waits else None)
 
 
-#: The hand-out mark's metadata naming how many whole seconds the clock of the replica that
-#: wrote it ran ahead of the store's (:func:`clock_ahead`).
+#: What the hand-out mark of an older version said of its replica's clock: how many whole
+#: seconds it ran ahead of the store's (:func:`clock_ahead`). Marks are no longer written
+#: with it: a URL is signed to expire on the store's clock instead (:func:`url_life`).
 AHEAD = "ahead"
 #: The most a mark may say (metadata is read from the bucket: any replica, any value); past
 #: it the hold would keep a superseded archive for hours on one replica's broken clock.
@@ -82,14 +83,29 @@ def ahead_of(ours: float, store: float) -> int:
     return min(MAX_AHEAD, max(0, math.ceil(ours - store)))
 
 
-def clock_ahead(metadata: Mapping[str, str]) -> int:
-    """What a hand-out mark says of its replica's clock (:data:`AHEAD`): 0 when it says
-    nothing (a mark of an older version) or no whole number of 0 to :data:`MAX_AHEAD`.
+def url_life(ttl: float, ahead: int) -> float | None:
+    """The seconds to sign a URL for, on a clock ``ahead`` seconds ahead of the store's, so
+    that the store holds it expired ``ttl`` seconds after now on its own clock (the one the
+    hand-out mark is dated by): ``ttl`` less ``ahead``. None when that is less than half of
+    ``ttl``: a clock that far off hands out no URL (the tracker serves the bytes itself).
 
-    A presigned URL expires ``direct_serve_ttl`` after the time its replica signed it at, by
-    that replica's clock, but the store judges it by its own: a replica whose clock runs
-    ahead hands out URLs that stay valid that much longer than the mark's age (on the
-    store's clock) says, so retention holds the archive that much longer. Pure."""
+    A presigned URL expires ``ttl`` after the time its replica signed it at, by that
+    replica's clock, but the store judges it by its own. Signed for ``ttl`` on a clock 30 s
+    ahead, it stayed valid 30 s longer than the mark's age said, and a replica with a
+    slower clock writing the next mark took those 30 s away from retention's hold: each
+    URL's life is cut to what the mark covers, whichever replica writes it last. Pure."""
+    life = ttl - ahead
+    return life if life >= ttl / 2 else None
+
+
+def clock_ahead(metadata: Mapping[str, str]) -> int:
+    """What a hand-out mark of an older version says of its replica's clock
+    (:data:`AHEAD`): 0 when it says nothing or no whole number of 0 to :data:`MAX_AHEAD`.
+
+    Such a replica signed its URLs for the whole ``direct_serve_ttl`` on its own clock:
+    one whose clock ran ahead handed out URLs that stay valid that much longer than the
+    mark's age (on the store's clock) says, so retention holds the archive that much longer
+    (a fleet upgraded one replica at a time). Pure."""
     text = metadata.get(AHEAD, "")
     if not (text.isascii() and text.isdigit() and len(text) <= 4):
         return 0

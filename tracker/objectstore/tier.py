@@ -6,12 +6,13 @@ Keys (:mod:`~tracker.objectstore.keys`): the archive ``name`` of ``group`` is
 statement ``{name}.attestation`` (:mod:`~tracker.objectstore.sides`); its refresh lock is
 ``{prefix}.locks/{group}/{name}.lock`` (:mod:`~tracker.objectstore.locks`), the mark of its
 last hand-out ``{prefix}.handed/{group}/{name}.handed``. Every listing keeps archive keys
-only. A presigned URL is reused for a quarter of ``direct_serve_ttl`` and the mark is
-rewritten with each new URL, so every URL handed out by any replica expires before
-``mark + direct_serve_ttl``; retention (:mod:`~tracker.objectstore.retainer`) deletes nothing
-younger, and runs again at the moment the object it held back may go. What this replica
-knows of the objects, and for how long, is :mod:`~tracker.objectstore.known`'s; what it does
-at start-up :mod:`~tracker.objectstore.startup`'s.
+only. A presigned URL is reused for a quarter of its life and the mark is rewritten with
+each new URL, signed to expire ``direct_serve_ttl`` after the mark on the store's clock
+(:func:`~tracker.objectstore.retention.url_life`), so every URL handed out by any replica
+expires before ``mark + direct_serve_ttl``; retention (:mod:`~tracker.objectstore.retainer`)
+deletes nothing younger, and runs again at the moment the object it held back may go. What
+this replica knows of the objects, and for how long, is :mod:`~tracker.objectstore.known`'s;
+what it does at start-up :mod:`~tracker.objectstore.startup`'s.
 
 Nothing here raises for the store being down: the caller then uses another path. What a
 request waits for (lookup, lock, hand-out) and the health check go through
@@ -39,7 +40,7 @@ from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
 from tracker.objectstore.retainer import Retainer
-from tracker.objectstore.retention import AHEAD, ahead_of
+from tracker.objectstore.retention import ahead_of, url_life
 from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.storeanswers import ObjectInfo
@@ -113,6 +114,8 @@ class ObjectTier:
         self.probes = 0
         #: This replica's clock (Unix seconds): the one presigned URLs are signed on.
         self.wall: Callable[[], float] = time.time
+        #: Whether this clock's running too far ahead for a URL was logged (:meth:`_clock_off`).
+        self._clock_said = False
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -199,15 +202,20 @@ class ObjectTier:
             self.known.remember(key, info)
             if info is None:
                 return None
-            # The URL is signed on our clock and judged on the store's: the mark says how far
-            # ours runs ahead, which retention holds the archive for besides the URL's life.
+            # The URL is signed on our clock and judged on the store's: it is signed to
+            # expire ttl after the mark on the store's clock, whoever writes the next mark
             ahead = ahead_of(self.wall(), store_now.timestamp())
-            await self.quick.put(self.mark_key(group, name), b"", metadata={AHEAD: str(ahead)})
-            url = self.bucket.presign_get(key, ttl, file_name=name)
+            life = url_life(ttl, ahead)
+            if life is None:
+                self._clock_off(ahead)
+                return None
+            self._clock_said = False
+            await self.quick.put(self.mark_key(group, name), b"")
+            url = self.bucket.presign_get(key, life, file_name=name)
         except StoreError as exc:
             self._failed("handout", exc)
             return None
-        self.known.keep_url(key, url, now + ttl / 4)
+        self.known.keep_url(key, url, now + life / 4)
         self.events.redirect()
         return url
 
@@ -390,6 +398,20 @@ class ObjectTier:
         await self.quick.check()
 
     # -- status --------------------------------------------------------------------------
+
+    def _clock_off(self, ahead: int) -> None:
+        """No URL: this replica's clock runs ``ahead`` seconds ahead of the store's, more
+        than half of ``direct_serve_ttl`` (said once until a URL can be signed again)."""
+        if not self._clock_said:
+            self._clock_said = True
+            log_event(
+                log,
+                "warning",
+                "object_store_clock_off",
+                ahead_s=ahead,
+                reason="this clock runs ahead of the store's by more than half of "
+                "direct_serve_ttl: no presigned URLs, the tracker serves the bytes",
+            )
 
     def _failed(self, operation: str, exc: StoreError) -> None:
         self.events.error(operation)
