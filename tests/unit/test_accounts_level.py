@@ -201,6 +201,31 @@ async def test_a_following_check_proves_accounts_with_a_second_read(tmp_path: Pa
     )
 
 
+async def test_a_following_check_that_cannot_start_leaves_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check's setup fails after the file was duplicated and opened again (descriptors
+    short: the accounts prover cannot start): OSError to the caller, and neither descriptor
+    of the check left open on the archive (each retry leaked two, keeping a deleted
+    archive's space taken and the shortage worse)."""
+    import errno
+
+    from tracker.proof.archive import archivecheck
+
+    def short(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(archivecheck, "accounts_prover", short)
+    archive = write_archive(tmp_path, STATE)
+    with open(archive, "rb") as f:  # noqa: ASYNC230 (a local temp file)
+        with pytest.raises(OSError, match="Too many open files"):
+            FollowingCheck.start(
+                f.fileno(), archive.name, prove_accounts=AccountsLimits(max_accounts=1000)
+            )
+        held = [fd for fd in os.listdir("/proc/self/fd") if _points_to(fd, archive)]
+        assert held == [str(f.fileno())], "a descriptor of the check was left open"
+
+
 def _points_to(fd: str, path: Path) -> bool:
     try:
         return os.readlink(f"/proc/self/fd/{fd}") == str(path)

@@ -325,3 +325,31 @@ async def test_refreshes_and_files_list_what_the_cache_holds(tmp_path: Path) -> 
     listed = cache.files()
     assert [(f.name, f.size) for f in listed] == [(INCR, 11), (FULL, 6)]  # by name
     assert listed[1].mtime == os.stat(group / FULL).st_mtime
+
+
+def test_a_fifo_put_where_an_archive_was_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO in place of a cached or local archive (swapped in after the scan): its open is
+    refused at once (OSError, as any file that is not one), not blocked until a writer comes,
+    with the worker thread it runs in and whoever waits on it (cancellation cannot reach a
+    thread)."""
+    from tracker.cache.checked import open_copy
+
+    path = tmp_path / full_name(100)
+    os.mkfifo(path)
+    ended: list[BaseException] = []
+
+    def opening() -> None:
+        try:
+            trio.run(open_copy, str(path))
+        except BaseException as exc:  # what ended it is the test's answer
+            ended.append(exc)
+
+    thread = threading.Thread(target=opening, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():  # blocked in open(2): a writer lets it go, the test fails
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+        pytest.fail("the open of a FIFO waited for a writer")
+    assert len(ended) == 1 and isinstance(ended[0], OSError)
+    assert "not a regular file" in str(ended[0])

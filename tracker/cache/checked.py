@@ -416,7 +416,10 @@ def _own_file(st: os.stat_result) -> bool:
 
 
 def _open_regular(path: str) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    """A read-only descriptor of the regular file at ``path`` (no symbolic link) and its
+    status; opened non-blocking so that a FIFO put there since the scan cannot block the
+    open (and the thread it runs in) until a writer comes."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -48,6 +48,7 @@ from tracker.proof.formats.prover import AccountsProver, ArchiveProver
 from tracker.proof.formats.streamparse import Feeder
 
 if TYPE_CHECKING:
+    from tracker.proof.accounts.accountsprover import StoragesProver
     from tracker.serving.threads import Background
 
 Read = Callable[[int], bytes]
@@ -532,16 +533,35 @@ class FollowingCheck:
         self, growing: GrowingFile, name: str, prove_accounts: AccountsLimits | None = None
     ) -> None:
         self._growing = growing
-        # the accounts proof's second read needs the file after the check has read it to
-        # its end (when the growing file's own descriptor closes): one of its own
-        again = None if prove_accounts is None else os.open(growing.reopen_path, os.O_RDONLY)
-        path = f"/proc/self/fd/{again}"
-        accounts = (
-            accounts_prover(name, prove_accounts, path, growing.cancelled)
-            if again is not None
-            else None
-        )
+        again: int | None = None
+        accounts: StoragesProver | None = None
+        try:
+            # the accounts proof's second read needs the file after the check has read it to
+            # its end (when the growing file's own descriptor closes): one of its own
+            if prove_accounts is not None:
+                again = os.open(growing.reopen_path, os.O_RDONLY)
+                path = f"/proc/self/fd/{again}"
+                accounts = accounts_prover(name, prove_accounts, path, growing.cancelled)
+            self._begin(growing, name, prove_accounts, again, accounts)
+        except BaseException:
+            # nothing started (descriptors short, no thread): what was opened goes now,
+            # the caller's own descriptor stays the caller's
+            growing.cancel()
+            if accounts is not None:
+                accounts.close()
+            if again is not None:
+                os.close(again)
+            raise
 
+    def _begin(
+        self,
+        growing: GrowingFile,
+        name: str,
+        prove_accounts: AccountsLimits | None,
+        again: int | None,
+        accounts: StoragesProver | None,
+    ) -> None:
+        """Start the check's thread, which closes ``again`` and ``accounts`` at its end."""
         # Imported here: `verify` of a file checks it without the event loop's library
         # (a tenth of a second of its start-up).
         import trio
