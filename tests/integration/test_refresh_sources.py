@@ -354,6 +354,71 @@ async def test_two_sources_one_liar_the_whole_file_check_judges(
     assert sum(sent(up) for up in ups) <= 2.5 * SIZE
 
 
+class BreakingJudgeLiar(RangeLiar):
+    """A :class:`RangeLiar` that, asked for its side of the judgement (a span inside a
+    range it sent before, once the comparison began), sends half of it, other bytes, then
+    breaks the connection: its side fails with its bytes written."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.comparing = trio.Event()
+        self.asked: list[tuple[int, int]] = []
+        self.broken = 0
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        spec = seen.headers.get("range", "")
+        if self.comparing.is_set() and spec.startswith("bytes="):
+            first, last = (int(x) for x in spec.removeprefix("bytes=").split("-"))
+            inside = any(
+                a <= first and last <= b and (a, b) != (first, last) for a, b in self.asked
+            )
+            self.asked.append((first, last))
+            if inside:
+                self.broken += 1
+                wrong = bytes(b ^ 0xFF for b in body)
+                how = attrs.evolve(how, drop_after=len(body) // 2)
+                return await FakeUpstream._body(self, conn, stream, seen, how, wrong)
+        elif spec.startswith("bytes="):
+            first, last = (int(x) for x in spec.removeprefix("bytes=").split("-"))
+            self.asked.append((first, last))
+        return await super()._body(conn, stream, seen, how, body)
+
+
+class _Comparing(logging.Handler):
+    """Sets ``event`` when the refresh logs ``refresh_comparing``."""
+
+    def __init__(self, event: trio.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "refresh_comparing":
+            self.event.set()
+
+
+async def test_a_liar_whose_side_breaks_halfway_leaves_the_honest_side_to_repair(
+    tmp_path: Path,
+) -> None:
+    """Two sources, the liar first: in the judgement its side's rewrite sends part of a
+    span, other bytes, then breaks. Those bytes are on disk: the honest side rewrites that
+    span too, the copy passes and is cached exact, and the liar alone is named (the span
+    was taken for the honest side's still, so the copy failed and both sources were held
+    back: one liar kept the honest source's archive from the fleet)."""
+    liar = BreakingJudgeLiar(files={NAME: DATA})
+    comparing = _Comparing(liar.comparing)
+    proxy_log = logging.getLogger("tracker.proxy")
+    proxy_log.addHandler(comparing)
+    try:
+        async with sources(1) as honest, serving(liar):
+            liar.behaviour[NAME] = Behaviour(rate=RATE)
+            async with tracker(tmp_path, [liar, *honest]) as t:
+                await read_along_then_repaired(t)
+                assert liar.broken > 0
+                assert only_named(t) == TargetKey(GROUP, liar.base)
+    finally:
+        proxy_log.removeHandler(comparing)
+
+
 async def test_a_repaired_copy_is_uploaded_to_the_bucket_by_that_refresh(
     tmp_path: Path, weed: Any
 ) -> None:

@@ -649,10 +649,13 @@ class Repair:
                 continue
             sent = True
             for sender, spans in wanted.items():
-                if not await rewrite(sources[sender], spans, fd, ask, self.peers.read_timeout):
+                whole = await rewrite(sources[sender], spans, fd, ask, self.peers.read_timeout)
+                # what it wrote before it failed is on disk too: its spans are no longer
+                # the other side's, which rewrites them all in its turn
+                holders.update(dict.fromkeys(spans, sender))
+                if not whole:
                     sent = False
                     break
-                holders.update(dict.fromkeys(spans, sender))
             if not sent:
                 passed.append(None)
                 continue
