@@ -78,6 +78,52 @@ async def test_one_deadline_bounds_the_whole_check(autojump_clock: trio.testing.
     assert lifted.note == "cluster not proven: the votes were not read within 2s"
 
 
+async def test_the_deadline_stops_a_block_being_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block whose votes take long to decode (a liar's, near the answer's size bound:
+    minutes of decoding) was decoded to its end past ``cluster_proof.deadline``, holding
+    the parse threads every lift shares, and its tally then kept as if in time. The decode
+    stops at the deadline: the lift ends there, the votes not read. Each vote's decode is
+    slowed here (5 ms) instead of a block of tens of MB."""
+    import time
+
+    from helpers_votes import block_answer, vote_accounts_answer
+
+    from tracker.proof.cluster import clustervotes
+
+    config = Config(rpc="http://rpc.invalid/", cluster_proof=ClusterProof(deadline=1.0))
+    many = 3000  # 15 s of decoding
+    votes = [vote_transaction(ORDER[0].vote, tower([(SLOT, 1)], BANK))] * many
+    answers = {
+        "getVoteAccounts": vote_accounts_answer({v.vote: v.stake for v in VALIDATORS}, {}),
+        "getBlock": block_answer(SLOT + 1, votes),
+        "getAgGenesisCert": {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601}},
+    }
+    decoded = []
+    slow_down = clustervotes.transaction_votes
+
+    def slowly(entry: object) -> Any:
+        decoded.append(1)
+        time.sleep(0.005)
+        return slow_down(entry)
+
+    monkeypatch.setattr(clustervotes, "transaction_votes", slowly)
+    async with httpx.AsyncClient() as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=0)
+
+        async def call(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+            assert payload is not None
+            answer = answers.get(payload["method"], {"jsonrpc": "2.0", "id": 1, "result": None})
+            return bytearray(json.dumps(answer).encode())
+
+        voter._call = call  # type: ignore[method-assign]
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert lifted.level == Level.MANIFEST
+    assert lifted.note == "cluster not proven: the votes were not read within 1s"
+    assert len(decoded) < many
+
+
 async def test_a_reload_to_another_rpc_asks_it_at_once(nursery: trio.Nursery) -> None:
     """A failure's back-off was kept by (slot, hash) alone: after a reload replaced a broken
     ``rpc`` by a working one, the broken one's failure was said again, the new RPC not asked,

@@ -207,6 +207,9 @@ def test_a_block_answer_gives_the_votes_for_the_slot() -> None:
             "-32004",
         ),
         (b'{"jsonrpc":"2.0","result":null,"id":1}', "without a block"),
+        (b'{"jsonrpc":"2.0","error":{"code":[1]},"id":1}', "getBlock: error"),  # no code
+        (b'{"jsonrpc":"2.0","error":{"code":{"a":1}},"id":1}', "getBlock: error"),
+        (b'{"jsonrpc":"2.0","error":{"code":true},"id":1}', "getBlock: error"),
         (
             b'{"jsonrpc":"2.0","result":{"transactions":[{"meta":{"err":1}}',
             "getBlock: invalid JSON",

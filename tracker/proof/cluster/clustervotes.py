@@ -450,9 +450,12 @@ class ClusterVotes:
         async def one_block(at: int) -> None:
             try:
                 answer = await self._call(url, _get_block(at), MAX_BLOCK)
-                votes.extend(
-                    await trio.to_thread.run_sync(block_votes, answer, slot, limiter=_PARSE)
+                # the decode stops at the deadline (a block of a liar's votes, near its size
+                # bound, takes minutes of decoding: both parse threads of every lift)
+                found = await trio.to_thread.run_sync(
+                    block_votes, answer, slot, trio.from_thread.check_cancelled, limiter=_PARSE
                 )
+                votes.extend(found)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"slot {at}: {exc}")))
 
@@ -598,10 +601,17 @@ _GET_VOTE_ACCOUNTS = {
 }
 
 
-def block_votes(body: bytes | bytearray, slot: int) -> list[VoteSeen]:
+def _go_on() -> None:
+    return None
+
+
+def block_votes(
+    body: bytes | bytearray, slot: int, checkpoint: Callable[[], None] = _go_on
+) -> list[VoteSeen]:
     """The votes for ``slot`` in one ``getBlock`` answer, decoded one transaction at a time;
     [] for a skipped slot. Raises RpcError (one line) for an error answer or a malformed
-    one. Blocking: run it in a worker thread."""
+    one. Blocking: run it in a worker thread; ``checkpoint()`` is called before each
+    transaction and may raise to stop the decode (``trio.from_thread.check_cancelled``)."""
     found: list[VoteSeen] = []
     block = False
     try:
@@ -613,6 +623,7 @@ def block_votes(body: bytes | bytearray, slot: int) -> list[VoteSeen]:
             max_item_chars=MAX_TRANSACTION_CHARS,
         )
         for name, value in members:
+            checkpoint()
             if name == "transactions[]":
                 found += [v for v in transaction_votes(value) if v.slot == slot]
             elif name == "transactions":
@@ -628,8 +639,11 @@ def block_votes(body: bytes | bytearray, slot: int) -> list[VoteSeen]:
     return found
 
 
-def _error_code(error: object) -> object:
-    return error.get("code") if isinstance(error, dict) else None
+def _error_code(error: object) -> int | None:
+    """The ``code`` of a JSON-RPC error when it is a whole number (a hostile one may be a
+    list or an object: no code, the answer an error like any other)."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def vote_stakes(body: bytes | bytearray) -> dict[str, int]:
