@@ -136,3 +136,35 @@ async def test_a_copy_the_check_cannot_parse_is_deleted_and_the_next_source_used
     assert result.sha256 == sha256(good)
     assert sorted(p.name for p in ledger.iterdir()) == [name]  # no temp or state file
     assert (ledger / name).read_bytes() == good
+
+
+async def test_a_resumed_copy_rejected_blames_no_source_of_this_run(tmp_path: Path) -> None:
+    """A fetch resumes from what an interrupted run left: its pool had a liar, whose piece
+    (in the middle) is wrong. The copy fails its check; no source of this run sent those
+    bytes, so none is blamed for them: the same sources give a fresh copy, which passes. It
+    ended "no source delivered a good copy" with the one honest source (a pool of one was
+    not tried again), and a pool of several left out the one that sent the missing tail
+    as the liar (``alone``)."""
+    from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
+
+    from tracker.fetch.state import State, save_state, temp_path
+    from tracker.multisource.sources import Identity
+
+    ledger = ledger_of(tmp_path)
+    size = len(GOOD)
+    bad = bytearray(GOOD)
+    middle = size // 2
+    bad[middle : middle + 4096] = bytes(b ^ 0xFF for b in bad[middle : middle + 4096])
+    kept = size - 100_000
+    temp = ledger / Path(temp_path(str(ledger), NAME)).name  # what the earlier run wrote
+    temp.write_bytes(bytes(bad[:kept]))
+    identity = Identity(size, UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(NAME, identity, ((0, kept),)))
+    honest = FakeUpstream(files={NAME: GOOD})
+    async with tracker_of([honest]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        [result] = await run_fetch(opts, NoProgress())
+    assert result.sha256 == sha256(GOOD)
+    assert sorted(p.name for p in ledger.iterdir()) == [NAME]
+    assert (ledger / NAME).read_bytes() == GOOD
+    assert body_bytes(honest, NAME) >= size  # a fresh copy came whole

@@ -215,8 +215,23 @@ async def _download_from(
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         return await _fill(FetchCrew(client, settings, pieces, fd, progress), file, pool, ledger)
+    except CopyRejected as exc:
+        if not done:
+            raise
+        # The copy held bytes of an earlier run (deleted now, with its state), from sources
+        # this one may not have: none of this pool can be told bad for it. A fresh copy
+        # from the same sources, each as new (``alone`` blames only what it sent).
+        log_event(
+            log,
+            "warning",
+            "fetch_starting_over",
+            file=name,
+            reason=f"the resumed copy was rejected ({exc}); starting over",
+        )
     finally:
         os.close(fd)
+    fresh = [attrs.evolve(s, sent=0, failures=0, dropped="", scopes=set()) for s in pool]
+    return await _download_from(client, file, fresh, ledger, settings, progress)
 
 
 async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: str) -> Result:
