@@ -139,3 +139,90 @@ def test_measurements_from_elsewhere_are_bounded() -> None:
     assert len(index.speeds.measurements("probed")) == sourcehistory.MAX_RESTORED
     index.record_transfer(A, 100_000_000, 1.0, now=1.0)
     assert index.throughput(A, 1.0) > 0
+
+
+def _listed(index: Index, *keys: TargetKey) -> None:
+    """Make ``keys`` targets the index has (listing nothing yet)."""
+    from datetime import UTC, datetime
+
+    for key in keys:
+        index.apply(key, [], datetime(2026, 11, 29, tzinfo=UTC))
+
+
+def test_a_document_written_is_never_too_big_to_be_read_back() -> None:
+    """Texts of 1,024 characters in every entry of every list: 4,096 entries a list came to
+    some 17 MB, a document this tracker refused at its next start and every replica
+    skipped. What is written stays within the bytes a reader takes, the first entries
+    kept."""
+    from tracker.learning.learned import MAX_BYTES, MAX_THROUGHPUTS
+
+    long = "x" * 1000
+    keys = [TargetKey(long, f"http://{i}-{long}") for i in range(MAX_THROUGHPUTS)]
+    speeds = {key: (1e6, 1000.0 - i) for i, key in enumerate(keys)}
+    held = tuple(Rejection(key, long, long, until=5000.0) for key in keys)
+    data = encode(Learned(speeds, held, speeds))
+    assert len(data) <= MAX_BYTES
+    read = decode(data)
+    assert read.dropped == 0 and read.throughputs and read.rejections
+    assert next(iter(read.throughputs)) == keys[0]
+
+
+def test_this_trackers_own_measurements_are_written_before_anothers() -> None:
+    """Another replica's document of as many measurements as a document holds, of targets
+    this tracker does not have, all newer than this tracker's own: its own are written all
+    the same (they were crowded out of its file and its bucket object, lost at a restart
+    and never shared)."""
+    from tracker.learning.learned import MAX_THROUGHPUTS
+
+    index = Index()
+    own = [TargetKey("g", f"http://own-{i}") for i in range(20)]
+    _listed(index, *own)
+    for key in own:
+        index.record_transfer(key, 100_000_000, 1.0, now=40.0)
+    junk = {TargetKey("g", f"http://junk-{i}"): (1e9, 1100.0) for i in range(MAX_THROUGHPUTS)}
+    restore(Learned(junk, (), junk), index, Rejections(), now=100.0, wall=1100.0)
+    written = decode(encode(gather(index, Rejections(), now=100.0, wall=1100.0)))
+    assert set(own) <= set(written.achieved)
+
+
+def test_a_measurement_of_a_listed_target_is_taken_however_many_others_were() -> None:
+    """Documents of new target names every minute filled what is taken from elsewhere:
+    an honest replica's measurement of a target this tracker has was refused for good."""
+    from tracker.ordering import sourcehistory
+
+    index = Index()
+    fake = {
+        TargetKey("g", f"http://fake-{i}"): (1e6, 0.0) for i in range(sourcehistory.MAX_RESTORED)
+    }
+    restore(Learned(fake), index, Rejections(), now=0.0, wall=0.0)
+    _listed(index, A)
+    restore(Learned({A: (5e6, 0.0)}), index, Rejections(), now=0.0, wall=0.0)
+    assert index.speeds.measurements("probed")[A] == (5e6, 0.0)
+
+
+def test_a_full_list_of_rejections_forgets_those_from_elsewhere_first() -> None:
+    """Rejections taken from another replica fill the list but one: the next rejection made
+    here pushed out this tracker's first one (the oldest), whose source was used again.
+    What ran out goes first, then what was taken from elsewhere."""
+    held = Rejections(max_entries=4)
+    held.reject(A, "own", "bad tar", now=0.0, hold=2000)
+    foreign = tuple(
+        Rejection(TargetKey("g", f"http://other-{i}"), "n", "r", until=900.0) for i in range(3)
+    )
+    restore(Learned(rejections=foreign), Index(), held, now=0.0, wall=0.0)
+    held.reject(B, "own too", "bad tar", now=1.0, hold=2000)
+    assert held.rejected(A, "own", 2.0) is not None
+    assert held.rejected(B, "own too", 2.0) is not None
+    assert [r.key for r in held.held()][:2] == [A, B]  # what is written first
+    held.reject(A, "another", "bad tar", now=950.0, hold=600)  # the foreign ran out: gone
+    assert [r.name for r in held.held()] == ["own", "own too", "another"]
+
+
+def test_a_rejection_held_for_centuries_is_read_back() -> None:
+    """``reject_for`` may be as long as a duration goes (2562047h, "forever"): its end was
+    written past the latest time a document holds, and every rejection was dropped when
+    read back."""
+    held = Rejections()
+    held.reject(A, "n", "bad tar", now=10.0, hold=9.2e9)
+    read = decode(encode(gather(Index(), held, now=20.0, wall=1_800_000_000.0)))
+    assert read.dropped == 0 and len(read.rejections) == 1

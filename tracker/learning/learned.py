@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 
 from tracker.core.untrusted import load_json
 from tracker.errors import StateError
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.sourcehistory import KINDS, MAX_REJECTIONS, Rejection, Rejections
+from tracker.ordering.sourcehistory import KINDS, MAX_REJECTIONS, Kind, Rejection, Rejections
 
 VERSION = 1
 #: Longest document read back (and written: the newest entries are kept).
@@ -54,14 +54,21 @@ class Learned:
 
 def gather(index: Index, rejections: Rejections, *, now: float, wall: float) -> Learned:
     """What ``index`` and ``rejections`` hold now (``now`` on their clock, ``wall`` the wall
-    clock at the same moment), rejections that ran out left out."""
+    clock at the same moment), rejections that ran out left out; in the order
+    :func:`encode` keeps them: the measurements of the index's targets first, then those of
+    targets it does not have (another replica's, say), each part newest first; the
+    rejections made here first, then those taken from elsewhere. What was read never takes
+    the place of what this tracker holds."""
     shift = wall - now
-    probed, achieved = (
-        {key: (rate, at + shift) for key, (rate, at) in index.speeds.measurements(kind).items()}
-        for kind in KINDS
-    )
+    targets = set(index.keys())
+
+    def ordered(kind: Kind) -> dict[TargetKey, tuple[float, float]]:
+        measured = index.speeds.measurements(kind).items()
+        first = sorted(measured, key=lambda item: (item[0] not in targets, -item[1][1]))
+        return {key: (rate, at + shift) for key, (rate, at) in first}
+
     held = tuple(attrs.evolve(r, until=r.until + shift) for r in rejections.held() if r.until > now)
-    return Learned(probed, held, achieved)
+    return Learned(ordered("probed"), held, ordered("achieved"))
 
 
 def restore(
@@ -142,19 +149,48 @@ def _newest(into: dict[TargetKey, tuple[float, float]], speeds: Speeds) -> None:
             into[key] = (rate, at)
 
 
+#: Bytes each of the document's three lists may take: what is written is read back whole
+#: (:data:`MAX_BYTES`), by this tracker after a restart and by every replica.
+LIST_BYTES = (MAX_BYTES - 1024) // 3
+
+
 def encode(learned: Learned) -> bytes:
-    """The JSON document of ``learned``: the newest entries, at most the bounds above."""
-    held = sorted(learned.rejections, key=lambda r: -r.until)
+    """The JSON document of ``learned``: of each list, the first entries in the order given
+    (:func:`gather`'s: what this tracker holds first) within the bounds above, in entries and
+    in bytes (texts of 1,024 characters make 4,096 entries far more than 4 MiB: a document
+    this tracker could not read back, nor any replica). A rejection's end is written no
+    later than :data:`MAX_WALL` (a ``reject_for`` of centuries: read back as the latest
+    time a document holds, not dropped)."""
     doc = {
         "version": VERSION,
-        "throughputs": _speeds_json(learned.throughputs),
-        "achieved": _speeds_json(learned.achieved),
-        "rejections": [
-            {**_key_json(r.key), "name": r.name, "reason": r.reason[:MAX_REASON], "until": r.until}
-            for r in held[:MAX_REJECTIONS]
-        ],
+        "throughputs": _first(_speeds_json(learned.throughputs), MAX_THROUGHPUTS),
+        "achieved": _first(_speeds_json(learned.achieved), MAX_THROUGHPUTS),
+        "rejections": _first(
+            (
+                {
+                    **_key_json(r.key),
+                    "name": r.name,
+                    "reason": r.reason[:MAX_REASON],
+                    "until": min(r.until, MAX_WALL),
+                }
+                for r in learned.rejections
+            ),
+            MAX_REJECTIONS,
+        ),
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _first(entries: Iterable[dict[str, object]], count: int) -> list[dict[str, object]]:
+    """The first ``count`` of ``entries`` whose JSON takes at most :data:`LIST_BYTES`."""
+    kept: list[dict[str, object]] = []
+    size = 0
+    for entry in entries:
+        size += len(json.dumps(entry, separators=(",", ":"))) + 1  # ASCII: escaped
+        if len(kept) >= count or size > LIST_BYTES:
+            break
+        kept.append(entry)
+    return kept
 
 
 def decode(data: bytes) -> Learned:
@@ -189,10 +225,9 @@ def decode(data: bytes) -> Learned:
     return Learned(speeds, tuple(held), achieved, dropped)
 
 
-def _speeds_json(speeds: Speeds) -> list[dict[str, object]]:
-    """The newest :data:`MAX_THROUGHPUTS` of ``speeds`` as JSON entries."""
-    newest = sorted(speeds.items(), key=lambda item: -item[1][1])[:MAX_THROUGHPUTS]
-    return [{**_key_json(key), "bps": rate, "at": at} for key, (rate, at) in newest]
+def _speeds_json(speeds: Speeds) -> Iterator[dict[str, object]]:
+    """``speeds`` as JSON entries, in their order."""
+    return ({**_key_json(key), "bps": rate, "at": at} for key, (rate, at) in speeds.items())
 
 
 def _throughput(item: object) -> tuple[TargetKey, tuple[float, float]] | None:

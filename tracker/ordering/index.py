@@ -194,8 +194,9 @@ class Index:
         return self.speeds.rate(key, now)
 
     def restore_throughput(self, key: TargetKey, rate: float, at: float, kind: Kind) -> None:
-        """Take a throughput (``kind``) measured elsewhere at ``at``, unless ours is newer."""
-        if self.speeds.restore(key, rate, at, kind):
+        """Take a throughput (``kind``) measured elsewhere at ``at``, unless ours is newer
+        (one of a target listed here is taken however many others were)."""
+        if self.speeds.restore(key, rate, at, kind, listed=key in self._entries):
             self._changed()
 
     def drop(self, key: TargetKey) -> None:

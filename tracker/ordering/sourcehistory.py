@@ -146,12 +146,17 @@ class Throughputs:
         """Every measurement of ``kind`` as (bytes per second, time measured), undecayed."""
         return dict(self._measured[kind])
 
-    def restore(self, key: TargetKey, rate: float, at: float, kind: Kind) -> bool:
+    def restore(
+        self, key: TargetKey, rate: float, at: float, kind: Kind, *, listed: bool = False
+    ) -> bool:
         """Take a rate (``kind``) measured elsewhere at ``at`` unless ``key``'s own is as
-        recent; whether it was taken."""
+        recent; whether it was taken. ``listed``: ``key`` is a target the index has, taken
+        whatever else was restored (targets that are not may fill :data:`MAX_RESTORED`: a
+        replica writing new names at every sync kept an honest one's measurements of this
+        tracker's own targets out for good)."""
         measured = self._measured[kind]
         known = measured.get(key)
-        if known is None and len(measured) >= MAX_RESTORED:
+        if known is None and not listed and len(measured) >= MAX_RESTORED:
             return False
         if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
             self._measured[kind][key] = (rate, at)
@@ -250,32 +255,54 @@ class Rejections:
     def __init__(self, max_entries: int = MAX_REJECTIONS) -> None:
         self._max = max_entries
         self._held: dict[tuple[TargetKey, str], Rejection] = {}
+        #: The copies whose rejection was taken from elsewhere (:meth:`restore`), oldest first.
+        self._restored: dict[tuple[TargetKey, str], None] = {}
         #: Changes whenever what :meth:`errors` would say changes (renderings keyed on it).
         self.version = 0
 
     def reject(self, key: TargetKey, name: str, reason: str, *, now: float, hold: float) -> None:
-        """Hold ``key``'s copy of archive ``name`` back until ``now + hold``."""
-        self._held.pop((key, name), None)
-        self._held[(key, name)] = Rejection(key, name, reason, now + hold)
-        while len(self._held) > self._max:
-            del self._held[next(iter(self._held))]
+        """Hold ``key``'s copy of archive ``name`` back until ``now + hold``. A full list
+        makes room by forgetting what ran out, then what was taken from elsewhere, and only
+        then the oldest made here (those taken from elsewhere, renewed at every read, pushed
+        out this tracker's own, and their sources were used again)."""
+        copy = (key, name)
+        self._held.pop(copy, None)
+        self._restored.pop(copy, None)
+        if len(self._held) >= self._max:
+            self._make_room(now)
+        self._held[copy] = Rejection(key, name, reason, now + hold)
         self.version += 1
 
+    def _make_room(self, now: float) -> None:
+        """Forget one rejection of a full list, or every one that ran out at ``now``."""
+        expired = [copy for copy, r in self._held.items() if r.until <= now]
+        for copy in expired or [next(iter(self._restored or self._held))]:
+            del self._held[copy]
+            self._restored.pop(copy, None)
+
     def held(self) -> list[Rejection]:
-        """Every rejection kept (some may have run out): what is kept across a restart
-        (docs/http-api.md#what-the-tracker-learned)."""
-        return list(self._held.values())
+        """Every rejection kept (some may have run out), those made here first: what is kept
+        across a restart (docs/http-api.md#what-the-tracker-learned)."""
+        own = [r for copy, r in self._held.items() if copy not in self._restored]
+        return own + [self._held[copy] for copy in self._restored]
 
     def restore(self, held: Rejection) -> None:
         """Take a rejection made elsewhere (a previous run, another replica) unless one of
         the same copy is in force as long; never in the place of one held here (a full
         list takes no new copy: another replica's document of 4,096 rejections pushed out
         every one this tracker made, and their sources were used again)."""
-        known = self._held.get((held.key, held.name))
+        copy = (held.key, held.name)
+        known = self._held.get(copy)
         if known is None and len(self._held) >= self._max:
             return
         if known is None or known.until < held.until:
-            self.reject(held.key, held.name, held.reason, now=held.until, hold=0.0)
+            own = known is not None and copy not in self._restored
+            self._held.pop(copy, None)
+            self._held[copy] = held
+            if not own:  # renewing one made here keeps it this tracker's
+                self._restored.pop(copy, None)
+                self._restored[copy] = None
+            self.version += 1
 
     def rejected(self, key: TargetKey, name: str, now: float) -> Rejection | None:
         """The rejection in force of ``key``'s copy of ``name``, if any."""
@@ -287,6 +314,7 @@ class Rejections:
         expired = [k for k, r in self._held.items() if r.until <= now]
         for k in expired:
             del self._held[k]
+            self._restored.pop(k, None)
         if expired:
             self.version += 1
         return self.version
