@@ -160,3 +160,14 @@ def test_a_directory_at_the_path_is_not_replaced(tmp_path: Path) -> None:
 def test_a_temp_name_must_be_a_name() -> None:
     with pytest.raises(ValueError, match="not a path"):
         write_atomically("/tmp/x", b"", temp_name="../y")
+
+
+@pytest.mark.parametrize("name", ["k" * 245, "k" * 255, "é" * 127])
+def test_a_name_as_long_as_a_file_may_have_is_written(tmp_path: Path, name: str) -> None:
+    """The temp file beside it is ``.tmp-{name}.{random}``: for a name of 242 to 255 bytes
+    that was longer than any file name (``keygen --out`` of such a name: "File name too
+    long"). The name is cut in the temp file's name, not in the file's."""
+    path = tmp_path / name
+    write_atomically(str(path), b"key")
+    assert path.read_bytes() == b"key"
+    assert [p.name for p in tmp_path.iterdir()] == [name]

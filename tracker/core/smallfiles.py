@@ -103,9 +103,7 @@ def write_atomically(
     directory, name = os.path.split(path)
     if os.sep in temp_name:
         raise ValueError(f"a temp file's name, not a path: {temp_name!r}")
-    temp = os.path.join(
-        directory, temp_name or f"{TEMP_PREFIX}{name.lstrip('.')}.{secrets.token_hex(4)}"
-    )
+    temp = os.path.join(directory, temp_name or _temp_name(name))
     if temp_name:
         # A stale temp file, or anything planted under its name, goes first (unlink never
         # follows a link; a directory stays and O_EXCL then refuses).
@@ -131,6 +129,18 @@ def write_atomically(
             os.unlink(temp)
         raise
     fsync_dir(directory or ".")
+
+
+#: The longest name of a file (Linux's ``NAME_MAX``, in bytes).
+NAME_MAX = 255
+
+
+def _temp_name(name: str) -> str:
+    """``.tmp-{name}.{random}``, ``name`` cut so that the whole is a name a file may have
+    (a name of 242 to 255 bytes was refused: "File name too long")."""
+    suffix = f".{secrets.token_hex(4)}"
+    room = NAME_MAX - len(TEMP_PREFIX) - len(suffix)
+    return f"{TEMP_PREFIX}{os.fsdecode(os.fsencode(name.lstrip('.'))[:room])}{suffix}"
 
 
 def _write_all(fd: int, data: bytes) -> None:
