@@ -341,6 +341,57 @@ async def test_the_mark_of_an_older_version_from_a_clock_ahead_holds_that_much_l
     assert due - began >= ttl + HANDOUT_MARGIN + 29
 
 
+async def test_a_hand_out_while_retention_deletes_gets_a_url_that_works(
+    weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention read the marks of a superseded archive (none: never handed out), then
+    another replica handed it out, then retention deleted it: that replica's client got a
+    URL of a deleted object. Retention now marks the archive retiring and reads the marks
+    again before it deletes: the new mark holds the archive, and its URL works."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.retainer import Retainer
+    from tracker.objectstore.tier import ObjectTier
+
+    retaining = tier_of(weed, direct_serve_ttl=60.0, keep_previous=0)
+    handing = ObjectTier(retaining.store, Bucket(retaining.store))
+    old, new = full_name(9000), full_name(9500)
+    for name in (old, new):
+        put(weed, retaining.object_key(GROUP, name), b"archive bytes")
+    urls: list[str | None] = []
+    first_read = Retainer._handed_age
+
+    async def read_then_hand_out(self: Retainer, group: str, name: str) -> float | None:
+        age = await first_read(self, group, name)
+        if not urls:  # between retention's first read of the marks and its delete
+            urls.append(await handing.handout(group, name))
+        return age
+
+    monkeypatch.setattr(Retainer, "_handed_age", read_then_hand_out)
+    await retaining.retainer.retain(GROUP, full=True)
+    [url] = urls
+    assert url is not None
+    async with httpx.AsyncClient(trust_env=False) as client:
+        got = await client.get(url)
+    assert got.status_code == 200 and got.content == b"archive bytes"
+    assert (GROUP, True) in retaining.retainer._due  # deleted once that URL expired
+
+
+async def test_no_url_is_handed_out_of_an_archive_being_retired(weed: Weed) -> None:
+    """An archive retention marked retiring (it is about to be deleted): a hand-out gives no
+    URL (the tracker serves the bytes), where it gave one of an object soon gone."""
+    from tracker.objectstore import keys
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.tier import ObjectTier
+
+    tier = tier_of(weed, direct_serve_ttl=60.0)
+    name = full_name(9000)
+    put(weed, tier.object_key(GROUP, name))
+    assert await tier.handout(GROUP, name) is not None
+    put(weed, keys.retiring_key(tier.store.prefix, GROUP, name), b"")
+    other = ObjectTier(tier.store, Bucket(tier.store))  # (this one reuses its URL a while)
+    assert await other.handout(GROUP, name) is None
+
+
 @pytest.mark.parametrize("ends", ["the store fails", "the client leaves"])
 async def test_a_takeover_whose_uploads_cannot_be_aborted_gives_the_lock_back(
     weed: Weed, ends: str, monkeypatch: pytest.MonkeyPatch

@@ -8,7 +8,9 @@ For the archive ``name`` of ``group`` under ``prefix``:
   (all three written before the upload completes: :mod:`~tracker.objectstore.sides`);
 - its refresh lock: ``{prefix}.locks/{group}/{name}.lock``
   (:mod:`~tracker.objectstore.locks`);
-- the mark of its last hand-out: ``{prefix}.handed/{group}/{name}.handed``.
+- the mark of its last hand-out: ``{prefix}.handed/{group}/{name}.handed``, and once
+  retention is deleting it, ``{prefix}.handed/{group}/{name}.retiring`` (no URL of it is
+  handed out any more: :mod:`~tracker.objectstore.retainer`).
 
 No key but the archive's own ends in the archive's name, so a listing or a mirror of the
 bucket never shows a 34-byte lock or an empty mark as a "snapshot", and every listing the
@@ -28,6 +30,7 @@ LOCKS = ".locks/"
 MARKS = ".handed/"
 LOCK_SUFFIX = ".lock"
 MARK_SUFFIX = ".handed"
+RETIRING_SUFFIX = ".retiring"
 DIGEST_SUFFIX = ".sha256"
 PROOF_SUFFIX = ".proof"
 ATTESTATION_SUFFIX = ".attestation"
@@ -59,6 +62,11 @@ def lock_key(prefix: str, group: str, name: str) -> str:
 def mark_key(prefix: str, group: str, name: str) -> str:
     """The key of the mark of the archive's last hand-out."""
     return f"{prefix}{MARKS}{group}/{name}{MARK_SUFFIX}"
+
+
+def retiring_key(prefix: str, group: str, name: str) -> str:
+    """The key that says retention is deleting the archive: no URL of it is handed out."""
+    return f"{prefix}{MARKS}{group}/{name}{RETIRING_SUFFIX}"
 
 
 def legacy_mark_key(prefix: str, group: str, name: str) -> str:

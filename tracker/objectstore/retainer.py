@@ -4,7 +4,10 @@ decides), their deletion, and running it again when an archive held back may go.
 An archive handed out less than ``direct_serve_ttl`` (and :data:`HANDOUT_MARGIN`) ago is held
 back: every URL of it handed out by any replica expires before ``mark + direct_serve_ttl``,
 and :meth:`Retainer.retire_when_due` (one timer task) runs retention again at that moment.
-An archive goes with its digest, proof, statement and marks.
+An archive goes with its digest, proof, statement and marks. Before it goes it is marked
+retiring (:func:`~tracker.objectstore.keys.retiring_key`) and its hand-out mark read again:
+a hand-out writes its mark, then looks for that one, so a URL is never handed out of an
+object being deleted (docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -83,7 +86,15 @@ class Retainer:
             old = superseded(held, full=full, keep_previous=keep, served=self.served(group))
             handed = {name: await self._handed_age(group, name) for name in old}
             plan = retirement(handed, hold=hold)
+            # Each marked retiring, then its hand-out mark read again: a hand-out writes its
+            # mark before it looks for this one, so either it hands no URL out or its mark
+            # is read here (a hand-out between the first read and the delete got a URL of a
+            # deleted object)
             for name in plan.delete:
+                await self.bucket.put(keys.retiring_key(self.store.prefix, group, name), b"")
+            again = {name: await self._handed_age(group, name) for name in plan.delete}
+            final = retirement(again, hold=hold)
+            for name in final.delete:
                 await self._retire(group, name)
                 held.pop(name, None)
             self.on_listed(group, sorted(held.values()))
@@ -91,8 +102,9 @@ class Retainer:
             self._failed("retention", exc)
             self.schedule(group, full, RETRY_AFTER)
             return
-        if plan.wait is not None:
-            self.schedule(group, full, plan.wait)
+        waits = [w for w in (plan.wait, final.wait) if w is not None]
+        if waits:
+            self.schedule(group, full, min(waits))
 
     async def _handed_age(self, group: str, name: str) -> float | None:
         """Seconds since a URL of ``name`` was last handed out (on the store's clock, less
@@ -119,6 +131,7 @@ class Retainer:
         for other in (
             *keys.side_keys(self.store.prefix, group, name),
             *self._mark_keys(group, name),
+            keys.retiring_key(self.store.prefix, group, name),
         ):
             await self.bucket.delete(other)
         self.known.remember(key, None)

@@ -211,6 +211,10 @@ class ObjectTier:
                 return None
             self._clock_said = False
             await self.quick.put(self.mark_key(group, name), b"")
+            # after the mark, never before: retention marks an archive retiring, then reads
+            # the marks again (tracker.objectstore.retainer)
+            if await self.quick.head(keys.retiring_key(self.store.prefix, group, name)):
+                return None
             url = self.bucket.presign_get(key, life, file_name=name)
         except StoreError as exc:
             self._failed("handout", exc)
