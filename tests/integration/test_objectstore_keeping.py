@@ -378,7 +378,8 @@ async def test_a_hand_out_while_retention_deletes_gets_a_url_that_works(
 
 async def test_no_url_is_handed_out_of_an_archive_being_retired(weed: Weed) -> None:
     """An archive retention marked retiring (it is about to be deleted): a hand-out gives no
-    URL (the tracker serves the bytes), where it gave one of an object soon gone."""
+    URL (the tracker serves the bytes), where it gave one of an object soon gone. One that
+    retention keeps after all has the mark taken away."""
     from tracker.objectstore import keys
     from tracker.objectstore.bucket import Bucket
     from tracker.objectstore.tier import ObjectTier
@@ -390,6 +391,9 @@ async def test_no_url_is_handed_out_of_an_archive_being_retired(weed: Weed) -> N
     put(weed, keys.retiring_key(tier.store.prefix, GROUP, name), b"")
     other = ObjectTier(tier.store, Bucket(tier.store))  # (this one reuses its URL a while)
     assert await other.handout(GROUP, name) is None
+    # Kept after all (the newest of its kind): the next retention takes the mark away.
+    await other.retainer.retain(GROUP, full=True)
+    assert await other.handout(GROUP, name) is not None
 
 
 @pytest.mark.parametrize("ends", ["the store fails", "the client leaves"])

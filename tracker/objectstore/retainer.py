@@ -97,6 +97,10 @@ class Retainer:
             for name in final.delete:
                 await self._retire(group, name)
                 held.pop(name, None)
+            for name in held.keys() - set(old):
+                # kept after all (a newer one deleted by hand, a restart with more kept):
+                # URLs of it are handed out again
+                await self.bucket.delete(keys.retiring_key(self.store.prefix, group, name))
             self.on_listed(group, sorted(held.values()))
         except StoreError as exc:
             self._failed("retention", exc)
