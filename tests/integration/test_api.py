@@ -155,6 +155,11 @@ async def test_golden_http_target(
     at = await snapshots_of(client, f"{base}/v1/snapshots?slot=1000")
     assert [s["slot"] for s in at] == [1100, 1000]
     assert await snapshots_of(client, f"{base}/v1/snapshots?slot=999") == []
+    # 0 or nothing is no filter, as the Go tracker reads it (its clients send slot=0)
+    every = await snapshots_of(client, f"{base}/v1/snapshots")
+    assert every  # (slot=0 listed none: no base_slot is 0)
+    for query in ("slot=0", "slot="):
+        assert await snapshots_of(client, f"{base}/v1/snapshots?{query}") == every
     response = await client.head(f"{base}/v1/snapshot.tar.zst?group=testnet")
     assert response.status_code == 303
     assert response.headers["location"] == f"{upstream}/{full}"
@@ -306,7 +311,7 @@ async def test_bad_max_is_400(
     assert "max" in response.json()["error"]
 
 
-@pytest.mark.parametrize("slot", ["-1", "abc", "9" * 30, "18446744073709551616", ""])
+@pytest.mark.parametrize("slot", ["-1", "abc", "9" * 30, "18446744073709551616"])
 async def test_bad_slot_is_400(
     two_groups: tuple[str, Sidecar, str], client: httpx.AsyncClient, slot: str
 ) -> None:
@@ -374,15 +379,31 @@ async def test_targets_and_health(
     assert rpc.seen[-1]["params"] == [{"commitment": "finalized"}]
     rpc.slot = 1700
     too_old = await client.get(f"{base}/v1/health")
-    assert too_old.status_code == 503 and too_old.json()["MaxSnapshot"] == 1000
+    # the Go tracker's body word for word (scripts compare Health), the detail beside it
+    assert too_old.status_code == 503
+    assert too_old.json() == {
+        "MaxSnapshot": 1000,
+        "CurrentSlot": 1700,
+        "Health": "snapshot too old",
+        "Detail": "snapshot is 700 slots old",
+    }
     rpc.status = 500
-    assert (await client.get(f"{base}/v1/health")).status_code == 502
+    unhealthy = await client.get(f"{base}/v1/health")
+    assert unhealthy.status_code == 502
+    assert unhealthy.json() == {
+        "MaxSnapshot": 1000,
+        "CurrentSlot": 0,
+        "Health": "rpc unhealthy",
+        "Detail": "rpc unreachable: HTTP 500",
+    }
     sidecar.body = []
 
     async def emptied() -> bool:
         return (await client.get(f"{base}/v1/health")).status_code == 500
 
     await wait_until(emptied)
+    none = (await client.get(f"{base}/v1/health")).json()
+    assert none == {"MaxSnapshot": 0, "CurrentSlot": 0, "Health": "no snapshots found"}
 
 
 async def test_redirect_headers_are_lower_case_on_the_wire(
@@ -475,7 +496,7 @@ async def test_health_caps_what_it_reads_from_the_rpc_node(
     with trio.fail_after(5):
         health = await client.get(f"{base}/v1/health")
     assert health.status_code == 502
-    assert "limit" in health.json()["Health"]
+    assert health.json()["Health"] == "rpc unhealthy" and "limit" in health.json()["Detail"]
 
 
 async def test_query_free_archive_route(

@@ -445,7 +445,8 @@ async def test_hostile_cluster_answers_cost_the_answer_not_the_tracker(
     assert shown[rpc]["kind"] == "cluster" and shown[rpc]["health"] == "up"
     health = await get(f"{base}/v1/health")
     assert health.status_code == 502
-    assert health.json()["Health"] == "rpc unreachable: JSON nested too deeply"
+    assert health.json()["Health"] == "rpc unhealthy"
+    assert health.json()["Detail"] == "rpc unreachable: JSON nested too deeply"
 
     bodies.append(NESTED)
 

@@ -96,7 +96,7 @@ async def test_what_the_readme_says_a_tracker_without_snapshots_answers(tmp_path
             ("/v1/snapshots", 200, "[]"),
             ("/v1/best_snapshots", 200, "[]"),
         ],
-        "500 `no snapshots` from `/v1/health`": [("/v1/health", 500, "no snapshots")],
+        "500 `no snapshots found` from `/v1/health`": [("/v1/health", 500, "no snapshots found")],
         "an empty 404 on the root aliases": [("/snapshot.tar.bz2", 404, "")],
     }
     for claim in claims:

@@ -36,11 +36,13 @@ class HealthChecker:
 
     async def check(self, group: str) -> tuple[int, dict[str, Any]]:
         """(status, body): 200 healthy, 500 no snapshot, 502 RPC unreachable, 503 too old,
-        or no RPC configured (nothing to compare with: the tracker cannot say)."""
+        or no RPC configured (nothing to compare with: the tracker cannot say). The body is
+        the Go tracker's, word for word (slots 0 when not known, its ``Health`` texts:
+        scripts compare them), what it does not say in ``Detail``."""
         newest = self.newest_slot(group)
-        body: dict[str, Any] = {"MaxSnapshot": newest, "CurrentSlot": None}
+        body: dict[str, Any] = {"MaxSnapshot": newest or 0, "CurrentSlot": 0}
         if newest is None:
-            return 500, {**body, "Health": "no snapshots"}
+            return 500, {**body, "Health": "no snapshots found"}
         if not self._config().rpc:
             # Nothing to compare with: "cannot say" (503), never "unreachable" (502), so that
             # alerting tells a broken RPC from none configured.
@@ -48,11 +50,12 @@ class HealthChecker:
         try:
             current = await self.current_slot()
         except RpcError as exc:
-            return 502, {**body, "Health": f"rpc unreachable: {exc}"}
+            return 502, {**body, "Health": "rpc unhealthy", "Detail": f"rpc unreachable: {exc}"}
         body["CurrentSlot"] = current
         age = current - newest
         if age > self._config().max_snapshot_age:
-            return 503, {**body, "Health": f"snapshot is {age} slots old"}
+            detail = f"snapshot is {age} slots old"
+            return 503, {**body, "Health": "snapshot too old", "Detail": detail}
         return 200, {**body, "Health": "healthy"}
 
     async def current_slot(self) -> int:

@@ -19,12 +19,13 @@ MAX_BEST = 25
 
 
 def parse_slot(text: str | None) -> int | None:
-    """``slot=N``: absent → None; anything but a u64 → 400."""
-    if text is None:
+    """``slot=N``: absent, empty or 0 → None (no filter: the Go tracker's reading, whose
+    clients send ``slot=0`` for "all"); anything but a u64 → 400."""
+    if text is None or text == "":
         return None
     if not _UINT_RE.fullmatch(text) or int(text) > U64_MAX:
         raise RequestError(400, f"slot must be an unsigned 64-bit integer, got {text[:40]!r}")
-    return int(text)
+    return int(text) or None
 
 
 def parse_max(text: str | None) -> int:
