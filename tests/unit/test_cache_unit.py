@@ -353,3 +353,32 @@ def test_a_fifo_put_where_an_archive_was_is_refused_not_waited_on(tmp_path: Path
         pytest.fail("the open of a FIFO waited for a writer")
     assert len(ended) == 1 and isinstance(ended[0], OSError)
     assert "not a regular file" in str(ended[0])
+
+
+async def test_a_commit_whose_digest_cannot_be_written_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills after the archive was renamed into place, before its digest and proof
+    were written beside it: the refresh failed (CacheError), and the archive stayed,
+    neither served (no digest) nor evicted (the cache knows only what it promoted), its
+    space taken until a restart, every later refresh refused for want of it. It goes with
+    what was written beside it."""
+    import errno
+
+    from tracker.cache import disk
+
+    def full_disk(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = make_cache(tmp_path)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"abc")
+    refresh.sha256 = "ab" * 32  # as a check that passed sets it
+    monkeypatch.setattr(disk, "write_side", full_disk)
+    with pytest.raises(CacheError, match="No space left"):
+        await refresh.commit()
+    assert os.listdir(tmp_path / "mainnet") == []
+    assert cache.lookup("mainnet", FULL) is None
+    assert not cache.is_refreshing("mainnet", FULL)

@@ -191,6 +191,8 @@ def test_a_stalled_download_gives_its_slot_to_a_new_one_only_when_all_are_taken(
         (5, 10, None, None, "error"),  # ended short without an error: never complete
         (5, 10, OSError("disk"), False, "error"),
         (5, 10, ClientGone("gone"), False, "client_gone"),
+        # the server closed the body: its client left ("stream_failed" with no reason)
+        (5, 10, GeneratorExit(), False, "client_gone"),
         (5, 10, ClientGone("gone"), True, "shutdown"),  # past the shutdown grace
         # the grace ended: the tracker closed the relay's upstream, which the piece read
         (5, 10, TrackerError("upstream connection closed"), True, "shutdown"),

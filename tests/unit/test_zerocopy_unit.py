@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import trio
 
 from tracker.zerocopy.connection import (
     LARGEST_PIECE,
@@ -104,3 +105,20 @@ def test_h11_writes_the_framing_headers_it_adds_in_lower_case(
     lines = head.split(b"\r\n")[1:]
     assert added in lines, head
     assert all(line == line.lower() for line in lines), head
+
+
+async def test_an_upstream_closed_between_two_waits_fails_its_piece() -> None:
+    """The shutdown grace ended and the tracker cut a spliced relay's upstream while its
+    piece sat between two waits: the wait was given descriptor -1 and trio raised
+    ValueError, a traceback in the server's log ("Error in ASGI Framework") instead of the
+    relay's one line. The piece fails as for any closed source."""
+    from tracker.errors import SourceFailed
+    from tracker.zerocopy.kernelcopy import SocketSplice
+    from tracker.zerocopy.pieces import SocketPiece
+
+    upstream, other = trio.socket.socketpair()
+    upstream.close()
+    other.close()
+    piece = SocketPiece(count=10, sock=upstream, splice=SocketSplice(10))
+    with pytest.raises(SourceFailed, match="upstream connection closed"):
+        await piece.wait_source()

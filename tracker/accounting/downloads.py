@@ -40,7 +40,8 @@ def outcome_of(
     *,
     cut: Callable[[], bool] = _never,
 ) -> str:
-    """``complete``, ``client_gone`` (cancelled: the client went away), ``shutdown`` (cut
+    """``complete``, ``client_gone`` (cancelled, or the body closed by the server: the
+    client went away), ``shutdown`` (cut
     by the tracker: its grace period after SIGTERM ended, ``cut()``) or ``error``. ``cut``
     is asked of an answer that ended with an error only (who ended a complete one is no
     question): past the grace period the tracker ends what is still sent, the upstream
@@ -49,7 +50,8 @@ def outcome_of(
         return "complete" if expected is None or sent == expected else "error"
     if cut():
         return "shutdown"
-    return "client_gone" if isinstance(error, (trio.Cancelled, ClientGone)) else "error"
+    gone = (trio.Cancelled, ClientGone, GeneratorExit)
+    return "client_gone" if isinstance(error, gone) else "error"
 
 
 #: Seconds a download's client may take nothing before its slot can go to a new download

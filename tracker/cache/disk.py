@@ -127,9 +127,7 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
     removed = []
     for other in sorted(set(names) - keep):
         path = os.path.join(directory, other)
-        if unlink(path):
-            for suffix in SIDES:
-                unlink(digest_path(path, suffix))
+        if remove_archive(path):
             removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
     return removed
@@ -140,6 +138,15 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
 #: :attr:`tracker.proof.levels.Proof.epoch_stakes`, written only when the manifest had them).
 SHA256, PROOF, STAKES = ".sha256", ".proof", ".stakes"
 SIDES = (SHA256, PROOF, STAKES)
+
+
+def remove_archive(path: str) -> bool:
+    """Remove the cached archive at ``path`` and the files beside it; whether it was there."""
+    if not unlink(path):
+        return False
+    for suffix in SIDES:
+        unlink(digest_path(path, suffix))
+    return True
 
 
 def digest_path(path: str, suffix: str = SHA256) -> str:
@@ -289,10 +296,16 @@ def settle(
     directory = os.path.dirname(final)
     sha256 = checked.sha256 if checked is not None else ""
     if checked is not None:
-        # After the rename: the digest file's ctime is then never older than the
-        # archive's, which is how start-up knows the archive did not change since.
-        write_proof_files(final, checked.proof)
-        write_digest(final, sha256sum_line(sha256, name))
+        try:
+            # After the rename: the digest file's ctime is then never older than the
+            # archive's, which is how start-up knows the archive did not change since.
+            write_proof_files(final, checked.proof)
+            write_digest(final, sha256sum_line(sha256, name))
+        except OSError:
+            # (a full disk) in place without its digest, the archive would be neither
+            # served nor evicted, its space taken until a restart: it goes with the refresh
+            remove_archive(final)
+            raise
     try:
         fsync_dir(directory)  # makes the rename durable; the file is in place either way
     except OSError as exc:

@@ -153,8 +153,12 @@ class SocketPiece(Piece):
         silent = time.monotonic() - self.splice.arrived
         with trio.move_on_after(max(0.0, self.read_timeout - silent)) as waited:
             try:
+                # closed between two waits (the shutdown grace ended: the tracker cut the
+                # relays' upstreams), its descriptor is -1: trio's wait raises ValueError
+                if self.sock.fileno() < 0:
+                    raise trio.ClosedResourceError
                 await trio.lowlevel.wait_readable(self.sock)
-            except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
+            except (trio.ClosedResourceError, trio.BusyResourceError, ValueError) as exc:
                 raise SourceFailed("upstream connection closed") from exc
         if waited.cancelled_caught:
             raise SourceFailed(f"upstream sent nothing for {self.read_timeout:.0f} s")
